@@ -1,0 +1,186 @@
+/**
+ * The catalog: one DynamoDB table of policies, VMs, backups, runs and slots. Only the
+ * control plane writes it; writes that matter are conditional, so retries are safe.
+ */
+import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import type { DiskResult } from '../../core/jobs.ts';
+
+export interface Policy {
+  policyId: string;
+  vmIds: string[];
+  /** Repository bucket and chunk size the policy's backups go to. */
+  bucket: string;
+  chunkSize: number;
+  /** Concurrent backups allowed per hypervisor host. */
+  slotLimit: number;
+}
+
+export interface Vm {
+  vmId: string;
+  host: string;
+  moverGroup: string;
+  source: string;
+}
+
+export type BackupStatus = 'running' | 'committed' | 'failed';
+
+export interface Backup {
+  vmId: string;
+  backupId: string;
+  runId: string;
+  policyId: string;
+  status: BackupStatus;
+  parentBackupId: string | null;
+  startedAt: string;
+  committedAt?: string;
+  disks?: DiskResult[];
+  error?: { Error: string; Cause: string };
+}
+
+const k = {
+  policy: (id: string) => ({ pk: `POLICY#${id}`, sk: 'POLICY' }),
+  vm: (id: string) => ({ pk: `VM#${id}`, sk: 'VM' }),
+  backup: (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` }),
+  run: (runId: string) => ({ pk: `RUN#${runId}`, sk: 'RUN' }),
+  slot: (host: string, i: number) => ({ pk: `SLOT#${host}`, sk: `SLOT#${i}` }),
+};
+
+const strip = <T>(item: Record<string, unknown> | undefined): T | undefined => {
+  if (!item) return undefined;
+  const { pk: _pk, sk: _sk, ...rest } = item;
+  return rest as T;
+};
+
+export const isConditionFailed = (err: unknown) => err instanceof ConditionalCheckFailedException || (err as Error)?.name === 'ConditionalCheckFailedException';
+
+/** Typed access to the catalog table. */
+export class Catalog {
+  private readonly db: DynamoDBDocumentClient;
+  readonly table: string;
+  constructor(db: DynamoDBDocumentClient, table: string) {
+    this.db = db;
+    this.table = table;
+  }
+
+  private async get<T>(key: Record<string, string>): Promise<T | undefined> {
+    const out = await this.db.send(new GetCommand({ TableName: this.table, Key: key, ConsistentRead: true }));
+    return strip<T>(out.Item);
+  }
+
+  putPolicy(p: Policy) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.policy(p.policyId), ...p } }));
+  }
+  getPolicy(id: string) {
+    return this.get<Policy>(k.policy(id));
+  }
+  putVm(v: Vm) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.vm(v.vmId), ...v } }));
+  }
+  getVm(id: string) {
+    return this.get<Vm>(k.vm(id));
+  }
+
+  /** All backups of a VM, newest first. */
+  async listBackups(vmId: string): Promise<Backup[]> {
+    const items: Backup[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const out = await this.db.send(new QueryCommand({
+        TableName: this.table,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :b)',
+        ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':b': 'BACKUP#' },
+        ScanIndexForward: false,
+        ConsistentRead: true,
+        ExclusiveStartKey: start,
+      }));
+      for (const it of out.Items ?? []) items.push(strip<Backup>(it)!);
+      start = out.LastEvaluatedKey;
+    } while (start);
+    return items;
+  }
+
+  async latestCommitted(vmId: string): Promise<Backup | undefined> {
+    return (await this.listBackups(vmId)).find((b) => b.status === 'committed');
+  }
+  getBackup(vmId: string, backupId: string) {
+    return this.get<Backup>(k.backup(vmId, backupId));
+  }
+
+  /** Records a backup as running; a retry of the same Plan finds it already there. */
+  async startBackup(b: Backup): Promise<void> {
+    try {
+      await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.backup(b.vmId, b.backupId), ...b }, ConditionExpression: 'attribute_not_exists(pk)' }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
+  }
+
+  /** running → committed; idempotent for a backup that is already committed. */
+  async commitBackup(vmId: string, backupId: string, disks: DiskResult[], at: Date): Promise<void> {
+    try {
+      await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: k.backup(vmId, backupId),
+        UpdateExpression: 'SET #s = :c, disks = :d, committedAt = :t',
+        ConditionExpression: '#s = :r',
+        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeValues: { ':c': 'committed', ':r': 'running', ':d': disks, ':t': at.toISOString() },
+      }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+      const b = await this.getBackup(vmId, backupId);
+      if (b?.status !== 'committed') throw new Error(`backup ${vmId}/${backupId} cannot be committed from status '${b?.status ?? 'missing'}'`);
+    }
+  }
+
+  /** running → failed; a committed backup is never downgraded. */
+  async failBackup(vmId: string, backupId: string, error: { Error: string; Cause: string }): Promise<void> {
+    try {
+      await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: k.backup(vmId, backupId),
+        UpdateExpression: 'SET #s = :f, #e = :e',
+        ConditionExpression: '#s = :r',
+        ExpressionAttributeNames: { '#s': 'status', '#e': 'error' },
+        ExpressionAttributeValues: { ':f': 'failed', ':r': 'running', ':e': error },
+      }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
+  }
+
+  putRun(runId: string, run: Record<string, unknown>) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.run(runId), runId, ...run } }));
+  }
+  getRun(runId: string) {
+    return this.get<Record<string, unknown>>(k.run(runId));
+  }
+
+  /**
+   * Takes slot `i` of `host` for `holder` until `expiresAt` (epoch ms) when it is free or
+   * its lease ran out. Returns false when another holder has it.
+   */
+  async takeSlot(host: string, i: number, holder: string, now: number, expiresAt: number): Promise<boolean> {
+    try {
+      await this.db.send(new PutCommand({
+        TableName: this.table,
+        Item: { ...k.slot(host, i), holder, expiresAt },
+        ConditionExpression: 'attribute_not_exists(pk) OR expiresAt < :now OR holder = :h',
+        ExpressionAttributeValues: { ':now': now, ':h': holder },
+      }));
+      return true;
+    } catch (err) {
+      if (isConditionFailed(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Frees the slot if `holder` still has it (a no-op otherwise: idempotent). */
+  async releaseSlot(key: { pk: string; sk: string }, holder: string): Promise<void> {
+    try {
+      await this.db.send(new DeleteCommand({ TableName: this.table, Key: key, ConditionExpression: 'holder = :h', ExpressionAttributeValues: { ':h': holder } }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
+  }
+  static slotKey = k.slot;
+}

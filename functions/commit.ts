@@ -1,0 +1,19 @@
+/** Commit: the backup becomes visible in the catalog, only after Verify passed. */
+import middy from '@middy/core';
+import type { DiskResult, VmJob } from '../core/jobs.ts';
+import type { Catalog } from './catalog/catalog.ts';
+import { clients } from './commons/clients.ts';
+
+export interface CommitInput extends VmJob {
+  disks: DiskResult[];
+  verify: { chunksChecked: number; bytesChecked: number };
+}
+
+export async function commit(input: CommitInput, deps: { catalog: Catalog; now: () => Date }): Promise<{ backupId: string; committedAt: string }> {
+  if (!input.verify) throw new Error(`backup ${input.backupId} of VM '${input.vmId}' reached Commit without a Verify result`);
+  const at = deps.now();
+  await deps.catalog.commitBackup(input.vmId, input.backupId, input.disks, at);
+  return { backupId: input.backupId, committedAt: at.toISOString() };
+}
+
+export const handler = middy<CommitInput, { backupId: string; committedAt: string }>().handler((input) => commit(input, { catalog: clients().catalog, now: () => new Date() }));

@@ -1,0 +1,31 @@
+/**
+ * The handlers' configuration, read once from the environment into a frozen object.
+ * In AWS the CDK app sets these; in the embedded stack, local/ does.
+ */
+export interface FunctionEnv {
+  tableName: string;
+  region: string;
+  /** Local endpoints (embedded stack); unset in AWS. */
+  dynamodbEndpoint?: string;
+  s3Endpoint?: string;
+  /** Key file wrapping the repository key (embedded stack); KMS key id in AWS. */
+  keyFile?: string;
+  kmsKeyId?: string;
+}
+
+function required(name: string): string {
+  const v = process.env[name];
+  if (!v) throw new Error(`environment variable ${name} is not set; the function's deployment must define it`);
+  return v;
+}
+
+export function readEnv(): FunctionEnv {
+  return Object.freeze({
+    tableName: required('CATALOG_TABLE'),
+    region: process.env.AWS_REGION ?? 'us-east-1',
+    dynamodbEndpoint: process.env.LIFEBOAT_DYNAMODB_ENDPOINT,
+    s3Endpoint: process.env.LIFEBOAT_S3_ENDPOINT,
+    keyFile: process.env.LIFEBOAT_KEY_FILE,
+    kmsKeyId: process.env.REPOSITORY_KMS_KEY_ID,
+  });
+}

@@ -1,0 +1,17 @@
+/** RecordFailure: a VM's backup failed; mark it so, keeping the error for the operator. */
+import middy from '@middy/core';
+import type { VmJob, VmOutcome } from '../core/jobs.ts';
+import type { Catalog } from './catalog/catalog.ts';
+import { clients } from './commons/clients.ts';
+
+export interface RecordFailureInput extends VmJob {
+  error: { Error: string; Cause: string };
+}
+
+export async function recordFailure(input: RecordFailureInput, deps: { catalog: Catalog }): Promise<VmOutcome> {
+  const error = { Error: String(input.error?.Error ?? 'Unknown'), Cause: String(input.error?.Cause ?? '') };
+  await deps.catalog.failBackup(input.vmId, input.backupId, error);
+  return { vmId: input.vmId, backupId: input.backupId, status: 'failed', error };
+}
+
+export const handler = middy<RecordFailureInput, VmOutcome>().handler((input) => recordFailure(input, { catalog: clients().catalog }));

@@ -1,0 +1,16 @@
+/**
+ * Every Lambda function of the control plane: its id (also its CDK construct id and the
+ * LIFEBOAT_FUNCTION environment variable), its entry file and exported handler. The CDK
+ * app bundles from this list; the embedded stack loads the same modules from it.
+ */
+export const lambdaFunctions = {
+  Plan: { entry: 'functions/plan.ts', handler: 'handler' },
+  AcquireSlot: { entry: 'functions/slots.ts', handler: 'acquireHandler' },
+  ReleaseSlot: { entry: 'functions/slots.ts', handler: 'releaseHandler' },
+  Verify: { entry: 'functions/verify.ts', handler: 'handler' },
+  Commit: { entry: 'functions/commit.ts', handler: 'handler' },
+  RecordFailure: { entry: 'functions/record-failure.ts', handler: 'handler' },
+  Summarize: { entry: 'functions/summarize.ts', handler: 'handler' },
+} as const;
+
+export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -1,0 +1,53 @@
+/**
+ * Verify: every chunk the VM's new manifests reference exists in the repository with
+ * the stored size the mover recorded. Reads manifests and HEADs chunks; never downloads
+ * chunk data.
+ */
+import middy from '@middy/core';
+import { VerifyFailed } from '../core/errors.ts';
+import { decodeManifest, deriveKeys, keys, type RepositoryKeys } from '../core/format.ts';
+import type { DiskResult, VmJob } from '../core/jobs.ts';
+import { loadMasterKey } from '../core/keyring.ts';
+import type { ObjectStore } from '../core/object-store.ts';
+import { mapLimit } from '../core/concurrency.ts';
+import { clients } from './commons/clients.ts';
+
+export interface VerifyInput extends VmJob {
+  disks: DiskResult[];
+}
+
+export interface VerifyOutput {
+  chunksChecked: number;
+  bytesChecked: number;
+}
+
+export async function verify(input: VerifyInput, deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
+  if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
+    throw new VerifyFailed(`backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`);
+  }
+  let chunksChecked = 0;
+  let bytesChecked = 0;
+  for (const disk of input.disks) {
+    const sealed = await deps.store.get(disk.manifestKey);
+    if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
+    const manifest = await decodeManifest(deps.keys, sealed, input.backupId, disk.diskId);
+    const ids = [...new Set(manifest.chunks.filter((c): c is string => c !== null))];
+    await mapLimit(ids, deps.concurrency ?? 16, async (id) => {
+      const key = keys.chunk(id);
+      const info = await deps.store.head(key);
+      if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${input.backupId}) is missing from the repository`);
+      const expected = manifest.storedSizes[id];
+      if (info.size !== expected) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' is ${info.size} bytes, the manifest expects ${expected}`);
+      chunksChecked++;
+      bytesChecked += info.size;
+    });
+  }
+  return { chunksChecked, bytesChecked };
+}
+
+export const handler = middy<VerifyInput, VerifyOutput>().handler(async (input) => {
+  const c = clients();
+  const store = c.store(input.repository.bucket);
+  const master = await loadMasterKey(store, await c.keyWrapper());
+  return verify(input, { store, keys: deriveKeys(master) });
+});
