@@ -1,0 +1,77 @@
+/**
+ * The Lifeboat control plane: catalog table, repository bucket, the Lambda functions,
+ * one Activity per mover group and the Backup workflow.
+ */
+import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import type { Construct } from 'constructs';
+import { fileURLToPath } from 'node:url';
+import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
+import { BackupWorkflow } from './backup-workflow.ts';
+
+const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
+
+export interface LifeboatStackProps extends StackProps {
+  /** Mover groups, each one Activity. The first serves the Backup workflow. */
+  moverGroups: string[];
+}
+
+export class LifeboatStack extends Stack {
+  readonly table: dynamodb.TableV2;
+  readonly bucket: s3.Bucket;
+  readonly backup: BackupWorkflow;
+  readonly activities: Record<string, sfn.Activity>;
+
+  constructor(scope: Construct, id: string, props: LifeboatStackProps) {
+    super(scope, id, props);
+    if (props.moverGroups.length === 0) throw new Error('moverGroups: configure at least one mover group');
+
+    this.table = new dynamodb.TableV2(this, 'Catalog', {
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'sk', type: dynamodb.AttributeType.STRING },
+      billing: dynamodb.Billing.onDemand(),
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      deletionProtection: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
+    this.bucket = new s3.Bucket(this, 'Repository', {
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      versioned: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+      lifecycleRules: [{ abortIncompleteMultipartUploadAfter: Duration.days(7) }],
+    });
+
+    const functions = {} as Record<LambdaFunctionId, lambda.IFunction>;
+    for (const [fid, def] of Object.entries(lambdaFunctions) as [LambdaFunctionId, (typeof lambdaFunctions)[LambdaFunctionId]][]) {
+      const f = new nodejs.NodejsFunction(this, fid, {
+        entry: `${projectRoot}${def.entry}`,
+        handler: def.handler,
+        runtime: lambda.Runtime.NODEJS_24_X,
+        architecture: lambda.Architecture.ARM_64,
+        projectRoot,
+        depsLockFilePath: `${projectRoot}package-lock.json`,
+        bundling: { format: nodejs.OutputFormat.ESM, target: 'node24', minify: true, sourceMap: true },
+        environment: { CATALOG_TABLE: this.table.tableName, LIFEBOAT_FUNCTION: fid },
+      });
+      this.table.grantReadWriteData(f);
+      functions[fid] = f;
+    }
+    this.bucket.grantRead(functions.Verify);
+
+    this.activities = Object.fromEntries(props.moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]));
+    this.backup = new BackupWorkflow(this, 'Backup', { functions, activity: this.activities[props.moverGroups[0]!]! });
+
+    new CfnOutput(this, 'CatalogTableName', { value: this.table.tableName });
+    new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName });
+    new CfnOutput(this, 'BackupStateMachineArn', { value: this.backup.stateMachine.stateMachineArn });
+    for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn });
+  }
+}
+
