@@ -1,0 +1,52 @@
+/** The mover's task handlers: Snapshot, Dispatch (one disk) and ReleaseSnapshot. */
+import { BadTaskInput } from '../core/errors.ts';
+import type { RepositoryKeys } from '../core/format.ts';
+import type { MoverTask } from '../core/jobs.ts';
+import type { ObjectStore } from '../core/object-store.ts';
+import { backupDisk } from './pipeline/backup-disk.ts';
+import type { SourceDriver } from './sources/source.ts';
+import type { Logger, TaskHandler } from './worker.ts';
+
+export interface TaskDeps {
+  driver: SourceDriver;
+  /** The repository store for a bucket, and its keys (loaded once per bucket). */
+  repository(bucket: string): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
+  logger: Logger;
+  parallelism: number;
+}
+
+export function taskHandler(deps: TaskDeps): TaskHandler {
+  return async (raw, ctx) => {
+    const t = raw as MoverTask;
+    if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
+    switch (t.task) {
+      case 'snapshot':
+        return deps.driver.snapshot(t.job.source, t.job.backupId);
+      case 'releaseSnapshot':
+        if (t.job.snapshot) await deps.driver.release(t.job.source, t.job.snapshot);
+        return { released: !!t.job.snapshot };
+      case 'dispatch': {
+        const { store, keys } = await deps.repository(t.job.repository.bucket);
+        const reader = await deps.driver.openDisk(t.disk);
+        let lastLog = 0;
+        try {
+          return await backupDisk({
+            store, keys, reader, disk: t.disk, backupId: t.job.backupId, chunkSize: t.job.repository.chunkSize,
+            parentManifestKey: t.job.parentManifests[t.disk.diskId], parentBackupId: t.job.parentBackupId,
+            parallelism: deps.parallelism, signal: ctx.signal,
+            onProgress: (p) => {
+              const now = performance.now();
+              if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;
+              lastLog = now;
+              deps.logger.info('dispatch.progress', { vmId: t.job.vmId, diskId: t.disk.diskId, ...p });
+            },
+          });
+        } finally {
+          await reader.close();
+        }
+      }
+      default:
+        throw new BadTaskInput(`unknown task '${(t as { task?: unknown }).task}'; this mover knows snapshot, dispatch and releaseSnapshot`);
+    }
+  };
+}
