@@ -28,7 +28,7 @@ export class BackupWorkflow extends Construct {
     const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) =>
       new tasks.LambdaInvoke(this, name, {
         lambdaFunction: fn[f],
-        payload: opts.payload ?? sfn.TaskInput.fromJsonPathAt('$'),
+        ...(opts.payload ? { payload: opts.payload } : {}),
         payloadResponseOnly: true,
         resultPath: opts.resultPath === null ? sfn.JsonPath.DISCARD : opts.resultPath,
         taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),

@@ -1,0 +1,97 @@
+/**
+ * The state machines the embedded stack runs, taken from the CDK app's synthesized
+ * CloudFormation template: the DefinitionString with its intrinsics resolved to local
+ * ARNs. The same function resolves the template `cdk synth` writes, so a test can prove
+ * the executed ASL equals the deployed one.
+ */
+import { App } from 'aws-cdk-lib';
+import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
+import { defaultConfig } from '../cdk/config.ts';
+
+export const LOCAL_REGION = 'us-east-1';
+export const LOCAL_ACCOUNT = '000000000000';
+
+interface CfnResource {
+  Type: string;
+  Properties?: Record<string, unknown>;
+}
+export interface CfnTemplate {
+  Resources: Record<string, CfnResource>;
+}
+
+export interface LocalStateMachine {
+  logicalId: string;
+  arn: string;
+  definition: Record<string, unknown>;
+}
+
+export interface ResolvedTemplate {
+  stateMachines: Record<string, LocalStateMachine>;
+  /** Lambda ARN → the function id of functions/registry.ts. */
+  functions: Record<string, string>;
+  /** Mover group activity ARNs by activity name. */
+  activities: Record<string, string>;
+}
+
+const lambdaArn = (lid: string) => `arn:aws:lambda:${LOCAL_REGION}:${LOCAL_ACCOUNT}:function:${lid}`;
+
+function resolveIntrinsics(value: unknown, t: CfnTemplate): unknown {
+  if (Array.isArray(value)) return value.map((v) => resolveIntrinsics(v, t));
+  if (value === null || typeof value !== 'object') return value;
+  const o = value as Record<string, unknown>;
+  const keys = Object.keys(o);
+  if (keys.length === 1) {
+    const [k] = keys as [string];
+    const arg = o[k];
+    if (k === 'Ref') return resolveRef(arg as string, t);
+    if (k === 'Fn::GetAtt') {
+      const [lid, attr] = arg as [string, string];
+      const r = t.Resources[lid];
+      if (r?.Type === 'AWS::Lambda::Function' && attr === 'Arn') return lambdaArn(lid);
+      throw new Error(`cannot resolve Fn::GetAtt ${lid}.${attr} (${r?.Type ?? 'no such resource'}) for the embedded stack`);
+    }
+    if (k === 'Fn::Join') {
+      const [sep, parts] = arg as [string, unknown[]];
+      return parts.map((p) => resolveIntrinsics(p, t)).join(sep);
+    }
+    if (k.startsWith('Fn::')) throw new Error(`the embedded stack cannot resolve ${k} yet`);
+  }
+  return Object.fromEntries(keys.map((k) => [k, resolveIntrinsics(o[k], t)]));
+}
+
+function resolveRef(name: string, t: CfnTemplate): string {
+  if (name === 'AWS::Partition') return 'aws';
+  if (name === 'AWS::Region') return LOCAL_REGION;
+  if (name === 'AWS::AccountId') return LOCAL_ACCOUNT;
+  if (name === 'AWS::URLSuffix') return 'amazonaws.com';
+  const r = t.Resources[name];
+  if (r?.Type === 'AWS::StepFunctions::Activity') return `arn:aws:states:${LOCAL_REGION}:${LOCAL_ACCOUNT}:activity:${r.Properties?.Name as string}`;
+  if (r?.Type === 'AWS::StepFunctions::StateMachine') return `arn:aws:states:${LOCAL_REGION}:${LOCAL_ACCOUNT}:stateMachine:${name}`;
+  if (r?.Type === 'AWS::Lambda::Function') return name;
+  throw new Error(`cannot resolve Ref ${name} (${r?.Type ?? 'no such resource'}) for the embedded stack`);
+}
+
+/** Resolves every state machine, function and activity of a synthesized template. */
+export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
+  const out: ResolvedTemplate = { stateMachines: {}, functions: {}, activities: {} };
+  for (const [lid, r] of Object.entries(t.Resources)) {
+    if (r.Type === 'AWS::StepFunctions::StateMachine') {
+      const text = resolveIntrinsics(r.Properties?.DefinitionString, t);
+      if (typeof text !== 'string') throw new Error(`state machine ${lid} has no DefinitionString`);
+      out.stateMachines[lid] = { logicalId: lid, arn: resolveRef(lid, t), definition: JSON.parse(text) as Record<string, unknown> };
+    } else if (r.Type === 'AWS::Lambda::Function') {
+      const fid = (r.Properties?.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION;
+      if (fid) out.functions[lambdaArn(lid)] = fid;
+    } else if (r.Type === 'AWS::StepFunctions::Activity') {
+      out.activities[r.Properties?.Name as string] = resolveRef(lid, t);
+    }
+  }
+  return out;
+}
+
+/** Synthesizes the CDK app in process (no bundling) and returns its template. */
+export function synthesizeTemplate(outdir: string): CfnTemplate {
+  const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
+  const stack = new LifeboatStack(app, 'Lifeboat', { moverGroups: defaultConfig.moverGroups });
+  return app.synth().getStackByName(stack.stackName).template as CfnTemplate;
+}

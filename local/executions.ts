@@ -1,0 +1,164 @@
+/**
+ * Executions of the synthesized state machines, run by aws-local-stepfunctions. Lambda
+ * tasks call the handlers in process; activity tasks go to the ActivityBroker, where
+ * movers pick them up over the Step Functions API. Records persist as JSON files.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, readdir, readFile, writeFile, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { StateMachine } from 'aws-local-stepfunctions';
+import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { ActivityBroker } from './activities.ts';
+import type { ResolvedTemplate } from './asl.ts';
+import { invokeLocal } from './lambdas.ts';
+import type { ExecutionRecord, ExecutionService } from './sfn-api.ts';
+
+type AslState = Record<string, unknown> & { Type: string; Resource?: string };
+
+function named(name: string, message: string): Error {
+  const e = new Error(message);
+  e.name = name;
+  return e;
+}
+
+/** Every Task state of a definition, through Map and Parallel states. */
+function taskStates(def: Record<string, unknown>): [string, AslState][] {
+  const out: [string, AslState][] = [];
+  for (const [name, s] of Object.entries(def.States as Record<string, AslState>)) {
+    if (s.Type === 'Task') out.push([name, s]);
+    const inner = (s.ItemProcessor ?? s.Iterator) as Record<string, unknown> | undefined;
+    if (inner) out.push(...taskStates(inner));
+    for (const b of (s.Branches as Record<string, unknown>[] | undefined) ?? []) out.push(...taskStates(b));
+  }
+  return out;
+}
+
+export interface StateCounts {
+  transitions: number;
+}
+
+export class LocalExecutions implements ExecutionService {
+  private readonly dir: string;
+  private readonly template: ResolvedTemplate;
+  private readonly broker: ActivityBroker;
+  private readonly records = new Map<string, ExecutionRecord>();
+  private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
+
+  constructor(opts: { dataDir: string; template: ResolvedTemplate; broker: ActivityBroker }) {
+    this.dir = join(opts.dataDir, 'executions');
+    this.template = opts.template;
+    this.broker = opts.broker;
+  }
+
+  /** Loads saved records; executions that were running when the stack stopped are ABORTED. */
+  async load(): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    for (const f of await readdir(this.dir)) {
+      if (!f.endsWith('.json')) continue;
+      const r = JSON.parse(await readFile(join(this.dir, f), 'utf8'), (k, v) => (k.endsWith('Date') ? new Date(v as string) : v)) as ExecutionRecord;
+      if (r.status === 'RUNNING') Object.assign(r, { status: 'ABORTED', stopDate: new Date(), error: 'Lifeboat.StackRestarted', cause: 'the embedded stack stopped while this execution ran' });
+      this.records.set(r.executionArn, r);
+    }
+  }
+
+  private async save(r: ExecutionRecord): Promise<void> {
+    const file = join(this.dir, `${r.stateMachineArn.split(':').pop()}--${r.name}.json`);
+    await writeFile(`${file}.tmp`, JSON.stringify(r));
+    await rename(`${file}.tmp`, file);
+  }
+
+  private machine(arn: string) {
+    const sm = Object.values(this.template.stateMachines).find((m) => m.arn === arn);
+    if (!sm) throw named('StateMachineDoesNotExist', `state machine ${arn} does not exist; known: ${Object.values(this.template.stateMachines).map((m) => m.arn).join(', ')}`);
+    return sm;
+  }
+
+  private overrides(definition: Record<string, unknown>, signal: AbortSignal) {
+    const handlers: Record<string, (input: never) => Promise<unknown>> = {};
+    for (const [name, state] of taskStates(definition)) {
+      const resource = state.Resource ?? '';
+      const fid = this.template.functions[resource] as LambdaFunctionId | undefined;
+      if (fid) {
+        handlers[name] = (input) => invokeLocal(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+      } else if (resource.includes(':activity:')) {
+        handlers[name] = (input) => this.broker.schedule(resource, input, {
+          timeoutSeconds: state.TimeoutSeconds as number | undefined,
+          heartbeatSeconds: state.HeartbeatSeconds as number | undefined,
+          signal,
+        });
+      } else {
+        throw new Error(`task state '${name}' uses resource ${resource}, which the embedded stack does not run`);
+      }
+    }
+    return handlers;
+  }
+
+  async start(stateMachineArn: string, input: string, name?: string): Promise<{ executionArn: string; startDate: Date }> {
+    const sm = this.machine(stateMachineArn);
+    const execName = name ?? randomUUID();
+    const executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${execName}`;
+    if (this.records.has(executionArn)) throw named('ExecutionAlreadyExists', `execution ${execName} already exists`);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(input || '{}');
+    } catch {
+      throw named('InvalidExecutionInput', 'execution input is not valid JSON');
+    }
+    const record: ExecutionRecord = { executionArn, stateMachineArn, name: execName, status: 'RUNNING', startDate: new Date(), input: input || '{}' };
+    this.records.set(executionArn, record);
+    await this.save(record);
+    const abort = new AbortController();
+    const machine = new StateMachine(sm.definition as never, { validationOptions: { checkArn: false } });
+    const run = machine.run(parsed as never, {
+      overrides: { taskResourceLocalHandlers: this.overrides(sm.definition, abort.signal) as never },
+      context: { Execution: { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' } },
+    });
+    abort.signal.addEventListener('abort', () => run.abort());
+    const done = run.result.then(
+      (output) => Object.assign(record, { status: 'SUCCEEDED', output: JSON.stringify(output) }),
+      (err: Error) => {
+        if (abort.signal.aborted) return Object.assign(record, { status: 'ABORTED' });
+        const caught = err.cause as Error | undefined;
+        if (err.name === 'ExecutionTimeoutError') return Object.assign(record, { status: 'TIMED_OUT', error: 'States.Timeout' });
+        return Object.assign(record, { status: 'FAILED', error: caught?.name ?? err.name, cause: caught?.message ?? err.message });
+      },
+    ).then(async () => {
+      record.stopDate = new Date();
+      this.running.delete(executionArn);
+      await this.save(record);
+    });
+    this.running.set(executionArn, { abort, done });
+    return { executionArn, startDate: record.startDate };
+  }
+
+  async describe(executionArn: string): Promise<ExecutionRecord> {
+    const r = this.records.get(executionArn);
+    if (!r) throw named('ExecutionDoesNotExist', `execution ${executionArn} does not exist`);
+    return r;
+  }
+
+  async list(stateMachineArn: string, statusFilter?: string, maxResults?: number): Promise<ExecutionRecord[]> {
+    this.machine(stateMachineArn);
+    const all = [...this.records.values()].filter((r) => r.stateMachineArn === stateMachineArn && (!statusFilter || r.status === statusFilter));
+    all.sort((a, b) => b.startDate.getTime() - a.startDate.getTime());
+    return maxResults ? all.slice(0, maxResults) : all;
+  }
+
+  async stop(executionArn: string, error?: string, cause?: string): Promise<{ stopDate: Date }> {
+    const r = await this.describe(executionArn);
+    const run = this.running.get(executionArn);
+    if (run) {
+      run.abort.abort();
+      await run.done;
+      Object.assign(r, { error, cause });
+      await this.save(r);
+    }
+    return { stopDate: r.stopDate ?? new Date() };
+  }
+
+  /** Aborts every running execution (stack shutdown). */
+  async close(): Promise<void> {
+    for (const r of this.running.values()) r.abort.abort();
+    await Promise.allSettled([...this.running.values()].map((r) => r.done));
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * The embedded stack: Lifeboat on one machine. dynalite (DynamoDB API) and s3rver (S3
+ * API) persist under the data folder; the CDK app's state machines run in process; the
+ * Step Functions API that movers and the command line use is served over HTTP.
+ */
+import { CreateTableCommand, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import dynalite from 'dynalite';
+import { mkdir } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { join, resolve } from 'node:path';
+import S3rver from 's3rver';
+import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { Catalog } from '../functions/catalog/catalog.ts';
+import { resetClients } from '../functions/commons/clients.ts';
+import { ActivityBroker } from './activities.ts';
+import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
+import { LocalExecutions } from './executions.ts';
+import { startSfnApi } from './sfn-api.ts';
+
+export const LOCAL_CREDENTIALS = Object.freeze({ accessKeyId: 'local', secretAccessKey: 'local' });
+export const CATALOG_TABLE = 'lifeboat-catalog';
+export const REPOSITORY_BUCKET = 'lifeboat-repository';
+
+export interface EmbeddedStackOptions {
+  dataDir: string;
+  /** 0 picks free ports. */
+  ports?: { dynamodb?: number; s3?: number; sfn?: number };
+}
+
+/** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
+export interface StackEndpoints {
+  dataDir: string;
+  region: string;
+  dynamodb: string;
+  s3: string;
+  sfn: string;
+  table: string;
+  bucket: string;
+  keyFile: string;
+  backupStateMachineArn: string;
+  activities: Record<string, string>;
+}
+
+export class EmbeddedStack {
+  readonly endpoints: StackEndpoints;
+  readonly template: ResolvedTemplate;
+  readonly catalog: Catalog;
+  private readonly closers: (() => Promise<void>)[];
+
+  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, closers: (() => Promise<void>)[]) {
+    this.endpoints = endpoints;
+    this.template = template;
+    this.catalog = catalog;
+    this.closers = closers;
+  }
+
+  static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
+    const dataDir = resolve(opts.dataDir);
+    await mkdir(dataDir, { recursive: true });
+    const closers: (() => Promise<void>)[] = [];
+    const closeAll = async () => {
+      for (const c of closers.reverse()) await c().catch(() => {});
+    };
+    try {
+      const dyn = dynalite({ path: join(dataDir, 'dynamodb'), createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
+      await new Promise<void>((ok, fail) => dyn.once('error', fail).listen(opts.ports?.dynamodb ?? 0, '127.0.0.1', ok));
+      closers.push(() => new Promise((ok) => dyn.close(() => ok())));
+      const dynamodb = `http://127.0.0.1:${(dyn.address() as AddressInfo).port}`;
+
+      await mkdir(join(dataDir, 's3'), { recursive: true });
+      const s3rver = new S3rver({ port: opts.ports?.s3 ?? 0, address: '127.0.0.1', directory: join(dataDir, 's3'), silent: true, configureBuckets: [{ name: REPOSITORY_BUCKET }] });
+      const s3addr = await s3rver.run();
+      closers.push(() => s3rver.close());
+      const s3 = `http://127.0.0.1:${s3addr.port}`;
+
+      const template = resolveTemplate(synthesizeTemplate(join(dataDir, 'cdk.out')));
+      const backup = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Backup'));
+      if (!backup) throw new Error('the CDK app synthesized no Backup state machine');
+
+      const db = new DynamoDBClient({ region: LOCAL_REGION, endpoint: dynamodb, credentials: LOCAL_CREDENTIALS });
+      closers.push(async () => db.destroy());
+      await ensureTable(db, CATALOG_TABLE);
+
+      const keyFile = join(dataDir, 'repository.keyfile');
+      const store = new S3ObjectStore(s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), REPOSITORY_BUCKET);
+      await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true });
+
+      // The handlers read their configuration from the environment, as in Lambda.
+      Object.assign(process.env, {
+        CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile,
+      });
+      resetClients();
+
+      const broker = new ActivityBroker();
+      closers.push(async () => broker.close());
+      const executions = new LocalExecutions({ dataDir, template, broker });
+      await executions.load();
+      closers.push(() => executions.close());
+      const api = await startSfnApi({ port: opts.ports?.sfn ?? 0, broker, executions });
+      closers.push(() => api.close());
+
+      const endpoints: StackEndpoints = {
+        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, keyFile,
+        backupStateMachineArn: backup.arn, activities: template.activities,
+      };
+      const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
+      return new EmbeddedStack(endpoints, template, catalog, closers);
+    } catch (err) {
+      await closeAll();
+      throw err;
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const c of this.closers.reverse()) await c().catch(() => {});
+  }
+}
+
+async function ensureTable(db: DynamoDBClient, name: string): Promise<void> {
+  try {
+    await db.send(new DescribeTableCommand({ TableName: name }));
+  } catch (err) {
+    if (!(err instanceof ResourceNotFoundException)) throw err;
+    await db.send(new CreateTableCommand({
+      TableName: name,
+      BillingMode: 'PAY_PER_REQUEST',
+      AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }, { AttributeName: 'sk', AttributeType: 'S' }],
+      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
+    }));
+  }
+}

@@ -1,0 +1,14 @@
+// Minimal typings for the two local AWS-compatible servers (neither ships its own).
+declare module 'dynalite' {
+  import type { Server } from 'node:http';
+  interface DynaliteOptions { path?: string; createTableMs?: number; deleteTableMs?: number; updateTableMs?: number }
+  export default function dynalite(options?: DynaliteOptions): Server;
+}
+declare module 's3rver' {
+  interface S3rverOptions { port?: number; address?: string; directory: string; silent?: boolean; configureBuckets?: { name: string }[]; resetOnClose?: boolean }
+  export default class S3rver {
+    constructor(options: S3rverOptions);
+    run(): Promise<{ address: string; port: number }>;
+    close(): Promise<void>;
+  }
+}
