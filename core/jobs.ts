@@ -57,6 +57,10 @@ export interface TransferStats {
   bytesScanned: number;
   /** Bytes of chunks that were not all-zero and not in the parent backup. */
   bytesNew: number;
+  /** Bytes of all-zero chunks (never stored). */
+  bytesZero: number;
+  /** Plaintext bytes of the chunks this transfer uploaded. */
+  bytesUploaded: number;
   /** Bytes written to the repository (after compression and encryption). */
   bytesStored: number;
   chunks: number;

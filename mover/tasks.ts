@@ -1,6 +1,6 @@
 /** The mover's task handlers: Snapshot, Dispatch (one disk) and ReleaseSnapshot. */
 import { BadTaskInput } from '../core/errors.ts';
-import type { RepositoryKeys } from '../core/format.ts';
+import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts';
 import type { MoverTask } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
@@ -20,8 +20,18 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     const t = raw as MoverTask;
     if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
     switch (t.task) {
-      case 'snapshot':
-        return deps.driver.snapshot(t.job.source, t.job.backupId);
+      case 'snapshot': {
+        const snap = await deps.driver.snapshot(t.job.source, t.job.backupId);
+        try {
+          // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
+          const { store, keys } = await deps.repository(t.job.repository.bucket);
+          await store.put(objectKeys.vmConfig(t.job.backupId), await seal(keys, Buffer.from(JSON.stringify(snap.config)), `vm-config:${t.job.backupId}`));
+        } catch (err) {
+          await deps.driver.release(t.job.source, snap);
+          throw err;
+        }
+        return snap;
+      }
       case 'releaseSnapshot':
         if (t.job.snapshot) await deps.driver.release(t.job.source, t.job.snapshot);
         return { released: !!t.job.snapshot };

@@ -40,13 +40,14 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const { chunkSize, disk } = o;
   const count = Math.ceil(disk.sizeBytes / chunkSize);
   const parent = await loadParentChunks(o);
-  const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesStored: 0, chunks: count, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
+  const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: count, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
   const manifest: Manifest = { version: 1, backupId: o.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize, chunks: new Array(count).fill(null), storedSizes: {} };
   const inFlight = new Set<string>();
 
   const process = async (index: number, data: Buffer) => {
     if (isZero(data)) {
       stats.zeroChunks++;
+      stats.bytesZero += data.length;
       return;
     }
     const id = chunkId(o.keys, data);
@@ -74,6 +75,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     await o.store.put(key, sealed);
     manifest.storedSizes[id] = sealed.length;
     stats.uploadedChunks++;
+    stats.bytesUploaded += data.length;
     stats.bytesStored += sealed.length;
   };
 

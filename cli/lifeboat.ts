@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+/** The `lifeboat` command line: a thin shell over local/ and the Step Functions API. */
+import { Command, InvalidArgumentError } from 'commander';
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { runDemo } from '../local/demo/demo.ts';
+import { startMover, type MoverProcess } from '../local/movers.ts';
+import { EmbeddedStack } from '../local/stack.ts';
+
+const DEFAULT_DATA_DIR = resolve(import.meta.dirname, '..', '.lifeboat');
+
+const positiveInt = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`'${v}' is not a whole number`);
+  return n;
+};
+
+const program = new Command('lifeboat').description('Lifeboat VM backup: the embedded stack and its tools');
+
+program
+  .command('demo')
+  .description('start the embedded stack and two movers; back up, change, back up again, restore and compare a demo VM')
+  .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
+  .option('--movers <n>', 'mover processes to start', positiveInt, 2)
+  .action(async (opts: { dataDir: string; movers: number }) => {
+    const tty = process.stdout.isTTY;
+    await runDemo({
+      dataDir: resolve(opts.dataDir),
+      movers: opts.movers,
+      out: (line) => process.stdout.write(`${tty ? '\r\x1b[2K' : ''}${line}\n`),
+      status: tty ? (line) => process.stdout.write(`\r\x1b[2K${line}`) : undefined,
+    });
+  });
+
+program
+  .command('up')
+  .description('start the embedded stack (and movers) and keep it running until Ctrl-C')
+  .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
+  .option('--movers <n>', 'mover processes to start', positiveInt, 2)
+  .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
+  .action(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
+    const stack = await EmbeddedStack.start({ dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort } });
+    const e = stack.endpoints;
+    await writeFile(join(e.dataDir, 'endpoints.json'), JSON.stringify(e, null, 2));
+    const movers: MoverProcess[] = [];
+    for (let i = 1; i <= opts.movers; i++) {
+      movers.push(startMover(e, { name: `mover-${i}`, group: 'site-a', onLog: (l) => process.stdout.write(`${JSON.stringify(l)}\n`) }));
+    }
+    process.stdout.write(`Lifeboat embedded stack is up (endpoints in ${join(e.dataDir, 'endpoints.json')}):\n${JSON.stringify(e, null, 2)}\n`);
+    process.stdout.write(`Start a backup: aws stepfunctions start-execution --endpoint-url ${e.sfn} --state-machine-arn ${e.backupStateMachineArn} --input '{"policyId":"..."}'\n`);
+    await new Promise<void>((ok) => {
+      process.once('SIGINT', ok);
+      process.once('SIGTERM', ok);
+    });
+    await Promise.all(movers.map((m) => m.stop()));
+    await stack.stop();
+  });
+
+await program.parseAsync();

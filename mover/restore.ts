@@ -1,0 +1,32 @@
+/** Restore a backup of a VM: every disk from its manifest, and the VM config, into a folder. */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Corrupt } from '../core/errors.ts';
+import { keys as objectKeys, open, type RepositoryKeys } from '../core/format.ts';
+import type { ObjectStore } from '../core/object-store.ts';
+import { restoreDisk } from './pipeline/restore-disk.ts';
+
+export interface RestoreVmOptions {
+  store: ObjectStore;
+  keys: RepositoryKeys;
+  backupId: string;
+  diskIds: string[];
+  targetDir: string;
+  onProgress?: (diskId: string, bytesDone: number, sizeBytes: number) => void;
+}
+
+export async function restoreVm(o: RestoreVmOptions): Promise<{ disks: { diskId: string; path: string; sizeBytes: number }[] }> {
+  await mkdir(o.targetDir, { recursive: true });
+  const sealedConfig = await o.store.get(objectKeys.vmConfig(o.backupId));
+  if (!sealedConfig) throw new Corrupt(`VM config of backup ${o.backupId} is missing from the repository`);
+  const config = JSON.parse((await open(o.keys, sealedConfig, `vm-config:${o.backupId}`)).toString('utf8')) as Record<string, unknown>;
+  const disks = [];
+  for (const diskId of o.diskIds) {
+    const path = join(o.targetDir, `${diskId}.raw`);
+    const r = await restoreDisk({ store: o.store, keys: o.keys, backupId: o.backupId, diskId, target: path, onProgress: (d, s) => o.onProgress?.(diskId, d, s) });
+    disks.push({ diskId, path, sizeBytes: r.sizeBytes });
+  }
+  const restoredConfig = { ...config, disks: disks.map((d) => ({ id: d.diskId, file: `${d.diskId}.raw` })), restoredFrom: o.backupId };
+  await writeFile(join(o.targetDir, 'vm.json'), JSON.stringify(restoredConfig, null, 2));
+  return { disks };
+}
