@@ -54,7 +54,7 @@ export class LocalExecutions implements ExecutionService {
   async load(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
     for (const f of await readdir(this.dir)) {
-      if (!f.endsWith('.json')) continue;
+      if (!f.endsWith('.json') || f.endsWith('.tmp')) continue;
       const r = JSON.parse(await readFile(join(this.dir, f), 'utf8'), (k, v) => (k.endsWith('Date') ? new Date(v as string) : v)) as ExecutionRecord;
       if (r.status === 'RUNNING') Object.assign(r, { status: 'ABORTED', stopDate: new Date(), error: 'Lifeboat.StackRestarted', cause: 'the embedded stack stopped while this execution ran' });
       this.records.set(r.executionArn, r);
@@ -114,6 +114,7 @@ export class LocalExecutions implements ExecutionService {
       context: { Execution: { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' } },
     });
     abort.signal.addEventListener('abort', () => run.abort());
+    const history = this.recordHistory(record, run.eventLogs);
     const done = run.result.then(
       (output) => Object.assign(record, { status: 'SUCCEEDED', output: JSON.stringify(output) }),
       (err: Error) => {
@@ -123,12 +124,20 @@ export class LocalExecutions implements ExecutionService {
         return Object.assign(record, { status: 'FAILED', error: caught?.name ?? err.name, cause: caught?.message ?? err.message });
       },
     ).then(async () => {
+      await history;
       record.stopDate = new Date();
       this.running.delete(executionArn);
       await this.save(record);
     });
     this.running.set(executionArn, { abort, done });
     return { executionArn, startDate: record.startDate };
+  }
+
+  /** Writes the execution's event history (as GetExecutionHistory would list it) beside its record. */
+  private async recordHistory(record: ExecutionRecord, events: AsyncGenerator<unknown>): Promise<void> {
+    const lines: string[] = [];
+    for await (const ev of events) lines.push(JSON.stringify(ev));
+    await writeFile(join(this.dir, `${record.stateMachineArn.split(':').pop()}--${record.name}.history.jsonl`), lines.join('\n') + '\n');
   }
 
   async describe(executionArn: string): Promise<ExecutionRecord> {

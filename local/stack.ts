@@ -19,7 +19,8 @@ import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplat
 import { LocalExecutions } from './executions.ts';
 import { startSfnApi } from './sfn-api.ts';
 
-export const LOCAL_CREDENTIALS = Object.freeze({ accessKeyId: 'local', secretAccessKey: 'local' });
+/** s3rver accepts only its fixed key pair (the other local servers accept any); not frozen: the SDK annotates it. */
+export const LOCAL_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
 export const CATALOG_TABLE = 'lifeboat-catalog';
 export const REPOSITORY_BUCKET = 'lifeboat-repository';
 

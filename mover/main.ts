@@ -41,7 +41,7 @@ const logger: Logger = {
 };
 
 const region = process.env.AWS_REGION ?? 'us-east-1';
-const localCreds = { accessKeyId: 'local', secretAccessKey: 'local' };
+const localCreds = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
 const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
 const s3Endpoint = process.env.LIFEBOAT_S3_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: localCreds } : {}), requestHandler: { requestTimeout: 70_000 } });

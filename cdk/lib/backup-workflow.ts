@@ -33,13 +33,13 @@ export class BackupWorkflow extends Construct {
         resultPath: opts.resultPath === null ? sfn.JsonPath.DISCARD : opts.resultPath,
         taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
       });
-    const activityTask = (name: string, task: string, extra: Record<string, unknown>, timeouts: { task: Duration; heartbeat: Duration }, resultPath: string | null) =>
+    const activityTask = (name: string, task: string, extra: Record<string, unknown>, timeouts: { task: Duration; heartbeat: Duration }, resultPath: string | null | undefined) =>
       new tasks.StepFunctionsInvokeActivity(this, name, {
         activity: props.activity,
         parameters: { task, ...extra },
         taskTimeout: sfn.Timeout.duration(timeouts.task),
         heartbeatTimeout: sfn.Timeout.duration(timeouts.heartbeat),
-        resultPath: resultPath ?? sfn.JsonPath.DISCARD,
+        resultPath: resultPath === null ? sfn.JsonPath.DISCARD : resultPath,
       });
 
     const plan = invoke('Plan', 'Plan', {
@@ -68,7 +68,7 @@ export class BackupWorkflow extends Construct {
     snapshot.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
 
     const dispatchDisk = activityTask('DispatchDisk', 'dispatch', { 'job.$': '$.job', 'disk.$': '$.disk' },
-      { task: Duration.hours(12), heartbeat: Duration.seconds(30) }, '$');
+      { task: Duration.hours(12), heartbeat: Duration.seconds(30) }, undefined); // the disk result is the iteration's output
     dispatchDisk.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
     const dispatch = new sfn.Map(this, 'Dispatch', {
       itemsPath: '$.snapshot.disks',

@@ -22,7 +22,7 @@ let cached: Clients | undefined;
 export function clients(): Clients {
   if (cached) return cached;
   const env = readEnv();
-  const local = env.dynamodbEndpoint ? { credentials: { accessKeyId: 'local', secretAccessKey: 'local' } } : {};
+  const local = env.dynamodbEndpoint ? { credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } } : {};
   const db = DynamoDBDocumentClient.from(new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local }), {
     marshallOptions: { removeUndefinedValues: true },
   });
