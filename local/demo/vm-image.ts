@@ -8,6 +8,20 @@ import { mkdir, open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const MiB = 1024 * 1024;
+
+/** A small seeded generator (mulberry32): the same seed gives the same disk layout. */
+export type Rng = (min: number, max: number) => number;
+export function seededRng(seed = randomInt(2 ** 31)): Rng {
+  let a = seed >>> 0;
+  return (min, max) => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    const r = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return min + Math.floor(r * (max - min));
+  };
+}
 const WORDS = 'backup restore volume snapshot chunk manifest tenant invoice order customer request latency error warning info debug session cache index page row column table service deploy commit'.split(' ');
 
 function textBlock(bytes: number): Buffer {
@@ -33,19 +47,19 @@ export function runContent(kind: RunKind, bytes: number): Buffer {
   return randomBytes(bytes);
 }
 
-function pickKind(): RunKind {
-  const r = randomInt(100);
+function pickKind(rng: Rng): RunKind {
+  const r = rng(0, 100);
   return r < 35 ? 'zero' : r < 70 ? 'text' : 'random';
 }
 
 /** Writes a raw disk image of `sizeBytes` with mixed runs; zero runs stay holes. */
-export async function writeDiskImage(path: string, sizeBytes: number): Promise<void> {
+export async function writeDiskImage(path: string, sizeBytes: number, rng: Rng = seededRng()): Promise<void> {
   const fh = await open(path, 'w');
   try {
     let offset = 0;
     while (offset < sizeBytes) {
-      const len = Math.min(sizeBytes - offset, randomInt(1, 9) * MiB);
-      const kind = pickKind();
+      const len = Math.min(sizeBytes - offset, rng(1, 9) * MiB);
+      const kind = pickKind(rng);
       if (kind !== 'zero') await fh.write(runContent(kind, len), 0, len, offset);
       offset += len;
     }
@@ -59,13 +73,13 @@ export async function writeDiskImage(path: string, sizeBytes: number): Promise<v
  * Rewrites about `fraction` of a disk in a few extents of 4 KiB-aligned blocks, as a
  * guest writing files would: mostly text-like data, a quarter random. Returns bytes changed.
  */
-export async function changeDisk(path: string, sizeBytes: number, fraction: number, extents = 4): Promise<number> {
+export async function changeDisk(path: string, sizeBytes: number, fraction: number, extents = 4, rng: Rng = seededRng()): Promise<number> {
   const total = Math.floor((sizeBytes * fraction) / 4096) * 4096;
   const per = Math.floor(total / extents / 4096) * 4096;
   const fh = await open(path, 'r+');
   try {
     for (let i = 0; i < extents; i++) {
-      const at = randomInt(0, Math.floor((sizeBytes - per) / 4096)) * 4096;
+      const at = rng(0, Math.floor((sizeBytes - per) / 4096)) * 4096;
       await fh.write(runContent(i % 4 === 3 ? 'random' : 'text', per), 0, per, at);
     }
   } finally {
@@ -80,9 +94,9 @@ export interface DemoVmSpec {
 }
 
 /** Creates a VM folder (vm.json + raw disks) for the folder driver. */
-export async function createVmFolder(dir: string, spec: DemoVmSpec): Promise<void> {
+export async function createVmFolder(dir: string, spec: DemoVmSpec, rng: Rng = seededRng()): Promise<void> {
   await mkdir(dir, { recursive: true });
-  for (const d of spec.disks) await writeDiskImage(join(dir, `${d.id}.raw`), d.sizeBytes);
+  for (const d of spec.disks) await writeDiskImage(join(dir, `${d.id}.raw`), d.sizeBytes, rng);
   const config = { name: spec.name, cpus: 2, memoryMiB: 4096, firmware: 'uefi', disks: spec.disks.map((d) => ({ id: d.id, file: `${d.id}.raw`, bus: 'virtio' })) };
   await writeFile(join(dir, 'vm.json'), JSON.stringify(config, null, 2));
 }
