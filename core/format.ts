@@ -7,7 +7,7 @@
  * id, or the object kind) are authenticated as associated data, so a swapped or edited
  * object fails to open.
  */
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { zstdCompress, zstdDecompress } from 'node:zlib';
 import { Corrupt } from './errors.ts';
@@ -77,6 +77,11 @@ export async function open(keys: RepositoryKeys, sealed: Uint8Array, purpose: st
   return compression === Compression.zstd ? await decompress(body) : body;
 }
 
+/** Base64 SHA-256 of a stored object, the form S3's ChecksumSHA256 uses. */
+export function objectSha256(body: Uint8Array): string {
+  return createHash('sha256').update(body).digest('base64');
+}
+
 /** Object keys: chunks spread over 256 hashed prefixes. */
 export const keys = {
   chunk: (id: string) => `chunks/${id.slice(0, 2)}/${id}`,
@@ -93,8 +98,10 @@ export interface Manifest {
   sizeBytes: number;
   chunkSize: number;
   chunks: (string | null)[];
-  /** Stored size of each non-null chunk, same order, for Verify's size check. */
+  /** Stored size of each referenced chunk, by id, for Verify's size check. */
   storedSizes: Record<string, number>;
+  /** Base64 SHA-256 of each stored chunk object, by id, where known: Verify compares it with the store's checksum. */
+  storedSha256: Record<string, string>;
 }
 
 export function encodeManifest(keys_: RepositoryKeys, m: Manifest): Promise<Buffer> {
@@ -113,8 +120,9 @@ export async function decodeManifest(keys_: RepositoryKeys, sealed: Uint8Array, 
 /** True when every byte of `buf` is zero (checked 8 bytes at a time). */
 export function isZero(buf: Buffer): boolean {
   const words = Math.floor(buf.length / 8);
-  const view = new BigUint64Array(buf.buffer, buf.byteOffset, buf.byteOffset % 8 === 0 ? words : 0);
-  if (view.length === words) {
+  // A BigUint64Array view needs an 8-aligned start offset; unaligned buffers go byte by byte.
+  if (buf.byteOffset % 8 === 0) {
+    const view = new BigUint64Array(buf.buffer, buf.byteOffset, words);
     for (let i = 0; i < words; i++) if (view[i] !== 0n) return false;
     for (let i = words * 8; i < buf.length; i++) if (buf[i] !== 0) return false;
     return true;

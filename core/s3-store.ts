@@ -33,9 +33,9 @@ export class S3ObjectStore implements ObjectStore {
     this.bucket = bucket;
   }
 
-  async put(key: string, body: Uint8Array): Promise<void> {
+  async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength }));
+      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength, ...(sha256 ? { ChecksumSHA256: sha256 } : {}) }));
     } catch (err) {
       throw new StorageUnavailable(`PUT s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);
     }
@@ -53,8 +53,10 @@ export class S3ObjectStore implements ObjectStore {
 
   async head(key: string): Promise<ObjectInfo | undefined> {
     try {
-      const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
-      return { size: out.ContentLength ?? 0 };
+      const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key, ChecksumMode: 'ENABLED' }));
+      // Real S3 returns the SHA-256 it checked on upload; stores that keep none (s3rver) return nothing.
+      const sha256 = out.ChecksumSHA256 && !out.ChecksumSHA256.includes('-') ? out.ChecksumSHA256 : undefined;
+      return { size: out.ContentLength ?? 0, ...(sha256 ? { sha256 } : {}) };
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw new StorageUnavailable(`HEAD s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);

@@ -1,12 +1,13 @@
 /** Commit: the backup becomes visible in the catalog, only after Verify passed. */
 import middy from '@middy/core';
 import type { DiskResult, VmJob } from '../core/jobs.ts';
+import type { VerifyOutput } from './verify.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
 
 export interface CommitInput extends VmJob {
   disks: DiskResult[];
-  verify: { chunksChecked: number; bytesChecked: number };
+  verify: VerifyOutput;
 }
 
 export async function commit(input: CommitInput, deps: { catalog: Catalog; now: () => Date }): Promise<{ backupId: string; committedAt: string }> {

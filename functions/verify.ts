@@ -19,6 +19,8 @@ export interface VerifyInput extends VmJob {
 export interface VerifyOutput {
   chunksChecked: number;
   bytesChecked: number;
+  /** Chunks whose store-side SHA-256 matched the manifest (0 on stores that keep none). */
+  checksumsCompared: number;
 }
 
 export async function verify(input: VerifyInput, deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
@@ -27,6 +29,7 @@ export async function verify(input: VerifyInput, deps: { store: ObjectStore; key
   }
   let chunksChecked = 0;
   let bytesChecked = 0;
+  let checksumsCompared = 0;
   for (const disk of input.disks) {
     const sealed = await deps.store.get(disk.manifestKey);
     if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
@@ -38,11 +41,16 @@ export async function verify(input: VerifyInput, deps: { store: ObjectStore; key
       if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${input.backupId}) is missing from the repository`);
       const expected = manifest.storedSizes[id];
       if (info.size !== expected) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' is ${info.size} bytes, the manifest expects ${expected}`);
+      const digest = manifest.storedSha256?.[id];
+      if (digest && info.sha256) {
+        checksumsCompared++;
+        if (info.sha256 !== digest) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' has SHA-256 ${info.sha256} in the store, the manifest expects ${digest}`);
+      }
       chunksChecked++;
       bytesChecked += info.size;
     });
   }
-  return { chunksChecked, bytesChecked };
+  return { chunksChecked, bytesChecked, checksumsCompared };
 }
 
 export const handler = middy<VerifyInput, VerifyOutput>().handler(async (input) => {

@@ -4,7 +4,7 @@
  * chunks in flight, then the manifest, last. Memory is bounded by `parallelism` chunks.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, encodeManifest, isZero, keys, seal, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectSha256, seal, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import type { DiskRef, DiskResult, TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { DiskReader } from '../sources/source.ts';
@@ -24,14 +24,19 @@ export interface BackupDiskOptions {
   onProgress?: (p: { bytesScanned: number; sizeBytes: number; bytesStored: number }) => void;
 }
 
-async function loadParentChunks(o: BackupDiskOptions): Promise<Map<string, number>> {
-  const known = new Map<string, number>();
+interface KnownChunk {
+  size: number;
+  sha256?: string;
+}
+
+async function loadParentChunks(o: BackupDiskOptions): Promise<Map<string, KnownChunk>> {
+  const known = new Map<string, KnownChunk>();
   if (!o.parentManifestKey || !o.parentBackupId) return known;
   const sealed = await o.store.get(o.parentManifestKey);
   if (!sealed) return known; // the parent was pruned: every chunk is checked against the repository instead
   const parent = await decodeManifest(o.keys, sealed, o.parentBackupId, o.disk.diskId);
   if (parent.chunkSize !== o.chunkSize) return known;
-  for (const [id, size] of Object.entries(parent.storedSizes)) known.set(id, size);
+  for (const [id, size] of Object.entries(parent.storedSizes)) known.set(id, { size, sha256: parent.storedSha256?.[id] });
   return known;
 }
 
@@ -41,8 +46,12 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const count = Math.ceil(disk.sizeBytes / chunkSize);
   const parent = await loadParentChunks(o);
   const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: count, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
-  const manifest: Manifest = { version: 1, backupId: o.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize, chunks: new Array(count).fill(null), storedSizes: {} };
+  const manifest: Manifest = { version: 1, backupId: o.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize, chunks: new Array(count).fill(null), storedSizes: {}, storedSha256: {} };
   const inFlight = new Set<string>();
+  const record = (id: string, c: KnownChunk) => {
+    manifest.storedSizes[id] = c.size;
+    if (c.sha256) manifest.storedSha256[id] = c.sha256;
+  };
 
   const process = async (index: number, data: Buffer) => {
     if (isZero(data)) {
@@ -52,10 +61,10 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     }
     const id = chunkId(o.keys, data);
     manifest.chunks[index] = id;
-    const parentSize = parent.get(id);
-    if (parentSize !== undefined) {
+    const known = parent.get(id);
+    if (known) {
       stats.parentChunks++;
-      manifest.storedSizes[id] = parentSize;
+      record(id, known);
       return;
     }
     stats.bytesNew += data.length;
@@ -68,12 +77,13 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     const existing = await o.store.head(key);
     if (existing) {
       stats.dedupedChunks++;
-      manifest.storedSizes[id] = existing.size;
+      record(id, existing);
       return;
     }
     const sealed = await seal(o.keys, data, id);
-    await o.store.put(key, sealed);
-    manifest.storedSizes[id] = sealed.length;
+    const sha256 = objectSha256(sealed);
+    await o.store.put(key, sealed, sha256);
+    record(id, { size: sealed.length, sha256 });
     stats.uploadedChunks++;
     stats.bytesUploaded += data.length;
     stats.bytesStored += sealed.length;
@@ -103,7 +113,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
 
   const manifestKey = keys.manifest(o.backupId, disk.diskId);
   const sealedManifest = await encodeManifest(o.keys, manifest);
-  await o.store.put(manifestKey, sealedManifest);
+  await o.store.put(manifestKey, sealedManifest, objectSha256(sealedManifest));
   stats.bytesStored += sealedManifest.length;
   stats.seconds = (performance.now() - started) / 1000;
   return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats };
