@@ -74,14 +74,18 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     }
     inFlight.add(id);
     const key = keys.chunk(id);
-    const existing = await o.store.head(key);
-    if (existing) {
-      stats.dedupedChunks++;
-      record(id, existing);
-      return;
-    }
+    // Seal before looking: an object already stored under this id is trusted only when it
+    // has the size this chunk seals to (sealing is size-deterministic; the nonce is random,
+    // so the bytes differ between writers), so a partial object left by a killed writer on
+    // a non-atomic store (s3rver writes in place) is overwritten, never referenced.
     const sealed = await seal(o.keys, data, id);
     const sha256 = objectSha256(sealed);
+    const existing = await o.store.head(key);
+    if (existing && existing.size === sealed.length) {
+      stats.dedupedChunks++;
+      record(id, { size: existing.size, ...(existing.sha256 ? { sha256: existing.sha256 } : {}) });
+      return;
+    }
     await o.store.put(key, sealed, sha256);
     record(id, { size: sealed.length, sha256 });
     stats.uploadedChunks++;
