@@ -10,7 +10,9 @@ import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import S3rver from 's3rver';
+import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import type { ObjectStore } from '../core/object-store.ts';
 import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import { resetClients } from '../functions/commons/clients.ts';
@@ -117,6 +119,13 @@ export class EmbeddedStack {
   async stop(): Promise<void> {
     for (const c of this.closers.reverse()) await c().catch(() => {});
   }
+}
+
+/** The stack's repository as a client (the CLI, a restore, a test) opens it. */
+export async function openRepository(e: StackEndpoints): Promise<{ store: ObjectStore; keys: RepositoryKeys; masterKey: Buffer }> {
+  const store = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), e.bucket);
+  const masterKey = await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile));
+  return { store, keys: deriveKeys(masterKey), masterKey };
 }
 
 async function ensureTable(db: DynamoDBClient, name: string): Promise<void> {

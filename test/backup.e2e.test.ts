@@ -6,13 +6,10 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunSummary } from '../functions/summarize.ts';
-import { deriveKeys } from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
-import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { LOCAL_CREDENTIALS } from '../local/stack.ts';
+import { openRepository } from '../local/stack.ts';
 import { restoreVm } from '../mover/restore.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
@@ -67,8 +64,7 @@ describe('backup workflow on the embedded stack', () => {
     expect(latest.parentBackupId).toBe(backups[1]!.backupId);
 
     const e = t.stack.endpoints;
-    const store = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), e.bucket);
-    const keys = deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile)));
+    const { store, keys } = await openRepository(e);
     const target = join(t.dir, 'restore-a');
     const restored = await restoreVm({ store, keys, backupId: latest.backupId, diskIds: latest.disks!.map((d) => d.diskId), targetDir: target });
     for (const d of restored.disks) expect(await sha256File(d.path)).toBe(await sha256File(join(vmDir, `${d.diskId}.raw`)));

@@ -4,18 +4,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
-import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
-import { EmbeddedStack, LOCAL_CREDENTIALS, type StackEndpoints } from '../local/stack.ts';
+import { EmbeddedStack, openRepository, type StackEndpoints } from '../local/stack.ts';
 
 const dirs: string[] = [];
 afterAll(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
-const masterKey = async (e: StackEndpoints) =>
-  loadMasterKey(new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), e.bucket), await KeyFileWrapper.load(e.keyFile));
+const masterKey = async (e: StackEndpoints) => (await openRepository(e)).masterKey;
 
 it('keeps the catalog, the repository key and execution history across a restart', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-stack-'));

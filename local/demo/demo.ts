@@ -6,14 +6,11 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { deriveKeys } from '../../core/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../../core/keyring.ts';
-import { S3ObjectStore, s3Client } from '../../core/s3-store.ts';
 import type { RunSummary } from '../../functions/summarize.ts';
 import { restoreVm } from '../../mover/restore.ts';
 import { runExecution, sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';
-import { EmbeddedStack, LOCAL_CREDENTIALS } from '../stack.ts';
+import { EmbeddedStack, openRepository } from '../stack.ts';
 import { formatBackup, mib } from './report.ts';
 import { changeDisk, createVmFolder } from './vm-image.ts';
 
@@ -97,8 +94,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     if (!latest?.disks) throw new Error(`no committed backup of ${vmId} in the catalog`);
     const target = join(e.dataDir, 'restores', `${vmId}-${latest.backupId}`);
     o.out(`Restoring backup ${latest.backupId} into ${target} ...`);
-    const store = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), e.bucket);
-    const keys = deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile)));
+    const { store, keys } = await openRepository(e);
     const restored = await restoreVm({
       store, keys, backupId: latest.backupId, diskIds: latest.disks.map((d) => d.diskId), targetDir: target,
       onProgress: (diskId, done, size) => o.status?.(`  restoring ${diskId} ${Math.floor((100 * done) / size)}%`),
