@@ -74,7 +74,12 @@ export async function open(keys: RepositoryKeys, sealed: Uint8Array, purpose: st
   } catch (err) {
     throw new Corrupt(`object for ${purpose} failed authentication (damaged, or not this repository's)`, err);
   }
-  return compression === Compression.zstd ? await decompress(body) : body;
+  if (compression === Compression.none) return body;
+  try {
+    return await decompress(body);
+  } catch (err) {
+    throw new Corrupt(`object for ${purpose} authenticated but does not decompress (written by a faulty encoder?)`, err);
+  }
 }
 
 /** Base64 SHA-256 of a stored object, the form S3's ChecksumSHA256 uses. */
@@ -109,7 +114,13 @@ export function encodeManifest(keys_: RepositoryKeys, m: Manifest): Promise<Buff
 }
 
 export async function decodeManifest(keys_: RepositoryKeys, sealed: Uint8Array, backupId: string, diskId: string): Promise<Manifest> {
-  const m = JSON.parse((await open(keys_, sealed, `manifest:${backupId}/${diskId}`)).toString('utf8')) as Manifest;
+  let m: Manifest;
+  try {
+    m = JSON.parse((await open(keys_, sealed, `manifest:${backupId}/${diskId}`)).toString('utf8')) as Manifest;
+  } catch (err) {
+    if (err instanceof Corrupt) throw err;
+    throw new Corrupt(`manifest ${backupId}/${diskId} is not valid JSON`, err);
+  }
   const expected = Math.ceil(m.sizeBytes / m.chunkSize);
   if (m.version !== 1 || m.chunks.length !== expected || m.backupId !== backupId || m.diskId !== diskId) {
     throw new Corrupt(`manifest ${backupId}/${diskId} is inconsistent (version ${m.version}, ${m.chunks.length} chunks for ${m.sizeBytes} bytes)`);

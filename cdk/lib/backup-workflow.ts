@@ -54,6 +54,7 @@ export class BackupWorkflow extends Construct {
     const vmFailed = new sfn.Pass(this, 'VmFailed', {
       parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'outcome.$': '$.outcome' },
     });
+    releaseSnapshotAfterFailure.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
     releaseSnapshotAfterFailure.addCatch(recordFailure, { resultPath: '$.cleanupError' });
     releaseSnapshotAfterFailure.next(recordFailure);
     recordFailure.next(releaseSlotAfterFailure).next(vmFailed);

@@ -1,0 +1,246 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { App, type CfnElement } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
+import { errorClasses, type LifeboatError } from '../core/errors.ts';
+import { lambdaFunctions } from '../functions/registry.ts';
+import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
+
+type State = {
+  Type: string;
+  Next?: string;
+  End?: boolean;
+  Resource?: string;
+  TimeoutSeconds?: number;
+  HeartbeatSeconds?: number;
+  Retry?: { ErrorEquals: string[] }[];
+  Catch?: { ErrorEquals: string[]; Next: string }[];
+  ItemProcessor?: { StartAt: string; States: Record<string, State> };
+};
+type Definition = { StartAt: string; States: Record<string, State> };
+
+const outdirs: string[] = [];
+function synth(moverGroups: string[]) {
+  const outdir = mkdtempSync(join(tmpdir(), 'lifeboat-cdk-'));
+  outdirs.push(outdir);
+  // Listing no stacks for bundling skips esbuild: nothing is built and nothing lands in the repo.
+  const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
+  const stack = new LifeboatStack(app, 'Lifeboat', { moverGroups });
+  return { stack, template: Template.fromStack(stack) };
+}
+
+/** Every state at every nesting level (Map item processors included), by name. */
+function allStates(states: Record<string, State>): Record<string, State> {
+  const out: Record<string, State> = {};
+  for (const [name, s] of Object.entries(states)) {
+    out[name] = s;
+    if (s.ItemProcessor) Object.assign(out, allStates(s.ItemProcessor.States));
+  }
+  return out;
+}
+
+/** The names visited by following `Next` from `start` until a state ends. */
+function followNext(states: Record<string, State>, start: string): string[] {
+  const path = [start];
+  for (let s = states[start]; s?.Next; s = states[s.Next]) {
+    if (path.includes(s.Next)) throw new Error(`Next loops back to ${s.Next}`);
+    path.push(s.Next);
+  }
+  return path;
+}
+
+let stack: LifeboatStack;
+let template: Template;
+let resolved: ResolvedTemplate;
+let definition: Definition;
+let states: Record<string, State>;
+const logicalId = (c: { node: { defaultChild?: unknown } }) => stack.getLogicalId(c.node.defaultChild as CfnElement);
+
+beforeAll(() => {
+  ({ stack, template } = synth(['site-a']));
+  resolved = resolveTemplate(template.toJSON() as CfnTemplate);
+  const machines = Object.values(resolved.stateMachines);
+  expect(machines).toHaveLength(1);
+  definition = machines[0]!.definition as Definition;
+  states = allStates(definition.States);
+});
+afterAll(() => {
+  for (const d of outdirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe('Backup state machine graph', () => {
+  it('runs Plan, then the BackupVms map, then Summarize', () => {
+    expect(definition.StartAt).toBe('Plan');
+    expect(followNext(definition.States, 'Plan')).toEqual(['Plan', 'BackupVms', 'Summarize']);
+    expect(definition.States.BackupVms?.Type).toBe('Map');
+    expect(definition.States.Summarize?.End).toBe(true);
+  });
+
+  it("holds the per-VM states inside BackupVms's item processor, with DispatchDisk inside the Dispatch map", () => {
+    const perVm = definition.States.BackupVms!.ItemProcessor!;
+    expect(Object.keys(perVm.States)).toEqual(expect.arrayContaining([
+      'AcquireSlot', 'Snapshot', 'Dispatch', 'ReleaseSnapshot', 'Verify', 'Commit', 'ReleaseSlot',
+      'RecordFailure', 'ReleaseSnapshotAfterFailure', 'ReleaseSlotAfterFailure',
+    ]));
+    const dispatch = perVm.States.Dispatch!;
+    expect(dispatch.Type).toBe('Map');
+    expect(dispatch.ItemProcessor?.StartAt).toBe('DispatchDisk');
+    expect(Object.keys(dispatch.ItemProcessor!.States)).toContain('DispatchDisk');
+  });
+
+  it('follows the happy path of one VM from AcquireSlot to the end in order', () => {
+    const perVm = definition.States.BackupVms!.ItemProcessor!;
+    expect(perVm.StartAt).toBe('AcquireSlot');
+    const path = followNext(perVm.States, 'AcquireSlot');
+    expect(path.slice(0, 7)).toEqual(['AcquireSlot', 'Snapshot', 'Dispatch', 'ReleaseSnapshot', 'Verify', 'Commit', 'ReleaseSlot']);
+    expect(path).toHaveLength(8); // a final Pass shaping the VM's result
+    expect(perVm.States[path[7]!]).toMatchObject({ Type: 'Pass', End: true });
+  });
+
+  it('runs Snapshot, DispatchDisk and both ReleaseSnapshot steps on the mover activity with timeouts and heartbeats', () => {
+    const activityArn = resolved.activities['Lifeboat-mover-site-a'];
+    expect(activityArn).toContain(':activity:');
+    for (const name of ['Snapshot', 'DispatchDisk', 'ReleaseSnapshot', 'ReleaseSnapshotAfterFailure']) {
+      const s = states[name]!;
+      expect(s.Type, name).toBe('Task');
+      expect(s.Resource, name).toBe(activityArn);
+      expect(s.TimeoutSeconds, name).toBeGreaterThan(0);
+      expect(s.HeartbeatSeconds, name).toBeGreaterThan(0);
+      expect(s.HeartbeatSeconds!, name).toBeLessThan(s.TimeoutSeconds!);
+    }
+  });
+
+  it('runs Plan, AcquireSlot, Verify, Commit, ReleaseSlot, RecordFailure and Summarize on their own Lambda functions', () => {
+    const expected = { Plan: 'Plan', AcquireSlot: 'AcquireSlot', Verify: 'Verify', Commit: 'Commit', ReleaseSlot: 'ReleaseSlot',
+      RecordFailure: 'RecordFailure', Summarize: 'Summarize', ReleaseSlotAfterFailure: 'ReleaseSlot' };
+    for (const [name, fid] of Object.entries(expected)) {
+      const s = states[name]!;
+      expect(s.Type, name).toBe('Task');
+      expect(s.Resource, name).toMatch(/^arn:aws:lambda:.*:function:/);
+      expect(resolved.functions[s.Resource!], name).toBe(fid);
+    }
+  });
+});
+
+describe('Backup state machine failure handling', () => {
+  it('catches every error in Snapshot, Dispatch, ReleaseSnapshot, Verify and Commit', () => {
+    for (const name of ['Snapshot', 'Dispatch', 'ReleaseSnapshot', 'Verify', 'Commit']) {
+      const catchers = states[name]!.Catch ?? [];
+      expect(catchers.some((c) => c.ErrorEquals.includes('States.ALL')), name).toBe(true);
+    }
+  });
+
+  it('releases the snapshot when Snapshot or Dispatch fails', () => {
+    for (const name of ['Snapshot', 'Dispatch']) {
+      const all = states[name]!.Catch!.find((c) => c.ErrorEquals.includes('States.ALL'))!;
+      expect(all.Next, name).toBe('ReleaseSnapshotAfterFailure');
+    }
+  });
+
+  it('reaches ReleaseSlotAfterFailure from every catch taken before the slot is released', () => {
+    const perVm = definition.States.BackupVms!.ItemProcessor!.States;
+    const targets = new Set<string>();
+    for (const [name, s] of Object.entries(perVm)) {
+      if (name === 'ReleaseSlot' || name === 'ReleaseSlotAfterFailure') continue; // the slot is already being released
+      for (const c of s.Catch ?? []) targets.add(c.Next);
+    }
+    expect([...targets].sort()).toEqual(['RecordFailure', 'ReleaseSnapshotAfterFailure']);
+    for (const t of targets) expect(followNext(perVm, t), `from ${t}`).toContain('ReleaseSlotAfterFailure');
+    expect(followNext(perVm, 'ReleaseSnapshotAfterFailure').slice(0, 3)).toEqual(['ReleaseSnapshotAfterFailure', 'RecordFailure', 'ReleaseSlotAfterFailure']);
+  });
+
+  it('matches only States.*, Lambda.* or Lifeboat error codes in Retry and Catch', () => {
+    const names = new Set<string>();
+    for (const s of Object.values(states)) for (const r of [...(s.Retry ?? []), ...(s.Catch ?? [])]) r.ErrorEquals.forEach((e) => names.add(e));
+    expect(names.size).toBeGreaterThan(0);
+    const unknown = [...names].filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !Object.hasOwn(errorClasses, e));
+    expect(unknown).toEqual([]);
+  });
+
+  it('retries every retryable Lifeboat error class somewhere', () => {
+    const retried = new Set<string>();
+    for (const s of Object.values(states)) for (const r of s.Retry ?? []) r.ErrorEquals.forEach((e) => retried.add(e));
+    const retryable: string[] = [];
+    for (const [code, cls] of Object.entries(errorClasses)) {
+      // Every constructor takes at most two arguments (message/cause, policyId, host/limit).
+      const instance = new (cls as unknown as new (a: string, b: number) => LifeboatError)('probe', 1);
+      expect(instance.name, code).toBe(code);
+      expect(code.startsWith('States.'), code).toBe(false);
+      if (instance.retryable) retryable.push(code);
+    }
+    expect(retryable.length).toBeGreaterThan(0);
+    expect(retryable.filter((code) => !retried.has(code))).toEqual([]);
+  });
+});
+
+describe('stateful resources', () => {
+  it('keeps the catalog in a pay-per-request pk/sk table with point-in-time recovery and deletion protection', () => {
+    template.hasResourceProperties('AWS::DynamoDB::GlobalTable', {
+      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
+      AttributeDefinitions: Match.arrayWith([{ AttributeName: 'pk', AttributeType: 'S' }, { AttributeName: 'sk', AttributeType: 'S' }]),
+      BillingMode: 'PAY_PER_REQUEST',
+    });
+    const table = template.findResources('AWS::DynamoDB::GlobalTable')[logicalId(stack.table)]!;
+    const replicas = table.Properties.Replicas as Record<string, unknown>[];
+    expect(replicas.length).toBeGreaterThan(0);
+    for (const r of replicas) {
+      expect(r).toMatchObject({ DeletionProtectionEnabled: true, PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true } });
+    }
+  });
+
+  it('blocks public access, encrypts and versions the repository bucket', () => {
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
+      BucketEncryption: { ServerSideEncryptionConfiguration: Match.arrayWith([Match.objectLike({ ServerSideEncryptionByDefault: { SSEAlgorithm: Match.anyValue() } })]) },
+      VersioningConfiguration: { Status: 'Enabled' },
+    });
+  });
+
+  it('denies requests to the bucket and its objects that do not use TLS', () => {
+    const bucketId = logicalId(stack.bucket);
+    template.hasResourceProperties('AWS::S3::BucketPolicy', {
+      Bucket: { Ref: bucketId },
+      PolicyDocument: {
+        Statement: Match.arrayWith([Match.objectLike({
+          Effect: 'Deny',
+          Action: 's3:*',
+          Principal: { AWS: '*' },
+          Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+          Resource: Match.arrayWith([
+            { 'Fn::GetAtt': [bucketId, 'Arn'] },
+            { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/*']] },
+          ]),
+        })]),
+      },
+    });
+  });
+
+  it('creates one activity per mover group and routes the Backup workflow to the first', () => {
+    expect(Object.keys(resolved.activities)).toEqual(['Lifeboat-mover-site-a']);
+    const two = synth(['site-a', 'site-b']);
+    const names = Object.values(two.template.findResources('AWS::StepFunctions::Activity')).map((r) => r.Properties.Name as string);
+    expect(names.sort()).toEqual(['Lifeboat-mover-site-a', 'Lifeboat-mover-site-b']);
+    const twoResolved = resolveTemplate(two.template.toJSON() as CfnTemplate);
+    const twoStates = allStates((Object.values(twoResolved.stateMachines)[0]!.definition as Definition).States);
+    expect(twoStates.Snapshot?.Resource).toBe(twoResolved.activities['Lifeboat-mover-site-a']);
+  });
+});
+
+describe('Lambda functions', () => {
+  it('deploys every registered function', () => {
+    expect(Object.values(resolved.functions).sort()).toEqual(Object.keys(lambdaFunctions).sort());
+  });
+
+  it('runs every function on nodejs24.x, arm64, with the catalog table name in CATALOG_TABLE', () => {
+    const functions = template.findResources('AWS::Lambda::Function');
+    expect(Object.keys(functions).length).toBe(Object.keys(lambdaFunctions).length);
+    template.allResourcesProperties('AWS::Lambda::Function', {
+      Runtime: 'nodejs24.x',
+      Architectures: ['arm64'],
+      Environment: { Variables: Match.objectLike({ CATALOG_TABLE: { Ref: logicalId(stack.table) } }) },
+    });
+  });
+});

@@ -1,0 +1,365 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Corrupt } from '../core/errors.ts';
+import {
+  chunkId,
+  Cipher,
+  Compression,
+  decodeManifest,
+  deriveKeys,
+  encodeManifest,
+  FORMAT_VERSION,
+  isZero,
+  keys as objectKeys,
+  open,
+  seal,
+  type Manifest,
+} from '../core/format.ts';
+import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import type { ObjectInfo, ObjectStore } from '../core/object-store.ts';
+
+const HEADER_BYTES = 15;
+const TAG_BYTES = 16;
+
+/** Small seeded PRNG (mulberry32) so property and fuzz failures are reproducible. */
+function prng(seed: number): (n: number) => number {
+  let a = seed >>> 0;
+  return (n: number) => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
+  };
+}
+
+function randomBuffer(rand: (n: number) => number, length: number): Buffer {
+  const b = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) b[i] = rand(256);
+  return b;
+}
+
+/** Resolves to the error `p` rejected with; fails the test if it resolves. */
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a rejection, but the promise resolved');
+}
+
+async function expectCorrupt(p: Promise<unknown>): Promise<Corrupt> {
+  const err = await rejection(p);
+  expect(err).toBeInstanceOf(Corrupt);
+  expect((err as Error).name).toBe('Mover.Corrupt');
+  return err as Corrupt;
+}
+
+/** An in-memory ObjectStore: the test double for the repository. */
+class MemoryStore implements ObjectStore {
+  readonly objects = new Map<string, Buffer>();
+  async put(key: string, body: Uint8Array): Promise<void> {
+    this.objects.set(key, Buffer.from(body));
+  }
+  async get(key: string): Promise<Buffer | undefined> {
+    const b = this.objects.get(key);
+    return b ? Buffer.from(b) : undefined;
+  }
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    const b = this.objects.get(key);
+    return b ? { size: b.length } : undefined;
+  }
+}
+
+const repoKeys = deriveKeys(randomBytes(32));
+const otherRepoKeys = deriveKeys(randomBytes(32));
+const compressible = Buffer.from('lifeboat '.repeat(4096));
+
+describe('seal and open', () => {
+  it.each([
+    ['empty', Buffer.alloc(0)],
+    ['small', Buffer.from('hello, disk')],
+    ['incompressible', randomBytes(64 * 1024)],
+    ['compressible', compressible],
+  ])('round-trips %s input', async (_label, plaintext) => {
+    const purpose = chunkId(repoKeys, plaintext);
+    const sealed = await seal(repoKeys, plaintext, purpose);
+    expect(await open(repoKeys, sealed, purpose)).toEqual(plaintext);
+  });
+
+  it('stores compressible input zstd-compressed and smaller than the plaintext', async () => {
+    const sealed = await seal(repoKeys, compressible, 'c');
+    expect(sealed[0]).toBe(FORMAT_VERSION);
+    expect(FORMAT_VERSION).toBe(1);
+    expect(sealed[1]).toBe(Compression.zstd);
+    expect(sealed[2]).toBe(Cipher.aes256gcm);
+    expect(sealed.length).toBeLessThan(compressible.length / 10);
+  });
+
+  it('stores incompressible input uncompressed at plaintext size plus header and tag', async () => {
+    const plaintext = randomBytes(4096);
+    const sealed = await seal(repoKeys, plaintext, 'r');
+    expect(sealed[0]).toBe(1);
+    expect(sealed[1]).toBe(Compression.none);
+    expect(sealed.length).toBe(HEADER_BYTES + plaintext.length + TAG_BYTES);
+  });
+
+  it('uses a fresh nonce each time, so equal plaintexts seal to different bytes', async () => {
+    const a = await seal(repoKeys, compressible, 'p');
+    const b = await seal(repoKeys, compressible, 'p');
+    expect(a.subarray(3, 15).equals(b.subarray(3, 15))).toBe(false);
+  });
+
+  it('opens a sealed object held in an unaligned subarray of a larger buffer', async () => {
+    const sealed = await seal(repoKeys, Buffer.from('inner'), 'p');
+    const outer = Buffer.concat([Buffer.from([9, 9, 9]), sealed, Buffer.from([9])]);
+    expect((await open(repoKeys, outer.subarray(3, 3 + sealed.length), 'p')).toString()).toBe('inner');
+  });
+});
+
+describe('open rejects damaged or foreign objects with Mover.Corrupt', () => {
+  it('rejects an object with any single bit flipped (200 random positions)', async () => {
+    const rand = prng(0x5eed);
+    const samples = [Buffer.alloc(0), Buffer.from('abc'), randomBuffer(rand, 700), compressible];
+    const sealed = await Promise.all(samples.map((s, i) => seal(repoKeys, s, `chunk-${i}`)));
+    let tried = 0;
+    for (let n = 0; n < 200; n++) {
+      const which = n % sealed.length;
+      const original = sealed[which]!;
+      const damaged = Buffer.from(original);
+      const bit = rand(damaged.length * 8);
+      damaged[bit >> 3]! ^= 1 << (bit & 7);
+      const err = await rejection(open(repoKeys, damaged, `chunk-${which}`));
+      expect((err as Error).name, `object ${which}, bit ${bit}`).toBe('Mover.Corrupt');
+      tried++;
+    }
+    expect(tried).toBe(200);
+    // The undamaged originals still open: the failures above come from the flips.
+    for (const [i, s] of sealed.entries()) expect(await open(repoKeys, s, `chunk-${i}`)).toEqual(samples[i]);
+  });
+
+  it('rejects a truncated object, whether the tag or the header is cut', async () => {
+    const sealed = await seal(repoKeys, randomBytes(100), 'p');
+    await expectCorrupt(open(repoKeys, sealed.subarray(0, sealed.length - 1), 'p'));
+    await expectCorrupt(open(repoKeys, sealed.subarray(0, HEADER_BYTES + TAG_BYTES - 1), 'p'));
+    await expectCorrupt(open(repoKeys, sealed.subarray(0, 10), 'p'));
+    await expectCorrupt(open(repoKeys, Buffer.alloc(0), 'p'));
+  });
+
+  it('rejects a chunk stored under another chunk id (wrong purpose)', async () => {
+    const a = Buffer.from('chunk A contents');
+    const b = Buffer.from('chunk B contents');
+    const sealedA = await seal(repoKeys, a, chunkId(repoKeys, a));
+    expect(await open(repoKeys, sealedA, chunkId(repoKeys, a))).toEqual(a);
+    await expectCorrupt(open(repoKeys, sealedA, chunkId(repoKeys, b)));
+  });
+
+  it("rejects an object sealed with another repository's keys", async () => {
+    const sealed = await seal(otherRepoKeys, Buffer.from('foreign'), 'p');
+    await expectCorrupt(open(repoKeys, sealed, 'p'));
+  });
+
+  it('rejects an unknown format version byte and names the version', async () => {
+    const sealed = await seal(repoKeys, Buffer.from('future'), 'p');
+    for (const v of [0, 2, 255]) {
+      const edited = Buffer.from(sealed);
+      edited[0] = v;
+      const err = await expectCorrupt(open(repoKeys, edited, 'p'));
+      expect(err.message).toContain(`format version ${v}`);
+    }
+  });
+
+  it('rejects unknown cipher and compression ids', async () => {
+    const sealed = await seal(repoKeys, Buffer.from('ids'), 'p');
+    const badCipher = Buffer.from(sealed);
+    badCipher[2] = 7;
+    expect((await expectCorrupt(open(repoKeys, badCipher, 'p'))).message).toContain('cipher id 7');
+    const badCompression = Buffer.from(sealed);
+    badCompression[1] = 9;
+    expect((await expectCorrupt(open(repoKeys, badCompression, 'p'))).message).toContain('compression id 9');
+  });
+
+  it('throws only Mover.Corrupt for 500 random byte strings (fuzz)', async () => {
+    const rand = prng(0xf022);
+    const outcomes = new Map<string, number>();
+    for (let n = 0; n < 500; n++) {
+      const input = randomBuffer(rand, rand(201));
+      // Half start with a plausible header so the fuzz also reaches authentication.
+      if (n % 2 === 1 && input.length >= 3) {
+        input[0] = FORMAT_VERSION;
+        input[1] = rand(2);
+        input[2] = Cipher.aes256gcm;
+      }
+      let outcome: string;
+      try {
+        await open(repoKeys, input, 'fuzz');
+        outcome = 'returned';
+      } catch (err) {
+        outcome = err instanceof Corrupt && err.name === 'Mover.Corrupt' ? 'corrupt' : `other: ${String(err)}`;
+      }
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    }
+    expect(Object.fromEntries(outcomes)).toEqual({ corrupt: 500 });
+  });
+});
+
+describe('chunkId', () => {
+  const data = Buffer.from('some disk block');
+
+  it('is deterministic for the same keys and data', () => {
+    expect(chunkId(repoKeys, data)).toBe(chunkId(repoKeys, Buffer.from(data)));
+    expect(chunkId(deriveKeys(Buffer.alloc(32, 7)), data)).toBe(chunkId(deriveKeys(Buffer.alloc(32, 7)), data));
+    expect(chunkId(repoKeys, data)).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('differs between repositories with different master keys', () => {
+    expect(chunkId(repoKeys, data)).not.toBe(chunkId(otherRepoKeys, data));
+  });
+
+  it('differs for different data', () => {
+    expect(chunkId(repoKeys, data)).not.toBe(chunkId(repoKeys, Buffer.from('some disk blocK')));
+  });
+
+  it('is not the plain SHA-256 of the data', () => {
+    expect(chunkId(repoKeys, data)).not.toBe(createHash('sha256').update(data).digest('hex'));
+  });
+
+  it('derives distinct encryption and id keys, and rejects a master key that is not 32 bytes', async () => {
+    expect(repoKeys.encryption.equals(repoKeys.id)).toBe(false);
+    expect(() => deriveKeys(randomBytes(16))).toThrow(Corrupt);
+  });
+});
+
+describe('manifests', () => {
+  const manifest: Manifest = {
+    version: 1,
+    backupId: 'b-001',
+    diskId: 'disk-0',
+    sizeBytes: 2.5 * 1024 * 1024,
+    chunkSize: 1024 * 1024,
+    chunks: ['a'.repeat(64), null, 'b'.repeat(64)],
+    storedSizes: { ['a'.repeat(64)]: 1000, ['b'.repeat(64)]: 2000 },
+    storedSha256: { ['a'.repeat(64)]: 'q83vEjRWeJA=' },
+  };
+
+  it('round-trips through encode and decode', async () => {
+    const sealed = await encodeManifest(repoKeys, manifest);
+    expect(await decodeManifest(repoKeys, sealed, 'b-001', 'disk-0')).toEqual(manifest);
+  });
+
+  it('rejects a manifest read under a different backupId or diskId', async () => {
+    const sealed = await encodeManifest(repoKeys, manifest);
+    await expectCorrupt(decodeManifest(repoKeys, sealed, 'b-002', 'disk-0'));
+    await expectCorrupt(decodeManifest(repoKeys, sealed, 'b-001', 'disk-1'));
+  });
+
+  it('rejects a manifest whose chunk count does not match sizeBytes/chunkSize', async () => {
+    const tooFew = await encodeManifest(repoKeys, { ...manifest, sizeBytes: 3 * 1024 * 1024 + 1 });
+    await expectCorrupt(decodeManifest(repoKeys, tooFew, 'b-001', 'disk-0'));
+    const tooMany = await encodeManifest(repoKeys, { ...manifest, sizeBytes: 2 * 1024 * 1024 });
+    await expectCorrupt(decodeManifest(repoKeys, tooMany, 'b-001', 'disk-0'));
+  });
+});
+
+describe('isZero', () => {
+  it('is true for zero buffers of odd lengths', () => {
+    for (const n of [0, 1, 7, 9, 15, 63, 4097]) expect(isZero(Buffer.alloc(n)), `length ${n}`).toBe(true);
+  });
+
+  it('is true for unaligned zero subarrays of a larger buffer', () => {
+    const big = Buffer.alloc(128);
+    for (const [s, e] of [[1, 20], [3, 3], [5, 128], [7, 16], [8, 17]] as const) {
+      expect(isZero(big.subarray(s, e)), `subarray(${s}, ${e})`).toBe(true);
+    }
+  });
+
+  it('is false when any single byte is set, at the first, last or middle position', () => {
+    const big = Buffer.alloc(160);
+    for (const [s, len] of [[0, 64], [0, 61], [1, 61], [3, 100], [8, 17]] as const) {
+      for (const pos of [0, Math.floor(len / 2), len - 1]) {
+        const view = big.subarray(s, s + len);
+        view[pos] = 0x01;
+        expect(isZero(view), `subarray(${s}, +${len}) byte ${pos}`).toBe(false);
+        view[pos] = 0;
+        expect(isZero(view)).toBe(true);
+      }
+    }
+  });
+
+  it('ignores non-zero bytes outside the subarray', () => {
+    const big = Buffer.alloc(40, 0xff);
+    big.fill(0, 3, 30);
+    expect(isZero(big.subarray(3, 30))).toBe(true);
+    expect(isZero(big.subarray(2, 30))).toBe(false);
+  });
+});
+
+describe('KeyFileWrapper and loadMasterKey', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'lifeboat-keyring-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('creates a 0600 key file holding 64 hex digits, and a second load reads the same key', async () => {
+    const path = join(dir, 'nested', 'create.key');
+    const first = await KeyFileWrapper.load(path, { create: true });
+    const st = await stat(path);
+    expect(st.mode & 0o777).toBe(0o600);
+    const text = await readFile(path, 'utf8');
+    expect(text.trim()).toMatch(/^[0-9a-f]{64}$/);
+
+    const second = await KeyFileWrapper.load(path, { create: true });
+    expect(await readFile(path, 'utf8')).toBe(text);
+    const master = randomBytes(32);
+    expect(await second.unwrap(await first.wrap(master))).toEqual(master);
+  });
+
+  it('rejects a key file that does not hold 64 hex digits', async () => {
+    const path = join(dir, 'bad.key');
+    await writeFile(path, 'not a key\n');
+    await expectCorrupt(KeyFileWrapper.load(path));
+  });
+
+  it('fails for a missing key file without create, naming the path', async () => {
+    const path = join(dir, 'missing.key');
+    const err = await rejection(KeyFileWrapper.load(path));
+    expect((err as Error).name).toBe('Mover.SourceUnavailable');
+    expect((err as Error).message).toContain(path);
+    await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('creates the master key object once and returns the same key on later loads', async () => {
+    const store = new MemoryStore();
+    const wrapper = await KeyFileWrapper.load(join(dir, 'repo.key'), { create: true });
+    const master = await loadMasterKey(store, wrapper, { create: true });
+    expect(master.length).toBe(32);
+    expect(store.objects.has(objectKeys.masterKey())).toBe(true);
+    const stored = store.objects.get(objectKeys.masterKey())!;
+    expect(stored.includes(master.toString('base64'))).toBe(false); // stored only wrapped
+
+    expect(await loadMasterKey(store, wrapper, { create: true })).toEqual(master);
+    const reloaded = await KeyFileWrapper.load(join(dir, 'repo.key'));
+    expect(await loadMasterKey(store, reloaded)).toEqual(master);
+    expect(store.objects.get(objectKeys.masterKey())).toEqual(stored);
+  });
+
+  it("fails with Mover.Corrupt when the repository's key is opened with a different key file", async () => {
+    const store = new MemoryStore();
+    await loadMasterKey(store, await KeyFileWrapper.load(join(dir, 'owner.key'), { create: true }), { create: true });
+    const stranger = await KeyFileWrapper.load(join(dir, 'stranger.key'), { create: true });
+    await expectCorrupt(loadMasterKey(store, stranger));
+  });
+
+  it('fails without create when the repository has no key object', async () => {
+    const wrapper = await KeyFileWrapper.load(join(dir, 'empty-repo.key'), { create: true });
+    const err = await rejection(loadMasterKey(new MemoryStore(), wrapper));
+    expect((err as Error).name).toBe('Mover.SourceUnavailable');
+  });
+});
