@@ -1,5 +1,5 @@
 /**
- * Repository format, version 1 (see REPOSITORY-FORMAT.md).
+ * Repository format, version 1 (specified in core/REPOSITORY-FORMAT.md).
  *
  * Every stored object is an envelope: a 15-byte header (format version, compression id,
  * cipher id, 12-byte nonce) followed by the AES-256-GCM ciphertext of the (maybe
