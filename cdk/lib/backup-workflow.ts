@@ -57,6 +57,8 @@ export class BackupWorkflow extends Construct {
     releaseSnapshotAfterFailure.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
     releaseSnapshotAfterFailure.addCatch(recordFailure, { resultPath: '$.cleanupError' });
     releaseSnapshotAfterFailure.next(recordFailure);
+    // Recording the failure must not fail the whole run: retry it (catalog throttling).
+    recordFailure.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
     recordFailure.next(releaseSlotAfterFailure).next(vmFailed);
     releaseSlotAfterFailure.addCatch(vmFailed, { resultPath: '$.cleanupError' });
 
