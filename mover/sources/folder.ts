@@ -4,11 +4,12 @@
  *   vm.json: { "name": "web-1", "disks": [{ "id": "disk0", "file": "disk0.raw" }, ...], ... }
  *
  * A snapshot clones each disk file into `.lifeboat-snapshots/<backupId>/` (copy-on-write
- * where the filesystem supports it, a copy otherwise), so the VM may keep writing while
- * the movers read a frozen image.
+ * where the filesystem supports it, a sparse copy otherwise), so the VM may keep writing
+ * while the movers read a frozen image.
  */
-import { constants } from 'node:fs';
-import { copyFile, mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { SourceUnavailable } from '../../core/errors.ts';
 import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
@@ -21,6 +22,20 @@ interface VmConfig {
 }
 
 const SNAPSHOTS = '.lifeboat-snapshots';
+const run = promisify(execFile);
+
+/**
+ * Freezes a disk file: a reflink (copy-on-write, instant) where the filesystem has them,
+ * otherwise a copy that keeps holes as holes (Node's copyFile would fill a 16 GiB sparse
+ * disk with 16 GiB of zeros). GNU cp does both.
+ */
+async function freeze(from: string, to: string): Promise<void> {
+  try {
+    await run('cp', ['--reflink=auto', '--sparse=always', '--', from, to]);
+  } catch (err) {
+    throw new SourceUnavailable(`cannot snapshot ${from}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`, err);
+  }
+}
 
 async function readConfig(source: string): Promise<VmConfig> {
   const path = join(source, 'vm.json');
@@ -58,7 +73,7 @@ export class FolderDriver implements SourceDriver {
           throw new SourceUnavailable(`disk '${d.id}' of VM '${config.name ?? source}': file ${from} cannot be read (${err.code})`, err);
         });
         const to = join(dir, `${d.id}.raw`);
-        await copyFile(from, to, constants.COPYFILE_FICLONE);
+        await freeze(from, to);
         disks.push({ diskId: d.id, path: to, sizeBytes: st.size });
       }
     } catch (err) {
