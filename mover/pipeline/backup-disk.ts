@@ -94,6 +94,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   };
 
   const parallelism = o.parallelism ?? 8;
+  const pool: Buffer[] = [];
   const running = new Set<Promise<void>>();
   let failure: unknown;
   for (let i = 0; i < count; i++) {
@@ -101,11 +102,14 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     if (failure) break;
     const offset = i * chunkSize;
     const length = Math.min(chunkSize, disk.sizeBytes - offset);
-    const buf = Buffer.allocUnsafe(length);
+    const buf = length === chunkSize ? (pool.pop() ?? Buffer.allocUnsafe(chunkSize)) : Buffer.allocUnsafe(length);
     const n = await o.reader.read(buf, offset, length);
     if (n !== length) throw new Corrupt(`disk '${disk.diskId}' ended early: read ${n} of ${length} bytes at offset ${offset} (was the image truncated?)`);
     stats.bytesScanned += length;
-    const p = process(i, buf).catch((err) => { failure ??= err; }).finally(() => { running.delete(p); });
+    const p = process(i, buf).catch((err) => { failure ??= err; }).finally(() => {
+      running.delete(p);
+      if (buf.length === chunkSize) pool.push(buf); // read buffers are reused: memory stays at `parallelism` chunks
+    });
     running.add(p);
     if (running.size >= parallelism) await Promise.race(running);
     o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: stats.bytesStored });
