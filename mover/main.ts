@@ -4,6 +4,8 @@
  *   LIFEBOAT_KEY_FILE       key file that unwraps the repository key (embedded stack)
  *   LIFEBOAT_SFN_ENDPOINT / LIFEBOAT_S3_ENDPOINT   endpoints (unset in AWS)
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
+ *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
+ *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
  * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new ones.
  */
 import { SFNClient } from '@aws-sdk/client-sfn';
@@ -12,6 +14,7 @@ import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
+import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { FolderDriver } from './sources/folder.ts';
 import { taskHandler } from './tasks.ts';
 import { MoverWorker, type Logger } from './worker.ts';
@@ -45,7 +48,10 @@ const localCreds = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
 const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
 const s3Endpoint = process.env.LIFEBOAT_S3_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: localCreds } : {}), requestHandler: { requestTimeout: 70_000 } });
-const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: !!s3Endpoint, ...(s3Endpoint ? { credentials: localCreds } : {}) });
+const pathStyle = process.env.LIFEBOAT_S3_PATH_STYLE ? process.env.LIFEBOAT_S3_PATH_STYLE === 'true' : !!s3Endpoint;
+const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...(s3Endpoint ? { credentials: localCreds } : {}) });
+const s3Concurrency = positiveInt('LIFEBOAT_S3_CONCURRENCY', '16');
+const bandwidth = process.env.LIFEBOAT_BANDWIDTH_LIMIT ? positiveInt('LIFEBOAT_BANDWIDTH_LIMIT', '1') : undefined;
 const keyFile = env('LIFEBOAT_KEY_FILE');
 
 const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys }>>();
@@ -53,7 +59,11 @@ const repository = (bucket: string) => {
   let r = repositories.get(bucket);
   if (!r) {
     r = (async () => {
-      const store = new S3ObjectStore(s3, bucket);
+      // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
+      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3, bucket), {
+        onRetry: (i) => logger.info('storage.retry', { op: i.op, key: i.key, attempt: i.attempt, delayMs: Math.round(i.delayMs), error: (i.error as Error).message }),
+      }), s3Concurrency);
+      if (bandwidth) store = withBandwidthLimit(store, bandwidth);
       return { store, keys: deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(keyFile))) };
     })();
     r.catch(() => repositories.delete(bucket));
