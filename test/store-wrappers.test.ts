@@ -1,78 +1,169 @@
 /** Retry, concurrency and bandwidth wrappers around the ObjectStore interface. */
 import { describe, expect, it } from 'vitest';
 import { StorageUnavailable } from '../core/errors.ts';
+import { objectSha256 } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
+import type { ObjectInfo, ObjectStore } from '../core/object-store.ts';
+import { isRetryable, withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
+import type { RetryInfo } from '../core/store-wrappers.ts';
 
-/** Fails the next `failures` calls with `error`, then behaves like the memory store. */
+type Op = 'put' | 'get' | 'head';
+
+/** A memory store whose next N calls of an op fail with a configurable error; counts every call. */
 class FaultyStore extends MemoryObjectStore {
-  calls = 0;
-  failures: number;
-  error: () => unknown;
-  constructor(failures: number, error: () => unknown) {
-    super();
-    this.failures = failures;
-    this.error = error;
+  readonly calls: Record<Op, number> = { put: 0, get: 0, head: 0 };
+  private readonly faults: Record<Op, { left: number; error: () => unknown }> = {
+    put: { left: 0, error: () => new Error('unset') },
+    get: { left: 0, error: () => new Error('unset') },
+    head: { left: 0, error: () => new Error('unset') },
+  };
+  /** Makes the next `n` calls of `op` throw `error()`. */
+  failNext(op: Op, n: number, error: () => unknown): this {
+    this.faults[op] = { left: n, error };
+    return this;
   }
-  override async put(key: string, body: Uint8Array, sha256?: string) {
-    this.calls++;
-    if (this.failures-- > 0) throw this.error();
+  private trip(op: Op): void {
+    this.calls[op]++;
+    const f = this.faults[op];
+    if (f.left > 0) {
+      f.left--;
+      throw f.error();
+    }
+  }
+  override async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
+    this.trip('put');
     return super.put(key, body, sha256);
+  }
+  override async get(key: string): Promise<Buffer | undefined> {
+    this.trip('get');
+    return super.get(key);
+  }
+  override async head(key: string): Promise<ObjectInfo | undefined> {
+    this.trip('head');
+    return super.head(key);
   }
 }
 
 const sdkError = (name: string, status: number) => Object.assign(new Error(name), { name, $metadata: { httpStatusCode: status } });
-const connError = (code: string) => Object.assign(new Error(code), { code });
-const wrapped = (cause: unknown) => () => new StorageUnavailable('PUT failed', cause);
+const connError = (code: string) => Object.assign(new Error(`connect ${code}`), { code });
+const storageError = (cause: unknown) => () => new StorageUnavailable('PUT s3://b/k failed', cause);
+
+/** A sleep that only records what it was asked to wait. */
+function recordingSleep() {
+  const sleeps: number[] = [];
+  return { sleeps, sleep: async (ms: number) => void sleeps.push(ms) };
+}
 
 describe('withRetry', () => {
-  for (const [label, cause] of [['503', sdkError('ServiceUnavailable', 503)], ['ECONNRESET', connError('ECONNRESET')], ['SlowDown', sdkError('SlowDown', 503)]] as const) {
-    it(`retries a transient failure (${label}) and stores the data`, async () => {
-      const inner = new FaultyStore(2, wrapped(cause));
-      const sleeps: number[] = [];
-      const store = withRetry(inner, { sleep: async (ms) => void sleeps.push(ms), random: () => 1 });
-      await store.put('k', Buffer.from('data'));
-      expect(inner.calls).toBe(3);
+  const transient = [
+    ['503', sdkError('ServiceUnavailable', 503)],
+    ['ECONNRESET', connError('ECONNRESET')],
+    ['SlowDown', sdkError('SlowDown', 503)],
+  ] as const;
+  for (const [label, cause] of transient) {
+    it(`succeeds after 2 transient failures (${label}) and stores the data`, async () => {
+      const inner = new FaultyStore().failNext('put', 2, storageError(cause));
+      const { sleeps, sleep } = recordingSleep();
+      const retries: RetryInfo[] = [];
+      const store = withRetry(inner, { sleep, random: () => 1, onRetry: (i) => retries.push(i) });
+      const body = Buffer.from('data');
+      await store.put('k', body, objectSha256(body));
+      expect(inner.calls.put).toBe(3);
       expect((await inner.get('k'))?.toString()).toBe('data');
       expect(sleeps).toEqual([200, 400]);
+      expect(retries.map((r) => [r.op, r.key, r.attempt, r.delayMs])).toEqual([['put', 'k', 1, 200], ['put', 'k', 2, 400]]);
+      expect(retries[0]!.error).toBeInstanceOf(StorageUnavailable);
     });
   }
 
-  it('does not retry an access-denied failure', async () => {
-    const inner = new FaultyStore(1, wrapped(sdkError('AccessDenied', 403)));
+  it('retries get and head too', async () => {
+    const inner = new FaultyStore();
+    await inner.put('k', Buffer.from('abc'));
+    inner.failNext('get', 1, storageError(connError('ETIMEDOUT'))).failNext('head', 1, storageError(sdkError('TimeoutError', 0)));
     const store = withRetry(inner, { sleep: async () => {} });
-    await expect(store.put('k', Buffer.from('x'))).rejects.toMatchObject({ name: 'Mover.StorageUnavailable' });
-    expect(inner.calls).toBe(1);
+    expect((await store.get('k'))?.toString()).toBe('abc');
+    expect((await store.head('k'))?.size).toBe(3);
+    expect(inner.calls).toMatchObject({ get: 2, head: 2 });
   });
 
-  it('gives up after the configured attempts with the last error, backing off with capped full jitter', async () => {
-    const inner = new FaultyStore(10, wrapped(sdkError('InternalError', 500)));
-    const sleeps: number[] = [];
-    const store = withRetry(inner, { attempts: 6, baseDelayMs: 100, maxDelayMs: 1000, sleep: async (ms) => void sleeps.push(ms), random: () => 0.5 });
-    await expect(store.put('k', Buffer.from('x'))).rejects.toBeInstanceOf(StorageUnavailable);
-    expect(inner.calls).toBe(6);
-    expect(sleeps).toEqual([50, 100, 200, 400, 500]);
+  it('throws a 403 AccessDenied-caused StorageUnavailable at once, with no retry', async () => {
+    const inner = new FaultyStore().failNext('put', 1, storageError(sdkError('AccessDenied', 403)));
+    const { sleeps, sleep } = recordingSleep();
+    const store = withRetry(inner, { sleep });
+    await expect(store.put('k', Buffer.from('x'))).rejects.toMatchObject({ name: 'Mover.StorageUnavailable', cause: { name: 'AccessDenied' } });
+    expect(inner.calls.put).toBe(1);
+    expect(sleeps).toEqual([]);
   });
 
-  it('treats a missing object as a result, not a failure', async () => {
-    const inner = new MemoryObjectStore();
-    let heads = 0;
-    const counting: ObjectStore = { ...inner, put: inner.put.bind(inner), get: inner.get.bind(inner), head: async (k) => (heads++, inner.head(k)) };
-    expect(await withRetry(counting, { sleep: async () => {} }).head('nope')).toBeUndefined();
-    expect(heads).toBe(1);
+  it('does not retry a transient-looking error that is not marked retryable', async () => {
+    const inner = new FaultyStore().failNext('put', 1, () => sdkError('SlowDown', 503));
+    const store = withRetry(inner, { sleep: async () => {} });
+    await expect(store.put('k', Buffer.from('x'))).rejects.toMatchObject({ name: 'SlowDown' });
+    expect(inner.calls.put).toBe(1);
+  });
+
+  it('gives up after `attempts` and rethrows the last error', async () => {
+    let n = 0;
+    const inner = new FaultyStore().failNext('put', 10, () => new StorageUnavailable(`failure ${++n}`, sdkError('InternalError', 500)));
+    const store = withRetry(inner, { attempts: 3, sleep: async () => {} });
+    await expect(store.put('k', Buffer.from('x'))).rejects.toThrow('failure 3');
+    expect(inner.calls.put).toBe(3);
+    expect(await inner.get('k')).toBeUndefined();
+  });
+
+  it('backs off exponentially with full jitter, capped at maxDelayMs', async () => {
+    for (const [r, expected] of [
+      [1, [100, 200, 400, 800, 1000]],
+      [0.5, [50, 100, 200, 400, 500]],
+    ] as const) {
+      const inner = new FaultyStore().failNext('put', 10, storageError(sdkError('Throttling', 429)));
+      const { sleeps, sleep } = recordingSleep();
+      const store = withRetry(inner, { attempts: 6, baseDelayMs: 100, maxDelayMs: 1000, sleep, random: () => r });
+      await expect(store.put('k', Buffer.from('x'))).rejects.toBeInstanceOf(StorageUnavailable);
+      expect(inner.calls.put).toBe(6);
+      expect(sleeps).toEqual(expected);
+    }
+  });
+
+  it('treats head/get returning undefined as a result, not a failure', async () => {
+    const inner = new FaultyStore();
+    const { sleeps, sleep } = recordingSleep();
+    const store = withRetry(inner, { sleep });
+    expect(await store.head('nope')).toBeUndefined();
+    expect(await store.get('nope')).toBeUndefined();
+    expect(inner.calls).toMatchObject({ head: 1, get: 1 });
+    expect(sleeps).toEqual([]);
+  });
+
+  it('passes sha256 through, so a bad digest still fails', async () => {
+    const store = withRetry(new MemoryObjectStore(), { sleep: async () => {} });
+    await expect(store.put('k', Buffer.from('x'), objectSha256(Buffer.from('y')))).rejects.toThrow(/BadDigest/);
+  });
+
+  it('walks the cause chain and ignores errors without a transient cause', () => {
+    expect(isRetryable(new StorageUnavailable('x', new Error('wrapper', { cause: connError('EPIPE') })))).toBe(true);
+    expect(isRetryable(new StorageUnavailable('x', connError('EAI_AGAIN')))).toBe(true);
+    expect(isRetryable(new StorageUnavailable('x'))).toBe(false);
+    expect(isRetryable(new StorageUnavailable('x', sdkError('NoSuchBucket', 404)))).toBe(false);
+    expect(isRetryable(undefined)).toBe(false);
+  });
+
+  it('rejects nonsensical options', () => {
+    expect(() => withRetry(new MemoryObjectStore(), { attempts: 0 })).toThrow(/attempts.*got 0/);
   });
 });
 
 describe('withConcurrencyLimit', () => {
-  it('keeps at most the limit in flight and completes everything', async () => {
+  it('keeps at most `limit` operations in flight, in FIFO order, and completes them all', async () => {
     let inFlight = 0;
     let peak = 0;
+    const started: string[] = [];
     const release: (() => void)[] = [];
     const slow: ObjectStore = {
-      put: async () => {
+      put: async (key) => {
         inFlight++;
         peak = Math.max(peak, inFlight);
+        started.push(key);
         await new Promise<void>((ok) => release.push(ok));
         inFlight--;
       },
@@ -80,36 +171,84 @@ describe('withConcurrencyLimit', () => {
       head: async () => undefined,
     };
     const store = withConcurrencyLimit(slow, 2);
-    const all = Promise.all(Array.from({ length: 6 }, (_, i) => store.put(`k${i}`, Buffer.alloc(1))));
-    for (let done = 0; done < 6; done++) {
+    const done: string[] = [];
+    const all = Promise.all(Array.from({ length: 6 }, (_, i) => store.put(`k${i}`, Buffer.alloc(1)).then(() => void done.push(`k${i}`))));
+    for (let i = 0; i < 6; i++) {
       await new Promise((ok) => setImmediate(ok));
       expect(inFlight).toBeLessThanOrEqual(2);
+      expect(release.length).toBeGreaterThan(0);
       release.shift()!();
     }
     await all;
     expect(peak).toBe(2);
+    expect(started).toEqual(['k0', 'k1', 'k2', 'k3', 'k4', 'k5']);
+    expect(done).toHaveLength(6);
+  });
+
+  it('frees the slot when an operation fails', async () => {
+    const inner = new FaultyStore().failNext('put', 3, () => new Error('boom'));
+    const store = withConcurrencyLimit(inner, 1);
+    const results = await Promise.allSettled(Array.from({ length: 4 }, (_, i) => store.put(`k${i}`, Buffer.from('x'))));
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected', 'fulfilled']);
+  });
+
+  it('rejects a limit that is not a positive whole number', () => {
+    expect(() => withConcurrencyLimit(new MemoryObjectStore(), 0)).toThrow(RangeError);
+    expect(() => withConcurrencyLimit(new MemoryObjectStore(), 1.5)).toThrow(/limit.*1\.5/);
   });
 });
 
 describe('withBandwidthLimit', () => {
-  it('holds sustained throughput to the limit', async () => {
-    let clock = 0;
-    let slept = 0;
-    const store = withBandwidthLimit(new MemoryObjectStore(), 200_000, {
-      now: () => clock,
-      sleep: async (ms) => {
-        slept += ms;
-        clock += ms;
+  /** A clock that moves only when the wrapper sleeps. */
+  function fakeTime() {
+    const t = { clock: 0, slept: 0 };
+    const opts = {
+      now: () => t.clock,
+      sleep: async (ms: number) => {
+        t.slept += ms;
+        t.clock += ms;
       },
-    });
+    };
+    return { t, opts };
+  }
+
+  it('holds 10 puts of 100 KB at 200 KB/s to ~5 s of fake time, less one burst', async () => {
+    const { t, opts } = fakeTime();
+    const inner = new MemoryObjectStore();
+    const store = withBandwidthLimit(inner, 200_000, opts);
     for (let i = 0; i < 10; i++) await store.put(`k${i}`, Buffer.alloc(100_000));
-    // 1 MB at 200 kB/s is 5 s, less the one-second burst allowance.
-    expect(slept).toBeGreaterThanOrEqual(4000 - 1);
-    expect(slept).toBeLessThanOrEqual(4000 + 1);
+    // 1 MB at 200 KB/s is 5 s; the default burst (one second's worth) passes at once.
+    expect(t.slept).toBeGreaterThanOrEqual(5000 - 1000 - 1);
+    expect(t.slept).toBeLessThanOrEqual(5000 + 1);
+    expect(inner.objects.size).toBe(10);
   });
 
-  it('rejects a limit that is not a positive number, naming the value', () => {
-    expect(() => withBandwidthLimit(new MemoryObjectStore(), 0)).toThrow(/got 0/);
-    expect(() => withBandwidthLimit(new MemoryObjectStore(), -5)).toThrow(RangeError);
+  it('shares the budget between concurrent puts and gets; head is free', async () => {
+    const { t, opts } = fakeTime();
+    const inner = new MemoryObjectStore();
+    await inner.put('big', Buffer.alloc(100_000));
+    const store = withBandwidthLimit(inner, 100_000, { ...opts, burstBytes: 1 });
+    await Promise.all([store.put('a', Buffer.alloc(100_000)), store.get('big'), store.head('big'), store.head('missing')]);
+    expect(t.slept).toBeGreaterThanOrEqual(2000 - 1);
+    const before = t.slept;
+    expect(await store.head('big')).toMatchObject({ size: 100_000 });
+    expect(await store.get('missing')).toBeUndefined();
+    expect(t.slept).toBe(before);
+  });
+
+  it('passes sha256 through on put', async () => {
+    const { opts } = fakeTime();
+    const store = withBandwidthLimit(new MemoryObjectStore(), 1_000_000, opts);
+    const body = Buffer.from('hello');
+    await store.put('ok', body, objectSha256(body));
+    await expect(store.put('bad', body, objectSha256(Buffer.from('other')))).rejects.toThrow(/BadDigest/);
+  });
+
+  it('throws RangeError naming the option and value for a zero, negative or non-finite limit', () => {
+    expect(() => withBandwidthLimit(new MemoryObjectStore(), 0)).toThrow(RangeError);
+    expect(() => withBandwidthLimit(new MemoryObjectStore(), 0)).toThrow(/bytesPerSecond.*got 0/);
+    expect(() => withBandwidthLimit(new MemoryObjectStore(), -5)).toThrow(/bytesPerSecond.*got -5/);
+    expect(() => withBandwidthLimit(new MemoryObjectStore(), Number.POSITIVE_INFINITY)).toThrow(/got Infinity/);
+    expect(() => withBandwidthLimit(new MemoryObjectStore(), 1000, { burstBytes: 0 })).toThrow(/burstBytes.*got 0/);
   });
 });
