@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { defaultConfig } from '../cdk/config.ts';
 import { runDemo } from '../local/demo/demo.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
@@ -44,7 +45,7 @@ program
     await writeFile(join(e.dataDir, 'endpoints.json'), JSON.stringify(e, null, 2));
     const movers: MoverProcess[] = [];
     for (let i = 1; i <= opts.movers; i++) {
-      movers.push(startMover(e, { name: `mover-${i}`, group: 'site-a', onLog: (l) => process.stdout.write(`${JSON.stringify(l)}\n`) }));
+      movers.push(startMover(e, { name: `mover-${i}`, group: defaultConfig.moverGroups[0]!, onLog: (l) => process.stdout.write(`${JSON.stringify(l)}\n`) }));
     }
     process.stdout.write(`Lifeboat embedded stack is up (endpoints in ${join(e.dataDir, 'endpoints.json')}):\n${JSON.stringify(e, null, 2)}\n`);
     process.stdout.write(`Start a backup: aws stepfunctions start-execution --endpoint-url ${e.sfn} --state-machine-arn ${e.backupStateMachineArn} --input '{"policyId":"..."}'\n`);

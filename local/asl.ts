@@ -31,6 +31,8 @@ export interface ResolvedTemplate {
   functions: Record<string, string>;
   /** Mover group activity ARNs by activity name. */
   activities: Record<string, string>;
+  /** Key schemas of the DynamoDB tables, by logical id, so local tables match the deployed ones. */
+  tables: Record<string, { KeySchema: { AttributeName: string; KeyType: string }[]; AttributeDefinitions: { AttributeName: string; AttributeType: string }[] }>;
 }
 
 const lambdaArn = (lid: string) => `arn:aws:lambda:${LOCAL_REGION}:${LOCAL_ACCOUNT}:function:${lid}`;
@@ -73,7 +75,7 @@ function resolveRef(name: string, t: CfnTemplate): string {
 
 /** Resolves every state machine, function and activity of a synthesized template. */
 export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
-  const out: ResolvedTemplate = { stateMachines: {}, functions: {}, activities: {} };
+  const out: ResolvedTemplate = { stateMachines: {}, functions: {}, activities: {}, tables: {} };
   for (const [lid, r] of Object.entries(t.Resources)) {
     if (r.Type === 'AWS::StepFunctions::StateMachine') {
       const text = resolveIntrinsics(r.Properties?.DefinitionString, t);
@@ -82,6 +84,9 @@ export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
     } else if (r.Type === 'AWS::Lambda::Function') {
       const fid = (r.Properties?.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION;
       if (fid) out.functions[lambdaArn(lid)] = fid;
+    } else if (r.Type === 'AWS::DynamoDB::GlobalTable' || r.Type === 'AWS::DynamoDB::Table') {
+      const p = r.Properties as ResolvedTemplate['tables'][string];
+      out.tables[lid] = { KeySchema: p.KeySchema, AttributeDefinitions: p.AttributeDefinitions };
     } else if (r.Type === 'AWS::StepFunctions::Activity') {
       out.activities[r.Properties?.Name as string] = resolveRef(lid, t);
     }

@@ -84,7 +84,10 @@ export class EmbeddedStack {
 
       const db = new DynamoDBClient({ region: LOCAL_REGION, endpoint: dynamodb, credentials: LOCAL_CREDENTIALS });
       closers.push(async () => db.destroy());
-      await ensureTable(db, CATALOG_TABLE);
+      // The catalog's key schema comes from the CDK app, like the state machines do.
+      const catalogSchema = Object.entries(template.tables).find(([lid]) => lid.startsWith('Catalog'))?.[1];
+      if (!catalogSchema) throw new Error('the CDK app synthesized no Catalog table');
+      await ensureTable(db, CATALOG_TABLE, catalogSchema);
 
       const keyFile = join(dataDir, 'repository.keyfile');
       const store = new S3ObjectStore(s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), REPOSITORY_BUCKET);
@@ -128,7 +131,7 @@ export async function openRepository(e: StackEndpoints): Promise<{ store: Object
   return { store, keys: deriveKeys(masterKey), masterKey };
 }
 
-async function ensureTable(db: DynamoDBClient, name: string): Promise<void> {
+async function ensureTable(db: DynamoDBClient, name: string, schema: ResolvedTemplate['tables'][string]): Promise<void> {
   try {
     await db.send(new DescribeTableCommand({ TableName: name }));
   } catch (err) {
@@ -136,8 +139,8 @@ async function ensureTable(db: DynamoDBClient, name: string): Promise<void> {
     await db.send(new CreateTableCommand({
       TableName: name,
       BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }, { AttributeName: 'sk', AttributeType: 'S' }],
-      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
+      AttributeDefinitions: schema.AttributeDefinitions as never,
+      KeySchema: schema.KeySchema as never,
     }));
   }
 }

@@ -8,6 +8,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunSummary } from '../../functions/summarize.ts';
 import { restoreVm } from '../../mover/restore.ts';
+import { defaultConfig } from '../../cdk/config.ts';
 import { runExecution, sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';
 import { EmbeddedStack, openRepository } from '../stack.ts';
@@ -43,7 +44,7 @@ export async function sha256File(path: string): Promise<string> {
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const stamp = new Date().toISOString().replace(/[-:.TZ]/g, '').slice(0, 14);
   const vmId = `demo-${stamp}`;
-  const group = 'site-a';
+  const group = defaultConfig.moverGroups[0]!;
   o.out(`Starting the embedded stack in ${o.dataDir} ...`);
   const stack = await EmbeddedStack.start({ dataDir: o.dataDir });
   const e = stack.endpoints;
