@@ -1,0 +1,187 @@
+/**
+ * Lifeboat vs restic on the same disk image and the same local S3 endpoint (s3rver behind
+ * an aws-chunked de-framing proxy): full backup, incremental backup, restore.
+ * Usage: npm run bench   (BENCH_SIZE_MIB=256 for a quick run; default 2048)
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, existsSync, openSync, closeSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { benchImages } from './image.ts';
+import { startBenchS3 } from './s3-deframe.ts';
+
+const MiB = 1024 * 1024;
+const root = fileURLToPath(new URL('..', import.meta.url));
+const dir = join(root, '.lifeboat', 'bench');
+const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
+const LB_BUCKET = 'lifeboat-bench';
+const RESTIC_BUCKET = 'restic-bench';
+const TIME = '/usr/bin/time';
+const hasTime = existsSync(TIME);
+const hasRestic = spawnSync('restic', ['version'], { encoding: 'utf8' }).status === 0;
+
+interface Run { wall: number; cpu: number | null; rssMiB: number | null; stdout: string }
+
+/** Runs a command under /usr/bin/time (when present); wall is measured here. */
+async function timed(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; stdinFile?: string } = {}): Promise<Run> {
+  const timeOut = join(dir, 'time.out');
+  const fd = opts.stdinFile ? openSync(opts.stdinFile, 'r') : 'ignore';
+  const [c, a] = hasTime ? [TIME, ['-f', '%e %U %S %M', '-o', timeOut, cmd, ...args]] : [cmd, args];
+  const started = performance.now();
+  const child = spawn(c, a, { env: opts.env ?? process.env, stdio: [fd, 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => { stdout += d; });
+  child.stderr!.on('data', (d) => { stderr += d; });
+  const code = await new Promise<number | null>((ok) => child.on('close', ok));
+  const wall = (performance.now() - started) / 1000;
+  if (typeof fd === 'number') closeSync(fd);
+  if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}:\n${stderr.slice(-3000)}`);
+  if (!hasTime) return { wall, cpu: null, rssMiB: null, stdout };
+  const [, user, sys, rss] = (await readFile(timeOut, 'utf8')).trim().split('\n').pop()!.split(' ').map(Number);
+  return { wall, cpu: user! + sys!, rssMiB: rss! / 1024, stdout };
+}
+
+async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const d of createReadStream(path, { highWaterMark: 4 * MiB })) h.update(d as Buffer);
+  return h.digest('hex');
+}
+
+/**
+ * Bytes stored in a bucket: the object files in s3rver's directory (ListObjectsV2 paging
+ * fails on Node 24: s3rver 3.7 builds continuation tokens with the removed crypto.createCipher).
+ */
+async function bucketBytes(bucket: string): Promise<{ bytes: number; objects: number }> {
+  let bytes = 0;
+  let objects = 0;
+  for (const e of await readdir(join(dir, 's3', bucket), { recursive: true, withFileTypes: true })) {
+    if (!e.isFile() || !e.name.endsWith('._S3rver_object')) continue;
+    bytes += (await stat(join(e.parentPath, e.name))).size;
+    objects++;
+  }
+  return { bytes, objects };
+}
+
+type Phase = 'full' | 'incr' | 'restore';
+interface Figures { wallSeconds: number; mbPerSecond: number; cpuSeconds: number | null; peakRssMiB: number | null; bytesStored: number | null; requests: number; objects?: number; note?: string }
+const results: Record<Phase, { lifeboat?: Figures; restic?: Figures }> = { full: {}, incr: {}, restore: {} };
+
+console.log(`bench: ${sizeMiB} MiB image, ${cpus().length} cores; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`);
+if (!hasRestic) console.log('restic is not installed: `apt-get update && apt-get install -y restic` (Debian 12 has 0.14). Running Lifeboat alone.');
+let t = performance.now();
+const img = await benchImages(dir, sizeMiB);
+console.log(`images ready in ${((performance.now() - t) / 1000).toFixed(1)} s: zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB; ${(img.changedBytes / MiB).toFixed(1)} MiB changed in the copy`);
+const [baseSha, changedSha] = await Promise.all([sha256File(img.base), sha256File(img.changed)]);
+
+await rm(join(dir, 's3'), { recursive: true, force: true });
+await rm(join(dir, 'restore-lifeboat.raw'), { force: true });
+await rm(join(dir, 'restore-restic'), { recursive: true, force: true });
+await rm(join(dir, 'restic-cache'), { recursive: true, force: true });
+await mkdir(join(dir, 's3'), { recursive: true });
+const keyFile = join(dir, 'master.key');
+await writeFile(keyFile, randomBytes(32));
+const s3 = await startBenchS3(join(dir, 's3'), [LB_BUCKET, RESTIC_BUCKET]);
+const resticEnv = {
+  ...process.env, RESTIC_REPOSITORY: `s3:${s3.url}/${RESTIC_BUCKET}`, RESTIC_PASSWORD: 'bench-password',
+  AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
+};
+const storedAfter: Record<string, number> = {};
+
+async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
+  const bucket = tool === 'lifeboat' ? LB_BUCKET : RESTIC_BUCKET;
+  const reqBefore = s3.requests.get(bucket) ?? 0;
+  let run: Run;
+  if (tool === 'lifeboat') {
+    const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : join(dir, 'restore-lifeboat.raw');
+    run = await timed(process.execPath, [join(root, 'bench', 'lifeboat-child.ts'), ph, s3.url, bucket, keyFile, path]);
+  } else if (ph === 'restore') {
+    run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv });
+  } else {
+    run = await timed('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--stdin', '--stdin-filename', 'disk.raw'], { env: resticEnv, stdinFile: ph === 'full' ? img.base : img.changed });
+  }
+  const requests = (s3.requests.get(bucket) ?? 0) - reqBefore;
+  let bytesStored: number | null = null;
+  let objects: number | undefined;
+  if (ph !== 'restore') {
+    const b = await bucketBytes(bucket);
+    bytesStored = b.bytes - (ph === 'incr' ? storedAfter[`${tool}-full`]! : storedAfter[`${tool}-init`] ?? 0);
+    storedAfter[`${tool}-${ph}`] = b.bytes;
+    objects = b.objects;
+  }
+  const note = tool === 'restic'
+    ? run.stdout.split('\n').filter((l) => /using parent|Added to the repository|processed|restoring/.test(l)).map((l) => l.trim()).join('; ')
+    : run.stdout.trim();
+  const f: Figures = { note, wallSeconds: run.wall, mbPerSecond: img.sizeBytes / 1e6 / run.wall, cpuSeconds: run.cpu, peakRssMiB: run.rssMiB, bytesStored, requests, ...(objects !== undefined ? { objects } : {}) };
+  results[ph][tool] = f;
+  console.log(`  ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}`);
+}
+
+const checks: string[] = [];
+try {
+  if (hasRestic) {
+    const reqBefore = s3.requests.get(RESTIC_BUCKET) ?? 0;
+    await timed('restic', ['init', '--repository-version', '2'], { env: resticEnv });
+    storedAfter['restic-init'] = (await bucketBytes(RESTIC_BUCKET)).bytes;
+    console.log(`  restic init: ${(s3.requests.get(RESTIC_BUCKET) ?? 0) - reqBefore} requests (not counted in the phases)`);
+  }
+  storedAfter['lifeboat-init'] = 0;
+  for (const ph of ['full', 'incr', 'restore'] as const) {
+    await phase('lifeboat', ph);
+    if (hasRestic) await phase('restic', ph);
+  }
+  const lbSha = await sha256File(join(dir, 'restore-lifeboat.raw'));
+  checks.push(`lifeboat restore ${lbSha === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+  if (hasRestic) {
+    const rSha = await sha256File(join(dir, 'restore-restic', 'disk.raw'));
+    checks.push(`restic restore ${rSha === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+  }
+} finally {
+  await s3.close();
+}
+
+// The table.
+const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined ? '-' : v.toFixed(d));
+const ratio = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null || b === 0 ? '-' : (a / b).toFixed(2));
+const rows: string[][] = [['phase', 'figure', 'Lifeboat', 'restic', 'Lifeboat/restic']];
+const metrics: [keyof Figures, string, number][] = [
+  ['wallSeconds', 'wall s', 1], ['mbPerSecond', 'MB/s', 0], ['cpuSeconds', 'CPU s', 1], ['peakRssMiB', 'peak RSS MiB', 0], ['bytesStored', 'stored MiB', 1], ['requests', 'requests', 0],
+];
+for (const ph of ['full', 'incr', 'restore'] as const) {
+  for (const [k, label, d] of metrics) {
+    if (ph === 'restore' && k === 'bytesStored') continue;
+    const scale = k === 'bytesStored' ? 1 / MiB : 1;
+    const l = results[ph].lifeboat?.[k] as number | null | undefined;
+    const r = results[ph].restic?.[k] as number | null | undefined;
+    rows.push([ph, label, fmt(l == null ? l : l * scale, d), fmt(r == null ? r : r * scale, d), ratio(l, r)]);
+  }
+}
+const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+const line = (r: string[]) => '| ' + r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
+console.log('\n' + line(rows[0]!));
+console.log('|' + widths.map((w, i) => (i < 2 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|');
+for (const r of rows.slice(1)) console.log(line(r));
+
+const L = (ph: Phase, k: keyof Figures) => results[ph].lifeboat?.[k] as number | undefined;
+const R = (ph: Phase, k: keyof Figures) => results[ph].restic?.[k] as number | undefined;
+const targets = [
+  { target: 'full backup throughput >= 2x restic', lifeboat: L('full', 'mbPerSecond'), restic: R('full', 'mbPerSecond'), ok: (l: number, r: number) => l >= 2 * r },
+  { target: 'incremental throughput >= 3x restic', lifeboat: L('incr', 'mbPerSecond'), restic: R('incr', 'mbPerSecond'), ok: (l: number, r: number) => l >= 3 * r },
+  { target: 'restore throughput >= 1.3x restic', lifeboat: L('restore', 'mbPerSecond'), restic: R('restore', 'mbPerSecond'), ok: (l: number, r: number) => l >= 1.3 * r },
+  { target: 'full bytes stored <= restic + 2%', lifeboat: L('full', 'bytesStored'), restic: R('full', 'bytesStored'), ok: (l: number, r: number) => l <= 1.02 * r },
+  { target: 'incremental bytes stored <= half of restic', lifeboat: L('incr', 'bytesStored'), restic: R('incr', 'bytesStored'), ok: (l: number, r: number) => l <= 0.5 * r },
+].map((x) => ({ target: x.target, ratio: x.lifeboat != null && x.restic ? x.lifeboat / x.restic : null, met: x.lifeboat != null && x.restic != null ? x.ok(x.lifeboat, x.restic) : null }));
+console.log('\nTargets:');
+for (const x of targets) console.log(`  ${x.met === null ? 'n/a    ' : x.met ? 'met    ' : 'NOT met'}  ${x.target} (Lifeboat/restic = ${x.ratio === null ? '-' : x.ratio.toFixed(2)})`);
+for (const c of checks) console.log(`  check: ${c}`);
+
+const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
+await writeFile(join(dir, 'results.json'), JSON.stringify({
+  at: new Date().toISOString(), sizeMiB, sizeBytes: img.sizeBytes, changedBytes: img.changedBytes, mix: img.mix, cores: cpus().length, restic,
+  settings: { lifeboat: { chunkSize: MiB, parallelism: 8 }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
+  baseSha256: baseSha, changedSha256: changedSha, results, targets, checks,
+}, null, 2) + '\n');
+console.log(`\nresults: ${join(dir, 'results.json')}`);
