@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { deriveKeys, keys as objectKeys } from '../core/format.ts';
-import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
@@ -13,7 +13,7 @@ import { stat } from 'node:fs/promises';
 const MiB = 1024 * 1024;
 const [phase, endpoint, bucket, keyFile, path] = process.argv.slice(2);
 if (!phase || !endpoint || !bucket || !keyFile || !path) throw new Error('usage: lifeboat-child.ts <full|incr|restore> <endpoint> <bucket> <keyFile> <path>');
-const store = new S3ObjectStore(s3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } }), bucket);
+const store = new S3ObjectStore(s3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS }), bucket);
 const keys = deriveKeys(await readFile(keyFile));
 const diskId = 'disk0';
 let out: unknown;

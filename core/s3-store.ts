@@ -2,6 +2,12 @@ import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectComm
 import { StorageUnavailable } from './errors.ts';
 import type { ObjectInfo, ObjectStore } from './object-store.ts';
 
+/**
+ * Credentials for the local servers of the embedded stack: s3rver accepts only its fixed
+ * pair, dynalite and the local Step Functions API accept any. Never used against AWS.
+ */
+export const LOCAL_ENDPOINT_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+
 /** Settings of an S3-compatible endpoint: its quirks are settings, not code forks. */
 export interface S3Endpoint {
   endpoint?: string;

@@ -5,9 +5,8 @@
  */
 import middy from '@middy/core';
 import { VerifyFailed } from '../core/errors.ts';
-import { decodeManifest, deriveKeys, keys, type RepositoryKeys } from '../core/format.ts';
+import { decodeManifest, keys, type RepositoryKeys } from '../core/format.ts';
 import type { DiskResult, VmJob } from '../core/jobs.ts';
-import { loadMasterKey } from '../core/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { mapLimit } from '../core/concurrency.ts';
 import { clients } from './commons/clients.ts';
@@ -55,7 +54,5 @@ export async function verify(input: VerifyInput, deps: { store: ObjectStore; key
 
 export const handler = middy<VerifyInput, VerifyOutput>().handler(async (input) => {
   const c = clients();
-  const store = c.store(input.repository.bucket);
-  const master = await loadMasterKey(store, await c.keyWrapper());
-  return verify(input, { store, keys: deriveKeys(master) });
+  return verify(input, { store: c.store(input.repository.bucket), keys: await c.repositoryKeys(input.repository.bucket) });
 });

@@ -13,7 +13,7 @@ import S3rver from 's3rver';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import { resetClients } from '../functions/commons/clients.ts';
 import { ActivityBroker } from './activities.ts';
@@ -21,8 +21,7 @@ import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplat
 import { LocalExecutions } from './executions.ts';
 import { startSfnApi } from './sfn-api.ts';
 
-/** s3rver accepts only its fixed key pair (the other local servers accept any); not frozen: the SDK annotates it. */
-export const LOCAL_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+export const LOCAL_CREDENTIALS = LOCAL_ENDPOINT_CREDENTIALS;
 export const CATALOG_TABLE = 'lifeboat-catalog';
 export const REPOSITORY_BUCKET = 'lifeboat-repository';
 

@@ -12,7 +12,7 @@ import { SFNClient } from '@aws-sdk/client-sfn';
 import { hostname } from 'node:os';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
-import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { FolderDriver } from './sources/folder.ts';
@@ -44,7 +44,7 @@ const logger: Logger = {
 };
 
 const region = process.env.AWS_REGION ?? 'us-east-1';
-const localCreds = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+const localCreds = LOCAL_ENDPOINT_CREDENTIALS;
 const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
 const s3Endpoint = process.env.LIFEBOAT_S3_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: localCreds } : {}), requestHandler: { requestTimeout: 70_000 } });

@@ -4,8 +4,9 @@
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { KeyFileWrapper, type KeyWrapper } from '../../core/keyring.ts';
-import { S3ObjectStore, s3Client } from '../../core/s3-store.ts';
+import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
+import { KeyFileWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
@@ -14,15 +15,22 @@ export interface Clients {
   env: FunctionEnv;
   catalog: Catalog;
   store(bucket: string): ObjectStore;
-  keyWrapper(): Promise<KeyWrapper>;
+  /** The repository's keys, unwrapped once per container and bucket. */
+  repositoryKeys(bucket: string): Promise<RepositoryKeys>;
 }
 
 let cached: Clients | undefined;
+const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
+
+async function keyWrapper(env: FunctionEnv): Promise<KeyWrapper> {
+  if (env.keyFile) return KeyFileWrapper.load(env.keyFile);
+  throw new Error('no repository key wrapper configured: set LIFEBOAT_KEY_FILE (embedded stack); the KMS wrapper is not built yet');
+}
 
 export function clients(): Clients {
   if (cached) return cached;
   const env = readEnv();
-  const local = env.dynamodbEndpoint ? { credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } } : {};
+  const local = env.dynamodbEndpoint ? { credentials: LOCAL_ENDPOINT_CREDENTIALS } : {};
   const db = DynamoDBDocumentClient.from(new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local }), {
     marshallOptions: { removeUndefinedValues: true },
   });
@@ -31,9 +39,14 @@ export function clients(): Clients {
     env,
     catalog: new Catalog(db, env.tableName),
     store: (bucket) => new S3ObjectStore(s3, bucket),
-    keyWrapper: async () => {
-      if (env.keyFile) return KeyFileWrapper.load(env.keyFile);
-      throw new Error('no repository key wrapper configured: set LIFEBOAT_KEY_FILE (embedded stack); the KMS wrapper is not built yet');
+    repositoryKeys: (bucket) => {
+      let k = repositoryKeys.get(bucket);
+      if (!k) {
+        k = keyWrapper(env).then(async (w) => deriveKeys(await loadMasterKey(cached!.store(bucket), w)));
+        k.catch(() => repositoryKeys.delete(bucket)); // a failure is not cached
+        repositoryKeys.set(bucket, k);
+      }
+      return k;
     },
   };
   return cached;
@@ -42,4 +55,5 @@ export function clients(): Clients {
 /** Forget cached clients (the embedded stack calls this when its endpoints change). */
 export function resetClients(): void {
   cached = undefined;
+  repositoryKeys.clear();
 }
