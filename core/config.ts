@@ -1,0 +1,202 @@
+/**
+ * Deployment configuration: sites, mover groups, hypervisor hosts, repositories and
+ * protection policies. One file (`lifeboat.config.json` by default) is read by the CDK
+ * app at synth time and by the embedded stack at start, so both run the same setup.
+ *
+ * Validation happens once, here, before anything is built: a bad value fails with a
+ * message naming the key path and the value, and every problem is listed, not just the
+ * first.
+ */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+
+/** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
+const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
+const count = (max: number) => z.number().int('must be a whole number').min(1, 'must be at least 1').max(max, `must be at most ${max}`);
+const keep = z.number().int('must be a whole number').min(0, 'must not be negative').max(100_000, 'must be at most 100000').optional();
+
+const CRON_FIELDS = 6;
+/**
+ * EventBridge Scheduler expressions: `cron(min hour day-of-month month day-of-week year)`
+ * with one of the two day fields `?`, `rate(n unit)`, or a one-off `at(...)`.
+ */
+export function scheduleExpressionProblem(expr: string): string | undefined {
+  const cron = /^cron\((.*)\)$/.exec(expr);
+  if (cron) {
+    const fields = cron[1]!.trim().split(/\s+/);
+    if (fields.length !== CRON_FIELDS) return `cron() needs ${CRON_FIELDS} fields (minutes hours day-of-month month day-of-week year), found ${fields.length}`;
+    const [min, hour, dom, , dow] = fields as [string, string, string, string, string, string];
+    if ((dom === '?') === (dow === '?')) return 'cron(): exactly one of day-of-month and day-of-week must be "?"';
+    if (!/^[\d*,/-]+$/.test(min) || !/^[\d*,/-]+$/.test(hour)) return 'cron(): minutes and hours take digits, "*", ",", "-" and "/" only';
+    return undefined;
+  }
+  const rate = /^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$/.exec(expr);
+  if (rate) {
+    const n = Number(rate[1]);
+    if (n < 1) return 'rate(): the value must be at least 1';
+    if ((n === 1) !== !rate[2]!.endsWith('s')) return `rate(): write "${n} ${n === 1 ? rate[2]!.replace(/s$/, '') : `${rate[2]!.replace(/s$/, '')}s`}"`;
+    return undefined;
+  }
+  if (/^at\(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\)$/.test(expr)) return undefined;
+  return 'must be cron(min hour dom month dow year), rate(n minutes|hours|days) or at(yyyy-mm-ddThh:mm:ss)';
+}
+
+function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const retention = z.object({
+  keepLast: keep, hourly: keep, daily: keep, weekly: keep, monthly: keep, yearly: keep,
+}).strict().refine((r) => Object.values(r).some((n) => (n ?? 0) > 0), 'must keep something: set at least one of keepLast, hourly, daily, weekly, monthly, yearly above 0');
+
+const policy = z.object({
+  id,
+  vms: z.object({ ids: z.array(z.string().min(1)).optional(), hosts: z.array(id).optional() }).strict()
+    .refine((v) => (v.ids?.length ?? 0) + (v.hosts?.length ?? 0) > 0, 'must select VMs: give "ids" or "hosts"'),
+  schedule: z.object({
+    expression: z.string().superRefine((s, ctx) => {
+      const problem = scheduleExpressionProblem(s);
+      if (problem) ctx.addIssue({ code: 'custom', message: problem });
+    }),
+    timeZone: z.string().refine(isTimeZone, 'must be an IANA time zone such as "Europe/Berlin" or "UTC"'),
+  }).strict(),
+  retention,
+  repository: id,
+  replicateTo: id.optional(),
+  rpoHours: z.number().positive('must be above 0').max(24 * 366, 'must be at most a year'),
+  perHostConcurrency: count(64).optional(),
+}).strict();
+
+const configSchema = z.object({
+  sites: z.array(z.object({ id, description: z.string().optional() }).strict()).min(1, 'configure at least one site'),
+  moverGroups: z.array(z.object({
+    id,
+    site: id,
+    /** Hypervisor hosts this group backs up; empty for a group that only restores or replicates (a DR site). */
+    hosts: z.array(id),
+    principal: z.object({
+      awsPrincipalArn: z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:(root|role\/.+|user\/.+)$/, 'must be an IAM role, user or account root ARN').optional(),
+      rolesAnywhereTrustAnchorArn: z.string().regex(/^arn:aws[a-z-]*:rolesanywhere:[a-z0-9-]+:\d{12}:trust-anchor\/.+$/, 'must be an IAM Roles Anywhere trust anchor ARN').optional(),
+    }).strict().optional(),
+  }).strict()).min(1, 'configure at least one mover group'),
+  hosts: z.array(z.object({
+    id,
+    maxConcurrentBackups: count(64),
+    datastores: z.array(z.object({ id, maxConcurrentBackups: count(64) }).strict()).optional(),
+  }).strict()).min(1, 'configure at least one hypervisor host'),
+  repositories: z.array(z.object({
+    id,
+    chunkSizeMiB: z.union([z.literal(1), z.literal(2), z.literal(4), z.literal(8)], { error: 'must be 1, 2, 4 or 8' }),
+    objectLock: z.object({ mode: z.enum(['COMPLIANCE', 'GOVERNANCE']), days: count(36_500) }).strict().optional(),
+    endpoint: z.url({ error: 'must be an http(s) URL of an S3-compatible endpoint' }).optional(),
+  }).strict()).min(1, 'configure at least one repository (the first is the stack\'s own bucket)'),
+  policies: z.array(policy),
+  notifications: z.object({ emails: z.array(z.email({ error: 'must be an email address' })) }).strict().optional(),
+}).strict().superRefine((c, ctx) => {
+  const dup = (items: { id: string }[], key: string) => {
+    const seen = new Set<string>();
+    items.forEach((it, i) => {
+      if (seen.has(it.id)) ctx.addIssue({ code: 'custom', path: [key, i, 'id'], message: `duplicate ${key} id` });
+      seen.add(it.id);
+    });
+  };
+  dup(c.sites, 'sites'); dup(c.moverGroups, 'moverGroups'); dup(c.hosts, 'hosts'); dup(c.repositories, 'repositories'); dup(c.policies, 'policies');
+  const sites = new Set(c.sites.map((s) => s.id));
+  const hosts = new Set(c.hosts.map((h) => h.id));
+  const repos = new Set(c.repositories.map((r) => r.id));
+  const servedBy = new Map<string, string>();
+  c.moverGroups.forEach((g, i) => {
+    if (!sites.has(g.site)) ctx.addIssue({ code: 'custom', path: ['moverGroups', i, 'site'], message: `names no configured site (sites: ${[...sites].join(', ')})` });
+    g.hosts.forEach((h, j) => {
+      if (!hosts.has(h)) ctx.addIssue({ code: 'custom', path: ['moverGroups', i, 'hosts', j], message: 'names no configured host: add it to "hosts"' });
+      const other = servedBy.get(h);
+      if (other) ctx.addIssue({ code: 'custom', path: ['moverGroups', i, 'hosts', j], message: `is already served by mover group "${other}": a host belongs to exactly one group` });
+      servedBy.set(h, g.id);
+    });
+  });
+  c.hosts.forEach((h, i) => {
+    if (!servedBy.has(h.id)) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'id'], message: 'is served by no mover group: add it to a group\'s "hosts"' });
+  });
+  c.policies.forEach((p, i) => {
+    if (!repos.has(p.repository)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'repository'], message: `names no configured repository (repositories: ${[...repos].join(', ')})` });
+    if (p.replicateTo !== undefined) {
+      if (!repos.has(p.replicateTo)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'names no configured repository' });
+      else if (p.replicateTo === p.repository) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'must differ from the policy\'s own repository' });
+    }
+    p.vms.hosts?.forEach((h, j) => {
+      if (!hosts.has(h)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'vms', 'hosts', j], message: 'names no configured host' });
+    });
+  });
+});
+
+export type LifeboatConfig = z.infer<typeof configSchema>;
+export type PolicyConfig = LifeboatConfig['policies'][number];
+export type Retention = PolicyConfig['retention'];
+export type RepositoryConfig = LifeboatConfig['repositories'][number];
+export type MoverGroupConfig = LifeboatConfig['moverGroups'][number];
+export type HostConfig = LifeboatConfig['hosts'][number];
+
+/** A configuration that does not validate; `problems` holds one line per bad value. */
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(source: string, problems: string[]) {
+    super(`${source} is not a valid Lifeboat configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
+  let v: unknown = root;
+  for (const k of path) v = v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined;
+  return v;
+}
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'missing';
+  const s = JSON.stringify(v);
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+/** Validates a parsed configuration object; `source` names it in errors (a file path). */
+export function parseConfig(value: unknown, source: string): LifeboatConfig {
+  const result = configSchema.safeParse(value);
+  if (result.success) return result.data;
+  const keyOf = (path: readonly PropertyKey[]) =>
+    path.reduce<string>((acc, k) => (typeof k === 'number' ? `${acc}[${k}]` : acc ? `${acc}.${String(k)}` : String(k)), '') || '(top level)';
+  const problems = result.error.issues.flatMap((issue) =>
+    issue.code === 'unrecognized_keys'
+      ? issue.keys.map((k) => `${keyOf([...issue.path, k])}: unknown key; check the spelling`)
+      : [`${keyOf(issue.path)} = ${describe(valueAt(value, issue.path))}: ${issue.message}`]);
+  throw new ConfigError(source, problems);
+}
+
+export const defaultConfigPath = fileURLToPath(new URL('../lifeboat.config.json', import.meta.url));
+
+/** Reads and validates a configuration file: `path`, else $LIFEBOAT_CONFIG, else the repository's example. */
+export function loadConfig(path: string = process.env.LIFEBOAT_CONFIG || defaultConfigPath): LifeboatConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(path, [`cannot read the file (${(err as Error).message}); set LIFEBOAT_CONFIG or pass the path of a configuration file`]);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(path, [`is not JSON: ${(err as Error).message}`]);
+  }
+  return parseConfig(json, path);
+}
+
+/** The mover group that serves a host (each host has exactly one, checked above). */
+export function groupForHost(config: LifeboatConfig, host: string): MoverGroupConfig | undefined {
+  return config.moverGroups.find((g) => g.hosts.includes(host));
+}
