@@ -70,6 +70,14 @@ export class VerifyFailed extends LifeboatError {
   }
 }
 
+/** A Lambda function's input does not match its schema: a bug or version skew, never retried. */
+export class BadFunctionInput extends LifeboatError {
+  static readonly code = 'Function.BadInput';
+  constructor(message: string, cause?: unknown) {
+    super(BadFunctionInput.code, message, { retryable: false, cause });
+  }
+}
+
 /** Every error class, by code: the contract test checks the state machines against it. */
 export const errorClasses = {
   [SourceUnavailable.code]: SourceUnavailable,
@@ -79,4 +87,5 @@ export const errorClasses = {
   [PolicyNotFound.code]: PolicyNotFound,
   [SlotUnavailable.code]: SlotUnavailable,
   [VerifyFailed.code]: VerifyFailed,
+  [BadFunctionInput.code]: BadFunctionInput,
 } as const;
