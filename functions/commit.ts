@@ -1,9 +1,12 @@
 /** Commit: the backup becomes visible in the catalog, only after Verify passed. */
-import middy from '@middy/core';
+import { z } from 'zod';
 import type { DiskResult, VmJob } from '../core/jobs.ts';
 import type { VerifyOutput } from './verify.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { diskResult, vmJob } from './commons/schemas.ts';
+import { verifyOutput } from './verify.ts';
 
 export interface CommitInput extends VmJob {
   disks: DiskResult[];
@@ -17,4 +20,6 @@ export async function commit(input: CommitInput, deps: { catalog: Catalog; now: 
   return { backupId: input.backupId, committedAt: at.toISOString() };
 }
 
-export const handler = middy<CommitInput, { backupId: string; committedAt: string }>().handler((input) => commit(input, { catalog: clients().catalog, now: () => new Date() }));
+export const commitInput: z.ZodType<CommitInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult), verify: verifyOutput }));
+
+export const handler = lambdaHandler('Commit', commitInput, (input) => commit(input, { catalog: clients().catalog, now: () => new Date() }));

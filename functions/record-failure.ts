@@ -1,8 +1,10 @@
 /** RecordFailure: a VM's backup failed; mark it so, keeping the error for the operator. */
-import middy from '@middy/core';
+import { z } from 'zod';
 import type { VmJob, VmOutcome } from '../core/jobs.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { caughtError, vmJob } from './commons/schemas.ts';
 
 export interface RecordFailureInput extends VmJob {
   error: { Error: string; Cause: string };
@@ -14,4 +16,6 @@ export async function recordFailure(input: RecordFailureInput, deps: { catalog: 
   return { vmId: input.vmId, backupId: input.backupId, status: 'failed', error };
 }
 
-export const handler = middy<RecordFailureInput, VmOutcome>().handler((input) => recordFailure(input, { catalog: clients().catalog }));
+export const recordFailureInput: z.ZodType<RecordFailureInput> = z.intersection(vmJob, z.looseObject({ error: caughtError }));
+
+export const handler = lambdaHandler('RecordFailure', recordFailureInput, (input) => recordFailure(input, { catalog: clients().catalog }));

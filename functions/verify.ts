@@ -3,13 +3,15 @@
  * the stored size the mover recorded. Reads manifests and HEADs chunks; never downloads
  * chunk data.
  */
-import middy from '@middy/core';
+import { z } from 'zod';
 import { VerifyFailed } from '../core/errors.ts';
 import { decodeManifest, keys, type RepositoryKeys } from '../core/format.ts';
 import type { DiskResult, VmJob } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { mapLimit } from '../core/concurrency.ts';
 import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { diskResult, vmJob } from './commons/schemas.ts';
 
 export interface VerifyInput extends VmJob {
   disks: DiskResult[];
@@ -52,7 +54,10 @@ export async function verify(input: VerifyInput, deps: { store: ObjectStore; key
   return { chunksChecked, bytesChecked, checksumsCompared };
 }
 
-export const handler = middy<VerifyInput, VerifyOutput>().handler(async (input) => {
+export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({ chunksChecked: z.number(), bytesChecked: z.number(), checksumsCompared: z.number() });
+export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult) }));
+
+export const handler = lambdaHandler('Verify', verifyInput, async (input) => {
   const c = clients();
   return verify(input, { store: c.store(input.repository.bucket), keys: await c.repositoryKeys(input.repository.bucket) });
 });

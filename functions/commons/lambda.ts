@@ -1,0 +1,57 @@
+/**
+ * The one way a Lambda handler is built: middy with Powertools Logger (Lambda context in
+ * every log line), Powertools Metrics (EMF, flushed after each invocation) and the
+ * Powertools parser validating the input against a zod schema. A bad input fails with
+ * `Function.BadInput` naming the function and every bad field, never reaching the logic.
+ *
+ * Configuration is the Powertools environment: POWERTOOLS_SERVICE_NAME,
+ * POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL, POWERTOOLS_METRICS_DISABLED (the
+ * embedded stack sets the last one; its handlers run in-process).
+ */
+import { Logger } from '@aws-lambda-powertools/logger';
+import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
+import { Metrics } from '@aws-lambda-powertools/metrics';
+import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
+import { parser } from '@aws-lambda-powertools/parser/middleware';
+import middy from '@middy/core';
+import type { Context } from 'aws-lambda';
+import { z } from 'zod';
+import { BadFunctionInput, LifeboatError } from '../../core/errors.ts';
+
+export const logger = new Logger({ serviceName: process.env.POWERTOOLS_SERVICE_NAME ?? 'lifeboat' });
+export const metrics = new Metrics({ serviceName: process.env.POWERTOOLS_SERVICE_NAME ?? 'lifeboat', namespace: process.env.POWERTOOLS_METRICS_NAMESPACE ?? 'Lifeboat' });
+
+/** What a handler body gets besides its parsed input. */
+export interface HandlerTools {
+  logger: Logger;
+  metrics: Metrics;
+  context: Context;
+}
+
+/** `Function.BadInput` for a failed parse: the function, then one line per bad field. */
+export function badInput(functionName: string, error: unknown): BadFunctionInput {
+  const detail = error instanceof z.ZodError ? z.prettifyError(error)
+    : (error as Error)?.cause instanceof z.ZodError ? z.prettifyError((error as Error).cause as z.ZodError)
+      : String((error as Error)?.message ?? error);
+  return new BadFunctionInput(`${functionName} received an input that does not match its schema (a workflow/function version mismatch?):\n${detail}`, error);
+}
+
+/**
+ * Builds a middy handler: `schema` validates the event, `fn` runs with the parsed input.
+ * Errors keep their name (Step Functions matches it); unexpected ones are logged.
+ */
+export function lambdaHandler<S extends z.ZodType, R>(functionName: string, schema: S, fn: (input: z.output<S>, tools: HandlerTools) => Promise<R>) {
+  return middy<z.output<S>, R, Error, Context>()
+    .use(injectLambdaContext(logger, { resetKeys: true }))
+    .use(logMetrics(metrics))
+    .use(parser({ schema, errorHandler: (error) => { throw badInput(functionName, error); } }))
+    .handler(async (input, context) => {
+      try {
+        return await fn(input, { logger, metrics, context });
+      } catch (err) {
+        // Expected failures (a full slot, a missing policy) are part of the workflow; the rest is a bug or an outage.
+        if (!(err instanceof LifeboatError)) logger.error(`${functionName} failed`, err as Error);
+        throw err;
+      }
+    });
+}

@@ -1,0 +1,39 @@
+/**
+ * zod schemas of what the workflows hand to the functions, typed against core/jobs.ts:
+ * a field added to `VmJob` without a schema here fails the type check. Objects are loose
+ * (unknown fields pass through untouched), because the workflow carries state along.
+ */
+import { z } from 'zod';
+import type { DiskRef, DiskResult, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
+
+const text = z.string().min(1);
+const count = z.number().int().nonnegative();
+
+export const repositoryRef: z.ZodType<RepositoryRef> = z.looseObject({ bucket: text, chunkSize: z.number().int().positive() });
+export const slotScope: z.ZodType<SlotScope> = z.looseObject({ scope: text, limit: z.number().int().positive() });
+export const slotLease: z.ZodType<SlotLease> = z.looseObject({ keys: z.array(text), holder: text });
+export const diskRef: z.ZodType<DiskRef> = z.looseObject({ diskId: text, path: text, sizeBytes: count });
+export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({ handle: text, disks: z.array(diskRef), config: z.record(z.string(), z.unknown()) });
+
+export const transferStats: z.ZodType<TransferStats> = z.looseObject({
+  bytesScanned: count, bytesNew: count, bytesZero: count, bytesUploaded: count, bytesStored: count,
+  chunks: count, zeroChunks: count, parentChunks: count, dedupedChunks: count, uploadedChunks: count, seconds: z.number().nonnegative(),
+});
+export const diskResult: z.ZodType<DiskResult> = z.looseObject({ diskId: text, sizeBytes: count, manifestKey: text, stats: transferStats });
+
+export const vmJob: z.ZodType<VmJob> = z.looseObject({
+  runId: text, policyId: text, backupId: text, vmId: text, host: text, moverGroup: text, source: text,
+  repository: repositoryRef,
+  parentBackupId: text.nullable(),
+  parentManifests: z.record(z.string(), z.string()),
+  slotScopes: z.array(slotScope),
+  slot: slotLease.nullable(),
+  snapshot: snapshotResult.nullable(),
+});
+
+/** A Step Functions Catch result: `{ Error, Cause }`. */
+export const caughtError = z.looseObject({ Error: z.string(), Cause: z.string().optional().default('') });
+
+export const vmOutcome: z.ZodType<VmOutcome> = z.looseObject({
+  vmId: text, backupId: text, status: z.enum(['committed', 'failed']), error: z.object({ Error: z.string(), Cause: z.string() }).optional(),
+});
