@@ -30,6 +30,11 @@ export interface VmJob {
   slot: SlotLease | null;
   /** Filled by Snapshot; null until then, so cleanup after a failure knows what to release. */
   snapshot: SnapshotResult | null;
+  /**
+   * The oldest mover version allowed to run this job (core/version.ts). Plan always sets it;
+   * an older mover upgrades itself from a signed release before taking the job (mover/upgrade.ts).
+   */
+  minMoverVersion?: string;
 }
 
 export interface SlotLease {

@@ -2,6 +2,7 @@
 import middy from '@middy/core';
 import { PolicyNotFound } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
+import { MIN_MOVER_VERSION } from '../core/version.ts';
 import type { VmJob } from '../core/jobs.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -38,7 +39,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
       repository: { bucket: policy.bucket, chunkSize: policy.chunkSize },
       parentBackupId: parent?.backupId ?? null,
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
-      slotLimit: policy.slotLimit, slot: null, snapshot: null,
+      slotLimit: policy.slotLimit, slot: null, snapshot: null, minMoverVersion: MIN_MOVER_VERSION,
     };
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
     vms.push(job);
