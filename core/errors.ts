@@ -78,6 +78,19 @@ export class BadFunctionInput extends LifeboatError {
   }
 }
 
+/**
+ * A mover too old for a job could not upgrade itself: no release at or above the job's
+ * minimum version, a release whose signature or checksum does not verify, or an install
+ * that failed. Not retried: an operator must publish a good release (or fix the mover's
+ * release public key). The mover keeps serving jobs its version can run.
+ */
+export class CannotUpgrade extends LifeboatError {
+  static readonly code = 'Mover.CannotUpgrade';
+  constructor(message: string, cause?: unknown) {
+    super(CannotUpgrade.code, message, { retryable: false, cause });
+  }
+}
+
 /** Every error class, by code: the contract test checks the state machines against it. */
 export const errorClasses = {
   [SourceUnavailable.code]: SourceUnavailable,
@@ -87,5 +100,6 @@ export const errorClasses = {
   [PolicyNotFound.code]: PolicyNotFound,
   [SlotUnavailable.code]: SlotUnavailable,
   [VerifyFailed.code]: VerifyFailed,
+  [CannotUpgrade.code]: CannotUpgrade,
   [BadFunctionInput.code]: BadFunctionInput,
 } as const;
