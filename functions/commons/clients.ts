@@ -9,11 +9,14 @@ import { KeyFileWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyri
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { Catalog } from '../catalog/catalog.ts';
+import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
 export interface Clients {
   env: FunctionEnv;
   catalog: Catalog;
+  /** Records of restores, deep verifications and prunes (functions/catalog/recovery-catalog.ts). */
+  recovery: RecoveryCatalog;
   store(bucket: string): ObjectStore;
   /** The repository's keys, unwrapped once per container and bucket. */
   repositoryKeys(bucket: string): Promise<RepositoryKeys>;
@@ -38,6 +41,7 @@ export function clients(): Clients {
   cached = {
     env,
     catalog: new Catalog(db, env.tableName),
+    recovery: new RecoveryCatalog(db, env.tableName),
     store: (bucket) => new S3ObjectStore(s3, bucket),
     repositoryKeys: (bucket) => {
       let k = repositoryKeys.get(bucket);

@@ -1,0 +1,83 @@
+/**
+ * What flows through the Restore and Deep verify workflows: the plans the control plane
+ * makes, the mover tasks they dispatch, and what the movers answer. Both `functions/`
+ * and `mover/` import these; the state machines' paths name these fields.
+ */
+
+/** One disk to restore and where it goes on the mover's host. */
+export interface RestoreDiskTarget {
+  diskId: string;
+  sizeBytes: number;
+  /** Absolute path of the file the disk is written to. */
+  path: string;
+}
+
+/** A restore, as PlanRestore resolved it. */
+export interface RestoreJob {
+  /** The execution's name: one restore record per execution. */
+  restoreId: string;
+  vmId: string;
+  backupId: string;
+  moverGroup: string;
+  repository: { bucket: string };
+  /** The folder of a whole-VM restore, or the file of a single-disk restore. */
+  target: string;
+  /** Set for a single-disk restore; null restores every disk and the VM's config. */
+  diskId: string | null;
+  disks: RestoreDiskTarget[];
+}
+
+/** What a mover reports for one restored disk, after re-reading what it wrote. */
+export interface RestoredDisk {
+  diskId: string;
+  path: string;
+  sizeBytes: number;
+  /** Sealed bytes fetched from the repository. */
+  bytesDownloaded: number;
+  /** Chunks whose keyed id was recomputed from the written file and matched the manifest. */
+  chunksVerified: number;
+  /** Hex SHA-256 of the written disk, computed while re-reading it. */
+  sha256: string;
+  seconds: number;
+}
+
+/** A deep verification of one backup, as PlanDeepVerify resolved it. */
+export interface DeepVerifyJob {
+  verifyId: string;
+  vmId: string;
+  backupId: string;
+  moverGroup: string;
+  repository: { bucket: string };
+  /** Fraction of each disk's distinct chunks to read back, in (0, 1]; 1 reads all. */
+  sample: number;
+  disks: { diskId: string; sizeBytes: number }[];
+}
+
+/** One damaged object, named so an operator can find it. */
+export interface DamageFinding {
+  backupId: string;
+  diskId: string;
+  /** Disk offsets (bytes) whose data is in the object; empty for a manifest. */
+  offsets: number[];
+  objectKey: string;
+  reason: string;
+}
+
+/** What a mover reports for one disk of a deep verification. */
+export interface DeepVerifiedDisk {
+  diskId: string;
+  /** Distinct chunks in the manifest, and how many were read back. */
+  chunksTotal: number;
+  chunksChecked: number;
+  bytesRead: number;
+  damaged: DamageFinding[];
+  seconds: number;
+}
+
+/** Activity task inputs of the recovery workflows, discriminated by `task`. */
+export type RecoveryTask =
+  | { task: 'restoreDisk'; restore: RestoreJob; disk: RestoreDiskTarget }
+  | { task: 'restoreVmConfig'; restore: RestoreJob; disks: RestoredDisk[] }
+  | { task: 'deepVerifyDisk'; verify: DeepVerifyJob; disk: { diskId: string; sizeBytes: number } };
+
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'deepVerifyDisk'];

@@ -1,0 +1,92 @@
+/**
+ * The catalog records of restores, deep verifications and prunes, and the backup-status
+ * changes they make (committed → damaged, committed → pruning → gone). Same table and
+ * backup keys as `catalog.ts`; every status change is a conditional write.
+ */
+import { DeleteCommand, GetCommand, PutCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import type { DamageFinding } from '../../core/recovery-jobs.ts';
+import { isConditionFailed } from './catalog.ts';
+
+export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE';
+
+const backupKey = (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` });
+const recordKey = (kind: RecoveryRecordKind, id: string) => ({ pk: `${kind}#${id}`, sk: kind });
+
+/** A backup's damage as a deep verification found it. */
+export interface BackupDamage {
+  verifyId: string;
+  foundAt: string;
+  findings: DamageFinding[];
+}
+
+export class RecoveryCatalog {
+  private readonly db: DynamoDBDocumentClient;
+  readonly table: string;
+  constructor(db: DynamoDBDocumentClient, table: string) {
+    this.db = db;
+    this.table = table;
+  }
+
+  putRecord(kind: RecoveryRecordKind, id: string, item: Record<string, unknown>) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...recordKey(kind, id), kind, id, ...item } }));
+  }
+
+  async getRecord(kind: RecoveryRecordKind, id: string): Promise<Record<string, unknown> | undefined> {
+    const out = await this.db.send(new GetCommand({ TableName: this.table, Key: recordKey(kind, id), ConsistentRead: true }));
+    if (!out.Item) return undefined;
+    const { pk: _pk, sk: _sk, ...rest } = out.Item;
+    return rest;
+  }
+
+  /**
+   * committed (or already damaged) → damaged, keeping the findings. Returns false when
+   * the backup is in another state (pruned meanwhile, never committed).
+   */
+  async markDamaged(vmId: string, backupId: string, damage: BackupDamage): Promise<boolean> {
+    try {
+      await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: backupKey(vmId, backupId),
+        UpdateExpression: 'SET #s = :d, damage = :g',
+        ConditionExpression: '#s IN (:c, :d)',
+        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':g': damage },
+      }));
+      return true;
+    } catch (err) {
+      if (isConditionFailed(err)) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * committed/damaged → pruning: from now on no restore or plan uses the backup, and a
+   * prune that stopped half-way finds it again. Idempotent for a backup already pruning.
+   */
+  async beginPrune(vmId: string, backupId: string, reason: string, at: Date): Promise<boolean> {
+    try {
+      await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: backupKey(vmId, backupId),
+        UpdateExpression: 'SET #s = :p, pruneReason = :r, pruneStartedAt = :t',
+        ConditionExpression: '#s IN (:c, :d, :p)',
+        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeValues: { ':p': 'pruning', ':c': 'committed', ':d': 'damaged', ':r': reason, ':t': at.toISOString() },
+      }));
+      return true;
+    } catch (err) {
+      if (isConditionFailed(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Removes a backup whose manifests are gone; only one that is `pruning`. */
+  async finishPrune(vmId: string, backupId: string): Promise<void> {
+    try {
+      await this.db.send(new DeleteCommand({
+        TableName: this.table, Key: backupKey(vmId, backupId),
+        ConditionExpression: '#s = :p', ExpressionAttributeNames: { '#s': 'status' }, ExpressionAttributeValues: { ':p': 'pruning' },
+      }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
+  }
+}
