@@ -1,8 +1,16 @@
-/** Summarize: one run record with per-VM outcomes and totals. */
-import middy from '@middy/core';
+/**
+ * Summarize: one run record with per-VM outcomes and totals, and the run's metrics: how
+ * many VMs committed and failed, bytes stored, and the age of the policy's oldest newest
+ * recovery point (`OldestRecoveryPointAgeHours`), which the RPO alarm watches.
+ */
+import type { Metrics } from '@aws-lambda-powertools/metrics';
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
+import { z } from 'zod';
 import type { DiskResult, TransferStats, VmOutcome } from '../core/jobs.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { diskResult, vmOutcome } from './commons/schemas.ts';
 
 /** What each VM iteration leaves behind: a committed job or a failure outcome. */
 export type IterationResult = { vmId: string; backupId: string; disks?: DiskResult[]; commit?: unknown; outcome?: VmOutcome };
@@ -39,4 +47,49 @@ export async function summarize(input: SummarizeInput, deps: { catalog: Catalog;
   return summary;
 }
 
-export const handler = middy<SummarizeInput, RunSummary>().handler((input) => summarize(input, { catalog: clients().catalog, now: () => new Date() }));
+/**
+ * Hours since each VM's newest committed backup. A VM that never committed one counts
+ * from its first backup attempt: it has been unprotected since then.
+ */
+export async function recoveryPointAgeHours(vmIds: string[], deps: { catalog: Catalog; now: () => Date }): Promise<Record<string, number>> {
+  const now = deps.now().getTime();
+  const ages: Record<string, number> = {};
+  for (const vmId of new Set(vmIds)) {
+    const backups = await deps.catalog.listBackups(vmId); // newest first
+    const newest = backups.find((b) => b.status === 'committed');
+    const since = newest?.committedAt ?? backups.at(-1)?.startedAt;
+    if (since) ages[vmId] = Math.max(0, (now - Date.parse(since)) / 3600_000);
+  }
+  return ages;
+}
+
+/** The metric names Summarize publishes (namespace from POWERTOOLS_METRICS_NAMESPACE, dimension `policyId`). */
+export const summaryMetrics = {
+  oldestRecoveryPointAgeHours: 'OldestRecoveryPointAgeHours',
+  vmsCommitted: 'VmsCommitted',
+  vmsFailed: 'VmsFailed',
+  bytesStored: 'BytesStored',
+} as const;
+
+/** Adds a run's metrics to `metrics`; they are flushed as EMF when the invocation ends. */
+export function publishRunMetrics(metrics: Metrics, summary: RunSummary, ages: Record<string, number>): void {
+  metrics.addDimension('policyId', summary.policyId);
+  metrics.addMetric(summaryMetrics.vmsCommitted, MetricUnit.Count, summary.committed);
+  metrics.addMetric(summaryMetrics.vmsFailed, MetricUnit.Count, summary.failed);
+  metrics.addMetric(summaryMetrics.bytesStored, MetricUnit.Bytes, summary.totals.bytesStored);
+  const oldest = Math.max(...Object.values(ages));
+  if (Number.isFinite(oldest)) metrics.addMetric(summaryMetrics.oldestRecoveryPointAgeHours, MetricUnit.Count, Math.round(oldest * 100) / 100);
+}
+
+export const summarizeInput: z.ZodType<SummarizeInput> = z.looseObject({
+  runId: z.string().min(1),
+  policyId: z.string().min(1),
+  results: z.array(z.looseObject({ vmId: z.string(), backupId: z.string(), disks: z.array(diskResult).optional(), commit: z.unknown().optional(), outcome: vmOutcome.optional() })),
+});
+
+export const handler = lambdaHandler('Summarize', summarizeInput, async (input, { metrics }) => {
+  const deps = { catalog: clients().catalog, now: () => new Date() };
+  const summary = await summarize(input, deps);
+  publishRunMetrics(metrics, summary, await recoveryPointAgeHours(summary.vms.map((v) => v.vmId), deps));
+  return summary;
+});

@@ -95,6 +95,8 @@ export class EmbeddedStack {
       // The handlers read their configuration from the environment, as in Lambda.
       Object.assign(process.env, {
         CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile,
+        // In-process handlers: no CloudWatch to send EMF to, so Powertools Metrics stays quiet.
+        POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_SERVICE_NAME: 'lifeboat-local',
       });
       resetClients();
 

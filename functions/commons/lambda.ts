@@ -28,11 +28,17 @@ export interface HandlerTools {
   context: Context;
 }
 
+type Issue = { message: string; path?: readonly (PropertyKey | { key: PropertyKey })[] };
+
+const pathOf = (path: Issue['path']) =>
+  (path ?? []).map((p) => (typeof p === 'object' ? p.key : p))
+    .reduce<string>((acc, k) => (typeof k === 'number' ? `${acc}[${k}]` : acc ? `${acc}.${String(k)}` : String(k)), '') || '(the input)';
+
 /** `Function.BadInput` for a failed parse: the function, then one line per bad field. */
 export function badInput(functionName: string, error: unknown): BadFunctionInput {
-  const detail = error instanceof z.ZodError ? z.prettifyError(error)
-    : (error as Error)?.cause instanceof z.ZodError ? z.prettifyError((error as Error).cause as z.ZodError)
-      : String((error as Error)?.message ?? error);
+  const cause = (error as Error)?.cause;
+  const issues: Issue[] | undefined = error instanceof z.ZodError ? error.issues : Array.isArray(cause) ? (cause as Issue[]) : undefined;
+  const detail = issues ? issues.map((i) => `  - ${pathOf(i.path)}: ${i.message}`).join('\n') : `  - ${String((error as Error)?.message ?? error)}`;
   return new BadFunctionInput(`${functionName} received an input that does not match its schema (a workflow/function version mismatch?):\n${detail}`, error);
 }
 

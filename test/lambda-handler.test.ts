@@ -1,0 +1,99 @@
+import { Metrics } from '@aws-lambda-powertools/metrics';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { z } from 'zod';
+import { errorClasses } from '../core/errors.ts';
+import type { Backup, Catalog } from '../functions/catalog/catalog.ts';
+import { lambdaHandler } from '../functions/commons/lambda.ts';
+import { vmJob } from '../functions/commons/schemas.ts';
+import { lambdaFunctions } from '../functions/registry.ts';
+import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/summarize.ts';
+
+const context = { functionName: 'Test', awsRequestId: 'req-1', invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:Test', getRemainingTimeInMillis: () => 60_000 };
+const job = {
+  runId: 'run-1', policyId: 'p', backupId: 'b', vmId: 'vm-1', host: 'esx-01', moverGroup: 'site-a', source: '/vms/vm-1',
+  repository: { bucket: 'repo', chunkSize: 1 << 20 }, parentBackupId: null, parentManifests: {},
+  slotScopes: [{ scope: 'host:esx-01', limit: 2 }], slot: null, snapshot: null,
+};
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('lambdaHandler', () => {
+  it('passes the parsed input to the body, unknown fields included', async () => {
+    const seen: unknown[] = [];
+    const h = lambdaHandler('Probe', vmJob, async (input) => {
+      seen.push(input);
+      return input.vmId;
+    });
+    await expect(h({ ...job, carried: { along: 1 } }, context as never)).resolves.toBe('vm-1');
+    expect(seen[0]).toMatchObject({ carried: { along: 1 } });
+  });
+
+  it('rejects an input that misses a field with Function.BadInput naming the function and the field', async () => {
+    const body = vi.fn(async () => 'never');
+    const h = lambdaHandler('AcquireSlot', vmJob, body);
+    const { host: _host, ...noHost } = job;
+    const err = await h({ ...noHost, slotScopes: [{ scope: 'host:x', limit: 0 }] }, context as never).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).name).toBe('Function.BadInput');
+    expect(Object.hasOwn(errorClasses, (err as Error).name)).toBe(true);
+    expect((err as Error).message).toContain('AcquireSlot');
+    expect((err as Error).message).toContain('host');
+    expect((err as Error).message).toContain('slotScopes[0].limit');
+    expect(body).not.toHaveBeenCalled();
+  });
+
+  it('keeps the name of an error the body throws, so Retry/Catch still match it', async () => {
+    const h = lambdaHandler('Probe', z.object({}), async () => {
+      const e = new Error('full');
+      e.name = 'Slot.Unavailable';
+      throw e;
+    });
+    await expect(h({}, context as never)).rejects.toMatchObject({ name: 'Slot.Unavailable' });
+  });
+
+  it('builds every registered handler with lambdaHandler (Powertools logger, metrics and parser)', async () => {
+    for (const [id, def] of Object.entries(lambdaFunctions)) {
+      const mod = (await import(`../${def.entry}`)) as Record<string, { use?: unknown; before?: unknown }>;
+      const h = mod[def.handler];
+      // A middy handler exposes use/before/after; lambdaHandler rejects an empty event with Function.BadInput.
+      expect(typeof h?.use, `${id}: ${def.entry} ${def.handler}`).toBe('function');
+      const err = await (h as unknown as (e: unknown, c: unknown) => Promise<unknown>)('not an object', context).catch((e: Error) => e);
+      expect((err as Error).name, `${id} must validate its input with lambdaHandler`).toBe('Function.BadInput');
+    }
+  });
+});
+
+describe('Summarize metrics', () => {
+  const backups: Record<string, Partial<Backup>[]> = {
+    'vm-fresh': [{ status: 'committed', committedAt: '2026-11-23T09:00:00Z', startedAt: '2026-11-23T08:50:00Z' }],
+    'vm-stale': [
+      { status: 'failed', startedAt: '2026-11-23T08:00:00Z' },
+      { status: 'committed', committedAt: '2026-11-20T10:00:00Z', startedAt: '2026-11-20T09:00:00Z' },
+    ],
+    'vm-never': [{ status: 'failed', startedAt: '2026-11-23T08:00:00Z' }, { status: 'failed', startedAt: '2026-11-22T10:00:00Z' }],
+  };
+  const catalog = { listBackups: async (vmId: string) => backups[vmId] ?? [] } as unknown as Catalog;
+  const now = () => new Date('2026-11-23T10:00:00Z');
+
+  it('ages each VM from its newest committed backup, or from its first attempt when none committed', async () => {
+    const ages = await recoveryPointAgeHours(['vm-fresh', 'vm-stale', 'vm-never', 'vm-unknown'], { catalog, now });
+    expect(ages).toEqual({ 'vm-fresh': 1, 'vm-stale': 72, 'vm-never': 24 });
+  });
+
+  it('emits OldestRecoveryPointAgeHours per policy as EMF, the metric the RPO alarm watches', async () => {
+    const metrics = new Metrics({ namespace: 'LifeboatTest', serviceName: 'lifeboat' });
+    const summary = summarizeRun({ runId: 'r', policyId: 'nightly', results: [
+      { vmId: 'vm-fresh', backupId: 'b1', disks: [] },
+      { vmId: 'vm-stale', backupId: 'b2', outcome: { vmId: 'vm-stale', backupId: 'b2', status: 'failed', error: { Error: 'Mover.SourceUnavailable', Cause: '' } } },
+    ] });
+    publishRunMetrics(metrics, summary, await recoveryPointAgeHours(['vm-fresh', 'vm-stale'], { catalog, now }));
+    const emf = metrics.serializeMetrics() as unknown as Record<string, unknown> & { _aws: { CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string }[] }[] } };
+    const directive = emf._aws.CloudWatchMetrics[0]!;
+    expect(directive.Namespace).toBe('LifeboatTest');
+    expect(directive.Dimensions[0]).toContain('policyId');
+    expect(directive.Metrics.map((m) => m.Name)).toEqual(expect.arrayContaining(Object.values(summaryMetrics)));
+    expect(emf).toMatchObject({ policyId: 'nightly', [summaryMetrics.oldestRecoveryPointAgeHours]: 72, [summaryMetrics.vmsFailed]: 1, [summaryMetrics.vmsCommitted]: 1 });
+  });
+});
