@@ -2,10 +2,12 @@
  * The repository's master key is random and stored only wrapped. A KeyWrapper turns it
  * into stored bytes and back: a local key file in the embedded stack, KMS in AWS.
  */
+import type { DecryptCommandOutput, EncryptCommandOutput } from '@aws-sdk/client-kms';
+import { DecryptCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { Corrupt, SourceUnavailable } from './errors.ts';
+import { Corrupt, SourceUnavailable, StorageUnavailable } from './errors.ts';
 import { keys as objectKeys } from './format.ts';
 import type { ObjectStore } from './object-store.ts';
 
@@ -55,6 +57,70 @@ export class KeyFileWrapper implements KeyWrapper {
     }
   }
 }
+
+/** The two KMS calls the wrapper makes: a KMSClient fits, and so does a test double. */
+export interface KmsClientLike {
+  send(command: EncryptCommand | DecryptCommand): Promise<Partial<EncryptCommandOutput & DecryptCommandOutput>>;
+}
+
+/** KMS errors that a later attempt may not meet again (throttling, KMS-side failures). */
+const TRANSIENT_KMS_ERRORS = new Set(['ThrottlingException', 'KMSInternalException', 'DependencyTimeoutException', 'KeyUnavailableException', 'LimitExceededException']);
+
+/**
+ * Wraps with AWS KMS: `Encrypt`/`Decrypt` of the 32-byte master key under one KMS key,
+ * bound by encryption context to the repository it belongs to, so a key object copied
+ * from another repository does not unwrap. Callers need kms:Encrypt (initialising the
+ * repository) or kms:Decrypt (everyone else) on the key.
+ */
+export class KmsKeyWrapper implements KeyWrapper {
+  readonly kind = 'kms';
+  private readonly client: KmsClientLike;
+  readonly keyId: string;
+  readonly context: Record<string, string>;
+
+  /** `repository` names the repository (its bucket) in the encryption context. */
+  constructor(opts: { client: KmsClientLike; keyId: string; repository: string }) {
+    if (!opts.keyId) throw new Error('KmsKeyWrapper: keyId is empty; set the KMS key id or ARN (the stack output RepositoryKeyArn)');
+    if (!opts.repository) throw new Error('KmsKeyWrapper: repository is empty; pass the repository bucket name');
+    this.client = opts.client;
+    this.keyId = opts.keyId;
+    this.context = { [KMS_CONTEXT_PURPOSE]: 'repository-key', [KMS_CONTEXT_REPOSITORY]: opts.repository };
+  }
+
+  async wrap(masterKey: Buffer): Promise<Buffer> {
+    const out = await this.call('Encrypt', new EncryptCommand({ KeyId: this.keyId, Plaintext: masterKey, EncryptionContext: this.context }));
+    if (!out.CiphertextBlob) throw new StorageUnavailable(`KMS Encrypt with key ${this.keyId} returned no ciphertext`);
+    return Buffer.from(out.CiphertextBlob);
+  }
+
+  async unwrap(wrapped: Buffer): Promise<Buffer> {
+    // KeyId pins the key: a ciphertext made under another key fails instead of being decrypted by it.
+    const out = await this.call('Decrypt', new DecryptCommand({ KeyId: this.keyId, CiphertextBlob: wrapped, EncryptionContext: this.context }));
+    if (!out.Plaintext || out.Plaintext.length !== 32) throw new Corrupt(`KMS Decrypt with key ${this.keyId} did not return a 32-byte repository key`);
+    return Buffer.from(out.Plaintext);
+  }
+
+  private async call(op: string, command: EncryptCommand | DecryptCommand) {
+    try {
+      return await this.client.send(command);
+    } catch (err) {
+      const name = (err as Error)?.name ?? '';
+      const where = `KMS ${op} with key ${this.keyId} for repository '${this.context[KMS_CONTEXT_REPOSITORY]}'`;
+      if (name === 'InvalidCiphertextException' || name === 'IncorrectKeyException') {
+        throw new Corrupt(`${where}: the stored repository key does not unwrap (${name}); it was wrapped by another key or for another repository`, err);
+      }
+      const meta = (err as { $metadata?: { httpStatusCode?: number } }).$metadata;
+      if (TRANSIENT_KMS_ERRORS.has(name) || (meta?.httpStatusCode ?? 0) >= 500 || !meta) {
+        throw new StorageUnavailable(`${where} failed (${name || 'network error'}): ${(err as Error).message}`, err);
+      }
+      throw new SourceUnavailable(`${where} was refused (${name}): ${(err as Error).message}; check the key policy, that the key is enabled, and the caller's kms:${op} permission`, err);
+    }
+  }
+}
+
+/** Encryption context keys binding a wrapped repository key (the IAM policies can condition on them). */
+export const KMS_CONTEXT_PURPOSE = 'lifeboat:purpose';
+export const KMS_CONTEXT_REPOSITORY = 'lifeboat:repository';
 
 interface StoredKey {
   version: 1;

@@ -12,7 +12,7 @@ const context = { functionName: 'Test', awsRequestId: 'req-1', invokedFunctionAr
 const job = {
   runId: 'run-1', policyId: 'p', backupId: 'b', vmId: 'vm-1', host: 'esx-01', moverGroup: 'site-a', source: '/vms/vm-1',
   repository: { bucket: 'repo', chunkSize: 1 << 20 }, parentBackupId: null, parentManifests: {},
-  slotScopes: [{ scope: 'host:esx-01', limit: 2 }], slot: null, snapshot: null,
+  slotScopes: [{ scope: 'host:esx-01', limit: 2 }], slot: null, snapshot: null, segmentBytes: 64 << 20,
 };
 
 afterEach(() => {
@@ -26,7 +26,8 @@ describe('lambdaHandler', () => {
       seen.push(input);
       return input.vmId;
     });
-    await expect(h({ ...job, carried: { along: 1 } }, context as never)).resolves.toBe('vm-1');
+    const input = { ...job, carried: { along: 1 } };
+    await expect(h(input, context as never)).resolves.toBe('vm-1');
     expect(seen[0]).toMatchObject({ carried: { along: 1 } });
   });
 
@@ -34,7 +35,7 @@ describe('lambdaHandler', () => {
     const body = vi.fn(async () => 'never');
     const h = lambdaHandler('AcquireSlot', vmJob, body);
     const { host: _host, ...noHost } = job;
-    const err = await h({ ...noHost, slotScopes: [{ scope: 'host:x', limit: 0 }] }, context as never).catch((e: Error) => e);
+    const err = await h({ ...noHost, slotScopes: [{ scope: 'host:x', limit: 0 }] } as never, context as never).catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).name).toBe('Function.BadInput');
     expect(Object.hasOwn(errorClasses, (err as Error).name)).toBe(true);

@@ -3,9 +3,10 @@
  * point and handed to the logic modules as narrow interfaces.
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
-import { KeyFileWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { Catalog } from '../catalog/catalog.ts';
@@ -25,9 +26,13 @@ export interface Clients {
 let cached: Clients | undefined;
 const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
 
-async function keyWrapper(env: FunctionEnv): Promise<KeyWrapper> {
+let kms: KMSClient | undefined;
+
+/** The repository key's wrapper: KMS in AWS (REPOSITORY_KMS_KEY_ID), a key file in the embedded stack. */
+async function keyWrapper(env: FunctionEnv, bucket: string): Promise<KeyWrapper> {
+  if (env.kmsKeyId) return new KmsKeyWrapper({ client: (kms ??= new KMSClient({ region: env.region })), keyId: env.kmsKeyId, repository: bucket });
   if (env.keyFile) return KeyFileWrapper.load(env.keyFile);
-  throw new Error('no repository key wrapper configured: set LIFEBOAT_KEY_FILE (embedded stack); the KMS wrapper is not built yet');
+  throw new Error('no repository key wrapper configured: set REPOSITORY_KMS_KEY_ID (AWS; the CDK app does) or LIFEBOAT_KEY_FILE (embedded stack)');
 }
 
 export function clients(): Clients {
@@ -46,7 +51,7 @@ export function clients(): Clients {
     repositoryKeys: (bucket) => {
       let k = repositoryKeys.get(bucket);
       if (!k) {
-        k = keyWrapper(env).then(async (w) => deriveKeys(await loadMasterKey(cached!.store(bucket), w)));
+        k = keyWrapper(env, bucket).then(async (w) => deriveKeys(await loadMasterKey(cached!.store(bucket), w)));
         k.catch(() => repositoryKeys.delete(bucket)); // a failure is not cached
         repositoryKeys.set(bucket, k);
       }

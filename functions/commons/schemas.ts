@@ -29,6 +29,8 @@ export const vmJob: z.ZodType<VmJob> = z.looseObject({
   slotScopes: z.array(slotScope),
   slot: slotLease.nullable(),
   snapshot: snapshotResult.nullable(),
+  minMoverVersion: z.string().optional(),
+  segmentBytes: z.number().int().positive(),
 });
 
 /** A Step Functions Catch result: `{ Error, Cause }`. */
