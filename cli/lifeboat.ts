@@ -3,7 +3,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { defaultConfig } from '../cdk/config.ts';
 import { runDemo } from '../local/demo/demo.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
@@ -37,15 +36,17 @@ program
   .command('up')
   .description('start the embedded stack (and movers) and keep it running until Ctrl-C')
   .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
-  .option('--movers <n>', 'mover processes to start', positiveInt, 2)
+  .option('--movers <n>', 'mover processes to start per mover group', positiveInt, 2)
   .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
   .action(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
     const stack = await EmbeddedStack.start({ dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort } });
     const e = stack.endpoints;
     await writeFile(join(e.dataDir, 'endpoints.json'), JSON.stringify(e, null, 2));
     const movers: MoverProcess[] = [];
-    for (let i = 1; i <= opts.movers; i++) {
-      movers.push(startMover(e, { name: `mover-${i}`, group: defaultConfig.moverGroups[0]!, onLog: (l) => process.stdout.write(`${JSON.stringify(l)}\n`) }));
+    for (const group of stack.config.moverGroups) {
+      for (let i = 1; i <= opts.movers; i++) {
+        movers.push(startMover(e, { name: `${group.id}-mover-${i}`, group: group.id, onLog: (l) => process.stdout.write(`${JSON.stringify(l)}\n`) }));
+      }
     }
     process.stdout.write(`Lifeboat embedded stack is up (endpoints in ${join(e.dataDir, 'endpoints.json')}):\n${JSON.stringify(e, null, 2)}\n`);
     process.stdout.write(`Start a backup: aws stepfunctions start-execution --endpoint-url ${e.sfn} --state-machine-arn ${e.backupStateMachineArn} --input '{"policyId":"..."}'\n`);

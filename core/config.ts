@@ -71,6 +71,8 @@ const policy = z.object({
   replicateTo: id.optional(),
   rpoHours: z.number().positive('must be above 0').max(24 * 366, 'must be at most a year'),
   perHostConcurrency: count(64).optional(),
+  /** Disks larger than this many GiB are transferred in segments by several movers of the group at once. */
+  segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
 }).strict();
 
 const configSchema = z.object({

@@ -25,7 +25,11 @@ export interface VmJob {
   parentBackupId: string | null;
   /** The parent backup's manifest key per disk id: chunks listed there are not re-sent. */
   parentManifests: Record<string, string>;
-  slotLimit: number;
+  /**
+   * Concurrency limits this VM's backup counts against: its host, and each datastore of
+   * its disks that has a limit. AcquireSlot takes one slot in every scope, or none.
+   */
+  slotScopes: SlotScope[];
   /** Filled by AcquireSlot; null until then. */
   slot: SlotLease | null;
   /** Filled by Snapshot; null until then, so cleanup after a failure knows what to release. */
@@ -35,10 +39,40 @@ export interface VmJob {
    * an older mover upgrades itself from a signed release before taking the job (mover/upgrade.ts).
    */
   minMoverVersion?: string;
+  /** Disks larger than this are split into segments of this size, transferred in parallel by different movers. */
+  segmentBytes: number;
+}
+
+/** A contiguous, chunk-aligned part of a disk, transferred as one Dispatch task. */
+export interface DiskSegment {
+  index: number;
+  count: number;
+  offset: number;
+  length: number;
+}
+
+/**
+ * The manifest id of one segment of a disk: its manifest is stored like a disk's
+ * (keys.manifest(backupId, segmentManifestId(...))) and JoinSegments merges them into
+ * the disk's manifest.
+ */
+export const segmentManifestId = (diskId: string, index: number) => `${diskId}.seg-${index}`;
+
+/** One Dispatch task: a whole disk (segment null) or one segment of it. */
+export interface DispatchItem {
+  disk: DiskRef;
+  segment: DiskSegment | null;
+}
+
+export interface SlotScope {
+  /** `host:<host>` or `datastore:<host>/<datastore>`. */
+  scope: string;
+  limit: number;
 }
 
 export interface SlotLease {
-  key: string;
+  /** One catalog key (`pk|sk`) per scope held. */
+  keys: string[];
   holder: string;
 }
 
@@ -81,12 +115,14 @@ export interface DiskResult {
   sizeBytes: number;
   manifestKey: string;
   stats: TransferStats;
+  /** Set on the result of one segment's transfer; JoinSegments turns those into one result per disk. */
+  segment?: DiskSegment;
 }
 
 /** Inputs of the activity tasks, discriminated by `task`. */
 export type MoverTask =
   | { task: 'snapshot'; job: VmJob }
-  | { task: 'dispatch'; job: VmJob; disk: DiskRef }
+  | { task: 'dispatch'; job: VmJob; disk: DiskRef; segment?: DiskSegment | null }
   | { task: 'releaseSnapshot'; job: VmJob };
 
 /** A finished VM iteration, as Summarize sees it. */

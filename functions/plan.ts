@@ -1,10 +1,14 @@
-/** Plan: turn `{ policyId }` into one work item per VM, each with its parent backup. */
+/**
+ * Plan: turn `{ policyId }` into one work item per VM, each with its parent backup, the
+ * mover group that serves its host, and the concurrency scopes (host, datastores) it
+ * counts against. Hosts, groups and limits come from the configuration (SyncConfig).
+ */
 import middy from '@middy/core';
 import { PolicyNotFound } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
 import { MIN_MOVER_VERSION } from '../core/version.ts';
-import type { VmJob } from '../core/jobs.ts';
-import type { Catalog } from './catalog/catalog.ts';
+import type { SlotScope, VmJob } from '../core/jobs.ts';
+import type { Catalog, Host, Policy, Vm } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
 
 export interface PlanInput {
@@ -18,9 +22,28 @@ export interface PlanOutput {
   vms: VmJob[];
 }
 
+/** Disks above this size are transferred in segments by several movers at once (config: policies[].segmentSizeGiB). */
+export const DEFAULT_SEGMENT_BYTES = 64 * 1024 ** 3;
+
 /** Backup ids sort by time: the catalog lists a VM's backups newest first. */
 export function newBackupId(now: Date, runId: string): string {
   return `${now.toISOString().replace(/[-:.]/g, '')}-${runId.slice(-8)}`;
+}
+
+/** The policy's VMs: those named by id, then those on its hosts, each once. */
+async function selectVms(policy: Policy, catalog: Catalog): Promise<string[]> {
+  const ids = new Set(policy.vmIds);
+  for (const host of policy.hosts ?? []) for (const id of await catalog.vmsOnHost(host)) ids.add(id);
+  return [...ids];
+}
+
+export function slotScopes(vm: Vm, host: Host, policy: Policy): SlotScope[] {
+  const scopes: SlotScope[] = [{ scope: `host:${host.hostId}`, limit: Math.min(host.maxConcurrentBackups, policy.slotLimit) }];
+  for (const ds of new Set(vm.datastores ?? [])) {
+    const limit = host.datastores[ds];
+    if (limit !== undefined) scopes.push({ scope: `datastore:${host.hostId}/${ds}`, limit });
+  }
+  return scopes;
 }
 
 export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () => Date }): Promise<PlanOutput> {
@@ -30,16 +53,21 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
   const now = deps.now();
   const backupId = newBackupId(now, input.runId);
   const vms: VmJob[] = [];
-  for (const vmId of policy.vmIds) {
+  const hosts = new Map<string, Host | undefined>();
+  for (const vmId of await selectVms(policy, deps.catalog)) {
     const vm = await deps.catalog.getVm(vmId);
     if (!vm) throw new Error(`policy '${policy.policyId}' names VM '${vmId}', which is not in the inventory`);
+    if (!hosts.has(vm.host)) hosts.set(vm.host, await deps.catalog.getHost(vm.host));
+    const host = hosts.get(vm.host);
+    if (!host) throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
     const parent = await deps.catalog.latestCommitted(vmId);
     const job: VmJob = {
-      runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: vm.moverGroup, source: vm.source,
+      runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: host.moverGroup, source: vm.source,
       repository: { bucket: policy.bucket, chunkSize: policy.chunkSize },
       parentBackupId: parent?.backupId ?? null,
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
-      slotLimit: policy.slotLimit, slot: null, snapshot: null, minMoverVersion: MIN_MOVER_VERSION,
+      slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: MIN_MOVER_VERSION,
+      segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
     };
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
     vms.push(job);

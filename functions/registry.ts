@@ -6,11 +6,19 @@
 export const lambdaFunctions = {
   Plan: { entry: 'functions/plan.ts', handler: 'handler' },
   AcquireSlot: { entry: 'functions/slots.ts', handler: 'acquireHandler' },
+  PlanDispatch: { entry: 'functions/dispatch.ts', handler: 'planHandler' },
+  JoinSegments: { entry: 'functions/dispatch.ts', handler: 'joinHandler' },
   ReleaseSlot: { entry: 'functions/slots.ts', handler: 'releaseHandler' },
   Verify: { entry: 'functions/verify.ts', handler: 'handler' },
   Commit: { entry: 'functions/commit.ts', handler: 'handler' },
   RecordFailure: { entry: 'functions/record-failure.ts', handler: 'handler' },
   Summarize: { entry: 'functions/summarize.ts', handler: 'handler' },
+  SyncConfig: { entry: 'functions/sync-config.ts', handler: 'handler' },
+  PlanRestore: { entry: 'functions/restore.ts', handler: 'planHandler' },
+  RecordRestore: { entry: 'functions/restore.ts', handler: 'recordHandler' },
+  RecordRestoreFailure: { entry: 'functions/restore.ts', handler: 'recordFailureHandler' },
+  PlanDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'planHandler' },
+  RecordDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'recordHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -6,7 +6,7 @@
  */
 import { App } from 'aws-cdk-lib';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
-import { defaultConfig } from '../cdk/config.ts';
+import type { LifeboatConfig } from '../core/config.ts';
 
 export const LOCAL_REGION = 'us-east-1';
 export const LOCAL_ACCOUNT = '000000000000';
@@ -95,8 +95,8 @@ export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
 }
 
 /** Synthesizes the CDK app in process (no bundling) and returns its template. */
-export function synthesizeTemplate(outdir: string): CfnTemplate {
+export function synthesizeTemplate(outdir: string, config: LifeboatConfig): CfnTemplate {
   const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
-  const stack = new LifeboatStack(app, 'Lifeboat', { moverGroups: defaultConfig.moverGroups });
+  const stack = new LifeboatStack(app, 'Lifeboat', { config });
   return app.synth().getStackByName(stack.stackName).template as CfnTemplate;
 }

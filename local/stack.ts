@@ -14,7 +14,9 @@ import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
+import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
@@ -27,6 +29,8 @@ export const REPOSITORY_BUCKET = 'lifeboat-repository';
 
 export interface EmbeddedStackOptions {
   dataDir: string;
+  /** The deployment configuration (default: loadConfig(), i.e. lifeboat.config.json or $LIFEBOAT_CONFIG). */
+  config?: LifeboatConfig;
   /** 0 picks free ports. */
   ports?: { dynamodb?: number; s3?: number; sfn?: number };
 }
@@ -40,6 +44,8 @@ export interface StackEndpoints {
   sfn: string;
   table: string;
   bucket: string;
+  /** The bucket of every configured repository, by repository id (the first is `bucket`). */
+  buckets: Record<string, string>;
   keyFile: string;
   backupStateMachineArn: string;
   activities: Record<string, string>;
@@ -49,10 +55,12 @@ export class EmbeddedStack {
   readonly endpoints: StackEndpoints;
   readonly template: ResolvedTemplate;
   readonly catalog: Catalog;
+  readonly config: LifeboatConfig;
   private readonly closers: (() => Promise<void>)[];
 
-  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, closers: (() => Promise<void>)[]) {
+  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[]) {
     this.endpoints = endpoints;
+    this.config = config;
     this.template = template;
     this.catalog = catalog;
     this.closers = closers;
@@ -71,13 +79,18 @@ export class EmbeddedStack {
       closers.push(() => new Promise((ok) => dyn.close(() => ok())));
       const dynamodb = `http://127.0.0.1:${(dyn.address() as AddressInfo).port}`;
 
+      const config = opts.config ?? loadConfig();
+      const buckets = Object.fromEntries(config.repositories.map((r, i) => [r.id, i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
       await mkdir(join(dataDir, 's3'), { recursive: true });
-      const s3rver = new S3rver({ port: opts.ports?.s3 ?? 0, address: '127.0.0.1', directory: join(dataDir, 's3'), silent: true, configureBuckets: [{ name: REPOSITORY_BUCKET }] });
+      const s3rver = new S3rver({
+        port: opts.ports?.s3 ?? 0, address: '127.0.0.1', directory: join(dataDir, 's3'), silent: true,
+        configureBuckets: Object.values(buckets).map((name) => ({ name })),
+      });
       const s3addr = await s3rver.run();
       closers.push(() => s3rver.close());
       const s3 = `http://127.0.0.1:${s3addr.port}`;
 
-      const template = resolveTemplate(synthesizeTemplate(join(dataDir, 'cdk.out')));
+      const template = resolveTemplate(synthesizeTemplate(join(dataDir, 'cdk.out'), config));
       const backup = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Backup'));
       if (!backup) throw new Error('the CDK app synthesized no Backup state machine');
 
@@ -99,6 +112,9 @@ export class EmbeddedStack {
         POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_SERVICE_NAME: 'lifeboat-local',
       });
       resetClients();
+      const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
+      // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog.
+      await syncConfig({ config, buckets }, { catalog });
 
       const broker = new ActivityBroker();
       closers.push(async () => broker.close());
@@ -109,11 +125,10 @@ export class EmbeddedStack {
       closers.push(() => api.close());
 
       const endpoints: StackEndpoints = {
-        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, keyFile,
+        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, keyFile,
         backupStateMachineArn: backup.arn, activities: template.activities,
       };
-      const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
-      return new EmbeddedStack(endpoints, template, catalog, closers);
+      return new EmbeddedStack(endpoints, template, catalog, config, closers);
     } catch (err) {
       await closeAll();
       throw err;

@@ -4,6 +4,7 @@ import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts
 import type { MoverTask } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
+import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { SourceDriver } from './sources/source.ts';
 import type { Logger, TaskHandler } from './worker.ts';
 
@@ -17,6 +18,8 @@ export interface TaskDeps {
 
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
+    // Restore and deep verification tasks carry no VM job (mover/recovery/).
+    if (isRecoveryTask(raw)) return runRecoveryTask(raw, deps, ctx);
     const t = raw as MoverTask;
     if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
     switch (t.task) {
@@ -43,7 +46,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
           return await backupDisk({
             store, keys, reader, disk: t.disk, backupId: t.job.backupId, chunkSize: t.job.repository.chunkSize,
             parentManifestKey: t.job.parentManifests[t.disk.diskId], parentBackupId: t.job.parentBackupId,
-            parallelism: deps.parallelism, signal: ctx.signal,
+            parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal,
             onProgress: (p) => {
               const now = performance.now();
               if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;

@@ -20,7 +20,7 @@ async function addVm(vmId: string, sizes: number[]) {
   const dir = join(t.dir, 'vms', vmId);
   // A fixed seed fixes the layout of zero, text and random runs (and so the ratios asserted below).
   await createVmFolder(dir, { name: vmId, disks: sizes.map((s, i) => ({ id: `disk${i}`, sizeBytes: s })) }, seededRng(7));
-  await t.stack.catalog.putVm({ vmId, host: 'esx-01', moverGroup: 'site-a', source: dir });
+  await t.stack.catalog.putVm({ vmId, host: 'esx-01', source: dir });
   return dir;
 }
 

@@ -5,6 +5,7 @@ import { App, type CfnElement } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
+import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { errorClasses, type LifeboatError } from '../core/errors.ts';
 import { lambdaFunctions } from '../functions/registry.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
@@ -23,12 +24,19 @@ type State = {
 type Definition = { StartAt: string; States: Record<string, State> };
 
 const outdirs: string[] = [];
-function synth(moverGroups: string[]) {
+/** The example configuration with one mover group serving every host: state names carry no group suffix. */
+const example = loadConfig();
+const oneGroup: LifeboatConfig = {
+  ...example,
+  moverGroups: [{ id: 'site-a', site: example.sites[0]!.id, hosts: example.hosts.map((h) => h.id) }],
+};
+
+function synth(config: LifeboatConfig) {
   const outdir = mkdtempSync(join(tmpdir(), 'lifeboat-cdk-'));
   outdirs.push(outdir);
   // Listing no stacks for bundling skips esbuild: nothing is built and nothing lands in the repo.
   const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
-  const stack = new LifeboatStack(app, 'Lifeboat', { moverGroups });
+  const stack = new LifeboatStack(app, 'Lifeboat', { config });
   return { stack, template: Template.fromStack(stack) };
 }
 
@@ -60,7 +68,7 @@ let states: Record<string, State>;
 const logicalId = (c: { node: { defaultChild?: unknown } }) => stack.getLogicalId(c.node.defaultChild as CfnElement);
 
 beforeAll(() => {
-  ({ stack, template } = synth(['site-a']));
+  ({ stack, template } = synth(oneGroup));
   resolved = resolveTemplate(template.toJSON() as CfnTemplate);
   const machines = Object.values(resolved.stateMachines);
   expect(machines).toHaveLength(1);
@@ -95,9 +103,9 @@ describe('Backup state machine graph', () => {
     const perVm = definition.States.BackupVms!.ItemProcessor!;
     expect(perVm.StartAt).toBe('AcquireSlot');
     const path = followNext(perVm.States, 'AcquireSlot');
-    expect(path.slice(0, 7)).toEqual(['AcquireSlot', 'Snapshot', 'Dispatch', 'ReleaseSnapshot', 'Verify', 'Commit', 'ReleaseSlot']);
-    expect(path).toHaveLength(8); // a final Pass shaping the VM's result
-    expect(perVm.States[path[7]!]).toMatchObject({ Type: 'Pass', End: true });
+    expect(path.slice(0, 9)).toEqual(['AcquireSlot', 'Snapshot', 'PlanDispatch', 'Dispatch', 'JoinSegments', 'ReleaseSnapshot', 'Verify', 'Commit', 'ReleaseSlot']);
+    expect(path).toHaveLength(10); // a final Pass shaping the VM's result
+    expect(perVm.States[path[9]!]).toMatchObject({ Type: 'Pass', End: true });
   });
 
   it('runs Snapshot, DispatchDisk and both ReleaseSnapshot steps on the mover activity with timeouts and heartbeats', () => {
@@ -114,7 +122,7 @@ describe('Backup state machine graph', () => {
   });
 
   it('runs Plan, AcquireSlot, Verify, Commit, ReleaseSlot, RecordFailure and Summarize on their own Lambda functions', () => {
-    const expected = { Plan: 'Plan', AcquireSlot: 'AcquireSlot', Verify: 'Verify', Commit: 'Commit', ReleaseSlot: 'ReleaseSlot',
+    const expected = { Plan: 'Plan', AcquireSlot: 'AcquireSlot', PlanDispatch: 'PlanDispatch', JoinSegments: 'JoinSegments', Verify: 'Verify', Commit: 'Commit', ReleaseSlot: 'ReleaseSlot',
       RecordFailure: 'RecordFailure', Summarize: 'Summarize', ReleaseSlotAfterFailure: 'ReleaseSlot' };
     for (const [name, fid] of Object.entries(expected)) {
       const s = states[name]!;
@@ -133,8 +141,8 @@ describe('Backup state machine failure handling', () => {
     }
   });
 
-  it('releases the snapshot when Snapshot or Dispatch fails', () => {
-    for (const name of ['Snapshot', 'Dispatch']) {
+  it('releases the snapshot when Snapshot, PlanDispatch, Dispatch or JoinSegments fails', () => {
+    for (const name of ['Snapshot', 'PlanDispatch', 'Dispatch', 'JoinSegments']) {
       const all = states[name]!.Catch!.find((c) => c.ErrorEquals.includes('States.ALL'))!;
       expect(all.Next, name).toBe('ReleaseSnapshotAfterFailure');
     }
@@ -218,14 +226,24 @@ describe('stateful resources', () => {
     });
   });
 
-  it('creates one activity per mover group and routes the Backup workflow to the first', () => {
+  it('creates one activity per mover group and routes each VM\'s mover tasks to the group serving its host', () => {
     expect(Object.keys(resolved.activities)).toEqual(['Lifeboat-mover-site-a']);
-    const two = synth(['site-a', 'site-b']);
-    const names = Object.values(two.template.findResources('AWS::StepFunctions::Activity')).map((r) => r.Properties.Name as string);
-    expect(names.sort()).toEqual(['Lifeboat-mover-site-a', 'Lifeboat-mover-site-b']);
-    const twoResolved = resolveTemplate(two.template.toJSON() as CfnTemplate);
-    const twoStates = allStates((Object.values(twoResolved.stateMachines)[0]!.definition as Definition).States);
-    expect(twoStates.Snapshot?.Resource).toBe(twoResolved.activities['Lifeboat-mover-site-a']);
+    const three = synth(example); // site-a and site-b serve hosts; dr serves none
+    const names = Object.values(three.template.findResources('AWS::StepFunctions::Activity')).map((r) => r.Properties.Name as string);
+    expect(names.sort()).toEqual(['Lifeboat-mover-dr', 'Lifeboat-mover-site-a', 'Lifeboat-mover-site-b']);
+    const r = resolveTemplate(three.template.toJSON() as CfnTemplate);
+    const backup = Object.values(r.stateMachines).find((m) => m.logicalId.startsWith('Backup'))!;
+    const s = allStates((backup.definition as Definition).States);
+    for (const [task, groupPath] of [['Snapshot', '$.moverGroup'], ['DispatchDisk', '$.job.moverGroup'], ['ReleaseSnapshot', '$.moverGroup'], ['ReleaseSnapshotAfterFailure', '$.moverGroup']] as const) {
+      const choice = s[`${task}OnMoverGroup`] as State & { Choices: { Variable: string; StringEquals: string; Next: string }[]; Default: string };
+      expect(choice.Type, task).toBe('Choice');
+      expect(choice.Choices.map((c) => [c.Variable, c.StringEquals, c.Next]), task).toEqual([
+        [groupPath, 'site-a', `${task} (site-a)`], [groupPath, 'site-b', `${task} (site-b)`],
+      ]);
+      expect(s[`${task} (site-a)`]?.Resource, task).toBe(r.activities['Lifeboat-mover-site-a']);
+      expect(s[`${task} (site-b)`]?.Resource, task).toBe(r.activities['Lifeboat-mover-site-b']);
+      expect(s[choice.Default]?.Type, task).toBe('Fail');
+    }
   });
 });
 

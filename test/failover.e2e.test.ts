@@ -28,7 +28,7 @@ afterAll(async () => {
 it('retries a Dispatch on another mover after one is killed mid-transfer', async () => {
   const vmDir = join(t.dir, 'vms', 'vm-f');
   await createVmFolder(vmDir, { name: 'vm-f', disks: [{ id: 'disk0', sizeBytes: 160 * MiB }] }, seededRng(3));
-  await t.stack.catalog.putVm({ vmId: 'vm-f', host: 'esx-02', moverGroup: 'site-a', source: vmDir });
+  await t.stack.catalog.putVm({ vmId: 'vm-f', host: 'esx-02', source: vmDir });
   await t.stack.catalog.putPolicy({ policyId: 'p-f', vmIds: ['vm-f'], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
 
   const run = runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-f' }, { pollMs: 500 });

@@ -1,7 +1,9 @@
 /**
- * The Backup workflow: Plan → per VM (AcquireSlot → Snapshot → Dispatch per disk →
- * ReleaseSnapshot → Verify → Commit → ReleaseSlot) → Summarize. A failure inside a VM's
- * iteration releases what it took and records the failure; the other VMs go on.
+ * The Backup workflow: Plan → per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch
+ * per disk or disk segment → JoinSegments → ReleaseSnapshot → Verify → Commit →
+ * ReleaseSlot) → Summarize. Snapshot, Dispatch and ReleaseSnapshot run on the mover
+ * group that serves the VM's host. A failure inside a VM's iteration releases what it
+ * took and records the failure; the other VMs go on.
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
@@ -10,13 +12,16 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { onMoverGroup } from './on-mover-group.ts';
 
 export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
-  /** The mover group's Activity that takes Snapshot, Dispatch and ReleaseSnapshot. */
-  activity: sfn.IActivity;
+  /** Activities of the mover groups that take backups, by group id: a VM's work goes to the group serving its host. */
+  activities: Record<string, sfn.IActivity>;
   /** VMs backed up at once in one run. */
   vmConcurrency?: number;
+  /** Disks (or disk segments) transferred at once per VM. */
+  dispatchConcurrency?: number;
 }
 
 export class BackupWorkflow extends Construct {
@@ -33,29 +38,41 @@ export class BackupWorkflow extends Construct {
         resultPath: opts.resultPath === null ? sfn.JsonPath.DISCARD : opts.resultPath,
         taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
       });
-    const activityTask = (name: string, task: string, extra: Record<string, unknown>, timeouts: { task: Duration; heartbeat: Duration }, resultPath: string | null | undefined) =>
-      new tasks.StepFunctionsInvokeActivity(this, name, {
-        activity: props.activity,
-        parameters: { task, ...extra },
-        taskTimeout: sfn.Timeout.duration(timeouts.task),
-        heartbeatTimeout: sfn.Timeout.duration(timeouts.heartbeat),
-        resultPath: resultPath === null ? sfn.JsonPath.DISCARD : resultPath,
+    /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
+    const onGroup = (name: string, groupPath: string, task: string, extra: Record<string, unknown>, timeouts: { task: Duration; heartbeat: Duration },
+      resultPath: string | null | undefined, decorate: (t: sfn.TaskStateBase) => void) =>
+      onMoverGroup(this, name, {
+        activities: props.activities, groupPath,
+        task: (activity, stateName) => {
+          const t = new tasks.StepFunctionsInvokeActivity(this, stateName, {
+            activity,
+            parameters: { task, ...extra },
+            taskTimeout: sfn.Timeout.duration(timeouts.task),
+            heartbeatTimeout: sfn.Timeout.duration(timeouts.heartbeat),
+            resultPath: resultPath === null ? sfn.JsonPath.DISCARD : resultPath,
+          });
+          decorate(t);
+          return t;
+        },
       });
+    const retryOnMover = (maxAttempts: number) => (t: sfn.TaskStateBase) =>
+      t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts });
 
     const plan = invoke('Plan', 'Plan', {
       payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'runId.$': '$$.Execution.Name' }),
     });
 
     // --- failure path of one VM: release what was taken, record, go on -----------------
-    const releaseSnapshotAfterFailure = activityTask('ReleaseSnapshotAfterFailure', 'releaseSnapshot', { 'job.$': '$' },
-      { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null);
     const recordFailure = invoke('RecordFailure', 'RecordFailure', { resultPath: '$.outcome' });
+    const releaseSnapshotAfterFailure = onGroup('ReleaseSnapshotAfterFailure', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' },
+      { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
+        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
+        t.addCatch(recordFailure, { resultPath: '$.cleanupError' });
+      });
     const releaseSlotAfterFailure = invoke('ReleaseSlotAfterFailure', 'ReleaseSlot', { resultPath: null });
     const vmFailed = new sfn.Pass(this, 'VmFailed', {
       parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'outcome.$': '$.outcome' },
     });
-    releaseSnapshotAfterFailure.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
-    releaseSnapshotAfterFailure.addCatch(recordFailure, { resultPath: '$.cleanupError' });
     releaseSnapshotAfterFailure.next(recordFailure);
     // Recording the failure must not fail the whole run: retry it (catalog throttling).
     recordFailure.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
@@ -67,22 +84,29 @@ export class BackupWorkflow extends Construct {
     acquireSlot.addRetry({ errors: [SlotUnavailable.code], interval: Duration.seconds(2), backoffRate: 1.5, maxDelay: Duration.seconds(60), maxAttempts: 200, jitterStrategy: sfn.JitterType.FULL });
     acquireSlot.addCatch(recordFailure, { resultPath: '$.error' });
 
-    const snapshot = activityTask('Snapshot', 'snapshot', { 'job.$': '$' }, { task: Duration.minutes(15), heartbeat: Duration.minutes(2) }, '$.snapshot');
-    snapshot.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
+    // Before the snapshot is released a failure must release it; after, only the slot.
+    const snapshot = onGroup('Snapshot', '$.moverGroup', 'snapshot', { 'job.$': '$' }, { task: Duration.minutes(15), heartbeat: Duration.minutes(2) }, '$.snapshot', (t) => {
+      retryOnMover(2)(t);
+      t.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
+    });
 
-    const dispatchDisk = activityTask('DispatchDisk', 'dispatch', { 'job.$': '$.job', 'disk.$': '$.disk' },
-      { task: Duration.hours(12), heartbeat: Duration.seconds(30) }, undefined); // the disk result is the iteration's output
-    dispatchDisk.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    // Dispatch: one task per disk, or per segment of a large disk, spread over the group's movers.
+    const planDispatch = invoke('PlanDispatch', 'PlanDispatch', { payload: sfn.TaskInput.fromObject({ 'job.$': '$' }), resultPath: '$.work' });
+    const dispatchDisk = onGroup('DispatchDisk', '$.job.moverGroup', 'dispatch', { 'job.$': '$.job', 'disk.$': '$.disk', 'segment.$': '$.segment' },
+      { task: Duration.hours(12), heartbeat: Duration.seconds(30) }, undefined, retryOnMover(3)); // the disk result is the iteration's output
     const dispatch = new sfn.Map(this, 'Dispatch', {
-      itemsPath: '$.snapshot.disks',
-      itemSelector: { 'disk.$': '$$.Map.Item.Value', 'job.$': '$' },
-      maxConcurrency: 8,
-      resultPath: '$.disks',
+      itemsPath: '$.work',
+      itemSelector: { 'disk.$': '$$.Map.Item.Value.disk', 'segment.$': '$$.Map.Item.Value.segment', 'job.$': '$' },
+      maxConcurrency: props.dispatchConcurrency ?? 8,
+      resultPath: '$.transfers',
     });
     dispatch.itemProcessor(dispatchDisk);
+    const joinSegments = invoke('JoinSegments', 'JoinSegments', { payload: sfn.TaskInput.fromObject({ 'job.$': '$', 'transfers.$': '$.transfers' }), resultPath: '$.disks' });
 
-    const releaseSnapshot = activityTask('ReleaseSnapshot', 'releaseSnapshot', { 'job.$': '$' }, { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null);
-    releaseSnapshot.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(5), maxAttempts: 2 });
+    const releaseSnapshot = onGroup('ReleaseSnapshot', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' }, { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
+      t.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(5), maxAttempts: 2 });
+      t.addCatch(recordFailure, { resultPath: '$.error' });
+    });
     const verify = invoke('Verify', 'Verify', { resultPath: '$.verify' });
     const commit = invoke('Commit', 'Commit', { resultPath: '$.commit' });
     const releaseSlot = invoke('ReleaseSlot', 'ReleaseSlot', { resultPath: null });
@@ -90,13 +114,12 @@ export class BackupWorkflow extends Construct {
       parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'disks.$': '$.disks', 'commit.$': '$.commit' },
     });
 
-    // Before the snapshot is released a failure must release it; after, only the slot.
-    snapshot.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
-    dispatch.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
-    for (const s of [releaseSnapshot, verify, commit]) s.addCatch(recordFailure, { resultPath: '$.error' });
+    for (const s of [planDispatch, dispatch, joinSegments]) s.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
+    for (const s of [verify, commit]) s.addCatch(recordFailure, { resultPath: '$.error' });
     releaseSlot.addCatch(vmDone, { resultPath: '$.cleanupError' });
 
-    const perVm = acquireSlot.next(snapshot).next(dispatch).next(releaseSnapshot).next(verify).next(commit).next(releaseSlot).next(vmDone);
+    const perVm = acquireSlot.next(snapshot).next(planDispatch).next(dispatch).next(joinSegments).next(releaseSnapshot)
+      .next(verify).next(commit).next(releaseSlot).next(vmDone);
     const backupVms = new sfn.Map(this, 'BackupVms', {
       itemsPath: '$.vms',
       maxConcurrency: props.vmConcurrency ?? 4,

@@ -11,13 +11,15 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { Construct } from 'constructs';
 import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
+import type { LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
+import { RecoveryWorkflows } from './recovery-workflows.ts';
 
 const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
 
 export interface LifeboatStackProps extends StackProps {
-  /** Mover groups, each one Activity. The first serves the Backup workflow. */
-  moverGroups: string[];
+  /** The validated deployment configuration (core/config.ts): groups, hosts, repositories, policies. */
+  config: LifeboatConfig;
 }
 
 export class LifeboatStack extends Stack {
@@ -28,7 +30,7 @@ export class LifeboatStack extends Stack {
 
   constructor(scope: Construct, id: string, props: LifeboatStackProps) {
     super(scope, id, props);
-    if (props.moverGroups.length === 0) throw new Error('moverGroups: configure at least one mover group');
+    const moverGroups = props.config.moverGroups.map((g) => g.id);
 
     this.table = new dynamodb.TableV2(this, 'Catalog', {
       partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
@@ -65,8 +67,12 @@ export class LifeboatStack extends Stack {
     }
     this.bucket.grantRead(functions.Verify);
 
-    this.activities = Object.fromEntries(props.moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]));
-    this.backup = new BackupWorkflow(this, 'Backup', { functions, activity: this.activities[props.moverGroups[0]!]! });
+    this.activities = Object.fromEntries(moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]));
+    // Only groups that serve hosts take backups; a DR-only group restores and replicates.
+    const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
+    this.backup = new BackupWorkflow(this, 'Backup', { functions, activities: backupGroups });
+    // Restore, deep verify (and prune): any group may restore or verify, the execution names it.
+    new RecoveryWorkflows(this, 'Recovery', { functions, activities: this.activities });
 
     new CfnOutput(this, 'CatalogTableName', { value: this.table.tableName });
     new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName });

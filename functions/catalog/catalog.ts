@@ -3,24 +3,49 @@
  * control plane writes it; writes that matter are conditional, so retries are safe.
  */
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
-import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import type { Retention } from '../../core/config.ts';
 import type { DiskResult } from '../../core/jobs.ts';
 
 export interface Policy {
   policyId: string;
+  /** VMs selected by id ... */
   vmIds: string[];
+  /** ... and every inventory VM on these hosts. */
+  hosts?: string[];
   /** Repository bucket and chunk size the policy's backups go to. */
   bucket: string;
   chunkSize: number;
-  /** Concurrent backups allowed per hypervisor host. */
+  /** Concurrent backups of this policy per hypervisor host (the host's own limit also applies). */
   slotLimit: number;
+  repositoryId?: string;
+  retention?: Retention;
+  rpoHours?: number;
+  /** The repository backups are replicated to after commit, if any. */
+  replicateTo?: { repositoryId: string; bucket: string; endpoint?: string };
+  /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
+  segmentBytes?: number;
+  /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */
+  managedBy?: 'config';
 }
 
+/** A hypervisor host as configured: which mover group serves it, and its concurrency limits. */
+export interface Host {
+  hostId: string;
+  moverGroup: string;
+  site: string;
+  maxConcurrentBackups: number;
+  /** Concurrent backups allowed per datastore of this host, by datastore id. */
+  datastores: Record<string, number>;
+}
+
+/** A VM of the inventory. Its host decides which mover group backs it up. */
 export interface Vm {
   vmId: string;
   host: string;
-  moverGroup: string;
   source: string;
+  /** Datastores holding the VM's disks (each may have its own concurrency limit). */
+  datastores?: string[];
 }
 
 export type BackupStatus = 'running' | 'committed' | 'failed';
@@ -41,6 +66,9 @@ export interface Backup {
 const k = {
   policy: (id: string) => ({ pk: `POLICY#${id}`, sk: 'POLICY' }),
   vm: (id: string) => ({ pk: `VM#${id}`, sk: 'VM' }),
+  host: (id: string) => ({ pk: `HOST#${id}`, sk: 'HOST' }),
+  /** Membership of a VM on a host, so a policy can select a host's VMs with one Query. */
+  hostVm: (host: string, vmId: string) => ({ pk: `HOST#${host}`, sk: `VM#${vmId}` }),
   backup: (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` }),
   run: (runId: string) => ({ pk: `RUN#${runId}`, sk: 'RUN' }),
   slot: (host: string, i: number) => ({ pk: `SLOT#${host}`, sk: `SLOT#${i}` }),
@@ -74,8 +102,48 @@ export class Catalog {
   getPolicy(id: string) {
     return this.get<Policy>(k.policy(id));
   }
-  putVm(v: Vm) {
-    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.vm(v.vmId), ...v } }));
+  deletePolicy(id: string) {
+    return this.db.send(new DeleteCommand({ TableName: this.table, Key: k.policy(id) }));
+  }
+  /** Every policy (a small set: one item per configured policy). */
+  async listPolicies(): Promise<Policy[]> {
+    const out: Policy[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.db.send(new ScanCommand({
+        TableName: this.table, FilterExpression: 'begins_with(pk, :p)', ExpressionAttributeValues: { ':p': 'POLICY#' }, ExclusiveStartKey: start, ConsistentRead: true,
+      }));
+      for (const it of page.Items ?? []) out.push(strip<Policy>(it)!);
+      start = page.LastEvaluatedKey;
+    } while (start);
+    return out;
+  }
+  putHost(h: Host) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.host(h.hostId), ...h } }));
+  }
+  getHost(id: string) {
+    return this.get<Host>(k.host(id));
+  }
+  /** Adds or updates a VM; moving it to another host moves its membership too. */
+  async putVm(v: Vm) {
+    const before = await this.getVm(v.vmId);
+    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.vm(v.vmId), ...v } }));
+    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.hostVm(v.host, v.vmId), vmId: v.vmId } }));
+    if (before && before.host !== v.host) await this.db.send(new DeleteCommand({ TableName: this.table, Key: k.hostVm(before.host, v.vmId) }));
+  }
+  /** Ids of the inventory VMs on a host. */
+  async vmsOnHost(host: string): Promise<string[]> {
+    const ids: string[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const out = await this.db.send(new QueryCommand({
+        TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :v)',
+        ExpressionAttributeValues: { ':pk': `HOST#${host}`, ':v': 'VM#' }, ConsistentRead: true, ExclusiveStartKey: start,
+      }));
+      for (const it of out.Items ?? []) ids.push(it.vmId as string);
+      start = out.LastEvaluatedKey;
+    } while (start);
+    return ids;
   }
   getVm(id: string) {
     return this.get<Vm>(k.vm(id));

@@ -8,7 +8,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunSummary } from '../../functions/summarize.ts';
 import { restoreVm } from '../../mover/restore.ts';
-import { defaultConfig } from '../../cdk/config.ts';
+import { groupForHost } from '../../core/config.ts';
 import { runExecution, sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';
 import { EmbeddedStack, openRepository } from '../stack.ts';
@@ -44,10 +44,12 @@ export async function sha256File(path: string): Promise<string> {
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const stamp = new Date().toISOString().replace(/[-:.TZ]/g, '').slice(0, 14);
   const vmId = `demo-${stamp}`;
-  const group = defaultConfig.moverGroups[0]!;
+  const host = 'esx-01';
   o.out(`Starting the embedded stack in ${o.dataDir} ...`);
   const stack = await EmbeddedStack.start({ dataDir: o.dataDir });
   const e = stack.endpoints;
+  const group = groupForHost(stack.config, host)?.id;
+  if (!group) throw new Error(`the configuration has no mover group serving host '${host}', which the demo VM runs on`);
   o.out(`  DynamoDB ${e.dynamodb}  S3 ${e.s3}  Step Functions ${e.sfn}`);
   const progress = new Map<string, { done: number; size: number }>();
   const onLog = (l: MoverLogLine) => {
@@ -69,7 +71,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const sizes = o.diskSizes ?? [256 * MiB, 64 * MiB];
     o.out(`Creating demo VM ${vmId}: disks of ${sizes.map(mib).join(' and ')} (zero runs, text, random data) ...`);
     await createVmFolder(vmDir, { name: vmId, disks: sizes.map((s, i) => ({ id: `disk${i}`, sizeBytes: s })) });
-    await stack.catalog.putVm({ vmId, host: 'esx-01', moverGroup: group, source: vmDir });
+    await stack.catalog.putVm({ vmId, host, source: vmDir });
     await stack.catalog.putPolicy({ policyId: vmId, vmIds: [vmId], bucket: e.bucket, chunkSize: o.chunkSize ?? MiB, slotLimit: 2 });
 
     const sfn = sfnClient(e);

@@ -2,12 +2,15 @@
  * One disk's transfer: read → zero check → keyed id → skip what the parent has →
  * skip what the repository has → seal (zstd + AES-GCM) → PUT, with a bounded number of
  * chunks in flight, then the manifest, last. Memory is bounded by `parallelism` chunks.
+ * The id and the sealing run on the chunk pool's worker threads; the main thread reads,
+ * checks for zeros (memcmp) and does the requests.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectSha256, seal, type Manifest, type RepositoryKeys } from '../../core/format.ts';
-import type { DiskRef, DiskResult, TransferStats } from '../../core/jobs.ts';
+import { decodeManifest, encodeManifest, isZero, keys, objectSha256, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { DiskReader } from '../sources/source.ts';
+import { sharedChunkPool, type ChunkPool } from './chunk-pool.ts';
 
 export interface BackupDiskOptions {
   store: ObjectStore;
@@ -20,6 +23,12 @@ export interface BackupDiskOptions {
   parentManifestKey?: string;
   parentBackupId?: string | null;
   parallelism?: number;
+  /** Worker threads for ids and sealing (default: the process-wide pool). */
+  pool?: ChunkPool;
+  /** zstd level for chunks (default: zstd's default, 3). */
+  compressionLevel?: number;
+  /** Transfer only this chunk-aligned part of the disk, to a segment manifest (see keys.segmentId). */
+  segment?: DiskSegment | null;
   signal?: AbortSignal;
   onProgress?: (p: { bytesScanned: number; sizeBytes: number; bytesStored: number }) => void;
 }
@@ -44,57 +53,79 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const started = performance.now();
   const { chunkSize, disk } = o;
   const count = Math.ceil(disk.sizeBytes / chunkSize);
+  const seg = o.segment ?? null;
+  if (seg && (seg.offset % chunkSize !== 0 || seg.length <= 0 || seg.offset + seg.length > disk.sizeBytes)) {
+    throw new Corrupt(`segment ${seg.index} of disk '${disk.diskId}' (offset ${seg.offset}, length ${seg.length}) is not a chunk-aligned part of its ${disk.sizeBytes} bytes`);
+  }
+  const first = seg ? seg.offset / chunkSize : 0;
+  const end = seg ? Math.ceil((seg.offset + seg.length) / chunkSize) : count;
+  const manifestId = seg ? segmentManifestId(disk.diskId, seg.index) : disk.diskId;
   const parent = await loadParentChunks(o);
-  const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: count, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
-  const manifest: Manifest = { version: 1, backupId: o.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize, chunks: new Array(count).fill(null), storedSizes: {}, storedSha256: {} };
+  const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: end - first, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
+  const manifest: Manifest = { version: 1, backupId: o.backupId, diskId: manifestId, sizeBytes: disk.sizeBytes, chunkSize, chunks: new Array(count).fill(null), storedSizes: {}, storedSha256: {} };
   const inFlight = new Set<string>();
   const record = (id: string, c: KnownChunk) => {
     manifest.storedSizes[id] = c.size;
     if (c.sha256) manifest.storedSha256[id] = c.sha256;
   };
 
-  const process = async (index: number, data: Buffer) => {
-    if (isZero(data)) {
-      stats.zeroChunks++;
-      stats.bytesZero += data.length;
-      return;
+  const pool = o.pool ?? sharedChunkPool();
+  // Plaintext buffers are ArrayBuffers of chunkSize that travel to a worker and back, and
+  // are reused: at most `parallelism` exist at once.
+  const free: ArrayBuffer[] = [];
+  const release = (buf: ArrayBuffer | undefined) => {
+    if (buf && buf.byteLength === chunkSize) free.push(buf); // a detached buffer (worker failure) is dropped
+  };
+
+  const process = async (index: number, first: ArrayBuffer, length: number) => {
+    let buf: ArrayBuffer | undefined = first;
+    try {
+      if (isZero(new Uint8Array(buf, 0, length))) {
+        stats.zeroChunks++;
+        stats.bytesZero += length;
+        return;
+      }
+      const hashed = await pool.hash(o.keys, buf, length);
+      buf = hashed.buf;
+      const id = hashed.id;
+      manifest.chunks[index] = id;
+      const known = parent.get(id);
+      if (known) {
+        stats.parentChunks++;
+        record(id, known);
+        return;
+      }
+      stats.bytesNew += length;
+      if (manifest.storedSizes[id] !== undefined || inFlight.has(id)) {
+        stats.dedupedChunks++;
+        return;
+      }
+      inFlight.add(id);
+      const key = keys.chunk(id);
+      // Seal while looking: an object already stored under this id is trusted only when it
+      // has the size this chunk seals to (sealing is size-deterministic; the nonce is random,
+      // so the bytes differ between writers), so a partial object left by a killed writer on
+      // a non-atomic store (s3rver writes in place) is overwritten, never referenced.
+      const sealing = pool.seal(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel });
+      buf = undefined; // transferred: it comes back with the sealed bytes
+      const [s, existing] = await Promise.all([sealing, o.store.head(key)]);
+      release(s.buf); // the plaintext is not needed for the upload
+      if (existing && existing.size === s.sealed.length) {
+        stats.dedupedChunks++;
+        record(id, { size: existing.size, ...(existing.sha256 ? { sha256: existing.sha256 } : {}) });
+        return;
+      }
+      await o.store.put(key, s.sealed, s.sha256);
+      record(id, { size: s.sealed.length, sha256: s.sha256 });
+      stats.uploadedChunks++;
+      stats.bytesUploaded += length;
+      stats.bytesStored += s.sealed.length;
+    } finally {
+      release(buf);
     }
-    const id = chunkId(o.keys, data);
-    manifest.chunks[index] = id;
-    const known = parent.get(id);
-    if (known) {
-      stats.parentChunks++;
-      record(id, known);
-      return;
-    }
-    stats.bytesNew += data.length;
-    if (manifest.storedSizes[id] !== undefined || inFlight.has(id)) {
-      stats.dedupedChunks++;
-      return;
-    }
-    inFlight.add(id);
-    const key = keys.chunk(id);
-    // Seal before looking: an object already stored under this id is trusted only when it
-    // has the size this chunk seals to (sealing is size-deterministic; the nonce is random,
-    // so the bytes differ between writers), so a partial object left by a killed writer on
-    // a non-atomic store (s3rver writes in place) is overwritten, never referenced.
-    const sealed = await seal(o.keys, data, id);
-    const sha256 = objectSha256(sealed);
-    const existing = await o.store.head(key);
-    if (existing && existing.size === sealed.length) {
-      stats.dedupedChunks++;
-      record(id, { size: existing.size, ...(existing.sha256 ? { sha256: existing.sha256 } : {}) });
-      return;
-    }
-    await o.store.put(key, sealed, sha256);
-    record(id, { size: sealed.length, sha256 });
-    stats.uploadedChunks++;
-    stats.bytesUploaded += data.length;
-    stats.bytesStored += sealed.length;
   };
 
   const parallelism = o.parallelism ?? 8;
-  const pool: Buffer[] = [];
   const running = new Set<Promise<void>>();
   let failure: unknown;
   for (let i = 0; i < count; i++) {
@@ -102,14 +133,14 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     if (failure) break;
     const offset = i * chunkSize;
     const length = Math.min(chunkSize, disk.sizeBytes - offset);
-    const buf = length === chunkSize ? (pool.pop() ?? Buffer.allocUnsafe(chunkSize)) : Buffer.allocUnsafe(length);
-    const n = await o.reader.read(buf, offset, length);
-    if (n !== length) throw new Corrupt(`disk '${disk.diskId}' ended early: read ${n} of ${length} bytes at offset ${offset} (was the image truncated?)`);
+    const buf = free.pop() ?? new ArrayBuffer(chunkSize);
+    const n = await o.reader.read(Buffer.from(buf, 0, length), offset, length);
+    if (n !== length) {
+      await Promise.allSettled(running);
+      throw new Corrupt(`disk '${disk.diskId}' ended early: read ${n} of ${length} bytes at offset ${offset} (was the image truncated?)`);
+    }
     stats.bytesScanned += length;
-    const p = process(i, buf).catch((err) => { failure ??= err; }).finally(() => {
-      running.delete(p);
-      if (buf.length === chunkSize) pool.push(buf); // read buffers are reused: memory stays at `parallelism` chunks
-    });
+    const p = process(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
     running.add(p);
     if (running.size >= parallelism) await Promise.race(running);
     o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: stats.bytesStored });
@@ -119,10 +150,10 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   // Chunks deduplicated against another chunk still in flight got their size when it landed.
   for (const id of manifest.chunks) if (id !== null && manifest.storedSizes[id] === undefined) throw new Corrupt(`chunk ${id} of disk '${disk.diskId}' has no stored size`);
 
-  const manifestKey = keys.manifest(o.backupId, disk.diskId);
+  const manifestKey = keys.manifest(o.backupId, manifestId);
   const sealedManifest = await encodeManifest(o.keys, manifest);
   await o.store.put(manifestKey, sealedManifest, objectSha256(sealedManifest));
   stats.bytesStored += sealedManifest.length;
   stats.seconds = (performance.now() - started) / 1000;
-  return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats };
+  return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats, ...(seg ? { segment: seg } : {}) };
 }

@@ -1,2 +1,0 @@
-/** Deployment configuration. Sites, hosts and policies as typed config come later (issue 4). */
-export const defaultConfig = Object.freeze({ moverGroups: ['site-a'] as string[] });

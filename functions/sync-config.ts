@@ -1,0 +1,66 @@
+/**
+ * SyncConfig: writes the configuration's hosts and policies into the catalog, so Plan
+ * and the other workflows read one source of truth at run time. In AWS a CloudFormation
+ * custom resource runs it on every deploy; the embedded stack runs it at start.
+ * Policies that an earlier configuration wrote and this one drops are removed; policies
+ * written by hand (tests, scripts) are left alone.
+ */
+import middy from '@middy/core';
+import { parseConfig, type LifeboatConfig } from '../core/config.ts';
+import type { Catalog, Policy } from './catalog/catalog.ts';
+import { clients } from './commons/clients.ts';
+
+const MiB = 1024 * 1024;
+
+export interface SyncConfigInput {
+  config: LifeboatConfig;
+  /** The bucket behind each configured repository id (the deployment decides the names). */
+  buckets: Record<string, string>;
+}
+
+export interface SyncConfigOutput {
+  hosts: string[];
+  policies: string[];
+  removedPolicies: string[];
+}
+
+export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalog }): Promise<SyncConfigOutput> {
+  const config = parseConfig(input.config, 'the SyncConfig input');
+  const bucketOf = (repositoryId: string) => {
+    const bucket = input.buckets[repositoryId];
+    if (!bucket) throw new Error(`repository '${repositoryId}' has no bucket in the deployment (buckets: ${Object.keys(input.buckets).join(', ') || 'none'})`);
+    return bucket;
+  };
+  for (const group of config.moverGroups) {
+    for (const hostId of group.hosts) {
+      const host = config.hosts.find((h) => h.id === hostId)!;
+      await deps.catalog.putHost({
+        hostId, moverGroup: group.id, site: group.site, maxConcurrentBackups: host.maxConcurrentBackups,
+        datastores: Object.fromEntries((host.datastores ?? []).map((d) => [d.id, d.maxConcurrentBackups])),
+      });
+    }
+  }
+  for (const p of config.policies) {
+    const repo = config.repositories.find((r) => r.id === p.repository)!;
+    const target = p.replicateTo ? config.repositories.find((r) => r.id === p.replicateTo)! : undefined;
+    const policy: Policy = {
+      policyId: p.id, vmIds: p.vms.ids ?? [], hosts: p.vms.hosts ?? [],
+      bucket: bucketOf(repo.id), chunkSize: repo.chunkSizeMiB * MiB, repositoryId: repo.id,
+      slotLimit: p.perHostConcurrency ?? 64, retention: p.retention, rpoHours: p.rpoHours, managedBy: 'config',
+      ...(p.segmentSizeGiB ? { segmentBytes: p.segmentSizeGiB * 1024 * MiB } : {}),
+      ...(target ? { replicateTo: { repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}) } } : {}),
+    };
+    await deps.catalog.putPolicy(policy);
+  }
+  const wanted = new Set(config.policies.map((p) => p.id));
+  const removed: string[] = [];
+  for (const p of await deps.catalog.listPolicies()) {
+    if (p.managedBy === 'config' && !wanted.has(p.policyId)) {
+      await deps.catalog.deletePolicy(p.policyId);
+      removed.push(p.policyId);
+    }
+  }
+  return { hosts: config.hosts.map((h) => h.id), policies: [...wanted], removedPolicies: removed };
+}
+
+export const handler = middy<SyncConfigInput, SyncConfigOutput>().handler((input) => syncConfig(input, { catalog: clients().catalog }));
