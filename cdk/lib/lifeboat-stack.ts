@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
 import type { LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
-import { RecoveryWorkflows } from './recovery-workflows.ts';
+import { addRecoveryWorkflows } from './recovery-workflows.ts';
 
 const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -72,7 +72,7 @@ export class LifeboatStack extends Stack {
     const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
     this.backup = new BackupWorkflow(this, 'Backup', { functions, activities: backupGroups });
     // Restore, deep verify (and prune): any group may restore or verify, the execution names it.
-    new RecoveryWorkflows(this, 'Recovery', { functions, activities: this.activities });
+    addRecoveryWorkflows(this, { functions, activities: this.activities });
 
     new CfnOutput(this, 'CatalogTableName', { value: this.table.tableName });
     new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName });

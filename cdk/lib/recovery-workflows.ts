@@ -1,0 +1,26 @@
+/**
+ * The recovery side of the control plane, added to the stack in one call: the Restore
+ * and Deep verify workflows (with their outputs). Kept apart from lifeboat-stack.ts so
+ * the stack file stays a list of parts.
+ */
+import { CfnOutput, type Stack } from 'aws-cdk-lib';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { RestoreWorkflow } from './restore-workflow.ts';
+
+export interface RecoveryWorkflowsProps {
+  functions: Record<LambdaFunctionId, lambda.IFunction>;
+  /** Every mover group's Activity: a restore or verification names the group that does it. */
+  activities: Record<string, sfn.IActivity>;
+}
+
+export interface RecoveryWorkflows {
+  restore: RestoreWorkflow;
+}
+
+export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
+  const restore = new RestoreWorkflow(stack, 'Restore', props);
+  new CfnOutput(stack, 'RestoreStateMachineArn', { value: restore.stateMachine.stateMachineArn });
+  return { restore };
+}

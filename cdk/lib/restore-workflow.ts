@@ -1,0 +1,101 @@
+/**
+ * The Restore workflow: PlanRestore → per disk (Map) RestoreDisk on the named mover
+ * group (download, write, re-read and re-hash) → RestoreVmConfig for a whole VM →
+ * RecordRestore. A failure records the restore as failed and fails the execution with
+ * the mover's error and cause.
+ *
+ * Input: `{ vmId, backupId?, diskId?, target, moverGroup }`.
+ */
+import { Duration } from 'aws-cdk-lib';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import { Construct } from 'constructs';
+import { StorageUnavailable } from '../../core/errors.ts';
+import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { onMoverGroup } from './on-mover-group.ts';
+
+export interface RestoreWorkflowProps {
+  functions: Record<LambdaFunctionId, lambda.IFunction>;
+  /** Activities by mover group id: the execution names the group that restores. */
+  activities: Record<string, sfn.IActivity>;
+  /** Disks restored at once. */
+  diskConcurrency?: number;
+}
+
+export class RestoreWorkflow extends Construct {
+  readonly stateMachine: sfn.StateMachine;
+
+  constructor(scope: Construct, id: string, props: RestoreWorkflowProps) {
+    super(scope, id);
+    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) =>
+      new tasks.LambdaInvoke(this, name, {
+        lambdaFunction: props.functions[f],
+        ...(opts.payload ? { payload: opts.payload } : {}),
+        payloadResponseOnly: true,
+        ...(opts.resultPath ? { resultPath: opts.resultPath } : {}),
+        taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
+      });
+
+    const plan = invoke('PlanRestore', 'PlanRestore', {
+      payload: sfn.TaskInput.fromObject({ 'restoreId.$': '$$.Execution.Name', 'request.$': '$' }),
+    });
+
+    const recordFailure = invoke('RecordRestoreFailure', 'RecordRestoreFailure', { resultPath: '$.record' });
+    recordFailure.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    const failed = new sfn.Fail(this, 'RestoreFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' });
+    recordFailure.next(failed);
+
+    const restoreDisk = onMoverGroup(this, 'RestoreDisk', {
+      activities: props.activities,
+      groupPath: '$.restore.moverGroup',
+      task: (activity, name) => {
+        const t = new tasks.StepFunctionsInvokeActivity(this, name, {
+          activity,
+          parameters: { task: 'restoreDisk', 'restore.$': '$.restore', 'disk.$': '$.disk' },
+          taskTimeout: sfn.Timeout.duration(Duration.hours(12)),
+          heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
+        });
+        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
+        return t;
+      },
+    });
+    const restoreDisks = new sfn.Map(this, 'RestoreDisks', {
+      itemsPath: '$.disks',
+      itemSelector: { 'disk.$': '$$.Map.Item.Value', 'restore.$': '$' },
+      maxConcurrency: props.diskConcurrency ?? 4,
+      resultPath: '$.restored',
+    });
+    restoreDisks.itemProcessor(restoreDisk);
+    restoreDisks.addCatch(recordFailure, { resultPath: '$.error' });
+
+    const restoreVmConfig = onMoverGroup(this, 'RestoreVmConfig', {
+      activities: props.activities,
+      groupPath: '$.moverGroup',
+      task: (activity, name) => {
+        const t = new tasks.StepFunctionsInvokeActivity(this, name, {
+          activity,
+          parameters: { task: 'restoreVmConfig', 'restore.$': '$', 'disks.$': '$.restored' },
+          taskTimeout: sfn.Timeout.duration(Duration.minutes(10)),
+          heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
+          resultPath: '$.vmConfig',
+        });
+        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
+        t.addCatch(recordFailure, { resultPath: '$.error' });
+        return t;
+      },
+    });
+
+    const record = invoke('RecordRestore', 'RecordRestore');
+    record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    const wholeVm = new sfn.Choice(this, 'WholeVm')
+      .when(sfn.Condition.isNull('$.diskId'), restoreVmConfig.next(record))
+      .otherwise(record);
+
+    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
+      comment: 'Lifeboat restore: a VM or one disk, through a mover group, re-hashed after writing',
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(restoreDisks).next(wholeVm)),
+      timeout: Duration.hours(24),
+    });
+  }
+}

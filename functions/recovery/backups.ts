@@ -1,0 +1,34 @@
+/** Finding the backup a restore or verification names, with clear errors when it cannot. */
+import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
+import type { Backup, Catalog } from '../catalog/catalog.ts';
+
+export interface ResolvedBackup {
+  backup: Backup & { disks: NonNullable<Backup['disks']> };
+  bucket: string;
+}
+
+/**
+ * The named backup of a VM, or its newest committed one. Only committed backups (and,
+ * with `allowDamaged`, damaged ones) qualify: running, failed and pruning ones do not.
+ */
+export async function resolveBackup(catalog: Catalog, vmId: string, backupId: string | undefined, opts: { allowDamaged?: boolean } = {}): Promise<ResolvedBackup> {
+  const vm = await catalog.getVm(vmId);
+  if (!vm) throw new RecoveryRequestInvalid(`VM '${vmId}' is not in the inventory`);
+  const usable = (s: string) => s === 'committed' || (opts.allowDamaged === true && s === 'damaged');
+  let backup: Backup | undefined;
+  if (backupId) {
+    backup = await catalog.getBackup(vmId, backupId);
+    if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no backup '${backupId}'`);
+    if (!usable(backup.status)) {
+      const why = (backup.status as string) === 'damaged' ? 'damaged (a deep verification found objects that do not open; see its damage findings)' : `'${backup.status}', not committed`;
+      throw new RecoveryRequestInvalid(`backup '${backupId}' of VM '${vmId}' is ${why}`);
+    }
+  } else {
+    backup = (await catalog.listBackups(vmId)).find((b) => usable(b.status));
+    if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no committed backup`);
+  }
+  if (!backup.disks?.length) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' records no disks`);
+  const policy = await catalog.getPolicy(backup.policyId);
+  if (!policy) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown`);
+  return { backup: backup as ResolvedBackup['backup'], bucket: policy.bucket };
+}

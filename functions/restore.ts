@@ -1,0 +1,99 @@
+/**
+ * The Restore workflow's functions: PlanRestore resolves what to restore and where,
+ * RecordRestore and RecordRestoreFailure keep the outcome in the catalog.
+ */
+import { isAbsolute, join } from 'node:path';
+import { z } from 'zod';
+import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
+import type { RestoredDisk, RestoreJob } from '../core/recovery-jobs.ts';
+import type { Catalog } from './catalog/catalog.ts';
+import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
+import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { caughtError } from './commons/schemas.ts';
+import { resolveBackup } from './recovery/backups.ts';
+
+const text = z.string().min(1);
+const count = z.number().int().nonnegative();
+
+/** The execution input of the Restore workflow. */
+export const restoreRequest = z.object({
+  vmId: text,
+  /** Default: the VM's newest committed backup. */
+  backupId: text.optional(),
+  /** Restore only this disk (to `target`, a file); default: every disk and the VM config (into `target`, a folder). */
+  diskId: text.optional(),
+  target: text.refine(isAbsolute, 'must be an absolute path on the mover'),
+  moverGroup: text,
+}).strict();
+export type RestoreRequest = z.output<typeof restoreRequest>;
+/** PlanRestore's input: the execution's input and its name. */
+export const planRestoreInput = z.object({ restoreId: text, request: restoreRequest }).strict();
+
+export async function planRestore({ restoreId, request: input }: z.output<typeof planRestoreInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<RestoreJob> {
+  const { backup, bucket } = await resolveBackup(deps.catalog, input.vmId, input.backupId);
+  let disks = backup.disks;
+  if (input.diskId) {
+    disks = disks.filter((d) => d.diskId === input.diskId);
+    if (disks.length === 0) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${input.vmId}' has no disk '${input.diskId}'; it has ${backup.disks.map((d) => `'${d.diskId}'`).join(', ')}`);
+  }
+  const job: RestoreJob = {
+    restoreId, vmId: input.vmId, backupId: backup.backupId, moverGroup: input.moverGroup,
+    repository: { bucket }, target: input.target, diskId: input.diskId ?? null,
+    disks: disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, path: input.diskId ? input.target : join(input.target, `${d.diskId}.raw`) })),
+  };
+  await deps.recovery.putRecord('RESTORE', restoreId, { status: 'running', startedAt: deps.now().toISOString(), job });
+  return job;
+}
+
+const restoreDiskTarget = z.looseObject({ diskId: text, sizeBytes: count, path: text });
+export const restoreJob: z.ZodType<RestoreJob> = z.looseObject({
+  restoreId: text, vmId: text, backupId: text, moverGroup: text, repository: z.looseObject({ bucket: text }),
+  target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget),
+});
+export const restoredDisk: z.ZodType<RestoredDisk> = z.looseObject({
+  diskId: text, path: text, sizeBytes: count, bytesDownloaded: count, chunksVerified: count, sha256: z.string().regex(/^[0-9a-f]{64}$/), seconds: z.number().nonnegative(),
+});
+
+export interface RestoreSummary {
+  restoreId: string;
+  vmId: string;
+  backupId: string;
+  target: string;
+  disks: RestoredDisk[];
+  /** The restored VM description (whole-VM restores only). */
+  vmConfigPath: string | null;
+  bytesRestored: number;
+  bytesDownloaded: number;
+  /** Every chunk of every disk was re-read from the target and matched its id. */
+  verified: true;
+}
+
+export const recordRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text }).optional() }));
+
+export async function recordRestore(input: z.output<typeof recordRestoreInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<RestoreSummary> {
+  const want = input.disks.map((d) => d.diskId).sort();
+  const got = input.restored.map((d) => d.diskId).sort();
+  if (JSON.stringify(want) !== JSON.stringify(got)) throw new RecoveryRequestInvalid(`restore ${input.restoreId} planned disks ${want.join(', ')} but movers reported ${got.join(', ')}`);
+  const summary: RestoreSummary = {
+    restoreId: input.restoreId, vmId: input.vmId, backupId: input.backupId, target: input.target, disks: input.restored,
+    vmConfigPath: input.vmConfig?.path ?? null,
+    bytesRestored: input.restored.reduce((n, d) => n + d.sizeBytes, 0),
+    bytesDownloaded: input.restored.reduce((n, d) => n + d.bytesDownloaded, 0),
+    verified: true,
+  };
+  await deps.recovery.putRecord('RESTORE', input.restoreId, { status: 'succeeded', finishedAt: deps.now().toISOString(), summary });
+  return summary;
+}
+
+export const recordRestoreFailureInput = z.intersection(restoreJob, z.looseObject({ error: caughtError }));
+
+export async function recordRestoreFailure(input: z.output<typeof recordRestoreFailureInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<{ status: 'failed' }> {
+  await deps.recovery.putRecord('RESTORE', input.restoreId, { status: 'failed', finishedAt: deps.now().toISOString(), job: input, error: input.error });
+  return { status: 'failed' };
+}
+
+const now = () => new Date();
+export const planHandler = lambdaHandler('PlanRestore', planRestoreInput, (input) => planRestore(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
+export const recordHandler = lambdaHandler('RecordRestore', recordRestoreInput, (input) => recordRestore(input, { recovery: clients().recovery, now }));
+export const recordFailureHandler = lambdaHandler('RecordRestoreFailure', recordRestoreFailureInput, (input) => recordRestoreFailure(input, { recovery: clients().recovery, now }));

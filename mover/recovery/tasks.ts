@@ -1,0 +1,58 @@
+/** The mover's recovery tasks: restoreDisk, restoreVmConfig and deepVerifyDisk. */
+import { BadTaskInput } from '../../core/errors.ts';
+import type { RepositoryKeys } from '../../core/format.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.ts';
+import type { Logger, TaskContext } from '../worker.ts';
+import { deepVerifyDisk } from './deep-verify.ts';
+import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+
+export interface RecoveryTaskDeps {
+  repository(bucket: string): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
+  logger: Logger;
+  parallelism: number;
+}
+
+export function isRecoveryTask(raw: unknown): raw is RecoveryTask {
+  return !!raw && typeof raw === 'object' && recoveryTaskNames.includes((raw as { task?: string }).task ?? '');
+}
+
+/** Logs at most every `ms`, and always the last call. */
+function throttled(ms: number) {
+  let last = 0;
+  return (final: boolean, log: () => void) => {
+    const now = performance.now();
+    if (!final && now - last < ms) return;
+    last = now;
+    log();
+  };
+}
+
+export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, ctx: TaskContext): Promise<unknown> {
+  switch (t.task) {
+    case 'restoreDisk': {
+      if (!t.restore?.repository?.bucket || !t.disk?.path) throw new BadTaskInput(`restoreDisk task needs restore.repository.bucket and disk.path: ${JSON.stringify(t).slice(0, 300)}`);
+      const { store, keys } = await deps.repository(t.restore.repository.bucket);
+      const log = throttled(250);
+      return restoreDiskTask(t.restore, t.disk, {
+        store, keys, parallelism: deps.parallelism, signal: ctx.signal,
+        onProgress: (p) => log(p.phase === 'rehash' || p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: t.restore.restoreId, vmId: t.restore.vmId, backupId: t.restore.backupId, ...p })),
+      });
+    }
+    case 'restoreVmConfig': {
+      if (!t.restore?.repository?.bucket || !Array.isArray(t.disks)) throw new BadTaskInput(`restoreVmConfig task needs restore and disks: ${JSON.stringify(t).slice(0, 300)}`);
+      return restoreVmConfigTask(t.restore, t.disks, await deps.repository(t.restore.repository.bucket));
+    }
+    case 'deepVerifyDisk': {
+      if (!t.verify?.repository?.bucket || !t.disk?.diskId) throw new BadTaskInput(`deepVerifyDisk task needs verify.repository.bucket and disk.diskId: ${JSON.stringify(t).slice(0, 300)}`);
+      const { store, keys } = await deps.repository(t.verify.repository.bucket);
+      const log = throttled(500);
+      const result = await deepVerifyDisk(t.verify, t.disk, {
+        store, keys, parallelism: deps.parallelism, signal: ctx.signal,
+        onProgress: (p) => log(p.chunksChecked === p.chunksSelected, () => deps.logger.info('deepverify.progress', { verifyId: t.verify.verifyId, backupId: t.verify.backupId, ...p })),
+      });
+      for (const f of result.damaged) deps.logger.error('deepverify.damaged', { verifyId: t.verify.verifyId, ...f });
+      return result;
+    }
+  }
+}
