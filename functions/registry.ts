@@ -14,6 +14,7 @@ export const lambdaFunctions = {
   RecordFailure: { entry: 'functions/record-failure.ts', handler: 'handler' },
   Summarize: { entry: 'functions/summarize.ts', handler: 'handler' },
   SyncConfig: { entry: 'functions/sync-config.ts', handler: 'handler' },
+  OnDeploy: { entry: 'functions/on-deploy.ts', handler: 'handler' },
   PlanRestore: { entry: 'functions/restore.ts', handler: 'planHandler' },
   RecordRestore: { entry: 'functions/restore.ts', handler: 'recordHandler' },
   RecordRestoreFailure: { entry: 'functions/restore.ts', handler: 'recordFailureHandler' },

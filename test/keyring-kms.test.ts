@@ -72,7 +72,7 @@ describe('KmsKeyWrapper', () => {
     kms.failWith = Object.assign(new Error('socket hang up'), { name: 'Error' });
     await expect(w.unwrap(Buffer.alloc(60))).rejects.toMatchObject({ name: 'Mover.StorageUnavailable', retryable: true });
     kms.failWith = Object.assign(new Error('not authorized to perform: kms:Decrypt'), { name: 'AccessDeniedException', $metadata: { httpStatusCode: 400 } });
-    const denied = await w.unwrap(Buffer.alloc(60)).catch((e: Error & { retryable: boolean }) => e);
+    const denied = (await w.unwrap(Buffer.alloc(60)).then(() => undefined, (e: unknown) => e)) as Error & { retryable: boolean };
     expect(denied.retryable).toBe(false);
     expect(denied.message).toContain('kms:Decrypt');
   });

@@ -19,6 +19,8 @@ export interface Clients {
   /** Records of restores, deep verifications and prunes (functions/catalog/recovery-catalog.ts). */
   recovery: RecoveryCatalog;
   store(bucket: string): ObjectStore;
+  /** The wrapper of a repository's master key: KMS in AWS, the key file in the embedded stack. */
+  keyWrapper(bucket: string): Promise<KeyWrapper>;
   /** The repository's keys, unwrapped once per container and bucket. */
   repositoryKeys(bucket: string): Promise<RepositoryKeys>;
 }
@@ -48,6 +50,7 @@ export function clients(): Clients {
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
     store: (bucket) => new S3ObjectStore(s3, bucket),
+    keyWrapper: (bucket) => keyWrapper(env, bucket),
     repositoryKeys: (bucket) => {
       let k = repositoryKeys.get(bucket);
       if (!k) {
