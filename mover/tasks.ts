@@ -51,7 +51,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
               const now = performance.now();
               if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;
               lastLog = now;
-              deps.logger.info('dispatch.progress', { vmId: t.job.vmId, diskId: t.disk.diskId, ...p });
+              deps.logger.info('dispatch.progress', { vmId: t.job.vmId, diskId: t.disk.diskId, ...(t.segment ? { segment: t.segment.index } : {}), ...p });
             },
           });
         } finally {

@@ -184,7 +184,7 @@ export class MoverWorker {
     let input: unknown;
     try {
       input = JSON.parse(inputText);
-      o.logger.info('task.started', { task: (input as { task?: string }).task });
+      o.logger.info('task.started', about(input));
       const restart = await o.admit?.(input);
       if (restart) {
         o.logger.info('task.handing_over', { task: (input as { task?: string }).task });
@@ -195,12 +195,12 @@ export class MoverWorker {
       const output = await o.handler(input, { signal: abort.signal });
       clearInterval(beat);
       await o.sfn.send(new SendTaskSuccessCommand({ taskToken, output: JSON.stringify(output ?? null) }));
-      o.logger.info('task.succeeded', { task: (input as { task?: string }).task, seconds: (performance.now() - started) / 1000 });
+      o.logger.info('task.succeeded', { ...about(input), seconds: (performance.now() - started) / 1000 });
     } catch (err) {
       clearInterval(beat);
       const e = err as Error;
       const error = (e.name && e.name !== 'Error' ? e.name : 'Mover.Internal').slice(0, 256);
-      o.logger.error('task.failed', { task: (input as { task?: string } | undefined)?.task, error, cause: e.message });
+      o.logger.error('task.failed', { ...about(input), error, cause: e.message });
       if (abort.signal.aborted) return; // the control plane gave up on this task already
       await o.sfn.send(new SendTaskFailureCommand({ taskToken, error, cause: e.message.slice(0, 32_000) })).catch((sendErr: Error) => {
         o.logger.error('task.report_failed', { error: sendErr.message });
@@ -209,4 +209,15 @@ export class MoverWorker {
       this.taskAborts.delete(abort);
     }
   }
+}
+
+/** What a task is about, for log lines: its kind, VM, disk and segment where it has them. */
+function about(input: unknown): Record<string, unknown> {
+  const t = (input ?? {}) as { task?: string; job?: { vmId?: string }; disk?: { diskId?: string }; segment?: { index?: number } | null };
+  return {
+    task: t.task,
+    ...(t.job?.vmId ? { vmId: t.job.vmId } : {}),
+    ...(t.disk?.diskId ? { diskId: t.disk.diskId } : {}),
+    ...(typeof t.segment?.index === 'number' ? { segment: t.segment.index } : {}),
+  };
 }

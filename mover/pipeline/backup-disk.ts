@@ -57,11 +57,11 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   if (seg && (seg.offset % chunkSize !== 0 || seg.length <= 0 || seg.offset + seg.length > disk.sizeBytes)) {
     throw new Corrupt(`segment ${seg.index} of disk '${disk.diskId}' (offset ${seg.offset}, length ${seg.length}) is not a chunk-aligned part of its ${disk.sizeBytes} bytes`);
   }
-  const first = seg ? seg.offset / chunkSize : 0;
-  const end = seg ? Math.ceil((seg.offset + seg.length) / chunkSize) : count;
+  const firstChunk = seg ? seg.offset / chunkSize : 0;
+  const endChunk = seg ? Math.ceil((seg.offset + seg.length) / chunkSize) : count;
   const manifestId = seg ? segmentManifestId(disk.diskId, seg.index) : disk.diskId;
   const parent = await loadParentChunks(o);
-  const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: end - first, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
+  const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
   const manifest: Manifest = { version: 1, backupId: o.backupId, diskId: manifestId, sizeBytes: disk.sizeBytes, chunkSize, chunks: new Array(count).fill(null), storedSizes: {}, storedSha256: {} };
   const inFlight = new Set<string>();
   const record = (id: string, c: KnownChunk) => {
@@ -128,7 +128,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const parallelism = o.parallelism ?? 8;
   const running = new Set<Promise<void>>();
   let failure: unknown;
-  for (let i = 0; i < count; i++) {
+  for (let i = firstChunk; i < endChunk; i++) {
     o.signal?.throwIfAborted();
     if (failure) break;
     const offset = i * chunkSize;

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sfnClient } from '../../local/client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../../local/movers.ts';
+import type { LifeboatConfig } from '../../core/config.ts';
 import { EmbeddedStack } from '../../local/stack.ts';
 
 export interface TestStack {
@@ -15,12 +16,26 @@ export interface TestStack {
   close(): Promise<void>;
 }
 
-export async function startTestStack(opts: { movers?: number; moverEnv?: Record<string, string> } = {}): Promise<TestStack> {
+export interface TestStackOptions {
+  /** Movers of group site-a (default 2), when `groups` is not given. */
+  movers?: number;
+  /** Movers per mover group, e.g. `{ 'site-a': 2, 'site-b': 1 }`; named `<group>-mover-<n>`. */
+  groups?: Record<string, number>;
+  moverEnv?: Record<string, string>;
+  slots?: number;
+  config?: LifeboatConfig;
+}
+
+export async function startTestStack(opts: TestStackOptions = {}): Promise<TestStack> {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-test-'));
-  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data') });
+  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}) });
   const logs: MoverLogLine[] = [];
-  const movers = Array.from({ length: opts.movers ?? 2 }, (_, i) =>
-    startMover(stack.endpoints, { name: `test-mover-${i + 1}`, group: 'site-a', env: opts.moverEnv, onLog: (l) => logs.push(l) }));
+  const groups = opts.groups ?? { 'site-a': opts.movers ?? 2 };
+  const movers = Object.entries(groups).flatMap(([group, n]) => Array.from({ length: n }, (_, i) =>
+    startMover(stack.endpoints, {
+      name: opts.groups ? `${group}-mover-${i + 1}` : `test-mover-${i + 1}`, group, env: opts.moverEnv, onLog: (l) => logs.push(l),
+      ...(opts.slots ? { slots: opts.slots } : {}),
+    })));
   return {
     stack, movers, logs, dir, sfn: sfnClient(stack.endpoints),
     close: async () => {

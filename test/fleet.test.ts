@@ -1,0 +1,171 @@
+/**
+ * The fleet's control logic on a real catalog (dynalite): configuration sync, Plan's
+ * group and slot scopes, AcquireSlot across hosts and datastores with leases, and the
+ * segment split and join around Dispatch.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig, type LifeboatConfig } from '../core/config.ts';
+import { SlotUnavailable } from '../core/errors.ts';
+import { decodeManifest, deriveKeys, keys } from '../core/format.ts';
+import { segmentManifestId, type DiskRef, type VmJob } from '../core/jobs.ts';
+import { MemoryObjectStore } from '../core/memory-store.ts';
+import type { Catalog } from '../functions/catalog/catalog.ts';
+import { joinSegments, planDispatch } from '../functions/dispatch.ts';
+import { plan } from '../functions/plan.ts';
+import { acquireSlot, releaseSlot } from '../functions/slots.ts';
+import { syncConfig } from '../functions/sync-config.ts';
+import { backupDisk } from '../mover/pipeline/backup-disk.ts';
+import { startTestCatalog } from './helpers/catalog.ts';
+import { randomBytes } from 'node:crypto';
+
+const MiB = 1024 * 1024;
+const config = loadConfig();
+const buckets = { primary: 'bucket-primary', dr: 'bucket-dr' };
+let catalog: Catalog;
+let close: () => Promise<void>;
+
+beforeAll(async () => {
+  ({ catalog, close } = await startTestCatalog());
+  await syncConfig({ config, buckets }, { catalog });
+});
+afterAll(async () => close?.());
+
+describe('SyncConfig', () => {
+  it('writes each host with its group and limits, and each policy with its repository bucket', async () => {
+    expect(await catalog.getHost('esx-01')).toEqual({ hostId: 'esx-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: { 'ds-ssd-01': 2 } });
+    expect((await catalog.getHost('esx-03'))?.moverGroup).toBe('site-b');
+    const nightly = await catalog.getPolicy('nightly');
+    expect(nightly).toMatchObject({ bucket: 'bucket-primary', chunkSize: MiB, slotLimit: 2, rpoHours: 26, hosts: ['esx-01', 'esx-02', 'esx-03'], replicateTo: { repositoryId: 'dr', bucket: 'bucket-dr' }, managedBy: 'config' });
+  });
+
+  it('removes policies an earlier configuration wrote, and leaves hand-written ones', async () => {
+    await catalog.putPolicy({ policyId: 'by-hand', vmIds: [], bucket: 'b', chunkSize: MiB, slotLimit: 1 });
+    const fewer: LifeboatConfig = { ...config, policies: config.policies.filter((p) => p.id !== 'hourly-critical') };
+    const out = await syncConfig({ config: fewer, buckets }, { catalog });
+    expect(out.removedPolicies).toEqual(['hourly-critical']);
+    expect(await catalog.getPolicy('hourly-critical')).toBeUndefined();
+    expect(await catalog.getPolicy('by-hand')).toBeDefined();
+    await syncConfig({ config, buckets }, { catalog });
+  });
+
+  it('refuses a repository the deployment has no bucket for', async () => {
+    await expect(syncConfig({ config, buckets: { primary: 'b' } }, { catalog })).rejects.toThrow("repository 'dr' has no bucket in the deployment (buckets: primary)");
+  });
+});
+
+describe('Plan', () => {
+  it('selects VMs by host, takes the group from the host, and counts each VM against its host and limited datastores', async () => {
+    await catalog.putVm({ vmId: 'web-01', host: 'esx-01', source: '/vms/web-01', datastores: ['ds-ssd-01', 'ds-other'] });
+    await catalog.putVm({ vmId: 'db-01', host: 'esx-03', source: '/vms/db-01' });
+    const out = await plan({ policyId: 'nightly', runId: 'run-0001' }, { catalog, now: () => new Date('2026-11-23T01:30:00Z') });
+    const byVm = Object.fromEntries(out.vms.map((j) => [j.vmId, j]));
+    expect(Object.keys(byVm).sort()).toEqual(['db-01', 'web-01']);
+    expect(byVm['web-01']).toMatchObject({ moverGroup: 'site-a', slotScopes: [{ scope: 'host:esx-01', limit: 2 }, { scope: 'datastore:esx-01/ds-ssd-01', limit: 2 }] });
+    expect(byVm['db-01']).toMatchObject({ moverGroup: 'site-b', slotScopes: [{ scope: 'host:esx-03', limit: 2 }] }); // min(host 4, policy 2)
+  });
+
+  it('a VM moved to another host leaves the old host\'s selection', async () => {
+    await catalog.putVm({ vmId: 'mover-vm', host: 'esx-02', source: '/vms/m' });
+    await catalog.putVm({ vmId: 'mover-vm', host: 'esx-03', source: '/vms/m' });
+    expect(await catalog.vmsOnHost('esx-02')).not.toContain('mover-vm');
+    expect(await catalog.vmsOnHost('esx-03')).toContain('mover-vm');
+  });
+
+  it('names the host and what to do when no group serves it', async () => {
+    await catalog.putVm({ vmId: 'orphan', host: 'esx-99', source: '/vms/o' });
+    await catalog.putPolicy({ policyId: 'p-orphan', vmIds: ['orphan'], bucket: 'b', chunkSize: MiB, slotLimit: 1 });
+    await expect(plan({ policyId: 'p-orphan', runId: 'run-0002' }, { catalog, now: () => new Date() }))
+      .rejects.toThrow(`VM 'orphan' is on host 'esx-99', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
+  });
+});
+
+describe('AcquireSlot / ReleaseSlot', () => {
+  const job = (vmId: string, scopes: VmJob['slotScopes']): VmJob => ({
+    runId: 'run-s', policyId: 'p', backupId: 'b', vmId, host: 'h', moverGroup: 'g', source: '', repository: { bucket: 'b', chunkSize: MiB },
+    parentBackupId: null, parentManifests: {}, slotScopes: scopes, slot: null, snapshot: null, segmentBytes: 0,
+  });
+  const scopes = [{ scope: 'host:slot-host', limit: 2 }, { scope: 'datastore:slot-host/ds1', limit: 1 }];
+
+  it('takes a slot in every scope or none, and frees them on release', async () => {
+    let now = 1_000;
+    const deps = { catalog, now: () => now };
+    const a = job('a', scopes);
+    a.slot = await acquireSlot(a, deps);
+    expect(a.slot.keys).toEqual(['SLOT#host:slot-host|SLOT#0', 'SLOT#datastore:slot-host/ds1|SLOT#0']);
+    // The host has a second slot but the datastore is full: b gets nothing, and keeps nothing.
+    const b = job('b', scopes);
+    await expect(acquireSlot(b, deps)).rejects.toThrow(new SlotUnavailable('datastore:slot-host/ds1', 1).message);
+    const c = job('c', [{ scope: 'host:slot-host', limit: 2 }]);
+    c.slot = await acquireSlot(c, deps);
+    expect(c.slot.keys).toEqual(['SLOT#host:slot-host|SLOT#1']); // slot 1: b gave slot 1 back
+    await releaseSlot(a, { catalog });
+    b.slot = await acquireSlot(b, deps);
+    expect(b.slot.keys).toEqual(['SLOT#host:slot-host|SLOT#0', 'SLOT#datastore:slot-host/ds1|SLOT#0']);
+    await releaseSlot(b, { catalog });
+    await releaseSlot(c, { catalog });
+    now += 1;
+  });
+
+  it('a slot whose holder died is free again when its lease runs out, and a late release does not free the new holder\'s slot', async () => {
+    const one = [{ scope: 'host:lease-host', limit: 1 }];
+    const dead = job('dead', one);
+    dead.slot = await acquireSlot(dead, { catalog, now: () => 0, leaseMs: 1000 });
+    await expect(acquireSlot(job('early', one), { catalog, now: () => 999, leaseMs: 1000 })).rejects.toBeInstanceOf(SlotUnavailable);
+    const late = job('late', one);
+    late.slot = await acquireSlot(late, { catalog, now: () => 1001, leaseMs: 1000 });
+    await releaseSlot(dead, { catalog }); // the dead execution's cleanup finally runs
+    await expect(acquireSlot(job('third', one), { catalog, now: () => 1002, leaseMs: 1000 })).rejects.toBeInstanceOf(SlotUnavailable);
+  });
+});
+
+describe('PlanDispatch / JoinSegments', () => {
+  const disk = (diskId: string, sizeBytes: number): DiskRef => ({ diskId, path: `/snap/${diskId}`, sizeBytes });
+
+  it('splits only disks above the segment size, into chunk-aligned segments', () => {
+    const j = { snapshot: { handle: 'h', config: {}, disks: [disk('small', 3 * MiB), disk('big', 10 * MiB + 5)] }, repository: { bucket: 'b', chunkSize: MiB }, segmentBytes: 4.5 * MiB } as VmJob;
+    const items = planDispatch(j);
+    expect(items.map((i) => [i.disk.diskId, i.segment])).toEqual([
+      ['small', null],
+      ['big', { index: 0, count: 3, offset: 0, length: 4 * MiB }],
+      ['big', { index: 1, count: 3, offset: 4 * MiB, length: 4 * MiB }],
+      ['big', { index: 2, count: 3, offset: 8 * MiB, length: 2 * MiB + 5 }],
+    ]);
+  });
+
+  it('segments transferred separately join into the manifest a single transfer writes', async () => {
+    const store = new MemoryObjectStore();
+    const k = deriveKeys(randomBytes(32));
+    const chunk = 64 * 1024;
+    const size = 10 * chunk + 100;
+    const data = randomBytes(size);
+    data.fill(0, 2 * chunk, 4 * chunk); // a zero run inside segment 0
+    const reader = { sizeBytes: size, read: async (buf: Buffer, offset: number, length: number) => data.copy(buf, 0, offset, offset + length), close: async () => {} };
+    const d = disk('disk0', size);
+    const j = { backupId: 'bk', vmId: 'vm', snapshot: { handle: 'h', config: {}, disks: [d] }, repository: { bucket: 'b', chunkSize: chunk }, segmentBytes: 4 * chunk } as VmJob;
+    const items = planDispatch(j);
+    expect(items).toHaveLength(3);
+    // Run the segments in reverse, as unrelated movers might.
+    const transfers = [];
+    for (const it of [...items].reverse()) transfers.push(await backupDisk({ store, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
+    expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => keys.manifest('bk', segmentManifestId('disk0', i))));
+    const [joined] = await joinSegments({ job: j, transfers }, { store, keys: k });
+    expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: keys.manifest('bk', 'disk0') });
+    expect(joined!.stats.chunks).toBe(11);
+    expect(joined!.stats.zeroChunks).toBe(2);
+
+    const wholeStore = new MemoryObjectStore();
+    const whole = await backupDisk({ store: wholeStore, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk });
+    const fromSegments = await decodeManifest(k, (await store.get(joined!.manifestKey))!, 'bk', 'disk0');
+    const fromWhole = await decodeManifest(k, (await wholeStore.get(whole.manifestKey))!, 'bk', 'disk0');
+    expect(fromSegments.chunks).toEqual(fromWhole.chunks);
+    expect(Object.keys(fromSegments.storedSizes).sort()).toEqual(Object.keys(fromWhole.storedSizes).sort());
+  });
+
+  it('refuses to join when a segment result is missing', async () => {
+    const d = disk('disk0', 8 * MiB);
+    const j = { backupId: 'bk', vmId: 'vm', snapshot: { handle: 'h', config: {}, disks: [d] }, repository: { bucket: 'b', chunkSize: MiB }, segmentBytes: 4 * MiB } as VmJob;
+    const partial = [{ diskId: 'disk0', sizeBytes: d.sizeBytes, manifestKey: 'x', stats: {} as never, segment: { index: 1, count: 2, offset: 4 * MiB, length: 4 * MiB } }];
+    await expect(joinSegments({ job: j, transfers: partial }, { store: new MemoryObjectStore(), keys: deriveKeys(randomBytes(32)) }))
+      .rejects.toThrow("disk 'disk0' of backup bk: expected 2 segment results, got segments [1]");
+  });
+});
