@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { LambdaFunctionId } from '../functions/registry.ts';
 import type { ActivityBroker } from './activities.ts';
+import { LocalEventBus } from './events.ts';
 import type { ResolvedTemplate } from './asl.ts';
 import { invokeLocal } from './lambdas.ts';
 import type { ExecutionRecord, ExecutionService } from './sfn-api.ts';
@@ -41,11 +42,14 @@ export class LocalExecutions implements ExecutionService {
   private readonly dir: string;
   private readonly template: ResolvedTemplate;
   private readonly broker: ActivityBroker;
+  /** Where `events:putEvents` tasks land (local/events.ts). */
+  private readonly events: LocalEventBus;
   private readonly records = new Map<string, ExecutionRecord>();
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
 
   constructor(opts: { dataDir: string; template: ResolvedTemplate; broker: ActivityBroker }) {
     this.dir = join(opts.dataDir, 'executions');
+    this.events = new LocalEventBus(opts.dataDir);
     this.template = opts.template;
     this.broker = opts.broker;
   }
@@ -86,6 +90,8 @@ export class LocalExecutions implements ExecutionService {
           heartbeatSeconds: state.HeartbeatSeconds as number | undefined,
           signal,
         });
+      } else if (resource.endsWith(':states:::events:putEvents')) {
+        handlers[name] = (input) => this.events.putEvents(input);
       } else {
         throw new Error(`task state '${name}' uses resource ${resource}, which the embedded stack does not run`);
       }

@@ -48,6 +48,8 @@ export interface StackEndpoints {
   buckets: Record<string, string>;
   keyFile: string;
   backupStateMachineArn: string;
+  /** Every state machine's ARN by workflow name (`Backup`, `Restore`, `DeepVerify`, ...). */
+  stateMachines: Record<string, string>;
   activities: Record<string, string>;
 }
 
@@ -127,6 +129,8 @@ export class EmbeddedStack {
       const endpoints: StackEndpoints = {
         dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, keyFile,
         backupStateMachineArn: backup.arn, activities: template.activities,
+        // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
+        stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),
       };
       return new EmbeddedStack(endpoints, template, catalog, config, closers);
     } catch (err) {

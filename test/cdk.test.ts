@@ -70,9 +70,9 @@ const logicalId = (c: { node: { defaultChild?: unknown } }) => stack.getLogicalI
 beforeAll(() => {
   ({ stack, template } = synth(oneGroup));
   resolved = resolveTemplate(template.toJSON() as CfnTemplate);
-  const machines = Object.values(resolved.stateMachines);
-  expect(machines).toHaveLength(1);
-  definition = machines[0]!.definition as Definition;
+  const backup = Object.values(resolved.stateMachines).filter((m) => m.logicalId.startsWith('Backup'));
+  expect(backup).toHaveLength(1);
+  definition = backup[0]!.definition as Definition;
   states = allStates(definition.States);
 });
 afterAll(() => {

@@ -7,6 +7,7 @@ import { CfnOutput, type Stack } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { DeepVerifyWorkflow } from './deep-verify-workflow.ts';
 import { RestoreWorkflow } from './restore-workflow.ts';
 
 export interface RecoveryWorkflowsProps {
@@ -17,10 +18,13 @@ export interface RecoveryWorkflowsProps {
 
 export interface RecoveryWorkflows {
   restore: RestoreWorkflow;
+  deepVerify: DeepVerifyWorkflow;
 }
 
 export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
   const restore = new RestoreWorkflow(stack, 'Restore', props);
   new CfnOutput(stack, 'RestoreStateMachineArn', { value: restore.stateMachine.stateMachineArn });
-  return { restore };
+  const deepVerify = new DeepVerifyWorkflow(stack, 'DeepVerify', props);
+  new CfnOutput(stack, 'DeepVerifyStateMachineArn', { value: deepVerify.stateMachine.stateMachineArn });
+  return { restore, deepVerify };
 }

@@ -1,0 +1,92 @@
+/**
+ * The Deep verify workflow's functions: PlanDeepVerify resolves the backup and its
+ * disks; RecordDeepVerify keeps the result, marks a damaged backup `damaged` in the
+ * catalog and shapes the event the workflow emits.
+ */
+import { z } from 'zod';
+import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
+import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../core/recovery-jobs.ts';
+import type { Catalog } from './catalog/catalog.ts';
+import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
+import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { resolveBackup } from './recovery/backups.ts';
+
+const text = z.string().min(1);
+const count = z.number().int().nonnegative();
+
+/** The execution input of the Deep verify workflow. */
+export const deepVerifyRequest = z.object({
+  vmId: text,
+  /** Default: the VM's newest committed backup. */
+  backupId: text.optional(),
+  /** Fraction of each disk's chunks to read back, in (0, 1]; default 1 (all). */
+  sample: z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1 (all chunks)').optional(),
+  moverGroup: text,
+}).strict();
+export const planDeepVerifyInput = z.object({ verifyId: text, request: deepVerifyRequest }).strict();
+
+export async function planDeepVerify({ verifyId, request }: z.output<typeof planDeepVerifyInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifyJob> {
+  const { backup, bucket } = await resolveBackup(deps.catalog, request.vmId, request.backupId, { allowDamaged: true });
+  const job: DeepVerifyJob = {
+    verifyId, vmId: request.vmId, backupId: backup.backupId, moverGroup: request.moverGroup, repository: { bucket },
+    sample: request.sample ?? 1, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
+  };
+  await deps.recovery.putRecord('DEEPVERIFY', verifyId, { status: 'running', startedAt: deps.now().toISOString(), job });
+  return job;
+}
+
+const damageFinding: z.ZodType<DamageFinding> = z.looseObject({ backupId: text, diskId: text, offsets: z.array(count), objectKey: text, reason: z.string() });
+const deepVerifiedDisk: z.ZodType<DeepVerifiedDisk> = z.looseObject({
+  diskId: text, chunksTotal: count, chunksChecked: count, bytesRead: count, damaged: z.array(damageFinding), seconds: z.number().nonnegative(),
+});
+const deepVerifyJob: z.ZodType<DeepVerifyJob> = z.looseObject({
+  verifyId: text, vmId: text, backupId: text, moverGroup: text, repository: z.looseObject({ bucket: text }), sample: z.number(),
+  disks: z.array(z.looseObject({ diskId: text, sizeBytes: count })),
+});
+export const recordDeepVerifyInput = z.intersection(deepVerifyJob, z.looseObject({ verified: z.array(deepVerifiedDisk) }));
+
+export interface DeepVerifySummary {
+  verifyId: string;
+  vmId: string;
+  backupId: string;
+  sample: number;
+  chunksTotal: number;
+  chunksChecked: number;
+  bytesRead: number;
+  damaged: boolean;
+  findings: DamageFinding[];
+  /** The event's detail (EventBridge `Lifeboat Backup Damaged`) when damage was found. */
+  event: { vmId: string; backupId: string; verifyId: string; findings: DamageFinding[]; message: string } | null;
+}
+
+export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifySummary> {
+  const want = input.disks.map((d) => d.diskId).sort().join(',');
+  const got = input.verified.map((d) => d.diskId).sort().join(',');
+  if (want !== got) throw new RecoveryRequestInvalid(`deep verification ${input.verifyId} planned disks ${want} but movers reported ${got}`);
+  const findings = input.verified.flatMap((d) => d.damaged);
+  const at = deps.now().toISOString();
+  const summary: DeepVerifySummary = {
+    verifyId: input.verifyId, vmId: input.vmId, backupId: input.backupId, sample: input.sample,
+    chunksTotal: input.verified.reduce((n, d) => n + d.chunksTotal, 0),
+    chunksChecked: input.verified.reduce((n, d) => n + d.chunksChecked, 0),
+    bytesRead: input.verified.reduce((n, d) => n + d.bytesRead, 0),
+    damaged: findings.length > 0, findings, event: null,
+  };
+  if (findings.length > 0) {
+    // Keep the event small (EventBridge takes 256 KB): the catalog keeps every finding.
+    const first = findings[0]!;
+    summary.event = {
+      vmId: input.vmId, backupId: input.backupId, verifyId: input.verifyId, findings: findings.slice(0, 20),
+      message: `backup ${input.backupId} of VM '${input.vmId}' is damaged: ${findings.length} object(s), first ${first.objectKey} (disk '${first.diskId}', offset ${first.offsets[0] ?? 'n/a'}): ${first.reason}`,
+    };
+    const marked = await deps.recovery.markDamaged(input.vmId, input.backupId, { verifyId: input.verifyId, foundAt: at, findings });
+    if (!marked) summary.event.message += ' (the backup was no longer committed, so its catalog status is unchanged)';
+  }
+  await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: summary.damaged ? 'damaged' : 'intact', finishedAt: at, summary });
+  return summary;
+}
+
+const now = () => new Date();
+export const planHandler = lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
+export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, now }));
