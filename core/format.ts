@@ -9,7 +9,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
-import { zstdCompress, zstdDecompress } from 'node:zlib';
+import { constants as zlibConstants, zstdCompress, zstdCompressSync, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { Corrupt } from './errors.ts';
 
 export const FORMAT_VERSION = 1;
@@ -41,44 +41,98 @@ export function chunkId(keys: RepositoryKeys, plaintext: Uint8Array): string {
   return createHmac('sha256', keys.id).update(plaintext).digest('hex');
 }
 
-/** Compress (when it pays) and encrypt `plaintext`, binding it to `purpose`. */
-export async function seal(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string): Promise<Buffer> {
-  const packed = await compress(plaintext);
-  const useZstd = packed.length < plaintext.length;
-  const body = useZstd ? packed : plaintext;
-  const header = Buffer.alloc(HEADER_BYTES);
-  header[0] = FORMAT_VERSION;
-  header[1] = useZstd ? Compression.zstd : Compression.none;
-  header[2] = Cipher.aes256gcm;
-  randomBytes(12).copy(header, 3);
-  const cipher = createCipheriv('aes-256-gcm', keys.encryption, header.subarray(3, 15));
-  cipher.setAAD(Buffer.concat([header, Buffer.from(purpose)]));
-  return Buffer.concat([header, cipher.update(body), cipher.final(), cipher.getAuthTag()]);
+/** Settings of `seal` and `sealSync`. */
+export interface SealOptions {
+  /** The 12-byte GCM nonce; random by default. Only tests fix it (a nonce must never repeat under one key). */
+  nonce?: Uint8Array;
+  /** zstd level (default: zstd's default, 3; measured in REPOSITORY-FORMAT.md). */
+  level?: number;
 }
 
-/** Authenticate, decrypt and decompress an envelope written by `seal` for `purpose`. */
-export async function open(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): Promise<Buffer> {
+/** The size is pledged so the async (libuv pool) and sync (worker thread) compressors write the same frame. */
+const zstdOptions = (level: number | undefined, size: number) => ({
+  pledgedSrcSize: size,
+  ...(level === undefined ? {} : { params: { [zlibConstants.ZSTD_c_compressionLevel]: level } }),
+});
+
+/**
+ * The envelope around `body` (the compressed payload, or the plaintext itself when
+ * `compressed` is false). Written into one buffer that owns its ArrayBuffer (never a slice
+ * of Node's shared pool), so a worker thread can transfer it.
+ */
+function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined): Buffer {
+  const out = Buffer.from(new ArrayBuffer(HEADER_BYTES + body.length + TAG_BYTES));
+  out[0] = FORMAT_VERSION;
+  out[1] = compressed ? Compression.zstd : Compression.none;
+  out[2] = Cipher.aes256gcm;
+  if (nonce && nonce.length !== 12) throw new RangeError(`nonce must be 12 bytes, got ${nonce.length}`);
+  out.set(nonce ?? randomBytes(12), 3);
+  const header = out.subarray(0, HEADER_BYTES);
+  const cipher = createCipheriv('aes-256-gcm', keys.encryption, header.subarray(3, 15));
+  cipher.setAAD(Buffer.concat([header, Buffer.from(purpose)]));
+  let at = HEADER_BYTES;
+  at += cipher.update(body).copy(out, at);
+  at += cipher.final().copy(out, at);
+  cipher.getAuthTag().copy(out, at);
+  return out;
+}
+
+/** Compress (when it pays) and encrypt `plaintext`, binding it to `purpose`. */
+export async function seal(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Promise<Buffer> {
+  const packed = await compress(plaintext, zstdOptions(opts.level, plaintext.length));
+  const useZstd = packed.length < plaintext.length;
+  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce);
+}
+
+/** `seal` on the calling thread: the same bytes for the same nonce (worker threads use it). */
+export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Buffer {
+  const packed = zstdCompressSync(plaintext, zstdOptions(opts.level, plaintext.length));
+  const useZstd = packed.length < plaintext.length;
+  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce);
+}
+
+/** Checks the header and authenticates and decrypts the body; the body may still be compressed. */
+function unseal(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): { compression: number; body: Buffer } {
   const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
   if (buf.length < HEADER_BYTES + TAG_BYTES) throw new Corrupt(`object for ${purpose} is ${buf.length} bytes, shorter than an envelope`);
   const header = buf.subarray(0, HEADER_BYTES);
   if (header[0] !== FORMAT_VERSION) throw new Corrupt(`object for ${purpose} has format version ${header[0]}, this mover reads version ${FORMAT_VERSION}`);
   if (header[2] !== Cipher.aes256gcm) throw new Corrupt(`object for ${purpose} uses unknown cipher id ${header[2]}`);
-  const compression = header[1];
+  const compression = header[1]!;
   if (compression !== Compression.none && compression !== Compression.zstd) throw new Corrupt(`object for ${purpose} uses unknown compression id ${compression}`);
-  let body: Buffer;
   try {
     const decipher = createDecipheriv('aes-256-gcm', keys.encryption, header.subarray(3, 15));
     decipher.setAAD(Buffer.concat([header, Buffer.from(purpose)]));
     decipher.setAuthTag(buf.subarray(buf.length - TAG_BYTES));
-    body = Buffer.concat([decipher.update(buf.subarray(HEADER_BYTES, buf.length - TAG_BYTES)), decipher.final()]);
+    const body = decipher.update(buf.subarray(HEADER_BYTES, buf.length - TAG_BYTES));
+    decipher.final();
+    return { compression, body };
   } catch (err) {
     throw new Corrupt(`object for ${purpose} failed authentication (damaged, or not this repository's)`, err);
   }
+}
+
+const undecodable = (purpose: string, err: unknown) => new Corrupt(`object for ${purpose} authenticated but does not decompress (written by a faulty encoder?)`, err);
+
+/** Authenticate, decrypt and decompress an envelope written by `seal` for `purpose`. */
+export async function open(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): Promise<Buffer> {
+  const { compression, body } = unseal(keys, sealed, purpose);
   if (compression === Compression.none) return body;
   try {
     return await decompress(body);
   } catch (err) {
-    throw new Corrupt(`object for ${purpose} authenticated but does not decompress (written by a faulty encoder?)`, err);
+    throw undecodable(purpose, err);
+  }
+}
+
+/** `open` on the calling thread (worker threads use it). */
+export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): Buffer {
+  const { compression, body } = unseal(keys, sealed, purpose);
+  if (compression === Compression.none) return body;
+  try {
+    return zstdDecompressSync(body);
+  } catch (err) {
+    throw undecodable(purpose, err);
   }
 }
 
@@ -128,16 +182,14 @@ export async function decodeManifest(keys_: RepositoryKeys, sealed: Uint8Array, 
   return m;
 }
 
-/** True when every byte of `buf` is zero (checked 8 bytes at a time). */
-export function isZero(buf: Buffer): boolean {
-  const words = Math.floor(buf.length / 8);
-  // A BigUint64Array view needs an 8-aligned start offset; unaligned buffers go byte by byte.
-  if (buf.byteOffset % 8 === 0) {
-    const view = new BigUint64Array(buf.buffer, buf.byteOffset, words);
-    for (let i = 0; i < words; i++) if (view[i] !== 0n) return false;
-    for (let i = words * 8; i < buf.length; i++) if (buf[i] !== 0) return false;
-    return true;
+const ZEROS = Buffer.alloc(64 * 1024);
+
+/** True when every byte of `buf` is zero (compared with a zero block by memcmp, 64 KiB at a time). */
+export function isZero(buf: Uint8Array): boolean {
+  const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let at = 0; at < b.length; at += ZEROS.length) {
+    const end = Math.min(b.length, at + ZEROS.length);
+    if (!b.subarray(at, end).equals(end - at === ZEROS.length ? ZEROS : ZEROS.subarray(0, end - at))) return false;
   }
-  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
   return true;
 }

@@ -1,4 +1,5 @@
-import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException, type PutObjectCommandInput, type PutObjectCommandOutput } from '@aws-sdk/client-s3';
+import type { BuildMiddleware } from '@smithy/types';
 import { StorageUnavailable } from './errors.ts';
 import type { ObjectInfo, ObjectStore } from './object-store.ts';
 
@@ -30,6 +31,13 @@ export function s3Client(e: S3Endpoint): S3Client {
 const isMissing = (err: unknown) =>
   err instanceof NoSuchKey || err instanceof NotFound || (err instanceof S3ServiceException && err.$metadata.httpStatusCode === 404);
 
+/** A build-step middleware that sets x-amz-content-sha256 (hex) from a known base64 SHA-256 of the body. */
+const signedPayloadHash = (sha256Base64: string): BuildMiddleware<PutObjectCommandInput, PutObjectCommandOutput> => (next) => async (args) => {
+  const request = args.request as { headers?: Record<string, string> };
+  if (request.headers) request.headers['x-amz-content-sha256'] = Buffer.from(sha256Base64, 'base64').toString('hex');
+  return next(args);
+};
+
 /** ObjectStore over one S3 bucket; SDK errors become StorageUnavailable naming the key. */
 export class S3ObjectStore implements ObjectStore {
   private readonly client: S3Client;
@@ -41,7 +49,12 @@ export class S3ObjectStore implements ObjectStore {
 
   async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength, ...(sha256 ? { ChecksumSHA256: sha256 } : {}) }));
+      const command = new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength, ...(sha256 ? { ChecksumSHA256: sha256 } : {}) });
+      // The SigV4 signer hashes the whole body on the calling thread unless
+      // x-amz-content-sha256 is already set; the caller's SHA-256 (computed off the main
+      // thread by the chunk pool) is that same hash, so the body is not hashed again.
+      if (sha256) command.middlewareStack.add(signedPayloadHash(sha256), { step: 'build', name: 'lifeboatSignedPayloadHash' });
+      await this.client.send(command);
     } catch (err) {
       throw new StorageUnavailable(`PUT s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);
     }
@@ -50,7 +63,8 @@ export class S3ObjectStore implements ObjectStore {
   async get(key: string): Promise<Buffer | undefined> {
     try {
       const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      return Buffer.from(await out.Body!.transformToByteArray());
+      const bytes = await out.Body!.transformToByteArray(); // a fresh array: wrapped, not copied
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw new StorageUnavailable(`GET s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);

@@ -1,0 +1,186 @@
+/**
+ * A small pool of worker threads for the CPU-heavy steps of the pipelines: the keyed id
+ * (HMAC-SHA256), sealing (zstd, AES-256-GCM, SHA-256 of the stored object) and opening
+ * (decrypt, decompress, id check, write at offset). The main thread keeps reading, the
+ * HTTP requests and the bookkeeping. Buffers move as transferred ArrayBuffers (no copy,
+ * one owner at a time) and come back to the caller, so memory stays bounded by what the
+ * caller keeps in flight.
+ */
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { Corrupt } from '../../core/errors.ts';
+import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
+
+/** Messages to a worker (chunk-worker.ts). */
+export type WorkerRequest =
+  | { op: 'hash'; seq: number; keyId: number; buf: ArrayBuffer; length: number }
+  | { op: 'seal'; seq: number; keyId: number; buf: ArrayBuffer; length: number; purpose: string; level?: number; nonce?: Uint8Array }
+  | { op: 'open'; seq: number; keyId: number; body: ArrayBuffer; id: string; length: number; fd?: number; offset?: number };
+
+/** Replies from a worker: exactly one per request, with the request's `seq`. */
+export interface WorkerReply {
+  seq: number;
+  buf?: ArrayBuffer;
+  id?: string;
+  sealed?: ArrayBuffer;
+  sha256?: string;
+  plain?: ArrayBuffer;
+  written?: number;
+  /** The opened chunk has another length or another keyed id than expected (swapped or forged). */
+  mismatch?: boolean;
+  error?: { name: string; message: string; code?: string };
+}
+
+/** A sealed chunk and the plaintext buffer handed back for reuse. */
+export interface Sealed {
+  buf: ArrayBuffer;
+  sealed: Buffer;
+  /** Base64 SHA-256 of `sealed`. */
+  sha256: string;
+}
+
+/** What opening a chunk found: the plaintext, or that it does not match its id. */
+export type Opened = { ok: true; plain?: Buffer } | { ok: false; reason: 'mismatch' };
+
+interface Pending {
+  resolve: (r: WorkerReply) => void;
+  reject: (err: unknown) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  pending: Map<number, Pending>;
+  keyIds: Set<number>;
+}
+
+const WORKER_URL = new URL('./chunk-worker.ts', import.meta.url);
+
+/**
+ * Runs chunk work on `size` worker threads, each request on the least busy one. Workers
+ * are unref'd: an idle pool never keeps the process alive. A worker that dies fails its
+ * pending requests and is replaced on the next request.
+ */
+export class ChunkPool {
+  readonly size: number;
+  private readonly slots: (Slot | undefined)[];
+  private readonly keyIds = new WeakMap<RepositoryKeys, number>();
+  private nextKeyId = 1;
+  private seq = 0;
+  private closed = false;
+
+  constructor(size = defaultPoolSize()) {
+    if (!Number.isInteger(size) || size < 1 || size > 64) throw new RangeError(`chunk pool size must be a whole number from 1 to 64, got ${size}`);
+    this.size = size;
+    this.slots = new Array(size).fill(undefined);
+  }
+
+  /** The keyed id (hex HMAC-SHA256) of the first `length` bytes of `buf`; `buf` is transferred and handed back. */
+  async hash(keys: RepositoryKeys, buf: ArrayBuffer, length: number): Promise<{ buf: ArrayBuffer; id: string }> {
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'hash', seq, keyId, buf, length }), [buf]);
+    return { buf: r.buf!, id: r.id! };
+  }
+
+  /** Seals the first `length` bytes of `buf` for `purpose` (see format.ts `seal`); `buf` is transferred and handed back. */
+  async seal(keys: RepositoryKeys, buf: ArrayBuffer, length: number, purpose: string, opts: SealOptions = {}): Promise<Sealed> {
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, buf, length, purpose, ...opts }), [buf]);
+    return { buf: r.buf!, sealed: Buffer.from(r.sealed!), sha256: r.sha256! };
+  }
+
+  /**
+   * Opens a sealed chunk and checks that it is `length` bytes with keyed id `id`. With
+   * `write`, the plaintext is written at `write.offset` of the open file `write.fd` by the
+   * worker and not returned. `body` is transferred (the caller must not use it after).
+   * Throws Corrupt when the object fails authentication or does not decompress.
+   */
+  async open(keys: RepositoryKeys, body: ArrayBuffer, id: string, length: number, write?: { fd: number; offset: number }): Promise<Opened> {
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, body, id, length, ...(write ?? {}) }), [body]);
+    if (r.mismatch) return { ok: false, reason: 'mismatch' };
+    return r.plain ? { ok: true, plain: Buffer.from(r.plain) } : { ok: true };
+  }
+
+  /** Stops the workers; pending requests fail. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.slots.map((s, i) => {
+      this.slots[i] = undefined;
+      return s?.worker.terminate();
+    }));
+  }
+
+  private request(keys: RepositoryKeys, make: (seq: number, keyId: number) => WorkerRequest, transfer: ArrayBuffer[]): Promise<WorkerReply> {
+    if (this.closed) return Promise.reject(new Error('chunk pool is closed'));
+    const slot = this.leastBusy();
+    const keyId = this.keyIdOf(keys);
+    if (!slot.keyIds.has(keyId)) {
+      slot.worker.postMessage({ op: 'keys', keyId, encryption: keys.encryption, id: keys.id });
+      slot.keyIds.add(keyId);
+    }
+    const seq = ++this.seq;
+    return new Promise<WorkerReply>((resolve, reject) => {
+      slot.pending.set(seq, { resolve, reject });
+      if (slot.pending.size === 1) slot.worker.ref();
+      slot.worker.postMessage(make(seq, keyId), transfer);
+    });
+  }
+
+  private keyIdOf(keys: RepositoryKeys): number {
+    let id = this.keyIds.get(keys);
+    if (id === undefined) {
+      id = this.nextKeyId++;
+      this.keyIds.set(keys, id);
+    }
+    return id;
+  }
+
+  private leastBusy(): Slot {
+    let best: Slot | undefined;
+    for (let i = 0; i < this.size; i++) {
+      const s = this.slots[i] ?? (this.slots[i] = this.spawn(i));
+      if (!best || s.pending.size < best.pending.size) best = s;
+    }
+    return best!;
+  }
+
+  private spawn(index: number): Slot {
+    const worker = new Worker(WORKER_URL, { name: `lifeboat-chunk-${index}` });
+    worker.unref();
+    const slot: Slot = { worker, pending: new Map(), keyIds: new Set() };
+    worker.on('message', (r: WorkerReply) => {
+      const p = slot.pending.get(r.seq);
+      if (!p) return;
+      slot.pending.delete(r.seq);
+      if (slot.pending.size === 0) worker.unref();
+      if (r.error) p.reject(reviveError(r.error));
+      else p.resolve(r);
+    });
+    const fail = (err: unknown) => {
+      if (this.slots[index] === slot) this.slots[index] = undefined;
+      for (const p of slot.pending.values()) p.reject(err);
+      slot.pending.clear();
+    };
+    worker.on('error', (err: Error) => fail(new Error(`chunk worker ${index} failed: ${err.message}`, { cause: err })));
+    worker.on('exit', (code) => fail(new Error(`chunk worker ${index} exited with code ${code}`)));
+    return slot;
+  }
+}
+
+/** Errors cross the thread boundary as data: Corrupt stays Corrupt, others keep name, message and code. */
+function reviveError(e: { name: string; message: string; code?: string }): Error {
+  if (e.name === new Corrupt('').name) return new Corrupt(e.message);
+  const err = new Error(e.message) as Error & { code?: string };
+  err.name = e.name;
+  if (e.code) err.code = e.code;
+  return err;
+}
+
+/** One worker per core, at most 4 (the pool competes with the main thread and the HTTP stack). */
+export function defaultPoolSize(): number {
+  return Math.max(1, Math.min(4, availableParallelism()));
+}
+
+let shared: ChunkPool | undefined;
+
+/** The process-wide pool the pipelines use unless given one (created on first use). */
+export function sharedChunkPool(): ChunkPool {
+  return (shared ??= new ChunkPool());
+}

@@ -1,0 +1,64 @@
+/**
+ * A worker thread of the chunk pool (chunk-pool.ts): keyed ids, sealing (zstd +
+ * AES-256-GCM + SHA-256 of the stored object) and opening (decrypt, decompress, id check,
+ * optionally a positional write into the restore target), all synchronous here so the
+ * main thread keeps only I/O. Buffers come and go as transferred ArrayBuffers.
+ */
+import { createHash } from 'node:crypto';
+import { writeSync } from 'node:fs';
+import { parentPort } from 'node:worker_threads';
+import { chunkId, openSync, sealSync, type RepositoryKeys } from '../../core/format.ts';
+import type { WorkerReply, WorkerRequest } from './chunk-pool.ts';
+
+const port = parentPort;
+if (!port) throw new Error('chunk-worker.ts runs only as a worker thread of the chunk pool');
+
+const keyring = new Map<number, RepositoryKeys>();
+const keysFor = (keyId: number): RepositoryKeys => {
+  const k = keyring.get(keyId);
+  if (!k) throw new Error(`chunk worker has no keys ${keyId}`);
+  return k;
+};
+
+function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
+  switch (m.op) {
+    case 'hash': {
+      const id = chunkId(keysFor(m.keyId), new Uint8Array(m.buf, 0, m.length));
+      return { reply: { seq: m.seq, buf: m.buf, id }, transfer: [m.buf] };
+    }
+    case 'seal': {
+      const sealed = sealSync(keysFor(m.keyId), new Uint8Array(m.buf, 0, m.length), m.purpose, { ...(m.level === undefined ? {} : { level: m.level }), ...(m.nonce ? { nonce: m.nonce } : {}) });
+      const sha256 = createHash('sha256').update(sealed).digest('base64');
+      const out = sealed.buffer as ArrayBuffer; // sealSync's result owns its whole ArrayBuffer
+      return { reply: { seq: m.seq, buf: m.buf, sealed: out, sha256 }, transfer: [m.buf, out] };
+    }
+    case 'open': {
+      const keys = keysFor(m.keyId);
+      const plain = openSync(keys, new Uint8Array(m.body), m.id);
+      if (plain.length !== m.length || chunkId(keys, plain) !== m.id) return { reply: { seq: m.seq, mismatch: true }, transfer: [] };
+      if (m.fd !== undefined) {
+        for (let done = 0; done < plain.length;) done += writeSync(m.fd, plain, done, plain.length - done, m.offset! + done);
+        return { reply: { seq: m.seq, written: plain.length }, transfer: [] };
+      }
+      const out = new ArrayBuffer(plain.length);
+      new Uint8Array(out).set(plain);
+      return { reply: { seq: m.seq, plain: out }, transfer: [out] };
+    }
+  }
+}
+
+port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array }) => {
+  if (m.op === 'keys') {
+    keyring.set(m.keyId, Object.freeze({ encryption: Buffer.from(m.encryption), id: Buffer.from(m.id) }));
+    return;
+  }
+  try {
+    const { reply, transfer } = handle(m);
+    port.postMessage(reply, transfer);
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    // The plaintext buffer goes back even on failure, so the caller's pool keeps its size.
+    const back = m.op === 'hash' || m.op === 'seal' ? m.buf : undefined;
+    port.postMessage({ seq: m.seq, error: { name: e.name, message: e.message, ...(e.code ? { code: e.code } : {}) }, ...(back ? { buf: back } : {}) }, back ? [back] : []);
+  }
+});

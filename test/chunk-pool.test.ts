@@ -1,0 +1,134 @@
+/** The chunk pool's worker threads against the in-thread format code, and the restore paths through them. */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { chunkId, deriveKeys, keys as objectKeys, objectSha256, open, seal, sealSync } from '../core/format.ts';
+import { MemoryObjectStore } from '../core/memory-store.ts';
+import { backupDisk } from '../mover/pipeline/backup-disk.ts';
+import { ChunkPool } from '../mover/pipeline/chunk-pool.ts';
+import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
+import type { DiskReader } from '../mover/sources/source.ts';
+
+const keys = deriveKeys(randomBytes(32));
+const pool = new ChunkPool(2);
+const dirs: string[] = [];
+afterAll(async () => {
+  await pool.close();
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+const arrayBufferOf = (data: Buffer, size = data.length) => {
+  const ab = new ArrayBuffer(size);
+  new Uint8Array(ab).set(data);
+  return ab;
+};
+const text = (n: number) => Buffer.from('log line: backup volume snapshot chunk\n'.repeat(Math.ceil(n / 39))).subarray(0, n);
+const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
+const tempDir = async () => {
+  const d = await mkdtemp(join(tmpdir(), 'lifeboat-pool-'));
+  dirs.push(d);
+  return d;
+};
+
+describe('chunk pool', () => {
+  it('computes the same keyed id as chunkId, and hands the buffer back', async () => {
+    for (const data of [randomBytes(70_000), text(100_000), Buffer.alloc(1)]) {
+      const r = await pool.hash(keys, arrayBufferOf(data, data.length + 5), data.length);
+      expect(r.id).toBe(chunkId(keys, data));
+      expect(r.buf.byteLength).toBe(data.length + 5);
+    }
+  });
+
+  it('seals to the same bytes as seal and sealSync on the main thread for the same nonce', async () => {
+    const nonce = randomBytes(12);
+    for (const data of [randomBytes(50_000), text(200_000)]) {
+      const id = chunkId(keys, data);
+      const r = await pool.seal(keys, arrayBufferOf(data), data.length, id, { nonce });
+      const inThread = await seal(keys, data, id, { nonce });
+      expect(r.sealed.subarray(0, 15).toString("hex") + r.sealed.length).toBe(inThread.subarray(0, 15).toString("hex") + inThread.length);
+      expect(r.sealed.equals(inThread)).toBe(true);
+      expect(sealSync(keys, data, id, { nonce }).equals(inThread)).toBe(true);
+      expect(r.sha256).toBe(objectSha256(inThread));
+      expect((await open(keys, r.sealed, id)).equals(data)).toBe(true);
+    }
+  });
+
+  it('opens a chunk sealed on the main thread, and rejects a damaged or swapped one', async () => {
+    const data = text(300_000);
+    const id = chunkId(keys, data);
+    const sealed = await seal(keys, data, id);
+    const opened = await pool.open(keys, arrayBufferOf(sealed), id, data.length);
+    expect(opened.ok && opened.plain?.equals(data)).toBe(true);
+
+    const damaged = Buffer.from(sealed);
+    damaged[damaged.length - 20]! ^= 1;
+    await expect(pool.open(keys, arrayBufferOf(damaged), id, data.length)).rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(/failed authentication/) });
+
+    // Authentic envelope, wrong content for the id (a forged or buggy writer): the id check catches it.
+    const other = text(300_001).subarray(1);
+    const forged = await seal(keys, other, id);
+    expect(await pool.open(keys, arrayBufferOf(forged), id, data.length)).toEqual({ ok: false, reason: 'mismatch' });
+    // And a chunk of the wrong length.
+    expect(await pool.open(keys, arrayBufferOf(sealed), id, data.length - 1)).toEqual({ ok: false, reason: 'mismatch' });
+  });
+
+  it('rejects requests once closed', async () => {
+    const p = new ChunkPool(1);
+    await p.close();
+    await expect(p.hash(keys, new ArrayBuffer(4), 4)).rejects.toThrow(/closed/);
+  });
+});
+
+describe('restore through the pool', () => {
+  const CHUNK = 64 * 1024;
+
+  it('names the disk, offset and key of a chunk whose object was swapped for another authentic chunk', async () => {
+    const store = new MemoryObjectStore();
+    const data = Buffer.concat([randomBytes(CHUNK), text(CHUNK), randomBytes(CHUNK)]);
+    await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+    const id1 = chunkId(keys, data.subarray(CHUNK, 2 * CHUNK));
+    // An envelope that authenticates for id1 but holds other data.
+    store.objects.set(objectKeys.chunk(id1), await seal(keys, data.subarray(0, CHUNK), id1));
+    const target = join(await tempDir(), 'd.raw');
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target }))
+      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`disk 'd' offset ${CHUNK}: chunk ${objectKeys.chunk(id1)} does not match its id`)) });
+  });
+
+  it('writes zero chunks onto a device target, and skips them when the device is known to be zeroed', async () => {
+    const store = new MemoryObjectStore();
+    const data = Buffer.concat([randomBytes(CHUNK), Buffer.alloc(CHUNK * 2), text(CHUNK)]);
+    await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+    const dir = await tempDir();
+    // A regular file stands in for a block device holding stale data, larger than the disk.
+    const stale = Buffer.alloc(data.length + 4096, 0xaa);
+
+    const dirty = join(dir, 'dirty.dev');
+    await writeFile(dirty, stale);
+    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target: dirty, targetKind: 'device' });
+    const afterDirty = await readFile(dirty);
+    expect(afterDirty.length).toBe(stale.length); // a device is never truncated
+    expect(afterDirty.subarray(0, data.length).equals(data)).toBe(true);
+
+    const zeroed = join(dir, 'zeroed.dev');
+    await writeFile(zeroed, stale);
+    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target: zeroed, targetKind: 'device', targetZeroed: true });
+    const afterZeroed = await readFile(zeroed);
+    // The zero run was not written (the caller vouched for zeros there); the data chunks were.
+    expect(afterZeroed.subarray(CHUNK, 3 * CHUNK).every((b) => b === 0xaa)).toBe(true);
+    expect(afterZeroed.subarray(0, CHUNK).equals(data.subarray(0, CHUNK))).toBe(true);
+    expect(afterZeroed.subarray(3 * CHUNK, 4 * CHUNK).equals(data.subarray(3 * CHUNK))).toBe(true);
+  });
+
+  it('restores a file target with holes and the exact size, through the pool', async () => {
+    const store = new MemoryObjectStore();
+    const data = Buffer.concat([text(CHUNK), Buffer.alloc(CHUNK * 32), randomBytes(1000)]);
+    await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+    const target = join(await tempDir(), 'd.raw');
+    await writeFile(target, Buffer.alloc(data.length * 2, 0xaa)); // an older, longer file is replaced
+    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target });
+    expect((await readFile(target)).equals(data)).toBe(true);
+    expect((await stat(target)).blocks * 512).toBeLessThan(data.length);
+  });
+});
