@@ -1,0 +1,165 @@
+/**
+ * Restore and deep verification end to end: the embedded stack running the synthesized
+ * Restore and DeepVerify state machines, real mover processes of two groups, s3rver.
+ */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decodeManifest, keys as objectKeys } from '../core/format.ts';
+import type { DeepVerifySummary } from '../functions/deep-verify.ts';
+import type { RestoreSummary } from '../functions/restore.ts';
+import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
+import { runExecution } from '../local/client.ts';
+import { sha256File } from '../local/demo/demo.ts';
+import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { readLocalEvents } from '../local/events.ts';
+import { LOCAL_CREDENTIALS, openRepository } from '../local/stack.ts';
+import { startTestStack, type TestStack } from './helpers/stack.ts';
+
+const MiB = 1024 * 1024;
+let t: TestStack;
+let vmDir: string;
+let backupId: string;
+let recovery: RecoveryCatalog;
+
+const arn = (name: string) => {
+  const a = t.stack.endpoints.stateMachines[name];
+  if (!a) throw new Error(`no ${name} state machine; have ${Object.keys(t.stack.endpoints.stateMachines).join(', ')}`);
+  return a;
+};
+const restore = (input: unknown, name?: string) => runExecution(t.sfn, arn('Restore'), input, { pollMs: 200, ...(name ? { name } : {}) });
+const deepVerify = (input: unknown, name?: string) => runExecution(t.sfn, arn('DeepVerify'), input, { pollMs: 200, ...(name ? { name } : {}) });
+
+beforeAll(async () => {
+  // site-a backs up (it serves esx-01); the restores go through site-b, to prove the routing.
+  t = await startTestStack({ groups: { 'site-a': 1, 'site-b': 1 } });
+  const e = t.stack.endpoints;
+  recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  vmDir = join(t.dir, 'vms', 'vm-r');
+  await createVmFolder(vmDir, { name: 'vm-r', disks: [{ id: 'disk0', sizeBytes: 24 * MiB }, { id: 'disk1', sizeBytes: 8 * MiB }] }, seededRng(5));
+  await t.stack.catalog.putVm({ vmId: 'vm-r', host: 'esx-01', source: vmDir });
+  await t.stack.catalog.putPolicy({ policyId: 'p-r', vmIds: ['vm-r'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1 });
+  const b = await runExecution(t.sfn, e.backupStateMachineArn, { policyId: 'p-r' });
+  expect(b.status).toBe('SUCCEEDED');
+  backupId = (await t.stack.catalog.latestCommitted('vm-r'))!.backupId;
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+describe('Restore workflow', () => {
+  it('restores every disk and the VM config through the named mover group, byte-identical and re-hashed', async () => {
+    const target = join(t.dir, 'restored-vm');
+    const d = await restore({ vmId: 'vm-r', target, moverGroup: 'site-b' });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const s = JSON.parse(d.output!) as RestoreSummary;
+    expect(s).toMatchObject({ vmId: 'vm-r', backupId, target, verified: true, bytesRestored: 32 * MiB, vmConfigPath: join(target, 'vm.json') });
+    for (const disk of s.disks) {
+      const source = await sha256File(join(vmDir, `${disk.diskId}.raw`));
+      expect(disk.sha256, disk.diskId).toBe(source); // what the mover re-hashed after writing
+      expect(await sha256File(disk.path), disk.diskId).toBe(source); // what is on disk now
+      expect(disk.chunksVerified).toBe(disk.sizeBytes / MiB);
+    }
+    const vm = JSON.parse(await readFile(join(target, 'vm.json'), 'utf8')) as { name: string; disks: { id: string; file: string }[]; restoredFrom: { backupId: string } };
+    expect(vm.name).toBe('vm-r');
+    expect(vm.disks.map((x) => x.file)).toEqual(['disk0.raw', 'disk1.raw']);
+    expect(vm.restoredFrom.backupId).toBe(backupId);
+    // Only site-b's mover did restore work, and it reported progress.
+    const restorers = new Set(t.logs.filter((l) => l.event === 'task.succeeded' && String(l.task).startsWith('restore')).map((l) => l.mover));
+    expect([...restorers]).toEqual(['site-b-mover-1']);
+    expect(t.logs.some((l) => l.event === 'restore.progress' && l.restoreId === s.restoreId && l.phase === 'write')).toBe(true);
+    expect(await recovery.getRecord('RESTORE', s.restoreId)).toMatchObject({ status: 'succeeded', summary: { backupId } });
+  });
+
+  it('restores a single disk to a file path', async () => {
+    const target = join(t.dir, 'one', 'disk1.img');
+    const d = await restore({ vmId: 'vm-r', backupId, diskId: 'disk1', target, moverGroup: 'site-a' });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const s = JSON.parse(d.output!) as RestoreSummary;
+    expect(s.disks.map((x) => x.diskId)).toEqual(['disk1']);
+    expect(s.vmConfigPath).toBeNull();
+    expect(await sha256File(target)).toBe(await sha256File(join(vmDir, 'disk1.raw')));
+    expect((await stat(join(t.dir, 'one', 'vm.json')).catch(() => undefined))).toBeUndefined();
+  });
+
+  it('fails with a cause naming a disk the backup does not have', async () => {
+    const d = await restore({ vmId: 'vm-r', diskId: 'disk9', target: join(t.dir, 'x.img'), moverGroup: 'site-a' });
+    expect(d.status).toBe('FAILED');
+    expect(d.error).toBe('Recovery.RequestInvalid');
+    expect(d.cause).toContain("no disk 'disk9'");
+    expect(d.cause).toContain("'disk0', 'disk1'");
+  });
+
+  it('fails a restore routed to a mover group the deployment does not have, and records it', async () => {
+    const d = await restore({ vmId: 'vm-r', target: join(t.dir, 'nowhere'), moverGroup: 'no-such-group' }, 'restore-bad-group');
+    expect(d.status).toBe('FAILED');
+    expect(d.error).toBe('Lifeboat.UnknownMoverGroup');
+    expect(d.cause).toContain('site-a');
+    expect(await recovery.getRecord('RESTORE', 'restore-bad-group')).toMatchObject({ status: 'failed', error: { Error: 'Lifeboat.UnknownMoverGroup' } });
+  });
+
+  it('rejects an input with an unknown field, naming it', async () => {
+    const d = await restore({ vmId: 'vm-r', target: join(t.dir, 'y'), moverGroup: 'site-a', disk: 'disk0' });
+    expect(d.status).toBe('FAILED');
+    expect(d.error).toBe('Function.BadInput');
+    expect(d.cause).toContain('disk');
+  });
+});
+
+describe('Deep verify workflow', () => {
+  it('reads back every chunk of an intact backup and finds nothing', async () => {
+    const d = await deepVerify({ vmId: 'vm-r', moverGroup: 'site-a' });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const s = JSON.parse(d.output!) as DeepVerifySummary;
+    expect(s).toMatchObject({ backupId, damaged: false, findings: [], sample: 1 });
+    expect(s.chunksTotal).toBeGreaterThan(10);
+    expect(s.chunksChecked).toBe(s.chunksTotal);
+  });
+
+  it('reads back only a sample when asked', async () => {
+    const d = await deepVerify({ vmId: 'vm-r', moverGroup: 'site-a', sample: 0.3 }, 'verify-sample-fixed-name');
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const s = JSON.parse(d.output!) as DeepVerifySummary;
+    expect(s.chunksChecked).toBeGreaterThan(0);
+    expect(s.chunksChecked).toBeLessThan(s.chunksTotal);
+  });
+
+  it('finds a bit flipped in one stored chunk, names it, marks the backup damaged and emits an event', async () => {
+    const { store, keys } = await openRepository(t.stack.endpoints);
+    const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0');
+    const index = manifest.chunks.findIndex((c, i) => c !== null && i > 0);
+    expect(index).toBeGreaterThan(0);
+    const id = manifest.chunks[index]!;
+    const key = objectKeys.chunk(id);
+    const body = (await store.get(key))!;
+    body[Math.floor(body.length / 2)]! ^= 0x10;
+    await store.put(key, body);
+
+    const d = await deepVerify({ vmId: 'vm-r', backupId, moverGroup: 'site-b' });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const s = JSON.parse(d.output!) as DeepVerifySummary;
+    expect(s.damaged).toBe(true);
+    const f = s.findings.find((x) => x.diskId === 'disk0');
+    expect(f).toMatchObject({ backupId, diskId: 'disk0', objectKey: key });
+    expect(f!.offsets).toContain(index * MiB);
+    expect(f!.reason).toContain('failed authentication');
+    // Only that object is damaged (it may back the same data on both disks).
+    expect(new Set(s.findings.map((x) => x.objectKey))).toEqual(new Set([key]));
+
+    const b = await t.stack.catalog.getBackup('vm-r', backupId);
+    expect(b?.status).toBe('damaged');
+    expect((b as unknown as { damage: { findings: { objectKey: string }[] } }).damage.findings[0]!.objectKey).toBe(key);
+    const events = (await readLocalEvents(t.stack.endpoints.dataDir)).filter((e) => e.detailType === 'Lifeboat Backup Damaged');
+    expect(events).toHaveLength(1);
+    expect(events[0]!.detail).toMatchObject({ vmId: 'vm-r', backupId, findings: expect.arrayContaining([expect.objectContaining({ objectKey: key, diskId: 'disk0' })]) });
+    expect((events[0]!.detail as { message: string }).message).toContain(key);
+
+    // A damaged backup is no longer offered for restore, nor used as a parent.
+    const r = await restore({ vmId: 'vm-r', backupId, target: join(t.dir, 'from-damaged'), moverGroup: 'site-a' });
+    expect(r.status).toBe('FAILED');
+    expect(r.cause).toContain('damaged');
+    expect(await t.stack.catalog.latestCommitted('vm-r')).toBeUndefined();
+  });
+});
