@@ -4,6 +4,7 @@
  * counts against. Hosts, groups and limits come from the configuration (SyncConfig).
  */
 import middy from '@middy/core';
+import { createHash } from 'node:crypto';
 import { PolicyNotFound } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
 import { MIN_MOVER_VERSION } from '../core/version.ts';
@@ -25,9 +26,15 @@ export interface PlanOutput {
 /** Disks above this size are transferred in segments by several movers at once (config: policies[].segmentSizeGiB). */
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 ** 3;
 
-/** Backup ids sort by time: the catalog lists a VM's backups newest first. */
-export function newBackupId(now: Date, runId: string): string {
-  return `${now.toISOString().replace(/[-:.]/g, '')}-${runId.slice(-8)}`;
+/**
+ * Backup ids sort by time (the catalog lists a VM's backups newest first) and are unique
+ * per VM: the repository keys a backup's manifests and VM config by backup id alone, so
+ * two VMs of one run must never share one. The VM's part is a hash: any VM id is safe in
+ * an object key.
+ */
+export function newBackupId(now: Date, runId: string, vmId: string): string {
+  const vm = createHash('sha256').update(vmId).digest('hex').slice(0, 8);
+  return `${now.toISOString().replace(/[-:.]/g, '')}-${runId.slice(-8)}-${vm}`;
 }
 
 /** The policy's VMs: those named by id, then those on its hosts, each once. */
@@ -51,7 +58,6 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
   const policy = await deps.catalog.getPolicy(input.policyId);
   if (!policy) throw new PolicyNotFound(input.policyId);
   const now = deps.now();
-  const backupId = newBackupId(now, input.runId);
   const vms: VmJob[] = [];
   const hosts = new Map<string, Host | undefined>();
   for (const vmId of await selectVms(policy, deps.catalog)) {
@@ -60,6 +66,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
     if (!hosts.has(vm.host)) hosts.set(vm.host, await deps.catalog.getHost(vm.host));
     const host = hosts.get(vm.host);
     if (!host) throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
+    const backupId = newBackupId(now, input.runId, vmId);
     const parent = await deps.catalog.latestCommitted(vmId);
     const job: VmJob = {
       runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: host.moverGroup, source: vm.source,

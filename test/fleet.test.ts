@@ -62,6 +62,9 @@ describe('Plan', () => {
     expect(Object.keys(byVm).sort()).toEqual(['db-01', 'web-01']);
     expect(byVm['web-01']).toMatchObject({ moverGroup: 'site-a', slotScopes: [{ scope: 'host:esx-01', limit: 2 }, { scope: 'datastore:esx-01/ds-ssd-01', limit: 2 }] });
     expect(byVm['db-01']).toMatchObject({ moverGroup: 'site-b', slotScopes: [{ scope: 'host:esx-03', limit: 2 }] }); // min(host 4, policy 2)
+    // Manifests are keyed by backup id and disk id: two VMs of one run never share a backup id.
+    expect(byVm['web-01']!.backupId).toMatch(/^20261123T013000000Z-run-0001-[0-9a-f]{8}$/);
+    expect(byVm['web-01']!.backupId).not.toBe(byVm['db-01']!.backupId);
   });
 
   it('a VM moved to another host leaves the old host\'s selection', async () => {
