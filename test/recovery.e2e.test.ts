@@ -4,7 +4,9 @@
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { readFile, stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeManifest, keys as objectKeys } from '../core/format.ts';
@@ -105,6 +107,34 @@ describe('Restore workflow', () => {
     expect(d.status).toBe('FAILED');
     expect(d.error).toBe('Function.BadInput');
     expect(d.cause).toContain('disk');
+  });
+});
+
+describe('lifeboat restore (command line)', () => {
+  const cli = async (args: string[]) => {
+    const file = join(t.dir, 'endpoints.json');
+    await writeFile(file, JSON.stringify(t.stack.endpoints));
+    return promisify(execFile)(process.execPath, ['cli/lifeboat.ts', ...args, '--endpoints', file]).then(
+      (r) => ({ code: 0, ...r }),
+      (err: { code: number; stdout: string; stderr: string }) => ({ code: err.code, stdout: err.stdout, stderr: err.stderr }),
+    );
+  };
+
+  it('restores a disk and prints its path and SHA-256', async () => {
+    const target = join(t.dir, 'cli', 'disk0.img');
+    const r = await cli(['restore', '--vm', 'vm-r', '--disk', 'disk0', '--target', target, '--group', 'site-b']);
+    expect(r.code, r.stderr).toBe(0);
+    const source = await sha256File(join(vmDir, 'disk0.raw'));
+    expect(r.stdout).toContain(`restored backup ${backupId} of VM vm-r`);
+    expect(r.stdout).toContain(`${target}  24.0 MiB  sha256 ${source}`);
+    expect(await sha256File(target)).toBe(source);
+  });
+
+  it('exits 1 with the workflow\'s cause when the request is wrong', async () => {
+    const r = await cli(['restore', '--vm', 'vm-r', '--disk', 'disk9', '--target', join(t.dir, 'cli', 'x.img'), '--group', 'site-a']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("Restore FAILED: Recovery.RequestInvalid: backup '");
+    expect(r.stderr).toContain("no disk 'disk9'");
   });
 });
 

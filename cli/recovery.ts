@@ -1,0 +1,108 @@
+/**
+ * `lifeboat restore` and `lifeboat verify`: start the Restore or DeepVerify workflow on a
+ * running stack (its endpoints file, written by `lifeboat up`), wait, print the outcome.
+ */
+import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { DeepVerifySummary } from '../functions/deep-verify.ts';
+import type { RestoreSummary } from '../functions/restore.ts';
+import { runExecution, sfnClient } from '../local/client.ts';
+import type { StackEndpoints } from '../local/stack.ts';
+
+interface Out {
+  out(line: string): void;
+  status?(line: string): void;
+}
+
+async function endpoints(opts: { dataDir: string; endpoints?: string }): Promise<StackEndpoints> {
+  const file = opts.endpoints ? resolve(opts.endpoints) : join(resolve(opts.dataDir), 'endpoints.json');
+  let e: StackEndpoints;
+  try {
+    e = JSON.parse(await readFile(file, 'utf8')) as StackEndpoints;
+  } catch (err) {
+    throw new Error(`cannot read the stack's endpoints from ${file} (${(err as Error).message}); start the stack with \`lifeboat up\` first`);
+  }
+  return e;
+}
+
+function machine(e: StackEndpoints, name: string): string {
+  const arn = e.stateMachines?.[name];
+  if (!arn) throw new Error(`the running stack has no ${name} workflow (it has ${Object.keys(e.stateMachines ?? {}).join(', ') || 'none'}); restart it with this version`);
+  return arn;
+}
+
+const GiB = 1024 ** 3;
+const size = (n: number) => (n >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
+
+/** A Lambda failure's cause is `{ errorType, errorMessage }` JSON: show the message. */
+function lambdaMessage(cause: string): string {
+  try {
+    const c = JSON.parse(cause) as { errorMessage?: unknown };
+    if (typeof c?.errorMessage === 'string') return c.errorMessage;
+  } catch {
+    // not JSON: a mover's or a Fail state's cause, shown as is
+  }
+  return cause;
+}
+
+async function run(e: StackEndpoints, workflow: string, input: Record<string, unknown>, io: Out) {
+  const started = Date.now();
+  const d = await runExecution(sfnClient(e), machine(e, workflow), input, {
+    pollMs: 500,
+    onPoll: () => io.status?.(`${workflow} running… ${Math.round((Date.now() - started) / 1000)} s`),
+  });
+  if (d.status !== 'SUCCEEDED') throw new Error(`${workflow} ${d.status}: ${d.error ?? ''}: ${lambdaMessage(d.cause ?? '')}`);
+  return { output: JSON.parse(d.output ?? 'null') as unknown, seconds: (Date.now() - started) / 1000, executionArn: d.executionArn! };
+}
+
+/** Runs a command's body; a failure prints its message (no stack) and exits 1. */
+const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => async (...args: A) => {
+  try {
+    await fn(...args);
+  } catch (err) {
+    process.stderr.write(`lifeboat: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  }
+};
+
+export function registerRecoveryCommands(program: Command, defaultDataDir: string, io: Out): void {
+  program
+    .command('restore')
+    .description('restore a VM (every disk and its config, into a folder) or one disk (into a file) through a mover group; every chunk is re-hashed after writing')
+    .requiredOption('--vm <id>', 'the VM')
+    .requiredOption('--target <path>', 'absolute path on the mover: a folder for a whole VM, a file for --disk')
+    .requiredOption('--group <id>', 'the mover group that restores')
+    .option('--backup <id>', 'the backup (default: the newest committed)')
+    .option('--disk <id>', 'restore only this disk')
+    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
+    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; dataDir: string; endpoints?: string }) => {
+      const e = await endpoints(opts);
+      const input = { vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}) };
+      const { output, seconds } = await run(e, 'Restore', input, io);
+      const s = output as RestoreSummary;
+      io.out(`restored backup ${s.backupId} of VM ${s.vmId} in ${seconds.toFixed(1)} s (${size(s.bytesRestored)} written, ${size(s.bytesDownloaded)} downloaded)`);
+      for (const d of s.disks) io.out(`  ${d.diskId}  ${d.path}  ${size(d.sizeBytes)}  sha256 ${d.sha256}  ${d.chunksVerified} chunks re-hashed`);
+      if (s.vmConfigPath) io.out(`  VM config: ${s.vmConfigPath}`);
+    }));
+
+  program
+    .command('verify')
+    .description('deep-verify a backup: a mover reads back all (or a sample of) its chunks, decrypts them and checks their ids')
+    .requiredOption('--vm <id>', 'the VM')
+    .requiredOption('--group <id>', 'the mover group that reads the chunks')
+    .option('--backup <id>', 'the backup (default: the newest committed)')
+    .option('--sample <fraction>', 'fraction of chunks to read, in (0, 1]', (v) => Number(v))
+    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
+    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
+    .action(guarded(async (opts: { vm: string; group: string; backup?: string; sample?: number; dataDir: string; endpoints?: string }) => {
+      const e = await endpoints(opts);
+      const input = { vmId: opts.vm, moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.sample !== undefined ? { sample: opts.sample } : {}) };
+      const { output, seconds } = await run(e, 'DeepVerify', input, io);
+      const s = output as DeepVerifySummary;
+      io.out(`backup ${s.backupId} of VM ${s.vmId}: ${s.chunksChecked} of ${s.chunksTotal} chunks read back (${size(s.bytesRead)}) in ${seconds.toFixed(1)} s: ${s.damaged ? 'DAMAGED' : 'intact'}`);
+      for (const f of s.findings) io.out(`  damaged: disk ${f.diskId} offset ${f.offsets.join(', ') || '-'} object ${f.objectKey}: ${f.reason}`);
+      if (s.damaged) process.exitCode = 3;
+    }));
+}
