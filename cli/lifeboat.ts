@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { runDemo } from '../local/demo/demo.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
+import { registerLifecycleCommands } from './lifecycle.ts';
 
 const DEFAULT_DATA_DIR = resolve(import.meta.dirname, '..', '.lifeboat');
 
@@ -57,5 +58,7 @@ program
     await Promise.all(movers.map((m) => m.stop()));
     await stack.stop();
   });
+
+registerLifecycleCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 
 await program.parseAsync();

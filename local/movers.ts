@@ -3,6 +3,8 @@
  * (mover/main.ts) as separate child processes, configured as an appliance would be.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { StackEndpoints } from './stack.ts';
@@ -38,6 +40,11 @@ export function startMover(e: StackEndpoints, opts: { name: string; group: strin
       LIFEBOAT_KEY_FILE: e.keyFile,
       LIFEBOAT_MOVER_NAME: opts.name,
       LIFEBOAT_MOVER_SLOTS: String(opts.slots ?? 2),
+      LIFEBOAT_MOVER_GROUP: opts.group,
+      // Registers in the stack's repository; installs releases under the data folder.
+      LIFEBOAT_BUCKET: e.bucket,
+      LIFEBOAT_MOVER_HOME: join(e.dataDir, 'movers', opts.name),
+      ...(existsSync(join(e.dataDir, 'release.pub')) ? { LIFEBOAT_RELEASE_PUBLIC_KEY_FILE: join(e.dataDir, 'release.pub') } : {}),
       ...opts.env,
     },
   });

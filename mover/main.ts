@@ -6,18 +6,30 @@
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
- * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new ones.
+ *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
+ *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
+ *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
+ *   LIFEBOAT_RELEASE_PUBLIC_KEY_FILE or LIFEBOAT_RELEASE_PUBLIC_KEY (PEM): the key releases must be signed with
+ * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new
+ * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
+ * A job that needs a newer mover makes it upgrade itself first (mover/upgrade.ts).
  */
 import { SFNClient } from '@aws-sdk/client-sfn';
-import { hostname } from 'node:os';
+import { homedir, hostname } from 'node:os';
+import { join } from 'node:path';
+import { CannotUpgrade } from '../core/errors.ts';
+import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { FolderDriver } from './sources/folder.ts';
-import { taskHandler } from './tasks.ts';
-import { MoverWorker, type Logger } from './worker.ts';
+import { Registration } from './registration.ts';
+import { TASK_KINDS, taskHandler } from './tasks.ts';
+import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
+import { MOVER_VERSION } from './version.ts';
+import { MoverWorker, type Logger, type Restart } from './worker.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;
@@ -39,9 +51,31 @@ function positiveInt(name: string, fallback: string): number {
 
 const name = env('LIFEBOAT_MOVER_NAME', `${hostname()}-${process.pid}`);
 const logger: Logger = {
-  info: (event, fields) => process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, level: 'info', event, ...fields }) + '\n'),
-  error: (event, fields) => process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, level: 'error', event, ...fields }) + '\n'),
+  info: (event, fields) => process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, version: MOVER_VERSION, level: 'info', event, ...fields }) + '\n'),
+  error: (event, fields) => process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, version: MOVER_VERSION, level: 'error', event, ...fields }) + '\n'),
 };
+if (!isMoverName(name)) {
+  process.stderr.write(`lifeboat-mover: LIFEBOAT_MOVER_NAME=${name} must be 1-128 letters, digits, '.', '-' or '_' (it names the mover's registration object)\n`);
+  process.exit(2);
+}
+
+// Self-update: the release public key, the home folder, and a restarted appliance that
+// was upgraded before runs its installed release, not the program it was installed as.
+let releaseKey: ReturnType<typeof releasePublicKeyFromEnv>;
+try {
+  releaseKey = releasePublicKeyFromEnv(process.env);
+} catch (err) {
+  process.stderr.write(`lifeboat-mover: ${(err as Error).message}\n`);
+  process.exit(2);
+}
+const home = process.env.LIFEBOAT_MOVER_HOME || join(homedir(), '.lifeboat-mover');
+const handover = takeHandover(process.env);
+const installed = await installedUpgrade(home, MOVER_VERSION, releaseKey, logger);
+if (installed) {
+  logger.info('upgrade.boot', { from: MOVER_VERSION, to: installed.version, program: installed.program });
+  reexec(installed, home, handover);
+}
+const upgrader = new Upgrader({ home, currentVersion: MOVER_VERSION, publicKey: releaseKey, logger });
 
 const region = process.env.AWS_REGION ?? 'us-east-1';
 const localCreds = LOCAL_ENDPOINT_CREDENTIALS;
@@ -72,20 +106,85 @@ const repository = (bucket: string) => {
   return r;
 };
 
+const activityArn = env('LIFEBOAT_ACTIVITY_ARN');
+const group = env('LIFEBOAT_MOVER_GROUP', /-mover-([a-z0-9-]+)$/.exec(activityArn)?.[1] ?? activityArn.split(':').pop());
+const slots = positiveInt('LIFEBOAT_MOVER_SLOTS', '2');
+const graceMs = positiveInt('LIFEBOAT_SHUTDOWN_GRACE_MS', '600000');
+const registryBucket = process.env.LIFEBOAT_BUCKET;
+const registration = registryBucket
+  ? new Registration({
+    store: withRetry(new S3ObjectStore(s3, registryBucket)),
+    logger,
+    record: {
+      name, group, activityArn, version: MOVER_VERSION, capabilities: { sources: ['folder'], tasks: [...TASK_KINDS] },
+      slots, hostname: hostname(), pid: process.pid, heartbeatSeconds: positiveInt('LIFEBOAT_REGISTRATION_SECONDS', '60'),
+    },
+  })
+  : undefined;
+if (!registration) logger.info('registration.disabled', { reason: 'LIFEBOAT_BUCKET is not set' });
+
+// A task whose job needs a newer mover: install the signed release, then hand the task over to it.
+const admit = async (input: unknown): Promise<Restart | undefined> => {
+  const min = upgradeNeeded(input, MOVER_VERSION);
+  if (!min) return undefined;
+  const bucket = (input as { job: { repository?: { bucket?: string } } }).job.repository?.bucket;
+  if (!bucket) throw new CannotUpgrade(`the job needs mover ${min} but names no repository bucket to fetch the release from`);
+  logger.info('upgrade.needed', { from: MOVER_VERSION, min, bucket });
+  await registration?.set('upgrading', { upgradingTo: min });
+  try {
+    const release = await upgrader.ensure(withRetry(new S3ObjectStore(s3, bucket)), bucket, min);
+    return (tasks) => {
+      try {
+        reexec(release, home, tasks);
+      } catch (err) {
+        throw new CannotUpgrade(`release ${release.version} is installed at ${release.program} but the mover could not restart into it: ${(err as Error).message}`, err);
+      }
+    };
+  } catch (err) {
+    logger.error('upgrade.refused', { min, error: (err as Error).message });
+    await registration?.set('running');
+    throw err;
+  }
+};
+
+let running = 0;
+const handler = taskHandler({ driver: new FolderDriver(), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8') });
 const worker = new MoverWorker({
   sfn,
-  activityArn: env('LIFEBOAT_ACTIVITY_ARN'),
+  activityArn,
   workerName: name,
-  slots: positiveInt('LIFEBOAT_MOVER_SLOTS', '2'),
+  slots,
   logger,
   heartbeatMs: positiveInt('LIFEBOAT_HEARTBEAT_MS', '5000'),
-  handler: taskHandler({ driver: new FolderDriver(), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8') }),
+  admit,
+  resume: handover,
+  shutdownGraceMs: graceMs,
+  handler: async (input, ctx) => {
+    registration?.tasks(++running);
+    try {
+      return await handler(input, ctx);
+    } finally {
+      registration?.tasks(--running);
+    }
+  },
 });
 
+let draining: Promise<boolean> | undefined;
 for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   process.once(sig, () => {
-    logger.info('worker.draining', { signal: sig });
-    void worker.drain();
+    logger.info('worker.draining', { signal: sig, graceMs });
+    void registration?.set('draining');
+    draining = worker.drain();
+    // A handler that ignores its abort signal must not keep the mover alive.
+    setTimeout(() => {
+      logger.error('worker.forced_exit', { graceMs });
+      process.exit(1);
+    }, graceMs + 5000).unref();
   });
 }
+await registration?.start();
 await worker.run();
+const inTime = (await draining) ?? true;
+await registration?.set('stopped', { tasksInFlight: 0 });
+logger.info('worker.exit', { code: inTime ? 0 : 1 });
+process.exit(inTime ? 0 : 1);

@@ -16,6 +16,12 @@ export interface TaskDeps {
   parallelism: number;
 }
 
+/**
+ * The task kinds this mover runs, announced in its registration (mover/registration.ts).
+ * Keep it in step with the `switch` below when adding a kind.
+ */
+export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot'];
+
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
     // Restore and deep verification tasks carry no VM job (mover/recovery/).
