@@ -99,6 +99,8 @@ const configSchema = z.object({
     endpoint: z.url({ error: 'must be an http(s) URL of an S3-compatible endpoint' }).optional(),
   }).strict()).min(1, 'configure at least one repository (the first is the stack\'s own bucket)'),
   policies: z.array(policy),
+  /** Workflow-wide limits: VMs of one run backed up at once (hosts' slots still apply). */
+  backup: z.object({ vmConcurrency: count(1000).optional(), dispatchConcurrency: count(256).optional() }).strict().optional(),
   notifications: z.object({ emails: z.array(z.email({ error: 'must be an email address' })) }).strict().optional(),
 }).strict().superRefine((c, ctx) => {
   const dup = (items: { id: string }[], key: string) => {

@@ -18,7 +18,7 @@ export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
   /** Activities of the mover groups that take backups, by group id: a VM's work goes to the group serving its host. */
   activities: Record<string, sfn.IActivity>;
-  /** VMs backed up at once in one run. */
+  /** VMs backed up at once in one run (default 8; the hosts' slot limits still apply). */
   vmConcurrency?: number;
   /** Disks (or disk segments) transferred at once per VM. */
   dispatchConcurrency?: number;
@@ -122,7 +122,7 @@ export class BackupWorkflow extends Construct {
       .next(verify).next(commit).next(releaseSlot).next(vmDone);
     const backupVms = new sfn.Map(this, 'BackupVms', {
       itemsPath: '$.vms',
-      maxConcurrency: props.vmConcurrency ?? 4,
+      maxConcurrency: props.vmConcurrency ?? 8,
       resultPath: '$.results',
     });
     backupVms.itemProcessor(perVm);

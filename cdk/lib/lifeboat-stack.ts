@@ -1,21 +1,36 @@
 /**
- * The Lifeboat control plane: catalog table, repository bucket, the Lambda functions,
- * one Activity per mover group and the Backup workflow.
+ * The Lifeboat control plane: catalog table, repository buckets and their KMS keys, the
+ * Lambda functions, one Activity and IAM role per mover group, the workflows, one
+ * schedule per policy, the deploy-time custom resource (repository key, configuration
+ * into the catalog), alarms and a dashboard.
  */
-import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, CustomResource, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import type * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
-import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import * as cr from 'aws-cdk-lib/custom-resources';
 import type { Construct } from 'constructs';
 import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
 import type { LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
+import { accessStatements, functionAccess } from './function-access.ts';
+import { Monitoring } from './monitoring.ts';
+import { MoverIdentity } from './mover-identity.ts';
+import { acknowledge } from './nag.ts';
+import { RepositoryStorage } from './repository-storage.ts';
+import { PolicySchedules } from './schedules.ts';
 import { addRecoveryWorkflows } from './recovery-workflows.ts';
 
 const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Powertools service name and metrics namespace of every function (alarms read the same). */
+export const SERVICE_NAME = 'lifeboat';
+export const metricsNamespace = (stackName: string) => `Lifeboat/${stackName}`;
 
 export interface LifeboatStackProps extends StackProps {
   /** The validated deployment configuration (core/config.ts): groups, hosts, repositories, policies. */
@@ -25,6 +40,13 @@ export interface LifeboatStackProps extends StackProps {
 export class LifeboatStack extends Stack {
   readonly table: dynamodb.TableV2;
   readonly bucket: s3.Bucket;
+  readonly repositoryKey: kms.Key;
+  /** Storage of every repository this stack creates (those without an `endpoint`), by id. */
+  readonly repositories: Record<string, RepositoryStorage> = {};
+  readonly functions: Record<LambdaFunctionId, lambda.IFunction>;
+  readonly moverRoles: Record<string, MoverIdentity> = {};
+  readonly schedules: PolicySchedules;
+  readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
   readonly activities: Record<string, sfn.Activity>;
 
@@ -41,17 +63,21 @@ export class LifeboatStack extends Stack {
       removalPolicy: RemovalPolicy.RETAIN,
     });
 
-    this.bucket = new s3.Bucket(this, 'Repository', {
-      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
-      enforceSSL: true,
-      encryption: s3.BucketEncryption.S3_MANAGED,
-      versioned: true,
-      removalPolicy: RemovalPolicy.RETAIN,
-      lifecycleRules: [{ abortIncompleteMultipartUploadAfter: Duration.days(7) }],
+    const config = props.config;
+    const primary = config.repositories[0]!;
+    if (primary.endpoint) throw new Error(`repositories[0].endpoint = ${JSON.stringify(primary.endpoint)}: the first repository is the stack's own S3 bucket; list an external S3-compatible repository after it`);
+    config.repositories.forEach((r, i) => {
+      if (!r.endpoint) this.repositories[r.id] = new RepositoryStorage(this, i === 0 ? 'Repository' : `Repository-${r.id}`, { repository: r });
     });
+    this.bucket = this.repositories[primary.id]!.bucket;
+    this.repositoryKey = this.repositories[primary.id]!.key;
+    const stored = Object.values(this.repositories).map((r) => ({ bucket: r.bucket, key: r.key }));
+    /** Bucket per repository id; an external repository's bucket is named like its id. */
+    const buckets = Object.fromEntries(config.repositories.map((r) => [r.id, this.repositories[r.id]?.bucket.bucketName ?? r.id]));
 
     const functions = {} as Record<LambdaFunctionId, lambda.IFunction>;
     for (const [fid, def] of Object.entries(lambdaFunctions) as [LambdaFunctionId, (typeof lambdaFunctions)[LambdaFunctionId]][]) {
+      const access = functionAccess[fid];
       const f = new nodejs.NodejsFunction(this, fid, {
         entry: `${projectRoot}${def.entry}`,
         handler: def.handler,
@@ -60,24 +86,67 @@ export class LifeboatStack extends Stack {
         projectRoot,
         depsLockFilePath: `${projectRoot}package-lock.json`,
         bundling: { format: nodejs.OutputFormat.ESM, target: 'node24', minify: true, sourceMap: true },
-        environment: { CATALOG_TABLE: this.table.tableName, LIFEBOAT_FUNCTION: fid },
+        environment: {
+          CATALOG_TABLE: this.table.tableName, LIFEBOAT_FUNCTION: fid, REPOSITORY_KMS_KEY_ID: this.repositoryKey.keyArn,
+          POWERTOOLS_SERVICE_NAME: SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE: metricsNamespace(this.stackName), POWERTOOLS_LOG_LEVEL: 'INFO',
+        },
+        timeout: Duration.seconds(access?.timeoutSeconds ?? 60),
+        memorySize: access?.memoryMiB ?? 512,
+        tracing: lambda.Tracing.ACTIVE,
+        logGroup: new logs.LogGroup(this, `${fid}Logs`, { retention: logs.RetentionDays.THREE_MONTHS, removalPolicy: RemovalPolicy.DESTROY }),
       });
-      this.table.grantReadWriteData(f);
+      for (const s of accessStatements(access, { table: this.table, repositories: stored })) f.addToRolePolicy(s);
       functions[fid] = f;
     }
-    this.bucket.grantRead(functions.Verify);
+    this.functions = functions;
 
     this.activities = Object.fromEntries(moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]));
     // Only groups that serve hosts take backups; a DR-only group restores and replicates.
     const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
-    this.backup = new BackupWorkflow(this, 'Backup', { functions, activities: backupGroups });
+    this.backup = new BackupWorkflow(this, 'Backup', {
+      functions, activities: backupGroups,
+      ...(props.config.backup?.vmConcurrency ? { vmConcurrency: props.config.backup.vmConcurrency } : {}),
+      ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
+    });
     // Restore, deep verify (and prune): any group may restore or verify, the execution names it.
     addRecoveryWorkflows(this, { functions, activities: this.activities });
 
+    // --- movers: one least-privilege role per group ------------------------------------------
+    for (const g of config.moverGroups) {
+      this.moverRoles[g.id] = new MoverIdentity(this, `Mover-${g.id}`, { group: g, activity: this.activities[g.id]!, repositories: stored });
+    }
+
+    // --- schedules: one per policy, starting the Backup workflow ------------------------------
+    this.schedules = new PolicySchedules(this, 'Schedules', { policies: config.policies, backup: this.backup.stateMachine });
+
+    // --- on every deploy: the repository key exists, the catalog holds this configuration ----
+    const provider = new cr.Provider(this, 'DeployProvider', {
+      onEventHandler: functions.OnDeploy,
+      logGroup: new logs.LogGroup(this, 'DeployProviderLogs', { retention: logs.RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY }),
+    });
+    const deployment = new CustomResource(this, 'Deployment', {
+      serviceToken: provider.serviceToken,
+      resourceType: 'Custom::LifeboatDeployment',
+      properties: { configJson: JSON.stringify(config), buckets, primaryBucket: this.bucket.bucketName },
+    });
+    deployment.node.addDependency(this.table);
+    acknowledge(provider, 'The custom resource provider framework is AWS-maintained code: its runtime and its basic execution role (AWSLambdaBasicExecutionRole) are chosen by aws-cdk-lib, and it may invoke only the OnDeploy function (any version, hence :*).',
+      'AwsSolutions-L1', 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]');
+
+    // --- alarms and dashboard: keep this after every workflow (it covers all state machines) ----
+    this.monitoring = new Monitoring(this, 'Monitoring', {
+      config, metricsNamespace: metricsNamespace(this.stackName), serviceName: SERVICE_NAME,
+      activities: this.activities, functions, deadLetterQueue: this.schedules.deadLetterQueue,
+    });
+
     new CfnOutput(this, 'CatalogTableName', { value: this.table.tableName });
-    new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName });
+    new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName, description: 'The primary repository (LIFEBOAT_BUCKET for tools; jobs carry their bucket)' });
+    new CfnOutput(this, 'RepositoryKeyArn', { value: this.repositoryKey.keyArn, description: 'KMS key that wraps the repository key: the mover\'s LIFEBOAT_KMS_KEY_ID' });
     new CfnOutput(this, 'BackupStateMachineArn', { value: this.backup.stateMachine.stateMachineArn });
-    for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn });
+    new CfnOutput(this, 'AlarmTopicArn', { value: this.monitoring.topic.topicArn });
+    new CfnOutput(this, 'DashboardName', { value: this.monitoring.dashboard.dashboardName });
+    for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn, description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN` });
+    for (const [g, m] of Object.entries(this.moverRoles)) new CfnOutput(this, `MoverRoleArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: m.role.roleArn, description: `Mover group '${g}': the role its movers assume` });
   }
 }
 
