@@ -59,3 +59,15 @@ export function compareVersions(a: string, b: string): number {
   }
   return 0;
 }
+
+/**
+ * The minimum mover version Plan writes into each job: LIFEBOAT_MIN_MOVER_VERSION when
+ * set (a control-plane setting, e.g. to roll movers forward to a newer published release
+ * before the control plane itself changes), else {@link MIN_MOVER_VERSION}.
+ */
+export function minMoverVersion(env: NodeJS.ProcessEnv = process.env): string {
+  const v = env.LIFEBOAT_MIN_MOVER_VERSION;
+  if (v === undefined || v === '') return MIN_MOVER_VERSION;
+  if (!isVersion(v)) throw new Error(`LIFEBOAT_MIN_MOVER_VERSION=${v} is not a version (expected major.minor.patch, e.g. 1.4.2)`);
+  return v;
+}

@@ -7,7 +7,7 @@ import middy from '@middy/core';
 import { createHash } from 'node:crypto';
 import { PolicyNotFound } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
-import { MIN_MOVER_VERSION } from '../core/version.ts';
+import { minMoverVersion } from '../core/version.ts';
 import type { SlotScope, VmJob } from '../core/jobs.ts';
 import type { Catalog, Host, Policy, Vm } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -73,7 +73,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
       repository: { bucket: policy.bucket, chunkSize: policy.chunkSize },
       parentBackupId: parent?.backupId ?? null,
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
-      slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: MIN_MOVER_VERSION,
+      slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),
       segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
     };
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });

@@ -75,9 +75,15 @@ export interface UpgraderOptions {
   logger: Logger;
 }
 
-/** The minimum version a task's job names, when it is above `current`; otherwise undefined. */
+/**
+ * The minimum version a task's job names, when it is above `current`; otherwise undefined.
+ * Releasing a snapshot that was never taken is a no-op any version can do: cleanup after a
+ * failure (a refused upgrade among them) is never held up by the version gate.
+ */
 export function upgradeNeeded(input: unknown, current: string): string | undefined {
-  const min = (input as { job?: { minMoverVersion?: unknown } } | undefined)?.job?.minMoverVersion;
+  const t = input as { task?: string; job?: { minMoverVersion?: unknown; snapshot?: unknown } } | undefined;
+  if (t?.task === 'releaseSnapshot' && !t.job?.snapshot) return undefined;
+  const min = t?.job?.minMoverVersion;
   if (min === undefined || min === null) return undefined;
   if (!isVersion(min)) throw new CannotUpgrade(`the job's minMoverVersion ${JSON.stringify(min)} is not a version (expected major.minor.patch); check the control plane's LIFEBOAT_MIN_MOVER_VERSION`);
   return compareVersions(current, min) < 0 ? min : undefined;
