@@ -10,6 +10,7 @@ import type { DiskResult, TransferStats, VmOutcome } from '../core/jobs.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
+import { summaryMetrics } from './commons/metric-names.ts';
 import { diskResult, vmOutcome } from './commons/schemas.ts';
 
 /** What each VM iteration leaves behind: a committed job or a failure outcome. */
@@ -63,13 +64,7 @@ export async function recoveryPointAgeHours(vmIds: string[], deps: { catalog: Ca
   return ages;
 }
 
-/** The metric names Summarize publishes (namespace from POWERTOOLS_METRICS_NAMESPACE, dimension `policyId`). */
-export const summaryMetrics = {
-  oldestRecoveryPointAgeHours: 'OldestRecoveryPointAgeHours',
-  vmsCommitted: 'VmsCommitted',
-  vmsFailed: 'VmsFailed',
-  bytesStored: 'BytesStored',
-} as const;
+export { summaryMetrics };
 
 /** Adds a run's metrics to `metrics`; they are flushed as EMF when the invocation ends. */
 export function publishRunMetrics(metrics: Metrics, summary: RunSummary, ages: Record<string, number>): void {

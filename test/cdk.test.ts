@@ -252,13 +252,22 @@ describe('Lambda functions', () => {
     expect(Object.values(resolved.functions).sort()).toEqual(Object.keys(lambdaFunctions).sort());
   });
 
-  it('runs every function on nodejs24.x, arm64, with the catalog table name in CATALOG_TABLE', () => {
-    const functions = template.findResources('AWS::Lambda::Function');
-    expect(Object.keys(functions).length).toBe(Object.keys(lambdaFunctions).length);
-    template.allResourcesProperties('AWS::Lambda::Function', {
-      Runtime: 'nodejs24.x',
-      Architectures: ['arm64'],
-      Environment: { Variables: Match.objectLike({ CATALOG_TABLE: { Ref: logicalId(stack.table) } }) },
-    });
+  it('runs every registered function on nodejs24.x, arm64, with the catalog table, the KMS key and the Powertools settings', () => {
+    const registered = Object.values(template.findResources('AWS::Lambda::Function'))
+      .filter((f) => (f.Properties.Environment?.Variables as Record<string, unknown> | undefined)?.LIFEBOAT_FUNCTION);
+    expect(registered.length).toBe(Object.keys(lambdaFunctions).length);
+    for (const f of registered) {
+      expect(f.Properties).toMatchObject({
+        Runtime: 'nodejs24.x',
+        Architectures: ['arm64'],
+        TracingConfig: { Mode: 'Active' },
+        Environment: { Variables: {
+          CATALOG_TABLE: { Ref: logicalId(stack.table) },
+          REPOSITORY_KMS_KEY_ID: { 'Fn::GetAtt': [logicalId(stack.repositoryKey), 'Arn'] },
+          POWERTOOLS_SERVICE_NAME: 'lifeboat',
+          POWERTOOLS_METRICS_NAMESPACE: 'Lifeboat/Lifeboat',
+        } },
+      });
+    }
   });
 });

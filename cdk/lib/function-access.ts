@@ -6,6 +6,12 @@
  * A function added to functions/registry.ts needs an entry here; without one it gets no
  * data access at all and test/cdk.test.ts names it.
  */
+import { Stack } from 'aws-cdk-lib';
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as kms from 'aws-cdk-lib/aws-kms';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import { KMS_CONTEXT_PURPOSE } from '../../core/keyring.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 
 /** DynamoDB actions the catalog code sends (lib-dynamodb Get/Put/Update/Delete/Query/Scan). */
@@ -28,6 +34,8 @@ export interface FunctionAccess {
      * so any code that asks "does this object exist" needs it.
      */
     list?: boolean;
+    /** s3:DeleteObject under these prefixes (Prune: manifests of expired backups). */
+    delete?: RepositoryPrefix[];
   };
   /** The repository KMS key: unwrap (kms:Decrypt) / wrap (kms:Encrypt) the repository key; read SSE-KMS objects. */
   repositoryKey?: ('unwrap' | 'wrap')[];
@@ -45,5 +53,60 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordFailure: { catalog: ['UpdateItem'] },
   Summarize: { catalog: ['PutItem', 'Query'] },
   SyncConfig: { catalog: ['PutItem', 'Scan', 'DeleteItem'], timeoutSeconds: 300 },
+  // Restore, deep verify, prune (issue 6): the movers touch the data; these keep the records.
+  PlanRestore: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  RecordRestore: { catalog: ['PutItem'] },
+  RecordRestoreFailure: { catalog: ['PutItem'] },
+  PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem'] },
+  PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
+  RecordPrune: { catalog: ['PutItem'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
 };
+
+/** The resources a function's access is granted on. */
+export interface AccessTargets {
+  table: dynamodb.ITableV2;
+  repositories: { bucket: s3.IBucket; key: kms.IKey }[];
+}
+
+/** IAM statements for one function's declared access; none for an undeclared one. */
+export function accessStatements(access: FunctionAccess | undefined, on: AccessTargets): iam.PolicyStatement[] {
+  if (!access) return [];
+  const out: iam.PolicyStatement[] = [];
+  if (access.catalog?.length) {
+    out.push(new iam.PolicyStatement({
+      sid: 'Catalog',
+      actions: access.catalog.map((a) => `dynamodb:${a}`),
+      resources: [on.table.tableArn, ...(access.catalogIndexes ? [`${on.table.tableArn}/index/*`] : [])],
+    }));
+  }
+  const objects = (prefixes: RepositoryPrefix[]) => on.repositories.flatMap((r) => prefixes.map((p) => r.bucket.arnForObjects(`${p}*`)));
+  if (access.repository?.read?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryRead', actions: ['s3:GetObject'], resources: objects(access.repository.read) }));
+  if (access.repository?.write?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryWrite', actions: ['s3:PutObject'], resources: objects(access.repository.write) }));
+  if (access.repository?.delete?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryDelete', actions: ['s3:DeleteObject'], resources: objects(access.repository.delete) }));
+  if (access.repository?.list) out.push(new iam.PolicyStatement({ sid: 'RepositoryList', actions: ['s3:ListBucket'], resources: on.repositories.map((r) => r.bucket.bucketArn) }));
+  const keyActions = [
+    ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
+    ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),
+  ];
+  if (keyActions.length) {
+    out.push(new iam.PolicyStatement({
+      sid: 'RepositoryKey', actions: keyActions, resources: on.repositories.map((r) => r.key.keyArn),
+      conditions: { StringEquals: { [`kms:EncryptionContext:${KMS_CONTEXT_PURPOSE}`]: 'repository-key' } },
+    }));
+  }
+  // Objects are SSE-KMS: reading needs kms:Decrypt, writing kms:GenerateDataKey, both only through S3.
+  const s3Kms = [
+    ...(access.repository?.read?.length ? ['kms:Decrypt'] : []),
+    ...(access.repository?.write?.length ? ['kms:GenerateDataKey'] : []),
+  ];
+  if (s3Kms.length) {
+    out.push(new iam.PolicyStatement({
+      sid: 'RepositoryObjectsEncryption', actions: s3Kms, resources: on.repositories.map((r) => r.key.keyArn),
+      conditions: { StringEquals: { 'kms:ViaService': `s3.${Stack.of(on.table).region}.amazonaws.com` } },
+    }));
+  }
+  return out;
+}

@@ -21,7 +21,7 @@ import { BackupWorkflow } from './backup-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
 import { MoverIdentity } from './mover-identity.ts';
-import { acknowledge } from './nag.ts';
+import { acknowledge, arnWildcardFinding } from './nag.ts';
 import { RepositoryStorage } from './repository-storage.ts';
 import { PolicySchedules } from './schedules.ts';
 import { addRecoveryWorkflows } from './recovery-workflows.ts';
@@ -96,6 +96,10 @@ export class LifeboatStack extends Stack {
         logGroup: new logs.LogGroup(this, `${fid}Logs`, { retention: logs.RetentionDays.THREE_MONTHS, removalPolicy: RemovalPolicy.DESTROY }),
       });
       for (const s of accessStatements(access, { table: this.table, repositories: stored })) f.addToRolePolicy(s);
+      acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN.',
+        'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
+      acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
+        ...stored.flatMap((r) => ['chunks/', 'manifests/', 'keys/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
       functions[fid] = f;
     }
     this.functions = functions;
@@ -130,8 +134,8 @@ export class LifeboatStack extends Stack {
       properties: { configJson: JSON.stringify(config), buckets, primaryBucket: this.bucket.bucketName },
     });
     deployment.node.addDependency(this.table);
-    acknowledge(provider, 'The custom resource provider framework is AWS-maintained code: its runtime and its basic execution role (AWSLambdaBasicExecutionRole) are chosen by aws-cdk-lib, and it may invoke only the OnDeploy function (any version, hence :*).',
-      'AwsSolutions-L1', 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]');
+    acknowledge(provider, 'The custom resource provider framework (aws-cdk-lib) writes only its own logs (AWS managed basic execution role) and may invoke only the OnDeploy function, in any version (hence :*).',
+      'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', arnWildcardFinding(functions.OnDeploy, ':*'));
 
     // --- alarms and dashboard: keep this after every workflow (it covers all state machines) ----
     this.monitoring = new Monitoring(this, 'Monitoring', {

@@ -1,0 +1,189 @@
+/**
+ * Alarms, notifications and the dashboard of the control plane.
+ *
+ * - **Workflow failed**: per state machine, `ExecutionsFailed + ExecutionsTimedOut` ≥ 1.
+ *   (The Backup workflow catches a VM's failure so the others go on; those show up as
+ *   `VmsFailed` below, not as a failed execution.)
+ * - **VMs failed**: per policy, Summarize's `VmsFailed` ≥ 1.
+ * - **Past RPO**: per policy, Summarize's `OldestRecoveryPointAgeHours` (the oldest newest
+ *   recovery point among the policy's VMs) above the policy's `rpoHours`; and **no report**:
+ *   no Summarize datapoint for `rpoHours` (the schedule stopped, or runs die before
+ *   Summarize), which the age alone could not show.
+ * - **Mover group not polling**: per Activity, tasks were scheduled in a 15-minute window
+ *   and none started. A live mover long-polls and takes a task within seconds when it has
+ *   a free slot, so this means no mover is polling (down, no network, bad credentials) or
+ *   every slot is busy for that long (add movers). `ActivityScheduleTime` is not used: it
+ *   is only emitted when a task starts, so it stays silent exactly when no mover polls.
+ * - **Schedule dead letters**: a scheduled start that Scheduler could not deliver.
+ */
+import { Duration, Stack } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import { Construct } from 'constructs';
+import type { LifeboatConfig } from '../../core/config.ts';
+import { summaryMetrics } from '../../functions/commons/metric-names.ts';
+import { observeStateMachine, stateMachinesIn } from './observability.ts';
+
+export interface MonitoringProps {
+  config: LifeboatConfig;
+  /** Powertools metrics namespace and service name the functions publish under. */
+  metricsNamespace: string;
+  serviceName: string;
+  activities: Record<string, sfn.Activity>;
+  functions: Record<string, lambda.IFunction>;
+  deadLetterQueue?: sqs.IQueue;
+}
+
+/** CloudWatch keeps an alarm's evaluation range within 7 days. */
+const MAX_EVALUATION_HOURS = 7 * 24;
+
+export class Monitoring extends Construct {
+  readonly topic: sns.Topic;
+  readonly dashboard: cloudwatch.Dashboard;
+  readonly alarms: Record<string, cloudwatch.Alarm> = {};
+  private readonly props: MonitoringProps;
+
+  constructor(scope: Construct, id: string, props: MonitoringProps) {
+    super(scope, id);
+    this.props = props;
+    const stack = Stack.of(this);
+
+    const key = new kms.Key(this, 'TopicKey', { description: 'Lifeboat alarm notifications (SNS encryption)', enableKeyRotation: true });
+    key.addToResourcePolicy(new iam.PolicyStatement({
+      actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+      principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+      resources: ['*'], // in a key policy, "*" is this key
+      conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
+    }));
+    this.topic = new sns.Topic(this, 'Alarms', { displayName: 'Lifeboat alarms', masterKey: key, enforceSSL: true });
+    for (const email of props.config.notifications?.emails ?? []) this.topic.addSubscription(new subs.EmailSubscription(email));
+    const action = new actions.SnsAction(this.topic);
+    const alarm = (name: string, a: cloudwatch.AlarmProps) => {
+      const created = new cloudwatch.Alarm(this, name, a);
+      created.addAlarmAction(action);
+      this.alarms[name] = created;
+      return created;
+    };
+
+    this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', { dashboardName: `${stack.stackName}-control-plane` });
+
+    // --- workflows -----------------------------------------------------------------
+    const machines = stateMachinesIn(stack);
+    const covered = new Set(machines);
+    const workflowWidgets: cloudwatch.IWidget[] = [];
+    for (const sm of machines) {
+      observeStateMachine(this, sm);
+      const name = sm.node.scope?.node.id ?? sm.node.id;
+      const failed = new cloudwatch.MathExpression({
+        expression: 'FILL(failed, 0) + FILL(timedOut, 0)',
+        usingMetrics: { failed: sm.metricFailed({ statistic: 'Sum' }), timedOut: sm.metricTimedOut({ statistic: 'Sum' }) },
+        period: Duration.minutes(5),
+        label: `${name} failed or timed out`,
+      });
+      alarm(`WorkflowFailed-${name}`, {
+        alarmDescription: `A ${name} execution failed or timed out. Open the execution in the Step Functions console: the failed state and its error name say what went wrong.`,
+        metric: failed, threshold: 1, evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      workflowWidgets.push(new cloudwatch.GraphWidget({
+        title: `${name} executions`, width: 8,
+        left: [sm.metricStarted({ statistic: 'Sum' }), sm.metricSucceeded({ statistic: 'Sum' }), sm.metricFailed({ statistic: 'Sum' }), sm.metricTimedOut({ statistic: 'Sum' })],
+      }));
+    }
+    // A state machine created after this construct would be neither logged nor alarmed.
+    this.node.addValidation({
+      validate: () => stateMachinesIn(stack).filter((sm) => !covered.has(sm))
+        .map((sm) => `state machine ${sm.node.path} was created after ${this.node.path}: create every workflow before Monitoring in lifeboat-stack.ts, so it gets logs, X-Ray and alarms`),
+    });
+
+    // --- policies: failed VMs and RPO ---------------------------------------------------
+    const policyWidgets: cloudwatch.IWidget[] = [];
+    for (const p of props.config.policies) {
+      const age = this.policyMetric(summaryMetrics.oldestRecoveryPointAgeHours, p.id, 'Maximum', Duration.hours(1));
+      alarm(`PastRpo-${p.id}`, {
+        alarmDescription: `A VM of policy '${p.id}' has no recovery point newer than ${p.rpoHours} h (its RPO). Check the policy's last Backup executions and the catalog's failed backups.`,
+        metric: age, threshold: p.rpoHours, evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      const hours = Math.min(Math.ceil(p.rpoHours), MAX_EVALUATION_HOURS);
+      alarm(`NoBackupReport-${p.id}`, {
+        alarmDescription: `No Backup run of policy '${p.id}' finished in ${hours} h, so no VM of it can be shown within its ${p.rpoHours} h RPO. Check its schedule, the schedules' dead-letter queue and failed Backup executions.`,
+        metric: this.policyMetric(summaryMetrics.oldestRecoveryPointAgeHours, p.id, 'SampleCount', Duration.hours(1)),
+        threshold: 1, evaluationPeriods: hours, datapointsToAlarm: hours,
+        comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+      });
+      const vmsFailed = this.policyMetric(summaryMetrics.vmsFailed, p.id, 'Sum', Duration.minutes(5));
+      alarm(`VmsFailed-${p.id}`, {
+        alarmDescription: `A Backup run of policy '${p.id}' could not back up some VMs. The run record in the catalog and the execution's RecordFailure steps name each VM and its error.`,
+        metric: vmsFailed, threshold: 1, evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      policyWidgets.push(new cloudwatch.GraphWidget({
+        title: `Policy ${p.id}: recovery point age (h), RPO ${p.rpoHours} h`, width: 8,
+        left: [age], leftAnnotations: [{ value: p.rpoHours, label: 'RPO', color: cloudwatch.Color.RED }],
+        right: [this.policyMetric(summaryMetrics.vmsCommitted, p.id, 'Sum', Duration.hours(1)), this.policyMetric(summaryMetrics.vmsFailed, p.id, 'Sum', Duration.hours(1))],
+      }));
+    }
+
+    // --- mover groups --------------------------------------------------------------------
+    const moverWidgets: cloudwatch.IWidget[] = [];
+    for (const [g, activity] of Object.entries(props.activities)) {
+      const waiting = new cloudwatch.MathExpression({
+        expression: 'IF(FILL(scheduled, 0) > 0 AND FILL(started, 0) == 0, 1, 0)',
+        usingMetrics: { scheduled: activity.metricScheduled({ statistic: 'Sum' }), started: activity.metricStarted({ statistic: 'Sum' }) },
+        period: Duration.minutes(15),
+        label: `${g}: tasks scheduled, none started`,
+      });
+      alarm(`MoverGroupNotPolling-${g}`, {
+        alarmDescription: `Tasks for mover group '${g}' waited 15 minutes and no mover took one: its movers are down, cannot reach Step Functions, or every task slot is busy. Check 'systemctl status lifeboat-mover' on the group's appliances.`,
+        metric: waiting, threshold: 1, evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      moverWidgets.push(new cloudwatch.GraphWidget({
+        title: `Mover group ${g}`, width: 8,
+        left: [activity.metricScheduled({ statistic: 'Sum' }), activity.metricStarted({ statistic: 'Sum' }), activity.metricSucceeded({ statistic: 'Sum' }),
+          activity.metricFailed({ statistic: 'Sum' }), activity.metricTimedOut({ statistic: 'Sum' }), activity.metricHeartbeatTimedOut({ statistic: 'Sum' })],
+        right: [activity.metricScheduleTime({ statistic: 'Maximum' })],
+      }));
+    }
+
+    if (props.deadLetterQueue) {
+      alarm('ScheduleDeadLetters', {
+        alarmDescription: 'A scheduled backup could not be started (see the message in the schedules\' dead-letter queue for the error).',
+        metric: props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }),
+        threshold: 1, evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+    }
+
+    const fnWidgets = Object.entries(props.functions).map(([fid, f]) => new cloudwatch.GraphWidget({
+      title: `λ ${fid}`, width: 6, left: [f.metricErrors({ statistic: 'Sum' }), f.metricThrottles({ statistic: 'Sum' })], right: [f.metricDuration({ statistic: 'p95' })],
+    }));
+
+    this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: `# Lifeboat ${stack.stackName}\nWorkflows, policies (RPO), mover groups, functions. Alarms notify the SNS topic ${'`'}Alarms${'`'}.`, width: 24, height: 2 }));
+    this.dashboard.addWidgets(new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: Object.values(this.alarms), width: 24 }));
+    for (const widgets of [workflowWidgets, policyWidgets, moverWidgets, fnWidgets]) if (widgets.length) this.dashboard.addWidgets(...widgets);
+  }
+
+  /** A Summarize metric of one policy, with the dimensions Powertools writes (service, policyId). */
+  policyMetric(name: string, policyId: string, statistic: string, period: Duration): cloudwatch.Metric {
+    return new cloudwatch.Metric({
+      namespace: this.props.metricsNamespace, metricName: name,
+      dimensionsMap: { service: this.props.serviceName, policyId },
+      statistic, period, label: `${policyId} ${name}`,
+    });
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * The IAM role a mover group's appliances run as. Trusted by the configured principal
+ * (an IAM role/user/account of the site) and/or an IAM Roles Anywhere trust anchor (X.509
+ * certificates on the appliance). It may only:
+ * - take and answer tasks of its own group's Activity (GetActivityTask, SendTask*),
+ * - read and write objects under the repositories' data prefixes, read the repository key
+ *   object, and list the bucket (so a HEAD of a missing chunk is a 404, not a 403),
+ * - use the repositories' KMS keys through S3 (SSE-KMS) and decrypt the repository key.
+ * No delete of any kind, no catalog, nothing else.
+ */
+import { Duration, Stack } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as kms from 'aws-cdk-lib/aws-kms';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import { acknowledge, arnWildcardFinding } from './nag.ts';
+import { Construct } from 'constructs';
+import type { MoverGroupConfig } from '../../core/config.ts';
+import { KMS_CONTEXT_PURPOSE } from '../../core/keyring.ts';
+
+export interface MoverIdentityProps {
+  group: MoverGroupConfig;
+  activity: sfn.IActivity;
+  repositories: { bucket: s3.IBucket; key: kms.IKey }[];
+}
+
+/** Object prefixes a mover writes (chunks, manifests) and reads (those and the repository key). */
+export const MOVER_WRITE_PREFIXES = ['chunks/', 'manifests/'] as const;
+export const MOVER_READ_PREFIXES = ['chunks/', 'manifests/', 'keys/'] as const;
+
+/** The trust of a mover role: the configured principal, a Roles Anywhere trust anchor, or (neither) this account. */
+export function moverTrust(group: MoverGroupConfig): { principal: iam.IPrincipal; rolesAnywhere?: string } {
+  const principals: iam.IPrincipal[] = [];
+  if (group.principal?.awsPrincipalArn) principals.push(new iam.ArnPrincipal(group.principal.awsPrincipalArn));
+  const anchor = group.principal?.rolesAnywhereTrustAnchorArn;
+  if (anchor) principals.push(new iam.ServicePrincipal('rolesanywhere.amazonaws.com').withConditions({ ArnEquals: { 'aws:SourceArn': anchor } }));
+  if (principals.length === 0) principals.push(new iam.AccountRootPrincipal());
+  return { principal: principals.length === 1 ? principals[0]! : new iam.CompositePrincipal(...principals), ...(anchor ? { rolesAnywhere: anchor } : {}) };
+}
+
+export class MoverIdentity extends Construct {
+  readonly role: iam.Role;
+
+  constructor(scope: Construct, id: string, props: MoverIdentityProps) {
+    super(scope, id);
+    const { group } = props;
+    const trust = moverTrust(group);
+    this.role = new iam.Role(this, 'Role', {
+      description: `Lifeboat mover group '${group.id}' (site ${group.site}): its Activity, repository objects, no delete, no catalog`,
+      assumedBy: trust.principal,
+      maxSessionDuration: Duration.hours(12),
+    });
+    if (trust.rolesAnywhere) {
+      // Roles Anywhere also tags the session and sets the source identity from the certificate.
+      this.role.assumeRolePolicy?.addStatements(new iam.PolicyStatement({
+        actions: ['sts:TagSession', 'sts:SetSourceIdentity'],
+        principals: [new iam.ServicePrincipal('rolesanywhere.amazonaws.com')],
+        conditions: { ArnEquals: { 'aws:SourceArn': trust.rolesAnywhere } },
+      }));
+    }
+
+    const region = Stack.of(this).region;
+    const statements = [
+      new iam.PolicyStatement({
+        sid: 'OwnActivityOnly',
+        actions: ['states:GetActivityTask', 'states:SendTaskSuccess', 'states:SendTaskFailure', 'states:SendTaskHeartbeat'],
+        resources: [props.activity.activityArn],
+      }),
+      new iam.PolicyStatement({
+        sid: 'WriteRepositoryData',
+        actions: ['s3:PutObject'],
+        resources: props.repositories.flatMap((r) => MOVER_WRITE_PREFIXES.map((p) => r.bucket.arnForObjects(`${p}*`))),
+      }),
+      new iam.PolicyStatement({
+        sid: 'ReadRepositoryData',
+        actions: ['s3:GetObject'],
+        resources: props.repositories.flatMap((r) => MOVER_READ_PREFIXES.map((p) => r.bucket.arnForObjects(`${p}*`))),
+      }),
+      new iam.PolicyStatement({
+        sid: 'ListRepository',
+        actions: ['s3:ListBucket'],
+        resources: props.repositories.map((r) => r.bucket.bucketArn),
+      }),
+      new iam.PolicyStatement({
+        sid: 'RepositoryObjectsEncryption',
+        actions: ['kms:GenerateDataKey', 'kms:Decrypt'],
+        resources: props.repositories.map((r) => r.key.keyArn),
+        conditions: { StringEquals: { 'kms:ViaService': `s3.${region}.amazonaws.com` } },
+      }),
+      new iam.PolicyStatement({
+        sid: 'UnwrapRepositoryKey',
+        actions: ['kms:Decrypt'],
+        resources: props.repositories.map((r) => r.key.keyArn),
+        conditions: { StringEquals: { [`kms:EncryptionContext:${KMS_CONTEXT_PURPOSE}`]: 'repository-key' } },
+      }),
+    ];
+    const policy = new iam.Policy(this, 'Policy', { statements });
+    policy.attachToRole(this.role);
+    acknowledge(policy, 'Movers write content-addressed objects whose names are not known in advance; access is limited to the data prefixes of the repository buckets: read chunks/, manifests/, keys/ and write chunks/, manifests/.',
+      ...props.repositories.flatMap((r) => MOVER_READ_PREFIXES.map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+  }
+}
