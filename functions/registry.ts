@@ -20,6 +20,9 @@ export const lambdaFunctions = {
   RecordRestoreFailure: { entry: 'functions/restore.ts', handler: 'recordFailureHandler' },
   PlanDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'planHandler' },
   RecordDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'recordHandler' },
+  PlanPrune: { entry: 'functions/prune.ts', handler: 'planHandler' },
+  PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },
+  RecordPrune: { entry: 'functions/prune.ts', handler: 'recordHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -1,6 +1,6 @@
 /**
- * The recovery side of the control plane, added to the stack in one call: the Restore
- * and Deep verify workflows (with their outputs). Kept apart from lifeboat-stack.ts so
+ * The recovery side of the control plane, added to the stack in one call: the Restore,
+ * Deep verify and Prune workflows (with their outputs). Kept apart from lifeboat-stack.ts so
  * the stack file stays a list of parts.
  */
 import { CfnOutput, type Stack } from 'aws-cdk-lib';
@@ -8,6 +8,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { DeepVerifyWorkflow } from './deep-verify-workflow.ts';
+import { PruneWorkflow } from './prune-workflow.ts';
 import { RestoreWorkflow } from './restore-workflow.ts';
 
 export interface RecoveryWorkflowsProps {
@@ -19,6 +20,7 @@ export interface RecoveryWorkflowsProps {
 export interface RecoveryWorkflows {
   restore: RestoreWorkflow;
   deepVerify: DeepVerifyWorkflow;
+  prune: PruneWorkflow;
 }
 
 export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
@@ -26,5 +28,7 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'RestoreStateMachineArn', { value: restore.stateMachine.stateMachineArn });
   const deepVerify = new DeepVerifyWorkflow(stack, 'DeepVerify', props);
   new CfnOutput(stack, 'DeepVerifyStateMachineArn', { value: deepVerify.stateMachine.stateMachineArn });
-  return { restore, deepVerify };
+  const prune = new PruneWorkflow(stack, 'Prune', props);
+  new CfnOutput(stack, 'PruneStateMachineArn', { value: prune.stateMachine.stateMachineArn });
+  return { restore, deepVerify, prune };
 }

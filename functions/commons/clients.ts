@@ -9,6 +9,7 @@ import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
+import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
@@ -19,6 +20,8 @@ export interface Clients {
   /** Records of restores, deep verifications and prunes (functions/catalog/recovery-catalog.ts). */
   recovery: RecoveryCatalog;
   store(bucket: string): ObjectStore;
+  /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
+  admin(bucket: string): RepositoryAdmin;
   /** The wrapper of a repository's master key: KMS in AWS, the key file in the embedded stack. */
   keyWrapper(bucket: string): Promise<KeyWrapper>;
   /** The repository's keys, unwrapped once per container and bucket. */
@@ -50,6 +53,7 @@ export function clients(): Clients {
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
     store: (bucket) => new S3ObjectStore(s3, bucket),
+    admin: (bucket) => new S3RepositoryAdmin(s3, bucket),
     keyWrapper: (bucket) => keyWrapper(env, bucket),
     repositoryKeys: (bucket) => {
       let k = repositoryKeys.get(bucket);

@@ -1,0 +1,89 @@
+/**
+ * The control plane's side of a repository: listing and deleting objects, which movers
+ * are never allowed to do. Prune deletes manifests of expired backups; garbage
+ * collection lists chunks and deletes unreferenced ones. Narrow, like ObjectStore.
+ */
+import { DeleteObjectsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { StorageUnavailable } from './errors.ts';
+import type { MemoryObjectStore } from './memory-store.ts';
+
+export interface ListedObject {
+  key: string;
+  size: number;
+  lastModified: Date;
+}
+
+export interface DeleteOutcome {
+  deleted: string[];
+  /** Keys the store refused to delete (Object Lock, permissions), with its reason. */
+  failed: { key: string; reason: string }[];
+}
+
+export interface RepositoryAdmin {
+  /** Every object under `prefix`, in key order. */
+  list(prefix: string): AsyncIterable<ListedObject>;
+  delete(keys: string[]): Promise<DeleteOutcome>;
+}
+
+/** RepositoryAdmin over one S3 bucket: ListObjectsV2 and DeleteObjects (1,000 keys a request). */
+export class S3RepositoryAdmin implements RepositoryAdmin {
+  private readonly client: S3Client;
+  readonly bucket: string;
+  constructor(client: S3Client, bucket: string) {
+    this.client = client;
+    this.bucket = bucket;
+  }
+
+  async *list(prefix: string): AsyncIterable<ListedObject> {
+    let token: string | undefined;
+    do {
+      let out;
+      try {
+        out = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
+      } catch (err) {
+        throw new StorageUnavailable(`LIST s3://${this.bucket}/${prefix} failed: ${(err as Error).message}`, err);
+      }
+      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) };
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async delete(keys: string[]): Promise<DeleteOutcome> {
+    const outcome: DeleteOutcome = { deleted: [], failed: [] };
+    for (let i = 0; i < keys.length; i += 1000) {
+      const batch = keys.slice(i, i + 1000);
+      let out;
+      try {
+        out = await this.client.send(new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: false } }));
+      } catch (err) {
+        throw new StorageUnavailable(`DELETE of ${batch.length} objects in s3://${this.bucket} failed: ${(err as Error).message}`, err);
+      }
+      const failed = new Set<string>();
+      for (const e of out.Errors ?? []) {
+        failed.add(e.Key!);
+        outcome.failed.push({ key: e.Key!, reason: `${e.Code ?? 'Error'}: ${e.Message ?? ''}`.trim() });
+      }
+      for (const k of batch) if (!failed.has(k)) outcome.deleted.push(k);
+    }
+    return outcome;
+  }
+}
+
+/** RepositoryAdmin over a MemoryObjectStore (tests); `modified` overrides an object's time. */
+export class MemoryRepositoryAdmin implements RepositoryAdmin {
+  readonly store: MemoryObjectStore;
+  readonly modified = new Map<string, Date>();
+  constructor(store: MemoryObjectStore) {
+    this.store = store;
+  }
+  async *list(prefix: string): AsyncIterable<ListedObject> {
+    for (const key of [...this.store.objects.keys()].filter((k) => k.startsWith(prefix)).sort()) {
+      const body = this.store.objects.get(key);
+      if (body) yield { key, size: body.length, lastModified: this.modified.get(key) ?? new Date() };
+    }
+  }
+  async delete(keys: string[]): Promise<DeleteOutcome> {
+    for (const k of keys) this.store.objects.delete(k);
+    return { deleted: [...keys], failed: [] };
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * The Prune workflow on the embedded stack: real backups by real movers, then a dry run,
+ * a prune that removes manifests and catalog records, and the resumption of a prune
+ * that stopped half-way.
+ */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { keys as objectKeys } from '../core/format.ts';
+import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
+import type { PrunePlan } from '../functions/prune.ts';
+import type { RestoreSummary } from '../functions/restore.ts';
+import { runExecution } from '../local/client.ts';
+import { sha256File } from '../local/demo/demo.ts';
+import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { LOCAL_CREDENTIALS, openRepository } from '../local/stack.ts';
+import { startTestStack, type TestStack } from './helpers/stack.ts';
+
+const MiB = 1024 * 1024;
+let t: TestStack;
+let vmDir: string;
+
+const prune = (input: unknown) => runExecution(t.sfn, t.stack.endpoints.stateMachines.Prune!, input, { pollMs: 200 });
+const backup = async () => {
+  await changeDisk(join(vmDir, 'disk0.raw'), 6 * MiB, 0.1, 1, seededRng());
+  const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-prune' }, { pollMs: 200 });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+};
+const ids = async () => (await t.stack.catalog.listBackups('vm-p')).map((b) => b.backupId);
+
+beforeAll(async () => {
+  t = await startTestStack({ movers: 1 });
+  vmDir = join(t.dir, 'vms', 'vm-p');
+  await createVmFolder(vmDir, { name: 'vm-p', disks: [{ id: 'disk0', sizeBytes: 6 * MiB }] }, seededRng(9));
+  await t.stack.catalog.putVm({ vmId: 'vm-p', host: 'esx-01', source: vmDir });
+  await t.stack.catalog.putPolicy({ policyId: 'p-prune', vmIds: ['vm-p'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 2 } });
+  for (let i = 0; i < 4; i++) await backup();
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+it('lists what would go and why on a dry run, and changes nothing', async () => {
+  const before = await ids();
+  expect(before).toHaveLength(4);
+  const d = await prune({ policyId: 'p-prune', dryRun: true });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+  const plan = JSON.parse(d.output!) as PrunePlan;
+  expect(plan).toMatchObject({ dryRun: true, keepCount: 2, removeCount: 2 });
+  const decisions = plan.vms[0]!.decisions;
+  expect(decisions.map((x) => [x.backupId, x.keep])).toEqual(before.map((id, i) => [id, i < 2]));
+  expect(decisions[0]!.reason).toBe('keep-last (1 of 2)');
+  expect(decisions[3]!.reason).toBe('older than what the rules keep (keep-last 2)');
+  expect(await ids()).toEqual(before);
+  const { store } = await openRepository(t.stack.endpoints);
+  for (const id of before) expect(await store.head(objectKeys.manifest(id, 'disk0')), id).toBeDefined();
+});
+
+it('removes expired backups from the catalog and their manifests from the repository; the rest restore', async () => {
+  const before = await ids();
+  const d = await prune({ policyId: 'p-prune' });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+  const s = JSON.parse(d.output!) as { pruned: number; objectsDeleted: number; bytesDeleted: number; kept: unknown[] };
+  expect(s).toMatchObject({ pruned: 2, objectsDeleted: 4, kept: [] }); // a manifest and a VM config each
+  expect(s.bytesDeleted).toBeGreaterThan(0);
+  expect(await ids()).toEqual(before.slice(0, 2));
+  const { store } = await openRepository(t.stack.endpoints);
+  for (const id of before.slice(2)) {
+    expect(await store.head(objectKeys.manifest(id, 'disk0'))).toBeUndefined();
+    expect(await store.head(objectKeys.vmConfig(id))).toBeUndefined();
+  }
+  // Both kept backups still restore (every chunk re-hashed); the newest equals the disk now.
+  for (const [i, id] of before.slice(0, 2).entries()) {
+    const r = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'vm-p', backupId: id, diskId: 'disk0', target: join(t.dir, `after-prune-${i}.img`), moverGroup: 'site-a' });
+    expect(r.status, r.cause).toBe('SUCCEEDED');
+    if (i === 0) expect((JSON.parse(r.output!) as RestoreSummary).disks[0]!.sha256).toBe(await sha256File(join(vmDir, 'disk0.raw')));
+  }
+  // ...and a second prune finds nothing more to do.
+  const again = JSON.parse((await prune({ policyId: 'p-prune', dryRun: true })).output!) as PrunePlan;
+  expect(again.removeCount).toBe(0);
+});
+
+it('finishes a prune that stopped after marking a backup', async () => {
+  await backup();
+  const list = await ids();
+  expect(list).toHaveLength(3);
+  const e = t.stack.endpoints;
+  const recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  // A prune that died right after its first step: the oldest is `pruning`, its manifests still there.
+  expect(await recovery.beginPrune('vm-p', list[2]!, 'keep-last test', new Date())).toBe(true);
+  const dry = JSON.parse((await prune({ policyId: 'p-prune', dryRun: true })).output!) as PrunePlan;
+  expect(dry.remove.map((x) => x.backupId)).toEqual([list[2]]);
+  expect(dry.remove[0]!.reason).toContain('an earlier prune began removing it (keep-last test)');
+  const d = await prune({ policyId: 'p-prune' });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+  expect(await ids()).toEqual(list.slice(0, 2));
+});
+
+it('fails with a clear cause for a policy without retention or an unknown one', async () => {
+  await t.stack.catalog.putPolicy({ policyId: 'p-none', vmIds: [], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1 });
+  const none = await prune({ policyId: 'p-none' });
+  expect(none.status).toBe('FAILED');
+  expect(none.cause).toContain("policy 'p-none' has no retention rules");
+  const unknown = await prune({ policyId: 'nope' });
+  expect(unknown.error).toBe('Catalog.PolicyNotFound');
+});
