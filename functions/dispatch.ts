@@ -7,12 +7,14 @@
  * JoinSegments merges the segments' manifests into the disk's manifest (written to the
  * repository before Verify reads it) and their counters into one result per disk.
  */
-import middy from '@middy/core';
+import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../core/errors.ts';
 import { decodeManifest, encodeManifest, keys, objectSha256, type Manifest, type RepositoryKeys } from '../core/format.ts';
 import { segmentManifestId, type DiskResult, type DispatchItem, type TransferStats, type VmJob } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { diskResult, vmJob } from './commons/schemas.ts';
 
 export function planDispatch(job: VmJob): DispatchItem[] {
   if (!job.snapshot) throw new BadTaskInput(`VM '${job.vmId}' has no snapshot to dispatch`);
@@ -90,8 +92,11 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
   return out;
 }
 
-export const planHandler = middy<{ job: VmJob }, DispatchItem[]>().handler(({ job }) => planDispatch(job));
-export const joinHandler = middy<{ job: VmJob; transfers: DiskResult[] }, DiskResult[]>().handler(async (input) => {
+export const planDispatchInput = z.looseObject({ job: vmJob });
+export const joinSegmentsInput = z.looseObject({ job: vmJob, transfers: z.array(diskResult) });
+
+export const planHandler = lambdaHandler('PlanDispatch', planDispatchInput, async ({ job }) => planDispatch(job));
+export const joinHandler = lambdaHandler('JoinSegments', joinSegmentsInput, async (input) => {
   const c = clients();
   const bucket = input.job.repository.bucket;
   return joinSegments(input, { store: c.store(bucket), keys: await c.repositoryKeys(bucket) });

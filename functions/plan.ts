@@ -3,7 +3,7 @@
  * mover group that serves its host, and the concurrency scopes (host, datastores) it
  * counts against. Hosts, groups and limits come from the configuration (SyncConfig).
  */
-import middy from '@middy/core';
+import { z } from 'zod';
 import { createHash } from 'node:crypto';
 import { PolicyNotFound } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
@@ -11,6 +11,7 @@ import { minMoverVersion } from '../core/version.ts';
 import type { SlotScope, VmJob } from '../core/jobs.ts';
 import type { Catalog, Host, Policy, Vm } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
 
 export interface PlanInput {
   policyId: string;
@@ -82,4 +83,6 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
   return { runId: input.runId, policyId: policy.policyId, vms };
 }
 
-export const handler = middy<PlanInput, PlanOutput>().handler((input) => plan(input, { catalog: clients().catalog, now: () => new Date() }));
+export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });
+
+export const handler = lambdaHandler('Plan', planInput, (input) => plan(input, { catalog: clients().catalog, now: () => new Date() }));

@@ -5,10 +5,11 @@
  * Policies that an earlier configuration wrote and this one drops are removed; policies
  * written by hand (tests, scripts) are left alone.
  */
-import middy from '@middy/core';
+import { z } from 'zod';
 import { parseConfig, type LifeboatConfig } from '../core/config.ts';
 import type { Catalog, Policy } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
 
 const MiB = 1024 * 1024;
 
@@ -63,4 +64,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
   return { hosts: config.hosts.map((h) => h.id), policies: [...wanted], removedPolicies: removed };
 }
 
-export const handler = middy<SyncConfigInput, SyncConfigOutput>().handler((input) => syncConfig(input, { catalog: clients().catalog }));
+/** The configuration itself is validated by parseConfig inside syncConfig, naming every bad key. */
+export const syncConfigInput = z.looseObject({ config: z.custom<LifeboatConfig>((v) => typeof v === 'object' && v !== null, 'must be the configuration object'), buckets: z.record(z.string(), z.string().min(1)) });
+
+export const handler = lambdaHandler('SyncConfig', syncConfigInput, (input) => syncConfig(input, { catalog: clients().catalog }));

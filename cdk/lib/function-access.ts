@@ -47,6 +47,8 @@ export interface FunctionAccess {
 export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> = {
   Plan: { catalog: ['GetItem', 'Query', 'PutItem'] },
   AcquireSlot: { catalog: ['PutItem', 'DeleteItem'] },
+  PlanDispatch: {},
+  JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   ReleaseSlot: { catalog: ['DeleteItem'] },
   Verify: { repository: { read: ['manifests/', 'chunks/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'] },
