@@ -7,6 +7,7 @@ import { runDemo } from '../local/demo/demo.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
+import { registerRecoveryCommands } from './recovery.ts';
 
 const DEFAULT_DATA_DIR = resolve(import.meta.dirname, '..', '.lifeboat');
 
@@ -58,6 +59,11 @@ program
     await Promise.all(movers.map((m) => m.stop()));
     await stack.stop();
   });
+
+registerRecoveryCommands(program, DEFAULT_DATA_DIR, {
+  out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
+  ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
+});
 
 registerLifecycleCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 
