@@ -5,6 +5,9 @@
  *   npm run bench:fleet -- scale      300 small VMs across 3 groups and 6 movers
  *
  * Settings: BENCH_FLEET_DISK_MIB (segments, default 1024), BENCH_FLEET_SEGMENT_MIB (256),
+ * BENCH_FLEET_LINK_MBPS (segments, default 10: the second round gives each mover its own
+ * uplink of this many MB/s, as appliances at a site each have theirs; the first round is
+ * unlimited, so all movers share this machine's two cores),
  * BENCH_FLEET_VMS (scale, default 300), BENCH_FLEET_VM_CONCURRENCY (scale, default 30).
  * Each phase runs on a fresh stack, so no phase deduplicates against another.
  */
@@ -39,13 +42,13 @@ async function readHistory(stack: EmbeddedStack, executionArn: string): Promise<
 }
 
 /** Starts a stack with `config` in a fresh folder, and movers per group. */
-async function fleet(name: string, config: LifeboatConfig, movers: Record<string, number>, slots: number) {
+async function fleet(name: string, config: LifeboatConfig, movers: Record<string, number>, slots: number, env: Record<string, string> = {}) {
   const dataDir = join(root, name);
   await rm(dataDir, { recursive: true, force: true });
   const stack = await EmbeddedStack.start({ dataDir, config });
   const procs: MoverProcess[] = [];
   for (const [group, n] of Object.entries(movers)) {
-    for (let i = 1; i <= n; i++) procs.push(startMover(stack.endpoints, { name: `${group}-mover-${i}`, group, slots }));
+    for (let i = 1; i <= n; i++) procs.push(startMover(stack.endpoints, { name: `${group}-mover-${i}`, group, slots, env }));
   }
   return {
     stack, dataDir,
@@ -73,9 +76,10 @@ async function segments(): Promise<void> {
   await rm(vmDir, { recursive: true, force: true });
   process.stdout.write(`Creating a VM with one ${diskMiB} MiB disk (zero runs, text, random data) ...\n`);
   await createVmFolder(vmDir, { name: 'vm-large', disks: [{ id: 'disk0', sizeBytes: diskMiB * MiB }] }, seededRng(42));
-  const rows: { movers: number; seconds: number; mbps: number; stored: number }[] = [];
-  for (const movers of [1, 3]) {
-    const f = await fleet(`segments-${movers}`, config, { 'site-a': movers }, 1);
+  const linkMBps = num('BENCH_FLEET_LINK_MBPS', 10);
+  const rows: { link: string; movers: number; seconds: number; mbps: number; stored: number }[] = [];
+  for (const [link, env] of [['shared CPU, no link limit', {}], [`${linkMBps} MB/s uplink per mover`, { LIFEBOAT_BANDWIDTH_LIMIT: String(linkMBps * 1e6) }]] as const) for (const movers of [1, 3]) {
+    const f = await fleet(`segments-${movers}`, config, { 'site-a': movers }, 1, env);
     try {
       await f.stack.catalog.putVm({ vmId: 'vm-large', host: 'esx-01', source: vmDir });
       await f.stack.catalog.putPolicy({ policyId: 'large', vmIds: ['vm-large'], bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, segmentBytes: segmentMiB * MiB });
@@ -85,16 +89,18 @@ async function segments(): Promise<void> {
       if (d.status !== 'SUCCEEDED') throw new Error(`backup with ${movers} mover(s) ended ${d.status}: ${d.error} ${d.cause}`);
       const s = JSON.parse(d.output!) as RunSummary;
       if (s.committed !== 1) throw new Error(`backup with ${movers} mover(s) committed ${s.committed} VMs`);
-      rows.push({ movers, seconds, mbps: (diskMiB * MiB) / 1e6 / seconds, stored: s.totals.bytesStored / MiB });
-      process.stdout.write(`  ${movers} mover(s): ${seconds.toFixed(1)} s\n`);
+      rows.push({ link, movers, seconds, mbps: (diskMiB * MiB) / 1e6 / seconds, stored: s.totals.bytesStored / MiB });
+      process.stdout.write(`  ${link}, ${movers} mover(s): ${seconds.toFixed(1)} s\n`);
     } finally {
       await f.close();
     }
   }
   process.stdout.write(`\nOne ${diskMiB} MiB disk in ${Math.ceil(diskMiB / segmentMiB)} segments of ${segmentMiB} MiB, one slot per mover (whole Backup execution, wall time):\n`);
-  process.stdout.write('| movers | seconds | MB/s scanned | MiB stored |\n|---:|---:|---:|---:|\n');
-  for (const r of rows) process.stdout.write(`| ${r.movers} | ${r.seconds.toFixed(1)} | ${r.mbps.toFixed(0)} | ${r.stored.toFixed(1)} |\n`);
-  process.stdout.write(`speedup 3 movers / 1 mover: ${(rows[0]!.seconds / rows[1]!.seconds).toFixed(2)}x\n`);
+  process.stdout.write('| movers\' links | movers | seconds | MB/s scanned | MiB stored | speedup |\n|---|---:|---:|---:|---:|---:|\n');
+  for (const r of rows) {
+    const one = rows.find((x) => x.link === r.link && x.movers === 1)!;
+    process.stdout.write(`| ${r.link} | ${r.movers} | ${r.seconds.toFixed(1)} | ${r.mbps.toFixed(0)} | ${r.stored.toFixed(1)} | ${(one.seconds / r.seconds).toFixed(2)}x |\n`);
+  }
 }
 
 async function scale(): Promise<void> {
