@@ -123,7 +123,7 @@ export class Upgrader {
     }
     const manifest = await this.findRelease(store, bucket, minVersion);
     const where = `s3://${bucket}/${releaseKeys.manifest(manifest.version)}`;
-    o.logger.info('upgrade.found', { version: manifest.version, release: where, keyId: manifest.keyId });
+    o.logger.info('upgrade.found', { release: manifest.version, manifest: where, keyId: manifest.keyId });
     // The manifest is checked before any file is even downloaded.
     verifyRelease(manifest, o.publicKey, undefined, where);
     const files = new Map<string, Buffer>();
@@ -134,7 +134,7 @@ export class Upgrader {
     }
     verifyRelease(manifest, o.publicKey, files, where);
     const installed = await this.install(manifest, files);
-    o.logger.info('upgrade.installed', { version: manifest.version, program: installed.program, files: manifest.files.length, keyId: o.publicKey.id });
+    o.logger.info('upgrade.installed', { release: manifest.version, program: installed.program, files: manifest.files.length, keyId: o.publicKey.id });
     return installed;
   }
 
