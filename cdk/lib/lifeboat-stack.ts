@@ -113,7 +113,7 @@ export class LifeboatStack extends Stack {
       ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
     });
     // Restore, deep verify (and prune): any group may restore or verify, the execution names it.
-    addRecoveryWorkflows(this, { functions, activities: this.activities });
+    addRecoveryWorkflows(this, { functions, activities: this.activities, policies: config.policies });
 
     // --- movers: one least-privilege role per group ------------------------------------------
     for (const g of config.moverGroups) {

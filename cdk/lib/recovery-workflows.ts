@@ -3,9 +3,12 @@
  * Deep verify and Prune workflows (with their outputs). Kept apart from lifeboat-stack.ts so
  * the stack file stays a list of parts.
  */
-import { CfnOutput, type Stack } from 'aws-cdk-lib';
+import { CfnOutput, Duration, TimeZone, type Stack } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as scheduler from 'aws-cdk-lib/aws-scheduler';
+import * as targets from 'aws-cdk-lib/aws-scheduler-targets';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import type { PolicyConfig } from '../../core/config.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { DeepVerifyWorkflow } from './deep-verify-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
@@ -15,6 +18,10 @@ export interface RecoveryWorkflowsProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
   /** Every mover group's Activity: a restore or verification names the group that does it. */
   activities: Record<string, sfn.IActivity>;
+  /** Policies: each gets a daily Prune schedule in its time zone. */
+  policies?: PolicyConfig[];
+  /** When Prune runs for every policy (EventBridge Scheduler expression, policy's time zone). */
+  pruneSchedule?: string;
 }
 
 export interface RecoveryWorkflows {
@@ -30,5 +37,17 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'DeepVerifyStateMachineArn', { value: deepVerify.stateMachine.stateMachineArn });
   const prune = new PruneWorkflow(stack, 'Prune', props);
   new CfnOutput(stack, 'PruneStateMachineArn', { value: prune.stateMachine.stateMachineArn });
+  for (const p of props.policies ?? []) {
+    new scheduler.Schedule(stack, `Prune-${p.id}`, {
+      description: `Lifeboat: apply policy '${p.id}' retention (Prune workflow)`,
+      schedule: scheduler.ScheduleExpression.expression(props.pruneSchedule ?? 'cron(0 5 * * ? *)', TimeZone.of(p.schedule.timeZone)),
+      target: new targets.StepFunctionsStartExecution(prune.stateMachine, {
+        // Periods (days, ISO weeks, months) are counted in the policy's own time zone.
+        input: scheduler.ScheduleTargetInput.fromObject({ policyId: p.id, timeZone: p.schedule.timeZone }),
+        retryAttempts: 5,
+        maxEventAge: Duration.hours(6),
+      }),
+    });
+  }
   return { restore, deepVerify, prune };
 }

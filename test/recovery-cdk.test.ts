@@ -1,0 +1,129 @@
+/** The synthesized Restore, DeepVerify and Prune workflows: graph, routing, grants, schedules. */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { App } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
+import { loadConfig } from '../core/config.ts';
+import { errorClasses } from '../core/errors.ts';
+import { recoveryErrorClasses } from '../core/recovery-errors.ts';
+import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
+
+type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string;
+  Choices?: { Variable: string; StringEquals?: string; Next: string }[]; Retry?: { ErrorEquals: string[] }[]; Catch?: { ErrorEquals: string[]; Next: string }[];
+  ItemProcessor?: { StartAt: string; States: Record<string, State> }; Error?: string; ErrorPath?: string };
+type Definition = { StartAt: string; States: Record<string, State> };
+
+const config = loadConfig(); // the example: groups site-a, site-b and dr
+let outdir: string;
+let template: Template;
+let resolved: ResolvedTemplate;
+
+function machine(prefix: string): { def: Definition; all: Record<string, State> } {
+  const m = Object.values(resolved.stateMachines).find((x) => x.logicalId.startsWith(`${prefix}StateMachine`));
+  if (!m) throw new Error(`no ${prefix} state machine`);
+  const def = m.definition as Definition;
+  const all: Record<string, State> = {};
+  const walk = (states: Record<string, State>) => {
+    for (const [n, s] of Object.entries(states)) {
+      all[n] = s;
+      if (s.ItemProcessor) walk(s.ItemProcessor.States);
+    }
+  };
+  walk(def.States);
+  return { def, all };
+}
+
+beforeAll(() => {
+  outdir = mkdtempSync(join(tmpdir(), 'lifeboat-cdk-recovery-'));
+  const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
+  const stack = new LifeboatStack(app, 'Lifeboat', { config });
+  template = Template.fromStack(stack);
+  resolved = resolveTemplate(template.toJSON() as CfnTemplate);
+});
+afterAll(() => rmSync(outdir, { recursive: true, force: true }));
+
+describe('Restore workflow', () => {
+  it('plans, restores disks in a Map, writes the VM config only for a whole VM, and records', () => {
+    const { def, all } = machine('Restore');
+    expect(def.StartAt).toBe('PlanRestore');
+    expect(def.States.PlanRestore!.Next).toBe('RestoreDisks');
+    expect(def.States.RestoreDisks!.Type).toBe('Map');
+    expect(def.States.RestoreDisks!.Next).toBe('WholeVm');
+    expect(def.States.RestoreDisks!.Catch![0]!.Next).toBe('RecordRestoreFailure');
+    expect(all.RecordRestoreFailure!.Next).toBe('RestoreFailed');
+    expect(all.RestoreFailed).toMatchObject({ Type: 'Fail', ErrorPath: '$.error.Error' });
+  });
+
+  it('routes each disk to the activity of the group the input names, with timeouts and heartbeats', () => {
+    const { all } = machine('Restore');
+    const choice = all.RestoreDiskOnMoverGroup!;
+    expect(choice.Type).toBe('Choice');
+    const groups = config.moverGroups.map((g) => g.id);
+    expect(choice.Choices!.map((c) => [c.Variable, c.StringEquals])).toEqual(groups.map((g) => ['$.restore.moverGroup', g]));
+    for (const c of choice.Choices!) {
+      const task = all[c.Next]!;
+      expect(task.Resource).toBe(resolved.activities[`Lifeboat-mover-${c.StringEquals}`]);
+      expect(task.HeartbeatSeconds).toBeGreaterThan(0);
+      expect(task.HeartbeatSeconds!).toBeLessThan(task.TimeoutSeconds!);
+      expect(task.Retry!.some((r) => r.ErrorEquals.includes('States.Timeout'))).toBe(true);
+    }
+    expect(all[choice.Default!]).toMatchObject({ Type: 'Fail', Error: 'Lifeboat.UnknownMoverGroup' });
+  });
+});
+
+describe('Deep verify workflow', () => {
+  it('emits an EventBridge event only when damage was found', () => {
+    const { def, all } = machine('DeepVerify');
+    expect(def.StartAt).toBe('PlanDeepVerify');
+    const damaged = all.Damaged!;
+    expect(damaged.Type).toBe('Choice');
+    const emit = all[damaged.Choices![0]!.Next]!;
+    expect(emit.Resource).toMatch(/^arn:aws:states:::events:putEvents$/);
+    template.hasResourceProperties('AWS::IAM::Policy', {
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Action: 'events:PutEvents', Effect: 'Allow' })]) },
+    });
+  });
+});
+
+describe('Prune workflow', () => {
+  it('stops after planning on a dry run', () => {
+    const { all } = machine('Prune');
+    const dry = all.DryRun!;
+    expect(dry.Choices![0]).toMatchObject({ Variable: '$.dryRun', Next: 'DryRunListed' });
+    expect(all.DryRunListed!.Type).toBe('Succeed');
+    expect(dry.Default).toBe('PruneBackups');
+  });
+
+  it('schedules a prune per policy in its time zone, passing the zone on', () => {
+    for (const p of config.policies) {
+      template.hasResourceProperties('AWS::Scheduler::Schedule', {
+        ScheduleExpressionTimezone: p.schedule.timeZone,
+        Target: Match.objectLike({ Input: JSON.stringify({ policyId: p.id, timeZone: p.schedule.timeZone }) }),
+      });
+    }
+  });
+
+  it('lets only PruneBackup delete, and only manifests', () => {
+    const policies = template.findResources('AWS::IAM::Policy');
+    const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
+    expect(deleters.length).toBeGreaterThan(0);
+    for (const [id, r] of deleters) {
+      expect(id).toMatch(/^PruneBackup/);
+      const stmt = (r.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]).find((s) => [s.Action].flat().includes('s3:DeleteObject'))!;
+      expect(JSON.stringify(stmt.Resource)).toContain('/manifests/*');
+      expect(JSON.stringify(stmt.Resource)).not.toContain('/chunks/*');
+    }
+  });
+});
+
+it('matches only States.*, Lambda.*, Lifeboat.UnknownMoverGroup or Lifeboat error codes in Retry and Catch', () => {
+  const known = { ...errorClasses, ...recoveryErrorClasses };
+  for (const name of ['Restore', 'DeepVerify', 'Prune']) {
+    const { all } = machine(name);
+    const used = Object.values(all).flatMap((s) => [...(s.Retry ?? []), ...(s.Catch ?? [])].flatMap((r) => r.ErrorEquals));
+    expect(used.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !Object.hasOwn(known, e)), name).toEqual([]);
+  }
+});
