@@ -8,7 +8,9 @@ import { spawn } from 'node:child_process';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { EmbeddedStack, openRepository } from '../local/stack.ts';
+import { deriveKeys } from '../core/format.ts';
+import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
 
@@ -16,10 +18,12 @@ const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 
 if (process.argv[2] === 'child') {
-  // The mover side, in its own process so its RSS is its own.
+  // The mover side, in its own process so its RSS is its own. It loads what a mover
+  // loads (mover/main.ts), not the embedded stack's servers (those are ~90 MiB of RSS).
   const [, , , endpointsJson, path, sizeText] = process.argv;
   const e = JSON.parse(endpointsJson!);
-  const { store, keys } = await openRepository(e);
+  const store = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS }), e.bucket);
+  const keys = deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile)));
   const disk = { diskId: 'sparse', path: path!, sizeBytes: Number(sizeText) };
   const reader = await new FolderDriver().openDisk(disk);
   const started = performance.now();
@@ -39,6 +43,7 @@ for (let i = 0; i < 64; i++) await fh.write(randomBytes(MiB), 0, MiB, Math.floor
 await fh.truncate(sizeBytes);
 await fh.close();
 
+const { EmbeddedStack } = await import('../local/stack.ts');
 const stack = await EmbeddedStack.start({ dataDir: join(dir, 'stack') });
 try {
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'child', JSON.stringify(stack.endpoints), path, String(sizeBytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
