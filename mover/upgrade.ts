@@ -81,9 +81,10 @@ export interface UpgraderOptions {
  * failure (a refused upgrade among them) is never held up by the version gate.
  */
 export function upgradeNeeded(input: unknown, current: string): string | undefined {
-  const t = input as { task?: string; job?: { minMoverVersion?: unknown; snapshot?: unknown } } | undefined;
+  const t = input as { task?: string; minMoverVersion?: unknown; job?: { minMoverVersion?: unknown; snapshot?: unknown } } | undefined;
   if (t?.task === 'releaseSnapshot' && !t.job?.snapshot) return undefined;
-  const min = t?.job?.minMoverVersion;
+  // Backup tasks carry it in their VmJob; other task kinds may carry it at the top level.
+  const min = t?.minMoverVersion ?? t?.job?.minMoverVersion;
   if (min === undefined || min === null) return undefined;
   if (!isVersion(min)) throw new CannotUpgrade(`the job's minMoverVersion ${JSON.stringify(min)} is not a version (expected major.minor.patch); check the control plane's LIFEBOAT_MIN_MOVER_VERSION`);
   return compareVersions(current, min) < 0 ? min : undefined;

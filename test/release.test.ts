@@ -49,6 +49,7 @@ describe('versions', () => {
     expect(upgradeNeeded({ task: 'releaseSnapshot', ...job('0.2.0') }, '0.1.0')).toBeUndefined();
     expect(upgradeNeeded({ task: 'releaseSnapshot', ...job('0.2.0', { handle: 'h' }) }, '0.1.0')).toBe('0.2.0');
     expect(() => upgradeNeeded({ task: 'snapshot', ...job('new') }, '0.1.0')).toThrow(CannotUpgrade);
+    expect(upgradeNeeded({ task: 'restoreDisk', minMoverVersion: '0.2.0' }, '0.1.0')).toBe('0.2.0');
   });
 });
 
