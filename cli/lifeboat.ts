@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { runDemo } from '../local/demo/demo.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
+import { registerBackupCommands } from './backup.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerRecoveryCommands } from './recovery.ts';
 
@@ -59,6 +60,11 @@ program
     await Promise.all(movers.map((m) => m.stop()));
     await stack.stop();
   });
+
+registerBackupCommands(program, DEFAULT_DATA_DIR, {
+  out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
+  ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
+});
 
 registerRecoveryCommands(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
