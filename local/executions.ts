@@ -122,15 +122,18 @@ export class LocalExecutions implements ExecutionService {
     abort.signal.addEventListener('abort', () => run.abort());
     const history = this.recordHistory(record, run.eventLogs);
     const done = run.result.then(
-      (output) => Object.assign(record, { status: 'SUCCEEDED', output: JSON.stringify(output) }),
-      (err: Error) => {
-        if (abort.signal.aborted) return Object.assign(record, { status: 'ABORTED' });
+      (output): Partial<ExecutionRecord> => ({ status: 'SUCCEEDED', output: JSON.stringify(output) }),
+      (err: Error): Partial<ExecutionRecord> => {
+        if (abort.signal.aborted) return { status: 'ABORTED' };
         const caught = err.cause as Error | undefined;
-        if (err.name === 'ExecutionTimeoutError') return Object.assign(record, { status: 'TIMED_OUT', error: 'States.Timeout' });
-        return Object.assign(record, { status: 'FAILED', error: caught?.name ?? err.name, cause: caught?.message ?? err.message });
+        if (err.name === 'ExecutionTimeoutError') return { status: 'TIMED_OUT', error: 'States.Timeout' };
+        return { status: 'FAILED', error: caught?.name ?? err.name, cause: caught?.message ?? err.message };
       },
-    ).then(async () => {
+    ).then(async (outcome) => {
+      // The execution reads as stopped only once its history is on disk, so a client that
+      // saw it stop can read the whole history.
       await history;
+      Object.assign(record, outcome);
       record.stopDate = new Date();
       this.running.delete(executionArn);
       await this.save(record);
@@ -142,7 +145,13 @@ export class LocalExecutions implements ExecutionService {
   /** Writes the execution's event history (as GetExecutionHistory would list it) beside its record. */
   private async recordHistory(record: ExecutionRecord, events: AsyncGenerator<unknown>): Promise<void> {
     const lines: string[] = [];
-    for await (const ev of events) lines.push(JSON.stringify(ev));
+    for await (const ev of events) {
+      // A Map iteration's event repeats the whole Map state's input (every item): keep the
+      // parent's name and type only, or the history grows with the square of the items.
+      const e = ev as { parentState?: { input?: unknown } };
+      if (e.parentState) delete e.parentState.input;
+      lines.push(JSON.stringify(ev));
+    }
     await writeFile(join(this.dir, `${record.stateMachineArn.split(':').pop()}--${record.name}.history.jsonl`), lines.join('\n') + '\n');
   }
 
