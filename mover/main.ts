@@ -1,6 +1,7 @@
 /**
  * The mover appliance's entry point. Configuration comes from the environment:
  *   LIFEBOAT_ACTIVITY_ARN   the mover group's Activity (required)
+ *   LIFEBOAT_KMS_KEY_ID     KMS key (ARN) that unwraps the repository key (AWS: the stack output RepositoryKeyArn), or
  *   LIFEBOAT_KEY_FILE       key file that unwraps the repository key (embedded stack)
  *   LIFEBOAT_SFN_ENDPOINT / LIFEBOAT_S3_ENDPOINT   endpoints (unset in AWS)
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
@@ -20,7 +21,8 @@ import { join } from 'node:path';
 import { CannotUpgrade } from '../core/errors.ts';
 import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { KMSClient } from '@aws-sdk/client-kms';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
@@ -86,7 +88,12 @@ const pathStyle = process.env.LIFEBOAT_S3_PATH_STYLE ? process.env.LIFEBOAT_S3_P
 const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...(s3Endpoint ? { credentials: localCreds } : {}) });
 const s3Concurrency = positiveInt('LIFEBOAT_S3_CONCURRENCY', '16');
 const bandwidth = process.env.LIFEBOAT_BANDWIDTH_LIMIT ? positiveInt('LIFEBOAT_BANDWIDTH_LIMIT', '1') : undefined;
-const keyFile = env('LIFEBOAT_KEY_FILE');
+const kmsKeyId = process.env.LIFEBOAT_KMS_KEY_ID;
+const keyFile = kmsKeyId ? undefined : env('LIFEBOAT_KEY_FILE');
+const kms = kmsKeyId ? new KMSClient({ region }) : undefined;
+/** The repository key's wrapper: KMS in AWS, the key file in the embedded stack. */
+const keyWrapper = async (bucket: string): Promise<KeyWrapper> =>
+  kms && kmsKeyId ? new KmsKeyWrapper({ client: kms, keyId: kmsKeyId, repository: bucket }) : KeyFileWrapper.load(keyFile!);
 
 const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys }>>();
 const repository = (bucket: string) => {
@@ -98,7 +105,7 @@ const repository = (bucket: string) => {
         onRetry: (i) => logger.info('storage.retry', { op: i.op, key: i.key, attempt: i.attempt, delayMs: Math.round(i.delayMs), error: (i.error as Error).message }),
       }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);
-      return { store, keys: deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(keyFile))) };
+      return { store, keys: deriveKeys(await loadMasterKey(store, await keyWrapper(bucket))) };
     })();
     r.catch(() => repositories.delete(bucket));
     repositories.set(bucket, r);

@@ -17,8 +17,8 @@ import type { LambdaFunctionId } from '../../functions/registry.ts';
 /** DynamoDB actions the catalog code sends (lib-dynamodb Get/Put/Update/Delete/Query/Scan). */
 export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' | 'Query' | 'Scan' | 'BatchGetItem' | 'BatchWriteItem' | 'ConditionCheckItem';
 
-/** Top-level prefixes of the repository layout (core/format.ts `keys`). */
-export type RepositoryPrefix = 'chunks/' | 'manifests/' | 'keys/';
+/** Top-level prefixes of the repository bucket: core/format.ts `keys`, mover records (core/mover-registry.ts), releases (core/release.ts). */
+export type RepositoryPrefix = 'chunks/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -64,6 +64,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
   RecordPrune: { catalog: ['PutItem'] },
+  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan'], repository: { read: ['manifests/', 'keys/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
 };
 

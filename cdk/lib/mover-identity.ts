@@ -3,8 +3,8 @@
  * (an IAM role/user/account of the site) and/or an IAM Roles Anywhere trust anchor (X.509
  * certificates on the appliance). It may only:
  * - take and answer tasks of its own group's Activity (GetActivityTask, SendTask*),
- * - read and write objects under the repositories' data prefixes, read the repository key
- *   object, and list the bucket (so a HEAD of a missing chunk is a 404, not a 403),
+ * - read and write objects under the repositories' data prefixes and its registration
+ *   record, read the repository key object and signed releases, and list the bucket (so a HEAD of a missing chunk is a 404, not a 403),
  * - use the repositories' KMS keys through S3 (SSE-KMS) and decrypt the repository key.
  * No delete of any kind, no catalog, nothing else.
  */
@@ -24,9 +24,13 @@ export interface MoverIdentityProps {
   repositories: { bucket: s3.IBucket; key: kms.IKey }[];
 }
 
-/** Object prefixes a mover writes (chunks, manifests) and reads (those and the repository key). */
-export const MOVER_WRITE_PREFIXES = ['chunks/', 'manifests/'] as const;
-export const MOVER_READ_PREFIXES = ['chunks/', 'manifests/', 'keys/'] as const;
+/**
+ * Object prefixes a mover writes: chunks, manifests, its registration record
+ * (core/mover-registry.ts). It reads those, the repository key and signed releases
+ * (core/release.ts) to update itself; it cannot write a release.
+ */
+export const MOVER_WRITE_PREFIXES = ['chunks/', 'manifests/', 'movers/'] as const;
+export const MOVER_READ_PREFIXES = ['chunks/', 'manifests/', 'movers/', 'keys/', 'releases/'] as const;
 
 /** The trust of a mover role: the configured principal, a Roles Anywhere trust anchor, or (neither) this account. */
 export function moverTrust(group: MoverGroupConfig): { principal: iam.IPrincipal; rolesAnywhere?: string } {
@@ -96,7 +100,7 @@ export class MoverIdentity extends Construct {
     ];
     const policy = new iam.Policy(this, 'Policy', { statements });
     policy.attachToRole(this.role);
-    acknowledge(policy, 'Movers write content-addressed objects whose names are not known in advance; access is limited to the data prefixes of the repository buckets: read chunks/, manifests/, keys/ and write chunks/, manifests/.',
+    acknowledge(policy, 'Movers write content-addressed objects whose names are not known in advance; access is limited to prefixes of the repository buckets: read chunks/, manifests/, movers/, keys/, releases/; write chunks/, manifests/, movers/ (its registration record).',
       ...props.repositories.flatMap((r) => MOVER_READ_PREFIXES.map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
   }
 }
