@@ -23,6 +23,7 @@ export const lambdaFunctions = {
   PlanPrune: { entry: 'functions/prune.ts', handler: 'planHandler' },
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },
   RecordPrune: { entry: 'functions/prune.ts', handler: 'recordHandler' },
+  CollectGarbage: { entry: 'functions/gc.ts', handler: 'handler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -106,16 +106,18 @@ describe('Prune workflow', () => {
     }
   });
 
-  it('lets only PruneBackup delete, and only manifests', () => {
+  it('lets only PruneBackup delete manifests and only CollectGarbage delete chunks', () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
-    expect(deleters.length).toBeGreaterThan(0);
-    for (const [id, r] of deleters) {
-      expect(id).toMatch(/^PruneBackup/);
+    const byFunction = Object.fromEntries(deleters.map(([id, r]) => {
       const stmt = (r.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]).find((s) => [s.Action].flat().includes('s3:DeleteObject'))!;
-      expect(JSON.stringify(stmt.Resource)).toContain('/manifests/*');
-      expect(JSON.stringify(stmt.Resource)).not.toContain('/chunks/*');
-    }
+      const res = JSON.stringify(stmt.Resource);
+      return [id.replace(/ServiceRole.*$/, ''), { manifests: res.includes('/manifests/*'), chunks: res.includes('/chunks/*'), keys: res.includes('/keys/*') }];
+    }));
+    expect(byFunction).toEqual({
+      PruneBackup: { manifests: true, chunks: false, keys: false },
+      CollectGarbage: { manifests: false, chunks: true, keys: false },
+    });
   });
 });
 

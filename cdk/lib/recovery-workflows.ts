@@ -1,6 +1,6 @@
 /**
  * The recovery side of the control plane, added to the stack in one call: the Restore,
- * Deep verify and Prune workflows (with their outputs). Kept apart from lifeboat-stack.ts so
+ * Deep verify, Prune and Garbage collection workflows (with their outputs). Kept apart from lifeboat-stack.ts so
  * the stack file stays a list of parts.
  */
 import { CfnOutput, Duration, TimeZone, type Stack } from 'aws-cdk-lib';
@@ -11,6 +11,7 @@ import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { PolicyConfig } from '../../core/config.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { DeepVerifyWorkflow } from './deep-verify-workflow.ts';
+import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
 import { RestoreWorkflow } from './restore-workflow.ts';
 
@@ -28,6 +29,7 @@ export interface RecoveryWorkflows {
   restore: RestoreWorkflow;
   deepVerify: DeepVerifyWorkflow;
   prune: PruneWorkflow;
+  gc: GcWorkflow;
 }
 
 export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
@@ -49,5 +51,7 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
       }),
     });
   }
-  return { restore, deepVerify, prune };
+  const gc = new GcWorkflow(stack, 'Gc', props);
+  new CfnOutput(stack, 'GcStateMachineArn', { value: gc.stateMachine.stateMachineArn });
+  return { restore, deepVerify, prune, gc };
 }

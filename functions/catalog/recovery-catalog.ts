@@ -3,11 +3,11 @@
  * changes they make (committed → damaged, committed → pruning → gone). Same table and
  * backup keys as `catalog.ts`; every status change is a conditional write.
  */
-import { DeleteCommand, GetCommand, PutCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, GetCommand, PutCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { DamageFinding } from '../../core/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
-export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE';
+export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE' | 'GC';
 
 const backupKey = (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` });
 const recordKey = (kind: RecoveryRecordKind, id: string) => ({ pk: `${kind}#${id}`, sk: kind });
@@ -76,6 +76,26 @@ export class RecoveryCatalog {
       if (isConditionFailed(err)) return false;
       throw err;
     }
+  }
+
+  /**
+   * Backups recorded `running` that started after `since` (older ones belong to dead
+   * executions), as `vmId/backupId`. A Scan: fine for a catalog of thousands of items.
+   */
+  async runningBackups(since: Date): Promise<string[]> {
+    const out: string[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.db.send(new ScanCommand({
+        TableName: this.table, ConsistentRead: true, ExclusiveStartKey: start,
+        FilterExpression: 'begins_with(sk, :b) AND #s = :r AND startedAt > :since',
+        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeValues: { ':b': 'BACKUP#', ':r': 'running', ':since': since.toISOString() },
+      }));
+      for (const it of page.Items ?? []) out.push(`${it.vmId as string}/${it.backupId as string}`);
+      start = page.LastEvaluatedKey;
+    } while (start);
+    return out;
   }
 
   /** Removes a backup whose manifests are gone; only one that is `pruning`. */

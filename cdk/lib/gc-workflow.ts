@@ -1,0 +1,58 @@
+/**
+ * The Garbage collection workflow: CollectGarbage marks every chunk the repository's
+ * manifests reference and sweeps the rest older than the grace period, never touching
+ * objects under Object Lock retention (functions/gc.ts). While backups run the sweep is
+ * deferred: the workflow waits and collects again. A sweep that raced a backup into
+ * needing a deleted chunk fails the execution, naming it.
+ *
+ * Input: `{ bucket, graceHours?, objectLockDays?, dryRun?, deferSeconds? }`.
+ */
+import { Duration } from 'aws-cdk-lib';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import { Construct } from 'constructs';
+import { StorageUnavailable } from '../../core/errors.ts';
+import type { LambdaFunctionId } from '../../functions/registry.ts';
+
+export interface GcWorkflowProps {
+  functions: Record<LambdaFunctionId, lambda.IFunction>;
+  /** How long a sweep deferred by running backups waits before collecting again (default 120 s). */
+  deferSeconds?: number;
+}
+
+export class GcWorkflow extends Construct {
+  readonly stateMachine: sfn.StateMachine;
+
+  constructor(scope: Construct, id: string, props: GcWorkflowProps) {
+    super(scope, id);
+    const start = new sfn.Pass(this, 'Start', { parameters: { 'request.$': '$' } });
+    const collect = new tasks.LambdaInvoke(this, 'CollectGarbage', {
+      lambdaFunction: props.functions.CollectGarbage,
+      payload: sfn.TaskInput.fromObject({ 'gcId.$': '$$.Execution.Name', 'request.$': '$.request' }),
+      payloadResponseOnly: true,
+      resultPath: '$.report',
+      taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
+    });
+    collect.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
+    // Nothing is deleted while backups run: a deferred sweep waits, then collects again from a fresh mark.
+    const wait = new sfn.Wait(this, 'WaitForBackups', { time: sfn.WaitTime.duration(props.deferSeconds ? Duration.seconds(props.deferSeconds) : Duration.minutes(2)) });
+    wait.next(collect);
+    const waitAsAsked = new sfn.Wait(this, 'WaitForBackupsAsAsked', { time: sfn.WaitTime.secondsPath('$.request.deferSeconds') });
+    waitAsAsked.next(collect);
+    const raced = new sfn.Fail(this, 'SweepRacedABackup', {
+      error: 'Gc.LateReferences',
+      cause: 'a manifest written during the sweep references a chunk the sweep deleted; the GC record lists them: back those VMs up again',
+    });
+    const check = new sfn.Choice(this, 'Outcome')
+      .when(sfn.Condition.and(sfn.Condition.isNotNull('$.report.deferred'), sfn.Condition.isPresent('$.request.deferSeconds')), waitAsAsked)
+      .when(sfn.Condition.isNotNull('$.report.deferred'), wait)
+      .when(sfn.Condition.isPresent('$.report.lateReferences[0]'), raced)
+      .otherwise(new sfn.Succeed(this, 'Collected', { outputPath: '$.report' }));
+    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
+      comment: 'Lifeboat garbage collection: mark chunks referenced by any manifest, sweep the rest past the grace period, skip Object Lock',
+      definitionBody: sfn.DefinitionBody.fromChainable(start.next(collect).next(check)),
+      timeout: Duration.hours(12),
+    });
+  }
+}
