@@ -122,32 +122,49 @@ export class Upgrader {
       throw new CannotUpgrade(`mover version ${current} is older than the job's minimum ${minVersion}, and it was installed without a release public key, so it cannot verify a release: ` +
         `set LIFEBOAT_RELEASE_PUBLIC_KEY_FILE to the publisher's release.pub ('lifeboat release keygen') and restart the mover, or install mover ${minVersion} by hand`);
     }
-    const manifest = await this.findRelease(store, bucket, minVersion);
-    const where = `s3://${bucket}/${releaseKeys.manifest(manifest.version)}`;
-    o.logger.info('upgrade.found', { release: manifest.version, manifest: where, keyId: manifest.keyId });
-    // The manifest is checked before any file is even downloaded.
-    verifyRelease(manifest, o.publicKey, undefined, where);
-    const files = new Map<string, Buffer>();
-    for (const f of manifest.files) {
-      const bytes = await store.get(f.key);
-      if (!bytes) throw new CannotUpgrade(`release ${manifest.version}: its manifest ${where} is there but its file s3://${bucket}/${f.key} is missing; publish the release again`);
-      files.set(f.name, bytes);
+    // The newest release first, then the one of exactly the minimum version: a bad newest
+    // release (e.g. signed with the wrong key) does not block a good one that suffices.
+    const candidates = await this.findReleases(store, bucket, minVersion);
+    let refusal: unknown;
+    for (const manifest of candidates) {
+      const where = `s3://${bucket}/${releaseKeys.manifest(manifest.version)}`;
+      o.logger.info('upgrade.found', { release: manifest.version, manifest: where, keyId: manifest.keyId });
+      try {
+        // The manifest is checked before any file is even downloaded.
+        verifyRelease(manifest, o.publicKey, undefined, where);
+        const files = new Map<string, Buffer>();
+        for (const f of manifest.files) {
+          const bytes = await store.get(f.key);
+          if (!bytes) throw new CannotUpgrade(`release ${manifest.version}: its manifest ${where} is there but its file s3://${bucket}/${f.key} is missing; publish the release again`);
+          files.set(f.name, bytes);
+        }
+        verifyRelease(manifest, o.publicKey, files, where);
+        const installed = await this.install(manifest, files);
+        o.logger.info('upgrade.installed', { release: manifest.version, program: installed.program, files: manifest.files.length, keyId: o.publicKey.id });
+        return installed;
+      } catch (err) {
+        if (!(err instanceof CannotUpgrade)) throw err;
+        o.logger.error('upgrade.release_refused', { release: manifest.version, error: err.message });
+        refusal ??= err;
+      }
     }
-    verifyRelease(manifest, o.publicKey, files, where);
-    const installed = await this.install(manifest, files);
-    o.logger.info('upgrade.installed', { release: manifest.version, program: installed.program, files: manifest.files.length, keyId: o.publicKey.id });
-    return installed;
+    throw refusal;
   }
 
-  /** The newest release if it is recent enough, else the release of exactly `minVersion`. */
-  private async findRelease(store: Pick<ObjectStore, 'get'>, bucket: string, minVersion: string): Promise<ReleaseManifest> {
+  /** Releases at or above `minVersion`: the newest (`latest.json`), then exactly `minVersion`. */
+  private async findReleases(store: Pick<ObjectStore, 'get'>, bucket: string, minVersion: string): Promise<ReleaseManifest[]> {
+    const found: ReleaseManifest[] = [];
     const latest = await store.get(releaseKeys.latest);
     if (latest) {
       const m = parseReleaseManifest(latest, `s3://${bucket}/${releaseKeys.latest}`);
-      if (compareVersions(m.version, minVersion) >= 0) return m;
+      if (compareVersions(m.version, minVersion) >= 0) found.push(m);
     }
     const exact = await store.get(releaseKeys.manifest(minVersion));
-    if (exact) return parseReleaseManifest(exact, `s3://${bucket}/${releaseKeys.manifest(minVersion)}`);
+    if (exact) {
+      const m = parseReleaseManifest(exact, `s3://${bucket}/${releaseKeys.manifest(minVersion)}`);
+      if (!found.some((f) => f.version === m.version && f.signature === m.signature)) found.push(m);
+    }
+    if (found.length) return found;
     throw new CannotUpgrade(`mover version ${this.o.currentVersion} is older than the job's minimum ${minVersion}, and s3://${bucket}/releases/ holds no release at or above ${minVersion}` +
       ` (looked at ${releaseKeys.latest} and ${releaseKeys.manifest(minVersion)}): publish one with 'lifeboat release publish --key <release.key>'`);
   }

@@ -66,11 +66,11 @@ async function waitForLog(name: string, pred: (l: MoverLogLine) => boolean, what
   throw new Error(`mover ${name} logged no ${what} within ${ms} ms; its log:\n${logsOf(name).map((l) => JSON.stringify(l)).join('\n')}`);
 }
 
-async function addVm(vmId: string, sizeBytes: number): Promise<string> {
+async function addVm(vmId: string, sizeBytes: number, slotLimit = 1): Promise<string> {
   const dir = join(t.dir, 'vms', vmId);
   await createVmFolder(dir, { name: vmId, disks: [{ id: 'disk0', sizeBytes }] }, seededRng(5));
   await t.stack.catalog.putVm({ vmId, host: 'esx-01', source: dir });
-  await t.stack.catalog.putPolicy({ policyId: `p-${vmId}`, vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1 });
+  await t.stack.catalog.putPolicy({ policyId: `p-${vmId}`, vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit });
   return dir;
 }
 
@@ -200,6 +200,34 @@ describe('self-update at job time', () => {
     await waitForLog('life-old', () => startsAsNew() === 2, 'a second start as 0.2.0');
     expect(logsOf('life-old').filter((l) => l.event === 'upgrade.boot').map((l) => [l.version, l.to])).toEqual([[LIFEBOAT_VERSION, '0.2.0']]);
   }, 180_000);
+
+  it('holds a task that needs the upgrade until the task in flight is finished by the old version, then restarts', async () => {
+    await addVm('vm-busy-a', 24 * MiB, 2);
+    await addVm('vm-busy-b', 8 * MiB, 2);
+    const m = mover('life-busy', { LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB), LIFEBOAT_MOVER_PARALLELISM: '1' }, 2);
+    const a = backup('vm-busy-a');
+    await waitForLog('life-busy', (l) => l.event === 'dispatch.progress' && (l.bytesStored as number) > 0, 'dispatch progress');
+    // Jobs planned from now on need 0.2.0 (published by the test above).
+    process.env.LIFEBOAT_MIN_MOVER_VERSION = '0.2.0';
+    const b = backup('vm-busy-b');
+    const [da, db] = await Promise.all([a, b]);
+    expect([da.status, db.status]).toEqual(['SUCCEEDED', 'SUCCEEDED']);
+    expect(JSON.parse(db.output!) as RunSummary).toMatchObject({ committed: 1, failed: 0 });
+
+    const log = logsOf('life-busy');
+    const restartAt = log.findIndex((l) => l.event === 'worker.restarting');
+    expect(log.findIndex((l) => l.event === 'task.handover_waiting' && l.tasksInFlight === 1)).toBeGreaterThan(-1);
+    // vm-busy-a's Dispatch finished on the old version before the restart...
+    const aDispatch = log.findIndex((l) => l.event === 'task.succeeded' && l.task === 'dispatch' && l.vmId === 'vm-busy-a');
+    expect(aDispatch).toBeGreaterThan(-1);
+    expect(aDispatch).toBeLessThan(restartAt);
+    expect(log[aDispatch]!.version).toBe(LIFEBOAT_VERSION);
+    // ...and every task of vm-busy-b ran on the new one.
+    const bDone = log.filter((l) => l.event === 'task.succeeded' && l.vmId === 'vm-busy-b');
+    expect(bDone.map((l) => l.task).sort()).toEqual(['dispatch', 'releaseSnapshot', 'snapshot']);
+    expect(bDone.every((l) => l.version === '0.2.0')).toBe(true);
+    expect(m.child.exitCode).toBeNull();
+  }, 120_000);
 
   it('refuses a release with a bad signature, names the release and the keys, and keeps serving the jobs it can', async () => {
     const { store } = await openRepository(t.stack.endpoints);

@@ -142,6 +142,17 @@ describe('the mover installer', () => {
     expect(existsSync(join(home, 'versions', '0.3.0'))).toBe(false);
   });
 
+  it('falls back to the release of exactly the minimum version when the newest one does not verify', async () => {
+    const ours = keyPair();
+    const theirs = keyPair();
+    const store = new MemoryObjectStore();
+    await publishRelease(store, { version: '0.2.0', files: files(), privateKey: ours.privateKey });
+    await publishRelease(store, { version: '0.3.0', files: files(), privateKey: theirs.privateKey });
+    const installed = await new Upgrader({ home, currentVersion: '0.1.0', publicKey: ours.publicKey, logger }).ensure(store, 'bucket', '0.2.0');
+    expect(installed.version).toBe('0.2.0');
+    await expect(new Upgrader({ home, currentVersion: '0.2.0', publicKey: ours.publicKey, logger }).ensure(store, 'bucket', '0.3.0')).rejects.toThrow(/release 0.3.0 .* bad signature/);
+  });
+
   it('says so when no release is recent enough, or when the mover has no public key', async () => {
     const { privateKey, publicKey } = keyPair();
     const store = new MemoryObjectStore();
