@@ -31,13 +31,15 @@ const run = promisify(execFile);
 let t: TestStack;
 let publicKeyFile: string;
 const releaseKey = generateReleaseKeyPair();
-const attackerKey = generateReleaseKeyPair();
+const CLI = join(import.meta.dirname, '..', 'cli', 'lifeboat.ts');
 const started: MoverProcess[] = [];
 
 beforeAll(async () => {
   t = await startTestStack({ movers: 0 });
   publicKeyFile = join(t.dir, 'release.pub');
   await writeFile(publicKeyFile, releaseKey.publicKeyPem);
+  // What `lifeboat up` writes: the command line finds the running stack through it.
+  await writeFile(join(t.stack.endpoints.dataDir, 'endpoints.json'), JSON.stringify(t.stack.endpoints));
 });
 afterEach(async () => {
   delete process.env.LIFEBOAT_MIN_MOVER_VERSION;
@@ -104,9 +106,8 @@ describe('registration', () => {
 
     expect(await m.stop()).toBe(0);
     expect(await registered('life-reg')).toMatchObject({ state: 'stopped' });
-    // The command line reads the same records through a running stack's endpoints file.
-    await writeFile(join(e.dataDir, 'endpoints.json'), JSON.stringify(e));
-    const cli = await run(process.execPath, [join(import.meta.dirname, '..', 'cli', 'lifeboat.ts'), 'movers', '--data-dir', e.dataDir]);
+    // The command line reads the same records through the running stack's endpoints file.
+    const cli = await run(process.execPath, [CLI, 'movers', '--data-dir', e.dataDir]);
     expect(cli.stdout).toMatch(new RegExp(`site-a\\s+life-reg\\s+${LIFEBOAT_VERSION.replace(/\./g, '\\.')}\\s+stopped\\s+0/2`));
   });
 });
@@ -230,9 +231,15 @@ describe('self-update at job time', () => {
   }, 120_000);
 
   it('refuses a release with a bad signature, names the release and the keys, and keeps serving the jobs it can', async () => {
-    const { store } = await openRepository(t.stack.endpoints);
-    // Signed with a key the movers were not installed with.
-    await publishRelease(store, { version: '0.3.0', files: await buildMoverRelease('0.3.0'), privateKey: parsePrivateKey(attackerKey.privateKeyPem, 'attacker') });
+    // Published with the command line, signed with a key the movers were not installed with.
+    const attackerDir = join(t.dir, 'attacker');
+    const keygen = await run(process.execPath, [CLI, 'release', 'keygen', '--out', attackerDir]);
+    const attackerKeyId = /release key ([0-9a-f]{16})/.exec(keygen.stdout)?.[1];
+    expect(attackerKeyId).toBeDefined();
+    await expect(run(process.execPath, [CLI, 'release', 'keygen', '--out', attackerDir])).rejects.toThrow(/release.key exists already/);
+    const published = await run(process.execPath, [CLI, 'release', 'publish', '--data-dir', t.stack.endpoints.dataDir, '--key', join(attackerDir, 'release.key'), '--version', '0.3.0']);
+    expect(published.stdout).toContain(`published mover 0.3.0 to s3://${t.stack.endpoints.bucket}`);
+    expect(published.stdout).toContain(`signed by key ${attackerKeyId}`);
     await addVm('vm-refuse', 8 * MiB);
     process.env.LIFEBOAT_MIN_MOVER_VERSION = '0.3.0';
 
@@ -246,7 +253,7 @@ describe('self-update at job time', () => {
     expect(error.Cause).toContain('release 0.3.0');
     expect(error.Cause).toContain('bad signature');
     expect(error.Cause).toContain(`release public key ${releaseKey.keyId} (LIFEBOAT_RELEASE_PUBLIC_KEY_FILE=${publicKeyFile})`);
-    expect(error.Cause).toContain(`signed by key ${attackerKey.keyId}`);
+    expect(error.Cause).toContain(`signed by key ${attackerKeyId}`);
     expect(existsSync(join(t.stack.endpoints.dataDir, 'movers', 'life-refuse', 'current'))).toBe(false);
     expect(m.child.exitCode).toBeNull();
 
