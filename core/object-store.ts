@@ -15,4 +15,14 @@ export interface ObjectStore {
   get(key: string): Promise<Buffer | undefined>;
   /** The object's size, or undefined when it does not exist. */
   head(key: string): Promise<ObjectInfo | undefined>;
+  /**
+   * Stores `body` only when no object exists under `key` (S3 conditional write,
+   * `If-None-Match: *`): 'created', or 'exists' when one was already there (or another
+   * writer's conditional write of the key was in progress). Present only on stores that
+   * honour the condition; callers fall back to HEAD then PUT without it.
+   */
+  putIfAbsent?(key: string, body: Uint8Array, sha256?: string): Promise<'created' | 'exists'>;
 }
+
+/** A conditional write's outcome. */
+export type PutIfAbsentResult = 'created' | 'exists';

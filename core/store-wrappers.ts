@@ -102,10 +102,13 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
       }
     }
   };
+  const putIfAbsent = inner.putIfAbsent?.bind(inner);
   return {
     put: (key, body, sha256) => retry('put', key, () => inner.put(key, body, sha256)),
     get: (key) => retry('get', key, () => inner.get(key)),
     head: (key) => retry('head', key, () => inner.head(key)),
+    // A retried conditional write whose first attempt landed answers 'exists': the caller then checks the size.
+    ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => retry('put', key, () => putIfAbsent(key, body, sha256)) } : {}),
   };
 }
 
@@ -126,10 +129,12 @@ export function withConcurrencyLimit(inner: ObjectStore, limit: number): ObjectS
       else active--;
     }
   };
+  const putIfAbsent = inner.putIfAbsent?.bind(inner);
   return {
     put: (key, body, sha256) => run(() => inner.put(key, body, sha256)),
     get: (key) => run(() => inner.get(key)),
     head: (key) => run(() => inner.head(key)),
+    ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => run(() => putIfAbsent(key, body, sha256)) } : {}),
   };
 }
 
@@ -155,6 +160,7 @@ export function withBandwidthLimit(inner: ObjectStore, bytesPerSecond: number, o
   checkPositive('burstBytes', burst);
   const now = opts.now ?? (() => performance.now());
   const sleep = opts.sleep ?? defaultSleep;
+  const putIfAbsent = inner.putIfAbsent?.bind(inner);
   let tokens = burst;
   let last = now();
   let queue: Promise<void> = Promise.resolve();
@@ -181,5 +187,11 @@ export function withBandwidthLimit(inner: ObjectStore, bytesPerSecond: number, o
       return body;
     },
     head: (key): Promise<ObjectInfo | undefined> => inner.head(key),
+    ...(putIfAbsent ? {
+      putIfAbsent: async (key: string, body: Uint8Array, sha256?: string) => {
+        await take(body.byteLength);
+        return putIfAbsent(key, body, sha256);
+      },
+    } : {}),
   };
 }

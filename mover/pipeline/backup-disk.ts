@@ -102,20 +102,24 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       }
       inFlight.add(id);
       const key = keys.chunk(id);
-      // Seal while looking: an object already stored under this id is trusted only when it
-      // has the size this chunk seals to (sealing is size-deterministic; the nonce is random,
-      // so the bytes differ between writers), so a partial object left by a killed writer on
-      // a non-atomic store (s3rver writes in place) is overwritten, never referenced.
+      // An object already stored under this id is trusted only when it has the size this
+      // chunk seals to (sealing is size-deterministic; the nonce is random, so the bytes
+      // differ between writers), so a partial object left by a killed writer on a
+      // non-atomic store (s3rver writes in place) is overwritten, never referenced.
       const sealing = pool.seal(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel });
       buf = undefined; // transferred: it comes back with the sealed bytes
-      const [s, existing] = await Promise.all([sealing, o.store.head(key)]);
+      // With conditional writes a new chunk costs one request (no HEAD); otherwise HEAD
+      // while sealing, then PUT.
+      const conditional = o.store.putIfAbsent?.bind(o.store);
+      const [s, looked] = await Promise.all([sealing, conditional ? undefined : o.store.head(key)]);
       release(s.buf); // the plaintext is not needed for the upload
+      const existing = !conditional ? looked : (await conditional(key, s.sealed, s.sha256)) === 'exists' ? await o.store.head(key) : null;
       if (existing && existing.size === s.sealed.length) {
         stats.dedupedChunks++;
         record(id, { size: existing.size, ...(existing.sha256 ? { sha256: existing.sha256 } : {}) });
         return;
       }
-      await o.store.put(key, s.sealed, s.sha256);
+      if (existing !== null) await o.store.put(key, s.sealed, s.sha256); // null: the conditional write created it
       record(id, { size: s.sealed.length, sha256: s.sha256 });
       stats.uploadedChunks++;
       stats.bytesUploaded += length;
