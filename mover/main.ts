@@ -7,6 +7,8 @@
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
+ *   LIFEBOAT_S3_CONDITIONAL_WRITES (auto/on/off, default auto: probe whether the endpoint honours
+ *     If-None-Match; with it a new chunk is one PUT and no HEAD)
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
@@ -23,7 +25,7 @@ import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { FolderDriver } from './sources/folder.ts';
@@ -87,6 +89,18 @@ const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, c
 const pathStyle = process.env.LIFEBOAT_S3_PATH_STYLE ? process.env.LIFEBOAT_S3_PATH_STYLE === 'true' : !!s3Endpoint;
 const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...(s3Endpoint ? { credentials: localCreds } : {}) });
 const s3Concurrency = positiveInt('LIFEBOAT_S3_CONCURRENCY', '16');
+const conditionalWrites = process.env.LIFEBOAT_S3_CONDITIONAL_WRITES || 'auto';
+if (!['auto', 'on', 'off'].includes(conditionalWrites)) throw new Error(`LIFEBOAT_S3_CONDITIONAL_WRITES must be auto, on or off, got '${conditionalWrites}'`);
+/** Whether the bucket's endpoint honours If-None-Match (a failed probe, e.g. no permission, means HEAD then PUT). */
+const useConditionalWrites = async (bucket: string): Promise<boolean> => {
+  if (conditionalWrites !== 'auto') return conditionalWrites === 'on';
+  const ok = await probeConditionalWrites(s3, bucket).catch((err: Error) => {
+    logger.info('storage.conditional-writes.probe-failed', { bucket, error: err.message });
+    return false;
+  });
+  logger.info('storage.conditional-writes', { bucket, conditionalWrites: ok });
+  return ok;
+};
 const bandwidth = process.env.LIFEBOAT_BANDWIDTH_LIMIT ? positiveInt('LIFEBOAT_BANDWIDTH_LIMIT', '1') : undefined;
 const kmsKeyId = process.env.LIFEBOAT_KMS_KEY_ID;
 const keyFile = kmsKeyId ? undefined : env('LIFEBOAT_KEY_FILE');
@@ -101,7 +115,7 @@ const repository = (bucket: string) => {
   if (!r) {
     r = (async () => {
       // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3, bucket), {
+      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3, bucket, { conditionalWrites: await useConditionalWrites(bucket) }), {
         onRetry: (i) => logger.info('storage.retry', { op: i.op, key: i.key, attempt: i.attempt, delayMs: Math.round(i.delayMs), error: (i.error as Error).message }),
       }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);
