@@ -109,14 +109,16 @@ export class S3ObjectStore implements ObjectStore {
 /**
  * Whether the bucket's endpoint honours conditional writes (`If-None-Match: *`): real S3
  * does (since 2024); s3rver 3.7 and some S3-compatible stores ignore the header and
- * overwrite. Writes the small object `probes/conditional-write` (at most twice; it is kept,
- * so later probes answer with one request). True only when a conditional PUT was refused.
+ * overwrite. Writes a small object at `key` (at most twice; it is kept, so later probes
+ * answer with one request; the default key is under `movers/`, a prefix movers may write
+ * and whose readers skip objects that are not mover records). True only when a
+ * conditional PUT was refused.
  */
-export async function probeConditionalWrites(client: S3Client, bucket: string): Promise<boolean> {
+export async function probeConditionalWrites(client: S3Client, bucket: string, key = 'movers/.conditional-write-probe'): Promise<boolean> {
   const probe = new S3ObjectStore(client, bucket, { conditionalWrites: true });
   const body = Buffer.from('lifeboat conditional-write probe\n');
   for (let attempt = 0; attempt < 2; attempt++) {
-    if ((await probe.putIfAbsent!('probes/conditional-write', body)) === 'exists') return true;
+    if ((await probe.putIfAbsent!(key, body)) === 'exists') return true;
   }
   return false;
 }
