@@ -3,6 +3,7 @@ import { BadTaskInput } from '../core/errors.ts';
 import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts';
 import type { MoverTask } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
+import { recoveryTaskNames } from '../core/recovery-jobs.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { SourceDriver } from './sources/source.ts';
@@ -18,9 +19,9 @@ export interface TaskDeps {
 
 /**
  * The task kinds this mover runs, announced in its registration (mover/registration.ts).
- * Keep it in step with the `switch` below when adding a kind.
+ * Keep it in step with the `switch` below when adding a kind (recovery kinds come from core/recovery-jobs.ts).
  */
-export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot'];
+export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', ...recoveryTaskNames];
 
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
