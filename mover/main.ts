@@ -203,7 +203,8 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     }, graceMs + 5000).unref();
   });
 }
-await registration?.start();
+// Registration never holds up work: a failed write is logged and retried at the next beat.
+void registration?.start();
 await worker.run();
 const inTime = (await draining) ?? true;
 await registration?.set('stopped', { tasksInFlight: 0 });
