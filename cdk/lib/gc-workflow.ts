@@ -45,8 +45,8 @@ export class GcWorkflow extends Construct {
       cause: 'a manifest written during the sweep references a chunk the sweep deleted; the GC record lists them: back those VMs up again',
     });
     const check = new sfn.Choice(this, 'Outcome')
-      .when(sfn.Condition.and(sfn.Condition.isNotNull('$.report.deferred'), sfn.Condition.isPresent('$.request.deferSeconds')), waitAsAsked)
-      .when(sfn.Condition.isNotNull('$.report.deferred'), wait)
+      .when(sfn.Condition.and(sfn.Condition.isPresent('$.report.deferred.backups'), sfn.Condition.isPresent('$.request.deferSeconds')), waitAsAsked)
+      .when(sfn.Condition.isPresent('$.report.deferred.backups'), wait)
       .when(sfn.Condition.isPresent('$.report.lateReferences[0]'), raced)
       .otherwise(new sfn.Succeed(this, 'Collected', { outputPath: '$.report' }));
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {

@@ -1,0 +1,106 @@
+/**
+ * Garbage collection on the embedded stack, raced against a running backup that reuses
+ * old unreferenced chunks: the sweep waits for the backup, spares what it reused,
+ * deletes the rest, and every backup still restores byte-identical.
+ */
+import { copyFile, readdir, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import type { DeepVerifySummary } from '../functions/deep-verify.ts';
+import type { GcReport } from '../functions/gc.ts';
+import type { RestoreSummary } from '../functions/restore.ts';
+import { runExecution } from '../local/client.ts';
+import { sha256File } from '../local/demo/demo.ts';
+import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { REPOSITORY_BUCKET } from '../local/stack.ts';
+import { startTestStack, type TestStack } from './helpers/stack.ts';
+
+const MiB = 1024 * 1024;
+let t: TestStack;
+let g1: string;
+let g2: string;
+
+const run = (workflow: string, input: unknown) => runExecution(t.sfn, t.stack.endpoints.stateMachines[workflow]!, input, { pollMs: 200 });
+const backup = async (policyId: string) => {
+  const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId }, { pollMs: 200 });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+};
+const chunkDir = () => join(t.stack.endpoints.dataDir, 's3', REPOSITORY_BUCKET, 'chunks');
+async function chunkFiles(): Promise<string[]> {
+  const out: string[] = [];
+  for (const p of await readdir(chunkDir())) for (const f of await readdir(join(chunkDir(), p))) if (f.endsWith('._S3rver_object')) out.push(join(chunkDir(), p, f));
+  return out;
+}
+
+beforeAll(async () => {
+  // One chunk at a time: the second VM's backup is still running when collection starts.
+  t = await startTestStack({ movers: 1, moverEnv: { LIFEBOAT_MOVER_PARALLELISM: '1' } });
+  const e = t.stack.endpoints;
+  g1 = join(t.dir, 'vms', 'g1');
+  g2 = join(t.dir, 'vms', 'g2');
+  await createVmFolder(g1, { name: 'g1', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }] }, seededRng(21));
+  await createVmFolder(g2, { name: 'g2', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }, { id: 'disk1', sizeBytes: 48 * MiB }] }, seededRng(22));
+  await copyFile(join(g1, 'disk0.raw'), join(g2, 'disk0.raw')); // g2's first disk is g1's first version
+  for (const [vmId, source] of [['g1', g1], ['g2', g2]] as const) await t.stack.catalog.putVm({ vmId, host: 'esx-01', source });
+  await t.stack.catalog.putPolicy({ policyId: 'p-g1', vmIds: ['g1'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 } });
+  await t.stack.catalog.putPolicy({ policyId: 'p-g2', vmIds: ['g2'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 } });
+
+  // Three versions of g1, pruned to the last: the chunks only v1 or v2 had are garbage.
+  await backup('p-g1');
+  for (let v = 2; v <= 3; v++) {
+    await changeDisk(join(g1, 'disk0.raw'), 16 * MiB, 0.3, 2, seededRng(v));
+    await backup('p-g1');
+  }
+  const pruned = await run('Prune', { policyId: 'p-g1' });
+  expect(pruned.status, pruned.cause).toBe('SUCCEEDED');
+  expect((await t.stack.catalog.listBackups('g1')).length).toBe(1);
+  // Three days pass: every stored chunk is older than the grace period.
+  const past = new Date(Date.now() - 3 * 86_400_000);
+  for (const f of await chunkFiles()) await utimes(f, past, past);
+}, 240_000);
+afterAll(async () => {
+  await t?.close();
+});
+
+it('reports what it would free on a dry run, deleting nothing', async () => {
+  const before = (await chunkFiles()).length;
+  const d = await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 1, dryRun: true });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+  const r = JSON.parse(d.output!) as GcReport;
+  expect(r.chunks.deleted).toBeGreaterThan(0);
+  expect(r.bytesFreed).toBeGreaterThan(0);
+  expect(r.chunks.total).toBe(before);
+  expect((await chunkFiles()).length).toBe(before);
+});
+
+it('waits for a running backup that reuses garbage, spares what it reused, frees the rest; everything restores', async () => {
+  const dry = JSON.parse((await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 1, dryRun: true })).output!) as GcReport;
+  expect((await chunkFiles()).length).toBe(dry.chunks.total);
+
+  const g2Backup = runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-g2' }, { pollMs: 200 });
+  for (let i = 0; i < 500 && !t.logs.some((l) => l.event === 'dispatch.progress' && l.vmId === 'g2'); i++) await sleep(20);
+  const gc = run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 1, deferSeconds: 1 });
+  const [b, g] = await Promise.all([g2Backup, gc]);
+  expect(b.status, b.cause).toBe('SUCCEEDED');
+  expect(g.status, g.cause).toBe('SUCCEEDED');
+  const r = JSON.parse(g.output!) as GcReport;
+  expect(r.deferrals, 'the sweep waited for the running backup').toBeGreaterThanOrEqual(1);
+  expect(r.lateReferences).toEqual([]);
+  // g2 reused the chunks only g1's pruned first version had: those stay; v2's are freed.
+  expect(r.chunks.deleted).toBeGreaterThan(0);
+  expect(r.chunks.deleted).toBeLessThan(dry.chunks.deleted);
+  expect(r.bytesFreed).toBeGreaterThan(0);
+  const after = (await chunkFiles()).length;
+  expect(after).toBe(r.chunks.total - r.chunks.deleted);
+
+  for (const [vmId, dir, disks] of [['g1', g1, ['disk0']], ['g2', g2, ['disk0', 'disk1']]] as const) {
+    const restored = await run('Restore', { vmId, target: join(t.dir, 'restored', vmId), moverGroup: 'site-a' });
+    expect(restored.status, restored.cause).toBe('SUCCEEDED');
+    const s = JSON.parse(restored.output!) as RestoreSummary;
+    expect(s.disks.map((d) => d.diskId)).toEqual([...disks]);
+    for (const d of s.disks) expect(await sha256File(d.path), `${vmId} ${d.diskId}`).toBe(await sha256File(join(dir, `${d.diskId}.raw`)));
+    const verified = JSON.parse((await run('DeepVerify', { vmId, moverGroup: 'site-a' })).output!) as DeepVerifySummary;
+    expect(verified.damaged, vmId).toBe(false);
+  }
+}, 240_000);
