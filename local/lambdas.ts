@@ -2,6 +2,7 @@
  * Runs the control plane's Lambda handlers in process: the same modules the CDK app
  * bundles, found through functions/registry.ts, called with a Lambda-like context.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { lambdaFunctions, type LambdaFunctionId } from '../functions/registry.ts';
 
@@ -22,6 +23,9 @@ async function load(id: LambdaFunctionId): Promise<Handler> {
   return h;
 }
 
+/** The function whose invocation is running (tests attribute SDK calls to functions with it). */
+export const currentInvocation = new AsyncLocalStorage<{ functionId: LambdaFunctionId }>();
+
 /**
  * Invokes function `id` as Lambda would. A thrown error becomes an Error whose name is
  * the error's name and whose message is Lambda's JSON cause, as Step Functions sees it.
@@ -31,7 +35,7 @@ export async function invokeLocal(id: LambdaFunctionId, event: unknown, timeoutM
   const deadline = Date.now() + timeoutMs;
   const context = { functionName: id, awsRequestId: randomUUID(), getRemainingTimeInMillis: () => deadline - Date.now(), callbackWaitsForEmptyEventLoop: false };
   try {
-    return await handler(structuredClone(event), context);
+    return await currentInvocation.run({ functionId: id }, () => handler(structuredClone(event), context));
   } catch (err) {
     const e = err as Error;
     const failure = new Error(JSON.stringify({ errorType: e.name, errorMessage: e.message }));

@@ -56,10 +56,9 @@ describe('lambdaHandler', () => {
 
   it('builds every registered handler with lambdaHandler (Powertools logger, metrics and parser)', async () => {
     for (const [id, def] of Object.entries(lambdaFunctions)) {
-      const mod = (await import(`../${def.entry}`)) as Record<string, { use?: unknown; before?: unknown }>;
+      const mod = (await import(`../${def.entry}`)) as Record<string, { lifeboatFunction?: string }>;
       const h = mod[def.handler];
-      // A middy handler exposes use/before/after; lambdaHandler rejects an empty event with Function.BadInput.
-      expect(typeof h?.use, `${id}: ${def.entry} ${def.handler}`).toBe('function');
+      expect(h?.lifeboatFunction, `${id}: ${def.entry} ${def.handler} must be built with lambdaHandler`).toBe(id);
       const err = await (h as unknown as (e: unknown, c: unknown) => Promise<unknown>)('not an object', context).catch((e: Error) => e);
       expect((err as Error).name, `${id} must validate its input with lambdaHandler`).toBe('Function.BadInput');
     }

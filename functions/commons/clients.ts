@@ -40,14 +40,42 @@ async function keyWrapper(env: FunctionEnv, bucket: string): Promise<KeyWrapper>
   throw new Error('no repository key wrapper configured: set REPOSITORY_KMS_KEY_ID (AWS; the CDK app does) or LIFEBOAT_KEY_FILE (embedded stack)');
 }
 
+/** One AWS API call made through these clients: the service, the API operation and its input. */
+export interface SdkCall {
+  service: 'dynamodb' | 's3';
+  /** The API operation, e.g. `PutItem`, `HeadObject`. */
+  operation: string;
+  input: Record<string, unknown>;
+}
+
+let sdkCallListener: ((call: SdkCall) => void) | undefined;
+
+/**
+ * Calls `listener` for every DynamoDB and S3 call the functions make (unset: nothing).
+ * Tests use it to check each function's IAM grants against what it really calls.
+ */
+export function observeSdkCalls(listener: ((call: SdkCall) => void) | undefined): void {
+  sdkCallListener = listener;
+}
+
+type MiddlewareClient = { middlewareStack: { add(mw: unknown, opts: { step: 'initialize'; name: string }): void } };
+function observe(client: MiddlewareClient, service: SdkCall['service']): void {
+  client.middlewareStack.add((next: (args: { input: Record<string, unknown> }) => Promise<unknown>, context: { commandName?: string }) =>
+    async (args: { input: Record<string, unknown> }) => {
+      sdkCallListener?.({ service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input });
+      return next(args);
+    }, { step: 'initialize', name: 'lifeboatObserveSdkCalls' });
+}
+
 export function clients(): Clients {
   if (cached) return cached;
   const env = readEnv();
   const local = env.dynamodbEndpoint ? { credentials: LOCAL_ENDPOINT_CREDENTIALS } : {};
-  const db = DynamoDBDocumentClient.from(new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local }), {
-    marshallOptions: { removeUndefinedValues: true },
-  });
+  const dynamodb = new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local });
+  observe(dynamodb as unknown as MiddlewareClient, 'dynamodb');
+  const db = DynamoDBDocumentClient.from(dynamodb, { marshallOptions: { removeUndefinedValues: true } });
   const s3 = s3Client({ region: env.region, endpoint: env.s3Endpoint, forcePathStyle: !!env.s3Endpoint, ...local });
+  observe(s3 as unknown as MiddlewareClient, 's3');
   cached = {
     env,
     catalog: new Catalog(db, env.tableName),

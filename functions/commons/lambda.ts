@@ -18,8 +18,15 @@ import type { Context } from 'aws-lambda';
 import { z } from 'zod';
 import { BadFunctionInput, LifeboatError } from '../../core/errors.ts';
 
-export const logger = new Logger({ serviceName: process.env.POWERTOOLS_SERVICE_NAME ?? 'lifeboat' });
-export const metrics = new Metrics({ serviceName: process.env.POWERTOOLS_SERVICE_NAME ?? 'lifeboat', namespace: process.env.POWERTOOLS_METRICS_NAMESPACE ?? 'Lifeboat' });
+let shared: { logger: Logger; metrics: Metrics } | undefined;
+/**
+ * The container's Logger and Metrics, made at the first invocation, not at import: the
+ * embedded stack imports handler modules before it sets the Powertools environment.
+ */
+export function powertools(): { logger: Logger; metrics: Metrics } {
+  const serviceName = process.env.POWERTOOLS_SERVICE_NAME ?? 'lifeboat';
+  return (shared ??= { logger: new Logger({ serviceName }), metrics: new Metrics({ serviceName, namespace: process.env.POWERTOOLS_METRICS_NAMESPACE ?? 'Lifeboat' }) });
+}
 
 /** What a handler body gets besides its parsed input. */
 export interface HandlerTools {
@@ -42,22 +49,31 @@ export function badInput(functionName: string, error: unknown): BadFunctionInput
   return new BadFunctionInput(`${functionName} received an input that does not match its schema (a workflow/function version mismatch?):\n${detail}`, error);
 }
 
+/** A Lambda handler: `(event, context) => Promise<result>`. */
+export type LambdaHandler<R> = ((event: unknown, context: Context) => Promise<R>) & { readonly lifeboatFunction: string };
+
 /**
  * Builds a middy handler: `schema` validates the event, `fn` runs with the parsed input.
- * Errors keep their name (Step Functions matches it); unexpected ones are logged.
+ * Errors keep their name (Step Functions matches it); unexpected ones are logged. The
+ * middy chain is built at the first invocation (see {@link powertools}).
  */
-export function lambdaHandler<S extends z.ZodType, R>(functionName: string, schema: S, fn: (input: z.output<S>, tools: HandlerTools) => Promise<R>) {
-  return middy<z.output<S>, R, Error, Context>()
-    .use(injectLambdaContext(logger, { resetKeys: true }))
-    .use(logMetrics(metrics))
-    .use(parser({ schema, errorHandler: (error) => { throw badInput(functionName, error); } }))
-    .handler(async (input, context) => {
-      try {
-        return await fn(input, { logger, metrics, context });
-      } catch (err) {
-        // Expected failures (a full slot, a missing policy) are part of the workflow; the rest is a bug or an outage.
-        if (!(err instanceof LifeboatError)) logger.error(`${functionName} failed`, err as Error);
-        throw err;
-      }
-    });
+export function lambdaHandler<S extends z.ZodType, R>(functionName: string, schema: S, fn: (input: z.output<S>, tools: HandlerTools) => Promise<R>): LambdaHandler<R> {
+  let built: ((event: unknown, context: Context) => Promise<R>) | undefined;
+  const build = () => {
+    const { logger, metrics } = powertools();
+    return middy<z.output<S>, R, Error, Context>()
+      .use(injectLambdaContext(logger, { resetKeys: true }))
+      .use(logMetrics(metrics))
+      .use(parser({ schema, errorHandler: (error) => { throw badInput(functionName, error); } }))
+      .handler(async (input, context) => {
+        try {
+          return await fn(input, { logger, metrics, context });
+        } catch (err) {
+          // Expected failures (a full slot, a missing policy) are part of the workflow; the rest is a bug or an outage.
+          if (!(err instanceof LifeboatError)) logger.error(`${functionName} failed`, err as Error);
+          throw err;
+        }
+      }) as unknown as (event: unknown, context: Context) => Promise<R>;
+  };
+  return Object.assign((event: unknown, context: Context) => (built ??= build())(event, context), { lifeboatFunction: functionName });
 }

@@ -1,0 +1,93 @@
+/**
+ * Least privilege checked against reality: every DynamoDB and S3 call the functions make
+ * while the workflows run in the embedded stack is attributed to its function and must
+ * be allowed by that function's access declaration (cdk/lib/function-access.ts), which
+ * the CDK app turns into its IAM policy (test/cdk-deploy.test.ts checks that mapping).
+ * A call missing from a declaration would fail with AccessDenied only in AWS.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { functionAccess, type FunctionAccess } from '../cdk/lib/function-access.ts';
+import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
+import type { LambdaFunctionId } from '../functions/registry.ts';
+import { runExecution } from '../local/client.ts';
+import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { currentInvocation } from '../local/lambdas.ts';
+import { startTestStack, type TestStack } from './helpers/stack.ts';
+
+const MiB = 1024 * 1024;
+let t: TestStack;
+const calls: (SdkCall & { functionId: LambdaFunctionId })[] = [];
+
+/** The IAM action an SDK operation needs (HEAD and GET are both s3:GetObject). */
+const iamAction: Record<string, string> = {
+  'dynamodb:GetItem': 'GetItem', 'dynamodb:PutItem': 'PutItem', 'dynamodb:UpdateItem': 'UpdateItem', 'dynamodb:DeleteItem': 'DeleteItem',
+  'dynamodb:Query': 'Query', 'dynamodb:Scan': 'Scan', 'dynamodb:BatchGetItem': 'BatchGetItem', 'dynamodb:BatchWriteItem': 'BatchWriteItem',
+  's3:GetObject': 'read', 's3:HeadObject': 'read', 's3:PutObject': 'write', 's3:DeleteObject': 'delete', 's3:DeleteObjects': 'delete', 's3:ListObjectsV2': 'list',
+};
+
+/** Why `call` is not allowed by `access`, or undefined when it is. */
+function denied(call: SdkCall, access: FunctionAccess | undefined): string | undefined {
+  const need = iamAction[`${call.service}:${call.operation}`];
+  if (!need) return `${call.service}:${call.operation} is not mapped to an IAM action in this test`;
+  if (call.service === 'dynamodb') return access?.catalog?.includes(need as never) ? undefined : `dynamodb:${need} is not in its catalog access`;
+  if (need === 'list') return access?.repository?.list ? undefined : 's3:ListBucket is not granted';
+  const keys = call.operation === 'DeleteObjects'
+    ? ((call.input.Delete as { Objects?: { Key: string }[] } | undefined)?.Objects ?? []).map((o) => o.Key)
+    : [String(call.input.Key)];
+  const prefixes: string[] = (need === 'read' ? access?.repository?.read : need === 'write' ? access?.repository?.write : access?.repository?.delete) ?? [];
+  const outside = keys.filter((k) => !prefixes.some((p) => k.startsWith(p)));
+  if (outside.length) return `s3 ${need} of ${outside.join(', ')} is outside its ${need} prefixes [${prefixes.join(', ')}]`;
+  // S3 answers a HEAD of a missing key with 403 instead of 404 unless ListBucket is granted.
+  if (call.operation === 'HeadObject' && !access?.repository?.list) return 'HeadObject without s3:ListBucket turns a missing object into AccessDenied';
+  return undefined;
+}
+
+beforeAll(async () => {
+  observeSdkCalls((call) => {
+    const functionId = currentInvocation.getStore()?.functionId;
+    if (functionId) calls.push({ ...call, functionId });
+  });
+  t = await startTestStack({ movers: 2 });
+});
+afterAll(async () => {
+  observeSdkCalls(undefined);
+  await t?.close();
+});
+
+it('makes only the DynamoDB and S3 calls each function is granted, across backup, restore, verify, prune and GC', async () => {
+  const e = t.stack.endpoints;
+  const run = (name: string, input: unknown) => runExecution(t.sfn, e.stateMachines[name] ?? e.backupStateMachineArn, input, { pollMs: 200 });
+  const vmDir = join(t.dir, 'vms', 'vm-i');
+  await createVmFolder(vmDir, { name: 'vm-i', disks: [{ id: 'disk0', sizeBytes: 12 * MiB }, { id: 'disk1', sizeBytes: 3 * MiB }] }, seededRng(3));
+  await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'esx-01', source: vmDir });
+  await t.stack.catalog.putVm({ vmId: 'vm-gone', host: 'esx-01', source: join(t.dir, 'vms', 'no-such-vm') });
+  // Small segments: disk0 is cut into parts (PlanDispatch, JoinSegments); vm-gone fails (RecordFailure).
+  await t.stack.catalog.putPolicy({ policyId: 'p-i', vmIds: ['vm-i', 'vm-gone'], bucket: e.bucket, chunkSize: MiB, slotLimit: 2, segmentBytes: 4 * MiB, retention: { keepLast: 1 } });
+
+  for (let i = 0; i < 2; i++) {
+    const b = await run('Backup', { policyId: 'p-i' });
+    expect(b.status, b.cause).toBe('SUCCEEDED');
+  }
+  const steps: [string, unknown][] = [
+    ['Restore', { vmId: 'vm-i', target: join(t.dir, 'restored'), moverGroup: 'site-a' }],
+    ['DeepVerify', { vmId: 'vm-i', moverGroup: 'site-a' }],
+    ['Prune', { policyId: 'p-i' }],
+    ['Gc', { bucket: e.bucket, graceHours: 1, dryRun: true }],
+  ];
+  for (const [name, input] of steps) {
+    if (!e.stateMachines[name]) continue; // a workflow this build does not have
+    const d = await run(name, input);
+    expect(d.status, `${name}: ${d.cause}`).toBe('SUCCEEDED');
+  }
+
+  const exercised = new Set(calls.map((c) => c.functionId));
+  for (const f of ['Plan', 'AcquireSlot', 'PlanDispatch', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize'] as LambdaFunctionId[]) {
+    if (f !== 'PlanDispatch') expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
+  }
+  const problems = new Set(calls.map((c) => {
+    const why = denied(c, functionAccess[c.functionId]);
+    return why && `${c.functionId}: ${why}`;
+  }).filter(Boolean));
+  expect([...problems]).toEqual([]);
+});
