@@ -31,14 +31,15 @@ export type OnDeployEvent = z.infer<typeof onDeployEvent>;
 
 export interface OnDeployResult {
   PhysicalResourceId: string;
-  Data: { repositoryKey: 'created' | 'exists' | 'untouched'; policies: string; removedPolicies: string };
+  /** Counts, not names: CloudFormation caps a custom resource's response at 4 KB. */
+  Data: { repositoryKey: 'created' | 'exists' | 'untouched'; policies: number; hosts: number; removedPolicies: number };
 }
 
 export const PHYSICAL_ID = 'lifeboat-deployment';
 
 export async function onDeploy(event: OnDeployEvent, deps: { catalog: Catalog; store: (bucket: string) => ObjectStore; keyWrapper: (bucket: string) => Promise<KeyWrapper> }): Promise<OnDeployResult> {
   if (event.RequestType === 'Delete') {
-    return { PhysicalResourceId: event.PhysicalResourceId ?? PHYSICAL_ID, Data: { repositoryKey: 'untouched', policies: '', removedPolicies: '' } };
+    return { PhysicalResourceId: event.PhysicalResourceId ?? PHYSICAL_ID, Data: { repositoryKey: 'untouched', policies: 0, hosts: 0, removedPolicies: 0 } };
   }
   const props = event.ResourceProperties;
   let json: unknown;
@@ -56,7 +57,7 @@ export async function onDeploy(event: OnDeployEvent, deps: { catalog: Catalog; s
   const synced: SyncConfigOutput = await syncConfig({ config, buckets: props.buckets }, { catalog: deps.catalog });
   return {
     PhysicalResourceId: PHYSICAL_ID,
-    Data: { repositoryKey: existed ? 'exists' : 'created', policies: synced.policies.join(','), removedPolicies: synced.removedPolicies.join(',') },
+    Data: { repositoryKey: existed ? 'exists' : 'created', policies: synced.policies.length, hosts: synced.hosts.length, removedPolicies: synced.removedPolicies.length },
   };
 }
 

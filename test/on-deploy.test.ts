@@ -61,14 +61,14 @@ describe('OnDeploy', () => {
     expect([...s.hosts.keys()].sort()).toEqual(config.hosts.map((h) => h.id).sort());
     const fewer = { ...config, policies: config.policies.filter((p) => p.id !== 'hourly-critical') };
     const out = await onDeploy(event('Update', fewer), s.deps(s.catalog));
-    expect(out.Data.removedPolicies).toBe('hourly-critical');
+    expect(out.Data).toMatchObject({ policies: 1, removedPolicies: 1 });
     expect(s.policies.has('hourly-critical')).toBe(false);
   });
 
   it('touches nothing on Delete: the catalog, the repository and its key are retained', async () => {
     const s = await setup();
     const out = await onDeploy(event('Delete'), s.deps(s.catalog));
-    expect(out).toEqual({ PhysicalResourceId: 'lifeboat-deployment', Data: { repositoryKey: 'untouched', policies: '', removedPolicies: '' } });
+    expect(out).toEqual({ PhysicalResourceId: 'lifeboat-deployment', Data: { repositoryKey: 'untouched', policies: 0, hosts: 0, removedPolicies: 0 } });
     expect(await s.store('repo-primary').get('keys/default')).toBeUndefined();
     expect(s.policies.size).toBe(0);
   });
