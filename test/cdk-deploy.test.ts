@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { App, Validations, type CfnElement } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import aslValidator from 'asl-validator';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
@@ -249,6 +250,15 @@ describe('workflows', () => {
       expect(m.Properties.LoggingConfiguration, id).toMatchObject({ Level: 'ALL', IncludeExecutionData: false, Destinations: [{ CloudWatchLogsLogGroup: { LogGroupArn: expect.anything() } }] });
       expect(m.Properties.TracingConfiguration, id).toEqual({ Enabled: true });
     }
+  });
+
+  it('refuses to synthesize a state machine created after Monitoring, which would miss logs, X-Ray and alarms', () => {
+    const outdir = mkdtempSync(join(tmpdir(), 'lifeboat-cdk-'));
+    dirs.push(outdir);
+    const late = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
+    const s = new LifeboatStack(late, 'Lifeboat', { config: example });
+    new sfn.StateMachine(s, 'Late', { definitionBody: sfn.DefinitionBody.fromChainable(new sfn.Pass(s, 'Nothing')) });
+    expect(() => late.synth()).toThrow(/state machine Lifeboat\/Late was created after Lifeboat\/Monitoring/);
   });
 
   it('passes asl-validator for every state machine', () => {
