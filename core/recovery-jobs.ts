@@ -74,10 +74,56 @@ export interface DeepVerifiedDisk {
   seconds: number;
 }
 
+/** A replication of one backup to a DR repository, as PlanReplicate or PlanFailover resolved it. */
+export interface ReplicateJob {
+  replicationId: string;
+  vmId: string;
+  backupId: string;
+  /** The DR site's mover group: it copies, and it keeps the standby replica. */
+  moverGroup: string;
+  source: { bucket: string };
+  target: { bucket: string };
+  disks: { diskId: string; sizeBytes: number }[];
+  /** Folder (on the DR movers) of the warm standby replica: `<replicaDir>/<vmId>/<diskId>.raw`; null keeps none. */
+  replicaDir: string | null;
+  /** When the backup's snapshot was taken: the recovery point a failover to it gives. */
+  recoveryPoint: string;
+}
+
+/** What a DR mover reports for one disk copied to the DR repository. */
+export interface ReplicatedDisk {
+  diskId: string;
+  /** Distinct chunks the disk's manifest references. */
+  chunks: number;
+  /** Chunks the target lacked and that were copied (each opened and checked first). */
+  chunksCopied: number;
+  /** Stored bytes copied: chunks, the manifest and (with the first disk) the VM config. */
+  bytesCopied: number;
+  seconds: number;
+}
+
+/** What a DR mover reports for one disk of the standby replica brought to a backup. */
+export interface StandbyDisk {
+  diskId: string;
+  path: string;
+  sizeBytes: number;
+  /** The backup the replica disk held before (null: none, or a half-written update, so every chunk was compared). */
+  fromBackupId: string | null;
+  chunksWritten: number;
+  bytesWritten: number;
+  chunksUnchanged: number;
+  /** Hex SHA-256 of the replica disk after the update (re-read and every chunk id checked). */
+  sha256: string;
+  seconds: number;
+}
+
 /** Activity task inputs of the recovery workflows, discriminated by `task`. */
 export type RecoveryTask =
   | { task: 'restoreDisk'; restore: RestoreJob; disk: RestoreDiskTarget }
   | { task: 'restoreVmConfig'; restore: RestoreJob; disks: RestoredDisk[] }
-  | { task: 'deepVerifyDisk'; verify: DeepVerifyJob; disk: { diskId: string; sizeBytes: number } };
+  | { task: 'deepVerifyDisk'; verify: DeepVerifyJob; disk: { diskId: string; sizeBytes: number } }
+  | { task: 'replicateDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number }; index: number }
+  | { task: 'updateStandbyDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number } }
+  | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'deepVerifyDisk'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig'];

@@ -24,6 +24,10 @@ export const lambdaFunctions = {
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },
   RecordPrune: { entry: 'functions/prune.ts', handler: 'recordHandler' },
   CollectGarbage: { entry: 'functions/gc.ts', handler: 'handler' },
+  PlanReplicate: { entry: 'functions/replicate.ts', handler: 'planHandler' },
+  RecordReplication: { entry: 'functions/replicate.ts', handler: 'recordHandler' },
+  PlanFailover: { entry: 'functions/replicate.ts', handler: 'planFailoverHandler' },
+  RecordFailover: { entry: 'functions/replicate.ts', handler: 'recordFailoverHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

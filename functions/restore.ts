@@ -25,13 +25,23 @@ export const restoreRequest = z.object({
   diskId: text.optional(),
   target: text.refine(isAbsolute, 'must be an absolute path on the mover'),
   moverGroup: text,
+  /** Restore from this repository (a DR copy) instead of the backup's own; the backup must be complete there. */
+  fromBucket: text.optional(),
 }).strict();
 export type RestoreRequest = z.output<typeof restoreRequest>;
 /** PlanRestore's input: the execution's input and its name. */
 export const planRestoreInput = z.object({ restoreId: text, request: restoreRequest }).strict();
 
 export async function planRestore({ restoreId, request: input }: z.output<typeof planRestoreInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<RestoreJob> {
-  const { backup, bucket } = await resolveBackup(deps.catalog, input.vmId, input.backupId);
+  const resolved = await resolveBackup(deps.catalog, input.vmId, input.backupId);
+  const { backup } = resolved;
+  let bucket = resolved.bucket;
+  if (input.fromBucket && input.fromBucket !== bucket) {
+    if (!(await deps.recovery.getReplica(input.vmId, input.fromBucket, backup.backupId))) {
+      throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${input.vmId}' has not been replicated to ${input.fromBucket}; replicate it first or restore from ${bucket}`);
+    }
+    bucket = input.fromBucket;
+  }
   let disks = backup.disks;
   if (input.diskId) {
     disks = disks.filter((d) => d.diskId === input.diskId);

@@ -65,6 +65,10 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
   RecordPrune: { catalog: ['PutItem'] },
   CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan'], repository: { read: ['manifests/', 'keys/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
+  PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
+  RecordReplication: { catalog: ['PutItem'] },
+  PlanFailover: { catalog: ['GetItem', 'Query'] },
+  RecordFailover: { catalog: ['PutItem'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
 };
 

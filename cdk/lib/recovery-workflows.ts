@@ -1,6 +1,6 @@
 /**
  * The recovery side of the control plane, added to the stack in one call: the Restore,
- * Deep verify, Prune and Garbage collection workflows (with their outputs). Kept apart from lifeboat-stack.ts so
+ * Deep verify, Prune, Garbage collection, Replicate and Failover workflows (with their outputs). Kept apart from lifeboat-stack.ts so
  * the stack file stays a list of parts.
  */
 import { CfnOutput, Duration, TimeZone, type Stack } from 'aws-cdk-lib';
@@ -13,6 +13,7 @@ import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { DeepVerifyWorkflow } from './deep-verify-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
+import { FailoverWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
 import { RestoreWorkflow } from './restore-workflow.ts';
 
 export interface RecoveryWorkflowsProps {
@@ -30,6 +31,8 @@ export interface RecoveryWorkflows {
   deepVerify: DeepVerifyWorkflow;
   prune: PruneWorkflow;
   gc: GcWorkflow;
+  replicate: ReplicateWorkflow;
+  failover: FailoverWorkflow;
 }
 
 export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
@@ -53,5 +56,9 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   }
   const gc = new GcWorkflow(stack, 'Gc', props);
   new CfnOutput(stack, 'GcStateMachineArn', { value: gc.stateMachine.stateMachineArn });
-  return { restore, deepVerify, prune, gc };
+  const replicate = new ReplicateWorkflow(stack, 'Replicate', props);
+  new CfnOutput(stack, 'ReplicateStateMachineArn', { value: replicate.stateMachine.stateMachineArn });
+  const failover = new FailoverWorkflow(stack, 'Failover', props);
+  new CfnOutput(stack, 'FailoverStateMachineArn', { value: failover.stateMachine.stateMachineArn });
+  return { restore, deepVerify, prune, gc, replicate, failover };
 }

@@ -7,10 +7,20 @@ import { DeleteCommand, GetCommand, PutCommand, ScanCommand, UpdateCommand, type
 import type { DamageFinding } from '../../core/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
-export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE' | 'GC';
+export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE' | 'GC' | 'REPLICATION' | 'FAILOVER';
 
 const backupKey = (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` });
 const recordKey = (kind: RecoveryRecordKind, id: string) => ({ pk: `${kind}#${id}`, sk: kind });
+/** A backup's copy in another repository lives beside the VM's backups (not under `BACKUP#`). */
+const replicaKey = (vmId: string, bucket: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `REPLICA#${bucket}#${backupId}` });
+
+export interface ReplicaRecord {
+  vmId: string;
+  backupId: string;
+  bucket: string;
+  replicatedAt: string;
+  replicationId: string;
+}
 
 /** A backup's damage as a deep verification found it. */
 export interface BackupDamage {
@@ -96,6 +106,18 @@ export class RecoveryCatalog {
       start = page.LastEvaluatedKey;
     } while (start);
     return out;
+  }
+
+  /** Records that `backupId` of `vmId` is complete in the repository `bucket`. */
+  putReplica(r: ReplicaRecord) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...replicaKey(r.vmId, r.bucket, r.backupId), ...r } }));
+  }
+
+  async getReplica(vmId: string, bucket: string, backupId: string): Promise<ReplicaRecord | undefined> {
+    const out = await this.db.send(new GetCommand({ TableName: this.table, Key: replicaKey(vmId, bucket, backupId), ConsistentRead: true }));
+    if (!out.Item) return undefined;
+    const { pk: _pk, sk: _sk, ...rest } = out.Item;
+    return rest as ReplicaRecord;
   }
 
   /** Removes a backup whose manifests are gone; only one that is `pruning`. */

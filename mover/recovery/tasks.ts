@@ -5,7 +5,9 @@ import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.ts';
 import type { Logger, TaskContext } from '../worker.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
+import { replicateDisk } from './replicate.ts';
 import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+import { standbyPaths, updateStandbyDisk } from './standby.ts';
 
 export interface RecoveryTaskDeps {
   repository(bucket: string): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
@@ -53,6 +55,32 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       });
       for (const f of result.damaged) deps.logger.error('deepverify.damaged', { verifyId: t.verify.verifyId, ...f });
       return result;
+    }
+    case 'replicateDisk': {
+      if (!t.replicate?.source?.bucket || !t.replicate?.target?.bucket || !t.disk?.diskId) throw new BadTaskInput(`replicateDisk task needs replicate.source, replicate.target and disk: ${JSON.stringify(t).slice(0, 300)}`);
+      const [source, target] = await Promise.all([deps.repository(t.replicate.source.bucket), deps.repository(t.replicate.target.bucket)]);
+      const log = throttled(500);
+      return replicateDisk(t.replicate, t.disk, t.index ?? 0, {
+        source, target, parallelism: deps.parallelism, signal: ctx.signal,
+        onProgress: (p) => log(p.chunksDone === p.chunks, () => deps.logger.info('replicate.progress', { replicationId: t.replicate.replicationId, backupId: t.replicate.backupId, ...p })),
+      });
+    }
+    case 'updateStandbyDisk': {
+      if (!t.replicate?.target?.bucket || !t.replicate.replicaDir || !t.disk?.diskId) throw new BadTaskInput(`updateStandbyDisk task needs replicate.target, replicate.replicaDir and disk: ${JSON.stringify(t).slice(0, 300)}`);
+      const { store, keys } = await deps.repository(t.replicate.target.bucket);
+      const log = throttled(500);
+      return updateStandbyDisk(t.replicate, t.disk, {
+        store, keys, signal: ctx.signal,
+        onProgress: (p) => log(p.chunksDone === p.chunks, () => deps.logger.info('standby.progress', { vmId: t.replicate.vmId, backupId: t.replicate.backupId, ...p })),
+      });
+    }
+    case 'standbyVmConfig': {
+      if (!t.replicate?.target?.bucket || !t.replicate.replicaDir || !Array.isArray(t.disks)) throw new BadTaskInput(`standbyVmConfig task needs replicate.target, replicate.replicaDir and disks: ${JSON.stringify(t).slice(0, 300)}`);
+      const r = t.replicate;
+      const dir = standbyPaths(r.replicaDir!, r.vmId, '').dir;
+      const job = { restoreId: r.replicationId, vmId: r.vmId, backupId: r.backupId, moverGroup: r.moverGroup, repository: r.target, target: dir, diskId: null, disks: [] };
+      const disks = t.disks.map((x) => ({ diskId: x.diskId, path: x.path, sizeBytes: x.sizeBytes, bytesDownloaded: 0, chunksVerified: 0, sha256: x.sha256, seconds: 0 }));
+      return restoreVmConfigTask(job, disks, await deps.repository(r.target.bucket));
     }
   }
 }

@@ -1,0 +1,107 @@
+/**
+ * Replication to a DR site, and failover to its warm standby replica.
+ *
+ * Replicate: PlanReplicate → ReplicateDisks (Map: a DR-site mover copies the chunks the
+ * DR repository lacks, then the manifest) → RecordReplication → with a `replicaDir`,
+ * UpdateStandby (Map: the replica's raw disks get the changed chunks only) →
+ * StandbyVmConfig. Input: `{ vmId, backupId?, moverGroup, targetBucket?, replicaDir? }`.
+ *
+ * Failover: PlanFailover (newest committed backup complete at the DR site) →
+ * UpdateStandby → StandbyVmConfig → RecordFailover, whose output is the replica's disks,
+ * its VM description and its recovery point. Input: `{ vmId, moverGroup, replicaDir, targetBucket? }`.
+ */
+import { Duration } from 'aws-cdk-lib';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import { Construct } from 'constructs';
+import { StorageUnavailable } from '../../core/errors.ts';
+import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { onMoverGroup } from './on-mover-group.ts';
+
+export interface ReplicationWorkflowProps {
+  functions: Record<LambdaFunctionId, lambda.IFunction>;
+  activities: Record<string, sfn.IActivity>;
+}
+
+function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) {
+  const t = new tasks.LambdaInvoke(scope, name, {
+    lambdaFunction: fn,
+    ...(opts.payload ? { payload: opts.payload } : {}),
+    payloadResponseOnly: true,
+    ...(opts.resultPath ? { resultPath: opts.resultPath } : {}),
+    taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
+  });
+  t.addRetry({ errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  return t;
+}
+
+function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, name: string, groupPath: string, parameters: Record<string, unknown>, opts: { hours: number; resultPath?: string }) {
+  return onMoverGroup(scope, name, {
+    activities, groupPath,
+    task: (activity, stateName) => {
+      const t = new tasks.StepFunctionsInvokeActivity(scope, stateName, {
+        activity, parameters,
+        taskTimeout: sfn.Timeout.duration(Duration.hours(opts.hours)),
+        heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
+        ...(opts.resultPath ? { resultPath: opts.resultPath } : {}),
+      });
+      t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
+      return t;
+    },
+  });
+}
+
+/** UpdateStandby (Map over `$.disks`) → StandbyVmConfig: the replica equals the job's backup. */
+function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity>): sfn.Chain {
+  const update = new sfn.Map(scope, 'UpdateStandby', {
+    itemsPath: '$.disks',
+    itemSelector: { 'disk.$': '$$.Map.Item.Value', 'replicate.$': '$' },
+    maxConcurrency: 4,
+    resultPath: '$.standby',
+  });
+  update.itemProcessor(moverTask(scope, activities, 'UpdateStandbyDisk', '$.replicate.moverGroup', { task: 'updateStandbyDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk' }, { hours: 12 }));
+  const config = moverTask(scope, activities, 'StandbyVmConfig', '$.moverGroup', { task: 'standbyVmConfig', 'replicate.$': '$', 'disks.$': '$.standby' }, { hours: 1, resultPath: '$.vmConfig' });
+  return sfn.Chain.start(update).next(config);
+}
+
+export class ReplicateWorkflow extends Construct {
+  readonly stateMachine: sfn.StateMachine;
+
+  constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
+    super(scope, id);
+    const plan = invoke(this, 'PlanReplicate', props.functions.PlanReplicate, { payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }) });
+    const copy = new sfn.Map(this, 'ReplicateDisks', {
+      itemsPath: '$.disks',
+      itemSelector: { 'disk.$': '$$.Map.Item.Value', 'index.$': '$$.Map.Item.Index', 'replicate.$': '$' },
+      maxConcurrency: 4,
+      resultPath: '$.replicated',
+    });
+    copy.itemProcessor(moverTask(this, props.activities, 'ReplicateDisk', '$.replicate.moverGroup', { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' }, { hours: 12 }));
+    const record = invoke(this, 'RecordReplication', props.functions.RecordReplication, { resultPath: '$.summary' });
+    const withStandby = standbyChain(this, props.activities).next(new sfn.Pass(this, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
+    const keepsStandby = new sfn.Choice(this, 'KeepsStandby')
+      .when(sfn.Condition.isString('$.replicaDir'), withStandby)
+      .otherwise(new sfn.Pass(this, 'Replicated', { parameters: { 'replication.$': '$.summary' } }));
+    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
+      comment: 'Lifeboat replicate: copy a backup to the DR repository (missing chunks only) and bring the warm standby replica to it',
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(copy).next(record).next(keepsStandby)),
+      timeout: Duration.hours(24),
+    });
+  }
+}
+
+export class FailoverWorkflow extends Construct {
+  readonly stateMachine: sfn.StateMachine;
+
+  constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
+    super(scope, id);
+    const plan = invoke(this, 'PlanFailover', props.functions.PlanFailover, { payload: sfn.TaskInput.fromObject({ 'failoverId.$': '$$.Execution.Name', 'request.$': '$' }) });
+    const record = invoke(this, 'RecordFailover', props.functions.RecordFailover);
+    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
+      comment: 'Lifeboat failover: bring the DR standby replica to the newest backup complete at the DR site; report its recovery point',
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(standbyChain(this, props.activities)).next(record)),
+      timeout: Duration.hours(24),
+    });
+  }
+}
