@@ -106,6 +106,14 @@ describe('Prune workflow', () => {
     }
   });
 
+  it('schedules garbage collection weekly for each repository the stack keeps', () => {
+    const gc = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('GcStateMachine'))!;
+    const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule'))
+      .filter((r) => JSON.stringify(r.Properties.Target.Arn).includes(gc.logicalId));
+    expect(schedules).toHaveLength(config.repositories.filter((r) => !r.endpoint).length);
+    for (const s of schedules) expect(s.Properties.ScheduleExpression).toBe('cron(0 3 ? * SUN *)');
+  });
+
   it('lets only PruneBackup delete manifests and only CollectGarbage delete chunks', () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));

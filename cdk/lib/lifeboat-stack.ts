@@ -113,7 +113,10 @@ export class LifeboatStack extends Stack {
       ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
     });
     // Restore, deep verify (and prune): any group may restore or verify, the execution names it.
-    addRecoveryWorkflows(this, { functions, activities: this.activities, policies: config.policies });
+    addRecoveryWorkflows(this, {
+      functions, activities: this.activities, policies: config.policies,
+      repositories: config.repositories.filter((r) => this.repositories[r.id]).map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
+    });
 
     // --- movers: one least-privilege role per group ------------------------------------------
     for (const g of config.moverGroups) {

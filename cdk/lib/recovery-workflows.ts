@@ -24,6 +24,10 @@ export interface RecoveryWorkflowsProps {
   policies?: PolicyConfig[];
   /** When Prune runs for every policy (EventBridge Scheduler expression, policy's time zone). */
   pruneSchedule?: string;
+  /** The stack's repositories: each gets a weekly garbage collection (Object Lock days passed on). */
+  repositories?: { id: string; bucket: string; objectLockDays?: number }[];
+  /** When garbage collection runs (EventBridge Scheduler expression, UTC). */
+  gcSchedule?: string;
 }
 
 export interface RecoveryWorkflows {
@@ -56,6 +60,17 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   }
   const gc = new GcWorkflow(stack, 'Gc', props);
   new CfnOutput(stack, 'GcStateMachineArn', { value: gc.stateMachine.stateMachineArn });
+  for (const r of props.repositories ?? []) {
+    new scheduler.Schedule(stack, `Gc-${r.id}`, {
+      description: `Lifeboat: garbage-collect repository '${r.id}'`,
+      schedule: scheduler.ScheduleExpression.expression(props.gcSchedule ?? 'cron(0 3 ? * SUN *)', TimeZone.ETC_UTC),
+      target: new targets.StepFunctionsStartExecution(gc.stateMachine, {
+        input: scheduler.ScheduleTargetInput.fromObject({ bucket: r.bucket, ...(r.objectLockDays ? { objectLockDays: r.objectLockDays } : {}) }),
+        retryAttempts: 5,
+        maxEventAge: Duration.hours(6),
+      }),
+    });
+  }
   const replicate = new ReplicateWorkflow(stack, 'Replicate', props);
   new CfnOutput(stack, 'ReplicateStateMachineArn', { value: replicate.stateMachine.stateMachineArn });
   const failover = new FailoverWorkflow(stack, 'Failover', props);
