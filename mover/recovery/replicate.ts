@@ -20,11 +20,14 @@ export interface ReplicateDeps {
   onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksCopied: number }) => void;
 }
 
-async function copyIfMissing(key: string, d: ReplicateDeps, check: (sealed: Buffer) => Promise<void>): Promise<number> {
+/** Copies `key` unless the target has an object of its size; `knownMissing` skips the target HEAD. */
+async function copyIfMissing(key: string, d: ReplicateDeps, check: (sealed: Buffer) => Promise<void>, knownMissing = false): Promise<number> {
   const source = await d.source.store.get(key);
   if (!source) throw new Corrupt(`${key} is missing from the source repository`);
-  const there = await d.target.store.head(key);
-  if (there && there.size === source.length) return 0;
+  if (!knownMissing) {
+    const there = await d.target.store.head(key);
+    if (there && there.size === source.length) return 0;
+  }
   await check(source);
   await d.target.store.put(key, source, objectSha256(source));
   return source.length;
@@ -54,7 +57,7 @@ export async function replicateDisk(job: ReplicateJob, disk: { diskId: string },
           throw new Corrupt(`chunk ${key} of disk '${disk.diskId}' (backup ${job.backupId}) is damaged in the source repository; not replicated: ${(err as Error).message}`, err);
         }
         if (chunkId(d.source.keys, plain) !== id) throw new Corrupt(`chunk ${key} of disk '${disk.diskId}' (backup ${job.backupId}) does not match its id in the source repository; not replicated`);
-      });
+      }, true);
       if (n > 0) {
         chunksCopied++;
         bytesCopied += n;
