@@ -78,11 +78,11 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
       if (fromUsable && size === fromUsable.sizeBytes && i < fromUsable.chunks.length && offset + length <= fromUsable.sizeBytes) {
         same = (fromUsable.chunks[i] ?? null) === want && Math.min(fromUsable.chunkSize, fromUsable.sizeBytes - offset) === length;
       } else {
-        // No trustworthy state: compare with what the file holds.
+        // No trustworthy state: compare with what the file holds (past its end it reads as the zeros the final truncate adds).
         const view = buf.subarray(0, length);
         const { bytesRead } = await fh.read(view, 0, length, offset);
         if (bytesRead < length) view.fill(0, bytesRead);
-        same = want === null ? isZero(view) && bytesRead === length : bytesRead === length && chunkId(d.keys, view) === want;
+        same = want === null ? isZero(view) : chunkId(d.keys, view) === want;
       }
       if (same) {
         chunksUnchanged++;
