@@ -74,6 +74,9 @@ it('makes only the DynamoDB and S3 calls each function is granted, across backup
     ['DeepVerify', { vmId: 'vm-i', moverGroup: 'site-a' }],
     ['Prune', { policyId: 'p-i' }],
     ['Gc', { bucket: e.bucket, graceHours: 1, dryRun: true }],
+    ['Gc', { bucket: e.bucket, graceHours: 0 }],
+    ['Replicate', { vmId: 'vm-i', moverGroup: 'site-a', targetBucket: e.buckets.dr, replicaDir: join(t.dir, 'replica') }],
+    ['Failover', { vmId: 'vm-i', moverGroup: 'site-a', targetBucket: e.buckets.dr, replicaDir: join(t.dir, 'replica') }],
   ];
   for (const [name, input] of steps) {
     if (!e.stateMachines[name]) continue; // a workflow this build does not have
