@@ -68,23 +68,27 @@ const TRANSIENT_KMS_ERRORS = new Set(['ThrottlingException', 'KMSInternalExcepti
 
 /**
  * Wraps with AWS KMS: `Encrypt`/`Decrypt` of the 32-byte master key under one KMS key,
- * bound by encryption context to the repository it belongs to, so a key object copied
- * from another repository does not unwrap. Callers need kms:Encrypt (initialising the
- * repository) or kms:Decrypt (everyone else) on the key.
+ * with the encryption context `lifeboat:purpose=repository-key` (IAM policies allow direct
+ * Decrypt only with it). Every Decrypt names the key, so a ciphertext wrapped by another
+ * key fails. The context does not name the bucket: a DR repository holds a byte-for-byte
+ * copy of its source's key object (functions/replicate.ts), which must unwrap there too.
+ * Callers need kms:Encrypt (initialising the repository) or kms:Decrypt on the key.
  */
 export class KmsKeyWrapper implements KeyWrapper {
   readonly kind = 'kms';
   private readonly client: KmsClientLike;
   readonly keyId: string;
   readonly context: Record<string, string>;
+  readonly repository: string;
 
-  /** `repository` names the repository (its bucket) in the encryption context. */
+  /** `repository` (its bucket) is named in errors. */
   constructor(opts: { client: KmsClientLike; keyId: string; repository: string }) {
     if (!opts.keyId) throw new Error('KmsKeyWrapper: keyId is empty; set the KMS key id or ARN (the stack output RepositoryKeyArn)');
     if (!opts.repository) throw new Error('KmsKeyWrapper: repository is empty; pass the repository bucket name');
     this.client = opts.client;
     this.keyId = opts.keyId;
-    this.context = { [KMS_CONTEXT_PURPOSE]: 'repository-key', [KMS_CONTEXT_REPOSITORY]: opts.repository };
+    this.repository = opts.repository;
+    this.context = { [KMS_CONTEXT_PURPOSE]: 'repository-key' };
   }
 
   async wrap(masterKey: Buffer): Promise<Buffer> {
@@ -105,9 +109,9 @@ export class KmsKeyWrapper implements KeyWrapper {
       return await this.client.send(command);
     } catch (err) {
       const name = (err as Error)?.name ?? '';
-      const where = `KMS ${op} with key ${this.keyId} for repository '${this.context[KMS_CONTEXT_REPOSITORY]}'`;
+      const where = `KMS ${op} with key ${this.keyId} for repository '${this.repository}'`;
       if (name === 'InvalidCiphertextException' || name === 'IncorrectKeyException') {
-        throw new Corrupt(`${where}: the stored repository key does not unwrap (${name}); it was wrapped by another key or for another repository`, err);
+        throw new Corrupt(`${where}: the stored repository key does not unwrap (${name}); it was wrapped by another KMS key (LIFEBOAT_KMS_KEY_ID / REPOSITORY_KMS_KEY_ID must be the key that created the repository)`, err);
       }
       const meta = (err as { $metadata?: { httpStatusCode?: number } }).$metadata;
       if (TRANSIENT_KMS_ERRORS.has(name) || (meta?.httpStatusCode ?? 0) >= 500 || !meta) {
@@ -118,9 +122,8 @@ export class KmsKeyWrapper implements KeyWrapper {
   }
 }
 
-/** Encryption context keys binding a wrapped repository key (the IAM policies can condition on them). */
+/** Encryption context key of a wrapped repository key (the IAM policies condition on it). */
 export const KMS_CONTEXT_PURPOSE = 'lifeboat:purpose';
-export const KMS_CONTEXT_REPOSITORY = 'lifeboat:repository';
 
 interface StoredKey {
   version: 1;

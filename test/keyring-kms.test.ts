@@ -41,7 +41,7 @@ class FakeKms implements KmsClientLike {
 const KEY = 'arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 
 describe('KmsKeyWrapper', () => {
-  it('round-trips a repository key and binds it to key id and repository by encryption context', async () => {
+  it('round-trips a repository key under its key id with the repository-key encryption context', async () => {
     const kms = new FakeKms();
     const w = new KmsKeyWrapper({ client: kms, keyId: KEY, repository: 'repo-a' });
     const master = randomBytes(32);
@@ -50,18 +50,26 @@ describe('KmsKeyWrapper', () => {
     expect(await w.unwrap(wrapped)).toEqual(master);
     const [enc, dec] = kms.calls;
     expect(enc).toBeInstanceOf(EncryptCommand);
-    expect(enc!.input).toMatchObject({ KeyId: KEY, EncryptionContext: { 'lifeboat:purpose': 'repository-key', 'lifeboat:repository': 'repo-a' } });
+    expect(enc!.input).toMatchObject({ KeyId: KEY, EncryptionContext: { 'lifeboat:purpose': 'repository-key' } });
     expect(dec).toBeInstanceOf(DecryptCommand);
-    expect(dec!.input).toMatchObject({ KeyId: KEY, EncryptionContext: { 'lifeboat:repository': 'repo-a' } });
+    expect(dec!.input).toMatchObject({ KeyId: KEY, EncryptionContext: { 'lifeboat:purpose': 'repository-key' } });
   });
 
-  it('refuses a key object copied from another repository as Mover.Corrupt, naming both', async () => {
+  it('refuses a key object wrapped by another KMS key as Mover.Corrupt, naming the key and the repository', async () => {
     const kms = new FakeKms();
-    const wrapped = await new KmsKeyWrapper({ client: kms, keyId: KEY, repository: 'repo-a' }).wrap(randomBytes(32));
-    const err = await new KmsKeyWrapper({ client: kms, keyId: KEY, repository: 'repo-b' }).unwrap(wrapped).catch((e: Error) => e);
+    const other = KEY.replace(/ab$/, 'cd');
+    const wrapped = await new KmsKeyWrapper({ client: kms, keyId: other, repository: 'repo-a' }).wrap(randomBytes(32));
+    const err = await new KmsKeyWrapper({ client: kms, keyId: KEY, repository: 'repo-a' }).unwrap(wrapped).catch((e: Error) => e);
     expect(err).toMatchObject({ name: 'Mover.Corrupt' });
     expect((err as Error).message).toContain(KEY);
-    expect((err as Error).message).toContain("'repo-b'");
+    expect((err as Error).message).toContain("'repo-a'");
+  });
+
+  it('unwraps a byte-for-byte copy of the key object in a DR repository (replication copies it)', async () => {
+    const kms = new FakeKms();
+    const master = randomBytes(32);
+    const wrapped = await new KmsKeyWrapper({ client: kms, keyId: KEY, repository: 'repo-a' }).wrap(master);
+    expect(await new KmsKeyWrapper({ client: kms, keyId: KEY, repository: 'repo-dr' }).unwrap(wrapped)).toEqual(master);
   });
 
   it('marks throttling and network failures retryable and access denied not', async () => {
