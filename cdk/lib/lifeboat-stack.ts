@@ -89,6 +89,7 @@ export class LifeboatStack extends Stack {
         environment: {
           CATALOG_TABLE: this.table.tableName, LIFEBOAT_FUNCTION: fid, REPOSITORY_KMS_KEY_ID: this.repositoryKey.keyArn,
           POWERTOOLS_SERVICE_NAME: SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE: metricsNamespace(this.stackName), POWERTOOLS_LOG_LEVEL: 'INFO',
+          NODE_OPTIONS: '--enable-source-maps', // stack traces name the TypeScript source lines
         },
         timeout: Duration.seconds(access?.timeoutSeconds ?? 60),
         memorySize: access?.memoryMiB ?? 512,
