@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import { errorClasses } from '../core/errors.ts';
 import type { Backup, Catalog } from '../functions/catalog/catalog.ts';
-import { lambdaHandler } from '../functions/commons/lambda.ts';
+import { lambdaHandler, powertools } from '../functions/commons/lambda.ts';
 import { vmJob } from '../functions/commons/schemas.ts';
 import { lambdaFunctions } from '../functions/registry.ts';
 import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/summarize.ts';
@@ -52,6 +52,23 @@ describe('lambdaHandler', () => {
       throw e;
     });
     await expect(h({}, context as never)).rejects.toMatchObject({ name: 'Slot.Unavailable' });
+  });
+
+  it('logs no "no metrics" warning for a function that publishes none, and flushes EMF for one that does', async () => {
+    const out: string[] = [];
+    const write = process.stdout.write.bind(process.stdout);
+    vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array, ...rest: unknown[]) => {
+      out.push(String(chunk));
+      return write(chunk, ...(rest as []));
+    });
+    const warn = vi.spyOn(powertools().logger, 'warn');
+    await lambdaHandler('Quiet', z.object({}), async () => 'ok')({}, context as never);
+    await lambdaHandler('Counting', z.object({}), async (_i, { metrics }) => {
+      metrics.addMetric('Probe', 'Count', 1);
+      return 'ok';
+    })({}, context as never);
+    expect(warn.mock.calls.flat().join(' ')).not.toContain('No application metrics');
+    expect(out.join('')).toContain('"Probe":1');
   });
 
   it('builds every registered handler with lambdaHandler (Powertools logger, metrics and parser)', async () => {

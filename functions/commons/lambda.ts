@@ -24,8 +24,18 @@ let shared: { logger: Logger; metrics: Metrics } | undefined;
  * embedded stack imports handler modules before it sets the Powertools environment.
  */
 export function powertools(): { logger: Logger; metrics: Metrics } {
+  if (shared) return shared;
   const serviceName = process.env.POWERTOOLS_SERVICE_NAME ?? 'lifeboat';
-  return (shared ??= { logger: new Logger({ serviceName }), metrics: new Metrics({ serviceName, namespace: process.env.POWERTOOLS_METRICS_NAMESPACE ?? 'Lifeboat' }) });
+  const logger = new Logger({ serviceName });
+  // Most functions publish no metric of their own; Metrics would warn about that on every invocation.
+  const metricsLog = {
+    debug: (...a: unknown[]) => logger.debug(String(a[0]), ...a.slice(1) as []),
+    info: (...a: unknown[]) => logger.info(String(a[0]), ...a.slice(1) as []),
+    warn: (...a: unknown[]) => { if (!String(a[0]).startsWith('No application metrics to publish')) logger.warn(String(a[0]), ...a.slice(1) as []); },
+    error: (...a: unknown[]) => logger.error(String(a[0]), ...a.slice(1) as []),
+  };
+  shared = { logger, metrics: new Metrics({ serviceName, namespace: process.env.POWERTOOLS_METRICS_NAMESPACE ?? 'Lifeboat', logger: metricsLog }) };
+  return shared;
 }
 
 /** What a handler body gets besides its parsed input. */
