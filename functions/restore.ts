@@ -25,7 +25,10 @@ export const restoreRequest = z.object({
   diskId: text.optional(),
   target: text.refine(isAbsolute, 'must be an absolute path on the mover'),
   moverGroup: text,
-  /** Restore from this repository (a DR copy) instead of the backup's own; the backup must be complete there. */
+  /**
+   * Restore from this repository (a DR copy) instead of the backup's own; the backup must
+   * be complete there. Also names the repository of a backup whose policy was removed.
+   */
   fromBucket: text.optional(),
 }).strict();
 export type RestoreRequest = z.output<typeof restoreRequest>;
@@ -33,7 +36,7 @@ export type RestoreRequest = z.output<typeof restoreRequest>;
 export const planRestoreInput = z.object({ restoreId: text, request: restoreRequest }).strict();
 
 export async function planRestore({ restoreId, request: input }: z.output<typeof planRestoreInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<RestoreJob> {
-  const resolved = await resolveBackup(deps.catalog, input.vmId, input.backupId);
+  const resolved = await resolveBackup(deps.catalog, input.vmId, input.backupId, input.fromBucket ? { bucketIfPolicyGone: input.fromBucket } : {});
   const { backup } = resolved;
   let bucket = resolved.bucket;
   if (input.fromBucket && input.fromBucket !== bucket) {

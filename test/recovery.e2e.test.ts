@@ -110,6 +110,25 @@ describe('Restore workflow', () => {
   });
 });
 
+describe('Restore workflow after the policy is gone', () => {
+  it('asks for the repository, then restores from the one named', async () => {
+    const policy = (await t.stack.catalog.getPolicy('p-r'))!;
+    await t.stack.catalog.deletePolicy('p-r');
+    try {
+      const target = join(t.dir, 'orphan', 'disk1.img');
+      const refused = await restore({ vmId: 'vm-r', diskId: 'disk1', target, moverGroup: 'site-a' });
+      expect(refused.status).toBe('FAILED');
+      expect(refused.cause).toContain("policy 'p-r', which is gone");
+      expect(refused.cause).toContain('fromBucket');
+      const d = await restore({ vmId: 'vm-r', diskId: 'disk1', target, moverGroup: 'site-a', fromBucket: t.stack.endpoints.bucket });
+      expect(d.status, d.cause).toBe('SUCCEEDED');
+      expect(await sha256File(target)).toBe(await sha256File(join(vmDir, 'disk1.raw')));
+    } finally {
+      await t.stack.catalog.putPolicy(policy);
+    }
+  });
+});
+
 describe('lifeboat restore (command line)', () => {
   const cli = async (args: string[]) => {
     const file = join(t.dir, 'endpoints.json');

@@ -11,7 +11,7 @@ export interface ResolvedBackup {
  * The named backup of a VM, or its newest committed one. Only committed backups (and,
  * with `allowDamaged`, damaged ones) qualify: running, failed and pruning ones do not.
  */
-export async function resolveBackup(catalog: Catalog, vmId: string, backupId: string | undefined, opts: { allowDamaged?: boolean } = {}): Promise<ResolvedBackup> {
+export async function resolveBackup(catalog: Catalog, vmId: string, backupId: string | undefined, opts: { allowDamaged?: boolean; bucketIfPolicyGone?: string } = {}): Promise<ResolvedBackup> {
   const vm = await catalog.getVm(vmId);
   if (!vm) throw new RecoveryRequestInvalid(`VM '${vmId}' is not in the inventory`);
   const usable = (s: string) => s === 'committed' || (opts.allowDamaged === true && s === 'damaged');
@@ -28,7 +28,9 @@ export async function resolveBackup(catalog: Catalog, vmId: string, backupId: st
     if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no committed backup`);
   }
   if (!backup.disks?.length) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' records no disks`);
+  // Backups outlive their policy: when it is gone, the caller may name the repository.
   const policy = await catalog.getPolicy(backup.policyId);
-  if (!policy) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown`);
-  return { backup: backup as ResolvedBackup['backup'], bucket: policy.bucket };
+  const bucket = policy?.bucket ?? opts.bucketIfPolicyGone;
+  if (!bucket) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown; name it with "fromBucket"`);
+  return { backup: backup as ResolvedBackup['backup'], bucket };
 }
