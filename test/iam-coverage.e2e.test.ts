@@ -4,10 +4,14 @@
  * be allowed by that function's access declaration (cdk/lib/function-access.ts), which
  * the CDK app turns into its IAM policy (test/cdk-deploy.test.ts checks that mapping).
  * A call missing from a declaration would fail with AccessDenied only in AWS.
+ * The movers' S3 requests go through a recording proxy and must fit the mover role.
  */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { functionAccess, type FunctionAccess } from '../cdk/lib/function-access.ts';
+import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { LambdaFunctionId } from '../functions/registry.ts';
 import { runExecution } from '../local/client.ts';
@@ -18,6 +22,36 @@ import { startTestStack, type TestStack } from './helpers/stack.ts';
 const MiB = 1024 * 1024;
 let t: TestStack;
 const calls: (SdkCall & { functionId: LambdaFunctionId })[] = [];
+
+/** S3 requests of the mover processes (path style: /bucket/key), recorded by a proxy in front of s3rver. */
+const moverRequests: { method: string; bucket: string; key: string; query: URLSearchParams }[] = [];
+const s3Target = Promise.withResolvers<URL>();
+const proxy = http.createServer((req, res) => {
+  const url = new URL(req.url ?? '/', 'http://proxy');
+  const [, bucket = '', ...key] = url.pathname.split('/');
+  moverRequests.push({ method: req.method ?? '', bucket: decodeURIComponent(bucket), key: decodeURIComponent(key.join('/')), query: url.searchParams });
+  const headers = { ...req.headers };
+  delete headers.expect; // 100-continue is not signed; the proxy already answered it
+  void s3Target.promise.then((target) => {
+    const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers }, (ur) => {
+      res.writeHead(ur.statusCode ?? 502, ur.headers);
+      ur.pipe(res);
+    });
+    up.on('error', (err) => { res.writeHead(502); res.end(String(err)); });
+    req.pipe(up);
+  });
+});
+
+/** The IAM action a mover's S3 request needs, and why the mover role does not allow it (undefined: allowed). */
+function moverDenied(r: (typeof moverRequests)[number]): string | undefined {
+  const within = (prefixes: readonly string[]) => prefixes.some((p) => r.key.startsWith(p));
+  if (r.method === 'DELETE' || (r.method === 'POST' && r.query.has('delete'))) return `${r.method} ${r.bucket}/${r.key}: movers may not delete`;
+  // ListObjects and HeadBucket both need s3:ListBucket, which the role has.
+  if (!r.key) return r.method === 'GET' || r.method === 'HEAD' ? undefined : `${r.method} on bucket ${r.bucket} is not granted`;
+  if (r.method === 'PUT' || r.method === 'POST') return within(MOVER_WRITE_PREFIXES) ? undefined : `s3:PutObject of ${r.key} is outside [${MOVER_WRITE_PREFIXES.join(', ')}]`;
+  if (r.method === 'GET' || r.method === 'HEAD') return within(MOVER_READ_PREFIXES) ? undefined : `s3:GetObject of ${r.key} is outside [${MOVER_READ_PREFIXES.join(', ')}]`;
+  return `${r.method} ${r.bucket}/${r.key} is not mapped to an IAM action in this test`;
+}
 
 /** The IAM action an SDK operation needs (HEAD and GET are both s3:GetObject). */
 const iamAction: Record<string, string> = {
@@ -48,14 +82,19 @@ beforeAll(async () => {
     const functionId = currentInvocation.getStore()?.functionId;
     if (functionId) calls.push({ ...call, functionId });
   });
-  t = await startTestStack({ groups: { 'site-a': 2, dr: 1 } });
+  await new Promise<void>((ok) => proxy.listen(0, '127.0.0.1', ok));
+  const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+  t = await startTestStack({ groups: { 'site-a': 2, dr: 1 }, moverEnv: { LIFEBOAT_S3_ENDPOINT: proxyUrl } });
+  s3Target.resolve(new URL(t.stack.endpoints.s3));
 });
 afterAll(async () => {
   observeSdkCalls(undefined);
   await t?.close();
+  proxy.closeAllConnections();
+  await new Promise((ok) => proxy.close(ok));
 });
 
-it('makes only the DynamoDB and S3 calls each function is granted, across backup, restore, verify, replication, failover, prune and GC', async () => {
+it('makes only the DynamoDB and S3 calls each function and the mover role are granted, across backup, restore, verify, replication, failover, prune and GC', async () => {
   const e = t.stack.endpoints;
   const run = (name: string, input: unknown) => {
     const arn = e.stateMachines[name];
@@ -104,4 +143,10 @@ it('makes only the DynamoDB and S3 calls each function is granted, across backup
     return why && `${c.functionId}: ${why}`;
   }).filter(Boolean));
   expect([...problems]).toEqual([]);
+
+  // The movers: uploads, downloads, registration, no delete; every request within the mover role.
+  expect(moverRequests.filter((r) => r.method === 'PUT' && r.key.startsWith('chunks/')).length).toBeGreaterThan(0);
+  expect(moverRequests.filter((r) => r.method === 'GET' && r.key.startsWith('chunks/')).length).toBeGreaterThan(0);
+  expect(moverRequests.some((r) => r.key.startsWith('movers/'))).toBe(true);
+  expect([...new Set(moverRequests.map(moverDenied).filter(Boolean))]).toEqual([]);
 });
