@@ -28,6 +28,7 @@ export const lambdaFunctions = {
   RecordReplication: { entry: 'functions/replicate.ts', handler: 'recordHandler' },
   PlanFailover: { entry: 'functions/replicate.ts', handler: 'planFailoverHandler' },
   RecordFailover: { entry: 'functions/replicate.ts', handler: 'recordFailoverHandler' },
+  RecordRecoveryFailure: { entry: 'functions/recovery-failure.ts', handler: 'handler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

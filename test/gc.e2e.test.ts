@@ -13,7 +13,8 @@ import type { RestoreSummary } from '../functions/restore.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { REPOSITORY_BUCKET } from '../local/stack.ts';
+import { keys as objectKeys } from '../core/format.ts';
+import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -104,3 +105,18 @@ it('waits for a running backup that reuses garbage, spares what it reused, frees
     expect(verified.damaged, vmId).toBe(false);
   }
 }, 240_000);
+
+it('stops, deleting nothing, when a manifest does not open, and names it', async () => {
+  const { store } = await openRepository(t.stack.endpoints);
+  const backupId = (await t.stack.catalog.latestCommitted('g2'))!.backupId;
+  const key = objectKeys.manifest(backupId, 'disk1');
+  const body = (await store.get(key))!;
+  body[body.length - 20]! ^= 1;
+  await store.put(key, body);
+  const before = (await chunkFiles()).length;
+  const d = await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 0 });
+  expect(d.status).toBe('FAILED');
+  expect(d.error).toBe('Mover.Corrupt');
+  expect(d.cause).toContain(`manifest ${key} does not open`);
+  expect((await chunkFiles()).length).toBe(before);
+});

@@ -167,6 +167,13 @@ describe('Deep verify workflow', () => {
     expect(s.chunksChecked).toBe(s.chunksTotal);
   });
 
+  it('records a verification that could not run, and fails with its cause', async () => {
+    const d = await deepVerify({ vmId: 'vm-r', moverGroup: 'no-such-group' }, 'verify-bad-group');
+    expect(d.status).toBe('FAILED');
+    expect(d.error).toBe('Lifeboat.UnknownMoverGroup');
+    expect(await recovery.getRecord('DEEPVERIFY', 'verify-bad-group')).toMatchObject({ status: 'failed', error: { Error: 'Lifeboat.UnknownMoverGroup' }, job: { backupId } });
+  });
+
   it('reads back only a sample when asked', async () => {
     const d = await deepVerify({ vmId: 'vm-r', moverGroup: 'site-a', sample: 0.3 }, 'verify-sample-fixed-name');
     expect(d.status, d.cause).toBe('SUCCEEDED');

@@ -13,6 +13,9 @@ import type { StandbyDisk } from '../core/recovery-jobs.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { keys as objectKeys, decodeManifest } from '../core/format.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -132,5 +135,35 @@ describe('Failover workflow', () => {
     expect(d1.chunksWritten).toBeLessThan(8);
     for (const x of again.disks) expect(await sha256File(x.path), x.diskId).toBe(await sha256File(disk(x.diskId)));
     expect(JSON.parse(await readFile(again.vmConfigPath, 'utf8'))).toMatchObject({ name: 'vm-d', restoredFrom: { backupId: backups[0]!.backupId } });
+  });
+});
+
+describe('Replicate workflow on damaged data', () => {
+  it('refuses to copy a damaged chunk, names it, and copies neither it nor the manifest', async () => {
+    await changeDisk(disk('disk0'), 32 * MiB, 0.02, 1, seededRng(34));
+    await backup();
+    const { store, keys } = await openRepository(t.stack.endpoints);
+    const latest = (await t.stack.catalog.latestCommitted('vm-d'))!.backupId;
+    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(latest, 'disk0')))!, latest, 'disk0');
+    // A chunk only this backup has (so the DR repository lacks it), damaged in the source.
+    const candidates = [...new Set(m.chunks.filter((c): c is string => c !== null))];
+    let key: string | undefined;
+    const e = t.stack.endpoints;
+    const dr = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS }), drBucket);
+    for (const id of candidates) {
+      if (await dr.head(objectKeys.chunk(id))) continue;
+      key = objectKeys.chunk(id);
+      break;
+    }
+    expect(key).toBeDefined();
+    const body = (await store.get(key!))!;
+    body[body.length - 30]! ^= 2;
+    await store.put(key!, body);
+    const d = await run('Replicate', { vmId: 'vm-d', moverGroup: 'dr' });
+    expect(d.status).toBe('FAILED');
+    expect(d.error).toBe('Mover.Corrupt');
+    expect(d.cause).toContain(`chunk ${key} of disk 'disk0' (backup ${latest}) is damaged in the source repository`);
+    expect(await dr.head(key!)).toBeUndefined();
+    expect(await dr.head(objectKeys.manifest(latest, 'disk0'))).toBeUndefined();
   });
 });

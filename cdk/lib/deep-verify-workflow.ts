@@ -14,6 +14,7 @@ import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { onMoverGroup } from './on-mover-group.ts';
+import { recordFailureThenFail } from './recovery-failure.ts';
 
 export const BACKUP_DAMAGED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Backup Damaged' } as const;
 
@@ -59,6 +60,7 @@ export class DeepVerifyWorkflow extends Construct {
       resultPath: '$.verified',
     });
     verifyDisks.itemProcessor(verifyDisk);
+    verifyDisks.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY'), { resultPath: '$.error' });
 
     const record = invoke('RecordDeepVerify', 'RecordDeepVerify');
     record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });

@@ -69,6 +69,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordReplication: { catalog: ['PutItem'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
+  RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
 };
 

@@ -14,6 +14,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { recordFailureThenFail } from './recovery-failure.ts';
 
 export interface GcWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -35,6 +36,7 @@ export class GcWorkflow extends Construct {
       taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
     });
     collect.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
+    collect.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'GC'), { resultPath: '$.error' });
     // Nothing is deleted while backups run: a deferred sweep waits, then collects again from a fresh mark.
     const wait = new sfn.Wait(this, 'WaitForBackups', { time: sfn.WaitTime.duration(props.deferSeconds ? Duration.seconds(props.deferSeconds) : Duration.minutes(2)) });
     wait.next(collect);

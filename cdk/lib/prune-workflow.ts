@@ -12,6 +12,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { recordFailureThenFail } from './recovery-failure.ts';
 
 export interface PruneWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -36,6 +37,7 @@ export class PruneWorkflow extends Construct {
     pruneOne.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 4 });
     const pruneAll = new sfn.Map(this, 'PruneBackups', { itemsPath: '$.remove', maxConcurrency: 4, resultPath: '$.pruned' });
     pruneAll.itemProcessor(pruneOne);
+    pruneAll.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'PRUNE'), { resultPath: '$.error' });
 
     const record = invoke('RecordPrune', 'RecordPrune');
     record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });

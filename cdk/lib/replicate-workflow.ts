@@ -18,6 +18,7 @@ import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { onMoverGroup } from './on-mover-group.ts';
+import { recordFailureThenFail } from './recovery-failure.ts';
 
 export interface ReplicationWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -36,7 +37,7 @@ function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { pa
   return t;
 }
 
-function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, name: string, groupPath: string, parameters: Record<string, unknown>, opts: { hours: number; resultPath?: string }) {
+function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, name: string, groupPath: string, parameters: Record<string, unknown>, opts: { hours: number; resultPath?: string; catchTo?: sfn.IChainable }) {
   return onMoverGroup(scope, name, {
     activities, groupPath,
     task: (activity, stateName) => {
@@ -47,13 +48,14 @@ function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, 
         ...(opts.resultPath ? { resultPath: opts.resultPath } : {}),
       });
       t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
+      if (opts.catchTo) t.addCatch(opts.catchTo, { resultPath: '$.error' });
       return t;
     },
   });
 }
 
 /** UpdateStandby (Map over `$.disks`) → StandbyVmConfig: the replica equals the job's backup. */
-function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity>): sfn.Chain {
+function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity>, onFailure: sfn.IChainable): sfn.Chain {
   const update = new sfn.Map(scope, 'UpdateStandby', {
     itemsPath: '$.disks',
     itemSelector: { 'disk.$': '$$.Map.Item.Value', 'replicate.$': '$' },
@@ -61,7 +63,8 @@ function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity
     resultPath: '$.standby',
   });
   update.itemProcessor(moverTask(scope, activities, 'UpdateStandbyDisk', '$.replicate.moverGroup', { task: 'updateStandbyDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk' }, { hours: 12 }));
-  const config = moverTask(scope, activities, 'StandbyVmConfig', '$.moverGroup', { task: 'standbyVmConfig', 'replicate.$': '$', 'disks.$': '$.standby' }, { hours: 1, resultPath: '$.vmConfig' });
+  update.addCatch(onFailure, { resultPath: '$.error' });
+  const config = moverTask(scope, activities, 'StandbyVmConfig', '$.moverGroup', { task: 'standbyVmConfig', 'replicate.$': '$', 'disks.$': '$.standby' }, { hours: 1, resultPath: '$.vmConfig', catchTo: onFailure });
   return sfn.Chain.start(update).next(config);
 }
 
@@ -78,8 +81,10 @@ export class ReplicateWorkflow extends Construct {
       resultPath: '$.replicated',
     });
     copy.itemProcessor(moverTask(this, props.activities, 'ReplicateDisk', '$.replicate.moverGroup', { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' }, { hours: 12 }));
+    const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION');
+    copy.addCatch(failed, { resultPath: '$.error' });
     const record = invoke(this, 'RecordReplication', props.functions.RecordReplication, { resultPath: '$.summary' });
-    const withStandby = standbyChain(this, props.activities).next(new sfn.Pass(this, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
+    const withStandby = standbyChain(this, props.activities, failed).next(new sfn.Pass(this, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
     const keepsStandby = new sfn.Choice(this, 'KeepsStandby')
       .when(sfn.Condition.isString('$.replicaDir'), withStandby)
       .otherwise(new sfn.Pass(this, 'Replicated', { parameters: { 'replication.$': '$.summary' } }));
@@ -98,9 +103,10 @@ export class FailoverWorkflow extends Construct {
     super(scope, id);
     const plan = invoke(this, 'PlanFailover', props.functions.PlanFailover, { payload: sfn.TaskInput.fromObject({ 'failoverId.$': '$$.Execution.Name', 'request.$': '$' }) });
     const record = invoke(this, 'RecordFailover', props.functions.RecordFailover);
+    const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'FAILOVER');
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat failover: bring the DR standby replica to the newest backup complete at the DR site; report its recovery point',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(standbyChain(this, props.activities)).next(record)),
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(standbyChain(this, props.activities, failed)).next(record)),
       timeout: Duration.hours(24),
     });
   }
