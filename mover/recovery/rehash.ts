@@ -14,12 +14,17 @@ export interface RehashResult {
   sha256: string;
 }
 
-export async function rehashDisk(o: { keys: RepositoryKeys; manifest: Manifest; path: string; signal?: AbortSignal }): Promise<RehashResult> {
+/**
+ * `device`: the target is written in place and may be larger than the disk (a block
+ * device reports size 0 to stat); only its first `sizeBytes` are checked.
+ */
+export async function rehashDisk(o: { keys: RepositoryKeys; manifest: Manifest; path: string; device?: boolean; signal?: AbortSignal }): Promise<RehashResult> {
   const m = o.manifest;
   const fh = await openFile(o.path, 'r');
   try {
-    const { size } = await fh.stat();
-    if (size !== m.sizeBytes) throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} is ${size} bytes, the backup's disk is ${m.sizeBytes}`);
+    const st = await fh.stat();
+    const size = st.size;
+    if (o.device ? st.isFile() && size < m.sizeBytes : size !== m.sizeBytes) throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} is ${size} bytes, the backup's disk is ${m.sizeBytes}`);
     const buf = Buffer.alloc(m.chunkSize);
     const whole = createHash('sha256');
     let chunksVerified = 0;
