@@ -14,6 +14,7 @@ import type { Catalog, Policy } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
+import { policyVms } from './recovery/backups.ts';
 import { applyRetention, retentionProblem } from './retention/gfs.ts';
 
 const text = z.string().min(1);
@@ -56,11 +57,6 @@ export interface PrunePlan {
   removeCount: number;
 }
 
-async function policyVms(catalog: Catalog, policy: Policy): Promise<string[]> {
-  const ids = new Set(policy.vmIds);
-  for (const host of policy.hosts ?? []) for (const id of await catalog.vmsOnHost(host)) ids.add(id);
-  return [...ids].sort();
-}
 
 export async function planPrune({ pruneId, request }: z.output<typeof planPruneInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<PrunePlan> {
   const policy = await deps.catalog.getPolicy(request.policyId);

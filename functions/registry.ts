@@ -25,6 +25,7 @@ export const lambdaFunctions = {
   RecordPrune: { entry: 'functions/prune.ts', handler: 'recordHandler' },
   CollectGarbage: { entry: 'functions/gc.ts', handler: 'handler' },
   PlanReplicate: { entry: 'functions/replicate.ts', handler: 'planHandler' },
+  PlanReplicatePolicy: { entry: 'functions/replicate.ts', handler: 'planPolicyHandler' },
   RecordReplication: { entry: 'functions/replicate.ts', handler: 'recordHandler' },
   PlanFailover: { entry: 'functions/replicate.ts', handler: 'planFailoverHandler' },
   RecordFailover: { entry: 'functions/replicate.ts', handler: 'recordFailoverHandler' },

@@ -15,7 +15,7 @@ import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
-import { resolveBackup } from './recovery/backups.ts';
+import { policyVms, resolveBackup } from './recovery/backups.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -107,6 +107,36 @@ export async function recordReplication(input: z.output<typeof recordReplication
   return summary;
 }
 
+export const replicatePolicyRequest = z.object({
+  policyId: text,
+  moverGroup: text,
+  targetBucket: text.optional(),
+  replicaDir: absolute.optional(),
+}).strict();
+export const planReplicatePolicyInput = z.object({ replicationId: text, request: replicatePolicyRequest }).strict();
+
+/** One job per VM of the policy whose newest committed backup the DR repository does not have. */
+export async function planReplicatePolicy({ replicationId, request }: z.output<typeof planReplicatePolicyInput>, deps: Deps) {
+  const policy = await deps.catalog.getPolicy(request.policyId);
+  if (!policy) throw new RecoveryRequestInvalid(`policy '${request.policyId}' does not exist`);
+  const jobs: ReplicateJob[] = [];
+  const skipped: { vmId: string; reason: string }[] = [];
+  for (const vmId of await policyVms(deps.catalog, policy)) {
+    const newest = (await deps.catalog.listBackups(vmId)).find((b) => b.status === 'committed' && b.policyId === policy.policyId);
+    if (!newest) {
+      skipped.push({ vmId, reason: 'no committed backup' });
+      continue;
+    }
+    const target = await targetBucketOf(deps.catalog, policy.policyId, request.targetBucket, policy.bucket);
+    if (await deps.recovery.getReplica(vmId, target, newest.backupId)) {
+      skipped.push({ vmId, reason: `newest backup ${newest.backupId} is in ${target} already` });
+      continue;
+    }
+    jobs.push(await planReplicate({ replicationId: `${replicationId}-${vmId}`, request: { vmId, backupId: newest.backupId, moverGroup: request.moverGroup, targetBucket: target, ...(request.replicaDir ? { replicaDir: request.replicaDir } : {}) } }, deps));
+  }
+  return { policyId: policy.policyId, jobs, skipped };
+}
+
 export const failoverRequest = z.object({
   vmId: text,
   moverGroup: text,
@@ -159,6 +189,7 @@ export async function recordFailover(input: z.output<typeof recordFailoverInput>
 
 const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, store: (b) => clients().store(b), now: () => new Date() });
 export const planHandler = lambdaHandler('PlanReplicate', planReplicateInput, (input) => planReplicate(input, deps()));
+export const planPolicyHandler = lambdaHandler('PlanReplicatePolicy', planReplicatePolicyInput, (input) => planReplicatePolicy(input, deps()));
 export const recordHandler = lambdaHandler('RecordReplication', recordReplicationInput, (input) => recordReplication(input, deps()));
 export const planFailoverHandler = lambdaHandler('PlanFailover', planFailoverInput, (input) => planFailover(input, deps()));
 export const recordFailoverHandler = lambdaHandler('RecordFailover', recordFailoverInput, (input) => recordFailover(input, deps()));

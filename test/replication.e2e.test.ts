@@ -138,6 +138,21 @@ describe('Failover workflow', () => {
   });
 });
 
+describe('ReplicatePolicy workflow', () => {
+  it('replicates the newest backup of each VM of the policy that the DR site lacks, and nothing twice', async () => {
+    await changeDisk(disk('disk1'), 8 * MiB, 0.05, 1, seededRng(35));
+    const incr = await backup();
+    const d = await run('ReplicatePolicy', { policyId: 'p-dr', moverGroup: 'dr' });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const out = JSON.parse(d.output!) as { replicated: ReplicateOutput[]; skipped: unknown[] };
+    expect(out.replicated).toHaveLength(1);
+    expect(out.replicated[0]!.replication).toMatchObject({ vmId: 'vm-d', backupId: (await t.stack.catalog.latestCommitted('vm-d'))!.backupId, chunksCopied: incr.totals.uploadedChunks });
+    const again = JSON.parse((await run('ReplicatePolicy', { policyId: 'p-dr', moverGroup: 'dr' })).output!) as { replicated: unknown[]; skipped: { vmId: string; reason: string }[] };
+    expect(again.replicated).toEqual([]);
+    expect(again.skipped[0]!.reason).toContain(`is in ${drBucket} already`);
+  });
+});
+
 describe('Replicate workflow on damaged data', () => {
   it('refuses to copy a damaged chunk, names it, and copies neither it nor the manifest', async () => {
     await changeDisk(disk('disk0'), 32 * MiB, 0.02, 1, seededRng(34));

@@ -66,6 +66,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordPrune: { catalog: ['PutItem'] },
   CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan'], repository: { read: ['manifests/', 'keys/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
+  PlanReplicatePolicy: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   RecordReplication: { catalog: ['PutItem'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },

@@ -13,7 +13,7 @@ import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { DeepVerifyWorkflow } from './deep-verify-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
-import { FailoverWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
+import { FailoverWorkflow, ReplicatePolicyWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
 import { RestoreWorkflow } from './restore-workflow.ts';
 
 export interface RecoveryWorkflowsProps {
@@ -36,6 +36,7 @@ export interface RecoveryWorkflows {
   prune: PruneWorkflow;
   gc: GcWorkflow;
   replicate: ReplicateWorkflow;
+  replicatePolicy: ReplicatePolicyWorkflow;
   failover: FailoverWorkflow;
 }
 
@@ -73,7 +74,9 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   }
   const replicate = new ReplicateWorkflow(stack, 'Replicate', props);
   new CfnOutput(stack, 'ReplicateStateMachineArn', { value: replicate.stateMachine.stateMachineArn });
+  const replicatePolicy = new ReplicatePolicyWorkflow(stack, 'ReplicatePolicy', props);
+  new CfnOutput(stack, 'ReplicatePolicyStateMachineArn', { value: replicatePolicy.stateMachine.stateMachineArn });
   const failover = new FailoverWorkflow(stack, 'Failover', props);
   new CfnOutput(stack, 'FailoverStateMachineArn', { value: failover.stateMachine.stateMachineArn });
-  return { restore, deepVerify, prune, gc, replicate, failover };
+  return { restore, deepVerify, prune, gc, replicate, replicatePolicy, failover };
 }

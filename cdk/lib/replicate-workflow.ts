@@ -6,6 +6,8 @@
  * UpdateStandby (Map: the replica's raw disks get the changed chunks only) →
  * StandbyVmConfig. Input: `{ vmId, backupId?, moverGroup, targetBucket?, replicaDir? }`.
  *
+ * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks.
+ *
  * Failover: PlanFailover (newest committed backup complete at the DR site) →
  * UpdateStandby → StandbyVmConfig → RecordFailover, whose output is the replica's disks,
  * its VM description and its recovery point. Input: `{ vmId, moverGroup, replicaDir, targetBucket? }`.
@@ -55,7 +57,7 @@ function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, 
 }
 
 /** UpdateStandby (Map over `$.disks`) → StandbyVmConfig: the replica equals the job's backup. */
-function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity>, onFailure: sfn.IChainable): sfn.Chain {
+function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity>, onFailure?: sfn.IChainable): sfn.Chain {
   const update = new sfn.Map(scope, 'UpdateStandby', {
     itemsPath: '$.disks',
     itemSelector: { 'disk.$': '$$.Map.Item.Value', 'replicate.$': '$' },
@@ -63,9 +65,27 @@ function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity
     resultPath: '$.standby',
   });
   update.itemProcessor(moverTask(scope, activities, 'UpdateStandbyDisk', '$.replicate.moverGroup', { task: 'updateStandbyDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk' }, { hours: 12 }));
-  update.addCatch(onFailure, { resultPath: '$.error' });
-  const config = moverTask(scope, activities, 'StandbyVmConfig', '$.moverGroup', { task: 'standbyVmConfig', 'replicate.$': '$', 'disks.$': '$.standby' }, { hours: 1, resultPath: '$.vmConfig', catchTo: onFailure });
+  if (onFailure) update.addCatch(onFailure, { resultPath: '$.error' });
+  const config = moverTask(scope, activities, 'StandbyVmConfig', '$.moverGroup', { task: 'standbyVmConfig', 'replicate.$': '$', 'disks.$': '$.standby' }, { hours: 1, resultPath: '$.vmConfig', ...(onFailure ? { catchTo: onFailure } : {}) });
   return sfn.Chain.start(update).next(config);
+}
+
+/** One backup's replication, from its ReplicateJob: ReplicateDisks → RecordReplication → the standby, if any. */
+function replicateJobChain(scope: Construct, props: ReplicationWorkflowProps, onFailure?: sfn.IChainable): sfn.Chain {
+  const copy = new sfn.Map(scope, 'ReplicateDisks', {
+    itemsPath: '$.disks',
+    itemSelector: { 'disk.$': '$$.Map.Item.Value', 'index.$': '$$.Map.Item.Index', 'replicate.$': '$' },
+    maxConcurrency: 4,
+    resultPath: '$.replicated',
+  });
+  copy.itemProcessor(moverTask(scope, props.activities, 'ReplicateDisk', '$.replicate.moverGroup', { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' }, { hours: 12 }));
+  if (onFailure) copy.addCatch(onFailure, { resultPath: '$.error' });
+  const record = invoke(scope, 'RecordReplication', props.functions.RecordReplication, { resultPath: '$.summary' });
+  const withStandby = standbyChain(scope, props.activities, onFailure).next(new sfn.Pass(scope, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
+  const keepsStandby = new sfn.Choice(scope, 'KeepsStandby')
+    .when(sfn.Condition.isString('$.replicaDir'), withStandby)
+    .otherwise(new sfn.Pass(scope, 'Replicated', { parameters: { 'replication.$': '$.summary' } }));
+  return sfn.Chain.start(copy).next(record).next(keepsStandby);
 }
 
 export class ReplicateWorkflow extends Construct {
@@ -74,23 +94,34 @@ export class ReplicateWorkflow extends Construct {
   constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
     super(scope, id);
     const plan = invoke(this, 'PlanReplicate', props.functions.PlanReplicate, { payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }) });
-    const copy = new sfn.Map(this, 'ReplicateDisks', {
-      itemsPath: '$.disks',
-      itemSelector: { 'disk.$': '$$.Map.Item.Value', 'index.$': '$$.Map.Item.Index', 'replicate.$': '$' },
-      maxConcurrency: 4,
-      resultPath: '$.replicated',
-    });
-    copy.itemProcessor(moverTask(this, props.activities, 'ReplicateDisk', '$.replicate.moverGroup', { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' }, { hours: 12 }));
     const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION');
-    copy.addCatch(failed, { resultPath: '$.error' });
-    const record = invoke(this, 'RecordReplication', props.functions.RecordReplication, { resultPath: '$.summary' });
-    const withStandby = standbyChain(this, props.activities, failed).next(new sfn.Pass(this, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
-    const keepsStandby = new sfn.Choice(this, 'KeepsStandby')
-      .when(sfn.Condition.isString('$.replicaDir'), withStandby)
-      .otherwise(new sfn.Pass(this, 'Replicated', { parameters: { 'replication.$': '$.summary' } }));
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat replicate: copy a backup to the DR repository (missing chunks only) and bring the warm standby replica to it',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(copy).next(record).next(keepsStandby)),
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(replicateJobChain(this, props, failed))),
+      timeout: Duration.hours(24),
+    });
+  }
+}
+
+/**
+ * ReplicatePolicy: the newest committed backup of every VM of a policy that the DR
+ * repository does not have yet, one VM after another (Map). Input:
+ * `{ policyId, moverGroup, targetBucket?, replicaDir? }`; what the Backup workflow (or a
+ * schedule) starts after a run.
+ */
+export class ReplicatePolicyWorkflow extends Construct {
+  readonly stateMachine: sfn.StateMachine;
+
+  constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
+    super(scope, id);
+    const plan = invoke(this, 'PlanReplicatePolicy', props.functions.PlanReplicatePolicy, { payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }) });
+    const vms = new sfn.Map(this, 'ReplicateVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.replicated' });
+    vms.itemProcessor(replicateJobChain(this, props));
+    vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION'), { resultPath: '$.error' });
+    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: { 'policyId.$': '$.policyId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped' } });
+    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
+      comment: 'Lifeboat replicate a policy: every VM\'s newest backup the DR repository lacks',
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(done)),
       timeout: Duration.hours(24),
     });
   }

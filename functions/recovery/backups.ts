@@ -1,6 +1,6 @@
 /** Finding the backup a restore or verification names, with clear errors when it cannot. */
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { Backup, Catalog } from '../catalog/catalog.ts';
+import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
 
 export interface ResolvedBackup {
   backup: Backup & { disks: NonNullable<Backup['disks']> };
@@ -33,4 +33,11 @@ export async function resolveBackup(catalog: Catalog, vmId: string, backupId: st
   const bucket = policy?.bucket ?? opts.bucketIfPolicyGone;
   if (!bucket) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown; name it with "fromBucket"`);
   return { backup: backup as ResolvedBackup['backup'], bucket };
+}
+
+/** The VMs a policy selects: by id, and every inventory VM on its hosts. */
+export async function policyVms(catalog: Catalog, policy: Policy): Promise<string[]> {
+  const ids = new Set(policy.vmIds);
+  for (const host of policy.hosts ?? []) for (const id of await catalog.vmsOnHost(host)) ids.add(id);
+  return [...ids].sort();
 }
