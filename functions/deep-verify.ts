@@ -10,7 +10,7 @@ import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
-import { resolveBackup } from './recovery/backups.ts';
+import { policyVms, resolveBackup } from './recovery/backups.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -34,6 +34,34 @@ export async function planDeepVerify({ verifyId, request }: z.output<typeof plan
   };
   await deps.recovery.putRecord('DEEPVERIFY', verifyId, { status: 'running', startedAt: deps.now().toISOString(), job });
   return job;
+}
+
+export const deepVerifyPolicyRequest = z.object({
+  policyId: text,
+  sample: z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1 (all chunks)').optional(),
+}).strict();
+export const planDeepVerifyPolicyInput = z.object({ verifyId: text, request: deepVerifyPolicyRequest }).strict();
+
+/** One job per VM of the policy: its newest committed backup, verified by the group serving its host. */
+export async function planDeepVerifyPolicy({ verifyId, request }: z.output<typeof planDeepVerifyPolicyInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }) {
+  const policy = await deps.catalog.getPolicy(request.policyId);
+  if (!policy) throw new RecoveryRequestInvalid(`policy '${request.policyId}' does not exist`);
+  const jobs: DeepVerifyJob[] = [];
+  const skipped: { vmId: string; reason: string }[] = [];
+  for (const vmId of await policyVms(deps.catalog, policy)) {
+    const vm = await deps.catalog.getVm(vmId);
+    const group = vm ? (await deps.catalog.getHost(vm.host))?.moverGroup : undefined;
+    if (!vm || !group) {
+      skipped.push({ vmId, reason: vm ? `host '${vm.host}' has no mover group in the catalog` : 'not in the inventory' });
+      continue;
+    }
+    if (!(await deps.catalog.latestCommitted(vmId))) {
+      skipped.push({ vmId, reason: 'no committed backup' });
+      continue;
+    }
+    jobs.push(await planDeepVerify({ verifyId: `${verifyId}-${vmId}`, request: { vmId, moverGroup: group, ...(request.sample ? { sample: request.sample } : {}) } }, deps));
+  }
+  return { policyId: policy.policyId, jobs, skipped };
 }
 
 const damageFinding: z.ZodType<DamageFinding> = z.looseObject({ backupId: text, diskId: text, offsets: z.array(count), objectKey: text, reason: z.string() });
@@ -89,4 +117,5 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
 
 const now = () => new Date();
 export const planHandler = lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
+export const planPolicyHandler = lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
 export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, now }));

@@ -19,6 +19,7 @@ export const lambdaFunctions = {
   RecordRestore: { entry: 'functions/restore.ts', handler: 'recordHandler' },
   RecordRestoreFailure: { entry: 'functions/restore.ts', handler: 'recordFailureHandler' },
   PlanDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'planHandler' },
+  PlanDeepVerifyPolicy: { entry: 'functions/deep-verify.ts', handler: 'planPolicyHandler' },
   RecordDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'recordHandler' },
   PlanPrune: { entry: 'functions/prune.ts', handler: 'planHandler' },
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },

@@ -106,6 +106,12 @@ describe('Prune workflow', () => {
     }
   });
 
+  it('schedules a weekly deep verification of each policy', () => {
+    const dv = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('DeepVerifyPolicyStateMachine'))!;
+    const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule')).filter((r) => JSON.stringify(r.Properties.Target.Arn).includes(dv.logicalId));
+    expect(schedules.map((s) => JSON.parse(s.Properties.Target.Input as string).policyId).sort()).toEqual(config.policies.map((p) => p.id).sort());
+  });
+
   it('schedules garbage collection weekly for each repository the stack keeps', () => {
     const gc = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('GcStateMachine'))!;
     const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule'))

@@ -182,6 +182,18 @@ describe('Deep verify workflow', () => {
     expect(s.chunksChecked).toBeLessThan(s.chunksTotal);
   });
 
+  it('verifies the newest backup of every VM of a policy, each on the group serving its host', async () => {
+    const d = await runExecution(t.sfn, arn('DeepVerifyPolicy'), { policyId: 'p-r', sample: 1 }, { pollMs: 200 });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const out = JSON.parse(d.output!) as { verified: DeepVerifySummary[]; skipped: unknown[] };
+    expect(out.skipped).toEqual([]);
+    expect(out.verified).toHaveLength(1);
+    expect(out.verified[0]).toMatchObject({ vmId: 'vm-r', backupId, damaged: false });
+    expect(out.verified[0]!.chunksChecked).toBe(out.verified[0]!.chunksTotal);
+    const verifiers = t.logs.filter((l) => l.event === 'task.succeeded' && l.task === 'deepVerifyDisk').map((l) => l.mover);
+    expect(verifiers.at(-1)).toBe('site-a-mover-1');
+  });
+
   it('finds a bit flipped in one stored chunk, names it, marks the backup damaged and emits an event', async () => {
     const { store, keys } = await openRepository(t.stack.endpoints);
     const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0');

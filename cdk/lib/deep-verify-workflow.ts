@@ -24,59 +24,86 @@ export interface DeepVerifyWorkflowProps {
   diskConcurrency?: number;
 }
 
+function invoke(scope: Construct, name: string, fn: lambda.IFunction, payload?: sfn.TaskInput) {
+  return new tasks.LambdaInvoke(scope, name, {
+    lambdaFunction: fn,
+    ...(payload ? { payload } : {}),
+    payloadResponseOnly: true,
+    taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
+  });
+}
+
+/** One backup's verification from its DeepVerifyJob: disks (Map) → RecordDeepVerify → the event when damaged. */
+function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFailure?: sfn.IChainable): sfn.Chain {
+  const verifyDisk = onMoverGroup(scope, 'DeepVerifyDisk', {
+    activities: props.activities,
+    groupPath: '$.verify.moverGroup',
+    task: (activity, name) => {
+      const t = new tasks.StepFunctionsInvokeActivity(scope, name, {
+        activity,
+        parameters: { task: 'deepVerifyDisk', 'verify.$': '$.verify', 'disk.$': '$.disk' },
+        taskTimeout: sfn.Timeout.duration(Duration.hours(12)),
+        heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
+      });
+      t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
+      return t;
+    },
+  });
+  const verifyDisks = new sfn.Map(scope, 'DeepVerifyDisks', {
+    itemsPath: '$.disks',
+    itemSelector: { 'disk.$': '$$.Map.Item.Value', 'verify.$': '$' },
+    maxConcurrency: props.diskConcurrency ?? 4,
+    resultPath: '$.verified',
+  });
+  verifyDisks.itemProcessor(verifyDisk);
+  if (onFailure) verifyDisks.addCatch(onFailure, { resultPath: '$.error' });
+
+  const record = invoke(scope, 'RecordDeepVerify', props.functions.RecordDeepVerify);
+  record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+
+  const emit = new tasks.EventBridgePutEvents(scope, 'EmitBackupDamaged', {
+    entries: [{ source: BACKUP_DAMAGED_EVENT.source, detailType: BACKUP_DAMAGED_EVENT.detailType, detail: sfn.TaskInput.fromJsonPathAt('$.event') }],
+    resultPath: sfn.JsonPath.DISCARD,
+  });
+  emit.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  const damaged = new sfn.Choice(scope, 'Damaged')
+    .when(sfn.Condition.booleanEquals('$.damaged', true), emit)
+    .otherwise(new sfn.Succeed(scope, 'Intact'));
+  return sfn.Chain.start(verifyDisks).next(record).next(damaged);
+}
+
 export class DeepVerifyWorkflow extends Construct {
   readonly stateMachine: sfn.StateMachine;
 
   constructor(scope: Construct, id: string, props: DeepVerifyWorkflowProps) {
     super(scope, id);
-    const invoke = (name: string, f: LambdaFunctionId, payload?: sfn.TaskInput) =>
-      new tasks.LambdaInvoke(this, name, {
-        lambdaFunction: props.functions[f],
-        ...(payload ? { payload } : {}),
-        payloadResponseOnly: true,
-        taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
-      });
-
-    const plan = invoke('PlanDeepVerify', 'PlanDeepVerify', sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }));
-
-    const verifyDisk = onMoverGroup(this, 'DeepVerifyDisk', {
-      activities: props.activities,
-      groupPath: '$.verify.moverGroup',
-      task: (activity, name) => {
-        const t = new tasks.StepFunctionsInvokeActivity(this, name, {
-          activity,
-          parameters: { task: 'deepVerifyDisk', 'verify.$': '$.verify', 'disk.$': '$.disk' },
-          taskTimeout: sfn.Timeout.duration(Duration.hours(12)),
-          heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
-        });
-        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
-        return t;
-      },
-    });
-    const verifyDisks = new sfn.Map(this, 'DeepVerifyDisks', {
-      itemsPath: '$.disks',
-      itemSelector: { 'disk.$': '$$.Map.Item.Value', 'verify.$': '$' },
-      maxConcurrency: props.diskConcurrency ?? 4,
-      resultPath: '$.verified',
-    });
-    verifyDisks.itemProcessor(verifyDisk);
-    verifyDisks.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY'), { resultPath: '$.error' });
-
-    const record = invoke('RecordDeepVerify', 'RecordDeepVerify');
-    record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
-
-    const emit = new tasks.EventBridgePutEvents(this, 'EmitBackupDamaged', {
-      entries: [{ source: BACKUP_DAMAGED_EVENT.source, detailType: BACKUP_DAMAGED_EVENT.detailType, detail: sfn.TaskInput.fromJsonPathAt('$.event') }],
-      resultPath: sfn.JsonPath.DISCARD,
-    });
-    emit.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
-    const damaged = new sfn.Choice(this, 'Damaged')
-      .when(sfn.Condition.booleanEquals('$.damaged', true), emit)
-      .otherwise(new sfn.Succeed(this, 'Intact'));
-
+    const plan = invoke(this, 'PlanDeepVerify', props.functions.PlanDeepVerify, sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }));
+    const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY');
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat deep verify: read back a backup\'s chunks, open them, check their ids; mark damage and emit an event',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(verifyDisks).next(record).next(damaged)),
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(verifyJobChain(this, props, failed))),
+      timeout: Duration.hours(24),
+    });
+  }
+}
+
+/**
+ * DeepVerifyPolicy: the newest committed backup of every VM of a policy, each by the
+ * mover group serving the VM's host. Input: `{ policyId, sample? }`; scheduled weekly.
+ */
+export class DeepVerifyPolicyWorkflow extends Construct {
+  readonly stateMachine: sfn.StateMachine;
+
+  constructor(scope: Construct, id: string, props: DeepVerifyWorkflowProps) {
+    super(scope, id);
+    const plan = invoke(this, 'PlanDeepVerifyPolicy', props.functions.PlanDeepVerifyPolicy, sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }));
+    const vms = new sfn.Map(this, 'DeepVerifyVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.verified' });
+    vms.itemProcessor(verifyJobChain(this, props));
+    vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY'), { resultPath: '$.error' });
+    const done = new sfn.Pass(this, 'PolicyVerified', { parameters: { 'policyId.$': '$.policyId', 'verified.$': '$.verified', 'skipped.$': '$.skipped' } });
+    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
+      comment: 'Lifeboat deep verify a policy: the newest backup of each of its VMs',
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(done)),
       timeout: Duration.hours(24),
     });
   }

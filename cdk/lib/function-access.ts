@@ -61,6 +61,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestoreFailure: { catalog: ['PutItem'] },
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem'] },
+  PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
   RecordPrune: { catalog: ['PutItem'] },

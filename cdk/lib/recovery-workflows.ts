@@ -10,7 +10,7 @@ import * as targets from 'aws-cdk-lib/aws-scheduler-targets';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { PolicyConfig } from '../../core/config.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { DeepVerifyWorkflow } from './deep-verify-workflow.ts';
+import { DeepVerifyPolicyWorkflow, DeepVerifyWorkflow } from './deep-verify-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
 import { FailoverWorkflow, ReplicatePolicyWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
@@ -24,6 +24,10 @@ export interface RecoveryWorkflowsProps {
   policies?: PolicyConfig[];
   /** When Prune runs for every policy (EventBridge Scheduler expression, policy's time zone). */
   pruneSchedule?: string;
+  /** When each policy's newest backups are deep-verified (EventBridge Scheduler expression, policy's time zone). */
+  deepVerifySchedule?: string;
+  /** Fraction of chunks the scheduled deep verification reads back (default 0.1). */
+  deepVerifySample?: number;
   /** The stack's repositories: each gets a weekly garbage collection (Object Lock days passed on). */
   repositories?: { id: string; bucket: string; objectLockDays?: number }[];
   /** When garbage collection runs (EventBridge Scheduler expression, UTC). */
@@ -33,6 +37,7 @@ export interface RecoveryWorkflowsProps {
 export interface RecoveryWorkflows {
   restore: RestoreWorkflow;
   deepVerify: DeepVerifyWorkflow;
+  deepVerifyPolicy: DeepVerifyPolicyWorkflow;
   prune: PruneWorkflow;
   gc: GcWorkflow;
   replicate: ReplicateWorkflow;
@@ -45,6 +50,8 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'RestoreStateMachineArn', { value: restore.stateMachine.stateMachineArn });
   const deepVerify = new DeepVerifyWorkflow(stack, 'DeepVerify', props);
   new CfnOutput(stack, 'DeepVerifyStateMachineArn', { value: deepVerify.stateMachine.stateMachineArn });
+  const deepVerifyPolicy = new DeepVerifyPolicyWorkflow(stack, 'DeepVerifyPolicy', props);
+  new CfnOutput(stack, 'DeepVerifyPolicyStateMachineArn', { value: deepVerifyPolicy.stateMachine.stateMachineArn });
   const prune = new PruneWorkflow(stack, 'Prune', props);
   new CfnOutput(stack, 'PruneStateMachineArn', { value: prune.stateMachine.stateMachineArn });
   for (const p of props.policies ?? []) {
@@ -61,6 +68,17 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   }
   const gc = new GcWorkflow(stack, 'Gc', props);
   new CfnOutput(stack, 'GcStateMachineArn', { value: gc.stateMachine.stateMachineArn });
+  for (const p of props.policies ?? []) {
+    new scheduler.Schedule(stack, `DeepVerify-${p.id}`, {
+      description: `Lifeboat: deep-verify a sample of the newest backups of policy '${p.id}'`,
+      schedule: scheduler.ScheduleExpression.expression(props.deepVerifySchedule ?? 'cron(0 4 ? * SAT *)', TimeZone.of(p.schedule.timeZone)),
+      target: new targets.StepFunctionsStartExecution(deepVerifyPolicy.stateMachine, {
+        input: scheduler.ScheduleTargetInput.fromObject({ policyId: p.id, sample: props.deepVerifySample ?? 0.1 }),
+        retryAttempts: 5,
+        maxEventAge: Duration.hours(6),
+      }),
+    });
+  }
   for (const r of props.repositories ?? []) {
     new scheduler.Schedule(stack, `Gc-${r.id}`, {
       description: `Lifeboat: garbage-collect repository '${r.id}'`,
@@ -78,5 +96,5 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'ReplicatePolicyStateMachineArn', { value: replicatePolicy.stateMachine.stateMachineArn });
   const failover = new FailoverWorkflow(stack, 'Failover', props);
   new CfnOutput(stack, 'FailoverStateMachineArn', { value: failover.stateMachine.stateMachineArn });
-  return { restore, deepVerify, prune, gc, replicate, replicatePolicy, failover };
+  return { restore, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover };
 }
