@@ -42,6 +42,8 @@ export interface PruneItem {
   vmId: string;
   backupId: string;
   bucket: string;
+  /** DR repositories the policy replicates to: the backup's copies there go too (the DR site follows the retention). */
+  replicaBuckets: string[];
   reason: string;
 }
 
@@ -86,7 +88,7 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
     plan.vms.push({ vmId, decisions });
     for (const d of decisions) {
       if (d.keep) plan.keepCount++;
-      else plan.remove.push({ pruneId, vmId, backupId: d.backupId, bucket: policy.bucket, reason: d.reason });
+      else plan.remove.push({ pruneId, vmId, backupId: d.backupId, bucket: policy.bucket, replicaBuckets: policy.replicateTo ? [policy.replicateTo.bucket] : [], reason: d.reason });
     }
   }
   plan.removeCount = plan.remove.length;
@@ -104,23 +106,27 @@ export interface PrunedBackup {
   failed: { key: string; reason: string }[];
 }
 
-export const pruneItem: z.ZodType<PruneItem> = z.looseObject({ pruneId: text, vmId: text, backupId: text, bucket: text, reason: z.string() });
+export const pruneItem = z.looseObject({ pruneId: text, vmId: text, backupId: text, bucket: text, replicaBuckets: z.array(text).default([]), reason: z.string() });
 
 export async function pruneBackup(item: PruneItem, deps: { catalog: Catalog; recovery: RecoveryCatalog; admin: (bucket: string) => RepositoryAdmin; now: () => Date }): Promise<PrunedBackup> {
   const result: PrunedBackup = { vmId: item.vmId, backupId: item.backupId, outcome: 'skipped', objectsDeleted: 0, bytesDeleted: 0, failed: [] };
   if (!(await deps.recovery.beginPrune(item.vmId, item.backupId, item.reason, deps.now()))) return result; // gone already, or changed state since planning
-  const admin = deps.admin(item.bucket);
-  const objects = [];
-  for await (const o of admin.list(`manifests/${item.backupId}/`)) objects.push(o);
-  const out = await admin.delete(objects.map((o) => o.key));
-  const sizes = new Map(objects.map((o) => [o.key, o.size]));
-  result.objectsDeleted = out.deleted.length;
-  result.bytesDeleted = out.deleted.reduce((n, k) => n + (sizes.get(k) ?? 0), 0);
-  result.failed = out.failed;
-  if (out.failed.length > 0) {
+  // The DR copies first: a replica record never outlives the DR manifests it vouches for.
+  for (const bucket of [...item.replicaBuckets, item.bucket]) {
+    const admin = deps.admin(bucket);
+    const objects = [];
+    for await (const o of admin.list(`manifests/${item.backupId}/`)) objects.push(o);
+    const out = await admin.delete(objects.map((o) => o.key));
+    const sizes = new Map(objects.map((o) => [o.key, o.size]));
+    result.objectsDeleted += out.deleted.length;
+    result.bytesDeleted += out.deleted.reduce((n, k) => n + (sizes.get(k) ?? 0), 0);
+    result.failed.push(...out.failed.map((f) => ({ ...f, key: `s3://${bucket}/${f.key}` })));
+  }
+  if (result.failed.length > 0) {
     result.outcome = 'kept'; // stays `pruning`: the next prune tries again
     return result;
   }
+  for (const bucket of item.replicaBuckets) await deps.recovery.deleteReplica(item.vmId, bucket, item.backupId);
   await deps.recovery.finishPrune(item.vmId, item.backupId);
   result.outcome = 'pruned';
   return result;

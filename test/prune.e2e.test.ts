@@ -8,6 +8,7 @@ import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { keys as objectKeys } from '../core/format.ts';
+import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import type { PrunePlan } from '../functions/prune.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
@@ -104,4 +105,35 @@ it('fails with a clear cause for a policy without retention or an unknown one', 
   expect(none.cause).toContain("policy 'p-none' has no retention rules");
   const unknown = await prune({ policyId: 'nope' });
   expect(unknown.error).toBe('Catalog.PolicyNotFound');
+});
+
+it('removes a pruned backup\'s copy from the DR repository too; the kept one still restores from there', async () => {
+  const e = t.stack.endpoints;
+  const dr = e.buckets.dr!;
+  const dir = join(t.dir, 'vms', 'vm-q');
+  await createVmFolder(dir, { name: 'vm-q', disks: [{ id: 'disk0', sizeBytes: 4 * MiB }] }, seededRng(12));
+  await t.stack.catalog.putVm({ vmId: 'vm-q', host: 'esx-01', source: dir });
+  await t.stack.catalog.putPolicy({ policyId: 'p-q', vmIds: ['vm-q'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 }, replicateTo: { repositoryId: 'dr', bucket: dr } });
+  for (let i = 0; i < 2; i++) {
+    await changeDisk(join(dir, 'disk0.raw'), 4 * MiB, 0.2, 1, seededRng(60 + i));
+    const b = await runExecution(t.sfn, e.backupStateMachineArn, { policyId: 'p-q' }, { pollMs: 200 });
+    expect(b.status, b.cause).toBe('SUCCEEDED');
+    const r = await runExecution(t.sfn, e.stateMachines.Replicate!, { vmId: 'vm-q', moverGroup: 'site-a' }, { pollMs: 200 });
+    expect(r.status, r.cause).toBe('SUCCEEDED');
+  }
+  const [newest, older] = (await t.stack.catalog.listBackups('vm-q')).map((b) => b.backupId);
+  const drStore = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), dr);
+  expect(await drStore.head(objectKeys.manifest(older!, 'disk0'))).toBeDefined();
+
+  const d = await prune({ policyId: 'p-q' });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+  expect(JSON.parse(d.output!)).toMatchObject({ pruned: 1, objectsDeleted: 4 }); // manifest + VM config, here and at DR
+  expect(await drStore.head(objectKeys.manifest(older!, 'disk0'))).toBeUndefined();
+  expect(await drStore.head(objectKeys.vmConfig(older!))).toBeUndefined();
+  const recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  expect(await recovery.getReplica('vm-q', dr, older!)).toBeUndefined();
+  expect(await recovery.getReplica('vm-q', dr, newest!)).toBeDefined();
+  const r = await runExecution(t.sfn, e.stateMachines.Restore!, { vmId: 'vm-q', target: join(t.dir, 'q-from-dr'), moverGroup: 'site-a', fromBucket: dr }, { pollMs: 200 });
+  expect(r.status, r.cause).toBe('SUCCEEDED');
+  expect((JSON.parse(r.output!) as RestoreSummary).disks[0]!.sha256).toBe(await sha256File(join(dir, 'disk0.raw')));
 });

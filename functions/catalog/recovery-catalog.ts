@@ -120,6 +120,10 @@ export class RecoveryCatalog {
     return rest as ReplicaRecord;
   }
 
+  deleteReplica(vmId: string, bucket: string, backupId: string) {
+    return this.db.send(new DeleteCommand({ TableName: this.table, Key: replicaKey(vmId, bucket, backupId) }));
+  }
+
   /** Removes a backup whose manifests are gone; only one that is `pruning`. */
   async finishPrune(vmId: string, backupId: string): Promise<void> {
     try {
