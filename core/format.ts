@@ -52,6 +52,8 @@ export interface SealOptions {
 /** The size is pledged so the async (libuv pool) and sync (worker thread) compressors write the same frame. */
 const zstdOptions = (level: number | undefined, size: number) => ({
   pledgedSrcSize: size,
+  // One output buffer for the whole frame (zlib's default is 16 KiB pieces, copied together after).
+  chunkSize: Math.max(16 * 1024, size + 1024),
   ...(level === undefined ? {} : { params: { [zlibConstants.ZSTD_c_compressionLevel]: level } }),
 });
 
@@ -125,12 +127,15 @@ export async function open(keys: RepositoryKeys, sealed: Uint8Array, purpose: st
   }
 }
 
-/** `open` on the calling thread (worker threads use it). */
-export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): Buffer {
+/**
+ * `open` on the calling thread (worker threads use it). `expectedLength`, when the caller
+ * knows the plaintext's length (a chunk), sizes the output buffer; it does not check it.
+ */
+export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: string, expectedLength?: number): Buffer {
   const { compression, body } = unseal(keys, sealed, purpose);
   if (compression === Compression.none) return body;
   try {
-    return zstdDecompressSync(body);
+    return zstdDecompressSync(body, expectedLength ? { chunkSize: Math.max(16 * 1024, expectedLength) } : {});
   } catch (err) {
     throw undecodable(purpose, err);
   }

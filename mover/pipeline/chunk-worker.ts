@@ -34,7 +34,7 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
     }
     case 'open': {
       const keys = keysFor(m.keyId);
-      const plain = openSync(keys, new Uint8Array(m.body), m.id);
+      const plain = openSync(keys, new Uint8Array(m.body), m.id, m.length);
       if (plain.length !== m.length || chunkId(keys, plain) !== m.id) return { reply: { seq: m.seq, mismatch: true }, transfer: [] };
       if (m.fd !== undefined) {
         for (let done = 0; done < plain.length;) done += writeSync(m.fd, plain, done, plain.length - done, m.offset! + done);
