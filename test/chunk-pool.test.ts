@@ -55,6 +55,27 @@ describe('chunk pool', () => {
     }
   });
 
+  it('hashes and seals from a shared slot like from a transferred buffer, and a later spawned worker sees the slot too', async () => {
+    const fresh = new ChunkPool(2);
+    try {
+      const slot = fresh.share(300_000); // shared before any worker exists
+      const data = text(250_000);
+      data.copy(slot.bytes);
+      const id = await fresh.hashSlot(keys, slot, data.length);
+      expect(id).toBe(chunkId(keys, data));
+      const nonce = randomBytes(12);
+      // Two at once: both workers are used, each must know the slot.
+      const [a, b] = await Promise.all([fresh.sealSlot(keys, slot, data.length, id, { nonce }), fresh.sealSlot(keys, slot, data.length, id, { nonce })]);
+      const inThread = await seal(keys, data, id, { nonce });
+      expect(a.sealed.equals(inThread) && b.sealed.equals(inThread)).toBe(true);
+      expect(a.sha256).toBe(objectSha256(inThread));
+      fresh.unshare(slot);
+      await expect(fresh.hashSlot(keys, slot, 10)).rejects.toThrow(/no shared slot/);
+    } finally {
+      await fresh.close();
+    }
+  });
+
   it('opens a chunk sealed on the main thread, and rejects a damaged or swapped one', async () => {
     const data = text(300_000);
     const id = chunkId(keys, data);

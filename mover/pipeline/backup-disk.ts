@@ -10,7 +10,7 @@ import { decodeManifest, encodeManifest, isZero, keys, objectSha256, type Manife
 import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { DiskReader } from '../sources/source.ts';
-import { sharedChunkPool, type ChunkPool } from './chunk-pool.ts';
+import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
 
 export interface BackupDiskOptions {
   store: ObjectStore;
@@ -70,24 +70,25 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   };
 
   const pool = o.pool ?? sharedChunkPool();
-  // Plaintext buffers are ArrayBuffers of chunkSize that travel to a worker and back, and
-  // are reused: at most `parallelism` exist at once.
-  const free: ArrayBuffer[] = [];
-  const release = (buf: ArrayBuffer | undefined) => {
-    if (buf && buf.byteLength === chunkSize) free.push(buf); // a detached buffer (worker failure) is dropped
-  };
+  // Plaintext buffers are slots of chunkSize shared with the pool's workers (nothing is
+  // copied or moved per chunk), reused: at most `parallelism` exist at once.
+  const free: SharedSlot[] = [];
+  const all: SharedSlot[] = [];
+  const takeSlot = () => free.pop() ?? (all[all.length] = pool.share(chunkSize));
 
-  const process = async (index: number, first: ArrayBuffer, length: number) => {
-    let buf: ArrayBuffer | undefined = first;
+  const process = async (index: number, first: SharedSlot, length: number) => {
+    let buf: SharedSlot | undefined = first;
+    const release = (b: SharedSlot | undefined) => {
+      if (b) free.push(b);
+      buf = undefined;
+    };
     try {
-      if (isZero(new Uint8Array(buf, 0, length))) {
+      if (isZero(buf.bytes.subarray(0, length))) {
         stats.zeroChunks++;
         stats.bytesZero += length;
         return;
       }
-      const hashed = await pool.hash(o.keys, buf, length);
-      buf = hashed.buf;
-      const id = hashed.id;
+      const id = await pool.hashSlot(o.keys, buf, length);
       manifest.chunks[index] = id;
       const known = parent.get(id);
       if (known) {
@@ -106,13 +107,12 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       // chunk seals to (sealing is size-deterministic; the nonce is random, so the bytes
       // differ between writers), so a partial object left by a killed writer on a
       // non-atomic store (s3rver writes in place) is overwritten, never referenced.
-      const sealing = pool.seal(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel });
-      buf = undefined; // transferred: it comes back with the sealed bytes
+      const sealing = pool.sealSlot(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel });
       // With conditional writes a new chunk costs one request (no HEAD); otherwise HEAD
       // while sealing, then PUT.
       const conditional = o.store.putIfAbsent?.bind(o.store);
       const [s, looked] = await Promise.all([sealing, conditional ? undefined : o.store.head(key)]);
-      release(s.buf); // the plaintext is not needed for the upload
+      release(buf); // the plaintext is not needed for the upload
       const existing = !conditional ? looked : (await conditional(key, s.sealed, s.sha256)) === 'exists' ? await o.store.head(key) : null;
       if (existing && existing.size === s.sealed.length) {
         stats.dedupedChunks++;
@@ -132,24 +132,27 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const parallelism = o.parallelism ?? 8;
   const running = new Set<Promise<void>>();
   let failure: unknown;
-  for (let i = firstChunk; i < endChunk; i++) {
-    o.signal?.throwIfAborted();
-    if (failure) break;
-    const offset = i * chunkSize;
-    const length = Math.min(chunkSize, disk.sizeBytes - offset);
-    const buf = free.pop() ?? new ArrayBuffer(chunkSize);
-    const n = await o.reader.read(Buffer.from(buf, 0, length), offset, length);
-    if (n !== length) {
-      await Promise.allSettled(running);
-      throw new Corrupt(`disk '${disk.diskId}' ended early: read ${n} of ${length} bytes at offset ${offset} (was the image truncated?)`);
+  try {
+    for (let i = firstChunk; i < endChunk; i++) {
+      o.signal?.throwIfAborted();
+      if (failure) break;
+      const offset = i * chunkSize;
+      const length = Math.min(chunkSize, disk.sizeBytes - offset);
+      const buf = takeSlot();
+      const n = await o.reader.read(buf.bytes, offset, length);
+      if (n !== length) {
+        throw new Corrupt(`disk '${disk.diskId}' ended early: read ${n} of ${length} bytes at offset ${offset} (was the image truncated?)`);
+      }
+      stats.bytesScanned += length;
+      const p = process(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
+      running.add(p);
+      if (running.size >= parallelism) await Promise.race(running);
+      o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: stats.bytesStored });
     }
-    stats.bytesScanned += length;
-    const p = process(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
-    running.add(p);
-    if (running.size >= parallelism) await Promise.race(running);
-    o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: stats.bytesStored });
+  } finally {
+    await Promise.allSettled(running);
+    for (const slot of all) pool.unshare(slot); // the workers drop their references
   }
-  await Promise.all(running);
   if (failure) throw failure;
   // Chunks deduplicated against another chunk still in flight got their size when it landed.
   for (const id of manifest.chunks) if (id !== null && manifest.storedSizes[id] === undefined) throw new Corrupt(`chunk ${id} of disk '${disk.diskId}' has no stored size`);

@@ -13,8 +13,8 @@ import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
 
 /** Messages to a worker (chunk-worker.ts). */
 export type WorkerRequest =
-  | { op: 'hash'; seq: number; keyId: number; buf: ArrayBuffer; length: number }
-  | { op: 'seal'; seq: number; keyId: number; buf: ArrayBuffer; length: number; purpose: string; level?: number; nonce?: Uint8Array }
+  | { op: 'hash'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number }
+  | { op: 'seal'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number; purpose: string; level?: number; nonce?: Uint8Array }
   | { op: 'open'; seq: number; keyId: number; body: ArrayBuffer; id: string; length: number; fd?: number; offset?: number };
 
 /** Replies from a worker: exactly one per request, with the request's `seq`. */
@@ -37,6 +37,13 @@ export interface Sealed {
   sealed: Buffer;
   /** Base64 SHA-256 of `sealed`. */
   sha256: string;
+}
+
+/** A plaintext buffer shared with the pool's workers (see `ChunkPool.share`). */
+export interface SharedSlot {
+  readonly slot: number;
+  /** The slot's memory, for reading into. */
+  readonly bytes: Buffer;
 }
 
 /** What opening a chunk found: the plaintext, or that it does not match its id. */
@@ -65,6 +72,8 @@ export class ChunkPool {
   private readonly slots: (Slot | undefined)[];
   private readonly keyIds = new WeakMap<RepositoryKeys, number>();
   private nextKeyId = 1;
+  private readonly shared = new Map<number, SharedArrayBuffer>();
+  private nextSlot = 1;
   private seq = 0;
   private closed = false;
 
@@ -96,6 +105,36 @@ export class ChunkPool {
     const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, body, id, length, ...(write ?? {}) }), [body]);
     if (r.mismatch) return { ok: false, reason: 'mismatch' };
     return r.plain ? { ok: true, plain: Buffer.from(r.plain) } : { ok: true };
+  }
+
+  /**
+   * A plaintext slot of `size` bytes shared with every worker (sent once, not per
+   * request): read into `bytes`, then `hashSlot`/`sealSlot` copy and move nothing, so the
+   * isolates see no per-chunk buffer churn (which costs garbage collections). Give it back
+   * with `unshare` once no request on it is pending.
+   */
+  share(size: number): SharedSlot {
+    const sab = new SharedArrayBuffer(size);
+    const slot = this.nextSlot++;
+    this.shared.set(slot, sab);
+    for (const s of this.slots) s?.worker.postMessage({ op: 'share', slot, sab });
+    return { slot, bytes: Buffer.from(sab) };
+  }
+
+  unshare(s: SharedSlot): void {
+    this.shared.delete(s.slot);
+    for (const w of this.slots) w?.worker.postMessage({ op: 'share', slot: s.slot });
+  }
+
+  /** `hash` of the first `length` bytes of a shared slot. */
+  async hashSlot(keys: RepositoryKeys, s: SharedSlot, length: number): Promise<string> {
+    return (await this.request(keys, (seq, keyId) => ({ op: 'hash', seq, keyId, slot: s.slot, length }), [])).id!;
+  }
+
+  /** `seal` of the first `length` bytes of a shared slot; the sealed bytes are new (transferred from the worker). */
+  async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: SealOptions = {}): Promise<Omit<Sealed, 'buf'>> {
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts }), []);
+    return { sealed: Buffer.from(r.sealed!), sha256: r.sha256! };
   }
 
   /** Stops the workers; pending requests fail. */
@@ -145,6 +184,7 @@ export class ChunkPool {
     const worker = new Worker(WORKER_URL, { name: `lifeboat-chunk-${index}` });
     worker.unref();
     const slot: Slot = { worker, pending: new Map(), keyIds: new Set() };
+    for (const [id, sab] of this.shared) worker.postMessage({ op: 'share', slot: id, sab });
     worker.on('message', (r: WorkerReply) => {
       const p = slot.pending.get(r.seq);
       if (!p) return;

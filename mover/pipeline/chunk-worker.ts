@@ -20,17 +20,28 @@ const keysFor = (keyId: number): RepositoryKeys => {
   return k;
 };
 
+/** Shared plaintext slots, sent once (op 'share'): requests name a slot instead of moving a buffer. */
+const shared = new Map<number, SharedArrayBuffer>();
+const plaintext = (m: { buf?: ArrayBuffer; slot?: number; length: number }): Uint8Array => {
+  if (m.slot === undefined) return new Uint8Array(m.buf!, 0, m.length);
+  const sab = shared.get(m.slot);
+  if (!sab) throw new Error(`chunk worker has no shared slot ${m.slot}`);
+  return new Uint8Array(sab, 0, m.length);
+};
+
 function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
+  const back = m.op !== 'open' && m.buf ? { buf: m.buf } : {};
+  const moved = m.op !== 'open' && m.buf ? [m.buf] : [];
   switch (m.op) {
     case 'hash': {
-      const id = chunkId(keysFor(m.keyId), new Uint8Array(m.buf, 0, m.length));
-      return { reply: { seq: m.seq, buf: m.buf, id }, transfer: [m.buf] };
+      const id = chunkId(keysFor(m.keyId), plaintext(m));
+      return { reply: { seq: m.seq, ...back, id }, transfer: moved };
     }
     case 'seal': {
-      const sealed = sealSync(keysFor(m.keyId), new Uint8Array(m.buf, 0, m.length), m.purpose, { ...(m.level === undefined ? {} : { level: m.level }), ...(m.nonce ? { nonce: m.nonce } : {}) });
+      const sealed = sealSync(keysFor(m.keyId), plaintext(m), m.purpose, { ...(m.level === undefined ? {} : { level: m.level }), ...(m.nonce ? { nonce: m.nonce } : {}) });
       const sha256 = createHash('sha256').update(sealed).digest('base64');
       const out = sealed.buffer as ArrayBuffer; // sealSync's result owns its whole ArrayBuffer
-      return { reply: { seq: m.seq, buf: m.buf, sealed: out, sha256 }, transfer: [m.buf, out] };
+      return { reply: { seq: m.seq, ...back, sealed: out, sha256 }, transfer: [...moved, out] };
     }
     case 'open': {
       const keys = keysFor(m.keyId);
@@ -47,7 +58,12 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
   }
 }
 
-port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array }) => {
+port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array } | { op: 'share'; slot: number; sab?: SharedArrayBuffer }) => {
+  if (m.op === 'share') {
+    if (m.sab) shared.set(m.slot, m.sab);
+    else shared.delete(m.slot);
+    return;
+  }
   if (m.op === 'keys') {
     keyring.set(m.keyId, Object.freeze({ encryption: Buffer.from(m.encryption), id: Buffer.from(m.id) }));
     return;
@@ -58,7 +74,7 @@ port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: 
   } catch (err) {
     const e = err as Error & { code?: string };
     // The plaintext buffer goes back even on failure, so the caller's pool keeps its size.
-    const back = m.op === 'hash' || m.op === 'seal' ? m.buf : undefined;
+    const back = (m.op === 'hash' || m.op === 'seal') && m.buf ? m.buf : undefined;
     port.postMessage({ seq: m.seq, error: { name: e.name, message: e.message, ...(e.code ? { code: e.code } : {}) }, ...(back ? { buf: back } : {}) }, back ? [back] : []);
   }
 });
