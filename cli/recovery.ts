@@ -3,68 +3,13 @@
  * running stack (its endpoints file, written by `lifeboat up`), wait, print the outcome.
  */
 import type { Command } from 'commander';
-import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
-import { runExecution, sfnClient } from '../local/client.ts';
-import type { StackEndpoints } from '../local/stack.ts';
-
-interface Out {
-  out(line: string): void;
-  status?(line: string): void;
-}
-
-async function endpoints(opts: { dataDir: string; endpoints?: string }): Promise<StackEndpoints> {
-  const file = opts.endpoints ? resolve(opts.endpoints) : join(resolve(opts.dataDir), 'endpoints.json');
-  let e: StackEndpoints;
-  try {
-    e = JSON.parse(await readFile(file, 'utf8')) as StackEndpoints;
-  } catch (err) {
-    throw new Error(`cannot read the stack's endpoints from ${file} (${(err as Error).message}); start the stack with \`lifeboat up\` first`);
-  }
-  return e;
-}
-
-function machine(e: StackEndpoints, name: string): string {
-  const arn = e.stateMachines?.[name];
-  if (!arn) throw new Error(`the running stack has no ${name} workflow (it has ${Object.keys(e.stateMachines ?? {}).join(', ') || 'none'}); restart it with this version`);
-  return arn;
-}
+import { endpoints, guarded, runWorkflow as run, type Out } from './stack-client.ts';
 
 const GiB = 1024 ** 3;
 const size = (n: number) => (n >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
-
-/** A Lambda failure's cause is `{ errorType, errorMessage }` JSON: show the message. */
-function lambdaMessage(cause: string): string {
-  try {
-    const c = JSON.parse(cause) as { errorMessage?: unknown };
-    if (typeof c?.errorMessage === 'string') return c.errorMessage;
-  } catch {
-    // not JSON: a mover's or a Fail state's cause, shown as is
-  }
-  return cause;
-}
-
-async function run(e: StackEndpoints, workflow: string, input: Record<string, unknown>, io: Out) {
-  const started = Date.now();
-  const d = await runExecution(sfnClient(e), machine(e, workflow), input, {
-    pollMs: 500,
-    onPoll: () => io.status?.(`${workflow} running… ${Math.round((Date.now() - started) / 1000)} s`),
-  });
-  if (d.status !== 'SUCCEEDED') throw new Error(`${workflow} ${d.status}: ${d.error ?? ''}: ${lambdaMessage(d.cause ?? '')}`);
-  return { output: JSON.parse(d.output ?? 'null') as unknown, seconds: (Date.now() - started) / 1000, executionArn: d.executionArn! };
-}
-
-/** Runs a command's body; a failure prints its message (no stack) and exits 1. */
-const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => async (...args: A) => {
-  try {
-    await fn(...args);
-  } catch (err) {
-    process.stderr.write(`lifeboat: ${(err as Error).message}\n`);
-    process.exitCode = 1;
-  }
-};
 
 export function registerRecoveryCommands(program: Command, defaultDataDir: string, io: Out): void {
   program
