@@ -7,12 +7,11 @@
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
-import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { onMoverGroup } from './on-mover-group.ts';
+import { lambdaStep, moverStep } from './steps.ts';
 
 export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -30,31 +29,11 @@ export class BackupWorkflow extends Construct {
   constructor(scope: Construct, id: string, props: BackupWorkflowProps) {
     super(scope, id);
     const fn = props.functions;
-    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) =>
-      new tasks.LambdaInvoke(this, name, {
-        lambdaFunction: fn[f],
-        ...(opts.payload ? { payload: opts.payload } : {}),
-        payloadResponseOnly: true,
-        resultPath: opts.resultPath === null ? sfn.JsonPath.DISCARD : opts.resultPath,
-        taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
-      });
+    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) => lambdaStep(this, name, fn[f], opts);
     /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
     const onGroup = (name: string, groupPath: string, task: string, extra: Record<string, unknown>, timeouts: { task: Duration; heartbeat: Duration },
       resultPath: string | null | undefined, decorate: (t: sfn.TaskStateBase) => void) =>
-      onMoverGroup(this, name, {
-        activities: props.activities, groupPath,
-        task: (activity, stateName) => {
-          const t = new tasks.StepFunctionsInvokeActivity(this, stateName, {
-            activity,
-            parameters: { task, ...extra },
-            taskTimeout: sfn.Timeout.duration(timeouts.task),
-            heartbeatTimeout: sfn.Timeout.duration(timeouts.heartbeat),
-            resultPath: resultPath === null ? sfn.JsonPath.DISCARD : resultPath,
-          });
-          decorate(t);
-          return t;
-        },
-      });
+      moverStep(this, name, { activities: props.activities, groupPath, parameters: { task, ...extra }, timeout: timeouts.task, heartbeat: timeouts.heartbeat, resultPath, decorate });
     const retryOnMover = (maxAttempts: number) => (t: sfn.TaskStateBase) =>
       t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts });
 

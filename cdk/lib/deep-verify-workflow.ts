@@ -11,9 +11,8 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { onMoverGroup } from './on-mover-group.ts';
+import { lambdaStep, moverStep } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 
 export const BACKUP_DAMAGED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Backup Damaged' } as const;
@@ -25,29 +24,15 @@ export interface DeepVerifyWorkflowProps {
 }
 
 function invoke(scope: Construct, name: string, fn: lambda.IFunction, payload?: sfn.TaskInput) {
-  return new tasks.LambdaInvoke(scope, name, {
-    lambdaFunction: fn,
-    ...(payload ? { payload } : {}),
-    payloadResponseOnly: true,
-    taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
-  });
+  return lambdaStep(scope, name, fn, payload ? { payload } : {});
 }
 
 /** One backup's verification from its DeepVerifyJob: disks (Map) → RecordDeepVerify → the event when damaged. */
 function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFailure?: sfn.IChainable): sfn.Chain {
-  const verifyDisk = onMoverGroup(scope, 'DeepVerifyDisk', {
-    activities: props.activities,
-    groupPath: '$.verify.moverGroup',
-    task: (activity, name) => {
-      const t = new tasks.StepFunctionsInvokeActivity(scope, name, {
-        activity,
-        parameters: { task: 'deepVerifyDisk', 'verify.$': '$.verify', 'disk.$': '$.disk' },
-        taskTimeout: sfn.Timeout.duration(Duration.hours(12)),
-        heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
-      });
-      t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
-      return t;
-    },
+  const verifyDisk = moverStep(scope, 'DeepVerifyDisk', {
+    activities: props.activities, groupPath: '$.verify.moverGroup',
+    parameters: { task: 'deepVerifyDisk', 'verify.$': '$.verify', 'disk.$': '$.disk' },
+    timeout: Duration.hours(12),
   });
   const verifyDisks = new sfn.Map(scope, 'DeepVerifyDisks', {
     itemsPath: '$.disks',

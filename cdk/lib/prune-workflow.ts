@@ -7,12 +7,12 @@
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
-import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
+import { lambdaStep } from './steps.ts';
 
 export interface PruneWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -23,13 +23,7 @@ export class PruneWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: PruneWorkflowProps) {
     super(scope, id);
-    const invoke = (name: string, f: LambdaFunctionId, payload?: sfn.TaskInput) =>
-      new tasks.LambdaInvoke(this, name, {
-        lambdaFunction: props.functions[f],
-        ...(payload ? { payload } : {}),
-        payloadResponseOnly: true,
-        taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
-      });
+    const invoke = (name: string, f: LambdaFunctionId, payload?: sfn.TaskInput) => lambdaStep(this, name, props.functions[f], payload ? { payload } : {});
 
     const plan = invoke('PlanPrune', 'PlanPrune', sfn.TaskInput.fromObject({ 'pruneId.$': '$$.Execution.Name', 'request.$': '$' }));
 

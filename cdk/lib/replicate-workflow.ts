@@ -14,12 +14,11 @@
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
-import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { onMoverGroup } from './on-mover-group.ts';
+import { lambdaStep, moverStep, retryMoverTask } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 
 export interface ReplicationWorkflowProps {
@@ -28,30 +27,17 @@ export interface ReplicationWorkflowProps {
 }
 
 function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) {
-  const t = new tasks.LambdaInvoke(scope, name, {
-    lambdaFunction: fn,
-    ...(opts.payload ? { payload: opts.payload } : {}),
-    payloadResponseOnly: true,
-    ...(opts.resultPath ? { resultPath: opts.resultPath } : {}),
-    taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
-  });
+  const t = lambdaStep(scope, name, fn, opts);
   t.addRetry({ errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
   return t;
 }
 
 function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, name: string, groupPath: string, parameters: Record<string, unknown>, opts: { hours: number; resultPath?: string; catchTo?: sfn.IChainable }) {
-  return onMoverGroup(scope, name, {
-    activities, groupPath,
-    task: (activity, stateName) => {
-      const t = new tasks.StepFunctionsInvokeActivity(scope, stateName, {
-        activity, parameters,
-        taskTimeout: sfn.Timeout.duration(Duration.hours(opts.hours)),
-        heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
-        ...(opts.resultPath ? { resultPath: opts.resultPath } : {}),
-      });
-      t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
+  return moverStep(scope, name, {
+    activities, groupPath, parameters, timeout: Duration.hours(opts.hours), resultPath: opts.resultPath,
+    decorate: (t) => {
+      retryMoverTask(t);
       if (opts.catchTo) t.addCatch(opts.catchTo, { resultPath: '$.error' });
-      return t;
     },
   });
 }

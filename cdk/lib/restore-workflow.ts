@@ -8,12 +8,10 @@
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
-import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { onMoverGroup } from './on-mover-group.ts';
+import { lambdaStep, moverStep, retryMoverTask } from './steps.ts';
 
 export interface RestoreWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -28,14 +26,7 @@ export class RestoreWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: RestoreWorkflowProps) {
     super(scope, id);
-    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) =>
-      new tasks.LambdaInvoke(this, name, {
-        lambdaFunction: props.functions[f],
-        ...(opts.payload ? { payload: opts.payload } : {}),
-        payloadResponseOnly: true,
-        ...(opts.resultPath ? { resultPath: opts.resultPath } : {}),
-        taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
-      });
+    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) => lambdaStep(this, name, props.functions[f], opts);
 
     const plan = invoke('PlanRestore', 'PlanRestore', {
       payload: sfn.TaskInput.fromObject({ 'restoreId.$': '$$.Execution.Name', 'request.$': '$' }),
@@ -46,19 +37,10 @@ export class RestoreWorkflow extends Construct {
     const failed = new sfn.Fail(this, 'RestoreFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' });
     recordFailure.next(failed);
 
-    const restoreDisk = onMoverGroup(this, 'RestoreDisk', {
-      activities: props.activities,
-      groupPath: '$.restore.moverGroup',
-      task: (activity, name) => {
-        const t = new tasks.StepFunctionsInvokeActivity(this, name, {
-          activity,
-          parameters: { task: 'restoreDisk', 'restore.$': '$.restore', 'disk.$': '$.disk' },
-          taskTimeout: sfn.Timeout.duration(Duration.hours(12)),
-          heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
-        });
-        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
-        return t;
-      },
+    const restoreDisk = moverStep(this, 'RestoreDisk', {
+      activities: props.activities, groupPath: '$.restore.moverGroup',
+      parameters: { task: 'restoreDisk', 'restore.$': '$.restore', 'disk.$': '$.disk' },
+      timeout: Duration.hours(12),
     });
     const restoreDisks = new sfn.Map(this, 'RestoreDisks', {
       itemsPath: '$.disks',
@@ -69,20 +51,13 @@ export class RestoreWorkflow extends Construct {
     restoreDisks.itemProcessor(restoreDisk);
     restoreDisks.addCatch(recordFailure, { resultPath: '$.error' });
 
-    const restoreVmConfig = onMoverGroup(this, 'RestoreVmConfig', {
-      activities: props.activities,
-      groupPath: '$.moverGroup',
-      task: (activity, name) => {
-        const t = new tasks.StepFunctionsInvokeActivity(this, name, {
-          activity,
-          parameters: { task: 'restoreVmConfig', 'restore.$': '$', 'disks.$': '$.restored' },
-          taskTimeout: sfn.Timeout.duration(Duration.minutes(10)),
-          heartbeatTimeout: sfn.Timeout.duration(Duration.seconds(60)),
-          resultPath: '$.vmConfig',
-        });
-        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 });
+    const restoreVmConfig = moverStep(this, 'RestoreVmConfig', {
+      activities: props.activities, groupPath: '$.moverGroup',
+      parameters: { task: 'restoreVmConfig', 'restore.$': '$', 'disks.$': '$.restored' },
+      timeout: Duration.minutes(10), resultPath: '$.vmConfig',
+      decorate: (t) => {
+        retryMoverTask(t);
         t.addCatch(recordFailure, { resultPath: '$.error' });
-        return t;
       },
     });
 

@@ -1,0 +1,64 @@
+/**
+ * The two kinds of task every workflow is built from: a Lambda function of the control
+ * plane, and an activity task on a mover group (routed by the group id in the state's
+ * input, see on-mover-group.ts). One definition of their timeouts and default retries.
+ */
+import { Duration } from 'aws-cdk-lib';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import type { Construct } from 'constructs';
+import { StorageUnavailable } from '../../core/errors.ts';
+import { onMoverGroup } from './on-mover-group.ts';
+
+/** `undefined`: the result replaces the state's input; `null`: the result is discarded. */
+type ResultPath = string | null | undefined;
+const resultPathProps = (p: ResultPath) => (p === null ? { resultPath: sfn.JsonPath.DISCARD } : p ? { resultPath: p } : {});
+
+/** A control-plane Lambda step: payload only, 5-minute timeout. */
+export function lambdaStep(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: ResultPath } = {}): tasks.LambdaInvoke {
+  return new tasks.LambdaInvoke(scope, name, {
+    lambdaFunction: fn,
+    ...(opts.payload ? { payload: opts.payload } : {}),
+    payloadResponseOnly: true,
+    ...resultPathProps(opts.resultPath),
+    taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
+  });
+}
+
+export interface MoverStepOptions {
+  activities: Record<string, sfn.IActivity>;
+  /** JSONPath of the mover group id in the state's input. */
+  groupPath: string;
+  parameters: Record<string, unknown>;
+  timeout: Duration;
+  /** A mover that stops heartbeating for this long is taken for dead: the task is retried (default 60 s). */
+  heartbeat?: Duration;
+  resultPath?: ResultPath;
+  /** Retry and Catch for each group's task; default: retry a dead mover or unavailable storage 3 times. */
+  decorate?: (t: sfn.TaskStateBase) => void;
+}
+
+/** An activity task on the mover group the input names: a Choice with one task per group. */
+export function moverStep(scope: Construct, name: string, o: MoverStepOptions) {
+  return onMoverGroup(scope, name, {
+    activities: o.activities,
+    groupPath: o.groupPath,
+    task: (activity, stateName) => {
+      const t = new tasks.StepFunctionsInvokeActivity(scope, stateName, {
+        activity,
+        parameters: o.parameters,
+        taskTimeout: sfn.Timeout.duration(o.timeout),
+        heartbeatTimeout: sfn.Timeout.duration(o.heartbeat ?? Duration.seconds(60)),
+        ...resultPathProps(o.resultPath),
+      });
+      (o.decorate ?? retryMoverTask)(t);
+      return t;
+    },
+  });
+}
+
+/** The default retry of a mover task: the mover died (heartbeat timeout) or storage was unavailable. */
+export function retryMoverTask(t: sfn.TaskStateBase, maxAttempts = 3): void {
+  t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts });
+}
