@@ -12,7 +12,7 @@ import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { lambdaStep, moverStep } from './steps.ts';
+import { lambdaStep, moverDiskMap } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 
 export const BACKUP_DAMAGED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Backup Damaged' } as const;
@@ -29,18 +29,10 @@ function invoke(scope: Construct, name: string, fn: lambda.IFunction, payload?: 
 
 /** One backup's verification from its DeepVerifyJob: disks (Map) → RecordDeepVerify → the event when damaged. */
 function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFailure?: sfn.IChainable): sfn.Chain {
-  const verifyDisk = moverStep(scope, 'DeepVerifyDisk', {
-    activities: props.activities, groupPath: '$.verify.moverGroup',
-    parameters: { task: 'deepVerifyDisk', 'verify.$': '$.verify', 'disk.$': '$.disk' },
-    timeout: Duration.hours(12),
+  const verifyDisks = moverDiskMap(scope, {
+    mapName: 'DeepVerifyDisks', stepName: 'DeepVerifyDisk', task: 'deepVerifyDisk', jobKey: 'verify', activities: props.activities,
+    resultPath: '$.verified', concurrency: props.diskConcurrency ?? 4, timeout: Duration.hours(12),
   });
-  const verifyDisks = new sfn.Map(scope, 'DeepVerifyDisks', {
-    itemsPath: '$.disks',
-    itemSelector: { 'disk.$': '$$.Map.Item.Value', 'verify.$': '$' },
-    maxConcurrency: props.diskConcurrency ?? 4,
-    resultPath: '$.verified',
-  });
-  verifyDisks.itemProcessor(verifyDisk);
   if (onFailure) verifyDisks.addCatch(onFailure, { resultPath: '$.error' });
 
   const record = invoke(scope, 'RecordDeepVerify', props.functions.RecordDeepVerify);

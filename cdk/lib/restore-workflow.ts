@@ -11,7 +11,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { lambdaStep, moverStep, retryMoverTask } from './steps.ts';
+import { lambdaStep, moverDiskMap, moverStep, retryMoverTask } from './steps.ts';
 
 export interface RestoreWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -37,18 +37,10 @@ export class RestoreWorkflow extends Construct {
     const failed = new sfn.Fail(this, 'RestoreFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' });
     recordFailure.next(failed);
 
-    const restoreDisk = moverStep(this, 'RestoreDisk', {
-      activities: props.activities, groupPath: '$.restore.moverGroup',
-      parameters: { task: 'restoreDisk', 'restore.$': '$.restore', 'disk.$': '$.disk' },
-      timeout: Duration.hours(12),
+    const restoreDisks = moverDiskMap(this, {
+      mapName: 'RestoreDisks', stepName: 'RestoreDisk', task: 'restoreDisk', jobKey: 'restore', activities: props.activities,
+      resultPath: '$.restored', concurrency: props.diskConcurrency ?? 4, timeout: Duration.hours(12),
     });
-    const restoreDisks = new sfn.Map(this, 'RestoreDisks', {
-      itemsPath: '$.disks',
-      itemSelector: { 'disk.$': '$$.Map.Item.Value', 'restore.$': '$' },
-      maxConcurrency: props.diskConcurrency ?? 4,
-      resultPath: '$.restored',
-    });
-    restoreDisks.itemProcessor(restoreDisk);
     restoreDisks.addCatch(recordFailure, { resultPath: '$.error' });
 
     const restoreVmConfig = moverStep(this, 'RestoreVmConfig', {

@@ -62,3 +62,25 @@ export function moverStep(scope: Construct, name: string, o: MoverStepOptions) {
 export function retryMoverTask(t: sfn.TaskStateBase, maxAttempts = 3): void {
   t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts });
 }
+
+/**
+ * A Map over `$.disks` running one mover task per disk: each iteration gets `{ disk, <jobKey>: the state's input }`
+ * and the task gets `{ task, <jobKey>, disk }`, on the group named at `$.<jobKey>.moverGroup`.
+ */
+export function moverDiskMap(scope: Construct, o: {
+  mapName: string; stepName: string; task: string; jobKey: string; activities: Record<string, sfn.IActivity>;
+  resultPath: string; concurrency: number; timeout: Duration;
+}): sfn.Map {
+  const map = new sfn.Map(scope, o.mapName, {
+    itemsPath: '$.disks',
+    itemSelector: { 'disk.$': '$$.Map.Item.Value', [`${o.jobKey}.$`]: '$' },
+    maxConcurrency: o.concurrency,
+    resultPath: o.resultPath,
+  });
+  map.itemProcessor(moverStep(scope, o.stepName, {
+    activities: o.activities, groupPath: `$.${o.jobKey}.moverGroup`,
+    parameters: { task: o.task, [`${o.jobKey}.$`]: `$.${o.jobKey}`, 'disk.$': '$.disk' },
+    timeout: o.timeout,
+  }));
+  return map;
+}
