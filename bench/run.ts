@@ -1,6 +1,6 @@
 /**
- * Lifeboat vs restic on the same disk image and the same local S3 endpoint (s3rver behind
- * an aws-chunked de-framing proxy): full backup, incremental backup, restore.
+ * Lifeboat vs restic on the same disk image and the same local S3 endpoint (the embedded
+ * stack's: s3rver with aws-chunked de-framing and conditional writes, local/s3-server.ts): full backup, incremental backup, restore.
  * Usage: npm run bench   (BENCH_SIZE_MIB=256 for a quick run; default 2048)
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -11,7 +11,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchImages } from './image.ts';
-import { startBenchS3 } from './s3-deframe.ts';
+import { startLocalS3 } from '../local/s3-server.ts';
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -84,7 +84,7 @@ await rm(join(dir, 'restic-cache'), { recursive: true, force: true });
 await mkdir(join(dir, 's3'), { recursive: true });
 const keyFile = join(dir, 'master.key');
 await writeFile(keyFile, randomBytes(32));
-const s3 = await startBenchS3(join(dir, 's3'), [LB_BUCKET, RESTIC_BUCKET]);
+const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: [LB_BUCKET, RESTIC_BUCKET] });
 const resticEnv = {
   ...process.env, RESTIC_REPOSITORY: `s3:${s3.url}/${RESTIC_BUCKET}`, RESTIC_PASSWORD: 'bench-password',
   AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', RESTIC_CACHE_DIR: join(dir, 'restic-cache'),

@@ -9,7 +9,6 @@ import dynalite from 'dynalite';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
-import S3rver from 's3rver';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
@@ -18,6 +17,7 @@ import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
+import { startLocalS3 } from './s3-server.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
@@ -84,13 +84,9 @@ export class EmbeddedStack {
       const config = opts.config ?? loadConfig();
       const buckets = Object.fromEntries(config.repositories.map((r, i) => [r.id, i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
       await mkdir(join(dataDir, 's3'), { recursive: true });
-      const s3rver = new S3rver({
-        port: opts.ports?.s3 ?? 0, address: '127.0.0.1', directory: join(dataDir, 's3'), silent: true,
-        configureBuckets: Object.values(buckets).map((name) => ({ name })),
-      });
-      const s3addr = await s3rver.run();
-      closers.push(() => s3rver.close());
-      const s3 = `http://127.0.0.1:${s3addr.port}`;
+      const s3server = await startLocalS3({ directory: join(dataDir, 's3'), buckets: Object.values(buckets), port: opts.ports?.s3 ?? 0 });
+      closers.push(() => s3server.close());
+      const s3 = s3server.url;
 
       const template = resolveTemplate(synthesizeTemplate(join(dataDir, 'cdk.out'), config));
       const backup = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Backup'));

@@ -10,5 +10,9 @@ declare module 's3rver' {
     constructor(options: S3rverOptions);
     run(): Promise<{ address: string; port: number }>;
     close(): Promise<void>;
+    /** Koa's middleware chain (S3rver extends Koa); composed when the server starts. */
+    middleware: ((ctx: unknown, next: () => Promise<void>) => Promise<void>)[];
+    /** The filesystem store: where an object's files live. */
+    store: { getResourcePath(bucket: string, key: string, resource: 'object' | 'metadata.json'): string };
   }
 }

@@ -1,0 +1,128 @@
+/**
+ * The embedded stack's S3 endpoint: s3rver (objects on the local filesystem) with a small
+ * middleware in front of its routes that makes it behave like S3 where Lifeboat and its
+ * peers depend on it:
+ *
+ * - **Conditional writes.** `PUT` with `If-None-Match: *` stores the object only when the key
+ *   has none: 412 PreconditionFailed when it exists, 409 ConditionalRequestConflict while
+ *   another conditional write of the key is in progress (as S3 answers since 2024). s3rver
+ *   3.7 ignores the header and overwrites. With it, a mover's probe finds conditional writes
+ *   and uploads a new chunk with one request instead of HEAD then PUT.
+ * - **aws-chunked bodies.** SigV4 streaming uploads (`x-amz-content-sha256:
+ *   STREAMING-...`, which restic and minio-go send over plain http) are de-framed before
+ *   s3rver stores them; s3rver 3.7.1 would keep the framing inside the object.
+ * - **Request counts** per bucket, for benchmarks and tests.
+ *
+ * The middleware runs inside s3rver's own Koa app (first in its chain), so there is no
+ * second HTTP hop.
+ */
+import { stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import S3rver from 's3rver';
+
+export interface LocalS3Options {
+  /** Where s3rver keeps buckets and objects. */
+  directory: string;
+  /** Buckets created at start (existing ones are kept). */
+  buckets: string[];
+  /** Port on 127.0.0.1 (0: any free port). */
+  port?: number;
+}
+
+export interface LocalS3 {
+  /** The endpoint URL (path-style). */
+  readonly url: string;
+  /** Requests per bucket since start. */
+  readonly requests: Map<string, number>;
+  close(): Promise<void>;
+}
+
+/** Removes aws-chunked framing (`<hex size>[;chunk-signature=...]\r\n<data>\r\n ... 0\r\n`), trailers dropped. */
+export function deframeAwsChunked(body: Buffer): Buffer {
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (;;) {
+    const eol = body.indexOf('\r\n', at);
+    if (eol < 0) throw new Error('aws-chunked: missing chunk header');
+    const header = body.toString('latin1', at, eol);
+    const size = parseInt(header.split(';')[0]!, 16);
+    if (!Number.isFinite(size) || size < 0) throw new Error(`aws-chunked: bad chunk header '${header.slice(0, 80)}'`);
+    at = eol + 2;
+    if (size === 0) break;
+    if (at + size > body.length) throw new Error(`aws-chunked: chunk of ${size} bytes runs past the body's end`);
+    parts.push(body.subarray(at, at + size));
+    at += size + 2;
+  }
+  return Buffer.concat(parts);
+}
+
+/** The subset of Koa's context the middleware uses. */
+interface Ctx {
+  method: string;
+  path: string;
+  querystring: string;
+  req: NodeJS.ReadableStream;
+  request: { headers: Record<string, string | string[] | undefined> };
+  status: number;
+  type: string;
+  body: unknown;
+  get(field: string): string;
+}
+
+const s3Error = (ctx: Ctx, status: number, code: string, message: string, key: string) => {
+  ctx.status = status;
+  ctx.type = 'application/xml';
+  ctx.body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message><Key>${key.replace(/[<>&]/g, '')}</Key></Error>`;
+};
+
+async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const d of stream) parts.push(d as Buffer);
+  return Buffer.concat(parts);
+}
+
+/** Starts s3rver with the middleware on 127.0.0.1. */
+export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
+  const server = new S3rver({ port: o.port ?? 0, address: '127.0.0.1', directory: o.directory, silent: true, configureBuckets: o.buckets.map((name) => ({ name })) });
+  const requests = new Map<string, number>();
+  const conditionalInFlight = new Set<string>();
+  const objectPath = (bucket: string, key: string) => server.store.getResourcePath(bucket, key, 'object');
+
+  const front = async (ctx: Ctx, next: () => Promise<void>) => {
+    const [, bucket = '', ...rest] = ctx.path.split('/');
+    requests.set(bucket || '(service)', (requests.get(bucket || '(service)') ?? 0) + 1);
+    const key = decodeURIComponent(rest.join('/'));
+    const isObjectPut = ctx.method === 'PUT' && bucket !== '' && key !== '' && !/(^|&)(uploadId|partNumber)=/.test(ctx.querystring);
+
+    if (String(ctx.request.headers['x-amz-content-sha256'] ?? '').startsWith('STREAMING-')) {
+      let body: Buffer;
+      try {
+        body = deframeAwsChunked(await readAll(ctx.req));
+      } catch (err) {
+        return s3Error(ctx, 400, 'IncompleteBody', (err as Error).message, key);
+      }
+      const decoded = ctx.request.headers['x-amz-decoded-content-length'];
+      if (decoded !== undefined && Number(decoded) !== body.length) return s3Error(ctx, 400, 'IncompleteBody', `decoded ${body.length} bytes, x-amz-decoded-content-length says ${decoded}`, key);
+      ctx.request.headers['content-length'] = String(body.length);
+      delete ctx.request.headers['transfer-encoding'];
+      ctx.req = Readable.from([body]);
+    }
+
+    if (!isObjectPut || ctx.get('if-none-match') !== '*') return next();
+    const id = `${bucket}/${key}`;
+    if (conditionalInFlight.has(id)) return s3Error(ctx, 409, 'ConditionalRequestConflict', 'A conditional request to this key is in progress', key);
+    conditionalInFlight.add(id);
+    try {
+      const exists = await stat(objectPath(bucket, key)).then(() => true, () => false);
+      if (exists) return s3Error(ctx, 412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', key);
+      await next();
+    } finally {
+      conditionalInFlight.delete(id);
+    }
+  };
+  // Koa composes its middleware when the server starts (run → listen → callback), so the
+  // front goes first in the chain, before s3rver's logger, XML encoder and routes.
+  server.middleware.unshift(front as (ctx: unknown, next: () => Promise<void>) => Promise<void>);
+  const { port } = await server.run();
+  return { url: `http://127.0.0.1:${port}`, requests, close: () => server.close() };
+}
