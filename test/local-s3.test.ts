@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, collectBody, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
 import { deframeAwsChunked, startLocalS3, type LocalS3 } from '../local/s3-server.ts';
 
 describe('local S3 endpoint', () => {
@@ -45,6 +45,28 @@ describe('local S3 endpoint', () => {
     await store.put('chunks/ef/plain', Buffer.from('bb'));
     expect((await store.head('chunks/ef/plain'))?.size).toBe(2);
     expect((s3.requests.get('repo') ?? 0) - before).toBe(3);
+  });
+});
+
+describe('S3 adapter: response bodies', () => {
+  const pieces = async function* (parts: Buffer[]) {
+    for (const p of parts) yield p;
+  };
+  const parts = [randomBytes(70_000), randomBytes(1), randomBytes(65_536)];
+  const whole = Buffer.concat(parts);
+
+  it('reads a body into one buffer that owns its ArrayBuffer (transferable without a copy)', async () => {
+    for (const length of [whole.length, undefined]) {
+      const out = await collectBody(pieces(parts), length, 'GET x');
+      expect(out).toEqual(whole);
+      expect(out.byteOffset).toBe(0);
+      expect(out.buffer.byteLength).toBe(whole.length);
+    }
+  });
+
+  it('fails on a body shorter or longer than its Content-Length, naming the request', async () => {
+    await expect(collectBody(pieces(parts), whole.length + 1, 'GET s3://b/k')).rejects.toThrow(/GET s3:\/\/b\/k: the body ended after 135537 of 135538 bytes/);
+    await expect(collectBody(pieces(parts), whole.length - 1, 'GET s3://b/k')).rejects.toThrow(/longer than its Content-Length/);
   });
 });
 

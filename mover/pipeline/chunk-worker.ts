@@ -29,6 +29,20 @@ const plaintext = (m: { buf?: ArrayBuffer; slot?: number; length: number }): Uin
   return new Uint8Array(sab, 0, m.length);
 };
 
+/** The pool's write lock (see ChunkPool.writeLock): 0 free, 1 held; waiters sleep in Atomics.wait. */
+let writeLock: Int32Array | undefined;
+function withWriteLock(write: () => void): void {
+  const lock = writeLock;
+  if (!lock) return write();
+  while (Atomics.compareExchange(lock, 0, 0, 1) !== 0) Atomics.wait(lock, 0, 1);
+  try {
+    write();
+  } finally {
+    Atomics.store(lock, 0, 0);
+    Atomics.notify(lock, 0, 1);
+  }
+}
+
 function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
   const back = m.op !== 'open' && m.buf ? { buf: m.buf } : {};
   const moved = m.op !== 'open' && m.buf ? [m.buf] : [];
@@ -48,7 +62,9 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
       const plain = openSync(keys, new Uint8Array(m.body), m.id, m.length);
       if (plain.length !== m.length || chunkId(keys, plain) !== m.id) return { reply: { seq: m.seq, mismatch: true }, transfer: [] };
       if (m.fd !== undefined) {
-        for (let done = 0; done < plain.length;) done += writeSync(m.fd, plain, done, plain.length - done, m.offset! + done);
+        withWriteLock(() => {
+          for (let done = 0; done < plain.length;) done += writeSync(m.fd!, plain, done, plain.length - done, m.offset! + done);
+        });
         return { reply: { seq: m.seq, written: plain.length }, transfer: [] };
       }
       const out = new ArrayBuffer(plain.length);
@@ -58,7 +74,11 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
   }
 }
 
-port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array } | { op: 'share'; slot: number; sab?: SharedArrayBuffer }) => {
+port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array } | { op: 'share'; slot: number; sab?: SharedArrayBuffer } | { op: 'writeLock'; sab: SharedArrayBuffer }) => {
+  if (m.op === 'writeLock') {
+    writeLock = new Int32Array(m.sab);
+    return;
+  }
   if (m.op === 'share') {
     if (m.sab) shared.set(m.slot, m.sab);
     else shared.delete(m.slot);
