@@ -11,7 +11,7 @@ import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { ObjectInfo } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
-import { backupDisk } from '../mover/pipeline/backup-disk.ts';
+import { backupDisk, DedupStrategy } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import type { DiskReader } from '../mover/sources/source.ts';
 
@@ -61,6 +61,34 @@ describe('backup with conditional writes', () => {
     const second = await backupDisk({ store, keys, reader: reader(data), disk: disk('vm2', data), backupId: 'b2', chunkSize: CHUNK });
     expect(second.stats).toMatchObject({ uploadedChunks: 0, dedupedChunks: 3 });
     expect(store.heads).toBe(3);
+  });
+
+  it('switches to HEAD first when duplicates are common, so a cloned VM\'s chunks are not sent only to be refused', async () => {
+    const store = new CountingStore();
+    const data = randomBytes(CHUNK * 48);
+    await backupDisk({ store, keys, reader: reader(data), disk: disk('template', data), backupId: 'b1', chunkSize: CHUNK, parallelism: 4 });
+    expect(store.conditional).toBe(48);
+    store.conditional = 0;
+    store.heads = 0;
+    const clone = await backupDisk({ store, keys, reader: reader(data), disk: disk('clone', data), backupId: 'b2', chunkSize: CHUNK, parallelism: 4 });
+    expect(clone.stats).toMatchObject({ uploadedChunks: 0, dedupedChunks: 48 });
+    // Two refusals lift the duplicate rate over 10%; the chunks already in flight then are the only other refused writes.
+    expect(store.conditional).toBeLessThanOrEqual(2 + 4);
+    expect(store.heads).toBe(48);
+  });
+
+  it('DedupStrategy goes back to conditional writes when new data follows duplicates', () => {
+    const d = new DedupStrategy();
+    expect(d.headFirst()).toBe(false);
+    for (let i = 0; i < 4; i++) d.record(true);
+    expect(d.headFirst()).toBe(true);
+    let n = 0;
+    while (d.headFirst()) {
+      d.record(false);
+      n++;
+    }
+    expect(n).toBeGreaterThan(5);
+    expect(n).toBeLessThan(40);
   });
 
   it('overwrites an object of the wrong size under the key (a partial upload), and restores', async () => {

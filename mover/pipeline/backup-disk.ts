@@ -27,10 +27,40 @@ export interface BackupDiskOptions {
   pool?: ChunkPool;
   /** zstd level for chunks (default: zstd's default, 3). */
   compressionLevel?: number;
+  /** Conditional PUT or HEAD first, per chunk (default: a new DedupStrategy). */
+  dedup?: DedupStrategy;
   /** Transfer only this chunk-aligned part of the disk, to a segment manifest (see keys.segmentId). */
   segment?: DiskSegment | null;
   signal?: AbortSignal;
   onProgress?: (p: { bytesScanned: number; sizeBytes: number; bytesStored: number }) => void;
+}
+
+/**
+ * How a chunk the parent does not have is checked against the repository. A conditional
+ * PUT (`If-None-Match: *`, where the store honours it) costs one request for a new chunk,
+ * but a chunk that is already stored was sealed and sent for nothing; HEAD first costs a
+ * request more for a new chunk and nothing else for a stored one. So: conditional PUTs
+ * while few recent chunks turned out to be stored already (a first backup), HEAD first
+ * once duplicates are common (a VM cloned from a template another VM's backup stored),
+ * judged by a moving average of the outcomes.
+ */
+export class DedupStrategy {
+  private rate = 0;
+  private readonly threshold: number;
+  private readonly weight: number;
+  /** `threshold`: the duplicate rate above which HEAD goes first; `weight`: of each outcome in the moving average. */
+  constructor(threshold = 0.1, weight = 1 / 16) {
+    this.threshold = threshold;
+    this.weight = weight;
+  }
+  /** Whether the next unknown chunk should be looked up with HEAD before sealing and sending it. */
+  headFirst(): boolean {
+    return this.rate > this.threshold;
+  }
+  /** Records whether an unknown chunk was found stored already. */
+  record(stored: boolean): void {
+    this.rate += this.weight * ((stored ? 1 : 0) - this.rate);
+  }
 }
 
 interface KnownChunk {
@@ -70,6 +100,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   };
 
   const pool = o.pool ?? sharedChunkPool();
+  const dedup = o.dedup ?? new DedupStrategy();
   // Plaintext buffers are slots of chunkSize shared with the pool's workers (nothing is
   // copied or moved per chunk), reused: at most `parallelism` exist at once.
   const free: SharedSlot[] = [];
@@ -108,12 +139,13 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       // differ between writers), so a partial object left by a killed writer on a
       // non-atomic store (s3rver writes in place) is overwritten, never referenced.
       const sealing = pool.sealSlot(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel });
-      // With conditional writes a new chunk costs one request (no HEAD); otherwise HEAD
-      // while sealing, then PUT.
-      const conditional = o.store.putIfAbsent?.bind(o.store);
+      // With conditional writes a new chunk costs one request (no HEAD); otherwise (or while
+      // duplicates are common: see DedupStrategy) HEAD while sealing, then PUT.
+      const conditional = o.store.putIfAbsent && !dedup.headFirst() ? o.store.putIfAbsent.bind(o.store) : undefined;
       const [s, looked] = await Promise.all([sealing, conditional ? undefined : o.store.head(key)]);
       release(buf); // the plaintext is not needed for the upload
       const existing = !conditional ? looked : (await conditional(key, s.sealed, s.sha256)) === 'exists' ? await o.store.head(key) : null;
+      dedup.record(existing != null);
       if (existing && existing.size === s.sealed.length) {
         stats.dedupedChunks++;
         record(id, { size: existing.size, ...(existing.sha256 ? { sha256: existing.sha256 } : {}) });
