@@ -58,6 +58,17 @@ export interface SealOptions {
   nonce?: Uint8Array;
   /** zstd level (default: zstd's default, 3; measured in REPOSITORY-FORMAT.md). */
   level?: number;
+  /**
+   * Write the sealed object into this buffer (at least `sealedCapacity(plaintext length)`
+   * bytes) and return a view of it, instead of allocating: the chunk pool seals into
+   * shared slots that are reused, so no chunk-sized buffer is made per chunk.
+   */
+  into?: Uint8Array;
+}
+
+/** The most bytes sealing `plaintextLength` bytes can produce (compressed only when smaller). */
+export function sealedCapacity(plaintextLength: number): number {
+  return HEADER_BYTES + plaintextLength + TAG_BYTES;
 }
 
 /** The size is pledged so the async (libuv pool) and sync (worker thread) compressors write the same frame. */
@@ -73,8 +84,10 @@ const zstdOptions = (level: number | undefined, size: number) => ({
  * `compressed` is false). Written into one buffer that owns its ArrayBuffer (never a slice
  * of Node's shared pool), so a worker thread can transfer it.
  */
-function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined): Buffer {
-  const out = Buffer.from(new ArrayBuffer(HEADER_BYTES + body.length + TAG_BYTES));
+function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined, into?: Uint8Array): Buffer {
+  const size = HEADER_BYTES + body.length + TAG_BYTES;
+  if (into && into.byteLength < size) throw new RangeError(`sealing needs ${size} bytes, the output buffer has ${into.byteLength}`);
+  const out = into ? Buffer.from(into.buffer, into.byteOffset, size) : Buffer.from(new ArrayBuffer(size));
   out[0] = FORMAT_VERSION;
   out[1] = compressed ? Compression.zstd : Compression.none;
   out[2] = Cipher.aes256gcm;
@@ -94,14 +107,14 @@ function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, p
 export async function seal(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Promise<Buffer> {
   const packed = await compress(plaintext, zstdOptions(opts.level, plaintext.length));
   const useZstd = packed.length < plaintext.length;
-  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce);
+  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce, opts.into);
 }
 
 /** `seal` on the calling thread: the same bytes for the same nonce (worker threads use it). */
 export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Buffer {
   const packed = zstdCompressSync(plaintext, zstdOptions(opts.level, plaintext.length));
   const useZstd = packed.length < plaintext.length;
-  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce);
+  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce, opts.into);
 }
 
 /** Checks the header and authenticates and decrypts the body; the body may still be compressed. */

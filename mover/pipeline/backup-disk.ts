@@ -6,7 +6,7 @@
  * checks for zeros (memcmp) and does the requests.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, encodeManifest, isZero, keys, objectSha256, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { decodeManifest, encodeManifest, isZero, keys, objectSha256, sealedCapacity, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { DiskReader } from '../sources/source.ts';
@@ -106,9 +106,15 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const free: SharedSlot[] = [];
   const all: SharedSlot[] = [];
   const takeSlot = () => free.pop() ?? (all[all.length] = pool.share(chunkSize));
+  // Sealed chunks are written into slots too, held until their upload is done: nothing
+  // chunk-sized is allocated per chunk (buffers made on a worker and freed on the main
+  // thread fragment the allocator: ~100 MiB of RSS more on the 2 GiB bench).
+  const freeOut: SharedSlot[] = [];
+  const takeOut = () => freeOut.pop() ?? (all[all.length] = pool.share(sealedCapacity(chunkSize)));
 
   const process = async (index: number, first: SharedSlot, length: number) => {
     let buf: SharedSlot | undefined = first;
+    let out: SharedSlot | undefined;
     const release = (b: SharedSlot | undefined) => {
       if (b) free.push(b);
       buf = undefined;
@@ -138,7 +144,8 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       // chunk seals to (sealing is size-deterministic; the nonce is random, so the bytes
       // differ between writers), so a partial object left by a killed writer on a
       // non-atomic store (s3rver writes in place) is overwritten, never referenced.
-      const sealing = pool.sealSlot(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel });
+      out = takeOut();
+      const sealing = pool.sealSlot(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel }, out);
       // With conditional writes a new chunk costs one request (no HEAD); otherwise (or while
       // duplicates are common: see DedupStrategy) HEAD while sealing, then PUT.
       const conditional = o.store.putIfAbsent && !dedup.headFirst() ? o.store.putIfAbsent.bind(o.store) : undefined;
@@ -158,6 +165,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       stats.bytesStored += s.sealed.length;
     } finally {
       release(buf);
+      if (out) freeOut.push(out);
     }
   };
 

@@ -14,8 +14,8 @@ import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
 /** Messages to a worker (chunk-worker.ts). */
 export type WorkerRequest =
   | { op: 'hash'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number }
-  | { op: 'seal'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number; purpose: string; level?: number; nonce?: Uint8Array }
-  | { op: 'open'; seq: number; keyId: number; body: ArrayBuffer; id: string; length: number; fd?: number; offset?: number };
+  | { op: 'seal'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number; purpose: string; level?: number; nonce?: Uint8Array; outSlot?: number }
+  | { op: 'open'; seq: number; keyId: number; body?: ArrayBuffer; bodySlot?: number; bodyLength?: number; id: string; length: number; fd?: number; offset?: number };
 
 /** Replies from a worker: exactly one per request, with the request's `seq`. */
 export interface WorkerReply {
@@ -23,6 +23,8 @@ export interface WorkerReply {
   buf?: ArrayBuffer;
   id?: string;
   sealed?: ArrayBuffer;
+  /** Bytes sealed into the request's `outSlot`. */
+  sealedLength?: number;
   sha256?: string;
   plain?: ArrayBuffer;
   written?: number;
@@ -138,10 +140,22 @@ export class ChunkPool {
     return (await this.request(keys, (seq, keyId) => ({ op: 'hash', seq, keyId, slot: s.slot, length }), [])).id!;
   }
 
-  /** `seal` of the first `length` bytes of a shared slot; the sealed bytes are new (transferred from the worker). */
-  async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: SealOptions = {}): Promise<Omit<Sealed, 'buf'>> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts }), []);
-    return { sealed: Buffer.from(r.sealed!), sha256: r.sha256! };
+  /**
+   * `seal` of the first `length` bytes of a shared slot. With `out` (a slot of at least
+   * `sealedCapacity(length)` bytes) the sealed bytes are written there and the result is a
+   * view of it, valid until the caller reuses the slot; without, they are new (transferred
+   * from the worker).
+   */
+  async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: Omit<SealOptions, 'into'> = {}, out?: SharedSlot): Promise<Omit<Sealed, 'buf'>> {
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, ...(out ? { outSlot: out.slot } : {}) }), []);
+    return { sealed: out ? out.bytes.subarray(0, r.sealedLength!) : Buffer.from(r.sealed!), sha256: r.sha256! };
+  }
+
+  /** `open` of the first `bodyLength` bytes of a shared slot (a downloaded chunk); see `open`. */
+  async openSlot(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, write?: { fd: number; offset: number }): Promise<Opened> {
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, bodySlot: body.slot, bodyLength, id, length, ...(write ?? {}) }), []);
+    if (r.mismatch) return { ok: false, reason: 'mismatch' };
+    return r.plain ? { ok: true, plain: Buffer.from(r.plain) } : { ok: true };
   }
 
   /** Stops the workers; pending requests fail. */
@@ -221,9 +235,21 @@ function reviveError(e: { name: string; message: string; code?: string }): Error
   return err;
 }
 
-/** One worker per core, at most 4 (the pool competes with the main thread and the HTTP stack). */
+/**
+ * One worker per core but one, at least 1 and at most 4: the main thread is busy too
+ * (reading, zero checks, HTTP and request signing), so on 2 cores one worker keeps both
+ * busy. Measured on the 2 GiB bench (2 cores, s3rver on the same machine): a second worker
+ * made the full backup no faster, cost ~15% more CPU (contention) and ~85 MiB more RSS
+ * (each worker is a V8 isolate with its own allocator arena). LIFEBOAT_CHUNK_WORKERS overrides.
+ */
 export function defaultPoolSize(): number {
-  return Math.max(1, Math.min(4, availableParallelism()));
+  const configured = process.env.LIFEBOAT_CHUNK_WORKERS;
+  if (configured !== undefined && configured !== '') {
+    const n = Number(configured);
+    if (!Number.isInteger(n) || n < 1 || n > 64) throw new RangeError(`LIFEBOAT_CHUNK_WORKERS must be a whole number from 1 to 64, got '${configured}'`);
+    return n;
+  }
+  return Math.max(1, Math.min(4, availableParallelism() - 1));
 }
 
 let shared: ChunkPool | undefined;
