@@ -1,5 +1,5 @@
 import { objectSha256 } from './format.ts';
-import type { ObjectInfo, ObjectStore } from './object-store.ts';
+import type { GetOptions, ObjectInfo, ObjectStore } from './object-store.ts';
 
 /**
  * An in-memory ObjectStore that behaves like real S3 with checksums: it rejects a body
@@ -27,9 +27,15 @@ export class MemoryObjectStore implements ObjectStore {
     if (sha256 && objectSha256(copy) !== sha256) throw new Error(`BadDigest: body of ${key} does not match its SHA-256`);
     this.objects.set(key, copy);
   }
-  async get(key: string): Promise<Buffer | undefined> {
+  async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
     const b = this.objects.get(key);
-    return b ? Buffer.from(b) : undefined;
+    if (!b) return undefined;
+    if (opts.into && opts.into.byteLength >= b.length) {
+      const view = Buffer.from(opts.into.buffer, opts.into.byteOffset, b.length);
+      b.copy(view);
+      return view;
+    }
+    return Buffer.from(b);
   }
   async head(key: string): Promise<ObjectInfo | undefined> {
     const b = this.objects.get(key);

@@ -8,11 +8,22 @@ export interface ObjectInfo {
   sha256?: string;
 }
 
+/** Settings of one `get`. */
+export interface GetOptions {
+  /** Read the object into this buffer when it fits. */
+  into?: Uint8Array;
+}
+
 export interface ObjectStore {
   /** Stores `body`; the store checks it against `sha256` (base64) on arrival where it can. */
   put(key: string, body: Uint8Array, sha256?: string): Promise<void>;
-  /** The object's bytes, or undefined when it does not exist. */
-  get(key: string): Promise<Buffer | undefined>;
+  /**
+   * The object's bytes, or undefined when it does not exist. With `into`, a store may read
+   * the object into that buffer (when it fits) and return a view of it: pipelines read
+   * chunks into reused shared slots so nothing chunk-sized is allocated per chunk. Callers
+   * must accept a result that is not in `into`.
+   */
+  get(key: string, opts?: GetOptions): Promise<Buffer | undefined>;
   /** The object's size, or undefined when it does not exist. */
   head(key: string): Promise<ObjectInfo | undefined>;
   /**

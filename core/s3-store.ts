@@ -1,7 +1,7 @@
 import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException, type PutObjectCommandInput, type PutObjectCommandOutput } from '@aws-sdk/client-s3';
 import type { BuildMiddleware } from '@smithy/types';
 import { StorageUnavailable } from './errors.ts';
-import type { ObjectInfo, ObjectStore } from './object-store.ts';
+import type { GetOptions, ObjectInfo, ObjectStore } from './object-store.ts';
 
 /**
  * Credentials for the local servers of the embedded stack: s3rver accepts only its fixed
@@ -39,20 +39,21 @@ const signedPayloadHash = (sha256Base64: string): BuildMiddleware<PutObjectComma
 };
 
 /**
- * A response body read into one buffer that owns its whole ArrayBuffer (so the restore
- * pipeline can transfer it to a worker thread without a copy). With a Content-Length the
- * buffer is allocated once and each network read is copied in once; the SDK's
- * `transformToByteArray` collects the pieces and concatenates them, which costs a second
- * copy and garbage per object (~20% of the restore's main-thread time, profiled).
+ * A response body read into one buffer: `into` when given and large enough (the result is
+ * a view of it), else a new buffer that owns its whole ArrayBuffer (transferable to a
+ * worker thread without a copy). With a Content-Length each network read is copied in
+ * once; the SDK's `transformToByteArray` collects the pieces and concatenates them, which
+ * costs a second copy and garbage per object (~20% of the restore's main-thread time,
+ * profiled).
  */
-export async function collectBody(body: AsyncIterable<Uint8Array>, contentLength: number | undefined, what: string): Promise<Buffer> {
+export async function collectBody(body: AsyncIterable<Uint8Array>, contentLength: number | undefined, what: string, into?: Uint8Array): Promise<Buffer> {
   if (contentLength === undefined) {
     const parts: Uint8Array[] = [];
     for await (const d of body) parts.push(d);
     const all = Buffer.concat(parts);
     return Buffer.from(all.buffer.slice(all.byteOffset, all.byteOffset + all.byteLength));
   }
-  const out = Buffer.from(new ArrayBuffer(contentLength));
+  const out = into && into.byteLength >= contentLength ? Buffer.from(into.buffer, into.byteOffset, contentLength) : Buffer.from(new ArrayBuffer(contentLength));
   let at = 0;
   for await (const d of body) {
     if (at + d.byteLength > contentLength) throw new Error(`${what}: the body is longer than its Content-Length ${contentLength}`);
@@ -107,10 +108,10 @@ export class S3ObjectStore implements ObjectStore {
     }
   }
 
-  async get(key: string): Promise<Buffer | undefined> {
+  async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
     try {
       const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      return await collectBody(out.Body as unknown as AsyncIterable<Uint8Array>, out.ContentLength, `GET s3://${this.bucket}/${key}`);
+      return await collectBody(out.Body as unknown as AsyncIterable<Uint8Array>, out.ContentLength, `GET s3://${this.bucket}/${key}`, opts.into);
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw new StorageUnavailable(`GET s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);

@@ -105,7 +105,7 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
   const putIfAbsent = inner.putIfAbsent?.bind(inner);
   return {
     put: (key, body, sha256) => retry('put', key, () => inner.put(key, body, sha256)),
-    get: (key) => retry('get', key, () => inner.get(key)),
+    get: (key, o) => retry('get', key, () => inner.get(key, o)),
     head: (key) => retry('head', key, () => inner.head(key)),
     // A retried conditional write whose first attempt landed answers 'exists': the caller then checks the size.
     ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => retry('put', key, () => putIfAbsent(key, body, sha256)) } : {}),
@@ -132,7 +132,7 @@ export function withConcurrencyLimit(inner: ObjectStore, limit: number): ObjectS
   const putIfAbsent = inner.putIfAbsent?.bind(inner);
   return {
     put: (key, body, sha256) => run(() => inner.put(key, body, sha256)),
-    get: (key) => run(() => inner.get(key)),
+    get: (key, o) => run(() => inner.get(key, o)),
     head: (key) => run(() => inner.head(key)),
     ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => run(() => putIfAbsent(key, body, sha256)) } : {}),
   };
@@ -181,8 +181,8 @@ export function withBandwidthLimit(inner: ObjectStore, bytesPerSecond: number, o
       await take(body.byteLength);
       return inner.put(key, body, sha256);
     },
-    get: async (key) => {
-      const body = await inner.get(key);
+    get: async (key, o) => {
+      const body = await inner.get(key, o);
       if (body) await take(body.length);
       return body;
     },

@@ -7,9 +7,9 @@
 import { open as openFile, stat, truncate } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys, type RepositoryKeys } from '../../core/format.ts';
+import { decodeManifest, keys, sealedCapacity, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { sharedChunkPool, type ChunkPool } from './chunk-pool.ts';
+import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
 
 export interface RestoreDiskOptions {
   store: ObjectStore;
@@ -52,6 +52,11 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   const fh = await openFile(o.target, kind === 'device' ? 'r+' : 'w');
   let bytesDownloaded = 0;
   let done = 0;
+  // Chunks are downloaded into shared slots, reused (at most `parallelism` exist): the
+  // worker opens them in place, and nothing chunk-sized is allocated per chunk.
+  const freeSlots: SharedSlot[] = [];
+  const allSlots: SharedSlot[] = [];
+  const takeSlot = () => freeSlots.pop() ?? (allSlots[allSlots.length] = pool.share(sealedCapacity(m.chunkSize)));
   // Workers write through fh.fd: the file is closed only after every started chunk settled,
   // also when one failed (a closed fd number may be reused by the next open file).
   const started = new Set<Promise<void>>();
@@ -67,15 +72,21 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
         if (zeros) await fh.write(zeros, 0, length, offset);
       } else {
         const key = keys.chunk(id);
-        const body = await o.store.get(key);
-        if (!body) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} is missing from the repository`);
-        bytesDownloaded += body.length;
+        const slot = takeSlot();
         let opened;
         try {
-          opened = await pool.open(o.keys, ownedArrayBuffer(body), id, length, { fd: fh.fd, offset });
+          const body = await o.store.get(key, { into: slot.bytes });
+          if (!body) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} is missing from the repository`);
+          bytesDownloaded += body.length;
+          const write = { fd: fh.fd, offset };
+          opened = await (body.buffer === slot.bytes.buffer && body.byteOffset === 0
+            ? pool.openSlot(o.keys, slot, body.length, id, length, write)
+            : pool.open(o.keys, ownedArrayBuffer(body), id, length, write)); // a store that ignored `into`
         } catch (err) {
-          if (err instanceof Corrupt) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} is damaged: ${err.message}`, err);
+          if (err instanceof Corrupt) throw err.message.startsWith(`disk '${o.diskId}'`) ? err : new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} is damaged: ${err.message}`, err);
           throw new Error(`disk '${o.diskId}': writing ${length} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
+        } finally {
+          freeSlots.push(slot);
         }
         if (!opened.ok) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} does not match its id (swapped or wrong length)`);
       }
@@ -84,6 +95,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     })()));
   } finally {
     await Promise.allSettled(started);
+    for (const slot of allSlots) pool.unshare(slot);
     await fh.close();
   }
   if (kind === 'file') await truncate(o.target, m.sizeBytes);
