@@ -6,7 +6,7 @@
  * checks for zeros (memcmp) and does the requests.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, encodeManifest, isZero, keys, objectSha256, sealedCapacity, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectSha256, sealedCapacity, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { DiskReader } from '../sources/source.ts';
@@ -125,7 +125,10 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
         stats.bytesZero += length;
         return;
       }
-      const id = await pool.hashSlot(o.keys, buf, length);
+      // The id on this thread while every worker has work queued (sealing, or ids of chunks
+      // read faster than the workers hash them), else on a worker: the main thread is
+      // otherwise idle in an incremental, where hashing is most of the work.
+      const id = pool.backlog >= pool.size ? chunkId(o.keys, buf.bytes.subarray(0, length)) : await pool.hashSlot(o.keys, buf, length);
       manifest.chunks[index] = id;
       const known = parent.get(id);
       if (known) {

@@ -92,6 +92,13 @@ export class ChunkPool {
     this.slots = new Array(size).fill(undefined);
   }
 
+  /** Requests sent to the workers and not yet answered. */
+  get backlog(): number {
+    let n = 0;
+    for (const s of this.slots) n += s?.pending.size ?? 0;
+    return n;
+  }
+
   /** The keyed id (hex HMAC-SHA256) of the first `length` bytes of `buf`; `buf` is transferred and handed back. */
   async hash(keys: RepositoryKeys, buf: ArrayBuffer, length: number): Promise<{ buf: ArrayBuffer; id: string }> {
     const r = await this.request(keys, (seq, keyId) => ({ op: 'hash', seq, keyId, buf, length }), [buf]);
