@@ -71,7 +71,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
     const parent = await deps.catalog.latestCommitted(vmId);
     const job: VmJob = {
       runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: host.moverGroup, source: vm.source,
-      repository: { bucket: policy.bucket, chunkSize: policy.chunkSize },
+      repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
       parentBackupId: parent?.backupId ?? null,
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
       slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),

@@ -1,12 +1,15 @@
 /**
  * The Replicate and Failover workflows' functions. PlanReplicate resolves the backup,
  * its source and DR repositories (the policy's `replicateTo` unless the input names a
- * bucket) and makes sure the DR repository holds the same wrapped repository key.
+ * bucket) with their endpoints, the DR mover group and the standby folder (the DR
+ * repository's `replication` settings unless the input names them), and makes sure the
+ * DR repository holds the same wrapped repository key.
  * RecordReplication marks the backup complete in the DR repository. PlanFailover picks
  * the newest committed backup that is complete at the DR site; RecordFailover reports
  * the standby replica and its recovery point.
  */
 import { z } from 'zod';
+import { endpointKey, location, type RepositoryLocation } from '../core/endpoints.ts';
 import { keys as objectKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
@@ -15,6 +18,7 @@ import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
+import { repositoryLocation } from './commons/schemas.ts';
 import { policyVms, resolveBackup } from './recovery/backups.ts';
 
 const text = z.string().min(1);
@@ -24,55 +28,77 @@ const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path
 interface Deps {
   catalog: Catalog;
   recovery: RecoveryCatalog;
-  store: (bucket: string) => ObjectStore;
+  /** A repository's objects, on its own endpoint. */
+  store: (repository: RepositoryLocation) => ObjectStore;
   now: () => Date;
 }
 
 /** The DR repository must hold the source's wrapped key (copied on first use), so sealed objects copy as they are. */
-async function ensureSameKey(deps: Deps, source: string, target: string): Promise<void> {
+async function ensureSameKey(deps: Deps, source: RepositoryLocation, target: RepositoryLocation): Promise<void> {
   const key = objectKeys.masterKey();
   const [s, t] = await Promise.all([deps.store(source).get(key), deps.store(target).get(key)]);
-  if (!s) throw new RecoveryRequestInvalid(`source repository ${source} has no key object ${key}`);
+  if (!s) throw new RecoveryRequestInvalid(`source repository ${source.bucket} has no key object ${key}`);
   if (!t) {
     await deps.store(target).put(key, s);
     return;
   }
-  if (!s.equals(t)) throw new RecoveryRequestInvalid(`DR repository ${target} holds another repository key than ${source}; a DR repository receives copies of sealed objects and must share the source's key (use an empty bucket)`);
+  if (!s.equals(t)) throw new RecoveryRequestInvalid(`DR repository ${target.bucket} holds another repository key than ${source.bucket}; a DR repository receives copies of sealed objects and must share the source's key (use an empty bucket)`);
 }
 
-async function targetBucketOf(catalog: Catalog, policyId: string, requested: string | undefined, source: string): Promise<string> {
-  const policy = await catalog.getPolicy(policyId);
-  const target = requested ?? policy?.replicateTo?.bucket;
-  if (!target) throw new RecoveryRequestInvalid(`policy '${policyId}' replicates nowhere (no replicateTo) and the input names no targetBucket`);
-  if (target === source) throw new RecoveryRequestInvalid(`the DR repository ${target} is the backup's own repository`);
+/** Where a backup of a policy is replicated to: the DR repository, the mover group serving it and its standby folder. */
+interface DrTarget {
+  repository: RepositoryLocation;
+  moverGroup?: string;
+  standbyPath?: string;
+}
+
+/** The policy's DR repository, or the bucket the request names (on the stack's own S3 unless it is the policy's DR bucket). */
+async function drTargetOf(catalog: Catalog, policyId: string, requested: string | undefined, source: RepositoryLocation): Promise<DrTarget> {
+  const dr = (await catalog.getPolicy(policyId))?.replicateTo;
+  const bucket = requested ?? dr?.bucket;
+  if (!bucket) throw new RecoveryRequestInvalid(`policy '${policyId}' replicates nowhere (no replicateTo) and the input names no targetBucket`);
+  const target: DrTarget = dr?.bucket === bucket
+    ? { repository: location(bucket, dr.endpoint), ...(dr.moverGroup ? { moverGroup: dr.moverGroup } : {}), ...(dr.standbyPath ? { standbyPath: dr.standbyPath } : {}) }
+    : { repository: { bucket } };
+  if (bucket === source.bucket && endpointKey(target.repository.endpoint) === endpointKey(source.endpoint)) {
+    throw new RecoveryRequestInvalid(`the DR repository ${bucket} is the backup's own repository`);
+  }
   return target;
+}
+
+/** The request's mover group, else the one configured to replicate into the DR repository. */
+function drGroup(requested: string | undefined, target: DrTarget): string {
+  const group = requested ?? target.moverGroup;
+  if (!group) throw new RecoveryRequestInvalid(`the DR repository ${target.repository.bucket} names no mover group that replicates into it (configuration: repositories[].replication.moverGroup); name one with "moverGroup"`);
+  return group;
 }
 
 export const replicateRequest = z.object({
   vmId: text,
   backupId: text.optional(),
-  /** The DR site's mover group. */
-  moverGroup: text,
+  /** The DR site's mover group (default: the one the DR repository's configuration names). */
+  moverGroup: text.optional(),
   /** Default: the policy's replicateTo repository. */
   targetBucket: text.optional(),
-  /** Keep a warm standby replica of the VM's disks in this folder on the DR movers. */
+  /** Keep a warm standby replica of the VM's disks in this folder on the DR movers (default: the DR repository's standbyPath, if any). */
   replicaDir: absolute.optional(),
 }).strict();
 export const planReplicateInput = z.object({ replicationId: text, request: replicateRequest }).strict();
 
 export async function planReplicate({ replicationId, request }: z.output<typeof planReplicateInput>, deps: Deps): Promise<ReplicateJob> {
-  const { backup, bucket } = await resolveBackup(deps.catalog, request.vmId, request.backupId);
-  const target = await targetBucketOf(deps.catalog, backup.policyId, request.targetBucket, bucket);
-  await ensureSameKey(deps, bucket, target);
+  const { backup, repository: source } = await resolveBackup(deps.catalog, request.vmId, request.backupId);
+  const target = await drTargetOf(deps.catalog, backup.policyId, request.targetBucket, source);
+  const moverGroup = drGroup(request.moverGroup, target);
+  await ensureSameKey(deps, source, target.repository);
   return {
-    replicationId, vmId: request.vmId, backupId: backup.backupId, moverGroup: request.moverGroup,
-    source: { bucket }, target: { bucket: target }, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
-    replicaDir: request.replicaDir ?? null, recoveryPoint: backup.startedAt,
+    replicationId, vmId: request.vmId, backupId: backup.backupId, moverGroup,
+    source, target: target.repository, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
+    replicaDir: request.replicaDir ?? target.standbyPath ?? null, recoveryPoint: backup.startedAt,
   };
 }
 
 const replicateJob: z.ZodType<ReplicateJob> = z.looseObject({
-  replicationId: text, vmId: text, backupId: text, moverGroup: text, source: z.looseObject({ bucket: text }), target: z.looseObject({ bucket: text }),
+  replicationId: text, vmId: text, backupId: text, moverGroup: text, source: repositoryLocation, target: repositoryLocation,
   disks: z.array(z.looseObject({ diskId: text, sizeBytes: count })), replicaDir: text.nullable(), recoveryPoint: text,
 });
 const replicatedDisk: z.ZodType<ReplicatedDisk> = z.looseObject({ diskId: text, chunks: count, chunksCopied: count, bytesCopied: count, seconds: z.number() });
@@ -109,9 +135,13 @@ export async function recordReplication(input: z.output<typeof recordReplication
 
 export const replicatePolicyRequest = z.object({
   policyId: text,
-  moverGroup: text,
+  /** Only VMs whose newest committed backup this Backup run made (how the Backup workflow starts it); default: every VM of the policy. */
+  runId: text.optional(),
+  moverGroup: text.optional(),
   targetBucket: text.optional(),
   replicaDir: absolute.optional(),
+  /** Set by Step Functions when another execution (a Backup run) started this one: the console links the two. */
+  AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: text.optional(),
 }).strict();
 export const planReplicatePolicyInput = z.object({ replicationId: text, request: replicatePolicyRequest }).strict();
 
@@ -127,20 +157,32 @@ export async function planReplicatePolicy({ replicationId, request }: z.output<t
       skipped.push({ vmId, reason: 'no committed backup' });
       continue;
     }
-    const target = await targetBucketOf(deps.catalog, policy.policyId, request.targetBucket, policy.bucket);
-    if (await deps.recovery.getReplica(vmId, target, newest.backupId)) {
-      skipped.push({ vmId, reason: `newest backup ${newest.backupId} is in ${target} already` });
+    if (request.runId && newest.runId !== request.runId) {
+      skipped.push({ vmId, reason: `newest backup ${newest.backupId} is not from run ${request.runId}` });
       continue;
     }
-    jobs.push(await planReplicate({ replicationId: `${replicationId}-${vmId}`, request: { vmId, backupId: newest.backupId, moverGroup: request.moverGroup, targetBucket: target, ...(request.replicaDir ? { replicaDir: request.replicaDir } : {}) } }, deps));
+    const target = await drTargetOf(deps.catalog, policy.policyId, request.targetBucket, location(policy.bucket, policy.endpoint));
+    if (await deps.recovery.getReplica(vmId, target.repository.bucket, newest.backupId)) {
+      skipped.push({ vmId, reason: `newest backup ${newest.backupId} is in ${target.repository.bucket} already` });
+      continue;
+    }
+    jobs.push(await planReplicate({
+      replicationId: `${replicationId}-${vmId}`,
+      request: {
+        vmId, backupId: newest.backupId, targetBucket: target.repository.bucket,
+        ...(request.moverGroup ? { moverGroup: request.moverGroup } : {}), ...(request.replicaDir ? { replicaDir: request.replicaDir } : {}),
+      },
+    }, deps));
   }
-  return { policyId: policy.policyId, jobs, skipped };
+  return { policyId: policy.policyId, ...(request.runId ? { runId: request.runId } : {}), jobs, skipped };
 }
 
 export const failoverRequest = z.object({
   vmId: text,
-  moverGroup: text,
-  replicaDir: absolute,
+  /** Default: the mover group that replicates into the DR repository. */
+  moverGroup: text.optional(),
+  /** Default: the DR repository's standbyPath. */
+  replicaDir: absolute.optional(),
   /** Default: the repository the VM's policy replicates to. */
   targetBucket: text.optional(),
 }).strict();
@@ -152,13 +194,15 @@ export async function planFailover({ failoverId, request }: z.output<typeof plan
   if (!vm) throw new RecoveryRequestInvalid(`VM '${request.vmId}' is not in the inventory`);
   const committed = (await deps.catalog.listBackups(request.vmId)).filter((b) => b.status === 'committed');
   for (const b of committed) {
-    const { bucket } = await resolveBackup(deps.catalog, request.vmId, b.backupId);
-    const target = await targetBucketOf(deps.catalog, b.policyId, request.targetBucket, bucket);
-    if (!(await deps.recovery.getReplica(request.vmId, target, b.backupId))) continue;
+    const { repository: source } = await resolveBackup(deps.catalog, request.vmId, b.backupId);
+    const target = await drTargetOf(deps.catalog, b.policyId, request.targetBucket, source);
+    if (!(await deps.recovery.getReplica(request.vmId, target.repository.bucket, b.backupId))) continue;
+    const replicaDir = request.replicaDir ?? target.standbyPath;
+    if (!replicaDir) throw new RecoveryRequestInvalid(`the DR repository ${target.repository.bucket} keeps no standby replica (configuration: repositories[].replication.standbyPath); name one with "replicaDir"`);
     return {
-      replicationId: failoverId, vmId: request.vmId, backupId: b.backupId, moverGroup: request.moverGroup,
-      source: { bucket }, target: { bucket: target }, disks: b.disks!.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
-      replicaDir: request.replicaDir, recoveryPoint: b.startedAt,
+      replicationId: failoverId, vmId: request.vmId, backupId: b.backupId, moverGroup: drGroup(request.moverGroup, target),
+      source, target: target.repository, disks: b.disks!.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
+      replicaDir, recoveryPoint: b.startedAt,
     };
   }
   throw new RecoveryRequestInvalid(`VM '${request.vmId}' has no committed backup that is complete in its DR repository; run the Replicate workflow first`);
@@ -187,7 +231,7 @@ export async function recordFailover(input: z.output<typeof recordFailoverInput>
   return summary;
 }
 
-const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, store: (b) => clients().store(b), now: () => new Date() });
+const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, store: (r) => clients().store(r.bucket, r.endpoint), now: () => new Date() });
 export const planHandler = lambdaHandler('PlanReplicate', planReplicateInput, (input) => planReplicate(input, deps()));
 export const planPolicyHandler = lambdaHandler('PlanReplicatePolicy', planReplicatePolicyInput, (input) => planReplicatePolicy(input, deps()));
 export const recordHandler = lambdaHandler('RecordReplication', recordReplicationInput, (input) => recordReplication(input, deps()));

@@ -59,5 +59,6 @@ export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.loose
 
 export const handler = lambdaHandler('Verify', verifyInput, async (input) => {
   const c = clients();
-  return verify(input, { store: c.store(input.repository.bucket), keys: await c.repositoryKeys(input.repository.bucket) });
+  const { bucket, endpoint } = input.repository;
+  return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
 });

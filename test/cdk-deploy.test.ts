@@ -97,8 +97,8 @@ describe('configuration at synth', () => {
   });
 
   it('rejects an external endpoint on the first repository, which is the stack\'s own bucket', () => {
-    const c = { ...example, repositories: [{ ...example.repositories[0]!, endpoint: 'https://minio.example.com' }, ...example.repositories.slice(1)] };
-    expect(() => synth(c)).toThrow(/repositories\[0\]\.endpoint = "https:\/\/minio\.example\.com"/);
+    const c = { ...example, repositories: [{ ...example.repositories[0]!, endpoint: { url: 'https://minio.example.com' } }, ...example.repositories.slice(1)] };
+    expect(() => synth(c)).toThrow(/repositories\[0\]\.endpoint = \{"url":"https:\/\/minio\.example\.com"\}/);
   });
 });
 

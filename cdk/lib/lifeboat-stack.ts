@@ -65,15 +65,15 @@ export class LifeboatStack extends Stack {
 
     const config = props.config;
     const primary = config.repositories[0]!;
-    if (primary.endpoint) throw new Error(`repositories[0].endpoint = ${JSON.stringify(primary.endpoint)}: the first repository is the stack's own S3 bucket; list an external S3-compatible repository after it`);
+    if (primary.endpoint) throw new Error(`repositories[0].endpoint = ${JSON.stringify(primary.endpoint)}: the first repository is the stack's own S3 bucket; list a repository on another endpoint after it`);
     config.repositories.forEach((r, i) => {
       if (!r.endpoint) this.repositories[r.id] = new RepositoryStorage(this, i === 0 ? 'Repository' : `Repository-${r.id}`, { repository: r });
     });
     this.bucket = this.repositories[primary.id]!.bucket;
     this.repositoryKey = this.repositories[primary.id]!.key;
     const stored = Object.values(this.repositories).map((r) => ({ bucket: r.bucket, key: r.key }));
-    /** Bucket per repository id; an external repository's bucket is named like its id. */
-    const buckets = Object.fromEntries(config.repositories.map((r) => [r.id, this.repositories[r.id]?.bucket.bucketName ?? r.id]));
+    /** Bucket per repository id; a repository on another endpoint names its own (default: its id). */
+    const buckets = Object.fromEntries(config.repositories.map((r) => [r.id, this.repositories[r.id]?.bucket.bucketName ?? r.bucket ?? r.id]));
 
     const functions = {} as Record<LambdaFunctionId, lambda.IFunction>;
     for (const [fid, def] of Object.entries(lambdaFunctions) as [LambdaFunctionId, (typeof lambdaFunctions)[LambdaFunctionId]][]) {
