@@ -21,6 +21,8 @@ export interface PlanInput {
 export interface PlanOutput {
   runId: string;
   policyId: string;
+  /** The DR repository the policy replicates to (the run starts its replication when it commits a backup), or null. */
+  replicateTo: string | null;
   vms: VmJob[];
 }
 
@@ -80,7 +82,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
     vms.push(job);
   }
-  return { runId: input.runId, policyId: policy.policyId, vms };
+  return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms };
 }
 
 export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });

@@ -174,7 +174,7 @@ export async function planReplicatePolicy({ replicationId, request }: z.output<t
       },
     }, deps));
   }
-  return { policyId: policy.policyId, ...(request.runId ? { runId: request.runId } : {}), jobs, skipped };
+  return { policyId: policy.policyId, runId: request.runId ?? null, jobs, skipped };
 }
 
 export const failoverRequest = z.object({

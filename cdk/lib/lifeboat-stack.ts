@@ -24,7 +24,7 @@ import { MoverIdentity } from './mover-identity.ts';
 import { acknowledge, arnWildcardFinding } from './nag.ts';
 import { RepositoryStorage } from './repository-storage.ts';
 import { PolicySchedules } from './schedules.ts';
-import { addRecoveryWorkflows } from './recovery-workflows.ts';
+import { addRecoveryWorkflows, type RecoveryWorkflows } from './recovery-workflows.ts';
 
 const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -48,6 +48,7 @@ export class LifeboatStack extends Stack {
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
+  readonly recovery: RecoveryWorkflows;
   readonly activities: Record<string, sfn.Activity>;
 
   constructor(scope: Construct, id: string, props: LifeboatStackProps) {
@@ -108,15 +109,17 @@ export class LifeboatStack extends Stack {
     this.activities = Object.fromEntries(moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]));
     // Only groups that serve hosts take backups; a DR-only group restores and replicates.
     const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
+    // Restore, deep verify, prune, replication: any group may restore or verify, the execution names it.
+    this.recovery = addRecoveryWorkflows(this, {
+      functions, activities: this.activities, policies: config.policies,
+      repositories: config.repositories.filter((r) => this.repositories[r.id]).map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
+    });
     this.backup = new BackupWorkflow(this, 'Backup', {
       functions, activities: backupGroups,
       ...(props.config.backup?.vmConcurrency ? { vmConcurrency: props.config.backup.vmConcurrency } : {}),
       ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
-    });
-    // Restore, deep verify (and prune): any group may restore or verify, the execution names it.
-    addRecoveryWorkflows(this, {
-      functions, activities: this.activities, policies: config.policies,
-      repositories: config.repositories.filter((r) => this.repositories[r.id]).map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
+      // A run that commits backups of a policy with a DR repository starts their replication.
+      replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });
 
     // --- movers: one least-privilege role per group ------------------------------------------

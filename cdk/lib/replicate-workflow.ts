@@ -4,13 +4,15 @@
  * Replicate: PlanReplicate → ReplicateDisks (Map: a DR-site mover copies the chunks the
  * DR repository lacks, then the manifest) → RecordReplication → with a `replicaDir`,
  * UpdateStandby (Map: the replica's raw disks get the changed chunks only) →
- * StandbyVmConfig. Input: `{ vmId, backupId?, moverGroup, targetBucket?, replicaDir? }`.
+ * StandbyVmConfig. Input: `{ vmId, backupId?, moverGroup?, targetBucket?, replicaDir? }`.
  *
- * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks.
+ * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks
+ * (with a `runId`, only VMs whose newest backup that run made: what a Backup run starts).
+ * The mover group and standby folder default to the DR repository's configuration.
  *
  * Failover: PlanFailover (newest committed backup complete at the DR site) →
  * UpdateStandby → StandbyVmConfig → RecordFailover, whose output is the replica's disks,
- * its VM description and its recovery point. Input: `{ vmId, moverGroup, replicaDir, targetBucket? }`.
+ * its VM description and its recovery point. Input: `{ vmId, moverGroup?, replicaDir?, targetBucket? }`.
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
@@ -92,8 +94,8 @@ export class ReplicateWorkflow extends Construct {
 /**
  * ReplicatePolicy: the newest committed backup of every VM of a policy that the DR
  * repository does not have yet, one VM after another (Map). Input:
- * `{ policyId, moverGroup, targetBucket?, replicaDir? }`; what the Backup workflow (or a
- * schedule) starts after a run.
+ * `{ policyId, runId?, moverGroup?, targetBucket?, replicaDir? }`; what the Backup workflow
+ * starts after a run that committed backups (`{ policyId, runId }`).
  */
 export class ReplicatePolicyWorkflow extends Construct {
   readonly stateMachine: sfn.StateMachine;
@@ -104,7 +106,7 @@ export class ReplicatePolicyWorkflow extends Construct {
     const vms = new sfn.Map(this, 'ReplicateVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.replicated' });
     vms.itemProcessor(replicateJobChain(this, props));
     vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION'), { resultPath: '$.error' });
-    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: { 'policyId.$': '$.policyId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped' } });
+    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: { 'policyId.$': '$.policyId', 'runId.$': '$.runId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped' } });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat replicate a policy: every VM\'s newest backup the DR repository lacks',
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(done)),
