@@ -135,11 +135,56 @@ describe('Prune workflow', () => {
   });
 });
 
-it('matches only States.*, Lambda.*, Lifeboat.UnknownMoverGroup or Lifeboat error codes in Retry and Catch', () => {
+it('matches only States.*, AWS service integration errors (Lambda.*, StepFunctions.*) or Lifeboat error codes in Retry and Catch', () => {
   const known = { ...errorClasses, ...recoveryErrorClasses };
-  for (const name of ['Restore', 'DeepVerify', 'Prune']) {
+  for (const name of ['Restore', 'DeepVerify', 'Prune', 'Replicate', 'ReplicatePolicy', 'Failover', 'Backup']) {
     const { all } = machine(name);
     const used = Object.values(all).flatMap((s) => [...(s.Retry ?? []), ...(s.Catch ?? [])].flatMap((r) => r.ErrorEquals));
-    expect(used.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !Object.hasOwn(known, e)), name).toEqual([]);
+    expect(used.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(known, e)), name).toEqual([]);
   }
+});
+
+describe('Replication started by the Backup workflow', () => {
+  type Task = State & { Parameters?: Record<string, unknown>; ResultPath?: string; OutputPath?: string; Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[] };
+  const replicatePolicyArn = () => Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('ReplicatePolicyStateMachine'))!.arn;
+
+  it('after Summarize, a Choice starts ReplicatePolicy only when the policy replicates and the run committed a backup', () => {
+    const { def } = machine('Backup');
+    expect(def.States.Summarize!.Next).toBe('ReplicationDue');
+    const due = def.States.ReplicationDue! as State & { Choices: { And: Record<string, unknown>[]; Next: string }[] };
+    expect(due.Choices).toEqual([{
+      And: [{ Variable: '$.replicateTo', IsString: true }, { Variable: '$.summary.committed', NumericGreaterThan: 0 }],
+      Next: 'StartReplication',
+    }]);
+    expect(due.Default).toBe('RunSummarized');
+    // The run's output stays its summary (with the replication it started).
+    expect(def.States.RunSummarized).toMatchObject({ Type: 'Pass', OutputPath: '$.summary', End: true });
+  });
+
+  it('starts ReplicatePolicy fire-and-forget with the run as input and a name derived from the run, and never starts it twice', () => {
+    const start = machine('Backup').def.States.StartReplication! as Task;
+    expect(start.Resource).toBe('arn:aws:states:::states:startExecution'); // request-response: the run does not wait for the copy
+    expect(start.Parameters).toEqual({
+      StateMachineArn: replicatePolicyArn(),
+      Input: { 'policyId.$': '$.policyId', 'runId.$': '$.runId', 'AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID.$': '$$.Execution.Id' },
+      'Name.$': "States.Format('replicate-{}', States.Hash($$.Execution.Name, 'SHA-1'))",
+    });
+    expect(start.ResultPath).toBe('$.summary.replication');
+    // A name already taken means this run's replication was started: not retried, not a failure.
+    expect(start.Retry![0]).toMatchObject({ ErrorEquals: ['StepFunctions.ExecutionAlreadyExistsException'], MaxAttempts: 0 });
+    expect(start.Catch!.map((c) => [c.ErrorEquals, c.Next])).toEqual([
+      [['StepFunctions.ExecutionAlreadyExistsException'], 'ReplicationAlreadyStarted'],
+      [['States.ALL'], 'ReplicationNotStarted'],
+    ]);
+  });
+
+  it('grants the Backup workflow states:StartExecution on the ReplicatePolicy state machine and nothing else', () => {
+    const backupRole = Object.entries(template.findResources('AWS::IAM::Role')).find(([id]) => id.startsWith('BackupStateMachineRole'))![0];
+    const statements = Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p) => JSON.stringify(p.Properties.Roles) === JSON.stringify([{ Ref: backupRole }]))
+      .flatMap((p) => p.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]);
+    const starts = statements.filter((s) => [s.Action].flat().some((a) => a.startsWith('states:StartExecution')));
+    const replicatePolicy = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('ReplicatePolicyStateMachine'))!.logicalId;
+    expect(starts).toEqual([expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: replicatePolicy } })]);
+  });
 });
