@@ -27,6 +27,7 @@ export const lambdaFunctions = {
   CollectGarbage: { entry: 'functions/gc.ts', handler: 'handler' },
   PlanReplicate: { entry: 'functions/replicate.ts', handler: 'planHandler' },
   PlanReplicatePolicy: { entry: 'functions/replicate.ts', handler: 'planPolicyHandler' },
+  VerifyReplica: { entry: 'functions/replicate.ts', handler: 'verifyReplicaHandler' },
   RecordReplication: { entry: 'functions/replicate.ts', handler: 'recordHandler' },
   PlanFailover: { entry: 'functions/replicate.ts', handler: 'planFailoverHandler' },
   RecordFailover: { entry: 'functions/replicate.ts', handler: 'recordFailoverHandler' },

@@ -10,7 +10,7 @@
  */
 import { z } from 'zod';
 import { endpointKey, location, type RepositoryLocation } from '../core/endpoints.ts';
-import { keys as objectKeys } from '../core/format.ts';
+import { keys as objectKeys, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { ReplicatedDisk, ReplicateJob, StandbyDisk } from '../core/recovery-jobs.ts';
@@ -20,6 +20,7 @@ import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { repositoryLocation } from './commons/schemas.ts';
 import { policyVms, resolveBackup } from './recovery/backups.ts';
+import { verifyManifests, type VerifyOutput } from './verify.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -106,6 +107,17 @@ const standbyDisk: z.ZodType<StandbyDisk> = z.looseObject({
   diskId: text, path: text, sizeBytes: count, fromBackupId: text.nullable(), chunksWritten: count, bytesWritten: count, chunksUnchanged: count, sha256: text, seconds: z.number(),
 });
 export const recordReplicationInput = z.intersection(replicateJob, z.looseObject({ replicated: z.array(replicatedDisk) }));
+export const verifyReplicaInput = replicateJob;
+
+/**
+ * VerifyReplica: the copy in the DR repository, read through the DR repository's own
+ * endpoint, is complete — every chunk its manifests reference is there with the stored
+ * size they record (HEADs, no data read), as Verify checks a new backup. Only then does
+ * RecordReplication vouch for it (restores and failovers trust that record).
+ */
+export async function verifyReplica(job: ReplicateJob, deps: { store: ObjectStore; keys: RepositoryKeys }): Promise<VerifyOutput> {
+  return verifyManifests(job.backupId, job.disks.map((d) => ({ diskId: d.diskId, manifestKey: objectKeys.manifest(job.backupId, d.diskId) })), deps);
+}
 
 export interface ReplicationSummary {
   replicationId: string;
@@ -234,6 +246,10 @@ export async function recordFailover(input: z.output<typeof recordFailoverInput>
 const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, store: (r) => clients().store(r.bucket, r.endpoint), now: () => new Date() });
 export const planHandler = lambdaHandler('PlanReplicate', planReplicateInput, (input) => planReplicate(input, deps()));
 export const planPolicyHandler = lambdaHandler('PlanReplicatePolicy', planReplicatePolicyInput, (input) => planReplicatePolicy(input, deps()));
+export const verifyReplicaHandler = lambdaHandler('VerifyReplica', verifyReplicaInput, async (job) => {
+  const { bucket, endpoint } = job.target;
+  return verifyReplica(job, { store: clients().store(bucket, endpoint), keys: await clients().repositoryKeys(bucket, endpoint) });
+});
 export const recordHandler = lambdaHandler('RecordReplication', recordReplicationInput, (input) => recordReplication(input, deps()));
 export const planFailoverHandler = lambdaHandler('PlanFailover', planFailoverInput, (input) => planFailover(input, deps()));
 export const recordFailoverHandler = lambdaHandler('RecordFailover', recordFailoverInput, (input) => recordFailover(input, deps()));

@@ -188,3 +188,13 @@ describe('Replication started by the Backup workflow', () => {
     expect(starts).toEqual([expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: replicatePolicy } })]);
   });
 });
+
+describe('Replicate workflow', () => {
+  it('verifies the copy in the DR repository before recording it', () => {
+    for (const name of ['Replicate', 'ReplicatePolicy']) {
+      const { all } = machine(name);
+      expect(all.ReplicateDisks!.Next, name).toBe('VerifyReplica');
+      expect(all.VerifyReplica!.Next, name).toBe('RecordReplication');
+    }
+  });
+});

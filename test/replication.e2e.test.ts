@@ -18,6 +18,7 @@ import type { StandbyDisk } from '../core/recovery-jobs.ts';
 import type { FailoverSummary, ReplicationSummary } from '../functions/replicate.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import type { RunSummary } from '../functions/summarize.ts';
+import type { VerifyOutput } from '../functions/verify.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -38,7 +39,7 @@ let vmDir: string;
 let drBucket: string;
 let standbyDir: string;
 
-type ReplicateOutput = { replication: ReplicationSummary; standby?: StandbyDisk[]; vmConfig?: { path: string } };
+type ReplicateOutput = { replication: ReplicationSummary; verified: VerifyOutput; standby?: StandbyDisk[]; vmConfig?: { path: string } };
 type PolicyReplication = { policyId: string; runId?: string; replicated: ReplicateOutput[]; skipped: { vmId: string; reason: string }[] };
 /** What the Backup workflow outputs: the run's summary and, when it started one, its replication. */
 type BackupOutput = RunSummary & { replication?: { started: boolean; executionArn?: string; alreadyStarted?: boolean } };
@@ -112,6 +113,8 @@ describe('replication after a backup', () => {
     const r = out.replicated[0]!.replication;
     expect(r).toMatchObject({ vmId: 'vm-d', backupId: b.vms[0]!.backupId, target: drBucket });
     expect(r.chunksCopied).toBe(b.totals.uploadedChunks);
+    // Checked through the DR endpoint before it was recorded: every chunk of every manifest is there.
+    expect(out.replicated[0]!.verified.chunksChecked).toBe(r.chunks);
     // What crossed to the DR site is what the full backup stored (chunks, manifests, VM config).
     expect(r.bytesCopied / b.totals.bytesStored).toBeGreaterThan(0.98);
     expect(r.bytesCopied / b.totals.bytesStored).toBeLessThan(1.02);

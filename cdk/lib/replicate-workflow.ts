@@ -2,7 +2,8 @@
  * Replication to a DR site, and failover to its warm standby replica.
  *
  * Replicate: PlanReplicate → ReplicateDisks (Map: a DR-site mover copies the chunks the
- * DR repository lacks, then the manifest) → RecordReplication → with a `replicaDir`,
+ * DR repository lacks, then the manifest) → VerifyReplica (every chunk is there, checked
+ * through the DR repository's endpoint) → RecordReplication → with a `replicaDir`,
  * UpdateStandby (Map: the replica's raw disks get the changed chunks only) →
  * StandbyVmConfig. Input: `{ vmId, backupId?, moverGroup?, targetBucket?, replicaDir? }`.
  *
@@ -68,12 +69,15 @@ function replicateJobChain(scope: Construct, props: ReplicationWorkflowProps, on
   });
   copy.itemProcessor(moverTask(scope, props.activities, 'ReplicateDisk', '$.replicate.moverGroup', { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' }, { hours: 12 }));
   if (onFailure) copy.addCatch(onFailure, { resultPath: '$.error' });
+  // The copy is checked where it landed (the DR repository's endpoint) before the catalog vouches for it.
+  const verify = invoke(scope, 'VerifyReplica', props.functions.VerifyReplica, { resultPath: '$.verified' });
+  if (onFailure) verify.addCatch(onFailure, { resultPath: '$.error' });
   const record = invoke(scope, 'RecordReplication', props.functions.RecordReplication, { resultPath: '$.summary' });
-  const withStandby = standbyChain(scope, props.activities, onFailure).next(new sfn.Pass(scope, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
+  const withStandby = standbyChain(scope, props.activities, onFailure).next(new sfn.Pass(scope, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
   const keepsStandby = new sfn.Choice(scope, 'KeepsStandby')
     .when(sfn.Condition.isString('$.replicaDir'), withStandby)
-    .otherwise(new sfn.Pass(scope, 'Replicated', { parameters: { 'replication.$': '$.summary' } }));
-  return sfn.Chain.start(copy).next(record).next(keepsStandby);
+    .otherwise(new sfn.Pass(scope, 'Replicated', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified' } }));
+  return sfn.Chain.start(copy).next(verify).next(record).next(keepsStandby);
 }
 
 export class ReplicateWorkflow extends Construct {
