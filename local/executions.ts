@@ -113,7 +113,7 @@ export class LocalExecutions implements ExecutionService {
     const existing = arn ? this.records.get(arn) : undefined;
     if (existing) {
       if (existing.status === 'RUNNING' && existing.input === input) return { ExecutionArn: existing.executionArn, StartDate: existing.startDate.toISOString() };
-      throw named('StepFunctions.ExecutionAlreadyExistsException', `Execution Already Exists: '${existing.executionArn}'`);
+      throw named('StepFunctions.ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
     }
     const started = await this.start(params.StateMachineArn, input, params.Name);
     return { ExecutionArn: started.executionArn, StartDate: started.startDate.toISOString() };

@@ -171,9 +171,9 @@ describe('Replication started by the Backup workflow', () => {
     });
     expect(start.ResultPath).toBe('$.summary.replication');
     // A name already taken means this run's replication was started: not retried, not a failure.
-    expect(start.Retry![0]).toMatchObject({ ErrorEquals: ['StepFunctions.ExecutionAlreadyExistsException'], MaxAttempts: 0 });
+    expect(start.Retry![0]).toMatchObject({ ErrorEquals: ['StepFunctions.ExecutionAlreadyExists'], MaxAttempts: 0 });
     expect(start.Catch!.map((c) => [c.ErrorEquals, c.Next])).toEqual([
-      [['StepFunctions.ExecutionAlreadyExistsException'], 'ReplicationAlreadyStarted'],
+      [['StepFunctions.ExecutionAlreadyExists'], 'ReplicationAlreadyStarted'],
       [['States.ALL'], 'ReplicationNotStarted'],
     ]);
   });

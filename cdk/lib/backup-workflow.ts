@@ -30,8 +30,8 @@ export interface BackupWorkflowProps {
   replicatePolicy?: sfn.IStateMachine;
 }
 
-/** The service-integration error of a StartExecution whose name an execution already took (a retried start). */
-export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExistsException';
+/** The optimized integration's error (`StepFunctions.<StartExecution error code>`) when the name is taken by a closed execution or one with another input (a retried start). */
+export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
 
 /**
  * Summarize's result is the run's output; with a ReplicatePolicy state machine, the
