@@ -112,12 +112,16 @@ describe('Prune workflow', () => {
     expect(schedules.map((s) => JSON.parse(s.Properties.Target.Input as string).policyId).sort()).toEqual(config.policies.map((p) => p.id).sort());
   });
 
-  it('schedules garbage collection weekly for each repository the stack keeps', () => {
+  it('schedules garbage collection weekly for each repository, a DR repository on another endpoint with that endpoint', () => {
     const gc = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('GcStateMachine'))!;
     const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule'))
       .filter((r) => JSON.stringify(r.Properties.Target.Arn).includes(gc.logicalId));
-    expect(schedules).toHaveLength(config.repositories.filter((r) => !r.endpoint).length);
+    expect(schedules).toHaveLength(config.repositories.length);
     for (const s of schedules) expect(s.Properties.ScheduleExpression).toBe('cron(0 3 ? * SUN *)');
+    const dr = config.repositories.find((r) => r.id === 'dr')!;
+    // The stack's own buckets are references (an Fn::Join); the DR repository's input is plain JSON.
+    const plain = schedules.map((s) => s.Properties.Target.Input).filter((i): i is string => typeof i === 'string').map((i) => JSON.parse(i) as unknown);
+    expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
   it('lets only PruneBackup delete manifests and only CollectGarbage delete chunks', () => {

@@ -192,6 +192,18 @@ describe('Failover workflow', () => {
   });
 });
 
+describe('garbage collection of the DR repository', () => {
+  it('marks and sweeps through the DR repository\'s own endpoint: every replicated chunk is referenced there', async () => {
+    const d = await run('Gc', { bucket: drBucket, endpoint: t.stack.endpoints.repositories.dr!.endpoint, graceHours: 0, dryRun: true });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const report = JSON.parse(d.output!) as { bucket: string; manifests: number; chunks: { total: number; referenced: number; deleted: number } };
+    expect(report.bucket).toBe(drBucket);
+    expect(report.manifests).toBeGreaterThanOrEqual(4); // two backups of two disks
+    expect(report.chunks.total).toBeGreaterThan(0);
+    expect(report.chunks.referenced).toBe(report.chunks.total);
+  });
+});
+
 describe('ReplicatePolicy workflow started by hand', () => {
   it('replicates nothing twice', async () => {
     const d = await run('ReplicatePolicy', { policyId: 'p-dr' });

@@ -112,7 +112,8 @@ export class LifeboatStack extends Stack {
     // Restore, deep verify, prune, replication: any group may restore or verify, the execution names it.
     this.recovery = addRecoveryWorkflows(this, {
       functions, activities: this.activities, policies: config.policies,
-      repositories: config.repositories.filter((r) => this.repositories[r.id]).map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
+      // Garbage collection for every repository: a DR repository's chunks outlive the manifests Prune deletes there too.
+      repositories: config.repositories.map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
     });
     this.backup = new BackupWorkflow(this, 'Backup', {
       functions, activities: backupGroups,
