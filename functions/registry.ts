@@ -27,6 +27,8 @@ export const lambdaFunctions = {
   CollectGarbage: { entry: 'functions/gc.ts', handler: 'handler' },
   PlanReplicate: { entry: 'functions/replicate.ts', handler: 'planHandler' },
   PlanReplicatePolicy: { entry: 'functions/replicate.ts', handler: 'planPolicyHandler' },
+  AcquireReplicaLease: { entry: 'functions/replicate.ts', handler: 'acquireLeaseHandler' },
+  ReleaseReplicaLease: { entry: 'functions/replicate.ts', handler: 'releaseLeaseHandler' },
   VerifyReplica: { entry: 'functions/replicate.ts', handler: 'verifyReplicaHandler' },
   RecordReplication: { entry: 'functions/replicate.ts', handler: 'recordHandler' },
   PlanFailover: { entry: 'functions/replicate.ts', handler: 'planFailoverHandler' },

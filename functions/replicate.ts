@@ -12,9 +12,10 @@ import { z } from 'zod';
 import { endpointKey, location, type RepositoryLocation } from '../core/endpoints.ts';
 import { keys as objectKeys, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
+import { RecoveryRequestInvalid, ReplicaBusy } from '../core/recovery-errors.ts';
+import type { SlotLease } from '../core/jobs.ts';
 import type { ReplicatedDisk, ReplicateJob, StandbyDisk } from '../core/recovery-jobs.ts';
-import type { Catalog } from './catalog/catalog.ts';
+import { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
@@ -106,6 +107,48 @@ const replicatedDisk: z.ZodType<ReplicatedDisk> = z.looseObject({ diskId: text, 
 const standbyDisk: z.ZodType<StandbyDisk> = z.looseObject({
   diskId: text, path: text, sizeBytes: count, fromBackupId: text.nullable(), chunksWritten: count, bytesWritten: count, chunksUnchanged: count, sha256: text, seconds: z.number(),
 });
+/** A replication or failover that died frees its VM's replica after this long (the workflows time out after 24 h; a disk task after 12 h). */
+export const REPLICA_LEASE_MS = 24 * 3600_000;
+const leaseScope = (job: ReplicateJob) => `replica:${job.target.bucket}/${job.vmId}`;
+
+/**
+ * AcquireReplicaLease: one replication or failover of a VM into a DR repository at a
+ * time (a conditional write in the catalog, like a backup slot), so two runs' replications
+ * never write the standby replica at once; a busy lease is `Replication.Busy`, retried by
+ * the workflow. Holding it, a replication whose backup is older than one already
+ * replicated there still copies (harmless, content-addressed) but leaves the standby
+ * replica alone: it never goes back to an older backup.
+ */
+export async function acquireReplicaLease(job: ReplicateJob, deps: Pick<Deps, 'catalog' | 'recovery' | 'now'>): Promise<ReplicateJob & { lease: SlotLease }> {
+  const now = deps.now().getTime();
+  const scope = leaseScope(job);
+  if (!(await deps.catalog.takeSlot(scope, 0, job.replicationId, now, now + REPLICA_LEASE_MS))) {
+    throw new ReplicaBusy(`another replication or failover of VM '${job.vmId}' into ${job.target.bucket} is running; waiting for it`);
+  }
+  const key = Catalog.slotKey(scope, 0);
+  let replicaDir = job.replicaDir;
+  if (replicaDir) {
+    for (const b of await deps.catalog.listBackups(job.vmId)) { // newest first
+      if (b.backupId === job.backupId) break;
+      if (b.status === 'committed' && (await deps.recovery.getReplica(job.vmId, job.target.bucket, b.backupId))) {
+        replicaDir = null; // the standby holds (or will hold) the newer backup
+        break;
+      }
+    }
+  }
+  return { ...job, replicaDir, lease: { keys: [`${key.pk}|${key.sk}`], holder: job.replicationId } };
+}
+
+/** ReleaseReplicaLease: frees the VM's replica lease if this execution holds it (idempotent; a no-op without one). */
+export async function releaseReplicaLease(input: { lease?: SlotLease | null }, deps: Pick<Deps, 'catalog'>): Promise<null> {
+  for (const key of input.lease?.keys ?? []) {
+    const [pk, sk] = key.split('|') as [string, string];
+    await deps.catalog.releaseSlot({ pk, sk }, input.lease!.holder);
+  }
+  return null;
+}
+const leaseInput = z.looseObject({ lease: z.looseObject({ keys: z.array(text), holder: text }).nullish() });
+
 export const recordReplicationInput = z.intersection(replicateJob, z.looseObject({ replicated: z.array(replicatedDisk) }));
 export const verifyReplicaInput = replicateJob;
 
@@ -246,6 +289,8 @@ export async function recordFailover(input: z.output<typeof recordFailoverInput>
 const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, store: (r) => clients().store(r.bucket, r.endpoint), now: () => new Date() });
 export const planHandler = lambdaHandler('PlanReplicate', planReplicateInput, (input) => planReplicate(input, deps()));
 export const planPolicyHandler = lambdaHandler('PlanReplicatePolicy', planReplicatePolicyInput, (input) => planReplicatePolicy(input, deps()));
+export const acquireLeaseHandler = lambdaHandler('AcquireReplicaLease', replicateJob, (job) => acquireReplicaLease(job, deps()));
+export const releaseLeaseHandler = lambdaHandler('ReleaseReplicaLease', leaseInput, (input) => releaseReplicaLease(input, deps()));
 export const verifyReplicaHandler = lambdaHandler('VerifyReplica', verifyReplicaInput, async (job) => {
   const { bucket, endpoint } = job.target;
   return verifyReplica(job, { store: clients().store(bucket, endpoint), keys: await clients().repositoryKeys(bucket, endpoint) });

@@ -202,3 +202,23 @@ describe('Replicate workflow', () => {
     }
   });
 });
+
+describe('replica lease', () => {
+  it('holds the VM\'s replica lease from before the copy until after the standby, and gives it back on every failure path', () => {
+    for (const name of ['Replicate', 'ReplicatePolicy']) {
+      const { all } = machine(name);
+      expect(all.AcquireReplicaLease!.Next, name).toBe('ReplicateDisks');
+      expect(all.AcquireReplicaLease!.Retry!.some((r) => r.ErrorEquals.includes('Replication.Busy')), name).toBe(true);
+      expect(all.ReleaseReplicaLease!.Next, name).toBe('Replicated');
+      // StandbyVmConfig is a mover task: one per group behind a Choice ('StandbyVmConfig (dr)', ...).
+      const guarded = Object.keys(all).filter((n) => /^(AcquireReplicaLease|ReplicateDisks|VerifyReplica|RecordReplication|UpdateStandby)$|^StandbyVmConfig \(/.test(n));
+      expect(guarded.length, name).toBeGreaterThanOrEqual(6);
+      for (const s of guarded) expect(all[s]!.Catch!.map((c) => c.Next), `${name} ${s}`).toEqual(['ReleaseReplicaLeaseAfterFailure']);
+    }
+    expect(machine('Replicate').def.States.PlanReplicate!.Next).toBe('AcquireReplicaLease');
+    const failover = machine('Failover').all;
+    expect(failover.PlanFailover!.Next).toBe('AcquireReplicaLease');
+    for (const [n, s] of Object.entries(failover).filter(([n]) => n.startsWith('StandbyVmConfig ('))) expect(s.Next, n).toBe('ReleaseReplicaLease');
+    expect(failover.ReleaseReplicaLease!.Next).toBe('RecordFailover');
+  });
+});

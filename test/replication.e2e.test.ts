@@ -5,7 +5,7 @@
  * site-a backs up, dr replicates and keeps the replica. The configuration names it all:
  * the DR repository's endpoint, its replicating group and its standby folder.
  */
-import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
+import { DescribeExecutionCommand, ListExecutionsCommand, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { keys as objectKeys, decodeManifest } from '../core/format.ts';
 import type { StandbyDisk } from '../core/recovery-jobs.ts';
+import { Catalog } from '../functions/catalog/catalog.ts';
 import type { FailoverSummary, ReplicationSummary } from '../functions/replicate.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import type { RunSummary } from '../functions/summarize.ts';
@@ -189,6 +190,33 @@ describe('Failover workflow', () => {
     expect(f.disks.every((x) => x.chunksWritten === 0)).toBe(true); // the replication after the run kept it current
     for (const x of f.disks) expect(await sha256File(x.path), x.diskId).toBe(await sha256File(disk(x.diskId)));
     expect(JSON.parse(await readFile(f.vmConfigPath, 'utf8'))).toMatchObject({ name: 'vm-d', restoredFrom: { backupId: newest.backupId } });
+  });
+});
+
+describe('one replication of a VM into the DR repository at a time', () => {
+  it('waits while another holds the VM\'s replica lease, then runs and gives the lease back', async () => {
+    const scope = `replica:${drBucket}/vm-d`;
+    expect(await t.stack.catalog.takeSlot(scope, 0, 'another-replication', Date.now(), Date.now() + 600_000)).toBe(true);
+    const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Replicate!, input: JSON.stringify({ vmId: 'vm-d' }) }));
+    await sleep(3000);
+    expect((await t.sfn.send(new DescribeExecutionCommand({ executionArn }))).status).toBe('RUNNING');
+    await t.stack.catalog.releaseSlot(Catalog.slotKey(scope, 0), 'another-replication');
+    const d = await waitForExecution(t.sfn, executionArn!, { pollMs: 200 });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    expect((JSON.parse(d.output!) as ReplicateOutput).replication.chunksCopied).toBe(0); // the run's replication copied it already
+    // Given back: another holder takes it at once.
+    expect(await t.stack.catalog.takeSlot(scope, 0, 'probe', Date.now(), Date.now() + 1000)).toBe(true);
+    await t.stack.catalog.releaseSlot(Catalog.slotKey(scope, 0), 'probe');
+  });
+
+  it('never takes the standby replica back to an older backup', async () => {
+    const older = full.run.vms[0]!.backupId;
+    const d = await run('Replicate', { vmId: 'vm-d', backupId: older });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const out = JSON.parse(d.output!) as ReplicateOutput;
+    expect(out.replication.backupId).toBe(older);
+    expect(out.standby).toBeUndefined(); // a newer backup is replicated: the replica keeps it
+    for (const id of ['disk0', 'disk1']) expect(await sha256File(join(standbyDir, 'vm-d', `${id}.raw`)), id).toBe(await sha256File(disk(id)));
   });
 });
 

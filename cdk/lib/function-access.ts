@@ -68,6 +68,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan'], repository: { read: ['manifests/', 'keys/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   PlanReplicatePolicy: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
+  AcquireReplicaLease: { catalog: ['PutItem', 'Query', 'GetItem'] },
+  ReleaseReplicaLease: { catalog: ['DeleteItem'] },
   VerifyReplica: { repository: { read: ['manifests/', 'chunks/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   RecordReplication: { catalog: ['PutItem'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
