@@ -36,7 +36,7 @@ try {
   const vmDir = join(dir, 'vms', 'vm-b');
   await createVmFolder(vmDir, { name: 'vm-b', disks: [{ id: 'disk0', sizeBytes: sizeMiB * MiB }] }, seededRng(41));
   await stack.catalog.putVm({ vmId: 'vm-b', host: 'esx-01', source: vmDir });
-  await stack.catalog.putPolicy({ policyId: 'p-b', vmIds: ['vm-b'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 }, replicateTo: { repositoryId: 'dr', bucket: e.buckets.dr! } });
+  await stack.catalog.putPolicy({ policyId: 'p-b', vmIds: ['vm-b'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 }, replicateTo: { repositoryId: 'dr', ...e.repositories.dr! } });
   const full = await run('Backup', { policyId: 'p-b' });
   out(`disk ${sizeMiB} MiB; full backup ${full.seconds.toFixed(1)} s, stored ${mb(full.output.totals.bytesStored)}`);
 

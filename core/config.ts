@@ -51,6 +51,14 @@ function isTimeZone(tz: string): boolean {
   }
 }
 
+/** An S3-compatible endpoint's settings (core/endpoints.ts); no credentials: each mover and function has its own. */
+const storageEndpoint = z.object({
+  url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL of an S3-compatible endpoint' }).optional(),
+  region: z.string().regex(/^[a-z0-9-]{2,32}$/, 'must be a region name such as "eu-central-1" (lowercase letters, digits and dashes)').optional(),
+  pathStyle: z.boolean({ error: 'must be true or false' }).optional(),
+  checksums: z.enum(['when-required', 'when-supported'], { error: 'must be "when-required" or "when-supported"' }).optional(),
+}).strict().refine((e) => e.url !== undefined || e.region !== undefined, 'must give "url" (an S3-compatible endpoint) or "region" (AWS S3 in another region)');
+
 const retention = z.object({
   keepLast: keep, hourly: keep, daily: keep, weekly: keep, monthly: keep, yearly: keep,
 }).strict().refine((r) => Object.values(r).some((n) => (n ?? 0) > 0), 'must keep something: set at least one of keepLast, hourly, daily, weekly, monthly, yearly above 0');
@@ -96,7 +104,22 @@ const configSchema = z.object({
     id,
     chunkSizeMiB: z.union([z.literal(1), z.literal(2), z.literal(4), z.literal(8)], { error: 'must be 1, 2, 4 or 8' }),
     objectLock: z.object({ mode: z.enum(['COMPLIANCE', 'GOVERNANCE']), days: count(36_500) }).strict().optional(),
-    endpoint: z.url({ error: 'must be an http(s) URL of an S3-compatible endpoint' }).optional(),
+    /** The site the repository's storage is at (a DR repository: the DR site). */
+    site: id.optional(),
+    /**
+     * A repository on storage this stack does not create: another S3-compatible endpoint,
+     * or AWS S3 in another region. Unset: a bucket the stack creates on its own S3.
+     */
+    endpoint: storageEndpoint.optional(),
+    /** The bucket of a repository with an `endpoint` (default: the repository id); the stack names the buckets it creates. */
+    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name: 3–63 lowercase letters, digits, dots or dashes').optional(),
+    /** How backups reach this repository when policies replicate to it (a DR repository). */
+    replication: z.object({
+      /** The mover group that copies into this repository and keeps its warm standby replica. */
+      moverGroup: id,
+      /** Folder on that group's movers of the warm standby replica (`<standbyPath>/<vmId>/<diskId>.raw`); unset keeps none. */
+      standbyPath: z.string().refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'must be an absolute path without ".."').optional(),
+    }).strict().optional(),
   }).strict()).min(1, 'configure at least one repository (the first is the stack\'s own bucket)'),
   policies: z.array(policy),
   /** Workflow-wide limits: VMs of one run backed up at once (hosts' slots still apply). */
@@ -127,11 +150,29 @@ const configSchema = z.object({
   c.hosts.forEach((h, i) => {
     if (!servedBy.has(h.id)) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'id'], message: 'is served by no mover group: add it to a group\'s "hosts"' });
   });
+  c.repositories.forEach((r, i) => {
+    if (i === 0 && r.endpoint) ctx.addIssue({ code: 'custom', path: ['repositories', 0, 'endpoint'], message: 'the first repository is the stack\'s own bucket: list a repository on another endpoint after it' });
+    if (r.bucket !== undefined && !r.endpoint) ctx.addIssue({ code: 'custom', path: ['repositories', i, 'bucket'], message: 'only a repository with its own "endpoint" names its bucket; the stack names the buckets it creates' });
+    if (r.objectLock && r.endpoint) ctx.addIssue({ code: 'custom', path: ['repositories', i, 'objectLock'], message: 'the stack does not create a repository on another endpoint, so it cannot set its Object Lock: configure it on that bucket' });
+    if (r.site !== undefined && !sites.has(r.site)) ctx.addIssue({ code: 'custom', path: ['repositories', i, 'site'], message: `names no configured site (sites: ${[...sites].join(', ')})` });
+    if (r.replication) {
+      const g = c.moverGroups.find((x) => x.id === r.replication!.moverGroup);
+      const path = ['repositories', i, 'replication', 'moverGroup'];
+      if (!g) ctx.addIssue({ code: 'custom', path, message: `names no configured mover group (groups: ${c.moverGroups.map((x) => x.id).join(', ')})` });
+      else if (g.hosts.length > 0 && g.site !== r.site) {
+        ctx.addIssue({ code: 'custom', path, message: `is a group that backs up hosts at site "${g.site}"${r.site ? `, not at the repository's site "${r.site}"` : ''}: name a group at the repository's site or one without hosts` });
+      }
+    }
+  });
   c.policies.forEach((p, i) => {
     if (!repos.has(p.repository)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'repository'], message: `names no configured repository (repositories: ${[...repos].join(', ')})` });
     if (p.replicateTo !== undefined) {
       if (!repos.has(p.replicateTo)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'names no configured repository' });
       else if (p.replicateTo === p.repository) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'must differ from the policy\'s own repository' });
+      else if (!c.repositories.find((r) => r.id === p.replicateTo)!.replication) {
+        const j = c.repositories.findIndex((r) => r.id === p.replicateTo);
+        ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: `names a repository no mover group replicates into: set repositories[${j}].replication.moverGroup` });
+      }
     }
     p.vms.hosts?.forEach((h, j) => {
       if (!hosts.has(h)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'vms', 'hosts', j], message: 'names no configured host' });
@@ -145,6 +186,7 @@ export type Retention = PolicyConfig['retention'];
 export type RepositoryConfig = LifeboatConfig['repositories'][number];
 export type MoverGroupConfig = LifeboatConfig['moverGroups'][number];
 export type HostConfig = LifeboatConfig['hosts'][number];
+export type StorageEndpointConfig = NonNullable<RepositoryConfig['endpoint']>;
 
 /** A configuration that does not validate; `problems` holds one line per bad value. */
 export class ConfigError extends Error {

@@ -4,9 +4,13 @@
  * machine's paths (`$.snapshot`, `$.disks`, ...) name these fields.
  */
 
+import type { StorageEndpoint } from './endpoints.ts';
+
 /** Repository coordinates a mover needs: where to write, and how. */
 export interface RepositoryRef {
   bucket: string;
+  /** The bucket's S3-compatible endpoint, when it is not the stack's own S3 (core/endpoints.ts). */
+  endpoint?: StorageEndpoint;
   /** Chunk size in bytes, fixed per repository (see core/format). */
   chunkSize: number;
 }

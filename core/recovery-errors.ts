@@ -20,7 +20,19 @@ export class RestoreMismatch extends LifeboatError {
   }
 }
 
+/**
+ * Another replication (or failover) of the VM into the same DR repository holds its lease:
+ * its standby replica must not be written by two at once. Retryable: the workflow waits.
+ */
+export class ReplicaBusy extends LifeboatError {
+  static readonly code = 'Replication.Busy';
+  constructor(message: string) {
+    super(ReplicaBusy.code, message, { retryable: true });
+  }
+}
+
 export const recoveryErrorClasses = {
   [RecoveryRequestInvalid.code]: RecoveryRequestInvalid,
   [RestoreMismatch.code]: RestoreMismatch,
+  [ReplicaBusy.code]: ReplicaBusy,
 } as const;

@@ -3,6 +3,7 @@
  * makes, the mover tasks they dispatch, and what the movers answer. Both `functions/`
  * and `mover/` import these; the state machines' paths name these fields.
  */
+import type { RepositoryLocation } from './endpoints.ts';
 
 /** One disk to restore and where it goes on the mover's host. */
 export interface RestoreDiskTarget {
@@ -19,7 +20,7 @@ export interface RestoreJob {
   vmId: string;
   backupId: string;
   moverGroup: string;
-  repository: { bucket: string };
+  repository: RepositoryLocation;
   /** The folder of a whole-VM restore, or the file of a single-disk restore. */
   target: string;
   /** Set for a single-disk restore; null restores every disk and the VM's config. */
@@ -47,7 +48,7 @@ export interface DeepVerifyJob {
   vmId: string;
   backupId: string;
   moverGroup: string;
-  repository: { bucket: string };
+  repository: RepositoryLocation;
   /** Fraction of each disk's distinct chunks to read back, in (0, 1]; 1 reads all. */
   sample: number;
   disks: { diskId: string; sizeBytes: number }[];
@@ -81,8 +82,8 @@ export interface ReplicateJob {
   backupId: string;
   /** The DR site's mover group: it copies, and it keeps the standby replica. */
   moverGroup: string;
-  source: { bucket: string };
-  target: { bucket: string };
+  source: RepositoryLocation;
+  target: RepositoryLocation;
   disks: { diskId: string; sizeBytes: number }[];
   /** Folder (on the DR movers) of the warm standby replica: `<replicaDir>/<vmId>/<diskId>.raw`; null keeps none. */
   replicaDir: string | null;

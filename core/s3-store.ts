@@ -15,6 +15,10 @@ export interface S3Endpoint {
   region: string;
   forcePathStyle?: boolean;
   credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** A profile of the AWS shared config files to take credentials from (unset: the default chain). */
+  profile?: string;
+  /** Flexible checksums on requests: only when an operation requires one (default), or whenever supported. */
+  checksums?: 'when-required' | 'when-supported';
 }
 
 export function s3Client(e: S3Endpoint): S3Client {
@@ -22,9 +26,9 @@ export function s3Client(e: S3Endpoint): S3Client {
     region: e.region,
     ...(e.endpoint ? { endpoint: e.endpoint } : {}),
     forcePathStyle: e.forcePathStyle ?? false,
-    ...(e.credentials ? { credentials: e.credentials } : {}),
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
+    ...(e.credentials ? { credentials: e.credentials } : e.profile ? { profile: e.profile } : {}),
+    requestChecksumCalculation: e.checksums === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
+    responseChecksumValidation: e.checksums === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
   });
 }
 

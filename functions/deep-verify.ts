@@ -10,6 +10,7 @@ import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
+import { repositoryLocation } from './commons/schemas.ts';
 import { policyVms, resolveBackup } from './recovery/backups.ts';
 
 const text = z.string().min(1);
@@ -27,9 +28,9 @@ export const deepVerifyRequest = z.object({
 export const planDeepVerifyInput = z.object({ verifyId: text, request: deepVerifyRequest }).strict();
 
 export async function planDeepVerify({ verifyId, request }: z.output<typeof planDeepVerifyInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifyJob> {
-  const { backup, bucket } = await resolveBackup(deps.catalog, request.vmId, request.backupId, { allowDamaged: true });
+  const { backup, repository } = await resolveBackup(deps.catalog, request.vmId, request.backupId, { allowDamaged: true });
   const job: DeepVerifyJob = {
-    verifyId, vmId: request.vmId, backupId: backup.backupId, moverGroup: request.moverGroup, repository: { bucket },
+    verifyId, vmId: request.vmId, backupId: backup.backupId, moverGroup: request.moverGroup, repository,
     sample: request.sample ?? 1, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
   };
   await deps.recovery.putRecord('DEEPVERIFY', verifyId, { status: 'running', startedAt: deps.now().toISOString(), job });
@@ -69,7 +70,7 @@ const deepVerifiedDisk: z.ZodType<DeepVerifiedDisk> = z.looseObject({
   diskId: text, chunksTotal: count, chunksChecked: count, bytesRead: count, damaged: z.array(damageFinding), seconds: z.number().nonnegative(),
 });
 const deepVerifyJob: z.ZodType<DeepVerifyJob> = z.looseObject({
-  verifyId: text, vmId: text, backupId: text, moverGroup: text, repository: z.looseObject({ bucket: text }), sample: z.number(),
+  verifyId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation, sample: z.number(),
   disks: z.array(z.looseObject({ diskId: text, sizeBytes: count })),
 });
 export const recordDeepVerifyInput = z.intersection(deepVerifyJob, z.looseObject({ verified: z.array(deepVerifiedDisk) }));

@@ -98,6 +98,6 @@ export const joinSegmentsInput = z.looseObject({ job: vmJob, transfers: z.array(
 export const planHandler = lambdaHandler('PlanDispatch', planDispatchInput, async ({ job }) => planDispatch(job));
 export const joinHandler = lambdaHandler('JoinSegments', joinSegmentsInput, async (input) => {
   const c = clients();
-  const bucket = input.job.repository.bucket;
-  return joinSegments(input, { store: c.store(bucket), keys: await c.repositoryKeys(bucket) });
+  const { bucket, endpoint } = input.job.repository;
+  return joinSegments(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
 });

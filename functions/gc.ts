@@ -27,6 +27,7 @@ import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts'
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
+import { storageEndpoint } from './commons/schemas.ts';
 
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
@@ -35,6 +36,8 @@ const RUNNING_FRESH_MS = 25 * HOUR_MS;
 export const gcRequest = z.object({
   /** The repository bucket to collect. */
   bucket: z.string().min(1),
+  /** Its endpoint, when it is not the stack's own S3 (a DR repository on other storage). */
+  endpoint: storageEndpoint.optional(),
   /** Chunks younger than this are never deleted (default 48). */
   graceHours: z.number().nonnegative().optional(),
   /** The repository's Object Lock default retention in days (objects younger are locked). */
@@ -200,8 +203,9 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
 
 export const handler = lambdaHandler('CollectGarbage', gcInput, async (input) => {
   const c = clients();
+  const { bucket, endpoint } = input.request;
   return collectGarbage(input, {
-    admin: c.admin(input.request.bucket), store: c.store(input.request.bucket), keys: await c.repositoryKeys(input.request.bucket),
+    admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
     recovery: c.recovery, running: () => c.recovery.runningBackups(new Date(Date.now() - RUNNING_FRESH_MS)), now: () => new Date(),
   });
 });

@@ -21,6 +21,8 @@ export interface PlanInput {
 export interface PlanOutput {
   runId: string;
   policyId: string;
+  /** The DR repository the policy replicates to (the run starts its replication when it commits a backup), or null. */
+  replicateTo: string | null;
   vms: VmJob[];
 }
 
@@ -71,7 +73,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
     const parent = await deps.catalog.latestCommitted(vmId);
     const job: VmJob = {
       runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: host.moverGroup, source: vm.source,
-      repository: { bucket: policy.bucket, chunkSize: policy.chunkSize },
+      repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
       parentBackupId: parent?.backupId ?? null,
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
       slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),
@@ -80,7 +82,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
     vms.push(job);
   }
-  return { runId: input.runId, policyId: policy.policyId, vms };
+  return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms };
 }
 
 export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });

@@ -8,12 +8,14 @@
  */
 import { z } from 'zod';
 import { PolicyNotFound } from '../core/errors.ts';
+import { location, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
 import type { RepositoryAdmin } from '../core/repository-admin.ts';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { Catalog, Policy } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
+import { repositoryLocation, storageEndpoint } from './commons/schemas.ts';
 import { policyVms } from './recovery/backups.ts';
 import { applyRetention, retentionProblem } from './retention/gfs.ts';
 
@@ -42,8 +44,10 @@ export interface PruneItem {
   vmId: string;
   backupId: string;
   bucket: string;
+  /** The repository's endpoint, when it is not the stack's own S3. */
+  endpoint?: StorageEndpoint;
   /** DR repositories the policy replicates to: the backup's copies there go too (the DR site follows the retention). */
-  replicaBuckets: string[];
+  replicas: RepositoryLocation[];
   reason: string;
 }
 
@@ -88,7 +92,7 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
     plan.vms.push({ vmId, decisions });
     for (const d of decisions) {
       if (d.keep) plan.keepCount++;
-      else plan.remove.push({ pruneId, vmId, backupId: d.backupId, bucket: policy.bucket, replicaBuckets: policy.replicateTo ? [policy.replicateTo.bucket] : [], reason: d.reason });
+      else plan.remove.push({ pruneId, vmId, backupId: d.backupId, ...location(policy.bucket, policy.endpoint), replicas: policy.replicateTo ? [location(policy.replicateTo.bucket, policy.replicateTo.endpoint)] : [], reason: d.reason });
     }
   }
   plan.removeCount = plan.remove.length;
@@ -106,14 +110,15 @@ export interface PrunedBackup {
   failed: { key: string; reason: string }[];
 }
 
-export const pruneItem = z.looseObject({ pruneId: text, vmId: text, backupId: text, bucket: text, replicaBuckets: z.array(text).default([]), reason: z.string() });
+export const pruneItem = z.looseObject({ pruneId: text, vmId: text, backupId: text, bucket: text, endpoint: storageEndpoint.optional(), replicas: z.array(repositoryLocation).default([]), reason: z.string() });
 
-export async function pruneBackup(item: PruneItem, deps: { catalog: Catalog; recovery: RecoveryCatalog; admin: (bucket: string) => RepositoryAdmin; now: () => Date }): Promise<PrunedBackup> {
+export async function pruneBackup(item: PruneItem, deps: { catalog: Catalog; recovery: RecoveryCatalog; admin: (repository: RepositoryLocation) => RepositoryAdmin; now: () => Date }): Promise<PrunedBackup> {
   const result: PrunedBackup = { vmId: item.vmId, backupId: item.backupId, outcome: 'skipped', objectsDeleted: 0, bytesDeleted: 0, failed: [] };
   if (!(await deps.recovery.beginPrune(item.vmId, item.backupId, item.reason, deps.now()))) return result; // gone already, or changed state since planning
   // The DR copies first: a replica record never outlives the DR manifests it vouches for.
-  for (const bucket of [...item.replicaBuckets, item.bucket]) {
-    const admin = deps.admin(bucket);
+  for (const repository of [...item.replicas, location(item.bucket, item.endpoint)]) {
+    const { bucket } = repository;
+    const admin = deps.admin(repository);
     const objects = [];
     for await (const o of admin.list(`manifests/${item.backupId}/`)) objects.push(o);
     const out = await admin.delete(objects.map((o) => o.key));
@@ -126,7 +131,7 @@ export async function pruneBackup(item: PruneItem, deps: { catalog: Catalog; rec
     result.outcome = 'kept'; // stays `pruning`: the next prune tries again
     return result;
   }
-  for (const bucket of item.replicaBuckets) await deps.recovery.deleteReplica(item.vmId, bucket, item.backupId);
+  for (const r of item.replicas) await deps.recovery.deleteReplica(item.vmId, r.bucket, item.backupId);
   await deps.recovery.finishPrune(item.vmId, item.backupId);
   result.outcome = 'pruned';
   return result;
@@ -151,5 +156,5 @@ export async function recordPrune(input: PrunePlan & { pruned: PrunedBackup[] },
 
 const now = () => new Date();
 export const planHandler = lambdaHandler('PlanPrune', planPruneInput, (input) => planPrune(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const pruneHandler = lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: clients().catalog, recovery: clients().recovery, admin: (b) => clients().admin(b), now }));
+export const pruneHandler = lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: clients().catalog, recovery: clients().recovery, admin: (r) => clients().admin(r.bucket, r.endpoint), now }));
 export const recordHandler = lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input as unknown as PrunePlan & { pruned: PrunedBackup[] }, { recovery: clients().recovery, now }));

@@ -10,8 +10,8 @@ import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
-import { caughtError } from './commons/schemas.ts';
-import { resolveBackup } from './recovery/backups.ts';
+import { caughtError, repositoryLocation } from './commons/schemas.ts';
+import { locationOf, resolveBackup } from './recovery/backups.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -38,12 +38,12 @@ export const planRestoreInput = z.object({ restoreId: text, request: restoreRequ
 export async function planRestore({ restoreId, request: input }: z.output<typeof planRestoreInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<RestoreJob> {
   const resolved = await resolveBackup(deps.catalog, input.vmId, input.backupId, input.fromBucket ? { bucketIfPolicyGone: input.fromBucket } : {});
   const { backup } = resolved;
-  let bucket = resolved.bucket;
-  if (input.fromBucket && input.fromBucket !== bucket) {
+  let repository = resolved.repository;
+  if (input.fromBucket && input.fromBucket !== repository.bucket) {
     if (!(await deps.recovery.getReplica(input.vmId, input.fromBucket, backup.backupId))) {
-      throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${input.vmId}' has not been replicated to ${input.fromBucket}; replicate it first or restore from ${bucket}`);
+      throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${input.vmId}' has not been replicated to ${input.fromBucket}; replicate it first or restore from ${repository.bucket}`);
     }
-    bucket = input.fromBucket;
+    repository = locationOf(resolved.policy, input.fromBucket);
   }
   let disks = backup.disks;
   if (input.diskId) {
@@ -52,7 +52,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
   }
   const job: RestoreJob = {
     restoreId, vmId: input.vmId, backupId: backup.backupId, moverGroup: input.moverGroup,
-    repository: { bucket }, target: input.target, diskId: input.diskId ?? null,
+    repository, target: input.target, diskId: input.diskId ?? null,
     disks: disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, path: input.diskId ? input.target : join(input.target, `${d.diskId}.raw`) })),
   };
   await deps.recovery.putRecord('RESTORE', restoreId, { status: 'running', startedAt: deps.now().toISOString(), job });
@@ -61,7 +61,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
 
 const restoreDiskTarget = z.looseObject({ diskId: text, sizeBytes: count, path: text });
 export const restoreJob: z.ZodType<RestoreJob> = z.looseObject({
-  restoreId: text, vmId: text, backupId: text, moverGroup: text, repository: z.looseObject({ bucket: text }),
+  restoreId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation,
   target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget),
 });
 export const restoredDisk: z.ZodType<RestoredDisk> = z.looseObject({

@@ -46,10 +46,15 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
     const target = p.replicateTo ? config.repositories.find((r) => r.id === p.replicateTo)! : undefined;
     const policy: Policy = {
       policyId: p.id, vmIds: p.vms.ids ?? [], hosts: p.vms.hosts ?? [],
-      bucket: bucketOf(repo.id), chunkSize: repo.chunkSizeMiB * MiB, repositoryId: repo.id,
+      bucket: bucketOf(repo.id), chunkSize: repo.chunkSizeMiB * MiB, repositoryId: repo.id, ...(repo.endpoint ? { endpoint: repo.endpoint } : {}),
       slotLimit: p.perHostConcurrency ?? 64, retention: p.retention, rpoHours: p.rpoHours, managedBy: 'config',
       ...(p.segmentSizeGiB ? { segmentBytes: p.segmentSizeGiB * 1024 * MiB } : {}),
-      ...(target ? { replicateTo: { repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}) } } : {}),
+      ...(target ? {
+        replicateTo: {
+          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}),
+          ...(target.replication ? { moverGroup: target.replication.moverGroup, ...(target.replication.standbyPath ? { standbyPath: target.replication.standbyPath } : {}) } : {}),
+        },
+      } : {}),
     };
     await deps.catalog.putPolicy(policy);
   }

@@ -28,18 +28,27 @@ export async function verify(input: VerifyInput, deps: { store: ObjectStore; key
   if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
     throw new VerifyFailed(`backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`);
   }
+  return verifyManifests(input.backupId, input.disks, deps);
+}
+
+/**
+ * Every chunk the backup's disk manifests reference is in `store` with the stored size
+ * (and, where the store keeps one, the SHA-256) the manifest records. Verify runs it on a
+ * new backup; VerifyReplica on the copy in a DR repository.
+ */
+export async function verifyManifests(backupId: string, disks: { diskId: string; manifestKey: string }[], deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
   let chunksChecked = 0;
   let bytesChecked = 0;
   let checksumsCompared = 0;
-  for (const disk of input.disks) {
+  for (const disk of disks) {
     const sealed = await deps.store.get(disk.manifestKey);
     if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
-    const manifest = await decodeManifest(deps.keys, sealed, input.backupId, disk.diskId);
+    const manifest = await decodeManifest(deps.keys, sealed, backupId, disk.diskId);
     const ids = [...new Set(manifest.chunks.filter((c): c is string => c !== null))];
     await mapLimit(ids, deps.concurrency ?? 16, async (id) => {
       const key = keys.chunk(id);
       const info = await deps.store.head(key);
-      if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${input.backupId}) is missing from the repository`);
+      if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
       const expected = manifest.storedSizes[id];
       if (info.size !== expected) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' is ${info.size} bytes, the manifest expects ${expected}`);
       const digest = manifest.storedSha256?.[id];
@@ -59,5 +68,6 @@ export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.loose
 
 export const handler = lambdaHandler('Verify', verifyInput, async (input) => {
   const c = clients();
-  return verify(input, { store: c.store(input.repository.bucket), keys: await c.repositoryKeys(input.repository.bucket) });
+  const { bucket, endpoint } = input.repository;
+  return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
 });

@@ -92,11 +92,31 @@ export class LocalExecutions implements ExecutionService {
         });
       } else if (resource.endsWith(':states:::events:putEvents')) {
         handlers[name] = (input) => this.events.putEvents(input);
+      } else if (resource.endsWith(':states:::states:startExecution')) {
+        handlers[name] = (input) => this.startFromTask(input);
       } else {
         throw new Error(`task state '${name}' uses resource ${resource}, which the embedded stack does not run`);
       }
     }
     return handlers;
+  }
+
+  /**
+   * The `states:startExecution` service integration (request-response): starts a local
+   * execution and answers as Step Functions does. A name already taken by a running
+   * execution with the same input returns that execution (StartExecution is idempotent
+   * then); otherwise it fails with the integration's error name.
+   */
+  private async startFromTask(params: { StateMachineArn: string; Input?: unknown; Name?: string }): Promise<{ ExecutionArn: string; StartDate: string }> {
+    const input = typeof params.Input === 'string' ? params.Input : JSON.stringify(params.Input ?? {});
+    const arn = params.Name ? `${params.StateMachineArn.replace(':stateMachine:', ':execution:')}:${params.Name}` : undefined;
+    const existing = arn ? this.records.get(arn) : undefined;
+    if (existing) {
+      if (existing.status === 'RUNNING' && existing.input === input) return { ExecutionArn: existing.executionArn, StartDate: existing.startDate.toISOString() };
+      throw named('StepFunctions.ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
+    }
+    const started = await this.start(params.StateMachineArn, input, params.Name);
+    return { ExecutionArn: started.executionArn, StartDate: started.startDate.toISOString() };
   }
 
   async start(stateMachineArn: string, input: string, name?: string): Promise<{ executionArn: string; startDate: Date }> {

@@ -14,6 +14,7 @@ import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
+import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
@@ -46,6 +47,11 @@ export interface StackEndpoints {
   bucket: string;
   /** The bucket of every configured repository, by repository id (the first is `bucket`). */
   buckets: Record<string, string>;
+  /**
+   * Every configured repository by id: its bucket and, for one configured on another
+   * endpoint, that endpoint as the stack serves it (a second s3rver of its own).
+   */
+  repositories: Record<string, RepositoryLocation>;
   keyFile: string;
   backupStateMachineArn: string;
   /** Every state machine's ARN by workflow name (`Backup`, `Restore`, `DeepVerify`, ...). */
@@ -81,12 +87,25 @@ export class EmbeddedStack {
       closers.push(() => new Promise((ok) => dyn.close(() => ok())));
       const dynamodb = `http://127.0.0.1:${(dyn.address() as AddressInfo).port}`;
 
-      const config = opts.config ?? loadConfig();
-      const buckets = Object.fromEntries(config.repositories.map((r, i) => [r.id, i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
-      await mkdir(join(dataDir, 's3'), { recursive: true });
-      const s3server = await startLocalS3({ directory: join(dataDir, 's3'), buckets: Object.values(buckets), port: opts.ports?.s3 ?? 0 });
-      closers.push(() => s3server.close());
-      const s3 = s3server.url;
+      const configured = opts.config ?? loadConfig();
+      // The stack's own buckets in one s3rver; a repository on another endpoint keeps its bucket name, on that endpoint.
+      const buckets = Object.fromEntries(configured.repositories.map((r, i) => [r.id, r.endpoint ? r.bucket ?? r.id : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
+      const startS3 = async (dir: string, names: string[], port = 0) => {
+        await mkdir(dir, { recursive: true });
+        const server = await startLocalS3({ directory: dir, buckets: names, port });
+        closers.push(() => server.close());
+        return server.url;
+      };
+      const s3 = await startS3(join(dataDir, 's3'), configured.repositories.filter((r) => !r.endpoint).map((r) => buckets[r.id]!), opts.ports?.s3);
+      // Every other endpoint the configuration names becomes an s3rver of its own (own port, own data folder).
+      const endpointUrls = new Map<string, string>();
+      for (const r of configured.repositories) {
+        if (!r.endpoint || endpointUrls.has(endpointKey(r.endpoint))) continue;
+        const on = configured.repositories.filter((x) => x.endpoint && endpointKey(x.endpoint) === endpointKey(r.endpoint));
+        endpointUrls.set(endpointKey(r.endpoint), await startS3(join(dataDir, `s3-${r.id}`), on.map((x) => buckets[x.id]!)));
+      }
+      const config = localizeConfig(configured, dataDir, (e) => endpointUrls.get(endpointKey(e))!);
+      const repositories = Object.fromEntries(config.repositories.map((r) => [r.id, location(buckets[r.id]!, r.endpoint)]));
 
       const template = resolveTemplate(synthesizeTemplate(join(dataDir, 'cdk.out'), config));
       const backup = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Backup'));
@@ -123,7 +142,7 @@ export class EmbeddedStack {
       closers.push(() => api.close());
 
       const endpoints: StackEndpoints = {
-        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, keyFile,
+        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, repositories, keyFile,
         backupStateMachineArn: backup.arn, activities: template.activities,
         // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
         stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),
@@ -140,9 +159,34 @@ export class EmbeddedStack {
   }
 }
 
-/** The stack's repository as a client (the CLI, a restore, a test) opens it. */
-export async function openRepository(e: StackEndpoints): Promise<{ store: ObjectStore; keys: RepositoryKeys; masterKey: Buffer }> {
-  const store = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), e.bucket);
+/**
+ * The configuration as one machine runs it: a repository's other endpoint becomes the
+ * local s3rver serving it (same bucket, path style, its checksum setting), and absolute
+ * folders on a site's movers (a standby replica's) move under `<dataDir>/sites/<site>/`,
+ * since every site's movers share this machine. Nothing else changes.
+ */
+export function localizeConfig(config: LifeboatConfig, dataDir: string, localUrl: (e: StorageEndpoint) => string): LifeboatConfig {
+  const siteOf = (group: string) => config.moverGroups.find((g) => g.id === group)?.site ?? group;
+  return {
+    ...config,
+    repositories: config.repositories.map((r) => ({
+      ...r,
+      ...(r.endpoint ? { endpoint: { url: localUrl(r.endpoint), region: LOCAL_REGION, pathStyle: true, ...(r.endpoint.checksums ? { checksums: r.endpoint.checksums } : {}) } } : {}),
+      ...(r.replication?.standbyPath ? { replication: { ...r.replication, standbyPath: join(dataDir, 'sites', siteOf(r.replication.moverGroup), r.replication.standbyPath) } } : {}),
+    })),
+  };
+}
+
+/** A repository's objects as a client (the CLI, a restore, a test) opens them: the stack's own bucket by default. */
+export function repositoryStore(e: StackEndpoints, repositoryId?: string): ObjectStore {
+  const r = repositoryId ? e.repositories[repositoryId] : { bucket: e.bucket };
+  if (!r) throw new Error(`the stack has no repository '${repositoryId}'; it has ${Object.keys(e.repositories).join(', ')}`);
+  return new S3ObjectStore(s3Client({ region: r.endpoint?.region ?? e.region, endpoint: r.endpoint?.url ?? e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), r.bucket);
+}
+
+/** The stack's repository (or a configured one, by id) as a client opens it, with its keys. */
+export async function openRepository(e: StackEndpoints, repositoryId?: string): Promise<{ store: ObjectStore; keys: RepositoryKeys; masterKey: Buffer }> {
+  const store = repositoryStore(e, repositoryId);
   const masterKey = await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile));
   return { store, keys: deriveKeys(masterKey), masterKey };
 }

@@ -7,6 +7,11 @@
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
+ *   LIFEBOAT_ENDPOINT_PROFILES  JSON object: AWS shared-config profile per other S3 endpoint, keyed by
+ *     the endpoint URL (or `aws:<region>` for AWS S3 in another region), e.g.
+ *     {"https://s3.dr.example.com":"lifeboat-dr"}. Jobs name a repository's endpoint (URL, region,
+ *     path style, checksums: core/endpoints.ts), never credentials; an endpoint not listed uses the
+ *     default credential chain (the group's role).
  *   LIFEBOAT_S3_CONDITIONAL_WRITES (auto/on/off, default auto: probe whether the endpoint honours
  *     If-None-Match; with it a new chunk is one PUT and no HEAD)
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
@@ -17,7 +22,9 @@
  * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
  * A job that needs a newer mover makes it upgrade itself first (mover/upgrade.ts).
  */
+import type { S3Client } from '@aws-sdk/client-s3';
 import { SFNClient } from '@aws-sdk/client-sfn';
+import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
 import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { CannotUpgrade } from '../core/errors.ts';
@@ -88,13 +95,37 @@ const s3Endpoint = process.env.LIFEBOAT_S3_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: localCreds } : {}), requestHandler: { requestTimeout: 70_000 } });
 const pathStyle = process.env.LIFEBOAT_S3_PATH_STYLE ? process.env.LIFEBOAT_S3_PATH_STYLE === 'true' : !!s3Endpoint;
 const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...(s3Endpoint ? { credentials: localCreds } : {}) });
+let endpointProfiles: Record<string, string>;
+try {
+  endpointProfiles = JSON.parse(process.env.LIFEBOAT_ENDPOINT_PROFILES || '{}') as Record<string, string>;
+  if (typeof endpointProfiles !== 'object' || endpointProfiles === null || Object.values(endpointProfiles).some((v) => typeof v !== 'string' || !v)) throw new Error('must map endpoint URLs to profile names');
+} catch (err) {
+  process.stderr.write(`lifeboat-mover: LIFEBOAT_ENDPOINT_PROFILES must be a JSON object of endpoint URL (or aws:<region>) to profile name: ${(err as Error).message}\n`);
+  process.exit(2);
+}
+/** One client per S3 endpoint a job names; the stack's own S3 is `s3`. Credentials are the mover's own, never the job's. */
+const s3Clients = new Map<string, S3Client>([['', s3]]);
+const s3For = (e: StorageEndpoint | undefined): S3Client => {
+  const key = endpointKey(e);
+  let c = s3Clients.get(key);
+  if (!c && e) {
+    const profile = endpointProfiles[e.url ?? `aws:${e.region ?? region}`];
+    c = s3Client({
+      region: e.region ?? region, endpoint: e.url, forcePathStyle: e.pathStyle ?? !!e.url, ...(e.checksums ? { checksums: e.checksums } : {}),
+      // The embedded stack's servers take its fixed local pair; elsewhere the endpoint's profile, or the default chain.
+      ...(s3Endpoint ? { credentials: localCreds } : profile ? { profile } : {}),
+    });
+    s3Clients.set(key, c);
+  }
+  return c!;
+};
 const s3Concurrency = positiveInt('LIFEBOAT_S3_CONCURRENCY', '16');
 const conditionalWrites = process.env.LIFEBOAT_S3_CONDITIONAL_WRITES || 'auto';
 if (!['auto', 'on', 'off'].includes(conditionalWrites)) throw new Error(`LIFEBOAT_S3_CONDITIONAL_WRITES must be auto, on or off, got '${conditionalWrites}'`);
 /** Whether the bucket's endpoint honours If-None-Match (a failed probe, e.g. no permission, means HEAD then PUT). */
-const useConditionalWrites = async (bucket: string): Promise<boolean> => {
+const useConditionalWrites = async (client: S3Client, bucket: string): Promise<boolean> => {
   if (conditionalWrites !== 'auto') return conditionalWrites === 'on';
-  const ok = await probeConditionalWrites(s3, bucket).catch((err: Error) => {
+  const ok = await probeConditionalWrites(client, bucket).catch((err: Error) => {
     logger.info('storage.conditional-writes.probe-failed', { bucket, error: err.message });
     return false;
   });
@@ -110,19 +141,21 @@ const keyWrapper = async (bucket: string): Promise<KeyWrapper> =>
   kms && kmsKeyId ? new KmsKeyWrapper({ client: kms, keyId: kmsKeyId, repository: bucket }) : KeyFileWrapper.load(keyFile!);
 
 const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys }>>();
-const repository = (bucket: string) => {
-  let r = repositories.get(bucket);
+const repository = ({ bucket, endpoint }: RepositoryLocation) => {
+  const id = locationKey({ bucket, ...(endpoint ? { endpoint } : {}) });
+  let r = repositories.get(id);
   if (!r) {
     r = (async () => {
+      const client = s3For(endpoint);
       // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3, bucket, { conditionalWrites: await useConditionalWrites(bucket) }), {
+      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(client, bucket, { conditionalWrites: await useConditionalWrites(client, bucket) }), {
         onRetry: (i) => logger.info('storage.retry', { op: i.op, key: i.key, attempt: i.attempt, delayMs: Math.round(i.delayMs), error: (i.error as Error).message }),
       }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);
       return { store, keys: deriveKeys(await loadMasterKey(store, await keyWrapper(bucket))) };
     })();
-    r.catch(() => repositories.delete(bucket));
-    repositories.set(bucket, r);
+    r.catch(() => repositories.delete(id));
+    repositories.set(id, r);
   }
   return r;
 };
@@ -148,12 +181,13 @@ if (!registration) logger.info('registration.disabled', { reason: 'LIFEBOAT_BUCK
 const admit = async (input: unknown): Promise<Restart | undefined> => {
   const min = upgradeNeeded(input, MOVER_VERSION);
   if (!min) return undefined;
-  const bucket = (input as { job: { repository?: { bucket?: string } } }).job.repository?.bucket;
+  const repo = (input as { job: { repository?: Partial<RepositoryLocation> } }).job.repository;
+  const bucket = repo?.bucket;
   if (!bucket) throw new CannotUpgrade(`the job needs mover ${min} but names no repository bucket to fetch the release from`);
   logger.info('upgrade.needed', { from: MOVER_VERSION, min, bucket });
   await registration?.set('upgrading', { upgradingTo: min });
   try {
-    const release = await upgrader.ensure(withRetry(new S3ObjectStore(s3, bucket)), bucket, min);
+    const release = await upgrader.ensure(withRetry(new S3ObjectStore(s3For(repo?.endpoint), bucket)), bucket, min);
     return (tasks) => {
       try {
         reexec(release, home, tasks);

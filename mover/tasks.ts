@@ -1,4 +1,5 @@
 /** The mover's task handlers: Snapshot, Dispatch (one disk) and ReleaseSnapshot. */
+import type { RepositoryLocation } from '../core/endpoints.ts';
 import { BadTaskInput } from '../core/errors.ts';
 import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts';
 import type { MoverTask } from '../core/jobs.ts';
@@ -11,8 +12,8 @@ import type { Logger, TaskHandler } from './worker.ts';
 
 export interface TaskDeps {
   driver: SourceDriver;
-  /** The repository store for a bucket, and its keys (loaded once per bucket). */
-  repository(bucket: string): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
+  /** The repository store for a bucket on its endpoint (the job names both), and its keys (loaded once per repository). */
+  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
   logger: Logger;
   parallelism: number;
 }
@@ -34,7 +35,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         const snap = await deps.driver.snapshot(t.job.source, t.job.backupId);
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
-          const { store, keys } = await deps.repository(t.job.repository.bucket);
+          const { store, keys } = await deps.repository(t.job.repository);
           await store.put(objectKeys.vmConfig(t.job.backupId), await seal(keys, Buffer.from(JSON.stringify(snap.config)), `vm-config:${t.job.backupId}`));
         } catch (err) {
           await deps.driver.release(t.job.source, snap);
@@ -46,7 +47,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         if (t.job.snapshot) await deps.driver.release(t.job.source, t.job.snapshot);
         return { released: !!t.job.snapshot };
       case 'dispatch': {
-        const { store, keys } = await deps.repository(t.job.repository.bucket);
+        const { store, keys } = await deps.repository(t.job.repository);
         const reader = await deps.driver.openDisk(t.disk);
         let lastLog = 0;
         try {

@@ -33,10 +33,13 @@ type State = {
 const TRUST_ANCHOR = 'arn:aws:rolesanywhere:eu-central-1:111122223333:trust-anchor/0123abcd-0123-4567-89ab-0123456789ab';
 const SITE_ROLE = 'arn:aws:iam::111122223333:role/site-b-appliances';
 const example = loadConfig();
-/** The example, with Object Lock on the primary repository and both kinds of mover trust. */
+/**
+ * The example (its DR repository is on another endpoint), with Object Lock on the primary
+ * repository, a second repository of the stack's own (`copy`), and both kinds of mover trust.
+ */
 const config: LifeboatConfig = {
   ...example,
-  repositories: example.repositories.map((r, i) => (i === 0 ? { ...r, objectLock: { mode: 'COMPLIANCE' as const, days: 30 } } : r)),
+  repositories: [...example.repositories.map((r, i) => (i === 0 ? { ...r, objectLock: { mode: 'COMPLIANCE' as const, days: 30 } } : r)), { id: 'copy', chunkSizeMiB: 1 }],
   moverGroups: example.moverGroups.map((g, i) => (i === 0 ? { ...g, principal: { rolesAnywhereTrustAnchorArn: TRUST_ANCHOR } } : i === 1 ? { ...g, principal: { awsPrincipalArn: SITE_ROLE } } : g)),
 };
 
@@ -97,8 +100,8 @@ describe('configuration at synth', () => {
   });
 
   it('rejects an external endpoint on the first repository, which is the stack\'s own bucket', () => {
-    const c = { ...example, repositories: [{ ...example.repositories[0]!, endpoint: 'https://minio.example.com' }, ...example.repositories.slice(1)] };
-    expect(() => synth(c)).toThrow(/repositories\[0\]\.endpoint = "https:\/\/minio\.example\.com"/);
+    const c = { ...example, repositories: [{ ...example.repositories[0]!, endpoint: { url: 'https://minio.example.com' } }, ...example.repositories.slice(1)] };
+    expect(() => synth(c)).toThrow(/repositories\[0\]\.endpoint = \{"url":"https:\/\/minio\.example\.com"\}/);
   });
 });
 
@@ -125,9 +128,15 @@ describe('repository storage', () => {
       ObjectLockEnabled: true,
       ObjectLockConfiguration: { ObjectLockEnabled: 'Enabled', Rule: { DefaultRetention: { Mode: 'COMPLIANCE', Days: 30 } } },
     });
-    const dr = resources[lid(stack.repositories.dr!.bucket)]!.Properties;
-    expect(dr.ObjectLockEnabled).toBeUndefined();
-    expect(dr.ObjectLockConfiguration).toBeUndefined();
+    const copy = resources[lid(stack.repositories.copy!.bucket)]!.Properties;
+    expect(copy.ObjectLockEnabled).toBeUndefined();
+    expect(copy.ObjectLockConfiguration).toBeUndefined();
+  });
+
+  it('creates no bucket, key or grant for a repository on another endpoint: that storage is the operator\'s', () => {
+    expect(Object.keys(stack.repositories).sort()).toEqual(['copy', 'primary']);
+    expect(ofType('AWS::S3::Bucket').filter(([, b]) => JSON.stringify(b.Properties ?? {}).includes('lifeboat-dr'))).toEqual([]);
+    expect(JSON.stringify(ofType('AWS::IAM::Policy'))).not.toContain('lifeboat-dr');
   });
 
   it('denies every non-TLS request on every bucket of the stack', () => {
@@ -269,12 +278,12 @@ describe('workflows', () => {
     }
   });
 
-  it('matches only States.*, Lambda.* or Lifeboat error classes in the Retry and Catch of every state machine', () => {
+  it('matches only States.*, AWS service integration errors (Lambda.*, StepFunctions.*) or Lifeboat error classes in the Retry and Catch of every state machine', () => {
     const known = { ...errorClasses, ...recoveryErrorClasses };
     for (const [id, m] of Object.entries(resolved.stateMachines)) {
       const names = allStates((m.definition as { States: Record<string, State> }).States)
         .flatMap((s) => [...(s.Retry ?? []), ...(s.Catch ?? [])]).flatMap((r) => r.ErrorEquals);
-      expect(names.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !Object.hasOwn(known, e)), id).toEqual([]);
+      expect(names.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(known, e)), id).toEqual([]);
     }
   });
 
@@ -313,7 +322,8 @@ describe('workflows', () => {
     const [[, cr]] = ofType('Custom::LifeboatDeployment') as [[string, Resource]];
     expect(JSON.parse(cr.Properties.configJson as string)).toEqual(config);
     expect(cr.Properties.primaryBucket).toEqual({ Ref: lid(stack.bucket) });
-    expect(cr.Properties.buckets).toEqual({ primary: { Ref: lid(stack.bucket) }, dr: { Ref: lid(stack.repositories.dr!.bucket) } });
+    // A repository on another endpoint is named by its configured bucket; the stack's own by the bucket it creates.
+    expect(cr.Properties.buckets).toEqual({ primary: { Ref: lid(stack.bucket) }, dr: 'lifeboat-dr', copy: { Ref: lid(stack.repositories.copy!.bucket) } });
     const framework = resources[cr.Properties.ServiceToken['Fn::GetAtt'][0] as string]!;
     expect(framework.Properties.Environment.Variables.USER_ON_EVENT_FUNCTION_ARN).toEqual({ 'Fn::GetAtt': [lid(stack.functions.OnDeploy), 'Arn'] });
   });

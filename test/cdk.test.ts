@@ -80,11 +80,13 @@ afterAll(() => {
 });
 
 describe('Backup state machine graph', () => {
-  it('runs Plan, then the BackupVms map, then Summarize', () => {
+  it('runs Plan, then the BackupVms map, then Summarize, then decides whether replication is due', () => {
     expect(definition.StartAt).toBe('Plan');
-    expect(followNext(definition.States, 'Plan')).toEqual(['Plan', 'BackupVms', 'Summarize']);
+    expect(followNext(definition.States, 'Plan')).toEqual(['Plan', 'BackupVms', 'Summarize', 'ReplicationDue']);
     expect(definition.States.BackupVms?.Type).toBe('Map');
-    expect(definition.States.Summarize?.End).toBe(true);
+    expect(definition.States.ReplicationDue?.Type).toBe('Choice');
+    expect(followNext(definition.States, 'StartReplication')).toEqual(['StartReplication', 'RunSummarized']);
+    expect(definition.States.RunSummarized?.End).toBe(true);
   });
 
   it("holds the per-VM states inside BackupVms's item processor, with DispatchDisk inside the Dispatch map", () => {
@@ -160,11 +162,11 @@ describe('Backup state machine failure handling', () => {
     expect(followNext(perVm, 'ReleaseSnapshotAfterFailure').slice(0, 3)).toEqual(['ReleaseSnapshotAfterFailure', 'RecordFailure', 'ReleaseSlotAfterFailure']);
   });
 
-  it('matches only States.*, Lambda.* or Lifeboat error codes in Retry and Catch', () => {
+  it('matches only States.*, AWS service integration errors (Lambda.*, StepFunctions.*) or Lifeboat error codes in Retry and Catch', () => {
     const names = new Set<string>();
     for (const s of Object.values(states)) for (const r of [...(s.Retry ?? []), ...(s.Catch ?? [])]) r.ErrorEquals.forEach((e) => names.add(e));
     expect(names.size).toBeGreaterThan(0);
-    const unknown = [...names].filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !Object.hasOwn(errorClasses, e));
+    const unknown = [...names].filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(errorClasses, e));
     expect(unknown).toEqual([]);
   });
 

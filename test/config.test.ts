@@ -70,6 +70,62 @@ describe('configuration', () => {
     expect(scheduleExpressionProblem('every night')).toMatch(/^must be cron/);
   });
 
+  describe('repositories on another endpoint and the group that replicates into them', () => {
+    const dr = example.repositories[1]!;
+    const withDr = (patch: Record<string, unknown>) => ({ ...example, repositories: [example.repositories[0]!, { ...dr, ...patch }] });
+
+    it('the example\'s DR repository names its endpoint, bucket, site, replicating group and standby folder', () => {
+      expect(dr).toMatchObject({ id: 'dr', site: 'site-dr', bucket: 'lifeboat-dr', endpoint: { url: 'https://s3.dr.example.com', pathStyle: true }, replication: { moverGroup: 'dr' } });
+    });
+
+    it('rejects a replicating group that does not exist, naming the key, the value and the groups', () => {
+      expect(problems(withDr({ replication: { moverGroup: 'dr-site' } }))).toEqual([
+        'repositories[1].replication.moverGroup = "dr-site": names no configured mover group (groups: site-a, site-b, dr)',
+      ]);
+      expect(problems(withDr({ replication: { moverGroup: 'DR' } }))[0]).toMatch(/^repositories\[1\]\.replication\.moverGroup = "DR": must be 1–39 lowercase letters/);
+    });
+
+    it('rejects a replicating group that backs up hosts at another site', () => {
+      expect(problems(withDr({ replication: { moverGroup: 'site-a' } }))).toEqual([
+        'repositories[1].replication.moverGroup = "site-a": is a group that backs up hosts at site "site-a", not at the repository\'s site "site-dr": name a group at the repository\'s site or one without hosts',
+      ]);
+      // A group at the repository's own site may serve hosts there too.
+      expect(() => parseConfig(withDr({ site: 'site-a', replication: { moverGroup: 'site-a' } }), 'test.json')).not.toThrow();
+    });
+
+    it('names each bad endpoint setting', () => {
+      expect(problems(withDr({ endpoint: { url: 'ftp://dr.example.com' } }))).toEqual(['repositories[1].endpoint.url = "ftp://dr.example.com": must be an http(s) URL of an S3-compatible endpoint']);
+      expect(problems(withDr({ endpoint: { url: 'not a url' } }))).toEqual(['repositories[1].endpoint.url = "not a url": must be an http(s) URL of an S3-compatible endpoint']);
+      expect(problems(withDr({ endpoint: { pathStyle: true } }))).toEqual(['repositories[1].endpoint = {"pathStyle":true}: must give "url" (an S3-compatible endpoint) or "region" (AWS S3 in another region)']);
+      expect(problems(withDr({ endpoint: { region: 'EU West' } }))[0]).toMatch(/^repositories\[1\]\.endpoint\.region = "EU West": must be a region name/);
+      expect(problems(withDr({ endpoint: { url: 'https://s3.dr.example.com', checksums: 'always' } }))).toEqual(['repositories[1].endpoint.checksums = "always": must be "when-required" or "when-supported"']);
+      expect(problems(withDr({ endpoint: { url: 'https://s3.dr.example.com', pathstyle: true } }))).toEqual(['repositories[1].endpoint.pathstyle: unknown key; check the spelling']);
+      expect(problems(withDr({ endpoint: 'https://s3.dr.example.com' }))[0]).toMatch(/^repositories\[1\]\.endpoint = "https:\/\/s3\.dr\.example\.com": /);
+    });
+
+    it('keeps the stack\'s own repositories on its own S3, and settings the stack cannot apply off it', () => {
+      const p = problems({
+        ...example,
+        repositories: [{ ...example.repositories[0]!, endpoint: { url: 'https://minio.example.com' } }, { ...dr, objectLock: { mode: 'COMPLIANCE', days: 30 } }, { id: 'copy', chunkSizeMiB: 1, bucket: 'my-copy' }],
+      });
+      expect(p).toEqual([
+        'repositories[0].endpoint = {"url":"https://minio.example.com"}: the first repository is the stack\'s own bucket: list a repository on another endpoint after it',
+        'repositories[1].objectLock = {"mode":"COMPLIANCE","days":30}: the stack does not create a repository on another endpoint, so it cannot set its Object Lock: configure it on that bucket',
+        'repositories[2].bucket = "my-copy": only a repository with its own "endpoint" names its bucket; the stack names the buckets it creates',
+      ]);
+      expect(problems(withDr({ bucket: 'Bad_Bucket' }))[0]).toMatch(/^repositories\[1\]\.bucket = "Bad_Bucket": must be an S3 bucket name/);
+      expect(problems(withDr({ site: 'mars' }))).toEqual(['repositories[1].site = "mars": names no configured site (sites: site-a, site-dr)']);
+    });
+
+    it('a policy replicates only to a repository some group replicates into', () => {
+      const { replication: _r, ...noGroup } = dr;
+      expect(problems({ ...example, repositories: [example.repositories[0]!, noGroup] })).toEqual([
+        'policies[0].replicateTo = "dr": names a repository no mover group replicates into: set repositories[1].replication.moverGroup',
+      ]);
+      expect(problems(withDr({ replication: { moverGroup: 'dr', standbyPath: 'standby' } }))[0]).toMatch(/^repositories\[1\]\.replication\.standbyPath = "standby": must be an absolute path/);
+    });
+  });
+
   it('a missing or broken file names the path', () => {
     expect(() => loadConfig('/nonexistent/lifeboat.json')).toThrow(/\/nonexistent\/lifeboat.json is not a valid Lifeboat configuration:\n {2}- cannot read the file/);
   });

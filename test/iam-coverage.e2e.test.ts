@@ -14,7 +14,7 @@ import { functionAccess, type FunctionAccess } from '../cdk/lib/function-access.
 import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { LambdaFunctionId } from '../functions/registry.ts';
-import { runExecution } from '../local/client.ts';
+import { runExecution, waitForExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
@@ -108,13 +108,20 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   // Small segments: disk0 is cut into parts (PlanDispatch, JoinSegments); vm-gone fails (RecordFailure).
   await t.stack.catalog.putPolicy({
     policyId: 'p-i', vmIds: ['vm-i', 'vm-gone'], bucket: e.bucket, chunkSize: MiB, slotLimit: 2, segmentBytes: 4 * MiB, retention: { keepLast: 1 },
-    replicateTo: { repositoryId: 'dr', bucket: e.buckets.dr! },
+    // The DR repository on its own endpoint (a second s3rver), replicated by group dr after each run.
+    replicateTo: { repositoryId: 'dr', ...e.repositories.dr!, moverGroup: 'dr' },
   });
+  const replicatePolicy = e.stateMachines.ReplicatePolicy!;
   const replicaDir = join(t.dir, 'dr-site', 'replicas');
 
   for (let i = 0; i < 2; i++) {
     const b = await run('Backup', { policyId: 'p-i' });
     expect(b.status, b.cause).toBe('SUCCEEDED');
+    // The run started the replication of its backups (StartReplication); it finishes before the next step.
+    const started = (JSON.parse(b.output!) as { replication?: { executionArn?: string } }).replication?.executionArn;
+    expect(started, 'the run started no replication').toMatch(new RegExp(`^${replicatePolicy.replace(':stateMachine:', ':execution:')}:`));
+    const r = await waitForExecution(t.sfn, started!, { pollMs: 200 });
+    expect(r.status, r.cause).toBe('SUCCEEDED');
   }
   const steps: [string, unknown][] = [
     ['Restore', { vmId: 'vm-i', target: join(t.dir, 'restored'), moverGroup: 'site-a' }],
@@ -135,7 +142,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const exercised = new Set(calls.map((c) => c.functionId));
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
-  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PruneBackup', 'CollectGarbage'] as LambdaFunctionId[]) {
+  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage'] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
   const problems = new Set(calls.map((c) => {

@@ -8,14 +8,13 @@ import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { keys as objectKeys } from '../core/format.ts';
-import { S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import type { PrunePlan } from '../functions/prune.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
-import { runExecution } from '../local/client.ts';
+import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { LOCAL_CREDENTIALS, openRepository } from '../local/stack.ts';
+import { LOCAL_CREDENTIALS, openRepository, repositoryStore } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -107,22 +106,23 @@ it('fails with a clear cause for a policy without retention or an unknown one', 
   expect(unknown.error).toBe('Catalog.PolicyNotFound');
 });
 
-it('removes a pruned backup\'s copy from the DR repository too; the kept one still restores from there', async () => {
+it('removes a pruned backup\'s copy from the DR repository (on its own endpoint) too; the kept one still restores from there', async () => {
   const e = t.stack.endpoints;
   const dr = e.buckets.dr!;
   const dir = join(t.dir, 'vms', 'vm-q');
   await createVmFolder(dir, { name: 'vm-q', disks: [{ id: 'disk0', sizeBytes: 4 * MiB }] }, seededRng(12));
   await t.stack.catalog.putVm({ vmId: 'vm-q', host: 'esx-01', source: dir });
-  await t.stack.catalog.putPolicy({ policyId: 'p-q', vmIds: ['vm-q'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 }, replicateTo: { repositoryId: 'dr', bucket: dr } });
+  await t.stack.catalog.putPolicy({ policyId: 'p-q', vmIds: ['vm-q'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 }, replicateTo: { repositoryId: 'dr', ...e.repositories.dr!, moverGroup: 'site-a' } });
   for (let i = 0; i < 2; i++) {
     await changeDisk(join(dir, 'disk0.raw'), 4 * MiB, 0.2, 1, seededRng(60 + i));
     const b = await runExecution(t.sfn, e.backupStateMachineArn, { policyId: 'p-q' }, { pollMs: 200 });
     expect(b.status, b.cause).toBe('SUCCEEDED');
-    const r = await runExecution(t.sfn, e.stateMachines.Replicate!, { vmId: 'vm-q', moverGroup: 'site-a' }, { pollMs: 200 });
+    // Each run starts the replication of its backup.
+    const r = await waitForExecution(t.sfn, (JSON.parse(b.output!) as { replication: { executionArn: string } }).replication.executionArn, { pollMs: 200 });
     expect(r.status, r.cause).toBe('SUCCEEDED');
   }
   const [newest, older] = (await t.stack.catalog.listBackups('vm-q')).map((b) => b.backupId);
-  const drStore = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), dr);
+  const drStore = repositoryStore(e, 'dr');
   expect(await drStore.head(objectKeys.manifest(older!, 'disk0'))).toBeDefined();
 
   const d = await prune({ policyId: 'p-q' });

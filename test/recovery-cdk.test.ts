@@ -112,12 +112,16 @@ describe('Prune workflow', () => {
     expect(schedules.map((s) => JSON.parse(s.Properties.Target.Input as string).policyId).sort()).toEqual(config.policies.map((p) => p.id).sort());
   });
 
-  it('schedules garbage collection weekly for each repository the stack keeps', () => {
+  it('schedules garbage collection weekly for each repository, a DR repository on another endpoint with that endpoint', () => {
     const gc = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('GcStateMachine'))!;
     const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule'))
       .filter((r) => JSON.stringify(r.Properties.Target.Arn).includes(gc.logicalId));
-    expect(schedules).toHaveLength(config.repositories.filter((r) => !r.endpoint).length);
+    expect(schedules).toHaveLength(config.repositories.length);
     for (const s of schedules) expect(s.Properties.ScheduleExpression).toBe('cron(0 3 ? * SUN *)');
+    const dr = config.repositories.find((r) => r.id === 'dr')!;
+    // The stack's own buckets are references (an Fn::Join); the DR repository's input is plain JSON.
+    const plain = schedules.map((s) => s.Properties.Target.Input).filter((i): i is string => typeof i === 'string').map((i) => JSON.parse(i) as unknown);
+    expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
   it('lets only PruneBackup delete manifests and only CollectGarbage delete chunks', () => {
@@ -135,11 +139,86 @@ describe('Prune workflow', () => {
   });
 });
 
-it('matches only States.*, Lambda.*, Lifeboat.UnknownMoverGroup or Lifeboat error codes in Retry and Catch', () => {
+it('matches only States.*, AWS service integration errors (Lambda.*, StepFunctions.*) or Lifeboat error codes in Retry and Catch', () => {
   const known = { ...errorClasses, ...recoveryErrorClasses };
-  for (const name of ['Restore', 'DeepVerify', 'Prune']) {
+  for (const name of ['Restore', 'DeepVerify', 'Prune', 'Replicate', 'ReplicatePolicy', 'Failover', 'Backup']) {
     const { all } = machine(name);
     const used = Object.values(all).flatMap((s) => [...(s.Retry ?? []), ...(s.Catch ?? [])].flatMap((r) => r.ErrorEquals));
-    expect(used.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !Object.hasOwn(known, e)), name).toEqual([]);
+    expect(used.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(known, e)), name).toEqual([]);
   }
+});
+
+describe('Replication started by the Backup workflow', () => {
+  type Task = State & { Parameters?: Record<string, unknown>; ResultPath?: string; OutputPath?: string; Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[] };
+  const replicatePolicyArn = () => Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('ReplicatePolicyStateMachine'))!.arn;
+
+  it('after Summarize, a Choice starts ReplicatePolicy only when the policy replicates and the run committed a backup', () => {
+    const { def } = machine('Backup');
+    expect(def.States.Summarize!.Next).toBe('ReplicationDue');
+    const due = def.States.ReplicationDue! as State & { Choices: { And: Record<string, unknown>[]; Next: string }[] };
+    expect(due.Choices).toEqual([{
+      And: [{ Variable: '$.replicateTo', IsString: true }, { Variable: '$.summary.committed', NumericGreaterThan: 0 }],
+      Next: 'StartReplication',
+    }]);
+    expect(due.Default).toBe('RunSummarized');
+    // The run's output stays its summary (with the replication it started).
+    expect(def.States.RunSummarized).toMatchObject({ Type: 'Pass', OutputPath: '$.summary', End: true });
+  });
+
+  it('starts ReplicatePolicy fire-and-forget with the run as input and a name derived from the run, and never starts it twice', () => {
+    const start = machine('Backup').def.States.StartReplication! as Task;
+    expect(start.Resource).toBe('arn:aws:states:::states:startExecution'); // request-response: the run does not wait for the copy
+    expect(start.Parameters).toEqual({
+      StateMachineArn: replicatePolicyArn(),
+      Input: { 'policyId.$': '$.policyId', 'runId.$': '$.runId', 'AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID.$': '$$.Execution.Id' },
+      'Name.$': "States.Format('replicate-{}', States.Hash($$.Execution.Name, 'SHA-1'))",
+    });
+    expect(start.ResultPath).toBe('$.summary.replication');
+    // A name already taken means this run's replication was started: not retried, not a failure.
+    expect(start.Retry![0]).toMatchObject({ ErrorEquals: ['StepFunctions.ExecutionAlreadyExists'], MaxAttempts: 0 });
+    expect(start.Catch!.map((c) => [c.ErrorEquals, c.Next])).toEqual([
+      [['StepFunctions.ExecutionAlreadyExists'], 'ReplicationAlreadyStarted'],
+      [['States.ALL'], 'ReplicationNotStarted'],
+    ]);
+  });
+
+  it('grants the Backup workflow states:StartExecution on the ReplicatePolicy state machine and nothing else', () => {
+    const backupRole = Object.entries(template.findResources('AWS::IAM::Role')).find(([id]) => id.startsWith('BackupStateMachineRole'))![0];
+    const statements = Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p) => JSON.stringify(p.Properties.Roles) === JSON.stringify([{ Ref: backupRole }]))
+      .flatMap((p) => p.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]);
+    const starts = statements.filter((s) => [s.Action].flat().some((a) => a.startsWith('states:StartExecution')));
+    const replicatePolicy = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('ReplicatePolicyStateMachine'))!.logicalId;
+    expect(starts).toEqual([expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: replicatePolicy } })]);
+  });
+});
+
+describe('Replicate workflow', () => {
+  it('verifies the copy in the DR repository before recording it', () => {
+    for (const name of ['Replicate', 'ReplicatePolicy']) {
+      const { all } = machine(name);
+      expect(all.ReplicateDisks!.Next, name).toBe('VerifyReplica');
+      expect(all.VerifyReplica!.Next, name).toBe('RecordReplication');
+    }
+  });
+});
+
+describe('replica lease', () => {
+  it('holds the VM\'s replica lease from before the copy until after the standby, and gives it back on every failure path', () => {
+    for (const name of ['Replicate', 'ReplicatePolicy']) {
+      const { all } = machine(name);
+      expect(all.AcquireReplicaLease!.Next, name).toBe('ReplicateDisks');
+      expect(all.AcquireReplicaLease!.Retry!.some((r) => r.ErrorEquals.includes('Replication.Busy')), name).toBe(true);
+      expect(all.ReleaseReplicaLease!.Next, name).toBe('Replicated');
+      // StandbyVmConfig is a mover task: one per group behind a Choice ('StandbyVmConfig (dr)', ...).
+      const guarded = Object.keys(all).filter((n) => /^(AcquireReplicaLease|ReplicateDisks|VerifyReplica|RecordReplication|UpdateStandby)$|^StandbyVmConfig \(/.test(n));
+      expect(guarded.length, name).toBeGreaterThanOrEqual(6);
+      for (const s of guarded) expect(all[s]!.Catch!.map((c) => c.Next), `${name} ${s}`).toEqual(['ReleaseReplicaLeaseAfterFailure']);
+    }
+    expect(machine('Replicate').def.States.PlanReplicate!.Next).toBe('AcquireReplicaLease');
+    const failover = machine('Failover').all;
+    expect(failover.PlanFailover!.Next).toBe('AcquireReplicaLease');
+    for (const [n, s] of Object.entries(failover).filter(([n]) => n.startsWith('StandbyVmConfig ('))) expect(s.Next, n).toBe('ReleaseReplicaLease');
+    expect(failover.ReleaseReplicaLease!.Next).toBe('RecordFailover');
+  });
 });

@@ -1,9 +1,13 @@
 /**
  * The Backup workflow: Plan → per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch
  * per disk or disk segment → JoinSegments → ReleaseSnapshot → Verify → Commit →
- * ReleaseSlot) → Summarize. Snapshot, Dispatch and ReleaseSnapshot run on the mover
- * group that serves the VM's host. A failure inside a VM's iteration releases what it
- * took and records the failure; the other VMs go on.
+ * ReleaseSlot) → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
+ * ReleaseSnapshot run on the mover group that serves the VM's host. A failure inside a
+ * VM's iteration releases what it took and records the failure; the other VMs go on.
+ * When the policy replicates to a DR repository and the run committed a backup,
+ * StartReplication starts ReplicatePolicy for the run (fire-and-forget: the run's result
+ * does not wait for the WAN copy; the execution name derives from the run, so a retried
+ * start does not start a second copy).
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
@@ -11,6 +15,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
+import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { lambdaStep, moverStep } from './steps.ts';
 
 export interface BackupWorkflowProps {
@@ -21,6 +26,41 @@ export interface BackupWorkflowProps {
   vmConcurrency?: number;
   /** Disks (or disk segments) transferred at once per VM. */
   dispatchConcurrency?: number;
+  /** The ReplicatePolicy state machine, started after a run that committed backups of a policy with a DR repository. */
+  replicatePolicy?: sfn.IStateMachine;
+}
+
+/** The optimized integration's error (`StepFunctions.<StartExecution error code>`) when the name is taken by a closed execution or one with another input (a retried start). */
+export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
+
+/**
+ * Summarize's result is the run's output; with a ReplicatePolicy state machine, the
+ * replication of the run's backups is started first when due, and its execution ARN is
+ * added to the output (`replication`).
+ */
+function afterSummarize(scope: Construct, replicatePolicy: sfn.IStateMachine | undefined): sfn.IChainable | undefined {
+  if (!replicatePolicy) return undefined;
+  const done = new sfn.Pass(scope, 'RunSummarized', { outputPath: '$.summary' });
+  const start = new tasks.StepFunctionsStartExecution(scope, 'StartReplication', {
+    comment: 'Copy the run\'s new backups to the policy\'s DR repository (ReplicatePolicy); not awaited',
+    stateMachine: replicatePolicy,
+    integrationPattern: sfn.IntegrationPattern.REQUEST_RESPONSE,
+    // One replication per run: a start retried (or the state re-entered) finds the name taken.
+    name: sfn.JsonPath.format('replicate-{}', sfn.JsonPath.hash(sfn.JsonPath.executionName, 'SHA-1')),
+    input: sfn.TaskInput.fromObject({ policyId: sfn.JsonPath.stringAt('$.policyId'), runId: sfn.JsonPath.stringAt('$.runId') }),
+    associateWithParent: true,
+    resultSelector: { 'executionArn.$': '$.ExecutionArn', started: true },
+    resultPath: '$.summary.replication',
+    taskTimeout: sfn.Timeout.duration(Duration.minutes(1)),
+  });
+  start.addRetry({ errors: [EXECUTION_ALREADY_EXISTS], maxAttempts: 0 });
+  start.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  start.addCatch(new sfn.Pass(scope, 'ReplicationAlreadyStarted', { parameters: { started: true, alreadyStarted: true }, resultPath: '$.summary.replication' }).next(done), { errors: [EXECUTION_ALREADY_EXISTS], resultPath: '$.replicationError' });
+  // The backups are committed whatever happens here: the run reports that replication did not start instead of failing.
+  start.addCatch(new sfn.Pass(scope, 'ReplicationNotStarted', { parameters: { started: false, 'error.$': '$.replicationError' }, resultPath: '$.summary.replication' }).next(done), { resultPath: '$.replicationError' });
+  return new sfn.Choice(scope, 'ReplicationDue', { comment: 'The policy replicates to a DR repository and the run committed a backup' })
+    .when(sfn.Condition.and(sfn.Condition.isString('$.replicateTo'), sfn.Condition.numberGreaterThan('$.summary.committed', 0)), start.next(done))
+    .otherwise(done);
 }
 
 export class BackupWorkflow extends Construct {
@@ -106,13 +146,15 @@ export class BackupWorkflow extends Construct {
     });
     backupVms.itemProcessor(perVm);
 
+    const then = afterSummarize(this, props.replicatePolicy);
     const summarize = invoke('Summarize', 'Summarize', {
       payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId', 'results.$': '$.results' }),
+      ...(then ? { resultPath: '$.summary' } : {}),
     });
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat backup: snapshot, dispatch to movers, verify, commit',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(backupVms).next(summarize)),
+      comment: 'Lifeboat backup: snapshot, dispatch to movers, verify, commit; then replication to the DR repository, if any',
+      definitionBody: sfn.DefinitionBody.fromChainable(then ? plan.next(backupVms).next(summarize).next(then) : plan.next(backupVms).next(summarize)),
       timeout: Duration.hours(24),
     });
   }

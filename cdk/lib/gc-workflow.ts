@@ -5,7 +5,7 @@
  * deferred: the workflow waits and collects again. A sweep that raced a backup into
  * needing a deleted chunk fails the execution, naming it.
  *
- * Input: `{ bucket, graceHours?, objectLockDays?, dryRun?, deferSeconds? }`.
+ * Input: `{ bucket, endpoint?, graceHours?, objectLockDays?, dryRun?, deferSeconds? }`.
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';

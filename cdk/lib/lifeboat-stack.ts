@@ -24,7 +24,7 @@ import { MoverIdentity } from './mover-identity.ts';
 import { acknowledge, arnWildcardFinding } from './nag.ts';
 import { RepositoryStorage } from './repository-storage.ts';
 import { PolicySchedules } from './schedules.ts';
-import { addRecoveryWorkflows } from './recovery-workflows.ts';
+import { addRecoveryWorkflows, type RecoveryWorkflows } from './recovery-workflows.ts';
 
 const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -48,6 +48,7 @@ export class LifeboatStack extends Stack {
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
+  readonly recovery: RecoveryWorkflows;
   readonly activities: Record<string, sfn.Activity>;
 
   constructor(scope: Construct, id: string, props: LifeboatStackProps) {
@@ -65,15 +66,15 @@ export class LifeboatStack extends Stack {
 
     const config = props.config;
     const primary = config.repositories[0]!;
-    if (primary.endpoint) throw new Error(`repositories[0].endpoint = ${JSON.stringify(primary.endpoint)}: the first repository is the stack's own S3 bucket; list an external S3-compatible repository after it`);
+    if (primary.endpoint) throw new Error(`repositories[0].endpoint = ${JSON.stringify(primary.endpoint)}: the first repository is the stack's own S3 bucket; list a repository on another endpoint after it`);
     config.repositories.forEach((r, i) => {
       if (!r.endpoint) this.repositories[r.id] = new RepositoryStorage(this, i === 0 ? 'Repository' : `Repository-${r.id}`, { repository: r });
     });
     this.bucket = this.repositories[primary.id]!.bucket;
     this.repositoryKey = this.repositories[primary.id]!.key;
     const stored = Object.values(this.repositories).map((r) => ({ bucket: r.bucket, key: r.key }));
-    /** Bucket per repository id; an external repository's bucket is named like its id. */
-    const buckets = Object.fromEntries(config.repositories.map((r) => [r.id, this.repositories[r.id]?.bucket.bucketName ?? r.id]));
+    /** Bucket per repository id; a repository on another endpoint names its own (default: its id). */
+    const buckets = Object.fromEntries(config.repositories.map((r) => [r.id, this.repositories[r.id]?.bucket.bucketName ?? r.bucket ?? r.id]));
 
     const functions = {} as Record<LambdaFunctionId, lambda.IFunction>;
     for (const [fid, def] of Object.entries(lambdaFunctions) as [LambdaFunctionId, (typeof lambdaFunctions)[LambdaFunctionId]][]) {
@@ -108,15 +109,18 @@ export class LifeboatStack extends Stack {
     this.activities = Object.fromEntries(moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]));
     // Only groups that serve hosts take backups; a DR-only group restores and replicates.
     const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
+    // Restore, deep verify, prune, replication: any group may restore or verify, the execution names it.
+    this.recovery = addRecoveryWorkflows(this, {
+      functions, activities: this.activities, policies: config.policies,
+      // Garbage collection for every repository: a DR repository's chunks outlive the manifests Prune deletes there too.
+      repositories: config.repositories.map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
+    });
     this.backup = new BackupWorkflow(this, 'Backup', {
       functions, activities: backupGroups,
       ...(props.config.backup?.vmConcurrency ? { vmConcurrency: props.config.backup.vmConcurrency } : {}),
       ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
-    });
-    // Restore, deep verify (and prune): any group may restore or verify, the execution names it.
-    addRecoveryWorkflows(this, {
-      functions, activities: this.activities, policies: config.policies,
-      repositories: config.repositories.filter((r) => this.repositories[r.id]).map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
+      // A run that commits backups of a policy with a DR repository starts their replication.
+      replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });
 
     // --- movers: one least-privilege role per group ------------------------------------------

@@ -9,6 +9,7 @@ import * as scheduler from 'aws-cdk-lib/aws-scheduler';
 import * as targets from 'aws-cdk-lib/aws-scheduler-targets';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { PolicyConfig } from '../../core/config.ts';
+import type { StorageEndpoint } from '../../core/endpoints.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { DeepVerifyPolicyWorkflow, DeepVerifyWorkflow } from './deep-verify-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
@@ -28,8 +29,8 @@ export interface RecoveryWorkflowsProps {
   deepVerifySchedule?: string;
   /** Fraction of chunks the scheduled deep verification reads back (default 0.1). */
   deepVerifySample?: number;
-  /** The stack's repositories: each gets a weekly garbage collection (Object Lock days passed on). */
-  repositories?: { id: string; bucket: string; objectLockDays?: number }[];
+  /** Every repository (the stack's own and those on another endpoint): each gets a weekly garbage collection (endpoint and Object Lock days passed on). */
+  repositories?: { id: string; bucket: string; endpoint?: StorageEndpoint; objectLockDays?: number }[];
   /** When garbage collection runs (EventBridge Scheduler expression, UTC). */
   gcSchedule?: string;
 }
@@ -84,7 +85,7 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
       description: `Lifeboat: garbage-collect repository '${r.id}'`,
       schedule: scheduler.ScheduleExpression.expression(props.gcSchedule ?? 'cron(0 3 ? * SUN *)', TimeZone.ETC_UTC),
       target: new targets.StepFunctionsStartExecution(gc.stateMachine, {
-        input: scheduler.ScheduleTargetInput.fromObject({ bucket: r.bucket, ...(r.objectLockDays ? { objectLockDays: r.objectLockDays } : {}) }),
+        input: scheduler.ScheduleTargetInput.fromObject({ bucket: r.bucket, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...(r.objectLockDays ? { objectLockDays: r.objectLockDays } : {}) }),
         retryAttempts: 5,
         maxEventAge: Duration.hours(6),
       }),

@@ -1,22 +1,28 @@
 /**
  * Replication to a DR site, and failover to its warm standby replica.
  *
- * Replicate: PlanReplicate → ReplicateDisks (Map: a DR-site mover copies the chunks the
- * DR repository lacks, then the manifest) → RecordReplication → with a `replicaDir`,
+ * Replicate: PlanReplicate → AcquireReplicaLease (one replication or failover of a VM into
+ * a DR repository at a time) → ReplicateDisks (Map: a DR-site mover copies the chunks the
+ * DR repository lacks, then the manifest) → VerifyReplica (every chunk is there, checked
+ * through the DR repository's endpoint) → RecordReplication → with a `replicaDir`,
  * UpdateStandby (Map: the replica's raw disks get the changed chunks only) →
- * StandbyVmConfig. Input: `{ vmId, backupId?, moverGroup, targetBucket?, replicaDir? }`.
+ * StandbyVmConfig → ReleaseReplicaLease (also on every failure path; a lease of a dead
+ * execution runs out). Input: `{ vmId, backupId?, moverGroup?, targetBucket?, replicaDir? }`.
  *
- * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks.
+ * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks
+ * (with a `runId`, only VMs whose newest backup that run made: what a Backup run starts).
+ * The mover group and standby folder default to the DR repository's configuration.
  *
  * Failover: PlanFailover (newest committed backup complete at the DR site) →
- * UpdateStandby → StandbyVmConfig → RecordFailover, whose output is the replica's disks,
- * its VM description and its recovery point. Input: `{ vmId, moverGroup, replicaDir, targetBucket? }`.
+ * AcquireReplicaLease → UpdateStandby → StandbyVmConfig → ReleaseReplicaLease → RecordFailover, whose output is the replica's disks,
+ * its VM description and its recovery point. Input: `{ vmId, moverGroup?, replicaDir?, targetBucket? }`.
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
+import { ReplicaBusy } from '../../core/recovery-errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { lambdaStep, moverStep, retryMoverTask } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
@@ -26,7 +32,7 @@ export interface ReplicationWorkflowProps {
   activities: Record<string, sfn.IActivity>;
 }
 
-function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) {
+function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) {
   const t = lambdaStep(scope, name, fn, opts);
   t.addRetry({ errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
   return t;
@@ -40,6 +46,25 @@ function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, 
       if (opts.catchTo) t.addCatch(opts.catchTo, { resultPath: '$.error' });
     },
   });
+}
+
+/**
+ * AcquireReplicaLease: the VM's replica in the DR repository is this execution's until
+ * released (one replication or failover at a time writes a standby replica); while another
+ * holds it, `Replication.Busy` is retried with backoff for up to about a day.
+ */
+function acquireLease(scope: Construct, props: ReplicationWorkflowProps, onFailure: sfn.IChainable): sfn.TaskStateBase {
+  const acquire = invoke(scope, 'AcquireReplicaLease', props.functions.AcquireReplicaLease);
+  acquire.addRetry({ errors: [ReplicaBusy.code], interval: Duration.seconds(5), backoffRate: 1.5, maxDelay: Duration.minutes(10), maxAttempts: 160, jitterStrategy: sfn.JitterType.FULL });
+  acquire.addCatch(onFailure, { resultPath: '$.error' });
+  return acquire;
+}
+
+/** A failure path: give the lease back (if held), then `then` (record and fail, or fail the iteration). */
+function releaseAfterFailure(scope: Construct, props: ReplicationWorkflowProps, then: sfn.IChainable): sfn.IChainable {
+  const release = invoke(scope, 'ReleaseReplicaLeaseAfterFailure', props.functions.ReleaseReplicaLease, { resultPath: null });
+  release.addCatch(then, { resultPath: '$.releaseError' }); // the lease then runs out by itself
+  return release.next(then);
 }
 
 /** UpdateStandby (Map over `$.disks`) → StandbyVmConfig: the replica equals the job's backup. */
@@ -56,8 +81,14 @@ function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity
   return sfn.Chain.start(update).next(config);
 }
 
-/** One backup's replication, from its ReplicateJob: ReplicateDisks → RecordReplication → the standby, if any. */
-function replicateJobChain(scope: Construct, props: ReplicationWorkflowProps, onFailure?: sfn.IChainable): sfn.Chain {
+/**
+ * One backup's replication, from its ReplicateJob: AcquireReplicaLease → ReplicateDisks →
+ * VerifyReplica → RecordReplication → the standby, if any → ReleaseReplicaLease. Every
+ * failure gives the lease back, then goes to `onFailure`.
+ */
+function replicateJobChain(scope: Construct, props: ReplicationWorkflowProps, onFailure: sfn.IChainable): sfn.Chain {
+  const failed = releaseAfterFailure(scope, props, onFailure);
+  const acquire = acquireLease(scope, props, failed);
   const copy = new sfn.Map(scope, 'ReplicateDisks', {
     itemsPath: '$.disks',
     itemSelector: { 'disk.$': '$$.Map.Item.Value', 'index.$': '$$.Map.Item.Index', 'replicate.$': '$' },
@@ -65,13 +96,20 @@ function replicateJobChain(scope: Construct, props: ReplicationWorkflowProps, on
     resultPath: '$.replicated',
   });
   copy.itemProcessor(moverTask(scope, props.activities, 'ReplicateDisk', '$.replicate.moverGroup', { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' }, { hours: 12 }));
-  if (onFailure) copy.addCatch(onFailure, { resultPath: '$.error' });
+  copy.addCatch(failed, { resultPath: '$.error' });
+  // The copy is checked where it landed (the DR repository's endpoint) before the catalog vouches for it.
+  const verify = invoke(scope, 'VerifyReplica', props.functions.VerifyReplica, { resultPath: '$.verified' });
+  verify.addCatch(failed, { resultPath: '$.error' });
   const record = invoke(scope, 'RecordReplication', props.functions.RecordReplication, { resultPath: '$.summary' });
-  const withStandby = standbyChain(scope, props.activities, onFailure).next(new sfn.Pass(scope, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' } }));
+  record.addCatch(failed, { resultPath: '$.error' });
+  const withStandby = standbyChain(scope, props.activities, failed)
+    .next(new sfn.Pass(scope, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' }, resultPath: '$.result' }));
   const keepsStandby = new sfn.Choice(scope, 'KeepsStandby')
     .when(sfn.Condition.isString('$.replicaDir'), withStandby)
-    .otherwise(new sfn.Pass(scope, 'Replicated', { parameters: { 'replication.$': '$.summary' } }));
-  return sfn.Chain.start(copy).next(record).next(keepsStandby);
+    .otherwise(new sfn.Pass(scope, 'ReplicatedWithoutStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified' }, resultPath: '$.result' }));
+  const release = invoke(scope, 'ReleaseReplicaLease', props.functions.ReleaseReplicaLease, { resultPath: null });
+  return sfn.Chain.start(acquire).next(copy).next(verify).next(record).next(keepsStandby.afterwards())
+    .next(release).next(new sfn.Pass(scope, 'Replicated', { outputPath: '$.result' }));
 }
 
 export class ReplicateWorkflow extends Construct {
@@ -92,8 +130,8 @@ export class ReplicateWorkflow extends Construct {
 /**
  * ReplicatePolicy: the newest committed backup of every VM of a policy that the DR
  * repository does not have yet, one VM after another (Map). Input:
- * `{ policyId, moverGroup, targetBucket?, replicaDir? }`; what the Backup workflow (or a
- * schedule) starts after a run.
+ * `{ policyId, runId?, moverGroup?, targetBucket?, replicaDir? }`; what the Backup workflow
+ * starts after a run that committed backups (`{ policyId, runId }`).
  */
 export class ReplicatePolicyWorkflow extends Construct {
   readonly stateMachine: sfn.StateMachine;
@@ -102,9 +140,10 @@ export class ReplicatePolicyWorkflow extends Construct {
     super(scope, id);
     const plan = invoke(this, 'PlanReplicatePolicy', props.functions.PlanReplicatePolicy, { payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }) });
     const vms = new sfn.Map(this, 'ReplicateVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.replicated' });
-    vms.itemProcessor(replicateJobChain(this, props));
+    // A VM's replication that fails gives its lease back and fails the iteration; the Map's Catch records it.
+    vms.itemProcessor(replicateJobChain(this, props, new sfn.Fail(this, 'VmReplicationFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' })));
     vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION'), { resultPath: '$.error' });
-    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: { 'policyId.$': '$.policyId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped' } });
+    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: { 'policyId.$': '$.policyId', 'runId.$': '$.runId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped' } });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat replicate a policy: every VM\'s newest backup the DR repository lacks',
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(done)),
@@ -119,11 +158,13 @@ export class FailoverWorkflow extends Construct {
   constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
     super(scope, id);
     const plan = invoke(this, 'PlanFailover', props.functions.PlanFailover, { payload: sfn.TaskInput.fromObject({ 'failoverId.$': '$$.Execution.Name', 'request.$': '$' }) });
-    const record = invoke(this, 'RecordFailover', props.functions.RecordFailover);
     const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'FAILOVER');
+    const released = releaseAfterFailure(this, props, failed);
+    const release = invoke(this, 'ReleaseReplicaLease', props.functions.ReleaseReplicaLease, { resultPath: null });
+    const record = invoke(this, 'RecordFailover', props.functions.RecordFailover);
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat failover: bring the DR standby replica to the newest backup complete at the DR site; report its recovery point',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(standbyChain(this, props.activities, failed)).next(record)),
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(acquireLease(this, props, released)).next(standbyChain(this, props.activities, released)).next(release).next(record)),
       timeout: Duration.hours(24),
     });
   }

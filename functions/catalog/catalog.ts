@@ -5,6 +5,7 @@
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Retention } from '../../core/config.ts';
+import type { StorageEndpoint } from '../../core/endpoints.ts';
 import type { DiskResult } from '../../core/jobs.ts';
 
 export interface Policy {
@@ -21,8 +22,13 @@ export interface Policy {
   repositoryId?: string;
   retention?: Retention;
   rpoHours?: number;
-  /** The repository backups are replicated to after commit, if any. */
-  replicateTo?: { repositoryId: string; bucket: string; endpoint?: string };
+  /** The endpoint of the policy's repository, when it is not the stack's own S3. */
+  endpoint?: StorageEndpoint;
+  /**
+   * The repository backups are replicated to after each run, if any: its bucket and
+   * endpoint, the DR mover group that copies into it and the folder of its warm standby replica.
+   */
+  replicateTo?: { repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string };
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
   segmentBytes?: number;
   /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */

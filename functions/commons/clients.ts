@@ -10,6 +10,8 @@ import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '.
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
+import { endpointKey, type StorageEndpoint } from '../../core/endpoints.ts';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
@@ -19,13 +21,14 @@ export interface Clients {
   catalog: Catalog;
   /** Records of restores, deep verifications and prunes (functions/catalog/recovery-catalog.ts). */
   recovery: RecoveryCatalog;
-  store(bucket: string): ObjectStore;
+  /** A repository's objects; `endpoint` names its S3-compatible endpoint when it is not the stack's own S3. */
+  store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
-  admin(bucket: string): RepositoryAdmin;
+  admin(bucket: string, endpoint?: StorageEndpoint): RepositoryAdmin;
   /** The wrapper of a repository's master key: KMS in AWS, the key file in the embedded stack. */
   keyWrapper(bucket: string): Promise<KeyWrapper>;
   /** The repository's keys, unwrapped once per container and bucket. */
-  repositoryKeys(bucket: string): Promise<RepositoryKeys>;
+  repositoryKeys(bucket: string, endpoint?: StorageEndpoint): Promise<RepositoryKeys>;
 }
 
 let cached: Clients | undefined;
@@ -74,21 +77,40 @@ export function clients(): Clients {
   const dynamodb = new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local });
   observe(dynamodb as unknown as MiddlewareClient, 'dynamodb');
   const db = DynamoDBDocumentClient.from(dynamodb, { marshallOptions: { removeUndefinedValues: true } });
-  const s3 = s3Client({ region: env.region, endpoint: env.s3Endpoint, forcePathStyle: !!env.s3Endpoint, ...local });
-  observe(s3 as unknown as MiddlewareClient, 's3');
+  /**
+   * One S3 client per endpoint: the stack's own S3, or a repository's other endpoint
+   * (its URL, region, path style and checksum settings come with the job; credentials
+   * are this function's own — the role in AWS, the local servers' pair in the embedded stack).
+   */
+  const s3Clients = new Map<string, S3Client>();
+  const s3 = (endpoint: StorageEndpoint | undefined): S3Client => {
+    const key = endpointKey(endpoint);
+    let c = s3Clients.get(key);
+    if (!c) {
+      const url = endpoint ? endpoint.url : env.s3Endpoint;
+      c = s3Client({
+        region: endpoint?.region ?? env.region, endpoint: url, forcePathStyle: endpoint?.pathStyle ?? !!url,
+        ...(endpoint?.checksums ? { checksums: endpoint.checksums } : {}), ...local,
+      });
+      observe(c as unknown as MiddlewareClient, 's3');
+      s3Clients.set(key, c);
+    }
+    return c;
+  };
   cached = {
     env,
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
-    store: (bucket) => new S3ObjectStore(s3, bucket),
-    admin: (bucket) => new S3RepositoryAdmin(s3, bucket),
+    store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
+    admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     keyWrapper: (bucket) => keyWrapper(env, bucket),
-    repositoryKeys: (bucket) => {
-      let k = repositoryKeys.get(bucket);
+    repositoryKeys: (bucket, endpoint) => {
+      const id = `${endpointKey(endpoint)}|${bucket}`;
+      let k = repositoryKeys.get(id);
       if (!k) {
-        k = keyWrapper(env, bucket).then(async (w) => deriveKeys(await loadMasterKey(cached!.store(bucket), w)));
-        k.catch(() => repositoryKeys.delete(bucket)); // a failure is not cached
-        repositoryKeys.set(bucket, k);
+        k = keyWrapper(env, bucket).then(async (w) => deriveKeys(await loadMasterKey(cached!.store(bucket, endpoint), w)));
+        k.catch(() => repositoryKeys.delete(id)); // a failure is not cached
+        repositoryKeys.set(id, k);
       }
       return k;
     },

@@ -4,12 +4,19 @@
  * (unknown fields pass through untouched), because the workflow carries state along.
  */
 import { z } from 'zod';
+import type { RepositoryLocation, StorageEndpoint } from '../../core/endpoints.ts';
 import type { DiskRef, DiskResult, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
 
-export const repositoryRef: z.ZodType<RepositoryRef> = z.looseObject({ bucket: text, chunkSize: z.number().int().positive() });
+/** A repository's endpoint settings as jobs carry them (core/endpoints.ts). */
+export const storageEndpoint: z.ZodType<StorageEndpoint> = z.object({
+  url: text.optional(), region: text.optional(), pathStyle: z.boolean().optional(), checksums: z.enum(['when-required', 'when-supported']).optional(),
+}).strict();
+/** A bucket and, when it is not the stack's own S3, its endpoint. */
+export const repositoryLocation: z.ZodType<RepositoryLocation> = z.looseObject({ bucket: text, endpoint: storageEndpoint.optional() });
+export const repositoryRef: z.ZodType<RepositoryRef> = z.looseObject({ bucket: text, endpoint: storageEndpoint.optional(), chunkSize: z.number().int().positive() });
 export const slotScope: z.ZodType<SlotScope> = z.looseObject({ scope: text, limit: z.number().int().positive() });
 export const slotLease: z.ZodType<SlotLease> = z.looseObject({ keys: z.array(text), holder: text });
 export const diskRef: z.ZodType<DiskRef> = z.looseObject({ diskId: text, path: text, sizeBytes: count });

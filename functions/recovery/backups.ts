@@ -1,10 +1,22 @@
 /** Finding the backup a restore or verification names, with clear errors when it cannot. */
+import { location, type RepositoryLocation } from '../../core/endpoints.ts';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
 import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
 
 export interface ResolvedBackup {
   backup: Backup & { disks: NonNullable<Backup['disks']> };
   bucket: string;
+  /** The backup's repository: its bucket and, when not the stack's own S3, its endpoint. */
+  repository: RepositoryLocation;
+  /** The backup's policy, when it still exists. */
+  policy?: Policy;
+}
+
+/** The location of `bucket` as a policy knows it: its own repository or its DR repository (with their endpoints). */
+export function locationOf(policy: Policy | undefined, bucket: string): RepositoryLocation {
+  if (policy?.bucket === bucket) return location(bucket, policy.endpoint);
+  if (policy?.replicateTo?.bucket === bucket) return location(bucket, policy.replicateTo.endpoint);
+  return { bucket };
 }
 
 /**
@@ -32,7 +44,7 @@ export async function resolveBackup(catalog: Catalog, vmId: string, backupId: st
   const policy = await catalog.getPolicy(backup.policyId);
   const bucket = policy?.bucket ?? opts.bucketIfPolicyGone;
   if (!bucket) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown; name it with "fromBucket"`);
-  return { backup: backup as ResolvedBackup['backup'], bucket };
+  return { backup: backup as ResolvedBackup['backup'], bucket, repository: locationOf(policy, bucket), ...(policy ? { policy } : {}) };
 }
 
 /** The VMs a policy selects: by id, and every inventory VM on its hosts. */

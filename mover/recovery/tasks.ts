@@ -1,4 +1,5 @@
-/** The mover's recovery tasks: restoreDisk, restoreVmConfig and deepVerifyDisk. */
+/** The mover's recovery tasks: restore, deep verification, replication and the standby replica. Each job names its repositories (bucket and endpoint). */
+import type { RepositoryLocation } from '../../core/endpoints.ts';
 import { BadTaskInput } from '../../core/errors.ts';
 import type { RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -10,7 +11,7 @@ import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
 
 export interface RecoveryTaskDeps {
-  repository(bucket: string): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
+  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
   logger: Logger;
   parallelism: number;
 }
@@ -34,7 +35,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
   switch (t.task) {
     case 'restoreDisk': {
       if (!t.restore?.repository?.bucket || !t.disk?.path) throw new BadTaskInput(`restoreDisk task needs restore.repository.bucket and disk.path: ${JSON.stringify(t).slice(0, 300)}`);
-      const { store, keys } = await deps.repository(t.restore.repository.bucket);
+      const { store, keys } = await deps.repository(t.restore.repository);
       const log = throttled(250);
       return restoreDiskTask(t.restore, t.disk, {
         store, keys, parallelism: deps.parallelism, signal: ctx.signal,
@@ -43,11 +44,11 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     }
     case 'restoreVmConfig': {
       if (!t.restore?.repository?.bucket || !Array.isArray(t.disks)) throw new BadTaskInput(`restoreVmConfig task needs restore and disks: ${JSON.stringify(t).slice(0, 300)}`);
-      return restoreVmConfigTask(t.restore, t.disks, await deps.repository(t.restore.repository.bucket));
+      return restoreVmConfigTask(t.restore, t.disks, await deps.repository(t.restore.repository));
     }
     case 'deepVerifyDisk': {
       if (!t.verify?.repository?.bucket || !t.disk?.diskId) throw new BadTaskInput(`deepVerifyDisk task needs verify.repository.bucket and disk.diskId: ${JSON.stringify(t).slice(0, 300)}`);
-      const { store, keys } = await deps.repository(t.verify.repository.bucket);
+      const { store, keys } = await deps.repository(t.verify.repository);
       const log = throttled(500);
       const result = await deepVerifyDisk(t.verify, t.disk, {
         store, keys, parallelism: deps.parallelism, signal: ctx.signal,
@@ -58,7 +59,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     }
     case 'replicateDisk': {
       if (!t.replicate?.source?.bucket || !t.replicate?.target?.bucket || !t.disk?.diskId) throw new BadTaskInput(`replicateDisk task needs replicate.source, replicate.target and disk: ${JSON.stringify(t).slice(0, 300)}`);
-      const [source, target] = await Promise.all([deps.repository(t.replicate.source.bucket), deps.repository(t.replicate.target.bucket)]);
+      const [source, target] = await Promise.all([deps.repository(t.replicate.source), deps.repository(t.replicate.target)]);
       const log = throttled(500);
       return replicateDisk(t.replicate, t.disk, t.index ?? 0, {
         source, target, parallelism: deps.parallelism, signal: ctx.signal,
@@ -67,7 +68,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     }
     case 'updateStandbyDisk': {
       if (!t.replicate?.target?.bucket || !t.replicate.replicaDir || !t.disk?.diskId) throw new BadTaskInput(`updateStandbyDisk task needs replicate.target, replicate.replicaDir and disk: ${JSON.stringify(t).slice(0, 300)}`);
-      const { store, keys } = await deps.repository(t.replicate.target.bucket);
+      const { store, keys } = await deps.repository(t.replicate.target);
       const log = throttled(500);
       return updateStandbyDisk(t.replicate, t.disk, {
         store, keys, signal: ctx.signal,
@@ -80,7 +81,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       const dir = standbyPaths(r.replicaDir!, r.vmId, '').dir;
       const job = { restoreId: r.replicationId, vmId: r.vmId, backupId: r.backupId, moverGroup: r.moverGroup, repository: r.target, target: dir, diskId: null, disks: [] };
       const disks = t.disks.map((x) => ({ diskId: x.diskId, path: x.path, sizeBytes: x.sizeBytes, bytesDownloaded: 0, chunksVerified: 0, sha256: x.sha256, seconds: 0 }));
-      return restoreVmConfigTask(job, disks, await deps.repository(r.target.bucket));
+      return restoreVmConfigTask(job, disks, await deps.repository(r.target));
     }
   }
 }
