@@ -26,7 +26,7 @@ if (phase === 'full' || phase === 'incr') {
   const disk = { diskId, path, sizeBytes: (await stat(path)).size };
   const reader = await new FolderDriver().openDisk(disk);
   const r = await backupDisk({
-    store, keys, reader, disk, backupId: `bench-${phase}`, chunkSize: Number(process.env.BENCH_CHUNK_KIB ?? 1024) * 1024, parallelism: 8,
+    store, keys, reader, disk, backupId: `bench-${phase}`, chunkSize: Number(process.env.BENCH_CHUNK_KIB ?? 512) * 1024, parallelism: 8,
     ...(phase === 'incr' ? { parentManifestKey: objectKeys.manifest('bench-full', diskId), parentBackupId: 'bench-full' } : {}),
   });
   await reader.close();

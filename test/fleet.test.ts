@@ -35,7 +35,7 @@ describe('SyncConfig', () => {
     expect(await catalog.getHost('esx-01')).toEqual({ hostId: 'esx-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: { 'ds-ssd-01': 2 } });
     expect((await catalog.getHost('esx-03'))?.moverGroup).toBe('site-b');
     const nightly = await catalog.getPolicy('nightly');
-    expect(nightly).toMatchObject({ bucket: 'bucket-primary', chunkSize: MiB, slotLimit: 2, rpoHours: 26, hosts: ['esx-01', 'esx-02', 'esx-03'], replicateTo: { repositoryId: 'dr', bucket: 'bucket-dr' }, managedBy: 'config' });
+    expect(nightly).toMatchObject({ bucket: 'bucket-primary', chunkSize: MiB / 2, slotLimit: 2, rpoHours: 26, hosts: ['esx-01', 'esx-02', 'esx-03'], replicateTo: { repositoryId: 'dr', bucket: 'bucket-dr' }, managedBy: 'config' });
   });
 
   it('removes policies an earlier configuration wrote, and leaves hand-written ones', async () => {

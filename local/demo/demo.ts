@@ -72,7 +72,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     o.out(`Creating demo VM ${vmId}: disks of ${sizes.map(mib).join(' and ')} (zero runs, text, random data) ...`);
     await createVmFolder(vmDir, { name: vmId, disks: sizes.map((s, i) => ({ id: `disk${i}`, sizeBytes: s })) });
     await stack.catalog.putVm({ vmId, host, source: vmDir });
-    await stack.catalog.putPolicy({ policyId: vmId, vmIds: [vmId], bucket: e.bucket, chunkSize: o.chunkSize ?? MiB, slotLimit: 2 });
+    await stack.catalog.putPolicy({ policyId: vmId, vmIds: [vmId], bucket: e.bucket, chunkSize: o.chunkSize ?? stack.config.repositories[0]!.chunkSizeMiB * MiB, slotLimit: 2 });
 
     const sfn = sfnClient(e);
     const backup = async (label: string): Promise<RunSummary> => {
