@@ -125,10 +125,27 @@ export class KmsKeyWrapper implements KeyWrapper {
 /** Encryption context key of a wrapped repository key (the IAM policies condition on it). */
 export const KMS_CONTEXT_PURPOSE = 'lifeboat:purpose';
 
-interface StoredKey {
+/** The key object `keys/default` (core/REPOSITORY-FORMAT.md, "Keys"). */
+export interface StoredKey {
   version: 1;
   wrapper: string;
   wrapped: string;
+}
+
+/** The key object's JSON, checked: anything else fails as Mover.Corrupt naming the object. */
+export function parseStoredKey(bytes: Uint8Array, key: string): StoredKey {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+  } catch (err) {
+    throw new Corrupt(`repository key object '${key}' is not valid JSON`, err);
+  }
+  const o = (typeof v === 'object' && v !== null && !Array.isArray(v) ? v : {}) as Record<string, unknown>;
+  if (o.version !== 1) throw new Corrupt(`repository key object '${key}' has version ${JSON.stringify(o.version)}, this version reads 1`);
+  if (typeof o.wrapper !== 'string' || typeof o.wrapped !== 'string' || !/^[A-Za-z0-9+/]+={0,2}$/.test(o.wrapped)) {
+    throw new Corrupt(`repository key object '${key}' is malformed: it needs a 'wrapper' name and a base64 'wrapped' key`);
+  }
+  return { version: 1, wrapper: o.wrapper, wrapped: o.wrapped };
 }
 
 /** Loads the repository's master key, creating it on first use when `create` is set. */
@@ -136,7 +153,7 @@ export async function loadMasterKey(store: ObjectStore, wrapper: KeyWrapper, opt
   const key = objectKeys.masterKey();
   const existing = await store.get(key);
   if (existing) {
-    const stored = JSON.parse(existing.toString('utf8')) as StoredKey;
+    const stored = parseStoredKey(existing, key);
     if (stored.wrapper !== wrapper.kind) throw new Corrupt(`repository key is wrapped by '${stored.wrapper}', not '${wrapper.kind}'`);
     return wrapper.unwrap(Buffer.from(stored.wrapped, 'base64'));
   }

@@ -18,7 +18,7 @@ import {
   seal,
   type Manifest,
 } from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../core/keyring.ts';
 import type { ObjectInfo, ObjectStore } from '../core/object-store.ts';
 
 const HEADER_BYTES = 15;
@@ -361,5 +361,62 @@ describe('KeyFileWrapper and loadMasterKey', () => {
     const wrapper = await KeyFileWrapper.load(join(dir, 'empty-repo.key'), { create: true });
     const err = await rejection(loadMasterKey(new MemoryStore(), wrapper));
     expect((err as Error).name).toBe('Mover.SourceUnavailable');
+  });
+});
+
+describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
+  const keys = deriveKeys(randomBytes(32));
+  const id = (n: number) => createHash('sha256').update(String(n)).digest('hex');
+  const good = (): Record<string, unknown> => ({
+    version: 1, backupId: 'b', diskId: 'd', sizeBytes: 5 * 4096 + 7, chunkSize: 4096,
+    chunks: [id(1), null, id(2), id(1), null, id(3)], storedSizes: { [id(1)]: 100, [id(2)]: 200, [id(3)]: 50 }, storedSha256: {},
+  });
+  /** A manifest JSON sealed properly (as a faulty writer would): only its content is wrong. */
+  const sealedJson = (v: unknown) => seal(keys, Buffer.from(JSON.stringify(v) ?? 'undefined'), 'manifest:b/d');
+
+  it('accepts a well-formed manifest, with or without storedSha256', async () => {
+    expect((await decodeManifest(keys, await sealedJson(good()), 'b', 'd')).chunks).toHaveLength(6);
+    const { storedSha256: _, ...older } = good();
+    expect((await decodeManifest(keys, await sealedJson(older), 'b', 'd')).chunks).toHaveLength(6);
+  });
+
+  it('rejects every malformed manifest with Mover.Corrupt naming the manifest, never another error (300 mutations)', async () => {
+    const junk = [null, 0, -1, 1.5, 'x', [], {}, true, 2 ** 60, 'f'.repeat(64)];
+    const pick = <T>(a: readonly T[]) => a[Math.floor(Math.random() * a.length)]!;
+    let rejected = 0;
+    for (let trial = 0; trial < 300; trial++) {
+      const m = good();
+      const field = pick(['version', 'backupId', 'diskId', 'sizeBytes', 'chunkSize', 'chunks', 'storedSizes', 'storedSha256', 'chunk', 'size', 'whole'] as const);
+      let v: unknown = m;
+      if (field === 'chunk') (m.chunks as unknown[])[Math.floor(Math.random() * 6)] = pick(junk);
+      else if (field === 'size') (m.storedSizes as Record<string, unknown>)[id(1 + Math.floor(Math.random() * 3))] = pick(junk);
+      else if (field === 'whole') v = pick(junk);
+      else m[field] = pick(junk);
+      try {
+        await decodeManifest(keys, await sealedJson(v), 'b', 'd');
+      } catch (err) {
+        expect(err).toBeInstanceOf(Corrupt);
+        expect((err as Error).message).toMatch(/^manifest b\/d /);
+        rejected++;
+      }
+    }
+    // A few mutations leave a valid manifest (a junk chunk id that is 64 hex digits with a size, a null chunk): most are rejected.
+    expect(rejected).toBeGreaterThan(200);
+  });
+
+  it('reads a key object back, and rejects malformed ones with Mover.Corrupt naming the object (fuzz)', () => {
+    const ok = { version: 1, wrapper: 'keyfile', wrapped: randomBytes(60).toString('base64') };
+    expect(parseStoredKey(Buffer.from(JSON.stringify(ok)), 'keys/default')).toEqual(ok);
+    const samples: Buffer[] = [Buffer.from('not json'), Buffer.from('null'), Buffer.from('[]'), Buffer.from(JSON.stringify({ ...ok, version: 2 })),
+      Buffer.from(JSON.stringify({ ...ok, wrapped: 'not base64!' })), Buffer.from(JSON.stringify({ version: 1 }))];
+    for (let i = 0; i < 200; i++) samples.push(randomBytes(Math.floor(Math.random() * 200)));
+    for (const s of samples) {
+      expect(() => parseStoredKey(s, 'keys/default')).toThrow(Corrupt);
+      try {
+        parseStoredKey(s, 'keys/default');
+      } catch (err) {
+        expect((err as Error).message).toMatch(/^repository key object 'keys\/default' /);
+      }
+    }
   });
 });

@@ -21,7 +21,7 @@ async function chunk(n: number, age: number, size = 100) {
   return key;
 }
 async function manifest(backupId: string, chunks: number[]) {
-  const m: Manifest = { version: 1, backupId, diskId: 'disk0', sizeBytes: chunks.length * 4096, chunkSize: 4096, chunks: chunks.map(id), storedSizes: {}, storedSha256: {} };
+  const m: Manifest = { version: 1, backupId, diskId: 'disk0', sizeBytes: chunks.length * 4096, chunkSize: 4096, chunks: chunks.map(id), storedSizes: Object.fromEntries(chunks.map((n) => [id(n), 100])), storedSha256: {} };
   await store.put(objectKeys.manifest(backupId, 'disk0'), await encodeManifest(keys, m));
 }
 const run = (request: Record<string, unknown> = {}, extra: Partial<Parameters<typeof collectGarbage>[1]> = {}) =>
