@@ -11,6 +11,8 @@
  * - **aws-chunked bodies.** SigV4 streaming uploads (`x-amz-content-sha256:
  *   STREAMING-...`, which restic and minio-go send over plain http) are de-framed before
  *   s3rver stores them; s3rver 3.7.1 would keep the framing inside the object.
+ * - **Atomic PUTs.** PUTs of one key run one after the other (s3rver writes in place, so
+ *   two at once could interleave).
  * - **Request counts** per bucket, for benchmarks and tests.
  *
  * The middleware runs inside s3rver's own Koa app (first in its chain), so there is no
@@ -108,16 +110,37 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
       ctx.req = Readable.from([body]);
     }
 
-    if (!isObjectPut || ctx.get('if-none-match') !== '*') return next();
+    if (!isObjectPut) return next();
     const id = `${bucket}/${key}`;
-    if (conditionalInFlight.has(id)) return s3Error(ctx, 409, 'ConditionalRequestConflict', 'A conditional request to this key is in progress', key);
-    conditionalInFlight.add(id);
+    const conditional = ctx.get('if-none-match') === '*';
+    if (conditional && conditionalInFlight.has(id)) return s3Error(ctx, 409, 'ConditionalRequestConflict', 'A conditional request to this key is in progress', key);
+    if (conditional) conditionalInFlight.add(id);
     try {
-      const exists = await stat(objectPath(bucket, key)).then(() => true, () => false);
-      if (exists) return s3Error(ctx, 412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', key);
-      await next();
+      await oneWriterPerKey(id, async () => {
+        if (conditional && await stat(objectPath(bucket, key)).then(() => true, () => false)) {
+          return s3Error(ctx, 412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', key);
+        }
+        await next();
+      });
     } finally {
-      conditionalInFlight.delete(id);
+      if (conditional) conditionalInFlight.delete(id);
+    }
+  };
+  /**
+   * s3rver writes an object in place (truncate, then stream), so two PUTs of one key at
+   * once could interleave into a mix of both bodies; S3's PUTs are atomic. PUTs of a key
+   * are therefore run one after the other here.
+   */
+  const writers = new Map<string, Promise<void>>();
+  const oneWriterPerKey = async (id: string, write: () => Promise<void>): Promise<void> => {
+    const before = writers.get(id) ?? Promise.resolve();
+    const mine = before.then(write);
+    const settled = mine.then(() => {}, () => {});
+    writers.set(id, settled);
+    try {
+      await mine;
+    } finally {
+      if (writers.get(id) === settled) writers.delete(id);
     }
   };
   // Koa composes its middleware when the server starts (run → listen → callback), so the
