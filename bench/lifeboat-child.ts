@@ -7,6 +7,7 @@ import { deriveKeys, keys as objectKeys } from '../core/format.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
 import { withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
+import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
 import { stat } from 'node:fs/promises';
@@ -30,7 +31,7 @@ if (phase === 'full' || phase === 'incr') {
     ...(phase === 'incr' ? { parentManifestKey: objectKeys.manifest('bench-full', diskId), parentBackupId: 'bench-full' } : {}),
   });
   await reader.close();
-  out = r.stats;
+  out = { ...r.stats, conditionalWrites, chunkWorkers: defaultPoolSize() };
 } else if (phase === 'restore') {
   out = await restoreDisk({ store, keys, backupId: 'bench-incr', diskId, target: path, parallelism: 8 });
 } else throw new Error(`unknown phase ${phase}`);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchImages } from './image.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
+import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -120,6 +121,8 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
   console.log(`  ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}`);
 }
 
+const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);
+console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight, at most 16 requests at once; restic: --compression auto, repository v2, --stdin`);
 const checks: string[] = [];
 try {
   if (hasRestic) {
@@ -181,7 +184,7 @@ for (const c of checks) console.log(`  check: ${c}`);
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
 await writeFile(join(dir, 'results.json'), JSON.stringify({
   at: new Date().toISOString(), sizeMiB, sizeBytes: img.sizeBytes, changedBytes: img.changedBytes, mix: img.mix, cores: cpus().length, restic,
-  settings: { lifeboat: { chunkSize: Number(process.env.BENCH_CHUNK_KIB ?? 512) * 1024, parallelism: 8 }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
+  settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize() }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
   baseSha256: baseSha, changedSha256: changedSha, results, targets, checks,
 }, null, 2) + '\n');
 console.log(`\nresults: ${join(dir, 'results.json')}`);
