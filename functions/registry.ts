@@ -21,6 +21,7 @@ export const lambdaFunctions = {
   PlanDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'planHandler' },
   PlanDeepVerifyPolicy: { entry: 'functions/deep-verify.ts', handler: 'planPolicyHandler' },
   RecordDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'recordHandler' },
+  QuarantineDamage: { entry: 'functions/quarantine.ts', handler: 'handler' },
   PlanPrune: { entry: 'functions/prune.ts', handler: 'planHandler' },
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },
   RecordPrune: { entry: 'functions/prune.ts', handler: 'recordHandler' },
