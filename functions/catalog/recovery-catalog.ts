@@ -107,8 +107,8 @@ export class RecoveryCatalog {
   }
 
   /** Records a quarantined chunk of `repository` (`locationKey`); a repeat overwrites the record. */
-  putQuarantine(repository: string, r: QuarantineRecord) {
-    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...quarantineKey(repository, r.chunkId), repository, ...r } }));
+  async putQuarantine(repository: string, r: QuarantineRecord): Promise<void> {
+    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...quarantineKey(repository, r.chunkId), repository, ...r } }));
   }
 
   /** Up to `limit` chunk ids quarantined in `repository` (one Query page, in id order). */
