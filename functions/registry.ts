@@ -32,6 +32,7 @@ export const lambdaFunctions = {
   ReleaseReplicaLease: { entry: 'functions/replicate.ts', handler: 'releaseLeaseHandler' },
   VerifyReplica: { entry: 'functions/replicate.ts', handler: 'verifyReplicaHandler' },
   RecordReplication: { entry: 'functions/replicate.ts', handler: 'recordHandler' },
+  ReportReplication: { entry: 'functions/replication-report.ts', handler: 'handler' },
   PlanFailover: { entry: 'functions/replicate.ts', handler: 'planFailoverHandler' },
   RecordFailover: { entry: 'functions/replicate.ts', handler: 'recordFailoverHandler' },
   RecordRecoveryFailure: { entry: 'functions/recovery-failure.ts', handler: 'handler' },

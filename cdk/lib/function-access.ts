@@ -75,6 +75,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReleaseReplicaLease: { catalog: ['DeleteItem'] },
   VerifyReplica: { repository: { read: ['manifests/', 'chunks/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   RecordReplication: { catalog: ['PutItem'] },
+  ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },

@@ -177,6 +177,18 @@ export class RecoveryCatalog {
     return rest as ReplicaRecord;
   }
 
+  /** The VM's newest backup complete in the repository `bucket` (backup ids sort by time), if any. */
+  async newestReplica(vmId: string, bucket: string): Promise<ReplicaRecord | undefined> {
+    const out = await this.db.send(new QueryCommand({
+      TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :r)',
+      ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':r': `REPLICA#${bucket}#` }, ScanIndexForward: false, Limit: 1, ConsistentRead: true,
+    }));
+    const item = out.Items?.[0];
+    if (!item) return undefined;
+    const { pk: _pk, sk: _sk, ...rest } = item;
+    return rest as ReplicaRecord;
+  }
+
   deleteReplica(vmId: string, bucket: string, backupId: string) {
     return this.db.send(new DeleteCommand({ TableName: this.table, Key: replicaKey(vmId, bucket, backupId) }));
   }
