@@ -172,7 +172,7 @@ const configSchema = z.object({
   c.policies.forEach((p, i) => {
     if (!repos.has(p.repository)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'repository'], message: `names no configured repository (repositories: ${[...repos].join(', ')})` });
     if (p.drRpoHours !== undefined && p.replicateTo === undefined) ctx.addIssue({ code: 'custom', path: ['policies', i, 'drRpoHours'], message: 'applies only to a policy that replicates: set "replicateTo" too, or remove it' });
-    if (p.drRpoHours !== undefined && p.drRpoHours < p.rpoHours) ctx.addIssue({ code: 'custom', path: ['policies', i, 'drRpoHours'], message: `is ${p.drRpoHours}, below the policy's rpoHours (${p.rpoHours}): a DR copy is never newer than the backup it copies` });
+    if (p.drRpoHours !== undefined && p.drRpoHours > 0 && p.drRpoHours < p.rpoHours) ctx.addIssue({ code: 'custom', path: ['policies', i, 'drRpoHours'], message: `is ${p.drRpoHours}, below the policy's rpoHours (${p.rpoHours}): a DR copy is never newer than the backup it copies` });
     if (p.replicateTo !== undefined) {
       if (!repos.has(p.replicateTo)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'names no configured repository' });
       else if (p.replicateTo === p.repository) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'must differ from the policy\'s own repository' });
