@@ -106,9 +106,19 @@ export class RecoveryCatalog {
     }
   }
 
-  /** Records a quarantined chunk of `repository` (`locationKey`); a repeat overwrites the record. */
+  /**
+   * Records a quarantined chunk of `repository` (`locationKey`). A record without a kept
+   * copy (the object was missing: moved aside already) never replaces one with a copy.
+   */
   async putQuarantine(repository: string, r: QuarantineRecord): Promise<void> {
-    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...quarantineKey(repository, r.chunkId), repository, ...r } }));
+    try {
+      await this.db.send(new PutCommand({
+        TableName: this.table, Item: { ...quarantineKey(repository, r.chunkId), repository, ...r },
+        ...(r.quarantineKey ? {} : { ConditionExpression: 'attribute_not_exists(quarantineKey)' }),
+      }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
   }
 
   /** Up to `limit` chunk ids quarantined in `repository` (one Query page, in id order). */
