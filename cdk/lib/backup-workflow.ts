@@ -7,7 +7,8 @@
  * When the policy replicates to a DR repository and the run committed a backup,
  * StartReplication starts ReplicatePolicy for the run (fire-and-forget: the run's result
  * does not wait for the WAN copy; the execution name derives from the run, so a retried
- * start does not start a second copy).
+ * start does not start a second copy), then ReportReplication publishes whether it started
+ * and the DR recovery point's age (a failing report never fails the run).
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';

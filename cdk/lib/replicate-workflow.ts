@@ -10,7 +10,8 @@
  * execution runs out). Input: `{ vmId, backupId?, moverGroup?, targetBucket?, replicaDir? }`.
  *
  * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks
- * (with a `runId`, only VMs whose newest backup that run made: what a Backup run starts).
+ * (with a `runId`, only VMs whose newest backup that run made: what a Backup run starts),
+ * then ReportReplication: the DR recovery point's age, as a metric and in the output.
  * The mover group and standby folder default to the DR repository's configuration.
  *
  * Failover: PlanFailover (newest committed backup complete at the DR site) →
