@@ -48,6 +48,9 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       const s = output as DeepVerifySummary;
       io.out(`backup ${s.backupId} of VM ${s.vmId}: ${s.chunksChecked} of ${s.chunksTotal} chunks read back (${size(s.bytesRead)}) in ${seconds.toFixed(1)} s: ${s.damaged ? 'DAMAGED' : 'intact'}`);
       for (const f of s.findings) io.out(`  damaged: disk ${f.diskId} offset ${f.offsets.join(', ') || '-'} object ${f.objectKey}: ${f.reason}`);
+      const q = (output as { quarantine?: { quarantined: { objectKey: string; quarantineKey?: string }[] } }).quarantine;
+      for (const c of q?.quarantined ?? []) io.out(`  quarantined: ${c.objectKey}${c.quarantineKey ? ` (kept as ${c.quarantineKey})` : ''}: the next backup holding its data uploads it again`);
+      if (s.healed) io.out(`  healed: the backup was damaged (${s.healed.previousVerifyId}) and is intact again; ${s.healed.chunks.length} chunk(s) no longer quarantined`);
       if (s.damaged) process.exitCode = 3;
     }));
 }

@@ -78,6 +78,11 @@ const policy = z.object({
   repository: id,
   replicateTo: id.optional(),
   rpoHours: z.number().positive('must be above 0').max(24 * 366, 'must be at most a year'),
+  /**
+   * With `replicateTo`: the oldest the newest verified DR copy of any VM may be, in hours,
+   * before the DR alarm fires (default: drRpoHoursOf, twice `rpoHours`: the copy follows each backup).
+   */
+  drRpoHours: z.number().positive('must be above 0').max(24 * 366, 'must be at most a year').optional(),
   perHostConcurrency: count(64).optional(),
   /** Disks larger than this many GiB are transferred in segments by several movers of the group at once. */
   segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
@@ -167,6 +172,8 @@ const configSchema = z.object({
   });
   c.policies.forEach((p, i) => {
     if (!repos.has(p.repository)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'repository'], message: `names no configured repository (repositories: ${[...repos].join(', ')})` });
+    if (p.drRpoHours !== undefined && p.replicateTo === undefined) ctx.addIssue({ code: 'custom', path: ['policies', i, 'drRpoHours'], message: 'applies only to a policy that replicates: set "replicateTo" too, or remove it' });
+    if (p.drRpoHours !== undefined && p.drRpoHours > 0 && p.drRpoHours < p.rpoHours) ctx.addIssue({ code: 'custom', path: ['policies', i, 'drRpoHours'], message: `is ${p.drRpoHours}, below the policy's rpoHours (${p.rpoHours}): a DR copy is never newer than the backup it copies` });
     if (p.replicateTo !== undefined) {
       if (!repos.has(p.replicateTo)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'names no configured repository' });
       else if (p.replicateTo === p.repository) ctx.addIssue({ code: 'custom', path: ['policies', i, 'replicateTo'], message: 'must differ from the policy\'s own repository' });
@@ -246,4 +253,9 @@ export function loadConfig(path: string = process.env.LIFEBOAT_CONFIG || default
 /** The mover group that serves a host (each host has exactly one, checked above). */
 export function groupForHost(config: LifeboatConfig, host: string): MoverGroupConfig | undefined {
   return config.moverGroups.find((g) => g.hosts.includes(host));
+}
+
+/** The DR recovery point objective of a replicating policy, in hours: `drRpoHours`, else twice `rpoHours`. */
+export function drRpoHoursOf(p: { rpoHours: number; drRpoHours?: number | undefined }): number {
+  return p.drRpoHours ?? 2 * p.rpoHours;
 }

@@ -45,6 +45,12 @@ export interface VmJob {
   minMoverVersion?: string;
   /** Disks larger than this are split into segments of this size, transferred in parallel by different movers. */
   segmentBytes: number;
+  /**
+   * Chunk ids the control plane quarantined in this repository (a deep verification found
+   * their objects damaged and moved them aside, core/quarantine.ts): not trusted from the
+   * parent manifest, so they are checked against the repository and uploaded again.
+   */
+  healChunks?: string[];
 }
 
 /** A contiguous, chunk-aligned part of a disk, transferred as one Dispatch task. */

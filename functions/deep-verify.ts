@@ -1,11 +1,16 @@
 /**
  * The Deep verify workflow's functions: PlanDeepVerify resolves the backup and its
  * disks; RecordDeepVerify keeps the result, marks a damaged backup `damaged` in the
- * catalog and shapes the event the workflow emits.
+ * catalog (QuarantineDamage, `quarantine.ts`, then moves its damaged chunks aside) and
+ * shapes the event the workflow emits; a full verification that finds a `damaged` backup
+ * intact again (a later backup re-uploaded its quarantined chunks) marks it `committed`
+ * and clears those chunks' quarantine records.
  */
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../core/recovery-jobs.ts';
+import { location, locationKey, type RepositoryLocation } from '../core/endpoints.ts';
+import { chunkIdOfKey } from '../core/quarantine.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -85,6 +90,13 @@ export interface DeepVerifySummary {
   bytesRead: number;
   damaged: boolean;
   findings: DamageFinding[];
+  /** The repository verified (QuarantineDamage moves damaged chunks aside in it). */
+  repository: RepositoryLocation;
+  /**
+   * Set when this full verification found intact a backup that was `damaged`: it is
+   * `committed` again and the chunks its damage named are no longer quarantined.
+   */
+  healed: { previousVerifyId: string; chunks: string[] } | null;
   /** The event's detail (EventBridge `Lifeboat Backup Damaged`) when damage was found. */
   event: { vmId: string; backupId: string; verifyId: string; findings: DamageFinding[]; message: string } | null;
 }
@@ -100,7 +112,7 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     chunksTotal: input.verified.reduce((n, d) => n + d.chunksTotal, 0),
     chunksChecked: input.verified.reduce((n, d) => n + d.chunksChecked, 0),
     bytesRead: input.verified.reduce((n, d) => n + d.bytesRead, 0),
-    damaged: findings.length > 0, findings, event: null,
+    damaged: findings.length > 0, findings, repository: input.repository, healed: null, event: null,
   };
   if (findings.length > 0) {
     // Keep the event small (EventBridge takes 256 KB): the catalog keeps every finding.
@@ -112,7 +124,16 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     const marked = await deps.recovery.markDamaged(input.vmId, input.backupId, { verifyId: input.verifyId, foundAt: at, findings });
     if (!marked) summary.event.message += ' (the backup was no longer committed, so its catalog status is unchanged)';
   }
-  await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: summary.damaged ? 'damaged' : 'intact', finishedAt: at, summary });
+  // Only a full verification proves every chunk intact; a sample may have missed the damaged ones.
+  if (findings.length === 0 && summary.chunksChecked === summary.chunksTotal) {
+    const was = await deps.recovery.markHealthy(input.vmId, input.backupId, { verifyId: input.verifyId, healedAt: at });
+    if (was) {
+      const chunks = [...new Set(was.findings.map((f) => chunkIdOfKey(f.objectKey)).filter((id): id is string => id !== undefined))];
+      await deps.recovery.clearQuarantine(locationKey(location(input.repository.bucket, input.repository.endpoint)), chunks);
+      summary.healed = { previousVerifyId: was.verifyId, chunks };
+    }
+  }
+  await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: summary.healed ? 'healed' : summary.damaged ? 'damaged' : 'intact', finishedAt: at, summary });
   return summary;
 }
 

@@ -3,7 +3,8 @@
  * repository references (committed, damaged, being pruned, in flight, failed: all of
  * them, so nothing a backup may still need is lost), then sweep chunks that no manifest
  * references and that are older than the grace period, skipping those still under Object
- * Lock retention (reported, never attempted).
+ * Lock retention (reported, never attempted). Only `chunks/` is ever swept: damaged chunks
+ * moved to `quarantine/` are counted apart (`report.quarantine`) and never deleted.
  *
  * Safety beside running backups:
  * - Nothing is deleted while a backup runs: the sweep checks the catalog before each
@@ -23,6 +24,7 @@ import { z } from 'zod';
 import { Corrupt } from '../core/errors.ts';
 import { decodeManifest, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
+import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -59,6 +61,13 @@ export interface GcReport {
   chunks: { total: number; referenced: number; protectedByGrace: number; deleted: number; spared: number };
   /** Stored bytes of the chunks deleted (or that a dry run would delete). */
   bytesFreed: number;
+  /**
+   * Damaged chunk objects kept under `quarantine/` for forensics (QuarantineDamage). Never
+   * swept and not part of `chunks`: a quarantined chunk is no longer under `chunks/`, and
+   * its re-uploaded copy there is referenced like any chunk. Delete them by hand (or by a
+   * lifecycle rule on the prefix) once examined.
+   */
+  quarantine: { objects: number; bytes: number };
   /** Unreferenced chunks still under Object Lock retention: not attempted. */
   locked: { count: number; bytes: number; firstExpiry: string | null; sample: string[] };
   /** Deletions the store refused (permissions, a lock this run did not know of). */
@@ -117,7 +126,7 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
   const graceHours = request.graceHours ?? 48;
   const report: GcReport = {
     gcId, bucket: request.bucket, dryRun: request.dryRun === true, startedAt: started.toISOString(), graceHours, manifests: 0,
-    chunks: { total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 }, bytesFreed: 0,
+    chunks: { total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 }, bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
     locked: { count: 0, bytes: 0, firstExpiry: null, sample: [] }, failed: [], lateReferences: [], deferred: null, deferrals: 0, seconds: 0,
   };
   const previous = await deps.recovery?.getRecord('GC', gcId);
@@ -156,6 +165,10 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
     candidates.push(o);
   }
   if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
+  for await (const o of deps.admin.list(QUARANTINE_PREFIX)) {
+    report.quarantine.objects++;
+    report.quarantine.bytes += o.size;
+  }
 
   if (report.dryRun) {
     report.chunks.deleted = candidates.length;

@@ -2,6 +2,8 @@
  * Plan: turn `{ policyId }` into one work item per VM, each with its parent backup, the
  * mover group that serves its host, and the concurrency scopes (host, datastores) it
  * counts against. Hosts, groups and limits come from the configuration (SyncConfig).
+ * Each job also carries the repository's quarantined chunk ids (`healChunks`), which the
+ * mover uploads again even where the parent manifest lists them.
  */
 import { z } from 'zod';
 import { createHash } from 'node:crypto';
@@ -9,7 +11,10 @@ import { PolicyNotFound } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
 import { minMoverVersion } from '../core/version.ts';
 import type { SlotScope, VmJob } from '../core/jobs.ts';
+import { location, locationKey } from '../core/endpoints.ts';
+import { MAX_HEAL_CHUNKS_PER_JOB } from '../core/quarantine.ts';
 import type { Catalog, Host, Policy, Vm } from './catalog/catalog.ts';
+import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 
@@ -56,13 +61,22 @@ export function slotScopes(vm: Vm, host: Host, policy: Policy): SlotScope[] {
   return scopes;
 }
 
-export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () => Date }): Promise<PlanOutput> {
+export interface PlanDeps {
+  catalog: Catalog;
+  /** The repositories' quarantined chunks (absent: none are passed on). */
+  recovery?: Pick<RecoveryCatalog, 'quarantinedChunks'>;
+  now: () => Date;
+}
+
+export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput> {
   if (typeof input?.policyId !== 'string' || !input.policyId) throw new PolicyNotFound(String(input?.policyId));
   const policy = await deps.catalog.getPolicy(input.policyId);
   if (!policy) throw new PolicyNotFound(input.policyId);
   const now = deps.now();
   const vms: VmJob[] = [];
   const hosts = new Map<string, Host | undefined>();
+  // Chunks a deep verification moved aside: every job re-checks them (core/quarantine.ts).
+  const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(location(policy.bucket, policy.endpoint)), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
   for (const vmId of await selectVms(policy, deps.catalog)) {
     const vm = await deps.catalog.getVm(vmId);
     if (!vm) throw new Error(`policy '${policy.policyId}' names VM '${vmId}', which is not in the inventory`);
@@ -78,6 +92,7 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
       slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),
       segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+      ...(healChunks.length ? { healChunks } : {}),
     };
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
     vms.push(job);
@@ -87,4 +102,4 @@ export async function plan(input: PlanInput, deps: { catalog: Catalog; now: () =
 
 export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });
 
-export const handler = lambdaHandler('Plan', planInput, (input) => plan(input, { catalog: clients().catalog, now: () => new Date() }));
+export const handler = lambdaHandler('Plan', planInput, (input) => plan(input, { catalog: clients().catalog, recovery: clients().recovery, now: () => new Date() }));

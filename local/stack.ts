@@ -18,6 +18,7 @@ import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } 
 import { Catalog } from '../functions/catalog/catalog.ts';
 import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
+import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3 } from './s3-server.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
@@ -97,13 +98,19 @@ export class EmbeddedStack {
         return server.url;
       };
       const s3 = await startS3(join(dataDir, 's3'), configured.repositories.filter((r) => !r.endpoint).map((r) => buckets[r.id]!), opts.ports?.s3);
-      // Every other endpoint the configuration names becomes an s3rver of its own (own port, own data folder).
+      // Every other endpoint the configuration names becomes an s3rver of its own (own data folder), on the
+      // port it had before (endpoint-ports.ts): its URL is in catalog records and execution histories.
       const endpointUrls = new Map<string, string>();
+      const ports = await loadEndpointPorts(dataDir);
       for (const r of configured.repositories) {
         if (!r.endpoint || endpointUrls.has(endpointKey(r.endpoint))) continue;
         const on = configured.repositories.filter((x) => x.endpoint && endpointKey(x.endpoint) === endpointKey(r.endpoint));
-        endpointUrls.set(endpointKey(r.endpoint), await startS3(join(dataDir, `s3-${r.id}`), on.map((x) => buckets[x.id]!)));
+        const folder = `s3-${r.id}`;
+        const { server: url } = await startOnSavedPort(ports[folder], (port) => startS3(join(dataDir, folder), on.map((x) => buckets[x.id]!), port));
+        ports[folder] = Number(new URL(url).port);
+        endpointUrls.set(endpointKey(r.endpoint), url);
       }
+      if (endpointUrls.size > 0) await saveEndpointPorts(dataDir, ports);
       const config = localizeConfig(configured, dataDir, (e) => endpointUrls.get(endpointKey(e))!);
       const repositories = Object.fromEntries(config.repositories.map((r) => [r.id, location(buckets[r.id]!, r.endpoint)]));
 

@@ -54,6 +54,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
           return await backupDisk({
             store, keys, reader, disk: t.disk, backupId: t.job.backupId, chunkSize: t.job.repository.chunkSize,
             parentManifestKey: t.job.parentManifests[t.disk.diskId], parentBackupId: t.job.parentBackupId,
+            ...(t.job.healChunks?.length ? { healChunks: new Set(t.job.healChunks) } : {}),
             parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal,
             onProgress: (p) => {
               const now = performance.now();

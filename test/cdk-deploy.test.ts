@@ -19,7 +19,7 @@ import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { errorClasses, type LifeboatError } from '../core/errors.ts';
 import { recoveryErrorClasses } from '../core/recovery-errors.ts';
-import { summaryMetrics } from '../functions/commons/metric-names.ts';
+import { replicationMetrics, summaryMetrics } from '../functions/commons/metric-names.ts';
 import { lambdaFunctions, type LambdaFunctionId } from '../functions/registry.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
@@ -376,6 +376,39 @@ describe('alarms and dashboard', () => {
     }
   });
 
+  it('alarms when a replicating policy\'s newest verified DR copy is older than its DR RPO, and when a run could not start replication', () => {
+    const env = resources[lid(stack.functions.ReportReplication)]!.Properties.Environment.Variables;
+    const replicating = config.policies.filter((p) => p.replicateTo !== undefined);
+    expect(replicating.length).toBeGreaterThan(0);
+    for (const p of config.policies) {
+      const dims = JSON.stringify(Object.fromEntries(Object.entries({ service: env.POWERTOOLS_SERVICE_NAME, policyId: p.id }).sort()));
+      const on = (name: string, stat: string) => alarms().filter((a) => metricsOf(a).some((m) => m.stat === stat && m.namespace === env.POWERTOOLS_METRICS_NAMESPACE && m.name === name && JSON.stringify(m.dims) === dims));
+      const dr = on(replicationMetrics.drRecoveryPointAgeHours, 'Maximum');
+      const notStarted = on(replicationMetrics.replicationStartFailed, 'Sum');
+      if (p.replicateTo === undefined) {
+        expect([...dr, ...notStarted], p.id).toEqual([]);
+        continue;
+      }
+      expect(dr, p.id).toEqual([expect.objectContaining({ Threshold: p.drRpoHours ?? 2 * p.rpoHours, ComparisonOperator: 'GreaterThanThreshold', EvaluationPeriods: 1 })]);
+      expect(notStarted, p.id).toEqual([expect.objectContaining({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', TreatMissingData: 'notBreaching' })]);
+      expect(metricsOf(dr[0]!)[0]!.period, p.id).toBe(3600);
+    }
+    // A configured drRpoHours is the threshold.
+    const p0 = replicating[0]!;
+    const { template: t2 } = synth({ ...config, policies: config.policies.map((p) => (p.id === p0.id ? { ...p, drRpoHours: p.rpoHours + 10 } : p)) });
+    const thresholds = Object.values(t2.findResources('AWS::CloudWatch::Alarm')).filter((a) => JSON.stringify(a).includes(replicationMetrics.drRecoveryPointAgeHours)).map((a) => a.Properties.Threshold);
+    expect(thresholds).toContain(p0.rpoHours + 10);
+  });
+
+  it('reports the DR recovery point after every Backup run of a replicating policy and after each ReplicatePolicy', () => {
+    for (const name of ['Backup', 'ReplicatePolicy']) {
+      const sm = Object.values(resolved.stateMachines).find((x) => x.logicalId.startsWith(name + 'StateMachine'))!;
+      expect(sm, name).toBeDefined();
+      const states = JSON.stringify(sm.definition);
+      expect(states, name).toContain('"ReportReplication"');
+    }
+  });
+
   it('alarms when a mover group has scheduled tasks and starts none', () => {
     for (const [g, activity] of Object.entries(stack.activities)) {
       const a = alarms().find((x) => uses(x, 'ActivitiesScheduled', { ActivityArn: { Ref: lid(activity) } }));
@@ -388,9 +421,9 @@ describe('alarms and dashboard', () => {
     expect(alarms().some((a) => uses(a, 'ApproximateNumberOfMessagesVisible', { QueueName: { 'Fn::GetAtt': [lid(stack.schedules.deadLetterQueue), 'QueueName'] } }))).toBe(true);
   });
 
-  it('shows workflows, RPO per policy and mover groups on the dashboard', () => {
+  it('shows workflows, RPO and DR recovery point per policy and mover groups on the dashboard', () => {
     const body = JSON.stringify(ofType('AWS::CloudWatch::Dashboard')[0]![1].Properties.DashboardBody);
-    for (const m of ['ExecutionsFailed', summaryMetrics.oldestRecoveryPointAgeHours, 'ActivitiesScheduled', 'ActivityScheduleTime']) expect(body).toContain(m);
+    for (const m of ['ExecutionsFailed', summaryMetrics.oldestRecoveryPointAgeHours, replicationMetrics.drRecoveryPointAgeHours, replicationMetrics.replicationStartFailed, 'ActivitiesScheduled', 'ActivityScheduleTime']) expect(body).toContain(m);
     for (const p of config.policies) expect(body).toContain(p.id);
   });
 });

@@ -85,7 +85,10 @@ describe('Backup state machine graph', () => {
     expect(followNext(definition.States, 'Plan')).toEqual(['Plan', 'BackupVms', 'Summarize', 'ReplicationDue']);
     expect(definition.States.BackupVms?.Type).toBe('Map');
     expect(definition.States.ReplicationDue?.Type).toBe('Choice');
-    expect(followNext(definition.States, 'StartReplication')).toEqual(['StartReplication', 'RunSummarized']);
+    expect(followNext(definition.States, 'StartReplication')).toEqual(['StartReplication', 'ReportReplication', 'RunSummarized']);
+    // Started or not, the run reports it (ReplicationStartFailed) and the DR recovery point; a failing report never fails the run.
+    for (const s of ['ReplicationAlreadyStarted', 'ReplicationNotStarted']) expect(followNext(definition.States, s), s).toEqual([s, 'ReportReplication', 'RunSummarized']);
+    expect((definition.States.ReportReplication as { Catch?: { ErrorEquals: string[]; Next: string }[] }).Catch).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'RunSummarized' })]);
     expect(definition.States.RunSummarized?.End).toBe(true);
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, groupForHost, loadConfig, parseConfig, scheduleExpressionProblem, type LifeboatConfig } from '../core/config.ts';
+import { ConfigError, drRpoHoursOf, groupForHost, loadConfig, parseConfig, scheduleExpressionProblem, type LifeboatConfig } from '../core/config.ts';
 
 const example = loadConfig();
 const withPolicy = (patch: Record<string, unknown>) => ({ ...example, policies: [{ ...example.policies[0]!, ...patch }] });
@@ -28,6 +28,17 @@ describe('configuration', () => {
       'policies[0].schedule.timeZone = "Mars/Olympus": must be an IANA time zone such as "Europe/Berlin" or "UTC"',
       'policies[0].rpoHours = 0: must be above 0',
     ]);
+  });
+
+  it('takes a DR RPO only for a replicating policy, at least its RPO, defaulting to twice it', () => {
+    // The example's first policy replicates to "dr" with rpoHours 26.
+    expect(example.policies[0]!.replicateTo).toBe('dr');
+    expect(drRpoHoursOf(example.policies[0]!)).toBe(52);
+    expect(drRpoHoursOf(parseConfig(withPolicy({ drRpoHours: 30 }), 'test.json').policies[0]!)).toBe(30);
+    expect(problems(withPolicy({ drRpoHours: 0 }))).toEqual(['policies[0].drRpoHours = 0: must be above 0']);
+    expect(problems(withPolicy({ drRpoHours: 12 }))).toEqual(["policies[0].drRpoHours = 12: is 12, below the policy's rpoHours (26): a DR copy is never newer than the backup it copies"]);
+    const { replicateTo: _r, ...local } = example.policies[0]!;
+    expect(problems({ ...example, policies: [{ ...local, drRpoHours: 30 }] })).toEqual(['policies[0].drRpoHours = 30: applies only to a policy that replicates: set "replicateTo" too, or remove it']);
   });
 
   it('rejects misspelt keys instead of ignoring them', () => {

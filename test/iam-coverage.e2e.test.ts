@@ -17,6 +17,8 @@ import type { LambdaFunctionId } from '../functions/registry.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';
+import { decodeManifest, keys as objectKeys } from '../core/format.ts';
+import { openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -139,10 +141,29 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     expect(d.status, `${name}: ${d.cause}`).toBe('SUCCEEDED');
   }
 
+  // Healing: a damaged chunk is quarantined (QuarantineDamage), re-uploaded by a backup (Plan passes it), and the backup heals (RecordDeepVerify).
+  const newest = (await t.stack.catalog.latestCommitted('vm-i'))!;
+  const { store, keys } = await openRepository(e);
+  const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(newest.backupId, 'disk0')))!, newest.backupId, 'disk0');
+  const chunkKey = objectKeys.chunk(m.chunks.find((c) => c !== null)!);
+  const damagedBody = (await store.get(chunkKey))!;
+  damagedBody[40]! ^= 1;
+  await store.put(chunkKey, damagedBody);
+  const found = await run('DeepVerify', { vmId: 'vm-i', moverGroup: 'site-a' });
+  expect(found.status, found.cause).toBe('SUCCEEDED');
+  expect(JSON.parse(found.output!)).toMatchObject({ damaged: true });
+  const again = await run('Backup', { policyId: 'p-i' });
+  expect(again.status, again.cause).toBe('SUCCEEDED');
+  const replicated = (JSON.parse(again.output!) as { replication?: { executionArn?: string } }).replication?.executionArn;
+  if (replicated) expect((await waitForExecution(t.sfn, replicated, { pollMs: 200 })).status).toBe('SUCCEEDED');
+  const healed = await run('DeepVerify', { vmId: 'vm-i', backupId: newest.backupId, moverGroup: 'site-a' });
+  expect(healed.status, healed.cause).toBe('SUCCEEDED');
+  expect(JSON.parse(healed.output!)).toMatchObject({ damaged: false, healed: { chunks: [chunkKey.slice(chunkKey.lastIndexOf('/') + 1)] } });
+
   const exercised = new Set(calls.map((c) => c.functionId));
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
-  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage'] as LambdaFunctionId[]) {
+  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'ReportReplication'] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
   const problems = new Set(calls.map((c) => {

@@ -75,12 +75,16 @@ describe('Restore workflow', () => {
 });
 
 describe('Deep verify workflow', () => {
-  it('emits an EventBridge event only when damage was found', () => {
+  it('moves damaged chunks aside, then emits an EventBridge event, only when damage was found', () => {
     const { def, all } = machine('DeepVerify');
     expect(def.StartAt).toBe('PlanDeepVerify');
     const damaged = all.Damaged!;
     expect(damaged.Type).toBe('Choice');
-    const emit = all[damaged.Choices![0]!.Next]!;
+    expect(damaged.Choices![0]).toMatchObject({ Variable: '$.damaged', BooleanEquals: true, Next: 'QuarantineDamage' });
+    const quarantine = all.QuarantineDamage!;
+    expect(quarantine).toMatchObject({ Type: 'Task', ResultPath: '$.quarantine' });
+    expect(quarantine.Retry!.some((r) => r.ErrorEquals.includes('Mover.StorageUnavailable'))).toBe(true);
+    const emit = all[quarantine.Next!]!;
     expect(emit.Resource).toMatch(/^arn:aws:states:::events:putEvents$/);
     template.hasResourceProperties('AWS::IAM::Policy', {
       PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Action: 'events:PutEvents', Effect: 'Allow' })]) },
@@ -124,7 +128,7 @@ describe('Prune workflow', () => {
     expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
-  it('lets only PruneBackup delete manifests and only CollectGarbage delete chunks', () => {
+  it('lets only PruneBackup delete manifests and only CollectGarbage and QuarantineDamage delete chunks', () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
     const byFunction = Object.fromEntries(deleters.map(([id, r]) => {
@@ -135,6 +139,7 @@ describe('Prune workflow', () => {
     expect(byFunction).toEqual({
       PruneBackup: { manifests: true, chunks: false, keys: false },
       CollectGarbage: { manifests: false, chunks: true, keys: false },
+      QuarantineDamage: { manifests: false, chunks: true, keys: false },
     });
   });
 });

@@ -41,7 +41,7 @@ let drBucket: string;
 let standbyDir: string;
 
 type ReplicateOutput = { replication: ReplicationSummary; verified: VerifyOutput; standby?: StandbyDisk[]; vmConfig?: { path: string } };
-type PolicyReplication = { policyId: string; runId?: string; replicated: ReplicateOutput[]; skipped: { vmId: string; reason: string }[] };
+type PolicyReplication = { policyId: string; runId?: string; replicated: ReplicateOutput[]; skipped: { vmId: string; reason: string }[]; drRecoveryPointAgeHours: number | null };
 /** What the Backup workflow outputs: the run's summary and, when it started one, its replication. */
 type BackupOutput = RunSummary & { replication?: { started: boolean; executionArn?: string; alreadyStarted?: boolean } };
 
@@ -111,6 +111,9 @@ describe('replication after a backup', () => {
     const { run: b, out } = full;
     expect(out).toMatchObject({ policyId: 'p-dr', runId: b.runId, skipped: [] });
     expect(out.replicated).toHaveLength(1);
+    // The DR recovery point just copied is minutes old (ReportReplication's DrRecoveryPointAgeHours).
+    expect(out.drRecoveryPointAgeHours).toBeGreaterThanOrEqual(0);
+    expect(out.drRecoveryPointAgeHours).toBeLessThan(0.25);
     const r = out.replicated[0]!.replication;
     expect(r).toMatchObject({ vmId: 'vm-d', backupId: b.vms[0]!.backupId, target: drBucket });
     expect(r.chunksCopied).toBe(b.totals.uploadedChunks);
@@ -239,6 +242,9 @@ describe('ReplicatePolicy workflow started by hand', () => {
     const again = JSON.parse(d.output!) as PolicyReplication;
     expect(again.replicated).toEqual([]);
     expect(again.skipped[0]!.reason).toContain(`is in ${drBucket} already`);
+    // Nothing new to copy, yet the DR recovery point is reported: the newest copy's age.
+    expect(again.drRecoveryPointAgeHours).toBeGreaterThanOrEqual(0);
+    expect(again.drRecoveryPointAgeHours).toBeLessThan(0.5);
   });
 });
 

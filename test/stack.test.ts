@@ -1,11 +1,12 @@
-/** The embedded stack keeps its state in its data folder across restarts. */
+/** The embedded stack keeps its state in its data folder across restarts, and its endpoints' URLs. */
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { runExecution, sfnClient } from '../local/client.ts';
-import { EmbeddedStack, openRepository, type StackEndpoints } from '../local/stack.ts';
+import { EmbeddedStack, openRepository, repositoryStore, type StackEndpoints } from '../local/stack.ts';
 
 const dirs: string[] = [];
 afterAll(async () => {
@@ -38,5 +39,47 @@ it('keeps the catalog, the repository key and execution history across a restart
     expect(listed.executions?.map((x) => [x.executionArn, x.status])).toContainEqual([executionArn, 'FAILED']);
   } finally {
     await second.stop();
+  }
+});
+
+it('serves a repository on another endpoint at the same URL after a restart, and on a new port only when its old one is taken', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'lifeboat-stack-'));
+  dirs.push(dir);
+  const urlOf = (s: EmbeddedStack): string => s.endpoints.repositories.dr!.endpoint!.url!;
+  const first = await EmbeddedStack.start({ dataDir: dir });
+  const url = urlOf(first);
+  try {
+    // The catalog keeps the URL (the policy's DR repository); an object written there must be found again.
+    expect((await first.catalog.getPolicy('nightly'))?.replicateTo?.endpoint?.url).toBe(url);
+    await repositoryStore(first.endpoints, 'dr').put('movers/marker.json', Buffer.from('{}'));
+  } finally {
+    await first.stop();
+  }
+  expect(JSON.parse(await readFile(join(dir, 'endpoint-ports.json'), 'utf8'))).toEqual({ 's3-dr': Number(new URL(url).port) });
+
+  const second = await EmbeddedStack.start({ dataDir: dir });
+  try {
+    expect(urlOf(second)).toBe(url);
+    expect((await second.catalog.getPolicy('nightly'))?.replicateTo?.endpoint?.url).toBe(url);
+    expect((await repositoryStore(second.endpoints, 'dr').get('movers/marker.json'))?.toString()).toBe('{}');
+  } finally {
+    await second.stop();
+  }
+
+  // Another process took the port meanwhile: a fresh one, remembered from now on.
+  const squatter = net.createServer();
+  await new Promise<void>((ok) => squatter.listen(Number(new URL(url).port), '127.0.0.1', ok));
+  try {
+    const third = await EmbeddedStack.start({ dataDir: dir });
+    try {
+      expect(urlOf(third)).not.toBe(url);
+      expect((await third.catalog.getPolicy('nightly'))?.replicateTo?.endpoint?.url).toBe(urlOf(third));
+      expect((await repositoryStore(third.endpoints, 'dr').get('movers/marker.json'))?.toString()).toBe('{}');
+      expect(JSON.parse(await readFile(join(dir, 'endpoint-ports.json'), 'utf8'))).toEqual({ 's3-dr': Number(new URL(urlOf(third)).port) });
+    } finally {
+      await third.stop();
+    }
+  } finally {
+    await new Promise((ok) => squatter.close(ok));
   }
 });

@@ -7,7 +7,8 @@
  * When the policy replicates to a DR repository and the run committed a backup,
  * StartReplication starts ReplicatePolicy for the run (fire-and-forget: the run's result
  * does not wait for the WAN copy; the execution name derives from the run, so a retried
- * start does not start a second copy).
+ * start does not start a second copy), then ReportReplication publishes whether it started
+ * and the DR recovery point's age (a failing report never fails the run).
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
@@ -38,9 +39,16 @@ export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
  * replication of the run's backups is started first when due, and its execution ARN is
  * added to the output (`replication`).
  */
-function afterSummarize(scope: Construct, replicatePolicy: sfn.IStateMachine | undefined): sfn.IChainable | undefined {
+function afterSummarize(scope: Construct, replicatePolicy: sfn.IStateMachine | undefined, report: lambda.IFunction): sfn.IChainable | undefined {
   if (!replicatePolicy) return undefined;
   const done = new sfn.Pass(scope, 'RunSummarized', { outputPath: '$.summary' });
+  // Whether replication started (ReplicationStartFailed) and the DR recovery point's age, as metrics; never fails the run.
+  const reported = lambdaStep(scope, 'ReportReplication', report, {
+    payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'started.$': '$.summary.replication.started' }), resultPath: null,
+  });
+  reported.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 2 });
+  reported.addCatch(done, { resultPath: sfn.JsonPath.DISCARD });
+  reported.next(done);
   const start = new tasks.StepFunctionsStartExecution(scope, 'StartReplication', {
     comment: 'Copy the run\'s new backups to the policy\'s DR repository (ReplicatePolicy); not awaited',
     stateMachine: replicatePolicy,
@@ -55,11 +63,11 @@ function afterSummarize(scope: Construct, replicatePolicy: sfn.IStateMachine | u
   });
   start.addRetry({ errors: [EXECUTION_ALREADY_EXISTS], maxAttempts: 0 });
   start.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
-  start.addCatch(new sfn.Pass(scope, 'ReplicationAlreadyStarted', { parameters: { started: true, alreadyStarted: true }, resultPath: '$.summary.replication' }).next(done), { errors: [EXECUTION_ALREADY_EXISTS], resultPath: '$.replicationError' });
+  start.addCatch(new sfn.Pass(scope, 'ReplicationAlreadyStarted', { parameters: { started: true, alreadyStarted: true }, resultPath: '$.summary.replication' }).next(reported), { errors: [EXECUTION_ALREADY_EXISTS], resultPath: '$.replicationError' });
   // The backups are committed whatever happens here: the run reports that replication did not start instead of failing.
-  start.addCatch(new sfn.Pass(scope, 'ReplicationNotStarted', { parameters: { started: false, 'error.$': '$.replicationError' }, resultPath: '$.summary.replication' }).next(done), { resultPath: '$.replicationError' });
+  start.addCatch(new sfn.Pass(scope, 'ReplicationNotStarted', { parameters: { started: false, 'error.$': '$.replicationError' }, resultPath: '$.summary.replication' }).next(reported), { resultPath: '$.replicationError' });
   return new sfn.Choice(scope, 'ReplicationDue', { comment: 'The policy replicates to a DR repository and the run committed a backup' })
-    .when(sfn.Condition.and(sfn.Condition.isString('$.replicateTo'), sfn.Condition.numberGreaterThan('$.summary.committed', 0)), start.next(done))
+    .when(sfn.Condition.and(sfn.Condition.isString('$.replicateTo'), sfn.Condition.numberGreaterThan('$.summary.committed', 0)), start.next(reported))
     .otherwise(done);
 }
 
@@ -146,7 +154,7 @@ export class BackupWorkflow extends Construct {
     });
     backupVms.itemProcessor(perVm);
 
-    const then = afterSummarize(this, props.replicatePolicy);
+    const then = afterSummarize(this, props.replicatePolicy, props.functions.ReportReplication);
     const summarize = invoke('Summarize', 'Summarize', {
       payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId', 'results.$': '$.results' }),
       ...(then ? { resultPath: '$.summary' } : {}),

@@ -1,8 +1,10 @@
 /**
  * The Deep verify workflow: PlanDeepVerify → per disk (Map) DeepVerifyDisk on the named
  * mover group (read back all or a sample of the chunks, open them, check their ids) →
- * RecordDeepVerify (marks a damaged backup in the catalog) → when damaged, an
- * EventBridge event `Lifeboat Backup Damaged` naming the backup, disk, offsets and keys.
+ * RecordDeepVerify (marks a damaged backup in the catalog; a full verification finding a
+ * damaged backup intact again marks it healthy) → when damaged, QuarantineDamage (moves
+ * damaged chunks aside so later backups upload them again) and an EventBridge event
+ * `Lifeboat Backup Damaged` naming the backup, disk, offsets and keys.
  *
  * Input: `{ vmId, backupId?, sample?, moverGroup }`. Schedulable like any workflow.
  */
@@ -12,6 +14,7 @@ import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { StorageUnavailable } from '../../core/errors.ts';
 import { lambdaStep, moverDiskMap } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 
@@ -43,8 +46,13 @@ function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFail
     resultPath: sfn.JsonPath.DISCARD,
   });
   emit.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  // Damaged chunks are moved aside and recorded, so the next backups upload them again.
+  const quarantine = lambdaStep(scope, 'QuarantineDamage', props.functions.QuarantineDamage, { resultPath: '$.quarantine' });
+  // Idempotent (the record first, a copy and a delete that may repeat): any failure is retried.
+  quarantine.addRetry({ errors: [StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 4 });
+  quarantine.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 2 });
   const damaged = new sfn.Choice(scope, 'Damaged')
-    .when(sfn.Condition.booleanEquals('$.damaged', true), emit)
+    .when(sfn.Condition.booleanEquals('$.damaged', true), quarantine.next(emit))
     .otherwise(new sfn.Succeed(scope, 'Intact'));
   return sfn.Chain.start(verifyDisks).next(record).next(damaged);
 }

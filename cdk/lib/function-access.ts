@@ -17,8 +17,8 @@ import type { LambdaFunctionId } from '../../functions/registry.ts';
 /** DynamoDB actions the catalog code sends (lib-dynamodb Get/Put/Update/Delete/Query/Scan). */
 export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' | 'Query' | 'Scan' | 'BatchGetItem' | 'BatchWriteItem' | 'ConditionCheckItem';
 
-/** Top-level prefixes of the repository bucket: core/format.ts `keys`, mover records (core/mover-registry.ts), releases (core/release.ts). */
-export type RepositoryPrefix = 'chunks/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/';
+/** Top-level prefixes of the repository bucket: core/format.ts `keys`, mover records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved aside (core/quarantine.ts). */
+export type RepositoryPrefix = 'chunks/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -45,6 +45,7 @@ export interface FunctionAccess {
 }
 
 export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> = {
+  // Query: also the repository's quarantined chunks, which each job re-checks.
   Plan: { catalog: ['GetItem', 'Query', 'PutItem'] },
   AcquireSlot: { catalog: ['PutItem', 'DeleteItem'] },
   PlanDispatch: {},
@@ -60,7 +61,9 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestore: { catalog: ['PutItem'] },
   RecordRestoreFailure: { catalog: ['PutItem'] },
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
-  RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem'] },
+  RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem'] },
+  // Moves damaged chunks aside: reads and re-checks them, copies to quarantine/, deletes from chunks/.
+  QuarantineDamage: { catalog: ['PutItem'], repository: { read: ['chunks/', 'keys/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
@@ -72,6 +75,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReleaseReplicaLease: { catalog: ['DeleteItem'] },
   VerifyReplica: { repository: { read: ['manifests/', 'chunks/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   RecordReplication: { catalog: ['PutItem'] },
+  ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },

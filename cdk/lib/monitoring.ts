@@ -15,6 +15,13 @@
  *   every slot is busy for that long (add movers). `ActivityScheduleTime` is not used: it
  *   is only emitted when a task starts, so it stays silent exactly when no mover polls.
  * - **Schedule dead letters**: a scheduled start that Scheduler could not deliver.
+ * - **DR past RPO**: per replicating policy, ReportReplication's `DrRecoveryPointAgeHours`
+ *   (the oldest newest verified DR copy among the policy's VMs) above the policy's
+ *   `drRpoHours` (default twice `rpoHours`). It is published after every Backup run and
+ *   every ReplicatePolicy, so it keeps coming while replication fails; a run that stops
+ *   coming is the no-report alarm's.
+ * - **Replication not started**: per replicating policy, a Backup run committed backups but
+ *   could not start their replication (`ReplicationStartFailed` ≥ 1; the run itself succeeds).
  */
 import { Duration, Stack } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -28,7 +35,8 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import type { LifeboatConfig } from '../../core/config.ts';
-import { summaryMetrics } from '../../functions/commons/metric-names.ts';
+import { drRpoHoursOf } from '../../core/config.ts';
+import { replicationMetrics, summaryMetrics } from '../../functions/commons/metric-names.ts';
 import { observeStateMachine, stateMachinesIn } from './observability.ts';
 
 export interface MonitoringProps {
@@ -134,6 +142,7 @@ export class Monitoring extends Construct {
         left: [age], leftAnnotations: [{ value: p.rpoHours, label: 'RPO', color: cloudwatch.Color.RED }],
         right: [this.policyMetric(summaryMetrics.vmsCommitted, p.id, 'Sum', Duration.hours(1)), this.policyMetric(summaryMetrics.vmsFailed, p.id, 'Sum', Duration.hours(1))],
       }));
+      if (p.replicateTo !== undefined) policyWidgets.push(this.drMonitoring(p.id, p.replicateTo, drRpoHoursOf(p), alarm));
     }
 
     // --- mover groups --------------------------------------------------------------------
@@ -176,6 +185,29 @@ export class Monitoring extends Construct {
     this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: `# Lifeboat ${stack.stackName}\nWorkflows, policies (RPO), mover groups, functions. Alarms notify the SNS topic ${'`'}Alarms${'`'}.`, width: 24, height: 2 }));
     this.dashboard.addWidgets(new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: Object.values(this.alarms), width: 24 }));
     for (const widgets of [workflowWidgets, policyWidgets, moverWidgets, fnWidgets]) if (widgets.length) this.dashboard.addWidgets(...widgets);
+  }
+
+  /** The DR alarms of a replicating policy (DR recovery point past its RPO, replication not started) and its dashboard widget. */
+  private drMonitoring(policyId: string, dr: string, drRpoHours: number, alarm: (name: string, a: cloudwatch.AlarmProps) => cloudwatch.Alarm): cloudwatch.IWidget {
+    const drAge = this.policyMetric(replicationMetrics.drRecoveryPointAgeHours, policyId, 'Maximum', Duration.hours(1));
+    alarm(`DrPastRpo-${policyId}`, {
+      alarmDescription: `A VM of policy '${policyId}' has no verified copy in DR repository '${dr}' newer than ${drRpoHours} h (its DR RPO). Check the policy's ReplicatePolicy executions, the DR mover group and the DR endpoint.`,
+      metric: drAge, threshold: drRpoHours, evaluationPeriods: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    const notStarted = this.policyMetric(replicationMetrics.replicationStartFailed, policyId, 'Sum', Duration.hours(1));
+    alarm(`ReplicationNotStarted-${policyId}`, {
+      alarmDescription: `A Backup run of policy '${policyId}' committed backups but could not start their replication to '${dr}' (the run's output 'replication.error' says why). Start ReplicatePolicy by hand once fixed.`,
+      metric: notStarted, threshold: 1, evaluationPeriods: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    return new cloudwatch.GraphWidget({
+      title: `Policy ${policyId}: DR recovery point age (h) in '${dr}', DR RPO ${drRpoHours} h`, width: 8,
+      left: [drAge], leftAnnotations: [{ value: drRpoHours, label: 'DR RPO', color: cloudwatch.Color.RED }],
+      right: [notStarted],
+    });
   }
 
   /** A Summarize metric of one policy, with the dimensions Powertools writes (service, policyId). */

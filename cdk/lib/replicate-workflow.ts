@@ -10,7 +10,8 @@
  * execution runs out). Input: `{ vmId, backupId?, moverGroup?, targetBucket?, replicaDir? }`.
  *
  * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks
- * (with a `runId`, only VMs whose newest backup that run made: what a Backup run starts).
+ * (with a `runId`, only VMs whose newest backup that run made: what a Backup run starts),
+ * then ReportReplication: the DR recovery point's age, as a metric and in the output.
  * The mover group and standby folder default to the DR repository's configuration.
  *
  * Failover: PlanFailover (newest committed backup complete at the DR site) →
@@ -143,10 +144,14 @@ export class ReplicatePolicyWorkflow extends Construct {
     // A VM's replication that fails gives its lease back and fails the iteration; the Map's Catch records it.
     vms.itemProcessor(replicateJobChain(this, props, new sfn.Fail(this, 'VmReplicationFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' })));
     vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION'), { resultPath: '$.error' });
-    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: { 'policyId.$': '$.policyId', 'runId.$': '$.runId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped' } });
+    // The DR recovery point after this replication, as a metric (DrRecoveryPointAgeHours) and in the output.
+    const report = invoke(this, 'ReportReplication', props.functions.ReportReplication, { payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId' }), resultPath: '$.dr' });
+    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: {
+      'policyId.$': '$.policyId', 'runId.$': '$.runId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped', 'drRecoveryPointAgeHours.$': '$.dr.drRecoveryPointAgeHours',
+    } });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat replicate a policy: every VM\'s newest backup the DR repository lacks',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(done)),
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(report).next(done)),
       timeout: Duration.hours(24),
     });
   }

@@ -3,7 +3,7 @@
  * changes they make (committed → damaged, committed → pruning → gone). Same table and
  * backup keys as `catalog.ts`; every status change is a conditional write.
  */
-import { DeleteCommand, GetCommand, PutCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { DamageFinding } from '../../core/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
@@ -13,6 +13,22 @@ const backupKey = (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `
 const recordKey = (kind: RecoveryRecordKind, id: string) => ({ pk: `${kind}#${id}`, sk: kind });
 /** A backup's copy in another repository lives beside the VM's backups (not under `BACKUP#`). */
 const replicaKey = (vmId: string, bucket: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `REPLICA#${bucket}#${backupId}` });
+/** A quarantined chunk, under its repository (`locationKey`: a bucket name is unique only per endpoint). */
+const quarantinePk = (repository: string) => `QUARANTINE#${repository}`;
+const quarantineKey = (repository: string, chunkId: string) => ({ pk: quarantinePk(repository), sk: `CHUNK#${chunkId}` });
+
+/** A chunk moved out of `chunks/` because a deep verification found its object damaged or missing. */
+export interface QuarantineRecord {
+  chunkId: string;
+  /** Its key under `chunks/`, and the copy kept for forensics (absent when the object was missing). */
+  objectKey: string;
+  quarantineKey?: string;
+  reason: string;
+  vmId: string;
+  backupId: string;
+  verifyId: string;
+  quarantinedAt: string;
+}
 
 export interface ReplicaRecord {
   vmId: string;
@@ -69,6 +85,57 @@ export class RecoveryCatalog {
   }
 
   /**
+   * damaged → committed after a full deep verification found every object intact (the
+   * damaged chunks were uploaded again by a later backup). Returns the damage it had, or
+   * undefined when the backup was not damaged (nothing changes then).
+   */
+  async markHealthy(vmId: string, backupId: string, healed: { verifyId: string; healedAt: string }): Promise<BackupDamage | undefined> {
+    try {
+      const out = await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: backupKey(vmId, backupId),
+        UpdateExpression: 'SET #s = :c, healed = :h REMOVE damage',
+        ConditionExpression: '#s = :d',
+        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':h': healed },
+        ReturnValues: 'ALL_OLD',
+      }));
+      return (out.Attributes?.damage as BackupDamage | undefined) ?? { verifyId: '', foundAt: '', findings: [] };
+    } catch (err) {
+      if (isConditionFailed(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * Records a quarantined chunk of `repository` (`locationKey`). A record without a kept
+   * copy (the object was missing: moved aside already) never replaces one with a copy.
+   */
+  async putQuarantine(repository: string, r: QuarantineRecord): Promise<void> {
+    try {
+      await this.db.send(new PutCommand({
+        TableName: this.table, Item: { ...quarantineKey(repository, r.chunkId), repository, ...r },
+        ...(r.quarantineKey ? {} : { ConditionExpression: 'attribute_not_exists(quarantineKey)' }),
+      }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
+  }
+
+  /** Up to `limit` chunk ids quarantined in `repository` (one Query page, in id order). */
+  async quarantinedChunks(repository: string, limit: number): Promise<string[]> {
+    const out = await this.db.send(new QueryCommand({
+      TableName: this.table, KeyConditionExpression: 'pk = :pk', ExpressionAttributeValues: { ':pk': quarantinePk(repository) },
+      ProjectionExpression: 'chunkId', Limit: limit, ConsistentRead: true,
+    }));
+    return (out.Items ?? []).map((it) => it.chunkId as string);
+  }
+
+  /** Forgets quarantined chunks that a deep verification found stored intact again. */
+  async clearQuarantine(repository: string, chunkIds: string[]): Promise<void> {
+    for (const id of new Set(chunkIds)) await this.db.send(new DeleteCommand({ TableName: this.table, Key: quarantineKey(repository, id) }));
+  }
+
+  /**
    * committed/damaged → pruning: from now on no restore or plan uses the backup, and a
    * prune that stopped half-way finds it again. Idempotent for a backup already pruning.
    */
@@ -117,6 +184,18 @@ export class RecoveryCatalog {
     const out = await this.db.send(new GetCommand({ TableName: this.table, Key: replicaKey(vmId, bucket, backupId), ConsistentRead: true }));
     if (!out.Item) return undefined;
     const { pk: _pk, sk: _sk, ...rest } = out.Item;
+    return rest as ReplicaRecord;
+  }
+
+  /** The VM's newest backup complete in the repository `bucket` (backup ids sort by time), if any. */
+  async newestReplica(vmId: string, bucket: string): Promise<ReplicaRecord | undefined> {
+    const out = await this.db.send(new QueryCommand({
+      TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :r)',
+      ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':r': `REPLICA#${bucket}#` }, ScanIndexForward: false, Limit: 1, ConsistentRead: true,
+    }));
+    const item = out.Items?.[0];
+    if (!item) return undefined;
+    const { pk: _pk, sk: _sk, ...rest } = item;
     return rest as ReplicaRecord;
   }
 

@@ -8,3 +8,14 @@ export const summaryMetrics = {
   vmsFailed: 'VmsFailed',
   bytesStored: 'BytesStored',
 } as const;
+
+/**
+ * DR metrics (ReportReplication, after every Backup run of a replicating policy and at the
+ * end of each ReplicatePolicy), dimensions `service` and `policyId`.
+ */
+export const replicationMetrics = {
+  /** Hours since the newest recovery point of the policy's VM whose newest verified DR copy is oldest. */
+  drRecoveryPointAgeHours: 'DrRecoveryPointAgeHours',
+  /** 1 when a Backup run committed backups but could not start their replication (ReplicationNotStarted), else 0. */
+  replicationStartFailed: 'ReplicationStartFailed',
+} as const;

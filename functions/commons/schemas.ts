@@ -38,6 +38,7 @@ export const vmJob: z.ZodType<VmJob> = z.looseObject({
   snapshot: snapshotResult.nullable(),
   minMoverVersion: z.string().optional(),
   segmentBytes: z.number().int().positive(),
+  healChunks: z.array(text).optional(),
 });
 
 /** A Step Functions Catch result: `{ Error, Cause }`. */

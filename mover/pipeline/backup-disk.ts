@@ -22,6 +22,8 @@ export interface BackupDiskOptions {
   /** The parent backup's manifest key for this disk, if any. */
   parentManifestKey?: string;
   parentBackupId?: string | null;
+  /** Chunk ids quarantined by the control plane: never taken from the parent manifest (VmJob.healChunks). */
+  healChunks?: ReadonlySet<string>;
   parallelism?: number;
   /** Worker threads for ids and sealing (default: the process-wide pool). */
   pool?: ChunkPool;
@@ -75,7 +77,7 @@ async function loadParentChunks(o: BackupDiskOptions): Promise<Map<string, Known
   if (!sealed) return known; // the parent was pruned: every chunk is checked against the repository instead
   const parent = await decodeManifest(o.keys, sealed, o.parentBackupId, o.disk.diskId);
   if (parent.chunkSize !== o.chunkSize) return known;
-  for (const [id, size] of Object.entries(parent.storedSizes)) known.set(id, { size, sha256: parent.storedSha256?.[id] });
+  for (const [id, size] of Object.entries(parent.storedSizes)) if (!o.healChunks?.has(id)) known.set(id, { size, sha256: parent.storedSha256?.[id] });
   return known;
 }
 

@@ -1,12 +1,13 @@
-/** Test fixture: a real dynalite server in process with the catalog's table, and a Catalog on it. */
+/** Test fixture: a real dynalite server in process with the catalog's table, and a Catalog (and RecoveryCatalog) on it. */
 import { CreateTableCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import dynalite from 'dynalite';
 import type { AddressInfo } from 'node:net';
 import { Catalog } from '../../functions/catalog/catalog.ts';
+import { RecoveryCatalog } from '../../functions/catalog/recovery-catalog.ts';
 import { LOCAL_CREDENTIALS } from '../../local/stack.ts';
 
-export async function startTestCatalog(): Promise<{ catalog: Catalog; close(): Promise<void> }> {
+export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: RecoveryCatalog; close(): Promise<void> }> {
   const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
   await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
   const db = new DynamoDBClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, credentials: LOCAL_CREDENTIALS });
@@ -15,9 +16,11 @@ export async function startTestCatalog(): Promise<{ catalog: Catalog; close(): P
     AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }, { AttributeName: 'sk', AttributeType: 'S' }],
     KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
   }));
-  const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), 'catalog');
+  const doc = DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } });
+  const catalog = new Catalog(doc, 'catalog');
   return {
     catalog,
+    recovery: new RecoveryCatalog(doc, 'catalog'),
     close: async () => {
       db.destroy();
       await new Promise<void>((ok) => server.close(() => ok()));

@@ -1,0 +1,120 @@
+/**
+ * Damaged chunks heal, end to end on the embedded stack (real movers, s3rver, dynalite,
+ * the synthesized Backup, DeepVerify, Restore and Gc state machines): a bit flipped in a
+ * stored chunk is found by a deep verification, moved aside to quarantine/, uploaded
+ * again by the next backup of the unchanged VM (although the parent manifest lists it),
+ * and a second deep verification finds the first backup intact and marks it healthy.
+ */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { locationKey } from '../core/endpoints.ts';
+import { chunkId, decodeManifest, keys as objectKeys, open } from '../core/format.ts';
+import { quarantineKey } from '../core/quarantine.ts';
+import type { DeepVerifySummary } from '../functions/deep-verify.ts';
+import type { GcReport } from '../functions/gc.ts';
+import type { QuarantineReport } from '../functions/quarantine.ts';
+import type { RestoreSummary } from '../functions/restore.ts';
+import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
+import { runExecution } from '../local/client.ts';
+import { sha256File } from '../local/demo/demo.ts';
+import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { LOCAL_CREDENTIALS, openRepository } from '../local/stack.ts';
+import { startTestStack, type TestStack } from './helpers/stack.ts';
+
+const MiB = 1024 * 1024;
+let t: TestStack;
+let vmDir: string;
+let recovery: RecoveryCatalog;
+
+const run = (name: string, input: unknown, execution?: string) => {
+  const arn = t.stack.endpoints.stateMachines[name];
+  if (!arn) throw new Error(`no ${name} state machine`);
+  return runExecution(t.sfn, arn, input, { pollMs: 200, ...(execution ? { name: execution } : {}) });
+};
+const backup = async () => {
+  const b = await run('Backup', { policyId: 'p-h' });
+  expect(b.status, b.cause).toBe('SUCCEEDED');
+  return (await t.stack.catalog.latestCommitted('vm-h'))!;
+};
+
+beforeAll(async () => {
+  t = await startTestStack({ groups: { 'site-a': 1 } });
+  const e = t.stack.endpoints;
+  recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  vmDir = join(t.dir, 'vms', 'vm-h');
+  await createVmFolder(vmDir, { name: 'vm-h', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }, { id: 'disk1', sizeBytes: 4 * MiB }] }, seededRng(11));
+  await t.stack.catalog.putVm({ vmId: 'vm-h', host: 'esx-01', source: vmDir });
+  await t.stack.catalog.putPolicy({ policyId: 'p-h', vmIds: ['vm-h'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1 });
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+it('quarantines a damaged chunk, re-uploads it with the next backup and heals every backup that references it', async () => {
+  const e = t.stack.endpoints;
+  const { store, keys } = await openRepository(e);
+  const b0 = await backup();
+  const b1 = await backup(); // unchanged VM: its manifests list the same chunks as b0's
+  expect(b1.parentBackupId).toBe(b0.backupId);
+
+  // A bit flips in one stored chunk of disk0 (same size: the existence check cannot tell).
+  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b1.backupId, 'disk0')))!, b1.backupId, 'disk0');
+  const index = manifest.chunks.findIndex((c, i) => c !== null && i > 1);
+  const id = manifest.chunks[index]!;
+  const key = objectKeys.chunk(id);
+  const body = (await store.get(key))!;
+  body[Math.floor(body.length / 3)]! ^= 0x04;
+  await store.put(key, body);
+
+  // DeepVerify finds and names it; the backup is damaged; the object is moved aside and recorded.
+  const v1 = await run('DeepVerify', { vmId: 'vm-h', backupId: b1.backupId, moverGroup: 'site-a' }, 'verify-heal-1');
+  expect(v1.status, v1.cause).toBe('SUCCEEDED');
+  const s1 = JSON.parse(v1.output!) as DeepVerifySummary & { quarantine: QuarantineReport };
+  expect(s1.damaged).toBe(true);
+  const f = s1.findings.find((x) => x.diskId === 'disk0')!;
+  expect(f).toMatchObject({ backupId: b1.backupId, diskId: 'disk0', objectKey: key });
+  expect(f.offsets).toContain(index * MiB);
+  expect(new Set(s1.findings.map((x) => x.objectKey))).toEqual(new Set([key]));
+  expect((await t.stack.catalog.getBackup('vm-h', b1.backupId))?.status).toBe('damaged');
+  expect(s1.quarantine.quarantined).toEqual([{ chunkId: id, objectKey: key, quarantineKey: quarantineKey('verify-heal-1', key) }]);
+  expect(await store.head(key)).toBeUndefined();
+  expect(await store.get(quarantineKey('verify-heal-1', key))).toEqual(body);
+  expect(await recovery.quarantinedChunks(locationKey({ bucket: e.bucket }), 100)).toEqual([id]);
+
+  // The next backup of the unchanged VM: its parent (b0, still committed) lists the chunk, yet it is uploaded again.
+  const b2 = await backup();
+  expect(b2.parentBackupId).toBe(b0.backupId);
+  const uploaded = b2.disks!.reduce((n, d) => n + d.stats.uploadedChunks, 0);
+  expect(uploaded).toBe(1);
+  const healed = (await store.get(key))!;
+  expect(chunkId(keys, await open(keys, healed, id))).toBe(id);
+
+  // A full deep verification of the damaged backup now finds it intact: healthy again, quarantine cleared.
+  const v2 = await run('DeepVerify', { vmId: 'vm-h', backupId: b1.backupId, moverGroup: 'site-a' }, 'verify-heal-2');
+  expect(v2.status, v2.cause).toBe('SUCCEEDED');
+  const s2 = JSON.parse(v2.output!) as DeepVerifySummary;
+  expect(s2).toMatchObject({ backupId: b1.backupId, damaged: false, findings: [], healed: { previousVerifyId: 'verify-heal-1', chunks: [id] } });
+  const after = await t.stack.catalog.getBackup('vm-h', b1.backupId) as unknown as { status: string; damage?: unknown; healed?: { verifyId: string } };
+  expect(after.status).toBe('committed');
+  expect(after.damage).toBeUndefined();
+  expect(after.healed?.verifyId).toBe('verify-heal-2');
+  expect(await recovery.quarantinedChunks(locationKey({ bucket: e.bucket }), 100)).toEqual([]);
+  expect(await recovery.getRecord('DEEPVERIFY', 'verify-heal-2')).toMatchObject({ status: 'healed' });
+
+  // The healed backup restores byte-identical.
+  const target = join(t.dir, 'restored-b1');
+  const r = await run('Restore', { vmId: 'vm-h', backupId: b1.backupId, target, moverGroup: 'site-a' });
+  expect(r.status, r.cause).toBe('SUCCEEDED');
+  for (const d of (JSON.parse(r.output!) as RestoreSummary).disks) expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir, `${d.diskId}.raw`)));
+
+  // GC sweeps chunks/ only: the quarantined copy stays, counted apart.
+  const g = await run('Gc', { bucket: e.bucket, graceHours: 0 });
+  expect(g.status, g.cause).toBe('SUCCEEDED');
+  const report = JSON.parse(g.output!) as GcReport | { report: GcReport };
+  const gc = 'report' in report ? report.report : report;
+  expect(gc.quarantine).toEqual({ objects: 1, bytes: body.length });
+  expect(gc.chunks.deleted).toBe(0);
+  expect(await store.head(quarantineKey('verify-heal-1', key))).toBeDefined();
+});
