@@ -51,14 +51,14 @@ function withWriteLock(write: () => void): void {
  * outside this isolate's small JS heap (zstd's output buffer, the cipher's output); V8
  * alone gets round to it only after tens of MiB piled up, and the allocator keeps those
  * pages (measured on the 2 GiB bench: a fully resident 64 MiB arena per worker). So: a
- * young-generation collection every 8 chunks (under a millisecond) and a full one every 64
- * (~13 ms here: the isolate holds the TypeScript loader). Full collections every 8 chunks
- * kept RSS the same but cost 4.5 s of a 2 GiB restore; young ones alone left ~60 MiB more.
+ * young-generation collection every 8 chunks (under a millisecond) and a full one every 32
+ * (~8-13 ms each, whatever the heap's size). Full collections every 8 chunks cost 4.5 s of
+ * a 2 GiB restore; young ones alone left ~60 MiB more RSS.
  */
 setFlagsFromString('--expose-gc');
 const collect = runInNewContext('gc') as (options: { type: 'minor' | 'major' }) => void;
 const CHUNKS_PER_COLLECTION = 8;
-const COLLECTIONS_PER_FULL = 8;
+const COLLECTIONS_PER_FULL = 4;
 let sinceCollection = 0;
 let collections = 0;
 function collectGarbageNow(): void {
