@@ -5,6 +5,7 @@
  *   LIFEBOAT_KEY_FILE       key file that unwraps the repository key (embedded stack)
  *   LIFEBOAT_SFN_ENDPOINT / LIFEBOAT_S3_ENDPOINT   endpoints (unset in AWS)
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
+ *   LIFEBOAT_CHUNK_WORKERS  worker threads hashing, sealing and opening chunks (default: one per core but one, 1-4)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
  *   LIFEBOAT_ENDPOINT_PROFILES  JSON object: AWS shared-config profile per other S3 endpoint, keyed by
