@@ -180,6 +180,13 @@ export const keys = {
   masterKey: (name = 'default') => `keys/${name}`,
 } as const;
 
+const CHUNK_KEY = /^chunks\/[0-9a-f]{2}\/([0-9a-f]{64})$/;
+
+/** The chunk id of a `chunks/<xx>/<id>` object key (the inverse of `keys.chunk`), or undefined for any other key (a manifest). */
+export function chunkIdOfKey(key: string): string | undefined {
+  return CHUNK_KEY.exec(key)?.[1];
+}
+
 /** One disk of one backup: every chunk in disk order, `null` for an all-zero chunk. */
 export interface Manifest {
   version: 1;

@@ -18,13 +18,6 @@ export const QUARANTINE_PREFIX = 'quarantine/';
  */
 export const MAX_HEAL_CHUNKS_PER_JOB = 100;
 
-const CHUNK_KEY = /^chunks\/[0-9a-f]{2}\/([0-9a-f]{64})$/;
-
-/** The chunk id of a `chunks/<xx>/<id>` object key, or undefined for any other key (a manifest). */
-export function chunkIdOfKey(key: string): string | undefined {
-  return CHUNK_KEY.exec(key)?.[1];
-}
-
 /** Where a damaged chunk object is kept: under the verification that found it, so repeated incidents keep every copy. */
 export function quarantineKey(verifyId: string, chunkKey: string): string {
   return `${QUARANTINE_PREFIX}${verifyId}/${chunkKey}`;

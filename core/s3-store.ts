@@ -1,5 +1,6 @@
 import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException, type PutObjectCommandInput, type PutObjectCommandOutput } from '@aws-sdk/client-s3';
 import type { BuildMiddleware } from '@smithy/types';
+import type { StorageEndpoint } from './endpoints.ts';
 import { StorageUnavailable } from './errors.ts';
 import type { GetOptions, ObjectInfo, ObjectStore } from './object-store.ts';
 
@@ -19,6 +20,19 @@ export interface S3Endpoint {
   profile?: string;
   /** Flexible checksums on requests: only when an operation requires one (default), or whenever supported. */
   checksums?: 'when-required' | 'when-supported';
+}
+
+/**
+ * The client settings for a repository's endpoint (core/endpoints.ts), or for the stack's
+ * own S3 (`own`: its region, and its URL outside AWS) when the repository names none. Path
+ * style is the default with a URL. Credentials are the caller's own to add.
+ */
+export function endpointSettings(e: StorageEndpoint | undefined, own: { region: string; url?: string | undefined }): S3Endpoint {
+  const url = e ? e.url : own.url;
+  return {
+    region: e?.region ?? own.region, ...(url ? { endpoint: url } : {}), forcePathStyle: e?.pathStyle ?? !!url,
+    ...(e?.checksums ? { checksums: e.checksums } : {}),
+  };
 }
 
 export function s3Client(e: S3Endpoint): S3Client {

@@ -9,8 +9,8 @@
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../core/recovery-jobs.ts';
-import { location, locationKey, type RepositoryLocation } from '../core/endpoints.ts';
-import { chunkIdOfKey } from '../core/quarantine.ts';
+import { locationKey, type RepositoryLocation } from '../core/endpoints.ts';
+import { chunkIdOfKey } from '../core/format.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -129,7 +129,7 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     const was = await deps.recovery.markHealthy(input.vmId, input.backupId, { verifyId: input.verifyId, healedAt: at });
     if (was) {
       const chunks = [...new Set(was.findings.map((f) => chunkIdOfKey(f.objectKey)).filter((id): id is string => id !== undefined))];
-      await deps.recovery.clearQuarantine(locationKey(location(input.repository.bucket, input.repository.endpoint)), chunks);
+      await deps.recovery.clearQuarantine(locationKey(input.repository), chunks);
       summary.healed = { previousVerifyId: was.verifyId, chunks };
     }
   }

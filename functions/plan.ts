@@ -11,7 +11,7 @@ import { PolicyNotFound } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
 import { minMoverVersion } from '../core/version.ts';
 import type { SlotScope, VmJob } from '../core/jobs.ts';
-import { location, locationKey } from '../core/endpoints.ts';
+import { locationKey } from '../core/endpoints.ts';
 import { MAX_HEAL_CHUNKS_PER_JOB } from '../core/quarantine.ts';
 import type { Catalog, Host, Policy, Vm } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
@@ -76,7 +76,7 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
   const vms: VmJob[] = [];
   const hosts = new Map<string, Host | undefined>();
   // Chunks a deep verification moved aside: every job re-checks them (core/quarantine.ts).
-  const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(location(policy.bucket, policy.endpoint)), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
+  const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(policy), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
   for (const vmId of await selectVms(policy, deps.catalog)) {
     const vm = await deps.catalog.getVm(vmId);
     if (!vm) throw new Error(`policy '${policy.policyId}' names VM '${vmId}', which is not in the inventory`);

@@ -11,10 +11,10 @@
  */
 import { z } from 'zod';
 import { mapLimit } from '../core/concurrency.ts';
-import { location, locationKey } from '../core/endpoints.ts';
-import { chunkId, open, type RepositoryKeys } from '../core/format.ts';
+import { locationKey } from '../core/endpoints.ts';
+import { chunkId, chunkIdOfKey, open, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { chunkIdOfKey, quarantineKey } from '../core/quarantine.ts';
+import { quarantineKey } from '../core/quarantine.ts';
 import type { RepositoryAdmin } from '../core/repository-admin.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -55,7 +55,7 @@ async function stillDamaged(keys: RepositoryKeys, id: string, body: Buffer): Pro
 }
 
 export async function quarantineDamage(input: z.output<typeof quarantineInput>, deps: QuarantineDeps): Promise<QuarantineReport> {
-  const repository = locationKey(location(input.repository.bucket, input.repository.endpoint));
+  const repository = locationKey(input.repository);
   const report: QuarantineReport = { quarantined: [], alreadyHealthy: [], failed: [], notChunks: [] };
   const byKey = new Map<string, string>();
   for (const f of input.findings) {

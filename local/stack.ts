@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
@@ -188,7 +188,7 @@ export function localizeConfig(config: LifeboatConfig, dataDir: string, localUrl
 export function repositoryStore(e: StackEndpoints, repositoryId?: string): ObjectStore {
   const r = repositoryId ? e.repositories[repositoryId] : { bucket: e.bucket };
   if (!r) throw new Error(`the stack has no repository '${repositoryId}'; it has ${Object.keys(e.repositories).join(', ')}`);
-  return new S3ObjectStore(s3Client({ region: r.endpoint?.region ?? e.region, endpoint: r.endpoint?.url ?? e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), r.bucket);
+  return new S3ObjectStore(s3Client({ ...endpointSettings(r.endpoint, { region: e.region, url: e.s3 }), credentials: LOCAL_CREDENTIALS }), r.bucket);
 }
 
 /** The stack's repository (or a configured one, by id) as a client opens it, with its keys. */

@@ -33,7 +33,7 @@ import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { FolderDriver } from './sources/folder.ts';
@@ -112,7 +112,7 @@ const s3For = (e: StorageEndpoint | undefined): S3Client => {
   if (!c && e) {
     const profile = endpointProfiles[e.url ?? `aws:${e.region ?? region}`];
     c = s3Client({
-      region: e.region ?? region, endpoint: e.url, forcePathStyle: e.pathStyle ?? !!e.url, ...(e.checksums ? { checksums: e.checksums } : {}),
+      ...endpointSettings(e, { region }),
       // The embedded stack's servers take its fixed local pair; elsewhere the endpoint's profile, or the default chain.
       ...(s3Endpoint ? { credentials: localCreds } : profile ? { profile } : {}),
     });
@@ -143,7 +143,7 @@ const keyWrapper = async (bucket: string): Promise<KeyWrapper> =>
 
 const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys }>>();
 const repository = ({ bucket, endpoint }: RepositoryLocation) => {
-  const id = locationKey({ bucket, ...(endpoint ? { endpoint } : {}) });
+  const id = locationKey({ bucket, endpoint });
   let r = repositories.get(id);
   if (!r) {
     r = (async () => {

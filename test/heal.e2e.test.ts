@@ -5,8 +5,6 @@
  * again by the next backup of the unchanged VM (although the parent manifest lists it),
  * and a second deep verification finds the first backup intact and marks it healthy.
  */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../core/endpoints.ts';
@@ -16,12 +14,12 @@ import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import type { GcReport } from '../functions/gc.ts';
 import type { QuarantineReport } from '../functions/quarantine.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
-import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
+import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { LOCAL_CREDENTIALS, openRepository } from '../local/stack.ts';
-import { startTestStack, type TestStack } from './helpers/stack.ts';
+import { openRepository } from '../local/stack.ts';
+import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;
@@ -42,7 +40,7 @@ const backup = async () => {
 beforeAll(async () => {
   t = await startTestStack({ groups: { 'site-a': 1 } });
   const e = t.stack.endpoints;
-  recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  recovery = stackRecoveryCatalog(e);
   vmDir = join(t.dir, 'vms', 'vm-h');
   await createVmFolder(vmDir, { name: 'vm-h', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }, { id: 'disk1', sizeBytes: 4 * MiB }] }, seededRng(11));
   await t.stack.catalog.putVm({ vmId: 'vm-h', host: 'esx-01', source: vmDir });

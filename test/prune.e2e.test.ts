@@ -3,19 +3,16 @@
  * a prune that removes manifests and catalog records, and the resumption of a prune
  * that stopped half-way.
  */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { keys as objectKeys } from '../core/format.ts';
-import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import type { PrunePlan } from '../functions/prune.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { LOCAL_CREDENTIALS, openRepository, repositoryStore } from '../local/stack.ts';
-import { startTestStack, type TestStack } from './helpers/stack.ts';
+import { openRepository, repositoryStore } from '../local/stack.ts';
+import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;
@@ -86,7 +83,7 @@ it('finishes a prune that stopped after marking a backup', async () => {
   const list = await ids();
   expect(list).toHaveLength(3);
   const e = t.stack.endpoints;
-  const recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  const recovery = stackRecoveryCatalog(e);
   // A prune that died right after its first step: the oldest is `pruning`, its manifests still there.
   expect(await recovery.beginPrune('vm-p', list[2]!, 'keep-last test', new Date())).toBe(true);
   const dry = JSON.parse((await prune({ policyId: 'p-prune', dryRun: true })).output!) as PrunePlan;
@@ -130,7 +127,7 @@ it('removes a pruned backup\'s copy from the DR repository (on its own endpoint)
   expect(JSON.parse(d.output!)).toMatchObject({ pruned: 1, objectsDeleted: 4 }); // manifest + VM config, here and at DR
   expect(await drStore.head(objectKeys.manifest(older!, 'disk0'))).toBeUndefined();
   expect(await drStore.head(objectKeys.vmConfig(older!))).toBeUndefined();
-  const recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  const recovery = stackRecoveryCatalog(e);
   expect(await recovery.getReplica('vm-q', dr, older!)).toBeUndefined();
   expect(await recovery.getReplica('vm-q', dr, newest!)).toBeDefined();
   const r = await runExecution(t.sfn, e.stateMachines.Restore!, { vmId: 'vm-q', target: join(t.dir, 'q-from-dr'), moverGroup: 'site-a', fromBucket: dr }, { pollMs: 200 });

@@ -1,9 +1,9 @@
 /** QuarantineDamage (functions/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { chunkId, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
+import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkIdOfKey, quarantineKey } from '../core/quarantine.ts';
+import { quarantineKey } from '../core/quarantine.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
 import { collectGarbage } from '../functions/gc.ts';

@@ -2,8 +2,6 @@
  * Restore and deep verification end to end: the embedded stack running the synthesized
  * Restore and DeepVerify state machines, real mover processes of two groups, s3rver.
  */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { execFile } from 'node:child_process';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
@@ -12,13 +10,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeManifest, keys as objectKeys } from '../core/format.ts';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
-import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
+import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { readLocalEvents } from '../local/events.ts';
-import { LOCAL_CREDENTIALS, openRepository } from '../local/stack.ts';
-import { startTestStack, type TestStack } from './helpers/stack.ts';
+import { openRepository } from '../local/stack.ts';
+import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;
@@ -38,7 +36,7 @@ beforeAll(async () => {
   // site-a backs up (it serves esx-01); the restores go through site-b, to prove the routing.
   t = await startTestStack({ groups: { 'site-a': 1, 'site-b': 1 } });
   const e = t.stack.endpoints;
-  recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  recovery = stackRecoveryCatalog(e);
   vmDir = join(t.dir, 'vms', 'vm-r');
   await createVmFolder(vmDir, { name: 'vm-r', disks: [{ id: 'disk0', sizeBytes: 24 * MiB }, { id: 'disk1', sizeBytes: 8 * MiB }] }, seededRng(5));
   await t.stack.catalog.putVm({ vmId: 'vm-r', host: 'esx-01', source: vmDir });

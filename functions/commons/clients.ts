@@ -7,10 +7,10 @@ import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
-import { endpointKey, type StorageEndpoint } from '../../core/endpoints.ts';
+import { endpointKey, locationKey, type StorageEndpoint } from '../../core/endpoints.ts';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
@@ -87,11 +87,7 @@ export function clients(): Clients {
     const key = endpointKey(endpoint);
     let c = s3Clients.get(key);
     if (!c) {
-      const url = endpoint ? endpoint.url : env.s3Endpoint;
-      c = s3Client({
-        region: endpoint?.region ?? env.region, endpoint: url, forcePathStyle: endpoint?.pathStyle ?? !!url,
-        ...(endpoint?.checksums ? { checksums: endpoint.checksums } : {}), ...local,
-      });
+      c = s3Client({ ...endpointSettings(endpoint, { region: env.region, url: env.s3Endpoint }), ...local });
       observe(c as unknown as MiddlewareClient, 's3');
       s3Clients.set(key, c);
     }
@@ -105,7 +101,7 @@ export function clients(): Clients {
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     keyWrapper: (bucket) => keyWrapper(env, bucket),
     repositoryKeys: (bucket, endpoint) => {
-      const id = `${endpointKey(endpoint)}|${bucket}`;
+      const id = locationKey({ bucket, endpoint });
       let k = repositoryKeys.get(id);
       if (!k) {
         k = keyWrapper(env, bucket).then(async (w) => deriveKeys(await loadMasterKey(cached!.store(bucket, endpoint), w)));

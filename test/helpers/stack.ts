@@ -5,7 +5,10 @@ import { join } from 'node:path';
 import { sfnClient } from '../../local/client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../../local/movers.ts';
 import type { LifeboatConfig } from '../../core/config.ts';
-import { EmbeddedStack } from '../../local/stack.ts';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { RecoveryCatalog } from '../../functions/catalog/recovery-catalog.ts';
+import { EmbeddedStack, LOCAL_CREDENTIALS, type StackEndpoints } from '../../local/stack.ts';
 
 export interface TestStack {
   stack: EmbeddedStack;
@@ -44,4 +47,9 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The recovery records (restores, verifications, prunes, replicas, quarantine) of a running stack, as a test reads them. */
+export function stackRecoveryCatalog(e: StackEndpoints): RecoveryCatalog {
+  return new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
 }
