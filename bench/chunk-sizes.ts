@@ -10,7 +10,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { deriveKeys, keys as objectKeys } from '../core/format.ts';
-import type { ObjectInfo, ObjectStore } from '../core/object-store.ts';
+import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
 import { benchImages } from './image.ts';
@@ -28,11 +28,15 @@ class SizeOnlyStore implements ObjectStore {
   async put(key: string, body: Uint8Array): Promise<void> {
     this.puts++;
     this.sizes.set(key, body.byteLength);
-    if (key.startsWith('manifests/')) this.manifests.set(key, Buffer.from(body)); // the incremental reads its parent's
+    // The incremental reads its parent's manifest and the repository's index.
+    if (key.startsWith('manifests/') || key.startsWith('index/')) this.manifests.set(key, Buffer.from(body));
   }
   async get(key: string): Promise<Buffer | undefined> {
     this.gets++;
     return this.manifests.get(key);
+  }
+  async *list(prefix: string): AsyncIterable<ListedKey> {
+    for (const [key, size] of [...this.sizes].filter(([k]) => k.startsWith(prefix)).sort()) yield { key, size };
   }
   async head(key: string): Promise<ObjectInfo | undefined> {
     this.heads++;

@@ -172,9 +172,11 @@ export function objectSha256(body: Uint8Array): string {
   return createHash('sha256').update(body).digest('base64');
 }
 
-/** Object keys: chunks spread over 256 hashed prefixes. */
+/** Object keys: chunks (format 1) and packs (format 2) spread over 256 hashed prefixes. */
 export const keys = {
   chunk: (id: string) => `chunks/${id.slice(0, 2)}/${id}`,
+  pack: (packId: string) => `packs/${packId.slice(0, 2)}/${packId}`,
+  index: (indexId: string) => `index/${indexId}`,
   manifest: (backupId: string, diskId: string) => `manifests/${backupId}/${diskId}.manifest`,
   vmConfig: (backupId: string) => `manifests/${backupId}/vm-config`,
   masterKey: (name = 'default') => `keys/${name}`,
@@ -187,18 +189,39 @@ export function chunkIdOfKey(key: string): string | undefined {
   return CHUNK_KEY.exec(key)?.[1];
 }
 
+const PACK_KEY = /^packs\/[0-9a-f]{2}\/([0-9a-f]{32})$/;
+
+/** The pack id of a `packs/<xx>/<packId>` object key (the inverse of `keys.pack`), or undefined. */
+export function packIdOfKey(key: string): string | undefined {
+  return PACK_KEY.exec(key)?.[1];
+}
+
+/** The manifest version this code writes (format 2: chunks in packs); it reads 1 and 2. */
+export const MANIFEST_VERSION = 2;
+
+/** A pack a format-2 manifest's chunks are in, and its whole size (Verify checks it with HEAD). */
+export interface PackRef {
+  id: string;
+  size: number;
+}
+
 /** One disk of one backup: every chunk in disk order, `null` for an all-zero chunk. */
 export interface Manifest {
-  version: 1;
+  /** 1: each chunk is its own object under `chunks/`; 2: chunks are in packs (`packs`, `locations`). */
+  version: 1 | 2;
   backupId: string;
   diskId: string;
   sizeBytes: number;
   chunkSize: number;
   chunks: (string | null)[];
-  /** Stored size of each referenced chunk, by id, for Verify's size check. */
+  /** Stored (sealed) size of each referenced chunk, by id. */
   storedSizes: Record<string, number>;
-  /** Base64 SHA-256 of each stored chunk object, by id, where known: Verify compares it with the store's checksum. */
-  storedSha256: Record<string, string>;
+  /** Version 1: base64 SHA-256 of each stored chunk object, by id, where known (Verify compares it with the store's checksum). */
+  storedSha256?: Record<string, string>;
+  /** Version 2: the packs holding the referenced chunks. */
+  packs?: PackRef[];
+  /** Version 2: where each referenced chunk is, by id: [index into `packs`, byte offset in the pack]; its length is `storedSizes[id]`. */
+  locations?: Record<string, [number, number]>;
 }
 
 export function encodeManifest(keys_: RepositoryKeys, m: Manifest): Promise<Buffer> {
@@ -218,6 +241,7 @@ export async function decodeManifest(keys_: RepositoryKeys, sealed: Uint8Array, 
 }
 
 const CHUNK_ID = /^[0-9a-f]{64}$/;
+const PACK_ID = /^[0-9a-f]{32}$/;
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 
 /**
@@ -230,7 +254,7 @@ function checkManifest(m: unknown, backupId: string, diskId: string): asserts m 
   const bad = (what: string) => new Corrupt(`manifest ${backupId}/${diskId} is inconsistent: ${what}`);
   if (typeof m !== 'object' || m === null || Array.isArray(m)) throw bad('not a JSON object');
   const o = m as Record<string, unknown>;
-  if (o.version !== 1) throw bad(`version ${JSON.stringify(o.version)}, this mover reads version 1`);
+  if (o.version !== 1 && o.version !== 2) throw bad(`version ${JSON.stringify(o.version)}, this mover reads versions 1 and 2`);
   if (o.backupId !== backupId || o.diskId !== diskId) throw bad(`it names ${JSON.stringify(o.backupId)}/${JSON.stringify(o.diskId)}`);
   if (!isCount(o.sizeBytes)) throw bad(`sizeBytes ${JSON.stringify(o.sizeBytes)}`);
   if (!isCount(o.chunkSize) || o.chunkSize === 0) throw bad(`chunkSize ${JSON.stringify(o.chunkSize)}`);
@@ -241,11 +265,29 @@ function checkManifest(m: unknown, backupId: string, diskId: string): asserts m 
   const shas = o.storedSha256;
   if (typeof sizes !== 'object' || sizes === null || Array.isArray(sizes)) throw bad('storedSizes is not an object');
   if (shas !== undefined && (typeof shas !== 'object' || shas === null || Array.isArray(shas))) throw bad('storedSha256 is not an object');
+  let packs: PackRef[] | undefined;
+  let locations: Record<string, unknown> | undefined;
+  if (o.version === 2) {
+    if (!Array.isArray(o.packs)) throw bad('packs is not a list');
+    for (const [i, p] of (o.packs as unknown[]).entries()) {
+      const r = p as Record<string, unknown> | null;
+      if (typeof r !== 'object' || r === null || typeof r.id !== 'string' || !PACK_ID.test(r.id) || !isCount(r.size)) throw bad(`pack ${i} is ${JSON.stringify(p)?.slice(0, 80)}, not { id, size }`);
+    }
+    packs = o.packs as PackRef[];
+    if (typeof o.locations !== 'object' || o.locations === null || Array.isArray(o.locations)) throw bad('locations is not an object');
+    locations = o.locations as Record<string, unknown>;
+  }
   for (let i = 0; i < o.chunks.length; i++) {
     const id = o.chunks[i];
     if (id === null) continue;
     if (typeof id !== 'string' || !CHUNK_ID.test(id)) throw bad(`chunk ${i} is ${JSON.stringify(id)?.slice(0, 80)}, not a chunk id`);
-    if (!isCount((sizes as Record<string, unknown>)[id])) throw bad(`chunk ${i} (${id}) has no stored size`);
+    const size = (sizes as Record<string, unknown>)[id];
+    if (!isCount(size)) throw bad(`chunk ${i} (${id}) has no stored size`);
+    if (packs && locations) {
+      const at = locations[id];
+      if (!Array.isArray(at) || at.length !== 2 || !isCount(at[0]) || !isCount(at[1]) || at[0] >= packs.length) throw bad(`chunk ${i} (${id}) has location ${JSON.stringify(at)?.slice(0, 80)}, not [pack, offset]`);
+      if (at[1] + size > packs[at[0]]!.size) throw bad(`chunk ${i} (${id}) ends at ${at[1] + size}, past the end of pack ${packs[at[0]]!.id} (${packs[at[0]]!.size} bytes)`);
+    }
   }
   for (const [id, sha] of Object.entries(shas ?? {})) {
     if (typeof sha !== 'string') throw bad(`storedSha256 of ${id.slice(0, 80)} is not a string`);

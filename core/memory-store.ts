@@ -1,5 +1,5 @@
 import { objectSha256 } from './format.ts';
-import type { GetOptions, ObjectInfo, ObjectStore } from './object-store.ts';
+import type { GetOptions, ListedKey, ObjectInfo, ObjectStore } from './object-store.ts';
 
 /**
  * An in-memory ObjectStore that behaves like real S3 with checksums: it rejects a body
@@ -28,14 +28,21 @@ export class MemoryObjectStore implements ObjectStore {
     this.objects.set(key, copy);
   }
   async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
-    const b = this.objects.get(key);
-    if (!b) return undefined;
+    const whole = this.objects.get(key);
+    if (!whole) return undefined;
+    const b = opts.range ? whole.subarray(opts.range.offset, opts.range.offset + opts.range.length) : whole;
     if (opts.into && opts.into.byteLength >= b.length) {
       const view = Buffer.from(opts.into.buffer, opts.into.byteOffset, b.length);
       b.copy(view);
       return view;
     }
     return Buffer.from(b);
+  }
+  async *list(prefix: string): AsyncIterable<ListedKey> {
+    for (const key of [...this.objects.keys()].filter((k) => k.startsWith(prefix)).sort()) {
+      const b = this.objects.get(key);
+      if (b) yield { key, size: b.length };
+    }
   }
   async head(key: string): Promise<ObjectInfo | undefined> {
     const b = this.objects.get(key);

@@ -12,6 +12,18 @@ export interface ObjectInfo {
 export interface GetOptions {
   /** Read the object into this buffer when it fits. */
   into?: Uint8Array;
+  /**
+   * Only these bytes of the object (an HTTP Range request): a pack is read one run of
+   * chunks at a time. A range past the object's end returns what there is; callers check
+   * the length.
+   */
+  range?: { offset: number; length: number };
+}
+
+/** One object found by `list`. */
+export interface ListedKey {
+  key: string;
+  size: number;
 }
 
 export interface ObjectStore {
@@ -26,6 +38,8 @@ export interface ObjectStore {
   get(key: string, opts?: GetOptions): Promise<Buffer | undefined>;
   /** The object's size, or undefined when it does not exist. */
   head(key: string): Promise<ObjectInfo | undefined>;
+  /** Every object under `prefix`, in key order (movers list only `index/`: core/packs.ts). */
+  list(prefix: string): AsyncIterable<ListedKey>;
   /**
    * Stores `body` only when no object exists under `key` (S3 conditional write,
    * `If-None-Match: *`): 'created', or 'exists' when one was already there (or another

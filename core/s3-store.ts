@@ -1,8 +1,8 @@
-import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException, type PutObjectCommandInput, type PutObjectCommandOutput } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException, type PutObjectCommandInput, type PutObjectCommandOutput } from '@aws-sdk/client-s3';
 import type { BuildMiddleware } from '@smithy/types';
 import type { StorageEndpoint } from './endpoints.ts';
 import { StorageUnavailable } from './errors.ts';
-import type { GetOptions, ObjectInfo, ObjectStore } from './object-store.ts';
+import type { GetOptions, ListedKey, ObjectInfo, ObjectStore } from './object-store.ts';
 
 /**
  * Credentials for the local servers of the embedded stack: s3rver accepts only its fixed
@@ -128,12 +128,28 @@ export class S3ObjectStore implements ObjectStore {
 
   async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
     try {
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      return await collectBody(out.Body as unknown as AsyncIterable<Uint8Array>, out.ContentLength, `GET s3://${this.bucket}/${key}`, opts.into);
+      const r = opts.range;
+      if (r && (!Number.isSafeInteger(r.offset) || r.offset < 0 || !Number.isSafeInteger(r.length) || r.length <= 0)) throw new RangeError(`GET s3://${this.bucket}/${key}: bad range ${JSON.stringify(r)}`);
+      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(r ? { Range: `bytes=${r.offset}-${r.offset + r.length - 1}` } : {}) }));
+      return await collectBody(out.Body as unknown as AsyncIterable<Uint8Array>, out.ContentLength, `GET s3://${this.bucket}/${key}${r ? ` bytes ${r.offset}+${r.length}` : ''}`, opts.into);
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw new StorageUnavailable(`GET s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);
     }
+  }
+
+  async *list(prefix: string): AsyncIterable<ListedKey> {
+    let token: string | undefined;
+    do {
+      let out;
+      try {
+        out = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
+      } catch (err) {
+        throw new StorageUnavailable(`LIST s3://${this.bucket}/${prefix} failed: ${(err as Error).message}`, err);
+      }
+      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0 };
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
   }
 
   async head(key: string): Promise<ObjectInfo | undefined> {

@@ -4,7 +4,7 @@
  * limit and throttling code. Each preserves the interface exactly and passes `sha256`
  * through on put.
  */
-import type { ObjectInfo, ObjectStore } from './object-store.ts';
+import type { ListedKey, ObjectInfo, ObjectStore } from './object-store.ts';
 
 const TRANSIENT_STATUS = new Set([429, 500, 502, 503, 504]);
 const TRANSIENT_NAMES = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'RequestTimeout', 'InternalError', 'ServiceUnavailable', 'TimeoutError']);
@@ -44,8 +44,8 @@ export function isRetryable(err: unknown): boolean {
 
 /** What `withRetry` reports before it sleeps and tries an operation again. */
 export interface RetryInfo {
-  /** The ObjectStore method: 'put', 'get' or 'head'. */
-  op: 'put' | 'get' | 'head';
+  /** The ObjectStore method: 'put', 'get', 'head' or 'list'. */
+  op: 'put' | 'get' | 'head' | 'list';
   key: string;
   /** The attempt that failed, from 1. */
   attempt: number;
@@ -107,6 +107,14 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
     put: (key, body, sha256) => retry('put', key, () => inner.put(key, body, sha256)),
     get: (key, o) => retry('get', key, () => inner.get(key, o)),
     head: (key) => retry('head', key, () => inner.head(key)),
+    // A listing is retried while it has yielded nothing (a retry mid-way would repeat keys).
+    list: async function* (prefix: string): AsyncIterable<ListedKey> {
+      const first = await retry('list', prefix, async () => {
+        const it = inner.list(prefix)[Symbol.asyncIterator]();
+        return { it, next: await it.next() };
+      });
+      for (let n = first.next; !n.done; n = await first.it.next()) yield n.value;
+    },
     // A retried conditional write whose first attempt landed answers 'exists': the caller then checks the size.
     ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => retry('put', key, () => putIfAbsent(key, body, sha256)) } : {}),
   };
@@ -134,6 +142,7 @@ export function withConcurrencyLimit(inner: ObjectStore, limit: number): ObjectS
     put: (key, body, sha256) => run(() => inner.put(key, body, sha256)),
     get: (key, o) => run(() => inner.get(key, o)),
     head: (key) => run(() => inner.head(key)),
+    list: (prefix) => inner.list(prefix),
     ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => run(() => putIfAbsent(key, body, sha256)) } : {}),
   };
 }
@@ -187,6 +196,7 @@ export function withBandwidthLimit(inner: ObjectStore, bytesPerSecond: number, o
       return body;
     },
     head: (key): Promise<ObjectInfo | undefined> => inner.head(key),
+    list: (prefix) => inner.list(prefix),
     ...(putIfAbsent ? {
       putIfAbsent: async (key: string, body: Uint8Array, sha256?: string) => {
         await take(body.byteLength);

@@ -9,7 +9,8 @@
  */
 import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../core/errors.ts';
-import { decodeManifest, encodeManifest, keys, objectSha256, type Manifest, type RepositoryKeys } from '../core/format.ts';
+import { decodeManifest, encodeManifest, keys, MANIFEST_VERSION, objectSha256, type RepositoryKeys } from '../core/format.ts';
+import { chunkLocation, packedManifest, type ChunkLocation } from '../core/packs.ts';
 import { segmentManifestId, type DiskResult, type DispatchItem, type TransferStats, type VmJob } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { clients } from './commons/clients.ts';
@@ -63,26 +64,26 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
       throw new Corrupt(`disk '${disk.diskId}' of backup ${job.backupId}: expected ${count || 'its'} segment results, got segments [${[...indexes].sort().join(', ')}]`);
     }
     parts.sort((a, b) => a.segment!.index - b.segment!.index);
-    const joined: Manifest = { version: 1, backupId: job.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize: job.repository.chunkSize, chunks: [], storedSizes: {}, storedSha256: {} };
-    joined.chunks = new Array(Math.ceil(disk.sizeBytes / joined.chunkSize)).fill(null);
+    const base = { backupId: job.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize: job.repository.chunkSize };
+    const chunks: (string | null)[] = new Array(Math.ceil(disk.sizeBytes / base.chunkSize)).fill(null);
+    const where = new Map<string, ChunkLocation>();
     for (const part of parts) {
       const seg = part.segment!;
       const id = segmentManifestId(disk.diskId, seg.index);
       const sealed = await deps.store.get(keys.manifest(job.backupId, id));
       if (!sealed) throw new Corrupt(`segment manifest ${keys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
       const m = await decodeManifest(deps.keys, sealed, job.backupId, id);
-      if (m.chunkSize !== joined.chunkSize || m.sizeBytes !== disk.sizeBytes) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
-      const first = seg.offset / joined.chunkSize;
-      const end = Math.ceil((seg.offset + seg.length) / joined.chunkSize);
+      if (m.chunkSize !== base.chunkSize || m.sizeBytes !== disk.sizeBytes) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
+      if (m.version !== MANIFEST_VERSION) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} has format ${m.version}, written by an older mover; run the backup again`);
+      const first = seg.offset / base.chunkSize;
+      const end = Math.ceil((seg.offset + seg.length) / base.chunkSize);
       for (let i = first; i < end; i++) {
         const c = m.chunks[i] ?? null;
-        joined.chunks[i] = c;
-        if (c !== null) {
-          joined.storedSizes[c] = m.storedSizes[c]!;
-          if (m.storedSha256[c]) joined.storedSha256[c] = m.storedSha256[c];
-        }
+        chunks[i] = c;
+        if (c !== null && !where.has(c)) where.set(c, chunkLocation(m, c));
       }
     }
+    const joined = packedManifest(base, chunks, (c) => where.get(c)!);
     const sealed = await encodeManifest(deps.keys, joined);
     const manifestKey = keys.manifest(job.backupId, disk.diskId);
     await deps.store.put(manifestKey, sealed, objectSha256(sealed));

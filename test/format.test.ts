@@ -19,7 +19,7 @@ import {
   type Manifest,
 } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../core/keyring.ts';
-import type { ObjectInfo, ObjectStore } from '../core/object-store.ts';
+import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 
 const HEADER_BYTES = 15;
 const TAG_BYTES = 16;
@@ -72,6 +72,9 @@ class MemoryStore implements ObjectStore {
   async head(key: string): Promise<ObjectInfo | undefined> {
     const b = this.objects.get(key);
     return b ? { size: b.length } : undefined;
+  }
+  async *list(prefix: string): AsyncIterable<ListedKey> {
+    for (const [key, b] of [...this.objects].filter(([k]) => k.startsWith(prefix)).sort()) yield { key, size: b.length };
   }
 }
 

@@ -168,6 +168,7 @@ describe('withConcurrencyLimit', () => {
         inFlight--;
       },
       get: async () => undefined,
+      list: async function* () {},
       head: async () => undefined,
     };
     const store = withConcurrencyLimit(slow, 2);

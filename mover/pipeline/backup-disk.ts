@@ -1,12 +1,15 @@
 /**
- * One disk's transfer: read → zero check → keyed id → skip what the parent has →
- * skip what the repository has → seal (zstd + AES-GCM) → PUT, with a bounded number of
- * chunks in flight, then the manifest, last. Memory is bounded by `parallelism` chunks.
- * The id and the sealing run on the chunk pool's worker threads; the main thread reads,
- * checks for zeros (memcmp) and does the requests.
+ * One disk's transfer: read → zero check → keyed id → skip what the parent has (no
+ * request) → skip what the repository's index lists → seal (zstd + AES-GCM) → append to a
+ * pack, uploaded when full (core/packs.ts), with a bounded number of chunks in flight;
+ * then the last pack, the index of the packs written, and the manifest, last. Memory is
+ * bounded by `parallelism` chunks and three pack buffers. The id and the sealing run on
+ * the chunk pool's worker threads; the main thread reads, checks for zeros (memcmp),
+ * fills packs and does the requests.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectSha256, sealedCapacity, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectSha256, sealedCapacity, type PackRef, type RepositoryKeys } from '../../core/format.ts';
+import { packedManifest, PackWriter, RepositoryIndex } from '../../core/packs.ts';
 import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { DiskReader } from '../sources/source.ts';
@@ -29,55 +32,41 @@ export interface BackupDiskOptions {
   pool?: ChunkPool;
   /** zstd level for chunks (default: zstd's default, 3). */
   compressionLevel?: number;
-  /** Conditional PUT or HEAD first, per chunk (default: a new DedupStrategy). */
-  dedup?: DedupStrategy;
+  /**
+   * The repository's index, for chunks the parent does not have (default: loaded from the
+   * store when the first such chunk comes). Several disks of one job share one.
+   */
+  index?: Promise<RepositoryIndex>;
+  /** Pack size in bytes (default 8 MiB). */
+  packBytes?: number;
   /** Transfer only this chunk-aligned part of the disk, to a segment manifest (see keys.segmentId). */
   segment?: DiskSegment | null;
   signal?: AbortSignal;
   onProgress?: (p: { bytesScanned: number; sizeBytes: number; bytesStored: number }) => void;
 }
 
+/** Where a chunk is stored, as a format-2 manifest records it. */
+interface Stored {
+  pack: PackRef;
+  offset: number;
+  length: number;
+}
+
 /**
- * How a chunk the parent does not have is checked against the repository. A conditional
- * PUT (`If-None-Match: *`, where the store honours it) costs one request for a new chunk,
- * but a chunk that is already stored was sealed and sent for nothing; HEAD first costs a
- * request more for a new chunk and nothing else for a stored one. So: conditional PUTs
- * while few recent chunks turned out to be stored already (a first backup), HEAD first
- * once duplicates are common (a VM cloned from a template another VM's backup stored),
- * judged by a moving average of the outcomes.
+ * The parent backup's chunks, with where they are: reused without any request. A format-1
+ * parent (chunks as objects) is not used: a format-2 manifest references packs only, so
+ * the first backup after the upgrade stores its chunks again.
  */
-export class DedupStrategy {
-  private rate = 0;
-  private readonly threshold: number;
-  private readonly weight: number;
-  /** `threshold`: the duplicate rate above which HEAD goes first; `weight`: of each outcome in the moving average. */
-  constructor(threshold = 0.1, weight = 1 / 16) {
-    this.threshold = threshold;
-    this.weight = weight;
-  }
-  /** Whether the next unknown chunk should be looked up with HEAD before sealing and sending it. */
-  headFirst(): boolean {
-    return this.rate > this.threshold;
-  }
-  /** Records whether an unknown chunk was found stored already. */
-  record(stored: boolean): void {
-    this.rate += this.weight * ((stored ? 1 : 0) - this.rate);
-  }
-}
-
-interface KnownChunk {
-  size: number;
-  sha256?: string;
-}
-
-async function loadParentChunks(o: BackupDiskOptions): Promise<Map<string, KnownChunk>> {
-  const known = new Map<string, KnownChunk>();
+async function loadParentChunks(o: BackupDiskOptions): Promise<Map<string, Stored>> {
+  const known = new Map<string, Stored>();
   if (!o.parentManifestKey || !o.parentBackupId) return known;
   const sealed = await o.store.get(o.parentManifestKey);
-  if (!sealed) return known; // the parent was pruned: every chunk is checked against the repository instead
+  if (!sealed) return known; // the parent was pruned: every chunk is looked up in the repository's index instead
   const parent = await decodeManifest(o.keys, sealed, o.parentBackupId, o.disk.diskId);
-  if (parent.chunkSize !== o.chunkSize) return known;
-  for (const [id, size] of Object.entries(parent.storedSizes)) if (!o.healChunks?.has(id)) known.set(id, { size, sha256: parent.storedSha256?.[id] });
+  if (parent.chunkSize !== o.chunkSize || parent.version !== 2) return known;
+  for (const [id, [pack, offset]] of Object.entries(parent.locations!)) {
+    if (!o.healChunks?.has(id)) known.set(id, { pack: parent.packs![pack]!, offset, length: parent.storedSizes[id]! });
+  }
   return known;
 }
 
@@ -94,25 +83,30 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const manifestId = seg ? segmentManifestId(disk.diskId, seg.index) : disk.diskId;
   const parent = await loadParentChunks(o);
   const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
-  const manifest: Manifest = { version: 1, backupId: o.backupId, diskId: manifestId, sizeBytes: disk.sizeBytes, chunkSize, chunks: new Array(count).fill(null), storedSizes: {}, storedSha256: {} };
-  const inFlight = new Set<string>();
-  const record = (id: string, c: KnownChunk) => {
-    manifest.storedSizes[id] = c.size;
-    if (c.sha256) manifest.storedSha256[id] = c.sha256;
+  const chunkIds: (string | null)[] = new Array(count).fill(null);
+  // Where each referenced chunk is; chunks written by this backup get their pack's size once it landed.
+  const stored = new Map<string, { packId: string; offset: number; length: number }>();
+  const packSizes = new Map<string, number>();
+  const reuse = (id: string, at: Stored) => {
+    stored.set(id, { packId: at.pack.id, offset: at.offset, length: at.length });
+    packSizes.set(at.pack.id, at.pack.size);
   };
+  let indexLoad: Promise<RepositoryIndex> | undefined = o.index;
+  const repositoryIndex = () => (indexLoad ??= RepositoryIndex.load(o.store, o.keys));
 
   const pool = o.pool ?? sharedChunkPool();
-  const dedup = o.dedup ?? new DedupStrategy();
+  const writer = new PackWriter({ store: o.store, keys: o.keys, maxChunkBytes: sealedCapacity(chunkSize), ...(o.packBytes ? { targetBytes: o.packBytes } : {}) });
   // Plaintext buffers are slots of chunkSize shared with the pool's workers (nothing is
   // copied or moved per chunk), reused: at most `parallelism` exist at once.
   const free: SharedSlot[] = [];
   const all: SharedSlot[] = [];
   const takeSlot = () => free.pop() ?? (all[all.length] = pool.share(chunkSize));
-  // Sealed chunks are written into slots too, held until their upload is done: nothing
-  // chunk-sized is allocated per chunk (buffers made on a worker and freed on the main
-  // thread fragment the allocator: ~100 MiB of RSS more on the 2 GiB bench).
+  // Sealed chunks are written into slots too, held until they are copied into a pack:
+  // nothing chunk-sized is allocated per chunk (buffers made on a worker and freed on the
+  // main thread fragment the allocator: ~100 MiB of RSS more on the 2 GiB bench).
   const freeOut: SharedSlot[] = [];
   const takeOut = () => freeOut.pop() ?? (all[all.length] = pool.share(sealedCapacity(chunkSize)));
+  const sealing = new Set<string>();
 
   const process = async (index: number, first: SharedSlot, length: number) => {
     let buf: SharedSlot | undefined = first;
@@ -131,43 +125,34 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       // read faster than the workers hash them), else on a worker: the main thread is
       // otherwise idle in an incremental, where hashing is most of the work.
       const id = pool.backlog >= pool.size ? chunkId(o.keys, buf.bytes.subarray(0, length)) : await pool.hashSlot(o.keys, buf, length);
-      manifest.chunks[index] = id;
+      chunkIds[index] = id;
       const known = parent.get(id);
       if (known) {
         stats.parentChunks++;
-        record(id, known);
+        reuse(id, known);
         return;
       }
       stats.bytesNew += length;
-      if (manifest.storedSizes[id] !== undefined || inFlight.has(id)) {
+      if (stored.has(id) || sealing.has(id)) {
         stats.dedupedChunks++;
         return;
       }
-      inFlight.add(id);
-      const key = keys.chunk(id);
-      // An object already stored under this id is trusted only when it has the size this
-      // chunk seals to (sealing is size-deterministic; the nonce is random, so the bytes
-      // differ between writers), so a partial object left by a killed writer on a
-      // non-atomic store (s3rver writes in place) is overwritten, never referenced.
+      sealing.add(id);
+      // Stored by another VM or disk, or by an earlier attempt of this one: the index says where.
+      // A quarantined chunk is always stored again (its indexed copies may be the damaged one).
+      const elsewhere = o.healChunks?.has(id) ? undefined : (await repositoryIndex()).get(id);
+      if (elsewhere?.pack) {
+        stats.dedupedChunks++;
+        reuse(id, { pack: elsewhere.pack, offset: elsewhere.offset, length: elsewhere.length });
+        return;
+      }
       out = takeOut();
-      const sealing = pool.sealSlot(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel }, out);
-      // With conditional writes a new chunk costs one request (no HEAD); otherwise (or while
-      // duplicates are common: see DedupStrategy) HEAD while sealing, then PUT.
-      const conditional = o.store.putIfAbsent && !dedup.headFirst() ? o.store.putIfAbsent.bind(o.store) : undefined;
-      const [s, looked] = await Promise.all([sealing, conditional ? undefined : o.store.head(key)]);
+      const s = await pool.sealSlot(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel }, out);
       release(buf); // the plaintext is not needed for the upload
-      const existing = !conditional ? looked : (await conditional(key, s.sealed, s.sha256)) === 'exists' ? await o.store.head(key) : null;
-      dedup.record(existing != null);
-      if (existing && existing.size === s.sealed.length) {
-        stats.dedupedChunks++;
-        record(id, { size: existing.size, ...(existing.sha256 ? { sha256: existing.sha256 } : {}) });
-        return;
-      }
-      if (existing !== null) await o.store.put(key, s.sealed, s.sha256); // null: the conditional write created it
-      record(id, { size: s.sealed.length, sha256: s.sha256 });
+      const at = await writer.add(id, s.sealed);
+      stored.set(id, { ...at, length: s.sealed.length });
       stats.uploadedChunks++;
       stats.bytesUploaded += length;
-      stats.bytesStored += s.sealed.length;
     } finally {
       release(buf);
       if (out) freeOut.push(out);
@@ -177,6 +162,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const parallelism = o.parallelism ?? 8;
   const running = new Set<Promise<void>>();
   let failure: unknown;
+  let finished = false;
   try {
     for (let i = firstChunk; i < endChunk; i++) {
       o.signal?.throwIfAborted();
@@ -194,13 +180,26 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       if (running.size >= parallelism) await Promise.race(running);
       o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: stats.bytesStored });
     }
+    await Promise.allSettled(running);
+    if (failure) throw failure;
+    await writer.finish(); // every pack and its index landed: now a manifest may name them
+    finished = true;
   } finally {
     await Promise.allSettled(running);
+    if (!finished) await writer.abandon();
     for (const slot of all) pool.unshare(slot); // the workers drop their references
   }
   if (failure) throw failure;
-  // Chunks deduplicated against another chunk still in flight got their size when it landed.
-  for (const id of manifest.chunks) if (id !== null && manifest.storedSizes[id] === undefined) throw new Corrupt(`chunk ${id} of disk '${disk.diskId}' has no stored size`);
+  for (const w of writer.written) packSizes.set(w.pack.id, w.pack.size);
+  stats.bytesStored += writer.bytesWritten;
+
+  const manifest = packedManifest({ backupId: o.backupId, diskId: manifestId, sizeBytes: disk.sizeBytes, chunkSize }, chunkIds, (id) => {
+    const at = stored.get(id);
+    if (!at) throw new Corrupt(`chunk ${id} of disk '${disk.diskId}' was neither stored nor found stored`);
+    const size = packSizes.get(at.packId);
+    if (size === undefined) throw new Corrupt(`pack ${at.packId} holding chunk ${id} of disk '${disk.diskId}' has no known size`);
+    return { pack: { id: at.packId, size }, key: keys.pack(at.packId), offset: at.offset, length: at.length };
+  });
 
   const manifestKey = keys.manifest(o.backupId, manifestId);
   const sealedManifest = await encodeManifest(o.keys, manifest);

@@ -1,7 +1,7 @@
 /**
- * Restore one disk from its manifest into a file or a block device: parallel download;
- * open (decrypt, decompress), check the keyed id and write at offset on the chunk pool's
- * worker threads. All-zero chunks stay holes in a file; on a device they are written as
+ * Restore one disk from its manifest into a file or a block device: parallel download of
+ * runs of chunks (one range GET per run of a pack); open (decrypt, decompress), check the
+ * keyed id and write at offset on the chunk pool's worker threads. All-zero chunks stay holes in a file; on a device they are written as
  * zeros, or skipped when the device is known to read as zeros already.
  */
 import { open as openFile, stat, truncate } from 'node:fs/promises';
@@ -9,6 +9,7 @@ import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
 import { decodeManifest, keys, sealedCapacity, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
+import { chunkLocation, planReads, readChunk, RepositoryIndex } from '../../core/packs.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
 
 export interface RestoreDiskOptions {
@@ -33,13 +34,6 @@ export interface RestoreDiskOptions {
   onProgress?: (bytesDone: number, sizeBytes: number) => void;
 }
 
-/** A chunk body as an ArrayBuffer the caller owns alone (so it can be transferred to a worker). */
-function ownedArrayBuffer(body: Buffer): ArrayBuffer {
-  const ab = body.buffer;
-  if (ab instanceof ArrayBuffer && body.byteOffset === 0 && body.byteLength === ab.byteLength) return ab;
-  return new Uint8Array(body).buffer as ArrayBuffer; // a copy: the body shares its ArrayBuffer
-}
-
 export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number }> {
   const manifestKey = keys.manifest(o.backupId, o.diskId);
   const sealed = await o.store.get(manifestKey);
@@ -47,51 +41,98 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   const m = await decodeManifest(o.keys, sealed, o.backupId, o.diskId);
   const kind = o.targetKind ?? ((await stat(o.target).catch(() => undefined))?.isBlockDevice() ? 'device' : 'file');
   const writeZeros = kind === 'device' && !o.targetZeroed;
-  const zeros = writeZeros ? Buffer.alloc(m.chunkSize) : undefined;
   const pool = o.pool ?? sharedChunkPool();
   const fh = await openFile(o.target, kind === 'device' ? 'r+' : 'w');
   let bytesDownloaded = 0;
   let done = 0;
-  // Chunks are downloaded into shared slots, reused (at most `parallelism` exist): the
-  // worker opens them in place, and nothing chunk-sized is allocated per chunk.
+  const progress = (length: number) => {
+    done += length;
+    o.onProgress?.(done, m.sizeBytes);
+  };
+  // The disk offsets of each chunk (a chunk repeated within the disk is read once).
+  const offsets = new Map<string, number[]>();
+  const zeroOffsets: number[] = [];
+  m.chunks.forEach((id, i) => {
+    if (id === null) return void zeroOffsets.push(i * m.chunkSize);
+    const list = offsets.get(id);
+    if (list) list.push(i * m.chunkSize);
+    else offsets.set(id, [i * m.chunkSize]);
+  });
+  const lengthAt = (offset: number) => Math.min(m.chunkSize, m.sizeBytes - offset);
+  // Sealed chunks are copied out of the downloaded runs into shared slots, reused: the
+  // worker opens them in place and writes at offset; nothing chunk-sized is allocated per chunk.
   const freeSlots: SharedSlot[] = [];
   const allSlots: SharedSlot[] = [];
   const takeSlot = () => freeSlots.pop() ?? (allSlots[allSlots.length] = pool.share(sealedCapacity(m.chunkSize)));
+  let index: Promise<RepositoryIndex> | undefined;
   // Workers write through fh.fd: the file is closed only after every started chunk settled,
   // also when one failed (a closed fd number may be reused by the next open file).
-  const started = new Set<Promise<void>>();
-  const track = (p: Promise<void>) => {
+  const started = new Set<Promise<unknown>>();
+  const track = <T>(p: Promise<T>): Promise<T> => {
     started.add(p);
     return p.finally(() => started.delete(p));
   };
-  try {
-    await mapLimit(m.chunks, o.parallelism ?? 8, (id, index) => track((async () => {
-      const offset = index * m.chunkSize;
-      const length = Math.min(m.chunkSize, m.sizeBytes - offset);
-      if (id === null) {
-        if (zeros) await fh.write(zeros, 0, length, offset);
-      } else {
-        const key = keys.chunk(id);
-        const slot = takeSlot();
-        let opened;
-        try {
-          const body = await o.store.get(key, { into: slot.bytes });
-          if (!body) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} is missing from the repository`);
-          bytesDownloaded += body.length;
-          const write = { fd: fh.fd, offset };
-          opened = await (body.buffer === slot.bytes.buffer && body.byteOffset === 0
-            ? pool.openSlot(o.keys, slot, body.length, id, length, write)
-            : pool.open(o.keys, ownedArrayBuffer(body), id, length, write)); // a store that ignored `into`
-        } catch (err) {
-          if (err instanceof Corrupt) throw err.message.startsWith(`disk '${o.diskId}'`) ? err : new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} is damaged: ${err.message}`, err);
-          throw new Error(`disk '${o.diskId}': writing ${length} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
-        } finally {
-          freeSlots.push(slot);
+
+  /** Opens one sealed chunk into the target at `offset`: 'ok', or why it is not this chunk. */
+  const openAt = async (id: string, body: Uint8Array, offset: number): Promise<string | undefined> => {
+    const slot = takeSlot();
+    try {
+      if (body.length > slot.bytes.length) return `it is ${body.length} bytes, more than a chunk seals to`;
+      slot.bytes.set(body);
+      const opened = await pool.openSlot(o.keys, slot, body.length, id, lengthAt(offset), { fd: fh.fd, offset });
+      return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
+    } catch (err) {
+      if (err instanceof Corrupt) return err.message;
+      throw new Error(`disk '${o.diskId}': writing ${lengthAt(offset)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
+    } finally {
+      freeSlots.push(slot);
+    }
+  };
+
+  /**
+   * Chunk `id` from its manifest location, or, when that copy is missing or damaged,
+   * from another copy the repository's index lists (a later backup stored it again after
+   * a deep verification quarantined the damaged one); else Corrupt naming the disk, the
+   * offset and the object.
+   */
+  const restoreChunk = async (id: string, body: Buffer | undefined, where: string) => {
+    const at = offsets.get(id)!;
+    let problem = body ? await openAt(id, body, at[0]!) : 'it is missing from the repository';
+    if (problem !== undefined && m.version === 2) {
+      const here = chunkLocation(m, id);
+      for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).all(id)) {
+        if (alt.key === here.key && alt.offset === here.offset) continue;
+        const copy = await readChunk(o.store, alt).catch(() => undefined);
+        if (copy && (await openAt(id, copy, at[0]!)) === undefined) {
+          bytesDownloaded += copy.length;
+          problem = undefined;
+          break;
         }
-        if (!opened.ok) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${key} does not match its id (swapped or wrong length)`);
       }
-      done += length;
-      o.onProgress?.(done, m.sizeBytes);
+    }
+    if (problem !== undefined) throw new Corrupt(`disk '${o.diskId}' offset ${at[0]}: chunk ${id} in ${where} is damaged: ${problem}`);
+    for (const offset of at.slice(1)) {
+      const again = body && (await openAt(id, body, offset));
+      if (again !== undefined) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${id} in ${where} is damaged: ${again ?? 'missing'}`);
+    }
+    for (const offset of at) progress(lengthAt(offset));
+  };
+
+  try {
+    if (writeZeros) {
+      const zeros = Buffer.alloc(m.chunkSize);
+      for (const offset of zeroOffsets) await fh.write(zeros, 0, lengthAt(offset), offset);
+    }
+    for (const offset of zeroOffsets) progress(lengthAt(offset));
+    // Runs of neighbouring chunks of a pack are one range GET each (format 1: one GET per chunk).
+    const runs = planReads(m, offsets.keys());
+    const parallelism = o.parallelism ?? 8;
+    await mapLimit(runs, Math.max(1, Math.ceil(parallelism / 2)), (run) => track((async () => {
+      const body = await o.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
+      if (body) bytesDownloaded += body.length;
+      const complete = body && body.length === run.length ? body : undefined;
+      const where = run.packed ? `${run.key} bytes ${run.offset}+${run.length}` : run.key;
+      await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete?.subarray(c.at, c.at + c.length), where)));
     })()));
   } finally {
     await Promise.allSettled(started);

@@ -1,0 +1,399 @@
+/**
+ * Repository format 2: chunks stored in packs (specified in core/REPOSITORY-FORMAT.md).
+ *
+ * A pack is one object holding many sealed chunks back to back (each the same envelope
+ * as a format-1 chunk object, bound to its chunk id), then a sealed trailer listing them,
+ * then the trailer's length: a pack describes itself, so the index can always be rebuilt
+ * from the packs. An index object lists the chunks of the packs one writer stored; movers
+ * load the repository's index to deduplicate across VMs, and readers use it to find
+ * another copy of a chunk whose copy at its manifest's location is damaged.
+ *
+ * One pack of several MiB costs one PUT (and one GET per run of chunks read) where
+ * format 1 cost one request per chunk: the per-request cost, not the bytes, bound the
+ * throughput of format 1 (measured in REPOSITORY-FORMAT.md).
+ */
+import { randomBytes } from 'node:crypto';
+import { mapLimit } from './concurrency.ts';
+import { Corrupt } from './errors.ts';
+import { keys as objectKeys, MANIFEST_VERSION, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
+import type { ObjectStore } from './object-store.ts';
+
+/** Where a chunk is stored: an object, and the bytes of it that are the chunk's envelope. */
+export interface ChunkLocation {
+  /** Its pack (format 2), or undefined for a format-1 chunk object. */
+  pack?: PackRef;
+  /** The object key: `packs/…` or `chunks/…`. */
+  key: string;
+  offset: number;
+  length: number;
+}
+
+/** One chunk of a pack, as its trailer and the index list it. */
+export interface PackEntry {
+  id: string;
+  offset: number;
+  length: number;
+}
+
+export interface PackContents {
+  pack: PackRef;
+  chunks: PackEntry[];
+}
+
+const INDEX_MAGIC = 0x4c424958; // "LBIX"
+const INDEX_VERSION = 2;
+const PACK_ID_BYTES = 16;
+const CHUNK_ID_BYTES = 32;
+const ENTRY_BYTES = CHUNK_ID_BYTES + 4 + 4;
+const PACK_HEAD_BYTES = PACK_ID_BYTES + 4 + 4;
+/** Largest pack a writer makes (offsets are 32-bit). */
+export const MAX_PACK_BYTES = 0xffff_ffff;
+
+export const newPackId = (): string => randomBytes(PACK_ID_BYTES).toString('hex');
+
+/**
+ * The binary list of packs and their chunks that index objects and pack trailers hold:
+ * "LBIX", version 2, pack count; per pack its 16-byte id, size and chunk count, then per
+ * chunk its 32-byte id, offset and length (all integers unsigned 32-bit big-endian). About
+ * 40 bytes per chunk, against ~110 as JSON.
+ */
+export function encodeIndex(packs: readonly PackContents[]): Buffer {
+  const size = 9 + packs.reduce((n, p) => n + PACK_HEAD_BYTES + p.chunks.length * ENTRY_BYTES, 0);
+  const out = Buffer.alloc(size);
+  out.writeUInt32BE(INDEX_MAGIC, 0);
+  out[4] = INDEX_VERSION;
+  out.writeUInt32BE(packs.length, 5);
+  let at = 9;
+  for (const p of packs) {
+    if (p.pack.size > MAX_PACK_BYTES) throw new RangeError(`pack ${p.pack.id} is ${p.pack.size} bytes, more than a pack may hold`);
+    at += out.write(p.pack.id, at, PACK_ID_BYTES, 'hex');
+    at = out.writeUInt32BE(p.pack.size, at);
+    at = out.writeUInt32BE(p.chunks.length, at);
+    for (const c of p.chunks) {
+      at += out.write(c.id, at, CHUNK_ID_BYTES, 'hex');
+      at = out.writeUInt32BE(c.offset, at);
+      at = out.writeUInt32BE(c.length, at);
+    }
+  }
+  return out;
+}
+
+/** Parses `encodeIndex` output; anything malformed is Corrupt naming `what` and the problem. */
+export function decodeIndex(buf: Uint8Array, what: string): PackContents[] {
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  const bad = (problem: string) => new Corrupt(`${what} is malformed: ${problem}`);
+  if (b.length < 9 || b.readUInt32BE(0) !== INDEX_MAGIC) throw bad('no index header');
+  if (b[4] !== INDEX_VERSION) throw bad(`index version ${b[4]}, this code reads ${INDEX_VERSION}`);
+  const count = b.readUInt32BE(5);
+  const packs: PackContents[] = [];
+  let at = 9;
+  for (let p = 0; p < count; p++) {
+    if (at + PACK_HEAD_BYTES > b.length) throw bad(`pack ${p} of ${count} is cut off at byte ${at}`);
+    const id = b.toString('hex', at, at + PACK_ID_BYTES);
+    const size = b.readUInt32BE(at + PACK_ID_BYTES);
+    const n = b.readUInt32BE(at + PACK_ID_BYTES + 4);
+    at += PACK_HEAD_BYTES;
+    if (at + n * ENTRY_BYTES > b.length) throw bad(`pack ${id} lists ${n} chunks, the index ends first`);
+    const chunks: PackEntry[] = new Array(n);
+    for (let c = 0; c < n; c++) {
+      const offset = b.readUInt32BE(at + CHUNK_ID_BYTES);
+      const length = b.readUInt32BE(at + CHUNK_ID_BYTES + 4);
+      if (offset + length > size) throw bad(`chunk ${c} of pack ${id} ends at ${offset + length}, past the pack's ${size} bytes`);
+      chunks[c] = { id: b.toString('hex', at, at + CHUNK_ID_BYTES), offset, length };
+      at += ENTRY_BYTES;
+    }
+    packs.push({ pack: { id, size }, chunks });
+  }
+  if (at !== b.length) throw bad(`${b.length - at} bytes follow the last pack`);
+  return packs;
+}
+
+/** Sealed index object for `indexId`. */
+export function encodeIndexObject(keys: RepositoryKeys, indexId: string, packs: readonly PackContents[]): Promise<Buffer> {
+  return seal(keys, encodeIndex(packs), `index:${indexId}`);
+}
+
+export async function decodeIndexObject(keys: RepositoryKeys, sealed: Uint8Array, indexId: string): Promise<PackContents[]> {
+  return decodeIndex(await open(keys, sealed, `index:${indexId}`), `index object ${objectKeys.index(indexId)}`);
+}
+
+/**
+ * The trailer that ends a pack: the sealed index of this one pack, whose size field holds
+ * where the trailer begins (the bytes of chunks before it), then the sealed trailer's
+ * length, unsigned 32-bit big-endian.
+ */
+export function packTrailer(keys: RepositoryKeys, packId: string, chunks: readonly PackEntry[], chunkBytes: number): Buffer {
+  const sealed = sealSync(keys, encodeIndex([{ pack: { id: packId, size: chunkBytes }, chunks: [...chunks] }]), `pack:${packId}`, { level: 1 });
+  const out = Buffer.alloc(sealed.length + 4);
+  sealed.copy(out);
+  out.writeUInt32BE(sealed.length, sealed.length);
+  return out;
+}
+
+/** The chunks a whole pack lists in its trailer (for rebuilding an index, and for replication). */
+export function readPackTrailer(keys: RepositoryKeys, pack: Uint8Array, packId: string): PackContents {
+  const b = Buffer.from(pack.buffer, pack.byteOffset, pack.byteLength);
+  const what = `pack ${objectKeys.pack(packId)}`;
+  if (b.length < 4) throw new Corrupt(`${what} is ${b.length} bytes, too short for a trailer`);
+  const len = b.readUInt32BE(b.length - 4);
+  if (len + 4 > b.length) throw new Corrupt(`${what}: its trailer claims ${len} bytes, the pack has ${b.length}`);
+  const plain = openSync(keys, b.subarray(b.length - 4 - len, b.length - 4), `pack:${packId}`);
+  const [contents, ...rest] = decodeIndex(plain, `the trailer of ${what}`);
+  if (!contents || rest.length > 0 || contents.pack.id !== packId) throw new Corrupt(`${what}: its trailer does not describe this pack`);
+  if (contents.pack.size !== b.length - 4 - len) throw new Corrupt(`${what}: its trailer begins at byte ${b.length - 4 - len}, it says ${contents.pack.size}`);
+  return { pack: { id: packId, size: b.length }, chunks: contents.chunks };
+}
+
+/** Where each chunk of `m` is. Format 1: its own object; format 2: a range of a pack. */
+export function chunkLocation(m: Manifest, id: string): ChunkLocation {
+  const length = m.storedSizes[id];
+  if (length === undefined) throw new Corrupt(`manifest ${m.backupId}/${m.diskId} does not reference chunk ${id}`);
+  if (m.version === 1) return { key: objectKeys.chunk(id), offset: 0, length };
+  const at = m.locations![id]!;
+  const pack = m.packs![at[0]]!;
+  return { pack, key: objectKeys.pack(pack.id), offset: at[1], length };
+}
+
+/**
+ * The stored envelope of a chunk at `loc`: a range GET of its pack, or the whole chunk
+ * object; undefined when the object is missing. A short read is Corrupt.
+ */
+export async function readChunk(store: ObjectStore, loc: ChunkLocation, into?: Uint8Array): Promise<Buffer | undefined> {
+  const body = await store.get(loc.key, { ...(into ? { into } : {}), ...(loc.pack ? { range: { offset: loc.offset, length: loc.length } } : {}) });
+  if (body && loc.pack && body.length !== loc.length) throw new Corrupt(`${loc.key} bytes ${loc.offset}+${loc.length}: read ${body.length} bytes (the pack is shorter than its manifest says)`);
+  return body;
+}
+
+/** Reads that fetch a run of neighbouring chunks of one pack with one GET. */
+export interface ReadRun {
+  key: string;
+  packed: boolean;
+  offset: number;
+  length: number;
+  /** The chunks in the run: their id and where each starts within the run. */
+  chunks: { id: string; at: number; length: number }[];
+}
+
+/**
+ * A format-2 manifest for `chunks` (disk order, null for zeros), asking `locate` where each
+ * referenced chunk is; packs are listed in the order first referenced.
+ */
+export function packedManifest(base: Pick<Manifest, 'backupId' | 'diskId' | 'sizeBytes' | 'chunkSize'>, chunks: (string | null)[], locate: (id: string) => ChunkLocation): Manifest {
+  const m: Manifest = { version: MANIFEST_VERSION, ...base, chunks, storedSizes: {}, packs: [], locations: {} };
+  const packIndex = new Map<string, number>();
+  for (const id of chunks) {
+    if (id === null || m.storedSizes[id] !== undefined) continue;
+    const at = locate(id);
+    if (!at.pack) throw new Corrupt(`chunk ${id} of disk '${base.diskId}' is not in a pack (${at.key})`);
+    let p = packIndex.get(at.pack.id);
+    if (p === undefined) {
+      packIndex.set(at.pack.id, (p = m.packs!.length));
+      m.packs!.push({ id: at.pack.id, size: at.pack.size });
+    }
+    m.storedSizes[id] = at.length;
+    m.locations![id] = [p, at.offset];
+  }
+  return m;
+}
+
+/**
+ * Groups chunk reads into runs: chunks of one pack that lie within `maxGap` bytes of each
+ * other are read by one range GET of at most `maxBytes` (format-1 chunks: one GET each).
+ * Runs come in pack order, so a restore reads each pack front to back.
+ */
+export function planReads(m: Manifest, ids: Iterable<string>, opts: { maxBytes?: number; maxGap?: number } = {}): ReadRun[] {
+  const maxBytes = opts.maxBytes ?? 4 * 1024 * 1024;
+  const maxGap = opts.maxGap ?? 64 * 1024;
+  const locs = [...ids].map((id) => ({ id, loc: chunkLocation(m, id) }));
+  locs.sort((a, b) => (a.loc.key < b.loc.key ? -1 : a.loc.key > b.loc.key ? 1 : a.loc.offset - b.loc.offset));
+  const runs: ReadRun[] = [];
+  let run: ReadRun | undefined;
+  for (const { id, loc } of locs) {
+    const end = loc.offset + loc.length;
+    if (run && loc.pack && run.packed && run.key === loc.key && loc.offset - (run.offset + run.length) <= maxGap && loc.offset >= run.offset && end - run.offset <= maxBytes) {
+      run.length = Math.max(run.length, end - run.offset);
+      run.chunks.push({ id, at: loc.offset - run.offset, length: loc.length });
+      continue;
+    }
+    run = { key: loc.key, packed: !!loc.pack, offset: loc.offset, length: loc.length, chunks: [{ id, at: 0, length: loc.length }] };
+    runs.push(run);
+  }
+  return runs;
+}
+
+/**
+ * The repository's index: every chunk the index objects list, by id. Loaded by a mover
+ * before a backup (deduplication across VMs and disks) and by readers that need another
+ * copy of a damaged chunk. ~200 bytes of memory per chunk listed.
+ */
+export class RepositoryIndex {
+  private readonly byId = new Map<string, ChunkLocation | ChunkLocation[]>();
+  /** Index objects read, and the chunks they list. */
+  readonly objects: number;
+
+  private constructor(objects: number) {
+    this.objects = objects;
+  }
+
+  static empty(): RepositoryIndex {
+    return new RepositoryIndex(0);
+  }
+
+  /** Lists `index/` and reads every index object (`parallelism` at once). */
+  static async load(store: ObjectStore, keys: RepositoryKeys, parallelism = 8): Promise<RepositoryIndex> {
+    const ids: string[] = [];
+    for await (const o of store.list('index/')) ids.push(o.key.slice('index/'.length));
+    const index = new RepositoryIndex(ids.length);
+    await mapLimit(ids, parallelism, async (indexId) => {
+      const sealed = await store.get(objectKeys.index(indexId));
+      if (sealed) index.add(await decodeIndexObject(keys, sealed, indexId)); // gone: garbage collection rewrote it meanwhile
+    });
+    return index;
+  }
+
+  add(packs: readonly PackContents[]): void {
+    for (const p of packs) {
+      const key = objectKeys.pack(p.pack.id);
+      for (const c of p.chunks) {
+        const loc: ChunkLocation = { pack: p.pack, key, offset: c.offset, length: c.length };
+        const had = this.byId.get(c.id);
+        if (!had) this.byId.set(c.id, loc);
+        else if (Array.isArray(had)) had.push(loc);
+        else this.byId.set(c.id, [had, loc]);
+      }
+    }
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  /** A location of chunk `id`, or undefined when no index object lists it. */
+  get(id: string): ChunkLocation | undefined {
+    const had = this.byId.get(id);
+    return Array.isArray(had) ? had[0] : had;
+  }
+
+  /** Every location of chunk `id` (several when writers stored it more than once). */
+  all(id: string): ChunkLocation[] {
+    const had = this.byId.get(id);
+    return had === undefined ? [] : Array.isArray(had) ? had : [had];
+  }
+}
+
+/** A pack being filled: its buffer, and the chunks in it so far. */
+interface OpenPack {
+  id: string;
+  buf: Buffer;
+  used: number;
+  chunks: PackEntry[];
+}
+
+export interface PackWriterOptions {
+  store: ObjectStore;
+  keys: RepositoryKeys;
+  /** A pack is closed once it holds this many bytes of chunks (default 8 MiB). */
+  targetBytes?: number;
+  /** The largest sealed chunk that will be added (sizes the pack buffers). */
+  maxChunkBytes: number;
+  /** Packs uploading at once; `add` waits beyond (default 2). */
+  maxUploads?: number;
+  /** An index object is written after this many packs, and at `finish` (default 32). */
+  packsPerIndex?: number;
+}
+
+/**
+ * Appends sealed chunks to packs and uploads each full pack (then, every few packs and at
+ * the end, an index object listing them). A chunk's location is known when it is added;
+ * it may be referenced by a manifest only after `finish` resolved. Memory: at most
+ * `maxUploads + 1` pack buffers, reused.
+ */
+export class PackWriter {
+  private readonly o: Required<Omit<PackWriterOptions, 'maxChunkBytes'>> & { maxChunkBytes: number };
+  private current: OpenPack | undefined;
+  private readonly spare: Buffer[] = [];
+  private readonly uploads = new Set<Promise<void>>();
+  private unindexed: PackContents[] = [];
+  private failure: unknown;
+  /** Every pack written, and the index objects. */
+  readonly written: PackContents[] = [];
+  readonly indexes: string[] = [];
+  bytesWritten = 0;
+
+  constructor(o: PackWriterOptions) {
+    this.o = { targetBytes: 8 * 1024 * 1024, maxUploads: 2, packsPerIndex: 32, ...o };
+    if (this.o.targetBytes + this.o.maxChunkBytes > MAX_PACK_BYTES / 2) throw new RangeError(`packs of ${this.o.targetBytes} bytes are too large`);
+  }
+
+  /** Copies a sealed chunk into the open pack; the pack and the offset in it. */
+  async add(id: string, sealed: Uint8Array): Promise<{ packId: string; offset: number }> {
+    if (this.failure) throw this.failure;
+    if (sealed.length > this.o.maxChunkBytes) throw new RangeError(`chunk ${id} sealed to ${sealed.length} bytes, more than the ${this.o.maxChunkBytes} a pack slot holds`);
+    if (this.current && this.current.used + sealed.length > this.o.targetBytes) await this.close();
+    const p = (this.current ??= { id: newPackId(), buf: this.spare.pop() ?? Buffer.allocUnsafe(this.o.targetBytes + this.o.maxChunkBytes), used: 0, chunks: [] });
+    const offset = p.used;
+    p.buf.set(sealed, offset);
+    p.used += sealed.length;
+    p.chunks.push({ id, offset, length: sealed.length });
+    return { packId: p.id, offset };
+  }
+
+  private async close(): Promise<void> {
+    const p = this.current;
+    if (!p) return;
+    this.current = undefined;
+    while (this.uploads.size >= this.o.maxUploads) await Promise.race(this.uploads);
+    if (this.failure) throw this.failure;
+    const trailer = packTrailer(this.o.keys, p.id, p.chunks, p.used);
+    let body: Buffer;
+    if (p.used + trailer.length <= p.buf.length) {
+      trailer.copy(p.buf, p.used);
+      body = p.buf.subarray(0, p.used + trailer.length);
+    } else {
+      body = Buffer.concat([p.buf.subarray(0, p.used), trailer]);
+    }
+    const contents: PackContents = { pack: { id: p.id, size: body.length }, chunks: p.chunks };
+    const upload = (async () => {
+      try {
+        await this.o.store.put(objectKeys.pack(p.id), body);
+        this.bytesWritten += body.length;
+        this.written.push(contents);
+        this.unindexed.push(contents);
+        if (this.unindexed.length >= this.o.packsPerIndex) await this.writeIndex();
+      } catch (err) {
+        this.failure ??= err;
+      } finally {
+        this.spare.push(p.buf);
+      }
+    })();
+    this.uploads.add(upload);
+    void upload.finally(() => this.uploads.delete(upload));
+  }
+
+  private async writeIndex(): Promise<void> {
+    if (this.unindexed.length === 0) return;
+    const packs = this.unindexed;
+    this.unindexed = [];
+    const indexId = randomBytes(16).toString('hex');
+    const sealed = await encodeIndexObject(this.o.keys, indexId, packs);
+    await this.o.store.put(objectKeys.index(indexId), sealed);
+    this.bytesWritten += sealed.length;
+    this.indexes.push(indexId);
+  }
+
+  /** Uploads the last pack and the index of what is not indexed yet; every pack written. */
+  async finish(): Promise<PackContents[]> {
+    await this.close();
+    await Promise.allSettled(this.uploads);
+    if (this.failure) throw this.failure;
+    await this.writeIndex();
+    return this.written;
+  }
+
+  /** Waits for uploads in flight and drops the buffers (after a failure). */
+  async abandon(): Promise<void> {
+    this.current = undefined;
+    await Promise.allSettled(this.uploads);
+    this.spare.length = 0;
+  }
+}
