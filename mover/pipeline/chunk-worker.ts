@@ -5,11 +5,11 @@
  * main thread keeps only I/O. Buffers come and go as transferred ArrayBuffers.
  */
 import { createHash } from 'node:crypto';
-import { writeSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort } from 'node:worker_threads';
-import { chunkId, openSync, sealSync, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, sealSync, type RepositoryKeys } from '../../core/format.ts';
+import { openChunk } from './open-chunk.ts';
 import type { WorkerReply, WorkerRequest } from './chunk-pool.ts';
 
 const port = parentPort;
@@ -24,27 +24,16 @@ const keysFor = (keyId: number): RepositoryKeys => {
 
 /** Shared plaintext slots, sent once (op 'share'): requests name a slot instead of moving a buffer. */
 const shared = new Map<number, SharedArrayBuffer>();
-const slotBytes = (slot: number, length?: number): Uint8Array => {
+const slotBytes = (slot: number, length?: number, offset = 0): Uint8Array => {
   const sab = shared.get(slot);
   if (!sab) throw new Error(`chunk worker has no shared slot ${slot}`);
-  return new Uint8Array(sab, 0, length ?? sab.byteLength);
+  return new Uint8Array(sab, offset, length ?? sab.byteLength - offset);
 };
 const plaintext = (m: { buf?: ArrayBuffer; slot?: number; length: number }): Uint8Array =>
   m.slot === undefined ? new Uint8Array(m.buf!, 0, m.length) : slotBytes(m.slot, m.length);
 
-/** The pool's write lock (see ChunkPool.writeLock): 0 free, 1 held; waiters sleep in Atomics.wait. */
+/** The pool's write lock (see ChunkPool.writeLock). */
 let writeLock: Int32Array | undefined;
-function withWriteLock(write: () => void): void {
-  const lock = writeLock;
-  if (!lock) return write();
-  while (Atomics.compareExchange(lock, 0, 0, 1) !== 0) Atomics.wait(lock, 0, 1);
-  try {
-    write();
-  } finally {
-    Atomics.store(lock, 0, 0);
-    Atomics.notify(lock, 0, 1);
-  }
-}
 
 /**
  * Garbage collection paced by the chunks. Each seal and open leaves chunk-sized garbage
@@ -84,18 +73,13 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
       return { reply: { seq: m.seq, ...back, sealed: out, sha256 }, transfer: [...moved, out] };
     }
     case 'open': {
-      const keys = keysFor(m.keyId);
-      const body = m.bodySlot === undefined ? new Uint8Array(m.body!) : slotBytes(m.bodySlot, m.bodyLength);
-      const plain = openSync(keys, body, m.id, m.length);
-      if (plain.length !== m.length || chunkId(keys, plain) !== m.id) return { reply: { seq: m.seq, mismatch: true }, transfer: [] };
-      if (m.fd !== undefined) {
-        withWriteLock(() => {
-          for (let done = 0; done < plain.length;) done += writeSync(m.fd!, plain, done, plain.length - done, m.offset! + done);
-        });
-        return { reply: { seq: m.seq, written: plain.length }, transfer: [] };
-      }
-      const out = new ArrayBuffer(plain.length);
-      new Uint8Array(out).set(plain);
+      const body = m.bodySlot === undefined ? new Uint8Array(m.body!) : slotBytes(m.bodySlot, m.bodyLength, m.bodyOffset);
+      const write = m.fd === undefined ? undefined : { fd: m.fd, offset: m.offset! };
+      const opened = openChunk(keysFor(m.keyId), body, m.id, m.length, write, writeLock);
+      if (opened.mismatch) return { reply: { seq: m.seq, mismatch: true }, transfer: [] };
+      if (write) return { reply: { seq: m.seq, written: opened.plain.length }, transfer: [] };
+      const out = new ArrayBuffer(opened.plain.length);
+      new Uint8Array(out).set(opened.plain);
       return { reply: { seq: m.seq, plain: out }, transfer: [out] };
     }
   }

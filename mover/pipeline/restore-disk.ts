@@ -34,6 +34,9 @@ export interface RestoreDiskOptions {
   onProgress?: (bytesDone: number, sizeBytes: number) => void;
 }
 
+/** The most bytes one range GET reads (a run of neighbouring chunks of a pack). */
+const RUN_BYTES = 4 * 1024 * 1024;
+
 export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number }> {
   const manifestKey = keys.manifest(o.backupId, o.diskId);
   const sealed = await o.store.get(manifestKey);
@@ -59,11 +62,13 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     else offsets.set(id, [i * m.chunkSize]);
   });
   const lengthAt = (offset: number) => Math.min(m.chunkSize, m.sizeBytes - offset);
-  // Sealed chunks are copied out of the downloaded runs into shared slots, reused: the
-  // worker opens them in place and writes at offset; nothing chunk-sized is allocated per chunk.
+  // Runs are downloaded into shared slots, reused (one per run in flight): the worker
+  // opens each chunk where it lies in the run and writes it at its offset, so nothing
+  // chunk- or run-sized is allocated or copied per chunk.
+  const runBytes = Math.max(RUN_BYTES, sealedCapacity(m.chunkSize));
   const freeSlots: SharedSlot[] = [];
   const allSlots: SharedSlot[] = [];
-  const takeSlot = () => freeSlots.pop() ?? (allSlots[allSlots.length] = pool.share(sealedCapacity(m.chunkSize)));
+  const takeSlot = () => freeSlots.pop() ?? (allSlots[allSlots.length] = pool.share(runBytes));
   let index: Promise<RepositoryIndex> | undefined;
   // Workers write through fh.fd: the file is closed only after every started chunk settled,
   // also when one failed (a closed fd number may be reused by the next open file).
@@ -73,49 +78,52 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     return p.finally(() => started.delete(p));
   };
 
-  /** Opens one sealed chunk into the target at `offset`: 'ok', or why it is not this chunk. */
-  const openAt = async (id: string, body: Uint8Array, offset: number): Promise<string | undefined> => {
-    const slot = takeSlot();
+  /** Opens the chunk at `at` in `slot` into the target at `offset`: undefined, or why it is not this chunk. */
+  const openAt = async (id: string, slot: SharedSlot, at: number, length: number, offset: number): Promise<string | undefined> => {
     try {
-      if (body.length > slot.bytes.length) return `it is ${body.length} bytes, more than a chunk seals to`;
-      slot.bytes.set(body);
-      const opened = await pool.openSlot(o.keys, slot, body.length, id, lengthAt(offset), { fd: fh.fd, offset });
+      // On this thread while every worker has work queued, else on a worker.
+      const write = { fd: fh.fd, offset };
+      const opened = pool.backlog >= pool.size ? pool.openHere(o.keys, slot, length, id, lengthAt(offset), write, at) : await pool.openSlot(o.keys, slot, length, id, lengthAt(offset), write, at);
       return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
     } catch (err) {
       if (err instanceof Corrupt) return err.message;
       throw new Error(`disk '${o.diskId}': writing ${lengthAt(offset)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
-    } finally {
-      freeSlots.push(slot);
     }
   };
 
   /**
-   * Chunk `id` from its manifest location, or, when that copy is missing or damaged,
-   * from another copy the repository's index lists (a later backup stored it again after
-   * a deep verification quarantined the damaged one); else Corrupt naming the disk, the
-   * offset and the object.
+   * Another copy of chunk `id` the repository's index lists (a later backup stored it
+   * again after a deep verification quarantined the damaged one), opened into the target
+   * at `offset`; false when there is none that opens.
    */
-  const restoreChunk = async (id: string, body: Buffer | undefined, where: string) => {
-    const at = offsets.get(id)!;
-    let problem = body ? await openAt(id, body, at[0]!) : 'it is missing from the repository';
-    if (problem !== undefined && m.version === 2) {
-      const here = chunkLocation(m, id);
-      for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).all(id)) {
-        if (alt.key === here.key && alt.offset === here.offset) continue;
-        const copy = await readChunk(o.store, alt).catch(() => undefined);
-        if (copy && (await openAt(id, copy, at[0]!)) === undefined) {
+  const fromOtherCopy = async (id: string, offset: number): Promise<boolean> => {
+    if (m.version !== 2) return false;
+    const here = chunkLocation(m, id);
+    for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).all(id)) {
+      if ((alt.key === here.key && alt.offset === here.offset) || alt.length > runBytes) continue;
+      const slot = takeSlot();
+      try {
+        const copy = await readChunk(o.store, alt, slot.bytes).catch(() => undefined);
+        if (!copy) continue;
+        if (copy.buffer !== slot.bytes.buffer) slot.bytes.set(copy);
+        if ((await openAt(id, slot, 0, copy.length, offset)) === undefined) {
           bytesDownloaded += copy.length;
-          problem = undefined;
-          break;
+          return true;
         }
+      } finally {
+        freeSlots.push(slot);
       }
     }
-    if (problem !== undefined) throw new Corrupt(`disk '${o.diskId}' offset ${at[0]}: chunk ${id} in ${where} is damaged: ${problem}`);
-    for (const offset of at.slice(1)) {
-      const again = body && (await openAt(id, body, offset));
-      if (again !== undefined) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${id} in ${where} is damaged: ${again ?? 'missing'}`);
+    return false;
+  };
+
+  /** Chunk `id` from `slot` (undefined: its run could not be read) into every offset the disk has it at; else Corrupt naming the disk, the offset and the object. */
+  const restoreChunk = async (id: string, slot: SharedSlot | undefined, at: number, length: number, where: string, missing: string) => {
+    for (const offset of offsets.get(id)!) {
+      const problem = slot ? await openAt(id, slot, at, length, offset) : missing;
+      if (problem !== undefined && !(await fromOtherCopy(id, offset))) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${id} in ${where} is damaged: ${problem}`);
+      progress(lengthAt(offset));
     }
-    for (const offset of at) progress(lengthAt(offset));
   };
 
   try {
@@ -125,14 +133,21 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     }
     for (const offset of zeroOffsets) progress(lengthAt(offset));
     // Runs of neighbouring chunks of a pack are one range GET each (format 1: one GET per chunk).
-    const runs = planReads(m, offsets.keys());
+    const runs = planReads(m, offsets.keys(), { maxBytes: runBytes });
     const parallelism = o.parallelism ?? 8;
     await mapLimit(runs, Math.max(1, Math.ceil(parallelism / 2)), (run) => track((async () => {
-      const body = await o.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
-      if (body) bytesDownloaded += body.length;
-      const complete = body && body.length === run.length ? body : undefined;
-      const where = run.packed ? `${run.key} bytes ${run.offset}+${run.length}` : run.key;
-      await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete?.subarray(c.at, c.at + c.length), where)));
+      const slot = takeSlot();
+      try {
+        const body = await o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+        if (body) bytesDownloaded += body.length;
+        const where = run.packed ? `${run.key} bytes ${run.offset}+${run.length}` : run.key;
+        const missing = !body ? 'it is missing from the repository' : `the read returned ${body.length} of ${run.length} bytes`;
+        const complete = body?.length === run.length;
+        if (complete && body.buffer !== slot.bytes.buffer) slot.bytes.set(body); // a store that ignored `into`
+        await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete ? slot : undefined, c.at, c.length, where, missing)));
+      } finally {
+        freeSlots.push(slot);
+      }
     })()));
   } finally {
     await Promise.allSettled(started);
