@@ -15,7 +15,7 @@
 import { randomBytes } from 'node:crypto';
 import { mapLimit } from './concurrency.ts';
 import { Corrupt } from './errors.ts';
-import { keys as objectKeys, MANIFEST_VERSION, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
+import { keys as objectKeys, MANIFEST_VERSION, objectSha256, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
 import type { ObjectStore } from './object-store.ts';
 
 /** Where a chunk is stored: an object, and the bytes of it that are the chunk's envelope. */
@@ -353,9 +353,11 @@ export class PackWriter {
       body = Buffer.concat([p.buf.subarray(0, p.used), trailer]);
     }
     const contents: PackContents = { pack: { id: p.id, size: body.length }, chunks: p.chunks };
+    // One SHA-256 of the pack: the store checks the upload against it (and signs it, instead of hashing the body again).
+    const sha256 = objectSha256(body);
     const upload = (async () => {
       try {
-        await this.o.store.put(objectKeys.pack(p.id), body);
+        await this.o.store.put(objectKeys.pack(p.id), body, sha256);
         this.bytesWritten += body.length;
         this.written.push(contents);
         this.unindexed.push(contents);
@@ -376,7 +378,7 @@ export class PackWriter {
     this.unindexed = [];
     const indexId = randomBytes(16).toString('hex');
     const sealed = await encodeIndexObject(this.o.keys, indexId, packs);
-    await this.o.store.put(objectKeys.index(indexId), sealed);
+    await this.o.store.put(objectKeys.index(indexId), sealed, objectSha256(sealed));
     this.bytesWritten += sealed.length;
     this.indexes.push(indexId);
   }

@@ -65,11 +65,14 @@ describe('chunk pool', () => {
       expect(id).toBe(chunkId(keys, data));
       const nonce = randomBytes(12);
       // Two at once: both workers are used, each must know the slot.
-      const [a, b] = await Promise.all([fresh.sealSlot(keys, slot, data.length, id, { nonce }), fresh.sealSlot(keys, slot, data.length, id, { nonce })]);
+      const [outA, outB, outHere] = [fresh.share(300_100), fresh.share(300_100), fresh.share(300_100)];
+      const [a, b] = await Promise.all([fresh.sealSlot(keys, slot, data.length, id, { nonce }, outA), fresh.sealSlot(keys, slot, data.length, id, { nonce }, outB)]);
       const inThread = await seal(keys, data, id, { nonce });
-      expect(a.sealed.equals(inThread) && b.sealed.equals(inThread)).toBe(true);
-      expect(a.sha256).toBe(objectSha256(inThread));
-      fresh.unshare(slot);
+      expect(a.equals(inThread) && b.equals(inThread)).toBe(true);
+      expect(a.buffer).toBe(outA.bytes.buffer); // sealed into the slot, not copied out
+      // The same bytes sealed on the calling thread.
+      expect(fresh.sealHere(keys, slot, data.length, id, { nonce }, outHere).equals(inThread)).toBe(true);
+      for (const s of [slot, outA, outB, outHere]) fresh.unshare(s);
       await expect(fresh.hashSlot(keys, slot, 10)).rejects.toThrow(/no shared slot/);
     } finally {
       await fresh.close();

@@ -147,10 +147,12 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
         return;
       }
       out = takeOut();
-      const s = await pool.sealSlot(o.keys, buf, length, id, o.compressionLevel === undefined ? {} : { level: o.compressionLevel }, out);
+      // Sealed on this thread, like the id, while every worker has work queued.
+      const level = o.compressionLevel === undefined ? {} : { level: o.compressionLevel };
+      const sealed = pool.backlog >= pool.size ? pool.sealHere(o.keys, buf, length, id, level, out) : await pool.sealSlot(o.keys, buf, length, id, level, out);
       release(buf); // the plaintext is not needed for the upload
-      const at = await writer.add(id, s.sealed);
-      stored.set(id, { ...at, length: s.sealed.length });
+      const at = await writer.add(id, sealed);
+      stored.set(id, { ...at, length: sealed.length });
       stats.uploadedChunks++;
       stats.bytesUploaded += length;
     } finally {

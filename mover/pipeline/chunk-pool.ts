@@ -9,7 +9,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { Corrupt } from '../../core/errors.ts';
-import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
+import { sealSync, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
 import { openChunk } from './open-chunk.ts';
 
 /** Messages to a worker (chunk-worker.ts). */
@@ -155,9 +155,14 @@ export class ChunkPool {
    * view of it, valid until the caller reuses the slot; without, they are new (transferred
    * from the worker).
    */
-  async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: Omit<SealOptions, 'into'> = {}, out?: SharedSlot): Promise<Omit<Sealed, 'buf'>> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, ...(out ? { outSlot: out.slot } : {}) }), []);
-    return { sealed: out ? out.bytes.subarray(0, r.sealedLength!) : Buffer.from(r.sealed!), sha256: r.sha256! };
+  async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: Omit<SealOptions, 'into'>, out: SharedSlot): Promise<Buffer> {
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, outSlot: out.slot }), []);
+    return out.bytes.subarray(0, r.sealedLength!);
+  }
+
+  /** `sealSlot` on the calling thread, for when every worker has work queued (see `openHere`). */
+  sealHere(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: Omit<SealOptions, 'into'>, out: SharedSlot): Buffer {
+    return sealSync(keys, s.bytes.subarray(0, length), purpose, { ...opts, into: out.bytes });
   }
 
   /**

@@ -67,8 +67,9 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
     case 'seal': {
       const into = m.outSlot === undefined ? undefined : slotBytes(m.outSlot);
       const sealed = sealSync(keysFor(m.keyId), plaintext(m), m.purpose, { ...(m.level === undefined ? {} : { level: m.level }), ...(m.nonce ? { nonce: m.nonce } : {}), ...(into ? { into } : {}) });
+      // Sealed into a slot: bound for a pack, whose SHA-256 the pack writer computes.
+      if (into) return { reply: { seq: m.seq, ...back, sealedLength: sealed.length }, transfer: moved };
       const sha256 = createHash('sha256').update(sealed).digest('base64');
-      if (into) return { reply: { seq: m.seq, ...back, sealedLength: sealed.length, sha256 }, transfer: moved };
       const out = sealed.buffer as ArrayBuffer; // sealSync's result owns its whole ArrayBuffer
       return { reply: { seq: m.seq, ...back, sealed: out, sha256 }, transfer: [...moved, out] };
     }
