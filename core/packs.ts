@@ -329,7 +329,9 @@ export class PackWriter {
   async add(id: string, sealed: Uint8Array): Promise<{ packId: string; offset: number }> {
     if (this.failure) throw this.failure;
     if (sealed.length > this.o.maxChunkBytes) throw new RangeError(`chunk ${id} sealed to ${sealed.length} bytes, more than the ${this.o.maxChunkBytes} a pack slot holds`);
-    if (this.current && this.current.used + sealed.length > this.o.targetBytes) await this.close();
+    // Re-checked after every wait: other adds may have opened and filled a new pack meanwhile.
+    while (this.current && this.current.used + sealed.length > this.o.targetBytes) await this.close();
+    if (this.failure) throw this.failure;
     const p = (this.current ??= { id: newPackId(), buf: this.spare.pop() ?? Buffer.allocUnsafe(this.o.targetBytes + this.o.maxChunkBytes), used: 0, chunks: [] });
     const offset = p.used;
     p.buf.set(sealed, offset);
