@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { StackEndpoints } from './stack.ts';
+import { MOVER_MALLOC_ENV } from '../mover/allocator.ts';
 
 const MOVER_MAIN = fileURLToPath(new URL('../mover/main.ts', import.meta.url));
 
@@ -33,6 +34,7 @@ export function startMover(e: StackEndpoints, opts: { name: string; group: strin
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,
+      ...MOVER_MALLOC_ENV,
       AWS_REGION: e.region,
       LIFEBOAT_ACTIVITY_ARN: activityArn,
       LIFEBOAT_SFN_ENDPOINT: e.sfn,

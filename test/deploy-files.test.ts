@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { MOVER_MALLOC_ENV } from '../mover/allocator.ts';
 
 const read = (p: string) => readFileSync(new URL(`../${p}`, import.meta.url), 'utf8');
 const unit = read('deploy/lifeboat-mover.service');
@@ -49,6 +50,12 @@ describe('lifeboat-mover.service', () => {
     expect(unit).toMatch(/^StateDirectory=lifeboat-mover$/m);
     expect(exampleSettings().get('LIFEBOAT_MOVER_HOME')).toBe('/var/lib/lifeboat-mover');
     expect(unit).toMatch(/^User=lifeboat$/m); // never root
+  });
+
+  it('starts the mover with the allocator settings the embedded stack and the bench use (mover/allocator.ts)', () => {
+    const line = /^Environment=(.*)$/m.exec(unit)?.[1];
+    const set = Object.fromEntries((line ?? '').split(/\s+/).filter(Boolean).map((kv) => kv.split('=') as [string, string]));
+    expect(set).toEqual({ ...MOVER_MALLOC_ENV });
   });
 
   const analyze = spawnSync('systemd-analyze', ['--version']).status === 0;
