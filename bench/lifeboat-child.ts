@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { deriveKeys, keys as objectKeys } from '../core/format.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
@@ -15,11 +15,9 @@ import { stat } from 'node:fs/promises';
 const MiB = 1024 * 1024;
 const [phase, endpoint, bucket, keyFile, path] = process.argv.slice(2);
 if (!phase || !endpoint || !bucket || !keyFile || !path) throw new Error('usage: lifeboat-child.ts <full|incr|restore> <endpoint> <bucket> <keyFile> <path>');
-// As the mover builds its store (mover/main.ts): conditional writes where the endpoint
-// honours them (probed), retries, at most 16 requests at once.
+// As the mover builds its store (mover/main.ts): retries, at most 16 requests at once.
 const client = s3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
-const conditionalWrites = process.env.LIFEBOAT_S3_CONDITIONAL_WRITES === 'off' ? false : await probeConditionalWrites(client, bucket);
-const store = withConcurrencyLimit(withRetry(new S3ObjectStore(client, bucket, { conditionalWrites })), 16);
+const store = withConcurrencyLimit(withRetry(new S3ObjectStore(client, bucket)), 16);
 const keys = deriveKeys(await readFile(keyFile));
 const diskId = 'disk0';
 let out: unknown;
@@ -31,7 +29,7 @@ if (phase === 'full' || phase === 'incr') {
     ...(phase === 'incr' ? { parentManifestKey: objectKeys.manifest('bench-full', diskId), parentBackupId: 'bench-full' } : {}),
   });
   await reader.close();
-  out = { ...r.stats, conditionalWrites, chunkWorkers: defaultPoolSize() };
+  out = { ...r.stats, chunkWorkers: defaultPoolSize() };
 } else if (phase === 'restore') {
   out = await restoreDisk({ store, keys, backupId: 'bench-incr', diskId, target: path, parallelism: 8 });
 } else throw new Error(`unknown phase ${phase}`);

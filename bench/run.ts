@@ -1,6 +1,6 @@
 /**
  * Lifeboat vs restic on the same disk image and the same local S3 endpoint (the embedded
- * stack's: s3rver with aws-chunked de-framing and conditional writes, local/s3-server.ts): full backup, incremental backup, restore.
+ * stack's: s3rver with aws-chunked de-framing, local/s3-server.ts): full backup, incremental backup, restore.
  * Usage: npm run bench   (BENCH_SIZE_MIB=256 for a quick run; default 2048)
  */
 import { spawn, spawnSync } from 'node:child_process';

@@ -9,17 +9,8 @@ import type { GetOptions, ListedKey, ObjectInfo, ObjectStore } from './object-st
 export class MemoryObjectStore implements ObjectStore {
   readonly objects = new Map<string, Buffer>();
   keepChecksums: boolean;
-  /** Present with `conditionalWrites: true`: honours the condition like S3 (since 2024). */
-  readonly putIfAbsent?: (key: string, body: Uint8Array, sha256?: string) => Promise<'created' | 'exists'>;
-  constructor(opts: { keepChecksums?: boolean; conditionalWrites?: boolean } = {}) {
+  constructor(opts: { keepChecksums?: boolean } = {}) {
     this.keepChecksums = opts.keepChecksums ?? true;
-    if (opts.conditionalWrites) {
-      this.putIfAbsent = async (key, body, sha256) => {
-        if (this.objects.has(key)) return 'exists';
-        await this.put(key, body, sha256);
-        return 'created';
-      };
-    }
   }
 
   async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {

@@ -40,14 +40,4 @@ export interface ObjectStore {
   head(key: string): Promise<ObjectInfo | undefined>;
   /** Every object under `prefix`, in key order (movers list only `index/`: core/packs.ts). */
   list(prefix: string): AsyncIterable<ListedKey>;
-  /**
-   * Stores `body` only when no object exists under `key` (S3 conditional write,
-   * `If-None-Match: *`): 'created', or 'exists' when one was already there (or another
-   * writer's conditional write of the key was in progress). Present only on stores that
-   * honour the condition; callers fall back to HEAD then PUT without it.
-   */
-  putIfAbsent?(key: string, body: Uint8Array, sha256?: string): Promise<'created' | 'exists'>;
 }
-
-/** A conditional write's outcome. */
-export type PutIfAbsentResult = 'created' | 'exists';

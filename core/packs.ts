@@ -329,7 +329,8 @@ export class PackWriter {
   async add(id: string, sealed: Uint8Array): Promise<{ packId: string; offset: number }> {
     if (this.failure) throw this.failure;
     if (sealed.length > this.o.maxChunkBytes) throw new RangeError(`chunk ${id} sealed to ${sealed.length} bytes, more than the ${this.o.maxChunkBytes} a pack slot holds`);
-    // Re-checked after every wait: other adds may have opened and filled a new pack meanwhile.
+    // A loop: other adds run while this one waits in close() for an upload slot, and may
+    // have filled the next pack meanwhile (it must not grow past its buffer).
     while (this.current && this.current.used + sealed.length > this.o.targetBytes) await this.close();
     if (this.failure) throw this.failure;
     const p = (this.current ??= { id: newPackId(), buf: this.spare.pop() ?? Buffer.allocUnsafe(this.o.targetBytes + this.o.maxChunkBytes), used: 0, chunks: [] });

@@ -86,41 +86,21 @@ export async function collectBody(body: AsyncIterable<Uint8Array>, contentLength
 export class S3ObjectStore implements ObjectStore {
   private readonly client: S3Client;
   readonly bucket: string;
-  /** Present when the endpoint honours `If-None-Match: *` on PUT (a setting: see `probeConditionalWrites`). */
-  readonly putIfAbsent?: (key: string, body: Uint8Array, sha256?: string) => Promise<'created' | 'exists'>;
-  constructor(client: S3Client, bucket: string, opts: { conditionalWrites?: boolean } = {}) {
+  constructor(client: S3Client, bucket: string) {
     this.client = client;
     this.bucket = bucket;
-    if (opts.conditionalWrites) this.putIfAbsent = (key, body, sha256) => this.conditionalPut(key, body, sha256);
-  }
-
-  private async conditionalPut(key: string, body: Uint8Array, sha256?: string): Promise<'created' | 'exists'> {
-    try {
-      await this.send(key, body, sha256, true);
-      return 'created';
-    } catch (err) {
-      // 412: an object exists. 409: another conditional write of the key is in progress.
-      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-      if (status === 412 || status === 409) return 'exists';
-      throw new StorageUnavailable(`PUT (if absent) s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);
-    }
-  }
-
-  private async send(key: string, body: Uint8Array, sha256: string | undefined, ifAbsent: boolean): Promise<void> {
-    const command = new PutObjectCommand({
-      Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength,
-      ...(sha256 ? { ChecksumSHA256: sha256 } : {}), ...(ifAbsent ? { IfNoneMatch: '*' } : {}),
-    });
-    // The SigV4 signer hashes the whole body on the calling thread unless
-    // x-amz-content-sha256 is already set; the caller's SHA-256 (computed off the main
-    // thread by the chunk pool) is that same hash, so the body is not hashed again.
-    if (sha256) command.middlewareStack.add(signedPayloadHash(sha256), { step: 'build', name: 'lifeboatSignedPayloadHash' });
-    await this.client.send(command);
   }
 
   async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
     try {
-      await this.send(key, body, sha256, false);
+      const command = new PutObjectCommand({
+        Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength, ...(sha256 ? { ChecksumSHA256: sha256 } : {}),
+      });
+      // The SigV4 signer hashes the whole body on the calling thread unless
+      // x-amz-content-sha256 is already set; the caller's SHA-256 (computed off the main
+      // thread by the chunk pool) is that same hash, so the body is not hashed again.
+      if (sha256) command.middlewareStack.add(signedPayloadHash(sha256), { step: 'build', name: 'lifeboatSignedPayloadHash' });
+      await this.client.send(command);
     } catch (err) {
       throw new StorageUnavailable(`PUT s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);
     }
@@ -165,19 +145,3 @@ export class S3ObjectStore implements ObjectStore {
   }
 }
 
-/**
- * Whether the bucket's endpoint honours conditional writes (`If-None-Match: *`): real S3
- * does (since 2024); s3rver 3.7 and some S3-compatible stores ignore the header and
- * overwrite. Writes a small object at `key` (at most twice; it is kept, so later probes
- * answer with one request; the default key is under `movers/`, a prefix movers may write
- * and whose readers skip objects that are not mover records). True only when a
- * conditional PUT was refused.
- */
-export async function probeConditionalWrites(client: S3Client, bucket: string, key = 'movers/.conditional-write-probe'): Promise<boolean> {
-  const probe = new S3ObjectStore(client, bucket, { conditionalWrites: true });
-  const body = Buffer.from('lifeboat conditional-write probe\n');
-  for (let attempt = 0; attempt < 2; attempt++) {
-    if ((await probe.putIfAbsent!(key, body)) === 'exists') return true;
-  }
-  return false;
-}

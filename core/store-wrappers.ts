@@ -102,7 +102,6 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
       }
     }
   };
-  const putIfAbsent = inner.putIfAbsent?.bind(inner);
   return {
     put: (key, body, sha256) => retry('put', key, () => inner.put(key, body, sha256)),
     get: (key, o) => retry('get', key, () => inner.get(key, o)),
@@ -115,8 +114,6 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
       });
       for (let n = first.next; !n.done; n = await first.it.next()) yield n.value;
     },
-    // A retried conditional write whose first attempt landed answers 'exists': the caller then checks the size.
-    ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => retry('put', key, () => putIfAbsent(key, body, sha256)) } : {}),
   };
 }
 
@@ -137,13 +134,11 @@ export function withConcurrencyLimit(inner: ObjectStore, limit: number): ObjectS
       else active--;
     }
   };
-  const putIfAbsent = inner.putIfAbsent?.bind(inner);
   return {
     put: (key, body, sha256) => run(() => inner.put(key, body, sha256)),
     get: (key, o) => run(() => inner.get(key, o)),
     head: (key) => run(() => inner.head(key)),
     list: (prefix) => inner.list(prefix),
-    ...(putIfAbsent ? { putIfAbsent: (key: string, body: Uint8Array, sha256?: string) => run(() => putIfAbsent(key, body, sha256)) } : {}),
   };
 }
 
@@ -169,7 +164,6 @@ export function withBandwidthLimit(inner: ObjectStore, bytesPerSecond: number, o
   checkPositive('burstBytes', burst);
   const now = opts.now ?? (() => performance.now());
   const sleep = opts.sleep ?? defaultSleep;
-  const putIfAbsent = inner.putIfAbsent?.bind(inner);
   let tokens = burst;
   let last = now();
   let queue: Promise<void> = Promise.resolve();
@@ -197,11 +191,5 @@ export function withBandwidthLimit(inner: ObjectStore, bytesPerSecond: number, o
     },
     head: (key): Promise<ObjectInfo | undefined> => inner.head(key),
     list: (prefix) => inner.list(prefix),
-    ...(putIfAbsent ? {
-      putIfAbsent: async (key: string, body: Uint8Array, sha256?: string) => {
-        await take(body.byteLength);
-        return putIfAbsent(key, body, sha256);
-      },
-    } : {}),
   };
 }

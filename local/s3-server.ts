@@ -6,8 +6,8 @@
  * - **Conditional writes.** `PUT` with `If-None-Match: *` stores the object only when the key
  *   has none: 412 PreconditionFailed when it exists, 409 ConditionalRequestConflict while
  *   another conditional write of the key is in progress (as S3 answers since 2024). s3rver
- *   3.7 ignores the header and overwrites. With it, a mover's probe finds conditional writes
- *   and uploads a new chunk with one request instead of HEAD then PUT.
+ *   3.7 ignores the header and overwrites. Movers do not use it (packs have random ids);
+ *   it is kept for S3 parity, for anyone else writing to the embedded stack.
  * - **aws-chunked bodies.** SigV4 streaming uploads (`x-amz-content-sha256:
  *   STREAMING-...`, which restic and minio-go send over plain http) are de-framed before
  *   s3rver stores them; s3rver 3.7.1 would keep the framing inside the object.

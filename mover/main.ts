@@ -13,8 +13,6 @@
  *     {"https://s3.dr.example.com":"lifeboat-dr"}. Jobs name a repository's endpoint (URL, region,
  *     path style, checksums: core/endpoints.ts), never credentials; an endpoint not listed uses the
  *     default credential chain (the group's role).
- *   LIFEBOAT_S3_CONDITIONAL_WRITES (auto/on/off, default auto: probe whether the endpoint honours
- *     If-None-Match; with it a new chunk is one PUT and no HEAD)
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
@@ -33,7 +31,7 @@ import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, probeConditionalWrites, s3Client } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { FolderDriver } from './sources/folder.ts';
@@ -121,18 +119,6 @@ const s3For = (e: StorageEndpoint | undefined): S3Client => {
   return c!;
 };
 const s3Concurrency = positiveInt('LIFEBOAT_S3_CONCURRENCY', '16');
-const conditionalWrites = process.env.LIFEBOAT_S3_CONDITIONAL_WRITES || 'auto';
-if (!['auto', 'on', 'off'].includes(conditionalWrites)) throw new Error(`LIFEBOAT_S3_CONDITIONAL_WRITES must be auto, on or off, got '${conditionalWrites}'`);
-/** Whether the bucket's endpoint honours If-None-Match (a failed probe, e.g. no permission, means HEAD then PUT). */
-const useConditionalWrites = async (client: S3Client, bucket: string): Promise<boolean> => {
-  if (conditionalWrites !== 'auto') return conditionalWrites === 'on';
-  const ok = await probeConditionalWrites(client, bucket).catch((err: Error) => {
-    logger.info('storage.conditional-writes.probe-failed', { bucket, error: err.message });
-    return false;
-  });
-  logger.info('storage.conditional-writes', { bucket, conditionalWrites: ok });
-  return ok;
-};
 const bandwidth = process.env.LIFEBOAT_BANDWIDTH_LIMIT ? positiveInt('LIFEBOAT_BANDWIDTH_LIMIT', '1') : undefined;
 const kmsKeyId = process.env.LIFEBOAT_KMS_KEY_ID;
 const keyFile = kmsKeyId ? undefined : env('LIFEBOAT_KEY_FILE');
@@ -147,9 +133,8 @@ const repository = ({ bucket, endpoint }: RepositoryLocation) => {
   let r = repositories.get(id);
   if (!r) {
     r = (async () => {
-      const client = s3For(endpoint);
       // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(client, bucket, { conditionalWrites: await useConditionalWrites(client, bucket) }), {
+      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3For(endpoint), bucket), {
         onRetry: (i) => logger.info('storage.retry', { op: i.op, key: i.key, attempt: i.attempt, delayMs: Math.round(i.delayMs), error: (i.error as Error).message }),
       }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);

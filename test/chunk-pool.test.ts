@@ -4,8 +4,9 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { chunkId, deriveKeys, keys as objectKeys, objectSha256, open, seal, sealSync } from '../core/format.ts';
+import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, open, seal, sealSync } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
+import { chunkLocation } from '../core/packs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { ChunkPool } from '../mover/pipeline/chunk-pool.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
@@ -108,16 +109,44 @@ describe('chunk pool', () => {
 describe('restore through the pool', () => {
   const CHUNK = 64 * 1024;
 
-  it('names the disk, offset and key of a chunk whose object was swapped for another authentic chunk', async () => {
-    const store = new MemoryObjectStore();
+  const backupThree = async (store: MemoryObjectStore) => {
     const data = Buffer.concat([randomBytes(CHUNK), text(CHUNK), randomBytes(CHUNK)]);
     await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
-    const id1 = chunkId(keys, data.subarray(CHUNK, 2 * CHUNK));
-    // An envelope that authenticates for id1 but holds other data.
-    store.objects.set(objectKeys.chunk(id1), await seal(keys, data.subarray(0, CHUNK), id1));
+    const manifestKey = objectKeys.manifest('b1', 'd');
+    return { data, manifest: await decodeManifest(keys, store.objects.get(manifestKey)!, 'b1', 'd'), manifestKey };
+  };
+
+  it('names the disk, offset and pack of a chunk whose bytes in the pack were swapped for another authentic envelope', async () => {
+    const store = new MemoryObjectStore();
+    const { data, manifest } = await backupThree(store);
+    const id2 = chunkId(keys, data.subarray(2 * CHUNK));
+    const loc = chunkLocation(manifest, id2);
+    // An envelope that authenticates for id2 but holds chunk 0's data (both incompressible: the same sealed length).
+    const forged = await seal(keys, data.subarray(0, CHUNK), id2);
+    expect(forged.length).toBe(loc.length);
+    forged.copy(store.objects.get(loc.key)!, loc.offset);
     const target = join(await tempDir(), 'd.raw');
     await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`disk 'd' offset ${CHUNK}: chunk ${objectKeys.chunk(id1)} does not match its id`)) });
+      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: it does not match its id`)) });
+  });
+
+  it('detects a manifest location that points at another chunk: restores from the copy the index lists, else names the disk, offset and pack', async () => {
+    const store = new MemoryObjectStore();
+    const { data, manifest, manifestKey } = await backupThree(store);
+    const [id0, id2] = [chunkId(keys, data.subarray(0, CHUNK)), chunkId(keys, data.subarray(2 * CHUNK))];
+    // A faulty writer's manifest: chunk 2's location is chunk 0's (same length, so the manifest is well-formed).
+    manifest.locations![id2] = manifest.locations![id0]!;
+    store.objects.set(manifestKey, await encodeManifest(keys, manifest));
+    const loc = chunkLocation(manifest, id2);
+    // The index lists where chunk 2 really is: the restore reads it from there.
+    const healed = join(await tempDir(), 'd.raw');
+    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target: healed });
+    expect((await readFile(healed)).equals(data)).toBe(true);
+    // Without the index, nothing else holds chunk 2.
+    for (const key of [...store.objects.keys()]) if (key.startsWith('index/')) store.objects.delete(key);
+    const target = join(await tempDir(), 'd.raw');
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target }))
+      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: .*failed authentication`)) });
   });
 
   it('writes zero chunks onto a device target, and skips them when the device is known to be zeroed', async () => {

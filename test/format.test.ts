@@ -407,6 +407,86 @@ describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
     expect(rejected).toBeGreaterThan(200);
   });
 
+  /** A well-formed format-2 manifest: chunks in two packs, at [pack, offset]. */
+  const packA = 'a1'.repeat(16);
+  const packB = 'b2'.repeat(16);
+  const goodV2 = (): Record<string, unknown> => ({
+    version: 2, backupId: 'b', diskId: 'd', sizeBytes: 5 * 4096 + 7, chunkSize: 4096,
+    chunks: [id(1), null, id(2), id(1), null, id(3)], storedSizes: { [id(1)]: 100, [id(2)]: 200, [id(3)]: 50 },
+    packs: [{ id: packA, size: 400 }, { id: packB, size: 90 }],
+    locations: { [id(1)]: [0, 0], [id(2)]: [0, 100], [id(3)]: [1, 40] },
+  });
+  const rejectV2 = async (edit: (m: Record<string, unknown>) => void) => {
+    const m = goodV2();
+    edit(m);
+    return (await expectCorrupt(decodeManifest(keys, await sealedJson(m), 'b', 'd'))).message;
+  };
+
+  it('accepts a well-formed format-2 manifest, and round-trips one through encode and decode', async () => {
+    expect((await decodeManifest(keys, await sealedJson(goodV2()), 'b', 'd')).locations).toEqual(goodV2().locations);
+    const m = goodV2() as unknown as Manifest;
+    expect(await decodeManifest(keys, await encodeManifest(keys, m), 'b', 'd')).toEqual(m);
+  });
+
+  it('rejects a format-2 location past the end of its pack, naming the chunk, the pack and its size', async () => {
+    expect(await rejectV2((m) => { (m.locations as Record<string, unknown>)[id(3)] = [1, 41]; }))
+      .toBe(`manifest b/d is inconsistent: chunk 5 (${id(3)}) ends at 91, past the end of pack ${packB} (90 bytes)`);
+    expect(await rejectV2((m) => { (m.packs as { size: number }[])[0]!.size = 299; })).toMatch(new RegExp(`chunk 2 \\(${id(2)}\\) ends at 300, past the end of pack ${packA} \\(299 bytes\\)`));
+    // Exactly at the end is fine.
+    const m = goodV2();
+    (m.locations as Record<string, unknown>)[id(3)] = [1, 40];
+    expect((await decodeManifest(keys, await sealedJson(m), 'b', 'd')).chunks).toHaveLength(6);
+  });
+
+  it('rejects a format-2 location naming an unknown pack, or not [pack, offset], naming the chunk and its location', async () => {
+    expect(await rejectV2((m) => { (m.locations as Record<string, unknown>)[id(2)] = [2, 0]; }))
+      .toBe(`manifest b/d is inconsistent: chunk 2 (${id(2)}) has location [2,0], not [pack, offset]`);
+    for (const bad of [undefined, [0], [0, 0, 0], [-1, 0], [0, -5], [0.5, 0], ['0', 0], { 0: 0, 1: 0 }]) {
+      expect(await rejectV2((m) => { (m.locations as Record<string, unknown>)[id(1)] = bad; }), JSON.stringify(bad)).toMatch(new RegExp(`chunk 0 \\(${id(1)}\\) has location .*not \\[pack, offset\\]$`));
+    }
+  });
+
+  it('rejects a format-2 pack whose id is not 32 hex digits, or whose size is not a count, naming the pack', async () => {
+    for (const bad of ['A1'.repeat(16), 'a1'.repeat(15), 'a1'.repeat(17), `packs/a1/${packA}`, 'z'.repeat(32), 42, null]) {
+      expect(await rejectV2((m) => { (m.packs as { id: unknown }[])[1]!.id = bad; }), String(bad)).toMatch(/^manifest b\/d is inconsistent: pack 1 is .*, not \{ id, size \}$/);
+    }
+    expect(await rejectV2((m) => { (m.packs as { size: unknown }[])[0]!.size = -1; })).toMatch(/pack 0 is .*not \{ id, size \}/);
+    expect(await rejectV2((m) => { (m.packs as unknown[])[0] = null; })).toMatch(/pack 0 is null, not \{ id, size \}/);
+  });
+
+  it('rejects a format-2 manifest without packs or locations, naming the field', async () => {
+    expect(await rejectV2((m) => { delete m.packs; })).toMatch(/packs is not a list$/);
+    expect(await rejectV2((m) => { m.packs = {}; })).toMatch(/packs is not a list$/);
+    expect(await rejectV2((m) => { delete m.locations; })).toMatch(/locations is not an object$/);
+    expect(await rejectV2((m) => { m.locations = [[0, 0]]; })).toMatch(/locations is not an object$/);
+  });
+
+  it('rejects every malformed format-2 manifest with Mover.Corrupt naming the manifest, never another error (300 mutations)', async () => {
+    const rand = prng(0x2f2);
+    const junk = [null, 0, -1, 1.5, 'x', [], {}, true, 2 ** 60, 'f'.repeat(32), [0, 0], [1, 40], [2, 0], [0, 2 ** 53]];
+    const pick = <T>(a: readonly T[]) => a[rand(a.length)]!;
+    let rejected = 0;
+    for (let trial = 0; trial < 300; trial++) {
+      const m = goodV2();
+      const field = pick(['packs', 'locations', 'pack', 'packId', 'packSize', 'location', 'size'] as const);
+      if (field === 'pack') (m.packs as unknown[])[rand(2)] = pick(junk);
+      else if (field === 'packId') (m.packs as Record<string, unknown>[])[rand(2)]!.id = pick(junk);
+      else if (field === 'packSize') (m.packs as Record<string, unknown>[])[rand(2)]!.size = pick(junk);
+      else if (field === 'location') (m.locations as Record<string, unknown>)[id(1 + rand(3))] = pick(junk);
+      else if (field === 'size') (m.storedSizes as Record<string, unknown>)[id(1 + rand(3))] = pick(junk);
+      else m[field] = pick(junk);
+      try {
+        await decodeManifest(keys, await sealedJson(m), 'b', 'd');
+      } catch (err) {
+        expect(err).toBeInstanceOf(Corrupt);
+        expect((err as Error).message).toMatch(/^manifest b\/d /);
+        rejected++;
+      }
+    }
+    // A few mutations leave a valid manifest (a location moved within its pack, a larger pack size): most are rejected.
+    expect(rejected).toBeGreaterThan(200);
+  });
+
   it('reads a key object back, and rejects malformed ones with Mover.Corrupt naming the object (fuzz)', () => {
     const ok = { version: 1, wrapper: 'keyfile', wrapped: randomBytes(60).toString('base64') };
     expect(parseStoredKey(Buffer.from(JSON.stringify(ok)), 'keys/default')).toEqual(ok);

@@ -253,3 +253,60 @@ describe('withBandwidthLimit', () => {
     expect(() => withBandwidthLimit(new MemoryObjectStore(), 1000, { burstBytes: 0 })).toThrow(/burstBytes.*got 0/);
   });
 });
+
+describe('every wrapper passes the whole interface through', () => {
+  const wrappers: [string, (s: ObjectStore) => ObjectStore][] = [
+    ['withRetry', (s) => withRetry(s, { sleep: async () => {} })],
+    ['withConcurrencyLimit', (s) => withConcurrencyLimit(s, 2)],
+    ['withBandwidthLimit', (s) => withBandwidthLimit(s, 1e9)],
+    ['all three, as the mover stacks them', (s) => withBandwidthLimit(withConcurrencyLimit(withRetry(s, { sleep: async () => {} }), 2), 1e9)],
+  ];
+  const body = Buffer.from(Array.from({ length: 1000 }, (_, i) => i % 251));
+
+  for (const [label, wrap] of wrappers) {
+    it(`${label}: a range GET, a GET into a buffer, and a listing in key order`, async () => {
+      const inner = new MemoryObjectStore();
+      await inner.put('packs/ab/x', body);
+      await inner.put('index/2', Buffer.from('two'));
+      await inner.put('index/1', Buffer.from('one'));
+      const store = wrap(inner);
+      expect((await store.get('packs/ab/x', { range: { offset: 100, length: 50 } }))!.equals(body.subarray(100, 150))).toBe(true);
+      const into = Buffer.alloc(2000);
+      const read = await store.get('packs/ab/x', { into });
+      expect(read!.equals(body)).toBe(true);
+      expect(read!.buffer).toBe(into.buffer); // read into the caller's buffer, not a copy
+      const listed: { key: string; size: number }[] = [];
+      for await (const o of store.list('index/')) listed.push(o);
+      expect(listed).toEqual([{ key: 'index/1', size: 3 }, { key: 'index/2', size: 3 }]);
+    });
+  }
+
+  it('withRetry retries a listing that failed before yielding anything', async () => {
+    const inner = new MemoryObjectStore();
+    await inner.put('index/1', Buffer.from('one'));
+    let failures = 2;
+    const flaky: ObjectStore = {
+      put: (k, b, s) => inner.put(k, b, s), get: (k, o) => inner.get(k, o), head: (k) => inner.head(k),
+      list: (prefix) => {
+        if (failures-- > 0) throw new StorageUnavailable(`LIST s3://b/${prefix} failed`, connError('ECONNRESET'));
+        return inner.list(prefix);
+      },
+    };
+    const retries: RetryInfo[] = [];
+    const listed: string[] = [];
+    for await (const o of withRetry(flaky, { sleep: async () => {}, onRetry: (i) => retries.push(i) }).list('index/')) listed.push(o.key);
+    expect(listed).toEqual(['index/1']);
+    expect(retries.map((r) => [r.op, r.key, r.attempt])).toEqual([['list', 'index/', 1], ['list', 'index/', 2]]);
+  });
+
+  it('withBandwidthLimit charges a range GET for the bytes it returned, not the whole object', async () => {
+    const inner = new MemoryObjectStore();
+    await inner.put('big', Buffer.alloc(1_000_000));
+    let slept = 0;
+    let clock = 0;
+    const store = withBandwidthLimit(inner, 100_000, { burstBytes: 1, now: () => clock, sleep: async (ms) => { slept += ms; clock += ms; } });
+    await store.get('big', { range: { offset: 0, length: 10_000 } });
+    expect(slept).toBeGreaterThan(50);
+    expect(slept).toBeLessThan(200); // 10 KB at 100 KB/s: 0.1 s, not the 10 s of the whole object
+  });
+});

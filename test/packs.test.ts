@@ -1,0 +1,489 @@
+/**
+ * Repository format 2 (core/packs.ts): the binary index and pack trailers (round trips,
+ * and fuzz: damaged bytes parse to something self-consistent or fail as Mover.Corrupt,
+ * never another error), the read planner's properties, and the PackWriter.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { Corrupt, StorageUnavailable } from '../core/errors.ts';
+import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, seal, type Manifest } from '../core/format.ts';
+import { MemoryObjectStore } from '../core/memory-store.ts';
+import {
+  chunkLocation,
+  decodeIndex,
+  decodeIndexObject,
+  encodeIndex,
+  encodeIndexObject,
+  MAX_PACK_BYTES,
+  packTrailer,
+  PackWriter,
+  planReads,
+  readPackTrailer,
+  RepositoryIndex,
+  type PackContents,
+  type PackEntry,
+} from '../core/packs.ts';
+
+const keys = deriveKeys(randomBytes(32));
+
+/** Small seeded PRNG (mulberry32) so property and fuzz failures are reproducible. */
+function prng(seed: number): (n: number) => number {
+  let a = seed >>> 0;
+  return (n: number) => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
+  };
+}
+const bytesOf = (rand: (n: number) => number, n: number) => Buffer.from(Array.from({ length: n }, () => rand(256)));
+const hexOf = (rand: (n: number) => number, n: number) => bytesOf(rand, n).toString('hex');
+const fakeId = (n: number | string) => createHash('sha256').update(String(n)).digest('hex');
+
+/** What `fn` did: 'ok' with its result, or 'corrupt'; any other error fails the test, naming the case. */
+function outcome<T>(fn: () => T, label: string): { ok: true; value: T } | { ok: false } {
+  try {
+    return { ok: true, value: fn() };
+  } catch (err) {
+    if (!(err instanceof Corrupt) || (err as Error).name !== 'Mover.Corrupt') throw new Error(`${label}: threw ${String(err)}, not Mover.Corrupt`, { cause: err });
+    return { ok: false };
+  }
+}
+
+/** Random but consistent pack listings: chunks back to back with occasional gaps, inside the pack. */
+function randomPacks(rand: (n: number) => number): PackContents[] {
+  return Array.from({ length: rand(5) }, () => {
+    const chunks: PackEntry[] = [];
+    let at = 0;
+    for (let c = rand(13); c > 0; c--) {
+      at += rand(4) === 0 ? rand(500) : 0;
+      const length = 1 + rand(5000);
+      chunks.push({ id: hexOf(rand, 32), offset: at, length });
+      at += length;
+    }
+    // Now and then a pack as large as a pack may be: the 32-bit fields at their limit.
+    const size = rand(8) === 0 ? MAX_PACK_BYTES : at + rand(300);
+    return { pack: { id: hexOf(rand, 16), size }, chunks };
+  });
+}
+
+/** A parsed index is self-consistent: well-formed ids, chunks inside their pack, and it encodes back to exactly the bytes it came from. */
+function expectSelfConsistent(parsed: PackContents[], from: Buffer): void {
+  for (const p of parsed) {
+    expect(p.pack.id).toMatch(/^[0-9a-f]{32}$/);
+    for (const c of p.chunks) {
+      expect(c.id).toMatch(/^[0-9a-f]{64}$/);
+      expect(c.offset + c.length).toBeLessThanOrEqual(p.pack.size);
+    }
+  }
+  expect(encodeIndex(parsed).equals(from)).toBe(true);
+}
+
+describe('the binary index (encodeIndex / decodeIndex)', () => {
+  it('round-trips random listings (property, 300 cases)', () => {
+    const rand = prng(0x1d3);
+    for (let n = 0; n < 300; n++) {
+      const packs = randomPacks(rand);
+      const encoded = encodeIndex(packs);
+      expect(encoded.subarray(0, 4).toString()).toBe('LBIX');
+      expect(decodeIndex(encoded, 'index')).toEqual(packs);
+      // ~40 bytes per chunk: the header, 24 per pack, 40 per chunk.
+      expect(encoded.length).toBe(9 + packs.reduce((s, p) => s + 24 + 40 * p.chunks.length, 0));
+    }
+  });
+
+  it('reads an index held in an unaligned subarray of a larger buffer', () => {
+    const packs = randomPacks(prng(7)).concat([{ pack: { id: 'ab'.repeat(16), size: 10 }, chunks: [{ id: 'cd'.repeat(32), offset: 2, length: 8 }] }]);
+    const encoded = encodeIndex(packs);
+    const outer = Buffer.concat([Buffer.from([1, 2, 3]), encoded, Buffer.from([4])]);
+    expect(decodeIndex(outer.subarray(3, 3 + encoded.length), 'index')).toEqual(packs);
+  });
+
+  it('rejects every truncation, and bytes after the last pack, as Mover.Corrupt naming the object', () => {
+    const rand = prng(0x7c);
+    let packs = randomPacks(rand);
+    while (packs.length === 0) packs = randomPacks(rand);
+    const encoded = encodeIndex(packs);
+    for (let cut = 0; cut < encoded.length; cut++) {
+      expect(() => decodeIndex(encoded.subarray(0, cut), 'index object index/x'), `cut at ${cut}`).toThrow(/^index object index\/x is malformed: /);
+      expect(outcome(() => decodeIndex(encoded.subarray(0, cut), 'x'), `cut at ${cut}`).ok).toBe(false);
+    }
+    expect(() => decodeIndex(Buffer.concat([encoded, Buffer.from([0])]), 'x')).toThrow(/1 bytes follow the last pack/);
+  });
+
+  it('names the problem: magic, version, a chunk past its pack', () => {
+    const good = encodeIndex([{ pack: { id: 'ab'.repeat(16), size: 100 }, chunks: [{ id: 'cd'.repeat(32), offset: 10, length: 90 }] }]);
+    const edit = (at: number, write: (b: Buffer) => void) => {
+      const b = Buffer.from(good);
+      write(b.subarray(at));
+      return b;
+    };
+    expect(() => decodeIndex(edit(0, (b) => b.write('LBIY')), 'x')).toThrow(/no index header/);
+    expect(() => decodeIndex(edit(4, (b) => { b[0] = 3; }), 'x')).toThrow(/index version 3, this code reads 2/);
+    // The chunk's length field (after magic, version, count, pack id, size, count and the chunk id).
+    expect(() => decodeIndex(edit(9 + 24 + 32 + 4, (b) => b.writeUInt32BE(91)), 'x')).toThrow(/ends at 101, past the pack's 100 bytes/);
+  });
+
+  it('fuzz: random bytes, random bytes behind a valid header, and bit flips of valid encodings parse self-consistently or fail as Mover.Corrupt', () => {
+    const rand = prng(0xf0);
+    const seen = { ok: 0, corrupt: 0 };
+    const tally = (r: { ok: boolean }) => void (r.ok ? seen.ok++ : seen.corrupt++);
+    for (let n = 0; n < 300; n++) {
+      const junk = bytesOf(rand, rand(300));
+      if (n % 2 === 1 && junk.length >= 9) {
+        junk.write('LBIX', 0);
+        junk[4] = 2;
+        junk.writeUInt32BE(rand(3), 5); // a small pack count, so parsing goes on into the packs
+      }
+      const r = outcome(() => decodeIndex(junk, 'fuzz'), `junk ${junk.toString('hex')}`);
+      if (r.ok) expectSelfConsistent(r.value, junk);
+      tally(r);
+    }
+    for (let n = 0; n < 200; n++) {
+      const encoded = encodeIndex(randomPacks(rand));
+      const flips = 1 + rand(3);
+      for (let f = 0; f < flips; f++) {
+        const bit = rand(encoded.length * 8);
+        encoded[bit >> 3]! ^= 1 << (bit & 7);
+      }
+      const r = outcome(() => decodeIndex(encoded, 'fuzz'), `flipped ${encoded.toString('hex')}`);
+      if (r.ok) expectSelfConsistent(r.value, encoded);
+      tally(r);
+    }
+    // Both outcomes happen: flips in ids parse (only authentication catches those), flips in counts do not.
+    expect(seen.ok).toBeGreaterThan(0);
+    expect(seen.corrupt).toBeGreaterThan(0);
+  });
+
+  it('an index object opens only under its own id and repository keys', async () => {
+    const packs = randomPacks(prng(3));
+    const sealed = await encodeIndexObject(keys, 'i1', packs);
+    expect(await decodeIndexObject(keys, sealed, 'i1')).toEqual(packs);
+    await expect(decodeIndexObject(keys, sealed, 'i2')).rejects.toMatchObject({ name: 'Mover.Corrupt' });
+    await expect(decodeIndexObject(deriveKeys(randomBytes(32)), sealed, 'i1')).rejects.toMatchObject({ name: 'Mover.Corrupt' });
+    const damaged = Buffer.from(sealed);
+    damaged[damaged.length - 20]! ^= 4;
+    await expect(decodeIndexObject(keys, damaged, 'i1')).rejects.toMatchObject({ name: 'Mover.Corrupt' });
+  });
+});
+
+/** A pack as the writer makes it: sealed chunks back to back, then the trailer. */
+async function makePack(packId: string, plaintexts: Buffer[]): Promise<{ pack: Buffer; entries: PackEntry[]; trailerStart: number }> {
+  const entries: PackEntry[] = [];
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (const p of plaintexts) {
+    const id = chunkId(keys, p);
+    const sealed = await seal(keys, p, id);
+    entries.push({ id, offset: at, length: sealed.length });
+    parts.push(sealed);
+    at += sealed.length;
+  }
+  return { pack: Buffer.concat([...parts, packTrailer(keys, packId, entries, at)]), entries, trailerStart: at };
+}
+
+describe('pack trailers (packTrailer / readPackTrailer)', () => {
+  const plaintexts = [randomBytes(700), Buffer.from('lifeboat '.repeat(300)), randomBytes(1), randomBytes(2500)];
+
+  it('round-trips: a pack lists its chunks, each opening under its id at its offset', async () => {
+    const packId = randomBytes(16).toString('hex');
+    const { pack, entries } = await makePack(packId, plaintexts);
+    const read = readPackTrailer(keys, pack, packId);
+    expect(read).toEqual({ pack: { id: packId, size: pack.length }, chunks: entries });
+    for (const [i, c] of read.chunks.entries()) expect(await open(keys, pack.subarray(c.offset, c.offset + c.length), c.id)).toEqual(plaintexts[i]);
+    // An empty pack (no chunks) is well-formed too.
+    const empty = packTrailer(keys, packId, [], 0);
+    expect(readPackTrailer(keys, empty, packId)).toEqual({ pack: { id: packId, size: empty.length }, chunks: [] });
+  });
+
+  it('a flipped bit fails the trailer as Mover.Corrupt, or (in a chunk) the chunk it lands in (400 positions)', async () => {
+    const rand = prng(0xb17);
+    const packId = randomBytes(16).toString('hex');
+    const { pack, entries, trailerStart } = await makePack(packId, plaintexts);
+    let inTrailer = 0;
+    for (let n = 0; n < 400; n++) {
+      // Half the flips in the trailer (and its length field), half anywhere.
+      const bit = n % 2 === 0 ? trailerStart * 8 + rand((pack.length - trailerStart) * 8) : rand(pack.length * 8);
+      const damaged = Buffer.from(pack);
+      damaged[bit >> 3]! ^= 1 << (bit & 7);
+      const r = outcome(() => readPackTrailer(keys, damaged, packId), `bit ${bit}`);
+      if (bit >> 3 >= trailerStart) {
+        expect(r.ok, `bit ${bit} is in the trailer`).toBe(false);
+        inTrailer++;
+        continue;
+      }
+      // The trailer does not cover the chunks' bytes: the chunk's own authentication does.
+      expect(r.ok).toBe(true);
+      const c = entries.find((e) => e.offset <= bit >> 3 && bit >> 3 < e.offset + e.length)!;
+      await expect(open(keys, damaged.subarray(c.offset, c.offset + c.length), c.id), `bit ${bit}`).rejects.toMatchObject({ name: 'Mover.Corrupt' });
+    }
+    expect(inTrailer).toBeGreaterThanOrEqual(200);
+  });
+
+  it('a truncated pack, or one missing its first bytes, is Mover.Corrupt naming the pack', async () => {
+    const packId = randomBytes(16).toString('hex');
+    const { pack } = await makePack(packId, plaintexts);
+    for (let cut = 0; cut < pack.length; cut += cut < 40 ? 1 : 37) {
+      expect(() => readPackTrailer(keys, pack.subarray(0, cut), packId), `first ${cut} bytes`).toThrow(Corrupt);
+      expect(() => readPackTrailer(keys, pack.subarray(0, cut), packId)).toThrow(new RegExp(`^pack packs/${packId.slice(0, 2)}/${packId}`));
+    }
+    for (const skip of [1, 15, 700, 701]) {
+      expect(() => readPackTrailer(keys, pack.subarray(skip), packId), `without the first ${skip} bytes`).toThrow(/its trailer begins at byte/);
+    }
+    expect(() => readPackTrailer(keys, Buffer.concat([Buffer.alloc(3), pack]), packId)).toThrow(/its trailer begins at byte/);
+  });
+
+  it("another pack's trailer, or the pack read under another id, is Mover.Corrupt", async () => {
+    const a = randomBytes(16).toString('hex');
+    const b = randomBytes(16).toString('hex');
+    const packA = await makePack(a, plaintexts);
+    const packB = await makePack(b, plaintexts.slice(0, 2));
+    const aWithTrailerOfB = Buffer.concat([packA.pack.subarray(0, packA.trailerStart), packB.pack.subarray(packB.trailerStart)]);
+    expect(() => readPackTrailer(keys, aWithTrailerOfB, a)).toThrow(Corrupt);
+    expect(() => readPackTrailer(keys, packA.pack, b)).toThrow(Corrupt);
+    // A trailer sealed for the right id that describes another pack id (a faulty writer) is refused too.
+    const forged = packTrailer(keys, b, packA.entries, packA.trailerStart);
+    expect(() => readPackTrailer(keys, Buffer.concat([packA.pack.subarray(0, packA.trailerStart), forged]), a)).toThrow(Corrupt);
+    // And one of another repository.
+    expect(() => readPackTrailer(deriveKeys(randomBytes(32)), packA.pack, a)).toThrow(Corrupt);
+  });
+
+  it('fuzz: random bytes are Mover.Corrupt, never another error', () => {
+    const rand = prng(0xfa);
+    const packId = 'ab'.repeat(16);
+    for (let n = 0; n < 300; n++) {
+      const junk = bytesOf(rand, rand(400));
+      if (n % 2 === 1 && junk.length >= 4) junk.writeUInt32BE(rand(junk.length), junk.length - 4); // a plausible trailer length
+      expect(outcome(() => readPackTrailer(keys, junk, packId), `junk ${junk.toString('hex')}`).ok).toBe(false);
+    }
+  });
+});
+
+/** A random valid format-2 manifest: packs of chunks back to back (some not referenced), chunks in random order and repeats. */
+function randomPackedManifest(rand: (n: number) => number, serial: number): Manifest {
+  const m: Manifest = { version: 2, backupId: 'b', diskId: 'd', sizeBytes: 0, chunkSize: 4096, chunks: [], storedSizes: {}, packs: [], locations: {} };
+  const ids: string[] = [];
+  for (let p = 1 + rand(4); p > 0; p--) {
+    const packIndex = m.packs!.length;
+    let at = 0;
+    for (let c = 1 + rand(20); c > 0; c--) {
+      const length = 40 + rand(3000);
+      if (rand(5) !== 0) {
+        const id = fakeId(`${serial}/${packIndex}/${at}`);
+        ids.push(id);
+        m.storedSizes[id] = length;
+        m.locations![id] = [packIndex, at];
+      }
+      at += length;
+    }
+    m.packs!.push({ id: hexOf(rand, 16), size: at + 100 + rand(200) });
+  }
+  if (ids.length === 0) return randomPackedManifest(rand, serial + 1000);
+  // Every id at least once, then repeats and zero chunks.
+  const order = [...ids, ...Array.from({ length: rand(10) }, () => ids[rand(ids.length)]!)].sort(() => rand(3) - 1);
+  m.chunks = order.flatMap((id) => (rand(6) === 0 ? [null, id] : [id]));
+  m.sizeBytes = m.chunks.length * m.chunkSize;
+  return m;
+}
+
+describe('planReads (properties over 300 random manifests)', () => {
+  it('reads every requested chunk exactly once, within runs of one pack no larger than maxBytes (but for a lone larger chunk)', () => {
+    const rand = prng(0x91a);
+    for (let n = 0; n < 300; n++) {
+      const m = randomPackedManifest(rand, n);
+      const referenced = Object.keys(m.storedSizes);
+      const wanted = referenced.filter(() => rand(4) !== 0);
+      const maxBytes = 1 + rand(12_000);
+      const maxGap = rand(3) === 0 ? 0 : rand(5000);
+      const runs = planReads(m, wanted, { maxBytes, maxGap });
+      const label = `case ${n}, maxBytes ${maxBytes}, maxGap ${maxGap}`;
+
+      const planned = runs.flatMap((r) => r.chunks.map((c) => c.id));
+      expect(planned.slice().sort(), label).toEqual(wanted.slice().sort());
+      expect(new Set(planned).size, label).toBe(planned.length);
+      for (const run of runs) {
+        expect(run.packed).toBe(true);
+        if (run.chunks.length > 1) expect(run.length, label).toBeLessThanOrEqual(maxBytes);
+        const pack = packIdOfKey(run.key);
+        for (const c of run.chunks) {
+          const loc = chunkLocation(m, c.id);
+          expect(loc.pack!.id, `${label}: ${c.id} is in another pack than its run`).toBe(pack);
+          expect(loc.key).toBe(run.key);
+          // The chunk's bytes are exactly its location, inside the run.
+          expect(c.at).toBeGreaterThanOrEqual(0);
+          expect(c.at + c.length).toBeLessThanOrEqual(run.length);
+          expect(run.offset + c.at).toBe(loc.offset);
+          expect(c.length).toBe(loc.length);
+        }
+        expect(run.offset + run.length).toBeLessThanOrEqual(m.packs!.find((p) => p.id === pack)!.size);
+      }
+    }
+  });
+
+  it('groups neighbouring chunks of a pack into one run by default, and keeps format-1 chunks one object each', () => {
+    const m = randomPackedManifest(prng(5), 1);
+    const onePack = Object.keys(m.storedSizes).filter((id) => m.locations![id]![0] === 0);
+    const runs = planReads(m, onePack);
+    // Chunks of one pack within 64 KiB of each other, less than 4 MiB in all: one GET.
+    expect(runs).toHaveLength(1);
+    expect(runs[0]!.chunks).toHaveLength(onePack.length);
+
+    const v1: Manifest = { version: 1, backupId: 'b', diskId: 'd', sizeBytes: 3 * 4096, chunkSize: 4096, chunks: [fakeId(1), fakeId(2), fakeId(1)], storedSizes: { [fakeId(1)]: 100, [fakeId(2)]: 200 } };
+    const v1runs = planReads(v1, [fakeId(1), fakeId(2)]);
+    const expected = [[objectKeys.chunk(fakeId(1)), false, 0, 100, 1], [objectKeys.chunk(fakeId(2)), false, 0, 200, 1]];
+    if (objectKeys.chunk(fakeId(2)) < objectKeys.chunk(fakeId(1))) expected.reverse();
+    expect(v1runs.map((r) => [r.key, r.packed, r.offset, r.length, r.chunks.length])).toEqual(expected);
+  });
+});
+
+/** A memory store whose put can fail, or wait, for keys under a prefix. */
+class ControlledStore extends MemoryObjectStore {
+  failPrefix: string | undefined;
+  delayMs = 0;
+  readonly putKeys: string[] = [];
+  override async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
+    this.putKeys.push(key);
+    if (this.delayMs) await new Promise((ok) => setTimeout(ok, this.delayMs));
+    if (this.failPrefix !== undefined && key.startsWith(this.failPrefix)) throw new StorageUnavailable(`PUT s3://b/${key} failed: injected`);
+    return super.put(key, body, sha256);
+  }
+}
+
+/** Everything the store holds under `index/`, opened. */
+async function indexObjects(store: MemoryObjectStore): Promise<Map<string, PackContents[]>> {
+  const out = new Map<string, PackContents[]>();
+  for await (const o of store.list('index/')) {
+    const id = o.key.slice('index/'.length);
+    out.set(id, await decodeIndexObject(keys, (await store.get(o.key))!, id));
+  }
+  return out;
+}
+
+describe('PackWriter', () => {
+  it('closes packs near targetBytes, writes an index object every packsPerIndex packs and at finish, and every chunk is where add said', async () => {
+    const rand = prng(0x9ac);
+    const store = new MemoryObjectStore();
+    const targetBytes = 10_000;
+    const maxChunkBytes = 3000;
+    const writer = new PackWriter({ store, keys, targetBytes, maxChunkBytes, packsPerIndex: 3 });
+    const added: { id: string; body: Buffer; packId: string; offset: number }[] = [];
+    for (let n = 0; n < 120; n++) {
+      const body = bytesOf(rand, 100 + rand(maxChunkBytes - 100));
+      const id = fakeId(`w${n}`);
+      added.push({ id, body, ...(await writer.add(id, body)) });
+    }
+    const written = await writer.finish();
+
+    const packKeys: string[] = [];
+    for await (const o of store.list('packs/')) packKeys.push(o.key);
+    expect(packKeys.sort()).toEqual(written.map((w) => objectKeys.pack(w.pack.id)).sort());
+    expect(written.length).toBeGreaterThanOrEqual(8);
+    const lastPack = added.at(-1)!.packId;
+    for (const w of written) {
+      const body = store.objects.get(objectKeys.pack(w.pack.id))!;
+      expect(readPackTrailer(keys, body, w.pack.id)).toEqual(w);
+      const chunkBytes = w.chunks.reduce((s, c) => s + c.length, 0);
+      expect(chunkBytes).toBeLessThanOrEqual(targetBytes);
+      // Closed only when the next chunk did not fit: near the target, but for the last pack.
+      if (w.pack.id !== lastPack) expect(chunkBytes).toBeGreaterThan(targetBytes - maxChunkBytes);
+    }
+    for (const a of added) {
+      const body = store.objects.get(objectKeys.pack(a.packId))!;
+      expect(body.subarray(a.offset, a.offset + a.body.length).equals(a.body)).toBe(true);
+    }
+
+    // An index object per 3 packs, the rest in the last; together they list every pack once.
+    const indexes = await indexObjects(store);
+    expect([...indexes.keys()].sort()).toEqual(writer.indexes.slice().sort());
+    expect(indexes.size).toBe(Math.ceil(written.length / 3));
+    const sizes = [...indexes.values()].map((p) => p.length).sort();
+    expect(sizes.filter((s) => s !== 3).length).toBeLessThanOrEqual(1);
+    expect([...indexes.values()].flat().map((p) => p.pack.id).sort()).toEqual(written.map((w) => w.pack.id).sort());
+
+    // The repository's index finds every chunk where add said it is.
+    const index = await RepositoryIndex.load(store, keys);
+    expect(index.objects).toBe(indexes.size);
+    for (const a of added) expect(index.get(a.id)).toMatchObject({ key: objectKeys.pack(a.packId), offset: a.offset, length: a.body.length });
+    expect(writer.bytesWritten).toBe([...store.objects.values()].reduce((s, b) => s + b.length, 0));
+  });
+
+  it('keeps packs within targetBytes when many chunks are added at once while uploads are slow', async () => {
+    const store = new ControlledStore();
+    store.delayMs = 5;
+    const targetBytes = 1000;
+    const writer = new PackWriter({ store, keys, targetBytes, maxChunkBytes: 700, maxUploads: 1 });
+    const added: { id: string; body: Buffer; packId: string; offset: number }[] = [];
+    // Eight adders at once, as the backup pipeline's chunks in flight call add.
+    await Promise.all(Array.from({ length: 8 }, async (_, a) => {
+      for (let n = 0; n < 6; n++) {
+        const body = randomBytes(600);
+        const id = fakeId(`c${a}/${n}`);
+        added.push({ id, body, ...(await writer.add(id, body)) });
+      }
+    }));
+    const written = await writer.finish();
+    for (const w of written) expect(w.chunks.reduce((s, c) => s + c.length, 0)).toBeLessThanOrEqual(targetBytes);
+    for (const a of added) expect(store.objects.get(objectKeys.pack(a.packId))!.subarray(a.offset, a.offset + 600).equals(a.body)).toBe(true);
+  });
+
+  it('a chunk larger than targetBytes (but within maxChunkBytes) gets a pack of its own', async () => {
+    const store = new MemoryObjectStore();
+    const writer = new PackWriter({ store, keys, targetBytes: 500, maxChunkBytes: 2000 });
+    const small = await writer.add(fakeId(1), randomBytes(100));
+    const big = await writer.add(fakeId(2), randomBytes(1500));
+    const next = await writer.add(fakeId(3), randomBytes(100));
+    await writer.finish();
+    expect(new Set([small.packId, big.packId, next.packId]).size).toBe(3);
+    expect(big.offset).toBe(0);
+    await expect(writer.add(fakeId(4), randomBytes(2001))).rejects.toThrow(RangeError);
+  });
+
+  it('a failed pack upload surfaces from finish, and no index object lists the pack', async () => {
+    const store = new ControlledStore();
+    store.failPrefix = 'packs/';
+    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000 });
+    await writer.add(fakeId(1), randomBytes(500));
+    await expect(writer.finish()).rejects.toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/^PUT s3:\/\/b\/packs\//) });
+    expect(store.putKeys.filter((k) => k.startsWith('index/'))).toEqual([]);
+  });
+
+  it('a failed pack upload surfaces from a later add, then from finish; abandon waits for what is in flight', async () => {
+    const store = new ControlledStore();
+    store.failPrefix = 'packs/';
+    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 700, maxUploads: 1 });
+    let failedAt: number | undefined;
+    let error: unknown;
+    for (let n = 0; n < 10 && failedAt === undefined; n++) {
+      await writer.add(fakeId(n), randomBytes(600)).catch((err) => {
+        failedAt = n;
+        error = err;
+      });
+    }
+    // The first pack closes at the second add; the third waits for its upload, which failed.
+    expect(failedAt).toBe(2);
+    expect(error).toMatchObject({ name: 'Mover.StorageUnavailable' });
+    await expect(writer.add(fakeId(99), randomBytes(10))).rejects.toBe(error);
+    await expect(writer.finish()).rejects.toBe(error);
+    await writer.abandon();
+    expect(store.putKeys.filter((k) => k.startsWith('index/'))).toEqual([]);
+  });
+
+  it('a failed index upload surfaces from finish', async () => {
+    const store = new ControlledStore();
+    store.failPrefix = 'index/';
+    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000 });
+    await writer.add(fakeId(1), randomBytes(500));
+    await expect(writer.finish()).rejects.toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/index\//) });
+  });
+
+  it('a failed index upload every packsPerIndex packs surfaces from a later add or finish', async () => {
+    const store = new ControlledStore();
+    store.failPrefix = 'index/';
+    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 700, packsPerIndex: 2, maxUploads: 1 });
+    let error: unknown;
+    for (let n = 0; n < 10 && !error; n++) await writer.add(fakeId(n), randomBytes(600)).catch((err) => void (error = err));
+    error ??= await writer.finish().then(() => undefined, (err: unknown) => err);
+    expect(error).toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/index\//) });
+  });
+});
