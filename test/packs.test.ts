@@ -460,8 +460,8 @@ describe('PackWriter', () => {
         error = err;
       });
     }
-    // The first pack closes at the second add; the third waits for its upload, which failed.
-    expect(failedAt).toBe(2);
+    // The first pack closes at the second add, which waits for its upload slot and finds the upload failed.
+    expect(failedAt).toBe(1);
     expect(error).toMatchObject({ name: 'Mover.StorageUnavailable' });
     await expect(writer.add(fakeId(99), randomBytes(10))).rejects.toBe(error);
     await expect(writer.finish()).rejects.toBe(error);

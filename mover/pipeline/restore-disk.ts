@@ -91,12 +91,21 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     }
   };
 
+  /** Opens the chunk at `at` in `slot` into every offset in `targets`: undefined, or why it is not this chunk. */
+  const openAll = async (id: string, slot: SharedSlot, at: number, length: number, targets: number[]): Promise<string | undefined> => {
+    for (const offset of targets) {
+      const problem = await openAt(id, slot, at, length, offset);
+      if (problem !== undefined) return problem;
+    }
+    return undefined;
+  };
+
   /**
    * Another copy of chunk `id` the repository's index lists (a later backup stored it
-   * again after a deep verification quarantined the damaged one), opened into the target
-   * at `offset`; false when there is none that opens.
+   * again after a deep verification quarantined the damaged one), opened into every
+   * offset in `targets`; false when there is none that opens.
    */
-  const fromOtherCopy = async (id: string, offset: number): Promise<boolean> => {
+  const fromOtherCopy = async (id: string, targets: number[]): Promise<boolean> => {
     if (m.version !== 2) return false;
     const here = chunkLocation(m, id);
     for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).all(id)) {
@@ -106,7 +115,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
         const copy = await readChunk(o.store, alt, slot.bytes).catch(() => undefined);
         if (!copy) continue;
         if (copy.buffer !== slot.bytes.buffer) slot.bytes.set(copy);
-        if ((await openAt(id, slot, 0, copy.length, offset)) === undefined) {
+        if ((await openAll(id, slot, 0, copy.length, targets)) === undefined) {
           bytesDownloaded += copy.length;
           return true;
         }
@@ -117,13 +126,16 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     return false;
   };
 
-  /** Chunk `id` from `slot` (undefined: its run could not be read) into every offset the disk has it at; else Corrupt naming the disk, the offset and the object. */
+  /**
+   * Chunk `id` from `slot` (undefined: its run could not be read) into every offset the
+   * disk has it at, or else from another copy; else Corrupt naming the disk, the offset
+   * and the object.
+   */
   const restoreChunk = async (id: string, slot: SharedSlot | undefined, at: number, length: number, where: string, missing: string) => {
-    for (const offset of offsets.get(id)!) {
-      const problem = slot ? await openAt(id, slot, at, length, offset) : missing;
-      if (problem !== undefined && !(await fromOtherCopy(id, offset))) throw new Corrupt(`disk '${o.diskId}' offset ${offset}: chunk ${id} in ${where} is damaged: ${problem}`);
-      progress(lengthAt(offset));
-    }
+    const targets = offsets.get(id)!;
+    const problem = slot ? await openAll(id, slot, at, length, targets) : missing;
+    if (problem !== undefined && !(await fromOtherCopy(id, targets))) throw new Corrupt(`disk '${o.diskId}' offset ${targets[0]}: chunk ${id} in ${where} is damaged: ${problem}`);
+    for (const offset of targets) progress(lengthAt(offset));
   };
 
   try {
@@ -141,7 +153,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
         const body = await o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
         if (body) bytesDownloaded += body.length;
         const where = run.packed ? `${run.key} bytes ${run.offset}+${run.length}` : run.key;
-        const missing = !body ? 'it is missing from the repository' : `the read returned ${body.length} of ${run.length} bytes`;
+        const missing = !body ? 'it is missing from the repository' : `the read returned ${body.length} of ${run.length} bytes (the pack is shorter than its manifest says)`;
         const complete = body?.length === run.length;
         if (complete && body.buffer !== slot.bytes.buffer) slot.bytes.set(body); // a store that ignored `into`
         await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete ? slot : undefined, c.at, c.length, where, missing)));
