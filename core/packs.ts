@@ -228,7 +228,7 @@ export function planReads(m: Manifest, ids: Iterable<string>, opts: { maxBytes?:
  */
 export class RepositoryIndex {
   private readonly byId = new Map<string, ChunkLocation | ChunkLocation[]>();
-  /** Index objects read, and the chunks they list. */
+  /** How many index objects it was made of. */
   readonly objects: number;
 
   private constructor(objects: number) {
@@ -240,14 +240,19 @@ export class RepositoryIndex {
   }
 
   /** Lists `index/` and reads every index object (`parallelism` at once). */
-  static async load(store: ObjectStore, keys: RepositoryKeys, parallelism = 8): Promise<RepositoryIndex> {
-    const ids: string[] = [];
-    for await (const o of store.list('index/')) ids.push(o.key.slice('index/'.length));
-    const index = new RepositoryIndex(ids.length);
-    await mapLimit(ids, parallelism, async (indexId) => {
-      const sealed = await store.get(objectKeys.index(indexId));
-      if (sealed) index.add(await decodeIndexObject(keys, sealed, indexId)); // gone: garbage collection rewrote it meanwhile
-    });
+  static load(store: ObjectStore, keys: RepositoryKeys, parallelism = 8): Promise<RepositoryIndex> {
+    return new IndexCache(store, keys, parallelism).refresh();
+  }
+
+  /** An index of the packs that index objects list (`objects`: how many objects that was). */
+  static of(objects: Iterable<readonly PackContents[]>): RepositoryIndex {
+    let n = 0;
+    const index = new RepositoryIndex(0);
+    for (const packs of objects) {
+      index.add(packs);
+      n++;
+    }
+    (index as { objects: number }).objects = n;
     return index;
   }
 
@@ -278,6 +283,49 @@ export class RepositoryIndex {
   all(id: string): ChunkLocation[] {
     const had = this.byId.get(id);
     return had === undefined ? [] : Array.isArray(had) ? had : [had];
+  }
+}
+
+/**
+ * A mover's copy of one repository's index, brought up to date before each use: it lists
+ * `index/` (one request per 1,000 objects) and reads only the index objects it has not
+ * read before, and forgets those that are gone (garbage collection rewrote them). So a
+ * mover's second backup into a repository reads just the index objects written since.
+ * Refreshes asked for while one runs share it.
+ */
+export class IndexCache {
+  private readonly store: ObjectStore;
+  private readonly keys: RepositoryKeys;
+  private readonly parallelism: number;
+  private readonly read = new Map<string, PackContents[]>();
+  private running: Promise<RepositoryIndex> | undefined;
+  /** Index objects read by the last refresh. */
+  lastRead = 0;
+
+  constructor(store: ObjectStore, keys: RepositoryKeys, parallelism = 8) {
+    this.store = store;
+    this.keys = keys;
+    this.parallelism = parallelism;
+  }
+
+  refresh(): Promise<RepositoryIndex> {
+    this.running ??= this.load().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async load(): Promise<RepositoryIndex> {
+    const listed = new Set<string>();
+    for await (const o of this.store.list('index/')) listed.add(o.key.slice('index/'.length));
+    for (const id of this.read.keys()) if (!listed.has(id)) this.read.delete(id);
+    const fresh = [...listed].filter((id) => !this.read.has(id));
+    await mapLimit(fresh, this.parallelism, async (indexId) => {
+      const sealed = await this.store.get(objectKeys.index(indexId));
+      if (sealed) this.read.set(indexId, await decodeIndexObject(this.keys, sealed, indexId)); // gone: rewritten meanwhile
+    });
+    this.lastRead = fresh.length;
+    return RepositoryIndex.of(this.read.values());
   }
 }
 

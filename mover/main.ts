@@ -40,6 +40,7 @@ import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
+import { IndexCache } from '../core/packs.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;
@@ -127,7 +128,7 @@ const kms = kmsKeyId ? new KMSClient({ region }) : undefined;
 const keyWrapper = async (bucket: string): Promise<KeyWrapper> =>
   kms && kmsKeyId ? new KmsKeyWrapper({ client: kms, keyId: kmsKeyId, repository: bucket }) : KeyFileWrapper.load(keyFile!);
 
-const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys }>>();
+const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys; index: IndexCache }>>();
 const repository = ({ bucket, endpoint }: RepositoryLocation) => {
   const id = locationKey({ bucket, endpoint });
   let r = repositories.get(id);
@@ -138,7 +139,8 @@ const repository = ({ bucket, endpoint }: RepositoryLocation) => {
         onRetry: (i) => logger.info('storage.retry', { op: i.op, key: i.key, attempt: i.attempt, delayMs: Math.round(i.delayMs), error: (i.error as Error).message }),
       }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);
-      return { store, keys: deriveKeys(await loadMasterKey(store, await keyWrapper(bucket))) };
+      const keys = deriveKeys(await loadMasterKey(store, await keyWrapper(bucket)));
+      return { store, keys, index: new IndexCache(store, keys) };
     })();
     r.catch(() => repositories.delete(id));
     repositories.set(id, r);

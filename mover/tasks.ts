@@ -9,11 +9,13 @@ import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { SourceDriver } from './sources/source.ts';
 import type { Logger, TaskHandler } from './worker.ts';
+import type { IndexCache } from '../core/packs.ts';
 
 export interface TaskDeps {
   driver: SourceDriver;
   /** The repository store for a bucket on its endpoint (the job names both), and its keys (loaded once per repository). */
-  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
+  /** A repository's store and keys, and the mover's copy of its index (read again before each use). */
+  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys; index?: IndexCache }>;
   logger: Logger;
   parallelism: number;
 }
@@ -47,7 +49,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         if (t.job.snapshot) await deps.driver.release(t.job.source, t.job.snapshot);
         return { released: !!t.job.snapshot };
       case 'dispatch': {
-        const { store, keys } = await deps.repository(t.job.repository);
+        const { store, keys, index } = await deps.repository(t.job.repository);
         const reader = await deps.driver.openDisk(t.disk);
         let lastLog = 0;
         try {
@@ -55,7 +57,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
             store, keys, reader, disk: t.disk, backupId: t.job.backupId, chunkSize: t.job.repository.chunkSize,
             parentManifestKey: t.job.parentManifests[t.disk.diskId], parentBackupId: t.job.parentBackupId,
             ...(t.job.healChunks?.length ? { healChunks: new Set(t.job.healChunks) } : {}),
-            parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal,
+            parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal, ...(index ? { index: () => index.refresh() } : {}),
             onProgress: (p) => {
               const now = performance.now();
               if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;

@@ -14,6 +14,7 @@ import {
   decodeIndexObject,
   encodeIndex,
   encodeIndexObject,
+  IndexCache,
   MAX_PACK_BYTES,
   packTrailer,
   PackWriter,
@@ -485,5 +486,43 @@ describe('PackWriter', () => {
     for (let n = 0; n < 10 && !error; n++) await writer.add(fakeId(n), randomBytes(600)).catch((err) => void (error = err));
     error ??= await writer.finish().then(() => undefined, (err: unknown) => err);
     expect(error).toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/index\//) });
+  });
+});
+
+describe('IndexCache', () => {
+  /** Counts GETs of index objects. */
+  class CountingGets extends MemoryObjectStore {
+    indexGets = 0;
+    override async get(key: string, opts?: Parameters<MemoryObjectStore['get']>[1]) {
+      if (key.startsWith('index/')) this.indexGets++;
+      return super.get(key, opts);
+    }
+  }
+  const writeIndex = async (store: MemoryObjectStore, indexId: string, packId: string, ids: string[]) =>
+    store.put(objectKeys.index(indexId), await encodeIndexObject(keys, indexId, [{ pack: { id: packId, size: 1000 }, chunks: ids.map((id, i) => ({ id, offset: i * 10, length: 10 })) }]));
+
+  it('reads only index objects it has not read, and forgets those that are gone', async () => {
+    const store = new CountingGets();
+    const cache = new IndexCache(store, keys);
+    await writeIndex(store, 'a'.repeat(32), '1'.repeat(32), [fakeId(1), fakeId(2)]);
+    const first = await cache.refresh();
+    expect([first.size, first.objects, store.indexGets, cache.lastRead]).toEqual([2, 1, 1, 1]);
+    await writeIndex(store, 'b'.repeat(32), '2'.repeat(32), [fakeId(3)]);
+    const second = await cache.refresh();
+    expect([second.size, second.objects, store.indexGets, cache.lastRead]).toEqual([3, 2, 2, 1]);
+    expect(second.get(fakeId(3))?.key).toBe(objectKeys.pack('2'.repeat(32)));
+    // Garbage collection rewrote the first object without pack 1.
+    store.objects.delete(objectKeys.index('a'.repeat(32)));
+    const third = await cache.refresh();
+    expect([third.size, third.get(fakeId(1)), store.indexGets, cache.lastRead]).toEqual([1, undefined, 2, 0]);
+  });
+
+  it('shares a refresh asked for while one runs', async () => {
+    const store = new CountingGets();
+    await writeIndex(store, 'c'.repeat(32), '3'.repeat(32), [fakeId(4)]);
+    const cache = new IndexCache(store, keys);
+    const [a, b] = await Promise.all([cache.refresh(), cache.refresh()]);
+    expect(a).toBe(b);
+    expect(store.indexGets).toBe(1);
   });
 });

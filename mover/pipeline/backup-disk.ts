@@ -33,10 +33,10 @@ export interface BackupDiskOptions {
   /** zstd level for chunks (default: zstd's default, 3). */
   compressionLevel?: number;
   /**
-   * The repository's index, for chunks the parent does not have (default: loaded from the
-   * store when the first such chunk comes). Several disks of one job share one.
+   * The repository's index, for chunks the parent does not have, asked for when the first
+   * such chunk comes (default: read from the store; a mover passes its IndexCache's refresh).
    */
-  index?: Promise<RepositoryIndex>;
+  index?: () => Promise<RepositoryIndex>;
   /** Pack size in bytes (default 8 MiB). */
   packBytes?: number;
   /** Transfer only this chunk-aligned part of the disk, to a segment manifest (see keys.segmentId). */
@@ -91,8 +91,8 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     stored.set(id, { packId: at.pack.id, offset: at.offset, length: at.length });
     packSizes.set(at.pack.id, at.pack.size);
   };
-  let indexLoad: Promise<RepositoryIndex> | undefined = o.index;
-  const repositoryIndex = () => (indexLoad ??= RepositoryIndex.load(o.store, o.keys));
+  let indexLoad: Promise<RepositoryIndex> | undefined;
+  const repositoryIndex = () => (indexLoad ??= o.index ? o.index() : RepositoryIndex.load(o.store, o.keys));
 
   const pool = o.pool ?? sharedChunkPool();
   const writer = new PackWriter({ store: o.store, keys: o.keys, maxChunkBytes: sealedCapacity(chunkSize), ...(o.packBytes ? { targetBytes: o.packBytes } : {}) });
