@@ -60,7 +60,12 @@ export interface DamageFinding {
   diskId: string;
   /** Disk offsets (bytes) whose data is in the object; empty for a manifest. */
   offsets: number[];
+  /** The damaged object: a chunk object (`chunks/…`, format 1), a pack (`packs/…`, format 2) or a manifest. */
   objectKey: string;
+  /** The damaged chunk's id; absent for a manifest (a pack's key does not name the chunk). */
+  chunkId?: string;
+  /** Format 2: the bytes of the pack `objectKey` that hold the chunk's envelope. */
+  range?: { offset: number; length: number };
   reason: string;
 }
 
@@ -72,6 +77,12 @@ export interface DeepVerifiedDisk {
   chunksChecked: number;
   bytesRead: number;
   damaged: DamageFinding[];
+  /**
+   * Chunks whose copy at the manifest's location is missing or damaged but another copy
+   * the repository's index lists is intact (a later backup stored them again): readers use
+   * that copy, so they are not damage. Absent from movers of before format 2.
+   */
+  chunksFromOtherCopies?: number;
   seconds: number;
 }
 
