@@ -107,9 +107,9 @@ export interface ReplicatedDisk {
   diskId: string;
   /** Distinct chunks the disk's manifest references. */
   chunks: number;
-  /** Chunks the target lacked and that were copied (each opened and checked first). */
+  /** Chunks the target lacked and that were copied (each opened and checked first); format 2: the disk's chunks in the packs copied. */
   chunksCopied: number;
-  /** Stored bytes copied: chunks, the manifest and (with the first disk) the VM config. */
+  /** Stored bytes copied: chunk objects (format 1) or packs and the index objects listing them (format 2), the manifest and (with the first disk) the VM config. */
   bytesCopied: number;
   seconds: number;
 }
