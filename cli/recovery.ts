@@ -47,9 +47,10 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       const { output, seconds } = await run(e, 'DeepVerify', input, io);
       const s = output as DeepVerifySummary;
       io.out(`backup ${s.backupId} of VM ${s.vmId}: ${s.chunksChecked} of ${s.chunksTotal} chunks read back (${size(s.bytesRead)}) in ${seconds.toFixed(1)} s: ${s.damaged ? 'DAMAGED' : 'intact'}`);
-      for (const f of s.findings) io.out(`  damaged: disk ${f.diskId} offset ${f.offsets.join(', ') || '-'} object ${f.objectKey}: ${f.reason}`);
-      const q = (output as { quarantine?: { quarantined: { objectKey: string; quarantineKey?: string }[] } }).quarantine;
-      for (const c of q?.quarantined ?? []) io.out(`  quarantined: ${c.objectKey}${c.quarantineKey ? ` (kept as ${c.quarantineKey})` : ''}: the next backup holding its data uploads it again`);
+      const bytes = (r?: { offset: number; length: number }) => (r ? ` bytes ${r.offset}+${r.length}` : '');
+      for (const f of s.findings) io.out(`  damaged: disk ${f.diskId} offset ${f.offsets.join(', ') || '-'} ${f.chunkId ? `chunk ${f.chunkId} in ` : ''}object ${f.objectKey}${bytes(f.range)}: ${f.reason}`);
+      const q = (output as { quarantine?: { quarantined: { chunkId: string; objectKey: string; range?: { offset: number; length: number }; quarantineKey?: string }[] } }).quarantine;
+      for (const c of q?.quarantined ?? []) io.out(`  quarantined: chunk ${c.chunkId} in ${c.objectKey}${bytes(c.range)}${c.quarantineKey ? ` (kept as ${c.quarantineKey})` : ''}: the next backup holding its data stores it again`);
       if (s.healed) io.out(`  healed: the backup was damaged (${s.healed.previousVerifyId}) and is intact again; ${s.healed.chunks.length} chunk(s) no longer quarantined`);
       if (s.damaged) process.exitCode = 3;
     }));

@@ -60,7 +60,12 @@ export interface DamageFinding {
   diskId: string;
   /** Disk offsets (bytes) whose data is in the object; empty for a manifest. */
   offsets: number[];
+  /** The damaged object: a chunk object (`chunks/…`, format 1), a pack (`packs/…`, format 2) or a manifest. */
   objectKey: string;
+  /** The damaged chunk's id; absent for a manifest (a pack's key does not name the chunk). */
+  chunkId?: string;
+  /** Format 2: the bytes of the pack `objectKey` that hold the chunk's envelope. */
+  range?: { offset: number; length: number };
   reason: string;
 }
 
@@ -72,6 +77,12 @@ export interface DeepVerifiedDisk {
   chunksChecked: number;
   bytesRead: number;
   damaged: DamageFinding[];
+  /**
+   * Chunks whose copy at the manifest's location is missing or damaged but another copy
+   * the repository's index lists is intact (a later backup stored them again): readers use
+   * that copy, so they are not damage. Absent from movers of before format 2.
+   */
+  chunksFromOtherCopies?: number;
   seconds: number;
 }
 
@@ -96,9 +107,9 @@ export interface ReplicatedDisk {
   diskId: string;
   /** Distinct chunks the disk's manifest references. */
   chunks: number;
-  /** Chunks the target lacked and that were copied (each opened and checked first). */
+  /** Chunks the target lacked and that were copied (each opened and checked first); format 2: the disk's chunks in the packs copied. */
   chunksCopied: number;
-  /** Stored bytes copied: chunks, the manifest and (with the first disk) the VM config. */
+  /** Stored bytes copied: chunk objects (format 1) or packs and the index objects listing them (format 2), the manifest and (with the first disk) the VM config. */
   bytesCopied: number;
   seconds: number;
 }

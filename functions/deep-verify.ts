@@ -1,10 +1,12 @@
 /**
  * The Deep verify workflow's functions: PlanDeepVerify resolves the backup and its
  * disks; RecordDeepVerify keeps the result, marks a damaged backup `damaged` in the
- * catalog (QuarantineDamage, `quarantine.ts`, then moves its damaged chunks aside) and
+ * catalog (QuarantineDamage, `quarantine.ts`, then sets its damaged chunks aside) and
  * shapes the event the workflow emits; a full verification that finds a `damaged` backup
- * intact again (a later backup re-uploaded its quarantined chunks) marks it `committed`
- * and clears those chunks' quarantine records.
+ * intact again (a later backup stored its quarantined chunks again: format 1 under the
+ * same key, format 2 in a new pack that readers find through the repository's index)
+ * marks it `committed` and clears those chunks' quarantine records (by each finding's
+ * `chunkId`; a pack's key does not name the chunk).
  */
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
@@ -70,9 +72,13 @@ export async function planDeepVerifyPolicy({ verifyId, request }: z.output<typeo
   return { policyId: policy.policyId, jobs, skipped };
 }
 
-const damageFinding: z.ZodType<DamageFinding> = z.looseObject({ backupId: text, diskId: text, offsets: z.array(count), objectKey: text, reason: z.string() });
+const damageFinding: z.ZodType<DamageFinding> = z.looseObject({
+  backupId: text, diskId: text, offsets: z.array(count), objectKey: text, reason: z.string(),
+  chunkId: z.string().regex(/^[0-9a-f]{64}$/, 'must be a chunk id').optional(),
+  range: z.object({ offset: count, length: count }).strict().optional(),
+});
 const deepVerifiedDisk: z.ZodType<DeepVerifiedDisk> = z.looseObject({
-  diskId: text, chunksTotal: count, chunksChecked: count, bytesRead: count, damaged: z.array(damageFinding), seconds: z.number().nonnegative(),
+  diskId: text, chunksTotal: count, chunksChecked: count, bytesRead: count, damaged: z.array(damageFinding), chunksFromOtherCopies: count.optional(), seconds: z.number().nonnegative(),
 });
 const deepVerifyJob: z.ZodType<DeepVerifyJob> = z.looseObject({
   verifyId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation, sample: z.number(),
@@ -119,7 +125,7 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     const first = findings[0]!;
     summary.event = {
       vmId: input.vmId, backupId: input.backupId, verifyId: input.verifyId, findings: findings.slice(0, 20),
-      message: `backup ${input.backupId} of VM '${input.vmId}' is damaged: ${findings.length} object(s), first ${first.objectKey} (disk '${first.diskId}', offset ${first.offsets[0] ?? 'n/a'}): ${first.reason}`,
+      message: `backup ${input.backupId} of VM '${input.vmId}' is damaged: ${findings.length} object(s), first ${first.objectKey}${first.range ? ` bytes ${first.range.offset}+${first.range.length}` : ''}${first.chunkId ? ` (chunk ${first.chunkId}, disk '${first.diskId}'` : ` (disk '${first.diskId}'`}, offset ${first.offsets[0] ?? 'n/a'}): ${first.reason}`,
     };
     const marked = await deps.recovery.markDamaged(input.vmId, input.backupId, { verifyId: input.verifyId, foundAt: at, findings });
     if (!marked) summary.event.message += ' (the backup was no longer committed, so its catalog status is unchanged)';
@@ -128,7 +134,8 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
   if (findings.length === 0 && summary.chunksChecked === summary.chunksTotal) {
     const was = await deps.recovery.markHealthy(input.vmId, input.backupId, { verifyId: input.verifyId, healedAt: at });
     if (was) {
-      const chunks = [...new Set(was.findings.map((f) => chunkIdOfKey(f.objectKey)).filter((id): id is string => id !== undefined))];
+      // Findings of movers from before format 2 carry no chunk id: their key (`chunks/…`) names it.
+      const chunks = [...new Set(was.findings.map((f) => f.chunkId ?? chunkIdOfKey(f.objectKey)).filter((id): id is string => id !== undefined))];
       await deps.recovery.clearQuarantine(locationKey(input.repository), chunks);
       summary.healed = { previousVerifyId: was.verifyId, chunks };
     }

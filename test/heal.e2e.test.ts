@@ -1,14 +1,23 @@
 /**
  * Damaged chunks heal, end to end on the embedded stack (real movers, s3rver, dynalite,
  * the synthesized Backup, DeepVerify, Restore and Gc state machines): a bit flipped in a
- * stored chunk is found by a deep verification, moved aside to quarantine/, uploaded
- * again by the next backup of the unchanged VM (although the parent manifest lists it),
- * and a second deep verification finds the first backup intact and marks it healthy.
+ * chunk stored in a pack is found by a deep verification, its bytes are set aside under
+ * quarantine/ (the pack stays: its other chunks are fine), the chunk is stored again in a
+ * new pack by the next backup of the unchanged VM (although the parent manifest and the
+ * repository's index both list the damaged copy), and a second deep verification finds
+ * the first backup intact through that new copy and marks it healthy.
+ *
+ * The mover's heal filter (backup-disk.ts `healChunks`, applied to the parent manifest and
+ * to the index) is what makes the next backup store the chunk: without either half the
+ * chunk is taken from the parent manifest or from the index — both point at the damaged
+ * bytes, which are never deleted — so nothing is uploaded (`uploaded` is 0, not 1; checked
+ * by removing each half in turn) and the second verification would find the damage again.
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../core/endpoints.ts';
 import { chunkId, decodeManifest, keys as objectKeys, open } from '../core/format.ts';
+import { chunkLocation, readChunk, type ChunkLocation } from '../core/packs.ts';
 import { quarantineKey } from '../core/quarantine.ts';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import type { GcReport } from '../functions/gc.ts';
@@ -57,37 +66,56 @@ it('quarantines a damaged chunk, re-uploads it with the next backup and heals ev
   const b1 = await backup(); // unchanged VM: its manifests list the same chunks as b0's
   expect(b1.parentBackupId).toBe(b0.backupId);
 
-  // A bit flips in one stored chunk of disk0 (same size: the existence check cannot tell).
+  // A bit flips in one chunk of disk0, inside its pack (same size: the existence check cannot tell).
   const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b1.backupId, 'disk0')))!, b1.backupId, 'disk0');
+  expect(manifest.version).toBe(2);
   const index = manifest.chunks.findIndex((c, i) => c !== null && i > 1);
   const id = manifest.chunks[index]!;
-  const key = objectKeys.chunk(id);
-  const body = (await store.get(key))!;
-  body[Math.floor(body.length / 3)]! ^= 0x04;
-  await store.put(key, body);
+  const at = chunkLocation(manifest, id);
+  const key = at.key;
+  const range = { offset: at.offset, length: at.length };
+  expect(key).toMatch(/^packs\//);
+  const pack = (await store.get(key))!;
+  pack[at.offset + Math.floor(at.length / 3)]! ^= 0x04;
+  await store.put(key, pack);
+  const damagedBytes = Buffer.from(pack.subarray(at.offset, at.offset + at.length));
+  const opensAsChunk = async (loc: ChunkLocation) => {
+    try {
+      return chunkId(keys, await open(keys, (await readChunk(store, loc))!, id)) === id;
+    } catch {
+      return false;
+    }
+  };
+  expect(await opensAsChunk(at)).toBe(false);
 
-  // DeepVerify finds and names it; the backup is damaged; the object is moved aside and recorded.
+  // DeepVerify finds and names it (chunk, pack, bytes); the backup is damaged; the bytes are set aside and the chunk recorded.
   const v1 = await run('DeepVerify', { vmId: 'vm-h', backupId: b1.backupId, moverGroup: 'site-a' }, 'verify-heal-1');
   expect(v1.status, v1.cause).toBe('SUCCEEDED');
   const s1 = JSON.parse(v1.output!) as DeepVerifySummary & { quarantine: QuarantineReport };
   expect(s1.damaged).toBe(true);
   const f = s1.findings.find((x) => x.diskId === 'disk0')!;
-  expect(f).toMatchObject({ backupId: b1.backupId, diskId: 'disk0', objectKey: key });
+  expect(f).toMatchObject({ backupId: b1.backupId, diskId: 'disk0', objectKey: key, chunkId: id, range });
   expect(f.offsets).toContain(index * MiB);
-  expect(new Set(s1.findings.map((x) => x.objectKey))).toEqual(new Set([key]));
+  expect(new Set(s1.findings.map((x) => `${x.objectKey} ${x.chunkId}`))).toEqual(new Set([`${key} ${id}`]));
   expect((await t.stack.catalog.getBackup('vm-h', b1.backupId))?.status).toBe('damaged');
-  expect(s1.quarantine.quarantined).toEqual([{ chunkId: id, objectKey: key, quarantineKey: quarantineKey('verify-heal-1', key) }]);
-  expect(await store.head(key)).toBeUndefined();
-  expect(await store.get(quarantineKey('verify-heal-1', key))).toEqual(body);
+  const kept = quarantineKey('verify-heal-1', key, id);
+  expect(kept).toBe(`quarantine/verify-heal-1/${key}/${id}`);
+  expect(s1.quarantine.quarantined).toEqual([{ chunkId: id, objectKey: key, range, quarantineKey: kept }]);
+  expect(await store.get(key)).toEqual(pack); // the pack stays: its other chunks are fine
+  expect(await store.get(kept)).toEqual(damagedBytes);
   expect(await recovery.quarantinedChunks(locationKey({ bucket: e.bucket }), 100)).toEqual([id]);
 
-  // The next backup of the unchanged VM: its parent (b0, still committed) lists the chunk, yet it is uploaded again.
+  // The next backup of the unchanged VM: its parent (b0, still committed) and the index list the chunk, yet it is stored again.
   const b2 = await backup();
   expect(b2.parentBackupId).toBe(b0.backupId);
   const uploaded = b2.disks!.reduce((n, d) => n + d.stats.uploadedChunks, 0);
   expect(uploaded).toBe(1);
-  const healed = (await store.get(key))!;
-  expect(chunkId(keys, await open(keys, healed, id))).toBe(id);
+  const m2 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b2.backupId, 'disk0')))!, b2.backupId, 'disk0');
+  const again = chunkLocation(m2, id);
+  expect(again.key).not.toBe(key); // a new pack
+  expect(await opensAsChunk(again)).toBe(true);
+  // b1's manifest still points at the damaged bytes: it heals through the new copy the index lists.
+  expect(await opensAsChunk(at)).toBe(false);
 
   // A full deep verification of the damaged backup now finds it intact: healthy again, quarantine cleared.
   const v2 = await run('DeepVerify', { vmId: 'vm-h', backupId: b1.backupId, moverGroup: 'site-a' }, 'verify-heal-2');
@@ -107,12 +135,13 @@ it('quarantines a damaged chunk, re-uploads it with the next backup and heals ev
   expect(r.status, r.cause).toBe('SUCCEEDED');
   for (const d of (JSON.parse(r.output!) as RestoreSummary).disks) expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir, `${d.diskId}.raw`)));
 
-  // GC sweeps chunks/ only: the quarantined copy stays, counted apart.
+  // GC never sweeps quarantine/: the quarantined bytes stay, counted apart.
   const g = await run('Gc', { bucket: e.bucket, graceHours: 0 });
   expect(g.status, g.cause).toBe('SUCCEEDED');
   const report = JSON.parse(g.output!) as GcReport | { report: GcReport };
   const gc = 'report' in report ? report.report : report;
-  expect(gc.quarantine).toEqual({ objects: 1, bytes: body.length });
+  expect(gc.quarantine).toEqual({ objects: 1, bytes: at.length });
   expect(gc.chunks.deleted).toBe(0);
-  expect(await store.head(quarantineKey('verify-heal-1', key))).toBeDefined();
+  expect(await store.head(kept)).toBeDefined();
+  expect(await store.head(key)).toEqual(expect.objectContaining({ size: pack.length })); // b0 and b1 still reference the damaged pack
 });

@@ -18,6 +18,7 @@ import { runExecution, waitForExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';
 import { decodeManifest, keys as objectKeys } from '../core/format.ts';
+import { chunkLocation } from '../core/packs.ts';
 import { openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
@@ -145,10 +146,11 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const newest = (await t.stack.catalog.latestCommitted('vm-i'))!;
   const { store, keys } = await openRepository(e);
   const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(newest.backupId, 'disk0')))!, newest.backupId, 'disk0');
-  const chunkKey = objectKeys.chunk(m.chunks.find((c) => c !== null)!);
-  const damagedBody = (await store.get(chunkKey))!;
-  damagedBody[40]! ^= 1;
-  await store.put(chunkKey, damagedBody);
+  const damagedId = m.chunks.find((c) => c !== null)!;
+  const at = chunkLocation(m, damagedId); // format 2: the chunk's bytes in its pack
+  const damagedBody = (await store.get(at.key))!;
+  damagedBody[at.offset + 40]! ^= 1;
+  await store.put(at.key, damagedBody);
   const found = await run('DeepVerify', { vmId: 'vm-i', moverGroup: 'site-a' });
   expect(found.status, found.cause).toBe('SUCCEEDED');
   expect(JSON.parse(found.output!)).toMatchObject({ damaged: true });
@@ -158,7 +160,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   if (replicated) expect((await waitForExecution(t.sfn, replicated, { pollMs: 200 })).status).toBe('SUCCEEDED');
   const healed = await run('DeepVerify', { vmId: 'vm-i', backupId: newest.backupId, moverGroup: 'site-a' });
   expect(healed.status, healed.cause).toBe('SUCCEEDED');
-  expect(JSON.parse(healed.output!)).toMatchObject({ damaged: false, healed: { chunks: [chunkKey.slice(chunkKey.lastIndexOf('/') + 1)] } });
+  expect(JSON.parse(healed.output!)).toMatchObject({ damaged: false, healed: { chunks: [damagedId] } });
 
   const exercised = new Set(calls.map((c) => c.functionId));
 

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { quarantineKey } from '../core/quarantine.ts';
+import { PackWriter } from '../core/packs.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
 import { collectGarbage } from '../functions/gc.ts';
@@ -20,6 +21,18 @@ async function storedChunk(store: MemoryObjectStore) {
   return { id, key };
 }
 
+/** A pack of `n` chunks, as a mover writes it. */
+async function storedPack(store: MemoryObjectStore, n: number) {
+  const writer = new PackWriter({ store, keys, maxChunkBytes: 8192 });
+  for (let i = 0; i < n; i++) {
+    const plain = randomBytes(4096);
+    const id = chunkId(keys, plain);
+    await writer.add(id, await seal(keys, plain, id));
+  }
+  const [contents] = await writer.finish();
+  return { key: objectKeys.pack(contents!.pack.id), chunks: contents!.chunks };
+}
+
 function setup() {
   const store = new MemoryObjectStore();
   const admin = new MemoryRepositoryAdmin(store);
@@ -27,7 +40,7 @@ function setup() {
   const recovery = { putQuarantine: async (repository: string, r: QuarantineRecord) => void records.push({ repository, r }) };
   return { store, admin, records, deps: { store, admin, keys, recovery, now: () => NOW } };
 }
-const request = (findings: { objectKey: string; reason: string }[]) =>
+const request = (findings: { objectKey: string; reason: string; chunkId?: string; range?: { offset: number; length: number } }[]) =>
   ({ verifyId: 'verify-1', vmId: 'vm-1', backupId: 'b1', repository: { bucket: 'repo' }, findings });
 
 describe('quarantineDamage', () => {
@@ -61,6 +74,51 @@ describe('quarantineDamage', () => {
     expect(r.notChunks).toEqual([manifest]);
     expect(store.objects.has(healthy.key)).toBe(true);
     expect(records.map((x) => x.r.chunkId)).toEqual(['ab'.repeat(32)]);
+  });
+
+  it('copies just the damaged chunk\'s bytes of a pack to quarantine/, records its id and leaves the pack in place', async () => {
+    const { store, admin, records, deps } = setup();
+    const deletes: string[][] = [];
+    const del = admin.delete.bind(admin);
+    admin.delete = async (k) => (deletes.push(k), del(k));
+    const { key, chunks } = await storedPack(store, 3);
+    const bad = chunks[1]!;
+    store.objects.get(key)![bad.offset + 20]! ^= 1;
+    const pack = Buffer.from(store.objects.get(key)!);
+    const range = { offset: bad.offset, length: bad.length };
+    const finding = { objectKey: key, chunkId: bad.id, range, reason: 'failed authentication' };
+    const r = await quarantineDamage(request([finding, { ...finding, reason: 'again, on disk1' }]), deps);
+    const kept = `quarantine/verify-1/${key}/${bad.id}`;
+    expect(quarantineKey('verify-1', key, bad.id)).toBe(kept);
+    expect(r).toEqual({ quarantined: [{ chunkId: bad.id, objectKey: key, range, quarantineKey: kept }], alreadyHealthy: [], failed: [], notChunks: [] });
+    expect(store.objects.get(kept)).toEqual(pack.subarray(bad.offset, bad.offset + bad.length));
+    // The pack stays, byte for byte: its other chunks are fine and other backups use them.
+    expect(store.objects.get(key)).toEqual(pack);
+    expect(deletes).toEqual([]);
+    expect(records).toHaveLength(1);
+    expect(records[0]!.r).toMatchObject({ chunkId: bad.id, objectKey: key, quarantineKey: kept, vmId: 'vm-1', backupId: 'b1', verifyId: 'verify-1', reason: 'failed authentication' });
+  });
+
+  it('for packs: leaves a chunk that opens alone, records a chunk of a missing pack without a copy, and one without a byte range without reading', async () => {
+    const { store, records, deps } = setup();
+    const { key, chunks } = await storedPack(store, 2);
+    const healthy = chunks[0]!;
+    const gone = objectKeys.pack('cd'.repeat(16));
+    const r = await quarantineDamage(request([
+      { objectKey: key, chunkId: healthy.id, range: { offset: healthy.offset, length: healthy.length }, reason: 'read failed' },
+      { objectKey: gone, chunkId: 'ab'.repeat(32), range: { offset: 0, length: 100 }, reason: 'the pack is missing from the repository' },
+      { objectKey: key, chunkId: 'ef'.repeat(32), reason: 'a finding without its bytes' },
+      { objectKey: key, reason: 'a finding that names no chunk' },
+    ]), deps);
+    expect(r.alreadyHealthy).toEqual([`${key} bytes ${healthy.offset}+${healthy.length}`]);
+    expect(r.quarantined).toEqual([
+      { chunkId: 'ef'.repeat(32), objectKey: key },
+      { chunkId: 'ab'.repeat(32), objectKey: gone, range: { offset: 0, length: 100 } },
+    ].sort((a, b) => a.objectKey.localeCompare(b.objectKey)));
+    expect(r.notChunks).toEqual([key]);
+    expect(records.map((x) => x.r.chunkId).sort()).toEqual(['ab'.repeat(32), 'ef'.repeat(32)]);
+    expect([...store.objects.keys()].filter((k) => k.startsWith('quarantine/'))).toEqual([]);
+    expect(store.objects.has(key)).toBe(true);
   });
 
   it('reads chunk ids only from chunk keys', () => {

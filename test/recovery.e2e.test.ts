@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeManifest, keys as objectKeys } from '../core/format.ts';
+import { chunkLocation } from '../core/packs.ts';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
@@ -198,9 +199,12 @@ describe('Deep verify workflow', () => {
     const index = manifest.chunks.findIndex((c, i) => c !== null && i > 0);
     expect(index).toBeGreaterThan(0);
     const id = manifest.chunks[index]!;
-    const key = objectKeys.chunk(id);
+    // The chunk's bytes inside its pack (format 2).
+    const at = chunkLocation(manifest, id);
+    const key = at.key;
+    expect(key).toMatch(/^packs\//);
     const body = (await store.get(key))!;
-    body[Math.floor(body.length / 2)]! ^= 0x10;
+    body[at.offset + Math.floor(at.length / 2)]! ^= 0x10;
     await store.put(key, body);
 
     const d = await deepVerify({ vmId: 'vm-r', backupId, moverGroup: 'site-b' });
@@ -208,11 +212,11 @@ describe('Deep verify workflow', () => {
     const s = JSON.parse(d.output!) as DeepVerifySummary;
     expect(s.damaged).toBe(true);
     const f = s.findings.find((x) => x.diskId === 'disk0');
-    expect(f).toMatchObject({ backupId, diskId: 'disk0', objectKey: key });
+    expect(f).toMatchObject({ backupId, diskId: 'disk0', objectKey: key, chunkId: id, range: { offset: at.offset, length: at.length } });
     expect(f!.offsets).toContain(index * MiB);
     expect(f!.reason).toContain('failed authentication');
-    // Only that object is damaged (it may back the same data on both disks).
-    expect(new Set(s.findings.map((x) => x.objectKey))).toEqual(new Set([key]));
+    // Only that chunk is damaged (it may back the same data on both disks).
+    expect(new Set(s.findings.map((x) => `${x.objectKey} ${x.chunkId}`))).toEqual(new Set([`${key} ${id}`]));
 
     const b = await t.stack.catalog.getBackup('vm-r', backupId);
     expect(b?.status).toBe('damaged');
@@ -220,7 +224,7 @@ describe('Deep verify workflow', () => {
     const events = (await readLocalEvents(t.stack.endpoints.dataDir)).filter((e) => e.detailType === 'Lifeboat Backup Damaged');
     expect(events).toHaveLength(1);
     expect(events[0]!.detail).toMatchObject({ vmId: 'vm-r', backupId, findings: expect.arrayContaining([expect.objectContaining({ objectKey: key, diskId: 'disk0' })]) });
-    expect((events[0]!.detail as { message: string }).message).toContain(key);
+    expect((events[0]!.detail as { message: string }).message).toContain(`${key} bytes ${at.offset}+${at.length} (chunk ${id}, disk 'disk0'`);
 
     // A damaged backup is no longer offered for restore, nor used as a parent.
     const r = await restore({ vmId: 'vm-r', backupId, target: join(t.dir, 'from-damaged'), moverGroup: 'site-a' });

@@ -14,13 +14,22 @@ const keys = deriveKeys(randomBytes(32));
 let dir: string;
 let data: Buffer;
 let manifest: Manifest;
+let packed: Manifest;
+const PACK = '5a'.repeat(16);
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-rehash-'));
   // chunk 0 data, chunk 1 zeros (a hole), chunk 2 data, chunk 3 a short tail.
   data = Buffer.concat([randomBytes(CHUNK), Buffer.alloc(CHUNK), randomBytes(CHUNK), randomBytes(1000)]);
   const chunks = [0, 1, 2, 3].map((i) => data.subarray(i * CHUNK, Math.min((i + 1) * CHUNK, data.length)));
-  manifest = { version: 1, backupId: 'b1', diskId: 'disk0', sizeBytes: data.length, chunkSize: CHUNK, chunks: chunks.map((c, i) => (i === 1 ? null : chunkId(keys, c))), storedSizes: {}, storedSha256: {} };
+  const ids = chunks.map((c, i) => (i === 1 ? null : chunkId(keys, c)));
+  // Format 1 (each chunk its own object); the sizes stand in for sealed sizes.
+  manifest = { version: 1, backupId: 'b1', diskId: 'disk0', sizeBytes: data.length, chunkSize: CHUNK, chunks: ids, storedSizes: Object.fromEntries(ids.filter((id) => id !== null).map((id) => [id, 5000])), storedSha256: {} };
+  // Format 2: the same chunks in one pack, 5000 bytes each.
+  packed = {
+    ...manifest, version: 2, storedSha256: undefined, packs: [{ id: PACK, size: 20_000 }],
+    locations: Object.fromEntries(ids.filter((id) => id !== null).map((id, n) => [id, [0, n * 5000]])),
+  };
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -42,8 +51,16 @@ describe('rehashDisk', () => {
 
   it('names the offset of a chunk whose bytes changed', async () => {
     const path = await written('flip.raw', (b) => { b[2 * CHUNK + 17]! ^= 1; });
-    await expect(rehashDisk({ keys, manifest, path })).rejects.toThrow(new RegExp(`offset ${2 * CHUNK} does not match chunk chunks/`));
+    const id = manifest.chunks[2]!;
+    await expect(rehashDisk({ keys, manifest, path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in chunks/${id.slice(0, 2)}/${id};`);
     await expect(rehashDisk({ keys, manifest, path })).rejects.toBeInstanceOf(RestoreMismatch);
+    // Format 2: the pack and the chunk's bytes in it (the second chunk stored: bytes 5000+5000).
+    await expect(rehashDisk({ keys, manifest: packed, path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in packs/5a/${PACK} bytes 5000+5000;`);
+  });
+
+  it('accepts a faithful copy of a format-2 backup', async () => {
+    const r = await rehashDisk({ keys, manifest: packed, path: await written('ok2.raw') });
+    expect(r).toEqual({ chunksVerified: 4, sha256: createHash('sha256').update(data).digest('hex') });
   });
 
   it('finds data where the backup has a hole', async () => {

@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { keys as objectKeys, decodeManifest } from '../core/format.ts';
+import { chunkLocation, RepositoryIndex } from '../core/packs.ts';
 import type { StandbyDisk } from '../core/recovery-jobs.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import type { FailoverSummary, ReplicationSummary } from '../functions/replicate.ts';
@@ -119,16 +120,23 @@ describe('replication after a backup', () => {
     expect(r.chunksCopied).toBe(b.totals.uploadedChunks);
     // Checked through the DR endpoint before it was recorded: every chunk of every manifest is there.
     expect(out.replicated[0]!.verified.chunksChecked).toBe(r.chunks);
-    // What crossed to the DR site is what the full backup stored (chunks, manifests, VM config).
+    // What crossed to the DR site is what the full backup stored (packs, their index objects, manifests, VM config).
     expect(r.bytesCopied / b.totals.bytesStored).toBeGreaterThan(0.98);
     expect(r.bytesCopied / b.totals.bytesStored).toBeLessThan(1.02);
     const copiers = new Set(t.logs.filter((l) => l.event === 'task.succeeded' && (l.task === 'replicateDisk' || l.task === 'updateStandbyDisk')).map((l) => l.mover));
     expect([...copiers]).toEqual(['dr-mover-1']);
-    // The DR endpoint holds the copy: every chunk of the manifest, read through its own endpoint.
+    // The DR endpoint holds the copy: every pack of the manifest, read through its own endpoint.
     const dr = repositoryStore(t.stack.endpoints, 'dr');
     const { keys } = await openRepository(t.stack.endpoints);
     const m = await decodeManifest(keys, (await dr.get(objectKeys.manifest(r.backupId, 'disk0')))!, r.backupId, 'disk0');
-    for (const id of new Set(m.chunks.filter((c): c is string => c !== null))) expect(await dr.head(objectKeys.chunk(id)), id).toBeDefined();
+    expect(m.version).toBe(2);
+    for (const p of m.packs!) expect((await dr.head(objectKeys.pack(p.id)))?.size, p.id).toBe(p.size);
+    // The DR repository's own index lists every chunk, where its manifest says.
+    const drIndex = await RepositoryIndex.load(dr, keys);
+    for (const id of new Set(m.chunks.filter((c): c is string => c !== null))) {
+      const at = chunkLocation(m, id);
+      expect(drIndex.all(id).map((l) => [l.key, l.offset, l.length]), id).toContainEqual([at.key, at.offset, at.length]);
+    }
 
     const restored = await run('Restore', { vmId: 'vm-d', target: join(t.dir, 'from-dr'), moverGroup: 'dr', fromBucket: drBucket });
     expect(restored.status, restored.cause).toBe('SUCCEEDED');
@@ -156,7 +164,7 @@ describe('replication after a backup', () => {
     const { replication: r, standby } = out.replicated[0]!;
     expect(r.backupId).toBe(incr.vms[0]!.backupId);
     expect(r.chunksCopied).toBe(incr.totals.uploadedChunks);
-    // Bytes replicated are the bytes the incremental stored: changed chunks plus two manifests and the VM config.
+    // Bytes replicated are the bytes the incremental stored: the packs of changed chunks, their index objects, two manifests and the VM config.
     process.stdout.write(`replication after an incremental: ${r.bytesCopied} bytes copied for ${incr.totals.bytesStored} bytes stored (full: ${full.run.totals.bytesStored})\n`);
     expect(r.bytesCopied / incr.totals.bytesStored).toBeGreaterThan(0.9);
     expect(r.bytesCopied / incr.totals.bytesStored).toBeLessThan(1.2);
@@ -269,26 +277,28 @@ describe('a policy whose DR repository names no replicating group', () => {
     expect(restore.cause).toContain(`has not been replicated to ${drBucket}`);
   });
 
-  it('a replication started by hand refuses to copy a damaged chunk, names it, and copies neither it nor the manifest', async () => {
+  it('a replication started by hand refuses to copy a pack holding a damaged chunk, names the chunk, and copies neither the pack nor the manifest', async () => {
     const { store, keys } = await openRepository(t.stack.endpoints);
     const latest = (await t.stack.catalog.latestCommitted('vm-m'))!.backupId;
     const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(latest, 'disk0')))!, latest, 'disk0');
     const dr = repositoryStore(t.stack.endpoints, 'dr');
-    let key: string | undefined;
-    for (const id of new Set(m.chunks.filter((c): c is string => c !== null))) {
-      if (await dr.head(objectKeys.chunk(id))) continue;
-      key = objectKeys.chunk(id);
+    // A chunk in a pack the DR repository lacks; a bit flips in its bytes.
+    let id: string | undefined;
+    for (const c of new Set(m.chunks.filter((x): x is string => x !== null))) {
+      if (await dr.head(chunkLocation(m, c).key)) continue;
+      id = c;
       break;
     }
-    expect(key).toBeDefined();
-    const body = (await store.get(key!))!;
-    body[body.length - 30]! ^= 2;
-    await store.put(key!, body);
+    expect(id).toBeDefined();
+    const at = chunkLocation(m, id!);
+    const body = (await store.get(at.key))!;
+    body[at.offset + at.length - 30]! ^= 2;
+    await store.put(at.key, body);
     const d = await run('Replicate', { vmId: 'vm-m', moverGroup: 'dr' });
     expect(d.status).toBe('FAILED');
     expect(d.error).toBe('Mover.Corrupt');
-    expect(d.cause).toContain(`chunk ${key} of disk 'disk0' (backup ${latest}) is damaged in the source repository`);
-    expect(await dr.head(key!)).toBeUndefined();
+    expect(d.cause).toContain(`chunk ${id} in ${at.key} bytes ${at.offset}+${at.length} (disk 'disk0', backup ${latest}) is damaged in the source repository`);
+    expect(await dr.head(at.key)).toBeUndefined();
     expect(await dr.head(objectKeys.manifest(latest, 'disk0'))).toBeUndefined();
   });
 });

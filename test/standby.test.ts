@@ -4,8 +4,9 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
+import { chunkLocation } from '../core/packs.ts';
 import type { ReplicateJob } from '../core/recovery-jobs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
@@ -58,5 +59,25 @@ describe('updateStandbyDisk', () => {
     const third = await updateStandbyDisk(job('b3'), { diskId: 'disk0' }, { store, keys });
     expect(third).toMatchObject({ fromBackupId: null, chunksWritten: 2, sha256: sha(v3) }); // chunk 0 (new) and chunk 6 (stray)
     expect(JSON.parse(await readFile(standbyPaths(dir, 'vm', 'disk0').state, 'utf8'))).toEqual({ backupId: 'b3', state: 'current' });
+  });
+
+  it('reads chunks from their pack and names the chunk, the pack bytes, the disk and the offset of a damaged one', async () => {
+    const v = randomBytes(4 * CHUNK);
+    await backup('b4', v);
+    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest('b4', 'disk0')))!, 'b4', 'disk0');
+    expect(m.version).toBe(2);
+    const id = m.chunks[2]!;
+    const at = chunkLocation(m, id);
+    expect(at.key).toMatch(/^packs\//);
+    const pack = store.objects.get(at.key)!;
+    pack[at.offset + 40]! ^= 1;
+    const other = job('b4');
+    other.vmId = 'vm-damaged'; // a fresh replica: every chunk is compared and read
+    await expect(updateStandbyDisk(other, { diskId: 'disk0' }, { store, keys })).rejects.toThrow(
+      `chunk ${id} in ${at.key} bytes ${at.offset}+${at.length} (disk 'disk0', offset ${2 * CHUNK}) is damaged in the DR repository`,
+    );
+    pack[at.offset + 40]! ^= 1;
+    const ok = await updateStandbyDisk(other, { diskId: 'disk0' }, { store, keys });
+    expect(ok).toMatchObject({ fromBackupId: null, chunksWritten: 2, chunksUnchanged: 2, sha256: sha(v) }); // chunks 0 and 1 landed before the failure
   });
 });

@@ -17,10 +17,10 @@ const replicaKey = (vmId: string, bucket: string, backupId: string) => ({ pk: `V
 const quarantinePk = (repository: string) => `QUARANTINE#${repository}`;
 const quarantineKey = (repository: string, chunkId: string) => ({ pk: quarantinePk(repository), sk: `CHUNK#${chunkId}` });
 
-/** A chunk moved out of `chunks/` because a deep verification found its object damaged or missing. */
+/** A chunk set aside (core/quarantine.ts) because a deep verification found it damaged or missing. */
 export interface QuarantineRecord {
   chunkId: string;
-  /** Its key under `chunks/`, and the copy kept for forensics (absent when the object was missing). */
+  /** The object that held it (`chunks/…`, or its pack `packs/…`), and the copy of its bytes kept for forensics (absent when they were missing). */
   objectKey: string;
   quarantineKey?: string;
   reason: string;

@@ -1,13 +1,22 @@
 /**
  * Deep verification of one disk of one backup: read back all (or a sample) of the
  * chunks its manifest references, authenticate and decrypt them, decompress, and
- * recompute their keyed ids. Damage is returned as findings naming the backup, disk,
- * offsets and object key — never thrown — so the workflow can record it.
+ * recompute their keyed ids. Format 2 reads each run of neighbouring chunks of a pack
+ * with one range GET (format 1: one GET per chunk object).
+ *
+ * A chunk whose copy at its manifest's location is missing or damaged is looked up in
+ * the repository's index (loaded only then): when another copy opens and matches its id
+ * (a later backup stored the chunk again after a quarantine), readers use that copy, so
+ * the chunk is healed, not damaged. Damage is returned as findings naming the backup,
+ * disk, offsets, object key, chunk id and (for a pack) the byte range — never thrown —
+ * so the workflow can record it.
  */
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
+import { Corrupt } from '../../core/errors.ts';
 import { chunkId, decodeManifest, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
+import { chunkLocation, planReads, readChunk, RepositoryIndex, type ChunkLocation } from '../../core/packs.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../core/recovery-jobs.ts';
 
 /**
@@ -30,16 +39,16 @@ export interface DeepVerifyDeps {
 
 export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string; sizeBytes: number }, d: DeepVerifyDeps): Promise<DeepVerifiedDisk> {
   const started = performance.now();
-  const finding = (objectKey: string, offsets: number[], reason: string): DamageFinding => ({ backupId: job.backupId, diskId: disk.diskId, offsets, objectKey, reason });
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
+  const manifestFinding = (reason: string): DamageFinding => ({ backupId: job.backupId, diskId: disk.diskId, offsets: [], objectKey: manifestKey, reason });
   const sealed = await d.store.get(manifestKey);
   const done = (m: Partial<DeepVerifiedDisk>): DeepVerifiedDisk => ({ diskId: disk.diskId, chunksTotal: 0, chunksChecked: 0, bytesRead: sealed?.length ?? 0, damaged: [], seconds: (performance.now() - started) / 1000, ...m });
-  if (!sealed) return done({ damaged: [finding(manifestKey, [], 'the manifest is missing from the repository')] });
+  if (!sealed) return done({ damaged: [manifestFinding('the manifest is missing from the repository')] });
   let manifest: Manifest;
   try {
     manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId);
   } catch (err) {
-    return done({ damaged: [finding(manifestKey, [], `the manifest does not open: ${(err as Error).message}`)] });
+    return done({ damaged: [manifestFinding(`the manifest does not open: ${(err as Error).message}`)] });
   }
 
   const offsets = new Map<string, number[]>();
@@ -52,31 +61,71 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   const selected = [...offsets.keys()].filter((id) => inSample(job.verifyId, id, job.sample));
   const damaged: DamageFinding[] = [];
   let chunksChecked = 0;
+  let chunksFromOtherCopies = 0;
   let bytesRead = sealed.length;
-  await mapLimit(selected, d.parallelism, async (id) => {
-    d.signal?.throwIfAborted();
-    const key = objectKeys.chunk(id);
-    const at = offsets.get(id)!;
-    const body = await d.store.get(key);
-    chunksChecked++;
-    if (!body) {
-      damaged.push(finding(key, at, 'the chunk is missing from the repository'));
-    } else {
-      bytesRead += body.length;
+  let index: Promise<RepositoryIndex> | undefined;
+
+  /** Why `body` is not chunk `id` of this disk, or undefined when it is. */
+  const problemOf = async (id: string, body: Buffer): Promise<string | undefined> => {
+    try {
+      const plain = await open(d.keys, body, id);
+      const expectedLength = Math.min(manifest.chunkSize, manifest.sizeBytes - offsets.get(id)![0]!);
+      if (plain.length !== expectedLength) return `the chunk opens to ${plain.length} bytes, the disk needs ${expectedLength}`;
+      if (chunkId(d.keys, plain) !== id) return 'the chunk opens but its content does not match its id';
+      return undefined;
+    } catch (err) {
+      const stored = manifest.storedSizes[id];
+      const size = stored !== undefined && stored !== body.length ? ` (${body.length} bytes stored, the manifest recorded ${stored})` : '';
+      return `${(err as Error).message}${size}`;
+    }
+  };
+
+  /** True when a copy of `id` other than the one at `here` opens and matches its id. */
+  const intactElsewhere = async (id: string, here: ChunkLocation): Promise<boolean> => {
+    for (const alt of (await (index ??= RepositoryIndex.load(d.store, d.keys))).all(id)) {
+      if (alt.key === here.key && alt.offset === here.offset) continue;
+      let copy: Buffer | undefined;
       try {
-        const plain = await open(d.keys, body, id);
-        const firstOffset = at[0]!;
-        const expectedLength = Math.min(manifest.chunkSize, manifest.sizeBytes - firstOffset);
-        if (plain.length !== expectedLength) damaged.push(finding(key, at, `the chunk opens to ${plain.length} bytes, the disk needs ${expectedLength}`));
-        else if (chunkId(d.keys, plain) !== id) damaged.push(finding(key, at, 'the chunk opens but its content does not match its id'));
+        copy = await readChunk(d.store, alt);
       } catch (err) {
-        const stored = manifest.storedSizes[id];
-        const size = stored !== undefined && stored !== body.length ? ` (${body.length} bytes stored, the manifest recorded ${stored})` : '';
-        damaged.push(finding(key, at, `${(err as Error).message}${size}`));
+        if (err instanceof Corrupt) continue; // a pack shorter than its index says: not this copy
+        throw err;
       }
+      if (!copy) continue;
+      bytesRead += copy.length;
+      if ((await problemOf(id, copy)) === undefined) return true;
+    }
+    return false;
+  };
+
+  const check = async (id: string, body: Buffer | undefined, missing: string) => {
+    const here = chunkLocation(manifest, id);
+    const problem = body ? await problemOf(id, body) : missing;
+    chunksChecked++;
+    if (problem !== undefined) {
+      if (await intactElsewhere(id, here)) chunksFromOtherCopies++;
+      else damaged.push({
+        backupId: job.backupId, diskId: disk.diskId, offsets: offsets.get(id)!, objectKey: here.key, chunkId: id,
+        ...(here.pack ? { range: { offset: here.offset, length: here.length } } : {}), reason: problem,
+      });
     }
     if (chunksChecked % 64 === 0 || chunksChecked === selected.length) d.onProgress?.({ diskId: disk.diskId, chunksChecked, chunksSelected: selected.length, damaged: damaged.length });
+  };
+
+  // One GET per run: a run of neighbouring chunks of a pack (up to 4 MiB), or one chunk object.
+  const runs = planReads(manifest, selected);
+  await mapLimit(runs, Math.max(1, Math.ceil(d.parallelism / 2)), async (run) => {
+    d.signal?.throwIfAborted();
+    const body = await d.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
+    if (body) bytesRead += body.length;
+    if (!run.packed) return check(run.chunks[0]!.id, body, 'the chunk is missing from the repository');
+    const where = (c: { at: number; length: number }) => `bytes ${run.offset + c.at}+${c.length} of ${run.key}`;
+    await mapLimit(run.chunks, 4, (c) => {
+      if (!body) return check(c.id, undefined, `the pack is missing from the repository (the chunk is ${where(c)})`);
+      if (body.length < c.at + c.length) return check(c.id, undefined, `the pack ends at byte ${run.offset + body.length}, before the chunk (${where(c)})`);
+      return check(c.id, body.subarray(c.at, c.at + c.length), '');
+    });
   });
   damaged.sort((a, b) => (a.offsets[0] ?? 0) - (b.offsets[0] ?? 0));
-  return done({ chunksTotal: offsets.size, chunksChecked, bytesRead, damaged });
+  return done({ chunksTotal: offsets.size, chunksChecked, bytesRead, damaged, chunksFromOtherCopies });
 }

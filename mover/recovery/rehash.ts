@@ -5,7 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import { open as openFile } from 'node:fs/promises';
-import { chunkId, isZero, keys as objectKeys, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, isZero, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkLocation } from '../../core/packs.ts';
 import { RestoreMismatch } from '../../core/recovery-errors.ts';
 
 export interface RehashResult {
@@ -44,7 +45,9 @@ export async function rehashDisk(o: { keys: RepositoryKeys; manifest: Manifest; 
       if (expected === null) {
         if (!isZero(view)) throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} at offset ${offset} holds data where the backup has zeros`);
       } else if (chunkId(o.keys, view) !== expected) {
-        throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} at offset ${offset} does not match chunk ${objectKeys.chunk(expected)} (written wrong, or changed since)`);
+        const at = chunkLocation(m, expected);
+        const stored = `${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''}`;
+        throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} at offset ${offset} does not match chunk ${expected} (stored in ${stored}; written wrong, or changed since)`);
       }
       chunksVerified++;
       whole.update(view);

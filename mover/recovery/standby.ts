@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { chunkId, decodeManifest, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import { Corrupt } from '../../core/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
+import { chunkLocation, readChunk } from '../../core/packs.ts';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
 import type { ReplicateJob, StandbyDisk } from '../../core/recovery-jobs.ts';
 import { rehashDisk } from './rehash.ts';
@@ -91,11 +92,16 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
         if (want === null) {
           data = Buffer.alloc(length);
         } else {
-          const key = objectKeys.chunk(want);
-          const body = await d.store.get(key);
-          if (!body) throw new Corrupt(`chunk ${key} (disk '${disk.diskId}', offset ${offset}) is missing from the DR repository`);
-          data = await open(d.keys, body, want);
-          if (data.length !== length || chunkId(d.keys, data) !== want) throw new Corrupt(`chunk ${key} (disk '${disk.diskId}', offset ${offset}) does not match its id in the DR repository`);
+          const at = chunkLocation(target, want);
+          const where = `chunk ${want} in ${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''} (disk '${disk.diskId}', offset ${offset})`;
+          const body = await readChunk(d.store, at);
+          if (!body) throw new Corrupt(`${where} is missing from the DR repository`);
+          try {
+            data = await open(d.keys, body, want);
+          } catch (err) {
+            throw new Corrupt(`${where} is damaged in the DR repository: ${(err as Error).message}`, err);
+          }
+          if (data.length !== length || chunkId(d.keys, data) !== want) throw new Corrupt(`${where} does not match its id in the DR repository`);
         }
         await fh.write(data, 0, length, offset);
         chunksWritten++;
