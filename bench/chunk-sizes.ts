@@ -3,7 +3,7 @@
  * bench image (bench/image.ts) and its changed copy through the real pipeline into a
  * store that keeps only object sizes, and count bytes stored, objects and requests.
  * No network and no timing: the figures are exact and repeatable.
- * Usage: node bench/chunk-sizes.ts   (BENCH_SIZE_MIB=256 for a quick run; BENCH_CHUNK_SIZES_KIB=256,1024,4096)
+ * Usage: node bench/chunk-sizes.ts   (BENCH_SIZE_MIB=256 for a quick run; BENCH_CHUNK_SIZES_KIB=256,512,1024,4096; BENCH_PACK_MIB=8)
  */
 import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
@@ -52,13 +52,14 @@ class SizeOnlyStore implements ObjectStore {
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
-const chunkKiBs = (process.env.BENCH_CHUNK_SIZES_KIB ?? '256,1024,4096').split(',').map(Number);
+const chunkKiBs = (process.env.BENCH_CHUNK_SIZES_KIB ?? '256,512,1024,4096').split(',').map(Number);
 const img = await benchImages(join(root, '.lifeboat', 'bench'), sizeMiB);
 const keys = deriveKeys(randomBytes(32));
 const driver = new FolderDriver();
 const imageGiB = img.sizeBytes / GiB;
 
-const rows: string[][] = [['chunk', 'full stored MiB', 'objects / GiB', 'full PUT+HEAD / GiB', 'incr new chunks', 'incr uploaded MiB', 'incr stored MiB', 'amplification']];
+const packMiB = Number(process.env.BENCH_PACK_MIB ?? 8);
+const rows: string[][] = [['chunk', 'full stored MiB', 'objects / GiB', 'full requests / GiB', 'index KiB / GiB', 'incr new chunks', 'incr uploaded MiB', 'incr stored MiB', 'amplification']];
 for (const kib of chunkKiBs) {
   const chunkSize = kib * 1024;
   const store = new SizeOnlyStore();
@@ -66,7 +67,7 @@ for (const kib of chunkKiBs) {
     const disk = { diskId: 'disk0', path, sizeBytes: (await stat(path)).size };
     const reader = await driver.openDisk(disk);
     try {
-      return await backupDisk({ store, keys, reader, disk, backupId, chunkSize, ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}) });
+      return await backupDisk({ store, keys, reader, disk, backupId, chunkSize, packBytes: packMiB * MiB, ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}) });
     } finally {
       await reader.close();
     }
@@ -74,7 +75,9 @@ for (const kib of chunkKiBs) {
   const full = await run(img.base, 'full');
   const fullBytes = store.bytes();
   const fullObjects = store.sizes.size;
-  const fullRequests = store.puts + store.heads;
+  const fullRequests = store.puts + store.heads + store.gets;
+  let indexBytes = 0;
+  for (const [key, size] of store.sizes) if (key.startsWith('index/')) indexBytes += size;
   const incr = await run(img.changed, 'incr', 'full');
   const incrBytes = store.bytes() - fullBytes;
   rows.push([
@@ -82,6 +85,7 @@ for (const kib of chunkKiBs) {
     (fullBytes / MiB).toFixed(1),
     (fullObjects / imageGiB).toFixed(0),
     (fullRequests / imageGiB).toFixed(0),
+    (indexBytes / 1024 / imageGiB).toFixed(0),
     String(incr.stats.uploadedChunks),
     (incr.stats.bytesUploaded / MiB).toFixed(1),
     (incrBytes / MiB).toFixed(1),
@@ -90,7 +94,7 @@ for (const kib of chunkKiBs) {
   ]);
   process.stderr.write(`${kib} KiB done (full ${full.stats.uploadedChunks} chunks)\n`);
 }
-console.log(`${sizeMiB} MiB image (zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB); copy with ${(img.changedBytes / MiB).toFixed(1)} MiB changed`);
+console.log(`${packMiB} MiB packs; ${sizeMiB} MiB image (zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB); copy with ${(img.changedBytes / MiB).toFixed(1)} MiB changed`);
 const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
 for (const [n, r] of rows.entries()) {
   console.log('| ' + r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |');

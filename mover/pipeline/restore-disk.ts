@@ -106,7 +106,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
    * offset in `targets`; false when there is none that opens.
    */
   const fromOtherCopy = async (id: string, targets: number[]): Promise<boolean> => {
-    if (m.version !== 2) return false;
+    // Also for a format-1 manifest: its quarantined chunk object may have been stored again in a pack.
     const here = chunkLocation(m, id);
     for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).all(id)) {
       if ((alt.key === here.key && alt.offset === here.offset) || alt.length > runBytes) continue;
