@@ -61,7 +61,7 @@ try {
 
   const prune = await run('Prune', { policyId: 'p-b' });
   const gc = await run('Gc', { bucket: e.bucket, graceHours: 0 });
-  out(`prune: ${prune.output.pruned} backup(s), ${prune.seconds.toFixed(1)} s; gc: ${gc.output.chunks.deleted} of ${gc.output.chunks.total} chunks deleted, ${mb(gc.output.bytesFreed)} freed, ${gc.seconds.toFixed(1)} s`);
+  out(`prune: ${prune.output.pruned} backup(s), ${prune.seconds.toFixed(1)} s; gc: ${gc.output.packs.deleted} of ${gc.output.packs.total} packs and ${gc.output.chunks.deleted} of ${gc.output.chunks.total} format-1 chunk objects deleted, ${mb(gc.output.bytesFreed)} freed, ${gc.seconds.toFixed(1)} s`);
 } finally {
   await Promise.all(movers.map((m) => m.stop()));
   await stack.stop();

@@ -1,29 +1,42 @@
 /**
- * Garbage collection of a repository: mark every chunk that any manifest in the
- * repository references (committed, damaged, being pruned, in flight, failed: all of
- * them, so nothing a backup may still need is lost), then sweep chunks that no manifest
- * references and that are older than the grace period, skipping those still under Object
- * Lock retention (reported, never attempted). Only `chunks/` is ever swept: damaged chunks
- * moved to `quarantine/` are counted apart (`report.quarantine`) and never deleted.
+ * Garbage collection of a repository, both formats: mark every object that any manifest
+ * in the repository references (committed, damaged, being pruned, in flight, failed: all
+ * of them, so nothing a backup may still need is lost): a format-1 manifest its chunk
+ * objects (`chunks/<xx>/<id>`), a format-2 manifest the packs it lists (`packs/<xx>/<id>`).
+ * Then sweep the objects under `chunks/` and `packs/` that no manifest references and
+ * that are older than the grace period, skipping those still under Object Lock retention
+ * (reported, never attempted). A pack goes only when no manifest references any chunk in
+ * it: packs are never rewritten, so chunks no manifest needs in packs that stay are only
+ * reported (`reclaimableInPacks`). Damaged chunks moved to `quarantine/` are counted apart
+ * (`report.quarantine`) and never deleted.
+ *
+ * The index (`index/`, which movers read to deduplicate and readers to find other copies
+ * of a chunk) must never list a deleted pack: before a batch's packs are deleted, every
+ * index object listing one of them is replaced by a new one without them (or deleted
+ * when nothing is left). A pack whose index object cannot be replaced (Object Lock, a
+ * refused delete) is not deleted.
  *
  * Safety beside running backups:
  * - Nothing is deleted while a backup runs: the sweep checks the catalog before each
  *   batch and, finding a running backup, stops and reports itself deferred; the workflow
  *   waits and collects again from a fresh mark. (Marking runs beside backups.)
- * - A running backup's new chunks are younger than the grace period (set it above the
- *   longest backup, 48 h by default; the Backup workflow times out after 24 h), and its
- *   manifest, written last, is marked once it exists.
+ * - A running backup's new packs (and chunk objects) are younger than the grace period
+ *   (set it above the longest backup, 48 h by default; the Backup workflow times out after
+ *   24 h), and its manifest, written last, is marked once it exists.
  * - Before each batch of deletions the manifests written since the last look are read and
- *   their chunks spared: a backup that reused an old unreferenced chunk (found by HEAD)
- *   and wrote its manifest meanwhile keeps it.
+ *   what they reference is spared: a backup that reused an old unreferenced pack (found in
+ *   the index) and wrote its manifest meanwhile keeps it.
  * - After the sweep, manifests written during it are checked against what was deleted;
  *   a hit is reported as a late reference naming the backup (its Verify fails, or a deep
  *   verification names it), never passed over silently.
  */
+import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
+import { mapLimit } from '../core/concurrency.ts';
 import { Corrupt } from '../core/errors.ts';
-import { decodeManifest, type RepositoryKeys } from '../core/format.ts';
+import { chunkIdOfKey, decodeManifest, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
+import { decodeIndexObject, encodeIndexObject, type PackContents } from '../core/packs.ts';
 import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
@@ -51,6 +64,17 @@ export const gcRequest = z.object({
 }).strict();
 export const gcInput = z.object({ gcId: z.string().min(1), request: gcRequest }).strict();
 
+/** Objects of one kind under one prefix, as the collection found and treated them. */
+export interface SweptObjects {
+  total: number;
+  referenced: number;
+  protectedByGrace: number;
+  /** Deleted (or, on a dry run, that would be deleted). */
+  deleted: number;
+  /** Unreferenced when marked, then referenced by a manifest written during the sweep: kept. */
+  spared: number;
+}
+
 export interface GcReport {
   gcId: string;
   bucket: string;
@@ -58,22 +82,40 @@ export interface GcReport {
   startedAt: string;
   graceHours: number;
   manifests: number;
-  chunks: { total: number; referenced: number; protectedByGrace: number; deleted: number; spared: number };
-  /** Stored bytes of the chunks deleted (or that a dry run would delete). */
+  /** Format-1 chunk objects (`chunks/`). */
+  chunks: SweptObjects;
+  /** Format-2 packs (`packs/`). */
+  packs: SweptObjects;
+  /**
+   * Index objects (`index/`): read, and replaced by a copy without the deleted packs
+   * (`rewritten`) or deleted because they listed deleted packs only (`dropped`); on a dry
+   * run, what would be.
+   */
+  index: { objects: number; rewritten: number; dropped: number };
+  /**
+   * Chunks in packs that stay (a manifest references another chunk in them) that no
+   * manifest references, by the index at the mark: space only rewriting packs would
+   * free, which garbage collection does not do. A chunk stored twice whose manifests
+   * name the other copy is not counted.
+   */
+  reclaimableInPacks: { chunks: number; bytes: number };
+  /** Stored bytes of the chunk objects and packs deleted (or that a dry run would delete). */
   bytesFreed: number;
   /**
    * Damaged chunk objects kept under `quarantine/` for forensics (QuarantineDamage). Never
-   * swept and not part of `chunks`: a quarantined chunk is no longer under `chunks/`, and
-   * its re-uploaded copy there is referenced like any chunk. Delete them by hand (or by a
-   * lifecycle rule on the prefix) once examined.
+   * swept and not part of `chunks` or `packs`. Delete them by hand (or by a lifecycle rule
+   * on the prefix) once examined.
    */
   quarantine: { objects: number; bytes: number };
-  /** Unreferenced chunks still under Object Lock retention: not attempted. */
+  /**
+   * Unreferenced chunk objects and packs still under Object Lock retention, or packs an
+   * index object under retention lists (it cannot be replaced yet): not attempted.
+   */
   locked: { count: number; bytes: number; firstExpiry: string | null; sample: string[] };
   /** Deletions the store refused (permissions, a lock this run did not know of). */
   failed: { key: string; reason: string }[];
-  /** Manifests written during the sweep that reference a deleted chunk (should stay empty). */
-  lateReferences: { manifest: string; chunk: string }[];
+  /** Manifests written during the sweep that reference a deleted chunk object or pack (should stay empty). */
+  lateReferences: { manifest: string; object: string }[];
   /** Set when the sweep stopped (or never began) because backups were running. */
   deferred: { backups: string[] } | null;
   /** Times this collection was deferred before it ran (from its catalog record). */
@@ -95,8 +137,27 @@ interface GcDeps {
 
 const MANIFEST = /^manifests\/([^/]+)\/(.+)\.manifest$/;
 
-/** Reads the manifests not seen yet; adds their chunk ids to `marked`. */
-async function markNew(deps: GcDeps, seen: Set<string>, marked: Set<string>, onChunk?: (manifest: string, id: string) => void): Promise<number> {
+/** What the manifests read so far reference. */
+interface Marks {
+  /** Chunk ids format-1 manifests reference (their objects are `chunks/<xx>/<id>`). */
+  chunks: Set<string>;
+  /** Pack ids format-2 manifests list. */
+  packs: Set<string>;
+  /** Chunk ids format-2 manifests reference, while collected (for `reclaimableInPacks` only). */
+  packedChunks?: Set<string>;
+}
+const noMarks = (): Marks => ({ chunks: new Set(), packs: new Set() });
+
+/** Is the chunk object or pack at `key` referenced? (Any other key under the swept prefixes is not.) */
+function isMarked(marks: Marks, key: string): boolean {
+  const chunk = chunkIdOfKey(key);
+  if (chunk) return marks.chunks.has(chunk);
+  const pack = packIdOfKey(key);
+  return pack !== undefined && marks.packs.has(pack);
+}
+
+/** Reads the manifests not seen yet and marks what they reference; `onObject` sees each object key a manifest needs. */
+async function markNew(deps: GcDeps, seen: Set<string>, marks: Marks, onObject?: (manifest: string, key: string) => void): Promise<number> {
   let added = 0;
   const fresh: ListedObject[] = [];
   for await (const o of deps.admin.list('manifests/')) if (MANIFEST.test(o.key) && !seen.has(o.key)) fresh.push(o);
@@ -104,16 +165,24 @@ async function markNew(deps: GcDeps, seen: Set<string>, marked: Set<string>, onC
     const [, backupId, diskId] = MANIFEST.exec(o.key)!;
     const sealed = await deps.store.get(o.key);
     if (!sealed) continue; // pruned between list and get
-    let ids: (string | null)[];
+    let m;
     try {
-      ids = (await decodeManifest(deps.keys, sealed, backupId!, diskId!)).chunks;
+      m = await decodeManifest(deps.keys, sealed, backupId!, diskId!);
     } catch (err) {
       throw new Corrupt(`garbage collection stopped: manifest ${o.key} does not open, so the chunks it needs are unknown; deep-verify backup ${backupId} and prune it or repair the manifest first (${(err as Error).message})`, err);
     }
-    for (const id of ids) {
-      if (id === null) continue;
-      onChunk?.(o.key, id);
-      marked.add(id);
+    if (m.version === 2) {
+      for (const p of m.packs!) {
+        onObject?.(o.key, objectKeys.pack(p.id));
+        marks.packs.add(p.id);
+      }
+      if (marks.packedChunks) for (const id of m.chunks) if (id !== null) marks.packedChunks.add(id);
+    } else {
+      for (const id of m.chunks) {
+        if (id === null) continue;
+        onObject?.(o.key, objectKeys.chunk(id));
+        marks.chunks.add(id);
+      }
     }
     seen.add(o.key);
     added++;
@@ -121,64 +190,207 @@ async function markNew(deps: GcDeps, seen: Set<string>, marked: Set<string>, onC
   return added;
 }
 
+/** An index object: its key, when it was written, and the packs it lists. */
+interface IndexEntry {
+  indexId: string;
+  lastModified: Date;
+  packs: string[];
+}
+
+/** The repository's index objects and which list each pack (packs are listed once, but a repaired index may list one twice). */
+class IndexMap {
+  readonly objects = new Map<string, IndexEntry>();
+  readonly byPack = new Map<string, Set<string>>();
+
+  add(e: IndexEntry): void {
+    this.objects.set(e.indexId, e);
+    for (const p of e.packs) {
+      let s = this.byPack.get(p);
+      if (!s) this.byPack.set(p, (s = new Set()));
+      s.add(e.indexId);
+    }
+  }
+
+  remove(indexId: string): void {
+    const e = this.objects.get(indexId);
+    if (!e) return;
+    this.objects.delete(indexId);
+    for (const p of e.packs) this.byPack.get(p)?.delete(indexId);
+  }
+
+  listing(packId: string): IndexEntry[] {
+    return [...(this.byPack.get(packId) ?? [])].map((id) => this.objects.get(id)!);
+  }
+}
+
+const indexIdOfKey = (key: string) => key.slice('index/'.length);
+
+async function readIndexObject(deps: GcDeps, indexId: string): Promise<PackContents[] | undefined> {
+  const sealed = await deps.store.get(objectKeys.index(indexId));
+  if (!sealed) return undefined;
+  try {
+    return await decodeIndexObject(deps.keys, sealed, indexId);
+  } catch (err) {
+    throw new Corrupt(`garbage collection stopped: index object ${objectKeys.index(indexId)} does not open, so the packs it lists are unknown; delete it (the index is rebuilt from the packs' trailers) or restore it first (${(err as Error).message})`, err);
+  }
+}
+
 export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
   const started = deps.now();
   const graceHours = request.graceHours ?? 48;
+  const counts = (): SweptObjects => ({ total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 });
   const report: GcReport = {
     gcId, bucket: request.bucket, dryRun: request.dryRun === true, startedAt: started.toISOString(), graceHours, manifests: 0,
-    chunks: { total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 }, bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
+    chunks: counts(), packs: counts(), index: { objects: 0, rewritten: 0, dropped: 0 }, reclaimableInPacks: { chunks: 0, bytes: 0 },
+    bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
     locked: { count: 0, bytes: 0, firstExpiry: null, sample: [] }, failed: [], lateReferences: [], deferred: null, deferrals: 0, seconds: 0,
   };
   const previous = await deps.recovery?.getRecord('GC', gcId);
   report.deferrals = (previous?.deferrals as number | undefined) ?? 0;
+  const countsOf = (key: string) => (key.startsWith('packs/') ? report.packs : report.chunks);
 
   // Mark.
   const seen = new Set<string>();
-  const marked = new Set<string>();
-  report.manifests = await markNew(deps, seen, marked);
+  const marks: Marks = { ...noMarks(), packedChunks: new Set() };
+  report.manifests = await markNew(deps, seen, marks);
+  const packedChunks = marks.packedChunks!;
+  delete marks.packedChunks; // only the statistic below needs them
 
-  // Candidates: unreferenced, older than the grace period, not locked.
-  const graceEdge = started.getTime() - graceHours * HOUR_MS;
-  const candidates: ListedObject[] = [];
-  let firstExpiry = Infinity;
-  for await (const o of deps.admin.list('chunks/')) {
-    report.chunks.total++;
-    const id = o.key.slice(o.key.lastIndexOf('/') + 1);
-    if (marked.has(id)) {
-      report.chunks.referenced++;
-      continue;
-    }
-    if (o.lastModified.getTime() > graceEdge) {
-      report.chunks.protectedByGrace++;
-      continue;
-    }
-    if (request.objectLockDays) {
-      const until = o.lastModified.getTime() + request.objectLockDays * 24 * HOUR_MS;
-      if (until > started.getTime()) {
-        report.locked.count++;
-        report.locked.bytes += o.size;
-        firstExpiry = Math.min(firstExpiry, until);
-        if (report.locked.sample.length < 10) report.locked.sample.push(o.key);
-        continue;
+  // The index, after the mark: a pack a manifest names was indexed before the manifest was written.
+  const index = new IndexMap();
+  const reclaimCounted = new Set<string>();
+  const listed: ListedObject[] = [];
+  for await (const o of deps.admin.list('index/')) listed.push(o);
+  await mapLimit(listed, 16, async (o) => {
+    const indexId = indexIdOfKey(o.key);
+    const contents = await readIndexObject(deps, indexId);
+    if (!contents) return; // replaced meanwhile (another collection): its successor lists the same packs
+    report.index.objects++;
+    index.add({ indexId, lastModified: o.lastModified, packs: contents.map((p) => p.pack.id) });
+    for (const p of contents) {
+      if (!marks.packs.has(p.pack.id) || reclaimCounted.has(p.pack.id)) continue;
+      reclaimCounted.add(p.pack.id);
+      for (const c of p.chunks) {
+        if (packedChunks.has(c.id)) continue;
+        report.reclaimableInPacks.chunks++;
+        report.reclaimableInPacks.bytes += c.length;
       }
     }
-    candidates.push(o);
+  });
+  reclaimCounted.clear();
+  packedChunks.clear();
+
+  // Candidates: unreferenced, older than the grace period, not locked (nor, for a pack, listed by a locked index object).
+  const graceEdge = started.getTime() - graceHours * HOUR_MS;
+  const lockedUntil = (lastModified: Date) => (request.objectLockDays ? lastModified.getTime() + request.objectLockDays * 24 * HOUR_MS : -Infinity);
+  /** Index objects this run wrote, under retention from now on when the repository locks objects. */
+  const lockedIndexes = new Set<string>();
+  let firstExpiry = Infinity;
+  const lock = (o: ListedObject, until: number) => {
+    report.locked.count++;
+    report.locked.bytes += o.size;
+    firstExpiry = Math.min(firstExpiry, until);
+    if (report.locked.sample.length < 10) report.locked.sample.push(o.key);
+  };
+  /** When an index object listing this pack is under retention: until when (it cannot be replaced before). */
+  const indexLock = (packId: string): number | undefined => {
+    let until: number | undefined;
+    for (const e of index.listing(packId)) {
+      const t = lockedIndexes.has(e.indexId) ? started.getTime() + request.objectLockDays! * 24 * HOUR_MS : lockedUntil(e.lastModified);
+      if (t > started.getTime()) until = Math.max(until ?? t, t);
+    }
+    return until;
+  };
+  const candidates: ListedObject[] = [];
+  for (const prefix of ['chunks/', 'packs/']) {
+    for await (const o of deps.admin.list(prefix)) {
+      const c = countsOf(o.key);
+      c.total++;
+      if (isMarked(marks, o.key)) {
+        c.referenced++;
+        continue;
+      }
+      if (o.lastModified.getTime() > graceEdge) {
+        c.protectedByGrace++;
+        continue;
+      }
+      const until = Math.max(lockedUntil(o.lastModified), indexLock(packIdOfKey(o.key) ?? '') ?? -Infinity);
+      if (until > started.getTime()) {
+        lock(o, until);
+        continue;
+      }
+      candidates.push(o);
+    }
   }
-  if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
+  // Packs listed by one index object next to each other: each index object is rewritten once, not once per batch.
+  const firstIndex = (o: ListedObject) => index.listing(packIdOfKey(o.key) ?? '').map((e) => e.indexId).sort()[0] ?? '';
+  const order = new Map(candidates.map((o) => [o.key, firstIndex(o)]));
+  candidates.sort((a, b) => {
+    const x = order.get(a.key)!;
+    const y = order.get(b.key)!;
+    return x < y ? -1 : x > y ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+  });
   for await (const o of deps.admin.list(QUARANTINE_PREFIX)) {
     report.quarantine.objects++;
     report.quarantine.bytes += o.size;
   }
 
   if (report.dryRun) {
-    report.chunks.deleted = candidates.length;
+    const going = new Set(candidates.map((o) => packIdOfKey(o.key)).filter((p) => p !== undefined));
+    for (const e of index.objects.values()) {
+      const left = e.packs.filter((p) => !going.has(p)).length;
+      if (left === e.packs.length) continue;
+      if (left === 0) report.index.dropped++;
+      else report.index.rewritten++;
+    }
+    for (const o of candidates) countsOf(o.key).deleted++;
     report.bytesFreed = candidates.reduce((n, o) => n + o.size, 0);
+    if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
     report.seconds = (deps.now().getTime() - started.getTime()) / 1000;
     return report;
   }
 
-  // Sweep, in batches; each batch first spares chunks that manifests written meanwhile reference.
+  /**
+   * Takes `packs` (ids) out of every index object that lists them: a new index object
+   * without them, then the old one deleted (or only deleted when it listed nothing else).
+   * The packs whose old index object could not be deleted are returned: they must stay.
+   */
+  const unindex = async (packs: Set<string>): Promise<Set<string>> => {
+    const kept = new Set<string>();
+    const touched = new Set<string>();
+    for (const p of packs) for (const e of index.listing(p)) touched.add(e.indexId);
+    for (const indexId of [...touched].sort()) {
+      const contents = await readIndexObject(deps, indexId);
+      const oldKey = objectKeys.index(indexId);
+      const rest = (contents ?? []).filter((p) => !packs.has(p.pack.id));
+      let replacement: IndexEntry | undefined;
+      if (rest.length > 0) {
+        const newId = randomBytes(16).toString('hex');
+        await deps.store.put(objectKeys.index(newId), await encodeIndexObject(deps.keys, newId, rest));
+        replacement = { indexId: newId, lastModified: deps.now(), packs: rest.map((p) => p.pack.id) };
+        if (request.objectLockDays) lockedIndexes.add(newId);
+      }
+      const out = contents ? await deps.admin.delete([oldKey]) : { deleted: [oldKey], failed: [] };
+      if (out.failed.length > 0) {
+        report.failed.push(...out.failed);
+        for (const p of index.objects.get(indexId)!.packs) if (packs.has(p)) kept.add(p);
+      } else {
+        if (replacement) report.index.rewritten++;
+        else if (contents) report.index.dropped++;
+        index.remove(indexId);
+      }
+      if (replacement) index.add(replacement);
+    }
+    return kept;
+  };
+
+  // Sweep, in batches; each batch first spares what manifests written meanwhile reference,
+  // then takes its packs out of the index, then deletes. A manifest read from the second
+  // batch on may already need an object an earlier batch deleted: a late reference.
   const deleted = new Set<string>();
+  const late = (manifest: string, key: string) => {
+    if (deleted.has(key) && report.lateReferences.length < 100) report.lateReferences.push({ manifest, object: key });
+  };
   const batchSize = deps.batchSize ?? 1000;
   for (let i = 0; i < candidates.length; i += batchSize) {
     const busy = (await deps.running?.()) ?? [];
@@ -187,27 +399,38 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
       report.deferrals++;
       break;
     }
-    report.manifests += await markNew(deps, seen, marked);
-    const batch = candidates.slice(i, i + batchSize).filter((o) => {
-      const spare = marked.has(o.key.slice(o.key.lastIndexOf('/') + 1));
-      if (spare) report.chunks.spared++;
-      return !spare;
+    report.manifests += await markNew(deps, seen, marks, late);
+    let batch = candidates.slice(i, i + batchSize).filter((o) => {
+      if (!isMarked(marks, o.key)) return true;
+      countsOf(o.key).spared++;
+      return false;
     });
+    // An index object this run rewrote earlier is under retention now (Object Lock): its packs wait.
+    batch = batch.filter((o) => {
+      const until = indexLock(packIdOfKey(o.key) ?? '');
+      if (until === undefined) return true;
+      lock(o, until);
+      return false;
+    });
+    const packs = new Set(batch.map((o) => packIdOfKey(o.key)).filter((p) => p !== undefined));
+    if (packs.size > 0) {
+      const kept = await unindex(packs);
+      if (kept.size > 0) batch = batch.filter((o) => !kept.has(packIdOfKey(o.key) ?? ''));
+    }
     if (batch.length === 0) continue;
     const out = await deps.admin.delete(batch.map((o) => o.key));
     const sizes = new Map(batch.map((o) => [o.key, o.size]));
     for (const k of out.deleted) {
-      deleted.add(k.slice(k.lastIndexOf('/') + 1));
+      deleted.add(k);
+      countsOf(k).deleted++;
       report.bytesFreed += sizes.get(k) ?? 0;
     }
-    report.chunks.deleted += out.deleted.length;
     report.failed.push(...out.failed);
   }
+  if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
 
-  // Late references: manifests that appeared during the sweep and need a chunk it removed.
-  report.manifests += await markNew(deps, seen, new Set(), (manifest, id) => {
-    if (deleted.has(id) && report.lateReferences.length < 100) report.lateReferences.push({ manifest, chunk: `chunks/${id.slice(0, 2)}/${id}` });
-  });
+  // Late references: manifests that appeared during the sweep and need an object it removed.
+  report.manifests += await markNew(deps, seen, noMarks(), late);
   report.seconds = (deps.now().getTime() - started.getTime()) / 1000;
   const status = report.deferred ? 'deferred' : report.lateReferences.length ? 'late-references' : 'succeeded';
   await deps.recovery?.putRecord('GC', gcId, { status, deferrals: report.deferrals, report });

@@ -1,7 +1,8 @@
 /**
  * Garbage collection on the embedded stack, raced against a running backup that reuses
- * old unreferenced chunks: the sweep waits for the backup, spares what it reused,
- * deletes the rest, and every backup still restores byte-identical.
+ * old unreferenced packs (found in the repository's index): the sweep waits for the
+ * backup, spares what it reused, deletes the rest (out of the index first), and every
+ * backup still restores byte-identical.
  */
 import { copyFile, readdir, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,6 +15,7 @@ import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { keys as objectKeys } from '../core/format.ts';
+import { decodeIndexObject, RepositoryIndex } from '../core/packs.ts';
 import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
@@ -27,10 +29,17 @@ const backup = async (policyId: string) => {
   const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId }, { pollMs: 200 });
   expect(d.status, d.cause).toBe('SUCCEEDED');
 };
-const chunkDir = () => join(t.stack.endpoints.dataDir, 's3', REPOSITORY_BUCKET, 'chunks');
-async function chunkFiles(): Promise<string[]> {
+/** The files s3rver keeps the repository's packs in (`packs/<xx>/<id>`). */
+async function packFiles(): Promise<string[]> {
+  const dir = join(t.stack.endpoints.dataDir, 's3', REPOSITORY_BUCKET, 'packs');
   const out: string[] = [];
-  for (const p of await readdir(chunkDir())) for (const f of await readdir(join(chunkDir(), p))) if (f.endsWith('._S3rver_object')) out.push(join(chunkDir(), p, f));
+  for (const p of await readdir(dir)) for (const f of await readdir(join(dir, p))) if (f.endsWith('._S3rver_object')) out.push(join(dir, p, f));
+  return out;
+}
+async function indexObjects(): Promise<string[]> {
+  const { store } = await openRepository(t.stack.endpoints);
+  const out: string[] = [];
+  for await (const o of store.list('index/')) out.push(o.key);
   return out;
 }
 
@@ -47,37 +56,42 @@ beforeAll(async () => {
   await t.stack.catalog.putPolicy({ policyId: 'p-g1', vmIds: ['g1'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 } });
   await t.stack.catalog.putPolicy({ policyId: 'p-g2', vmIds: ['g2'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 } });
 
-  // Three versions of g1, pruned to the last: the chunks only v1 or v2 had are garbage.
+  // Three versions of g1, each rewriting the whole disk, pruned to the last: the packs of v1 and v2 are garbage.
   await backup('p-g1');
   for (let v = 2; v <= 3; v++) {
-    await changeDisk(join(g1, 'disk0.raw'), 16 * MiB, 0.3, 2, seededRng(v));
+    await changeDisk(join(g1, 'disk0.raw'), 16 * MiB, 1, 1, seededRng(v));
     await backup('p-g1');
   }
   const pruned = await run('Prune', { policyId: 'p-g1' });
   expect(pruned.status, pruned.cause).toBe('SUCCEEDED');
   expect((await t.stack.catalog.listBackups('g1')).length).toBe(1);
-  // Three days pass: every stored chunk is older than the grace period.
+  // Three days pass: every stored pack is older than the grace period.
   const past = new Date(Date.now() - 3 * 86_400_000);
-  for (const f of await chunkFiles()) await utimes(f, past, past);
+  for (const f of await packFiles()) await utimes(f, past, past);
 }, 240_000);
 afterAll(async () => {
   await t?.close();
 });
 
 it('reports what it would free on a dry run, deleting nothing', async () => {
-  const before = (await chunkFiles()).length;
+  const before = (await packFiles()).length;
+  const indexBefore = await indexObjects();
   const d = await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 1, dryRun: true });
   expect(d.status, d.cause).toBe('SUCCEEDED');
   const r = JSON.parse(d.output!) as GcReport;
-  expect(r.chunks.deleted).toBeGreaterThan(0);
+  expect(r.packs.deleted).toBeGreaterThan(0);
   expect(r.bytesFreed).toBeGreaterThan(0);
-  expect(r.chunks.total).toBe(before);
-  expect((await chunkFiles()).length).toBe(before);
+  expect(r.packs.total).toBe(before);
+  expect(r.chunks.total).toBe(0); // a format-2 repository has no chunk objects
+  expect(r.index.objects).toBe(indexBefore.length);
+  expect(r.index.rewritten + r.index.dropped).toBeGreaterThan(0);
+  expect((await packFiles()).length).toBe(before);
+  expect(await indexObjects()).toEqual(indexBefore);
 });
 
 it('waits for a running backup that reuses garbage, spares what it reused, frees the rest; everything restores', async () => {
   const dry = JSON.parse((await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 1, dryRun: true })).output!) as GcReport;
-  expect((await chunkFiles()).length).toBe(dry.chunks.total);
+  expect((await packFiles()).length).toBe(dry.packs.total);
 
   const g2Backup = runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-g2' }, { pollMs: 200 });
   for (let i = 0; i < 500 && !t.logs.some((l) => l.event === 'dispatch.progress' && l.vmId === 'g2'); i++) await sleep(20);
@@ -88,12 +102,20 @@ it('waits for a running backup that reuses garbage, spares what it reused, frees
   const r = JSON.parse(g.output!) as GcReport;
   expect(r.deferrals, 'the sweep waited for the running backup').toBeGreaterThanOrEqual(1);
   expect(r.lateReferences).toEqual([]);
-  // g2 reused the chunks only g1's pruned first version had: those stay; v2's are freed.
-  expect(r.chunks.deleted).toBeGreaterThan(0);
-  expect(r.chunks.deleted).toBeLessThan(dry.chunks.deleted);
+  // g2 reused the packs only g1's pruned first version had (its disk0 is that version): those stay; v2's are freed.
+  expect(r.packs.deleted).toBeGreaterThan(0);
+  expect(r.packs.deleted).toBeLessThan(dry.packs.deleted);
   expect(r.bytesFreed).toBeGreaterThan(0);
-  const after = (await chunkFiles()).length;
-  expect(after).toBe(r.chunks.total - r.chunks.deleted);
+  const after = (await packFiles()).length;
+  expect(after).toBe(r.packs.total - r.packs.deleted);
+  // The index lists only packs that exist: a backup deduplicating against it finds no deleted pack.
+  const { store, keys } = await openRepository(t.stack.endpoints);
+  const index = await RepositoryIndex.load(store, keys);
+  expect(index.objects).toBeGreaterThan(0);
+  const listed = new Set<string>();
+  for (const k of await indexObjects()) for (const p of await decodeIndexObject(keys, (await store.get(k))!, k.slice('index/'.length))) listed.add(objectKeys.pack(p.pack.id));
+  for (const k of listed) expect(await store.head(k), k).toBeDefined();
+  expect(listed.size).toBe(after);
 
   for (const [vmId, dir, disks] of [['g1', g1, ['disk0']], ['g2', g2, ['disk0', 'disk1']]] as const) {
     const restored = await run('Restore', { vmId, target: join(t.dir, 'restored', vmId), moverGroup: 'site-a' });
@@ -113,10 +135,12 @@ it('stops, deleting nothing, when a manifest does not open, and names it', async
   const body = (await store.get(key))!;
   body[body.length - 20]! ^= 1;
   await store.put(key, body);
-  const before = (await chunkFiles()).length;
+  const before = (await packFiles()).length;
+  const indexBefore = await indexObjects();
   const d = await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 0 });
   expect(d.status).toBe('FAILED');
   expect(d.error).toBe('Mover.Corrupt');
   expect(d.cause).toContain(`manifest ${key} does not open`);
-  expect((await chunkFiles()).length).toBe(before);
+  expect((await packFiles()).length).toBe(before);
+  expect(await indexObjects()).toEqual(indexBefore);
 });

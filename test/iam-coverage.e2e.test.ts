@@ -15,7 +15,7 @@ import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-iden
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { LambdaFunctionId } from '../functions/registry.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
-import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';
 import { decodeManifest, keys as objectKeys } from '../core/format.ts';
 import { chunkLocation } from '../core/packs.ts';
@@ -49,7 +49,7 @@ const proxy = http.createServer((req, res) => {
 function moverDenied(r: (typeof moverRequests)[number]): string | undefined {
   const within = (prefixes: readonly string[]) => prefixes.some((p) => r.key.startsWith(p));
   if (r.method === 'DELETE' || (r.method === 'POST' && r.query.has('delete'))) return `${r.method} ${r.bucket}/${r.key}: movers may not delete`;
-  // ListObjects and HeadBucket both need s3:ListBucket, which the role has.
+  // ListObjects (of the index) and HeadBucket both need s3:ListBucket, which the role has on the whole bucket.
   if (!r.key) return r.method === 'GET' || r.method === 'HEAD' ? undefined : `${r.method} on bucket ${r.bucket} is not granted`;
   if (r.method === 'PUT' || r.method === 'POST') return within(MOVER_WRITE_PREFIXES) ? undefined : `s3:PutObject of ${r.key} is outside [${MOVER_WRITE_PREFIXES.join(', ')}]`;
   if (r.method === 'GET' || r.method === 'HEAD') return within(MOVER_READ_PREFIXES) ? undefined : `s3:GetObject of ${r.key} is outside [${MOVER_READ_PREFIXES.join(', ')}]`;
@@ -118,6 +118,8 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const replicaDir = join(t.dir, 'dr-site', 'replicas');
 
   for (let i = 0; i < 2; i++) {
+    // disk1 rewritten whole before each backup: the first backup's packs of it become garbage once Prune keeps only the last.
+    await changeDisk(join(vmDir, 'disk1.raw'), 3 * MiB, 1, 1, seededRng(4 + i));
     const b = await run('Backup', { policyId: 'p-i' });
     expect(b.status, b.cause).toBe('SUCCEEDED');
     // The run started the replication of its backups (StartReplication); it finishes before the next step.
@@ -142,7 +144,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     expect(d.status, `${name}: ${d.cause}`).toBe('SUCCEEDED');
   }
 
-  // Healing: a damaged chunk is quarantined (QuarantineDamage), re-uploaded by a backup (Plan passes it), and the backup heals (RecordDeepVerify).
+  // Healing: a chunk damaged in its pack is quarantined (QuarantineDamage), stored again by a backup (Plan passes it), and the backup heals (RecordDeepVerify).
   const newest = (await t.stack.catalog.latestCommitted('vm-i'))!;
   const { store, keys } = await openRepository(e);
   const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(newest.backupId, 'disk0')))!, newest.backupId, 'disk0');
@@ -168,15 +170,22 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'ReportReplication'] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
+  // Garbage collection deleted a pack and the index object that listed it: those calls were checked too.
+  const gcDeleted = calls.filter((c) => c.functionId === 'CollectGarbage' && c.operation === 'DeleteObjects')
+    .flatMap((c) => ((c.input.Delete as { Objects?: { Key: string }[] } | undefined)?.Objects ?? []).map((o) => o.Key));
+  expect(gcDeleted.some((k) => k.startsWith('packs/')), 'GC deleted no pack').toBe(true);
+  expect(gcDeleted.some((k) => k.startsWith('index/')), 'GC deleted no index object').toBe(true);
   const problems = new Set(calls.map((c) => {
     const why = denied(c, functionAccess[c.functionId]);
     return why && `${c.functionId}: ${why}`;
   }).filter(Boolean));
   expect([...problems]).toEqual([]);
 
-  // The movers: uploads, downloads, registration, no delete; every request within the mover role.
-  expect(moverRequests.filter((r) => r.method === 'PUT' && r.key.startsWith('chunks/')).length).toBeGreaterThan(0);
-  expect(moverRequests.filter((r) => r.method === 'GET' && r.key.startsWith('chunks/')).length).toBeGreaterThan(0);
+  // The movers: uploads of packs and index objects, downloads, listing the index, registration, no delete; every request within the mover role.
+  expect(moverRequests.filter((r) => r.method === 'PUT' && r.key.startsWith('packs/')).length).toBeGreaterThan(0);
+  expect(moverRequests.filter((r) => r.method === 'PUT' && r.key.startsWith('index/')).length).toBeGreaterThan(0);
+  expect(moverRequests.filter((r) => r.method === 'GET' && r.key.startsWith('packs/')).length).toBeGreaterThan(0);
+  expect(moverRequests.some((r) => r.method === 'GET' && !r.key && r.query.get('list-type') === '2' && r.query.get('prefix') === 'index/')).toBe(true);
   expect(moverRequests.some((r) => r.key.startsWith('movers/'))).toBe(true);
   expect([...new Set(moverRequests.map(moverDenied).filter(Boolean))]).toEqual([]);
 });

@@ -128,18 +128,19 @@ describe('Prune workflow', () => {
     expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
-  it('lets only PruneBackup delete manifests and only CollectGarbage and QuarantineDamage delete chunks', () => {
+  it('lets only PruneBackup delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, and only CollectGarbage packs and index objects', () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
     const byFunction = Object.fromEntries(deleters.map(([id, r]) => {
       const stmt = (r.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]).find((s) => [s.Action].flat().includes('s3:DeleteObject'))!;
       const res = JSON.stringify(stmt.Resource);
-      return [id.replace(/ServiceRole.*$/, ''), { manifests: res.includes('/manifests/*'), chunks: res.includes('/chunks/*'), keys: res.includes('/keys/*') }];
+      const under = (prefix: string) => res.includes(`/${prefix}*`);
+      return [id.replace(/ServiceRole.*$/, ''), { manifests: under('manifests/'), chunks: under('chunks/'), packs: under('packs/'), index: under('index/'), keys: under('keys/') }];
     }));
     expect(byFunction).toEqual({
-      PruneBackup: { manifests: true, chunks: false, keys: false },
-      CollectGarbage: { manifests: false, chunks: true, keys: false },
-      QuarantineDamage: { manifests: false, chunks: true, keys: false },
+      PruneBackup: { manifests: true, chunks: false, packs: false, index: false, keys: false },
+      CollectGarbage: { manifests: false, chunks: true, packs: true, index: true, keys: false },
+      QuarantineDamage: { manifests: false, chunks: true, packs: false, index: false, keys: false },
     });
   });
 });

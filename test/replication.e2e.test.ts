@@ -20,6 +20,7 @@ import { Catalog } from '../functions/catalog/catalog.ts';
 import type { FailoverSummary, ReplicationSummary } from '../functions/replicate.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import type { RunSummary } from '../functions/summarize.ts';
+import type { GcReport } from '../functions/gc.ts';
 import type { VerifyOutput } from '../functions/verify.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
@@ -232,13 +233,14 @@ describe('one replication of a VM into the DR repository at a time', () => {
 });
 
 describe('garbage collection of the DR repository', () => {
-  it('marks and sweeps through the DR repository\'s own endpoint: every replicated chunk is referenced there', async () => {
+  it('marks and sweeps through the DR repository\'s own endpoint: every replicated pack is referenced there', async () => {
     const d = await run('Gc', { bucket: drBucket, endpoint: t.stack.endpoints.repositories.dr!.endpoint, graceHours: 0, dryRun: true });
     expect(d.status, d.cause).toBe('SUCCEEDED');
-    const report = JSON.parse(d.output!) as { bucket: string; manifests: number; chunks: { total: number; referenced: number; deleted: number } };
+    const report = JSON.parse(d.output!) as GcReport;
     expect(report.bucket).toBe(drBucket);
     expect(report.manifests).toBeGreaterThanOrEqual(4); // two backups of two disks
-    expect(report.chunks.total).toBeGreaterThan(0);
+    expect(report.packs.total).toBeGreaterThan(0);
+    expect(report.packs.referenced).toBe(report.packs.total);
     expect(report.chunks.referenced).toBe(report.chunks.total);
   });
 });

@@ -17,8 +17,13 @@ import type { LambdaFunctionId } from '../../functions/registry.ts';
 /** DynamoDB actions the catalog code sends (lib-dynamodb Get/Put/Update/Delete/Query/Scan). */
 export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' | 'Query' | 'Scan' | 'BatchGetItem' | 'BatchWriteItem' | 'ConditionCheckItem';
 
-/** Top-level prefixes of the repository bucket: core/format.ts `keys`, mover records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved aside (core/quarantine.ts). */
-export type RepositoryPrefix = 'chunks/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/';
+/**
+ * Top-level prefixes of the repository bucket: core/format.ts `keys` (chunk objects of
+ * format 1, packs and index objects of format 2, manifests, the repository key), mover
+ * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
+ * aside (core/quarantine.ts).
+ */
+export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -51,7 +56,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanDispatch: {},
   JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   ReleaseSlot: { catalog: ['DeleteItem'] },
-  Verify: { repository: { read: ['manifests/', 'chunks/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
+  // HEADs the chunk objects (format 1) or packs (format 2) of the new manifests.
+  Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'] },
   RecordFailure: { catalog: ['UpdateItem'] },
   Summarize: { catalog: ['PutItem', 'Query'] },
@@ -62,18 +68,19 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestoreFailure: { catalog: ['PutItem'] },
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem'] },
-  // Moves damaged chunks aside: reads and re-checks them, copies to quarantine/, deletes from chunks/.
-  QuarantineDamage: { catalog: ['PutItem'], repository: { read: ['chunks/', 'keys/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
+  // Moves damaged chunks aside: reads and re-checks them (a chunk object, or its range of a pack), copies to quarantine/, deletes a format-1 chunk object (a pack stays).
+  QuarantineDamage: { catalog: ['PutItem'], repository: { read: ['chunks/', 'packs/', 'keys/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
   RecordPrune: { catalog: ['PutItem'] },
-  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan'], repository: { read: ['manifests/', 'keys/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
+  // Lists and marks; replaces index objects that list a deleted pack (write index/); deletes chunk objects, packs and replaced index objects.
+  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan'], repository: { read: ['manifests/', 'index/', 'keys/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   PlanReplicatePolicy: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   AcquireReplicaLease: { catalog: ['PutItem', 'Query', 'GetItem'] },
   ReleaseReplicaLease: { catalog: ['DeleteItem'] },
-  VerifyReplica: { repository: { read: ['manifests/', 'chunks/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
+  VerifyReplica: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   RecordReplication: { catalog: ['PutItem'] },
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },

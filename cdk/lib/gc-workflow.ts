@@ -1,9 +1,10 @@
 /**
- * The Garbage collection workflow: CollectGarbage marks every chunk the repository's
- * manifests reference and sweeps the rest older than the grace period, never touching
- * objects under Object Lock retention (functions/gc.ts). While backups run the sweep is
- * deferred: the workflow waits and collects again. A sweep that raced a backup into
- * needing a deleted chunk fails the execution, naming it.
+ * The Garbage collection workflow: CollectGarbage marks every chunk object and pack the
+ * repository's manifests reference and sweeps the rest older than the grace period (packs
+ * taken out of the index first), never touching objects under Object Lock retention
+ * (functions/gc.ts). While backups run the sweep is deferred: the workflow waits and
+ * collects again. A sweep that raced a backup into needing a deleted chunk object or pack
+ * fails the execution, naming it.
  *
  * Input: `{ bucket, endpoint?, graceHours?, objectLockDays?, dryRun?, deferSeconds? }`.
  */
@@ -44,7 +45,7 @@ export class GcWorkflow extends Construct {
     waitAsAsked.next(collect);
     const raced = new sfn.Fail(this, 'SweepRacedABackup', {
       error: 'Gc.LateReferences',
-      cause: 'a manifest written during the sweep references a chunk the sweep deleted; the GC record lists them: back those VMs up again',
+      cause: 'a manifest written during the sweep references a chunk object or pack the sweep deleted; the GC record lists them: back those VMs up again',
     });
     const check = new sfn.Choice(this, 'Outcome')
       .when(sfn.Condition.and(sfn.Condition.isPresent('$.report.deferred.backups'), sfn.Condition.isPresent('$.request.deferSeconds')), waitAsAsked)
@@ -52,7 +53,7 @@ export class GcWorkflow extends Construct {
       .when(sfn.Condition.isPresent('$.report.lateReferences[0]'), raced)
       .otherwise(new sfn.Succeed(this, 'Collected', { outputPath: '$.report' }));
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat garbage collection: mark chunks referenced by any manifest, sweep the rest past the grace period, skip Object Lock',
+      comment: 'Lifeboat garbage collection: mark chunk objects and packs referenced by any manifest, sweep the rest past the grace period, skip Object Lock',
       definitionBody: sfn.DefinitionBody.fromChainable(start.next(collect).next(check)),
       timeout: Duration.hours(12),
     });

@@ -4,7 +4,8 @@
  * certificates on the appliance). It may only:
  * - take and answer tasks of its own group's Activity (GetActivityTask, SendTask*),
  * - read and write objects under the repositories' data prefixes and its registration
- *   record, read the repository key object and signed releases, and list the bucket (so a HEAD of a missing chunk is a 404, not a 403),
+ *   record, read the repository key object and signed releases, and list the bucket (it
+ *   lists the index, `index/`; and so a HEAD or GET of a missing object is a 404, not a 403),
  * - use the repositories' KMS keys through S3 (SSE-KMS) and decrypt the repository key.
  * No delete of any kind, no catalog, nothing else.
  */
@@ -25,12 +26,14 @@ export interface MoverIdentityProps {
 }
 
 /**
- * Object prefixes a mover writes: chunks, manifests, its registration record
- * (core/mover-registry.ts). It reads those, the repository key and signed releases
- * (core/release.ts) to update itself; it cannot write a release.
+ * Object prefixes a mover writes: packs and index objects (format 2), manifests, its
+ * registration record (core/mover-registry.ts), and chunk objects only when it replicates
+ * a format-1 backup into a DR repository (backups write none). It reads those, the
+ * repository key and signed releases (core/release.ts) to update itself; it cannot write
+ * a release.
  */
-export const MOVER_WRITE_PREFIXES = ['chunks/', 'manifests/', 'movers/'] as const;
-export const MOVER_READ_PREFIXES = ['chunks/', 'manifests/', 'movers/', 'keys/', 'releases/'] as const;
+export const MOVER_WRITE_PREFIXES = ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/'] as const;
+export const MOVER_READ_PREFIXES = ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'] as const;
 
 /** The trust of a mover role: the configured principal, a Roles Anywhere trust anchor, or (neither) this account. */
 export function moverTrust(group: MoverGroupConfig): { principal: iam.IPrincipal; rolesAnywhere?: string } {
@@ -80,6 +83,11 @@ export class MoverIdentity extends Construct {
         actions: ['s3:GetObject'],
         resources: props.repositories.flatMap((r) => MOVER_READ_PREFIXES.map((p) => r.bucket.arnForObjects(`${p}*`))),
       }),
+      // Movers list `index/` (core/packs.ts RepositoryIndex.load). Not narrowed by an
+      // s3:prefix condition: S3 answers a HEAD or GET of a missing key with 404 only to a
+      // caller allowed s3:ListBucket on the bucket itself (a request without a prefix), so
+      // a narrowed grant would turn every missing object (a replica's pack not copied yet,
+      // a release not published) into 403 AccessDenied.
       new iam.PolicyStatement({
         sid: 'ListRepository',
         actions: ['s3:ListBucket'],
@@ -100,7 +108,7 @@ export class MoverIdentity extends Construct {
     ];
     const policy = new iam.Policy(this, 'Policy', { statements });
     policy.attachToRole(this.role);
-    acknowledge(policy, 'Movers write content-addressed objects whose names are not known in advance; access is limited to prefixes of the repository buckets: read chunks/, manifests/, movers/, keys/, releases/; write chunks/, manifests/, movers/ (its registration record).',
+    acknowledge(policy, `Movers write objects whose names are not known in advance (random pack and index ids); access is limited to prefixes of the repository buckets: read ${MOVER_READ_PREFIXES.join(', ')}; write ${MOVER_WRITE_PREFIXES.join(', ')} (movers/: its registration record).`,
       ...props.repositories.flatMap((r) => MOVER_READ_PREFIXES.map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
   }
 }
