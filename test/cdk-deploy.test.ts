@@ -194,9 +194,9 @@ describe('mover identity', () => {
     for (const { g, role } of groups()) {
       const s3 = roleStatements(lid(role)).filter((s) => actionsOf(s).some((a) => a.startsWith('s3:')));
       const by = (action: string) => s3.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat());
-      // Not keys/ (the repository key is written at deploy), releases/ (only the publisher writes releases)
-      // nor chunks/ (format 1: movers write packs now, and only read chunk objects of older backups).
-      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/'].map((p) => objectArn(b, p))));
+      // Not keys/ (the repository key is written at deploy) nor releases/ (only the publisher writes releases);
+      // chunks/ only for replicating format-1 backups (backups write packs).
+      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/'].map((p) => objectArn(b, p))));
       expect(by('s3:GetObject'), g.id).toEqual(buckets.flatMap((b) => ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'].map((p) => objectArn(b, p))));
       // The whole bucket, no s3:prefix condition: a missing object must be a 404, not a 403 (cdk/lib/mover-identity.ts).
       expect(by('s3:ListBucket'), g.id).toEqual(buckets.map((b) => ({ 'Fn::GetAtt': [b, 'Arn'] })));
