@@ -15,12 +15,15 @@ import {
   encodeIndex,
   encodeIndexObject,
   IndexCache,
+  IndexListing,
   MAX_PACK_BYTES,
+  openIndexObject,
   packTrailer,
   PackWriter,
   planReads,
   readPackTrailer,
   RepositoryIndex,
+  type ChunkLocation,
   type PackContents,
   type PackEntry,
 } from '../core/packs.ts';
@@ -81,6 +84,28 @@ function expectSelfConsistent(parsed: PackContents[], from: Buffer): void {
   expect(encodeIndex(parsed).equals(from)).toBe(true);
 }
 
+/** IndexListing.parse accepts exactly what decodeIndex accepts, failing with the same message, and lists the same chunks. */
+function expectListingAgrees(bytes: Buffer, decoded: { ok: true; value: PackContents[] } | { ok: false }): void {
+  const label = bytes.toString('hex');
+  const listing = outcome(() => IndexListing.parse(bytes, 'fuzz'), label);
+  expect(listing.ok, label).toBe(decoded.ok);
+  if (!decoded.ok) {
+    expect(() => IndexListing.parse(bytes, 'fuzz')).toThrow(captureMessage(() => decodeIndex(bytes, 'fuzz')));
+    return;
+  }
+  const l = (listing as { value: IndexListing }).value;
+  expect([l.packs, l.entries]).toEqual([decoded.value.length, decoded.value.reduce((n, p) => n + p.chunks.length, 0)]);
+}
+
+function captureMessage(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    return (err as Error).message;
+  }
+  throw new Error('did not throw');
+}
+
 describe('the binary index (encodeIndex / decodeIndex)', () => {
   it('round-trips random listings (property, 300 cases)', () => {
     const rand = prng(0x1d3);
@@ -99,6 +124,12 @@ describe('the binary index (encodeIndex / decodeIndex)', () => {
     const encoded = encodeIndex(packs);
     const outer = Buffer.concat([Buffer.from([1, 2, 3]), encoded, Buffer.from([4])]);
     expect(decodeIndex(outer.subarray(3, 3 + encoded.length), 'index')).toEqual(packs);
+    // The form a mover keeps copies it out of the larger buffer (a view would keep all of it alive).
+    const listing = IndexListing.parse(outer.subarray(3, 3 + encoded.length), 'index');
+    expect(listing.bytes.equals(encoded)).toBe(true);
+    expect([listing.bytes.byteOffset, listing.bytes.buffer.byteLength]).toEqual([0, encoded.length]);
+    const cd = RepositoryIndex.of([listing]).all('cd'.repeat(32));
+    expect(cd).toEqual([{ pack: { id: 'ab'.repeat(16), size: 10 }, key: objectKeys.pack('ab'.repeat(16)), offset: 2, length: 8 }]);
   });
 
   it('rejects every truncation, and bytes after the last pack, as Mover.Corrupt naming the object', () => {
@@ -139,6 +170,7 @@ describe('the binary index (encodeIndex / decodeIndex)', () => {
       }
       const r = outcome(() => decodeIndex(junk, 'fuzz'), `junk ${junk.toString('hex')}`);
       if (r.ok) expectSelfConsistent(r.value, junk);
+      expectListingAgrees(junk, r);
       tally(r);
     }
     for (let n = 0; n < 200; n++) {
@@ -150,6 +182,7 @@ describe('the binary index (encodeIndex / decodeIndex)', () => {
       }
       const r = outcome(() => decodeIndex(encoded, 'fuzz'), `flipped ${encoded.toString('hex')}`);
       if (r.ok) expectSelfConsistent(r.value, encoded);
+      expectListingAgrees(encoded, r);
       tally(r);
     }
     // Both outcomes happen: flips in ids parse (only authentication catches those), flips in counts do not.
@@ -161,7 +194,9 @@ describe('the binary index (encodeIndex / decodeIndex)', () => {
     const packs = randomPacks(prng(3));
     const sealed = await encodeIndexObject(keys, 'i1', packs);
     expect(await decodeIndexObject(keys, sealed, 'i1')).toEqual(packs);
+    expect((await openIndexObject(keys, sealed, 'i1')).bytes.equals(encodeIndex(packs))).toBe(true);
     await expect(decodeIndexObject(keys, sealed, 'i2')).rejects.toMatchObject({ name: 'Mover.Corrupt' });
+    await expect(openIndexObject(keys, sealed, 'i2')).rejects.toMatchObject({ name: 'Mover.Corrupt' });
     await expect(decodeIndexObject(deriveKeys(randomBytes(32)), sealed, 'i1')).rejects.toMatchObject({ name: 'Mover.Corrupt' });
     const damaged = Buffer.from(sealed);
     damaged[damaged.length - 20]! ^= 4;
@@ -489,6 +524,118 @@ describe('PackWriter', () => {
   });
 });
 
+/** Where each chunk is, as a plain Map from the same listings: every copy, in the order listed. */
+function naiveIndex(objects: readonly PackContents[][]): Map<string, ChunkLocation[]> {
+  const out = new Map<string, ChunkLocation[]>();
+  for (const packs of objects) {
+    for (const p of packs) {
+      for (const c of p.chunks) {
+        const loc = { pack: { id: p.pack.id, size: p.pack.size }, key: objectKeys.pack(p.pack.id), offset: c.offset, length: c.length };
+        out.set(c.id, [...(out.get(c.id) ?? []), loc]);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Index objects whose chunks repeat: ids are fresh, or taken again from `pool` (the same
+ * chunk in another pack or object, or twice in one pack), or share their first 4 or 8
+ * bytes with a pooled id (a different chunk the hash table must tell apart).
+ */
+function randomObjects(rand: (n: number) => number, pool: string[], maxObjects = 6): PackContents[][] {
+  const id = () => {
+    const r = pool.length === 0 ? 0 : rand(10);
+    if (r >= 1 && r <= 3) return pool[rand(pool.length)]!;
+    const prefix = r === 4 ? pool[rand(pool.length)]!.slice(0, 8 * (1 + rand(2))) : '';
+    const fresh = prefix + hexOf(rand, 32).slice(prefix.length);
+    pool.push(fresh);
+    return fresh;
+  };
+  return Array.from({ length: rand(maxObjects + 1) }, () =>
+    Array.from({ length: rand(4) }, () => {
+      let at = 0;
+      const chunks = Array.from({ length: rand(15) }, () => {
+        const length = 1 + rand(4000);
+        const c = { id: id(), offset: at, length };
+        at += length;
+        return c;
+      });
+      return { pack: { id: hexOf(rand, 16), size: at + rand(100) }, chunks };
+    }),
+  );
+}
+
+/** The index agrees with the naive Map: size, every copy in order, first copy by get; and absent ids (some sharing a prefix with present ones) are not found. */
+function expectAgrees(index: RepositoryIndex, naive: Map<string, ChunkLocation[]>, rand: (n: number) => number, label: string, anyOrder = false): void {
+  expect(index.size, label).toBe(naive.size);
+  for (const [id, locs] of naive) {
+    const all = index.all(id);
+    if (anyOrder) {
+      const text = (l: ChunkLocation[]) => l.map((x) => JSON.stringify([x.key, x.pack, x.offset, x.length])).sort();
+      expect(text(all), `${label}: ${id}`).toEqual(text(locs));
+      expect(index.get(id), `${label}: ${id}`).toEqual(all[0]);
+    } else {
+      expect(all, `${label}: ${id}`).toEqual(locs);
+      expect(index.get(id), `${label}: ${id}`).toEqual(locs[0]);
+    }
+  }
+  const present = [...naive.keys()];
+  const absent = Array.from({ length: 20 }, (_, n) => (present.length > 0 && n % 2 === 0 ? present[rand(present.length)]!.slice(0, 8 + 8 * rand(7)) : '')).map((prefix) => prefix + hexOf(rand, 32).slice(prefix.length));
+  for (const id of absent.filter((a) => !naive.has(a))) {
+    expect(index.get(id), `${label}: absent ${id}`).toBeUndefined();
+    expect(index.all(id), `${label}: absent ${id}`).toEqual([]);
+  }
+}
+
+describe('RepositoryIndex', () => {
+  it('agrees with a naive Map over random listings with repeated chunks and shared id prefixes (property, 300 cases)', () => {
+    const rand = prng(0x1dea);
+    let repeated = 0;
+    for (let n = 0; n < 300; n++) {
+      const objects = randomObjects(rand, []);
+      const naive = naiveIndex(objects);
+      repeated += [...naive.values()].filter((l) => l.length > 1).length;
+      const label = `case ${n}`;
+      const index = RepositoryIndex.of(objects);
+      expect(index.objects, label).toBe(objects.length);
+      expectAgrees(index, naive, rand, label);
+      // The compact listings (as IndexCache keeps them) give the same index.
+      expectAgrees(RepositoryIndex.of(objects.map((o) => IndexListing.of(o))), naive, rand, `${label} (listings)`);
+    }
+    expect(repeated).toBeGreaterThan(100);
+  });
+
+  it('holds many chunks, some listed many times (20,000 entries)', () => {
+    const rand = prng(0xb16);
+    const hot = Array.from({ length: 50 }, () => hexOf(rand, 32));
+    const objects: PackContents[][] = Array.from({ length: 40 }, () =>
+      Array.from({ length: 25 }, () => {
+        const chunks = Array.from({ length: 20 }, (_, c) => ({ id: rand(4) === 0 ? hot[rand(hot.length)]! : hexOf(rand, 32), offset: c * 100, length: 100 }));
+        return { pack: { id: hexOf(rand, 16), size: 2000 }, chunks };
+      }),
+    );
+    const naive = naiveIndex(objects);
+    const index = RepositoryIndex.of(objects);
+    expect(Math.max(...hot.map((id) => index.all(id).length))).toBeGreaterThan(50);
+    expectAgrees(index, naive, rand, 'large');
+  });
+
+  it('finds nothing for ids that are not 64 hex digits, and nothing in the empty index', () => {
+    const id = fakeId(1);
+    const index = RepositoryIndex.of([[{ pack: { id: 'ab'.repeat(16), size: 100 }, chunks: [{ id, offset: 0, length: 100 }] }]]);
+    expect(index.get(id)).toMatchObject({ offset: 0, length: 100 });
+    for (const bad of ['', id.slice(0, 63), `${id}0`, `${id.slice(0, 62)}zz`, `z${id.slice(1)}`]) {
+      expect(index.get(bad), bad).toBeUndefined();
+      expect(index.all(bad), bad).toEqual([]);
+    }
+    const empty = RepositoryIndex.empty();
+    expect([empty.size, empty.objects, empty.get(id), empty.all(id)]).toEqual([0, 0, undefined, []]);
+    const none = RepositoryIndex.of([[], [{ pack: { id: 'cd'.repeat(16), size: 0 }, chunks: [] }]]);
+    expect([none.size, none.objects, none.get(id), none.all(id)]).toEqual([0, 2, undefined, []]);
+  });
+});
+
 describe('IndexCache', () => {
   /** Counts GETs of index objects. */
   class CountingGets extends MemoryObjectStore {
@@ -515,6 +662,37 @@ describe('IndexCache', () => {
     store.objects.delete(objectKeys.index('a'.repeat(32)));
     const third = await cache.refresh();
     expect([third.size, third.get(fakeId(1)), store.indexGets, cache.lastRead]).toEqual([1, undefined, 2, 0]);
+  });
+
+  it('stays equal to the index of the objects listed, as objects come and go (property, 40 refreshes)', async () => {
+    const rand = prng(0xcac4e);
+    const store = new CountingGets();
+    const cache = new IndexCache(store, keys);
+    const live = new Map<string, PackContents[]>();
+    const pool: string[] = [];
+    let gets = 0;
+    for (let step = 0; step < 40; step++) {
+      const added: string[] = [];
+      for (const packs of randomObjects(rand, pool, 3)) {
+        const indexId = hexOf(rand, 16);
+        added.push(indexId);
+        live.set(indexId, packs);
+        await store.put(objectKeys.index(indexId), await encodeIndexObject(keys, indexId, packs));
+      }
+      const gone = [...live.keys()].filter(() => rand(5) === 0);
+      for (const indexId of gone) {
+        live.delete(indexId);
+        store.objects.delete(objectKeys.index(indexId));
+      }
+      const index = await cache.refresh();
+      const label = `step ${step}`;
+      // Only the new objects (those not dropped at once) are read.
+      gets += cache.lastRead;
+      expect([cache.lastRead, index.objects, store.indexGets], label).toEqual([added.filter((a) => live.has(a)).length, live.size, gets]);
+      // Objects are indexed in the order the cache first read them: compare copies in any order.
+      expectAgrees(index, naiveIndex([...live.values()]), rand, label, true);
+    }
+    expect(live.size).toBeGreaterThan(5);
   });
 
   it('shares a refresh asked for while one runs', async () => {
