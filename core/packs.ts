@@ -520,8 +520,10 @@ export interface PackWriterOptions {
   maxChunkBytes: number;
   /** Packs uploading at once; `add` waits beyond (default 2). */
   maxUploads?: number;
-  /** An index object is written after this many packs, and at `finish` (default 32). */
+  /** At most this many packs between index objects (default 32; see `close`), and one at `finish`. */
   packsPerIndex?: number;
+  /** Called when a pack landed (after the index object listing it, when one was due), with `bytesWritten` so far. */
+  onStored?: (bytesWritten: number) => void;
 }
 
 /**
@@ -531,7 +533,7 @@ export interface PackWriterOptions {
  * `maxUploads + 1` pack buffers, reused.
  */
 export class PackWriter {
-  private readonly o: Required<Omit<PackWriterOptions, 'maxChunkBytes'>> & { maxChunkBytes: number };
+  private readonly o: Required<Omit<PackWriterOptions, 'maxChunkBytes' | 'onStored'>> & Pick<PackWriterOptions, 'maxChunkBytes' | 'onStored'>;
   private current: OpenPack | undefined;
   private readonly spare: Buffer[] = [];
   private readonly uploads = new Set<Promise<void>>();
@@ -586,7 +588,11 @@ export class PackWriter {
         this.bytesWritten += body.length;
         this.written.push(contents);
         this.unindexed.push(contents);
-        if (this.unindexed.length >= this.o.packsPerIndex) await this.writeIndex();
+        // Index objects after 1, 2, 4, … packs, then every packsPerIndex: a writer that dies
+        // early loses little (a retry finds the packs through the index), and a long disk
+        // writes few index objects.
+        if (this.unindexed.length >= Math.min(this.o.packsPerIndex, Math.max(1, this.written.length - this.unindexed.length))) await this.writeIndex();
+        else this.o.onStored?.(this.bytesWritten);
       } catch (err) {
         this.failure ??= err;
       } finally {
@@ -605,6 +611,7 @@ export class PackWriter {
     const sealed = await encodeIndexObject(this.o.keys, indexId, packs);
     await this.o.store.put(objectKeys.index(indexId), sealed, objectSha256(sealed));
     this.bytesWritten += sealed.length;
+    this.o.onStored?.(this.bytesWritten);
     this.indexes.push(indexId);
   }
 

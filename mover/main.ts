@@ -6,6 +6,7 @@
  *   LIFEBOAT_SFN_ENDPOINT / LIFEBOAT_S3_ENDPOINT   endpoints (unset in AWS)
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
  *   LIFEBOAT_CHUNK_WORKERS  worker threads hashing, sealing and opening chunks (default: one per core but one, 1-4)
+ *   LIFEBOAT_PACK_MIB       pack size in MiB (default 8; smaller on slow WAN links: a pack is the unit of upload and resume)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
  *   LIFEBOAT_ENDPOINT_PROFILES  JSON object: AWS shared-config profile per other S3 endpoint, keyed by
@@ -191,7 +192,12 @@ const admit = async (input: unknown): Promise<Restart | undefined> => {
 };
 
 let running = 0;
-const handler = taskHandler({ driver: new FolderDriver(), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8') });
+const packMiB = positiveInt('LIFEBOAT_PACK_MIB', '8');
+if (packMiB > 256) {
+  process.stderr.write(`lifeboat-mover: LIFEBOAT_PACK_MIB must be at most 256, got ${packMiB}\n`);
+  process.exit(2);
+}
+const handler = taskHandler({ driver: new FolderDriver(), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024 });
 const worker = new MoverWorker({
   sfn,
   activityArn,

@@ -18,6 +18,8 @@ export interface TaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys; index?: IndexCache }>;
   logger: Logger;
   parallelism: number;
+  /** Pack size in bytes (default 8 MiB: core/packs.ts). */
+  packBytes?: number;
 }
 
 /**
@@ -57,7 +59,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
             store, keys, reader, disk: t.disk, backupId: t.job.backupId, chunkSize: t.job.repository.chunkSize,
             parentManifestKey: t.job.parentManifests[t.disk.diskId], parentBackupId: t.job.parentBackupId,
             ...(t.job.healChunks?.length ? { healChunks: new Set(t.job.healChunks) } : {}),
-            parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal, ...(index ? { index: () => index.refresh() } : {}),
+            parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal, ...(deps.packBytes ? { packBytes: deps.packBytes } : {}), ...(index ? { index: () => index.refresh() } : {}),
             onProgress: (p) => {
               const now = performance.now();
               if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;

@@ -19,7 +19,8 @@ let t: TestStack;
 
 beforeAll(async () => {
   // One chunk at a time and a fast heartbeat, so the kill lands mid-transfer.
-  t = await startTestStack({ movers: 2, moverEnv: { LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_HEARTBEAT_MS: '1000' } });
+  // 1 MiB packs: many packs per disk, so the kill lands between them.
+  t = await startTestStack({ movers: 2, moverEnv: { LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_HEARTBEAT_MS: '1000', LIFEBOAT_PACK_MIB: '1' } });
 });
 afterAll(async () => {
   await t?.close();

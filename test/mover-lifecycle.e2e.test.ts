@@ -116,7 +116,7 @@ describe('SIGTERM drain', () => {
   it('finishes the task in flight, takes no new one, and exits within the grace time', async () => {
     await addVm('vm-drain', 24 * MiB);
     // 2 MiB/s to the repository: the Dispatch takes seconds, so the signal lands mid-transfer.
-    const m = mover('life-drain', { LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB), LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_SHUTDOWN_GRACE_MS: '60000' });
+    const m = mover('life-drain', { LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB), LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_PACK_MIB: '1', LIFEBOAT_SHUTDOWN_GRACE_MS: '60000' });
     const execution = backup('vm-drain');
     await waitForLog('life-drain', (l) => l.event === 'dispatch.progress' && (l.bytesStored as number) > 0, 'dispatch progress');
     const signalled = Date.now();
@@ -144,7 +144,7 @@ describe('SIGTERM drain', () => {
 
   it('abandons a task that outlasts the grace time, exits non-zero, and the task is retried on another mover', async () => {
     await addVm('vm-grace', 24 * MiB);
-    const m = mover('life-grace', { LIFEBOAT_BANDWIDTH_LIMIT: String(MiB), LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_SHUTDOWN_GRACE_MS: '1500' });
+    const m = mover('life-grace', { LIFEBOAT_BANDWIDTH_LIMIT: String(MiB), LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_PACK_MIB: '1', LIFEBOAT_SHUTDOWN_GRACE_MS: '1500' });
     const execution = backup('vm-grace');
     await waitForLog('life-grace', (l) => l.event === 'dispatch.progress' && (l.bytesStored as number) > 0, 'dispatch progress');
     const signalled = Date.now();
@@ -205,7 +205,7 @@ describe('self-update at job time', () => {
   it('holds a task that needs the upgrade until the task in flight is finished by the old version, then restarts', async () => {
     await addVm('vm-busy-a', 24 * MiB, 2);
     await addVm('vm-busy-b', 8 * MiB, 2);
-    const m = mover('life-busy', { LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB), LIFEBOAT_MOVER_PARALLELISM: '1' }, 2);
+    const m = mover('life-busy', { LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB), LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_PACK_MIB: '1' }, 2);
     const a = backup('vm-busy-a');
     await waitForLog('life-busy', (l) => l.event === 'dispatch.progress' && (l.bytesStored as number) > 0, 'dispatch progress');
     // Jobs planned from now on need 0.2.0 (published by the test above).

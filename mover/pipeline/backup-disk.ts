@@ -95,7 +95,11 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const repositoryIndex = () => (indexLoad ??= o.index ? o.index() : RepositoryIndex.load(o.store, o.keys));
 
   const pool = o.pool ?? sharedChunkPool();
-  const writer = new PackWriter({ store: o.store, keys: o.keys, maxChunkBytes: sealedCapacity(chunkSize), ...(o.packBytes ? { targetBytes: o.packBytes } : {}) });
+  // Progress counts stored bytes as packs land (also after the last chunk was read).
+  const writer = new PackWriter({
+    store: o.store, keys: o.keys, maxChunkBytes: sealedCapacity(chunkSize), ...(o.packBytes ? { targetBytes: o.packBytes } : {}),
+    onStored: (bytesStored) => o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored }),
+  });
   // Plaintext buffers are slots of chunkSize shared with the pool's workers (nothing is
   // copied or moved per chunk), reused: at most `parallelism` exist at once.
   const free: SharedSlot[] = [];
@@ -180,7 +184,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       const p = process(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
       running.add(p);
       if (running.size >= parallelism) await Promise.race(running);
-      o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: stats.bytesStored });
+      o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: writer.bytesWritten });
     }
     await Promise.allSettled(running);
     if (failure) throw failure;
