@@ -3,9 +3,10 @@
  * are never allowed to do. Prune deletes manifests of expired backups; garbage
  * collection lists chunks and deletes unreferenced ones. Narrow, like ObjectStore.
  */
-import { DeleteObjectsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, type S3Client } from '@aws-sdk/client-s3';
 import { StorageUnavailable } from './errors.ts';
 import type { MemoryObjectStore } from './memory-store.ts';
+import { listBucket } from './s3-store.ts';
 
 export interface ListedObject {
   key: string;
@@ -34,18 +35,8 @@ export class S3RepositoryAdmin implements RepositoryAdmin {
     this.bucket = bucket;
   }
 
-  async *list(prefix: string): AsyncIterable<ListedObject> {
-    let token: string | undefined;
-    do {
-      let out;
-      try {
-        out = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
-      } catch (err) {
-        throw new StorageUnavailable(`LIST s3://${this.bucket}/${prefix} failed: ${(err as Error).message}`, err);
-      }
-      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) };
-      token = out.IsTruncated ? out.NextContinuationToken : undefined;
-    } while (token);
+  list(prefix: string): AsyncIterable<ListedObject> {
+    return listBucket(this.client, this.bucket, prefix);
   }
 
   async delete(keys: string[]): Promise<DeleteOutcome> {

@@ -82,6 +82,21 @@ export async function collectBody(body: AsyncIterable<Uint8Array>, contentLength
   return out;
 }
 
+/** Every object under `prefix` in `bucket`, in key order (ListObjectsV2, 1,000 keys a request). */
+export async function* listBucket(client: S3Client, bucket: string, prefix: string): AsyncIterable<ListedKey & { lastModified: Date }> {
+  let token: string | undefined;
+  do {
+    let out;
+    try {
+      out = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
+    } catch (err) {
+      throw new StorageUnavailable(`LIST s3://${bucket}/${prefix} failed: ${(err as Error).message}`, err);
+    }
+    for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) };
+    token = out.IsTruncated ? out.NextContinuationToken : undefined;
+  } while (token);
+}
+
 /** ObjectStore over one S3 bucket; SDK errors become StorageUnavailable naming the key. */
 export class S3ObjectStore implements ObjectStore {
   private readonly client: S3Client;
@@ -119,17 +134,7 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async *list(prefix: string): AsyncIterable<ListedKey> {
-    let token: string | undefined;
-    do {
-      let out;
-      try {
-        out = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
-      } catch (err) {
-        throw new StorageUnavailable(`LIST s3://${this.bucket}/${prefix} failed: ${(err as Error).message}`, err);
-      }
-      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0 };
-      token = out.IsTruncated ? out.NextContinuationToken : undefined;
-    } while (token);
+    for await (const o of listBucket(this.client, this.bucket, prefix)) yield { key: o.key, size: o.size };
   }
 
   async head(key: string): Promise<ObjectInfo | undefined> {

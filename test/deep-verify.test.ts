@@ -10,6 +10,7 @@ import type { BackupDamage, RecoveryCatalog } from '../functions/catalog/recover
 import { recordDeepVerify } from '../functions/deep-verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { deepVerifyDisk } from '../mover/recovery/deep-verify.ts';
+import { writeV1Backup } from './helpers/format-v1.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -115,21 +116,8 @@ describe('deepVerifyDisk, format 2', () => {
 });
 
 describe('deepVerifyDisk, format 1', () => {
-  async function backupV1(store: MemoryObjectStore, data: Buffer): Promise<Manifest> {
-    const ids: string[] = [];
-    const storedSizes: Record<string, number> = {};
-    for (let off = 0; off < data.length; off += CHUNK) {
-      const plain = data.subarray(off, off + CHUNK);
-      const id = chunkId(keys, plain);
-      ids.push(id);
-      const sealed = await seal(keys, plain, id);
-      storedSizes[id] = sealed.length;
-      await store.put(objectKeys.chunk(id), sealed);
-    }
-    const m: Manifest = { version: 1, backupId: 'b1', diskId: 'disk0', sizeBytes: data.length, chunkSize: CHUNK, chunks: ids, storedSizes };
-    await store.put(objectKeys.manifest('b1', 'disk0'), await encodeManifest(keys, m));
-    return m;
-  }
+  const backupV1 = (store: MemoryObjectStore, data: Buffer) => writeV1Backup(store, keys, { backupId: 'b1', data, chunkSize: CHUNK });
+
 
   it('reads each chunk object with one whole GET and names a damaged or missing one by its key and id', async () => {
     const mem = new MemoryObjectStore();

@@ -20,21 +20,11 @@ import {
 } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../core/keyring.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
+import { prng } from './helpers/prng.ts';
 
 const HEADER_BYTES = 15;
 const TAG_BYTES = 16;
 
-/** Small seeded PRNG (mulberry32) so property and fuzz failures are reproducible. */
-function prng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
-  };
-}
 
 function randomBuffer(rand: (n: number) => number, length: number): Buffer {
   const b = Buffer.alloc(length);

@@ -27,20 +27,10 @@ import {
   type PackContents,
   type PackEntry,
 } from '../core/packs.ts';
+import { prng } from './helpers/prng.ts';
 
 const keys = deriveKeys(randomBytes(32));
 
-/** Small seeded PRNG (mulberry32) so property and fuzz failures are reproducible. */
-function prng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
-  };
-}
 const bytesOf = (rand: (n: number) => number, n: number) => Buffer.from(Array.from({ length: n }, () => rand(256)));
 const hexOf = (rand: (n: number) => number, n: number) => bytesOf(rand, n).toString('hex');
 const fakeId = (n: number | string) => createHash('sha256').update(String(n)).digest('hex');

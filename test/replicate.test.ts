@@ -8,6 +8,7 @@ import { chunkLocation, RepositoryIndex } from '../core/packs.ts';
 import type { ReplicateJob } from '../core/recovery-jobs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
+import { writeV1Backup } from './helpers/format-v1.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -125,23 +126,8 @@ describe('replicateDisk (format 2: packs)', () => {
 });
 
 describe('replicateDisk (format 1: chunk objects)', () => {
-  /** A format-1 backup as movers before format 2 wrote it: one object per chunk. */
-  async function backupV1(store: MemoryObjectStore, backupId: string, data: Buffer) {
-    const ids: (string | null)[] = [];
-    const storedSizes: Record<string, number> = {};
-    for (let off = 0; off < data.length; off += CHUNK) {
-      const plain = data.subarray(off, off + CHUNK);
-      const id = chunkId(keys, plain);
-      ids.push(id);
-      const sealed = await seal(keys, plain, id);
-      storedSizes[id] = sealed.length;
-      await store.put(objectKeys.chunk(id), sealed);
-    }
-    const m: Manifest = { version: 1, backupId, diskId: 'disk0', sizeBytes: data.length, chunkSize: CHUNK, chunks: ids, storedSizes };
-    await store.put(objectKeys.manifest(backupId, 'disk0'), await encodeManifest(keys, m));
-    await store.put(objectKeys.vmConfig(backupId), await seal(keys, Buffer.from('{"name":"vm"}'), `vm-config:${backupId}`));
-    return m;
-  }
+  const backupV1 = (store: MemoryObjectStore, backupId: string, data: Buffer) => writeV1Backup(store, keys, { backupId, data, chunkSize: CHUNK, vmConfig: true });
+
 
   it('copies each missing chunk object once, then nothing; writes no pack or index', async () => {
     const source = new MemoryObjectStore();
