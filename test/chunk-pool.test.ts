@@ -1,6 +1,6 @@
 /** The chunk pool's worker threads against the in-thread format code, and the restore paths through them. */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open as openFile, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -66,14 +66,12 @@ describe('chunk pool', () => {
       expect(id).toBe(chunkId(keys, data));
       const nonce = randomBytes(12);
       // Two at once: both workers are used, each must know the slot.
-      const [outA, outB, outHere] = [fresh.share(300_100), fresh.share(300_100), fresh.share(300_100)];
+      const [outA, outB] = [fresh.share(300_100), fresh.share(300_100)];
       const [a, b] = await Promise.all([fresh.sealSlot(keys, slot, data.length, id, { nonce }, outA), fresh.sealSlot(keys, slot, data.length, id, { nonce }, outB)]);
       const inThread = await seal(keys, data, id, { nonce });
       expect(a.equals(inThread) && b.equals(inThread)).toBe(true);
       expect(a.buffer).toBe(outA.bytes.buffer); // sealed into the slot, not copied out
-      // The same bytes sealed on the calling thread.
-      expect(fresh.sealHere(keys, slot, data.length, id, { nonce }, outHere).equals(inThread)).toBe(true);
-      for (const s of [slot, outA, outB, outHere]) fresh.unshare(s);
+      for (const s of [slot, outA, outB]) fresh.unshare(s);
       await expect(fresh.hashSlot(keys, slot, 10)).rejects.toThrow(/no shared slot/);
     } finally {
       await fresh.close();
@@ -97,6 +95,29 @@ describe('chunk pool', () => {
     expect(await pool.open(keys, arrayBufferOf(forged), id, data.length)).toEqual({ ok: false, reason: 'mismatch' });
     // And a chunk of the wrong length.
     expect(await pool.open(keys, arrayBufferOf(sealed), id, data.length - 1)).toEqual({ ok: false, reason: 'mismatch' });
+  });
+
+  it('opens a chunk at an offset of a shared slot on a worker and on the calling thread alike, writing it at its offset', async () => {
+    const data = text(200_000);
+    const id = chunkId(keys, data);
+    const sealed = await seal(keys, data, id);
+    const slot = pool.share(sealed.length + 1000);
+    sealed.copy(slot.bytes, 1000); // as in a downloaded run of a pack: the chunk starts at byte 1000
+    const target = join(await tempDir(), 'open.raw');
+    const fh = await openFile(target, 'w+');
+    try {
+      expect(await pool.openSlot(keys, slot, sealed.length, id, data.length, { fd: fh.fd, offset: 0 }, 1000)).toEqual({ ok: true });
+      expect(pool.openHere(keys, slot, sealed.length, id, data.length, { fd: fh.fd, offset: data.length }, 1000)).toEqual({ ok: true });
+      const written = await readFile(target);
+      expect(written.subarray(0, data.length).equals(data) && written.subarray(data.length).equals(data)).toBe(true);
+      // The wrong id, or a damaged byte, on the calling thread as on a worker.
+      expect(pool.openHere(keys, slot, sealed.length, chunkId(keys, Buffer.from('other')), data.length, undefined, 1000)).toEqual({ ok: false, reason: 'mismatch' });
+      slot.bytes[1000 + 40]! ^= 1;
+      expect(() => pool.openHere(keys, slot, sealed.length, id, data.length, undefined, 1000)).toThrow(/failed authentication/);
+    } finally {
+      await fh.close();
+      pool.unshare(slot);
+    }
   });
 
   it('rejects requests once closed', async () => {

@@ -9,7 +9,8 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { Corrupt } from '../../core/errors.ts';
-import { sealSync, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
+import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
+import { pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
 
 /** Messages to a worker (chunk-worker.ts). */
@@ -84,6 +85,8 @@ export class ChunkPool {
    */
   private readonly writeLock = new SharedArrayBuffer(4);
   private readonly lock = new Int32Array(this.writeLock);
+  /** Young-generation collections after chunks opened on this thread (gc-pacing.ts). */
+  private readonly collectHere = pacedCollector(8);
   private nextSlot = 1;
   private seq = 0;
   private closed = false;
@@ -160,10 +163,6 @@ export class ChunkPool {
     return out.bytes.subarray(0, r.sealedLength!);
   }
 
-  /** `sealSlot` on the calling thread, for when every worker has work queued (see `openHere`). */
-  sealHere(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: Omit<SealOptions, 'into'>, out: SharedSlot): Buffer {
-    return sealSync(keys, s.bytes.subarray(0, length), purpose, { ...opts, into: out.bytes });
-  }
 
   /**
    * `open` of the `bodyLength` bytes at `bodyOffset` of a shared slot (a downloaded chunk,
@@ -182,6 +181,7 @@ export class ChunkPool {
    */
   openHere(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, write?: { fd: number; offset: number }, bodyOffset = 0): Opened {
     const opened = openChunk(keys, body.bytes.subarray(bodyOffset, bodyOffset + bodyLength), id, length, write, this.lock);
+    this.collectHere();
     if (opened.mismatch) return { ok: false, reason: 'mismatch' };
     return write ? { ok: true } : { ok: true, plain: opened.plain };
   }

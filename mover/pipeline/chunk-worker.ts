@@ -5,10 +5,9 @@
  * main thread keeps only I/O. Buffers come and go as transferred ArrayBuffers.
  */
 import { createHash } from 'node:crypto';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { parentPort } from 'node:worker_threads';
 import { chunkId, sealSync, type RepositoryKeys } from '../../core/format.ts';
+import { pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
 import type { WorkerReply, WorkerRequest } from './chunk-pool.ts';
 
@@ -35,26 +34,8 @@ const plaintext = (m: { buf?: ArrayBuffer; slot?: number; length: number }): Uin
 /** The pool's write lock (see ChunkPool.writeLock). */
 let writeLock: Int32Array | undefined;
 
-/**
- * Garbage collection paced by the chunks. Each seal and open leaves chunk-sized garbage
- * outside this isolate's small JS heap (zstd's output buffer, the cipher's output); V8
- * alone gets round to it only after tens of MiB piled up, and the allocator keeps those
- * pages (measured on the 2 GiB bench: a fully resident 64 MiB arena per worker). So: a
- * young-generation collection every 8 chunks (under a millisecond) and a full one every 32
- * (~8-13 ms each, whatever the heap's size). Full collections every 8 chunks cost 4.5 s of
- * a 2 GiB restore; young ones alone left ~60 MiB more RSS.
- */
-setFlagsFromString('--expose-gc');
-const collect = runInNewContext('gc') as (options: { type: 'minor' | 'major' }) => void;
-const CHUNKS_PER_COLLECTION = 8;
-const COLLECTIONS_PER_FULL = 4;
-let sinceCollection = 0;
-let collections = 0;
-function collectGarbageNow(): void {
-  if (++sinceCollection < CHUNKS_PER_COLLECTION) return;
-  sinceCollection = 0;
-  collect({ type: ++collections % COLLECTIONS_PER_FULL === 0 ? 'major' : 'minor' });
-}
+/** A young-generation collection every 8 chunks, a full one every 32 (gc-pacing.ts says why). */
+const collectGarbageNow = pacedCollector(8, 4);
 
 function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
   const back = m.op !== 'open' && m.buf ? { buf: m.buf } : {};
