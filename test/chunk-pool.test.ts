@@ -110,8 +110,9 @@ describe('chunk pool', () => {
       expect(pool.openHere(keys, slot, sealed.length, id, data.length, { fd: fh.fd, offset: data.length }, 1000)).toEqual({ ok: true });
       const written = await readFile(target);
       expect(written.subarray(0, data.length).equals(data) && written.subarray(data.length).equals(data)).toBe(true);
-      // The wrong id, or a damaged byte, on the calling thread as on a worker.
-      expect(pool.openHere(keys, slot, sealed.length, chunkId(keys, Buffer.from('other')), data.length, undefined, 1000)).toEqual({ ok: false, reason: 'mismatch' });
+      // The wrong length, another chunk's id (bound into the envelope), or a damaged byte, on the calling thread as on a worker.
+      expect(pool.openHere(keys, slot, sealed.length, id, data.length - 1, undefined, 1000)).toEqual({ ok: false, reason: 'mismatch' });
+      expect(() => pool.openHere(keys, slot, sealed.length, chunkId(keys, Buffer.from('other')), data.length, undefined, 1000)).toThrow(/failed authentication/);
       slot.bytes[1000 + 40]! ^= 1;
       expect(() => pool.openHere(keys, slot, sealed.length, id, data.length, undefined, 1000)).toThrow(/failed authentication/);
     } finally {
