@@ -34,6 +34,9 @@ export interface RestoreDiskOptions {
   onProgress?: (bytesDone: number, sizeBytes: number) => void;
 }
 
+/** Chunks queued per worker before the main thread opens one itself. */
+const MAIN_THREAD_BACKLOG = Number(globalThis.process.env.LB_EXP_BACKLOG ?? 2);
+
 /** The most bytes one range GET reads (a run of neighbouring chunks of a pack). */
 const RUN_BYTES = 4 * 1024 * 1024;
 
@@ -81,9 +84,17 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   /** Opens the chunk at `at` in `slot` into the target at `offset`: undefined, or why it is not this chunk. */
   const openAt = async (id: string, slot: SharedSlot, at: number, length: number, offset: number): Promise<string | undefined> => {
     try {
-      // On this thread while every worker has work queued, else on a worker.
+      // On this thread while every worker has another chunk queued behind the one it opens,
+      // else on a worker. After opening one here, yield to the event loop: the workers'
+      // replies wait there, and without it this thread kept every chunk to itself.
       const write = { fd: fh.fd, offset };
-      const opened = pool.backlog >= pool.size ? pool.openHere(o.keys, slot, length, id, lengthAt(offset), write, at) : await pool.openSlot(o.keys, slot, length, id, lengthAt(offset), write, at);
+      let opened;
+      if (pool.backlog >= pool.size * MAIN_THREAD_BACKLOG) {
+        opened = pool.openHere(o.keys, slot, length, id, lengthAt(offset), write, at);
+        await new Promise<void>((ok) => setImmediate(ok));
+      } else {
+        opened = await pool.openSlot(o.keys, slot, length, id, lengthAt(offset), write, at);
+      }
       return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
     } catch (err) {
       if (err instanceof Corrupt) return err.message;
