@@ -103,8 +103,30 @@ function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, p
   return out;
 }
 
+const PROBE_BYTES = 4096;
+const probeOptions = { params: { [zlibConstants.ZSTD_c_compressionLevel]: 1 } };
+
+/**
+ * Whether zstd is worth running on `plaintext`: three 4 KiB samples (start, middle, end)
+ * compressed at level 1 must shrink by 3% or more. Encrypted or already compressed data
+ * (random to zstd) then costs ~0.04 ms per 512 KiB chunk instead of ~0.8 ms of a
+ * compression that saves nothing (measured); it is stored uncompressed, as zstd's output
+ * would not have been smaller anyway. A chunk compressible only between the samples is
+ * stored uncompressed too: on the bench image that costs nothing measurable
+ * (REPOSITORY-FORMAT.md, Compression).
+ */
+export function looksCompressible(plaintext: Uint8Array): boolean {
+  if (plaintext.length < 16 * PROBE_BYTES) return true;
+  let packed = 0;
+  for (const at of [0, (plaintext.length - PROBE_BYTES) >> 1, plaintext.length - PROBE_BYTES]) {
+    packed += zstdCompressSync(plaintext.subarray(at, at + PROBE_BYTES), probeOptions).length;
+  }
+  return packed < 3 * PROBE_BYTES * 0.97;
+}
+
 /** Compress (when it pays) and encrypt `plaintext`, binding it to `purpose`. */
 export async function seal(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Promise<Buffer> {
+  if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, opts.into);
   const packed = await compress(plaintext, zstdOptions(opts.level, plaintext.length));
   const useZstd = packed.length < plaintext.length;
   return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce, opts.into);
@@ -112,6 +134,7 @@ export async function seal(keys: RepositoryKeys, plaintext: Uint8Array, purpose:
 
 /** `seal` on the calling thread: the same bytes for the same nonce (worker threads use it). */
 export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Buffer {
+  if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, opts.into);
   const packed = zstdCompressSync(plaintext, zstdOptions(opts.level, plaintext.length));
   const useZstd = packed.length < plaintext.length;
   return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce, opts.into);

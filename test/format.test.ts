@@ -13,9 +13,11 @@ import {
   encodeManifest,
   FORMAT_VERSION,
   isZero,
+  looksCompressible,
   keys as objectKeys,
   open,
   seal,
+  sealSync,
   type Manifest,
 } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../core/keyring.ts';
@@ -99,6 +101,23 @@ describe('seal and open', () => {
     expect(sealed[0]).toBe(1);
     expect(sealed[1]).toBe(Compression.none);
     expect(sealed.length).toBe(HEADER_BYTES + plaintext.length + TAG_BYTES);
+  });
+
+  it('does not run zstd on a chunk whose samples do not compress, and does on one that is compressible anywhere it is sampled', async () => {
+    const random = randomBytes(512 * 1024);
+    expect(looksCompressible(random)).toBe(false);
+    for (const sealed of [await seal(repoKeys, random, 'r'), sealSync(repoKeys, random, 'r')]) {
+      expect(sealed[1]).toBe(Compression.none);
+      expect((await open(repoKeys, sealed, 'r')).equals(random)).toBe(true);
+    }
+    // Text at the start, middle or end only: one sample shrinks enough to try zstd on the whole chunk.
+    for (const at of [0, 256 * 1024 - 2048, 512 * 1024 - 4096]) {
+      const mixed = Buffer.from(random);
+      compressible.copy(mixed, at, 0, 4096);
+      expect(looksCompressible(mixed), `text at ${at}`).toBe(true);
+    }
+    expect(looksCompressible(compressible)).toBe(true);
+    expect(looksCompressible(randomBytes(60 * 1024))).toBe(true); // small chunks are always tried
   });
 
   it('uses a fresh nonce each time, so equal plaintexts seal to different bytes', async () => {
