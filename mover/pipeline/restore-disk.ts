@@ -35,7 +35,7 @@ export interface RestoreDiskOptions {
 }
 
 /** Chunks queued per worker before the main thread opens one itself. */
-const MAIN_THREAD_BACKLOG = Number(globalThis.process.env.LB_EXP_BACKLOG ?? 2);
+const MAIN_THREAD_BACKLOG = 2;
 
 /** The most bytes one range GET reads (a run of neighbouring chunks of a pack). */
 const RUN_BYTES = 4 * 1024 * 1024;
