@@ -186,7 +186,7 @@ for (const c of checks) console.log(`  check: ${c}`);
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
 await writeFile(join(dir, 'results.json'), JSON.stringify({
   at: new Date().toISOString(), sizeMiB, sizeBytes: img.sizeBytes, changedBytes: img.changedBytes, mix: img.mix, cores: cpus().length, restic,
-  settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize() }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
+  settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize(), packBytes: 8 * 1024 * 1024 }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
   baseSha256: baseSha, changedSha256: changedSha, results, targets, checks,
 }, null, 2) + '\n');
 console.log(`\nresults: ${join(dir, 'results.json')}`);
