@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { benchImages } from './image.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
 import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
-import { MOVER_MALLOC_ENV } from '../mover/allocator.ts';
+import { MOVER_MALLOC_ENV, MOVER_NODE_FLAGS } from '../mover/allocator.ts';
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -100,7 +100,7 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
   if (tool === 'lifeboat') {
     const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : join(dir, 'restore-lifeboat.raw');
     // Started as the mover is (mover/allocator.ts).
-    run = await timed(process.execPath, [join(root, 'bench', 'lifeboat-child.ts'), ph, s3.url, bucket, keyFile, path], { env: { ...process.env, ...MOVER_MALLOC_ENV } });
+    run = await timed(process.execPath, [...MOVER_NODE_FLAGS, join(root, 'bench', 'lifeboat-child.ts'), ph, s3.url, bucket, keyFile, path], { env: { ...process.env, ...MOVER_MALLOC_ENV } });
   } else if (ph === 'restore') {
     run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv });
   } else {

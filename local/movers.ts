@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { StackEndpoints } from './stack.ts';
-import { MOVER_MALLOC_ENV } from '../mover/allocator.ts';
+import { MOVER_MALLOC_ENV, MOVER_NODE_FLAGS } from '../mover/allocator.ts';
 
 const MOVER_MAIN = fileURLToPath(new URL('../mover/main.ts', import.meta.url));
 
@@ -30,7 +30,7 @@ export interface MoverProcess {
 export function startMover(e: StackEndpoints, opts: { name: string; group: string; slots?: number; env?: Record<string, string>; onLog?: (l: MoverLogLine) => void }): MoverProcess {
   const activityArn = e.activities[opts.group] ?? Object.values(e.activities).find((a) => a.endsWith(`-mover-${opts.group}`));
   if (!activityArn) throw new Error(`mover group '${opts.group}' has no activity; known: ${Object.keys(e.activities).join(', ')}`);
-  const child = spawn(process.execPath, [MOVER_MAIN], {
+  const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, MOVER_MAIN], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,

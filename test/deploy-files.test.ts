@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { MOVER_MALLOC_ENV } from '../mover/allocator.ts';
+import { MOVER_MALLOC_ENV, MOVER_NODE_FLAGS } from '../mover/allocator.ts';
 
 const read = (p: string) => readFileSync(new URL(`../${p}`, import.meta.url), 'utf8');
 const unit = read('deploy/lifeboat-mover.service');
@@ -42,7 +42,7 @@ describe('mover.env.example', () => {
 describe('lifeboat-mover.service', () => {
   it('reads the environment file, runs mover/main.ts, and waits longer than the drain grace time before SIGKILL', () => {
     expect(unit).toMatch(/^EnvironmentFile=\/etc\/lifeboat\/mover\.env$/m);
-    expect(unit).toMatch(/^ExecStart=\S+node \S+\/mover\/main\.ts$/m);
+    expect(unit).toMatch(/^ExecStart=\S+node (--\S+ )*\S+\/mover\/main\.ts$/m);
     expect(unit).toMatch(/^KillSignal=SIGTERM$/m);
     const stopSeconds = Number(/^TimeoutStopSec=(\d+)$/m.exec(unit)?.[1]);
     const graceMs = Number(exampleSettings().get('LIFEBOAT_SHUTDOWN_GRACE_MS'));
@@ -52,10 +52,12 @@ describe('lifeboat-mover.service', () => {
     expect(unit).toMatch(/^User=lifeboat$/m); // never root
   });
 
-  it('starts the mover with the allocator settings the embedded stack and the bench use (mover/allocator.ts)', () => {
+  it('starts the mover with the memory settings the embedded stack and the bench use (mover/allocator.ts)', () => {
     const line = /^Environment=(.*)$/m.exec(unit)?.[1];
     const set = Object.fromEntries((line ?? '').split(/\s+/).filter(Boolean).map((kv) => kv.split('=') as [string, string]));
     expect(set).toEqual({ ...MOVER_MALLOC_ENV });
+    const flags = /^ExecStart=\S+node ((?:--\S+ )*)\S+$/m.exec(unit)?.[1]?.trim().split(' ') ?? [];
+    expect(flags).toEqual([...MOVER_NODE_FLAGS]);
   });
 
   const analyze = spawnSync('systemd-analyze', ['--version']).status === 0;
