@@ -9,7 +9,8 @@
 import { randomBytes } from 'node:crypto';
 import { deriveKeys, keys as objectKeys } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { encodeIndexObject, IndexCache, type PackContents } from '../core/packs.ts';
+import { encodeIndexObject, type PackContents } from '../core/packs.ts';
+import { IndexCache } from '../core/repository-index.ts';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error('run with node --expose-gc');

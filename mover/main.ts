@@ -41,7 +41,7 @@ import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
-import { IndexCache } from '../core/packs.ts';
+import { IndexCache } from '../core/repository-index.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;

@@ -9,7 +9,7 @@ import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { SourceDriver } from './sources/source.ts';
 import type { Logger, TaskHandler } from './worker.ts';
-import type { IndexCache } from '../core/packs.ts';
+import type { IndexCache } from '../core/repository-index.ts';
 
 export interface TaskDeps {
   driver: SourceDriver;

@@ -12,7 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chunkId, decodeManifest, deriveKeys, keys as objectKeys, open, packIdOfKey, type Manifest, type RepositoryKeys } from '../core/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation, decodeIndexObject, planReads, readPackTrailer, RepositoryIndex, type PackContents } from '../core/packs.ts';
+import { chunkLocation, decodeIndexObject, planReads, readPackTrailer, type PackContents } from '../core/packs.ts';
+import { RepositoryIndex } from '../core/repository-index.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 
 interface Expected {

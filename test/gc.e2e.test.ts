@@ -15,7 +15,8 @@ import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { keys as objectKeys } from '../core/format.ts';
-import { decodeIndexObject, RepositoryIndex } from '../core/packs.ts';
+import { decodeIndexObject } from '../core/packs.ts';
+import { RepositoryIndex } from '../core/repository-index.ts';
 import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 

@@ -8,25 +8,9 @@ import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../core/errors.ts';
 import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, seal, type Manifest } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import {
-  chunkLocation,
-  decodeIndex,
-  decodeIndexObject,
-  encodeIndex,
-  encodeIndexObject,
-  IndexCache,
-  IndexListing,
-  MAX_PACK_BYTES,
-  openIndexObject,
-  packTrailer,
-  PackWriter,
-  planReads,
-  readPackTrailer,
-  RepositoryIndex,
-  type ChunkLocation,
-  type PackContents,
-  type PackEntry,
-} from '../core/packs.ts';
+import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../core/packs.ts';
+import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
+import { PackWriter } from '../mover/pipeline/pack-writer.ts';
 import { prng } from './helpers/prng.ts';
 
 const keys = deriveKeys(randomBytes(32));

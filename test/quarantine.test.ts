@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { quarantineKey } from '../core/quarantine.ts';
-import { PackWriter } from '../core/packs.ts';
+import { PackWriter } from '../mover/pipeline/pack-writer.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
 import { collectGarbage } from '../functions/gc.ts';

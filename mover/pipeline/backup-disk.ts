@@ -9,7 +9,9 @@
  */
 import { Corrupt } from '../../core/errors.ts';
 import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectSha256, sealedCapacity, type PackRef, type RepositoryKeys } from '../../core/format.ts';
-import { packedManifest, PackWriter, RepositoryIndex } from '../../core/packs.ts';
+import { packedManifest } from '../../core/packs.ts';
+import { RepositoryIndex } from '../../core/repository-index.ts';
+import { PackWriter } from './pack-writer.ts';
 import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { DiskReader } from '../sources/source.ts';

@@ -9,7 +9,8 @@ import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
 import { decodeManifest, keys, sealedCapacity, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, planReads, readChunk, RepositoryIndex } from '../../core/packs.ts';
+import { chunkLocation, planReads, readChunk } from '../../core/packs.ts';
+import { RepositoryIndex } from '../../core/repository-index.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
 
 export interface RestoreDiskOptions {

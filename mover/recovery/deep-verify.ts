@@ -16,7 +16,8 @@ import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
 import { chunkId, decodeManifest, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, planReads, readChunk, RepositoryIndex, type ChunkLocation } from '../../core/packs.ts';
+import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../core/packs.ts';
+import { RepositoryIndex } from '../../core/repository-index.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../core/recovery-jobs.ts';
 
 /**
