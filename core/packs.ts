@@ -50,6 +50,8 @@ export const PACK_HEAD_BYTES = PACK_ID_BYTES + 4 + 4;
 export const MAX_PACK_BYTES = 0xffff_ffff;
 
 export const newPackId = (): string => randomBytes(PACK_ID_BYTES).toString('hex');
+/** A new index object id: 16 random bytes, hex (like a pack id). */
+export const newIndexId = (): string => randomBytes(16).toString('hex');
 
 /**
  * The binary list of packs and their chunks that index objects and pack trailers hold:

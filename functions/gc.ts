@@ -30,19 +30,18 @@
  *   a hit is reported as a late reference naming the backup (its Verify fails, or a deep
  *   verification names it), never passed over silently.
  */
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { mapLimit } from '../core/concurrency.ts';
 import { Corrupt } from '../core/errors.ts';
 import { chunkIdOfKey, decodeManifest, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { decodeIndexObject, encodeIndexObject, type PackContents } from '../core/packs.ts';
 import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
+import { IndexMap, indexIdOfKey, readIndexObject, removeFromIndex } from './gc-index.ts';
 
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
@@ -190,51 +189,6 @@ async function markNew(deps: GcDeps, seen: Set<string>, marks: Marks, onObject?:
   return added;
 }
 
-/** An index object: its key, when it was written, and the packs it lists. */
-interface IndexEntry {
-  indexId: string;
-  lastModified: Date;
-  packs: string[];
-}
-
-/** The repository's index objects and which list each pack (packs are listed once, but a repaired index may list one twice). */
-class IndexMap {
-  readonly objects = new Map<string, IndexEntry>();
-  readonly byPack = new Map<string, Set<string>>();
-
-  add(e: IndexEntry): void {
-    this.objects.set(e.indexId, e);
-    for (const p of e.packs) {
-      let s = this.byPack.get(p);
-      if (!s) this.byPack.set(p, (s = new Set()));
-      s.add(e.indexId);
-    }
-  }
-
-  remove(indexId: string): void {
-    const e = this.objects.get(indexId);
-    if (!e) return;
-    this.objects.delete(indexId);
-    for (const p of e.packs) this.byPack.get(p)?.delete(indexId);
-  }
-
-  listing(packId: string): IndexEntry[] {
-    return [...(this.byPack.get(packId) ?? [])].map((id) => this.objects.get(id)!);
-  }
-}
-
-const indexIdOfKey = (key: string) => key.slice('index/'.length);
-
-async function readIndexObject(deps: GcDeps, indexId: string): Promise<PackContents[] | undefined> {
-  const sealed = await deps.store.get(objectKeys.index(indexId));
-  if (!sealed) return undefined;
-  try {
-    return await decodeIndexObject(deps.keys, sealed, indexId);
-  } catch (err) {
-    throw new Corrupt(`garbage collection stopped: index object ${objectKeys.index(indexId)} does not open, so the packs it lists are unknown; delete it (the index is rebuilt from the packs' trailers) or restore it first (${(err as Error).message})`, err);
-  }
-}
-
 export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
   const started = deps.now();
   const graceHours = request.graceHours ?? 48;
@@ -350,38 +304,13 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
     return report;
   }
 
-  /**
-   * Takes `packs` (ids) out of every index object that lists them: a new index object
-   * without them, then the old one deleted (or only deleted when it listed nothing else).
-   * The packs whose old index object could not be deleted are returned: they must stay.
-   */
   const unindex = async (packs: Set<string>): Promise<Set<string>> => {
-    const kept = new Set<string>();
-    const touched = new Set<string>();
-    for (const p of packs) for (const e of index.listing(p)) touched.add(e.indexId);
-    for (const indexId of [...touched].sort()) {
-      const contents = await readIndexObject(deps, indexId);
-      const oldKey = objectKeys.index(indexId);
-      const rest = (contents ?? []).filter((p) => !packs.has(p.pack.id));
-      let replacement: IndexEntry | undefined;
-      if (rest.length > 0) {
-        const newId = randomBytes(16).toString('hex');
-        await deps.store.put(objectKeys.index(newId), await encodeIndexObject(deps.keys, newId, rest));
-        replacement = { indexId: newId, lastModified: deps.now(), packs: rest.map((p) => p.pack.id) };
-        if (request.objectLockDays) lockedIndexes.add(newId);
-      }
-      const out = contents ? await deps.admin.delete([oldKey]) : { deleted: [oldKey], failed: [] };
-      if (out.failed.length > 0) {
-        report.failed.push(...out.failed);
-        for (const p of index.objects.get(indexId)!.packs) if (packs.has(p)) kept.add(p);
-      } else {
-        if (replacement) report.index.rewritten++;
-        else if (contents) report.index.dropped++;
-        index.remove(indexId);
-      }
-      if (replacement) index.add(replacement);
-    }
-    return kept;
+    const out = await removeFromIndex(deps, index, packs);
+    report.index.rewritten += out.rewritten;
+    report.index.dropped += out.dropped;
+    report.failed.push(...out.failed);
+    if (request.objectLockDays) for (const id of out.written) lockedIndexes.add(id);
+    return out.kept;
   };
 
   // Sweep, in batches; each batch first spares what manifests written meanwhile reference,

@@ -2,10 +2,9 @@
  * Filling packs (format in core/packs.ts): sealed chunks are appended to a pack buffer,
  * each full pack is uploaded, and index objects list the packs written.
  */
-import { randomBytes } from 'node:crypto';
 import { keys as objectKeys, objectSha256, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { encodeIndexObject, MAX_PACK_BYTES, newPackId, packTrailer, type PackContents, type PackEntry } from '../../core/packs.ts';
+import { encodeIndexObject, MAX_PACK_BYTES, newIndexId, newPackId, packTrailer, type PackContents, type PackEntry } from '../../core/packs.ts';
 
 /** A pack being filled: its buffer, and the chunks in it so far. */
 interface OpenPack {
@@ -111,7 +110,7 @@ export class PackWriter {
     if (this.unindexed.length === 0) return;
     const packs = this.unindexed;
     this.unindexed = [];
-    const indexId = randomBytes(16).toString('hex');
+    const indexId = newIndexId();
     const sealed = await encodeIndexObject(this.o.keys, indexId, packs);
     await this.o.store.put(objectKeys.index(indexId), sealed, objectSha256(sealed));
     this.bytesWritten += sealed.length;

@@ -20,12 +20,11 @@
  * The manifest is copied last, so a DR manifest only ever names chunks that are there; the
  * first disk also copies the VM config. Re-running copies nothing twice.
  */
-import { randomBytes } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
 import { chunkId, decodeManifest, keys as objectKeys, objectSha256, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { encodeIndexObject, readPackTrailer, type PackContents } from '../../core/packs.ts';
+import { encodeIndexObject, newIndexId, readPackTrailer, type PackContents } from '../../core/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../core/recovery-jobs.ts';
 
 export interface ReplicateDeps {
@@ -98,7 +97,7 @@ async function copyPacks(job: ReplicateJob, diskId: string, manifest: Manifest, 
     if (unindexed.length === 0) return;
     const listed = unindexed;
     unindexed = [];
-    const indexId = randomBytes(16).toString('hex');
+    const indexId = newIndexId();
     const sealed = await encodeIndexObject(d.source.keys, indexId, listed);
     await d.target.store.put(objectKeys.index(indexId), sealed, objectSha256(sealed));
     out.bytesCopied += sealed.length;
