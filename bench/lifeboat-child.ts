@@ -12,7 +12,6 @@ import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
 import { stat } from 'node:fs/promises';
 
-const MiB = 1024 * 1024;
 const [phase, endpoint, bucket, keyFile, path] = process.argv.slice(2);
 if (!phase || !endpoint || !bucket || !keyFile || !path) throw new Error('usage: lifeboat-child.ts <full|incr|restore> <endpoint> <bucket> <keyFile> <path>');
 // As the mover builds its store (mover/main.ts): retries, at most 16 requests at once.

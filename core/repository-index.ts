@@ -143,6 +143,15 @@ export class RepositoryIndex {
     return out;
   }
 
+  /**
+   * The copies of chunk `id` other than the one at `here` (a manifest's location): where a
+   * reader looks when that copy is damaged or missing (a later backup stored the chunk
+   * again after a deep verification quarantined it).
+   */
+  otherCopies(id: string, here: ChunkLocation): ChunkLocation[] {
+    return this.all(id).filter((c) => c.key !== here.key || c.offset !== here.offset);
+  }
+
   /** The first entry of chunk `id`, or -1. */
   private find(id: string): number {
     if (typeof id !== 'string' || id.length !== 2 * CHUNK_ID_BYTES || wanted.write(id, 'hex') !== CHUNK_ID_BYTES) return -1;

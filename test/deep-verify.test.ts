@@ -1,7 +1,7 @@
 /** Deep verification of a disk (mover/recovery/deep-verify.ts) and RecordDeepVerify's healing, on in-memory repositories. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, seal, type Manifest } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore } from '../core/object-store.ts';
 import { chunkLocation } from '../core/packs.ts';

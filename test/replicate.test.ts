@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Corrupt } from '../core/errors.ts';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, seal, type Manifest } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation } from '../core/packs.ts';
 import { RepositoryIndex } from '../core/repository-index.ts';

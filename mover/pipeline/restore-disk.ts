@@ -120,8 +120,8 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   const fromOtherCopy = async (id: string, targets: number[]): Promise<boolean> => {
     // Also for a format-1 manifest: its quarantined chunk object may have been stored again in a pack.
     const here = chunkLocation(m, id);
-    for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).all(id)) {
-      if ((alt.key === here.key && alt.offset === here.offset) || alt.length > runBytes) continue;
+    for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(id, here)) {
+      if (alt.length > runBytes) continue;
       const slot = takeSlot();
       try {
         const copy = await readChunk(o.store, alt, slot.bytes).catch(() => undefined);

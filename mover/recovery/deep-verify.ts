@@ -83,8 +83,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
 
   /** True when a copy of `id` other than the one at `here` opens and matches its id. */
   const intactElsewhere = async (id: string, here: ChunkLocation): Promise<boolean> => {
-    for (const alt of (await (index ??= RepositoryIndex.load(d.store, d.keys))).all(id)) {
-      if (alt.key === here.key && alt.offset === here.offset) continue;
+    for (const alt of (await (index ??= RepositoryIndex.load(d.store, d.keys))).otherCopies(id, here)) {
       let copy: Buffer | undefined;
       try {
         copy = await readChunk(d.store, alt);
