@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { benchImages } from './image.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
 import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
-import { MOVER_MALLOC_ENV, MOVER_NODE_FLAGS } from '../mover/allocator.ts';
+import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -99,8 +99,8 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
   let run: Run;
   if (tool === 'lifeboat') {
     const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : join(dir, 'restore-lifeboat.raw');
-    // Started as the mover is (mover/allocator.ts).
-    run = await timed(process.execPath, [...MOVER_NODE_FLAGS, join(root, 'bench', 'lifeboat-child.ts'), ph, s3.url, bucket, keyFile, path], { env: { ...process.env, ...MOVER_MALLOC_ENV } });
+    // Started as the mover is (mover/start-settings.ts), its compile cache kept between runs as a mover's is.
+    run = await timed(process.execPath, [...MOVER_NODE_FLAGS, join(root, 'bench', 'lifeboat-child.ts'), ph, s3.url, bucket, keyFile, path], { env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } });
   } else if (ph === 'restore') {
     run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv });
   } else {

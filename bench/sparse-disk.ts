@@ -13,7 +13,7 @@ import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
-import { MOVER_MALLOC_ENV, MOVER_NODE_FLAGS } from '../mover/allocator.ts';
+import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -47,8 +47,8 @@ await fh.close();
 const { EmbeddedStack } = await import('../local/stack.ts');
 const stack = await EmbeddedStack.start({ dataDir: join(dir, 'stack') });
 try {
-  // Started as a mover is (mover/allocator.ts).
-  const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, fileURLToPath(import.meta.url), 'child', JSON.stringify(stack.endpoints), path, String(sizeBytes)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...MOVER_MALLOC_ENV } });
+  // Started as a mover is (mover/start-settings.ts).
+  const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, fileURLToPath(import.meta.url), 'child', JSON.stringify(stack.endpoints), path, String(sizeBytes)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((ok) => child.on('exit', ok));

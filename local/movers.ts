@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { StackEndpoints } from './stack.ts';
-import { MOVER_MALLOC_ENV, MOVER_NODE_FLAGS } from '../mover/allocator.ts';
+import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
 const MOVER_MAIN = fileURLToPath(new URL('../mover/main.ts', import.meta.url));
 
@@ -34,7 +34,7 @@ export function startMover(e: StackEndpoints, opts: { name: string; group: strin
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,
-      ...MOVER_MALLOC_ENV,
+      ...moverStartEnv(join(e.dataDir, 'movers', opts.name, 'compile-cache')),
       AWS_REGION: e.region,
       LIFEBOAT_ACTIVITY_ARN: activityArn,
       LIFEBOAT_SFN_ENDPOINT: e.sfn,

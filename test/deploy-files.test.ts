@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { MOVER_MALLOC_ENV, MOVER_NODE_FLAGS } from '../mover/allocator.ts';
+import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
 const read = (p: string) => readFileSync(new URL(`../${p}`, import.meta.url), 'utf8');
 const unit = read('deploy/lifeboat-mover.service');
@@ -52,10 +52,12 @@ describe('lifeboat-mover.service', () => {
     expect(unit).toMatch(/^User=lifeboat$/m); // never root
   });
 
-  it('starts the mover with the memory settings the embedded stack and the bench use (mover/allocator.ts)', () => {
-    const line = /^Environment=(.*)$/m.exec(unit)?.[1];
-    const set = Object.fromEntries((line ?? '').split(/\s+/).filter(Boolean).map((kv) => kv.split('=') as [string, string]));
-    expect(set).toEqual({ ...MOVER_MALLOC_ENV });
+  it('starts the mover with the settings the embedded stack and the bench use (mover/start-settings.ts), its compile cache in its CacheDirectory', () => {
+    const lines = [...unit.matchAll(/^Environment=(.*)$/gm)].map((m) => m[1]!);
+    const set = Object.fromEntries(lines.flatMap((l) => l.split(/\s+/)).filter(Boolean).map((kv) => kv.split('=') as [string, string]));
+    const cacheDirectory = /^CacheDirectory=(\S+)$/m.exec(unit)?.[1];
+    expect(cacheDirectory).toBe('lifeboat-mover');
+    expect(set).toEqual(moverStartEnv(`/var/cache/${cacheDirectory}`));
     const flags = /^ExecStart=\S+node ((?:--\S+ )*)\S+$/m.exec(unit)?.[1]?.trim().split(' ') ?? [];
     expect(flags).toEqual([...MOVER_NODE_FLAGS]);
   });

@@ -1,8 +1,8 @@
 /**
- * The memory settings a mover process starts with, set by whatever launches it (the
- * systemd unit, the embedded stack, the benchmark; a self-update keeps them): the C
- * allocator's (glibc reads them from the environment at start-up) and V8's (command-line
- * flags: Node refuses this one in NODE_OPTIONS).
+ * The settings a mover process starts with, set by whatever launches it (the systemd
+ * unit, the embedded stack, the benchmark; a self-update keeps them): the C allocator's
+ * (glibc reads them from the environment at start-up), V8's (command-line flags: Node
+ * refuses this one in NODE_OPTIONS), and where Node keeps its compiled code between starts.
  *
  * The pipelines allocate and free chunk-sized buffers all the time (decrypted and
  * decompressed chunks, network reads). With glibc's defaults, freed memory is handed back
@@ -28,3 +28,14 @@ export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze(
  * was no faster and the restore's RSS reached 251 MiB.
  */
 export const MOVER_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old-space-size=64']);
+
+/**
+ * The environment a mover starts with: the allocator settings, and Node's compile cache
+ * in `compileCacheDir` (NODE_COMPILE_CACHE; the systemd unit uses its CacheDirectory). A
+ * mover started again (after a crash, a self-update, a reboot) then loads the AWS SDK and
+ * its own modules from V8's cached code: ~0.25 s sooner and ~20 MiB less peak RSS per
+ * start, measured on the bench's incremental (one process per phase, 4 runs each).
+ */
+export function moverStartEnv(compileCacheDir: string): Record<string, string> {
+  return { ...MOVER_MALLOC_ENV, NODE_COMPILE_CACHE: compileCacheDir };
+}
