@@ -9,7 +9,8 @@
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hkdfSync, randomBytes, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
-import { constants as zlibConstants, zstdCompress, zstdCompressSync, zstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { zstdCompressInto, zstdDecompressInto } from './zstd.ts';
 import { Corrupt } from './errors.ts';
 
 export const FORMAT_VERSION = 1;
@@ -104,7 +105,9 @@ function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, p
 }
 
 const PROBE_BYTES = 4096;
-const probeOptions = { params: { [zlibConstants.ZSTD_c_compressionLevel]: 1 } };
+const PROBE_LEVEL = 1;
+/** A sample's frame; one that does not fit counts as not compressed at all. */
+const probeScratch = Buffer.allocUnsafeSlow(PROBE_BYTES);
 
 /**
  * Whether zstd is worth running on `plaintext`: three 4 KiB samples (start, middle, end)
@@ -119,7 +122,7 @@ export function looksCompressible(plaintext: Uint8Array): boolean {
   if (plaintext.length < 16 * PROBE_BYTES) return true;
   let packed = 0;
   for (const at of [0, (plaintext.length - PROBE_BYTES) >> 1, plaintext.length - PROBE_BYTES]) {
-    packed += zstdCompressSync(plaintext.subarray(at, at + PROBE_BYTES), probeOptions).length;
+    packed += zstdCompressInto(plaintext.subarray(at, at + PROBE_BYTES), probeScratch, PROBE_LEVEL) ?? PROBE_BYTES;
   }
   return packed < 3 * PROBE_BYTES * 0.97;
 }
@@ -132,12 +135,21 @@ export async function seal(keys: RepositoryKeys, plaintext: Uint8Array, purpose:
   return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce, opts.into);
 }
 
-/** `seal` on the calling thread: the same bytes for the same nonce (worker threads use it). */
+/** This thread's buffer for compressed bodies on their way into an envelope (consumed before sealSync returns). */
+let packedScratch = Buffer.alloc(0);
+
+/**
+ * `seal` on the calling thread: the same bytes for the same nonce (worker threads use it).
+ * zstd runs through this thread's reused context into a reused buffer (core/zstd.ts).
+ */
 export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Buffer {
   if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, opts.into);
-  const packed = zstdCompressSync(plaintext, zstdOptions(opts.level, plaintext.length));
-  const useZstd = packed.length < plaintext.length;
-  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce, opts.into);
+  if (packedScratch.length < plaintext.length) packedScratch = Buffer.allocUnsafeSlow(plaintext.length);
+  // Room for as many bytes as the plaintext: a frame that does not fit would not be smaller.
+  const packed = zstdCompressInto(plaintext, packedScratch.subarray(0, plaintext.length), opts.level);
+  return packed === undefined
+    ? envelope(keys, plaintext, false, purpose, opts.nonce, opts.into)
+    : envelope(keys, packedScratch.subarray(0, packed), true, purpose, opts.nonce, opts.into);
 }
 
 /** Checks the header and authenticates and decrypts the body; the body may still be compressed. */
@@ -174,17 +186,30 @@ export async function open(keys: RepositoryKeys, sealed: Uint8Array, purpose: st
   }
 }
 
-/**
- * `open` on the calling thread (worker threads use it). `expectedLength`, when the caller
- * knows the plaintext's length (a chunk), sizes the output buffer; it does not check it.
- */
-export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: string, expectedLength?: number): Buffer {
+export interface OpenSyncOptions {
+  /** The plaintext's length when the caller knows it (a chunk): sizes the output; not checked here. */
+  expectedLength?: number;
+  /**
+   * Decompress into this buffer (give it at least one byte more than `expectedLength`) and
+   * return a view of it, instead of a new buffer; the result is then valid only until
+   * `into` is reused. A plaintext longer than `into` comes back as all of `into` (so it
+   * never matches the expected length). Ignored for bodies stored uncompressed.
+   */
+  into?: Uint8Array;
+}
+
+/** `open` on the calling thread (worker threads use it); zstd through this thread's reused context (core/zstd.ts) when given `into`. */
+export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: string, opts: OpenSyncOptions = {}): Buffer {
   const { compression, body } = unseal(keys, sealed, purpose);
   if (compression === Compression.none) return body;
   try {
+    if (opts.into) {
+      const n = zstdDecompressInto(body, opts.into);
+      return Buffer.from(opts.into.buffer, opts.into.byteOffset, n ?? opts.into.byteLength);
+    }
     // One output buffer a little larger than the plaintext: when the output exactly fills
     // the buffer, zlib allocates a second one and concatenates (measured: 2-3x slower).
-    return zstdDecompressSync(body, expectedLength ? { chunkSize: Math.max(16 * 1024, expectedLength + 4096) } : {});
+    return zstdDecompressSync(body, opts.expectedLength ? { chunkSize: Math.max(16 * 1024, opts.expectedLength + 4096) } : {});
   } catch (err) {
     throw undecodable(purpose, err);
   }

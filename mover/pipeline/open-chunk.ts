@@ -21,13 +21,18 @@ export function withWriteLock(lock: Int32Array | undefined, write: () => void): 
   }
 }
 
+/** This thread's buffer for plaintexts that are written before openChunk returns. */
+let plainScratch = Buffer.alloc(0);
+
 /**
  * Opens `body` as chunk `id` of `length` bytes: 'mismatch' when it opens to other bytes
  * (swapped, or the wrong length); with `write`, writes the plaintext at `write.offset` of
- * `write.fd`. Throws Corrupt when it fails authentication or does not decompress.
+ * `write.fd` (and `plain` is then valid only until the next call). Throws Corrupt when it fails authentication or does not decompress.
  */
 export function openChunk(keys: RepositoryKeys, body: Uint8Array, id: string, length: number, write: { fd: number; offset: number } | undefined, lock: Int32Array | undefined): { mismatch: true } | { mismatch: false; plain: Buffer } {
-  const plain = openSync(keys, body, id, length);
+  // Written here and now: decompressed into this thread's reused buffer (no chunk-sized garbage).
+  if (write && plainScratch.length < length + 1) plainScratch = Buffer.allocUnsafeSlow(length + 1);
+  const plain = openSync(keys, body, id, write ? { expectedLength: length, into: plainScratch.subarray(0, length + 1) } : { expectedLength: length });
   if (plain.length !== length || chunkId(keys, plain) !== id) return { mismatch: true };
   if (write) {
     withWriteLock(lock, () => {

@@ -1,0 +1,75 @@
+import { randomBytes } from 'node:crypto';
+import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { zstdCompressInto, zstdDecompressInto } from '../core/zstd.ts';
+import { prng } from './helpers/prng.ts';
+
+/** Log-like text, compressible about 3:1 (as the bench image's text runs). */
+const text = (bytes: number, seed: number) => {
+  const rand = prng(seed);
+  let s = '';
+  while (s.length < bytes) s += `2026-11-26 host-${rand(17)} id=${rand(1 << 30).toString(16)} backup restore chunk\n`;
+  return Buffer.from(s.slice(0, bytes), 'latin1');
+};
+
+describe('zstd into caller buffers with reused contexts (core/zstd.ts)', () => {
+  it("writes the same frames as zlib's zstdCompressSync, call after call, at each level", () => {
+    for (const level of [undefined, 1, 3, 9]) {
+      const params = level === undefined ? {} : { params: { [constants.ZSTD_c_compressionLevel]: level } };
+      for (const [i, size] of [512 * 1024, 4096, 100_000, 512 * 1024, 1].entries()) {
+        const input = text(size, i + (level ?? 0));
+        const out = Buffer.alloc(size + 64);
+        const n = zstdCompressInto(input, out, level);
+        expect(n).toBeDefined();
+        expect(out.subarray(0, n).equals(zstdCompressSync(input, params))).toBe(true);
+      }
+    }
+  });
+
+  it('answers undefined when the frame does not fit, and the next frame is whole again', () => {
+    const random = randomBytes(64 * 1024);
+    expect(zstdCompressInto(random, Buffer.alloc(random.length))).toBeUndefined(); // random data does not shrink
+    const input = text(200_000, 7);
+    const out = Buffer.alloc(input.length);
+    const n = zstdCompressInto(input, out);
+    expect(n).toBeLessThan(input.length / 2);
+    expect(zstdDecompressSync(out.subarray(0, n)).equals(input)).toBe(true);
+  });
+
+  it('decompresses into the buffer given; a longer output is reported, not cut silently', () => {
+    const input = text(300_000, 3);
+    const frame = zstdCompressSync(input);
+    const out = Buffer.alloc(input.length + 1);
+    const n = zstdDecompressInto(frame, out);
+    expect(n).toBe(input.length);
+    expect(out.subarray(0, n).equals(input)).toBe(true);
+    expect(zstdDecompressInto(frame, Buffer.alloc(input.length - 1))).toBeUndefined();
+    // The context is usable after a frame that did not fit.
+    expect(zstdDecompressInto(frame, out)).toBe(input.length);
+  });
+
+  it('throws on bytes that are not zstd, and works again after', () => {
+    const input = text(50_000, 9);
+    const frame = zstdCompressSync(input);
+    const damaged = Buffer.from(frame);
+    damaged[0]! ^= 0xff; // the magic number
+    expect(() => zstdDecompressInto(damaged, Buffer.alloc(input.length + 1))).toThrow();
+    const out = Buffer.alloc(input.length + 1);
+    expect(zstdDecompressInto(frame, out)).toBe(input.length);
+    expect(out.subarray(0, input.length).equals(input)).toBe(true);
+  });
+
+  it('a frame cut short gives fewer bytes than its plaintext (callers check the length and the id)', () => {
+    const input = text(300_000, 11);
+    const frame = zstdCompressSync(input);
+    const out = Buffer.alloc(input.length + 1);
+    let n: number | undefined;
+    try {
+      n = zstdDecompressInto(frame.subarray(0, frame.length >> 1), out);
+    } catch {
+      n = -1; // or an error: either way not the plaintext
+    }
+    expect(n).not.toBe(input.length);
+    expect(zstdDecompressInto(frame, out)).toBe(input.length);
+  });
+});
