@@ -168,11 +168,50 @@ export class IndexListing {
   get packs(): number {
     return this.firstEntryByte.length;
   }
+
+  /** The id of pack `p` (0 ≤ p < packs). */
+  packId(p: number): string {
+    const head = this.firstEntryByte[p]! - PACK_HEAD_BYTES;
+    return this.bytes.toString('hex', head, head + PACK_ID_BYTES);
+  }
+
+  /** Chunk entries pack `p` lists. */
+  chunksOf(p: number): number {
+    return this.entryStart[p + 1]! - this.entryStart[p]!;
+  }
+
+  /** Pack `p` as `encodeIndex` wrote it (its head, then its chunk entries): a view of `bytes`, for `joinIndexSections`. */
+  section(p: number): Buffer {
+    const head = this.firstEntryByte[p]! - PACK_HEAD_BYTES;
+    return this.bytes.subarray(head, this.firstEntryByte[p]! + this.chunksOf(p) * ENTRY_BYTES);
+  }
+}
+
+/**
+ * `encodeIndex` output listing the given packs, each a `section` of a checked listing,
+ * copied as they are (garbage collection merges index objects without decoding them).
+ */
+export function joinIndexSections(sections: readonly Uint8Array[]): Buffer {
+  const out = Buffer.alloc(9 + sections.reduce((n, s) => n + s.length, 0));
+  out.writeUInt32BE(INDEX_MAGIC, 0);
+  out[4] = INDEX_VERSION;
+  out.writeUInt32BE(sections.length, 5);
+  let at = 9;
+  for (const s of sections) {
+    out.set(s, at);
+    at += s.length;
+  }
+  return out;
 }
 
 /** Sealed index object for `indexId`. */
 export function encodeIndexObject(keys: RepositoryKeys, indexId: string, packs: readonly PackContents[]): Promise<Buffer> {
-  return seal(keys, encodeIndex(packs), `index:${indexId}`);
+  return sealIndex(keys, indexId, encodeIndex(packs));
+}
+
+/** Sealed index object for `indexId` of `encodeIndex` output. */
+export function sealIndex(keys: RepositoryKeys, indexId: string, plaintext: Uint8Array): Promise<Buffer> {
+  return seal(keys, plaintext, `index:${indexId}`);
 }
 
 export async function decodeIndexObject(keys: RepositoryKeys, sealed: Uint8Array, indexId: string): Promise<PackContents[]> {

@@ -149,7 +149,12 @@ export class RepositoryIndex {
    * again after a deep verification quarantined it).
    */
   otherCopies(id: string, here: ChunkLocation): ChunkLocation[] {
-    return this.all(id).filter((c) => c.key !== here.key || c.offset !== here.offset);
+    // A copy listed twice (an index object and the merged object replacing it, both read) is tried once.
+    const seen = new Set([`${here.key}@${here.offset}`]);
+    return this.all(id).filter((c) => {
+      const at = `${c.key}@${c.offset}`;
+      return !seen.has(at) && !!seen.add(at);
+    });
   }
 
   /** The first entry of chunk `id`, or -1. */
@@ -189,14 +194,28 @@ export class RepositoryIndex {
   }
 }
 
+/** LIST rounds a refresh makes at most while index objects are replaced under it (then it keeps what it has: a deduplication loss at worst). */
+const MAX_LIST_ROUNDS = 8;
+
 /**
  * A mover's copy of one repository's index, brought up to date before each use: it lists
  * `index/` (one request per 1,000 objects) and reads only the index objects it has not
- * read before, and forgets those that are gone (garbage collection rewrote them). So a
- * mover's second backup into a repository reads just the index objects written since.
- * It keeps each object's checked plaintext (IndexListing, ~42 bytes per chunk); each
- * refresh builds a new RepositoryIndex over them (its hash table, ~12 bytes per chunk;
- * ~0.3 s for 2 million chunks). Refreshes asked for while one runs share it.
+ * read before, and forgets those that are gone (garbage collection rewrote or merged
+ * them). So a mover's second backup into a repository reads just the index objects
+ * written since. It keeps each object's checked plaintext (IndexListing, ~42 bytes per
+ * chunk); each refresh builds a new RepositoryIndex over them (its hash table, ~12 bytes
+ * per chunk; ~0.3 s for 2 million chunks). Refreshes asked for while one runs share it.
+ *
+ * Garbage collection replaces index objects while movers read them (a copy without
+ * deleted packs, or many small objects merged into one): it writes the new object, and
+ * deletes the old ones only once the new one is stored. A LIST is not a snapshot (S3
+ * lists page by page, in key order), so one LIST may miss both an old object (deleted
+ * before the LIST reached its key) and the object that replaced it (written at a key the
+ * LIST had passed); and an object listed may be gone by its GET. So a refresh lists
+ * again, reading what is new, until a LIST lists every object the one before it did and
+ * every GET found its object: a LIST begun after an old object was deleted lists its
+ * replacement, which was stored before. Entries listed twice meanwhile (the old object
+ * and its replacement both read) are harmless: every copy of a chunk is a valid location.
  */
 export class IndexCache {
   private readonly store: ObjectStore;
@@ -204,8 +223,10 @@ export class IndexCache {
   private readonly parallelism: number;
   private readonly read = new Map<string, IndexListing>();
   private running: Promise<RepositoryIndex> | undefined;
-  /** Index objects read by the last refresh. */
+  /** Index objects read (GETs) by the last refresh. */
   lastRead = 0;
+  /** LISTs of `index/` the last refresh made (2 unless objects were replaced meanwhile). */
+  lastLists = 0;
 
   constructor(store: ObjectStore, keys: RepositoryKeys, parallelism = 8) {
     this.store = store;
@@ -221,15 +242,28 @@ export class IndexCache {
   }
 
   private async load(): Promise<RepositoryIndex> {
-    const listed = new Set<string>();
-    for await (const o of this.store.list('index/')) listed.add(o.key.slice('index/'.length));
-    for (const id of this.read.keys()) if (!listed.has(id)) this.read.delete(id);
-    const fresh = [...listed].filter((id) => !this.read.has(id));
-    await mapLimit(fresh, this.parallelism, async (indexId) => {
-      const sealed = await this.store.get(objectKeys.index(indexId));
-      if (sealed) this.read.set(indexId, await openIndexObject(this.keys, sealed, indexId)); // gone: rewritten meanwhile
-    });
-    this.lastRead = fresh.length;
+    let gets = 0;
+    let previous: Set<string> | undefined;
+    let round = 0;
+    for (;;) {
+      round++;
+      const listed = new Set<string>();
+      for await (const o of this.store.list('index/')) listed.add(o.key.slice('index/'.length));
+      for (const id of this.read.keys()) if (!listed.has(id)) this.read.delete(id);
+      // Deleted since the last LIST: its replacement may have been written where that LIST had passed.
+      let changed = previous === undefined || [...previous].some((id) => !listed.has(id));
+      const fresh = [...listed].filter((id) => !this.read.has(id));
+      gets += fresh.length;
+      await mapLimit(fresh, this.parallelism, async (indexId) => {
+        const sealed = await this.store.get(objectKeys.index(indexId));
+        if (sealed) this.read.set(indexId, await openIndexObject(this.keys, sealed, indexId));
+        else changed = true; // replaced since the LIST: the next LIST has its replacement
+      });
+      if (!changed || round >= MAX_LIST_ROUNDS) break;
+      previous = listed;
+    }
+    this.lastRead = gets;
+    this.lastLists = round;
     return RepositoryIndex.of(this.read.values());
   }
 }

@@ -29,6 +29,13 @@
  * - After the sweep, manifests written during it are checked against what was deleted;
  *   a hit is reported as a late reference naming the backup (its Verify fails, or a deep
  *   verification names it), never passed over silently.
+ *
+ * Then, unless the sweep was deferred, the index is consolidated (gc-index.ts): when more
+ * than 64 small index objects are there, they are merged into objects of at most 65,536
+ * entries listing only packs that still exist; each merged object is stored before the
+ * objects it replaces are deleted, and only objects this run read (listed at the start)
+ * are merged, never one a mover wrote since. Movers' IndexCache lists again when an
+ * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
 import { mapLimit } from '../core/concurrency.ts';
@@ -41,11 +48,13 @@ import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
-import { IndexMap, indexIdOfKey, readIndexObject, removeFromIndex } from './gc-index.ts';
+import { CONSOLIDATION, consolidateIndex, IndexMap, indexIdOfKey, planConsolidation, readIndexObject, removeFromIndex, type ConsolidationSettings, type IndexEntry } from './gc-index.ts';
 
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
 const RUNNING_FRESH_MS = 25 * HOUR_MS;
+/** Consolidation starts no group of index objects once the invocation has less time left than this. */
+const CONSOLIDATION_MARGIN_MS = 120_000;
 
 export const gcRequest = z.object({
   /** The repository bucket to collect. */
@@ -92,6 +101,29 @@ export interface GcReport {
    */
   index: { objects: number; rewritten: number; dropped: number };
   /**
+   * Small index objects merged into fewer, larger ones after the sweep (functions/gc-index.ts),
+   * when more than 64 could be; on a dry run, what would be. Not done when the sweep was
+   * deferred (the workflow collects again).
+   */
+  consolidation: {
+    /** Index objects after the sweep (those this run read or wrote; not those movers wrote since). */
+    objectsBefore: number;
+    /** … and after merging. */
+    objectsAfter: number;
+    /** Small index objects, not under retention, that could be merged. */
+    candidates: number;
+    /** Index objects merged and deleted. */
+    merged: number;
+    /** Merged index objects written. */
+    written: number;
+    /** Chunk entries the merged objects list. */
+    entries: number;
+    /** Entries of merged objects left out: packs that no longer exist, or that another index object already lists. */
+    entriesDropped: number;
+    /** Why merging stopped before the end (time, a refused request, an object gone meanwhile), or null. */
+    stopped: string | null;
+  };
+  /**
    * Chunks in packs that stay (a manifest references another chunk in them) that no
    * manifest references, by the index at the mark: space only rewriting packs would
    * free, which garbage collection does not do. A chunk stored twice whose manifests
@@ -132,6 +164,10 @@ interface GcDeps {
   now: () => Date;
   /** Keys deleted per request and per manifest re-check. */
   batchSize?: number;
+  /** When and how far index objects are merged (default CONSOLIDATION). */
+  consolidation?: ConsolidationSettings;
+  /** Milliseconds the invocation has left (Lambda's context); consolidation stops in time. */
+  remainingMs?: () => number;
 }
 
 const MANIFEST = /^manifests\/([^/]+)\/(.+)\.manifest$/;
@@ -195,7 +231,9 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
   const counts = (): SweptObjects => ({ total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 });
   const report: GcReport = {
     gcId, bucket: request.bucket, dryRun: request.dryRun === true, startedAt: started.toISOString(), graceHours, manifests: 0,
-    chunks: counts(), packs: counts(), index: { objects: 0, rewritten: 0, dropped: 0 }, reclaimableInPacks: { chunks: 0, bytes: 0 },
+    chunks: counts(), packs: counts(), index: { objects: 0, rewritten: 0, dropped: 0 },
+    consolidation: { objectsBefore: 0, objectsAfter: 0, candidates: 0, merged: 0, written: 0, entries: 0, entriesDropped: 0, stopped: null },
+    reclaimableInPacks: { chunks: 0, bytes: 0 },
     bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
     locked: { count: 0, bytes: 0, firstExpiry: null, sample: [] }, failed: [], lateReferences: [], deferred: null, deferrals: 0, seconds: 0,
   };
@@ -220,7 +258,7 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
     const contents = await readIndexObject(deps, indexId);
     if (!contents) return; // replaced meanwhile (another collection): its successor lists the same packs
     report.index.objects++;
-    index.add({ indexId, lastModified: o.lastModified, packs: contents.map((p) => p.pack.id) });
+    index.add({ indexId, lastModified: o.lastModified, packs: contents.map((p) => p.pack.id), chunks: contents.map((p) => p.chunks.length) });
     for (const p of contents) {
       if (!marks.packs.has(p.pack.id) || reclaimCounted.has(p.pack.id)) continue;
       reclaimCounted.add(p.pack.id);
@@ -239,6 +277,10 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
   const lockedUntil = (lastModified: Date) => (request.objectLockDays ? lastModified.getTime() + request.objectLockDays * 24 * HOUR_MS : -Infinity);
   /** Index objects this run wrote, under retention from now on when the repository locks objects. */
   const lockedIndexes = new Set<string>();
+  /** Index objects this run wrote (never merged by the same run: an entry moves once a run). */
+  const writtenIndexes = new Set<string>();
+  /** Packs an index object lists that are stored (listed under `packs/` after the index was read). */
+  const storedPacks = new Set<string>();
   let firstExpiry = Infinity;
   const lock = (o: ListedObject, until: number) => {
     report.locked.count++;
@@ -260,6 +302,8 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
     for await (const o of deps.admin.list(prefix)) {
       const c = countsOf(o.key);
       c.total++;
+      const pack = packIdOfKey(o.key);
+      if (pack !== undefined && index.byPack.has(pack)) storedPacks.add(pack);
       if (isMarked(marks, o.key)) {
         c.referenced++;
         continue;
@@ -289,14 +333,35 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
     report.quarantine.bytes += o.size;
   }
 
+  /** An index object consolidation may merge: read by this run (not written by it), not under retention. */
+  const mergeable = (e: IndexEntry) => !writtenIndexes.has(e.indexId) && lockedUntil(e.lastModified) <= started.getTime();
+  const settings = deps.consolidation ?? CONSOLIDATION;
+
   if (report.dryRun) {
     const going = new Set(candidates.map((o) => packIdOfKey(o.key)).filter((p) => p !== undefined));
+    // The index as the sweep would leave it, for what consolidation would do.
+    const after = new IndexMap();
     for (const e of index.objects.values()) {
-      const left = e.packs.filter((p) => !going.has(p)).length;
-      if (left === e.packs.length) continue;
-      if (left === 0) report.index.dropped++;
-      else report.index.rewritten++;
+      const left = e.packs.flatMap((p, i) => (going.has(p) ? [] : [i]));
+      if (left.length === e.packs.length) {
+        after.add(e);
+        continue;
+      }
+      if (left.length === 0) report.index.dropped++;
+      else {
+        report.index.rewritten++;
+        const id = `rewritten-${e.indexId}`;
+        writtenIndexes.add(id);
+        after.add({ indexId: id, lastModified: started, packs: left.map((i) => e.packs[i]!), chunks: left.map((i) => e.chunks[i]!) });
+      }
     }
+    const plan = planConsolidation(after, settings, mergeable, (p) => storedPacks.has(p) && !going.has(p));
+    const merged = plan.groups.reduce((n, g) => n + g.sources.length, 0);
+    const written = plan.groups.filter((g) => g.packs.size > 0).length;
+    report.consolidation = {
+      objectsBefore: after.objects.size, objectsAfter: after.objects.size - merged + written, candidates: plan.candidates, merged, written,
+      entries: plan.groups.reduce((n, g) => n + g.entries, 0), entriesDropped: plan.groups.reduce((n, g) => n + g.dropped, 0), stopped: null,
+    };
     for (const o of candidates) countsOf(o.key).deleted++;
     report.bytesFreed = candidates.reduce((n, o) => n + o.size, 0);
     if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
@@ -309,6 +374,7 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
     report.index.rewritten += out.rewritten;
     report.index.dropped += out.dropped;
     report.failed.push(...out.failed);
+    for (const id of out.written) writtenIndexes.add(id);
     if (request.objectLockDays) for (const id of out.written) lockedIndexes.add(id);
     return out.kept;
   };
@@ -358,6 +424,16 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
   }
   if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
 
+  // Consolidation: many small index objects merged into few, each merged object stored before its sources go.
+  report.consolidation.objectsBefore = report.consolidation.objectsAfter = index.objects.size;
+  if (!report.deferred) {
+    const plan = planConsolidation(index, settings, mergeable, (p) => storedPacks.has(p) && !deleted.has(objectKeys.pack(p)));
+    report.consolidation.candidates = plan.candidates;
+    const out = await consolidateIndex(deps, index, plan, () => (deps.remainingMs?.() ?? Infinity) > CONSOLIDATION_MARGIN_MS);
+    Object.assign(report.consolidation, { objectsAfter: index.objects.size, merged: out.merged, written: out.written, entries: out.entries, entriesDropped: out.dropped, stopped: out.stopped });
+    report.failed.push(...out.failed);
+  }
+
   // Late references: manifests that appeared during the sweep and need an object it removed.
   report.manifests += await markNew(deps, seen, noMarks(), late);
   report.seconds = (deps.now().getTime() - started.getTime()) / 1000;
@@ -366,11 +442,12 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
   return report;
 }
 
-export const handler = lambdaHandler('CollectGarbage', gcInput, async (input) => {
+export const handler = lambdaHandler('CollectGarbage', gcInput, async (input, { context }) => {
   const c = clients();
   const { bucket, endpoint } = input.request;
   return collectGarbage(input, {
     admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
     recovery: c.recovery, running: () => c.recovery.runningBackups(new Date(Date.now() - RUNNING_FRESH_MS)), now: () => new Date(),
+    remainingMs: () => context.getRemainingTimeInMillis(),
   });
 });

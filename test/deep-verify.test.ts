@@ -78,7 +78,7 @@ describe('deepVerifyDisk, format 2', () => {
       reason: expect.stringContaining('failed authentication'),
     }]);
     expect(first.chunksFromOtherCopies).toBe(0);
-    expect(store.lists).toEqual(['index/']); // loaded once damage was found
+    expect(store.lists).toEqual(['index/', 'index/']); // loaded once damage was found (a LIST, then one confirming it)
 
     // The chunk quarantined: the next backup stores it again in a new pack (healChunks), readers fall back to it.
     const { r, m: m2 } = await backup(mem, 'b2', data, new Set([id]));

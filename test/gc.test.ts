@@ -9,7 +9,7 @@ import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, type Manifest 
 import type { DiskRef } from '../core/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { decodeIndexObject, encodeIndexObject, packedManifest, type PackContents } from '../core/packs.ts';
-import { RepositoryIndex } from '../core/repository-index.ts';
+import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
 import { collectGarbage } from '../functions/gc.ts';
 import { verifyManifests } from '../functions/verify.ts';
@@ -361,5 +361,255 @@ describe('collectGarbage of a repository the mover wrote', () => {
     expect(b3.stats.uploadedChunks).toBe(2);
     await expect(verifyManifests('b3', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b3', 'disk0') }], { store, keys })).resolves.toMatchObject({ chunksChecked: 6 });
     expect((await restored('b3')).equals(v1)).toBe(true);
+  });
+});
+
+// --- index consolidation -------------------------------------------------------------------
+
+describe('collectGarbage merging index objects', () => {
+  /** Chunk ids of pack n: 3 chunks each, 1000n + 0..2. */
+  const chunksOf = (n: number) => [1000 * n, 1000 * n + 1, 1000 * n + 2];
+  /** Packs 1..n of 3 chunks each, `age` days old, each listed by an index object of its own (ids 1..n), all needed by one manifest. */
+  async function smallIndexes(n: number, age = 10, first = 1): Promise<PackContents[]> {
+    const packs: PackContents[] = [];
+    for (let i = first; i < first + n; i++) {
+      const p = await pack(i, chunksOf(i), age);
+      await indexObject(i, [p], age);
+      packs.push(p);
+    }
+    return packs;
+  }
+  const decodeAt = (key: string) => decodeIndexObject(keys, store.objects.get(key)!, key.slice('index/'.length));
+  /** The index a mover or reader loads finds every chunk of `packs` where it is, and the chunks of `gone` nowhere. */
+  async function expectIndexed(packs: PackContents[], gone: PackContents[] = []) {
+    const index = await RepositoryIndex.load(store, keys);
+    for (const p of packs) for (const c of p.chunks) expect(index.get(c.id), c.id).toEqual({ pack: p.pack, key: objectKeys.pack(p.pack.id), offset: c.offset, length: c.length });
+    for (const p of gone) for (const c of p.chunks) expect(index.get(c.id), c.id).toBeUndefined();
+    return index;
+  }
+
+  it('merges many small index objects into one listing every pack that stays, after the sweep; the merged object is stored before any source goes', async () => {
+    const kept = await smallIndexes(80);
+    // Five objects list a kept pack and a garbage pack (the sweep rewrites them), five a garbage pack only (the sweep drops them).
+    const garbage: PackContents[] = [];
+    const shared: PackContents[] = [];
+    for (let i = 81; i <= 90; i++) {
+      const g = await pack(i, chunksOf(i), 10);
+      garbage.push(g);
+      if (i <= 85) {
+        const k = await pack(100 + i, chunksOf(100 + i), 10);
+        shared.push(k);
+        await indexObject(i, [k, g], 10);
+      } else await indexObject(i, [g], 10);
+    }
+    await packedManifestOf('b1', [...kept, ...shared].flatMap((p) => p.chunks.map((c) => Number.parseInt(c.id, 16))), [...kept, ...shared]);
+    const sources = indexKeys();
+    expect(sources).toHaveLength(90);
+    const ops = recordOps();
+    const r = await run();
+
+    expect(r.packs).toMatchObject({ total: 95, referenced: 85, deleted: 10 });
+    expect(r.index).toEqual({ objects: 90, rewritten: 5, dropped: 5 });
+    // The five rewritten this run are left for the next collection; the 80 small ones read at the start are merged into one.
+    expect(r.consolidation).toEqual({ objectsBefore: 85, objectsAfter: 6, candidates: 80, merged: 80, written: 1, entries: 240, entriesDropped: 0, stopped: null });
+    expect(r.failed).toEqual([]);
+    const after = indexKeys();
+    expect(after).toHaveLength(6);
+    for (const k of sources) expect(after).not.toContain(k);
+    const merged = (await Promise.all(after.map(async (k) => ({ k, packs: await decodeAt(k) })))).find((x) => x.packs.length === 80)!;
+    expect(merged.packs).toEqual(kept); // oldest first: here, in key order
+    await expectIndexed([...kept, ...shared], garbage);
+
+    // Order: packs out of the index, packs deleted, then the merged object stored, then (only then) its sources deleted.
+    const put = ops.indexOf(`put ${merged.k}`);
+    const sourceDeletes = sources.slice(0, 80).map((k) => ops.indexOf(`delete ${k}`));
+    expect(put).toBeGreaterThan(ops.findLastIndex((o) => o.startsWith('delete packs/')));
+    expect(Math.min(...sourceDeletes)).toBeGreaterThan(put);
+  });
+
+  it('does nothing on a second run, nor while few small objects are there', async () => {
+    const packs = await smallIndexes(70);
+    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    const first = await run();
+    expect(first.consolidation).toMatchObject({ objectsBefore: 70, objectsAfter: 1, merged: 70, written: 1, entries: 210 });
+    const ops = recordOps();
+    const second = await run();
+    expect(second.consolidation).toEqual({ objectsBefore: 1, objectsAfter: 1, candidates: 1, merged: 0, written: 0, entries: 0, entriesDropped: 0, stopped: null });
+    expect(ops).toEqual([]);
+    await expectIndexed(packs);
+  });
+
+  it('merges small objects into objects of at most maxEntries, leaves the large ones alone, and later merges only what is new', async () => {
+    const settings = { minObjects: 4, maxEntries: 16 };
+    const packs = await smallIndexes(20);
+    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    const r = await run({}, { consolidation: settings });
+    // Five 3-entry objects a group (15 <= 16): four merged objects, each over half the bound, so never merged again.
+    expect(r.consolidation).toMatchObject({ objectsBefore: 20, objectsAfter: 4, candidates: 20, merged: 20, written: 4, entries: 60 });
+    const large = indexKeys();
+    for (const k of large) expect((await decodeAt(k)).flatMap((p) => p.chunks)).toHaveLength(15);
+    expect((await run({}, { consolidation: settings })).consolidation).toMatchObject({ candidates: 0, merged: 0, written: 0 });
+
+    // Backups write more: four small objects are not enough, a fifth is.
+    const more = await smallIndexes(4, 10, 21);
+    await packedManifestOf('b2', more.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), more);
+    expect((await run({}, { consolidation: settings })).consolidation).toMatchObject({ candidates: 4, merged: 0 });
+    const fifth = await smallIndexes(1, 10, 25);
+    await packedManifestOf('b3', chunksOf(25), fifth);
+    const later = await run({}, { consolidation: settings });
+    expect(later.consolidation).toMatchObject({ objectsBefore: 9, objectsAfter: 5, candidates: 5, merged: 5, written: 1, entries: 15 });
+    expect(indexKeys()).toEqual(expect.arrayContaining(large));
+    await expectIndexed([...packs, ...more, ...fifth]);
+  });
+
+  it('leaves alone an index object a mover writes after collection listed the index, and merges the rest', async () => {
+    const packs = await smallIndexes(70);
+    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    // A backup stores a pack and its index object while collection lists packs/ (it read index/ already).
+    let late: { key: string; pack: PackContents } | undefined;
+    const list = admin.list.bind(admin);
+    admin.list = async function* (prefix: string) {
+      if (prefix === 'packs/' && !late) {
+        const p = await pack(500, chunksOf(500), 0);
+        late = { key: await indexObject(500, [p], 0), pack: p };
+      }
+      yield* list(prefix);
+    };
+    const ops = recordOps();
+    const r = await run();
+    expect(r.index.objects).toBe(70);
+    expect(r.consolidation).toMatchObject({ objectsBefore: 70, objectsAfter: 1, merged: 70, written: 1 });
+    expect(ops.filter((o) => o.startsWith('delete index/'))).toHaveLength(70);
+    expect(ops).not.toContain(`delete ${late!.key}`);
+    expect(store.objects.has(late!.key)).toBe(true);
+    expect(indexKeys()).toHaveLength(2);
+    await expectIndexed([...packs, late!.pack]);
+  });
+
+  it('interrupted between storing the merged object and deleting its sources: the index lists everything twice, harmlessly; the next run merges the duplicates away', async () => {
+    const packs = await smallIndexes(70);
+    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    const del = admin.delete.bind(admin);
+    admin.delete = async (ks) => {
+      if (ks.some((k) => k.startsWith('index/'))) throw new Error('Lambda timed out');
+      return del(ks);
+    };
+    const r = await run();
+    expect(r.consolidation).toMatchObject({ merged: 0, written: 1, objectsAfter: 71, stopped: expect.stringContaining('Lambda timed out') });
+    expect(indexKeys()).toHaveLength(71);
+    const index = await expectIndexed(packs);
+    expect(index.size).toBe(210);
+    for (const p of packs) for (const c of p.chunks) expect(index.all(c.id), c.id).toHaveLength(2);
+    for (const c of packs[0]!.chunks) expect(index.otherCopies(c.id, index.get(c.id)!)).toEqual([]);
+    // A restore and a dedup lookup read through the duplicates.
+    const cache = new IndexCache(store, keys);
+    expect((await cache.refresh()).size).toBe(210);
+
+    admin.delete = del;
+    const next = await run();
+    // The 70 sources and the merged object are merged again; each pack is listed once.
+    expect(next.consolidation).toEqual({ objectsBefore: 71, objectsAfter: 1, candidates: 71, merged: 71, written: 1, entries: 210, entriesDropped: 210, stopped: null });
+    const [only] = indexKeys();
+    expect(await decodeAt(only!)).toEqual(packs);
+    const clean = await expectIndexed(packs);
+    for (const p of packs) for (const c of p.chunks) expect(clean.all(c.id)).toHaveLength(1);
+    // The mover's cache follows: it forgets the 71 and reads the one.
+    const refreshed = await cache.refresh();
+    expect([refreshed.size, refreshed.objects, cache.lastRead]).toEqual([210, 1, 1]);
+  });
+
+  it('a merged object lists only packs that exist (an index object listing a pack gone by hand loses it)', async () => {
+    const packs = await smallIndexes(70);
+    const gone = packs.pop()!;
+    store.objects.delete(objectKeys.pack(gone.pack.id));
+    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    const r = await run();
+    expect(r.consolidation).toMatchObject({ merged: 70, written: 1, entries: 207, entriesDropped: 3 });
+    expect(await decodeAt(indexKeys()[0]!)).toEqual(packs);
+    await expectIndexed(packs, [gone]);
+  });
+
+  it('reports what it would merge on a dry run, touching nothing', async () => {
+    const packs = await smallIndexes(70);
+    await packedManifestOf('b1', packs.slice(0, 69).flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    const ops = recordOps();
+    const r = await run({ dryRun: true });
+    // Pack 70 is garbage: its object would be dropped by the sweep; the other 69 merged.
+    expect(r.index).toEqual({ objects: 70, rewritten: 0, dropped: 1 });
+    expect(r.consolidation).toEqual({ objectsBefore: 69, objectsAfter: 1, candidates: 69, merged: 69, written: 1, entries: 207, entriesDropped: 0, stopped: null });
+    expect(ops).toEqual([]);
+    expect(indexKeys()).toHaveLength(70);
+    // The real run does what the dry run said.
+    const real = await run();
+    expect(real.consolidation).toEqual(r.consolidation);
+  });
+
+  it('merges no index object under Object Lock retention', async () => {
+    const old = await smallIndexes(70, 40);
+    const young = await smallIndexes(70, 10, 71);
+    await packedManifestOf('b1', [...old, ...young].flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), [...old, ...young]);
+    const ops = recordOps();
+    const r = await run({ objectLockDays: 30 });
+    expect(r.consolidation).toMatchObject({ objectsBefore: 140, objectsAfter: 71, candidates: 70, merged: 70, written: 1 });
+    for (let i = 71; i <= 140; i++) expect(store.objects.has(objectKeys.index(indexId(i)))).toBe(true);
+    expect(ops.filter((o) => o.startsWith('delete index/')).every((o) => Number.parseInt(o.slice(-31), 16) <= 70)).toBe(true);
+    await expectIndexed([...old, ...young]);
+  });
+
+  it('does not merge while backups defer the sweep, nor start merging with too little time left', async () => {
+    const packs = await smallIndexes(70);
+    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await pack(999, [9999], 10); // garbage: the sweep has a batch to defer
+    const ops = recordOps();
+    const deferred = await run({}, { running: async () => ['vm-1/b9'] });
+    expect(deferred.deferred).not.toBeNull();
+    expect(deferred.consolidation).toMatchObject({ objectsBefore: 70, objectsAfter: 70, merged: 0, written: 0 });
+    const late = await run({}, { remainingMs: () => 60_000 });
+    expect(late.consolidation).toMatchObject({ candidates: 70, merged: 0, written: 0, stopped: expect.stringContaining('out of time') });
+    expect(ops.filter((o) => o.includes(' index/'))).toEqual([]);
+    expect(indexKeys()).toHaveLength(70);
+  });
+});
+
+describe('collectGarbage merging the index objects the mover wrote', () => {
+  const CHUNK = 64 * 1024;
+  const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
+  const backUp = (backupId: string, data: Buffer, index?: IndexCache) =>
+    backupDisk({ store, keys, reader: reader(data), disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, packBytes: 3 * CHUNK, parallelism: 1, ...(index ? { index: () => index.refresh() } : {}) });
+
+  it('after merging, every backup verifies and restores, a warm cache reads only the merged objects, and backing the same data up again stores nothing', async () => {
+    const disks = Array.from({ length: 12 }, () => randomBytes(6 * CHUNK));
+    const cache = new IndexCache(store, keys);
+    for (const [i, d] of disks.entries()) await backUp(`b${i}`, d, cache);
+    const before = [...store.objects.keys()].filter((k) => k.startsWith('index/'));
+    expect(before.length).toBeGreaterThan(24); // index objects after the first pack, the second, and at the end
+    for (const k of store.objects.keys()) admin.modified.set(k, daysAgo(10));
+    const warm = await cache.refresh();
+    expect(warm.size).toBe(72);
+
+    const r = await run({}, { consolidation: { minObjects: 4, maxEntries: 64 } });
+    expect(r.packs.deleted).toBe(0);
+    expect(r.consolidation).toMatchObject({ objectsBefore: before.length, candidates: before.length, merged: before.length, entries: 72, entriesDropped: 0, stopped: null });
+    const after = [...store.objects.keys()].filter((k) => k.startsWith('index/'));
+    expect(after).toHaveLength(r.consolidation.written);
+    expect(after.length).toBeLessThan(4);
+
+    for (const [i, d] of disks.entries()) {
+      await expect(verifyManifests(`b${i}`, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(`b${i}`, 'disk0') }], { store, keys })).resolves.toMatchObject({ chunksChecked: 6 });
+      if (i % 4 === 0) {
+        const dir = await mkdtemp(join(tmpdir(), 'gc-test-'));
+        try {
+          await restoreDisk({ store, keys, backupId: `b${i}`, diskId: 'disk0', target: join(dir, 'disk0.raw') });
+          expect((await readFile(join(dir, 'disk0.raw'))).equals(d)).toBe(true);
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      }
+    }
+    const refreshed = await cache.refresh();
+    expect([refreshed.size, refreshed.objects, cache.lastRead]).toEqual([72, after.length, after.length]);
+    // Every disk again, from scratch (no parent): each chunk is found in the index, nothing is stored.
+    for (const [i, d] of disks.entries()) expect((await backUp(`again${i}`, d, cache)).stats.uploadedChunks).toBe(0);
+    expect((await backUp('fresh-cache', disks[5]!)).stats.uploadedChunks).toBe(0);
   });
 });

@@ -672,6 +672,121 @@ describe('IndexCache', () => {
     expect(live.size).toBeGreaterThan(5);
   });
 
+  /**
+   * A store whose LIST and GET let a test act in the middle, as garbage collection does
+   * beside a mover: `onList` runs after the LIST yielded its first key (the memory store's
+   * LIST, like S3's pages, does not see keys written behind it and skips keys deleted
+   * ahead of it), `onGet` before a GET of an index object reads it.
+   */
+  class RacingStore extends CountingGets {
+    lists = 0;
+    onList?: () => Promise<void>;
+    onGet?: (key: string) => Promise<void>;
+    override async *list(prefix: string) {
+      this.lists++;
+      let first = true;
+      for await (const o of super.list(prefix)) {
+        yield o;
+        if (first && this.onList) {
+          const hook = this.onList;
+          this.onList = undefined;
+          await hook();
+        }
+        first = false;
+      }
+    }
+    override async get(key: string, opts?: Parameters<MemoryObjectStore['get']>[1]) {
+      if (key.startsWith('index/') && this.onGet) await this.onGet(key);
+      return super.get(key, opts);
+    }
+  }
+  const pk = (n: number) => n.toString(16).padStart(32, '0');
+  /** Index objects b, c, d (one pack of two chunks each), and what a merge of c and d into `merged` lists. */
+  async function threeObjects(store: MemoryObjectStore) {
+    const ids = { b: 'b'.repeat(32), c: 'c'.repeat(32), d: 'd'.repeat(32) };
+    await writeIndex(store, ids.b, pk(1), [fakeId(1), fakeId(2)]);
+    await writeIndex(store, ids.c, pk(2), [fakeId(3), fakeId(4)]);
+    await writeIndex(store, ids.d, pk(3), [fakeId(5), fakeId(6)]);
+    /** What garbage collection does: the merged object stored, then its sources deleted. */
+    const merge = async (merged: string, sources: string[]) => {
+      const packs = (await Promise.all(sources.map(async (id) => decodeIndexObject(keys, (await store.get(objectKeys.index(id)))!, id)))).flat();
+      await store.put(objectKeys.index(merged), await encodeIndexObject(keys, merged, packs));
+      for (const id of sources) store.objects.delete(objectKeys.index(id));
+    };
+    return { ids, merge };
+  }
+  const expectAllSix = (index: RepositoryIndex) => {
+    expect(index.size).toBe(6);
+    for (let n = 1; n <= 6; n++) expect(index.get(fakeId(n))?.key, `chunk ${n}`).toBe(objectKeys.pack(pk(Math.ceil(n / 2))));
+  };
+
+  it('lists again when objects were merged during its LIST: a first refresh misses neither the merged object nor the objects it replaced', async () => {
+    const store = new RacingStore();
+    const { ids, merge } = await threeObjects(store);
+    // Mid-LIST (after b), c and d are merged into an object whose key the LIST has passed.
+    store.onList = () => merge('0'.repeat(32), [ids.c, ids.d]);
+    const cache = new IndexCache(store, keys);
+    const index = await cache.refresh();
+    expectAllSix(index);
+    expect(index.objects).toBe(2);
+    expect([store.lists, cache.lastLists]).toEqual([2, 2]);
+  });
+
+  it('lists again when an object it knew is gone: a warm cache finds the merged object that replaced it', async () => {
+    const store = new RacingStore();
+    const { ids, merge } = await threeObjects(store);
+    const cache = new IndexCache(store, keys);
+    expectAllSix(await cache.refresh());
+    store.onList = () => merge('0'.repeat(32), [ids.c, ids.d]);
+    const index = await cache.refresh();
+    expectAllSix(index);
+    expect(index.objects).toBe(2);
+    expect(cache.lastRead).toBe(1); // the merged object only
+  });
+
+  it('lists again when a listed object is gone by its GET, and reads the object that replaced it', async () => {
+    const store = new RacingStore();
+    const { ids, merge } = await threeObjects(store);
+    store.onGet = async (key) => {
+      if (key !== objectKeys.index(ids.c)) return;
+      store.onGet = undefined;
+      await merge('e'.repeat(32), [ids.c, ids.d]);
+    };
+    const cache = new IndexCache(store, keys, 1);
+    const index = await cache.refresh();
+    expectAllSix(index);
+    expect(index.objects).toBe(2);
+    expect(cache.lastLists).toBe(3); // b c d; then b e (d gone); then b e again
+  });
+
+  it('keeps chunks listed twice harmless (a merged object stored, its sources not yet deleted): one chunk, its copy tried once', async () => {
+    const store = new CountingGets();
+    const b = 'b'.repeat(32);
+    await writeIndex(store, b, pk(1), [fakeId(1), fakeId(2)]);
+    await writeIndex(store, 'f'.repeat(32), pk(1), [fakeId(1), fakeId(2)]);
+    // Chunk 1 is also in pack 2, which two objects list.
+    await writeIndex(store, 'a'.repeat(32), pk(2), [fakeId(1)]);
+    await writeIndex(store, 'e'.repeat(32), pk(2), [fakeId(1)]);
+    const index = await new IndexCache(store, keys).refresh();
+    expect([index.size, index.objects]).toEqual([2, 4]);
+    const here = index.get(fakeId(2))!;
+    expect(here.key).toBe(objectKeys.pack(pk(1)));
+    expect(index.all(fakeId(2))).toHaveLength(2);
+    expect(index.otherCopies(fakeId(2), here)).toEqual([]);
+    // A reader whose copy of chunk 1 in pack 1 is damaged tries pack 2, once.
+    expect(index.all(fakeId(1))).toHaveLength(4);
+    expect(index.otherCopies(fakeId(1), { ...here, offset: 0 }).map((c) => c.key)).toEqual([objectKeys.pack(pk(2))]);
+  });
+
+  it('lists twice when nothing changes meanwhile, and reads nothing again', async () => {
+    const store = new RacingStore();
+    await threeObjects(store);
+    const cache = new IndexCache(store, keys);
+    await cache.refresh();
+    await cache.refresh();
+    expect([store.lists, store.indexGets, cache.lastRead, cache.lastLists]).toEqual([4, 3, 0, 2]);
+  });
+
   it('shares a refresh asked for while one runs', async () => {
     const store = new CountingGets();
     await writeIndex(store, 'c'.repeat(32), '3'.repeat(32), [fakeId(4)]);

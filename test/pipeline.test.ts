@@ -66,13 +66,13 @@ const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: as
 const disk = (diskId: string, data: Buffer): DiskRef => ({ diskId, path: 'mem', sizeBytes: data.length });
 
 describe('backup pipeline', () => {
-  it('writes a full backup as one pack, its index and the manifest, with no HEAD and no GET but the empty index listing', async () => {
+  it('writes a full backup as one pack, its index and the manifest, with no HEAD and no GET but the empty index listing (listed twice: IndexCache confirms its LIST)', async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 8 + 1000); // a partial last chunk too
     const full = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     expect(full.stats.uploadedChunks).toBe(9);
     expect(kinds(store.puts)).toEqual(['pack', 'index', 'manifest']);
-    expect({ heads: store.heads, gets: store.gets, lists: store.lists }).toEqual({ heads: [], gets: [], lists: ['index/'] });
+    expect({ heads: store.heads, gets: store.gets, lists: store.lists }).toEqual({ heads: [], gets: [], lists: ['index/', 'index/'] });
     const m = await manifestOf(store, 'b1', 'd');
     expect(m.version).toBe(2);
     expect(m.packs!.map((p) => objectKeys.pack(p.id))).toEqual([store.puts[0]]);
@@ -93,7 +93,7 @@ describe('backup pipeline', () => {
     // GETs: the parent manifest, and the one index object (the changed chunk is looked up in the repository's index).
     expect(kinds(store.gets)).toEqual(['manifest', 'index']);
     expect(store.gets[0]).toBe(full.manifestKey);
-    expect(store.lists).toEqual(['index/']);
+    expect(store.lists).toEqual(['index/', 'index/']);
     // The new pack holds only the changed chunk; the other eight are where the parent has them.
     const [parent, child] = [await manifestOf(store, 'b1', 'd'), await manifestOf(store, 'b2', 'd')];
     const changed = child.chunks[3]!;
