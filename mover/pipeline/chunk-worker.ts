@@ -34,8 +34,8 @@ const plaintext = (m: { buf?: ArrayBuffer; slot?: number; length: number }): Uin
 /** The pool's write lock (see ChunkPool.writeLock). */
 let writeLock: Int32Array | undefined;
 
-/** A young-generation collection every 8 chunks, a full one every 32 (gc-pacing.ts says why). */
-const collectGarbageNow = pacedCollector(8, 4);
+/** A young-generation collection every 16 chunks, a full one every 64 (gc-pacing.ts says why). */
+const collectGarbageNow = pacedCollector(16, 4);
 
 function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
   const back = m.op !== 'open' && m.buf ? { buf: m.buf } : {};
