@@ -9,7 +9,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hkdfSync, randomBytes, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
-import { constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { crc32, constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { zstdCompressInto, zstdDecompressInto } from './zstd.ts';
 import { Corrupt } from './errors.ts';
 
@@ -218,6 +218,13 @@ export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: stri
 /** Base64 SHA-256 of a stored object, the form S3's ChecksumSHA256 uses. */
 export function objectSha256(body: Uint8Array): string {
   return createHash('sha256').update(body).digest('base64');
+}
+
+/** Base64 CRC-32 (big-endian, the form S3's ChecksumCRC32 uses) of a stored object. */
+export function objectCrc32(body: Uint8Array): string {
+  const out = Buffer.alloc(4);
+  out.writeUInt32BE(crc32(body));
+  return out.toString('base64');
 }
 
 /** Object keys: chunks (format 1) and packs (format 2) spread over 256 hashed prefixes. */

@@ -1,9 +1,9 @@
-import { objectSha256 } from './format.ts';
-import type { GetOptions, ListedKey, ObjectInfo, ObjectStore } from './object-store.ts';
+import { objectCrc32, objectSha256 } from './format.ts';
+import type { GetOptions, ListedKey, ObjectInfo, ObjectStore, PutChecksum } from './object-store.ts';
 
 /**
  * An in-memory ObjectStore that behaves like real S3 with checksums: it rejects a body
- * whose SHA-256 does not match the one sent, and HEAD returns the recorded SHA-256.
+ * whose SHA-256 or CRC-32 does not match the one sent, and HEAD returns the SHA-256.
  * Used by tests; `objects` is open so a test can damage what is stored.
  */
 export class MemoryObjectStore implements ObjectStore {
@@ -13,9 +13,10 @@ export class MemoryObjectStore implements ObjectStore {
     this.keepChecksums = opts.keepChecksums ?? true;
   }
 
-  async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
+  async put(key: string, body: Uint8Array, checksum?: PutChecksum): Promise<void> {
     const copy = Buffer.from(body);
-    if (sha256 && objectSha256(copy) !== sha256) throw new Error(`BadDigest: body of ${key} does not match its SHA-256`);
+    if (checksum && 'sha256' in checksum && objectSha256(copy) !== checksum.sha256) throw new Error(`BadDigest: body of ${key} does not match its SHA-256`);
+    if (checksum && 'crc32' in checksum && objectCrc32(copy) !== checksum.crc32) throw new Error(`BadDigest: body of ${key} does not match its CRC-32`);
     this.objects.set(key, copy);
   }
   async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {

@@ -26,9 +26,20 @@ export interface ListedKey {
   size: number;
 }
 
+/**
+ * A checksum of a body being stored (base64), which the store checks on arrival where it
+ * can (S3 rejects a mismatch with BadDigest). SHA-256 where the store must keep it:
+ * format-1 chunk objects, whose SHA-256 Verify compares with the manifest's. CRC-32
+ * elsewhere (packs, index objects, manifests): it catches damage in transit at ~3x less
+ * CPU than SHA-256 (zlib.crc32: ~5.5 GB/s here, SHA-256 ~1.6 GB/s), and what these objects
+ * hold is authenticated by AES-GCM anyway, so the request's signature need not cover the
+ * body (an S3 store sends them as UNSIGNED-PAYLOAD; TLS protects the body in transit).
+ */
+export type PutChecksum = { sha256: string } | { crc32: string };
+
 export interface ObjectStore {
-  /** Stores `body`; the store checks it against `sha256` (base64) on arrival where it can. */
-  put(key: string, body: Uint8Array, sha256?: string): Promise<void>;
+  /** Stores `body`; the store checks it against `checksum` on arrival where it can. */
+  put(key: string, body: Uint8Array, checksum?: PutChecksum): Promise<void>;
   /**
    * The object's bytes, or undefined when it does not exist. With `into`, a store may read
    * the object into that buffer (when it fits) and return a view of it: pipelines read

@@ -2,7 +2,7 @@ import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, N
 import type { BuildMiddleware } from '@smithy/types';
 import type { StorageEndpoint } from './endpoints.ts';
 import { StorageUnavailable } from './errors.ts';
-import type { GetOptions, ListedKey, ObjectInfo, ObjectStore } from './object-store.ts';
+import type { GetOptions, ListedKey, ObjectInfo, ObjectStore, PutChecksum } from './object-store.ts';
 
 /**
  * Credentials for the local servers of the embedded stack: s3rver accepts only its fixed
@@ -49,10 +49,13 @@ export function s3Client(e: S3Endpoint): S3Client {
 const isMissing = (err: unknown) =>
   err instanceof NoSuchKey || err instanceof NotFound || (err instanceof S3ServiceException && err.$metadata.httpStatusCode === 404);
 
-/** A build-step middleware that sets x-amz-content-sha256 (hex) from a known base64 SHA-256 of the body. */
-const signedPayloadHash = (sha256Base64: string): BuildMiddleware<PutObjectCommandInput, PutObjectCommandOutput> => (next) => async (args) => {
+/**
+ * A build-step middleware that sets x-amz-content-sha256: the hex of a known base64 SHA-256
+ * of the body, or UNSIGNED-PAYLOAD (the body is then covered by its CRC-32 only).
+ */
+const payloadHash = (value: string): BuildMiddleware<PutObjectCommandInput, PutObjectCommandOutput> => (next) => async (args) => {
   const request = args.request as { headers?: Record<string, string> };
-  if (request.headers) request.headers['x-amz-content-sha256'] = Buffer.from(sha256Base64, 'base64').toString('hex');
+  if (request.headers) request.headers['x-amz-content-sha256'] = value;
   return next(args);
 };
 
@@ -106,15 +109,20 @@ export class S3ObjectStore implements ObjectStore {
     this.bucket = bucket;
   }
 
-  async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
+  async put(key: string, body: Uint8Array, checksum?: PutChecksum): Promise<void> {
     try {
       const command = new PutObjectCommand({
-        Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength, ...(sha256 ? { ChecksumSHA256: sha256 } : {}),
+        Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength,
+        ...(checksum && 'sha256' in checksum ? { ChecksumSHA256: checksum.sha256 } : {}),
+        ...(checksum && 'crc32' in checksum ? { ChecksumCRC32: checksum.crc32 } : {}),
       });
       // The SigV4 signer hashes the whole body on the calling thread unless
-      // x-amz-content-sha256 is already set; the caller's SHA-256 (computed off the main
-      // thread by the chunk pool) is that same hash, so the body is not hashed again.
-      if (sha256) command.middlewareStack.add(signedPayloadHash(sha256), { step: 'build', name: 'lifeboatSignedPayloadHash' });
+      // x-amz-content-sha256 is already set: with the caller's SHA-256 it is that same hash;
+      // with a CRC-32 the payload is unsigned (see PutChecksum), so the body is never hashed here.
+      if (checksum) {
+        const value = 'sha256' in checksum ? Buffer.from(checksum.sha256, 'base64').toString('hex') : 'UNSIGNED-PAYLOAD';
+        command.middlewareStack.add(payloadHash(value), { step: 'build', name: 'lifeboatPayloadHash' });
+      }
       await this.client.send(command);
     } catch (err) {
       throw new StorageUnavailable(`PUT s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);

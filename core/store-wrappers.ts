@@ -103,7 +103,7 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
     }
   };
   return {
-    put: (key, body, sha256) => retry('put', key, () => inner.put(key, body, sha256)),
+    put: (key, body, checksum) => retry('put', key, () => inner.put(key, body, checksum)),
     get: (key, o) => retry('get', key, () => inner.get(key, o)),
     head: (key) => retry('head', key, () => inner.head(key)),
     // A listing is retried while it has yielded nothing (a retry mid-way would repeat keys).
@@ -135,7 +135,7 @@ export function withConcurrencyLimit(inner: ObjectStore, limit: number): ObjectS
     }
   };
   return {
-    put: (key, body, sha256) => run(() => inner.put(key, body, sha256)),
+    put: (key, body, checksum) => run(() => inner.put(key, body, checksum)),
     get: (key, o) => run(() => inner.get(key, o)),
     head: (key) => run(() => inner.head(key)),
     list: (prefix) => inner.list(prefix),
@@ -180,9 +180,9 @@ export function withBandwidthLimit(inner: ObjectStore, bytesPerSecond: number, o
     return turn;
   };
   return {
-    put: async (key, body, sha256) => {
+    put: async (key, body, checksum) => {
       await take(body.byteLength);
-      return inner.put(key, body, sha256);
+      return inner.put(key, body, checksum);
     },
     get: async (key, o) => {
       const body = await inner.get(key, o);

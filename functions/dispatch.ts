@@ -9,7 +9,7 @@
  */
 import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../core/errors.ts';
-import { decodeManifest, encodeManifest, keys, MANIFEST_VERSION, objectSha256, type RepositoryKeys } from '../core/format.ts';
+import { decodeManifest, encodeManifest, keys, MANIFEST_VERSION, objectCrc32, type RepositoryKeys } from '../core/format.ts';
 import { chunkLocation, packedManifest, type ChunkLocation } from '../core/packs.ts';
 import { segmentManifestId, type DiskResult, type DispatchItem, type TransferStats, type VmJob } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
@@ -86,7 +86,7 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
     const joined = packedManifest(base, chunks, (c) => where.get(c)!);
     const sealed = await encodeManifest(deps.keys, joined);
     const manifestKey = keys.manifest(job.backupId, disk.diskId);
-    await deps.store.put(manifestKey, sealed, objectSha256(sealed));
+    await deps.store.put(manifestKey, sealed, { crc32: objectCrc32(sealed) });
     const stats = parts.map((p) => p.stats).reduce(sumStats);
     out.push({ diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats: { ...stats, bytesStored: stats.bytesStored + sealed.length } });
   }

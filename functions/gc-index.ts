@@ -5,7 +5,7 @@
  */
 import { mapLimit } from '../core/concurrency.ts';
 import { Corrupt } from '../core/errors.ts';
-import { keys as objectKeys, objectSha256, open, type RepositoryKeys } from '../core/format.ts';
+import { keys as objectKeys, objectCrc32, open, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { decodeIndexObject, encodeIndexObject, IndexListing, joinIndexSections, newIndexId, sealIndex, type PackContents } from '../core/packs.ts';
 import type { RepositoryAdmin } from '../core/repository-admin.ts';
@@ -294,7 +294,7 @@ export async function consolidateIndex(deps: IndexDeps & { admin: RepositoryAdmi
       entries = IndexListing.parse(plain, key).entries;
       try {
         const sealed = await sealIndex(deps.keys, newId, plain);
-        await deps.store.put(key, sealed, objectSha256(sealed));
+        await deps.store.put(key, sealed, { crc32: objectCrc32(sealed) });
       } catch (err) {
         out.failed.push({ key, reason: (err as Error).message });
         out.stopped = `storing a merged index object failed; nothing it would replace was deleted`;

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { GetOptions, ObjectStore } from '../core/object-store.ts';
+import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../core/packs.ts';
 import type { DeepVerifyJob } from '../core/recovery-jobs.ts';
 import type { BackupDamage, RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
@@ -24,7 +24,7 @@ class Counting implements ObjectStore {
   constructor(inner: MemoryObjectStore) {
     this.inner = inner;
   }
-  put(key: string, body: Uint8Array, sha?: string) { return this.inner.put(key, body, sha); }
+  put(key: string, body: Uint8Array, checksum?: PutChecksum) { return this.inner.put(key, body, checksum); }
   head(key: string) { return this.inner.head(key); }
   get(key: string, opts: GetOptions = {}) {
     this.gets.push({ key, ...(opts.range ? { range: opts.range } : {}) });

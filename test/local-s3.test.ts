@@ -5,12 +5,13 @@
  */
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, collectBody, s3Client } from '../core/s3-store.ts';
-import { decodeManifest, deriveKeys, keys as objectKeys, objectSha256, packIdOfKey } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys, objectCrc32, objectSha256, packIdOfKey } from '../core/format.ts';
 import { readPackTrailer } from '../core/packs.ts';
 import { deframeAwsChunked, startLocalS3, type LocalS3 } from '../local/s3-server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
@@ -71,9 +72,25 @@ describe('local S3 endpoint', () => {
       signedHash = (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'];
       return next(args);
     }, { step: 'finalizeRequest', name: 'captureSignedHash', priority: 'low' });
-    await signing.put('signed', body, objectSha256(body));
+    await signing.put('signed', body, { sha256: objectSha256(body) });
     expect(signedHash).toBe(Buffer.from(objectSha256(body), 'base64').toString('hex'));
     expect((await signing.get('signed'))!.equals(body)).toBe(true);
+  });
+
+  it('sends a PUT with a CRC-32 as an unsigned payload with x-amz-checksum-crc32, and the object reads back intact', async () => {
+    const c = client();
+    const store = new S3ObjectStore(c, 'repo');
+    const body = randomBytes(100_000);
+    let headers: Record<string, string> = {};
+    c.middlewareStack.add((next) => async (args) => {
+      headers = { ...(args.request as { headers: Record<string, string> }).headers };
+      return next(args);
+    }, { step: 'finalizeRequest', name: 'captureHeaders', priority: 'low' });
+    await store.put('crc', body, { crc32: objectCrc32(body) });
+    expect(headers['x-amz-content-sha256']).toBe('UNSIGNED-PAYLOAD');
+    expect(headers['x-amz-checksum-crc32']).toBe(objectCrc32(body));
+    expect(Buffer.from(objectCrc32(body), 'base64').readUInt32BE()).toBe(crc32(body));
+    expect((await store.get('crc'))!.equals(body)).toBe(true);
   });
 
   it('reads a range of an object, and lists a prefix in key order with sizes', async () => {

@@ -3,6 +3,7 @@
  * and fuzz: damaged bytes parse to something self-consistent or fail as Mover.Corrupt,
  * never another error), the read planner's properties, and the PackWriter.
  */
+import type { PutChecksum } from '../core/object-store.ts';
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../core/errors.ts';
@@ -352,11 +353,11 @@ class ControlledStore extends MemoryObjectStore {
   failPrefix: string | undefined;
   delayMs = 0;
   readonly putKeys: string[] = [];
-  override async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
+  override async put(key: string, body: Uint8Array, checksum?: PutChecksum): Promise<void> {
     this.putKeys.push(key);
     if (this.delayMs) await new Promise((ok) => setTimeout(ok, this.delayMs));
     if (this.failPrefix !== undefined && key.startsWith(this.failPrefix)) throw new StorageUnavailable(`PUT s3://b/${key} failed: injected`);
-    return super.put(key, body, sha256);
+    return super.put(key, body, checksum);
   }
 }
 

@@ -1,4 +1,5 @@
 /** The mover's backup and restore pipelines over the in-memory store. */
+import type { PutChecksum } from '../core/object-store.ts';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -34,10 +35,10 @@ class CountingStore extends MemoryObjectStore {
     this.gets = [];
     this.lists = [];
   }
-  override async put(key: string, body: Uint8Array, sha256?: string) {
+  override async put(key: string, body: Uint8Array, checksum?: PutChecksum) {
     this.puts.push(key);
     if (this.putDelayMs) await new Promise((ok) => setTimeout(ok, this.putDelayMs));
-    return super.put(key, body, sha256);
+    return super.put(key, body, checksum);
   }
   override async head(key: string): Promise<ObjectInfo | undefined> {
     this.heads.push(key);

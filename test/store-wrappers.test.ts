@@ -1,9 +1,9 @@
 /** Retry, concurrency and bandwidth wrappers around the ObjectStore interface. */
 import { describe, expect, it } from 'vitest';
 import { StorageUnavailable } from '../core/errors.ts';
-import { objectSha256 } from '../core/format.ts';
+import { objectCrc32, objectSha256 } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { ObjectInfo, ObjectStore } from '../core/object-store.ts';
+import type { ObjectInfo, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { isRetryable, withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import type { RetryInfo } from '../core/store-wrappers.ts';
 
@@ -30,9 +30,9 @@ class FaultyStore extends MemoryObjectStore {
       throw f.error();
     }
   }
-  override async put(key: string, body: Uint8Array, sha256?: string): Promise<void> {
+  override async put(key: string, body: Uint8Array, checksum?: PutChecksum): Promise<void> {
     this.trip('put');
-    return super.put(key, body, sha256);
+    return super.put(key, body, checksum);
   }
   override async get(key: string): Promise<Buffer | undefined> {
     this.trip('get');
@@ -67,7 +67,7 @@ describe('withRetry', () => {
       const retries: RetryInfo[] = [];
       const store = withRetry(inner, { sleep, random: () => 1, onRetry: (i) => retries.push(i) });
       const body = Buffer.from('data');
-      await store.put('k', body, objectSha256(body));
+      await store.put('k', body, { sha256: objectSha256(body) });
       expect(inner.calls.put).toBe(3);
       expect((await inner.get('k'))?.toString()).toBe('data');
       expect(sleeps).toEqual([200, 400]);
@@ -135,9 +135,10 @@ describe('withRetry', () => {
     expect(sleeps).toEqual([]);
   });
 
-  it('passes sha256 through, so a bad digest still fails', async () => {
+  it('passes the checksum through, so a bad digest still fails', async () => {
     const store = withRetry(new MemoryObjectStore(), { sleep: async () => {} });
-    await expect(store.put('k', Buffer.from('x'), objectSha256(Buffer.from('y')))).rejects.toThrow(/BadDigest/);
+    await expect(store.put('k', Buffer.from('x'), { sha256: objectSha256(Buffer.from('y')) })).rejects.toThrow(/BadDigest/);
+    await expect(store.put('k', Buffer.from('x'), { crc32: objectCrc32(Buffer.from('y')) })).rejects.toThrow(/BadDigest/);
   });
 
   it('walks the cause chain and ignores errors without a transient cause', () => {
@@ -237,12 +238,14 @@ describe('withBandwidthLimit', () => {
     expect(t.slept).toBe(before);
   });
 
-  it('passes sha256 through on put', async () => {
+  it('passes the checksum through on put', async () => {
     const { opts } = fakeTime();
     const store = withBandwidthLimit(new MemoryObjectStore(), 1_000_000, opts);
     const body = Buffer.from('hello');
-    await store.put('ok', body, objectSha256(body));
-    await expect(store.put('bad', body, objectSha256(Buffer.from('other')))).rejects.toThrow(/BadDigest/);
+    await store.put('ok', body, { sha256: objectSha256(body) });
+    await store.put('ok2', body, { crc32: objectCrc32(body) });
+    await expect(store.put('bad', body, { sha256: objectSha256(Buffer.from('other')) })).rejects.toThrow(/BadDigest/);
+    await expect(store.put('bad', body, { crc32: objectCrc32(Buffer.from('other')) })).rejects.toThrow(/BadDigest/);
   });
 
   it('throws RangeError naming the option and value for a zero, negative or non-finite limit', () => {

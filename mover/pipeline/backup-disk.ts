@@ -8,7 +8,7 @@
  * fills packs and does the requests.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectSha256, sealedCapacity, type PackRef, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectCrc32, sealedCapacity, type PackRef, type RepositoryKeys } from '../../core/format.ts';
 import { packedManifest } from '../../core/packs.ts';
 import { RepositoryIndex } from '../../core/repository-index.ts';
 import { PackWriter } from './pack-writer.ts';
@@ -212,7 +212,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
 
   const manifestKey = keys.manifest(o.backupId, manifestId);
   const sealedManifest = await encodeManifest(o.keys, manifest);
-  await o.store.put(manifestKey, sealedManifest, objectSha256(sealedManifest));
+  await o.store.put(manifestKey, sealedManifest, { crc32: objectCrc32(sealedManifest) });
   stats.bytesStored += sealedManifest.length;
   stats.seconds = (performance.now() - started) / 1000;
   return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats, ...(seg ? { segment: seg } : {}) };

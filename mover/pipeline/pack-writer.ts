@@ -2,7 +2,7 @@
  * Filling packs (format in core/packs.ts): sealed chunks are appended to a pack buffer,
  * each full pack is uploaded, and index objects list the packs written.
  */
-import { keys as objectKeys, objectSha256, type RepositoryKeys } from '../../core/format.ts';
+import { keys as objectKeys, objectCrc32, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { encodeIndexObject, MAX_PACK_BYTES, newIndexId, newPackId, packTrailer, type PackContents, type PackEntry } from '../../core/packs.ts';
 
@@ -83,11 +83,11 @@ export class PackWriter {
       body = Buffer.concat([p.buf.subarray(0, p.used), trailer]);
     }
     const contents: PackContents = { pack: { id: p.id, size: body.length }, chunks: p.chunks };
-    // One SHA-256 of the pack: the store checks the upload against it (and signs it, instead of hashing the body again).
-    const sha256 = objectSha256(body);
+    // The store checks the upload against its CRC-32 (see PutChecksum: the chunks in it are authenticated already).
+    const crc32 = objectCrc32(body);
     const upload = (async () => {
       try {
-        await this.o.store.put(objectKeys.pack(p.id), body, sha256);
+        await this.o.store.put(objectKeys.pack(p.id), body, { crc32 });
         this.bytesWritten += body.length;
         this.written.push(contents);
         this.unindexed.push(contents);
@@ -112,7 +112,7 @@ export class PackWriter {
     this.unindexed = [];
     const indexId = newIndexId();
     const sealed = await encodeIndexObject(this.o.keys, indexId, packs);
-    await this.o.store.put(objectKeys.index(indexId), sealed, objectSha256(sealed));
+    await this.o.store.put(objectKeys.index(indexId), sealed, { crc32: objectCrc32(sealed) });
     this.bytesWritten += sealed.length;
     this.o.onStored?.(this.bytesWritten);
     this.indexes.push(indexId);

@@ -22,7 +22,7 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, objectSha256, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { encodeIndexObject, newIndexId, readPackTrailer, type PackContents } from '../../core/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../core/recovery-jobs.ts';
@@ -47,7 +47,7 @@ async function copyIfMissing(key: string, d: ReplicateDeps, check: (sealed: Buff
     if (there && there.size === source.length) return 0;
   }
   await check(source);
-  await d.target.store.put(key, source, objectSha256(source));
+  await d.target.store.put(key, source, { sha256: objectSha256(source) }); // kept by the store: Verify compares a format-1 chunk's
   return source.length;
 }
 
@@ -99,7 +99,7 @@ async function copyPacks(job: ReplicateJob, diskId: string, manifest: Manifest, 
     unindexed = [];
     const indexId = newIndexId();
     const sealed = await encodeIndexObject(d.source.keys, indexId, listed);
-    await d.target.store.put(objectKeys.index(indexId), sealed, objectSha256(sealed));
+    await d.target.store.put(objectKeys.index(indexId), sealed, { crc32: objectCrc32(sealed) });
     out.bytesCopied += sealed.length;
   };
   let done = 0;
@@ -140,7 +140,7 @@ async function copyPacks(job: ReplicateJob, diskId: string, manifest: Manifest, 
           throw new Corrupt(`${where}: its trailer does not list chunk ${id} where the manifest says (bytes ${manifest.locations![id]![1]}+${manifest.storedSizes[id]}); not replicated`);
         }
       }
-      await d.target.store.put(key, body, objectSha256(body));
+      await d.target.store.put(key, body, { crc32: objectCrc32(body) });
       out.chunksCopied += chunks.length;
       out.bytesCopied += body.length;
       unindexed.push(contents);
