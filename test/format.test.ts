@@ -126,6 +126,13 @@ describe('seal and open', () => {
     expect(a.subarray(3, 15).equals(b.subarray(3, 15))).toBe(false);
   });
 
+  it('never repeats a nonce over many seals (past the refills of its pool of random bytes)', () => {
+    const seen = new Set<string>();
+    const small = Buffer.from('x');
+    for (let i = 0; i < 2000; i++) seen.add(sealSync(repoKeys, small, 'p').subarray(3, 15).toString('hex'));
+    expect(seen.size).toBe(2000);
+  });
+
   it('opens a sealed object held in an unaligned subarray of a larger buffer', async () => {
     const sealed = await seal(repoKeys, Buffer.from('inner'), 'p');
     const outer = Buffer.concat([Buffer.from([9, 9, 9]), sealed, Buffer.from([9])]);
