@@ -10,7 +10,7 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hkdfSync, randomFillSync, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import { crc32, constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
-import { zstdCompressInto, zstdDecompressInto } from './zstd.ts';
+import { zstdBound, zstdCompressInto, zstdDecompressInto } from './zstd.ts';
 import { Corrupt } from './errors.ts';
 
 export const FORMAT_VERSION = 1;
@@ -119,8 +119,8 @@ function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, p
 
 const PROBE_BYTES = 4096;
 const PROBE_LEVEL = 1;
-/** A sample's frame; one that does not fit counts as not compressed at all. */
-const probeScratch = Buffer.allocUnsafeSlow(PROBE_BYTES);
+/** A sample's frame (room for zstd's bound: a frame that does not fit would cost its context). */
+const probeScratch = Buffer.allocUnsafeSlow(zstdBound(PROBE_BYTES));
 
 /**
  * Whether zstd is worth running on `plaintext`: three 4 KiB samples (start, middle, end)
@@ -135,7 +135,7 @@ export function looksCompressible(plaintext: Uint8Array): boolean {
   if (plaintext.length < 16 * PROBE_BYTES) return true;
   let packed = 0;
   for (const at of [0, (plaintext.length - PROBE_BYTES) >> 1, plaintext.length - PROBE_BYTES]) {
-    packed += zstdCompressInto(plaintext.subarray(at, at + PROBE_BYTES), probeScratch, PROBE_LEVEL) ?? PROBE_BYTES;
+    packed += zstdCompressInto(plaintext.subarray(at, at + PROBE_BYTES), probeScratch, PROBE_LEVEL) ?? probeScratch.length;
   }
   return packed < 3 * PROBE_BYTES * 0.97;
 }
@@ -157,10 +157,10 @@ let packedScratch = Buffer.alloc(0);
  */
 export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Buffer {
   if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, opts.into);
-  if (packedScratch.length < plaintext.length) packedScratch = Buffer.allocUnsafeSlow(plaintext.length);
-  // Room for as many bytes as the plaintext: a frame that does not fit would not be smaller.
-  const packed = zstdCompressInto(plaintext, packedScratch.subarray(0, plaintext.length), opts.level);
-  return packed === undefined
+  // Room for zstd's worst case: a frame cut short would cost the thread's context (core/zstd.ts).
+  if (packedScratch.length < zstdBound(plaintext.length)) packedScratch = Buffer.allocUnsafeSlow(zstdBound(plaintext.length));
+  const packed = zstdCompressInto(plaintext, packedScratch, opts.level);
+  return packed === undefined || packed >= plaintext.length
     ? envelope(keys, plaintext, false, purpose, opts.nonce, opts.into)
     : envelope(keys, packedScratch.subarray(0, packed), true, purpose, opts.nonce, opts.into);
 }

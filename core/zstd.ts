@@ -68,6 +68,11 @@ function runFrame(c: Context, input: Uint8Array, out: Uint8Array): number | unde
   return out.length - outLeft!;
 }
 
+/** At least the largest frame zstd makes of `n` bytes (ZSTD_COMPRESSBOUND: n + n/256 + a small margin, rounded up). */
+export function zstdBound(n: number): number {
+  return n + (n >> 8) + 1024;
+}
+
 /**
  * Compresses `input` as one zstd frame into `out`; the frame's length, or undefined when it
  * does not fit in `out` (give `out` the input's length to learn whether compression pays).

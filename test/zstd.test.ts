@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { zstdCompressInto, zstdDecompressInto } from '../core/zstd.ts';
+import { zstdBound, zstdCompressInto, zstdDecompressInto } from '../core/zstd.ts';
 import { prng } from './helpers/prng.ts';
 
 /** Log-like text, compressible about 3:1 (as the bench image's text runs). */
@@ -34,6 +34,15 @@ describe('zstd into caller buffers with reused contexts (core/zstd.ts)', () => {
     const n = zstdCompressInto(input, out);
     expect(n).toBeLessThan(input.length / 2);
     expect(zstdDecompressSync(out.subarray(0, n)).equals(input)).toBe(true);
+  });
+
+  it('fits any input, random included, into zstdBound bytes', () => {
+    for (const size of [0, 1, 100, 4096, 65_537, 512 * 1024]) {
+      const input = randomBytes(size);
+      const n = zstdCompressInto(input, Buffer.alloc(zstdBound(size)));
+      expect(n).toBeGreaterThan(size); // random data only grows
+      expect(n).toBeLessThanOrEqual(zstdBound(size));
+    }
   });
 
   it('decompresses into the buffer given; a longer output is reported, not cut silently', () => {
