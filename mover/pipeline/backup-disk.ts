@@ -47,6 +47,9 @@ export interface BackupDiskOptions {
   onProgress?: (p: { bytesScanned: number; sizeBytes: number; bytesStored: number }) => void;
 }
 
+/** Chunks read ahead of the one being processed. */
+const READ_AHEAD = 2;
+
 /** Where a chunk is stored, as a format-2 manifest records it. */
 interface Stored {
   pack: PackRef;
@@ -172,17 +175,34 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const running = new Set<Promise<void>>();
   let failure: unknown;
   let finished = false;
+  // Reads ahead: the next chunks are read (on libuv's threads) while this one is checked
+  // and hashed here, so this thread does not wait out every read. Measured on the 2 GiB
+  // incremental, where reading and hashing are most of the work: faster in each of 6
+  // alternating pairs, 3.37 s against 3.60 s on average.
+  const reads = new Map<number, Promise<SharedSlot>>();
+  let nextRead = firstChunk;
+  const readAhead = (upTo: number) => {
+    for (; nextRead <= Math.min(upTo, endChunk - 1); nextRead++) {
+      const i = nextRead;
+      const offset = i * chunkSize;
+      const length = Math.min(chunkSize, disk.sizeBytes - offset);
+      const buf = takeSlot();
+      const read = o.reader.read(buf.bytes, offset, length).then((n) => {
+        if (n !== length) throw new Corrupt(`disk '${disk.diskId}' ended early: read ${n} of ${length} bytes at offset ${offset} (was the image truncated?)`);
+        return buf;
+      });
+      read.catch(() => {}); // awaited in order below; one failing while another chunk fails is not unhandled
+      reads.set(i, read);
+    }
+  };
   try {
     for (let i = firstChunk; i < endChunk; i++) {
       o.signal?.throwIfAborted();
       if (failure) break;
-      const offset = i * chunkSize;
-      const length = Math.min(chunkSize, disk.sizeBytes - offset);
-      const buf = takeSlot();
-      const n = await o.reader.read(buf.bytes, offset, length);
-      if (n !== length) {
-        throw new Corrupt(`disk '${disk.diskId}' ended early: read ${n} of ${length} bytes at offset ${offset} (was the image truncated?)`);
-      }
+      readAhead(i + READ_AHEAD);
+      const buf = await reads.get(i)!;
+      reads.delete(i);
+      const length = Math.min(chunkSize, disk.sizeBytes - i * chunkSize);
       stats.bytesScanned += length;
       const p = processChunk(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
       running.add(p);
@@ -194,6 +214,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     await writer.finish(); // every pack and its index landed: now a manifest may name them
     finished = true;
   } finally {
+    await Promise.allSettled(reads.values()); // no read may still be writing into a slot that is dropped below
     await Promise.allSettled(running);
     if (!finished) await writer.abandon();
     for (const slot of all) pool.unshare(slot); // the workers drop their references
