@@ -137,6 +137,16 @@ describe('backup pipeline', () => {
     expect((await readFile(target)).equals(data)).toBe(true);
   });
 
+  it('fails a backup of an image shorter than its disk naming the disk and offset, and writes no manifest (reads ahead)', async () => {
+    const store = new CountingStore();
+    const data = randomBytes(CHUNK * 10);
+    // The image ends mid-way through chunk 6 while the disk says 10 chunks.
+    const short: DiskReader = { sizeBytes: data.length, read: async (buf, offset, length) => Math.max(0, Math.min(length, 6 * CHUNK + 100 - offset)) && data.copy(buf, 0, offset, Math.min(offset + length, 6 * CHUNK + 100)), close: async () => {} };
+    await expect(backupDisk({ store, keys, reader: short, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK }))
+      .rejects.toThrow(`disk 'd' ended early: read 100 of ${CHUNK} bytes at offset ${6 * CHUNK}`);
+    expect([...store.objects.keys()].filter((k) => k.startsWith('manifests/'))).toEqual([]);
+  });
+
   it('fills packs of many chunks while uploads are slow, also when a chunk is as large as a pack', async () => {
     for (const packBytes of [4 * CHUNK, CHUNK]) {
       const store = new CountingStore();
