@@ -59,13 +59,16 @@ export interface SealOptions {
   nonce?: Uint8Array;
   /** zstd level (default: zstd's default, 3; measured in REPOSITORY-FORMAT.md). */
   level?: number;
-  /**
-   * Write the sealed object into this buffer (at least `sealedCapacity(plaintext length)`
-   * bytes) and return a view of it, instead of allocating: the chunk pool seals into
-   * shared slots that are reused, so no chunk-sized buffer is made per chunk.
-   */
-  into?: Uint8Array;
 }
+
+/**
+ * Where `sealSync` writes the sealed object, asked once its size is known (after
+ * compression, before encryption): `size` bytes to write it into, or undefined to write
+ * nothing (sealSync then returns undefined). The chunk pool's workers reserve the bytes of
+ * a shared pack buffer here, so a sealed chunk is written straight where it is uploaded
+ * from (mover/pipeline/pack-buffer.ts).
+ */
+export type SealInto = (size: number) => Uint8Array | undefined;
 
 /** The most bytes sealing `plaintextLength` bytes can produce (compressed only when smaller). */
 export function sealedCapacity(plaintextLength: number): number {
@@ -94,17 +97,27 @@ function freshNonce(into: Uint8Array): void {
 
 /**
  * The envelope around `body` (the compressed payload, or the plaintext itself when
- * `compressed` is false). Written into one buffer that owns its ArrayBuffer (never a slice
- * of Node's shared pool), so a worker thread can transfer it.
+ * `compressed` is false). Written where `into` says once the size is known (undefined when
+ * it declines), else into one buffer that owns its ArrayBuffer (never a slice of Node's
+ * shared pool), so a worker thread can transfer it.
  */
-function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined, into?: Uint8Array): Buffer {
+function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined): Buffer;
+function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined, into: SealInto | undefined): Buffer | undefined;
+function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined, into?: SealInto): Buffer | undefined {
+  if (nonce && nonce.length !== 12) throw new RangeError(`nonce must be 12 bytes, got ${nonce.length}`);
   const size = HEADER_BYTES + body.length + TAG_BYTES;
-  if (into && into.byteLength < size) throw new RangeError(`sealing needs ${size} bytes, the output buffer has ${into.byteLength}`);
-  const out = into ? Buffer.from(into.buffer, into.byteOffset, size) : Buffer.from(new ArrayBuffer(size));
+  let out: Buffer;
+  if (into) {
+    const dest = into(size);
+    if (!dest) return undefined;
+    if (dest.byteLength < size) throw new RangeError(`sealing needs ${size} bytes, the output buffer has ${dest.byteLength}`);
+    out = Buffer.from(dest.buffer, dest.byteOffset, size);
+  } else {
+    out = Buffer.from(new ArrayBuffer(size));
+  }
   out[0] = FORMAT_VERSION;
   out[1] = compressed ? Compression.zstd : Compression.none;
   out[2] = Cipher.aes256gcm;
-  if (nonce && nonce.length !== 12) throw new RangeError(`nonce must be 12 bytes, got ${nonce.length}`);
   if (nonce) out.set(nonce, 3);
   else freshNonce(out.subarray(3, 15));
   const header = out.subarray(0, HEADER_BYTES);
@@ -142,10 +155,10 @@ export function looksCompressible(plaintext: Uint8Array): boolean {
 
 /** Compress (when it pays) and encrypt `plaintext`, binding it to `purpose`. */
 export async function seal(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Promise<Buffer> {
-  if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, opts.into);
+  if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce);
   const packed = await compress(plaintext, zstdOptions(opts.level, plaintext.length));
   const useZstd = packed.length < plaintext.length;
-  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce, opts.into);
+  return envelope(keys, useZstd ? packed : plaintext, useZstd, purpose, opts.nonce);
 }
 
 /** This thread's buffer for compressed bodies on their way into an envelope (consumed before sealSync returns). */
@@ -153,16 +166,20 @@ let packedScratch = Buffer.alloc(0);
 
 /**
  * `seal` on the calling thread: the same bytes for the same nonce (worker threads use it).
- * zstd runs through this thread's reused context into a reused buffer (core/zstd.ts).
+ * zstd runs through this thread's reused context into a reused buffer (core/zstd.ts). With
+ * `into`, the sealed object is written where `into` says (and is a view of it), or nowhere
+ * (undefined) when `into` declines its size.
  */
-export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}): Buffer {
-  if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, opts.into);
+export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts?: SealOptions): Buffer;
+export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions, into: SealInto): Buffer | undefined;
+export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}, into?: SealInto): Buffer | undefined {
+  if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, into);
   // Room for zstd's worst case: a frame cut short would cost the thread's context (core/zstd.ts).
   if (packedScratch.length < zstdBound(plaintext.length)) packedScratch = Buffer.allocUnsafeSlow(zstdBound(plaintext.length));
   const packed = zstdCompressInto(plaintext, packedScratch, opts.level);
   return packed === undefined || packed >= plaintext.length
-    ? envelope(keys, plaintext, false, purpose, opts.nonce, opts.into)
-    : envelope(keys, packedScratch.subarray(0, packed), true, purpose, opts.nonce, opts.into);
+    ? envelope(keys, plaintext, false, purpose, opts.nonce, into)
+    : envelope(keys, packedScratch.subarray(0, packed), true, purpose, opts.nonce, into);
 }
 
 /** Checks the header and authenticates and decrypts the body; the body may still be compressed. */

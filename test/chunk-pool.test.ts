@@ -56,7 +56,7 @@ describe('chunk pool', () => {
     }
   });
 
-  it('hashes and seals from a shared slot like from a transferred buffer, and a later spawned worker sees the slot too', async () => {
+  it('hashes and seals from a shared slot like from a transferred buffer, straight into a shared pack buffer, and a later spawned worker sees the slots too', async () => {
     const fresh = new ChunkPool(2);
     try {
       const slot = fresh.share(300_000); // shared before any worker exists
@@ -65,14 +65,21 @@ describe('chunk pool', () => {
       const id = await fresh.hashSlot(keys, slot, data.length);
       expect(id).toBe(chunkId(keys, data));
       const nonce = randomBytes(12);
-      // Two at once: both workers are used, each must know the slot.
-      const [outA, outB] = [fresh.share(300_100), fresh.share(300_100)];
-      const [a, b] = await Promise.all([fresh.sealSlot(keys, slot, data.length, id, { nonce }, outA), fresh.sealSlot(keys, slot, data.length, id, { nonce }, outB)]);
       const inThread = await seal(keys, data, id, { nonce });
-      expect(a.equals(inThread) && b.equals(inThread)).toBe(true);
-      expect(a.buffer).toBe(outA.bytes.buffer); // sealed into the slot, not copied out
-      for (const s of [slot, outA, outB]) fresh.unshare(s);
+      // Two at once into one pack buffer: both workers are used, each must know both
+      // slots, and each reserves its own place (back to back from 0, in either order).
+      const pack = fresh.sharePack(2 * inThread.length + 10);
+      const [a, b] = await Promise.all([fresh.sealSlot(keys, slot, data.length, id, { nonce }, pack), fresh.sealSlot(keys, slot, data.length, id, { nonce }, pack)]);
+      expect([a, b]).toEqual(expect.arrayContaining([{ fit: true, offset: 0, sealedLength: inThread.length }, { fit: true, offset: inThread.length, sealedLength: inThread.length }]));
+      expect(pack.bytes.subarray(0, inThread.length).equals(inThread) && pack.bytes.subarray(inThread.length, 2 * inThread.length).equals(inThread)).toBe(true);
+      expect(Atomics.load(pack.cursor, 0)).toBe(2 * inThread.length);
+      // A third does not fit: nothing is written, the size it needed is reported.
+      const before = Buffer.from(pack.bytes);
+      expect(await fresh.sealSlot(keys, slot, data.length, id, { nonce }, pack)).toEqual({ fit: false, sealedLength: inThread.length });
+      expect(pack.bytes.equals(before)).toBe(true);
+      for (const s of [slot, pack]) fresh.unshare(s);
       await expect(fresh.hashSlot(keys, slot, 10)).rejects.toThrow(/no shared slot/);
+      await expect(fresh.sealSlot(keys, slot, 10, id, {}, pack)).rejects.toThrow(/no shared/);
     } finally {
       await fresh.close();
     }

@@ -120,6 +120,23 @@ describe('seal and open', () => {
     expect(looksCompressible(randomBytes(60 * 1024))).toBe(true); // small chunks are always tried
   });
 
+  it('sealSync into a destination asked for once the size is known writes the same bytes as seal, and nothing when it is declined', async () => {
+    const nonce = randomBytes(12);
+    for (const plaintext of [compressible, randomBytes(512 * 1024), randomBytes(1000)]) {
+      const expected = await seal(repoKeys, plaintext, 'r', { nonce });
+      const asked: number[] = [];
+      const dest = Buffer.alloc(expected.length + 20, 0xee);
+      const into = sealSync(repoKeys, plaintext, 'r', { nonce }, (size) => (asked.push(size), dest.subarray(7, 7 + size)));
+      expect(asked).toEqual([expected.length]); // asked once, for exactly the sealed size
+      expect(into!.equals(expected)).toBe(true);
+      expect(into!.buffer).toBe(dest.buffer); // written there, not copied
+      expect(dest.subarray(7, 7 + expected.length).equals(expected)).toBe(true);
+      expect(dest.subarray(0, 7).every((b) => b === 0xee) && dest.subarray(7 + expected.length).every((b) => b === 0xee)).toBe(true);
+      expect(sealSync(repoKeys, plaintext, 'r', { nonce }, () => undefined)).toBeUndefined();
+      expect(() => sealSync(repoKeys, plaintext, 'r', { nonce }, (size) => dest.subarray(0, size - 1))).toThrow(RangeError);
+    }
+  });
+
   it('uses a fresh nonce each time, so equal plaintexts seal to different bytes', async () => {
     const a = await seal(repoKeys, compressible, 'p');
     const b = await seal(repoKeys, compressible, 'p');

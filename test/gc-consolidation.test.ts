@@ -55,7 +55,7 @@ beforeEach(() => {
 const backUp = (backupId: string, data: Buffer, opts: { store?: ObjectStore; index?: IndexCache } = {}) =>
   backupDisk({
     store: opts.store ?? store, keys, reader: { sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} },
-    disk: { diskId: 'disk0', path: backupId, sizeBytes: data.length }, backupId, chunkSize: CHUNK, packBytes: 3 * CHUNK, parallelism: 1,
+    disk: { diskId: 'disk0', path: backupId, sizeBytes: data.length }, backupId, chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1,
     ...(opts.index ? { index: () => opts.index!.refresh() } : {}),
   });
 const gc = (deps: { admin?: RepositoryAdmin; store?: ObjectStore } = {}, request: Record<string, unknown> = {}): Promise<GcReport> =>

@@ -324,9 +324,9 @@ describe('collectGarbage of a repository the mover wrote', () => {
   const CHUNK = 64 * 1024;
   const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
   const disk = (data: Buffer): DiskRef => ({ diskId: 'disk0', path: 'mem', sizeBytes: data.length });
-  // Two chunks a pack, in disk order (one chunk at a time).
+  // Two chunks a pack (closed once 2 x CHUNK are in it: two sealed chunks pass that), in disk order (one chunk at a time).
   const backUp = (backupId: string, data: Buffer, parent?: string) =>
-    backupDisk({ store, keys, reader: reader(data), disk: disk(data), backupId, chunkSize: CHUNK, packBytes: 3 * CHUNK, parallelism: 1, ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}) });
+    backupDisk({ store, keys, reader: reader(data), disk: disk(data), backupId, chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1, ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}) });
   async function restored(backupId: string): Promise<Buffer> {
     const dir = await mkdtemp(join(tmpdir(), 'gc-test-'));
     try {
@@ -575,7 +575,7 @@ describe('collectGarbage merging the index objects the mover wrote', () => {
   const CHUNK = 64 * 1024;
   const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
   const backUp = (backupId: string, data: Buffer, index?: IndexCache) =>
-    backupDisk({ store, keys, reader: reader(data), disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, packBytes: 3 * CHUNK, parallelism: 1, ...(index ? { index: () => index.refresh() } : {}) });
+    backupDisk({ store, keys, reader: reader(data), disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1, ...(index ? { index: () => index.refresh() } : {}) });
 
   it('after merging, every backup verifies and restores, a warm cache reads only the merged objects, and backing the same data up again stores nothing', async () => {
     const disks = Array.from({ length: 12 }, () => randomBytes(6 * CHUNK));

@@ -11,6 +11,7 @@ import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, seal, type 
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../core/packs.ts';
 import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
+import { newPackBuffer, sealIntoPack, type PackBuffer, type Placement } from '../mover/pipeline/pack-buffer.ts';
 import { PackWriter } from '../mover/pipeline/pack-writer.ts';
 import { prng } from './helpers/prng.ts';
 
@@ -371,37 +372,74 @@ async function indexObjects(store: MemoryObjectStore): Promise<Map<string, PackC
   return out;
 }
 
+/**
+ * Places `plain` as chunk `id`, sealed on this thread straight into the pack buffer the
+ * writer hands out (as a worker does), after `before`; the placement is reported after
+ * `after` (as a worker's reply comes later, and not in the order of the reservations).
+ */
+function placeChunk(writer: PackWriter<PackBuffer>, id: string, plain: Buffer, o: { before?: () => Promise<unknown>; after?: () => Promise<unknown>; seen?: Placement[] } = {}) {
+  return writer.place(id, async (buf) => {
+    await o.before?.();
+    const placed = sealIntoPack(keys, plain, id, {}, buf);
+    o.seen?.push(placed);
+    await o.after?.();
+    return placed;
+  });
+}
+
+/** Every pack the store holds: its trailer read back, and checked to list chunks back to back from byte 0. */
+function storedPacks(store: MemoryObjectStore): Map<string, { body: Buffer; contents: PackContents; chunkBytes: number }> {
+  const out = new Map<string, { body: Buffer; contents: PackContents; chunkBytes: number }>();
+  for (const [key, body] of store.objects) {
+    const packId = packIdOfKey(key);
+    if (!packId) continue;
+    const contents = readPackTrailer(keys, body, packId);
+    let end = 0;
+    for (const c of contents.chunks) {
+      expect(c.offset).toBe(end);
+      end += c.length;
+    }
+    out.set(packId, { body, contents, chunkBytes: end });
+  }
+  return out;
+}
+
+/** `plain` is stored as chunk `id` where `at` says. */
+async function expectChunkAt(store: MemoryObjectStore, at: { packId: string; offset: number; length: number }, id: string, plain: Buffer) {
+  const body = store.objects.get(objectKeys.pack(at.packId))!;
+  expect((await open(keys, body.subarray(at.offset, at.offset + at.length), id)).equals(plain)).toBe(true);
+}
+
 describe('PackWriter', () => {
-  it('closes packs near targetBytes, writes index objects after the first packs, then every packsPerIndex and at finish, and every chunk is where add said', async () => {
+  it('closes a pack once targetBytes are reserved, writes index objects after the first packs, then every packsPerIndex and at finish, and every chunk opens where place said', async () => {
     const rand = prng(0x9ac);
     const store = new MemoryObjectStore();
     const targetBytes = 10_000;
-    const maxChunkBytes = 3000;
-    const writer = new PackWriter({ store, keys, targetBytes, maxChunkBytes, packsPerIndex: 3 });
-    const added: { id: string; body: Buffer; packId: string; offset: number }[] = [];
+    const maxChunkBytes = 3000 + 31;
+    const writer = new PackWriter({ store, keys, targetBytes, maxChunkBytes, packsPerIndex: 3, newBuffer: newPackBuffer });
+    const added: { id: string; plain: Buffer; packId: string; offset: number; length: number }[] = [];
     for (let n = 0; n < 120; n++) {
-      const body = bytesOf(rand, 100 + rand(maxChunkBytes - 100));
+      const plain = bytesOf(rand, 100 + rand(3000 - 100)); // incompressible: sealed to its length + 31
       const id = fakeId(`w${n}`);
-      added.push({ id, body, ...(await writer.add(id, body)) });
+      added.push({ id, plain, ...(await placeChunk(writer, id, plain)) });
     }
     const written = await writer.finish();
 
-    const packKeys: string[] = [];
-    for await (const o of store.list('packs/')) packKeys.push(o.key);
-    expect(packKeys.sort()).toEqual(written.map((w) => objectKeys.pack(w.pack.id)).sort());
+    const packs = storedPacks(store);
+    expect([...packs.keys()].sort()).toEqual(written.map((w) => w.pack.id).sort());
     expect(written.length).toBeGreaterThanOrEqual(8);
     const lastPack = added.at(-1)!.packId;
     for (const w of written) {
-      const body = store.objects.get(objectKeys.pack(w.pack.id))!;
-      expect(readPackTrailer(keys, body, w.pack.id)).toEqual(w);
-      const chunkBytes = w.chunks.reduce((s, c) => s + c.length, 0);
-      expect(chunkBytes).toBeLessThanOrEqual(targetBytes);
-      // Closed only when the next chunk did not fit: near the target, but for the last pack.
-      if (w.pack.id !== lastPack) expect(chunkBytes).toBeGreaterThan(targetBytes - maxChunkBytes);
+      const { contents, chunkBytes } = packs.get(w.pack.id)!;
+      expect(contents).toEqual(w);
+      // One chunk in flight at a time: closed by the chunk that reached the target (but the last pack).
+      expect(chunkBytes - w.chunks.at(-1)!.length).toBeLessThan(targetBytes);
+      if (w.pack.id !== lastPack) expect(chunkBytes).toBeGreaterThanOrEqual(targetBytes);
+      expect(w.pack.size).toBeLessThanOrEqual(writer.capacity);
     }
     for (const a of added) {
-      const body = store.objects.get(objectKeys.pack(a.packId))!;
-      expect(body.subarray(a.offset, a.offset + a.body.length).equals(a.body)).toBe(true);
+      expect(a.length).toBe(a.plain.length + 31);
+      await expectChunkAt(store, a, a.id, a.plain);
     }
 
     // Index objects after 1, 2, then every 2-3 packs (at most packsPerIndex, plus one more
@@ -415,69 +453,145 @@ describe('PackWriter', () => {
     expect(indexes.size).toBeGreaterThanOrEqual(Math.ceil(written.length / 4));
     expect([...indexes.values()].flat().map((p) => p.pack.id).sort()).toEqual(written.map((w) => w.pack.id).sort());
 
-    // The repository's index finds every chunk where add said it is.
+    // The repository's index finds every chunk where place said it is.
     const index = await RepositoryIndex.load(store, keys);
     expect(index.objects).toBe(indexes.size);
-    for (const a of added) expect(index.get(a.id)).toMatchObject({ key: objectKeys.pack(a.packId), offset: a.offset, length: a.body.length });
+    for (const a of added) expect(index.get(a.id)).toMatchObject({ key: objectKeys.pack(a.packId), offset: a.offset, length: a.length });
     expect(writer.bytesWritten).toBe([...store.objects.values()].reduce((s, b) => s + b.length, 0));
   });
 
-  it('keeps packs within targetBytes when many chunks are added at once while uploads are slow', async () => {
+  it('with many chunks sealed at once, finishing in any order, while uploads are slow: packs hold their chunks back to back within capacity, the trailer lists exactly the chunks placed, and at most maxUploads + 1 buffers are made', async () => {
+    const rand = prng(0x51);
     const store = new ControlledStore();
     store.delayMs = 5;
-    const targetBytes = 1000;
-    const writer = new PackWriter({ store, keys, targetBytes, maxChunkBytes: 700, maxUploads: 1 });
-    const added: { id: string; body: Buffer; packId: string; offset: number }[] = [];
-    // Eight adders at once, as the backup pipeline's chunks in flight call add.
-    await Promise.all(Array.from({ length: 8 }, async (_, a) => {
-      for (let n = 0; n < 6; n++) {
-        const body = randomBytes(600);
+    const targetBytes = 2000;
+    const maxInFlight = 8;
+    let buffers = 0;
+    const writer = new PackWriter({ store, keys, targetBytes, maxChunkBytes: 631, maxInFlight, maxUploads: 1, newBuffer: (n) => (buffers++, newPackBuffer(n)) });
+    const added: { id: string; plain: Buffer; packId: string; offset: number; length: number }[] = [];
+    const seen: Placement[] = [];
+    // Eight sealers at once, as the backup pipeline's chunks in flight: each takes a random
+    // while before it reserves and after, so they are placed in another order than they reserved.
+    await Promise.all(Array.from({ length: maxInFlight }, async (_, a) => {
+      for (let n = 0; n < 12; n++) {
+        const plain = randomBytes(100 + rand(500));
         const id = fakeId(`c${a}/${n}`);
-        added.push({ id, body, ...(await writer.add(id, body)) });
+        const pause = () => new Promise((ok) => setTimeout(ok, rand(4)));
+        added.push({ id, plain, ...(await placeChunk(writer, id, plain, { before: pause, after: pause, seen })) });
       }
     }));
     const written = await writer.finish();
-    for (const w of written) expect(w.chunks.reduce((s, c) => s + c.length, 0)).toBeLessThanOrEqual(targetBytes);
-    for (const a of added) expect(store.objects.get(objectKeys.pack(a.packId))!.subarray(a.offset, a.offset + 600).equals(a.body)).toBe(true);
+    expect(seen.every((p) => p.fit)).toBe(true); // never more in flight than the buffers are sized for
+    expect(buffers).toBeLessThanOrEqual(2);
+    const packs = storedPacks(store);
+    expect(packs.size).toBe(written.length);
+    for (const w of written) {
+      const { body, contents, chunkBytes } = packs.get(w.pack.id)!;
+      expect(body.length).toBe(w.pack.size);
+      expect(w.pack.size).toBeLessThanOrEqual(writer.capacity);
+      expect(chunkBytes).toBeLessThanOrEqual(targetBytes - 1 + maxInFlight * 631);
+      // Exactly the chunks placed in it, each once.
+      const placedHere = added.filter((a) => a.packId === w.pack.id).map((a) => ({ id: a.id, offset: a.offset, length: a.length }));
+      expect(contents.chunks).toEqual(placedHere.sort((x, y) => x.offset - y.offset));
+      // Chunks past the target were in flight when it was reached: fewer than maxInFlight.
+      expect(contents.chunks.filter((c) => c.offset >= targetBytes).length).toBeLessThan(maxInFlight);
+    }
+    expect(written.filter((w) => packs.get(w.pack.id)!.chunkBytes > targetBytes + 631).length).toBeGreaterThan(0); // sealed in parallel: packs overshoot by chunks in flight
+    for (const a of added) await expectChunkAt(store, a, a.id, a.plain);
   });
 
-  it('a chunk larger than targetBytes (but within maxChunkBytes) gets a pack of its own', async () => {
+  it('a chunk that does not fit (more chunks in flight than the buffers are sized for) is sealed again into the next pack, and every chunk opens where place said', async () => {
     const store = new MemoryObjectStore();
-    const writer = new PackWriter({ store, keys, targetBytes: 500, maxChunkBytes: 2000 });
-    const small = await writer.add(fakeId(1), randomBytes(100));
-    const big = await writer.add(fakeId(2), randomBytes(1500));
-    const next = await writer.add(fakeId(3), randomBytes(100));
+    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 631, maxInFlight: 1, trailerRoom: 0, newBuffer: newPackBuffer });
+    expect(writer.capacity).toBe(1631);
+    const seen: Placement[] = [];
+    let open!: () => void;
+    const gate = new Promise<void>((ok) => (open = ok));
+    // Six at once, all handed the first pack before any is sealed: two fit, four are sealed
+    // again, all handed the second pack: two fit, two are sealed into a third.
+    const chunks = Array.from({ length: 6 }, (_, n) => ({ id: fakeId(`f${n}`), plain: randomBytes(600) }));
+    const placing = chunks.map((c) => placeChunk(writer, c.id, c.plain, { before: () => gate, seen }));
+    open();
+    const at = await Promise.all(placing);
+    const written = await writer.finish();
+    expect(seen.filter((p) => !p.fit)).toEqual(Array(6).fill({ fit: false, sealedLength: 631 }));
+    expect(seen.filter((p) => p.fit)).toHaveLength(6);
+    expect(written.map((w) => w.chunks.length)).toEqual([2, 2, 2]);
+    const packs = storedPacks(store);
+    for (const w of written) expect(packs.get(w.pack.id)!.contents).toEqual(w);
+    expect(written.flatMap((w) => w.chunks.map((c) => c.id)).sort()).toEqual(chunks.map((c) => c.id).sort());
+    for (const [i, c] of chunks.entries()) await expectChunkAt(store, at[i]!, c.id, c.plain);
+  });
+
+  it('a chunk that reaches targetBytes closes its pack; a trailer with no room left is appended; a chunk larger than a pack buffer is refused', async () => {
+    const store = new MemoryObjectStore();
+    const writer = new PackWriter({ store, keys, targetBytes: 500, maxChunkBytes: 1531, maxInFlight: 1, trailerRoom: 0, newBuffer: newPackBuffer });
+    const [small, big, next] = [randomBytes(100), randomBytes(1500), randomBytes(100)];
+    const a = await placeChunk(writer, fakeId(1), small);
+    const b = await placeChunk(writer, fakeId(2), big);
+    const c = await placeChunk(writer, fakeId(3), next);
+    expect([a.packId, a.offset, b.packId, b.offset]).toEqual([a.packId, 0, a.packId, 131]);
+    expect([c.packId !== a.packId, c.offset]).toEqual([true, 0]);
+    await expect(placeChunk(writer, fakeId(4), randomBytes(3000))).rejects.toThrow(RangeError);
     await writer.finish();
-    expect(new Set([small.packId, big.packId, next.packId]).size).toBe(3);
-    expect(big.offset).toBe(0);
-    await expect(writer.add(fakeId(4), randomBytes(2001))).rejects.toThrow(RangeError);
+    // 131 + 1531 bytes of chunks in a 2031-byte buffer: the trailer (~120 bytes) fits; 1 + 1 chunks, too.
+    for (const at of [a, b, c]) expect(store.objects.get(objectKeys.pack(at.packId))!.length).toBeLessThanOrEqual(writer.capacity);
+    const tight = new PackWriter({ store, keys, targetBytes: 1, maxChunkBytes: 631, maxInFlight: 1, trailerRoom: 0, newBuffer: newPackBuffer });
+    const plain = randomBytes(600);
+    const d = await placeChunk(tight, fakeId(5), plain);
+    const [w] = await tight.finish();
+    expect(w!.pack.size).toBeGreaterThan(tight.capacity); // the trailer did not fit: appended by a copy
+    expect(readPackTrailer(keys, store.objects.get(objectKeys.pack(d.packId))!, d.packId)).toEqual(w);
+    await expectChunkAt(store, d, fakeId(5), plain);
+  });
+
+  it('a seal that fails after reserving its place fails the writer: its pack, with an unwritten gap, is never uploaded, finish rejects and abandon returns', async () => {
+    const store = new ControlledStore();
+    const writer = new PackWriter({ store, keys, targetBytes: 100_000, maxChunkBytes: 1031, newBuffer: newPackBuffer });
+    const first = await placeChunk(writer, fakeId(1), randomBytes(1000));
+    let release!: () => void;
+    const gate = new Promise<void>((ok) => (release = ok));
+    // One chunk is still being sealed into the pack when another fails mid-way.
+    const after = placeChunk(writer, fakeId(3), randomBytes(1000), { before: () => gate });
+    const crash = new Error('chunk worker 0 exited with code 1');
+    await expect(writer.place(fakeId(2), (buf) => {
+      Atomics.add(buf.cursor, 0, 900); // reserved, never written
+      throw crash;
+    })).rejects.toBe(crash);
+    release();
+    expect(await after).toMatchObject({ packId: first.packId, offset: 1031 + 900 });
+    await expect(placeChunk(writer, fakeId(4), randomBytes(10))).rejects.toBe(crash);
+    await expect(writer.finish()).rejects.toBe(crash);
+    await writer.abandon();
+    expect(store.putKeys).toEqual([]);
   });
 
   it('a failed pack upload surfaces from finish, and no index object lists the pack', async () => {
     const store = new ControlledStore();
     store.failPrefix = 'packs/';
-    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000 });
-    await writer.add(fakeId(1), randomBytes(500));
+    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000, newBuffer: newPackBuffer });
+    await placeChunk(writer, fakeId(1), randomBytes(500));
     await expect(writer.finish()).rejects.toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/^PUT s3:\/\/b\/packs\//) });
     expect(store.putKeys.filter((k) => k.startsWith('index/'))).toEqual([]);
   });
 
-  it('a failed pack upload surfaces from a later add, then from finish; abandon waits for what is in flight', async () => {
+  it('a failed pack upload surfaces from a later place, then from finish; abandon waits for what is in flight', async () => {
     const store = new ControlledStore();
     store.failPrefix = 'packs/';
-    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 700, maxUploads: 1 });
+    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 631, maxUploads: 1, newBuffer: newPackBuffer });
     let failedAt: number | undefined;
     let error: unknown;
     for (let n = 0; n < 10 && failedAt === undefined; n++) {
-      await writer.add(fakeId(n), randomBytes(600)).catch((err) => {
+      await placeChunk(writer, fakeId(n), randomBytes(600)).catch((err: unknown) => {
         failedAt = n;
         error = err;
       });
     }
-    // The first pack closes at the second add, which waits for its upload slot and finds the upload failed.
-    expect(failedAt).toBe(1);
+    // The first pack closes at the second chunk and its upload fails: a later place finds it.
+    expect(failedAt).toBeGreaterThanOrEqual(2);
+    expect(failedAt).toBeLessThan(10);
     expect(error).toMatchObject({ name: 'Mover.StorageUnavailable' });
-    await expect(writer.add(fakeId(99), randomBytes(10))).rejects.toBe(error);
+    await expect(placeChunk(writer, fakeId(99), randomBytes(10))).rejects.toBe(error);
     await expect(writer.finish()).rejects.toBe(error);
     await writer.abandon();
     expect(store.putKeys.filter((k) => k.startsWith('index/'))).toEqual([]);
@@ -486,17 +600,17 @@ describe('PackWriter', () => {
   it('a failed index upload surfaces from finish', async () => {
     const store = new ControlledStore();
     store.failPrefix = 'index/';
-    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000 });
-    await writer.add(fakeId(1), randomBytes(500));
+    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000, newBuffer: newPackBuffer });
+    await placeChunk(writer, fakeId(1), randomBytes(500));
     await expect(writer.finish()).rejects.toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/index\//) });
   });
 
-  it('a failed index upload every packsPerIndex packs surfaces from a later add or finish', async () => {
+  it('a failed index upload every packsPerIndex packs surfaces from a later place or finish', async () => {
     const store = new ControlledStore();
     store.failPrefix = 'index/';
-    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 700, packsPerIndex: 2, maxUploads: 1 });
+    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 631, packsPerIndex: 2, maxUploads: 1, newBuffer: newPackBuffer });
     let error: unknown;
-    for (let n = 0; n < 10 && !error; n++) await writer.add(fakeId(n), randomBytes(600)).catch((err) => void (error = err));
+    for (let n = 0; n < 10 && !error; n++) await placeChunk(writer, fakeId(n), randomBytes(600)).catch((err: unknown) => void (error = err));
     error ??= await writer.finish().then(() => undefined, (err: unknown) => err);
     expect(error).toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/index\//) });
   });

@@ -5,12 +5,15 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, keys as objectKeys, packIdOfKey } from '../core/format.ts';
+import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, packIdOfKey, sealedCapacity } from '../core/format.ts';
 import type { DiskRef } from '../core/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ListedKey, ObjectInfo } from '../core/object-store.ts';
-import { chunkLocation } from '../core/packs.ts';
+import { chunkLocation, packedManifest, readPackTrailer } from '../core/packs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
+import { ChunkPool, type SharedPack, type SharedSlot } from '../mover/pipeline/chunk-pool.ts';
+import type { Placement } from '../mover/pipeline/pack-buffer.ts';
+import { PackWriter } from '../mover/pipeline/pack-writer.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import type { DiskReader } from '../mover/sources/source.ts';
 
@@ -155,7 +158,8 @@ describe('backup pipeline', () => {
       const r = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK, packBytes });
       expect(r.stats.uploadedChunks).toBe(24);
       const m = await manifestOf(store, 'b1', 'd');
-      for (const p of m.packs!) expect(p.size).toBeLessThan(packBytes + CHUNK + 4096); // within its target (and trailer), never two large chunks
+      // Its target, plus at most the chunks in flight (8) when it was reached, plus the trailer.
+      for (const p of m.packs!) expect(p.size).toBeLessThan(packBytes + 8 * sealedCapacity(CHUNK) + 4096);
       const target = await tempTarget();
       await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
       expect((await readFile(target)).equals(data), `packs of ${packBytes} bytes`).toBe(true);
@@ -195,11 +199,110 @@ describe('backup pipeline', () => {
     const loc = chunkLocation(await manifestOf(store, 'b1', 'd'), chunkId(keys, data.subarray(CHUNK)));
     const pack = store.objects.get(loc.key)!;
     store.objects.set(loc.key, pack.subarray(0, loc.offset + 100));
+    // Both chunks are in the one run read, which comes back short: either may be named
+    // (chunks lie in a pack in the order they were sealed, not always in disk order).
     await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${CHUNK}: chunk .* in ${loc.key} bytes .* is damaged: the read returned \\d+ of \\d+ bytes \\(the pack is shorter than its manifest says\\)`)) });
+      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} bytes .* is damaged: the read returned \\d+ of \\d+ bytes \\(the pack is shorter than its manifest says\\)`)) });
     store.objects.delete(loc.key);
     await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
       .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} .* is damaged: it is missing`)) });
+  });
+});
+
+describe('chunks sealed straight into packs by the chunk pool', () => {
+  const text = (n: number, seed: number) => Buffer.from(`log ${seed}: backup volume snapshot chunk written\n`.repeat(Math.ceil(n / 40))).subarray(0, n);
+  /** Random, text and zero chunks, and a partial last chunk. */
+  const mixed = (chunks: number) => Buffer.concat([...Array.from({ length: chunks }, (_, i) => (i % 5 === 3 ? Buffer.alloc(CHUNK) : i % 3 === 0 ? text(CHUNK, i) : randomBytes(CHUNK))), randomBytes(1000)]);
+
+  /** Every pack of a manifest read back whole: its trailer lists chunks back to back from 0, exactly those the manifest places in it, each of which opens to its id. */
+  async function checkPacks(store: MemoryObjectStore, backupId: string, diskId: string, packBytes: number, parallelism: number) {
+    const m = await manifestOf(store, backupId, diskId);
+    const capacity = packBytes + parallelism * sealedCapacity(CHUNK) + 64 * 1024;
+    for (const [p, ref] of m.packs!.entries()) {
+      const body = store.objects.get(objectKeys.pack(ref.id))!;
+      expect(body.length).toBe(ref.size);
+      expect(ref.size).toBeLessThanOrEqual(capacity);
+      const { chunks } = readPackTrailer(keys, body, ref.id);
+      let end = 0;
+      for (const c of chunks) {
+        expect(c.offset).toBe(end);
+        end += c.length;
+        expect(chunkId(keys, await open(keys, body.subarray(c.offset, c.offset + c.length), c.id))).toBe(c.id);
+      }
+      // Past the target only chunks that were in flight when it was reached.
+      expect(chunks.filter((c) => c.offset >= packBytes).length).toBeLessThan(parallelism);
+      const listed = Object.entries(m.locations!).filter(([, [at]]) => at === p).map(([id, [, offset]]) => ({ id, offset, length: m.storedSizes[id]! }));
+      expect(chunks).toEqual(listed.sort((a, b) => a.offset - b.offset));
+    }
+    return m;
+  }
+
+  for (const workers of [1, 2]) {
+    it(`backs up into packs that read back whole and restore byte-identical, with ${workers} worker${workers > 1 ? 's' : ''}`, async () => {
+      const pool = new ChunkPool(workers);
+      try {
+        const store = new CountingStore();
+        store.putDelayMs = 5; // chunks keep coming while packs upload
+        const data = mixed(60);
+        const packBytes = 6 * CHUNK;
+        const r = await backupDisk({ store, keys, pool, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK, packBytes });
+        expect(r.stats.zeroChunks).toBe(12);
+        expect(r.stats.uploadedChunks).toBe(49);
+        const m = await checkPacks(store, 'b1', 'd', packBytes, 8);
+        expect(m.packs!.length).toBeGreaterThan(2);
+        expect(r.stats.bytesStored).toBe([...store.objects.values()].reduce((n, b) => n + b.length, 0));
+        const target = await tempTarget();
+        await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target });
+        expect((await readFile(target)).equals(data)).toBe(true);
+      } finally {
+        await pool.close();
+      }
+    });
+  }
+
+  it('a chunk that does not fit in its pack (small buffers, two workers) is sealed again into the next pack, and the disk restores byte-identical', async () => {
+    const pool = new ChunkPool(2);
+    const slots: (SharedSlot | SharedPack)[] = [];
+    try {
+      const store = new MemoryObjectStore();
+      const data = Buffer.concat([randomBytes(6 * CHUNK), text(4 * CHUNK, 1)]);
+      const count = data.length / CHUNK;
+      // Buffers sized for one chunk in flight while ten are sealed at once.
+      const writer = new PackWriter({
+        store, keys, targetBytes: 2 * CHUNK, maxChunkBytes: sealedCapacity(CHUNK), maxInFlight: 1, trailerRoom: 0,
+        newBuffer: (n) => { const p = pool.sharePack(n); slots.push(p); return p; },
+      });
+      const seen: Placement[] = [];
+      const ids = await Promise.all(Array.from({ length: count }, async (_, i) => {
+        const slot = pool.share(CHUNK);
+        slots.push(slot);
+        data.copy(slot.bytes, 0, i * CHUNK, (i + 1) * CHUNK);
+        const id = chunkId(keys, slot.bytes);
+        const at = await writer.place(id, async (pack) => {
+          const placed = await pool.sealSlot(keys, slot, CHUNK, id, {}, pack);
+          seen.push(placed);
+          return placed;
+        });
+        return { id, at };
+      }));
+      await writer.finish();
+      expect(seen.filter((p) => !p.fit).length).toBeGreaterThan(0);
+      expect(seen.filter((p) => p.fit)).toHaveLength(count);
+      const where = new Map(ids.map(({ id, at }) => [id, at]));
+      const sizes = new Map(writer.written.map((w) => [w.pack.id, w.pack.size]));
+      const manifest = packedManifest({ backupId: 'b1', diskId: 'd', sizeBytes: data.length, chunkSize: CHUNK }, ids.map((c) => c.id), (id) => {
+        const at = where.get(id)!;
+        return { pack: { id: at.packId, size: sizes.get(at.packId)! }, key: objectKeys.pack(at.packId), offset: at.offset, length: at.length };
+      });
+      await store.put(objectKeys.manifest('b1', 'd'), await encodeManifest(keys, manifest));
+      for (const w of writer.written) expect(readPackTrailer(keys, store.objects.get(objectKeys.pack(w.pack.id))!, w.pack.id)).toEqual(w);
+      const target = await tempTarget();
+      await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target });
+      expect((await readFile(target)).equals(data)).toBe(true);
+    } finally {
+      for (const s of slots) pool.unshare(s);
+      await pool.close();
+    }
   });
 });
 

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { quarantineKey } from '../core/quarantine.ts';
+import { newPackBuffer, sealIntoPack } from '../mover/pipeline/pack-buffer.ts';
 import { PackWriter } from '../mover/pipeline/pack-writer.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
@@ -23,11 +24,11 @@ async function storedChunk(store: MemoryObjectStore) {
 
 /** A pack of `n` chunks, as a mover writes it. */
 async function storedPack(store: MemoryObjectStore, n: number) {
-  const writer = new PackWriter({ store, keys, maxChunkBytes: 8192 });
+  const writer = new PackWriter({ store, keys, maxChunkBytes: 8192, newBuffer: newPackBuffer });
   for (let i = 0; i < n; i++) {
     const plain = randomBytes(4096);
     const id = chunkId(keys, plain);
-    await writer.add(id, await seal(keys, plain, id));
+    await writer.place(id, (buf) => sealIntoPack(keys, plain, id, {}, buf));
   }
   const [contents] = await writer.finish();
   return { key: objectKeys.pack(contents!.pack.id), chunks: contents!.chunks };

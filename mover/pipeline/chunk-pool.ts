@@ -2,9 +2,11 @@
  * A small pool of worker threads for the CPU-heavy steps of the pipelines: the keyed id
  * (HMAC-SHA256), sealing (zstd, AES-256-GCM, SHA-256 of the stored object) and opening
  * (decrypt, decompress, id check, write at offset). The main thread keeps reading, the
- * HTTP requests and the bookkeeping. Buffers move as transferred ArrayBuffers (no copy,
- * one owner at a time) and come back to the caller, so memory stays bounded by what the
- * caller keeps in flight.
+ * HTTP requests and the bookkeeping. The pipelines' buffers are shared with the workers
+ * once (`share`, `sharePack`) and named by requests: plaintext slots are read into and
+ * hashed or sealed in place, and a chunk is sealed straight into the pack buffer it is
+ * uploaded from (pack-buffer.ts), so nothing chunk-sized is copied or allocated per chunk.
+ * (`hash`, `seal`, `open` move transferred ArrayBuffers instead, handed back to the caller.)
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -12,11 +14,12 @@ import { Corrupt } from '../../core/errors.ts';
 import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
 import { pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
+import { newPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 
 /** Messages to a worker (chunk-worker.ts). */
 export type WorkerRequest =
   | { op: 'hash'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number }
-  | { op: 'seal'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number; purpose: string; level?: number; nonce?: Uint8Array; outSlot?: number }
+  | { op: 'seal'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number; purpose: string; level?: number; nonce?: Uint8Array; packSlot?: number }
   | { op: 'open'; seq: number; keyId: number; body?: ArrayBuffer; bodySlot?: number; bodyOffset?: number; bodyLength?: number; id: string; length: number; fd?: number; offset?: number };
 
 /** Replies from a worker: exactly one per request, with the request's `seq`. */
@@ -25,8 +28,8 @@ export interface WorkerReply {
   buf?: ArrayBuffer;
   id?: string;
   sealed?: ArrayBuffer;
-  /** Bytes sealed into the request's `outSlot`. */
-  sealedLength?: number;
+  /** Where the chunk was sealed into the request's `packSlot`, or that it did not fit. */
+  placed?: Placement;
   sha256?: string;
   plain?: ArrayBuffer;
   written?: number;
@@ -48,6 +51,11 @@ export interface SharedSlot {
   readonly slot: number;
   /** The slot's memory, for reading into. */
   readonly bytes: Buffer;
+}
+
+/** A pack buffer shared with the pool's workers (see `ChunkPool.sharePack`). */
+export interface SharedPack extends PackBuffer {
+  readonly slot: number;
 }
 
 /** What opening a chunk found: the plaintext, or that it does not match its id. */
@@ -136,13 +144,26 @@ export class ChunkPool {
    */
   share(size: number): SharedSlot {
     const sab = new SharedArrayBuffer(size);
+    return { slot: this.shareBuffer(sab), bytes: Buffer.from(sab) };
+  }
+
+  /**
+   * A pack buffer of `capacity` bytes (and its cursor: pack-buffer.ts) shared with every
+   * worker like `share`'s slots, for `sealSlot` to seal chunks straight into.
+   */
+  sharePack(capacity: number): SharedPack {
+    const p = newPackBuffer(capacity);
+    return { ...p, slot: this.shareBuffer(p.sab) };
+  }
+
+  private shareBuffer(sab: SharedArrayBuffer): number {
     const slot = this.nextSlot++;
     this.shared.set(slot, sab);
     for (const s of this.slots) s?.worker.postMessage({ op: 'share', slot, sab });
-    return { slot, bytes: Buffer.from(sab) };
+    return slot;
   }
 
-  unshare(s: SharedSlot): void {
+  unshare(s: { readonly slot: number }): void {
     this.shared.delete(s.slot);
     for (const w of this.slots) w?.worker.postMessage({ op: 'share', slot: s.slot });
   }
@@ -153,16 +174,14 @@ export class ChunkPool {
   }
 
   /**
-   * `seal` of the first `length` bytes of a shared slot. With `out` (a slot of at least
-   * `sealedCapacity(length)` bytes) the sealed bytes are written there and the result is a
-   * view of it, valid until the caller reuses the slot; without, they are new (transferred
-   * from the worker).
+   * `seal` of the first `length` bytes of a shared slot, straight into the next free bytes
+   * of a shared pack buffer (pack-buffer.ts `sealIntoPack`, on a worker): where it was
+   * placed, or that it did not fit (nothing written). Any number of chunks may be sealed
+   * into one pack at once, on any workers.
    */
-  async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: Omit<SealOptions, 'into'>, out: SharedSlot): Promise<Buffer> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, outSlot: out.slot }), []);
-    return out.bytes.subarray(0, r.sealedLength!);
+  async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: SealOptions, pack: SharedPack): Promise<Placement> {
+    return (await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, packSlot: pack.slot }), [])).placed!;
   }
-
 
   /**
    * `open` of the `bodyLength` bytes at `bodyOffset` of a shared slot (a downloaded chunk,

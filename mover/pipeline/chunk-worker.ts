@@ -1,14 +1,17 @@
 /**
  * A worker thread of the chunk pool (chunk-pool.ts): keyed ids, sealing (zstd +
- * AES-256-GCM + SHA-256 of the stored object) and opening (decrypt, decompress, id check,
+ * AES-256-GCM, straight into a shared pack buffer: pack-buffer.ts; or into a new buffer
+ * with the SHA-256 of the stored object) and opening (decrypt, decompress, id check,
  * optionally a positional write into the restore target), all synchronous here so the
- * main thread keeps only I/O. Buffers come and go as transferred ArrayBuffers.
+ * main thread keeps only I/O. Buffers are shared once and named by requests, or come and
+ * go as transferred ArrayBuffers.
  */
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
-import { chunkId, sealSync, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, sealSync, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
 import { pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
+import { packBufferOf, sealIntoPack, type PackBuffer } from './pack-buffer.ts';
 import type { WorkerReply, WorkerRequest } from './chunk-pool.ts';
 
 const port = parentPort;
@@ -21,8 +24,19 @@ const keysFor = (keyId: number): RepositoryKeys => {
   return k;
 };
 
-/** Shared plaintext slots, sent once (op 'share'): requests name a slot instead of moving a buffer. */
+/** Shared slots and pack buffers, sent once (op 'share'): requests name a slot instead of moving a buffer. */
 const shared = new Map<number, SharedArrayBuffer>();
+/** The layout of the shared slots used as pack buffers, made once per slot. */
+const packs = new Map<number, PackBuffer>();
+const packOf = (slot: number): PackBuffer => {
+  let p = packs.get(slot);
+  if (!p) {
+    const sab = shared.get(slot);
+    if (!sab) throw new Error(`chunk worker has no shared pack ${slot}`);
+    packs.set(slot, (p = packBufferOf(sab)));
+  }
+  return p;
+};
 const slotBytes = (slot: number, length?: number, offset = 0): Uint8Array => {
   const sab = shared.get(slot);
   if (!sab) throw new Error(`chunk worker has no shared slot ${slot}`);
@@ -46,10 +60,13 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
       return { reply: { seq: m.seq, ...back, id }, transfer: moved };
     }
     case 'seal': {
-      const into = m.outSlot === undefined ? undefined : slotBytes(m.outSlot);
-      const sealed = sealSync(keysFor(m.keyId), plaintext(m), m.purpose, { ...(m.level === undefined ? {} : { level: m.level }), ...(m.nonce ? { nonce: m.nonce } : {}), ...(into ? { into } : {}) });
-      // Sealed into a slot: bound for a pack, whose SHA-256 the pack writer computes.
-      if (into) return { reply: { seq: m.seq, ...back, sealedLength: sealed.length }, transfer: moved };
+      const opts: SealOptions = { ...(m.level === undefined ? {} : { level: m.level }), ...(m.nonce ? { nonce: m.nonce } : {}) };
+      if (m.packSlot !== undefined) {
+        // Straight into the pack it is uploaded in (whose checksum the pack writer computes).
+        const placed = sealIntoPack(keysFor(m.keyId), plaintext(m), m.purpose, opts, packOf(m.packSlot));
+        return { reply: { seq: m.seq, ...back, placed }, transfer: moved };
+      }
+      const sealed = sealSync(keysFor(m.keyId), plaintext(m), m.purpose, opts);
       const sha256 = createHash('sha256').update(sealed).digest('base64');
       const out = sealed.buffer as ArrayBuffer; // sealSync's result owns its whole ArrayBuffer
       return { reply: { seq: m.seq, ...back, sealed: out, sha256 }, transfer: [...moved, out] };
@@ -75,6 +92,7 @@ port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: 
   if (m.op === 'share') {
     if (m.sab) shared.set(m.slot, m.sab);
     else shared.delete(m.slot);
+    packs.delete(m.slot);
     return;
   }
   if (m.op === 'keys') {
