@@ -500,25 +500,48 @@ describe('PackWriter', () => {
     for (const a of added) await expectChunkAt(store, a, a.id, a.plain);
   });
 
-  it('a chunk that does not fit (more chunks in flight than the buffers are sized for) is sealed again into the next pack, and every chunk opens where place said', async () => {
+  it('never hands out more than fits; a chunk that does not fit all the same (sealed bigger than maxChunkBytes said) is sealed again into the next pack, and every chunk opens where place said', async () => {
     const store = new MemoryObjectStore();
-    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 631, maxInFlight: 1, trailerRoom: 0, newBuffer: newPackBuffer });
-    expect(writer.capacity).toBe(1631);
+    // Sized for chunks of 300 bytes at most, but these seal to 631.
+    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 300, maxInFlight: 1, trailerRoom: 0, newBuffer: newPackBuffer });
+    expect(writer.capacity).toBe(1300);
     const seen: Placement[] = [];
     let open!: () => void;
     const gate = new Promise<void>((ok) => (open = ok));
-    // Six at once, all handed the first pack before any is sealed: two fit, four are sealed
-    // again, all handed the second pack: two fit, two are sealed into a third.
+    // Six at once, all handed a pack before any is sealed.
     const chunks = Array.from({ length: 6 }, (_, n) => ({ id: fakeId(`f${n}`), plain: randomBytes(600) }));
     const placing = chunks.map((c) => placeChunk(writer, c.id, c.plain, { before: () => gate, seen }));
     open();
     const at = await Promise.all(placing);
     const written = await writer.finish();
-    expect(seen.filter((p) => !p.fit)).toEqual(Array(6).fill({ fit: false, sealedLength: 631 }));
+    expect(seen.filter((p) => !p.fit).length).toBeGreaterThan(0);
+    expect(seen.filter((p) => !p.fit).every((p) => p.sealedLength === 631)).toBe(true);
     expect(seen.filter((p) => p.fit)).toHaveLength(6);
-    expect(written.map((w) => w.chunks.length)).toEqual([2, 2, 2]);
     const packs = storedPacks(store);
-    for (const w of written) expect(packs.get(w.pack.id)!.contents).toEqual(w);
+    for (const w of written) {
+      expect(packs.get(w.pack.id)!.contents).toEqual(w);
+      expect(packs.get(w.pack.id)!.chunkBytes).toBeLessThanOrEqual(writer.capacity); // (no trailer room: the trailer is appended)
+    }
+    expect(written.flatMap((w) => w.chunks.map((c) => c.id)).sort()).toEqual(chunks.map((c) => c.id).sort());
+    for (const [i, c] of chunks.entries()) await expectChunkAt(store, at[i]!, c.id, c.plain);
+  });
+
+  it('bounds a pack by its target plus maxHeadroomBytes whatever the chunk size: with large chunks, fewer go into one pack at once', async () => {
+    const store = new MemoryObjectStore();
+    const maxChunkBytes = 631;
+    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes, maxInFlight: 8, maxHeadroomBytes: 700, trailerRoom: 0, newBuffer: newPackBuffer });
+    expect(writer.capacity).toBe(1000 + 700); // not 1000 + 8 x 631
+    const seen: Placement[] = [];
+    let open!: () => void;
+    const gate = new Promise<void>((ok) => (open = ok));
+    const chunks = Array.from({ length: 8 }, (_, n) => ({ id: fakeId(`h${n}`), plain: randomBytes(600) }));
+    const placing = chunks.map((c) => placeChunk(writer, c.id, c.plain, { before: () => gate, seen }));
+    open();
+    const at = await Promise.all(placing);
+    const written = await writer.finish();
+    expect(seen.every((p) => p.fit)).toBe(true); // the chunks in flight always fit
+    const packs = storedPacks(store);
+    expect(written.every((w) => w.chunks.length <= 2 && packs.get(w.pack.id)!.chunkBytes <= writer.capacity)).toBe(true);
     expect(written.flatMap((w) => w.chunks.map((c) => c.id)).sort()).toEqual(chunks.map((c) => c.id).sort());
     for (const [i, c] of chunks.entries()) await expectChunkAt(store, at[i]!, c.id, c.plain);
   });

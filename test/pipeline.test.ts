@@ -260,16 +260,16 @@ describe('chunks sealed straight into packs by the chunk pool', () => {
     });
   }
 
-  it('a chunk that does not fit in its pack (small buffers, two workers) is sealed again into the next pack, and the disk restores byte-identical', async () => {
+  it('a chunk that does not fit in its pack (sealed bigger than the writer was told, two workers) is sealed again into the next pack, and the disk restores byte-identical', async () => {
     const pool = new ChunkPool(2);
     const slots: (SharedSlot | SharedPack)[] = [];
     try {
       const store = new MemoryObjectStore();
       const data = Buffer.concat([randomBytes(6 * CHUNK), text(4 * CHUNK, 1)]);
       const count = data.length / CHUNK;
-      // Buffers sized for one chunk in flight while ten are sealed at once.
+      // Buffers sized for chunks a quarter of what the random ones seal to, while ten are sealed at once.
       const writer = new PackWriter({
-        store, keys, targetBytes: 2 * CHUNK, maxChunkBytes: sealedCapacity(CHUNK), maxInFlight: 1, trailerRoom: 0,
+        store, keys, targetBytes: 2 * CHUNK, maxChunkBytes: sealedCapacity(CHUNK) >> 2, maxInFlight: 8, trailerRoom: 0,
         newBuffer: (n) => { const p = pool.sharePack(n); slots.push(p); return p; },
       });
       const seen: Placement[] = [];

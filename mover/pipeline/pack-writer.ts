@@ -10,6 +10,9 @@ import type { ObjectStore } from '../../core/object-store.ts';
 import { encodeIndexObject, MAX_PACK_BYTES, newIndexId, newPackId, packTrailer, type PackContents, type PackEntry } from '../../core/packs.ts';
 import { reserved, resetPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 
+/** A pack's room past its target for the chunks in flight when it closes, at most, by default (see PackWriter). */
+const MAX_HEADROOM_BYTES = 4 * 1024 * 1024;
+
 /** A pack from the moment chunks may go into it until its buffer is free again. */
 interface Pack<B extends PackBuffer> {
   id: string;
@@ -35,6 +38,8 @@ export interface PackWriterOptions<B extends PackBuffer> {
   maxChunkBytes: number;
   /** Chunks that may be being sealed into packs at once (default 8; sizes the pack buffers: see `capacity`). */
   maxInFlight?: number;
+  /** The most room a pack has past its target for the chunks in flight when it closes (default 4 MiB; at least one chunk: see PackWriter). */
+  maxHeadroomBytes?: number;
   /** Bytes of each pack buffer kept for the trailer (default 64 KiB, a trailer of ~1,600 chunks); a longer trailer is appended by a copy. */
   trailerRoom?: number;
   /** Packs uploading at once (default 2). */
@@ -56,22 +61,24 @@ export type Sealer<B extends PackBuffer> = (buf: B) => Placement | Promise<Place
  * pack's trailer.
  *
  * `place` hands the open pack to a sealer, counting the chunks in flight per pack. A pack
- * is closed (no new chunk goes to it) once its cursor reaches `targetBytes`, and uploaded,
- * its trailer after the last chunk placed, once it is closed and none of its chunks is in
- * flight. So a pack holds `targetBytes` plus the chunks that were in flight when it
- * closed: at most `targetBytes - 1 + maxInFlight × maxChunkBytes` bytes of chunks, which
- * with `trailerRoom` is the buffers' `capacity`. A chunk that does not fit all the same
- * (more chunks in flight than `maxInFlight`) is sealed again into the next pack.
+ * takes a chunk while its cursor is below `targetBytes` and there is room for the chunk
+ * and every other one in flight at their largest (`maxChunkBytes` each) within
+ * `targetBytes` + headroom; else it is closed (no new chunk goes to it) and the chunk
+ * goes to a new pack. The headroom is the chunks in flight at their largest, at most 4 MiB
+ * (at least one chunk): with 512 KiB chunks and 8 in flight a pack closes at its target,
+ * and with 4 MiB chunks after 3, so packs stay near their target and buffers bounded
+ * whatever the chunk size. A closed pack is uploaded, its trailer after the last chunk
+ * placed, once none of its chunks is in flight. Reserved bytes plus the largest size of
+ * each chunk in flight never exceed the limit, so a chunk always fits; one that did not
+ * (a sealer bigger than it said) is sealed again into the next pack.
  *
- * Memory: at most `maxUploads + 1` pack buffers of `capacity` bytes, reused: the one being
- * filled, and closed ones being drained (chunks in flight) or uploaded; a new pack opens
- * only while at most `maxUploads` are closed, else `place` waits for an upload to land.
- * With the backup's defaults (8 MiB packs, 512 KiB chunks, 8 in flight, 2 uploads):
- * 3 × 12.1 MiB = 36.2 MiB, against 3 × 8.5 MiB + 8 × 512 KiB = 29.5 MiB when chunks were
- * sealed into slots of their own and copied into packs (3 × (target + chunk) + 8 chunks:
- * the difference, 2 × 8 − 3 = 13 chunks, grows with the chunk size: ~52 MiB at 4 MiB
- * chunks); pages are resident only once written, and a buffer's tail past `targetBytes`
- * only when that many chunks were in flight at its close.
+ * Memory: at most `maxUploads + 1` pack buffers of `capacity` bytes (target + headroom +
+ * trailer room), reused: the one being filled, and closed ones being drained (chunks in
+ * flight) or uploaded; a new pack opens only while at most `maxUploads` are closed, else
+ * `place` waits for an upload to land. With the backup's defaults (8 MiB packs, 512 KiB
+ * chunks, 8 in flight, 2 uploads): 3 × 12.1 MiB = 36.2 MiB, against 3 × 8.5 MiB + 8 × 512
+ * KiB = 29.5 MiB when chunks were sealed into slots of their own and copied into packs;
+ * the same 36.2 MiB at 4 MiB chunks. Pages are resident only once written.
  *
  * A chunk's location is known once it is placed; it may be referenced by a manifest only
  * after `finish` resolved. A seal that fails fails the writer, and the pack it was
@@ -80,6 +87,8 @@ export type Sealer<B extends PackBuffer> = (buf: B) => Placement | Promise<Place
 export class PackWriter<B extends PackBuffer> {
   /** Bytes of each pack buffer. */
   readonly capacity: number;
+  /** Reserved bytes plus the largest size of each chunk in flight stay within this (see the class comment). */
+  private readonly limit: number;
   private readonly o: Required<Omit<PackWriterOptions<B>, 'onStored'>> & Pick<PackWriterOptions<B>, 'onStored'>;
   /** The pack chunks go to; never closing. */
   private current: Pack<B> | undefined;
@@ -97,12 +106,13 @@ export class PackWriter<B extends PackBuffer> {
   bytesWritten = 0;
 
   constructor(o: PackWriterOptions<B>) {
-    this.o = { targetBytes: 8 * 1024 * 1024, maxInFlight: 8, trailerRoom: 64 * 1024, maxUploads: 2, packsPerIndex: 32, ...o };
+    this.o = { targetBytes: 8 * 1024 * 1024, maxInFlight: 8, maxHeadroomBytes: MAX_HEADROOM_BYTES, trailerRoom: 64 * 1024, maxUploads: 2, packsPerIndex: 32, ...o };
     const { targetBytes, maxInFlight, maxChunkBytes, trailerRoom } = this.o;
     for (const [name, v, min] of [['targetBytes', targetBytes, 1], ['maxInFlight', maxInFlight, 1], ['maxChunkBytes', maxChunkBytes, 1], ['trailerRoom', trailerRoom, 0]] as const) {
       if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`${name} must be a whole number of at least ${min}, got ${v}`);
     }
-    this.capacity = targetBytes + maxInFlight * maxChunkBytes + trailerRoom;
+    this.limit = targetBytes + Math.max(maxChunkBytes, Math.min(maxInFlight * maxChunkBytes, this.o.maxHeadroomBytes));
+    this.capacity = this.limit + trailerRoom;
     if (this.capacity > Math.min(2 ** 30, MAX_PACK_BYTES)) throw new RangeError(`packs of ${targetBytes} bytes with ${maxInFlight} chunks of ${maxChunkBytes} in flight are too large`);
   }
 
@@ -139,7 +149,7 @@ export class PackWriter<B extends PackBuffer> {
     for (;;) {
       if (this.failure) throw this.failure;
       const p = this.current;
-      if (p && reserved(p.buf) < this.o.targetBytes) {
+      if (p && reserved(p.buf) < this.o.targetBytes && reserved(p.buf) + (p.inFlight + 1) * this.o.maxChunkBytes <= this.limit) {
         p.inFlight++;
         return p;
       }
