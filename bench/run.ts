@@ -95,6 +95,9 @@ const storedAfter: Record<string, number> = {};
 
 async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
   const bucket = tool === 'lifeboat' ? LB_BUCKET : RESTIC_BUCKET;
+  // Dirty pages of what ran before (the other tool's restore: 2 GiB; the last run's files,
+  // deleted at start) are written back now, not during this phase's measurement.
+  spawnSync('sync');
   const reqBefore = s3.requests.get(bucket) ?? 0;
   let run: Run;
   if (tool === 'lifeboat') {
