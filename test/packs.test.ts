@@ -387,6 +387,18 @@ function placeChunk(writer: PackWriter<PackBuffer>, id: string, plain: Buffer, o
   });
 }
 
+/** `n` chunks of 600 random bytes placed at once, every one handed a pack before any is sealed; then the writer finishes. */
+async function placeAllAtOnce(writer: PackWriter<PackBuffer>, n: number, prefix: string) {
+  const seen: Placement[] = [];
+  let open!: () => void;
+  const gate = new Promise<void>((ok) => (open = ok));
+  const chunks = Array.from({ length: n }, (_, i) => ({ id: fakeId(`${prefix}${i}`), plain: randomBytes(600) }));
+  const placing = chunks.map((c) => placeChunk(writer, c.id, c.plain, { before: () => gate, seen }));
+  open();
+  const at = await Promise.all(placing);
+  return { chunks, at, seen, written: await writer.finish() };
+}
+
 /** Every pack the store holds: its trailer read back, and checked to list chunks back to back from byte 0. */
 function storedPacks(store: MemoryObjectStore): Map<string, { body: Buffer; contents: PackContents; chunkBytes: number }> {
   const out = new Map<string, { body: Buffer; contents: PackContents; chunkBytes: number }>();
@@ -505,15 +517,7 @@ describe('PackWriter', () => {
     // Sized for chunks of 300 bytes at most, but these seal to 631.
     const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 300, maxInFlight: 1, trailerRoom: 0, newBuffer: newPackBuffer });
     expect(writer.capacity).toBe(1300);
-    const seen: Placement[] = [];
-    let open!: () => void;
-    const gate = new Promise<void>((ok) => (open = ok));
-    // Six at once, all handed a pack before any is sealed.
-    const chunks = Array.from({ length: 6 }, (_, n) => ({ id: fakeId(`f${n}`), plain: randomBytes(600) }));
-    const placing = chunks.map((c) => placeChunk(writer, c.id, c.plain, { before: () => gate, seen }));
-    open();
-    const at = await Promise.all(placing);
-    const written = await writer.finish();
+    const { chunks, at, seen, written } = await placeAllAtOnce(writer, 6, 'f');
     expect(seen.filter((p) => !p.fit).length).toBeGreaterThan(0);
     expect(seen.filter((p) => !p.fit).every((p) => p.sealedLength === 631)).toBe(true);
     expect(seen.filter((p) => p.fit)).toHaveLength(6);
@@ -531,14 +535,7 @@ describe('PackWriter', () => {
     const maxChunkBytes = 631;
     const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes, maxInFlight: 8, maxHeadroomBytes: 700, trailerRoom: 0, newBuffer: newPackBuffer });
     expect(writer.capacity).toBe(1000 + 700); // not 1000 + 8 x 631
-    const seen: Placement[] = [];
-    let open!: () => void;
-    const gate = new Promise<void>((ok) => (open = ok));
-    const chunks = Array.from({ length: 8 }, (_, n) => ({ id: fakeId(`h${n}`), plain: randomBytes(600) }));
-    const placing = chunks.map((c) => placeChunk(writer, c.id, c.plain, { before: () => gate, seen }));
-    open();
-    const at = await Promise.all(placing);
-    const written = await writer.finish();
+    const { chunks, at, seen, written } = await placeAllAtOnce(writer, 8, 'h');
     expect(seen.every((p) => p.fit)).toBe(true); // the chunks in flight always fit
     const packs = storedPacks(store);
     expect(written.every((w) => w.chunks.length <= 2 && packs.get(w.pack.id)!.chunkBytes <= writer.capacity)).toBe(true);
