@@ -8,7 +8,7 @@ import { Corrupt } from '../core/errors.ts';
 import { keys as objectKeys, objectCrc32, open, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { decodeIndexObject, encodeIndexObject, IndexListing, joinIndexSections, newIndexId, sealIndex, type PackContents } from '../core/packs.ts';
-import type { RepositoryAdmin } from '../core/repository-admin.ts';
+import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 
 /** What reading and rewriting index objects needs. */
 export interface IndexDeps {
@@ -82,6 +82,57 @@ async function readIndexListing(deps: IndexDeps, indexId: string): Promise<Index
 }
 
 /** What taking packs out of the index did. */
+/**
+ * Every index object, read after the mark (a pack a manifest names was indexed before the
+ * manifest was written), and what packs still in use hold that no manifest needs: the
+ * chunks of `inUse` packs not in `needed`, counted once per pack.
+ */
+export async function loadIndex(deps: IndexDeps & { admin: RepositoryAdmin }, inUse: ReadonlySet<string>, needed: ReadonlySet<string>): Promise<{ index: IndexMap; reclaimable: { chunks: number; bytes: number } }> {
+  const index = new IndexMap();
+  const reclaimable = { chunks: 0, bytes: 0 };
+  const counted = new Set<string>();
+  const listed: ListedObject[] = [];
+  for await (const o of deps.admin.list('index/')) listed.push(o);
+  await mapLimit(listed, 16, async (o) => {
+    const indexId = indexIdOfKey(o.key);
+    const contents = await readIndexObject(deps, indexId);
+    if (!contents) return; // replaced meanwhile (another collection): its successor lists the same packs
+    index.add({ indexId, lastModified: o.lastModified, packs: contents.map((p) => p.pack.id), chunks: contents.map((p) => p.chunks.length) });
+    for (const p of contents) {
+      if (!inUse.has(p.pack.id) || counted.has(p.pack.id)) continue;
+      counted.add(p.pack.id);
+      for (const c of p.chunks) {
+        if (needed.has(c.id)) continue;
+        reclaimable.chunks++;
+        reclaimable.bytes += c.length;
+      }
+    }
+  });
+  return { index, reclaimable };
+}
+
+/**
+ * The index as deleting `going` packs would leave it (a dry run's view): index objects
+ * listing none of them unchanged, the others rewritten (under a made-up id, written `at`)
+ * or dropped when they list nothing else.
+ */
+export function indexWithout(index: IndexMap, going: ReadonlySet<string>, at: Date): { after: IndexMap; rewritten: string[]; dropped: number } {
+  const after = new IndexMap();
+  const rewritten: string[] = [];
+  let dropped = 0;
+  for (const e of index.objects.values()) {
+    const left = e.packs.flatMap((p, i) => (going.has(p) ? [] : [i]));
+    if (left.length === e.packs.length) after.add(e);
+    else if (left.length === 0) dropped++;
+    else {
+      const id = `rewritten-${e.indexId}`;
+      rewritten.push(id);
+      after.add({ indexId: id, lastModified: at, packs: left.map((i) => e.packs[i]!), chunks: left.map((i) => e.chunks[i]!) });
+    }
+  }
+  return { after, rewritten, dropped };
+}
+
 export interface Unindexed {
   /** Packs whose old index object could not be deleted: they must stay. */
   kept: Set<string>;

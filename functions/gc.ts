@@ -38,9 +38,7 @@
  * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
-import { mapLimit } from '../core/concurrency.ts';
-import { Corrupt } from '../core/errors.ts';
-import { chunkIdOfKey, decodeManifest, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
+import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
@@ -48,7 +46,8 @@ import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
-import { CONSOLIDATION, consolidateIndex, IndexMap, indexIdOfKey, planConsolidation, readIndexObject, removeFromIndex, type ConsolidationSettings, type IndexEntry } from './gc-index.ts';
+import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
+import { CONSOLIDATION, consolidateIndex, indexWithout, loadIndex, planConsolidation, removeFromIndex, type ConsolidationSettings, type IndexEntry } from './gc-index.ts';
 
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
@@ -170,61 +169,6 @@ interface GcDeps {
   remainingMs?: () => number;
 }
 
-const MANIFEST = /^manifests\/([^/]+)\/(.+)\.manifest$/;
-
-/** What the manifests read so far reference. */
-interface Marks {
-  /** Chunk ids format-1 manifests reference (their objects are `chunks/<xx>/<id>`). */
-  chunks: Set<string>;
-  /** Pack ids format-2 manifests list. */
-  packs: Set<string>;
-  /** Chunk ids format-2 manifests reference, while collected (for `reclaimableInPacks` only). */
-  packedChunks?: Set<string>;
-}
-const noMarks = (): Marks => ({ chunks: new Set(), packs: new Set() });
-
-/** Is the chunk object or pack at `key` referenced? (Any other key under the swept prefixes is not.) */
-function isMarked(marks: Marks, key: string): boolean {
-  const chunk = chunkIdOfKey(key);
-  if (chunk) return marks.chunks.has(chunk);
-  const pack = packIdOfKey(key);
-  return pack !== undefined && marks.packs.has(pack);
-}
-
-/** Reads the manifests not seen yet and marks what they reference; `onObject` sees each object key a manifest needs. */
-async function markNew(deps: GcDeps, seen: Set<string>, marks: Marks, onObject?: (manifest: string, key: string) => void): Promise<number> {
-  let added = 0;
-  const fresh: ListedObject[] = [];
-  for await (const o of deps.admin.list('manifests/')) if (MANIFEST.test(o.key) && !seen.has(o.key)) fresh.push(o);
-  for (const o of fresh) {
-    const [, backupId, diskId] = MANIFEST.exec(o.key)!;
-    const sealed = await deps.store.get(o.key);
-    if (!sealed) continue; // pruned between list and get
-    let m;
-    try {
-      m = await decodeManifest(deps.keys, sealed, backupId!, diskId!);
-    } catch (err) {
-      throw new Corrupt(`garbage collection stopped: manifest ${o.key} does not open, so the chunks it needs are unknown; deep-verify backup ${backupId} and prune it or repair the manifest first (${(err as Error).message})`, err);
-    }
-    if (m.version === 2) {
-      for (const p of m.packs!) {
-        onObject?.(o.key, objectKeys.pack(p.id));
-        marks.packs.add(p.id);
-      }
-      if (marks.packedChunks) for (const id of m.chunks) if (id !== null) marks.packedChunks.add(id);
-    } else {
-      for (const id of m.chunks) {
-        if (id === null) continue;
-        onObject?.(o.key, objectKeys.chunk(id));
-        marks.chunks.add(id);
-      }
-    }
-    seen.add(o.key);
-    added++;
-  }
-  return added;
-}
-
 export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
   const started = deps.now();
   const graceHours = request.graceHours ?? 48;
@@ -249,27 +193,9 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
   delete marks.packedChunks; // only the statistic below needs them
 
   // The index, after the mark: a pack a manifest names was indexed before the manifest was written.
-  const index = new IndexMap();
-  const reclaimCounted = new Set<string>();
-  const listed: ListedObject[] = [];
-  for await (const o of deps.admin.list('index/')) listed.push(o);
-  await mapLimit(listed, 16, async (o) => {
-    const indexId = indexIdOfKey(o.key);
-    const contents = await readIndexObject(deps, indexId);
-    if (!contents) return; // replaced meanwhile (another collection): its successor lists the same packs
-    report.index.objects++;
-    index.add({ indexId, lastModified: o.lastModified, packs: contents.map((p) => p.pack.id), chunks: contents.map((p) => p.chunks.length) });
-    for (const p of contents) {
-      if (!marks.packs.has(p.pack.id) || reclaimCounted.has(p.pack.id)) continue;
-      reclaimCounted.add(p.pack.id);
-      for (const c of p.chunks) {
-        if (packedChunks.has(c.id)) continue;
-        report.reclaimableInPacks.chunks++;
-        report.reclaimableInPacks.bytes += c.length;
-      }
-    }
-  });
-  reclaimCounted.clear();
+  const { index, reclaimable } = await loadIndex(deps, marks.packs, packedChunks);
+  report.index.objects = index.objects.size;
+  report.reclaimableInPacks = reclaimable;
   packedChunks.clear();
 
   // Candidates: unreferenced, older than the grace period, not locked (nor, for a pack, listed by a locked index object).
@@ -340,21 +266,10 @@ export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>
   if (report.dryRun) {
     const going = new Set(candidates.map((o) => packIdOfKey(o.key)).filter((p) => p !== undefined));
     // The index as the sweep would leave it, for what consolidation would do.
-    const after = new IndexMap();
-    for (const e of index.objects.values()) {
-      const left = e.packs.flatMap((p, i) => (going.has(p) ? [] : [i]));
-      if (left.length === e.packs.length) {
-        after.add(e);
-        continue;
-      }
-      if (left.length === 0) report.index.dropped++;
-      else {
-        report.index.rewritten++;
-        const id = `rewritten-${e.indexId}`;
-        writtenIndexes.add(id);
-        after.add({ indexId: id, lastModified: started, packs: left.map((i) => e.packs[i]!), chunks: left.map((i) => e.chunks[i]!) });
-      }
-    }
+    const { after, rewritten, dropped } = indexWithout(index, going, started);
+    report.index.rewritten = rewritten.length;
+    report.index.dropped = dropped;
+    for (const id of rewritten) writtenIndexes.add(id);
     const plan = planConsolidation(after, settings, mergeable, (p) => storedPacks.has(p) && !going.has(p));
     const merged = plan.groups.reduce((n, g) => n + g.sources.length, 0);
     const written = plan.groups.filter((g) => g.packs.size > 0).length;

@@ -1,0 +1,70 @@
+/**
+ * Garbage collection's mark (gc.ts): what the repository's manifests reference, read a
+ * batch of new manifests at a time (the sweep marks again before each batch, and after
+ * it to find late references).
+ */
+import { Corrupt } from '../core/errors.ts';
+import { chunkIdOfKey, decodeManifest, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
+import type { ObjectStore } from '../core/object-store.ts';
+import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
+
+export interface MarkDeps {
+  admin: RepositoryAdmin;
+  store: ObjectStore;
+  keys: RepositoryKeys;
+}
+
+const MANIFEST = /^manifests\/([^/]+)\/(.+)\.manifest$/;
+
+/** What the manifests read so far reference. */
+export interface Marks {
+  /** Chunk ids format-1 manifests reference (their objects are `chunks/<xx>/<id>`). */
+  chunks: Set<string>;
+  /** Pack ids format-2 manifests list. */
+  packs: Set<string>;
+  /** Chunk ids format-2 manifests reference, while collected (for `reclaimableInPacks` only). */
+  packedChunks?: Set<string>;
+}
+export const noMarks = (): Marks => ({ chunks: new Set(), packs: new Set() });
+
+/** Is the chunk object or pack at `key` referenced? (Any other key under the swept prefixes is not.) */
+export function isMarked(marks: Marks, key: string): boolean {
+  const chunk = chunkIdOfKey(key);
+  if (chunk) return marks.chunks.has(chunk);
+  const pack = packIdOfKey(key);
+  return pack !== undefined && marks.packs.has(pack);
+}
+
+/** Reads the manifests not seen yet and marks what they reference; `onObject` sees each object key a manifest needs. */
+export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, onObject?: (manifest: string, key: string) => void): Promise<number> {
+  let added = 0;
+  const fresh: ListedObject[] = [];
+  for await (const o of deps.admin.list('manifests/')) if (MANIFEST.test(o.key) && !seen.has(o.key)) fresh.push(o);
+  for (const o of fresh) {
+    const [, backupId, diskId] = MANIFEST.exec(o.key)!;
+    const sealed = await deps.store.get(o.key);
+    if (!sealed) continue; // pruned between list and get
+    let m;
+    try {
+      m = await decodeManifest(deps.keys, sealed, backupId!, diskId!);
+    } catch (err) {
+      throw new Corrupt(`garbage collection stopped: manifest ${o.key} does not open, so the chunks it needs are unknown; deep-verify backup ${backupId} and prune it or repair the manifest first (${(err as Error).message})`, err);
+    }
+    if (m.version === 2) {
+      for (const p of m.packs!) {
+        onObject?.(o.key, objectKeys.pack(p.id));
+        marks.packs.add(p.id);
+      }
+      if (marks.packedChunks) for (const id of m.chunks) if (id !== null) marks.packedChunks.add(id);
+    } else {
+      for (const id of m.chunks) {
+        if (id === null) continue;
+        onObject?.(o.key, objectKeys.chunk(id));
+        marks.chunks.add(id);
+      }
+    }
+    seen.add(o.key);
+    added++;
+  }
+  return added;
+}
