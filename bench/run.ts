@@ -127,7 +127,8 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
 }
 
 const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);
-console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight, at most 16 requests at once; restic: --compression auto, repository v2, --stdin`);
+const hasQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
+console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight, at most 16 requests at once, ${hasQemuImg ? "the image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
 const checks: string[] = [];
 try {
   if (hasRestic) {
@@ -189,7 +190,7 @@ for (const c of checks) console.log(`  check: ${c}`);
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
 await writeFile(join(dir, 'results.json'), JSON.stringify({
   at: new Date().toISOString(), sizeMiB, sizeBytes: img.sizeBytes, changedBytes: img.changedBytes, mix: img.mix, cores: cpus().length, restic,
-  settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize(), packBytes: 8 * 1024 * 1024 }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
+  settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize(), packBytes: 8 * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
   baseSha256: baseSha, changedSha256: changedSha, results, targets, checks,
 }, null, 2) + '\n');
 console.log(`\nresults: ${join(dir, 'results.json')}`);

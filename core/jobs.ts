@@ -108,6 +108,11 @@ export interface TransferStats {
   bytesNew: number;
   /** Bytes of all-zero chunks (never stored). */
   bytesZero: number;
+  /**
+   * Of bytesZero, those in holes the source reported (a thin disk's unallocated space):
+   * not even read. Absent from the stats of movers that did not map holes.
+   */
+  bytesUnallocated?: number;
   /** Plaintext bytes of the chunks this transfer uploaded. */
   bytesUploaded: number;
   /** Bytes written to the repository (after compression and encryption). */

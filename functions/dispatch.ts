@@ -39,6 +39,7 @@ export function planDispatch(job: VmJob): DispatchItem[] {
 
 const sumStats = (a: TransferStats, b: TransferStats): TransferStats => ({
   bytesScanned: a.bytesScanned + b.bytesScanned, bytesNew: a.bytesNew + b.bytesNew, bytesZero: a.bytesZero + b.bytesZero,
+  bytesUnallocated: (a.bytesUnallocated ?? 0) + (b.bytesUnallocated ?? 0),
   bytesUploaded: a.bytesUploaded + b.bytesUploaded, bytesStored: a.bytesStored + b.bytesStored, chunks: a.chunks + b.chunks,
   zeroChunks: a.zeroChunks + b.zeroChunks, parentChunks: a.parentChunks + b.parentChunks, dedupedChunks: a.dedupedChunks + b.dedupedChunks,
   uploadedChunks: a.uploadedChunks + b.uploadedChunks,

@@ -179,6 +179,27 @@ describe('backup pipeline', () => {
     expect((await stat(target)).blocks * 512).toBeLessThan(data.length); // sparse: zero runs were not written
   });
 
+  it('never reads the holes the source reports: a chunk wholly in one is a zero chunk, a chunk with any data in it is read; restores identical', async () => {
+    const store = new CountingStore();
+    const data = Buffer.alloc(CHUNK * 12);
+    randomBytes(CHUNK * 2).copy(data, 0); // chunks 0-1
+    randomBytes(100).copy(data, 5 * CHUNK + CHUNK - 100); // the end of chunk 5
+    randomBytes(CHUNK + 10).copy(data, 8 * CHUNK); // chunk 8 and the start of 9
+    const extents = [{ offset: 0, length: 2 * CHUNK }, { offset: 6 * CHUNK - 100, length: 100 }, { offset: 8 * CHUNK, length: CHUNK + 10 }];
+    const reads: number[] = [];
+    const mapped: DiskReader = { ...reader(data), read: async (buf, offset, length) => (reads.push(offset / CHUNK), data.copy(buf, 0, offset, offset + length)), allocated: async () => extents };
+    const r = await backupDisk({ store, keys, reader: mapped, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    expect(reads.sort((a, b) => a - b)).toEqual([0, 1, 5, 8, 9]);
+    expect(r.stats).toMatchObject({ bytesScanned: data.length, zeroChunks: 7, bytesZero: 7 * CHUNK, bytesUnallocated: 7 * CHUNK, uploadedChunks: 5 });
+    const target = await tempTarget();
+    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    expect((await readFile(target)).equals(data)).toBe(true);
+    // A source that cannot tell (undefined) is read whole.
+    reads.length = 0;
+    await backupDisk({ store, keys, reader: { ...mapped, allocated: async () => undefined }, disk: disk('d', data), backupId: 'b2', chunkSize: CHUNK });
+    expect(reads).toHaveLength(12);
+  });
+
   it('fails a restore naming the disk, offset and object key when a stored chunk is damaged', async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 3);

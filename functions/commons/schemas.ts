@@ -23,7 +23,7 @@ export const diskRef: z.ZodType<DiskRef> = z.looseObject({ diskId: text, path: t
 export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({ handle: text, disks: z.array(diskRef), config: z.record(z.string(), z.unknown()) });
 
 export const transferStats: z.ZodType<TransferStats> = z.looseObject({
-  bytesScanned: count, bytesNew: count, bytesZero: count, bytesUploaded: count, bytesStored: count,
+  bytesScanned: count, bytesNew: count, bytesZero: count, bytesUnallocated: count.optional(), bytesUploaded: count, bytesStored: count,
   chunks: count, zeroChunks: count, parentChunks: count, dedupedChunks: count, uploadedChunks: count, seconds: z.number().nonnegative(),
 });
 export const diskResult: z.ZodType<DiskResult> = z.looseObject({ diskId: text, sizeBytes: count, manifestKey: text, stats: transferStats });

@@ -19,7 +19,7 @@ export function formatBackup(f: BackupFigures): string[] {
   const ratio = (r: number) => (Number.isFinite(r) ? `${r.toFixed(2)}x` : 'n/a (nothing uploaded)');
   return [
     `${f.label}: ${f.summary.committed} VM(s) committed, ${f.summary.failed} failed (run ${f.summary.runId})`,
-    `  scanned     ${mib(t.bytesScanned)} (${mib(t.bytesZero)} all-zero, skipped)`,
+    `  scanned     ${mib(t.bytesScanned)} (${mib(t.bytesZero)} all-zero, skipped; ${mib(t.bytesUnallocated ?? 0)} of it holes, not read)`,
     `  new         ${mib(t.bytesNew)} (not in the parent backup)`,
     `  uploaded    ${mib(t.bytesUploaded)} in ${t.uploadedChunks} chunks (${t.parentChunks} from parent, ${t.dedupedChunks} already in repository)`,
     `  stored      ${mib(t.bytesStored)} after compression and encryption`,

@@ -1,5 +1,5 @@
 /**
- * One disk's transfer: read → zero check → keyed id → skip what the parent has (no
+ * One disk's transfer: skip the holes the source reports (never read) → read → zero check → keyed id → skip what the parent has (no
  * request) → skip what the repository's index lists → seal (zstd + AES-GCM) straight into
  * a pack buffer, uploaded once full (core/packs.ts, pack-writer.ts), with a bounded number
  * of chunks in flight; then the last pack, the index of the packs written, and the
@@ -16,6 +16,7 @@ import { RepositoryIndex } from '../../core/repository-index.ts';
 import { PackWriter } from './pack-writer.ts';
 import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
+import { holdsData } from '../sources/allocation.ts';
 import type { DiskReader } from '../sources/source.ts';
 import { sharedChunkPool, type ChunkPool, type SharedPack, type SharedSlot } from './chunk-pool.ts';
 
@@ -89,7 +90,10 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const endChunk = seg ? Math.ceil((seg.offset + seg.length) / chunkSize) : count;
   const manifestId = seg ? segmentManifestId(disk.diskId, seg.index) : disk.diskId;
   const parent = await loadParentChunks(o);
-  const stats: TransferStats = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
+  // A chunk in a hole of the disk reads as zeros: it is a zero chunk, and it is not read.
+  const extents = await o.reader.allocated?.();
+  const inHole = (i: number) => extents !== undefined && !holdsData(extents, i * chunkSize, Math.min(chunkSize, disk.sizeBytes - i * chunkSize));
+  const stats: Required<TransferStats> = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUploaded: 0, bytesStored: 0, chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
   const chunkIds: (string | null)[] = new Array(count).fill(null);
   // Where each referenced chunk is; chunks written by this backup get their pack's size once it landed.
   const stored = new Map<string, { packId: string; offset: number; length: number }>();
@@ -187,6 +191,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const readAhead = (upTo: number) => {
     for (; nextRead <= Math.min(upTo, endChunk - 1); nextRead++) {
       const i = nextRead;
+      if (inHole(i)) continue;
       const offset = i * chunkSize;
       const length = Math.min(chunkSize, disk.sizeBytes - offset);
       const buf = takeSlot();
@@ -203,10 +208,17 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       o.signal?.throwIfAborted();
       if (failure) break;
       readAhead(i + READ_AHEAD);
-      const buf = await reads.get(i)!;
-      reads.delete(i);
       const length = Math.min(chunkSize, disk.sizeBytes - i * chunkSize);
       stats.bytesScanned += length;
+      const read = reads.get(i);
+      if (!read) { // a hole
+        stats.zeroChunks++;
+        stats.bytesZero += length;
+        stats.bytesUnallocated += length;
+        continue;
+      }
+      const buf = await read;
+      reads.delete(i);
       const p = processChunk(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
       running.add(p);
       if (running.size >= parallelism) await Promise.race(running);

@@ -5,7 +5,8 @@
  *
  * A snapshot clones each disk file into `.lifeboat-snapshots/<backupId>/` (copy-on-write
  * where the filesystem supports it, a sparse copy otherwise), so the VM may keep writing
- * while the movers read a frozen image.
+ * while the movers read a frozen image. Readers skip the image's holes: `qemu-img map`
+ * says where they are (allocation.ts); without qemu-img every byte is read.
  */
 import { execFile } from 'node:child_process';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
@@ -13,6 +14,7 @@ import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { SourceUnavailable } from '../../core/errors.ts';
 import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
+import { rawImageExtents } from './allocation.ts';
 import type { DiskReader, SourceDriver } from './source.ts';
 
 interface VmConfig {
@@ -60,7 +62,17 @@ async function readConfig(source: string): Promise<VmConfig> {
   return config;
 }
 
+export interface FolderDriverOptions {
+  /** The qemu-img to map a disk's holes with (default: `qemu-img` on the PATH; false: never map, read every byte). */
+  qemuImg?: string | false;
+}
+
 export class FolderDriver implements SourceDriver {
+  private readonly options: FolderDriverOptions;
+  constructor(options: FolderDriverOptions = {}) {
+    this.options = options;
+  }
+
   async snapshot(source: string, backupId: string): Promise<SnapshotResult> {
     const config = await readConfig(source);
     const dir = join(source, SNAPSHOTS, backupId);
@@ -90,6 +102,7 @@ export class FolderDriver implements SourceDriver {
     return {
       sizeBytes: disk.sizeBytes,
       read: async (buf, offset, length) => (await fh.read(buf, 0, length, offset)).bytesRead,
+      allocated: async () => (this.options.qemuImg === false ? undefined : rawImageExtents(disk.path, disk.sizeBytes, this.options.qemuImg)),
       close: () => fh.close(),
     };
   }
