@@ -99,6 +99,16 @@ describe('Summarize metrics', () => {
     expect(ages).toEqual({ 'vm-fresh': 1, 'vm-stale': 72, 'vm-never': 24 });
   });
 
+  it('totals the disks of a run, also the stats of a mover that did not report the holes it skipped', () => {
+    const stats = (bytesUnallocated?: number) => ({
+      bytesScanned: 100, bytesNew: 10, bytesZero: 50, ...(bytesUnallocated === undefined ? {} : { bytesUnallocated }), bytesUploaded: 10, bytesStored: 5,
+      chunks: 10, zeroChunks: 5, parentChunks: 4, dedupedChunks: 0, uploadedChunks: 1, seconds: 1,
+    });
+    const disks = [{ diskId: 'a', sizeBytes: 100, manifestKey: 'm/a', stats: stats(40) }, { diskId: 'b', sizeBytes: 100, manifestKey: 'm/b', stats: stats() }];
+    const summary = summarizeRun({ runId: 'r', policyId: 'p', results: [{ vmId: 'vm', backupId: 'b', disks }] });
+    expect(summary.totals).toMatchObject({ bytesScanned: 200, bytesZero: 100, bytesUnallocated: 40, uploadedChunks: 2 });
+  });
+
   it('emits OldestRecoveryPointAgeHours per policy as EMF, the metric the RPO alarm watches', async () => {
     const metrics = new Metrics({ namespace: 'LifeboatTest', serviceName: 'lifeboat' });
     const summary = summarizeRun({ runId: 'r', policyId: 'nightly', results: [
