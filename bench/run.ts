@@ -2,6 +2,11 @@
  * Lifeboat vs restic on the same disk image and the same local S3 endpoint (the embedded
  * stack's: s3rver with aws-chunked de-framing, local/s3-server.ts): full backup, incremental backup, restore.
  * Usage: npm run bench   (BENCH_SIZE_MIB=256 for a quick run; default 2048)
+ *
+ * It runs BENCH_ROUNDS rounds (default 2), each into fresh buckets, and the tools take
+ * turns going first: on these shared 2-core machines whatever runs right after a big
+ * delete or write pays for it (the first phase of a round ran up to 15% slower), and with
+ * one order that was always Lifeboat. The table gives each figure's mean over the rounds.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -19,8 +24,9 @@ const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
 const dir = join(root, '.lifeboat', 'bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
-const LB_BUCKET = 'lifeboat-bench';
-const RESTIC_BUCKET = 'restic-bench';
+const rounds = Math.max(1, Math.floor(Number(process.env.BENCH_ROUNDS ?? 2)));
+const ROUNDS = Array.from({ length: rounds }, (_, i) => i + 1);
+const bucketOf = (tool: 'lifeboat' | 'restic', round: number) => `${tool}-bench-${round}`;
 const TIME = '/usr/bin/time';
 const hasTime = existsSync(TIME);
 const hasRestic = spawnSync('restic', ['version'], { encoding: 'utf8' }).status === 0;
@@ -70,7 +76,8 @@ async function bucketBytes(bucket: string): Promise<{ bytes: number; objects: nu
 
 type Phase = 'full' | 'incr' | 'restore';
 interface Figures { wallSeconds: number; mbPerSecond: number; cpuSeconds: number | null; peakRssMiB: number | null; bytesStored: number | null; requests: number; objects?: number; note?: string }
-const results: Record<Phase, { lifeboat?: Figures; restic?: Figures }> = { full: {}, incr: {}, restore: {} };
+type Results = Record<Phase, { lifeboat?: Figures; restic?: Figures }>;
+const roundResults: Results[] = [];
 
 console.log(`bench: ${sizeMiB} MiB image, ${cpus().length} cores; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`);
 if (!hasRestic) console.log('restic is not installed: `apt-get update && apt-get install -y restic` (Debian 12 has 0.14). Running Lifeboat alone.');
@@ -80,21 +87,24 @@ console.log(`images ready in ${((performance.now() - t) / 1000).toFixed(1)} s: z
 const [baseSha, changedSha] = await Promise.all([sha256File(img.base), sha256File(img.changed)]);
 
 await rm(join(dir, 's3'), { recursive: true, force: true });
-await rm(join(dir, 'restore-lifeboat.raw'), { force: true });
-await rm(join(dir, 'restore-restic'), { recursive: true, force: true });
+const removeRestores = async () => {
+  await rm(join(dir, 'restore-lifeboat.raw'), { force: true });
+  await rm(join(dir, 'restore-restic'), { recursive: true, force: true });
+};
+await removeRestores();
 await rm(join(dir, 'restic-cache'), { recursive: true, force: true });
 await mkdir(join(dir, 's3'), { recursive: true });
 const keyFile = join(dir, 'master.key');
 await writeFile(keyFile, randomBytes(32));
-const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: [LB_BUCKET, RESTIC_BUCKET] });
-const resticEnv = {
-  ...process.env, RESTIC_REPOSITORY: `s3:${s3.url}/${RESTIC_BUCKET}`, RESTIC_PASSWORD: 'bench-password',
+const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: ROUNDS.flatMap((r) => [bucketOf('lifeboat', r), bucketOf('restic', r)]) });
+const resticEnv = (round: number) => ({
+  ...process.env, RESTIC_REPOSITORY: `s3:${s3.url}/${bucketOf('restic', round)}`, RESTIC_PASSWORD: 'bench-password',
   AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
-};
+});
 const storedAfter: Record<string, number> = {};
 
-async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
-  const bucket = tool === 'lifeboat' ? LB_BUCKET : RESTIC_BUCKET;
+async function phase(tool: 'lifeboat' | 'restic', ph: Phase, round: number): Promise<void> {
+  const bucket = bucketOf(tool, round);
   // Dirty pages of what ran before (the other tool's restore: 2 GiB; the last run's files,
   // deleted at start) are written back now, not during this phase's measurement.
   spawnSync('sync');
@@ -105,25 +115,25 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase): Promise<void> {
     // Started as the mover is (mover/start-settings.ts), its compile cache kept between runs as a mover's is.
     run = await timed(process.execPath, [...MOVER_NODE_FLAGS, join(root, 'bench', 'lifeboat-child.ts'), ph, s3.url, bucket, keyFile, path], { env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } });
   } else if (ph === 'restore') {
-    run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv });
+    run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv(round) });
   } else {
-    run = await timed('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--stdin', '--stdin-filename', 'disk.raw'], { env: resticEnv, stdinFile: ph === 'full' ? img.base : img.changed });
+    run = await timed('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--stdin', '--stdin-filename', 'disk.raw'], { env: resticEnv(round), stdinFile: ph === 'full' ? img.base : img.changed });
   }
   const requests = (s3.requests.get(bucket) ?? 0) - reqBefore;
   let bytesStored: number | null = null;
   let objects: number | undefined;
   if (ph !== 'restore') {
     const b = await bucketBytes(bucket);
-    bytesStored = b.bytes - (ph === 'incr' ? storedAfter[`${tool}-full`]! : storedAfter[`${tool}-init`] ?? 0);
-    storedAfter[`${tool}-${ph}`] = b.bytes;
+    bytesStored = b.bytes - (ph === 'incr' ? storedAfter[`${bucket}-full`]! : storedAfter[`${bucket}-init`] ?? 0);
+    storedAfter[`${bucket}-${ph}`] = b.bytes;
     objects = b.objects;
   }
   const note = tool === 'restic'
     ? run.stdout.split('\n').filter((l) => /using parent|Added to the repository|processed|restoring/.test(l)).map((l) => l.trim()).join('; ')
     : run.stdout.trim();
   const f: Figures = { note, wallSeconds: run.wall, mbPerSecond: img.sizeBytes / 1e6 / run.wall, cpuSeconds: run.cpu, peakRssMiB: run.rssMiB, bytesStored, requests, ...(objects !== undefined ? { objects } : {}) };
-  results[ph][tool] = f;
-  console.log(`  ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}`);
+  roundResults[round - 1]![ph][tool] = f;
+  console.log(`  round ${round} ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}`);
 }
 
 const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);
@@ -131,28 +141,37 @@ const hasQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
 console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight, at most 16 requests at once, ${hasQemuImg ? "the image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
 const checks: string[] = [];
 try {
-  if (hasRestic) {
-    const reqBefore = s3.requests.get(RESTIC_BUCKET) ?? 0;
-    await timed('restic', ['init', '--repository-version', '2'], { env: resticEnv });
-    storedAfter['restic-init'] = (await bucketBytes(RESTIC_BUCKET)).bytes;
-    console.log(`  restic init: ${(s3.requests.get(RESTIC_BUCKET) ?? 0) - reqBefore} requests (not counted in the phases)`);
-  }
-  storedAfter['lifeboat-init'] = 0;
-  for (const ph of ['full', 'incr', 'restore'] as const) {
-    await phase('lifeboat', ph);
-    if (hasRestic) await phase('restic', ph);
-  }
-  const lbSha = await sha256File(join(dir, 'restore-lifeboat.raw'));
-  checks.push(`lifeboat restore ${lbSha === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
-  if (hasRestic) {
-    const rSha = await sha256File(join(dir, 'restore-restic', 'disk.raw'));
-    checks.push(`restic restore ${rSha === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+  for (const round of ROUNDS) {
+    roundResults.push({ full: {}, incr: {}, restore: {} });
+    if (hasRestic) {
+      const bucket = bucketOf('restic', round);
+      const reqBefore = s3.requests.get(bucket) ?? 0;
+      await timed('restic', ['init', '--repository-version', '2'], { env: resticEnv(round) });
+      storedAfter[`${bucket}-init`] = (await bucketBytes(bucket)).bytes;
+      console.log(`  round ${round}: restic init ${(s3.requests.get(bucket) ?? 0) - reqBefore} requests (not counted in the phases); ${round % 2 === 1 || !hasRestic ? 'Lifeboat' : 'restic'} goes first`);
+    }
+    const order = round % 2 === 1 ? (['lifeboat', 'restic'] as const) : (['restic', 'lifeboat'] as const);
+    for (const ph of ['full', 'incr', 'restore'] as const) {
+      for (const tool of order) if (tool === 'lifeboat' || hasRestic) await phase(tool, ph, round);
+    }
+    const lbSha = await sha256File(join(dir, 'restore-lifeboat.raw'));
+    checks.push(`round ${round}: lifeboat restore ${lbSha === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+    if (hasRestic) {
+      const rSha = await sha256File(join(dir, 'restore-restic', 'disk.raw'));
+      checks.push(`round ${round}: restic restore ${rSha === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+    }
+    await removeRestores();
   }
 } finally {
   await s3.close();
 }
 
-// The table.
+// The table: each figure's mean over the rounds.
+const metricsOf: (keyof Figures)[] = ['wallSeconds', 'mbPerSecond', 'cpuSeconds', 'peakRssMiB', 'bytesStored', 'requests'];
+const mean = (xs: (number | null | undefined)[]): number | null | undefined => (xs.some((x) => x == null) ? xs.find((x) => x == null) : xs.reduce<number>((a, x) => a + x!, 0) / xs.length);
+const results = Object.fromEntries((['full', 'incr', 'restore'] as const).map((ph) => [ph, Object.fromEntries((['lifeboat', 'restic'] as const)
+  .filter((tool) => roundResults.every((r) => r[ph][tool]))
+  .map((tool) => [tool, Object.fromEntries(metricsOf.map((k) => [k, mean(roundResults.map((r) => r[ph][tool]![k] as number | null))]))]))])) as unknown as Results;
 const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined ? '-' : v.toFixed(d));
 const ratio = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null || b === 0 ? '-' : (a / b).toFixed(2));
 const rows: string[][] = [['phase', 'figure', 'Lifeboat', 'restic', 'Lifeboat/restic']];
@@ -183,14 +202,20 @@ const targets = [
   { target: 'full bytes stored <= restic + 2%', lifeboat: L('full', 'bytesStored'), restic: R('full', 'bytesStored'), ok: (l: number, r: number) => l <= 1.02 * r },
   { target: 'incremental bytes stored <= half of restic', lifeboat: L('incr', 'bytesStored'), restic: R('incr', 'bytesStored'), ok: (l: number, r: number) => l <= 0.5 * r },
 ].map((x) => ({ target: x.target, ratio: x.lifeboat != null && x.restic ? x.lifeboat / x.restic : null, met: x.lifeboat != null && x.restic != null ? x.ok(x.lifeboat, x.restic) : null }));
-console.log('\nTargets:');
-for (const x of targets) console.log(`  ${x.met === null ? 'n/a    ' : x.met ? 'met    ' : 'NOT met'}  ${x.target} (Lifeboat/restic = ${x.ratio === null ? '-' : x.ratio.toFixed(2)})`);
+const perRound = (ph: Phase, k: keyof Figures) => roundResults.map((r) => {
+  const l = r[ph].lifeboat?.[k] as number | null | undefined;
+  const x = r[ph].restic?.[k] as number | null | undefined;
+  return l != null && x ? (l / x).toFixed(2) : '-';
+}).join(', ');
+const roundRatios = [perRound('full', 'mbPerSecond'), perRound('incr', 'mbPerSecond'), perRound('restore', 'mbPerSecond'), perRound('full', 'bytesStored'), perRound('incr', 'bytesStored')];
+console.log(`\nTargets (on the means of ${rounds} round(s); each round's ratio in brackets):`);
+targets.forEach((x, i) => console.log(`  ${x.met === null ? 'n/a    ' : x.met ? 'met    ' : 'NOT met'}  ${x.target} (Lifeboat/restic = ${x.ratio === null ? '-' : x.ratio.toFixed(2)} [${roundRatios[i]}])`));
 for (const c of checks) console.log(`  check: ${c}`);
 
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
 await writeFile(join(dir, 'results.json'), JSON.stringify({
   at: new Date().toISOString(), sizeMiB, sizeBytes: img.sizeBytes, changedBytes: img.changedBytes, mix: img.mix, cores: cpus().length, restic,
   settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize(), packBytes: 8 * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
-  baseSha256: baseSha, changedSha256: changedSha, results, targets, checks,
+  rounds, baseSha256: baseSha, changedSha256: changedSha, results, roundResults, targets, checks,
 }, null, 2) + '\n');
 console.log(`\nresults: ${join(dir, 'results.json')}`);
