@@ -31,8 +31,21 @@ export class ReplicaBusy extends LifeboatError {
   }
 }
 
+/**
+ * Another garbage collection of the repository holds its lease: two at once would race on
+ * its index (each rewriting and merging the objects the other reads). Retryable: the
+ * workflow waits.
+ */
+export class GcBusy extends LifeboatError {
+  static readonly code = 'Gc.Busy';
+  constructor(message: string) {
+    super(GcBusy.code, message, { retryable: true });
+  }
+}
+
 export const recoveryErrorClasses = {
   [RecoveryRequestInvalid.code]: RecoveryRequestInvalid,
   [RestoreMismatch.code]: RestoreMismatch,
   [ReplicaBusy.code]: ReplicaBusy,
+  [GcBusy.code]: GcBusy,
 } as const;

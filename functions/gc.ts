@@ -16,6 +16,11 @@
  * when nothing is left). A pack whose index object cannot be replaced (Object Lock, a
  * refused delete) is not deleted.
  *
+ * One collection of a repository runs at a time: it takes the repository's lease in the
+ * catalog (`GcLease`, a conditional write like a backup slot) under its gcId, keeps it
+ * while deferred and gives it back when it ends; another one meanwhile fails with
+ * `Gc.Busy`, which the workflow retries. A dry run takes no lease (it deletes nothing).
+ *
  * Safety beside running backups:
  * - Nothing is deleted while a backup runs: the sweep checks the catalog before each
  *   batch and, finding a running backup, stops and reports itself deferred; the workflow
@@ -38,10 +43,13 @@
  * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
+import type { StorageEndpoint } from '../core/endpoints.ts';
+import { GcBusy } from '../core/recovery-errors.ts';
 import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
+import { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
@@ -52,6 +60,8 @@ import { CONSOLIDATION, consolidateIndex, indexWithout, loadIndex, planConsolida
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
 const RUNNING_FRESH_MS = 25 * HOUR_MS;
+/** A collection holds its repository's lease at most this long, should it die holding it (the workflow times out after 12 h). */
+export const GC_LEASE_MS = 13 * HOUR_MS;
 /** Consolidation starts no group of index objects once the invocation has less time left than this. */
 const CONSOLIDATION_MARGIN_MS = 120_000;
 
@@ -153,6 +163,23 @@ export interface GcReport {
   seconds: number;
 }
 
+/** One collection of a repository at a time, held by its gcId. */
+export interface GcLease {
+  /** Takes (or, for the same holder, renews) the lease until `expiresAt` (epoch ms); false when another holder has it. */
+  take(holder: string, now: number, expiresAt: number): Promise<boolean>;
+  /** Gives it back if `holder` has it (idempotent). */
+  release(holder: string): Promise<void>;
+}
+
+/** The lease of the repository `bucket` on `endpoint` (a bucket name is unique only per endpoint), in the catalog. */
+export function catalogGcLease(catalog: Pick<Catalog, 'takeSlot' | 'releaseSlot'>, bucket: string, endpoint: StorageEndpoint | undefined): GcLease {
+  const scope = `gc:${endpoint?.url ?? ''}|${bucket}`;
+  return {
+    take: (holder, now, expiresAt) => catalog.takeSlot(scope, 0, holder, now, expiresAt),
+    release: (holder) => catalog.releaseSlot(Catalog.slotKey(scope, 0), holder),
+  };
+}
+
 interface GcDeps {
   admin: RepositoryAdmin;
   store: ObjectStore;
@@ -167,9 +194,32 @@ interface GcDeps {
   consolidation?: ConsolidationSettings;
   /** Milliseconds the invocation has left (Lambda's context); consolidation stops in time. */
   remainingMs?: () => number;
+  /** The repository's GC lease (none: nothing guards against a second collection). */
+  lease?: GcLease;
 }
 
-export async function collectGarbage({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
+/**
+ * Collects garbage holding the repository's lease (not on a dry run): `Gc.Busy` when
+ * another collection has it. The lease is kept while the collection is deferred (the
+ * workflow collects again under the same gcId) and given back when it ends or fails.
+ */
+export async function collectGarbage(input: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
+  const lease = input.request.dryRun ? undefined : deps.lease;
+  const now = deps.now().getTime();
+  if (lease && !(await lease.take(input.gcId, now, now + GC_LEASE_MS))) {
+    throw new GcBusy(`another garbage collection of repository '${input.request.bucket}' is running (it holds the repository's GC lease until it ends, at most ${GC_LEASE_MS / HOUR_MS} h if it died); this one waits for it`);
+  }
+  let report: GcReport | undefined;
+  try {
+    report = await collect(input, deps);
+    return report;
+  } finally {
+    // After a failure the lease goes back too (the workflow's retry takes it again); failing to give it back then must not hide the failure.
+    if (lease && !report?.deferred) await lease.release(input.gcId).catch((err: unknown) => { if (report) throw err; });
+  }
+}
+
+async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
   const started = deps.now();
   const graceHours = request.graceHours ?? 48;
   const counts = (): SweptObjects => ({ total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 });
@@ -363,6 +413,6 @@ export const handler = lambdaHandler('CollectGarbage', gcInput, async (input, { 
   return collectGarbage(input, {
     admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
     recovery: c.recovery, running: () => c.recovery.runningBackups(new Date(Date.now() - RUNNING_FRESH_MS)), now: () => new Date(),
-    remainingMs: () => context.getRemainingTimeInMillis(),
+    remainingMs: () => context.getRemainingTimeInMillis(), lease: catalogGcLease(c.catalog, bucket, endpoint),
   });
 });

@@ -3,19 +3,21 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeEach, describe, expect, it } from 'vitest';
-import { Corrupt } from '../core/errors.ts';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Corrupt, StorageUnavailable } from '../core/errors.ts';
 import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, type Manifest } from '../core/format.ts';
 import type { DiskRef } from '../core/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { decodeIndexObject, encodeIndexObject, packedManifest, type PackContents } from '../core/packs.ts';
 import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
-import { collectGarbage } from '../functions/gc.ts';
+import type { Catalog } from '../functions/catalog/catalog.ts';
+import { catalogGcLease, collectGarbage, GC_LEASE_MS } from '../functions/gc.ts';
 import { verifyManifests } from '../functions/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import type { DiskReader } from '../mover/sources/source.ts';
+import { startTestCatalog } from './helpers/catalog.ts';
 
 const keys = deriveKeys(randomBytes(32));
 const NOW = new Date('2026-11-23T12:00:00Z');
@@ -611,5 +613,42 @@ describe('collectGarbage merging the index objects the mover wrote', () => {
     // Every disk again, from scratch (no parent): each chunk is found in the index, nothing is stored.
     for (const [i, d] of disks.entries()) expect((await backUp(`again${i}`, d, cache)).stats.uploadedChunks).toBe(0);
     expect((await backUp('fresh-cache', disks[5]!)).stats.uploadedChunks).toBe(0);
+  });
+});
+
+describe('one collection of a repository at a time (its lease in a real dynalite catalog)', () => {
+  let catalog: Catalog;
+  let close: () => Promise<void>;
+  beforeAll(async () => {
+    ({ catalog, close } = await startTestCatalog());
+  });
+  afterAll(async () => close());
+
+  it('makes a second collection fail with Gc.Busy while the first is deferred, keeps the lease across its deferrals, and frees it when it ends', async () => {
+    await chunk(2, 10, 300);
+    const lease = catalogGcLease(catalog, 'b', undefined);
+    const deferred = await collectGarbage({ gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease, running: async () => ['vm-1/b9'] });
+    expect(deferred.deferred).toEqual({ backups: ['vm-1/b9'] });
+    await expect(collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease }))
+      .rejects.toMatchObject({ name: 'Gc.Busy', retryable: true, message: expect.stringContaining("another garbage collection of repository 'b' is running") });
+    expect(store.objects.size).toBe(1); // gc-b deleted nothing
+    // A dry run takes no lease: it runs beside gc-a.
+    expect((await collectGarbage({ gcId: 'gc-dry', request: { bucket: 'b', graceHours: 24, dryRun: true } }, { admin, store, keys, now: () => NOW, lease })).bytesFreed).toBe(300);
+    // The same repository on another endpoint is another repository, with its own lease.
+    expect(await catalogGcLease(catalog, 'b', { url: 'http://dr.example:9000' }).take('gc-other', NOW.getTime(), NOW.getTime() + 1000)).toBe(true);
+    // gc-a collects again under its gcId (the workflow's loop), ends, and gives the lease back.
+    expect((await collectGarbage({ gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).bytesFreed).toBe(300);
+    expect((await collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).deferred).toBeNull();
+  });
+
+  it('gives the lease back when the collection fails, and a dead holder\'s lease runs out after GC_LEASE_MS', async () => {
+    const lease = catalogGcLease(catalog, 'failing', undefined);
+    const broken = { ...admin, list: () => { throw new StorageUnavailable('listing failed'); } } as unknown as typeof admin;
+    await expect(collectGarbage({ gcId: 'gc-x', request: { bucket: 'failing', graceHours: 24 } }, { admin: broken, store, keys, now: () => NOW, lease })).rejects.toThrow('listing failed');
+    expect(await lease.take('gc-y', NOW.getTime(), NOW.getTime() + GC_LEASE_MS)).toBe(true);
+    // gc-y "dies" holding it: gc-z is refused until the lease runs out.
+    await expect(collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).rejects.toMatchObject({ name: 'Gc.Busy' });
+    const later = new Date(NOW.getTime() + GC_LEASE_MS + 1);
+    await expect(collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => later, lease })).resolves.toMatchObject({ gcId: 'gc-z' });
   });
 });

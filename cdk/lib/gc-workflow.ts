@@ -4,7 +4,8 @@
  * taken out of the index first), never touching objects under Object Lock retention
  * (functions/gc.ts), then merges small index objects into few (functions/gc-index.ts).
  * While backups run the sweep is deferred: the workflow waits and
- * collects again. A sweep that raced a backup into needing a deleted chunk object or pack
+ * collects again. One collection of a repository runs at a time (a lease in the catalog):
+ * another waits on `Gc.Busy`. A sweep that raced a backup into needing a deleted chunk object or pack
  * fails the execution, naming it.
  *
  * Input: `{ bucket, endpoint?, graceHours?, objectLockDays?, dryRun?, deferSeconds? }`.
@@ -15,6 +16,7 @@ import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
+import { GcBusy } from '../../core/recovery-errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 
@@ -38,6 +40,8 @@ export class GcWorkflow extends Construct {
       taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
     });
     collect.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
+    // Another collection of this repository holds its lease: wait for it (5 min, growing to ~4 h in all), then fail naming it.
+    collect.addRetry({ errors: [GcBusy.code], interval: Duration.minutes(5), backoffRate: 1.5, maxAttempts: 8 });
     collect.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'GC'), { resultPath: '$.error' });
     // Nothing is deleted while backups run: a deferred sweep waits, then collects again from a fresh mark.
     const wait = new sfn.Wait(this, 'WaitForBackups', { time: sfn.WaitTime.duration(props.deferSeconds ? Duration.seconds(props.deferSeconds) : Duration.minutes(2)) });
