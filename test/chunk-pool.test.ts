@@ -3,8 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, open as openFile, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, open, seal, sealSync } from '../core/format.ts';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
+import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, seal, sealSync } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation } from '../core/packs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
@@ -20,10 +20,12 @@ afterAll(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
-const arrayBufferOf = (data: Buffer, size = data.length) => {
-  const ab = new ArrayBuffer(size);
-  new Uint8Array(ab).set(data);
-  return ab;
+/** A slot of `size` bytes shared with `pool`, holding `data` from byte 0, given back after the test. */
+const slotHolding = (data: Buffer, size = data.length) => {
+  const slot = pool.share(size);
+  data.copy(slot.bytes);
+  onTestFinished(() => pool.unshare(slot));
+  return slot;
 };
 const text = (n: number) => Buffer.from('log line: backup volume snapshot chunk\n'.repeat(Math.ceil(n / 39))).subarray(0, n);
 const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
@@ -34,29 +36,36 @@ const tempDir = async () => {
 };
 
 describe('chunk pool', () => {
-  it('computes the same keyed id as chunkId, and hands the buffer back', async () => {
+  it('computes the same keyed id as chunkId from a shared slot, of only the first length bytes of a larger slot', async () => {
     for (const data of [randomBytes(70_000), text(100_000), Buffer.alloc(1)]) {
-      const r = await pool.hash(keys, arrayBufferOf(data, data.length + 5), data.length);
-      expect(r.id).toBe(chunkId(keys, data));
-      expect(r.buf.byteLength).toBe(data.length + 5);
+      const slot = slotHolding(data, data.length + 5);
+      slot.bytes.fill(0xee, data.length); // bytes past the length are not hashed
+      expect(await pool.hashSlot(keys, slot, data.length)).toBe(chunkId(keys, data));
     }
   });
 
-  it('seals to the same bytes as seal and sealSync on the main thread for the same nonce', async () => {
+  it('seals a shared slot into a shared pack buffer to the same bytes as seal and sealSync on the main thread for the same nonce', async () => {
     const nonce = randomBytes(12);
-    for (const data of [randomBytes(50_000), text(200_000)]) {
+    const chunks = [randomBytes(50_000), text(200_000)];
+    const pack = pool.sharePack(300_000);
+    onTestFinished(() => pool.unshare(pack));
+    let end = 0;
+    for (const data of chunks) {
       const id = chunkId(keys, data);
-      const r = await pool.seal(keys, arrayBufferOf(data), data.length, id, { nonce });
+      const placed = await pool.sealSlot(keys, slotHolding(data), data.length, id, { nonce }, pack);
       const inThread = await seal(keys, data, id, { nonce });
-      expect(r.sealed.subarray(0, 15).toString("hex") + r.sealed.length).toBe(inThread.subarray(0, 15).toString("hex") + inThread.length);
-      expect(r.sealed.equals(inThread)).toBe(true);
+      // Placed right after the previous chunk, within the pack.
+      expect(placed).toEqual({ fit: true, offset: end, sealedLength: inThread.length });
+      end += inThread.length;
+      expect(end).toBeLessThanOrEqual(pack.capacity);
+      const stored = pack.bytes.subarray(end - inThread.length, end);
+      expect(stored.equals(inThread)).toBe(true);
       expect(sealSync(keys, data, id, { nonce }).equals(inThread)).toBe(true);
-      expect(r.sha256).toBe(objectSha256(inThread));
-      expect((await open(keys, r.sealed, id)).equals(data)).toBe(true);
+      expect((await open(keys, stored, id)).equals(data)).toBe(true);
     }
   });
 
-  it('hashes and seals from a shared slot like from a transferred buffer, straight into a shared pack buffer, and a later spawned worker sees the slots too', async () => {
+  it('seals from a shared slot into one shared pack buffer on two workers at once, and a later spawned worker sees the slots too', async () => {
     const fresh = new ChunkPool(2);
     try {
       const slot = fresh.share(300_000); // shared before any worker exists
@@ -85,23 +94,24 @@ describe('chunk pool', () => {
     }
   });
 
-  it('opens a chunk sealed on the main thread, and rejects a damaged or swapped one', async () => {
+  it('opens a chunk sealed on the main thread from a shared slot on a worker, and rejects a damaged or swapped one', async () => {
     const data = text(300_000);
     const id = chunkId(keys, data);
     const sealed = await seal(keys, data, id);
-    const opened = await pool.open(keys, arrayBufferOf(sealed), id, data.length);
+    const slot = slotHolding(sealed);
+    const opened = await pool.openSlot(keys, slot, sealed.length, id, data.length);
     expect(opened.ok && opened.plain?.equals(data)).toBe(true);
 
     const damaged = Buffer.from(sealed);
     damaged[damaged.length - 20]! ^= 1;
-    await expect(pool.open(keys, arrayBufferOf(damaged), id, data.length)).rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(/failed authentication/) });
+    await expect(pool.openSlot(keys, slotHolding(damaged), damaged.length, id, data.length)).rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(/failed authentication/) });
 
     // Authentic envelope, wrong content for the id (a forged or buggy writer): the id check catches it.
     const other = text(300_001).subarray(1);
     const forged = await seal(keys, other, id);
-    expect(await pool.open(keys, arrayBufferOf(forged), id, data.length)).toEqual({ ok: false, reason: 'mismatch' });
+    expect(await pool.openSlot(keys, slotHolding(forged), forged.length, id, data.length)).toEqual({ ok: false, reason: 'mismatch' });
     // And a chunk of the wrong length.
-    expect(await pool.open(keys, arrayBufferOf(sealed), id, data.length - 1)).toEqual({ ok: false, reason: 'mismatch' });
+    expect(await pool.openSlot(keys, slot, sealed.length, id, data.length - 1)).toEqual({ ok: false, reason: 'mismatch' });
   });
 
   it('opens a chunk at an offset of a shared slot on a worker and on the calling thread alike, writing it at its offset', async () => {
@@ -131,7 +141,10 @@ describe('chunk pool', () => {
   it('rejects requests once closed', async () => {
     const p = new ChunkPool(1);
     await p.close();
-    await expect(p.hash(keys, new ArrayBuffer(4), 4)).rejects.toThrow(/closed/);
+    const slot = p.share(4);
+    await expect(p.hashSlot(keys, slot, 4)).rejects.toThrow(/closed/);
+    await expect(p.sealSlot(keys, slot, 4, 'x', {}, p.sharePack(64))).rejects.toThrow(/closed/);
+    await expect(p.openSlot(keys, slot, 4, 'x', 4)).rejects.toThrow(/closed/);
   });
 });
 

@@ -1,12 +1,11 @@
 /**
  * A small pool of worker threads for the CPU-heavy steps of the pipelines: the keyed id
- * (HMAC-SHA256), sealing (zstd, AES-256-GCM, SHA-256 of the stored object) and opening
- * (decrypt, decompress, id check, write at offset). The main thread keeps reading, the
- * HTTP requests and the bookkeeping. The pipelines' buffers are shared with the workers
- * once (`share`, `sharePack`) and named by requests: plaintext slots are read into and
- * hashed or sealed in place, and a chunk is sealed straight into the pack buffer it is
- * uploaded from (pack-buffer.ts), so nothing chunk-sized is copied or allocated per chunk.
- * (`hash`, `seal`, `open` move transferred ArrayBuffers instead, handed back to the caller.)
+ * (HMAC-SHA256), sealing (zstd, AES-256-GCM) and opening (decrypt, decompress, id check,
+ * write at offset). The main thread keeps reading, the HTTP requests and the bookkeeping.
+ * The pipelines' buffers are shared with the workers once (`share`, `sharePack`) and
+ * named by requests: plaintext slots are read into and hashed or sealed in place, and a
+ * chunk is sealed straight into the pack buffer it is uploaded from (pack-buffer.ts), so
+ * nothing chunk-sized is copied or allocated per chunk.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -18,32 +17,21 @@ import { newPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts
 
 /** Messages to a worker (chunk-worker.ts). */
 export type WorkerRequest =
-  | { op: 'hash'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number }
-  | { op: 'seal'; seq: number; keyId: number; buf?: ArrayBuffer; slot?: number; length: number; purpose: string; level?: number; nonce?: Uint8Array; packSlot?: number }
-  | { op: 'open'; seq: number; keyId: number; body?: ArrayBuffer; bodySlot?: number; bodyOffset?: number; bodyLength?: number; id: string; length: number; fd?: number; offset?: number };
+  | { op: 'hash'; seq: number; keyId: number; slot: number; length: number }
+  | { op: 'seal'; seq: number; keyId: number; slot: number; length: number; purpose: string; level?: number; nonce?: Uint8Array; packSlot: number }
+  | { op: 'open'; seq: number; keyId: number; bodySlot: number; bodyOffset: number; bodyLength: number; id: string; length: number; fd?: number; offset?: number };
 
 /** Replies from a worker: exactly one per request, with the request's `seq`. */
 export interface WorkerReply {
   seq: number;
-  buf?: ArrayBuffer;
   id?: string;
-  sealed?: ArrayBuffer;
   /** Where the chunk was sealed into the request's `packSlot`, or that it did not fit. */
   placed?: Placement;
-  sha256?: string;
   plain?: ArrayBuffer;
   written?: number;
   /** The opened chunk has another length or another keyed id than expected (swapped or forged). */
   mismatch?: boolean;
   error?: { name: string; message: string; code?: string };
-}
-
-/** A sealed chunk and the plaintext buffer handed back for reuse. */
-export interface Sealed {
-  buf: ArrayBuffer;
-  sealed: Buffer;
-  /** Base64 SHA-256 of `sealed`. */
-  sha256: string;
 }
 
 /** A plaintext buffer shared with the pool's workers (see `ChunkPool.share`). */
@@ -112,30 +100,6 @@ export class ChunkPool {
     return n;
   }
 
-  /** The keyed id (hex HMAC-SHA256) of the first `length` bytes of `buf`; `buf` is transferred and handed back. */
-  async hash(keys: RepositoryKeys, buf: ArrayBuffer, length: number): Promise<{ buf: ArrayBuffer; id: string }> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'hash', seq, keyId, buf, length }), [buf]);
-    return { buf: r.buf!, id: r.id! };
-  }
-
-  /** Seals the first `length` bytes of `buf` for `purpose` (see format.ts `seal`); `buf` is transferred and handed back. */
-  async seal(keys: RepositoryKeys, buf: ArrayBuffer, length: number, purpose: string, opts: SealOptions = {}): Promise<Sealed> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, buf, length, purpose, ...opts }), [buf]);
-    return { buf: r.buf!, sealed: Buffer.from(r.sealed!), sha256: r.sha256! };
-  }
-
-  /**
-   * Opens a sealed chunk and checks that it is `length` bytes with keyed id `id`. With
-   * `write`, the plaintext is written at `write.offset` of the open file `write.fd` by the
-   * worker and not returned. `body` is transferred (the caller must not use it after).
-   * Throws Corrupt when the object fails authentication or does not decompress.
-   */
-  async open(keys: RepositoryKeys, body: ArrayBuffer, id: string, length: number, write?: { fd: number; offset: number }): Promise<Opened> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, body, id, length, ...(write ?? {}) }), [body]);
-    if (r.mismatch) return { ok: false, reason: 'mismatch' };
-    return r.plain ? { ok: true, plain: Buffer.from(r.plain) } : { ok: true };
-  }
-
   /**
    * A plaintext slot of `size` bytes shared with every worker (sent once, not per
    * request): read into `bytes`, then `hashSlot`/`sealSlot` copy and move nothing, so the
@@ -168,27 +132,30 @@ export class ChunkPool {
     for (const w of this.slots) w?.worker.postMessage({ op: 'share', slot: s.slot });
   }
 
-  /** `hash` of the first `length` bytes of a shared slot. */
+  /** The keyed id (hex HMAC-SHA256) of the first `length` bytes of a shared slot. */
   async hashSlot(keys: RepositoryKeys, s: SharedSlot, length: number): Promise<string> {
-    return (await this.request(keys, (seq, keyId) => ({ op: 'hash', seq, keyId, slot: s.slot, length }), [])).id!;
+    return (await this.request(keys, (seq, keyId) => ({ op: 'hash', seq, keyId, slot: s.slot, length }))).id!;
   }
 
   /**
-   * `seal` of the first `length` bytes of a shared slot, straight into the next free bytes
-   * of a shared pack buffer (pack-buffer.ts `sealIntoPack`, on a worker): where it was
-   * placed, or that it did not fit (nothing written). Any number of chunks may be sealed
-   * into one pack at once, on any workers.
+   * Seals the first `length` bytes of a shared slot for `purpose` (see format.ts `seal`)
+   * straight into the next free bytes of a shared pack buffer (pack-buffer.ts
+   * `sealIntoPack`, on a worker): where it was placed, or that it did not fit (nothing
+   * written). Any number of chunks may be sealed into one pack at once, on any workers.
    */
   async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: SealOptions, pack: SharedPack): Promise<Placement> {
-    return (await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, packSlot: pack.slot }), [])).placed!;
+    return (await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, packSlot: pack.slot }))).placed!;
   }
 
   /**
-   * `open` of the `bodyLength` bytes at `bodyOffset` of a shared slot (a downloaded chunk,
-   * or one chunk of a downloaded run of a pack); see `open`.
+   * Opens the sealed chunk in the `bodyLength` bytes at `bodyOffset` of a shared slot (a
+   * downloaded chunk, or one chunk of a downloaded run of a pack) and checks that it is
+   * `length` bytes with keyed id `id`. With `write`, the plaintext is written at
+   * `write.offset` of the open file `write.fd` by the worker and not returned. Throws
+   * Corrupt when the object fails authentication or does not decompress.
    */
   async openSlot(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, write?: { fd: number; offset: number }, bodyOffset = 0): Promise<Opened> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, bodySlot: body.slot, bodyOffset, bodyLength, id, length, ...(write ?? {}) }), []);
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, bodySlot: body.slot, bodyOffset, bodyLength, id, length, ...(write ?? {}) }));
     if (r.mismatch) return { ok: false, reason: 'mismatch' };
     return r.plain ? { ok: true, plain: Buffer.from(r.plain) } : { ok: true };
   }
@@ -214,7 +181,7 @@ export class ChunkPool {
     }));
   }
 
-  private request(keys: RepositoryKeys, make: (seq: number, keyId: number) => WorkerRequest, transfer: ArrayBuffer[]): Promise<WorkerReply> {
+  private request(keys: RepositoryKeys, make: (seq: number, keyId: number) => WorkerRequest): Promise<WorkerReply> {
     if (this.closed) return Promise.reject(new Error('chunk pool is closed'));
     const slot = this.leastBusy();
     const keyId = this.keyIdOf(keys);
@@ -226,7 +193,7 @@ export class ChunkPool {
     return new Promise<WorkerReply>((resolve, reject) => {
       slot.pending.set(seq, { resolve, reject });
       if (slot.pending.size === 1) slot.worker.ref();
-      slot.worker.postMessage(make(seq, keyId), transfer);
+      slot.worker.postMessage(make(seq, keyId));
     });
   }
 

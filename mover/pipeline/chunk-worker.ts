@@ -1,14 +1,12 @@
 /**
  * A worker thread of the chunk pool (chunk-pool.ts): keyed ids, sealing (zstd +
- * AES-256-GCM, straight into a shared pack buffer: pack-buffer.ts; or into a new buffer
- * with the SHA-256 of the stored object) and opening (decrypt, decompress, id check,
- * optionally a positional write into the restore target), all synchronous here so the
- * main thread keeps only I/O. Buffers are shared once and named by requests, or come and
- * go as transferred ArrayBuffers.
+ * AES-256-GCM, straight into a shared pack buffer: pack-buffer.ts) and opening (decrypt,
+ * decompress, id check, optionally a positional write into the restore target), all
+ * synchronous here so the main thread keeps only I/O. Buffers are shared once and named
+ * by requests.
  */
-import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
-import { chunkId, sealSync, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
+import { chunkId, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
 import { pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
 import { packBufferOf, sealIntoPack, type PackBuffer } from './pack-buffer.ts';
@@ -42,8 +40,6 @@ const slotBytes = (slot: number, length?: number, offset = 0): Uint8Array => {
   if (!sab) throw new Error(`chunk worker has no shared slot ${slot}`);
   return new Uint8Array(sab, offset, length ?? sab.byteLength - offset);
 };
-const plaintext = (m: { buf?: ArrayBuffer; slot?: number; length: number }): Uint8Array =>
-  m.slot === undefined ? new Uint8Array(m.buf!, 0, m.length) : slotBytes(m.slot, m.length);
 
 /** The pool's write lock (see ChunkPool.writeLock). */
 let writeLock: Int32Array | undefined;
@@ -52,27 +48,19 @@ let writeLock: Int32Array | undefined;
 const collectGarbageNow = pacedCollector(16, 4);
 
 function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
-  const back = m.op !== 'open' && m.buf ? { buf: m.buf } : {};
-  const moved = m.op !== 'open' && m.buf ? [m.buf] : [];
   switch (m.op) {
     case 'hash': {
-      const id = chunkId(keysFor(m.keyId), plaintext(m));
-      return { reply: { seq: m.seq, ...back, id }, transfer: moved };
+      const id = chunkId(keysFor(m.keyId), slotBytes(m.slot, m.length));
+      return { reply: { seq: m.seq, id }, transfer: [] };
     }
     case 'seal': {
       const opts: SealOptions = { ...(m.level === undefined ? {} : { level: m.level }), ...(m.nonce ? { nonce: m.nonce } : {}) };
-      if (m.packSlot !== undefined) {
-        // Straight into the pack it is uploaded in (whose checksum the pack writer computes).
-        const placed = sealIntoPack(keysFor(m.keyId), plaintext(m), m.purpose, opts, packOf(m.packSlot));
-        return { reply: { seq: m.seq, ...back, placed }, transfer: moved };
-      }
-      const sealed = sealSync(keysFor(m.keyId), plaintext(m), m.purpose, opts);
-      const sha256 = createHash('sha256').update(sealed).digest('base64');
-      const out = sealed.buffer as ArrayBuffer; // sealSync's result owns its whole ArrayBuffer
-      return { reply: { seq: m.seq, ...back, sealed: out, sha256 }, transfer: [...moved, out] };
+      // Straight into the pack it is uploaded in (whose checksum the pack writer computes).
+      const placed = sealIntoPack(keysFor(m.keyId), slotBytes(m.slot, m.length), m.purpose, opts, packOf(m.packSlot));
+      return { reply: { seq: m.seq, placed }, transfer: [] };
     }
     case 'open': {
-      const body = m.bodySlot === undefined ? new Uint8Array(m.body!) : slotBytes(m.bodySlot, m.bodyLength, m.bodyOffset);
+      const body = slotBytes(m.bodySlot, m.bodyLength, m.bodyOffset);
       const write = m.fd === undefined ? undefined : { fd: m.fd, offset: m.offset! };
       const opened = openChunk(keysFor(m.keyId), body, m.id, m.length, write, writeLock);
       if (opened.mismatch) return { reply: { seq: m.seq, mismatch: true }, transfer: [] };
@@ -105,8 +93,6 @@ port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: 
     if (m.op !== 'hash') collectGarbageNow();
   } catch (err) {
     const e = err as Error & { code?: string };
-    // The plaintext buffer goes back even on failure, so the caller's pool keeps its size.
-    const back = (m.op === 'hash' || m.op === 'seal') && m.buf ? m.buf : undefined;
-    port.postMessage({ seq: m.seq, error: { name: e.name, message: e.message, ...(e.code ? { code: e.code } : {}) }, ...(back ? { buf: back } : {}) }, back ? [back] : []);
+    port.postMessage({ seq: m.seq, error: { name: e.name, message: e.message, ...(e.code ? { code: e.code } : {}) } });
   }
 });
