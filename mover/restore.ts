@@ -27,6 +27,6 @@ export async function restoreVm(o: RestoreVmOptions): Promise<{ disks: { diskId:
     disks.push({ diskId, path, sizeBytes: r.sizeBytes });
   }
   const restoredConfig = { ...config, disks: disks.map((d) => ({ id: d.diskId, file: `${d.diskId}.raw` })), restoredFrom: o.backupId };
-  await writeFile(join(o.targetDir, 'vm.json'), JSON.stringify(restoredConfig, null, 2));
+  await writeFile(join(o.targetDir, 'vm.json'), JSON.stringify(restoredConfig, null, 2), { flush: true });
   return { disks };
 }

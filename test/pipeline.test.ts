@@ -1,10 +1,10 @@
 /** The mover's backup and restore pipelines over the in-memory store. */
 import type { PutChecksum } from '../core/object-store.ts';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open as fsOpen, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, packIdOfKey, sealedCapacity } from '../core/format.ts';
 import type { DiskRef } from '../core/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
@@ -174,7 +174,12 @@ describe('backup pipeline', () => {
     const dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-'));
     dirs.push(dir);
     const target = join(dir, 'd.raw');
+    // The restore flushes the target before it returns (a restore that returned is on storage).
+    const FileHandle = Object.getPrototypeOf(await fsOpen(process.execPath, 'r').then(async (fh) => (await fh.close(), fh)));
+    const flushes = vi.spyOn(FileHandle, 'datasync');
     await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    expect(flushes).toHaveBeenCalled();
+    flushes.mockRestore();
     expect((await readFile(target)).equals(data)).toBe(true);
     expect((await stat(target)).blocks * 512).toBeLessThan(data.length); // sparse: zero runs were not written
   });

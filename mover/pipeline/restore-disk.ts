@@ -2,9 +2,11 @@
  * Restore one disk from its manifest into a file or a block device: parallel download of
  * runs of chunks (one range GET per run of a pack); open (decrypt, decompress), check the
  * keyed id and write at offset on the chunk pool's worker threads. All-zero chunks stay holes in a file; on a device they are written as
- * zeros, or skipped when the device is known to read as zeros already.
+ * zeros, or skipped when the device is known to read as zeros already. The target is
+ * flushed as the restore goes and once more at its end: a restore that returned is on the
+ * target's storage, not only in the page cache.
  */
-import { open as openFile, stat, truncate } from 'node:fs/promises';
+import { open as openFile, stat } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
 import { decodeManifest, keys, sealedCapacity, type RepositoryKeys } from '../../core/format.ts';
@@ -38,6 +40,14 @@ export interface RestoreDiskOptions {
 /** Chunks queued per worker before the main thread opens one itself. */
 const MAIN_THREAD_BACKLOG = 2;
 
+/**
+ * Bytes written between two flushes (fdatasync) of the target during a restore. Measured
+ * on the 2 GiB bench restore (1.3 GB written), alternating runs: one flush at the end
+ * only took 0.4-0.6 s longer than none; flushing every 256 MiB on the way took the same
+ * time as none (7.90 and 7.42 s against 8.29 and 7.51 s).
+ */
+const FLUSH_BYTES = 256 * 1024 * 1024;
+
 /** The most bytes one range GET reads (a run of neighbouring chunks of a pack). */
 const RUN_BYTES = 4 * 1024 * 1024;
 
@@ -52,6 +62,17 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   const fh = await openFile(o.target, kind === 'device' ? 'r+' : 'w');
   let bytesDownloaded = 0;
   let done = 0;
+  // What is written is flushed to the target as the restore goes (one flush at a time), so
+  // the last flush, which the restore waits for, has little left to write.
+  let unflushed = 0;
+  let flushing: Promise<void> | undefined;
+  const written = (length: number) => {
+    unflushed += length;
+    if (unflushed >= FLUSH_BYTES && !flushing) {
+      unflushed = 0;
+      flushing = track(fh.datasync()).finally(() => { flushing = undefined; });
+    }
+  };
   const progress = (length: number) => {
     done += length;
     o.onProgress?.(done, m.sizeBytes);
@@ -147,7 +168,10 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     const targets = offsets.get(id)!;
     const problem = slot ? await openAll(id, slot, at, length, targets) : missing;
     if (problem !== undefined && !(await fromOtherCopy(id, targets))) throw new Corrupt(`disk '${o.diskId}' offset ${targets[0]}: chunk ${id} in ${where} is damaged: ${problem}`);
-    for (const offset of targets) progress(lengthAt(offset));
+    for (const offset of targets) {
+      progress(lengthAt(offset));
+      written(lengthAt(offset));
+    }
   };
 
   try {
@@ -173,11 +197,12 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
         freeSlots.push(slot);
       }
     })()));
+    if (kind === 'file') await fh.truncate(m.sizeBytes);
+    await fh.datasync(); // restored means on the target's storage, not in the page cache
   } finally {
     await Promise.allSettled(started);
     for (const slot of allSlots) pool.unshare(slot);
     await fh.close();
   }
-  if (kind === 'file') await truncate(o.target, m.sizeBytes);
   return { sizeBytes: m.sizeBytes, bytesDownloaded };
 }

@@ -76,6 +76,6 @@ export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[]
     disks: disks.map((x) => ({ id: x.diskId, file: x.path.startsWith(`${job.target}/`) ? x.path.slice(job.target.length + 1) : x.path, sizeBytes: x.sizeBytes, sha256: x.sha256 })),
     restoredFrom: { vmId: job.vmId, backupId: job.backupId, restoreId: job.restoreId },
   };
-  await writeFile(path, JSON.stringify(restored, null, 2));
+  await writeFile(path, JSON.stringify(restored, null, 2), { flush: true });
   return { path };
 }
