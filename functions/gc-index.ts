@@ -7,7 +7,7 @@ import { mapLimit } from '../core/concurrency.ts';
 import { Corrupt } from '../core/errors.ts';
 import { keys as objectKeys, objectCrc32, open, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { decodeIndexObject, encodeIndexObject, IndexListing, joinIndexSections, newIndexId, sealIndex, type PackContents } from '../core/packs.ts';
+import { decodeIndexObject, encodeIndexObject, IndexListing, joinIndexSections, newIndexId, readPackTrailer, sealIndex, type PackContents } from '../core/packs.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 
 /** What reading and rewriting index objects needs. */
@@ -141,6 +141,46 @@ export interface Unindexed {
   failed: { key: string; reason: string }[];
   /** Ids of the index objects written in place of the old ones. */
   written: string[];
+}
+
+/** Packs listed by one index object `indexPacks` writes, at most. */
+const PACKS_PER_REINDEX_OBJECT = 256;
+
+/**
+ * Lists in the index packs a manifest references that no index object lists: a
+ * replication that stopped between copying a pack and indexing it leaves one at the DR
+ * repository when a re-run finds the pack there and copies it no more. Each pack's
+ * trailer says what it holds (the pack is read whole); index objects of at most 256 packs
+ * are written and added to `index`. Packs are read while `keepGoing()` says so; a pack
+ * whose trailer does not open is reported, not listed.
+ */
+export async function indexPacks(deps: IndexDeps, index: IndexMap, packs: readonly ListedObject[], keepGoing: () => boolean): Promise<{ indexed: number; written: string[]; failed: { key: string; reason: string }[] }> {
+  const out = { indexed: 0, written: [] as string[], failed: [] as { key: string; reason: string }[] };
+  let pending: PackContents[] = [];
+  const flush = async () => {
+    if (pending.length === 0) return;
+    const indexId = newIndexId();
+    const sealed = await encodeIndexObject(deps.keys, indexId, pending);
+    await deps.store.put(objectKeys.index(indexId), sealed, { crc32: objectCrc32(sealed) });
+    index.add({ indexId, lastModified: deps.now(), packs: pending.map((p) => p.pack.id), chunks: pending.map((p) => p.chunks.length) });
+    out.written.push(indexId);
+    out.indexed += pending.length;
+    pending = [];
+  };
+  for (const o of packs) {
+    if (!keepGoing()) break;
+    const packId = o.key.slice(o.key.lastIndexOf('/') + 1);
+    const body = await deps.store.get(o.key);
+    if (!body) continue; // deleted meanwhile: nothing to list
+    try {
+      pending.push(readPackTrailer(deps.keys, body, packId));
+    } catch (err) {
+      out.failed.push({ key: o.key, reason: `referenced but in no index object, and its trailer does not open: ${(err as Error).message}` });
+    }
+    if (pending.length >= PACKS_PER_REINDEX_OBJECT) await flush();
+  }
+  await flush();
+  return out;
 }
 
 /**

@@ -35,7 +35,10 @@
  *   a hit is reported as a late reference naming the backup (its Verify fails, or a deep
  *   verification names it), never passed over silently.
  *
- * Then, unless the sweep was deferred, the index is consolidated (gc-index.ts): when more
+ * Then, unless the sweep was deferred, packs a manifest references that no index object
+ * lists (a replication stopped between copying a pack and indexing it, and a re-run found
+ * it there) are listed again from their trailers (gc-index.ts `indexPacks`,
+ * `report.index.reindexed`), and the index is consolidated (gc-index.ts): when more
  * than 64 small index objects are there, they are merged into objects of at most 65,536
  * entries listing only packs that still exist; each merged object is stored before the
  * objects it replaces are deleted, and only objects this run read (listed at the start)
@@ -55,7 +58,7 @@ import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
 import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
-import { CONSOLIDATION, consolidateIndex, indexWithout, loadIndex, planConsolidation, removeFromIndex, type ConsolidationSettings, type IndexEntry } from './gc-index.ts';
+import { CONSOLIDATION, consolidateIndex, indexPacks, indexWithout, loadIndex, planConsolidation, removeFromIndex, type ConsolidationSettings, type IndexEntry } from './gc-index.ts';
 
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
@@ -108,7 +111,17 @@ export interface GcReport {
    * (`rewritten`) or deleted because they listed deleted packs only (`dropped`); on a dry
    * run, what would be.
    */
-  index: { objects: number; rewritten: number; dropped: number };
+  index: {
+    objects: number;
+    rewritten: number;
+    dropped: number;
+    /**
+     * Packs a manifest references that no index object listed (a replication stopped
+     * between copying a pack and indexing it), now listed by new index objects; on a dry
+     * run, how many there are.
+     */
+    reindexed: number;
+  };
   /**
    * Small index objects merged into fewer, larger ones after the sweep (functions/gc-index.ts),
    * when more than 64 could be; on a dry run, what would be. Not done when the sweep was
@@ -225,7 +238,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
   const counts = (): SweptObjects => ({ total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 });
   const report: GcReport = {
     gcId, bucket: request.bucket, dryRun: request.dryRun === true, startedAt: started.toISOString(), graceHours, manifests: 0,
-    chunks: counts(), packs: counts(), index: { objects: 0, rewritten: 0, dropped: 0 },
+    chunks: counts(), packs: counts(), index: { objects: 0, rewritten: 0, dropped: 0, reindexed: 0 },
     consolidation: { objectsBefore: 0, objectsAfter: 0, candidates: 0, merged: 0, written: 0, entries: 0, entriesDropped: 0, stopped: null },
     reclaimableInPacks: { chunks: 0, bytes: 0 },
     bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
@@ -274,6 +287,8 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     return until;
   };
   const candidates: ListedObject[] = [];
+  /** Packs a manifest references that no index object lists. */
+  const unindexed: ListedObject[] = [];
   for (const prefix of ['chunks/', 'packs/']) {
     for await (const o of deps.admin.list(prefix)) {
       const c = countsOf(o.key);
@@ -282,6 +297,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
       if (pack !== undefined && index.byPack.has(pack)) storedPacks.add(pack);
       if (isMarked(marks, o.key)) {
         c.referenced++;
+        if (pack !== undefined && index.listing(pack).length === 0) unindexed.push(o);
         continue;
       }
       if (o.lastModified.getTime() > graceEdge) {
@@ -329,6 +345,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     };
     for (const o of candidates) countsOf(o.key).deleted++;
     report.bytesFreed = candidates.reduce((n, o) => n + o.size, 0);
+    report.index.reindexed = unindexed.length;
     if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
     report.seconds = (deps.now().getTime() - started.getTime()) / 1000;
     return report;
@@ -389,7 +406,15 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
   }
   if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
 
-  // Consolidation: many small index objects merged into few, each merged object stored before its sources go.
+  // Referenced packs no index object lists are listed again (from their trailers), then
+  // consolidation: many small index objects merged into few, each merged object stored before its sources go.
+  if (!report.deferred && unindexed.length > 0) {
+    const out = await indexPacks(deps, index, unindexed, () => (deps.remainingMs?.() ?? Infinity) > CONSOLIDATION_MARGIN_MS);
+    report.index.reindexed = out.indexed;
+    report.failed.push(...out.failed);
+    for (const id of out.written) writtenIndexes.add(id);
+    if (request.objectLockDays) for (const id of out.written) lockedIndexes.add(id);
+  }
   report.consolidation.objectsBefore = report.consolidation.objectsAfter = index.objects.size;
   if (!report.deferred) {
     const plan = planConsolidation(index, settings, mergeable, (p) => storedPacks.has(p) && !deleted.has(objectKeys.pack(p)));

@@ -191,7 +191,7 @@ describe('collectGarbage of format-2 packs', () => {
     const r = await run();
     expect(r.packs).toEqual({ total: 4, referenced: 1, protectedByGrace: 1, deleted: 2, spared: 0 });
     expect(r.chunks.total).toBe(0);
-    expect(r.index).toEqual({ objects: 3, rewritten: 1, dropped: 1 });
+    expect(r.index).toEqual({ objects: 3, rewritten: 1, dropped: 1, reindexed: 0 });
     expect(r.bytesFreed).toBe(p2.pack.size + p3.pack.size);
     // Chunk 2 is in p1, which stays for chunk 1: only repacking would free it.
     expect(r.reclaimableInPacks).toEqual({ chunks: 1, bytes: 100 });
@@ -226,7 +226,7 @@ describe('collectGarbage of format-2 packs', () => {
     const ops = recordOps();
     const r = await run({ dryRun: true });
     expect(r.packs).toMatchObject({ total: 2, deleted: 2 });
-    expect(r.index).toEqual({ objects: 1, rewritten: 0, dropped: 1 });
+    expect(r.index).toEqual({ objects: 1, rewritten: 0, dropped: 1, reindexed: 0 });
     expect(r.bytesFreed).toBe(p1.pack.size + p2.pack.size);
     expect(ops).toEqual([]);
   });
@@ -243,7 +243,7 @@ describe('collectGarbage of format-2 packs', () => {
     expect(r.packs).toMatchObject({ total: 1, referenced: 1, deleted: 0 });
     expect(store.objects.has(kept) && store.objects.has(objectKeys.pack(p1.pack.id))).toBe(true);
     expect(store.objects.has(migrated)).toBe(false);
-    expect(r.index).toEqual({ objects: 1, rewritten: 0, dropped: 0 });
+    expect(r.index).toEqual({ objects: 1, rewritten: 0, dropped: 0, reindexed: 0 });
   });
 
   it('keeps a pack while an index object listing it is under Object Lock retention', async () => {
@@ -364,6 +364,48 @@ describe('collectGarbage of a repository the mover wrote', () => {
     await expect(verifyManifests('b3', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b3', 'disk0') }], { store, keys })).resolves.toMatchObject({ chunksChecked: 6 });
     expect((await restored('b3')).equals(v1)).toBe(true);
   });
+
+  it('lists again the packs a manifest references that no index object lists (a replication stopped before indexing them): from their trailers; a dry run only counts them', async () => {
+    const v1 = randomBytes(6 * CHUNK);
+    await backUp('b1', v1);
+    // The state an interrupted replication leaves at the DR repository: packs and manifest, no index.
+    for (const k of [...store.objects.keys()]) if (k.startsWith('index/')) store.objects.delete(k);
+    const ids = [0, 1, 2, 3, 4, 5].map((c) => chunkId(keys, v1.subarray(c * CHUNK, (c + 1) * CHUNK)));
+    const before = await RepositoryIndex.load(store, keys);
+    expect(ids.map((id) => before.get(id))).toEqual(ids.map(() => undefined));
+    for (const k of store.objects.keys()) admin.modified.set(k, daysAgo(10));
+
+    const dry = await run({ dryRun: true });
+    expect(dry.index.reindexed).toBe(3);
+    expect([...store.objects.keys()].filter((k) => k.startsWith('index/'))).toEqual([]);
+
+    const r = await run();
+    expect(r.index).toMatchObject({ objects: 0, reindexed: 3 });
+    expect(r.packs).toMatchObject({ referenced: 3, deleted: 0 });
+    const index = await RepositoryIndex.load(store, keys);
+    for (const id of ids) expect(index.get(id)?.key).toMatch(/^packs\//);
+    // A backup of the same data from scratch now finds every chunk: it stores nothing.
+    expect((await backUp('b2', v1)).stats.uploadedChunks).toBe(0);
+    expect((await run()).index).toMatchObject({ reindexed: 0 });
+  });
+
+  it('reports a referenced, unindexed pack whose trailer does not open, and lists the others', async () => {
+    const data = randomBytes(4 * CHUNK);
+    await backUp('b1', data);
+    for (const k of [...store.objects.keys()]) if (k.startsWith('index/')) store.objects.delete(k);
+    const [damaged, intact] = [...store.objects.keys()].filter((k) => k.startsWith('packs/'));
+    const body = Buffer.from(store.objects.get(damaged!)!);
+    body[body.length - 10]! ^= 1; // in the sealed trailer
+    store.objects.set(damaged!, body);
+    const r = await run();
+    expect(r.index.reindexed).toBe(1);
+    expect(r.failed).toEqual([{ key: damaged, reason: expect.stringMatching(/^referenced but in no index object, and its trailer does not open: .*failed authentication/) }]);
+    // The intact pack's two chunks are listed again; the damaged pack's are not.
+    const index = await RepositoryIndex.load(store, keys);
+    const where = [0, 1, 2, 3].map((c) => index.get(chunkId(keys, data.subarray(c * CHUNK, (c + 1) * CHUNK)))?.key);
+    expect(where.filter((k) => k === intact)).toHaveLength(2);
+    expect(where.filter((k) => k === undefined)).toHaveLength(2);
+  });
 });
 
 // --- index consolidation -------------------------------------------------------------------
@@ -411,7 +453,7 @@ describe('collectGarbage merging index objects', () => {
     const r = await run();
 
     expect(r.packs).toMatchObject({ total: 95, referenced: 85, deleted: 10 });
-    expect(r.index).toEqual({ objects: 90, rewritten: 5, dropped: 5 });
+    expect(r.index).toEqual({ objects: 90, rewritten: 5, dropped: 5, reindexed: 0 });
     // The five rewritten this run are left for the next collection; the 80 small ones read at the start are merged into one.
     expect(r.consolidation).toEqual({ objectsBefore: 85, objectsAfter: 6, candidates: 80, merged: 80, written: 1, entries: 240, entriesDropped: 0, stopped: null });
     expect(r.failed).toEqual([]);
@@ -537,7 +579,7 @@ describe('collectGarbage merging index objects', () => {
     const ops = recordOps();
     const r = await run({ dryRun: true });
     // Pack 70 is garbage: its object would be dropped by the sweep; the other 69 merged.
-    expect(r.index).toEqual({ objects: 70, rewritten: 0, dropped: 1 });
+    expect(r.index).toEqual({ objects: 70, rewritten: 0, dropped: 1, reindexed: 0 });
     expect(r.consolidation).toEqual({ objectsBefore: 69, objectsAfter: 1, candidates: 69, merged: 69, written: 1, entries: 207, entriesDropped: 0, stopped: null });
     expect(ops).toEqual([]);
     expect(indexKeys()).toHaveLength(70);
