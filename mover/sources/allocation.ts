@@ -64,11 +64,12 @@ export async function parseQemuImgMap(lines: AsyncIterable<string>, sizeBytes: n
 
 /**
  * The data extents of the raw image at `path` (a frozen snapshot: it must not change while
- * it is read), by `qemu-img map`; undefined when `qemuImg` is not installed, or the map has
- * more than MAX_EXTENTS extents.
+ * it is read), by `qemu-img map` (`-U`: it takes no lock, so an image a VM has open is
+ * mapped too); undefined when `qemuImg` is not installed, or the map has more than
+ * MAX_EXTENTS extents.
  */
 export async function rawImageExtents(path: string, sizeBytes: number, qemuImg = 'qemu-img'): Promise<Extent[] | undefined> {
-  const child = spawn(qemuImg, ['map', '--output=json', '-f', 'raw', '--', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(qemuImg, ['map', '--output=json', '-f', 'raw', '-U', '--', path], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<{ code: number | null; missing: boolean }>((resolve) => {
     child.once('error', (err: NodeJS.ErrnoException) => resolve({ code: null, missing: err.code === 'ENOENT' }));
     child.once('close', (code) => resolve({ code, missing: false }));
