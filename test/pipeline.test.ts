@@ -179,6 +179,9 @@ describe('backup pipeline', () => {
     const flushes = vi.spyOn(FileHandle, 'datasync');
     await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
     expect(flushes).toHaveBeenCalled();
+    // A flush that fails (a disk error on writeback) fails the restore, naming the disk and the target.
+    flushes.mockRejectedValue(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target })).rejects.toThrow(`disk 'd': flushing ${target} to storage failed: EIO: i/o error, fdatasync`);
     flushes.mockRestore();
     expect((await readFile(target)).equals(data)).toBe(true);
     expect((await stat(target)).blocks * 512).toBeLessThan(data.length); // sparse: zero runs were not written

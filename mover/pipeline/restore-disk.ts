@@ -66,11 +66,13 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   // the last flush, which the restore waits for, has little left to write.
   let unflushed = 0;
   let flushing: Promise<void> | undefined;
+  let flushFailure: unknown;
   const written = (length: number) => {
     unflushed += length;
     if (unflushed >= FLUSH_BYTES && !flushing) {
       unflushed = 0;
-      flushing = track(fh.datasync()).finally(() => { flushing = undefined; });
+      // A failed flush fails the restore at its end (Linux reports a writeback error to one flush only).
+      flushing = track(fh.datasync()).catch((err: unknown) => { flushFailure ??= err; }).finally(() => { flushing = undefined; });
     }
   };
   const progress = (length: number) => {
@@ -198,7 +200,9 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
       }
     })()));
     if (kind === 'file') await fh.truncate(m.sizeBytes);
-    await fh.datasync(); // restored means on the target's storage, not in the page cache
+    // Restored means on the target's storage, not in the page cache.
+    await fh.datasync().catch((err: unknown) => { flushFailure ??= err; });
+    if (flushFailure) throw new Error(`disk '${o.diskId}': flushing ${o.target} to storage failed: ${(flushFailure as Error).message}`, { cause: flushFailure });
   } finally {
     await Promise.allSettled(started);
     for (const slot of allSlots) pool.unshare(slot);
