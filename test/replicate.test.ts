@@ -1,12 +1,15 @@
 /** Replication of one disk (mover/recovery/replicate.ts) between in-memory repositories. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { Corrupt } from '../core/errors.ts';
+import { Corrupt, StorageUnavailable } from '../core/errors.ts';
 import { decodeManifest, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
+import type { PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../core/packs.ts';
 import { RepositoryIndex } from '../core/repository-index.ts';
 import type { ReplicateJob } from '../core/recovery-jobs.ts';
+import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
+import { collectGarbage } from '../functions/gc.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';
@@ -111,6 +114,33 @@ describe('replicateDisk (format 2: packs)', () => {
     const d = { source: { store: source, keys }, target: { store: target }, parallelism: 1 };
     await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(`pack ${key} (chunks of disk 'disk0', backup b1): its trailer is damaged in the source repository; not replicated`);
     expect(target.objects.has(key)).toBe(false);
+  });
+
+  it('a run stopped between copying the packs and indexing them: the re-run copies nothing again and leaves them unindexed, and the DR repository\'s garbage collection lists them again', async () => {
+    const source = new MemoryObjectStore();
+    const target = new MemoryObjectStore();
+    const data = randomBytes(6 * CHUNK);
+    await backup(source, 'b1', data, 2 * CHUNK);
+    const m = await manifestOf(source, 'b1');
+    // The first run dies at its index PUT (after every pack landed).
+    const dying = Object.assign(Object.create(target) as MemoryObjectStore, {
+      put: async (key: string, body: Uint8Array, checksum?: PutChecksum) => {
+        if (key.startsWith('index/')) throw new StorageUnavailable(`PUT ${key} failed: connection reset`);
+        return target.put(key, body, checksum);
+      },
+    });
+    await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: dying }, parallelism: 2 })).rejects.toThrow('connection reset');
+    expect(keysUnder(target, 'packs/')).toEqual(keysUnder(source, 'packs/'));
+    const rerun = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: target }, parallelism: 2 });
+    expect(rerun.chunksCopied).toBe(0);
+    expect(keysUnder(target, 'index/')).toEqual([]);
+    expect(target.objects.has(objectKeys.manifest('b1', 'disk0'))).toBe(true);
+
+    const gc = await collectGarbage({ gcId: 'gc-dr', request: { bucket: 't', graceHours: 24 } }, { admin: new MemoryRepositoryAdmin(target), store: target, keys, now: () => new Date() });
+    expect(gc.index.reindexed).toBe(m.packs!.length);
+    expect(gc.packs).toMatchObject({ total: m.packs!.length, referenced: m.packs!.length, deleted: 0 });
+    const [si, ti] = await Promise.all([RepositoryIndex.load(source, keys), RepositoryIndex.load(target, keys)]);
+    for (const id of Object.keys(m.storedSizes)) expect(ti.all(id), id).toEqual(si.all(id));
   });
 
   it('copies a pack the target has at another size (an interrupted or foreign copy) again', async () => {
