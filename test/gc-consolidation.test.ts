@@ -120,7 +120,7 @@ it('merges the small index objects after sweeping a pruned backup, leaves alone 
   expect(r.index.objects).toBe(before.length);
   expect(r.index.rewritten + r.index.dropped).toBeGreaterThan(0);
   // b0's three objects dropped with its packs; the other 33 (2 entries each) merged 32 to a group of 64 entries; the last one alone is left as it is.
-  expect(r.index).toEqual({ objects: 36, rewritten: 0, dropped: 3 });
+  expect(r.index).toEqual({ objects: 36, rewritten: 0, dropped: 3, reindexed: 0 });
   expect(r.consolidation).toEqual({ objectsBefore: 33, objectsAfter: 2, candidates: 33, merged: 32, written: 1, entries: 64, entriesDropped: 0, stopped: null });
   const after = await indexKeys();
   expect(after).toEqual(expect.arrayContaining(lateIndexes));

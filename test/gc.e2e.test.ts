@@ -15,7 +15,7 @@ import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { keys as objectKeys } from '../core/format.ts';
-import { decodeIndexObject } from '../core/packs.ts';
+import { decodeIndexObject, encodeIndexObject, newIndexId } from '../core/packs.ts';
 import { RepositoryIndex } from '../core/repository-index.ts';
 import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
@@ -128,6 +128,37 @@ it('waits for a running backup that reuses garbage, spares what it reused, frees
     expect(verified.damaged, vmId).toBe(false);
   }
 }, 240_000);
+
+it('merges many small index objects into few through the workflow (consolidation); every chunk is still found where it was, and the backup restores', async () => {
+  const { store, keys } = await openRepository(t.stack.endpoints);
+  const contents = [];
+  for (const k of await indexObjects()) contents.push(...(await decodeIndexObject(keys, (await store.get(k))!, k.slice('index/'.length))));
+  const entries = contents.flatMap((p) => p.chunks.map((c) => ({ pack: p.pack, c })));
+  expect(entries.length).toBeGreaterThan(0);
+  // As many small backups leave it: more than 64 small index objects (here each lists one chunk; some twice).
+  for (let i = 0; i < 70; i++) {
+    const { pack, c } = entries[i % entries.length]!;
+    const id = newIndexId();
+    await store.put(objectKeys.index(id), await encodeIndexObject(keys, id, [{ pack, chunks: [c] }]));
+  }
+  const objectsBefore = (await indexObjects()).length;
+  expect(objectsBefore).toBeGreaterThan(70);
+
+  const d = await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 1 });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+  const r = JSON.parse(d.output!) as GcReport;
+  // Every small object merged (one this run rewrote for a pack it deleted, if any, waits for the next run).
+  expect(r.consolidation.merged).toBeGreaterThanOrEqual(objectsBefore - r.index.rewritten);
+  expect(r.consolidation.objectsAfter).toBeLessThanOrEqual(1 + r.index.rewritten);
+  expect(r.consolidation.stopped).toBeNull();
+  expect(await indexObjects()).toHaveLength(r.consolidation.objectsAfter);
+  const index = await RepositoryIndex.load(store, keys);
+  for (const { pack, c } of entries) expect(index.get(c.id), c.id).toMatchObject({ key: objectKeys.pack(pack.id), offset: c.offset, length: c.length });
+
+  const restored = await run('Restore', { vmId: 'g2', target: join(t.dir, 'restored-after-merge', 'g2'), moverGroup: 'site-a' });
+  expect(restored.status, restored.cause).toBe('SUCCEEDED');
+  for (const disk of (JSON.parse(restored.output!) as RestoreSummary).disks) expect(await sha256File(disk.path), disk.diskId).toBe(await sha256File(join(g2, `${disk.diskId}.raw`)));
+}, 120_000);
 
 it('stops, deleting nothing, when a manifest does not open, and names it', async () => {
   const { store } = await openRepository(t.stack.endpoints);
