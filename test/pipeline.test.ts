@@ -196,8 +196,11 @@ describe('backup pipeline', () => {
     const extents = [{ offset: 0, length: 2 * CHUNK }, { offset: 6 * CHUNK - 100, length: 100 }, { offset: 8 * CHUNK, length: CHUNK + 10 }];
     const reads: number[] = [];
     const mapped: DiskReader = { ...reader(data), read: async (buf, offset, length) => (reads.push(offset / CHUNK), data.copy(buf, 0, offset, offset + length)), allocated: async () => extents };
-    const r = await backupDisk({ store, keys, reader: mapped, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    const scanned: number[] = [];
+    const r = await backupDisk({ store, keys, reader: mapped, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK, onProgress: (p) => scanned.push(p.bytesScanned) });
     expect(reads.sort((a, b) => a - b)).toEqual([0, 1, 5, 8, 9]);
+    // Progress moves through the holes too, a chunk at a time.
+    for (let c = 1; c <= 12; c++) expect(scanned).toContain(c * CHUNK);
     expect(r.stats).toMatchObject({ bytesScanned: data.length, zeroChunks: 7, bytesZero: 7 * CHUNK, bytesUnallocated: 7 * CHUNK, uploadedChunks: 5 });
     const target = await tempTarget();
     await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });

@@ -1,13 +1,14 @@
 /**
- * One disk's transfer: skip the holes the source reports (never read) → read → zero check → keyed id → skip what the parent has (no
- * request) → skip what the repository's index lists → seal (zstd + AES-GCM) straight into
- * a pack buffer, uploaded once full (core/packs.ts, pack-writer.ts), with a bounded number
- * of chunks in flight; then the last pack, the index of the packs written, and the
- * manifest, last. Memory is bounded by `parallelism` plaintext slots and three pack
- * buffers (see PackWriter). The id and the sealing run on the chunk pool's worker threads,
- * which reserve each sealed chunk's place in the shared pack buffer and write it there;
- * the main thread reads, checks for zeros (memcmp), hands out packs, uploads them with
- * their trailer and does the requests: it copies no chunk.
+ * One disk's transfer: skip the holes the source reports (never read) → read → zero
+ * check → keyed id → skip what the parent has (no request) → skip what the repository's
+ * index lists → seal (zstd + AES-GCM) straight into a pack buffer, uploaded once full
+ * (core/packs.ts, pack-writer.ts), with a bounded number of chunks in flight; then the
+ * last pack, the index of the packs written, and the manifest, last. Memory is bounded
+ * by `parallelism` plaintext slots and three pack buffers (see PackWriter). The id and
+ * the sealing run on the chunk pool's worker threads, which reserve each sealed chunk's
+ * place in the shared pack buffer and write it there; the main thread reads, checks for
+ * zeros (memcmp), hands out packs, uploads them with their trailer and does the
+ * requests: it copies no chunk.
  */
 import { Corrupt } from '../../core/errors.ts';
 import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectCrc32, sealedCapacity, type PackRef, type RepositoryKeys } from '../../core/format.ts';
@@ -215,6 +216,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
         stats.zeroChunks++;
         stats.bytesZero += length;
         stats.bytesUnallocated += length;
+        o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: writer.bytesWritten });
         continue;
       }
       const buf = await read;
