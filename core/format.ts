@@ -99,7 +99,7 @@ function freshNonce(into: Uint8Array): void {
  * The envelope around `body` (the compressed payload, or the plaintext itself when
  * `compressed` is false). Written where `into` says once the size is known (undefined when
  * it declines), else into one buffer that owns its ArrayBuffer (never a slice of Node's
- * shared pool), so a worker thread can transfer it.
+ * shared pool, so a caller may keep it or hand it to another thread).
  */
 function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined): Buffer;
 function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined, into: SealInto | undefined): Buffer | undefined;

@@ -17,7 +17,7 @@
  * refused delete) is not deleted.
  *
  * One collection of a repository runs at a time: it takes the repository's lease in the
- * catalog (`GcLease`, a conditional write like a backup slot) under its gcId, keeps it
+ * catalog (gc-lease.ts, a conditional write like a backup slot) under its gcId, keeps it
  * while deferred and gives it back when it ends; another one meanwhile fails with
  * `Gc.Busy`, which the workflow retries. A dry run takes no lease (it deletes nothing).
  *
@@ -38,7 +38,7 @@
  * Then, unless the sweep was deferred, packs a manifest references that no index object
  * lists (a replication stopped between copying a pack and indexing it, and a re-run found
  * it there) are listed again from their trailers (gc-index.ts `indexPacks`,
- * `report.index.reindexed`), and the index is consolidated (gc-index.ts): when more
+ * `report.index.reindexed`), and the index is consolidated (gc-consolidate.ts): when more
  * than 64 small index objects are there, they are merged into objects of at most 65,536
  * entries listing only packs that still exist; each merged object is stored before the
  * objects it replaces are deleted, and only objects this run read (listed at the start)
@@ -46,25 +46,23 @@
  * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
-import type { StorageEndpoint } from '../core/endpoints.ts';
-import { GcBusy } from '../core/recovery-errors.ts';
 import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
-import { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
+import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
 import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
-import { CONSOLIDATION, consolidateIndex, indexPacks, indexWithout, loadIndex, planConsolidation, removeFromIndex, type ConsolidationSettings, type IndexEntry } from './gc-index.ts';
+import { emptyReport, type GcReport } from './gc-report.ts';
+import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from './gc-consolidate.ts';
+import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from './gc-index.ts';
 
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
 const RUNNING_FRESH_MS = 25 * HOUR_MS;
-/** A collection holds its repository's lease at most this long, should it die holding it (the workflow times out after 12 h). */
-export const GC_LEASE_MS = 13 * HOUR_MS;
 /** Consolidation starts no group of index objects once the invocation has less time left than this. */
 const CONSOLIDATION_MARGIN_MS = 120_000;
 
@@ -83,115 +81,6 @@ export const gcRequest = z.object({
   deferSeconds: z.number().int().min(1).max(3600).optional(),
 }).strict();
 export const gcInput = z.object({ gcId: z.string().min(1), request: gcRequest }).strict();
-
-/** Objects of one kind under one prefix, as the collection found and treated them. */
-export interface SweptObjects {
-  total: number;
-  referenced: number;
-  protectedByGrace: number;
-  /** Deleted (or, on a dry run, that would be deleted). */
-  deleted: number;
-  /** Unreferenced when marked, then referenced by a manifest written during the sweep: kept. */
-  spared: number;
-}
-
-export interface GcReport {
-  gcId: string;
-  bucket: string;
-  dryRun: boolean;
-  startedAt: string;
-  graceHours: number;
-  manifests: number;
-  /** Format-1 chunk objects (`chunks/`). */
-  chunks: SweptObjects;
-  /** Format-2 packs (`packs/`). */
-  packs: SweptObjects;
-  /**
-   * Index objects (`index/`): read, and replaced by a copy without the deleted packs
-   * (`rewritten`) or deleted because they listed deleted packs only (`dropped`); on a dry
-   * run, what would be.
-   */
-  index: {
-    objects: number;
-    rewritten: number;
-    dropped: number;
-    /**
-     * Packs a manifest references that no index object listed (a replication stopped
-     * between copying a pack and indexing it), now listed by new index objects; on a dry
-     * run, how many there are.
-     */
-    reindexed: number;
-  };
-  /**
-   * Small index objects merged into fewer, larger ones after the sweep (functions/gc-index.ts),
-   * when more than 64 could be; on a dry run, what would be. Not done when the sweep was
-   * deferred (the workflow collects again).
-   */
-  consolidation: {
-    /** Index objects after the sweep (those this run read or wrote; not those movers wrote since). */
-    objectsBefore: number;
-    /** … and after merging. */
-    objectsAfter: number;
-    /** Small index objects, not under retention, that could be merged. */
-    candidates: number;
-    /** Index objects merged and deleted. */
-    merged: number;
-    /** Merged index objects written. */
-    written: number;
-    /** Chunk entries the merged objects list. */
-    entries: number;
-    /** Entries of merged objects left out: packs that no longer exist, or that another index object already lists. */
-    entriesDropped: number;
-    /** Why merging stopped before the end (time, a refused request, an object gone meanwhile), or null. */
-    stopped: string | null;
-  };
-  /**
-   * Chunks in packs that stay (a manifest references another chunk in them) that no
-   * manifest references, by the index at the mark: space only rewriting packs would
-   * free, which garbage collection does not do. A chunk stored twice whose manifests
-   * name the other copy is not counted.
-   */
-  reclaimableInPacks: { chunks: number; bytes: number };
-  /** Stored bytes of the chunk objects and packs deleted (or that a dry run would delete). */
-  bytesFreed: number;
-  /**
-   * Damaged chunk objects kept under `quarantine/` for forensics (QuarantineDamage). Never
-   * swept and not part of `chunks` or `packs`. Delete them by hand (or by a lifecycle rule
-   * on the prefix) once examined.
-   */
-  quarantine: { objects: number; bytes: number };
-  /**
-   * Unreferenced chunk objects and packs still under Object Lock retention, or packs an
-   * index object under retention lists (it cannot be replaced yet): not attempted.
-   */
-  locked: { count: number; bytes: number; firstExpiry: string | null; sample: string[] };
-  /** Deletions the store refused (permissions, a lock this run did not know of). */
-  failed: { key: string; reason: string }[];
-  /** Manifests written during the sweep that reference a deleted chunk object or pack (should stay empty). */
-  lateReferences: { manifest: string; object: string }[];
-  /** Set when the sweep stopped (or never began) because backups were running. */
-  deferred: { backups: string[] } | null;
-  /** Times this collection was deferred before it ran (from its catalog record). */
-  deferrals: number;
-  seconds: number;
-}
-
-/** One collection of a repository at a time, held by its gcId. */
-export interface GcLease {
-  /** Takes (or, for the same holder, renews) the lease until `expiresAt` (epoch ms); false when another holder has it. */
-  take(holder: string, now: number, expiresAt: number): Promise<boolean>;
-  /** Gives it back if `holder` has it (idempotent). */
-  release(holder: string): Promise<void>;
-}
-
-/** The lease of the repository `bucket` on `endpoint` (a bucket name is unique only per endpoint), in the catalog. */
-export function catalogGcLease(catalog: Pick<Catalog, 'takeSlot' | 'releaseSlot'>, bucket: string, endpoint: StorageEndpoint | undefined): GcLease {
-  const scope = `gc:${endpoint?.url ?? ''}|${bucket}`;
-  return {
-    take: (holder, now, expiresAt) => catalog.takeSlot(scope, 0, holder, now, expiresAt),
-    release: (holder) => catalog.releaseSlot(Catalog.slotKey(scope, 0), holder),
-  };
-}
 
 interface GcDeps {
   admin: RepositoryAdmin;
@@ -212,38 +101,19 @@ interface GcDeps {
 }
 
 /**
- * Collects garbage holding the repository's lease (not on a dry run): `Gc.Busy` when
- * another collection has it. The lease is kept while the collection is deferred (the
- * workflow collects again under the same gcId) and given back when it ends or fails.
+ * Collects garbage holding the repository's lease (not on a dry run; see gc-lease.ts):
+ * `Gc.Busy` when another collection has it.
  */
 export async function collectGarbage(input: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
   const lease = input.request.dryRun ? undefined : deps.lease;
-  const now = deps.now().getTime();
-  if (lease && !(await lease.take(input.gcId, now, now + GC_LEASE_MS))) {
-    throw new GcBusy(`another garbage collection of repository '${input.request.bucket}' is running (it holds the repository's GC lease until it ends, at most ${GC_LEASE_MS / HOUR_MS} h if it died); this one waits for it`);
-  }
-  let report: GcReport | undefined;
-  try {
-    report = await collect(input, deps);
-    return report;
-  } finally {
-    // After a failure the lease goes back too (the workflow's retry takes it again); failing to give it back then must not hide the failure.
-    if (lease && !report?.deferred) await lease.release(input.gcId).catch((err: unknown) => { if (report) throw err; });
-  }
+  if (!lease) return collect(input, deps);
+  return holdingLease(lease, input.gcId, input.request.bucket, deps.now().getTime(), () => collect(input, deps));
 }
 
 async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps): Promise<GcReport> {
   const started = deps.now();
   const graceHours = request.graceHours ?? 48;
-  const counts = (): SweptObjects => ({ total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 });
-  const report: GcReport = {
-    gcId, bucket: request.bucket, dryRun: request.dryRun === true, startedAt: started.toISOString(), graceHours, manifests: 0,
-    chunks: counts(), packs: counts(), index: { objects: 0, rewritten: 0, dropped: 0, reindexed: 0 },
-    consolidation: { objectsBefore: 0, objectsAfter: 0, candidates: 0, merged: 0, written: 0, entries: 0, entriesDropped: 0, stopped: null },
-    reclaimableInPacks: { chunks: 0, bytes: 0 },
-    bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
-    locked: { count: 0, bytes: 0, firstExpiry: null, sample: [] }, failed: [], lateReferences: [], deferred: null, deferrals: 0, seconds: 0,
-  };
+  const report = emptyReport(gcId, request.bucket, request.dryRun === true, started, graceHours);
   const previous = await deps.recovery?.getRecord('GC', gcId);
   report.deferrals = (previous?.deferrals as number | undefined) ?? 0;
   const countsOf = (key: string) => (key.startsWith('packs/') ? report.packs : report.chunks);

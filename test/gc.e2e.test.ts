@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { GcReport } from '../functions/gc.ts';
+import type { GcReport } from '../functions/gc-report.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';

@@ -12,7 +12,8 @@ import { decodeIndexObject, encodeIndexObject, packedManifest, type PackContents
 import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
-import { catalogGcLease, collectGarbage, GC_LEASE_MS } from '../functions/gc.ts';
+import { collectGarbage } from '../functions/gc.ts';
+import { catalogGcLease, GC_LEASE_MS } from '../functions/gc-lease.ts';
 import { verifyManifests } from '../functions/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';

@@ -20,7 +20,7 @@ import { chunkId, decodeManifest, keys as objectKeys, open } from '../core/forma
 import { chunkLocation, readChunk, type ChunkLocation } from '../core/packs.ts';
 import { quarantineKey } from '../core/quarantine.ts';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { GcReport } from '../functions/gc.ts';
+import type { GcReport } from '../functions/gc-report.ts';
 import type { QuarantineReport } from '../functions/quarantine.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';

@@ -21,7 +21,7 @@ import { Catalog } from '../functions/catalog/catalog.ts';
 import type { FailoverSummary, ReplicationSummary } from '../functions/replicate.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import type { RunSummary } from '../functions/summarize.ts';
-import type { GcReport } from '../functions/gc.ts';
+import type { GcReport } from '../functions/gc-report.ts';
 import type { VerifyOutput } from '../functions/verify.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';

@@ -1,0 +1,49 @@
+/**
+ * One garbage collection of a repository at a time: a lease in the catalog (a conditional
+ * write, like a backup slot) held under the collection's gcId. Two at once would race on
+ * the repository's index, each rewriting and merging the objects the other reads.
+ */
+import type { StorageEndpoint } from '../core/endpoints.ts';
+import { GcBusy } from '../core/recovery-errors.ts';
+import { Catalog } from './catalog/catalog.ts';
+import type { GcReport } from './gc-report.ts';
+
+const HOUR_MS = 3_600_000;
+/** A collection holds its repository's lease at most this long, should it die holding it (the workflow times out after 12 h). */
+export const GC_LEASE_MS = 13 * HOUR_MS;
+
+/** One collection of a repository at a time, held by its gcId. */
+export interface GcLease {
+  /** Takes (or, for the same holder, renews) the lease until `expiresAt` (epoch ms); false when another holder has it. */
+  take(holder: string, now: number, expiresAt: number): Promise<boolean>;
+  /** Gives it back if `holder` has it (idempotent). */
+  release(holder: string): Promise<void>;
+}
+
+/** The lease of the repository `bucket` on `endpoint` (a bucket name is unique only per endpoint), in the catalog. */
+export function catalogGcLease(catalog: Pick<Catalog, 'takeSlot' | 'releaseSlot'>, bucket: string, endpoint: StorageEndpoint | undefined): GcLease {
+  const scope = `gc:${endpoint?.url ?? ''}|${bucket}`;
+  return {
+    take: (holder, now, expiresAt) => catalog.takeSlot(scope, 0, holder, now, expiresAt),
+    release: (holder) => catalog.releaseSlot(Catalog.slotKey(scope, 0), holder),
+  };
+}
+
+/**
+ * Runs `collect` holding `lease` for `gcId`: `Gc.Busy` when another collection has it.
+ * The lease is kept while the collection is deferred (the workflow collects again under
+ * the same gcId) and given back when it ends or fails.
+ */
+export async function holdingLease(lease: GcLease, gcId: string, bucket: string, now: number, collect: () => Promise<GcReport>): Promise<GcReport> {
+  if (!(await lease.take(gcId, now, now + GC_LEASE_MS))) {
+    throw new GcBusy(`another garbage collection of repository '${bucket}' is running (it holds the repository's GC lease until it ends, at most ${GC_LEASE_MS / HOUR_MS} h if it died); this one waits for it`);
+  }
+  let report: GcReport | undefined;
+  try {
+    report = await collect();
+    return report;
+  } finally {
+    // After a failure the lease goes back too (the workflow's retry takes it again); failing to give it back then must not hide the failure.
+    if (!report?.deferred) await lease.release(gcId).catch((err: unknown) => { if (report) throw err; });
+  }
+}
