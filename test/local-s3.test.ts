@@ -93,6 +93,21 @@ describe('local S3 endpoint', () => {
     expect((await store.get('crc'))!.equals(body)).toBe(true);
   });
 
+  it('sends a pack-sized PUT at once, without waiting for a 100 Continue (a round trip per pack over a WAN)', async () => {
+    const c = client();
+    const store = new S3ObjectStore(c, 'repo');
+    const body = randomBytes(3 * 1024 * 1024); // over the SDK's 2 MiB threshold for Expect: 100-continue
+    let headers: Record<string, string> = {};
+    c.middlewareStack.add((next) => async (args) => {
+      headers = { ...(args.request as { headers: Record<string, string> }).headers };
+      return next(args);
+    }, { step: 'finalizeRequest', name: 'captureHeaders', priority: 'low' });
+    await store.put('big', body, { crc32: objectCrc32(body) });
+    expect(headers['content-length']).toBe(String(body.length));
+    expect(Object.keys(headers).map((h) => h.toLowerCase())).not.toContain('expect');
+    expect((await store.get('big'))!.equals(body)).toBe(true);
+  });
+
   it('reads a range of an object, and lists a prefix in key order with sizes', async () => {
     const body = randomBytes(50_000);
     await store.put('ranged/x', body);
