@@ -2,10 +2,20 @@
  * One garbage collection of a repository at a time: a lease in the catalog (a conditional
  * write, like a backup slot) held under the collection's gcId. Two at once would race on
  * the repository's index, each rewriting and merging the objects the other reads.
+ *
+ * CollectGarbage gives the lease back itself when it ends or fails; ReleaseGcLease (on
+ * the Gc workflow's failure path) gives it back when the function could not: killed at
+ * its timeout, out of memory, its sandbox gone. Only an execution that stops without its
+ * failure path running (aborted, or past its own 12 h timeout) leaves the lease to run
+ * out after GC_LEASE_MS.
  */
+import { z } from 'zod';
 import type { StorageEndpoint } from '../core/endpoints.ts';
 import { GcBusy } from '../core/recovery-errors.ts';
 import { Catalog } from './catalog/catalog.ts';
+import { clients } from './commons/clients.ts';
+import { lambdaHandler } from './commons/lambda.ts';
+import { repositoryLocation } from './commons/schemas.ts';
 import type { GcReport } from './gc-report.ts';
 
 const HOUR_MS = 3_600_000;
@@ -47,3 +57,14 @@ export async function holdingLease(lease: GcLease, gcId: string, bucket: string,
     if (!report?.deferred) await lease.release(gcId).catch((err: unknown) => { if (report) throw err; });
   }
 }
+
+/** ReleaseGcLease's input: the collection's gcId and its repository (the rest of its request is not read). */
+export const releaseGcLeaseInput = z.object({ gcId: z.string().min(1), request: repositoryLocation }).strict();
+
+/** ReleaseGcLease: gives the repository's GC lease back if `gcId` holds it (another holder's is left alone). */
+export async function releaseGcLease(input: z.output<typeof releaseGcLeaseInput>, deps: { catalog: Pick<Catalog, 'takeSlot' | 'releaseSlot'> }): Promise<null> {
+  await catalogGcLease(deps.catalog, input.request.bucket, input.request.endpoint).release(input.gcId);
+  return null;
+}
+
+export const releaseHandler = lambdaHandler('ReleaseGcLease', releaseGcLeaseInput, (input) => releaseGcLease(input, { catalog: clients().catalog }));

@@ -26,6 +26,7 @@ export const lambdaFunctions = {
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },
   RecordPrune: { entry: 'functions/prune.ts', handler: 'recordHandler' },
   CollectGarbage: { entry: 'functions/gc.ts', handler: 'handler' },
+  ReleaseGcLease: { entry: 'functions/gc-lease.ts', handler: 'releaseHandler' },
   PlanReplicate: { entry: 'functions/replicate.ts', handler: 'planHandler' },
   PlanReplicatePolicy: { entry: 'functions/replicate.ts', handler: 'planPolicyHandler' },
   AcquireReplicaLease: { entry: 'functions/replicate.ts', handler: 'acquireLeaseHandler' },

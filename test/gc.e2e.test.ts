@@ -2,13 +2,15 @@
  * Garbage collection on the embedded stack, raced against a running backup that reuses
  * old unreferenced packs (found in the repository's index): the sweep waits for the
  * backup, spares what it reused, deletes the rest (out of the index first), and every
- * backup still restores byte-identical.
+ * backup still restores byte-identical. Also: index consolidation, a manifest that does
+ * not open, and a failed collection's lease given back by the workflow.
  */
 import { copyFile, readdir, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
+import { catalogGcLease, GC_LEASE_MS } from '../functions/gc-lease.ts';
 import type { GcReport } from '../functions/gc-report.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import { runExecution } from '../local/client.ts';
@@ -175,4 +177,23 @@ it('stops, deleting nothing, when a manifest does not open, and names it', async
   expect(d.cause).toContain(`manifest ${key} does not open`);
   expect((await packFiles()).length).toBe(before);
   expect(await indexObjects()).toEqual(indexBefore);
+});
+
+it("gives a failed collection's lease back on the workflow's failure path (a function killed before it could), and leaves another holder's alone", async () => {
+  const lease = catalogGcLease(t.stack.catalog, REPOSITORY_BUCKET, undefined);
+  const now = Date.now();
+  // As if this execution's CollectGarbage had been killed holding the lease: the function
+  // fails here before it reaches the lease (a request it refuses), so only the workflow gives it back.
+  expect(await lease.take('gc-killed', now, now + GC_LEASE_MS)).toBe(true);
+  const bad = { bucket: REPOSITORY_BUCKET, graceHours: -1 };
+  const d = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Gc!, bad, { name: 'gc-killed', pollMs: 200 });
+  expect(d.status).toBe('FAILED');
+  expect(d.cause).toContain('graceHours');
+  expect(await lease.take('gc-next', now, now + GC_LEASE_MS)).toBe(true); // free again
+
+  // Another collection's lease is not this execution's to give back.
+  const other = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Gc!, bad, { name: 'gc-killed-2', pollMs: 200 });
+  expect(other.status).toBe('FAILED');
+  expect(await lease.take('gc-third', now, now + GC_LEASE_MS)).toBe(false);
+  await lease.release('gc-next');
 });

@@ -228,3 +228,12 @@ describe('replica lease', () => {
     expect(failover.ReleaseReplicaLease!.Next).toBe('RecordFailover');
   });
 });
+
+describe('GC lease', () => {
+  it("gives a failed collection's lease back before recording the failure, except after States.Timeout (the function may still run)", () => {
+    const { all } = machine('Gc');
+    expect(all.CollectGarbage!.Catch!.map((c) => [c.ErrorEquals, c.Next])).toEqual([[['States.Timeout'], 'RecordFailure'], [['States.ALL'], 'ReleaseGcLease']]);
+    expect(all.ReleaseGcLease!.Next).toBe('RecordFailure');
+    expect(all.ReleaseGcLease!.Catch!.map((c) => c.Next)).toEqual(['RecordFailure']); // a failed release still records the failure
+  });
+});

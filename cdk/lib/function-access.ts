@@ -76,6 +76,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordPrune: { catalog: ['PutItem'] },
   // Takes and gives back the repository's GC lease (PutItem, DeleteItem); lists and marks; reads the packs it lists in the index again (packs/); replaces index objects that list a deleted pack, and merges small index objects (write index/); deletes chunk objects, packs and replaced or merged index objects.
   CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'], repository: { read: ['manifests/', 'index/', 'keys/', 'packs/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
+  // Gives the repository's GC lease back on the Gc workflow's failure path (a conditional delete: only its own execution's).
+  ReleaseGcLease: { catalog: ['DeleteItem'] },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   PlanReplicatePolicy: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   AcquireReplicaLease: { catalog: ['PutItem', 'Query', 'GetItem'] },

@@ -5,8 +5,9 @@
  * (functions/gc.ts), then merges small index objects into few (functions/gc-consolidate.ts).
  * While backups run the sweep is deferred: the workflow waits and
  * collects again. One collection of a repository runs at a time (a lease in the catalog):
- * another waits on `Gc.Busy`. A sweep that raced a backup into needing a deleted chunk object or pack
- * fails the execution, naming it.
+ * another waits on `Gc.Busy`. A failed collection's lease is given back (ReleaseGcLease, for
+ * a function killed before it could). A sweep that raced a backup into needing a deleted
+ * chunk object or pack fails the execution, naming it.
  *
  * Input: `{ bucket, endpoint?, graceHours?, objectLockDays?, dryRun?, deferSeconds? }`.
  */
@@ -19,6 +20,7 @@ import { StorageUnavailable } from '../../core/errors.ts';
 import { GcBusy } from '../../core/recovery-errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
+import { lambdaStep } from './steps.ts';
 
 export interface GcWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -42,7 +44,18 @@ export class GcWorkflow extends Construct {
     collect.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
     // Another collection of this repository holds its lease: wait for it (5 min, growing to ~4 h in all), then fail naming it.
     collect.addRetry({ errors: [GcBusy.code], interval: Duration.minutes(5), backoffRate: 1.5, maxAttempts: 8 });
-    collect.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'GC'), { resultPath: '$.error' });
+    // A failed collection gives the lease back itself, unless it was killed (its timeout,
+    // out of memory): ReleaseGcLease then does. Not after States.Timeout, where the function
+    // may still be running: its lease then runs out by itself (gc-lease.ts).
+    const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'GC');
+    const release = lambdaStep(this, 'ReleaseGcLease', props.functions.ReleaseGcLease, {
+      payload: sfn.TaskInput.fromObject({ 'gcId.$': '$$.Execution.Name', 'request.$': '$.request' }), resultPath: null,
+    });
+    release.addRetry({ errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', 'Lambda.Unknown'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    release.addCatch(failed, { resultPath: '$.releaseError' });
+    release.next(failed);
+    collect.addCatch(failed, { errors: ['States.Timeout'], resultPath: '$.error' });
+    collect.addCatch(release, { resultPath: '$.error' });
     // Nothing is deleted while backups run: a deferred sweep waits, then collects again from a fresh mark.
     const wait = new sfn.Wait(this, 'WaitForBackups', { time: sfn.WaitTime.duration(props.deferSeconds ? Duration.seconds(props.deferSeconds) : Duration.minutes(2)) });
     wait.next(collect);
