@@ -9,6 +9,7 @@ import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig } from '../core/config.ts';
 import { errorClasses } from '../core/errors.ts';
 import { recoveryErrorClasses } from '../core/recovery-errors.ts';
+import { functionAccess } from '../cdk/lib/function-access.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string;
@@ -234,6 +235,8 @@ describe('GC lease', () => {
     const { all } = machine('Gc');
     expect(all.CollectGarbage!.Catch!.map((c) => [c.ErrorEquals, c.Next])).toEqual([[['States.Timeout'], 'RecordFailure'], [['States.ALL'], 'ReleaseGcLease']]);
     expect(all.ReleaseGcLease!.Next).toBe('RecordFailure');
+    // The function's own timeout comes first: a killed function is a Lambda error, not States.Timeout.
+    expect(all.CollectGarbage!.TimeoutSeconds).toBeGreaterThan(functionAccess.CollectGarbage!.timeoutSeconds!);
     expect(all.ReleaseGcLease!.Catch!.map((c) => c.Next)).toEqual(['RecordFailure']); // a failed release still records the failure
   });
 });

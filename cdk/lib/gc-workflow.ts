@@ -39,7 +39,9 @@ export class GcWorkflow extends Construct {
       payload: sfn.TaskInput.fromObject({ 'gcId.$': '$$.Execution.Name', 'request.$': '$.request' }),
       payloadResponseOnly: true,
       resultPath: '$.report',
-      taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
+      // Past the function's own 15 min: a function killed at its timeout then fails the task
+      // as a Lambda error (its lease given back below), not as States.Timeout.
+      taskTimeout: sfn.Timeout.duration(Duration.minutes(16)),
     });
     collect.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
     // Another collection of this repository holds its lease: wait for it (5 min, growing to ~4 h in all), then fail naming it.
