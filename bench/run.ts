@@ -2,6 +2,7 @@
  * Lifeboat vs restic on the same disk image and the same local S3 endpoint (the embedded
  * stack's: s3rver with aws-chunked de-framing, local/s3-server.ts): full backup, incremental backup, restore.
  * Usage: npm run bench   (BENCH_SIZE_MIB=256 for a quick run; default 2048)
+ * BENCH_RTT_MS=40 puts both tools the given round trip away from the endpoint (a WAN, emulated: bench/delayed-link.ts).
  *
  * It runs BENCH_ROUNDS rounds (default 2), each into fresh buckets, and the tools take
  * turns going first: on these shared 2-core machines whatever runs right after a big
@@ -17,6 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchImages } from './image.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
+import { startDelayedLink } from './delayed-link.ts';
 import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
 import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
@@ -25,6 +27,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const dir = join(root, '.lifeboat', 'bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
 const rounds = Math.max(1, Math.floor(Number(process.env.BENCH_ROUNDS ?? 2)));
+const rttMs = Number(process.env.BENCH_RTT_MS ?? 0);
 const ROUNDS = Array.from({ length: rounds }, (_, i) => i + 1);
 const bucketOf = (tool: 'lifeboat' | 'restic', round: number) => `${tool}-bench-${round}`;
 const TIME = '/usr/bin/time';
@@ -79,7 +82,7 @@ interface Figures { wallSeconds: number; mbPerSecond: number; cpuSeconds: number
 type Results = Record<Phase, { lifeboat?: Figures; restic?: Figures }>;
 const roundResults: Results[] = [];
 
-console.log(`bench: ${sizeMiB} MiB image, ${cpus().length} cores; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`);
+console.log(`bench: ${sizeMiB} MiB image, ${cpus().length} cores${rttMs > 0 ? `, the endpoint ${rttMs} ms round trip away (emulated)` : ''}; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`);
 if (!hasRestic) console.log('restic is not installed: `apt-get update && apt-get install -y restic` (Debian 12 has 0.14). Running Lifeboat alone.');
 let t = performance.now();
 const img = await benchImages(dir, sizeMiB);
@@ -97,8 +100,11 @@ await mkdir(join(dir, 's3'), { recursive: true });
 const keyFile = join(dir, 'master.key');
 await writeFile(keyFile, randomBytes(32));
 const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: ROUNDS.flatMap((r) => [bucketOf('lifeboat', r), bucketOf('restic', r)]) });
+// Where both tools reach it: the server itself, or through an emulated WAN link.
+const link = rttMs > 0 ? await startDelayedLink(s3.url, rttMs) : undefined;
+const endpoint = link?.url ?? s3.url;
 const resticEnv = (round: number) => ({
-  ...process.env, RESTIC_REPOSITORY: `s3:${s3.url}/${bucketOf('restic', round)}`, RESTIC_PASSWORD: 'bench-password',
+  ...process.env, RESTIC_REPOSITORY: `s3:${endpoint}/${bucketOf('restic', round)}`, RESTIC_PASSWORD: 'bench-password',
   AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
 });
 const storedAfter: Record<string, number> = {};
@@ -113,7 +119,7 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase, round: number): Pro
   if (tool === 'lifeboat') {
     const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : join(dir, 'restore-lifeboat.raw');
     // Started as the mover is (mover/start-settings.ts), its compile cache kept between runs as a mover's is.
-    run = await timed(process.execPath, [...MOVER_NODE_FLAGS, join(root, 'bench', 'lifeboat-child.ts'), ph, s3.url, bucket, keyFile, path], { env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } });
+    run = await timed(process.execPath, [...MOVER_NODE_FLAGS, join(root, 'bench', 'lifeboat-child.ts'), ph, endpoint, bucket, keyFile, path], { env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } });
   } else if (ph === 'restore') {
     run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv(round) });
   } else {
@@ -164,6 +170,7 @@ try {
     }
   }
 } finally {
+  await link?.close();
   await s3.close();
 }
 
