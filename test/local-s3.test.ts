@@ -63,48 +63,41 @@ describe('local S3 endpoint', () => {
     expect(stored).toEqual(bodies[outcomes.indexOf('created')]);
   });
 
-  it('signs a PUT with the SHA-256 the caller gives, and the object reads back intact', async () => {
+  /** A client and a store over it, and the headers of the last request it signed (as sent). */
+  const capturing = () => {
     const c = client();
-    const signing = new S3ObjectStore(c, 'repo');
-    const body = randomBytes(100_000);
-    let signedHash: string | undefined;
+    const sent: { headers: Record<string, string> } = { headers: {} };
     c.middlewareStack.add((next) => async (args) => {
-      signedHash = (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'];
+      sent.headers = { ...(args.request as { headers: Record<string, string> }).headers };
       return next(args);
-    }, { step: 'finalizeRequest', name: 'captureSignedHash', priority: 'low' });
+    }, { step: 'finalizeRequest', name: 'captureHeaders', priority: 'low' });
+    return { store: new S3ObjectStore(c, 'repo'), sent };
+  };
+
+  it('signs a PUT with the SHA-256 the caller gives, and the object reads back intact', async () => {
+    const { store: signing, sent } = capturing();
+    const body = randomBytes(100_000);
     await signing.put('signed', body, { sha256: objectSha256(body) });
-    expect(signedHash).toBe(Buffer.from(objectSha256(body), 'base64').toString('hex'));
+    expect(sent.headers['x-amz-content-sha256']).toBe(Buffer.from(objectSha256(body), 'base64').toString('hex'));
     expect((await signing.get('signed'))!.equals(body)).toBe(true);
   });
 
   it('sends a PUT with a CRC-32 as an unsigned payload with x-amz-checksum-crc32, and the object reads back intact', async () => {
-    const c = client();
-    const store = new S3ObjectStore(c, 'repo');
+    const { store, sent } = capturing();
     const body = randomBytes(100_000);
-    let headers: Record<string, string> = {};
-    c.middlewareStack.add((next) => async (args) => {
-      headers = { ...(args.request as { headers: Record<string, string> }).headers };
-      return next(args);
-    }, { step: 'finalizeRequest', name: 'captureHeaders', priority: 'low' });
     await store.put('crc', body, { crc32: objectCrc32(body) });
-    expect(headers['x-amz-content-sha256']).toBe('UNSIGNED-PAYLOAD');
-    expect(headers['x-amz-checksum-crc32']).toBe(objectCrc32(body));
+    expect(sent.headers['x-amz-content-sha256']).toBe('UNSIGNED-PAYLOAD');
+    expect(sent.headers['x-amz-checksum-crc32']).toBe(objectCrc32(body));
     expect(Buffer.from(objectCrc32(body), 'base64').readUInt32BE()).toBe(crc32(body));
     expect((await store.get('crc'))!.equals(body)).toBe(true);
   });
 
   it('sends a pack-sized PUT at once, without waiting for a 100 Continue (a round trip per pack over a WAN)', async () => {
-    const c = client();
-    const store = new S3ObjectStore(c, 'repo');
+    const { store, sent } = capturing();
     const body = randomBytes(3 * 1024 * 1024); // over the SDK's 2 MiB threshold for Expect: 100-continue
-    let headers: Record<string, string> = {};
-    c.middlewareStack.add((next) => async (args) => {
-      headers = { ...(args.request as { headers: Record<string, string> }).headers };
-      return next(args);
-    }, { step: 'finalizeRequest', name: 'captureHeaders', priority: 'low' });
     await store.put('big', body, { crc32: objectCrc32(body) });
-    expect(headers['content-length']).toBe(String(body.length));
-    expect(Object.keys(headers).map((h) => h.toLowerCase())).not.toContain('expect');
+    expect(sent.headers['content-length']).toBe(String(body.length));
+    expect(Object.keys(sent.headers).map((h) => h.toLowerCase())).not.toContain('expect');
     expect((await store.get('big'))!.equals(body)).toBe(true);
   });
 
