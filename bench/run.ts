@@ -157,14 +157,14 @@ const checks: string[] = [];
 try {
   for (const round of ROUNDS) {
     roundResults.push({ full: {}, incr: {}, restore: {} });
+    const order = round % 2 === 1 ? (['lifeboat', 'restic'] as const) : (['restic', 'lifeboat'] as const);
     if (hasRestic) {
       const bucket = bucketOf('restic', round);
       const reqBefore = s3.requests.get(bucket) ?? 0;
       await timed('restic', ['init', '--repository-version', '2'], { env: resticEnv(round) });
       storedAfter[`${bucket}-init`] = (await bucketBytes(bucket)).bytes;
-      console.log(`  round ${round}: restic init ${(s3.requests.get(bucket) ?? 0) - reqBefore} requests (not counted in the phases); ${round % 2 === 1 || !hasRestic ? 'Lifeboat' : 'restic'} goes first`);
+      console.log(`  round ${round}: restic init ${(s3.requests.get(bucket) ?? 0) - reqBefore} requests (not counted in the phases); ${order[0] === 'lifeboat' ? 'Lifeboat' : 'restic'} goes first`);
     }
-    const order = round % 2 === 1 ? (['lifeboat', 'restic'] as const) : (['restic', 'lifeboat'] as const);
     for (const ph of ['full', 'incr', 'restore'] as const) {
       for (const tool of order) if (tool === 'lifeboat' || hasRestic) await phase(tool, ph, round);
     }
@@ -175,23 +175,23 @@ try {
 }
 
 // The table: each figure's mean over the rounds.
-const metricsOf: (keyof Figures)[] = ['wallSeconds', 'mbPerSecond', 'cpuSeconds', 'peakRssMiB', 'bytesStored', 'requests'];
-const mean = (xs: (number | null | undefined)[]): number | null | undefined => (xs.some((x) => x == null) ? xs.find((x) => x == null) : xs.reduce<number>((a, x) => a + x!, 0) / xs.length);
-const results = Object.fromEntries((['full', 'incr', 'restore'] as const).map((ph) => [ph, Object.fromEntries((['lifeboat', 'restic'] as const)
-  .filter((tool) => roundResults.every((r) => r[ph][tool]))
-  .map((tool) => [tool, Object.fromEntries(metricsOf.map((k) => [k, mean(roundResults.map((r) => r[ph][tool]![k] as number | null))]))]))])) as unknown as Results;
-const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined ? '-' : v.toFixed(d));
-const ratio = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null || b === 0 ? '-' : (a / b).toFixed(2));
-const rows: string[][] = [['phase', 'figure', 'Lifeboat', 'restic', 'Lifeboat/restic']];
 const metrics: [keyof Figures, string, number][] = [
   ['wallSeconds', 'wall s', 1], ['mbPerSecond', 'MB/s', 0], ['cpuSeconds', 'CPU s', 1], ['peakRssMiB', 'peak RSS MiB', 0], ['bytesStored', 'stored MiB', 1], ['requests', 'requests', 0],
 ];
+const mean = (xs: (number | null | undefined)[]): number | null | undefined => (xs.some((x) => x == null) ? xs.find((x) => x == null) : xs.reduce<number>((a, x) => a + x!, 0) / xs.length);
+const results = Object.fromEntries((['full', 'incr', 'restore'] as const).map((ph) => [ph, Object.fromEntries((['lifeboat', 'restic'] as const)
+  .filter((tool) => roundResults.every((r) => r[ph][tool]))
+  .map((tool) => [tool, Object.fromEntries(metrics.map(([k]) => [k, mean(roundResults.map((r) => r[ph][tool]![k] as number | null))]))]))])) as unknown as Results;
+const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined ? '-' : v.toFixed(d));
+const ratio = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null || b === 0 ? '-' : (a / b).toFixed(2));
+const figure = (r: Results, ph: Phase, tool: 'lifeboat' | 'restic', k: keyof Figures) => r[ph][tool]?.[k] as number | null | undefined;
+const rows: string[][] = [['phase', 'figure', 'Lifeboat', 'restic', 'Lifeboat/restic']];
 for (const ph of ['full', 'incr', 'restore'] as const) {
   for (const [k, label, d] of metrics) {
     if (ph === 'restore' && k === 'bytesStored') continue;
     const scale = k === 'bytesStored' ? 1 / MiB : 1;
-    const l = results[ph].lifeboat?.[k] as number | null | undefined;
-    const r = results[ph].restic?.[k] as number | null | undefined;
+    const l = figure(results, ph, 'lifeboat', k);
+    const r = figure(results, ph, 'restic', k);
     rows.push([ph, label, fmt(l == null ? l : l * scale, d), fmt(r == null ? r : r * scale, d), ratio(l, r)]);
   }
 }
@@ -201,23 +201,25 @@ console.log('\n' + line(rows[0]!));
 console.log('|' + widths.map((w, i) => (i < 2 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|');
 for (const r of rows.slice(1)) console.log(line(r));
 
-const L = (ph: Phase, k: keyof Figures) => results[ph].lifeboat?.[k] as number | undefined;
-const R = (ph: Phase, k: keyof Figures) => results[ph].restic?.[k] as number | undefined;
-const targets = [
-  { target: 'full backup throughput >= 2x restic', lifeboat: L('full', 'mbPerSecond'), restic: R('full', 'mbPerSecond'), ok: (l: number, r: number) => l >= 2 * r },
-  { target: 'incremental throughput >= 3x restic', lifeboat: L('incr', 'mbPerSecond'), restic: R('incr', 'mbPerSecond'), ok: (l: number, r: number) => l >= 3 * r },
-  { target: 'restore throughput >= 1.3x restic', lifeboat: L('restore', 'mbPerSecond'), restic: R('restore', 'mbPerSecond'), ok: (l: number, r: number) => l >= 1.3 * r },
-  { target: 'full bytes stored <= restic + 2%', lifeboat: L('full', 'bytesStored'), restic: R('full', 'bytesStored'), ok: (l: number, r: number) => l <= 1.02 * r },
-  { target: 'incremental bytes stored <= half of restic', lifeboat: L('incr', 'bytesStored'), restic: R('incr', 'bytesStored'), ok: (l: number, r: number) => l <= 0.5 * r },
-].map((x) => ({ target: x.target, ratio: x.lifeboat != null && x.restic ? x.lifeboat / x.restic : null, met: x.lifeboat != null && x.restic != null ? x.ok(x.lifeboat, x.restic) : null }));
-const perRound = (ph: Phase, k: keyof Figures) => roundResults.map((r) => {
-  const l = r[ph].lifeboat?.[k] as number | null | undefined;
-  const x = r[ph].restic?.[k] as number | null | undefined;
-  return l != null && x ? (l / x).toFixed(2) : '-';
-}).join(', ');
-const roundRatios = [perRound('full', 'mbPerSecond'), perRound('incr', 'mbPerSecond'), perRound('restore', 'mbPerSecond'), perRound('full', 'bytesStored'), perRound('incr', 'bytesStored')];
+/** The issue's targets: each on the means, with each round's ratio beside it. */
+const targetsOf: { target: string; ph: Phase; k: keyof Figures; ok: (l: number, r: number) => boolean }[] = [
+  { target: 'full backup throughput >= 2x restic', ph: 'full', k: 'mbPerSecond', ok: (l, r) => l >= 2 * r },
+  { target: 'incremental throughput >= 3x restic', ph: 'incr', k: 'mbPerSecond', ok: (l, r) => l >= 3 * r },
+  { target: 'restore throughput >= 1.3x restic', ph: 'restore', k: 'mbPerSecond', ok: (l, r) => l >= 1.3 * r },
+  { target: 'full bytes stored <= restic + 2%', ph: 'full', k: 'bytesStored', ok: (l, r) => l <= 1.02 * r },
+  { target: 'incremental bytes stored <= half of restic', ph: 'incr', k: 'bytesStored', ok: (l, r) => l <= 0.5 * r },
+];
+const targets = targetsOf.map(({ target, ph, k, ok }) => {
+  const l = figure(results, ph, 'lifeboat', k);
+  const r = figure(results, ph, 'restic', k);
+  return { target, ratio: l != null && r ? l / r : null, met: l != null && r != null ? ok(l, r) : null };
+});
 console.log(`\nTargets (on the means of ${rounds} round(s); each round's ratio in brackets):`);
-targets.forEach((x, i) => console.log(`  ${x.met === null ? 'n/a    ' : x.met ? 'met    ' : 'NOT met'}  ${x.target} (Lifeboat/restic = ${x.ratio === null ? '-' : x.ratio.toFixed(2)} [${roundRatios[i]}])`));
+targets.forEach((x, i) => {
+  const { ph, k } = targetsOf[i]!;
+  const each = roundResults.map((r) => ratio(figure(r, ph, 'lifeboat', k), figure(r, ph, 'restic', k))).join(', ');
+  console.log(`  ${x.met === null ? 'n/a    ' : x.met ? 'met    ' : 'NOT met'}  ${x.target} (Lifeboat/restic = ${x.ratio === null ? '-' : x.ratio.toFixed(2)} [${each}])`);
+});
 for (const c of checks) console.log(`  check: ${c}`);
 
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
