@@ -13,7 +13,8 @@ import { deriveKeys } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
-import { holdsData, parseQemuImgMap, rawImageExtents } from '../mover/sources/allocation.ts';
+import { parseQemuImgMap, rawImageExtents } from '../mover/sources/allocation.ts';
+import { holdsData } from '../mover/sources/source.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
 
 const MiB = 1024 * 1024;

@@ -17,8 +17,7 @@ import { RepositoryIndex } from '../../core/repository-index.ts';
 import { PackWriter } from './pack-writer.ts';
 import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { holdsData } from '../sources/allocation.ts';
-import type { DiskReader } from '../sources/source.ts';
+import { holdsData, type DiskReader } from '../sources/source.ts';
 import { sharedChunkPool, type ChunkPool, type SharedPack, type SharedSlot } from './chunk-pool.ts';
 
 export interface BackupDiskOptions {
@@ -116,6 +115,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const free: SharedSlot[] = [];
   const all: (SharedSlot | SharedPack)[] = [];
   const takeSlot = () => free.pop() ?? (all[all.length] = pool.share(chunkSize));
+  const progress = (bytesStored: number) => o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored });
   // Progress counts stored bytes as packs land (also after the last chunk was read).
   const writer = new PackWriter({
     store: o.store, keys: o.keys, maxChunkBytes: sealedCapacity(chunkSize), maxInFlight: parallelism, ...(o.packBytes ? { targetBytes: o.packBytes } : {}),
@@ -124,7 +124,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       all.push(pack);
       return pack;
     },
-    onStored: (bytesStored) => o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored }),
+    onStored: progress,
   });
   const sealing = new Set<string>();
 
@@ -216,7 +216,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
         stats.zeroChunks++;
         stats.bytesZero += length;
         stats.bytesUnallocated += length;
-        o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: writer.bytesWritten });
+        progress(writer.bytesWritten);
         continue;
       }
       const buf = await read;
@@ -224,7 +224,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       const p = processChunk(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
       running.add(p);
       if (running.size >= parallelism) await Promise.race(running);
-      o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored: writer.bytesWritten });
+      progress(writer.bytesWritten);
     }
     await Promise.allSettled(running);
     if (failure) throw failure;

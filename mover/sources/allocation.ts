@@ -8,12 +8,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { SourceUnavailable } from '../../core/errors.ts';
-
-/** A part of a disk that may hold data (everything outside every extent reads as zeros). */
-export interface Extent {
-  offset: number;
-  length: number;
-}
+import type { Extent } from './source.ts';
 
 /**
  * More data extents than this and the map is not used (the disk is read whole): it would
@@ -89,21 +84,4 @@ export async function rawImageExtents(path: string, sizeBytes: number, qemuImg =
   if (code !== 0 && code !== null) throw new SourceUnavailable(`qemu-img map of ${path} failed (exit ${code}): ${stderr.trim() || 'no message'}`);
   if (failure) throw failure;
   return parsed;
-}
-
-/**
- * Whether [offset, offset + length) meets any of `extents` (in order, not overlapping):
- * a binary search, so a disk of millions of chunks needs no per-chunk map.
- */
-export function holdsData(extents: readonly Extent[], offset: number, length: number): boolean {
-  let lo = 0;
-  let hi = extents.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    const e = extents[mid]!;
-    if (e.offset + e.length <= offset) lo = mid + 1;
-    else hi = mid;
-  }
-  const first = extents[lo];
-  return first !== undefined && first.offset < offset + length;
 }

@@ -1,5 +1,10 @@
 import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
-import type { Extent } from './allocation.ts';
+
+/** A part of a disk that may hold data (everything outside every extent reads as zeros). */
+export interface Extent {
+  offset: number;
+  length: number;
+}
 
 /**
  * A hypervisor source driver: freezes a VM's disks, hands out readers for them and
@@ -24,4 +29,21 @@ export interface DiskReader {
    */
   allocated?(): Promise<Extent[] | undefined>;
   close(): Promise<void>;
+}
+
+/**
+ * Whether [offset, offset + length) meets any of `extents` (in order, not overlapping):
+ * a binary search, so a disk of millions of chunks needs no per-chunk map.
+ */
+export function holdsData(extents: readonly Extent[], offset: number, length: number): boolean {
+  let lo = 0;
+  let hi = extents.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const e = extents[mid]!;
+    if (e.offset + e.length <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  const first = extents[lo];
+  return first !== undefined && first.offset < offset + length;
 }
