@@ -14,7 +14,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Corrupt } from './errors.ts';
-import { keys as objectKeys, MANIFEST_VERSION, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
+import { keys as objectKeys, MANIFEST_VERSION, objectCrc32, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
 import type { ObjectStore } from './object-store.ts';
 
 /** Where a chunk is stored: an object, and the bytes of it that are the chunk's envelope. */
@@ -207,6 +207,18 @@ export function joinIndexSections(sections: readonly Uint8Array[]): Buffer {
 /** Sealed index object for `indexId`. */
 export function encodeIndexObject(keys: RepositoryKeys, indexId: string, packs: readonly PackContents[]): Promise<Buffer> {
   return sealIndex(keys, indexId, encodeIndex(packs));
+}
+
+/**
+ * Stores a new index object listing `packs` (a new id, with its CRC-32, which the store
+ * checks on arrival): its id and its stored size. Movers write one after their packs,
+ * replication after the packs it copied, garbage collection for packs it lists again.
+ */
+export async function putIndexObject(store: ObjectStore, keys: RepositoryKeys, packs: readonly PackContents[]): Promise<{ indexId: string; bytes: number }> {
+  const indexId = newIndexId();
+  const sealed = await encodeIndexObject(keys, indexId, packs);
+  await store.put(objectKeys.index(indexId), sealed, { crc32: objectCrc32(sealed) });
+  return { indexId, bytes: sealed.length };
 }
 
 /** Sealed index object for `indexId` of `encodeIndex` output. */

@@ -12,7 +12,6 @@ import { indexIdOfKey, readIndexListing, type IndexDeps, type IndexEntry, type I
 /** Chunk entries an index object lists. */
 const entriesOf = (e: IndexEntry): number => e.chunks.reduce((n, c) => n + c, 0);
 
-
 /**
  * When and how far garbage collection merges index objects (after its sweep).
  *
@@ -131,7 +130,7 @@ export interface Consolidated {
  * packs may be listed only by an object this run has not read. `index` follows what was
  * done. `keepGoing` is asked before each group.
  */
-export async function consolidateIndex(deps: IndexDeps & { admin: RepositoryAdmin }, index: IndexMap, plan: ConsolidationPlan, keepGoing: () => boolean = () => true): Promise<Consolidated> {
+export async function consolidateIndex(deps: IndexDeps & { admin: RepositoryAdmin }, index: IndexMap, plan: ConsolidationPlan, keepGoing: () => boolean): Promise<Consolidated> {
   const out: Consolidated = { merged: 0, written: 0, entries: 0, dropped: 0, failed: [], stopped: null };
   for (const group of plan.groups) {
     if (!keepGoing()) {

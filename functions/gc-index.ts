@@ -5,9 +5,9 @@
  */
 import { mapLimit } from '../core/concurrency.ts';
 import { Corrupt } from '../core/errors.ts';
-import { keys as objectKeys, objectCrc32, open, type RepositoryKeys } from '../core/format.ts';
+import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { decodeIndexObject, encodeIndexObject, IndexListing, newIndexId, readPackTrailer, type PackContents } from '../core/packs.ts';
+import { decodeIndexObject, IndexListing, openIndexObject, putIndexObject, readPackTrailer, type PackContents } from '../core/packs.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 
 /** What reading and rewriting index objects needs. */
@@ -57,7 +57,7 @@ export const indexIdOfKey = (key: string) => key.slice('index/'.length);
 const unopened = (indexId: string, err: unknown) =>
   new Corrupt(`garbage collection stopped: index object ${objectKeys.index(indexId)} does not open, so the packs it lists are unknown; delete it (the index is rebuilt from the packs' trailers) or restore it first (${(err as Error).message})`, err);
 
-export async function readIndexObject(deps: IndexDeps, indexId: string): Promise<PackContents[] | undefined> {
+async function readIndexObject(deps: IndexDeps, indexId: string): Promise<PackContents[] | undefined> {
   const sealed = await deps.store.get(objectKeys.index(indexId));
   if (!sealed) return undefined;
   try {
@@ -72,7 +72,7 @@ export async function readIndexListing(deps: IndexDeps, indexId: string): Promis
   const sealed = await deps.store.get(objectKeys.index(indexId));
   if (!sealed) return undefined;
   try {
-    return IndexListing.parse(await open(deps.keys, sealed, `index:${indexId}`), `index object ${objectKeys.index(indexId)}`);
+    return await openIndexObject(deps.keys, sealed, indexId);
   } catch (err) {
     throw unopened(indexId, err);
   }
@@ -82,15 +82,12 @@ export async function readIndexListing(deps: IndexDeps, indexId: string): Promis
  * Stores a new index object listing `packs` (with its CRC-32, which the store checks on
  * arrival) and adds it to `index`; its id.
  */
-export async function writeIndexObject(deps: IndexDeps, index: IndexMap, packs: readonly PackContents[]): Promise<string> {
-  const indexId = newIndexId();
-  const sealed = await encodeIndexObject(deps.keys, indexId, packs);
-  await deps.store.put(objectKeys.index(indexId), sealed, { crc32: objectCrc32(sealed) });
+async function writeIndexObject(deps: IndexDeps, index: IndexMap, packs: readonly PackContents[]): Promise<string> {
+  const { indexId } = await putIndexObject(deps.store, deps.keys, packs);
   index.add({ indexId, lastModified: deps.now(), packs: packs.map((p) => p.pack.id), chunks: packs.map((p) => p.chunks.length) });
   return indexId;
 }
 
-/** What taking packs out of the index did. */
 /**
  * Every index object, read after the mark (a pack a manifest names was indexed before the
  * manifest was written), and what packs still in use hold that no manifest needs: the
@@ -142,7 +139,8 @@ export function indexWithout(index: IndexMap, going: ReadonlySet<string>, at: Da
   return { after, rewritten, dropped };
 }
 
-export interface Unindexed {
+/** What taking packs out of the index did. */
+interface Unindexed {
   /** Packs whose old index object could not be deleted: they must stay. */
   kept: Set<string>;
   rewritten: number;
@@ -174,7 +172,7 @@ export async function indexPacks(deps: IndexDeps, index: IndexMap, packs: readon
   };
   for (const o of packs) {
     if (!keepGoing()) break;
-    const packId = o.key.slice(o.key.lastIndexOf('/') + 1);
+    const packId = packIdOfKey(o.key)!;
     const body = await deps.store.get(o.key);
     if (!body) continue; // deleted meanwhile: nothing to list
     try {

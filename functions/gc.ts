@@ -63,8 +63,8 @@ import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry }
 const HOUR_MS = 3_600_000;
 /** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
 const RUNNING_FRESH_MS = 25 * HOUR_MS;
-/** Consolidation starts no group of index objects once the invocation has less time left than this. */
-const CONSOLIDATION_MARGIN_MS = 120_000;
+/** Re-indexing reads no further pack, and consolidation starts no group of index objects, once the invocation has less time left than this. */
+const INDEX_WORK_MARGIN_MS = 120_000;
 
 export const gcRequest = z.object({
   /** The repository bucket to collect. */
@@ -164,10 +164,11 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
       const c = countsOf(o.key);
       c.total++;
       const pack = packIdOfKey(o.key);
-      if (pack !== undefined && index.byPack.has(pack)) storedPacks.add(pack);
+      const indexed = pack !== undefined && index.byPack.has(pack); // nothing is taken out of the index before the sweep
+      if (indexed) storedPacks.add(pack);
       if (isMarked(marks, o.key)) {
         c.referenced++;
-        if (pack !== undefined && index.listing(pack).length === 0) unindexed.push(o);
+        if (pack !== undefined && !indexed) unindexed.push(o);
         continue;
       }
       if (o.lastModified.getTime() > graceEdge) {
@@ -278,8 +279,9 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
 
   // Referenced packs no index object lists are listed again (from their trailers), then
   // consolidation: many small index objects merged into few, each merged object stored before its sources go.
+  const inTime = () => (deps.remainingMs?.() ?? Infinity) > INDEX_WORK_MARGIN_MS;
   if (!report.deferred && unindexed.length > 0) {
-    const out = await indexPacks(deps, index, unindexed, () => (deps.remainingMs?.() ?? Infinity) > CONSOLIDATION_MARGIN_MS);
+    const out = await indexPacks(deps, index, unindexed, inTime);
     report.index.reindexed = out.indexed;
     report.failed.push(...out.failed);
     for (const id of out.written) writtenIndexes.add(id);
@@ -289,7 +291,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
   if (!report.deferred) {
     const plan = planConsolidation(index, settings, mergeable, (p) => storedPacks.has(p) && !deleted.has(objectKeys.pack(p)));
     report.consolidation.candidates = plan.candidates;
-    const out = await consolidateIndex(deps, index, plan, () => (deps.remainingMs?.() ?? Infinity) > CONSOLIDATION_MARGIN_MS);
+    const out = await consolidateIndex(deps, index, plan, inTime);
     Object.assign(report.consolidation, { objectsAfter: index.objects.size, merged: out.merged, written: out.written, entries: out.entries, entriesDropped: out.dropped, stopped: out.stopped });
     report.failed.push(...out.failed);
   }

@@ -7,7 +7,7 @@
 import { Corrupt } from '../../core/errors.ts';
 import { keys as objectKeys, objectCrc32, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { encodeIndexObject, MAX_PACK_BYTES, newIndexId, newPackId, packTrailer, type PackContents, type PackEntry } from '../../core/packs.ts';
+import { MAX_PACK_BYTES, newPackId, putIndexObject, packTrailer, type PackContents, type PackEntry } from '../../core/packs.ts';
 import { reserved, resetPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 
 /** A pack's room past its target for the chunks in flight when it closes, at most, by default (see PackWriter). */
@@ -243,10 +243,8 @@ export class PackWriter<B extends PackBuffer> {
     if (this.unindexed.length === 0) return;
     const packs = this.unindexed;
     this.unindexed = [];
-    const indexId = newIndexId();
-    const sealed = await encodeIndexObject(this.o.keys, indexId, packs);
-    await this.o.store.put(objectKeys.index(indexId), sealed, { crc32: objectCrc32(sealed) });
-    this.bytesWritten += sealed.length;
+    const { indexId, bytes } = await putIndexObject(this.o.store, this.o.keys, packs);
+    this.bytesWritten += bytes;
     this.o.onStored?.(this.bytesWritten);
     this.indexes.push(indexId);
   }

@@ -25,7 +25,7 @@ import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
 import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { encodeIndexObject, newIndexId, readPackTrailer, type PackContents } from '../../core/packs.ts';
+import { putIndexObject, readPackTrailer, type PackContents } from '../../core/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../core/recovery-jobs.ts';
 
 export interface ReplicateDeps {
@@ -98,10 +98,7 @@ async function copyPacks(job: ReplicateJob, diskId: string, manifest: Manifest, 
     if (unindexed.length === 0) return;
     const listed = unindexed;
     unindexed = [];
-    const indexId = newIndexId();
-    const sealed = await encodeIndexObject(d.source.keys, indexId, listed);
-    await d.target.store.put(objectKeys.index(indexId), sealed, { crc32: objectCrc32(sealed) });
-    out.bytesCopied += sealed.length;
+    out.bytesCopied += (await putIndexObject(d.target.store, d.source.keys, listed)).bytes;
   };
   let done = 0;
   // Packs are read whole (~8 MiB each): fewer at once than chunks.
