@@ -34,6 +34,7 @@ export async function startBenchMover(o: { endpoint: string; bucket: string; key
   });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
+  child.stdin.on('error', () => {}); // a mover that died is reported by its exit code and stderr
   const exited = new Promise<number | null>((ok) => child.on('close', ok));
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const next = async (what: string): Promise<Record<string, unknown>> => {
