@@ -8,7 +8,7 @@
  *   node bench/lifeboat-child.ts <endpoint> <bucket> <keyFile>
  *   → {"ready":{"seconds":0.3,"peakRssKiB":61234}}
  *   ← {"phase":"full","path":"/…/disk.raw"}        (full | incr | restore; restore: the target)
- *   → {"phase":"full","seconds":8.7,"cpuSeconds":7.4,"peakRssKiB":171234,"stats":{…}}
+ *   → {"phase":"full","seconds":8.7,"cpuSeconds":7.4,"peakRssKiB":171234,"rssAtStartKiB":80123,"stats":{…}}
  *
  * A job's CPU time counts every thread of this process and its children (qemu-img); its
  * peak RSS is the process's peak from the job's start (the kernel's high-water mark, reset
@@ -69,8 +69,9 @@ for await (const line of createInterface({ input: process.stdin })) {
   if (!line.trim()) continue;
   const { phase, path } = JSON.parse(line) as { phase: string; path: string };
   resetPeakRss();
+  const rssAtStartKiB = peakRssKiB(); // what earlier jobs left resident
   const cpuBefore = cpuSeconds();
   const started = performance.now();
   const stats = await job(phase, path);
-  say({ phase, seconds: (performance.now() - started) / 1000, cpuSeconds: cpuSeconds() - cpuBefore, peakRssKiB: peakRssKiB(), stats });
+  say({ phase, seconds: (performance.now() - started) / 1000, cpuSeconds: cpuSeconds() - cpuBefore, peakRssKiB: peakRssKiB(), rssAtStartKiB, stats });
 }

@@ -14,6 +14,8 @@ export interface JobFigures {
   seconds: number;
   cpuSeconds: number;
   peakRssMiB: number;
+  /** The process's RSS when the job began: what its start and earlier jobs left resident. */
+  rssAtStartMiB: number;
   /** The job's result (transfer stats, or the restore's), as JSON. */
   result: string;
 }
@@ -48,7 +50,7 @@ export async function startBenchMover(o: { endpoint: string; bucket: string; key
     async job(phase, path) {
       child.stdin.write(JSON.stringify({ phase, path }) + '\n');
       const r = await next(`finishing its ${phase} job`);
-      return { seconds: r.seconds as number, cpuSeconds: r.cpuSeconds as number, peakRssMiB: (r.peakRssKiB as number) / 1024, result: JSON.stringify(r.stats) };
+      return { seconds: r.seconds as number, cpuSeconds: r.cpuSeconds as number, peakRssMiB: (r.peakRssKiB as number) / 1024, rssAtStartMiB: (r.rssAtStartKiB as number) / 1024, result: JSON.stringify(r.stats) };
     },
     async close() {
       child.stdin.end();

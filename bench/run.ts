@@ -40,7 +40,7 @@ const TIME = '/usr/bin/time';
 const hasTime = existsSync(TIME);
 const hasRestic = spawnSync('restic', ['version'], { encoding: 'utf8' }).status === 0;
 
-interface Run { wall: number; cpu: number | null; rssMiB: number | null; stdout: string }
+interface Run { wall: number; cpu: number | null; rssMiB: number | null; stdout: string; rssAtStartMiB?: number }
 
 /** Runs a command under /usr/bin/time (when present); wall is measured here. */
 async function timed(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; stdinFile?: string } = {}): Promise<Run> {
@@ -125,7 +125,7 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase, round: number): Pro
   if (tool === 'lifeboat') {
     const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : join(dir, 'restore-lifeboat.raw');
     const j = await mover!.job(ph, path);
-    run = { wall: j.seconds, cpu: j.cpuSeconds, rssMiB: j.peakRssMiB, stdout: j.result };
+    run = { wall: j.seconds, cpu: j.cpuSeconds, rssMiB: j.peakRssMiB, rssAtStartMiB: j.rssAtStartMiB, stdout: j.result };
   } else if (ph === 'restore') {
     run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv(round) });
   } else {
@@ -153,7 +153,7 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase, round: number): Pro
     checks.push(`round ${round}: ${tool} restore ${(await sha256File(restored)) === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
     await removeRestores();
   }
-  console.log(`  round ${round} ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}`);
+  console.log(`  round ${round} ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB${run.rssAtStartMiB !== undefined ? ` (${run.rssAtStartMiB.toFixed(0)} at its start)` : ''}, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}`);
 }
 
 const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);

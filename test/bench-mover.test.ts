@@ -47,6 +47,8 @@ it('runs full, incremental and restore as jobs of one process, each with its own
       expect(j.seconds).toBeGreaterThan(0);
       expect(j.cpuSeconds).toBeGreaterThanOrEqual(0);
       expect(j.peakRssMiB).toBeGreaterThan(10);
+      expect(j.rssAtStartMiB).toBeGreaterThan(10);
+      expect(j.rssAtStartMiB).toBeLessThanOrEqual(j.peakRssMiB);
     }
     const fullStats = JSON.parse(full.result) as { uploadedChunks: number; zeroChunks: number };
     const incrStats = JSON.parse(incr.result) as { uploadedChunks: number; parentChunks: number };

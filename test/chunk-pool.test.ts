@@ -227,3 +227,22 @@ describe('restore through the pool', () => {
     expect((await stat(target)).blocks * 512).toBeLessThan(data.length);
   });
 });
+
+describe('chunk pool between jobs', () => {
+  it('collects garbage once no buffer is shared any more, so a job\'s buffers are freed in a long-running mover', async () => {
+    const own = new ChunkPool(1);
+    onTestFinished(() => own.close());
+    let slot: ReturnType<ChunkPool['share']> | undefined = own.share(1024 * 1024);
+    slot.bytes.write('chunk');
+    expect(await own.hashSlot(keys, slot, 5)).toBe(chunkId(keys, Buffer.from('chunk'))); // the worker saw it
+    let freed!: (what: string) => void;
+    const collected = new Promise<string>((ok) => (freed = ok));
+    const registry = new FinalizationRegistry<string>((what) => freed(what));
+    registry.register(slot.bytes.buffer, 'the shared buffer');
+    own.unshare(slot);
+    slot = undefined;
+    // Nothing allocates here: without the pool's collection the buffer would stay for as long as the process idles.
+    const late = new Promise<string>((ok) => setTimeout(() => ok('still held after 5 s'), 5000));
+    expect(await Promise.race([collected, late])).toBe('the shared buffer');
+  });
+});

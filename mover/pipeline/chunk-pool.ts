@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { Corrupt } from '../../core/errors.ts';
 import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
-import { pacedCollector } from './gc-pacing.ts';
+import { collectGarbage, pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
 import { newPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 
@@ -62,6 +62,9 @@ interface Slot {
 
 const WORKER_URL = new URL('./chunk-worker.ts', import.meta.url);
 
+/** How long the pool has no shared buffer before its threads collect their garbage (collectWhenIdle). */
+const IDLE_COLLECT_MS = 500;
+
 /**
  * Runs chunk work on `size` worker threads, each request on the least busy one. Workers
  * are unref'd: an idle pool never keeps the process alive. A worker that dies fails its
@@ -86,6 +89,7 @@ export class ChunkPool {
   private nextSlot = 1;
   private seq = 0;
   private closed = false;
+  private idleCollect: NodeJS.Timeout | undefined;
 
   constructor(size = defaultPoolSize()) {
     if (!Number.isInteger(size) || size < 1 || size > 64) throw new RangeError(`chunk pool size must be a whole number from 1 to 64, got ${size}`);
@@ -130,6 +134,26 @@ export class ChunkPool {
   unshare(s: { readonly slot: number }): void {
     this.shared.delete(s.slot);
     for (const w of this.slots) w?.worker.postMessage({ op: 'share', slot: s.slot });
+    if (this.shared.size === 0) this.collectWhenIdle();
+  }
+
+  /**
+   * Once no buffer has been shared for IDLE_COLLECT_MS (the job that used them has ended),
+   * every thread collects its garbage: a shared buffer's memory is freed only when every
+   * isolate that saw it has collected its handle, and a mover is a long-running process.
+   * Measured on the 2 GiB bench, full backup, incremental and restore as jobs of one
+   * process: without it the restore started at 211 MiB of RSS left by the backups and
+   * peaked at 279 MiB, over the mover's 256 MiB budget (see also MOVER_MALLOC_ENV).
+   */
+  private collectWhenIdle(): void {
+    if (this.idleCollect) return;
+    this.idleCollect = setTimeout(() => {
+      this.idleCollect = undefined;
+      if (this.shared.size > 0 || this.closed) return;
+      for (const w of this.slots) w?.worker.postMessage({ op: 'collect' });
+      collectGarbage();
+    }, IDLE_COLLECT_MS);
+    this.idleCollect.unref();
   }
 
   /** The keyed id (hex HMAC-SHA256) of the first `length` bytes of a shared slot. */
@@ -175,6 +199,7 @@ export class ChunkPool {
   /** Stops the workers; pending requests fail. */
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.idleCollect);
     await Promise.all(this.slots.map((s, i) => {
       this.slots[i] = undefined;
       return s?.worker.terminate();

@@ -7,7 +7,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { chunkId, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
-import { pacedCollector } from './gc-pacing.ts';
+import { collectGarbage, pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
 import { packBufferOf, sealIntoPack, type PackBuffer } from './pack-buffer.ts';
 import type { WorkerReply, WorkerRequest } from './chunk-pool.ts';
@@ -72,7 +72,8 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
   }
 }
 
-port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array } | { op: 'share'; slot: number; sab?: SharedArrayBuffer } | { op: 'writeLock'; sab: SharedArrayBuffer }) => {
+port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array } | { op: 'share'; slot: number; sab?: SharedArrayBuffer } | { op: 'writeLock'; sab: SharedArrayBuffer } | { op: 'collect' }) => {
+  if (m.op === 'collect') return collectGarbage();
   if (m.op === 'writeLock') {
     writeLock = new Int32Array(m.sab);
     return;

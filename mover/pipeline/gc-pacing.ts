@@ -18,13 +18,23 @@ import { runInNewContext } from 'node:vm';
 
 let collect: ((options: { type: 'minor' | 'major' }) => void) | undefined;
 
-/** A function to call after each chunk: it collects every `every` calls, a full collection every `fullEvery`-th time (never when unset). */
-export function pacedCollector(every: number, fullEvery?: number): () => void {
+/** V8's collector of this thread (exposed once). */
+function collector(): (options: { type: 'minor' | 'major' }) => void {
   if (!collect) {
     setFlagsFromString('--expose-gc');
     collect = runInNewContext('gc') as (options: { type: 'minor' | 'major' }) => void;
   }
-  const gc = collect;
+  return collect;
+}
+
+/** A full collection of this thread's heap now. */
+export function collectGarbage(): void {
+  collector()({ type: 'major' });
+}
+
+/** A function to call after each chunk: it collects every `every` calls, a full collection every `fullEvery`-th time (never when unset). */
+export function pacedCollector(every: number, fullEvery?: number): () => void {
+  const gc = collector();
   let since = 0;
   let collections = 0;
   return () => {
