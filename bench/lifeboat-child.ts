@@ -36,7 +36,7 @@ const resetPeakRss = (): void => writeFileSync('/proc/self/clear_refs', '5');
 const cpuSeconds = (): number => {
   const stat = readFileSync('/proc/self/stat', 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return fields.slice(11, 15).reduce((a, f) => a + Number(f), 0) / 100;
+  return fields.slice(11, 15).reduce((a, f) => a + Number(f), 0) / 100; // clock ticks (USER_HZ, 100 on Linux)
 };
 
 // As the mover builds its store (mover/main.ts): retries, at most 16 requests at once.

@@ -72,7 +72,14 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
   }
 }
 
-port.on('message', (m: WorkerRequest | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array } | { op: 'share'; slot: number; sab?: SharedArrayBuffer } | { op: 'writeLock'; sab: SharedArrayBuffer } | { op: 'collect' }) => {
+/** The pool's messages that set a worker up (keys, shared buffers, the write lock) or tidy it (a collection when the pool is idle). */
+type Control =
+  | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array }
+  | { op: 'share'; slot: number; sab?: SharedArrayBuffer }
+  | { op: 'writeLock'; sab: SharedArrayBuffer }
+  | { op: 'collect' };
+
+port.on('message', (m: WorkerRequest | Control) => {
   if (m.op === 'collect') return collectGarbage();
   if (m.op === 'writeLock') {
     writeLock = new Int32Array(m.sab);
