@@ -142,8 +142,9 @@ export class ChunkPool {
    * every thread collects its garbage: a shared buffer's memory is freed only when every
    * isolate that saw it has collected its handle, and a mover is a long-running process.
    * Measured on the 2 GiB bench, full backup, incremental and restore as jobs of one
-   * process: without it the restore started at 211 MiB of RSS left by the backups and
-   * peaked at 249-279 MiB, over the mover's 256 MiB budget; with it, 214-225 MiB.
+   * process: without it the restore's peak RSS was 202-279 MiB over 7 runs, twice over the
+   * mover's 256 MiB budget (the restore began with up to 211 MiB left by the backups);
+   * with it, 213-238 MiB over 7 runs.
    */
   private collectWhenIdle(): void {
     if (this.idleCollect) return;
