@@ -54,7 +54,7 @@ import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
-import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
+import { catalogGcLease, GC_DEFER_MAX_SECONDS, holdingLease, type GcLease } from './gc-lease.ts';
 import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
 import { emptyReport, type GcReport } from './gc-report.ts';
 import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from './gc-consolidate.ts';
@@ -78,7 +78,7 @@ export const gcRequest = z.object({
   /** Report what would be deleted; delete nothing. */
   dryRun: z.boolean().optional(),
   /** Seconds the workflow waits when running backups defer the sweep (default 120; the workflow reads it). */
-  deferSeconds: z.number().int().min(1).max(3600).optional(),
+  deferSeconds: z.number().int().min(1).max(GC_DEFER_MAX_SECONDS).optional(),
 }).strict();
 export const gcInput = z.object({ gcId: z.string().min(1), request: gcRequest }).strict();
 

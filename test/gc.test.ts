@@ -684,6 +684,22 @@ describe('one collection of a repository at a time (its lease in a real dynalite
     expect((await collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).deferred).toBeNull();
   });
 
+  it('renews the lease with every invocation: a collection that died while deferred holds it GC_LEASE_MS past its last invocation, no longer', async () => {
+    await chunk(3, 10, 300); // garbage to sweep, so running backups defer the collection
+    const lease = catalogGcLease(catalog, 'renewed', undefined);
+    const at = (ms: number) => () => new Date(NOW.getTime() + ms);
+    const backups = async () => ['vm-1/b9'];
+    const request = { bucket: 'renewed', graceHours: 24 };
+    expect((await collectGarbage({ gcId: 'gc-r', request }, { admin, store, keys, now: at(0), lease, running: backups })).deferred).not.toBeNull();
+    // Deferred again 50 minutes later (the workflow's loop): the lease now runs until 50 min + GC_LEASE_MS.
+    const again = 50 * 60_000;
+    expect((await collectGarbage({ gcId: 'gc-r', request }, { admin, store, keys, now: at(again), lease, running: backups })).deferred).not.toBeNull();
+    // gc-r's execution is aborted here. Past its first invocation's expiry, it still holds the lease...
+    await expect(collectGarbage({ gcId: 'gc-s', request }, { admin, store, keys, now: at(GC_LEASE_MS + 1), lease })).rejects.toMatchObject({ name: 'Gc.Busy' });
+    // ...and past its last one's, the next collection takes it.
+    expect((await collectGarbage({ gcId: 'gc-s', request }, { admin, store, keys, now: at(again + GC_LEASE_MS + 1), lease })).gcId).toBe('gc-s');
+  });
+
   it('gives the lease back when the collection fails, and a dead holder\'s lease runs out after GC_LEASE_MS', async () => {
     const lease = catalogGcLease(catalog, 'failing', undefined);
     const broken = { ...admin, list: () => { throw new StorageUnavailable('listing failed'); } } as unknown as typeof admin;

@@ -2,14 +2,19 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { App } from 'aws-cdk-lib';
+import { App, Stack } from 'aws-cdk-lib';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GcWorkflow } from '../cdk/lib/gc-workflow.ts';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
+import type { LambdaFunctionId } from '../functions/registry.ts';
 import { loadConfig } from '../core/config.ts';
 import { errorClasses } from '../core/errors.ts';
 import { recoveryErrorClasses } from '../core/recovery-errors.ts';
 import { functionAccess } from '../cdk/lib/function-access.ts';
+import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS, GC_LEASE_MS } from '../functions/gc-lease.ts';
+import { gcRequest } from '../functions/gc.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string;
@@ -238,5 +243,28 @@ describe('GC lease', () => {
     // The function's own timeout comes first: a killed function is a Lambda error, not States.Timeout.
     expect(all.CollectGarbage!.TimeoutSeconds).toBeGreaterThan(functionAccess.CollectGarbage!.timeoutSeconds!);
     expect(all.ReleaseGcLease!.Catch!.map((c) => c.Next)).toEqual(['RecordFailure']); // a failed release still records the failure
+  });
+
+  it('takes the lease for long enough to cover one invocation and the longest wait before the next, and no longer', () => {
+    const { all } = machine('Gc');
+    const collect = all.CollectGarbage!;
+    const retries = collect.Retry as { ErrorEquals: string[]; IntervalSeconds: number; BackoffRate: number; MaxAttempts: number }[];
+    expect(collect.TimeoutSeconds! * 1000).toBe(GC_INVOCATION_MS);
+    // Between two invocations: a deferral (the workflow's wait, or the request's deferSeconds up to its schema's limit) or the retries of a failed one.
+    const waits = Object.values(all).filter((st) => st.Type === 'Wait').map((st) => (st as State & { Seconds?: number }).Seconds ?? GC_DEFER_MAX_SECONDS);
+    expect(Math.max(...waits)).toBeLessThanOrEqual(GC_DEFER_MAX_SECONDS);
+    expect(gcRequest.safeParse({ bucket: 'b', deferSeconds: GC_DEFER_MAX_SECONDS + 1 }).success).toBe(false);
+    const failedRetries = retries.filter((r) => !r.ErrorEquals.includes('Gc.Busy'))
+      .map((r) => Array.from({ length: r.MaxAttempts }, (_, i) => r.IntervalSeconds * r.BackoffRate ** i).reduce((a, b) => a + b, 0));
+    expect(GC_LEASE_MS).toBeGreaterThanOrEqual(GC_INVOCATION_MS + GC_DEFER_MAX_SECONDS * 1000 + Math.max(...failedRetries) * 1000);
+    expect(GC_LEASE_MS).toBeLessThanOrEqual(2 * 3_600_000); // a dead collection holds the repository up for an hour or two, not for a whole workflow's 12 h
+  });
+
+  it('refuses a deferral wait longer than the lease covers', () => {
+    const stack = new Stack(new App(), 'TooLongWait');
+    const fn = lambda.Function.fromFunctionArn(stack, 'Fn', 'arn:aws:lambda:us-east-1:123456789012:function:f');
+    const functions = new Proxy({}, { get: () => fn }) as Record<LambdaFunctionId, lambda.IFunction>;
+    expect(() => new GcWorkflow(stack, 'Gc', { functions, deferSeconds: 7200 })).toThrow(/deferSeconds must be a whole number of seconds from 1 to 3600/);
+    expect(() => new GcWorkflow(stack, 'GcOk', { functions, deferSeconds: 3600 })).not.toThrow();
   });
 });

@@ -33,6 +33,10 @@ export class GcWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: GcWorkflowProps) {
     super(scope, id);
+    // Each invocation's GC lease covers the longest wait before the next (functions/gc-lease.ts).
+    if (props.deferSeconds !== undefined && !(Number.isInteger(props.deferSeconds) && props.deferSeconds >= 1 && props.deferSeconds <= 3600)) {
+      throw new RangeError(`GcWorkflow deferSeconds must be a whole number of seconds from 1 to 3600 (the GC lease covers at most an hour's wait), got ${props.deferSeconds}`);
+    }
     const start = new sfn.Pass(this, 'Start', { parameters: { 'request.$': '$' } });
     const collect = new tasks.LambdaInvoke(this, 'CollectGarbage', {
       lambdaFunction: props.functions.CollectGarbage,
