@@ -7,7 +7,7 @@ import { mapLimit } from '../core/concurrency.ts';
 import { Corrupt } from '../core/errors.ts';
 import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { decodeIndexObject, IndexListing, openIndexObject, putIndexObject, readPackTrailer, type PackContents } from '../core/packs.ts';
+import { decodeIndexObject, fetchPackTrailer, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../core/packs.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 
 /** What reading and rewriting index objects needs. */
@@ -157,7 +157,8 @@ const PACKS_PER_REINDEX_OBJECT = 256;
  * Lists in the index packs a manifest references that no index object lists: a
  * replication that stopped between copying a pack and indexing it leaves one at the DR
  * repository when a re-run finds the pack there and copies it no more. Each pack's
- * trailer says what it holds (the pack is read whole); index objects of at most 256 packs
+ * trailer says what it holds (read from the pack's end, not the whole pack:
+ * fetchPackTrailer); index objects of at most 256 packs
  * are written and added to `index`. Packs are read while `keepGoing()` says so; a pack
  * whose trailer does not open is reported, not listed.
  */
@@ -173,13 +174,14 @@ export async function indexPacks(deps: IndexDeps, index: IndexMap, packs: readon
   for (const o of packs) {
     if (!keepGoing()) break;
     const packId = packIdOfKey(o.key)!;
-    const body = await deps.store.get(o.key);
-    if (!body) continue; // deleted meanwhile: nothing to list
+    let contents: PackContents | undefined;
     try {
-      pending.push(readPackTrailer(deps.keys, body, packId));
+      contents = await fetchPackTrailer(deps.store, deps.keys, packId, o.size);
     } catch (err) {
-      out.failed.push({ key: o.key, reason: `referenced but in no index object, and its trailer does not open: ${(err as Error).message}` });
+      if (!(err instanceof Corrupt)) throw err;
+      out.failed.push({ key: o.key, reason: `referenced but in no index object, and its trailer does not open: ${err.message}` });
     }
+    if (contents) pending.push(contents); // undefined: deleted meanwhile, nothing to list
     if (pending.length >= PACKS_PER_REINDEX_OBJECT) await flush();
   }
   await flush();

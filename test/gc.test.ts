@@ -380,7 +380,20 @@ describe('collectGarbage of a repository the mover wrote', () => {
     expect(dry.index.reindexed).toBe(3);
     expect([...store.objects.keys()].filter((k) => k.startsWith('index/'))).toEqual([]);
 
+    // Each pack's trailer is read from the pack's end, not the whole pack.
+    const packReads: { key: string; range?: { offset: number; length: number } }[] = [];
+    const get = store.get.bind(store);
+    store.get = async (key, opts) => {
+      if (key.startsWith('packs/')) packReads.push({ key, ...(opts?.range ? { range: opts.range } : {}) });
+      return get(key, opts);
+    };
     const r = await run();
+    store.get = get;
+    expect(packReads).toHaveLength(3);
+    for (const { key, range } of packReads) {
+      expect(range!.offset, key).toBeGreaterThan(0);
+      expect(range!.offset + range!.length, key).toBe(store.objects.get(key)!.length);
+    }
     expect(r.index).toMatchObject({ objects: 0, reindexed: 3 });
     expect(r.packs).toMatchObject({ referenced: 3, deleted: 0 });
     const index = await RepositoryIndex.load(store, keys);

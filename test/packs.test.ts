@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../core/errors.ts';
 import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, seal, type Manifest } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../core/packs.ts';
+import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, fetchPackTrailer, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../core/packs.ts';
 import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
 import { newPackBuffer, sealIntoPack, type PackBuffer, type Placement } from '../mover/pipeline/pack-buffer.ts';
 import { PackWriter } from '../mover/pipeline/pack-writer.ts';
@@ -269,6 +269,64 @@ describe('pack trailers (packTrailer / readPackTrailer)', () => {
       if (n % 2 === 1 && junk.length >= 4) junk.writeUInt32BE(rand(junk.length), junk.length - 4); // a plausible trailer length
       expect(outcome(() => readPackTrailer(keys, junk, packId), `junk ${junk.toString('hex')}`).ok).toBe(false);
     }
+  });
+});
+
+describe('a pack trailer read from the pack\'s end (fetchPackTrailer)', () => {
+  /** Records the byte ranges read. */
+  class RangeLog extends MemoryObjectStore {
+    reads: { offset: number; length: number }[] = [];
+    override async get(key: string, opts?: Parameters<MemoryObjectStore['get']>[1]) {
+      const whole = this.objects.get(key);
+      if (whole) this.reads.push(opts?.range ?? { offset: 0, length: whole.length });
+      return super.get(key, opts);
+    }
+  }
+  const plaintexts = [randomBytes(40_000), Buffer.from('lifeboat '.repeat(30_000)), randomBytes(30_000)];
+  /** A pack of `plaintexts`, stored in a RangeLog. */
+  const storedPack = async () => {
+    const packId = randomBytes(16).toString('hex');
+    const made = await makePack(packId, plaintexts);
+    const store = new RangeLog();
+    await store.put(objectKeys.pack(packId), made.pack);
+    return { packId, ...made, store };
+  };
+
+  it('reads only the end of the pack, and lists what readPackTrailer lists from the whole pack', async () => {
+    const { packId, pack, trailerStart, store } = await storedPack();
+    expect(await fetchPackTrailer(store, keys, packId, pack.length, 4096)).toEqual(readPackTrailer(keys, pack, packId));
+    expect(store.reads).toEqual([{ offset: pack.length - 4096, length: 4096 }]);
+    expect(pack.length - trailerStart).toBeLessThan(4096);
+  });
+
+  it('reads the trailer again, exactly, when it is longer than the first read', async () => {
+    const { packId, pack, trailerStart, store } = await storedPack();
+    expect(await fetchPackTrailer(store, keys, packId, pack.length, 16)).toEqual(readPackTrailer(keys, pack, packId));
+    expect(store.reads).toEqual([{ offset: pack.length - 16, length: 16 }, { offset: trailerStart, length: pack.length - trailerStart }]);
+    // A pack smaller than the first read is read whole, once.
+    const whole = new RangeLog();
+    await whole.put(objectKeys.pack(packId), pack);
+    expect((await fetchPackTrailer(whole, keys, packId, pack.length, pack.length + 100))?.chunks).toHaveLength(3);
+    expect(whole.reads).toEqual([{ offset: 0, length: pack.length }]);
+  });
+
+  it('is undefined for a pack that is gone, and Mover.Corrupt naming the pack for a wrong size or a damaged trailer', async () => {
+    const packId = randomBytes(16).toString('hex');
+    const { pack } = await makePack(packId, plaintexts);
+    const store = new MemoryObjectStore();
+    expect(await fetchPackTrailer(store, keys, packId, pack.length)).toBeUndefined();
+    await store.put(objectKeys.pack(packId), pack);
+    const named = new RegExp(`^pack packs/${packId.slice(0, 2)}/${packId}`);
+    // Listed larger than it is: its end is not where the listing says.
+    await expect(fetchPackTrailer(store, keys, packId, pack.length + 10)).rejects.toThrow(named);
+    await expect(fetchPackTrailer(store, keys, packId, pack.length + 10)).rejects.toBeInstanceOf(Corrupt);
+    // Listed smaller: the bytes read end before the trailer does.
+    await expect(fetchPackTrailer(store, keys, packId, pack.length - 10)).rejects.toBeInstanceOf(Corrupt);
+    await expect(fetchPackTrailer(store, keys, packId, 3)).rejects.toThrow(/too short for a trailer/);
+    const damaged = Buffer.from(pack);
+    damaged[pack.length - 20]! ^= 1;
+    await store.put(objectKeys.pack(packId), damaged);
+    await expect(fetchPackTrailer(store, keys, packId, pack.length)).rejects.toBeInstanceOf(Corrupt);
   });
 });
 
