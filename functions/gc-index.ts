@@ -158,9 +158,9 @@ const PACKS_PER_REINDEX_OBJECT = 256;
  * replication that stopped between copying a pack and indexing it leaves one at the DR
  * repository when a re-run finds the pack there and copies it no more. Each pack's
  * trailer says what it holds (read from the pack's end, not the whole pack:
- * fetchPackTrailer); index objects of at most 256 packs
- * are written and added to `index`. Packs are read while `keepGoing()` says so; a pack
- * whose trailer does not open is reported, not listed.
+ * fetchPackTrailer); index objects of at most 256 packs are written and added to
+ * `index`. Packs are read while `keepGoing()` says so; a pack whose trailer does not open
+ * is reported, not listed.
  */
 export async function indexPacks(deps: IndexDeps, index: IndexMap, packs: readonly ListedObject[], keepGoing: () => boolean): Promise<{ indexed: number; written: string[]; failed: { key: string; reason: string }[] }> {
   const out = { indexed: 0, written: [] as string[], failed: [] as { key: string; reason: string }[] };

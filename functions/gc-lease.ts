@@ -6,31 +6,20 @@
  * CollectGarbage gives the lease back itself when it ends or fails; ReleaseGcLease (on
  * the Gc workflow's failure path) gives it back when the function could not: killed at
  * its timeout, out of memory, its sandbox gone. Every invocation takes the lease anew, for
- * GC_LEASE_MS: one invocation and the longest wait before the collection's next. So an
+ * GC_LEASE_MS (core/gc-timing.ts): one invocation and the longest wait before the collection's next. So an
  * execution that stops without its failure path running (aborted, or past its own 12 h
  * timeout) holds the repository's collections up for at most GC_LEASE_MS (~1.5 h), not
  * for as long as a whole workflow may run.
  */
 import { z } from 'zod';
 import type { StorageEndpoint } from '../core/endpoints.ts';
+import { GC_LEASE_MS } from '../core/gc-timing.ts';
 import { GcBusy } from '../core/recovery-errors.ts';
 import { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { repositoryLocation } from './commons/schemas.ts';
 import type { GcReport } from './gc-report.ts';
-
-const MINUTE_MS = 60_000;
-/** How long one CollectGarbage invocation may take: the Gc workflow's task timeout (the function's own is 15 min). */
-export const GC_INVOCATION_MS = 16 * MINUTE_MS;
-/** The longest wait of a deferred collection before it collects again (the request's deferSeconds, or the workflow's). */
-export const GC_DEFER_MAX_SECONDS = 3600;
-/**
- * How long each invocation takes the lease for: itself, the longest deferral wait, and 10
- * minutes for the workflow's retries of a throttled or failed invocation (10 + 20 + 40 s)
- * and Lambda's start. A collection that died holding the lease holds it no longer than this.
- */
-export const GC_LEASE_MS = GC_INVOCATION_MS + GC_DEFER_MAX_SECONDS * 1000 + 10 * MINUTE_MS;
 
 /** One collection of a repository at a time, held by its gcId. */
 export interface GcLease {
@@ -56,7 +45,7 @@ export function catalogGcLease(catalog: Pick<Catalog, 'takeSlot' | 'releaseSlot'
  */
 export async function holdingLease(lease: GcLease, gcId: string, bucket: string, now: number, collect: () => Promise<GcReport>): Promise<GcReport> {
   if (!(await lease.take(gcId, now, now + GC_LEASE_MS))) {
-    throw new GcBusy(`another garbage collection of repository '${bucket}' is running (it holds the repository's GC lease until it ends, or ${GC_LEASE_MS / MINUTE_MS} min after its last step if it died); this one waits for it`);
+    throw new GcBusy(`another garbage collection of repository '${bucket}' is running (it holds the repository's GC lease until it ends, or ${GC_LEASE_MS / 60_000} min after its last step if it died); this one waits for it`);
   }
   let report: GcReport | undefined;
   try {

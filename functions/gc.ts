@@ -47,6 +47,7 @@
  */
 import { z } from 'zod';
 import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
+import { GC_DEFER_MAX_SECONDS } from '../core/gc-timing.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
@@ -54,7 +55,7 @@ import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
-import { catalogGcLease, GC_DEFER_MAX_SECONDS, holdingLease, type GcLease } from './gc-lease.ts';
+import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
 import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
 import { emptyReport, type GcReport } from './gc-report.ts';
 import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from './gc-consolidate.ts';
@@ -138,6 +139,12 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
   const lockedIndexes = new Set<string>();
   /** Index objects this run wrote (never merged by the same run: an entry moves once a run). */
   const writtenIndexes = new Set<string>();
+  const wrote = (ids: readonly string[]) => {
+    for (const id of ids) {
+      writtenIndexes.add(id);
+      if (request.objectLockDays) lockedIndexes.add(id);
+    }
+  };
   /** Packs an index object lists that are stored (listed under `packs/` after the index was read). */
   const storedPacks = new Set<string>();
   let firstExpiry = Infinity;
@@ -227,8 +234,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     report.index.rewritten += out.rewritten;
     report.index.dropped += out.dropped;
     report.failed.push(...out.failed);
-    for (const id of out.written) writtenIndexes.add(id);
-    if (request.objectLockDays) for (const id of out.written) lockedIndexes.add(id);
+    wrote(out.written);
     return out.kept;
   };
 
@@ -284,8 +290,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     const out = await indexPacks(deps, index, unindexed, inTime);
     report.index.reindexed = out.indexed;
     report.failed.push(...out.failed);
-    for (const id of out.written) writtenIndexes.add(id);
-    if (request.objectLockDays) for (const id of out.written) lockedIndexes.add(id);
+    wrote(out.written);
   }
   report.consolidation.objectsBefore = report.consolidation.objectsAfter = index.objects.size;
   if (!report.deferred) {

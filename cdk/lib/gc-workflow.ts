@@ -17,6 +17,7 @@ import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
+import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS } from '../../core/gc-timing.ts';
 import { GcBusy } from '../../core/recovery-errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
@@ -33,9 +34,9 @@ export class GcWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: GcWorkflowProps) {
     super(scope, id);
-    // Each invocation's GC lease covers the longest wait before the next (functions/gc-lease.ts).
-    if (props.deferSeconds !== undefined && !(Number.isInteger(props.deferSeconds) && props.deferSeconds >= 1 && props.deferSeconds <= 3600)) {
-      throw new RangeError(`GcWorkflow deferSeconds must be a whole number of seconds from 1 to 3600 (the GC lease covers at most an hour's wait), got ${props.deferSeconds}`);
+    // Each invocation's GC lease covers the longest wait before the next (core/gc-timing.ts).
+    if (props.deferSeconds !== undefined && !(Number.isInteger(props.deferSeconds) && props.deferSeconds >= 1 && props.deferSeconds <= GC_DEFER_MAX_SECONDS)) {
+      throw new RangeError(`GcWorkflow deferSeconds must be a whole number of seconds from 1 to ${GC_DEFER_MAX_SECONDS} (the GC lease covers at most an hour's wait), got ${props.deferSeconds}`);
     }
     const start = new sfn.Pass(this, 'Start', { parameters: { 'request.$': '$' } });
     const collect = new tasks.LambdaInvoke(this, 'CollectGarbage', {
@@ -45,7 +46,7 @@ export class GcWorkflow extends Construct {
       resultPath: '$.report',
       // Past the function's own 15 min: a function killed at its timeout then fails the task
       // as a Lambda error (its lease given back below), not as States.Timeout.
-      taskTimeout: sfn.Timeout.duration(Duration.minutes(16)),
+      taskTimeout: sfn.Timeout.duration(Duration.millis(GC_INVOCATION_MS)),
     });
     collect.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
     // Another collection of this repository holds its lease: wait for it (5 min, growing to ~4 h in all), then fail naming it.
