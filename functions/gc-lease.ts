@@ -6,10 +6,10 @@
  * CollectGarbage gives the lease back itself when it ends or fails; ReleaseGcLease (on
  * the Gc workflow's failure path) gives it back when the function could not: killed at
  * its timeout, out of memory, its sandbox gone. Every invocation takes the lease anew, for
- * GC_LEASE_MS (core/gc-timing.ts): one invocation and the longest wait before the collection's next. So an
- * execution that stops without its failure path running (aborted, or past its own 12 h
- * timeout) holds the repository's collections up for at most GC_LEASE_MS (~1.5 h), not
- * for as long as a whole workflow may run.
+ * GC_LEASE_MS (core/gc-timing.ts): one invocation and the longest wait before the
+ * collection's next. So an execution that stops without its failure path running
+ * (aborted, or past its own 12 h timeout) holds the repository's collections up for at
+ * most GC_LEASE_MS (~1.5 h), not for as long as a whole workflow may run.
  */
 import { z } from 'zod';
 import type { StorageEndpoint } from '../core/endpoints.ts';
