@@ -102,6 +102,13 @@ const configSchema = z.object({
   }).strict()).min(1, 'configure at least one mover group'),
   hosts: z.array(z.object({
     id,
+    /**
+     * How movers reach the host's VMs: `folder` (a VM is a folder of raw images: tests and
+     * the demo without a hypervisor) or `libvirt` (QEMU/KVM through libvirt at `uri`).
+     */
+    driver: z.enum(['folder', 'libvirt'], { error: 'must be "folder" or "libvirt"' }).optional(),
+    /** The libvirt connection URI: `qemu:///system` on the mover's own host, `qemu+ssh://host/system` or `qemu+tls://host/system` for another. */
+    uri: z.string().regex(/^[a-z0-9+]+:\/\/[^\s]*\/(system|session)(\?[^\s]*)?$/, 'must be a libvirt URI such as "qemu:///system" or "qemu+ssh://host/system"').optional(),
     maxConcurrentBackups: count(64),
     datastores: z.array(z.object({ id, maxConcurrentBackups: count(64) }).strict()).optional(),
   }).strict()).min(1, 'configure at least one hypervisor host'),
@@ -154,6 +161,8 @@ const configSchema = z.object({
     });
   });
   c.hosts.forEach((h, i) => {
+    if (h.driver === 'libvirt' && !h.uri) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'uri'], message: 'is required for a libvirt host: give its libvirt URI, e.g. "qemu:///system"' });
+    if (h.driver !== 'libvirt' && h.uri) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'uri'], message: 'is only used with "driver": "libvirt"' });
     if (!servedBy.has(h.id)) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'id'], message: 'is served by no mover group: add it to a group\'s "hosts"' });
   });
   c.repositories.forEach((r, i) => {

@@ -36,6 +36,10 @@ export interface VmJob {
   slotScopes: SlotScope[];
   /** Filled by AcquireSlot; null until then. */
   slot: SlotLease | null;
+  /** The driver and hypervisor of the VM's host (absent: the folder driver). */
+  hypervisor?: Hypervisor;
+  /** The parent backup's checkpoint, if it recorded one: the snapshot reads the changes since it. */
+  parentCheckpoint?: string | null;
   /** Filled by Snapshot; null until then, so cleanup after a failure knows what to release. */
   snapshot: SnapshotResult | null;
   /**
@@ -86,12 +90,33 @@ export interface SlotLease {
   holder: string;
 }
 
+/**
+ * What a snapshot's disk offers for changed-block tracking: the changes since the
+ * checkpoint of backup `sinceBackupId` (a dirty bitmap the reader lists), or why it
+ * offers none (first backup, checkpoint lost, VM shut off, ...).
+ */
+export type ChangeTrackingOffer = { since: string; sinceBackupId: string } | { unavailable: string };
+
+/** Whether one disk's transfer read only the changed extents, and if not, why (the run's report shows it). */
+export type ChangeTracking = { used: true; since: string } | { used: false; reason: string };
+
 /** A disk of a snapshot, as the source driver presents it. */
 export interface DiskRef {
   diskId: string;
-  /** Driver-specific locator of the frozen disk contents (for the folder driver: a file). */
+  /**
+   * Driver-specific locator of the frozen disk contents: for the folder driver a file, for
+   * the libvirt driver an NBD URI (`nbd+unix:///vda?socket=...`).
+   */
   path: string;
   sizeBytes: number;
+  /** Absent: the driver does not track changes (every byte is read and compared by id). */
+  changeTracking?: ChangeTrackingOffer;
+}
+
+/** How consistent a snapshot is, and why (a guest agent that did not answer, a VM that was off). */
+export interface Consistency {
+  level: 'application' | 'filesystem' | 'crash';
+  reason: string;
 }
 
 export interface SnapshotResult {
@@ -99,7 +124,13 @@ export interface SnapshotResult {
   disks: DiskRef[];
   /** The VM's configuration as the hypervisor describes it (stored with the backup). */
   config: Record<string, unknown>;
+  /** The checkpoint this snapshot created: the next backup reads the changes since it (committed with the backup). */
+  checkpoint?: string;
+  consistency?: Consistency;
 }
+
+/** Which driver reads a VM, and where its hypervisor is: from the host's configuration. */
+export type Hypervisor = { driver: 'folder' } | { driver: 'libvirt'; uri: string };
 
 /** Counters from one disk's transfer. */
 export interface TransferStats {
@@ -113,6 +144,10 @@ export interface TransferStats {
    * not even read. Absent from the stats of movers that did not map holes.
    */
   bytesUnallocated?: number;
+  /** Of bytesScanned, those taken from the parent backup unread because changed-block tracking said they had not changed. */
+  bytesUnchanged?: number;
+  /** Bytes actually read from the source. */
+  bytesRead?: number;
   /** Plaintext bytes of the chunks this transfer uploaded. */
   bytesUploaded: number;
   /** Bytes written to the repository (after compression and encryption). */
@@ -132,6 +167,8 @@ export interface DiskResult {
   stats: TransferStats;
   /** Set on the result of one segment's transfer; JoinSegments turns those into one result per disk. */
   segment?: DiskSegment;
+  /** Absent where the driver tracks no changes. */
+  changeTracking?: ChangeTracking;
 }
 
 /** Inputs of the activity tasks, discriminated by `task`. */

@@ -16,7 +16,10 @@ export interface CommitInput extends VmJob {
 export async function commit(input: CommitInput, deps: { catalog: Catalog; now: () => Date }): Promise<{ backupId: string; committedAt: string }> {
   if (!input.verify) throw new Error(`backup ${input.backupId} of VM '${input.vmId}' reached Commit without a Verify result`);
   const at = deps.now();
-  await deps.catalog.commitBackup(input.vmId, input.backupId, input.disks, at);
+  const snap = input.snapshot;
+  await deps.catalog.commitBackup(input.vmId, input.backupId, input.disks, at, {
+    ...(snap?.checkpoint ? { checkpoint: snap.checkpoint } : {}), ...(snap?.consistency ? { consistency: snap.consistency } : {}),
+  });
   return { backupId: input.backupId, committedAt: at.toISOString() };
 }
 

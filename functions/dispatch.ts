@@ -40,6 +40,7 @@ export function planDispatch(job: VmJob): DispatchItem[] {
 const sumStats = (a: TransferStats, b: TransferStats): TransferStats => ({
   bytesScanned: a.bytesScanned + b.bytesScanned, bytesNew: a.bytesNew + b.bytesNew, bytesZero: a.bytesZero + b.bytesZero,
   bytesUnallocated: (a.bytesUnallocated ?? 0) + (b.bytesUnallocated ?? 0),
+  bytesUnchanged: (a.bytesUnchanged ?? 0) + (b.bytesUnchanged ?? 0), bytesRead: (a.bytesRead ?? 0) + (b.bytesRead ?? 0),
   bytesUploaded: a.bytesUploaded + b.bytesUploaded, bytesStored: a.bytesStored + b.bytesStored, chunks: a.chunks + b.chunks,
   zeroChunks: a.zeroChunks + b.zeroChunks, parentChunks: a.parentChunks + b.parentChunks, dedupedChunks: a.dedupedChunks + b.dedupedChunks,
   uploadedChunks: a.uploadedChunks + b.uploadedChunks,
@@ -89,7 +90,9 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
     const manifestKey = keys.manifest(job.backupId, disk.diskId);
     await deps.store.put(manifestKey, sealed, { crc32: objectCrc32(sealed) });
     const stats = parts.map((p) => p.stats).reduce(sumStats);
-    out.push({ diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats: { ...stats, bytesStored: stats.bytesStored + sealed.length } });
+    // Segments share their snapshot's change tracking: any segment that could not use it says why.
+    const tracking = parts.find((p) => p.changeTracking?.used === false)?.changeTracking ?? parts[0]!.changeTracking;
+    out.push({ diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats: { ...stats, bytesStored: stats.bytesStored + sealed.length }, ...(tracking ? { changeTracking: tracking } : {}) });
   }
   return out;
 }

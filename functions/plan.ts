@@ -89,6 +89,8 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
       runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: host.moverGroup, source: vm.source,
       repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
       parentBackupId: parent?.backupId ?? null,
+      parentCheckpoint: parent?.checkpoint ?? null,
+      ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
       slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),
       segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,

@@ -32,7 +32,7 @@ export interface RunSummary {
 }
 
 export function summarizeRun(input: SummarizeInput): RunSummary {
-  const totals = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0 };
+  const totals = { bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0 };
   const vms: VmOutcome[] = input.results.map((r) => {
     if (r.outcome) return r.outcome;
     for (const d of r.disks ?? []) for (const key of Object.keys(totals) as (keyof typeof totals)[]) totals[key] += d.stats[key] ?? 0;

@@ -6,7 +6,7 @@ import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Retention } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../core/endpoints.ts';
-import type { DiskResult } from '../../core/jobs.ts';
+import type { Consistency, DiskResult, Hypervisor } from '../../core/jobs.ts';
 
 export interface Policy {
   policyId: string;
@@ -43,6 +43,8 @@ export interface Host {
   maxConcurrentBackups: number;
   /** Concurrent backups allowed per datastore of this host, by datastore id. */
   datastores: Record<string, number>;
+  /** The source driver and hypervisor (absent: the folder driver). */
+  hypervisor?: Hypervisor;
 }
 
 /** A VM of the inventory. Its host decides which mover group backs it up. */
@@ -66,6 +68,9 @@ export interface Backup {
   startedAt: string;
   committedAt?: string;
   disks?: DiskResult[];
+  /** The hypervisor checkpoint the backup's snapshot created: the next backup reads only what changed since. */
+  checkpoint?: string;
+  consistency?: Consistency;
   error?: { Error: string; Cause: string };
 }
 
@@ -191,14 +196,15 @@ export class Catalog {
   }
 
   /** running → committed; idempotent for a backup that is already committed. */
-  async commitBackup(vmId: string, backupId: string, disks: DiskResult[], at: Date): Promise<void> {
+  async commitBackup(vmId: string, backupId: string, disks: DiskResult[], at: Date, snapshot: Pick<Backup, 'checkpoint' | 'consistency'> = {}): Promise<void> {
+    const extra = { ...(snapshot.checkpoint ? { checkpoint: snapshot.checkpoint } : {}), ...(snapshot.consistency ? { consistency: snapshot.consistency } : {}) };
     try {
       await this.db.send(new UpdateCommand({
         TableName: this.table, Key: k.backup(vmId, backupId),
-        UpdateExpression: 'SET #s = :c, disks = :d, committedAt = :t',
+        UpdateExpression: `SET #s = :c, disks = :d, committedAt = :t${Object.keys(extra).map((n) => `, ${n} = :${n}`).join('')}`,
         ConditionExpression: '#s = :r',
         ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':c': 'committed', ':r': 'running', ':d': disks, ':t': at.toISOString() },
+        ExpressionAttributeValues: { ':c': 'committed', ':r': 'running', ':d': disks, ':t': at.toISOString(), ...Object.fromEntries(Object.entries(extra).map(([n, v]) => [`:${n}`, v])) },
       }));
     } catch (err) {
       if (!isConditionFailed(err)) throw err;

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import type { RepositoryLocation, StorageEndpoint } from '../../core/endpoints.ts';
-import type { DiskRef, DiskResult, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
+import type { ChangeTracking, ChangeTrackingOffer, Consistency, DiskRef, DiskResult, Hypervisor, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -19,14 +19,20 @@ export const repositoryLocation: z.ZodType<RepositoryLocation> = z.looseObject({
 export const repositoryRef: z.ZodType<RepositoryRef> = z.looseObject({ bucket: text, endpoint: storageEndpoint.optional(), chunkSize: z.number().int().positive() });
 export const slotScope: z.ZodType<SlotScope> = z.looseObject({ scope: text, limit: z.number().int().positive() });
 export const slotLease: z.ZodType<SlotLease> = z.looseObject({ keys: z.array(text), holder: text });
-export const diskRef: z.ZodType<DiskRef> = z.looseObject({ diskId: text, path: text, sizeBytes: count });
-export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({ handle: text, disks: z.array(diskRef), config: z.record(z.string(), z.unknown()) });
+export const changeTrackingOffer: z.ZodType<ChangeTrackingOffer> = z.union([z.strictObject({ since: text, sinceBackupId: text }), z.strictObject({ unavailable: text })]);
+export const changeTracking: z.ZodType<ChangeTracking> = z.union([z.strictObject({ used: z.literal(true), since: text }), z.strictObject({ used: z.literal(false), reason: text })]);
+export const consistency: z.ZodType<Consistency> = z.strictObject({ level: z.enum(['application', 'filesystem', 'crash']), reason: text });
+export const hypervisor: z.ZodType<Hypervisor> = z.union([z.strictObject({ driver: z.literal('folder') }), z.strictObject({ driver: z.literal('libvirt'), uri: text })]);
+export const diskRef: z.ZodType<DiskRef> = z.looseObject({ diskId: text, path: text, sizeBytes: count, changeTracking: changeTrackingOffer.optional() });
+export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({
+  handle: text, disks: z.array(diskRef), config: z.record(z.string(), z.unknown()), checkpoint: text.optional(), consistency: consistency.optional(),
+});
 
 export const transferStats: z.ZodType<TransferStats> = z.looseObject({
-  bytesScanned: count, bytesNew: count, bytesZero: count, bytesUnallocated: count.optional(), bytesUploaded: count, bytesStored: count,
+  bytesScanned: count, bytesNew: count, bytesZero: count, bytesUnallocated: count.optional(), bytesUnchanged: count.optional(), bytesRead: count.optional(), bytesUploaded: count, bytesStored: count,
   chunks: count, zeroChunks: count, parentChunks: count, dedupedChunks: count, uploadedChunks: count, seconds: z.number().nonnegative(),
 });
-export const diskResult: z.ZodType<DiskResult> = z.looseObject({ diskId: text, sizeBytes: count, manifestKey: text, stats: transferStats });
+export const diskResult: z.ZodType<DiskResult> = z.looseObject({ diskId: text, sizeBytes: count, manifestKey: text, stats: transferStats, changeTracking: changeTracking.optional() });
 
 export const vmJob: z.ZodType<VmJob> = z.looseObject({
   runId: text, policyId: text, backupId: text, vmId: text, host: text, moverGroup: text, source: text,
@@ -36,6 +42,8 @@ export const vmJob: z.ZodType<VmJob> = z.looseObject({
   slotScopes: z.array(slotScope),
   slot: slotLease.nullable(),
   snapshot: snapshotResult.nullable(),
+  hypervisor: hypervisor.optional(),
+  parentCheckpoint: text.nullable().optional(),
   minMoverVersion: z.string().optional(),
   segmentBytes: z.number().int().positive(),
   healChunks: z.array(text).optional(),

@@ -15,9 +15,9 @@ import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectCrc32, sea
 import { packedManifest } from '../../core/packs.ts';
 import { RepositoryIndex } from '../../core/repository-index.ts';
 import { PackWriter } from './pack-writer.ts';
-import { segmentManifestId, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
+import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { holdsData, type DiskReader } from '../sources/source.ts';
+import { holdsData, type DiskReader, type Extent } from '../sources/source.ts';
 import { sharedChunkPool, type ChunkPool, type SharedPack, type SharedSlot } from './chunk-pool.ts';
 
 export interface BackupDiskOptions {
@@ -61,21 +61,47 @@ interface Stored {
 }
 
 /**
- * The parent backup's chunks, with where they are: reused without any request. A format-1
- * parent (chunks as objects) is not used: a format-2 manifest references packs only, so
- * the first backup after the upgrade stores its chunks again.
+ * The parent backup's chunks: where each is (reused without any request), and which chunk
+ * each offset held (`byIndex`, for changed-block tracking), or why the parent cannot serve
+ * as the base of a changed-block read (`unusable`). A format-1 parent (chunks as objects)
+ * is not used: a format-2 manifest references packs only, so the first backup after the
+ * upgrade stores its chunks again.
  */
-async function loadParentChunks(o: BackupDiskOptions): Promise<Map<string, Stored>> {
+interface ParentChunks {
+  known: Map<string, Stored>;
+  byIndex?: readonly (string | null)[];
+  unusable?: string;
+}
+
+async function loadParentChunks(o: BackupDiskOptions): Promise<ParentChunks> {
   const known = new Map<string, Stored>();
-  if (!o.parentManifestKey || !o.parentBackupId) return known;
+  if (!o.parentManifestKey || !o.parentBackupId) return { known, unusable: 'the disk has no parent backup' };
   const sealed = await o.store.get(o.parentManifestKey);
-  if (!sealed) return known; // the parent was pruned: every chunk is looked up in the repository's index instead
+  // The parent was pruned: every chunk is looked up in the repository's index instead.
+  if (!sealed) return { known, unusable: `the parent backup's manifest ${o.parentManifestKey} is gone` };
   const parent = await decodeManifest(o.keys, sealed, o.parentBackupId, o.disk.diskId);
-  if (parent.chunkSize !== o.chunkSize || parent.version !== 2) return known;
+  if (parent.chunkSize !== o.chunkSize || parent.version !== 2) return { known, unusable: 'the parent backup has another chunk size or format' };
   for (const [id, [pack, offset]] of Object.entries(parent.locations!)) {
     if (!o.healChunks?.has(id)) known.set(id, { pack: parent.packs![pack]!, offset, length: parent.storedSizes[id]! });
   }
-  return known;
+  if (parent.sizeBytes !== o.disk.sizeBytes) return { known, unusable: `the disk was resized (${parent.sizeBytes} bytes in the parent backup, ${o.disk.sizeBytes} now)` };
+  return { known, byIndex: parent.chunks };
+}
+
+/**
+ * The extents changed since the parent backup, when both the source (a dirty bitmap) and
+ * the parent manifest can be trusted; otherwise why not: every byte is read then and
+ * compared by id, which is always correct, only slower.
+ */
+async function changedSinceParent(o: BackupDiskOptions, parent: ParentChunks): Promise<{ extents?: Extent[]; tracking?: ChangeTracking }> {
+  const offered = o.disk.changeTracking;
+  if (!offered) return {};
+  if (!('since' in offered)) return { tracking: { used: false, reason: offered.unavailable } };
+  if (parent.unusable) return { tracking: { used: false, reason: parent.unusable } };
+  if (offered.sinceBackupId !== o.parentBackupId) return { tracking: { used: false, reason: `the source tracks changes since backup ${offered.sinceBackupId}, not since the parent ${o.parentBackupId}` } };
+  const extents = await o.reader.changed?.();
+  if (!extents) return { tracking: { used: false, reason: 'the source could not list the changed extents (too many, or no dirty bitmap on the export)' } };
+  return { extents, tracking: { used: true, since: offered.since } };
 }
 
 export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
@@ -89,11 +115,24 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const firstChunk = seg ? seg.offset / chunkSize : 0;
   const endChunk = seg ? Math.ceil((seg.offset + seg.length) / chunkSize) : count;
   const manifestId = seg ? segmentManifestId(disk.diskId, seg.index) : disk.diskId;
-  const parent = await loadParentChunks(o);
+  const parentChunks = await loadParentChunks(o);
+  const parent = parentChunks.known;
   // A chunk in a hole of the disk reads as zeros: it is a zero chunk, and it is not read.
   const extents = await o.reader.allocated?.();
-  const inHole = (i: number) => extents !== undefined && !holdsData(extents, i * chunkSize, Math.min(chunkSize, disk.sizeBytes - i * chunkSize));
-  const stats: Required<TransferStats> = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUploaded: 0, bytesStored: 0, chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
+  const chunkLength = (i: number) => Math.min(chunkSize, disk.sizeBytes - i * chunkSize);
+  const inHole = (i: number) => extents !== undefined && !holdsData(extents, i * chunkSize, chunkLength(i));
+  // Changed-block tracking: a chunk no changed extent touches holds what the parent's chunk
+  // at the same offset held, so it is taken from the parent manifest without being read.
+  const { extents: changed, tracking } = await changedSinceParent(o, parentChunks);
+  const unchanged = (i: number): string | null | undefined => {
+    if (!changed || holdsData(changed, i * chunkSize, chunkLength(i))) return undefined;
+    const id = parentChunks.byIndex![i];
+    return id === null || (id !== undefined && parent.has(id)) ? id : undefined; // a quarantined chunk is read again
+  };
+  const stats: Required<TransferStats> = {
+    bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0,
+    chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0,
+  };
   const chunkIds: (string | null)[] = new Array(count).fill(null);
   // Where each referenced chunk is; chunks written by this backup get their pack's size once it landed.
   const stored = new Map<string, { packId: string; offset: number; length: number }>();
@@ -192,7 +231,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const readAhead = (upTo: number) => {
     for (; nextRead <= Math.min(upTo, endChunk - 1); nextRead++) {
       const i = nextRead;
-      if (inHole(i)) continue;
+      if (inHole(i) || unchanged(i) !== undefined) continue;
       const offset = i * chunkSize;
       const length = Math.min(chunkSize, disk.sizeBytes - offset);
       const buf = takeSlot();
@@ -212,6 +251,20 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       const length = Math.min(chunkSize, disk.sizeBytes - i * chunkSize);
       stats.bytesScanned += length;
       const read = reads.get(i);
+      const same = read || inHole(i) ? undefined : unchanged(i);
+      if (same !== undefined) { // not changed since the parent: its chunk, unread
+        stats.bytesUnchanged += length;
+        if (same === null) {
+          stats.zeroChunks++;
+          stats.bytesZero += length;
+        } else {
+          chunkIds[i] = same;
+          stats.parentChunks++;
+          reuse(same, parent.get(same)!);
+        }
+        progress(writer.bytesWritten);
+        continue;
+      }
       if (!read) { // a hole
         stats.zeroChunks++;
         stats.bytesZero += length;
@@ -221,6 +274,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       }
       const buf = await read;
       reads.delete(i);
+      stats.bytesRead += length;
       const p = processChunk(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
       running.add(p);
       if (running.size >= parallelism) await Promise.race(running);
@@ -253,5 +307,5 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   await o.store.put(manifestKey, sealedManifest, { crc32: objectCrc32(sealedManifest) });
   stats.bytesStored += sealedManifest.length;
   stats.seconds = (performance.now() - started) / 1000;
-  return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats, ...(seg ? { segment: seg } : {}) };
+  return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats, ...(seg ? { segment: seg } : {}), ...(tracking ? { changeTracking: tracking } : {}) };
 }

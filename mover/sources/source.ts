@@ -28,6 +28,11 @@ export interface DiskReader {
    * the source cannot tell, and every byte is read.
    */
   allocated?(): Promise<Extent[] | undefined>;
+  /**
+   * The parts of the disk written since the checkpoint the disk's `changeTracking` names,
+   * in order (a dirty bitmap). Undefined: the source cannot tell, and every byte is read.
+   */
+  changed?(): Promise<Extent[] | undefined>;
   close(): Promise<void>;
 }
 
