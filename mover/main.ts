@@ -17,6 +17,7 @@
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
+ *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
  *   LIFEBOAT_RELEASE_PUBLIC_KEY_FILE or LIFEBOAT_RELEASE_PUBLIC_KEY (PEM): the key releases must be signed with
  * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new
  * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
@@ -35,7 +36,7 @@ import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '.
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
-import { FolderDriver } from './sources/folder.ts';
+import { sourceDrivers } from './sources/drivers.ts';
 import { Registration } from './registration.ts';
 import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
@@ -197,7 +198,7 @@ if (packMiB > 256) {
   process.stderr.write(`lifeboat-mover: LIFEBOAT_PACK_MIB must be at most 256, got ${packMiB}\n`);
   process.exit(2);
 }
-const handler = taskHandler({ driver: new FolderDriver(), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024 });
+const handler = taskHandler({ drivers: sourceDrivers({ workDir: process.env.LIFEBOAT_WORK_DIR || join(home, 'work') }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024 });
 const worker = new MoverWorker({
   sfn,
   activityArn,

@@ -7,12 +7,13 @@ import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../core/recovery-jobs.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
-import type { SourceDriver } from './sources/source.ts';
+import type { DriverFor } from './sources/drivers.ts';
 import type { Logger, TaskHandler } from './worker.ts';
 import type { IndexCache } from '../core/repository-index.ts';
 
 export interface TaskDeps {
-  driver: SourceDriver;
+  /** The source driver of a job's hypervisor (sources/drivers.ts). */
+  drivers: DriverFor;
   /** The repository store for a bucket on its endpoint (the job names both), and its keys (loaded once per repository). */
   /** A repository's store and keys, and the mover's copy of its index (read again before each use). */
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys; index?: IndexCache }>;
@@ -36,23 +37,24 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
     switch (t.task) {
       case 'snapshot': {
-        const snap = await deps.driver.snapshot(t.job.source, t.job.backupId);
+        const driver = deps.drivers(t.job.hypervisor);
+        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null }, { signal: ctx.signal });
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
           const { store, keys } = await deps.repository(t.job.repository);
           await store.put(objectKeys.vmConfig(t.job.backupId), await seal(keys, Buffer.from(JSON.stringify(snap.config)), `vm-config:${t.job.backupId}`));
         } catch (err) {
-          await deps.driver.release(t.job.source, snap);
+          await driver.release(t.job, snap);
           throw err;
         }
         return snap;
       }
       case 'releaseSnapshot':
-        if (t.job.snapshot) await deps.driver.release(t.job.source, t.job.snapshot);
+        if (t.job.snapshot) await deps.drivers(t.job.hypervisor).release(t.job, t.job.snapshot);
         return { released: !!t.job.snapshot };
       case 'dispatch': {
         const { store, keys, index } = await deps.repository(t.job.repository);
-        const reader = await deps.driver.openDisk(t.disk);
+        const reader = await deps.drivers(t.job.hypervisor).openDisk(t.disk);
         let lastLog = 0;
         try {
           return await backupDisk({

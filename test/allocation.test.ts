@@ -86,13 +86,13 @@ describe.skipIf(!hasQemuImg)('the real qemu-img on sparse files (install qemu-ut
 
     await writeFile(join(dir, 'vm.json'), JSON.stringify({ name: 'thin', disks: [{ id: 'disk0', file: 'disk0.raw' }] }));
     const driver = new FolderDriver();
-    const snap = await driver.snapshot(dir, 'b1');
+    const snap = await driver.snapshot({ source: dir, backupId: 'b1' });
     const reader = await driver.openDisk(snap.disks[0]!);
     const store = new MemoryObjectStore();
     const keys = deriveKeys(randomBytes(32));
     const r = await backupDisk({ store, keys, reader, disk: snap.disks[0]!, backupId: 'b1', chunkSize: MiB });
     await reader.close();
-    await driver.release(dir, snap);
+    await driver.release({ source: dir }, snap);
     expect(r.stats.bytesUnallocated).toBeGreaterThanOrEqual(size - 3 * MiB);
     expect(r.stats.uploadedChunks).toBe(2);
     const target = join(await tempDir(), 'restored.raw');

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { SourceUnavailable } from '../../core/errors.ts';
 import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
 import { rawImageExtents } from './allocation.ts';
-import type { DiskReader, SourceDriver } from './source.ts';
+import type { DiskReader, SnapshotRequest, SourceDriver } from './source.ts';
 
 interface VmConfig {
   name?: string;
@@ -73,7 +73,7 @@ export class FolderDriver implements SourceDriver {
     this.options = options;
   }
 
-  async snapshot(source: string, backupId: string): Promise<SnapshotResult> {
+  async snapshot({ source, backupId }: SnapshotRequest): Promise<SnapshotResult> {
     const config = await readConfig(source);
     const dir = join(source, SNAPSHOTS, backupId);
     await mkdir(dir, { recursive: true });
@@ -107,7 +107,7 @@ export class FolderDriver implements SourceDriver {
     };
   }
 
-  async release(source: string, snapshot: SnapshotResult): Promise<void> {
+  async release({ source }: { source: string }, snapshot: SnapshotResult): Promise<void> {
     const root = join(source, SNAPSHOTS);
     if (!snapshot.handle.startsWith(root)) throw new SourceUnavailable(`snapshot handle ${snapshot.handle} is not under ${root}; refusing to delete it`);
     await rm(snapshot.handle, { recursive: true, force: true });

@@ -6,16 +6,28 @@ export interface Extent {
   length: number;
 }
 
+/** What a snapshot is asked for: the VM, the backup, and the parent it may read changes since. */
+export interface SnapshotRequest {
+  /** Where the driver finds the VM: a folder (folder driver), a domain name or UUID (libvirt). */
+  source: string;
+  backupId: string;
+  parentBackupId?: string | null;
+  /** The parent backup's checkpoint: a driver that tracks changes offers those since it. */
+  parentCheckpoint?: string | null;
+}
+
 /**
  * A hypervisor source driver: freezes a VM's disks, hands out readers for them and
  * releases the freeze. Every method must be safe to call again (tasks are retried).
+ * Hypervisor-neutral: libvirt (`libvirt/`) and the folder of images (`folder.ts`) today,
+ * vSphere (VDDK/NBD) fits the same shape.
  */
 export interface SourceDriver {
-  snapshot(source: string, backupId: string): Promise<SnapshotResult>;
+  snapshot(req: SnapshotRequest, opts?: { signal?: AbortSignal }): Promise<SnapshotResult>;
   /** Opens a frozen disk for reading. */
   openDisk(disk: DiskRef): Promise<DiskReader>;
   /** Releases the snapshot; a no-op when it is already gone. */
-  release(source: string, snapshot: SnapshotResult): Promise<void>;
+  release(req: { source: string }, snapshot: SnapshotResult): Promise<void>;
 }
 
 export interface DiskReader {

@@ -1,0 +1,149 @@
+/**
+ * The parts of a libvirt domain definition the driver works with: its identity and its
+ * disks, read from `virsh dumpxml`; and the definition of a restored copy (new name, no
+ * UUID or MAC addresses, so libvirt makes new ones; disks pointing at restored files).
+ * The XML is parsed with fast-xml-parser, never with regular expressions: a domain
+ * definition is input from the hypervisor, and a restore rewrites it.
+ */
+import { XMLBuilder, XMLParser } from 'fast-xml-parser';
+import { SourceUnavailable } from '../../../core/errors.ts';
+
+/** One `<disk>` of a domain, as far as backing it up goes. */
+export interface DomainDisk {
+  /** The guest's device name (`vda`): the disk's id in the backup. */
+  target: string;
+  /** `disk`, `cdrom`, `floppy`, `lun`. */
+  device: string;
+  /** `file`, `block`, `network`, `volume`, `nvme`, ... */
+  type: string;
+  /** The image file or block device (file and block disks). */
+  source?: string;
+  /** Image format (`qcow2`, `raw`, ...). */
+  format: string;
+  readonly: boolean;
+}
+
+export interface DomainInfo {
+  name: string;
+  uuid: string;
+  disks: DomainDisk[];
+  /** Whether the domain has the QEMU guest agent channel (quiesce is possible). */
+  agentChannel: boolean;
+  /** Lifeboat tags from the domain's `<metadata>` (`<lifeboat:tags>a,b</lifeboat:tags>`), for policies that select by tag. */
+  tags: string[];
+}
+
+const ARRAYS = new Set(['domain.devices.disk', 'domain.devices.channel', 'domain.devices.interface']);
+const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', removeNSPrefix: true, jPath: true, isArray: (_name, path) => ARRAYS.has(String(path)), parseAttributeValue: false, parseTagValue: false });
+
+type Node = Record<string, unknown>;
+const node = (v: unknown): Node => (v && typeof v === 'object' ? (v as Node) : {});
+const attr = (v: unknown, name: string): string | undefined => {
+  const a = node(v)[`@${name}`];
+  return typeof a === 'string' ? a : undefined;
+};
+const text = (v: unknown): string | undefined => (typeof v === 'string' ? v : typeof node(v)['#text'] === 'string' ? (node(v)['#text'] as string) : undefined);
+
+/** Reads a domain's identity, disks and agent channel from its XML; throws naming what is missing. */
+export function parseDomainXml(xml: string, what: string): DomainInfo {
+  let doc: Node;
+  try {
+    doc = node(parser.parse(xml, true));
+  } catch (err) {
+    throw new SourceUnavailable(`the definition of ${what} is not valid XML: ${(err as Error).message}`, err);
+  }
+  const domain = node(doc.domain);
+  const name = text(domain.name);
+  const uuid = text(domain.uuid);
+  if (!name || !uuid) throw new SourceUnavailable(`the definition of ${what} has no <name> or <uuid>: is it a libvirt domain XML?`);
+  const devices = node(domain.devices);
+  const disks = ((devices.disk as unknown[]) ?? []).map((d): DomainDisk => {
+    const target = attr(node(d).target, 'dev');
+    if (!target) throw new SourceUnavailable(`a disk of ${what} has no <target dev=...>`);
+    const src = node(node(d).source);
+    return {
+      target,
+      device: attr(d, 'device') ?? 'disk',
+      type: attr(d, 'type') ?? 'file',
+      ...((attr(src, 'file') ?? attr(src, 'dev')) ? { source: (attr(src, 'file') ?? attr(src, 'dev'))! } : {}),
+      format: attr(node(d).driver, 'type') ?? 'raw',
+      readonly: 'readonly' in node(d),
+    };
+  });
+  const agentChannel = ((devices.channel as unknown[]) ?? []).some((c) => attr(node(c).target, 'name') === 'org.qemu.guest_agent.0');
+  const tagText = text(node(domain.metadata).tags) ?? '';
+  return { name, uuid, disks, agentChannel, tags: tagText.split(',').map((t) => t.trim()).filter(Boolean) };
+}
+
+/** The disks a backup reads: writable block devices of type file or block; throws naming a disk the driver cannot read. */
+export function backedUpDisks(info: DomainInfo, what: string): DomainDisk[] {
+  const disks = info.disks.filter((d) => (d.device === 'disk' || d.device === 'lun') && !d.readonly);
+  for (const d of disks) {
+    if (d.type !== 'file' && d.type !== 'block') {
+      throw new SourceUnavailable(`disk ${d.target} of ${what} is a ${d.type} disk; the libvirt driver reads file and block disks only: exclude the VM from the policy, or back up that storage by its own means`);
+    }
+  }
+  if (disks.length === 0) throw new SourceUnavailable(`${what} has no writable disk to back up`);
+  return disks;
+}
+
+// --- restored copies ---------------------------------------------------------------
+
+const orderedParser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', preserveOrder: true, parseAttributeValue: false, parseTagValue: false, trimValues: false });
+const builder = new XMLBuilder({ ignoreAttributes: false, attributeNamePrefix: '@', preserveOrder: true, suppressEmptyNode: true });
+
+type Ordered = Record<string, unknown>[];
+const tagOf = (n: Record<string, unknown>) => Object.keys(n).find((k) => k !== ':@');
+const children = (n: Record<string, unknown>): Ordered => (n[tagOf(n)!] as Ordered) ?? [];
+const attrs = (n: Record<string, unknown>): Record<string, string> => ((n[':@'] ??= {}) as Record<string, string>);
+
+export interface RestoredDomain {
+  name: string;
+  /** New disk files by target (`vda` → path and format). */
+  disks: Record<string, { path: string; format: 'raw' | 'qcow2' }>;
+  /** Drop every network interface (a restore test runs isolated). */
+  withoutNetwork?: boolean;
+}
+
+/**
+ * The definition of a restored copy of a backed-up domain: its own name; no UUID and no
+ * MAC addresses (libvirt generates new ones, so the copy never clashes with the original);
+ * each backed-up disk pointing at its restored file; disks not restored (CD-ROMs, disks
+ * not in the backup) removed.
+ */
+export function restoredDomainXml(originalXml: string, r: RestoredDomain): string {
+  const doc = orderedParser.parse(originalXml) as Ordered;
+  const domain = doc.find((n) => tagOf(n) === 'domain');
+  if (!domain) throw new SourceUnavailable('the backed-up VM definition has no <domain> element');
+  const out: Ordered = [];
+  for (const child of children(domain)) {
+    const tag = tagOf(child);
+    if (tag === 'uuid') continue;
+    if (tag === 'name') child[tag] = [{ '#text': r.name }];
+    if (tag === 'devices') child[tag] = restoredDevices(children(child), r);
+    out.push(child);
+  }
+  domain.domain = out;
+  return builder.build(doc) as string;
+}
+
+function restoredDevices(devices: Ordered, r: RestoredDomain): Ordered {
+  const out: Ordered = [];
+  for (const dev of devices) {
+    const tag = tagOf(dev);
+    if (tag === 'interface') {
+      if (r.withoutNetwork) continue;
+      dev.interface = children(dev).filter((c) => tagOf(c) !== 'mac' && tagOf(c) !== 'target');
+    }
+    if (tag === 'disk') {
+      const target = children(dev).find((c) => tagOf(c) === 'target');
+      const restored = target ? r.disks[attrs(target)['@dev'] ?? ''] : undefined;
+      if (!restored) continue;
+      attrs(dev)['@type'] = 'file';
+      dev.disk = children(dev).filter((c) => !['source', 'backingStore', 'driver'].includes(tagOf(c)!));
+      (dev.disk as Ordered).unshift({ driver: [], ':@': { '@name': 'qemu', '@type': restored.format } }, { source: [], ':@': { '@file': restored.path } });
+    }
+    out.push(dev);
+  }
+  return out;
+}
