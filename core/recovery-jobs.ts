@@ -26,6 +26,35 @@ export interface RestoreJob {
   /** Set for a single-disk restore; null restores every disk and the VM's config. */
   diskId: string | null;
   disks: RestoreDiskTarget[];
+  /** A whole-VM restore of a libvirt backup: define (and start, or boot-test) a new domain from it. */
+  define?: DefineDomainRequest;
+}
+
+/** Defining a restored VM on a libvirt host (mover/recovery/define-domain.ts). */
+export interface DefineDomainRequest {
+  /** The target host's libvirt URI, as the restoring mover reaches it. */
+  uri: string;
+  /** Default: `<original name>-restore-<backup time>`. */
+  name?: string;
+  /** Disk image format (default qcow2). */
+  format?: 'raw' | 'qcow2';
+  start?: boolean;
+  /**
+   * A restore test: boot with no network, wait for a line matching `consoleLine` on the
+   * serial console (default timeout 300 s), then remove the domain and its disks.
+   */
+  bootCheck?: { consoleLine: string; timeoutSeconds?: number };
+}
+
+/** The domain a restore defined. */
+export interface DefinedDomain {
+  name: string;
+  uuid: string;
+  started: boolean;
+  consoleLog: string;
+  /** Its disk images (none after a restore test, which removes them). */
+  disks: string[];
+  bootCheck?: { passed: boolean; seconds: number; line: string };
 }
 
 /** What a mover reports for one restored disk, after re-reading what it wrote. */

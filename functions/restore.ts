@@ -5,7 +5,7 @@
 import { isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
-import type { RestoredDisk, RestoreJob } from '../core/recovery-jobs.ts';
+import type { DefinedDomain, RestoredDisk, RestoreJob } from '../core/recovery-jobs.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -30,6 +30,17 @@ export const restoreRequest = z.object({
    * be complete there. Also names the repository of a backup whose policy was removed.
    */
   fromBucket: text.optional(),
+  /** A whole-VM restore of a libvirt backup: define a new domain from it on this host, and start or boot-test it. */
+  define: z.object({
+    uri: text,
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"').optional(),
+    format: z.enum(['raw', 'qcow2']).optional(),
+    start: z.boolean().optional(),
+    bootCheck: z.object({
+      consoleLine: text.refine((s) => { try { new RegExp(s); return true; } catch { return false; } }, 'must be a regular expression'),
+      timeoutSeconds: z.number().int().min(5).max(3600).optional(),
+    }).strict().optional(),
+  }).strict().optional(),
 }).strict();
 export type RestoreRequest = z.output<typeof restoreRequest>;
 /** PlanRestore's input: the execution's input and its name. */
@@ -46,6 +57,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
     repository = locationOf(resolved.policy, input.fromBucket);
   }
   let disks = backup.disks;
+  if (input.define && input.diskId) throw new RecoveryRequestInvalid('"define" makes a VM of a whole-VM restore; it cannot be combined with "diskId"');
   if (input.diskId) {
     disks = disks.filter((d) => d.diskId === input.diskId);
     if (disks.length === 0) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${input.vmId}' has no disk '${input.diskId}'; it has ${backup.disks.map((d) => `'${d.diskId}'`).join(', ')}`);
@@ -54,6 +66,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
     restoreId, vmId: input.vmId, backupId: backup.backupId, moverGroup: input.moverGroup,
     repository, target: input.target, diskId: input.diskId ?? null,
     disks: disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, path: input.diskId ? input.target : join(input.target, `${d.diskId}.raw`) })),
+    ...(input.define ? { define: input.define } : {}),
   };
   await deps.recovery.putRecord('RESTORE', restoreId, { status: 'running', startedAt: deps.now().toISOString(), job });
   return job;
@@ -80,11 +93,18 @@ export interface RestoreSummary {
   bytesDownloaded: number;
   /** Every chunk of every disk was re-read from the target and matched its id. */
   verified: true;
+  /** The libvirt domain the restore defined (`define`), with its restore test's result. */
+  domain?: DefinedDomain;
 }
 
-export const recordRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text }).optional() }));
+const definedDomain: z.ZodType<DefinedDomain> = z.looseObject({
+  name: text, uuid: text, started: z.boolean(), consoleLog: text, disks: z.array(text),
+  bootCheck: z.looseObject({ passed: z.boolean(), seconds: z.number().nonnegative(), line: z.string() }).optional(),
+});
 
-export async function recordRestore(input: z.output<typeof recordRestoreInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<RestoreSummary> {
+export const recordRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text, domain: definedDomain.optional() }).optional() }));
+
+export async function recordRestore(input: z.output<typeof recordRestoreInput>, deps: { recovery: RecoveryCatalog; catalog?: Pick<Catalog, 'recordRestoreTest'>; now: () => Date }): Promise<RestoreSummary> {
   const want = input.disks.map((d) => d.diskId).sort();
   const got = input.restored.map((d) => d.diskId).sort();
   if (JSON.stringify(want) !== JSON.stringify(got)) throw new RecoveryRequestInvalid(`restore ${input.restoreId} planned disks ${want.join(', ')} but movers reported ${got.join(', ')}`);
@@ -94,7 +114,11 @@ export async function recordRestore(input: z.output<typeof recordRestoreInput>, 
     bytesRestored: input.restored.reduce((n, d) => n + d.sizeBytes, 0),
     bytesDownloaded: input.restored.reduce((n, d) => n + d.bytesDownloaded, 0),
     verified: true,
+    ...(input.vmConfig?.domain ? { domain: input.vmConfig.domain } : {}),
   };
+  const test = input.vmConfig?.domain?.bootCheck;
+  // A restore test's outcome belongs to the backup: listings show which backups are proven to boot.
+  if (test) await deps.catalog?.recordRestoreTest(input.vmId, input.backupId, { passed: test.passed, seconds: test.seconds, restoreId: input.restoreId, at: deps.now().toISOString() });
   await deps.recovery.putRecord('RESTORE', input.restoreId, { status: 'succeeded', finishedAt: deps.now().toISOString(), summary });
   return summary;
 }
@@ -108,5 +132,5 @@ export async function recordRestoreFailure(input: z.output<typeof recordRestoreF
 
 const now = () => new Date();
 export const planHandler = lambdaHandler('PlanRestore', planRestoreInput, (input) => planRestore(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const recordHandler = lambdaHandler('RecordRestore', recordRestoreInput, (input) => recordRestore(input, { recovery: clients().recovery, now }));
+export const recordHandler = lambdaHandler('RecordRestore', recordRestoreInput, (input) => recordRestore(input, { recovery: clients().recovery, catalog: clients().catalog, now }));
 export const recordFailureHandler = lambdaHandler('RecordRestoreFailure', recordRestoreFailureInput, (input) => recordRestoreFailure(input, { recovery: clients().recovery, now }));

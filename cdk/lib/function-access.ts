@@ -64,7 +64,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   SyncConfig: { catalog: ['PutItem', 'Scan', 'DeleteItem'], timeoutSeconds: 300 },
   // Restore, deep verify, prune (issue 6): the movers touch the data; these keep the records.
   PlanRestore: { catalog: ['GetItem', 'Query', 'PutItem'] },
-  RecordRestore: { catalog: ['PutItem'] },
+  RecordRestore: { catalog: ['PutItem', 'UpdateItem'] },
   RecordRestoreFailure: { catalog: ['PutItem'] },
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem'] },

@@ -56,6 +56,14 @@ export interface Vm {
   datastores?: string[];
 }
 
+/** A restore test: the backup restored as a new VM, booted without network, and removed. */
+export interface RestoreTest {
+  passed: boolean;
+  seconds: number;
+  restoreId: string;
+  at: string;
+}
+
 export type BackupStatus = 'running' | 'committed' | 'failed';
 
 export interface Backup {
@@ -71,6 +79,8 @@ export interface Backup {
   /** The hypervisor checkpoint the backup's snapshot created: the next backup reads only what changed since. */
   checkpoint?: string;
   consistency?: Consistency;
+  /** The latest restore test of this backup. */
+  restoreTest?: RestoreTest;
   error?: { Error: string; Cause: string };
 }
 
@@ -211,6 +221,15 @@ export class Catalog {
       const b = await this.getBackup(vmId, backupId);
       if (b?.status !== 'committed') throw new Error(`backup ${vmId}/${backupId} cannot be committed from status '${b?.status ?? 'missing'}'`);
     }
+  }
+
+  /** Records a restore test of a committed backup (the restored VM booted, or did not). */
+  async recordRestoreTest(vmId: string, backupId: string, test: RestoreTest): Promise<void> {
+    await this.db.send(new UpdateCommand({
+      TableName: this.table, Key: k.backup(vmId, backupId),
+      UpdateExpression: 'SET restoreTest = :t', ConditionExpression: 'attribute_exists(pk)',
+      ExpressionAttributeValues: { ':t': test },
+    }));
   }
 
   /** running → failed; a committed backup is never downgraded. */

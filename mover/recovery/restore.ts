@@ -8,7 +8,8 @@ import { Corrupt } from '../../core/errors.ts';
 import { decodeManifest, keys as objectKeys, open, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../core/recovery-jobs.ts';
+import type { DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../core/recovery-jobs.ts';
+import { defineRestoredDomain } from './define-domain.ts';
 import { restoreDisk } from '../pipeline/restore-disk.ts';
 import { rehashDisk } from './rehash.ts';
 
@@ -64,7 +65,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
 }
 
 /** Writes `vm.json` into the restore folder: the VM's configuration at backup time and its restored disks. */
-export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys }): Promise<{ path: string }> {
+export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys }): Promise<{ path: string; domain?: DefinedDomain }> {
   const key = objectKeys.vmConfig(job.backupId);
   const sealed = await d.store.get(key);
   if (!sealed) throw new Corrupt(`VM config ${key} of backup ${job.backupId} is missing from the repository`);
@@ -77,5 +78,6 @@ export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[]
     restoredFrom: { vmId: job.vmId, backupId: job.backupId, restoreId: job.restoreId },
   };
   await writeFile(path, JSON.stringify(restored, null, 2), { flush: true });
-  return { path };
+  if (!job.define) return { path };
+  return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define }) };
 }

@@ -103,6 +103,11 @@ export interface RestoredDomain {
   disks: Record<string, { path: string; format: 'raw' | 'qcow2' }>;
   /** Drop every network interface (a restore test runs isolated). */
   withoutNetwork?: boolean;
+  /**
+   * The copy's serial console goes to this file (the original's console device would
+   * share the original's log, or a pty nobody reads; a restore test reads this file).
+   */
+  consoleLog: string;
 }
 
 /**
@@ -128,9 +133,13 @@ export function restoredDomainXml(originalXml: string, r: RestoredDomain): strin
 }
 
 function restoredDevices(devices: Ordered, r: RestoredDomain): Ordered {
-  const out: Ordered = [];
+  const out: Ordered = [
+    { serial: [{ source: [], ':@': { '@path': r.consoleLog } }, { target: [], ':@': { '@port': '0' } }], ':@': { '@type': 'file' } },
+    { console: [{ target: [], ':@': { '@type': 'serial', '@port': '0' } }], ':@': { '@type': 'file' } },
+  ];
   for (const dev of devices) {
     const tag = tagOf(dev);
+    if (tag === 'serial' || tag === 'console') continue;
     if (tag === 'interface') {
       if (r.withoutNetwork) continue;
       dev.interface = children(dev).filter((c) => tagOf(c) !== 'mac' && tagOf(c) !== 'target');
