@@ -129,6 +129,19 @@ export interface SnapshotResult {
   consistency?: Consistency;
 }
 
+/** A VM as a host's hypervisor describes it (the Discover workflow's inventory). */
+export interface DiscoveredVm {
+  name: string;
+  uuid: string;
+  /** The hypervisor's word for it: `running`, `shut off`, `paused`, ... */
+  state: string;
+  /** Tags from the domain's metadata (`<lifeboat:tags>`), for policies that select by tag. */
+  tags: string[];
+  /** Whether it has a guest agent channel (backups can be quiesced). */
+  agent: boolean;
+  disks: { target: string; type: string; format: string; sizeBytes: number; source?: string }[];
+}
+
 /** Which driver reads a VM, and where its hypervisor is: from the host's configuration. */
 export type Hypervisor = { driver: 'folder' } | { driver: 'libvirt'; uri: string };
 

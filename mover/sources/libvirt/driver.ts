@@ -15,7 +15,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../core/errors.ts';
-import type { ChangeTrackingOffer, Consistency, DiskRef, SnapshotResult } from '../../../core/jobs.ts';
+import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, SnapshotResult } from '../../../core/jobs.ts';
 import type { DiskReader, SnapshotRequest, SourceDriver } from '../source.ts';
 import { backedUpDisks, parseDomainXml, type DomainDisk, type DomainInfo } from './domain-xml.ts';
 import { openNbdDisk } from './nbd-disk.ts';
@@ -77,6 +77,31 @@ export class LibvirtDriver implements SourceDriver {
       await rm(dir, { recursive: true, force: true });
       throw err;
     }
+  }
+
+  /** Every domain of the host with its state, disks (sizes and formats) and Lifeboat tags. */
+  async discover(opts: { signal?: AbortSignal } = {}): Promise<DiscoveredVm[]> {
+    const names = (await this.virsh.run(['list', '--all', '--name'], opts)).split('\n').map((l) => l.trim()).filter(Boolean);
+    const out: DiscoveredVm[] = [];
+    for (const name of names) {
+      let xml: string;
+      let state: string;
+      try {
+        state = (await this.virsh.run(['domstate', '--', name], opts)).trim();
+        xml = await this.virsh.run(['dumpxml', '--inactive', '--', name], opts);
+      } catch (err) {
+        if (isNoDomain(err)) continue; // undefined while we listed
+        throw err;
+      }
+      const info = parseDomainXml(xml, `VM '${name}' on ${this.o.uri}`);
+      const disks = [];
+      for (const d of info.disks.filter((x) => x.device === 'disk' || x.device === 'lun')) {
+        const sizeBytes = await this.virsh.run(['domblkinfo', '--bytes', '--', name, d.target], opts).then((o) => Number(/Capacity:\s+(\d+)/.exec(o)?.[1] ?? 0), () => 0);
+        disks.push({ target: d.target, type: d.type, format: d.format, sizeBytes, ...(d.source ? { source: d.source } : {}) });
+      }
+      out.push({ name: info.name, uuid: info.uuid, state, tags: info.tags, agent: info.agentChannel, disks });
+    }
+    return out;
   }
 
   async openDisk(disk: DiskRef): Promise<DiskReader> {
