@@ -196,4 +196,8 @@ export interface VmOutcome {
   backupId: string;
   status: 'committed' | 'failed';
   error?: { Error: string; Cause: string };
+  /** How consistent the committed backup is, and why. */
+  consistency?: Consistency;
+  /** Disks of a committed backup that were read whole although the source tracks changes, and why. */
+  fullReads?: { diskId: string; reason: string }[];
 }

@@ -6,7 +6,7 @@
 import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import type { DiskResult, TransferStats, VmOutcome } from '../core/jobs.ts';
+import type { Consistency, DiskResult, TransferStats, VmOutcome } from '../core/jobs.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
@@ -36,7 +36,9 @@ export function summarizeRun(input: SummarizeInput): RunSummary {
   const vms: VmOutcome[] = input.results.map((r) => {
     if (r.outcome) return r.outcome;
     for (const d of r.disks ?? []) for (const key of Object.keys(totals) as (keyof typeof totals)[]) totals[key] += d.stats[key] ?? 0;
-    return { vmId: r.vmId, backupId: r.backupId, status: 'committed' };
+    const fullReads = (r.disks ?? []).flatMap((d) => (d.changeTracking?.used === false ? [{ diskId: d.diskId, reason: d.changeTracking.reason }] : []));
+    const consistency = (r.commit as { consistency?: Consistency } | undefined)?.consistency;
+    return { vmId: r.vmId, backupId: r.backupId, status: 'committed', ...(consistency ? { consistency } : {}), ...(fullReads.length ? { fullReads } : {}) };
   });
   const committed = vms.filter((v) => v.status === 'committed').length;
   return { runId: input.runId, policyId: input.policyId, vms, committed, failed: vms.length - committed, totals };

@@ -54,4 +54,5 @@ export const caughtError = z.looseObject({ Error: z.string(), Cause: z.string().
 
 export const vmOutcome: z.ZodType<VmOutcome> = z.looseObject({
   vmId: text, backupId: text, status: z.enum(['committed', 'failed']), error: z.object({ Error: z.string(), Cause: z.string() }).optional(),
+  consistency: consistency.optional(), fullReads: z.array(z.strictObject({ diskId: text, reason: text })).optional(),
 });
