@@ -75,6 +75,21 @@ export function parseDomainXml(xml: string, what: string): DomainInfo {
   return { name, uuid, disks, agentChannel, tags: tagText.split(',').map((t) => t.trim()).filter(Boolean) };
 }
 
+/**
+ * The user and group QEMU runs as for a running domain (its DAC security label, `+uid:+gid`),
+ * or undefined when libvirt does not relabel (QEMU runs as the daemon's user).
+ */
+export function qemuOwner(liveXml: string): { uid: number; gid: number } | undefined {
+  const doc = node(parser.parse(liveXml));
+  const labels = node(doc.domain).seclabel;
+  for (const l of Array.isArray(labels) ? labels : [labels]) {
+    if (attr(l, 'model') !== 'dac') continue;
+    const m = /^\+?(\d+):\+?(\d+)$/.exec(text(node(l).label)?.trim() ?? '');
+    if (m) return { uid: Number(m[1]), gid: Number(m[2]) };
+  }
+  return undefined;
+}
+
 /** The disks a backup reads: writable block devices of type file or block; throws naming a disk the driver cannot read. */
 export function backedUpDisks(info: DomainInfo, what: string): DomainDisk[] {
   const disks = info.disks.filter((d) => (d.device === 'disk' || d.device === 'lun') && !d.readonly);

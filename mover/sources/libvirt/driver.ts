@@ -11,13 +11,13 @@
  * through `qemu-nbd`, read-only.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../core/errors.ts';
 import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, SnapshotResult } from '../../../core/jobs.ts';
 import type { DiskReader, SnapshotRequest, SourceDriver } from '../source.ts';
-import { backedUpDisks, parseDomainXml, type DomainDisk, type DomainInfo } from './domain-xml.ts';
+import { backedUpDisks, parseDomainXml, qemuOwner, type DomainDisk, type DomainInfo } from './domain-xml.ts';
 import { openNbdDisk } from './nbd-disk.ts';
 import { isNoDomain, Virsh, type VirshOptions } from './virsh.ts';
 
@@ -67,7 +67,13 @@ export class LibvirtDriver implements SourceDriver {
     const disks = backedUpDisks(info, what);
     const dir = join(this.o.workDir, info.uuid, req.backupId);
     await this.cleanLeftovers(info, req.backupId, opts.signal);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    // Only the parent's checkpoint is needed from now on: older ones, and those of backups
+    // that failed, go (libvirt merges a deleted checkpoint's bitmap into its predecessor, so
+    // the parent's record of changes stays complete). Offline, libvirt cannot merge bitmaps.
+    if (state === 'running' || state === 'paused') await this.pruneCheckpoints(info.name, req.parentCheckpoint ? [req.parentCheckpoint] : [], opts.signal);
+    // The folders above may be passed through (QEMU's user reaches its snapshot folder), not listed.
+    await mkdir(join(this.o.workDir, info.uuid), { recursive: true, mode: 0o711 });
+    await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err; });
     const config = { driver: 'libvirt', name: info.name, uuid: info.uuid, domainXml: xml, state };
     try {
       if (state === 'shut off') return await this.exportImages(info, disks, dir, config, opts.signal);
@@ -96,7 +102,7 @@ export class LibvirtDriver implements SourceDriver {
       const info = parseDomainXml(xml, `VM '${name}' on ${this.o.uri}`);
       const disks = [];
       for (const d of info.disks.filter((x) => x.device === 'disk' || x.device === 'lun')) {
-        const sizeBytes = await this.virsh.run(['domblkinfo', '--bytes', '--', name, d.target], opts).then((o) => Number(/Capacity:\s+(\d+)/.exec(o)?.[1] ?? 0), () => 0);
+        const sizeBytes = await this.virsh.run(['domblkinfo', '--', name, d.target], opts).then((o) => Number(/Capacity:\s+(\d+)/.exec(o)?.[1] ?? 0), () => 0);
         disks.push({ target: d.target, type: d.type, format: d.format, sizeBytes, ...(d.source ? { source: d.source } : {}) });
       }
       out.push({ name: info.name, uuid: info.uuid, state, tags: info.tags, agent: info.agentChannel, disks });
@@ -121,6 +127,7 @@ export class LibvirtDriver implements SourceDriver {
   private async beginBackupJob(req: SnapshotRequest, info: DomainInfo, disks: DomainDisk[], dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<SnapshotResult> {
     const socket = join(dir, 'nbd.sock');
     const checkpoint = checkpointName(req.backupId);
+    await this.shareWithQemu(info.name, dir, signal);
     const base = await this.incrementalBase(req, info, signal);
     await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
     const consistency = await this.quiesced(info, signal, async () => {
@@ -139,10 +146,31 @@ export class LibvirtDriver implements SourceDriver {
     const offer: ChangeTrackingOffer = consistency.base.since && req.parentBackupId
       ? { since: consistency.base.since, sinceBackupId: req.parentBackupId }
       : { unavailable: consistency.base.reason ?? 'no parent checkpoint' };
-    const refs = await Promise.all(disks.map(async (d): Promise<DiskRef> => ({
-      diskId: d.target, path: nbdUri(d.target, socket), sizeBytes: await this.capacity(info.name, d.target, signal), changeTracking: offer,
-    })));
+    let refs: DiskRef[];
+    try {
+      refs = await Promise.all(disks.map(async (d): Promise<DiskRef> => ({
+        diskId: d.target, path: nbdUri(d.target, socket), sizeBytes: await this.capacity(info.name, d.target, signal), changeTracking: offer,
+      })));
+    } catch (err) {
+      // Nothing may outlive a failed snapshot: the job ends, and its checkpoint goes (its bitmap merges into the parent's).
+      await this.abortOurJob(info.name, dir).catch(() => {});
+      await this.deleteCheckpoint(info.name, checkpoint).catch(() => {});
+      throw err;
+    }
     return { handle: handleOf({ domain: info.uuid, dir, kind: 'job' }), disks: refs, config, checkpoint, consistency: consistency.level };
+  }
+
+  /**
+   * QEMU creates the NBD socket and opens the scratch files in the snapshot's folder, and
+   * runs as its own user (libvirt's DAC label): the folder is handed to that user, and
+   * stays closed to everyone else (the export is the guest's disk).
+   */
+  private async shareWithQemu(domain: string, dir: string, signal?: AbortSignal): Promise<void> {
+    const owner = qemuOwner(await this.virsh.run(['dumpxml', '--security-info', '--', domain], { ...(signal ? { signal } : {}) }));
+    if (!owner) return;
+    await chown(dir, owner.uid, owner.gid).catch((err: NodeJS.ErrnoException) => {
+      throw new SourceUnavailable(`the mover cannot give its snapshot folder ${dir} to QEMU's user ${owner.uid}:${owner.gid} (${err.code}): run the mover as root on the hypervisor host`, err);
+    });
   }
 
   /** The parent backup's checkpoint, when the domain still has it; else why not. */
@@ -218,11 +246,11 @@ export class LibvirtDriver implements SourceDriver {
     const domainDir = join(this.o.workDir, info.uuid);
     await this.abortOurJob(info.uuid, domainDir);
     for (const entry of await readdir(domainDir).catch(() => [] as string[])) {
+      signal?.throwIfAborted();
       if (entry === backupId) continue;
       await stopQemuNbd(join(domainDir, entry));
       await rm(join(domainDir, entry), { recursive: true, force: true });
     }
-    void signal;
   }
 
   /** Deletes the domain's Lifeboat checkpoints but `keep` (after a backup committed: all but its own). */
@@ -280,7 +308,7 @@ export class LibvirtDriver implements SourceDriver {
   }
 
   private async capacity(domain: string, target: string, signal?: AbortSignal): Promise<number> {
-    const out = await this.virsh.run(['domblkinfo', '--bytes', '--', domain, target], { ...(signal ? { signal } : {}) });
+    const out = await this.virsh.run(['domblkinfo', '--', domain, target], { ...(signal ? { signal } : {}) });
     const m = /Capacity:\s+(\d+)/.exec(out);
     if (!m) throw new SourceUnavailable(`virsh domblkinfo gave no capacity for disk ${target} of VM '${domain}': ${out.trim().slice(0, 200)}`);
     return Number(m[1]);
