@@ -140,8 +140,7 @@ export class NbdClient implements NbdReader {
     return n;
   }
 
-  /** One READ request of at most {@link maxRead} bytes into `buf` at `at`. */
-  readPiece(buf: Buffer, at: number, offset: number, length: number): Promise<void> {
+  private readPiece(buf: Buffer, at: number, offset: number, length: number): Promise<void> {
     return this.send(Command.READ, offset, length, buf, at).then(() => undefined);
   }
 
