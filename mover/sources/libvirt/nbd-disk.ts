@@ -7,7 +7,8 @@
 import { SourceUnavailable } from '../../../core/errors.ts';
 import type { DiskRef } from '../../../core/jobs.ts';
 import { MAX_EXTENTS } from '../allocation.ts';
-import { mapExtents, NbdPool } from '../../nbd/client.ts';
+import { mapExtents } from '../../nbd/extents.ts';
+import { NbdPool } from '../../nbd/pool.ts';
 import type { DiskReader } from '../source.ts';
 
 /** Connections per export: the backup keeps a few reads in flight (its read-ahead and parallelism). */
@@ -26,7 +27,7 @@ export async function openNbdDisk(disk: DiskRef): Promise<DiskReader> {
     throw new SourceUnavailable(`the export of disk '${disk.diskId}' is ${size} bytes, the snapshot said ${disk.sizeBytes}: was the disk resized during the backup? Run it again`);
   }
   const extentsOf = async (context: string) => {
-    if (!pool.metaContexts.has(context)) return undefined;
+    if (!pool.clients[0]!.metaContexts.has(context)) return undefined; // the server does not offer it
     return mapExtents(pool, context, { maxExtents: MAX_EXTENTS });
   };
   return {
