@@ -1,7 +1,8 @@
 #!/bin/sh
 # qemu-ga runs this on guest-fsfreeze-freeze ("freeze", before it freezes any
 # filesystem) and guest-fsfreeze-thaw ("thaw", after thawing), with stdio on
-# /dev/null: it reports on the console itself.
+# /dev/null: it reports on the console itself. Prints LIFEBOAT-FROZEN once the
+# writer is paused and the disk flushed, then LIFEBOAT-FREEZE sha256=<hex>.
 case "$1" in
   freeze)
     token="$$-$(cut -d' ' -f1 /proc/uptime)"
@@ -21,8 +22,17 @@ case "$1" in
     # new mappings in memory, so the image file alone would not show the writes.
     sync
     sync /dev/vda
-    sum=$(sha256sum /dev/vda)
-    echo "LIFEBOAT-FREEZE sha256=${sum%% *}" >/dev/console
+    echo "LIFEBOAT-FROZEN" >/dev/console
+    # Hashing the disk takes seconds under TCG (more for bigger disks), and libvirt
+    # (with the guest's I/O callers) waits for this hook: hash in the background
+    # instead. The writer stays paused until the hash is printed, even after a thaw,
+    # so the hash is the disk's content at this freeze.
+    : >"/run/lifeboat/hashing.$token"
+    (
+      sum=$(sha256sum /dev/vda)
+      echo "LIFEBOAT-FREEZE sha256=${sum%% *}" >/dev/console
+      rm -f "/run/lifeboat/hashing.$token"
+    ) &
     ;;
   thaw)
     rm -f /run/lifeboat/pause

@@ -57,14 +57,16 @@ if [ "$mode" = check ]; then
   poweroff -f
 fi
 
-# The writer pauses while /run/lifeboat/pause exists and acknowledges by copying
-# the pause token to /run/lifeboat/paused (see fsfreeze-hook).
+# The writer pauses while /run/lifeboat/pause exists (frozen) or a hashing.* file
+# does (the freeze hook still hashing the disk), and acknowledges a pause by copying
+# its token to /run/lifeboat/paused (see fsfreeze-hook).
 writer() {
   blocks=$(($(cat /sys/block/vda/size) / 128))
   period=$((64000000 / rate))
   : >/run/lifeboat/writing
   while :; do
-    if [ -e /run/lifeboat/pause ]; then
+    set -- /run/lifeboat/hashing.*
+    if [ -e /run/lifeboat/pause ] || [ -e "$1" ]; then
       cat /run/lifeboat/pause >/run/lifeboat/paused.tmp && mv /run/lifeboat/paused.tmp /run/lifeboat/paused
       usleep 20000
       continue
