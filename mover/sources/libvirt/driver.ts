@@ -11,8 +11,9 @@
  * through `qemu-nbd`, read-only.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../core/errors.ts';
 import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, SnapshotResult } from '../../../core/jobs.ts';
@@ -65,15 +66,16 @@ export class LibvirtDriver implements SourceDriver {
     const xml = await this.virsh.run(['dumpxml', '--inactive', '--security-info', '--', req.source], opts);
     const info = parseDomainXml(xml, what);
     const disks = backedUpDisks(info, what);
-    const dir = join(this.o.workDir, info.uuid, req.backupId);
+    const dir = snapshotDir(this.o.workDir, info.uuid, req.backupId);
     await this.cleanLeftovers(info, req.backupId, opts.signal);
     // Only the parent's checkpoint is needed from now on: older ones, and those of backups
     // that failed, go (libvirt merges a deleted checkpoint's bitmap into its predecessor, so
     // the parent's record of changes stays complete). Offline, libvirt cannot merge bitmaps.
     if (state === 'running' || state === 'paused') await this.pruneCheckpoints(info.name, req.parentCheckpoint ? [req.parentCheckpoint] : [], opts.signal);
-    // The folders above may be passed through (QEMU's user reaches its snapshot folder), not listed.
-    await mkdir(join(this.o.workDir, info.uuid), { recursive: true, mode: 0o711 });
+    // The work folder may be passed through (QEMU's user reaches its snapshot folder), not listed.
+    await mkdir(this.o.workDir, { recursive: true, mode: 0o711 });
     await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err; });
+    await writeFile(join(dir, OWNER), JSON.stringify({ domain: info.uuid, backupId: req.backupId }));
     const config = { driver: 'libvirt', name: info.name, uuid: info.uuid, domainXml: xml, state };
     try {
       if (state === 'shut off') return await this.exportImages(info, disks, dir, config, opts.signal);
@@ -116,9 +118,14 @@ export class LibvirtDriver implements SourceDriver {
 
   async release(_req: { source: string }, snapshot: SnapshotResult): Promise<void> {
     const h = parseHandle(snapshot.handle);
-    if (!h.dir.startsWith(this.o.workDir + '/')) throw new SourceUnavailable(`snapshot handle ${h.dir} is not under the mover's work folder ${this.o.workDir}; refusing to delete it`);
-    if (h.kind === 'job') await this.abortOurJob(h.domain, h.dir);
+    // The handle names a folder another mover of the group may have made: delete it only if it is that snapshot's.
+    const owner = await readOwner(h.dir);
+    if (owner && (owner.domain !== h.domain || snapshotDir(dirname(h.dir), owner.domain, owner.backupId) !== h.dir)) {
+      throw new SourceUnavailable(`snapshot folder ${h.dir} does not belong to VM ${h.domain}; refusing to delete it`);
+    }
+    if (h.kind === 'job') await this.abortLifeboatJob(h.domain, { only: h.dir, foreign: 'ignore' });
     else await stopQemuNbd(h.dir);
+    if (!owner) return; // already released
     await rm(h.dir, { recursive: true, force: true });
   }
 
@@ -153,7 +160,7 @@ export class LibvirtDriver implements SourceDriver {
       })));
     } catch (err) {
       // Nothing may outlive a failed snapshot: the job ends, and its checkpoint goes (its bitmap merges into the parent's).
-      await this.abortOurJob(info.name, dir).catch(() => {});
+      await this.abortLifeboatJob(info.uuid, { only: dir, foreign: 'ignore' }).catch(() => {});
       await this.deleteCheckpoint(info.name, checkpoint).catch(() => {});
       throw err;
     }
@@ -243,13 +250,17 @@ export class LibvirtDriver implements SourceDriver {
    * checkpoint's bitmap into its predecessor, so the parent's changes stay complete).
    */
   private async cleanLeftovers(info: DomainInfo, backupId: string, signal?: AbortSignal): Promise<void> {
-    const domainDir = join(this.o.workDir, info.uuid);
-    await this.abortOurJob(info.uuid, domainDir);
-    for (const entry of await readdir(domainDir).catch(() => [] as string[])) {
+    const left = await this.abortLifeboatJob(info.uuid, { foreign: 'fail' });
+    if (left && left !== snapshotDir(this.o.workDir, info.uuid, backupId)) await rm(left, { recursive: true, force: true });
+    const mine = snapshotDir(this.o.workDir, info.uuid, backupId);
+    for (const entry of await readdir(this.o.workDir).catch(() => [] as string[])) {
       signal?.throwIfAborted();
-      if (entry === backupId) continue;
-      await stopQemuNbd(join(domainDir, entry));
-      await rm(join(domainDir, entry), { recursive: true, force: true });
+      const dir = join(this.o.workDir, entry);
+      if (dir === mine) continue;
+      const owner = await readOwner(dir);
+      if (owner?.domain !== info.uuid) continue; // another VM's
+      await stopQemuNbd(dir);
+      await rm(dir, { recursive: true, force: true });
     }
   }
 
@@ -278,24 +289,32 @@ export class LibvirtDriver implements SourceDriver {
     return out.split('\n').map((l) => l.trim()).filter(Boolean);
   }
 
-  /** Aborts the domain's backup job if it is one of this mover's (its socket is under `dirPrefix`); leaves anyone else's alone. */
-  private async abortOurJob(domain: string, dirPrefix: string): Promise<void> {
+  /**
+   * Aborts the domain's backup job if Lifeboat started it (its NBD socket's folder holds
+   * an owner file naming the domain; movers of a group may have different work folders)
+   * and, with `only`, only if it is that snapshot's. Returns the aborted job's folder.
+   * A job that is not Lifeboat's is never touched: `foreign: 'fail'` refuses to go on.
+   */
+  private async abortLifeboatJob(domain: string, o: { only?: string; foreign: 'fail' | 'ignore' }): Promise<string | undefined> {
     let xml: string;
     try {
       xml = await this.virsh.run(['backup-dumpxml', '--', domain]);
     } catch (err) {
-      if (isNoDomain(err) || /no (domain )?backup job|not active|No job is active/i.test((err as { stderr?: string }).stderr ?? '')) return;
+      if (isNoDomain(err) || /no (domain )?backup job|not active|no job is active|does not have/i.test((err as { stderr?: string }).stderr ?? '')) return undefined;
       throw err;
     }
     const socket = /socket=['"]([^'"]+)['"]/.exec(xml)?.[1];
-    if (!socket) return;
-    if (!socket.startsWith(dirPrefix + '/')) {
-      if (dirPrefix.endsWith('/') || socket.startsWith(this.o.workDir + '/')) return;
-      throw new SourceUnavailable(`VM '${domain}' has a backup job that is not Lifeboat's (its NBD socket is ${socket}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`);
+    const dir = socket ? dirname(socket) : undefined;
+    const owner = dir ? await readOwner(dir) : undefined;
+    if (!dir || owner?.domain !== domain) {
+      if (o.foreign === 'ignore') return undefined;
+      throw new SourceUnavailable(`VM '${domain}' has a backup job that is not Lifeboat's (${socket ? `its NBD socket is ${socket}` : 'not a pull-mode job on a unix socket'}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`);
     }
+    if (o.only && dir !== o.only) return undefined;
     await this.virsh.run(['domjobabort', '--', domain]).catch((err) => {
       if (!/no job is active|not active/i.test((err as { stderr?: string }).stderr ?? '')) throw err;
     });
+    return dir;
   }
 
   private async domainState(domain: string, what: string, signal?: AbortSignal): Promise<string> {
@@ -313,6 +332,30 @@ export class LibvirtDriver implements SourceDriver {
     if (!m) throw new SourceUnavailable(`virsh domblkinfo gave no capacity for disk ${target} of VM '${domain}': ${out.trim().slice(0, 200)}`);
     return Number(m[1]);
   }
+}
+
+/** Names the domain and backup a snapshot folder belongs to (its name is a hash). */
+const OWNER = 'owner.json';
+
+async function readOwner(dir: string): Promise<{ domain: string; backupId: string } | undefined> {
+  const o = await readFile(join(dir, OWNER), 'utf8').then((t) => JSON.parse(t) as { domain?: unknown; backupId?: unknown }, () => undefined);
+  return typeof o?.domain === 'string' && typeof o.backupId === 'string' ? { domain: o.domain, backupId: o.backupId } : undefined;
+}
+
+/** The longest unix socket path Linux takes (sun_path is 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * A snapshot's folder: a short hash of the domain and backup, because the NBD socket in it
+ * must fit a unix socket path; refuses a work folder too deep for that.
+ */
+export function snapshotDir(workDir: string, uuid: string, backupId: string): string {
+  const dir = join(workDir, createHash('sha256').update(`${uuid}/${backupId}`).digest('hex').slice(0, 16));
+  const longest = join(dir, 'vdzz.sock');
+  if (Buffer.byteLength(longest) > MAX_SOCKET_PATH) {
+    throw new SourceUnavailable(`the mover's work folder ${workDir} is too deep for the NBD sockets of a snapshot (${Buffer.byteLength(longest)} bytes, unix sockets take ${MAX_SOCKET_PATH}): set LIFEBOAT_WORK_DIR to a shorter path, e.g. /var/lib/lifeboat-mover/work`);
+  }
+  return dir;
 }
 
 /** The standard NBD URI of an export on a unix socket. */
