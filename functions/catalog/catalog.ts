@@ -211,9 +211,9 @@ export class Catalog {
     try {
       await this.db.send(new UpdateCommand({
         TableName: this.table, Key: k.backup(vmId, backupId),
-        UpdateExpression: `SET #s = :c, disks = :d, committedAt = :t${Object.keys(extra).map((n) => `, ${n} = :${n}`).join('')}`,
+        UpdateExpression: `SET #s = :c, disks = :d, committedAt = :t${Object.keys(extra).map((n) => `, #${n} = :${n}`).join('')}`,
         ConditionExpression: '#s = :r',
-        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeNames: { '#s': 'status', ...Object.fromEntries(Object.keys(extra).map((n) => [`#${n}`, n])) },
         ExpressionAttributeValues: { ':c': 'committed', ':r': 'running', ':d': disks, ':t': at.toISOString(), ...Object.fromEntries(Object.entries(extra).map(([n, v]) => [`:${n}`, v])) },
       }));
     } catch (err) {

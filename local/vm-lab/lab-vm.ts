@@ -8,7 +8,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { VmLabUnavailable } from './errors.ts';
+import { GuestTimeout, VmLabUnavailable } from './errors.ts';
 import { guestCmdline, guestDomainXml, type GuestBehaviour } from './domain.ts';
 import { buildGuest } from './guest.ts';
 import { virsh, waitForConsoleLine } from './libvirtd.ts';
@@ -34,8 +34,11 @@ export interface LabVm {
   name: string;
   disk: string;
   serialLog: string;
-  /** The sha256 hashes the guest printed at each freeze, oldest first. */
-  freezeHashes(): Promise<string[]>;
+  /**
+   * The sha256 hashes the guest printed at each freeze, oldest first, once there are at
+   * least `count` (the guest prints each a few seconds after its freeze).
+   */
+  freezeHashes(count?: number, timeoutMs?: number): Promise<string[]>;
   /** Destroys and undefines the domain (with its checkpoints' metadata) and removes its folder. */
   remove(): Promise<void>;
 }
@@ -54,7 +57,15 @@ export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
   }));
   const vm: LabVm = {
     name: o.name, disk, serialLog,
-    freezeHashes: async () => [...(await readFile(serialLog, 'utf8').catch(() => '')).matchAll(/LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/g)].map((m) => m[1]!),
+    freezeHashes: async (count = 0, timeoutMs = 120_000) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const hashes = [...(await readFile(serialLog, 'utf8').catch(() => '')).matchAll(/LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/g)].map((m) => m[1]!);
+        if (hashes.length >= count) return hashes;
+        if (Date.now() > deadline) throw new GuestTimeout(`guest ${o.name} printed ${hashes.length} freeze hashes of ${count} within ${timeoutMs / 1000} s (console: ${serialLog})`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    },
     remove: async () => {
       await virsh(['destroy', o.name]).catch(() => {});
       await virsh(['undefine', '--checkpoints-metadata', o.name]).catch(() => virsh(['undefine', o.name]).catch(() => {}));
