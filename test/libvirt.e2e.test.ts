@@ -5,7 +5,8 @@
  * incremental (only dirty extents read) → restore equal to the disk at the freeze →
  * the restored VM boots. Then each changed-block-tracking fallback, forced.
  */
-import { readdir } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -36,8 +37,11 @@ async function backup(): Promise<RunSummary> {
 
 /** Nothing a backup makes may outlive it: no job on the domain, no snapshot folder, no scratch file. */
 async function expectNothingLeft() {
-  expect(await virsh(['domjobinfo', vm.name])).toMatch(/Job type:\s+None/);
+  if ((await virsh(['domstate', vm.name])).trim() === 'running') expect(await virsh(['domjobinfo', vm.name])).toMatch(/Job type:\s+None/);
   const work = join(t.dir, 'work', 'libvirt');
+  // No qemu-nbd (a shut-off VM's exports) is left serving a snapshot folder.
+  const nbd = await new Promise<string>((ok) => execFile('pgrep', ['-af', `qemu-nbd.*${work}`], (_e, out) => ok(String(out))));
+  expect(nbd.trim()).toBe('');
   expect(await readdir(work).catch(() => [])).toEqual([]);
 }
 
@@ -149,6 +153,21 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     expect(orphan.disks).toHaveLength(1);
     const run = await backup();
     expect(run.committed).toBe(1);
+    await expectNothingLeft();
+  }, 300_000);
+
+  it('does not trust the bitmaps after an unclean shutdown (QEMU killed), and says why', async () => {
+    expect((await backup()).committed).toBe(1); // a parent with a checkpoint
+    const pid = (await readFile(`/run/libvirt/qemu/${vm.name}.pid`, 'utf8')).trim();
+    process.kill(Number(pid), 'SIGKILL'); // power cut: the qcow2's bitmaps stay marked in use
+    for (let i = 0; i < 50 && (await virsh(['domstate', vm.name])).trim() === 'running'; i++) await new Promise((r) => setTimeout(r, 200));
+    await virsh(['start', vm.name]);
+    await vm.freezeHashes(0);
+    const run = await backup();
+    expect(run.committed).toBe(1);
+    expect(run.vms[0]!.fullReads?.[0]?.reason).toMatch(/could not be used|gone/);
+    const next = await backup();
+    expect(next.vms[0]!.fullReads).toBeUndefined();
     await expectNothingLeft();
   }, 300_000);
 
