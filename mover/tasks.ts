@@ -38,7 +38,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     switch (t.task) {
       case 'snapshot': {
         const driver = deps.drivers(t.job.hypervisor);
-        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null }, { signal: ctx.signal });
+        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null, ...(t.job.quiesce ? { quiesce: t.job.quiesce } : {}) }, { signal: ctx.signal });
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
           const { store, keys } = await deps.repository(t.job.repository);

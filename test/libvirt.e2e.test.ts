@@ -171,6 +171,33 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     await expectNothingLeft();
   }, 300_000);
 
+  it('runs the policy\'s hooks in the guest around the freeze; a failing pre hook fails the VM, or makes it crash-consistent when allowed', async () => {
+    const policy = (quiesce: object) => t.stack.catalog.putPolicy({ policyId: 'p-kvm', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: CHUNK, slotLimit: 2, quiesce });
+    await policy({ pre: ['/bin/sh', '-c', 'echo LIFEBOAT-HOOK pre > /dev/console'], post: ['/bin/sh', '-c', 'echo LIFEBOAT-HOOK post > /dev/console'] });
+    const ok = await backup();
+    expect(ok.vms[0]!.consistency).toMatchObject({ level: 'application', reason: expect.stringMatching(/pre hook ran.*post hook ran/) });
+    expect(await readFile(vm.serialLog, 'utf8')).toMatch(/LIFEBOAT-HOOK pre[\s\S]*LIFEBOAT-FROZEN[\s\S]*LIFEBOAT-THAW[\s\S]*LIFEBOAT-HOOK post/);
+
+    await policy({ pre: ['/bin/sh', '-c', 'echo database busy >&2; exit 3'] });
+    const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-kvm' });
+    const failed = JSON.parse(d.output!) as RunSummary;
+    expect(failed).toMatchObject({ committed: 0, failed: 1 });
+    expect(failed.vms[0]!.error?.Cause).toMatch(/could not be quiesced.*pre hook .* exited 3: database busy.*onHookFailure/);
+    await expectNothingLeft();
+
+    await policy({ pre: ['/bin/sh', '-c', 'exit 3'], onHookFailure: 'continue' });
+    const crash = await backup();
+    expect(crash.vms[0]!.consistency).toMatchObject({ level: 'crash', reason: expect.stringMatching(/exited 3; hooks not run/) });
+    await policy({});
+  }, 300_000);
+
+  it('takes a crash-consistent backup, and says why, when the guest agent does not answer', async () => {
+    await virsh(['qemu-agent-command', vm.name, JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', 'kill -STOP $(pidof qemu-ga)'] } })]);
+    const run = await backup();
+    expect(run.vms[0]!.consistency).toMatchObject({ level: 'crash', reason: expect.stringMatching(/guest agent did not answer/) });
+    await expectNothingLeft();
+  }, 300_000);
+
   it('fails only an unknown VM, naming it and what to do, and commits nothing for it', async () => {
     await t.stack.catalog.putVm({ vmId: 'kvm-ghost', host: 'kvm-01', source: 'no-such-domain' });
     await t.stack.catalog.putPolicy({ policyId: 'p-ghost', vmIds: ['kvm-ghost', vmId], bucket: t.stack.endpoints.bucket, chunkSize: CHUNK, slotLimit: 2 });

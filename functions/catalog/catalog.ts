@@ -6,7 +6,7 @@ import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Retention } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../core/endpoints.ts';
-import type { Consistency, DiskResult, Hypervisor } from '../../core/jobs.ts';
+import type { Consistency, DiskResult, Hypervisor, QuiesceSettings } from '../../core/jobs.ts';
 
 export interface Policy {
   policyId: string;
@@ -29,6 +29,8 @@ export interface Policy {
    * endpoint, the DR mover group that copies into it and the folder of its warm standby replica.
    */
   replicateTo?: { repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string };
+  /** Commands run in each guest around the freeze. */
+  quiesce?: QuiesceSettings;
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
   segmentBytes?: number;
   /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */

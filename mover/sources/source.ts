@@ -1,4 +1,4 @@
-import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
+import type { DiskRef, QuiesceSettings, SnapshotResult } from '../../core/jobs.ts';
 
 /** A part of a disk that may hold data (everything outside every extent reads as zeros). */
 export interface Extent {
@@ -14,6 +14,8 @@ export interface SnapshotRequest {
   parentBackupId?: string | null;
   /** The parent backup's checkpoint: a driver that tracks changes offers those since it. */
   parentCheckpoint?: string | null;
+  /** Commands run in the guest around the freeze (drivers with a guest agent). */
+  quiesce?: QuiesceSettings;
 }
 
 /**

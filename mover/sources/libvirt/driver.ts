@@ -16,7 +16,8 @@ import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../core/errors.ts';
-import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, SnapshotResult } from '../../../core/jobs.ts';
+import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../../core/jobs.ts';
+import { guestExec } from './guest-agent.ts';
 import type { DiskReader, SnapshotRequest, SourceDriver } from '../source.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, type DomainDisk, type DomainInfo } from './domain-xml.ts';
 import { openNbdDisk } from './nbd-disk.ts';
@@ -137,7 +138,7 @@ export class LibvirtDriver implements SourceDriver {
     await this.shareWithQemu(info.name, dir, signal);
     const base = await this.incrementalBase(req, info, signal);
     await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
-    const consistency = await this.quiesced(info, signal, async () => {
+    const consistency = await this.quiesced(info, req.quiesce, signal, async () => {
       try {
         await this.beginJob(info, disks, dir, socket, base.since, signal);
         return base;
@@ -196,28 +197,68 @@ export class LibvirtDriver implements SourceDriver {
   }
 
   /**
-   * Runs `take` with the guest's file systems frozen through its agent, thawing always;
-   * a guest without an agent, or whose agent does not answer, is taken crash-consistent.
+   * Runs `take` with the guest quiesced, thawing always: the policy's `pre` hook in the
+   * guest, its file systems frozen through the agent, then `take`, thaw, the `post` hook.
+   * Without an agent that answers, the snapshot is crash-consistent and says why (or, when
+   * hooks are configured and must not be skipped, the backup fails).
    */
-  private async quiesced<T>(info: DomainInfo, signal: AbortSignal | undefined, take: () => Promise<T>): Promise<{ base: T; level: Consistency }> {
-    if (!info.agentChannel) return { base: await take(), level: { level: 'crash', reason: 'the VM has no guest agent channel (org.qemu.guest_agent.0)' } };
+  private async quiesced<T>(info: DomainInfo, q: QuiesceSettings | undefined, signal: AbortSignal | undefined, take: () => Promise<T>): Promise<{ base: T; level: Consistency }> {
+    const hooks = !!(q?.pre || q?.post);
+    const mustRunHooks = hooks && (q?.onHookFailure ?? 'fail') === 'fail';
+    const crash = async (reason: string) => {
+      if (mustRunHooks) {
+        throw new SourceUnavailable(`VM '${info.name}' could not be quiesced as its policy asks: ${reason}. Make the guest agent run and the hooks exit 0 in the guest, or set the policy's quiesce.onHookFailure to "continue" to take crash-consistent backups meanwhile`);
+      }
+      return { base: await take(), level: { level: 'crash' as const, reason: hooks ? `${reason}; hooks not run` : reason } };
+    };
+    if (!info.agentChannel) return crash('the VM has no guest agent channel (org.qemu.guest_agent.0)');
     const timeout = String(this.o.agentTimeoutSeconds ?? 10);
     try {
       await this.virsh.run(['qemu-agent-command', '--timeout', timeout, '--', info.name, '{"execute":"guest-ping"}'], { ...(signal ? { signal } : {}) });
     } catch (err) {
-      return { base: await take(), level: { level: 'crash', reason: `the guest agent did not answer (${(err as Error).message.slice(0, 200)})` } };
+      return crash(`the guest agent did not answer within ${timeout} s (${(err as Error).message.slice(0, 200)})`);
+    }
+    const hookTimeout = q?.hookTimeoutSeconds ?? 300;
+    let preRan = false;
+    if (q?.pre) {
+      const problem = await this.hook(info.name, 'pre', q.pre, hookTimeout, signal);
+      if (problem) return crash(problem);
+      preRan = true;
     }
     let frozen: string;
     try {
       frozen = (await this.virsh.run(['domfsfreeze', '--', info.name], { ...(signal ? { signal } : {}) })).trim();
     } catch (err) {
-      return { base: await take(), level: { level: 'crash', reason: `the guest agent could not freeze the file systems (${(err as Error).message.slice(0, 200)})` } };
+      await this.postHook(info.name, q, hookTimeout);
+      return crash(`the guest agent could not freeze the file systems (${(err as Error).message.slice(0, 200)})`);
     }
+    let base: T;
     try {
-      return { base: await take(), level: { level: 'filesystem', reason: `file systems frozen by the guest agent (${frozen || 'none mounted'})` } };
+      base = await take();
     } finally {
-      await this.virsh.run(['domfsthaw', '--', info.name]).catch(() => {}); // the agent also thaws on its own timeout
+      await this.virsh.run(['domfsthaw', '--', info.name]).catch(() => {}); // the guest is never left frozen by us
     }
+    const post = await this.postHook(info.name, q, hookTimeout);
+    const how = `file systems frozen by the guest agent (${frozen || 'none mounted'})`;
+    return { base, level: preRan ? { level: 'application', reason: `the pre hook ran, then ${how}${post}` } : { level: 'filesystem', reason: `${how}${post}` } };
+  }
+
+  /** Runs a hook in the guest; returns what went wrong, or undefined when it exited 0. */
+  private async hook(domain: string, which: 'pre' | 'post', argv: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<string | undefined> {
+    try {
+      const r = await guestExec(this.virsh, domain, argv, timeoutSeconds, signal);
+      if (r.exitCode === 0) return undefined;
+      return `the ${which} hook ${argv.join(' ')} exited ${r.exitCode}${r.stderr.trim() ? `: ${r.stderr.trim().slice(-300)}` : ''}`;
+    } catch (err) {
+      return `the ${which} hook ${argv.join(' ')} could not run: ${(err as Error).message.slice(0, 300)}`;
+    }
+  }
+
+  /** The post hook after a thaw: its failure does not undo a consistent snapshot, it is noted. */
+  private async postHook(domain: string, q: QuiesceSettings | undefined, timeoutSeconds: number): Promise<string> {
+    if (!q?.post) return '';
+    const problem = await this.hook(domain, 'post', q.post, timeoutSeconds);
+    return problem ? `; ${problem}` : '; the post hook ran';
   }
 
   // --- shut-off VMs: their images, read-only --------------------------------------------
