@@ -20,16 +20,32 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .requiredOption('--group <id>', 'the mover group that restores')
     .option('--backup <id>', 'the backup (default: the newest committed)')
     .option('--disk <id>', 'restore only this disk')
+    .option('--define <uri>', 'libvirt backups: define a new VM from the backup on this libvirt host (e.g. qemu:///system), disks as qcow2')
+    .option('--name <name>', 'with --define: the new VM\'s name (default: <name>-restore-<backup time>)')
+    .option('--raw', 'with --define: keep the disks raw instead of qcow2')
+    .option('--start', 'with --define: start the new VM')
+    .option('--boot-check <regex>', 'with --define: a restore test: boot without network, wait for a serial console line matching this, then remove the VM')
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; dataDir: string; endpoints?: string }) => {
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; raw?: boolean; start?: boolean; bootCheck?: string; dataDir: string; endpoints?: string }) => {
       const e = await endpoints(opts);
-      const input = { vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}) };
+      const define = opts.define ? {
+        uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
+        ...(opts.bootCheck ? { bootCheck: { consoleLine: opts.bootCheck } } : {}),
+      } : undefined;
+      const input = {
+        vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}),
+        ...(define ? { define } : {}),
+      };
       const { output, seconds } = await run(e, 'Restore', input, io);
       const s = output as RestoreSummary;
       io.out(`restored backup ${s.backupId} of VM ${s.vmId} in ${seconds.toFixed(1)} s (${size(s.bytesRestored)} written, ${size(s.bytesDownloaded)} downloaded)`);
       for (const d of s.disks) io.out(`  ${d.diskId}  ${d.path}  ${size(d.sizeBytes)}  sha256 ${d.sha256}  ${d.chunksVerified} chunks re-hashed`);
       if (s.vmConfigPath) io.out(`  VM config: ${s.vmConfigPath}`);
+      if (s.domain) io.out(`  VM ${s.domain.name} (${s.domain.uuid}) defined${s.domain.started ? ' and started' : ''}; console ${s.domain.consoleLog}`);
+      const test = s.domain?.bootCheck;
+      if (test) io.out(`  restore test: ${test.passed ? `booted in ${test.seconds.toFixed(1)} s ("${test.line}")` : `did NOT show the expected console line within the timeout`}; the test VM and its disks were removed`);
+      if (test && !test.passed) process.exitCode = 3;
     }));
 
   program
