@@ -92,6 +92,19 @@ export class CannotUpgrade extends LifeboatError {
   }
 }
 
+/**
+ * Another run of the same policy holds the policy's run lease: two runs at once would
+ * back up the same VMs twice and store their data twice. Not retried: the second run is
+ * refused, naming the running execution; a run that died frees the lease when its
+ * failure path or the reconcile runs, or at the latest when the lease expires.
+ */
+export class RunBusy extends LifeboatError {
+  static readonly code = 'Run.Busy';
+  constructor(message: string) {
+    super(RunBusy.code, message, { retryable: false });
+  }
+}
+
 /** Every error class, by code: the contract test checks the state machines against it. */
 export const errorClasses = {
   [SourceUnavailable.code]: SourceUnavailable,
@@ -103,4 +116,5 @@ export const errorClasses = {
   [VerifyFailed.code]: VerifyFailed,
   [CannotUpgrade.code]: CannotUpgrade,
   [BadFunctionInput.code]: BadFunctionInput,
+  [RunBusy.code]: RunBusy,
 } as const;

@@ -60,6 +60,11 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'] },
   RecordFailure: { catalog: ['UpdateItem'] },
+  // The policy's run lease: a conditional put, and a read of its holder to name it to a refused run.
+  AcquireRunLease: { catalog: ['PutItem', 'GetItem'] },
+  ReleaseRunLease: { catalog: ['DeleteItem'] },
+  // A dead run's running backups and held slots (Scans), its VMs, hosts and policies.
+  PlanReconcile: { catalog: ['Scan', 'GetItem'] },
   Summarize: { catalog: ['PutItem', 'Query'] },
   SyncConfig: { catalog: ['PutItem', 'Scan', 'DeleteItem'], timeoutSeconds: 300 },
   // Restore, deep verify, prune (issue 6): the movers touch the data; these keep the records.
