@@ -35,13 +35,13 @@ export interface ReconcilePlan {
   vms: (VmJob & { error: { Error: string; Cause: string } })[];
 }
 
-type ReconcileCatalog = Pick<Catalog, 'runningBackupsOfRun' | 'slotsHeldBy' | 'getVm' | 'getHost' | 'getPolicy'>;
+type ReconcileCatalog = Pick<Catalog, 'runningBackups' | 'slotsHeldBy' | 'getVm' | 'getHost' | 'getPolicy'>;
 
 export async function planReconcile(input: z.output<typeof reconcileInput>, deps: { catalog: ReconcileCatalog }): Promise<ReconcilePlan> {
   const error = { Error: input.error.Error, Cause: input.error.Cause ?? '' };
   const held = await deps.catalog.slotsHeldBy(input.executionArn, `${input.runId}/`);
   const lease = held.find((s) => s.holder === input.executionArn && s.scope.startsWith('run:'));
-  const backups = await deps.catalog.runningBackupsOfRun(input.runId);
+  const backups = await deps.catalog.runningBackups(input.runId);
   const vms: ReconcilePlan['vms'] = [];
   for (const b of backups) {
     const vm = await deps.catalog.getVm(b.vmId);

@@ -50,5 +50,22 @@ export async function releaseRunLease(input: RunLeaseInput, deps: { catalog: Lea
   return null;
 }
 
+/**
+ * Backups recorded `running` whose run is alive, as `vmId/backupId`: its execution still
+ * holds its policy's run lease. A record left `running` by a run that died (its lease
+ * given back by the reconcile, or expired) is not waited for: garbage collection defers
+ * only for live runs.
+ */
+export async function liveRunningBackups(catalog: Pick<Catalog, 'runningBackups' | 'slotHolder'>, now: number): Promise<string[]> {
+  const holders = new Map<string, Promise<{ holder: string; expiresAt: number } | undefined>>();
+  const out: string[] = [];
+  for (const b of await catalog.runningBackups()) {
+    if (!holders.has(b.policyId)) holders.set(b.policyId, catalog.slotHolder(scopeOf(b.policyId), 0));
+    const lease = await holders.get(b.policyId);
+    if (lease && lease.expiresAt > now && lease.holder.endsWith(`:${b.runId}`)) out.push(`${b.vmId}/${b.backupId}`);
+  }
+  return out;
+}
+
 export const acquireHandler = lambdaHandler('AcquireRunLease', runLeaseInput, (input) => acquireRunLease(input, { catalog: clients().catalog, now: Date.now }));
 export const releaseHandler = lambdaHandler('ReleaseRunLease', runLeaseInput, (input) => releaseRunLease(input, { catalog: clients().catalog }));

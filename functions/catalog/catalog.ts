@@ -272,16 +272,25 @@ export class Catalog {
     return out;
   }
 
-  /** The backups of run `runId` still recorded `running` (a Scan: the reconcile of a dead run reads it once). */
-  async runningBackupsOfRun(runId: string): Promise<Backup[]> {
+  /** The backups still recorded `running`, of run `runId` or of every run (a Scan: read once per reconcile or collection). */
+  async runningBackups(runId?: string): Promise<Backup[]> {
+    return this.scanBackups(`#s = :running${runId ? ' AND runId = :r' : ''}`, { ':running': 'running', ...(runId ? { ':r': runId } : {}) });
+  }
+
+  /** Every backup's status by backup id (a Scan: garbage collection reads it once). */
+  async backupStatuses(): Promise<Map<string, string>> {
+    return new Map((await this.scanBackups()).map((b) => [b.backupId, b.status]));
+  }
+
+  private async scanBackups(filter?: string, values: Record<string, string> = {}): Promise<Backup[]> {
     const out: Backup[] = [];
     let start: Record<string, unknown> | undefined;
     do {
       const page = await this.db.send(new ScanCommand({
         TableName: this.table, ConsistentRead: true, ExclusiveStartKey: start,
-        FilterExpression: 'begins_with(sk, :b) AND runId = :r AND #s = :running',
-        ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':b': 'BACKUP#', ':r': runId, ':running': 'running' },
+        FilterExpression: `begins_with(sk, :b)${filter ? ` AND ${filter}` : ''}`,
+        ...(filter?.includes('#s') ? { ExpressionAttributeNames: { '#s': 'status' } } : {}),
+        ExpressionAttributeValues: { ':b': 'BACKUP#', ...values },
       }));
       for (const it of page.Items ?? []) out.push(strip<Backup>(it)!);
       start = page.LastEvaluatedKey;
