@@ -93,7 +93,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   // A chunk in a hole of the disk reads as zeros: it is a zero chunk, and it is not read.
   const extents = await o.reader.allocated?.();
   const inHole = (i: number) => extents !== undefined && !holdsData(extents, i * chunkSize, Math.min(chunkSize, disk.sizeBytes - i * chunkSize));
-  const stats: Required<TransferStats> = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUploaded: 0, bytesStored: 0, chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
+  const stats: Required<Omit<TransferStats, 'storageRetries'>> = { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUploaded: 0, bytesStored: 0, chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 };
   const chunkIds: (string | null)[] = new Array(count).fill(null);
   // Where each referenced chunk is; chunks written by this backup get their pack's size once it landed.
   const stored = new Map<string, { packId: string; offset: number; length: number }>();
