@@ -20,6 +20,8 @@ import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3 } from './s3-server.ts';
+import { lockDataDir } from './stack-lock.ts';
+import { StackUnavailable } from '../core/errors.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
@@ -78,7 +80,7 @@ export class EmbeddedStack {
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
     const dataDir = resolve(opts.dataDir);
     await mkdir(dataDir, { recursive: true });
-    const closers: (() => Promise<void>)[] = [];
+    const closers: (() => Promise<void>)[] = [await lockDataDir(dataDir)];
     const closeAll = async () => {
       for (const c of closers.reverse()) await c().catch(() => {});
     };
@@ -127,7 +129,9 @@ export class EmbeddedStack {
 
       const keyFile = join(dataDir, 'repository.keyfile');
       const store = new S3ObjectStore(s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), REPOSITORY_BUCKET);
-      await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true });
+      await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true }).catch((err: unknown) => {
+        throw new StackUnavailable(`the embedded stack cannot start on ${dataDir}: ${(err as Error).message}`, err);
+      });
 
       // The handlers read their configuration from the environment, as in Lambda.
       Object.assign(process.env, {
