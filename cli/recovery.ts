@@ -34,6 +34,7 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       const input = { vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}) };
       const { output, seconds } = await run(e, 'Restore', input, io);
       const s = output as RestoreSummary;
+      if (s.notice) io.out(`NOTE: ${s.notice}`);
       io.out(`restored backup ${s.backupId} of VM ${s.vmId} in ${seconds.toFixed(1)} s (${size(s.bytesRestored)} written, ${size(s.bytesDownloaded)} downloaded)`);
       for (const d of s.disks) io.out(`  ${d.diskId}  ${d.path}  ${size(d.sizeBytes)}  sha256 ${d.sha256}  ${d.chunksVerified} chunks re-hashed`);
       if (s.vmConfigPath) io.out(`  VM config: ${s.vmConfigPath}`);

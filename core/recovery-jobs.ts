@@ -26,6 +26,8 @@ export interface RestoreJob {
   /** Set for a single-disk restore; null restores every disk and the VM's config. */
   diskId: string | null;
   disks: RestoreDiskTarget[];
+  /** Said to the operator when an older backup is restored because newer ones are damaged. */
+  notice?: string;
 }
 
 /** What a mover reports for one restored disk, after re-reading what it wrote. */

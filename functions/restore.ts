@@ -54,6 +54,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
     restoreId, vmId: input.vmId, backupId: backup.backupId, moverGroup: input.moverGroup,
     repository, target: input.target, diskId: input.diskId ?? null,
     disks: disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, path: input.diskId ? input.target : join(input.target, `${d.diskId}.raw`) })),
+    ...(resolved.notice ? { notice: resolved.notice } : {}),
   };
   await deps.recovery.putRecord('RESTORE', restoreId, { status: 'running', startedAt: deps.now().toISOString(), job });
   return job;
@@ -62,7 +63,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
 const restoreDiskTarget = z.looseObject({ diskId: text, sizeBytes: count, path: text });
 export const restoreJob: z.ZodType<RestoreJob> = z.looseObject({
   restoreId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation,
-  target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget),
+  target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget), notice: z.string().optional(),
 });
 export const restoredDisk: z.ZodType<RestoredDisk> = z.looseObject({
   diskId: text, path: text, sizeBytes: count, bytesDownloaded: count, chunksVerified: count, sha256: z.string().regex(/^[0-9a-f]{64}$/), seconds: z.number().nonnegative(),
@@ -80,6 +81,8 @@ export interface RestoreSummary {
   bytesDownloaded: number;
   /** Every chunk of every disk was re-read from the target and matched its id. */
   verified: true;
+  /** Set when an older backup was restored because newer ones are damaged (see resolveBackup). */
+  notice?: string;
 }
 
 export const recordRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text }).optional() }));
@@ -94,6 +97,7 @@ export async function recordRestore(input: z.output<typeof recordRestoreInput>, 
     bytesRestored: input.restored.reduce((n, d) => n + d.sizeBytes, 0),
     bytesDownloaded: input.restored.reduce((n, d) => n + d.bytesDownloaded, 0),
     verified: true,
+    ...(input.notice ? { notice: input.notice } : {}),
   };
   await deps.recovery.putRecord('RESTORE', input.restoreId, { status: 'succeeded', finishedAt: deps.now().toISOString(), summary });
   return summary;
