@@ -11,6 +11,7 @@ import { EmbeddedStack } from '../local/stack.ts';
 import { registerBackupCommands } from './backup.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerRecoveryCommands } from './recovery.ts';
+import { guarded } from './stack-client.ts';
 
 const DEFAULT_DATA_DIR = resolve(import.meta.dirname, '..', '.lifeboat');
 
@@ -51,7 +52,7 @@ program
   .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
   .option('--movers <n>', 'mover processes to start per mover group', positiveInt, 2)
   .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
-  .action(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
+  .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
     const stack = await EmbeddedStack.start({ dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort } });
     const e = stack.endpoints;
     await writeFile(join(e.dataDir, 'endpoints.json'), JSON.stringify(e, null, 2));
@@ -69,7 +70,7 @@ program
     });
     await Promise.all(movers.map((m) => m.stop()));
     await stack.stop();
-  });
+  }));
 
 registerBackupCommands(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),

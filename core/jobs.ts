@@ -187,6 +187,8 @@ export interface TransferStats {
   dedupedChunks: number;
   uploadedChunks: number;
   seconds: number;
+  /** Storage requests retried (throttling, 5xx, dropped connections) while the mover ran this transfer; absent from older movers. */
+  storageRetries?: number;
 }
 
 export interface DiskResult {

@@ -50,7 +50,9 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         return snap;
       }
       case 'releaseSnapshot':
+        // Without a handle (Snapshot never returned: its mover or the run died), whatever it made for the backup id.
         if (t.job.snapshot) await deps.drivers(t.job.hypervisor).release(t.job, t.job.snapshot);
+        else await deps.drivers(t.job.hypervisor).releaseBackup?.(t.job, t.job.backupId);
         return { released: !!t.job.snapshot };
       case 'dispatch': {
         const { store, keys, index } = await deps.repository(t.job.repository);

@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
 import type { LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
+import { ReconcileWorkflow } from './reconcile-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
 import { MoverIdentity } from './mover-identity.ts';
@@ -48,6 +49,8 @@ export class LifeboatStack extends Stack {
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
+  /** The failure path of Backup executions that stopped without their own (aborted, timed out). */
+  readonly reconcile: ReconcileWorkflow;
   readonly recovery: RecoveryWorkflows;
   readonly activities: Record<string, sfn.Activity>;
 
@@ -122,6 +125,9 @@ export class LifeboatStack extends Stack {
       // A run that commits backups of a policy with a DR repository starts their replication.
       replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });
+
+    // A Backup execution that stopped without its failure path (aborted, timed out) is reconciled through it.
+    this.reconcile = new ReconcileWorkflow(this, 'Reconcile', { functions, activities: backupGroups, backup: this.backup.stateMachine });
 
     // --- movers: one least-privilege role per group ------------------------------------------
     for (const g of config.moverGroups) {

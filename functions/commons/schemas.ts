@@ -34,7 +34,7 @@ export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({
 
 export const transferStats: z.ZodType<TransferStats> = z.looseObject({
   bytesScanned: count, bytesNew: count, bytesZero: count, bytesUnallocated: count.optional(), bytesUnchanged: count.optional(), bytesRead: count.optional(), bytesUploaded: count, bytesStored: count,
-  chunks: count, zeroChunks: count, parentChunks: count, dedupedChunks: count, uploadedChunks: count, seconds: z.number().nonnegative(),
+  chunks: count, zeroChunks: count, parentChunks: count, dedupedChunks: count, uploadedChunks: count, seconds: z.number().nonnegative(), storageRetries: count.optional(),
 });
 export const diskResult: z.ZodType<DiskResult> = z.looseObject({ diskId: text, sizeBytes: count, manifestKey: text, stats: transferStats, changeTracking: changeTracking.optional() });
 

@@ -30,6 +30,12 @@ export interface SourceDriver {
   openDisk(disk: DiskRef): Promise<DiskReader>;
   /** Releases the snapshot; a no-op when it is already gone. */
   release(req: { source: string }, snapshot: SnapshotResult): Promise<void>;
+  /**
+   * Releases whatever snapshot this driver made for `backupId`, without its handle: the
+   * cleanup of a backup whose Snapshot task never returned (the mover or the control
+   * plane died meanwhile). A no-op when there is none.
+   */
+  releaseBackup?(req: { source: string }, backupId: string): Promise<void>;
 }
 
 export interface DiskReader {

@@ -130,6 +130,25 @@ export class LibvirtDriver implements SourceDriver {
     await rm(h.dir, { recursive: true, force: true });
   }
 
+  /**
+   * Releases the snapshot of `backupId` without its handle (its Snapshot task never
+   * returned): the job, if it is that backup's, and its folder in this mover's work folder.
+   * Its checkpoint goes at the VM's next backup, with every other one but the parent's.
+   */
+  async releaseBackup(req: { source: string }, backupId: string): Promise<void> {
+    let uuid: string;
+    try {
+      uuid = (await this.virsh.run(['domuuid', '--', req.source])).trim();
+    } catch (err) {
+      if (isNoDomain(err)) return; // nothing of it can be left on this host
+      throw err;
+    }
+    const dir = snapshotDir(this.o.workDir, uuid, backupId);
+    await this.abortLifeboatJob(uuid, { only: dir, foreign: 'ignore' });
+    await stopQemuNbd(dir);
+    await rm(dir, { recursive: true, force: true });
+  }
+
   // --- running VMs: a backup job in pull mode -------------------------------------------
 
   private async beginBackupJob(req: SnapshotRequest, info: DomainInfo, disks: DomainDisk[], dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<SnapshotResult> {
