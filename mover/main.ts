@@ -217,6 +217,7 @@ const worker = new MoverWorker({
   admit,
   resume: handover,
   shutdownGraceMs: graceMs,
+  stallTimeoutMs: positiveInt('LIFEBOAT_STALL_TIMEOUT_MS', '600000'),
   handler: async (input, ctx) => {
     registration?.tasks(++running);
     try {

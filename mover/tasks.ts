@@ -36,7 +36,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
     switch (t.task) {
       case 'snapshot': {
-        const snap = await deps.driver.snapshot(t.job.source, t.job.backupId);
+        const snap = await deps.driver.snapshot(t.job.source, t.job.backupId, { signal: ctx.signal, progress: ctx.progress });
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
           const { store, keys } = await deps.repository(t.job.repository);
@@ -61,6 +61,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
             ...(t.job.healChunks?.length ? { healChunks: new Set(t.job.healChunks) } : {}),
             parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal, ...(deps.packBytes ? { packBytes: deps.packBytes } : {}), ...(index ? { index: () => index.refresh() } : {}),
             onProgress: (p) => {
+              ctx.progress();
               const now = performance.now();
               if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;
               lastLog = now;

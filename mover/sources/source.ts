@@ -10,8 +10,16 @@ export interface Extent {
  * A hypervisor source driver: freezes a VM's disks, hands out readers for them and
  * releases the freeze. Every method must be safe to call again (tasks are retried).
  */
+/** What a snapshot may be given: hypervisor-neutral, every driver honours both. */
+export interface SnapshotOptions {
+  /** Aborted when the task times out or is stopped: the driver stops its work (kills any tool it started) and rejects. */
+  signal?: AbortSignal;
+  /** Called when the snapshot makes progress (a copy grew), so a long one is not taken for a stalled one. */
+  progress?: () => void;
+}
+
 export interface SourceDriver {
-  snapshot(source: string, backupId: string): Promise<SnapshotResult>;
+  snapshot(source: string, backupId: string, options?: SnapshotOptions): Promise<SnapshotResult>;
   /** Opens a frozen disk for reading. */
   openDisk(disk: DiskRef): Promise<DiskReader>;
   /** Releases the snapshot; a no-op when it is already gone. */
