@@ -20,11 +20,15 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .requiredOption('--group <id>', 'the mover group that restores')
     .option('--backup <id>', 'the backup (default: the newest committed)')
     .option('--disk <id>', 'restore only this disk')
+    .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder (default: refuse)')
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; dataDir: string; endpoints?: string }) => {
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; force?: boolean; dataDir: string; endpoints?: string }) => {
       const e = await endpoints(opts);
-      const input = { vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}) };
+      const input = {
+        vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group,
+        ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}), ...(opts.force ? { force: true } : {}),
+      };
       const { output, seconds } = await run(e, 'Restore', input, io);
       const s = output as RestoreSummary;
       io.out(`restored backup ${s.backupId} of VM ${s.vmId} in ${seconds.toFixed(1)} s (${size(s.bytesRestored)} written, ${size(s.bytesDownloaded)} downloaded)`);

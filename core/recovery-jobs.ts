@@ -26,6 +26,8 @@ export interface RestoreJob {
   /** Set for a single-disk restore; null restores every disk and the VM's config. */
   diskId: string | null;
   disks: RestoreDiskTarget[];
+  /** Overwrite what is at the target (a file holding data, a non-empty folder, the VM's own folder); default: refuse. */
+  force?: boolean;
 }
 
 /** What a mover reports for one restored disk, after re-reading what it wrote. */
