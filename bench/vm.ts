@@ -71,7 +71,8 @@ const vm = await startLabVm({ dir: join(dir, 'vm'), cacheDir: join(root, '.lifeb
 try {
   await stack.catalog.putVm({ vmId: name, host: 'kvm-01', source: name });
   await stack.catalog.putPolicy({ policyId: 'bench-vm', vmIds: [name], bucket: e.bucket, chunkSize: stack.config.repositories[0]!.chunkSizeMiB * MiB, slotLimit: 1 });
-  if (spawnSync('restic', ['init'], { env: resticEnv }).status !== 0) throw new Error('restic init failed');
+  // Not spawnSync: the S3 server restic talks to runs on this process's event loop.
+  await new Promise<void>((ok, fail) => spawn('restic', ['init'], { env: resticEnv, stdio: 'ignore' }).on('exit', (c) => (c === 0 ? ok() : fail(new Error(`restic init exited ${c}`)))));
   const sfn = sfnClient(e);
   const driver = new LibvirtDriver({ uri: 'qemu:///system', workDir: join(dir, 'restic-work') });
 
