@@ -5,7 +5,10 @@
  * one mover process), fully and then, once the guest has rewritten about 2% of the disk,
  * incrementally with changed-block tracking. restic backs up a snapshot of the same VM
  * taken the same way (a libvirt backup job; its export read by `nbdcopy` into
- * `restic backup --stdin`) right after each of Lifeboat's, into the same S3 server.
+ * `restic backup --stdin`), its full before Lifeboat's full (so its writes are not
+ * Lifeboat's changes) and its incremental after Lifeboat's, into the same S3 server.
+ * The guest writes 64 KiB blocks at random offsets: each dirties a whole chunk, the worst
+ * case for a chunk-based changed-block read.
  * Usage: npm run bench:vm  (as root, with libvirt and QEMU installed: bash .ci/run installs them)
  *
  * Printed: wall, CPU (the mover process; restic with nbdcopy), peak RSS, bytes read and
@@ -115,9 +118,10 @@ try {
     return { wall, cpu: Number(user) + Number(sys), rssMiB: Number(rssKiB) / 1024, read: sizeBytes, stored: summary.data_added ?? NaN, latencyMs: latency };
   };
 
+  // restic's full first: the guest's writes during it must not count as Lifeboat's changes.
   console.log('full backups ...');
-  const lbFull = await lifeboat();
   const rFull = await restic('full');
+  const lbFull = await lifeboat();
   const w0 = await writeStats(name);
   console.log(`the guest rewrites about 2% of the disk (${((0.02 * sizeBytes) / MiB).toFixed(0)} MiB) ...`);
   while ((await writeStats(name)).bytes - w0.bytes < 0.02 * sizeBytes) await new Promise((r) => setTimeout(r, 1000));
