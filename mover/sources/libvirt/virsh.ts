@@ -47,6 +47,9 @@ export class Virsh {
         if (e.code === 'ENOENT') return reject(new VirshError(`virsh is not installed on this mover (Debian: apt-get install libvirt-clients); it is needed to reach ${this.uri}`, '', err));
         if (e.name === 'AbortError') return reject(err);
         if (e.killed) return reject(new VirshError(`virsh ${args[0]} on ${this.uri} did not answer within ${Math.round((opts.timeoutMs ?? this.options.timeoutMs ?? 120_000) / 1000)} s; is libvirtd running and reachable?`, text, err));
+        if (/failed to connect to the hypervisor/i.test(text)) {
+          return reject(new VirshError(`cannot reach libvirt at ${this.uri} (${text}): is libvirtd running there, and may this mover connect? Check the host's "uri" in the configuration`, text, err));
+        }
         reject(new VirshError(`virsh ${args[0]} on ${this.uri} failed: ${text || e.message}`, text, err));
       });
     });
