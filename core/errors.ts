@@ -92,6 +92,25 @@ export class CannotUpgrade extends LifeboatError {
   }
 }
 
+/**
+ * A VM the last discovery did not find on its host (marked gone in the catalog): a backup
+ * run does not try it, and reports it as failed with this error so the VmsFailed alarm fires.
+ */
+export class VmGone extends LifeboatError {
+  static readonly code = 'Source.VmGone';
+  constructor(message: string) {
+    super(VmGone.code, message, { retryable: false });
+  }
+}
+
+/** A Discover execution's input names a host that is not configured, or not one discovery can reach (not a libvirt host). */
+export class DiscoveryRequestInvalid extends LifeboatError {
+  static readonly code = 'Discovery.RequestInvalid';
+  constructor(message: string) {
+    super(DiscoveryRequestInvalid.code, message, { retryable: false });
+  }
+}
+
 /** Every error class, by code: the contract test checks the state machines against it. */
 export const errorClasses = {
   [SourceUnavailable.code]: SourceUnavailable,
@@ -103,4 +122,6 @@ export const errorClasses = {
   [VerifyFailed.code]: VerifyFailed,
   [CannotUpgrade.code]: CannotUpgrade,
   [BadFunctionInput.code]: BadFunctionInput,
+  [VmGone.code]: VmGone,
+  [DiscoveryRequestInvalid.code]: DiscoveryRequestInvalid,
 } as const;
