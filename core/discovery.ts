@@ -50,6 +50,15 @@ export type DiscoverPage = z.infer<typeof discoverPage>;
 /** Whether a task input is a discover task (the mover's dispatch looks at `task` only; the schema checks the rest). */
 export const isDiscoverTask = (raw: unknown): boolean => !!raw && typeof raw === 'object' && (raw as { task?: unknown }).task === 'discover';
 
+/** A VM a policy selects that discovery marked gone: Plan does not back it up, Summarize reports it failed (kept small). */
+export interface GoneVm {
+  vmId: string;
+  /** The run's backup record of the VM, recorded failed. */
+  backupId: string;
+  host: string;
+  goneSince: string;
+}
+
 /**
  * The error a backup run reports for a VM that the last discovery did not find on its
  * host: it is not backed up, but never silently dropped from protection.
