@@ -34,7 +34,7 @@ export const discoverTask = z.strictObject({
   task: z.literal('discover'),
   hostId: text,
   hypervisor: z.strictObject({ driver: z.literal('libvirt'), uri: text }),
-  /** The last domain name of the previous page; null or absent for the first page. */
+  /** The last domain name of the previous page; null, absent or '' for the first page. */
   after: z.string().nullable().optional(),
 });
 export type DiscoverTask = z.infer<typeof discoverTask>;

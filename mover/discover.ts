@@ -44,5 +44,5 @@ export async function runDiscoverTask(raw: unknown, drivers: DriverFor, signal?:
   const t = parsed.data;
   const inventory = inventoryOf(drivers(t.hypervisor));
   if (!inventory) throw new BadTaskInput(`host ${t.hostId}: the ${t.hypervisor.driver} driver cannot list VMs`);
-  return discoverPage(inventory, t.hostId, t.after ?? null, {}, signal);
+  return discoverPage(inventory, t.hostId, t.after || null, {}, signal);
 }

@@ -1,7 +1,7 @@
 /**
  * The Lifeboat control plane: catalog table, repository buckets and their KMS keys, the
  * Lambda functions, one Activity and IAM role per mover group, the workflows, one
- * schedule per policy, the deploy-time custom resource (repository key, configuration
+ * schedule per policy and one for discovery, the deploy-time custom resource (repository key, configuration
  * into the catalog), alarms and a dashboard.
  */
 import { CfnOutput, CustomResource, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
@@ -16,8 +16,9 @@ import * as cr from 'aws-cdk-lib/custom-resources';
 import type { Construct } from 'constructs';
 import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
-import type { LifeboatConfig } from '../../core/config.ts';
+import { discoverySchedule, type LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
+import { DiscoverWorkflow } from './discover-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
 import { MoverIdentity } from './mover-identity.ts';
@@ -48,6 +49,7 @@ export class LifeboatStack extends Stack {
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
+  readonly discover: DiscoverWorkflow;
   readonly recovery: RecoveryWorkflows;
   readonly activities: Record<string, sfn.Activity>;
 
@@ -123,13 +125,20 @@ export class LifeboatStack extends Stack {
       replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });
 
+    // Discovery: each libvirt host's domains into the catalog, through the group serving it.
+    this.discover = new DiscoverWorkflow(this, 'Discover', { functions, activities: backupGroups });
+
     // --- movers: one least-privilege role per group ------------------------------------------
     for (const g of config.moverGroups) {
       this.moverRoles[g.id] = new MoverIdentity(this, `Mover-${g.id}`, { group: g, activity: this.activities[g.id]!, repositories: stored });
     }
 
     // --- schedules: one per policy, starting the Backup workflow ------------------------------
-    this.schedules = new PolicySchedules(this, 'Schedules', { policies: config.policies, backup: this.backup.stateMachine });
+    const discovery = discoverySchedule(config);
+    this.schedules = new PolicySchedules(this, 'Schedules', {
+      policies: config.policies, backup: this.backup.stateMachine,
+      ...(discovery ? { discovery: { stateMachine: this.discover.stateMachine, schedule: discovery } } : {}),
+    });
 
     // --- on every deploy: the repository key exists, the catalog holds this configuration ----
     const provider = new cr.Provider(this, 'DeployProvider', {
@@ -155,6 +164,7 @@ export class LifeboatStack extends Stack {
     new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName, description: 'The primary repository (LIFEBOAT_BUCKET for tools; jobs carry their bucket)' });
     new CfnOutput(this, 'RepositoryKeyArn', { value: this.repositoryKey.keyArn, description: 'KMS key that wraps the repository key: the mover\'s LIFEBOAT_KMS_KEY_ID' });
     new CfnOutput(this, 'BackupStateMachineArn', { value: this.backup.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'DiscoverStateMachineArn', { value: this.discover.stateMachine.stateMachineArn });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.monitoring.topic.topicArn });
     new CfnOutput(this, 'DashboardName', { value: this.monitoring.dashboard.dashboardName });
     for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn, description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN` });
