@@ -4,12 +4,15 @@ import { Command, InvalidArgumentError } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { runDemo } from '../local/demo/demo.ts';
+import { runVmDemo } from '../local/demo/vm-demo.ts';
+import { ensureLibvirtd } from '../local/vm-lab/libvirtd.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
 import { registerBackupCommands } from './backup.ts';
 import { registerDiscoverCommand } from './discover.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerRecoveryCommands } from './recovery.ts';
+import { guarded } from './stack-client.ts';
 
 const DEFAULT_DATA_DIR = resolve(import.meta.dirname, '..', '.lifeboat');
 
@@ -23,17 +26,25 @@ const program = new Command('lifeboat').description('Lifeboat VM backup: the emb
 
 program
   .command('demo')
-  .description('start the embedded stack and two movers; back up, change, back up again, restore and compare a demo VM')
+  .description('start the embedded stack and two movers; back up a running VM (libvirt/QEMU; a folder VM where they are not installed), back it up again incrementally, restore it and boot the restore')
   .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
   .option('--movers <n>', 'mover processes to start', positiveInt, 2)
-  .action(async (opts: { dataDir: string; movers: number }) => {
+  .option('--folder', 'use a folder of raw images as the VM, even where libvirt is installed')
+  .action(async (opts: { dataDir: string; movers: number; folder?: boolean }) => {
     const tty = process.stdout.isTTY;
-    await runDemo({
+    const o = {
       dataDir: resolve(opts.dataDir),
       movers: opts.movers,
-      out: (line) => process.stdout.write(`${tty ? '\r\x1b[2K' : ''}${line}\n`),
-      status: tty ? (line) => process.stdout.write(`\r\x1b[2K${line}`) : undefined,
-    });
+      out: (line: string) => process.stdout.write(`${tty ? '\r\x1b[2K' : ''}${line}\n`),
+      status: tty ? (line: string) => process.stdout.write(`\r\x1b[2K${line}`) : undefined,
+    };
+    const lab = opts.folder ? { available: false as const, reason: '--folder was given' } : await ensureLibvirtd();
+    if (lab.available) {
+      await runVmDemo({ ...o, uri: lab.uri });
+      return;
+    }
+    o.out(`No real VM for the demo (${lab.reason}); using a folder of raw images as the VM instead. For a running VM: apt-get install qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu linux-image-amd64 busybox-static qemu-guest-agent`);
+    await runDemo(o);
   });
 
 program
@@ -42,7 +53,7 @@ program
   .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
   .option('--movers <n>', 'mover processes to start per mover group', positiveInt, 2)
   .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
-  .action(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
+  .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
     const stack = await EmbeddedStack.start({ dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort } });
     const e = stack.endpoints;
     await writeFile(join(e.dataDir, 'endpoints.json'), JSON.stringify(e, null, 2));
@@ -60,7 +71,7 @@ program
     });
     await Promise.all(movers.map((m) => m.stop()));
     await stack.stop();
-  });
+  }));
 
 registerBackupCommands(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),

@@ -2,7 +2,7 @@
  * `lifeboat restore` and `lifeboat verify`: start the Restore or DeepVerify workflow on a
  * running stack (its endpoints file, written by `lifeboat up`), wait, print the outcome.
  */
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
@@ -10,6 +10,13 @@ import { endpoints, guarded, runWorkflow as run, type Out } from './stack-client
 
 const GiB = 1024 ** 3;
 const size = (n: number) => (n >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
+
+/** `--sample`: a fraction of the chunks, 0 < f <= 1 (0.1 reads a tenth; 1, or no --sample, reads all). */
+export function sampleFraction(v: string): number {
+  const f = Number(v);
+  if (!Number.isFinite(f) || f <= 0 || f > 1) throw new InvalidArgumentError(`'${v}' is not a fraction of the chunks: give a number above 0 and at most 1 (e.g. 0.1 reads a tenth; 1, or no --sample, reads them all)`);
+  return f;
+}
 
 export function registerRecoveryCommands(program: Command, defaultDataDir: string, io: Out): void {
   program
@@ -20,16 +27,33 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .requiredOption('--group <id>', 'the mover group that restores')
     .option('--backup <id>', 'the backup (default: the newest committed)')
     .option('--disk <id>', 'restore only this disk')
+    .option('--define <uri>', 'libvirt backups: define a new VM from the backup on this libvirt host (e.g. qemu:///system), disks as qcow2')
+    .option('--name <name>', 'with --define: the new VM\'s name (default: <name>-restore-<backup time>)')
+    .option('--raw', 'with --define: keep the disks raw instead of qcow2')
+    .option('--start', 'with --define: start the new VM')
+    .option('--boot-check <regex>', 'with --define: a restore test: boot without network, wait for a serial console line matching this, then remove the VM')
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; dataDir: string; endpoints?: string }) => {
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; raw?: boolean; start?: boolean; bootCheck?: string; dataDir: string; endpoints?: string }) => {
       const e = await endpoints(opts);
-      const input = { vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}) };
+      const define = opts.define ? {
+        uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
+        ...(opts.bootCheck ? { bootCheck: { consoleLine: opts.bootCheck } } : {}),
+      } : undefined;
+      const input = {
+        vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}),
+        ...(define ? { define } : {}),
+      };
       const { output, seconds } = await run(e, 'Restore', input, io);
       const s = output as RestoreSummary;
+      if (s.notice) io.out(`NOTE: ${s.notice}`);
       io.out(`restored backup ${s.backupId} of VM ${s.vmId} in ${seconds.toFixed(1)} s (${size(s.bytesRestored)} written, ${size(s.bytesDownloaded)} downloaded)`);
       for (const d of s.disks) io.out(`  ${d.diskId}  ${d.path}  ${size(d.sizeBytes)}  sha256 ${d.sha256}  ${d.chunksVerified} chunks re-hashed`);
       if (s.vmConfigPath) io.out(`  VM config: ${s.vmConfigPath}`);
+      if (s.domain) io.out(`  VM ${s.domain.name} (${s.domain.uuid}) defined${s.domain.started ? ' and started' : ''}; console ${s.domain.consoleLog}`);
+      const test = s.domain?.bootCheck;
+      if (test) io.out(`  restore test: ${test.passed ? `booted in ${test.seconds.toFixed(1)} s ("${test.line}")` : `did NOT show the expected console line within the timeout`}; the test VM and its disks were removed`);
+      if (test && !test.passed) process.exitCode = 3;
     }));
 
   program
@@ -38,7 +62,7 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .requiredOption('--vm <id>', 'the VM')
     .requiredOption('--group <id>', 'the mover group that reads the chunks')
     .option('--backup <id>', 'the backup (default: the newest committed)')
-    .option('--sample <fraction>', 'fraction of chunks to read, in (0, 1]', (v) => Number(v))
+    .option('--sample <fraction>', 'fraction of chunks to read, in (0, 1]', sampleFraction)
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
     .action(guarded(async (opts: { vm: string; group: string; backup?: string; sample?: number; dataDir: string; endpoints?: string }) => {

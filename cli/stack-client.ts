@@ -64,12 +64,31 @@ export function stackCatalog(e: StackEndpoints): Catalog {
   return new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), e.table);
 }
 
+/** The address a connection was refused at, anywhere in the error (its causes, an AggregateError's errors). */
+export function refusedAt(err: unknown, depth = 0): string | undefined {
+  if (!err || typeof err !== 'object' || depth > 8) return undefined;
+  const e = err as { code?: unknown; address?: unknown; port?: unknown; cause?: unknown; errors?: unknown };
+  if (e.code === 'ECONNREFUSED') return typeof e.address === 'string' ? `http://${e.address}${e.port ? `:${String(e.port)}` : ''}` : 'its address';
+  for (const inner of [e.cause, ...(Array.isArray(e.errors) ? e.errors : [])]) {
+    const at = refusedAt(inner, depth + 1);
+    if (at) return at;
+  }
+  return undefined;
+}
+
+/** A command's failure in one line: what failed, why, and what to do. */
+export function describeFailure(err: unknown): string {
+  const at = refusedAt(err);
+  if (at) return `the embedded stack is not running at ${at} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints)`;
+  return (err as Error)?.message ?? String(err);
+}
+
 /** Runs a command's body; a failure prints its message (no stack) and exits 1. */
 export const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => async (...args: A) => {
   try {
     await fn(...args);
   } catch (err) {
-    process.stderr.write(`lifeboat: ${(err as Error).message}\n`);
+    process.stderr.write(`lifeboat: ${describeFailure(err)}\n`);
     process.exitCode = 1;
   }
 };

@@ -101,6 +101,17 @@ const policy = z.object({
    */
   drRpoHours: z.number().positive('must be above 0').max(24 * 366, 'must be at most a year').optional(),
   perHostConcurrency: count(64).optional(),
+  /**
+   * Commands run inside each guest through its agent around the freeze (libvirt VMs with
+   * the QEMU guest agent): `pre` before the file systems are frozen, `post` after they
+   * are thawed, each an argv.
+   */
+  quiesce: z.object({
+    pre: z.array(z.string().min(1)).min(1, 'must name the program to run').optional(),
+    post: z.array(z.string().min(1)).min(1, 'must name the program to run').optional(),
+    hookTimeoutSeconds: z.number().int('must be a whole number').min(1, 'must be at least 1').max(3600, 'must be at most 3600').optional(),
+    onHookFailure: z.enum(['fail', 'continue'], { error: 'must be "fail" (the VM\'s backup fails) or "continue" (taken crash-consistent)' }).optional(),
+  }).strict().optional(),
   /** Disks larger than this many GiB are transferred in segments by several movers of the group at once. */
   segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
 }).strict();

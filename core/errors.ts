@@ -111,6 +111,63 @@ export class DiscoveryRequestInvalid extends LifeboatError {
   }
 }
 
+/**
+ * Another run of the same policy holds the policy's run lease: two runs at once would
+ * back up the same VMs twice and store their data twice. Not retried: the second run is
+ * refused, naming the running execution; a run that died frees the lease when its
+ * failure path or the reconcile runs, or at the latest when the lease expires.
+ */
+export class RunBusy extends LifeboatError {
+  static readonly code = 'Run.Busy';
+  constructor(message: string) {
+    super(RunBusy.code, message, { retryable: false });
+  }
+}
+
+/** What an errno means for a mover's local file, and what to do about it. */
+const ERRNO_ADVICE: Record<string, [string, string]> = {
+  EEXIST: ['a file or folder of that name is already there', 'choose another target path, or move it out of the way'],
+  ENOSPC: ['the file system is full', 'free space there, or restore to another file system'],
+  EDQUOT: ['the user\'s disk quota is used up', 'free space there, or restore to another file system'],
+  EACCES: ['permission denied', 'give the mover\'s user access to it, or choose another path'],
+  EPERM: ['the operation is not permitted', 'give the mover\'s user access to it, or choose another path'],
+  EROFS: ['the file system is read-only', 'choose a writable path'],
+  ENOTDIR: ['a part of the path is a file, not a folder', 'choose another path'],
+  EISDIR: ['it is a folder, not a file', 'name a file (a whole VM restores into a folder; --disk into a file)'],
+  ENOENT: ['it does not exist', 'check the path on the mover\'s host'],
+};
+
+/**
+ * A file operation on the mover's host failed (the target of a restore, a snapshot
+ * folder): names the path, the operation and what the errno means, and the next step.
+ * Never retried: the same operation on the same path fails the same way.
+ */
+export class LocalIoFailed extends LifeboatError {
+  static readonly code = 'Mover.LocalIo';
+  constructor(err: NodeJS.ErrnoException & { dest?: string }) {
+    const [meaning, next] = ERRNO_ADVICE[err.code ?? ''] ?? [err.message, 'check the path on the mover\'s host'];
+    const path = err.dest ? `${err.path} → ${err.dest}` : err.path;
+    super(LocalIoFailed.code, `${err.syscall ?? 'file operation'} ${path ?? ''} on the mover failed (${err.code}): ${meaning}; ${next}`, { retryable: false, cause: err });
+  }
+
+  /** A Node file-system error (errno code, syscall and path) as a LocalIoFailed; anything else unchanged. */
+  static from(err: unknown): unknown {
+    const e = err as NodeJS.ErrnoException;
+    return e instanceof Error && !(e instanceof LifeboatError) && typeof e.code === 'string' && typeof e.syscall === 'string' && typeof e.path === 'string' ? new LocalIoFailed(e) : err;
+  }
+}
+
+/**
+ * The embedded stack cannot start: another one runs on its data folder, or its key file
+ * does not open the repository. Names the folder or file and what to do.
+ */
+export class StackUnavailable extends LifeboatError {
+  static readonly code = 'Stack.Unavailable';
+  constructor(message: string, cause?: unknown) {
+    super(StackUnavailable.code, message, { retryable: false, cause });
+  }
+}
+
 /** Every error class, by code: the contract test checks the state machines against it. */
 export const errorClasses = {
   [SourceUnavailable.code]: SourceUnavailable,
@@ -122,6 +179,9 @@ export const errorClasses = {
   [VerifyFailed.code]: VerifyFailed,
   [CannotUpgrade.code]: CannotUpgrade,
   [BadFunctionInput.code]: BadFunctionInput,
+  [RunBusy.code]: RunBusy,
+  [LocalIoFailed.code]: LocalIoFailed,
+  [StackUnavailable.code]: StackUnavailable,
   [VmGone.code]: VmGone,
   [DiscoveryRequestInvalid.code]: DiscoveryRequestInvalid,
 } as const;

@@ -38,6 +38,8 @@ export interface VmJob {
   slot: SlotLease | null;
   /** The driver and hypervisor of the VM's host (absent: the folder driver). */
   hypervisor?: Hypervisor;
+  /** The policy's quiesce hooks (absent: freeze through the agent, no hooks). */
+  quiesce?: QuiesceSettings;
   /** The parent backup's checkpoint, if it recorded one: the snapshot reads the changes since it. */
   parentCheckpoint?: string | null;
   /** Filled by Snapshot; null until then, so cleanup after a failure knows what to release. */
@@ -142,6 +144,20 @@ export interface DiscoveredVm {
   disks: { target: string; type: string; format: string; sizeBytes: number; source?: string }[];
 }
 
+/**
+ * How a policy quiesces its VMs: commands run inside the guest through its agent before
+ * the file systems are frozen (`pre`: flush a database, ...) and after they are thawed
+ * (`post`), each an argv (`["/usr/local/bin/db-flush", "--all"]`). A failing `pre` fails the
+ * VM's backup unless `onHookFailure` is `continue` (then it is taken crash-consistent).
+ */
+export interface QuiesceSettings {
+  pre?: string[];
+  post?: string[];
+  /** Seconds each hook may run (default 300). */
+  hookTimeoutSeconds?: number;
+  onHookFailure?: 'fail' | 'continue';
+}
+
 /** Which driver reads a VM, and where its hypervisor is: from the host's configuration. */
 export type Hypervisor = { driver: 'folder' } | { driver: 'libvirt'; uri: string };
 
@@ -171,6 +187,8 @@ export interface TransferStats {
   dedupedChunks: number;
   uploadedChunks: number;
   seconds: number;
+  /** Storage requests retried (throttling, 5xx, dropped connections) while the mover ran this transfer; absent from older movers. */
+  storageRetries?: number;
 }
 
 export interface DiskResult {

@@ -21,8 +21,11 @@ export interface KeyWrapper {
 export class KeyFileWrapper implements KeyWrapper {
   readonly kind = 'keyfile';
   private readonly kek: Buffer;
-  private constructor(kek: Buffer) {
+  /** The file it came from, named when it does not open the repository. */
+  private readonly path: string | undefined;
+  private constructor(kek: Buffer, path?: string) {
     this.kek = kek;
+    this.path = path;
   }
 
   /** Reads the key file; with `create`, makes one when it does not exist. */
@@ -30,14 +33,14 @@ export class KeyFileWrapper implements KeyWrapper {
     try {
       const hex = (await readFile(path, 'utf8')).trim();
       if (!/^[0-9a-f]{64}$/.test(hex)) throw new Corrupt(`key file ${path} must hold 64 hex digits (a 32-byte key)`);
-      return new KeyFileWrapper(Buffer.from(hex, 'hex'));
+      return new KeyFileWrapper(Buffer.from(hex, 'hex'), path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       if (!opts.create) throw new SourceUnavailable(`repository key file ${path} does not exist; copy it from the control plane's data folder`, err);
       const kek = randomBytes(32);
       await mkdir(dirname(path), { recursive: true });
       await writeFile(path, kek.toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
-      return new KeyFileWrapper(kek);
+      return new KeyFileWrapper(kek, path);
     }
   }
 
@@ -53,7 +56,8 @@ export class KeyFileWrapper implements KeyWrapper {
       d.setAuthTag(wrapped.subarray(wrapped.length - 16));
       return Buffer.concat([d.update(wrapped.subarray(12, wrapped.length - 16)), d.final()]);
     } catch (err) {
-      throw new Corrupt('the repository key does not unwrap with this key file (wrong key file for this repository?)', err);
+      throw new Corrupt(`the repository key (keys/default) does not unwrap with key file ${this.path ?? '(in memory)'}: the file was replaced, or belongs to another repository; `
+        + 'put back the key file this repository was created with (from your copy of it); a new key file cannot open existing backups', err);
     }
   }
 }

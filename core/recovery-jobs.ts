@@ -28,6 +28,8 @@ export interface RestoreJob {
   disks: RestoreDiskTarget[];
   /** A whole-VM restore of a libvirt backup: define (and start, or boot-test) a new domain from it. */
   define?: DefineDomainRequest;
+  /** Said to the operator when an older backup is restored because newer ones are damaged. */
+  notice?: string;
 }
 
 /** Defining a restored VM on a libvirt host (mover/recovery/define-domain.ts). */

@@ -54,6 +54,39 @@ export interface RetryInfo {
   error: unknown;
 }
 
+/** Where `withRetry` writes its line per retry (the mover's logger, a function's Powertools logger). */
+export interface RetryLogger {
+  info(event: string, fields?: Record<string, unknown>): void;
+}
+
+/** Counts retries; `withRetry` adds one per retry, so a task or a run can report how many its storage took. */
+export class RetryCounter {
+  total = 0;
+  readonly byOp: Partial<Record<RetryInfo['op'], number>> = {};
+  add(op: RetryInfo['op']): void {
+    this.total++;
+    this.byOp[op] = (this.byOp[op] ?? 0) + 1;
+  }
+}
+
+/**
+ * The link of an error's cause chain that made it retryable, in a few words: the HTTP
+ * status and error name, or the connection error code (`503 SlowDown`, `ECONNRESET`).
+ */
+export function retryCause(err: unknown): string {
+  const seen = new Set<unknown>();
+  for (let e: unknown = err, depth = 0; e && typeof e === 'object' && !seen.has(e) && depth < MAX_CAUSE_DEPTH; depth++) {
+    seen.add(e);
+    const r = e as Record<string, unknown>;
+    if (looksTransient(r)) {
+      const status = (r.$metadata as { httpStatusCode?: number } | undefined)?.httpStatusCode;
+      return [status, typeof r.code === 'string' ? r.code : undefined, r.name].filter((x) => x !== undefined && x !== 'Error').join(' ');
+    }
+    e = r.cause;
+  }
+  return (err as Error)?.message ?? String(err);
+}
+
 /** Settings of `withRetry`. */
 export interface RetryOptions {
   /** Tries in all, the first included (default 5). */
@@ -66,8 +99,12 @@ export interface RetryOptions {
   sleep?: (ms: number) => Promise<void>;
   /** A number in [0, 1) for jitter; injectable for tests (default Math.random). */
   random?: () => number;
-  /** Called before each retry, e.g. to log or count it. */
+  /** Called before each retry, e.g. to count it for the task in flight. */
   onRetry?: (info: RetryInfo) => void;
+  /** Gets a `storage.retry` line per retry: operation, key, attempt, wait and cause. Retries are never silent. */
+  logger?: RetryLogger;
+  /** Counts every retry of this store. */
+  counter?: RetryCounter;
 }
 
 function checkPositive(option: string, value: number, opts: { integer?: boolean; allowZero?: boolean } = {}): void {
@@ -97,6 +134,8 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
       } catch (error) {
         if (attempt >= attempts || !isRetryable(error)) throw error;
         const delayMs = random() * Math.min(max, base * 2 ** (attempt - 1));
+        opts.counter?.add(op);
+        opts.logger?.info('storage.retry', { op, key, attempt, attempts, delayMs: Math.round(delayMs), cause: retryCause(error), message: (error as Error)?.message });
         opts.onRetry?.({ op, key, attempt, delayMs, error });
         await sleep(delayMs);
       }

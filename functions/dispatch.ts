@@ -43,7 +43,7 @@ const sumStats = (a: TransferStats, b: TransferStats): TransferStats => ({
   bytesUnchanged: (a.bytesUnchanged ?? 0) + (b.bytesUnchanged ?? 0), bytesRead: (a.bytesRead ?? 0) + (b.bytesRead ?? 0),
   bytesUploaded: a.bytesUploaded + b.bytesUploaded, bytesStored: a.bytesStored + b.bytesStored, chunks: a.chunks + b.chunks,
   zeroChunks: a.zeroChunks + b.zeroChunks, parentChunks: a.parentChunks + b.parentChunks, dedupedChunks: a.dedupedChunks + b.dedupedChunks,
-  uploadedChunks: a.uploadedChunks + b.uploadedChunks,
+  uploadedChunks: a.uploadedChunks + b.uploadedChunks, storageRetries: (a.storageRetries ?? 0) + (b.storageRetries ?? 0),
   // Segments run in parallel: the disk took as long as its slowest segment.
   seconds: Math.max(a.seconds, b.seconds),
 });

@@ -12,6 +12,19 @@ export interface MarkDeps {
   admin: RepositoryAdmin;
   store: ObjectStore;
   keys: RepositoryKeys;
+  /**
+   * A backup's status in the catalog (undefined: the catalog has no record of it, e.g. a
+   * replica's). The manifests of a `failed` backup are garbage: never read, nothing marked
+   * (gc.ts deletes them after the grace period). A manifest of a `running` backup that does
+   * not open is an upload cut off (nothing can restore from it): reported, not fatal.
+   */
+  backupStatus?: (backupId: string) => string | undefined;
+}
+
+/** What the mark read and what it passed over. */
+export interface MarkNotes {
+  /** Manifests of `running` backups that do not open (an upload cut off), with the reason. */
+  unreadable: { manifest: string; reason: string }[];
 }
 
 const MANIFEST = /^manifests\/([^/]+)\/(.+)\.manifest$/;
@@ -36,19 +49,27 @@ export function isMarked(marks: Marks, key: string): boolean {
 }
 
 /** Reads the manifests not seen yet and marks what they reference; `onObject` sees each object key a manifest needs. */
-export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, onObject?: (manifest: string, key: string) => void): Promise<number> {
+export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, onObject?: (manifest: string, key: string) => void, notes?: MarkNotes): Promise<number> {
   let added = 0;
   const fresh: ListedObject[] = [];
   for await (const o of deps.admin.list('manifests/')) if (MANIFEST.test(o.key) && !seen.has(o.key)) fresh.push(o);
   for (const o of fresh) {
     const [, backupId, diskId] = MANIFEST.exec(o.key)!;
+    const status = deps.backupStatus?.(backupId!);
+    if (status === 'failed') continue;
     const sealed = await deps.store.get(o.key);
     if (!sealed) continue; // pruned between list and get
     let m;
     try {
       m = await decodeManifest(deps.keys, sealed, backupId!, diskId!);
     } catch (err) {
-      throw new Corrupt(`garbage collection stopped: manifest ${o.key} does not open, so the chunks it needs are unknown; deep-verify backup ${backupId} and prune it or repair the manifest first (${(err as Error).message})`, err);
+      if (status === 'running') {
+        notes?.unreadable.push({ manifest: o.key, reason: (err as Error).message });
+        seen.add(o.key);
+        continue;
+      }
+      throw new Corrupt(`garbage collection stopped: manifest ${o.key} of backup ${backupId} (${status ?? 'not in the catalog'}) does not open, so the chunks it needs are unknown; `
+        + `deep-verify the backup and prune it, or restore the manifest from a replica (${(err as Error).message})`, err);
     }
     if (m.version === 2) {
       for (const p of m.packs!) {

@@ -85,6 +85,14 @@ export interface GcReport {
   failed: { key: string; reason: string }[];
   /** Manifests written during the sweep that reference a deleted chunk object or pack (should stay empty). */
   lateReferences: { manifest: string; object: string }[];
+  /**
+   * Manifests (and VM configurations) of backups the catalog records `failed`: never
+   * marked, so the packs only they reference are swept; deleted once older than the grace
+   * period (or, on a dry run, would be).
+   */
+  failedBackups: { objects: number; deleted: number; protectedByGrace: number };
+  /** Manifests of `running` backups that do not open (an upload cut off): not marked, not fatal. */
+  unreadableManifests: { manifest: string; reason: string }[];
   /** Set when the sweep stopped (or never began) because backups were running. */
   deferred: { backups: string[] } | null;
   /** Times this collection was deferred before it ran (from its catalog record). */
@@ -101,6 +109,7 @@ export function emptyReport(gcId: string, bucket: string, dryRun: boolean, start
     consolidation: { objectsBefore: 0, objectsAfter: 0, candidates: 0, merged: 0, written: 0, entries: 0, entriesDropped: 0, stopped: null },
     reclaimableInPacks: { chunks: 0, bytes: 0 },
     bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
+    failedBackups: { objects: 0, deleted: 0, protectedByGrace: 0 }, unreadableManifests: [],
     locked: { count: 0, bytes: 0, firstExpiry: null, sample: [] }, failed: [], lateReferences: [], deferred: null, deferrals: 0, seconds: 0,
   };
 }

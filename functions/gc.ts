@@ -24,7 +24,12 @@
  * Safety beside running backups:
  * - Nothing is deleted while a backup runs: the sweep checks the catalog before each
  *   batch and, finding a running backup, stops and reports itself deferred; the workflow
- *   waits and collects again from a fresh mark. (Marking runs beside backups.)
+ *   waits and collects again from a fresh mark. (Marking runs beside backups.) A backup
+ *   counts as running while its run holds its policy's run lease (run-lease.ts): a record
+ *   a dead run left `running` holds nothing up once the reconcile (or the lease's expiry)
+ *   freed the lease.
+ * - A `failed` backup's manifests are garbage: never marked (a torn one is never opened),
+ *   deleted after the grace period, once the sweep ran.
  * - A running backup's new packs (and chunk objects) are younger than the grace period
  *   (set it above the longest backup, 48 h by default; the Backup workflow times out after
  *   24 h), and its manifest, written last, is marked once it exists.
@@ -56,14 +61,13 @@ import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
 import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
+import { liveRunningBackups } from './run-lease.ts';
 import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
 import { emptyReport, type GcReport } from './gc-report.ts';
 import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from './gc-consolidate.ts';
 import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from './gc-index.ts';
 
 const HOUR_MS = 3_600_000;
-/** A `running` backup record older than the Backup workflow's timeout (24 h) belongs to a dead execution. */
-const RUNNING_FRESH_MS = 25 * HOUR_MS;
 /** Re-indexing reads no further pack, and consolidation starts no group of index objects, once the invocation has less time left than this. */
 const INDEX_WORK_MARGIN_MS = 120_000;
 
@@ -99,6 +103,8 @@ interface GcDeps {
   remainingMs?: () => number;
   /** The repository's GC lease (none: nothing guards against a second collection). */
   lease?: GcLease;
+  /** Every backup's status in the catalog, by backup id: failed backups' manifests are garbage (gc-mark.ts). */
+  backupStatuses?: () => Promise<Map<string, string>>;
 }
 
 /**
@@ -118,11 +124,14 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
   const previous = await deps.recovery?.getRecord('GC', gcId);
   report.deferrals = (previous?.deferrals as number | undefined) ?? 0;
   const countsOf = (key: string) => (key.startsWith('packs/') ? report.packs : report.chunks);
+  const statuses = (await deps.backupStatuses?.()) ?? new Map<string, string>();
+  const markDeps = { ...deps, backupStatus: (id: string) => statuses.get(id) };
+  const notes = { unreadable: report.unreadableManifests };
 
   // Mark.
   const seen = new Set<string>();
   const marks: Marks = { ...noMarks(), packedChunks: new Set() };
-  report.manifests = await markNew(deps, seen, marks);
+  report.manifests = await markNew(markDeps, seen, marks, undefined, notes);
   const packedChunks = marks.packedChunks!;
   delete marks.packedChunks; // only the statistic below needs them
 
@@ -198,6 +207,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     const y = order.get(b.key)!;
     return x < y ? -1 : x > y ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
   });
+  const failedObjects = await failedBackupObjects(deps.admin, statuses, graceEdge, report);
   for await (const o of deps.admin.list(QUARANTINE_PREFIX)) {
     report.quarantine.objects++;
     report.quarantine.bytes += o.size;
@@ -222,6 +232,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
       entries: plan.groups.reduce((n, g) => n + g.entries, 0), entriesDropped: plan.groups.reduce((n, g) => n + g.dropped, 0), stopped: null,
     };
     for (const o of candidates) countsOf(o.key).deleted++;
+    report.failedBackups.deleted = failedObjects.length;
     report.bytesFreed = candidates.reduce((n, o) => n + o.size, 0);
     report.index.reindexed = unindexed.length;
     if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
@@ -253,7 +264,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
       report.deferrals++;
       break;
     }
-    report.manifests += await markNew(deps, seen, marks, late);
+    report.manifests += await markNew(markDeps, seen, marks, late, notes);
     let batch = candidates.slice(i, i + batchSize).filter((o) => {
       if (!isMarked(marks, o.key)) return true;
       countsOf(o.key).spared++;
@@ -282,6 +293,12 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     report.failed.push(...out.failed);
   }
   if (firstExpiry !== Infinity) report.locked.firstExpiry = new Date(firstExpiry).toISOString();
+  // Failed backups' manifests go once the sweep ran: its packs, not marked for them, went first.
+  if (!report.deferred && failedObjects.length > 0) {
+    const out = await deps.admin.delete(failedObjects.map((o) => o.key));
+    report.failedBackups.deleted = out.deleted.length;
+    report.failed.push(...out.failed);
+  }
 
   // Referenced packs no index object lists are listed again (from their trailers), then
   // consolidation: many small index objects merged into few, each merged object stored before its sources go.
@@ -302,11 +319,24 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
   }
 
   // Late references: manifests that appeared during the sweep and need an object it removed.
-  report.manifests += await markNew(deps, seen, noMarks(), late);
+  report.manifests += await markNew(markDeps, seen, noMarks(), late, notes);
   report.seconds = (deps.now().getTime() - started.getTime()) / 1000;
   const status = report.deferred ? 'deferred' : report.lateReferences.length ? 'late-references' : 'succeeded';
   await deps.recovery?.putRecord('GC', gcId, { status, deferrals: report.deferrals, report });
   return report;
+}
+
+/** The objects under `manifests/<backupId>/` of backups recorded `failed`, older than the grace period (the rest are counted as protected). */
+async function failedBackupObjects(admin: RepositoryAdmin, statuses: Map<string, string>, graceEdge: number, report: GcReport): Promise<ListedObject[]> {
+  const out: ListedObject[] = [];
+  for await (const o of admin.list('manifests/')) {
+    const backupId = /^manifests\/([^/]+)\//.exec(o.key)?.[1];
+    if (!backupId || statuses.get(backupId) !== 'failed') continue;
+    report.failedBackups.objects++;
+    if (o.lastModified.getTime() > graceEdge) report.failedBackups.protectedByGrace++;
+    else out.push(o);
+  }
+  return out;
 }
 
 export const handler = lambdaHandler('CollectGarbage', gcInput, async (input, { context }) => {
@@ -314,7 +344,7 @@ export const handler = lambdaHandler('CollectGarbage', gcInput, async (input, { 
   const { bucket, endpoint } = input.request;
   return collectGarbage(input, {
     admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
-    recovery: c.recovery, running: () => c.recovery.runningBackups(new Date(Date.now() - RUNNING_FRESH_MS)), now: () => new Date(),
+    recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
     remainingMs: () => context.getRemainingTimeInMillis(), lease: catalogGcLease(c.catalog, bucket, endpoint),
   });
 });

@@ -120,6 +120,7 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
       repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
       parentBackupId: parent?.backupId ?? null,
       parentCheckpoint: parent?.checkpoint ?? null,
+      ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
       ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
       slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),

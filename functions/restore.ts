@@ -67,6 +67,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
     repository, target: input.target, diskId: input.diskId ?? null,
     disks: disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, path: input.diskId ? input.target : join(input.target, `${d.diskId}.raw`) })),
     ...(input.define ? { define: input.define } : {}),
+    ...(resolved.notice ? { notice: resolved.notice } : {}),
   };
   await deps.recovery.putRecord('RESTORE', restoreId, { status: 'running', startedAt: deps.now().toISOString(), job });
   return job;
@@ -75,7 +76,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
 const restoreDiskTarget = z.looseObject({ diskId: text, sizeBytes: count, path: text });
 export const restoreJob: z.ZodType<RestoreJob> = z.looseObject({
   restoreId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation,
-  target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget),
+  target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget), notice: z.string().optional(),
 });
 export const restoredDisk: z.ZodType<RestoredDisk> = z.looseObject({
   diskId: text, path: text, sizeBytes: count, bytesDownloaded: count, chunksVerified: count, sha256: z.string().regex(/^[0-9a-f]{64}$/), seconds: z.number().nonnegative(),
@@ -95,6 +96,8 @@ export interface RestoreSummary {
   verified: true;
   /** The libvirt domain the restore defined (`define`), with its restore test's result. */
   domain?: DefinedDomain;
+  /** Set when an older backup was restored because newer ones are damaged (see resolveBackup). */
+  notice?: string;
 }
 
 const definedDomain: z.ZodType<DefinedDomain> = z.looseObject({
@@ -115,6 +118,7 @@ export async function recordRestore(input: z.output<typeof recordRestoreInput>, 
     bytesDownloaded: input.restored.reduce((n, d) => n + d.bytesDownloaded, 0),
     verified: true,
     ...(input.vmConfig?.domain ? { domain: input.vmConfig.domain } : {}),
+    ...(input.notice ? { notice: input.notice } : {}),
   };
   const test = input.vmConfig?.domain?.bootCheck;
   // A restore test's outcome belongs to the backup: listings show which backups are proven to boot.

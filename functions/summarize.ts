@@ -1,6 +1,6 @@
 /**
  * Summarize: one run record with per-VM outcomes and totals, and the run's metrics: how
- * many VMs committed and failed, bytes stored, and the age of the policy's oldest newest
+ * many VMs committed and failed, bytes stored, storage requests the movers retried, and the age of the policy's oldest newest
  * recovery point (`OldestRecoveryPointAgeHours`), which the RPO alarm watches.
  */
 import type { Metrics } from '@aws-lambda-powertools/metrics';
@@ -36,7 +36,7 @@ export interface RunSummary {
 }
 
 export function summarizeRun(input: SummarizeInput): RunSummary {
-  const totals = { bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0 };
+  const totals = { bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, storageRetries: 0 };
   const vms: VmOutcome[] = input.results.map((r) => {
     if (r.outcome) return r.outcome;
     for (const d of r.disks ?? []) for (const key of Object.keys(totals) as (keyof typeof totals)[]) totals[key] += d.stats[key] ?? 0;
@@ -79,6 +79,7 @@ export function publishRunMetrics(metrics: Metrics, summary: RunSummary, ages: R
   metrics.addMetric(summaryMetrics.vmsCommitted, MetricUnit.Count, summary.committed);
   metrics.addMetric(summaryMetrics.vmsFailed, MetricUnit.Count, summary.failed);
   metrics.addMetric(summaryMetrics.bytesStored, MetricUnit.Bytes, summary.totals.bytesStored);
+  metrics.addMetric(summaryMetrics.storageRetries, MetricUnit.Count, summary.totals.storageRetries ?? 0);
   const oldest = Math.max(...Object.values(ages));
   if (Number.isFinite(oldest)) metrics.addMetric(summaryMetrics.oldestRecoveryPointAgeHours, MetricUnit.Count, Math.round(oldest * 100) / 100);
 }

@@ -57,6 +57,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       bucket: bucketOf(repo.id), chunkSize: repo.chunkSizeMiB * MiB, repositoryId: repo.id, ...(repo.endpoint ? { endpoint: repo.endpoint } : {}),
       slotLimit: p.perHostConcurrency ?? 64, retention: p.retention, rpoHours: p.rpoHours, managedBy: 'config',
       ...(p.segmentSizeGiB ? { segmentBytes: p.segmentSizeGiB * 1024 * MiB } : {}),
+      ...(p.quiesce ? { quiesce: p.quiesce } : {}),
       ...(target ? {
         replicateTo: {
           repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}),

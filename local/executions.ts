@@ -47,8 +47,12 @@ export class LocalExecutions implements ExecutionService {
   private readonly records = new Map<string, ExecutionRecord>();
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
 
-  constructor(opts: { dataDir: string; template: ResolvedTemplate; broker: ActivityBroker }) {
+  /** Told of every execution stopped without its own failure path (StopExecution; aborted at a restart: see load). */
+  private readonly onStopped: (r: ExecutionRecord) => void;
+
+  constructor(opts: { dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void }) {
     this.dir = join(opts.dataDir, 'executions');
+    this.onStopped = opts.onStopped ?? (() => {});
     this.events = new LocalEventBus(opts.dataDir);
     this.template = opts.template;
     this.broker = opts.broker;
@@ -60,7 +64,14 @@ export class LocalExecutions implements ExecutionService {
     for (const f of await readdir(this.dir)) {
       if (!f.endsWith('.json') || f.endsWith('.tmp')) continue;
       const r = JSON.parse(await readFile(join(this.dir, f), 'utf8'), (k, v) => (k.endsWith('Date') ? new Date(v as string) : v)) as ExecutionRecord;
-      if (r.status === 'RUNNING') Object.assign(r, { status: 'ABORTED', stopDate: new Date(), error: 'Lifeboat.StackRestarted', cause: 'the embedded stack stopped while this execution ran' });
+      if (r.status === 'RUNNING') {
+        const at = new Date();
+        Object.assign(r, {
+          status: 'ABORTED', stopDate: at, error: 'Lifeboat.StackRestarted',
+          cause: `the embedded stack stopped while execution ${r.name} ran and was restarted at ${at.toISOString()}; nothing it left running was committed`,
+        });
+        await this.save(r);
+      }
       this.records.set(r.executionArn, r);
     }
   }
@@ -196,6 +207,7 @@ export class LocalExecutions implements ExecutionService {
       await run.done;
       Object.assign(r, { error, cause });
       await this.save(r);
+      this.onStopped(r);
     }
     return { stopDate: r.stopDate ?? new Date() };
   }

@@ -20,6 +20,8 @@ import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3 } from './s3-server.ts';
+import { lockDataDir } from './stack-lock.ts';
+import { StackUnavailable } from '../core/errors.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
@@ -78,7 +80,7 @@ export class EmbeddedStack {
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
     const dataDir = resolve(opts.dataDir);
     await mkdir(dataDir, { recursive: true });
-    const closers: (() => Promise<void>)[] = [];
+    const closers: (() => Promise<void>)[] = [await lockDataDir(dataDir)];
     const closeAll = async () => {
       for (const c of closers.reverse()) await c().catch(() => {});
     };
@@ -127,7 +129,9 @@ export class EmbeddedStack {
 
       const keyFile = join(dataDir, 'repository.keyfile');
       const store = new S3ObjectStore(s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), REPOSITORY_BUCKET);
-      await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true });
+      await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true }).catch((err: unknown) => {
+        throw new StackUnavailable(`the embedded stack cannot start on ${dataDir}: ${(err as Error).message}`, err);
+      });
 
       // The handlers read their configuration from the environment, as in Lambda.
       Object.assign(process.env, {
@@ -142,9 +146,15 @@ export class EmbeddedStack {
 
       const broker = new ActivityBroker();
       closers.push(async () => broker.close());
-      const executions = new LocalExecutions({ dataDir, template, broker });
+      const reconcileArn = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Reconcile'))?.arn;
+      const executions: LocalExecutions = new LocalExecutions({
+        dataDir, template, broker,
+        onStopped: (r) => { if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn); },
+      });
       await executions.load();
       closers.push(() => executions.close());
+      // Runs the last stop of the stack cut off: their records, slots, run lease and snapshots (once a mover polls).
+      if (reconcileArn) await reconcileStoppedRuns(executions, backup.arn, reconcileArn);
       const api = await startSfnApi({ port: opts.ports?.sfn ?? 0, broker, executions });
       closers.push(() => api.close());
 
@@ -163,6 +173,24 @@ export class EmbeddedStack {
 
   async stop(): Promise<void> {
     for (const c of this.closers.reverse()) await c().catch(() => {});
+  }
+}
+
+/**
+ * Starts the Reconcile workflow (cdk/lib/reconcile-workflow.ts) for every Backup execution
+ * that stopped without its failure path (ABORTED: by StopExecution, or by a stop of the
+ * stack) and has no successful or running reconcile yet, as the EventBridge rule does in
+ * AWS. Every start of the stack looks again: a reconcile the stack's stop cut off is run
+ * anew (it is idempotent), under the next free name.
+ */
+export async function reconcileStoppedRuns(executions: LocalExecutions, backupArn: string, reconcileArn: string): Promise<void> {
+  const reconciles = await executions.list(reconcileArn);
+  for (const run of await executions.list(backupArn, 'ABORTED')) {
+    const prefix = `reconcile-${run.name}`;
+    const tries = reconciles.filter((r) => r.name === prefix || r.name.startsWith(`${prefix}-`));
+    if (tries.some((r) => r.status === 'SUCCEEDED' || r.status === 'RUNNING')) continue;
+    const input = { executionArn: run.executionArn, runId: run.name, error: { Error: run.error ?? 'Backup.RunStopped', Cause: run.cause ?? `execution ${run.name} was stopped (StopExecution)` } };
+    await executions.start(reconcileArn, JSON.stringify(input), tries.length ? `${prefix}-${tries.length + 1}` : prefix).catch(() => {}); // started meanwhile by a StopExecution
   }
 }
 

@@ -37,6 +37,7 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client }
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { sourceDrivers } from './sources/drivers.ts';
+import { countForTask, withTaskRetries } from './retry-accounting.ts';
 import { Registration } from './registration.ts';
 import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
@@ -137,9 +138,7 @@ const repository = ({ bucket, endpoint }: RepositoryLocation) => {
   if (!r) {
     r = (async () => {
       // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3For(endpoint), bucket), {
-        onRetry: (i) => logger.info('storage.retry', { op: i.op, key: i.key, attempt: i.attempt, delayMs: Math.round(i.delayMs), error: (i.error as Error).message }),
-      }), s3Concurrency);
+      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3For(endpoint), bucket), { logger, onRetry: countForTask }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);
       const keys = deriveKeys(await loadMasterKey(store, await keyWrapper(bucket)));
       return { store, keys, index: new IndexCache(store, keys) };
@@ -157,7 +156,7 @@ const graceMs = positiveInt('LIFEBOAT_SHUTDOWN_GRACE_MS', '600000');
 const registryBucket = process.env.LIFEBOAT_BUCKET;
 const registration = registryBucket
   ? new Registration({
-    store: withRetry(new S3ObjectStore(s3, registryBucket)),
+    store: withRetry(new S3ObjectStore(s3, registryBucket), { logger }),
     logger,
     record: {
       name, group, activityArn, version: MOVER_VERSION, capabilities: { sources: ['folder'], tasks: [...TASK_KINDS] },
@@ -177,7 +176,7 @@ const admit = async (input: unknown): Promise<Restart | undefined> => {
   logger.info('upgrade.needed', { from: MOVER_VERSION, min, bucket });
   await registration?.set('upgrading', { upgradingTo: min });
   try {
-    const release = await upgrader.ensure(withRetry(new S3ObjectStore(s3For(repo?.endpoint), bucket)), bucket, min);
+    const release = await upgrader.ensure(withRetry(new S3ObjectStore(s3For(repo?.endpoint), bucket), { logger }), bucket, min);
     return (tasks) => {
       try {
         reexec(release, home, tasks);
@@ -212,7 +211,7 @@ const worker = new MoverWorker({
   handler: async (input, ctx) => {
     registration?.tasks(++running);
     try {
-      return await handler(input, ctx);
+      return await withTaskRetries(() => handler(input, ctx));
     } finally {
       registration?.tasks(--running);
     }

@@ -42,7 +42,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     switch (t.task) {
       case 'snapshot': {
         const driver = deps.drivers(t.job.hypervisor);
-        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null }, { signal: ctx.signal });
+        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null, ...(t.job.quiesce ? { quiesce: t.job.quiesce } : {}) }, { signal: ctx.signal });
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
           const { store, keys } = await deps.repository(t.job.repository);
@@ -54,7 +54,9 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         return snap;
       }
       case 'releaseSnapshot':
+        // Without a handle (Snapshot never returned: its mover or the run died), whatever it made for the backup id.
         if (t.job.snapshot) await deps.drivers(t.job.hypervisor).release(t.job, t.job.snapshot);
+        else await deps.drivers(t.job.hypervisor).releaseBackup?.(t.job, t.job.backupId);
         return { released: !!t.job.snapshot };
       case 'dispatch': {
         const { store, keys, index } = await deps.repository(t.job.repository);

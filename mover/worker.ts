@@ -7,6 +7,7 @@
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskHeartbeatCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { LocalIoFailed } from '../core/errors.ts';
 
 export interface TaskContext {
   signal: AbortSignal;
@@ -198,7 +199,8 @@ export class MoverWorker {
       o.logger.info('task.succeeded', { ...about(input), seconds: (performance.now() - started) / 1000 });
     } catch (err) {
       clearInterval(beat);
-      const e = err as Error;
+      // A bare file-system error (EEXIST, ENOSPC, ...) says only its errno: name the path, the meaning and the next step.
+      const e = LocalIoFailed.from(err) as Error;
       const error = (e.name && e.name !== 'Error' ? e.name : 'Mover.Internal').slice(0, 256);
       o.logger.error('task.failed', { ...about(input), error, cause: e.message });
       if (abort.signal.aborted) return; // the control plane gave up on this task already

@@ -80,9 +80,14 @@ afterAll(() => {
 });
 
 describe('Backup state machine graph', () => {
-  it('runs Plan, then the BackupVms map, then Summarize, then decides whether replication is due', () => {
-    expect(definition.StartAt).toBe('Plan');
-    expect(followNext(definition.States, 'Plan')).toEqual(['Plan', 'BackupVms', 'Summarize', 'ReplicationDue']);
+  it('takes the policy\'s run lease, runs Plan, then the BackupVms map, gives the lease back, then Summarize, then decides whether replication is due', () => {
+    expect(definition.StartAt).toBe('AcquireRunLease');
+    expect(followNext(definition.States, 'AcquireRunLease')).toEqual(['AcquireRunLease', 'Plan', 'BackupVms', 'ReleaseRunLease', 'Summarize', 'ReplicationDue']);
+    // A second run is refused, not retried; a failing Plan or map gives the lease back first.
+    expect((definition.States.AcquireRunLease as { Catch?: unknown }).Catch).toBeUndefined();
+    for (const s of ['Plan', 'BackupVms']) {
+      expect((definition.States[s] as { Catch?: { ErrorEquals: string[]; Next: string }[] }).Catch, s).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'ReleaseRunLeaseAfterFailure' })]);
+    }
     expect(definition.States.BackupVms?.Type).toBe('Map');
     expect(definition.States.ReplicationDue?.Type).toBe('Choice');
     expect(followNext(definition.States, 'StartReplication')).toEqual(['StartReplication', 'ReportReplication', 'RunSummarized']);

@@ -175,7 +175,7 @@ it('stops, deleting nothing, when a manifest does not open, and names it', async
   const d = await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 0 });
   expect(d.status).toBe('FAILED');
   expect(d.error).toBe('Mover.Corrupt');
-  expect(d.cause).toContain(`manifest ${key} does not open`);
+  expect(d.cause).toContain(`manifest ${key} of backup ${backupId} (committed) does not open`);
   expect((await packFiles()).length).toBe(before);
   expect(await indexObjects()).toEqual(indexBefore);
 });

@@ -130,8 +130,69 @@ describe('collectGarbage of format-1 chunk objects', () => {
     const key = objectKeys.manifest('b1', 'disk0');
     store.objects.get(key)![40]! ^= 1;
     await expect(run()).rejects.toThrow(Corrupt);
-    await expect(run()).rejects.toThrow(`manifest ${key} does not open`);
+    await expect(run()).rejects.toThrow(`manifest ${key} of backup b1 (not in the catalog) does not open`);
     expect(admin.deleteCalls).toEqual([]);
+  });
+});
+
+describe('collectGarbage beside failed and dead backups', () => {
+  const statuses = (m: Record<string, string>) => ({ backupStatuses: async () => new Map(Object.entries(m)) });
+
+  it('collects a failed backup: its manifest is not marked, its chunks go, the manifest goes after the grace period', async () => {
+    const onlyFailed = await chunk(1, 10, 200);
+    const shared = await chunk(2, 10);
+    await manifest('b-failed', [1, 2]);
+    await manifest('b-ok', [2]);
+    const failedKey = objectKeys.manifest('b-failed', 'disk0');
+    admin.modified.set(failedKey, daysAgo(3));
+    const r = await run({}, statuses({ 'b-failed': 'failed', 'b-ok': 'committed' }));
+    expect(store.objects.has(onlyFailed)).toBe(false);
+    expect(store.objects.has(shared)).toBe(true);
+    expect(store.objects.has(failedKey)).toBe(false);
+    expect(r.failedBackups).toEqual({ objects: 1, deleted: 1, protectedByGrace: 0 });
+    expect(r.bytesFreed).toBe(200);
+  });
+
+  it('keeps a failed backup\'s manifest younger than the grace period (its chunks, which only it needs, are swept alike)', async () => {
+    await manifest('b-failed', [1]);
+    const r = await run({}, statuses({ 'b-failed': 'failed' }));
+    expect(store.objects.has(objectKeys.manifest('b-failed', 'disk0'))).toBe(true);
+    expect(r.failedBackups).toEqual({ objects: 1, deleted: 0, protectedByGrace: 1 });
+  });
+
+  it('is not stopped by the torn manifest of a failed backup, nor by one of a running backup (reported)', async () => {
+    const orphan = await chunk(2, 10);
+    await manifest('b-failed', [1]);
+    await manifest('b-running', [1]);
+    for (const b of ['b-failed', 'b-running']) store.objects.set(objectKeys.manifest(b, 'disk0'), store.objects.get(objectKeys.manifest(b, 'disk0'))!.subarray(0, 30));
+    const r = await run({}, statuses({ 'b-failed': 'failed', 'b-running': 'running' }));
+    expect(r.unreadableManifests).toEqual([expect.objectContaining({ manifest: objectKeys.manifest('b-running', 'disk0') })]);
+    expect(store.objects.has(orphan)).toBe(false);
+  });
+
+  it('names the backup and its status, and advice that works, when a committed backup\'s manifest does not open', async () => {
+    await manifest('b1', [1]);
+    store.objects.get(objectKeys.manifest('b1', 'disk0'))![40]! ^= 1;
+    await expect(run({}, statuses({ b1: 'committed' }))).rejects.toThrow(/manifest manifests\/b1\/disk0.manifest of backup b1 \(committed\) does not open/);
+  });
+});
+
+describe('which running backups defer a collection (a real dynalite catalog)', () => {
+  let c: Awaited<ReturnType<typeof startTestCatalog>>;
+  beforeAll(async () => { c = await startTestCatalog(); });
+  afterAll(async () => c?.close());
+
+  it('only those whose run still holds its policy\'s run lease: a record a dead run left running defers nothing', async () => {
+    const { acquireRunLease, liveRunningBackups } = await import('../functions/run-lease.ts');
+    const started = NOW.toISOString();
+    await c.catalog.startBackup({ vmId: 'vm-1', backupId: 'b-live', runId: 'run-live', policyId: 'p1', status: 'running', parentBackupId: null, startedAt: started });
+    await c.catalog.startBackup({ vmId: 'vm-2', backupId: 'b-dead', runId: 'run-dead', policyId: 'p2', status: 'running', parentBackupId: null, startedAt: started });
+    await acquireRunLease({ policyId: 'p1', executionArn: 'arn:aws:states:us-east-1:1:execution:Backup:run-live' }, { catalog: c.catalog, now: () => NOW.getTime() });
+    expect(await liveRunningBackups(c.catalog, NOW.getTime())).toEqual(['vm-1/b-live']);
+    // The dead run's record is fresh, well inside the old 25 h window: it deferred every collection until then.
+    await chunk(2, 10);
+    const r = await run({}, { running: () => liveRunningBackups(c.catalog, NOW.getTime()) });
+    expect(r.deferred).toEqual({ backups: ['vm-1/b-live'] });
   });
 });
 

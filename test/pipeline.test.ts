@@ -211,7 +211,7 @@ describe('backup pipeline', () => {
     expect(reads).toHaveLength(12);
   });
 
-  it('fails a restore naming the disk, offset and object key when a stored chunk is damaged', async () => {
+  it('fails a restore naming the disk, offset, object key and the damaged chunk\'s own byte range, and what to do', async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 3);
     const r = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
@@ -221,7 +221,7 @@ describe('backup pipeline', () => {
     const loc = chunkLocation(await manifestOf(store, 'b1', 'd'), id);
     store.objects.get(loc.key)![loc.offset + 40]! ^= 0x10;
     await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${CHUNK}: chunk ${id} in ${loc.key} bytes \\d+\\+\\d+ is damaged: .*failed authentication`)) });
+      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${CHUNK}: chunk ${id} in ${loc.key} bytes ${loc.offset}\\+${loc.length} is damaged: .*failed authentication.*; deep-verify the backup`)) });
   });
 
   it('fails a restore naming the disk, offset and pack when the pack is missing, or shorter than the manifest says', async () => {
@@ -234,7 +234,7 @@ describe('backup pipeline', () => {
     // Both chunks are in the one run read, which comes back short: either may be named
     // (chunks lie in a pack in the order they were sealed, not always in disk order).
     await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} bytes .* is damaged: the read returned \\d+ of \\d+ bytes \\(the pack is shorter than its manifest says\\)`)) });
+      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} bytes .* is damaged: the read of bytes \\d+\\+\\d+ returned \\d+ bytes \\(the pack is shorter than its manifest says\\)`)) });
     store.objects.delete(loc.key);
     await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
       .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} .* is damaged: it is missing`)) });

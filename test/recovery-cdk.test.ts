@@ -134,7 +134,7 @@ describe('Prune workflow', () => {
     expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
-  it('lets only PruneBackup delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, and only CollectGarbage packs and index objects', () => {
+  it('lets only PruneBackup and CollectGarbage (failed backups\' manifests) delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, and only CollectGarbage packs and index objects', () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
     const byFunction = Object.fromEntries(deleters.map(([id, r]) => {
@@ -145,7 +145,7 @@ describe('Prune workflow', () => {
     }));
     expect(byFunction).toEqual({
       PruneBackup: { manifests: true, chunks: false, packs: false, index: false, keys: false },
-      CollectGarbage: { manifests: false, chunks: true, packs: true, index: true, keys: false },
+      CollectGarbage: { manifests: true, chunks: true, packs: true, index: true, keys: false },
       QuarantineDamage: { manifests: false, chunks: true, packs: false, index: false, keys: false },
     });
   });

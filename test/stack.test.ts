@@ -1,6 +1,7 @@
 /** The embedded stack keeps its state in its data folder across restarts, and its endpoints' URLs. */
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -82,4 +83,35 @@ it('serves a repository on another endpoint at the same URL after a restart, and
   } finally {
     await new Promise((ok) => squatter.close(ok));
   }
+});
+
+it('refuses a second stack on the same data folder, naming the running one; takes over the lock of one that was killed', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'lifeboat-stack-'));
+  dirs.push(dir);
+  const first = await EmbeddedStack.start({ dataDir: dir });
+  try {
+    await expect(EmbeddedStack.start({ dataDir: dir })).rejects.toMatchObject({
+      name: 'Stack.Unavailable',
+      message: expect.stringMatching(new RegExp(`^the embedded stack is already running on ${dir} \\(pid ${process.pid}, since .*\\): use that one, stop it first .*--data-dir`)),
+    });
+  } finally {
+    await first.stop();
+  }
+  // A stack killed with -9 leaves its lock behind: a pid that is gone does not hold the folder.
+  await writeFile(join(dir, 'stack.lock'), JSON.stringify({ pid: 2 ** 22 + 1, startedAt: 'then' }));
+  const second = await EmbeddedStack.start({ dataDir: dir });
+  await second.stop();
+});
+
+it('names the key file when it does not open the repository (replaced), instead of a stack trace', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'lifeboat-stack-'));
+  dirs.push(dir);
+  await (await EmbeddedStack.start({ dataDir: dir })).stop();
+  await writeFile(join(dir, 'repository.keyfile'), `${randomBytes(32).toString('hex')}\n`);
+  await expect(EmbeddedStack.start({ dataDir: dir })).rejects.toMatchObject({
+    name: 'Stack.Unavailable',
+    message: expect.stringContaining(`does not unwrap with key file ${join(dir, 'repository.keyfile')}: the file was replaced, or belongs to another repository; put back the key file`),
+  });
+  // The failed start gave its lock back.
+  await expect(readFile(join(dir, 'stack.lock'))).rejects.toMatchObject({ code: 'ENOENT' });
 });

@@ -4,7 +4,9 @@ import { StorageUnavailable } from '../core/errors.ts';
 import { objectCrc32, objectSha256 } from '../core/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { ObjectInfo, ObjectStore, PutChecksum } from '../core/object-store.ts';
-import { isRetryable, withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
+import { isRetryable, RetryCounter, withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
+import { countForTask, withTaskRetries } from '../mover/retry-accounting.ts';
+import { summarizeRun } from '../functions/summarize.ts';
 import type { RetryInfo } from '../core/store-wrappers.ts';
 
 type Op = 'put' | 'get' | 'head';
@@ -75,6 +77,39 @@ describe('withRetry', () => {
       expect(retries[0]!.error).toBeInstanceOf(StorageUnavailable);
     });
   }
+
+  it('logs every retry through the injected logger (operation, key, attempt, cause) and counts it', async () => {
+    const inner = new FaultyStore();
+    await inner.put('h', Buffer.from('x'));
+    inner.failNext('put', 2, storageError(sdkError('SlowDown', 503))).failNext('head', 1, storageError(connError('ECONNRESET')));
+    const lines: [string, Record<string, unknown> | undefined][] = [];
+    const counter = new RetryCounter();
+    const store = withRetry(inner, { sleep: async () => {}, random: () => 0.5, logger: { info: (e, f) => lines.push([e, f]) }, counter });
+    await store.put('packs/ab/p1', Buffer.from('data'));
+    await store.head('h');
+    expect(lines).toEqual([
+      ['storage.retry', expect.objectContaining({ op: 'put', key: 'packs/ab/p1', attempt: 1, attempts: 5, delayMs: 100, cause: '503 SlowDown' })],
+      ['storage.retry', expect.objectContaining({ op: 'put', key: 'packs/ab/p1', attempt: 2, cause: '503 SlowDown' })],
+      ['storage.retry', expect.objectContaining({ op: 'head', key: 'h', attempt: 1, cause: 'ECONNRESET' })],
+    ]);
+    expect(counter).toMatchObject({ total: 3, byOp: { put: 2, head: 1 } });
+  });
+
+  it('counts each retry for the mover task that made the request, and the run summary adds them up', async () => {
+    const inner = new FaultyStore();
+    const store = withRetry(inner, { sleep: async () => {}, onRetry: countForTask });
+    const task = (n: number) => withTaskRetries(async () => {
+      inner.failNext('put', n, storageError(connError('EPIPE')));
+      await store.put(`k${n}`, Buffer.from('x'));
+      return { diskId: `d${n}`, stats: { bytesStored: 1 } as Record<string, number> };
+    });
+    const a = await task(2);
+    const b = await task(1);
+    expect([a.stats.storageRetries, b.stats.storageRetries]).toEqual([2, 1]);
+    const stats = (n: number) => ({ bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0, storageRetries: n });
+    const summary = summarizeRun({ runId: 'r', policyId: 'p', results: [{ vmId: 'v', backupId: 'b', disks: [{ diskId: 'd', sizeBytes: 0, manifestKey: 'm', stats: stats(2) }, { diskId: 'e', sizeBytes: 0, manifestKey: 'm', stats: stats(1) }] }] });
+    expect(summary.totals.storageRetries).toBe(3);
+  });
 
   it('retries get and head too', async () => {
     const inner = new FaultyStore();

@@ -1,7 +1,7 @@
 /**
- * The Backup workflow: Plan → per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch
+ * The Backup workflow: AcquireRunLease (one run per policy) → Plan → per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch
  * per disk or disk segment → JoinSegments → ReleaseSnapshot → Verify → Commit →
- * ReleaseSlot) → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
+ * ReleaseSlot) → ReleaseRunLease → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
  * ReleaseSnapshot run on the mover group that serves the VM's host. A failure inside a
  * VM's iteration releases what it took and records the failure; the other VMs go on.
  * When the policy replicates to a DR repository and the run committed a backup,
@@ -85,6 +85,14 @@ export class BackupWorkflow extends Construct {
     const retryOnMover = (maxAttempts: number) => (t: sfn.TaskStateBase) =>
       t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts });
 
+    // One run per policy: a second is refused (Run.Busy, not caught) naming the execution that holds the lease.
+    const runLease = (extra: Record<string, unknown> = {}) => sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'executionArn.$': '$$.Execution.Id', ...extra });
+    const acquireRunLease = invoke('AcquireRunLease', 'AcquireRunLease', { payload: runLease(), resultPath: null });
+    const releaseRunLease = invoke('ReleaseRunLease', 'ReleaseRunLease', { payload: runLease(), resultPath: null });
+    // The run's failure path: the lease goes back, then the function fails the execution with the run's own error.
+    const releaseRunLeaseAfterFailure = invoke('ReleaseRunLeaseAfterFailure', 'ReleaseRunLease', { payload: runLease({ 'error.$': '$.runError' }), resultPath: null });
+    for (const s of [releaseRunLease, releaseRunLeaseAfterFailure]) s.addRetry({ errors: ['Lambda.ServiceException', 'Lambda.TooManyRequestsException', 'Lambda.SdkClientException'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+
     const plan = invoke('Plan', 'Plan', {
       payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'runId.$': '$$.Execution.Name' }),
     });
@@ -153,6 +161,7 @@ export class BackupWorkflow extends Construct {
       resultPath: '$.results',
     });
     backupVms.itemProcessor(perVm);
+    for (const s of [plan, backupVms]) s.addCatch(releaseRunLeaseAfterFailure, { resultPath: '$.runError' });
 
     const then = afterSummarize(this, props.replicatePolicy, props.functions.ReportReplication);
     const summarize = invoke('Summarize', 'Summarize', {
@@ -162,7 +171,9 @@ export class BackupWorkflow extends Construct {
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat backup: snapshot, dispatch to movers, verify, commit; then replication to the DR repository, if any',
-      definitionBody: sfn.DefinitionBody.fromChainable(then ? plan.next(backupVms).next(summarize).next(then) : plan.next(backupVms).next(summarize)),
+      definitionBody: sfn.DefinitionBody.fromChainable(then
+        ? acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize).next(then)
+        : acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize)),
       timeout: Duration.hours(24),
     });
   }

@@ -60,6 +60,11 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'] },
   RecordFailure: { catalog: ['UpdateItem'] },
+  // The policy's run lease: a conditional put, and a read of its holder to name it to a refused run.
+  AcquireRunLease: { catalog: ['PutItem', 'GetItem'] },
+  ReleaseRunLease: { catalog: ['DeleteItem'] },
+  // A dead run's running backups and held slots (Scans), its VMs, hosts and policies.
+  PlanReconcile: { catalog: ['Scan', 'GetItem'] },
   Summarize: { catalog: ['PutItem', 'Query'] },
   SyncConfig: { catalog: ['PutItem', 'Scan', 'DeleteItem'], timeoutSeconds: 300 },
   // Restore, deep verify, prune (issue 6): the movers touch the data; these keep the records.
@@ -74,8 +79,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
   RecordPrune: { catalog: ['PutItem'] },
-  // Takes and gives back the repository's GC lease (PutItem, DeleteItem); lists and marks; reads the packs it lists in the index again (packs/); replaces index objects that list a deleted pack, and merges small index objects (write index/); deletes chunk objects, packs and replaced or merged index objects.
-  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'], repository: { read: ['manifests/', 'index/', 'keys/', 'packs/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
+  // Takes and gives back the repository's GC lease (PutItem, DeleteItem); lists and marks; reads the packs it lists in the index again (packs/); replaces index objects that list a deleted pack, and merges small index objects (write index/); deletes chunk objects, packs and replaced or merged index objects, and failed backups' manifests; reads the backups' statuses and the policies' run leases (Scan, GetItem).
+  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'], repository: { read: ['manifests/', 'index/', 'keys/', 'packs/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/', 'manifests/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
   // Gives the repository's GC lease back on the Gc workflow's failure path (a conditional delete: only its own execution's).
   ReleaseGcLease: { catalog: ['DeleteItem'] },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },

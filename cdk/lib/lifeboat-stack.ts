@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
 import { discoverySchedule, type LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
+import { ReconcileWorkflow } from './reconcile-workflow.ts';
 import { DiscoverWorkflow } from './discover-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
@@ -49,6 +50,8 @@ export class LifeboatStack extends Stack {
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
+  /** The failure path of Backup executions that stopped without their own (aborted, timed out). */
+  readonly reconcile: ReconcileWorkflow;
   readonly discover: DiscoverWorkflow;
   readonly recovery: RecoveryWorkflows;
   readonly activities: Record<string, sfn.Activity>;
@@ -125,6 +128,8 @@ export class LifeboatStack extends Stack {
       replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });
 
+    // A Backup execution that stopped without its failure path (aborted, timed out) is reconciled through it.
+    this.reconcile = new ReconcileWorkflow(this, 'Reconcile', { functions, activities: backupGroups, backup: this.backup.stateMachine });
     // Discovery: each libvirt host's domains into the catalog, through the group serving it.
     this.discover = new DiscoverWorkflow(this, 'Discover', { functions, activities: backupGroups });
 

@@ -7,7 +7,7 @@ import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, Updat
 import type { Retention } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../core/endpoints.ts';
 import { discoveredVmId } from '../../core/discovery.ts';
-import type { Consistency, DiscoveredVm, DiskResult, Hypervisor } from '../../core/jobs.ts';
+import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../core/jobs.ts';
 
 export interface Policy {
   policyId: string;
@@ -34,6 +34,8 @@ export interface Policy {
    * endpoint, the DR mover group that copies into it and the folder of its warm standby replica.
    */
   replicateTo?: { repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string };
+  /** Commands run in each guest around the freeze. */
+  quiesce?: QuiesceSettings;
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
   segmentBytes?: number;
   /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */
@@ -300,9 +302,9 @@ export class Catalog {
     try {
       await this.db.send(new UpdateCommand({
         TableName: this.table, Key: k.backup(vmId, backupId),
-        UpdateExpression: `SET #s = :c, disks = :d, committedAt = :t${Object.keys(extra).map((n) => `, ${n} = :${n}`).join('')}`,
+        UpdateExpression: `SET #s = :c, disks = :d, committedAt = :t${Object.keys(extra).map((n) => `, #${n} = :${n}`).join('')}`,
         ConditionExpression: '#s = :r',
-        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeNames: { '#s': 'status', ...Object.fromEntries(Object.keys(extra).map((n) => [`#${n}`, n])) },
         ExpressionAttributeValues: { ':c': 'committed', ':r': 'running', ':d': disks, ':t': at.toISOString(), ...Object.fromEntries(Object.entries(extra).map(([n, v]) => [`:${n}`, v])) },
       }));
     } catch (err) {
@@ -360,6 +362,56 @@ export class Catalog {
       if (isConditionFailed(err)) return false;
       throw err;
     }
+  }
+
+  /** Who holds slot `i` of `scope`, and until when (epoch ms); undefined when nobody does. */
+  async slotHolder(scope: string, i: number): Promise<{ holder: string; expiresAt: number } | undefined> {
+    return this.get(k.slot(scope, i));
+  }
+
+  /**
+   * Every slot whose holder is `holder` or starts with `holderPrefix`, with its scope
+   * (`SLOT#<scope>` without the prefix). A Scan: the reconcile of a dead run reads it once.
+   */
+  async slotsHeldBy(holder: string, holderPrefix: string): Promise<{ key: { pk: string; sk: string }; scope: string; holder: string }[]> {
+    const out: { key: { pk: string; sk: string }; scope: string; holder: string }[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.db.send(new ScanCommand({
+        TableName: this.table, ConsistentRead: true, ExclusiveStartKey: start,
+        FilterExpression: 'begins_with(pk, :s) AND (holder = :h OR begins_with(holder, :p))',
+        ExpressionAttributeValues: { ':s': 'SLOT#', ':h': holder, ':p': holderPrefix },
+      }));
+      for (const it of page.Items ?? []) out.push({ key: { pk: it.pk as string, sk: it.sk as string }, scope: (it.pk as string).slice('SLOT#'.length), holder: it.holder as string });
+      start = page.LastEvaluatedKey;
+    } while (start);
+    return out;
+  }
+
+  /** The backups still recorded `running`, of run `runId` or of every run (a Scan: read once per reconcile or collection). */
+  async runningBackups(runId?: string): Promise<Backup[]> {
+    return this.scanBackups(`#s = :running${runId ? ' AND runId = :r' : ''}`, { ':running': 'running', ...(runId ? { ':r': runId } : {}) });
+  }
+
+  /** Every backup's status by backup id (a Scan: garbage collection reads it once). */
+  async backupStatuses(): Promise<Map<string, string>> {
+    return new Map((await this.scanBackups()).map((b) => [b.backupId, b.status]));
+  }
+
+  private async scanBackups(filter?: string, values: Record<string, string> = {}): Promise<Backup[]> {
+    const out: Backup[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.db.send(new ScanCommand({
+        TableName: this.table, ConsistentRead: true, ExclusiveStartKey: start,
+        FilterExpression: `begins_with(sk, :b)${filter ? ` AND ${filter}` : ''}`,
+        ...(filter?.includes('#s') ? { ExpressionAttributeNames: { '#s': 'status' } } : {}),
+        ExpressionAttributeValues: { ':b': 'BACKUP#', ...values },
+      }));
+      for (const it of page.Items ?? []) out.push(strip<Backup>(it)!);
+      start = page.LastEvaluatedKey;
+    } while (start);
+    return out;
   }
 
   /** Frees the slot if `holder` still has it (a no-op otherwise: idempotent). */

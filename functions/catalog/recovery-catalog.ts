@@ -155,26 +155,6 @@ export class RecoveryCatalog {
     }
   }
 
-  /**
-   * Backups recorded `running` that started after `since` (older ones belong to dead
-   * executions), as `vmId/backupId`. A Scan: fine for a catalog of thousands of items.
-   */
-  async runningBackups(since: Date): Promise<string[]> {
-    const out: string[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.db.send(new ScanCommand({
-        TableName: this.table, ConsistentRead: true, ExclusiveStartKey: start,
-        FilterExpression: 'begins_with(sk, :b) AND #s = :r AND startedAt > :since',
-        ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':b': 'BACKUP#', ':r': 'running', ':since': since.toISOString() },
-      }));
-      for (const it of page.Items ?? []) out.push(`${it.vmId as string}/${it.backupId as string}`);
-      start = page.LastEvaluatedKey;
-    } while (start);
-    return out;
-  }
-
   /** Records that `backupId` of `vmId` is complete in the repository `bucket`. */
   putReplica(r: ReplicaRecord) {
     return this.db.send(new PutCommand({ TableName: this.table, Item: { ...replicaKey(r.vmId, r.bucket, r.backupId), ...r } }));

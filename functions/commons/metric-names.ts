@@ -7,6 +7,8 @@ export const summaryMetrics = {
   vmsCommitted: 'VmsCommitted',
   vmsFailed: 'VmsFailed',
   bytesStored: 'BytesStored',
+  /** Storage requests the movers retried for the run's committed backups (throttling, 5xx, dropped connections). */
+  storageRetries: 'StorageRetries',
 } as const;
 
 /**

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import type { RepositoryLocation, StorageEndpoint } from '../../core/endpoints.ts';
-import type { ChangeTracking, ChangeTrackingOffer, Consistency, DiskRef, DiskResult, Hypervisor, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
+import type { ChangeTracking, ChangeTrackingOffer, Consistency, QuiesceSettings, DiskRef, DiskResult, Hypervisor, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -22,6 +22,10 @@ export const slotLease: z.ZodType<SlotLease> = z.looseObject({ keys: z.array(tex
 export const changeTrackingOffer: z.ZodType<ChangeTrackingOffer> = z.union([z.strictObject({ since: text, sinceBackupId: text }), z.strictObject({ unavailable: text })]);
 export const changeTracking: z.ZodType<ChangeTracking> = z.union([z.strictObject({ used: z.literal(true), since: text }), z.strictObject({ used: z.literal(false), reason: text })]);
 export const consistency: z.ZodType<Consistency> = z.strictObject({ level: z.enum(['application', 'filesystem', 'crash']), reason: text });
+export const quiesceSettings: z.ZodType<QuiesceSettings> = z.strictObject({
+  pre: z.array(text).min(1).optional(), post: z.array(text).min(1).optional(),
+  hookTimeoutSeconds: z.number().int().positive().optional(), onHookFailure: z.enum(['fail', 'continue']).optional(),
+});
 export const hypervisor: z.ZodType<Hypervisor> = z.union([z.strictObject({ driver: z.literal('folder') }), z.strictObject({ driver: z.literal('libvirt'), uri: text })]);
 export const diskRef: z.ZodType<DiskRef> = z.looseObject({ diskId: text, path: text, sizeBytes: count, changeTracking: changeTrackingOffer.optional() });
 export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({
@@ -30,7 +34,7 @@ export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({
 
 export const transferStats: z.ZodType<TransferStats> = z.looseObject({
   bytesScanned: count, bytesNew: count, bytesZero: count, bytesUnallocated: count.optional(), bytesUnchanged: count.optional(), bytesRead: count.optional(), bytesUploaded: count, bytesStored: count,
-  chunks: count, zeroChunks: count, parentChunks: count, dedupedChunks: count, uploadedChunks: count, seconds: z.number().nonnegative(),
+  chunks: count, zeroChunks: count, parentChunks: count, dedupedChunks: count, uploadedChunks: count, seconds: z.number().nonnegative(), storageRetries: count.optional(),
 });
 export const diskResult: z.ZodType<DiskResult> = z.looseObject({ diskId: text, sizeBytes: count, manifestKey: text, stats: transferStats, changeTracking: changeTracking.optional() });
 
@@ -43,6 +47,7 @@ export const vmJob: z.ZodType<VmJob> = z.looseObject({
   slot: slotLease.nullable(),
   snapshot: snapshotResult.nullable(),
   hypervisor: hypervisor.optional(),
+  quiesce: quiesceSettings.optional(),
   parentCheckpoint: text.nullable().optional(),
   minMoverVersion: z.string().optional(),
   segmentBytes: z.number().int().positive(),

@@ -10,6 +10,11 @@ export interface ResolvedBackup {
   repository: RepositoryLocation;
   /** The backup's policy, when it still exists. */
   policy?: Policy;
+  /**
+   * When no backup was named and newer ones are damaged: what the caller must say out
+   * loud, that an older backup is used instead (never a silent fall-back).
+   */
+  notice?: string;
 }
 
 /** The location of `bucket` as a policy knows it: its own repository or its DR repository (with their endpoints). */
@@ -28,6 +33,7 @@ export async function resolveBackup(catalog: Catalog, vmId: string, backupId: st
   if (!vm) throw new RecoveryRequestInvalid(`VM '${vmId}' is not in the inventory`);
   const usable = (s: string) => s === 'committed' || (opts.allowDamaged === true && s === 'damaged');
   let backup: Backup | undefined;
+  let notice: string | undefined;
   if (backupId) {
     backup = await catalog.getBackup(vmId, backupId);
     if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no backup '${backupId}'`);
@@ -36,15 +42,22 @@ export async function resolveBackup(catalog: Catalog, vmId: string, backupId: st
       throw new RecoveryRequestInvalid(`backup '${backupId}' of VM '${vmId}' is ${why}`);
     }
   } else {
-    backup = (await catalog.listBackups(vmId)).find((b) => usable(b.status));
-    if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no committed backup`);
+    const all = await catalog.listBackups(vmId); // newest first
+    backup = all.find((b) => usable(b.status));
+    if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no committed backup${all.some((b) => (b.status as string) === 'damaged') ? ' (its damaged ones can be restored only by name, or after healing)' : ''}`);
+    const passed = all.slice(0, all.indexOf(backup)).filter((b) => (b.status as string) === 'damaged');
+    if (passed.length) {
+      const damage = (passed[0] as { damage?: { verifyId?: string } }).damage;
+      notice = `the newest backup ${passed[0]!.backupId} of VM '${vmId}' is damaged (deep verification ${damage?.verifyId ?? 'found chunks that do not open'}${passed.length > 1 ? `; ${passed.length - 1} more newer backup(s) too` : ''}): `
+        + `restoring the older backup ${backup.backupId} instead. To restore the newest, let the next backup store its quarantined chunks again and deep-verify it, then restore it by name`;
+    }
   }
   if (!backup.disks?.length) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' records no disks`);
   // Backups outlive their policy: when it is gone, the caller may name the repository.
   const policy = await catalog.getPolicy(backup.policyId);
   const bucket = policy?.bucket ?? opts.bucketIfPolicyGone;
   if (!bucket) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown; name it with "fromBucket"`);
-  return { backup: backup as ResolvedBackup['backup'], bucket, repository: locationOf(policy, bucket), ...(policy ? { policy } : {}) };
+  return { backup: backup as ResolvedBackup['backup'], bucket, repository: locationOf(policy, bucket), ...(policy ? { policy } : {}), ...(notice ? { notice } : {}) };
 }
 
 /** The VMs a policy selects: by id, and every inventory VM on its hosts. */

@@ -15,7 +15,7 @@ export function formatBackup(f: BackupFigures): string[] {
   const t = f.summary.totals;
   const nonZero = t.bytesScanned - t.bytesZero;
   const dedup = t.bytesUploaded > 0 ? nonZero / t.bytesUploaded : Infinity;
-  const compression = t.bytesStored > 0 ? t.bytesUploaded / t.bytesStored : Infinity;
+  const compression = t.bytesUploaded > 0 && t.bytesStored > 0 ? t.bytesUploaded / t.bytesStored : Infinity;
   const ratio = (r: number) => (Number.isFinite(r) ? `${r.toFixed(2)}x` : 'n/a (nothing uploaded)');
   return [
     `${f.label}: ${f.summary.committed} VM(s) committed, ${f.summary.failed} failed (run ${f.summary.runId})`,

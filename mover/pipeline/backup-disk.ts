@@ -129,7 +129,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     const id = parentChunks.byIndex![i];
     return id === null || (id !== undefined && parent.has(id)) ? id : undefined; // a quarantined chunk is read again
   };
-  const stats: Required<TransferStats> = {
+  const stats: Required<Omit<TransferStats, 'storageRetries'>> = {
     bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0,
     chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0,
   };

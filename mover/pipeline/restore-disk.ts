@@ -169,7 +169,10 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   const restoreChunk = async (id: string, slot: SharedSlot | undefined, at: number, length: number, where: string, missing: string) => {
     const targets = offsets.get(id)!;
     const problem = slot ? await openAll(id, slot, at, length, targets) : missing;
-    if (problem !== undefined && !(await fromOtherCopy(id, targets))) throw new Corrupt(`disk '${o.diskId}' offset ${targets[0]}: chunk ${id} in ${where} is damaged: ${problem}`);
+    if (problem !== undefined && !(await fromOtherCopy(id, targets))) {
+      throw new Corrupt(`disk '${o.diskId}' offset ${targets[0]}: chunk ${id} in ${where} is damaged: ${problem}; `
+        + 'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup');
+    }
     for (const offset of targets) {
       progress(lengthAt(offset));
       written(lengthAt(offset));
@@ -194,11 +197,12 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
       try {
         const body = await o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
         if (body) bytesDownloaded += body.length;
-        const where = run.packed ? `${run.key} bytes ${run.offset}+${run.length}` : run.key;
-        const missing = !body ? 'it is missing from the repository' : `the read returned ${body.length} of ${run.length} bytes (the pack is shorter than its manifest says)`;
+        // A chunk's own bytes in the pack (the run read holds several chunks).
+        const where = (c: { at: number; length: number }) => (run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key);
+        const missing = !body ? 'it is missing from the repository' : `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`;
         const complete = body?.length === run.length;
         if (complete && body.buffer !== slot.bytes.buffer) slot.bytes.set(body); // a store that ignored `into`
-        await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete ? slot : undefined, c.at, c.length, where, missing)));
+        await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete ? slot : undefined, c.at, c.length, where(c), missing)));
       } finally {
         freeSlots.push(slot);
       }

@@ -11,7 +11,7 @@
 import { execFile } from 'node:child_process';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { SourceUnavailable } from '../../core/errors.ts';
 import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
 import { rawImageExtents } from './allocation.ts';
@@ -111,5 +111,13 @@ export class FolderDriver implements SourceDriver {
     const root = join(source, SNAPSHOTS);
     if (!snapshot.handle.startsWith(root)) throw new SourceUnavailable(`snapshot handle ${snapshot.handle} is not under ${root}; refusing to delete it`);
     await rm(snapshot.handle, { recursive: true, force: true });
+  }
+
+  async releaseBackup({ source }: { source: string }, backupId: string): Promise<void> {
+    // The control plane rebuilt this job from the catalog: never delete relative to the mover's own folder.
+    if (!isAbsolute(source) || backupId.includes('/') || backupId.startsWith('.')) {
+      throw new SourceUnavailable(`cannot release the snapshot of backup '${backupId}' in '${source}': not an absolute VM folder and a backup id; release ${SNAPSHOTS}/${backupId} by hand`);
+    }
+    await rm(join(source, SNAPSHOTS, backupId), { recursive: true, force: true });
   }
 }

@@ -1,4 +1,4 @@
-import type { DiscoveredVm, DiskRef, SnapshotResult } from '../../core/jobs.ts';
+import type { DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../core/jobs.ts';
 
 /** A part of a disk that may hold data (everything outside every extent reads as zeros). */
 export interface Extent {
@@ -14,6 +14,8 @@ export interface SnapshotRequest {
   parentBackupId?: string | null;
   /** The parent backup's checkpoint: a driver that tracks changes offers those since it. */
   parentCheckpoint?: string | null;
+  /** Commands run in the guest around the freeze (drivers with a guest agent). */
+  quiesce?: QuiesceSettings;
 }
 
 /**
@@ -28,6 +30,12 @@ export interface SourceDriver {
   openDisk(disk: DiskRef): Promise<DiskReader>;
   /** Releases the snapshot; a no-op when it is already gone. */
   release(req: { source: string }, snapshot: SnapshotResult): Promise<void>;
+  /**
+   * Releases whatever snapshot this driver made for `backupId`, without its handle: the
+   * cleanup of a backup whose Snapshot task never returned (the mover or the control
+   * plane died meanwhile). A no-op when there is none.
+   */
+  releaseBackup?(req: { source: string }, backupId: string): Promise<void>;
 }
 
 /**

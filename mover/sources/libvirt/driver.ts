@@ -11,11 +11,13 @@
  * through `qemu-nbd`, read-only.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../core/errors.ts';
-import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, SnapshotResult } from '../../../core/jobs.ts';
+import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../../core/jobs.ts';
+import { guestExec } from './guest-agent.ts';
 import type { DiskReader, SnapshotRequest, SourceDriver, VmInventory } from '../source.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, type DomainDisk, type DomainInfo } from './domain-xml.ts';
 import { openNbdDisk } from './nbd-disk.ts';
@@ -65,15 +67,16 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     const xml = await this.virsh.run(['dumpxml', '--inactive', '--security-info', '--', req.source], opts);
     const info = parseDomainXml(xml, what);
     const disks = backedUpDisks(info, what);
-    const dir = join(this.o.workDir, info.uuid, req.backupId);
+    const dir = snapshotDir(this.o.workDir, info.uuid, req.backupId);
     await this.cleanLeftovers(info, req.backupId, opts.signal);
     // Only the parent's checkpoint is needed from now on: older ones, and those of backups
     // that failed, go (libvirt merges a deleted checkpoint's bitmap into its predecessor, so
     // the parent's record of changes stays complete). Offline, libvirt cannot merge bitmaps.
     if (state === 'running' || state === 'paused') await this.pruneCheckpoints(info.name, req.parentCheckpoint ? [req.parentCheckpoint] : [], opts.signal);
-    // The folders above may be passed through (QEMU's user reaches its snapshot folder), not listed.
-    await mkdir(join(this.o.workDir, info.uuid), { recursive: true, mode: 0o711 });
+    // The work folder may be passed through (QEMU's user reaches its snapshot folder), not listed.
+    await mkdir(this.o.workDir, { recursive: true, mode: 0o711 });
     await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err; });
+    await writeFile(join(dir, OWNER), JSON.stringify({ domain: info.uuid, backupId: req.backupId }));
     const config = { driver: 'libvirt', name: info.name, uuid: info.uuid, domainXml: xml, state };
     try {
       if (state === 'shut off') return await this.exportImages(info, disks, dir, config, opts.signal);
@@ -126,10 +129,34 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
 
   async release(_req: { source: string }, snapshot: SnapshotResult): Promise<void> {
     const h = parseHandle(snapshot.handle);
-    if (!h.dir.startsWith(this.o.workDir + '/')) throw new SourceUnavailable(`snapshot handle ${h.dir} is not under the mover's work folder ${this.o.workDir}; refusing to delete it`);
-    if (h.kind === 'job') await this.abortOurJob(h.domain, h.dir);
+    // The handle names a folder another mover of the group may have made: delete it only if it is that snapshot's.
+    const owner = await readOwner(h.dir);
+    if (owner && (owner.domain !== h.domain || snapshotDir(dirname(h.dir), owner.domain, owner.backupId) !== h.dir)) {
+      throw new SourceUnavailable(`snapshot folder ${h.dir} does not belong to VM ${h.domain}; refusing to delete it`);
+    }
+    if (h.kind === 'job') await this.abortLifeboatJob(h.domain, { only: h.dir, foreign: 'ignore' });
     else await stopQemuNbd(h.dir);
+    if (!owner) return; // already released
     await rm(h.dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Releases the snapshot of `backupId` without its handle (its Snapshot task never
+   * returned): the job, if it is that backup's, and its folder in this mover's work folder.
+   * Its checkpoint goes at the VM's next backup, with every other one but the parent's.
+   */
+  async releaseBackup(req: { source: string }, backupId: string): Promise<void> {
+    let uuid: string;
+    try {
+      uuid = (await this.virsh.run(['domuuid', '--', req.source])).trim();
+    } catch (err) {
+      if (isNoDomain(err)) return; // nothing of it can be left on this host
+      throw err;
+    }
+    const dir = snapshotDir(this.o.workDir, uuid, backupId);
+    await this.abortLifeboatJob(uuid, { only: dir, foreign: 'ignore' });
+    await stopQemuNbd(dir);
+    await rm(dir, { recursive: true, force: true });
   }
 
   // --- running VMs: a backup job in pull mode -------------------------------------------
@@ -140,7 +167,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     await this.shareWithQemu(info.name, dir, signal);
     const base = await this.incrementalBase(req, info, signal);
     await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
-    const consistency = await this.quiesced(info, signal, async () => {
+    const consistency = await this.quiesced(info, req.quiesce, signal, async () => {
       try {
         await this.beginJob(info, disks, dir, socket, base.since, signal);
         return base;
@@ -163,7 +190,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
       })));
     } catch (err) {
       // Nothing may outlive a failed snapshot: the job ends, and its checkpoint goes (its bitmap merges into the parent's).
-      await this.abortOurJob(info.name, dir).catch(() => {});
+      await this.abortLifeboatJob(info.uuid, { only: dir, foreign: 'ignore' }).catch(() => {});
       await this.deleteCheckpoint(info.name, checkpoint).catch(() => {});
       throw err;
     }
@@ -199,28 +226,68 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
   }
 
   /**
-   * Runs `take` with the guest's file systems frozen through its agent, thawing always;
-   * a guest without an agent, or whose agent does not answer, is taken crash-consistent.
+   * Runs `take` with the guest quiesced, thawing always: the policy's `pre` hook in the
+   * guest, its file systems frozen through the agent, then `take`, thaw, the `post` hook.
+   * Without an agent that answers, the snapshot is crash-consistent and says why (or, when
+   * hooks are configured and must not be skipped, the backup fails).
    */
-  private async quiesced<T>(info: DomainInfo, signal: AbortSignal | undefined, take: () => Promise<T>): Promise<{ base: T; level: Consistency }> {
-    if (!info.agentChannel) return { base: await take(), level: { level: 'crash', reason: 'the VM has no guest agent channel (org.qemu.guest_agent.0)' } };
+  private async quiesced<T>(info: DomainInfo, q: QuiesceSettings | undefined, signal: AbortSignal | undefined, take: () => Promise<T>): Promise<{ base: T; level: Consistency }> {
+    const hooks = !!(q?.pre || q?.post);
+    const mustRunHooks = hooks && (q?.onHookFailure ?? 'fail') === 'fail';
+    const crash = async (reason: string) => {
+      if (mustRunHooks) {
+        throw new SourceUnavailable(`VM '${info.name}' could not be quiesced as its policy asks: ${reason}. Make the guest agent run and the hooks exit 0 in the guest, or set the policy's quiesce.onHookFailure to "continue" to take crash-consistent backups meanwhile`);
+      }
+      return { base: await take(), level: { level: 'crash' as const, reason: hooks ? `${reason}; hooks not run` : reason } };
+    };
+    if (!info.agentChannel) return crash('the VM has no guest agent channel (org.qemu.guest_agent.0)');
     const timeout = String(this.o.agentTimeoutSeconds ?? 10);
     try {
       await this.virsh.run(['qemu-agent-command', '--timeout', timeout, '--', info.name, '{"execute":"guest-ping"}'], { ...(signal ? { signal } : {}) });
     } catch (err) {
-      return { base: await take(), level: { level: 'crash', reason: `the guest agent did not answer (${(err as Error).message.slice(0, 200)})` } };
+      return crash(`the guest agent did not answer within ${timeout} s (${(err as Error).message.slice(0, 200)})`);
+    }
+    const hookTimeout = q?.hookTimeoutSeconds ?? 300;
+    let preRan = false;
+    if (q?.pre) {
+      const problem = await this.hook(info.name, 'pre', q.pre, hookTimeout, signal);
+      if (problem) return crash(problem);
+      preRan = true;
     }
     let frozen: string;
     try {
       frozen = (await this.virsh.run(['domfsfreeze', '--', info.name], { ...(signal ? { signal } : {}) })).trim();
     } catch (err) {
-      return { base: await take(), level: { level: 'crash', reason: `the guest agent could not freeze the file systems (${(err as Error).message.slice(0, 200)})` } };
+      await this.postHook(info.name, q, hookTimeout);
+      return crash(`the guest agent could not freeze the file systems (${(err as Error).message.slice(0, 200)})`);
     }
+    let base: T;
     try {
-      return { base: await take(), level: { level: 'filesystem', reason: `file systems frozen by the guest agent (${frozen || 'none mounted'})` } };
+      base = await take();
     } finally {
-      await this.virsh.run(['domfsthaw', '--', info.name]).catch(() => {}); // the agent also thaws on its own timeout
+      await this.virsh.run(['domfsthaw', '--', info.name]).catch(() => {}); // the guest is never left frozen by us
     }
+    const post = await this.postHook(info.name, q, hookTimeout);
+    const how = `file systems frozen by the guest agent (${frozen || 'none mounted'})`;
+    return { base, level: preRan ? { level: 'application', reason: `the pre hook ran, then ${how}${post}` } : { level: 'filesystem', reason: `${how}${post}` } };
+  }
+
+  /** Runs a hook in the guest; returns what went wrong, or undefined when it exited 0. */
+  private async hook(domain: string, which: 'pre' | 'post', argv: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<string | undefined> {
+    try {
+      const r = await guestExec(this.virsh, domain, argv, timeoutSeconds, signal);
+      if (r.exitCode === 0) return undefined;
+      return `the ${which} hook ${argv.join(' ')} exited ${r.exitCode}${r.stderr.trim() ? `: ${r.stderr.trim().slice(-300)}` : ''}`;
+    } catch (err) {
+      return `the ${which} hook ${argv.join(' ')} could not run: ${(err as Error).message.slice(0, 300)}`;
+    }
+  }
+
+  /** The post hook after a thaw: its failure does not undo a consistent snapshot, it is noted. */
+  private async postHook(domain: string, q: QuiesceSettings | undefined, timeoutSeconds: number): Promise<string> {
+    if (!q?.post) return '';
+    const problem = await this.hook(domain, 'post', q.post, timeoutSeconds);
+    return problem ? `; ${problem}` : '; the post hook ran';
   }
 
   // --- shut-off VMs: their images, read-only --------------------------------------------
@@ -253,13 +320,17 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
    * checkpoint's bitmap into its predecessor, so the parent's changes stay complete).
    */
   private async cleanLeftovers(info: DomainInfo, backupId: string, signal?: AbortSignal): Promise<void> {
-    const domainDir = join(this.o.workDir, info.uuid);
-    await this.abortOurJob(info.uuid, domainDir);
-    for (const entry of await readdir(domainDir).catch(() => [] as string[])) {
+    const left = await this.abortLifeboatJob(info.uuid, { foreign: 'fail' });
+    if (left && left !== snapshotDir(this.o.workDir, info.uuid, backupId)) await rm(left, { recursive: true, force: true });
+    const mine = snapshotDir(this.o.workDir, info.uuid, backupId);
+    for (const entry of await readdir(this.o.workDir).catch(() => [] as string[])) {
       signal?.throwIfAborted();
-      if (entry === backupId) continue;
-      await stopQemuNbd(join(domainDir, entry));
-      await rm(join(domainDir, entry), { recursive: true, force: true });
+      const dir = join(this.o.workDir, entry);
+      if (dir === mine) continue;
+      const owner = await readOwner(dir);
+      if (owner?.domain !== info.uuid) continue; // another VM's
+      await stopQemuNbd(dir);
+      await rm(dir, { recursive: true, force: true });
     }
   }
 
@@ -288,24 +359,32 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     return out.split('\n').map((l) => l.trim()).filter(Boolean);
   }
 
-  /** Aborts the domain's backup job if it is one of this mover's (its socket is under `dirPrefix`); leaves anyone else's alone. */
-  private async abortOurJob(domain: string, dirPrefix: string): Promise<void> {
+  /**
+   * Aborts the domain's backup job if Lifeboat started it (its NBD socket's folder holds
+   * an owner file naming the domain; movers of a group may have different work folders)
+   * and, with `only`, only if it is that snapshot's. Returns the aborted job's folder.
+   * A job that is not Lifeboat's is never touched: `foreign: 'fail'` refuses to go on.
+   */
+  private async abortLifeboatJob(domain: string, o: { only?: string; foreign: 'fail' | 'ignore' }): Promise<string | undefined> {
     let xml: string;
     try {
       xml = await this.virsh.run(['backup-dumpxml', '--', domain]);
     } catch (err) {
-      if (isNoDomain(err) || /no (domain )?backup job|not active|No job is active/i.test((err as { stderr?: string }).stderr ?? '')) return;
+      if (isNoDomain(err) || /no (domain )?backup job|not active|no job is active|does not have/i.test((err as { stderr?: string }).stderr ?? '')) return undefined;
       throw err;
     }
     const socket = /socket=['"]([^'"]+)['"]/.exec(xml)?.[1];
-    if (!socket) return;
-    if (!socket.startsWith(dirPrefix + '/')) {
-      if (dirPrefix.endsWith('/') || socket.startsWith(this.o.workDir + '/')) return;
-      throw new SourceUnavailable(`VM '${domain}' has a backup job that is not Lifeboat's (its NBD socket is ${socket}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`);
+    const dir = socket ? dirname(socket) : undefined;
+    const owner = dir ? await readOwner(dir) : undefined;
+    if (!dir || owner?.domain !== domain) {
+      if (o.foreign === 'ignore') return undefined;
+      throw new SourceUnavailable(`VM '${domain}' has a backup job that is not Lifeboat's (${socket ? `its NBD socket is ${socket}` : 'not a pull-mode job on a unix socket'}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`);
     }
+    if (o.only && dir !== o.only) return undefined;
     await this.virsh.run(['domjobabort', '--', domain]).catch((err) => {
       if (!/no job is active|not active/i.test((err as { stderr?: string }).stderr ?? '')) throw err;
     });
+    return dir;
   }
 
   private async domainState(domain: string, what: string, signal?: AbortSignal): Promise<string> {
@@ -323,6 +402,30 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     if (!m) throw new SourceUnavailable(`virsh domblkinfo gave no capacity for disk ${target} of VM '${domain}': ${out.trim().slice(0, 200)}`);
     return Number(m[1]);
   }
+}
+
+/** Names the domain and backup a snapshot folder belongs to (its name is a hash). */
+const OWNER = 'owner.json';
+
+async function readOwner(dir: string): Promise<{ domain: string; backupId: string } | undefined> {
+  const o = await readFile(join(dir, OWNER), 'utf8').then((t) => JSON.parse(t) as { domain?: unknown; backupId?: unknown }, () => undefined);
+  return typeof o?.domain === 'string' && typeof o.backupId === 'string' ? { domain: o.domain, backupId: o.backupId } : undefined;
+}
+
+/** The longest unix socket path Linux takes (sun_path is 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * A snapshot's folder: a short hash of the domain and backup, because the NBD socket in it
+ * must fit a unix socket path; refuses a work folder too deep for that.
+ */
+export function snapshotDir(workDir: string, uuid: string, backupId: string): string {
+  const dir = join(workDir, createHash('sha256').update(`${uuid}/${backupId}`).digest('hex').slice(0, 16));
+  const longest = join(dir, 'vdzz.sock');
+  if (Buffer.byteLength(longest) > MAX_SOCKET_PATH) {
+    throw new SourceUnavailable(`the mover's work folder ${workDir} is too deep for the NBD sockets of a snapshot (${Buffer.byteLength(longest)} bytes, unix sockets take ${MAX_SOCKET_PATH}): set LIFEBOAT_WORK_DIR to a shorter path, e.g. /var/lib/lifeboat-mover/work`);
+  }
+  return dir;
 }
 
 /** The standard NBD URI of an export on a unix socket. */

@@ -1,0 +1,99 @@
+/**
+ * A running lab VM for the demo, the benches and the libvirt tests: the lab's guest
+ * booted from a qcow2 disk pre-filled with data (so a full backup has something to move),
+ * its console read for the guest's marks, and removed with everything it made.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { GuestTimeout, VmLabUnavailable } from './errors.ts';
+import { guestCmdline, guestDomainXml, type GuestBehaviour } from './domain.ts';
+import { buildGuest } from './guest.ts';
+import { virsh, waitForConsoleLine } from './libvirtd.ts';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+
+export interface LabVmOptions {
+  /** Folder for the VM's disk, console log and definition (created; removed by `remove`). */
+  dir: string;
+  /** Where built guests are cached between runs. */
+  cacheDir: string;
+  name: string;
+  sizeBytes: number;
+  /** Bytes of random data written at the start of the disk before boot (default: a quarter of it). */
+  dataBytes?: number;
+  behaviour?: GuestBehaviour;
+  agent?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface LabVm {
+  name: string;
+  disk: string;
+  serialLog: string;
+  /**
+   * The sha256 hashes the guest printed at each freeze, oldest first, once there are at
+   * least `count` (the guest prints each a few seconds after its freeze).
+   */
+  freezeHashes(count?: number, timeoutMs?: number): Promise<string[]>;
+  /** Destroys and undefines the domain (with its checkpoints' metadata) and removes its folder. */
+  remove(): Promise<void>;
+}
+
+/** Defines and starts a lab VM and waits until the guest says it is ready. */
+export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
+  const guest = await buildGuest(o.cacheDir);
+  await mkdir(o.dir, { recursive: true });
+  const disk = join(o.dir, 'vda.qcow2');
+  const serialLog = join(o.dir, 'console.log');
+  await prefilledQcow2(disk, o.sizeBytes, o.dataBytes ?? Math.floor(o.sizeBytes / 4 / MiB) * MiB);
+  const xmlPath = join(o.dir, 'domain.xml');
+  await writeFile(xmlPath, guestDomainXml({
+    name: o.name, disks: [{ path: disk, format: 'qcow2', target: 'vda' }], kernel: guest.kernel, initrd: guest.initrd,
+    cmdline: guestCmdline(o.behaviour ?? {}), serialLog, agent: o.agent ?? true, memoryMiB: 192,
+  }));
+  const vm: LabVm = {
+    name: o.name, disk, serialLog,
+    freezeHashes: async (count = 0, timeoutMs = 120_000) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const hashes = [...(await readFile(serialLog, 'utf8').catch(() => '')).matchAll(/LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/g)].map((m) => m[1]!);
+        if (hashes.length >= count) return hashes;
+        if (Date.now() > deadline) throw new GuestTimeout(`guest ${o.name} printed ${hashes.length} freeze hashes of ${count} within ${timeoutMs / 1000} s (console: ${serialLog})`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    },
+    remove: async () => {
+      await virsh(['destroy', o.name]).catch(() => {});
+      await virsh(['undefine', '--checkpoints-metadata', o.name]).catch(() => virsh(['undefine', o.name]).catch(() => {}));
+      await rm(o.dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await virsh(['define', xmlPath]);
+    await virsh(['start', o.name]);
+    await waitForConsoleLine(serialLog, /LIFEBOAT-GUEST READY/, 120_000, o.signal);
+  } catch (err) {
+    await vm.remove();
+    throw err;
+  }
+  return vm;
+}
+
+/** A qcow2 image whose first `dataBytes` are random (the rest unallocated). */
+async function prefilledQcow2(path: string, sizeBytes: number, dataBytes: number): Promise<void> {
+  const raw = `${path}.fill.raw`;
+  try {
+    await writeFile(raw, '');
+    for (let at = 0; at < dataBytes; at += 8 * MiB) await writeFile(raw, randomBytes(Math.min(8 * MiB, dataBytes - at)), { flag: 'a' });
+    await run('truncate', ['-s', String(sizeBytes), raw]);
+    await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, path]);
+  } catch (err) {
+    throw new VmLabUnavailable(`the lab VM's disk ${path} could not be made: ${(err as { stderr?: string }).stderr?.trim() ?? String(err)}`, err);
+  } finally {
+    await rm(raw, { force: true });
+  }
+}

@@ -1,0 +1,23 @@
+/** A plain restore (no backup named) never falls back silently past a damaged newest backup. */
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { planRestore } from '../functions/restore.ts';
+import { startTestCatalog } from './helpers/catalog.ts';
+
+let c: Awaited<ReturnType<typeof startTestCatalog>>;
+beforeAll(async () => { c = await startTestCatalog(); });
+afterAll(async () => c?.close());
+
+it('says loudly which older backup it restores when the newest is damaged, naming the damaged one and the verification', async () => {
+  await c.catalog.putVm({ vmId: 'vm-1', host: 'esx-01', source: '/vms/vm-1' });
+  await c.catalog.putPolicy({ policyId: 'p', vmIds: ['vm-1'], bucket: 'repo', chunkSize: 1 << 20, slotLimit: 1 });
+  const disks = [{ diskId: 'd', sizeBytes: 1 << 20, manifestKey: 'm', stats: { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 } }];
+  for (const id of ['20260101T000000000Z-a', '20260102T000000000Z-b']) {
+    await c.catalog.startBackup({ vmId: 'vm-1', backupId: id, runId: 'r', policyId: 'p', status: 'running', parentBackupId: null, startedAt: 'x' });
+    await c.catalog.commitBackup('vm-1', id, disks, new Date());
+  }
+  await c.recovery.markDamaged('vm-1', '20260102T000000000Z-b', { verifyId: 'verify-7', foundAt: 'x', findings: [] });
+  const job = await planRestore({ restoreId: 'r1', request: { vmId: 'vm-1', target: '/tmp/t', moverGroup: 'site-a' } }, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() });
+  expect(job.backupId).toBe('20260101T000000000Z-a');
+  expect(job.notice).toBe("the newest backup 20260102T000000000Z-b of VM 'vm-1' is damaged (deep verification verify-7): restoring the older backup 20260101T000000000Z-a instead. "
+    + 'To restore the newest, let the next backup store its quarantined chunks again and deep-verify it, then restore it by name');
+});
