@@ -71,7 +71,7 @@ const schedule = z.object({
 const namePattern = z.string()
   .min(1, 'must not be empty')
   .max(200, 'must be at most 200 characters')
-  .regex(/^[^\s/\\[\]{}]+$/, 'must be a VM name pattern: no spaces, slashes or brackets; "*" matches any run of characters, "?" one character (e.g. "web-*")');
+  .regex(/^[^\s/\\[\]{}]*$/, 'must be a VM name pattern: no spaces, slashes or brackets; "*" matches any run of characters, "?" one character (e.g. "web-*")');
 /** A tag as libvirt metadata carries them (`<lifeboat:tags>a,b</lifeboat:tags>`). */
 const tag = z.string().regex(/^[^\s,]{1,64}$/, 'must be a tag of 1–64 characters without spaces or commas');
 
