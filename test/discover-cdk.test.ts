@@ -100,7 +100,7 @@ describe('Discover workflow', () => {
     for (const s of Object.values(discover().all)) for (const r of [...(s.Retry ?? []), ...(s.Catch ?? [])]) r.ErrorEquals.forEach((e) => names.add(e));
     expect([...names].filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !Object.hasOwn(known, e))).toEqual([]);
     for (const code of ['Source.VmGone', 'Discovery.RequestInvalid']) {
-      const cls = (errorClasses as Record<string, new (m: string) => Error>)[code]!;
+      const cls = (errorClasses as unknown as Record<string, new (m: string) => Error>)[code]!;
       expect(new cls('probe').name).toBe(code);
     }
   });
