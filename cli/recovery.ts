@@ -32,16 +32,17 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .option('--raw', 'with --define: keep the disks raw instead of qcow2')
     .option('--start', 'with --define: start the new VM')
     .option('--boot-check <regex>', 'with --define: a restore test: boot without network, wait for a serial console line matching this, then remove the VM')
+    .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder (default: refuse)')
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; raw?: boolean; start?: boolean; bootCheck?: string; dataDir: string; endpoints?: string }) => {
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; raw?: boolean; start?: boolean; bootCheck?: string; force?: boolean; dataDir: string; endpoints?: string }) => {
       const e = await endpoints(opts);
       const define = opts.define ? {
         uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
         ...(opts.bootCheck ? { bootCheck: { consoleLine: opts.bootCheck } } : {}),
       } : undefined;
       const input = {
-        vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}),
+        vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}), ...(opts.force ? { force: true } : {}),
         ...(define ? { define } : {}),
       };
       const { output, seconds } = await run(e, 'Restore', input, io);

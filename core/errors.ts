@@ -168,6 +168,18 @@ export class StackUnavailable extends LifeboatError {
   }
 }
 
+/**
+ * A mover task reported no progress for longer than the mover's stall timeout
+ * (`LIFEBOAT_STALL_TIMEOUT_MS`): the mover aborted it. Retryable: the stall is usually a
+ * dead connection or a hung device, and the next attempt may run on another mover.
+ */
+export class TaskStalled extends LifeboatError {
+  static readonly code = 'Mover.TaskStalled';
+  constructor(message: string, cause?: unknown) {
+    super(TaskStalled.code, message, { retryable: true, cause });
+  }
+}
+
 /** Every error class, by code: the contract test checks the state machines against it. */
 export const errorClasses = {
   [SourceUnavailable.code]: SourceUnavailable,
@@ -178,6 +190,7 @@ export const errorClasses = {
   [SlotUnavailable.code]: SlotUnavailable,
   [VerifyFailed.code]: VerifyFailed,
   [CannotUpgrade.code]: CannotUpgrade,
+  [TaskStalled.code]: TaskStalled,
   [BadFunctionInput.code]: BadFunctionInput,
   [RunBusy.code]: RunBusy,
   [LocalIoFailed.code]: LocalIoFailed,

@@ -26,6 +26,8 @@ export interface RestoreJob {
   /** Set for a single-disk restore; null restores every disk and the VM's config. */
   diskId: string | null;
   disks: RestoreDiskTarget[];
+  /** Overwrite what is at the target (a file holding data, a non-empty folder, the VM's own folder); default: refuse. */
+  force?: boolean;
   /** A whole-VM restore of a libvirt backup: define (and start, or boot-test) a new domain from it. */
   define?: DefineDomainRequest;
   /** Said to the operator when an older backup is restored because newer ones are damaged. */

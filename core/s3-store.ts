@@ -20,7 +20,21 @@ export interface S3Endpoint {
   profile?: string;
   /** Flexible checksums on requests: only when an operation requires one (default), or whenever supported. */
   checksums?: 'when-required' | 'when-supported';
+  /** How long a connection may take to open (default {@link DEFAULT_S3_TIMEOUTS}). */
+  connectTimeoutMs?: number;
+  /**
+   * How long a request may go with no byte moving either way, before or during its
+   * response body (default {@link DEFAULT_S3_TIMEOUTS}): a stalled request or a dead
+   * connection fails as a TimeoutError (retryable) instead of waiting for ever. Idle time,
+   * not total time, so a large PUT over a slow link is not cut.
+   */
+  requestTimeoutMs?: number;
+  /** Attempts of the SDK's own retry (default: the SDK's, 3). */
+  maxAttempts?: number;
 }
+
+/** Deadlines of every S3 request when the endpoint sets none. */
+export const DEFAULT_S3_TIMEOUTS = { connectTimeoutMs: 10_000, requestTimeoutMs: 60_000 } as const;
 
 /**
  * The client settings for a repository's endpoint (core/endpoints.ts), or for the stack's
@@ -48,6 +62,13 @@ export function s3Client(e: S3Endpoint): S3Client {
     expectContinueHeader: false,
     requestChecksumCalculation: e.checksums === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
     responseChecksumValidation: e.checksums === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
+    // Without deadlines one stalled response keeps a task alive with no progress until its
+    // 12 h Step Functions timeout; the socket's idle timeout also covers a body that stops.
+    requestHandler: {
+      connectionTimeout: e.connectTimeoutMs ?? DEFAULT_S3_TIMEOUTS.connectTimeoutMs,
+      socketTimeout: e.requestTimeoutMs ?? DEFAULT_S3_TIMEOUTS.requestTimeoutMs,
+    },
+    ...(e.maxAttempts ? { maxAttempts: e.maxAttempts } : {}),
   });
 }
 

@@ -2,7 +2,7 @@
  * The Restore workflow's functions: PlanRestore resolves what to restore and where,
  * RecordRestore and RecordRestoreFailure keep the outcome in the catalog.
  */
-import { isAbsolute, join } from 'node:path';
+import { isAbsolute, join, normalize } from 'node:path';
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { DefinedDomain, RestoredDisk, RestoreJob } from '../core/recovery-jobs.ts';
@@ -41,10 +41,22 @@ export const restoreRequest = z.object({
       timeoutSeconds: z.number().int().min(5).max(3600).optional(),
     }).strict().optional(),
   }).strict().optional(),
+  /**
+   * Overwrite what is at the target: a file holding data (one disk), a folder that is not
+   * empty or the VM's own source folder (a whole VM). Default: such a restore is refused.
+   */
+  force: z.boolean().optional(),
 }).strict();
 export type RestoreRequest = z.output<typeof restoreRequest>;
 /** PlanRestore's input: the execution's input and its name. */
 export const planRestoreInput = z.object({ restoreId: text, request: restoreRequest }).strict();
+
+/** A whole-VM restore into the VM's own folder would overwrite the running VM's disks and vm.json. */
+async function refuseSourceFolder(catalog: Catalog, vmId: string, target: string): Promise<void> {
+  const source = (await catalog.getVm(vmId))?.source;
+  if (!source || normalize(`${source}/`) !== normalize(`${target}/`)) return;
+  throw new RecoveryRequestInvalid(`restore target ${target} is the source folder of VM '${vmId}'; restoring there would overwrite the VM's own disks and vm.json: choose another folder, or pass --force (workflow input "force": true) to roll the VM back in place`);
+}
 
 export async function planRestore({ restoreId, request: input }: z.output<typeof planRestoreInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<RestoreJob> {
   const resolved = await resolveBackup(deps.catalog, input.vmId, input.backupId, input.fromBucket ? { bucketIfPolicyGone: input.fromBucket } : {});
@@ -56,6 +68,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
     }
     repository = locationOf(resolved.policy, input.fromBucket);
   }
+  if (!input.diskId && !input.force) await refuseSourceFolder(deps.catalog, input.vmId, input.target);
   let disks = backup.disks;
   if (input.define && input.diskId) throw new RecoveryRequestInvalid('"define" makes a VM of a whole-VM restore; it cannot be combined with "diskId"');
   if (input.diskId) {
@@ -64,7 +77,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
   }
   const job: RestoreJob = {
     restoreId, vmId: input.vmId, backupId: backup.backupId, moverGroup: input.moverGroup,
-    repository, target: input.target, diskId: input.diskId ?? null,
+    repository, target: input.target, diskId: input.diskId ?? null, ...(input.force ? { force: true } : {}),
     disks: disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, path: input.diskId ? input.target : join(input.target, `${d.diskId}.raw`) })),
     ...(input.define ? { define: input.define } : {}),
     ...(resolved.notice ? { notice: resolved.notice } : {}),

@@ -12,7 +12,8 @@
  *   STREAMING-...`, which restic and minio-go send over plain http) are de-framed before
  *   s3rver stores them; s3rver 3.7.1 would keep the framing inside the object.
  * - **Atomic PUTs.** PUTs of one key run one after the other (s3rver writes in place, so
- *   two at once could interleave).
+ *   two at once could interleave); each PUT's body is read whole before its turn, so a
+ *   request cut off mid-body fails alone and never blocks the key.
  * - **Request counts** per bucket, for benchmarks and tests.
  *
  * The middleware runs inside s3rver's own Koa app (first in its chain), so there is no
@@ -96,7 +97,8 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
     const key = decodeURIComponent(rest.join('/'));
     const isObjectPut = ctx.method === 'PUT' && bucket !== '' && key !== '' && !/(^|&)(uploadId|partNumber)=/.test(ctx.querystring);
 
-    if (String(ctx.request.headers['x-amz-content-sha256'] ?? '').startsWith('STREAMING-')) {
+    const streaming = String(ctx.request.headers['x-amz-content-sha256'] ?? '').startsWith('STREAMING-');
+    if (streaming) {
       let body: Buffer;
       try {
         body = deframeAwsChunked(await readAll(ctx.req));
@@ -111,6 +113,17 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
     }
 
     if (!isObjectPut) return next();
+    // The whole body is read before the key's turn is taken: a client that stops sending
+    // (cut off mid-body) then fails only its own request and never holds the key.
+    if (!streaming) {
+      let body: Buffer;
+      try {
+        body = await readAll(ctx.req);
+      } catch (err) {
+        return s3Error(ctx, 400, 'IncompleteBody', `the request body ended early: ${(err as Error).message}`, key);
+      }
+      ctx.req = Readable.from([body]);
+    }
     const id = `${bucket}/${key}`;
     const conditional = ctx.get('if-none-match') === '*';
     if (conditional && conditionalInFlight.has(id)) return s3Error(ctx, 409, 'ConditionalRequestConflict', 'A conditional request to this key is in progress', key);
@@ -129,7 +142,7 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   /**
    * s3rver writes an object in place (truncate, then stream), so two PUTs of one key at
    * once could interleave into a mix of both bodies; S3's PUTs are atomic. PUTs of a key
-   * are therefore run one after the other here.
+   * are therefore run one after the other here, each with its body already in memory.
    */
   const writers = new Map<string, Promise<void>>();
   const oneWriterPerKey = async (id: string, write: () => Promise<void>): Promise<void> => {

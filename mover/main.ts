@@ -9,6 +9,10 @@
  *   LIFEBOAT_PACK_MIB       pack size in MiB (default 8; smaller on slow WAN links: a pack is the unit of upload and resume)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
+ *   LIFEBOAT_S3_CONNECT_TIMEOUT_MS (default 10000), LIFEBOAT_S3_REQUEST_TIMEOUT_MS (longest an S3 request may
+ *     go with no byte moving, default 60000): a stalled request fails as retryable and is tried again
+ *   LIFEBOAT_STALL_TIMEOUT_MS (default 600000): a task that reports no progress for this long is aborted and
+ *     failed with Mover.TaskStalled (retried by the workflow)
  *   LIFEBOAT_ENDPOINT_PROFILES  JSON object: AWS shared-config profile per other S3 endpoint, keyed by
  *     the endpoint URL (or `aws:<region>` for AWS S3 in another region), e.g.
  *     {"https://s3.dr.example.com":"lifeboat-dr"}. Jobs name a repository's endpoint (URL, region,
@@ -33,7 +37,7 @@ import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
+import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { sourceDrivers } from './sources/drivers.ts';
@@ -97,7 +101,12 @@ const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
 const s3Endpoint = process.env.LIFEBOAT_S3_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: localCreds } : {}), requestHandler: { requestTimeout: 70_000 } });
 const pathStyle = process.env.LIFEBOAT_S3_PATH_STYLE ? process.env.LIFEBOAT_S3_PATH_STYLE === 'true' : !!s3Endpoint;
-const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...(s3Endpoint ? { credentials: localCreds } : {}) });
+// Every S3 request has deadlines: a stalled one fails (and is retried) instead of hanging the task.
+const s3Timeouts = {
+  connectTimeoutMs: positiveInt('LIFEBOAT_S3_CONNECT_TIMEOUT_MS', String(DEFAULT_S3_TIMEOUTS.connectTimeoutMs)),
+  requestTimeoutMs: positiveInt('LIFEBOAT_S3_REQUEST_TIMEOUT_MS', String(DEFAULT_S3_TIMEOUTS.requestTimeoutMs)),
+};
+const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...s3Timeouts, ...(s3Endpoint ? { credentials: localCreds } : {}) });
 let endpointProfiles: Record<string, string>;
 try {
   endpointProfiles = JSON.parse(process.env.LIFEBOAT_ENDPOINT_PROFILES || '{}') as Record<string, string>;
@@ -114,7 +123,7 @@ const s3For = (e: StorageEndpoint | undefined): S3Client => {
   if (!c && e) {
     const profile = endpointProfiles[e.url ?? `aws:${e.region ?? region}`];
     c = s3Client({
-      ...endpointSettings(e, { region }),
+      ...endpointSettings(e, { region }), ...s3Timeouts,
       // The embedded stack's servers take its fixed local pair; elsewhere the endpoint's profile, or the default chain.
       ...(s3Endpoint ? { credentials: localCreds } : profile ? { profile } : {}),
     });
@@ -208,6 +217,7 @@ const worker = new MoverWorker({
   admit,
   resume: handover,
   shutdownGraceMs: graceMs,
+  stallTimeoutMs: positiveInt('LIFEBOAT_STALL_TIMEOUT_MS', '600000'),
   handler: async (input, ctx) => {
     registration?.tasks(++running);
     try {

@@ -1,7 +1,8 @@
 /** Restore a backup of a VM: every disk from its manifest, and the VM config, into a folder. */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Corrupt } from '../core/errors.ts';
+import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import { keys as objectKeys, open, type RepositoryKeys } from '../core/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { restoreDisk } from './pipeline/restore-disk.ts';
@@ -12,18 +13,29 @@ export interface RestoreVmOptions {
   backupId: string;
   diskIds: string[];
   targetDir: string;
+  /** Restore into a folder that is not empty, overwriting what has the same names (default: refuse). */
+  force?: boolean;
   onProgress?: (diskId: string, bytesDone: number, sizeBytes: number) => void;
 }
 
 export async function restoreVm(o: RestoreVmOptions): Promise<{ disks: { diskId: string; path: string; sizeBytes: number }[] }> {
   await mkdir(o.targetDir, { recursive: true });
+  const there = await readdir(o.targetDir);
+  if (there.length && !o.force) throw new RecoveryRequestInvalid(`restore target folder ${o.targetDir} is not empty (it holds ${there.slice(0, 5).join(', ')}); choose an empty folder, or pass force to overwrite`);
   const sealedConfig = await o.store.get(objectKeys.vmConfig(o.backupId));
   if (!sealedConfig) throw new Corrupt(`VM config of backup ${o.backupId} is missing from the repository`);
   const config = JSON.parse((await open(o.keys, sealedConfig, `vm-config:${o.backupId}`)).toString('utf8')) as Record<string, unknown>;
   const disks = [];
   for (const diskId of o.diskIds) {
     const path = join(o.targetDir, `${diskId}.raw`);
-    const r = await restoreDisk({ store: o.store, keys: o.keys, backupId: o.backupId, diskId, target: path, onProgress: (d, s) => o.onProgress?.(diskId, d, s) });
+    // Under a temporary name until complete: a failed restore leaves no full-size file that looks restored.
+    const partial = `${path}.partial`;
+    const r = await restoreDisk({ store: o.store, keys: o.keys, backupId: o.backupId, diskId, target: partial, onProgress: (d, s) => o.onProgress?.(diskId, d, s) })
+      .catch(async (err: unknown) => {
+        await rm(partial, { force: true });
+        throw err;
+      });
+    await rename(partial, path);
     disks.push({ diskId, path, sizeBytes: r.sizeBytes });
   }
   const restoredConfig = { ...config, disks: disks.map((d) => ({ id: d.diskId, file: `${d.diskId}.raw` })), restoredFrom: o.backupId };

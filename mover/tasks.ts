@@ -42,7 +42,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     switch (t.task) {
       case 'snapshot': {
         const driver = deps.drivers(t.job.hypervisor);
-        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null, ...(t.job.quiesce ? { quiesce: t.job.quiesce } : {}) }, { signal: ctx.signal });
+        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null, ...(t.job.quiesce ? { quiesce: t.job.quiesce } : {}) }, { signal: ctx.signal, progress: ctx.progress });
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
           const { store, keys } = await deps.repository(t.job.repository);
@@ -69,6 +69,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
             ...(t.job.healChunks?.length ? { healChunks: new Set(t.job.healChunks) } : {}),
             parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal, ...(deps.packBytes ? { packBytes: deps.packBytes } : {}), ...(index ? { index: () => index.refresh() } : {}),
             onProgress: (p) => {
+              ctx.progress();
               const now = performance.now();
               if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;
               lastLog = now;

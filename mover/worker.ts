@@ -7,10 +7,13 @@
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskHeartbeatCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LocalIoFailed } from '../core/errors.ts';
+import { LocalIoFailed, TaskStalled } from '../core/errors.ts';
 
 export interface TaskContext {
+  /** Aborted when the task stalled, was stopped or timed out, or the mover's grace time ran out. */
   signal: AbortSignal;
+  /** Says the task made real progress (bytes read, written or checked): a task that says nothing for the stall timeout is aborted. */
+  progress(): void;
 }
 
 export type TaskHandler = (input: unknown, ctx: TaskContext) => Promise<unknown>;
@@ -48,7 +51,25 @@ export interface WorkerOptions {
   resume?: HandedOverTask[];
   /** How long `drain()` waits for tasks in flight before aborting them (unset: no limit). */
   shutdownGraceMs?: number;
+  /**
+   * How long a running task may go without calling `progress()` before it is aborted and
+   * failed with Mover.TaskStalled (default 10 min). Heartbeats alone prove the mover lives,
+   * not that the task moves: a stalled read would otherwise hold its slot until the task's
+   * Step Functions timeout.
+   */
+  stallTimeoutMs?: number;
 }
+
+/** SendTaskHeartbeat answers meaning the control plane no longer waits for the task (timed out, or its execution stopped). */
+const TASK_GONE = new Set(['TaskTimedOut', 'TaskDoesNotExist', 'ExecutionDoesNotExist', 'InvalidToken']);
+const DEFAULT_STALL_TIMEOUT_MS = 10 * 60 * 1000;
+
+/** Rejects with the signal's reason once it aborts: raced against a handler that may not heed its signal. */
+const whenAborted = (signal: AbortSignal): Promise<never> =>
+  new Promise((_, no) => {
+    if (signal.aborted) no(signal.reason);
+    else signal.addEventListener('abort', () => no(signal.reason), { once: true });
+  });
 
 export class MoverWorker {
   private readonly o: WorkerOptions;
@@ -173,16 +194,24 @@ export class MoverWorker {
     const { o } = this;
     const abort = new AbortController();
     this.taskAborts.add(abort);
+    const stallMs = o.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    // Only while the handler runs: a task waiting for a hand-over makes no progress by design.
+    let lastProgress: number | undefined;
+    let input: unknown;
     const beat = setInterval(() => {
+      const idle = lastProgress === undefined ? 0 : performance.now() - lastProgress;
+      if (idle > stallMs && !abort.signal.aborted) {
+        const what = JSON.stringify(about(input));
+        o.logger.error('task.stalled', { ...about(input), idleMs: Math.round(idle) });
+        abort.abort(new TaskStalled(`task ${what} made no progress for ${Math.round(idle / 1000)} s (LIFEBOAT_STALL_TIMEOUT_MS=${stallMs}); the mover aborted it and the workflow retries it. If it stalls again, check the mover's storage and source connections`));
+      }
       o.sfn.send(new SendTaskHeartbeatCommand({ taskToken })).catch((err: Error) => {
-        if (err.name === 'TaskTimedOut' || err.name === 'TaskDoesNotExist') {
-          o.logger.error('task.lost', { reason: err.name });
-          abort.abort(err);
-        }
+        if (!TASK_GONE.has(err.name)) return;
+        o.logger.error('task.lost', { ...about(input), reason: err.name });
+        abort.abort(err);
       });
     }, o.heartbeatMs ?? 5000);
     const started = performance.now();
-    let input: unknown;
     try {
       input = JSON.parse(inputText);
       o.logger.info('task.started', about(input));
@@ -193,17 +222,23 @@ export class MoverWorker {
         clearInterval(beat);
         return;
       }
-      const output = await o.handler(input, { signal: abort.signal });
+      lastProgress = performance.now();
+      const progress = () => { lastProgress = performance.now(); };
+      const work = o.handler(input, { signal: abort.signal, progress });
+      work.catch(() => {}); // it may settle after an abort freed the slot
+      // An aborted task frees its slot at once, even when its handler is stuck in a call that ignores the signal.
+      const output = await Promise.race([work, whenAborted(abort.signal)]);
       clearInterval(beat);
       await o.sfn.send(new SendTaskSuccessCommand({ taskToken, output: JSON.stringify(output ?? null) }));
       o.logger.info('task.succeeded', { ...about(input), seconds: (performance.now() - started) / 1000 });
     } catch (err) {
       clearInterval(beat);
-      // A bare file-system error (EEXIST, ENOSPC, ...) says only its errno: name the path, the meaning and the next step.
-      const e = LocalIoFailed.from(err) as Error;
+      // A stall names itself; a bare file-system error (EEXIST, ENOSPC, ...) says only its errno: name the path, the meaning and the next step.
+      const e = (abort.signal.reason instanceof TaskStalled ? abort.signal.reason : LocalIoFailed.from(err)) as Error;
       const error = (e.name && e.name !== 'Error' ? e.name : 'Mover.Internal').slice(0, 256);
       o.logger.error('task.failed', { ...about(input), error, cause: e.message });
-      if (abort.signal.aborted) return; // the control plane gave up on this task already
+      // Stopped, timed out or drained: the control plane gave up on this task already (or retries it after its heartbeat timeout).
+      if (abort.signal.aborted && !(abort.signal.reason instanceof TaskStalled)) return;
       await o.sfn.send(new SendTaskFailureCommand({ taskToken, error, cause: e.message.slice(0, 32_000) })).catch((sendErr: Error) => {
         o.logger.error('task.report_failed', { error: sendErr.message });
       });

@@ -9,11 +9,13 @@ import { describe, expect, it } from 'vitest';
 import { CannotUpgrade } from '../core/errors.ts';
 import { MoverWorker, type HandedOverTask, type Logger, type Restart, type WorkerOptions } from '../mover/worker.ts';
 
-interface Answer { kind: 'success' | 'failure' | 'heartbeat'; token: string; error?: string }
+interface Answer { kind: 'success' | 'failure' | 'heartbeat'; token: string; error?: string; cause?: string }
 
 /** An activity with a queue of tasks; records every answer. */
 class FakeActivity {
   readonly answers: Answer[] = [];
+  /** Tokens whose heartbeat is refused with TaskDoesNotExist, as for a stopped execution. */
+  readonly gone = new Set<string>();
   polls = 0;
   private readonly queue: { taskToken: string; input: string }[] = [];
   private waiter: (() => void) | undefined;
@@ -41,8 +43,11 @@ class FakeActivity {
       }
     }
     if (cmd instanceof SendTaskSuccessCommand) this.answers.push({ kind: 'success', token: cmd.input.taskToken! });
-    else if (cmd instanceof SendTaskFailureCommand) this.answers.push({ kind: 'failure', token: cmd.input.taskToken!, error: cmd.input.error! });
-    else if (cmd instanceof SendTaskHeartbeatCommand) this.answers.push({ kind: 'heartbeat', token: cmd.input.taskToken! });
+    else if (cmd instanceof SendTaskFailureCommand) this.answers.push({ kind: 'failure', token: cmd.input.taskToken!, error: cmd.input.error!, cause: cmd.input.cause! });
+    else if (cmd instanceof SendTaskHeartbeatCommand) {
+      if (this.gone.has(cmd.input.taskToken!)) throw Object.assign(new Error('task token is unknown or already completed'), { name: 'TaskDoesNotExist' });
+      this.answers.push({ kind: 'heartbeat', token: cmd.input.taskToken! });
+    }
     return {};
   };
 
@@ -180,6 +185,61 @@ describe('mover worker', () => {
     const running = worker.run();
     await until(() => activity.of('h', 'success').length === 1, 'the handed-over task');
     expect(ran[0]).toBe('h');
+    void worker.drain();
+    await running;
+  });
+});
+
+describe('mover worker: liveness of real progress', () => {
+  /** A worker with one slot whose tasks `{ id, progressMs?, runMs? }` report progress every `progressMs` for `runMs`, or hang ignoring their signal. */
+  function liveness(stallTimeoutMs: number) {
+    const activity = new FakeActivity();
+    const finished: string[] = [];
+    const worker = new MoverWorker({
+      sfn: activity as unknown as WorkerOptions['sfn'], activityArn: 'arn:activity', workerName: 'w', slots: 1, logger: quiet, heartbeatMs: 10, stallTimeoutMs,
+      handler: async (input, ctx) => {
+        const t = input as { id: string; progressMs?: number; runMs?: number };
+        if (t.progressMs === undefined) await new Promise(() => {}); // stuck in a call that ignores the signal
+        for (const end = Date.now() + (t.runMs ?? 0); Date.now() < end; await sleep(t.progressMs)) ctx.progress();
+        finished.push(t.id);
+        return { ok: t.id };
+      },
+    });
+    return { activity, worker, finished };
+  }
+
+  it('aborts a task that reports no progress for the stall timeout, fails it with Mover.TaskStalled naming the task and the time, and frees its slot', async () => {
+    const { activity, worker } = liveness(100);
+    const running = worker.run();
+    activity.push('stuck', { id: 'stuck', task: 'restoreDisk', disk: { diskId: 'disk0' } });
+    activity.push('next', { id: 'next', progressMs: 5, runMs: 20 });
+    await until(() => activity.of('next', 'success').length === 1, 'the next task in the freed slot', 3000);
+    const [failure] = activity.of('stuck', 'failure');
+    expect(failure).toMatchObject({ error: 'Mover.TaskStalled', cause: expect.stringMatching(/restoreDisk.*disk0.*made no progress for \d+ s \(LIFEBOAT_STALL_TIMEOUT_MS=100\)/) });
+    void worker.drain();
+    await running;
+  });
+
+  it('keeps a task that reports progress running past the stall timeout', async () => {
+    const { activity, worker, finished } = liveness(100);
+    const running = worker.run();
+    activity.push('busy', { id: 'busy', progressMs: 20, runMs: 400 });
+    await until(() => activity.of('busy', 'success').length === 1, 'the busy task', 3000);
+    expect(activity.of('busy', 'failure')).toEqual([]);
+    expect(finished).toEqual(['busy']);
+    void worker.drain();
+    await running;
+  });
+
+  it('frees the slot at once, unanswered, when a heartbeat is refused because the execution was stopped', async () => {
+    const { activity, worker } = liveness(60_000);
+    const running = worker.run();
+    activity.push('stopped', { id: 'stopped' });
+    await until(() => activity.of('stopped', 'heartbeat').length >= 1, 'the running task');
+    activity.gone.add('stopped');
+    activity.push('next', { id: 'next', progressMs: 5, runMs: 10 });
+    await until(() => activity.of('next', 'success').length === 1, 'the next task in the freed slot', 2000);
+    expect(activity.of('stopped').filter((a) => a.kind !== 'heartbeat')).toEqual([]);
     void worker.drain();
     await running;
   });

@@ -14,7 +14,7 @@ import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import { SlotUnavailable, StorageUnavailable } from '../../core/errors.ts';
+import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { lambdaStep, moverStep } from './steps.ts';
@@ -83,7 +83,7 @@ export class BackupWorkflow extends Construct {
       resultPath: string | null | undefined, decorate: (t: sfn.TaskStateBase) => void) =>
       moverStep(this, name, { activities: props.activities, groupPath, parameters: { task, ...extra }, timeout: timeouts.task, heartbeat: timeouts.heartbeat, resultPath, decorate });
     const retryOnMover = (maxAttempts: number) => (t: sfn.TaskStateBase) =>
-      t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts });
+      t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts });
 
     // One run per policy: a second is refused (Run.Busy, not caught) naming the execution that holds the lease.
     const runLease = (extra: Record<string, unknown> = {}) => sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'executionArn.$': '$$.Execution.Id', ...extra });
@@ -101,7 +101,7 @@ export class BackupWorkflow extends Construct {
     const recordFailure = invoke('RecordFailure', 'RecordFailure', { resultPath: '$.outcome' });
     const releaseSnapshotAfterFailure = onGroup('ReleaseSnapshotAfterFailure', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' },
       { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
-        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
+        t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
         t.addCatch(recordFailure, { resultPath: '$.cleanupError' });
       });
     const releaseSlotAfterFailure = invoke('ReleaseSlotAfterFailure', 'ReleaseSlot', { resultPath: null });

@@ -4,7 +4,10 @@
  * RecordRestore. A failure records the restore as failed and fails the execution with
  * the mover's error and cause.
  *
- * Input: `{ vmId, backupId?, diskId?, target, moverGroup }`.
+ * Input: `{ vmId, backupId?, diskId?, target, moverGroup, fromBucket?, force? }`. Without
+ * `force`, a restore that would overwrite (a file holding data, a folder that is not empty,
+ * the VM's own folder) fails with Recovery.RequestInvalid; each disk is written under
+ * `<target>.partial` and renamed into place once re-hashed.
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';

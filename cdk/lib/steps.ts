@@ -8,7 +8,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
+import { StorageUnavailable, TaskStalled } from '../../core/errors.ts';
 import { onMoverGroup } from './on-mover-group.ts';
 
 /** `undefined`: the result replaces the state's input; `null`: the result is discarded. */
@@ -58,9 +58,9 @@ export function moverStep(scope: Construct, name: string, o: MoverStepOptions) {
   });
 }
 
-/** The default retry of a mover task: the mover died (heartbeat timeout) or storage was unavailable. */
+/** The default retry of a mover task: the mover died (heartbeat timeout), storage was unavailable, or the task stalled. */
 export function retryMoverTask(t: sfn.TaskStateBase, maxAttempts = 3): void {
-  t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts });
+  t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts });
 }
 
 /**

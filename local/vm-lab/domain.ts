@@ -37,13 +37,18 @@ export interface GuestBehaviour {
   mode?: 'write' | 'idle' | 'check';
   /** The writer's rate in KiB/s (default 64, i.e. one 64 KiB block a second). */
   writeKiBs?: number;
+  /**
+   * Hash the disk at each freeze (`LIFEBOAT-FREEZE sha256=`, default true). The writer waits
+   * for the hash, which takes minutes for a disk of gigabytes under TCG: benches turn it off.
+   */
+  freezeHash?: boolean;
 }
 
 /** The kernel command line for a behaviour: `lifeboat.mode=… lifeboat.write_kib_s=…`. */
 export function guestCmdline(b: GuestBehaviour = {}): string {
   const rate = b.writeKiBs ?? 64;
   if (!Number.isInteger(rate) || rate < 1) throw new RangeError(`writeKiBs must be a positive integer, got ${rate}`);
-  return `lifeboat.mode=${b.mode ?? 'write'} lifeboat.write_kib_s=${rate}`;
+  return `lifeboat.mode=${b.mode ?? 'write'} lifeboat.write_kib_s=${rate}${b.freezeHash === false ? ' lifeboat.freeze_hash=0' : ''}`;
 }
 
 const xmlEscape = (s: string) =>

@@ -19,7 +19,7 @@ export interface RehashResult {
  * `device`: the target is written in place and may be larger than the disk (a block
  * device reports size 0 to stat); only its first `sizeBytes` are checked.
  */
-export async function rehashDisk(o: { keys: RepositoryKeys; manifest: Manifest; path: string; device?: boolean; signal?: AbortSignal }): Promise<RehashResult> {
+export async function rehashDisk(o: { keys: RepositoryKeys; manifest: Manifest; path: string; device?: boolean; signal?: AbortSignal; onProgress?: (bytesDone: number) => void }): Promise<RehashResult> {
   const m = o.manifest;
   const fh = await openFile(o.path, 'r');
   try {
@@ -51,6 +51,7 @@ export async function rehashDisk(o: { keys: RepositoryKeys; manifest: Manifest; 
       }
       chunksVerified++;
       whole.update(view);
+      o.onProgress?.(offset + length);
     }
     return { chunksVerified, sha256: whole.digest('hex') };
   } finally {

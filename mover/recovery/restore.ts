@@ -2,7 +2,7 @@
  * The mover's restore tasks: one disk into a file (download, open, check, write, then
  * re-read and re-hash what was written), and the VM's description beside the disks.
  */
-import { mkdir, open as openFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../core/errors.ts';
 import { decodeManifest, keys as objectKeys, open, type RepositoryKeys } from '../../core/format.ts';
@@ -12,6 +12,47 @@ import type { DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from 
 import { defineRestoredDomain } from './define-domain.ts';
 import { restoreDisk } from '../pipeline/restore-disk.ts';
 import { rehashDisk } from './rehash.ts';
+
+const FORCE_HINT = 'choose another target, move what is there away, or pass --force (workflow input "force": true) to overwrite it';
+
+/** The file a disk is written to until it is verified: beside the target, so the rename is atomic. */
+export const partialPath = (target: string) => `${target}.partial`;
+
+/** Marks a restore folder as taken by one restore: its disk tasks (and their retries) may write there. */
+const claimMarker = (job: RestoreJob) => join(job.target, `.lifeboat-restore-${job.restoreId}`);
+
+/**
+ * A whole-VM restore writes only into an empty folder (or one this restore claimed
+ * already: its other disks and retries), unless forced: restoring into a VM's folder
+ * would overwrite its disks and vm.json, or mix with them.
+ */
+async function claimRestoreFolder(job: RestoreJob): Promise<void> {
+  await mkdir(job.target, { recursive: true });
+  const marker = claimMarker(job);
+  const entries = await readdir(job.target);
+  if (entries.includes(marker.slice(job.target.length + 1))) return;
+  if (entries.length > 0 && !job.force) {
+    const shown = entries.slice(0, 5).join(', ') + (entries.length > 5 ? `, ... (${entries.length} entries)` : '');
+    throw new RecoveryRequestInvalid(`restore target folder ${job.target} is not empty (it holds ${shown}); a whole-VM restore would overwrite or mix with what is there: ${FORCE_HINT}`);
+  }
+  await writeFile(marker, `${job.vmId} ${job.backupId}\n`);
+}
+
+/** A single-disk restore never overwrites a file holding data unless forced. */
+function refuseOverwrite(job: RestoreJob, path: string, existing: { size: number } | undefined): void {
+  if (job.force || !existing || existing.size === 0) return;
+  throw new RecoveryRequestInvalid(`restore target ${path} exists and holds ${existing.size} bytes; restoring disk would overwrite it: ${FORCE_HINT}`);
+}
+
+/** Makes a rename durable: the directory entry is on storage too, not only the file. */
+async function syncDir(dir: string): Promise<void> {
+  const fh = await openFile(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
 
 export interface RestoreTaskDeps {
   store: ObjectStore;
@@ -39,29 +80,46 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
   const existing = await stat(disk.path).catch(() => undefined);
   const targetKind = d.targetKind ?? (existing?.isBlockDevice() ? 'device' : 'file');
   if (targetKind === 'file' && existing && !existing.isFile()) {
-    throw new RecoveryRequestInvalid(`restore target ${disk.path} exists and is neither a regular file nor a block device`);
+    throw new RecoveryRequestInvalid(`restore target ${disk.path} exists and is neither a regular file nor a block device; choose a file path for the disk`);
   }
   if (targetKind === 'device') {
     if (!existing) throw new RecoveryRequestInvalid(`restore target device ${disk.path} does not exist`);
     if (disk.sizeBytes > 0) await checkDeviceCapacity(disk.path, disk.sizeBytes);
+  } else if (job.diskId === null) {
+    await claimRestoreFolder(job);
   } else {
+    refuseOverwrite(job, disk.path, existing);
     await mkdir(dirname(disk.path), { recursive: true });
   }
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
   const sealed = await d.store.get(manifestKey);
   if (!sealed) throw new Corrupt(`manifest ${manifestKey} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
   const manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId);
-  const written = await restoreDisk({
-    store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: disk.path, parallelism: d.parallelism, targetKind,
-    onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
-  });
-  d.signal?.throwIfAborted();
-  const check = await rehashDisk({ keys: d.keys, manifest, path: disk.path, device: targetKind === 'device', ...(d.signal ? { signal: d.signal } : {}) });
-  d.onProgress?.({ diskId: disk.diskId, bytesDone: manifest.sizeBytes, sizeBytes: manifest.sizeBytes, phase: 'rehash' });
-  return {
-    diskId: disk.diskId, path: disk.path, sizeBytes: written.sizeBytes, bytesDownloaded: written.bytesDownloaded + sealed.length,
-    chunksVerified: check.chunksVerified, sha256: check.sha256, seconds: (performance.now() - started) / 1000,
-  };
+  // A file is written under a temporary name and renamed into place only once verified:
+  // a failed restore never leaves a full-size file that looks restored under the target's name.
+  const path = targetKind === 'device' ? disk.path : partialPath(disk.path);
+  try {
+    const written = await restoreDisk({
+      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, parallelism: d.parallelism, targetKind,
+      onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
+    });
+    d.signal?.throwIfAborted();
+    const check = await rehashDisk({
+      keys: d.keys, manifest, path, device: targetKind === 'device', ...(d.signal ? { signal: d.signal } : {}),
+      onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes: manifest.sizeBytes, phase: 'rehash' }),
+    });
+    if (path !== disk.path) {
+      await rename(path, disk.path);
+      await syncDir(dirname(disk.path));
+    }
+    return {
+      diskId: disk.diskId, path: disk.path, sizeBytes: written.sizeBytes, bytesDownloaded: written.bytesDownloaded + sealed.length,
+      chunksVerified: check.chunksVerified, sha256: check.sha256, seconds: (performance.now() - started) / 1000,
+    };
+  } catch (err) {
+    if (path !== disk.path) await rm(path, { force: true });
+    throw err;
+  }
 }
 
 /** Writes `vm.json` into the restore folder: the VM's configuration at backup time and its restored disks. */
@@ -72,12 +130,15 @@ export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[]
   const config = JSON.parse((await open(d.keys, sealed, `vm-config:${job.backupId}`)).toString('utf8')) as Record<string, unknown>;
   const path = join(job.target, 'vm.json');
   await mkdir(job.target, { recursive: true });
+  // The disk tasks claimed the folder (or were forced); a standby folder is the replica's own.
   const restored = {
     ...config,
     disks: disks.map((x) => ({ id: x.diskId, file: x.path.startsWith(`${job.target}/`) ? x.path.slice(job.target.length + 1) : x.path, sizeBytes: x.sizeBytes, sha256: x.sha256 })),
     restoredFrom: { vmId: job.vmId, backupId: job.backupId, restoreId: job.restoreId },
   };
-  await writeFile(path, JSON.stringify(restored, null, 2), { flush: true });
+  await writeFile(partialPath(path), JSON.stringify(restored, null, 2), { flush: true });
+  await rename(partialPath(path), path);
+  await rm(claimMarker(job), { force: true });
   if (!job.define) return { path };
   return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define }) };
 }

@@ -31,15 +31,23 @@ function throttled(ms: number) {
   };
 }
 
+/** A progress report is also the task's liveness (the worker's stall timeout), whether logged or not. */
+function progressed(ctx: TaskContext, log: ReturnType<typeof throttled>): ReturnType<typeof throttled> {
+  return (final, line) => {
+    ctx.progress();
+    log(final, line);
+  };
+}
+
 export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, ctx: TaskContext): Promise<unknown> {
   switch (t.task) {
     case 'restoreDisk': {
       if (!t.restore?.repository?.bucket || !t.disk?.path) throw new BadTaskInput(`restoreDisk task needs restore.repository.bucket and disk.path: ${JSON.stringify(t).slice(0, 300)}`);
       const { store, keys } = await deps.repository(t.restore.repository);
-      const log = throttled(250);
+      const log = progressed(ctx, throttled(250));
       return restoreDiskTask(t.restore, t.disk, {
         store, keys, parallelism: deps.parallelism, signal: ctx.signal,
-        onProgress: (p) => log(p.phase === 'rehash' || p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: t.restore.restoreId, vmId: t.restore.vmId, backupId: t.restore.backupId, ...p })),
+        onProgress: (p) => log(p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: t.restore.restoreId, vmId: t.restore.vmId, backupId: t.restore.backupId, ...p })),
       });
     }
     case 'restoreVmConfig': {
@@ -49,7 +57,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     case 'deepVerifyDisk': {
       if (!t.verify?.repository?.bucket || !t.disk?.diskId) throw new BadTaskInput(`deepVerifyDisk task needs verify.repository.bucket and disk.diskId: ${JSON.stringify(t).slice(0, 300)}`);
       const { store, keys } = await deps.repository(t.verify.repository);
-      const log = throttled(500);
+      const log = progressed(ctx, throttled(500));
       const result = await deepVerifyDisk(t.verify, t.disk, {
         store, keys, parallelism: deps.parallelism, signal: ctx.signal,
         onProgress: (p) => log(p.chunksChecked === p.chunksSelected, () => deps.logger.info('deepverify.progress', { verifyId: t.verify.verifyId, backupId: t.verify.backupId, ...p })),
@@ -60,7 +68,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     case 'replicateDisk': {
       if (!t.replicate?.source?.bucket || !t.replicate?.target?.bucket || !t.disk?.diskId) throw new BadTaskInput(`replicateDisk task needs replicate.source, replicate.target and disk: ${JSON.stringify(t).slice(0, 300)}`);
       const [source, target] = await Promise.all([deps.repository(t.replicate.source), deps.repository(t.replicate.target)]);
-      const log = throttled(500);
+      const log = progressed(ctx, throttled(500));
       return replicateDisk(t.replicate, t.disk, t.index ?? 0, {
         source, target, parallelism: deps.parallelism, signal: ctx.signal,
         onProgress: (p) => log(p.chunksDone === p.chunks, () => deps.logger.info('replicate.progress', { replicationId: t.replicate.replicationId, backupId: t.replicate.backupId, ...p })),
@@ -69,7 +77,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     case 'updateStandbyDisk': {
       if (!t.replicate?.target?.bucket || !t.replicate.replicaDir || !t.disk?.diskId) throw new BadTaskInput(`updateStandbyDisk task needs replicate.target, replicate.replicaDir and disk: ${JSON.stringify(t).slice(0, 300)}`);
       const { store, keys } = await deps.repository(t.replicate.target);
-      const log = throttled(500);
+      const log = progressed(ctx, throttled(500));
       return updateStandbyDisk(t.replicate, t.disk, {
         store, keys, signal: ctx.signal,
         onProgress: (p) => log(p.chunksDone === p.chunks, () => deps.logger.info('standby.progress', { vmId: t.replicate.vmId, backupId: t.replicate.backupId, ...p })),

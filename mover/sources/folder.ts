@@ -10,12 +10,13 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { promisify } from 'node:util';
 import { isAbsolute, join } from 'node:path';
 import { SourceUnavailable } from '../../core/errors.ts';
 import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
 import { rawImageExtents } from './allocation.ts';
-import type { DiskReader, SnapshotRequest, SourceDriver } from './source.ts';
+import type { DiskReader, SnapshotOptions, SnapshotRequest, SourceDriver } from './source.ts';
 
 interface VmConfig {
   name?: string;
@@ -25,17 +26,31 @@ interface VmConfig {
 
 const SNAPSHOTS = '.lifeboat-snapshots';
 const run = promisify(execFile);
+/** How often a running copy's size is looked at, to report progress. */
+const COPY_PROGRESS_MS = 2000;
 
 /**
  * Freezes a disk file: a reflink (copy-on-write, instant) where the filesystem has them,
  * otherwise a copy that keeps holes as holes (Node's copyFile would fill a 16 GiB sparse
- * disk with 16 GiB of zeros). GNU cp does both.
+ * disk with 16 GiB of zeros). GNU cp does both. The copy is killed when `signal` aborts
+ * (a task timed out or stopped must not leave a cp running); while it runs, `progress` is
+ * called whenever the copy has grown.
  */
-async function freeze(from: string, to: string): Promise<void> {
+async function freeze(from: string, to: string, o: SnapshotOptions): Promise<void> {
+  let size = 0;
+  const watch = o.progress && setInterval(() => {
+    stat(to).then((st) => {
+      if (st.size > size) o.progress!();
+      size = st.size;
+    }, () => {});
+  }, COPY_PROGRESS_MS);
   try {
-    await run('cp', ['--reflink=auto', '--sparse=always', '--', from, to]);
+    await run('cp', ['--reflink=auto', '--sparse=always', '--', from, to], o.signal ? { signal: o.signal } : {});
   } catch (err) {
+    if (o.signal?.aborted) throw o.signal.reason;
     throw new SourceUnavailable(`cannot snapshot ${from}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`, err);
+  } finally {
+    clearInterval(watch);
   }
 }
 
@@ -59,7 +74,45 @@ async function readConfig(source: string): Promise<VmConfig> {
       throw new SourceUnavailable(`VM config ${path} has a bad disk entry ${JSON.stringify(d)}: each needs an "id" (letters, digits, - or _) and a "file"`);
     }
   }
+  // Two disks with one id would both be backed up under that id: one disk's data lost.
+  const byId = Map.groupBy(config.disks, (d) => d.id);
+  for (const [id, disks] of byId) {
+    if (disks.length > 1) throw new SourceUnavailable(`VM config ${path} lists ${disks.length} disks with the id '${id}' (${disks.map((d) => d.file).join(', ')}); give each disk its own id`);
+  }
   return config;
+}
+
+/** What a file that is not a disk image is, in words, for the error naming it. */
+function kindOf(st: Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  return 'not a regular file';
+}
+
+/**
+ * Checks every disk before any is copied: a regular file or a block device, not empty. A
+ * FIFO or a socket would block the copy until the task timed out; a directory or an empty
+ * file would fail later with a tool's internal message.
+ */
+async function checkDisks(source: string, config: VmConfig): Promise<Map<string, Stats>> {
+  const vm = `VM '${config.name ?? source}'`;
+  const stats = new Map<string, Stats>();
+  for (const d of config.disks) {
+    const path = join(source, d.file);
+    const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
+      throw new SourceUnavailable(`disk '${d.id}' of ${vm}: file ${path} cannot be read (${err.code}); fix "file" in ${join(source, 'vm.json')} or restore the image`, err);
+    });
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw new SourceUnavailable(`disk '${d.id}' of ${vm}: ${path} is ${kindOf(st)}, not a disk image; point "file" in ${join(source, 'vm.json')} at a raw image file or a block device`);
+    }
+    if (st.isFile() && st.size === 0) {
+      throw new SourceUnavailable(`disk '${d.id}' of ${vm}: ${path} is empty (0 bytes); a disk image holds at least one byte: check the image, or remove the disk from ${join(source, 'vm.json')}`);
+    }
+    stats.set(d.id, st);
+  }
+  return stats;
 }
 
 export interface FolderDriverOptions {
@@ -73,20 +126,19 @@ export class FolderDriver implements SourceDriver {
     this.options = options;
   }
 
-  async snapshot({ source, backupId }: SnapshotRequest): Promise<SnapshotResult> {
+  async snapshot({ source, backupId }: SnapshotRequest, options: SnapshotOptions = {}): Promise<SnapshotResult> {
     const config = await readConfig(source);
+    const stats = await checkDisks(source, config);
     const dir = join(source, SNAPSHOTS, backupId);
+    // A retried snapshot starts afresh: an earlier attempt may have left partial copies.
+    await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true });
     const disks: DiskRef[] = [];
     try {
       for (const d of config.disks) {
-        const from = join(source, d.file);
-        const st = await stat(from).catch((err: NodeJS.ErrnoException) => {
-          throw new SourceUnavailable(`disk '${d.id}' of VM '${config.name ?? source}': file ${from} cannot be read (${err.code})`, err);
-        });
         const to = join(dir, `${d.id}.raw`);
-        await freeze(from, to);
-        disks.push({ diskId: d.id, path: to, sizeBytes: st.size });
+        await freeze(join(source, d.file), to, options);
+        disks.push({ diskId: d.id, path: to, sizeBytes: stats.get(d.id)!.size });
       }
     } catch (err) {
       await rm(dir, { recursive: true, force: true });

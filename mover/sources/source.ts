@@ -24,8 +24,16 @@ export interface SnapshotRequest {
  * Hypervisor-neutral: libvirt (`libvirt/`) and the folder of images (`folder.ts`) today,
  * vSphere (VDDK/NBD) fits the same shape.
  */
+/** What a snapshot may be given: hypervisor-neutral, every driver honours both. */
+export interface SnapshotOptions {
+  /** Aborted when the task times out or is stopped: the driver stops its work (kills any tool it started) and rejects. */
+  signal?: AbortSignal;
+  /** Called when the snapshot makes progress (a copy grew), so a long one is not taken for a stalled one. */
+  progress?: () => void;
+}
+
 export interface SourceDriver {
-  snapshot(req: SnapshotRequest, opts?: { signal?: AbortSignal }): Promise<SnapshotResult>;
+  snapshot(req: SnapshotRequest, options?: SnapshotOptions): Promise<SnapshotResult>;
   /** Opens a frozen disk for reading. */
   openDisk(disk: DiskRef): Promise<DiskReader>;
   /** Releases the snapshot; a no-op when it is already gone. */
