@@ -9,6 +9,7 @@ import { ensureLibvirtd } from '../local/vm-lab/libvirtd.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
 import { registerBackupCommands } from './backup.ts';
+import { registerDiscoverCommand } from './discover.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerRecoveryCommands } from './recovery.ts';
 import { guarded } from './stack-client.ts';
@@ -78,6 +79,11 @@ registerBackupCommands(program, DEFAULT_DATA_DIR, {
 });
 
 registerRecoveryCommands(program, DEFAULT_DATA_DIR, {
+  out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
+  ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
+});
+
+registerDiscoverCommand(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
   ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
 });

@@ -59,21 +59,38 @@ const storageEndpoint = z.object({
   checksums: z.enum(['when-required', 'when-supported'], { error: 'must be "when-required" or "when-supported"' }).optional(),
 }).strict().refine((e) => e.url !== undefined || e.region !== undefined, 'must give "url" (an S3-compatible endpoint) or "region" (AWS S3 in another region)');
 
+const schedule = z.object({
+  expression: z.string().superRefine((s, ctx) => {
+    const problem = scheduleExpressionProblem(s);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+  timeZone: z.string().refine(isTimeZone, 'must be an IANA time zone such as "Europe/Berlin" or "UTC"'),
+}).strict();
+
+/** A VM name pattern: a domain name with `*` (any run of characters) and `?` (one character). */
+const namePattern = z.string()
+  .min(1, 'must not be empty')
+  .max(200, 'must be at most 200 characters')
+  .regex(/^[^\s/\\[\]{}]*$/, 'must be a VM name pattern: no spaces, slashes or brackets; "*" matches any run of characters, "?" one character (e.g. "web-*")');
+/** A tag as libvirt metadata carries them (`<lifeboat:tags>a,b</lifeboat:tags>`). */
+const tag = z.string().regex(/^[^\s,]{1,64}$/, 'must be a tag of 1–64 characters without spaces or commas');
+
 const retention = z.object({
   keepLast: keep, hourly: keep, daily: keep, weekly: keep, monthly: keep, yearly: keep,
 }).strict().refine((r) => Object.values(r).some((n) => (n ?? 0) > 0), 'must keep something: set at least one of keepLast, hourly, daily, weekly, monthly, yearly above 0');
 
 const policy = z.object({
   id,
-  vms: z.object({ ids: z.array(z.string().min(1)).optional(), hosts: z.array(id).optional() }).strict()
-    .refine((v) => (v.ids?.length ?? 0) + (v.hosts?.length ?? 0) > 0, 'must select VMs: give "ids" or "hosts"'),
-  schedule: z.object({
-    expression: z.string().superRefine((s, ctx) => {
-      const problem = scheduleExpressionProblem(s);
-      if (problem) ctx.addIssue({ code: 'custom', message: problem });
-    }),
-    timeZone: z.string().refine(isTimeZone, 'must be an IANA time zone such as "Europe/Berlin" or "UTC"'),
-  }).strict(),
+  vms: z.object({
+    ids: z.array(z.string().min(1)).optional(),
+    hosts: z.array(id).optional(),
+    /** Name patterns (`*` any run of characters, `?` one): VMs of the policy's hosts (every host without `hosts`) whose name matches any. */
+    names: z.array(namePattern).optional(),
+    /** Tags (libvirt metadata `<lifeboat:tags>`): VMs carrying any of them (and matching `names`, if given). */
+    tags: z.array(tag).optional(),
+  }).strict()
+    .refine((v) => [v.ids, v.hosts, v.names, v.tags].some((a) => (a?.length ?? 0) > 0), 'must select VMs: give "ids", "hosts", "names" or "tags"'),
+  schedule,
   retention,
   repository: id,
   replicateTo: id.optional(),
@@ -119,7 +136,7 @@ const configSchema = z.object({
      */
     driver: z.enum(['folder', 'libvirt'], { error: 'must be "folder" or "libvirt"' }).optional(),
     /** The libvirt connection URI: `qemu:///system` on the mover's own host, `qemu+ssh://host/system` or `qemu+tls://host/system` for another. */
-    uri: z.string().regex(/^[a-z0-9+]+:\/\/[^\s]*\/(system|session)(\?[^\s]*)?$/, 'must be a libvirt URI such as "qemu:///system" or "qemu+ssh://host/system"').optional(),
+    uri: z.string().regex(/^([a-z0-9+]+:\/\/[^\s]*\/(system|session)(\?[^\s]*)?|test:\/\/\/[^\s]+)$/, 'must be a libvirt URI such as "qemu:///system" or "qemu+ssh://host/system" (or libvirt\'s test driver, "test:///default")').optional(),
     maxConcurrentBackups: count(64),
     datastores: z.array(z.object({ id, maxConcurrentBackups: count(64) }).strict()).optional(),
   }).strict()).min(1, 'configure at least one hypervisor host'),
@@ -149,6 +166,8 @@ const configSchema = z.object({
   /** Workflow-wide limits: VMs of one run backed up at once (hosts' slots still apply). */
   backup: z.object({ vmConcurrency: count(1000).optional(), dispatchConcurrency: count(256).optional() }).strict().optional(),
   notifications: z.object({ emails: z.array(z.email({ error: 'must be an email address' })) }).strict().optional(),
+  /** When the Discover workflow inventories the libvirt hosts (default: hourly, when there is a libvirt host). */
+  discovery: z.object({ schedule }).strict().optional(),
 }).strict().superRefine((c, ctx) => {
   const dup = (items: { id: string }[], key: string) => {
     const seen = new Set<string>();
@@ -205,6 +224,12 @@ const configSchema = z.object({
     p.vms.hosts?.forEach((h, j) => {
       if (!hosts.has(h)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'vms', 'hosts', j], message: 'names no configured host' });
     });
+    const selectsByName = (p.vms.names?.length ?? 0) + (p.vms.tags?.length ?? 0) > 0;
+    const discoverable = (p.vms.hosts ?? c.hosts.map((h) => h.id)).some((h) => c.hosts.find((x) => x.id === h)?.driver === 'libvirt');
+    if (p.vms.tags?.length && !discoverable) {
+      ctx.addIssue({ code: 'custom', path: ['policies', i, 'vms', 'tags'], message: 'selects by tag, but none of the policy\'s hosts is a libvirt host (only discovered VMs carry tags)' });
+    }
+    if (selectsByName && p.vms.hosts?.length === 0) ctx.addIssue({ code: 'custom', path: ['policies', i, 'vms', 'hosts'], message: 'is empty: leave it out to filter the VMs of every host by "names" and "tags"' });
   });
 });
 
@@ -214,6 +239,26 @@ export type Retention = PolicyConfig['retention'];
 export type RepositoryConfig = LifeboatConfig['repositories'][number];
 export type MoverGroupConfig = LifeboatConfig['moverGroups'][number];
 export type HostConfig = LifeboatConfig['hosts'][number];
+export type ScheduleConfig = z.infer<typeof schedule>;
+
+/** The Discover workflow's schedule when the configuration gives none: hourly. */
+export const DEFAULT_DISCOVERY_SCHEDULE: ScheduleConfig = { expression: 'rate(1 hour)', timeZone: 'UTC' };
+
+/** When the Discover workflow runs: the configured schedule, else hourly when a libvirt host is configured, else never. */
+export function discoverySchedule(config: LifeboatConfig): ScheduleConfig | undefined {
+  if (config.discovery?.schedule) return config.discovery.schedule;
+  return config.hosts.some((h) => h.driver === 'libvirt') ? DEFAULT_DISCOVERY_SCHEDULE : undefined;
+}
+
+/**
+ * Whether a VM name matches a pattern of `policies[].vms.names`: `*` any run of
+ * characters, `?` one character, everything else literally (case-sensitive, as libvirt names are).
+ */
+export function matchesNamePattern(name: string, pattern: string): boolean {
+  const re = pattern.split('').map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('');
+  return new RegExp(`^${re}$`, 's').test(name);
+}
+
 export type StorageEndpointConfig = NonNullable<RepositoryConfig['endpoint']>;
 
 /** A configuration that does not validate; `problems` holds one line per bad value. */

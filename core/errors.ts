@@ -93,6 +93,25 @@ export class CannotUpgrade extends LifeboatError {
 }
 
 /**
+ * A VM the last discovery did not find on its host (marked gone in the catalog): a backup
+ * run does not try it, and reports it as failed with this error so the VmsFailed alarm fires.
+ */
+export class VmGone extends LifeboatError {
+  static readonly code = 'Source.VmGone';
+  constructor(message: string) {
+    super(VmGone.code, message, { retryable: false });
+  }
+}
+
+/** A Discover execution's input names a host that is not configured, or not one discovery can reach (not a libvirt host). */
+export class DiscoveryRequestInvalid extends LifeboatError {
+  static readonly code = 'Discovery.RequestInvalid';
+  constructor(message: string) {
+    super(DiscoveryRequestInvalid.code, message, { retryable: false });
+  }
+}
+
+/**
  * Another run of the same policy holds the policy's run lease: two runs at once would
  * back up the same VMs twice and store their data twice. Not retried: the second run is
  * refused, naming the running execution; a run that died frees the lease when its
@@ -176,4 +195,6 @@ export const errorClasses = {
   [RunBusy.code]: RunBusy,
   [LocalIoFailed.code]: LocalIoFailed,
   [StackUnavailable.code]: StackUnavailable,
+  [VmGone.code]: VmGone,
+  [DiscoveryRequestInvalid.code]: DiscoveryRequestInvalid,
 } as const;

@@ -3,11 +3,15 @@
  * mover group that serves its host, and the concurrency scopes (host, datastores) it
  * counts against. Hosts, groups and limits come from the configuration (SyncConfig).
  * Each job also carries the repository's quarantined chunk ids (`healChunks`), which the
- * mover uploads again even where the parent manifest lists them.
+ * mover uploads again even where the parent manifest lists them. A policy selects VMs by
+ * id, and by host filtered by name pattern and tag; a selected VM that discovery marked
+ * gone is not backed up but reported (`gone`), so the run counts it as failed.
  */
 import { z } from 'zod';
 import { createHash } from 'node:crypto';
-import { PolicyNotFound } from '../core/errors.ts';
+import { matchesNamePattern } from '../core/config.ts';
+import { vmGoneMessage, type GoneVm } from '../core/discovery.ts';
+import { PolicyNotFound, VmGone } from '../core/errors.ts';
 import { keys } from '../core/format.ts';
 import { minMoverVersion } from '../core/version.ts';
 import type { SlotScope, VmJob } from '../core/jobs.ts';
@@ -29,7 +33,10 @@ export interface PlanOutput {
   /** The DR repository the policy replicates to (the run starts its replication when it commits a backup), or null. */
   replicateTo: string | null;
   vms: VmJob[];
+  /** Selected VMs the last discovery did not find on their host: not backed up, reported failed by Summarize (`Source.VmGone`). */
+  gone: GoneVm[];
 }
+
 
 /** Disks above this size are transferred in segments by several movers at once (config: policies[].segmentSizeGiB). */
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 ** 3;
@@ -45,11 +52,30 @@ export function newBackupId(now: Date, runId: string, vmId: string): string {
   return `${now.toISOString().replace(/[-:.]/g, '')}-${runId.slice(-8)}-${vm}`;
 }
 
-/** The policy's VMs: those named by id, then those on its hosts, each once. */
-async function selectVms(policy: Policy, catalog: Catalog): Promise<string[]> {
-  const ids = new Set(policy.vmIds);
-  for (const host of policy.hosts ?? []) for (const id of await catalog.vmsOnHost(host)) ids.add(id);
-  return [...ids];
+/** Whether a VM of the policy's hosts passes its filters: a name pattern (if any) matching its name, any of its tags (if any). */
+export function matchesPolicy(vm: Vm, policy: Pick<Policy, 'names' | 'tags'>): boolean {
+  const name = vm.name ?? vm.vmId;
+  if (policy.names?.length && !policy.names.some((p) => matchesNamePattern(name, p))) return false;
+  if (policy.tags?.length && !policy.tags.some((t) => vm.tags?.includes(t))) return false;
+  return true;
+}
+
+/** The policy's VMs: those named by id, then those on its hosts that pass its name and tag filters, each once. */
+export async function selectVms(policy: Policy, catalog: Pick<Catalog, 'getVm' | 'vmsOnHost'>): Promise<Vm[]> {
+  const selected = new Map<string, Vm>();
+  for (const vmId of policy.vmIds) {
+    const vm = await catalog.getVm(vmId);
+    if (!vm) throw new Error(`policy '${policy.policyId}' names VM '${vmId}', which is not in the inventory`);
+    selected.set(vmId, vm);
+  }
+  for (const host of policy.hosts ?? []) {
+    for (const vmId of await catalog.vmsOnHost(host)) {
+      if (selected.has(vmId)) continue;
+      const vm = await catalog.getVm(vmId);
+      if (vm && matchesPolicy(vm, policy)) selected.set(vmId, vm);
+    }
+  }
+  return [...selected.values()];
 }
 
 export function slotScopes(vm: Vm, host: Host, policy: Policy): SlotScope[] {
@@ -77,9 +103,13 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
   const hosts = new Map<string, Host | undefined>();
   // Chunks a deep verification moved aside: every job re-checks them (core/quarantine.ts).
   const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(policy), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
-  for (const vmId of await selectVms(policy, deps.catalog)) {
-    const vm = await deps.catalog.getVm(vmId);
-    if (!vm) throw new Error(`policy '${policy.policyId}' names VM '${vmId}', which is not in the inventory`);
+  const gone: GoneVm[] = [];
+  for (const vm of await selectVms(policy, deps.catalog)) {
+    const vmId = vm.vmId;
+    if (vm.gone) {
+      gone.push(await recordGone(vm, policy, input.runId, now, deps.catalog));
+      continue;
+    }
     if (!hosts.has(vm.host)) hosts.set(vm.host, await deps.catalog.getHost(vm.host));
     const host = hosts.get(vm.host);
     if (!host) throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
@@ -100,7 +130,16 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
     vms.push(job);
   }
-  return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms };
+  return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms, gone };
+}
+
+/** A gone VM is not backed up: its backup of this run is recorded failed (VmGone), and the run reports it. */
+async function recordGone(vm: Vm, policy: Policy, runId: string, now: Date, catalog: Catalog): Promise<GoneVm> {
+  const backupId = newBackupId(now, runId, vm.vmId);
+  const goneSince = vm.goneSince ?? 'unknown';
+  const error = { Error: VmGone.code, Cause: vmGoneMessage(vm.vmId, vm.host, goneSince) };
+  await catalog.startBackup({ vmId: vm.vmId, backupId, runId, policyId: policy.policyId, status: 'failed', parentBackupId: null, startedAt: now.toISOString(), error });
+  return { vmId: vm.vmId, backupId, host: vm.host, goneSince };
 }
 
 export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });

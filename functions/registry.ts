@@ -40,6 +40,9 @@ export const lambdaFunctions = {
   PlanFailover: { entry: 'functions/replicate.ts', handler: 'planFailoverHandler' },
   RecordFailover: { entry: 'functions/replicate.ts', handler: 'recordFailoverHandler' },
   RecordRecoveryFailure: { entry: 'functions/recovery-failure.ts', handler: 'handler' },
+  ListDiscoveryHosts: { entry: 'functions/discover.ts', handler: 'listHostsHandler' },
+  RecordInventory: { entry: 'functions/discover.ts', handler: 'recordHandler' },
+  SummarizeDiscovery: { entry: 'functions/discover.ts', handler: 'summarizeHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

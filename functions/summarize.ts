@@ -7,6 +7,8 @@ import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
 import type { Consistency, DiskResult, TransferStats, VmOutcome } from '../core/jobs.ts';
+import { vmGoneMessage, type GoneVm } from '../core/discovery.ts';
+import { VmGone } from '../core/errors.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
@@ -20,6 +22,8 @@ export interface SummarizeInput {
   runId: string;
   policyId: string;
   results: IterationResult[];
+  /** VMs Plan did not back up because discovery found them gone: each counts as failed (`Source.VmGone`). */
+  gone?: GoneVm[] | undefined;
 }
 
 export interface RunSummary {
@@ -40,6 +44,7 @@ export function summarizeRun(input: SummarizeInput): RunSummary {
     const consistency = (r.commit as { consistency?: Consistency } | undefined)?.consistency;
     return { vmId: r.vmId, backupId: r.backupId, status: 'committed', ...(consistency ? { consistency } : {}), ...(fullReads.length ? { fullReads } : {}) };
   });
+  for (const g of input.gone ?? []) vms.push({ vmId: g.vmId, backupId: g.backupId, status: 'failed', error: { Error: VmGone.code, Cause: vmGoneMessage(g.vmId, g.host, g.goneSince) } });
   const committed = vms.filter((v) => v.status === 'committed').length;
   return { runId: input.runId, policyId: input.policyId, vms, committed, failed: vms.length - committed, totals };
 }
@@ -83,6 +88,7 @@ export const summarizeInput: z.ZodType<SummarizeInput> = z.looseObject({
   runId: z.string().min(1),
   policyId: z.string().min(1),
   results: z.array(z.looseObject({ vmId: z.string(), backupId: z.string(), disks: z.array(diskResult).optional(), commit: z.unknown().optional(), outcome: vmOutcome.optional() })),
+  gone: z.array(z.looseObject({ vmId: z.string().min(1), backupId: z.string().min(1), host: z.string(), goneSince: z.string() })).optional(),
 });
 
 export const handler = lambdaHandler('Summarize', summarizeInput, async (input, { metrics }) => {

@@ -25,6 +25,12 @@ export interface SyncConfigOutput {
   removedPolicies: string[];
 }
 
+/** The hosts whose VMs a policy selects from: its own, or every host when it filters by name or tag without naming hosts. */
+function policyHosts(p: LifeboatConfig['policies'][number], config: LifeboatConfig): string[] {
+  if (p.vms.hosts) return p.vms.hosts;
+  return (p.vms.names?.length || p.vms.tags?.length) ? config.hosts.map((h) => h.id) : [];
+}
+
 export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalog }): Promise<SyncConfigOutput> {
   const config = parseConfig(input.config, 'the SyncConfig input');
   const bucketOf = (repositoryId: string) => {
@@ -46,7 +52,8 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
     const repo = config.repositories.find((r) => r.id === p.repository)!;
     const target = p.replicateTo ? config.repositories.find((r) => r.id === p.replicateTo)! : undefined;
     const policy: Policy = {
-      policyId: p.id, vmIds: p.vms.ids ?? [], hosts: p.vms.hosts ?? [],
+      policyId: p.id, vmIds: p.vms.ids ?? [], hosts: policyHosts(p, config),
+      ...(p.vms.names?.length ? { names: p.vms.names } : {}), ...(p.vms.tags?.length ? { tags: p.vms.tags } : {}),
       bucket: bucketOf(repo.id), chunkSize: repo.chunkSizeMiB * MiB, repositoryId: repo.id, ...(repo.endpoint ? { endpoint: repo.endpoint } : {}),
       slotLimit: p.perHostConcurrency ?? 64, retention: p.retention, rpoHours: p.rpoHours, managedBy: 'config',
       ...(p.segmentSizeGiB ? { segmentBytes: p.segmentSizeGiB * 1024 * MiB } : {}),

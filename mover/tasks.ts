@@ -1,10 +1,12 @@
-/** The mover's task handlers: Snapshot, Dispatch (one disk) and ReleaseSnapshot. */
+/** The mover's task handlers: Snapshot, Dispatch (one disk), ReleaseSnapshot and Discover (one page of a host's VMs). */
 import type { RepositoryLocation } from '../core/endpoints.ts';
+import { isDiscoverTask } from '../core/discovery.ts';
 import { BadTaskInput } from '../core/errors.ts';
 import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts';
 import type { MoverTask } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../core/recovery-jobs.ts';
+import { runDiscoverTask } from './discover.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { DriverFor } from './sources/drivers.ts';
@@ -27,12 +29,14 @@ export interface TaskDeps {
  * The task kinds this mover runs, announced in its registration (mover/registration.ts).
  * Keep it in step with the `switch` below when adding a kind (recovery kinds come from core/recovery-jobs.ts).
  */
-export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', ...recoveryTaskNames];
+export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', 'discover', ...recoveryTaskNames];
 
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
     // Restore and deep verification tasks carry no VM job (mover/recovery/).
     if (isRecoveryTask(raw)) return runRecoveryTask(raw, deps, ctx);
+    // Discovery carries a host, not a VM job (mover/discover.ts validates it).
+    if (isDiscoverTask(raw)) return runDiscoverTask(raw, deps.drivers, ctx.signal);
     const t = raw as MoverTask;
     if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
     switch (t.task) {
@@ -77,7 +81,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         }
       }
       default:
-        throw new BadTaskInput(`unknown task '${(t as { task?: unknown }).task}'; this mover knows snapshot, dispatch and releaseSnapshot`);
+        throw new BadTaskInput(`unknown task '${(t as { task?: unknown }).task}'; this mover knows ${TASK_KINDS.join(', ')}`);
     }
   };
 }

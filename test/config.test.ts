@@ -61,7 +61,7 @@ describe('configuration', () => {
 
   it('a host that no group serves is an error', () => {
     const p = problems({ ...example, hosts: [...example.hosts, { id: 'esx-04', maxConcurrentBackups: 1 }] });
-    expect(p).toEqual(['hosts[3].id = "esx-04": is served by no mover group: add it to a group\'s "hosts"']);
+    expect(p).toEqual([`hosts[${example.hosts.length}].id = "esx-04": is served by no mover group: add it to a group's "hosts"`]);
   });
 
   it('retention must keep something, and limits must be whole and positive', () => {

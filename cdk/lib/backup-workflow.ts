@@ -165,7 +165,7 @@ export class BackupWorkflow extends Construct {
 
     const then = afterSummarize(this, props.replicatePolicy, props.functions.ReportReplication);
     const summarize = invoke('Summarize', 'Summarize', {
-      payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId', 'results.$': '$.results' }),
+      payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId', 'results.$': '$.results', 'gone.$': '$.gone' }),
       ...(then ? { resultPath: '$.summary' } : {}),
     });
 

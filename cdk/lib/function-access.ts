@@ -93,6 +93,10 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
+  // Discovery: the hosts from the catalog's host listing; each discovered VM written conditionally (a VM added by hand is left alone), its host membership put, gone VMs marked.
+  ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },
+  RecordInventory: { catalog: ['UpdateItem', 'PutItem', 'GetItem', 'Query'] },
+  SummarizeDiscovery: {},
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
 };
 

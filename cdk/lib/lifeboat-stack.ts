@@ -1,7 +1,7 @@
 /**
  * The Lifeboat control plane: catalog table, repository buckets and their KMS keys, the
  * Lambda functions, one Activity and IAM role per mover group, the workflows, one
- * schedule per policy, the deploy-time custom resource (repository key, configuration
+ * schedule per policy and one for discovery, the deploy-time custom resource (repository key, configuration
  * into the catalog), alarms and a dashboard.
  */
 import { CfnOutput, CustomResource, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
@@ -16,9 +16,10 @@ import * as cr from 'aws-cdk-lib/custom-resources';
 import type { Construct } from 'constructs';
 import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
-import type { LifeboatConfig } from '../../core/config.ts';
+import { discoverySchedule, type LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
 import { ReconcileWorkflow } from './reconcile-workflow.ts';
+import { DiscoverWorkflow } from './discover-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
 import { MoverIdentity } from './mover-identity.ts';
@@ -51,6 +52,7 @@ export class LifeboatStack extends Stack {
   readonly backup: BackupWorkflow;
   /** The failure path of Backup executions that stopped without their own (aborted, timed out). */
   readonly reconcile: ReconcileWorkflow;
+  readonly discover: DiscoverWorkflow;
   readonly recovery: RecoveryWorkflows;
   readonly activities: Record<string, sfn.Activity>;
 
@@ -128,6 +130,8 @@ export class LifeboatStack extends Stack {
 
     // A Backup execution that stopped without its failure path (aborted, timed out) is reconciled through it.
     this.reconcile = new ReconcileWorkflow(this, 'Reconcile', { functions, activities: backupGroups, backup: this.backup.stateMachine });
+    // Discovery: each libvirt host's domains into the catalog, through the group serving it.
+    this.discover = new DiscoverWorkflow(this, 'Discover', { functions, activities: backupGroups });
 
     // --- movers: one least-privilege role per group ------------------------------------------
     for (const g of config.moverGroups) {
@@ -135,7 +139,11 @@ export class LifeboatStack extends Stack {
     }
 
     // --- schedules: one per policy, starting the Backup workflow ------------------------------
-    this.schedules = new PolicySchedules(this, 'Schedules', { policies: config.policies, backup: this.backup.stateMachine });
+    const discovery = discoverySchedule(config);
+    this.schedules = new PolicySchedules(this, 'Schedules', {
+      policies: config.policies, backup: this.backup.stateMachine,
+      ...(discovery ? { discovery: { stateMachine: this.discover.stateMachine, schedule: discovery } } : {}),
+    });
 
     // --- on every deploy: the repository key exists, the catalog holds this configuration ----
     const provider = new cr.Provider(this, 'DeployProvider', {
@@ -161,6 +169,7 @@ export class LifeboatStack extends Stack {
     new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName, description: 'The primary repository (LIFEBOAT_BUCKET for tools; jobs carry their bucket)' });
     new CfnOutput(this, 'RepositoryKeyArn', { value: this.repositoryKey.keyArn, description: 'KMS key that wraps the repository key: the mover\'s LIFEBOAT_KMS_KEY_ID' });
     new CfnOutput(this, 'BackupStateMachineArn', { value: this.backup.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'DiscoverStateMachineArn', { value: this.discover.stateMachine.stateMachineArn });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.monitoring.topic.topicArn });
     new CfnOutput(this, 'DashboardName', { value: this.monitoring.dashboard.dashboardName });
     for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn, description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN` });

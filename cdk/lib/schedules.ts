@@ -1,6 +1,7 @@
 /**
  * One EventBridge Scheduler schedule per protection policy: the policy's cron/rate/at
- * expression in its time zone starts the Backup workflow with `{ "policyId": ... }`.
+ * expression in its time zone starts the Backup workflow with `{ "policyId": ... }`; and
+ * the Discover workflow's (every libvirt host, `{}`), when discovery is scheduled.
  * Scheduler retries a start that fails (throttling, a disabled state machine) and puts
  * what it could not deliver in an encrypted dead-letter queue, which has an alarm.
  */
@@ -11,11 +12,13 @@ import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { acknowledge } from './nag.ts';
 import { Construct } from 'constructs';
-import type { PolicyConfig } from '../../core/config.ts';
+import type { PolicyConfig, ScheduleConfig } from '../../core/config.ts';
 
 export interface PolicySchedulesProps {
   policies: PolicyConfig[];
   backup: sfn.IStateMachine;
+  /** The Discover workflow and when it runs (core/config.ts discoverySchedule); none: no discovery schedule. */
+  discovery?: { stateMachine: sfn.IStateMachine; schedule: ScheduleConfig };
   /** Attempts after the first failed start (0–185). */
   retryAttempts?: number;
   /** Give up on a start that could not be delivered for this long (60 s – 24 h). */
@@ -25,6 +28,8 @@ export interface PolicySchedulesProps {
 export class PolicySchedules extends Construct {
   readonly deadLetterQueue: sqs.Queue;
   readonly schedules: Record<string, scheduler.Schedule> = {};
+  /** The Discover workflow's schedule, when there is one. */
+  readonly discovery: scheduler.Schedule | undefined;
 
   constructor(scope: Construct, id: string, props: PolicySchedulesProps) {
     super(scope, id);
@@ -47,5 +52,16 @@ export class PolicySchedules extends Construct {
         }),
       });
     }
+    const d = props.discovery;
+    this.discovery = d && new scheduler.Schedule(this, 'Discovery', {
+      description: 'Lifeboat: inventory the libvirt hosts (Discover workflow)',
+      schedule: scheduler.ScheduleExpression.expression(d.schedule.expression, TimeZone.of(d.schedule.timeZone)),
+      target: new targets.StepFunctionsStartExecution(d.stateMachine, {
+        input: scheduler.ScheduleTargetInput.fromObject({}),
+        deadLetterQueue: this.deadLetterQueue,
+        retryAttempts: props.retryAttempts ?? 5,
+        maxEventAge: props.maxEventAge ?? Duration.hours(2),
+      }),
+    });
   }
 }

@@ -6,14 +6,19 @@ import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Retention } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../core/endpoints.ts';
-import type { Consistency, DiskResult, Hypervisor, QuiesceSettings } from '../../core/jobs.ts';
+import { discoveredVmId } from '../../core/discovery.ts';
+import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../core/jobs.ts';
 
 export interface Policy {
   policyId: string;
   /** VMs selected by id ... */
   vmIds: string[];
-  /** ... and every inventory VM on these hosts. */
+  /** ... and every inventory VM on these hosts (filtered by `names` and `tags` when given). */
   hosts?: string[];
+  /** Name patterns (`*`, `?`): of the hosts' VMs, those whose name matches one (core/config.ts matchesNamePattern). */
+  names?: string[];
+  /** Of the hosts' VMs, those carrying any of these tags (and matching `names`, if given). */
+  tags?: string[];
   /** Repository bucket and chunk size the policy's backups go to. */
   bucket: string;
   chunkSize: number;
@@ -56,7 +61,26 @@ export interface Vm {
   source: string;
   /** Datastores holding the VM's disks (each may have its own concurrency limit). */
   datastores?: string[];
+  /** The VM's name on its hypervisor (a discovered VM's domain name; policies match `names` against it, else against the id). */
+  name?: string;
+  /**
+   * When the Discover workflow last found the VM on its host. Absent: the VM was added by
+   * hand, and discovery never changes or marks it.
+   */
+  discoveredAt?: string;
+  /** What discovery found (a discovered VM only). */
+  uuid?: string;
+  state?: string;
+  tags?: string[];
+  agent?: boolean;
+  disks?: DiscoveredVm['disks'];
+  /** The last discovery did not find the VM on its host: backups skip it and report it failed (never deleted). */
+  gone?: boolean;
+  goneSince?: string;
 }
+
+/** What recording one discovered VM did: a new VM, one seen before, one that was gone and is back, or a VM added by hand with that id (left alone). */
+export type DiscoveredVmWrite = 'new' | 'seen' | 'returned' | 'manual';
 
 /** A restore test: the backup restored as a new VM, booted without network, and removed. */
 export interface RestoreTest {
@@ -90,6 +114,8 @@ const k = {
   policy: (id: string) => ({ pk: `POLICY#${id}`, sk: 'POLICY' }),
   vm: (id: string) => ({ pk: `VM#${id}`, sk: 'VM' }),
   host: (id: string) => ({ pk: `HOST#${id}`, sk: 'HOST' }),
+  /** The list of hosts (one Query lists them all, for discovery). */
+  hostListing: (id: string) => ({ pk: 'HOSTS', sk: `HOST#${id}` }),
   /** Membership of a VM on a host, so a policy can select a host's VMs with one Query. */
   hostVm: (host: string, vmId: string) => ({ pk: `HOST#${host}`, sk: `VM#${vmId}` }),
   backup: (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` }),
@@ -141,8 +167,15 @@ export class Catalog {
     } while (start);
     return out;
   }
-  putHost(h: Host) {
-    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.host(h.hostId), ...h } }));
+  async putHost(h: Host) {
+    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.host(h.hostId), ...h } }));
+    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.hostListing(h.hostId), hostId: h.hostId } }));
+  }
+  /** Every host the configuration put in the catalog. */
+  async listHosts(): Promise<Host[]> {
+    const ids = await this.queryAll('HOSTS', 'HOST#', 'hostId');
+    const hosts = await Promise.all(ids.map((id) => this.getHost(id)));
+    return hosts.filter((h): h is Host => !!h);
   }
   getHost(id: string) {
     return this.get<Host>(k.host(id));
@@ -155,18 +188,74 @@ export class Catalog {
     if (before && before.host !== v.host) await this.db.send(new DeleteCommand({ TableName: this.table, Key: k.hostVm(before.host, v.vmId) }));
   }
   /** Ids of the inventory VMs on a host. */
-  async vmsOnHost(host: string): Promise<string[]> {
-    const ids: string[] = [];
+  vmsOnHost(host: string): Promise<string[]> {
+    return this.queryAll(`HOST#${host}`, 'VM#', 'vmId');
+  }
+  /** The `attribute` of every item of partition `pk` whose sort key starts with `skPrefix`. */
+  private async queryAll(pk: string, skPrefix: string, attribute: string): Promise<string[]> {
+    const values: string[] = [];
     let start: Record<string, unknown> | undefined;
     do {
       const out = await this.db.send(new QueryCommand({
         TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :v)',
-        ExpressionAttributeValues: { ':pk': `HOST#${host}`, ':v': 'VM#' }, ConsistentRead: true, ExclusiveStartKey: start,
+        ExpressionAttributeValues: { ':pk': pk, ':v': skPrefix }, ConsistentRead: true, ExclusiveStartKey: start,
       }));
-      for (const it of out.Items ?? []) ids.push(it.vmId as string);
+      for (const it of out.Items ?? []) values.push(it[attribute] as string);
       start = out.LastEvaluatedKey;
     } while (start);
-    return ids;
+    return values;
+  }
+
+  /**
+   * Records a VM the Discover workflow found on `hostId` (id `<name>@<hostId>`, source its
+   * name): its facts, `discoveredAt`, and no longer gone. Conditional: a VM added by hand
+   * with the same id (no `discoveredAt`) is left alone. Safe to repeat (a retried page).
+   */
+  async recordDiscoveredVm(hostId: string, d: DiscoveredVm, discovery: { id: string; at: string }): Promise<DiscoveredVmWrite> {
+    const vmId = discoveredVmId(d.name, hostId);
+    const set = { vmId, host: hostId, source: d.name, name: d.name, uuid: d.uuid, state: d.state, tags: d.tags, agent: d.agent, disks: d.disks, discoveredAt: discovery.at, discoveredBy: discovery.id };
+    const names = Object.fromEntries(Object.keys(set).map((a, i) => [`#a${i}`, a]));
+    const values = Object.fromEntries(Object.values(set).map((v, i) => [`:v${i}`, v]));
+    let old: Record<string, unknown> | undefined;
+    try {
+      const out = await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: k.vm(vmId),
+        UpdateExpression: `SET ${Object.keys(set).map((_, i) => `#a${i} = :v${i}`).join(', ')}, #first = if_not_exists(#first, :id) REMOVE #gone, #goneSince`,
+        ConditionExpression: 'attribute_not_exists(pk) OR attribute_exists(#at)',
+        ExpressionAttributeNames: { ...names, '#first': 'firstDiscoveredBy', '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
+        ExpressionAttributeValues: { ...values, ':id': discovery.id },
+        ReturnValues: 'ALL_OLD',
+      }));
+      old = out.Attributes;
+    } catch (err) {
+      if (isConditionFailed(err)) return 'manual';
+      throw err;
+    }
+    // Always (idempotent): a retry after a failure between the two writes still lists the VM on its host.
+    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.hostVm(hostId, vmId), vmId } }));
+    if (!old || old.firstDiscoveredBy === discovery.id) return 'new';
+    return old.gone ? 'returned' : 'seen';
+  }
+
+  /**
+   * Marks a discovered VM gone (since `at`) unless a discovery saw it at or after
+   * `notSeenSince` (this one, or one running beside it). A VM added by hand is never
+   * marked. Returns whether this call marked it.
+   */
+  async markVmGone(vmId: string, at: string, notSeenSince: string): Promise<boolean> {
+    try {
+      await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: k.vm(vmId),
+        UpdateExpression: 'SET #gone = :t, #goneSince = :at',
+        ConditionExpression: 'attribute_exists(#at) AND #at < :since AND attribute_not_exists(#gone)',
+        ExpressionAttributeNames: { '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
+        ExpressionAttributeValues: { ':t': true, ':at': at, ':since': notSeenSince },
+      }));
+      return true;
+    } catch (err) {
+      if (isConditionFailed(err)) return false;
+      throw err;
+    }
   }
   getVm(id: string) {
     return this.get<Vm>(k.vm(id));

@@ -21,3 +21,11 @@ export const replicationMetrics = {
   /** 1 when a Backup run committed backups but could not start their replication (ReplicationNotStarted), else 0. */
   replicationStartFailed: 'ReplicationStartFailed',
 } as const;
+
+/** Discovery metrics (SummarizeDiscovery, at the end of every Discover execution), dimension `service`. */
+export const discoveryMetrics = {
+  /** Hosts the execution could not inventory (an unreachable libvirt URI, no mover answering). */
+  hostsFailed: 'DiscoveryHostsFailed',
+  /** Discovered VMs the execution marked gone (no longer on their host). */
+  vmsGone: 'DiscoveredVmsGone',
+} as const;

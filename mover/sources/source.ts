@@ -1,4 +1,4 @@
-import type { DiskRef, QuiesceSettings, SnapshotResult } from '../../core/jobs.ts';
+import type { DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../core/jobs.ts';
 
 /** A part of a disk that may hold data (everything outside every extent reads as zeros). */
 export interface Extent {
@@ -44,6 +44,22 @@ export interface SourceDriver {
    * plane died meanwhile). A no-op when there is none.
    */
   releaseBackup?(req: { source: string }, backupId: string): Promise<void>;
+}
+
+/**
+ * A driver that can list its host's VMs (the Discover workflow): the names first, then each
+ * VM's facts, so a host of many VMs is described a page at a time.
+ */
+export interface VmInventory {
+  vmNames(opts?: { signal?: AbortSignal }): Promise<string[]>;
+  /** Undefined: the VM disappeared since it was listed. */
+  describeVm(name: string, opts?: { signal?: AbortSignal }): Promise<DiscoveredVm | undefined>;
+}
+
+/** The driver's inventory, when it has one (the folder driver has none: its VMs are added by hand). */
+export function inventoryOf(driver: SourceDriver): VmInventory | undefined {
+  const d = driver as Partial<VmInventory>;
+  return typeof d.vmNames === 'function' && typeof d.describeVm === 'function' ? (driver as unknown as VmInventory) : undefined;
 }
 
 export interface DiskReader {

@@ -18,7 +18,7 @@ import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../core/errors.ts';
 import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../../core/jobs.ts';
 import { guestExec } from './guest-agent.ts';
-import type { DiskReader, SnapshotRequest, SourceDriver } from '../source.ts';
+import type { DiskReader, SnapshotRequest, SourceDriver, VmInventory } from '../source.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, type DomainDisk, type DomainInfo } from './domain-xml.ts';
 import { openNbdDisk } from './nbd-disk.ts';
 import { isNoDomain, Virsh, type VirshOptions } from './virsh.ts';
@@ -52,7 +52,7 @@ interface Handle {
   kind: 'job' | 'qemu-nbd';
 }
 
-export class LibvirtDriver implements SourceDriver {
+export class LibvirtDriver implements SourceDriver, VmInventory {
   private readonly virsh: Virsh;
   private readonly o: LibvirtDriverOptions;
 
@@ -90,27 +90,37 @@ export class LibvirtDriver implements SourceDriver {
 
   /** Every domain of the host with its state, disks (sizes and formats) and Lifeboat tags. */
   async discover(opts: { signal?: AbortSignal } = {}): Promise<DiscoveredVm[]> {
-    const names = (await this.virsh.run(['list', '--all', '--name'], opts)).split('\n').map((l) => l.trim()).filter(Boolean);
     const out: DiscoveredVm[] = [];
-    for (const name of names) {
-      let xml: string;
-      let state: string;
-      try {
-        state = (await this.virsh.run(['domstate', '--', name], opts)).trim();
-        xml = await this.virsh.run(['dumpxml', '--inactive', '--', name], opts);
-      } catch (err) {
-        if (isNoDomain(err)) continue; // undefined while we listed
-        throw err;
-      }
-      const info = parseDomainXml(xml, `VM '${name}' on ${this.o.uri}`);
-      const disks = [];
-      for (const d of info.disks.filter((x) => x.device === 'disk' || x.device === 'lun')) {
-        const sizeBytes = await this.virsh.run(['domblkinfo', '--', name, d.target], opts).then((o) => Number(/Capacity:\s+(\d+)/.exec(o)?.[1] ?? 0), () => 0);
-        disks.push({ target: d.target, type: d.type, format: d.format, sizeBytes, ...(d.source ? { source: d.source } : {}) });
-      }
-      out.push({ name: info.name, uuid: info.uuid, state, tags: info.tags, agent: info.agentChannel, disks });
+    for (const name of await this.vmNames(opts)) {
+      const vm = await this.describeVm(name, opts);
+      if (vm) out.push(vm);
     }
     return out;
+  }
+
+  /** The names of the host's domains, running or not (VmInventory). */
+  async vmNames(opts: { signal?: AbortSignal } = {}): Promise<string[]> {
+    return (await this.virsh.run(['list', '--all', '--name'], opts)).split('\n').map((l) => l.trim()).filter(Boolean);
+  }
+
+  /** One domain's state, disks and tags; undefined when it was undefined since it was listed (VmInventory). */
+  async describeVm(name: string, opts: { signal?: AbortSignal } = {}): Promise<DiscoveredVm | undefined> {
+    let xml: string;
+    let state: string;
+    try {
+      state = (await this.virsh.run(['domstate', '--', name], opts)).trim();
+      xml = await this.virsh.run(['dumpxml', '--inactive', '--', name], opts);
+    } catch (err) {
+      if (isNoDomain(err)) return undefined;
+      throw err;
+    }
+    const info = parseDomainXml(xml, `VM '${name}' on ${this.o.uri}`);
+    const disks = [];
+    for (const d of info.disks.filter((x) => x.device === 'disk' || x.device === 'lun')) {
+      const sizeBytes = await this.virsh.run(['domblkinfo', '--', name, d.target], opts).then((o) => Number(/Capacity:\s+(\d+)/.exec(o)?.[1] ?? 0), () => 0);
+      disks.push({ target: d.target, type: d.type, format: d.format, sizeBytes, ...(d.source ? { source: d.source } : {}) });
+    }
+    return { name: info.name, uuid: info.uuid, state, tags: info.tags, agent: info.agentChannel, disks };
   }
 
   async openDisk(disk: DiskRef): Promise<DiskReader> {

@@ -1,0 +1,33 @@
+/**
+ * `lifeboat discover [--host H]`: run the Discover workflow on a running stack (every
+ * libvirt host, or one) and print per host what it found, what is new and what is gone.
+ */
+import type { Command } from 'commander';
+import type { DiscoverySummary } from '../functions/discovery/inventory.ts';
+import { endpoints, guarded, lambdaMessage, runWorkflow, type Out, type StackOptions } from './stack-client.ts';
+
+/** One line per host: its counts, or why it could not be inventoried. */
+export function formatDiscovery(s: DiscoverySummary, seconds: number): string[] {
+  const lines = [`Discovery ${s.discoveryId}: ${s.hosts.length} host(s) in ${seconds.toFixed(1)} s, ${s.found} VM(s) found, ${s.new} new, ${s.gone} gone`];
+  for (const h of s.hosts) {
+    if ('error' in h) lines.push(`  ${h.hostId}: FAILED ${h.error.Error}: ${lambdaMessage(h.error.Cause ?? '')}`);
+    else lines.push(`  ${h.hostId}: ${h.found} found, ${h.new} new, ${h.returned} back, ${h.gone} gone${h.stillGone ? ` (${h.stillGone} still gone)` : ''}${h.manual ? `, ${h.manual} left alone (added by hand)` : ''}`);
+  }
+  return lines;
+}
+
+export function registerDiscoverCommand(program: Command, defaultDataDir: string, io: Out): void {
+  program
+    .command('discover')
+    .description('inventory the libvirt hosts\' VMs into the catalog now (the Discover workflow); VMs no longer there are marked gone')
+    .option('--host <id>', 'only this host (default: every libvirt host)')
+    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
+    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
+    .action(guarded(async (opts: StackOptions & { host?: string }) => {
+      const e = await endpoints(opts);
+      const r = await runWorkflow(e, 'Discover', opts.host ? { hostId: opts.host } : {}, io);
+      const summary = r.output as DiscoverySummary;
+      for (const line of formatDiscovery(summary, r.seconds)) io.out(line);
+      if (summary.failedHosts.length > 0) process.exitCode = 1;
+    }));
+}
