@@ -46,7 +46,7 @@ it('inventories every libvirt host through the mover, reporting the unreachable 
   expect(s.failedHosts).toEqual(['kvm-02']);
   expect(s.hosts).toEqual([
     { hostId: 'kvm-01', found: 1, new: 1, returned: 0, manual: 0, gone: 0, stillGone: 0 },
-    { hostId: 'kvm-02', error: { Error: 'Mover.SourceUnavailable', Cause: expect.stringMatching(/virsh list on test:\/\/\/nonexistent\/kvm-02\.xml failed: .*failed to connect to the hypervisor/) } },
+    { hostId: 'kvm-02', error: { Error: 'Mover.SourceUnavailable', Cause: expect.stringMatching(/cannot reach libvirt at test:\/\/\/nonexistent\/kvm-02\.xml .*failed to connect to the hypervisor.*Check the host.s "uri"/) } },
   ]);
   expect(s).toMatchObject({ found: 1, new: 1, gone: 0 });
   const vm = await t.stack.catalog.getVm('test@kvm-01');
