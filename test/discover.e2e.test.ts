@@ -60,7 +60,7 @@ it('inventories every libvirt host through the mover, reporting the unreachable 
   expect(formatDiscovery(s, 1)).toEqual([
     expect.stringMatching(/^Discovery .*: 2 host\(s\) in .* s, 1 VM\(s\) found, 1 new, 0 gone$/),
     '  kvm-01: 1 found, 1 new, 0 back, 0 gone',
-    expect.stringMatching(/^ {2}kvm-02: FAILED Mover\.SourceUnavailable: virsh list on test:\/\/\/nonexistent/),
+    expect.stringMatching(/^ {2}kvm-02: FAILED Mover\.SourceUnavailable: cannot reach libvirt at test:\/\/\/nonexistent/),
   ]);
 }, 120_000);
 
