@@ -31,7 +31,7 @@ describe('lifeboat config check', () => {
   it('summarises a valid file', async () => {
     const r = await cli(['config', 'check', 'lifeboat.config.json']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toContain('valid: 2 site(s), 3 mover group(s), 3 host(s), 2 repositories, 2 policies');
+    expect(r.stdout).toContain('valid: 2 site(s), 3 mover group(s), 4 host(s), 2 repositories, 2 policies');
     expect(r.stdout).toContain('  group dr (site site-dr): no hosts (restore and replication only)');
   });
 
