@@ -42,6 +42,12 @@ export interface DefineDomainRequest {
   name?: string;
   /** Disk image format (default qcow2). */
   format?: 'raw' | 'qcow2';
+  /**
+   * Restore the disks as volumes of this libvirt storage pool on the host (active, with
+   * room for the disks' data) instead of files in the restore folder; the domain's disks
+   * are `<disk type='volume'>` in it (mover/recovery/pool-volumes.ts).
+   */
+  pool?: string;
   start?: boolean;
   /**
    * A restore test: boot with no network, wait for a line matching `consoleLine` on the
@@ -73,6 +79,15 @@ export interface RestoredDisk {
   /** Hex SHA-256 of the written disk, computed while re-reading it. */
   sha256: string;
   seconds: number;
+  /** Set when the disk was restored into a libvirt storage pool (`define.pool`): `path` is the volume's path. */
+  volume?: PoolVolume;
+}
+
+/** A libvirt storage volume a restore created. */
+export interface PoolVolume {
+  pool: string;
+  name: string;
+  format: 'raw' | 'qcow2';
 }
 
 /** A deep verification of one backup, as PlanDeepVerify resolved it. */

@@ -35,6 +35,8 @@ export const restoreRequest = z.object({
     uri: text,
     name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"').optional(),
     format: z.enum(['raw', 'qcow2']).optional(),
+    /** Restore the disks as volumes of this (active) libvirt storage pool instead of files in `target`. */
+    pool: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be a storage pool name: 1-64 letters, digits, ".", "_" or "-"').optional(),
     start: z.boolean().optional(),
     bootCheck: z.object({
       consoleLine: text.refine((s) => { try { new RegExp(s); return true; } catch { return false; } }, 'must be a regular expression'),

@@ -23,6 +23,8 @@ export interface TaskDeps {
   parallelism: number;
   /** Pack size in bytes (default 8 MiB: core/packs.ts). */
   packBytes?: number;
+  /** The mover's work folder (LIFEBOAT_WORK_DIR): restores into a storage pool keep their records and raw copies there. */
+  workDir?: string;
 }
 
 /**

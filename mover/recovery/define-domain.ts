@@ -1,9 +1,10 @@
 /**
  * A whole-VM restore of a libvirt backup, finished on the target host: the restored disk
- * files (as raw or qcow2) become a new domain defined from the backed-up definition (its
- * own name, new UUID and MAC addresses), started if asked. A restore test boots it with no
- * network, waits for a sign of life on its serial console, then removes the domain and its
- * files: the backup is proven to boot, and nothing is left behind.
+ * files (as raw or qcow2), or the storage pool volumes they were restored into, become a
+ * new domain defined from the backed-up definition (its own name, new UUID and MAC
+ * addresses), started if asked. A restore test boots it with no network, waits for a sign
+ * of life on its serial console, then removes the domain and its files or volumes: the
+ * backup is proven to boot, and nothing is left behind.
  */
 import { execFile } from 'node:child_process';
 import { open as openFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -11,8 +12,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
 import type { DefineDomainRequest, DefinedDomain, RestoredDisk } from '../../core/recovery-jobs.ts';
-import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
+import { restoredDomainXml, type RestoredDiskSource } from '../sources/libvirt/domain-xml.ts';
 import { isNoDomain, Virsh } from '../sources/libvirt/virsh.ts';
+import { StoragePool } from './pool-volumes.ts';
 
 const run = promisify(execFile);
 
@@ -27,26 +29,45 @@ export interface DefineDomainInput {
   signal?: AbortSignal;
   /** Default: `qemu-img` on the PATH. */
   qemuImg?: string;
+  /** Called once the domain is defined: from then on its disks are the domain's, not the restore's to remove. */
+  onDefined?: () => Promise<void>;
+}
+
+/** The restored domain's name: the one asked for, or `<original name>-restore-<backup time>`; refuses a backup that holds no domain definition. */
+export function restoredDomainName(config: Record<string, unknown>, backupId: string, define: DefineDomainRequest): string {
+  if (config.driver !== 'libvirt' || typeof config.domainXml !== 'string') {
+    throw new RecoveryRequestInvalid(`backup ${backupId} was not taken by the libvirt driver (it holds no domain definition): restore its disks as files, without "define"`);
+  }
+  return define.name ?? `${String(config.name)}-restore-${backupId.slice(0, 15)}`;
 }
 
 export async function defineRestoredDomain(i: DefineDomainInput): Promise<DefinedDomain> {
-  if (i.config.driver !== 'libvirt' || typeof i.config.domainXml !== 'string') {
-    throw new RecoveryRequestInvalid(`backup ${i.backupId} was not taken by the libvirt driver (it holds no domain definition): restore its disks as files, without "define"`);
-  }
+  const name = restoredDomainName(i.config, i.backupId, i.define);
   const virsh = new Virsh(i.define.uri);
-  const name = i.define.name ?? `${String(i.config.name)}-restore-${i.backupId.slice(0, 15)}`;
   if (await domainExists(virsh, name)) throw new RecoveryRequestInvalid(`a domain named '${name}' already exists on ${i.define.uri}: choose another name ("define": {"name": ...}) or remove it`);
   const format = i.define.format ?? 'qcow2';
-  const disks: Record<string, { path: string; format: 'raw' | 'qcow2' }> = {};
-  for (const d of i.disks) disks[d.diskId] = { path: format === 'qcow2' ? await toQcow2(d.path, i.qemuImg) : d.path, format };
+  // Disks restored into a pool are its volumes already; files become qcow2 here unless raw is asked.
+  const disks: Record<string, RestoredDiskSource> = {};
+  const paths: string[] = [];
+  for (const d of i.disks) {
+    if (d.volume) {
+      disks[d.diskId] = { pool: d.volume.pool, volume: d.volume.name, format: d.volume.format };
+      paths.push(d.path);
+    } else {
+      const path = format === 'qcow2' ? await toQcow2(d.path, i.qemuImg) : d.path;
+      disks[d.diskId] = { path, format };
+      paths.push(path);
+    }
+  }
   const consoleLog = join(i.target, 'console.log');
   const xmlPath = join(i.target, 'domain.xml');
-  await writeFile(xmlPath, restoredDomainXml(i.config.domainXml, { name, disks, consoleLog, withoutNetwork: !!i.define.bootCheck }));
+  await writeFile(xmlPath, restoredDomainXml(String(i.config.domainXml), { name, disks, consoleLog, withoutNetwork: !!i.define.bootCheck }));
   await virsh.run(['define', '--', xmlPath], { ...(i.signal ? { signal: i.signal } : {}) });
+  await i.onDefined?.();
   const uuid = (await virsh.run(['domuuid', '--', name])).trim();
   if (!i.define.bootCheck) {
     if (i.define.start) await virsh.run(['start', '--', name]);
-    return { name, uuid, started: !!i.define.start, consoleLog, disks: Object.values(disks).map((d) => d.path) };
+    return { name, uuid, started: !!i.define.start, consoleLog, disks: paths };
   }
   try {
     await virsh.run(['start', '--', name]);
@@ -55,9 +76,13 @@ export async function defineRestoredDomain(i: DefineDomainInput): Promise<Define
     const seconds = (performance.now() - started) / 1000;
     return { name, uuid, started: true, consoleLog, disks: [], bootCheck: line ? { passed: true, seconds, line } : { passed: false, seconds, line: '' } };
   } finally {
+    // The test domain goes with its disks: files, or the pool's volumes.
     await virsh.run(['destroy', '--', name]).catch(() => {});
     await virsh.run(['undefine', '--nvram', '--', name]).catch(() => virsh.run(['undefine', '--', name]).catch(() => {}));
-    for (const d of Object.values(disks)) await rm(d.path, { force: true });
+    for (const d of Object.values(disks)) {
+      if ('path' in d) await rm(d.path, { force: true });
+      else await new StoragePool(virsh, d.pool).deleteVolume(d.volume);
+    }
   }
 }
 

@@ -1,15 +1,18 @@
 /**
- * The mover's restore tasks: one disk into a file (download, open, check, write, then
- * re-read and re-hash what was written), and the VM's description beside the disks.
+ * The mover's restore tasks: one disk into a file, a device or a storage pool volume
+ * (download, open, check, write, then re-read and re-hash what was written), and the VM's
+ * description beside the disks.
  */
 import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../core/errors.ts';
 import { decodeManifest, keys as objectKeys, open, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../core/recovery-jobs.ts';
-import { defineRestoredDomain } from './define-domain.ts';
+import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../core/recovery-jobs.ts';
+import { defineRestoredDomain, restoredDomainName } from './define-domain.ts';
+import { discardPoolVolumes, releasePoolVolumes, restoreIntoVolume, volumeName } from './pool-volumes.ts';
 import { restoreDisk } from '../pipeline/restore-disk.ts';
 import { rehashDisk } from './rehash.ts';
 
@@ -59,9 +62,60 @@ export interface RestoreTaskDeps {
   keys: RepositoryKeys;
   parallelism: number;
   signal?: AbortSignal;
-  onProgress?: (p: { diskId: string; bytesDone: number; sizeBytes: number; phase: 'write' | 'rehash' }) => void;
+  onProgress?: (p: { diskId: string; bytesDone: number; sizeBytes: number; phase: 'write' | 'rehash' | 'convert' }) => void;
   /** 'device' writes in place (a block device, or a file standing in for one); default: by what the target is. */
   targetKind?: 'file' | 'device';
+  /** The mover's work folder (`LIFEBOAT_WORK_DIR`): pool restores keep their records and qcow2 restores their raw copy there. Default: a folder in the system's temp folder. */
+  workDir?: string;
+}
+
+const workDirOf = (d: { workDir?: string }) => d.workDir ?? join(tmpdir(), 'lifeboat-mover-work');
+
+async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store: ObjectStore; keys: RepositoryKeys }) {
+  const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
+  const sealed = await d.store.get(manifestKey);
+  if (!sealed) throw new Corrupt(`manifest ${manifestKey} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
+  return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId), sealedBytes: sealed.length };
+}
+
+async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {
+  const key = objectKeys.vmConfig(backupId);
+  const sealed = await d.store.get(key);
+  if (!sealed) throw new Corrupt(`VM config ${key} of backup ${backupId} is missing from the repository`);
+  return JSON.parse((await open(d.keys, sealed, `vm-config:${backupId}`)).toString('utf8')) as Record<string, unknown>;
+}
+
+/**
+ * One disk of a whole-VM restore with `define.pool`: into a new volume of the pool, named
+ * after the restored domain (pool-volumes.ts); the restore folder keeps vm.json, the
+ * domain's definition and its console log.
+ */
+async function restoreDiskToPool(job: RestoreJob, define: DefineDomainRequest & { pool: string }, disk: RestoreDiskTarget, d: RestoreTaskDeps): Promise<RestoredDisk> {
+  const started = performance.now();
+  await claimRestoreFolder(job);
+  const { manifest, sealedBytes } = await readManifest(job, disk, d);
+  const format = define.format ?? 'qcow2';
+  const volume = volumeName(restoredDomainName(await readVmConfig(job.backupId, d), job.backupId, define), disk.diskId, format);
+  const dataBytes = Math.min(manifest.sizeBytes, manifest.chunks.filter((c) => c !== null).length * manifest.chunkSize);
+  const r = await restoreIntoVolume({
+    uri: define.uri, pool: define.pool, volume, format, diskId: disk.diskId, sizeBytes: manifest.sizeBytes, dataBytes,
+    restoreId: job.restoreId, force: !!job.force, workDir: workDirOf(d), ...(d.signal ? { signal: d.signal } : {}),
+  }, async (path, kind) => {
+    const written = await restoreDisk({
+      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, parallelism: d.parallelism, ...kind,
+      onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
+    });
+    d.signal?.throwIfAborted();
+    const check = await rehashDisk({
+      keys: d.keys, manifest, path, device: kind.targetKind === 'device', ...(d.signal ? { signal: d.signal } : {}),
+      onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes: manifest.sizeBytes, phase: 'rehash' }),
+    });
+    return { sha256: check.sha256, chunksVerified: check.chunksVerified, bytesDownloaded: written.bytesDownloaded + sealedBytes };
+  }, (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes: manifest.sizeBytes, phase: 'convert' }));
+  return {
+    diskId: disk.diskId, path: r.path, sizeBytes: manifest.sizeBytes, bytesDownloaded: r.bytesDownloaded, chunksVerified: r.chunksVerified,
+    sha256: r.sha256, seconds: (performance.now() - started) / 1000, volume: r.volume,
+  };
 }
 
 /** A device target must hold the whole disk: its byte at `sizeBytes - 1` must be readable. */
@@ -76,6 +130,7 @@ async function checkDeviceCapacity(path: string, sizeBytes: number): Promise<voi
 }
 
 export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, d: RestoreTaskDeps): Promise<RestoredDisk> {
+  if (job.define?.pool && job.diskId === null) return restoreDiskToPool(job, { ...job.define, pool: job.define.pool }, disk, d);
   const started = performance.now();
   const existing = await stat(disk.path).catch(() => undefined);
   const targetKind = d.targetKind ?? (existing?.isBlockDevice() ? 'device' : 'file');
@@ -91,10 +146,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
     refuseOverwrite(job, disk.path, existing);
     await mkdir(dirname(disk.path), { recursive: true });
   }
-  const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
-  const sealed = await d.store.get(manifestKey);
-  if (!sealed) throw new Corrupt(`manifest ${manifestKey} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
-  const manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId);
+  const { manifest, sealedBytes } = await readManifest(job, disk, d);
   // A file is written under a temporary name and renamed into place only once verified:
   // a failed restore never leaves a full-size file that looks restored under the target's name.
   const path = targetKind === 'device' ? disk.path : partialPath(disk.path);
@@ -113,7 +165,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
       await syncDir(dirname(disk.path));
     }
     return {
-      diskId: disk.diskId, path: disk.path, sizeBytes: written.sizeBytes, bytesDownloaded: written.bytesDownloaded + sealed.length,
+      diskId: disk.diskId, path: disk.path, sizeBytes: written.sizeBytes, bytesDownloaded: written.bytesDownloaded + sealedBytes,
       chunksVerified: check.chunksVerified, sha256: check.sha256, seconds: (performance.now() - started) / 1000,
     };
   } catch (err) {
@@ -123,22 +175,27 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
 }
 
 /** Writes `vm.json` into the restore folder: the VM's configuration at backup time and its restored disks. */
-export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys }): Promise<{ path: string; domain?: DefinedDomain }> {
-  const key = objectKeys.vmConfig(job.backupId);
-  const sealed = await d.store.get(key);
-  if (!sealed) throw new Corrupt(`VM config ${key} of backup ${job.backupId} is missing from the repository`);
-  const config = JSON.parse((await open(d.keys, sealed, `vm-config:${job.backupId}`)).toString('utf8')) as Record<string, unknown>;
+export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys; workDir?: string }): Promise<{ path: string; domain?: DefinedDomain }> {
+  const config = await readVmConfig(job.backupId, d);
   const path = join(job.target, 'vm.json');
   await mkdir(job.target, { recursive: true });
   // The disk tasks claimed the folder (or were forced); a standby folder is the replica's own.
   const restored = {
     ...config,
-    disks: disks.map((x) => ({ id: x.diskId, file: x.path.startsWith(`${job.target}/`) ? x.path.slice(job.target.length + 1) : x.path, sizeBytes: x.sizeBytes, sha256: x.sha256 })),
+    disks: disks.map((x) => ({ id: x.diskId, file: x.path.startsWith(`${job.target}/`) ? x.path.slice(job.target.length + 1) : x.path, sizeBytes: x.sizeBytes, sha256: x.sha256, ...(x.volume ? { volume: x.volume } : {}) })),
     restoredFrom: { vmId: job.vmId, backupId: job.backupId, restoreId: job.restoreId },
   };
   await writeFile(partialPath(path), JSON.stringify(restored, null, 2), { flush: true });
   await rename(partialPath(path), path);
   await rm(claimMarker(job), { force: true });
   if (!job.define) return { path };
-  return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define }) };
+  if (!job.define.pool) return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define }) };
+  // Volumes this restore created are its own until the domain is defined: a failure before deletes them.
+  const workDir = workDirOf(d);
+  try {
+    return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, onDefined: () => releasePoolVolumes(workDir, job.restoreId) }) };
+  } catch (err) {
+    await discardPoolVolumes(workDir, job.restoreId).catch(() => {});
+    throw err;
+  }
 }

@@ -14,6 +14,8 @@ export interface RecoveryTaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
   logger: Logger;
   parallelism: number;
+  /** The mover's work folder: restores into a storage pool keep their records and raw copies there. */
+  workDir?: string;
 }
 
 export function isRecoveryTask(raw: unknown): raw is RecoveryTask {
@@ -46,13 +48,13 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       const { store, keys } = await deps.repository(t.restore.repository);
       const log = progressed(ctx, throttled(250));
       return restoreDiskTask(t.restore, t.disk, {
-        store, keys, parallelism: deps.parallelism, signal: ctx.signal,
+        store, keys, parallelism: deps.parallelism, signal: ctx.signal, ...(deps.workDir ? { workDir: deps.workDir } : {}),
         onProgress: (p) => log(p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: t.restore.restoreId, vmId: t.restore.vmId, backupId: t.restore.backupId, ...p })),
       });
     }
     case 'restoreVmConfig': {
       if (!t.restore?.repository?.bucket || !Array.isArray(t.disks)) throw new BadTaskInput(`restoreVmConfig task needs restore and disks: ${JSON.stringify(t).slice(0, 300)}`);
-      return restoreVmConfigTask(t.restore, t.disks, await deps.repository(t.restore.repository));
+      return restoreVmConfigTask(t.restore, t.disks, { ...(await deps.repository(t.restore.repository)), ...(deps.workDir ? { workDir: deps.workDir } : {}) });
     }
     case 'deepVerifyDisk': {
       if (!t.verify?.repository?.bucket || !t.disk?.diskId) throw new BadTaskInput(`deepVerifyDisk task needs verify.repository.bucket and disk.diskId: ${JSON.stringify(t).slice(0, 300)}`);

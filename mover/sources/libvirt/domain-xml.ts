@@ -18,6 +18,8 @@ export interface DomainDisk {
   type: string;
   /** The image file or block device (file and block disks). */
   source?: string;
+  /** The storage pool volume (volume disks): libvirt finds its path (`vol-path`). */
+  volume?: { pool: string; name: string };
   /** Image format (`qcow2`, `raw`, ...). */
   format: string;
   readonly: boolean;
@@ -66,6 +68,7 @@ export function parseDomainXml(xml: string, what: string): DomainInfo {
       device: attr(d, 'device') ?? 'disk',
       type: attr(d, 'type') ?? 'file',
       ...((attr(src, 'file') ?? attr(src, 'dev')) ? { source: (attr(src, 'file') ?? attr(src, 'dev'))! } : {}),
+      ...(attr(src, 'pool') && attr(src, 'volume') ? { volume: { pool: attr(src, 'pool')!, name: attr(src, 'volume')! } } : {}),
       format: attr(node(d).driver, 'type') ?? 'raw',
       readonly: 'readonly' in node(d),
     };
@@ -112,10 +115,18 @@ const tagOf = (n: Record<string, unknown>) => Object.keys(n).find((k) => k !== '
 const children = (n: Record<string, unknown>): Ordered => (n[tagOf(n)!] as Ordered) ?? [];
 const attrs = (n: Record<string, unknown>): Record<string, string> => ((n[':@'] ??= {}) as Record<string, string>);
 
+/**
+ * Where a restored disk is: a file, or a volume of a libvirt storage pool. A volume is named
+ * by pool and volume (`<disk type='volume'>`), not by its path: libvirt resolves the path
+ * each time the domain starts, so the domain follows the pool when the pool is redefined
+ * at another place (a new mount point, storage moved), and its disks show as the pool's.
+ */
+export type RestoredDiskSource = { path: string; format: 'raw' | 'qcow2' } | { pool: string; volume: string; format: 'raw' | 'qcow2' };
+
 export interface RestoredDomain {
   name: string;
-  /** New disk files by target (`vda` → path and format). */
-  disks: Record<string, { path: string; format: 'raw' | 'qcow2' }>;
+  /** New disks by target (`vda` → file or pool volume, and format). */
+  disks: Record<string, RestoredDiskSource>;
   /** Drop every network interface (a restore test runs isolated). */
   withoutNetwork?: boolean;
   /**
@@ -163,9 +174,10 @@ function restoredDevices(devices: Ordered, r: RestoredDomain): Ordered {
       const target = children(dev).find((c) => tagOf(c) === 'target');
       const restored = target ? r.disks[attrs(target)['@dev'] ?? ''] : undefined;
       if (!restored) continue;
-      attrs(dev)['@type'] = 'file';
+      attrs(dev)['@type'] = 'path' in restored ? 'file' : 'volume';
+      const source = 'path' in restored ? { '@file': restored.path } : { '@pool': restored.pool, '@volume': restored.volume };
       dev.disk = children(dev).filter((c) => !['source', 'backingStore', 'driver'].includes(tagOf(c)!));
-      (dev.disk as Ordered).unshift({ driver: [], ':@': { '@name': 'qemu', '@type': restored.format } }, { source: [], ':@': { '@file': restored.path } });
+      (dev.disk as Ordered).unshift({ driver: [], ':@': { '@name': 'qemu', '@type': restored.format } }, { source: [], ':@': source });
     }
     out.push(dev);
   }
