@@ -69,7 +69,7 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-pool' });
     expect(d.status, d.cause).toBe('SUCCEEDED');
     expect((JSON.parse(d.output!) as RunSummary).committed).toBe(1);
-    [freezeHash] = await vm.freezeHashes(1);
+    freezeHash = (await vm.freezeHashes(1))[0]!;
   }, 300_000);
 
   afterAll(async () => {
