@@ -27,18 +27,20 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .requiredOption('--group <id>', 'the mover group that restores')
     .option('--backup <id>', 'the backup (default: the newest committed)')
     .option('--disk <id>', 'restore only this disk')
-    .option('--define <uri>', 'libvirt backups: define a new VM from the backup on this libvirt host (e.g. qemu:///system), disks as qcow2')
+    .option('--define <uri>', 'libvirt backups: define a new VM from the backup on this libvirt host (e.g. qemu:///system), disks as qcow2 files in --target')
     .option('--name <name>', 'with --define: the new VM\'s name (default: <name>-restore-<backup time>)')
+    .option('--pool <name>', 'with --define: restore the disks as volumes <vm name>-<disk>.qcow2 (or .raw) of this active libvirt storage pool instead of files; --target keeps vm.json and the console log. An existing volume is refused unless --force')
     .option('--raw', 'with --define: keep the disks raw instead of qcow2')
     .option('--start', 'with --define: start the new VM')
     .option('--boot-check <regex>', 'with --define: a restore test: boot without network, wait for a serial console line matching this, then remove the VM')
-    .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder (default: refuse)')
+    .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder, with --pool a volume of the same name (deleted and made anew) (default: refuse)')
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; raw?: boolean; start?: boolean; bootCheck?: string; force?: boolean; dataDir: string; endpoints?: string }) => {
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; force?: boolean; dataDir: string; endpoints?: string }) => {
+      if (!opts.define && (opts.pool || opts.raw || opts.name || opts.start || opts.bootCheck)) throw new InvalidArgumentError('--pool, --name, --raw, --start and --boot-check go with --define <uri>: they describe the VM the restore defines');
       const e = await endpoints(opts);
       const define = opts.define ? {
-        uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
+        uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.pool ? { pool: opts.pool } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
         ...(opts.bootCheck ? { bootCheck: { consoleLine: opts.bootCheck } } : {}),
       } : undefined;
       const input = {
@@ -49,11 +51,11 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       const s = output as RestoreSummary;
       if (s.notice) io.out(`NOTE: ${s.notice}`);
       io.out(`restored backup ${s.backupId} of VM ${s.vmId} in ${seconds.toFixed(1)} s (${size(s.bytesRestored)} written, ${size(s.bytesDownloaded)} downloaded)`);
-      for (const d of s.disks) io.out(`  ${d.diskId}  ${d.path}  ${size(d.sizeBytes)}  sha256 ${d.sha256}  ${d.chunksVerified} chunks re-hashed`);
+      for (const d of s.disks) io.out(`  ${d.diskId}  ${d.volume ? `volume ${d.volume.name} of pool ${d.volume.pool} (${d.path})` : d.path}  ${size(d.sizeBytes)}  sha256 ${d.sha256}  ${d.chunksVerified} chunks re-hashed`);
       if (s.vmConfigPath) io.out(`  VM config: ${s.vmConfigPath}`);
       if (s.domain) io.out(`  VM ${s.domain.name} (${s.domain.uuid}) defined${s.domain.started ? ' and started' : ''}; console ${s.domain.consoleLog}`);
       const test = s.domain?.bootCheck;
-      if (test) io.out(`  restore test: ${test.passed ? `booted in ${test.seconds.toFixed(1)} s ("${test.line}")` : `did NOT show the expected console line within the timeout`}; the test VM and its disks were removed`);
+      if (test) io.out(`  restore test: ${test.passed ? `booted in ${test.seconds.toFixed(1)} s ("${test.line}")` : `did NOT show the expected console line within the timeout`}; the test VM and its disks${s.disks.some((d) => d.volume) ? ' (pool volumes)' : ''} were removed`);
       if (test && !test.passed) process.exitCode = 3;
     }));
 

@@ -36,6 +36,12 @@ describe('the command line', () => {
     expect(r.stderr).not.toContain('version mismatch');
   });
 
+  it('refuses restore --pool without --define, saying what it goes with, before reaching the stack', async () => {
+    const r = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--pool', 'vmstore', '--endpoints', join(dir, 'none.json')]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('--pool, --name, --raw, --start and --boot-check go with --define <uri>');
+  });
+
   it('says the embedded stack is not running, at which URL, and how to start it, when its endpoints refuse connections', async () => {
     const port = await deadPort();
     const url = `http://127.0.0.1:${port}`;
