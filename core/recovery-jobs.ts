@@ -181,9 +181,10 @@ export interface StandbyDisk {
 export type RecoveryTask =
   | { task: 'restoreDisk'; restore: RestoreJob; disk: RestoreDiskTarget }
   | { task: 'restoreVmConfig'; restore: RestoreJob; disks: RestoredDisk[] }
+  | { task: 'discardPoolVolumes'; restore: RestoreJob }
   | { task: 'deepVerifyDisk'; verify: DeepVerifyJob; disk: { diskId: string; sizeBytes: number } }
   | { task: 'replicateDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number }; index: number }
   | { task: 'updateStandbyDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number } }
   | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig'];

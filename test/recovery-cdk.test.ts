@@ -58,9 +58,28 @@ describe('Restore workflow', () => {
     expect(def.States.PlanRestore!.Next).toBe('RestoreDisks');
     expect(def.States.RestoreDisks!.Type).toBe('Map');
     expect(def.States.RestoreDisks!.Next).toBe('WholeVm');
-    expect(def.States.RestoreDisks!.Catch![0]!.Next).toBe('RecordRestoreFailure');
+    expect(def.States.RestoreDisks!.Catch![0]!.Next).toBe('PoolVolumesToDiscard');
     expect(all.RecordRestoreFailure!.Next).toBe('RestoreFailed');
     expect(all.RestoreFailed).toMatchObject({ Type: 'Fail', ErrorPath: '$.error.Error' });
+  });
+
+  it('deletes the volumes a failed restore into a storage pool created, on the restoring group, before recording the failure', () => {
+    const { all } = machine('Restore');
+    const configCatches = Object.entries(all).filter(([n]) => n.startsWith('RestoreVmConfig') && all[n]!.Type === 'Task').map(([, s]) => s.Catch![0]!.Next);
+    expect(new Set(configCatches)).toEqual(new Set(['PoolVolumesToDiscard']));
+    const choice = all.PoolVolumesToDiscard! as State & { Choices: { Variable: string; IsPresent?: boolean; Next: string }[] };
+    expect(choice.Choices[0]).toMatchObject({ Variable: '$.define.pool', IsPresent: true, Next: 'DiscardRestoreVolumesOnMoverGroup' });
+    expect(choice.Default).toBe('RecordRestoreFailure');
+    const route = all.DiscardRestoreVolumesOnMoverGroup!;
+    expect(route.Choices!.map((c) => c.Variable)).toEqual(config.moverGroups.map(() => '$.moverGroup'));
+    for (const c of route.Choices!) {
+      const task = all[c.Next]! as State & { Parameters?: Record<string, unknown>; ResultPath?: string };
+      expect(task.Resource).toBe(resolved.activities[`Lifeboat-mover-${c.StringEquals}`]);
+      expect(task.Parameters).toMatchObject({ task: 'discardPoolVolumes', 'restore.$': '$' });
+      expect(task.ResultPath).toBe('$.discardedVolumes'); // the restore's own error stays in $.error for the record
+      expect(task.Next).toBe('RecordRestoreFailure');
+      expect(task.Catch![0]!.Next).toBe('RecordRestoreFailure');
+    }
   });
 
   it('routes each disk to the activity of the group the input names, with timeouts and heartbeats', () => {

@@ -2,9 +2,10 @@
  * The Restore workflow: PlanRestore → per disk (Map) RestoreDisk on the named mover
  * group (download, write, re-read and re-hash) → RestoreVmConfig for a whole VM →
  * RecordRestore. A failure records the restore as failed and fails the execution with
- * the mover's error and cause.
+ * the mover's error and cause; a restore into a libvirt storage pool (`define.pool`) first
+ * deletes the volumes it created (DiscardRestoreVolumes).
  *
- * Input: `{ vmId, backupId?, diskId?, target, moverGroup, fromBucket?, force? }`. Without
+ * Input: `{ vmId, backupId?, diskId?, target, moverGroup, fromBucket?, define?, force? }`. Without
  * `force`, a restore that would overwrite (a file holding data, a folder that is not empty,
  * the VM's own folder) fails with Recovery.RequestInvalid; each disk is written under
  * `<target>.partial` and renamed into place once re-hashed.
@@ -40,11 +41,26 @@ export class RestoreWorkflow extends Construct {
     const failed = new sfn.Fail(this, 'RestoreFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' });
     recordFailure.next(failed);
 
+    // A restore into a storage pool that fails before its domain is defined deletes the
+    // volumes it created (the disks that did finish, too); the mover knows which are its own.
+    const discardVolumes = moverStep(this, 'DiscardRestoreVolumes', {
+      activities: props.activities, groupPath: '$.moverGroup',
+      parameters: { task: 'discardPoolVolumes', 'restore.$': '$' },
+      timeout: Duration.minutes(10), resultPath: '$.discardedVolumes',
+      decorate: (t) => {
+        retryMoverTask(t);
+        t.addCatch(recordFailure, { resultPath: '$.discardError' });
+      },
+    });
+    const onFailure = new sfn.Choice(this, 'PoolVolumesToDiscard')
+      .when(sfn.Condition.isPresent('$.define.pool'), discardVolumes.next(recordFailure))
+      .otherwise(recordFailure);
+
     const restoreDisks = moverDiskMap(this, {
       mapName: 'RestoreDisks', stepName: 'RestoreDisk', task: 'restoreDisk', jobKey: 'restore', activities: props.activities,
       resultPath: '$.restored', concurrency: props.diskConcurrency ?? 4, timeout: Duration.hours(12),
     });
-    restoreDisks.addCatch(recordFailure, { resultPath: '$.error' });
+    restoreDisks.addCatch(onFailure, { resultPath: '$.error' });
 
     const restoreVmConfig = moverStep(this, 'RestoreVmConfig', {
       activities: props.activities, groupPath: '$.moverGroup',
@@ -52,7 +68,7 @@ export class RestoreWorkflow extends Construct {
       timeout: Duration.minutes(10), resultPath: '$.vmConfig',
       decorate: (t) => {
         retryMoverTask(t);
-        t.addCatch(recordFailure, { resultPath: '$.error' });
+        t.addCatch(onFailure, { resultPath: '$.error' });
       },
     });
 

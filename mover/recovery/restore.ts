@@ -69,7 +69,8 @@ export interface RestoreTaskDeps {
   workDir?: string;
 }
 
-const workDirOf = (d: { workDir?: string }) => d.workDir ?? join(tmpdir(), 'lifeboat-mover-work');
+/** The work folder restores use: the mover's, or one in the system's temp folder. */
+export const workDirOf = (d: { workDir?: string }) => d.workDir ?? join(tmpdir(), 'lifeboat-mover-work');
 
 async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store: ObjectStore; keys: RepositoryKeys }) {
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);

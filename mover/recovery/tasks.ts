@@ -7,7 +7,8 @@ import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.t
 import type { Logger, TaskContext } from '../worker.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';
-import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+import { discardPoolVolumes } from './pool-volumes.ts';
+import { restoreDiskTask, restoreVmConfigTask, workDirOf } from './restore.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
 
 export interface RecoveryTaskDeps {
@@ -55,6 +56,12 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     case 'restoreVmConfig': {
       if (!t.restore?.repository?.bucket || !Array.isArray(t.disks)) throw new BadTaskInput(`restoreVmConfig task needs restore and disks: ${JSON.stringify(t).slice(0, 300)}`);
       return restoreVmConfigTask(t.restore, t.disks, { ...(await deps.repository(t.restore.repository)), ...(deps.workDir ? { workDir: deps.workDir } : {}) });
+    }
+    case 'discardPoolVolumes': {
+      if (!t.restore?.restoreId) throw new BadTaskInput(`discardPoolVolumes task needs restore.restoreId: ${JSON.stringify(t).slice(0, 300)}`);
+      const deleted = await discardPoolVolumes(workDirOf(deps), t.restore.restoreId);
+      if (deleted.length) deps.logger.info('restore.volumes.deleted', { restoreId: t.restore.restoreId, volumes: deleted });
+      return { deleted };
     }
     case 'deepVerifyDisk': {
       if (!t.verify?.repository?.bucket || !t.disk?.diskId) throw new BadTaskInput(`deepVerifyDisk task needs verify.repository.bucket and disk.diskId: ${JSON.stringify(t).slice(0, 300)}`);
