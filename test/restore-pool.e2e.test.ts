@@ -6,18 +6,24 @@
  * refused; a restore that fails after writing its volumes leaves none behind.
  */
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
+import { MemoryObjectStore } from '../core/memory-store.ts';
+import type { RestoreJob } from '../core/recovery-jobs.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import type { RunSummary } from '../functions/summarize.ts';
 import { runExecution } from '../local/client.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
+import { backupDisk } from '../mover/pipeline/backup-disk.ts';
+import { discardPoolVolumes } from '../mover/recovery/pool-volumes.ts';
+import { restoreDiskTask } from '../mover/recovery/restore.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const run = promisify(execFile);
@@ -50,11 +56,21 @@ async function restore(name: string, define: Record<string, unknown>, extra: Rec
   return { status: d.status, error: d.error, cause: d.cause ?? '', summary: d.output ? (JSON.parse(d.output) as RestoreSummary) : undefined };
 }
 
+beforeAll(async () => {
+  if (!lab.available) return;
+  poolDir = await mkdtemp(join(tmpdir(), 'lifeboat-pool-'));
+  await virsh(['pool-define-as', pool, 'dir', '--target', poolDir]);
+  await virsh(['pool-start', pool]);
+});
+afterAll(async () => {
+  if (!lab.available) return;
+  await virsh(['pool-destroy', pool]).catch(() => {});
+  await virsh(['pool-undefine', pool]).catch(() => {});
+  if (poolDir) await rm(poolDir, { recursive: true, force: true });
+});
+
 describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool', () => {
   beforeAll(async () => {
-    poolDir = await mkdtemp(join(tmpdir(), 'lifeboat-pool-'));
-    await virsh(['pool-define-as', pool, 'dir', '--target', poolDir]);
-    await virsh(['pool-start', pool]);
     t = await startTestStack({ movers: 1, moverEnv: { LIFEBOAT_WORK_DIR: '' } });
     await t.movers[0]!.stop(true);
     t.movers[0] = (await import('../local/movers.ts')).startMover(t.stack.endpoints, {
@@ -79,9 +95,6 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     }
     await vm?.remove();
     await t?.close();
-    await virsh(['pool-destroy', pool]).catch(() => {});
-    await virsh(['pool-undefine', pool]).catch(() => {});
-    if (poolDir) await rm(poolDir, { recursive: true, force: true });
   }, 120_000);
 
   it('restores as a qcow2 volume that boots, and the restore test removes the volume with its domain', async () => {
@@ -158,4 +171,61 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
       await virsh(['pool-start', pool]);
     }
   }, 300_000);
+});
+
+describe.skipIf(!lab.available)('a restore into a storage pool that fails part way (mover tasks)', () => {
+  const CHUNK = 64 * 1024;
+  const keys = deriveKeys(randomBytes(32));
+  const store = new MemoryObjectStore();
+  const damaged = new MemoryObjectStore();
+  const data = { disk0: randomBytes(3 * CHUNK + 100), disk1: randomBytes(2 * CHUNK) };
+  let dir: string;
+  const job = (name: string, o: Partial<RestoreJob> = {}): RestoreJob => ({
+    restoreId: `r-${name}`, vmId: 'vm', backupId: 'b1', moverGroup: 'g', repository: { bucket: 'b' }, target: join(dir, name), diskId: null, disks: [],
+    define: { uri: 'qemu:///system', name, pool, format: 'raw' }, ...o,
+  });
+  const target = (diskId: 'disk0' | 'disk1') => ({ diskId, sizeBytes: data[diskId].length, path: join(dir, `${diskId}.raw`) });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'lifeboat-pool-tasks-'));
+    const before = new Set<string>();
+    for (const diskId of ['disk0', 'disk1'] as const) {
+      const bytes = data[diskId];
+      if (diskId === 'disk1') for (const k of store.objects.keys()) before.add(k);
+      const reader = { sizeBytes: bytes.length, read: async (b: Buffer, off: number, len: number) => bytes.copy(b, 0, off, off + len), close: async () => {} };
+      await backupDisk({ store, keys, reader, disk: { diskId, path: 'mem', sizeBytes: bytes.length }, backupId: 'b1', chunkSize: CHUNK });
+    }
+    await store.put(objectKeys.vmConfig('b1'), await seal(keys, Buffer.from(JSON.stringify({ driver: 'libvirt', name: 'vm', domainXml: '<domain/>' })), 'vm-config:b1'));
+    // A copy of the repository whose packs written for disk1 are damaged: disk0 restores, disk1 fails after its volume exists.
+    for (const [k, v] of store.objects) damaged.objects.set(k, Buffer.from(v));
+    for (const [k, v] of damaged.objects) if (k.startsWith('packs/') && !before.has(k)) v[v.length >> 1]! ^= 0xff;
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it('deletes the failed disk\'s volume at once, and the finished disk\'s when the failed restore is discarded', async () => {
+    const name = `lifeboat-pool-part-${process.pid}`;
+    const deps = { store: damaged, keys, parallelism: 2, workDir: join(dir, 'work') };
+    const ok = await restoreDiskTask(job(name), target('disk0'), deps);
+    expect(ok).toMatchObject({ volume: { pool, name: `${name}-disk0.raw` }, sha256: createHash('sha256').update(data.disk0).digest('hex') });
+    await expect(restoreDiskTask(job(name), target('disk1'), deps)).rejects.toMatchObject({ name: 'Mover.Corrupt' });
+    expect(await volumes()).toContain(`${name}-disk0.raw`);
+    expect(await volumes()).not.toContain(`${name}-disk1.raw`);
+    expect(await discardPoolVolumes(deps.workDir, job(name).restoreId)).toEqual([`${name}-disk0.raw`]);
+    expect(await volumes()).not.toContain(`${name}-disk0.raw`);
+  });
+
+  it('replaces its own volume on a retried disk task, and never deletes a volume that was there before', async () => {
+    const name = `lifeboat-pool-own-${process.pid}`;
+    const deps = { store, keys, parallelism: 2, workDir: join(dir, 'work') };
+    await restoreDiskTask(job(name), target('disk0'), deps);
+    await restoreDiskTask(job(name), target('disk0'), deps); // a retry of the same restore: its own volume
+    // Someone else's volume under the name the next restore would take.
+    await virsh(['vol-create-as', '--pool', pool, '--name', `${name}-disk1.raw`, '--capacity', '1M', '--format', 'raw']);
+    const other = job(name, { restoreId: `r2-${name}`, target: join(dir, `${name}-2`) });
+    await expect(restoreDiskTask(other, target('disk1'), deps)).rejects.toMatchObject({ name: 'Recovery.RequestInvalid', message: expect.stringMatching(/volume '.*-disk1\.raw' exists already/) });
+    expect(await discardPoolVolumes(deps.workDir, other.restoreId)).toEqual([]);
+    expect(await volumes()).toEqual(expect.arrayContaining([`${name}-disk0.raw`, `${name}-disk1.raw`]));
+    expect(await discardPoolVolumes(deps.workDir, job(name).restoreId)).toEqual([`${name}-disk0.raw`]);
+    expect(await volumes()).toContain(`${name}-disk1.raw`);
+  });
 });
