@@ -20,7 +20,7 @@ import type { RestoreSummary } from '../functions/restore.ts';
 import type { RunSummary } from '../functions/summarize.ts';
 import { runExecution } from '../local/client.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
-import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
+import { ensureLibvirtd, virsh, waitForConsoleLine } from '../local/vm-lab/libvirtd.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { discardPoolVolumes } from '../mover/recovery/pool-volumes.ts';
 import { restoreDiskTask } from '../mover/recovery/restore.ts';
@@ -39,6 +39,8 @@ let poolDir: string;
 let t: TestStack;
 let vm: LabVm;
 let freezeHash: string;
+/** The console of the VM restored as raw volumes (the raw test defines it, the backup test boots it). */
+let rawConsole: string;
 
 const sha256 = (path: string, bytes: number) => new Promise<string>((ok, fail) => {
   const h = createHash('sha256');
@@ -143,6 +145,33 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     const forced = await restore(name, { format: 'raw' }, { force: true });
     expect(forced.status, forced.cause).toBe('SUCCEEDED');
     expect(await sha256(path, DISK)).toBe(freezeHash);
+    rawConsole = forced.summary!.domain!.consoleLog;
+  }, 400_000);
+
+  it('backs up the VM restored into the pool, shut off and running: its disks are pool volumes', async () => {
+    const name = `lifeboat-pool-r-${process.pid}`;
+    await t.stack.catalog.putVm({ vmId: 'pool-restored', host: 'kvm-01', source: name });
+    await t.stack.catalog.putPolicy({ policyId: 'p-restored', vmIds: ['pool-restored'], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
+    const backup = async () => {
+      const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-restored' });
+      expect(d.status, d.cause).toBe('SUCCEEDED');
+      const summary = JSON.parse(d.output!) as RunSummary;
+      expect(summary.committed, JSON.stringify(summary.vms.map((v) => v.error))).toBe(1);
+      return summary;
+    };
+    const off = await backup();
+    expect(off.vms[0]!.consistency?.reason).toMatch(/shut off/);
+    // Shut off, the volume is read as it is: the restored disk, the guest's disk at the freeze.
+    const [latest] = await t.stack.catalog.listBackups('pool-restored');
+    const back = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'pool-restored', backupId: latest!.backupId, moverGroup: 'site-a', target: join(t.dir, 'restore-of-restored') });
+    expect(back.status, back.cause).toBe('SUCCEEDED');
+    expect((JSON.parse(back.output!) as RestoreSummary).disks[0]!.sha256).toBe(freezeHash);
+
+    await virsh(['start', name]);
+    await waitForConsoleLine(rawConsole, /LIFEBOAT-GUEST READY/, 240_000);
+    const running = await backup();
+    expect(running.vms[0]!.consistency?.reason ?? '').not.toMatch(/shut off/);
+    await virsh(['destroy', name]);
   }, 400_000);
 
   it('deletes the volumes it wrote when the restore fails before the domain is defined', async () => {

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { restoreRequest } from '../functions/restore.ts';
 import { bytesNeeded, StoragePool, volumeName } from '../mover/recovery/pool-volumes.ts';
-import { parseDomainXml, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
+import { backedUpDisks, parseDomainXml, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
 import { Virsh } from '../mover/sources/libvirt/virsh.ts';
 
 const MiB = 1024 * 1024;
@@ -68,6 +68,14 @@ describe('a restored domain on pool volumes', () => {
       ['vda', 'volume', 'qcow2', { pool: 'vmstore', name: 'web-1-copy-vda.qcow2' }],
       ['vdb', 'volume', 'raw', { pool: 'vmstore', name: 'web-1-copy-vdb.raw' }],
     ]);
+  });
+
+  it('is backed up like any other: its volume disks are read (a network disk still is not)', () => {
+    const xml = restoredDomainXml(DOMAIN, { name: 'c', consoleLog: '/c', disks: { vda: { pool: 'vmstore', volume: 'c-vda.qcow2', format: 'qcow2' } } });
+    const info = parseDomainXml(xml.replace('<name>', '<uuid>u</uuid><name>'), 'c');
+    expect(backedUpDisks(info, 'c').map((d) => [d.target, d.volume?.name])).toEqual([['vda', 'c-vda.qcow2']]);
+    const network = { ...info, disks: [{ target: 'vdb', device: 'disk', type: 'network', format: 'raw', readonly: false }] };
+    expect(() => backedUpDisks(network, 'c')).toThrow(/vdb of c is a network disk; the libvirt driver reads file, block and storage pool volume disks only/);
   });
 
   it('escapes pool and volume names it writes into the definition', () => {

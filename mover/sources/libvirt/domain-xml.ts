@@ -93,12 +93,13 @@ export function qemuOwner(liveXml: string): { uid: number; gid: number } | undef
   return undefined;
 }
 
-/** The disks a backup reads: writable block devices of type file or block; throws naming a disk the driver cannot read. */
+/** The disks a backup reads: writable block devices of type file, block or volume; throws naming a disk the driver cannot read. */
 export function backedUpDisks(info: DomainInfo, what: string): DomainDisk[] {
   const disks = info.disks.filter((d) => (d.device === 'disk' || d.device === 'lun') && !d.readonly);
   for (const d of disks) {
-    if (d.type !== 'file' && d.type !== 'block') {
-      throw new SourceUnavailable(`disk ${d.target} of ${what} is a ${d.type} disk; the libvirt driver reads file and block disks only: exclude the VM from the policy, or back up that storage by its own means`);
+    // A storage pool volume (what a restore into a pool defines) is a file or a block device on the host too.
+    if (d.type !== 'file' && d.type !== 'block' && !(d.type === 'volume' && d.volume)) {
+      throw new SourceUnavailable(`disk ${d.target} of ${what} is a ${d.type} disk; the libvirt driver reads file, block and storage pool volume disks only: exclude the VM from the policy, or back up that storage by its own means`);
     }
   }
   if (disks.length === 0) throw new SourceUnavailable(`${what} has no writable disk to back up`);

@@ -295,15 +295,17 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
   private async exportImages(info: DomainInfo, disks: DomainDisk[], dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<SnapshotResult> {
     const refs: DiskRef[] = [];
     for (const d of disks) {
-      if (!d.source) throw new SourceUnavailable(`disk ${d.target} of VM '${info.name}' has no source file`);
+      // A volume's file is where its pool says, now (the pool may have moved since the domain was defined).
+      const source = d.volume ? (await this.virsh.run(['vol-path', '--pool', d.volume.pool, '--vol', d.volume.name], signal ? { signal } : {})).trim() : d.source;
+      if (!source) throw new SourceUnavailable(`disk ${d.target} of VM '${info.name}' has no source file`);
       const socket = join(dir, `${d.target}.sock`);
       // --fork returns once the socket listens; the pid file lets any later release stop it.
       await run(this.o.qemuNbd ?? 'qemu-nbd', ['--read-only', '--persistent', '--shared=16', '--fork', `--format=${d.format}`, `--socket=${socket}`,
-        `--export-name=${d.target}`, `--pid-file=${join(dir, `${d.target}.pid`)}`, '--', d.source], { timeout: 60_000, ...(signal ? { signal } : {}) })
+        `--export-name=${d.target}`, `--pid-file=${join(dir, `${d.target}.pid`)}`, '--', source], { timeout: 60_000, ...(signal ? { signal } : {}) })
         .catch((err: { stderr?: string; code?: string }) => {
           throw new SourceUnavailable(err.code === 'ENOENT'
             ? 'qemu-nbd is not installed on this mover (Debian: apt-get install qemu-utils); it reads the images of shut-off VMs'
-            : `disk ${d.target} of shut-off VM '${info.name}' (${d.source}) cannot be exported: ${err.stderr?.trim() ?? String(err)}`, err);
+            : `disk ${d.target} of shut-off VM '${info.name}' (${source}) cannot be exported: ${err.stderr?.trim() ?? String(err)}`, err);
         });
       refs.push({ diskId: d.target, path: nbdUri(d.target, socket), sizeBytes: 0, changeTracking: { unavailable: 'the VM was shut off: its images are read whole and compared with the parent backup' } });
     }
