@@ -208,8 +208,10 @@ export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onC
   }
   const tmp = join(t.workDir, 'restore', t.restoreId.replace(/[^A-Za-z0-9._-]/g, '_'), `${t.diskId}.raw`);
   await own(t.workDir, t.restoreId, { uri: t.uri, pool: t.pool, name: t.volume, format: t.format });
+  let created = false;
   try {
     const path = await pool.createVolume(t.volume, t.sizeBytes, t.format, s.type, t.signal);
+    created = true;
     if (!(await stat(path).catch(() => undefined))) {
       throw new RecoveryRequestInvalid(`volume '${t.volume}' of storage pool '${t.pool}' is at ${path} on the libvirt host, which this mover cannot see: a pool restore must run on a mover on the host of ${t.uri}`);
     }
@@ -228,7 +230,8 @@ export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onC
     if (same !== 0) throw new RestoreMismatch(`volume '${t.volume}' of storage pool '${t.pool}' (${path}) does not read back as the restored disk ${t.diskId} after qemu-img convert`);
     return { volume: { pool: t.pool, name: t.volume, format: t.format }, path, ...r };
   } catch (err) {
-    await pool.deleteVolume(t.volume).catch(() => {});
+    // Only a volume this attempt made: creating fails when another took the name meanwhile.
+    if (created) await pool.deleteVolume(t.volume).catch(() => {});
     await disown(t.workDir, t.restoreId, t.volume);
     throw err;
   } finally {
