@@ -110,7 +110,12 @@ export class StoragePool {
     } catch (err) {
       throw new RecoveryRequestInvalid(`could not create volume '${volume}' in ${this.where}: ${(err as VirshError).stderr || (err as Error).message}; check the pool (virsh pool-info ${this.name}) and whether it takes ${format} volumes`);
     }
-    return (await this.virsh.run(['vol-path', '--pool', this.name, '--vol', volume], signal ? { signal } : {})).trim();
+    try {
+      return (await this.virsh.run(['vol-path', '--pool', this.name, '--vol', volume], signal ? { signal } : {})).trim();
+    } catch (err) {
+      await this.deleteVolume(volume).catch(() => {});
+      throw err;
+    }
   }
 
   /** Deletes a volume; one already gone is fine. */
