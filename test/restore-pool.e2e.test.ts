@@ -39,8 +39,8 @@ let poolDir: string;
 let t: TestStack;
 let vm: LabVm;
 let freezeHash: string;
-/** The console of the VM restored as raw volumes (the raw test defines it, the backup test boots it). */
-let rawConsole: string;
+/** The console of the VM restored as qcow2 volumes (the qcow2 test defines it, the backup test boots it). */
+let qcow2Console: string;
 
 const sha256 = (path: string, bytes: number) => new Promise<string>((ok, fail) => {
   const h = createHash('sha256');
@@ -122,6 +122,7 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     expect(xml).toMatch(new RegExp(`<disk type='volume' device='disk'>[\\s\\S]*<driver name='qemu' type='qcow2'/>[\\s\\S]*<source pool='${pool}' volume='${name}-vda.qcow2'/>`));
     // The qcow2 volume is thin: it holds the disk's data, not its size.
     expect(Number((await run('du', ['-B1', path])).stdout.split('\t')[0])).toBeLessThan(DISK * 0.75);
+    qcow2Console = r.summary!.domain!.consoleLog;
   }, 300_000);
 
   it('restores as a raw volume written in place, equal to the disk at the freeze, and then refuses to overwrite it unless forced', async () => {
@@ -145,11 +146,11 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     const forced = await restore(name, { format: 'raw' }, { force: true });
     expect(forced.status, forced.cause).toBe('SUCCEEDED');
     expect(await sha256(path, DISK)).toBe(freezeHash);
-    rawConsole = forced.summary!.domain!.consoleLog;
   }, 400_000);
 
+  // A running VM needs qcow2 disks to be backed up (libvirt keeps checkpoints as qcow2 bitmaps): the qcow2 restore.
   it('backs up the VM restored into the pool, shut off and running: its disks are pool volumes', async () => {
-    const name = `lifeboat-pool-r-${process.pid}`;
+    const name = `lifeboat-pool-q-${process.pid}`;
     await t.stack.catalog.putVm({ vmId: 'pool-restored', host: 'kvm-01', source: name });
     await t.stack.catalog.putPolicy({ policyId: 'p-restored', vmIds: ['pool-restored'], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
     const backup = async () => {
@@ -168,7 +169,7 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     expect((JSON.parse(back.output!) as RestoreSummary).disks[0]!.sha256).toBe(freezeHash);
 
     await virsh(['start', name]);
-    await waitForConsoleLine(rawConsole, /LIFEBOAT-GUEST READY/, 240_000);
+    await waitForConsoleLine(qcow2Console, /LIFEBOAT-GUEST READY/, 240_000);
     const running = await backup();
     expect(running.vms[0]!.consistency?.reason ?? '').not.toMatch(/shut off/);
     await virsh(['destroy', name]);
