@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { restoreRequest } from '../functions/restore.ts';
-import { bytesNeeded, StoragePool, volumeName } from '../mover/recovery/pool-volumes.ts';
+import { bytesNeeded, StoragePool, volumeName, volumeXml } from '../mover/recovery/pool-volumes.ts';
 import { backedUpDisks, parseDomainXml, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
 import { Virsh } from '../mover/sources/libvirt/virsh.ts';
 
@@ -28,6 +28,20 @@ describe('volume names', () => {
   it('keeps a disk id that is not a plain device name from escaping the pool', () => {
     expect(volumeName('d', '../x y', 'raw')).toBe('d-.._x_y.raw');
     expect(volumeName('d', '../x y', 'raw')).not.toContain('/');
+  });
+});
+
+describe('volume definitions', () => {
+  it('makes qcow2 volumes compat 1.1, which can hold the bitmaps of the restored VM\'s next incremental backups', () => {
+    const xml = volumeXml({ name: 'c-vda.qcow2', capacity: 64 * MiB, format: 'qcow2', filePool: true });
+    expect(xml).toContain("<target><format type='qcow2'/><compat>1.1</compat></target>");
+    expect(xml).toContain(`<capacity unit='bytes'>${64 * MiB}</capacity><allocation unit='bytes'>0</allocation>`);
+  });
+
+  it('gives a raw volume a format in a file pool only, and escapes the name', () => {
+    expect(volumeXml({ name: 'c-vda.raw', capacity: 1, format: 'raw', filePool: true })).toContain("<target><format type='raw'/></target>");
+    expect(volumeXml({ name: 'c-vda.raw', capacity: 1, format: 'raw', filePool: false })).toContain('<target></target>');
+    expect(volumeXml({ name: "a<'&", capacity: 1, format: 'raw', filePool: true })).toContain('<name>a&lt;&apos;&amp;</name>');
   });
 });
 

@@ -18,7 +18,7 @@
  * that was there before.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, rmdir, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
 import { RecoveryRequestInvalid, RestoreMismatch } from '../../core/recovery-errors.ts';
@@ -101,14 +101,15 @@ export class StoragePool {
     }
   }
 
-  /** Creates a thin volume of `capacity` bytes and returns its path. */
-  async createVolume(volume: string, capacity: number, format: 'raw' | 'qcow2', poolType: string, signal?: AbortSignal): Promise<string> {
-    // A format is a file pool's business; block pools (logical, disk) take none.
-    const formatArgs = FILE_POOLS.has(poolType) || format === 'qcow2' ? ['--format', format] : [];
+  /** Creates a thin volume of `capacity` bytes from its definition (written to `xmlPath`) and returns its path. */
+  async createVolume(volume: string, capacity: number, format: 'raw' | 'qcow2', poolType: string, xmlPath: string, signal?: AbortSignal): Promise<string> {
+    await writeFile(xmlPath, volumeXml({ name: volume, capacity, format, filePool: FILE_POOLS.has(poolType) }));
     try {
-      await this.virsh.run(['vol-create-as', '--pool', this.name, '--name', volume, '--capacity', String(capacity), '--allocation', '0', ...formatArgs], signal ? { signal } : {});
+      await this.virsh.run(['vol-create', '--pool', this.name, '--file', xmlPath], signal ? { signal } : {});
     } catch (err) {
       throw new RecoveryRequestInvalid(`could not create volume '${volume}' in ${this.where}: ${(err as VirshError).stderr || (err as Error).message}; check the pool (virsh pool-info ${this.name}) and whether it takes ${format} volumes`);
+    } finally {
+      await rm(xmlPath, { force: true });
     }
     try {
       return (await this.virsh.run(['vol-path', '--pool', this.name, '--vol', volume], signal ? { signal } : {})).trim();
@@ -126,6 +127,19 @@ export class StoragePool {
       if (!noVolume(err)) throw err;
     }
   }
+}
+
+const xmlText = (v: string | number) => String(v).replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!);
+
+/**
+ * A new volume's definition: thin (allocation 0). A qcow2 volume is `compat` 1.1, which
+ * libvirt does not make by default (it makes 0.10, "qcow2 v2"): only 1.1 stores the
+ * persistent dirty bitmaps that a checkpoint, and so the next incremental backup of the
+ * restored VM, needs. A raw volume of a block pool takes no format (its device is raw).
+ */
+export function volumeXml(v: { name: string; capacity: number; format: 'raw' | 'qcow2'; filePool: boolean }): string {
+  const format = v.format === 'qcow2' ? "<format type='qcow2'/><compat>1.1</compat>" : v.filePool ? "<format type='raw'/>" : '';
+  return `<volume><name>${xmlText(v.name)}</name><capacity unit='bytes'>${v.capacity}</capacity><allocation unit='bytes'>0</allocation><target>${format}</target></volume>\n`;
 }
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
@@ -211,11 +225,13 @@ export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onC
     }
     await pool.deleteVolume(t.volume);
   }
-  const tmp = join(t.workDir, 'restore', t.restoreId.replace(/[^A-Za-z0-9._-]/g, '_'), `${t.diskId}.raw`);
+  // One folder per disk of the restore (its disks are restored at once): the raw copy and the volume's definition.
+  const tmp = join(t.workDir, 'restore', t.restoreId.replace(/[^A-Za-z0-9._-]/g, '_'), t.diskId.replace(/[^A-Za-z0-9._-]/g, '_'), 'disk.raw');
   await own(t.workDir, t.restoreId, { uri: t.uri, pool: t.pool, name: t.volume, format: t.format });
   let created = false;
   try {
-    const path = await pool.createVolume(t.volume, t.sizeBytes, t.format, s.type, t.signal);
+    await mkdir(dirname(tmp), { recursive: true });
+    const path = await pool.createVolume(t.volume, t.sizeBytes, t.format, s.type, `${tmp}.volume.xml`, t.signal);
     created = true;
     if (!(await stat(path).catch(() => undefined))) {
       throw new RecoveryRequestInvalid(`volume '${t.volume}' of storage pool '${t.pool}' is at ${path} on the libvirt host, which this mover cannot see: a pool restore must run on a mover on the host of ${t.uri}`);
@@ -240,7 +256,8 @@ export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onC
     await disown(t.workDir, t.restoreId, t.volume);
     throw err;
   } finally {
-    await rm(tmp, { force: true });
+    await rm(dirname(tmp), { recursive: true, force: true });
+    await rmdir(dirname(dirname(tmp))).catch(() => {}); // the restore's folder, once its last disk is done
   }
 }
 
