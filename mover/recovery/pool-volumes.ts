@@ -107,7 +107,8 @@ export class StoragePool {
     try {
       await this.virsh.run(['vol-create', '--pool', this.name, '--file', xmlPath], signal ? { signal } : {});
     } catch (err) {
-      throw new RecoveryRequestInvalid(`could not create volume '${volume}' in ${this.where}: ${(err as VirshError).stderr || (err as Error).message}; check the pool (virsh pool-info ${this.name}) and whether it takes ${format} volumes`);
+      if (!(err instanceof VirshError)) throw err; // aborted
+      throw new RecoveryRequestInvalid(`could not create volume '${volume}' in ${this.where}: ${err.stderr || err.message}; check the pool (virsh pool-info ${this.name}) and whether it takes ${format} volumes`);
     } finally {
       await rm(xmlPath, { force: true });
     }
