@@ -51,6 +51,21 @@ export async function pickHostConfig(records: Pick<HostConfigCatalog, 'get' | 'l
   return newest;
 }
 
+/** The host configuration backups of one host, or of every libvirt host, newest first per host. */
+export async function listHostConfigs(e: StackEndpoints, hostId?: string): Promise<HostConfigRecord[]> {
+  const hosts = hostId ? [hostId] : (await stackCatalog(e).listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
+  const records = stackHostConfigs(e);
+  return (await Promise.all(hosts.map((h) => records.list(h)))).flat();
+}
+
+/** One line per backup (host, id, time, counts, size, SHA-256 prefix), or what to do when there is none. */
+export function formatHostConfigList(records: HostConfigRecord[], hostId?: string): string[] {
+  if (records.length === 0) {
+    return [hostId ? `host '${hostId}' has no host configuration backup (run one with \`lifeboat host-config backup --host ${hostId}\`)` : 'no host configuration backups yet (run one with `lifeboat host-config backup`)'];
+  }
+  return records.map((r) => `${r.hostId}  ${r.backupId}  ${r.takenAt}  ${r.counts.networks} network(s), ${r.counts.pools} pool(s), ${r.counts.domains} domain(s)  ${kib(r.bytes)}  sha256 ${r.sha256.slice(0, 16)}…`);
+}
+
 /** A definition's name as a file name: libvirt names may hold nearly anything, but not a path of ours. */
 function fileName(kind: string, name: string): string {
   if (name === '.' || name === '..' || /[/\0]/.test(name)) throw new Error(`the ${kind} definition named ${JSON.stringify(name)} cannot be written as a file name (a slash or a dot path); nothing of it was written: read it from the archive with another tool`);
@@ -137,19 +152,9 @@ export function registerHostConfigCommands(program: Command, defaultDataDir: str
     .option('--host <id>', 'only this host (default: every libvirt host)')
     .option('--json', 'print JSON (one array of records)'))
     .action(guarded(async (opts: StackOptions & { host?: string; json?: boolean }) => {
-      const e = await endpoints(opts);
-      const hosts = opts.host ? [opts.host] : (await stackCatalog(e).listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
-      const records = stackHostConfigs(e);
-      const all = (await Promise.all(hosts.map((h) => records.list(h)))).flat();
-      if (opts.json) {
-        io.out(JSON.stringify(all, null, 2));
-        return;
-      }
-      if (all.length === 0) {
-        io.out(opts.host ? `host '${opts.host}' has no host configuration backup (run one with \`lifeboat host-config backup --host ${opts.host}\`)` : 'no host configuration backups yet (run one with `lifeboat host-config backup`)');
-        return;
-      }
-      for (const r of all) io.out(`${r.hostId}  ${r.backupId}  ${r.takenAt}  ${r.counts.networks} network(s), ${r.counts.pools} pool(s), ${r.counts.domains} domain(s)  ${kib(r.bytes)}  sha256 ${r.sha256.slice(0, 16)}…`);
+      const records = await listHostConfigs(await endpoints(opts), opts.host);
+      if (opts.json) io.out(JSON.stringify(records, null, 2));
+      else for (const line of formatHostConfigList(records, opts.host)) io.out(line);
     }));
 
   stackOptions(hc.command('restore')

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
-import { formatHostConfigBackup, restoreHostConfig, stackHostConfigs } from '../cli/host-config.ts';
+import { formatHostConfigBackup, formatHostConfigList, listHostConfigs, restoreHostConfig, stackHostConfigs } from '../cli/host-config.ts';
 import { loadConfig, parseConfig } from '../core/config.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { HostConfigOutcome, HostConfigSummary } from '../functions/host-config/backups.ts';
@@ -131,6 +131,11 @@ it('keeps the newest backups of a host (keep: 2): older archives are deleted, th
   }
   const records = await stackHostConfigs(t.stack.endpoints).list('kvm-01');
   expect(records.map((r) => r.backupId)).toEqual([ids[2], ids[1]]);
+  // `lifeboat host-config list`: every libvirt host's, newest first; kvm-02 has none.
+  expect((await listHostConfigs(t.stack.endpoints)).map((r) => r.backupId)).toEqual([ids[2], ids[1]]);
+  expect(formatHostConfigList(await listHostConfigs(t.stack.endpoints, 'kvm-01'))).toEqual(records.map((r) =>
+    expect.stringMatching(new RegExp(`^kvm-01  ${r.backupId}  ${r.takenAt.replace(/[.]/g, '\\.')}  1 network\\(s\\), 1 pool\\(s\\), 1 domain\\(s\\)  [\\d.]+ KiB  sha256 ${r.sha256.slice(0, 16)}…$`))));
+  expect(formatHostConfigList(await listHostConfigs(t.stack.endpoints, 'kvm-02'), 'kvm-02')).toEqual(["host 'kvm-02' has no host configuration backup (run one with `lifeboat host-config backup --host kvm-02`)"]);
   const { store } = await openRepository(t.stack.endpoints);
   expect(await store.get(first.objectKey)).toBeUndefined();
   expect(await store.get(records[1]!.objectKey)).toBeDefined();
