@@ -43,6 +43,9 @@ export const lambdaFunctions = {
   ListDiscoveryHosts: { entry: 'functions/discover.ts', handler: 'listHostsHandler' },
   RecordInventory: { entry: 'functions/discover.ts', handler: 'recordHandler' },
   SummarizeDiscovery: { entry: 'functions/discover.ts', handler: 'summarizeHandler' },
+  PlanHostConfigBackup: { entry: 'functions/host-config.ts', handler: 'planHandler' },
+  RecordHostConfig: { entry: 'functions/host-config.ts', handler: 'recordHandler' },
+  SummarizeHostConfigBackup: { entry: 'functions/host-config.ts', handler: 'summarizeHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -10,7 +10,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { functionAccess, type FunctionAccess } from '../cdk/lib/function-access.ts';
+import { functionAccess } from '../cdk/lib/function-access.ts';
 import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { LambdaFunctionId } from '../functions/registry.ts';
@@ -20,6 +20,7 @@ import { currentInvocation } from '../local/lambdas.ts';
 import { decodeManifest, keys as objectKeys } from '../core/format.ts';
 import { chunkLocation } from '../core/packs.ts';
 import { openRepository } from '../local/stack.ts';
+import { denied } from './helpers/grants.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -54,30 +55,6 @@ function moverDenied(r: (typeof moverRequests)[number]): string | undefined {
   if (r.method === 'PUT' || r.method === 'POST') return within(MOVER_WRITE_PREFIXES) ? undefined : `s3:PutObject of ${r.key} is outside [${MOVER_WRITE_PREFIXES.join(', ')}]`;
   if (r.method === 'GET' || r.method === 'HEAD') return within(MOVER_READ_PREFIXES) ? undefined : `s3:GetObject of ${r.key} is outside [${MOVER_READ_PREFIXES.join(', ')}]`;
   return `${r.method} ${r.bucket}/${r.key} is not mapped to an IAM action in this test`;
-}
-
-/** The IAM action an SDK operation needs (HEAD and GET are both s3:GetObject). */
-const iamAction: Record<string, string> = {
-  'dynamodb:GetItem': 'GetItem', 'dynamodb:PutItem': 'PutItem', 'dynamodb:UpdateItem': 'UpdateItem', 'dynamodb:DeleteItem': 'DeleteItem',
-  'dynamodb:Query': 'Query', 'dynamodb:Scan': 'Scan', 'dynamodb:BatchGetItem': 'BatchGetItem', 'dynamodb:BatchWriteItem': 'BatchWriteItem',
-  's3:GetObject': 'read', 's3:HeadObject': 'read', 's3:PutObject': 'write', 's3:DeleteObject': 'delete', 's3:DeleteObjects': 'delete', 's3:ListObjectsV2': 'list',
-};
-
-/** Why `call` is not allowed by `access`, or undefined when it is. */
-function denied(call: SdkCall, access: FunctionAccess | undefined): string | undefined {
-  const need = iamAction[`${call.service}:${call.operation}`];
-  if (!need) return `${call.service}:${call.operation} is not mapped to an IAM action in this test`;
-  if (call.service === 'dynamodb') return access?.catalog?.includes(need as never) ? undefined : `dynamodb:${need} is not in its catalog access`;
-  if (need === 'list') return access?.repository?.list ? undefined : 's3:ListBucket is not granted';
-  const keys = call.operation === 'DeleteObjects'
-    ? ((call.input.Delete as { Objects?: { Key: string }[] } | undefined)?.Objects ?? []).map((o) => o.Key)
-    : [String(call.input.Key)];
-  const prefixes: string[] = (need === 'read' ? access?.repository?.read : need === 'write' ? access?.repository?.write : access?.repository?.delete) ?? [];
-  const outside = keys.filter((k) => !prefixes.some((p) => k.startsWith(p)));
-  if (outside.length) return `s3 ${need} of ${outside.join(', ')} is outside its ${need} prefixes [${prefixes.join(', ')}]`;
-  // S3 answers a HEAD of a missing key with 403 instead of 404 unless ListBucket is granted.
-  if (call.operation === 'HeadObject' && !access?.repository?.list) return 'HeadObject without s3:ListBucket turns a missing object into AccessDenied';
-  return undefined;
 }
 
 beforeAll(async () => {

@@ -110,7 +110,17 @@ export interface Backup {
   error?: { Error: string; Cause: string };
 }
 
+/** Where host configuration backups go and how many per host are kept: SyncConfig writes it from `hostConfigBackup`. */
+export interface HostConfigSettings {
+  repositoryId: string;
+  bucket: string;
+  endpoint?: StorageEndpoint;
+  keep: number;
+}
+
 const k = {
+  /** A deployment-wide setting from the configuration (one item per name). */
+  setting: (name: string) => ({ pk: 'SETTINGS', sk: name }),
   policy: (id: string) => ({ pk: `POLICY#${id}`, sk: 'POLICY' }),
   vm: (id: string) => ({ pk: `VM#${id}`, sk: 'VM' }),
   host: (id: string) => ({ pk: `HOST#${id}`, sk: 'HOST' }),
@@ -143,6 +153,14 @@ export class Catalog {
   private async get<T>(key: Record<string, string>): Promise<T | undefined> {
     const out = await this.db.send(new GetCommand({ TableName: this.table, Key: key, ConsistentRead: true }));
     return strip<T>(out.Item);
+  }
+
+  putHostConfigSettings(s: HostConfigSettings) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.setting('HOST_CONFIG_BACKUP'), ...s } }));
+  }
+  /** Undefined until SyncConfig ran with this version. */
+  getHostConfigSettings() {
+    return this.get<HostConfigSettings>(k.setting('HOST_CONFIG_BACKUP'));
   }
 
   putPolicy(p: Policy) {
