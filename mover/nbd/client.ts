@@ -123,7 +123,9 @@ export class NbdClient implements NbdReader {
       socket.destroy();
       plain.destroy();
       if (opts.signal?.aborted) throw opts.signal.reason;
-      throw new SourceUnavailable(`cannot open ${describeTarget(t)}: ${messageOf(err)}`, err);
+      // Under TLS 1.3 a server that rejects the client's certificate just hangs up after the TLS handshake.
+      const hint = t.tls && socket !== plain && /closed the connection/.test(messageOf(err)) ? ' (after TLS was set up: the server may require a client certificate this mover lacks or that its CA did not sign: client-cert.pem in LIFEBOAT_NBD_TLS_DIR)' : '';
+      throw new SourceUnavailable(`cannot open ${describeTarget(t)}: ${messageOf(err)}${hint}`, err);
     }
   }
 
