@@ -131,6 +131,24 @@ describe.skipIf(!lab.available)('libvirt driver with TCP exports, on a running g
     await d.pruneCheckpoints(vm.name, []);
   }, 300_000);
 
+  it('knows its TCP job from any mover: another mover clears a job left by a dead one, and releases a snapshot it did not take', async () => {
+    const other = (w: string) => new LibvirtDriver({ uri: 'qemu:///system', workDir: join(dir, w), exports: { transport: 'tcp', address: '127.0.0.1', ports: [from, from + 2], tls: false, insecure: true } });
+    const orphan = await other('dead-mover').snapshot({ source: vm.name, backupId: 'orphan' });
+    expect(await virsh(['domjobinfo', vm.name])).toMatch(/Operation:\s+Backup/);
+    // A mover with another work folder (another machine) backs the VM up: the dead one's job is aborted first.
+    const next = await other('live-mover').snapshot({ source: vm.name, backupId: 'next' });
+    expect(next.disks).toHaveLength(1);
+    expect(await scratchFilesBesideImage()).toHaveLength(1);
+    // Releasing the orphan's handle now must not touch the running job of another backup.
+    await other('live-mover').release({ source: vm.name }, orphan);
+    expect(await virsh(['domjobinfo', vm.name])).toMatch(/Operation:\s+Backup/);
+    // A third mover releases `next` by its handle.
+    await other('third-mover').release({ source: vm.name }, next);
+    expect(await virsh(['domjobinfo', vm.name])).toMatch(/Job type:\s+None/);
+    expect(await scratchFilesBesideImage()).toEqual([]);
+    await other('third-mover').pruneCheckpoints(vm.name, []);
+  }, 120_000);
+
   it('fails naming the ports when every port of the range is in use, and starts no job', async () => {
     const third = await hold(from + 2);
     expect(third).toBeDefined();
