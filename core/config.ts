@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { DEFAULT_HOST_CONFIG_KEEP } from './host-config.ts';
+import { libvirtExports } from './libvirt-exports.ts';
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
@@ -138,6 +139,12 @@ const configSchema = z.object({
     driver: z.enum(['folder', 'libvirt'], { error: 'must be "folder" or "libvirt"' }).optional(),
     /** The libvirt connection URI: `qemu:///system` on the mover's own host, `qemu+ssh://host/system` or `qemu+tls://host/system` for another. */
     uri: z.string().regex(/^([a-z0-9+]+:\/\/[^\s]*\/(system|session)(\?[^\s]*)?|test:\/\/\/[^\s]+)$/, 'must be a libvirt URI such as "qemu:///system" or "qemu+ssh://host/system" (or libvirt\'s test driver, "test:///default")').optional(),
+    /**
+     * How the host's backup jobs export the disks to the movers (libvirt hosts): a unix
+     * socket on the host (default; movers on the host) or a TCP port of the host, with TLS
+     * (core/libvirt-exports.ts).
+     */
+    exports: libvirtExports.optional(),
     maxConcurrentBackups: count(64),
     datastores: z.array(z.object({ id, maxConcurrentBackups: count(64) }).strict()).optional(),
   }).strict()).min(1, 'configure at least one hypervisor host'),
@@ -200,6 +207,7 @@ const configSchema = z.object({
   c.hosts.forEach((h, i) => {
     if (h.driver === 'libvirt' && !h.uri) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'uri'], message: 'is required for a libvirt host: give its libvirt URI, e.g. "qemu:///system"' });
     if (h.driver !== 'libvirt' && h.uri) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'uri'], message: 'is only used with "driver": "libvirt"' });
+    if (h.driver !== 'libvirt' && h.exports) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'exports'], message: 'is only used with "driver": "libvirt"' });
     if (!servedBy.has(h.id)) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'id'], message: 'is served by no mover group: add it to a group\'s "hosts"' });
   });
   c.repositories.forEach((r, i) => {

@@ -44,7 +44,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       await deps.catalog.putHost({
         hostId, moverGroup: group.id, site: group.site, maxConcurrentBackups: host.maxConcurrentBackups,
         datastores: Object.fromEntries((host.datastores ?? []).map((d) => [d.id, d.maxConcurrentBackups])),
-        ...(host.driver === 'libvirt' ? { hypervisor: { driver: 'libvirt' as const, uri: host.uri! } } : {}),
+        ...(host.driver === 'libvirt' ? { hypervisor: { driver: 'libvirt' as const, uri: host.uri!, ...(host.exports && { exports: host.exports }) } } : {}),
       });
     }
   }
