@@ -18,6 +18,12 @@ export function sampleFraction(v: string): number {
   return f;
 }
 
+/** A restore test's outcome in one phrase: how long the boot took and what showed it, or why it failed. */
+export function restoreTestOutcome(t: { passed: boolean; seconds: number; line?: string; agent?: boolean; reason?: string }): string {
+  const signs = [t.line ? `"${t.line}"` : '', t.agent ? 'guest agent answered' : ''].filter(Boolean).join(', ');
+  return t.passed ? `booted in ${t.seconds.toFixed(1)} s (${signs})` : `FAILED after ${t.seconds.toFixed(1)} s: ${t.reason ?? 'no sign of life within the timeout'}`;
+}
+
 export function registerRecoveryCommands(program: Command, defaultDataDir: string, io: Out): void {
   program
     .command('restore')
@@ -32,14 +38,15 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .option('--raw', 'with --define: keep the disks raw instead of qcow2')
     .option('--start', 'with --define: start the new VM')
     .option('--boot-check <regex>', 'with --define: a restore test: boot without network, wait for a serial console line matching this, then remove the VM')
+    .option('--agent', 'with --define: a restore test whose sign of life is the guest agent answering guest-ping (with --boot-check: after the line)')
     .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder (default: refuse)')
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; raw?: boolean; start?: boolean; bootCheck?: string; force?: boolean; dataDir: string; endpoints?: string }) => {
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; dataDir: string; endpoints?: string }) => {
       const e = await endpoints(opts);
       const define = opts.define ? {
         uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
-        ...(opts.bootCheck ? { bootCheck: { consoleLine: opts.bootCheck } } : {}),
+        ...(opts.bootCheck || opts.agent ? { bootCheck: { ...(opts.bootCheck ? { consoleLine: opts.bootCheck } : {}), ...(opts.agent ? { agent: true } : {}) } } : {}),
       } : undefined;
       const input = {
         vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}), ...(opts.force ? { force: true } : {}),
@@ -53,7 +60,7 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       if (s.vmConfigPath) io.out(`  VM config: ${s.vmConfigPath}`);
       if (s.domain) io.out(`  VM ${s.domain.name} (${s.domain.uuid}) defined${s.domain.started ? ' and started' : ''}; console ${s.domain.consoleLog}`);
       const test = s.domain?.bootCheck;
-      if (test) io.out(`  restore test: ${test.passed ? `booted in ${test.seconds.toFixed(1)} s ("${test.line}")` : `did NOT show the expected console line within the timeout`}; the test VM and its disks were removed`);
+      if (test) io.out(`  restore test: ${restoreTestOutcome(test)}; the test VM and its disks were removed`);
       if (test && !test.passed) process.exitCode = 3;
     }));
 

@@ -44,10 +44,34 @@ export interface DefineDomainRequest {
   format?: 'raw' | 'qcow2';
   start?: boolean;
   /**
-   * A restore test: boot with no network, wait for a line matching `consoleLine` on the
-   * serial console (default timeout 300 s), then remove the domain and its disks.
+   * A restore test: boot with no network, wait for the sign of life — a line matching
+   * `consoleLine` on the serial console, the guest agent answering `guest-ping` (`agent`),
+   * or both, each within `timeoutSeconds` of the start (default 300 s) — then remove the
+   * domain and its disks, also when the wait fails.
    */
-  bootCheck?: { consoleLine: string; timeoutSeconds?: number };
+  bootCheck?: BootCheck;
+  /** The new domain's `<description>` (restore tests record their owner there). */
+  description?: string;
+}
+
+/** The sign of life of a restore test (at least one of `consoleLine` and `agent`). */
+export interface BootCheck {
+  consoleLine?: string;
+  agent?: boolean;
+  timeoutSeconds?: number;
+}
+
+/** How a restore test's boot went. */
+export interface BootCheckResult {
+  passed: boolean;
+  /** From the start of the domain to the sign of life, or to giving up. */
+  seconds: number;
+  /** The console line that matched ('' when none was asked for or it did not come). */
+  line: string;
+  /** The guest agent answered `guest-ping` (only when asked). */
+  agent?: boolean;
+  /** Why it did not pass. */
+  reason?: string;
 }
 
 /** The domain a restore defined. */
@@ -58,7 +82,7 @@ export interface DefinedDomain {
   consoleLog: string;
   /** Its disk images (none after a restore test, which removes them). */
   disks: string[];
-  bootCheck?: { passed: boolean; seconds: number; line: string };
+  bootCheck?: BootCheckResult;
 }
 
 /** What a mover reports for one restored disk, after re-reading what it wrote. */

@@ -85,9 +85,13 @@ export type DiscoveredVmWrite = 'new' | 'seen' | 'returned' | 'manual';
 /** A restore test: the backup restored as a new VM, booted without network, and removed. */
 export interface RestoreTest {
   passed: boolean;
+  /** From the start of the test VM to its sign of life (or to giving up). */
   seconds: number;
+  /** The restore (Restore workflow) or deep verification (DeepVerify with a restore test) that ran it. */
   restoreId: string;
   at: string;
+  /** Why it did not pass. */
+  reason?: string;
 }
 
 export type BackupStatus = 'running' | 'committed' | 'failed';
