@@ -4,6 +4,7 @@
  * and `mover/` import these; the state machines' paths name these fields.
  */
 import type { RepositoryLocation } from './endpoints.ts';
+import type { RestoreTestJob } from './restore-test.ts';
 
 /** One disk to restore and where it goes on the mover's host. */
 export interface RestoreDiskTarget {
@@ -109,6 +110,10 @@ export interface DeepVerifyJob {
   /** Fraction of each disk's distinct chunks to read back, in (0, 1]; 1 reads all. */
   sample: number;
   disks: { diskId: string; sizeBytes: number }[];
+  /** After a clean verification: restore this backup as a throwaway VM and boot it (a libvirt VM; see core/restore-test.ts). */
+  restoreTest?: RestoreTestJob;
+  /** Why a restore test asked for was not planned (not a libvirt VM, not due yet). */
+  restoreTestSkipped?: string;
 }
 
 /** One damaged object, named so an operator can find it. */
@@ -193,6 +198,7 @@ export type RecoveryTask =
   | { task: 'deepVerifyDisk'; verify: DeepVerifyJob; disk: { diskId: string; sizeBytes: number } }
   | { task: 'replicateDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number }; index: number }
   | { task: 'updateStandbyDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number } }
-  | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] };
+  | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] }
+  | { task: 'restoreTest'; test: RestoreTestJob };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest'];

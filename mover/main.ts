@@ -21,7 +21,7 @@
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
- *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
+ *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, restore tests' throwaway folders; default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
  *   LIFEBOAT_RELEASE_PUBLIC_KEY_FILE or LIFEBOAT_RELEASE_PUBLIC_KEY (PEM): the key releases must be signed with
  * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new
  * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
@@ -206,7 +206,8 @@ if (packMiB > 256) {
   process.stderr.write(`lifeboat-mover: LIFEBOAT_PACK_MIB must be at most 256, got ${packMiB}\n`);
   process.exit(2);
 }
-const handler = taskHandler({ drivers: sourceDrivers({ workDir: process.env.LIFEBOAT_WORK_DIR || join(home, 'work') }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024 });
+const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
+const handler = taskHandler({ drivers: sourceDrivers({ workDir }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, workDir });
 const worker = new MoverWorker({
   sfn,
   activityArn,
