@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { restoreTestSettings } from './restore-test.ts';
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
@@ -114,6 +115,11 @@ const policy = z.object({
   }).strict().optional(),
   /** Disks larger than this many GiB are transferred in segments by several movers of the group at once. */
   segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
+  /**
+   * Restore tests at the scheduled deep verification (libvirt VMs): `{ enabled, bootCheck:
+   * { serial?, agent? }, timeoutSeconds?, everyDays? }` (core/restore-test.ts).
+   */
+  restoreTest: restoreTestSettings.optional(),
 }).strict();
 
 const configSchema = z.object({
