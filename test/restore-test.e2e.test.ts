@@ -120,7 +120,8 @@ describe.skipIf(!lab.available)('restore tests in deep verification', () => {
     expect(s.damaged).toBe(false);
     const test = s.restoreTest as RestoreTestOutcome;
     expect(test.passed).toBe(false);
-    expect(test.reason).toMatch(/no serial console line matched \/NEVER-PRINTED-BY-THIS-GUEST\/ within 12 s; its last console line: /);
+    // What the guest did print, if anything yet (a TCG guest under load may still be silent at 12 s).
+    expect(test.reason).toMatch(/^no serial console line matched \/NEVER-PRINTED-BY-THIS-GUEST\/ within 12 s; (its last console line: ".+"|the console stayed empty)$/);
     expect(test.seconds).toBeGreaterThanOrEqual(12);
     const backup = (await t.stack.catalog.getBackup(vmId, s.backupId))!;
     expect(backup.restoreTest).toMatchObject({ passed: false, restoreId: s.verifyId, reason: test.reason });
