@@ -9,6 +9,8 @@ import type { DiskResult } from '../core/jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { planDeepVerify, planDeepVerifyPolicy, recordDeepVerify, recordRestoreTest, recordRestoreTestInput, type DeepVerifySummary } from '../functions/deep-verify.ts';
+import { syncConfig } from '../functions/sync-config.ts';
+import { loadConfig } from '../core/config.ts';
 import { isLeftover, ownerOfThisProcess, restoreTestDomainName } from '../mover/recovery/restore-test.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
 
@@ -38,6 +40,15 @@ beforeAll(async () => {
 afterAll(() => db?.close());
 
 describe('planning restore tests', () => {
+  it('takes a policy\'s restore test settings from the configuration into the catalog (SyncConfig)', async () => {
+    const example = loadConfig();
+    const restoreTest = { enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 240, everyDays: 7 };
+    const config = { ...example, policies: example.policies.map((p, i) => (i === 1 ? { ...p, restoreTest } : p)) };
+    await syncConfig({ config, buckets: { primary: 'repo', dr: 'lifeboat-dr' } }, { catalog });
+    expect((await catalog.getPolicy(example.policies[1]!.id))!.restoreTest).toEqual(restoreTest);
+    expect((await catalog.getPolicy(example.policies[0]!.id))!.restoreTest).toBeUndefined();
+  });
+
   it('plans a test for each libvirt VM of a policy that enables them, on the group of its host with its libvirt URI, and says why a folder VM gets none', async () => {
     const { jobs } = await planDeepVerifyPolicy({ verifyId: 'v1', request: { policyId: 'p' } }, deps());
     const web = jobs.find((j) => j.vmId === 'web@kvm-1')!;
