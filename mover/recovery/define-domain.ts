@@ -11,6 +11,7 @@ import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
+import { DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS } from '../../core/restore-test.ts';
 import type { BootCheck, BootCheckResult, DefineDomainRequest, DefinedDomain, RestoredDisk } from '../../core/recovery-jobs.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { isNoDomain, Virsh } from '../sources/libvirt/virsh.ts';
@@ -81,7 +82,7 @@ export async function removeDomain(virsh: Virsh, name: string): Promise<void> {
  */
 async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: string, check: BootCheck, signal?: AbortSignal, onWait?: () => void): Promise<BootCheckResult> {
   const started = performance.now();
-  const timeoutSeconds = check.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS;
+  const timeoutSeconds = check.timeoutSeconds ?? DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS;
   const deadline = started + timeoutSeconds * 1000;
   const seconds = () => (performance.now() - started) / 1000;
   const running = async () => (await virsh.run(['domstate', '--', name]).catch(() => '')).trim() === 'running';
@@ -114,7 +115,6 @@ async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: string,
   }
 }
 
-const DEFAULT_TIMEOUT_SECONDS = 300;
 const POLL_MS = 500;
 
 async function pause(ms: number, signal?: AbortSignal, onWait?: () => void): Promise<void> {
