@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { DEFAULT_HOST_CONFIG_KEEP } from './host-config.ts';
 import { libvirtExports } from './libvirt-exports.ts';
+import { restoreTestSettings } from './restore-test.ts';
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
@@ -116,6 +117,11 @@ const policy = z.object({
   }).strict().optional(),
   /** Disks larger than this many GiB are transferred in segments by several movers of the group at once. */
   segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
+  /**
+   * Restore tests at the scheduled deep verification (libvirt VMs): `{ enabled, bootCheck:
+   * { serial?, agent? }, timeoutSeconds?, everyDays? }` (core/restore-test.ts).
+   */
+  restoreTest: restoreTestSettings.optional(),
 }).strict();
 
 const configSchema = z.object({

@@ -24,6 +24,7 @@ export const lambdaFunctions = {
   PlanDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'planHandler' },
   PlanDeepVerifyPolicy: { entry: 'functions/deep-verify.ts', handler: 'planPolicyHandler' },
   RecordDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'recordHandler' },
+  RecordRestoreTest: { entry: 'functions/deep-verify.ts', handler: 'recordRestoreTestHandler' },
   QuarantineDamage: { entry: 'functions/quarantine.ts', handler: 'handler' },
   PlanPrune: { entry: 'functions/prune.ts', handler: 'planHandler' },
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },

@@ -62,6 +62,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       slotLimit: p.perHostConcurrency ?? 64, retention: p.retention, rpoHours: p.rpoHours, managedBy: 'config',
       ...(p.segmentSizeGiB ? { segmentBytes: p.segmentSizeGiB * 1024 * MiB } : {}),
       ...(p.quiesce ? { quiesce: p.quiesce } : {}),
+      ...(p.restoreTest ? { restoreTest: p.restoreTest } : {}),
       ...(target ? {
         replicateTo: {
           repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}),

@@ -21,7 +21,7 @@
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
- *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
+ *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, restore tests' throwaway folders; default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
  *   LIFEBOAT_NBD_TLS_DIR    folder of the TLS credentials for reading hosts' TCP exports with TLS (`exports.tls`):
  *     ca-cert.pem (the CA of the hypervisors' backup certificates), client-cert.pem and client-key.pem (QEMU's
  *     x509 folder layout); unset: TLS exports cannot be read (plain and unix socket exports can)
@@ -215,7 +215,8 @@ const nbdTls = nbdTlsDir ? await loadTlsCredentials(nbdTlsDir).catch((err: Error
   process.stderr.write(`lifeboat-mover: LIFEBOAT_NBD_TLS_DIR: ${err.message}\n`);
   process.exit(2);
 }) : undefined;
-const handler = taskHandler({ drivers: sourceDrivers({ workDir: process.env.LIFEBOAT_WORK_DIR || join(home, 'work'), ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024 });
+const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
+const handler = taskHandler({ drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, workDir });
 const worker = new MoverWorker({
   sfn,
   activityArn,

@@ -25,6 +25,8 @@ export interface TaskDeps {
   parallelism: number;
   /** Pack size in bytes (default 8 MiB: core/packs.ts). */
   packBytes?: number;
+  /** The mover's work folder (LIFEBOAT_WORK_DIR): restore tests run under it. */
+  workDir: string;
 }
 
 /**

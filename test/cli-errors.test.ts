@@ -36,6 +36,15 @@ describe('the command line', () => {
     expect(r.stderr).not.toContain('version mismatch');
   });
 
+  it('refuses verify\'s restore test options without --restore-test, and a boot timeout out of range, before reaching the stack', async () => {
+    const alone = await cli(['verify', '--vm', 'v', '--group', 'g', '--agent', '--endpoints', join(dir, 'none.json')]);
+    expect(alone.code).not.toBe(0);
+    expect(alone.stderr).toContain('--boot-check, --agent and --restore-timeout go with --restore-test');
+    const timeout = await cli(['verify', '--vm', 'v', '--group', 'g', '--restore-test', '--restore-timeout', '2', '--endpoints', join(dir, 'none.json')]);
+    expect(timeout.code).not.toBe(0);
+    expect(timeout.stderr).toContain("'2' is not a boot timeout: give whole seconds from 5 to 3600");
+  });
+
   it('says the embedded stack is not running, at which URL, and how to start it, when its endpoints refuse connections', async () => {
     const port = await deadPort();
     const url = `http://127.0.0.1:${port}`;

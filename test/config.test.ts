@@ -41,6 +41,21 @@ describe('configuration', () => {
     expect(problems({ ...example, policies: [{ ...local, drRpoHours: 30 }] })).toEqual(['policies[0].drRpoHours = 30: applies only to a policy that replicates: set "replicateTo" too, or remove it']);
   });
 
+  it('takes a policy\'s restore test settings, naming each bad one', () => {
+    const ok = parseConfig(withPolicy({ restoreTest: { enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 300, everyDays: 7 } }), 'test.json');
+    expect(ok.policies[0]!.restoreTest).toEqual({ enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 300, everyDays: 7 });
+    expect(problems(withPolicy({ restoreTest: { enabled: 'yes', bootCheck: { serial: '(' }, timeoutSeconds: 2, everyDays: 0, every: 3 } }))).toEqual([
+      'policies[0].restoreTest.enabled = "yes": must be true or false',
+      'policies[0].restoreTest.bootCheck.serial = "(": must be a regular expression (JavaScript syntax) matched against each serial console line',
+      'policies[0].restoreTest.timeoutSeconds = 2: must be at least 5',
+      'policies[0].restoreTest.everyDays = 0: must be above 0',
+      'policies[0].restoreTest.every: unknown key; check the spelling',
+    ]);
+    expect(problems(withPolicy({ restoreTest: { enabled: true, bootCheck: { agent: false } } }))).toEqual([
+      'policies[0].restoreTest.bootCheck = {"agent":false}: must name a sign of life: "serial" (a console line regex) and/or "agent": true',
+    ]);
+  });
+
   it('rejects misspelt keys instead of ignoring them', () => {
     expect(problems(withPolicy({ retentoin: { daily: 7 } }))).toEqual(['policies[0].retentoin: unknown key; check the spelling']);
   });

@@ -121,6 +121,15 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     expect(d.status, `${name}: ${d.cause}`).toBe('SUCCEEDED');
   }
 
+  // A restore test (RestoreTest, RecordRestoreTest): vm-i seen as a VM of a libvirt host (libvirt's test driver). Its
+  // backup holds no domain definition, so the test fails after the mover restored the disks, and is recorded as failed.
+  await t.stack.catalog.putHost({ hostId: 'kvm-iam', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 1, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
+  await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'kvm-iam', source: vmDir });
+  const tested = await run('DeepVerify', { vmId: 'vm-i', moverGroup: 'site-a', sample: 0.5, restoreTest: { bootCheck: { agent: true }, timeoutSeconds: 5 } });
+  expect(tested.status, tested.cause).toBe('SUCCEEDED');
+  expect(JSON.parse(tested.output!)).toMatchObject({ restoreTest: { passed: false, reason: expect.stringMatching(/Recovery\.RequestInvalid|Mover\.SourceUnavailable/) } });
+  await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'esx-01', source: vmDir });
+
   // Healing: a chunk damaged in its pack is quarantined (QuarantineDamage), stored again by a backup (Plan passes it), and the backup heals (RecordDeepVerify).
   const newest = (await t.stack.catalog.latestCommitted('vm-i'))!;
   const { store, keys } = await openRepository(e);
@@ -144,7 +153,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const exercised = new Set(calls.map((c) => c.functionId));
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
-  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'ReportReplication'] as LambdaFunctionId[]) {
+  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'RecordRestoreTest', 'ReportReplication'] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
   // Garbage collection deleted a pack and the index object that listed it: those calls were checked too.

@@ -71,8 +71,11 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanRestore: { catalog: ['GetItem', 'Query', 'PutItem'] },
   RecordRestore: { catalog: ['PutItem', 'UpdateItem'] },
   RecordRestoreFailure: { catalog: ['PutItem'] },
+  // With a restore test: the VM's host (its libvirt URI and group) and, for everyDays, its backups' last restore test.
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem'] },
+  // The restore test's outcome on the backup (UpdateItem) and in the verification's record (PutItem).
+  RecordRestoreTest: { catalog: ['UpdateItem', 'PutItem'] },
   // Moves damaged chunks aside: reads and re-checks them (a chunk object, or its range of a pack), copies to quarantine/, deletes a format-1 chunk object (a pack stays).
   QuarantineDamage: { catalog: ['PutItem'], repository: { read: ['chunks/', 'packs/', 'keys/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },

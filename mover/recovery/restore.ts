@@ -123,7 +123,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
 }
 
 /** Writes `vm.json` into the restore folder: the VM's configuration at backup time and its restored disks. */
-export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys }): Promise<{ path: string; domain?: DefinedDomain }> {
+export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys }, opts: { signal?: AbortSignal; onWait?: () => void } = {}): Promise<{ path: string; domain?: DefinedDomain }> {
   const key = objectKeys.vmConfig(job.backupId);
   const sealed = await d.store.get(key);
   if (!sealed) throw new Corrupt(`VM config ${key} of backup ${job.backupId} is missing from the repository`);
@@ -140,5 +140,5 @@ export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[]
   await rename(partialPath(path), path);
   await rm(claimMarker(job), { force: true });
   if (!job.define) return { path };
-  return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define }) };
+  return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, ...opts }) };
 }
