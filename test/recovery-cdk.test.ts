@@ -174,19 +174,21 @@ describe('Prune workflow', () => {
     expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
-  it('lets only PruneBackup and CollectGarbage (failed backups\' manifests) delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, and only CollectGarbage packs and index objects', () => {
+  it('lets only PruneBackup and CollectGarbage (failed backups\' manifests) delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, only CollectGarbage packs and index objects, and only RecordHostConfig host configuration archives', () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
     const byFunction = Object.fromEntries(deleters.map(([id, r]) => {
       const stmt = (r.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]).find((s) => [s.Action].flat().includes('s3:DeleteObject'))!;
       const res = JSON.stringify(stmt.Resource);
       const under = (prefix: string) => res.includes(`/${prefix}*`);
-      return [id.replace(/ServiceRole.*$/, ''), { manifests: under('manifests/'), chunks: under('chunks/'), packs: under('packs/'), index: under('index/'), keys: under('keys/') }];
+      return [id.replace(/ServiceRole.*$/, ''), { manifests: under('manifests/'), chunks: under('chunks/'), packs: under('packs/'), index: under('index/'), keys: under('keys/'), hostConfig: under('host-config/') }];
     }));
     expect(byFunction).toEqual({
-      PruneBackup: { manifests: true, chunks: false, packs: false, index: false, keys: false },
-      CollectGarbage: { manifests: true, chunks: true, packs: true, index: true, keys: false },
-      QuarantineDamage: { manifests: false, chunks: true, packs: false, index: false, keys: false },
+      PruneBackup: { manifests: true, chunks: false, packs: false, index: false, keys: false, hostConfig: false },
+      CollectGarbage: { manifests: true, chunks: true, packs: true, index: true, keys: false, hostConfig: false },
+      QuarantineDamage: { manifests: false, chunks: true, packs: false, index: false, keys: false, hostConfig: false },
+      // Retention of each host's configuration backups (keep N).
+      RecordHostConfig: { manifests: false, chunks: false, packs: false, index: false, keys: false, hostConfig: true },
     });
   });
 });
