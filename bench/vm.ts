@@ -18,6 +18,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
+import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RunSummary } from '../functions/summarize.ts';
@@ -63,7 +64,22 @@ async function procFigures(pid: number): Promise<{ cpu: number; hwmMiB: number }
   return { cpu: ticks / 100, hwmMiB: hwm / 1024 };
 }
 
-interface Figures { wall: number; cpu: number; rssMiB: number; read: number; stored: number; latencyMs: number }
+interface Figures { wall: number; cpu: number; rssMiB: number; read: number; stored: number; latencyMs: number; phases?: string }
+
+/** Seconds spent in each of a VM's steps, from the execution's history as the embedded stack writes it. */
+async function phases(executionArn: string): Promise<string> {
+  const file = join(dir, 'stack', 'executions', `${executionArn.split(':').slice(-2).join('--')}.history.jsonl`);
+  const events = (await readFile(file, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { type: string; timestamp: number; state?: { name: string } });
+  const entered = new Map<string, number>();
+  const spent: string[] = [];
+  for (const ev of events) {
+    const name = ev.state?.name;
+    if (!name) continue;
+    if (ev.type === 'StateEntered') entered.set(name, ev.timestamp);
+    else if (ev.type === 'StateExited' && /^(Snapshot|DispatchDisk|ReleaseSnapshot|Verify|Commit) \(|^(Verify|Commit)$/.test(name)) spent.push(`${name.replace(/ \(.*/, '')} ${((ev.timestamp - entered.get(name)!) / 1000).toFixed(1)} s`);
+  }
+  return spent.join(', ');
+}
 
 const stack = await EmbeddedStack.start({ dataDir: join(dir, 'stack') });
 const e = stack.endpoints;
@@ -97,7 +113,7 @@ try {
     const run = JSON.parse(d.output ?? '{}') as RunSummary;
     if (d.status !== 'SUCCEEDED' || run.failed) throw new Error(`Lifeboat backup failed: ${d.cause ?? JSON.stringify(run.vms)}`);
     const after = await procFigures(mover.child.pid!);
-    return { wall, cpu: after.cpu - before.cpu, rssMiB: after.hwmMiB, read: run.totals.bytesRead ?? 0, stored: run.totals.bytesStored, latencyMs: latencyMs(w0, await writeStats(name)) };
+    return { wall, cpu: after.cpu - before.cpu, rssMiB: after.hwmMiB, read: run.totals.bytesRead ?? 0, stored: run.totals.bytesStored, latencyMs: latencyMs(w0, await writeStats(name)), phases: await phases(d.executionArn!) };
   };
 
   const restic = async (label: string): Promise<Figures> => {
@@ -147,6 +163,9 @@ try {
   console.log(row('Lifeboat CBT incremental', lbIncr));
   console.log(row('restic incremental', rIncr));
   console.log(`* logical throughput: disk size / wall. Lifeboat includes its whole workflow (plan, slot, snapshot, verify, commit).`);
+  console.log(`Lifeboat full, its steps: ${lbFull.phases}`);
+  console.log(`Lifeboat incremental, its steps: ${lbIncr.phases}`);
+  console.log(`load average at the end (this machine has ${availableParallelism()} cores): ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   console.log(`ratio, incremental logical throughput Lifeboat/restic: ${(rIncr.wall / lbIncr.wall).toFixed(1)}x (target 20x); full: ${(rFull.wall / lbFull.wall).toFixed(2)}x`);
   console.log(`Lifeboat's incremental read ${(lbIncr.read / MiB).toFixed(0)} MiB of ${(sizeBytes / MiB).toFixed(0)} MiB; the guest wrote ${((await writeStats(name)).bytes - w0.bytes) / MiB | 0} MiB since the full backup`);
 } finally {

@@ -10,6 +10,7 @@ import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
 import { registerBackupCommands } from './backup.ts';
 import { registerDiscoverCommand } from './discover.ts';
+import { registerHostConfigCommands } from './host-config.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerRecoveryCommands } from './recovery.ts';
 import { guarded } from './stack-client.ts';
@@ -84,6 +85,11 @@ registerRecoveryCommands(program, DEFAULT_DATA_DIR, {
 });
 
 registerDiscoverCommand(program, DEFAULT_DATA_DIR, {
+  out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
+  ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
+});
+
+registerHostConfigCommands(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
   ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
 });

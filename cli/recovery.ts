@@ -18,6 +18,19 @@ export function sampleFraction(v: string): number {
   return f;
 }
 
+/** A restore test's outcome in one phrase: how long the boot took and what showed it, or why it failed. */
+export function restoreTestOutcome(t: { passed: boolean; seconds: number; line?: string; agent?: boolean; reason?: string }): string {
+  const signs = [t.line ? `"${t.line}"` : '', t.agent ? 'guest agent answered' : ''].filter(Boolean).join(', ');
+  return t.passed ? `booted in ${t.seconds.toFixed(1)} s (${signs})` : `FAILED after ${t.seconds.toFixed(1)} s: ${t.reason ?? 'no sign of life within the timeout'}`;
+}
+
+/** `--restore-timeout`: whole seconds, 5 to 3600 (as the workflow takes them). */
+export function restoreTimeout(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 5 || n > 3600) throw new InvalidArgumentError(`'${v}' is not a boot timeout: give whole seconds from 5 to 3600`);
+  return n;
+}
+
 export function registerRecoveryCommands(program: Command, defaultDataDir: string, io: Out): void {
   program
     .command('restore')
@@ -33,15 +46,16 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .option('--raw', 'with --define: keep the disks raw instead of qcow2')
     .option('--start', 'with --define: start the new VM')
     .option('--boot-check <regex>', 'with --define: a restore test: boot without network, wait for a serial console line matching this, then remove the VM')
+    .option('--agent', 'with --define: a restore test whose sign of life is the guest agent answering guest-ping (with --boot-check: after the line)')
     .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder, with --pool a volume of the same name (deleted and made anew) (default: refuse)')
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; force?: boolean; dataDir: string; endpoints?: string }) => {
-      if (!opts.define && (opts.pool || opts.raw || opts.name || opts.start || opts.bootCheck)) throw new InvalidArgumentError('--pool, --name, --raw, --start and --boot-check go with --define <uri>: they describe the VM the restore defines');
+    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; dataDir: string; endpoints?: string }) => {
+      if (!opts.define && (opts.pool || opts.raw || opts.name || opts.start || opts.bootCheck || opts.agent)) throw new InvalidArgumentError('--pool, --name, --raw, --start, --boot-check and --agent go with --define <uri>: they describe the VM the restore defines');
       const e = await endpoints(opts);
       const define = opts.define ? {
         uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.pool ? { pool: opts.pool } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
-        ...(opts.bootCheck ? { bootCheck: { consoleLine: opts.bootCheck } } : {}),
+        ...(opts.bootCheck || opts.agent ? { bootCheck: { ...(opts.bootCheck ? { consoleLine: opts.bootCheck } : {}), ...(opts.agent ? { agent: true } : {}) } } : {}),
       } : undefined;
       const input = {
         vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}), ...(opts.force ? { force: true } : {}),
@@ -55,7 +69,7 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       if (s.vmConfigPath) io.out(`  VM config: ${s.vmConfigPath}`);
       if (s.domain) io.out(`  VM ${s.domain.name} (${s.domain.uuid}) defined${s.domain.started ? ' and started' : ''}; console ${s.domain.consoleLog}`);
       const test = s.domain?.bootCheck;
-      if (test) io.out(`  restore test: ${test.passed ? `booted in ${test.seconds.toFixed(1)} s ("${test.line}")` : `did NOT show the expected console line within the timeout`}; the test VM and its disks${s.disks.some((d) => d.volume) ? ' (pool volumes)' : ''} were removed`);
+      if (test) io.out(`  restore test: ${restoreTestOutcome(test)}; the test VM and its disks${s.disks.some((d) => d.volume) ? ' (pool volumes)' : ''} were removed`);
       if (test && !test.passed) process.exitCode = 3;
     }));
 
@@ -66,11 +80,21 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .requiredOption('--group <id>', 'the mover group that reads the chunks')
     .option('--backup <id>', 'the backup (default: the newest committed)')
     .option('--sample <fraction>', 'fraction of chunks to read, in (0, 1]', sampleFraction)
+    .option('--restore-test', 'libvirt VMs: when the backup is intact, restore it as a throwaway VM on a mover of its host, boot it without network, wait for a sign of life, remove it (policy settings, else the guest agent)')
+    .option('--boot-check <regex>', 'with --restore-test: the sign of life is a serial console line matching this')
+    .option('--agent', 'with --restore-test: the sign of life is the guest agent answering guest-ping (with --boot-check: after the line)')
+    .option('--restore-timeout <seconds>', 'with --restore-test: how long the booted VM has to show its sign of life (default: the policy\'s, else 300)', restoreTimeout)
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; group: string; backup?: string; sample?: number; dataDir: string; endpoints?: string }) => {
+    .action(guarded(async (opts: { vm: string; group: string; backup?: string; sample?: number; restoreTest?: boolean; bootCheck?: string; agent?: boolean; restoreTimeout?: number; dataDir: string; endpoints?: string }) => {
+      if (!opts.restoreTest && (opts.bootCheck || opts.agent || opts.restoreTimeout)) throw new InvalidArgumentError('--boot-check, --agent and --restore-timeout go with --restore-test');
       const e = await endpoints(opts);
-      const input = { vmId: opts.vm, moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.sample !== undefined ? { sample: opts.sample } : {}) };
+      const bootCheck = opts.bootCheck || opts.agent ? { bootCheck: { ...(opts.bootCheck ? { serial: opts.bootCheck } : {}), ...(opts.agent ? { agent: true } : {}) } } : {};
+      const settings = { ...bootCheck, ...(opts.restoreTimeout ? { timeoutSeconds: opts.restoreTimeout } : {}) };
+      const input = {
+        vmId: opts.vm, moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.sample !== undefined ? { sample: opts.sample } : {}),
+        ...(opts.restoreTest ? { restoreTest: Object.keys(settings).length ? settings : true } : {}),
+      };
       const { output, seconds } = await run(e, 'DeepVerify', input, io);
       const s = output as DeepVerifySummary;
       io.out(`backup ${s.backupId} of VM ${s.vmId}: ${s.chunksChecked} of ${s.chunksTotal} chunks read back (${size(s.bytesRead)}) in ${seconds.toFixed(1)} s: ${s.damaged ? 'DAMAGED' : 'intact'}`);
@@ -79,6 +103,12 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       const q = (output as { quarantine?: { quarantined: { chunkId: string; objectKey: string; range?: { offset: number; length: number }; quarantineKey?: string }[] } }).quarantine;
       for (const c of q?.quarantined ?? []) io.out(`  quarantined: chunk ${c.chunkId} in ${c.objectKey}${bytes(c.range)}${c.quarantineKey ? ` (kept as ${c.quarantineKey})` : ''}: the next backup holding its data stores it again`);
       if (s.healed) io.out(`  healed: the backup was damaged (${s.healed.previousVerifyId}) and is intact again; ${s.healed.chunks.length} chunk(s) no longer quarantined`);
-      if (s.damaged) process.exitCode = 3;
+      const test = s.restoreTest;
+      if (test && 'skipped' in test) io.out(`  restore test: not run: ${test.skipped}`);
+      else if (test) {
+        io.out(`  restore test: ${restoreTestOutcome(test)}${test.domain ? `; ${test.domain} and its folder were removed` : ''} (restore ${test.restoreSeconds.toFixed(1)} s)`);
+        if (test.swept.length) io.out(`  removed first, left by a mover that died: ${test.swept.join(', ')}`);
+      }
+      if (s.damaged || (test && 'passed' in test && !test.passed)) process.exitCode = 3;
     }));
 }

@@ -10,6 +10,9 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { DEFAULT_HOST_CONFIG_KEEP } from './host-config.ts';
+import { libvirtExports } from './libvirt-exports.ts';
+import { restoreTestSettings } from './restore-test.ts';
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
@@ -114,6 +117,11 @@ const policy = z.object({
   }).strict().optional(),
   /** Disks larger than this many GiB are transferred in segments by several movers of the group at once. */
   segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
+  /**
+   * Restore tests at the scheduled deep verification (libvirt VMs): `{ enabled, bootCheck:
+   * { serial?, agent? }, timeoutSeconds?, everyDays? }` (core/restore-test.ts).
+   */
+  restoreTest: restoreTestSettings.optional(),
 }).strict();
 
 const configSchema = z.object({
@@ -137,6 +145,12 @@ const configSchema = z.object({
     driver: z.enum(['folder', 'libvirt'], { error: 'must be "folder" or "libvirt"' }).optional(),
     /** The libvirt connection URI: `qemu:///system` on the mover's own host, `qemu+ssh://host/system` or `qemu+tls://host/system` for another. */
     uri: z.string().regex(/^([a-z0-9+]+:\/\/[^\s]*\/(system|session)(\?[^\s]*)?|test:\/\/\/[^\s]+)$/, 'must be a libvirt URI such as "qemu:///system" or "qemu+ssh://host/system" (or libvirt\'s test driver, "test:///default")').optional(),
+    /**
+     * How the host's backup jobs export the disks to the movers (libvirt hosts): a unix
+     * socket on the host (default; movers on the host) or a TCP port of the host, with TLS
+     * (core/libvirt-exports.ts).
+     */
+    exports: libvirtExports.optional(),
     maxConcurrentBackups: count(64),
     datastores: z.array(z.object({ id, maxConcurrentBackups: count(64) }).strict()).optional(),
   }).strict()).min(1, 'configure at least one hypervisor host'),
@@ -168,6 +182,12 @@ const configSchema = z.object({
   notifications: z.object({ emails: z.array(z.email({ error: 'must be an email address' })) }).strict().optional(),
   /** When the Discover workflow inventories the libvirt hosts (default: hourly, when there is a libvirt host). */
   discovery: z.object({ schedule }).strict().optional(),
+  /**
+   * When the HostConfigBackup workflow backs up each libvirt host's networks, pools and
+   * domain definitions (default: daily at 02:00 UTC, when there is a libvirt host), how many
+   * of each host's it keeps (default 14), and in which repository (default: the first).
+   */
+  hostConfigBackup: z.object({ schedule: schedule.optional(), keep: count(1000).optional(), repository: id.optional() }).strict().optional(),
 }).strict().superRefine((c, ctx) => {
   const dup = (items: { id: string }[], key: string) => {
     const seen = new Set<string>();
@@ -193,6 +213,7 @@ const configSchema = z.object({
   c.hosts.forEach((h, i) => {
     if (h.driver === 'libvirt' && !h.uri) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'uri'], message: 'is required for a libvirt host: give its libvirt URI, e.g. "qemu:///system"' });
     if (h.driver !== 'libvirt' && h.uri) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'uri'], message: 'is only used with "driver": "libvirt"' });
+    if (h.driver !== 'libvirt' && h.exports) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'exports'], message: 'is only used with "driver": "libvirt"' });
     if (!servedBy.has(h.id)) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'id'], message: 'is served by no mover group: add it to a group\'s "hosts"' });
   });
   c.repositories.forEach((r, i) => {
@@ -209,6 +230,8 @@ const configSchema = z.object({
       }
     }
   });
+  const hcRepo = c.hostConfigBackup?.repository;
+  if (hcRepo !== undefined && !repos.has(hcRepo)) ctx.addIssue({ code: 'custom', path: ['hostConfigBackup', 'repository'], message: `names no configured repository (repositories: ${[...repos].join(', ')})` });
   c.policies.forEach((p, i) => {
     if (!repos.has(p.repository)) ctx.addIssue({ code: 'custom', path: ['policies', i, 'repository'], message: `names no configured repository (repositories: ${[...repos].join(', ')})` });
     if (p.drRpoHours !== undefined && p.replicateTo === undefined) ctx.addIssue({ code: 'custom', path: ['policies', i, 'drRpoHours'], message: 'applies only to a policy that replicates: set "replicateTo" too, or remove it' });
@@ -248,6 +271,20 @@ export const DEFAULT_DISCOVERY_SCHEDULE: ScheduleConfig = { expression: 'rate(1 
 export function discoverySchedule(config: LifeboatConfig): ScheduleConfig | undefined {
   if (config.discovery?.schedule) return config.discovery.schedule;
   return config.hosts.some((h) => h.driver === 'libvirt') ? DEFAULT_DISCOVERY_SCHEDULE : undefined;
+}
+
+/** The HostConfigBackup workflow's schedule when the configuration gives none: daily at 02:00 UTC. */
+export const DEFAULT_HOST_CONFIG_SCHEDULE: ScheduleConfig = { expression: 'cron(0 2 * * ? *)', timeZone: 'UTC' };
+
+/** Host configuration backups as configured: the schedule (none without a libvirt host), how many per host are kept, and the repository. */
+export function hostConfigBackupSettings(config: LifeboatConfig): { schedule: ScheduleConfig | undefined; keep: number; repositoryId: string } {
+  const hc = config.hostConfigBackup;
+  const libvirt = config.hosts.some((h) => h.driver === 'libvirt');
+  return {
+    schedule: libvirt ? hc?.schedule ?? DEFAULT_HOST_CONFIG_SCHEDULE : undefined,
+    keep: hc?.keep ?? DEFAULT_HOST_CONFIG_KEEP,
+    repositoryId: hc?.repository ?? config.repositories[0]!.id,
+  };
 }
 
 /**

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import type { DiscoveredVm } from './jobs.ts';
+import { libvirtExports } from './libvirt-exports.ts';
 
 /**
  * The largest JSON a discover page may take. Step Functions caps a task result (and
@@ -33,7 +34,8 @@ export const discoveredVm: z.ZodType<DiscoveredVm> = z.strictObject({
 export const discoverTask = z.strictObject({
   task: z.literal('discover'),
   hostId: text,
-  hypervisor: z.strictObject({ driver: z.literal('libvirt'), uri: text }),
+  /** The host's hypervisor as configured (discovery needs only `uri`; `exports` travels with it). */
+  hypervisor: z.strictObject({ driver: z.literal('libvirt'), uri: text, exports: libvirtExports.optional() }),
   /** The last domain name of the previous page; null, absent or '' for the first page. */
   after: z.string().nullable().optional(),
 });

@@ -111,6 +111,14 @@ export class DiscoveryRequestInvalid extends LifeboatError {
   }
 }
 
+/** A HostConfigBackup execution's input names a host that is not configured, or not a libvirt host. */
+export class HostConfigRequestInvalid extends LifeboatError {
+  static readonly code = 'HostConfig.RequestInvalid';
+  constructor(message: string) {
+    super(HostConfigRequestInvalid.code, message, { retryable: false });
+  }
+}
+
 /**
  * Another run of the same policy holds the policy's run lease: two runs at once would
  * back up the same VMs twice and store their data twice. Not retried: the second run is
@@ -197,4 +205,5 @@ export const errorClasses = {
   [StackUnavailable.code]: StackUnavailable,
   [VmGone.code]: VmGone,
   [DiscoveryRequestInvalid.code]: DiscoveryRequestInvalid,
+  [HostConfigRequestInvalid.code]: HostConfigRequestInvalid,
 } as const;

@@ -264,6 +264,8 @@ export const keys = {
   index: (indexId: string) => `index/${indexId}`,
   manifest: (backupId: string, diskId: string) => `manifests/${backupId}/${diskId}.manifest`,
   vmConfig: (backupId: string) => `manifests/${backupId}/vm-config`,
+  /** A libvirt host's networks, pools and domain definitions (core/host-config.ts), one object per host per run. */
+  hostConfig: (hostId: string, backupId: string) => `host-config/${hostId}/${backupId}`,
   masterKey: (name = 'default') => `keys/${name}`,
 } as const;
 

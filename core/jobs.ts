@@ -5,6 +5,7 @@
  */
 
 import type { StorageEndpoint } from './endpoints.ts';
+import type { LibvirtExports } from './libvirt-exports.ts';
 
 /** Repository coordinates a mover needs: where to write, and how. */
 export interface RepositoryRef {
@@ -159,7 +160,12 @@ export interface QuiesceSettings {
 }
 
 /** Which driver reads a VM, and where its hypervisor is: from the host's configuration. */
-export type Hypervisor = { driver: 'folder' } | { driver: 'libvirt'; uri: string };
+export type Hypervisor = { driver: 'folder' } | {
+  driver: 'libvirt';
+  uri: string;
+  /** How backup jobs export the disks (absent: a unix socket, the mover on the host). */
+  exports?: LibvirtExports;
+};
 
 /** Counters from one disk's transfer. */
 export interface TransferStats {

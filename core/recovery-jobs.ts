@@ -4,6 +4,7 @@
  * and `mover/` import these; the state machines' paths name these fields.
  */
 import type { RepositoryLocation } from './endpoints.ts';
+import type { RestoreTestJob } from './restore-test.ts';
 
 /** One disk to restore and where it goes on the mover's host. */
 export interface RestoreDiskTarget {
@@ -50,10 +51,34 @@ export interface DefineDomainRequest {
   pool?: string;
   start?: boolean;
   /**
-   * A restore test: boot with no network, wait for a line matching `consoleLine` on the
-   * serial console (default timeout 300 s), then remove the domain and its disks.
+   * A restore test: boot with no network, wait for the sign of life — a line matching
+   * `consoleLine` on the serial console, the guest agent answering `guest-ping` (`agent`),
+   * or both, each within `timeoutSeconds` of the start (default 300 s) — then remove the
+   * domain and its disks, also when the wait fails.
    */
-  bootCheck?: { consoleLine: string; timeoutSeconds?: number };
+  bootCheck?: BootCheck;
+  /** The new domain's `<description>` (restore tests record their owner there). */
+  description?: string;
+}
+
+/** The sign of life of a restore test (at least one of `consoleLine` and `agent`). */
+export interface BootCheck {
+  consoleLine?: string;
+  agent?: boolean;
+  timeoutSeconds?: number;
+}
+
+/** How a restore test's boot went. */
+export interface BootCheckResult {
+  passed: boolean;
+  /** From the start of the domain to the sign of life, or to giving up. */
+  seconds: number;
+  /** The console line that matched ('' when none was asked for or it did not come). */
+  line: string;
+  /** The guest agent answered `guest-ping` (only when asked). */
+  agent?: boolean;
+  /** Why it did not pass. */
+  reason?: string;
 }
 
 /** The domain a restore defined. */
@@ -64,7 +89,7 @@ export interface DefinedDomain {
   consoleLog: string;
   /** Its disk images (none after a restore test, which removes them). */
   disks: string[];
-  bootCheck?: { passed: boolean; seconds: number; line: string };
+  bootCheck?: BootCheckResult;
 }
 
 /** What a mover reports for one restored disk, after re-reading what it wrote. */
@@ -100,6 +125,10 @@ export interface DeepVerifyJob {
   /** Fraction of each disk's distinct chunks to read back, in (0, 1]; 1 reads all. */
   sample: number;
   disks: { diskId: string; sizeBytes: number }[];
+  /** After a clean verification: restore this backup as a throwaway VM and boot it (a libvirt VM; see core/restore-test.ts). */
+  restoreTest?: RestoreTestJob;
+  /** Why a restore test asked for was not planned (not a libvirt VM, not due yet). */
+  restoreTestSkipped?: string;
 }
 
 /** One damaged object, named so an operator can find it. */
@@ -185,6 +214,7 @@ export type RecoveryTask =
   | { task: 'deepVerifyDisk'; verify: DeepVerifyJob; disk: { diskId: string; sizeBytes: number } }
   | { task: 'replicateDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number }; index: number }
   | { task: 'updateStandbyDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number } }
-  | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] };
+  | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] }
+  | { task: 'restoreTest'; test: RestoreTestJob };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest'];

@@ -11,13 +11,14 @@
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../core/recovery-jobs.ts';
+import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../core/restore-test.ts';
 import { locationKey, type RepositoryLocation } from '../core/endpoints.ts';
 import { chunkIdOfKey } from '../core/format.ts';
-import type { Catalog } from './catalog/catalog.ts';
+import { isConditionFailed, type Backup, type Catalog, type Policy } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
-import { repositoryLocation } from './commons/schemas.ts';
+import { caughtError, repositoryLocation } from './commons/schemas.ts';
 import { policyVms, resolveBackup } from './recovery/backups.ts';
 
 const text = z.string().min(1);
@@ -31,22 +32,67 @@ export const deepVerifyRequest = z.object({
   /** Fraction of each disk's chunks to read back, in (0, 1]; default 1 (all). */
   sample: z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1 (all chunks)').optional(),
   moverGroup: text,
+  /**
+   * After a clean verification, restore the backup as a throwaway VM on a mover of the
+   * VM's host and boot it (libvirt VMs): `true` with the policy's `restoreTest` settings
+   * (or the defaults), an object to set them here, `false` for none even when the policy
+   * enables it. Absent: as the policy's `restoreTest.enabled` and `everyDays` say.
+   */
+  restoreTest: z.union([z.boolean(), restoreTestSettings]).optional(),
 }).strict();
 export const planDeepVerifyInput = z.object({ verifyId: text, request: deepVerifyRequest }).strict();
 
 export async function planDeepVerify({ verifyId, request }: z.output<typeof planDeepVerifyInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifyJob> {
-  const { backup, repository } = await resolveBackup(deps.catalog, request.vmId, request.backupId, { allowDamaged: true });
+  const { backup, repository, policy } = await resolveBackup(deps.catalog, request.vmId, request.backupId, { allowDamaged: true });
   const job: DeepVerifyJob = {
     verifyId, vmId: request.vmId, backupId: backup.backupId, moverGroup: request.moverGroup, repository,
     sample: request.sample ?? 1, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
+    ...(await planRestoreTest({ verifyId, backup, repository, policy, request: request.restoreTest }, deps)),
   };
   await deps.recovery.putRecord('DEEPVERIFY', verifyId, { status: 'running', startedAt: deps.now().toISOString(), job });
   return job;
 }
 
+/** A day less this slack counts as a day for `everyDays`: scheduled runs start seconds or minutes apart. */
+const EVERY_DAYS_SLACK_MS = 3600_000;
+
+/**
+ * The restore test a verification of `backup` runs when it is clean, or why none runs
+ * although one was asked for. Only a libvirt VM can be restore-tested (its backup keeps
+ * the domain definition), by the group serving its host, which reaches its libvirt.
+ */
+async function planRestoreTest(
+  p: { verifyId: string; backup: Backup & { disks: NonNullable<Backup['disks']> }; repository: DeepVerifyJob['repository']; policy: Policy | undefined; request: boolean | RestoreTestSettings | undefined },
+  deps: { catalog: Catalog; now: () => Date },
+): Promise<Pick<DeepVerifyJob, 'restoreTest' | 'restoreTestSkipped'>> {
+  const fromPolicy = p.policy?.restoreTest;
+  if (p.request === false || (p.request === undefined && !fromPolicy?.enabled)) return {};
+  const settings: RestoreTestSettings = typeof p.request === 'object' ? { ...fromPolicy, ...p.request } : { ...fromPolicy };
+  const { vmId } = p.backup;
+  if (p.request === undefined && settings.everyDays !== undefined) {
+    const last = (await deps.catalog.listBackups(vmId)).map((b) => b.restoreTest?.at).filter((at): at is string => !!at).sort().at(-1);
+    if (last && deps.now().getTime() - Date.parse(last) < settings.everyDays * 86_400_000 - EVERY_DAYS_SLACK_MS) {
+      return { restoreTestSkipped: `not due: the last restore test of VM '${vmId}' was at ${last}, and policy '${p.policy!.policyId}' tests every ${settings.everyDays} day(s)` };
+    }
+  }
+  const vm = await deps.catalog.getVm(vmId);
+  const host = vm ? await deps.catalog.getHost(vm.host) : undefined;
+  if (!vm || !host || host.hypervisor?.driver !== 'libvirt') {
+    return { restoreTestSkipped: `VM '${vmId}' is not on a libvirt host${vm ? ` (host '${vm.host}' ${host ? `uses the ${host.hypervisor?.driver ?? 'folder'} driver` : 'is not in the catalog'})` : ''}: only a libvirt backup holds a VM definition to boot` };
+  }
+  const test: RestoreTestJob = {
+    testId: p.verifyId, vmId, backupId: p.backup.backupId, moverGroup: host.moverGroup, repository: p.repository, uri: host.hypervisor.uri,
+    vmName: vm.name ?? vm.source, disks: p.backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
+    bootCheck: settings.bootCheck ?? DEFAULT_BOOT_CHECK, timeoutSeconds: settings.timeoutSeconds ?? DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS,
+  };
+  return { restoreTest: test };
+}
+
 export const deepVerifyPolicyRequest = z.object({
   policyId: text,
   sample: z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1 (all chunks)').optional(),
+  /** As DeepVerify's `restoreTest`, for every VM of the policy. */
+  restoreTest: z.union([z.boolean(), restoreTestSettings]).optional(),
 }).strict();
 export const planDeepVerifyPolicyInput = z.object({ verifyId: text, request: deepVerifyPolicyRequest }).strict();
 
@@ -67,7 +113,10 @@ export async function planDeepVerifyPolicy({ verifyId, request }: z.output<typeo
       skipped.push({ vmId, reason: 'no committed backup' });
       continue;
     }
-    jobs.push(await planDeepVerify({ verifyId: `${verifyId}-${vmId}`, request: { vmId, moverGroup: group, ...(request.sample ? { sample: request.sample } : {}) } }, deps));
+    jobs.push(await planDeepVerify({
+      verifyId: `${verifyId}-${vmId}`,
+      request: { vmId, moverGroup: group, ...(request.sample ? { sample: request.sample } : {}), ...(request.restoreTest !== undefined ? { restoreTest: request.restoreTest } : {}) },
+    }, deps));
   }
   return { policyId: policy.policyId, jobs, skipped };
 }
@@ -83,6 +132,7 @@ const deepVerifiedDisk: z.ZodType<DeepVerifiedDisk> = z.looseObject({
 const deepVerifyJob: z.ZodType<DeepVerifyJob> = z.looseObject({
   verifyId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation, sample: z.number(),
   disks: z.array(z.looseObject({ diskId: text, sizeBytes: count })),
+  restoreTest: restoreTestJob.optional(), restoreTestSkipped: z.string().optional(),
 });
 export const recordDeepVerifyInput = z.intersection(deepVerifyJob, z.looseObject({ verified: z.array(deepVerifiedDisk) }));
 
@@ -105,6 +155,28 @@ export interface DeepVerifySummary {
   healed: { previousVerifyId: string; chunks: string[] } | null;
   /** The event's detail (EventBridge `Lifeboat Backup Damaged`) when damage was found. */
   event: { vmId: string; backupId: string; verifyId: string; findings: DamageFinding[]; message: string } | null;
+  /**
+   * The restore test due after this clean verification: the workflow's RestoreTest runs it,
+   * then RecordRestoreTest replaces it by `restoreTest`. Absent when none is due.
+   */
+  restoreTestJob?: RestoreTestJob;
+  /** The restore test's outcome, or why none ran although one was asked for. */
+  restoreTest?: RestoreTestOutcome | { skipped: string };
+}
+
+/** A restore test as the deep verification reports it (and the backup records it: passed, seconds, reason). */
+export interface RestoreTestOutcome {
+  passed: boolean;
+  /** From the start of the test VM to its sign of life, or to giving up (0 when it never started). */
+  seconds: number;
+  /** Restoring the disks (0 when it never finished). */
+  restoreSeconds: number;
+  domain: string | null;
+  line?: string;
+  agent?: boolean;
+  reason?: string;
+  /** Leftover test domains and folders of dead movers the mover removed first. */
+  swept: string[];
 }
 
 export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifySummary> {
@@ -120,6 +192,9 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     bytesRead: input.verified.reduce((n, d) => n + d.bytesRead, 0),
     damaged: findings.length > 0, findings, repository: input.repository, healed: null, event: null,
   };
+  if (input.restoreTestSkipped) summary.restoreTest = { skipped: input.restoreTestSkipped };
+  else if (input.restoreTest && findings.length > 0) summary.restoreTest = { skipped: 'the backup is damaged: it is not restore-tested' };
+  else if (input.restoreTest) summary.restoreTestJob = input.restoreTest;
   if (findings.length > 0) {
     // Keep the event small (EventBridge takes 256 KB): the catalog keeps every finding.
     const first = findings[0]!;
@@ -140,7 +215,42 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
       summary.healed = { previousVerifyId: was.verifyId, chunks };
     }
   }
-  await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: summary.healed ? 'healed' : summary.damaged ? 'damaged' : 'intact', finishedAt: at, summary });
+  await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: verifyStatus(summary), finishedAt: at, summary });
+  return summary;
+}
+
+const verifyStatus = (s: DeepVerifySummary) => (s.healed ? 'healed' : s.damaged ? 'damaged' : 'intact');
+
+/** RecordRestoreTest's input: the verification's summary with the mover's answer, or the error the workflow caught. */
+export const recordRestoreTestInput = z.looseObject({
+  verifyId: text, vmId: text, backupId: text,
+  restoreTestJob: restoreTestJob,
+  restoreTestResult: restoreTestResult.optional(),
+  restoreTestError: caughtError.optional(),
+});
+
+/**
+ * Keeps a restore test's outcome: on the backup (`restoreTest`: passed, seconds, reason),
+ * in the verification's record and in its summary. A test that could not run to its end
+ * (the restore failed, libvirt refused the domain, the mover died on every attempt) is a
+ * failed test, with the error as its reason.
+ */
+export async function recordRestoreTest(input: z.output<typeof recordRestoreTestInput>, deps: { catalog: Pick<Catalog, 'recordRestoreTest'>; recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifySummary> {
+  const { restoreTestJob: job, restoreTestResult: r, restoreTestError: err, ...rest } = input;
+  const outcome: RestoreTestOutcome = r
+    ? { passed: r.passed, seconds: r.seconds, restoreSeconds: r.restoreSeconds, domain: r.domain, ...(r.line ? { line: r.line } : {}), ...(r.agent !== undefined ? { agent: r.agent } : {}), ...(r.reason ? { reason: r.reason } : {}), swept: r.swept }
+    : { passed: false, seconds: 0, restoreSeconds: 0, domain: null, reason: err ? `${err.Error}: ${err.Cause}` : 'the mover gave no answer', swept: [] };
+  if (!outcome.passed && !outcome.reason) outcome.reason = 'no sign of life within the timeout';
+  const at = deps.now().toISOString();
+  try {
+    await deps.catalog.recordRestoreTest(job.vmId, job.backupId, { passed: outcome.passed, seconds: outcome.seconds, restoreId: job.testId, at, ...(outcome.reason ? { reason: outcome.reason } : {}) });
+  } catch (e) {
+    // The backup was pruned while it was tested: the outcome stays in the verification's record.
+    if (!isConditionFailed(e)) throw e;
+    outcome.reason = `${outcome.reason ? `${outcome.reason}; ` : ''}not recorded on backup ${job.backupId}: it is no longer in the catalog`;
+  }
+  const summary = { ...(rest as unknown as DeepVerifySummary), restoreTest: outcome };
+  await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: verifyStatus(summary), finishedAt: at, summary });
   return summary;
 }
 
@@ -148,3 +258,4 @@ const now = () => new Date();
 export const planHandler = lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
 export const planPolicyHandler = lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
 export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, now }));
+export const recordRestoreTestHandler = lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input) => recordRestoreTest(input, { catalog: clients().catalog, recovery: clients().recovery, now }));

@@ -24,6 +24,7 @@ export const lambdaFunctions = {
   PlanDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'planHandler' },
   PlanDeepVerifyPolicy: { entry: 'functions/deep-verify.ts', handler: 'planPolicyHandler' },
   RecordDeepVerify: { entry: 'functions/deep-verify.ts', handler: 'recordHandler' },
+  RecordRestoreTest: { entry: 'functions/deep-verify.ts', handler: 'recordRestoreTestHandler' },
   QuarantineDamage: { entry: 'functions/quarantine.ts', handler: 'handler' },
   PlanPrune: { entry: 'functions/prune.ts', handler: 'planHandler' },
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },
@@ -43,6 +44,9 @@ export const lambdaFunctions = {
   ListDiscoveryHosts: { entry: 'functions/discover.ts', handler: 'listHostsHandler' },
   RecordInventory: { entry: 'functions/discover.ts', handler: 'recordHandler' },
   SummarizeDiscovery: { entry: 'functions/discover.ts', handler: 'summarizeHandler' },
+  PlanHostConfigBackup: { entry: 'functions/host-config.ts', handler: 'planHandler' },
+  RecordHostConfig: { entry: 'functions/host-config.ts', handler: 'recordHandler' },
+  SummarizeHostConfigBackup: { entry: 'functions/host-config.ts', handler: 'summarizeHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -39,9 +39,11 @@ export const restoreRequest = z.object({
     pool: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be a storage pool name: 1-64 letters, digits, ".", "_" or "-"').optional(),
     start: z.boolean().optional(),
     bootCheck: z.object({
-      consoleLine: text.refine((s) => { try { new RegExp(s); return true; } catch { return false; } }, 'must be a regular expression'),
+      consoleLine: text.refine((s) => { try { new RegExp(s); return true; } catch { return false; } }, 'must be a regular expression').optional(),
+      /** The guest agent must answer `guest-ping` (after the console line, if one is given too). */
+      agent: z.boolean().optional(),
       timeoutSeconds: z.number().int().min(5).max(3600).optional(),
-    }).strict().optional(),
+    }).strict().refine((b) => b.consoleLine !== undefined || b.agent === true, 'must name a sign of life: "consoleLine" and/or "agent": true').optional(),
   }).strict().optional(),
   /**
    * Overwrite what is at the target: a file holding data (one disk), a folder that is not
@@ -117,7 +119,7 @@ export interface RestoreSummary {
 
 const definedDomain: z.ZodType<DefinedDomain> = z.looseObject({
   name: text, uuid: text, started: z.boolean(), consoleLog: text, disks: z.array(text),
-  bootCheck: z.looseObject({ passed: z.boolean(), seconds: z.number().nonnegative(), line: z.string() }).optional(),
+  bootCheck: z.looseObject({ passed: z.boolean(), seconds: z.number().nonnegative(), line: z.string(), agent: z.boolean().optional(), reason: z.string().optional() }).optional(),
 });
 
 export const recordRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text, domain: definedDomain.optional() }).optional() }));
@@ -137,7 +139,7 @@ export async function recordRestore(input: z.output<typeof recordRestoreInput>, 
   };
   const test = input.vmConfig?.domain?.bootCheck;
   // A restore test's outcome belongs to the backup: listings show which backups are proven to boot.
-  if (test) await deps.catalog?.recordRestoreTest(input.vmId, input.backupId, { passed: test.passed, seconds: test.seconds, restoreId: input.restoreId, at: deps.now().toISOString() });
+  if (test) await deps.catalog?.recordRestoreTest(input.vmId, input.backupId, { passed: test.passed, seconds: test.seconds, restoreId: input.restoreId, at: deps.now().toISOString(), ...(test.reason ? { reason: test.reason } : {}) });
   await deps.recovery.putRecord('RESTORE', input.restoreId, { status: 'succeeded', finishedAt: deps.now().toISOString(), summary });
   return summary;
 }

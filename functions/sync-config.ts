@@ -1,12 +1,12 @@
 /**
- * SyncConfig: writes the configuration's hosts and policies into the catalog, so Plan
+ * SyncConfig: writes the configuration's hosts, policies and host configuration backup settings into the catalog, so Plan
  * and the other workflows read one source of truth at run time. In AWS a CloudFormation
  * custom resource runs it on every deploy; the embedded stack runs it at start.
  * Policies that an earlier configuration wrote and this one drops are removed; policies
  * written by hand (tests, scripts) are left alone.
  */
 import { z } from 'zod';
-import { parseConfig, type LifeboatConfig } from '../core/config.ts';
+import { hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../core/config.ts';
 import type { Catalog, Policy } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
@@ -44,10 +44,14 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       await deps.catalog.putHost({
         hostId, moverGroup: group.id, site: group.site, maxConcurrentBackups: host.maxConcurrentBackups,
         datastores: Object.fromEntries((host.datastores ?? []).map((d) => [d.id, d.maxConcurrentBackups])),
-        ...(host.driver === 'libvirt' ? { hypervisor: { driver: 'libvirt' as const, uri: host.uri! } } : {}),
+        ...(host.driver === 'libvirt' ? { hypervisor: { driver: 'libvirt' as const, uri: host.uri!, ...(host.exports && { exports: host.exports }) } } : {}),
       });
     }
   }
+  // Where the HostConfigBackup workflow stores each libvirt host's definitions, and how many it keeps.
+  const hc = hostConfigBackupSettings(config);
+  const hcRepo = config.repositories.find((r) => r.id === hc.repositoryId)!;
+  await deps.catalog.putHostConfigSettings({ repositoryId: hcRepo.id, bucket: bucketOf(hcRepo.id), ...(hcRepo.endpoint ? { endpoint: hcRepo.endpoint } : {}), keep: hc.keep });
   for (const p of config.policies) {
     const repo = config.repositories.find((r) => r.id === p.repository)!;
     const target = p.replicateTo ? config.repositories.find((r) => r.id === p.replicateTo)! : undefined;
@@ -58,6 +62,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       slotLimit: p.perHostConcurrency ?? 64, retention: p.retention, rpoHours: p.rpoHours, managedBy: 'config',
       ...(p.segmentSizeGiB ? { segmentBytes: p.segmentSizeGiB * 1024 * MiB } : {}),
       ...(p.quiesce ? { quiesce: p.quiesce } : {}),
+      ...(p.restoreTest ? { restoreTest: p.restoreTest } : {}),
       ...(target ? {
         replicateTo: {
           repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}),

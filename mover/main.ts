@@ -21,7 +21,10 @@
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
- *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, pool restores' raw copies, default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
+ *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, restore tests' throwaway folders, pool restores' records and raw copies; default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
+ *   LIFEBOAT_NBD_TLS_DIR    folder of the TLS credentials for reading hosts' TCP exports with TLS (`exports.tls`):
+ *     ca-cert.pem (the CA of the hypervisors' backup certificates), client-cert.pem and client-key.pem (QEMU's
+ *     x509 folder layout); unset: TLS exports cannot be read (plain and unix socket exports can)
  *   LIFEBOAT_RELEASE_PUBLIC_KEY_FILE or LIFEBOAT_RELEASE_PUBLIC_KEY (PEM): the key releases must be signed with
  * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new
  * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
@@ -40,6 +43,7 @@ import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '.
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
+import { loadTlsCredentials } from './nbd/tls.ts';
 import { sourceDrivers } from './sources/drivers.ts';
 import { countForTask, withTaskRetries } from './retry-accounting.ts';
 import { Registration } from './registration.ts';
@@ -206,8 +210,13 @@ if (packMiB > 256) {
   process.stderr.write(`lifeboat-mover: LIFEBOAT_PACK_MIB must be at most 256, got ${packMiB}\n`);
   process.exit(2);
 }
+const nbdTlsDir = process.env.LIFEBOAT_NBD_TLS_DIR;
+const nbdTls = nbdTlsDir ? await loadTlsCredentials(nbdTlsDir).catch((err: Error) => {
+  process.stderr.write(`lifeboat-mover: LIFEBOAT_NBD_TLS_DIR: ${err.message}\n`);
+  process.exit(2);
+}) : undefined;
 const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
-const handler = taskHandler({ drivers: sourceDrivers({ workDir }), workDir, repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024 });
+const handler = taskHandler({ drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, workDir });
 const worker = new MoverWorker({
   sfn,
   activityArn,

@@ -1,12 +1,14 @@
-/** The mover's task handlers: Snapshot, Dispatch (one disk), ReleaseSnapshot and Discover (one page of a host's VMs). */
+/** The mover's task handlers: Snapshot, Dispatch (one disk), ReleaseSnapshot, Discover (one page of a host's VMs) and HostConfig (a host's definitions). */
 import type { RepositoryLocation } from '../core/endpoints.ts';
 import { isDiscoverTask } from '../core/discovery.ts';
+import { isHostConfigTask } from '../core/host-config.ts';
 import { BadTaskInput } from '../core/errors.ts';
 import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts';
 import type { MoverTask } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../core/recovery-jobs.ts';
 import { runDiscoverTask } from './discover.ts';
+import { runHostConfigTask } from './host-config.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { DriverFor } from './sources/drivers.ts';
@@ -23,15 +25,15 @@ export interface TaskDeps {
   parallelism: number;
   /** Pack size in bytes (default 8 MiB: core/packs.ts). */
   packBytes?: number;
-  /** The mover's work folder (LIFEBOAT_WORK_DIR): restores into a storage pool keep their records and raw copies there. */
-  workDir?: string;
+  /** The mover's work folder (LIFEBOAT_WORK_DIR): restore tests run under it; restores into a storage pool keep their records and raw copies there. */
+  workDir: string;
 }
 
 /**
  * The task kinds this mover runs, announced in its registration (mover/registration.ts).
  * Keep it in step with the `switch` below when adding a kind (recovery kinds come from core/recovery-jobs.ts).
  */
-export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', 'discover', ...recoveryTaskNames];
+export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', 'discover', 'hostConfig', ...recoveryTaskNames];
 
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
@@ -39,6 +41,8 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     if (isRecoveryTask(raw)) return runRecoveryTask(raw, deps, ctx);
     // Discovery carries a host, not a VM job (mover/discover.ts validates it).
     if (isDiscoverTask(raw)) return runDiscoverTask(raw, deps.drivers, ctx.signal);
+    // A host's networks, pools and domain definitions, sealed into the repository (mover/host-config.ts validates it).
+    if (isHostConfigTask(raw)) return runHostConfigTask(raw, deps, ctx);
     const t = raw as MoverTask;
     if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
     switch (t.task) {

@@ -46,4 +46,5 @@ it('runs the same ASL that `cdk synth` writes for deployment', async () => {
   } finally {
     await stack.stop();
   }
-});
+  // esbuild bundles every function on its own, as a deploy does: minutes on a loaded 2-core machine.
+}, 600_000);

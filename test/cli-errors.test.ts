@@ -39,7 +39,16 @@ describe('the command line', () => {
   it('refuses restore --pool without --define, saying what it goes with, before reaching the stack', async () => {
     const r = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--pool', 'vmstore', '--endpoints', join(dir, 'none.json')]);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain('--pool, --name, --raw, --start and --boot-check go with --define <uri>');
+    expect(r.stderr).toContain('--pool, --name, --raw, --start, --boot-check and --agent go with --define <uri>');
+  });
+
+  it('refuses verify\'s restore test options without --restore-test, and a boot timeout out of range, before reaching the stack', async () => {
+    const alone = await cli(['verify', '--vm', 'v', '--group', 'g', '--agent', '--endpoints', join(dir, 'none.json')]);
+    expect(alone.code).not.toBe(0);
+    expect(alone.stderr).toContain('--boot-check, --agent and --restore-timeout go with --restore-test');
+    const timeout = await cli(['verify', '--vm', 'v', '--group', 'g', '--restore-test', '--restore-timeout', '2', '--endpoints', join(dir, 'none.json')]);
+    expect(timeout.code).not.toBe(0);
+    expect(timeout.stderr).toContain("'2' is not a boot timeout: give whole seconds from 5 to 3600");
   });
 
   it('says the embedded stack is not running, at which URL, and how to start it, when its endpoints refuse connections', async () => {

@@ -41,6 +41,21 @@ describe('configuration', () => {
     expect(problems({ ...example, policies: [{ ...local, drRpoHours: 30 }] })).toEqual(['policies[0].drRpoHours = 30: applies only to a policy that replicates: set "replicateTo" too, or remove it']);
   });
 
+  it('takes a policy\'s restore test settings, naming each bad one', () => {
+    const ok = parseConfig(withPolicy({ restoreTest: { enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 300, everyDays: 7 } }), 'test.json');
+    expect(ok.policies[0]!.restoreTest).toEqual({ enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 300, everyDays: 7 });
+    expect(problems(withPolicy({ restoreTest: { enabled: 'yes', bootCheck: { serial: '(' }, timeoutSeconds: 2, everyDays: 0, every: 3 } }))).toEqual([
+      'policies[0].restoreTest.enabled = "yes": must be true or false',
+      'policies[0].restoreTest.bootCheck.serial = "(": must be a regular expression (JavaScript syntax) matched against each serial console line',
+      'policies[0].restoreTest.timeoutSeconds = 2: must be at least 5',
+      'policies[0].restoreTest.everyDays = 0: must be above 0',
+      'policies[0].restoreTest.every: unknown key; check the spelling',
+    ]);
+    expect(problems(withPolicy({ restoreTest: { enabled: true, bootCheck: { agent: false } } }))).toEqual([
+      'policies[0].restoreTest.bootCheck = {"agent":false}: must name a sign of life: "serial" (a console line regex) and/or "agent": true',
+    ]);
+  });
+
   it('rejects misspelt keys instead of ignoring them', () => {
     expect(problems(withPolicy({ retentoin: { daily: 7 } }))).toEqual(['policies[0].retentoin: unknown key; check the spelling']);
   });
@@ -135,6 +150,31 @@ describe('configuration', () => {
       ]);
       expect(problems(withDr({ replication: { moverGroup: 'dr', standbyPath: 'standby' } }))[0]).toMatch(/^repositories\[1\]\.replication\.standbyPath = "standby": must be an absolute path/);
     });
+  });
+
+  it('exports a libvirt host\'s disks on a unix socket by default, or on TCP with TLS unless clear text is accepted explicitly', () => {
+    const kvm = example.hosts.findIndex((h) => h.driver === 'libvirt');
+    const withExports = (exports: unknown, patch: Record<string, unknown> = {}) => ({ ...example, hosts: example.hosts.map((h, i) => (i === kvm ? { ...h, ...patch, exports } : h)) });
+    const at = `hosts[${kvm}].exports`;
+    expect(parseConfig(withExports({ transport: 'tcp', address: 'kvm-01.example.com' }), 'test.json').hosts[kvm]!.exports).toEqual({ transport: 'tcp', address: 'kvm-01.example.com' });
+    expect(parseConfig(withExports({ transport: 'tcp', address: 'fd00::5', ports: [20000, 20010], scratchDir: '/var/lib/libvirt/scratch' }), 'test.json').hosts[kvm]!.exports?.ports).toEqual([20000, 20010]);
+    expect(parseConfig(withExports({ transport: 'tcp', address: '127.0.0.1', tls: false, insecure: true }), 'test.json').hosts[kvm]!.exports?.insecure).toBe(true);
+    expect(problems(withExports({ transport: 'tcp' }))).toEqual([`${at}.address = missing: is required with "transport": "tcp": the hypervisor's host name or IP address that QEMU listens on and the movers connect to`]);
+    expect(problems(withExports({ transport: 'tcp', address: '10.0.0.5', tls: false }))).toEqual([
+      `${at}.tls = false: is false, which sends VM disks over the network in clear text: keep TLS (the default: set backup_tls_x509_cert_dir in the hypervisor's qemu.conf and LIFEBOAT_NBD_TLS_DIR on the movers), or, on a network you trust, also set "insecure": true`,
+    ]);
+    expect(problems(withExports({ transport: 'tcp', address: '10.0.0.5', insecure: true }))).toEqual([`${at}.insecure = true: only applies with "tls": false`]);
+    expect(problems(withExports({ transport: 'unix', address: '10.0.0.5' }))).toEqual([`${at}.address = "10.0.0.5": is only used with "transport": "tcp" (a unix socket export is read by movers on the hypervisor host)`]);
+    expect(problems(withExports({ transport: 'tcp', address: 'nbd://10.0.0.5:10809', ports: [10900, 10800] }))).toEqual([
+      `${at}.address = "nbd://10.0.0.5:10809": must be the hypervisor's host name or IP address (no scheme, port or brackets), e.g. "kvm-01.example.com" or "10.0.0.5"`,
+      `${at}.ports = [10900,10800]: runs backwards: [10900, 10800] must be [from, to] with from ≤ to`,
+    ]);
+    expect(problems(withExports({ transport: 'udp', address: '10.0.0.5', ports: [80, 10800] }))).toEqual([
+      `${at}.transport = "udp": must be "unix" (movers on the hypervisor host) or "tcp" (movers reach the hypervisor over the network)`,
+      `${at}.ports[0] = 80: must be at least 1024`,
+    ]);
+    const folder = example.hosts.findIndex((h) => h.driver !== 'libvirt');
+    expect(problems({ ...example, hosts: example.hosts.map((h, i) => (i === folder ? { ...h, exports: { transport: 'unix' } } : h)) })).toEqual([`hosts[${folder}].exports = {"transport":"unix"}: is only used with "driver": "libvirt"`]);
   });
 
   it('a missing or broken file names the path', () => {

@@ -64,6 +64,16 @@ describe('the discover task', () => {
     const drivers = () => { throw new Error('not reached'); };
     await expect(runDiscoverTask({ task: 'discover', hostId: 'kvm-01', hypervisor: { driver: 'folder' } }, drivers)).rejects.toThrow(/discover task input is not valid: hypervisor/);
     await expect(runDiscoverTask({ task: 'discover', hypervisor: { driver: 'libvirt', uri: 'test:///default' } }, drivers)).rejects.toMatchObject({ name: 'Mover.BadTaskInput' });
+    await expect(runDiscoverTask({ task: 'discover', hostId: 'kvm-01', hypervisor: { driver: 'libvirt', uri: 'test:///default', exports: { transport: 'tcp' } } }, drivers)).rejects.toThrow(/discover task input is not valid: hypervisor.exports.address/);
+  });
+
+  it('takes a host whose exports are on TCP: the hypervisor travels whole, and the driver is chosen by it', async () => {
+    const { inv } = fakeInventory([vm('a')]);
+    const seen: unknown[] = [];
+    const drivers = (h: unknown) => { seen.push(h); return inv as never; };
+    const hypervisor = { driver: 'libvirt', uri: 'qemu+ssh://kvm-01/system', exports: { transport: 'tcp', address: 'kvm-01.example.com', ports: [10809, 10819] } };
+    expect((await runDiscoverTask({ task: 'discover', hostId: 'kvm-01', hypervisor }, drivers)).vms.map((v) => v.name)).toEqual(['a']);
+    expect(seen).toEqual([hypervisor]);
   });
 });
 
@@ -165,6 +175,12 @@ describe('RecordInventory and Plan on dynalite', () => {
     expect((await runPlan('run-both')).vms.map((v) => v.vmId).sort()).toEqual(['db-1@kvm-01', 'web-1@kvm-01']);
     const job = (await runPlan('run-job')).vms.find((v) => v.vmId === 'web-1@kvm-01')!;
     expect(job).toMatchObject({ source: 'web-1', host: 'kvm-01', hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
+    // A host's TCP exports reach the job through the catalog.
+    const exports = { transport: 'tcp' as const, address: '10.0.0.5', ports: [10809, 10811] as [number, number], tls: true };
+    await catalog.putHost({ hostId: 'kvm-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'qemu+tls://10.0.0.5/system', exports } });
+    const remote = (await runPlan('run-job-tcp')).vms.find((v) => v.vmId === 'web-1@kvm-01')!;
+    expect(remote.hypervisor).toEqual({ driver: 'libvirt', uri: 'qemu+tls://10.0.0.5/system', exports });
+    await catalog.putHost({ hostId: 'kvm-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
   });
 
   it('Plan does not back up a gone VM but reports it, and Summarize counts it failed with Source.VmGone', async () => {
@@ -251,8 +267,12 @@ describe('configuration of discovery', () => {
   it('SyncConfig carries names and tags, and a policy without hosts filters every host', async () => {
     const db = await startTestCatalog();
     try {
-      const config = parseConfig(withVms({ names: ['web-*'], tags: ['prod'] }), 't');
+      const exports = { transport: 'tcp', address: 'kvm-01.example.com' };
+      const withTcp = { ...withVms({ names: ['web-*'], tags: ['prod'] }), hosts: example.hosts.map((h) => (h.driver === 'libvirt' ? { ...h, exports } : h)) };
+      const config = parseConfig(withTcp, 't');
       await syncConfig({ config, buckets: { primary: 'bucket-primary', dr: 'lifeboat-dr' } }, { catalog: db.catalog });
+      const kvm = (await db.catalog.listHosts()).find((h) => h.hypervisor?.driver === 'libvirt');
+      expect(kvm?.hypervisor).toEqual({ driver: 'libvirt', uri: 'qemu:///system', exports });
       const p = await db.catalog.getPolicy(config.policies[0]!.id);
       expect(p).toMatchObject({ names: ['web-*'], tags: ['prod'], hosts: config.hosts.map((h) => h.id) });
       expect((await db.catalog.listHosts()).map((h) => h.hostId).sort()).toEqual(config.hosts.map((h) => h.id).sort());

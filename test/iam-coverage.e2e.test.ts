@@ -10,7 +10,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { functionAccess, type FunctionAccess } from '../cdk/lib/function-access.ts';
+import { functionAccess } from '../cdk/lib/function-access.ts';
 import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { LambdaFunctionId } from '../functions/registry.ts';
@@ -20,6 +20,7 @@ import { currentInvocation } from '../local/lambdas.ts';
 import { decodeManifest, keys as objectKeys } from '../core/format.ts';
 import { chunkLocation } from '../core/packs.ts';
 import { openRepository } from '../local/stack.ts';
+import { denied } from './helpers/grants.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -54,30 +55,6 @@ function moverDenied(r: (typeof moverRequests)[number]): string | undefined {
   if (r.method === 'PUT' || r.method === 'POST') return within(MOVER_WRITE_PREFIXES) ? undefined : `s3:PutObject of ${r.key} is outside [${MOVER_WRITE_PREFIXES.join(', ')}]`;
   if (r.method === 'GET' || r.method === 'HEAD') return within(MOVER_READ_PREFIXES) ? undefined : `s3:GetObject of ${r.key} is outside [${MOVER_READ_PREFIXES.join(', ')}]`;
   return `${r.method} ${r.bucket}/${r.key} is not mapped to an IAM action in this test`;
-}
-
-/** The IAM action an SDK operation needs (HEAD and GET are both s3:GetObject). */
-const iamAction: Record<string, string> = {
-  'dynamodb:GetItem': 'GetItem', 'dynamodb:PutItem': 'PutItem', 'dynamodb:UpdateItem': 'UpdateItem', 'dynamodb:DeleteItem': 'DeleteItem',
-  'dynamodb:Query': 'Query', 'dynamodb:Scan': 'Scan', 'dynamodb:BatchGetItem': 'BatchGetItem', 'dynamodb:BatchWriteItem': 'BatchWriteItem',
-  's3:GetObject': 'read', 's3:HeadObject': 'read', 's3:PutObject': 'write', 's3:DeleteObject': 'delete', 's3:DeleteObjects': 'delete', 's3:ListObjectsV2': 'list',
-};
-
-/** Why `call` is not allowed by `access`, or undefined when it is. */
-function denied(call: SdkCall, access: FunctionAccess | undefined): string | undefined {
-  const need = iamAction[`${call.service}:${call.operation}`];
-  if (!need) return `${call.service}:${call.operation} is not mapped to an IAM action in this test`;
-  if (call.service === 'dynamodb') return access?.catalog?.includes(need as never) ? undefined : `dynamodb:${need} is not in its catalog access`;
-  if (need === 'list') return access?.repository?.list ? undefined : 's3:ListBucket is not granted';
-  const keys = call.operation === 'DeleteObjects'
-    ? ((call.input.Delete as { Objects?: { Key: string }[] } | undefined)?.Objects ?? []).map((o) => o.Key)
-    : [String(call.input.Key)];
-  const prefixes: string[] = (need === 'read' ? access?.repository?.read : need === 'write' ? access?.repository?.write : access?.repository?.delete) ?? [];
-  const outside = keys.filter((k) => !prefixes.some((p) => k.startsWith(p)));
-  if (outside.length) return `s3 ${need} of ${outside.join(', ')} is outside its ${need} prefixes [${prefixes.join(', ')}]`;
-  // S3 answers a HEAD of a missing key with 403 instead of 404 unless ListBucket is granted.
-  if (call.operation === 'HeadObject' && !access?.repository?.list) return 'HeadObject without s3:ListBucket turns a missing object into AccessDenied';
-  return undefined;
 }
 
 beforeAll(async () => {
@@ -144,6 +121,15 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     expect(d.status, `${name}: ${d.cause}`).toBe('SUCCEEDED');
   }
 
+  // A restore test (RestoreTest, RecordRestoreTest): vm-i seen as a VM of a libvirt host (libvirt's test driver). Its
+  // backup holds no domain definition, so the test fails after the mover restored the disks, and is recorded as failed.
+  await t.stack.catalog.putHost({ hostId: 'kvm-iam', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 1, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
+  await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'kvm-iam', source: vmDir });
+  const tested = await run('DeepVerify', { vmId: 'vm-i', moverGroup: 'site-a', sample: 0.5, restoreTest: { bootCheck: { agent: true }, timeoutSeconds: 5 } });
+  expect(tested.status, tested.cause).toBe('SUCCEEDED');
+  expect(JSON.parse(tested.output!)).toMatchObject({ restoreTest: { passed: false, reason: expect.stringMatching(/Recovery\.RequestInvalid|Mover\.SourceUnavailable/) } });
+  await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'esx-01', source: vmDir });
+
   // Healing: a chunk damaged in its pack is quarantined (QuarantineDamage), stored again by a backup (Plan passes it), and the backup heals (RecordDeepVerify).
   const newest = (await t.stack.catalog.latestCommitted('vm-i'))!;
   const { store, keys } = await openRepository(e);
@@ -167,7 +153,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const exercised = new Set(calls.map((c) => c.functionId));
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
-  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'ReportReplication'] as LambdaFunctionId[]) {
+  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'RecordRestoreTest', 'ReportReplication'] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
   // Garbage collection deleted a pack and the index object that listed it: those calls were checked too.

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
-import { LibvirtDriver, pullBackupXml, snapshotDir } from '../mover/sources/libvirt/driver.ts';
+import { LibvirtDriver, pullBackupXml, snapshotDir, tcpBackupXml } from '../mover/sources/libvirt/driver.ts';
 
 const DOMAIN = `<domain type='qemu'>
   <name>web-1</name>
@@ -64,6 +64,18 @@ describe('domain definitions', () => {
     expect(xml).toContain("name='vd&apos;a'");
     expect(xml).toContain('/w/s&amp;.sock');
     expect(xml).toContain('<incremental>cp&quot;1</incremental>');
+  });
+
+  it('exports on TCP with TLS when asked, the scratch files on the hypervisor named after the snapshot', () => {
+    const disks = [{ target: 'vda', device: 'disk', type: 'file', format: 'qcow2', readonly: false, source: '/var/lib/libvirt/images/web-1.qcow2' }];
+    const beside = tcpBackupXml(disks, { address: 'kvm-01.example.com', port: 10811, tls: true, mark: '0123456789abcdef' }, 'lifeboat-b0');
+    expect(beside).toContain("<server transport='tcp' name='kvm-01.example.com' port='10811' tls='yes'/>");
+    expect(beside).toContain("<scratch file='/var/lib/libvirt/images/web-1.qcow2.lifeboat-0123456789abcdef.scratch'/>");
+    expect(beside).toContain('<incremental>lifeboat-b0</incremental>');
+    const inDir = tcpBackupXml(disks, { address: '10.0.0.5', port: 10809, tls: false, scratchDir: '/srv/scratch', mark: '0123456789abcdef' }, undefined);
+    expect(inDir).toContain("<server transport='tcp' name='10.0.0.5' port='10809'/>");
+    expect(inDir).toContain("<scratch file='/srv/scratch/lifeboat-0123456789abcdef-vda.qcow2'/>");
+    expect(inDir).not.toContain('incremental');
   });
 
   it('keeps snapshot folders short enough for unix sockets, and refuses a work folder too deep', () => {

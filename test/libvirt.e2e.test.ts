@@ -145,8 +145,7 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     expect(off.vms[0]!.consistency?.reason).toMatch(/shut off/);
     expect(off.vms[0]!.fullReads?.[0]?.reason).toMatch(/shut off/);
     await expectNothingLeft();
-    await virsh(['start', vm.name]);
-    await new Promise((r) => setTimeout(r, 3000));
+    await vm.start();
     // A mover that died after Snapshot leaves the job running; the next backup clears it.
     const { LibvirtDriver } = await import('../mover/sources/libvirt/driver.ts');
     const orphan = await new LibvirtDriver({ uri: 'qemu:///system', workDir: join(t.dir, 'work', 'libvirt') }).snapshot({ source: vm.name, backupId: 'orphan' });
@@ -158,11 +157,8 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
 
   it('does not trust the bitmaps after an unclean shutdown (QEMU killed), and says why', async () => {
     expect((await backup()).committed).toBe(1); // a parent with a checkpoint
-    const pid = (await readFile(`/run/libvirt/qemu/${vm.name}.pid`, 'utf8')).trim();
-    process.kill(Number(pid), 'SIGKILL'); // power cut: the qcow2's bitmaps stay marked in use
-    for (let i = 0; i < 50 && (await virsh(['domstate', vm.name])).trim() === 'running'; i++) await new Promise((r) => setTimeout(r, 200));
-    await virsh(['start', vm.name]);
-    await vm.freezeHashes(0);
+    await vm.powerCut(); // the qcow2's bitmaps stay marked in use
+    await vm.start();
     const run = await backup();
     expect(run.committed).toBe(1);
     expect(run.vms[0]!.fullReads?.[0]?.reason).toMatch(/could not be used|gone/);

@@ -6,20 +6,22 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
 import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { Catalog, Host, Policy } from '../functions/catalog/catalog.ts';
+import type { Catalog, Host, HostConfigSettings, Policy } from '../functions/catalog/catalog.ts';
 import { onDeploy, onDeployEvent, type OnDeployEvent } from '../functions/on-deploy.ts';
 
-/** The four catalog calls SyncConfig makes, over maps. */
+/** The five catalog calls SyncConfig makes, over maps. */
 function memoryCatalog() {
   const policies = new Map<string, Policy>();
   const hosts = new Map<string, Host>();
+  const settings: { hostConfig?: HostConfigSettings } = {};
   const catalog = {
+    putHostConfigSettings: async (s: HostConfigSettings) => void (settings.hostConfig = s),
     putHost: async (h: Host) => void hosts.set(h.hostId, h),
     putPolicy: async (p: Policy) => void policies.set(p.policyId, p),
     listPolicies: async () => [...policies.values()],
     deletePolicy: async (id: string) => void policies.delete(id),
   } as unknown as Catalog;
-  return { catalog, policies, hosts };
+  return { catalog, policies, hosts, settings };
 }
 
 const dirs: string[] = [];
@@ -59,6 +61,8 @@ describe('OnDeploy', () => {
     expect([...s.policies.keys()].sort()).toEqual(config.policies.map((p) => p.id).sort());
     expect(s.policies.get('nightly')).toMatchObject({ bucket: 'repo-primary', replicateTo: { repositoryId: 'dr', bucket: 'repo-dr' }, rpoHours: 26 });
     expect([...s.hosts.keys()].sort()).toEqual(config.hosts.map((h) => h.id).sort());
+    // Host configuration backups: the first repository's bucket and the default keep, as the configuration sets none.
+    expect(s.settings.hostConfig).toEqual({ repositoryId: 'primary', bucket: 'repo-primary', keep: 14 });
     const fewer = { ...config, policies: config.policies.filter((p) => p.id !== 'hourly-critical') };
     const out = await onDeploy(event('Update', fewer), s.deps(s.catalog));
     expect(out.Data).toMatchObject({ policies: 1, removedPolicies: 1 });

@@ -117,6 +117,46 @@ describe('Deep verify workflow', () => {
   });
 });
 
+describe('Restore test after a clean deep verification', () => {
+  for (const name of ['DeepVerify', 'DeepVerifyPolicy']) {
+    it(`${name}: only an intact verification with a restore test due goes to RestoreTest on the group of the VM's host, and every way out of it is recorded`, () => {
+      const { all } = machine(name);
+      const damaged = all.Damaged!;
+      // Damage first: a damaged backup is never restore-tested.
+      expect(damaged.Choices!.map((c) => c.Next)).toEqual(['QuarantineDamage', 'RestoreTestOnMoverGroup']);
+      expect(damaged.Choices![1]).toMatchObject({ Variable: '$.restoreTestJob', IsPresent: true });
+      expect(all[damaged.Default!]!.Type).toBe('Succeed');
+      const choice = all.RestoreTestOnMoverGroup!;
+      const groups = config.moverGroups.map((g) => g.id);
+      expect(choice.Choices!.map((c) => [c.Variable, c.StringEquals])).toEqual(groups.map((g) => ['$.restoreTestJob.moverGroup', g]));
+      for (const c of choice.Choices!) {
+        const task = all[c.Next]! as State & { Parameters?: Record<string, unknown>; ResultPath?: string };
+        expect(task.Resource).toBe(resolved.activities[`Lifeboat-mover-${c.StringEquals}`]);
+        expect(task.Parameters).toEqual({ task: 'restoreTest', 'test.$': '$.restoreTestJob' });
+        expect(task.ResultPath).toBe('$.restoreTestResult');
+        expect(task.HeartbeatSeconds!).toBeLessThan(task.TimeoutSeconds!);
+        expect(task.Retry!.some((r) => r.ErrorEquals.includes('States.Timeout') && r.ErrorEquals.includes('Mover.TaskStalled'))).toBe(true);
+        // A test that fails as a task is a failed test: recorded, and the verification goes on.
+        expect(task.Catch).toEqual([{ ErrorEquals: ['States.ALL'], ResultPath: '$.restoreTestError', Next: 'RecordRestoreTest' }]);
+        expect(task.Next).toBe('RecordRestoreTest');
+      }
+      const record = all.RecordRestoreTest! as State & { Parameters?: { FunctionName?: string } };
+      expect(record.Retry!.length).toBeGreaterThan(0);
+      expect(record.End).toBe(true);
+    });
+  }
+
+  it('lets RecordRestoreTest update the backup and put the verification record, and nothing else', () => {
+    expect(functionAccess.RecordRestoreTest).toEqual({ catalog: ['UpdateItem', 'PutItem'] });
+    const role = Object.keys(template.findResources('AWS::IAM::Role')).find((id) => id.startsWith('RecordRestoreTestServiceRole'))!;
+    const statements = Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p) => JSON.stringify(p.Properties.Roles) === JSON.stringify([{ Ref: role }]))
+      .flatMap((p) => p.Properties.PolicyDocument.Statement as { Action: string | string[] }[]);
+    const actions = statements.flatMap((st) => [st.Action].flat()).filter((a) => !a.startsWith('xray:'));
+    expect(actions.sort()).toEqual(['dynamodb:PutItem', 'dynamodb:UpdateItem']);
+  });
+});
+
 describe('Prune workflow', () => {
   it('stops after planning on a dry run', () => {
     const { all } = machine('Prune');
@@ -153,19 +193,21 @@ describe('Prune workflow', () => {
     expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
-  it('lets only PruneBackup and CollectGarbage (failed backups\' manifests) delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, and only CollectGarbage packs and index objects', () => {
+  it('lets only PruneBackup and CollectGarbage (failed backups\' manifests) delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, only CollectGarbage packs and index objects, and only RecordHostConfig host configuration archives', () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
     const byFunction = Object.fromEntries(deleters.map(([id, r]) => {
       const stmt = (r.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]).find((s) => [s.Action].flat().includes('s3:DeleteObject'))!;
       const res = JSON.stringify(stmt.Resource);
       const under = (prefix: string) => res.includes(`/${prefix}*`);
-      return [id.replace(/ServiceRole.*$/, ''), { manifests: under('manifests/'), chunks: under('chunks/'), packs: under('packs/'), index: under('index/'), keys: under('keys/') }];
+      return [id.replace(/ServiceRole.*$/, ''), { manifests: under('manifests/'), chunks: under('chunks/'), packs: under('packs/'), index: under('index/'), keys: under('keys/'), hostConfig: under('host-config/') }];
     }));
     expect(byFunction).toEqual({
-      PruneBackup: { manifests: true, chunks: false, packs: false, index: false, keys: false },
-      CollectGarbage: { manifests: true, chunks: true, packs: true, index: true, keys: false },
-      QuarantineDamage: { manifests: false, chunks: true, packs: false, index: false, keys: false },
+      PruneBackup: { manifests: true, chunks: false, packs: false, index: false, keys: false, hostConfig: false },
+      CollectGarbage: { manifests: true, chunks: true, packs: true, index: true, keys: false, hostConfig: false },
+      QuarantineDamage: { manifests: false, chunks: true, packs: false, index: false, keys: false, hostConfig: false },
+      // Retention of each host's configuration backups (keep N).
+      RecordHostConfig: { manifests: false, chunks: false, packs: false, index: false, keys: false, hostConfig: true },
     });
   });
 });

@@ -15,7 +15,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { StorageUnavailable } from '../../core/errors.ts';
-import { lambdaStep, moverDiskMap } from './steps.ts';
+import { lambdaStep, moverDiskMap, moverStep, retryMoverTask } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 
 export const BACKUP_DAMAGED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Backup Damaged' } as const;
@@ -53,8 +53,32 @@ function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFail
   quarantine.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 2 });
   const damaged = new sfn.Choice(scope, 'Damaged')
     .when(sfn.Condition.booleanEquals('$.damaged', true), quarantine.next(emit))
+    // RecordDeepVerify passes the restore test on only when one is due and the backup verified clean.
+    .when(sfn.Condition.isPresent('$.restoreTestJob'), restoreTestChain(scope, props))
     .otherwise(new sfn.Succeed(scope, 'Intact'));
   return sfn.Chain.start(verifyDisks).next(record).next(damaged);
+}
+
+/**
+ * RestoreTest on a mover of the group serving the VM's host (restore into a throwaway
+ * folder, define, boot, wait for the sign of life, remove) → RecordRestoreTest. A test
+ * that fails as a task (after the retries of a dead mover or unavailable storage) is
+ * recorded as a failed test with the error as its reason; the verification still succeeds.
+ */
+function restoreTestChain(scope: Construct, props: DeepVerifyWorkflowProps): sfn.Chain {
+  const recordTest = invoke(scope, 'RecordRestoreTest', props.functions.RecordRestoreTest);
+  recordTest.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  const test = moverStep(scope, 'RestoreTest', {
+    activities: props.activities, groupPath: '$.restoreTestJob.moverGroup',
+    parameters: { task: 'restoreTest', 'test.$': '$.restoreTestJob' },
+    // Restoring the disks takes as long as a restore; the boot wait is at most an hour.
+    timeout: Duration.hours(12), resultPath: '$.restoreTestResult',
+    decorate: (t) => {
+      retryMoverTask(t);
+      t.addCatch(recordTest, { resultPath: '$.restoreTestError' });
+    },
+  });
+  return test.next(recordTest);
 }
 
 export class DeepVerifyWorkflow extends Construct {
@@ -74,7 +98,8 @@ export class DeepVerifyWorkflow extends Construct {
 
 /**
  * DeepVerifyPolicy: the newest committed backup of every VM of a policy, each by the
- * mover group serving the VM's host. Input: `{ policyId, sample? }`; scheduled weekly.
+ * mover group serving the VM's host, each restore-tested when due. Input: `{ policyId,
+ * sample?, restoreTest? }`; scheduled weekly.
  */
 export class DeepVerifyPolicyWorkflow extends Construct {
   readonly stateMachine: sfn.StateMachine;

@@ -21,9 +21,9 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * Top-level prefixes of the repository bucket: core/format.ts `keys` (chunk objects of
  * format 1, packs and index objects of format 2, manifests, the repository key), mover
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
- * aside (core/quarantine.ts).
+ * aside (core/quarantine.ts), host configuration backups (core/host-config.ts).
  */
-export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/';
+export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -71,8 +71,11 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanRestore: { catalog: ['GetItem', 'Query', 'PutItem'] },
   RecordRestore: { catalog: ['PutItem', 'UpdateItem'] },
   RecordRestoreFailure: { catalog: ['PutItem'] },
+  // With a restore test: the VM's host (its libvirt URI and group) and, for everyDays, its backups' last restore test.
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem'] },
+  // The restore test's outcome on the backup (UpdateItem) and in the verification's record (PutItem).
+  RecordRestoreTest: { catalog: ['UpdateItem', 'PutItem'] },
   // Moves damaged chunks aside: reads and re-checks them (a chunk object, or its range of a pack), copies to quarantine/, deletes a format-1 chunk object (a pack stays).
   QuarantineDamage: { catalog: ['PutItem'], repository: { read: ['chunks/', 'packs/', 'keys/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
@@ -97,6 +100,10 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },
   RecordInventory: { catalog: ['UpdateItem', 'PutItem', 'GetItem', 'Query'] },
   SummarizeDiscovery: {},
+  // Host configuration backups: the libvirt hosts and the settings SyncConfig wrote; each archive recorded (PutItem), the host's archives listed newest first (Query), and those beyond `keep` deleted from the repository, then their records; unrecorded archives found by listing the host's prefix.
+  PlanHostConfigBackup: { catalog: ['GetItem', 'Query'] },
+  RecordHostConfig: { catalog: ['PutItem', 'Query', 'DeleteItem'], repository: { delete: ['host-config/'], list: true } },
+  SummarizeHostConfigBackup: {},
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
 };
 

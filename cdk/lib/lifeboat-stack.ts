@@ -1,7 +1,7 @@
 /**
  * The Lifeboat control plane: catalog table, repository buckets and their KMS keys, the
  * Lambda functions, one Activity and IAM role per mover group, the workflows, one
- * schedule per policy and one for discovery, the deploy-time custom resource (repository key, configuration
+ * schedule per policy and one each for discovery and host configuration backups, the deploy-time custom resource (repository key, configuration
  * into the catalog), alarms and a dashboard.
  */
 import { CfnOutput, CustomResource, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
@@ -16,10 +16,11 @@ import * as cr from 'aws-cdk-lib/custom-resources';
 import type { Construct } from 'constructs';
 import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
-import { discoverySchedule, type LifeboatConfig } from '../../core/config.ts';
+import { discoverySchedule, hostConfigBackupSettings, type LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
 import { ReconcileWorkflow } from './reconcile-workflow.ts';
 import { DiscoverWorkflow } from './discover-workflow.ts';
+import { HostConfigBackupWorkflow } from './host-config-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
 import { MoverIdentity } from './mover-identity.ts';
@@ -53,6 +54,7 @@ export class LifeboatStack extends Stack {
   /** The failure path of Backup executions that stopped without their own (aborted, timed out). */
   readonly reconcile: ReconcileWorkflow;
   readonly discover: DiscoverWorkflow;
+  readonly hostConfigBackup: HostConfigBackupWorkflow;
   readonly recovery: RecoveryWorkflows;
   readonly activities: Record<string, sfn.Activity>;
 
@@ -106,7 +108,7 @@ export class LifeboatStack extends Stack {
       acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN.',
         'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
       acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
-        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
       functions[fid] = f;
     }
     this.functions = functions;
@@ -132,6 +134,8 @@ export class LifeboatStack extends Stack {
     this.reconcile = new ReconcileWorkflow(this, 'Reconcile', { functions, activities: backupGroups, backup: this.backup.stateMachine });
     // Discovery: each libvirt host's domains into the catalog, through the group serving it.
     this.discover = new DiscoverWorkflow(this, 'Discover', { functions, activities: backupGroups });
+    // Host configuration backups: each libvirt host's networks, pools and domain definitions, through the group serving it.
+    this.hostConfigBackup = new HostConfigBackupWorkflow(this, 'HostConfigBackup', { functions, activities: backupGroups });
 
     // --- movers: one least-privilege role per group ------------------------------------------
     for (const g of config.moverGroups) {
@@ -140,9 +144,11 @@ export class LifeboatStack extends Stack {
 
     // --- schedules: one per policy, starting the Backup workflow ------------------------------
     const discovery = discoverySchedule(config);
+    const hostConfig = hostConfigBackupSettings(config).schedule;
     this.schedules = new PolicySchedules(this, 'Schedules', {
       policies: config.policies, backup: this.backup.stateMachine,
       ...(discovery ? { discovery: { stateMachine: this.discover.stateMachine, schedule: discovery } } : {}),
+      ...(hostConfig ? { hostConfigBackup: { stateMachine: this.hostConfigBackup.stateMachine, schedule: hostConfig } } : {}),
     });
 
     // --- on every deploy: the repository key exists, the catalog holds this configuration ----
@@ -170,6 +176,7 @@ export class LifeboatStack extends Stack {
     new CfnOutput(this, 'RepositoryKeyArn', { value: this.repositoryKey.keyArn, description: 'KMS key that wraps the repository key: the mover\'s LIFEBOAT_KMS_KEY_ID' });
     new CfnOutput(this, 'BackupStateMachineArn', { value: this.backup.stateMachine.stateMachineArn });
     new CfnOutput(this, 'DiscoverStateMachineArn', { value: this.discover.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'HostConfigBackupStateMachineArn', { value: this.hostConfigBackup.stateMachine.stateMachineArn });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.monitoring.topic.topicArn });
     new CfnOutput(this, 'DashboardName', { value: this.monitoring.dashboard.dashboardName });
     for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn, description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN` });

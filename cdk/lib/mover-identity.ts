@@ -27,12 +27,13 @@ export interface MoverIdentityProps {
 
 /**
  * Object prefixes a mover writes: packs and index objects (format 2), manifests, its
- * registration record (core/mover-registry.ts), and chunk objects only when it replicates
- * a format-1 backup into a DR repository (backups write none). It reads those, the
+ * registration record (core/mover-registry.ts), host configuration backups
+ * (core/host-config.ts: written, never read back by a mover), and chunk objects only when it replicates
+ * a format-1 backup into a DR repository (backups write none). It reads the others, the
  * repository key and signed releases (core/release.ts) to update itself; it cannot write
  * a release.
  */
-export const MOVER_WRITE_PREFIXES = ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/'] as const;
+export const MOVER_WRITE_PREFIXES = ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/'] as const;
 export const MOVER_READ_PREFIXES = ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'] as const;
 
 /** The trust of a mover role: the configured principal, a Roles Anywhere trust anchor, or (neither) this account. */
@@ -109,6 +110,6 @@ export class MoverIdentity extends Construct {
     const policy = new iam.Policy(this, 'Policy', { statements });
     policy.attachToRole(this.role);
     acknowledge(policy, `Movers write objects whose names are not known in advance (random pack and index ids); access is limited to prefixes of the repository buckets: read ${MOVER_READ_PREFIXES.join(', ')}; write ${MOVER_WRITE_PREFIXES.join(', ')} (movers/: its registration record).`,
-      ...props.repositories.flatMap((r) => MOVER_READ_PREFIXES.map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+      ...props.repositories.flatMap((r) => [...new Set([...MOVER_READ_PREFIXES, ...MOVER_WRITE_PREFIXES])].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
   }
 }

@@ -1,7 +1,7 @@
 /**
  * One EventBridge Scheduler schedule per protection policy: the policy's cron/rate/at
  * expression in its time zone starts the Backup workflow with `{ "policyId": ... }`; and
- * the Discover workflow's (every libvirt host, `{}`), when discovery is scheduled.
+ * the Discover workflow's and the HostConfigBackup workflow's (every libvirt host, `{}`), when they are scheduled.
  * Scheduler retries a start that fails (throttling, a disabled state machine) and puts
  * what it could not deliver in an encrypted dead-letter queue, which has an alarm.
  */
@@ -19,6 +19,8 @@ export interface PolicySchedulesProps {
   backup: sfn.IStateMachine;
   /** The Discover workflow and when it runs (core/config.ts discoverySchedule); none: no discovery schedule. */
   discovery?: { stateMachine: sfn.IStateMachine; schedule: ScheduleConfig };
+  /** The HostConfigBackup workflow and when it runs (core/config.ts hostConfigBackupSettings); none: no schedule. */
+  hostConfigBackup?: { stateMachine: sfn.IStateMachine; schedule: ScheduleConfig };
   /** Attempts after the first failed start (0–185). */
   retryAttempts?: number;
   /** Give up on a start that could not be delivered for this long (60 s – 24 h). */
@@ -30,6 +32,8 @@ export class PolicySchedules extends Construct {
   readonly schedules: Record<string, scheduler.Schedule> = {};
   /** The Discover workflow's schedule, when there is one. */
   readonly discovery: scheduler.Schedule | undefined;
+  /** The HostConfigBackup workflow's schedule, when there is one. */
+  readonly hostConfigBackup: scheduler.Schedule | undefined;
 
   constructor(scope: Construct, id: string, props: PolicySchedulesProps) {
     super(scope, id);
@@ -52,16 +56,17 @@ export class PolicySchedules extends Construct {
         }),
       });
     }
-    const d = props.discovery;
-    this.discovery = d && new scheduler.Schedule(this, 'Discovery', {
-      description: 'Lifeboat: inventory the libvirt hosts (Discover workflow)',
-      schedule: scheduler.ScheduleExpression.expression(d.schedule.expression, TimeZone.of(d.schedule.timeZone)),
-      target: new targets.StepFunctionsStartExecution(d.stateMachine, {
+    const everyHost = (id: string, description: string, w: { stateMachine: sfn.IStateMachine; schedule: ScheduleConfig }) => new scheduler.Schedule(this, id, {
+      description,
+      schedule: scheduler.ScheduleExpression.expression(w.schedule.expression, TimeZone.of(w.schedule.timeZone)),
+      target: new targets.StepFunctionsStartExecution(w.stateMachine, {
         input: scheduler.ScheduleTargetInput.fromObject({}),
         deadLetterQueue: this.deadLetterQueue,
         retryAttempts: props.retryAttempts ?? 5,
         maxEventAge: props.maxEventAge ?? Duration.hours(2),
       }),
     });
+    this.discovery = props.discovery && everyHost('Discovery', 'Lifeboat: inventory the libvirt hosts (Discover workflow)', props.discovery);
+    this.hostConfigBackup = props.hostConfigBackup && everyHost('HostConfigBackup', 'Lifeboat: back up the libvirt hosts\' networks, pools and domain definitions (HostConfigBackup workflow)', props.hostConfigBackup);
   }
 }

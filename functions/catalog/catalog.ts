@@ -8,6 +8,7 @@ import type { Retention } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../core/endpoints.ts';
 import { discoveredVmId } from '../../core/discovery.ts';
 import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../core/jobs.ts';
+import type { RestoreTestSettings } from '../../core/restore-test.ts';
 
 export interface Policy {
   policyId: string;
@@ -38,6 +39,8 @@ export interface Policy {
   quiesce?: QuiesceSettings;
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
   segmentBytes?: number;
+  /** Restore tests of the policy's libvirt VMs at deep verifications (core/restore-test.ts). */
+  restoreTest?: RestoreTestSettings;
   /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */
   managedBy?: 'config';
 }
@@ -85,9 +88,13 @@ export type DiscoveredVmWrite = 'new' | 'seen' | 'returned' | 'manual';
 /** A restore test: the backup restored as a new VM, booted without network, and removed. */
 export interface RestoreTest {
   passed: boolean;
+  /** From the start of the test VM to its sign of life (or to giving up). */
   seconds: number;
+  /** The restore (Restore workflow) or deep verification (DeepVerify with a restore test) that ran it. */
   restoreId: string;
   at: string;
+  /** Why it did not pass. */
+  reason?: string;
 }
 
 export type BackupStatus = 'running' | 'committed' | 'failed';
@@ -110,7 +117,17 @@ export interface Backup {
   error?: { Error: string; Cause: string };
 }
 
+/** Where host configuration backups go and how many per host are kept: SyncConfig writes it from `hostConfigBackup`. */
+export interface HostConfigSettings {
+  repositoryId: string;
+  bucket: string;
+  endpoint?: StorageEndpoint;
+  keep: number;
+}
+
 const k = {
+  /** A deployment-wide setting from the configuration (one item per name). */
+  setting: (name: string) => ({ pk: 'SETTINGS', sk: name }),
   policy: (id: string) => ({ pk: `POLICY#${id}`, sk: 'POLICY' }),
   vm: (id: string) => ({ pk: `VM#${id}`, sk: 'VM' }),
   host: (id: string) => ({ pk: `HOST#${id}`, sk: 'HOST' }),
@@ -143,6 +160,14 @@ export class Catalog {
   private async get<T>(key: Record<string, string>): Promise<T | undefined> {
     const out = await this.db.send(new GetCommand({ TableName: this.table, Key: key, ConsistentRead: true }));
     return strip<T>(out.Item);
+  }
+
+  putHostConfigSettings(s: HostConfigSettings) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.setting('HOST_CONFIG_BACKUP'), ...s } }));
+  }
+  /** Undefined until SyncConfig ran with this version. */
+  getHostConfigSettings() {
+    return this.get<HostConfigSettings>(k.setting('HOST_CONFIG_BACKUP'));
   }
 
   putPolicy(p: Policy) {

@@ -14,6 +14,7 @@ import { endpointKey, locationKey, type StorageEndpoint } from '../../core/endpo
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
 export interface Clients {
@@ -21,6 +22,8 @@ export interface Clients {
   catalog: Catalog;
   /** Records of restores, deep verifications and prunes (functions/catalog/recovery-catalog.ts). */
   recovery: RecoveryCatalog;
+  /** Records of host configuration backups (functions/catalog/host-config-catalog.ts). */
+  hostConfigs: HostConfigCatalog;
   /** A repository's objects; `endpoint` names its S3-compatible endpoint when it is not the stack's own S3. */
   store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
@@ -97,6 +100,7 @@ export function clients(): Clients {
     env,
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
+    hostConfigs: new HostConfigCatalog(db, env.tableName),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     keyWrapper: (bucket) => keyWrapper(env, bucket),

@@ -29,3 +29,9 @@ export const discoveryMetrics = {
   /** Discovered VMs the execution marked gone (no longer on their host). */
   vmsGone: 'DiscoveredVmsGone',
 } as const;
+
+/** Host configuration backup metrics (SummarizeHostConfigBackup, at the end of every HostConfigBackup execution), dimension `service`. */
+export const hostConfigMetrics = {
+  /** Hosts whose configuration the execution could not back up (an unreachable libvirt URI, no mover answering). */
+  hostsFailed: 'HostConfigBackupHostsFailed',
+} as const;

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import type { RepositoryLocation, StorageEndpoint } from '../../core/endpoints.ts';
+import { libvirtExports } from '../../core/libvirt-exports.ts';
 import type { ChangeTracking, ChangeTrackingOffer, Consistency, QuiesceSettings, DiskRef, DiskResult, Hypervisor, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
 
 const text = z.string().min(1);
@@ -26,7 +27,7 @@ export const quiesceSettings: z.ZodType<QuiesceSettings> = z.strictObject({
   pre: z.array(text).min(1).optional(), post: z.array(text).min(1).optional(),
   hookTimeoutSeconds: z.number().int().positive().optional(), onHookFailure: z.enum(['fail', 'continue']).optional(),
 });
-export const hypervisor: z.ZodType<Hypervisor> = z.union([z.strictObject({ driver: z.literal('folder') }), z.strictObject({ driver: z.literal('libvirt'), uri: text })]);
+export const hypervisor: z.ZodType<Hypervisor> = z.union([z.strictObject({ driver: z.literal('folder') }), z.strictObject({ driver: z.literal('libvirt'), uri: text, exports: libvirtExports.optional() })]);
 export const diskRef: z.ZodType<DiskRef> = z.looseObject({ diskId: text, path: text, sizeBytes: count, changeTracking: changeTrackingOffer.optional() });
 export const snapshotResult: z.ZodType<SnapshotResult> = z.looseObject({
   handle: text, disks: z.array(diskRef), config: z.record(z.string(), z.unknown()), checkpoint: text.optional(), consistency: consistency.optional(),

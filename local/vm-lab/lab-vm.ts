@@ -8,6 +8,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { GuestTimeout, VmLabUnavailable } from './errors.ts';
 import { guestCmdline, guestDomainXml, type GuestBehaviour } from './domain.ts';
 import { buildGuest } from './guest.ts';
@@ -39,6 +40,13 @@ export interface LabVm {
    * least `count` (the guest prints each a few seconds after its freeze).
    */
   freezeHashes(count?: number, timeoutMs?: number): Promise<string[]>;
+  /**
+   * Starts the shut-off domain and waits until the guest is ready and (when it has one)
+   * its agent answers. QEMU truncates the console file at start: earlier marks are gone.
+   */
+  start(timeoutMs?: number): Promise<void>;
+  /** Pulls the plug: SIGKILLs QEMU (its qcow2 is left as after a power cut) and waits until libvirt sees the domain off. */
+  powerCut(timeoutMs?: number): Promise<void>;
   /** Destroys and undefines the domain (with its checkpoints' metadata) and removes its folder. */
   remove(): Promise<void>;
 }
@@ -66,6 +74,20 @@ export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
         await new Promise((r) => setTimeout(r, 500));
       }
     },
+    start: async (timeoutMs = 180_000) => {
+      await virsh(['start', o.name]);
+      await waitForConsoleLine(serialLog, /LIFEBOAT-GUEST READY/, timeoutMs, o.signal);
+      if (o.agent ?? true) await waitForAgent(o.name, timeoutMs, o.signal);
+    },
+    powerCut: async (timeoutMs = 30_000) => {
+      const pid = Number((await readFile(`/run/libvirt/qemu/${o.name}.pid`, 'utf8')).trim());
+      process.kill(pid, 'SIGKILL');
+      const deadline = Date.now() + timeoutMs;
+      while ((await virsh(['domstate', o.name])).trim() !== 'shut off') {
+        if (Date.now() > deadline) throw new GuestTimeout(`libvirt still reports ${o.name} running ${timeoutMs / 1000} s after its QEMU (pid ${pid}) was killed`);
+        await sleep(200, undefined, { signal: o.signal });
+      }
+    },
     remove: async () => {
       await virsh(['destroy', o.name]).catch(() => {});
       await virsh(['undefine', '--checkpoints-metadata', o.name]).catch(() => virsh(['undefine', o.name]).catch(() => {}));
@@ -76,11 +98,30 @@ export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
     await virsh(['define', xmlPath]);
     await virsh(['start', o.name]);
     await waitForConsoleLine(serialLog, /LIFEBOAT-GUEST READY/, 120_000, o.signal);
+    if (o.agent ?? true) await waitForAgent(o.name, 120_000, o.signal);
   } catch (err) {
     await vm.remove();
     throw err;
   }
   return vm;
+}
+
+/**
+ * Waits until the guest agent answers a ping. qemu-ga starts after the guest prints READY
+ * and libvirt sees the channel connect a moment later; under TCG on a loaded host that
+ * takes seconds.
+ */
+async function waitForAgent(name: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await virsh(['qemu-agent-command', '--timeout', '5', name, '{"execute":"guest-ping"}']);
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw new GuestTimeout(`the guest agent of ${name} did not answer within ${timeoutMs / 1000} s: ${(err as Error).message}`);
+    }
+    await sleep(500, undefined, { signal });
+  }
 }
 
 /** A qcow2 image whose first `dataBytes` are random (the rest unallocated). */

@@ -1,5 +1,6 @@
 /**
- * The fixed newstyle handshake, as a client: structured replies, the metadata contexts
+ * The fixed newstyle handshake, as a client: TLS first when asked (NBD_OPT_STARTTLS, and
+ * nothing else is sent or believed in clear text), then structured replies, the metadata contexts
  * asked for, then NBD_OPT_GO with NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME when the
  * server has no NBD_OPT_GO). Runs over any byte channel, so a test can drive it.
  */
@@ -68,12 +69,23 @@ export class OptionRefused extends Error {
   }
 }
 
+/** Options of {@link handshake}. */
+export interface HandshakeOptions {
+  /**
+   * TLS is required: NBD_OPT_STARTTLS is the first option, and once the server ACKs it,
+   * `startTls` wraps the connection and returns the channel the rest of the handshake
+   * runs over. A server that refuses fails the handshake; there is no clear-text fallback.
+   */
+  startTls?: () => Promise<HandshakeIO>;
+}
+
 /** Runs the handshake for `exportName`, asking for `metaContexts` (may be none). */
-export async function handshake(io: HandshakeIO, exportName: string, metaContexts: readonly string[]): Promise<Negotiated> {
-  const { handshakeFlags } = parseServerGreeting(await io.read(GREETING_SIZE));
+export async function handshake(plain: HandshakeIO, exportName: string, metaContexts: readonly string[], opts: HandshakeOptions = {}): Promise<Negotiated> {
+  const { handshakeFlags } = parseServerGreeting(await plain.read(GREETING_SIZE));
   if (!(handshakeFlags & HandshakeFlag.FIXED_NEWSTYLE)) throw new NbdProtocolError('server does not offer fixed newstyle negotiation');
   const noZeroes = (handshakeFlags & HandshakeFlag.NO_ZEROES) !== 0;
-  io.write(encodeClientFlags(ClientFlag.FIXED_NEWSTYLE | (noZeroes ? ClientFlag.NO_ZEROES : 0)));
+  plain.write(encodeClientFlags(ClientFlag.FIXED_NEWSTYLE | (noZeroes ? ClientFlag.NO_ZEROES : 0)));
+  const io = opts.startTls ? await startTls(plain, opts.startTls) : plain;
 
   const structuredReplies = await negotiateStructuredReplies(io);
   // Block status needs structured replies; without them no context can be selected.
@@ -81,6 +93,25 @@ export async function handshake(io: HandshakeIO, exportName: string, metaContext
   const go = await optGo(io, exportName, noZeroes);
   if (!(go.transmissionFlags & TransmissionFlag.HAS_FLAGS)) throw new NbdProtocolError('transmission flags lack NBD_FLAG_HAS_FLAGS');
   return { ...go, structuredReplies, metaContexts: contexts };
+}
+
+/**
+ * NBD_OPT_STARTTLS: only an ACK without data lets the handshake go on, through TLS. Any
+ * other answer (NBD_REP_ERR_UNSUP from a server without TLS, NBD_REP_ERR_POLICY, ...)
+ * ends it: the caller asked for TLS, and the spec forbids a downgrade.
+ */
+async function startTls(io: HandshakeIO, wrap: () => Promise<HandshakeIO>): Promise<HandshakeIO> {
+  io.write(encodeOption(Option.STARTTLS));
+  const { header, data } = await readOptionReply(io, Option.STARTTLS);
+  if (header.type === OptionReply.ACK) {
+    if (data.length !== 0) throw new NbdProtocolError('NBD_REP_ACK to NBD_OPT_STARTTLS carries data');
+    return wrap();
+  }
+  if (isOptionError(header.type)) {
+    const text = parseOptionErrorMessage(data);
+    throw new OptionRefused(header.type, Option.STARTTLS, `the server refused TLS (NBD_OPT_STARTTLS: ${optionReplyName(header.type)}${text ? `: ${text}` : ''}); TLS is required, so the client does not go on in clear text: enable TLS on the server (libvirt: backup_tls_x509_cert_dir in qemu.conf) or, on a trusted network only, use a plain nbd:// export`);
+  }
+  throw new NbdProtocolError(`unexpected ${optionReplyName(header.type)} to NBD_OPT_STARTTLS`);
 }
 
 async function readOptionReply(io: HandshakeIO, option: number): Promise<{ header: OptionReplyHeader; data: Buffer }> {
@@ -92,7 +123,8 @@ async function readOptionReply(io: HandshakeIO, option: number): Promise<{ heade
 
 function refused(option: number, header: OptionReplyHeader, data: Buffer): OptionRefused {
   const text = parseOptionErrorMessage(data);
-  return new OptionRefused(header.type, option, `${optionReplyName(header.type)}${text ? `: ${text}` : ''}`);
+  const hint = header.type === OptionReply.ERR_TLS_REQD ? ' (the server requires TLS: use an nbds:// URI, i.e. "tls": true in the host\'s "exports")' : '';
+  return new OptionRefused(header.type, option, `${optionReplyName(header.type)}${text ? `: ${text}` : ''}${hint}`);
 }
 
 async function negotiateStructuredReplies(io: HandshakeIO): Promise<boolean> {

@@ -1,7 +1,8 @@
 /**
- * NBD URIs (NetworkBlockDevice/nbd `doc/uri.md`): `nbd+unix:///EXPORT?socket=/path` and
- * `nbd://host[:port]/EXPORT`. The TLS schemes (`nbds`, `nbds+unix`) are refused: this
- * client does not do TLS, and the spec says such a URI MUST NOT fall back to plain text.
+ * NBD URIs (NetworkBlockDevice/nbd `doc/uri.md`): `nbd+unix:///EXPORT?socket=/path`,
+ * `nbd://host[:port]/EXPORT`, and their TLS forms `nbds+unix://` and `nbds://`. A TLS
+ * URI MUST NOT fall back to plain text (the spec): the client refuses to go on without
+ * TLS (`client.ts`).
  */
 import { SourceUnavailable } from '../../core/errors.ts';
 
@@ -12,6 +13,10 @@ export interface NbdTarget {
   socket?: string;
   host?: string;
   port?: number;
+  /** `nbds`/`nbds+unix`: the handshake starts with NBD_OPT_STARTTLS, and nothing goes in clear text. */
+  tls?: boolean;
+  /** The name the server's certificate must carry (default: `host`, or `localhost` on a unix socket); the URI's `tls-hostname`. */
+  tlsHostname?: string;
 }
 
 /** The IANA port for NBD, the default of `nbd://` URIs. */
@@ -26,20 +31,22 @@ export function parseNbdUri(uri: string): NbdTarget {
     throw new SourceUnavailable(`'${uri}' is not an NBD URI`, err);
   }
   const exportName = decodeExportName(url, uri);
-  if (url.protocol === 'nbd+unix:') {
+  const tls = url.protocol === 'nbds:' || url.protocol === 'nbds+unix:';
+  const tlsHostname = url.searchParams.get('tls-hostname');
+  const withTls = <T extends NbdTarget>(t: T): T => (tls ? { ...t, tls: true, ...(tlsHostname && { tlsHostname }) } : t);
+  if (url.protocol === 'nbd+unix:' || url.protocol === 'nbds+unix:') {
     const socket = url.searchParams.get('socket');
     if (!socket) throw new SourceUnavailable(`NBD URI '${uri}' has no socket parameter (nbd+unix:///EXPORT?socket=/path)`);
     if (url.host !== '') throw new SourceUnavailable(`NBD URI '${uri}' names a host for a unix socket`);
-    return { exportName, socket };
+    return withTls({ exportName, socket });
   }
-  if (url.protocol === 'nbd:') {
+  if (url.protocol === 'nbd:' || url.protocol === 'nbds:') {
     if (url.hostname === '') throw new SourceUnavailable(`NBD URI '${uri}' has no host (nbd://HOST[:PORT]/EXPORT)`);
     const port = url.port === '' ? NBD_PORT : Number(url.port);
     // URL keeps the brackets of an IPv6 literal; net.connect wants the bare address.
-    return { exportName, host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port };
+    return withTls({ exportName, host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port });
   }
-  if (url.protocol === 'nbds:' || url.protocol === 'nbds+unix:') throw new SourceUnavailable(`NBD URI '${uri}' asks for TLS, which this client does not support`);
-  throw new SourceUnavailable(`'${uri}' is not an NBD URI (scheme ${url.protocol} is not nbd: or nbd+unix:)`);
+  throw new SourceUnavailable(`'${uri}' is not an NBD URI (scheme ${url.protocol} is not nbd:, nbds:, nbd+unix: or nbds+unix:)`);
 }
 
 function decodeExportName(url: URL, uri: string): string {
@@ -54,5 +61,11 @@ function decodeExportName(url: URL, uri: string): string {
 /** A target for messages: `export 'vda' at unix socket /run/backup.sock`. */
 export function describeTarget(t: NbdTarget): string {
   const where = t.socket !== undefined ? `unix socket ${t.socket}` : `${t.host}:${t.port ?? NBD_PORT}`;
-  return `NBD export '${t.exportName}' at ${where}`;
+  return `NBD export '${t.exportName}' at ${where}${t.tls ? ' (TLS)' : ''}`;
+}
+
+/** The standard NBD URI of an export on a TCP port (`nbds://` with TLS). */
+export function tcpNbdUri(host: string, port: number, exportName: string, tls: boolean): string {
+  const h = host.includes(':') ? `[${host}]` : host;
+  return `${tls ? 'nbds' : 'nbd'}://${h}:${port}/${encodeURIComponent(exportName)}`;
 }

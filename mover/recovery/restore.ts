@@ -176,7 +176,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
 }
 
 /** Writes `vm.json` into the restore folder: the VM's configuration at backup time and its restored disks. */
-export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys; workDir?: string }): Promise<{ path: string; domain?: DefinedDomain }> {
+export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys; workDir?: string }, opts: { signal?: AbortSignal; onWait?: () => void } = {}): Promise<{ path: string; domain?: DefinedDomain }> {
   const config = await readVmConfig(job.backupId, d);
   const path = join(job.target, 'vm.json');
   await mkdir(job.target, { recursive: true });
@@ -190,11 +190,11 @@ export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[]
   await rename(partialPath(path), path);
   await rm(claimMarker(job), { force: true });
   if (!job.define) return { path };
-  if (!job.define.pool) return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define }) };
+  if (!job.define.pool) return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, ...opts }) };
   // Volumes this restore created are its own until the domain is defined: a failure before deletes them.
   const workDir = workDirOf(d);
   try {
-    return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, onDefined: () => releasePoolVolumes(workDir, job.restoreId) }) };
+    return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, ...opts, onDefined: () => releasePoolVolumes(workDir, job.restoreId) }) };
   } catch (err) {
     await discardPoolVolumes(workDir, job.restoreId).catch(() => {});
     throw err;

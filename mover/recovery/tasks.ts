@@ -1,6 +1,7 @@
 /** The mover's recovery tasks: restore, deep verification, replication and the standby replica. Each job names its repositories (bucket and endpoint). */
 import type { RepositoryLocation } from '../../core/endpoints.ts';
 import { BadTaskInput } from '../../core/errors.ts';
+import { restoreTestJob } from '../../core/restore-test.ts';
 import type { RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.ts';
@@ -8,15 +9,16 @@ import type { Logger, TaskContext } from '../worker.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';
 import { discardPoolVolumes } from './pool-volumes.ts';
-import { restoreDiskTask, restoreVmConfigTask, workDirOf } from './restore.ts';
+import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+import { restoreTestTask } from './restore-test.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
 
 export interface RecoveryTaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
   logger: Logger;
   parallelism: number;
-  /** The mover's work folder: restores into a storage pool keep their records and raw copies there. */
-  workDir?: string;
+  /** The mover's work folder: restore tests run under `<workDir>/restore-tests`; restores into a storage pool keep their records and raw copies there. */
+  workDir: string;
 }
 
 export function isRecoveryTask(raw: unknown): raw is RecoveryTask {
@@ -59,7 +61,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
     }
     case 'discardPoolVolumes': {
       if (!t.restore?.restoreId) throw new BadTaskInput(`discardPoolVolumes task needs restore.restoreId: ${JSON.stringify(t).slice(0, 300)}`);
-      const deleted = await discardPoolVolumes(workDirOf(deps), t.restore.restoreId);
+      const deleted = await discardPoolVolumes(deps.workDir, t.restore.restoreId);
       if (deleted.length) deps.logger.info('restore.volumes.deleted', { restoreId: t.restore.restoreId, volumes: deleted });
       return { deleted };
     }
@@ -99,6 +101,12 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       const job = { restoreId: r.replicationId, vmId: r.vmId, backupId: r.backupId, moverGroup: r.moverGroup, repository: r.target, target: dir, diskId: null, disks: [] };
       const disks = t.disks.map((x) => ({ diskId: x.diskId, path: x.path, sizeBytes: x.sizeBytes, bytesDownloaded: 0, chunksVerified: 0, sha256: x.sha256, seconds: 0 }));
       return restoreVmConfigTask(job, disks, await deps.repository(r.target));
+    }
+    case 'restoreTest': {
+      const parsed = restoreTestJob.safeParse(t.test);
+      if (!parsed.success) throw new BadTaskInput(`restoreTest task needs a restore test job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+      const { store, keys } = await deps.repository(parsed.data.repository);
+      return restoreTestTask(parsed.data, { store, keys, parallelism: deps.parallelism, workDir: deps.workDir, signal: ctx.signal, progress: ctx.progress, logger: deps.logger });
     }
   }
 }

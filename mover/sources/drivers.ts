@@ -5,6 +5,7 @@
  */
 import { join } from 'node:path';
 import type { Hypervisor } from '../../core/jobs.ts';
+import type { NbdTlsCredentials } from '../nbd/tls.ts';
 import { FolderDriver } from './folder.ts';
 import { LibvirtDriver } from './libvirt/driver.ts';
 import type { SourceDriver } from './source.ts';
@@ -14,6 +15,8 @@ export type DriverFor = (hypervisor: Hypervisor | undefined) => SourceDriver;
 export interface DriverSettings {
   /** The mover's work folder: libvirt snapshots keep their NBD sockets and scratch files under `<workDir>/libvirt`. */
   workDir: string;
+  /** Credentials for TLS exports (`nbds://`) of hosts with `exports.tls` (LIFEBOAT_NBD_TLS_DIR). */
+  nbdTls?: NbdTlsCredentials;
 }
 
 export function sourceDrivers(settings: DriverSettings): DriverFor {
@@ -21,8 +24,12 @@ export function sourceDrivers(settings: DriverSettings): DriverFor {
   const libvirt = new Map<string, LibvirtDriver>();
   return (h) => {
     if (!h || h.driver === 'folder') return folder;
-    let d = libvirt.get(h.uri);
-    if (!d) libvirt.set(h.uri, (d = new LibvirtDriver({ uri: h.uri, workDir: join(settings.workDir, 'libvirt') })));
+    const key = `${h.uri} ${JSON.stringify(h.exports ?? {})}`;
+    let d = libvirt.get(key);
+    if (!d) {
+      d = new LibvirtDriver({ uri: h.uri, workDir: join(settings.workDir, 'libvirt'), ...(h.exports && { exports: h.exports }), ...(settings.nbdTls && { nbdTls: settings.nbdTls }) });
+      libvirt.set(key, d);
+    }
     return d;
   };
 }

@@ -135,6 +135,8 @@ export interface RestoredDomain {
    * share the original's log, or a pty nobody reads; a restore test reads this file).
    */
   consoleLog: string;
+  /** The domain's `<description>` (a restore test records its owner there, `virsh desc` reads it back). */
+  description?: string;
 }
 
 /**
@@ -151,9 +153,11 @@ export function restoredDomainXml(originalXml: string, r: RestoredDomain): strin
   for (const child of children(domain)) {
     const tag = tagOf(child);
     if (tag === 'uuid') continue;
+    if (tag === 'description' && r.description !== undefined) continue;
     if (tag === 'name') child[tag] = [{ '#text': r.name }];
     if (tag === 'devices') child[tag] = restoredDevices(children(child), r);
     out.push(child);
+    if (tag === 'name' && r.description !== undefined) out.push({ description: [{ '#text': r.description }] });
   }
   domain.domain = out;
   return builder.build(doc) as string;

@@ -13,10 +13,13 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../core/errors.ts';
 import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../../core/jobs.ts';
+import { resolveExports, type LibvirtExports, type ResolvedExports } from '../../../core/libvirt-exports.ts';
+import type { NbdTlsCredentials } from '../../nbd/tls.ts';
+import { tcpNbdUri } from '../../nbd/uri.ts';
 import { guestExec } from './guest-agent.ts';
 import type { DiskReader, SnapshotRequest, SourceDriver, VmInventory } from '../source.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, type DomainDisk, type DomainInfo } from './domain-xml.ts';
@@ -42,7 +45,14 @@ export interface LibvirtDriverOptions extends VirshOptions {
   qemuNbd?: string;
   /** How long to wait for the guest agent to answer before taking a crash-consistent snapshot (default 10 s). */
   agentTimeoutSeconds?: number;
+  /** How backup jobs export the disks (the host's `exports`; default: a unix socket in `workDir`). */
+  exports?: LibvirtExports;
+  /** TLS credentials for reading `nbds://` exports (LIFEBOAT_NBD_TLS_DIR). */
+  nbdTls?: NbdTlsCredentials;
 }
+
+/** Attempts at a free port of the host's range before the backup fails. */
+const PORT_ATTEMPTS = 16;
 
 /** What `snapshot` returns as its handle: enough for any mover of the group to release it. */
 interface Handle {
@@ -55,10 +65,12 @@ interface Handle {
 export class LibvirtDriver implements SourceDriver, VmInventory {
   private readonly virsh: Virsh;
   private readonly o: LibvirtDriverOptions;
+  private readonly exports: ResolvedExports;
 
   constructor(o: LibvirtDriverOptions) {
     this.o = o;
     this.virsh = new Virsh(o.uri, o);
+    this.exports = resolveExports(o.exports);
   }
 
   async snapshot(req: SnapshotRequest, opts: { signal?: AbortSignal } = {}): Promise<SnapshotResult> {
@@ -79,7 +91,12 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     await writeFile(join(dir, OWNER), JSON.stringify({ domain: info.uuid, backupId: req.backupId }));
     const config = { driver: 'libvirt', name: info.name, uuid: info.uuid, domainXml: xml, state };
     try {
-      if (state === 'shut off') return await this.exportImages(info, disks, dir, config, opts.signal);
+      if (state === 'shut off') {
+        if (this.exports.transport === 'tcp' && !isLocalUri(this.o.uri)) {
+          throw new SourceUnavailable(`${what} is shut off: its images are on the hypervisor, which this mover reaches only through libvirt and the backup jobs' TCP exports (a job needs a running VM). Start the VM, or back it up with a mover on the hypervisor host`);
+        }
+        return await this.exportImages(info, disks, dir, config, opts.signal);
+      }
       if (state !== 'running' && state !== 'paused') throw new SourceUnavailable(`${what} is ${state}; the libvirt driver backs up running, paused and shut-off VMs: try again once it is running or shut off`);
       return await this.beginBackupJob(req, info, disks, dir, config, opts.signal);
     } catch (err) {
@@ -124,7 +141,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
   }
 
   async openDisk(disk: DiskRef): Promise<DiskReader> {
-    return openNbdDisk(disk);
+    return openNbdDisk(disk, this.o.nbdTls ? { tls: this.o.nbdTls } : {});
   }
 
   async release(_req: { source: string }, snapshot: SnapshotResult): Promise<void> {
@@ -162,21 +179,25 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
   // --- running VMs: a backup job in pull mode -------------------------------------------
 
   private async beginBackupJob(req: SnapshotRequest, info: DomainInfo, disks: DomainDisk[], dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<SnapshotResult> {
-    const socket = join(dir, 'nbd.sock');
     const checkpoint = checkpointName(req.backupId);
-    await this.shareWithQemu(info.name, dir, signal);
+    if (this.exports.transport === 'unix') await this.shareWithQemu(info.name, dir, signal);
+    else if (!this.exports.scratchDir) {
+      const block = disks.find((d) => d.type !== 'file' || !d.source);
+      if (block) throw new SourceUnavailable(`disk ${block.target} of VM '${info.name}' is a ${block.type} device: its backup's scratch file cannot go beside it on the hypervisor; set the host's exports.scratchDir to a folder on the hypervisor`);
+    }
     const base = await this.incrementalBase(req, info, signal);
     await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
+    let uriOf: (exportName: string) => string = () => '';
     const consistency = await this.quiesced(info, req.quiesce, signal, async () => {
       try {
-        await this.beginJob(info, disks, dir, socket, base.since, signal);
+        uriOf = await this.beginJob(info, disks, dir, base.since, signal);
         return base;
       } catch (err) {
         if (!base.since) throw err;
         // The parent's checkpoint is there but its bitmaps are not usable (an unclean
         // shutdown leaves them inconsistent, a resized disk invalidates them): read everything.
         await this.deleteCheckpoint(info.name, checkpoint, signal).catch(() => {});
-        await this.beginJob(info, disks, dir, socket, undefined, signal);
+        uriOf = await this.beginJob(info, disks, dir, undefined, signal);
         return { reason: `the checkpoint of the parent backup could not be used (${(err as Error).message.slice(0, 300)})` };
       }
     });
@@ -186,7 +207,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     let refs: DiskRef[];
     try {
       refs = await Promise.all(disks.map(async (d): Promise<DiskRef> => ({
-        diskId: d.target, path: nbdUri(d.target, socket), sizeBytes: await this.capacity(info.name, d.target, signal), changeTracking: offer,
+        diskId: d.target, path: uriOf(d.target), sizeBytes: await this.capacity(info.name, d.target, signal), changeTracking: offer,
       })));
     } catch (err) {
       // Nothing may outlive a failed snapshot: the job ends, and its checkpoint goes (its bitmap merges into the parent's).
@@ -219,10 +240,38 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     return { since: req.parentCheckpoint };
   }
 
-  private async beginJob(info: DomainInfo, disks: DomainDisk[], dir: string, socket: string, since: string | undefined, signal?: AbortSignal): Promise<void> {
+  /**
+   * Starts the job; returns each export's URI. A unix socket in the snapshot's folder; or
+   * a TCP port of the host's range, starting at one picked by the snapshot (so concurrent
+   * jobs on a host rarely collide) and moving on while QEMU finds the port taken.
+   */
+  private async beginJob(info: DomainInfo, disks: DomainDisk[], dir: string, since: string | undefined, signal?: AbortSignal): Promise<(exportName: string) => string> {
     const backupXml = join(dir, 'backup.xml');
-    await writeFile(backupXml, pullBackupXml(disks, dir, socket, since));
-    await this.virsh.run(['backup-begin', '--', info.name, backupXml, join(dir, 'checkpoint.xml')], { ...(signal ? { signal } : {}) });
+    const begin = async (xml: string) => {
+      await writeFile(backupXml, xml);
+      await this.virsh.run(['backup-begin', '--', info.name, backupXml, join(dir, 'checkpoint.xml')], { ...(signal ? { signal } : {}) });
+    };
+    const e = this.exports;
+    if (e.transport === 'unix') {
+      const socket = join(dir, 'nbd.sock');
+      await begin(pullBackupXml(disks, dir, socket, since));
+      return (name) => nbdUri(name, socket);
+    }
+    const [from, to] = e.ports;
+    const count = to - from + 1;
+    const first = Number.parseInt(basename(dir).slice(0, 8), 16) % count;
+    const tried: number[] = [];
+    for (let i = 0; i < Math.min(count, PORT_ATTEMPTS); i++) {
+      const port = from + ((first + i) % count);
+      try {
+        await begin(tcpBackupXml(disks, { ...e, port, mark: basename(dir) }, since));
+        return (name) => tcpNbdUri(e.address, port, name, e.tls);
+      } catch (err) {
+        if (!/address already in use|EADDRINUSE/i.test((err as Error).message)) throw err;
+        tried.push(port);
+      }
+    }
+    throw new SourceUnavailable(`no free port for VM '${info.name}'s backup exports on ${e.address}: ports ${tried.join(', ')} are in use; widen the host's exports.ports (${from}–${to})`);
   }
 
   /**
@@ -376,17 +425,29 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
       throw err;
     }
     const socket = /socket=['"]([^'"]+)['"]/.exec(xml)?.[1];
+    // A job on TCP has no socket: Lifeboat's name their scratch files after the snapshot's folder.
+    const mark = socket ? undefined : new RegExp(`<scratch file=['"][^'"]*${SCRATCH_MARK}([0-9a-f]{16})`).exec(xml)?.[1];
+    if (mark) {
+      const dir = join(this.o.workDir, mark);
+      if (o.only && basename(o.only) !== mark) return undefined;
+      await this.domjobabort(domain);
+      return dir;
+    }
     const dir = socket ? dirname(socket) : undefined;
     const owner = dir ? await readOwner(dir) : undefined;
     if (!dir || owner?.domain !== domain) {
       if (o.foreign === 'ignore') return undefined;
-      throw new SourceUnavailable(`VM '${domain}' has a backup job that is not Lifeboat's (${socket ? `its NBD socket is ${socket}` : 'not a pull-mode job on a unix socket'}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`);
+      throw new SourceUnavailable(`VM '${domain}' has a backup job that is not Lifeboat's (${socket ? `its NBD socket is ${socket}` : 'its scratch files are not named by Lifeboat'}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`);
     }
     if (o.only && dir !== o.only) return undefined;
+    await this.domjobabort(domain);
+    return dir;
+  }
+
+  private async domjobabort(domain: string): Promise<void> {
     await this.virsh.run(['domjobabort', '--', domain]).catch((err) => {
       if (!/no job is active|not active/i.test((err as { stderr?: string }).stderr ?? '')) throw err;
     });
-    return dir;
   }
 
   private async domainState(domain: string, what: string, signal?: AbortSignal): Promise<string> {
@@ -442,12 +503,38 @@ function parseHandle(handle: string): Handle {
   throw new SourceUnavailable(`snapshot handle ${handle.slice(0, 200)} was not made by the libvirt driver`);
 }
 
+/** libvirt URIs without a host (`qemu:///system`) reach the libvirtd of the mover's own machine. */
+function isLocalUri(uri: string): boolean {
+  try {
+    return new URL(uri).host === '';
+  } catch {
+    return false;
+  }
+}
+
+/** Lifeboat's scratch files on a hypervisor are named `…lifeboat-<snapshot folder>…`: how a TCP job is known as Lifeboat's. */
+export const SCRATCH_MARK = 'lifeboat-';
+
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 
 /** The pull-mode backup job: every disk exported on one unix socket, a scratch file per disk. */
 export function pullBackupXml(disks: DomainDisk[], dir: string, socket: string, since: string | undefined): string {
   const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes' type='file'><scratch file='${esc(join(dir, `${d.target}.scratch`))}'/></disk>`);
   return `<domainbackup mode='pull'>\n${since ? `  <incremental>${esc(since)}</incremental>\n` : ''}  <server transport='unix' socket='${esc(socket)}'/>\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domainbackup>\n`;
+}
+
+/**
+ * The pull-mode backup job on a TCP port of the hypervisor (TLS with libvirt's
+ * backup_tls_x509_cert_dir). The scratch files are on the hypervisor: in `scratchDir`, or
+ * beside each disk's image (as libvirt itself would place them); libvirt creates them, hands
+ * them to QEMU and deletes them when the job ends. Their names carry `mark`, the
+ * snapshot's folder name, by which any mover of the group knows the job as this snapshot's.
+ */
+export function tcpBackupXml(disks: DomainDisk[], s: { address: string; port: number; tls: boolean; scratchDir?: string; mark: string }, since: string | undefined): string {
+  const scratch = (d: DomainDisk) => (s.scratchDir ? join(s.scratchDir, `${SCRATCH_MARK}${s.mark}-${d.target}.qcow2`) : `${d.source!}.${SCRATCH_MARK}${s.mark}.scratch`);
+  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes' type='file'><scratch file='${esc(scratch(d))}'/></disk>`);
+  const server = `<server transport='tcp' name='${esc(s.address)}' port='${s.port}'${s.tls ? ` tls='yes'` : ''}/>`;
+  return `<domainbackup mode='pull'>\n${since ? `  <incremental>${esc(since)}</incremental>\n` : ''}  ${server}\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }
 
 export function checkpointXml(name: string, disks: DomainDisk[]): string {

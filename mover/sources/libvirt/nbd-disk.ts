@@ -7,6 +7,7 @@
 import { SourceUnavailable } from '../../../core/errors.ts';
 import type { DiskRef } from '../../../core/jobs.ts';
 import { MAX_EXTENTS } from '../allocation.ts';
+import type { NbdTlsCredentials } from '../../nbd/tls.ts';
 import { mapExtents } from '../../nbd/extents.ts';
 import { NbdPool } from '../../nbd/pool.ts';
 import type { DiskReader } from '../source.ts';
@@ -16,11 +17,12 @@ const CONNECTIONS = 4;
 
 export const dirtyBitmapContext = (exportName: string) => `qemu:dirty-bitmap:backup-${exportName}`;
 
-export async function openNbdDisk(disk: DiskRef): Promise<DiskReader> {
+/** Opens the export at `disk.path` (an NBD URI; `nbds://` needs `tls`). */
+export async function openNbdDisk(disk: DiskRef, opts: { tls?: NbdTlsCredentials } = {}): Promise<DiskReader> {
   const exportName = decodeURIComponent(new URL(disk.path).pathname.replace(/^\//, ''));
   const tracked = disk.changeTracking !== undefined && 'since' in disk.changeTracking;
   const contexts = ['base:allocation', ...(tracked ? [dirtyBitmapContext(exportName)] : [])];
-  const pool = await NbdPool.connect(disk.path, { connections: CONNECTIONS, metaContexts: contexts });
+  const pool = await NbdPool.connect(disk.path, { connections: CONNECTIONS, metaContexts: contexts, ...(opts.tls && { tls: opts.tls }) });
   const size = pool.size;
   if (disk.sizeBytes && size !== disk.sizeBytes) {
     await pool.close();
