@@ -398,6 +398,12 @@ export class Catalog {
     return new Map((await this.scanBackups()).map((b) => [b.backupId, b.status]));
   }
 
+  /** Every backup in one of `statuses` (a Scan: deep verification's damage sharing reads it once). */
+  async backupsWithStatus(statuses: string[]): Promise<Backup[]> {
+    const values = Object.fromEntries(statuses.map((s, i) => [`:s${i}`, s]));
+    return this.scanBackups(`#s IN (${Object.keys(values).join(', ')})`, values);
+  }
+
   private async scanBackups(filter?: string, values: Record<string, string> = {}): Promise<Backup[]> {
     const out: Backup[] = [];
     let start: Record<string, unknown> | undefined;
