@@ -54,7 +54,7 @@ const restoresIdentical = async (backupId: string, target: string) => {
 beforeAll(async () => {
   t = await startTestStack({ groups: { 'site-a': 1 } });
   vmDir = join(t.dir, 'vms', 'vm-s');
-  await createVmFolder(vmDir, { name: 'vm-s', disks: [{ id: 'disk0', sizeBytes: 8 * MiB }] }, seededRng(23));
+  await createVmFolder(vmDir, { name: 'vm-s', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }] }, seededRng(23));
   await t.stack.catalog.putVm({ vmId: 'vm-s', host: 'esx-01', source: vmDir });
   await t.stack.catalog.putPolicy({ policyId: 'p-s', vmIds: ['vm-s'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1 });
 });
@@ -69,7 +69,7 @@ it('marks every backup sharing a damaged chunk, refuses to restore them up front
   const b1 = await backup(); // the unchanged VM: b1's manifest lists b0's chunks, in b0's packs
   const m0 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b0.backupId, 'disk0')))!, b0.backupId, 'disk0');
   const m1 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b1.backupId, 'disk0')))!, b1.backupId, 'disk0');
-  const index = m0.chunks.findIndex((c, i) => c !== null && i > 0);
+  const index = m0.chunks.findIndex((c) => c !== null);
   const id = m0.chunks[index]!;
   expect(m1.chunks[index]).toBe(id);
   const at = chunkLocation(m0, id);
@@ -107,6 +107,7 @@ it('marks every backup sharing a damaged chunk, refuses to restore them up front
 
   // The next backup stores the chunk again; a full verification of b1 heals it, and b0 with it.
   const b2 = await backup();
+  expect(b2.parentBackupId, 'a backup damaged only through a shared chunk still serves as parent').toBe(b0.backupId);
   expect(b2.disks!.reduce((n, d) => n + d.stats.uploadedChunks, 0)).toBe(1);
   const h = await run('DeepVerify', { vmId: 'vm-s', backupId: b1.backupId, moverGroup: 'site-a' }, 'verify-shared-2');
   expect(h.status, h.cause).toBe('SUCCEEDED');

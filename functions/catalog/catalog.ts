@@ -283,6 +283,17 @@ export class Catalog {
   async latestCommitted(vmId: string): Promise<Backup | undefined> {
     return (await this.listBackups(vmId)).find((b) => b.status === 'committed');
   }
+
+  /**
+   * The parent of a VM's next backup: its newest committed backup, or a newer one damaged
+   * only through chunks it shares with a backup whose verification found them (its
+   * manifests open; the next backup stores those quarantined chunks again, as Plan names
+   * them in `healChunks`).
+   */
+  async latestParent(vmId: string): Promise<Backup | undefined> {
+    return (await this.listBackups(vmId)).find((b) => b.status === 'committed'
+      || ((b.status as string) === 'damaged' && (b as Backup & { damage?: { foundIn?: unknown } }).damage?.foundIn !== undefined));
+  }
   getBackup(vmId: string, backupId: string) {
     return this.get<Backup>(k.backup(vmId, backupId));
   }
