@@ -72,7 +72,7 @@ const config: LifeboatConfig = {
   ],
 };
 
-interface Row { scenario: string; faults: number; retries: number | string; failedTasks: number; outcome: string; data: string }
+interface Row { scenario: string; requests: number; faults: number; retries: number | string; failedTasks: number; outcome: string; data: string }
 const rows: Row[] = [];
 let t: TestStack;
 let site: FaultProxy;
@@ -108,10 +108,11 @@ async function until<T>(get: () => T | undefined | Promise<T | undefined>, ms: n
 
 /** What a scenario did to storage: faults injected by its proxies, retries its movers logged, tasks failed. */
 function window(proxies: FaultProxy[], movers: (name: string) => boolean) {
-  const start = { faults: proxies.map((p) => p.injected.length), logs: t.logs.length };
+  const start = { faults: proxies.map((p) => p.injected.length), requests: proxies.map((p) => p.requests), logs: t.logs.length };
   return () => {
     const lines = t.logs.slice(start.logs).filter((l) => movers(l.mover));
     return {
+      requests: proxies.reduce((n, p, i) => n + p.requests - start.requests[i]!, 0),
       faults: proxies.reduce((n, p, i) => n + p.injected.length - start.faults[i]!, 0),
       injected: proxies.flatMap((p, i) => p.injected.slice(start.faults[i])),
       retries: lines.filter((l) => l.event === 'storage.retry').length,
@@ -173,9 +174,9 @@ beforeAll(async () => {
 afterAll(async () => {
   const table = [
     `reliability suite: fault rate ${RATE}, seed ${SEED}`,
-    '| scenario | faults injected | retries logged | tasks failed (retried by the workflow) | outcome | data checked |',
-    '| --- | --- | --- | --- | --- | --- |',
-    ...rows.map((r) => `| ${r.scenario} | ${r.faults} | ${r.retries} | ${r.failedTasks} | ${r.outcome} | ${r.data} |`),
+    '| scenario | requests | faults injected | retries logged | tasks failed (retried by the workflow) | outcome | data checked |',
+    '| --- | --- | --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${r.scenario} | ${r.requests} | ${r.faults} | ${r.retries} | ${r.failedTasks} | ${r.outcome} | ${r.data} |`),
   ].join('\n');
   process.stdout.write(`\n${table}\n\n`);
   await t?.close();
@@ -193,7 +194,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   expectRetriesAccountFor(s, 'full backup');
   // The run's counter holds the retries its Dispatch tasks made (the snapshot, verify and registration ones are logged only).
   expect(fullRun.totals.storageRetries).toBeLessThanOrEqual(s.retries);
-  rows.push({ scenario: 'full backup', faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: `committed (run counter: ${fullRun.totals.storageRetries} retries)`, data: 'restored below' });
+  rows.push({ scenario: 'full backup', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: `committed (run counter: ${fullRun.totals.storageRetries} retries)`, data: 'restored below' });
 
   let wr = window([dr], drMovers);
   const rep1 = await replicationOf(fullRun.runId);
@@ -211,7 +212,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   expect(incrRun.totals.uploadedChunks).toBeLessThan(fullRun.totals.uploadedChunks);
   s = w();
   expectRetriesAccountFor(s, 'incremental backup');
-  rows.push({ scenario: 'incremental backup', faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: `committed, ${incrRun.totals.uploadedChunks} of ${incrRun.totals.chunks} chunks uploaded (run counter: ${incrRun.totals.storageRetries} retries)`, data: 'restored below' });
+  rows.push({ scenario: 'incremental backup', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: `committed, ${incrRun.totals.uploadedChunks} of ${incrRun.totals.chunks} chunks uploaded (run counter: ${incrRun.totals.storageRetries} retries)`, data: 'restored below' });
   const rep2 = await replicationOf(incrRun.runId);
   expect(rep2.status, rep2.cause).toBe('SUCCEEDED');
   s = wr();
@@ -223,7 +224,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const fromDr = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'vm-rel', backupId: incrId, target: join(t.dir, 'from-dr'), moverGroup: 'dr', fromBucket: t.stack.endpoints.buckets.dr! }, { pollMs: 200 });
   expect(fromDr.status, fromDr.cause).toBe('SUCCEEDED');
   for (const d of (JSON.parse(fromDr.output!) as RestoreSummary).disks) expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir('vm-rel'), `${d.diskId}.raw`)));
-  rows.push({ scenario: 'replication to DR (full + incremental)', faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'both succeeded', data: 'restore from the DR repository sha256-identical' });
+  rows.push({ scenario: 'replication to DR (full + incremental)', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'both succeeded', data: 'restore from the DR repository sha256-identical' });
 
   // Restore of the incremental through the faults.
   w = window([site], siteMovers);
@@ -231,7 +232,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   s = w();
   expectRetriesAccountFor(s, 'restore');
   await expectNothingHeld('restore');
-  rows.push({ scenario: 'restore', faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'succeeded', data: restored });
+  rows.push({ scenario: 'restore', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'succeeded', data: restored });
 
   // kill -9 of the mover running a Dispatch mid-backup: the task goes to the other mover after its heartbeat timeout.
   w = window([site], siteMovers);
@@ -260,7 +261,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const killRestore = await restoreIdentical('vm-kill', nextRun.vms[0]!.backupId, 'restore-kill');
   s = w();
   rows.push({
-    scenario: 'kill -9 of a mover mid-Dispatch, then the next run', faults: s.faults, retries: s.retries, failedTasks: s.failedTasks,
+    scenario: 'kill -9 of a mover mid-Dispatch, then the next run', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks,
     outcome: `${killedSummary?.committed === 1 ? 'committed after takeover' : `failed (${killed.error})`}; next run committed`, data: killRestore,
   });
 
@@ -276,6 +277,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   process.env.LIFEBOAT_S3_ENDPOINT = control.url;
   resetClients();
   const c0 = control.injected.length;
+  const r0 = control.requests;
   try {
     const prune = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Prune!, { policyId: 'p-rel' }, { pollMs: 200 });
     expect(prune.status, prune.cause).toBe('SUCCEEDED');
@@ -294,7 +296,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const afterGc = await restoreIdentical('vm-rel', committed[0]!.backupId, 'restore-after-gc');
   await restoreIdentical('vm-rel', incrId, 'restore-incr-after-gc', {});
   rows.push({
-    scenario: 'prune + GC (control plane through the proxy: resets, 5xx)', faults: control.injected.length - c0, retries: 'not logged (SDK retries in functions)', failedTasks: 0,
+    scenario: 'prune + GC (control plane through the proxy: resets, 5xx)', requests: control.requests - r0, faults: control.injected.length - c0, retries: 'not logged (SDK retries in functions)', failedTasks: 0,
     outcome: 'prune and GC succeeded, the full backup pruned', data: `2 backups left, both restored: ${afterGc}`,
   });
 });
