@@ -24,7 +24,8 @@
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, ScanCommand } from '@aws-sdk/lib-dynamodb';
-import { createHash } from 'node:crypto';
+import { createCipheriv, createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -45,6 +46,15 @@ const RATE = Number(process.env.LIFEBOAT_FAULT_RATE ?? '0.05');
 const SEED = Number(process.env.LIFEBOAT_FAULT_SEED ?? '17');
 /** The movers' S3 request deadline: a stalled response fails after this long and is retried. */
 const REQUEST_TIMEOUT_MS = 2000;
+
+/**
+ * Fills a VM's disk with incompressible bytes (an AES-CTR keystream of `seed`): every chunk
+ * becomes a pack's worth of requests, so the faults meet enough of them.
+ */
+async function fillIncompressible(path: string, sizeBytes: number, seed: number): Promise<void> {
+  const key = createHash('sha256').update(`reliability-${seed}`).digest();
+  await writeFile(path, createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(sizeBytes)));
+}
 
 /** The fault kinds, each at an equal share of `rate` (a request meets at most one). */
 function schedule(rate: number, kinds: 'all' | 'no-stalls'): FaultRule[] {
@@ -169,6 +179,9 @@ beforeAll(async () => {
   addMover('dr', dr);
   await createVmFolder(vmDir('vm-rel'), { name: 'vm-rel', disks: [{ id: 'disk0', sizeBytes: 24 * MiB }, { id: 'disk1', sizeBytes: 8 * MiB }] }, seededRng(SEED));
   await createVmFolder(vmDir('vm-kill'), { name: 'vm-kill', disks: [{ id: 'disk0', sizeBytes: 64 * MiB }] }, seededRng(SEED + 1));
+  await fillIncompressible(join(vmDir('vm-rel'), 'disk0.raw'), 24 * MiB, SEED);
+  await fillIncompressible(join(vmDir('vm-rel'), 'disk1.raw'), 8 * MiB, SEED + 1);
+  await fillIncompressible(join(vmDir('vm-kill'), 'disk0.raw'), 64 * MiB, SEED + 2);
   await t.stack.catalog.putVm({ vmId: 'vm-rel', host: 'esx-01', source: vmDir('vm-rel') });
   await t.stack.catalog.putVm({ vmId: 'vm-kill', host: 'esx-02', source: vmDir('vm-kill') });
 });
