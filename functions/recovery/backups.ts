@@ -34,7 +34,8 @@ async function damagedMessage(catalog: Catalog, backup: Backup): Promise<string>
   const by = damage?.foundIn
     ? `found by deep verification ${damage.verifyId} of backup '${damage.foundIn.backupId}' (VM '${damage.foundIn.vmId}'), which shares the chunk`
     : `found by deep verification ${damage?.verifyId ?? '(unknown)'}`;
-  const older = (await catalog.listBackups(backup.vmId)).find((b) => b.status === 'committed' && b.startedAt < backup.startedAt);
+  const all = await catalog.listBackups(backup.vmId); // newest first
+  const older = all.slice(all.findIndex((b) => b.backupId === backup.backupId) + 1).find((b) => b.status === 'committed');
   return `backup '${backup.backupId}' of VM '${backup.vmId}' is damaged: ${what}, ${by}; nothing was restored. `
     + `To heal it, let the next backup of a VM that holds the chunk store it again (backups do that by themselves), then deep-verify backup '${backup.backupId}' in full`
     + (older ? `; or restore the older backup '${older.backupId}' (committed ${older.committedAt ?? older.startedAt})` : '; no older committed backup of this VM exists');
