@@ -7,7 +7,9 @@ import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { powertools } from './lambda.ts';
+import { storageMetrics } from './metric-names.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
@@ -81,8 +83,9 @@ export function controlPlaneStorageRetries(): Readonly<typeof storageRetries> {
 /**
  * The functions' one retry layer is the SDK's own (standard mode, 3 attempts): they hold no
  * long transfers to resume. Its retries are made visible here: a `storage.retry` line per
- * request that needed more than one attempt (operation, bucket, key, attempts, wait) and a
- * count, read from the attempts the retry middleware records in `$metadata`.
+ * request that needed more than one attempt (operation, bucket, key, attempts, wait), a
+ * count and the ControlPlaneStorageRetries metric, read from the attempts the retry
+ * middleware records in `$metadata`.
  */
 function logRetries(client: MiddlewareClient): void {
   client.middlewareStack.add((next: (args: { input: Record<string, unknown> }) => Promise<{ output?: { $metadata?: { attempts?: number; totalRetryDelay?: number; httpStatusCode?: number } } }>, context: { commandName?: string }) =>
@@ -94,6 +97,7 @@ function logRetries(client: MiddlewareClient): void {
         if (error !== undefined && (meta?.httpStatusCode === undefined || meta.httpStatusCode >= 500)) storageRetries.exhausted++;
         if (retries <= 0) return;
         storageRetries.retries += retries;
+        powertools().metrics.addMetric(storageMetrics.controlPlaneStorageRetries, MetricUnit.Count, retries);
         powertools().logger.info('storage.retry', {
           op: (context.commandName ?? 'Unknown').replace(/Command$/, ''), bucket: args.input.Bucket, key: args.input.Key ?? args.input.Prefix,
           attempts: meta!.attempts, retries, delayMs: meta!.totalRetryDelay, ...(error !== undefined ? { failed: (error as Error).name } : {}),
