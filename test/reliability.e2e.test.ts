@@ -184,7 +184,7 @@ beforeAll(async () => {
   await fillIncompressible(join(vmDir('vm-kill'), 'disk0.raw'), 64 * MiB, SEED + 2);
   await t.stack.catalog.putVm({ vmId: 'vm-rel', host: 'esx-01', source: vmDir('vm-rel') });
   await t.stack.catalog.putVm({ vmId: 'vm-kill', host: 'esx-02', source: vmDir('vm-kill') });
-});
+}, 240_000);
 afterAll(async () => {
   const table = [
     `reliability suite: fault rate ${RATE}, seed ${SEED}`,
@@ -318,4 +318,4 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
     scenario: 'prune + GC (control plane through the proxy: resets, 5xx)', requests: control.requests - r0, faults: ctl.faults, retries: ctl.retries, failedTasks: ctl.exhausted,
     outcome: 'prune and GC succeeded, the full backup pruned', data: `2 backups left, both restored: ${afterGc}`,
   });
-});
+}, 420_000);
