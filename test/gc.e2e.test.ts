@@ -180,7 +180,7 @@ it('stops, deleting nothing, when a manifest does not open, names it and gives a
   expect(await indexObjects()).toEqual(indexBefore);
 
   // The advice, followed: a retention prune would keep the backup (the newest), so it is pruned by name once damaged.
-  expect(d.cause).toContain(`deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" })`);
+  expect((JSON.parse(d.cause!) as { errorMessage: string }).errorMessage).toContain(`deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" })`);
   const refused = await run('Prune', { policyId: 'p-g2', backupId });
   expect(refused.status).toBe('FAILED');
   expect(refused.cause).toContain(`backup '${backupId}' of VM 'g2' is 'committed': only a backup a deep verification found damaged is pruned by name; deep-verify it first`);
