@@ -47,6 +47,12 @@ export interface EmbeddedStackOptions {
   onKeyFile?: (problem: StackUnavailable | undefined) => void;
   /** How often the key file is looked at (default 2000 ms). */
   keyFileCheckMs?: number;
+  /**
+   * Puts something in front of the S3 server of a repository on another endpoint (the
+   * reliability suite's fault proxy): given the repository id and the server's URL, returns
+   * the URL every client (jobs, functions, movers) is given for that endpoint.
+   */
+  endpointFront?: (repositoryId: string, serverUrl: string) => Promise<string>;
 }
 
 /** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
@@ -120,7 +126,7 @@ export class EmbeddedStack {
         const folder = `s3-${r.id}`;
         const { server: url } = await startOnSavedPort(ports[folder], (port) => startS3(join(dataDir, folder), on.map((x) => buckets[x.id]!), port));
         ports[folder] = Number(new URL(url).port);
-        endpointUrls.set(endpointKey(r.endpoint), url);
+        endpointUrls.set(endpointKey(r.endpoint), opts.endpointFront ? await opts.endpointFront(r.id, url) : url);
       }
       if (endpointUrls.size > 0) await saveEndpointPorts(dataDir, ports);
       const config = localizeConfig(configured, dataDir, (e) => endpointUrls.get(endpointKey(e))!);

@@ -5,9 +5,11 @@
  * probability LIFEBOAT_FAULT_RATE (default 0.05), a reset connection, a PUT cut
  * mid-body, a response stalled beyond the movers' request deadline (before its headers,
  * or mid-body), or a 500 InternalError / 503 SlowDown. One proxy serves the backup site's
- * movers, one the DR mover (which reads the primary repository through it), one the
- * control plane's functions during prune and GC (resets and 5xx only: their deadline is
- * the default 60 s).
+ * movers, one the DR mover (which reads the primary repository through it), one stands in
+ * front of the DR repository's own endpoint (the DR mover's writes, and the functions'
+ * checks of the replica: stalls only on PUTs, which only movers send, since the
+ * functions' deadline is the default 60 s), one the control plane's functions during
+ * prune and GC (resets and 5xx only).
  *
  * Scenarios: a full backup, an incremental, a restore, the replications to the DR
  * repository they started, a kill -9 of the mover running a backup's Dispatch followed by
@@ -57,7 +59,7 @@ async function fillIncompressible(path: string, sizeBytes: number, seed: number)
 }
 
 /** The fault kinds, each at an equal share of `rate` (a request meets at most one). */
-function schedule(rate: number, kinds: 'all' | 'no-stalls'): FaultRule[] {
+function schedule(rate: number, kinds: 'all' | 'no-stalls' | 'stalls-on-puts'): FaultRule[] {
   const all: FaultRule[] = [
     { fault: { kind: 'reset' } },
     { fault: { kind: 'status', status: 500, code: 'InternalError' } },
@@ -66,10 +68,13 @@ function schedule(rate: number, kinds: 'all' | 'no-stalls'): FaultRule[] {
       { method: 'PUT', fault: { kind: 'cut-put' } },
       { fault: { kind: 'stall', at: 'before-headers' } },
       { method: 'GET', fault: { kind: 'stall', at: 'mid-body' } },
+    ] satisfies FaultRule[] : kinds === 'stalls-on-puts' ? [
+      { method: 'PUT', fault: { kind: 'cut-put' } },
+      { method: 'PUT', fault: { kind: 'stall', at: 'before-headers' } },
     ] satisfies FaultRule[] : []),
   ];
   // Five rules match a GET or a PUT (four a HEAD or a listing): 1 - (1 - p)^5 ≈ rate.
-  const p = 1 - (1 - rate) ** (1 / (kinds === 'all' ? 5 : 3));
+  const p = 1 - (1 - rate) ** (1 / (kinds === 'no-stalls' ? 3 : 5));
   return all.map((r) => ({ ...r, probability: p }));
 }
 
@@ -89,6 +94,7 @@ let t: TestStack;
 let site: FaultProxy;
 let dr: FaultProxy;
 let control: FaultProxy;
+let drEndpoint: FaultProxy;
 let db: DynamoDBDocumentClient;
 const vmDir = (vm: string) => join(t.dir, 'vms', vm);
 let moverCount = 0;
@@ -168,7 +174,14 @@ async function restoreIdentical(vm: string, backupId: string, target: string, ex
 }
 
 beforeAll(async () => {
-  t = await startTestStack({ groups: {}, config });
+  t = await startTestStack({
+    groups: {}, config,
+    endpointFront: async (repositoryId, url) => {
+      expect(repositoryId).toBe('dr');
+      drEndpoint = await startFaultProxy({ target: url, seed: SEED + 3, rules: schedule(RATE, 'stalls-on-puts') });
+      return drEndpoint.url;
+    },
+  });
   const e = t.stack.endpoints;
   db = DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS }));
   site = await startFaultProxy({ target: e.s3, seed: SEED, rules: schedule(RATE, 'all') });
@@ -194,7 +207,7 @@ afterAll(async () => {
   ].join('\n');
   process.stdout.write(`\n${table}\n\n`);
   await t?.close();
-  await Promise.all([site, dr, control].map((p) => p?.close()));
+  await Promise.all([site, dr, control, drEndpoint].map((p) => p?.close()));
 });
 
 it('backs up, replicates, restores, survives a killed mover, prunes and collects garbage while the storage fails', async () => {
@@ -210,7 +223,9 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   expect(fullRun.totals.storageRetries).toBeLessThanOrEqual(s.retries);
   rows.push({ scenario: 'full backup', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: `committed (run counter: ${fullRun.totals.storageRetries} retries)`, data: 'restored below' });
 
-  let wr = window([dr], drMovers);
+  // Replication: the DR mover reads through `dr` and writes through `drEndpoint`; the functions check the replica through `drEndpoint` (their retries counted apart).
+  const wr = window([dr, drEndpoint], drMovers);
+  const kr = controlPlaneStorageRetries();
   const rep1 = await replicationOf(fullRun.runId);
   expect(rep1.status, rep1.cause).toBe('SUCCEEDED');
   await expectNothingHeld('full backup and its replication');
@@ -230,6 +245,9 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const rep2 = await replicationOf(incrRun.runId);
   expect(rep2.status, rep2.cause).toBe('SUCCEEDED');
   s = wr();
+  const krEnd = controlPlaneStorageRetries();
+  s.retries += krEnd.retries - kr.retries;
+  s.failedTasks += krEnd.exhausted - kr.exhausted;
   expectRetriesAccountFor(s, 'replication');
   await expectNothingHeld('incremental backup and its replication');
 
@@ -238,7 +256,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const fromDr = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'vm-rel', backupId: incrId, target: join(t.dir, 'from-dr'), moverGroup: 'dr', fromBucket: t.stack.endpoints.buckets.dr! }, { pollMs: 200 });
   expect(fromDr.status, fromDr.cause).toBe('SUCCEEDED');
   for (const d of (JSON.parse(fromDr.output!) as RestoreSummary).disks) expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir('vm-rel'), `${d.diskId}.raw`)));
-  rows.push({ scenario: 'replication to DR (full + incremental)', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'both succeeded', data: 'restore from the DR repository sha256-identical' });
+  rows.push({ scenario: 'replication to DR (full + incremental; reads and writes through faults)', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'both succeeded', data: 'restore from the DR repository sha256-identical' });
 
   // Restore of the incremental through the faults.
   w = window([site], siteMovers);
@@ -290,8 +308,9 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   control.setRules(schedule(RATE, 'no-stalls'));
   process.env.LIFEBOAT_S3_ENDPOINT = control.url;
   resetClients();
-  const c0 = control.injected.length;
-  const r0 = control.requests;
+  // Prune deletes the pruned backup's DR copy through the DR endpoint's proxy: its faults count here too.
+  const c0 = control.injected.length + drEndpoint.injected.length;
+  const r0 = control.requests + drEndpoint.requests;
   const k0 = controlPlaneStorageRetries();
   try {
     const prune = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Prune!, { policyId: 'p-rel' }, { pollMs: 200 });
@@ -305,7 +324,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   }
   // The functions' one retry layer is the SDK's: every fault is a logged, counted retry, or a request that failed after its last attempt (the workflow's Retry ran the function again).
   const k1 = controlPlaneStorageRetries();
-  const ctl = { faults: control.injected.length - c0, retries: k1.retries - k0.retries, exhausted: k1.exhausted - k0.exhausted };
+  const ctl = { faults: control.injected.length + drEndpoint.injected.length - c0, retries: k1.retries - k0.retries, exhausted: k1.exhausted - k0.exhausted };
   expect(ctl.retries, `prune + GC: ${ctl.faults} faults, ${ctl.exhausted} requests failed after their last attempt`).toBeGreaterThanOrEqual(ctl.faults - 3 * ctl.exhausted);
   const committed = (await t.stack.catalog.listBackups('vm-rel')).filter((b) => b.status === 'committed');
   expect(committed).toHaveLength(2);
@@ -315,7 +334,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const afterGc = await restoreIdentical('vm-rel', committed[0]!.backupId, 'restore-after-gc');
   await restoreIdentical('vm-rel', incrId, 'restore-incr-after-gc', {});
   rows.push({
-    scenario: 'prune + GC (control plane through the proxy: resets, 5xx)', requests: control.requests - r0, faults: ctl.faults, retries: ctl.retries, failedTasks: ctl.exhausted,
+    scenario: 'prune + GC (the functions through proxies: resets, 5xx)', requests: control.requests + drEndpoint.requests - r0, faults: ctl.faults, retries: ctl.retries, failedTasks: ctl.exhausted,
     outcome: 'prune and GC succeeded, the full backup pruned', data: `2 backups left, both restored: ${afterGc}`,
   });
 }, 420_000);
