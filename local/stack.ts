@@ -6,6 +6,7 @@
 import { CreateTableCommand, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import dynalite from 'dynalite';
+import { unwatchFile, watchFile } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -37,6 +38,21 @@ export interface EmbeddedStackOptions {
   config?: LifeboatConfig;
   /** 0 picks free ports. */
   ports?: { dynamodb?: number; s3?: number; sfn?: number };
+  /**
+   * Told when the repository key file changes while the stack runs: the problem (a
+   * Stack.Unavailable naming the file and what to do) when the new file does not open the
+   * repository, undefined when it does (again). The stack and its movers keep the key they
+   * loaded, but the next start would be refused, so this is said at once, not at restart.
+   */
+  onKeyFile?: (problem: StackUnavailable | undefined) => void;
+  /** How often the key file is looked at (default 2000 ms). */
+  keyFileCheckMs?: number;
+  /**
+   * Puts something in front of the S3 server of a repository on another endpoint (the
+   * reliability suite's fault proxy): given the repository id and the server's URL, returns
+   * the URL every client (jobs, functions, movers) is given for that endpoint.
+   */
+  endpointFront?: (repositoryId: string, serverUrl: string) => Promise<string>;
 }
 
 /** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
@@ -110,7 +126,7 @@ export class EmbeddedStack {
         const folder = `s3-${r.id}`;
         const { server: url } = await startOnSavedPort(ports[folder], (port) => startS3(join(dataDir, folder), on.map((x) => buckets[x.id]!), port));
         ports[folder] = Number(new URL(url).port);
-        endpointUrls.set(endpointKey(r.endpoint), url);
+        endpointUrls.set(endpointKey(r.endpoint), opts.endpointFront ? await opts.endpointFront(r.id, url) : url);
       }
       if (endpointUrls.size > 0) await saveEndpointPorts(dataDir, ports);
       const config = localizeConfig(configured, dataDir, (e) => endpointUrls.get(endpointKey(e))!);
@@ -132,6 +148,27 @@ export class EmbeddedStack {
       await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true }).catch((err: unknown) => {
         throw new StackUnavailable(`the embedded stack cannot start on ${dataDir}: ${(err as Error).message}`, err);
       });
+
+      const onKeyFile = opts.onKeyFile;
+      if (onKeyFile) {
+        let checking = Promise.resolve();
+        watchFile(keyFile, { interval: opts.keyFileCheckMs ?? 2000 }, (now, before) => {
+          if (now.mtimeMs === before.mtimeMs && now.ino === before.ino && now.size === before.size) return;
+          checking = checking.then(async () => {
+            try {
+              await loadMasterKey(store, await KeyFileWrapper.load(keyFile));
+              onKeyFile(undefined);
+            } catch (err) {
+              onKeyFile(new StackUnavailable(`the repository key file ${keyFile} changed while the stack runs, and ${(err as Error).message}. `
+                + 'The running stack and its movers keep the key they loaded at start, but the next start will be refused: put back the original key file now', err));
+            }
+          });
+        });
+        closers.push(async () => {
+          unwatchFile(keyFile);
+          await checking;
+        });
+      }
 
       // The handlers read their configuration from the environment, as in Lambda.
       Object.assign(process.env, {

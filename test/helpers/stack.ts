@@ -27,11 +27,13 @@ export interface TestStackOptions {
   moverEnv?: Record<string, string>;
   slots?: number;
   config?: LifeboatConfig;
+  /** See EmbeddedStackOptions.endpointFront. */
+  endpointFront?: (repositoryId: string, serverUrl: string) => Promise<string>;
 }
 
 export async function startTestStack(opts: TestStackOptions = {}): Promise<TestStack> {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-test-'));
-  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}) });
+  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}), ...(opts.endpointFront ? { endpointFront: opts.endpointFront } : {}) });
   const logs: MoverLogLine[] = [];
   const groups = opts.groups ?? { 'site-a': opts.movers ?? 2 };
   const movers = Object.entries(groups).flatMap(([group, n]) => Array.from({ length: n }, (_, i) =>
