@@ -113,7 +113,7 @@ export class QuotaGuard {
       else if (kind === 'iteration') this.count(1);
     });
     wrap('dispatchExecutionFailedEvent', () => {
-      if (kind === 'execution') this.events++;
+      if (kind === 'execution') { if (!this.failure) this.events++; } // the history quota's ExecutionFailed is already counted
       else if (kind === 'iteration') this.count(1);
     });
     wrap('dispatchStateEnteredEvent', ((name: string, type: string, input: unknown) => {
