@@ -43,7 +43,10 @@ async function policy(name: string, count: number): Promise<string> {
 async function outputSizes(executionArn: string, states: string[]): Promise<Record<string, number>> {
   const file = join(t.stack.endpoints.dataDir, 'executions', `${executionArn.split(':').slice(-2).join('--')}.history.jsonl`);
   const events = (await readFile(file, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { type: string; state?: { name: string; output?: unknown } });
-  return Object.fromEntries(states.map((s) => [s, payloadSize(events.find((e) => e.type === 'StateExited' && e.state?.name === s)?.state?.output)]));
+  const sizes = Object.fromEntries(states.map((s) => [s, payloadSize(events.find((e) => e.type === 'StateExited' && e.state?.name === s)?.state?.output)]));
+  // The execution's record keeps its history's length as AWS counts it (local/quota-guard.ts).
+  const record = JSON.parse(await readFile(file.replace(/\.history\.jsonl$/, '.json'), 'utf8')) as { quotaUsage: { historyEvents: number } };
+  return { ...sizes, history: record.quotaUsage.historyEvents };
 }
 
 it('fails the Backup workflow with States.DataLimitExceeded at the first state whose output passes the quota: Summarize, then the BackupVms Map', async () => {
@@ -60,6 +63,10 @@ it('fails the Backup workflow with States.DataLimitExceeded at the first state w
   const vmsOver = (s: string, limit: number) => Math.ceil((limit + 1 - sizes[2]![s]!) / perVm[s]! + 2);
   process.stdout.write(`Backup payloads: ${states.map((s) => `${s} ${sizes[2]![s]} B at 2 VMs, +${perVm[s]} B per VM, over ${AWS_QUOTAS.payloadBytes} B from ${vmsOver(s, AWS_QUOTAS.payloadBytes)} VMs`).join('; ')}\n`);
   for (const s of states) expect(perVm[s], s).toBeGreaterThan(0);
+  // History events grow per VM too (about 60: nine tasks, three Choices, AcquireSlot's retries vary).
+  const eventsPerVm = (sizes[4]!.history! - sizes[2]!.history!) / 2;
+  process.stdout.write(`Backup history: ${sizes[2]!.history} events at 2 VMs, +${eventsPerVm} per VM, over ${AWS_QUOTAS.historyEvents} from ${Math.ceil((AWS_QUOTAS.historyEvents + 1 - sizes[2]!.history!) / eventsPerVm + 2)} VMs\n`);
+  expect(eventsPerVm).toBeGreaterThan(40);
 
   // Summarize's output (every VM's outcome and totals) outgrows the Map's, which outgrows Plan's.
   const over = Object.fromEntries(states.map((s) => [s, vmsOver(s, LIMIT)]));
