@@ -27,6 +27,7 @@ import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
 import { startSfnApi } from './sfn-api.ts';
+import { resolveQuotas, type StepFunctionsQuotas } from './quotas.ts';
 
 export const LOCAL_CREDENTIALS = LOCAL_ENDPOINT_CREDENTIALS;
 export const CATALOG_TABLE = 'lifeboat-catalog';
@@ -53,6 +54,11 @@ export interface EmbeddedStackOptions {
    * the URL every client (jobs, functions, movers) is given for that endpoint.
    */
   endpointFront?: (repositoryId: string, serverUrl: string) => Promise<string>;
+  /**
+   * Step Functions' hard quotas to enforce (local/quotas.ts): AWS's unless a test lowers one
+   * to reach it cheaply. Deliberately not read from the environment.
+   */
+  quotas?: Partial<StepFunctionsQuotas>;
 }
 
 /** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
@@ -95,6 +101,7 @@ export class EmbeddedStack {
 
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
     const dataDir = resolve(opts.dataDir);
+    const quotas = resolveQuotas(opts.quotas);
     await mkdir(dataDir, { recursive: true });
     const closers: (() => Promise<void>)[] = [await lockDataDir(dataDir)];
     const closeAll = async () => {
@@ -181,11 +188,11 @@ export class EmbeddedStack {
       // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog.
       await syncConfig({ config, buckets }, { catalog });
 
-      const broker = new ActivityBroker();
+      const broker = new ActivityBroker({ quotas });
       closers.push(async () => broker.close());
       const reconcileArn = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Reconcile'))?.arn;
       const executions: LocalExecutions = new LocalExecutions({
-        dataDir, template, broker,
+        dataDir, template, broker, quotas,
         onStopped: (r) => { if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn); },
       });
       await executions.load();
