@@ -55,7 +55,10 @@ program
   .option('--movers <n>', 'mover processes to start per mover group', positiveInt, 2)
   .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
   .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
-    const stack = await EmbeddedStack.start({ dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort } });
+    const stack = await EmbeddedStack.start({
+      dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort },
+      onKeyFile: (problem) => process.stderr.write(problem ? `lifeboat: ${problem.message}\n` : 'lifeboat: the repository key file opens the repository again\n'),
+    });
     const e = stack.endpoints;
     await writeFile(join(e.dataDir, 'endpoints.json'), JSON.stringify(e, null, 2));
     const movers: MoverProcess[] = [];

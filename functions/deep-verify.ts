@@ -20,6 +20,7 @@ import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { caughtError, repositoryLocation } from './commons/schemas.ts';
 import { policyVms, resolveBackup } from './recovery/backups.ts';
+import { healShared } from './recovery/shared-damage.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -152,7 +153,7 @@ export interface DeepVerifySummary {
    * Set when this full verification found intact a backup that was `damaged`: it is
    * `committed` again and the chunks its damage named are no longer quarantined.
    */
-  healed: { previousVerifyId: string; chunks: string[] } | null;
+  healed: { previousVerifyId: string; chunks: string[]; otherBackups?: { vmId: string; backupId: string }[] } | null;
   /** The event's detail (EventBridge `Lifeboat Backup Damaged`) when damage was found. */
   event: { vmId: string; backupId: string; verifyId: string; findings: DamageFinding[]; message: string } | null;
   /**
@@ -179,7 +180,7 @@ export interface RestoreTestOutcome {
   swept: string[];
 }
 
-export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifySummary> {
+export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyInput>, deps: { recovery: RecoveryCatalog; catalog: Pick<Catalog, 'backupsWithStatus'>; now: () => Date }): Promise<DeepVerifySummary> {
   const want = input.disks.map((d) => d.diskId).sort().join(',');
   const got = input.verified.map((d) => d.diskId).sort().join(',');
   if (want !== got) throw new RecoveryRequestInvalid(`deep verification ${input.verifyId} planned disks ${want} but movers reported ${got}`);
@@ -212,7 +213,9 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
       // Findings of movers from before format 2 carry no chunk id: their key (`chunks/…`) names it.
       const chunks = [...new Set(was.findings.map((f) => f.chunkId ?? chunkIdOfKey(f.objectKey)).filter((id): id is string => id !== undefined))];
       await deps.recovery.clearQuarantine(locationKey(input.repository), chunks);
-      summary.healed = { previousVerifyId: was.verifyId, chunks };
+      // Backups damaged only through these chunks (they share them) are whole again too.
+      const others = await healShared(chunks, { verifyId: input.verifyId, healedAt: at }, deps);
+      summary.healed = { previousVerifyId: was.verifyId, chunks, ...(others.length ? { otherBackups: others } : {}) };
     }
   }
   await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: verifyStatus(summary), finishedAt: at, summary });
@@ -257,5 +260,5 @@ export async function recordRestoreTest(input: z.output<typeof recordRestoreTest
 const now = () => new Date();
 export const planHandler = lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
 export const planPolicyHandler = lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, now }));
+export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, catalog: clients().catalog, now }));
 export const recordRestoreTestHandler = lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input) => recordRestoreTest(input, { catalog: clients().catalog, recovery: clients().recovery, now }));

@@ -69,7 +69,8 @@ export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, o
         continue;
       }
       throw new Corrupt(`garbage collection stopped: manifest ${o.key} of backup ${backupId} (${status ?? 'not in the catalog'}) does not open, so the chunks it needs are unknown; `
-        + `deep-verify the backup and prune it, or restore the manifest from a replica (${(err as Error).message})`, err);
+        + `deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" }), `
+        + `or put the manifest back from a replica (${(err as Error).message})`, err);
     }
     if (m.version === 2) {
       for (const p of m.packs!) {

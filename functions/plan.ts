@@ -114,7 +114,7 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
     const host = hosts.get(vm.host);
     if (!host) throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
     const backupId = newBackupId(now, input.runId, vmId);
-    const parent = await deps.catalog.latestCommitted(vmId);
+    const parent = await deps.catalog.latestParent(vmId);
     const job: VmJob = {
       runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: host.moverGroup, source: vm.source,
       repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },

@@ -28,6 +28,12 @@ export const pruneRequest = z.object({
   dryRun: z.boolean().optional(),
   /** Calendar periods are counted in this zone (default: the policy's, else UTC). */
   timeZone: text.optional(),
+  /**
+   * Prune this one backup of the policy now, whatever the retention: only a `damaged` one
+   * (a deep verification found it does not open), e.g. one whose manifest is torn, which
+   * stops garbage collection until it is gone.
+   */
+  backupId: text.optional(),
 }).strict();
 export const planPruneInput = z.object({ pruneId: text, request: pruneRequest }).strict();
 
@@ -79,6 +85,18 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
   }
 
   const plan: PrunePlan = { pruneId, policyId: policy.policyId, dryRun: request.dryRun === true, timeZone, retention: retention as Record<string, number>, vms: [], remove: [], keepCount: 0, removeCount: 0 };
+  const item = (vmId: string, backupId: string, reason: string): PruneItem => ({
+    pruneId, vmId, backupId, ...location(policy.bucket, policy.endpoint), replicas: policy.replicateTo ? [location(policy.replicateTo.bucket, policy.replicateTo.endpoint)] : [], reason,
+  });
+  if (request.backupId) {
+    const named = await namedDamagedBackup(deps.catalog, policy, request.backupId);
+    const reason = `pruned by name: damaged (deep verification ${named.verifyId})`;
+    plan.vms.push({ vmId: named.vmId, decisions: [{ backupId: named.backupId, time: named.startedAt, status: 'damaged', keep: false, reason }] });
+    plan.remove.push(item(named.vmId, named.backupId, reason));
+    plan.removeCount = 1;
+    await deps.recovery.putRecord('PRUNE', pruneId, { status: plan.dryRun ? 'dry-run' : 'running', startedAt: deps.now().toISOString(), plan });
+    return plan;
+  }
   for (const vmId of await policyVms(deps.catalog, policy)) {
     const backups = (await deps.catalog.listBackups(vmId)).filter((b) => b.policyId === policy.policyId);
     const status = new Map(backups.map((b) => [b.backupId, b.status as string]));
@@ -92,12 +110,26 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
     plan.vms.push({ vmId, decisions });
     for (const d of decisions) {
       if (d.keep) plan.keepCount++;
-      else plan.remove.push({ pruneId, vmId, backupId: d.backupId, ...location(policy.bucket, policy.endpoint), replicas: policy.replicateTo ? [location(policy.replicateTo.bucket, policy.replicateTo.endpoint)] : [], reason: d.reason });
+      else plan.remove.push(item(vmId, d.backupId, d.reason));
     }
   }
   plan.removeCount = plan.remove.length;
   await deps.recovery.putRecord('PRUNE', pruneId, { status: plan.dryRun ? 'dry-run' : 'running', startedAt: deps.now().toISOString(), plan });
   return plan;
+}
+
+/** The backup a prune names: one of the policy's VMs', and `damaged`; any other is refused, saying why. */
+async function namedDamagedBackup(catalog: Catalog, policy: Policy, backupId: string): Promise<{ vmId: string; backupId: string; startedAt: string; verifyId: string }> {
+  for (const vmId of await policyVms(catalog, policy)) {
+    const b = await catalog.getBackup(vmId, backupId);
+    if (!b || b.policyId !== policy.policyId) continue;
+    if ((b.status as string) !== 'damaged') {
+      throw new RecoveryRequestInvalid(`backup '${backupId}' of VM '${vmId}' is '${b.status}': only a backup a deep verification found damaged is pruned by name; `
+        + `deep-verify it first (Deep verify workflow, or lifeboat verify --vm ${vmId} --backup ${backupId} --group <its group>), or let the retention prune it`);
+    }
+    return { vmId, backupId, startedAt: b.startedAt, verifyId: (b as { damage?: { verifyId?: string } }).damage?.verifyId ?? 'unknown' };
+  }
+  throw new RecoveryRequestInvalid(`policy '${policy.policyId}' has no backup '${backupId}' (among the backups of its VMs)`);
 }
 
 export interface PrunedBackup {

@@ -15,6 +15,10 @@
  *
  * A chunk that opens and matches its id by now (a writer replaced an object of the wrong
  * size meanwhile, or the finding came from a faulty read) is left alone and not recorded.
+ *
+ * Then every other committed backup whose manifests reference a quarantined chunk is
+ * marked damaged too (`recovery/shared-damage.ts`): a restore of any of them is refused
+ * up front, naming the chunk, instead of failing half-way.
  */
 import { z } from 'zod';
 import { mapLimit } from '../core/concurrency.ts';
@@ -23,10 +27,12 @@ import { chunkId, chunkIdOfKey, open, packIdOfKey, type RepositoryKeys } from '.
 import type { ObjectStore } from '../core/object-store.ts';
 import { quarantineKey } from '../core/quarantine.ts';
 import type { RepositoryAdmin } from '../core/repository-admin.ts';
+import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { repositoryLocation } from './commons/schemas.ts';
+import { shareDamage, type SharedDamage } from './recovery/shared-damage.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -53,13 +59,16 @@ export interface QuarantineReport {
   failed: { key: string; reason: string }[];
   /** Findings that name no chunk (a manifest): not healable by a re-upload. */
   notChunks: string[];
+  /** Other committed backups whose manifests reference a quarantined chunk: marked damaged too. */
+  shared: SharedDamage[];
 }
 
 export interface QuarantineDeps {
   store: ObjectStore;
   admin: RepositoryAdmin;
   keys: RepositoryKeys;
-  recovery: Pick<RecoveryCatalog, 'putQuarantine'>;
+  recovery: Pick<RecoveryCatalog, 'putQuarantine' | 'markSharedDamage'>;
+  catalog: Pick<Catalog, 'backupsWithStatus'>;
   now: () => Date;
 }
 
@@ -83,7 +92,7 @@ interface Damaged {
 
 export async function quarantineDamage(input: z.output<typeof quarantineInput>, deps: QuarantineDeps): Promise<QuarantineReport> {
   const repository = locationKey(input.repository);
-  const report: QuarantineReport = { quarantined: [], alreadyHealthy: [], failed: [], notChunks: [] };
+  const report: QuarantineReport = { quarantined: [], alreadyHealthy: [], failed: [], notChunks: [], shared: [] };
   // One entry per damaged copy: a chunk on several disks is found once per disk.
   const damaged = new Map<string, Damaged>();
   for (const f of input.findings) {
@@ -122,11 +131,12 @@ export async function quarantineDamage(input: z.output<typeof quarantineInput>, 
   });
   if (toDelete.length > 0) report.failed = (await deps.admin.delete(toDelete.sort())).failed;
   report.quarantined.sort((a, b) => a.objectKey.localeCompare(b.objectKey) || (a.range?.offset ?? 0) - (b.range?.offset ?? 0));
+  report.shared = await shareDamage(input, [...new Set(report.quarantined.map((q) => q.chunkId))], deps);
   return report;
 }
 
 export const handler = lambdaHandler('QuarantineDamage', quarantineInput, async (input) => {
   const c = clients();
   const { bucket, endpoint } = input.repository;
-  return quarantineDamage(input, { store: c.store(bucket, endpoint), admin: c.admin(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint), recovery: c.recovery, now: () => new Date() });
+  return quarantineDamage(input, { store: c.store(bucket, endpoint), admin: c.admin(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint), recovery: c.recovery, catalog: c.catalog, now: () => new Date() });
 });

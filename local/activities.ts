@@ -7,6 +7,7 @@
  * HeartbeatSeconds are enforced here, as Step Functions does.
  */
 import { randomBytes } from 'node:crypto';
+import { AWS_QUOTAS, fieldTooLong, type StepFunctionsQuotas } from './quotas.ts';
 
 /** Options for {@link ActivityBroker.schedule}. */
 export interface ScheduleOptions {
@@ -57,7 +58,13 @@ export class ActivityBroker {
   readonly #waiters = new Map<string, Waiter[]>();
   readonly #tasks = new Map<string, Task>();
   readonly #timedOut = new Set<string>();
+  readonly #quotas: StepFunctionsQuotas;
   #closed = false;
+
+  /** `quotas`: the payload quota SendTaskSuccess's output is held to (default AWS's). */
+  constructor(opts: { quotas?: StepFunctionsQuotas } = {}) {
+    this.#quotas = opts.quotas ?? AWS_QUOTAS;
+  }
 
   /**
    * Queues a task for `activityArn` and waits for its outcome.
@@ -144,9 +151,12 @@ export class ActivityBroker {
 
   /**
    * Completes a task (SendTaskSuccess) with JSON text `outputJson`.
-   * @throws `TaskDoesNotExist`, `TaskTimedOut`, or `InvalidOutput` for bad JSON.
+   * @throws `ValidationException` for an output over the payload quota (as AWS refuses it,
+   *   before looking at the token), `TaskDoesNotExist`, `TaskTimedOut`, or `InvalidOutput` for bad JSON.
    */
   succeed(taskToken: string, outputJson: string): void {
+    const tooLong = fieldTooLong('output', Buffer.byteLength(outputJson, 'utf8'), this.#quotas);
+    if (tooLong) throw tooLong;
     const task = this.#lookup(taskToken);
     let output: unknown;
     try {

@@ -12,6 +12,8 @@ import type { ActivityBroker } from './activities.ts';
 import { LocalEventBus } from './events.ts';
 import type { ResolvedTemplate } from './asl.ts';
 import { invokeLocal } from './lambdas.ts';
+import { QuotaGuard } from './quota-guard.ts';
+import { AWS_QUOTAS, fieldTooLong, type StepFunctionsQuotas } from './quotas.ts';
 import type { ExecutionRecord, ExecutionService } from './sfn-api.ts';
 
 type AslState = Record<string, unknown> & { Type: string; Resource?: string };
@@ -49,9 +51,12 @@ export class LocalExecutions implements ExecutionService {
 
   /** Told of every execution stopped without its own failure path (StopExecution; aborted at a restart: see load). */
   private readonly onStopped: (r: ExecutionRecord) => void;
+  /** Step Functions' hard quotas, enforced on every execution (local/quotas.ts). */
+  private readonly quotas: StepFunctionsQuotas;
 
-  constructor(opts: { dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void }) {
+  constructor(opts: { dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void; quotas?: StepFunctionsQuotas }) {
     this.dir = join(opts.dataDir, 'executions');
+    this.quotas = opts.quotas ?? AWS_QUOTAS;
     this.onStopped = opts.onStopped ?? (() => {});
     this.events = new LocalEventBus(opts.dataDir);
     this.template = opts.template;
@@ -88,7 +93,7 @@ export class LocalExecutions implements ExecutionService {
     return sm;
   }
 
-  private overrides(definition: Record<string, unknown>, signal: AbortSignal) {
+  private overrides(definition: Record<string, unknown>, signal: AbortSignal, guard: QuotaGuard) {
     const handlers: Record<string, (input: never) => Promise<unknown>> = {};
     for (const [name, state] of taskStates(definition)) {
       const resource = state.Resource ?? '';
@@ -108,6 +113,7 @@ export class LocalExecutions implements ExecutionService {
       } else {
         throw new Error(`task state '${name}' uses resource ${resource}, which the embedded stack does not run`);
       }
+      handlers[name] = guard.guardTask(name, state, handlers[name]!);
     }
     return handlers;
   }
@@ -135,6 +141,8 @@ export class LocalExecutions implements ExecutionService {
     const execName = name ?? randomUUID();
     const executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${execName}`;
     if (this.records.has(executionArn)) throw named('ExecutionAlreadyExists', `execution ${execName} already exists`);
+    const tooLong = fieldTooLong('input', Buffer.byteLength(input || '{}', 'utf8'), this.quotas);
+    if (tooLong) throw tooLong;
     let parsed: unknown;
     try {
       parsed = JSON.parse(input || '{}');
@@ -145,26 +153,34 @@ export class LocalExecutions implements ExecutionService {
     this.records.set(executionArn, record);
     await this.save(record);
     const abort = new AbortController();
+    // Ends the execution's activity tasks still queued or running once it has stopped, however
+    // it stopped (in AWS their tokens are then void): no mover takes up a dead execution's work.
+    const settled = new AbortController();
+    const taskSignal = AbortSignal.any([abort.signal, settled.signal]);
     const machine = new StateMachine(sm.definition as never, { validationOptions: { checkArn: false } });
-    const run = machine.run(parsed as never, {
-      overrides: { taskResourceLocalHandlers: this.overrides(sm.definition, abort.signal) as never },
+    // A history quota failure ends the execution at once, wherever in it the quota was reached.
+    const guard = new QuotaGuard(this.quotas, sm.definition as never, () => abort.abort());
+    const run = machine.run(parsed as never, guard.runOptions(machine, {
+      overrides: { taskResourceLocalHandlers: this.overrides(sm.definition, taskSignal, guard) as never },
       context: { Execution: { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' } },
-    });
+    }));
     abort.signal.addEventListener('abort', () => run.abort());
     const history = this.recordHistory(record, run.eventLogs);
     const done = run.result.then(
       (output): Partial<ExecutionRecord> => ({ status: 'SUCCEEDED', output: JSON.stringify(output) }),
       (err: Error): Partial<ExecutionRecord> => {
+        if (guard.failure) return { status: 'FAILED', error: guard.failure.name, cause: guard.failure.message };
         if (abort.signal.aborted) return { status: 'ABORTED' };
         const caught = err.cause as Error | undefined;
         if (err.name === 'ExecutionTimeoutError') return { status: 'TIMED_OUT', error: 'States.Timeout' };
         return { status: 'FAILED', error: caught?.name ?? err.name, cause: caught?.message ?? err.message };
       },
     ).then(async (outcome) => {
+      settled.abort();
       // The execution reads as stopped only once its history is on disk, so a client that
       // saw it stop can read the whole history.
       await history;
-      Object.assign(record, outcome);
+      Object.assign(record, outcome, { quotaUsage: guard.usage() });
       record.stopDate = new Date();
       this.running.delete(executionArn);
       await this.save(record);

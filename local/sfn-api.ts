@@ -9,6 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { ActivityBroker } from './activities.ts';
+import type { QuotaUsage } from './quota-guard.ts';
 
 /** One execution as reported by DescribeExecution / ListExecutions. */
 export interface ExecutionRecord {
@@ -22,6 +23,8 @@ export interface ExecutionRecord {
   output?: string;
   error?: string;
   cause?: string;
+  /** What it used of Step Functions' quotas (local/quota-guard.ts); the embedded stack's own, not on the wire. */
+  quotaUsage?: QuotaUsage;
 }
 
 /**

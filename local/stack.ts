@@ -6,6 +6,7 @@
 import { CreateTableCommand, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import dynalite from 'dynalite';
+import { unwatchFile, watchFile } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -26,6 +27,7 @@ import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
 import { startSfnApi } from './sfn-api.ts';
+import { resolveQuotas, type StepFunctionsQuotas } from './quotas.ts';
 
 export const LOCAL_CREDENTIALS = LOCAL_ENDPOINT_CREDENTIALS;
 export const CATALOG_TABLE = 'lifeboat-catalog';
@@ -37,6 +39,26 @@ export interface EmbeddedStackOptions {
   config?: LifeboatConfig;
   /** 0 picks free ports. */
   ports?: { dynamodb?: number; s3?: number; sfn?: number };
+  /**
+   * Told when the repository key file changes while the stack runs: the problem (a
+   * Stack.Unavailable naming the file and what to do) when the new file does not open the
+   * repository, undefined when it does (again). The stack and its movers keep the key they
+   * loaded, but the next start would be refused, so this is said at once, not at restart.
+   */
+  onKeyFile?: (problem: StackUnavailable | undefined) => void;
+  /** How often the key file is looked at (default 2000 ms). */
+  keyFileCheckMs?: number;
+  /**
+   * Puts something in front of the S3 server of a repository on another endpoint (the
+   * reliability suite's fault proxy): given the repository id and the server's URL, returns
+   * the URL every client (jobs, functions, movers) is given for that endpoint.
+   */
+  endpointFront?: (repositoryId: string, serverUrl: string) => Promise<string>;
+  /**
+   * Step Functions' hard quotas to enforce (local/quotas.ts): AWS's unless a test lowers one
+   * to reach it cheaply. Deliberately not read from the environment.
+   */
+  quotas?: Partial<StepFunctionsQuotas>;
 }
 
 /** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
@@ -79,6 +101,7 @@ export class EmbeddedStack {
 
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
     const dataDir = resolve(opts.dataDir);
+    const quotas = resolveQuotas(opts.quotas);
     await mkdir(dataDir, { recursive: true });
     const closers: (() => Promise<void>)[] = [await lockDataDir(dataDir)];
     const closeAll = async () => {
@@ -110,7 +133,7 @@ export class EmbeddedStack {
         const folder = `s3-${r.id}`;
         const { server: url } = await startOnSavedPort(ports[folder], (port) => startS3(join(dataDir, folder), on.map((x) => buckets[x.id]!), port));
         ports[folder] = Number(new URL(url).port);
-        endpointUrls.set(endpointKey(r.endpoint), url);
+        endpointUrls.set(endpointKey(r.endpoint), opts.endpointFront ? await opts.endpointFront(r.id, url) : url);
       }
       if (endpointUrls.size > 0) await saveEndpointPorts(dataDir, ports);
       const config = localizeConfig(configured, dataDir, (e) => endpointUrls.get(endpointKey(e))!);
@@ -133,6 +156,27 @@ export class EmbeddedStack {
         throw new StackUnavailable(`the embedded stack cannot start on ${dataDir}: ${(err as Error).message}`, err);
       });
 
+      const onKeyFile = opts.onKeyFile;
+      if (onKeyFile) {
+        let checking = Promise.resolve();
+        watchFile(keyFile, { interval: opts.keyFileCheckMs ?? 2000 }, (now, before) => {
+          if (now.mtimeMs === before.mtimeMs && now.ino === before.ino && now.size === before.size) return;
+          checking = checking.then(async () => {
+            try {
+              await loadMasterKey(store, await KeyFileWrapper.load(keyFile));
+              onKeyFile(undefined);
+            } catch (err) {
+              onKeyFile(new StackUnavailable(`the repository key file ${keyFile} changed while the stack runs, and ${(err as Error).message}. `
+                + 'The running stack and its movers keep the key they loaded at start, but the next start will be refused: put back the original key file now', err));
+            }
+          });
+        });
+        closers.push(async () => {
+          unwatchFile(keyFile);
+          await checking;
+        });
+      }
+
       // The handlers read their configuration from the environment, as in Lambda.
       Object.assign(process.env, {
         CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile,
@@ -144,11 +188,11 @@ export class EmbeddedStack {
       // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog.
       await syncConfig({ config, buckets }, { catalog });
 
-      const broker = new ActivityBroker();
+      const broker = new ActivityBroker({ quotas });
       closers.push(async () => broker.close());
       const reconcileArn = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Reconcile'))?.arn;
       const executions: LocalExecutions = new LocalExecutions({
-        dataDir, template, broker,
+        dataDir, template, broker, quotas,
         onStopped: (r) => { if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn); },
       });
       await executions.load();

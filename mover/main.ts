@@ -106,9 +106,12 @@ const s3Endpoint = process.env.LIFEBOAT_S3_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: localCreds } : {}), requestHandler: { requestTimeout: 70_000 } });
 const pathStyle = process.env.LIFEBOAT_S3_PATH_STYLE ? process.env.LIFEBOAT_S3_PATH_STYLE === 'true' : !!s3Endpoint;
 // Every S3 request has deadlines: a stalled one fails (and is retried) instead of hanging the task.
+// One retry layer: the SDK tries each request once (its own retries would be invisible: no
+// storage.retry line, not counted in stats.storageRetries) and withRetry does the retrying.
 const s3Timeouts = {
   connectTimeoutMs: positiveInt('LIFEBOAT_S3_CONNECT_TIMEOUT_MS', String(DEFAULT_S3_TIMEOUTS.connectTimeoutMs)),
   requestTimeoutMs: positiveInt('LIFEBOAT_S3_REQUEST_TIMEOUT_MS', String(DEFAULT_S3_TIMEOUTS.requestTimeoutMs)),
+  maxAttempts: 1,
 };
 const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...s3Timeouts, ...(s3Endpoint ? { credentials: localCreds } : {}) });
 let endpointProfiles: Record<string, string>;

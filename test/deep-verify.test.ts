@@ -155,7 +155,7 @@ describe('recordDeepVerify', () => {
       putRecord: async () => {},
     } as unknown as RecoveryCatalog;
     const verified = [{ diskId: 'disk0', chunksTotal: 2, chunksChecked: 2, bytesRead: 1, damaged: [], chunksFromOtherCopies: 1, seconds: 0 }];
-    const s = await recordDeepVerify({ ...job('b1', 'v-new'), disks: [{ diskId: 'disk0', sizeBytes: 1 }], verified }, { recovery, now: () => new Date() });
+    const s = await recordDeepVerify({ ...job('b1', 'v-new'), disks: [{ diskId: 'disk0', sizeBytes: 1 }], verified }, { recovery, catalog: { backupsWithStatus: async () => [] }, now: () => new Date() });
     expect(s.healed).toEqual({ previousVerifyId: 'v-old', chunks: [packed, old] });
     expect(cleared).toEqual([[packed, old]]);
   });

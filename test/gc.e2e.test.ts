@@ -163,7 +163,7 @@ it('merges many small index objects into few through the workflow (consolidation
   for (const disk of (JSON.parse(restored.output!) as RestoreSummary).disks) expect(await sha256File(disk.path), disk.diskId).toBe(await sha256File(join(g2, `${disk.diskId}.raw`)));
 }, 120_000);
 
-it('stops, deleting nothing, when a manifest does not open, and names it', async () => {
+it('stops, deleting nothing, when a manifest does not open, names it and gives advice that works: deep-verify, prune by name, collect', async () => {
   const { store } = await openRepository(t.stack.endpoints);
   const backupId = (await t.stack.catalog.latestCommitted('g2'))!.backupId;
   const key = objectKeys.manifest(backupId, 'disk1');
@@ -178,6 +178,20 @@ it('stops, deleting nothing, when a manifest does not open, and names it', async
   expect(d.cause).toContain(`manifest ${key} of backup ${backupId} (committed) does not open`);
   expect((await packFiles()).length).toBe(before);
   expect(await indexObjects()).toEqual(indexBefore);
+
+  // The advice, followed: a retention prune would keep the backup (the newest), so it is pruned by name once damaged.
+  expect((JSON.parse(d.cause!) as { errorMessage: string }).errorMessage).toContain(`deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" })`);
+  const refused = await run('Prune', { policyId: 'p-g2', backupId });
+  expect(refused.status).toBe('FAILED');
+  expect(refused.cause).toContain(`backup '${backupId}' of VM 'g2' is 'committed': only a backup a deep verification found damaged is pruned by name; deep-verify it first`);
+  const v = await run('DeepVerify', { vmId: 'g2', backupId, moverGroup: 'site-a' });
+  expect(v.status, v.cause).toBe('SUCCEEDED');
+  expect(JSON.parse(v.output!)).toMatchObject({ damaged: true, findings: [expect.objectContaining({ objectKey: key, reason: expect.stringContaining('the manifest does not open') })] });
+  const p = await run('Prune', { policyId: 'p-g2', backupId });
+  expect(p.status, p.cause).toBe('SUCCEEDED');
+  expect(await t.stack.catalog.getBackup('g2', backupId)).toBeUndefined();
+  const again = await run('Gc', { bucket: REPOSITORY_BUCKET, graceHours: 0 });
+  expect(again.status, again.cause).toBe('SUCCEEDED');
 });
 
 it("gives a failed collection's lease back on the workflow's failure path (a function killed before it could), and leaves another holder's alone", async () => {

@@ -173,7 +173,7 @@ describe('collectGarbage beside failed and dead backups', () => {
   it('names the backup and its status, and advice that works, when a committed backup\'s manifest does not open', async () => {
     await manifest('b1', [1]);
     store.objects.get(objectKeys.manifest('b1', 'disk0'))![40]! ^= 1;
-    await expect(run({}, statuses({ b1: 'committed' }))).rejects.toThrow(/manifest manifests\/b1\/disk0.manifest of backup b1 \(committed\) does not open/);
+    await expect(run({}, statuses({ b1: 'committed' }))).rejects.toThrow(/manifest manifests\/b1\/disk0.manifest of backup b1 \(committed\) does not open.*deep-verify backup b1 .*prune it by name \(Prune workflow input \{ "policyId": "<its policy>", "backupId": "b1" \}\)/);
   });
 });
 

@@ -38,8 +38,10 @@ function setup() {
   const store = new MemoryObjectStore();
   const admin = new MemoryRepositoryAdmin(store);
   const records: { repository: string; r: QuarantineRecord }[] = [];
-  const recovery = { putQuarantine: async (repository: string, r: QuarantineRecord) => void records.push({ repository, r }) };
-  return { store, admin, records, deps: { store, admin, keys, recovery, now: () => NOW } };
+  const recovery = { putQuarantine: async (repository: string, r: QuarantineRecord) => void records.push({ repository, r }), markSharedDamage: async () => false };
+  // No other backups: sharing damage is tested end to end (shared-damage.e2e.test.ts).
+  const catalog = { backupsWithStatus: async () => [] };
+  return { store, admin, records, deps: { store, admin, keys, recovery, catalog, now: () => NOW } };
 }
 const request = (findings: { objectKey: string; reason: string; chunkId?: string; range?: { offset: number; length: number } }[]) =>
   ({ verifyId: 'verify-1', vmId: 'vm-1', backupId: 'b1', repository: { bucket: 'repo' }, findings });
@@ -91,7 +93,7 @@ describe('quarantineDamage', () => {
     const r = await quarantineDamage(request([finding, { ...finding, reason: 'again, on disk1' }]), deps);
     const kept = `quarantine/verify-1/${key}/${bad.id}`;
     expect(quarantineKey('verify-1', key, bad.id)).toBe(kept);
-    expect(r).toEqual({ quarantined: [{ chunkId: bad.id, objectKey: key, range, quarantineKey: kept }], alreadyHealthy: [], failed: [], notChunks: [] });
+    expect(r).toEqual({ quarantined: [{ chunkId: bad.id, objectKey: key, range, quarantineKey: kept }], alreadyHealthy: [], failed: [], notChunks: [], shared: [] });
     expect(store.objects.get(kept)).toEqual(pack.subarray(bad.offset, bad.offset + bad.length));
     // The pack stays, byte for byte: its other chunks are fine and other backups use them.
     expect(store.objects.get(key)).toEqual(pack);

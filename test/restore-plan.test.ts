@@ -1,4 +1,4 @@
-/** A plain restore (no backup named) never falls back silently past a damaged newest backup. */
+/** A plain restore (no backup named) never falls back silently past a damaged newest backup; a damaged backup named is refused, saying why and what to do. */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { planRestore } from '../functions/restore.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
@@ -20,4 +20,21 @@ it('says loudly which older backup it restores when the newest is damaged, namin
   expect(job.backupId).toBe('20260101T000000000Z-a');
   expect(job.notice).toBe("the newest backup 20260102T000000000Z-b of VM 'vm-1' is damaged (deep verification verify-7): restoring the older backup 20260101T000000000Z-a instead. "
     + 'To restore the newest, let the next backup store its quarantined chunks again and deep-verify it, then restore it by name');
+});
+
+it('refuses a damaged backup named, up front: the chunk, where it is stored, who found it, how to heal it and the older backup to restore instead', async () => {
+  const chunk = 'ab'.repeat(32);
+  await c.recovery.markDamaged('vm-1', '20260102T000000000Z-b', {
+    verifyId: 'verify-8', foundAt: 'x',
+    findings: [{ backupId: '20260102T000000000Z-b', diskId: 'd', offsets: [3 << 20], objectKey: 'packs/cd/cdcd', chunkId: chunk, range: { offset: 4096, length: 1000 }, reason: 'failed authentication' }],
+  });
+  const plan = (backupId: string) => planRestore({ restoreId: 'r2', request: { vmId: 'vm-1', backupId, target: '/tmp/t', moverGroup: 'site-a' } }, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() });
+  await expect(plan('20260102T000000000Z-b')).rejects.toMatchObject({
+    name: 'Recovery.RequestInvalid',
+    message: `backup '20260102T000000000Z-b' of VM 'vm-1' is damaged: chunk ${chunk} (disk 'd', offset ${3 << 20}, stored in packs/cd/cdcd bytes 4096+1000) does not open, found by deep verification verify-8; nothing was restored. `
+      + "To heal it, let the next backup of a VM that holds the chunk store it again (backups do that by themselves), then deep-verify backup '20260102T000000000Z-b' in full; "
+      + "or restore the older backup '20260101T000000000Z-a' (committed " + (await c.catalog.getBackup('vm-1', '20260101T000000000Z-a'))!.committedAt + ')',
+  });
+  // The older one restores: only the damaged backup is refused.
+  expect((await plan('20260101T000000000Z-a')).backupId).toBe('20260101T000000000Z-a');
 });

@@ -9,6 +9,15 @@ import { afterAll, expect, it } from 'vitest';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { EmbeddedStack, openRepository, repositoryStore, type StackEndpoints } from '../local/stack.ts';
 
+/** Waits until `ok()` holds, polling; fails naming `what` after `ms`. */
+async function until(ok: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`no ${what} within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 const dirs: string[] = [];
 afterAll(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
@@ -114,4 +123,23 @@ it('names the key file when it does not open the repository (replaced), instead 
   });
   // The failed start gave its lock back.
   await expect(readFile(join(dir, 'stack.lock'))).rejects.toMatchObject({ code: 'ENOENT' });
+});
+
+it('says at once, naming the file, when the key file is replaced while the stack runs, and when it is put back', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'lifeboat-stack-'));
+  dirs.push(dir);
+  const seen: (string | undefined)[] = [];
+  const stack = await EmbeddedStack.start({ dataDir: dir, keyFileCheckMs: 100, onKeyFile: (p) => seen.push(p && `${p.name}: ${p.message}`) });
+  try {
+    const keyFile = join(dir, 'repository.keyfile');
+    const original = await readFile(keyFile);
+    await writeFile(keyFile, `${randomBytes(32).toString('hex')}\n`);
+    await until(() => seen.length === 1, 10_000, 'a word about the replaced key file');
+    expect(seen[0]).toMatch(new RegExp(`^Stack.Unavailable: the repository key file ${keyFile} changed while the stack runs, and .*does not unwrap with key file .*put back the original key file now`));
+    await writeFile(keyFile, original);
+    await until(() => seen.length === 2, 10_000, 'a word about the key file put back');
+    expect(seen[1]).toBeUndefined();
+  } finally {
+    await stack.stop();
+  }
 });

@@ -73,11 +73,13 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestoreFailure: { catalog: ['PutItem'] },
   // With a restore test: the VM's host (its libvirt URI and group) and, for everyDays, its backups' last restore test.
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
-  RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem'] },
+  // Scan: the backups damaged through chunks a healed backup shares (recovery/shared-damage.ts).
+  RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem', 'Scan'] },
   // The restore test's outcome on the backup (UpdateItem) and in the verification's record (PutItem).
   RecordRestoreTest: { catalog: ['UpdateItem', 'PutItem'] },
   // Moves damaged chunks aside: reads and re-checks them (a chunk object, or its range of a pack), copies to quarantine/, deletes a format-1 chunk object (a pack stays).
-  QuarantineDamage: { catalog: ['PutItem'], repository: { read: ['chunks/', 'packs/', 'keys/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
+  // Then marks damaged the committed backups whose manifests share a damaged chunk (Scan, UpdateItem; reads manifests/).
+  QuarantineDamage: { catalog: ['PutItem', 'Scan', 'UpdateItem'], repository: { read: ['chunks/', 'packs/', 'keys/', 'manifests/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },

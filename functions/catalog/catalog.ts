@@ -308,6 +308,17 @@ export class Catalog {
   async latestCommitted(vmId: string): Promise<Backup | undefined> {
     return (await this.listBackups(vmId)).find((b) => b.status === 'committed');
   }
+
+  /**
+   * The parent of a VM's next backup: its newest committed backup, or a newer one damaged
+   * only through chunks it shares with a backup whose verification found them (its
+   * manifests open; the next backup stores those quarantined chunks again, as Plan names
+   * them in `healChunks`).
+   */
+  async latestParent(vmId: string): Promise<Backup | undefined> {
+    return (await this.listBackups(vmId)).find((b) => b.status === 'committed'
+      || ((b.status as string) === 'damaged' && (b as Backup & { damage?: { foundIn?: unknown } }).damage?.foundIn !== undefined));
+  }
   getBackup(vmId: string, backupId: string) {
     return this.get<Backup>(k.backup(vmId, backupId));
   }
@@ -421,6 +432,12 @@ export class Catalog {
   /** Every backup's status by backup id (a Scan: garbage collection reads it once). */
   async backupStatuses(): Promise<Map<string, string>> {
     return new Map((await this.scanBackups()).map((b) => [b.backupId, b.status]));
+  }
+
+  /** Every backup in one of `statuses` (a Scan: deep verification's damage sharing reads it once). */
+  async backupsWithStatus(statuses: string[]): Promise<Backup[]> {
+    const values = Object.fromEntries(statuses.map((s, i) => [`:s${i}`, s]));
+    return this.scanBackups(`#s IN (${Object.keys(values).join(', ')})`, values);
   }
 
   private async scanBackups(filter?: string, values: Record<string, string> = {}): Promise<Backup[]> {

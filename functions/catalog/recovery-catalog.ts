@@ -43,6 +43,11 @@ export interface BackupDamage {
   verifyId: string;
   foundAt: string;
   findings: DamageFinding[];
+  /**
+   * Set when the damage was found verifying another backup whose manifests share the
+   * damaged chunks (a chunk is stored once for every backup that holds it): that backup.
+   */
+  foundIn?: { vmId: string; backupId: string };
 }
 
 export class RecoveryCatalog {
@@ -74,6 +79,27 @@ export class RecoveryCatalog {
         TableName: this.table, Key: backupKey(vmId, backupId),
         UpdateExpression: 'SET #s = :d, damage = :g',
         ConditionExpression: '#s IN (:c, :d)',
+        ExpressionAttributeNames: { '#s': 'status' },
+        ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':g': damage },
+      }));
+      return true;
+    } catch (err) {
+      if (isConditionFailed(err)) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * committed → damaged for a backup whose manifests reference chunks another backup's
+   * deep verification found damaged. A backup already damaged keeps its own findings.
+   * Returns false when the backup was not committed.
+   */
+  async markSharedDamage(vmId: string, backupId: string, damage: BackupDamage & { foundIn: { vmId: string; backupId: string } }): Promise<boolean> {
+    try {
+      await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: backupKey(vmId, backupId),
+        UpdateExpression: 'SET #s = :d, damage = :g',
+        ConditionExpression: '#s = :c',
         ExpressionAttributeNames: { '#s': 'status' },
         ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':g': damage },
       }));

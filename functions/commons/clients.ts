@@ -7,6 +7,9 @@ import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
+import { powertools } from './lambda.ts';
+import { storageMetrics } from './metric-names.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
@@ -73,6 +76,47 @@ function observe(client: MiddlewareClient, service: SdkCall['service']): void {
     }, { step: 'initialize', name: 'lifeboatObserveSdkCalls' });
 }
 
+/** Retries of the control plane's S3 requests, and requests that failed after their last attempt, since the process started. */
+const storageRetries = { retries: 0, exhausted: 0 };
+/** What `logRetries` counted so far (the embedded stack's tests compare it with the faults they injected). */
+export function controlPlaneStorageRetries(): Readonly<typeof storageRetries> {
+  return { ...storageRetries };
+}
+
+/**
+ * The functions' one retry layer is the SDK's own (standard mode, 3 attempts): they hold no
+ * long transfers to resume. Its retries are made visible here: a `storage.retry` line per
+ * request that needed more than one attempt (operation, bucket, key, attempts, wait), a
+ * count and the ControlPlaneStorageRetries metric, read from the attempts the retry
+ * middleware records in `$metadata`.
+ */
+function logRetries(client: MiddlewareClient): void {
+  client.middlewareStack.add((next: (args: { input: Record<string, unknown> }) => Promise<{ output?: { $metadata?: { attempts?: number; totalRetryDelay?: number; httpStatusCode?: number } } }>, context: { commandName?: string }) =>
+    async (args: { input: Record<string, unknown> }) => {
+      type Meta = { attempts?: number; totalRetryDelay?: number; httpStatusCode?: number };
+      const note = (meta: Meta | undefined, error?: unknown) => {
+        const retries = (meta?.attempts ?? 1) - 1;
+        // A request that failed for a reason the SDK retries (no answer, 5xx), after its last attempt; not a 404 or a 403.
+        if (error !== undefined && (meta?.httpStatusCode === undefined || meta.httpStatusCode >= 500)) storageRetries.exhausted++;
+        if (retries <= 0) return;
+        storageRetries.retries += retries;
+        powertools().metrics.addMetric(storageMetrics.controlPlaneStorageRetries, MetricUnit.Count, retries);
+        powertools().logger.info('storage.retry', {
+          op: (context.commandName ?? 'Unknown').replace(/Command$/, ''), bucket: args.input.Bucket, key: args.input.Key ?? args.input.Prefix,
+          attempts: meta!.attempts, retries, delayMs: meta!.totalRetryDelay, ...(error !== undefined ? { failed: (error as Error).name } : {}),
+        });
+      };
+      try {
+        const out = await next(args);
+        note(out.output?.$metadata);
+        return out;
+      } catch (err) {
+        note((err as { $metadata?: Meta }).$metadata, err);
+        throw err;
+      }
+    }, { step: 'initialize', name: 'lifeboatLogRetries' });
+}
+
 export function clients(): Clients {
   if (cached) return cached;
   const env = readEnv();
@@ -92,6 +136,7 @@ export function clients(): Clients {
     if (!c) {
       c = s3Client({ ...endpointSettings(endpoint, { region: env.region, url: env.s3Endpoint }), ...local });
       observe(c as unknown as MiddlewareClient, 's3');
+      logRetries(c as unknown as MiddlewareClient);
       s3Clients.set(key, c);
     }
     return c;

@@ -11,6 +11,12 @@ export const summaryMetrics = {
   storageRetries: 'StorageRetries',
 } as const;
 
+/** Published by any function whose S3 requests needed retries (dimension `service`). */
+export const storageMetrics = {
+  /** Attempts the SDK made again for the control plane's own S3 requests (each also a `storage.retry` log line). */
+  controlPlaneStorageRetries: 'ControlPlaneStorageRetries',
+} as const;
+
 /**
  * DR metrics (ReportReplication, after every Backup run of a replicating policy and at the
  * end of each ReplicatePolicy), dimensions `service` and `policyId`.

@@ -2,6 +2,7 @@
 import { location, type RepositoryLocation } from '../../core/endpoints.ts';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
 import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
+import type { BackupDamage } from '../catalog/recovery-catalog.ts';
 
 export interface ResolvedBackup {
   backup: Backup & { disks: NonNullable<Backup['disks']> };
@@ -15,6 +16,29 @@ export interface ResolvedBackup {
    * loud, that an older backup is used instead (never a silent fall-back).
    */
   notice?: string;
+}
+
+/**
+ * Why a damaged backup is not restored, before anything is written: the backup, its first
+ * damaged chunk (disk, offset, where it is stored), the verification that found it (of
+ * this backup, or of another that shares the chunk), and the next steps: heal it, or
+ * restore an older backup (named, when there is one).
+ */
+async function damagedMessage(catalog: Catalog, backup: Backup): Promise<string> {
+  const damage = (backup as Backup & { damage?: BackupDamage }).damage;
+  const f = damage?.findings[0];
+  const chunks = new Set(damage?.findings.map((x) => x.chunkId ?? x.objectKey));
+  const what = f
+    ? `${f.chunkId ? `chunk ${f.chunkId}` : `object ${f.objectKey}`} (disk '${f.diskId}'${f.offsets.length ? `, offset ${f.offsets[0]}` : ''}, stored in ${f.objectKey}${f.range ? ` bytes ${f.range.offset}+${f.range.length}` : ''})${chunks.size > 1 ? ` and ${chunks.size - 1} more` : ''} does not open`
+    : 'objects do not open';
+  const by = damage?.foundIn
+    ? `found by deep verification ${damage.verifyId} of backup '${damage.foundIn.backupId}' (VM '${damage.foundIn.vmId}'), which shares the chunk`
+    : `found by deep verification ${damage?.verifyId ?? '(unknown)'}`;
+  const all = await catalog.listBackups(backup.vmId); // newest first
+  const older = all.slice(all.findIndex((b) => b.backupId === backup.backupId) + 1).find((b) => b.status === 'committed');
+  return `backup '${backup.backupId}' of VM '${backup.vmId}' is damaged: ${what}, ${by}; nothing was restored. `
+    + `To heal it, let the next backup of a VM that holds the chunk store it again (backups do that by themselves), then deep-verify backup '${backup.backupId}' in full`
+    + (older ? `; or restore the older backup '${older.backupId}' (committed ${older.committedAt ?? older.startedAt})` : '; no older committed backup of this VM exists');
 }
 
 /** The location of `bucket` as a policy knows it: its own repository or its DR repository (with their endpoints). */
@@ -38,13 +62,16 @@ export async function resolveBackup(catalog: Catalog, vmId: string, backupId: st
     backup = await catalog.getBackup(vmId, backupId);
     if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no backup '${backupId}'`);
     if (!usable(backup.status)) {
-      const why = (backup.status as string) === 'damaged' ? 'damaged (a deep verification found objects that do not open; see its damage findings)' : `'${backup.status}', not committed`;
-      throw new RecoveryRequestInvalid(`backup '${backupId}' of VM '${vmId}' is ${why}`);
+      if ((backup.status as string) === 'damaged') throw new RecoveryRequestInvalid(await damagedMessage(catalog, backup));
+      throw new RecoveryRequestInvalid(`backup '${backupId}' of VM '${vmId}' is '${backup.status}', not committed`);
     }
   } else {
     const all = await catalog.listBackups(vmId); // newest first
     backup = all.find((b) => usable(b.status));
-    if (!backup) throw new RecoveryRequestInvalid(`VM '${vmId}' has no committed backup${all.some((b) => (b.status as string) === 'damaged') ? ' (its damaged ones can be restored only by name, or after healing)' : ''}`);
+    if (!backup) {
+      const damaged = all.find((b) => (b.status as string) === 'damaged');
+      throw new RecoveryRequestInvalid(damaged ? `VM '${vmId}' has no committed backup to restore: ${await damagedMessage(catalog, damaged)}` : `VM '${vmId}' has no committed backup`);
+    }
     const passed = all.slice(0, all.indexOf(backup)).filter((b) => (b.status as string) === 'damaged');
     if (passed.length) {
       const damage = (passed[0] as { damage?: { verifyId?: string } }).damage;

@@ -8,7 +8,7 @@ import type { LifeboatConfig } from '../../core/config.ts';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { RecoveryCatalog } from '../../functions/catalog/recovery-catalog.ts';
-import { EmbeddedStack, LOCAL_CREDENTIALS, type StackEndpoints } from '../../local/stack.ts';
+import { EmbeddedStack, LOCAL_CREDENTIALS, type EmbeddedStackOptions, type StackEndpoints } from '../../local/stack.ts';
 
 export interface TestStack {
   stack: EmbeddedStack;
@@ -27,11 +27,15 @@ export interface TestStackOptions {
   moverEnv?: Record<string, string>;
   slots?: number;
   config?: LifeboatConfig;
+  /** See EmbeddedStackOptions.endpointFront. */
+  endpointFront?: (repositoryId: string, serverUrl: string) => Promise<string>;
+  /** Step Functions quotas lowered for the test (EmbeddedStack.start's `quotas`). */
+  quotas?: EmbeddedStackOptions['quotas'];
 }
 
 export async function startTestStack(opts: TestStackOptions = {}): Promise<TestStack> {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-test-'));
-  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}) });
+  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}), ...(opts.endpointFront ? { endpointFront: opts.endpointFront } : {}), ...(opts.quotas ? { quotas: opts.quotas } : {}) });
   const logs: MoverLogLine[] = [];
   const groups = opts.groups ?? { 'site-a': opts.movers ?? 2 };
   const movers = Object.entries(groups).flatMap(([group, n]) => Array.from({ length: n }, (_, i) =>
