@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
-import { LibvirtDriver, pullBackupXml, snapshotDir, tcpBackupXml } from '../mover/sources/libvirt/driver.ts';
+import { checkpointXml, LibvirtDriver, pullBackupXml, snapshotDir, tcpBackupXml, tracksChanges } from '../mover/sources/libvirt/driver.ts';
 
 const DOMAIN = `<domain type='qemu'>
   <name>web-1</name>
@@ -64,6 +64,22 @@ describe('domain definitions', () => {
     expect(xml).toContain("name='vd&apos;a'");
     expect(xml).toContain('/w/s&amp;.sock');
     expect(xml).toContain('<incremental>cp&quot;1</incremental>');
+  });
+
+  it('tracks changes of qcow2 disks only: a raw disk gets no bitmap in the checkpoint and is exported whole in an incremental job', () => {
+    const disks = [
+      { target: 'vda', device: 'disk', type: 'file', format: 'qcow2', readonly: false, source: '/i/a.qcow2' },
+      { target: 'vdb', device: 'disk', type: 'file', format: 'raw', readonly: false, source: '/i/b.raw' },
+    ];
+    expect(disks.map(tracksChanges)).toEqual([true, false]);
+    const cp = checkpointXml('lifeboat-b1', disks);
+    expect(cp).toContain("<disk name='vda' checkpoint='bitmap'/>");
+    expect(cp).toContain("<disk name='vdb' checkpoint='no'/>");
+    const incr = pullBackupXml(disks, '/w/d', '/w/d/nbd.sock', 'lifeboat-b0');
+    expect(incr).toContain("<disk name='vda' backup='yes' type='file'>");
+    expect(incr).toContain("<disk name='vdb' backup='yes' backupmode='full' type='file'>");
+    expect(pullBackupXml(disks, '/w/d', '/w/d/nbd.sock', undefined)).not.toContain('backupmode');
+    expect(tcpBackupXml(disks, { address: 'h', port: 1, tls: true, mark: 'm' }, 'lifeboat-b0')).toContain("<disk name='vdb' backup='yes' backupmode='full' type='file'>");
   });
 
   it('exports on TCP with TLS when asked, the scratch files on the hypervisor named after the snapshot', () => {

@@ -27,6 +27,8 @@ export interface LabVmOptions {
   /** Bytes of random data written at the start of the disk before boot (default: a quarter of it). */
   dataBytes?: number;
   behaviour?: GuestBehaviour;
+  /** The disk image's format (default qcow2; raw images get no changed-block tracking). */
+  format?: 'qcow2' | 'raw';
   agent?: boolean;
   signal?: AbortSignal;
 }
@@ -55,12 +57,13 @@ export interface LabVm {
 export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
   const guest = await buildGuest(o.cacheDir);
   await mkdir(o.dir, { recursive: true });
-  const disk = join(o.dir, 'vda.qcow2');
+  const format = o.format ?? 'qcow2';
+  const disk = join(o.dir, `vda.${format}`);
   const serialLog = join(o.dir, 'console.log');
-  await prefilledQcow2(disk, o.sizeBytes, o.dataBytes ?? Math.floor(o.sizeBytes / 4 / MiB) * MiB);
+  await prefilledImage(disk, format, o.sizeBytes, o.dataBytes ?? Math.floor(o.sizeBytes / 4 / MiB) * MiB);
   const xmlPath = join(o.dir, 'domain.xml');
   await writeFile(xmlPath, guestDomainXml({
-    name: o.name, disks: [{ path: disk, format: 'qcow2', target: 'vda' }], kernel: guest.kernel, initrd: guest.initrd,
+    name: o.name, disks: [{ path: disk, format, target: 'vda' }], kernel: guest.kernel, initrd: guest.initrd,
     cmdline: guestCmdline(o.behaviour ?? {}), serialLog, agent: o.agent ?? true, memoryMiB: 192,
   }));
   const vm: LabVm = {
@@ -124,17 +127,17 @@ async function waitForAgent(name: string, timeoutMs: number, signal?: AbortSigna
   }
 }
 
-/** A qcow2 image whose first `dataBytes` are random (the rest unallocated). */
-async function prefilledQcow2(path: string, sizeBytes: number, dataBytes: number): Promise<void> {
-  const raw = `${path}.fill.raw`;
+/** An image whose first `dataBytes` are random (the rest unallocated: a hole in a raw file). */
+async function prefilledImage(path: string, format: 'qcow2' | 'raw', sizeBytes: number, dataBytes: number): Promise<void> {
+  const raw = format === 'raw' ? path : `${path}.fill.raw`;
   try {
     await writeFile(raw, '');
     for (let at = 0; at < dataBytes; at += 8 * MiB) await writeFile(raw, randomBytes(Math.min(8 * MiB, dataBytes - at)), { flag: 'a' });
     await run('truncate', ['-s', String(sizeBytes), raw]);
-    await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, path]);
+    if (format === 'qcow2') await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, path]);
   } catch (err) {
     throw new VmLabUnavailable(`the lab VM's disk ${path} could not be made: ${(err as { stderr?: string }).stderr?.trim() ?? String(err)}`, err);
   } finally {
-    await rm(raw, { force: true });
+    if (format === 'qcow2') await rm(raw, { force: true });
   }
 }

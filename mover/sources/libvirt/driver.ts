@@ -179,25 +179,26 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
   // --- running VMs: a backup job in pull mode -------------------------------------------
 
   private async beginBackupJob(req: SnapshotRequest, info: DomainInfo, disks: DomainDisk[], dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<SnapshotResult> {
-    const checkpoint = checkpointName(req.backupId);
+    // QEMU keeps changed-block bitmaps only in qcow2 images: a VM without one gets no checkpoint.
+    const checkpoint = disks.some(tracksChanges) ? checkpointName(req.backupId) : undefined;
     if (this.exports.transport === 'unix') await this.shareWithQemu(info.name, dir, signal);
     else if (!this.exports.scratchDir) {
       const block = disks.find((d) => d.type !== 'file' || !d.source);
       if (block) throw new SourceUnavailable(`disk ${block.target} of VM '${info.name}' is a ${block.type} device: its backup's scratch file cannot go beside it on the hypervisor; set the host's exports.scratchDir to a folder on the hypervisor`);
     }
-    const base = await this.incrementalBase(req, info, signal);
-    await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
+    const base = checkpoint ? await this.incrementalBase(req, info, signal) : { reason: untrackedReason(disks[0]!) };
+    if (checkpoint) await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
     let uriOf: (exportName: string) => string = () => '';
     const consistency = await this.quiesced(info, req.quiesce, signal, async () => {
       try {
-        uriOf = await this.beginJob(info, disks, dir, base.since, signal);
+        uriOf = await this.beginJob(info, disks, dir, base.since, !!checkpoint, signal);
         return base;
       } catch (err) {
         if (!base.since) throw err;
         // The parent's checkpoint is there but its bitmaps are not usable (an unclean
         // shutdown leaves them inconsistent, a resized disk invalidates them): read everything.
-        await this.deleteCheckpoint(info.name, checkpoint, signal).catch(() => {});
-        uriOf = await this.beginJob(info, disks, dir, undefined, signal);
+        if (checkpoint) await this.deleteCheckpoint(info.name, checkpoint, signal).catch(() => {});
+        uriOf = await this.beginJob(info, disks, dir, undefined, !!checkpoint, signal);
         return { reason: `the checkpoint of the parent backup could not be used (${(err as Error).message.slice(0, 300)})` };
       }
     });
@@ -207,15 +208,16 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     let refs: DiskRef[];
     try {
       refs = await Promise.all(disks.map(async (d): Promise<DiskRef> => ({
-        diskId: d.target, path: uriOf(d.target), sizeBytes: await this.capacity(info.name, d.target, signal), changeTracking: offer,
+        diskId: d.target, path: uriOf(d.target), sizeBytes: await this.capacity(info.name, d.target, signal),
+        changeTracking: tracksChanges(d) ? offer : { unavailable: untrackedReason(d) },
       })));
     } catch (err) {
       // Nothing may outlive a failed snapshot: the job ends, and its checkpoint goes (its bitmap merges into the parent's).
       await this.abortLifeboatJob(info.uuid, { only: dir, foreign: 'ignore' }).catch(() => {});
-      await this.deleteCheckpoint(info.name, checkpoint).catch(() => {});
+      if (checkpoint) await this.deleteCheckpoint(info.name, checkpoint).catch(() => {});
       throw err;
     }
-    return { handle: handleOf({ domain: info.uuid, dir, kind: 'job' }), disks: refs, config, checkpoint, consistency: consistency.level };
+    return { handle: handleOf({ domain: info.uuid, dir, kind: 'job' }), disks: refs, config, ...(checkpoint ? { checkpoint } : {}), consistency: consistency.level };
   }
 
   /**
@@ -245,11 +247,11 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
    * a TCP port of the host's range, starting at one picked by the snapshot (so concurrent
    * jobs on a host rarely collide) and moving on while QEMU finds the port taken.
    */
-  private async beginJob(info: DomainInfo, disks: DomainDisk[], dir: string, since: string | undefined, signal?: AbortSignal): Promise<(exportName: string) => string> {
+  private async beginJob(info: DomainInfo, disks: DomainDisk[], dir: string, since: string | undefined, withCheckpoint: boolean, signal?: AbortSignal): Promise<(exportName: string) => string> {
     const backupXml = join(dir, 'backup.xml');
     const begin = async (xml: string) => {
       await writeFile(backupXml, xml);
-      await this.virsh.run(['backup-begin', '--', info.name, backupXml, join(dir, 'checkpoint.xml')], { ...(signal ? { signal } : {}) });
+      await this.virsh.run(['backup-begin', '--', info.name, backupXml, ...(withCheckpoint ? [join(dir, 'checkpoint.xml')] : [])], { ...(signal ? { signal } : {}) });
     };
     const e = this.exports;
     if (e.transport === 'unix') {
@@ -519,7 +521,7 @@ const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
 
 /** The pull-mode backup job: every disk exported on one unix socket, a scratch file per disk. */
 export function pullBackupXml(disks: DomainDisk[], dir: string, socket: string, since: string | undefined): string {
-  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes' type='file'><scratch file='${esc(join(dir, `${d.target}.scratch`))}'/></disk>`);
+  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes'${fullIn(d, since)} type='file'><scratch file='${esc(join(dir, `${d.target}.scratch`))}'/></disk>`);
   return `<domainbackup mode='pull'>\n${since ? `  <incremental>${esc(since)}</incremental>\n` : ''}  <server transport='unix' socket='${esc(socket)}'/>\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }
 
@@ -532,13 +534,26 @@ export function pullBackupXml(disks: DomainDisk[], dir: string, socket: string, 
  */
 export function tcpBackupXml(disks: DomainDisk[], s: { address: string; port: number; tls: boolean; scratchDir?: string; mark: string }, since: string | undefined): string {
   const scratch = (d: DomainDisk) => (s.scratchDir ? join(s.scratchDir, `${SCRATCH_MARK}${s.mark}-${d.target}.qcow2`) : `${d.source!}.${SCRATCH_MARK}${s.mark}.scratch`);
-  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes' type='file'><scratch file='${esc(scratch(d))}'/></disk>`);
+  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes'${fullIn(d, since)} type='file'><scratch file='${esc(scratch(d))}'/></disk>`);
   const server = `<server transport='tcp' name='${esc(s.address)}' port='${s.port}'${s.tls ? ` tls='yes'` : ''}/>`;
   return `<domainbackup mode='pull'>\n${since ? `  <incremental>${esc(since)}</incremental>\n` : ''}  ${server}\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }
 
+/**
+ * Whether QEMU can track a disk's changes across backups: persistent dirty bitmaps live in
+ * qcow2 images only (libvirt refuses a checkpoint of a raw disk). Other disks are read
+ * whole at every backup and compared chunk by chunk, uploading only what changed.
+ */
+export const tracksChanges = (d: DomainDisk): boolean => d.format === 'qcow2';
+
+const untrackedReason = (d: DomainDisk) =>
+  `disk ${d.target} is a ${d.format} image, and QEMU keeps changed-block bitmaps only in qcow2 images: it is read whole and compared chunk by chunk (convert it to qcow2 for changed-block tracking)`;
+
+/** In an incremental job, a disk without a bitmap is exported whole (libvirt ≥ 7.7 `backupmode`). */
+const fullIn = (d: DomainDisk, since: string | undefined) => (since && !tracksChanges(d) ? ` backupmode='full'` : '');
+
 export function checkpointXml(name: string, disks: DomainDisk[]): string {
-  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' checkpoint='bitmap'/>`);
+  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' checkpoint='${tracksChanges(d) ? 'bitmap' : 'no'}'/>`);
   return `<domaincheckpoint>\n  <name>${esc(name)}</name>\n  <description>Lifeboat backup</description>\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domaincheckpoint>\n`;
 }
 
