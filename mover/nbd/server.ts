@@ -101,7 +101,7 @@ const MAX_OPTION_BYTES = 64 * 1024;
 /** Options per handshake: a client looping in option haggling is cut off. */
 const MAX_OPTIONS = 256;
 /** Bytes of READ replies in flight per connection beyond the first request (backpressure). */
-const MAX_INFLIGHT_BYTES = 64 * MiB;
+const MAX_INFLIGHT_BYTES = 32 * MiB;
 const META_BASE_ALLOCATION = 'base:allocation';
 const BASE_ALLOCATION_ID = 1;
 
