@@ -14,6 +14,13 @@ import { StateFlag } from '../mover/nbd/protocol.ts';
 import { ExportIoError } from '../mover/nbd/server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { BackupDiskExport } from '../mover/recovery/export.ts';
+import { runRecoveryTask } from '../mover/recovery/tasks.ts';
+import { NbdClient } from '../mover/nbd/client.ts';
+import { BadTaskInput } from '../core/errors.ts';
+import type { RecoveryTask } from '../core/recovery-jobs.ts';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { prng } from './helpers/prng.ts';
 
 const CHUNK = 64 * 1024;
@@ -124,5 +131,50 @@ describe('backup disk export', () => {
 
   it('names a missing manifest', async () => {
     await expect(BackupDiskExport.open({ store: new MemoryObjectStore(), keys, backupId: 'nope', diskId: 'vda' })).rejects.toThrow(/manifest .*nope.* is missing/);
+  });
+});
+
+describe('the mover task export', () => {
+  it('refuses input that is not an export job, naming the fields', async () => {
+    const { store } = await setup();
+    const deps = { repository: async () => ({ store, keys }), logger: { info: () => {}, error: () => {} }, parallelism: 2, workDir: tmpdir() };
+    const ctx = { signal: new AbortController().signal, progress: () => {} };
+    const err = await runRecoveryTask({ task: 'export', export: { backupId: 'b1', listen: { port: 99999 } } } as unknown as RecoveryTask, deps, ctx).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BadTaskInput);
+    expect((err as Error).message).toMatch(/exportId.*diskIds|diskIds.*exportId/s);
+    expect((err as Error).message).toContain('listen');
+  });
+
+  it('serves the backup until the task is stopped, then answers what it served', async () => {
+    const { store, data } = await setup();
+    const dir = await mkdtemp(join(tmpdir(), 'export-task-'));
+    let listening!: (uris: Record<string, string>) => void;
+    const uris = new Promise<Record<string, string>>((ok) => (listening = ok));
+    const logger = { info: (event: string, f?: Record<string, unknown>) => { if (event === 'export.listening') listening(f!.uris as Record<string, string>); }, error: () => {} };
+    const deps = { repository: async () => ({ store, keys }), logger, parallelism: 2, workDir: dir };
+    const abort = new AbortController();
+    const task = { task: 'export', export: { exportId: 'e1', vmId: 'vm', backupId: 'b1', repository: { bucket: 'repo' }, diskIds: ['vda'], listen: { socket: join(dir, 'x.sock') } } } as unknown as RecoveryTask;
+    const done = runRecoveryTask(task, deps, { signal: abort.signal, progress: () => {} });
+    const c = await NbdClient.connect((await uris).vda!);
+    const b = Buffer.alloc(3 * CHUNK);
+    await c.read(b, CHUNK, 3 * CHUNK);
+    expect(b.equals(data.subarray(CHUNK, 4 * CHUNK))).toBe(true);
+    abort.abort();
+    expect(await done).toMatchObject({ exportId: 'e1', closed: 'aborted', bytesServed: 3 * CHUNK, connections: 1, damagedChunks: 0 });
+    await c.close().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  });
+});
+
+describe('lifeboat export --listen', () => {
+  it('takes a unix socket path or [HOST]:PORT, and names what it cannot read', async () => {
+    const { listenAddress } = await import('../cli/export.ts');
+    expect(listenAddress('/run/x.sock')).toEqual({ socket: '/run/x.sock' });
+    expect(listenAddress('unix:/tmp/a.sock')).toEqual({ socket: '/tmp/a.sock' });
+    expect(listenAddress(':10809')).toEqual({ port: 10809 });
+    expect(listenAddress('127.0.0.1:10809')).toEqual({ host: '127.0.0.1', port: 10809 });
+    expect(listenAddress('[::1]:10809')).toEqual({ host: '::1', port: 10809 });
+    expect(() => listenAddress('localhost')).toThrow(/'localhost' is not an address to listen on/);
+    expect(() => listenAddress(':70000')).toThrow(/not an address/);
   });
 });
