@@ -56,5 +56,6 @@ export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<
     clearInterval(beat);
     d.signal?.removeEventListener('abort', stop);
     await server.close();
+    for (const x of disks.values()) x.close();
   }
 }

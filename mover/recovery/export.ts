@@ -1,9 +1,9 @@
 /**
  * A backup's disk as a block device, straight from the repository: a read at any offset
  * is resolved through the disk's manifest to chunks, fetched by ranged GETs of their packs
- * (neighbouring chunks of a pack in one GET), opened (authenticated, decrypted,
- * decompressed) and checked against their keyed ids, as a restore does
- * (`mover/pipeline/open-chunk.ts`). Decoded chunks are kept in a bounded LRU cache, and
+ * (neighbouring chunks of a pack in one GET, into buffers shared with the chunk pool's
+ * worker threads), opened there (authenticated, decrypted, decompressed) and checked
+ * against their keyed ids, as a restore does (`mover/pipeline/chunk-pool.ts`). Decoded chunks are kept in a bounded LRU cache, and
  * sequential reads start fetching the next chunks before they are asked for.
  *
  * A chunk that is missing, fails authentication or opens to other bytes than its id says
@@ -11,12 +11,12 @@
  * reads that do not need it go on. Never wrong bytes.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys as objectKeys, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { decodeManifest, keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { planReads } from '../../core/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
 import { StateFlag, type BlockDescriptor } from '../nbd/protocol.ts';
-import { openChunk } from '../pipeline/open-chunk.ts';
+import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
 
 /** The export's tunables (the export task's settings). */
 export interface ExportSettings {
@@ -36,6 +36,8 @@ export interface DiskExportOptions extends Partial<ExportSettings> {
   backupId: string;
   diskId: string;
   logger?: ServerLogger;
+  /** Worker threads that open chunks (default: the process-wide pool). */
+  pool?: ChunkPool;
 }
 
 /** What an export did, for progress and the task's result. */
@@ -71,6 +73,10 @@ export class BackupDiskExport implements BlockExport {
   private prefetchedUpTo = 0;
   private gets = 0;
   private readonly waiting: (() => void)[] = [];
+  private readonly pool: ChunkPool;
+  private readonly runBytes: number;
+  private readonly freeSlots: SharedSlot[] = [];
+  private readonly allSlots: SharedSlot[] = [];
 
   private constructor(m: Manifest, o: DiskExportOptions) {
     this.m = m;
@@ -84,6 +90,14 @@ export class BackupDiskExport implements BlockExport {
     this.description = `Lifeboat backup ${m.backupId} disk ${m.diskId} (read-only)`;
     this.cacheCap = cacheMiB * 1024 * 1024;
     this.readAheadChunks = Math.min(readAheadChunks, Math.floor(this.cacheCap / m.chunkSize / 2));
+    this.pool = o.pool ?? sharedChunkPool();
+    this.runBytes = Math.max(RUN_BYTES, sealedCapacity(m.chunkSize));
+  }
+
+  /** Gives the run buffers back to the chunk pool; reads after this fail. */
+  close(): void {
+    for (const s of this.allSlots.splice(0)) this.pool.unshare(s);
+    this.freeSlots.length = 0;
   }
 
   /** Opens the disk's manifest: Corrupt when it is missing or damaged. */
@@ -176,7 +190,7 @@ export class BackupDiskExport implements BlockExport {
       todo.set(id, i);
     }
     if (todo.size === 0) return;
-    for (const run of planReads(this.m, todo.keys(), { maxBytes: Math.max(RUN_BYTES, ...[...todo.keys()].map((id) => this.m.storedSizes[id]!)) })) {
+    for (const run of planReads(this.m, todo.keys(), { maxBytes: this.runBytes })) {
       const settle = new Map<string, { ok: (b: Buffer) => void; fail: (e: unknown) => void }>();
       for (const c of run.chunks) {
         const p = new Promise<Buffer>((ok, fail) => settle.set(c.id, { ok, fail }));
@@ -184,45 +198,56 @@ export class BackupDiskExport implements BlockExport {
         this.loading.set(c.id, p);
       }
       void this.limited(async () => {
-        let body: Buffer | undefined;
+        // The run is read into a buffer the pool's workers share, and each chunk opened there.
+        const slot = this.freeSlots.pop() ?? (this.allSlots[this.allSlots.length] = this.pool.share(this.runBytes));
         try {
-          body = await this.o.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
-        } catch (err) {
-          for (const c of run.chunks) settle.get(c.id)!.fail(err);
-          return;
-        } finally {
-          for (const c of run.chunks) queueMicrotask(() => this.loading.delete(c.id));
-        }
-        if (body) this.stats.bytesDownloaded += body.length;
-        for (const c of run.chunks) {
-          const index = todo.get(c.id)!;
-          const s = settle.get(c.id)!;
-          const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
-          let why: string | undefined;
-          let plain: Buffer | undefined;
-          if (!body) why = `${run.key} is missing from the repository`;
-          else if (body.length < c.at + c.length) why = `${where} is past the end of what was read (${body.length} bytes of ${run.length}: the pack is shorter than the manifest says)`;
-          else {
-            try {
-              const opened = openChunk(this.o.keys, body.subarray(c.at, c.at + c.length), c.id, this.lengthAt(index), undefined, undefined);
-              if (opened.mismatch) why = `${where} opens to other bytes than its id (swapped or wrong length)`;
-              // The opened plaintext may be a view of a reused buffer: the cache keeps its own copy.
-              else plain = Buffer.from(opened.plain);
-            } catch (err) {
-              why = `${where}: ${(err as Error).message}`;
+          let body: Buffer | undefined;
+          try {
+            body = await this.o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+          } catch (err) {
+            for (const c of run.chunks) settle.get(c.id)!.fail(err);
+            return;
+          }
+          if (body) {
+            this.stats.bytesDownloaded += body.length;
+            if (body.buffer !== slot.bytes.buffer && body.length <= slot.bytes.length) slot.bytes.set(body); // a store that ignored `into`
+          }
+          await Promise.all(run.chunks.map(async (c) => {
+            const index = todo.get(c.id)!;
+            const s = settle.get(c.id)!;
+            const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
+            let why: string | undefined;
+            let plain: Buffer | undefined;
+            if (!body) why = `${run.key} is missing from the repository`;
+            else if (body.length < c.at + c.length || body.length > slot.bytes.length) why = `${where} is past the end of what was read (${body.length} bytes of ${run.length}: the pack is shorter than the manifest says)`;
+            else {
+              try {
+                const opened = await this.pool.openSlot(this.o.keys, slot, c.length, c.id, this.lengthAt(index), undefined, c.at);
+                if (!opened.ok) why = `${where} opens to other bytes than its id (swapped or wrong length)`;
+                else plain = opened.plain!;
+              } catch (err) {
+                if (!(err instanceof Corrupt)) return s.fail(err);
+                why = `${where}: ${err.message}`;
+              }
             }
+            if (why !== undefined) {
+              this.damaged.set(c.id, why);
+              this.stats.damagedChunks++;
+              this.o.logger?.error('export.chunk.damaged', { backupId: this.m.backupId, diskId: this.m.diskId, chunk: c.id, offset: index * this.m.chunkSize, reason: why });
+              return s.fail(new Corrupt(why));
+            }
+            this.stats.chunksFetched++;
+            if (ahead) this.stats.chunksReadAhead++;
+            this.remember(c.id, plain!);
+            s.ok(plain!);
+          }));
+        } finally {
+          this.freeSlots.push(slot);
+          for (const c of run.chunks) {
+            // Settles what nothing settled (a failure before the chunks were looked at); settled promises ignore it.
+            settle.get(c.id)!.fail(new ExportIoError(`${run.key}: the read of this run failed`));
+            this.loading.delete(c.id);
           }
-          if (why !== undefined) {
-            this.damaged.set(c.id, why);
-            this.stats.damagedChunks++;
-            this.o.logger?.error('export.chunk.damaged', { backupId: this.m.backupId, diskId: this.m.diskId, chunk: c.id, offset: index * this.m.chunkSize, reason: why });
-            s.fail(new Corrupt(why));
-            continue;
-          }
-          this.stats.chunksFetched++;
-          if (ahead) this.stats.chunksReadAhead++;
-          this.remember(c.id, plain!);
-          s.ok(plain!);
         }
       });
     }
