@@ -282,7 +282,7 @@ describe('NBD server under fuzzing', () => {
     let closed = false;
     const exp = memoryExport(DATA.subarray(0, 256 * KiB));
     const s = new NbdServerSession({ exports: new Map([['vda', exp]]), maxBlockBytes: 1 * MiB, served: () => {} }, {
-      write: (b, done) => { out += b.length; if (done) queueMicrotask(done); },
+      write: (b, done) => { out += Buffer.isBuffer(b) ? b.length : b.reduce((n, x) => n + x.length, 0); if (done) queueMicrotask(done); },
       end: () => { closed = true; },
       pause: () => {},
       resume: () => {},

@@ -115,7 +115,8 @@ interface SessionHost {
 
 /** The transport under a session (a socket, or a test's recorder). */
 export interface SessionIo {
-  write(b: Buffer, done?: () => void): void;
+  /** Writes the buffers in order (as one batch where the transport can), then calls `done`. */
+  write(b: Buffer | readonly Buffer[], done?: () => void): void;
   /** Ends the connection after what was written (soft) or at once (hard). */
   end(hard: boolean): void;
   /** Stop/start delivering bytes (backpressure). */
@@ -442,17 +443,15 @@ export class NbdServerSession {
       if (this.phase === 'closed') return finish();
       if (data.length !== r.length) throw new ExportIoError(`export returned ${data.length} bytes for a ${r.length}-byte read`);
       this.host.served(r.length);
-      if (!this.structured) {
-        this.io.write(encodeSimpleReply(0, r.cookie));
-        return this.io.write(data, finish);
-      }
+      if (!this.structured) return this.io.write([encodeSimpleReply(0, r.cookie), data], finish);
       const parts = r.flags & CommandFlag.DF ? [{ length: r.length, flags: 0 }] : exp.allocation(r.offset, r.length);
+      const reply: Buffer[] = [];
       let at = 0;
       parts.forEach((p, i) => {
         const flags = i === parts.length - 1 ? ReplyFlag.DONE : 0;
         const offset = r.offset + at;
         if ((p.flags & (StateFlag.HOLE | StateFlag.ZERO)) === (StateFlag.HOLE | StateFlag.ZERO)) {
-          this.io.write(encodeChunk(flags, ChunkType.OFFSET_HOLE, r.cookie, encodeOffsetHole(offset, p.length)));
+          reply.push(encodeChunk(flags, ChunkType.OFFSET_HOLE, r.cookie, encodeOffsetHole(offset, p.length)));
         } else {
           const header = Buffer.alloc(STRUCTURED_HEADER_SIZE + 8);
           header.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
@@ -461,12 +460,11 @@ export class NbdServerSession {
           header.writeBigUInt64BE(r.cookie, 8);
           header.writeUInt32BE(8 + p.length, 16);
           header.writeBigUInt64BE(BigInt(offset), 20);
-          this.io.write(header);
-          this.io.write(data.subarray(at, at + p.length));
+          reply.push(header, data.subarray(at, at + p.length));
         }
         at += p.length;
       });
-      this.io.write(Buffer.alloc(0), finish);
+      this.io.write(reply, finish);
     }).catch((err: unknown) => {
       const errno = err instanceof ExportIoError ? err.errno : Errno.EIO;
       if (!(err instanceof ExportIoError)) this.host.logger?.error('nbd.read.failed', { offset: r.offset, length: r.length, error: (err as Error).message });
@@ -568,7 +566,12 @@ export class NbdServer {
     const session = new NbdServerSession(host, {
       write: (b, done) => {
         if (socket.destroyed) return done?.();
-        socket.write(b, done ? () => done() : undefined);
+        if (Buffer.isBuffer(b)) return void socket.write(b, done ? () => done() : undefined);
+        // One reply's header and data pieces go out together (one writev), not a packet each.
+        socket.cork();
+        b.forEach((x, i) => socket.write(x, i === b.length - 1 && done ? () => done() : undefined));
+        socket.uncork();
+        if (b.length === 0) done?.();
       },
       end: (hard) => (hard ? socket.destroy() : socket.end()),
       pause: () => socket.pause(),
