@@ -26,7 +26,11 @@ export function registerExportCommand(program: Command, defaultDataDir: string, 
     .requiredOption('--vm <id>', 'the VM')
     .requiredOption('--listen <addr>', 'a unix socket path, or [HOST]:PORT (HOST defaults to 127.0.0.1)', listenAddress)
     .option('--backup <id>', 'the backup (default: the newest committed)')
-    .option('--idle-timeout <seconds>', 'close after this long with no client', (v) => Number(v), 600)
+    .option('--idle-timeout <seconds>', 'close after this long with no client', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 7 * 24 * 3600) throw new InvalidArgumentError(`'${v}' is not an idle timeout: give whole seconds from 1 to ${7 * 24 * 3600}`);
+      return n;
+    }, 600)
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
     .action(guarded(async (opts: { vm: string; listen: ExportListen; backup?: string; idleTimeout: number; dataDir: string; endpoints?: string }) => {
