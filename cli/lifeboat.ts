@@ -10,6 +10,7 @@ import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
 import { registerBackupCommands } from './backup.ts';
 import { registerDiscoverCommand } from './discover.ts';
+import { registerExportCommand } from './export.ts';
 import { registerHostConfigCommands } from './host-config.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerRecoveryCommands } from './recovery.ts';
@@ -96,6 +97,8 @@ registerHostConfigCommands(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
   ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
 });
+
+registerExportCommand(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 
 registerLifecycleCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 

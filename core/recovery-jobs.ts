@@ -5,6 +5,7 @@
  */
 import type { RepositoryLocation } from './endpoints.ts';
 import type { RestoreTestJob } from './restore-test.ts';
+import type { ExportJob } from './export-job.ts';
 
 /** One disk to restore and where it goes on the mover's host. */
 export interface RestoreDiskTarget {
@@ -215,6 +216,8 @@ export type RecoveryTask =
   | { task: 'replicateDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number }; index: number }
   | { task: 'updateStandbyDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number } }
   | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] }
-  | { task: 'restoreTest'; test: RestoreTestJob };
+  | { task: 'restoreTest'; test: RestoreTestJob }
+  /** Serve a backup's disks over NBD until idle or stopped (core/export-job.ts; `export` is unknown input until parsed). */
+  | { task: 'export'; export: ExportJob };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export'];

@@ -1,7 +1,8 @@
-/** The mover's recovery tasks: restore, deep verification, replication and the standby replica. Each job names its repositories (bucket and endpoint). */
+/** The mover's recovery tasks: restore, deep verification, replication, the standby replica and NBD exports of backups. Each job names its repositories (bucket and endpoint). */
 import type { RepositoryLocation } from '../../core/endpoints.ts';
 import { BadTaskInput } from '../../core/errors.ts';
 import { restoreTestJob } from '../../core/restore-test.ts';
+import { exportJob } from '../../core/export-job.ts';
 import type { RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.ts';
@@ -11,6 +12,7 @@ import { replicateDisk } from './replicate.ts';
 import { discardPoolVolumes } from './pool-volumes.ts';
 import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
 import { restoreTestTask } from './restore-test.ts';
+import { runExportTask } from './export-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
 
 export interface RecoveryTaskDeps {
@@ -107,6 +109,12 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       if (!parsed.success) throw new BadTaskInput(`restoreTest task needs a restore test job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
       const { store, keys } = await deps.repository(parsed.data.repository);
       return restoreTestTask(parsed.data, { store, keys, parallelism: deps.parallelism, workDir: deps.workDir, signal: ctx.signal, progress: ctx.progress, logger: deps.logger });
+    }
+    case 'export': {
+      const parsed = exportJob.safeParse(t.export);
+      if (!parsed.success) throw new BadTaskInput(`export task needs an export job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+      const { store, keys } = await deps.repository(parsed.data.repository);
+      return runExportTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
   }
 }
