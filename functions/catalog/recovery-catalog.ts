@@ -74,19 +74,7 @@ export class RecoveryCatalog {
    * the backup is in another state (pruned meanwhile, never committed).
    */
   async markDamaged(vmId: string, backupId: string, damage: BackupDamage): Promise<boolean> {
-    try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: backupKey(vmId, backupId),
-        UpdateExpression: 'SET #s = :d, damage = :g',
-        ConditionExpression: '#s IN (:c, :d)',
-        ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':g': damage },
-      }));
-      return true;
-    } catch (err) {
-      if (isConditionFailed(err)) return false;
-      throw err;
-    }
+    return this.setDamaged(vmId, backupId, damage, ['committed', 'damaged']);
   }
 
   /**
@@ -95,13 +83,19 @@ export class RecoveryCatalog {
    * Returns false when the backup was not committed.
    */
   async markSharedDamage(vmId: string, backupId: string, damage: BackupDamage & { foundIn: { vmId: string; backupId: string } }): Promise<boolean> {
+    return this.setDamaged(vmId, backupId, damage, ['committed']);
+  }
+
+  /** Sets the backup `damaged` with `damage` if its status is one of `from`; false when it is not. */
+  private async setDamaged(vmId: string, backupId: string, damage: BackupDamage, from: readonly ('committed' | 'damaged')[]): Promise<boolean> {
+    const values = Object.fromEntries(from.map((status, i) => [`:f${i}`, status]));
     try {
       await this.db.send(new UpdateCommand({
         TableName: this.table, Key: backupKey(vmId, backupId),
         UpdateExpression: 'SET #s = :d, damage = :g',
-        ConditionExpression: '#s = :c',
+        ConditionExpression: `#s IN (${Object.keys(values).join(', ')})`,
         ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':g': damage },
+        ExpressionAttributeValues: { ':d': 'damaged', ':g': damage, ...values },
       }));
       return true;
     } catch (err) {

@@ -9,10 +9,11 @@ import { join } from 'node:path';
 import type { RunSummary } from '../../functions/summarize.ts';
 import { restoreVm } from '../../mover/restore.ts';
 import { groupForHost } from '../../core/config.ts';
-import { runExecution, sfnClient } from '../client.ts';
+import { sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';
 import { EmbeddedStack, openRepository } from '../stack.ts';
-import { formatBackup, mib } from './report.ts';
+import { mib } from './report.ts';
+import { runDemoBackup } from './run-backup.ts';
 import { changeDisk, createVmFolder } from './vm-image.ts';
 
 const MiB = 1024 * 1024;
@@ -75,16 +76,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     await stack.catalog.putPolicy({ policyId: vmId, vmIds: [vmId], bucket: e.bucket, chunkSize: o.chunkSize ?? stack.config.repositories[0]!.chunkSizeMiB * MiB, slotLimit: 2 });
 
     const sfn = sfnClient(e);
-    const backup = async (label: string): Promise<RunSummary> => {
+    const backup = (label: string): Promise<RunSummary> => {
       progress.clear();
-      const started = performance.now();
-      const d = await runExecution(sfn, e.backupStateMachineArn, { policyId: vmId });
-      o.status?.('');
-      if (d.status !== 'SUCCEEDED') throw new Error(`${label} backup execution ${d.executionArn} ended ${d.status}: ${d.error} ${d.cause}`);
-      const summary = JSON.parse(d.output!) as RunSummary;
-      for (const line of formatBackup({ label, summary, seconds: (performance.now() - started) / 1000 })) o.out(line);
-      if (summary.failed > 0) throw new Error(`${label} backup: ${summary.failed} VM(s) failed: ${JSON.stringify(summary.vms)}`);
-      return summary;
+      return runDemoBackup(sfn, e.backupStateMachineArn, vmId, label, o);
     };
 
     o.out('Running the full backup ...');

@@ -13,7 +13,8 @@ import { runExecution, sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';
 import { EmbeddedStack } from '../stack.ts';
 import { startLabVm } from '../vm-lab/lab-vm.ts';
-import { formatBackup, mib } from './report.ts';
+import { mib } from './report.ts';
+import { runDemoBackup } from './run-backup.ts';
 import type { DemoOptions } from './demo.ts';
 import { groupForHost } from '../../core/config.ts';
 
@@ -58,16 +59,7 @@ export async function runVmDemo(o: DemoOptions & { uri: string }): Promise<VmDem
     await stack.catalog.putPolicy({ policyId: vmId, vmIds: [vmId], bucket: e.bucket, chunkSize: o.chunkSize ?? stack.config.repositories[0]!.chunkSizeMiB * MiB, slotLimit: 2 });
 
     const sfn = sfnClient(e);
-    const backup = async (label: string): Promise<RunSummary> => {
-      const started = performance.now();
-      const d = await runExecution(sfn, e.backupStateMachineArn, { policyId: vmId });
-      o.status?.('');
-      if (d.status !== 'SUCCEEDED') throw new Error(`${label} backup execution ${d.executionArn} ended ${d.status}: ${d.error} ${d.cause}`);
-      const summary = JSON.parse(d.output!) as RunSummary;
-      for (const line of formatBackup({ label, summary, seconds: (performance.now() - started) / 1000 })) o.out(line);
-      if (summary.failed > 0) throw new Error(`${label} backup: ${summary.failed} VM(s) failed: ${JSON.stringify(summary.vms)}`);
-      return summary;
-    };
+    const backup = (label: string): Promise<RunSummary> => runDemoBackup(sfn, e.backupStateMachineArn, vmId, label, o);
 
     o.out('Running the full backup of the running VM ...');
     const full = await backup('Full backup');
