@@ -8,6 +8,7 @@
  * marks it `committed` and clears those chunks' quarantine records (by each finding's
  * `chunkId`; a pack's key does not name the chunk).
  */
+import { MetricUnit, type Metrics } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../core/recovery-jobs.ts';
@@ -18,6 +19,7 @@ import { isConditionFailed, type Backup, type Catalog, type Policy } from './cat
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
+import { restoreTestMetrics } from './commons/metric-names.ts';
 import { caughtError, repositoryLocation } from './commons/schemas.ts';
 import { policyVms, resolveBackup } from './recovery/backups.ts';
 import { healShared } from './recovery/shared-damage.ts';
@@ -163,6 +165,18 @@ export interface DeepVerifySummary {
   restoreTestJob?: RestoreTestJob;
   /** The restore test's outcome, or why none ran although one was asked for. */
   restoreTest?: RestoreTestOutcome | { skipped: string };
+  /** The event's detail (EventBridge `Lifeboat Restore Test Failed`) when the restore test failed; absent otherwise. */
+  restoreTestFailed?: RestoreTestFailedEvent;
+}
+
+/** The detail of a `Lifeboat Restore Test Failed` event. */
+export interface RestoreTestFailedEvent {
+  vmId: string;
+  backupId: string;
+  verifyId: string;
+  reason: string;
+  /** As the outcome's `seconds`: from the start of the test VM to giving up (0 when it never started). */
+  seconds: number;
 }
 
 /** A restore test as the deep verification reports it (and the backup records it: passed, seconds, reason). */
@@ -236,9 +250,11 @@ export const recordRestoreTestInput = z.looseObject({
  * Keeps a restore test's outcome: on the backup (`restoreTest`: passed, seconds, reason),
  * in the verification's record and in its summary. A test that could not run to its end
  * (the restore failed, libvirt refused the domain, the mover died on every attempt) is a
- * failed test, with the error as its reason.
+ * failed test, with the error as its reason. A failed test is also published
+ * (`RestoreTestsFailed`, which an alarm watches) and shaped into the event the workflow
+ * puts; a passed one counts in `RestoreTestsPassed`.
  */
-export async function recordRestoreTest(input: z.output<typeof recordRestoreTestInput>, deps: { catalog: Pick<Catalog, 'recordRestoreTest'>; recovery: RecoveryCatalog; now: () => Date }): Promise<DeepVerifySummary> {
+export async function recordRestoreTest(input: z.output<typeof recordRestoreTestInput>, deps: { catalog: Pick<Catalog, 'recordRestoreTest'>; recovery: RecoveryCatalog; metrics: Pick<Metrics, 'addMetric'>; now: () => Date }): Promise<DeepVerifySummary> {
   const { restoreTestJob: job, restoreTestResult: r, restoreTestError: err, ...rest } = input;
   const outcome: RestoreTestOutcome = r
     ? { passed: r.passed, seconds: r.seconds, restoreSeconds: r.restoreSeconds, domain: r.domain, ...(r.line ? { line: r.line } : {}), ...(r.agent !== undefined ? { agent: r.agent } : {}), ...(r.reason ? { reason: r.reason } : {}), swept: r.swept }
@@ -252,8 +268,10 @@ export async function recordRestoreTest(input: z.output<typeof recordRestoreTest
     if (!isConditionFailed(e)) throw e;
     outcome.reason = `${outcome.reason ? `${outcome.reason}; ` : ''}not recorded on backup ${job.backupId}: it is no longer in the catalog`;
   }
-  const summary = { ...(rest as unknown as DeepVerifySummary), restoreTest: outcome };
+  const summary: DeepVerifySummary = { ...(rest as unknown as DeepVerifySummary), restoreTest: outcome };
+  if (!outcome.passed) summary.restoreTestFailed = { vmId: job.vmId, backupId: job.backupId, verifyId: input.verifyId, reason: outcome.reason!, seconds: outcome.seconds };
   await deps.recovery.putRecord('DEEPVERIFY', input.verifyId, { status: verifyStatus(summary), finishedAt: at, summary });
+  deps.metrics.addMetric(outcome.passed ? restoreTestMetrics.passed : restoreTestMetrics.failed, MetricUnit.Count, 1);
   return summary;
 }
 
@@ -261,4 +279,4 @@ const now = () => new Date();
 export const planHandler = lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
 export const planPolicyHandler = lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
 export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, catalog: clients().catalog, now }));
-export const recordRestoreTestHandler = lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input) => recordRestoreTest(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
+export const recordRestoreTestHandler = lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input, { metrics }) => recordRestoreTest(input, { catalog: clients().catalog, recovery: clients().recovery, metrics, now }));

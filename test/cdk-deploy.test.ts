@@ -19,7 +19,7 @@ import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { errorClasses, type LifeboatError } from '../core/errors.ts';
 import { recoveryErrorClasses } from '../core/recovery-errors.ts';
-import { replicationMetrics, summaryMetrics } from '../functions/commons/metric-names.ts';
+import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../functions/commons/metric-names.ts';
 import { lambdaFunctions, type LambdaFunctionId } from '../functions/registry.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
@@ -402,6 +402,17 @@ describe('alarms and dashboard', () => {
     expect(thresholds).toContain(p0.rpoHours + 10);
   });
 
+  it('alarms on a failed restore test and on a host configuration backup with failed hosts, on the metrics RecordRestoreTest and SummarizeHostConfigBackup publish', () => {
+    for (const [fid, name] of [['RecordRestoreTest', restoreTestMetrics.failed], ['SummarizeHostConfigBackup', hostConfigMetrics.hostsFailed]] as const) {
+      const env = resources[lid(stack.functions[fid])]!.Properties.Environment.Variables;
+      const on = alarms().filter((a) => metricsOf(a).some((m) => m.name === name && m.namespace === env.POWERTOOLS_METRICS_NAMESPACE && m.stat === 'Sum'
+        && JSON.stringify(m.dims) === JSON.stringify({ service: env.POWERTOOLS_SERVICE_NAME })));
+      expect(on, name).toEqual([expect.objectContaining({
+        Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', EvaluationPeriods: 1, TreatMissingData: 'notBreaching', AlarmActions: [topic()],
+      })]);
+    }
+  });
+
   it('reports the DR recovery point after every Backup run of a replicating policy and after each ReplicatePolicy', () => {
     for (const name of ['Backup', 'ReplicatePolicy']) {
       const sm = Object.values(resolved.stateMachines).find((x) => x.logicalId.startsWith(name + 'StateMachine'))!;
@@ -425,7 +436,7 @@ describe('alarms and dashboard', () => {
 
   it('shows workflows, RPO and DR recovery point per policy and mover groups on the dashboard', () => {
     const body = JSON.stringify(ofType('AWS::CloudWatch::Dashboard')[0]![1].Properties.DashboardBody);
-    for (const m of ['ExecutionsFailed', summaryMetrics.oldestRecoveryPointAgeHours, replicationMetrics.drRecoveryPointAgeHours, replicationMetrics.replicationStartFailed, 'ActivitiesScheduled', 'ActivityScheduleTime']) expect(body).toContain(m);
+    for (const m of ['ExecutionsFailed', summaryMetrics.oldestRecoveryPointAgeHours, replicationMetrics.drRecoveryPointAgeHours, replicationMetrics.replicationStartFailed, restoreTestMetrics.failed, restoreTestMetrics.passed, hostConfigMetrics.hostsFailed, 'ActivitiesScheduled', 'ActivityScheduleTime']) expect(body).toContain(m);
     for (const p of config.policies) expect(body).toContain(p.id);
   });
 });

@@ -142,7 +142,22 @@ describe('Restore test after a clean deep verification', () => {
       }
       const record = all.RecordRestoreTest! as State & { Parameters?: { FunctionName?: string } };
       expect(record.Retry!.length).toBeGreaterThan(0);
-      expect(record.End).toBe(true);
+      expect(record.Next).toBe('RestoreTestFailed');
+    });
+
+    it(`${name}: puts the event Lifeboat Restore Test Failed with RecordRestoreTest's detail only when the test failed`, () => {
+      const { all } = machine(name);
+      const failed = all.RestoreTestFailed! as State & { Choices: { Variable: string; IsPresent?: boolean; Next: string }[] };
+      expect(failed.Type).toBe('Choice');
+      expect(failed.Choices).toEqual([{ Variable: '$.restoreTestFailed', IsPresent: true, Next: 'EmitRestoreTestFailed' }]);
+      expect(all[failed.Default!]!.Type).toBe('Succeed');
+      const emit = all.EmitRestoreTestFailed! as State & { Parameters?: { Entries: Record<string, unknown>[] }; ResultPath?: unknown };
+      expect(emit.Resource).toMatch(/^arn:aws:states:::events:putEvents$/);
+      expect(emit.Parameters!.Entries).toEqual([{ Source: 'lifeboat.deep-verify', DetailType: 'Lifeboat Restore Test Failed', 'Detail.$': '$.restoreTestFailed' }]);
+      // The verification's summary stays the output (DeepVerifyPolicy collects it per VM).
+      expect(emit.ResultPath).toBeNull();
+      expect(emit.Retry!.length).toBeGreaterThan(0);
+      expect(emit.End).toBe(true);
     });
   }
 

@@ -4,6 +4,7 @@
  * dynalite catalog. The boot itself is test/restore-test.e2e.test.ts.
  */
 import { execFile } from 'node:child_process';
+import { Metrics } from '@aws-lambda-powertools/metrics';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DiskResult } from '../core/jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
@@ -11,6 +12,7 @@ import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { planDeepVerify, planDeepVerifyPolicy, recordDeepVerify, recordRestoreTest, recordRestoreTestInput, type DeepVerifySummary } from '../functions/deep-verify.ts';
 import { syncConfig } from '../functions/sync-config.ts';
 import { loadConfig } from '../core/config.ts';
+import { restoreTestMetrics } from '../functions/commons/metric-names.ts';
 import { isLeftover, ownerOfThisProcess, restoreTestDomainName } from '../mover/recovery/restore-test.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
 
@@ -18,7 +20,16 @@ let db: Awaited<ReturnType<typeof startTestCatalog>>;
 let catalog: Catalog;
 let recovery: RecoveryCatalog;
 const now = new Date('2026-12-05T04:00:00Z');
-const deps = () => ({ catalog, recovery, now: () => now });
+const deps = (metrics = newMetrics()) => ({ catalog, recovery, metrics, now: () => now });
+function newMetrics() {
+  return new Metrics({ namespace: 'LifeboatTest', serviceName: 'lifeboat' });
+}
+/** What `metrics` would publish as EMF: each metric's value, and the dimension sets. */
+function published(metrics: Metrics): { values: Record<string, unknown>; dimensions: string[][] } {
+  const emf = metrics.serializeMetrics() as unknown as Record<string, unknown> & { _aws: { CloudWatchMetrics: { Dimensions: string[][]; Metrics: { Name: string }[] }[] } };
+  const directive = emf._aws.CloudWatchMetrics[0]!;
+  return { values: Object.fromEntries(directive.Metrics.map((m) => [m.Name, emf[m.Name]])), dimensions: directive.Dimensions };
+}
 const disk: DiskResult = { diskId: 'vda', sizeBytes: 1 << 20, manifestKey: 'manifests/b/vda.manifest', stats: { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 } };
 
 async function committed(vmId: string, backupId: string) {
@@ -113,6 +124,28 @@ describe('recording restore tests', () => {
     expect((await catalog.getBackup('web@kvm-1', 'b1'))!.restoreTest).toMatchObject({ passed: false, reason: 'Mover.SourceUnavailable: virsh start failed: no kernel' });
     const record = await recovery.getRecord('DEEPVERIFY', 'v7');
     expect((record!.summary as DeepVerifySummary).restoreTest).toMatchObject({ passed: false });
+  });
+
+  it('publishes RestoreTestsFailed and shapes the Lifeboat Restore Test Failed event for a failed test, and only RestoreTestsPassed for a passed one', async () => {
+    const job = await planned();
+    const clean = await recordDeepVerify({ ...job, verified: verified(false) }, deps());
+    const result = (passed: boolean) => ({ testId: 'v7', vmId: 'web@kvm-1', backupId: 'b1', domain: 'lifeboat-restoretest-web-0a1b2c3d', passed, seconds: passed ? 11.5 : 120, restoreSeconds: 3, swept: [] });
+
+    const onPass = newMetrics();
+    const passed = await recordRestoreTest(recordRestoreTestInput.parse({ ...clean, restoreTestResult: result(true) }), deps(onPass));
+    expect(passed).not.toHaveProperty('restoreTestFailed');
+    expect(published(onPass)).toEqual({ values: { [restoreTestMetrics.passed]: 1 }, dimensions: [['service']] });
+
+    const onTimeout = newMetrics();
+    const timedOut = await recordRestoreTest(recordRestoreTestInput.parse({ ...clean, restoreTestResult: result(false) }), deps(onTimeout));
+    expect(timedOut.restoreTestFailed).toEqual({ vmId: 'web@kvm-1', backupId: 'b1', verifyId: 'v7', reason: 'no sign of life within the timeout', seconds: 120 });
+    expect(published(onTimeout)).toEqual({ values: { [restoreTestMetrics.failed]: 1 }, dimensions: [['service']] });
+
+    // A test that failed as a task is a failed test too: the event carries the error.
+    const onError = newMetrics();
+    const errored = await recordRestoreTest(recordRestoreTestInput.parse({ ...clean, restoreTestError: { Error: 'Mover.SourceUnavailable', Cause: 'virsh start failed: no kernel' } }), deps(onError));
+    expect(errored.restoreTestFailed).toEqual({ vmId: 'web@kvm-1', backupId: 'b1', verifyId: 'v7', reason: 'Mover.SourceUnavailable: virsh start failed: no kernel', seconds: 0 });
+    expect(published(onError).values).toEqual({ [restoreTestMetrics.failed]: 1 });
   });
 });
 

@@ -4,7 +4,8 @@
  * RecordDeepVerify (marks a damaged backup in the catalog; a full verification finding a
  * damaged backup intact again marks it healthy) → when damaged, QuarantineDamage (moves
  * damaged chunks aside so later backups upload them again) and an EventBridge event
- * `Lifeboat Backup Damaged` naming the backup, disk, offsets and keys.
+ * `Lifeboat Backup Damaged` naming the backup, disk, offsets and keys. A restore test
+ * that fails puts `Lifeboat Restore Test Failed` (vmId, backupId, verifyId, reason, seconds).
  *
  * Input: `{ vmId, backupId?, sample?, moverGroup }`. Schedulable like any workflow.
  */
@@ -19,6 +20,7 @@ import { lambdaStep, moverDiskMap, moverStep, retryMoverTask } from './steps.ts'
 import { recordFailureThenFail } from './recovery-failure.ts';
 
 export const BACKUP_DAMAGED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Backup Damaged' } as const;
+export const RESTORE_TEST_FAILED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Restore Test Failed' } as const;
 
 export interface DeepVerifyWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -61,9 +63,10 @@ function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFail
 
 /**
  * RestoreTest on a mover of the group serving the VM's host (restore into a throwaway
- * folder, define, boot, wait for the sign of life, remove) → RecordRestoreTest. A test
- * that fails as a task (after the retries of a dead mover or unavailable storage) is
- * recorded as a failed test with the error as its reason; the verification still succeeds.
+ * folder, define, boot, wait for the sign of life, remove) → RecordRestoreTest → when the
+ * test failed, the event RecordRestoreTest shaped. A test that fails as a task (after the
+ * retries of a dead mover or unavailable storage) is recorded as a failed test with the
+ * error as its reason; the verification still succeeds.
  */
 function restoreTestChain(scope: Construct, props: DeepVerifyWorkflowProps): sfn.Chain {
   const recordTest = invoke(scope, 'RecordRestoreTest', props.functions.RecordRestoreTest);
@@ -78,7 +81,15 @@ function restoreTestChain(scope: Construct, props: DeepVerifyWorkflowProps): sfn
       t.addCatch(recordTest, { resultPath: '$.restoreTestError' });
     },
   });
-  return test.next(recordTest);
+  const emit = new tasks.EventBridgePutEvents(scope, 'EmitRestoreTestFailed', {
+    entries: [{ source: RESTORE_TEST_FAILED_EVENT.source, detailType: RESTORE_TEST_FAILED_EVENT.detailType, detail: sfn.TaskInput.fromJsonPathAt('$.restoreTestFailed') }],
+    resultPath: sfn.JsonPath.DISCARD,
+  });
+  emit.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  const failed = new sfn.Choice(scope, 'RestoreTestFailed')
+    .when(sfn.Condition.isPresent('$.restoreTestFailed'), emit)
+    .otherwise(new sfn.Succeed(scope, 'RestoreTestPassed'));
+  return test.next(recordTest).next(failed);
 }
 
 export class DeepVerifyWorkflow extends Construct {

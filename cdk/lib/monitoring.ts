@@ -22,6 +22,11 @@
  *   coming is the no-report alarm's.
  * - **Replication not started**: per replicating policy, a Backup run committed backups but
  *   could not start their replication (`ReplicationStartFailed` ≥ 1; the run itself succeeds).
+ * - **Restore test failed**: RecordRestoreTest's `RestoreTestsFailed` ≥ 1 (a deep
+ *   verification's restore test showed no sign of life, or could not run to its end; the
+ *   verification itself succeeds). The event `Lifeboat Restore Test Failed` names the test.
+ * - **Host configuration backup failed**: SummarizeHostConfigBackup's
+ *   `HostConfigBackupHostsFailed` ≥ 1 (the execution succeeds with the other hosts).
  */
 import { Duration, Stack } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -36,7 +41,7 @@ import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import type { LifeboatConfig } from '../../core/config.ts';
 import { drRpoHoursOf } from '../../core/config.ts';
-import { replicationMetrics, summaryMetrics } from '../../functions/commons/metric-names.ts';
+import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../../functions/commons/metric-names.ts';
 import { observeStateMachine, stateMachinesIn } from './observability.ts';
 
 export interface MonitoringProps {
@@ -145,6 +150,27 @@ export class Monitoring extends Construct {
       if (p.replicateTo !== undefined) policyWidgets.push(this.drMonitoring(p.id, p.replicateTo, drRpoHoursOf(p), alarm));
     }
 
+    // --- restore tests and host configuration backups (dimension service only) ----------
+    const restoreTestsFailed = this.serviceMetric(restoreTestMetrics.failed, 'Sum', Duration.minutes(5));
+    alarm('RestoreTestFailed', {
+      alarmDescription: 'A restore test of a deep verification failed: the test VM showed no sign of life in time, or the test could not run to its end. The EventBridge event \'Lifeboat Restore Test Failed\' and the verification\'s output (restoreTest.reason) name the VM, the backup and the reason.',
+      metric: restoreTestsFailed, threshold: 1, evaluationPeriods: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    const hostConfigHostsFailed = this.serviceMetric(hostConfigMetrics.hostsFailed, 'Sum', Duration.minutes(5));
+    alarm('HostConfigBackupHostsFailed', {
+      alarmDescription: 'A HostConfigBackup execution could not back up the configuration of some hosts. Its output (failedHosts) names each host and its error; an unreachable host is tried again at the next run.',
+      metric: hostConfigHostsFailed, threshold: 1, evaluationPeriods: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    const checkWidgets: cloudwatch.IWidget[] = [new cloudwatch.GraphWidget({
+      title: 'Restore tests and host configuration backups', width: 8,
+      left: [this.serviceMetric(restoreTestMetrics.passed, 'Sum', Duration.hours(1)), this.serviceMetric(restoreTestMetrics.failed, 'Sum', Duration.hours(1))],
+      right: [this.serviceMetric(hostConfigMetrics.hostsFailed, 'Sum', Duration.hours(1))],
+    })];
+
     // --- mover groups --------------------------------------------------------------------
     const moverWidgets: cloudwatch.IWidget[] = [];
     for (const [g, activity] of Object.entries(props.activities)) {
@@ -182,9 +208,9 @@ export class Monitoring extends Construct {
       title: `λ ${fid}`, width: 6, left: [f.metricErrors({ statistic: 'Sum' }), f.metricThrottles({ statistic: 'Sum' })], right: [f.metricDuration({ statistic: 'p95' })],
     }));
 
-    this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: `# Lifeboat ${stack.stackName}\nWorkflows, policies (RPO), mover groups, functions. Alarms notify the SNS topic ${'`'}Alarms${'`'}.`, width: 24, height: 2 }));
+    this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: `# Lifeboat ${stack.stackName}\nWorkflows, policies (RPO), restore tests and host configuration backups, mover groups, functions. Alarms notify the SNS topic ${'`'}Alarms${'`'}.`, width: 24, height: 2 }));
     this.dashboard.addWidgets(new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: Object.values(this.alarms), width: 24 }));
-    for (const widgets of [workflowWidgets, policyWidgets, moverWidgets, fnWidgets]) if (widgets.length) this.dashboard.addWidgets(...widgets);
+    for (const widgets of [workflowWidgets, policyWidgets, checkWidgets, moverWidgets, fnWidgets]) if (widgets.length) this.dashboard.addWidgets(...widgets);
   }
 
   /** The DR alarms of a replicating policy (DR recovery point past its RPO, replication not started) and its dashboard widget. */
@@ -207,6 +233,15 @@ export class Monitoring extends Construct {
       title: `Policy ${policyId}: DR recovery point age (h) in '${dr}', DR RPO ${drRpoHours} h`, width: 8,
       left: [drAge], leftAnnotations: [{ value: drRpoHours, label: 'DR RPO', color: cloudwatch.Color.RED }],
       right: [notStarted],
+    });
+  }
+
+  /** A metric published with the dimension `service` only (restore tests, host configuration backups). */
+  serviceMetric(name: string, statistic: string, period: Duration): cloudwatch.Metric {
+    return new cloudwatch.Metric({
+      namespace: this.props.metricsNamespace, metricName: name,
+      dimensionsMap: { service: this.props.serviceName },
+      statistic, period, label: name,
     });
   }
 

@@ -41,3 +41,11 @@ export const hostConfigMetrics = {
   /** Hosts whose configuration the execution could not back up (an unreachable libvirt URI, no mover answering). */
   hostsFailed: 'HostConfigBackupHostsFailed',
 } as const;
+
+/** Restore test metrics (RecordRestoreTest, once per restore test of a deep verification), dimension `service`. */
+export const restoreTestMetrics = {
+  /** 1 for a restore test that failed: no sign of life in time, or the test could not run to its end. */
+  failed: 'RestoreTestsFailed',
+  /** 1 for a restore test whose VM showed its sign of life. */
+  passed: 'RestoreTestsPassed',
+} as const;
