@@ -35,7 +35,9 @@ const cacheDir = join(tmpdir(), 'lifeboat-vm-lab-cache');
 const handMade: string[] = [];
 
 const workDir = () => join(t.dir, 'work');
-const testDomains = async () => (await virsh(['list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith(RESTORE_TEST_PREFIX));
+/** This run's test domains (their names carry this process's pid): another run on the same host has its own. */
+const ours = new RegExp(`-${process.pid}(-|$)`);
+const testDomains = async () => (await virsh(['list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith(RESTORE_TEST_PREFIX) && ours.test(n));
 const testFolders = async () => (await readdir(restoreTestRoot(workDir())).catch(() => [] as string[])).filter((n) => n.includes(RESTORE_TEST_PREFIX));
 
 async function verify(machine: 'DeepVerify' | 'DeepVerifyPolicy', input: object) {
