@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
-import { checkpointXml, LibvirtDriver, pullBackupXml, snapshotDir, tcpBackupXml, tracksChanges } from '../mover/sources/libvirt/driver.ts';
+import { checkpointXml, pullBackupXml, tcpBackupXml, tracksChanges } from '../mover/sources/libvirt/backup-xml.ts';
+import { LibvirtDriver, snapshotDir } from '../mover/sources/libvirt/driver.ts';
 
 const DOMAIN = `<domain type='qemu'>
   <name>web-1</name>

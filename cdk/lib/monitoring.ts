@@ -84,6 +84,12 @@ export class Monitoring extends Construct {
       this.alarms[name] = created;
       return created;
     };
+    /** An alarm that fires when the metric's sum in a period is at least one (a count of failures); no data is OK. */
+    const alarmOnAny = (name: string, metric: cloudwatch.IMetric, alarmDescription: string) => alarm(name, {
+      alarmDescription, metric, threshold: 1, evaluationPeriods: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
 
     this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', { dashboardName: `${stack.stackName}-control-plane` });
 
@@ -100,12 +106,8 @@ export class Monitoring extends Construct {
         period: Duration.minutes(5),
         label: `${name} failed or timed out`,
       });
-      alarm(`WorkflowFailed-${name}`, {
-        alarmDescription: `A ${name} execution failed or timed out. Open the execution in the Step Functions console: the failed state and its error name say what went wrong.`,
-        metric: failed, threshold: 1, evaluationPeriods: 1,
-        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-      });
+      alarmOnAny(`WorkflowFailed-${name}`, failed,
+        `A ${name} execution failed or timed out. Open the execution in the Step Functions console: the failed state and its error name say what went wrong.`);
       workflowWidgets.push(new cloudwatch.GraphWidget({
         title: `${name} executions`, width: 8,
         left: [sm.metricStarted({ statistic: 'Sum' }), sm.metricSucceeded({ statistic: 'Sum' }), sm.metricFailed({ statistic: 'Sum' }), sm.metricTimedOut({ statistic: 'Sum' })],
@@ -136,12 +138,8 @@ export class Monitoring extends Construct {
         treatMissingData: cloudwatch.TreatMissingData.BREACHING,
       });
       const vmsFailed = this.policyMetric(summaryMetrics.vmsFailed, p.id, 'Sum', Duration.minutes(5));
-      alarm(`VmsFailed-${p.id}`, {
-        alarmDescription: `A Backup run of policy '${p.id}' could not back up some VMs. The run record in the catalog and the execution's RecordFailure steps name each VM and its error.`,
-        metric: vmsFailed, threshold: 1, evaluationPeriods: 1,
-        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-      });
+      alarmOnAny(`VmsFailed-${p.id}`, vmsFailed,
+        `A Backup run of policy '${p.id}' could not back up some VMs. The run record in the catalog and the execution's RecordFailure steps name each VM and its error.`);
       policyWidgets.push(new cloudwatch.GraphWidget({
         title: `Policy ${p.id}: recovery point age (h), RPO ${p.rpoHours} h`, width: 8,
         left: [age], leftAnnotations: [{ value: p.rpoHours, label: 'RPO', color: cloudwatch.Color.RED }],
@@ -152,19 +150,11 @@ export class Monitoring extends Construct {
 
     // --- restore tests and host configuration backups (dimension service only) ----------
     const restoreTestsFailed = this.serviceMetric(restoreTestMetrics.failed, 'Sum', Duration.minutes(5));
-    alarm('RestoreTestFailed', {
-      alarmDescription: 'A restore test of a deep verification failed: the test VM showed no sign of life in time, or the test could not run to its end. The EventBridge event \'Lifeboat Restore Test Failed\' and the verification\'s output (restoreTest.reason) name the VM, the backup and the reason.',
-      metric: restoreTestsFailed, threshold: 1, evaluationPeriods: 1,
-      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-    });
+    alarmOnAny('RestoreTestFailed', restoreTestsFailed,
+      'A restore test of a deep verification failed: the test VM showed no sign of life in time, or the test could not run to its end. The EventBridge event \'Lifeboat Restore Test Failed\' and the verification\'s output (restoreTest.reason) name the VM, the backup and the reason.');
     const hostConfigHostsFailed = this.serviceMetric(hostConfigMetrics.hostsFailed, 'Sum', Duration.minutes(5));
-    alarm('HostConfigBackupHostsFailed', {
-      alarmDescription: 'A HostConfigBackup execution could not back up the configuration of some hosts. Its output (failedHosts) names each host and its error; an unreachable host is tried again at the next run.',
-      metric: hostConfigHostsFailed, threshold: 1, evaluationPeriods: 1,
-      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-    });
+    alarmOnAny('HostConfigBackupHostsFailed', hostConfigHostsFailed,
+      'A HostConfigBackup execution could not back up the configuration of some hosts. Its output (failedHosts) names each host and its error; an unreachable host is tried again at the next run.');
     const checkWidgets: cloudwatch.IWidget[] = [new cloudwatch.GraphWidget({
       title: 'Restore tests and host configuration backups', width: 8,
       left: [this.serviceMetric(restoreTestMetrics.passed, 'Sum', Duration.hours(1)), this.serviceMetric(restoreTestMetrics.failed, 'Sum', Duration.hours(1))],
@@ -180,12 +170,8 @@ export class Monitoring extends Construct {
         period: Duration.minutes(15),
         label: `${g}: tasks scheduled, none started`,
       });
-      alarm(`MoverGroupNotPolling-${g}`, {
-        alarmDescription: `Tasks for mover group '${g}' waited 15 minutes and no mover took one: its movers are down, cannot reach Step Functions, or every task slot is busy. Check 'systemctl status lifeboat-mover' on the group's appliances.`,
-        metric: waiting, threshold: 1, evaluationPeriods: 1,
-        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-      });
+      alarmOnAny(`MoverGroupNotPolling-${g}`, waiting,
+        `Tasks for mover group '${g}' waited 15 minutes and no mover took one: its movers are down, cannot reach Step Functions, or every task slot is busy. Check 'systemctl status lifeboat-mover' on the group's appliances.`);
       moverWidgets.push(new cloudwatch.GraphWidget({
         title: `Mover group ${g}`, width: 8,
         left: [activity.metricScheduled({ statistic: 'Sum' }), activity.metricStarted({ statistic: 'Sum' }), activity.metricSucceeded({ statistic: 'Sum' }),

@@ -4,6 +4,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { VmLabUnavailable } from './errors.ts';
+import { xmlEscape } from '../../mover/sources/libvirt/backup-xml.ts';
 
 const run = promisify(execFile);
 
@@ -50,9 +51,6 @@ export function guestCmdline(b: GuestBehaviour = {}): string {
   if (!Number.isInteger(rate) || rate < 1) throw new RangeError(`writeKiBs must be a positive integer, got ${rate}`);
   return `lifeboat.mode=${b.mode ?? 'write'} lifeboat.write_kib_s=${rate}${b.freezeHash === false ? ' lifeboat.freeze_hash=0' : ''}`;
 }
-
-const xmlEscape = (s: string) =>
-  s.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!);
 
 /**
  * A `<domain type='qemu'>` (TCG: KVM guests hang on these machines) booting the kernel

@@ -23,6 +23,7 @@ import { dirname, join } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
 import { RecoveryRequestInvalid, RestoreMismatch } from '../../core/recovery-errors.ts';
 import type { PoolVolume } from '../../core/recovery-jobs.ts';
+import { xmlEscape } from '../sources/libvirt/backup-xml.ts';
 import { Virsh, VirshError } from '../sources/libvirt/virsh.ts';
 
 /** Pool types whose volumes are files created sparse: a new volume reads as zeros and takes room only for what is written. */
@@ -130,7 +131,6 @@ export class StoragePool {
   }
 }
 
-const xmlText = (v: string | number) => String(v).replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!);
 
 /**
  * A new volume's definition: thin (allocation 0). A qcow2 volume is `compat` 1.1, which
@@ -140,7 +140,7 @@ const xmlText = (v: string | number) => String(v).replace(/[<>&'"]/g, (c) => ({ 
  */
 export function volumeXml(v: { name: string; capacity: number; format: 'raw' | 'qcow2'; filePool: boolean }): string {
   const format = v.format === 'qcow2' ? "<format type='qcow2'/><compat>1.1</compat>" : v.filePool ? "<format type='raw'/>" : '';
-  return `<volume><name>${xmlText(v.name)}</name><capacity unit='bytes'>${v.capacity}</capacity><allocation unit='bytes'>0</allocation><target>${format}</target></volume>\n`;
+  return `<volume><name>${xmlEscape(v.name)}</name><capacity unit='bytes'>${v.capacity}</capacity><allocation unit='bytes'>0</allocation><target>${format}</target></volume>\n`;
 }
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
