@@ -17,7 +17,7 @@ import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
-import { lambdaStep, moverStep } from './steps.ts';
+import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -62,7 +62,7 @@ function afterSummarize(scope: Construct, replicatePolicy: sfn.IStateMachine | u
     taskTimeout: sfn.Timeout.duration(Duration.minutes(1)),
   });
   start.addRetry({ errors: [EXECUTION_ALREADY_EXISTS], maxAttempts: 0 });
-  start.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  retryAnyError(start);
   start.addCatch(new sfn.Pass(scope, 'ReplicationAlreadyStarted', { parameters: { started: true, alreadyStarted: true }, resultPath: '$.summary.replication' }).next(reported), { errors: [EXECUTION_ALREADY_EXISTS], resultPath: '$.replicationError' });
   // The backups are committed whatever happens here: the run reports that replication did not start instead of failing.
   start.addCatch(new sfn.Pass(scope, 'ReplicationNotStarted', { parameters: { started: false, 'error.$': '$.replicationError' }, resultPath: '$.summary.replication' }).next(reported), { resultPath: '$.replicationError' });
@@ -110,7 +110,7 @@ export class BackupWorkflow extends Construct {
     });
     releaseSnapshotAfterFailure.next(recordFailure);
     // Recording the failure must not fail the whole run: retry it (catalog throttling).
-    recordFailure.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    retryAnyError(recordFailure);
     recordFailure.next(releaseSlotAfterFailure).next(vmFailed);
     releaseSlotAfterFailure.addCatch(vmFailed, { resultPath: '$.cleanupError' });
 

@@ -16,7 +16,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { StorageUnavailable } from '../../core/errors.ts';
-import { lambdaStep, moverDiskMap, moverStep, retryMoverTask } from './steps.ts';
+import { lambdaStep, moverDiskMap, moverStep, retryAnyError, retryMoverTask } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 
 export const BACKUP_DAMAGED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Backup Damaged' } as const;
@@ -41,13 +41,13 @@ function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFail
   if (onFailure) verifyDisks.addCatch(onFailure, { resultPath: '$.error' });
 
   const record = invoke(scope, 'RecordDeepVerify', props.functions.RecordDeepVerify);
-  record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  retryAnyError(record);
 
   const emit = new tasks.EventBridgePutEvents(scope, 'EmitBackupDamaged', {
     entries: [{ source: BACKUP_DAMAGED_EVENT.source, detailType: BACKUP_DAMAGED_EVENT.detailType, detail: sfn.TaskInput.fromJsonPathAt('$.event') }],
     resultPath: sfn.JsonPath.DISCARD,
   });
-  emit.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  retryAnyError(emit);
   // Damaged chunks are moved aside and recorded, so the next backups upload them again.
   const quarantine = lambdaStep(scope, 'QuarantineDamage', props.functions.QuarantineDamage, { resultPath: '$.quarantine' });
   // Idempotent (the record first, a copy and a delete that may repeat): any failure is retried.
@@ -70,7 +70,7 @@ function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFail
  */
 function restoreTestChain(scope: Construct, props: DeepVerifyWorkflowProps): sfn.Chain {
   const recordTest = invoke(scope, 'RecordRestoreTest', props.functions.RecordRestoreTest);
-  recordTest.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  retryAnyError(recordTest);
   const test = moverStep(scope, 'RestoreTest', {
     activities: props.activities, groupPath: '$.restoreTestJob.moverGroup',
     parameters: { task: 'restoreTest', 'test.$': '$.restoreTestJob' },
@@ -85,7 +85,7 @@ function restoreTestChain(scope: Construct, props: DeepVerifyWorkflowProps): sfn
     entries: [{ source: RESTORE_TEST_FAILED_EVENT.source, detailType: RESTORE_TEST_FAILED_EVENT.detailType, detail: sfn.TaskInput.fromJsonPathAt('$.restoreTestFailed') }],
     resultPath: sfn.JsonPath.DISCARD,
   });
-  emit.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  retryAnyError(emit);
   const failed = new sfn.Choice(scope, 'RestoreTestFailed')
     .when(sfn.Condition.isPresent('$.restoreTestFailed'), emit)
     .otherwise(new sfn.Succeed(scope, 'RestoreTestPassed'));

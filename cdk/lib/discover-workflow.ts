@@ -14,7 +14,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { lambdaStep, moverStep } from './steps.ts';
+import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface DiscoverWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -44,7 +44,7 @@ export class DiscoverWorkflow extends Construct {
     const summarize = lambdaStep(this, 'SummarizeDiscovery', fn.SummarizeDiscovery, {
       payload: sfn.TaskInput.fromObject({ 'discoveryId.$': '$$.Execution.Name', 'hosts.$': '$.hosts' }),
     });
-    summarize.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    retryAnyError(summarize);
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat discovery: inventory the libvirt hosts\' domains into the catalog; VMs no longer there are marked gone',

@@ -16,7 +16,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { StorageUnavailable, TaskStalled } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { lambdaStep, moverStep } from './steps.ts';
+import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface HostConfigBackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -46,7 +46,7 @@ export class HostConfigBackupWorkflow extends Construct {
     const summarize = lambdaStep(this, 'SummarizeHostConfigBackup', fn.SummarizeHostConfigBackup, {
       payload: sfn.TaskInput.fromObject({ 'runId.$': '$$.Execution.Name', 'hosts.$': '$.hosts' }),
     });
-    summarize.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    retryAnyError(summarize);
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat host configuration backup: each libvirt host\'s networks, storage pools and domain definitions, sealed into the repository; the newest N per host kept',

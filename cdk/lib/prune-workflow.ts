@@ -12,7 +12,7 @@ import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
-import { lambdaStep } from './steps.ts';
+import { lambdaStep, retryAnyError } from './steps.ts';
 
 export interface PruneWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -34,7 +34,7 @@ export class PruneWorkflow extends Construct {
     pruneAll.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'PRUNE'), { resultPath: '$.error' });
 
     const record = invoke('RecordPrune', 'RecordPrune');
-    record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    retryAnyError(record);
 
     const dryRun = new sfn.Choice(this, 'DryRun')
       .when(sfn.Condition.booleanEquals('$.dryRun', true), new sfn.Succeed(this, 'DryRunListed', { comment: 'the output lists what would go and why' }))

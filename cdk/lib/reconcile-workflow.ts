@@ -19,7 +19,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { lambdaStep, moverStep } from './steps.ts';
+import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface ReconcileWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -38,9 +38,8 @@ export class ReconcileWorkflow extends Construct {
   constructor(scope: Construct, id: string, props: ReconcileWorkflowProps) {
     super(scope, id);
     const fn = props.functions;
-    const retryCatalog = (t: sfn.TaskStateBase) => t.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
     const plan = lambdaStep(this, 'PlanReconcile', fn.PlanReconcile);
-    retryCatalog(plan);
+    retryAnyError(plan);
 
     const vmDone = new sfn.Pass(this, 'VmReconciled', { parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId' } });
     const recordFailure = lambdaStep(this, 'RecordFailure', fn.RecordFailure, { resultPath: '$.outcome' });
@@ -53,7 +52,7 @@ export class ReconcileWorkflow extends Construct {
         t.addCatch(vmDone, { resultPath: '$.cleanupError' });
       },
     });
-    for (const t of [recordFailure, releaseSlot]) retryCatalog(t);
+    for (const t of [recordFailure, releaseSlot]) retryAnyError(t);
     releaseSlot.addCatch(releaseSnapshot, { resultPath: '$.cleanupError' });
     const perVm = recordFailure.next(releaseSlot).next(releaseSnapshot).next(vmDone);
     const vms = new sfn.Map(this, 'ReconcileVms', { itemsPath: '$.vms', maxConcurrency: 8, resultPath: '$.vms' });
@@ -62,7 +61,7 @@ export class ReconcileWorkflow extends Construct {
     const releaseRunLease = lambdaStep(this, 'ReleaseRunLease', fn.ReleaseRunLease, {
       payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'executionArn.$': '$.executionArn' }), resultPath: null,
     });
-    retryCatalog(releaseRunLease);
+    retryAnyError(releaseRunLease);
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat reconcile: the failure path of a Backup execution that stopped without its own',

@@ -7,6 +7,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type { Construct } from 'constructs';
+import { retryAnyError } from './steps.ts';
 
 export function recordFailureThenFail(scope: Construct, fn: lambda.IFunction, kind: 'DEEPVERIFY' | 'REPLICATION' | 'FAILOVER' | 'PRUNE' | 'GC'): sfn.TaskStateBase {
   const record = new tasks.LambdaInvoke(scope, 'RecordFailure', {
@@ -16,7 +17,7 @@ export function recordFailureThenFail(scope: Construct, fn: lambda.IFunction, ki
     resultPath: sfn.JsonPath.DISCARD,
     taskTimeout: sfn.Timeout.duration(Duration.minutes(1)),
   });
-  record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  retryAnyError(record);
   record.next(new sfn.Fail(scope, 'Failed', { errorPath: '$.error.Error', causePath: '$.error.Cause' }));
   return record;
 }

@@ -15,7 +15,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { lambdaStep, moverDiskMap, moverStep, retryMoverTask } from './steps.ts';
+import { lambdaStep, moverDiskMap, moverStep, retryAnyError, retryMoverTask } from './steps.ts';
 
 export interface RestoreWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -37,7 +37,7 @@ export class RestoreWorkflow extends Construct {
     });
 
     const recordFailure = invoke('RecordRestoreFailure', 'RecordRestoreFailure', { resultPath: '$.record' });
-    recordFailure.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    retryAnyError(recordFailure);
     const failed = new sfn.Fail(this, 'RestoreFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' });
     recordFailure.next(failed);
 
@@ -73,7 +73,7 @@ export class RestoreWorkflow extends Construct {
     });
 
     const record = invoke('RecordRestore', 'RecordRestore');
-    record.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    retryAnyError(record);
     const wholeVm = new sfn.Choice(this, 'WholeVm')
       .when(sfn.Condition.isNull('$.diskId'), restoreVmConfig.next(record))
       .otherwise(record);

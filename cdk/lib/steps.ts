@@ -58,6 +58,11 @@ export function moverStep(scope: Construct, name: string, o: MoverStepOptions) {
   });
 }
 
+/** Retries a step on any error, three times within seconds: catalog records and events, which only a passing fault stops. */
+export function retryAnyError(t: sfn.TaskStateBase): void {
+  t.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+}
+
 /** The default retry of a mover task: the mover died (heartbeat timeout), storage was unavailable, or the task stalled. */
 export function retryMoverTask(t: sfn.TaskStateBase, maxAttempts = 3): void {
   t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts });
