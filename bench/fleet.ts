@@ -15,7 +15,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LifeboatConfig } from '../core/config.ts';
-import type { RunSummary } from '../functions/summarize.ts';
+import type { RunSummary } from '../functions/backup/summarize.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';

@@ -21,7 +21,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { RunSummary } from '../functions/summarize.ts';
+import type { RunSummary } from '../functions/backup/summarize.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
 import { startLocalS3 } from '../local/s3-server.ts';

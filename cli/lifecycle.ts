@@ -11,7 +11,7 @@ import type { ObjectStore } from '../core/object-store.ts';
 import { parsePrivateKey } from '../core/release.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { isVersion, LIFEBOAT_VERSION } from '../core/version.ts';
-import { listMovers, s3KeyLister, type KeyLister } from '../functions/movers.ts';
+import { listMovers, s3KeyLister, type KeyLister } from '../functions/fleet/movers.ts';
 import type { StackEndpoints } from '../local/stack.ts';
 import { buildMoverRelease, keygen, publishRelease } from './release.ts';
 

@@ -4,8 +4,8 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
-import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
+import type { DeepVerifySummary } from '../functions/deep-verify/deep-verify.ts';
+import type { RestoreSummary } from '../functions/restore/restore.ts';
 import { endpoints, guarded, runWorkflow as run, type Out } from './stack-client.ts';
 
 const GiB = 1024 ** 3;

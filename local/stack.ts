@@ -17,7 +17,7 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client }
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
-import { syncConfig } from '../functions/sync-config.ts';
+import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3 } from './s3-server.ts';

@@ -7,7 +7,7 @@ import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.
 import { chunkLocation } from '../core/packs.ts';
 import type { DeepVerifyJob } from '../core/recovery-jobs.ts';
 import type { BackupDamage, RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { recordDeepVerify } from '../functions/deep-verify.ts';
+import { recordDeepVerify } from '../functions/deep-verify/deep-verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { deepVerifyDisk } from '../mover/recovery/deep-verify.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RunSummary } from '../functions/summarize.ts';
+import type { RunSummary } from '../functions/backup/summarize.ts';
 import type { MoverLogLine } from '../local/movers.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';

@@ -6,8 +6,8 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { keys as objectKeys } from '../core/format.ts';
-import type { PrunePlan } from '../functions/prune.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
+import type { PrunePlan } from '../functions/prune/prune.ts';
+import type { RestoreSummary } from '../functions/restore/restore.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';

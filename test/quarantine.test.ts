@@ -8,8 +8,8 @@ import { newPackBuffer, sealIntoPack } from '../mover/pipeline/pack-buffer.ts';
 import { PackWriter } from '../mover/pipeline/pack-writer.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
-import { collectGarbage } from '../functions/gc.ts';
-import { quarantineDamage } from '../functions/quarantine.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
+import { quarantineDamage } from '../functions/deep-verify/quarantine.ts';
 
 const keys = deriveKeys(randomBytes(32));
 const NOW = new Date('2026-11-23T12:00:00Z');

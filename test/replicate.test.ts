@@ -9,7 +9,7 @@ import { chunkLocation } from '../core/packs.ts';
 import { RepositoryIndex } from '../core/repository-index.ts';
 import type { ReplicateJob } from '../core/recovery-jobs.ts';
 import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
-import { collectGarbage } from '../functions/gc.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';

@@ -15,7 +15,7 @@ import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { RestoreJob } from '../core/recovery-jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { planRestore, restoreRequest } from '../functions/restore.ts';
+import { planRestore, restoreRequest } from '../functions/restore/restore.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDiskTask, restoreVmConfigTask } from '../mover/recovery/restore.ts';
 import { restoreVm } from '../mover/restore.ts';

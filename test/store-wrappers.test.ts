@@ -6,7 +6,7 @@ import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { ObjectInfo, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { isRetryable, RetryCounter, withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { countForTask, withTaskRetries } from '../mover/retry-accounting.ts';
-import { summarizeRun } from '../functions/summarize.ts';
+import { summarizeRun } from '../functions/backup/summarize.ts';
 import type { RetryInfo } from '../core/store-wrappers.ts';
 
 type Op = 'put' | 'get' | 'head';

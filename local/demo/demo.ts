@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { RunSummary } from '../../functions/summarize.ts';
+import type { RunSummary } from '../../functions/backup/summarize.ts';
 import { restoreVm } from '../../mover/restore.ts';
 import { groupForHost } from '../../core/config.ts';
 import { sfnClient } from '../client.ts';

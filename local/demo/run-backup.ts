@@ -1,6 +1,6 @@
 /** One backup run of the demos: the Backup workflow for a policy, its figures printed, any failed VM an error. */
 import type { SFNClient } from '@aws-sdk/client-sfn';
-import type { RunSummary } from '../../functions/summarize.ts';
+import type { RunSummary } from '../../functions/backup/summarize.ts';
 import { runExecution } from '../client.ts';
 import type { DemoOptions } from './demo.ts';
 import { formatBackup } from './report.ts';

@@ -7,8 +7,8 @@
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { RestoreSummary } from '../../functions/restore.ts';
-import type { RunSummary } from '../../functions/summarize.ts';
+import type { RestoreSummary } from '../../functions/restore/restore.ts';
+import type { RunSummary } from '../../functions/backup/summarize.ts';
 import { runExecution, sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';
 import { EmbeddedStack } from '../stack.ts';

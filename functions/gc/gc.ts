@@ -51,21 +51,21 @@
  * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
-import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
-import { GC_DEFER_MAX_SECONDS } from '../core/gc-timing.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
-import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
-import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
-import { storageEndpoint } from './commons/schemas.ts';
+import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../../core/format.ts';
+import { GC_DEFER_MAX_SECONDS } from '../../core/gc-timing.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { QUARANTINE_PREFIX } from '../../core/quarantine.ts';
+import type { ListedObject, RepositoryAdmin } from '../../core/repository-admin.ts';
+import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { storageEndpoint } from '../commons/schemas.ts';
 import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
-import { liveRunningBackups } from './run-lease.ts';
-import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
-import { emptyReport, type GcReport } from './gc-report.ts';
-import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from './gc-consolidate.ts';
-import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from './gc-index.ts';
+import { liveRunningBackups } from '../backup/run-lease.ts';
+import { isMarked, markNew, noMarks, type Marks } from '../gc-mark.ts';
+import { emptyReport, type GcReport } from '../gc-report.ts';
+import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from '../gc-consolidate.ts';
+import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from '../gc-index.ts';
 
 const HOUR_MS = 3_600_000;
 /** Re-indexing reads no further pack, and consolidation starts no group of index objects, once the invocation has less time left than this. */

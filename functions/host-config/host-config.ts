@@ -7,12 +7,12 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import { hostConfigCounts, hostConfigResult } from '../core/host-config.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
-import { hostConfigMetrics } from './commons/metric-names.ts';
-import { caughtError, repositoryLocation } from './commons/schemas.ts';
-import { planHostConfigBackup, recordHostConfig, summarizeHostConfigBackup } from './host-config/backups.ts';
+import { hostConfigCounts, hostConfigResult } from '../../core/host-config.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { hostConfigMetrics } from '../commons/metric-names.ts';
+import { caughtError, repositoryLocation } from '../commons/schemas.ts';
+import { planHostConfigBackup, recordHostConfig, summarizeHostConfigBackup } from './backups.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();

@@ -11,12 +11,12 @@
  */
 import { MetricUnit, type Metrics } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import type { Catalog } from './catalog/catalog.ts';
-import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
-import { replicationMetrics } from './commons/metric-names.ts';
-import { policyVms } from './recovery/backups.ts';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { replicationMetrics } from '../commons/metric-names.ts';
+import { policyVms } from '../recovery/backups.ts';
 
 export const reportReplicationInput = z.looseObject({
   policyId: z.string().min(1),

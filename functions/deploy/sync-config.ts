@@ -6,10 +6,10 @@
  * written by hand (tests, scripts) are left alone.
  */
 import { z } from 'zod';
-import { hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../core/config.ts';
-import type { Catalog, Policy } from './catalog/catalog.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
+import { hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
+import type { Catalog, Policy } from '../catalog/catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
 
 const MiB = 1024 * 1024;
 

@@ -5,12 +5,12 @@
  */
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import { discoverPage } from '../core/discovery.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
-import { discoveryMetrics } from './commons/metric-names.ts';
-import { caughtError } from './commons/schemas.ts';
-import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from './discovery/inventory.ts';
+import { discoverPage } from '../../core/discovery.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { discoveryMetrics } from '../commons/metric-names.ts';
+import { caughtError } from '../commons/schemas.ts';
+import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from './inventory.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();

@@ -9,18 +9,18 @@
  */
 import { z } from 'zod';
 import { createHash } from 'node:crypto';
-import { matchesNamePattern } from '../core/config.ts';
-import { vmGoneMessage, type GoneVm } from '../core/discovery.ts';
-import { PolicyNotFound, VmGone } from '../core/errors.ts';
-import { keys } from '../core/format.ts';
-import { minMoverVersion } from '../core/version.ts';
-import type { SlotScope, VmJob } from '../core/jobs.ts';
-import { locationKey } from '../core/endpoints.ts';
-import { MAX_HEAL_CHUNKS_PER_JOB } from '../core/quarantine.ts';
-import type { Catalog, Host, Policy, Vm } from './catalog/catalog.ts';
-import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
+import { matchesNamePattern } from '../../core/config.ts';
+import { vmGoneMessage, type GoneVm } from '../../core/discovery.ts';
+import { PolicyNotFound, VmGone } from '../../core/errors.ts';
+import { keys } from '../../core/format.ts';
+import { minMoverVersion } from '../../core/version.ts';
+import type { SlotScope, VmJob } from '../../core/jobs.ts';
+import { locationKey } from '../../core/endpoints.ts';
+import { MAX_HEAL_CHUNKS_PER_JOB } from '../../core/quarantine.ts';
+import type { Catalog, Host, Policy, Vm } from '../catalog/catalog.ts';
+import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
 
 export interface PlanInput {
   policyId: string;

@@ -21,18 +21,18 @@
  * up front, naming the chunk, instead of failing half-way.
  */
 import { z } from 'zod';
-import { mapLimit } from '../core/concurrency.ts';
-import { locationKey } from '../core/endpoints.ts';
-import { chunkId, chunkIdOfKey, open, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import { quarantineKey } from '../core/quarantine.ts';
-import type { RepositoryAdmin } from '../core/repository-admin.ts';
-import type { Catalog } from './catalog/catalog.ts';
-import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
-import { repositoryLocation } from './commons/schemas.ts';
-import { shareDamage, type SharedDamage } from './recovery/shared-damage.ts';
+import { mapLimit } from '../../core/concurrency.ts';
+import { locationKey } from '../../core/endpoints.ts';
+import { chunkId, chunkIdOfKey, open, packIdOfKey, type RepositoryKeys } from '../../core/format.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { quarantineKey } from '../../core/quarantine.ts';
+import type { RepositoryAdmin } from '../../core/repository-admin.ts';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { repositoryLocation } from '../commons/schemas.ts';
+import { shareDamage, type SharedDamage } from '../recovery/shared-damage.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();

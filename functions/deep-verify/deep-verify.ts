@@ -10,19 +10,19 @@
  */
 import { MetricUnit, type Metrics } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
-import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../core/recovery-jobs.ts';
-import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../core/restore-test.ts';
-import { locationKey, type RepositoryLocation } from '../core/endpoints.ts';
-import { chunkIdOfKey } from '../core/format.ts';
-import { isConditionFailed, type Backup, type Catalog, type Policy } from './catalog/catalog.ts';
-import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
-import { restoreTestMetrics } from './commons/metric-names.ts';
-import { caughtError, repositoryLocation } from './commons/schemas.ts';
-import { policyVms, resolveBackup } from './recovery/backups.ts';
-import { healShared } from './recovery/shared-damage.ts';
+import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
+import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../core/recovery-jobs.ts';
+import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../../core/restore-test.ts';
+import { locationKey, type RepositoryLocation } from '../../core/endpoints.ts';
+import { chunkIdOfKey } from '../../core/format.ts';
+import { isConditionFailed, type Backup, type Catalog, type Policy } from '../catalog/catalog.ts';
+import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { restoreTestMetrics } from '../commons/metric-names.ts';
+import { caughtError, repositoryLocation } from '../commons/schemas.ts';
+import { policyVms, resolveBackup } from '../recovery/backups.ts';
+import { healShared } from '../recovery/shared-damage.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();

@@ -6,13 +6,13 @@
  * catalog and the repository are retained, and so is the key that opens them.
  */
 import { z } from 'zod';
-import { parseConfig } from '../core/config.ts';
-import { keys } from '../core/format.ts';
-import { loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import type { Catalog } from './catalog/catalog.ts';
-import { clients } from './commons/clients.ts';
-import { lambdaHandler } from './commons/lambda.ts';
+import { parseConfig } from '../../core/config.ts';
+import { keys } from '../../core/format.ts';
+import { loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import type { Catalog } from '../catalog/catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
 import { syncConfig, type SyncConfigOutput } from './sync-config.ts';
 
 /** CloudFormation passes every property as a string, so the configuration travels as JSON. */
