@@ -1,6 +1,6 @@
 /**
  * Mover lifecycle commands: `lifeboat release keygen`, `lifeboat release publish`
- * (cli/release.ts does the work) and `lifeboat movers` (functions/movers.ts). They reach a
+ * (cli/release.ts does the work) and `lifeboat movers` (functions/fleet/movers.ts). They reach a
  * repository bucket either through a running embedded stack (its endpoints file, written
  * by `lifeboat up`) or, with `--bucket`, S3 with the default AWS credentials.
  */

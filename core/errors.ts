@@ -57,7 +57,7 @@ export class PolicyNotFound extends LifeboatError {
 /** Every concurrency slot of the host is taken: retried with backoff by the workflow. */
 export class SlotUnavailable extends LifeboatError {
   static readonly code = 'Slot.Unavailable';
-  /** `scope` is `host:<id>` or `datastore:<host>/<id>` (see functions/slots.ts). */
+  /** `scope` is `host:<id>` or `datastore:<host>/<id>` (see functions/backup/slots.ts). */
   constructor(scope: string, limit: number) {
     super(SlotUnavailable.code, `all ${limit} backup slots of ${scope.replace(':', ' ')} are in use`, { retryable: true });
   }

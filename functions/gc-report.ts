@@ -1,4 +1,4 @@
-/** What a garbage collection reports (functions/gc.ts fills it in; the GC record in the catalog keeps it). */
+/** What a garbage collection reports (functions/gc/gc.ts fills it in; the GC record in the catalog keeps it). */
 
 /** Objects of one kind under one prefix, as the collection found and treated them. */
 export interface SweptObjects {

@@ -1,4 +1,4 @@
-/** Garbage collection's mark and sweep (functions/gc.ts) on the in-memory store: format-1 chunk objects, format-2 packs and the index. */
+/** Garbage collection's mark and sweep (functions/gc/gc.ts) on the in-memory store: format-1 chunk objects, format-2 packs and the index. */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

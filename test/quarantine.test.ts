@@ -1,4 +1,4 @@
-/** QuarantineDamage (functions/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
+/** QuarantineDamage (functions/deep-verify/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';

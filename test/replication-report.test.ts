@@ -1,4 +1,4 @@
-/** ReportReplication (functions/replication-report.ts) and the quarantine records, on a real dynalite catalog. */
+/** ReportReplication (functions/replicate/replication-report.ts) and the quarantine records, on a real dynalite catalog. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';

@@ -1,4 +1,4 @@
-/** GFS retention as Proxmox Backup Server defines it (functions/retention/gfs.ts). */
+/** GFS retention as Proxmox Backup Server defines it (functions/prune/gfs.ts). */
 import { describe, expect, it } from 'vitest';
 import { applyRetention, isoWeek, periodOf, type RetentionCandidate } from '../functions/prune/gfs.ts';
 

@@ -16,7 +16,7 @@
  * complete. A run that stops between a pack and its index leaves that pack unindexed at
  * the target (a re-run finds it present and copies it no more); its manifest still names
  * it, so restores and verification are unaffected, and the pack describes itself: the DR
- * repository's next garbage collection lists it again from its trailer (functions/gc.ts).
+ * repository's next garbage collection lists it again from its trailer (functions/gc/gc.ts).
  *
  * The manifest is copied last, so a DR manifest only ever names chunks that are there; the
  * first disk also copies the VM config. Re-running copies nothing twice.
