@@ -5,14 +5,14 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
-import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import { deriveKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../repository/keyring.ts';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { powertools } from './lambda.ts';
 import { storageMetrics } from './metric-names.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
+import { S3RepositoryAdmin, type RepositoryAdmin } from '../../repository/admin.ts';
 import { endpointKey, locationKey, type StorageEndpoint } from '../../core/endpoints.ts';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
