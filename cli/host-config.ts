@@ -9,7 +9,7 @@ import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { locationKey } from '../core/endpoints.ts';
+import { locationKey } from '../contracts/endpoints.ts';
 import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
 import { HostConfigCatalog, type HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
 import type { HostConfigSummary } from '../functions/host-config/backups.ts';

@@ -5,8 +5,8 @@
  * catalog: it returns where the archive is, its counts and its SHA-256, and
  * RecordHostConfig records them.
  */
-import { BadTaskInput } from '../core/errors.ts';
-import type { RepositoryLocation } from '../core/endpoints.ts';
+import { BadTaskInput } from '../contracts/errors.ts';
+import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, hostConfigTask, sealHostConfig, type HostConfigArchive, type HostConfigResult, type HostDefinition } from '../core/host-config.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import type { RepositoryKeys } from '../repository/format.ts';

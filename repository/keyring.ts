@@ -7,7 +7,7 @@ import { DecryptCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { Corrupt, SourceUnavailable, StorageUnavailable } from '../core/errors.ts';
+import { Corrupt, SourceUnavailable, StorageUnavailable } from '../contracts/errors.ts';
 import { keys as objectKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 

@@ -5,9 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { SlotUnavailable } from '../core/errors.ts';
+import { SlotUnavailable } from '../contracts/errors.ts';
 import { decodeManifest, deriveKeys, keys } from '../repository/format.ts';
-import { segmentManifestId, type DiskRef, type VmJob } from '../core/jobs.ts';
+import { segmentManifestId, type DiskRef, type VmJob } from '../contracts/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';

@@ -18,7 +18,7 @@ import { S3RepositoryAdmin, type RepositoryAdmin } from '../repository/admin.ts'
 import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { collectGarbage } from '../functions/gc/gc.ts';
-import type { GcReport } from '../functions/gc-report.ts';
+import type { GcReport } from '../contracts/gc-report.ts';
 import { verifyManifests } from '../functions/backup/verify.ts';
 import { startLocalS3, type LocalS3 } from '../local/s3-server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { DeepVerifySummary } from '../functions/deep-verify/deep-verify.ts';
 import { GC_LEASE_MS } from '../core/gc-timing.ts';
 import { catalogGcLease } from '../functions/gc/gc-lease.ts';
-import type { GcReport } from '../functions/gc-report.ts';
+import type { GcReport } from '../contracts/gc-report.ts';
 import type { RestoreSummary } from '../functions/restore/restore.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';

@@ -15,12 +15,12 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { locationKey } from '../core/endpoints.ts';
+import { locationKey } from '../contracts/endpoints.ts';
 import { chunkId, decodeManifest, keys as objectKeys, open } from '../repository/format.ts';
 import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
 import { quarantineKey } from '../repository/quarantine.ts';
 import type { DeepVerifySummary } from '../functions/deep-verify/deep-verify.ts';
-import type { GcReport } from '../functions/gc-report.ts';
+import type { GcReport } from '../contracts/gc-report.ts';
 import type { QuarantineReport } from '../functions/deep-verify/quarantine.ts';
 import type { RestoreSummary } from '../functions/restore/restore.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';

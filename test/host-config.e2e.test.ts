@@ -15,7 +15,7 @@ import { formatHostConfigBackup, formatHostConfigList, listHostConfigs, restoreH
 import { loadConfig, parseConfig } from '../core/config.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { HostConfigOutcome, HostConfigSummary } from '../functions/host-config/backups.ts';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { runExecution } from '../local/client.ts';
 import { currentInvocation } from '../local/lambdas.ts';
 import { openRepository } from '../local/stack.ts';

@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { RestoreJob } from '../core/recovery-jobs.ts';
+import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import type { RestoreSummary } from '../functions/restore/restore.ts';
 import type { RunSummary } from '../functions/backup/summarize.ts';
 import { runExecution } from '../local/client.ts';

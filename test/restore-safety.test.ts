@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { RestoreJob } from '../core/recovery-jobs.ts';
+import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { planRestore, restoreRequest } from '../functions/restore/restore.ts';

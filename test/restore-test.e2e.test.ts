@@ -12,7 +12,7 @@ import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RESTORE_TEST_PREFIX } from '../core/restore-test.ts';
+import { RESTORE_TEST_PREFIX } from '../contracts/restore-test.ts';
 import type { DeepVerifySummary, RestoreTestOutcome } from '../functions/deep-verify/deep-verify.ts';
 import type { RunSummary } from '../functions/backup/summarize.ts';
 import { runExecution } from '../local/client.ts';

@@ -1,6 +1,6 @@
 /** Retry, concurrency and bandwidth wrappers around the ObjectStore interface. */
 import { describe, expect, it } from 'vitest';
-import { StorageUnavailable } from '../core/errors.ts';
+import { StorageUnavailable } from '../contracts/errors.ts';
 import { objectCrc32, objectSha256 } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { ObjectInfo, ObjectStore, PutChecksum } from '../core/object-store.ts';

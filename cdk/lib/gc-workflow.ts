@@ -16,10 +16,10 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
+import { StorageUnavailable } from '../../contracts/errors.ts';
 import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS } from '../../core/gc-timing.ts';
-import { GcBusy } from '../../core/recovery-errors.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { GcBusy } from '../../contracts/recovery-errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 import { lambdaStep } from './steps.ts';
 

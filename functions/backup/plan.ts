@@ -10,12 +10,12 @@
 import { z } from 'zod';
 import { createHash } from 'node:crypto';
 import { matchesNamePattern } from '../../core/config.ts';
-import { vmGoneMessage, type GoneVm } from '../../core/discovery.ts';
-import { PolicyNotFound, VmGone } from '../../core/errors.ts';
+import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
+import { PolicyNotFound, VmGone } from '../../contracts/errors.ts';
 import { keys } from '../../repository/format.ts';
 import { minMoverVersion } from '../../core/version.ts';
-import type { SlotScope, VmJob } from '../../core/jobs.ts';
-import { locationKey } from '../../core/endpoints.ts';
+import type { SlotScope, VmJob } from '../../contracts/jobs.ts';
+import { locationKey } from '../../contracts/endpoints.ts';
 import { MAX_HEAL_CHUNKS_PER_JOB } from '../../repository/quarantine.ts';
 import type { Catalog, Host, Policy, Vm } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';

@@ -4,12 +4,12 @@
  * when one scope is full the slots already taken are given back and the state machine
  * retries with backoff. A slot whose holder died is free again when its lease runs out.
  */
-import { SlotUnavailable } from '../../core/errors.ts';
-import type { SlotLease, VmJob } from '../../core/jobs.ts';
+import { SlotUnavailable } from '../../contracts/errors.ts';
+import type { SlotLease, VmJob } from '../../contracts/jobs.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { vmJob } from '../commons/schemas.ts';
+import { vmJob } from '../../contracts/schemas.ts';
 
 /** A slot held by an execution that died is free again after this long. */
 export const SLOT_LEASE_MS = 6 * 3600_000;

@@ -6,14 +6,14 @@
 import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import type { Consistency, DiskResult, TransferStats, VmOutcome } from '../../core/jobs.ts';
-import { vmGoneMessage, type GoneVm } from '../../core/discovery.ts';
-import { VmGone } from '../../core/errors.ts';
+import type { Consistency, DiskResult, TransferStats, VmOutcome } from '../../contracts/jobs.ts';
+import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
+import { VmGone } from '../../contracts/errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { summaryMetrics } from '../commons/metric-names.ts';
-import { diskResult, vmOutcome } from '../commons/schemas.ts';
+import { summaryMetrics } from '../../contracts/metric-names.ts';
+import { diskResult, vmOutcome } from '../../contracts/schemas.ts';
 
 /** What each VM iteration leaves behind: a committed job or a failure outcome. */
 export type IterationResult = { vmId: string; backupId: string; disks?: DiskResult[]; commit?: unknown; outcome?: VmOutcome };

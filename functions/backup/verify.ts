@@ -4,14 +4,14 @@
  * or packs (format 2, each once); never downloads chunk data.
  */
 import { z } from 'zod';
-import { VerifyFailed } from '../../core/errors.ts';
+import { VerifyFailed } from '../../contracts/errors.ts';
 import { decodeManifest, keys, type RepositoryKeys } from '../../repository/format.ts';
-import type { DiskResult, VmJob } from '../../core/jobs.ts';
+import type { DiskResult, VmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { diskResult, vmJob } from '../commons/schemas.ts';
+import { diskResult, vmJob } from '../../contracts/schemas.ts';
 
 export interface VerifyInput extends VmJob {
   disks: DiskResult[];

@@ -10,17 +10,17 @@
  */
 import { MetricUnit, type Metrics } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../core/recovery-jobs.ts';
-import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../../core/restore-test.ts';
-import { locationKey, type RepositoryLocation } from '../../core/endpoints.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
+import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../../contracts/restore-test.ts';
+import { locationKey, type RepositoryLocation } from '../../contracts/endpoints.ts';
 import { chunkIdOfKey } from '../../repository/format.ts';
 import { isConditionFailed, type Backup, type Catalog, type Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { restoreTestMetrics } from '../commons/metric-names.ts';
-import { caughtError, repositoryLocation } from '../commons/schemas.ts';
+import { restoreTestMetrics } from '../../contracts/metric-names.ts';
+import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
 import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { healShared } from '../recovery/shared-damage.ts';
 

@@ -5,11 +5,11 @@
  */
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import { discoverPage } from '../../core/discovery.ts';
+import { discoverPage } from '../../contracts/discovery.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { discoveryMetrics } from '../commons/metric-names.ts';
-import { caughtError } from '../commons/schemas.ts';
+import { discoveryMetrics } from '../../contracts/metric-names.ts';
+import { caughtError } from '../../contracts/schemas.ts';
 import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from './inventory.ts';
 
 const text = z.string().min(1);

@@ -3,9 +3,9 @@
  * recording each page of a host's VMs in the catalog, marking the VMs it no longer has
  * as gone (never deleting them), and the execution's summary. Pure: the catalog is passed in.
  */
-import type { DiscoverPage } from '../../core/discovery.ts';
-import { DiscoveryRequestInvalid } from '../../core/errors.ts';
-import type { Hypervisor } from '../../core/jobs.ts';
+import type { DiscoverPage } from '../../contracts/discovery.ts';
+import { DiscoveryRequestInvalid } from '../../contracts/errors.ts';
+import type { Hypervisor } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 
 /** The catalog calls discovery makes. */

@@ -59,11 +59,11 @@ import type { ListedObject, RepositoryAdmin } from '../../repository/admin.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { storageEndpoint } from '../commons/schemas.ts';
+import { storageEndpoint } from '../../contracts/schemas.ts';
 import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
 import { liveRunningBackups } from '../backup/run-lease.ts';
 import { isMarked, markNew, noMarks, type Marks } from '../../repository/maintenance/mark.ts';
-import { emptyReport, type GcReport } from '../gc-report.ts';
+import { emptyReport, type GcReport } from '../../contracts/gc-report.ts';
 import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from '../../repository/maintenance/consolidate.ts';
 import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from '../../repository/maintenance/index-map.ts';
 

@@ -4,10 +4,10 @@
  * with retention (the newest `keep` per host stay; older archives are deleted, then their
  * records), and the execution's summary. Pure: the catalog and the repository admin are passed in.
  */
-import type { RepositoryLocation } from '../../core/endpoints.ts';
-import { HostConfigRequestInvalid } from '../../core/errors.ts';
+import type { RepositoryLocation } from '../../contracts/endpoints.ts';
+import { HostConfigRequestInvalid } from '../../contracts/errors.ts';
 import { hostConfigBackupId, hostConfigKey, type HostConfigResult } from '../../core/host-config.ts';
-import type { Hypervisor } from '../../core/jobs.ts';
+import type { Hypervisor } from '../../contracts/jobs.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { HostConfigCatalog } from '../catalog/host-config-catalog.ts';

@@ -10,8 +10,8 @@ import { z } from 'zod';
 import { hostConfigCounts, hostConfigResult } from '../../core/host-config.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { hostConfigMetrics } from '../commons/metric-names.ts';
-import { caughtError, repositoryLocation } from '../commons/schemas.ts';
+import { hostConfigMetrics } from '../../contracts/metric-names.ts';
+import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
 import { planHostConfigBackup, recordHostConfig, summarizeHostConfigBackup } from './backups.ts';
 
 const text = z.string().min(1);

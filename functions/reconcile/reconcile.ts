@@ -12,11 +12,11 @@
  * snapshot it made for the backup id (SourceDriver.releaseBackup).
  */
 import { z } from 'zod';
-import type { VmJob } from '../../core/jobs.ts';
+import type { VmJob } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError } from '../commons/schemas.ts';
+import { caughtError } from '../../contracts/schemas.ts';
 
 export const reconcileInput = z.looseObject({
   /** The stopped Backup execution; its name is the run id. */

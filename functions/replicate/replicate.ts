@@ -9,17 +9,17 @@
  * the standby replica and its recovery point.
  */
 import { z } from 'zod';
-import { endpointKey, location, type RepositoryLocation } from '../../core/endpoints.ts';
+import { endpointKey, location, type RepositoryLocation } from '../../contracts/endpoints.ts';
 import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { RecoveryRequestInvalid, ReplicaBusy } from '../../core/recovery-errors.ts';
-import type { SlotLease } from '../../core/jobs.ts';
-import type { ReplicatedDisk, ReplicateJob, StandbyDisk } from '../../core/recovery-jobs.ts';
+import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
+import type { SlotLease } from '../../contracts/jobs.ts';
+import type { ReplicatedDisk, ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../commons/schemas.ts';
+import { repositoryLocation } from '../../contracts/schemas.ts';
 import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
 

@@ -15,7 +15,7 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { replicationMetrics } from '../commons/metric-names.ts';
+import { replicationMetrics } from '../../contracts/metric-names.ts';
 import { policyVms } from '../recovery/backups.ts';
 
 export const reportReplicationInput = z.looseObject({

@@ -4,13 +4,13 @@
  */
 import { isAbsolute, join, normalize } from 'node:path';
 import { z } from 'zod';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { DefinedDomain, RestoredDisk, RestoreJob } from '../../core/recovery-jobs.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { DefinedDomain, RestoredDisk, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError, repositoryLocation } from '../commons/schemas.ts';
+import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
 import { locationOf, resolveBackup } from '../recovery/backups.ts';
 
 const text = z.string().min(1);

@@ -22,11 +22,11 @@
  * first disk also copies the VM config. Re-running copies nothing twice.
  */
 import { mapLimit } from '../../core/concurrency.ts';
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
-import type { ReplicatedDisk, ReplicateJob } from '../../core/recovery-jobs.ts';
+import type { ReplicatedDisk, ReplicateJob } from '../../contracts/recovery-jobs.ts';
 
 export interface ReplicateDeps {
   source: { store: ObjectStore; keys: RepositoryKeys };

@@ -10,7 +10,7 @@ import type { LibvirtExports } from './libvirt-exports.ts';
 /** Repository coordinates a mover needs: where to write, and how. */
 export interface RepositoryRef {
   bucket: string;
-  /** The bucket's S3-compatible endpoint, when it is not the stack's own S3 (core/endpoints.ts). */
+  /** The bucket's S3-compatible endpoint, when it is not the stack's own S3 (contracts/endpoints.ts). */
   endpoint?: StorageEndpoint;
   /** Chunk size in bytes, fixed per repository (see repository/format.ts). */
   chunkSize: number;

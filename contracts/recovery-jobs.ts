@@ -126,7 +126,7 @@ export interface DeepVerifyJob {
   /** Fraction of each disk's distinct chunks to read back, in (0, 1]; 1 reads all. */
   sample: number;
   disks: { diskId: string; sizeBytes: number }[];
-  /** After a clean verification: restore this backup as a throwaway VM and boot it (a libvirt VM; see core/restore-test.ts). */
+  /** After a clean verification: restore this backup as a throwaway VM and boot it (a libvirt VM; see contracts/restore-test.ts). */
   restoreTest?: RestoreTestJob;
   /** Why a restore test asked for was not planned (not a libvirt VM, not due yet). */
   restoreTestSkipped?: string;
@@ -217,7 +217,7 @@ export type RecoveryTask =
   | { task: 'updateStandbyDisk'; replicate: ReplicateJob; disk: { diskId: string; sizeBytes: number } }
   | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] }
   | { task: 'restoreTest'; test: RestoreTestJob }
-  /** Serve a backup's disks over NBD until idle or stopped (core/export-job.ts; `export` is unknown input until parsed). */
+  /** Serve a backup's disks over NBD until idle or stopped (contracts/export-job.ts; `export` is unknown input until parsed). */
   | { task: 'export'; export: ExportJob };
 
 export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export'];

@@ -1,6 +1,6 @@
 /**
  * Errors of the recovery workflows (restore, deep verify, prune). Same contract as
- * core/errors.ts: `name` is a stable code, `retryable` is part of the type.
+ * contracts/errors.ts: `name` is a stable code, `retryable` is part of the type.
  */
 import { LifeboatError } from './errors.ts';
 

@@ -1,17 +1,17 @@
 /**
- * zod schemas of what the workflows hand to the functions, typed against core/jobs.ts:
+ * zod schemas of what the workflows hand to the functions, typed against contracts/jobs.ts:
  * a field added to `VmJob` without a schema here fails the type check. Objects are loose
  * (unknown fields pass through untouched), because the workflow carries state along.
  */
 import { z } from 'zod';
-import type { RepositoryLocation, StorageEndpoint } from '../../core/endpoints.ts';
-import { libvirtExports } from '../../core/libvirt-exports.ts';
-import type { ChangeTracking, ChangeTrackingOffer, Consistency, QuiesceSettings, DiskRef, DiskResult, Hypervisor, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from '../../core/jobs.ts';
+import type { RepositoryLocation, StorageEndpoint } from './endpoints.ts';
+import { libvirtExports } from './libvirt-exports.ts';
+import type { ChangeTracking, ChangeTrackingOffer, Consistency, QuiesceSettings, DiskRef, DiskResult, Hypervisor, RepositoryRef, SlotLease, SlotScope, SnapshotResult, TransferStats, VmJob, VmOutcome } from './jobs.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
 
-/** A repository's endpoint settings as jobs carry them (core/endpoints.ts). */
+/** A repository's endpoint settings as jobs carry them (contracts/endpoints.ts). */
 export const storageEndpoint: z.ZodType<StorageEndpoint> = z.object({
   url: text.optional(), region: text.optional(), pathStyle: z.boolean().optional(), checksums: z.enum(['when-required', 'when-supported']).optional(),
 }).strict();
