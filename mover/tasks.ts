@@ -1,7 +1,7 @@
 /** The mover's task handlers: Snapshot, Dispatch (one disk), ReleaseSnapshot, Discover (one page of a host's VMs) and HostConfig (a host's definitions). */
 import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { isDiscoverTask } from '../contracts/discovery.ts';
-import { isHostConfigTask } from '../core/host-config.ts';
+import { isHostConfigTask } from '../contracts/host-config.ts';
 import { BadTaskInput } from '../contracts/errors.ts';
 import { keys as objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
 import type { MoverTask } from '../contracts/jobs.ts';

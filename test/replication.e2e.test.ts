@@ -19,8 +19,6 @@ import { RepositoryIndex } from '../repository/repository-index.ts';
 import type { StandbyDisk } from '../contracts/recovery-jobs.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import type { FailoverSummary, ReplicationSummary } from '../functions/replicate/replicate.ts';
-import type { RestoreSummary } from '../functions/restore/restore.ts';
-import type { RunSummary } from '../functions/backup/summarize.ts';
 import type { GcReport } from '../contracts/gc-report.ts';
 import type { VerifyOutput } from '../functions/backup/verify.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
@@ -28,6 +26,7 @@ import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository, repositoryStore } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const example = loadConfig();

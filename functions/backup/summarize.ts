@@ -14,6 +14,7 @@ import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { summaryMetrics } from '../../contracts/metric-names.ts';
 import { diskResult, vmOutcome } from '../../contracts/schemas.ts';
+import type { RunSummary } from '../../contracts/workflow-outputs.ts';
 
 /** What each VM iteration leaves behind: a committed job or a failure outcome. */
 export type IterationResult = { vmId: string; backupId: string; disks?: DiskResult[]; commit?: unknown; outcome?: VmOutcome };
@@ -24,15 +25,6 @@ export interface SummarizeInput {
   results: IterationResult[];
   /** VMs Plan did not back up because discovery found them gone: each counts as failed (`Source.VmGone`). */
   gone?: GoneVm[] | undefined;
-}
-
-export interface RunSummary {
-  runId: string;
-  policyId: string;
-  vms: VmOutcome[];
-  committed: number;
-  failed: number;
-  totals: Omit<TransferStats, 'seconds'>;
 }
 
 export function summarizeRun(input: SummarizeInput): RunSummary {

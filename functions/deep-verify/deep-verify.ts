@@ -23,6 +23,7 @@ import { restoreTestMetrics } from '../../contracts/metric-names.ts';
 import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
 import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { healShared } from '../recovery/shared-damage.ts';
+import type { DeepVerifySummary, RestoreTestOutcome } from '../../contracts/workflow-outputs.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -138,61 +139,6 @@ const deepVerifyJob: z.ZodType<DeepVerifyJob> = z.looseObject({
   restoreTest: restoreTestJob.optional(), restoreTestSkipped: z.string().optional(),
 });
 export const recordDeepVerifyInput = z.intersection(deepVerifyJob, z.looseObject({ verified: z.array(deepVerifiedDisk) }));
-
-export interface DeepVerifySummary {
-  verifyId: string;
-  vmId: string;
-  backupId: string;
-  sample: number;
-  chunksTotal: number;
-  chunksChecked: number;
-  bytesRead: number;
-  damaged: boolean;
-  findings: DamageFinding[];
-  /** The repository verified (QuarantineDamage moves damaged chunks aside in it). */
-  repository: RepositoryLocation;
-  /**
-   * Set when this full verification found intact a backup that was `damaged`: it is
-   * `committed` again and the chunks its damage named are no longer quarantined.
-   */
-  healed: { previousVerifyId: string; chunks: string[]; otherBackups?: { vmId: string; backupId: string }[] } | null;
-  /** The event's detail (EventBridge `Lifeboat Backup Damaged`) when damage was found. */
-  event: { vmId: string; backupId: string; verifyId: string; findings: DamageFinding[]; message: string } | null;
-  /**
-   * The restore test due after this clean verification: the workflow's RestoreTest runs it,
-   * then RecordRestoreTest replaces it by `restoreTest`. Absent when none is due.
-   */
-  restoreTestJob?: RestoreTestJob;
-  /** The restore test's outcome, or why none ran although one was asked for. */
-  restoreTest?: RestoreTestOutcome | { skipped: string };
-  /** The event's detail (EventBridge `Lifeboat Restore Test Failed`) when the restore test failed; absent otherwise. */
-  restoreTestFailed?: RestoreTestFailedEvent;
-}
-
-/** The detail of a `Lifeboat Restore Test Failed` event. */
-export interface RestoreTestFailedEvent {
-  vmId: string;
-  backupId: string;
-  verifyId: string;
-  reason: string;
-  /** As the outcome's `seconds`: from the start of the test VM to giving up (0 when it never started). */
-  seconds: number;
-}
-
-/** A restore test as the deep verification reports it (and the backup records it: passed, seconds, reason). */
-export interface RestoreTestOutcome {
-  passed: boolean;
-  /** From the start of the test VM to its sign of life, or to giving up (0 when it never started). */
-  seconds: number;
-  /** Restoring the disks (0 when it never finished). */
-  restoreSeconds: number;
-  domain: string | null;
-  line?: string;
-  agent?: boolean;
-  reason?: string;
-  /** Leftover test domains and folders of dead movers the mover removed first. */
-  swept: string[];
-}
 
 export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyInput>, deps: { recovery: RecoveryCatalog; catalog: Pick<Catalog, 'backupsWithStatus'>; now: () => Date }): Promise<DeepVerifySummary> {
   const want = input.disks.map((d) => d.diskId).sort().join(',');

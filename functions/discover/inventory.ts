@@ -7,6 +7,7 @@ import type { DiscoverPage } from '../../contracts/discovery.ts';
 import { DiscoveryRequestInvalid } from '../../contracts/errors.ts';
 import type { Hypervisor } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
+import type { DiscoverySummary, HostFailure, HostInventory } from '../../contracts/workflow-outputs.ts';
 
 /** The catalog calls discovery makes. */
 export type InventoryCatalog = Pick<Catalog, 'getHost' | 'listHosts' | 'getVm' | 'vmsOnHost' | 'recordDiscoveredVm' | 'markVmGone'>;
@@ -31,24 +32,6 @@ export async function listDiscoveryHosts(input: { hostId?: string | undefined },
   }
   const hosts = (await deps.catalog.listHosts()).map(toItem).filter((h): h is DiscoveryHost => !!h);
   return { hosts: hosts.sort((a, b) => a.hostId.localeCompare(b.hostId)) };
-}
-
-/** Counts of one host's inventory so far (carried from page to page); `next` is where the next page starts, null after the last. */
-export interface HostInventory {
-  hostId: string;
-  /** VMs on the host. */
-  found: number;
-  /** Of those, first recorded by this discovery. */
-  new: number;
-  /** Of those, marked gone before and back now. */
-  returned: number;
-  /** Of those, whose id a VM added by hand already has (left alone). */
-  manual: number;
-  /** Discovered VMs of the host no longer there, marked gone by this discovery (or one running beside it). */
-  gone: number;
-  /** Discovered VMs of the host that were already gone before this discovery. */
-  stillGone: number;
-  next: string | null;
 }
 
 export interface RecordInventoryInput {
@@ -94,23 +77,6 @@ async function markGone(hostId: string, at: string, startedAt: string, catalog: 
     } else if (vm.discoveredAt < startedAt && await catalog.markVmGone(vmId, at, startedAt)) gone++;
   }
   return { gone, stillGone };
-}
-
-/** A host the Discover execution could not inventory: the mover's or the function's error. */
-export interface HostFailure {
-  hostId: string;
-  error: { Error: string; Cause?: string };
-}
-
-export interface DiscoverySummary {
-  discoveryId: string;
-  hosts: (Omit<HostInventory, 'next'> | HostFailure)[];
-  /** Totals over the hosts that were inventoried. */
-  found: number;
-  new: number;
-  gone: number;
-  /** Hosts that could not be inventoried (unreachable URI, no mover answering). */
-  failedHosts: string[];
 }
 
 /** The execution's output: per host its counts or its error, and totals. */

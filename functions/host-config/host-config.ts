@@ -7,7 +7,7 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import { hostConfigCounts, hostConfigResult } from '../../core/host-config.ts';
+import { hostConfigCounts, hostConfigResult } from '../../contracts/host-config.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { hostConfigMetrics } from '../../contracts/metric-names.ts';

@@ -12,6 +12,7 @@ import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
 import { locationOf, resolveBackup } from '../recovery/backups.ts';
+import type { RestoreSummary } from '../../contracts/workflow-outputs.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -98,24 +99,6 @@ export const restoreJob: z.ZodType<RestoreJob> = z.looseObject({
 export const restoredDisk: z.ZodType<RestoredDisk> = z.looseObject({
   diskId: text, path: text, sizeBytes: count, bytesDownloaded: count, chunksVerified: count, sha256: z.string().regex(/^[0-9a-f]{64}$/), seconds: z.number().nonnegative(),
 });
-
-export interface RestoreSummary {
-  restoreId: string;
-  vmId: string;
-  backupId: string;
-  target: string;
-  disks: RestoredDisk[];
-  /** The restored VM description (whole-VM restores only). */
-  vmConfigPath: string | null;
-  bytesRestored: number;
-  bytesDownloaded: number;
-  /** Every chunk of every disk was re-read from the target and matched its id. */
-  verified: true;
-  /** The libvirt domain the restore defined (`define`), with its restore test's result. */
-  domain?: DefinedDomain;
-  /** Set when an older backup was restored because newer ones are damaged (see resolveBackup). */
-  notice?: string;
-}
 
 const definedDomain: z.ZodType<DefinedDomain> = z.looseObject({
   name: text, uuid: text, started: z.boolean(), consoleLog: text, disks: z.array(text),
