@@ -16,7 +16,7 @@ import { moverRecordKey, parseMoverRegistration } from '../core/mover-registry.t
 import { generateReleaseKeyPair, parsePrivateKey } from '../core/release.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, s3Client } from '../core/s3-store.ts';
 import { LIFEBOAT_VERSION } from '../core/version.ts';
-import { listMovers, s3KeyLister } from '../functions/fleet/movers.ts';
+import { listMovers, s3KeyLister } from '../core/mover-fleet.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';

@@ -6,11 +6,11 @@
  */
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import middy from '@middy/core';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { MOVER_RECORD_PREFIX, parseMoverRegistration, type MoverRegistration } from '../../core/mover-registry.ts';
-import { StorageUnavailable } from '../../contracts/errors.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../../core/s3-store.ts';
-import { compareVersions, isVersion, MIN_MOVER_VERSION } from '../../core/version.ts';
+import type { ObjectStore } from './object-store.ts';
+import { MOVER_RECORD_PREFIX, parseMoverRegistration, type MoverRegistration } from './mover-registry.ts';
+import { StorageUnavailable } from '../contracts/errors.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from './s3-store.ts';
+import { compareVersions, isVersion, MIN_MOVER_VERSION } from './version.ts';
 
 /** The one storage call ListMovers needs beyond `get`: the keys under a prefix. */
 export interface KeyLister {
