@@ -5,7 +5,9 @@
  * objects (`chunks/<xx>/<id>`), a format-2 manifest the packs it lists (`packs/<xx>/<id>`).
  * Then sweep the objects under `chunks/` and `packs/` that no manifest references and
  * that are older than the grace period, skipping those still under Object Lock retention
- * (reported, never attempted). A pack goes only when no manifest references any chunk in
+ * (reported, never attempted): the default retention tells from the object's time, and
+ * for the rest HEAD reads the retain-until, which lock extension (gc/extend-locks.ts) may
+ * have moved past the default. A pack goes only when no manifest references any chunk in
  * it: packs are never rewritten, so chunks no manifest needs in packs that stay are only
  * reported (`reclaimableInPacks`). Damaged chunks moved to `quarantine/` are counted apart
  * (`report.quarantine`) and never deleted.
@@ -54,6 +56,8 @@ import { z } from 'zod';
 import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
 import { GC_DEFER_MAX_SECONDS } from '../core/gc-timing.ts';
 import type { ObjectStore } from '../core/object-store.ts';
+import type { RetentionReader } from '../core/object-lock.ts';
+import { mapLimit } from '../core/concurrency.ts';
 import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
@@ -68,6 +72,8 @@ import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationS
 import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from './gc-index.ts';
 
 const HOUR_MS = 3_600_000;
+/** HEADs in flight when reading candidates' retention. */
+const RETENTION_READS = 16;
 /** Re-indexing reads no further pack, and consolidation starts no group of index objects, once the invocation has less time left than this. */
 const INDEX_WORK_MARGIN_MS = 120_000;
 
@@ -105,6 +111,12 @@ interface GcDeps {
   lease?: GcLease;
   /** Every backup's status in the catalog, by backup id: failed backups' manifests are garbage (gc-mark.ts). */
   backupStatuses?: () => Promise<Map<string, string>>;
+  /**
+   * Object Lock retention as the store reports it (HEAD). With `objectLockDays`, every
+   * candidate whose default retention has run out is asked: lock extension
+   * (gc/extend-locks.ts) may have set it later.
+   */
+  locks?: RetentionReader;
 }
 
 /**
@@ -172,7 +184,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     }
     return until;
   };
-  const candidates: ListedObject[] = [];
+  let candidates: ListedObject[] = [];
   /** Packs a manifest references that no index object lists. */
   const unindexed: ListedObject[] = [];
   for (const prefix of ['chunks/', 'packs/']) {
@@ -198,6 +210,17 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
       }
       candidates.push(o);
     }
+  }
+  // A retention extended past the default (gc/extend-locks.ts) shows only in the object's own retain-until: never try to delete before it.
+  const locks = deps.locks;
+  if (request.objectLockDays && locks && candidates.length > 0) {
+    const retained = await mapLimit(candidates, RETENTION_READS, (o) => locks.retention(o.key));
+    candidates = candidates.filter((o, i) => {
+      const until = retained[i]?.until.getTime() ?? -Infinity;
+      if (until <= started.getTime()) return true;
+      lock(o, until);
+      return false;
+    });
   }
   // Packs listed by one index object next to each other: each index object is rewritten once, not once per batch.
   const firstIndex = (o: ListedObject) => index.listing(packIdOfKey(o.key) ?? '').map((e) => e.indexId).sort()[0] ?? '';
@@ -344,7 +367,7 @@ export const handler = lambdaHandler('CollectGarbage', gcInput, async (input, { 
   const { bucket, endpoint } = input.request;
   return collectGarbage(input, {
     admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
-    recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
+    locks: c.locks(bucket, endpoint), recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
     remainingMs: () => context.getRemainingTimeInMillis(), lease: catalogGcLease(c.catalog, bucket, endpoint),
   });
 });

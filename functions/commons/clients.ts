@@ -13,6 +13,7 @@ import { storageMetrics } from './metric-names.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
+import { S3ObjectLocks, type LockExtender } from '../../core/object-lock.ts';
 import { endpointKey, locationKey, type StorageEndpoint } from '../../core/endpoints.ts';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
@@ -31,6 +32,8 @@ export interface Clients {
   store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
   admin(bucket: string, endpoint?: StorageEndpoint): RepositoryAdmin;
+  /** Object Lock retention of a repository's objects (core/object-lock.ts); extending it is granted to ExtendLocks alone. */
+  locks(bucket: string, endpoint?: StorageEndpoint): LockExtender;
   /** The wrapper of a repository's master key: KMS in AWS, the key file in the embedded stack. */
   keyWrapper(bucket: string): Promise<KeyWrapper>;
   /** The repository's keys, unwrapped once per container and bucket. */
@@ -148,6 +151,7 @@ export function clients(): Clients {
     hostConfigs: new HostConfigCatalog(db, env.tableName),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
+    locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
     keyWrapper: (bucket) => keyWrapper(env, bucket),
     repositoryKeys: (bucket, endpoint) => {
       const id = locationKey({ bucket, endpoint });
