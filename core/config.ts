@@ -156,7 +156,7 @@ const configSchema = z.object({
   }).strict()).min(1, 'configure at least one hypervisor host'),
   repositories: z.array(z.object({
     id,
-    /** Fixed chunk size of the repository (0.5 recommended: measured in core/REPOSITORY-FORMAT.md). */
+    /** Fixed chunk size of the repository (0.5 recommended: measured in repository/REPOSITORY-FORMAT.md). */
     chunkSizeMiB: z.union([z.literal(0.25), z.literal(0.5), z.literal(1), z.literal(2), z.literal(4), z.literal(8)], { error: 'must be 0.25, 0.5, 1, 2, 4 or 8' }),
     objectLock: z.object({ mode: z.enum(['COMPLIANCE', 'GOVERNANCE']), days: count(36_500) }).strict().optional(),
     /** The site the repository's storage is at (a DR repository: the DR site). */

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { Corrupt } from './errors.ts';
-import { keys as objectKeys, open, seal, type RepositoryKeys } from './format.ts';
+import { keys as objectKeys, open, seal, type RepositoryKeys } from '../repository/format.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -77,7 +77,7 @@ export const hostConfigArchive = z.strictObject({
 });
 export type HostConfigArchive = z.infer<typeof hostConfigArchive>;
 
-/** The object key of a host configuration backup (core/format.ts keeps every key shape). */
+/** The object key of a host configuration backup (repository/format.ts keeps every key shape). */
 export const hostConfigKey = (hostId: string, backupId: string) => objectKeys.hostConfig(hostId, backupId);
 
 /** The sealed object's purpose: its key, so an archive cannot be passed off as another host's or another run's. */

@@ -12,7 +12,7 @@ export interface RepositoryRef {
   bucket: string;
   /** The bucket's S3-compatible endpoint, when it is not the stack's own S3 (core/endpoints.ts). */
   endpoint?: StorageEndpoint;
-  /** Chunk size in bytes, fixed per repository (see core/format). */
+  /** Chunk size in bytes, fixed per repository (see repository/format.ts). */
   chunkSize: number;
 }
 
@@ -54,7 +54,7 @@ export interface VmJob {
   segmentBytes: number;
   /**
    * Chunk ids the control plane quarantined in this repository (a deep verification found
-   * their objects damaged and moved them aside, core/quarantine.ts): not trusted from the
+   * their objects damaged and moved them aside, repository/quarantine.ts): not trusted from the
    * parent manifest, so they are checked against the repository and uploaded again.
    */
   healChunks?: string[];

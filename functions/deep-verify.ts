@@ -14,7 +14,7 @@ import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../core/recovery-jobs.ts';
 import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../core/restore-test.ts';
 import { locationKey, type RepositoryLocation } from '../core/endpoints.ts';
-import { chunkIdOfKey } from '../core/format.ts';
+import { chunkIdOfKey } from '../repository/format.ts';
 import { isConditionFailed, type Backup, type Catalog, type Policy } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';

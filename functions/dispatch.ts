@@ -9,8 +9,8 @@
  */
 import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../core/errors.ts';
-import { decodeManifest, encodeManifest, keys, MANIFEST_VERSION, objectCrc32, type RepositoryKeys } from '../core/format.ts';
-import { chunkLocation, packedManifest, type ChunkLocation } from '../core/packs.ts';
+import { decodeManifest, encodeManifest, keys, MANIFEST_VERSION, objectCrc32, type RepositoryKeys } from '../repository/format.ts';
+import { chunkLocation, packedManifest, type ChunkLocation } from '../repository/packs.ts';
 import { segmentManifestId, type DiskResult, type DispatchItem, type TransferStats, type VmJob } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { clients } from './commons/clients.ts';

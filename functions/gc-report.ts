@@ -39,7 +39,7 @@ export interface GcReport {
     reindexed: number;
   };
   /**
-   * Small index objects merged into fewer, larger ones after the sweep (functions/gc-consolidate.ts),
+   * Small index objects merged into fewer, larger ones after the sweep (repository/maintenance/consolidate.ts),
    * when more than 64 could be; on a dry run, what would be. Not done when the sweep was
    * deferred (the workflow collects again).
    */

@@ -44,8 +44,8 @@
  *
  * Then, unless the sweep was deferred, packs a manifest references that no index object
  * lists (a replication stopped between copying a pack and indexing it, and a re-run found
- * it there) are listed again from their trailers (gc-index.ts `indexPacks`,
- * `report.index.reindexed`), and the index is consolidated (gc-consolidate.ts): when more
+ * it there) are listed again from their trailers (repository/maintenance/index-map.ts `indexPacks`,
+ * `report.index.reindexed`), and the index is consolidated (repository/maintenance/consolidate.ts): when more
  * than 64 small index objects are there, they are merged into objects of at most 65,536
  * entries listing only packs that still exist; each merged object is stored before the
  * objects it replaces are deleted, and only objects this run read (listed at the start)
@@ -53,23 +53,23 @@
  * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
-import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
+import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../repository/format.ts';
 import { GC_DEFER_MAX_SECONDS } from '../core/gc-timing.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import type { RetentionReader } from '../core/object-lock.ts';
+import { QUARANTINE_PREFIX } from '../repository/quarantine.ts';
+import type { ListedObject, RepositoryAdmin } from '../repository/admin.ts';
+import type { RetentionReader } from '../repository/object-lock.ts';
 import { mapLimit } from '../core/concurrency.ts';
-import { QUARANTINE_PREFIX } from '../core/quarantine.ts';
-import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
 import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
 import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
 import { liveRunningBackups } from './run-lease.ts';
-import { isMarked, markNew, noMarks, type Marks } from './gc-mark.ts';
+import { isMarked, markNew, noMarks, type Marks } from '../repository/maintenance/mark.ts';
 import { emptyReport, type GcReport } from './gc-report.ts';
-import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from './gc-consolidate.ts';
-import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from './gc-index.ts';
+import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from '../repository/maintenance/consolidate.ts';
+import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from '../repository/maintenance/index-map.ts';
 
 const HOUR_MS = 3_600_000;
 /** HEADs in flight when reading candidates' retention. */
@@ -109,7 +109,7 @@ interface GcDeps {
   remainingMs?: () => number;
   /** The repository's GC lease (none: nothing guards against a second collection). */
   lease?: GcLease;
-  /** Every backup's status in the catalog, by backup id: failed backups' manifests are garbage (gc-mark.ts). */
+  /** Every backup's status in the catalog, by backup id: failed backups' manifests are garbage (repository/maintenance/mark.ts). */
   backupStatuses?: () => Promise<Map<string, string>>;
   /**
    * Object Lock retention as the store reports it (HEAD). With `objectLockDays`, every

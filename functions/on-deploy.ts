@@ -7,8 +7,8 @@
  */
 import { z } from 'zod';
 import { parseConfig } from '../core/config.ts';
-import { keys } from '../core/format.ts';
-import { loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
+import { keys } from '../repository/format.ts';
+import { loadMasterKey, type KeyWrapper } from '../repository/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import { clients } from './commons/clients.ts';

@@ -12,11 +12,11 @@ import { createHash } from 'node:crypto';
 import { matchesNamePattern } from '../core/config.ts';
 import { vmGoneMessage, type GoneVm } from '../core/discovery.ts';
 import { PolicyNotFound, VmGone } from '../core/errors.ts';
-import { keys } from '../core/format.ts';
+import { keys } from '../repository/format.ts';
 import { minMoverVersion } from '../core/version.ts';
 import type { SlotScope, VmJob } from '../core/jobs.ts';
 import { locationKey } from '../core/endpoints.ts';
-import { MAX_HEAL_CHUNKS_PER_JOB } from '../core/quarantine.ts';
+import { MAX_HEAL_CHUNKS_PER_JOB } from '../repository/quarantine.ts';
 import type { Catalog, Host, Policy, Vm } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';
@@ -101,7 +101,7 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
   const now = deps.now();
   const vms: VmJob[] = [];
   const hosts = new Map<string, Host | undefined>();
-  // Chunks a deep verification moved aside: every job re-checks them (core/quarantine.ts).
+  // Chunks a deep verification moved aside: every job re-checks them (repository/quarantine.ts).
   const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(policy), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
   const gone: GoneVm[] = [];
   for (const vm of await selectVms(policy, deps.catalog)) {

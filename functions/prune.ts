@@ -9,7 +9,7 @@
 import { z } from 'zod';
 import { PolicyNotFound } from '../core/errors.ts';
 import { location, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
-import type { RepositoryAdmin } from '../core/repository-admin.ts';
+import type { RepositoryAdmin } from '../repository/admin.ts';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { Catalog, Policy } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';

@@ -23,10 +23,10 @@
 import { z } from 'zod';
 import { mapLimit } from '../core/concurrency.ts';
 import { locationKey } from '../core/endpoints.ts';
-import { chunkId, chunkIdOfKey, open, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
+import { chunkId, chunkIdOfKey, open, packIdOfKey, type RepositoryKeys } from '../repository/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { quarantineKey } from '../core/quarantine.ts';
-import type { RepositoryAdmin } from '../core/repository-admin.ts';
+import { quarantineKey } from '../repository/quarantine.ts';
+import type { RepositoryAdmin } from '../repository/admin.ts';
 import type { Catalog } from './catalog/catalog.ts';
 import type { RecoveryCatalog } from './catalog/recovery-catalog.ts';
 import { clients } from './commons/clients.ts';

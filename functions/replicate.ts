@@ -10,7 +10,7 @@
  */
 import { z } from 'zod';
 import { endpointKey, location, type RepositoryLocation } from '../core/endpoints.ts';
-import { keys as objectKeys, type RepositoryKeys } from '../core/format.ts';
+import { keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../core/recovery-errors.ts';
 import type { SlotLease } from '../core/jobs.ts';

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { VerifyFailed } from '../core/errors.ts';
-import { decodeManifest, keys, type RepositoryKeys } from '../core/format.ts';
+import { decodeManifest, keys, type RepositoryKeys } from '../repository/format.ts';
 import type { DiskResult, VmJob } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { mapLimit } from '../core/concurrency.ts';

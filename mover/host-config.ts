@@ -9,7 +9,7 @@ import { BadTaskInput } from '../core/errors.ts';
 import type { RepositoryLocation } from '../core/endpoints.ts';
 import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, hostConfigTask, sealHostConfig, type HostConfigArchive, type HostConfigResult, type HostDefinition } from '../core/host-config.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import type { RepositoryKeys } from '../core/format.ts';
+import type { RepositoryKeys } from '../repository/format.ts';
 import { Virsh, VirshError } from './sources/libvirt/virsh.ts';
 
 export interface HostConfigDeps {

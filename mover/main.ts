@@ -37,9 +37,9 @@ import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { CannotUpgrade } from '../core/errors.ts';
 import { isMoverName } from '../core/mover-registry.ts';
-import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
+import { deriveKeys, type RepositoryKeys } from '../repository/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
-import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../repository/keyring.ts';
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
@@ -51,7 +51,7 @@ import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
-import { IndexCache } from '../core/repository-index.ts';
+import { IndexCache } from '../repository/repository-index.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;

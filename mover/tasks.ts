@@ -3,7 +3,7 @@ import type { RepositoryLocation } from '../core/endpoints.ts';
 import { isDiscoverTask } from '../core/discovery.ts';
 import { isHostConfigTask } from '../core/host-config.ts';
 import { BadTaskInput } from '../core/errors.ts';
-import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts';
+import { keys as objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
 import type { MoverTask } from '../core/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../core/recovery-jobs.ts';
@@ -13,7 +13,7 @@ import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { DriverFor } from './sources/drivers.ts';
 import type { Logger, TaskHandler } from './worker.ts';
-import type { IndexCache } from '../core/repository-index.ts';
+import type { IndexCache } from '../repository/repository-index.ts';
 
 export interface TaskDeps {
   /** The source driver of a job's hypervisor (sources/drivers.ts). */
@@ -23,7 +23,7 @@ export interface TaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys; index?: IndexCache }>;
   logger: Logger;
   parallelism: number;
-  /** Pack size in bytes (default 8 MiB: core/packs.ts). */
+  /** Pack size in bytes (default 8 MiB: repository/packs.ts). */
   packBytes?: number;
   /** The mover's work folder (LIFEBOAT_WORK_DIR): restore tests run under it; restores into a storage pool keep their records and raw copies there. */
   workDir: string;

@@ -6,10 +6,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
-import { chunkLocation } from '../core/packs.ts';
+import { chunkLocation } from '../repository/packs.ts';
 import { StateFlag } from '../mover/nbd/protocol.ts';
 import { ExportIoError } from '../mover/nbd/server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';

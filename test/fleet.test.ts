@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { SlotUnavailable } from '../core/errors.ts';
-import { decodeManifest, deriveKeys, keys } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys } from '../repository/format.ts';
 import { segmentManifestId, type DiskRef, type VmJob } from '../core/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';

@@ -19,8 +19,8 @@ import {
   seal,
   sealSync,
   type Manifest,
-} from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../core/keyring.ts';
+} from '../repository/format.ts';
+import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../repository/keyring.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 import { prng } from './helpers/prng.ts';
 

@@ -17,9 +17,9 @@ import type { RestoreSummary } from '../functions/restore.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { keys as objectKeys } from '../core/format.ts';
-import { decodeIndexObject, encodeIndexObject, newIndexId } from '../core/packs.ts';
-import { RepositoryIndex } from '../core/repository-index.ts';
+import { keys as objectKeys } from '../repository/format.ts';
+import { decodeIndexObject, encodeIndexObject, newIndexId } from '../repository/packs.ts';
+import { RepositoryIndex } from '../repository/repository-index.ts';
 import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 

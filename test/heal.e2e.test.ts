@@ -16,9 +16,9 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../core/endpoints.ts';
-import { chunkId, decodeManifest, keys as objectKeys, open } from '../core/format.ts';
-import { chunkLocation, readChunk, type ChunkLocation } from '../core/packs.ts';
-import { quarantineKey } from '../core/quarantine.ts';
+import { chunkId, decodeManifest, keys as objectKeys, open } from '../repository/format.ts';
+import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
+import { quarantineKey } from '../repository/quarantine.ts';
 import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import type { GcReport } from '../functions/gc-report.ts';
 import type { QuarantineReport } from '../functions/quarantine.ts';

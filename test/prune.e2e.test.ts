@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { keys as objectKeys } from '../core/format.ts';
+import { keys as objectKeys } from '../repository/format.ts';
 import type { PrunePlan } from '../functions/prune.ts';
 import type { RestoreSummary } from '../functions/restore.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys } from '../core/format.ts';
+import { deriveKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
 import type { RestoreJob } from '../core/recovery-jobs.ts';

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
+import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { RestoreJob } from '../core/recovery-jobs.ts';
 import type { RestoreSummary } from '../functions/restore.ts';

@@ -1,7 +1,7 @@
 /** Retry, concurrency and bandwidth wrappers around the ObjectStore interface. */
 import { describe, expect, it } from 'vitest';
 import { StorageUnavailable } from '../core/errors.ts';
-import { objectCrc32, objectSha256 } from '../core/format.ts';
+import { objectCrc32, objectSha256 } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { ObjectInfo, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { isRetryable, RetryCounter, withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';

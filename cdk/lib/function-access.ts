@@ -11,17 +11,17 @@ import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
-import { KMS_CONTEXT_PURPOSE } from '../../core/keyring.ts';
+import { KMS_CONTEXT_PURPOSE } from '../../repository/keyring.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 
 /** DynamoDB actions the catalog code sends (lib-dynamodb Get/Put/Update/Delete/Query/Scan). */
 export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' | 'Query' | 'Scan' | 'BatchGetItem' | 'BatchWriteItem' | 'ConditionCheckItem';
 
 /**
- * Top-level prefixes of the repository bucket: core/format.ts `keys` (chunk objects of
+ * Top-level prefixes of the repository bucket: repository/format.ts `keys` (chunk objects of
  * format 1, packs and index objects of format 2, manifests, the repository key), mover
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
- * aside (core/quarantine.ts), host configuration backups (core/host-config.ts).
+ * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts).
  */
 export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/';
 

@@ -2,7 +2,7 @@
  * The Garbage collection workflow: CollectGarbage marks every chunk object and pack the
  * repository's manifests reference and sweeps the rest older than the grace period (packs
  * taken out of the index first), never touching objects under Object Lock retention
- * (functions/gc.ts), then merges small index objects into few (functions/gc-consolidate.ts).
+ * (functions/gc.ts), then merges small index objects into few (repository/maintenance/consolidate.ts).
  * While backups run the sweep is deferred: the workflow waits and
  * collects again. One collection of a repository runs at a time (a lease in the catalog):
  * another waits on `Gc.Busy`. A failed collection's lease is given back (ReleaseGcLease, for

@@ -5,15 +5,15 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
-import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import { deriveKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../repository/keyring.ts';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { powertools } from './lambda.ts';
 import { storageMetrics } from './metric-names.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
-import { S3ObjectLocks, type LockExtender } from '../../core/object-lock.ts';
+import { S3RepositoryAdmin, type RepositoryAdmin } from '../../repository/admin.ts';
+import { S3ObjectLocks, type LockExtender } from '../../repository/object-lock.ts';
 import { endpointKey, locationKey, type StorageEndpoint } from '../../core/endpoints.ts';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
@@ -32,7 +32,7 @@ export interface Clients {
   store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
   admin(bucket: string, endpoint?: StorageEndpoint): RepositoryAdmin;
-  /** Object Lock retention of a repository's objects (core/object-lock.ts); extending it is granted to ExtendLocks alone. */
+  /** Object Lock retention of a repository's objects (repository/object-lock.ts); extending it is granted to ExtendLocks alone. */
   locks(bucket: string, endpoint?: StorageEndpoint): LockExtender;
   /** The wrapper of a repository's master key: KMS in AWS, the key file in the embedded stack. */
   keyWrapper(bucket: string): Promise<KeyWrapper>;

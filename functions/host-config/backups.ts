@@ -8,7 +8,7 @@ import type { RepositoryLocation } from '../../core/endpoints.ts';
 import { HostConfigRequestInvalid } from '../../core/errors.ts';
 import { hostConfigBackupId, hostConfigKey, type HostConfigResult } from '../../core/host-config.ts';
 import type { Hypervisor } from '../../core/jobs.ts';
-import type { RepositoryAdmin } from '../../core/repository-admin.ts';
+import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
 

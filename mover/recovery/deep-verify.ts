@@ -14,10 +14,10 @@
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, decodeManifest, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../core/packs.ts';
-import { RepositoryIndex } from '../../core/repository-index.ts';
+import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
+import { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../core/recovery-jobs.ts';
 
 /**

@@ -4,7 +4,7 @@
  * connected for the idle timeout or the task is stopped; answer what was served.
  */
 import { exportResult, type ExportJob, type ExportResult } from '../../core/export-job.ts';
-import type { RepositoryKeys } from '../../core/format.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { NbdServer } from '../nbd/server.ts';
 import type { Logger } from '../worker.ts';

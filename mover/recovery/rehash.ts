@@ -5,8 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import { open as openFile } from 'node:fs/promises';
-import { chunkId, isZero, type Manifest, type RepositoryKeys } from '../../core/format.ts';
-import { chunkLocation } from '../../core/packs.ts';
+import { chunkId, isZero, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkLocation } from '../../repository/packs.ts';
 import { RestoreMismatch } from '../../core/recovery-errors.ts';
 
 export interface RehashResult {

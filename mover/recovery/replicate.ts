@@ -23,9 +23,9 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { putIndexObject, readPackTrailer, type PackContents } from '../../core/packs.ts';
+import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../core/recovery-jobs.ts';
 
 export interface ReplicateDeps {

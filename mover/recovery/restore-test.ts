@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import type { RepositoryKeys } from '../../core/format.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { RestoredDisk, RestoreJob } from '../../core/recovery-jobs.ts';
 import { defineBootCheck, RESTORE_TEST_PREFIX, type RestoreTestJob, type RestoreTestResult } from '../../core/restore-test.ts';

@@ -3,7 +3,7 @@ import type { RepositoryLocation } from '../../core/endpoints.ts';
 import { BadTaskInput } from '../../core/errors.ts';
 import { restoreTestJob } from '../../core/restore-test.ts';
 import { exportJob } from '../../core/export-job.ts';
-import type { RepositoryKeys } from '../../core/format.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.ts';
 import type { Logger, TaskContext } from '../worker.ts';

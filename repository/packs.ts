@@ -1,5 +1,5 @@
 /**
- * Repository format 2: chunks stored in packs (specified in core/REPOSITORY-FORMAT.md).
+ * Repository format 2: chunks stored in packs (specified in repository/REPOSITORY-FORMAT.md).
  *
  * A pack is one object holding many sealed chunks back to back (each the same envelope
  * as a format-1 chunk object, bound to its chunk id), then a sealed trailer listing them,
@@ -13,9 +13,9 @@
  * throughput of format 1 (measured in REPOSITORY-FORMAT.md).
  */
 import { randomBytes } from 'node:crypto';
-import { Corrupt } from './errors.ts';
+import { Corrupt } from '../core/errors.ts';
 import { keys as objectKeys, MANIFEST_VERSION, objectCrc32, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
-import type { ObjectStore } from './object-store.ts';
+import type { ObjectStore } from '../core/object-store.ts';
 
 /** Where a chunk is stored: an object, and the bytes of it that are the chunk's envelope. */
 export interface ChunkLocation {

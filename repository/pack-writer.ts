@@ -1,13 +1,13 @@
 /**
- * Filling packs (format in core/packs.ts): chunks are sealed straight into a pack buffer
+ * Filling packs (format in repository/packs.ts): chunks are sealed straight into a pack buffer
  * (pack-buffer.ts; by the chunk pool's workers, into buffers shared with them), each pack
  * is uploaded once it is closed and every chunk being sealed into it is placed, and index
  * objects list the packs written.
  */
-import { Corrupt } from '../../core/errors.ts';
-import { keys as objectKeys, objectCrc32, type RepositoryKeys } from '../../core/format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { MAX_PACK_BYTES, newPackId, putIndexObject, packTrailer, type PackContents, type PackEntry } from '../../core/packs.ts';
+import { Corrupt } from '../core/errors.ts';
+import { keys as objectKeys, objectCrc32, type RepositoryKeys } from './format.ts';
+import type { ObjectStore } from '../core/object-store.ts';
+import { MAX_PACK_BYTES, newPackId, putIndexObject, packTrailer, type PackContents, type PackEntry } from './packs.ts';
 import { reserved, resetPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 
 /** A pack's room past its target for the chunks in flight when it closes, at most, by default (see PackWriter). */

@@ -3,9 +3,9 @@
  * (format in packs.ts). Movers keep one per repository (IndexCache) to deduplicate across
  * VMs and disks; readers load one to find another copy of a damaged chunk.
  */
-import { mapLimit } from './concurrency.ts';
+import { mapLimit } from '../core/concurrency.ts';
 import { keys as objectKeys, type RepositoryKeys } from './format.ts';
-import type { ObjectStore } from './object-store.ts';
+import type { ObjectStore } from '../core/object-store.ts';
 import { CHUNK_ID_BYTES, ENTRY_BYTES, IndexListing, openIndexObject, PACK_HEAD_BYTES, PACK_ID_BYTES, type ChunkLocation, type PackContents } from './packs.ts';
 
 /** How full the index's hash table is at most: chunk entries per slot (as full when no chunk is listed twice). */

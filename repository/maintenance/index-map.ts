@@ -1,14 +1,14 @@
 /**
  * The repository's index as garbage collection sees it: which index objects list which
  * packs, taking deleted packs out of them, and listing again packs no object lists
- * (core/packs.ts has the format; gc-consolidate.ts merges small index objects).
+ * (repository/packs.ts has the format; consolidate.ts merges small index objects).
  */
-import { mapLimit } from '../core/concurrency.ts';
-import { Corrupt } from '../core/errors.ts';
-import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import { decodeIndexObject, fetchPackTrailer, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../core/packs.ts';
-import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
+import { mapLimit } from '../../core/concurrency.ts';
+import { Corrupt } from '../../core/errors.ts';
+import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { decodeIndexObject, fetchPackTrailer, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../packs.ts';
+import type { ListedObject, RepositoryAdmin } from '../admin.ts';
 
 /** What reading and rewriting index objects needs. */
 export interface IndexDeps {

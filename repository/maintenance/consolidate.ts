@@ -1,13 +1,13 @@
 /**
  * Index consolidation, after garbage collection's sweep: many small index objects merged
- * into few large ones (the index's objects as gc-index.ts maps them).
+ * into few large ones (the index's objects as index-map.ts maps them).
  */
-import { mapLimit } from '../core/concurrency.ts';
-import { Corrupt } from '../core/errors.ts';
-import { keys as objectKeys, objectCrc32 } from '../core/format.ts';
-import { IndexListing, joinIndexSections, newIndexId, sealIndex } from '../core/packs.ts';
-import type { RepositoryAdmin } from '../core/repository-admin.ts';
-import { indexIdOfKey, readIndexListing, type IndexDeps, type IndexEntry, type IndexMap } from './gc-index.ts';
+import { mapLimit } from '../../core/concurrency.ts';
+import { Corrupt } from '../../core/errors.ts';
+import { keys as objectKeys, objectCrc32 } from '../format.ts';
+import { IndexListing, joinIndexSections, newIndexId, sealIndex } from '../packs.ts';
+import type { RepositoryAdmin } from '../admin.ts';
+import { indexIdOfKey, readIndexListing, type IndexDeps, type IndexEntry, type IndexMap } from './index-map.ts';
 
 /** Chunk entries an index object lists. */
 const entriesOf = (e: IndexEntry): number => e.chunks.reduce((n, c) => n + c, 0);

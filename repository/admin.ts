@@ -4,10 +4,10 @@
  * collection lists chunks and deletes unreferenced ones. Narrow, like ObjectStore.
  */
 import { DeleteObjectsCommand, type S3Client } from '@aws-sdk/client-s3';
-import { StorageUnavailable } from './errors.ts';
-import type { MemoryObjectStore } from './memory-store.ts';
+import { StorageUnavailable } from '../core/errors.ts';
+import type { MemoryObjectStore } from '../core/memory-store.ts';
+import { listBucket } from '../core/s3-store.ts';
 import type { ObjectRetention, RetentionReader } from './object-lock.ts';
-import { listBucket } from './s3-store.ts';
 
 export interface ListedObject {
   key: string;

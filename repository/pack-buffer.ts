@@ -16,7 +16,7 @@
  * pack at once. Only the pack writer (pack-writer.ts) resets the cursor, on a buffer no
  * sealer holds.
  */
-import { sealSync, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
+import { sealSync, type RepositoryKeys, type SealOptions } from './format.ts';
 
 const CURSOR_BYTES = 4;
 /** The largest capacity: reservations past it must still read as positive 31-bit offsets for a while. */

@@ -3,10 +3,10 @@
  * batch of new manifests at a time (the sweep marks again before each batch, and after
  * it to find late references).
  */
-import { Corrupt } from '../core/errors.ts';
-import { chunkIdOfKey, decodeManifest, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../core/format.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import type { ListedObject, RepositoryAdmin } from '../core/repository-admin.ts';
+import { Corrupt } from '../../core/errors.ts';
+import { chunkIdOfKey, decodeManifest, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import type { ListedObject, RepositoryAdmin } from '../admin.ts';
 
 export interface MarkDeps {
   admin: RepositoryAdmin;

@@ -7,9 +7,9 @@ import { DecryptCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { Corrupt, SourceUnavailable, StorageUnavailable } from './errors.ts';
+import { Corrupt, SourceUnavailable, StorageUnavailable } from '../core/errors.ts';
 import { keys as objectKeys } from './format.ts';
-import type { ObjectStore } from './object-store.ts';
+import type { ObjectStore } from '../core/object-store.ts';
 
 export interface KeyWrapper {
   readonly kind: string;
@@ -129,7 +129,7 @@ export class KmsKeyWrapper implements KeyWrapper {
 /** Encryption context key of a wrapped repository key (the IAM policies condition on it). */
 export const KMS_CONTEXT_PURPOSE = 'lifeboat:purpose';
 
-/** The key object `keys/default` (core/REPOSITORY-FORMAT.md, "Keys"). */
+/** The key object `keys/default` (repository/REPOSITORY-FORMAT.md, "Keys"). */
 export interface StoredKey {
   version: 1;
   wrapper: string;

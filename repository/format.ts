@@ -1,5 +1,5 @@
 /**
- * Repository format, version 1 (specified in core/REPOSITORY-FORMAT.md).
+ * Repository format, version 1 (specified in repository/REPOSITORY-FORMAT.md).
  *
  * Every stored object is an envelope: a 15-byte header (format version, compression id,
  * cipher id, 12-byte nonce) followed by the AES-256-GCM ciphertext of the (maybe
@@ -11,7 +11,7 @@ import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretK
 import { promisify } from 'node:util';
 import { crc32, constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { zstdBound, zstdCompressInto, zstdDecompressInto } from './zstd.ts';
-import { Corrupt } from './errors.ts';
+import { Corrupt } from '../core/errors.ts';
 
 export const FORMAT_VERSION = 1;
 /** Stable algorithm ids: stored in every header, never reused for something else. */
@@ -66,7 +66,7 @@ export interface SealOptions {
  * compression, before encryption): `size` bytes to write it into, or undefined to write
  * nothing (sealSync then returns undefined). The chunk pool's workers reserve the bytes of
  * a shared pack buffer here, so a sealed chunk is written straight where it is uploaded
- * from (mover/pipeline/pack-buffer.ts).
+ * from (repository/pack-buffer.ts).
  */
 export type SealInto = (size: number) => Uint8Array | undefined;
 
@@ -166,7 +166,7 @@ let packedScratch = Buffer.alloc(0);
 
 /**
  * `seal` on the calling thread: the same bytes for the same nonce (worker threads use it).
- * zstd runs through this thread's reused context into a reused buffer (core/zstd.ts). With
+ * zstd runs through this thread's reused context into a reused buffer (repository/zstd.ts). With
  * `into`, the sealed object is written where `into` says (and is a view of it), or nowhere
  * (undefined) when `into` declines its size.
  */
@@ -174,7 +174,7 @@ export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: s
 export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions, into: SealInto): Buffer | undefined;
 export function sealSync(keys: RepositoryKeys, plaintext: Uint8Array, purpose: string, opts: SealOptions = {}, into?: SealInto): Buffer | undefined {
   if (!looksCompressible(plaintext)) return envelope(keys, plaintext, false, purpose, opts.nonce, into);
-  // Room for zstd's worst case: a frame cut short would cost the thread's context (core/zstd.ts).
+  // Room for zstd's worst case: a frame cut short would cost the thread's context (repository/zstd.ts).
   if (packedScratch.length < zstdBound(plaintext.length)) packedScratch = Buffer.allocUnsafeSlow(zstdBound(plaintext.length));
   const packed = zstdCompressInto(plaintext, packedScratch, opts.level);
   return packed === undefined || packed >= plaintext.length
@@ -228,7 +228,7 @@ export interface OpenSyncOptions {
   into?: Uint8Array;
 }
 
-/** `open` on the calling thread (worker threads use it); zstd through this thread's reused context (core/zstd.ts) when given `into`. */
+/** `open` on the calling thread (worker threads use it); zstd through this thread's reused context (repository/zstd.ts) when given `into`. */
 export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: string, opts: OpenSyncOptions = {}): Buffer {
   const { compression, body } = unseal(keys, sealed, purpose);
   if (compression === Compression.none) return body;
