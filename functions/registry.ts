@@ -29,6 +29,7 @@ export const lambdaFunctions = {
   PlanPrune: { entry: 'functions/prune.ts', handler: 'planHandler' },
   PruneBackup: { entry: 'functions/prune.ts', handler: 'pruneHandler' },
   RecordPrune: { entry: 'functions/prune.ts', handler: 'recordHandler' },
+  ExtendLocks: { entry: 'functions/gc/extend-locks.ts', handler: 'handler' },
   CollectGarbage: { entry: 'functions/gc.ts', handler: 'handler' },
   ReleaseGcLease: { entry: 'functions/gc-lease.ts', handler: 'releaseHandler' },
   PlanReplicate: { entry: 'functions/replicate.ts', handler: 'planHandler' },

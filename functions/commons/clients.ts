@@ -19,6 +19,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
+import { LockCatalog } from '../catalog/lock-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
 export interface Clients {
@@ -28,6 +29,8 @@ export interface Clients {
   recovery: RecoveryCatalog;
   /** Records of host configuration backups (functions/catalog/host-config-catalog.ts). */
   hostConfigs: HostConfigCatalog;
+  /** How far lock extension has locked each backup's objects (functions/catalog/lock-catalog.ts). */
+  lockRecords: LockCatalog;
   /** A repository's objects; `endpoint` names its S3-compatible endpoint when it is not the stack's own S3. */
   store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
@@ -149,6 +152,7 @@ export function clients(): Clients {
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
     hostConfigs: new HostConfigCatalog(db, env.tableName),
+    lockRecords: new LockCatalog(db, env.tableName),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
