@@ -212,16 +212,18 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     }
   }
   // A retention extended past the default (gc/extend-locks.ts) shows only in the object's own retain-until: never try to delete before it.
-  const locks = deps.locks;
-  if (request.objectLockDays && locks && candidates.length > 0) {
-    const retained = await mapLimit(candidates, RETENTION_READS, (o) => locks.retention(o.key));
-    candidates = candidates.filter((o, i) => {
+  const unlocked = async (objects: ListedObject[]): Promise<ListedObject[]> => {
+    const locks = deps.locks;
+    if (!request.objectLockDays || !locks || objects.length === 0) return objects;
+    const retained = await mapLimit(objects, RETENTION_READS, (o) => locks.retention(o.key));
+    return objects.filter((o, i) => {
       const until = retained[i]?.until.getTime() ?? -Infinity;
       if (until <= started.getTime()) return true;
       lock(o, until);
       return false;
     });
-  }
+  };
+  candidates = await unlocked(candidates);
   // Packs listed by one index object next to each other: each index object is rewritten once, not once per batch.
   const firstIndex = (o: ListedObject) => index.listing(packIdOfKey(o.key) ?? '').map((e) => e.indexId).sort()[0] ?? '';
   const order = new Map(candidates.map((o) => [o.key, firstIndex(o)]));
@@ -230,7 +232,12 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     const y = order.get(b.key)!;
     return x < y ? -1 : x > y ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
   });
-  const failedObjects = await failedBackupObjects(deps.admin, statuses, graceEdge, report);
+  const failedObjects = await unlocked((await failedBackupObjects(deps.admin, statuses, graceEdge, report)).filter((o) => {
+    const until = lockedUntil(o.lastModified);
+    if (until <= started.getTime()) return true;
+    lock(o, until);
+    return false;
+  }));
   for await (const o of deps.admin.list(QUARANTINE_PREFIX)) {
     report.quarantine.objects++;
     report.quarantine.bytes += o.size;
