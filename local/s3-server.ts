@@ -34,7 +34,7 @@ export interface LocalS3Options {
   buckets: string[];
   /** Port on 127.0.0.1 (0: any free port). */
   port?: number;
-  /** Buckets with Object Lock and their default retention (s3-object-lock.ts). */
+  /** Buckets (of `buckets`) with Object Lock and their default retention (s3-object-lock.ts). */
   objectLock?: Record<string, BucketObjectLock>;
   /** The clock Object Lock retention is judged by (default: the system's). */
   now?: () => Date;
@@ -75,7 +75,8 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   const requests = new Map<string, number>();
   const conditionalInFlight = new Set<string>();
   const objectPath = (bucket: string, key: string) => server.store.getResourcePath(bucket, key, 'object');
-  const lock = new ObjectLock(server.store, { ...(o.objectLock ? { buckets: o.objectLock } : {}), ...(o.now ? { now: o.now } : {}), ...(o.governanceBypass ? { governanceBypass: true } : {}) });
+  const locked = Object.fromEntries(Object.entries(o.objectLock ?? {}).filter(([b]) => o.buckets.includes(b)));
+  const lock = new ObjectLock(server.store, { buckets: locked, ...(o.now ? { now: o.now } : {}), ...(o.governanceBypass ? { governanceBypass: true } : {}) });
 
   const front = async (ctx: Ctx, next: () => Promise<void>) => {
     const [, bucket = '', ...rest] = ctx.path.split('/');
