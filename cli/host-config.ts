@@ -9,12 +9,12 @@ import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { locationKey } from '../core/endpoints.ts';
+import { locationKey } from '../contracts/endpoints.ts';
 import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
 import { HostConfigCatalog, type HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
-import type { HostConfigSummary } from '../functions/host-config/backups.ts';
 import { LOCAL_CREDENTIALS, openRepository, type StackEndpoints } from '../local/stack.ts';
 import { endpoints, guarded, lambdaMessage, runWorkflow, stackCatalog, type Out, type StackOptions } from './stack-client.ts';
+import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 

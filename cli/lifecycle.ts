@@ -1,6 +1,6 @@
 /**
  * Mover lifecycle commands: `lifeboat release keygen`, `lifeboat release publish`
- * (cli/release.ts does the work) and `lifeboat movers` (functions/movers.ts). They reach a
+ * (cli/release.ts does the work) and `lifeboat movers` (core/mover-fleet.ts). They reach a
  * repository bucket either through a running embedded stack (its endpoints file, written
  * by `lifeboat up`) or, with `--bucket`, S3 with the default AWS credentials.
  */
@@ -11,7 +11,7 @@ import type { ObjectStore } from '../core/object-store.ts';
 import { parsePrivateKey } from '../core/release.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { isVersion, LIFEBOAT_VERSION } from '../core/version.ts';
-import { listMovers, s3KeyLister, type KeyLister } from '../functions/movers.ts';
+import { listMovers, s3KeyLister, type KeyLister } from '../core/mover-fleet.ts';
 import type { StackEndpoints } from '../local/stack.ts';
 import { buildMoverRelease, keygen, publishRelease } from './release.ts';
 

@@ -11,8 +11,8 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { DEFAULT_HOST_CONFIG_KEEP } from './host-config.ts';
-import { libvirtExports } from './libvirt-exports.ts';
-import { restoreTestSettings } from './restore-test.ts';
+import { libvirtExports } from '../contracts/libvirt-exports.ts';
+import { restoreTestSettings } from '../contracts/restore-test.ts';
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
@@ -54,7 +54,7 @@ function isTimeZone(tz: string): boolean {
   }
 }
 
-/** An S3-compatible endpoint's settings (core/endpoints.ts); no credentials: each mover and function has its own. */
+/** An S3-compatible endpoint's settings (contracts/endpoints.ts); no credentials: each mover and function has its own. */
 const storageEndpoint = z.object({
   url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL of an S3-compatible endpoint' }).optional(),
   region: z.string().regex(/^[a-z0-9-]{2,32}$/, 'must be a region name such as "eu-central-1" (lowercase letters, digits and dashes)').optional(),
@@ -119,7 +119,7 @@ const policy = z.object({
   segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
   /**
    * Restore tests at the scheduled deep verification (libvirt VMs): `{ enabled, bootCheck:
-   * { serial?, agent? }, timeoutSeconds?, everyDays? }` (core/restore-test.ts).
+   * { serial?, agent? }, timeoutSeconds?, everyDays? }` (contracts/restore-test.ts).
    */
   restoreTest: restoreTestSettings.optional(),
 }).strict();
@@ -148,7 +148,7 @@ const configSchema = z.object({
     /**
      * How the host's backup jobs export the disks to the movers (libvirt hosts): a unix
      * socket on the host (default; movers on the host) or a TCP port of the host, with TLS
-     * (core/libvirt-exports.ts).
+     * (contracts/libvirt-exports.ts).
      */
     exports: libvirtExports.optional(),
     maxConcurrentBackups: count(64),

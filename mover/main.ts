@@ -16,7 +16,7 @@
  *   LIFEBOAT_ENDPOINT_PROFILES  JSON object: AWS shared-config profile per other S3 endpoint, keyed by
  *     the endpoint URL (or `aws:<region>` for AWS S3 in another region), e.g.
  *     {"https://s3.dr.example.com":"lifeboat-dr"}. Jobs name a repository's endpoint (URL, region,
- *     path style, checksums: core/endpoints.ts), never credentials; an endpoint not listed uses the
+ *     path style, checksums: contracts/endpoints.ts), never credentials; an endpoint not listed uses the
  *     default credential chain (the group's role).
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
@@ -32,10 +32,10 @@
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { SFNClient } from '@aws-sdk/client-sfn';
-import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
+import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
-import { CannotUpgrade } from '../core/errors.ts';
+import { CannotUpgrade } from '../contracts/errors.ts';
 import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../repository/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';

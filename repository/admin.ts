@@ -4,7 +4,7 @@
  * collection lists chunks and deletes unreferenced ones. Narrow, like ObjectStore.
  */
 import { DeleteObjectsCommand, type S3Client } from '@aws-sdk/client-s3';
-import { StorageUnavailable } from '../core/errors.ts';
+import { StorageUnavailable } from '../contracts/errors.ts';
 import type { MemoryObjectStore } from '../core/memory-store.ts';
 import { listBucket } from '../core/s3-store.ts';
 import type { ObjectRetention, RetentionReader } from './object-lock.ts';

@@ -6,7 +6,7 @@
  * s3:PutObjectRetention to it alone).
  */
 import { GetObjectLockConfigurationCommand, HeadObjectCommand, PutObjectRetentionCommand, S3ServiceException, type S3Client } from '@aws-sdk/client-s3';
-import { StorageUnavailable } from '../core/errors.ts';
+import { StorageUnavailable } from '../contracts/errors.ts';
 
 export type LockMode = 'GOVERNANCE' | 'COMPLIANCE';
 

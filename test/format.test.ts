@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Corrupt } from '../core/errors.ts';
+import { Corrupt } from '../contracts/errors.ts';
 import {
   chunkId,
   Cipher,

@@ -14,13 +14,13 @@ import { MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { formatHostConfigBackup, formatHostConfigList, listHostConfigs, restoreHostConfig, stackHostConfigs } from '../cli/host-config.ts';
 import { loadConfig, parseConfig } from '../core/config.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
-import type { HostConfigOutcome, HostConfigSummary } from '../functions/host-config/backups.ts';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { runExecution } from '../local/client.ts';
 import { currentInvocation } from '../local/lambdas.ts';
 import { openRepository } from '../local/stack.ts';
 import { denied } from './helpers/grants.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { HostConfigOutcome, HostConfigSummary } from '../contracts/workflow-outputs.ts';
 
 let t: TestStack;
 const calls: (SdkCall & { functionId: LambdaFunctionId })[] = [];

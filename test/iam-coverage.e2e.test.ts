@@ -13,7 +13,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';

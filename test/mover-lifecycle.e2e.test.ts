@@ -16,8 +16,7 @@ import { moverRecordKey, parseMoverRegistration } from '../core/mover-registry.t
 import { generateReleaseKeyPair, parsePrivateKey } from '../core/release.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, s3Client } from '../core/s3-store.ts';
 import { LIFEBOAT_VERSION } from '../core/version.ts';
-import { listMovers, s3KeyLister } from '../functions/movers.ts';
-import type { RunSummary } from '../functions/summarize.ts';
+import { listMovers, s3KeyLister } from '../core/mover-fleet.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -25,6 +24,7 @@ import { startMover, type MoverLogLine, type MoverProcess } from '../local/mover
 import { openRepository } from '../local/stack.ts';
 import { restoreVm } from '../mover/restore.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const run = promisify(execFile);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, s3Client } from '../core/s3-store.ts';
-import type { GcReport } from '../functions/gc-report.ts';
+import type { GcReport } from '../contracts/gc-report.ts';
 import { runExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';

@@ -18,9 +18,9 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { LockCatalog } from '../functions/catalog/lock-catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { collectGarbage } from '../functions/gc.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
 import { extendRepositoryLocks } from '../functions/gc/extend-locks.ts';
-import { pruneBackup } from '../functions/prune.ts';
+import { pruneBackup } from '../functions/prune/prune.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
 import { deriveKeys, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, packIdOfKey, sealedCapacity } from '../repository/format.ts';
-import type { DiskRef } from '../core/jobs.ts';
+import type { DiskRef } from '../contracts/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ListedKey, ObjectInfo } from '../core/object-store.ts';
 import { chunkLocation, packedManifest, readPackTrailer } from '../repository/packs.ts';

@@ -8,13 +8,13 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GcWorkflow } from '../cdk/lib/gc-workflow.ts';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { loadConfig } from '../core/config.ts';
-import { errorClasses } from '../core/errors.ts';
-import { recoveryErrorClasses } from '../core/recovery-errors.ts';
+import { errorClasses } from '../contracts/errors.ts';
+import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS, GC_LEASE_MS } from '../core/gc-timing.ts';
-import { gcRequest } from '../functions/gc.ts';
+import { gcRequest } from '../functions/gc/gc.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string;

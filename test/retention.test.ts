@@ -1,6 +1,6 @@
-/** GFS retention as Proxmox Backup Server defines it (functions/retention/gfs.ts). */
+/** GFS retention as Proxmox Backup Server defines it (functions/prune/gfs.ts). */
 import { describe, expect, it } from 'vitest';
-import { applyRetention, isoWeek, periodOf, type RetentionCandidate } from '../functions/retention/gfs.ts';
+import { applyRetention, isoWeek, periodOf, type RetentionCandidate } from '../functions/prune/gfs.ts';
 
 const at = (iso: string, id = iso): RetentionCandidate => ({ id, time: iso });
 const kept = (d: ReturnType<typeof applyRetention>) => d.filter((x) => x.keep).map((x) => x.id);

@@ -3,7 +3,7 @@
  * S3 actions by key prefix, and the repository key. The stack turns these into IAM
  * statements on the exact table, prefixes and KMS key, and nothing else.
  *
- * A function added to functions/registry.ts needs an entry here; without one it gets no
+ * A function added to contracts/functions.ts needs an entry here; without one it gets no
  * data access at all and test/cdk.test.ts names it.
  */
 import { Stack } from 'aws-cdk-lib';
@@ -12,7 +12,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { KMS_CONTEXT_PURPOSE } from '../../repository/keyring.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 
 /** DynamoDB actions the catalog code sends (lib-dynamodb Get/Put/Update/Delete/Query/Scan). */
 export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' | 'Query' | 'Scan' | 'BatchGetItem' | 'BatchWriteItem' | 'ConditionCheckItem';

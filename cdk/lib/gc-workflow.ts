@@ -4,7 +4,7 @@
  * (functions/gc/extend-locks.ts), called again while it says `more`; then CollectGarbage marks every chunk object and pack the
  * repository's manifests reference and sweeps the rest older than the grace period (packs
  * taken out of the index first), never touching objects under Object Lock retention
- * (functions/gc.ts), then merges small index objects into few (repository/maintenance/consolidate.ts).
+ * (functions/gc/gc.ts), then merges small index objects into few (repository/maintenance/consolidate.ts).
  * While backups run the sweep is deferred: the workflow waits and
  * collects again. One collection of a repository runs at a time (a lease in the catalog):
  * another waits on `Gc.Busy`. A failed collection's lease is given back (ReleaseGcLease, for
@@ -18,10 +18,10 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
+import { StorageUnavailable } from '../../contracts/errors.ts';
 import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS } from '../../core/gc-timing.ts';
-import { GcBusy } from '../../core/recovery-errors.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { GcBusy } from '../../contracts/recovery-errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 import { lambdaStep } from './steps.ts';
 

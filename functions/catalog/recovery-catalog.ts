@@ -4,7 +4,7 @@
  * backup keys as `catalog.ts`; every status change is a conditional write.
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import type { DamageFinding } from '../../core/recovery-jobs.ts';
+import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
 export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE' | 'GC' | 'REPLICATION' | 'FAILOVER';

@@ -7,7 +7,7 @@
  *
  * A backup's lock target is the later of its own Object Lock period (the bucket's default
  * retention, counted from when the backup was taken: every object it needs is as immutable
- * as the ones it wrote) and its expiry under its policy's retention (functions/retention/
+ * as the ones it wrote) and its expiry under its policy's retention (functions/prune/
  * expiry.ts). A backup still retained past that (the policy stopped taking backups, or sets
  * no retention rule) is locked for the default period from now, plus a week, so the next
  * runs of a week have nothing to send for it.
@@ -24,7 +24,7 @@
  * it again.
  */
 import { z } from 'zod';
-import { locationKey } from '../../core/endpoints.ts';
+import { locationKey } from '../../contracts/endpoints.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -34,8 +34,8 @@ import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
 import type { LockCatalog } from '../catalog/lock-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../commons/schemas.ts';
-import { retentionHorizonMs } from '../retention/expiry.ts';
+import { repositoryLocation } from '../../contracts/schemas.ts';
+import { retentionHorizonMs } from '../prune/expiry.ts';
 
 const DAY_MS = 86_400_000;
 /** How far past the default period a backup with no expiry in sight is locked: a week's runs then have nothing to send. */

@@ -10,12 +10,12 @@
  * zeros (memcmp), hands out packs, uploads them with their trailer and does the
  * requests: it copies no chunk.
  */
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectCrc32, sealedCapacity, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
 import { packedManifest } from '../../repository/packs.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
 import { PackWriter } from '../../repository/pack-writer.ts';
-import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
+import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { holdsData, type DiskReader, type Extent } from '../sources/source.ts';
 import { sharedChunkPool, type ChunkPool, type SharedPack, type SharedSlot } from './chunk-pool.ts';

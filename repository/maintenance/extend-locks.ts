@@ -17,7 +17,7 @@
  * bucket's default.
  */
 import { mapLimit } from '../../core/concurrency.ts';
-import { StorageUnavailable } from '../../core/errors.ts';
+import { StorageUnavailable } from '../../contracts/errors.ts';
 import type { LockExtender, LockMode } from '../object-lock.ts';
 import { markNew, noMarks, type MarkDeps } from './mark.ts';
 
