@@ -3,11 +3,14 @@
  * are locked until its expiry (functions/gc/extend-locks.ts).
  *
  * GFS rules (gfs.ts, Proxmox semantics) stack: `daily: 7, weekly: 4` keeps 7 days and then
- * 4 further weeks. So a backup taken at `t` is gone at the latest by `t` plus the sum of
- * the rules' spans, plus one period of the longest rule (a backup taken at the start of
- * its period stays until the period's last backup is taken), as long as the policy keeps
- * taking backups: `keepLast: n` spans n backup intervals (the policy's RPO, or a day).
- * Months are counted as 31 days, years as 366, and an hour is added for a DST change. An upper bound: a lock never ends while the retention still keeps the
+ * 4 further weeks. A rule counts periods that hold a backup, so with a backup only every
+ * RPO a rule of n periods spans n RPOs when the RPO is the longer (`daily: 7` with a backup
+ * every two days spans 14 days), and `keepLast: n` spans n RPOs (a day when the policy sets
+ * none). A backup taken at `t` is gone at the latest by `t` plus the sum of the rules'
+ * spans, plus one period of the longest rule (a backup taken at the start of its period
+ * stays until the period's last backup is taken), as long as the policy keeps taking
+ * backups. Months are counted as 31 days, years as 366, and an hour is added for a DST
+ * change. An upper bound: a lock never ends while the retention still keeps the
  * backup, and ends at most a period after the retention let it go.
  */
 import type { Retention } from '../../core/config.ts';
@@ -34,8 +37,9 @@ export function retentionHorizonMs(retention: Retention | undefined, rpoHours?: 
   for (const rule of Object.keys(PERIOD) as (keyof typeof PERIOD)[]) {
     const n = retention?.[rule] ?? 0;
     if (n <= 0) continue;
-    span += n * PERIOD[rule];
-    longest = Math.max(longest, PERIOD[rule]);
+    const period = Math.max(PERIOD[rule], interval);
+    span += n * period;
+    longest = Math.max(longest, period);
   }
   return span === 0 ? undefined : span + longest + HOUR;
 }
