@@ -66,7 +66,8 @@ export class S3ObjectLocks implements LockExtender {
     try {
       out = await this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket }));
     } catch (err) {
-      if ((err as Error).name === 'ObjectLockConfigurationNotFoundError') return null;
+      // No configuration; or an S3-compatible store that has no Object Lock at all, so nothing in it is locked.
+      if ((err as Error).name === 'ObjectLockConfigurationNotFoundError' || (err as Error).name === 'NotImplemented' || status(err) === 501) return null;
       throw new StorageUnavailable(`reading the Object Lock configuration of s3://${this.bucket} failed: ${(err as Error).message}`, err);
     }
     if (out.ObjectLockConfiguration?.ObjectLockEnabled !== 'Enabled') return null;
