@@ -17,8 +17,8 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client }
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
-import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
+import { invokeLocal } from './lambdas.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3 } from './s3-server.ts';
 import { lockDataDir } from './stack-lock.ts';
@@ -189,8 +189,8 @@ export class EmbeddedStack {
       });
       resetClients();
       const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
-      // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog.
-      await syncConfig({ config, buckets }, { catalog });
+      // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog: the SyncConfig function does it.
+      await invokeLocal('SyncConfig', { config, buckets });
 
       const broker = new ActivityBroker({ quotas });
       closers.push(async () => broker.close());
