@@ -29,6 +29,7 @@ export const lambdaFunctions = {
   PlanPrune: { entry: 'functions/prune/prune.ts', handler: 'planHandler' },
   PruneBackup: { entry: 'functions/prune/prune.ts', handler: 'pruneHandler' },
   RecordPrune: { entry: 'functions/prune/prune.ts', handler: 'recordHandler' },
+  ExtendLocks: { entry: 'functions/gc/extend-locks.ts', handler: 'handler' },
   CollectGarbage: { entry: 'functions/gc/gc.ts', handler: 'handler' },
   ReleaseGcLease: { entry: 'functions/gc/gc-lease.ts', handler: 'releaseHandler' },
   PlanReplicate: { entry: 'functions/replicate/replicate.ts', handler: 'planHandler' },

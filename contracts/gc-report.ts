@@ -77,8 +77,10 @@ export interface GcReport {
    */
   quarantine: { objects: number; bytes: number };
   /**
-   * Unreferenced chunk objects and packs still under Object Lock retention, or packs an
-   * index object under retention lists (it cannot be replaced yet): not attempted.
+   * Unreferenced chunk objects and packs still under Object Lock retention (by the default
+   * retention, or a later retain-until HEAD reported: gc/extend-locks.ts), packs an index
+   * object under retention lists (it cannot be replaced yet), and failed backups' manifests
+   * still under retention: not attempted, collected by a run after `firstExpiry`.
    */
   locked: { count: number; bytes: number; firstExpiry: string | null; sample: string[] };
   /** Deletions the store refused (permissions, a lock this run did not know of). */

@@ -158,7 +158,15 @@ const configSchema = z.object({
     id,
     /** Fixed chunk size of the repository (0.5 recommended: measured in repository/REPOSITORY-FORMAT.md). */
     chunkSizeMiB: z.union([z.literal(0.25), z.literal(0.5), z.literal(1), z.literal(2), z.literal(4), z.literal(8)], { error: 'must be 0.25, 0.5, 1, 2, 4 or 8' }),
-    objectLock: z.object({ mode: z.enum(['COMPLIANCE', 'GOVERNANCE']), days: count(36_500) }).strict().optional(),
+    /**
+     * S3 Object Lock on the bucket the stack creates: every object is locked for `days` after
+     * it is written, and the Garbage collection workflow's ExtendLocks step locks every object
+     * a retained backup references until that backup's expiry (functions/gc/extend-locks.ts).
+     */
+    objectLock: z.object({
+      mode: z.enum(['COMPLIANCE', 'GOVERNANCE'], { error: 'must be "COMPLIANCE" (no one can shorten or remove a lock) or "GOVERNANCE" (a role with s3:BypassGovernanceRetention can)' }),
+      days: count(36_500),
+    }).strict().optional(),
     /** The site the repository's storage is at (a DR repository: the DR site). */
     site: id.optional(),
     /**

@@ -59,6 +59,8 @@ export interface EmbeddedStackOptions {
    * to reach it cheaply. Deliberately not read from the environment.
    */
   quotas?: Partial<StepFunctionsQuotas>;
+  /** The clock the local S3 front judges Object Lock retention by (tests move it; default: the system's). */
+  s3Clock?: () => Date;
 }
 
 /** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
@@ -116,9 +118,11 @@ export class EmbeddedStack {
       const configured = opts.config ?? loadConfig();
       // The stack's own buckets in one s3rver; a repository on another endpoint keeps its bucket name, on that endpoint.
       const buckets = Object.fromEntries(configured.repositories.map((r, i) => [r.id, r.endpoint ? r.bucket ?? r.id : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
+      // A repository configured with Object Lock gets it on the local S3 front too (local/s3-object-lock.ts).
+      const objectLock = Object.fromEntries(configured.repositories.filter((r) => r.objectLock && !r.endpoint).map((r) => [buckets[r.id]!, r.objectLock!]));
       const startS3 = async (dir: string, names: string[], port = 0) => {
         await mkdir(dir, { recursive: true });
-        const server = await startLocalS3({ directory: dir, buckets: names, port });
+        const server = await startLocalS3({ directory: dir, buckets: names, port, objectLock, ...(opts.s3Clock ? { now: opts.s3Clock } : {}) });
         closers.push(() => server.close());
         return server.url;
       };

@@ -84,6 +84,16 @@ describe('collectGarbage of format-1 chunk objects', () => {
     expect(r.bytesFreed).toBe(70);
   });
 
+  it('reads the retain-until of a chunk whose default retention ran out, and skips it while an extended lock holds', async () => {
+    const extended = await chunk(2, 40, 50);
+    const expired = await chunk(4, 40, 70);
+    admin.locks.set(extended, { mode: 'COMPLIANCE', until: new Date(NOW.getTime() + 5 * 86_400_000) });
+    admin.locks.set(expired, { mode: 'COMPLIANCE', until: daysAgo(10) });
+    const r = await run({ objectLockDays: 30 }, { locks: admin });
+    expect(r.locked).toEqual({ count: 1, bytes: 50, firstExpiry: new Date(NOW.getTime() + 5 * 86_400_000).toISOString(), sample: [extended] });
+    expect(admin.deleteCalls.flat()).toEqual([expired]);
+  });
+
   it('spares chunks that a manifest written between batches references', async () => {
     await chunk(2, 10);
     const reused = await chunk(3, 10);

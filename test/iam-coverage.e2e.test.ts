@@ -153,7 +153,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const exercised = new Set(calls.map((c) => c.functionId));
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
-  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'RecordRestoreTest', 'ReportReplication'] as LambdaFunctionId[]) {
+  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'ExtendLocks', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'RecordRestoreTest', 'ReportReplication'] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
   // Garbage collection deleted a pack and the index object that listed it: those calls were checked too.

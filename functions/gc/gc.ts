@@ -5,7 +5,9 @@
  * objects (`chunks/<xx>/<id>`), a format-2 manifest the packs it lists (`packs/<xx>/<id>`).
  * Then sweep the objects under `chunks/` and `packs/` that no manifest references and
  * that are older than the grace period, skipping those still under Object Lock retention
- * (reported, never attempted). A pack goes only when no manifest references any chunk in
+ * (reported, never attempted): the default retention tells from the object's time, and
+ * for the rest HEAD reads the retain-until, which lock extension (gc/extend-locks.ts) may
+ * have moved past the default. A pack goes only when no manifest references any chunk in
  * it: packs are never rewritten, so chunks no manifest needs in packs that stay are only
  * reported (`reclaimableInPacks`). Damaged chunks moved to `quarantine/` are counted apart
  * (`report.quarantine`) and never deleted.
@@ -60,6 +62,8 @@ import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { storageEndpoint } from '../../contracts/schemas.ts';
+import type { RetentionReader } from '../../repository/object-lock.ts';
+import { mapLimit } from '../../core/concurrency.ts';
 import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
 import { liveRunningBackups } from '../backup/run-lease.ts';
 import { isMarked, markNew, noMarks, type Marks } from '../../repository/maintenance/mark.ts';
@@ -68,6 +72,8 @@ import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationS
 import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from '../../repository/maintenance/index-map.ts';
 
 const HOUR_MS = 3_600_000;
+/** HEADs in flight when reading candidates' retention. */
+const RETENTION_READS = 16;
 /** Re-indexing reads no further pack, and consolidation starts no group of index objects, once the invocation has less time left than this. */
 const INDEX_WORK_MARGIN_MS = 120_000;
 
@@ -105,6 +111,12 @@ interface GcDeps {
   lease?: GcLease;
   /** Every backup's status in the catalog, by backup id: failed backups' manifests are garbage (repository/maintenance/mark.ts). */
   backupStatuses?: () => Promise<Map<string, string>>;
+  /**
+   * Object Lock retention as the store reports it (HEAD). With `objectLockDays`, every
+   * candidate whose default retention has run out is asked: lock extension
+   * (gc/extend-locks.ts) may have set it later.
+   */
+  locks?: RetentionReader;
 }
 
 /**
@@ -172,7 +184,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     }
     return until;
   };
-  const candidates: ListedObject[] = [];
+  let candidates: ListedObject[] = [];
   /** Packs a manifest references that no index object lists. */
   const unindexed: ListedObject[] = [];
   for (const prefix of ['chunks/', 'packs/']) {
@@ -199,6 +211,19 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
       candidates.push(o);
     }
   }
+  // A retention extended past the default (gc/extend-locks.ts) shows only in the object's own retain-until: never try to delete before it.
+  const unlocked = async (objects: ListedObject[]): Promise<ListedObject[]> => {
+    const locks = deps.locks;
+    if (!request.objectLockDays || !locks || objects.length === 0) return objects;
+    const retained = await mapLimit(objects, RETENTION_READS, (o) => locks.retention(o.key));
+    return objects.filter((o, i) => {
+      const until = retained[i]?.until.getTime() ?? -Infinity;
+      if (until <= started.getTime()) return true;
+      lock(o, until);
+      return false;
+    });
+  };
+  candidates = await unlocked(candidates);
   // Packs listed by one index object next to each other: each index object is rewritten once, not once per batch.
   const firstIndex = (o: ListedObject) => index.listing(packIdOfKey(o.key) ?? '').map((e) => e.indexId).sort()[0] ?? '';
   const order = new Map(candidates.map((o) => [o.key, firstIndex(o)]));
@@ -207,7 +232,12 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     const y = order.get(b.key)!;
     return x < y ? -1 : x > y ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
   });
-  const failedObjects = await failedBackupObjects(deps.admin, statuses, graceEdge, report);
+  const failedObjects = await unlocked((await failedBackupObjects(deps.admin, statuses, graceEdge, report)).filter((o) => {
+    const until = lockedUntil(o.lastModified);
+    if (until <= started.getTime()) return true;
+    lock(o, until);
+    return false;
+  }));
   for await (const o of deps.admin.list(QUARANTINE_PREFIX)) {
     report.quarantine.objects++;
     report.quarantine.bytes += o.size;
@@ -344,7 +374,7 @@ export const handler = lambdaHandler('CollectGarbage', gcInput, async (input, { 
   const { bucket, endpoint } = input.request;
   return collectGarbage(input, {
     admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
-    recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
+    locks: c.locks(bucket, endpoint), recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
     remainingMs: () => context.getRemainingTimeInMillis(), lease: catalogGcLease(c.catalog, bucket, endpoint),
   });
 });
