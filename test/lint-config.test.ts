@@ -34,7 +34,7 @@ const files: Record<string, string> = {
   'cli/stack-client.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
   // Kept: a handler module importing its commons and contracts.
   'functions/backup/keeps.ts':
-    "import { clients } from '../commons/clients.ts';\nimport { vmJob } from '../../contracts/schemas.ts';\nexport const x = [clients, vmJob];\n",
+    "import { clients } from '../commons/clients.ts';\nimport { vmJob } from '../../contracts/jobs.ts';\nexport const x = [clients, vmJob];\n",
 };
 
 let dir: string;
