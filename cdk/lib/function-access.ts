@@ -23,7 +23,7 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
  * aside (core/quarantine.ts), host configuration backups (core/host-config.ts).
  */
-export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/';
+export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];

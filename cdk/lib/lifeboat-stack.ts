@@ -108,7 +108,7 @@ export class LifeboatStack extends Stack {
       acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN.',
         'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
       acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
-        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
       functions[fid] = f;
     }
     this.functions = functions;
