@@ -351,7 +351,7 @@ describe('alarms and dashboard', () => {
     for (const a of alarms()) expect(a.AlarmActions).toEqual([topic()]);
     expect(resources[lid(stack.monitoring.topic)]!.Properties.KmsMasterKeyId).toBeDefined();
     const subs = ofType('AWS::SNS::Subscription').map(([, s]) => s.Properties);
-    expect(subs.map((s) => s.Endpoint).sort()).toEqual([...config.notifications!.emails].sort());
+    expect(subs.map((s) => s.Endpoint).sort()).toEqual([...(config.notifications!.emails ?? [])].sort());
     for (const s of subs) expect(s).toMatchObject({ Protocol: 'email', TopicArn: topic() });
     const policy = ofType('AWS::SNS::TopicPolicy')[0]![1].Properties.PolicyDocument.Statement as Statement[];
     expect(policy).toEqual(expect.arrayContaining([expect.objectContaining({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]));
