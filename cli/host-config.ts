@@ -14,7 +14,9 @@ import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
 import { HostConfigCatalog, type HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
 import type { HostConfigSummary } from '../functions/host-config/backups.ts';
 import { LOCAL_CREDENTIALS, openRepository, type StackEndpoints } from '../local/stack.ts';
-import { endpoints, guarded, lambdaMessage, runWorkflow, stackCatalog, type Out, type StackOptions } from './stack-client.ts';
+import { embeddedCatalog } from './embedded-access.ts';
+import { runWithProgress } from './progress.ts';
+import { endpoints, guarded, lambdaMessage, StackClient, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
 
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 
@@ -53,7 +55,7 @@ export async function pickHostConfig(records: Pick<HostConfigCatalog, 'get' | 'l
 
 /** The host configuration backups of one host, or of every libvirt host, newest first per host. */
 export async function listHostConfigs(e: StackEndpoints, hostId?: string): Promise<HostConfigRecord[]> {
-  const hosts = hostId ? [hostId] : (await stackCatalog(e).listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
+  const hosts = hostId ? [hostId] : (await embeddedCatalog(e).listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
   const records = stackHostConfigs(e);
   return (await Promise.all(hosts.map((h) => records.list(h)))).flat();
 }
@@ -132,17 +134,23 @@ export async function restoreHostConfig(e: StackEndpoints, o: { hostId: string; 
 
 export function registerHostConfigCommands(program: Command, defaultDataDir: string, io: Out): void {
   const hc = program.command('host-config').description('libvirt hosts\' networks, storage pools and domain definitions: back them up, list and restore them as files');
+  // list and restore open the embedded stack's repository with its key file: embedded only.
   const stackOptions = (c: Command) => c
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)');
 
-  stackOptions(hc.command('backup')
+  stackTarget(hc.command('backup')
     .description('back up the libvirt hosts\' configuration now (the HostConfigBackup workflow); exit code 1 when a host failed')
-    .option('--host <id>', 'only this host (default: every libvirt host)'))
-    .action(guarded(async (opts: StackOptions & { host?: string }) => {
-      const e = await endpoints(opts);
-      const r = await runWorkflow(e, 'HostConfigBackup', opts.host ? { hostId: opts.host } : {}, io);
+    .option('--host <id>', 'only this host (default: every libvirt host)')
+    .option('--json', 'print the workflow\'s output as JSON'), defaultDataDir)
+    .action(guarded(async (opts: StackOptions & { host?: string; json?: boolean }) => {
+      const client = await StackClient.connect(opts);
+      const r = await runWithProgress(client, 'HostConfigBackup', opts.host ? { hostId: opts.host } : {}, { off: !!opts.json, ...(io.status ? { status: io.status } : {}) }).finally(() => client.close());
       const summary = r.output as HostConfigSummary;
+      if (opts.json) {
+        if (summary.failedHosts.length > 0) process.exitCode = 1;
+        return io.out(JSON.stringify(summary, null, 2));
+      }
       for (const line of formatHostConfigBackup(summary, r.seconds)) io.out(line);
       if (summary.failedHosts.length > 0) process.exitCode = 1;
     }));

@@ -13,6 +13,7 @@ import { registerDiscoverCommand } from './discover.ts';
 import { registerExportCommand } from './export.ts';
 import { registerHostConfigCommands } from './host-config.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
+import { registerListingCommands } from './listings.ts';
 import { registerRecoveryCommands } from './recovery.ts';
 import { guarded } from './stack-client.ts';
 
@@ -55,9 +56,11 @@ program
   .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
   .option('--movers <n>', 'mover processes to start per mover group', positiveInt, 2)
   .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
-  .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
+  .option('--console-port <port>', 'port of the web console and the operator API (0: any free port)', positiveInt, 8084)
+  .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number; consolePort: number }) => {
     const stack = await EmbeddedStack.start({
-      dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort },
+      dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort, console: opts.consolePort },
+      onAlert: (event, fields) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`),
       onKeyFile: (problem) => process.stderr.write(problem ? `lifeboat: ${problem.message}\n` : 'lifeboat: the repository key file opens the repository again\n'),
     });
     const e = stack.endpoints;
@@ -69,6 +72,7 @@ program
       }
     }
     process.stdout.write(`Lifeboat embedded stack is up (endpoints in ${join(e.dataDir, 'endpoints.json')}):\n${JSON.stringify(e, null, 2)}\n`);
+    process.stdout.write(`Web console: ${e.console}/ (read-only API under ${e.console}/api/)\n`);
     process.stdout.write(`Start a backup: aws stepfunctions start-execution --endpoint-url ${e.sfn} --state-machine-arn ${e.backupStateMachineArn} --input '{"policyId":"..."}'\n`);
     await new Promise<void>((ok) => {
       process.once('SIGINT', ok);
@@ -97,6 +101,8 @@ registerHostConfigCommands(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
   ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
 });
+
+registerListingCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 
 registerExportCommand(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 
