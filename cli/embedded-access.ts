@@ -7,7 +7,8 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { Catalog } from '../functions/catalog/catalog.ts';
-import { LOCAL_CREDENTIALS, type StackEndpoints } from '../local/stack.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS } from '../core/s3-store.ts';
+import type { StackEndpoints } from '../local/stack.ts';
 
 /** The catalog of a running embedded stack. */
 export function embeddedCatalog(e: StackEndpoints): Catalog {

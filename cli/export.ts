@@ -6,7 +6,6 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { exportJob, type ExportListen } from '../core/export-job.ts';
-import { openRepository } from '../local/stack.ts';
 import { runExportTask } from '../mover/recovery/export-task.ts';
 import { embeddedCatalog } from './embedded-access.ts';
 import { endpoints, guarded, type Out } from './stack-client.ts';
@@ -45,6 +44,7 @@ export function registerExportCommand(program: Command, defaultDataDir: string, 
         exportId: `cli-${process.pid}`, vmId: opts.vm, backupId: backup.backupId, repository: { bucket: e.bucket },
         diskIds: (backup.disks ?? []).map((d) => d.diskId), listen: opts.listen, idleTimeoutSeconds: opts.idleTimeout,
       });
+      const { openRepository } = await import('../local/stack.ts');
       const { store, keys } = await openRepository(e);
       const abort = new AbortController();
       process.once('SIGINT', () => abort.abort());

@@ -13,7 +13,8 @@ import { locationKey } from '../core/endpoints.ts';
 import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
 import { HostConfigCatalog, type HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
 import type { HostConfigSummary } from '../functions/host-config/backups.ts';
-import { LOCAL_CREDENTIALS, openRepository, type StackEndpoints } from '../local/stack.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS } from '../core/s3-store.ts';
+import type { StackEndpoints } from '../local/stack.ts';
 import { embeddedCatalog } from './embedded-access.ts';
 import { runWithProgress } from './progress.ts';
 import { endpoints, guarded, lambdaMessage, StackClient, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
@@ -125,6 +126,8 @@ export async function restoreHostConfig(e: StackEndpoints, o: { hostId: string; 
   const record = await pickHostConfig(stackHostConfigs(e), o.hostId, o.at);
   const repositoryId = Object.entries(e.repositories).find(([, r]) => locationKey(r) === locationKey(record.repository))?.[0];
   if (!repositoryId) throw new Error(`host configuration backup ${record.backupId} of host '${o.hostId}' is in bucket ${record.repository.bucket}, which this stack does not serve (it has ${Object.keys(e.repositories).join(', ')}): restore it on the stack that made it`);
+  // Loaded when used: the embedded stack's module brings the CDK app, which other commands do not need.
+  const { openRepository } = await import('../local/stack.ts');
   const { store, keys } = await openRepository(e, repositoryId);
   const sealed = await store.get(record.objectKey);
   if (!sealed) throw new Error(`host configuration backup ${record.backupId} of host '${o.hostId}' is recorded, but its object ${record.objectKey} is not in bucket ${record.repository.bucket} (deleted by hand?): pick another with --at (\`lifeboat host-config list --host ${o.hostId}\`)`);

@@ -3,11 +3,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { runDemo } from '../local/demo/demo.ts';
-import { runVmDemo } from '../local/demo/vm-demo.ts';
-import { ensureLibvirtd } from '../local/vm-lab/libvirtd.ts';
-import { startMover, type MoverProcess } from '../local/movers.ts';
-import { EmbeddedStack } from '../local/stack.ts';
 import { registerBackupCommands } from './backup.ts';
 import { registerDiscoverCommand } from './discover.ts';
 import { registerExportCommand } from './export.ts';
@@ -16,6 +11,7 @@ import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerListingCommands } from './listings.ts';
 import { registerRecoveryCommands } from './recovery.ts';
 import { guarded } from './stack-client.ts';
+import type { MoverProcess } from '../local/movers.ts';
 
 const DEFAULT_DATA_DIR = resolve(import.meta.dirname, '..', '.lifeboat');
 
@@ -41,6 +37,8 @@ program
       out: (line: string) => process.stdout.write(`${tty ? '\r\x1b[2K' : ''}${line}\n`),
       status: tty ? (line: string) => process.stdout.write(`\r\x1b[2K${line}`) : undefined,
     };
+    // The embedded stack's modules (the CDK app among them) load only for the commands that start one.
+    const [{ runDemo }, { runVmDemo }, { ensureLibvirtd }] = await Promise.all([import('../local/demo/demo.ts'), import('../local/demo/vm-demo.ts'), import('../local/vm-lab/libvirtd.ts')]);
     const lab = opts.folder ? { available: false as const, reason: '--folder was given' } : await ensureLibvirtd();
     if (lab.available) {
       await runVmDemo({ ...o, uri: lab.uri });
@@ -58,6 +56,7 @@ program
   .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
   .option('--console-port <port>', 'port of the web console and the operator API (0: any free port)', positiveInt, 8084)
   .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number; consolePort: number }) => {
+    const [{ EmbeddedStack }, { startMover }] = await Promise.all([import('../local/stack.ts'), import('../local/movers.ts')]);
     const stack = await EmbeddedStack.start({
       dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort, console: opts.consolePort },
       onAlert: (event, fields) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`),

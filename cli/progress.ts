@@ -19,7 +19,8 @@ export interface ProgressOptions {
 interface DiskView { diskId: string; segment: number | null; phase: string; bytesDone: number; bytesTotal: number; bytesPerSecond: number; etaSeconds: number | null }
 interface RunView { status: string; vms: { vmId: string; phase: string; bytesDone: number; bytesTotal: number; disks: DiskView[] }[] }
 
-type Payload = { label: string; phase: string; done: string; total: string; rate: string; eta: string };
+// Not `total`, `eta`, `value`: cli-progress fills tokens of those names itself.
+type Payload = { label: string; phase: string; doneText: string; totalText: string; rate: string; etaText: string };
 
 /** Draws a Backup run's VMs and disks; `update` is called at every poll. */
 export class BackupProgress {
@@ -29,7 +30,7 @@ export class BackupProgress {
   constructor(opts: ProgressOptions) {
     this.multi = new cliProgress.MultiBar({
       stream: process.stderr, hideCursor: true, clearOnComplete: false, autopadding: true, barsize: 24,
-      format: '{label} [{bar}] {percentage}% {done}/{total} {rate} ETA {eta} {phase}',
+      format: '{label} [{bar}] {percentage}% {doneText}/{totalText} {rate} ETA {etaText} {phase}',
       noTTYOutput: !!opts.force, notTTYSchedule: 1000, fps: 5,
     }, cliProgress.Presets.shades_classic);
   }
@@ -42,14 +43,14 @@ export class BackupProgress {
 
   update(run: RunView): void {
     for (const vm of run.vms) {
-      const vmPayload: Payload = { label: vm.vmId, phase: vm.phase, done: formatBytes(vm.bytesDone), total: formatBytes(vm.bytesTotal), rate: '', eta: '' };
+      const vmPayload: Payload = { label: vm.vmId, phase: vm.phase, doneText: formatBytes(vm.bytesDone), totalText: formatBytes(vm.bytesTotal), rate: '', etaText: '-' };
       this.bar(vm.vmId, vm.bytesTotal, vmPayload);
       this.bars.get(vm.vmId)!.update(vm.phase === 'committed' ? vm.bytesTotal || 1 : vm.bytesDone, vmPayload);
       for (const d of vm.disks) {
         const key = `${vm.vmId}/${d.diskId}${d.segment === null ? '' : `#${d.segment}`}`;
         const p: Payload = {
-          label: `  ${d.diskId}${d.segment === null ? '' : ` seg ${d.segment}`}`, phase: d.phase, done: formatBytes(d.bytesDone), total: formatBytes(d.bytesTotal),
-          rate: `${formatBytes(d.bytesPerSecond)}/s`, eta: d.etaSeconds === null ? '-' : formatSeconds(d.etaSeconds),
+          label: `  ${d.diskId}${d.segment === null ? '' : ` seg ${d.segment}`}`, phase: d.phase, doneText: formatBytes(d.bytesDone), totalText: formatBytes(d.bytesTotal),
+          rate: `${formatBytes(d.bytesPerSecond)}/s`, etaText: d.etaSeconds === null ? '-' : formatSeconds(d.etaSeconds),
         };
         this.bar(key, d.bytesTotal, p);
         this.bars.get(key)!.update(d.bytesDone, p);

@@ -13,7 +13,8 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { runExecution } from '../local/client.ts';
-import { LOCAL_CREDENTIALS, type StackEndpoints } from '../local/stack.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS } from '../core/s3-store.ts';
+import type { StackEndpoints } from '../local/stack.ts';
 
 export interface Out {
   out(line: string): void;

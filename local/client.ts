@@ -1,7 +1,8 @@
 /** A client of the Step Functions API, as the CLI and tests use it: start, then wait. */
 import { DescribeExecutionCommand, SFNClient, StartExecutionCommand, type DescribeExecutionCommandOutput } from '@aws-sdk/client-sfn';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOCAL_CREDENTIALS, type StackEndpoints } from './stack.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS } from '../core/s3-store.ts';
+import type { StackEndpoints } from './stack.ts';
 
 export function sfnClient(e: StackEndpoints): SFNClient {
   return new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS });

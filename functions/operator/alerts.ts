@@ -47,7 +47,9 @@ export async function currentAlerts(deps: AlertDeps): Promise<Alert[]> {
     });
   }
   const movers = await deps.movers();
-  const groups = new Set([...(await deps.catalog.listHosts()).map((h) => h.moverGroup), ...movers.map((m) => m.group)]);
+  // Groups that have work: those serving hosts, those replicating a policy's backups, and any a mover announced.
+  const replicating = (await deps.catalog.listPolicies()).map((p) => p.replicateTo?.moverGroup).filter((g): g is string => !!g);
+  const groups = new Set([...(await deps.catalog.listHosts()).map((h) => h.moverGroup), ...replicating, ...movers.map((m) => m.group)]);
   for (const g of [...groups].sort()) {
     const of = movers.filter((m) => m.group === g);
     if (of.some((m) => m.status === 'live')) continue;
