@@ -22,6 +22,8 @@ const positiveInt = (v: string) => {
 };
 
 const program = new Command('lifeboat').description('Lifeboat VM backup: the embedded stack and its tools');
+// Usage errors the parser finds (unknown option, missing or bad value) exit 2; help and --version exit 0.
+program.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
 
 program
   .command('demo')

@@ -92,8 +92,7 @@ export class StackClient {
   static async connect(opts: StackOptions): Promise<StackClient> {
     if (!opts.stack) {
       const e = await endpoints(opts);
-      if (!e.console) throw new Error(`the embedded stack at ${e.dataDir} predates the operator API: restart it with \`lifeboat up\``);
-      const info: StackInfo = { where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console, bucket: e.bucket, buckets: e.buckets };
+      const info: StackInfo = { where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console ?? '', bucket: e.bucket, buckets: e.buckets };
       return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }));
     }
     const config = { ...(opts.region ? { region: opts.region } : {}), ...(opts.profile ? { profile: opts.profile } : {}) };
@@ -134,6 +133,7 @@ export class StackClient {
 
   /** A request to the operator API; a 404 throws its message (it names the thing and what to do). */
   async request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+    if (!this.info.api) throw new Error(`${this.info.where} has no operator API (its endpoints file predates it): restart it with \`lifeboat up\``);
     const url = new URL(`${this.info.api}${path}`);
     let headers: Record<string, string> = { accept: 'application/json', ...(body === undefined ? {} : { 'content-type': 'application/json' }) };
     const text = body === undefined ? undefined : JSON.stringify(body);
