@@ -67,15 +67,17 @@ export class BackupProgress {
 export async function runWithProgress(client: StackClient, workflow: string, input: Record<string, unknown>, opts: ProgressOptions & { status?: (line: string) => void }) {
   const draw = !opts.off && (opts.force || process.stderr.isTTY);
   const bars = draw && workflow === 'Backup' ? new BackupProgress(opts) : undefined;
+  // Progress is for people: a failed read of it never fails the run.
+  const look = async (name: string) => {
+    const run = await client.get<RunView>(`/api/runs/${encodeURIComponent(name)}`).catch(() => undefined);
+    if (run) bars?.update(run);
+  };
   try {
-    return await client.runWorkflow(workflow, input, {
-      onPoll: async (name, seconds) => {
-        if (!bars) return opts.off ? undefined : opts.status?.(`${workflow} running… ${Math.round(seconds)} s`);
-        // Progress is for people: a failed read of it never fails the run.
-        const run = await client.get<RunView>(`/api/runs/${encodeURIComponent(name)}`).catch(() => undefined);
-        if (run) bars.update(run);
-      },
+    const r = await client.runWorkflow(workflow, input, {
+      onPoll: (name, seconds) => (bars ? look(name) : opts.off ? undefined : opts.status?.(`${workflow} running… ${Math.round(seconds)} s`)),
     });
+    if (bars) await look(r.name); // the final state: every disk done, every VM committed or failed
+    return r;
   } finally {
     bars?.stop();
   }

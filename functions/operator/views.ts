@@ -213,8 +213,8 @@ function diskRows(progress: TaskProgress[]): DiskProgressRow[] {
   }).sort((a, b) => a.diskId.localeCompare(b.diskId) || (a.segment ?? 0) - (b.segment ?? 0));
 }
 
-async function runVm(b: Pick<Backup, 'vmId' | 'backupId' | 'status' | 'error'>, deps: Pick<OperatorDeps, 'progress'>): Promise<RunVmRow> {
-  const disks = b.status === 'running' ? diskRows(await deps.progress(b.backupId)) : [];
+async function runVm(b: Pick<Backup, 'vmId' | 'backupId' | 'status' | 'error'>, deps: Pick<OperatorDeps, 'progress'>, withDisks: boolean): Promise<RunVmRow> {
+  const disks = withDisks || b.status === 'running' ? diskRows(await deps.progress(b.backupId)) : [];
   const phase: RunVmRow['phase'] = b.status === 'failed' ? 'failed' : b.status !== 'running' ? 'committed'
     : !disks.length ? 'snapshot' : disks.every((d) => d.phase === 'done') ? 'verify' : 'transfer';
   return {
@@ -225,14 +225,17 @@ async function runVm(b: Pick<Backup, 'vmId' | 'backupId' | 'status' | 'error'>, 
 
 const failure = (d: ExecutionDetail | undefined) => (d?.error ? { Error: d.error, Cause: d.cause ?? '' } : null);
 
-/** One run (a Backup execution): per-VM outcome, and per disk progress while it runs. */
-export async function runDetail(runId: string, deps: OperatorDeps): Promise<RunRow | undefined> {
+/**
+ * One run (a Backup execution): per-VM outcome, and per-disk progress (while it runs; of a
+ * finished run too with `withDisks`, as long as the progress objects are kept).
+ */
+export async function runDetail(runId: string, deps: OperatorDeps, withDisks = true): Promise<RunRow | undefined> {
   const exec = await deps.executions.describe(runId);
   const record = await deps.catalog.getRun(runId) as { policyId?: string; vms?: VmOutcome[]; committed?: number; failed?: number } | undefined;
   if (!exec && !record) return undefined;
   const policyId = record?.policyId ?? (exec?.input ? (JSON.parse(exec.input) as { policyId?: string }).policyId ?? null : null);
   const backups = record?.vms ?? await deps.catalog.backupsOfRun(runId);
-  const vms = await Promise.all(backups.map((b) => runVm({ ...b, status: b.status, error: b.error }, deps)));
+  const vms = await Promise.all(backups.map((b) => runVm({ ...b, status: b.status, error: b.error }, deps, withDisks)));
   return {
     runId, policyId, status: exec?.status ?? 'SUCCEEDED', startedAt: exec?.startDate ?? '', stoppedAt: exec?.stopDate ?? null,
     committed: vms.filter((v) => v.phase === 'committed').length, failed: vms.filter((v) => v.phase === 'failed').length, error: failure(exec),
@@ -243,7 +246,8 @@ export async function runDetail(runId: string, deps: OperatorDeps): Promise<RunR
 /** The newest runs, newest first. */
 export async function listRuns(deps: OperatorDeps, max = 20): Promise<RunRow[]> {
   const runs = await deps.executions.list(max);
-  const rows = await Promise.all(runs.map((r) => runDetail(r.name, deps)));
+  // Disks only of the runs still running: a listing of finished runs costs no S3 request.
+  const rows = await Promise.all(runs.map((r) => runDetail(r.name, deps, false)));
   return rows.filter((r): r is RunRow => !!r);
 }
 
