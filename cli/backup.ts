@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { ConfigError, defaultConfigPath, loadConfig } from '../core/config.ts';
-import type { RunSummary } from '../functions/summarize.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 import { formatBackup } from '../local/demo/report.ts';
 import { runWithProgress } from './progress.ts';
 import { EXIT, guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';

@@ -3,7 +3,7 @@
  * libvirt host, or one) and print per host what it found, what is new and what is gone.
  */
 import type { Command } from 'commander';
-import type { DiscoverySummary } from '../functions/discovery/inventory.ts';
+import type { DiscoverySummary } from '../contracts/workflow-outputs.ts';
 import { runWithProgress } from './progress.ts';
 import { guarded, lambdaMessage, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 

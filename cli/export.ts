@@ -5,7 +5,7 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
-import { exportJob, type ExportListen } from '../core/export-job.ts';
+import { exportJob, type ExportListen } from '../contracts/export-job.ts';
 import { runExportTask } from '../mover/recovery/export-task.ts';
 import { embeddedCatalog } from './embedded-access.ts';
 import { endpoints, guarded, type Out } from './stack-client.ts';

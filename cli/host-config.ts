@@ -4,18 +4,15 @@
  * one as files (`networks/<name>.xml`, `pools/<name>.xml`, `domains/<name>.xml`, and what
  * virsh said of the host under `host/`), byte for byte what virsh printed at backup time.
  */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { locationKey } from '../core/endpoints.ts';
+import { locationKey } from '../contracts/endpoints.ts';
 import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
-import { HostConfigCatalog, type HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
-import type { HostConfigSummary } from '../functions/host-config/backups.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS } from '../core/s3-store.ts';
+import type { HostConfigCatalog, HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
+import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 import type { StackEndpoints } from '../local/stack.ts';
-import { embeddedCatalog } from './embedded-access.ts';
+import { embeddedCatalog, stackHostConfigs } from './embedded-access.ts';
 import { runWithProgress } from './progress.ts';
 import { endpoints, guarded, lambdaMessage, StackClient, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
 
@@ -34,12 +31,6 @@ export function formatHostConfigBackup(s: HostConfigSummary, seconds: number): s
     lines.push(`  ${h.hostId}: ${h.backupId}: ${h.counts.networks} network(s), ${h.counts.pools} pool(s), ${h.counts.domains} domain(s), ${kib(h.bytes)}; ${h.kept} kept${removed}${refused}`);
   }
   return lines;
-}
-
-/** The host configuration records of a running embedded stack (the operator's view; movers never get this). */
-export function stackHostConfigs(e: StackEndpoints): HostConfigCatalog {
-  const db = new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS });
-  return new HostConfigCatalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), e.table);
 }
 
 /** The host's record to restore: the one `at` names, or the newest. */

@@ -1,7 +1,7 @@
 /**
  * Live progress of a workflow the CLI started. A Backup run is drawn per VM and per disk
  * (bytes done of total, rate, ETA, phase) with cli-progress, from the operator API's view
- * of the run (`/api/runs/<run>`: the movers' progress objects, core/progress.ts), so it
+ * of the run (`/api/runs/<run>`: the movers' progress objects, contracts/progress.ts), so it
  * works the same against the embedded and a deployed stack. Other workflows show one
  * status line. Bars go to stderr, so stdout stays the result (and `--json` stays JSON).
  */

@@ -4,8 +4,7 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
-import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
+import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 import { runWithProgress } from './progress.ts';
 import { EXIT, guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 

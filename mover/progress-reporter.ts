@@ -1,11 +1,11 @@
 /**
- * Puts a DispatchDisk task's progress (core/progress.ts) into the job's repository bucket:
+ * Puts a DispatchDisk task's progress (contracts/progress.ts) into the job's repository bucket:
  * once at the start, then at most every `everyMs` while bytes move, and once at the end
  * (`done` or `failed`). Writes go one after another, so a late write never overwrites the
  * final one; a failed write is logged and never fails the task (progress is for people).
  */
 import type { ObjectStore } from '../core/object-store.ts';
-import { PROGRESS_FORMAT, progressKey, type TaskProgress } from '../core/progress.ts';
+import { PROGRESS_FORMAT, progressKey, type TaskProgress } from '../contracts/progress.ts';
 import type { Logger } from './worker.ts';
 
 export interface ProgressReporterOptions {

@@ -7,10 +7,10 @@
  *   /api/movers  /api/restore-points[?vm=<vm>]  /api/alerts
  */
 import { DescribeExecutionCommand, ListExecutionsCommand, SFNClient } from '@aws-sdk/client-sfn';
-import { parseProgress, progressPrefix, type TaskProgress } from '../../core/progress.ts';
+import { parseProgress, progressPrefix, type TaskProgress } from '../../contracts/progress.ts';
+import { listMovers } from '../../core/mover-fleet.ts';
 import { S3ObjectStore, s3Client } from '../../core/s3-store.ts';
 import { clients } from '../commons/clients.ts';
-import { listMovers, s3KeyLister } from '../movers.ts';
 import { currentAlerts, type AlertDeps } from './alerts.ts';
 import { listBackups, listPolicies, listRestorePoints, listRuns, listVms, runDetail, type BackupExecutions } from './views.ts';
 
@@ -76,14 +76,13 @@ export function sfnExecutions(sfn: Pick<SFNClient, 'send'>, stateMachineArn: str
 /** The operator deps over a repository bucket (mover records, progress objects) and a Step Functions client. */
 export function operatorDeps(o: { catalog: AlertDeps['catalog']; recovery: AlertDeps['recovery']; s3: ReturnType<typeof s3Client>; bucket: string; sfn: Pick<SFNClient, 'send'>; backupStateMachineArn: string; now?: () => Date }): AlertDeps {
   const store = new S3ObjectStore(o.s3, o.bucket);
-  const lister = s3KeyLister(o.s3, o.bucket);
   const now = o.now ?? (() => new Date());
   return {
     catalog: o.catalog, recovery: o.recovery, now,
-    movers: () => listMovers({ store, lister, now }),
+    movers: () => listMovers({ store, now }),
     progress: async (backupId) => {
       const out: TaskProgress[] = [];
-      for (const key of await lister.keys(progressPrefix(backupId))) {
+      for await (const { key } of store.list(progressPrefix(backupId))) {
         const bytes = await store.get(key);
         const p = bytes && parseProgress(bytes);
         if (p) out.push(p);

@@ -4,12 +4,12 @@
  * (the catalog, the mover records, the progress objects, the Backup workflow's
  * executions), so the same code answers in a Lambda function and in the embedded stack.
  */
-import type { Consistency, VmOutcome } from '../../core/jobs.ts';
-import { rateAndEta, type TaskProgress } from '../../core/progress.ts';
+import type { Consistency, VmOutcome } from '../../contracts/jobs.ts';
+import { rateAndEta, type TaskProgress } from '../../contracts/progress.ts';
+import type { MoverView } from '../../core/mover-fleet.ts';
 import type { Backup, Catalog, Policy, Vm } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import type { MoverView } from '../movers.ts';
-import { selectVms } from '../plan.ts';
+import { selectVms } from '../backup/plan.ts';
 
 /** One execution of the Backup workflow as ListExecutions/DescribeExecution say it. */
 export interface ExecutionSummary {
@@ -36,7 +36,7 @@ export interface OperatorDeps {
   catalog: Pick<Catalog, 'listPolicies' | 'listHosts' | 'vmsOnHost' | 'getVm' | 'listBackups' | 'getRun' | 'backupsOfRun'>;
   recovery: Pick<RecoveryCatalog, 'listReplicas'>;
   movers(): Promise<MoverView[]>;
-  /** The progress objects of a backup's disk transfers (core/progress.ts). */
+  /** The progress objects of a backup's disk transfers (contracts/progress.ts). */
   progress(backupId: string): Promise<TaskProgress[]>;
   executions: BackupExecutions;
   now(): Date;

@@ -5,7 +5,7 @@
  */
 import { formatBytes, formatHours, formatSeconds } from '../../core/units.ts';
 import type { Alert } from '../../functions/operator/alerts.ts';
-import type { MoverView } from '../../functions/movers.ts';
+import type { MoverView } from '../../core/mover-fleet.ts';
 import type { BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../functions/operator/views.ts';
 
 const esc = (v: unknown) => String(v ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
