@@ -55,7 +55,7 @@ beforeAll(async () => {
   const vmDir = join(t.dir, 'vms', 'vm-al');
   await createVmFolder(vmDir, { name: 'vm-al', disks: [{ id: 'disk0', sizeBytes: 8 * MiB }] }, seededRng(31));
   await t.stack.catalog.putVm({ vmId: 'vm-al', host: 'esx-02', source: vmDir });
-}, 180_000);
+}, 300_000);
 afterAll(async () => {
   await t?.close();
   await closeHook?.();

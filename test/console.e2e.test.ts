@@ -51,7 +51,7 @@ describe.skipIf(!haveChromium)('web console (chromium)', () => {
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
     page = await browser.newPage();
-  }, 180_000);
+  }, 300_000);
   afterAll(async () => {
     await browser?.close();
     if (profile) await rm(profile, { recursive: true, force: true });

@@ -64,7 +64,7 @@ beforeAll(async () => {
     ...process.env, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'AKIDOPERATORTEST', AWS_SECRET_ACCESS_KEY: 'operator-test-secret',
     AWS_ENDPOINT_URL_CLOUDFORMATION: cfn.url, AWS_ENDPOINT_URL_SFN: e.sfn, AWS_PROFILE: '', AWS_CONFIG_FILE: join(t.dir, 'no-aws-config'), AWS_SHARED_CREDENTIALS_FILE: join(t.dir, 'no-aws-credentials'),
   };
-}, 180_000);
+}, 300_000);
 afterAll(async () => {
   await closeProxy?.();
   await cfn?.close();
