@@ -106,6 +106,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanHostConfigBackup: { catalog: ['GetItem', 'Query'] },
   RecordHostConfig: { catalog: ['PutItem', 'Query', 'DeleteItem'], repository: { delete: ['host-config/'], list: true } },
   SummarizeHostConfigBackup: {},
+  PlanExport: { catalog: ['GetItem', 'Query'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
 };
 

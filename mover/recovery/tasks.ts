@@ -114,7 +114,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       const parsed = exportJob.safeParse(t.export);
       if (!parsed.success) throw new BadTaskInput(`export task needs an export job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
       const { store, keys } = await deps.repository(parsed.data.repository);
-      return runExportTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+      return runExportTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress, record: true });
     }
   }
 }
