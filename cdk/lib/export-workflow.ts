@@ -38,15 +38,16 @@ export class ExportWorkflow extends Construct {
     const serve = moverStep(this, 'ServeExport', {
       activities: props.activities, groupPath: '$.moverGroup',
       parameters: { task: 'export', 'export.$': '$.export' },
-      // The job's idle timeout is at most 7 days; an export in use runs until stopped.
-      timeout: Duration.days(30),
+      // An export in use runs until stopped; at most a week (the job's idle timeout's cap, and
+      // under the 24.8 days a Node timer can count, which the embedded runner uses).
+      timeout: Duration.days(7),
       // Opening the manifests before it listens is the only retry-safe part: storage that was unavailable then.
       decorate: (t) => t.addRetry({ errors: [StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 }),
     });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat export: a backup\'s disks served over NBD by a mover of the VM\'s site, until idle or stopped; where to connect: exports/<execution name>.json in the repository',
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(serve)),
-      timeout: Duration.days(31),
+      timeout: Duration.days(8),
     });
   }
 }

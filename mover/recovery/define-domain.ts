@@ -153,7 +153,7 @@ async function stateOf(virsh: Virsh, name: string): Promise<string> {
   return (await virsh.run(['domstate', '--reason', '--', name]).catch((err: Error) => err.message)).trim();
 }
 
-async function domainExists(virsh: Virsh, name: string): Promise<boolean> {
+export async function domainExists(virsh: Virsh, name: string): Promise<boolean> {
   try {
     await virsh.run(['domuuid', '--', name]);
     return true;
