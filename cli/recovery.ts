@@ -52,7 +52,7 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .option('--resume', 'with --instant: take up an instant recovery whose move failed (its VM paused, its writes in its overlays)')
     .option('--move-bandwidth <MiB/s>', 'with --instant: cap the move to --target (MiB/s per disk)', (v) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`'${v}' is not a bandwidth: give whole MiB/s, at least 1`);
+      if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`'${v}' is not a bandwidth: give MiB/s above 0 (e.g. 50, or 0.5)`);
       return n;
     })
     .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder, with --pool a volume of the same name (deleted and made anew) (default: refuse)')

@@ -56,7 +56,7 @@ export const restoreRequest = z.object({
    * whose move failed. `moveBandwidthMiBs` caps the move (MiB/s per disk).
    */
   instant: z.object({
-    moveBandwidthMiBs: z.number().int().min(1).max(1024 * 1024).optional(),
+    moveBandwidthMiBs: z.number().positive().max(1024 * 1024).optional(),
     resume: z.boolean().optional(),
   }).strict().optional(),
 }).strict();

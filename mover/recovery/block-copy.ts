@@ -29,7 +29,7 @@ export async function createOverlay(path: string, backingUri: string, sizeBytes:
 
 export interface BlockCopyOptions {
   format: 'raw' | 'qcow2';
-  /** MiB/s; absent: no cap. */
+  /** MiB/s (fractions allowed); absent: no cap. */
   bandwidthMiBs?: number;
   signal?: AbortSignal;
   /** Called every few seconds while the copy runs (the task's liveness). */
@@ -49,7 +49,7 @@ export async function moveDisk(virsh: Virsh, domain: string, target: string, des
   try {
     await virsh.run([
       'blockcopy', '--domain', domain, '--path', target, '--dest', dest, '--format', o.format,
-      '--transient-job', '--pivot', ...(o.bandwidthMiBs ? ['--bandwidth', String(o.bandwidthMiBs)] : []),
+      '--transient-job', '--pivot', ...(o.bandwidthMiBs ? ['--bandwidth', String(Math.max(1, Math.round(o.bandwidthMiBs * 2 ** 20))), '--bytes'] : []),
     ], { timeoutMs: 7 * 24 * 3600_000, ...(o.signal ? { signal: o.signal } : {}) });
   } catch (err) {
     // virsh killed (abort) or the copy failed: make sure no job is left on the disk.
