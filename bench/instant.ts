@@ -22,7 +22,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { waitForEndpoint } from '../cli/export-endpoint.ts';
-import type { InstantRestoreSummary } from '../functions/restore.ts';
+import type { InstantRestoreSummary } from '../contracts/workflow-outputs.ts';
 import { runExecution, sfnClient, waitForExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startMover } from '../local/movers.ts';

@@ -1,13 +1,13 @@
 /**
  * Learning where a running export (or instant recovery) can be reached: its execution is
- * started, then its endpoint record (core/export-job.ts `exportEndpoint`, written by the
+ * started, then its endpoint record (contracts/export-job.ts `exportEndpoint`, written by the
  * mover at `exports/<exportId>.json`) is read until it says what the caller waits for,
  * while the execution is watched: an execution that ends first ends the wait with its
  * error, so a failed plan (no such VM or backup) or a mover that died is said at once.
  */
 import { DescribeExecutionCommand, type DescribeExecutionCommandOutput, type SFNClient } from '@aws-sdk/client-sfn';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { exportEndpoint, exportEndpointKey, type ExportEndpoint } from '../core/export-job.ts';
+import { exportEndpoint, exportEndpointKey, type ExportEndpoint } from '../contracts/export-job.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 
 /** The endpoint record of `exportId`, or undefined while there is none (or it does not parse). */

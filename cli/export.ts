@@ -9,7 +9,7 @@ import { StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ExportListen, ExportResult } from '../core/export-job.ts';
+import type { ExportListen, ExportResult } from '../contracts/export-job.ts';
 import { sfnClient, waitForExecution } from '../local/client.ts';
 import { repositoryStore } from '../local/stack.ts';
 import { readEndpoint, waitForEndpoint } from './export-endpoint.ts';

@@ -5,7 +5,7 @@
  * the outcome; a failed move's error says where the VM's writes are and how to resume.
  */
 import { StartExecutionCommand } from '@aws-sdk/client-sfn';
-import type { InstantRestoreSummary } from '../functions/restore.ts';
+import type { InstantRestoreSummary } from '../contracts/workflow-outputs.ts';
 import { sfnClient, waitForExecution } from '../local/client.ts';
 import { repositoryStore, type StackEndpoints } from '../local/stack.ts';
 import { waitForEndpoint } from './export-endpoint.ts';

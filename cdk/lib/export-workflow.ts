@@ -7,7 +7,7 @@
  * Input: `{ vmId, backupId?, moverGroup?, listen?, idleTimeoutSeconds?, fromBucket? }`;
  * the export's id is the execution's name. Where to connect is known while the task still
  * runs: the mover writes the endpoint record `exports/<exportId>.json` in the repository
- * bucket when it listens (core/export-job.ts `exportEndpoint`). Ends: idle (the output is
+ * bucket when it listens (contracts/export-job.ts `exportEndpoint`). Ends: idle (the output is
  * the export's result, `closed: 'idle'`); StopExecution (the mover's next heartbeat is
  * refused, the task is aborted and the export closed, its record says `closed`); the
  * mover dies (heartbeat timeout: the execution fails with States.Timeout; not retried,
@@ -17,8 +17,8 @@ import { Duration } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { StorageUnavailable } from '../../contracts/errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { lambdaStep, moverStep } from './steps.ts';
 
 export interface ExportWorkflowProps {

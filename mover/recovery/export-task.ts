@@ -2,11 +2,11 @@
  * The `export` task: serve a backup's disks over NBD (one export per disk, named by its
  * disk id) from this mover, straight from the repository, until no client has been
  * connected for the idle timeout or the task is stopped; answer what was served. While it
- * runs, its endpoint record (core/export-job.ts `exportEndpoint`) says where it listens.
+ * runs, its endpoint record (contracts/export-job.ts `exportEndpoint`) says where it listens.
  */
 import { hostname } from 'node:os';
-import { exportEndpointKey, exportResult, type ExportEndpoint, type ExportJob, type ExportResult } from '../../core/export-job.ts';
-import type { RepositoryKeys } from '../../core/format.ts';
+import { exportEndpointKey, exportResult, type ExportEndpoint, type ExportJob, type ExportResult } from '../../contracts/export-job.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { NbdServer } from '../nbd/server.ts';
 import type { Logger } from '../worker.ts';

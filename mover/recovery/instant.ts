@@ -21,11 +21,11 @@
  */
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { exportJob } from '../../core/export-job.ts';
-import type { RepositoryKeys } from '../../core/format.ts';
+import { exportJob } from '../../contracts/export-job.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { InstantMoveFailed, RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { InstantRecovery, RestoreJob } from '../../core/recovery-jobs.ts';
+import { InstantMoveFailed, RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { InstantRecovery, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
 import type { Logger } from '../worker.ts';
