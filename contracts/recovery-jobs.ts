@@ -48,6 +48,12 @@ export interface InstantRequest {
   moveBandwidthMiBs?: number;
   /** Take up an instant recovery of this domain whose move failed (its VM paused, its overlays kept). */
   resume?: boolean;
+  /**
+   * Start the move once the guest shows this sign of life (a console line, the guest agent),
+   * so the copy does not compete with its boot; after `timeoutSeconds` without it the move
+   * starts anyway. Absent: the move starts as soon as the VM runs.
+   */
+  moveAfter?: BootCheck;
 }
 
 /** What an instant recovery did. */

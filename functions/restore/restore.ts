@@ -59,6 +59,11 @@ export const restoreRequest = z.object({
   instant: z.object({
     moveBandwidthMiBs: z.number().positive().max(1024 * 1024).optional(),
     resume: z.boolean().optional(),
+    moveAfter: z.object({
+      consoleLine: text.refine((x) => { try { new RegExp(x); return true; } catch { return false; } }, 'must be a regular expression').optional(),
+      agent: z.boolean().optional(),
+      timeoutSeconds: z.number().int().min(1).max(3600).optional(),
+    }).strict().refine((b) => b.consoleLine !== undefined || b.agent === true, 'must name a sign of life: "consoleLine" and/or "agent": true').optional(),
   }).strict().optional(),
 }).strict();
 export type RestoreRequest = z.output<typeof restoreRequest>;

@@ -30,7 +30,7 @@ import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
 import type { Logger } from '../worker.ts';
 import { createOverlay, moveDisk } from './block-copy.ts';
-import { domainExists, removeDomain, restoredDomainName } from './define-domain.ts';
+import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
 import { putEndpoint, runExportTask } from './export-task.ts';
 import { claimRestoreFolder, readVmConfig } from './restore.ts';
 
@@ -151,6 +151,11 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
     const runningSeconds = (performance.now() - started) / 1000;
     d.logger.info('instant.running', { restoreId: job.restoreId, domain: name, overlays: state.overlays, uris, seconds: runningSeconds, resumed });
     await record('running');
+    const after = job.instant?.moveAfter;
+    if (after) {
+      const seen = await waitForSignOfLife(virsh, name, state.consoleLog, { timeoutSeconds: 300, ...after }, d.signal, d.progress);
+      d.logger.info('instant.sign-of-life', { restoreId: job.restoreId, domain: name, ...seen });
+    }
     await record('moving');
     const moveStarted = performance.now();
     for (const disk of job.disks) {
