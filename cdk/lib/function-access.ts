@@ -116,6 +116,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanHostConfigBackup: { catalog: ['GetItem', 'Query'] },
   RecordHostConfig: { catalog: ['PutItem', 'Query', 'DeleteItem'], repository: { delete: ['host-config/'], list: true } },
   SummarizeHostConfigBackup: {},
+  PlanExport: { catalog: ['GetItem', 'Query'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
   // The operator's read model: every read of the catalog (VM, backup, run, policy listings), mover records and progress objects.
   OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, timeoutSeconds: 30 },

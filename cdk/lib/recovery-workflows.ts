@@ -12,6 +12,7 @@ import type { PolicyConfig } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../contracts/endpoints.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { DeepVerifyPolicyWorkflow, DeepVerifyWorkflow } from './deep-verify-workflow.ts';
+import { ExportWorkflow } from './export-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
 import { FailoverWorkflow, ReplicatePolicyWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
@@ -44,11 +45,14 @@ export interface RecoveryWorkflows {
   replicate: ReplicateWorkflow;
   replicatePolicy: ReplicatePolicyWorkflow;
   failover: FailoverWorkflow;
+  export: ExportWorkflow;
 }
 
 export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
   const restore = new RestoreWorkflow(stack, 'Restore', props);
   new CfnOutput(stack, 'RestoreStateMachineArn', { value: restore.stateMachine.stateMachineArn });
+  const exportWorkflow = new ExportWorkflow(stack, 'Export', props);
+  new CfnOutput(stack, 'ExportStateMachineArn', { value: exportWorkflow.stateMachine.stateMachineArn });
   const deepVerify = new DeepVerifyWorkflow(stack, 'DeepVerify', props);
   new CfnOutput(stack, 'DeepVerifyStateMachineArn', { value: deepVerify.stateMachine.stateMachineArn });
   const deepVerifyPolicy = new DeepVerifyPolicyWorkflow(stack, 'DeepVerifyPolicy', props);
@@ -97,5 +101,5 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'ReplicatePolicyStateMachineArn', { value: replicatePolicy.stateMachine.stateMachineArn });
   const failover = new FailoverWorkflow(stack, 'Failover', props);
   new CfnOutput(stack, 'FailoverStateMachineArn', { value: failover.stateMachine.stateMachineArn });
-  return { restore, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover };
+  return { restore, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover, export: exportWorkflow };
 }
