@@ -218,6 +218,8 @@ export type RecoveryTask =
   | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] }
   | { task: 'restoreTest'; test: RestoreTestJob }
   /** Serve a backup's disks over NBD until idle or stopped (core/export-job.ts; `export` is unknown input until parsed). */
-  | { task: 'export'; export: ExportJob };
+  | { task: 'export'; export: ExportJob }
+  /** List or extract files of a backup's disk (core/files-job.ts; `files` is unknown input until parsed). */
+  | { task: 'files'; files: unknown };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export', 'files'];

@@ -47,6 +47,7 @@ export const lambdaFunctions = {
   PlanHostConfigBackup: { entry: 'functions/host-config.ts', handler: 'planHandler' },
   RecordHostConfig: { entry: 'functions/host-config.ts', handler: 'recordHandler' },
   SummarizeHostConfigBackup: { entry: 'functions/host-config.ts', handler: 'summarizeHandler' },
+  PlanFiles: { entry: 'functions/files.ts', handler: 'planHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -32,6 +32,9 @@ export function safeJoin(root: string, rel: string): string {
 }
 
 const seconds = (ms: number) => ms / 1000;
+const HOLE_GRAIN = 64 * 1024;
+const ZEROS = new Uint8Array(HOLE_GRAIN);
+const isZero = (b: Uint8Array) => Buffer.compare(b, ZEROS.subarray(0, b.length)) === 0;
 
 /** A handler for the sandbox's `get` messages writing under `root` (which must exist); `stats` is filled as it goes. */
 export function extractor(root: string): { stats: ExtractStats; onMessage: (m: ChildMessage) => Promise<void>; close: () => Promise<void> } {
@@ -42,7 +45,11 @@ export function extractor(root: string): { stats: ExtractStats; onMessage: (m: C
   const onMessage = async (m: ChildMessage): Promise<void> => {
     if (m.t === 'data') {
       if (!file) throw new Error('the file-system reader sent file bytes outside a file');
-      await file.fh.write(m.bytes, 0, m.bytes.length, m.offset);
+      // All-zero pieces stay holes, as they may have been in the guest.
+      for (let at = 0; at < m.bytes.length; at += HOLE_GRAIN) {
+        const piece = m.bytes.subarray(at, at + HOLE_GRAIN);
+        if (!isZero(piece)) await file.fh.write(piece, 0, piece.length, m.offset + at);
+      }
       stats.bytes += m.bytes.length;
       return;
     }

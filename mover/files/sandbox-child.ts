@@ -12,7 +12,7 @@ import { FsCorrupt, FsNotFound, type BlockReader } from './block-reader.ts';
 import { openVolume, resolve, volumes, walk } from './volume.ts';
 import type { ChildMessage, SandboxJob, ParentMessage } from './sandbox.ts';
 
-const send = (m: ChildMessage) => new Promise<void>((ok, fail) => process.send!(m, undefined, {}, (err) => (err ? fail(err) : ok())));
+const send = (m: ChildMessage) => new Promise<void>((ok, fail) => process.send!(m, undefined, {}, (err: Error | null) => (err ? fail(err) : ok())));
 
 let nextId = 0;
 const pendingReads = new Map<number, { ok: (b: Uint8Array) => void; fail: (e: Error) => void }>();
@@ -57,7 +57,7 @@ async function run(job: SandboxJob): Promise<void> {
         const bytes = await e.read(offset, Math.min(PIECE, e.entry.size - offset));
         if (bytes === null) continue; // a hole: the copy keeps it
         const acked = new Promise<void>((ok) => acks.push(ok));
-        await send({ t: 'data', offset, bytes });
+        await send({ t: 'data', offset, bytes: bytes as Uint8Array<ArrayBuffer> });
         await acked;
       }
       await send({ t: 'event', kind: 'fileEnd', path: e.path, entry: e.entry });
@@ -77,6 +77,6 @@ process.on('message', (m: ParentMessage) => {
     run(m.job).then(
       () => send({ t: 'done' }),
       (err: Error) => send({ t: 'error', kind: err instanceof FsNotFound ? 'notFound' : err instanceof FsCorrupt ? 'corrupt' : 'other', message: err.message }),
-    ).finally(() => process.disconnect());
+    ).finally(() => process.disconnect?.());
   }
 });

@@ -1,8 +1,9 @@
-/** The mover's recovery tasks: restore, deep verification, replication, the standby replica and NBD exports of backups. Each job names its repositories (bucket and endpoint). */
+/** The mover's recovery tasks: restore, deep verification, replication, the standby replica, NBD exports of backups and file-level restore. Each job names its repositories (bucket and endpoint). */
 import type { RepositoryLocation } from '../../core/endpoints.ts';
 import { BadTaskInput } from '../../core/errors.ts';
 import { restoreTestJob } from '../../core/restore-test.ts';
 import { exportJob } from '../../core/export-job.ts';
+import { filesJob } from '../../core/files-job.ts';
 import type { RepositoryKeys } from '../../core/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.ts';
@@ -13,6 +14,7 @@ import { discardPoolVolumes } from './pool-volumes.ts';
 import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
 import { restoreTestTask } from './restore-test.ts';
 import { runExportTask } from './export-task.ts';
+import { runFilesTask } from '../files/files-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
 
 export interface RecoveryTaskDeps {
@@ -115,6 +117,12 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       if (!parsed.success) throw new BadTaskInput(`export task needs an export job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
       const { store, keys } = await deps.repository(parsed.data.repository);
       return runExportTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+    }
+    case 'files': {
+      const parsed = filesJob.safeParse(t.files);
+      if (!parsed.success) throw new BadTaskInput(`files task needs a files job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+      const { store, keys } = await deps.repository(parsed.data.repository);
+      return runFilesTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
   }
 }
