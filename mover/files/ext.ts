@@ -261,6 +261,22 @@ export class ExtFs implements FileSystem<ExtInode> {
     return out.subarray(offset - first * bs, end - first * bs);
   }
 
+  async dataRanges(n: ExtInode, path: string): Promise<{ offset: number; length: number }[] | undefined> {
+    if (n.flags & FLAG.INLINE_DATA) return [{ offset: 0, length: n.size }];
+    if (!(n.flags & FLAG.EXTENTS)) return undefined;
+    const out: { offset: number; length: number }[] = [];
+    for (const e of await this.extents(n, path)) {
+      if (e.unwritten) continue;
+      const offset = e.logical * this.blockSize;
+      const length = Math.min(e.length * this.blockSize, n.size - offset);
+      if (length <= 0) continue;
+      const prev = out[out.length - 1];
+      if (prev && prev.offset + prev.length === offset) prev.length += length;
+      else out.push({ offset, length });
+    }
+    return out;
+  }
+
   /** The stored runs of blocks `first`..`first+count-1` of a file (holes and unwritten extents left out). */
   private async map(n: ExtInode, first: number, count: number, path: string): Promise<Extent[]> {
     const out: Extent[] = [];

@@ -28,6 +28,10 @@ function fatTime(date: number, time: number): number {
   return Date.UTC(y, mo, d, time >> 11, (time >> 5) & 63, (time & 31) * 2);
 }
 
+/** Short names are in an OEM code page; 437 is DOS's and Linux's default (bytes below 0x80 are ASCII). */
+const CP437_HIGH = 'ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u00a0';
+const oem = (b: Buffer) => [...b].map((c) => (c < 0x80 ? String.fromCharCode(c) : CP437_HIGH[c - 0x80]!)).join('');
+
 function shortChecksum(b: Buffer, at: number): number {
   let sum = 0;
   for (let i = 0; i < 11; i++) sum = (((sum & 1) << 7) + (sum >> 1) + b[at + i]!) & 0xff;
@@ -168,8 +172,10 @@ export class FatFs implements FileSystem<FatNode> {
       const long = lfn.length && lfnSum === shortChecksum(b, at) && lfn.every((x) => x !== undefined) ? lfn.join('').replace(/\0[\s\S]*$/, '') : '';
       lfn = [];
       const nt = b[at + 12]!;
-      const base = b.toString('latin1', at, at + 8).trimEnd().replace(/^\x05/, '\xe5');
-      const ext = b.toString('latin1', at + 8, at + 11).trimEnd();
+      const raw = Buffer.from(b.subarray(at, at + 11));
+      if (raw[0] === 0x05) raw[0] = 0xe5; // a name starting with 0xE5 is stored as 0x05
+      const base = oem(raw.subarray(0, 8)).trimEnd();
+      const ext = oem(raw.subarray(8, 11)).trimEnd();
       const short = (nt & 0x08 ? base.toLowerCase() : base) + (ext ? `.${nt & 0x10 ? ext.toLowerCase() : ext}` : '');
       const name = long || short;
       if (name === '.' || name === '..') continue;

@@ -36,6 +36,12 @@ export interface FileSystem<N = unknown> {
    * zeros), so extraction can leave holes in the copy.
    */
   read(file: N, offset: number, length: number, path: string): Promise<Uint8Array | null>;
+  /**
+   * Where the file's data is stored (byte ranges, in order), when the reader knows it
+   * cheaply: extraction then reads only those and never walks a huge sparse file's holes
+   * one piece at a time. Undefined: read every piece.
+   */
+  dataRanges?(file: N, path: string): Promise<{ offset: number; length: number }[] | undefined>;
 }
 
 /** Bounds against hostile images; a reader that reaches one says which and where. */

@@ -53,12 +53,14 @@ async function run(job: SandboxJob): Promise<void> {
     await walk(fs, path, async (e) => {
       if (e.kind !== 'file') return send({ t: 'event', kind: e.kind, path: e.path, entry: e.entry });
       await send({ t: 'event', kind: 'file', path: e.path, entry: e.entry });
-      for (let offset = 0; offset < e.entry.size; offset += PIECE) {
-        const bytes = await e.read(offset, Math.min(PIECE, e.entry.size - offset));
-        if (bytes === null) continue; // a hole: the copy keeps it
-        const acked = new Promise<void>((ok) => acks.push(ok));
-        await send({ t: 'data', offset, bytes: bytes as Uint8Array<ArrayBuffer> });
-        await acked;
+      for (const r of await e.ranges()) {
+        for (let offset = r.offset; offset < r.offset + r.length; offset += PIECE) {
+          const bytes = await e.read(offset, Math.min(PIECE, r.offset + r.length - offset));
+          if (bytes === null) continue; // a hole: the copy keeps it
+          const acked = new Promise<void>((ok) => acks.push(ok));
+          await send({ t: 'data', offset, bytes: bytes as Uint8Array<ArrayBuffer> });
+          await acked;
+        }
       }
       await send({ t: 'event', kind: 'fileEnd', path: e.path, entry: e.entry });
     });

@@ -103,7 +103,7 @@ export type WalkEvent =
   | { kind: 'dirEnd'; path: string; entry: Entry }
   | { kind: 'symlink'; path: string; entry: Entry }
   | { kind: 'other'; path: string; entry: Entry }
-  | { kind: 'file'; path: string; entry: Entry; read: (offset: number, length: number) => Promise<Uint8Array | null> };
+  | { kind: 'file'; path: string; entry: Entry; read: (offset: number, length: number) => Promise<Uint8Array | null>; ranges: () => Promise<{ offset: number; length: number }[]> };
 
 /**
  * Walks the tree at `path` (a file, a link or a directory, recursively), paths relative to
@@ -127,7 +127,8 @@ export async function walk<N>(fs: FileSystem<N>, path: string, visit: (e: WalkEv
       }
       await visit({ kind: 'dirEnd', path: rel, entry });
     } else if (entry.type === 'file') {
-      await visit({ kind: 'file', path: rel, entry, read: (o, l) => fs.read(node, o, l, guestPath) });
+      const ranges = async () => (await fs.dataRanges?.(node, guestPath)) ?? [{ offset: 0, length: entry.size }];
+      await visit({ kind: 'file', path: rel, entry, read: (o, l) => fs.read(node, o, l, guestPath), ranges });
     } else await visit({ kind: entry.type, path: rel, entry });
   };
   await go(top.node, top.entry, topName, parts.length ? `/${parts.join('/')}` : '', 0);
