@@ -263,9 +263,8 @@ export class ExtFs implements FileSystem<ExtInode> {
 
   async dataRanges(n: ExtInode, path: string): Promise<{ offset: number; length: number }[] | undefined> {
     if (n.flags & FLAG.INLINE_DATA) return [{ offset: 0, length: n.size }];
-    if (!(n.flags & FLAG.EXTENTS)) return undefined;
     const out: { offset: number; length: number }[] = [];
-    for (const e of await this.extents(n, path)) {
+    for (const e of n.flags & FLAG.EXTENTS ? await this.extents(n, path) : await this.blockMapExtents(n, path)) {
       if (e.unwritten) continue;
       const offset = e.logical * this.blockSize;
       const length = Math.min(e.length * this.blockSize, n.size - offset);
@@ -333,6 +332,41 @@ export class ExtFs implements FileSystem<ExtInode> {
     };
     await walk(n.iblock, -1, 'in the inode');
     this.extentCache.set(n, out);
+    return out;
+  }
+
+  /**
+   * Every stored run of an ext2/3 block map, walking the indirect blocks and skipping the
+   * holes at every level, so a huge sparse file costs its indirect blocks, not its size.
+   */
+  private async blockMapExtents(n: ExtInode, path: string): Promise<Extent[]> {
+    const per = this.blockSize / 4;
+    const lastBlock = Math.ceil(n.size / this.blockSize);
+    const out: Extent[] = [];
+    const add = (logical: number, physical: number) => {
+      if (physical + 1 > this.blocksCount) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block ${logical} points to block ${physical}, outside the file system's ${this.blocksCount} blocks`);
+      const prev = out[out.length - 1];
+      if (prev && prev.logical + prev.length === logical && prev.physical + prev.length === physical) prev.length++;
+      else {
+        if (out.length >= LIMITS.extents) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}) has more than ${LIMITS.extents} runs of blocks`);
+        out.push({ logical, physical, length: 1, unwritten: false });
+      }
+    };
+    const seen = new Set<number>();
+    // `level` 0: a data block; 1-3: an indirect block covering per^level blocks from `first`.
+    const visit = async (block: number, level: number, first: number): Promise<void> => {
+      if (block === 0 || first >= lastBlock) return;
+      if (level === 0) return add(first, block);
+      if (seen.has(block)) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): indirect block ${block} is used twice in its block map (a loop)`);
+      seen.add(block);
+      const b = await this.readBlocks(block, 1, `${path} (inode ${n.ino}) indirect block`);
+      const span = per ** (level - 1);
+      for (let i = 0; i < per; i++) await visit(b.readUInt32LE(i * 4), level - 1, first + i * span);
+    };
+    for (let i = 0; i < 12; i++) await visit(n.iblock.readUInt32LE(i * 4), 0, i);
+    await visit(n.iblock.readUInt32LE(48), 1, 12);
+    await visit(n.iblock.readUInt32LE(52), 2, 12 + per);
+    await visit(n.iblock.readUInt32LE(56), 3, 12 + per + per * per);
     return out;
   }
 

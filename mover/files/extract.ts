@@ -12,7 +12,7 @@
 import { constants } from 'node:fs';
 import { chmod, lchown, lutimes, mkdir, open, symlink, utimes, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ChildMessage } from './sandbox.ts';
+import { SandboxFailure, type ChildMessage } from './sandbox.ts';
 
 export interface ExtractStats {
   files: number;
@@ -27,7 +27,7 @@ export interface ExtractStats {
 /** The guest path `rel` under `root`, or an error naming it when it would leave `root`. */
 export function safeJoin(root: string, rel: string): string {
   const parts = rel.split('/');
-  if (rel === '' || rel.includes('\0') || parts.some((p) => p === '' || p === '.' || p === '..')) throw new Error(`the file system names an entry '${rel.replace(/\0/g, '\\0')}' that is not a plain relative path; refused (nothing is written outside the target)`);
+  if (rel === '' || rel.includes('\0') || parts.some((p) => p === '' || p === '.' || p === '..')) throw new SandboxFailure('corrupt', `the file system names an entry '${rel.replace(/\0/g, '\\0')}' that is not a plain relative path; refused (nothing is written outside the target)`);
   return join(root, ...parts);
 }
 

@@ -67,6 +67,18 @@ async function run(job: SandboxJob): Promise<void> {
   }
 }
 
+/**
+ * A reader's error as the parent is told it: not found, or damaged — a bounds error of a
+ * Buffer read (RangeError) is a structure that points past its own bytes, so damage too —
+ * or anything else (a read the parent could not serve) as it is.
+ */
+function failure(err: Error): ChildMessage {
+  if (err instanceof FsNotFound) return { t: 'error', kind: 'notFound', message: err.message };
+  if (err instanceof FsCorrupt) return { t: 'error', kind: 'corrupt', message: err.message };
+  if (err instanceof RangeError) return { t: 'error', kind: 'corrupt', message: `the file system's structures are inconsistent (a field points past the bytes it belongs to: ${err.message})` };
+  return { t: 'error', kind: 'other', message: err.message };
+}
+
 process.on('message', (m: ParentMessage) => {
   if (m.t === 'read') {
     const p = pendingReads.get(m.id);
@@ -78,7 +90,7 @@ process.on('message', (m: ParentMessage) => {
     started = true;
     run(m.job).then(
       () => send({ t: 'done' }),
-      (err: Error) => send({ t: 'error', kind: err instanceof FsNotFound ? 'notFound' : err instanceof FsCorrupt ? 'corrupt' : 'other', message: err.message }),
+      (err: Error) => send(failure(err)),
     ).finally(() => process.disconnect?.());
   }
 });
