@@ -95,6 +95,17 @@ describe.skipIf(missing.length > 0 && !process.env.CI)(`file-level restore from 
     expect(docs.entries.map((e) => e.name).sort()).toEqual([...extTree.keys()].filter((k) => /^docs\/[^/]+$/.test(k)).map((k) => k.slice(5)).sort());
     const many = await ls(gptDisk, '/many');
     expect(many.op === 'ls' && many.entries.length).toBe(300);
+    // Paged as the task pages a listing too big for one result: the pages, joined, are the listing.
+    const paged: string[] = [];
+    for (let offset: number | null = 0, pages = 0; offset !== null; pages++) {
+      const page = await runFilesOn(imageReader(gptDisk), job({ op: 'ls', path: '/many', offset }), { pageBytes: 24 * 1024 });
+      if (page.op !== 'ls' || pages > 10) throw new Error('paging does not end');
+      expect(page.total).toBe(300);
+      paged.push(...page.entries.map((e) => e.name));
+      offset = page.next;
+    }
+    expect(paged).toEqual(many.op === 'ls' ? many.entries.map((e) => e.name) : []);
+    expect(new Set(paged).size).toBe(300);
     const one = await ls(gptDisk, '/docs/readme.txt');
     expect(one.op === 'ls' && one.entries).toMatchObject([{ name: 'readme.txt', type: 'file', size: 21 }]);
   });

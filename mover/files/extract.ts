@@ -19,7 +19,7 @@ export interface ExtractStats {
   dirs: number;
   symlinks: number;
   bytes: number;
-  /** Entries left out, with why (at most 100 listed). */
+  /** Entries left out, with why (at most 50 listed, paths cut at 512 characters: the list travels in a task result). */
   skipped: { path: string; reason: string }[];
   skippedCount: number;
 }
@@ -93,7 +93,7 @@ export function extractor(root: string): { stats: ExtractStats; onMessage: (m: C
         return;
       case 'other':
         stats.skippedCount++;
-        if (stats.skipped.length < 100) stats.skipped.push({ path: m.path, reason: 'a device, FIFO or socket: not extracted' });
+        if (stats.skipped.length < 50) stats.skipped.push({ path: m.path.slice(0, 512), reason: 'a device, FIFO or socket: not extracted' });
     }
   };
   return { stats, onMessage, close: async () => { await file?.fh.close(); file = undefined; } };

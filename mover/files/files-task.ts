@@ -42,7 +42,7 @@ function taskError(err: unknown, job: FilesJob): Error {
 type ReaderResult = FilesResult extends infer R ? R extends FilesResult ? Omit<R, 'bytesDownloaded' | 'seconds' | 'filesId' | 'backupId' | 'diskId'> : never : never;
 
 /** Lists or extracts from any block source (a backup's disk; a local image in tests and the bench). */
-export async function runFilesOn(disk: BlockReader, job: FilesJob, o: SandboxOptions & { onRead?: () => void } = {}): Promise<ReaderResult> {
+export async function runFilesOn(disk: BlockReader, job: FilesJob, o: SandboxOptions & { onRead?: () => void; pageBytes?: number } = {}): Promise<ReaderResult> {
   let opened: Extract<ChildMessage, { t: 'opened' }> | undefined;
   const counted: BlockReader = { size: disk.size, read: (off, len) => { o.onRead?.(); return disk.read(off, len); } };
   if (job.op === 'ls') {
@@ -54,7 +54,7 @@ export async function runFilesOn(disk: BlockReader, job: FilesJob, o: SandboxOpt
       const i = total++;
       if (i < job.offset || next !== null) return;
       bytes += JSON.stringify(m.entry).length + 1;
-      if (bytes > LISTING_PAGE_BYTES) next = i;
+      if (bytes > (o.pageBytes ?? LISTING_PAGE_BYTES)) next = i;
       else page.push(m.entry);
     }, o);
     return { op: 'ls', fs: opened!.fs, partition: opened!.partition, warnings: opened!.warnings, bytesRead: stats.bytesRead, path: job.path, entries: page, total, next };
