@@ -13,7 +13,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { filesJob } from '../core/files-job.ts';
+import { filesJob } from '../contracts/files-job.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { createVmFolder } from '../local/demo/vm-image.ts';

@@ -7,7 +7,7 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
-import { filesRequest, filesResult, type FilesResult } from '../core/files-job.ts';
+import { filesRequest, filesResult, type FilesResult } from '../contracts/files-job.ts';
 import { endpoints, guarded, runWorkflow, type Out } from './stack-client.ts';
 
 type Entry = Extract<FilesResult, { op: 'ls' }>['entries'][number];

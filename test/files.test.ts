@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { filesJob, type FilesJob } from '../core/files-job.ts';
+import { filesJob, type FilesJob } from '../contracts/files-job.ts';
 import { runFilesOn } from '../mover/files/files-task.ts';
 import { SandboxFailure } from '../mover/files/sandbox.ts';
 import { extImage, fatImage, imageReader, makeExtTree, makeFatTree, missingTools, partitionedDisk, readTree, type TreeEntry } from './helpers/guest-disks.ts';

@@ -7,13 +7,13 @@
  * payload quota) or extracts files and trees under a folder on its host (`op: 'get'`).
  *
  * Input: `{ vmId, backupId?, diskId?, partition?, moverGroup?, op: 'ls', path, offset? }` or
- * `{ ..., op: 'get', paths, target }` (core/files-job.ts). Output: the task's result.
+ * `{ ..., op: 'get', paths, target }` (contracts/files-job.ts). Output: the task's result.
  */
 import { Duration } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { lambdaStep, moverStep } from './steps.ts';
 
 export interface FilesWorkflowProps {

@@ -7,10 +7,10 @@
  * writes extracted files under the job's target on this mover's host.
  */
 import { mkdir } from 'node:fs/promises';
-import { filesResult, LISTING_PAGE_BYTES, type FilesJob, type FilesResult } from '../../core/files-job.ts';
-import type { RepositoryKeys } from '../../core/format.ts';
+import { filesResult, LISTING_PAGE_BYTES, type FilesJob, type FilesResult } from '../../contracts/files-job.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { FilesNotFound, FilesUnreadable } from '../../core/recovery-errors.ts';
+import { FilesNotFound, FilesUnreadable } from '../../contracts/recovery-errors.ts';
 import { BackupDiskExport } from '../recovery/export.ts';
 import type { Logger } from '../worker.ts';
 import type { BlockReader } from './block-reader.ts';
