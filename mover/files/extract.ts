@@ -72,6 +72,7 @@ export function extractor(root: string): { stats: ExtractStats; onMessage: (m: C
         await utimes(path, seconds(e.atimeMs), seconds(e.mtimeMs));
         return;
       case 'file':
+        if (file) throw new SandboxFailure('corrupt', `the file-system reader started ${m.path} before ending ${file.path}`);
         file = { fh: await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600), path };
         return;
       case 'fileEnd': {

@@ -38,6 +38,12 @@ function taskError(err: unknown, job: FilesJob): Error {
   return err.kind === 'notFound' ? new FilesNotFound(`${where}: ${err.message}`) : new FilesUnreadable(`${where}: ${err.message}`);
 }
 
+/** What the reader said it opened: a reader that finished without saying is not a sound one. */
+function said(m: Extract<ChildMessage, { t: 'opened' }> | undefined): Extract<ChildMessage, { t: 'opened' }> {
+  if (!m) throw new SandboxFailure('crashed', 'the file-system reader finished without saying which file system it opened');
+  return m;
+}
+
 /** The result less what only the task knows (the repository's counts, the ids, the time). */
 type ReaderResult = FilesResult extends infer R ? R extends FilesResult ? Omit<R, 'bytesDownloaded' | 'seconds' | 'filesId' | 'backupId' | 'diskId'> : never : never;
 
@@ -57,7 +63,8 @@ export async function runFilesOn(disk: BlockReader, job: FilesJob, o: SandboxOpt
       if (bytes > (o.pageBytes ?? LISTING_PAGE_BYTES)) next = i;
       else page.push(m.entry);
     }, o);
-    return { op: 'ls', fs: opened!.fs, partition: opened!.partition, warnings: opened!.warnings, bytesRead: stats.bytesRead, path: job.path, entries: page, total, next };
+    const o2 = said(opened);
+    return { op: 'ls', fs: o2.fs, partition: o2.partition, warnings: o2.warnings, bytesRead: stats.bytesRead, path: job.path, entries: page, total, next };
   }
   await mkdir(job.target, { recursive: true });
   const x = extractor(job.target);
@@ -66,7 +73,8 @@ export async function runFilesOn(disk: BlockReader, job: FilesJob, o: SandboxOpt
       if (m.t === 'opened') opened = m;
       return x.onMessage(m);
     }, o);
-    return { op: 'get', fs: opened!.fs, partition: opened!.partition, warnings: opened!.warnings, bytesRead: stats.bytesRead, target: job.target, ...x.stats };
+    const o2 = said(opened);
+    return { op: 'get', fs: o2.fs, partition: o2.partition, warnings: o2.warnings, bytesRead: stats.bytesRead, target: job.target, ...x.stats };
   } finally {
     await x.close();
   }

@@ -76,6 +76,7 @@ export interface SandboxStats {
   bytesRead: number;
 }
 
+const MAX_READS_IN_FLIGHT = 16;
 const CHILD = fileURLToPath(new URL('./sandbox-child.ts', import.meta.url));
 
 /**
@@ -93,6 +94,7 @@ export async function runSandbox(disk: BlockReader, job: SandboxJob, onMessage: 
   let settled = false;
   return await new Promise<SandboxStats>((ok, fail) => {
     let chain = Promise.resolve();
+    let inFlight = 0;
     const finish = (err?: Error) => {
       if (settled) return;
       settled = true;
@@ -122,10 +124,15 @@ export async function runSandbox(disk: BlockReader, job: SandboxJob, onMessage: 
       if (!parsed.success) return finish(new SandboxFailure('crashed', `the file-system reader sent a malformed message (${parsed.error.issues[0]?.message}); it was stopped`));
       const m = parsed.data;
       if (m.t === 'read') {
+        // The readers read one range at a time; a child asking for many at once is not one of them.
+        if (inFlight >= MAX_READS_IN_FLIGHT) return finish(new SandboxFailure('crashed', `the file-system reader asked for more than ${MAX_READS_IN_FLIGHT} reads at once; it was stopped`));
         if (m.offset + m.length > disk.size) return send({ t: 'read', id: m.id, error: `bytes ${m.offset}+${m.length} lie past the end of the ${disk.size}-byte disk` });
         stats.reads++;
         stats.bytesRead += m.length;
-        disk.read(m.offset, m.length).then((bytes) => send({ t: 'read', id: m.id, bytes }), (err: Error) => send({ t: 'read', id: m.id, error: err.message }));
+        inFlight++;
+        disk.read(m.offset, m.length)
+          .then((bytes) => send({ t: 'read', id: m.id, bytes }), (err: Error) => send({ t: 'read', id: m.id, error: err.message }))
+          .finally(() => inFlight--);
         return;
       }
       // Everything else in order: a slow write holds the next message back.
