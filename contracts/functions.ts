@@ -50,6 +50,7 @@ export const lambdaFunctions = {
   RecordHostConfig: { entry: 'functions/host-config/host-config.ts', handler: 'recordHandler' },
   SummarizeHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'summarizeHandler' },
   OperatorApi: { entry: 'functions/operator/api.ts', handler: 'handler' },
+  PlanFiles: { entry: 'functions/files/files.ts', handler: 'planHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

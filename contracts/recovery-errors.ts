@@ -62,3 +62,22 @@ export const recoveryErrorClasses = {
   [ReplicaBusy.code]: ReplicaBusy,
   [GcBusy.code]: GcBusy,
 } as const;
+
+/** File-level restore: the path, partition or file system asked for is not on the backup's disk. */
+export class FilesNotFound extends LifeboatError {
+  static readonly code = 'Files.NotFound';
+  constructor(message: string) {
+    super(FilesNotFound.code, message, { retryable: false });
+  }
+}
+
+/**
+ * File-level restore: the guest's partition table or file system is damaged or hostile
+ * (the sandboxed reader refused it, crashed, or ran out of time); nothing more was read.
+ */
+export class FilesUnreadable extends LifeboatError {
+  static readonly code = 'Files.Unreadable';
+  constructor(message: string) {
+    super(FilesUnreadable.code, message, { retryable: false });
+  }
+}

@@ -79,6 +79,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestoreFailure: { catalog: ['PutItem'] },
   // With a restore test: the VM's host (its libvirt URI and group) and, for everyDays, its backups' last restore test.
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  PlanFiles: { catalog: ['GetItem', 'Query'] },
   // Scan: the backups damaged through chunks a healed backup shares (recovery/shared-damage.ts).
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem', 'Scan'] },
   // The restore test's outcome on the backup (UpdateItem) and in the verification's record (PutItem).
