@@ -166,6 +166,7 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     const marked = await deps.recovery.markDamaged(input.vmId, input.backupId, { verifyId: input.verifyId, foundAt: at, findings });
     if (!marked) summary.event.message += ' (the backup was no longer committed, so its catalog status is unchanged)';
   }
+  if (findings.length === 0) await deps.recovery.markVerified(input.vmId, input.backupId, { verifyId: input.verifyId, at, chunksChecked: summary.chunksChecked, chunksTotal: summary.chunksTotal });
   // Only a full verification proves every chunk intact; a sample may have missed the damaged ones.
   if (findings.length === 0 && summary.chunksChecked === summary.chunksTotal) {
     const was = await deps.recovery.markHealthy(input.vmId, input.backupId, { verifyId: input.verifyId, healedAt: at });
