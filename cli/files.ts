@@ -8,7 +8,7 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { filesRequest, filesResult, type FilesResult } from '../contracts/files-job.ts';
-import { endpoints, guarded, runWorkflow, type Out } from './stack-client.ts';
+import { guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 
 type Entry = Extract<FilesResult, { op: 'ls' }>['entries'][number];
 
@@ -36,7 +36,7 @@ export function longLine(e: Entry): string {
   return `${TYPE_CHAR[e.type]}${bits} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${String(e.size).padStart(12)} ${time} ${e.name}${e.target !== undefined ? ` -> ${e.target}` : ''}`;
 }
 
-interface Common { backup?: string; partition?: number; group?: string; dataDir: string; endpoints?: string }
+interface Common extends StackOptions { backup?: string; partition?: number; group?: string }
 
 function requestOf(vm: string, o: Common) {
   const { vmId, diskId } = vmAndDisk(vm);
@@ -45,12 +45,10 @@ function requestOf(vm: string, o: Common) {
 
 export function registerFilesCommands(program: Command, defaultDataDir: string, io: Out): void {
   const files = program.command('files').description('file-level restore: list and extract files of a backup\'s disk, read straight from the repository by a mover at the VM\'s site');
-  const common = (c: Command) => c
+  const common = (c: Command) => stackOptions(c
     .option('--backup <id>', 'the backup (default: the newest committed)')
     .option('--partition <n>', 'the partition (Linux numbering; 0: a file system on the whole disk; default: the only one with a file system)', partitionNumber)
-    .option('--group <id>', 'the mover group that reads (default: the one serving the VM\'s host)')
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)');
+    .option('--group <id>', 'the mover group that reads (default: the one serving the VM\'s host)'), defaultDataDir);
 
   common(files.command('ls')
     .description('list a directory (or show one entry) of a backup\'s disk')
@@ -58,16 +56,20 @@ export function registerFilesCommands(program: Command, defaultDataDir: string, 
     .argument('<path>', 'absolute path in the guest\'s file system')
     .option('--json', 'print the listing as JSON'))
     .action(guarded(async (vm: string, path: string, opts: Common & { json?: boolean }) => {
-      const e = await endpoints(opts);
+      const client = await StackClient.connect(opts);
       const entries: Entry[] = [];
       let first: Extract<FilesResult, { op: 'ls' }> | undefined;
-      for (let offset: number | null = 0; offset !== null;) {
-        const input = filesRequest.parse({ ...requestOf(vm, opts), op: 'ls', path, offset });
-        const r = filesResult.parse((await runWorkflow(e, 'Files', input, io)).output);
-        if (r.op !== 'ls') throw new Error(`the Files workflow answered a '${r.op}' result to a listing`);
-        first ??= r;
-        entries.push(...r.entries);
-        offset = r.next;
+      try {
+        for (let offset: number | null = 0; offset !== null;) {
+          const input = filesRequest.parse({ ...requestOf(vm, opts), op: 'ls', path, offset });
+          const r = filesResult.parse((await client.runWorkflow('Files', input)).output);
+          if (r.op !== 'ls') throw new Error(`the Files workflow answered a '${r.op}' result to a listing`);
+          first ??= r;
+          entries.push(...r.entries);
+          offset = r.next;
+        }
+      } finally {
+        client.close();
       }
       const r = first!;
       if (opts.json) return io.out(JSON.stringify({ backupId: r.backupId, diskId: r.diskId, partition: r.partition, fs: r.fs, path: r.path, warnings: r.warnings, entries }, null, 2));
@@ -82,9 +84,9 @@ export function registerFilesCommands(program: Command, defaultDataDir: string, 
     .argument('<paths...>', 'absolute paths in the guest\'s file system')
     .requiredOption('--to <dir>', 'folder on the mover\'s host (made if missing; nothing there is overwritten)'))
     .action(guarded(async (vm: string, paths: string[], opts: Common & { to: string }) => {
-      const e = await endpoints(opts);
       const input = filesRequest.parse({ ...requestOf(vm, opts), op: 'get', paths, target: resolve(opts.to) });
-      const { output, seconds } = await runWorkflow(e, 'Files', input, io);
+      const client = await StackClient.connect(opts);
+      const { output, seconds } = await client.runWorkflow('Files', input).finally(() => client.close());
       const r = filesResult.parse(output);
       if (r.op !== 'get') throw new Error(`the Files workflow answered a '${r.op}' result to an extraction`);
       io.out(`backup ${r.backupId} disk '${r.diskId}' ${r.partition ? `partition ${r.partition}` : 'whole disk'} (${r.fs}) → ${r.target}`);

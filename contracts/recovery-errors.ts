@@ -43,7 +43,20 @@ export class GcBusy extends LifeboatError {
   }
 }
 
+/**
+ * An instant recovery's move to final storage failed (target full or gone, the copy
+ * aborted): the VM is paused, its writes kept in its overlays; the message says where they
+ * are and how to resume. Not retried by the workflow: what stopped it must be fixed first.
+ */
+export class InstantMoveFailed extends LifeboatError {
+  static readonly code = 'Recovery.InstantMoveFailed';
+  constructor(message: string, cause?: unknown) {
+    super(InstantMoveFailed.code, message, { retryable: false, cause });
+  }
+}
+
 export const recoveryErrorClasses = {
+  [InstantMoveFailed.code]: InstantMoveFailed,
   [RecoveryRequestInvalid.code]: RecoveryRequestInvalid,
   [RestoreMismatch.code]: RestoreMismatch,
   [ReplicaBusy.code]: ReplicaBusy,

@@ -12,6 +12,7 @@ import type { PolicyConfig } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../contracts/endpoints.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { DeepVerifyPolicyWorkflow, DeepVerifyWorkflow } from './deep-verify-workflow.ts';
+import { ExportWorkflow } from './export-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
 import { FailoverWorkflow, ReplicatePolicyWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
@@ -46,11 +47,14 @@ export interface RecoveryWorkflows {
   replicate: ReplicateWorkflow;
   replicatePolicy: ReplicatePolicyWorkflow;
   failover: FailoverWorkflow;
+  export: ExportWorkflow;
 }
 
 export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
   const restore = new RestoreWorkflow(stack, 'Restore', props);
   new CfnOutput(stack, 'RestoreStateMachineArn', { value: restore.stateMachine.stateMachineArn });
+  const exportWorkflow = new ExportWorkflow(stack, 'Export', props);
+  new CfnOutput(stack, 'ExportStateMachineArn', { value: exportWorkflow.stateMachine.stateMachineArn });
   const files = new FilesWorkflow(stack, 'Files', props);
   new CfnOutput(stack, 'FilesStateMachineArn', { value: files.stateMachine.stateMachineArn });
   const deepVerify = new DeepVerifyWorkflow(stack, 'DeepVerify', props);
@@ -101,5 +105,5 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'ReplicatePolicyStateMachineArn', { value: replicatePolicy.stateMachine.stateMachineArn });
   const failover = new FailoverWorkflow(stack, 'Failover', props);
   new CfnOutput(stack, 'FailoverStateMachineArn', { value: failover.stateMachine.stateMachineArn });
-  return { restore, files, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover };
+  return { restore, files, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover, export: exportWorkflow };
 }
