@@ -6,9 +6,9 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { exportJob, type ExportListen } from '../contracts/export-job.ts';
-import { openRepository } from '../local/stack.ts';
 import { runExportTask } from '../mover/recovery/export-task.ts';
-import { endpoints, guarded, stackCatalog, type Out } from './stack-client.ts';
+import { embeddedCatalog } from './embedded-access.ts';
+import { endpoints, guarded, type Out } from './stack-client.ts';
 
 /** `--listen`: a unix socket path (absolute, or `unix:PATH`), or `[HOST]:PORT` (127.0.0.1 when HOST is left out). */
 export function listenAddress(v: string): ExportListen {
@@ -35,7 +35,7 @@ export function registerExportCommand(program: Command, defaultDataDir: string, 
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
     .action(guarded(async (opts: { vm: string; listen: ExportListen; backup?: string; idleTimeout: number; dataDir: string; endpoints?: string }) => {
       const e = await endpoints(opts);
-      const catalog = stackCatalog(e);
+      const catalog = embeddedCatalog(e);
       const backups = await catalog.listBackups(opts.vm);
       const backup = opts.backup ? backups.find((b) => b.backupId === opts.backup) : await catalog.latestCommitted(opts.vm);
       if (!backup) throw new Error(opts.backup ? `VM '${opts.vm}' has no backup '${opts.backup}' (it has ${backups.map((b) => b.backupId).join(', ') || 'none'})` : `VM '${opts.vm}' has no committed backup`);
@@ -44,6 +44,7 @@ export function registerExportCommand(program: Command, defaultDataDir: string, 
         exportId: `cli-${process.pid}`, vmId: opts.vm, backupId: backup.backupId, repository: { bucket: e.bucket },
         diskIds: (backup.disks ?? []).map((d) => d.diskId), listen: opts.listen, idleTimeoutSeconds: opts.idleTimeout,
       });
+      const { openRepository } = await import('../local/stack.ts');
       const { store, keys } = await openRepository(e);
       const abort = new AbortController();
       process.once('SIGINT', () => abort.abort());

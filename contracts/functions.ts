@@ -48,6 +48,7 @@ export const lambdaFunctions = {
   PlanHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'planHandler' },
   RecordHostConfig: { entry: 'functions/host-config/host-config.ts', handler: 'recordHandler' },
   SummarizeHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'summarizeHandler' },
+  OperatorApi: { entry: 'functions/operator/api.ts', handler: 'handler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -23,7 +23,7 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
  * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts).
  */
-export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/';
+export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -117,6 +117,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordHostConfig: { catalog: ['PutItem', 'Query', 'DeleteItem'], repository: { delete: ['host-config/'], list: true } },
   SummarizeHostConfigBackup: {},
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
+  // The operator's read model: every read of the catalog (VM, backup, run, policy listings), mover records and progress objects.
+  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, timeoutSeconds: 30 },
 };
 
 /** The resources a function's access is granted on. */

@@ -13,7 +13,7 @@ import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
 import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../../contracts/restore-test.ts';
-import { locationKey, type RepositoryLocation } from '../../contracts/endpoints.ts';
+import { locationKey, } from '../../contracts/endpoints.ts';
 import { chunkIdOfKey } from '../../repository/format.ts';
 import { isConditionFailed, type Backup, type Catalog, type Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
@@ -166,6 +166,7 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     const marked = await deps.recovery.markDamaged(input.vmId, input.backupId, { verifyId: input.verifyId, foundAt: at, findings });
     if (!marked) summary.event.message += ' (the backup was no longer committed, so its catalog status is unchanged)';
   }
+  if (findings.length === 0) await deps.recovery.markVerified(input.vmId, input.backupId, { verifyId: input.verifyId, at, chunksChecked: summary.chunksChecked, chunksTotal: summary.chunksTotal });
   // Only a full verification proves every chunk intact; a sample may have missed the damaged ones.
   if (findings.length === 0 && summary.chunksChecked === summary.chunksTotal) {
     const was = await deps.recovery.markHealthy(input.vmId, input.backupId, { verifyId: input.verifyId, healedAt: at });
