@@ -151,7 +151,8 @@ export class EmbeddedStack {
       await ensureTable(db, CATALOG_TABLE, catalogSchema);
 
       const keyFile = join(dataDir, 'repository.keyfile');
-      const store = new S3ObjectStore(s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), REPOSITORY_BUCKET);
+      const localS3 = s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS });
+      const store = new S3ObjectStore(localS3, REPOSITORY_BUCKET);
       await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true }).catch((err: unknown) => {
         throw new StackUnavailable(`the embedded stack cannot start on ${dataDir}: ${(err as Error).message}`, err);
       });
@@ -179,7 +180,7 @@ export class EmbeddedStack {
 
       // The handlers read their configuration from the environment, as in Lambda.
       Object.assign(process.env, {
-        CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile,
+        CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile, LIFEBOAT_RUN_BUCKET: REPOSITORY_BUCKET,
         // In-process handlers: no CloudWatch to send EMF to, so Powertools Metrics stays quiet.
         POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_SERVICE_NAME: 'lifeboat-local',
       });
@@ -193,6 +194,8 @@ export class EmbeddedStack {
       const reconcileArn = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Reconcile'))?.arn;
       const executions: LocalExecutions = new LocalExecutions({
         dataDir, template, broker, quotas,
+        // The Backup workflow's Distributed Map reads and writes the stack's own bucket, named by its logical id in the ASL.
+        objects: (bucket) => new S3ObjectStore(localS3, bucket === template.primaryBucket ? REPOSITORY_BUCKET : bucket),
         onStopped: (r) => { if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn); },
       });
       await executions.load();

@@ -1,7 +1,8 @@
 /**
- * The Backup workflow: AcquireRunLease (one run per policy) → Plan → per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch
- * per disk or disk segment → JoinSegments → ReleaseSnapshot → Verify → Commit →
- * ReleaseSlot) → ReleaseRunLease → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
+ * The Backup workflow: AcquireRunLease (one run per policy) → Plan → BackupVms, one child
+ * execution per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch per disk or disk
+ * segment → JoinSegments → ReleaseSnapshot → Verify → Commit → ReleaseSlot) →
+ * ReleaseRunLease → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
  * ReleaseSnapshot run on the mover group that serves the VM's host. A failure inside a
  * VM's iteration releases what it took and records the failure; the other VMs go on.
  * When the policy replicates to a DR repository and the run committed a backup,
@@ -9,10 +10,22 @@
  * does not wait for the WAN copy; the execution name derives from the run, so a retried
  * start does not start a second copy), then ReportReplication publishes whether it started
  * and the DR recovery point's age (a failing report never fails the run).
+ *
+ * No payload and no history grows with the number of VMs. BackupVms is a Distributed Map:
+ * Plan writes the run's VM jobs as one JSON object under `runs/` in the stack's bucket, the
+ * Map reads it itself (ItemReader) and runs each VM's steps as a child Standard execution
+ * whose history holds that VM's steps only; the children's outputs go to S3 (ResultWriter),
+ * not into the parent, and Summarize reads the outcomes from the catalog. The parent's
+ * history holds a fixed number of events (the Map Run's), and the console links the run
+ * to its Map Run and that to each VM's execution. Chosen over an inline Map of
+ * `states:startExecution.sync:2`: that Map writes every VM's iteration (about 8 events)
+ * into the parent's history (25,000 events: about 3,000 VMs) and collects the children's
+ * outputs into one 256 KiB payload, and it pays for two executions per VM.
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
@@ -23,6 +36,8 @@ export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
   /** Activities of the mover groups that take backups, by group id: a VM's work goes to the group serving its host. */
   activities: Record<string, sfn.IActivity>;
+  /** The stack's own bucket: Plan writes each run's VM list under `runs/`, the BackupVms Map reads it and writes its children's results there. */
+  runBucket: s3.IBucket;
   /** VMs backed up at once in one run (default 8; the hosts' slot limits still apply). */
   vmConcurrency?: number;
   /** Disks (or disk segments) transferred at once per VM. */
@@ -30,6 +45,11 @@ export interface BackupWorkflowProps {
   /** The ReplicatePolicy state machine, started after a run that committed backups of a policy with a DR repository. */
   replicatePolicy?: sfn.IStateMachine;
 }
+
+/** Where the BackupVms Map writes its children's results (manifest and result files per Map Run). */
+export const RUN_RESULTS_PREFIX = 'runs/results';
+/** The terminal error of a payload over 256 KiB, which `States.ALL` does not match: a Catch must name it. */
+export const DATA_LIMIT_EXCEEDED = 'States.DataLimitExceeded';
 
 /** The optimized integration's error (`StepFunctions.<StartExecution error code>`) when the name is taken by a closed execution or one with another input (a retried start). */
 export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
@@ -76,6 +96,8 @@ export class BackupWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: BackupWorkflowProps) {
     super(scope, id);
+    // Render resultWriterV2 (the deprecated ResultWriter prints warnings at every synth); scoped to this workflow.
+    this.node.setContext('@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2', true);
     const fn = props.functions;
     const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) => lambdaStep(this, name, fn[f], opts);
     /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
@@ -155,17 +177,28 @@ export class BackupWorkflow extends Construct {
 
     const perVm = acquireSlot.next(snapshot).next(planDispatch).next(dispatch).next(joinSegments).next(releaseSnapshot)
       .next(verify).next(commit).next(releaseSlot).next(vmDone);
-    const backupVms = new sfn.Map(this, 'BackupVms', {
-      itemsPath: '$.vms',
+    // One child Standard execution per VM, its job read from the list Plan wrote; a VM's failure is recorded by its own
+    // failure path, so every child succeeds unless the VM's steps broke a quota: those are counted, not fatal to the run.
+    const backupVms = new sfn.DistributedMap(this, 'BackupVms', {
+      comment: 'One child execution per VM (its own history), the VM jobs read from the list Plan wrote to S3',
+      itemReader: new sfn.S3JsonItemReader({ bucket: props.runBucket, key: sfn.JsonPath.stringAt('$.vmList.key') }),
+      resultWriterV2: new sfn.ResultWriterV2({ bucket: props.runBucket, prefix: RUN_RESULTS_PREFIX }),
+      mapExecutionType: sfn.StateMachineType.STANDARD,
       maxConcurrency: props.vmConcurrency ?? 8,
-      resultPath: '$.results',
+      toleratedFailurePercentage: 100,
+      label: 'BackupVm',
+      resultPath: sfn.JsonPath.DISCARD,
     });
     backupVms.itemProcessor(perVm);
-    for (const s of [plan, backupVms]) s.addCatch(releaseRunLeaseAfterFailure, { resultPath: '$.runError' });
+    // The lease goes back on every failure, also the terminal ones States.ALL does not match (a payload over the quota).
+    for (const s of [plan, backupVms]) {
+      s.addCatch(releaseRunLeaseAfterFailure, { errors: [DATA_LIMIT_EXCEEDED], resultPath: '$.runError' });
+      s.addCatch(releaseRunLeaseAfterFailure, { resultPath: '$.runError' });
+    }
 
     const then = afterSummarize(this, props.replicatePolicy, props.functions.ReportReplication);
     const summarize = invoke('Summarize', 'Summarize', {
-      payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId', 'results.$': '$.results', 'gone.$': '$.gone' }),
+      payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId' }),
       ...(then ? { resultPath: '$.summary' } : {}),
     });
 

@@ -18,6 +18,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
+import { RunCatalog } from '../catalog/run-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
 export interface Clients {
@@ -25,6 +26,8 @@ export interface Clients {
   catalog: Catalog;
   /** Records of restores, deep verifications and prunes (functions/catalog/recovery-catalog.ts). */
   recovery: RecoveryCatalog;
+  /** Which VMs a Backup run backs up (functions/catalog/run-catalog.ts). */
+  runs: RunCatalog;
   /** Records of host configuration backups (functions/catalog/host-config-catalog.ts). */
   hostConfigs: HostConfigCatalog;
   /** A repository's objects; `endpoint` names its S3-compatible endpoint when it is not the stack's own S3. */
@@ -145,6 +148,7 @@ export function clients(): Clients {
     env,
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
+    runs: new RunCatalog(db, env.tableName),
     hostConfigs: new HostConfigCatalog(db, env.tableName),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
