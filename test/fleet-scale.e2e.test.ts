@@ -22,7 +22,11 @@ import type { ExecutionRecord } from '../local/sfn-api.ts';
 import { startInstantMover, type InstantMover } from './helpers/instant-mover.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
-const VMS = Number(process.env.LIFEBOAT_FLEET_TEST_VMS ?? 2000);
+/**
+ * 300 in `npm test` (past the ~222 VMs at which the former single-execution run broke the payload
+ * quota, at a cost CI can pay); `npm run test:fleet` runs the 2,000 of issue 21.
+ */
+const VMS = Number(process.env.LIFEBOAT_FLEET_TEST_VMS ?? 300);
 const HOSTS = 20;
 const hosts = Array.from({ length: HOSTS }, (_, i) => `h-${String(i).padStart(2, '0')}`);
 const config: LifeboatConfig = {
@@ -66,8 +70,10 @@ it(`plans and runs a policy of ${VMS} VMs with no payload over 256 KiB and no hi
   await stack.catalog.putPolicy({ policyId: 'fleet', vmIds, bucket: stack.endpoints.bucket, chunkSize: 1024 * 1024, slotLimit: 10 });
   process.stdout.write(`template backed up, ${VMS} VMs in the inventory; running ...\n`);
   const started = performance.now();
+  const cpu0 = process.cpuUsage();
   const d = await runExecution(t.sfn, stack.endpoints.backupStateMachineArn, { policyId: 'fleet' }, { pollMs: 500 });
   const seconds = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpu0);
   expect(d.status, d.cause).toBe('SUCCEEDED');
   const summary = JSON.parse(d.output!) as RunSummary;
   expect(summary, JSON.stringify(summary.vms.slice(0, 2))).toMatchObject({ committed: VMS, failed: 0 });
@@ -83,7 +89,7 @@ it(`plans and runs a policy of ${VMS} VMs with no payload over 256 KiB and no hi
   const run = [parent, ...children].map((r) => ({ arn: r.executionArn, ...(r.quotaUsage as QuotaUsage) }));
   const history = run.reduce((a, b) => (b.historyEvents > a.historyEvents ? b : a));
   const payload = run.reduce((a, b) => (b.largestPayload.bytes > a.largestPayload.bytes ? b : a));
-  process.stdout.write(`${VMS} VMs in ${seconds.toFixed(1)} s: ${children.length} child executions; parent history ${parent.quotaUsage!.historyEvents} events, `
+  process.stdout.write(`${VMS} VMs in ${seconds.toFixed(1)} s (control-plane CPU ${((cpu.user + cpu.system) / 1000 / VMS).toFixed(0)} ms per VM: runner, handlers, dynalite, s3rver): ${children.length} child executions; parent history ${parent.quotaUsage!.historyEvents} events, `
     + `largest history ${history.historyEvents} events (${history.arn.split(':').slice(-2).join(':')}), largest payload ${payload.largestPayload.bytes} B (${payload.largestPayload.where}); `
     + `instant mover answered ${JSON.stringify(mover.answered)}\n`);
   expect(history.historyEvents).toBeLessThan(AWS_QUOTAS.historyEvents);
