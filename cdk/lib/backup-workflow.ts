@@ -30,7 +30,7 @@ import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../core/errors.ts';
 import type { LambdaFunctionId } from '../../functions/registry.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
-import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
+import { catchAny, lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -48,8 +48,6 @@ export interface BackupWorkflowProps {
 
 /** Where the BackupVms Map writes its children's results (manifest and result files per Map Run). */
 export const RUN_RESULTS_PREFIX = 'runs/results';
-/** The terminal error of a payload over 256 KiB, which `States.ALL` does not match: a Catch must name it. */
-export const DATA_LIMIT_EXCEEDED = 'States.DataLimitExceeded';
 
 /** The optimized integration's error (`StepFunctions.<StartExecution error code>`) when the name is taken by a closed execution or one with another input (a retried start). */
 export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
@@ -124,7 +122,7 @@ export class BackupWorkflow extends Construct {
     const releaseSnapshotAfterFailure = onGroup('ReleaseSnapshotAfterFailure', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' },
       { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
         t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
-        t.addCatch(recordFailure, { resultPath: '$.cleanupError' });
+        catchAny(t, recordFailure, '$.cleanupError');
       });
     const releaseSlotAfterFailure = invoke('ReleaseSlotAfterFailure', 'ReleaseSlot', { resultPath: null });
     const vmFailed = new sfn.Pass(this, 'VmFailed', {
@@ -134,17 +132,17 @@ export class BackupWorkflow extends Construct {
     // Recording the failure must not fail the whole run: retry it (catalog throttling).
     retryAnyError(recordFailure);
     recordFailure.next(releaseSlotAfterFailure).next(vmFailed);
-    releaseSlotAfterFailure.addCatch(vmFailed, { resultPath: '$.cleanupError' });
+    catchAny(releaseSlotAfterFailure, vmFailed, '$.cleanupError');
 
     // --- the happy path of one VM -----------------------------------------------------
     const acquireSlot = invoke('AcquireSlot', 'AcquireSlot', { resultPath: '$.slot' });
     acquireSlot.addRetry({ errors: [SlotUnavailable.code], interval: Duration.seconds(2), backoffRate: 1.5, maxDelay: Duration.seconds(60), maxAttempts: 200, jitterStrategy: sfn.JitterType.FULL });
-    acquireSlot.addCatch(recordFailure, { resultPath: '$.error' });
+    catchAny(acquireSlot, recordFailure, '$.error');
 
     // Before the snapshot is released a failure must release it; after, only the slot.
     const snapshot = onGroup('Snapshot', '$.moverGroup', 'snapshot', { 'job.$': '$' }, { task: Duration.minutes(15), heartbeat: Duration.minutes(2) }, '$.snapshot', (t) => {
       retryOnMover(2)(t);
-      t.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
+      catchAny(t, releaseSnapshotAfterFailure, '$.error');
     });
 
     // Dispatch: one task per disk, or per segment of a large disk, spread over the group's movers.
@@ -162,7 +160,7 @@ export class BackupWorkflow extends Construct {
 
     const releaseSnapshot = onGroup('ReleaseSnapshot', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' }, { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
       t.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(5), maxAttempts: 2 });
-      t.addCatch(recordFailure, { resultPath: '$.error' });
+      catchAny(t, recordFailure, '$.error');
     });
     const verify = invoke('Verify', 'Verify', { resultPath: '$.verify' });
     const commit = invoke('Commit', 'Commit', { resultPath: '$.commit' });
@@ -171,9 +169,9 @@ export class BackupWorkflow extends Construct {
       parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'disks.$': '$.disks', 'commit.$': '$.commit' },
     });
 
-    for (const s of [planDispatch, dispatch, joinSegments]) s.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
-    for (const s of [verify, commit]) s.addCatch(recordFailure, { resultPath: '$.error' });
-    releaseSlot.addCatch(vmDone, { resultPath: '$.cleanupError' });
+    for (const s of [planDispatch, dispatch, joinSegments]) catchAny(s, releaseSnapshotAfterFailure, '$.error');
+    for (const s of [verify, commit]) catchAny(s, recordFailure, '$.error');
+    catchAny(releaseSlot, vmDone, '$.cleanupError');
 
     const perVm = acquireSlot.next(snapshot).next(planDispatch).next(dispatch).next(joinSegments).next(releaseSnapshot)
       .next(verify).next(commit).next(releaseSlot).next(vmDone);
@@ -190,11 +188,8 @@ export class BackupWorkflow extends Construct {
       resultPath: sfn.JsonPath.DISCARD,
     });
     backupVms.itemProcessor(perVm);
-    // The lease goes back on every failure, also the terminal ones States.ALL does not match (a payload over the quota).
-    for (const s of [plan, backupVms]) {
-      s.addCatch(releaseRunLeaseAfterFailure, { errors: [DATA_LIMIT_EXCEEDED], resultPath: '$.runError' });
-      s.addCatch(releaseRunLeaseAfterFailure, { resultPath: '$.runError' });
-    }
+    // The lease goes back on every failure, also a payload over the quota (catchAny).
+    for (const s of [plan, backupVms]) catchAny(s, releaseRunLeaseAfterFailure, '$.runError');
 
     const then = afterSummarize(this, props.replicatePolicy, props.functions.ReportReplication);
     const summarize = invoke('Summarize', 'Summarize', {
