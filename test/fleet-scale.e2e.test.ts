@@ -42,7 +42,7 @@ let mover: InstantMover | undefined;
 
 beforeAll(async () => {
   t = await startTestStack({ config, groups: { fleet: 1 } });
-}, 120_000);
+}, 300_000);
 afterAll(async () => {
   await mover?.stop();
   await t?.close();
