@@ -6,7 +6,7 @@
  * own, so the run's payloads and history stay the same size as VMs are added; a VM whose own
  * steps outgrow the quota fails alone, its snapshot and slot released.
  */
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { runExecution } from '../local/client.ts';
@@ -20,7 +20,7 @@ let t: TestStack;
 
 beforeAll(async () => {
   t = await startTestStack({ movers: 2, slots: 2, quotas: { payloadBytes: LIMIT } });
-}, 120_000);
+}, 300_000);
 afterAll(async () => {
   await t?.close();
 });
@@ -67,10 +67,11 @@ it('keeps the Backup run\'s payloads and history the same size whatever the numb
 }, 600_000);
 
 it('fails only the VM whose own execution outgrows the payload quota: it releases its snapshot and slot, the run goes on and gives its lease back', async () => {
-  // Twenty disks: the VM's Dispatch results pass the (lowered) quota; its neighbour has one.
+  // Twelve disks: the VM's Dispatch results (about 750 B a disk with the job) pass the lowered quota, while its
+  // failure path (the job, its snapshot and the error: about 300 B a disk) stays under it; its neighbour has one disk.
   const vmId = 'wide-vm';
   const dir = join(t.dir, 'vms', vmId);
-  await createVmFolder(dir, { name: vmId, disks: Array.from({ length: 20 }, (_, i) => ({ id: `disk${i}`, sizeBytes: 64 * 1024 })) }, seededRng(5));
+  await createVmFolder(dir, { name: vmId, disks: Array.from({ length: 12 }, (_, i) => ({ id: `disk${i}`, sizeBytes: 64 * 1024 })) }, seededRng(5));
   await t.stack.catalog.putVm({ vmId, host: 'esx-01', source: dir });
   await policy('narrow', 1);
   await t.stack.catalog.putPolicy({ policyId: 'wide', vmIds: [vmId, 'narrow-vm-0'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 2 });
@@ -79,7 +80,9 @@ it('fails only the VM whose own execution outgrows the payload quota: it release
   const summary = JSON.parse(d.output!) as { committed: number; failed: number; vms: { vmId: string; error?: { Error: string; Cause: string } }[] };
   expect(summary).toMatchObject({ committed: 1, failed: 1 });
   const failed = summary.vms.find((v) => v.vmId === vmId)!;
-  expect(failed.error?.Error).toBe('States.DataLimitExceeded');
+  const folder = join(t.stack.endpoints.dataDir, 'executions');
+  const children = await Promise.all((await readdir(folder)).filter((f) => f.endsWith('.json')).map(async (f) => JSON.parse(await readFile(join(folder, f), 'utf8')) as { parentExecutionArn?: string; status: string; error?: string; cause?: string }));
+  expect(failed.error?.Error, JSON.stringify(children.filter((c) => c.parentExecutionArn === d.executionArn).map((c) => [c.status, c.error, c.cause]))).toBe('States.DataLimitExceeded');
   expect(failed.error?.Cause).toMatch(/^The state\/task '\w+' returned a result with a size exceeding the maximum number of bytes service limit\. \(\d+ bytes; the limit is 8192\)$/);
   // Nothing left behind: the host's slots and the policy's run lease are free (a second run is not refused).
   for (let i = 0; i < 2; i++) expect(await t.stack.catalog.slotHolder('host:esx-01', i)).toBeUndefined();
