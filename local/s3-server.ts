@@ -37,6 +37,8 @@ export interface LocalS3 {
   readonly url: string;
   /** Requests per bucket since start. */
   readonly requests: Map<string, number>;
+  /** Requests per kind since start, as S3 prices them: PUT (also POST, COPY), LIST, GET, HEAD, DELETE. */
+  readonly requestKinds: Map<string, number>;
   close(): Promise<void>;
 }
 
@@ -88,6 +90,7 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
 export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   const server = new S3rver({ port: o.port ?? 0, address: '127.0.0.1', directory: o.directory, silent: true, configureBuckets: o.buckets.map((name) => ({ name })) });
   const requests = new Map<string, number>();
+  const requestKinds = new Map<string, number>();
   const conditionalInFlight = new Set<string>();
   const objectPath = (bucket: string, key: string) => server.store.getResourcePath(bucket, key, 'object');
 
@@ -95,6 +98,8 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
     const [, bucket = '', ...rest] = ctx.path.split('/');
     requests.set(bucket || '(service)', (requests.get(bucket || '(service)') ?? 0) + 1);
     const key = decodeURIComponent(rest.join('/'));
+    const kind = ctx.method === 'GET' && !key ? 'LIST' : ctx.method === 'POST' ? 'PUT' : ctx.method;
+    requestKinds.set(kind, (requestKinds.get(kind) ?? 0) + 1);
     const isObjectPut = ctx.method === 'PUT' && bucket !== '' && key !== '' && !/(^|&)(uploadId|partNumber)=/.test(ctx.querystring);
 
     const streaming = String(ctx.request.headers['x-amz-content-sha256'] ?? '').startsWith('STREAMING-');
@@ -160,5 +165,5 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   // front goes first in the chain, before s3rver's logger, XML encoder and routes.
   server.middleware.unshift(front as (ctx: unknown, next: () => Promise<void>) => Promise<void>);
   const { port } = await server.run();
-  return { url: `http://127.0.0.1:${port}`, requests, close: () => server.close() };
+  return { url: `http://127.0.0.1:${port}`, requests, requestKinds, close: () => server.close() };
 }

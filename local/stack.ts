@@ -20,7 +20,7 @@ import { Catalog } from '../functions/catalog/catalog.ts';
 import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
-import { startLocalS3 } from './s3-server.ts';
+import { startLocalS3, type LocalS3 } from './s3-server.ts';
 import { lockDataDir } from './stack-lock.ts';
 import { StackUnavailable } from '../core/errors.ts';
 import { ActivityBroker } from './activities.ts';
@@ -90,13 +90,22 @@ export class EmbeddedStack {
   readonly catalog: Catalog;
   readonly config: LifeboatConfig;
   private readonly closers: (() => Promise<void>)[];
+  private readonly s3Servers: LocalS3[];
 
-  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[]) {
+  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[], s3Servers: LocalS3[]) {
+    this.s3Servers = s3Servers;
     this.endpoints = endpoints;
     this.config = config;
     this.template = template;
     this.catalog = catalog;
     this.closers = closers;
+  }
+
+  /** S3 requests by kind (PUT, LIST, GET, HEAD, DELETE) the stack's S3 servers answered since it started, from every client. */
+  s3RequestKinds(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const s of this.s3Servers) for (const [k, n] of s.requestKinds) out[k] = (out[k] ?? 0) + n;
+    return out;
   }
 
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
@@ -116,9 +125,11 @@ export class EmbeddedStack {
       const configured = opts.config ?? loadConfig();
       // The stack's own buckets in one s3rver; a repository on another endpoint keeps its bucket name, on that endpoint.
       const buckets = Object.fromEntries(configured.repositories.map((r, i) => [r.id, r.endpoint ? r.bucket ?? r.id : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
+      const s3Servers: LocalS3[] = [];
       const startS3 = async (dir: string, names: string[], port = 0) => {
         await mkdir(dir, { recursive: true });
         const server = await startLocalS3({ directory: dir, buckets: names, port });
+        s3Servers.push(server);
         closers.push(() => server.close());
         return server.url;
       };
@@ -211,7 +222,7 @@ export class EmbeddedStack {
         // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
         stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),
       };
-      return new EmbeddedStack(endpoints, template, catalog, config, closers);
+      return new EmbeddedStack(endpoints, template, catalog, config, closers, s3Servers);
     } catch (err) {
       await closeAll();
       throw err;

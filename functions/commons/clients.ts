@@ -58,6 +58,8 @@ export interface SdkCall {
   /** The API operation, e.g. `PutItem`, `HeadObject`. */
   operation: string;
   input: Record<string, unknown>;
+  /** The answer, when the call succeeded (the cost bench sizes DynamoDB's read units from it). */
+  output?: Record<string, unknown>;
 }
 
 let sdkCallListener: ((call: SdkCall) => void) | undefined;
@@ -74,8 +76,14 @@ type MiddlewareClient = { middlewareStack: { add(mw: unknown, opts: { step: 'ini
 function observe(client: MiddlewareClient, service: SdkCall['service']): void {
   client.middlewareStack.add((next: (args: { input: Record<string, unknown> }) => Promise<unknown>, context: { commandName?: string }) =>
     async (args: { input: Record<string, unknown> }) => {
-      sdkCallListener?.({ service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input });
-      return next(args);
+      const call = { service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input };
+      let result: { output?: Record<string, unknown> } | undefined;
+      try {
+        result = (await next(args)) as typeof result;
+        return result;
+      } finally {
+        sdkCallListener?.({ ...call, ...(result?.output ? { output: result.output } : {}) });
+      }
     }, { step: 'initialize', name: 'lifeboatObserveSdkCalls' });
 }
 
