@@ -7,7 +7,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import type { SdkCall } from '../functions/commons/clients.ts';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import type { QuotaUsage } from '../local/quota-guard.ts';
 import type { ExecutionRecord } from '../local/sfn-api.ts';
 

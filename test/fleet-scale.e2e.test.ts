@@ -12,7 +12,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { LifeboatConfig } from '../core/config.ts';
-import type { RunSummary } from '../functions/summarize.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 import { runExecution } from '../local/client.ts';
 import { openRepository } from '../local/stack.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';

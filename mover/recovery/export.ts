@@ -10,10 +10,10 @@
  * fails the reads that need it with EIO (logged once, naming backup, disk and chunk); the
  * reads that do not need it go on. Never wrong bytes.
  */
-import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { decodeManifest, keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { planReads } from '../../core/packs.ts';
+import { planReads } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
 import { StateFlag, type BlockDescriptor } from '../nbd/protocol.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';

@@ -8,8 +8,8 @@
  * it tests is the workflow, not the data path.
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
-import { decodeManifest, encodeManifest, keys, objectCrc32, type RepositoryKeys } from '../../core/format.ts';
-import type { DiskResult, MoverTask, SnapshotResult } from '../../core/jobs.ts';
+import { decodeManifest, encodeManifest, keys, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
+import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 
 export interface InstantMover {
