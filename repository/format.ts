@@ -327,6 +327,12 @@ export async function decodeManifest(keys_: RepositoryKeys, sealed: Uint8Array, 
   return m;
 }
 
+/** A version-1 or -2 manifest document, already opened and parsed, checked (manifest/reader.ts reads every version). */
+export function decodeManifestDocument(doc: unknown, backupId: string, diskId: string): Manifest {
+  checkManifest(doc, backupId, diskId);
+  return doc;
+}
+
 const CHUNK_ID = /^[0-9a-f]{64}$/;
 const PACK_ID = /^[0-9a-f]{32}$/;
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
