@@ -8,7 +8,8 @@
  * chunks stored intact again (a good copy serves every manifest that lists the id).
  */
 import type { DamageFinding } from '../../core/recovery-jobs.ts';
-import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation } from '../../repository/packs.ts';
 import type { Backup, Catalog } from '../catalog/catalog.ts';

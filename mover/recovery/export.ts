@@ -11,7 +11,8 @@
  * reads that do not need it go on. Never wrong bytes.
  */
 import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { planReads } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';

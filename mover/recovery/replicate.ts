@@ -23,7 +23,8 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../core/recovery-jobs.ts';

@@ -7,7 +7,8 @@ import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
 import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../core/recovery-jobs.ts';

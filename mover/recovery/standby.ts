@@ -10,7 +10,8 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, decodeManifest, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import { Corrupt } from '../../core/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation, readChunk } from '../../repository/packs.ts';

@@ -58,6 +58,10 @@ export class ManifestReader {
   private readonly keys: RepositoryKeys;
   private readonly head: ManifestHead | undefined;
   private readonly whole: Manifest | undefined;
+  /** Versions 1 and 2: the whole document (read whole anyway). */
+  get document(): Manifest | undefined {
+    return this.whole;
+  }
 
   private constructor(store: ObjectStore, keys: RepositoryKeys, key: string, headBytes: number, info: ManifestInfo, head?: ManifestHead, whole?: Manifest) {
     this.store = store;
@@ -185,33 +189,94 @@ function* legacyBatches(m: Manifest, from: number): Generator<ManifestBatch> {
   }
 }
 
+/** One chunk of a manifest: its id (null for zeros) and where it is stored. */
+export interface ManifestEntry {
+  id: string | null;
+  location: ChunkLocation | undefined;
+}
+
 /**
  * A manifest's entries at increasing chunk numbers (an incremental backup walks its
- * parent's manifest in step with the disk): one batch in memory, the next fetched ahead.
+ * parent's manifest in step with the disk): the batches covering a window of chunks in
+ * memory, the rest not read yet or dropped.
  */
 export class ManifestCursor {
   private readonly it: AsyncGenerator<ManifestBatch>;
-  private batch: ManifestBatch | undefined;
+  private readonly held: ManifestBatch[] = [];
   private done = false;
 
   constructor(reader: ManifestReader, from = 0) {
     this.it = reader.batches({ from });
   }
 
-  /** The batch holding chunk `i` (never one before the last asked for), or undefined past the end. */
-  async at(i: number): Promise<{ batch: ManifestBatch; i: number } | undefined> {
-    while (!this.done && (!this.batch || i >= this.batch.firstChunk + this.batch.count)) {
+  /** Reads batches until chunk `upTo` is covered (or the manifest ends), and drops those wholly before chunk `keepFrom` (default `upTo`). */
+  async ensure(upTo: number, keepFrom = upTo): Promise<void> {
+    while (this.held.length > 0 && keepFrom >= this.held[0]!.firstChunk + this.held[0]!.count) this.held.shift();
+    for (;;) {
+      const last = this.held[this.held.length - 1];
+      if (this.done || (last && upTo < last.firstChunk + last.count)) return;
       const r = await this.it.next();
-      if (r.done) {
-        this.done = true;
-        this.batch = undefined;
-      } else this.batch = r.value;
+      if (r.done) this.done = true;
+      else if (keepFrom < r.value.firstChunk + r.value.count) this.held.push(r.value);
     }
-    if (!this.batch || i < this.batch.firstChunk) return undefined;
-    return { batch: this.batch, i: i - this.batch.firstChunk };
+  }
+
+  /** Chunk `i`'s entry when a batch read holds it (`ensure` first); undefined otherwise (past the end, or dropped). */
+  get(i: number): ManifestEntry | undefined {
+    for (const b of this.held) {
+      if (i < b.firstChunk) return undefined;
+      if (i < b.firstChunk + b.count) return { id: b.id(i - b.firstChunk), location: b.location(i - b.firstChunk) };
+    }
+    return undefined;
+  }
+
+  /** `ensure(i)` then `get(i)`: the entries before `i` are dropped. */
+  async at(i: number): Promise<ManifestEntry | undefined> {
+    await this.ensure(i);
+    return this.get(i);
   }
 
   async close(): Promise<void> {
     await this.it.return(undefined);
   }
+}
+
+const noStore: ObjectStore = {
+  put: () => Promise.reject(new Error('no store')),
+  get: () => Promise.reject(new Corrupt('a version-3 manifest read whole needs the store its pieces are in')),
+  head: () => Promise.reject(new Error('no store')),
+  list: () => { throw new Error('no store'); },
+};
+
+/**
+ * A manifest of any version read whole into memory, in the shape of version 2 (`chunks`,
+ * `storedSizes`, `packs`, `locations`): for tests and for the small manifests of fixtures
+ * only. Everything that reads a disk's manifest in the product streams it (`ManifestReader`).
+ * A version-3 manifest needs `store`, where its pieces are.
+ */
+export async function decodeManifest(keys: RepositoryKeys, sealed: Uint8Array, backupId: string, diskId: string, store: ObjectStore = noStore): Promise<Manifest> {
+  const r = await ManifestReader.fromSealed(store, keys, sealed, backupId, diskId);
+  const { info } = r;
+  if (r.document) return r.document; // versions 1 and 2: one document, already read
+  const m: Manifest = {
+    version: 3, backupId, diskId, sizeBytes: info.sizeBytes, chunkSize: info.chunkSize,
+    chunks: new Array<string | null>(Math.ceil(info.sizeBytes / info.chunkSize)).fill(null), storedSizes: {}, packs: [], locations: {},
+  };
+  const packIndex = new Map<string, number>();
+  for await (const b of r.batches()) {
+    for (let i = 0; i < b.count; i++) {
+      const id = b.id(i);
+      m.chunks[b.firstChunk + i] = id;
+      const loc = b.location(i);
+      if (id === null || !loc?.pack || m.storedSizes[id] !== undefined) continue;
+      let p = packIndex.get(loc.pack.id);
+      if (p === undefined) {
+        packIndex.set(loc.pack.id, (p = m.packs!.length));
+        m.packs!.push(loc.pack);
+      }
+      m.storedSizes[id] = loc.length;
+      m.locations![id] = [p, loc.offset];
+    }
+  }
+  return m;
 }
