@@ -38,13 +38,13 @@ async function findingsOf(b: Backup, damaged: Set<string>, deps: Pick<ShareDamag
   for (const d of b.disks ?? []) {
     const sealed = await deps.store.get(objectKeys.manifest(b.backupId, d.diskId));
     if (!sealed) continue; // a backup of another repository
-    const m = await decodeManifest(deps.keys, sealed, b.backupId, d.diskId);
+    const m = await decodeManifest(deps.keys, sealed, b.backupId, d.diskId, deps.store);
     const offsets = new Map<string, number[]>();
     m.chunks.forEach((id, i) => {
       if (id !== null && damaged.has(id)) offsets.set(id, [...(offsets.get(id) ?? []), i * m.chunkSize]);
     });
     for (const [id, at] of offsets) {
-      const loc = m.version === 2 ? chunkLocation(m, id) : undefined;
+      const loc = m.version !== 1 ? chunkLocation(m, id) : undefined;
       out.push({
         backupId: b.backupId, diskId: d.diskId, offsets: at, chunkId: id, reason,
         objectKey: loc ? loc.key : objectKeys.chunk(id), ...(loc ? { range: { offset: loc.offset, length: loc.length } } : {}),

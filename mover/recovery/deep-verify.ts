@@ -48,7 +48,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   if (!sealed) return done({ damaged: [manifestFinding('the manifest is missing from the repository')] });
   let manifest: Manifest;
   try {
-    manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId);
+    manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId, d.store);
   } catch (err) {
     return done({ damaged: [manifestFinding(`the manifest does not open: ${(err as Error).message}`)] });
   }

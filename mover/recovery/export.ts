@@ -106,7 +106,7 @@ export class BackupDiskExport implements BlockExport {
     const key = objectKeys.manifest(o.backupId, o.diskId);
     const sealed = await o.store.get(key);
     if (!sealed) throw new Corrupt(`manifest ${key} of backup ${o.backupId} disk '${o.diskId}' is missing from the repository`);
-    return new BackupDiskExport(await decodeManifest(o.keys, sealed, o.backupId, o.diskId), o);
+    return new BackupDiskExport(await decodeManifest(o.keys, sealed, o.backupId, o.diskId, o.store), o);
   }
 
   get chunkSize(): number {

@@ -77,7 +77,7 @@ async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
   const sealed = await d.store.get(manifestKey);
   if (!sealed) throw new Corrupt(`manifest ${manifestKey} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
-  return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId), sealedBytes: sealed.length };
+  return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId, d.store), sealedBytes: sealed.length };
 }
 
 async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {

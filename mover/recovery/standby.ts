@@ -45,7 +45,7 @@ async function writeState(path: string, s: DiskState): Promise<void> {
 
 async function manifestOf(store: ObjectStore, keys: RepositoryKeys, backupId: string, diskId: string): Promise<Manifest | undefined> {
   const sealed = await store.get(objectKeys.manifest(backupId, diskId));
-  return sealed ? decodeManifest(keys, sealed, backupId, diskId) : undefined;
+  return sealed ? decodeManifest(keys, sealed, backupId, diskId, store) : undefined;
 }
 
 export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: string }, d: { store: ObjectStore; keys: RepositoryKeys; signal?: AbortSignal; onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void }): Promise<StandbyDisk> {
