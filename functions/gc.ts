@@ -62,6 +62,7 @@ import { lambdaHandler } from './commons/lambda.ts';
 import { storageEndpoint } from './commons/schemas.ts';
 import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';
 import { liveRunningBackups } from './run-lease.ts';
+import { ChunkIdSet } from '../repository/maintenance/chunk-id-set.ts';
 import { isMarked, markNew, noMarks, type Marks } from '../repository/maintenance/mark.ts';
 import { emptyReport, type GcReport } from './gc-report.ts';
 import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from '../repository/maintenance/consolidate.ts';
@@ -130,7 +131,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
 
   // Mark.
   const seen = new Set<string>();
-  const marks: Marks = { ...noMarks(), packedChunks: new Set() };
+  const marks: Marks = { ...noMarks(), packedChunks: new ChunkIdSet() };
   report.manifests = await markNew(markDeps, seen, marks, undefined, notes);
   const packedChunks = marks.packedChunks!;
   delete marks.packedChunks; // only the statistic below needs them

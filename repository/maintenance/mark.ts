@@ -6,6 +6,7 @@
 import { Corrupt } from '../../core/errors.ts';
 import { chunkIdOfKey, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
 import { ManifestReader } from '../manifest/reader.ts';
+import type { ChunkIdSet } from './chunk-id-set.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { ListedObject, RepositoryAdmin } from '../admin.ts';
 
@@ -36,8 +37,8 @@ export interface Marks {
   chunks: Set<string>;
   /** Pack ids format-2 manifests list. */
   packs: Set<string>;
-  /** Chunk ids format-2 manifests reference, while collected (for `reclaimableInPacks` only). */
-  packedChunks?: Set<string>;
+  /** Chunk ids format-2 and -3 manifests reference, while collected (for `reclaimableInPacks` only; 8 bytes each). */
+  packedChunks?: ChunkIdSet;
 }
 export const noMarks = (): Marks => ({ chunks: new Set(), packs: new Set() });
 
