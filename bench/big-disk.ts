@@ -17,7 +17,7 @@ import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
-import type { DiskResult, VmJob } from '../core/jobs.ts';
+import type { DiskResult, VmJob } from '../contracts/jobs.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
 import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
@@ -61,15 +61,15 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
       }
     }
     case 'join': {
-      const { joinSegments } = await import('../functions/dispatch.ts');
+      const { joinSegments } = await import('../functions/backup/dispatch.ts');
       return joinSegments({ job, transfers: args.transfers as DiskResult[] }, { store, keys });
     }
     case 'verify': {
-      const { verifyManifests } = await import('../functions/verify.ts');
+      const { verifyManifests } = await import('../functions/backup/verify.ts');
       return verifyManifests(job.backupId, [{ diskId, manifestKey: objectKeys.manifest(job.backupId, diskId) }], { store, keys });
     }
     case 'gc': {
-      const { collectGarbage } = await import('../functions/gc.ts');
+      const { collectGarbage } = await import('../functions/gc/gc.ts');
       const r = await collectGarbage({ gcId: `bench-${Date.now()}`, request: { bucket: e.bucket, graceHours: 0 } }, { admin: new S3RepositoryAdmin(client, e.bucket), store, keys, now: () => new Date() });
       return { manifests: r.manifests, packs: r.packs, index: r.index, reclaimableInPacks: r.reclaimableInPacks, consolidation: r.consolidation };
     }

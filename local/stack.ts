@@ -15,18 +15,19 @@ import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
+import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
-import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
+import { invokeLocal } from './lambdas.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3 } from './s3-server.ts';
 import { lockDataDir } from './stack-lock.ts';
-import { StackUnavailable } from '../core/errors.ts';
+import { StackUnavailable } from '../contracts/errors.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
 import { startSfnApi } from './sfn-api.ts';
+import { startOperator } from './operator.ts';
 import { resolveQuotas, type StepFunctionsQuotas } from './quotas.ts';
 
 export const LOCAL_CREDENTIALS = LOCAL_ENDPOINT_CREDENTIALS;
@@ -38,7 +39,9 @@ export interface EmbeddedStackOptions {
   /** The deployment configuration (default: loadConfig(), i.e. lifeboat.config.json or $LIFEBOAT_CONFIG). */
   config?: LifeboatConfig;
   /** 0 picks free ports. */
-  ports?: { dynamodb?: number; s3?: number; sfn?: number };
+  ports?: { dynamodb?: number; s3?: number; sfn?: number; console?: number };
+  /** Told of each alert delivered to (or failing to reach) the configured webhook (local/alert-notifier.ts). */
+  onAlert?: (event: string, fields: Record<string, unknown>) => void;
   /**
    * Told when the repository key file changes while the stack runs: the problem (a
    * Stack.Unavailable naming the file and what to do) when the new file does not open the
@@ -59,6 +62,8 @@ export interface EmbeddedStackOptions {
    * to reach it cheaply. Deliberately not read from the environment.
    */
   quotas?: Partial<StepFunctionsQuotas>;
+  /** The clock the local S3 front judges Object Lock retention by (tests move it; default: the system's). */
+  s3Clock?: () => Date;
 }
 
 /** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
@@ -68,6 +73,8 @@ export interface StackEndpoints {
   dynamodb: string;
   s3: string;
   sfn: string;
+  /** The operator endpoint: the web console, and the read-only API under /api/ (local/console/server.ts). */
+  console: string;
   table: string;
   bucket: string;
   /** The bucket of every configured repository, by repository id (the first is `bucket`). */
@@ -116,9 +123,11 @@ export class EmbeddedStack {
       const configured = opts.config ?? loadConfig();
       // The stack's own buckets in one s3rver; a repository on another endpoint keeps its bucket name, on that endpoint.
       const buckets = Object.fromEntries(configured.repositories.map((r, i) => [r.id, r.endpoint ? r.bucket ?? r.id : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
+      // A repository configured with Object Lock gets it on the local S3 front too (local/s3-object-lock.ts).
+      const objectLock = Object.fromEntries(configured.repositories.filter((r) => r.objectLock && !r.endpoint).map((r) => [buckets[r.id]!, r.objectLock!]));
       const startS3 = async (dir: string, names: string[], port = 0) => {
         await mkdir(dir, { recursive: true });
-        const server = await startLocalS3({ directory: dir, buckets: names, port });
+        const server = await startLocalS3({ directory: dir, buckets: names, port, objectLock, ...(opts.s3Clock ? { now: opts.s3Clock } : {}) });
         closers.push(() => server.close());
         return server.url;
       };
@@ -185,8 +194,8 @@ export class EmbeddedStack {
       });
       resetClients();
       const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
-      // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog.
-      await syncConfig({ config, buckets }, { catalog });
+      // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog: the SyncConfig function does it.
+      await invokeLocal('SyncConfig', { config, buckets });
 
       const broker = new ActivityBroker({ quotas });
       closers.push(async () => broker.close());
@@ -201,9 +210,14 @@ export class EmbeddedStack {
       if (reconcileArn) await reconcileStoppedRuns(executions, backup.arn, reconcileArn);
       const api = await startSfnApi({ port: opts.ports?.sfn ?? 0, broker, executions });
       closers.push(() => api.close());
+      const operator = await startOperator({
+        dataDir, config, catalog, db, s3, bucket: REPOSITORY_BUCKET, sfn: api.url, backupStateMachineArn: backup.arn, template, port: opts.ports?.console ?? 0,
+        ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
+      });
+      closers.push(() => operator.close());
 
       const endpoints: StackEndpoints = {
-        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, repositories, keyFile,
+        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, console: operator.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, repositories, keyFile,
         backupStateMachineArn: backup.arn, activities: template.activities,
         // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
         stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),

@@ -16,10 +16,11 @@
  *   LIFEBOAT_ENDPOINT_PROFILES  JSON object: AWS shared-config profile per other S3 endpoint, keyed by
  *     the endpoint URL (or `aws:<region>` for AWS S3 in another region), e.g.
  *     {"https://s3.dr.example.com":"lifeboat-dr"}. Jobs name a repository's endpoint (URL, region,
- *     path style, checksums: core/endpoints.ts), never credentials; an endpoint not listed uses the
+ *     path style, checksums: contracts/endpoints.ts), never credentials; an endpoint not listed uses the
  *     default credential chain (the group's role).
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
- *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
+ *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_PROGRESS_SECONDS (how often a disk
+ *   transfer writes its progress object, contracts/progress.ts; default 5), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
  *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, restore tests' throwaway folders, pool restores' records and raw copies; default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
  *   LIFEBOAT_NBD_TLS_DIR    folder of the TLS credentials for reading hosts' TCP exports with TLS (`exports.tls`):
@@ -32,10 +33,10 @@
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { SFNClient } from '@aws-sdk/client-sfn';
-import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
+import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
-import { CannotUpgrade } from '../core/errors.ts';
+import { CannotUpgrade } from '../contracts/errors.ts';
 import { isMoverName } from '../core/mover-registry.ts';
 import { deriveKeys, type RepositoryKeys } from '../repository/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
@@ -219,7 +220,7 @@ const nbdTls = nbdTlsDir ? await loadTlsCredentials(nbdTlsDir).catch((err: Error
   process.exit(2);
 }) : undefined;
 const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
-const handler = taskHandler({ drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, workDir });
+const handler = taskHandler({ drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, workDir, moverName: name, progressEveryMs: positiveInt('LIFEBOAT_PROGRESS_SECONDS', '5') * 1000 });
 const worker = new MoverWorker({
   sfn,
   activityArn,

@@ -4,9 +4,10 @@
  * collection lists chunks and deletes unreferenced ones. Narrow, like ObjectStore.
  */
 import { DeleteObjectsCommand, type S3Client } from '@aws-sdk/client-s3';
-import { StorageUnavailable } from '../core/errors.ts';
+import { StorageUnavailable } from '../contracts/errors.ts';
 import type { MemoryObjectStore } from '../core/memory-store.ts';
 import { listBucket } from '../core/s3-store.ts';
+import type { ObjectRetention, RetentionReader } from './object-lock.ts';
 
 export interface ListedObject {
   key: string;
@@ -60,10 +61,11 @@ export class S3RepositoryAdmin implements RepositoryAdmin {
   }
 }
 
-/** RepositoryAdmin over a MemoryObjectStore (tests); `modified` overrides an object's time. */
-export class MemoryRepositoryAdmin implements RepositoryAdmin {
+/** RepositoryAdmin over a MemoryObjectStore (tests); `modified` overrides an object's time, `locks` sets its retention. */
+export class MemoryRepositoryAdmin implements RepositoryAdmin, RetentionReader {
   readonly store: MemoryObjectStore;
   readonly modified = new Map<string, Date>();
+  readonly locks = new Map<string, ObjectRetention>();
   constructor(store: MemoryObjectStore) {
     this.store = store;
   }
@@ -76,5 +78,8 @@ export class MemoryRepositoryAdmin implements RepositoryAdmin {
   async delete(keys: string[]): Promise<DeleteOutcome> {
     for (const k of keys) this.store.objects.delete(k);
     return { deleted: [...keys], failed: [] };
+  }
+  async retention(key: string) {
+    return this.store.objects.has(key) ? this.locks.get(key) ?? null : undefined;
   }
 }

@@ -11,7 +11,7 @@ import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretK
 import { promisify } from 'node:util';
 import { crc32, constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { zstdBound, zstdCompressInto, zstdDecompressInto } from './zstd.ts';
-import { Corrupt } from '../core/errors.ts';
+import { Corrupt } from '../contracts/errors.ts';
 
 export const FORMAT_VERSION = 1;
 /** Stable algorithm ids: stored in every header, never reused for something else. */

@@ -7,7 +7,7 @@ import { DecryptCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { Corrupt, SourceUnavailable, StorageUnavailable } from '../core/errors.ts';
+import { Corrupt, SourceUnavailable, StorageUnavailable } from '../contracts/errors.ts';
 import { keys as objectKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 
@@ -75,7 +75,7 @@ const TRANSIENT_KMS_ERRORS = new Set(['ThrottlingException', 'KMSInternalExcepti
  * with the encryption context `lifeboat:purpose=repository-key` (IAM policies allow direct
  * Decrypt only with it). Every Decrypt names the key, so a ciphertext wrapped by another
  * key fails. The context does not name the bucket: a DR repository holds a byte-for-byte
- * copy of its source's key object (functions/replicate.ts), which must unwrap there too.
+ * copy of its source's key object (functions/replicate/replicate.ts), which must unwrap there too.
  * Callers need kms:Encrypt (initialising the repository) or kms:Decrypt on the key.
  */
 export class KmsKeyWrapper implements KeyWrapper {

@@ -4,7 +4,7 @@
  * is uploaded once it is closed and every chunk being sealed into it is placed, and index
  * objects list the packs written.
  */
-import { Corrupt } from '../core/errors.ts';
+import { Corrupt } from '../contracts/errors.ts';
 import { keys as objectKeys, objectCrc32, type PackRef, type RepositoryKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { MAX_PACK_BYTES, newPackId, putIndexObject, packTrailer, type PackContents, type PackEntry } from './packs.ts';

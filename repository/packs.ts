@@ -13,7 +13,7 @@
  * throughput of format 1 (measured in REPOSITORY-FORMAT.md).
  */
 import { randomBytes } from 'node:crypto';
-import { Corrupt } from '../core/errors.ts';
+import { Corrupt } from '../contracts/errors.ts';
 import { keys as objectKeys, MANIFEST_VERSION, objectCrc32, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 

@@ -17,10 +17,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { errorClasses, type LifeboatError } from '../core/errors.ts';
-import { recoveryErrorClasses } from '../core/recovery-errors.ts';
-import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../functions/commons/metric-names.ts';
-import { lambdaFunctions, type LambdaFunctionId } from '../functions/registry.ts';
+import { errorClasses, type LifeboatError } from '../contracts/errors.ts';
+import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
+import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../contracts/metric-names.ts';
+import { lambdaFunctions, type LambdaFunctionId } from '../contracts/functions.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type Statement = { Effect: string; Action: string | string[]; Resource: unknown; Condition?: Record<string, unknown>; Principal?: unknown };
@@ -196,7 +196,7 @@ describe('mover identity', () => {
       const by = (action: string) => s3.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat());
       // Not keys/ (the repository key is written at deploy) nor releases/ (only the publisher writes releases);
       // chunks/ only for replicating format-1 backups (backups write packs); host-config/ is written, never read back, by movers.
-      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/'].map((p) => objectArn(b, p))));
+      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/', 'exports/'].map((p) => objectArn(b, p))));
       expect(by('s3:GetObject'), g.id).toEqual(buckets.flatMap((b) => ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'].map((p) => objectArn(b, p))));
       // The whole bucket, no s3:prefix condition: a missing object must be a 404, not a 403 (cdk/lib/mover-identity.ts).
       expect(by('s3:ListBucket'), g.id).toEqual(buckets.map((b) => ({ 'Fn::GetAtt': [b, 'Arn'] })));
@@ -351,7 +351,7 @@ describe('alarms and dashboard', () => {
     for (const a of alarms()) expect(a.AlarmActions).toEqual([topic()]);
     expect(resources[lid(stack.monitoring.topic)]!.Properties.KmsMasterKeyId).toBeDefined();
     const subs = ofType('AWS::SNS::Subscription').map(([, s]) => s.Properties);
-    expect(subs.map((s) => s.Endpoint).sort()).toEqual([...config.notifications!.emails].sort());
+    expect(subs.map((s) => s.Endpoint).sort()).toEqual([...(config.notifications!.emails ?? [])].sort());
     for (const s of subs) expect(s).toMatchObject({ Protocol: 'email', TopicArn: topic() });
     const policy = ofType('AWS::SNS::TopicPolicy')[0]![1].Properties.PolicyDocument.Statement as Statement[];
     expect(policy).toEqual(expect.arrayContaining([expect.objectContaining({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]));

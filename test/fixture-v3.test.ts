@@ -10,7 +10,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { verifyManifests } from '../functions/verify.ts';
+import { verifyManifests } from '../functions/backup/verify.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import { chunkId, deriveKeys, open, type RepositoryKeys } from '../repository/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';

@@ -3,8 +3,22 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Corrupt } from '../core/errors.ts';
-import { chunkId, Cipher, Compression, deriveKeys, encodeManifest, FORMAT_VERSION, isZero, looksCompressible, keys as objectKeys, open, seal, sealSync, type Manifest } from '../repository/format.ts';
+import { Corrupt } from '../contracts/errors.ts';
+import {
+  chunkId,
+  Cipher,
+  Compression,
+  deriveKeys,
+  encodeManifest,
+  FORMAT_VERSION,
+  isZero,
+  looksCompressible,
+  keys as objectKeys,
+  open,
+  seal,
+  sealSync,
+  type Manifest,
+} from '../repository/format.ts';
 import { decodeManifest } from '../repository/manifest/reader.ts';
 import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../repository/keyring.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';

@@ -9,11 +9,9 @@ import { copyFile, readdir, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { DeepVerifySummary } from '../functions/deep-verify.ts';
 import { GC_LEASE_MS } from '../core/gc-timing.ts';
-import { catalogGcLease } from '../functions/gc-lease.ts';
-import type { GcReport } from '../functions/gc-report.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
+import { catalogGcLease } from '../functions/gc/gc-lease.ts';
+import type { GcReport } from '../contracts/gc-report.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -22,6 +20,7 @@ import { decodeIndexObject, encodeIndexObject, newIndexId } from '../repository/
 import { RepositoryIndex } from '../repository/repository-index.ts';
 import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;

@@ -1,4 +1,4 @@
-/** QuarantineDamage (functions/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
+/** QuarantineDamage (functions/deep-verify/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
@@ -8,8 +8,8 @@ import { newPackBuffer, sealIntoPack } from '../repository/pack-buffer.ts';
 import { PackWriter } from '../repository/pack-writer.ts';
 import { MemoryRepositoryAdmin } from '../repository/admin.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
-import { collectGarbage } from '../functions/gc.ts';
-import { quarantineDamage } from '../functions/quarantine.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
+import { quarantineDamage } from '../functions/deep-verify/quarantine.ts';
 
 const keys = deriveKeys(randomBytes(32));
 const NOW = new Date('2026-11-23T12:00:00Z');

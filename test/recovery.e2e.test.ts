@@ -10,8 +10,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keys as objectKeys } from '../repository/format.ts';
 import { decodeManifest } from '../repository/manifest/reader.ts';
 import { chunkLocation } from '../repository/packs.ts';
-import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
@@ -19,6 +17,7 @@ import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { readLocalEvents } from '../local/events.ts';
 import { openRepository } from '../local/stack.ts';
 import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
+import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chunkId, deriveKeys, type Manifest } from '../repository/format.ts';
-import { RestoreMismatch } from '../core/recovery-errors.ts';
+import { RestoreMismatch } from '../contracts/recovery-errors.ts';
 import { inSample } from '../mover/recovery/deep-verify.ts';
 import { rehashDisk } from '../mover/recovery/rehash.ts';
 

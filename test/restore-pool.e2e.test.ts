@@ -15,9 +15,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { RestoreJob } from '../core/recovery-jobs.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
-import type { RunSummary } from '../functions/summarize.ts';
+import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import { runExecution } from '../local/client.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh, waitForConsoleLine } from '../local/vm-lab/libvirtd.ts';
@@ -25,6 +23,7 @@ import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { discardPoolVolumes } from '../mover/recovery/pool-volumes.ts';
 import { restoreDiskTask } from '../mover/recovery/restore.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.ts';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;

@@ -16,14 +16,13 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { keys as objectKeys } from '../repository/format.ts';
 import { decodeManifest } from '../repository/manifest/reader.ts';
 import { chunkLocation } from '../repository/packs.ts';
-import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { QuarantineReport } from '../functions/quarantine.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
+import type { QuarantineReport } from '../functions/deep-verify/quarantine.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;

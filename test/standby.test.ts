@@ -8,7 +8,7 @@ import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
-import type { ReplicateJob } from '../core/recovery-jobs.ts';
+import type { ReplicateJob } from '../contracts/recovery-jobs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
 

@@ -2,10 +2,10 @@
 import { randomBytes } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, seal, type Manifest } from '../repository/format.ts';
+import type { DiskRef, DiskResult, VmJob } from '../contracts/jobs.ts';
 import { decodeManifest } from '../repository/manifest/reader.ts';
-import type { DiskRef, DiskResult, VmJob } from '../core/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { verify } from '../functions/verify.ts';
+import { verify } from '../functions/backup/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import type { DiskReader } from '../mover/sources/source.ts';
 

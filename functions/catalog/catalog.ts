@@ -5,10 +5,10 @@
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Retention } from '../../core/config.ts';
-import type { StorageEndpoint } from '../../core/endpoints.ts';
-import { discoveredVmId } from '../../core/discovery.ts';
-import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../core/jobs.ts';
-import type { RestoreTestSettings } from '../../core/restore-test.ts';
+import type { StorageEndpoint } from '../../contracts/endpoints.ts';
+import { discoveredVmId } from '../../contracts/discovery.ts';
+import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../contracts/jobs.ts';
+import type { RestoreTestSettings } from '../../contracts/restore-test.ts';
 
 export interface Policy {
   policyId: string;
@@ -39,7 +39,7 @@ export interface Policy {
   quiesce?: QuiesceSettings;
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
   segmentBytes?: number;
-  /** Restore tests of the policy's libvirt VMs at deep verifications (core/restore-test.ts). */
+  /** Restore tests of the policy's libvirt VMs at deep verifications (contracts/restore-test.ts). */
   restoreTest?: RestoreTestSettings;
   /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */
   managedBy?: 'config';
@@ -114,6 +114,8 @@ export interface Backup {
   consistency?: Consistency;
   /** The latest restore test of this backup. */
   restoreTest?: RestoreTest;
+  /** The latest deep verification that found the backup intact (recovery-catalog.ts markVerified). */
+  verified?: { verifyId: string; at: string; chunksChecked: number; chunksTotal: number };
   error?: { Error: string; Cause: string };
 }
 
@@ -427,6 +429,11 @@ export class Catalog {
   /** The backups still recorded `running`, of run `runId` or of every run (a Scan: read once per reconcile or collection). */
   async runningBackups(runId?: string): Promise<Backup[]> {
     return this.scanBackups(`#s = :running${runId ? ' AND runId = :r' : ''}`, { ':running': 'running', ...(runId ? { ':r': runId } : {}) });
+  }
+
+  /** Every backup a run made or is making, whatever its status (a Scan: the operator's view of one run). */
+  backupsOfRun(runId: string): Promise<Backup[]> {
+    return this.scanBackups('runId = :r', { ':r': runId });
   }
 
   /** Every backup's status by backup id (a Scan: garbage collection reads it once). */

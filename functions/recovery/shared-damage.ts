@@ -7,7 +7,7 @@
  * (RecordDeepVerify) turns them back to `committed` once a full verification found those
  * chunks stored intact again (a good copy serves every manifest that lists the id).
  */
-import type { DamageFinding } from '../../core/recovery-jobs.ts';
+import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
 import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';

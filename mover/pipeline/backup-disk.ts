@@ -10,13 +10,14 @@
  * zeros (memcmp), hands out packs, uploads them with their trailer and does the
  * requests: it copies no chunk.
  */
-import { Corrupt } from '../../core/errors.ts';
-import { chunkId, isZero, sealedCapacity, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { chunkId, encodeManifest, isZero, keys, objectCrc32, sealedCapacity, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
+import { packedManifest } from '../../repository/packs.ts';
 import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
 import { ManifestWriter } from '../../repository/manifest/writer.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
 import { PackWriter } from '../../repository/pack-writer.ts';
-import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
+import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { holdsData, type DiskReader, type Extent } from '../sources/source.ts';
 import { sharedChunkPool, type ChunkPool, type SharedPack, type SharedSlot } from './chunk-pool.ts';

@@ -11,9 +11,9 @@ import { execFile } from 'node:child_process';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import { DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS } from '../../core/restore-test.ts';
-import type { BootCheck, BootCheckResult, DefineDomainRequest, DefinedDomain, RestoredDisk } from '../../core/recovery-jobs.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import { DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS } from '../../contracts/restore-test.ts';
+import type { BootCheck, BootCheckResult, DefineDomainRequest, DefinedDomain, RestoredDisk } from '../../contracts/recovery-jobs.ts';
 import { restoredDomainXml, type RestoredDiskSource } from '../sources/libvirt/domain-xml.ts';
 import { isNoDomain, Virsh } from '../sources/libvirt/virsh.ts';
 import { StoragePool } from './pool-volumes.ts';
@@ -106,7 +106,7 @@ export async function removeDomain(virsh: Virsh, name: string): Promise<void> {
  * then the guest agent's answer (it starts after the kernel). A domain that stops
  * meanwhile (power off, crash) ends the wait at once.
  */
-async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: string, check: BootCheck, signal?: AbortSignal, onWait?: () => void): Promise<BootCheckResult> {
+export async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: string, check: BootCheck, signal?: AbortSignal, onWait?: () => void): Promise<BootCheckResult> {
   const started = performance.now();
   const timeoutSeconds = check.timeoutSeconds ?? DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS;
   const deadline = started + timeoutSeconds * 1000;
@@ -153,7 +153,7 @@ async function stateOf(virsh: Virsh, name: string): Promise<string> {
   return (await virsh.run(['domstate', '--reason', '--', name]).catch((err: Error) => err.message)).trim();
 }
 
-async function domainExists(virsh: Virsh, name: string): Promise<boolean> {
+export async function domainExists(virsh: Virsh, name: string): Promise<boolean> {
   try {
     await virsh.run(['domuuid', '--', name]);
     return true;

@@ -10,7 +10,7 @@
  * fails the reads that need it with EIO (logged once, naming backup, disk and chunk); the
  * reads that do not need it go on. Never wrong bytes.
  */
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';

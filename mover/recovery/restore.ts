@@ -6,12 +6,12 @@
 import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../core/recovery-jobs.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import { defineRestoredDomain, restoredDomainName } from './define-domain.ts';
 import { discardPoolVolumes, releasePoolVolumes, restoreIntoVolume, volumeName } from './pool-volumes.ts';
 import { restoreDisk } from '../pipeline/restore-disk.ts';
@@ -30,7 +30,7 @@ const claimMarker = (job: RestoreJob) => join(job.target, `.lifeboat-restore-${j
  * already: its other disks and retries), unless forced: restoring into a VM's folder
  * would overwrite its disks and vm.json, or mix with them.
  */
-async function claimRestoreFolder(job: RestoreJob): Promise<void> {
+export async function claimRestoreFolder(job: RestoreJob): Promise<void> {
   await mkdir(job.target, { recursive: true });
   const marker = claimMarker(job);
   const entries = await readdir(job.target);
@@ -80,7 +80,7 @@ async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store
   return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId, d.store), sealedBytes: sealed.length };
 }
 
-async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {
+export async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {
   const key = objectKeys.vmConfig(backupId);
   const sealed = await d.store.get(key);
   if (!sealed) throw new Corrupt(`VM config ${key} of backup ${backupId} is missing from the repository`);

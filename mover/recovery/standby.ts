@@ -11,12 +11,12 @@
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { chunkId, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
-import { Corrupt } from '../../core/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation, readChunk } from '../../repository/packs.ts';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { ReplicateJob, StandbyDisk } from '../../core/recovery-jobs.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { rehashDisk } from './rehash.ts';
 
 interface DiskState {

@@ -3,7 +3,7 @@
  * into few large ones (the index's objects as index-map.ts maps them).
  */
 import { mapLimit } from '../../core/concurrency.ts';
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { keys as objectKeys, objectCrc32 } from '../format.ts';
 import { IndexListing, joinIndexSections, newIndexId, sealIndex } from '../packs.ts';
 import type { RepositoryAdmin } from '../admin.ts';

@@ -4,7 +4,7 @@
  * (repository/packs.ts has the format; consolidate.ts merges small index objects).
  */
 import { mapLimit } from '../../core/concurrency.ts';
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { decodeIndexObject, fetchPackTrailer, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../packs.ts';

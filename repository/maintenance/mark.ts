@@ -3,7 +3,7 @@
  * batch of new manifests at a time (the sweep marks again before each batch, and after
  * it to find late references).
  */
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { chunkIdOfKey, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
 import { ManifestReader } from '../manifest/reader.ts';
 import type { ChunkIdSet } from './chunk-id-set.ts';

@@ -4,7 +4,7 @@
  * order. A disk's head may name pieces that segments of it wrote (JoinSegments joins them
  * by writing a head, without reading an entry).
  */
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import { keys as objectKeys } from '../format.ts';
 import { MAX_PIECE_ENTRIES } from './piece.ts';
 

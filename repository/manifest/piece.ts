@@ -13,7 +13,7 @@
  *
  * A zero chunk's entry has pack number 0xffffffff and every other byte 0.
  */
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import type { PackRef } from '../format.ts';
 
 const MAGIC = 0x4c424d50; // "LBMP"

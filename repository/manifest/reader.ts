@@ -4,7 +4,7 @@
  * versions 1 and 2 (one JSON document, read whole: they were only written for small disks)
  * sliced into batches of the same shape. No caller branches on the version.
  */
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { decodeManifestDocument, keys as objectKeys, open, type Manifest, type PackRef, type RepositoryKeys } from '../format.ts';
 import type { ChunkLocation } from '../packs.ts';

@@ -5,7 +5,7 @@
  * piece being filled and at most `maxPending` full ones waiting for their packs or their
  * upload, whatever the disk's size.
  */
-import { Corrupt } from '../../core/errors.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { keys as objectKeys, objectCrc32, seal, type RepositoryKeys } from '../format.ts';
 import { pieceKey, piecePurpose, type ManifestHead, type PieceRef } from './head.ts';

@@ -1,0 +1,123 @@
+/**
+ * Verify: every chunk the VM's new manifests reference exists in the repository with
+ * the stored size the mover recorded. Reads manifests and HEADs chunk objects (format 1)
+ * or packs (format 2, each once); never downloads chunk data.
+ */
+import { z } from 'zod';
+import { VerifyFailed } from '../../contracts/errors.ts';
+import { keys, type RepositoryKeys } from '../../repository/format.ts';
+import type { DiskResult, VmJob } from '../../contracts/jobs.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { mapLimit } from '../../core/concurrency.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { diskResult, vmJob } from '../../contracts/schemas.ts';
+import { ManifestReader } from '../../repository/manifest/reader.ts';
+
+/** Packs and chunk ids remembered while verifying (memory stays bounded whatever the disk's size). */
+const RECENT = 65_536;
+
+export interface VerifyInput extends VmJob {
+  disks: DiskResult[];
+}
+
+export interface VerifyOutput {
+  /** Distinct chunks of each disk's manifest whose stored object (format 1) or pack (format 2) was checked. */
+  chunksChecked: number;
+  /** Bytes of the objects HEADed: chunk objects, and each pack once. */
+  bytesChecked: number;
+  /** Format-1 chunks whose store-side SHA-256 matched the manifest (0 on stores that keep none, and for packs). */
+  checksumsCompared: number;
+  /** Distinct packs HEADed (format 2). */
+  packsChecked: number;
+}
+
+export async function verify(input: VerifyInput, deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
+  if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
+    throw new VerifyFailed(`backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`);
+  }
+  return verifyManifests(input.backupId, input.disks, deps);
+}
+
+/**
+ * Every chunk the backup's disk manifests reference is in `store`: a format-1 manifest's
+ * chunk objects with the stored size (and, where the store keeps one, the SHA-256) the
+ * manifest records; a format-2 manifest's packs, each HEADed once (also when several disks
+ * share it) and of exactly the size the manifest records, which covers every chunk's range
+ * (decodeManifest checked that each lies within its pack's recorded size). Verify runs it
+ * on a new backup; VerifyReplica on the copy in a DR repository.
+ */
+export async function verifyManifests(backupId: string, disks: { diskId: string; manifestKey: string }[], deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
+  let chunksChecked = 0;
+  let bytesChecked = 0;
+  let checksumsCompared = 0;
+  let packsChecked = 0;
+  const concurrency = deps.concurrency ?? 16;
+  /** Packs HEADed lately (disks and pieces share packs): each one's size in the store, or undefined when missing. Bounded. */
+  const packs = new Map<string, Promise<number | undefined>>();
+  const headPack = (key: string): Promise<number | undefined> => {
+    let size = packs.get(key);
+    if (!size) {
+      packs.set(key, (size = deps.store.head(key).then((info) => {
+        if (!info) return undefined;
+        packsChecked++;
+        bytesChecked += info.size;
+        return info.size;
+      })));
+      if (packs.size > RECENT) packs.delete(packs.keys().next().value!);
+    }
+    return size;
+  };
+  for (const disk of disks) {
+    const sealed = await deps.store.get(disk.manifestKey);
+    if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
+    const manifest = await ManifestReader.fromSealed(deps.store, deps.keys, sealed, backupId, disk.diskId);
+    // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
+    const recent = new Set<string>();
+    const fresh = (id: string) => {
+      if (recent.has(id)) return false;
+      recent.add(id);
+      if (recent.size > RECENT) recent.delete(recent.values().next().value!);
+      return true;
+    };
+    for await (const batch of manifest.batches()) {
+      if (manifest.info.version !== 1) {
+        await mapLimit(batch.packs, concurrency, async (pack) => {
+          const key = keys.pack(pack.id);
+          const got = await headPack(key);
+          if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
+          if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
+        });
+        for (let i = 0; i < batch.count; i++) { const id = batch.id(i); if (id !== null && fresh(id)) chunksChecked++; }
+        continue;
+      }
+      const objects: { id: string; length: number; sha256: string | undefined }[] = [];
+      for (let i = 0; i < batch.count; i++) {
+        const id = batch.id(i);
+        if (id !== null && fresh(id)) objects.push({ id, length: batch.location(i)!.length, sha256: batch.sha256?.(i) });
+      }
+      await mapLimit(objects, concurrency, async ({ id, length, sha256 }) => {
+        const key = keys.chunk(id);
+        const info = await deps.store.head(key);
+        if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
+        if (info.size !== length) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
+        if (sha256 && info.sha256) {
+          checksumsCompared++;
+          if (info.sha256 !== sha256) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) has SHA-256 ${info.sha256} in the store, the manifest expects ${sha256}`);
+        }
+        chunksChecked++;
+        bytesChecked += info.size;
+      });
+    }
+  }
+  return { chunksChecked, bytesChecked, checksumsCompared, packsChecked };
+}
+
+export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({ chunksChecked: z.number(), bytesChecked: z.number(), checksumsCompared: z.number(), packsChecked: z.number().default(0) });
+export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult) }));
+
+export const handler = lambdaHandler('Verify', verifyInput, async (input) => {
+  const c = clients();
+  const { bucket, endpoint } = input.repository;
+  return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+});
