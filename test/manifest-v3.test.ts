@@ -142,6 +142,25 @@ describe('manifest format 3', () => {
     expect(piecePurpose(k0)).toBe(`manifest-piece:${k0}`);
   });
 
+  it('stores at most 48 bytes per chunk for random chunk ids (printed), 32 chunks per pack, 1 in 64 a zero', async () => {
+    const store = new MemoryObjectStore();
+    const count = 262_144;
+    const w = new ManifestWriter({ store, keys, backupId: 'size', manifestId: 'd', sizeBytes: count * 262_144, chunkSize: 262_144 });
+    let pack = hex(16);
+    let stored = 0;
+    for (let i = 0; i < count; i++) {
+      if (i % 64 === 63) {
+        await w.add(null);
+        continue;
+      }
+      if (stored++ % 32 === 0) w.packLanded((pack = hex(16)), 8_400_000);
+      await w.add({ id: hex(32), packId: pack, offset: (i * 262_000) % 8_000_000, length: 262_000 });
+    }
+    const { bytes } = await w.finish();
+    console.log(`manifest v3: ${count} entries, ${stored} stored, ${bytes} bytes: ${(bytes / stored).toFixed(2)} bytes per stored chunk`);
+    expect(bytes / stored).toBeLessThanOrEqual(48);
+  });
+
   it('writes and reads 16 million entries in bounded memory', async () => {
     // Every 16th chunk stored, the rest zeros: 1 million ids; the store keeps only what
     // zstd left of the pieces, so what grows with the disk would show in the heap.
