@@ -10,8 +10,8 @@ import { unwatchFile, watchFile } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
-import { deriveKeys, type RepositoryKeys } from '../repository/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
+import type { RepositoryKeys } from '../repository/format.ts';
+import { openRepository as openRepositoryOf } from '../repository/open.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
@@ -176,7 +176,7 @@ export class EmbeddedStack {
       const keyFile = join(dataDir, 'repository.keyfile');
       const localS3 = s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS });
       const store = new S3ObjectStore(localS3, REPOSITORY_BUCKET);
-      await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true }).catch((err: unknown) => {
+      await openRepositoryOf({ store, bucket: REPOSITORY_BUCKET, keys: { keyFile }, create: true }).catch((err: unknown) => {
         throw new StackUnavailable(`the embedded stack cannot start on ${dataDir}: ${(err as Error).message}`, err);
       });
 
@@ -187,7 +187,7 @@ export class EmbeddedStack {
           if (now.mtimeMs === before.mtimeMs && now.ino === before.ino && now.size === before.size) return;
           checking = checking.then(async () => {
             try {
-              await loadMasterKey(store, await KeyFileWrapper.load(keyFile));
+              await openRepositoryOf({ store, bucket: REPOSITORY_BUCKET, keys: { keyFile } });
               onKeyFile(undefined);
             } catch (err) {
               onKeyFile(new StackUnavailable(`the repository key file ${keyFile} changed while the stack runs, and ${(err as Error).message}. `
@@ -297,8 +297,8 @@ export function repositoryStore(e: StackEndpoints, repositoryId?: string): Objec
 /** The stack's repository (or a configured one, by id) as a client opens it, with its keys. */
 export async function openRepository(e: StackEndpoints, repositoryId?: string): Promise<{ store: ObjectStore; keys: RepositoryKeys; masterKey: Buffer }> {
   const store = repositoryStore(e, repositoryId);
-  const masterKey = await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile));
-  return { store, keys: deriveKeys(masterKey), masterKey };
+  const { keys, masterKey } = await openRepositoryOf({ store, bucket: repositoryId ? e.repositories[repositoryId]!.bucket : e.bucket, keys: { keyFile: e.keyFile } });
+  return { store, keys, masterKey };
 }
 
 async function ensureTable(db: DynamoDBClient, name: string, schema: ResolvedTemplate['tables'][string]): Promise<void> {

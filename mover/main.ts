@@ -38,9 +38,9 @@ import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { CannotUpgrade } from '../contracts/errors.ts';
 import { isMoverName } from '../core/mover-registry.ts';
-import { deriveKeys, type RepositoryKeys } from '../repository/format.ts';
+import type { RepositoryKeys } from '../repository/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
-import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../repository/keyring.ts';
+import { openRepository, type KeySource } from '../repository/open.ts';
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
@@ -144,9 +144,8 @@ const bandwidth = process.env.LIFEBOAT_BANDWIDTH_LIMIT ? positiveInt('LIFEBOAT_B
 const kmsKeyId = process.env.LIFEBOAT_KMS_KEY_ID;
 const keyFile = kmsKeyId ? undefined : env('LIFEBOAT_KEY_FILE');
 const kms = kmsKeyId ? new KMSClient({ region }) : undefined;
-/** The repository key's wrapper: KMS in AWS, the key file in the embedded stack. */
-const keyWrapper = async (bucket: string): Promise<KeyWrapper> =>
-  kms && kmsKeyId ? new KmsKeyWrapper({ client: kms, keyId: kmsKeyId, repository: bucket }) : KeyFileWrapper.load(keyFile!);
+/** How repository keys are unwrapped: KMS in AWS, the key file in the embedded stack. */
+const keySource: KeySource = kms && kmsKeyId ? { kms, kmsKeyId } : { keyFile: keyFile! };
 
 const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys; index: IndexCache }>>();
 const repository = ({ bucket, endpoint }: RepositoryLocation) => {
@@ -157,7 +156,7 @@ const repository = ({ bucket, endpoint }: RepositoryLocation) => {
       // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
       let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3For(endpoint), bucket), { logger, onRetry: countForTask }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);
-      const keys = deriveKeys(await loadMasterKey(store, await keyWrapper(bucket)));
+      const { keys } = await openRepository({ store, bucket, keys: keySource });
       return { store, keys, index: new IndexCache(store, keys) };
     })();
     r.catch(() => repositories.delete(id));

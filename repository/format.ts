@@ -283,7 +283,7 @@ export function packIdOfKey(key: string): string | undefined {
   return PACK_KEY.exec(key)?.[1];
 }
 
-/** The manifest version this code writes (format 2: chunks in packs); it reads 1 and 2. */
+/** The JSON manifest version written last (format 2: chunks in packs); format 3 (manifest/) is what movers write now. */
 export const MANIFEST_VERSION = 2;
 
 /** A pack a format-2 manifest's chunks are in, and its whole size (Verify checks it with HEAD). */
@@ -294,8 +294,8 @@ export interface PackRef {
 
 /** One disk of one backup: every chunk in disk order, `null` for an all-zero chunk. */
 export interface Manifest {
-  /** 1: each chunk is its own object under `chunks/`; 2: chunks are in packs (`packs`, `locations`). */
-  version: 1 | 2;
+  /** 1: each chunk is its own object under `chunks/`; 2: chunks are in packs (`packs`, `locations`); 3: a format-3 manifest read whole (manifest/reader.ts `decodeManifest`). */
+  version: 1 | 2 | 3;
   backupId: string;
   diskId: string;
   sizeBytes: number;
@@ -315,16 +315,10 @@ export function encodeManifest(keys_: RepositoryKeys, m: Manifest): Promise<Buff
   return seal(keys_, Buffer.from(JSON.stringify(m)), `manifest:${m.backupId}/${m.diskId}`);
 }
 
-export async function decodeManifest(keys_: RepositoryKeys, sealed: Uint8Array, backupId: string, diskId: string): Promise<Manifest> {
-  let m: Manifest;
-  try {
-    m = JSON.parse((await open(keys_, sealed, `manifest:${backupId}/${diskId}`)).toString('utf8')) as Manifest;
-  } catch (err) {
-    if (err instanceof Corrupt) throw err;
-    throw new Corrupt(`manifest ${backupId}/${diskId} is not valid JSON`, err);
-  }
-  checkManifest(m, backupId, diskId);
-  return m;
+/** A version-1 or -2 manifest document, already opened and parsed, checked (manifest/reader.ts reads every version). */
+export function decodeManifestDocument(doc: unknown, backupId: string, diskId: string): Manifest {
+  checkManifest(doc, backupId, diskId);
+  return doc;
 }
 
 const CHUNK_ID = /^[0-9a-f]{64}$/;

@@ -5,7 +5,7 @@
  * objects list the packs written.
  */
 import { Corrupt } from '../contracts/errors.ts';
-import { keys as objectKeys, objectCrc32, type RepositoryKeys } from './format.ts';
+import { keys as objectKeys, objectCrc32, type PackRef, type RepositoryKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { MAX_PACK_BYTES, newPackId, putIndexObject, packTrailer, type PackContents, type PackEntry } from './packs.ts';
 import { reserved, resetPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
@@ -50,6 +50,10 @@ export interface PackWriterOptions<B extends PackBuffer> {
   newBuffer: (capacity: number) => B;
   /** Called when a pack landed (after the index object listing it, when one was due), with `bytesWritten` so far. */
   onStored?: (bytesWritten: number) => void;
+  /** Called when a pack landed, with its id and size (a streamed manifest waits for it: manifest/writer.ts). */
+  onPack?: (pack: PackRef) => void;
+  /** Keep every pack written and its chunks in `written` (default true); a long backup passes false, so memory does not grow with the disk. */
+  keepWritten?: boolean;
 }
 
 /** Seals a chunk into a pack buffer (pack-buffer.ts `sealIntoPack`, or the chunk pool's `sealSlot`). */
@@ -89,7 +93,7 @@ export class PackWriter<B extends PackBuffer> {
   readonly capacity: number;
   /** Reserved bytes plus the largest size of each chunk in flight stay within this (see the class comment). */
   private readonly limit: number;
-  private readonly o: Required<Omit<PackWriterOptions<B>, 'onStored'>> & Pick<PackWriterOptions<B>, 'onStored'>;
+  private readonly o: Required<Omit<PackWriterOptions<B>, 'onStored' | 'onPack'>> & Pick<PackWriterOptions<B>, 'onStored' | 'onPack'>;
   /** The pack chunks go to; never closing. */
   private current: Pack<B> | undefined;
   /** Closed packs still holding their buffer: draining, waiting for an upload slot, or uploading. */
@@ -100,13 +104,15 @@ export class PackWriter<B extends PackBuffer> {
   private waiters: (() => void)[] = [];
   private unindexed: PackContents[] = [];
   private failure: unknown;
-  /** Every pack written, and the index objects. */
+  /** Every pack written (unless `keepWritten` is false), and the index objects. */
   readonly written: PackContents[] = [];
+  /** Packs written. */
+  packsWritten = 0;
   readonly indexes: string[] = [];
   bytesWritten = 0;
 
   constructor(o: PackWriterOptions<B>) {
-    this.o = { targetBytes: 8 * 1024 * 1024, maxInFlight: 8, maxHeadroomBytes: MAX_HEADROOM_BYTES, trailerRoom: 64 * 1024, maxUploads: 2, packsPerIndex: 32, ...o };
+    this.o = { targetBytes: 8 * 1024 * 1024, maxInFlight: 8, maxHeadroomBytes: MAX_HEADROOM_BYTES, trailerRoom: 64 * 1024, maxUploads: 2, packsPerIndex: 32, keepWritten: true, ...o };
     const { targetBytes, maxInFlight, maxChunkBytes, trailerRoom } = this.o;
     for (const [name, v, min] of [['targetBytes', targetBytes, 1], ['maxInFlight', maxInFlight, 1], ['maxChunkBytes', maxChunkBytes, 1], ['trailerRoom', trailerRoom, 0]] as const) {
       if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`${name} must be a whole number of at least ${min}, got ${v}`);
@@ -225,12 +231,14 @@ export class PackWriter<B extends PackBuffer> {
     try {
       await this.o.store.put(objectKeys.pack(p.id), body, { crc32 });
       this.bytesWritten += body.length;
-      this.written.push(contents);
+      if (this.o.keepWritten) this.written.push(contents);
+      this.packsWritten++;
       this.unindexed.push(contents);
+      this.o.onPack?.(contents.pack);
       // Index objects after 1, 2, 4, … packs, then every packsPerIndex: a writer that dies
       // early loses little (a retry finds the packs through the index), and a long disk
       // writes few index objects.
-      if (this.unindexed.length >= Math.min(this.o.packsPerIndex, Math.max(1, this.written.length - this.unindexed.length))) await this.writeIndex();
+      if (this.unindexed.length >= Math.min(this.o.packsPerIndex, Math.max(1, this.packsWritten - this.unindexed.length))) await this.writeIndex();
       else this.o.onStored?.(this.bytesWritten);
     } catch (err) {
       this.failure ??= err;
@@ -247,6 +255,14 @@ export class PackWriter<B extends PackBuffer> {
     this.bytesWritten += bytes;
     this.o.onStored?.(this.bytesWritten);
     this.indexes.push(indexId);
+  }
+
+  /** Closes the open pack (when it holds a chunk), so it is uploaded once the chunks in flight into it are placed. */
+  flush(): void {
+    const p = this.current;
+    if (!p || (p.chunks.length === 0 && p.inFlight === 0)) return;
+    this.close(p);
+    this.settle(p);
   }
 
   private changed(): Promise<void> {

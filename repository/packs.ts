@@ -357,12 +357,14 @@ export function packedManifest(base: Pick<Manifest, 'backupId' | 'diskId' | 'siz
 /**
  * Groups chunk reads into runs: chunks of one pack that lie within `maxGap` bytes of each
  * other are read by one range GET of at most `maxBytes` (format-1 chunks: one GET each).
- * Runs come in pack order, so a restore reads each pack front to back.
+ * Runs come in pack order, so a restore reads each pack front to back. `m` is a manifest
+ * read whole, or where each chunk is (a batch of a streamed manifest).
  */
-export function planReads(m: Manifest, ids: Iterable<string>, opts: { maxBytes?: number; maxGap?: number } = {}): ReadRun[] {
+export function planReads(m: Manifest | ((id: string) => ChunkLocation), ids: Iterable<string>, opts: { maxBytes?: number; maxGap?: number } = {}): ReadRun[] {
   const maxBytes = opts.maxBytes ?? 4 * 1024 * 1024;
   const maxGap = opts.maxGap ?? 64 * 1024;
-  const locs = [...ids].map((id) => ({ id, loc: chunkLocation(m, id) }));
+  const locate = typeof m === 'function' ? m : (id: string) => chunkLocation(m, id);
+  const locs = [...ids].map((id) => ({ id, loc: locate(id) }));
   locs.sort((a, b) => (a.loc.key < b.loc.key ? -1 : a.loc.key > b.loc.key ? 1 : a.loc.offset - b.loc.offset));
   const runs: ReadRun[] = [];
   let run: ReadRun | undefined;

@@ -8,7 +8,8 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
-import { decodeManifest, keys as objectKeys } from '../repository/format.ts';
+import { keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { runExecution } from '../local/client.ts';
@@ -89,7 +90,7 @@ it('a VM past its RPO', async () => {
 it('damage found by a deep verification', async () => {
   const b = (await t.stack.catalog.latestCommitted('vm-al'))!;
   const { store, keys } = await openRepository(t.stack.endpoints);
-  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b.backupId, 'disk0')))!, b.backupId, 'disk0');
+  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b.backupId, 'disk0')))!, b.backupId, 'disk0', store);
   const id = manifest.chunks.find((c) => c !== null)!;
   const at = chunkLocation(manifest, id);
   const pack = (await store.get(at.key))!;

@@ -7,8 +7,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys } from '../repository/format.ts';
+import { deriveKeys } from '../repository/format.ts';
 import type { ChangeTrackingOffer, DiskRef } from '../contracts/jobs.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import type { DiskReader, Extent } from '../mover/sources/source.ts';
@@ -45,13 +46,13 @@ async function fullThenIncremental(opts: { resize?: boolean; offer?: (parent: st
   const data = opts.resize ? Buffer.concat([next, randomBytes(CHUNK)]) : next;
   const changed = opts.changed ?? [{ offset: 5 * CHUNK + 64, length: 4096 + 64 }, { offset: 9 * CHUNK, length: 4096 }];
   const { reader, reads } = memoryDisk(data, changed);
-  const parentManifest = await decodeManifest(keys, (await store.get(full.manifestKey))!, 'b1', 'vda');
+  const parentManifest = await decodeManifest(keys, (await store.get(full.manifestKey))!, 'b1', 'vda', store);
   const result = await backupDisk({
     store, keys, reader, disk: disk(data, opts.offer ? opts.offer('b1') : { since: 'lifeboat-b1', sinceBackupId: 'b1' }), backupId: 'b2', chunkSize: CHUNK,
     parentManifestKey: full.manifestKey, parentBackupId: 'b1',
     ...(opts.heal ? { healChunks: new Set([parentManifest.chunks[0]!]) } : {}),
   });
-  const manifest = await decodeManifest(keys, (await store.get(result.manifestKey))!, 'b2', 'vda');
+  const manifest = await decodeManifest(keys, (await store.get(result.manifestKey))!, 'b2', 'vda', store);
   return { result, reads: reads.map((o) => o / CHUNK), manifest, parentManifest };
 }
 

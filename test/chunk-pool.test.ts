@@ -4,7 +4,8 @@ import { mkdtemp, open as openFile, readFile, rm, stat, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, seal, sealSync } from '../repository/format.ts';
+import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, open, seal, sealSync } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
@@ -155,7 +156,7 @@ describe('restore through the pool', () => {
     const data = Buffer.concat([randomBytes(CHUNK), text(CHUNK), randomBytes(CHUNK)]);
     await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
     const manifestKey = objectKeys.manifest('b1', 'd');
-    return { data, manifest: await decodeManifest(keys, store.objects.get(manifestKey)!, 'b1', 'd'), manifestKey };
+    return { data, manifest: await decodeManifest(keys, store.objects.get(manifestKey)!, 'b1', 'd', store), manifestKey };
   };
 
   it('names the disk, offset and pack of a chunk whose bytes in the pack were swapped for another authentic envelope', async () => {

@@ -1,7 +1,8 @@
 /** Deep verification of a disk (mover/recovery/deep-verify.ts) and RecordDeepVerify's healing, on in-memory repositories. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -39,7 +40,7 @@ class Counting implements ObjectStore {
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, healChunks?: Set<string>) {
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
   const r = await backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, parallelism: 2, ...(healChunks ? { healChunks } : {}) });
-  return { r, m: await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0') };
+  return { r, m: await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store) };
 }
 const verify = (store: ObjectStore, backupId: string, sizeBytes: number, verifyId?: string) => deepVerifyDisk(job(backupId, verifyId), { diskId: 'disk0', sizeBytes }, { store, keys, parallelism: 4 });
 
@@ -57,7 +58,7 @@ describe('deepVerifyDisk, format 2', () => {
     const packGets = store.gets.filter((g) => g.key.startsWith('packs/'));
     expect(packGets.every((g) => g.range !== undefined)).toBe(true);
     expect(packGets.length).toBe(2); // not 70 GETs: two runs of at most 4 MiB
-    expect(store.gets).toHaveLength(1 + packGets.length); // and the manifest
+    expect(store.gets).toHaveLength(2 + packGets.length); // and the manifest and its piece
     expect(store.lists).toEqual([]);
     expect(out.bytesRead).toBe(packGets.reduce((n, g) => n + g.range!.length, 0) + mem.objects.get(objectKeys.manifest('b1', 'disk0'))!.length);
   });

@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exportJob, type ExportResult } from '../contracts/export-job.ts';
-import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
@@ -199,7 +200,7 @@ describe.skipIf(missing.length > 0)('NBD export of a backup, with real NBD tools
   }, 120_000);
 
   it('a byte flipped in a pack gives EIO for the reads of that chunk only, logged with backup, disk and chunk', async () => {
-    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'vda')))!, backupId, 'vda');
+    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'vda')))!, backupId, 'vda', store);
     const index = 5; // a random-data chunk
     const id = m.chunks[index]!;
     const loc = chunkLocation(m, id);

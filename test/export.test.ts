@@ -6,7 +6,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -108,7 +109,7 @@ describe('backup disk export', () => {
 
   it('fails with EIO only the reads that need a damaged chunk, naming backup, disk and chunk, logged once', async () => {
     const { store, data, exp, logs } = await setup({ readAheadChunks: 0 });
-    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest('b1', 'vda')))!, 'b1', 'vda');
+    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest('b1', 'vda')))!, 'b1', 'vda', store);
     const id = m.chunks[4]!;
     const loc = chunkLocation(m, id);
     const pack = (await store.inner.get(loc.key))!;

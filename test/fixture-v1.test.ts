@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
@@ -24,7 +25,7 @@ it('restores the version 1 fixture repository byte-identical', async () => {
     if (e.isFile()) store.objects.set(relative(root, join(e.parentPath, e.name)), await readFile(join(e.parentPath, e.name)));
   }
   const keys = deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(join(fixture, 'keyfile'))));
-  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(expected.backupId, expected.diskId)))!, expected.backupId, expected.diskId);
+  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(expected.backupId, expected.diskId)))!, expected.backupId, expected.diskId, store);
   expect(manifest.chunks.length).toBe(5);
   expect(manifest.chunks[1]).toBeNull(); // the zero chunk
   expect(manifest.chunks[0]).toBe(manifest.chunks[2]); // the repeated chunk is stored once

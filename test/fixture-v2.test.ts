@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, keys as objectKeys, open, packIdOfKey, type Manifest, type RepositoryKeys } from '../repository/format.ts';
+import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, type Manifest, type RepositoryKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation, decodeIndexObject, planReads, readPackTrailer, type PackContents } from '../repository/packs.ts';
@@ -43,7 +44,7 @@ beforeAll(async () => {
   keys = deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(join(fixture, 'keyfile'))));
   const manifest = async (i: number) => {
     const b = expected.backups[i]!;
-    return decodeManifest(keys, (await store.get(objectKeys.manifest(b.backupId, b.diskId)))!, b.backupId, b.diskId);
+    return decodeManifest(keys, (await store.get(objectKeys.manifest(b.backupId, b.diskId)))!, b.backupId, b.diskId, store);
   };
   [full, incr] = [await manifest(0), await manifest(1)];
   for (const key of expected.packs) trailers.set(packIdOfKey(key)!, readPackTrailer(keys, store.objects.get(key)!, packIdOfKey(key)!));

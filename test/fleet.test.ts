@@ -6,8 +6,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { SlotUnavailable } from '../contracts/errors.ts';
-import { decodeManifest, deriveKeys, keys } from '../repository/format.ts';
+import { deriveKeys, keys } from '../repository/format.ts';
 import { segmentManifestId, type DiskRef, type VmJob } from '../contracts/jobs.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';
@@ -158,8 +159,8 @@ describe('PlanDispatch / JoinSegments', () => {
 
     const wholeStore = new MemoryObjectStore();
     const whole = await backupDisk({ store: wholeStore, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk });
-    const fromSegments = await decodeManifest(k, (await store.get(joined!.manifestKey))!, 'bk', 'disk0');
-    const fromWhole = await decodeManifest(k, (await wholeStore.get(whole.manifestKey))!, 'bk', 'disk0');
+    const fromSegments = await decodeManifest(k, (await store.get(joined!.manifestKey))!, 'bk', 'disk0', store);
+    const fromWhole = await decodeManifest(k, (await wholeStore.get(whole.manifestKey))!, 'bk', 'disk0', wholeStore);
     expect(fromSegments.chunks).toEqual(fromWhole.chunks);
     expect(Object.keys(fromSegments.storedSizes).sort()).toEqual(Object.keys(fromWhole.storedSizes).sort());
   });

@@ -8,7 +8,6 @@ import {
   chunkId,
   Cipher,
   Compression,
-  decodeManifest,
   deriveKeys,
   encodeManifest,
   FORMAT_VERSION,
@@ -20,6 +19,7 @@ import {
   sealSync,
   type Manifest,
 } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../repository/keyring.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 import { prng } from './helpers/prng.ts';

@@ -12,7 +12,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { deriveKeys, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../repository/admin.ts';
 import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';
@@ -70,7 +71,7 @@ async function indexKeys(): Promise<string[]> {
 async function expectIndexFinds(index: RepositoryIndex, backupIds: string[]) {
   let n = 0;
   for (const b of backupIds) {
-    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(b, 'disk0')))!, b, 'disk0');
+    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(b, 'disk0')))!, b, 'disk0', store);
     for (const id of m.chunks) {
       if (id === null) continue;
       const packId = m.packs![m.locations![id]![0]]!.id;
@@ -97,7 +98,7 @@ it('merges the small index objects after sweeping a pruned backup, leaves alone 
   const warm = new IndexCache(store, keys);
   expect((await warm.refresh()).size).toBe(72);
   // b0 pruned: its packs are garbage.
-  const pruned = await decodeManifest(keys, (await store.get(objectKeys.manifest('b0', 'disk0')))!, 'b0', 'disk0');
+  const pruned = await decodeManifest(keys, (await store.get(objectKeys.manifest('b0', 'disk0')))!, 'b0', 'disk0', store);
   await admin.delete([objectKeys.manifest('b0', 'disk0')]);
 
   // A backup runs while collection lists packs/ (after it read index/): its index objects are new to this run.
@@ -193,7 +194,7 @@ it('interrupted after storing merged objects, before deleting their sources: dup
   expect(r.consolidation).toMatchObject({ merged: 0, written: 1, entries: 64, stopped: expect.stringContaining('timed out') });
   expect(await indexKeys()).toHaveLength(before.length + 1);
   const backups = Array.from({ length: 12 }, (_, i) => `b${i}`);
-  const ids = (await Promise.all(backups.map(async (b) => (await decodeManifest(keys, (await store.get(objectKeys.manifest(b, 'disk0')))!, b, 'disk0')).chunks))).flat() as string[];
+  const ids = (await Promise.all(backups.map(async (b) => (await decodeManifest(keys, (await store.get(objectKeys.manifest(b, 'disk0')))!, b, 'disk0', store)).chunks))).flat() as string[];
   const index = await RepositoryIndex.load(store, keys);
   expect(index.size).toBe(72);
   expect(await expectIndexFinds(index, backups)).toBe(72);
@@ -201,7 +202,7 @@ it('interrupted after storing merged objects, before deleting their sources: dup
   expect(ids.filter((id) => index.all(id).length === 2)).toHaveLength(64);
   for (const id of ids) expect(index.otherCopies(id, index.get(id)!)).toEqual([]);
   // A backup of data already stored finds it all.
-  const b5 = await decodeManifest(keys, (await store.get(objectKeys.manifest('b5', 'disk0')))!, 'b5', 'disk0');
+  const b5 = await decodeManifest(keys, (await store.get(objectKeys.manifest('b5', 'disk0')))!, 'b5', 'disk0', store);
   expect(b5.chunks.every((id) => index.get(id!) !== undefined)).toBe(true);
 
   const next = await gc();

@@ -16,7 +16,8 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../contracts/endpoints.ts';
-import { chunkId, decodeManifest, keys as objectKeys, open } from '../repository/format.ts';
+import { chunkId, keys as objectKeys, open } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
 import { quarantineKey } from '../repository/quarantine.ts';
 import type { GcReport } from '../contracts/gc-report.ts';
@@ -66,8 +67,8 @@ it('quarantines a damaged chunk, re-uploads it with the next backup and heals ev
   expect(b1.parentBackupId).toBe(b0.backupId);
 
   // A bit flips in one chunk of disk0, inside its pack (same size: the existence check cannot tell).
-  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b1.backupId, 'disk0')))!, b1.backupId, 'disk0');
-  expect(manifest.version).toBe(2);
+  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b1.backupId, 'disk0')))!, b1.backupId, 'disk0', store);
+  expect(manifest.version).toBe(3);
   const index = manifest.chunks.findIndex((c, i) => c !== null && i > 1);
   const id = manifest.chunks[index]!;
   const at = chunkLocation(manifest, id);
@@ -109,7 +110,7 @@ it('quarantines a damaged chunk, re-uploads it with the next backup and heals ev
   expect(b2.parentBackupId).toBe(b0.backupId);
   const uploaded = b2.disks!.reduce((n, d) => n + d.stats.uploadedChunks, 0);
   expect(uploaded).toBe(1);
-  const m2 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b2.backupId, 'disk0')))!, b2.backupId, 'disk0');
+  const m2 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b2.backupId, 'disk0')))!, b2.backupId, 'disk0', store);
   const again = chunkLocation(m2, id);
   expect(again.key).not.toBe(key); // a new pack
   expect(await opensAsChunk(again)).toBe(true);

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, collectBody, s3Client } from '../core/s3-store.ts';
-import { decodeManifest, deriveKeys, keys as objectKeys, objectCrc32, objectSha256, packIdOfKey } from '../repository/format.ts';
+import { deriveKeys, keys as objectKeys, objectCrc32, objectSha256, packIdOfKey } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { readPackTrailer } from '../repository/packs.ts';
 import { deframeAwsChunked, startLocalS3, type LocalS3 } from '../local/s3-server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
@@ -227,7 +228,7 @@ describe('two movers backing up the same data at once (real local S3)', () => {
     expect(packs.size).toBeGreaterThanOrEqual(2);
     for (const [key, body] of packs) expect(readPackTrailer(keys, body, packIdOfKey(key)!).pack.size).toBe(body.length);
     for (const vm of ['vm-a', 'vm-b']) {
-      const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(vm, 'disk0')))!, vm, 'disk0');
+      const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(vm, 'disk0')))!, vm, 'disk0', store);
       for (const p of m.packs!) expect(packs.get(objectKeys.pack(p.id))?.length).toBe(p.size);
       const target = join(dir, `${vm}.raw`);
       await restoreDisk({ store, keys, backupId: vm, diskId: 'disk0', target });

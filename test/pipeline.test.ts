@@ -5,8 +5,9 @@ import { mkdtemp, open as fsOpen, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, packIdOfKey, sealedCapacity } from '../repository/format.ts';
+import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, open, packIdOfKey, sealedCapacity } from '../repository/format.ts';
 import type { DiskRef } from '../contracts/jobs.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ListedKey, ObjectInfo } from '../core/object-store.ts';
 import { chunkLocation, packedManifest, readPackTrailer } from '../repository/packs.ts';
@@ -57,14 +58,14 @@ class CountingStore extends MemoryObjectStore {
   }
 }
 
-const kinds = (keys: string[]) => keys.map((k) => (packIdOfKey(k) ? 'pack' : k.startsWith('index/') ? 'index' : k.startsWith('manifests/') ? 'manifest' : k));
+const kinds = (keys: string[]) => keys.map((k) => (packIdOfKey(k) ? 'pack' : k.startsWith('index/') ? 'index' : /^manifests\/.*\.pieces\//.test(k) ? 'piece' : k.startsWith('manifests/') ? 'manifest' : k));
 const tempTarget = async (name = 'd.raw') => {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-'));
   dirs.push(dir);
   return join(dir, name);
 };
 /** The manifest of a backup's disk, opened. */
-const manifestOf = async (store: MemoryObjectStore, backupId: string, diskId: string) => decodeManifest(keys, store.objects.get(objectKeys.manifest(backupId, diskId))!, backupId, diskId);
+const manifestOf = async (store: MemoryObjectStore, backupId: string, diskId: string) => decodeManifest(keys, store.objects.get(objectKeys.manifest(backupId, diskId))!, backupId, diskId, store);
 
 const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
 const disk = (diskId: string, data: Buffer): DiskRef => ({ diskId, path: 'mem', sizeBytes: data.length });
@@ -75,10 +76,10 @@ describe('backup pipeline', () => {
     const data = randomBytes(CHUNK * 8 + 1000); // a partial last chunk too
     const full = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     expect(full.stats.uploadedChunks).toBe(9);
-    expect(kinds(store.puts)).toEqual(['pack', 'index', 'manifest']);
+    expect(kinds(store.puts)).toEqual(['pack', 'index', 'piece', 'manifest']);
     expect({ heads: store.heads, gets: store.gets, lists: store.lists }).toEqual({ heads: [], gets: [], lists: ['index/', 'index/'] });
     const m = await manifestOf(store, 'b1', 'd');
-    expect(m.version).toBe(2);
+    expect(m.version).toBe(3);
     expect(m.packs!.map((p) => objectKeys.pack(p.id))).toEqual([store.puts[0]]);
   });
 
@@ -92,10 +93,10 @@ describe('backup pipeline', () => {
     store.reset();
     const incr = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b2', chunkSize: CHUNK, parentBackupId: 'b1', parentManifestKey: full.manifestKey });
     expect(incr.stats).toMatchObject({ parentChunks: 8, uploadedChunks: 1, bytesNew: CHUNK });
-    expect(kinds(store.puts)).toEqual(['pack', 'index', 'manifest']);
+    expect(kinds(store.puts)).toEqual(['pack', 'index', 'piece', 'manifest']);
     expect(store.heads).toEqual([]);
-    // GETs: the parent manifest, and the one index object (the changed chunk is looked up in the repository's index).
-    expect(kinds(store.gets)).toEqual(['manifest', 'index']);
+    // GETs: the parent manifest and its piece, and the one index object (the changed chunk is looked up in the repository's index).
+    expect(kinds(store.gets)).toEqual(['manifest', 'piece', 'index']);
     expect(store.gets[0]).toBe(full.manifestKey);
     expect(store.lists).toEqual(['index/', 'index/']);
     // The new pack holds only the changed chunk; the other eight are where the parent has them.
@@ -116,7 +117,7 @@ describe('backup pipeline', () => {
     const second = await backupDisk({ store, keys, reader: reader(data), disk: disk('vm2-d0', data), backupId: 'b2', chunkSize: CHUNK });
     expect(second.stats).toMatchObject({ uploadedChunks: 0, dedupedChunks: 5, zeroChunks: 1 });
     // No pack and no index object: only the manifest, referencing VM A's pack.
-    expect(kinds(store.puts)).toEqual(['manifest']);
+    expect(kinds(store.puts)).toEqual(['piece', 'manifest']);
     expect(store.heads).toEqual([]);
     expect(kinds(store.gets)).toEqual(['index']);
     const [a, b] = [await manifestOf(store, 'b1', 'vm1-d0'), await manifestOf(store, 'b2', 'vm2-d0')];

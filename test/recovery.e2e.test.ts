@@ -7,7 +7,8 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeManifest, keys as objectKeys } from '../repository/format.ts';
+import { keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { runExecution } from '../local/client.ts';
@@ -194,7 +195,7 @@ describe('Deep verify workflow', () => {
 
   it('finds a bit flipped in one stored chunk, names it, marks the backup damaged and emits an event', async () => {
     const { store, keys } = await openRepository(t.stack.endpoints);
-    const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0');
+    const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store);
     const index = manifest.chunks.findIndex((c, i) => c !== null && i > 0);
     expect(index).toBeGreaterThan(0);
     const id = manifest.chunks[index]!;

@@ -2,7 +2,8 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
-import { decodeManifest, deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
+import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -22,7 +23,7 @@ async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, 
   await store.put(objectKeys.vmConfig(backupId), await seal(keys, Buffer.from('{"name":"vm"}'), `vm-config:${backupId}`));
   return backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, parallelism: 2, ...(packBytes ? { packBytes } : {}) });
 }
-const manifestOf = async (store: MemoryObjectStore, backupId: string) => decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0');
+const manifestOf = async (store: MemoryObjectStore, backupId: string) => decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store);
 const job = (backupId: string): ReplicateJob => ({
   replicationId: 'r', vmId: 'vm', backupId, moverGroup: 'dr', source: { bucket: 's' }, target: { bucket: 't' }, disks: [], replicaDir: null, recoveryPoint: '2026-11-23T00:00:00Z',
 });
@@ -37,7 +38,7 @@ describe('replicateDisk (format 2: packs)', () => {
     const data = Buffer.concat([a, randomBytes(CHUNK), a, Buffer.alloc(CHUNK), ...Array.from({ length: 4 }, () => randomBytes(CHUNK))]);
     await backup(source, 'b1', data, 2 * CHUNK);
     const m = await manifestOf(source, 'b1');
-    expect(m.version).toBe(2);
+    expect(m.version).toBe(3);
     expect(m.packs!.length).toBeGreaterThan(1);
     const d = { source: { store: source, keys }, target: { store: target }, parallelism: 4 };
     const first = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d);

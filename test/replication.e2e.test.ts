@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { keys as objectKeys, decodeManifest } from '../repository/format.ts';
+import { keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { RepositoryIndex } from '../repository/repository-index.ts';
 import type { StandbyDisk } from '../contracts/recovery-jobs.ts';
@@ -129,8 +130,8 @@ describe('replication after a backup', () => {
     // The DR endpoint holds the copy: every pack of the manifest, read through its own endpoint.
     const dr = repositoryStore(t.stack.endpoints, 'dr');
     const { keys } = await openRepository(t.stack.endpoints);
-    const m = await decodeManifest(keys, (await dr.get(objectKeys.manifest(r.backupId, 'disk0')))!, r.backupId, 'disk0');
-    expect(m.version).toBe(2);
+    const m = await decodeManifest(keys, (await dr.get(objectKeys.manifest(r.backupId, 'disk0')))!, r.backupId, 'disk0', dr);
+    expect(m.version).toBe(3);
     for (const p of m.packs!) expect((await dr.head(objectKeys.pack(p.id)))?.size, p.id).toBe(p.size);
     // The DR repository's own index lists every chunk, where its manifest says.
     const drIndex = await RepositoryIndex.load(dr, keys);
@@ -282,7 +283,7 @@ describe('a policy whose DR repository names no replicating group', () => {
   it('a replication started by hand refuses to copy a pack holding a damaged chunk, names the chunk, and copies neither the pack nor the manifest', async () => {
     const { store, keys } = await openRepository(t.stack.endpoints);
     const latest = (await t.stack.catalog.latestCommitted('vm-m'))!.backupId;
-    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(latest, 'disk0')))!, latest, 'disk0');
+    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(latest, 'disk0')))!, latest, 'disk0', store);
     const dr = repositoryStore(t.stack.endpoints, 'dr');
     // A chunk in a pack the DR repository lacks; a bit flips in its bytes.
     let id: string | undefined;

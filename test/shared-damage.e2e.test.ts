@@ -13,7 +13,8 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { decodeManifest, keys as objectKeys } from '../repository/format.ts';
+import { keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { QuarantineReport } from '../functions/deep-verify/quarantine.ts';
 import { runExecution } from '../local/client.ts';
@@ -66,8 +67,8 @@ it('marks every backup sharing a damaged chunk, refuses to restore them up front
   const { store, keys } = await openRepository(e);
   const b0 = await backup();
   const b1 = await backup(); // the unchanged VM: b1's manifest lists b0's chunks, in b0's packs
-  const m0 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b0.backupId, 'disk0')))!, b0.backupId, 'disk0');
-  const m1 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b1.backupId, 'disk0')))!, b1.backupId, 'disk0');
+  const m0 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b0.backupId, 'disk0')))!, b0.backupId, 'disk0', store);
+  const m1 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b1.backupId, 'disk0')))!, b1.backupId, 'disk0', store);
   const index = m0.chunks.findIndex((c) => c !== null);
   const id = m0.chunks[index]!;
   expect(m1.chunks[index]).toBe(id);

@@ -4,7 +4,8 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { ReplicateJob } from '../contracts/recovery-jobs.ts';
@@ -64,8 +65,8 @@ describe('updateStandbyDisk', () => {
   it('reads chunks from their pack and names the chunk, the pack bytes, the disk and the offset of a damaged one', async () => {
     const v = randomBytes(4 * CHUNK);
     await backup('b4', v);
-    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest('b4', 'disk0')))!, 'b4', 'disk0');
-    expect(m.version).toBe(2);
+    const m = await decodeManifest(keys, (await store.get(objectKeys.manifest('b4', 'disk0')))!, 'b4', 'disk0', store);
+    expect(m.version).toBe(3);
     const id = m.chunks[2]!;
     const at = chunkLocation(m, id);
     expect(at.key).toMatch(/^packs\//);

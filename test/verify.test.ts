@@ -1,8 +1,9 @@
 /** Verify against the in-memory store: what it catches, from manifests and HEADs alone, in both repository formats. */
 import { randomBytes } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, seal, type Manifest } from '../repository/format.ts';
+import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, seal, type Manifest } from '../repository/format.ts';
 import type { DiskRef, DiskResult, VmJob } from '../contracts/jobs.ts';
+import { decodeManifest } from '../repository/manifest/reader.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { verify } from '../functions/backup/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
@@ -67,7 +68,7 @@ async function backedUpV2(store: MemoryObjectStore): Promise<Job> {
   return jobOf(disks, results);
 }
 
-const manifestOf = async (diskId: string) => decodeManifest(keys, store.objects.get(objectKeys.manifest('b1', diskId))!, 'b1', diskId);
+const manifestOf = async (diskId: string) => decodeManifest(keys, store.objects.get(objectKeys.manifest('b1', diskId))!, 'b1', diskId, store);
 const packKeys = (store: MemoryObjectStore) => [...store.objects.keys()].filter((k) => k.startsWith('packs/'));
 
 /** Counts HEAD requests by key. */

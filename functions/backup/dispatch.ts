@@ -4,17 +4,20 @@
  * PlanDispatch turns a snapshot's disks into transfer items: a disk up to the job's
  * segment size is one item; a larger one is cut into chunk-aligned segments, each its
  * own activity task, so several movers of the group read one disk in parallel.
- * JoinSegments merges the segments' manifests into the disk's manifest (written to the
- * repository before Verify reads it) and their counters into one result per disk.
+ * JoinSegments joins the segments' manifests into the disk's manifest by naming their
+ * pieces (format 3: no entry is read or rewritten), written to the
+ * repository before Verify reads it, and their counters into one result per disk.
  */
 import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../../contracts/errors.ts';
-import { decodeManifest, encodeManifest, keys, MANIFEST_VERSION, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
-import { chunkLocation, packedManifest, type ChunkLocation } from '../../repository/packs.ts';
+import { keys, type RepositoryKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type DispatchItem, segmentManifestId, type TransferStats, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
+import { checkHead, type ManifestHead } from '../../repository/manifest/head.ts';
+import { ManifestReader } from '../../repository/manifest/reader.ts';
+import { putHead } from '../../repository/manifest/writer.ts';
 
 export function planDispatch(job: VmJob): DispatchItem[] {
   if (!job.snapshot) throw new BadTaskInput(`VM '${job.vmId}' has no snapshot to dispatch`);
@@ -65,33 +68,35 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
       throw new Corrupt(`disk '${disk.diskId}' of backup ${job.backupId}: expected ${count || 'its'} segment results, got segments [${[...indexes].sort().join(', ')}]`);
     }
     parts.sort((a, b) => a.segment!.index - b.segment!.index);
-    const base = { backupId: job.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize: job.repository.chunkSize };
-    const chunks: (string | null)[] = new Array(Math.ceil(disk.sizeBytes / base.chunkSize)).fill(null);
-    const where = new Map<string, ChunkLocation>();
+    // The disk's manifest names the segments' pieces as they are: no entry is read or written again.
+    const head: ManifestHead = {
+      version: 3, backupId: job.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize: job.repository.chunkSize,
+      from: 0, to: Math.ceil(disk.sizeBytes / job.repository.chunkSize), owners: [], pieces: [],
+    };
     for (const part of parts) {
       const seg = part.segment!;
       const id = segmentManifestId(disk.diskId, seg.index);
-      const sealed = await deps.store.get(keys.manifest(job.backupId, id));
-      if (!sealed) throw new Corrupt(`segment manifest ${keys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
-      const m = await decodeManifest(deps.keys, sealed, job.backupId, id);
-      if (m.chunkSize !== base.chunkSize || m.sizeBytes !== disk.sizeBytes) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
-      if (m.version !== MANIFEST_VERSION) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} has format ${m.version}, written by an older mover; run the backup again`);
-      const first = seg.offset / base.chunkSize;
-      const end = Math.ceil((seg.offset + seg.length) / base.chunkSize);
-      for (let i = first; i < end; i++) {
-        const c = m.chunks[i] ?? null;
-        chunks[i] = c;
-        if (c !== null && !where.has(c)) where.set(c, chunkLocation(m, c));
+      const m = await ManifestReader.open(deps.store, deps.keys, job.backupId, id);
+      if (!m) throw new Corrupt(`segment manifest ${keys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
+      if (m.info.chunkSize !== head.chunkSize || m.info.sizeBytes !== disk.sizeBytes) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
+      if (m.info.version !== 3) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} has format ${m.info.version}, written by an older mover; run the backup again`);
+      const first = seg.offset / head.chunkSize;
+      const end = Math.ceil((seg.offset + seg.length) / head.chunkSize);
+      if (m.info.from !== first || m.info.to !== end) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} covers chunks ${m.info.from} to ${m.info.to}, its segment ${first} to ${end}`);
+      for (const p of m.pieces()) {
+        let owner = head.owners.indexOf(p.owner);
+        if (owner < 0) owner = head.owners.push(p.owner) - 1;
+        head.pieces.push([owner, p.firstChunk, p.count, p.bytes]);
       }
     }
-    const joined = packedManifest(base, chunks, (c) => where.get(c)!);
-    const sealed = await encodeManifest(deps.keys, joined);
+    // Checked as any reader checks it (the segments cover the disk, each once, in order) before it is stored.
+    checkHead(JSON.parse(JSON.stringify(head)) as Record<string, unknown>, job.backupId, disk.diskId);
+    const headBytes = await putHead(deps.store, deps.keys, head);
     const manifestKey = keys.manifest(job.backupId, disk.diskId);
-    await deps.store.put(manifestKey, sealed, { crc32: objectCrc32(sealed) });
     const stats = parts.map((p) => p.stats).reduce(sumStats);
     // Segments share their snapshot's change tracking: any segment that could not use it says why.
     const tracking = parts.find((p) => p.changeTracking?.used === false)?.changeTracking ?? parts[0]!.changeTracking;
-    out.push({ diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats: { ...stats, bytesStored: stats.bytesStored + sealed.length }, ...(tracking ? { changeTracking: tracking } : {}) });
+    out.push({ diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats: { ...stats, bytesStored: stats.bytesStored + headBytes }, ...(tracking ? { changeTracking: tracking } : {}) });
   }
   return out;
 }

@@ -5,12 +5,16 @@
  */
 import { z } from 'zod';
 import { VerifyFailed } from '../../contracts/errors.ts';
-import { decodeManifest, keys, type RepositoryKeys } from '../../repository/format.ts';
+import { keys, type RepositoryKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
+import { ManifestReader } from '../../repository/manifest/reader.ts';
+
+/** Packs and chunk ids remembered while verifying (memory stays bounded whatever the disk's size). */
+const RECENT = 65_536;
 
 export interface VerifyInput extends VmJob {
   disks: DiskResult[];
@@ -48,7 +52,7 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
   let checksumsCompared = 0;
   let packsChecked = 0;
   const concurrency = deps.concurrency ?? 16;
-  /** Each pack HEADed once per backup (disks share packs): its size in the store, or undefined when missing. */
+  /** Packs HEADed lately (disks and pieces share packs): each one's size in the store, or undefined when missing. Bounded. */
   const packs = new Map<string, Promise<number | undefined>>();
   const headPack = (key: string): Promise<number | undefined> => {
     let size = packs.get(key);
@@ -59,38 +63,51 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
         bytesChecked += info.size;
         return info.size;
       })));
+      if (packs.size > RECENT) packs.delete(packs.keys().next().value!);
     }
     return size;
   };
   for (const disk of disks) {
     const sealed = await deps.store.get(disk.manifestKey);
     if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
-    const manifest = await decodeManifest(deps.keys, sealed, backupId, disk.diskId);
-    const ids = new Set(manifest.chunks.filter((c): c is string => c !== null));
-    if (manifest.version === 2) {
-      await mapLimit(manifest.packs!, concurrency, async (pack) => {
-        const key = keys.pack(pack.id);
-        const got = await headPack(key);
-        if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
-        if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
-      });
-      chunksChecked += ids.size;
-      continue;
-    }
-    await mapLimit([...ids], concurrency, async (id) => {
-      const key = keys.chunk(id);
-      const info = await deps.store.head(key);
-      if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
-      const expected = manifest.storedSizes[id];
-      if (info.size !== expected) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${expected}`);
-      const digest = manifest.storedSha256?.[id];
-      if (digest && info.sha256) {
-        checksumsCompared++;
-        if (info.sha256 !== digest) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) has SHA-256 ${info.sha256} in the store, the manifest expects ${digest}`);
+    const manifest = await ManifestReader.fromSealed(deps.store, deps.keys, sealed, backupId, disk.diskId);
+    // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
+    const recent = new Set<string>();
+    const fresh = (id: string) => {
+      if (recent.has(id)) return false;
+      recent.add(id);
+      if (recent.size > RECENT) recent.delete(recent.values().next().value!);
+      return true;
+    };
+    for await (const batch of manifest.batches()) {
+      if (manifest.info.version !== 1) {
+        await mapLimit(batch.packs, concurrency, async (pack) => {
+          const key = keys.pack(pack.id);
+          const got = await headPack(key);
+          if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
+          if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
+        });
+        for (let i = 0; i < batch.count; i++) { const id = batch.id(i); if (id !== null && fresh(id)) chunksChecked++; }
+        continue;
       }
-      chunksChecked++;
-      bytesChecked += info.size;
-    });
+      const objects: { id: string; length: number; sha256: string | undefined }[] = [];
+      for (let i = 0; i < batch.count; i++) {
+        const id = batch.id(i);
+        if (id !== null && fresh(id)) objects.push({ id, length: batch.location(i)!.length, sha256: batch.sha256?.(i) });
+      }
+      await mapLimit(objects, concurrency, async ({ id, length, sha256 }) => {
+        const key = keys.chunk(id);
+        const info = await deps.store.head(key);
+        if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
+        if (info.size !== length) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
+        if (sha256 && info.sha256) {
+          checksumsCompared++;
+          if (info.sha256 !== sha256) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) has SHA-256 ${info.sha256} in the store, the manifest expects ${sha256}`);
+        }
+        chunksChecked++;
+        bytesChecked += info.size;
+      });
+    }
   }
   return { chunksChecked, bytesChecked, checksumsCompared, packsChecked };
 }

@@ -5,8 +5,9 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { deriveKeys, type RepositoryKeys } from '../../repository/format.ts';
-import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../repository/keyring.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
+import type { KeyWrapper } from '../../repository/keyring.ts';
+import { keyWrapper, openRepository, type KeySource } from '../../repository/open.ts';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { powertools } from './lambda.ts';
 import { storageMetrics } from '../../contracts/metric-names.ts';
@@ -51,10 +52,10 @@ const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
 
 let kms: KMSClient | undefined;
 
-/** The repository key's wrapper: KMS in AWS (REPOSITORY_KMS_KEY_ID), a key file in the embedded stack. */
-async function keyWrapper(env: FunctionEnv, bucket: string): Promise<KeyWrapper> {
-  if (env.kmsKeyId) return new KmsKeyWrapper({ client: (kms ??= new KMSClient({ region: env.region })), keyId: env.kmsKeyId, repository: bucket });
-  if (env.keyFile) return KeyFileWrapper.load(env.keyFile);
+/** How repository keys are unwrapped: KMS in AWS (REPOSITORY_KMS_KEY_ID), a key file in the embedded stack. */
+function keySource(env: FunctionEnv): KeySource {
+  if (env.kmsKeyId) return { kms: (kms ??= new KMSClient({ region: env.region })), kmsKeyId: env.kmsKeyId };
+  if (env.keyFile) return { keyFile: env.keyFile };
   throw new Error('no repository key wrapper configured: set REPOSITORY_KMS_KEY_ID (AWS; the CDK app does) or LIFEBOAT_KEY_FILE (embedded stack)');
 }
 
@@ -168,12 +169,12 @@ export function clients(): Clients {
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
-    keyWrapper: (bucket) => keyWrapper(env, bucket),
+    keyWrapper: async (bucket) => keyWrapper(keySource(env), bucket),
     repositoryKeys: (bucket, endpoint) => {
       const id = locationKey({ bucket, endpoint });
       let k = repositoryKeys.get(id);
       if (!k) {
-        k = keyWrapper(env, bucket).then(async (w) => deriveKeys(await loadMasterKey(cached!.store(bucket, endpoint), w)));
+        k = (async () => (await openRepository({ store: cached!.store(bucket, endpoint), bucket, keys: keySource(env) })).keys)();
         k.catch(() => repositoryKeys.delete(id)); // a failure is not cached
         repositoryKeys.set(id, k);
       }

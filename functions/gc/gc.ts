@@ -70,6 +70,7 @@ import { isMarked, markNew, noMarks, type Marks } from '../../repository/mainten
 import { emptyReport, type GcReport } from '../../contracts/gc-report.ts';
 import { CONSOLIDATION, consolidateIndex, planConsolidation, type ConsolidationSettings } from '../../repository/maintenance/consolidate.ts';
 import { indexPacks, indexWithout, loadIndex, removeFromIndex, type IndexEntry } from '../../repository/maintenance/index-map.ts';
+import { ChunkIdSet } from '../../repository/maintenance/chunk-id-set.ts';
 
 const HOUR_MS = 3_600_000;
 /** HEADs in flight when reading candidates' retention. */
@@ -142,7 +143,7 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
 
   // Mark.
   const seen = new Set<string>();
-  const marks: Marks = { ...noMarks(), packedChunks: new Set() };
+  const marks: Marks = { ...noMarks(), packedChunks: new ChunkIdSet() };
   report.manifests = await markNew(markDeps, seen, marks, undefined, notes);
   const packedChunks = marks.packedChunks!;
   delete marks.packedChunks; // only the statistic below needs them

@@ -8,7 +8,8 @@
  * chunks stored intact again (a good copy serves every manifest that lists the id).
  */
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
-import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation } from '../../repository/packs.ts';
 import type { Backup, Catalog } from '../catalog/catalog.ts';
@@ -37,13 +38,13 @@ async function findingsOf(b: Backup, damaged: Set<string>, deps: Pick<ShareDamag
   for (const d of b.disks ?? []) {
     const sealed = await deps.store.get(objectKeys.manifest(b.backupId, d.diskId));
     if (!sealed) continue; // a backup of another repository
-    const m = await decodeManifest(deps.keys, sealed, b.backupId, d.diskId);
+    const m = await decodeManifest(deps.keys, sealed, b.backupId, d.diskId, deps.store);
     const offsets = new Map<string, number[]>();
     m.chunks.forEach((id, i) => {
       if (id !== null && damaged.has(id)) offsets.set(id, [...(offsets.get(id) ?? []), i * m.chunkSize]);
     });
     for (const [id, at] of offsets) {
-      const loc = m.version === 2 ? chunkLocation(m, id) : undefined;
+      const loc = m.version !== 1 ? chunkLocation(m, id) : undefined;
       out.push({
         backupId: b.backupId, diskId: d.diskId, offsets: at, chunkId: id, reason,
         objectKey: loc ? loc.key : objectKeys.chunk(id), ...(loc ? { range: { offset: loc.offset, length: loc.length } } : {}),

@@ -11,8 +11,9 @@
  * requests: it copies no chunk.
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectCrc32, sealedCapacity, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
-import { packedManifest } from '../../repository/packs.ts';
+import { chunkId, isZero, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
+import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
+import { ManifestWriter } from '../../repository/manifest/writer.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
 import { PackWriter } from '../../repository/pack-writer.ts';
 import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../contracts/jobs.ts';
@@ -53,39 +54,49 @@ export interface BackupDiskOptions {
 /** Chunks read ahead of the one being processed. */
 const READ_AHEAD = 2;
 
-/** Where a chunk is stored, as a format-2 manifest records it. */
+/** Where a chunk is stored, as a manifest records it (`pack.size` unknown while a pack this backup writes has not landed). */
 interface Stored {
-  pack: PackRef;
+  pack: { id: string; size?: number };
   offset: number;
   length: number;
 }
 
+/** A chunk's manifest entry: null for zeros. */
+type Entry = { id: string; stored: Stored } | null;
+
+/** Ids this backup stored or reused most recently, remembered so a repeated chunk costs no lookup (bounded). */
+const RECENT_IDS = 65_536;
+
 /**
- * The parent backup's chunks: where each is (reused without any request), and which chunk
- * each offset held (`byIndex`, for changed-block tracking), or why the parent cannot serve
- * as the base of a changed-block read (`unusable`). A format-1 parent (chunks as objects)
- * is not used: a format-2 manifest references packs only, so the first backup after the
- * upgrade stores its chunks again.
+ * The parent backup's manifest, walked in step with the disk (`cursor`: the parent's
+ * chunk at the same offset is reused without any request, and is what an unchanged
+ * extent holds), or why the parent cannot serve as the base of a changed-block read
+ * (`unusable`). A format-1 parent (chunks as objects) is not used: later manifests
+ * reference packs only, so the first backup after that upgrade stores its chunks again.
  */
 interface ParentChunks {
-  known: Map<string, Stored>;
-  byIndex?: readonly (string | null)[];
+  cursor?: ManifestCursor;
   unusable?: string;
 }
 
-async function loadParentChunks(o: BackupDiskOptions): Promise<ParentChunks> {
-  const known = new Map<string, Stored>();
-  if (!o.parentManifestKey || !o.parentBackupId) return { known, unusable: 'the disk has no parent backup' };
-  const sealed = await o.store.get(o.parentManifestKey);
+async function openParent(o: BackupDiskOptions, firstChunk: number): Promise<ParentChunks> {
+  if (!o.parentManifestKey || !o.parentBackupId) return { unusable: 'the disk has no parent backup' };
+  const parent = await ManifestReader.open(o.store, o.keys, o.parentBackupId, o.disk.diskId);
   // The parent was pruned: every chunk is looked up in the repository's index instead.
-  if (!sealed) return { known, unusable: `the parent backup's manifest ${o.parentManifestKey} is gone` };
-  const parent = await decodeManifest(o.keys, sealed, o.parentBackupId, o.disk.diskId);
-  if (parent.chunkSize !== o.chunkSize || parent.version !== 2) return { known, unusable: 'the parent backup has another chunk size or format' };
-  for (const [id, [pack, offset]] of Object.entries(parent.locations!)) {
-    if (!o.healChunks?.has(id)) known.set(id, { pack: parent.packs![pack]!, offset, length: parent.storedSizes[id]! });
-  }
-  if (parent.sizeBytes !== o.disk.sizeBytes) return { known, unusable: `the disk was resized (${parent.sizeBytes} bytes in the parent backup, ${o.disk.sizeBytes} now)` };
-  return { known, byIndex: parent.chunks };
+  if (!parent) return { unusable: `the parent backup's manifest ${o.parentManifestKey} is gone` };
+  if (parent.info.chunkSize !== o.chunkSize || parent.info.version === 1) return { unusable: 'the parent backup has another chunk size or format' };
+  const cursor = new ManifestCursor(parent, firstChunk);
+  if (parent.info.sizeBytes !== o.disk.sizeBytes) return { cursor, unusable: `the disk was resized (${parent.info.sizeBytes} bytes in the parent backup, ${o.disk.sizeBytes} now)` };
+  return { cursor };
+}
+
+/** The parent's chunk at `i` as this backup may reuse it: not a quarantined one (undefined then, or past the parent's end). */
+function parentEntry(parent: ParentChunks, i: number, heal: ReadonlySet<string> | undefined): Entry | undefined {
+  const e = parent.cursor?.get(i);
+  if (!e) return undefined;
+  if (e.id === null) return null;
+  if (heal?.has(e.id) || !e.location?.pack) return undefined;
+  return { id: e.id, stored: { pack: e.location.pack, offset: e.location.offset, length: e.location.length } };
 }
 
 /**
@@ -115,8 +126,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const firstChunk = seg ? seg.offset / chunkSize : 0;
   const endChunk = seg ? Math.ceil((seg.offset + seg.length) / chunkSize) : count;
   const manifestId = seg ? segmentManifestId(disk.diskId, seg.index) : disk.diskId;
-  const parentChunks = await loadParentChunks(o);
-  const parent = parentChunks.known;
+  const parentChunks = await openParent(o, firstChunk);
   // A chunk in a hole of the disk reads as zeros: it is a zero chunk, and it is not read.
   const extents = await o.reader.allocated?.();
   const chunkLength = (i: number) => Math.min(chunkSize, disk.sizeBytes - i * chunkSize);
@@ -124,22 +134,22 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   // Changed-block tracking: a chunk no changed extent touches holds what the parent's chunk
   // at the same offset held, so it is taken from the parent manifest without being read.
   const { extents: changed, tracking } = await changedSinceParent(o, parentChunks);
-  const unchanged = (i: number): string | null | undefined => {
+  // (The parent's entries up to the chunk asked for are read: `parentChunks.cursor.ensure`.)
+  const unchanged = (i: number): Entry | undefined => {
     if (!changed || holdsData(changed, i * chunkSize, chunkLength(i))) return undefined;
-    const id = parentChunks.byIndex![i];
-    return id === null || (id !== undefined && parent.has(id)) ? id : undefined; // a quarantined chunk is read again
+    return parentEntry(parentChunks, i, o.healChunks); // a quarantined chunk is read again
   };
   const stats: Required<Omit<TransferStats, 'storageRetries'>> = {
     bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0,
     chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0,
   };
-  const chunkIds: (string | null)[] = new Array(count).fill(null);
-  // Where each referenced chunk is; chunks written by this backup get their pack's size once it landed.
-  const stored = new Map<string, { packId: string; offset: number; length: number }>();
-  const packSizes = new Map<string, number>();
-  const reuse = (id: string, at: Stored) => {
-    stored.set(id, { packId: at.pack.id, offset: at.offset, length: at.length });
-    packSizes.set(at.pack.id, at.pack.size);
+  // Ids stored or reused lately (a chunk repeated on the disk costs no lookup), least recent first.
+  const recent = new Map<string, Stored>();
+  const remember = (id: string, at: Stored): Entry => {
+    recent.delete(id);
+    recent.set(id, at);
+    if (recent.size > RECENT_IDS) recent.delete(recent.keys().next().value!);
+    return { id, stored: at };
   };
   let indexLoad: Promise<RepositoryIndex> | undefined;
   const repositoryIndex = () => (indexLoad ??= o.index ? o.index() : RepositoryIndex.load(o.store, o.keys));
@@ -164,10 +174,18 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       return pack;
     },
     onStored: progress,
+    onPack: (pack) => manifest.packLanded(pack.id, pack.size),
+    keepWritten: false,
   });
-  const sealing = new Set<string>();
+  // The manifest is written as the disk goes, piece by piece, in disk order.
+  const manifest = new ManifestWriter({
+    store: o.store, keys: o.keys, backupId: o.backupId, manifestId, sizeBytes: disk.sizeBytes, chunkSize, from: firstChunk, to: endChunk,
+    flushPacks: () => writer.flush(),
+  });
+  /** Chunks being sealed now, by id: a repeat waits for where the first lands. */
+  const sealing = new Map<string, Promise<Stored>>();
 
-  const processChunk = async (index: number, first: SharedSlot, length: number) => {
+  const processChunk = async (index: number, first: SharedSlot, length: number): Promise<Entry> => {
     let buf: SharedSlot | undefined = first;
     const release = (b: SharedSlot | undefined) => {
       if (b) free.push(b);
@@ -177,47 +195,80 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       if (isZero(buf.bytes.subarray(0, length))) {
         stats.zeroChunks++;
         stats.bytesZero += length;
-        return;
+        return null;
       }
       // The id on this thread while every worker has work queued (sealing, or ids of chunks
       // read faster than the workers hash them), else on a worker: the main thread is
       // otherwise idle in an incremental, where hashing is most of the work.
       const id = pool.backlog >= pool.size ? chunkId(o.keys, buf.bytes.subarray(0, length)) : await pool.hashSlot(o.keys, buf, length);
-      chunkIds[index] = id;
-      const known = parent.get(id);
-      if (known) {
+      // The parent's chunk at the same offset (read ahead of this one: see the main loop).
+      const known = parentEntry(parentChunks, index, o.healChunks);
+      if (known && known.id === id) {
         stats.parentChunks++;
-        reuse(id, known);
-        return;
+        return remember(id, known.stored);
       }
       stats.bytesNew += length;
-      if (stored.has(id) || sealing.has(id)) {
+      const seen = recent.get(id);
+      if (seen) {
         stats.dedupedChunks++;
-        return;
+        return remember(id, seen);
       }
-      sealing.add(id);
-      // Stored by another VM or disk, or by an earlier attempt of this one: the index says where.
-      // A quarantined chunk is always stored again (its indexed copies may be the damaged one).
-      const elsewhere = o.healChunks?.has(id) ? undefined : (await repositoryIndex()).get(id);
-      if (elsewhere?.pack) {
+      const inFlight = sealing.get(id);
+      if (inFlight) {
         stats.dedupedChunks++;
-        reuse(id, { pack: elsewhere.pack, offset: elsewhere.offset, length: elsewhere.length });
-        return;
+        return { id, stored: await inFlight };
       }
+      let placed!: (at: Stored) => void;
+      let failed!: (err: unknown) => void;
+      const landing = new Promise<Stored>((resolve, reject) => { placed = resolve; failed = reject; });
+      landing.catch(() => {}); // a repeat that awaits it sees the failure; the chunk itself rethrows it
+      sealing.set(id, landing);
+      try {
+        // Stored by another VM or disk, or by an earlier attempt of this one: the index says where.
+        // A quarantined chunk is always stored again (its indexed copies may be the damaged one).
+        const elsewhere = o.healChunks?.has(id) ? undefined : (await repositoryIndex()).get(id);
+        if (elsewhere?.pack) {
+          stats.dedupedChunks++;
+          const at = { pack: elsewhere.pack, offset: elsewhere.offset, length: elsewhere.length };
+          placed(at);
+          return remember(id, at);
+        }
       // Sealed on a worker always, straight into the open pack: sealing on this thread too
       // (like the id) made the 2 GiB full backup slower (11.2 s against 9.6 s) and its peak
       // RSS 50 MiB higher, measured.
       const level = o.compressionLevel === undefined ? {} : { level: o.compressionLevel };
       const plain = buf;
-      const at = await writer.place(id, (pack) => pool.sealSlot(o.keys, plain, length, id, level, pack));
-      release(buf); // the plaintext is not needed for the upload
-      stored.set(id, { packId: at.packId, offset: at.offset, length: at.length });
-      stats.uploadedChunks++;
-      stats.bytesUploaded += length;
+        const at = await writer.place(id, (pack) => pool.sealSlot(o.keys, plain, length, id, level, pack));
+        release(buf); // the plaintext is not needed for the upload
+        stats.uploadedChunks++;
+        stats.bytesUploaded += length;
+        const where = { pack: { id: at.packId }, offset: at.offset, length: at.length };
+        placed(where);
+        return remember(id, where);
+      } catch (err) {
+        failed(err);
+        throw err;
+      } finally {
+        sealing.delete(id);
+      }
     } finally {
       release(buf);
     }
   };
+
+  // Entries go to the manifest in disk order; chunks finish out of order, so a bounded
+  // window of them waits here (the oldest is awaited when it is full).
+  const window: { value?: Entry; done: boolean; wait?: Promise<Entry> }[] = [];
+  const WINDOW = 4 * parallelism + 64;
+  const emit = async (final = false) => {
+    while (window.length > 0 && (window[0]!.done || final || window.length > WINDOW)) {
+      const head = window.shift()!;
+      const e = head.done ? head.value! : await head.wait!;
+      const wait = manifest.add(e && { id: e.id, packId: e.stored.pack.id, offset: e.stored.offset, length: e.stored.length, ...(e.stored.pack.size !== undefined ? { packSize: e.stored.pack.size } : {}) });
+      if (wait) await wait;
+    }
+  };
+  const settled = (value: Entry) => window.push({ value, done: true });
 
   const running = new Set<Promise<void>>();
   let failure: unknown;
@@ -247,6 +298,8 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     for (let i = firstChunk; i < endChunk; i++) {
       o.signal?.throwIfAborted();
       if (failure) break;
+      // The parent's entries from the oldest chunk still in flight to the last read ahead.
+      await parentChunks.cursor?.ensure(i + READ_AHEAD, i - window.length);
       readAhead(i + READ_AHEAD);
       const length = Math.min(chunkSize, disk.sizeBytes - i * chunkSize);
       stats.bytesScanned += length;
@@ -258,10 +311,11 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
           stats.zeroChunks++;
           stats.bytesZero += length;
         } else {
-          chunkIds[i] = same;
           stats.parentChunks++;
-          reuse(same, parent.get(same)!);
+          remember(same.id, same.stored);
         }
+        settled(same);
+        await emit();
         progress(writer.bytesWritten);
         continue;
       }
@@ -269,43 +323,46 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
         stats.zeroChunks++;
         stats.bytesZero += length;
         stats.bytesUnallocated += length;
+        settled(null);
+        await emit();
         progress(writer.bytesWritten);
         continue;
       }
       const buf = await read;
       reads.delete(i);
       stats.bytesRead += length;
-      const p = processChunk(i, buf, length).catch((err) => { failure ??= err; }).finally(() => running.delete(p));
-      running.add(p);
+      const slot: (typeof window)[number] = { done: false };
+      const p = processChunk(i, buf, length).then((e) => { slot.value = e; slot.done = true; return e; });
+      slot.wait = p;
+      window.push(slot);
+      const tracked: Promise<void> = p.then(() => {}, (err: unknown) => { failure ??= err; }).finally(() => running.delete(tracked));
+      running.add(tracked);
       if (running.size >= parallelism) await Promise.race(running);
+      if (failure) break;
+      await emit();
       progress(writer.bytesWritten);
     }
     await Promise.allSettled(running);
     if (failure) throw failure;
-    await writer.finish(); // every pack and its index landed: now a manifest may name them
+    await writer.finish(); // every pack and its index landed: now the manifest's last pieces may name them
+    await emit(true);
+    const written = await manifest.finish();
+    stats.bytesStored += writer.bytesWritten + written.bytes;
     finished = true;
+  } catch (err) {
+    failure ??= err;
   } finally {
     await Promise.allSettled(reads.values()); // no read may still be writing into a slot that is dropped below
     await Promise.allSettled(running);
-    if (!finished) await writer.abandon();
+    await parentChunks.cursor?.close();
+    if (!finished) {
+      await writer.abandon();
+      await manifest.abandon(failure);
+    }
     for (const slot of all) pool.unshare(slot); // the workers drop their references
   }
   if (failure) throw failure;
-  for (const w of writer.written) packSizes.set(w.pack.id, w.pack.size);
-  stats.bytesStored += writer.bytesWritten;
-
-  const manifest = packedManifest({ backupId: o.backupId, diskId: manifestId, sizeBytes: disk.sizeBytes, chunkSize }, chunkIds, (id) => {
-    const at = stored.get(id);
-    if (!at) throw new Corrupt(`chunk ${id} of disk '${disk.diskId}' was neither stored nor found stored`);
-    const size = packSizes.get(at.packId);
-    if (size === undefined) throw new Corrupt(`pack ${at.packId} holding chunk ${id} of disk '${disk.diskId}' has no known size`);
-    return { pack: { id: at.packId, size }, key: keys.pack(at.packId), offset: at.offset, length: at.length };
-  });
-
-  const manifestKey = keys.manifest(o.backupId, manifestId);
-  const sealedManifest = await encodeManifest(o.keys, manifest);
-  await o.store.put(manifestKey, sealedManifest, { crc32: objectCrc32(sealedManifest) });
-  stats.bytesStored += sealedManifest.length;
+  const manifestKey = manifest.key;
   stats.seconds = (performance.now() - started) / 1000;
   return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats, ...(seg ? { segment: seg } : {}), ...(tracking ? { changeTracking: tracking } : {}) };
 }

@@ -9,9 +9,10 @@
 import { open as openFile, stat } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { decodeManifest, keys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
+import { keys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
+import { ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, planReads, readChunk } from '../../repository/packs.ts';
+import { planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
 
@@ -53,9 +54,9 @@ const RUN_BYTES = 4 * 1024 * 1024;
 
 export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number }> {
   const manifestKey = keys.manifest(o.backupId, o.diskId);
-  const sealed = await o.store.get(manifestKey);
-  if (!sealed) throw new Corrupt(`manifest ${manifestKey} of disk '${o.diskId}' is missing from the repository`);
-  const m = await decodeManifest(o.keys, sealed, o.backupId, o.diskId);
+  const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
+  if (!reader) throw new Corrupt(`manifest ${manifestKey} of disk '${o.diskId}' is missing from the repository`);
+  const m = reader.info;
   const kind = o.targetKind ?? ((await stat(o.target).catch(() => undefined))?.isBlockDevice() ? 'device' : 'file');
   const writeZeros = kind === 'device' && !o.targetZeroed;
   const pool = o.pool ?? sharedChunkPool();
@@ -79,15 +80,11 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     done += length;
     o.onProgress?.(done, m.sizeBytes);
   };
-  // The disk offsets of each chunk (a chunk repeated within the disk is read once).
+  // The manifest is restored a batch (a piece) at a time: the disk offsets of each chunk
+  // in it (a chunk repeated within the batch is read once) and where each is stored.
   const offsets = new Map<string, number[]>();
+  const located = new Map<string, ChunkLocation>();
   const zeroOffsets: number[] = [];
-  m.chunks.forEach((id, i) => {
-    if (id === null) return void zeroOffsets.push(i * m.chunkSize);
-    const list = offsets.get(id);
-    if (list) list.push(i * m.chunkSize);
-    else offsets.set(id, [i * m.chunkSize]);
-  });
   const lengthAt = (offset: number) => Math.min(m.chunkSize, m.sizeBytes - offset);
   // Runs are downloaded into shared slots, reused (one per run in flight): the worker
   // opens each chunk where it lies in the run and writes it at its offset, so nothing
@@ -142,7 +139,7 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
    */
   const fromOtherCopy = async (id: string, targets: number[]): Promise<boolean> => {
     // Also for a format-1 manifest: its quarantined chunk object may have been stored again in a pack.
-    const here = chunkLocation(m, id);
+    const here = located.get(id)!;
     for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(id, here)) {
       if (alt.length > runBytes) continue;
       const slot = takeSlot();
@@ -180,33 +177,50 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   };
 
   try {
-    if (writeZeros) {
-      const zeros = Buffer.alloc(m.chunkSize);
-      for (const offset of zeroOffsets) await fh.write(zeros, 0, lengthAt(offset), offset);
-    }
-    for (const offset of zeroOffsets) progress(lengthAt(offset));
-    // Runs of neighbouring chunks of a pack are one range GET each (format 1: one GET per chunk).
-    const runs = planReads(m, offsets.keys(), { maxBytes: runBytes });
-    // As many runs in flight as `parallelism`: each GET waits out a round trip to the
-    // store, and a mover is often a WAN away from it. Measured on the 2 GiB bench restore
-    // through an emulated 40 ms round trip (bench/delayed-link.ts), 8 runs in flight took
-    // 7.1-8.1 s against 10.2-11.3 s with 4, and 6.9 s against 7.5 s on loopback (3
-    // alternating pairs); peak RSS ~15 MiB more (8 slots of 4 MiB). 16 took 7.1 s and 272 MiB.
-    await mapLimit(runs, Math.max(1, o.parallelism ?? 8), (run) => track((async () => {
-      const slot = takeSlot();
-      try {
-        const body = await o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
-        if (body) bytesDownloaded += body.length;
-        // A chunk's own bytes in the pack (the run read holds several chunks).
-        const where = (c: { at: number; length: number }) => (run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key);
-        const missing = !body ? 'it is missing from the repository' : `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`;
-        const complete = body?.length === run.length;
-        if (complete && body.buffer !== slot.bytes.buffer) slot.bytes.set(body); // a store that ignored `into`
-        await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete ? slot : undefined, c.at, c.length, where(c), missing)));
-      } finally {
-        freeSlots.push(slot);
+    const zeros = writeZeros ? Buffer.alloc(m.chunkSize) : undefined;
+    for await (const batch of reader.batches()) {
+      offsets.clear();
+      located.clear();
+      zeroOffsets.length = 0;
+      for (let i = 0; i < batch.count; i++) {
+        const id = batch.id(i);
+        const offset = (batch.firstChunk + i) * m.chunkSize;
+        if (id === null) {
+          zeroOffsets.push(offset);
+          continue;
+        }
+        const list = offsets.get(id);
+        if (list) list.push(offset);
+        else {
+          offsets.set(id, [offset]);
+          located.set(id, batch.location(i)!);
+        }
       }
-    })()));
+      if (zeros) for (const offset of zeroOffsets) await fh.write(zeros, 0, lengthAt(offset), offset);
+      for (const offset of zeroOffsets) progress(lengthAt(offset));
+      // Runs of neighbouring chunks of a pack are one range GET each (format 1: one GET per chunk).
+      const runs = planReads((id) => located.get(id)!, offsets.keys(), { maxBytes: runBytes });
+      // As many runs in flight as `parallelism`: each GET waits out a round trip to the
+      // store, and a mover is often a WAN away from it. Measured on the 2 GiB bench restore
+      // through an emulated 40 ms round trip (bench/delayed-link.ts), 8 runs in flight took
+      // 7.1-8.1 s against 10.2-11.3 s with 4, and 6.9 s against 7.5 s on loopback (3
+      // alternating pairs); peak RSS ~15 MiB more (8 slots of 4 MiB). 16 took 7.1 s and 272 MiB.
+      await mapLimit(runs, Math.max(1, o.parallelism ?? 8), (run) => track((async () => {
+        const slot = takeSlot();
+        try {
+          const body = await o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+          if (body) bytesDownloaded += body.length;
+          // A chunk's own bytes in the pack (the run read holds several chunks).
+          const where = (c: { at: number; length: number }) => (run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key);
+          const missing = !body ? 'it is missing from the repository' : `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`;
+          const complete = body?.length === run.length;
+          if (complete && body.buffer !== slot.bytes.buffer) slot.bytes.set(body); // a store that ignored `into`
+          await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete ? slot : undefined, c.at, c.length, where(c), missing)));
+        } finally {
+          freeSlots.push(slot);
+        }
+      })()));
+    }
     if (kind === 'file') await fh.truncate(m.sizeBytes);
     // Restored means on the target's storage, not in the page cache.
     await fh.datasync().catch((err: unknown) => { flushFailure ??= err; });

@@ -14,7 +14,8 @@
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
@@ -47,7 +48,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   if (!sealed) return done({ damaged: [manifestFinding('the manifest is missing from the repository')] });
   let manifest: Manifest;
   try {
-    manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId);
+    manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId, d.store);
   } catch (err) {
     return done({ damaged: [manifestFinding(`the manifest does not open: ${(err as Error).message}`)] });
   }

@@ -11,7 +11,8 @@
  * reads that do not need it go on. Never wrong bytes.
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { decodeManifest, keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { planReads } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
@@ -105,7 +106,7 @@ export class BackupDiskExport implements BlockExport {
     const key = objectKeys.manifest(o.backupId, o.diskId);
     const sealed = await o.store.get(key);
     if (!sealed) throw new Corrupt(`manifest ${key} of backup ${o.backupId} disk '${o.diskId}' is missing from the repository`);
-    return new BackupDiskExport(await decodeManifest(o.keys, sealed, o.backupId, o.diskId), o);
+    return new BackupDiskExport(await decodeManifest(o.keys, sealed, o.backupId, o.diskId, o.store), o);
   }
 
   get chunkSize(): number {

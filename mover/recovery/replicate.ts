@@ -23,7 +23,9 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { piecePurpose } from '../../repository/manifest/head.ts';
+import { decodeManifest, ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../contracts/recovery-jobs.ts';
@@ -157,12 +159,15 @@ export async function replicateDisk(job: ReplicateJob, disk: { diskId: string },
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
   const sealedManifest = await d.source.store.get(manifestKey);
   if (!sealedManifest) throw new Corrupt(`manifest ${manifestKey} is missing from the source repository ${job.source.bucket}`);
-  const manifest = await decodeManifest(d.source.keys, sealedManifest, job.backupId, disk.diskId);
+  const manifest = await decodeManifest(d.source.keys, sealedManifest, job.backupId, disk.diskId, d.source.store);
   const ids = [...new Set(manifest.chunks.filter((c): c is string => c !== null))];
   const copied = manifest.version === 1 ? await copyChunkObjects(job, disk.diskId, manifest, ids, d) : await copyPacks(job, disk.diskId, manifest, ids, d);
   let bytesCopied = copied.bytesCopied;
   if (index === 0) bytesCopied += await copyIfMissing(objectKeys.vmConfig(job.backupId), d, async (sealed) => void (await open(d.source.keys, sealed, `vm-config:${job.backupId}`)));
-  // The manifest last: a DR manifest only ever names chunks that are there.
+  // Then a format-3 manifest's pieces, and the manifest last: a DR manifest only ever names chunks that are there.
+  for (const p of (await ManifestReader.fromSealed(d.source.store, d.source.keys, sealedManifest, job.backupId, disk.diskId)).pieces()) {
+    bytesCopied += await copyIfMissing(p.key, d, async (sealed) => void (await open(d.source.keys, sealed, piecePurpose(p.key))));
+  }
   bytesCopied += await copyIfMissing(manifestKey, d, async () => {});
   return { diskId: disk.diskId, chunks: ids.length, chunksCopied: copied.chunksCopied, bytesCopied, seconds: (performance.now() - started) / 1000 };
 }

@@ -7,7 +7,8 @@ import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../contracts/errors.ts';
-import { decodeManifest, keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../contracts/recovery-jobs.ts';
@@ -76,7 +77,7 @@ async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
   const sealed = await d.store.get(manifestKey);
   if (!sealed) throw new Corrupt(`manifest ${manifestKey} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
-  return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId), sealedBytes: sealed.length };
+  return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId, d.store), sealedBytes: sealed.length };
 }
 
 export async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {

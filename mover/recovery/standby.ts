@@ -10,8 +10,9 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, decodeManifest, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { Corrupt } from '../../contracts/errors.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation, readChunk } from '../../repository/packs.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
@@ -44,7 +45,7 @@ async function writeState(path: string, s: DiskState): Promise<void> {
 
 async function manifestOf(store: ObjectStore, keys: RepositoryKeys, backupId: string, diskId: string): Promise<Manifest | undefined> {
   const sealed = await store.get(objectKeys.manifest(backupId, diskId));
-  return sealed ? decodeManifest(keys, sealed, backupId, diskId) : undefined;
+  return sealed ? decodeManifest(keys, sealed, backupId, diskId, store) : undefined;
 }
 
 export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: string }, d: { store: ObjectStore; keys: RepositoryKeys; signal?: AbortSignal; onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void }): Promise<StandbyDisk> {

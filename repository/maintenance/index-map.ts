@@ -93,7 +93,7 @@ async function writeIndexObject(deps: IndexDeps, index: IndexMap, packs: readonl
  * manifest was written), and what packs still in use hold that no manifest needs: the
  * chunks of `inUse` packs not in `needed`, counted once per pack.
  */
-export async function loadIndex(deps: IndexDeps & { admin: RepositoryAdmin }, inUse: ReadonlySet<string>, needed: ReadonlySet<string>): Promise<{ index: IndexMap; reclaimable: { chunks: number; bytes: number } }> {
+export async function loadIndex(deps: IndexDeps & { admin: RepositoryAdmin }, inUse: ReadonlySet<string>, needed: { has(id: string): boolean }): Promise<{ index: IndexMap; reclaimable: { chunks: number; bytes: number } }> {
   const index = new IndexMap();
   const reclaimable = { chunks: 0, bytes: 0 };
   const counted = new Set<string>();

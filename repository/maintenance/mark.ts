@@ -4,7 +4,9 @@
  * it to find late references).
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkIdOfKey, decodeManifest, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
+import { chunkIdOfKey, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
+import { ManifestReader } from '../manifest/reader.ts';
+import type { ChunkIdSet } from './chunk-id-set.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { ListedObject, RepositoryAdmin } from '../admin.ts';
 
@@ -35,8 +37,8 @@ export interface Marks {
   chunks: Set<string>;
   /** Pack ids format-2 manifests list. */
   packs: Set<string>;
-  /** Chunk ids format-2 manifests reference, while collected (for `reclaimableInPacks` only). */
-  packedChunks?: Set<string>;
+  /** Chunk ids format-2 and -3 manifests reference, while collected (for `reclaimableInPacks` only; 8 bytes each). */
+  packedChunks?: ChunkIdSet;
 }
 export const noMarks = (): Marks => ({ chunks: new Set(), packs: new Set() });
 
@@ -59,31 +61,44 @@ export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, o
     if (status === 'failed') continue;
     const sealed = await deps.store.get(o.key);
     if (!sealed) continue; // pruned between list and get
-    let m;
-    try {
-      m = await decodeManifest(deps.keys, sealed, backupId!, diskId!);
-    } catch (err) {
+    const unreadable = (err: unknown) => {
       if (status === 'running') {
         notes?.unreadable.push({ manifest: o.key, reason: (err as Error).message });
-        seen.add(o.key);
-        continue;
+        return;
       }
       throw new Corrupt(`garbage collection stopped: manifest ${o.key} of backup ${backupId} (${status ?? 'not in the catalog'}) does not open, so the chunks it needs are unknown; `
         + `deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" }), `
         + `or put the manifest back from a replica (${(err as Error).message})`, err);
-    }
-    if (m.version === 2) {
-      for (const p of m.packs!) {
-        onObject?.(o.key, objectKeys.pack(p.id));
-        marks.packs.add(p.id);
+    };
+    // Streamed: a piece at a time; what it marks is per pack (format 2 and 3) or per chunk object (format 1).
+    try {
+      const m = await ManifestReader.fromSealed(deps.store, deps.keys, sealed, backupId!, diskId!);
+      // A pack is named once per piece (a piece's pack table); the previous piece's are skipped.
+      let previous = new Set<string>();
+      for await (const b of m.batches()) {
+        if (m.info.version === 1) {
+          for (let i = 0; i < b.count; i++) {
+            const id = b.id(i);
+            if (id === null) continue;
+            onObject?.(o.key, objectKeys.chunk(id));
+            marks.chunks.add(id);
+          }
+          continue;
+        }
+        const these = new Set<string>();
+        for (const p of b.packs) {
+          these.add(p.id);
+          if (previous.has(p.id)) continue;
+          onObject?.(o.key, objectKeys.pack(p.id));
+          marks.packs.add(p.id);
+        }
+        previous = these;
+        if (marks.packedChunks) for (let i = 0; i < b.count; i++) { const id = b.id(i); if (id !== null) marks.packedChunks.add(id); }
       }
-      if (marks.packedChunks) for (const id of m.chunks) if (id !== null) marks.packedChunks.add(id);
-    } else {
-      for (const id of m.chunks) {
-        if (id === null) continue;
-        onObject?.(o.key, objectKeys.chunk(id));
-        marks.chunks.add(id);
-      }
+    } catch (err) {
+      unreadable(err);
+      seen.add(o.key);
+      continue;
     }
     seen.add(o.key);
     added++;

@@ -8,7 +8,8 @@
  * it tests is the workflow, not the data path.
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
-import { decodeManifest, encodeManifest, keys, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
+import { encodeManifest, keys, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 
@@ -35,7 +36,7 @@ export function startInstantMover(sfn: SFNClient, activityArn: string, template:
     if (t.task === 'dispatch') {
       const d = template.disks.find((x) => x.diskId === t.disk.diskId);
       if (!d) throw new Error(`the template VM has no disk ${t.disk.diskId}`);
-      const m = await decodeManifest(repoKeys, (await store.get(d.manifestKey))!, template.backupId, d.diskId);
+      const m = await decodeManifest(repoKeys, (await store.get(d.manifestKey))!, template.backupId, d.diskId, store);
       const sealed = await encodeManifest(repoKeys, { ...m, backupId: t.job.backupId });
       const manifestKey = keys.manifest(t.job.backupId, d.diskId);
       await store.put(manifestKey, sealed, { crc32: objectCrc32(sealed) });

@@ -1,0 +1,199 @@
+/**
+ * A disk of millions of chunks through every reader and writer of its manifest, each step
+ * in its own process so its peak RSS is its own: a full backup in segments (mover),
+ * JoinSegments, Verify (functions), an incremental (mover), GC (function) and a restore
+ * (mover). Prints each process's peak RSS against its target (mover 256 MiB, function
+ * 512 MiB) and the manifest's stored bytes per chunk (target 48).
+ *
+ * The chunk size is small (BENCH_CHUNK_BYTES, default 1 KiB) so millions of chunks fit in
+ * minutes: what grows with the disk is the number of chunks, not their size.
+ * Usage: npm run bench:big-disk   (BENCH_CHUNKS, default 4,194,304; BENCH_SEGMENTS, default 4)
+ */
+import { createHash } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rm } from 'node:fs/promises';
+import { loadavg } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
+import type { DiskResult, VmJob } from '../contracts/jobs.ts';
+import { S3RepositoryAdmin } from '../repository/admin.ts';
+import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
+import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
+
+const MiB = 1024 ** 2;
+const chunkSize = Number(process.env.BENCH_CHUNK_BYTES ?? 1024);
+const chunks = Number(process.env.BENCH_CHUNKS ?? 4 * 1024 * 1024);
+const segments = Number(process.env.BENCH_SEGMENTS ?? 4);
+/** Zero chunks between stored ones: every 64th chunk is a hole, so zero entries are there too. */
+const HOLE_EVERY = 64;
+const sizeBytes = chunks * chunkSize;
+const diskId = 'big';
+
+interface Endpoints { region: string; s3: string; bucket: string; keyFile: string }
+
+async function open_(e: Endpoints) {
+  const client = s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
+  const store = new S3ObjectStore(client, e.bucket);
+  return { client, store, keys: deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile))) };
+}
+
+/** One step, run in a child process: prints its result and its peak RSS. */
+async function child(step: string, e: Endpoints, args: Record<string, unknown>): Promise<unknown> {
+  const { client, store, keys } = await open_(e);
+  const job = { backupId: args.backupId as string, repository: { chunkSize }, snapshot: { disks: [{ diskId, sizeBytes }] } } as unknown as VmJob;
+  const disk = { diskId, path: args.path as string, sizeBytes };
+  switch (step) {
+    case 'backup': {
+      const { backupDisk } = await import('../mover/pipeline/backup-disk.ts');
+      const { FolderDriver } = await import('../mover/sources/folder.ts');
+      const reader = await new FolderDriver({ qemuImg: false }).openDisk(disk);
+      const seg = args.segment as { index: number; count: number; offset: number; length: number } | undefined;
+      try {
+        return await backupDisk({
+          store, keys, reader, disk, backupId: job.backupId, chunkSize, parallelism: 8, ...(seg ? { segment: seg } : {}),
+          ...(args.parentBackupId ? { parentBackupId: args.parentBackupId as string, parentManifestKey: objectKeys.manifest(args.parentBackupId as string, diskId) } : {}),
+        });
+      } finally {
+        await reader.close();
+      }
+    }
+    case 'join': {
+      // biome-ignore lint/style/noRestrictedImports: the bench measures each function's own memory in a process of its own, so it runs the handler's code directly
+      const { joinSegments } = await import('../functions/backup/dispatch.ts');
+      return joinSegments({ job, transfers: args.transfers as DiskResult[] }, { store, keys });
+    }
+    case 'verify': {
+      // biome-ignore lint/style/noRestrictedImports: as above, one function per process
+      const { verifyManifests } = await import('../functions/backup/verify.ts');
+      return verifyManifests(job.backupId, [{ diskId, manifestKey: objectKeys.manifest(job.backupId, diskId) }], { store, keys });
+    }
+    case 'gc': {
+      // biome-ignore lint/style/noRestrictedImports: as above, one function per process
+      const { collectGarbage } = await import('../functions/gc/gc.ts');
+      const r = await collectGarbage({ gcId: `bench-${Date.now()}`, request: { bucket: e.bucket, graceHours: 0 } }, { admin: new S3RepositoryAdmin(client, e.bucket), store, keys, now: () => new Date() });
+      return { manifests: r.manifests, packs: r.packs, index: r.index, reclaimableInPacks: r.reclaimableInPacks, consolidation: r.consolidation };
+    }
+    case 'restore': {
+      const { restoreDisk } = await import('../mover/pipeline/restore-disk.ts');
+      return restoreDisk({ store, keys, backupId: job.backupId, diskId, target: args.target as string, targetKind: 'file' });
+    }
+  }
+  throw new Error(`unknown step ${step}`);
+}
+
+if (process.argv[2] === 'child') {
+  const [, , , step, endpointsJson, argsJson] = process.argv;
+  const started = performance.now();
+  const result = await child(step!, JSON.parse(endpointsJson!) as Endpoints, JSON.parse(argsJson!) as Record<string, unknown>);
+  process.stdout.write(JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, result }) + '\n');
+  process.exit(0);
+}
+
+const dir = resolve(fileURLToPath(new URL('..', import.meta.url)), '.lifeboat', `bench-big-disk-${process.pid}`);
+await rm(dir, { recursive: true, force: true });
+await mkdir(dir, { recursive: true });
+const image = join(dir, 'big.raw');
+
+/** Writes the image: every chunk distinct (its number, then a compressible pattern), every HOLE_EVERY-th a hole; `changed` chunks get another pattern. */
+async function writeImage(changedEvery?: number): Promise<void> {
+  const fh = await open(image, changedEvery ? 'r+' : 'w');
+  const block = Buffer.alloc(64 * MiB);
+  const perBlock = block.length / chunkSize;
+  for (let first = 0; first < chunks; first += perBlock) {
+    const n = Math.min(perBlock, chunks - first);
+    const writes: Promise<unknown>[] = [];
+    for (let k = 0; k < n; k++) {
+      const i = first + k;
+      const at = k * chunkSize;
+      if (i % HOLE_EVERY === HOLE_EVERY - 1) {
+        block.fill(0, at, at + chunkSize);
+        continue;
+      }
+      if (changedEvery && i % changedEvery !== 0) continue;
+      block.fill(changedEvery ? 0x5a : 0xa5, at, at + chunkSize);
+      block.writeUInt32BE(i, at);
+      block.writeUInt32BE(changedEvery ?? 0, at + 4);
+    }
+    if (!changedEvery) writes.push(fh.write(block, 0, n * chunkSize, first * chunkSize));
+    else {
+      for (let k = 0; k < n; k++) {
+        const i = first + k;
+        if (i % changedEvery === 0 && i % HOLE_EVERY !== HOLE_EVERY - 1) writes.push(fh.write(block, k * chunkSize, chunkSize, i * chunkSize));
+      }
+    }
+    await Promise.all(writes);
+  }
+  await fh.close();
+}
+
+const sha256 = (path: string) => new Promise<string>((ok, fail) => {
+  const h = createHash('sha256');
+  createReadStream(path).on('data', (d) => h.update(d)).on('end', () => ok(h.digest('hex'))).on('error', fail);
+});
+
+const { EmbeddedStack } = await import('../local/stack.ts');
+const stack = await EmbeddedStack.start({ dataDir: join(dir, 'stack') });
+const e: Endpoints = { region: stack.endpoints.region, s3: stack.endpoints.s3, bucket: stack.endpoints.bucket, keyFile: stack.endpoints.keyFile };
+const lines: string[] = [];
+const say = (s: string) => {
+  lines.push(s);
+  process.stdout.write(s + '\n');
+};
+
+async function step<T>(name: string, kind: 'mover' | 'function', args: Record<string, unknown>): Promise<T> {
+  const c = spawn(process.execPath, [...(kind === 'mover' ? MOVER_NODE_FLAGS : []), fileURLToPath(import.meta.url), 'child', name, JSON.stringify(e), JSON.stringify(args)], {
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...(kind === 'mover' ? moverStartEnv(join(dir, 'compile-cache')) : {}) },
+  });
+  let out = '';
+  c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((ok) => c.on('exit', ok));
+  if (code !== 0) throw new Error(`${name} exited ${code}`);
+  const r = JSON.parse(out) as { seconds: number; maxRssMiB: number; result: T };
+  const target = kind === 'mover' ? 256 : 512;
+  say(`${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'})   load ${loadavg()[0]!.toFixed(1)}`);
+  return r.result;
+}
+
+/** Sealed bytes of a backup's manifest of the disk: its head and every piece it names (its segments' too). */
+async function manifestBytes(backupId: string): Promise<number> {
+  const { store, keys } = await open_(e);
+  const { ManifestReader } = await import('../repository/manifest/reader.ts');
+  const m = (await ManifestReader.open(store, keys, backupId, diskId))!;
+  return m.headBytes + m.pieces().reduce((n, p) => n + p.bytes, 0);
+}
+
+try {
+  const nonZero = chunks - Math.floor(chunks / HOLE_EVERY);
+  say(`big disk: ${chunks} chunks of ${chunkSize} bytes (${(sizeBytes / 1024 ** 3).toFixed(1)} GiB), ${nonZero} non-zero; ${segments} segments; 2 cores, load ${loadavg()[0]!.toFixed(1)} at start`);
+  await writeImage();
+  const full = 'big-full';
+  const perSegment = Math.ceil(chunks / segments) * chunkSize;
+  const transfers: DiskResult[] = [];
+  for (let index = 0; index < segments; index++) {
+    const offset = index * perSegment;
+    const segment = { index, count: segments, offset, length: Math.min(perSegment, sizeBytes - offset) };
+    transfers.push(await step<DiskResult>('backup', 'mover', { backupId: full, path: image, segment, label: `segment ${index}` }));
+  }
+  await step('join', 'function', { backupId: full, transfers });
+  const bytes = await manifestBytes(full);
+  say(`manifest of the full backup: ${bytes} bytes stored, ${(bytes / nonZero).toFixed(2)} bytes per non-zero chunk, ${(bytes / chunks).toFixed(2)} per chunk (target <= 48)`);
+  await step('verify', 'function', { backupId: full });
+  await writeImage(97); // about 1% of the chunks change
+  const incr = 'big-incr';
+  const r = await step<DiskResult>('backup', 'mover', { backupId: incr, path: image, parentBackupId: full, label: 'incremental' });
+  say(`incremental: ${r.stats.parentChunks} chunks reused from the parent, ${r.stats.uploadedChunks} uploaded, ${r.stats.dedupedChunks} deduplicated`);
+  await step('verify', 'function', { backupId: incr, label: 'incremental' });
+  const gc = await step<{ manifests: number; packs: unknown; reclaimableInPacks: unknown }>('gc', 'function', {});
+  say(`gc: ${gc.manifests} manifests marked, packs ${JSON.stringify(gc.packs)}, reclaimable ${JSON.stringify(gc.reclaimableInPacks)}`);
+  const target = join(dir, 'restored.raw');
+  await step('restore', 'mover', { backupId: incr, target });
+  const same = (await sha256(image)) === (await sha256(target));
+  say(`restore of the incremental: ${same ? 'byte-identical to the image' : 'DIFFERS from the image'}`);
+  if (!same) process.exitCode = 1;
+} finally {
+  await stack.stop();
+  await rm(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,65 @@
+/**
+ * Opening a repository: the one place that picks how its master key is unwrapped (KMS in
+ * AWS, a key file in the embedded stack), loads it and derives the keys. Movers,
+ * functions and the embedded stack all open repositories here, and read and write them
+ * through the `Repository` it returns (restic's `internal/repository`, kopia's content
+ * manager): manifests as streams, chunks by location, the index.
+ */
+import type { ObjectStore } from '../core/object-store.ts';
+import { deriveKeys, type RepositoryKeys } from './format.ts';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper, type KmsClientLike } from './keyring.ts';
+import { ManifestReader } from './manifest/reader.ts';
+import { ManifestWriter, type ManifestWriterOptions } from './manifest/writer.ts';
+import { readChunk, type ChunkLocation } from './packs.ts';
+import { RepositoryIndex } from './repository-index.ts';
+
+/** How a repository's master key is unwrapped: by a KMS key (AWS), or by a local key file (embedded stack). */
+export type KeySource = { kms: KmsClientLike; kmsKeyId: string } | { keyFile: string };
+
+/** The wrapper of `bucket`'s master key for `source`; `create` makes a missing key file (the embedded stack's first start). */
+export function keyWrapper(source: KeySource, bucket: string, opts: { create?: boolean } = {}): Promise<KeyWrapper> {
+  if ('kms' in source) return Promise.resolve(new KmsKeyWrapper({ client: source.kms, keyId: source.kmsKeyId, repository: bucket }));
+  return KeyFileWrapper.load(source.keyFile, opts);
+}
+
+/** An open repository: its store and keys, and what reads and writes its objects. */
+export class Repository {
+  readonly store: ObjectStore;
+  readonly keys: RepositoryKeys;
+  readonly masterKey: Buffer;
+
+  constructor(store: ObjectStore, masterKey: Buffer) {
+    this.store = store;
+    this.masterKey = masterKey;
+    this.keys = deriveKeys(masterKey);
+  }
+
+  /** A disk's (or a segment's) manifest as a stream, any version; undefined when it does not exist. */
+  openManifest(backupId: string, diskId: string): Promise<ManifestReader | undefined> {
+    return ManifestReader.open(this.store, this.keys, backupId, diskId);
+  }
+
+  /** A manifest written as a stream (format 3). */
+  manifestWriter(o: Omit<ManifestWriterOptions, 'store' | 'keys'>): ManifestWriter {
+    return new ManifestWriter({ ...o, store: this.store, keys: this.keys });
+  }
+
+  /** A chunk's stored envelope at `loc` (a range of its pack); undefined when the object is missing. */
+  readChunk(loc: ChunkLocation, into?: Uint8Array): Promise<Buffer | undefined> {
+    return readChunk(this.store, loc, into);
+  }
+
+  /** The repository's index, read now. */
+  loadIndex(): Promise<RepositoryIndex> {
+    return RepositoryIndex.load(this.store, this.keys);
+  }
+}
+
+/**
+ * Opens the repository in `bucket` through `store`: its master key unwrapped as `keys`
+ * says. With `create`, a repository without a key gets one (and a missing key file is made).
+ */
+export async function openRepository(o: { store: ObjectStore; bucket: string; keys: KeySource; create?: boolean }): Promise<Repository> {
+  const create = o.create === true;
+  return new Repository(o.store, await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create }));
+}
