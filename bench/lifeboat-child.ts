@@ -59,7 +59,7 @@ async function job(phase: string, path: string): Promise<unknown> {
       await reader.close();
     }
   }
-  if (phase === 'restore') return restoreDisk({ store, keys, backupId: 'bench-incr', diskId, target: path, parallelism: 8 });
+  if (phase === 'restore') return restoreDisk({ store, keys, backupId: 'bench-incr', diskId, target: path });
   throw new Error(`unknown phase '${phase}' (full, incr or restore)`);
 }
 
