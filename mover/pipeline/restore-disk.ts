@@ -29,7 +29,7 @@ export interface RestoreDiskOptions {
   diskId: string;
   target: string;
   /**
-   * Bytes of runs being downloaded or opened at once (default 64 MiB): one shared buffer
+   * Bytes of runs being downloaded or opened at once (default 32 MiB): one shared buffer
    * of this size. A link's bandwidth times its round trip must fit for the link to stay busy.
    */
   inFlightBytes?: number;
@@ -51,7 +51,7 @@ export interface RestoreDiskOptions {
   onProgress?: (bytesDone: number, sizeBytes: number) => void;
 }
 
-export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 64 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 1024 * 1024 });
+export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 32 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 1024 * 1024 });
 
 /** Manifest entries planned at once: about 2 GiB of disk at 512 KiB chunks, a few hundred KiB of plan. */
 const WINDOW_ENTRIES = 4096;
