@@ -3,6 +3,7 @@
  * stack's: s3rver with aws-chunked de-framing, local/s3-server.ts): full backup, incremental backup, restore.
  * Usage: npm run bench   (BENCH_SIZE_MIB=256 for a quick run; default 2048)
  * BENCH_RTT_MS=40 puts both tools the given round trip away from the endpoint (a WAN, emulated: bench/delayed-link.ts).
+ * BENCH_PACK_MIB (default 8, the mover's default) sets Lifeboat's pack size; BENCH_CHUNK_KIB (default 512) its chunk size.
  * BENCH_IMAGES=sparse,thick (the default: both) picks the images: the bench's own, whose
  * zero runs are holes, and a thick one of other content whose zeros are written as data.
  * Beside the tools it measures the machine's ceilings (bench/ceilings.ts): reading each
@@ -181,8 +182,9 @@ const ratioOf = (r: Round, ph: Phase, k: keyof Figures) => {
 };
 
 const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);
+const packMiB = Number(process.env.BENCH_PACK_MIB ?? 8);
 const hasQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
-console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight in backups, restores with their defaults (${RESTORE_DEFAULTS.inFlightBytes / MiB} MiB of reads in flight, runs up to ${RESTORE_DEFAULTS.maxRunBytes / MiB} MiB, gaps up to ${RESTORE_DEFAULTS.maxGapBytes / 1024} KiB read through), at most 16 requests at once, ${hasQemuImg ? "a sparse image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
+console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${packMiB} MiB packs, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight in backups, restores with their defaults (${RESTORE_DEFAULTS.inFlightBytes / MiB} MiB of reads in flight, runs up to ${RESTORE_DEFAULTS.maxRunBytes / MiB} MiB, gaps up to ${RESTORE_DEFAULTS.maxGapBytes / 1024} KiB read through), at most 16 requests at once, ${hasQemuImg ? "a sparse image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
 const results: Record<string, { rounds: Round[]; targets: TargetResult[]; readCeiling: Ceiling }> = {};
 try {
   for (const image of images) {
@@ -236,7 +238,7 @@ for (const c of checks) console.log(`  check: ${c}`);
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
 await writeFile(join(dir, 'results.json'), JSON.stringify({
   at: new Date().toISOString(), sizeMiB, rttMs, cores: cpus().length, restic,
-  settings: { lifeboat: { chunkSize: chunkKiB * 1024, backupParallelism: 8, restore: RESTORE_DEFAULTS, chunkWorkers: defaultPoolSize(), packBytes: 8 * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
+  settings: { lifeboat: { chunkSize: chunkKiB * 1024, backupParallelism: 8, restore: RESTORE_DEFAULTS, chunkWorkers: defaultPoolSize(), packBytes: packMiB * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
   rounds, images: images.map(({ kind, img, baseSha, changedSha }) => ({ kind, ...img, baseSha256: baseSha, changedSha256: changedSha })), results, moverStarts, checks,
 }, null, 2) + '\n');
 console.log(`\nresults: ${join(dir, 'results.json')}`);
