@@ -25,7 +25,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync, openSync, closeSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchImages, type BenchImages } from './image.ts';
 import { readCeiling, writeCeiling, type Ceiling } from './ceilings.ts';
@@ -38,7 +38,8 @@ import { startBenchMover, type BenchMover } from './mover-process.ts';
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
-const dir = join(root, '.lifeboat', 'bench');
+// BENCH_DIR: another folder for a second bench run beside a running one (its images may be copied in: disk-*.json name them).
+const dir = process.env.BENCH_DIR ? resolve(process.env.BENCH_DIR) : join(root, '.lifeboat', 'bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
 const rounds = Math.max(1, Math.floor(Number(process.env.BENCH_ROUNDS ?? 2)));
 const rttMs = Number(process.env.BENCH_RTT_MS ?? 0);
