@@ -1,5 +1,5 @@
 /**
- * The chunk-size table of core/REPOSITORY-FORMAT.md: for each chunk size, back up the
+ * The chunk-size table of repository/REPOSITORY-FORMAT.md: for each chunk size, back up the
  * bench image (bench/image.ts) and its changed copy through the real pipeline into a
  * store that keeps only object sizes, and count bytes stored, objects and requests.
  * No network and no timing: the figures are exact and repeatable.
@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deriveKeys, keys as objectKeys } from '../core/format.ts';
+import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';

@@ -12,7 +12,7 @@ import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { exportJob } from '../core/export-job.ts';
+import { exportJob } from '../contracts/export-job.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startMover } from '../local/movers.ts';

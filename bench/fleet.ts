@@ -15,11 +15,11 @@ import { readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LifeboatConfig } from '../core/config.ts';
-import type { RunSummary } from '../functions/summarize.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack } from '../local/stack.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const root = resolve(fileURLToPath(new URL('..', import.meta.url)), '.lifeboat', 'bench-fleet');

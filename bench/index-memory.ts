@@ -7,10 +7,10 @@
  * Usage: node --expose-gc bench/index-memory.ts [chunks]   (default 2,000,000)
  */
 import { randomBytes } from 'node:crypto';
-import { deriveKeys, keys as objectKeys } from '../core/format.ts';
+import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { encodeIndexObject, type PackContents } from '../core/packs.ts';
-import { IndexCache } from '../core/repository-index.ts';
+import { encodeIndexObject, type PackContents } from '../repository/packs.ts';
+import { IndexCache } from '../repository/repository-index.ts';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error('run with node --expose-gc');

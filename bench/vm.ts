@@ -21,7 +21,6 @@ import { readFile, rm } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { RunSummary } from '../functions/summarize.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
@@ -31,6 +30,7 @@ import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { LibvirtDriver } from '../mover/sources/libvirt/driver.ts';
 import { guestExec } from '../mover/sources/libvirt/guest-agent.ts';
 import { Virsh } from '../mover/sources/libvirt/virsh.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;

@@ -6,9 +6,9 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { ConfigError, defaultConfigPath, loadConfig } from '../core/config.ts';
-import type { RunSummary } from '../functions/summarize.ts';
 import { formatBackup } from '../local/demo/report.ts';
 import { endpoints, guarded, runWorkflow, stackCatalog, type Out, type StackOptions } from './stack-client.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const collect = (v: string, all: string[]) => [...all, v];
 

@@ -3,8 +3,8 @@
  * libvirt host, or one) and print per host what it found, what is new and what is gone.
  */
 import type { Command } from 'commander';
-import type { DiscoverySummary } from '../functions/discovery/inventory.ts';
 import { endpoints, guarded, lambdaMessage, runWorkflow, type Out, type StackOptions } from './stack-client.ts';
+import type { DiscoverySummary } from '../contracts/workflow-outputs.ts';
 
 /** One line per host: its counts, or why it could not be inventoried. */
 export function formatDiscovery(s: DiscoverySummary, seconds: number): string[] {

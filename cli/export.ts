@@ -5,7 +5,7 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
-import { exportJob, type ExportListen } from '../core/export-job.ts';
+import { exportJob, type ExportListen } from '../contracts/export-job.ts';
 import { openRepository } from '../local/stack.ts';
 import { runExportTask } from '../mover/recovery/export-task.ts';
 import { endpoints, guarded, stackCatalog, type Out } from './stack-client.ts';

@@ -4,17 +4,15 @@
  * one as files (`networks/<name>.xml`, `pools/<name>.xml`, `domains/<name>.xml`, and what
  * virsh said of the host under `host/`), byte for byte what virsh printed at backup time.
  */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { locationKey } from '../core/endpoints.ts';
+import { locationKey } from '../contracts/endpoints.ts';
 import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
-import { HostConfigCatalog, type HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
-import type { HostConfigSummary } from '../functions/host-config/backups.ts';
-import { LOCAL_CREDENTIALS, openRepository, type StackEndpoints } from '../local/stack.ts';
-import { endpoints, guarded, lambdaMessage, runWorkflow, stackCatalog, type Out, type StackOptions } from './stack-client.ts';
+import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
+import { openRepository, type StackEndpoints } from '../local/stack.ts';
+import { endpoints, guarded, lambdaMessage, runWorkflow, stackCatalog, stackHostConfigs, type Out, type StackOptions } from './stack-client.ts';
+import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 
@@ -33,14 +31,8 @@ export function formatHostConfigBackup(s: HostConfigSummary, seconds: number): s
   return lines;
 }
 
-/** The host configuration records of a running embedded stack (the operator's view; movers never get this). */
-export function stackHostConfigs(e: StackEndpoints): HostConfigCatalog {
-  const db = new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS });
-  return new HostConfigCatalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), e.table);
-}
-
 /** The host's record to restore: the one `at` names, or the newest. */
-export async function pickHostConfig(records: Pick<HostConfigCatalog, 'get' | 'list'>, hostId: string, at?: string): Promise<HostConfigRecord> {
+export async function pickHostConfig(records: Pick<ReturnType<typeof stackHostConfigs>, 'get' | 'list'>, hostId: string, at?: string): Promise<HostConfigRecord> {
   if (at) {
     const r = await records.get(hostId, at);
     if (!r) throw new Error(`host '${hostId}' has no host configuration backup '${at}': list its backups with \`lifeboat host-config list --host ${hostId}\``);

@@ -1,6 +1,6 @@
 /**
  * Mover lifecycle commands: `lifeboat release keygen`, `lifeboat release publish`
- * (cli/release.ts does the work) and `lifeboat movers` (functions/movers.ts). They reach a
+ * (cli/release.ts does the work) and `lifeboat movers` (core/mover-fleet.ts). They reach a
  * repository bucket either through a running embedded stack (its endpoints file, written
  * by `lifeboat up`) or, with `--bucket`, S3 with the default AWS credentials.
  */
@@ -11,7 +11,7 @@ import type { ObjectStore } from '../core/object-store.ts';
 import { parsePrivateKey } from '../core/release.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { isVersion, LIFEBOAT_VERSION } from '../core/version.ts';
-import { listMovers, s3KeyLister, type KeyLister } from '../functions/movers.ts';
+import { listMovers } from '../core/mover-fleet.ts';
 import type { StackEndpoints } from '../local/stack.ts';
 import { buildMoverRelease, keygen, publishRelease } from './release.ts';
 
@@ -22,10 +22,10 @@ interface Target {
   region?: string;
 }
 
-async function repository(t: Target): Promise<{ store: ObjectStore; lister: KeyLister; where: string }> {
+async function repository(t: Target): Promise<{ store: ObjectStore; where: string }> {
   if (t.bucket) {
     const client = s3Client({ region: t.region ?? process.env.AWS_REGION ?? 'us-east-1', endpoint: t.s3Endpoint, forcePathStyle: !!t.s3Endpoint });
-    return { store: new S3ObjectStore(client, t.bucket), lister: s3KeyLister(client, t.bucket), where: `s3://${t.bucket}` };
+    return { store: new S3ObjectStore(client, t.bucket), where: `s3://${t.bucket}` };
   }
   const file = join(resolve(t.dataDir), 'endpoints.json');
   let e: StackEndpoints;
@@ -35,7 +35,7 @@ async function repository(t: Target): Promise<{ store: ObjectStore; lister: KeyL
     throw new Error(`cannot read the stack's endpoints from ${file} (${(err as Error).message}); start the stack with \`lifeboat up\`, or name a bucket with --bucket`);
   }
   const client = s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
-  return { store: new S3ObjectStore(client, e.bucket), lister: s3KeyLister(client, e.bucket), where: `s3://${e.bucket} at ${e.s3}` };
+  return { store: new S3ObjectStore(client, e.bucket), where: `s3://${e.bucket} at ${e.s3}` };
 }
 
 const targetOptions = (c: Command, dataDir: string) => c
@@ -84,7 +84,7 @@ export function registerLifecycleCommands(program: Command, defaultDataDir: stri
     .option('--json', 'print the records as JSON'), defaultDataDir)
     .action(async (opts: Target & { json?: boolean }) => {
       const repo = await repository(opts);
-      const movers = await listMovers({ store: repo.store, lister: repo.lister, now: () => new Date() });
+      const movers = await listMovers({ store: repo.store, now: () => new Date() });
       if (opts.json) return io.out(JSON.stringify(movers, null, 2));
       if (!movers.length) return io.out(`no mover has registered in ${repo.where}`);
       const rows = movers.map((m) => [m.group, m.name, m.version + (m.upToDate ? '' : ' (old)'), m.status === 'live' ? m.state : m.status, `${m.tasksInFlight}/${m.slots}`, `${m.ageSeconds}s ago`, m.capabilities.tasks.join(',')]);

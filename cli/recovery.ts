@@ -4,9 +4,8 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
-import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
 import { endpoints, guarded, runWorkflow as run, type Out } from './stack-client.ts';
+import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
 const GiB = 1024 ** 3;
 const size = (n: number) => (n >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);

@@ -8,6 +8,7 @@ import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Catalog } from '../functions/catalog/catalog.ts';
+import { HostConfigCatalog } from '../functions/catalog/host-config-catalog.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { LOCAL_CREDENTIALS, type StackEndpoints } from '../local/stack.ts';
 
@@ -58,10 +59,19 @@ export async function runWorkflow(e: StackEndpoints, workflow: string, input: Re
   return { output: JSON.parse(d.output ?? 'null') as unknown, seconds: (Date.now() - started) / 1000, executionArn: d.executionArn! };
 }
 
+function stackTable(e: StackEndpoints): DynamoDBDocumentClient {
+  const db = new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS });
+  return DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } });
+}
+
 /** The catalog of a running embedded stack (the operator's view; movers never get this). */
 export function stackCatalog(e: StackEndpoints): Catalog {
-  const db = new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS });
-  return new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), e.table);
+  return new Catalog(stackTable(e), e.table);
+}
+
+/** The host configuration records of a running embedded stack (the operator's view; movers never get this). */
+export function stackHostConfigs(e: StackEndpoints): HostConfigCatalog {
+  return new HostConfigCatalog(stackTable(e), e.table);
 }
 
 /** The address a connection was refused at, anywhere in the error (its causes, an AggregateError's errors). */

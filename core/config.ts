@@ -11,8 +11,8 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { DEFAULT_HOST_CONFIG_KEEP } from './host-config.ts';
-import { libvirtExports } from './libvirt-exports.ts';
-import { restoreTestSettings } from './restore-test.ts';
+import { libvirtExports } from '../contracts/libvirt-exports.ts';
+import { restoreTestSettings } from '../contracts/restore-test.ts';
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
@@ -54,7 +54,7 @@ function isTimeZone(tz: string): boolean {
   }
 }
 
-/** An S3-compatible endpoint's settings (core/endpoints.ts); no credentials: each mover and function has its own. */
+/** An S3-compatible endpoint's settings (contracts/endpoints.ts); no credentials: each mover and function has its own. */
 const storageEndpoint = z.object({
   url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL of an S3-compatible endpoint' }).optional(),
   region: z.string().regex(/^[a-z0-9-]{2,32}$/, 'must be a region name such as "eu-central-1" (lowercase letters, digits and dashes)').optional(),
@@ -119,7 +119,7 @@ const policy = z.object({
   segmentSizeGiB: z.number().min(1, 'must be at least 1').max(16_384, 'must be at most 16384').optional(),
   /**
    * Restore tests at the scheduled deep verification (libvirt VMs): `{ enabled, bootCheck:
-   * { serial?, agent? }, timeoutSeconds?, everyDays? }` (core/restore-test.ts).
+   * { serial?, agent? }, timeoutSeconds?, everyDays? }` (contracts/restore-test.ts).
    */
   restoreTest: restoreTestSettings.optional(),
 }).strict();
@@ -148,7 +148,7 @@ const configSchema = z.object({
     /**
      * How the host's backup jobs export the disks to the movers (libvirt hosts): a unix
      * socket on the host (default; movers on the host) or a TCP port of the host, with TLS
-     * (core/libvirt-exports.ts).
+     * (contracts/libvirt-exports.ts).
      */
     exports: libvirtExports.optional(),
     maxConcurrentBackups: count(64),
@@ -156,9 +156,17 @@ const configSchema = z.object({
   }).strict()).min(1, 'configure at least one hypervisor host'),
   repositories: z.array(z.object({
     id,
-    /** Fixed chunk size of the repository (0.5 recommended: measured in core/REPOSITORY-FORMAT.md). */
+    /** Fixed chunk size of the repository (0.5 recommended: measured in repository/REPOSITORY-FORMAT.md). */
     chunkSizeMiB: z.union([z.literal(0.25), z.literal(0.5), z.literal(1), z.literal(2), z.literal(4), z.literal(8)], { error: 'must be 0.25, 0.5, 1, 2, 4 or 8' }),
-    objectLock: z.object({ mode: z.enum(['COMPLIANCE', 'GOVERNANCE']), days: count(36_500) }).strict().optional(),
+    /**
+     * S3 Object Lock on the bucket the stack creates: every object is locked for `days` after
+     * it is written, and the Garbage collection workflow's ExtendLocks step locks every object
+     * a retained backup references until that backup's expiry (functions/gc/extend-locks.ts).
+     */
+    objectLock: z.object({
+      mode: z.enum(['COMPLIANCE', 'GOVERNANCE'], { error: 'must be "COMPLIANCE" (no one can shorten or remove a lock) or "GOVERNANCE" (a role with s3:BypassGovernanceRetention can)' }),
+      days: count(36_500),
+    }).strict().optional(),
     /** The site the repository's storage is at (a DR repository: the DR site). */
     site: id.optional(),
     /**

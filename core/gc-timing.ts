@@ -1,6 +1,6 @@
 /**
  * The timing the Gc workflow (cdk/lib/gc-workflow.ts) and its function's lease
- * (functions/gc-lease.ts) share: the workflow's task timeout and longest deferral wait,
+ * (functions/gc/gc-lease.ts) share: the workflow's task timeout and longest deferral wait,
  * and the lease each invocation takes, which must outlast both.
  */
 const MINUTE_MS = 60_000;

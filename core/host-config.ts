@@ -2,15 +2,14 @@
  * Host configuration backups: what a libvirt host defines besides its VMs' disks — its
  * networks, storage pools and domain definitions, and what virsh says of the host itself —
  * kept as one sealed archive per host per run (`host-config/<hostId>/<backupId>`). The zod
- * schemas are the contract of the HostConfigBackup workflow's `hostConfig` mover task (the
- * mover validates the task, RecordHostConfig the result) and of the stored archive (the
- * restore validates what it opened). Sealing is the repository's own (`seal`/`open`, the
+ * schema of the stored archive (the restore validates what it opened) is here; the
+ * `hostConfig` mover task and its result are contracts (contracts/host-config.ts). Sealing is the repository's own (`seal`/`open`, the
  * object's key as purpose), like a backup's domain XML.
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { Corrupt } from './errors.ts';
-import { keys as objectKeys, open, seal, type RepositoryKeys } from './format.ts';
+import { Corrupt } from '../contracts/errors.ts';
+import { keys as objectKeys, open, seal, type RepositoryKeys } from '../repository/format.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -21,42 +20,6 @@ export const HOST_CONFIG_VERSION = 1;
 
 /** Host configuration backups kept per host when the configuration says nothing (`hostConfigBackup.keep`). */
 export const DEFAULT_HOST_CONFIG_KEEP = 14;
-
-const repository = z.strictObject({
-  bucket: text,
-  endpoint: z.strictObject({
-    url: z.string().optional(), region: z.string().optional(), pathStyle: z.boolean().optional(), checksums: z.enum(['when-required', 'when-supported']).optional(),
-  }).optional(),
-});
-
-/** The `hostConfig` activity task: dump the host's definitions and store them sealed at `objectKey`. */
-export const hostConfigTask = z.strictObject({
-  task: z.literal('hostConfig'),
-  hostId: text,
-  hypervisor: z.strictObject({ driver: z.literal('libvirt'), uri: text }),
-  repository,
-  backupId: text,
-  objectKey: text,
-});
-export type HostConfigTask = z.infer<typeof hostConfigTask>;
-
-/** Whether a task input is a hostConfig task (the mover's dispatch looks at `task` only; the schema checks the rest). */
-export const isHostConfigTask = (raw: unknown): boolean => !!raw && typeof raw === 'object' && (raw as { task?: unknown }).task === 'hostConfig';
-
-export const hostConfigCounts = z.strictObject({ networks: count, pools: count, domains: count });
-
-/** What the mover returns: where the archive is, what it holds, and the SHA-256 (hex) of its plaintext. */
-export const hostConfigResult = z.strictObject({
-  hostId: text,
-  backupId: text,
-  objectKey: text,
-  takenAt: z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be a timestamp'),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be a hex SHA-256'),
-  /** Bytes of the plaintext archive. */
-  bytes: count,
-  counts: hostConfigCounts,
-});
-export type HostConfigResult = z.infer<typeof hostConfigResult>;
 
 /** One definition as virsh printed it: its name and the XML, byte for byte. */
 const definition = z.strictObject({ name: text, xml: z.string() });
@@ -77,7 +40,7 @@ export const hostConfigArchive = z.strictObject({
 });
 export type HostConfigArchive = z.infer<typeof hostConfigArchive>;
 
-/** The object key of a host configuration backup (core/format.ts keeps every key shape). */
+/** The object key of a host configuration backup (repository/format.ts keeps every key shape). */
 export const hostConfigKey = (hostId: string, backupId: string) => objectKeys.hostConfig(hostId, backupId);
 
 /** The sealed object's purpose: its key, so an archive cannot be passed off as another host's or another run's. */

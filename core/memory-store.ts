@@ -1,4 +1,4 @@
-import { objectCrc32, objectSha256 } from './format.ts';
+import { objectCrc32, objectSha256 } from '../repository/format.ts';
 import type { GetOptions, ListedKey, ObjectInfo, ObjectStore, PutChecksum } from './object-store.ts';
 
 /**

@@ -3,7 +3,7 @@
  * Activity, and get/put in the repository bucket), so a mover registers the one way it
  * can: it puts a small JSON record at `movers/<name>.json` in the repository bucket when
  * it starts, when its state changes (draining, upgrading, stopped) and every
- * `heartbeatSeconds` while it runs. The control plane reads them (functions/movers.ts,
+ * `heartbeatSeconds` while it runs. The control plane reads them (core/mover-fleet.ts,
  * `lifeboat movers`) and tells a live mover from a stale one by `seenAt`. No new IAM
  * permission, no new endpoint, and a mover that cannot reach the bucket could not back
  * anything up anyway. The records hold no secrets (no keys, no credentials).

@@ -49,6 +49,6 @@ export interface ObjectStore {
   get(key: string, opts?: GetOptions): Promise<Buffer | undefined>;
   /** The object's size, or undefined when it does not exist. */
   head(key: string): Promise<ObjectInfo | undefined>;
-  /** Every object under `prefix`, in key order (movers list only `index/`: core/packs.ts). */
+  /** Every object under `prefix`, in key order (movers list only `index/`: repository/packs.ts). */
   list(prefix: string): AsyncIterable<ListedKey>;
 }

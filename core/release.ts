@@ -13,7 +13,7 @@
  * `lifeboat release publish` signs and uploads (cli/release.ts).
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
-import { CannotUpgrade } from './errors.ts';
+import { CannotUpgrade } from '../contracts/errors.ts';
 import { isVersion } from './version.ts';
 
 export const RELEASE_FORMAT = 'lifeboat-mover-release/1';

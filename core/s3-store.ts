@@ -1,7 +1,7 @@
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException, type PutObjectCommandInput, type PutObjectCommandOutput } from '@aws-sdk/client-s3';
 import type { BuildMiddleware } from '@smithy/types';
-import type { StorageEndpoint } from './endpoints.ts';
-import { StorageUnavailable } from './errors.ts';
+import type { StorageEndpoint } from '../contracts/endpoints.ts';
+import { StorageUnavailable } from '../contracts/errors.ts';
 import type { GetOptions, ListedKey, ObjectInfo, ObjectStore, PutChecksum } from './object-store.ts';
 
 /**
@@ -37,7 +37,7 @@ export interface S3Endpoint {
 export const DEFAULT_S3_TIMEOUTS = { connectTimeoutMs: 10_000, requestTimeoutMs: 60_000 } as const;
 
 /**
- * The client settings for a repository's endpoint (core/endpoints.ts), or for the stack's
+ * The client settings for a repository's endpoint (contracts/endpoints.ts), or for the stack's
  * own S3 (`own`: its region, and its URL outside AWS) when the repository names none. Path
  * style is the default with a URL. Credentials are the caller's own to add.
  */

@@ -27,7 +27,7 @@ export interface LocalStateMachine {
 
 export interface ResolvedTemplate {
   stateMachines: Record<string, LocalStateMachine>;
-  /** Lambda ARN → the function id of functions/registry.ts. */
+  /** Lambda ARN → the function id of contracts/functions.ts. */
   functions: Record<string, string>;
   /** Mover group activity ARNs by activity name. */
   activities: Record<string, string>;

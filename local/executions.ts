@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StateMachine } from 'aws-local-stepfunctions';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import type { ActivityBroker } from './activities.ts';
 import { LocalEventBus } from './events.ts';
 import type { ResolvedTemplate } from './asl.ts';

@@ -1,10 +1,10 @@
 /**
  * Runs the control plane's Lambda handlers in process: the same modules the CDK app
- * bundles, found through functions/registry.ts, called with a Lambda-like context.
+ * bundles, found through contracts/functions.ts, called with a Lambda-like context.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { lambdaFunctions, type LambdaFunctionId } from '../functions/registry.ts';
+import { lambdaFunctions, type LambdaFunctionId } from '../contracts/functions.ts';
 
 type Handler = (event: unknown, context: unknown) => Promise<unknown>;
 const loaded = new Map<LambdaFunctionId, Promise<Handler>>();

@@ -15,6 +15,8 @@
  *   two at once could interleave); each PUT's body is read whole before its turn, so a
  *   request cut off mid-body fails alone and never blocks the key.
  * - **Request counts** per bucket, for benchmarks and tests.
+ * - **Object Lock** (s3-object-lock.ts): retention set on PUT and by PutObjectRetention,
+ *   deletes and overwrites of locked objects refused, with an injectable clock.
  *
  * The middleware runs inside s3rver's own Koa app (first in its chain), so there is no
  * second HTTP hop.
@@ -22,6 +24,8 @@
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import S3rver from 's3rver';
+import { readAll, s3Error, type Ctx } from './s3-front-http.ts';
+import { ObjectLock, type BucketObjectLock } from './s3-object-lock.ts';
 
 export interface LocalS3Options {
   /** Where s3rver keeps buckets and objects. */
@@ -30,6 +34,12 @@ export interface LocalS3Options {
   buckets: string[];
   /** Port on 127.0.0.1 (0: any free port). */
   port?: number;
+  /** Buckets (of `buckets`) with Object Lock and their default retention (s3-object-lock.ts). */
+  objectLock?: Record<string, BucketObjectLock>;
+  /** The clock Object Lock retention is judged by (default: the system's). */
+  now?: () => Date;
+  /** Whether requests may bypass GOVERNANCE retention (hold s3:BypassGovernanceRetention); default false. */
+  governanceBypass?: boolean;
 }
 
 export interface LocalS3 {
@@ -59,43 +69,19 @@ export function deframeAwsChunked(body: Buffer): Buffer {
   return Buffer.concat(parts);
 }
 
-/** The subset of Koa's context the middleware uses. */
-interface Ctx {
-  method: string;
-  path: string;
-  querystring: string;
-  req: NodeJS.ReadableStream;
-  request: { headers: Record<string, string | string[] | undefined> };
-  status: number;
-  type: string;
-  body: unknown;
-  get(field: string): string;
-}
-
-const s3Error = (ctx: Ctx, status: number, code: string, message: string, key: string) => {
-  ctx.status = status;
-  ctx.type = 'application/xml';
-  ctx.body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message><Key>${key.replace(/[<>&]/g, '')}</Key></Error>`;
-};
-
-async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const d of stream) parts.push(d as Buffer);
-  return Buffer.concat(parts);
-}
-
 /** Starts s3rver with the middleware on 127.0.0.1. */
 export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   const server = new S3rver({ port: o.port ?? 0, address: '127.0.0.1', directory: o.directory, silent: true, configureBuckets: o.buckets.map((name) => ({ name })) });
   const requests = new Map<string, number>();
   const conditionalInFlight = new Set<string>();
   const objectPath = (bucket: string, key: string) => server.store.getResourcePath(bucket, key, 'object');
+  const locked = Object.fromEntries(Object.entries(o.objectLock ?? {}).filter(([b]) => o.buckets.includes(b)));
+  const lock = new ObjectLock(server.store, { buckets: locked, ...(o.now ? { now: o.now } : {}), ...(o.governanceBypass ? { governanceBypass: true } : {}) });
 
   const front = async (ctx: Ctx, next: () => Promise<void>) => {
     const [, bucket = '', ...rest] = ctx.path.split('/');
     requests.set(bucket || '(service)', (requests.get(bucket || '(service)') ?? 0) + 1);
     const key = decodeURIComponent(rest.join('/'));
-    const isObjectPut = ctx.method === 'PUT' && bucket !== '' && key !== '' && !/(^|&)(uploadId|partNumber)=/.test(ctx.querystring);
 
     const streaming = String(ctx.request.headers['x-amz-content-sha256'] ?? '').startsWith('STREAMING-');
     if (streaming) {
@@ -112,7 +98,11 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
       ctx.req = Readable.from([body]);
     }
 
-    if (!isObjectPut) return next();
+    return lock.handle(ctx, bucket, key, next, (id, write) => putInTurn(ctx, bucket, key, id, write));
+  };
+  /** A PUT (or a multipart completion): its body read whole, If-None-Match: * honoured, one writer per key. */
+  const putInTurn = async (ctx: Ctx, bucket: string, key: string, id: string, write: () => Promise<void>): Promise<void> => {
+    const streaming = String(ctx.request.headers['x-amz-content-sha256'] ?? '').startsWith('STREAMING-');
     // The whole body is read before the key's turn is taken: a client that stops sending
     // (cut off mid-body) then fails only its own request and never holds the key.
     if (!streaming) {
@@ -124,8 +114,7 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
       }
       ctx.req = Readable.from([body]);
     }
-    const id = `${bucket}/${key}`;
-    const conditional = ctx.get('if-none-match') === '*';
+    const conditional = ctx.method === 'PUT' && ctx.get('if-none-match') === '*';
     if (conditional && conditionalInFlight.has(id)) return s3Error(ctx, 409, 'ConditionalRequestConflict', 'A conditional request to this key is in progress', key);
     if (conditional) conditionalInFlight.add(id);
     try {
@@ -133,7 +122,7 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
         if (conditional && await stat(objectPath(bucket, key)).then(() => true, () => false)) {
           return s3Error(ctx, 412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', key);
         }
-        await next();
+        await write();
       });
     } finally {
       if (conditional) conditionalInFlight.delete(id);
@@ -160,5 +149,6 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   // front goes first in the chain, before s3rver's logger, XML encoder and routes.
   server.middleware.unshift(front as (ctx: unknown, next: () => Promise<void>) => Promise<void>);
   const { port } = await server.run();
+  await lock.persistConfigured();
   return { url: `http://127.0.0.1:${port}`, requests, close: () => server.close() };
 }

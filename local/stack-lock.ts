@@ -6,7 +6,7 @@
  */
 import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { StackUnavailable } from '../core/errors.ts';
+import { StackUnavailable } from '../contracts/errors.ts';
 
 const LOCK = 'stack.lock';
 

@@ -10,19 +10,19 @@ import { unwatchFile, watchFile } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
-import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { deriveKeys, type RepositoryKeys } from '../repository/format.ts';
+import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
+import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
-import { syncConfig } from '../functions/sync-config.ts';
 import { resetClients } from '../functions/commons/clients.ts';
+import { invokeLocal } from './lambdas.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3 } from './s3-server.ts';
 import { lockDataDir } from './stack-lock.ts';
-import { StackUnavailable } from '../core/errors.ts';
+import { StackUnavailable } from '../contracts/errors.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
@@ -59,6 +59,8 @@ export interface EmbeddedStackOptions {
    * to reach it cheaply. Deliberately not read from the environment.
    */
   quotas?: Partial<StepFunctionsQuotas>;
+  /** The clock the local S3 front judges Object Lock retention by (tests move it; default: the system's). */
+  s3Clock?: () => Date;
 }
 
 /** What clients of a running stack need to know (written to <dataDir>/endpoints.json). */
@@ -116,9 +118,11 @@ export class EmbeddedStack {
       const configured = opts.config ?? loadConfig();
       // The stack's own buckets in one s3rver; a repository on another endpoint keeps its bucket name, on that endpoint.
       const buckets = Object.fromEntries(configured.repositories.map((r, i) => [r.id, r.endpoint ? r.bucket ?? r.id : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
+      // A repository configured with Object Lock gets it on the local S3 front too (local/s3-object-lock.ts).
+      const objectLock = Object.fromEntries(configured.repositories.filter((r) => r.objectLock && !r.endpoint).map((r) => [buckets[r.id]!, r.objectLock!]));
       const startS3 = async (dir: string, names: string[], port = 0) => {
         await mkdir(dir, { recursive: true });
-        const server = await startLocalS3({ directory: dir, buckets: names, port });
+        const server = await startLocalS3({ directory: dir, buckets: names, port, objectLock, ...(opts.s3Clock ? { now: opts.s3Clock } : {}) });
         closers.push(() => server.close());
         return server.url;
       };
@@ -185,8 +189,8 @@ export class EmbeddedStack {
       });
       resetClients();
       const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
-      // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog.
-      await syncConfig({ config, buckets }, { catalog });
+      // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog: the SyncConfig function does it.
+      await invokeLocal('SyncConfig', { config, buckets });
 
       const broker = new ActivityBroker({ quotas });
       closers.push(async () => broker.close());

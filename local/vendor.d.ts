@@ -12,7 +12,7 @@ declare module 's3rver' {
     close(): Promise<void>;
     /** Koa's middleware chain (S3rver extends Koa); composed when the server starts. */
     middleware: ((ctx: unknown, next: () => Promise<void>) => Promise<void>)[];
-    /** The filesystem store: where an object's files live. */
-    store: { getResourcePath(bucket: string, key: string, resource: 'object' | 'metadata.json'): string };
+    /** The filesystem store: where an object's files (and the front's own files beside them) live; deleting and finding an object. */
+    store: { getResourcePath(bucket: string, key: string, resource: string): string; deleteObject(bucket: string, key: string): Promise<void>; existsObject(bucket: string, key: string): Promise<boolean> };
   }
 }

@@ -5,8 +5,8 @@
  * `next` tells the workflow where to go on. A page always holds at least one VM, so the
  * workflow always advances.
  */
-import { BadTaskInput, SourceUnavailable } from '../core/errors.ts';
-import { DISCOVER_PAGE_BYTES, discoverTask, type DiscoverPage } from '../core/discovery.ts';
+import { BadTaskInput, SourceUnavailable } from '../contracts/errors.ts';
+import { DISCOVER_PAGE_BYTES, discoverTask, type DiscoverPage } from '../contracts/discovery.ts';
 import type { DriverFor } from './sources/drivers.ts';
 import { inventoryOf, type VmInventory } from './sources/source.ts';
 

@@ -5,11 +5,12 @@
  * catalog: it returns where the archive is, its counts and its SHA-256, and
  * RecordHostConfig records them.
  */
-import { BadTaskInput } from '../core/errors.ts';
-import type { RepositoryLocation } from '../core/endpoints.ts';
-import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, hostConfigTask, sealHostConfig, type HostConfigArchive, type HostConfigResult, type HostDefinition } from '../core/host-config.ts';
+import { BadTaskInput } from '../contracts/errors.ts';
+import type { RepositoryLocation } from '../contracts/endpoints.ts';
+import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, sealHostConfig, type HostConfigArchive, type HostDefinition } from '../core/host-config.ts';
+import { hostConfigTask, type HostConfigResult } from '../contracts/host-config.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import type { RepositoryKeys } from '../core/format.ts';
+import type { RepositoryKeys } from '../repository/format.ts';
 import { Virsh, VirshError } from './sources/libvirt/virsh.ts';
 
 export interface HostConfigDeps {

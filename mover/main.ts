@@ -17,7 +17,7 @@
  *   LIFEBOAT_ENDPOINT_PROFILES  JSON object: AWS shared-config profile per other S3 endpoint, keyed by
  *     the endpoint URL (or `aws:<region>` for AWS S3 in another region), e.g.
  *     {"https://s3.dr.example.com":"lifeboat-dr"}. Jobs name a repository's endpoint (URL, region,
- *     path style, checksums: core/endpoints.ts), never credentials; an endpoint not listed uses the
+ *     path style, checksums: contracts/endpoints.ts), never credentials; an endpoint not listed uses the
  *     default credential chain (the group's role).
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
@@ -33,14 +33,14 @@
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { SFNClient } from '@aws-sdk/client-sfn';
-import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../core/endpoints.ts';
+import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
-import { CannotUpgrade } from '../core/errors.ts';
+import { CannotUpgrade } from '../contracts/errors.ts';
 import { isMoverName } from '../core/mover-registry.ts';
-import { deriveKeys, type RepositoryKeys } from '../core/format.ts';
+import { deriveKeys, type RepositoryKeys } from '../repository/format.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
-import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../core/keyring.ts';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../repository/keyring.ts';
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
@@ -52,7 +52,7 @@ import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
-import { IndexCache } from '../core/repository-index.ts';
+import { IndexCache } from '../repository/repository-index.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;

@@ -1,9 +1,9 @@
 /** Restore a backup of a VM: every disk from its manifest, and the VM config, into a folder. */
 import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Corrupt } from '../core/errors.ts';
-import { RecoveryRequestInvalid } from '../core/recovery-errors.ts';
-import { keys as objectKeys, open, type RepositoryKeys } from '../core/format.ts';
+import { Corrupt } from '../contracts/errors.ts';
+import { RecoveryRequestInvalid } from '../contracts/recovery-errors.ts';
+import { keys as objectKeys, open, type RepositoryKeys } from '../repository/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { restoreDisk } from './pipeline/restore-disk.ts';
 

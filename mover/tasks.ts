@@ -1,19 +1,19 @@
 /** The mover's task handlers: Snapshot, Dispatch (one disk), ReleaseSnapshot, Discover (one page of a host's VMs) and HostConfig (a host's definitions). */
-import type { RepositoryLocation } from '../core/endpoints.ts';
-import { isDiscoverTask } from '../core/discovery.ts';
-import { isHostConfigTask } from '../core/host-config.ts';
-import { BadTaskInput } from '../core/errors.ts';
-import { keys as objectKeys, seal, type RepositoryKeys } from '../core/format.ts';
-import type { MoverTask } from '../core/jobs.ts';
+import type { RepositoryLocation } from '../contracts/endpoints.ts';
+import { isDiscoverTask } from '../contracts/discovery.ts';
+import { isHostConfigTask } from '../contracts/host-config.ts';
+import { BadTaskInput } from '../contracts/errors.ts';
+import { keys as objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
+import type { MoverTask } from '../contracts/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { recoveryTaskNames } from '../core/recovery-jobs.ts';
+import { recoveryTaskNames } from '../contracts/recovery-jobs.ts';
 import { runDiscoverTask } from './discover.ts';
 import { runHostConfigTask } from './host-config.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { DriverFor } from './sources/drivers.ts';
 import type { Logger, TaskHandler } from './worker.ts';
-import type { IndexCache } from '../core/repository-index.ts';
+import type { IndexCache } from '../repository/repository-index.ts';
 
 export interface TaskDeps {
   /** The source driver of a job's hypervisor (sources/drivers.ts). */
@@ -23,7 +23,7 @@ export interface TaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys; index?: IndexCache }>;
   logger: Logger;
   parallelism: number;
-  /** Pack size in bytes (default 8 MiB: core/packs.ts). */
+  /** Pack size in bytes (default 8 MiB: repository/packs.ts). */
   packBytes?: number;
   /** Bytes of a restore's reads in flight (default: mover/pipeline/restore-disk.ts RESTORE_DEFAULTS). */
   restoreInFlightBytes?: number;
@@ -33,7 +33,7 @@ export interface TaskDeps {
 
 /**
  * The task kinds this mover runs, announced in its registration (mover/registration.ts).
- * Keep it in step with the `switch` below when adding a kind (recovery kinds come from core/recovery-jobs.ts).
+ * Keep it in step with the `switch` below when adding a kind (recovery kinds come from contracts/recovery-jobs.ts).
  */
 export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', 'discover', 'hostConfig', ...recoveryTaskNames];
 

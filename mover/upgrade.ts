@@ -23,7 +23,7 @@ import type { KeyObject } from 'node:crypto';
 import { mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CannotUpgrade } from '../core/errors.ts';
+import { CannotUpgrade } from '../contracts/errors.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { parsePublicKey, parseReleaseManifest, releaseKeyId, releaseKeys, verifyRelease, type ReleaseManifest } from '../core/release.ts';
 import { compareVersions, isVersion } from '../core/version.ts';

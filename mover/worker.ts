@@ -7,7 +7,7 @@
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskHeartbeatCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LocalIoFailed, TaskStalled } from '../core/errors.ts';
+import { LocalIoFailed, TaskStalled } from '../contracts/errors.ts';
 
 export interface TaskContext {
   /** Aborted when the task stalled, was stopped or timed out, or the mover's grace time ran out. */

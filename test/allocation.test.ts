@@ -9,7 +9,7 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { deriveKeys } from '../core/format.ts';
+import { deriveKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';

@@ -17,10 +17,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { errorClasses, type LifeboatError } from '../core/errors.ts';
-import { recoveryErrorClasses } from '../core/recovery-errors.ts';
-import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../functions/commons/metric-names.ts';
-import { lambdaFunctions, type LambdaFunctionId } from '../functions/registry.ts';
+import { errorClasses, type LifeboatError } from '../contracts/errors.ts';
+import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
+import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../contracts/metric-names.ts';
+import { lambdaFunctions, type LambdaFunctionId } from '../contracts/functions.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type Statement = { Effect: string; Action: string | string[]; Resource: unknown; Condition?: Record<string, unknown>; Principal?: unknown };

@@ -6,8 +6,8 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { errorClasses, type LifeboatError } from '../core/errors.ts';
-import { lambdaFunctions } from '../functions/registry.ts';
+import { errorClasses, type LifeboatError } from '../contracts/errors.ts';
+import { lambdaFunctions } from '../contracts/functions.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type State = {

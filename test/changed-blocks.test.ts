@@ -7,8 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys } from '../core/format.ts';
-import type { ChangeTrackingOffer, DiskRef } from '../core/jobs.ts';
+import { decodeManifest, deriveKeys } from '../repository/format.ts';
+import type { ChangeTrackingOffer, DiskRef } from '../contracts/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import type { DiskReader, Extent } from '../mover/sources/source.ts';

@@ -4,9 +4,9 @@ import { mkdtemp, open as openFile, readFile, rm, stat, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, seal, sealSync } from '../core/format.ts';
+import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, open, seal, sealSync } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation } from '../core/packs.ts';
+import { chunkLocation } from '../repository/packs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { ChunkPool } from '../mover/pipeline/chunk-pool.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';

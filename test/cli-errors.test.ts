@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalIoFailed } from '../core/errors.ts';
+import { LocalIoFailed } from '../contracts/errors.ts';
 import { describeFailure } from '../cli/stack-client.ts';
 
 const cli = (args: string[]) =>

@@ -143,6 +143,15 @@ describe('configuration', () => {
       expect(problems(withDr({ site: 'mars' }))).toEqual(['repositories[1].site = "mars": names no configured site (sites: site-a, site-dr)']);
     });
 
+    it('names each bad Object Lock setting', () => {
+      const locked = (objectLock: unknown) => problems({ ...example, repositories: [{ ...example.repositories[0]!, objectLock }, dr] });
+      expect(() => parseConfig({ ...example, repositories: [{ ...example.repositories[0]!, objectLock: { mode: 'COMPLIANCE', days: 30 } }, dr] }, 'test.json')).not.toThrow();
+      expect(locked({ mode: 'compliance', days: 30 })).toEqual(['repositories[0].objectLock.mode = "compliance": must be "COMPLIANCE" (no one can shorten or remove a lock) or "GOVERNANCE" (a role with s3:BypassGovernanceRetention can)']);
+      expect(locked({ mode: 'GOVERNANCE', days: 0 })).toEqual(['repositories[0].objectLock.days = 0: must be at least 1']);
+      expect(locked({ mode: 'GOVERNANCE', days: 1.5 })).toEqual(['repositories[0].objectLock.days = 1.5: must be a whole number']);
+      expect(locked({ mode: 'GOVERNANCE', days: 30, years: 1 })).toEqual(['repositories[0].objectLock.years: unknown key; check the spelling']);
+    });
+
     it('a policy replicates only to a repository some group replicates into', () => {
       const { replication: _r, ...noGroup } = dr;
       expect(problems({ ...example, repositories: [example.repositories[0]!, noGroup] })).toEqual([

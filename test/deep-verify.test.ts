@@ -1,13 +1,13 @@
 /** Deep verification of a disk (mover/recovery/deep-verify.ts) and RecordDeepVerify's healing, on in-memory repositories. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
-import { chunkLocation } from '../core/packs.ts';
-import type { DeepVerifyJob } from '../core/recovery-jobs.ts';
+import { chunkLocation } from '../repository/packs.ts';
+import type { DeepVerifyJob } from '../contracts/recovery-jobs.ts';
 import type { BackupDamage, RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { recordDeepVerify } from '../functions/deep-verify.ts';
+import { recordDeepVerify } from '../functions/deep-verify/deep-verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { deepVerifyDisk } from '../mover/recovery/deep-verify.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';

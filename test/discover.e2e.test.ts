@@ -9,10 +9,9 @@ import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { formatDiscovery } from '../cli/discover.ts';
 import { loadConfig, parseConfig } from '../core/config.ts';
-import type { RunSummary } from '../functions/summarize.ts';
-import type { DiscoverySummary } from '../functions/discovery/inventory.ts';
 import { runExecution } from '../local/client.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { DiscoverySummary, RunSummary } from '../contracts/workflow-outputs.ts';
 
 let t: TestStack;
 const example = loadConfig();

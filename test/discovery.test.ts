@@ -6,14 +6,14 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, discoverySchedule, loadConfig, matchesNamePattern, parseConfig } from '../core/config.ts';
-import { discoveredVmId, type DiscoverPage } from '../core/discovery.ts';
-import { DiscoveryRequestInvalid, VmGone } from '../core/errors.ts';
-import type { DiscoveredVm } from '../core/jobs.ts';
+import { discoveredVmId, type DiscoverPage } from '../contracts/discovery.ts';
+import { DiscoveryRequestInvalid, VmGone } from '../contracts/errors.ts';
+import type { DiscoveredVm } from '../contracts/jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
-import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from '../functions/discovery/inventory.ts';
-import { plan } from '../functions/plan.ts';
-import { summarizeRun } from '../functions/summarize.ts';
-import { syncConfig } from '../functions/sync-config.ts';
+import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from '../functions/discover/inventory.ts';
+import { plan } from '../functions/backup/plan.ts';
+import { summarizeRun } from '../functions/backup/summarize.ts';
+import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { discoverPage, runDiscoverTask } from '../mover/discover.ts';
 import type { VmInventory } from '../mover/sources/source.ts';
 import { startTestCatalog } from './helpers/catalog.ts';

@@ -12,10 +12,10 @@ import { readdir, readFile, rm, writeFile, open as openFile } from 'node:fs/prom
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exportJob, type ExportResult } from '../core/export-job.ts';
-import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../core/format.ts';
+import { exportJob, type ExportResult } from '../contracts/export-job.ts';
+import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { chunkLocation } from '../core/packs.ts';
+import { chunkLocation } from '../repository/packs.ts';
 import { runExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';

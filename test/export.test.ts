@@ -6,18 +6,18 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
-import { chunkLocation } from '../core/packs.ts';
+import { chunkLocation } from '../repository/packs.ts';
 import { StateFlag } from '../mover/nbd/protocol.ts';
 import { ExportIoError } from '../mover/nbd/server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { BackupDiskExport } from '../mover/recovery/export.ts';
 import { runRecoveryTask } from '../mover/recovery/tasks.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
-import { BadTaskInput } from '../core/errors.ts';
-import type { RecoveryTask } from '../core/recovery-jobs.ts';
+import { BadTaskInput } from '../contracts/errors.ts';
+import type { RecoveryTask } from '../contracts/recovery-jobs.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -6,13 +6,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { RunSummary } from '../functions/summarize.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';
 import { restoreVm } from '../mover/restore.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;

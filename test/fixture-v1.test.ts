@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 

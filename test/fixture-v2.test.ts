@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, keys as objectKeys, open, packIdOfKey, type Manifest, type RepositoryKeys } from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { chunkId, decodeManifest, deriveKeys, keys as objectKeys, open, packIdOfKey, type Manifest, type RepositoryKeys } from '../repository/format.ts';
+import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation, decodeIndexObject, planReads, readPackTrailer, type PackContents } from '../core/packs.ts';
-import { RepositoryIndex } from '../core/repository-index.ts';
+import { chunkLocation, decodeIndexObject, planReads, readPackTrailer, type PackContents } from '../repository/packs.ts';
+import { RepositoryIndex } from '../repository/repository-index.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 
 interface Expected {

@@ -6,7 +6,6 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RunSummary } from '../functions/summarize.ts';
 import type { MoverLogLine } from '../local/movers.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
@@ -14,6 +13,7 @@ import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';
 import { restoreVm } from '../mover/restore.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const SLOTS = 1;

@@ -5,15 +5,15 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { SlotUnavailable } from '../core/errors.ts';
-import { decodeManifest, deriveKeys, keys } from '../core/format.ts';
-import { segmentManifestId, type DiskRef, type VmJob } from '../core/jobs.ts';
+import { SlotUnavailable } from '../contracts/errors.ts';
+import { decodeManifest, deriveKeys, keys } from '../repository/format.ts';
+import { segmentManifestId, type DiskRef, type VmJob } from '../contracts/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
-import { joinSegments, planDispatch } from '../functions/dispatch.ts';
-import { plan } from '../functions/plan.ts';
-import { acquireSlot, releaseSlot } from '../functions/slots.ts';
-import { syncConfig } from '../functions/sync-config.ts';
+import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';
+import { plan } from '../functions/backup/plan.ts';
+import { acquireSlot, releaseSlot } from '../functions/backup/slots.ts';
+import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
 import { randomBytes } from 'node:crypto';

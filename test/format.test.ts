@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Corrupt } from '../core/errors.ts';
+import { Corrupt } from '../contracts/errors.ts';
 import {
   chunkId,
   Cipher,
@@ -19,8 +19,8 @@ import {
   seal,
   sealSync,
   type Manifest,
-} from '../core/format.ts';
-import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../core/keyring.ts';
+} from '../repository/format.ts';
+import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../repository/keyring.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 import { prng } from './helpers/prng.ts';
 

@@ -1,5 +1,5 @@
 /**
- * Garbage collection merging index objects (functions/gc-consolidate.ts) on the local S3 endpoint
+ * Garbage collection merging index objects (repository/maintenance/consolidate.ts) on the local S3 endpoint
  * (s3rver, as the embedded stack runs it) with the S3 store and admin the Lambda uses:
  * mover backups leave many small index objects; collection sweeps a pruned backup's packs,
  * merges the rest, leaves alone an index object a mover writes meanwhile, and every backup
@@ -12,14 +12,14 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys, type RepositoryKeys } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { S3RepositoryAdmin, type RepositoryAdmin } from '../core/repository-admin.ts';
-import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
+import { S3RepositoryAdmin, type RepositoryAdmin } from '../repository/admin.ts';
+import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
-import { collectGarbage } from '../functions/gc.ts';
-import type { GcReport } from '../functions/gc-report.ts';
-import { verifyManifests } from '../functions/verify.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
+import type { GcReport } from '../contracts/gc-report.ts';
+import { verifyManifests } from '../functions/backup/verify.ts';
 import { startLocalS3, type LocalS3 } from '../local/s3-server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';

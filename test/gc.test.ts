@@ -1,21 +1,21 @@
-/** Garbage collection's mark and sweep (functions/gc.ts) on the in-memory store: format-1 chunk objects, format-2 packs and the index. */
+/** Garbage collection's mark and sweep (functions/gc/gc.ts) on the in-memory store: format-1 chunk objects, format-2 packs and the index. */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Corrupt, StorageUnavailable } from '../core/errors.ts';
-import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, type Manifest } from '../core/format.ts';
-import type { DiskRef } from '../core/jobs.ts';
+import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
+import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, type Manifest } from '../repository/format.ts';
+import type { DiskRef } from '../contracts/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { decodeIndexObject, encodeIndexObject, packedManifest, type PackContents } from '../core/packs.ts';
-import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
-import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
+import { decodeIndexObject, encodeIndexObject, packedManifest, type PackContents } from '../repository/packs.ts';
+import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';
+import { MemoryRepositoryAdmin } from '../repository/admin.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
-import { collectGarbage } from '../functions/gc.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
 import { GC_LEASE_MS } from '../core/gc-timing.ts';
-import { catalogGcLease } from '../functions/gc-lease.ts';
-import { verifyManifests } from '../functions/verify.ts';
+import { catalogGcLease } from '../functions/gc/gc-lease.ts';
+import { verifyManifests } from '../functions/backup/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import type { DiskReader } from '../mover/sources/source.ts';
@@ -82,6 +82,16 @@ describe('collectGarbage of format-1 chunk objects', () => {
     expect(r.locked).toEqual({ count: 1, bytes: 50, firstExpiry: new Date(daysAgo(10).getTime() + 30 * 86_400_000).toISOString(), sample: [locked] });
     expect(admin.deleteCalls.flat()).toEqual([expired]);
     expect(r.bytesFreed).toBe(70);
+  });
+
+  it('reads the retain-until of a chunk whose default retention ran out, and skips it while an extended lock holds', async () => {
+    const extended = await chunk(2, 40, 50);
+    const expired = await chunk(4, 40, 70);
+    admin.locks.set(extended, { mode: 'COMPLIANCE', until: new Date(NOW.getTime() + 5 * 86_400_000) });
+    admin.locks.set(expired, { mode: 'COMPLIANCE', until: daysAgo(10) });
+    const r = await run({ objectLockDays: 30 }, { locks: admin });
+    expect(r.locked).toEqual({ count: 1, bytes: 50, firstExpiry: new Date(NOW.getTime() + 5 * 86_400_000).toISOString(), sample: [extended] });
+    expect(admin.deleteCalls.flat()).toEqual([expired]);
   });
 
   it('spares chunks that a manifest written between batches references', async () => {
@@ -183,7 +193,7 @@ describe('which running backups defer a collection (a real dynalite catalog)', (
   afterAll(async () => c?.close());
 
   it('only those whose run still holds its policy\'s run lease: a record a dead run left running defers nothing', async () => {
-    const { acquireRunLease, liveRunningBackups } = await import('../functions/run-lease.ts');
+    const { acquireRunLease, liveRunningBackups } = await import('../functions/backup/run-lease.ts');
     const started = NOW.toISOString();
     await c.catalog.startBackup({ vmId: 'vm-1', backupId: 'b-live', runId: 'run-live', policyId: 'p1', status: 'running', parentBackupId: null, startedAt: started });
     await c.catalog.startBackup({ vmId: 'vm-2', backupId: 'b-dead', runId: 'run-dead', policyId: 'p2', status: 'running', parentBackupId: null, startedAt: started });

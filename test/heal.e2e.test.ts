@@ -15,20 +15,19 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { locationKey } from '../core/endpoints.ts';
-import { chunkId, decodeManifest, keys as objectKeys, open } from '../core/format.ts';
-import { chunkLocation, readChunk, type ChunkLocation } from '../core/packs.ts';
-import { quarantineKey } from '../core/quarantine.ts';
-import type { DeepVerifySummary } from '../functions/deep-verify.ts';
-import type { GcReport } from '../functions/gc-report.ts';
-import type { QuarantineReport } from '../functions/quarantine.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
+import { locationKey } from '../contracts/endpoints.ts';
+import { chunkId, decodeManifest, keys as objectKeys, open } from '../repository/format.ts';
+import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
+import { quarantineKey } from '../repository/quarantine.ts';
+import type { GcReport } from '../contracts/gc-report.ts';
+import type { QuarantineReport } from '../functions/deep-verify/quarantine.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';
 import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
+import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;

@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { hostConfigBackupSettings, loadConfig, parseConfig, ConfigError, type LifeboatConfig } from '../core/config.ts';
-import { errorClasses } from '../core/errors.ts';
-import { recoveryErrorClasses } from '../core/recovery-errors.ts';
+import { errorClasses } from '../contracts/errors.ts';
+import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string; ItemsPath?: string;

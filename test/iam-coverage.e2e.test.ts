@@ -13,12 +13,12 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { MOVER_READ_PREFIXES, MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';
-import { decodeManifest, keys as objectKeys } from '../core/format.ts';
-import { chunkLocation } from '../core/packs.ts';
+import { decodeManifest, keys as objectKeys } from '../repository/format.ts';
+import { chunkLocation } from '../repository/packs.ts';
 import { openRepository } from '../local/stack.ts';
 import { denied } from './helpers/grants.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
@@ -153,7 +153,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const exercised = new Set(calls.map((c) => c.functionId));
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
-  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'RecordRestoreTest', 'ReportReplication'] as LambdaFunctionId[]) {
+  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'ExtendLocks', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'RecordRestoreTest', 'ReportReplication'] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
   // Garbage collection deleted a pack and the index object that listed it: those calls were checked too.

@@ -6,7 +6,7 @@
 import { DecryptCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { KmsKeyWrapper, loadMasterKey, type KmsClientLike } from '../core/keyring.ts';
+import { KmsKeyWrapper, loadMasterKey, type KmsClientLike } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 
 class FakeKms implements KmsClientLike {

@@ -1,12 +1,12 @@
 import { Metrics } from '@aws-lambda-powertools/metrics';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
-import { errorClasses } from '../core/errors.ts';
+import { errorClasses } from '../contracts/errors.ts';
 import type { Backup, Catalog } from '../functions/catalog/catalog.ts';
 import { lambdaHandler, powertools } from '../functions/commons/lambda.ts';
-import { vmJob } from '../functions/commons/schemas.ts';
-import { lambdaFunctions } from '../functions/registry.ts';
-import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/summarize.ts';
+import { vmJob } from '../contracts/schemas.ts';
+import { lambdaFunctions } from '../contracts/functions.ts';
+import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/backup/summarize.ts';
 
 const context = { functionName: 'Test', awsRequestId: 'req-1', invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:Test', getRemainingTimeInMillis: () => 60_000 };
 const job = {

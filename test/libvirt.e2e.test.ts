@@ -10,12 +10,11 @@ import { readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RestoreSummary } from '../functions/restore.ts';
-import type { RunSummary } from '../functions/summarize.ts';
 import { runExecution } from '../local/client.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const CHUNK = 256 * 1024;

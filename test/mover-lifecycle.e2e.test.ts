@@ -14,10 +14,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { publishRelease, buildMoverRelease } from '../cli/release.ts';
 import { moverRecordKey, parseMoverRegistration } from '../core/mover-registry.ts';
 import { generateReleaseKeyPair, parsePrivateKey } from '../core/release.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, s3Client } from '../core/s3-store.ts';
 import { LIFEBOAT_VERSION } from '../core/version.ts';
-import { listMovers, s3KeyLister } from '../functions/movers.ts';
-import type { RunSummary } from '../functions/summarize.ts';
+import { listMovers } from '../core/mover-fleet.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -25,6 +23,7 @@ import { startMover, type MoverLogLine, type MoverProcess } from '../local/mover
 import { openRepository } from '../local/stack.ts';
 import { restoreVm } from '../mover/restore.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const run = promisify(execFile);
@@ -96,12 +95,11 @@ describe('registration', () => {
     });
 
     const e = t.stack.endpoints;
-    const client = s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
     const { store } = await openRepository(e);
-    const live = await listMovers({ store, lister: s3KeyLister(client, e.bucket), now: () => new Date() });
+    const live = await listMovers({ store, now: () => new Date() });
     expect(live.find((v) => v.name === 'life-reg')).toMatchObject({ status: 'live', upToDate: true });
     // Five missed heartbeats later, the same record reads as stale.
-    const later = await listMovers({ store, lister: s3KeyLister(client, e.bucket), now: () => new Date(Date.now() + 5000) });
+    const later = await listMovers({ store, now: () => new Date(Date.now() + 5000) });
     expect(later.find((v) => v.name === 'life-reg')?.status).toBe('stale');
 
     expect(await m.stop()).toBe(0);

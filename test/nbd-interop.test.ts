@@ -11,7 +11,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { SourceUnavailable } from '../core/errors.ts';
+import { SourceUnavailable } from '../contracts/errors.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
 import { mapExtents } from '../mover/nbd/extents.ts';
 import { NbdPool } from '../mover/nbd/pool.ts';

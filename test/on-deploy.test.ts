@@ -4,10 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
-import { KeyFileWrapper, loadMasterKey } from '../core/keyring.ts';
+import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog, Host, HostConfigSettings, Policy } from '../functions/catalog/catalog.ts';
-import { onDeploy, onDeployEvent, type OnDeployEvent } from '../functions/on-deploy.ts';
+import { onDeploy, onDeployEvent, type OnDeployEvent } from '../functions/deploy/on-deploy.ts';
 
 /** The five catalog calls SyncConfig makes, over maps. */
 function memoryCatalog() {

@@ -1,18 +1,18 @@
 /**
- * Repository format 2 (core/packs.ts): the binary index and pack trailers (round trips,
+ * Repository format 2 (repository/packs.ts): the binary index and pack trailers (round trips,
  * and fuzz: damaged bytes parse to something self-consistent or fail as Mover.Corrupt,
  * never another error), the read planner's properties, and the PackWriter.
  */
 import type { PutChecksum } from '../core/object-store.ts';
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { Corrupt, StorageUnavailable } from '../core/errors.ts';
-import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, seal, type Manifest } from '../core/format.ts';
+import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
+import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, seal, type Manifest } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, fetchPackTrailer, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../core/packs.ts';
-import { IndexCache, RepositoryIndex } from '../core/repository-index.ts';
-import { newPackBuffer, sealIntoPack, type PackBuffer, type Placement } from '../mover/pipeline/pack-buffer.ts';
-import { PackWriter } from '../mover/pipeline/pack-writer.ts';
+import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, fetchPackTrailer, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../repository/packs.ts';
+import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';
+import { newPackBuffer, sealIntoPack, type PackBuffer, type Placement } from '../repository/pack-buffer.ts';
+import { PackWriter } from '../repository/pack-writer.ts';
 import { prng } from './helpers/prng.ts';
 
 const keys = deriveKeys(randomBytes(32));

@@ -5,14 +5,14 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { keys as objectKeys } from '../core/format.ts';
-import type { PrunePlan } from '../functions/prune.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
+import { keys as objectKeys } from '../repository/format.ts';
+import type { PrunePlan } from '../functions/prune/prune.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository, repositoryStore } from '../local/stack.ts';
 import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RestoreSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;

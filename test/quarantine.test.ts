@@ -1,15 +1,15 @@
-/** QuarantineDamage (functions/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
+/** QuarantineDamage (functions/deep-verify/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
+import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { quarantineKey } from '../core/quarantine.ts';
-import { newPackBuffer, sealIntoPack } from '../mover/pipeline/pack-buffer.ts';
-import { PackWriter } from '../mover/pipeline/pack-writer.ts';
-import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
+import { quarantineKey } from '../repository/quarantine.ts';
+import { newPackBuffer, sealIntoPack } from '../repository/pack-buffer.ts';
+import { PackWriter } from '../repository/pack-writer.ts';
+import { MemoryRepositoryAdmin } from '../repository/admin.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
-import { collectGarbage } from '../functions/gc.ts';
-import { quarantineDamage } from '../functions/quarantine.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
+import { quarantineDamage } from '../functions/deep-verify/quarantine.ts';
 
 const keys = deriveKeys(randomBytes(32));
 const NOW = new Date('2026-11-23T12:00:00Z');

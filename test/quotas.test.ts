@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { VmJob } from '../core/jobs.ts';
+import type { VmJob } from '../contracts/jobs.ts';
 import { ActivityBroker } from '../local/activities.ts';
 import type { ResolvedTemplate } from '../local/asl.ts';
 import { LocalExecutions } from '../local/executions.ts';

@@ -8,13 +8,13 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GcWorkflow } from '../cdk/lib/gc-workflow.ts';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
-import type { LambdaFunctionId } from '../functions/registry.ts';
+import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { loadConfig } from '../core/config.ts';
-import { errorClasses } from '../core/errors.ts';
-import { recoveryErrorClasses } from '../core/recovery-errors.ts';
+import { errorClasses } from '../contracts/errors.ts';
+import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS, GC_LEASE_MS } from '../core/gc-timing.ts';
-import { gcRequest } from '../functions/gc.ts';
+import { gcRequest } from '../functions/gc/gc.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string;
@@ -342,5 +342,47 @@ describe('GC lease', () => {
     const functions = new Proxy({}, { get: () => fn }) as Record<LambdaFunctionId, lambda.IFunction>;
     expect(() => new GcWorkflow(stack, 'Gc', { functions, deferSeconds: 7200 })).toThrow(/deferSeconds must be a whole number of seconds from 1 to 3600/);
     expect(() => new GcWorkflow(stack, 'GcOk', { functions, deferSeconds: 3600 })).not.toThrow();
+  });
+});
+
+describe('Object Lock', () => {
+  /** The function ids (LIFEBOAT_FUNCTION) whose roles an IAM policy statement allowing `action` is attached to; 'other' for any other role. */
+  function grantedTo(action: string): Set<string> {
+    const json = template.toJSON() as { Resources: Record<string, { Type: string; Properties: Record<string, unknown> }> };
+    const functionOfRole = new Map<string, string>();
+    for (const r of Object.values(json.Resources)) {
+      if (r.Type !== 'AWS::Lambda::Function') continue;
+      const role = (r.Properties.Role as { 'Fn::GetAtt'?: string[] })['Fn::GetAtt']?.[0];
+      const id = (r.Properties.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION;
+      if (role && id) functionOfRole.set(role, id);
+    }
+    const out = new Set<string>();
+    for (const r of Object.values(json.Resources)) {
+      if (r.Type !== 'AWS::IAM::Policy' && r.Type !== 'AWS::IAM::ManagedPolicy') continue;
+      const statements = (r.Properties.PolicyDocument as { Statement: { Effect: string; Action: string | string[] }[] }).Statement;
+      const allows = statements.some((s) => s.Effect === 'Allow' && [s.Action].flat().some((a) => a === action || a === 's3:*' || a === '*'));
+      if (!allows) continue;
+      for (const role of (r.Properties.Roles as { Ref: string }[] | undefined) ?? [{ Ref: '(no role)' }]) out.add(functionOfRole.get(role.Ref) ?? `other: ${role.Ref}`);
+    }
+    return out;
+  }
+
+  it('grants s3:PutObjectRetention to the ExtendLocks function alone, and s3:BypassGovernanceRetention to nobody', () => {
+    expect([...grantedTo('s3:PutObjectRetention')]).toEqual(['ExtendLocks']);
+    expect([...grantedTo('s3:BypassGovernanceRetention')]).toEqual([]);
+    // GC reads the retain-until it must wait for.
+    expect(grantedTo('s3:GetObjectRetention')).toEqual(new Set(['ExtendLocks', 'CollectGarbage']));
+  });
+
+  it('extends locks before garbage collection, again while there is more, and not on a dry run', () => {
+    const { def, all } = machine('Gc');
+    const dryRun = all[def.States[def.StartAt]!.Next!]! as State & { Choices: { Next: string }[]; Default: string };
+    expect(dryRun.Choices.map((c) => c.Next)).toEqual(['CollectGarbage']);
+    expect(dryRun.Default).toBe('ExtendLocks');
+    expect(all.ExtendLocks!.Next).toBe('LocksExtended');
+    const after = all.LocksExtended! as State & { Choices: { Next: string }[]; Default: string };
+    expect(after.Choices.map((c) => c.Next)).toEqual(['ExtendLocks']);
+    expect(after.Default).toBe('CollectGarbage');
+    expect(all.ExtendLocks!.Catch!.map((c) => c.Next)).toEqual(['RecordFailure']);
   });
 });

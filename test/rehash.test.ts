@@ -4,8 +4,8 @@ import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chunkId, deriveKeys, type Manifest } from '../core/format.ts';
-import { RestoreMismatch } from '../core/recovery-errors.ts';
+import { chunkId, deriveKeys, type Manifest } from '../repository/format.ts';
+import { RestoreMismatch } from '../contracts/recovery-errors.ts';
 import { inSample } from '../mover/recovery/deep-verify.ts';
 import { rehashDisk } from '../mover/recovery/rehash.ts';
 

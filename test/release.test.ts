@@ -9,7 +9,7 @@ import { mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CannotUpgrade } from '../core/errors.ts';
+import { CannotUpgrade } from '../contracts/errors.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { generateReleaseKeyPair, parsePrivateKey, parseReleaseManifest, releaseKeyId, releaseKeys, signRelease, verifyRelease } from '../core/release.ts';
 import { compareVersions, minMoverVersion, MIN_MOVER_VERSION } from '../core/version.ts';

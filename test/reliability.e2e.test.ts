@@ -33,8 +33,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { controlPlaneStorageRetries, resetClients } from '../functions/commons/clients.ts';
-import type { RestoreSummary } from '../functions/restore.ts';
-import type { RunSummary } from '../functions/summarize.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -42,6 +40,7 @@ import { startMover, type MoverLogLine } from '../local/movers.ts';
 import { LOCAL_CREDENTIALS } from '../local/stack.ts';
 import { startFaultProxy, type FaultProxy, type FaultRule } from './helpers/fault-proxy.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const RATE = Number(process.env.LIFEBOAT_FAULT_RATE ?? '0.05');

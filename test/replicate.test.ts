@@ -1,15 +1,15 @@
 /** Replication of one disk (mover/recovery/replicate.ts) between in-memory repositories. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { Corrupt, StorageUnavailable } from '../core/errors.ts';
-import { decodeManifest, deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
+import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { PutChecksum } from '../core/object-store.ts';
-import { chunkLocation } from '../core/packs.ts';
-import { RepositoryIndex } from '../core/repository-index.ts';
-import type { ReplicateJob } from '../core/recovery-jobs.ts';
-import { MemoryRepositoryAdmin } from '../core/repository-admin.ts';
-import { collectGarbage } from '../functions/gc.ts';
+import { chunkLocation } from '../repository/packs.ts';
+import { RepositoryIndex } from '../repository/repository-index.ts';
+import type { ReplicateJob } from '../contracts/recovery-jobs.ts';
+import { MemoryRepositoryAdmin } from '../repository/admin.ts';
+import { collectGarbage } from '../functions/gc/gc.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';

@@ -1,8 +1,8 @@
-/** ReportReplication (functions/replication-report.ts) and the quarantine records, on a real dynalite catalog. */
+/** ReportReplication (functions/replicate/replication-report.ts) and the quarantine records, on a real dynalite catalog. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { reportReplication } from '../functions/replication-report.ts';
+import { reportReplication } from '../functions/replicate/replication-report.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
 
 const NOW = new Date('2026-11-23T12:00:00Z');

@@ -1,6 +1,6 @@
 /** A plain restore (no backup named) never falls back silently past a damaged newest backup; a damaged backup named is refused, saying why and what to do. */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { planRestore } from '../functions/restore.ts';
+import { planRestore } from '../functions/restore/restore.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
 
 let c: Awaited<ReturnType<typeof startTestCatalog>>;

@@ -4,7 +4,7 @@
  * restored domain's disks as pool volumes, and the request's `define.pool`.
  */
 import { describe, expect, it } from 'vitest';
-import { restoreRequest } from '../functions/restore.ts';
+import { restoreRequest } from '../functions/restore/restore.ts';
 import { bytesNeeded, StoragePool, volumeName, volumeXml } from '../mover/recovery/pool-volumes.ts';
 import { backedUpDisks, parseDomainXml, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
 import { Virsh } from '../mover/sources/libvirt/virsh.ts';

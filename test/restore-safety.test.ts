@@ -10,12 +10,12 @@ import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys, seal } from '../core/format.ts';
+import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { RestoreJob } from '../core/recovery-jobs.ts';
+import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { planRestore, restoreRequest } from '../functions/restore.ts';
+import { planRestore, restoreRequest } from '../functions/restore/restore.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDiskTask, restoreVmConfigTask } from '../mover/recovery/restore.ts';
 import { restoreVm } from '../mover/restore.ts';

@@ -12,9 +12,7 @@ import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RESTORE_TEST_PREFIX } from '../core/restore-test.ts';
-import type { DeepVerifySummary, RestoreTestOutcome } from '../functions/deep-verify.ts';
-import type { RunSummary } from '../functions/summarize.ts';
+import { RESTORE_TEST_PREFIX } from '../contracts/restore-test.ts';
 import { runExecution } from '../local/client.ts';
 import { createQcow2, guestCmdline, guestDomainXml } from '../local/vm-lab/domain.ts';
 import { buildGuest } from '../local/vm-lab/guest.ts';
@@ -22,6 +20,7 @@ import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { ownerOfThisProcess, restoreTestRoot } from '../mover/recovery/restore-test.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import type { DeepVerifySummary, RestoreTestOutcome, RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 const lab = await ensureLibvirtd();

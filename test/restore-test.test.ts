@@ -6,15 +6,16 @@
 import { execFile } from 'node:child_process';
 import { Metrics } from '@aws-lambda-powertools/metrics';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DiskResult } from '../core/jobs.ts';
+import type { DiskResult } from '../contracts/jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { planDeepVerify, planDeepVerifyPolicy, recordDeepVerify, recordRestoreTest, recordRestoreTestInput, type DeepVerifySummary } from '../functions/deep-verify.ts';
-import { syncConfig } from '../functions/sync-config.ts';
+import { planDeepVerify, planDeepVerifyPolicy, recordDeepVerify, recordRestoreTest, recordRestoreTestInput } from '../functions/deep-verify/deep-verify.ts';
+import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { loadConfig } from '../core/config.ts';
-import { restoreTestMetrics } from '../functions/commons/metric-names.ts';
+import { restoreTestMetrics } from '../contracts/metric-names.ts';
 import { isLeftover, ownerOfThisProcess, restoreTestDomainName } from '../mover/recovery/restore-test.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
+import type { DeepVerifySummary } from '../contracts/workflow-outputs.ts';
 
 let db: Awaited<ReturnType<typeof startTestCatalog>>;
 let catalog: Catalog;

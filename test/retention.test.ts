@@ -1,6 +1,8 @@
-/** GFS retention as Proxmox Backup Server defines it (functions/retention/gfs.ts). */
+/** GFS retention as Proxmox Backup Server defines it (functions/prune/gfs.ts). */
 import { describe, expect, it } from 'vitest';
-import { applyRetention, isoWeek, periodOf, type RetentionCandidate } from '../functions/retention/gfs.ts';
+import { applyRetention, isoWeek, periodOf, type RetentionCandidate } from '../functions/prune/gfs.ts';
+import { retentionHorizonMs } from '../functions/prune/expiry.ts';
+import { lockTarget } from '../functions/gc/extend-locks.ts';
 
 const at = (iso: string, id = iso): RetentionCandidate => ({ id, time: iso });
 const kept = (d: ReturnType<typeof applyRetention>) => d.filter((x) => x.keep).map((x) => x.id);
@@ -133,5 +135,51 @@ describe('applyRetention', () => {
         expect(periods.length).toBeLessThanOrEqual(r[rule]);
       }
     }
+  });
+});
+
+describe('how long a backup may be kept (Object Lock targets)', () => {
+  const H = 3_600_000;
+  const D = 24 * H;
+
+  it('adds up the stacked rules, one period of the longest, and an hour for DST', () => {
+    expect(retentionHorizonMs({ daily: 90 })).toBe(91 * D + H);
+    expect(retentionHorizonMs({ daily: 7, weekly: 4 })).toBe(7 * D + 28 * D + 7 * D + H);
+    expect(retentionHorizonMs({ keepLast: 3 }, 26)).toBe(4 * 26 * H + H);
+    // A rule counts periods that hold a backup: with one every two days, 7 daily periods span 14 days.
+    expect(retentionHorizonMs({ daily: 7 }, 48)).toBe(8 * 48 * H + H);
+    expect(retentionHorizonMs({})).toBeUndefined();
+    expect(retentionHorizonMs(undefined)).toBeUndefined();
+  });
+
+  it('is never shorter than the time a daily prune keeps a backup taken every day or every other day, and not much longer', () => {
+    const cases = [[{ daily: 7, weekly: 4 }, 1, 7], [{ keepLast: 3, daily: 5, monthly: 2 }, 1, 31], [{ hourly: 24, daily: 14 }, 1, 1], [{ daily: 7 }, 2, 2], [{ daily: 90 }, 1, 1]] as const;
+    for (const [retention, every, longest] of cases) {
+      const horizon = retentionHorizonMs(retention, every * 24)!;
+      const t0 = Date.parse('2026-01-01T01:30:00Z');
+      let kept: RetentionCandidate[] = [];
+      const lastKept = new Map<string, number>();
+      for (let day = 0; day < 200; day++) {
+        const now = t0 + day * D;
+        if (day % every === 0) kept.push({ id: `b${day}`, time: new Date(now).toISOString() });
+        const decisions = applyRetention(kept, retention, { timeZone: 'Europe/Berlin' });
+        for (const d of decisions) if (d.keep) lastKept.set(d.id, now);
+        kept = kept.filter((c) => decisions.find((d) => d.id === c.id)!.keep);
+      }
+      const ages = [...lastKept].filter(([id]) => Number(id.slice(1)) < 100).map(([id, at]) => at - (t0 + Number(id.slice(1)) * D));
+      expect(Math.max(...ages), JSON.stringify(retention)).toBeLessThanOrEqual(horizon);
+      expect(Math.max(...ages), JSON.stringify(retention)).toBeGreaterThan(horizon - 2 * longest * D - D);
+    }
+  });
+
+  it('locks a retained backup until its expiry, or for the default period from now once that is past', () => {
+    const now = new Date('2026-06-01T00:00:00Z');
+    const policy = { retention: { daily: 90 }, rpoHours: 24 };
+    expect(lockTarget({ startedAt: '2026-05-01T00:00:00Z' }, policy, 30, now)).toEqual({ need: Date.parse('2026-05-01T00:00:00Z') + 91 * D + H, set: Date.parse('2026-05-01T00:00:00Z') + 91 * D + H, unbounded: false });
+    // The default period is longer than the retention: it counts from the backup.
+    expect(lockTarget({ startedAt: '2026-05-31T00:00:00Z' }, { retention: { daily: 3 } }, 30, now).need).toBe(Date.parse('2026-05-31T00:00:00Z') + 30 * D);
+    // Kept past its expiry (no backups since), or with no rule at all: the default from now, a week more set.
+    expect(lockTarget({ startedAt: '2025-01-01T00:00:00Z' }, policy, 30, now)).toEqual({ need: now.getTime() + 30 * D, set: now.getTime() + 37 * D, unbounded: true });
+    expect(lockTarget({ startedAt: '2026-05-31T00:00:00Z' }, { retention: {} }, 30, now).unbounded).toBe(true);
   });
 });

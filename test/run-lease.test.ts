@@ -1,7 +1,7 @@
-/** One Backup run per policy at a time: the run lease (functions/run-lease.ts) on dynalite, and two runs of one policy on the embedded stack. */
+/** One Backup run per policy at a time: the run lease (functions/backup/run-lease.ts) on dynalite, and two runs of one policy on the embedded stack. */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { acquireRunLease, releaseRunLease, RUN_LEASE_MS } from '../functions/run-lease.ts';
+import { acquireRunLease, releaseRunLease, RUN_LEASE_MS } from '../functions/backup/run-lease.ts';
 import { runExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startTestCatalog } from './helpers/catalog.ts';

@@ -4,10 +4,10 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeManifest, deriveKeys, keys as objectKeys } from '../core/format.ts';
+import { decodeManifest, deriveKeys, keys as objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation } from '../core/packs.ts';
-import type { ReplicateJob } from '../core/recovery-jobs.ts';
+import { chunkLocation } from '../repository/packs.ts';
+import type { ReplicateJob } from '../contracts/recovery-jobs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
 

@@ -1,10 +1,10 @@
 /** Verify against the in-memory store: what it catches, from manifests and HEADs alone, in both repository formats. */
 import { randomBytes } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, seal, type Manifest } from '../core/format.ts';
-import type { DiskRef, DiskResult, VmJob } from '../core/jobs.ts';
+import { chunkId, decodeManifest, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, seal, type Manifest } from '../repository/format.ts';
+import type { DiskRef, DiskResult, VmJob } from '../contracts/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { verify } from '../functions/verify.ts';
+import { verify } from '../functions/backup/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import type { DiskReader } from '../mover/sources/source.ts';
 

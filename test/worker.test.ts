@@ -6,7 +6,7 @@
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskHeartbeatCommand, SendTaskSuccessCommand } from '@aws-sdk/client-sfn';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { CannotUpgrade } from '../core/errors.ts';
+import { CannotUpgrade } from '../contracts/errors.ts';
 import { MoverWorker, type HandedOverTask, type Logger, type Restart, type WorkerOptions } from '../mover/worker.ts';
 
 interface Answer { kind: 'success' | 'failure' | 'heartbeat'; token: string; error?: string; cause?: string }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { zstdBound, zstdCompressInto, zstdDecompressInto } from '../core/zstd.ts';
+import { zstdBound, zstdCompressInto, zstdDecompressInto } from '../repository/zstd.ts';
 import { prng } from './helpers/prng.ts';
 
 /** Log-like text, compressible about 3:1 (as the bench image's text runs). */
@@ -12,7 +12,7 @@ const text = (bytes: number, seed: number) => {
   return Buffer.from(s.slice(0, bytes), 'latin1');
 };
 
-describe('zstd into caller buffers with reused contexts (core/zstd.ts)', () => {
+describe('zstd into caller buffers with reused contexts (repository/zstd.ts)', () => {
   it("writes the same frames as zlib's zstdCompressSync, call after call, at each level", () => {
     for (const level of [undefined, 1, 3, 9]) {
       const params = level === undefined ? {} : { params: { [constants.ZSTD_c_compressionLevel]: level } };

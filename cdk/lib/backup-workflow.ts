@@ -14,8 +14,8 @@ import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../core/errors.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 

@@ -14,8 +14,8 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
-import { StorageUnavailable } from '../../core/errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
+import { StorageUnavailable } from '../../contracts/errors.ts';
 import { lambdaStep, moverDiskMap, moverStep, retryAnyError, retryMoverTask } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 

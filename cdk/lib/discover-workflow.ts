@@ -7,13 +7,13 @@
  *
  * Input: `{ hostId? }`. Output: per host its counts (found, new, returned, gone, ...) or
  * its error, totals and `failedHosts`. Pages keep each task result under Step Functions'
- * 256 KiB (core/discovery.ts), so a host of any size fits.
+ * 256 KiB (contracts/discovery.ts), so a host of any size fits.
  */
 import { Duration } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface DiscoverWorkflowProps {

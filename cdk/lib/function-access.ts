@@ -3,7 +3,7 @@
  * S3 actions by key prefix, and the repository key. The stack turns these into IAM
  * statements on the exact table, prefixes and KMS key, and nothing else.
  *
- * A function added to functions/registry.ts needs an entry here; without one it gets no
+ * A function added to contracts/functions.ts needs an entry here; without one it gets no
  * data access at all and test/cdk.test.ts names it.
  */
 import { Stack } from 'aws-cdk-lib';
@@ -11,17 +11,17 @@ import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
-import { KMS_CONTEXT_PURPOSE } from '../../core/keyring.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { KMS_CONTEXT_PURPOSE } from '../../repository/keyring.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 
 /** DynamoDB actions the catalog code sends (lib-dynamodb Get/Put/Update/Delete/Query/Scan). */
 export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' | 'Query' | 'Scan' | 'BatchGetItem' | 'BatchWriteItem' | 'ConditionCheckItem';
 
 /**
- * Top-level prefixes of the repository bucket: core/format.ts `keys` (chunk objects of
+ * Top-level prefixes of the repository bucket: repository/format.ts `keys` (chunk objects of
  * format 1, packs and index objects of format 2, manifests, the repository key), mover
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
- * aside (core/quarantine.ts), host configuration backups (core/host-config.ts).
+ * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts).
  */
 export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/';
 
@@ -41,6 +41,12 @@ export interface FunctionAccess {
     list?: boolean;
     /** s3:DeleteObject under these prefixes (Prune: manifests of expired backups). */
     delete?: RepositoryPrefix[];
+    /**
+     * Object Lock: s3:GetObjectRetention under `read` (HEAD then reports an object's
+     * retain-until) with s3:GetBucketObjectLockConfiguration, and s3:PutObjectRetention under
+     * `extend`, which only ExtendLocks may have (test/cdk.test.ts checks the template).
+     */
+    retention?: { read?: RepositoryPrefix[]; extend?: RepositoryPrefix[] };
   };
   /** The repository KMS key: unwrap (kms:Decrypt) / wrap (kms:Encrypt) the repository key; read SSE-KMS objects. */
   repositoryKey?: ('unwrap' | 'wrap')[];
@@ -85,7 +91,11 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
   RecordPrune: { catalog: ['PutItem'] },
   // Takes and gives back the repository's GC lease (PutItem, DeleteItem); lists and marks; reads the packs it lists in the index again (packs/); replaces index objects that list a deleted pack, and merges small index objects (write index/); deletes chunk objects, packs and replaced or merged index objects, and failed backups' manifests; reads the backups' statuses and the policies' run leases (Scan, GetItem).
-  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'], repository: { read: ['manifests/', 'index/', 'keys/', 'packs/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/', 'manifests/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
+  // Reads the Object Lock retain-until of unreferenced chunk objects and packs (HEAD: read chunks/ too) before deleting them.
+  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'], repository: { read: ['manifests/', 'index/', 'keys/', 'packs/', 'chunks/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/', 'manifests/'], list: true, retention: { read: ['chunks/', 'packs/'] } }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
+  // The only function that may extend Object Lock retention: of every object a retained backup references (its manifests, their chunk objects or packs, the repository key).
+  // Reads policies and backups (Scan), its per-backup records (Query, PutItem, DeleteItem), the manifests (decoded: the key).
+  ExtendLocks: { catalog: ['Scan', 'Query', 'PutItem', 'DeleteItem'], repository: { read: ['manifests/', 'keys/', 'chunks/', 'packs/'], list: true, retention: { read: ['manifests/', 'keys/', 'chunks/', 'packs/'], extend: ['manifests/', 'keys/', 'chunks/', 'packs/'] } }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 1024 },
   // Gives the repository's GC lease back on the Gc workflow's failure path (a conditional delete: only its own execution's).
   ReleaseGcLease: { catalog: ['DeleteItem'] },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
@@ -131,6 +141,12 @@ export function accessStatements(access: FunctionAccess | undefined, on: AccessT
   if (access.repository?.write?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryWrite', actions: ['s3:PutObject'], resources: objects(access.repository.write) }));
   if (access.repository?.delete?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryDelete', actions: ['s3:DeleteObject'], resources: objects(access.repository.delete) }));
   if (access.repository?.list) out.push(new iam.PolicyStatement({ sid: 'RepositoryList', actions: ['s3:ListBucket'], resources: on.repositories.map((r) => r.bucket.bucketArn) }));
+  const retention = access.repository?.retention;
+  if (retention?.read?.length) {
+    out.push(new iam.PolicyStatement({ sid: 'RepositoryRetentionRead', actions: ['s3:GetObjectRetention'], resources: objects(retention.read) }));
+    out.push(new iam.PolicyStatement({ sid: 'RepositoryLockConfiguration', actions: ['s3:GetBucketObjectLockConfiguration'], resources: on.repositories.map((r) => r.bucket.bucketArn) }));
+  }
+  if (retention?.extend?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryRetentionExtend', actions: ['s3:PutObjectRetention'], resources: objects(retention.extend) }));
   const keyActions = [
     ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
     ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),

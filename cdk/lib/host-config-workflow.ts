@@ -14,8 +14,8 @@ import { Duration } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
-import { StorageUnavailable, TaskStalled } from '../../core/errors.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface HostConfigBackupWorkflowProps {

@@ -15,7 +15,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import type { Construct } from 'constructs';
 import { fileURLToPath } from 'node:url';
-import { lambdaFunctions, type LambdaFunctionId } from '../../functions/registry.ts';
+import { lambdaFunctions, type LambdaFunctionId } from '../../contracts/functions.ts';
 import { discoverySchedule, hostConfigBackupSettings, type LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
 import { ReconcileWorkflow } from './reconcile-workflow.ts';

@@ -41,7 +41,7 @@ import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import type { LifeboatConfig } from '../../core/config.ts';
 import { drRpoHoursOf } from '../../core/config.ts';
-import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../../functions/commons/metric-names.ts';
+import { hostConfigMetrics, replicationMetrics, restoreTestMetrics, summaryMetrics } from '../../contracts/metric-names.ts';
 import { observeStateMachine, stateMachinesIn } from './observability.ts';
 
 export interface MonitoringProps {

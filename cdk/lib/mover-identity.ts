@@ -17,7 +17,7 @@ import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { acknowledge, arnWildcardFinding } from './nag.ts';
 import { Construct } from 'constructs';
 import type { MoverGroupConfig } from '../../core/config.ts';
-import { KMS_CONTEXT_PURPOSE } from '../../core/keyring.ts';
+import { KMS_CONTEXT_PURPOSE } from '../../repository/keyring.ts';
 
 export interface MoverIdentityProps {
   group: MoverGroupConfig;
@@ -84,7 +84,7 @@ export class MoverIdentity extends Construct {
         actions: ['s3:GetObject'],
         resources: props.repositories.flatMap((r) => MOVER_READ_PREFIXES.map((p) => r.bucket.arnForObjects(`${p}*`))),
       }),
-      // Movers list `index/` (core/packs.ts RepositoryIndex.load). Not narrowed by an
+      // Movers list `index/` (repository/packs.ts RepositoryIndex.load). Not narrowed by an
       // s3:prefix condition: S3 answers a HEAD or GET of a missing key with 404 only to a
       // caller allowed s3:ListBucket on the bucket itself (a request without a prefix), so
       // a narrowed grant would turn every missing object (a replica's pack not copied yet,

@@ -9,8 +9,8 @@ import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { StorageUnavailable } from '../../contracts/errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
 import { lambdaStep, retryAnyError } from './steps.ts';
 

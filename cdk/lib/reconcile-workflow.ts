@@ -17,8 +17,8 @@ import * as targets from 'aws-cdk-lib/aws-events-targets';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
-import { StorageUnavailable } from '../../core/errors.ts';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import { StorageUnavailable } from '../../contracts/errors.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface ReconcileWorkflowProps {

@@ -14,7 +14,7 @@ import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
-import type { LambdaFunctionId } from '../../functions/registry.ts';
+import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { lambdaStep, moverDiskMap, moverStep, retryAnyError, retryMoverTask } from './steps.ts';
 
 export interface RestoreWorkflowProps {

@@ -8,7 +8,7 @@ import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type { Construct } from 'constructs';
-import { StorageUnavailable, TaskStalled } from '../../core/errors.ts';
+import { StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
 import { onMoverGroup } from './on-mover-group.ts';
 
 /** `undefined`: the result replaces the state's input; `null`: the result is discarded. */

@@ -5,10 +5,10 @@
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Retention } from '../../core/config.ts';
-import type { StorageEndpoint } from '../../core/endpoints.ts';
-import { discoveredVmId } from '../../core/discovery.ts';
-import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../core/jobs.ts';
-import type { RestoreTestSettings } from '../../core/restore-test.ts';
+import type { StorageEndpoint } from '../../contracts/endpoints.ts';
+import { discoveredVmId } from '../../contracts/discovery.ts';
+import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../contracts/jobs.ts';
+import type { RestoreTestSettings } from '../../contracts/restore-test.ts';
 
 export interface Policy {
   policyId: string;
@@ -39,7 +39,7 @@ export interface Policy {
   quiesce?: QuiesceSettings;
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
   segmentBytes?: number;
-  /** Restore tests of the policy's libvirt VMs at deep verifications (core/restore-test.ts). */
+  /** Restore tests of the policy's libvirt VMs at deep verifications (contracts/restore-test.ts). */
   restoreTest?: RestoreTestSettings;
   /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */
   managedBy?: 'config';

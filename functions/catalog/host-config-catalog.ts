@@ -4,8 +4,8 @@
  * lists a host's newest first). Same table as `catalog.ts`.
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import type { RepositoryLocation } from '../../core/endpoints.ts';
-import type { HostConfigResult } from '../../core/host-config.ts';
+import type { RepositoryLocation } from '../../contracts/endpoints.ts';
+import type { HostConfigResult } from '../../contracts/host-config.ts';
 
 const recordKey = (hostId: string, backupId: string) => ({ pk: `HOSTCONFIG#${hostId}`, sk: `BACKUP#${backupId}` });
 

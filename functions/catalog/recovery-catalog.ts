@@ -4,7 +4,7 @@
  * backup keys as `catalog.ts`; every status change is a conditional write.
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import type { DamageFinding } from '../../core/recovery-jobs.ts';
+import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
 export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE' | 'GC' | 'REPLICATION' | 'FAILOVER';
@@ -17,7 +17,7 @@ const replicaKey = (vmId: string, bucket: string, backupId: string) => ({ pk: `V
 const quarantinePk = (repository: string) => `QUARANTINE#${repository}`;
 const quarantineKey = (repository: string, chunkId: string) => ({ pk: quarantinePk(repository), sk: `CHUNK#${chunkId}` });
 
-/** A chunk set aside (core/quarantine.ts) because a deep verification found it damaged or missing. */
+/** A chunk set aside (repository/quarantine.ts) because a deep verification found it damaged or missing. */
 export interface QuarantineRecord {
   chunkId: string;
   /** The object that held it (`chunks/…`, or its pack `packs/…`), and the copy of its bytes kept for forensics (absent when they were missing). */

@@ -5,19 +5,21 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { deriveKeys, type RepositoryKeys } from '../../core/format.ts';
-import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../core/keyring.ts';
+import { deriveKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper } from '../../repository/keyring.ts';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { powertools } from './lambda.ts';
-import { storageMetrics } from './metric-names.ts';
+import { storageMetrics } from '../../contracts/metric-names.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../../core/s3-store.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { S3RepositoryAdmin, type RepositoryAdmin } from '../../core/repository-admin.ts';
-import { endpointKey, locationKey, type StorageEndpoint } from '../../core/endpoints.ts';
+import { S3RepositoryAdmin, type RepositoryAdmin } from '../../repository/admin.ts';
+import { S3ObjectLocks, type LockExtender } from '../../repository/object-lock.ts';
+import { endpointKey, locationKey, type StorageEndpoint } from '../../contracts/endpoints.ts';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
+import { LockCatalog } from '../catalog/lock-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
 export interface Clients {
@@ -27,10 +29,14 @@ export interface Clients {
   recovery: RecoveryCatalog;
   /** Records of host configuration backups (functions/catalog/host-config-catalog.ts). */
   hostConfigs: HostConfigCatalog;
+  /** How far lock extension has locked each backup's objects (functions/catalog/lock-catalog.ts). */
+  lockRecords: LockCatalog;
   /** A repository's objects; `endpoint` names its S3-compatible endpoint when it is not the stack's own S3. */
   store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
   admin(bucket: string, endpoint?: StorageEndpoint): RepositoryAdmin;
+  /** Object Lock retention of a repository's objects (repository/object-lock.ts); extending it is granted to ExtendLocks alone. */
+  locks(bucket: string, endpoint?: StorageEndpoint): LockExtender;
   /** The wrapper of a repository's master key: KMS in AWS, the key file in the embedded stack. */
   keyWrapper(bucket: string): Promise<KeyWrapper>;
   /** The repository's keys, unwrapped once per container and bucket. */
@@ -146,8 +152,10 @@ export function clients(): Clients {
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
     hostConfigs: new HostConfigCatalog(db, env.tableName),
+    lockRecords: new LockCatalog(db, env.tableName),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
+    locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
     keyWrapper: (bucket) => keyWrapper(env, bucket),
     repositoryKeys: (bucket, endpoint) => {
       const id = locationKey({ bucket, endpoint });

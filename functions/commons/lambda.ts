@@ -16,7 +16,7 @@ import { parser } from '@aws-lambda-powertools/parser/middleware';
 import middy from '@middy/core';
 import type { Context } from 'aws-lambda';
 import { z } from 'zod';
-import { BadFunctionInput, LifeboatError } from '../../core/errors.ts';
+import { BadFunctionInput, LifeboatError } from '../../contracts/errors.ts';
 
 let shared: { logger: Logger; metrics: Metrics } | undefined;
 /**

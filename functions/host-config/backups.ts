@@ -4,13 +4,15 @@
  * with retention (the newest `keep` per host stay; older archives are deleted, then their
  * records), and the execution's summary. Pure: the catalog and the repository admin are passed in.
  */
-import type { RepositoryLocation } from '../../core/endpoints.ts';
-import { HostConfigRequestInvalid } from '../../core/errors.ts';
-import { hostConfigBackupId, hostConfigKey, type HostConfigResult } from '../../core/host-config.ts';
-import type { Hypervisor } from '../../core/jobs.ts';
-import type { RepositoryAdmin } from '../../core/repository-admin.ts';
+import type { RepositoryLocation } from '../../contracts/endpoints.ts';
+import { HostConfigRequestInvalid } from '../../contracts/errors.ts';
+import { hostConfigBackupId, hostConfigKey } from '../../core/host-config.ts';
+import { type HostConfigResult } from '../../contracts/host-config.ts';
+import type { Hypervisor } from '../../contracts/jobs.ts';
+import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
+import type { HostConfigFailure, HostConfigOutcome, HostConfigSummary } from '../../contracts/workflow-outputs.ts';
 
 /** An archive no record names (its mover's result never got recorded) is deleted once this old; a younger one may be a run's in flight. */
 export const ORPHAN_GRACE_MS = 24 * 60 * 60 * 1000;
@@ -50,18 +52,6 @@ export async function planHostConfigBackup(
   }
   const hosts = (await deps.catalog.listHosts()).sort((a, b) => a.hostId.localeCompare(b.hostId)).map(job).filter((h): h is HostConfigJob => !!h);
   return { hosts };
-}
-
-/** One host's outcome: its new archive, and what retention removed or could not remove. */
-export interface HostConfigOutcome extends HostConfigResult {
-  /** Archives of the host now stored (this one included). */
-  kept: number;
-  /** Backup ids of older archives deleted with their records. */
-  deleted: string[];
-  /** Archives no record named, older than a day, deleted. */
-  orphansDeleted: number;
-  /** Archives the repository refused to delete (Object Lock, permissions): their records stay, the next run tries again. */
-  notDeleted?: { key: string; reason: string }[];
 }
 
 export interface RecordHostConfigInput {
@@ -113,19 +103,6 @@ export async function recordHostConfig(
     ...result, kept: records.length - deleted.length, deleted, orphansDeleted: swept.deleted.length,
     ...(notDeleted.length ? { notDeleted } : {}),
   };
-}
-
-/** A host the execution could not back up, with the error the workflow caught. */
-export interface HostConfigFailure {
-  hostId: string;
-  error: { Error: string; Cause?: string };
-}
-
-export interface HostConfigSummary {
-  runId: string;
-  hosts: (HostConfigOutcome | HostConfigFailure)[];
-  succeeded: number;
-  failedHosts: string[];
 }
 
 /** The execution's output: every host's outcome, and which failed. */

@@ -1,6 +1,6 @@
 /** Finding the backup a restore or verification names, with clear errors when it cannot. */
-import { location, type RepositoryLocation } from '../../core/endpoints.ts';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
+import { location, type RepositoryLocation } from '../../contracts/endpoints.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
 import type { BackupDamage } from '../catalog/recovery-catalog.ts';
 

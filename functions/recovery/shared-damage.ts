@@ -7,10 +7,10 @@
  * (RecordDeepVerify) turns them back to `committed` once a full verification found those
  * chunks stored intact again (a good copy serves every manifest that lists the id).
  */
-import type { DamageFinding } from '../../core/recovery-jobs.ts';
-import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../../core/format.ts';
+import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
+import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation } from '../../core/packs.ts';
+import { chunkLocation } from '../../repository/packs.ts';
 import type { Backup, Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 

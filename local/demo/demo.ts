@@ -6,7 +6,6 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { RunSummary } from '../../functions/summarize.ts';
 import { restoreVm } from '../../mover/restore.ts';
 import { groupForHost } from '../../core/config.ts';
 import { sfnClient } from '../client.ts';
@@ -15,6 +14,7 @@ import { EmbeddedStack, openRepository } from '../stack.ts';
 import { mib } from './report.ts';
 import { runDemoBackup } from './run-backup.ts';
 import { changeDisk, createVmFolder } from './vm-image.ts';
+import type { RunSummary } from '../../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 

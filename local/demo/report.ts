@@ -1,5 +1,5 @@
+import type { RunSummary } from '../../contracts/workflow-outputs.ts';
 /** Turns run summaries into the lines the demo prints. Pure: tested without a stack. */
-import type { RunSummary } from '../../functions/summarize.ts';
 
 const MiB = 1024 * 1024;
 export const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;

@@ -1,9 +1,9 @@
 /** One backup run of the demos: the Backup workflow for a policy, its figures printed, any failed VM an error. */
 import type { SFNClient } from '@aws-sdk/client-sfn';
-import type { RunSummary } from '../../functions/summarize.ts';
 import { runExecution } from '../client.ts';
 import type { DemoOptions } from './demo.ts';
 import { formatBackup } from './report.ts';
+import type { RunSummary } from '../../contracts/workflow-outputs.ts';
 
 export async function runDemoBackup(sfn: SFNClient, backupStateMachineArn: string, policyId: string, label: string, o: Pick<DemoOptions, 'out' | 'status'>): Promise<RunSummary> {
   const started = performance.now();

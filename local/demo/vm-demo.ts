@@ -7,8 +7,6 @@
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { RestoreSummary } from '../../functions/restore.ts';
-import type { RunSummary } from '../../functions/summarize.ts';
 import { runExecution, sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';
 import { EmbeddedStack } from '../stack.ts';
@@ -17,6 +15,7 @@ import { mib } from './report.ts';
 import { runDemoBackup } from './run-backup.ts';
 import type { DemoOptions } from './demo.ts';
 import { groupForHost } from '../../core/config.ts';
+import type { RestoreSummary, RunSummary } from '../../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
 /** The configuration's libvirt host the demo VM runs on. */

@@ -1,4 +1,4 @@
-import { LifeboatError } from '../../core/errors.ts';
+import { LifeboatError } from '../../contracts/errors.ts';
 
 /**
  * The VM lab cannot run on this machine: a tool or package is missing (qemu, libvirt,

@@ -4,7 +4,7 @@
  * caller sees is a SourceUnavailable naming the export and the cause.
  */
 import { createConnection, type Socket } from 'node:net';
-import { SourceUnavailable } from '../../core/errors.ts';
+import { SourceUnavailable } from '../../contracts/errors.ts';
 import { ByteQueue } from './byte-queue.ts';
 import { handshake, type BlockSize, type HandshakeIO, type Negotiated } from './handshake.ts';
 import { Command, encodeRequest, ESHUTDOWN, errorName, NbdProtocolError, TransmissionFlag } from './protocol.ts';

@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { SourceUnavailable } from '../../core/errors.ts';
+import { SourceUnavailable } from '../../contracts/errors.ts';
 
 /** What the client proves and trusts; PEM text. */
 export interface NbdTlsCredentials {

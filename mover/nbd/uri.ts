@@ -4,7 +4,7 @@
  * URI MUST NOT fall back to plain text (the spec): the client refuses to go on without
  * TLS (`client.ts`).
  */
-import { SourceUnavailable } from '../../core/errors.ts';
+import { SourceUnavailable } from '../../contracts/errors.ts';
 
 /** Where an export is and what it is called. Exactly one of `socket` and `host` is set. */
 export interface NbdTarget {

@@ -2,7 +2,7 @@
  * One disk's transfer: skip the holes the source reports (never read) → read → zero
  * check → keyed id → skip what the parent has (no request) → skip what the repository's
  * index lists → seal (zstd + AES-GCM) straight into a pack buffer, uploaded once full
- * (core/packs.ts, pack-writer.ts), with a bounded number of chunks in flight; then the
+ * (repository/packs.ts, pack-writer.ts), with a bounded number of chunks in flight; then the
  * last pack, the index of the packs written, and the manifest, last. Memory is bounded
  * by `parallelism` plaintext slots and three pack buffers (see PackWriter). The id and
  * the sealing run on the chunk pool's worker threads, which reserve each sealed chunk's
@@ -10,12 +10,12 @@
  * zeros (memcmp), hands out packs, uploads them with their trailer and does the
  * requests: it copies no chunk.
  */
-import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectCrc32, sealedCapacity, type PackRef, type RepositoryKeys } from '../../core/format.ts';
-import { packedManifest } from '../../core/packs.ts';
-import { RepositoryIndex } from '../../core/repository-index.ts';
-import { PackWriter } from './pack-writer.ts';
-import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../core/jobs.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { chunkId, decodeManifest, encodeManifest, isZero, keys, objectCrc32, sealedCapacity, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
+import { packedManifest } from '../../repository/packs.ts';
+import { RepositoryIndex } from '../../repository/repository-index.ts';
+import { PackWriter } from '../../repository/pack-writer.ts';
+import { segmentManifestId, type ChangeTracking, type DiskRef, type DiskResult, type DiskSegment, type TransferStats } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { holdsData, type DiskReader, type Extent } from '../sources/source.ts';
 import { sharedChunkPool, type ChunkPool, type SharedPack, type SharedSlot } from './chunk-pool.ts';

@@ -9,11 +9,11 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { Corrupt } from '../../core/errors.ts';
-import type { RepositoryKeys, SealOptions } from '../../core/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import type { RepositoryKeys, SealOptions } from '../../repository/format.ts';
 import { collectGarbage, pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
-import { newPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
+import { newPackBuffer, type PackBuffer, type Placement } from '../../repository/pack-buffer.ts';
 
 /** Messages to a worker (chunk-worker.ts). */
 export type WorkerRequest =

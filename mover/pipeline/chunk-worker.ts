@@ -6,10 +6,10 @@
  * by requests.
  */
 import { parentPort } from 'node:worker_threads';
-import { chunkId, type RepositoryKeys, type SealOptions } from '../../core/format.ts';
+import { chunkId, type RepositoryKeys, type SealOptions } from '../../repository/format.ts';
 import { collectGarbage, pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
-import { packBufferOf, sealIntoPack, type PackBuffer } from './pack-buffer.ts';
+import { packBufferOf, sealIntoPack, type PackBuffer } from '../../repository/pack-buffer.ts';
 import type { WorkerReply, WorkerRequest } from './chunk-pool.ts';
 
 const port = parentPort;

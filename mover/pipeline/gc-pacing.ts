@@ -8,7 +8,7 @@
  *
  * On a worker, measured on the 2 GiB bench: full collections every 8 chunks cost 4.5 s of a
  * restore; young ones alone left ~60 MiB more RSS. Since zstd no longer leaves a buffer per
- * chunk (core/zstd.ts), a young collection every 16 chunks and a full one every 64 is the
+ * chunk (repository/zstd.ts), a young collection every 16 chunks and a full one every 64 is the
  * fastest of 8, 16 and 32 chunks with every 2nd or 4th full (full backup, 3 runs each:
  * 9.2-9.3 s against 9.5-10.7 s for every 8 and 32; ~220 MiB peak RSS). The main thread's
  * heap is large (the AWS SDK), so it gets young collections only.

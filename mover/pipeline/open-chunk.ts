@@ -4,7 +4,7 @@
  * id, and write it at its offset under the pool's write lock.
  */
 import { writeSync } from 'node:fs';
-import { chunkId, openSync, type RepositoryKeys } from '../../core/format.ts';
+import { chunkId, openSync, type RepositoryKeys } from '../../repository/format.ts';
 
 /**
  * Runs `write` holding the lock word `lock` (0 free, 1 held; waiters sleep in

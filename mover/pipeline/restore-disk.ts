@@ -13,14 +13,14 @@
  */
 import { open as openFile, stat } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
-import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys, sealedCapacity, type RepositoryKeys } from '../../core/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { decodeManifest, keys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { readChunk } from '../../core/packs.ts';
-import { RepositoryIndex } from '../../core/repository-index.ts';
+import { readChunk } from '../../repository/packs.ts';
+import { RepositoryIndex } from '../../repository/repository-index.ts';
 import { ByteArena } from './byte-arena.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
-import { manifestEntries, planWindows, type ReadRun, type RunChunk } from './read-runs.ts';
+import { manifestEntries, planWindows, type ReadRun, type RunChunk } from '../../repository/read-runs.ts';
 
 export interface RestoreDiskOptions {
   store: ObjectStore;

@@ -13,12 +13,12 @@
  */
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
-import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { chunkId, decodeManifest, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../core/packs.ts';
-import { RepositoryIndex } from '../../core/repository-index.ts';
-import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../core/recovery-jobs.ts';
+import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
+import { RepositoryIndex } from '../../repository/repository-index.ts';
+import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
 
 /**
  * Whether chunk `id` is in the sample of verification `verifyId`: a keyed coin flip, so

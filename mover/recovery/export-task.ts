@@ -3,8 +3,8 @@
  * disk id) from this mover, straight from the repository, until no client has been
  * connected for the idle timeout or the task is stopped; answer what was served.
  */
-import { exportResult, type ExportJob, type ExportResult } from '../../core/export-job.ts';
-import type { RepositoryKeys } from '../../core/format.ts';
+import { exportResult, type ExportJob, type ExportResult } from '../../contracts/export-job.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { NbdServer } from '../nbd/server.ts';
 import type { Logger } from '../worker.ts';

@@ -10,14 +10,14 @@
  * fails the reads that need it with EIO (logged once, naming backup, disk and chunk); the
  * reads that do not need it go on. Never wrong bytes.
  */
-import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { decodeManifest, keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation } from '../../core/packs.ts';
+import { chunkLocation } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
 import { StateFlag, type BlockDescriptor } from '../nbd/protocol.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
-import { planRuns, type StoredEntry } from '../pipeline/read-runs.ts';
+import { planRuns, type StoredEntry } from '../../repository/read-runs.ts';
 
 /** The export's tunables (the export task's settings). */
 export interface ExportSettings {

@@ -21,8 +21,8 @@ import { spawn } from 'node:child_process';
 import { mkdir, readdir, readFile, rm, rmdir, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
-import { RecoveryRequestInvalid, RestoreMismatch } from '../../core/recovery-errors.ts';
-import type { PoolVolume } from '../../core/recovery-jobs.ts';
+import { RecoveryRequestInvalid, RestoreMismatch } from '../../contracts/recovery-errors.ts';
+import type { PoolVolume } from '../../contracts/recovery-jobs.ts';
 import { xmlEscape } from '../sources/libvirt/backup-xml.ts';
 import { Virsh, VirshError } from '../sources/libvirt/virsh.ts';
 

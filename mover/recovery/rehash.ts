@@ -5,9 +5,9 @@
  */
 import { createHash } from 'node:crypto';
 import { open as openFile } from 'node:fs/promises';
-import { chunkId, isZero, type Manifest, type RepositoryKeys } from '../../core/format.ts';
-import { chunkLocation } from '../../core/packs.ts';
-import { RestoreMismatch } from '../../core/recovery-errors.ts';
+import { chunkId, isZero, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkLocation } from '../../repository/packs.ts';
+import { RestoreMismatch } from '../../contracts/recovery-errors.ts';
 
 export interface RehashResult {
   chunksVerified: number;

@@ -16,17 +16,17 @@
  * complete. A run that stops between a pack and its index leaves that pack unindexed at
  * the target (a re-run finds it present and copies it no more); its manifest still names
  * it, so restores and verification are unaffected, and the pack describes itself: the DR
- * repository's next garbage collection lists it again from its trailer (functions/gc.ts).
+ * repository's next garbage collection lists it again from its trailer (functions/gc/gc.ts).
  *
  * The manifest is copied last, so a DR manifest only ever names chunks that are there; the
  * first disk also copies the VM config. Re-running copies nothing twice.
  */
 import { mapLimit } from '../../core/concurrency.ts';
-import { Corrupt } from '../../core/errors.ts';
-import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { chunkId, decodeManifest, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { putIndexObject, readPackTrailer, type PackContents } from '../../core/packs.ts';
-import type { ReplicatedDisk, ReplicateJob } from '../../core/recovery-jobs.ts';
+import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
+import type { ReplicatedDisk, ReplicateJob } from '../../contracts/recovery-jobs.ts';
 
 export interface ReplicateDeps {
   source: { store: ObjectStore; keys: RepositoryKeys };

@@ -6,11 +6,11 @@
 import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Corrupt } from '../../core/errors.ts';
-import { decodeManifest, keys as objectKeys, open, type RepositoryKeys } from '../../core/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { decodeManifest, keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../core/recovery-jobs.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import { defineRestoredDomain, restoredDomainName } from './define-domain.ts';
 import { discardPoolVolumes, releasePoolVolumes, restoreIntoVolume, volumeName } from './pool-volumes.ts';
 import { restoreDisk } from '../pipeline/restore-disk.ts';

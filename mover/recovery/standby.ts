@@ -10,12 +10,12 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, decodeManifest, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../core/format.ts';
-import { Corrupt } from '../../core/errors.ts';
+import { chunkId, decodeManifest, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { Corrupt } from '../../contracts/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, readChunk } from '../../core/packs.ts';
-import { RecoveryRequestInvalid } from '../../core/recovery-errors.ts';
-import type { ReplicateJob, StandbyDisk } from '../../core/recovery-jobs.ts';
+import { chunkLocation, readChunk } from '../../repository/packs.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { rehashDisk } from './rehash.ts';
 
 interface DiskState {

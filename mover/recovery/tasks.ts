@@ -1,11 +1,11 @@
 /** The mover's recovery tasks: restore, deep verification, replication, the standby replica and NBD exports of backups. Each job names its repositories (bucket and endpoint). */
-import type { RepositoryLocation } from '../../core/endpoints.ts';
-import { BadTaskInput } from '../../core/errors.ts';
-import { restoreTestJob } from '../../core/restore-test.ts';
-import { exportJob } from '../../core/export-job.ts';
-import type { RepositoryKeys } from '../../core/format.ts';
+import type { RepositoryLocation } from '../../contracts/endpoints.ts';
+import { BadTaskInput } from '../../contracts/errors.ts';
+import { restoreTestJob } from '../../contracts/restore-test.ts';
+import { exportJob } from '../../contracts/export-job.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { recoveryTaskNames, type RecoveryTask } from '../../core/recovery-jobs.ts';
+import { recoveryTaskNames, type RecoveryTask } from '../../contracts/recovery-jobs.ts';
 import type { Logger, TaskContext } from '../worker.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';

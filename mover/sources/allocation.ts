@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { SourceUnavailable } from '../../core/errors.ts';
+import { SourceUnavailable } from '../../contracts/errors.ts';
 import type { Extent } from './source.ts';
 
 /**

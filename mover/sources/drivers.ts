@@ -4,7 +4,7 @@
  * libvirt URI, and the folder driver for jobs that name none.
  */
 import { join } from 'node:path';
-import type { Hypervisor } from '../../core/jobs.ts';
+import type { Hypervisor } from '../../contracts/jobs.ts';
 import type { NbdTlsCredentials } from '../nbd/tls.ts';
 import { FolderDriver } from './folder.ts';
 import { LibvirtDriver } from './libvirt/driver.ts';

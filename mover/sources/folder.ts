@@ -13,8 +13,8 @@ import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { promisify } from 'node:util';
 import { isAbsolute, join } from 'node:path';
-import { SourceUnavailable } from '../../core/errors.ts';
-import type { DiskRef, SnapshotResult } from '../../core/jobs.ts';
+import { SourceUnavailable } from '../../contracts/errors.ts';
+import type { DiskRef, SnapshotResult } from '../../contracts/jobs.ts';
 import { rawImageExtents } from './allocation.ts';
 import type { DiskReader, SnapshotOptions, SnapshotRequest, SourceDriver } from './source.ts';
 

@@ -1,4 +1,4 @@
-import type { DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../core/jobs.ts';
+import type { DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../contracts/jobs.ts';
 
 /** A part of a disk that may hold data (everything outside every extent reads as zeros). */
 export interface Extent {

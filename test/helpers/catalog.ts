@@ -7,7 +7,7 @@ import { Catalog } from '../../functions/catalog/catalog.ts';
 import { RecoveryCatalog } from '../../functions/catalog/recovery-catalog.ts';
 import { LOCAL_CREDENTIALS } from '../../local/stack.ts';
 
-export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: RecoveryCatalog; close(): Promise<void> }> {
+export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: RecoveryCatalog; doc: DynamoDBDocumentClient; close(): Promise<void> }> {
   const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
   await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
   const db = new DynamoDBClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, credentials: LOCAL_CREDENTIALS });
@@ -21,6 +21,7 @@ export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: 
   return {
     catalog,
     recovery: new RecoveryCatalog(doc, 'catalog'),
+    doc,
     close: async () => {
       db.destroy();
       await new Promise<void>((ok) => server.close(() => ok()));

@@ -31,11 +31,13 @@ export interface TestStackOptions {
   endpointFront?: (repositoryId: string, serverUrl: string) => Promise<string>;
   /** Step Functions quotas lowered for the test (EmbeddedStack.start's `quotas`). */
   quotas?: EmbeddedStackOptions['quotas'];
+  /** The local S3 front's clock for Object Lock (EmbeddedStack.start's `s3Clock`). */
+  s3Clock?: () => Date;
 }
 
 export async function startTestStack(opts: TestStackOptions = {}): Promise<TestStack> {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-test-'));
-  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}), ...(opts.endpointFront ? { endpointFront: opts.endpointFront } : {}), ...(opts.quotas ? { quotas: opts.quotas } : {}) });
+  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}), ...(opts.endpointFront ? { endpointFront: opts.endpointFront } : {}), ...(opts.quotas ? { quotas: opts.quotas } : {}), ...(opts.s3Clock ? { s3Clock: opts.s3Clock } : {}) });
   const logs: MoverLogLine[] = [];
   const groups = opts.groups ?? { 'site-a': opts.movers ?? 2 };
   const movers = Object.entries(groups).flatMap(([group, n]) => Array.from({ length: n }, (_, i) =>

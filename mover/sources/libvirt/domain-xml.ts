@@ -6,7 +6,7 @@
  * definition is input from the hypervisor, and a restore rewrites it.
  */
 import { XMLBuilder, XMLParser } from 'fast-xml-parser';
-import { SourceUnavailable } from '../../../core/errors.ts';
+import { SourceUnavailable } from '../../../contracts/errors.ts';
 
 /** One `<disk>` of a domain, as far as backing it up goes. */
 export interface DomainDisk {

@@ -4,7 +4,7 @@
  * pre/post quiesce hooks. The guest's answer is untrusted input: it is parsed with
  * checks, and its output is kept short.
  */
-import { SourceUnavailable } from '../../../core/errors.ts';
+import { SourceUnavailable } from '../../../contracts/errors.ts';
 import type { Virsh } from './virsh.ts';
 
 export interface GuestExecResult {

@@ -4,8 +4,8 @@
  * reads ahead), holes from `base:allocation`, changes since the parent's checkpoint from
  * the export's dirty bitmap (`qemu:dirty-bitmap:backup-<disk>`, libvirt's name for it).
  */
-import { SourceUnavailable } from '../../../core/errors.ts';
-import type { DiskRef } from '../../../core/jobs.ts';
+import { SourceUnavailable } from '../../../contracts/errors.ts';
+import type { DiskRef } from '../../../contracts/jobs.ts';
 import { MAX_EXTENTS } from '../allocation.ts';
 import type { NbdTlsCredentials } from '../../nbd/tls.ts';
 import { mapExtents } from '../../nbd/extents.ts';

@@ -6,7 +6,7 @@
  * needs. Its failures become `SourceUnavailable` carrying virsh's own message.
  */
 import { execFile } from 'node:child_process';
-import { SourceUnavailable } from '../../../core/errors.ts';
+import { SourceUnavailable } from '../../../contracts/errors.ts';
 
 export interface VirshOptions {
   /** The virsh program (default: `virsh` on the PATH). */

@@ -1,0 +1,53 @@
+/**
+ * Every Lambda function of the control plane: its id (also its CDK construct id and the
+ * LIFEBOAT_FUNCTION environment variable), its entry file and exported handler. The CDK
+ * app bundles from this list; the embedded stack loads the same modules from it.
+ */
+export const lambdaFunctions = {
+  Plan: { entry: 'functions/backup/plan.ts', handler: 'handler' },
+  AcquireSlot: { entry: 'functions/backup/slots.ts', handler: 'acquireHandler' },
+  PlanDispatch: { entry: 'functions/backup/dispatch.ts', handler: 'planHandler' },
+  JoinSegments: { entry: 'functions/backup/dispatch.ts', handler: 'joinHandler' },
+  ReleaseSlot: { entry: 'functions/backup/slots.ts', handler: 'releaseHandler' },
+  Verify: { entry: 'functions/backup/verify.ts', handler: 'handler' },
+  Commit: { entry: 'functions/backup/commit.ts', handler: 'handler' },
+  RecordFailure: { entry: 'functions/backup/record-failure.ts', handler: 'handler' },
+  AcquireRunLease: { entry: 'functions/backup/run-lease.ts', handler: 'acquireHandler' },
+  ReleaseRunLease: { entry: 'functions/backup/run-lease.ts', handler: 'releaseHandler' },
+  PlanReconcile: { entry: 'functions/reconcile/reconcile.ts', handler: 'handler' },
+  Summarize: { entry: 'functions/backup/summarize.ts', handler: 'handler' },
+  SyncConfig: { entry: 'functions/deploy/sync-config.ts', handler: 'handler' },
+  OnDeploy: { entry: 'functions/deploy/on-deploy.ts', handler: 'handler' },
+  PlanRestore: { entry: 'functions/restore/restore.ts', handler: 'planHandler' },
+  RecordRestore: { entry: 'functions/restore/restore.ts', handler: 'recordHandler' },
+  RecordRestoreFailure: { entry: 'functions/restore/restore.ts', handler: 'recordFailureHandler' },
+  PlanDeepVerify: { entry: 'functions/deep-verify/deep-verify.ts', handler: 'planHandler' },
+  PlanDeepVerifyPolicy: { entry: 'functions/deep-verify/deep-verify.ts', handler: 'planPolicyHandler' },
+  RecordDeepVerify: { entry: 'functions/deep-verify/deep-verify.ts', handler: 'recordHandler' },
+  RecordRestoreTest: { entry: 'functions/deep-verify/deep-verify.ts', handler: 'recordRestoreTestHandler' },
+  QuarantineDamage: { entry: 'functions/deep-verify/quarantine.ts', handler: 'handler' },
+  PlanPrune: { entry: 'functions/prune/prune.ts', handler: 'planHandler' },
+  PruneBackup: { entry: 'functions/prune/prune.ts', handler: 'pruneHandler' },
+  RecordPrune: { entry: 'functions/prune/prune.ts', handler: 'recordHandler' },
+  ExtendLocks: { entry: 'functions/gc/extend-locks.ts', handler: 'handler' },
+  CollectGarbage: { entry: 'functions/gc/gc.ts', handler: 'handler' },
+  ReleaseGcLease: { entry: 'functions/gc/gc-lease.ts', handler: 'releaseHandler' },
+  PlanReplicate: { entry: 'functions/replicate/replicate.ts', handler: 'planHandler' },
+  PlanReplicatePolicy: { entry: 'functions/replicate/replicate.ts', handler: 'planPolicyHandler' },
+  AcquireReplicaLease: { entry: 'functions/replicate/replicate.ts', handler: 'acquireLeaseHandler' },
+  ReleaseReplicaLease: { entry: 'functions/replicate/replicate.ts', handler: 'releaseLeaseHandler' },
+  VerifyReplica: { entry: 'functions/replicate/replicate.ts', handler: 'verifyReplicaHandler' },
+  RecordReplication: { entry: 'functions/replicate/replicate.ts', handler: 'recordHandler' },
+  ReportReplication: { entry: 'functions/replicate/replication-report.ts', handler: 'handler' },
+  PlanFailover: { entry: 'functions/replicate/replicate.ts', handler: 'planFailoverHandler' },
+  RecordFailover: { entry: 'functions/replicate/replicate.ts', handler: 'recordFailoverHandler' },
+  RecordRecoveryFailure: { entry: 'functions/recovery/recovery-failure.ts', handler: 'handler' },
+  ListDiscoveryHosts: { entry: 'functions/discover/discover.ts', handler: 'listHostsHandler' },
+  RecordInventory: { entry: 'functions/discover/discover.ts', handler: 'recordHandler' },
+  SummarizeDiscovery: { entry: 'functions/discover/discover.ts', handler: 'summarizeHandler' },
+  PlanHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'planHandler' },
+  RecordHostConfig: { entry: 'functions/host-config/host-config.ts', handler: 'recordHandler' },
+  SummarizeHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'summarizeHandler' },
+} as const;
+
+export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -1,0 +1,28 @@
+/** Commit: the backup becomes visible in the catalog, only after Verify passed. */
+import { z } from 'zod';
+import type { Consistency, DiskResult, VmJob } from '../../contracts/jobs.ts';
+import type { VerifyOutput } from './verify.ts';
+import type { Catalog } from '../catalog/catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { diskResult, vmJob } from '../../contracts/schemas.ts';
+import { verifyOutput } from './verify.ts';
+
+export interface CommitInput extends VmJob {
+  disks: DiskResult[];
+  verify: VerifyOutput;
+}
+
+export async function commit(input: CommitInput, deps: { catalog: Catalog; now: () => Date }): Promise<{ backupId: string; committedAt: string; consistency?: Consistency }> {
+  if (!input.verify) throw new Error(`backup ${input.backupId} of VM '${input.vmId}' reached Commit without a Verify result`);
+  const at = deps.now();
+  const snap = input.snapshot;
+  await deps.catalog.commitBackup(input.vmId, input.backupId, input.disks, at, {
+    ...(snap?.checkpoint ? { checkpoint: snap.checkpoint } : {}), ...(snap?.consistency ? { consistency: snap.consistency } : {}),
+  });
+  return { backupId: input.backupId, committedAt: at.toISOString(), ...(snap?.consistency ? { consistency: snap.consistency } : {}) };
+}
+
+export const commitInput: z.ZodType<CommitInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult), verify: verifyOutput }));
+
+export const handler = lambdaHandler('Commit', commitInput, (input) => commit(input, { catalog: clients().catalog, now: () => new Date() }));

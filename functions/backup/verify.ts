@@ -1,0 +1,106 @@
+/**
+ * Verify: every chunk the VM's new manifests reference exists in the repository with
+ * the stored size the mover recorded. Reads manifests and HEADs chunk objects (format 1)
+ * or packs (format 2, each once); never downloads chunk data.
+ */
+import { z } from 'zod';
+import { VerifyFailed } from '../../contracts/errors.ts';
+import { decodeManifest, keys, type RepositoryKeys } from '../../repository/format.ts';
+import type { DiskResult, VmJob } from '../../contracts/jobs.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { mapLimit } from '../../core/concurrency.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { diskResult, vmJob } from '../../contracts/schemas.ts';
+
+export interface VerifyInput extends VmJob {
+  disks: DiskResult[];
+}
+
+export interface VerifyOutput {
+  /** Distinct chunks of each disk's manifest whose stored object (format 1) or pack (format 2) was checked. */
+  chunksChecked: number;
+  /** Bytes of the objects HEADed: chunk objects, and each pack once. */
+  bytesChecked: number;
+  /** Format-1 chunks whose store-side SHA-256 matched the manifest (0 on stores that keep none, and for packs). */
+  checksumsCompared: number;
+  /** Distinct packs HEADed (format 2). */
+  packsChecked: number;
+}
+
+export async function verify(input: VerifyInput, deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
+  if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
+    throw new VerifyFailed(`backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`);
+  }
+  return verifyManifests(input.backupId, input.disks, deps);
+}
+
+/**
+ * Every chunk the backup's disk manifests reference is in `store`: a format-1 manifest's
+ * chunk objects with the stored size (and, where the store keeps one, the SHA-256) the
+ * manifest records; a format-2 manifest's packs, each HEADed once (also when several disks
+ * share it) and of exactly the size the manifest records, which covers every chunk's range
+ * (decodeManifest checked that each lies within its pack's recorded size). Verify runs it
+ * on a new backup; VerifyReplica on the copy in a DR repository.
+ */
+export async function verifyManifests(backupId: string, disks: { diskId: string; manifestKey: string }[], deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
+  let chunksChecked = 0;
+  let bytesChecked = 0;
+  let checksumsCompared = 0;
+  let packsChecked = 0;
+  const concurrency = deps.concurrency ?? 16;
+  /** Each pack HEADed once per backup (disks share packs): its size in the store, or undefined when missing. */
+  const packs = new Map<string, Promise<number | undefined>>();
+  const headPack = (key: string): Promise<number | undefined> => {
+    let size = packs.get(key);
+    if (!size) {
+      packs.set(key, (size = deps.store.head(key).then((info) => {
+        if (!info) return undefined;
+        packsChecked++;
+        bytesChecked += info.size;
+        return info.size;
+      })));
+    }
+    return size;
+  };
+  for (const disk of disks) {
+    const sealed = await deps.store.get(disk.manifestKey);
+    if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
+    const manifest = await decodeManifest(deps.keys, sealed, backupId, disk.diskId);
+    const ids = new Set(manifest.chunks.filter((c): c is string => c !== null));
+    if (manifest.version === 2) {
+      await mapLimit(manifest.packs!, concurrency, async (pack) => {
+        const key = keys.pack(pack.id);
+        const got = await headPack(key);
+        if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
+        if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
+      });
+      chunksChecked += ids.size;
+      continue;
+    }
+    await mapLimit([...ids], concurrency, async (id) => {
+      const key = keys.chunk(id);
+      const info = await deps.store.head(key);
+      if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
+      const expected = manifest.storedSizes[id];
+      if (info.size !== expected) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${expected}`);
+      const digest = manifest.storedSha256?.[id];
+      if (digest && info.sha256) {
+        checksumsCompared++;
+        if (info.sha256 !== digest) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) has SHA-256 ${info.sha256} in the store, the manifest expects ${digest}`);
+      }
+      chunksChecked++;
+      bytesChecked += info.size;
+    });
+  }
+  return { chunksChecked, bytesChecked, checksumsCompared, packsChecked };
+}
+
+export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({ chunksChecked: z.number(), bytesChecked: z.number(), checksumsCompared: z.number(), packsChecked: z.number().default(0) });
+export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult) }));
+
+export const handler = lambdaHandler('Verify', verifyInput, async (input) => {
+  const c = clients();
+  const { bucket, endpoint } = input.repository;
+  return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+});

@@ -1,0 +1,22 @@
+/**
+ * RecordRecoveryFailure: a recovery workflow (deep verify, replicate, failover, prune,
+ * garbage collection) failed; its record says so, with the error, before the execution
+ * fails with that same error.
+ */
+import { z } from 'zod';
+import type { RecoveryCatalog, RecoveryRecordKind } from '../catalog/recovery-catalog.ts';
+import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+import { caughtError } from '../../contracts/schemas.ts';
+
+const kinds = ['DEEPVERIFY', 'REPLICATION', 'FAILOVER', 'PRUNE', 'GC'] as const satisfies readonly RecoveryRecordKind[];
+
+export const recoveryFailureInput = z.object({ kind: z.enum(kinds), id: z.string().min(1), error: caughtError }).strict();
+
+export async function recordRecoveryFailure(input: z.output<typeof recoveryFailureInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<{ status: 'failed' }> {
+  const before = await deps.recovery.getRecord(input.kind, input.id);
+  await deps.recovery.putRecord(input.kind, input.id, { ...before, status: 'failed', finishedAt: deps.now().toISOString(), error: input.error });
+  return { status: 'failed' };
+}
+
+export const handler = lambdaHandler('RecordRecoveryFailure', recoveryFailureInput, (input) => recordRecoveryFailure(input, { recovery: clients().recovery, now: () => new Date() }));
