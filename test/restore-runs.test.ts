@@ -257,6 +257,18 @@ describe('restoring runs', () => {
       .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${3 * 4096}: chunk ${id3} in ${packKey} bytes ${at[1]}\\+${manifest.storedSizes[id3]} is damaged: .*failed authentication.*; deep-verify the backup`)) });
   });
 
+  it('refuses a manifest that says a chunk is stored in more bytes than any chunk seals to, naming the chunk and the offset', async () => {
+    const store = new MemoryObjectStore();
+    const chunks = [randomBytes(4096), randomBytes(4096)];
+    const { manifest } = await storeBackup(store, { chunks, sizeBytes: 2 * 4096, chunkSize: 4096, packs: [chunks.map((content) => ({ content }))] });
+    const id1 = chunkId(keys, chunks[1]!);
+    manifest.storedSizes[id1] = 1 << 30;
+    manifest.packs![manifest.locations![id1]![0]]!.size = 2 ** 31; // consistent with its pack, as a damaged writer could make it
+    await store.put(objectKeys.manifest('b', 'd'), await encodeManifest(keys, manifest));
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target: join(dir, 'huge.raw') }))
+      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset 4096: the manifest says chunk ${id1} is stored in 1073741824 bytes of packs/.* more than a chunk of 4096 bytes seals to`)) });
+  });
+
   it('retries a run whose connection is cut in the middle of its body, through a real S3 endpoint, and restores the source', async () => {
     const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: ['repo'] });
     const proxy = await startFaultProxy({ target: s3.url, rules: [{ method: 'GET', path: /\/packs\//, times: 1, fault: { kind: 'cut-body' } }] });

@@ -205,6 +205,10 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
         o.onProgress?.(done, m.sizeBytes);
       }
       for (const run of w.runs) {
+        if (run.length > arena.capacity) {
+          const c = run.chunks[0]!;
+          throw new Corrupt(`disk '${o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: the manifest says chunk ${c.id} is stored in ${c.length} bytes of ${run.key}, more than a chunk of ${m.chunkSize} bytes seals to (${maxChunk}): the manifest is damaged; restore an older backup`);
+        }
         const base = await arena.take(run.length);
         if (failure) {
           arena.give(base, run.length);
