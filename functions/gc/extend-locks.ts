@@ -24,7 +24,7 @@
  * it again.
  */
 import { z } from 'zod';
-import { locationKey } from '../../contracts/endpoints.ts';
+import { locationKey, repositoryLocation } from '../../contracts/endpoints.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -34,7 +34,6 @@ import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
 import type { LockCatalog } from '../catalog/lock-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../../contracts/schemas.ts';
 import { retentionHorizonMs } from '../prune/expiry.ts';
 
 const DAY_MS = 86_400_000;
