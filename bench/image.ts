@@ -1,7 +1,9 @@
 /**
  * Bench disk images: a base image like a real VM disk (~35% zero runs, ~35% compressible
  * text, ~30% random, runs of 1–64 MiB) and a changed copy (~2% of 4 KiB blocks rewritten
- * in ~200 clusters). Cached under .lifeboat/bench/ by size and seed.
+ * in ~200 clusters). Cached under .lifeboat/bench/ by size, seed and kind. A sparse image
+ * leaves its zero runs as holes (a tool may skip them unread); a thick one writes them as
+ * data, as a thick-provisioned disk or a raw copy of one has them, so every byte is read.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -41,11 +43,13 @@ export interface BenchImages {
   mix: Record<Kind, number>;
 }
 
-export async function benchImages(dir: string, sizeMiB: number, seed = 42): Promise<BenchImages> {
+export async function benchImages(dir: string, sizeMiB: number, o: { seed?: number; thick?: boolean } = {}): Promise<BenchImages> {
   await mkdir(dir, { recursive: true });
-  const base = join(dir, `disk-${sizeMiB}m-base.raw`);
-  const changed = join(dir, `disk-${sizeMiB}m-changed.raw`);
-  const metaPath = join(dir, `disk-${sizeMiB}m.json`);
+  const seed = o.seed ?? 42;
+  const name = `disk-${sizeMiB}m${seed === 42 ? '' : `-s${seed}`}${o.thick ? '-thick' : ''}`;
+  const base = join(dir, `${name}-base.raw`);
+  const changed = join(dir, `${name}-changed.raw`);
+  const metaPath = join(dir, `${name}.json`);
   if (existsSync(metaPath) && existsSync(base) && existsSync(changed)) return JSON.parse(await readFile(metaPath, 'utf8')) as BenchImages;
   const sizeBytes = sizeMiB * MiB;
   const rng = seededRng(seed);
@@ -68,7 +72,12 @@ export async function benchImages(dir: string, sizeMiB: number, seed = 42): Prom
   } finally {
     await fh.close();
   }
-  execFileSync('cp', ['--sparse=always', '--', base, changed]);
+  if (o.thick) {
+    // Zero runs written as data: the copy is made thick, then put in the base's place.
+    execFileSync('cp', ['--sparse=never', '--', base, changed]);
+    execFileSync('mv', ['--', changed, base]);
+  }
+  execFileSync('cp', [o.thick ? '--sparse=never' : '--sparse=always', '--', base, changed]);
   // ~2% of 4 KiB blocks, in ~200 clusters of 4 KiB-aligned blocks (a cluster spans up to 4x its size, with gaps).
   const blocks = sizeBytes / 4096;
   const target = Math.round(blocks * 0.02);

@@ -31,7 +31,9 @@ export interface BenchMover {
 const CHILD = fileURLToPath(new URL('./lifeboat-child.ts', import.meta.url));
 
 export async function startBenchMover(o: { endpoint: string; bucket: string; keyFile: string; compileCacheDir: string }): Promise<BenchMover> {
-  const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, CHILD, o.endpoint, o.bucket, o.keyFile], {
+  // BENCH_MOVER_NODE_FLAGS: more Node flags for the mover, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof' to see where its time goes.
+  const extra = (process.env.BENCH_MOVER_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, ...extra, CHILD, o.endpoint, o.bucket, o.keyFile], {
     env: { ...process.env, ...moverStartEnv(o.compileCacheDir) }, stdio: ['pipe', 'pipe', 'pipe'],
   });
   let stderr = '';

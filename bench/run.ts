@@ -1,8 +1,13 @@
 /**
- * Lifeboat vs restic on the same disk image and the same local S3 endpoint (the embedded
+ * Lifeboat vs restic on the same disk images and the same local S3 endpoint (the embedded
  * stack's: s3rver with aws-chunked de-framing, local/s3-server.ts): full backup, incremental backup, restore.
  * Usage: npm run bench   (BENCH_SIZE_MIB=256 for a quick run; default 2048)
  * BENCH_RTT_MS=40 puts both tools the given round trip away from the endpoint (a WAN, emulated: bench/delayed-link.ts).
+ * BENCH_PACK_MIB (default 8, the mover's default) sets Lifeboat's pack size; BENCH_CHUNK_KIB (default 512) its chunk size.
+ * BENCH_IMAGES=sparse,thick (the default: both) picks the images: the bench's own, whose
+ * zero runs are holes, and a thick one of other content whose zeros are written as data.
+ * Beside the tools it measures the machine's ceilings (bench/ceilings.ts): reading each
+ * image with dd, and writing the bytes the restore wrote with dd conv=fsync.
  *
  * It runs BENCH_ROUNDS rounds (default 2), each into fresh buckets, and the tools take
  * turns going first: on these shared 2-core machines whatever runs right after a big
@@ -19,23 +24,29 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync, openSync, closeSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { cpus } from 'node:os';
-import { join } from 'node:path';
+import { cpus, loadavg } from 'node:os';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { benchImages } from './image.ts';
+import { benchImages, type BenchImages } from './image.ts';
+import { readCeiling, writeCeiling, type Ceiling } from './ceilings.ts';
+import { ofWriteCeiling, table, targetLines, targets, type Figures, type Phase, type Round, type TargetResult, type Tool } from './report.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
 import { startDelayedLink } from './delayed-link.ts';
 import { defaultPoolSize } from '../mover/pipeline/chunk-pool.ts';
+import { RESTORE_DEFAULTS } from '../mover/pipeline/restore-disk.ts';
 import { startBenchMover, type BenchMover } from './mover-process.ts';
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL('..', import.meta.url));
-const dir = join(root, '.lifeboat', 'bench');
+// BENCH_DIR: another folder for a second bench run beside a running one (its images may be copied in: disk-*.json name them).
+const dir = process.env.BENCH_DIR ? resolve(process.env.BENCH_DIR) : join(root, '.lifeboat', 'bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
 const rounds = Math.max(1, Math.floor(Number(process.env.BENCH_ROUNDS ?? 2)));
 const rttMs = Number(process.env.BENCH_RTT_MS ?? 0);
 const ROUNDS = Array.from({ length: rounds }, (_, i) => i + 1);
-const bucketOf = (tool: 'lifeboat' | 'restic', round: number) => `${tool}-bench-${round}`;
+const imageKinds = (process.env.BENCH_IMAGES ?? 'sparse,thick').split(',').map((k) => k.trim()).filter(Boolean);
+for (const k of imageKinds) if (k !== 'sparse' && k !== 'thick') throw new Error(`BENCH_IMAGES: '${k}' is not an image (sparse, thick)`);
+const bucketOf = (tool: Tool, image: string, round: number) => `${tool}-bench-${image}-${round}`;
 const TIME = '/usr/bin/time';
 const hasTime = existsSync(TIME);
 const hasRestic = spawnSync('restic', ['version'], { encoding: 'utf8' }).status === 0;
@@ -83,21 +94,23 @@ async function bucketBytes(bucket: string): Promise<{ bytes: number; objects: nu
   return { bytes, objects };
 }
 
-type Phase = 'full' | 'incr' | 'restore';
-interface Figures { wallSeconds: number; mbPerSecond: number; cpuSeconds: number | null; peakRssMiB: number | null; bytesStored: number | null; requests: number; objects?: number; note?: string }
-type Results = Record<Phase, { lifeboat?: Figures; restic?: Figures }>;
-const roundResults: Results[] = [];
 
-console.log(`bench: ${sizeMiB} MiB image, ${cpus().length} cores${rttMs > 0 ? `, the endpoint ${rttMs} ms round trip away (emulated)` : ''}; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`);
+console.log(`bench: ${sizeMiB} MiB images (${imageKinds.join(', ')}), ${cpus().length} cores, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}${rttMs > 0 ? `, the endpoint ${rttMs} ms round trip away (emulated)` : ''}; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`);
 if (!hasRestic) console.log('restic is not installed: `apt-get update && apt-get install -y restic` (Debian 12 has 0.14). Running Lifeboat alone.');
-let t = performance.now();
-const img = await benchImages(dir, sizeMiB);
-console.log(`images ready in ${((performance.now() - t) / 1000).toFixed(1)} s: zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB; ${(img.changedBytes / MiB).toFixed(1)} MiB changed in the copy`);
-const [baseSha, changedSha] = await Promise.all([sha256File(img.base), sha256File(img.changed)]);
+const images: { kind: string; img: BenchImages; baseSha: string; changedSha: string; readCeiling: Ceiling }[] = [];
+for (const kind of imageKinds) {
+  const t = performance.now();
+  const img = await benchImages(dir, sizeMiB, kind === 'thick' ? { seed: 7, thick: true } : {});
+  const [baseSha, changedSha] = await Promise.all([sha256File(img.base), sha256File(img.changed)]);
+  const ceiling = readCeiling(img.changed, img.sizeBytes);
+  console.log(`${kind} image ready in ${((performance.now() - t) / 1000).toFixed(1)} s: zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB; ${(img.changedBytes / MiB).toFixed(1)} MiB changed in the copy; read ceiling ${ceiling.mbPerSecond.toFixed(0)} MB/s (${ceiling.command})`);
+  images.push({ kind, img, baseSha, changedSha, readCeiling: ceiling });
+}
 
 await rm(join(dir, 's3'), { recursive: true, force: true });
+const restoreLifeboat = join(dir, 'restore-lifeboat.raw');
 const removeRestores = async () => {
-  await rm(join(dir, 'restore-lifeboat.raw'), { force: true });
+  await rm(restoreLifeboat, { force: true });
   await rm(join(dir, 'restore-restic'), { recursive: true, force: true });
 };
 await removeRestores();
@@ -105,31 +118,36 @@ await rm(join(dir, 'restic-cache'), { recursive: true, force: true });
 await mkdir(join(dir, 's3'), { recursive: true });
 const keyFile = join(dir, 'master.key');
 await writeFile(keyFile, randomBytes(32));
-const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: ROUNDS.flatMap((r) => [bucketOf('lifeboat', r), bucketOf('restic', r)]) });
+const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: images.flatMap(({ kind }) => ROUNDS.flatMap((r) => [bucketOf('lifeboat', kind, r), bucketOf('restic', kind, r)])) });
 // Where both tools reach it: the server itself, or through an emulated WAN link.
 const link = rttMs > 0 ? await startDelayedLink(s3.url, rttMs) : undefined;
 const endpoint = link?.url ?? s3.url;
-const resticEnv = (round: number) => ({
-  ...process.env, RESTIC_REPOSITORY: `s3:${endpoint}/${bucketOf('restic', round)}`, RESTIC_PASSWORD: 'bench-password',
+const resticEnv = (bucket: string) => ({
+  ...process.env, RESTIC_REPOSITORY: `s3:${endpoint}/${bucket}`, RESTIC_PASSWORD: 'bench-password',
   AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
 });
 const storedAfter: Record<string, number> = {};
+const checks: string[] = [];
+/** The round's mover process, and how long each round's took to start. */
+let mover: BenchMover | undefined;
+const moverStarts: BenchMover['start'][] = [];
 
-async function phase(tool: 'lifeboat' | 'restic', ph: Phase, round: number): Promise<void> {
-  const bucket = bucketOf(tool, round);
+async function phase(image: (typeof images)[number], tool: Tool, ph: Phase, round: number, into: Round): Promise<void> {
+  const { img, kind } = image;
+  const bucket = bucketOf(tool, kind, round);
   // Dirty pages of what ran before (the other tool's restore: 2 GiB; the last run's files,
   // deleted at start) are written back now, not during this phase's measurement.
   spawnSync('sync');
   const reqBefore = s3.requests.get(bucket) ?? 0;
   let run: Run;
   if (tool === 'lifeboat') {
-    const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : join(dir, 'restore-lifeboat.raw');
+    const path = ph === 'full' ? img.base : ph === 'incr' ? img.changed : restoreLifeboat;
     const j = await mover!.job(ph, path);
     run = { wall: j.seconds, cpu: j.cpuSeconds, rssMiB: j.peakRssMiB, rssAtStartMiB: j.rssAtStartMiB, stdout: j.result };
   } else if (ph === 'restore') {
-    run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv(round) });
+    run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv(bucket) });
   } else {
-    run = await timed('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--stdin', '--stdin-filename', 'disk.raw'], { env: resticEnv(round), stdinFile: ph === 'full' ? img.base : img.changed });
+    run = await timed('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--stdin', '--stdin-filename', 'disk.raw'], { env: resticEnv(bucket), stdinFile: ph === 'full' ? img.base : img.changed });
   }
   const requests = (s3.requests.get(bucket) ?? 0) - reqBefore;
   let bytesStored: number | null = null;
@@ -144,45 +162,60 @@ async function phase(tool: 'lifeboat' | 'restic', ph: Phase, round: number): Pro
     ? run.stdout.split('\n').filter((l) => /using parent|Added to the repository|processed|restoring/.test(l)).map((l) => l.trim()).join('; ')
     : run.stdout.trim();
   const f: Figures = { note, wallSeconds: run.wall, mbPerSecond: img.sizeBytes / 1e6 / run.wall, cpuSeconds: run.cpu, peakRssMiB: run.rssMiB, bytesStored, requests, ...(objects !== undefined ? { objects } : {}) };
-  roundResults[round - 1]![ph][tool] = f;
+  into.phases[ph][tool] = f;
   if (ph === 'restore') {
     // Checked, then removed before the next phase: each restore starts from the same state of
     // memory (the other tool's 1.3-2 GiB restore left in the page cache made the second
     // restore of a round 1.5-3 s slower, for either tool).
-    const restored = tool === 'lifeboat' ? join(dir, 'restore-lifeboat.raw') : join(dir, 'restore-restic', 'disk.raw');
-    checks.push(`round ${round}: ${tool} restore ${(await sha256File(restored)) === changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+    const restored = tool === 'lifeboat' ? restoreLifeboat : join(dir, 'restore-restic', 'disk.raw');
+    checks.push(`${kind} round ${round}: ${tool} restore ${(await sha256File(restored)) === image.changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+    if (tool === 'lifeboat') into.restoredBytes = (await stat(restored)).blocks * 512;
     await removeRestores();
   }
-  console.log(`  round ${round} ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB${run.rssAtStartMiB !== undefined ? ` (${run.rssAtStartMiB.toFixed(0)} at its start)` : ''}, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}`);
+  console.log(`  ${kind} round ${round} ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB${run.rssAtStartMiB !== undefined ? ` (${run.rssAtStartMiB.toFixed(0)} at its start)` : ''}, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}; load ${loadavg()[0]!.toFixed(2)}`);
 }
 
+const fmt = (v: number | null | undefined, d = 2) => (v == null ? '-' : v.toFixed(d));
+const ratioOf = (r: Round, ph: Phase, k: keyof Figures) => {
+  const l = r.phases[ph].lifeboat?.[k] as number | undefined;
+  const x = r.phases[ph].restic?.[k] as number | undefined;
+  return l != null && x ? l / x : null;
+};
+
 const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);
+const packMiB = Number(process.env.BENCH_PACK_MIB ?? 8);
 const hasQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
-console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight, at most 16 requests at once, ${hasQemuImg ? "the image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
-const checks: string[] = [];
-/** The round's mover process, and how long each round's took to start. */
-let mover: BenchMover | undefined;
-const moverStarts: BenchMover['start'][] = [];
+console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${packMiB} MiB packs, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight in backups, restores with their defaults (${RESTORE_DEFAULTS.inFlightBytes / MiB} MiB of reads in flight, runs up to ${RESTORE_DEFAULTS.maxRunBytes / MiB} MiB, gaps up to ${RESTORE_DEFAULTS.maxGapBytes / 1024} KiB read through), at most 16 requests at once, ${hasQemuImg ? "a sparse image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
+const results: Record<string, { rounds: Round[]; targets: TargetResult[]; readCeiling: Ceiling }> = {};
 try {
-  for (const round of ROUNDS) {
-    roundResults.push({ full: {}, incr: {}, restore: {} });
-    // Started as a mover is (mover/start-settings.ts), its compile cache kept between starts as a mover's is.
-    mover = await startBenchMover({ endpoint, bucket: bucketOf('lifeboat', round), keyFile, compileCacheDir: join(dir, 'compile-cache') });
-    moverStarts.push(mover.start);
-    console.log(`  round ${round}: Lifeboat mover started in ${mover.start.seconds.toFixed(2)} s (peak RSS ${mover.start.peakRssMiB.toFixed(0)} MiB), once for the round's jobs`);
-    const order = round % 2 === 1 ? (['lifeboat', 'restic'] as const) : (['restic', 'lifeboat'] as const);
-    if (hasRestic) {
-      const bucket = bucketOf('restic', round);
-      const reqBefore = s3.requests.get(bucket) ?? 0;
-      await timed('restic', ['init', '--repository-version', '2'], { env: resticEnv(round) });
-      storedAfter[`${bucket}-init`] = (await bucketBytes(bucket)).bytes;
-      console.log(`  round ${round}: restic init ${(s3.requests.get(bucket) ?? 0) - reqBefore} requests (not counted in the phases); ${order[0] === 'lifeboat' ? 'Lifeboat' : 'restic'} goes first`);
+  for (const image of images) {
+    const rounds: Round[] = [];
+    for (const round of ROUNDS) {
+      const r: Round = { phases: { full: {}, incr: {}, restore: {} } };
+      rounds.push(r);
+      // Started as a mover is (mover/start-settings.ts), its compile cache kept between starts as a mover's is.
+      mover = await startBenchMover({ endpoint, bucket: bucketOf('lifeboat', image.kind, round), keyFile, compileCacheDir: join(dir, 'compile-cache') });
+      moverStarts.push(mover.start);
+      console.log(`  ${image.kind} round ${round}: Lifeboat mover started in ${mover.start.seconds.toFixed(2)} s (peak RSS ${mover.start.peakRssMiB.toFixed(0)} MiB), once for the round's jobs`);
+      const order = round % 2 === 1 ? (['lifeboat', 'restic'] as const) : (['restic', 'lifeboat'] as const);
+      if (hasRestic) {
+        const bucket = bucketOf('restic', image.kind, round);
+        const reqBefore = s3.requests.get(bucket) ?? 0;
+        await timed('restic', ['init', '--repository-version', '2'], { env: resticEnv(bucket) });
+        storedAfter[`${bucket}-init`] = (await bucketBytes(bucket)).bytes;
+        console.log(`  ${image.kind} round ${round}: restic init ${(s3.requests.get(bucket) ?? 0) - reqBefore} requests (not counted in the phases); ${order[0] === 'lifeboat' ? 'Lifeboat' : 'restic'} goes first`);
+      }
+      for (const ph of ['full', 'incr', 'restore'] as const) {
+        for (const tool of order) if (tool === 'lifeboat' || hasRestic) await phase(image, tool, ph, round, r);
+      }
+      await mover.close();
+      mover = undefined;
+      spawnSync('sync');
+      const w = await writeCeiling(dir, r.restoredBytes!);
+      r.writeCeilingSeconds = w.seconds * (r.restoredBytes! / w.bytes);
+      console.log(`  ${image.kind} round ${round}: write ceiling ${w.mbPerSecond.toFixed(0)} MB/s (${w.command}: ${w.seconds.toFixed(1)} s); restore ${fmt(ratioOf(r, 'restore', 'mbPerSecond'))}x restic, ${fmt(ofWriteCeiling(r))} of the write ceiling, GETs ${fmt(ratioOf(r, 'restore', 'requests'))}x restic's; full ${fmt(ratioOf(r, 'full', 'mbPerSecond'))}x, incremental ${fmt(ratioOf(r, 'incr', 'mbPerSecond'))}x restic`);
     }
-    for (const ph of ['full', 'incr', 'restore'] as const) {
-      for (const tool of order) if (tool === 'lifeboat' || hasRestic) await phase(tool, ph, round);
-    }
-    await mover.close();
-    mover = undefined;
+    results[image.kind] = { rounds, targets: targets(rounds), readCeiling: image.readCeiling };
   }
 } finally {
   await mover?.close().catch(() => {});
@@ -190,60 +223,23 @@ try {
   await s3.close();
 }
 
-// The table: each figure's mean over the rounds.
-const metrics: [keyof Figures, string, number][] = [
-  ['wallSeconds', 'wall s', 1], ['mbPerSecond', 'MB/s', 0], ['cpuSeconds', 'CPU s', 1], ['peakRssMiB', 'peak RSS MiB', 0], ['bytesStored', 'stored MiB', 1], ['requests', 'requests', 0],
-];
-const mean = (xs: (number | null | undefined)[]): number | null | undefined => (xs.some((x) => x == null) ? xs.find((x) => x == null) : xs.reduce<number>((a, x) => a + x!, 0) / xs.length);
-const results = Object.fromEntries((['full', 'incr', 'restore'] as const).map((ph) => [ph, Object.fromEntries((['lifeboat', 'restic'] as const)
-  .filter((tool) => roundResults.every((r) => r[ph][tool]))
-  .map((tool) => [tool, Object.fromEntries(metrics.map(([k]) => [k, mean(roundResults.map((r) => r[ph][tool]![k] as number | null))]))]))])) as unknown as Results;
-const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined ? '-' : v.toFixed(d));
-const ratio = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null || b === 0 ? '-' : (a / b).toFixed(2));
-const figure = (r: Results, ph: Phase, tool: 'lifeboat' | 'restic', k: keyof Figures) => r[ph][tool]?.[k] as number | null | undefined;
-const rows: string[][] = [['phase', 'figure', 'Lifeboat', 'restic', 'Lifeboat/restic']];
-for (const ph of ['full', 'incr', 'restore'] as const) {
-  for (const [k, label, d] of metrics) {
-    if (ph === 'restore' && k === 'bytesStored') continue;
-    const scale = k === 'bytesStored' ? 1 / MiB : 1;
-    const l = figure(results, ph, 'lifeboat', k);
-    const r = figure(results, ph, 'restic', k);
-    rows.push([ph, label, fmt(l == null ? l : l * scale, d), fmt(r == null ? r : r * scale, d), ratio(l, r)]);
-  }
+for (const { kind, img, readCeiling: rc } of images) {
+  const { rounds, targets: t } = results[kind]!;
+  const wc = rounds.map((r) => r.restoredBytes! / 1e6 / r.writeCeilingSeconds!);
+  console.log(`\n${kind} image (${sizeMiB} MiB${kind === 'thick' ? ', zeros written as data' : ', zero runs as holes'}): the means of ${rounds.length} round(s)`);
+  console.log(table(rounds));
+  console.log(`ceilings: reading the image ${rc.mbPerSecond.toFixed(0)} MB/s (${(img.sizeBytes / 1e6 / rc.mbPerSecond).toFixed(1)} s); writing the restored ${(rounds[0]!.restoredBytes! / MiB).toFixed(0)} MiB ${(wc.reduce((a, x) => a + x, 0) / wc.length).toFixed(0)} MB/s [${wc.map((x) => x.toFixed(0)).join(', ')}]`);
+  console.log(`Targets (on the means; each round's figure in brackets):`);
+  for (const l of targetLines(t)) console.log(l);
 }
-const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-const line = (r: string[]) => '| ' + r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
-console.log('\n' + line(rows[0]!));
-console.log('|' + widths.map((w, i) => (i < 2 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|');
-for (const r of rows.slice(1)) console.log(line(r));
-const startMean = { seconds: mean(moverStarts.map((m) => m.seconds))!, peakRssMiB: mean(moverStarts.map((m) => m.peakRssMiB))! };
-console.log(`Lifeboat's mover start, once per process and in none of the phases above: ${startMean.seconds.toFixed(2)} s, peak RSS ${startMean.peakRssMiB.toFixed(0)} MiB.`);
-
-/** The issue's targets: each on the means, with each round's ratio beside it. */
-const targetsOf: { target: string; ph: Phase; k: keyof Figures; ok: (l: number, r: number) => boolean }[] = [
-  { target: 'full backup throughput >= 2x restic', ph: 'full', k: 'mbPerSecond', ok: (l, r) => l >= 2 * r },
-  { target: 'incremental throughput >= 3x restic', ph: 'incr', k: 'mbPerSecond', ok: (l, r) => l >= 3 * r },
-  { target: 'restore throughput >= 1.3x restic', ph: 'restore', k: 'mbPerSecond', ok: (l, r) => l >= 1.3 * r },
-  { target: 'full bytes stored <= restic + 2%', ph: 'full', k: 'bytesStored', ok: (l, r) => l <= 1.02 * r },
-  { target: 'incremental bytes stored <= half of restic', ph: 'incr', k: 'bytesStored', ok: (l, r) => l <= 0.5 * r },
-];
-const targets = targetsOf.map(({ target, ph, k, ok }) => {
-  const l = figure(results, ph, 'lifeboat', k);
-  const r = figure(results, ph, 'restic', k);
-  return { target, ratio: l != null && r ? l / r : null, met: l != null && r != null ? ok(l, r) : null };
-});
-console.log(`\nTargets (on the means of ${rounds} round(s); each round's ratio in brackets):`);
-targets.forEach((x, i) => {
-  const { ph, k } = targetsOf[i]!;
-  const each = roundResults.map((r) => ratio(figure(r, ph, 'lifeboat', k), figure(r, ph, 'restic', k))).join(', ');
-  console.log(`  ${x.met === null ? 'n/a    ' : x.met ? 'met    ' : 'NOT met'}  ${x.target} (Lifeboat/restic = ${x.ratio === null ? '-' : x.ratio.toFixed(2)} [${each}])`);
-});
+const startMean = { seconds: moverStarts.reduce((a, m) => a + m.seconds, 0) / moverStarts.length, peakRssMiB: moverStarts.reduce((a, m) => a + m.peakRssMiB, 0) / moverStarts.length };
+console.log(`\nLifeboat's mover start, once per process and in none of the phases above: ${startMean.seconds.toFixed(2)} s, peak RSS ${startMean.peakRssMiB.toFixed(0)} MiB. Load at the end: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 for (const c of checks) console.log(`  check: ${c}`);
 
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
 await writeFile(join(dir, 'results.json'), JSON.stringify({
-  at: new Date().toISOString(), sizeMiB, sizeBytes: img.sizeBytes, changedBytes: img.changedBytes, mix: img.mix, cores: cpus().length, restic,
-  settings: { lifeboat: { chunkSize: chunkKiB * 1024, parallelism: 8, chunkWorkers: defaultPoolSize(), packBytes: 8 * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
-  rounds, baseSha256: baseSha, changedSha256: changedSha, results, roundResults, moverStarts, targets, checks,
+  at: new Date().toISOString(), sizeMiB, rttMs, cores: cpus().length, restic,
+  settings: { lifeboat: { chunkSize: chunkKiB * 1024, backupParallelism: 8, restore: RESTORE_DEFAULTS, chunkWorkers: defaultPoolSize(), packBytes: packMiB * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
+  rounds, images: images.map(({ kind, img, baseSha, changedSha }) => ({ kind, ...img, baseSha256: baseSha, changedSha256: changedSha })), results, moverStarts, checks,
 }, null, 2) + '\n');
 console.log(`\nresults: ${join(dir, 'results.json')}`);

@@ -26,6 +26,8 @@ export interface TaskDeps {
   parallelism: number;
   /** Pack size in bytes (default 8 MiB: repository/packs.ts). */
   packBytes?: number;
+  /** Bytes of a restore's reads in flight (default: mover/pipeline/restore-disk.ts RESTORE_DEFAULTS). */
+  restoreInFlightBytes?: number;
   /** The mover's work folder (LIFEBOAT_WORK_DIR): restore tests run under it; restores into a storage pool keep their records and raw copies there. */
   workDir: string;
   /** This mover's name, written into progress objects (contracts/progress.ts). */

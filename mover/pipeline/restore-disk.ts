@@ -1,10 +1,15 @@
 /**
- * Restore one disk from its manifest into a file or a block device: parallel download of
- * runs of chunks (one range GET per run of a pack); open (decrypt, decompress), check the
- * keyed id and write at offset on the chunk pool's worker threads. All-zero chunks stay holes in a file; on a device they are written as
- * zeros, or skipped when the device is known to read as zeros already. The target is
- * flushed as the restore goes and once more at its end: a restore that returned is on the
- * target's storage, not only in the page cache.
+ * Restore one disk from its manifest into a file or a block device. The manifest is read
+ * as a stream of entries in disk order (read-runs.ts), a bounded window at a time; in each
+ * window the neighbouring chunks of a pack are one range GET (a run). Runs are read into
+ * one buffer shared with the chunk pool's workers (byte-arena.ts), as many at once as fit
+ * in `inFlightBytes`: enough to keep a link a WAN round trip long busy, and the memory a
+ * restore holds whatever the disk's size. Each chunk is opened (decrypted, decompressed,
+ * its keyed id checked) and written at its offset on a worker; runs are taken in disk
+ * order, so the target is written front to back. All-zero chunks stay holes in a file; on
+ * a device they are written as zeros, or skipped when the device reads as zeros already.
+ * The target is flushed as the restore goes and once more at its end: a restore that
+ * returned is on the target's storage, not only in the page cache.
  */
 import { open as openFile, stat } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
@@ -12,9 +17,11 @@ import { Corrupt } from '../../contracts/errors.ts';
 import { keys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
+import { readChunk } from '../../repository/packs.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
+import { ByteArena } from './byte-arena.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
+import { readerEntries, planWindows, type ReadRun, type RunChunk } from '../../repository/read-runs.ts';
 
 export interface RestoreDiskOptions {
   store: ObjectStore;
@@ -22,8 +29,15 @@ export interface RestoreDiskOptions {
   backupId: string;
   diskId: string;
   target: string;
-  /** Runs of chunks downloaded at once (default 8; one 4 MiB buffer each). */
-  parallelism?: number;
+  /**
+   * Bytes of runs being downloaded or opened at once (default 32 MiB): one shared buffer
+   * of this size. A link's bandwidth times its round trip must fit for the link to stay busy.
+   */
+  inFlightBytes?: number;
+  /** The most bytes one range GET reads (default 16 MiB; at least one stored chunk). */
+  maxRunBytes?: number;
+  /** Chunks of a pack at most this far apart are read by one GET, the gap with them (default 2 MiB). */
+  maxGapBytes?: number;
   /** Worker threads for opening chunks (default: the process-wide pool). */
   pool?: ChunkPool;
   /**
@@ -38,6 +52,17 @@ export interface RestoreDiskOptions {
   onProgress?: (bytesDone: number, sizeBytes: number) => void;
 }
 
+/**
+ * A gap of up to 2 MiB between two chunks of a pack is read through: at 50 MB/s and a 40 ms
+ * round trip, 2 MiB cost about what a second GET's round trip costs. Planned on the bench's
+ * incremental backups (2 GiB, 8 MiB packs), it makes one GET per pack referenced (115 and
+ * 104 GETs, against 142 and 136 with 1 MiB gaps), reading 7% more bytes than the chunks'.
+ */
+export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 32 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 2 * 1024 * 1024 });
+
+/** Manifest entries planned at once: about 2 GiB of disk at 512 KiB chunks, a few hundred KiB of plan. */
+const WINDOW_ENTRIES = 4096;
+
 /** Chunks queued per worker before the main thread opens one itself. */
 const MAIN_THREAD_BACKLOG = 2;
 
@@ -49,10 +74,10 @@ const MAIN_THREAD_BACKLOG = 2;
  */
 const FLUSH_BYTES = 256 * 1024 * 1024;
 
-/** The most bytes one range GET reads (a run of neighbouring chunks of a pack). */
-const RUN_BYTES = 4 * 1024 * 1024;
+/** The most bytes of zeros written to a device at once. */
+const ZERO_WRITE_BYTES = 8 * 1024 * 1024;
 
-export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number }> {
+export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number; requests: number }> {
   const manifestKey = keys.manifest(o.backupId, o.diskId);
   const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
   if (!reader) throw new Corrupt(`manifest ${manifestKey} of disk '${o.diskId}' is missing from the repository`);
@@ -60,8 +85,15 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   const kind = o.targetKind ?? ((await stat(o.target).catch(() => undefined))?.isBlockDevice() ? 'device' : 'file');
   const writeZeros = kind === 'device' && !o.targetZeroed;
   const pool = o.pool ?? sharedChunkPool();
+  const settings = { ...RESTORE_DEFAULTS, ...definedOf(o) };
+  for (const [k, v] of Object.entries(settings)) if (!Number.isSafeInteger(v) || v < 0 || (v === 0 && k !== 'maxGapBytes')) throw new RangeError(`restore of disk '${o.diskId}': ${k} must be a whole number of bytes above 0, got ${v}`);
+  const maxChunk = sealedCapacity(m.chunkSize);
+  const maxRunBytes = Math.max(maxChunk, Math.min(settings.maxRunBytes, settings.inFlightBytes));
+  const arena = new ByteArena(Math.max(settings.inFlightBytes, maxRunBytes));
   const fh = await openFile(o.target, kind === 'device' ? 'r+' : 'w');
+  const shared = pool.share(arena.capacity);
   let bytesDownloaded = 0;
+  let requests = 1;
   let done = 0;
   // What is written is flushed to the target as the restore goes (one flush at a time), so
   // the last flush, which the restore waits for, has little left to write.
@@ -69,6 +101,8 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
   let flushing: Promise<void> | undefined;
   let flushFailure: unknown;
   const written = (length: number) => {
+    done += length;
+    o.onProgress?.(done, m.sizeBytes);
     unflushed += length;
     if (unflushed >= FLUSH_BYTES && !flushing) {
       unflushed = 0;
@@ -76,23 +110,10 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
       flushing = track(fh.datasync()).catch((err: unknown) => { flushFailure ??= err; }).finally(() => { flushing = undefined; });
     }
   };
-  const progress = (length: number) => {
-    done += length;
-    o.onProgress?.(done, m.sizeBytes);
-  };
-  // The manifest is restored a batch (a piece) at a time: the disk offsets of each chunk
-  // in it (a chunk repeated within the batch is read once) and where each is stored.
-  const offsets = new Map<string, number[]>();
-  const located = new Map<string, ChunkLocation>();
-  const zeroOffsets: number[] = [];
-  const lengthAt = (offset: number) => Math.min(m.chunkSize, m.sizeBytes - offset);
-  // Runs are downloaded into shared slots, reused (one per run in flight): the worker
-  // opens each chunk where it lies in the run and writes it at its offset, so nothing
-  // chunk- or run-sized is allocated or copied per chunk.
-  const runBytes = Math.max(RUN_BYTES, sealedCapacity(m.chunkSize));
-  const freeSlots: SharedSlot[] = [];
-  const allSlots: SharedSlot[] = [];
-  const takeSlot = () => freeSlots.pop() ?? (allSlots[allSlots.length] = pool.share(runBytes));
+  const lengthAt = (index: number) => Math.min(m.chunkSize, m.sizeBytes - index * m.chunkSize);
+  // Slots for reading another copy of a damaged chunk (rare: one per such chunk being read).
+  const spareSlots: SharedSlot[] = [];
+  const allSpares: SharedSlot[] = [];
   let index: Promise<RepositoryIndex> | undefined;
   // Workers write through fh.fd: the file is closed only after every started chunk settled,
   // also when one failed (a closed fd number may be reused by the next open file).
@@ -102,8 +123,9 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
     return p.finally(() => started.delete(p));
   };
 
-  /** Opens the chunk at `at` in `slot` into the target at `offset`: undefined, or why it is not this chunk. */
-  const openAt = async (id: string, slot: SharedSlot, at: number, length: number, offset: number): Promise<string | undefined> => {
+  /** Opens the chunk at `at` in `slot` into the target at chunk `i`: undefined, or why it is not this chunk. */
+  const openAt = async (id: string, slot: SharedSlot, at: number, length: number, i: number): Promise<string | undefined> => {
+    const offset = i * m.chunkSize;
     try {
       // On this thread while every worker has another chunk queued behind the one it opens,
       // else on a worker. After opening one here, yield to the event loop: the workers'
@@ -111,124 +133,129 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
       const write = { fd: fh.fd, offset };
       let opened;
       if (pool.backlog >= pool.size * MAIN_THREAD_BACKLOG) {
-        opened = pool.openHere(o.keys, slot, length, id, lengthAt(offset), write, at);
+        opened = pool.openHere(o.keys, slot, length, id, lengthAt(i), write, at);
         await new Promise<void>((ok) => setImmediate(ok));
       } else {
-        opened = await pool.openSlot(o.keys, slot, length, id, lengthAt(offset), write, at);
+        opened = await pool.openSlot(o.keys, slot, length, id, lengthAt(i), write, at);
       }
       return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
     } catch (err) {
       if (err instanceof Corrupt) return err.message;
-      throw new Error(`disk '${o.diskId}': writing ${lengthAt(offset)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
+      throw new Error(`disk '${o.diskId}': writing ${lengthAt(i)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
     }
   };
 
-  /** Opens the chunk at `at` in `slot` into every offset in `targets`: undefined, or why it is not this chunk. */
-  const openAll = async (id: string, slot: SharedSlot, at: number, length: number, targets: number[]): Promise<string | undefined> => {
-    for (const offset of targets) {
-      const problem = await openAt(id, slot, at, length, offset);
+  /** Opens the chunk at `at` in `slot` into every index in `indexes`: undefined, or why it is not this chunk. */
+  const openAll = async (id: string, slot: SharedSlot, at: number, length: number, indexes: number[]): Promise<string | undefined> => {
+    for (const i of indexes) {
+      const problem = await openAt(id, slot, at, length, i);
       if (problem !== undefined) return problem;
     }
     return undefined;
   };
 
   /**
-   * Another copy of chunk `id` the repository's index lists (a later backup stored it
-   * again after a deep verification quarantined the damaged one), opened into every
-   * offset in `targets`; false when there is none that opens.
+   * Another copy of chunk `c` the repository's index lists (a later backup stored it
+   * again after a deep verification quarantined the damaged one), opened into each of its
+   * indexes; false when there is none that opens.
    */
-  const fromOtherCopy = async (id: string, targets: number[]): Promise<boolean> => {
-    // Also for a format-1 manifest: its quarantined chunk object may have been stored again in a pack.
-    const here = located.get(id)!;
-    for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(id, here)) {
-      if (alt.length > runBytes) continue;
-      const slot = takeSlot();
+  const fromOtherCopy = async (c: RunChunk, key: string): Promise<boolean> => {
+    for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(c.id, { key, offset: c.offset, length: c.length })) {
+      if (alt.length > maxChunk) continue;
+      const slot = spareSlots.pop() ?? (allSpares[allSpares.length] = pool.share(maxChunk));
       try {
+        requests++;
         const copy = await readChunk(o.store, alt, slot.bytes).catch(() => undefined);
         if (!copy) continue;
         if (copy.buffer !== slot.bytes.buffer) slot.bytes.set(copy);
-        if ((await openAll(id, slot, 0, copy.length, targets)) === undefined) {
+        if ((await openAll(c.id, slot, 0, copy.length, c.indexes)) === undefined) {
           bytesDownloaded += copy.length;
           return true;
         }
       } finally {
-        freeSlots.push(slot);
+        spareSlots.push(slot);
       }
     }
     return false;
   };
 
-  /**
-   * Chunk `id` from `slot` (undefined: its run could not be read) into every offset the
-   * disk has it at, or else from another copy; else Corrupt naming the disk, the offset
-   * and the object.
-   */
-  const restoreChunk = async (id: string, slot: SharedSlot | undefined, at: number, length: number, where: string, missing: string) => {
-    const targets = offsets.get(id)!;
-    const problem = slot ? await openAll(id, slot, at, length, targets) : missing;
-    if (problem !== undefined && !(await fromOtherCopy(id, targets))) {
-      throw new Corrupt(`disk '${o.diskId}' offset ${targets[0]}: chunk ${id} in ${where} is damaged: ${problem}; `
-        + 'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup');
+  /** Reads `run` into the arena at `base` and restores its chunks (from another copy where one is damaged). */
+  const restoreRun = async (run: ReadRun, base: number) => {
+    requests++;
+    const body = await o.store.get(run.key, { into: shared.bytes.subarray(base, base + run.length), ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+    if (body) {
+      bytesDownloaded += body.length;
+      if (body.buffer !== shared.bytes.buffer) shared.bytes.set(body.subarray(0, run.length), base); // a store that ignored `into`
     }
-    for (const offset of targets) {
-      progress(lengthAt(offset));
-      written(lengthAt(offset));
-    }
+    await mapLimit(run.chunks, Math.max(1, pool.size * 2), async (c) => {
+      // A chunk's own bytes in the pack (the run holds several chunks).
+      const where = run.packed ? `${run.key} bytes ${c.offset}+${c.length}` : run.key;
+      const problem = !body ? 'it is missing from the repository'
+        : body.length < c.at + c.length ? `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`
+          : await openAll(c.id, shared, base + c.at, c.length, c.indexes);
+      if (problem !== undefined && !(await fromOtherCopy(c, run.key))) {
+        throw new Corrupt(`disk '${o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: chunk ${c.id} in ${where} is damaged: ${problem}; `
+          + 'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup');
+      }
+      for (const i of c.indexes) written(lengthAt(i));
+    });
   };
 
+  let failure: { err: unknown } | undefined;
   try {
-    const zeros = writeZeros ? Buffer.alloc(m.chunkSize) : undefined;
-    for await (const batch of reader.batches()) {
-      offsets.clear();
-      located.clear();
-      zeroOffsets.length = 0;
-      for (let i = 0; i < batch.count; i++) {
-        const id = batch.id(i);
-        const offset = (batch.firstChunk + i) * m.chunkSize;
-        if (id === null) {
-          zeroOffsets.push(offset);
-          continue;
-        }
-        const list = offsets.get(id);
-        if (list) list.push(offset);
-        else {
-          offsets.set(id, [offset]);
-          located.set(id, batch.location(i)!);
-        }
+    const zeros = writeZeros ? Buffer.alloc(Math.max(m.chunkSize, Math.floor(ZERO_WRITE_BYTES / m.chunkSize) * m.chunkSize)) : undefined;
+    for await (const w of planWindows(readerEntries(reader), { maxRunBytes, maxGapBytes: settings.maxGapBytes, windowEntries: WINDOW_ENTRIES })) {
+      for (const [first, count] of adjacent(w.zeros, zeros ? zeros.length / m.chunkSize : Infinity)) {
+        const bytes = Math.min(count * m.chunkSize, m.sizeBytes - first * m.chunkSize);
+        if (zeros) await fh.write(zeros, 0, bytes, first * m.chunkSize);
+        done += bytes;
+        o.onProgress?.(done, m.sizeBytes);
       }
-      if (zeros) for (const offset of zeroOffsets) await fh.write(zeros, 0, lengthAt(offset), offset);
-      for (const offset of zeroOffsets) progress(lengthAt(offset));
-      // Runs of neighbouring chunks of a pack are one range GET each (format 1: one GET per chunk).
-      const runs = planReads((id) => located.get(id)!, offsets.keys(), { maxBytes: runBytes });
-      // As many runs in flight as `parallelism`: each GET waits out a round trip to the
-      // store, and a mover is often a WAN away from it. Measured on the 2 GiB bench restore
-      // through an emulated 40 ms round trip (bench/delayed-link.ts), 8 runs in flight took
-      // 7.1-8.1 s against 10.2-11.3 s with 4, and 6.9 s against 7.5 s on loopback (3
-      // alternating pairs); peak RSS ~15 MiB more (8 slots of 4 MiB). 16 took 7.1 s and 272 MiB.
-      await mapLimit(runs, Math.max(1, o.parallelism ?? 8), (run) => track((async () => {
-        const slot = takeSlot();
-        try {
-          const body = await o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
-          if (body) bytesDownloaded += body.length;
-          // A chunk's own bytes in the pack (the run read holds several chunks).
-          const where = (c: { at: number; length: number }) => (run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key);
-          const missing = !body ? 'it is missing from the repository' : `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`;
-          const complete = body?.length === run.length;
-          if (complete && body.buffer !== slot.bytes.buffer) slot.bytes.set(body); // a store that ignored `into`
-          await mapLimit(run.chunks, Math.max(1, pool.size * 2), (c) => track(restoreChunk(c.id, complete ? slot : undefined, c.at, c.length, where(c), missing)));
-        } finally {
-          freeSlots.push(slot);
+      for (const run of w.runs) {
+        if (run.length > arena.capacity) {
+          const c = run.chunks[0]!;
+          throw new Corrupt(`disk '${o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: the manifest says chunk ${c.id} is stored in ${c.length} bytes of ${run.key}, more than a chunk of ${m.chunkSize} bytes seals to (${maxChunk}): the manifest is damaged; restore an older backup`);
         }
-      })()));
+        const base = await arena.take(run.length);
+        if (failure) {
+          arena.give(base, run.length);
+          break;
+        }
+        void track(restoreRun(run, base).catch((err: unknown) => { failure ??= { err }; }).finally(() => arena.give(base, run.length)));
+      }
+      if (failure) break;
     }
+    await Promise.allSettled(started);
+    if (failure) throw failure.err;
     if (kind === 'file') await fh.truncate(m.sizeBytes);
     // Restored means on the target's storage, not in the page cache.
     await fh.datasync().catch((err: unknown) => { flushFailure ??= err; });
     if (flushFailure) throw new Error(`disk '${o.diskId}': flushing ${o.target} to storage failed: ${(flushFailure as Error).message}`, { cause: flushFailure });
   } finally {
     await Promise.allSettled(started);
-    for (const slot of allSlots) pool.unshare(slot);
+    pool.unshare(shared);
+    for (const slot of allSpares) pool.unshare(slot);
     await fh.close();
   }
-  return { sizeBytes: m.sizeBytes, bytesDownloaded };
+  return { sizeBytes: m.sizeBytes, bytesDownloaded, requests };
+}
+
+/** Sorted indexes as runs of neighbours: [first, count], each at most `most` long. */
+function* adjacent(indexes: readonly number[], most: number): Generator<[number, number]> {
+  let first = -1;
+  let count = 0;
+  for (const i of indexes) {
+    if (count > 0 && i === first + count && count < most) count++;
+    else {
+      if (count > 0) yield [first, count];
+      first = i;
+      count = 1;
+    }
+  }
+  if (count > 0) yield [first, count];
+}
+
+/** The tuning options the caller set. */
+function definedOf(o: RestoreDiskOptions): Partial<typeof RESTORE_DEFAULTS> {
+  return Object.fromEntries((['inFlightBytes', 'maxRunBytes', 'maxGapBytes'] as const).filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
 }

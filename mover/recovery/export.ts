@@ -14,10 +14,11 @@ import { Corrupt } from '../../contracts/errors.ts';
 import { keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { planReads } from '../../repository/packs.ts';
+import { chunkLocation } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
 import { StateFlag, type BlockDescriptor } from '../nbd/protocol.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
+import { planRuns, type StoredEntry } from '../../repository/read-runs.ts';
 
 /** The export's tunables (the export task's settings). */
 export interface ExportSettings {
@@ -51,8 +52,11 @@ export interface DiskExportStats {
   damagedChunks: number;
 }
 
-/** The most bytes one range GET reads (a run of neighbouring chunks of a pack), as a restore reads. */
+/** The most bytes one range GET reads (a run of neighbouring chunks of a pack). */
 const RUN_BYTES = 4 * 1024 * 1024;
+
+/** Chunks of a pack at most this far apart are read by one GET, the gap with them. */
+const GAP_BYTES = 64 * 1024;
 /** Read ends remembered to recognise a sequential read (several connections and requests in flight interleave). */
 const RECENT_ENDS = 64;
 
@@ -191,7 +195,12 @@ export class BackupDiskExport implements BlockExport {
       todo.set(id, i);
     }
     if (todo.size === 0) return;
-    for (const run of planReads(this.m, todo.keys(), { maxBytes: this.runBytes })) {
+    // Planned as a restore plans its reads (read-runs.ts); a gap is read through only when small, as a run's buffer is a fixed slot.
+    const entries: StoredEntry[] = [...todo].map(([id, index]) => {
+      const loc = chunkLocation(this.m, id);
+      return { index, id, key: loc.key, packed: !!loc.pack, offset: loc.offset, storedSize: loc.length };
+    }).sort((a, b) => a.index - b.index);
+    for (const run of planRuns(entries, { maxRunBytes: this.runBytes, maxGapBytes: GAP_BYTES })) {
       const settle = new Map<string, { ok: (b: Buffer) => void; fail: (e: unknown) => void }>();
       for (const c of run.chunks) {
         const p = new Promise<Buffer>((ok, fail) => settle.set(c.id, { ok, fail }));

@@ -62,6 +62,8 @@ export interface RestoreTaskDeps {
   store: ObjectStore;
   keys: RepositoryKeys;
   parallelism: number;
+  /** Bytes of the restore's reads in flight (restore-disk.ts `inFlightBytes`). */
+  inFlightBytes?: number;
   signal?: AbortSignal;
   onProgress?: (p: { diskId: string; bytesDone: number; sizeBytes: number; phase: 'write' | 'rehash' | 'convert' }) => void;
   /** 'device' writes in place (a block device, or a file standing in for one); default: by what the target is. */
@@ -104,7 +106,7 @@ async function restoreDiskToPool(job: RestoreJob, define: DefineDomainRequest & 
     restoreId: job.restoreId, force: !!job.force, workDir: workDirOf(d), ...(d.signal ? { signal: d.signal } : {}),
   }, async (path, kind) => {
     const written = await restoreDisk({
-      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, parallelism: d.parallelism, ...kind,
+      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, ...(d.inFlightBytes ? { inFlightBytes: d.inFlightBytes } : {}), ...kind,
       onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
     });
     d.signal?.throwIfAborted();
@@ -154,7 +156,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
   const path = targetKind === 'device' ? disk.path : partialPath(disk.path);
   try {
     const written = await restoreDisk({
-      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, parallelism: d.parallelism, targetKind,
+      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, ...(d.inFlightBytes ? { inFlightBytes: d.inFlightBytes } : {}), targetKind,
       onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
     });
     d.signal?.throwIfAborted();

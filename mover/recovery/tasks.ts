@@ -22,6 +22,8 @@ export interface RecoveryTaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
   logger: Logger;
   parallelism: number;
+  /** Bytes of a restore's reads in flight (default: mover/pipeline/restore-disk.ts RESTORE_DEFAULTS). */
+  restoreInFlightBytes?: number;
   /** The mover's work folder: restore tests run under `<workDir>/restore-tests`; restores into a storage pool keep their records and raw copies there. */
   workDir: string;
 }
@@ -57,6 +59,7 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       const log = progressed(ctx, throttled(250));
       return restoreDiskTask(t.restore, t.disk, {
         store, keys, parallelism: deps.parallelism, signal: ctx.signal, ...(deps.workDir ? { workDir: deps.workDir } : {}),
+        ...(deps.restoreInFlightBytes ? { inFlightBytes: deps.restoreInFlightBytes } : {}),
         onProgress: (p) => log(p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: t.restore.restoreId, vmId: t.restore.vmId, backupId: t.restore.backupId, ...p })),
       });
     }

@@ -2,7 +2,8 @@
  * A fault-injecting HTTP front for an S3 endpoint (the embedded S3 in tests): a loopback
  * proxy that passes requests through unchanged, except those a rule picks, which get a
  * fault instead: an S3 error status (500 InternalError, 503 SlowDown), a reset connection,
- * a PUT whose body is cut half-way on its way to the server, or a response that stalls
+ * a PUT whose body is cut half-way on its way to the server, a response whose body is cut
+ * half-way (the connection dropped), or a response that stalls
  * (before its headers, or after them and part of its body). Rules match by method and key
  * and fire for the first `times` matching requests, or with a probability drawn from a
  * seeded generator, so a failing run can be replayed.
@@ -16,6 +17,8 @@ export type Fault =
   | { kind: 'reset' }
   /** Forwards half of a PUT's body to the server, then drops both connections. */
   | { kind: 'cut-put' }
+  /** Sends a response's headers and half its body, then drops the connection (a link cut mid-download). */
+  | { kind: 'cut-body' }
   /** Holds the response: sends nothing (`before-headers`) or its headers and half its body, then nothing. Until closed. */
   | { kind: 'stall'; at?: 'before-headers' | 'mid-body' };
 
@@ -68,8 +71,8 @@ export async function startFaultProxy(o: { target: string; rules?: FaultRule[]; 
 
   const forward = (req: IncomingMessage, res: ServerResponse, fault?: Fault) => {
     const up = httpRequest({ host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
-      if (fault?.kind === 'stall') {
-        // Headers and half the body, then silence: the client sees a body that stops coming.
+      if (fault?.kind === 'stall' || fault?.kind === 'cut-body') {
+        // Headers and half the body, then silence (the client sees a body that stops coming), or a dropped connection.
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
         const half = Math.floor(Number(upRes.headers['content-length'] ?? 0) / 2);
         let sent = 0;
@@ -77,6 +80,7 @@ export async function startFaultProxy(o: { target: string; rules?: FaultRule[]; 
           const part = d.subarray(0, Math.max(0, half - sent));
           sent += part.length;
           if (part.length) res.write(part);
+          if (fault.kind === 'cut-body' && sent >= half) res.write('', () => res.socket?.destroy());
         });
         return;
       }
@@ -100,7 +104,7 @@ export async function startFaultProxy(o: { target: string; rules?: FaultRule[]; 
     requests++;
     const fault = pick(req);
     if (fault) injected.push({ kind: fault.kind, method: req.method ?? '', path: req.url ?? '' });
-    if (!fault || fault.kind === 'cut-put' || (fault.kind === 'stall' && fault.at === 'mid-body')) return forward(req, res, fault);
+    if (!fault || fault.kind === 'cut-put' || fault.kind === 'cut-body' || (fault.kind === 'stall' && fault.at === 'mid-body')) return forward(req, res, fault);
     if (fault.kind === 'reset') return void req.socket.resetAndDestroy();
     if (fault.kind === 'stall') return void req.resume(); // never answered
     req.resume();
