@@ -115,7 +115,7 @@ describe.skipIf(!lab.available)('instant recovery of a libvirt backup', () => {
     // The final storage: a file system of its own, too small for the disk's 8 MiB of data, so the first move fails.
     await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', `lifeboat-e2e-instant-${process.pid}`, target()]);
     mounted = true;
-  }, 420_000);
+  }, 900_000);
   afterAll(async () => {
     await virsh(['destroy', domain]).catch(() => {});
     await virsh(['undefine', domain]).catch(() => {});
