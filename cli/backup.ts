@@ -6,43 +6,50 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { ConfigError, defaultConfigPath, loadConfig } from '../core/config.ts';
-import { formatBackup } from '../local/demo/report.ts';
-import { endpoints, guarded, runWorkflow, stackCatalog, type Out, type StackOptions } from './stack-client.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
+import { formatBackup } from '../local/demo/report.ts';
+import { runWithProgress } from './progress.ts';
+import { EXIT, guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 
 const collect = (v: string, all: string[]) => [...all, v];
 
 export function registerBackupCommands(program: Command, defaultDataDir: string, io: Out): void {
-  program
+  stackOptions(program
     .command('backup')
-    .description('back up a policy\'s VMs now: start the Backup workflow on the running stack and wait for it')
+    .description('back up a policy\'s VMs now: start the Backup workflow on the stack, show each VM\'s and disk\'s progress, print the figures (exit code 1 when a VM failed)')
     .argument('<policy>', 'the policy id (from the configuration, or one written to the catalog)')
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (policyId: string, opts: StackOptions) => {
-      const e = await endpoints(opts);
-      const r = await runWorkflow(e, 'Backup', { policyId }, io);
-      const summary = r.output as RunSummary;
-      for (const line of formatBackup({ label: `Backup of policy '${policyId}'`, summary, seconds: r.seconds })) io.out(line);
-      for (const vm of summary.vms.filter((v) => v.status === 'failed')) io.out(`  ${vm.vmId}: FAILED ${vm.error?.Error ?? ''}: ${vm.error?.Cause ?? ''}`);
-      if (summary.failed > 0) process.exitCode = 1;
+    .option('--json', 'print the run\'s summary (the workflow\'s output) as JSON, no progress')
+    .option('--progress', 'draw the progress bars even when stderr is not a terminal'), defaultDataDir)
+    .action(guarded(async (policyId: string, opts: StackOptions & { json?: boolean; progress?: boolean }) => {
+      const client = await StackClient.connect(opts);
+      try {
+        const r = await runWithProgress(client, 'Backup', { policyId }, { off: !!opts.json, force: !!opts.progress, ...(io.status ? { status: io.status } : {}) });
+        const summary = r.output as RunSummary;
+        if (summary.failed > 0) process.exitCode = EXIT.failed;
+        if (opts.json) return io.out(JSON.stringify({ ...summary, seconds: r.seconds }, null, 2));
+        for (const line of formatBackup({ label: `Backup of policy '${policyId}' (run ${r.name})`, summary, seconds: r.seconds })) io.out(line);
+        for (const vm of summary.vms.filter((v) => v.status === 'failed')) io.out(`  ${vm.vmId}: FAILED ${vm.error?.Error ?? ''}: ${vm.error?.Cause ?? ''}`);
+      } finally {
+        client.close();
+      }
     }));
 
   const vm = program.command('vm').description('the VM inventory of the running stack');
-  vm.command('add')
-    .description('add a VM (or move it to another host): its host decides the mover group that backs it up')
+  stackOptions(vm.command('add')
+    .description('add a VM (or move it to another host) in the embedded stack: its host decides the mover group that backs it up (a deployed stack\'s VMs come from discovery)')
     .argument('<vm>', 'the VM id')
     .requiredOption('--host <id>', 'the hypervisor host it runs on (a host of the configuration)')
     .requiredOption('--source <locator>', 'where the source driver finds it (for the folder driver: a folder with vm.json and disk images)')
-    .option('--datastore <id>', 'a datastore holding its disks (repeatable); limited datastores count against their own slots', collect, [])
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
+    .option('--datastore <id>', 'a datastore holding its disks (repeatable); limited datastores count against their own slots', collect, []), defaultDataDir)
     .action(guarded(async (vmId: string, opts: StackOptions & { host: string; source: string; datastore: string[] }) => {
-      const catalog = stackCatalog(await endpoints(opts));
-      const host = await catalog.getHost(opts.host);
-      if (!host) throw new Error(`host '${opts.host}' is not in the configuration: add it to "hosts" and to a mover group, then restart the stack`);
-      await catalog.putVm({ vmId, host: opts.host, source: resolve(opts.source), ...(opts.datastore.length ? { datastores: opts.datastore } : {}) });
-      io.out(`VM ${vmId} is on host ${opts.host}: mover group '${host.moverGroup}' backs it up.`);
+      const client = await StackClient.connect(opts);
+      try {
+        if (client.info.kind === 'aws') throw new Error(`${client.info.where}: VMs of a deployed stack come from the Discover workflow (\`lifeboat discover --stack ${opts.stack}\`) and the configuration's policies, not from \`vm add\``);
+        const r = await client.request<{ moverGroup: string }>('POST', '/api/vms', { vmId, host: opts.host, source: resolve(opts.source), datastores: opts.datastore });
+        io.out(`VM ${vmId} is on host ${opts.host}: mover group '${r.moverGroup}' backs it up.`);
+      } finally {
+        client.close();
+      }
     }));
 
   const config = program.command('config').description('the deployment configuration');

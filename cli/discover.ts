@@ -3,8 +3,9 @@
  * libvirt host, or one) and print per host what it found, what is new and what is gone.
  */
 import type { Command } from 'commander';
-import { endpoints, guarded, lambdaMessage, runWorkflow, type Out, type StackOptions } from './stack-client.ts';
 import type { DiscoverySummary } from '../contracts/workflow-outputs.ts';
+import { runWithProgress } from './progress.ts';
+import { guarded, lambdaMessage, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 
 /** One line per host: its counts, or why it could not be inventoried. */
 export function formatDiscovery(s: DiscoverySummary, seconds: number): string[] {
@@ -17,16 +18,19 @@ export function formatDiscovery(s: DiscoverySummary, seconds: number): string[] 
 }
 
 export function registerDiscoverCommand(program: Command, defaultDataDir: string, io: Out): void {
-  program
+  stackOptions(program
     .command('discover')
     .description('inventory the libvirt hosts\' VMs into the catalog now (the Discover workflow); VMs no longer there are marked gone')
     .option('--host <id>', 'only this host (default: every libvirt host)')
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: StackOptions & { host?: string }) => {
-      const e = await endpoints(opts);
-      const r = await runWorkflow(e, 'Discover', opts.host ? { hostId: opts.host } : {}, io);
+    .option('--json', 'print the workflow\'s output as JSON'), defaultDataDir)
+    .action(guarded(async (opts: StackOptions & { host?: string; json?: boolean }) => {
+      const client = await StackClient.connect(opts);
+      const r = await runWithProgress(client, 'Discover', opts.host ? { hostId: opts.host } : {}, { off: !!opts.json, ...(io.status ? { status: io.status } : {}) }).finally(() => client.close());
       const summary = r.output as DiscoverySummary;
+      if (opts.json) {
+        if (summary.failedHosts.length > 0) process.exitCode = 1;
+        return io.out(JSON.stringify(summary, null, 2));
+      }
       for (const line of formatDiscovery(summary, r.seconds)) io.out(line);
       if (summary.failedHosts.length > 0) process.exitCode = 1;
     }));

@@ -5,15 +5,12 @@
  * `lifeboat export stop ID` stops the execution, which closes the export. It also ends
  * by itself after the idle timeout.
  */
-import { StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn';
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ExportListen, ExportResult } from '../contracts/export-job.ts';
-import { sfnClient, waitForExecution } from '../local/client.ts';
-import { repositoryStore } from '../local/stack.ts';
 import { readEndpoint, waitForEndpoint } from './export-endpoint.ts';
-import { endpoints, guarded, lambdaMessage, machine, type Out } from './stack-client.ts';
+import { guarded, lambdaMessage, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 
 /** `--listen`: a unix socket path (absolute, or `unix:PATH`), or `[HOST]:PORT` (127.0.0.1 when HOST is left out). */
 export function listenAddress(v: string): ExportListen {
@@ -23,9 +20,6 @@ export function listenAddress(v: string): ExportListen {
   if (!m || Number(m[2]) > 65535) throw new InvalidArgumentError(`'${v}' is not an address to listen on: give a unix socket path (/run/x.sock or unix:PATH) or [HOST]:PORT (e.g. :10809, 127.0.0.1:10809)`);
   return { ...(m[1] ? { host: m[1] } : {}), port: Number(m[2]) };
 }
-
-/** The execution ARN of an export id (the execution's name). */
-const executionArn = (stateMachineArn: string, exportId: string) => `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${exportId}`;
 
 export function registerExportCommand(program: Command, defaultDataDir: string, io: Out): void {
   const cmd = program
@@ -39,34 +33,31 @@ export function registerExportCommand(program: Command, defaultDataDir: string, 
       const n = Number(v);
       if (!Number.isInteger(n) || n < 1 || n > 7 * 24 * 3600) throw new InvalidArgumentError(`'${v}' is not an idle timeout: give whole seconds from 1 to ${7 * 24 * 3600}`);
       return n;
-    }, 600)
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm?: string; listen?: ExportListen; backup?: string; group?: string; idleTimeout: number; dataDir: string; endpoints?: string }) => {
+    }, 600);
+  stackOptions(cmd, defaultDataDir)
+    .action(guarded(async (opts: StackOptions & { vm?: string; listen?: ExportListen; backup?: string; group?: string; idleTimeout: number }) => {
       if (!opts.vm) throw new Error('lifeboat export needs --vm ID (or: lifeboat export stop ID)');
-      const e = await endpoints(opts);
-      const sfn = sfnClient(e);
-      const stateMachineArn = machine(e, 'Export');
+      const client = await StackClient.connect(opts);
       const exportId = `export-${opts.vm.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40)}-${Date.now()}`;
       const input = { vmId: opts.vm, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.group ? { moverGroup: opts.group } : {}), ...(opts.listen ? { listen: opts.listen } : {}), idleTimeoutSeconds: opts.idleTimeout };
-      const { executionArn: arn } = await sfn.send(new StartExecutionCommand({ stateMachineArn, name: exportId, input: JSON.stringify(input) }));
-      const store = repositoryStore(e);
+      const arn = await client.start('Export', exportId, input);
+      const store = client.store;
       let stopping = false;
       const stop = () => {
         if (stopping) return;
         stopping = true;
         io.out(`stopping export ${exportId}…`);
-        void sfn.send(new StopExecutionCommand({ executionArn: arn!, cause: 'stopped by lifeboat export (Ctrl-C)' }));
+        void client.stop(arn, 'stopped by lifeboat export (Ctrl-C)');
       };
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
       try {
-        const at = await waitForEndpoint({ sfn, executionArn: arn!, store, exportId, ready: (r) => r.state === 'listening', what: `export of VM '${opts.vm}'` }).catch((err: Error) => {
+        const at = await waitForEndpoint({ sfn: client.sfn, executionArn: arn, store, exportId, ready: (r) => r.state === 'listening', what: `export of VM '${opts.vm}'` }).catch((err: Error) => {
           throw new Error(lambdaMessage(err.message));
         });
         io.out(`export ${exportId}: backup ${at.backupId} of VM '${opts.vm}' served read-only by mover ${at.mover}; closes after ${opts.idleTimeout} s without a client, on Ctrl-C, or with \`lifeboat export stop ${exportId}\``);
         for (const [disk, uri] of Object.entries(at.uris)) io.out(`  ${disk}: ${uri}`);
-        const d = await waitForExecution(sfn, arn!, { pollMs: 500 });
+        const d = await client.waitFor(arn);
         if (d.status === 'SUCCEEDED') {
           const r = JSON.parse(d.output ?? '{}') as ExportResult;
           io.out(`export closed (${r.closed}): served ${(r.bytesServed / 2 ** 20).toFixed(1)} MiB to ${r.connections} connection(s), downloaded ${(r.bytesDownloaded / 2 ** 20).toFixed(1)} MiB${r.damagedChunks ? `, ${r.damagedChunks} damaged chunk(s)` : ''}`);
@@ -82,20 +73,15 @@ export function registerExportCommand(program: Command, defaultDataDir: string, 
       } finally {
         process.off('SIGINT', stop);
         process.off('SIGTERM', stop);
+        client.close();
       }
     }));
-  cmd
-    .command('stop <exportId>')
-    .description('stop a running export (its execution); the mover closes it')
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (exportId: string, opts: { dataDir: string; endpoints?: string }) => {
-      const e = await endpoints(opts);
-      const sfn = sfnClient(e);
-      const arn = executionArn(machine(e, 'Export'), exportId);
-      await sfn.send(new StopExecutionCommand({ executionArn: arn, cause: 'stopped by lifeboat export stop' })).catch((err: Error) => {
+  stackOptions(cmd.command('stop <exportId>').description('stop a running export (its execution); the mover closes it'), defaultDataDir)
+    .action(guarded(async (exportId: string, opts: StackOptions) => {
+      const client = await StackClient.connect(opts);
+      await client.stop(client.executionArn('Export', exportId), 'stopped by lifeboat export stop').catch((err: Error) => {
         throw new Error(`no running export '${exportId}' (${err.message}): \`lifeboat export\` printed its id when it started`);
-      });
+      }).finally(() => client.close());
       io.out(`export ${exportId} stopped; the mover closes it at its next heartbeat`);
     }));
 }

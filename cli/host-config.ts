@@ -10,9 +10,11 @@ import { join, resolve } from 'node:path';
 import { locationKey } from '../contracts/endpoints.ts';
 import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
 import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
-import { openRepository, type StackEndpoints } from '../local/stack.ts';
-import { endpoints, guarded, lambdaMessage, runWorkflow, stackCatalog, stackHostConfigs, type Out, type StackOptions } from './stack-client.ts';
 import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
+import type { StackEndpoints } from '../local/stack.ts';
+import { embeddedCatalog, stackHostConfigs } from './embedded-access.ts';
+import { runWithProgress } from './progress.ts';
+import { endpoints, guarded, lambdaMessage, StackClient, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
 
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 
@@ -45,7 +47,7 @@ export async function pickHostConfig(records: Pick<ReturnType<typeof stackHostCo
 
 /** The host configuration backups of one host, or of every libvirt host, newest first per host. */
 export async function listHostConfigs(e: StackEndpoints, hostId?: string): Promise<HostConfigRecord[]> {
-  const hosts = hostId ? [hostId] : (await stackCatalog(e).listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
+  const hosts = hostId ? [hostId] : (await embeddedCatalog(e).listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
   const records = stackHostConfigs(e);
   return (await Promise.all(hosts.map((h) => records.list(h)))).flat();
 }
@@ -115,6 +117,8 @@ export async function restoreHostConfig(e: StackEndpoints, o: { hostId: string; 
   const record = await pickHostConfig(stackHostConfigs(e), o.hostId, o.at);
   const repositoryId = Object.entries(e.repositories).find(([, r]) => locationKey(r) === locationKey(record.repository))?.[0];
   if (!repositoryId) throw new Error(`host configuration backup ${record.backupId} of host '${o.hostId}' is in bucket ${record.repository.bucket}, which this stack does not serve (it has ${Object.keys(e.repositories).join(', ')}): restore it on the stack that made it`);
+  // Loaded when used: the embedded stack's module brings the CDK app, which other commands do not need.
+  const { openRepository } = await import('../local/stack.ts');
   const { store, keys } = await openRepository(e, repositoryId);
   const sealed = await store.get(record.objectKey);
   if (!sealed) throw new Error(`host configuration backup ${record.backupId} of host '${o.hostId}' is recorded, but its object ${record.objectKey} is not in bucket ${record.repository.bucket} (deleted by hand?): pick another with --at (\`lifeboat host-config list --host ${o.hostId}\`)`);
@@ -124,17 +128,23 @@ export async function restoreHostConfig(e: StackEndpoints, o: { hostId: string; 
 
 export function registerHostConfigCommands(program: Command, defaultDataDir: string, io: Out): void {
   const hc = program.command('host-config').description('libvirt hosts\' networks, storage pools and domain definitions: back them up, list and restore them as files');
+  // list and restore open the embedded stack's repository with its key file: embedded only.
   const stackOptions = (c: Command) => c
     .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
     .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)');
 
-  stackOptions(hc.command('backup')
+  stackTarget(hc.command('backup')
     .description('back up the libvirt hosts\' configuration now (the HostConfigBackup workflow); exit code 1 when a host failed')
-    .option('--host <id>', 'only this host (default: every libvirt host)'))
-    .action(guarded(async (opts: StackOptions & { host?: string }) => {
-      const e = await endpoints(opts);
-      const r = await runWorkflow(e, 'HostConfigBackup', opts.host ? { hostId: opts.host } : {}, io);
+    .option('--host <id>', 'only this host (default: every libvirt host)')
+    .option('--json', 'print the workflow\'s output as JSON'), defaultDataDir)
+    .action(guarded(async (opts: StackOptions & { host?: string; json?: boolean }) => {
+      const client = await StackClient.connect(opts);
+      const r = await runWithProgress(client, 'HostConfigBackup', opts.host ? { hostId: opts.host } : {}, { off: !!opts.json, ...(io.status ? { status: io.status } : {}) }).finally(() => client.close());
       const summary = r.output as HostConfigSummary;
+      if (opts.json) {
+        if (summary.failedHosts.length > 0) process.exitCode = 1;
+        return io.out(JSON.stringify(summary, null, 2));
+      }
       for (const line of formatHostConfigBackup(summary, r.seconds)) io.out(line);
       if (summary.failedHosts.length > 0) process.exitCode = 1;
     }));

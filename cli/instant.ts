@@ -4,21 +4,17 @@
  * domain started on its overlays), then waits for the move to final storage and prints
  * the outcome; a failed move's error says where the VM's writes are and how to resume.
  */
-import { StartExecutionCommand } from '@aws-sdk/client-sfn';
 import type { InstantRestoreSummary } from '../contracts/workflow-outputs.ts';
-import { sfnClient, waitForExecution } from '../local/client.ts';
-import { repositoryStore, type StackEndpoints } from '../local/stack.ts';
 import { waitForEndpoint } from './export-endpoint.ts';
-import { lambdaMessage, machine, type Out } from './stack-client.ts';
+import { lambdaMessage, type Out, type StackClient } from './stack-client.ts';
 
-export async function runInstantRestore(e: StackEndpoints, input: Record<string, unknown> & { vmId: string }, io: Out): Promise<InstantRestoreSummary> {
-  const sfn = sfnClient(e);
+export async function runInstantRestore(client: StackClient, input: Record<string, unknown> & { vmId: string }, io: Out): Promise<InstantRestoreSummary> {
   const started = Date.now();
   const restoreId = `instant-${input.vmId.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40)}-${started}`;
-  const { executionArn } = await sfn.send(new StartExecutionCommand({ stateMachineArn: machine(e, 'Restore'), name: restoreId, input: JSON.stringify(input) }));
+  const executionArn = await client.start('Restore', restoreId, input);
   const fail = (status: string, error?: string, cause?: string) => new Error(`Restore ${status}: ${error ?? ''}: ${lambdaMessage(cause ?? '')}`);
   const running = await waitForEndpoint({
-    sfn, executionArn: executionArn!, store: repositoryStore(e), exportId: restoreId, what: `instant recovery of VM '${input.vmId}'`,
+    sfn: client.sfn, executionArn, store: client.store, exportId: restoreId, what: `instant recovery of VM '${input.vmId}'`,
     ready: (r) => r.phase !== undefined && r.phase !== 'failed',
   }).catch((err: { execution?: { status?: string; error?: string; cause?: string } }) => {
     if (err.execution && err.execution.status !== 'SUCCEEDED') throw fail(err.execution.status ?? 'ended', err.execution.error, err.execution.cause);
@@ -28,7 +24,7 @@ export async function runInstantRestore(e: StackEndpoints, input: Record<string,
     io.out(`VM ${running.domain} runs from backup ${running.backupId} of VM ${input.vmId} (${((Date.now() - started) / 1000).toFixed(1)} s after the request); its writes go to ${Object.values(running.overlays ?? {}).join(', ')}`);
     io.out('moving it to its disks while it runs…');
   }
-  const d = await waitForExecution(sfn, executionArn!, { pollMs: 500 });
+  const d = await client.waitFor(executionArn);
   if (d.status !== 'SUCCEEDED') throw fail(d.status ?? 'ended', d.error, d.cause);
   const s = JSON.parse(d.output!) as InstantRestoreSummary;
   if (s.notice) io.out(`NOTE: ${s.notice}`);

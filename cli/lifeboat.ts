@@ -3,18 +3,16 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { runDemo } from '../local/demo/demo.ts';
-import { runVmDemo } from '../local/demo/vm-demo.ts';
-import { ensureLibvirtd } from '../local/vm-lab/libvirtd.ts';
-import { startMover, type MoverProcess } from '../local/movers.ts';
-import { EmbeddedStack } from '../local/stack.ts';
 import { registerBackupCommands } from './backup.ts';
 import { registerDiscoverCommand } from './discover.ts';
 import { registerExportCommand } from './export.ts';
+import { registerFilesCommands } from './files.ts';
 import { registerHostConfigCommands } from './host-config.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
+import { registerListingCommands } from './listings.ts';
 import { registerRecoveryCommands } from './recovery.ts';
 import { guarded } from './stack-client.ts';
+import type { MoverProcess } from '../local/movers.ts';
 
 const DEFAULT_DATA_DIR = resolve(import.meta.dirname, '..', '.lifeboat');
 
@@ -25,6 +23,8 @@ const positiveInt = (v: string) => {
 };
 
 const program = new Command('lifeboat').description('Lifeboat VM backup: the embedded stack and its tools');
+// Usage errors the parser finds (unknown option, missing or bad value) exit 2; help and --version exit 0.
+program.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
 
 program
   .command('demo')
@@ -40,6 +40,8 @@ program
       out: (line: string) => process.stdout.write(`${tty ? '\r\x1b[2K' : ''}${line}\n`),
       status: tty ? (line: string) => process.stdout.write(`\r\x1b[2K${line}`) : undefined,
     };
+    // The embedded stack's modules (the CDK app among them) load only for the commands that start one.
+    const [{ runDemo }, { runVmDemo }, { ensureLibvirtd }] = await Promise.all([import('../local/demo/demo.ts'), import('../local/demo/vm-demo.ts'), import('../local/vm-lab/libvirtd.ts')]);
     const lab = opts.folder ? { available: false as const, reason: '--folder was given' } : await ensureLibvirtd();
     if (lab.available) {
       await runVmDemo({ ...o, uri: lab.uri });
@@ -55,9 +57,12 @@ program
   .option('--data-dir <dir>', 'state folder of the embedded stack', DEFAULT_DATA_DIR)
   .option('--movers <n>', 'mover processes to start per mover group', positiveInt, 2)
   .option('--sfn-port <port>', 'port of the Step Functions API', positiveInt, 8083)
-  .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number }) => {
+  .option('--console-port <port>', 'port of the web console and the operator API (0: any free port)', positiveInt, 8084)
+  .action(guarded(async (opts: { dataDir: string; movers: number; sfnPort: number; consolePort: number }) => {
+    const [{ EmbeddedStack }, { startMover }] = await Promise.all([import('../local/stack.ts'), import('../local/movers.ts')]);
     const stack = await EmbeddedStack.start({
-      dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort },
+      dataDir: resolve(opts.dataDir), ports: { sfn: opts.sfnPort, console: opts.consolePort },
+      onAlert: (event, fields) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`),
       onKeyFile: (problem) => process.stderr.write(problem ? `lifeboat: ${problem.message}\n` : 'lifeboat: the repository key file opens the repository again\n'),
     });
     const e = stack.endpoints;
@@ -69,6 +74,7 @@ program
       }
     }
     process.stdout.write(`Lifeboat embedded stack is up (endpoints in ${join(e.dataDir, 'endpoints.json')}):\n${JSON.stringify(e, null, 2)}\n`);
+    process.stdout.write(`Web console: ${e.console}/ (read-only API under ${e.console}/api/)\n`);
     process.stdout.write(`Start a backup: aws stepfunctions start-execution --endpoint-url ${e.sfn} --state-machine-arn ${e.backupStateMachineArn} --input '{"policyId":"..."}'\n`);
     await new Promise<void>((ok) => {
       process.once('SIGINT', ok);
@@ -98,7 +104,14 @@ registerHostConfigCommands(program, DEFAULT_DATA_DIR, {
   ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
 });
 
+registerListingCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
+
 registerExportCommand(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
+
+registerFilesCommands(program, DEFAULT_DATA_DIR, {
+  out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
+  ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
+});
 
 registerLifecycleCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 

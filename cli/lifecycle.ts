@@ -1,6 +1,6 @@
 /**
- * Mover lifecycle commands: `lifeboat release keygen`, `lifeboat release publish`
- * (cli/release.ts does the work) and `lifeboat movers` (core/mover-fleet.ts). They reach a
+ * Mover lifecycle commands: `lifeboat release keygen` and `lifeboat release publish`
+ * (cli/release.ts does the work; `lifeboat movers` is a listing, cli/listings.ts). They reach a
  * repository bucket either through a running embedded stack (its endpoints file, written
  * by `lifeboat up`) or, with `--bucket`, S3 with the default AWS credentials.
  */
@@ -11,7 +11,6 @@ import type { ObjectStore } from '../core/object-store.ts';
 import { parsePrivateKey } from '../core/release.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { isVersion, LIFEBOAT_VERSION } from '../core/version.ts';
-import { listMovers } from '../core/mover-fleet.ts';
 import type { StackEndpoints } from '../local/stack.ts';
 import { buildMoverRelease, keygen, publishRelease } from './release.ts';
 
@@ -76,20 +75,5 @@ export function registerLifecycleCommands(program: Command, defaultDataDir: stri
       const m = await publishRelease(repo.store, { version: opts.version, files, privateKey });
       io.out(`published mover ${m.version} to ${repo.where}, signed by key ${m.keyId}:`);
       for (const f of m.files) io.out(`  ${f.key}  ${f.size} bytes  sha256 ${f.sha256}`);
-    });
-
-  targetOptions(program
-    .command('movers')
-    .description('list the movers registered in the repository: group, version, capabilities, state, last seen')
-    .option('--json', 'print the records as JSON'), defaultDataDir)
-    .action(async (opts: Target & { json?: boolean }) => {
-      const repo = await repository(opts);
-      const movers = await listMovers({ store: repo.store, now: () => new Date() });
-      if (opts.json) return io.out(JSON.stringify(movers, null, 2));
-      if (!movers.length) return io.out(`no mover has registered in ${repo.where}`);
-      const rows = movers.map((m) => [m.group, m.name, m.version + (m.upToDate ? '' : ' (old)'), m.status === 'live' ? m.state : m.status, `${m.tasksInFlight}/${m.slots}`, `${m.ageSeconds}s ago`, m.capabilities.tasks.join(',')]);
-      const head = ['GROUP', 'MOVER', 'VERSION', 'STATE', 'TASKS', 'SEEN', 'TASK KINDS'];
-      const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-      for (const r of [head, ...rows]) io.out(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
     });
 }

@@ -5,8 +5,15 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { runInstantRestore } from './instant.ts';
-import { endpoints, guarded, runWorkflow as run, type Out } from './stack-client.ts';
 import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
+import { runWithProgress } from './progress.ts';
+import { EXIT, guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
+
+/** Runs a recovery workflow with a status line (none with --json) and closes the client. */
+async function run(opts: StackOptions & { json?: boolean }, workflow: string, input: Record<string, unknown>, io: Out) {
+  const client = await StackClient.connect(opts);
+  return runWithProgress(client, workflow, input, { off: !!opts.json, ...(io.status ? { status: io.status } : {}) }).finally(() => client.close());
+}
 
 const GiB = 1024 ** 3;
 const size = (n: number) => (n >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
@@ -32,7 +39,7 @@ export function restoreTimeout(v: string): number {
 }
 
 export function registerRecoveryCommands(program: Command, defaultDataDir: string, io: Out): void {
-  program
+  stackOptions(program
     .command('restore')
     .description('restore a VM (every disk and its config, into a folder) or one disk (into a file) through a mover group; every chunk is re-hashed after writing')
     .requiredOption('--vm <id>', 'the VM')
@@ -56,12 +63,10 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       return n;
     })
     .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder, with --pool a volume of the same name (deleted and made anew) (default: refuse)')
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; instant?: boolean; resume?: boolean; moveBandwidth?: number; moveAfter?: string; dataDir: string; endpoints?: string }) => {
+    .option('--json', 'print the workflow\'s output as JSON'), defaultDataDir)
+    .action(guarded(async (opts: StackOptions & { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; instant?: boolean; resume?: boolean; moveBandwidth?: number; moveAfter?: string; json?: boolean }) => {
       if (!opts.define && (opts.pool || opts.raw || opts.name || opts.start || opts.bootCheck || opts.agent || opts.instant)) throw new InvalidArgumentError('--pool, --name, --raw, --start, --boot-check, --agent and --instant go with --define <uri>: they describe the VM the restore defines');
       if (!opts.instant && (opts.resume || opts.moveBandwidth || opts.moveAfter)) throw new InvalidArgumentError('--resume, --move-bandwidth and --move-after go with --instant');
-      const e = await endpoints(opts);
       const define = opts.define ? {
         uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.pool ? { pool: opts.pool } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
         ...(opts.bootCheck || opts.agent ? { bootCheck: { ...(opts.bootCheck ? { consoleLine: opts.bootCheck } : {}), ...(opts.agent ? { agent: true } : {}) } } : {}),
@@ -71,9 +76,16 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
         ...(define ? { define } : {}),
         ...(opts.instant ? { instant: { ...(opts.resume ? { resume: true } : {}), ...(opts.moveBandwidth ? { moveBandwidthMiBs: opts.moveBandwidth } : {}), ...(opts.moveAfter ? { moveAfter: { consoleLine: opts.moveAfter } } : {}) } } : {}),
       };
-      if (opts.instant) return void await runInstantRestore(e, input, io);
-      const { output, seconds } = await run(e, 'Restore', input, io);
+      if (opts.instant) {
+        const client = await StackClient.connect(opts);
+        const s = await runInstantRestore(client, input, io).finally(() => client.close());
+        if (opts.json) io.out(JSON.stringify(s, null, 2));
+        return;
+      }
+      const { output, seconds } = await run(opts, 'Restore', input, io);
       const s = output as RestoreSummary;
+      if (s.domain?.bootCheck && !s.domain.bootCheck.passed) process.exitCode = EXIT.damaged;
+      if (opts.json) return io.out(JSON.stringify(output, null, 2));
       if (s.notice) io.out(`NOTE: ${s.notice}`);
       io.out(`restored backup ${s.backupId} of VM ${s.vmId} in ${seconds.toFixed(1)} s (${size(s.bytesRestored)} written, ${size(s.bytesDownloaded)} downloaded)`);
       for (const d of s.disks) io.out(`  ${d.diskId}  ${d.volume ? `volume ${d.volume.name} of pool ${d.volume.pool} (${d.path})` : d.path}  ${size(d.sizeBytes)}  sha256 ${d.sha256}  ${d.chunksVerified} chunks re-hashed`);
@@ -81,10 +93,9 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       if (s.domain) io.out(`  VM ${s.domain.name} (${s.domain.uuid}) defined${s.domain.started ? ' and started' : ''}; console ${s.domain.consoleLog}`);
       const test = s.domain?.bootCheck;
       if (test) io.out(`  restore test: ${restoreTestOutcome(test)}; the test VM and its disks${s.disks.some((d) => d.volume) ? ' (pool volumes)' : ''} were removed`);
-      if (test && !test.passed) process.exitCode = 3;
     }));
 
-  program
+  stackOptions(program
     .command('verify')
     .description('deep-verify a backup: a mover reads back all (or a sample of) its chunks, decrypts them and checks their ids')
     .requiredOption('--vm <id>', 'the VM')
@@ -95,19 +106,20 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .option('--boot-check <regex>', 'with --restore-test: the sign of life is a serial console line matching this')
     .option('--agent', 'with --restore-test: the sign of life is the guest agent answering guest-ping (with --boot-check: after the line)')
     .option('--restore-timeout <seconds>', 'with --restore-test: how long the booted VM has to show its sign of life (default: the policy\'s, else 300)', restoreTimeout)
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)')
-    .action(guarded(async (opts: { vm: string; group: string; backup?: string; sample?: number; restoreTest?: boolean; bootCheck?: string; agent?: boolean; restoreTimeout?: number; dataDir: string; endpoints?: string }) => {
+    .option('--json', 'print the workflow\'s output as JSON'), defaultDataDir)
+    .action(guarded(async (opts: StackOptions & { vm: string; group: string; backup?: string; sample?: number; restoreTest?: boolean; bootCheck?: string; agent?: boolean; restoreTimeout?: number; json?: boolean }) => {
       if (!opts.restoreTest && (opts.bootCheck || opts.agent || opts.restoreTimeout)) throw new InvalidArgumentError('--boot-check, --agent and --restore-timeout go with --restore-test');
-      const e = await endpoints(opts);
       const bootCheck = opts.bootCheck || opts.agent ? { bootCheck: { ...(opts.bootCheck ? { serial: opts.bootCheck } : {}), ...(opts.agent ? { agent: true } : {}) } } : {};
       const settings = { ...bootCheck, ...(opts.restoreTimeout ? { timeoutSeconds: opts.restoreTimeout } : {}) };
       const input = {
         vmId: opts.vm, moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.sample !== undefined ? { sample: opts.sample } : {}),
         ...(opts.restoreTest ? { restoreTest: Object.keys(settings).length ? settings : true } : {}),
       };
-      const { output, seconds } = await run(e, 'DeepVerify', input, io);
+      const { output, seconds } = await run(opts, 'DeepVerify', input, io);
       const s = output as DeepVerifySummary;
+      const failedTest = s.restoreTest && 'passed' in s.restoreTest && !s.restoreTest.passed;
+      if (s.damaged || failedTest) process.exitCode = EXIT.damaged;
+      if (opts.json) return io.out(JSON.stringify(output, null, 2));
       io.out(`backup ${s.backupId} of VM ${s.vmId}: ${s.chunksChecked} of ${s.chunksTotal} chunks read back (${size(s.bytesRead)}) in ${seconds.toFixed(1)} s: ${s.damaged ? 'DAMAGED' : 'intact'}`);
       const bytes = (r?: { offset: number; length: number }) => (r ? ` bytes ${r.offset}+${r.length}` : '');
       for (const f of s.findings) io.out(`  damaged: disk ${f.diskId} offset ${f.offsets.join(', ') || '-'} ${f.chunkId ? `chunk ${f.chunkId} in ` : ''}object ${f.objectKey}${bytes(f.range)}: ${f.reason}`);
@@ -120,6 +132,5 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
         io.out(`  restore test: ${restoreTestOutcome(test)}${test.domain ? `; ${test.domain} and its folder were removed` : ''} (restore ${test.restoreSeconds.toFixed(1)} s)`);
         if (test.swept.length) io.out(`  removed first, left by a mover that died: ${test.swept.join(', ')}`);
       }
-      if (s.damaged || (test && 'passed' in test && !test.passed)) process.exitCode = 3;
     }));
 }

@@ -1,16 +1,22 @@
 /**
- * What the command line's workflow commands share: the running stack's endpoints (from
- * the file `lifeboat up` writes), starting a workflow by name and waiting for it, and
- * turning failures into one readable line.
+ * The command line's one way to a stack: the embedded stack (its endpoints file, written
+ * by `lifeboat up`) or a deployed one (`--stack NAME`: the CloudFormation stack's outputs,
+ * with the usual AWS profile and region resolution). Workflows start through Step
+ * Functions; listings and details come from the read-only operator API (the embedded
+ * stack's `/api/`, or the `OperatorApiUrl` function URL, signed with SigV4). Nothing here
+ * imports the control plane's modules: the CLI sees what any other client sees.
  */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { CloudFormationClient, DescribeStacksCommand } from '@aws-sdk/client-cloudformation';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { SFNClient, StartExecutionCommand, StopExecutionCommand, type DescribeExecutionCommandOutput } from '@aws-sdk/client-sfn';
+import { Hash } from '@smithy/hash-node';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Catalog } from '../functions/catalog/catalog.ts';
-import { HostConfigCatalog } from '../functions/catalog/host-config-catalog.ts';
-import { runExecution, sfnClient } from '../local/client.ts';
-import { LOCAL_CREDENTIALS, type StackEndpoints } from '../local/stack.ts';
+import { runExecution, waitForExecution } from '../local/client.ts';
+import type { ObjectStore } from '../core/object-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS, S3ObjectStore, s3Client, type S3Endpoint } from '../core/s3-store.ts';
+import type { StackEndpoints } from '../local/stack.ts';
 
 export interface Out {
   out(line: string): void;
@@ -20,21 +26,171 @@ export interface Out {
 export interface StackOptions {
   dataDir: string;
   endpoints?: string;
+  /** A deployed stack's CloudFormation name. */
+  stack?: string;
+  profile?: string;
+  region?: string;
 }
 
-export async function endpoints(opts: StackOptions): Promise<StackEndpoints> {
+/** The options naming the stack, on every command that talks to one. */
+export function stackOptions<C extends { option(flags: string, description: string, defaultValue?: string): C }>(c: C, defaultDataDir: string): C {
+  return c
+    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
+    .option('--endpoints <file>', 'endpoints file of the running embedded stack (default: <data-dir>/endpoints.json)')
+    .option('--stack <name>', 'a deployed stack (its CloudFormation name, e.g. Lifeboat) instead of the embedded one')
+    .option('--profile <name>', 'with --stack: the AWS profile (default: AWS_PROFILE or the default chain)')
+    .option('--region <region>', 'with --stack: the AWS region (default: AWS_REGION or the profile\'s)');
+}
+
+export async function endpoints(opts: Pick<StackOptions, 'dataDir' | 'endpoints'>): Promise<StackEndpoints> {
   const file = opts.endpoints ? resolve(opts.endpoints) : join(resolve(opts.dataDir), 'endpoints.json');
   try {
     return JSON.parse(await readFile(file, 'utf8')) as StackEndpoints;
   } catch (err) {
-    throw new Error(`cannot read the stack's endpoints from ${file} (${(err as Error).message}); start the stack with \`lifeboat up\` first`);
+    throw new Error(`cannot read the stack's endpoints from ${file} (${(err as Error).message}); start the stack with \`lifeboat up\` first, or name a deployed stack with --stack`);
   }
 }
 
-export function machine(e: StackEndpoints, name: string): string {
-  const arn = e.stateMachines?.[name];
-  if (!arn) throw new Error(`the running stack has no ${name} workflow (it has ${Object.keys(e.stateMachines ?? {}).join(', ') || 'none'}); restart it with this version`);
-  return arn;
+/** What the CLI needs of a stack, however it was found. */
+export interface StackInfo {
+  /** For messages: `the embedded stack at <dir>` or `stack Lifeboat in eu-west-1`. */
+  where: string;
+  kind: 'embedded' | 'aws';
+  region: string;
+  stateMachines: Record<string, string>;
+  /** Base URL of the operator API (its paths start with /api/). */
+  api: string;
+  bucket: string;
+  buckets: Record<string, string>;
+}
+
+/** A CloudFormation stack's outputs as the CLI reads them (cdk/lib/lifeboat-stack.ts, operator-api.ts, recovery-workflows.ts). */
+export function stackInfoFromOutputs(name: string, region: string, outputs: Record<string, string>): StackInfo {
+  const need = (key: string) => {
+    const v = outputs[key];
+    if (!v) throw new Error(`stack ${name} has no output ${key}: deploy this version of Lifeboat (\`cdk deploy\`) first`);
+    return v;
+  };
+  const stateMachines = Object.fromEntries(Object.entries(outputs).filter(([k]) => k.endsWith('StateMachineArn')).map(([k, v]) => [k.slice(0, -'StateMachineArn'.length), v]));
+  const bucket = need('RepositoryBucketName');
+  return {
+    where: `stack ${name} in ${region}`, kind: 'aws', region, stateMachines, api: need('OperatorApiUrl').replace(/\/$/, ''), bucket,
+    buckets: outputs.RepositoryBuckets ? JSON.parse(outputs.RepositoryBuckets) as Record<string, string> : { primary: bucket },
+  };
+}
+
+export class StackClient {
+  readonly info: StackInfo;
+  readonly sfn: SFNClient;
+  /**
+   * The stack's repository bucket, for the records movers leave there for a caller to read
+   * while a task runs (the endpoint of an export or an instant recovery: contracts/export-job.ts).
+   */
+  get store(): ObjectStore {
+    this.s3 ??= s3Client(this.s3Settings);
+    return new S3ObjectStore(this.s3, this.info.bucket);
+  }
+  private readonly signer: SignatureV4 | undefined;
+  private readonly s3Settings: S3Endpoint;
+  private s3: S3Client | undefined;
+
+  private constructor(info: StackInfo, sfn: SFNClient, s3Settings: S3Endpoint, signer?: SignatureV4) {
+    this.info = info;
+    this.sfn = sfn;
+    this.s3Settings = s3Settings;
+    this.signer = signer;
+  }
+
+  /** The stack the options name: `--stack` (deployed), else the embedded stack's endpoints file. */
+  static async connect(opts: StackOptions): Promise<StackClient> {
+    if (!opts.stack) {
+      const e = await endpoints(opts);
+      const info: StackInfo = { where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console ?? '', bucket: e.bucket, buckets: e.buckets };
+      const s3 = { region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS };
+      return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }), s3);
+    }
+    const config = { ...(opts.region ? { region: opts.region } : {}), ...(opts.profile ? { profile: opts.profile } : {}) };
+    const cfn = new CloudFormationClient(config);
+    let outputs: Record<string, string>;
+    try {
+      const out = await cfn.send(new DescribeStacksCommand({ StackName: opts.stack }));
+      outputs = Object.fromEntries((out.Stacks?.[0]?.Outputs ?? []).map((o) => [o.OutputKey ?? '', o.OutputValue ?? '']));
+    } catch (err) {
+      throw new Error(`cannot read the outputs of stack ${opts.stack} (${(err as Error).name}: ${(err as Error).message}); check its name, --region and your AWS credentials (--profile)`, { cause: err });
+    } finally {
+      cfn.destroy();
+    }
+    const region = await cfn.config.region();
+    const sfn = new SFNClient(config);
+    const signer = new SignatureV4({ service: 'lambda', region, credentials: sfn.config.credentials, sha256: Hash.bind(null, 'sha256') });
+    const info = stackInfoFromOutputs(opts.stack, region, outputs);
+    return new StackClient(info, sfn, { region, ...(opts.profile ? { profile: opts.profile } : {}) }, signer);
+  }
+
+  workflowArn(name: string): string {
+    const arn = this.info.stateMachines[name];
+    if (!arn) throw new Error(`${this.info.where} has no ${name} workflow (it has ${Object.keys(this.info.stateMachines).join(', ') || 'none'}); ${this.info.kind === 'aws' ? 'deploy' : 'restart it with'} this version`);
+    return arn;
+  }
+
+  /** Starts `workflow` with `input`, calls `onPoll` while it runs, and returns its output; a failed execution throws with its error and cause. */
+  async runWorkflow(workflow: string, input: Record<string, unknown>, opts: { onPoll?: (executionName: string, seconds: number) => void | Promise<void>; pollMs?: number } = {}) {
+    const started = Date.now();
+    let name = '';
+    const d = await runExecution(this.sfn, this.workflowArn(workflow), input, {
+      pollMs: opts.pollMs ?? 500,
+      onStarted: (arn) => { name = arn.split(':').pop()!; },
+      onPoll: () => opts.onPoll?.(name, (Date.now() - started) / 1000),
+    });
+    if (d.status !== 'SUCCEEDED') throw new Error(`${workflow} ${d.status}: ${d.error ?? ''}: ${lambdaMessage(d.cause ?? '')}`);
+    return { output: JSON.parse(d.output ?? 'null') as unknown, seconds: (Date.now() - started) / 1000, executionArn: d.executionArn!, name };
+  }
+
+  /** Starts `workflow` under the execution name `name` and returns its ARN, for a caller that watches it itself. */
+  async start(workflow: string, name: string, input: Record<string, unknown>): Promise<string> {
+    const { executionArn } = await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.workflowArn(workflow), name, input: JSON.stringify(input) }));
+    return executionArn!;
+  }
+
+  /** The ARN of `workflow`'s execution named `name`. */
+  executionArn(workflow: string, name: string): string {
+    return `${this.workflowArn(workflow).replace(':stateMachine:', ':execution:')}:${name}`;
+  }
+
+  /** Waits until an execution stops; returns its final description. */
+  waitFor(executionArn: string, pollMs = 500): Promise<DescribeExecutionCommandOutput> {
+    return waitForExecution(this.sfn, executionArn, { pollMs });
+  }
+
+  async stop(executionArn: string, cause: string): Promise<void> {
+    await this.sfn.send(new StopExecutionCommand({ executionArn, cause }));
+  }
+
+  /** A request to the operator API; a 404 throws its message (it names the thing and what to do). */
+  async request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+    if (!this.info.api) throw new Error(`${this.info.where} has no operator API (its endpoints file predates it): restart it with \`lifeboat up\``);
+    const url = new URL(`${this.info.api}${path}`);
+    let headers: Record<string, string> = { accept: 'application/json', ...(body === undefined ? {} : { 'content-type': 'application/json' }) };
+    const text = body === undefined ? undefined : JSON.stringify(body);
+    if (this.signer) {
+      const query = Object.fromEntries(url.searchParams);
+      const signed = await this.signer.sign({ method, protocol: url.protocol, hostname: url.hostname, ...(url.port ? { port: Number(url.port) } : {}), path: url.pathname, query, headers: { ...headers, host: url.host }, ...(text ? { body: text } : {}) });
+      headers = signed.headers as Record<string, string>;
+    }
+    const res = await fetch(url, { method, headers, ...(text ? { body: text } : {}), signal: AbortSignal.timeout(60_000) });
+    const answer = await res.json().catch(() => ({ message: `the operator API at ${this.info.api} answered ${res.status} without JSON` })) as { message?: string };
+    if (!res.ok) throw new Error(answer.message ?? `the operator API answered ${res.status} for ${path}`);
+    return answer as T;
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.request<T>('GET', path);
+  }
+
+  close(): void {
+    this.sfn.destroy();
+    this.s3?.destroy();
+  }
 }
 
 /** A Lambda failure's cause is `{ errorType, errorMessage }` JSON: show the message. */
@@ -46,32 +202,6 @@ export function lambdaMessage(cause: string): string {
     // not JSON: a mover's or a Fail state's cause, shown as is
   }
   return cause;
-}
-
-/** Starts `workflow` with `input`, shows progress, and returns its output; a failed execution throws with its error and cause. */
-export async function runWorkflow(e: StackEndpoints, workflow: string, input: Record<string, unknown>, io: Out) {
-  const started = Date.now();
-  const d = await runExecution(sfnClient(e), machine(e, workflow), input, {
-    pollMs: 500,
-    onPoll: () => io.status?.(`${workflow} running… ${Math.round((Date.now() - started) / 1000)} s`),
-  });
-  if (d.status !== 'SUCCEEDED') throw new Error(`${workflow} ${d.status}: ${d.error ?? ''}: ${lambdaMessage(d.cause ?? '')}`);
-  return { output: JSON.parse(d.output ?? 'null') as unknown, seconds: (Date.now() - started) / 1000, executionArn: d.executionArn! };
-}
-
-function stackTable(e: StackEndpoints): DynamoDBDocumentClient {
-  const db = new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS });
-  return DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } });
-}
-
-/** The catalog of a running embedded stack (the operator's view; movers never get this). */
-export function stackCatalog(e: StackEndpoints): Catalog {
-  return new Catalog(stackTable(e), e.table);
-}
-
-/** The host configuration records of a running embedded stack (the operator's view; movers never get this). */
-export function stackHostConfigs(e: StackEndpoints): HostConfigCatalog {
-  return new HostConfigCatalog(stackTable(e), e.table);
 }
 
 /** The address a connection was refused at, anywhere in the error (its causes, an AggregateError's errors). */
@@ -89,9 +219,12 @@ export function refusedAt(err: unknown, depth = 0): string | undefined {
 /** A command's failure in one line: what failed, why, and what to do. */
 export function describeFailure(err: unknown): string {
   const at = refusedAt(err);
-  if (at) return `the embedded stack is not running at ${at} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints)`;
+  if (at) return `the embedded stack is not running at ${at} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints, or a deployed stack with --stack)`;
   return (err as Error)?.message ?? String(err);
 }
+
+/** Exit codes (README, "Exit codes"): 0 done, 1 failed (or a listed failure), 2 usage, 3 damage or a failed restore test. */
+export const EXIT = { ok: 0, failed: 1, usage: 2, damaged: 3 } as const;
 
 /** Runs a command's body; a failure prints its message (no stack) and exits 1. */
 export const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => async (...args: A) => {
@@ -99,6 +232,6 @@ export const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) 
     await fn(...args);
   } catch (err) {
     process.stderr.write(`lifeboat: ${describeFailure(err)}\n`);
-    process.exitCode = 1;
+    process.exitCode = EXIT.failed;
   }
 };

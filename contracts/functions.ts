@@ -49,6 +49,8 @@ export const lambdaFunctions = {
   PlanExport: { entry: 'functions/export/export.ts', handler: 'planHandler' },
   RecordHostConfig: { entry: 'functions/host-config/host-config.ts', handler: 'recordHandler' },
   SummarizeHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'summarizeHandler' },
+  OperatorApi: { entry: 'functions/operator/api.ts', handler: 'handler' },
+  PlanFiles: { entry: 'functions/files/files.ts', handler: 'planHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

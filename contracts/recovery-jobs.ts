@@ -258,6 +258,8 @@ export type RecoveryTask =
   /** Serve a backup's disks over NBD until idle or stopped (contracts/export-job.ts; `export` is unknown input until parsed). */
   | { task: 'export'; export: ExportJob }
   /** Instant recovery of a whole VM (RestoreJob with `define` and `instant`). */
-  | { task: 'instantRecover'; restore: RestoreJob };
+  | { task: 'instantRecover'; restore: RestoreJob }
+  /** List or extract files of a backup's disk (contracts/files-job.ts; `files` is unknown input until parsed). */
+  | { task: 'files'; files: unknown };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export', 'instantRecover'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export', 'instantRecover', 'files'];

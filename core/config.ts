@@ -187,7 +187,15 @@ const configSchema = z.object({
   policies: z.array(policy),
   /** Workflow-wide limits: VMs of one run backed up at once (hosts' slots still apply). */
   backup: z.object({ vmConcurrency: count(1000).optional(), dispatchConcurrency: count(256).optional() }).strict().optional(),
-  notifications: z.object({ emails: z.array(z.email({ error: 'must be an email address' })) }).strict().optional(),
+  /**
+   * Who hears of alerts: `emails` subscribe to the alarm topic (AWS); `webhook.url` gets a
+   * JSON POST per new alert from the embedded stack (damage, VM past its RPO, silent mover
+   * group, failed run; local/alert-notifier.ts), checked every `webhook.checkSeconds` (default 60).
+   */
+  notifications: z.object({
+    emails: z.array(z.email({ error: 'must be an email address' })).optional(),
+    webhook: z.object({ url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }), checkSeconds: count(86_400).optional() }).strict().optional(),
+  }).strict().optional(),
   /** When the Discover workflow inventories the libvirt hosts (default: hourly, when there is a libvirt host). */
   discovery: z.object({ schedule }).strict().optional(),
   /**

@@ -27,6 +27,7 @@ import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
 import { startSfnApi } from './sfn-api.ts';
+import { startOperator } from './operator.ts';
 import { resolveQuotas, type StepFunctionsQuotas } from './quotas.ts';
 
 export const LOCAL_CREDENTIALS = LOCAL_ENDPOINT_CREDENTIALS;
@@ -38,7 +39,9 @@ export interface EmbeddedStackOptions {
   /** The deployment configuration (default: loadConfig(), i.e. lifeboat.config.json or $LIFEBOAT_CONFIG). */
   config?: LifeboatConfig;
   /** 0 picks free ports. */
-  ports?: { dynamodb?: number; s3?: number; sfn?: number };
+  ports?: { dynamodb?: number; s3?: number; sfn?: number; console?: number };
+  /** Told of each alert delivered to (or failing to reach) the configured webhook (local/alert-notifier.ts). */
+  onAlert?: (event: string, fields: Record<string, unknown>) => void;
   /**
    * Told when the repository key file changes while the stack runs: the problem (a
    * Stack.Unavailable naming the file and what to do) when the new file does not open the
@@ -70,6 +73,8 @@ export interface StackEndpoints {
   dynamodb: string;
   s3: string;
   sfn: string;
+  /** The operator endpoint: the web console, and the read-only API under /api/ (local/console/server.ts). */
+  console: string;
   table: string;
   bucket: string;
   /** The bucket of every configured repository, by repository id (the first is `bucket`). */
@@ -205,9 +210,14 @@ export class EmbeddedStack {
       if (reconcileArn) await reconcileStoppedRuns(executions, backup.arn, reconcileArn);
       const api = await startSfnApi({ port: opts.ports?.sfn ?? 0, broker, executions });
       closers.push(() => api.close());
+      const operator = await startOperator({
+        dataDir, config, catalog, db, s3, bucket: REPOSITORY_BUCKET, sfn: api.url, backupStateMachineArn: backup.arn, template, port: opts.ports?.console ?? 0,
+        ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
+      });
+      closers.push(() => operator.close());
 
       const endpoints: StackEndpoints = {
-        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, repositories, keyFile,
+        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, console: operator.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, repositories, keyFile,
         backupStateMachineArn: backup.arn, activities: template.activities,
         // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
         stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),

@@ -19,7 +19,8 @@
  *     path style, checksums: contracts/endpoints.ts), never credentials; an endpoint not listed uses the
  *     default credential chain (the group's role).
  *   LIFEBOAT_MOVER_GROUP (default: from the activity ARN), LIFEBOAT_BUCKET (repository bucket it registers in; unset = no registration)
- *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
+ *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_PROGRESS_SECONDS (how often a disk
+ *   transfer writes its progress object, contracts/progress.ts; default 5), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
  *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, restore tests' throwaway folders, pool restores' records and raw copies; default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
  *   LIFEBOAT_NBD_TLS_DIR    folder of the TLS credentials for reading hosts' TCP exports with TLS (`exports.tls`):
@@ -219,7 +220,7 @@ const nbdTls = nbdTlsDir ? await loadTlsCredentials(nbdTlsDir).catch((err: Error
   process.exit(2);
 }) : undefined;
 const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
-const handler = taskHandler({ drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, workDir });
+const handler = taskHandler({ drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, workDir, moverName: name, progressEveryMs: positiveInt('LIFEBOAT_PROGRESS_SECONDS', '5') * 1000 });
 const worker = new MoverWorker({
   sfn,
   activityArn,

@@ -2,9 +2,9 @@
 import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { isDiscoverTask } from '../contracts/discovery.ts';
 import { isHostConfigTask } from '../contracts/host-config.ts';
-import { BadTaskInput } from '../contracts/errors.ts';
+import { BadTaskInput, parseTaskInput } from '../contracts/errors.ts';
 import { keys as objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
-import type { MoverTask } from '../contracts/jobs.ts';
+import { moverTask, type MoverTask } from '../contracts/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../contracts/recovery-jobs.ts';
 import { runDiscoverTask } from './discover.ts';
@@ -12,6 +12,7 @@ import { runHostConfigTask } from './host-config.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
 import type { DriverFor } from './sources/drivers.ts';
+import { ProgressReporter } from './progress-reporter.ts';
 import type { Logger, TaskHandler } from './worker.ts';
 import type { IndexCache } from '../repository/repository-index.ts';
 
@@ -27,13 +28,18 @@ export interface TaskDeps {
   packBytes?: number;
   /** The mover's work folder (LIFEBOAT_WORK_DIR): restore tests run under it; restores into a storage pool keep their records and raw copies there. */
   workDir: string;
+  /** This mover's name, written into progress objects (contracts/progress.ts). */
+  moverName?: string;
+  /** How often a DispatchDisk task writes its progress object (default 5 s). */
+  progressEveryMs?: number;
 }
 
 /**
  * The task kinds this mover runs, announced in its registration (mover/registration.ts).
- * Keep it in step with the `switch` below when adding a kind (recovery kinds come from contracts/recovery-jobs.ts).
+ * The Backup workflow's kinds come from contracts/jobs.ts's `moverTask`, recovery kinds from contracts/recovery-jobs.ts.
  */
-export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', 'discover', 'hostConfig', ...recoveryTaskNames];
+const BACKUP_TASK_KINDS: readonly string[] = moverTask.options.map((o) => o.shape.task.value);
+export const TASK_KINDS: readonly string[] = [...BACKUP_TASK_KINDS, 'discover', 'hostConfig', ...recoveryTaskNames];
 
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
@@ -43,8 +49,9 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     if (isDiscoverTask(raw)) return runDiscoverTask(raw, deps.drivers, ctx.signal);
     // A host's networks, pools and domain definitions, sealed into the repository (mover/host-config.ts validates it).
     if (isHostConfigTask(raw)) return runHostConfigTask(raw, deps, ctx);
-    const t = raw as MoverTask;
-    if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
+    const kind = (raw as { task?: unknown } | null)?.task;
+    if (typeof kind !== 'string' || !BACKUP_TASK_KINDS.includes(kind)) throw new BadTaskInput(`unknown task '${String(kind)}'; this mover knows ${TASK_KINDS.join(', ')}`);
+    const t: MoverTask = parseTaskInput(`${kind} task`, moverTask, raw);
     switch (t.task) {
       case 'snapshot': {
         const driver = deps.drivers(t.job.hypervisor);
@@ -68,26 +75,35 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         const { store, keys, index } = await deps.repository(t.job.repository);
         const reader = await deps.drivers(t.job.hypervisor).openDisk(t.disk);
         let lastLog = 0;
+        const reporter = new ProgressReporter({
+          store, logger: deps.logger, everyMs: deps.progressEveryMs ?? 5000,
+          task: { vmId: t.job.vmId, backupId: t.job.backupId, diskId: t.disk.diskId, ...(t.segment ? { segment: t.segment.index } : {}), mover: deps.moverName ?? 'mover', bytesTotal: t.segment?.length ?? t.disk.sizeBytes },
+        });
+        await reporter.start();
         try {
-          return await backupDisk({
+          const result = await backupDisk({
             store, keys, reader, disk: t.disk, backupId: t.job.backupId, chunkSize: t.job.repository.chunkSize,
             parentManifestKey: t.job.parentManifests[t.disk.diskId], parentBackupId: t.job.parentBackupId,
             ...(t.job.healChunks?.length ? { healChunks: new Set(t.job.healChunks) } : {}),
             parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal, ...(deps.packBytes ? { packBytes: deps.packBytes } : {}), ...(index ? { index: () => index.refresh() } : {}),
             onProgress: (p) => {
               ctx.progress();
+              reporter.update(p.bytesScanned, p.bytesStored);
               const now = performance.now();
               if (now - lastLog < 250 && p.bytesScanned < p.sizeBytes) return;
               lastLog = now;
               deps.logger.info('dispatch.progress', { vmId: t.job.vmId, diskId: t.disk.diskId, ...(t.segment ? { segment: t.segment.index } : {}), ...p });
             },
           });
+          await reporter.finish('done');
+          return result;
+        } catch (err) {
+          await reporter.finish('failed');
+          throw err;
         } finally {
           await reader.close();
         }
       }
-      default:
-        throw new BadTaskInput(`unknown task '${(t as { task?: unknown }).task}'; this mover knows ${TASK_KINDS.join(', ')}`);
     }
   };
 }

@@ -196,7 +196,7 @@ describe('mover identity', () => {
       const by = (action: string) => s3.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat());
       // Not keys/ (the repository key is written at deploy) nor releases/ (only the publisher writes releases);
       // chunks/ only for replicating format-1 backups (backups write packs); host-config/ is written, never read back, by movers.
-      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'exports/'].map((p) => objectArn(b, p))));
+      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/', 'exports/'].map((p) => objectArn(b, p))));
       expect(by('s3:GetObject'), g.id).toEqual(buckets.flatMap((b) => ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'].map((p) => objectArn(b, p))));
       // The whole bucket, no s3:prefix condition: a missing object must be a 404, not a 403 (cdk/lib/mover-identity.ts).
       expect(by('s3:ListBucket'), g.id).toEqual(buckets.map((b) => ({ 'Fn::GetAtt': [b, 'Arn'] })));
@@ -232,6 +232,8 @@ describe('Lambda functions', () => {
         ...(access.repository?.write?.length ? ['s3:PutObject', 'kms:GenerateDataKey'] : []),
         ...(access.repository?.delete?.length ? ['s3:DeleteObject'] : []),
         ...(access.repository?.list ? ['s3:ListBucket'] : []),
+        ...(access.repository?.retention?.read?.length ? ['s3:GetObjectRetention', 's3:GetBucketObjectLockConfiguration'] : []),
+        ...(access.repository?.retention?.extend?.length ? ['s3:PutObjectRetention'] : []),
         ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
         ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),
       ]);
@@ -351,7 +353,7 @@ describe('alarms and dashboard', () => {
     for (const a of alarms()) expect(a.AlarmActions).toEqual([topic()]);
     expect(resources[lid(stack.monitoring.topic)]!.Properties.KmsMasterKeyId).toBeDefined();
     const subs = ofType('AWS::SNS::Subscription').map(([, s]) => s.Properties);
-    expect(subs.map((s) => s.Endpoint).sort()).toEqual([...config.notifications!.emails].sort());
+    expect(subs.map((s) => s.Endpoint).sort()).toEqual([...(config.notifications!.emails ?? [])].sort());
     for (const s of subs) expect(s).toMatchObject({ Protocol: 'email', TopicArn: topic() });
     const policy = ofType('AWS::SNS::TopicPolicy')[0]![1].Properties.PolicyDocument.Statement as Statement[];
     expect(policy).toEqual(expect.arrayContaining([expect.objectContaining({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]));

@@ -67,7 +67,7 @@ describe('the command line', () => {
     await writeFile(endpoints, JSON.stringify({ region: 'us-east-1', sfn: url, dynamodb: url, s3: url, table: 't', bucket: 'b', stateMachines: { Backup: 'arn:aws:states:us-east-1:000000000000:stateMachine:Backup' } }));
     const r = await cli(['backup', 'p', '--endpoints', endpoints]);
     expect(r.code).toBe(1);
-    expect(r.stderr.trim()).toBe(`lifeboat: the embedded stack is not running at ${url} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints)`);
+    expect(r.stderr.trim()).toBe(`lifeboat: the embedded stack is not running at ${url} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints, or a deployed stack with --stack)`);
   });
 
   it('finds a refused connection inside an AggregateError (both loopback addresses refused)', () => {

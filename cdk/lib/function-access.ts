@@ -23,7 +23,7 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
  * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts).
  */
-export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/';
+export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -79,6 +79,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestoreFailure: { catalog: ['PutItem'] },
   // With a restore test: the VM's host (its libvirt URI and group) and, for everyDays, its backups' last restore test.
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  PlanFiles: { catalog: ['GetItem', 'Query'] },
   // Scan: the backups damaged through chunks a healed backup shares (recovery/shared-damage.ts).
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem', 'Scan'] },
   // The restore test's outcome on the backup (UpdateItem) and in the verification's record (PutItem).
@@ -118,6 +119,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   SummarizeHostConfigBackup: {},
   PlanExport: { catalog: ['GetItem', 'Query'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
+  // The operator's read model: every read of the catalog (VM, backup, run, policy listings), mover records and progress objects.
+  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, timeoutSeconds: 30 },
 };
 
 /** The resources a function's access is granted on. */

@@ -23,6 +23,7 @@ import { DiscoverWorkflow } from './discover-workflow.ts';
 import { HostConfigBackupWorkflow } from './host-config-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
+import { OperatorApi } from './operator-api.ts';
 import { MoverIdentity } from './mover-identity.ts';
 import { acknowledge, arnWildcardFinding } from './nag.ts';
 import { RepositoryStorage } from './repository-storage.ts';
@@ -108,7 +109,7 @@ export class LifeboatStack extends Stack {
       acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN.',
         'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
       acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
-        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
       functions[fid] = f;
     }
     this.functions = functions;
@@ -165,6 +166,9 @@ export class LifeboatStack extends Stack {
     acknowledge(provider, 'The custom resource provider framework (aws-cdk-lib) writes only its own logs (AWS managed basic execution role) and may invoke only the OnDeploy function, in any version (hence :*).',
       'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', arnWildcardFinding(functions.OnDeploy, ':*'));
 
+    // --- the read-only operator API (lifeboat --stack, consoles) ----------------------------
+    new OperatorApi(this, 'Operator', { fn: functions.OperatorApi, bucket: this.bucket, backup: this.backup.stateMachine });
+
     // --- alarms and dashboard: keep this after every workflow (it covers all state machines) ----
     this.monitoring = new Monitoring(this, 'Monitoring', {
       config, metricsNamespace: metricsNamespace(this.stackName), serviceName: SERVICE_NAME,
@@ -177,6 +181,8 @@ export class LifeboatStack extends Stack {
     new CfnOutput(this, 'BackupStateMachineArn', { value: this.backup.stateMachine.stateMachineArn });
     new CfnOutput(this, 'DiscoverStateMachineArn', { value: this.discover.stateMachine.stateMachineArn });
     new CfnOutput(this, 'HostConfigBackupStateMachineArn', { value: this.hostConfigBackup.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'ReconcileStateMachineArn', { value: this.reconcile.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'RepositoryBuckets', { value: this.toJsonString(buckets), description: 'Bucket per repository id (JSON): `lifeboat --stack` reads DR restore points with it' });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.monitoring.topic.topicArn });
     new CfnOutput(this, 'DashboardName', { value: this.monitoring.dashboard.dashboardName });
     for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn, description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN` });

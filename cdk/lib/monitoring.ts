@@ -27,7 +27,13 @@
  *   verification itself succeeds). The event `Lifeboat Restore Test Failed` names the test.
  * - **Host configuration backup failed**: SummarizeHostConfigBackup's
  *   `HostConfigBackupHostsFailed` ≥ 1 (the execution succeeds with the other hosts).
+ * - **Backup damaged**: an EventBridge rule sends each `Lifeboat Backup Damaged` event
+ *   (DeepVerify found damage; the execution itself succeeds) to the topic, its message
+ *   naming the backup, the first damaged object and why.
  */
+import * as events from 'aws-cdk-lib/aws-events';
+import * as eventTargets from 'aws-cdk-lib/aws-events-targets';
+import { BACKUP_DAMAGED_EVENT } from './deep-verify-workflow.ts';
 import { Duration, Stack } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
@@ -77,6 +83,18 @@ export class Monitoring extends Construct {
     }));
     this.topic = new sns.Topic(this, 'Alarms', { displayName: 'Lifeboat alarms', masterKey: key, enforceSSL: true });
     for (const email of props.config.notifications?.emails ?? []) this.topic.addSubscription(new subs.EmailSubscription(email));
+    // Damage a deep verification found is an event, not a metric: a rule sends it to the topic as it is put.
+    key.addToResourcePolicy(new iam.PolicyStatement({
+      actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+      principals: [new iam.ServicePrincipal('events.amazonaws.com')],
+      resources: ['*'],
+      conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
+    }));
+    new events.Rule(this, 'BackupDamaged', {
+      description: 'Lifeboat: a deep verification found a backup damaged; notify the alarm topic',
+      eventPattern: { source: [BACKUP_DAMAGED_EVENT.source], detailType: [BACKUP_DAMAGED_EVENT.detailType] },
+      targets: [new eventTargets.SnsTopic(this.topic, { message: events.RuleTargetInput.fromEventPath('$.detail.message') })],
+    });
     const action = new actions.SnsAction(this.topic);
     const alarm = (name: string, a: cloudwatch.AlarmProps) => {
       const created = new cloudwatch.Alarm(this, name, a);

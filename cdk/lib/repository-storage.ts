@@ -66,6 +66,8 @@ export class RepositoryStorage extends Construct {
         : {}),
       lifecycleRules: [
         { id: 'AbortIncompleteUploads', abortIncompleteMultipartUploadAfter: Duration.days(7) },
+        // Movers' transfer progress (contracts/progress.ts) is for watching a run, not for keeping.
+        { id: 'ExpireProgress', prefix: 'progress/', expiration: Duration.days(1) },
         // Garbage collection and pruning delete current versions; the old ones go after a grace period
         // (never before an Object Lock retention ends: S3 does not expire locked versions).
         { id: 'ExpireOldVersions', noncurrentVersionExpiration: Duration.days(props.noncurrentVersionDays ?? 30), expiredObjectDeleteMarker: true },

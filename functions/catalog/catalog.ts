@@ -114,6 +114,8 @@ export interface Backup {
   consistency?: Consistency;
   /** The latest restore test of this backup. */
   restoreTest?: RestoreTest;
+  /** The latest deep verification that found the backup intact (recovery-catalog.ts markVerified). */
+  verified?: { verifyId: string; at: string; chunksChecked: number; chunksTotal: number };
   error?: { Error: string; Cause: string };
 }
 
@@ -427,6 +429,11 @@ export class Catalog {
   /** The backups still recorded `running`, of run `runId` or of every run (a Scan: read once per reconcile or collection). */
   async runningBackups(runId?: string): Promise<Backup[]> {
     return this.scanBackups(`#s = :running${runId ? ' AND runId = :r' : ''}`, { ':running': 'running', ...(runId ? { ':r': runId } : {}) });
+  }
+
+  /** Every backup a run made or is making, whatever its status (a Scan: the operator's view of one run). */
+  backupsOfRun(runId: string): Promise<Backup[]> {
+    return this.scanBackups('runId = :r', { ':r': runId });
   }
 
   /** Every backup's status by backup id (a Scan: garbage collection reads it once). */

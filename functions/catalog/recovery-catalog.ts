@@ -3,7 +3,7 @@
  * changes they make (committed → damaged, committed → pruning → gone). Same table and
  * backup keys as `catalog.ts`; every status change is a conditional write.
  */
-import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
@@ -185,6 +185,33 @@ export class RecoveryCatalog {
     if (!out.Item) return undefined;
     const { pk: _pk, sk: _sk, ...rest } = out.Item;
     return rest as ReplicaRecord;
+  }
+
+  /** Records on a backup (if it still exists) that a deep verification found it intact. */
+  async markVerified(vmId: string, backupId: string, verified: { verifyId: string; at: string; chunksChecked: number; chunksTotal: number }): Promise<void> {
+    try {
+      await this.db.send(new UpdateCommand({
+        TableName: this.table, Key: backupKey(vmId, backupId), UpdateExpression: 'SET verified = :v',
+        ConditionExpression: 'attribute_exists(pk)', ExpressionAttributeValues: { ':v': verified },
+      }));
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
+  }
+
+  /** The VM's backups complete in the repository `bucket`, newest first. */
+  async listReplicas(vmId: string, bucket: string): Promise<ReplicaRecord[]> {
+    const out: ReplicaRecord[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.db.send(new QueryCommand({
+        TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :r)',
+        ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':r': `REPLICA#${bucket}#` }, ScanIndexForward: false, ConsistentRead: true, ExclusiveStartKey: start,
+      }));
+      for (const { pk: _pk, sk: _sk, ...rest } of page.Items ?? []) out.push(rest as ReplicaRecord);
+      start = page.LastEvaluatedKey;
+    } while (start);
+    return out;
   }
 
   /** The VM's newest backup complete in the repository `bucket` (backup ids sort by time), if any. */

@@ -13,14 +13,14 @@ import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
 import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../../contracts/restore-test.ts';
-import { locationKey, type RepositoryLocation } from '../../contracts/endpoints.ts';
+import { locationKey, repositoryLocation } from '../../contracts/endpoints.ts';
 import { chunkIdOfKey } from '../../repository/format.ts';
 import { isConditionFailed, type Backup, type Catalog, type Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { restoreTestMetrics } from '../../contracts/metric-names.ts';
-import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
+import { caughtError } from '../../contracts/errors.ts';
 import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { healShared } from '../recovery/shared-damage.ts';
 import type { DeepVerifySummary, RestoreTestOutcome } from '../../contracts/workflow-outputs.ts';
@@ -166,6 +166,7 @@ export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyIn
     const marked = await deps.recovery.markDamaged(input.vmId, input.backupId, { verifyId: input.verifyId, foundAt: at, findings });
     if (!marked) summary.event.message += ' (the backup was no longer committed, so its catalog status is unchanged)';
   }
+  if (findings.length === 0) await deps.recovery.markVerified(input.vmId, input.backupId, { verifyId: input.verifyId, at, chunksChecked: summary.chunksChecked, chunksTotal: summary.chunksTotal });
   // Only a full verification proves every chunk intact; a sample may have missed the damaged ones.
   if (findings.length === 0 && summary.chunksChecked === summary.chunksTotal) {
     const was = await deps.recovery.markHealthy(input.vmId, input.backupId, { verifyId: input.verifyId, healedAt: at });

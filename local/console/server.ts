@@ -1,0 +1,157 @@
+/**
+ * The embedded stack's operator endpoint: the read-only API (functions/operator/api.ts,
+ * the same router the `OperatorApi` Lambda function answers with in AWS) under `/api/`,
+ * the web console's pages (pages.ts), and the console's actions: start a backup, a deep
+ * verification or a restore (Step Functions StartExecution on the stack's own workflows).
+ * `POST /api/vms` adds a VM to the inventory (`lifeboat vm add`; the embedded stack only:
+ * in AWS VMs come from discovery and the configuration).
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
+import type { Catalog } from '../../functions/catalog/catalog.ts';
+import type { AlertDeps } from '../../functions/operator/alerts.ts';
+import { answer } from '../../functions/operator/api.ts';
+import { currentAlerts } from '../../functions/operator/alerts.ts';
+import { listBackups, listPolicies, listRestorePoints, listRuns, listVms, runDetail } from '../../functions/operator/views.ts';
+import * as pages from './pages.ts';
+
+export type ConsoleWorkflow = 'Backup' | 'Restore' | 'DeepVerify';
+
+export interface ConsoleServerOptions {
+  port: number;
+  deps: AlertDeps;
+  catalog: Pick<Catalog, 'getVm' | 'getHost' | 'putVm'>;
+  /** The mover groups of the configuration (restore and verify run on one). */
+  groups: string[];
+  start(workflow: ConsoleWorkflow, input: Record<string, unknown>): Promise<{ name: string }>;
+  describe(workflow: ConsoleWorkflow, name: string): Promise<{ status: string; output?: string; error?: string; cause?: string } | undefined>;
+}
+
+class BadRequest extends Error {}
+const MAX_BODY = 64 * 1024;
+
+async function body(req: IncomingMessage): Promise<string> {
+  let text = '';
+  for await (const chunk of req) {
+    text += String(chunk);
+    if (text.length > MAX_BODY) throw new BadRequest(`the request body is over ${MAX_BODY} bytes`);
+  }
+  return text;
+}
+
+export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url: string; close(): Promise<void> }> {
+  const send = (res: ServerResponse, status: number, type: string, text: string) => {
+    res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+    res.end(text);
+  };
+  const html = (res: ServerResponse, page: string, status = 200) => send(res, status, 'text/html; charset=utf-8', page);
+  const json = (res: ServerResponse, status: number, v: unknown) => send(res, status, 'application/json', JSON.stringify(v));
+  const field = (form: URLSearchParams, name: string) => {
+    const v = form.get(name)?.trim();
+    if (!v) throw new BadRequest(`the form has no ${name}`);
+    return v;
+  };
+
+  async function action(what: string, form: URLSearchParams): Promise<string> {
+    const backup = form.get('backupId') ? { backupId: form.get('backupId') } : {};
+    if (what === 'backup') {
+      const { name } = await o.start('Backup', { policyId: field(form, 'policyId') });
+      return `/runs/${encodeURIComponent(name)}`;
+    }
+    const vmId = field(form, 'vmId');
+    const moverGroup = field(form, 'group');
+    if (!o.groups.includes(moverGroup)) throw new BadRequest(`mover group '${moverGroup}' is not in the configuration (it has ${o.groups.join(', ')})`);
+    if (what === 'verify') {
+      const { name } = await o.start('DeepVerify', { vmId, moverGroup, ...backup });
+      return `/executions/DeepVerify/${encodeURIComponent(name)}`;
+    }
+    if (what === 'restore') {
+      const target = field(form, 'target');
+      if (!target.startsWith('/')) throw new BadRequest(`the restore target '${target}' is not an absolute path on the mover`);
+      const { name } = await o.start('Restore', { vmId, moverGroup, target: resolve(target), ...backup });
+      return `/executions/Restore/${encodeURIComponent(name)}`;
+    }
+    throw new BadRequest(`no action '${what}': the console starts backup, verify and restore`);
+  }
+
+  async function addVm(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
+    const v = JSON.parse(await body(req)) as { vmId?: unknown; host?: unknown; source?: unknown; datastores?: unknown };
+    if (typeof v.vmId !== 'string' || typeof v.host !== 'string' || typeof v.source !== 'string') throw new BadRequest('a VM needs { "vmId", "host", "source" } (strings)');
+    const host = await o.catalog.getHost(v.host);
+    if (!host) return { status: 404, body: { error: 'NotFound', message: `host '${v.host}' is not in the configuration: add it to "hosts" and to a mover group, then restart the stack` } };
+    const datastores = Array.isArray(v.datastores) && v.datastores.length ? { datastores: v.datastores.map(String) } : {};
+    await o.catalog.putVm({ vmId: v.vmId, host: v.host, source: v.source, ...datastores });
+    return { status: 200, body: { vmId: v.vmId, host: v.host, moverGroup: host.moverGroup } };
+  }
+
+  async function page(path: string[]): Promise<string | undefined> {
+    const d = o.deps;
+    const [what, id, name] = path;
+    if (!what) {
+      const [alerts, runs, policies, vms, movers] = await Promise.all([currentAlerts(d), listRuns(d, 10), listPolicies(d), listVms(d), d.movers()]);
+      return pages.layout('Overview', `<h2>Alerts</h2>${pages.alertsSection(alerts)}<h2>Runs</h2>${pages.runsTable(runs)}<h2>Policies</h2>${pages.policiesTable(policies)}<h2>VMs</h2>${pages.vmsTable(vms)}<h2>Movers</h2>${pages.moversTable(movers)}`,
+        runs.some((r) => r.status === 'RUNNING') ? { refreshSeconds: 2 } : {});
+    }
+    if (what === 'vms' && !id) return pages.layout('VMs', pages.vmsTable(await listVms(d)));
+    if (what === 'vms' && id) {
+      const backups = await listBackups(id, d);
+      if (!backups) return undefined;
+      const vm = await o.catalog.getVm(id);
+      const group = vm ? (await o.catalog.getHost(vm.host))?.moverGroup : undefined;
+      return pages.vmPage(id, backups, o.groups, group);
+    }
+    if (what === 'runs' && !id) return pages.layout('Runs', pages.runsTable(await listRuns(d, 50)));
+    if (what === 'runs' && id) {
+      const run = await runDetail(id, d);
+      return run ? pages.runPage(run) : undefined;
+    }
+    if (what === 'restore-points') return pages.layout('Restore points (DR repositories)', pages.restorePointsTable(await listRestorePoints(d)));
+    if (what === 'movers') return pages.layout('Movers', pages.moversTable(await d.movers()));
+    if (what === 'alerts') return pages.layout('Alerts', pages.alertsSection(await currentAlerts(d)));
+    if (what === 'executions' && (id === 'Restore' || id === 'DeepVerify') && name) {
+      const e = await o.describe(id, name);
+      return e ? pages.executionPage(id, name, e) : undefined;
+    }
+    return undefined;
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://console');
+    const path = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+    try {
+      if (path[0] === 'api') {
+        if (req.method === 'POST' && url.pathname === '/api/vms') {
+          const a = await addVm(req);
+          return json(res, a.status, a.body);
+        }
+        if (req.method !== 'GET') return json(res, 405, { error: 'MethodNotAllowed', message: 'the operator API is read-only (POST /api/vms adds a VM)' });
+        const a = await answer(url.pathname, url.searchParams, o.deps);
+        return json(res, a.status, a.body);
+      }
+      if (req.method === 'POST' && path[0] === 'actions' && path[1]) {
+        const to = await action(path[1], new URLSearchParams(await body(req)));
+        res.writeHead(303, { location: to });
+        return void res.end();
+      }
+      if (req.method !== 'GET') return html(res, pages.layout('Not allowed', `<p>${req.method} ${url.pathname} is not an action.</p>`), 405);
+      const p = await page(path);
+      return p ? html(res, p) : html(res, pages.layout('Not found', `<p>Nothing at ${url.pathname.replace(/[<>&"']/g, '')}.</p>`), 404);
+    } catch (err) {
+      const status = err instanceof BadRequest || err instanceof SyntaxError ? 400 : 500;
+      const message = (err as Error).message;
+      if (path[0] === 'api') return json(res, status, { error: status === 400 ? 'BadRequest' : (err as Error).name, message });
+      return html(res, pages.layout(status === 400 ? 'Bad request' : 'Error', `<p class="bad" id="error">${message.replace(/[<>&"']/g, '')}</p>`), status);
+    }
+  }
+
+  const server = createServer((req, res) => void handle(req, res));
+  await new Promise<void>((ok, fail) => server.once('error', fail).listen(o.port, '127.0.0.1', ok));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => new Promise<void>((ok) => {
+      server.closeAllConnections();
+      server.close(() => ok());
+    }),
+  };
+}
