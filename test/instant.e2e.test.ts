@@ -117,8 +117,11 @@ describe.skipIf(!lab.available)('instant recovery of a libvirt backup', () => {
     mounted = true;
   }, 900_000);
   afterAll(async () => {
-    await virsh(['destroy', domain]).catch(() => {});
-    await virsh(['undefine', domain]).catch(() => {});
+    // By name too: a beforeAll that timed out may still be starting the source VM.
+    for (const name of [domain, `lifeboat-e2e-instant-${process.pid}`]) {
+      await virsh(['destroy', name]).catch(() => {});
+      await virsh(['undefine', '--checkpoints-metadata', name]).catch(() => {});
+    }
     await vm?.remove().catch(() => {});
     if (mounted) await run('umount', ['-l', target()]).catch(() => {});
     await t?.close();
