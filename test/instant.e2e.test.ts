@@ -195,7 +195,7 @@ describe.skipIf(!lab.available)('instant recovery of a libvirt backup', () => {
     const moving = await waitPhase(arn, restoreId, 'moving');
     expect((await virsh(['domstate', domain])).trim()).toBe('running');
     // While it still runs on overlay and exports: the guest stops writing and hashes its disk.
-    // The agent's channel comes back a moment after the VM resumed.
+    // The agent may answer only a moment after the guest is up.
     await retry(() => virsh(['qemu-agent-command', domain, '{"execute":"guest-fsfreeze-freeze"}']), 90_000);
     const [, seen] = await consoleMatch(join(target(), 'console.log'), /LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/, 180_000);
     const d = await waitForExecution(t.sfn, arn);
