@@ -38,7 +38,8 @@ export async function waitForEndpoint(o: {
 }): Promise<ExportEndpoint> {
   for (;;) {
     o.signal?.throwIfAborted();
-    const record = await readEndpoint(o.store, o.exportId);
+    // A read that fails (a dropped connection) is tried again at the next poll, as the execution is.
+    const record = await readEndpoint(o.store, o.exportId).catch(() => undefined);
     if (record && o.ready(record)) return record;
     const d = await o.sfn.send(new DescribeExecutionCommand({ executionArn: o.executionArn }));
     if (d.status !== 'RUNNING') throw new ExecutionEnded(d, o.what);

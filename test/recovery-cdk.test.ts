@@ -55,12 +55,31 @@ describe('Restore workflow', () => {
   it('plans, restores disks in a Map, writes the VM config only for a whole VM, and records', () => {
     const { def, all } = machine('Restore');
     expect(def.StartAt).toBe('PlanRestore');
-    expect(def.States.PlanRestore!.Next).toBe('RestoreDisks');
+    expect(def.States.PlanRestore!.Next).toBe('InstantOrCopy');
+    const mode = def.States.InstantOrCopy! as State & { Choices: { Variable: string; IsPresent?: boolean; Next: string }[] };
+    expect(mode.Choices[0]).toMatchObject({ Variable: '$.instant', IsPresent: true, Next: 'InstantRecoverOnMoverGroup' });
+    expect(mode.Default).toBe('RestoreDisks');
     expect(def.States.RestoreDisks!.Type).toBe('Map');
     expect(def.States.RestoreDisks!.Next).toBe('WholeVm');
     expect(def.States.RestoreDisks!.Catch![0]!.Next).toBe('PoolVolumesToDiscard');
     expect(all.RecordRestoreFailure!.Next).toBe('RestoreFailed');
     expect(all.RestoreFailed).toMatchObject({ Type: 'Fail', ErrorPath: '$.error.Error' });
+  });
+
+  it('runs an instant recovery as one task on the group the input names, retried when its mover dies, its failure recorded, its outcome recorded', () => {
+    const { all } = machine('Restore');
+    const route = all.InstantRecoverOnMoverGroup!;
+    expect(route.Choices!.map((c) => c.Variable)).toEqual(config.moverGroups.map(() => '$.moverGroup'));
+    for (const c of route.Choices!) {
+      const task = all[c.Next]! as State & { Parameters?: Record<string, unknown>; ResultPath?: string; HeartbeatSeconds?: number };
+      expect(task.Resource).toBe(resolved.activities[`Lifeboat-mover-${c.StringEquals}`]);
+      expect(task.Parameters).toMatchObject({ task: 'instantRecover', 'restore.$': '$' });
+      expect(task.ResultPath).toBe('$.instantResult');
+      expect(task.HeartbeatSeconds).toBe(60);
+      expect(task.Retry![0]!.ErrorEquals).toContain('States.Timeout');
+      expect(task.Catch![0]!.Next).toBe('RecordRestoreFailure');
+      expect(task.Next).toBe('RecordRestore');
+    }
   });
 
   it('deletes the volumes a failed restore into a storage pool created, on the restoring group, before recording the failure', () => {

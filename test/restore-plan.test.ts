@@ -38,3 +38,21 @@ it('refuses a damaged backup named, up front: the chunk, where it is stored, who
   // The older one restores: only the damaged backup is refused.
   expect((await plan('20260101T000000000Z-a')).backupId).toBe('20260101T000000000Z-a');
 });
+
+it('plans an instant recovery only of a whole VM it can define: without define, with a pool or a boot check it is refused, naming why', async () => {
+  const base = { vmId: 'vm-1', backupId: '20260101T000000000Z-a', target: '/tmp/t', moverGroup: 'site-a' };
+  const plan = (request: object) => planRestore({ restoreId: 'ri', request: request as Parameters<typeof planRestore>[0]['request'] }, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() });
+  await expect(plan({ ...base, instant: {} })).rejects.toThrow(/instant recovery runs the backup as a VM: it needs "define"/);
+  await expect(plan({ ...base, instant: {}, define: { uri: 'qemu:///system', pool: 'p' } })).rejects.toThrow(/"pool" \(storage pool volumes\) is not supported with it/);
+  await expect(plan({ ...base, instant: {}, define: { uri: 'qemu:///system', bootCheck: { agent: true } } })).rejects.toThrow(/a boot check \(restore test\) removes it/);
+  const job = await plan({ ...base, instant: { moveBandwidthMiBs: 50 }, define: { uri: 'qemu:///system' } });
+  expect(job).toMatchObject({ instant: { moveBandwidthMiBs: 50 }, define: { uri: 'qemu:///system' }, disks: [{ diskId: 'd' }] });
+});
+
+it('plans an export on the mover group of the VM\'s host, from the backup named or the newest, listening on loopback by default', async () => {
+  const { planExport } = await import('../functions/export/export.ts');
+  await c.catalog.putHost({ hostId: 'esx-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 1, datastores: {} });
+  const p = await planExport({ exportId: 'e1', request: { vmId: 'vm-1', backupId: '20260101T000000000Z-a' } }, { catalog: c.catalog });
+  expect(p).toMatchObject({ moverGroup: 'site-a', export: { exportId: 'e1', backupId: '20260101T000000000Z-a', diskIds: ['d'], listen: { host: '127.0.0.1', port: 0 }, repository: { bucket: 'repo' } } });
+  await expect(planExport({ exportId: 'e2', request: { vmId: 'vm-none' } }, { catalog: c.catalog })).rejects.toThrow(/VM 'vm-none' is not in the inventory/);
+});
