@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { errorClasses } from '../contracts/errors.ts';
 import type { Backup, Catalog } from '../functions/catalog/catalog.ts';
 import { lambdaHandler, powertools } from '../functions/commons/lambda.ts';
-import { vmJob } from '../contracts/schemas.ts';
+import { vmJob } from '../contracts/jobs.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
 import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/backup/summarize.ts';
 

@@ -6,14 +6,13 @@
 import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import type { Consistency, DiskResult, VmOutcome } from '../../contracts/jobs.ts';
+import { type Consistency, type DiskResult, diskResult, type VmOutcome, vmOutcome } from '../../contracts/jobs.ts';
 import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
 import { VmGone } from '../../contracts/errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { summaryMetrics } from '../../contracts/metric-names.ts';
-import { diskResult, vmOutcome } from '../../contracts/schemas.ts';
 import type { RunSummary } from '../../contracts/workflow-outputs.ts';
 
 /** What each VM iteration leaves behind: a committed job or a failure outcome. */
