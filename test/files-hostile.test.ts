@@ -125,12 +125,12 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('hostile and damaged gues
 
   // The readers themselves, in process, against many mutated images: every outcome is a
   // result or a reader error, each within its bound.
-  it.each([['ext4', 0x5eed], ['vfat', 0xfa7]] as const)('fuzz: %s images with random bytes changed give a result or a clear error, each within 5 s (8 s of mutations per kind)', async (kind, seed) => {
+  it.each([['ext4', 0x5eed], ['vfat', 0xfa7]] as const)('fuzz: %s images with random bytes changed give a result or a clear error, each within 5 s', async (kind, seed) => {
     const base = readFileSync(kind === 'ext4' ? ext : fat);
     const rand = prng(seed);
     const outcomes = { ok: 0, corrupt: 0, notFound: 0 };
-    const started = performance.now();
-    for (let i = 0; i < 60 && performance.now() - started < 8_000; i++) {
+    // A fixed number of mutations (seeded), so what is tested does not depend on the machine's load.
+    for (let i = 0; i < 30; i++) {
       const img = Buffer.from(base);
       // Metadata lives at the front: mutate there mostly, sometimes anywhere.
       const span = rand(4) === 0 ? img.length : 160 * 1024;
@@ -141,7 +141,7 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('hostile and damaged gues
         let bytes = 0;
         await walk(fs, '/', async (e) => {
           if (e.kind !== 'file') return;
-          for (const r of await e.ranges()) for (let o = r.offset; o < r.offset + r.length && bytes < 64 * 1024 * 1024; o += 1 << 20) bytes += (await e.read(o, Math.min(1 << 20, r.offset + r.length - o)))?.length ?? 0;
+          for (const r of await e.ranges()) for (let o = r.offset; o < r.offset + r.length && bytes < 4 * 1024 * 1024; o += 1 << 20) bytes += (await e.read(o, Math.min(1 << 20, r.offset + r.length - o)))?.length ?? 0;
         });
       })();
       const bound = new Promise<'hung'>((ok) => setTimeout(() => ok('hung'), 5000).unref());
@@ -153,7 +153,7 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('hostile and damaged gues
         outcomes.corrupt++;
       } else throw new Error(`mutation ${i} (seed ${seed}): ${outcome === 'hung' ? 'still reading after 5 s' : `unexpected ${String(outcome)}`}`);
     }
-    expect(outcomes.ok + outcomes.corrupt + outcomes.notFound).toBeGreaterThan(5);
+    expect(outcomes.ok + outcomes.corrupt + outcomes.notFound).toBe(30);
     expect(outcomes.corrupt + outcomes.notFound).toBeGreaterThan(0);
   });
 

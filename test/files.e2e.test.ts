@@ -17,6 +17,8 @@ import { extImage, makeExtTree, missingTools, partitionedDisk, readTree } from '
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
+/** Each CLI call is a Node process and a workflow run: on a loaded shared machine one took a minute. */
+const CLI_TIMEOUT = 300_000;
 const missing = missingTools();
 let t: TestStack;
 let endpointsFile = '';
@@ -62,7 +64,7 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('lifeboat files ls / get 
     expect(listing.fs).toBe('ext4');
     expect(listing.entries.map((e) => e.name).sort()).toEqual([...tree.keys()].filter((k) => /^docs\/[^/]+$/.test(k)).map((k) => k.slice(5)).sort());
     for (const e of listing.entries) expect({ n: e.name, type: e.type, mode: e.mode }).toEqual({ n: e.name, type: tree.get(`docs/${e.name}`)!.type, mode: tree.get(`docs/${e.name}`)!.mode });
-  });
+  }, CLI_TIMEOUT);
 
   it('get extracts the whole tree on the mover\'s host, equal to the source: bytes, modes, times, links, holes', async () => {
     const to = join(t.dir, 'restored');
@@ -73,7 +75,7 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('lifeboat files ls / get 
     got.delete('lost+found');
     expect([...got.keys()].sort()).toEqual([...tree.keys()].sort());
     for (const [p, w] of tree) expect({ p, ...got.get(p), blocks: 0 }).toEqual({ p, ...w, blocks: 0 });
-  });
+  }, CLI_TIMEOUT);
 
   it('names what is not there: the backup, the disk, the partition, the path', async () => {
     const files = async (input: Record<string, unknown>) => {
@@ -86,5 +88,5 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('lifeboat files ls / get 
     const r = await cli(['files', 'get', 'vm-f', '/docs/missing.txt', '--to', join(t.dir, 'nothing')]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/Files\.NotFound.*\/docs\/missing\.txt does not exist on the ext4 file system/);
-  });
+  }, CLI_TIMEOUT);
 });
