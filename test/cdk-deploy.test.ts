@@ -234,6 +234,7 @@ describe('Lambda functions', () => {
         ...(access.repository?.list ? ['s3:ListBucket'] : []),
         ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
         ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),
+        ...(access.backupExecutions ?? []).map((a) => `states:${a}`),
       ]);
       const f = stack.functions[fid] as unknown as { role: IConstruct };
       const statements = roleStatements(lid(f.role));

@@ -10,7 +10,9 @@ import { DescribeExecutionCommand, ListExecutionsCommand, SFNClient } from '@aws
 import { parseProgress, progressPrefix, type TaskProgress } from '../../contracts/progress.ts';
 import { listMovers } from '../../core/mover-fleet.ts';
 import { S3ObjectStore, s3Client } from '../../core/s3-store.ts';
+import { z } from 'zod';
 import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
 import { currentAlerts, type AlertDeps } from './alerts.ts';
 import { listBackups, listPolicies, listRestorePoints, listRuns, listVms, runDetail, type BackupExecutions } from './views.ts';
 
@@ -93,27 +95,28 @@ export function operatorDeps(o: { catalog: AlertDeps['catalog']; recovery: Alert
   };
 }
 
-interface FunctionUrlEvent {
-  rawPath?: string;
-  rawQueryString?: string;
-  requestContext?: { http?: { method?: string } };
-}
+/** The parts of a Lambda function URL event (payload format 2.0) the API reads. */
+const functionUrlEvent = z.object({
+  rawPath: z.string(),
+  rawQueryString: z.string().optional(),
+  requestContext: z.object({ http: z.object({ method: z.string() }) }),
+});
 
 let lambdaDeps: AlertDeps | undefined;
 
 /** `OperatorApi`: a Lambda function URL (AWS_IAM auth) answering the GET routes above. */
-export async function handler(event: FunctionUrlEvent): Promise<{ statusCode: number; headers: Record<string, string>; body: string }> {
+export const handler = lambdaHandler('OperatorApi', functionUrlEvent, async (event) => {
   const json = (statusCode: number, body: unknown) => ({ statusCode, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  if ((event.requestContext?.http?.method ?? 'GET') !== 'GET') return json(405, { error: 'MethodNotAllowed', message: 'the operator API is read-only: start workflows with Step Functions StartExecution (`lifeboat backup|restore|verify`)' });
+  if (event.requestContext.http.method !== 'GET') return json(405, { error: 'MethodNotAllowed', message: 'the operator API is read-only: start workflows with Step Functions StartExecution (`lifeboat backup|restore|verify`)' });
   const c = clients();
   lambdaDeps ??= operatorDeps({
     catalog: c.catalog, recovery: c.recovery, s3: s3Client({ region: c.env.region }), bucket: process.env.REPOSITORY_BUCKET ?? '',
     sfn: new SFNClient({ region: c.env.region }), backupStateMachineArn: process.env.BACKUP_STATE_MACHINE_ARN ?? '',
   });
   try {
-    const a = await answer(event.rawPath ?? '/', new URLSearchParams(event.rawQueryString ?? ''), lambdaDeps);
+    const a = await answer(event.rawPath, new URLSearchParams(event.rawQueryString ?? ''), lambdaDeps);
     return json(a.status, a.body);
   } catch (err) {
     return json(500, { error: (err as Error).name, message: (err as Error).message });
   }
-}
+});
