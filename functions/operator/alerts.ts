@@ -37,7 +37,8 @@ export async function currentAlerts(deps: AlertDeps): Promise<Alert[]> {
     });
   }
   for (const v of await listVms(deps)) {
-    if (v.rpo !== 'late' && !(v.rpo === 'never' && v.lastBackup)) continue;
+    // Never backed up counts once a backup was tried and failed (not while the first one runs).
+    if (v.rpo !== 'late' && !(v.rpo === 'never' && v.lastBackup?.status === 'failed')) continue;
     const age = v.recoveryPointAgeHours;
     alerts.push({
       id: `rpo:${v.vmId}:${v.lastBackup?.backupId ?? 'none'}`, kind: 'rpo', subject: v.vmId, since: v.lastBackup?.at ?? deps.now().toISOString(),
