@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { registerBackupCommands } from './backup.ts';
 import { registerDiscoverCommand } from './discover.ts';
 import { registerExportCommand } from './export.ts';
+import { registerFilesCommands } from './files.ts';
 import { registerHostConfigCommands } from './host-config.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerListingCommands } from './listings.ts';
@@ -106,6 +107,11 @@ registerHostConfigCommands(program, DEFAULT_DATA_DIR, {
 registerListingCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 
 registerExportCommand(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
+
+registerFilesCommands(program, DEFAULT_DATA_DIR, {
+  out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
+  ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
+});
 
 registerLifecycleCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
 

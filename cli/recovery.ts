@@ -4,6 +4,7 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
+import { runInstantRestore } from './instant.ts';
 import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 import { runWithProgress } from './progress.ts';
 import { EXIT, guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
@@ -53,10 +54,18 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .option('--start', 'with --define: start the new VM')
     .option('--boot-check <regex>', 'with --define: a restore test: boot without network, wait for a serial console line matching this, then remove the VM')
     .option('--agent', 'with --define: a restore test whose sign of life is the guest agent answering guest-ping (with --boot-check: after the line)')
+    .option('--instant', 'with --define: instant recovery: the VM runs at once on overlays backed by NBD exports of the backup, then moves to its disks in --target while it runs')
+    .option('--resume', 'with --instant: take up an instant recovery whose move failed (its VM paused, its writes in its overlays)')
+    .option('--move-bandwidth <MiB/s>', 'with --instant: cap the move to --target (MiB/s per disk)', (v) => {
+      const n = Number(v);
+      if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`'${v}' is not a bandwidth: give MiB/s above 0 (e.g. 50, or 0.5)`);
+      return n;
+    })
     .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder, with --pool a volume of the same name (deleted and made anew) (default: refuse)')
     .option('--json', 'print the workflow\'s output as JSON'), defaultDataDir)
-    .action(guarded(async (opts: StackOptions & { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; json?: boolean }) => {
-      if (!opts.define && (opts.pool || opts.raw || opts.name || opts.start || opts.bootCheck || opts.agent)) throw new InvalidArgumentError('--pool, --name, --raw, --start, --boot-check and --agent go with --define <uri>: they describe the VM the restore defines');
+    .action(guarded(async (opts: StackOptions & { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; instant?: boolean; resume?: boolean; moveBandwidth?: number; json?: boolean }) => {
+      if (!opts.define && (opts.pool || opts.raw || opts.name || opts.start || opts.bootCheck || opts.agent || opts.instant)) throw new InvalidArgumentError('--pool, --name, --raw, --start, --boot-check, --agent and --instant go with --define <uri>: they describe the VM the restore defines');
+      if (!opts.instant && (opts.resume || opts.moveBandwidth)) throw new InvalidArgumentError('--resume and --move-bandwidth go with --instant');
       const define = opts.define ? {
         uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.pool ? { pool: opts.pool } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
         ...(opts.bootCheck || opts.agent ? { bootCheck: { ...(opts.bootCheck ? { consoleLine: opts.bootCheck } : {}), ...(opts.agent ? { agent: true } : {}) } } : {}),
@@ -64,7 +73,14 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       const input = {
         vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}), ...(opts.force ? { force: true } : {}),
         ...(define ? { define } : {}),
+        ...(opts.instant ? { instant: { ...(opts.resume ? { resume: true } : {}), ...(opts.moveBandwidth ? { moveBandwidthMiBs: opts.moveBandwidth } : {}) } } : {}),
       };
+      if (opts.instant) {
+        const client = await StackClient.connect(opts);
+        const s = await runInstantRestore(client, input, io).finally(() => client.close());
+        if (opts.json) io.out(JSON.stringify(s, null, 2));
+        return;
+      }
       const { output, seconds } = await run(opts, 'Restore', input, io);
       const s = output as RestoreSummary;
       if (s.domain?.bootCheck && !s.domain.bootCheck.passed) process.exitCode = EXIT.damaged;

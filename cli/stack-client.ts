@@ -7,13 +7,15 @@
  * imports the control plane's modules: the CLI sees what any other client sees.
  */
 import { CloudFormationClient, DescribeStacksCommand } from '@aws-sdk/client-cloudformation';
-import { SFNClient } from '@aws-sdk/client-sfn';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { SFNClient, StartExecutionCommand, StopExecutionCommand, type DescribeExecutionCommandOutput } from '@aws-sdk/client-sfn';
 import { Hash } from '@smithy/hash-node';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { runExecution } from '../local/client.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS } from '../core/s3-store.ts';
+import { runExecution, waitForExecution } from '../local/client.ts';
+import type { ObjectStore } from '../core/object-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS, S3ObjectStore, s3Client, type S3Endpoint } from '../core/s3-store.ts';
 import type { StackEndpoints } from '../local/stack.ts';
 
 export interface Out {
@@ -80,11 +82,22 @@ export function stackInfoFromOutputs(name: string, region: string, outputs: Reco
 export class StackClient {
   readonly info: StackInfo;
   readonly sfn: SFNClient;
+  /**
+   * The stack's repository bucket, for the records movers leave there for a caller to read
+   * while a task runs (the endpoint of an export or an instant recovery: contracts/export-job.ts).
+   */
+  get store(): ObjectStore {
+    this.s3 ??= s3Client(this.s3Settings);
+    return new S3ObjectStore(this.s3, this.info.bucket);
+  }
   private readonly signer: SignatureV4 | undefined;
+  private readonly s3Settings: S3Endpoint;
+  private s3: S3Client | undefined;
 
-  private constructor(info: StackInfo, sfn: SFNClient, signer?: SignatureV4) {
+  private constructor(info: StackInfo, sfn: SFNClient, s3Settings: S3Endpoint, signer?: SignatureV4) {
     this.info = info;
     this.sfn = sfn;
+    this.s3Settings = s3Settings;
     this.signer = signer;
   }
 
@@ -93,7 +106,8 @@ export class StackClient {
     if (!opts.stack) {
       const e = await endpoints(opts);
       const info: StackInfo = { where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console ?? '', bucket: e.bucket, buckets: e.buckets };
-      return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }));
+      const s3 = { region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS };
+      return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }), s3);
     }
     const config = { ...(opts.region ? { region: opts.region } : {}), ...(opts.profile ? { profile: opts.profile } : {}) };
     const cfn = new CloudFormationClient(config);
@@ -109,7 +123,8 @@ export class StackClient {
     const region = await cfn.config.region();
     const sfn = new SFNClient(config);
     const signer = new SignatureV4({ service: 'lambda', region, credentials: sfn.config.credentials, sha256: Hash.bind(null, 'sha256') });
-    return new StackClient(stackInfoFromOutputs(opts.stack, region, outputs), sfn, signer);
+    const info = stackInfoFromOutputs(opts.stack, region, outputs);
+    return new StackClient(info, sfn, { region, ...(opts.profile ? { profile: opts.profile } : {}) }, signer);
   }
 
   workflowArn(name: string): string {
@@ -129,6 +144,26 @@ export class StackClient {
     });
     if (d.status !== 'SUCCEEDED') throw new Error(`${workflow} ${d.status}: ${d.error ?? ''}: ${lambdaMessage(d.cause ?? '')}`);
     return { output: JSON.parse(d.output ?? 'null') as unknown, seconds: (Date.now() - started) / 1000, executionArn: d.executionArn!, name };
+  }
+
+  /** Starts `workflow` under the execution name `name` and returns its ARN, for a caller that watches it itself. */
+  async start(workflow: string, name: string, input: Record<string, unknown>): Promise<string> {
+    const { executionArn } = await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.workflowArn(workflow), name, input: JSON.stringify(input) }));
+    return executionArn!;
+  }
+
+  /** The ARN of `workflow`'s execution named `name`. */
+  executionArn(workflow: string, name: string): string {
+    return `${this.workflowArn(workflow).replace(':stateMachine:', ':execution:')}:${name}`;
+  }
+
+  /** Waits until an execution stops; returns its final description. */
+  waitFor(executionArn: string, pollMs = 500): Promise<DescribeExecutionCommandOutput> {
+    return waitForExecution(this.sfn, executionArn, { pollMs });
+  }
+
+  async stop(executionArn: string, cause: string): Promise<void> {
+    await this.sfn.send(new StopExecutionCommand({ executionArn, cause }));
   }
 
   /** A request to the operator API; a 404 throws its message (it names the thing and what to do). */
@@ -154,6 +189,7 @@ export class StackClient {
 
   close(): void {
     this.sfn.destroy();
+    this.s3?.destroy();
   }
 }
 

@@ -47,3 +47,38 @@ export const exportResult = z.object({
   seconds: z.number().nonnegative(),
 });
 export type ExportResult = z.output<typeof exportResult>;
+
+/**
+ * Where a running export (or an instant recovery's VM and its exports) can be reached,
+ * while its task runs: the mover puts it at {@link exportEndpointKey} in the repository
+ * bucket of the job as soon as it listens, again with each progress beat (`updatedAt`),
+ * and once more with `state: 'closed'` when it ends. A task's result comes only when it
+ * ends, and movers have no catalog access, so this object is how a caller (`lifeboat
+ * export`, `lifeboat restore --instant`) learns the address of a task still running.
+ * A record whose execution is no longer running is stale, whatever its state says (the
+ * mover died before it could write `closed`).
+ */
+export const exportEndpoint = z.object({
+  exportId: text,
+  kind: z.enum(['export', 'instant']),
+  vmId: text,
+  backupId: text,
+  /** The mover host serving it. */
+  mover: text,
+  state: z.enum(['listening', 'closed']),
+  /** NBD URI of each disk's export, by disk id. */
+  uris: z.record(z.string(), text),
+  /** An instant recovery's running domain. */
+  domain: text.optional(),
+  /** An instant recovery's overlays (where the guest's writes land until the move completes), by disk id. */
+  overlays: z.record(z.string(), text).optional(),
+  /** What an instant recovery is doing: `running` (the VM runs on the overlays), `moving`, `moved`, or `failed` (with `error`). */
+  phase: z.enum(['running', 'moving', 'moved', 'failed']).optional(),
+  error: z.string().optional(),
+  closed: z.string().optional(),
+  updatedAt: text,
+}).strict();
+export type ExportEndpoint = z.output<typeof exportEndpoint>;
+
+/** The repository object holding an export's endpoint record. */
+export const exportEndpointKey = (exportId: string) => `exports/${exportId}.json`;

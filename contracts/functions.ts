@@ -46,9 +46,11 @@ export const lambdaFunctions = {
   RecordInventory: { entry: 'functions/discover/discover.ts', handler: 'recordHandler' },
   SummarizeDiscovery: { entry: 'functions/discover/discover.ts', handler: 'summarizeHandler' },
   PlanHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'planHandler' },
+  PlanExport: { entry: 'functions/export/export.ts', handler: 'planHandler' },
   RecordHostConfig: { entry: 'functions/host-config/host-config.ts', handler: 'recordHandler' },
   SummarizeHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'summarizeHandler' },
   OperatorApi: { entry: 'functions/operator/api.ts', handler: 'handler' },
+  PlanFiles: { entry: 'functions/files/files.ts', handler: 'planHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

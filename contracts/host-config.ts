@@ -10,9 +10,14 @@ const count = z.number().int().nonnegative();
 
 const repository = z.strictObject({
   bucket: text,
-  endpoint: z.strictObject({
-    url: z.string().optional(), region: z.string().optional(), pathStyle: z.boolean().optional(), checksums: z.enum(['when-required', 'when-supported']).optional(),
-  }).optional(),
+  endpoint: z
+    .strictObject({
+      url: z.string().optional(),
+      region: z.string().optional(),
+      pathStyle: z.boolean().optional(),
+      checksums: z.enum(['when-required', 'when-supported']).optional(),
+    })
+    .optional(),
 });
 
 /** The `hostConfig` activity task: dump the host's definitions and store them sealed at `objectKey`. */

@@ -43,9 +43,41 @@ export class GcBusy extends LifeboatError {
   }
 }
 
+/**
+ * An instant recovery's move to final storage failed (target full or gone, the copy
+ * aborted): the VM is paused, its writes kept in its overlays; the message says where they
+ * are and how to resume. Not retried by the workflow: what stopped it must be fixed first.
+ */
+export class InstantMoveFailed extends LifeboatError {
+  static readonly code = 'Recovery.InstantMoveFailed';
+  constructor(message: string, cause?: unknown) {
+    super(InstantMoveFailed.code, message, { retryable: false, cause });
+  }
+}
+
 export const recoveryErrorClasses = {
+  [InstantMoveFailed.code]: InstantMoveFailed,
   [RecoveryRequestInvalid.code]: RecoveryRequestInvalid,
   [RestoreMismatch.code]: RestoreMismatch,
   [ReplicaBusy.code]: ReplicaBusy,
   [GcBusy.code]: GcBusy,
 } as const;
+
+/** File-level restore: the path, partition or file system asked for is not on the backup's disk. */
+export class FilesNotFound extends LifeboatError {
+  static readonly code = 'Files.NotFound';
+  constructor(message: string) {
+    super(FilesNotFound.code, message, { retryable: false });
+  }
+}
+
+/**
+ * File-level restore: the guest's partition table or file system is damaged or hostile
+ * (the sandboxed reader refused it, crashed, or ran out of time); nothing more was read.
+ */
+export class FilesUnreadable extends LifeboatError {
+  static readonly code = 'Files.Unreadable';
+  constructor(message: string) {
+    super(FilesUnreadable.code, message, { retryable: false });
+  }
+}

@@ -34,6 +34,44 @@ export interface RestoreJob {
   define?: DefineDomainRequest;
   /** Said to the operator when an older backup is restored because newer ones are damaged. */
   notice?: string;
+  /**
+   * Instant recovery (with `define`): the VM runs at once on local qcow2 overlays backed by
+   * NBD exports of the backup, then moves to its disks in `target` while it runs
+   * (mover/recovery/instant.ts).
+   */
+  instant?: InstantRequest;
+}
+
+/** How an instant recovery runs. */
+export interface InstantRequest {
+  /** Cap of the move to final storage, MiB/s per disk (absent: no cap). */
+  moveBandwidthMiBs?: number;
+  /** Take up an instant recovery of this domain whose move failed (its VM paused, its overlays kept). */
+  resume?: boolean;
+  /**
+   * Start the move once the guest shows this sign of life (a console line, the guest agent),
+   * so the copy does not compete with its boot; after `timeoutSeconds` without it the move
+   * starts anyway. Absent: the move starts as soon as the VM runs.
+   */
+  moveAfter?: BootCheck;
+}
+
+/** What an instant recovery did. */
+export interface InstantRecovery {
+  domain: string;
+  uuid: string;
+  /** The final disk images the VM runs on after the move. */
+  disks: string[];
+  consoleLog: string;
+  /** From the task's start to the domain running on its overlays. */
+  runningSeconds: number;
+  /** The move to final storage, all disks. */
+  moveSeconds: number;
+  /** Bytes the exports served to QEMU, and downloaded from the repository for them. */
+  bytesServed: number;
+  bytesDownloaded: number;
+  /** Set when this task took up a failed or interrupted instant recovery. */
+  resumed: boolean;
 }
 
 /** Defining a restored VM on a libvirt host (mover/recovery/define-domain.ts). */
@@ -218,6 +256,10 @@ export type RecoveryTask =
   | { task: 'standbyVmConfig'; replicate: ReplicateJob; disks: StandbyDisk[] }
   | { task: 'restoreTest'; test: RestoreTestJob }
   /** Serve a backup's disks over NBD until idle or stopped (contracts/export-job.ts; `export` is unknown input until parsed). */
-  | { task: 'export'; export: ExportJob };
+  | { task: 'export'; export: ExportJob }
+  /** Instant recovery of a whole VM (RestoreJob with `define` and `instant`). */
+  | { task: 'instantRecover'; restore: RestoreJob }
+  /** List or extract files of a backup's disk (contracts/files-job.ts; `files` is unknown input until parsed). */
+  | { task: 'files'; files: unknown };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export', 'instantRecover', 'files'];

@@ -3,7 +3,7 @@
  * restore's, a deep verification's, a discovery's and a host configuration backup's. The
  * CLI, the embedded stack's demos and the benchmarks read these; the functions build them.
  */
-import type { DefinedDomain, DamageFinding, RestoredDisk } from './recovery-jobs.ts';
+import type { DefinedDomain, DamageFinding, InstantRecovery, RestoredDisk } from './recovery-jobs.ts';
 import type { RepositoryLocation } from './endpoints.ts';
 import type { RestoreTestJob } from './restore-test.ts';
 import type { TransferStats, VmOutcome } from './jobs.ts';
@@ -37,6 +37,16 @@ export interface RestoreSummary {
   /** The libvirt domain the restore defined (`define`), with its restore test's result. */
   domain?: DefinedDomain;
   /** Set when an older backup was restored because newer ones are damaged (see resolveBackup). */
+  notice?: string;
+}
+
+/** An instant recovery's outcome: the VM runs on its final disks (moved while it ran, not re-hashed: the guest wrote to them all along). */
+export interface InstantRestoreSummary {
+  restoreId: string;
+  vmId: string;
+  backupId: string;
+  target: string;
+  instant: InstantRecovery;
   notice?: string;
 }
 

@@ -12,7 +12,6 @@ import { Corrupt } from '../contracts/errors.ts';
 import { keys as objectKeys, open, seal, type RepositoryKeys } from '../repository/format.ts';
 
 const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 
 /** Format id and version of the archive document; a reader refuses what it does not know. */
 export const HOST_CONFIG_FORMAT = 'lifeboat-host-config';

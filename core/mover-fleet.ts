@@ -18,7 +18,12 @@ export interface MoverView extends MoverRegistration {
   upToDate: boolean;
 }
 
-export async function listMovers(deps: { store: Pick<ObjectStore, 'get' | 'list'>; now: () => Date; staleAfterBeats?: number; minMoverVersion?: string }): Promise<MoverView[]> {
+export async function listMovers(deps: {
+  store: Pick<ObjectStore, 'get' | 'list'>;
+  now: () => Date;
+  staleAfterBeats?: number;
+  minMoverVersion?: string;
+}): Promise<MoverView[]> {
   const now = deps.now().getTime();
   const min = deps.minMoverVersion ?? MIN_MOVER_VERSION;
   const out: MoverView[] = [];

@@ -196,7 +196,7 @@ describe('mover identity', () => {
       const by = (action: string) => s3.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat());
       // Not keys/ (the repository key is written at deploy) nor releases/ (only the publisher writes releases);
       // chunks/ only for replicating format-1 backups (backups write packs); host-config/ is written, never read back, by movers.
-      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/'].map((p) => objectArn(b, p))));
+      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/', 'exports/'].map((p) => objectArn(b, p))));
       expect(by('s3:GetObject'), g.id).toEqual(buckets.flatMap((b) => ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'].map((p) => objectArn(b, p))));
       // The whole bucket, no s3:prefix condition: a missing object must be a 404, not a 403 (cdk/lib/mover-identity.ts).
       expect(by('s3:ListBucket'), g.id).toEqual(buckets.map((b) => ({ 'Fn::GetAtt': [b, 'Arn'] })));

@@ -16,7 +16,9 @@ import { exportJob, type ExportResult } from '../contracts/export-job.ts';
 import { decodeManifest, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
-import { runExecution } from '../local/client.ts';
+import { runExecution, waitForExecution } from '../local/client.ts';
+import { StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn';
+import { readEndpoint, waitForEndpoint } from '../cli/export-endpoint.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
@@ -159,6 +161,43 @@ describe.skipIf(missing.length > 0)('NBD export of a backup, with real NBD tools
     await expect(NbdClient.connect(x.uri, { timeoutMs: 2000 })).rejects.toThrow();
   });
 
+  it('the Export workflow serves it from a mover of the VM\'s site: where to connect is in its endpoint record while it runs; a stop closes it and its port', async () => {
+    const exportId = `wf-stop-${process.pid}`;
+    const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Export!, name: exportId, input: JSON.stringify({ vmId: 'vm-x', idleTimeoutSeconds: 600 }) }));
+    const at = await waitForEndpoint({ sfn: t.sfn, executionArn: executionArn!, store, exportId, ready: (r) => r.state === 'listening', what: 'the export' });
+    expect(at).toMatchObject({ exportId, kind: 'export', vmId: 'vm-x', backupId, state: 'listening' });
+    // An ephemeral port on the mover's loopback (the default), named in the record.
+    expect(at.uris.vda).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/vda$/);
+    const out = join(t.dir, 'wf.raw');
+    await run('nbdcopy', [at.uris.vda!, out]);
+    expect((await readFile(out)).equals(source)).toBe(true);
+    await rm(out);
+
+    await t.sfn.send(new StopExecutionCommand({ executionArn: executionArn!, cause: 'test stops it' }));
+    const closed = await pollFor(async () => { const r = await readEndpoint(store, exportId); return r?.state === 'closed' ? r : undefined; }, 30_000);
+    expect(closed.closed).toBe('aborted');
+    await expect(NbdClient.connect(at.uris.vda!, { timeoutMs: 2000 })).rejects.toThrow();
+  }, 120_000);
+
+  it('the Export workflow ends by itself after the idle timeout, answering what it served; a VM without backups fails naming it', async () => {
+    const exportId = `wf-idle-${process.pid}`;
+    const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Export!, name: exportId, input: JSON.stringify({ vmId: 'vm-x', idleTimeoutSeconds: 2 }) }));
+    const at = await waitForEndpoint({ sfn: t.sfn, executionArn: executionArn!, store, exportId, ready: (r) => r.state === 'listening', what: 'the export' });
+    const c = await NbdClient.connect(at.uris.vda!);
+    await c.read(Buffer.alloc(MiB), 0, MiB);
+    await c.close();
+    const d = await waitForExecution(t.sfn, executionArn!);
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    expect(JSON.parse(d.output!) as ExportResult).toMatchObject({ exportId, backupId, closed: 'idle', bytesServed: MiB, connections: 1 });
+    expect((await readEndpoint(store, exportId))?.state).toBe('closed');
+
+    const bad = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Export!, { vmId: 'vm-nobody' });
+    expect(bad.status).toBe('FAILED');
+    expect(bad.cause).toMatch(/VM 'vm-nobody' is not in the inventory/);
+    const noBackup = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Export!, { vmId: 'vm-x', backupId: 'b-none' });
+    expect(noBackup.cause).toMatch(/VM 'vm-x' has no backup 'b-none'/);
+  }, 120_000);
+
   it('a byte flipped in a pack gives EIO for the reads of that chunk only, logged with backup, disk and chunk', async () => {
     const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'vda')))!, backupId, 'vda');
     const index = 5; // a random-data chunk
@@ -191,6 +230,16 @@ describe.skipIf(missing.length > 0)('NBD export of a backup, with real NBD tools
     expect(line?.fields).toMatchObject({ backupId, diskId: 'vda', chunk: id, offset: index * MiB });
   });
 });
+
+async function pollFor<T>(f: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
 
 async function findFile(dir: string, name: string): Promise<string> {
   for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {

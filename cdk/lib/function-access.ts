@@ -84,6 +84,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestoreFailure: { catalog: ['PutItem'] },
   // With a restore test: the VM's host (its libvirt URI and group) and, for everyDays, its backups' last restore test.
   PlanDeepVerify: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  PlanFiles: { catalog: ['GetItem', 'Query'] },
   // Scan: the backups damaged through chunks a healed backup shares (recovery/shared-damage.ts).
   RecordDeepVerify: { catalog: ['UpdateItem', 'PutItem', 'DeleteItem', 'Scan'] },
   // The restore test's outcome on the backup (UpdateItem) and in the verification's record (PutItem).
@@ -121,6 +122,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanHostConfigBackup: { catalog: ['GetItem', 'Query'] },
   RecordHostConfig: { catalog: ['PutItem', 'Query', 'DeleteItem'], repository: { delete: ['host-config/'], list: true } },
   SummarizeHostConfigBackup: {},
+  PlanExport: { catalog: ['GetItem', 'Query'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
   // The operator's read model: every read of the catalog (VM, backup, run, policy listings), mover records and progress objects.
   OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, backupExecutions: ['ListExecutions', 'DescribeExecution'], timeoutSeconds: 30 },

@@ -29,12 +29,14 @@ export interface MoverIdentityProps {
  * Object prefixes a mover writes: packs and index objects (format 2), manifests, its
  * registration record (core/mover-registry.ts), host configuration backups
  * (core/host-config.ts: written, never read back by a mover), transfer progress
- * (contracts/progress.ts: written for the operator's view, never read), and chunk objects only when it replicates
+ * (contracts/progress.ts: written for the operator's view, never read), the endpoint records of the
+ * exports and instant recoveries it serves (contracts/export-job.ts: where to connect while the
+ * task runs; written, never read back), and chunk objects only when it replicates
  * a format-1 backup into a DR repository (backups write none). It reads the others, the
  * repository key and signed releases (core/release.ts) to update itself; it cannot write
  * a release.
  */
-export const MOVER_WRITE_PREFIXES = ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/'] as const;
+export const MOVER_WRITE_PREFIXES = ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/', 'exports/'] as const;
 export const MOVER_READ_PREFIXES = ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'] as const;
 
 /** The trust of a mover role: the configured principal, a Roles Anywhere trust anchor, or (neither) this account. */

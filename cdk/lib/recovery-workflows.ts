@@ -1,5 +1,5 @@
 /**
- * The recovery side of the control plane, added to the stack in one call: the Restore,
+ * The recovery side of the control plane, added to the stack in one call: the Restore, Files (file-level restore),
  * Deep verify, Prune, Garbage collection, Replicate and Failover workflows (with their outputs). Kept apart from lifeboat-stack.ts so
  * the stack file stays a list of parts.
  */
@@ -12,10 +12,12 @@ import type { PolicyConfig } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../contracts/endpoints.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { DeepVerifyPolicyWorkflow, DeepVerifyWorkflow } from './deep-verify-workflow.ts';
+import { ExportWorkflow } from './export-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
 import { FailoverWorkflow, ReplicatePolicyWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
 import { RestoreWorkflow } from './restore-workflow.ts';
+import { FilesWorkflow } from './files-workflow.ts';
 
 export interface RecoveryWorkflowsProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -37,6 +39,7 @@ export interface RecoveryWorkflowsProps {
 
 export interface RecoveryWorkflows {
   restore: RestoreWorkflow;
+  files: FilesWorkflow;
   deepVerify: DeepVerifyWorkflow;
   deepVerifyPolicy: DeepVerifyPolicyWorkflow;
   prune: PruneWorkflow;
@@ -44,11 +47,16 @@ export interface RecoveryWorkflows {
   replicate: ReplicateWorkflow;
   replicatePolicy: ReplicatePolicyWorkflow;
   failover: FailoverWorkflow;
+  export: ExportWorkflow;
 }
 
 export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps): RecoveryWorkflows {
   const restore = new RestoreWorkflow(stack, 'Restore', props);
   new CfnOutput(stack, 'RestoreStateMachineArn', { value: restore.stateMachine.stateMachineArn });
+  const exportWorkflow = new ExportWorkflow(stack, 'Export', props);
+  new CfnOutput(stack, 'ExportStateMachineArn', { value: exportWorkflow.stateMachine.stateMachineArn });
+  const files = new FilesWorkflow(stack, 'Files', props);
+  new CfnOutput(stack, 'FilesStateMachineArn', { value: files.stateMachine.stateMachineArn });
   const deepVerify = new DeepVerifyWorkflow(stack, 'DeepVerify', props);
   new CfnOutput(stack, 'DeepVerifyStateMachineArn', { value: deepVerify.stateMachine.stateMachineArn });
   const deepVerifyPolicy = new DeepVerifyPolicyWorkflow(stack, 'DeepVerifyPolicy', props);
@@ -97,5 +105,5 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'ReplicatePolicyStateMachineArn', { value: replicatePolicy.stateMachine.stateMachineArn });
   const failover = new FailoverWorkflow(stack, 'Failover', props);
   new CfnOutput(stack, 'FailoverStateMachineArn', { value: failover.stateMachine.stateMachineArn });
-  return { restore, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover };
+  return { restore, files, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover, export: exportWorkflow };
 }

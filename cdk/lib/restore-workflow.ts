@@ -5,7 +5,10 @@
  * the mover's error and cause; a restore into a libvirt storage pool (`define.pool`) first
  * deletes the volumes it created (DiscardRestoreVolumes).
  *
- * Input: `{ vmId, backupId?, diskId?, target, moverGroup, fromBucket?, define?, force? }`. Without
+ * Instant recovery (`instant` with `define`): InstantRecover on the mover group instead of
+ * the disk copies (mover/recovery/instant.ts) → RecordRestore.
+ *
+ * Input: `{ vmId, backupId?, diskId?, target, moverGroup, fromBucket?, define?, force?, instant? }`. Without
  * `force`, a restore that would overwrite (a file holding data, a folder that is not empty,
  * the VM's own folder) fails with Recovery.RequestInvalid; each disk is written under
  * `<target>.partial` and renamed into place once re-hashed.
@@ -78,9 +81,25 @@ export class RestoreWorkflow extends Construct {
       .when(sfn.Condition.isNull('$.diskId'), restoreVmConfig.next(record))
       .otherwise(record);
 
+    // Instant recovery: one task runs the VM on the backup's exports and moves it to the
+    // target while it runs. A mover that dies is replaced: the retry takes the recovery up
+    // (same restore id: exports served again at the same socket, the move started over).
+    const instant = moverStep(this, 'InstantRecover', {
+      activities: props.activities, groupPath: '$.moverGroup',
+      parameters: { task: 'instantRecover', 'restore.$': '$' },
+      timeout: Duration.days(7), resultPath: '$.instantResult',
+      decorate: (t) => {
+        retryMoverTask(t);
+        t.addCatch(recordFailure, { resultPath: '$.error' });
+      },
+    });
+    const mode = new sfn.Choice(this, 'InstantOrCopy')
+      .when(sfn.Condition.isPresent('$.instant'), instant.next(record))
+      .otherwise(restoreDisks.next(wholeVm));
+
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat restore: a VM or one disk, through a mover group, re-hashed after writing',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(restoreDisks).next(wholeVm)),
+      comment: 'Lifeboat restore: a VM or one disk, through a mover group, re-hashed after writing; or an instant recovery (the VM runs on the backup at once and moves to its disks while it runs)',
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(mode)),
       timeout: Duration.hours(24),
     });
   }

@@ -6,7 +6,7 @@
 import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import type { Consistency, DiskResult, TransferStats, VmOutcome } from '../../contracts/jobs.ts';
+import type { Consistency, DiskResult, VmOutcome } from '../../contracts/jobs.ts';
 import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
 import { VmGone } from '../../contracts/errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';

@@ -5,14 +5,14 @@
 import { isAbsolute, join, normalize } from 'node:path';
 import { z } from 'zod';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
-import type { DefinedDomain, RestoredDisk, RestoreJob } from '../../contracts/recovery-jobs.ts';
+import type { DefinedDomain, InstantRecovery, RestoredDisk, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
 import { locationOf, resolveBackup } from '../recovery/backups.ts';
-import type { RestoreSummary } from '../../contracts/workflow-outputs.ts';
+import type { InstantRestoreSummary, RestoreSummary } from '../../contracts/workflow-outputs.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -51,6 +51,20 @@ export const restoreRequest = z.object({
    * empty or the VM's own source folder (a whole VM). Default: such a restore is refused.
    */
   force: z.boolean().optional(),
+  /**
+   * Instant recovery (needs `define`): the VM runs at once on overlays backed by NBD exports
+   * of the backup, then moves to its disks in `target` while it runs. `resume` takes up one
+   * whose move failed. `moveBandwidthMiBs` caps the move (MiB/s per disk).
+   */
+  instant: z.object({
+    moveBandwidthMiBs: z.number().positive().max(1024 * 1024).optional(),
+    resume: z.boolean().optional(),
+    moveAfter: z.object({
+      consoleLine: text.refine((x) => { try { new RegExp(x); return true; } catch { return false; } }, 'must be a regular expression').optional(),
+      agent: z.boolean().optional(),
+      timeoutSeconds: z.number().int().min(1).max(3600).optional(),
+    }).strict().refine((b) => b.consoleLine !== undefined || b.agent === true, 'must name a sign of life: "consoleLine" and/or "agent": true').optional(),
+  }).strict().optional(),
 }).strict();
 export type RestoreRequest = z.output<typeof restoreRequest>;
 /** PlanRestore's input: the execution's input and its name. */
@@ -76,6 +90,11 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
   if (!input.diskId && !input.force) await refuseSourceFolder(deps.catalog, input.vmId, input.target);
   let disks = backup.disks;
   if (input.define && input.diskId) throw new RecoveryRequestInvalid('"define" makes a VM of a whole-VM restore; it cannot be combined with "diskId"');
+  if (input.instant) {
+    if (!input.define) throw new RecoveryRequestInvalid('an instant recovery runs the backup as a VM: it needs "define" with the libvirt URI of the host (--define URI)');
+    if (input.define.pool) throw new RecoveryRequestInvalid('an instant recovery moves the VM to files in the target folder; "pool" (storage pool volumes) is not supported with it: leave out --pool, or restore without --instant');
+    if (input.define.bootCheck) throw new RecoveryRequestInvalid('an instant recovery keeps its VM; a boot check (restore test) removes it: use one or the other');
+  }
   if (input.diskId) {
     disks = disks.filter((d) => d.diskId === input.diskId);
     if (disks.length === 0) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${input.vmId}' has no disk '${input.diskId}'; it has ${backup.disks.map((d) => `'${d.diskId}'`).join(', ')}`);
@@ -85,6 +104,7 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
     repository, target: input.target, diskId: input.diskId ?? null, ...(input.force ? { force: true } : {}),
     disks: disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, path: input.diskId ? input.target : join(input.target, `${d.diskId}.raw`) })),
     ...(input.define ? { define: input.define } : {}),
+    ...(input.instant ? { instant: input.instant } : {}),
     ...(resolved.notice ? { notice: resolved.notice } : {}),
   };
   await deps.recovery.putRecord('RESTORE', restoreId, { status: 'running', startedAt: deps.now().toISOString(), job });
@@ -105,9 +125,26 @@ const definedDomain: z.ZodType<DefinedDomain> = z.looseObject({
   bootCheck: z.looseObject({ passed: z.boolean(), seconds: z.number().nonnegative(), line: z.string(), agent: z.boolean().optional(), reason: z.string().optional() }).optional(),
 });
 
-export const recordRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text, domain: definedDomain.optional() }).optional() }));
+const instantRecovery: z.ZodType<InstantRecovery> = z.looseObject({
+  domain: text, uuid: text, disks: z.array(text), consoleLog: text, runningSeconds: z.number().nonnegative(), moveSeconds: z.number().nonnegative(),
+  bytesServed: count, bytesDownloaded: count, resumed: z.boolean(),
+});
 
-export async function recordRestore(input: z.output<typeof recordRestoreInput>, deps: { recovery: RecoveryCatalog; catalog?: Pick<Catalog, 'recordRestoreTest'>; now: () => Date }): Promise<RestoreSummary> {
+export const recordCopyRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text, domain: definedDomain.optional() }).optional() }));
+export const recordInstantRestoreInput = z.intersection(restoreJob, z.looseObject({ instantResult: instantRecovery }));
+/** RecordRestore's input: disks copied (and re-hashed), or an instant recovery's outcome. */
+export const recordRestoreInput = z.union([recordInstantRestoreInput, recordCopyRestoreInput]);
+
+export async function recordInstantRestore(input: z.output<typeof recordInstantRestoreInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<InstantRestoreSummary> {
+  const summary: InstantRestoreSummary = {
+    restoreId: input.restoreId, vmId: input.vmId, backupId: input.backupId, target: input.target, instant: input.instantResult,
+    ...(input.notice ? { notice: input.notice } : {}),
+  };
+  await deps.recovery.putRecord('RESTORE', input.restoreId, { status: 'succeeded', finishedAt: deps.now().toISOString(), summary });
+  return summary;
+}
+
+export async function recordRestore(input: z.output<typeof recordCopyRestoreInput>, deps: { recovery: RecoveryCatalog; catalog?: Pick<Catalog, 'recordRestoreTest'>; now: () => Date }): Promise<RestoreSummary> {
   const want = input.disks.map((d) => d.diskId).sort();
   const got = input.restored.map((d) => d.diskId).sort();
   if (JSON.stringify(want) !== JSON.stringify(got)) throw new RecoveryRequestInvalid(`restore ${input.restoreId} planned disks ${want.join(', ')} but movers reported ${got.join(', ')}`);
@@ -136,5 +173,7 @@ export async function recordRestoreFailure(input: z.output<typeof recordRestoreF
 
 const now = () => new Date();
 export const planHandler = lambdaHandler('PlanRestore', planRestoreInput, (input) => planRestore(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const recordHandler = lambdaHandler('RecordRestore', recordRestoreInput, (input) => recordRestore(input, { recovery: clients().recovery, catalog: clients().catalog, now }));
+export const recordHandler = lambdaHandler('RecordRestore', recordRestoreInput, (input): Promise<RestoreSummary | InstantRestoreSummary> => ('instantResult' in input
+  ? recordInstantRestore(input as z.output<typeof recordInstantRestoreInput>, { recovery: clients().recovery, now })
+  : recordRestore(input as z.output<typeof recordCopyRestoreInput>, { recovery: clients().recovery, catalog: clients().catalog, now })));
 export const recordFailureHandler = lambdaHandler('RecordRestoreFailure', recordRestoreFailureInput, (input) => recordRestoreFailure(input, { recovery: clients().recovery, now }));

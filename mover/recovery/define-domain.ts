@@ -106,7 +106,7 @@ export async function removeDomain(virsh: Virsh, name: string): Promise<void> {
  * then the guest agent's answer (it starts after the kernel). A domain that stops
  * meanwhile (power off, crash) ends the wait at once.
  */
-async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: string, check: BootCheck, signal?: AbortSignal, onWait?: () => void): Promise<BootCheckResult> {
+export async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: string, check: BootCheck, signal?: AbortSignal, onWait?: () => void): Promise<BootCheckResult> {
   const started = performance.now();
   const timeoutSeconds = check.timeoutSeconds ?? DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS;
   const deadline = started + timeoutSeconds * 1000;
@@ -153,7 +153,7 @@ async function stateOf(virsh: Virsh, name: string): Promise<string> {
   return (await virsh.run(['domstate', '--reason', '--', name]).catch((err: Error) => err.message)).trim();
 }
 
-async function domainExists(virsh: Virsh, name: string): Promise<boolean> {
+export async function domainExists(virsh: Virsh, name: string): Promise<boolean> {
   try {
     await virsh.run(['domuuid', '--', name]);
     return true;

@@ -29,7 +29,7 @@ const claimMarker = (job: RestoreJob) => join(job.target, `.lifeboat-restore-${j
  * already: its other disks and retries), unless forced: restoring into a VM's folder
  * would overwrite its disks and vm.json, or mix with them.
  */
-async function claimRestoreFolder(job: RestoreJob): Promise<void> {
+export async function claimRestoreFolder(job: RestoreJob): Promise<void> {
   await mkdir(job.target, { recursive: true });
   const marker = claimMarker(job);
   const entries = await readdir(job.target);
@@ -79,7 +79,7 @@ async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store
   return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId), sealedBytes: sealed.length };
 }
 
-async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {
+export async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {
   const key = objectKeys.vmConfig(backupId);
   const sealed = await d.store.get(key);
   if (!sealed) throw new Corrupt(`VM config ${key} of backup ${backupId} is missing from the repository`);

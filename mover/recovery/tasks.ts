@@ -1,8 +1,9 @@
-/** The mover's recovery tasks: restore, deep verification, replication, the standby replica and NBD exports of backups. Each job names its repositories (bucket and endpoint). */
+/** The mover's recovery tasks: restore, deep verification, replication, the standby replica, NBD exports of backups and file-level restore. Each job names its repositories (bucket and endpoint). */
 import type { RepositoryLocation } from '../../contracts/endpoints.ts';
 import { BadTaskInput } from '../../contracts/errors.ts';
 import { restoreTestJob } from '../../contracts/restore-test.ts';
 import { exportJob } from '../../contracts/export-job.ts';
+import { filesJob } from '../../contracts/files-job.ts';
 import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTaskNames, type RecoveryTask } from '../../contracts/recovery-jobs.ts';
@@ -13,6 +14,8 @@ import { discardPoolVolumes } from './pool-volumes.ts';
 import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
 import { restoreTestTask } from './restore-test.ts';
 import { runExportTask } from './export-task.ts';
+import { instantRecoverTask } from './instant.ts';
+import { runFilesTask } from '../files/files-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
 
 export interface RecoveryTaskDeps {
@@ -114,7 +117,18 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       const parsed = exportJob.safeParse(t.export);
       if (!parsed.success) throw new BadTaskInput(`export task needs an export job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
       const { store, keys } = await deps.repository(parsed.data.repository);
-      return runExportTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+      return runExportTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress, record: true });
+    }
+    case 'instantRecover': {
+      if (!t.restore?.repository?.bucket || !Array.isArray(t.restore.disks) || !t.restore.define?.uri) throw new BadTaskInput(`instantRecover task needs restore.repository.bucket, restore.disks and restore.define.uri: ${JSON.stringify(t).slice(0, 300)}`);
+      const { store, keys } = await deps.repository(t.restore.repository);
+      return instantRecoverTask(t.restore, { store, keys, workDir: deps.workDir, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+    }
+    case 'files': {
+      const parsed = filesJob.safeParse(t.files);
+      if (!parsed.success) throw new BadTaskInput(`files task needs a files job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+      const { store, keys } = await deps.repository(parsed.data.repository);
+      return runFilesTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
   }
 }

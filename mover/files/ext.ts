@@ -1,0 +1,396 @@
+/**
+ * A read-only ext2/3/4 reader: superblock and group descriptors (32- and 64-bit), inodes
+ * of any size with nanosecond times, extent trees and ext2/3 block maps (direct, indirect,
+ * double and triple), linear directories (htree directories are read linearly: their index
+ * blocks look like empty entries), inline data (files and directories in the inode and its
+ * `system.data` attribute), fast and slow symbolic links, sparse files (holes and
+ * unwritten extents read as zeros). The journal is not replayed: a file system backed up
+ * while mounted is read as its blocks were at the snapshot.
+ *
+ * Refuses what it cannot read truthfully (compression, META_BG, encrypted directories,
+ * a journal device) with the feature named. Every number from the image is checked before
+ * it is used: a block outside the file system, an extent tree deeper than 5 or looping, a
+ * directory entry whose length is 0 or overruns its block are errors naming the inode.
+ * Runs in the sandboxed child.
+ */
+import { FsCorrupt, view, type BlockReader } from './block-reader.ts';
+import { LIMITS, type Entry, type EntryType, type FileSystem } from './fs-types.ts';
+
+const INCOMPAT = { COMPRESSION: 0x1, FILETYPE: 0x2, JOURNAL_DEV: 0x8, META_BG: 0x10, EXTENTS: 0x40, BIT64: 0x80, DIRDATA: 0x1000, INLINE_DATA: 0x8000 };
+const FLAG = { INDEX: 0x1000, ENCRYPT: 0x800, HUGE_FILE: 0x40000, EXTENTS: 0x80000, INLINE_DATA: 0x10000000 };
+const ROOT_INO = 2;
+
+export interface ExtInode {
+  ino: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  atimeMs: number;
+  mtimeMs: number;
+  flags: number;
+  blocks512: number;
+  fileAcl: number;
+  /** i_block: 60 bytes (block map, extent root, fast symlink target or inline data). */
+  iblock: Buffer;
+  /** The `system.data` attribute of an inline-data inode (the data past the first 60 bytes). */
+  inlineMore?: Buffer;
+}
+
+interface Extent { logical: number; physical: number; length: number; unwritten: boolean }
+
+function typeOf(mode: number): EntryType {
+  switch (mode & 0xf000) {
+    case 0x8000: return 'file';
+    case 0x4000: return 'dir';
+    case 0xa000: return 'symlink';
+    default: return 'other';
+  }
+}
+
+/** Seconds (32 bits, signed) with the extra field's epoch bits and nanoseconds, as milliseconds. */
+function timeMs(seconds: number, extra: number | undefined): number {
+  if (extra === undefined) return seconds * 1000;
+  const epoch = extra & 3;
+  const nanos = extra >>> 2;
+  return (seconds + epoch * 2 ** 32) * 1000 + Math.floor(nanos / 1e6);
+}
+
+export class ExtFs implements FileSystem<ExtInode> {
+  readonly kind: string;
+  private readonly blockSize: number;
+  private readonly blocksCount: number;
+  private readonly inodesCount: number;
+  private readonly inodesPerGroup: number;
+  private readonly inodeSize: number;
+  private readonly descSize: number;
+  private readonly firstDataBlock: number;
+  private readonly fileType: boolean;
+  private readonly descCache = new Map<number, number>();
+  private readonly extentCache = new WeakMap<ExtInode, Extent[]>();
+  private readonly indirectCache = new Map<number, Buffer>();
+
+  private readonly disk: BlockReader;
+
+  private constructor(disk: BlockReader, sb: Buffer) {
+    this.disk = disk;
+    const logBlock = sb.readUInt32LE(24);
+    if (logBlock > 6) throw new FsCorrupt(`ext superblock: block size 2^${10 + logBlock} is not 1 KiB-64 KiB`);
+    this.blockSize = 1024 << logBlock;
+    const incompat = sb.readUInt32LE(96);
+    const bit64 = (incompat & INCOMPAT.BIT64) !== 0;
+    this.blocksCount = sb.readUInt32LE(4) + (bit64 ? sb.readUInt32LE(0x150) * 2 ** 32 : 0);
+    this.inodesCount = sb.readUInt32LE(0);
+    this.inodesPerGroup = sb.readUInt32LE(40);
+    this.firstDataBlock = sb.readUInt32LE(20);
+    const rev = sb.readUInt32LE(76);
+    this.inodeSize = rev === 0 ? 128 : sb.readUInt16LE(88);
+    this.descSize = bit64 ? sb.readUInt16LE(254) : 32;
+    this.fileType = (incompat & INCOMPAT.FILETYPE) !== 0;
+    const refuse: string[] = [];
+    if (incompat & INCOMPAT.COMPRESSION) refuse.push('compression');
+    if (incompat & INCOMPAT.JOURNAL_DEV) refuse.push('journal_dev (an external journal device, not a file system)');
+    if (incompat & INCOMPAT.META_BG) refuse.push('meta_bg');
+    if (incompat & INCOMPAT.DIRDATA) refuse.push('dirdata');
+    if (refuse.length) throw new FsCorrupt(`ext file system uses ${refuse.join(', ')}, which this reader does not support`);
+    if (this.inodeSize < 128 || this.inodeSize > this.blockSize || (this.inodeSize & (this.inodeSize - 1)) !== 0) throw new FsCorrupt(`ext superblock: inode size ${this.inodeSize} is not a power of two from 128 to the block size`);
+    if (bit64 && (this.descSize < 64 || this.descSize > 1024 || (this.descSize & (this.descSize - 1)) !== 0)) throw new FsCorrupt(`ext superblock: group descriptor size ${this.descSize} is not a power of two from 64 to 1024`);
+    if (this.inodesPerGroup === 0 || this.inodesCount === 0) throw new FsCorrupt('ext superblock: no inodes (inodes per group or inode count is 0)');
+    if (this.blocksCount * this.blockSize > disk.size + this.blockSize) throw new FsCorrupt(`ext superblock: ${this.blocksCount} blocks of ${this.blockSize} bytes do not fit the ${disk.size}-byte partition (truncated image?)`);
+    const ro = sb.readUInt32LE(100);
+    this.kind = incompat & INCOMPAT.EXTENTS || incompat & 0x200 ? 'ext4' : sb.readUInt32LE(92) & 0x4 ? 'ext3' : ro & 0x8 ? 'ext4' : 'ext2';
+  }
+
+  /** The ext file system on `disk`, or undefined when its superblock has no ext magic. */
+  static async open(disk: BlockReader): Promise<ExtFs | undefined> {
+    if (disk.size < 2048) return undefined;
+    const sb = view(await disk.read(1024, 1024));
+    if (sb.readUInt16LE(56) !== 0xef53) return undefined;
+    return new ExtFs(disk, sb);
+  }
+
+  private async readBlocks(block: number, count: number, what: string): Promise<Buffer> {
+    if (!Number.isSafeInteger(block) || block < 0 || count < 0 || block + count > this.blocksCount) throw new FsCorrupt(`${what}: block ${block}+${count} lies outside the file system's ${this.blocksCount} blocks`);
+    return view(await this.disk.read(block * this.blockSize, count * this.blockSize));
+  }
+
+  private async inodeTable(group: number): Promise<number> {
+    const hit = this.descCache.get(group);
+    if (hit !== undefined) return hit;
+    const perBlock = this.blockSize / this.descSize;
+    const block = this.firstDataBlock + 1 + Math.floor(group / perBlock);
+    const b = await this.readBlocks(block, 1, `group descriptor ${group}`);
+    const at = (group % perBlock) * this.descSize;
+    const table = b.readUInt32LE(at + 8) + (this.descSize >= 64 ? b.readUInt32LE(at + 0x28) * 2 ** 32 : 0);
+    this.descCache.set(group, table);
+    return table;
+  }
+
+  async inode(ino: number): Promise<ExtInode> {
+    if (!Number.isInteger(ino) || ino < 1 || ino > this.inodesCount) throw new FsCorrupt(`ext: inode ${ino} is outside the file system's ${this.inodesCount} inodes`);
+    const group = Math.floor((ino - 1) / this.inodesPerGroup);
+    const index = (ino - 1) % this.inodesPerGroup;
+    const table = await this.inodeTable(group);
+    const byteInTable = index * this.inodeSize;
+    const block = table + Math.floor(byteInTable / this.blockSize);
+    const b = (await this.readBlocks(block, 1, `inode ${ino}`)).subarray(byteInTable % this.blockSize, byteInTable % this.blockSize + this.inodeSize);
+    const extra = this.inodeSize > 128 ? b.readUInt16LE(128) : 0;
+    if (extra > this.inodeSize - 128) throw new FsCorrupt(`ext inode ${ino}: extra size ${extra} overruns the ${this.inodeSize}-byte inode`);
+    const x = (at: number) => (128 + extra >= at + 4 ? b.readUInt32LE(at) : undefined);
+    const mode = b.readUInt16LE(0);
+    const flags = b.readUInt32LE(32);
+    const sizeHigh = typeOf(mode) === 'file' ? b.readUInt32LE(108) : 0;
+    const node: ExtInode = {
+      ino, mode, flags,
+      uid: b.readUInt16LE(2) | (b.readUInt16LE(120) << 16),
+      gid: b.readUInt16LE(24) | (b.readUInt16LE(122) << 16),
+      size: b.readUInt32LE(4) + sizeHigh * 2 ** 32,
+      atimeMs: timeMs(b.readInt32LE(8), x(140)),
+      mtimeMs: timeMs(b.readInt32LE(16), x(136)),
+      blocks512: b.readUInt32LE(28) + b.readUInt16LE(116) * 2 ** 32,
+      fileAcl: b.readUInt32LE(104) + b.readUInt16LE(118) * 2 ** 32,
+      iblock: Buffer.from(b.subarray(40, 100)),
+    };
+    if (!Number.isSafeInteger(node.size)) throw new FsCorrupt(`ext inode ${ino}: size ${node.size} is not a safe integer`);
+    if (flags & FLAG.INLINE_DATA) node.inlineMore = this.inlineAttribute(b, 128 + extra, ino);
+    return node;
+  }
+
+  /** The `system.data` value among the in-inode extended attributes (empty when absent). */
+  private inlineAttribute(b: Buffer, start: number, ino: number): Buffer {
+    if (start + 4 > b.length || b.readUInt32LE(start) !== 0xea020000) return Buffer.alloc(0);
+    const first = start + 4;
+    for (let at = first; at + 16 <= b.length;) {
+      const nameLen = b[at]!;
+      const index = b[at + 1]!;
+      const valueOffs = b.readUInt16LE(at + 2);
+      const valueSize = b.readUInt32LE(at + 8);
+      if (nameLen === 0 && index === 0 && valueOffs === 0 && b.readUInt32LE(at + 4) === 0) break;
+      if (at + 16 + nameLen > b.length) throw new FsCorrupt(`ext inode ${ino}: extended attribute name overruns the inode`);
+      if (index === 7 && b.toString('latin1', at + 16, at + 16 + nameLen) === 'data') {
+        if (first + valueOffs + valueSize > b.length) throw new FsCorrupt(`ext inode ${ino}: inline data attribute (${valueSize} bytes at ${valueOffs}) overruns the inode`);
+        return Buffer.from(b.subarray(first + valueOffs, first + valueOffs + valueSize));
+      }
+      at += (16 + nameLen + 3) & ~3;
+    }
+    return Buffer.alloc(0);
+  }
+
+  private entryOf(name: string, n: ExtInode, target?: string): Entry {
+    return { name, type: typeOf(n.mode), size: n.size, mode: n.mode & 0o7777, uid: n.uid, gid: n.gid, mtimeMs: n.mtimeMs, atimeMs: n.atimeMs, ...(target !== undefined ? { target } : {}) };
+  }
+
+  nodeId(n: ExtInode): string {
+    return `inode ${n.ino}`;
+  }
+
+  async root(): Promise<{ node: ExtInode; entry: Entry }> {
+    const n = await this.inode(ROOT_INO);
+    if (typeOf(n.mode) !== 'dir') throw new FsCorrupt(`ext: the root inode ${ROOT_INO} is not a directory (mode ${n.mode.toString(8)})`);
+    return { node: n, entry: this.entryOf('/', n) };
+  }
+
+  async list(dir: ExtInode, path: string): Promise<{ node: ExtInode; entry: Entry }[]> {
+    if (typeOf(dir.mode) !== 'dir') throw new FsCorrupt(`ext: ${path} (inode ${dir.ino}) is not a directory`);
+    if (dir.flags & FLAG.ENCRYPT) throw new FsCorrupt(`ext: directory ${path} is encrypted (fscrypt); its names cannot be read without the key`);
+    if (dir.size > LIMITS.dirBytes) throw new FsCorrupt(`ext: directory ${path} (inode ${dir.ino}) claims ${dir.size} bytes, above the ${LIMITS.dirBytes}-byte limit`);
+    const raw: { ino: number; name: string }[] = [];
+    if (dir.flags & FLAG.INLINE_DATA) {
+      // The parent's inode number, then entries in the rest of i_block and in system.data.
+      this.parseEntries(dir.iblock.subarray(4), raw, path, dir.ino);
+      if (dir.inlineMore?.length) this.parseEntries(dir.inlineMore, raw, path, dir.ino);
+    } else {
+      const blocks = Math.ceil(dir.size / this.blockSize);
+      for (let i = 0; i < blocks; i++) {
+        const b = await this.read(dir, i * this.blockSize, this.blockSize, path);
+        if (b) this.parseEntries(view(b), raw, path, dir.ino);
+      }
+    }
+    const out: { node: ExtInode; entry: Entry }[] = [];
+    for (const r of raw) {
+      if (r.name === '.' || r.name === '..') continue;
+      const n = await this.inode(r.ino);
+      out.push({ node: n, entry: this.entryOf(r.name, n, typeOf(n.mode) === 'symlink' ? await this.readlink(n, `${path}/${r.name}`) : undefined) });
+    }
+    return out;
+  }
+
+  private parseEntries(b: Buffer, out: { ino: number; name: string }[], path: string, ino: number): void {
+    for (let at = 0; at + 8 <= b.length;) {
+      const entryIno = b.readUInt32LE(at);
+      const recLen = b.readUInt16LE(at + 4);
+      const nameLen = this.fileType ? b[at + 6]! : b.readUInt16LE(at + 6);
+      if (recLen < 8 || recLen % 4 !== 0 || at + recLen > b.length) throw new FsCorrupt(`ext: directory ${path} (inode ${ino}): entry at byte ${at} has length ${recLen} (must be a multiple of 4, at least 8, within its block)`);
+      if (entryIno !== 0) {
+        if (8 + nameLen > recLen) throw new FsCorrupt(`ext: directory ${path} (inode ${ino}): name of ${nameLen} bytes overruns its ${recLen}-byte entry`);
+        if (out.length >= LIMITS.dirEntries) throw new FsCorrupt(`ext: directory ${path} has more than ${LIMITS.dirEntries} entries`);
+        out.push({ ino: entryIno, name: b.toString('utf8', at + 8, at + 8 + nameLen) });
+      }
+      at += recLen;
+    }
+  }
+
+  private async readlink(n: ExtInode, path: string): Promise<string> {
+    if (n.size > LIMITS.symlinkBytes) throw new FsCorrupt(`ext: symbolic link ${path} claims a ${n.size}-byte target (limit ${LIMITS.symlinkBytes})`);
+    const aclBlocks = n.fileAcl ? this.blockSize / 512 : 0;
+    const fast = !(n.flags & (FLAG.EXTENTS | FLAG.INLINE_DATA)) && n.size < 60 && n.blocks512 - aclBlocks <= 0;
+    if (fast) return n.iblock.toString('utf8', 0, n.size);
+    const b = await this.read(n, 0, n.size, path);
+    return b ? Buffer.from(b).toString('utf8') : '';
+  }
+
+  async read(n: ExtInode, offset: number, length: number, path: string): Promise<Uint8Array | null> {
+    const end = Math.min(n.size, offset + length);
+    if (offset >= end) return Buffer.alloc(0);
+    if (n.flags & FLAG.INLINE_DATA) {
+      const all = Buffer.concat([n.iblock, n.inlineMore ?? Buffer.alloc(0)]);
+      const out = Buffer.alloc(end - offset);
+      all.copy(out, 0, offset, Math.min(all.length, end));
+      return out;
+    }
+    const bs = this.blockSize;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((end - 1) / bs);
+    const runs = await this.map(n, first, last - first + 1, path);
+    if (runs.length === 0) return null;
+    const out = Buffer.alloc((last - first + 1) * bs);
+    for (const r of runs) {
+      const data = await this.readBlocks(r.physical, r.length, `${path} (inode ${n.ino})`);
+      data.copy(out, (r.logical - first) * bs);
+    }
+    return out.subarray(offset - first * bs, end - first * bs);
+  }
+
+  async dataRanges(n: ExtInode, path: string): Promise<{ offset: number; length: number }[] | undefined> {
+    if (n.flags & FLAG.INLINE_DATA) return [{ offset: 0, length: n.size }];
+    const out: { offset: number; length: number }[] = [];
+    for (const e of n.flags & FLAG.EXTENTS ? await this.extents(n, path) : await this.blockMapExtents(n, path)) {
+      if (e.unwritten) continue;
+      const offset = e.logical * this.blockSize;
+      const length = Math.min(e.length * this.blockSize, n.size - offset);
+      if (length <= 0) continue;
+      const prev = out[out.length - 1];
+      if (prev && prev.offset + prev.length === offset) prev.length += length;
+      else out.push({ offset, length });
+    }
+    return out;
+  }
+
+  /** The stored runs of blocks `first`..`first+count-1` of a file (holes and unwritten extents left out). */
+  private async map(n: ExtInode, first: number, count: number, path: string): Promise<Extent[]> {
+    const out: Extent[] = [];
+    if (n.flags & FLAG.EXTENTS) {
+      for (const e of await this.extents(n, path)) {
+        if (e.unwritten) continue;
+        const from = Math.max(first, e.logical);
+        const to = Math.min(first + count, e.logical + e.length);
+        if (from < to) out.push({ logical: from, physical: e.physical + (from - e.logical), length: to - from, unwritten: false });
+      }
+      return out;
+    }
+    for (let l = first; l < first + count; l++) {
+      const p = await this.blockMap(n, l, path);
+      if (p === 0) continue;
+      const prev = out[out.length - 1];
+      if (prev && prev.logical + prev.length === l && prev.physical + prev.length === p) prev.length++;
+      else out.push({ logical: l, physical: p, length: 1, unwritten: false });
+    }
+    return out;
+  }
+
+  /** Every extent of a file, in logical order, checked (depth, count, overlap, bounds). */
+  private async extents(n: ExtInode, path: string): Promise<Extent[]> {
+    const hit = this.extentCache.get(n);
+    if (hit) return hit;
+    const out: Extent[] = [];
+    const visited = new Set<number>();
+    const walk = async (node: Buffer, depthLeft: number, where: string): Promise<void> => {
+      if (node.readUInt16LE(0) !== 0xf30a) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent node ${where} has no extent magic`);
+      const entries = node.readUInt16LE(2);
+      const depth = node.readUInt16LE(6);
+      if (depth > LIMITS.extentDepth || depth !== depthLeft && depthLeft !== -1) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent node ${where} says depth ${depth}${depthLeft === -1 ? '' : ` where ${depthLeft} was expected`} (at most ${LIMITS.extentDepth})`);
+      if (12 + entries * 12 > node.length) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent node ${where} lists ${entries} entries, more than fit`);
+      for (let i = 0; i < entries; i++) {
+        const at = 12 + i * 12;
+        if (depth === 0) {
+          let len = node.readUInt16LE(at + 4);
+          const unwritten = len > 32768;
+          if (unwritten) len -= 32768;
+          const e = { logical: node.readUInt32LE(at), physical: node.readUInt16LE(at + 6) * 2 ** 32 + node.readUInt32LE(at + 8), length: len, unwritten };
+          if (e.physical + e.length > this.blocksCount) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent at file block ${e.logical} points to blocks ${e.physical}+${e.length}, outside the file system's ${this.blocksCount} blocks`);
+          const prev = out[out.length - 1];
+          if (prev && e.logical < prev.logical + prev.length) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extents overlap or are out of order at file block ${e.logical}`);
+          if (out.length >= LIMITS.extents) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}) has more than ${LIMITS.extents} extents`);
+          out.push(e);
+        } else {
+          const child = node.readUInt16LE(at + 8) * 2 ** 32 + node.readUInt32LE(at + 4);
+          if (visited.has(child)) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent tree visits block ${child} twice (a loop)`);
+          visited.add(child);
+          await walk(await this.readBlocks(child, 1, `${path} (inode ${n.ino}) extent block`), depth - 1, `block ${child}`);
+        }
+      }
+    };
+    await walk(n.iblock, -1, 'in the inode');
+    this.extentCache.set(n, out);
+    return out;
+  }
+
+  /**
+   * Every stored run of an ext2/3 block map, walking the indirect blocks and skipping the
+   * holes at every level, so a huge sparse file costs its indirect blocks, not its size.
+   */
+  private async blockMapExtents(n: ExtInode, path: string): Promise<Extent[]> {
+    const per = this.blockSize / 4;
+    const lastBlock = Math.ceil(n.size / this.blockSize);
+    const out: Extent[] = [];
+    const add = (logical: number, physical: number) => {
+      if (physical + 1 > this.blocksCount) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block ${logical} points to block ${physical}, outside the file system's ${this.blocksCount} blocks`);
+      const prev = out[out.length - 1];
+      if (prev && prev.logical + prev.length === logical && prev.physical + prev.length === physical) prev.length++;
+      else {
+        if (out.length >= LIMITS.extents) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}) has more than ${LIMITS.extents} runs of blocks`);
+        out.push({ logical, physical, length: 1, unwritten: false });
+      }
+    };
+    const seen = new Set<number>();
+    // `level` 0: a data block; 1-3: an indirect block covering per^level blocks from `first`.
+    const visit = async (block: number, level: number, first: number): Promise<void> => {
+      if (block === 0 || first >= lastBlock) return;
+      if (level === 0) return add(first, block);
+      if (seen.has(block)) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): indirect block ${block} is used twice in its block map (a loop)`);
+      seen.add(block);
+      const b = await this.readBlocks(block, 1, `${path} (inode ${n.ino}) indirect block`);
+      const span = per ** (level - 1);
+      for (let i = 0; i < per; i++) await visit(b.readUInt32LE(i * 4), level - 1, first + i * span);
+    };
+    for (let i = 0; i < 12; i++) await visit(n.iblock.readUInt32LE(i * 4), 0, i);
+    await visit(n.iblock.readUInt32LE(48), 1, 12);
+    await visit(n.iblock.readUInt32LE(52), 2, 12 + per);
+    await visit(n.iblock.readUInt32LE(56), 3, 12 + per + per * per);
+    return out;
+  }
+
+  /** ext2/3 block map: the physical block of logical block `l`, 0 for a hole. */
+  private async blockMap(n: ExtInode, l: number, path: string): Promise<number> {
+    const per = this.blockSize / 4;
+    const ptr = (i: number) => n.iblock.readUInt32LE(i * 4);
+    const through = async (block: number, index: number): Promise<number> => {
+      if (block === 0) return 0;
+      let b = this.indirectCache.get(block);
+      if (!b) {
+        b = await this.readBlocks(block, 1, `${path} (inode ${n.ino}) indirect block`);
+        if (this.indirectCache.size > 1024) this.indirectCache.clear();
+        this.indirectCache.set(block, b);
+      }
+      return b.readUInt32LE(index * 4);
+    };
+    if (l < 12) return ptr(l);
+    l -= 12;
+    if (l < per) return through(ptr(12), l);
+    l -= per;
+    if (l < per * per) return through(await through(ptr(13), Math.floor(l / per)), l % per);
+    l -= per * per;
+    if (l < per * per * per) return through(await through(await through(ptr(14), Math.floor(l / (per * per))), Math.floor(l / per) % per), l % per);
+    throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block beyond the triple-indirect range`);
+  }
+}

@@ -1,0 +1,192 @@
+/**
+ * Instant recovery end to end, with real parts: a running guest under QEMU (TCG) through
+ * libvirtd is backed up by the Backup workflow (a real mover process, s3rver); the Restore
+ * workflow in instant mode has the mover serve the backup over NBD, start a new domain on
+ * qcow2 overlays backed by the exports, and move it with `virsh blockcopy --pivot` into
+ * the target folder while it runs.
+ *
+ * The target is a tmpfs too small for the disk, so the move fails for want of room: the VM is paused,
+ * its writes (the guest writes all the time) are in the overlay, and the error says where
+ * and how to resume. The tmpfs is grown and the recovery resumed: the move completes while
+ * the guest runs. The guest hashes its own disk at a freeze taken while it still runs on
+ * overlay and exports: the moved disk has that hash. Bad input: a backup that does not
+ * exist, a VM that is not a libvirt backup, instant without --define.
+ * Everything it makes (domains, mount, overlays) is removed in afterAll, also on failure.
+ */
+import { StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readEndpoint, waitForEndpoint } from '../cli/export-endpoint.ts';
+import type { ExportEndpoint } from '../contracts/export-job.ts';
+import type { InstantRestoreSummary } from '../contracts/workflow-outputs.ts';
+import { runExecution, waitForExecution } from '../local/client.ts';
+import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { openRepository } from '../local/stack.ts';
+import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
+import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
+import { startMover } from '../local/movers.ts';
+import { instantRoot } from '../mover/recovery/instant.ts';
+import { startTestStack, type TestStack } from './helpers/stack.ts';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+const lab = await ensureLibvirtd();
+if (!lab.available && process.env.CI) throw new Error(`libvirt is needed by this test in CI: ${lab.reason}`);
+
+let t: TestStack;
+let vm: LabVm;
+const vmId = 'kvm-instant';
+const domain = `lifeboat-e2e-instant-${process.pid}-r`;
+const workDir = () => join(t.dir, 'work');
+const target = () => join(t.dir, 'target');
+let mounted = false;
+
+async function restore(input: Record<string, unknown>, name: string) {
+  const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Restore!, name, input: JSON.stringify(input) }));
+  return executionArn!;
+}
+
+const PHASES = ['running', 'moving', 'moved'] as const;
+/** The endpoint record once the recovery is at `phase` or past it (the mover writes running and moving moments apart). */
+async function waitPhase(arn: string, restoreId: string, phase: (typeof PHASES)[number]): Promise<ExportEndpoint> {
+  const { store } = await openRepository(t.stack.endpoints);
+  const at = PHASES.indexOf(phase);
+  return waitForEndpoint({ sfn: t.sfn, executionArn: arn, store, exportId: restoreId, ready: (r) => PHASES.indexOf(r.phase as (typeof PHASES)[number]) >= at, what: `phase ${phase}` });
+}
+
+async function consoleMatch(file: string, pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const m = (await readFile(file, 'utf8').catch(() => '')).match(pattern);
+    if (m) return m;
+    if (Date.now() > deadline) throw new Error(`no console line matching ${pattern} in ${file} within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/** Bytes of the overlay's own layer (depth 0) holding data: the guest's writes. */
+async function overlayDataBytes(overlay: string): Promise<number> {
+  // The overlay alone (its backing, the export, is closed once the move failed).
+  const { stdout } = await run('qemu-img', ['map', '-U', '--output=json', '--image-opts', `driver=qcow2,file.filename=${overlay},backing=null`]);
+  const map = JSON.parse(stdout) as { length: number; depth: number; data: boolean }[];
+  return map.filter((e) => e.depth === 0 && e.data).reduce((n, e) => n + e.length, 0);
+}
+
+async function sha256OfImage(path: string, format: string): Promise<string> {
+  const raw = join(t.dir, 'moved.raw');
+  await run('qemu-img', ['convert', '-U', '-f', format, '-O', 'raw', path, raw]);
+  const h = createHash('sha256').update(await readFile(raw)).digest('hex');
+  await rm(raw);
+  return h;
+}
+
+describe.skipIf(!lab.available)('instant recovery of a libvirt backup', () => {
+  beforeAll(async () => {
+    t = await startTestStack({ movers: 0 });
+    t.movers.push(startMover(t.stack.endpoints, { name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir() }, onLog: (l) => t.logs.push(l) }));
+    vm = await startLabVm({
+      dir: join(t.dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: `lifeboat-e2e-instant-${process.pid}`,
+      sizeBytes: 32 * MiB, dataBytes: 8 * MiB, behaviour: { mode: 'write', writeKiBs: 64 },
+    });
+    await t.stack.catalog.putVm({ vmId, host: 'kvm-01', source: vm.name, name: vm.name });
+    await t.stack.catalog.putPolicy({ policyId: 'p-instant', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
+    const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-instant' });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    // The source guest is not needed any more: one guest at a time on these 2 cores.
+    await vm.remove();
+    await mkdir(target(), { recursive: true });
+    // The final storage: a file system of its own, too small for the disk's 8 MiB of data, so the first move fails.
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', `lifeboat-e2e-instant-${process.pid}`, target()]);
+    mounted = true;
+  }, 420_000);
+  afterAll(async () => {
+    await virsh(['destroy', domain]).catch(() => {});
+    await virsh(['undefine', domain]).catch(() => {});
+    await vm?.remove().catch(() => {});
+    if (mounted) await run('umount', ['-l', target()]).catch(() => {});
+    await t?.close();
+  }, 120_000);
+
+  it('refuses bad input with errors naming it: a backup that does not exist, a VM that is not a libvirt backup, --instant without --define', async () => {
+    const define = { uri: 'qemu:///system', name: `${domain}-bad` };
+    const none = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId, backupId: 'b-none', target: join(t.dir, 'x'), moverGroup: 'site-a', define, instant: {} });
+    expect(none.status).toBe('FAILED');
+    expect(none.cause).toMatch(/VM 'kvm-instant' has no backup 'b-none'/);
+    const noDefine = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId, target: join(t.dir, 'x'), moverGroup: 'site-a', instant: {} });
+    expect(noDefine.cause).toMatch(/instant recovery .* needs "define"/);
+
+    const dir = join(t.dir, 'vms', 'vm-folder');
+    await createVmFolder(dir, { name: 'vm-folder', disks: [{ id: 'vda', sizeBytes: 2 * MiB }] }, seededRng(5));
+    await t.stack.catalog.putVm({ vmId: 'vm-folder', host: 'esx-01', source: dir });
+    await t.stack.catalog.putPolicy({ policyId: 'p-folder', vmIds: ['vm-folder'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1 });
+    expect((await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-folder' })).status).toBe('SUCCEEDED');
+    const folder = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'vm-folder', target: join(t.dir, 'y'), moverGroup: 'site-a', define, instant: {} });
+    expect(folder.status).toBe('FAILED');
+    expect(folder.error).toBe('Recovery.RequestInvalid');
+    expect(folder.cause).toMatch(/backup \S+ of VM 'vm-folder' was not taken by the libvirt driver .* restore its disks as files instead \(without --instant\)/);
+    // Nothing was defined or left in the work folder.
+    await expect(virsh(['domuuid', define.name])).rejects.toThrow();
+    expect(await readdir(instantRoot(workDir())).catch(() => [])).toEqual([]);
+  }, 300_000);
+
+  it('runs the VM on overlays backed by the exports within seconds, its writes landing in the overlay; a target that fills up fails the move, pauses the VM and keeps its writes', async () => {
+    const restoreId = `instant-a-${process.pid}`;
+    const asked = performance.now();
+    // The move starts once the guest is up and writing, and is capped, so the guest writes for seconds before it fails.
+    const arn = await restore({
+      vmId, target: target(), moverGroup: 'site-a', define: { uri: 'qemu:///system', name: domain },
+      instant: { moveBandwidthMiBs: 1, moveAfter: { consoleLine: 'LIFEBOAT-GUEST READY', timeoutSeconds: 300 } },
+    }, restoreId);
+    const running = await waitPhase(arn, restoreId, 'running');
+    const runningSeconds = (performance.now() - asked) / 1000;
+    console.log(`instant recovery: domain running ${runningSeconds.toFixed(1)} s after the request`);
+    expect(running).toMatchObject({ kind: 'instant', domain, vmId, state: 'listening', phase: expect.stringMatching(/^(running|moving)$/) });
+    const overlay = running.overlays!.vda!;
+    expect(overlay.startsWith(instantRoot(workDir()))).toBe(true);
+    expect(running.uris.vda).toMatch(/^nbd\+unix:\/\/\/vda\?socket=/);
+    await consoleMatch(join(target(), 'console.log'), /LIFEBOAT-GUEST READY/, 240_000);
+
+    const d = await waitForExecution(t.sfn, arn);
+    expect(d.status).toBe('FAILED');
+    expect(d.error).toBe('Recovery.InstantMoveFailed');
+    expect(d.cause).toContain(`moving disk vda to ${join(target(), 'vda.qcow2')} failed`);
+    expect(d.cause).toContain(`The VM is paused and its writes are kept in ${overlay}`);
+    expect(d.cause).toMatch(/resume with lifeboat restore --vm kvm-instant .* --instant --resume/);
+    expect((await virsh(['domstate', domain])).trim()).toBe('paused');
+    // The guest wrote while it ran: into the overlay, not into the backup.
+    expect(await overlayDataBytes(overlay)).toBeGreaterThan(0);
+    const { store } = await openRepository(t.stack.endpoints);
+    expect(await readEndpoint(store, restoreId)).toMatchObject({ phase: 'failed', error: expect.any(String) });
+  }, 420_000);
+
+  it('resumes once there is room: the move completes while the guest runs, the moved disk is what the guest saw on overlay and exports, and exports and overlays are gone', async () => {
+    await run('mount', ['-o', 'remount,size=96m', target()]);
+    const restoreId = `instant-b-${process.pid}`;
+    const arn = await restore({ vmId, target: target(), moverGroup: 'site-a', define: { uri: 'qemu:///system', name: domain }, instant: { resume: true, moveBandwidthMiBs: 1 } }, restoreId);
+    const moving = await waitPhase(arn, restoreId, 'moving');
+    expect((await virsh(['domstate', domain])).trim()).toBe('running');
+    // While it still runs on overlay and exports: the guest stops writing and hashes its disk.
+    await virsh(['qemu-agent-command', domain, '{"execute":"guest-fsfreeze-freeze"}']);
+    const [, seen] = await consoleMatch(join(target(), 'console.log'), /LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/, 180_000);
+    const d = await waitForExecution(t.sfn, arn);
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const s = JSON.parse(d.output!) as InstantRestoreSummary;
+    expect(s.instant).toMatchObject({ domain, resumed: true, disks: [join(target(), 'vda.qcow2')] });
+    expect(s.instant.bytesServed).toBeGreaterThan(0);
+    expect((await virsh(['domstate', domain])).trim()).toBe('running');
+    expect(await virsh(['domblklist', domain])).toContain(join(target(), 'vda.qcow2'));
+    expect(await virsh(['dumpxml', '--inactive', domain])).toContain(join(target(), 'vda.qcow2'));
+    expect(await sha256OfImage(join(target(), 'vda.qcow2'), 'qcow2')).toBe(seen);
+    // The overlays, their folder and the exports' socket are gone; the record says moved.
+    await expect(stat(moving.overlays!.vda!)).rejects.toThrow();
+    expect(await readdir(instantRoot(workDir()))).toEqual([]);
+    const { store } = await openRepository(t.stack.endpoints);
+    expect(await readEndpoint(store, restoreId)).toMatchObject({ phase: 'moved', state: 'closed' });
+    await virsh(['qemu-agent-command', domain, '{"execute":"guest-fsfreeze-thaw"}']);
+  }, 420_000);
+});

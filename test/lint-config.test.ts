@@ -1,0 +1,82 @@
+/**
+ * The import boundaries in biome.json (`npm test` runs `biome ci` over the tree): each rule
+ * is shown failing on a file that breaks it, and passing on one that keeps it. The files
+ * are written to a scratch folder beside a copy of the real configuration, never into the
+ * tree.
+ */
+import { execFile } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+
+const root = resolve(import.meta.dirname, '..');
+const biome = join(root, 'node_modules', '.bin', 'biome');
+
+const files: Record<string, string> = {
+  // Broken: a handler module imported from outside functions/.
+  'cli/imports-handler.ts': "import { planHandler } from '../functions/backup/plan.ts';\nexport const x = planHandler;\n",
+  // Broken: the catalog opened outside the stack's clients.
+  'bench/opens-catalog.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
+  // Broken: contracts/ importing something above it.
+  'contracts/imports-core.ts': "import { parseConfig } from '../core/config.ts';\nexport const x = parseConfig;\n",
+  // Broken: the repository layer importing the control plane.
+  'repository/imports-functions.ts': "import { collectGarbage } from '../functions/gc/gc.ts';\nexport const x = collectGarbage;\n",
+  // Broken: the mover importing the embedded stack.
+  'mover/imports-local.ts': "import { invokeLocal } from '../local/lambdas.ts';\nexport const x = invokeLocal;\n",
+  // Broken: a CLI command starting executions with the Step Functions client instead of cli/stack-client.ts.
+  'cli/bypasses-client.ts': "import { runExecution } from '../local/client.ts';\nexport const x = runExecution;\n",
+  // Kept: contracts, a catalog record type, and the stack client.
+  'cli/keeps-boundaries.ts':
+    "import type { RunSummary } from '../contracts/workflow-outputs.ts';\nimport type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';\nimport { runWorkflow } from './stack-client.ts';\nexport type X = [RunSummary, HostConfigRecord];\nexport const y = runWorkflow;\n",
+  // Kept: the stack's client opens the catalog.
+  'cli/stack-client.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
+  // Kept: a handler module importing its commons and contracts.
+  'functions/backup/keeps.ts':
+    "import { clients } from '../commons/clients.ts';\nimport { vmJob } from '../../contracts/schemas.ts';\nexport const x = [clients, vmJob];\n",
+};
+
+let dir: string;
+let report: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'lifeboat-lint-'));
+  await copyFile(join(root, 'biome.json'), join(dir, 'biome.json'));
+  for (const [path, text] of Object.entries(files)) {
+    await mkdir(dirname(join(dir, path)), { recursive: true });
+    await writeFile(join(dir, path), text);
+  }
+  const run = promisify(execFile)(biome, ['lint', '--colors=off', '--vcs-enabled=false', '--max-diagnostics=100', ...Object.keys(files)], { cwd: dir });
+  report = await run.then(
+    (r) => r.stdout + r.stderr,
+    (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
+  );
+});
+
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** The diagnostics biome printed for one file (a header line `path:line:col rule`, then its text). */
+function diagnosticsOf(path: string): string[] {
+  return report.split(/\n(?=\S+\.ts:\d+:\d+ )/).filter((d) => d.startsWith(`${path}:`));
+}
+
+test.each([
+  ['cli/imports-handler.ts', 'Nothing outside functions/ imports a handler module'],
+  ['bench/opens-catalog.ts', "only the stack's clients (cli/stack-client.ts, local/stack.ts) open the catalog"],
+  ['contracts/imports-core.ts', 'contracts/ imports nothing of this repository'],
+  ['repository/imports-functions.ts', 'repository/ and core/ import only contracts/, core/ and repository/'],
+  ['mover/imports-local.ts', 'The mover shares only contracts/, core/ and repository/'],
+  ['cli/bypasses-client.ts', "cli/ talks to a stack's workflows through its client"],
+])('%s breaks a boundary and fails the lint', (path, message) => {
+  const found = diagnosticsOf(path);
+  expect(found, report).toHaveLength(1);
+  expect(found[0]).toContain('lint/style/noRestrictedImports');
+  expect(found[0]).toContain(message);
+});
+
+test.each([['cli/keeps-boundaries.ts'], ['cli/stack-client.ts'], ['functions/backup/keeps.ts']])('%s keeps the boundaries and passes', (path) => {
+  expect(diagnosticsOf(path), report).toEqual([]);
+});
