@@ -9,12 +9,11 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { locationKey } from '../contracts/endpoints.ts';
 import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
-import type { HostConfigCatalog, HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
+import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
 import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 import type { StackEndpoints } from '../local/stack.ts';
-import { embeddedCatalog, stackHostConfigs } from './embedded-access.ts';
 import { runWithProgress } from './progress.ts';
-import { endpoints, guarded, lambdaMessage, StackClient, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
+import { embeddedCatalog, endpoints, guarded, lambdaMessage, StackClient, stackHostConfigs, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
 
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 
@@ -34,7 +33,7 @@ export function formatHostConfigBackup(s: HostConfigSummary, seconds: number): s
 }
 
 /** The host's record to restore: the one `at` names, or the newest. */
-export async function pickHostConfig(records: Pick<HostConfigCatalog, 'get' | 'list'>, hostId: string, at?: string): Promise<HostConfigRecord> {
+export async function pickHostConfig(records: Pick<ReturnType<typeof stackHostConfigs>, 'get' | 'list'>, hostId: string, at?: string): Promise<HostConfigRecord> {
   if (at) {
     const r = await records.get(hostId, at);
     if (!r) throw new Error(`host '${hostId}' has no host configuration backup '${at}': list its backups with \`lifeboat host-config list --host ${hostId}\``);
