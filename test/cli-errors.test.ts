@@ -39,7 +39,7 @@ describe('the command line', () => {
   it('refuses restore --pool without --define, saying what it goes with, before reaching the stack', async () => {
     const r = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--pool', 'vmstore', '--endpoints', join(dir, 'none.json')]);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain('--pool, --name, --raw, --start, --boot-check and --agent go with --define <uri>');
+    expect(r.stderr).toContain('--pool, --name, --raw, --start, --boot-check, --agent and --instant go with --define <uri>');
   });
 
   it('refuses verify\'s restore test options without --restore-test, and a boot timeout out of range, before reaching the stack', async () => {
