@@ -131,7 +131,7 @@ describe('on the embedded stack', () => {
     const rows = JSON.parse(alerts.stdout) as { kind: string; subject: string }[];
     // site-b serves hosts, dr replicates policy backups (the configuration's); only site-a has a mover here.
     expect(rows.filter((a) => a.kind === 'mover-group-silent').map((a) => a.subject).sort()).toEqual(['dr', 'site-b']);
-  }, 60_000);
+  }, 180_000);
 
   it('names what was wrong: an unknown VM or run, a stack that is not running', async () => {
     const vm = await local(['backups', 'no-such-vm']);
@@ -143,7 +143,7 @@ describe('on the embedded stack', () => {
     const gone = await cli(['vms', '--data-dir', join(t.dir, 'nothing-here')]);
     expect(gone.code).toBe(1);
     expect(gone.stderr).toMatch(/cannot read the stack's endpoints from .*nothing-here\/endpoints\.json .*start the stack with `lifeboat up` first, or name a deployed stack with --stack/);
-  }, 60_000);
+  }, 180_000);
 });
 
 describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients, SigV4)', () => {
@@ -173,5 +173,5 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
     const add = await aws(['vm', 'add', 'vm-x', '--host', 'esx-02', '--source', t.dir]);
     expect(add.code).toBe(1);
     expect(add.stderr).toContain('VMs of a deployed stack come from the Discover workflow');
-  }, 60_000);
+  }, 180_000);
 });
