@@ -2,23 +2,30 @@
  * Fleet benchmarks on the embedded stack, with real mover processes (a script, not a test).
  *
  *   npm run bench:fleet -- segments   one large disk: 1 mover against 3 movers of one group
- *   npm run bench:fleet -- scale      300 small VMs across 3 groups and 6 movers
+ *   npm run bench:fleet -- scale      1,000 small VMs, 20 hosts, 10 movers: wall time, transitions and history per VM, largest payload and history, slot waits, cost
+ *   npm run bench:fleet -- cost       what a night costs: an incremental after a 2% change, counted per VM-backup and priced (bench/aws-prices.json)
  *
  * Settings: BENCH_FLEET_DISK_MIB (segments, default 1024), BENCH_FLEET_SEGMENT_MIB (256),
  * BENCH_FLEET_LINK_MBPS (segments, default 10: the second round gives each mover its own
  * uplink of this many MB/s, as appliances at a site each have theirs; the first round is
  * unlimited, so all movers share this machine's two cores),
- * BENCH_FLEET_VMS (scale, default 300), BENCH_FLEET_VM_CONCURRENCY (scale, default 30).
+ * BENCH_FLEET_VMS (scale, default 1000), BENCH_FLEET_HOSTS (20), BENCH_FLEET_MOVERS (10),
+ * BENCH_FLEET_VM_CONCURRENCY (scale, default 2 per host), BENCH_FLEET_COST_VMS (cost, default 20),
+ * BENCH_FLEET_COST_MIB (cost, disk size, default 64), BENCH_FLEET_COST_TARGET_GIB (100: the VM size
+ * the S3 requests are scaled to).
  * Each phase runs on a fresh stack, so no phase deduplicates against another.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LifeboatConfig } from '../core/config.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
-import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
+import os from 'node:os';
+import { lambdaInvocations } from '../local/lambdas.ts';
+import { dynamodbUnits, gbSeconds, loadPrices, price, runExecutions, type PerVmBackup, type Prices } from './fleet-usage.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
-import { EmbeddedStack } from '../local/stack.ts';
+import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
 const MiB = 1024 * 1024;
@@ -28,18 +35,6 @@ const num = (name: string, fallback: number) => {
   if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive whole number, got '${process.env[name]}'`);
   return v;
 };
-
-interface HistoryEvent {
-  type: string;
-  timestamp: number;
-  state?: { name: string; input?: { vmId?: string } };
-}
-
-async function readHistory(stack: EmbeddedStack, executionArn: string): Promise<HistoryEvent[]> {
-  const name = executionArn.split(':').pop()!;
-  const file = join(stack.endpoints.dataDir, 'executions', `${stack.endpoints.backupStateMachineArn.split(':').pop()}--${name}.history.jsonl`);
-  return (await readFile(file, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as HistoryEvent);
-}
 
 /** Starts a stack with `config` in a fresh folder, and movers per group. */
 async function fleet(name: string, config: LifeboatConfig, movers: Record<string, number>, slots: number, env: Record<string, string> = {}) {
@@ -103,55 +98,150 @@ async function segments(): Promise<void> {
   }
 }
 
+/** Percentile `p` (0..1) of `xs`. */
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]! : 0;
+};
+
+/** Counters of the stack process (Lambda invocations, the functions' DynamoDB calls, every client's S3 requests), read before and after a run. */
+function counters(stack: EmbeddedStack) {
+  const ddb = { read: 0, write: 0 };
+  observeSdkCalls((call) => {
+    if (call.service !== 'dynamodb') return;
+    const u = dynamodbUnits(call);
+    ddb.read += u.read;
+    ddb.write += u.write;
+  });
+  const snap = () => ({ lambda: lambdaInvocations(), s3: stack.s3RequestKinds(), ddb: { ...ddb } });
+  return { snap };
+}
+
+/** Per VM-backup usage between two snapshots of `counters`. */
+function perVm(before: ReturnType<ReturnType<typeof counters>['snap']>, after: typeof before, transitions: number, vms: number): PerVmBackup {
+  const lambda: Record<string, { count: number; ms: number }> = {};
+  for (const [id, v] of Object.entries(after.lambda)) lambda[id] = { count: v.count - (before.lambda[id]?.count ?? 0), ms: v.ms - (before.lambda[id]?.ms ?? 0) };
+  const s3 = Object.fromEntries(Object.entries(after.s3).map(([k, n]) => [k, (n - (before.s3[k] ?? 0)) / vms]));
+  return {
+    transitions: transitions / vms,
+    lambdaInvocations: Object.values(lambda).reduce((s, v) => s + v.count, 0) / vms,
+    lambdaGbSeconds: gbSeconds(lambda) / vms,
+    dynamodbReadUnits: (after.ddb.read - before.ddb.read) / vms,
+    dynamodbWriteUnits: (after.ddb.write - before.ddb.write) / vms,
+    s3, kmsCalls: 0,
+  };
+}
+
+function printCost(u: PerVmBackup, prices: Prices, label: string): void {
+  const cost = price(u, prices);
+  const orchestration = cost['Step Functions']! + cost.Lambda! + cost.DynamoDB! + cost.KMS!;
+  process.stdout.write(`\nPer VM-backup (${label}):\n| figure | per VM-backup |\n|---|---:|\n`);
+  process.stdout.write(`| state transitions | ${u.transitions.toFixed(1)} |\n| Lambda invocations | ${u.lambdaInvocations.toFixed(1)} |\n| Lambda GB-seconds | ${u.lambdaGbSeconds.toFixed(3)} |\n`);
+  process.stdout.write(`| DynamoDB read / write units | ${u.dynamodbReadUnits.toFixed(1)} / ${u.dynamodbWriteUnits.toFixed(1)} |\n`);
+  process.stdout.write(`| S3 requests | ${Object.entries(u.s3).map(([k, n]) => `${k} ${n.toFixed(1)}`).join(', ')} |\n| KMS calls | ${u.kmsCalls} |\n`);
+  process.stdout.write(`\nCost per 1,000 VM-backups at ${prices.region} list prices of ${prices.date} (bench/aws-prices.json):\n| service | $ |\n|---|---:|\n`);
+  for (const [k, v] of Object.entries(cost)) process.stdout.write(`| ${k} | ${v.toFixed(4)} |\n`);
+  process.stdout.write(`| orchestration (Step Functions, Lambda, DynamoDB, KMS) | ${orchestration.toFixed(4)} (target 0.50) |\n`);
+}
+
+/** `groups` mover groups of `hostsPerGroup` hosts, `moversPerGroup` movers each. */
+function fleetLayout(hosts: number, movers: number) {
+  const groupCount = Math.max(1, Math.floor(movers / 2));
+  const groups = Array.from({ length: groupCount }, (_, g) => ({ id: `group-${g + 1}`, hosts: [] as string[] }));
+  for (let h = 0; h < hosts; h++) groups[h % groupCount]!.hosts.push(`esx-${String(h + 1).padStart(2, '0')}`);
+  return { groups, moversPerGroup: Math.max(1, Math.floor(movers / groupCount)) };
+}
+
+async function addVms(f: Awaited<ReturnType<typeof fleet>>, hosts: string[], count: number, diskBytes: number): Promise<string[]> {
+  const vmIds: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const vmId = `vm-${String(i).padStart(4, '0')}`;
+    const dir = join(f.dataDir, 'vms', vmId);
+    await createVmFolder(dir, { name: vmId, disks: [{ id: 'disk0', sizeBytes: diskBytes }] }, seededRng(1000 + i));
+    await f.stack.catalog.putVm({ vmId, host: hosts[i % hosts.length]!, source: dir });
+    vmIds.push(vmId);
+  }
+  return vmIds;
+}
+
 async function scale(): Promise<void> {
-  const vmCount = num('BENCH_FLEET_VMS', 300);
-  const vmConcurrency = num('BENCH_FLEET_VM_CONCURRENCY', 30);
-  const groups = [1, 2, 3].map((g) => ({ id: `group-${g}`, hosts: [`esx-${g}1`, `esx-${g}2`] }));
-  const config = baseConfig(groups, 2, vmConcurrency);
-  const f = await fleet('scale', config, Object.fromEntries(groups.map((g) => [g.id, 2])), 2);
+  const vmCount = num('BENCH_FLEET_VMS', 1000);
+  const hostCount = num('BENCH_FLEET_HOSTS', 20);
+  const moverCount = num('BENCH_FLEET_MOVERS', 10);
+  const hostLimit = 2;
+  const { groups, moversPerGroup } = fleetLayout(hostCount, moverCount);
+  const vmConcurrency = num('BENCH_FLEET_VM_CONCURRENCY', hostCount * hostLimit);
+  const f = await fleet('scale', baseConfig(groups, hostLimit, vmConcurrency), Object.fromEntries(groups.map((g) => [g.id, moversPerGroup])), 2);
   try {
-    process.stdout.write(`Creating ${vmCount} VMs with one 1 MiB disk each on ${groups.length * 2} hosts ...\n`);
-    const hosts = groups.flatMap((g) => g.hosts);
-    const vmIds: string[] = [];
-    for (let i = 0; i < vmCount; i++) {
-      const vmId = `vm-${String(i).padStart(3, '0')}`;
-      const dir = join(f.dataDir, 'vms', vmId);
-      await createVmFolder(dir, { name: vmId, disks: [{ id: 'disk0', sizeBytes: MiB }] }, seededRng(1000 + i));
-      await f.stack.catalog.putVm({ vmId, host: hosts[i % hosts.length]!, source: dir });
-      vmIds.push(vmId);
-    }
-    await f.stack.catalog.putPolicy({ policyId: 'scale', vmIds, bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 2 });
+    process.stdout.write(`Creating ${vmCount} VMs with one 1 MiB disk each on ${hostCount} hosts ...\n`);
+    const vmIds = await addVms(f, groups.flatMap((g) => g.hosts), vmCount, MiB);
+    await f.stack.catalog.putPolicy({ policyId: 'scale', vmIds, bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: hostLimit });
+    const c = counters(f.stack);
+    const before = c.snap();
     const cpu0 = process.cpuUsage();
+    const load = os.loadavg()[0]!;
     const started = performance.now();
-    const d = await runExecution(sfnClient(f.stack.endpoints), f.stack.endpoints.backupStateMachineArn, { policyId: 'scale' }, { pollMs: 500 });
+    const d = await runExecution(sfnClient(f.stack.endpoints), f.stack.endpoints.backupStateMachineArn, { policyId: 'scale' }, { pollMs: 1000 });
     const seconds = (performance.now() - started) / 1000;
     const cpu = process.cpuUsage(cpu0);
     if (d.status !== 'SUCCEEDED') throw new Error(`the scale run ended ${d.status}: ${d.error} ${d.cause}`);
     const s = JSON.parse(d.output!) as RunSummary;
-    const history = await readHistory(f.stack, d.executionArn!);
-    const entered = history.filter((e) => e.type === 'StateEntered').length;
-    // Slot wait: AcquireSlot entered → exited, per VM (retries while the host is full included).
-    const enteredAt = new Map<string, number>();
-    let longestWait = 0;
-    let waitSum = 0;
-    for (const e of history) {
-      if (e.state?.name !== 'AcquireSlot' || !e.state.input?.vmId) continue;
-      if (e.type === 'StateEntered' && !enteredAt.has(e.state.input.vmId)) enteredAt.set(e.state.input.vmId, e.timestamp);
-      if (e.type === 'StateExited') {
-        const w = (e.timestamp - enteredAt.get(e.state.input.vmId)!) / 1000;
-        longestWait = Math.max(longestWait, w);
-        waitSum += w;
-      }
-    }
-    const retried = history.filter((e) => e.type === 'StateRetried' && e.state?.name === 'AcquireSlot').length;
-    process.stdout.write(`\nScale run: ${vmCount} VMs, ${groups.length} groups, 6 movers (2 slots each), 6 hosts (2 backups each), ${vmConcurrency} VMs at once:\n`);
+    const run = await runExecutions(f.dataDir, d.executionArn!);
+    const w = run.slotWaits;
+    const mean = w.reduce((a, b) => a + b, 0) / Math.max(1, w.length);
+    process.stdout.write(`\nScale run: ${vmCount} VMs, ${groups.length} groups, ${groups.length * moversPerGroup} movers (2 slots each), ${hostCount} hosts (${hostLimit} backups each), ${vmConcurrency} VMs at once; load average ${load.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end (${os.cpus().length} cores):\n`);
     process.stdout.write('| figure | value |\n|---|---:|\n');
     process.stdout.write(`| VMs committed / failed | ${s.committed} / ${s.failed} |\n`);
     process.stdout.write(`| wall time | ${seconds.toFixed(1)} s (${((seconds * 1000) / vmCount).toFixed(0)} ms per VM) |\n`);
-    process.stdout.write(`| state transitions per VM | ${(entered / vmCount).toFixed(1)} (${entered} StateEntered events) |\n`);
+    process.stdout.write(`| executions | ${run.executions} (the run and one per VM) |\n`);
+    process.stdout.write(`| state transitions per VM | ${(run.transitions / vmCount).toFixed(1)} |\n`);
+    process.stdout.write(`| history events per VM (its own execution, as AWS counts them) | ${run.historyEventsPerVm.toFixed(1)}; the run's own: ${run.parentHistory} |\n`);
+    process.stdout.write(`| largest history | ${run.largestHistory.events} events (${run.largestHistory.execution}) |\n`);
+    process.stdout.write(`| largest payload | ${run.largestPayload.bytes} B (${run.largestPayload.where}, ${run.largestPayload.execution}) |\n`);
     process.stdout.write(`| control-plane CPU per VM | ${((cpu.user + cpu.system) / 1000 / vmCount).toFixed(1)} ms (embedded stack process: runner, handlers, dynalite, s3rver) |\n`);
-    process.stdout.write(`| longest wait for a slot | ${longestWait.toFixed(1)} s (mean ${(waitSum / Math.max(1, enteredAt.size)).toFixed(1)} s, ${retried} AcquireSlot retries) |\n`);
+    process.stdout.write(`| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`);
+    printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
   } finally {
+    observeSdkCalls(undefined);
+    await f.close();
+  }
+}
+
+/**
+ * What a night costs: VMs backed up fully, then 2% of each disk rewritten and backed up
+ * again (the nightly incremental); the incremental's usage per VM-backup is counted and
+ * priced. The control plane's requests do not depend on a disk's size but S3's do: the S3
+ * requests are also shown scaled linearly to 100 GiB VMs (BENCH_FLEET_COST_TARGET_GIB).
+ */
+async function cost(): Promise<void> {
+  const vmCount = num('BENCH_FLEET_COST_VMS', 20);
+  const diskMiB = num('BENCH_FLEET_COST_MIB', 64);
+  const targetGiB = num('BENCH_FLEET_COST_TARGET_GIB', 100);
+  const { groups, moversPerGroup } = fleetLayout(4, 2);
+  const f = await fleet('cost', baseConfig(groups, 2, 8), Object.fromEntries(groups.map((g) => [g.id, moversPerGroup])), 2);
+  try {
+    process.stdout.write(`Creating ${vmCount} VMs with one ${diskMiB} MiB disk each ...\n`);
+    const vmIds = await addVms(f, groups.flatMap((g) => g.hosts), vmCount, diskMiB * MiB);
+    await f.stack.catalog.putPolicy({ policyId: 'nightly', vmIds, bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 2 });
+    const sfn = sfnClient(f.stack.endpoints);
+    const full = await runExecution(sfn, f.stack.endpoints.backupStateMachineArn, { policyId: 'nightly' }, { pollMs: 500 });
+    if (full.status !== 'SUCCEEDED') throw new Error(`the full backup ended ${full.status}: ${full.error} ${full.cause}`);
+    for (const [i, vmId] of vmIds.entries()) await changeDisk(join(f.dataDir, 'vms', vmId, 'disk0.raw'), diskMiB * MiB, 0.02, 4, seededRng(5000 + i));
+    const c = counters(f.stack);
+    const before = c.snap();
+    const load = os.loadavg()[0]!;
+    const d = await runExecution(sfn, f.stack.endpoints.backupStateMachineArn, { policyId: 'nightly' }, { pollMs: 500 });
+    if (d.status !== 'SUCCEEDED') throw new Error(`the incremental ended ${d.status}: ${d.error} ${d.cause}`);
+    const s = JSON.parse(d.output!) as RunSummary;
+    if (s.failed) throw new Error(`the incremental failed ${s.failed} VMs: ${JSON.stringify(s.vms.slice(0, 3))}`);
+    const run = await runExecutions(f.dataDir, d.executionArn!);
+    const u = perVm(before, c.snap(), run.transitions, vmCount);
+    process.stdout.write(`load average ${load.toFixed(1)} (${os.cpus().length} cores)\n`);
+    printCost(u, await loadPrices(), `measured: incremental of ${diskMiB} MiB VMs after a 2% change`);
+    const scaleBy = (targetGiB * 1024) / diskMiB;
+    printCost({ ...u, s3: Object.fromEntries(Object.entries(u.s3).map(([k, n]) => [k, n * scaleBy])) }, await loadPrices(), `S3 requests scaled ×${scaleBy.toFixed(0)} to ${targetGiB} GiB VMs changing 2%`);
+  } finally {
+    observeSdkCalls(undefined);
     await f.close();
   }
 }
@@ -159,7 +249,8 @@ async function scale(): Promise<void> {
 const mode = process.argv[2];
 if (mode === 'segments') await segments();
 else if (mode === 'scale') await scale();
+else if (mode === 'cost') await cost();
 else {
-  process.stderr.write('usage: npm run bench:fleet -- segments|scale\n');
+  process.stderr.write('usage: npm run bench:fleet -- segments|scale|cost\n');
   process.exit(2);
 }

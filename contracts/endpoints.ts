@@ -7,27 +7,28 @@
  * credentials never travel with them; each side takes its own (see mover/main.ts,
  * functions/commons/clients.ts).
  */
+import { z } from 'zod';
+import { text, type Infer } from './zod.ts';
 
 /** How to reach an S3-compatible endpoint; an absent field means the stack's own setting. */
-export interface StorageEndpoint {
+export const storageEndpoint = z.strictObject({
   /** Endpoint URL (`https://s3.dr.example.com`); unset: AWS S3 of `region`. */
-  url?: string;
+  url: text.optional(),
   /** Signing region; unset: the stack's region. */
-  region?: string;
+  region: text.optional(),
   /** Path-style requests (`https://host/bucket/key`); default true with a `url`, false for AWS S3. */
-  pathStyle?: boolean;
+  pathStyle: z.boolean().optional(),
   /**
    * Flexible request checksums: `when-required` (default; what most S3-compatible stores
    * accept) or `when-supported` (the SDK adds a CRC to every upload).
    */
-  checksums?: 'when-required' | 'when-supported';
-}
+  checksums: z.enum(['when-required', 'when-supported']).optional(),
+});
+export type StorageEndpoint = Infer<typeof storageEndpoint>;
 
 /** A repository as jobs name it: its bucket, and its endpoint when it is not the stack's own S3. */
-export interface RepositoryLocation {
-  bucket: string;
-  endpoint?: StorageEndpoint;
-}
+export const repositoryLocation = z.looseObject({ bucket: text, endpoint: storageEndpoint.optional() });
+export type RepositoryLocation = Infer<typeof repositoryLocation>;
 
 /** A stable key for one endpoint's settings (client caches key on it; '' is the stack's own S3). */
 export function endpointKey(e: StorageEndpoint | undefined): string {

@@ -5,6 +5,11 @@
  * (`ErrorEquals`), so renaming one is a breaking change. `retryable` says whether a
  * workflow may try the same work again.
  */
+import { z } from 'zod';
+
+/** A Step Functions Catch result as the workflows hand it to a function: `{ Error, Cause }`. */
+export const caughtError = z.looseObject({ Error: z.string(), Cause: z.string().optional().default('') });
+
 export class LifeboatError extends Error {
   readonly retryable: boolean;
   constructor(name: string, message: string, opts: { retryable: boolean; cause?: unknown }) {
@@ -44,6 +49,13 @@ export class BadTaskInput extends LifeboatError {
   constructor(message: string, cause?: unknown) {
     super(BadTaskInput.code, message, { retryable: false, cause });
   }
+}
+
+/** A task input parsed with its contract schema; what does not fit is a BadTaskInput naming every bad field. */
+export function parseTaskInput<S extends z.ZodType>(what: string, schema: S, raw: unknown): z.output<S> {
+  const parsed = schema.safeParse(raw);
+  if (parsed.success) return parsed.data;
+  throw new BadTaskInput(`${what} input is not valid: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(input)'}: ${i.message}`).join('; ')}`);
 }
 
 /** The backup names a policy the catalog does not hold. */

@@ -55,12 +55,27 @@ export class InstantMoveFailed extends LifeboatError {
   }
 }
 
+/**
+ * Lock extension (functions/gc/extend-locks.ts) could not lock some objects of retained
+ * backups until their expiry (the store refused PutObjectRetention, or it failed): the
+ * collection stops before deleting anything, naming the objects. Not retryable: a refusal
+ * is a permission or a lock mode to fix; the backups whose objects all held are recorded,
+ * the rest are tried again by the next collection.
+ */
+export class LocksNotExtended extends LifeboatError {
+  static readonly code = 'Gc.LocksNotExtended';
+  constructor(message: string) {
+    super(LocksNotExtended.code, message, { retryable: false });
+  }
+}
+
 export const recoveryErrorClasses = {
   [InstantMoveFailed.code]: InstantMoveFailed,
   [RecoveryRequestInvalid.code]: RecoveryRequestInvalid,
   [RestoreMismatch.code]: RestoreMismatch,
   [ReplicaBusy.code]: ReplicaBusy,
   [GcBusy.code]: GcBusy,
+  [LocksNotExtended.code]: LocksNotExtended,
 } as const;
 
 /** File-level restore: the path, partition or file system asked for is not on the backup's disk. */

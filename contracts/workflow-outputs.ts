@@ -11,10 +11,16 @@ import type { HostConfigResult } from './host-config.ts';
 
 // functions/backup/summarize.ts
 
+/** Outcomes listed in a run's summary at most (failed first): the summary is a payload and a catalog item, both capped. */
+export const SUMMARY_VMS_LISTED = 100;
+
 export interface RunSummary {
   runId: string;
   policyId: string;
+  /** Per-VM outcomes, failed first, at most {@link SUMMARY_VMS_LISTED}; every VM's is on its backup record. */
   vms: VmOutcome[];
+  /** Outcomes not listed in `vms` (0 for a run of up to 100 VMs). */
+  vmsNotListed: number;
   committed: number;
   failed: number;
   totals: Omit<TransferStats, 'seconds'>;

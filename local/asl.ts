@@ -17,6 +17,7 @@ interface CfnResource {
 }
 export interface CfnTemplate {
   Resources: Record<string, CfnResource>;
+  Outputs?: Record<string, { Value?: unknown }>;
 }
 
 export interface LocalStateMachine {
@@ -31,6 +32,12 @@ export interface ResolvedTemplate {
   functions: Record<string, string>;
   /** Mover group activity ARNs by activity name. */
   activities: Record<string, string>;
+  /**
+   * The logical id of the stack's own bucket (output RepositoryBucketName). A bucket's Ref in
+   * a definition (the BackupVms Map's reader and writer) resolves to its logical id; the
+   * embedded stack maps that id to its local bucket.
+   */
+  primaryBucket?: string;
   /** Key schemas of the DynamoDB tables, by logical id, so local tables match the deployed ones. */
   tables: Record<string, { KeySchema: { AttributeName: string; KeyType: string }[]; AttributeDefinitions: { AttributeName: string; AttributeType: string }[] }>;
 }
@@ -69,13 +76,15 @@ function resolveRef(name: string, t: CfnTemplate): string {
   const r = t.Resources[name];
   if (r?.Type === 'AWS::StepFunctions::Activity') return `arn:aws:states:${LOCAL_REGION}:${LOCAL_ACCOUNT}:activity:${r.Properties?.Name as string}`;
   if (r?.Type === 'AWS::StepFunctions::StateMachine') return `arn:aws:states:${LOCAL_REGION}:${LOCAL_ACCOUNT}:stateMachine:${name}`;
-  if (r?.Type === 'AWS::Lambda::Function') return name;
+  if (r?.Type === 'AWS::Lambda::Function' || r?.Type === 'AWS::S3::Bucket') return name;
   throw new Error(`cannot resolve Ref ${name} (${r?.Type ?? 'no such resource'}) for the embedded stack`);
 }
 
 /** Resolves every state machine, function and activity of a synthesized template. */
 export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
   const out: ResolvedTemplate = { stateMachines: {}, functions: {}, activities: {}, tables: {} };
+  const primary = (t.Outputs?.RepositoryBucketName?.Value as { Ref?: string } | undefined)?.Ref;
+  if (primary) out.primaryBucket = primary;
   for (const [lid, r] of Object.entries(t.Resources)) {
     if (r.Type === 'AWS::StepFunctions::StateMachine') {
       const text = resolveIntrinsics(r.Properties?.DefinitionString, t);

@@ -8,7 +8,9 @@ import { mkdir, readdir, readFile, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { LambdaFunctionId } from '../contracts/functions.ts';
+import type { ObjectStore } from '../core/object-store.ts';
 import type { ActivityBroker } from './activities.ts';
+import { DISTRIBUTED_MAP_RESOURCE, lowerDistributedMaps, runMapRun, type ChildOutcome, type DistributedMapState } from './distributed-map.ts';
 import { LocalEventBus } from './events.ts';
 import type { ResolvedTemplate } from './asl.ts';
 import { invokeLocal } from './lambdas.ts';
@@ -53,9 +55,15 @@ export class LocalExecutions implements ExecutionService {
   private readonly onStopped: (r: ExecutionRecord) => void;
   /** Step Functions' hard quotas, enforced on every execution (local/quotas.ts). */
   private readonly quotas: StepFunctionsQuotas;
+  /** The buckets a Distributed Map reads its items from and writes its results to (by the name or logical id in the definition). */
+  private readonly objects: (bucket: string) => ObjectStore;
 
-  constructor(opts: { dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void; quotas?: StepFunctionsQuotas }) {
+  constructor(opts: {
+    dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void; quotas?: StepFunctionsQuotas;
+    objects?: (bucket: string) => ObjectStore;
+  }) {
     this.dir = join(opts.dataDir, 'executions');
+    this.objects = opts.objects ?? ((bucket) => { throw new Error(`the embedded stack was started without object storage, so a Distributed Map cannot reach bucket ${bucket}`); });
     this.quotas = opts.quotas ?? AWS_QUOTAS;
     this.onStopped = opts.onStopped ?? (() => {});
     this.events = new LocalEventBus(opts.dataDir);
@@ -81,8 +89,13 @@ export class LocalExecutions implements ExecutionService {
     }
   }
 
+  /** The file name of an execution's record and history, without extension (a Map Run's child: `<parent>--<label>--<name>`). */
+  static fileBase(r: Pick<ExecutionRecord, 'stateMachineArn' | 'name'>): string {
+    return `${r.stateMachineArn.split(':').pop()!.replace('/', '--')}--${r.name}`;
+  }
+
   private async save(r: ExecutionRecord): Promise<void> {
-    const file = join(this.dir, `${r.stateMachineArn.split(':').pop()}--${r.name}.json`);
+    const file = join(this.dir, `${LocalExecutions.fileBase(r)}.json`);
     await writeFile(`${file}.tmp`, JSON.stringify(r));
     await rename(`${file}.tmp`, file);
   }
@@ -93,12 +106,21 @@ export class LocalExecutions implements ExecutionService {
     return sm;
   }
 
-  private overrides(definition: Record<string, unknown>, signal: AbortSignal, guard: QuotaGuard) {
+  private overrides(definition: Record<string, unknown>, signal: AbortSignal, guard: QuotaGuard, maps: Record<string, DistributedMapState>, record: ExecutionRecord, context: Record<string, unknown>) {
     const handlers: Record<string, (input: never) => Promise<unknown>> = {};
     for (const [name, state] of taskStates(definition)) {
       const resource = state.Resource ?? '';
       const fid = this.template.functions[resource] as LambdaFunctionId | undefined;
-      if (fid) {
+      if (resource === DISTRIBUTED_MAP_RESOURCE) {
+        handlers[name] = (input) => runMapRun(name, maps[name]!, input, {
+          executionArn: record.executionArn, execution: context, stateMachineArn: record.stateMachineArn, objects: this.objects, signal,
+          runChild: (child) => this.runChild(child, record.executionArn),
+          onMapRun: (run) => {
+            record.mapRuns = [...(record.mapRuns ?? []), run];
+            void this.save(record);
+          },
+        });
+      } else if (fid) {
         handlers[name] = (input) => invokeLocal(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
       } else if (resource.includes(':activity:')) {
         handlers[name] = (input) => this.broker.schedule(resource, input, {
@@ -137,7 +159,29 @@ export class LocalExecutions implements ExecutionService {
   }
 
   async start(stateMachineArn: string, input: string, name?: string): Promise<{ executionArn: string; startDate: Date }> {
-    const sm = this.machine(stateMachineArn);
+    return this.launch(this.machine(stateMachineArn), input, name);
+  }
+
+  /**
+   * One child execution of a Map Run: started as any execution (its own record, history and
+   * quotas; an input over the quota is refused, which fails the child), resolved once stopped.
+   */
+  private async runChild(child: { stateMachineArn: string; definition: Record<string, unknown>; input: string; name: string; mapRunArn: string }, parentExecutionArn: string): Promise<ChildOutcome> {
+    const startDate = new Date();
+    try {
+      const { executionArn } = await this.launch({ arn: child.stateMachineArn, definition: child.definition }, child.input, child.name, { mapRunArn: child.mapRunArn, parentExecutionArn });
+      await this.running.get(executionArn)?.done;
+      const r = this.records.get(executionArn)!;
+      return { executionArn, status: r.status, input: r.input, startDate: r.startDate, ...(r.stopDate ? { stopDate: r.stopDate } : {}),
+        ...(r.output !== undefined ? { output: r.output } : {}), ...(r.error ? { error: r.error } : {}), ...(r.cause ? { cause: r.cause } : {}) };
+    } catch (err) {
+      const executionArn = `${child.stateMachineArn.replace(':stateMachine:', ':execution:')}:${child.name}`;
+      return { executionArn, status: 'FAILED', input: child.input, startDate, stopDate: new Date(), error: (err as Error).name === 'ValidationException' ? 'States.DataLimitExceeded' : (err as Error).name, cause: (err as Error).message };
+    }
+  }
+
+  private async launch(sm: { arn: string; definition: Record<string, unknown> }, input: string, name?: string, links: Pick<ExecutionRecord, 'mapRunArn' | 'parentExecutionArn'> = {}): Promise<{ executionArn: string; startDate: Date }> {
+    const stateMachineArn = sm.arn;
     const execName = name ?? randomUUID();
     const executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${execName}`;
     if (this.records.has(executionArn)) throw named('ExecutionAlreadyExists', `execution ${execName} already exists`);
@@ -149,7 +193,7 @@ export class LocalExecutions implements ExecutionService {
     } catch {
       throw named('InvalidExecutionInput', 'execution input is not valid JSON');
     }
-    const record: ExecutionRecord = { executionArn, stateMachineArn, name: execName, status: 'RUNNING', startDate: new Date(), input: input || '{}' };
+    const record: ExecutionRecord = { executionArn, stateMachineArn, name: execName, status: 'RUNNING', startDate: new Date(), input: input || '{}', ...links };
     this.records.set(executionArn, record);
     await this.save(record);
     const abort = new AbortController();
@@ -157,12 +201,15 @@ export class LocalExecutions implements ExecutionService {
     // it stopped (in AWS their tokens are then void): no mover takes up a dead execution's work.
     const settled = new AbortController();
     const taskSignal = AbortSignal.any([abort.signal, settled.signal]);
-    const machine = new StateMachine(sm.definition as never, { validationOptions: { checkArn: false } });
+    // Distributed Maps run as Map Runs of child executions (local/distributed-map.ts).
+    const { definition, maps } = lowerDistributedMaps(sm.definition as never);
+    const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false } });
     // A history quota failure ends the execution at once, wherever in it the quota was reached.
-    const guard = new QuotaGuard(this.quotas, sm.definition as never, () => abort.abort());
+    const guard = new QuotaGuard(this.quotas, definition as never, () => abort.abort());
+    const execution = { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' };
     const run = machine.run(parsed as never, guard.runOptions(machine, {
-      overrides: { taskResourceLocalHandlers: this.overrides(sm.definition, taskSignal, guard) as never },
-      context: { Execution: { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' } },
+      overrides: { taskResourceLocalHandlers: this.overrides(definition, taskSignal, guard, maps, record, execution) as never },
+      context: { Execution: execution },
     }));
     abort.signal.addEventListener('abort', () => run.abort());
     const history = this.recordHistory(record, run.eventLogs);
@@ -199,7 +246,7 @@ export class LocalExecutions implements ExecutionService {
       if (e.parentState) delete e.parentState.input;
       lines.push(JSON.stringify(ev));
     }
-    await writeFile(join(this.dir, `${record.stateMachineArn.split(':').pop()}--${record.name}.history.jsonl`), lines.join('\n') + '\n');
+    await writeFile(join(this.dir, `${LocalExecutions.fileBase(record)}.history.jsonl`), lines.join('\n') + '\n');
   }
 
   async describe(executionArn: string): Promise<ExecutionRecord> {
@@ -208,9 +255,12 @@ export class LocalExecutions implements ExecutionService {
     return r;
   }
 
-  async list(stateMachineArn: string, statusFilter?: string, maxResults?: number): Promise<ExecutionRecord[]> {
-    this.machine(stateMachineArn);
-    const all = [...this.records.values()].filter((r) => r.stateMachineArn === stateMachineArn && (!statusFilter || r.status === statusFilter));
+  /** The executions of a state machine, or (`mapRunArn`) the child executions of a Map Run, newest first. */
+  async list(stateMachineArn: string | undefined, statusFilter?: string, maxResults?: number, mapRunArn?: string): Promise<ExecutionRecord[]> {
+    if (stateMachineArn) this.machine(stateMachineArn.split('/')[0]!);
+    else if (!mapRunArn) throw named('ValidationException', 'ListExecutions needs a stateMachineArn or a mapRunArn');
+    const all = [...this.records.values()].filter((r) => (!stateMachineArn || r.stateMachineArn === stateMachineArn) && (!mapRunArn || r.mapRunArn === mapRunArn)
+      && (!statusFilter || r.status === statusFilter));
     all.sort((a, b) => b.startDate.getTime() - a.startDate.getTime());
     return maxResults ? all.slice(0, maxResults) : all;
   }

@@ -23,6 +23,12 @@ async function load(id: LambdaFunctionId): Promise<Handler> {
   return h;
 }
 
+/** Invocations of each function in this process and their summed duration (the cost bench prices them as Lambda would). */
+const invocations = new Map<LambdaFunctionId, { count: number; ms: number }>();
+export function lambdaInvocations(): Record<string, { count: number; ms: number }> {
+  return Object.fromEntries([...invocations].map(([id, v]) => [id, { ...v }]));
+}
+
 /** The function whose invocation is running (tests attribute SDK calls to functions with it). */
 export const currentInvocation = new AsyncLocalStorage<{ functionId: LambdaFunctionId }>();
 
@@ -34,6 +40,7 @@ export async function invokeLocal(id: LambdaFunctionId, event: unknown, timeoutM
   const handler = await load(id);
   const deadline = Date.now() + timeoutMs;
   const context = { functionName: id, awsRequestId: randomUUID(), getRemainingTimeInMillis: () => deadline - Date.now(), callbackWaitsForEmptyEventLoop: false };
+  const started = performance.now();
   try {
     return await currentInvocation.run({ functionId: id }, () => handler(structuredClone(event), context));
   } catch (err) {
@@ -41,5 +48,8 @@ export async function invokeLocal(id: LambdaFunctionId, event: unknown, timeoutM
     const failure = new Error(JSON.stringify({ errorType: e.name, errorMessage: e.message }));
     failure.name = e.name && e.name !== 'Error' ? e.name : 'Error';
     throw failure;
+  } finally {
+    const n = invocations.get(id) ?? { count: 0, ms: 0 };
+    invocations.set(id, { count: n.count + 1, ms: n.ms + (performance.now() - started) });
   }
 }

@@ -47,6 +47,8 @@ export interface LocalS3 {
   readonly url: string;
   /** Requests per bucket since start. */
   readonly requests: Map<string, number>;
+  /** Requests per kind since start, as S3 prices them: PUT (also POST, COPY), LIST, GET, HEAD, DELETE. */
+  readonly requestKinds: Map<string, number>;
   close(): Promise<void>;
 }
 
@@ -73,6 +75,7 @@ export function deframeAwsChunked(body: Buffer): Buffer {
 export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   const server = new S3rver({ port: o.port ?? 0, address: '127.0.0.1', directory: o.directory, silent: true, configureBuckets: o.buckets.map((name) => ({ name })) });
   const requests = new Map<string, number>();
+  const requestKinds = new Map<string, number>();
   const conditionalInFlight = new Set<string>();
   const objectPath = (bucket: string, key: string) => server.store.getResourcePath(bucket, key, 'object');
   const locked = Object.fromEntries(Object.entries(o.objectLock ?? {}).filter(([b]) => o.buckets.includes(b)));
@@ -82,6 +85,8 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
     const [, bucket = '', ...rest] = ctx.path.split('/');
     requests.set(bucket || '(service)', (requests.get(bucket || '(service)') ?? 0) + 1);
     const key = decodeURIComponent(rest.join('/'));
+    const kind = ctx.method === 'GET' && !key ? 'LIST' : ctx.method === 'POST' ? 'PUT' : ctx.method;
+    requestKinds.set(kind, (requestKinds.get(kind) ?? 0) + 1);
 
     const streaming = String(ctx.request.headers['x-amz-content-sha256'] ?? '').startsWith('STREAMING-');
     if (streaming) {
@@ -150,5 +155,5 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   server.middleware.unshift(front as (ctx: unknown, next: () => Promise<void>) => Promise<void>);
   const { port } = await server.run();
   await lock.persistConfigured();
-  return { url: `http://127.0.0.1:${port}`, requests, close: () => server.close() };
+  return { url: `http://127.0.0.1:${port}`, requests, requestKinds, close: () => server.close() };
 }

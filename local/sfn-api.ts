@@ -25,6 +25,11 @@ export interface ExecutionRecord {
   cause?: string;
   /** What it used of Step Functions' quotas (local/quota-guard.ts); the embedded stack's own, not on the wire. */
   quotaUsage?: QuotaUsage;
+  /** A Map Run's child: the Map Run and the parent execution it belongs to. */
+  mapRunArn?: string;
+  parentExecutionArn?: string;
+  /** The Map Runs this execution started (its Distributed Map states), each listing its children through ListExecutions. */
+  mapRuns?: { mapRunArn: string; stateName: string; items: number }[];
 }
 
 /**
@@ -36,7 +41,8 @@ export interface ExecutionService {
   start(stateMachineArn: string, input: string, name?: string): Promise<{ executionArn: string; startDate: Date }>;
   /** @throws Error named `ExecutionDoesNotExist`. */
   describe(executionArn: string): Promise<ExecutionRecord>;
-  list(stateMachineArn: string, statusFilter?: string, maxResults?: number): Promise<ExecutionRecord[]>;
+  /** By state machine, or by Map Run (`mapRunArn`, its child executions). */
+  list(stateMachineArn: string | undefined, statusFilter?: string, maxResults?: number, mapRunArn?: string): Promise<ExecutionRecord[]>;
   stop(executionArn: string, error?: string, cause?: string): Promise<{ stopDate: Date }>;
 }
 
@@ -121,12 +127,14 @@ export async function startSfnApi(opts: SfnApiOptions): Promise<SfnApi> {
       return wireRecord(await executions.describe(str(b, 'executionArn', 'InvalidArn', true)), true);
     },
     async ListExecutions(b) {
-      const arn = str(b, 'stateMachineArn', 'InvalidArn', true);
+      // By state machine, or (as AWS) the child executions of a Map Run.
+      const mapRunArn = str(b, 'mapRunArn', 'InvalidArn');
+      const arn = mapRunArn ? str(b, 'stateMachineArn', 'InvalidArn') : str(b, 'stateMachineArn', 'InvalidArn', true);
       const max = b['maxResults'];
       if (max !== undefined && (typeof max !== 'number' || !Number.isInteger(max) || max < 0 || max > 1000)) {
         throw new ApiError('ValidationException', 'maxResults must be an integer between 0 and 1000');
       }
-      const list = await executions.list(arn, str(b, 'statusFilter', 'ValidationException'), max || undefined);
+      const list = await executions.list(arn, str(b, 'statusFilter', 'ValidationException'), max || undefined, mapRunArn);
       return { executions: list.map((r) => wireRecord(r, false)) };
     },
     async StopExecution(b) {
@@ -210,8 +218,10 @@ function wireRecord(r: ExecutionRecord, full: boolean): Body {
     status: r.status,
     startDate: epoch(r.startDate),
     stopDate: r.stopDate && epoch(r.stopDate),
+    ...(r.mapRunArn ? { mapRunArn: r.mapRunArn } : {}),
   };
-  return full ? { ...item, input: r.input, output: r.output, error: r.error, cause: r.cause } : item;
+  // DescribeExecution of a Map Run's child names its Map Run (AWS: mapRunArn); the parent's Map Runs are the stack's own field.
+  return full ? { ...item, input: r.input, output: r.output, error: r.error, cause: r.cause, ...(r.mapRuns ? { mapRuns: r.mapRuns } : {}) } : item;
 }
 
 async function readJson(req: IncomingMessage): Promise<Body> {

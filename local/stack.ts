@@ -20,7 +20,7 @@ import { Catalog } from '../functions/catalog/catalog.ts';
 import { resetClients } from '../functions/commons/clients.ts';
 import { invokeLocal } from './lambdas.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
-import { startLocalS3 } from './s3-server.ts';
+import { startLocalS3, type LocalS3 } from './s3-server.ts';
 import { lockDataDir } from './stack-lock.ts';
 import { StackUnavailable } from '../contracts/errors.ts';
 import { ActivityBroker } from './activities.ts';
@@ -29,6 +29,9 @@ import { LocalExecutions } from './executions.ts';
 import { startSfnApi } from './sfn-api.ts';
 import { startOperator } from './operator.ts';
 import { resolveQuotas, type StepFunctionsQuotas } from './quotas.ts';
+
+/** The functions' AWS calls as the embedded stack runs them (the IAM coverage test and the cost bench count them). */
+export { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 
 export const LOCAL_CREDENTIALS = LOCAL_ENDPOINT_CREDENTIALS;
 export const CATALOG_TABLE = 'lifeboat-catalog';
@@ -97,13 +100,22 @@ export class EmbeddedStack {
   readonly catalog: Catalog;
   readonly config: LifeboatConfig;
   private readonly closers: (() => Promise<void>)[];
+  private readonly s3Servers: LocalS3[];
 
-  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[]) {
+  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[], s3Servers: LocalS3[]) {
+    this.s3Servers = s3Servers;
     this.endpoints = endpoints;
     this.config = config;
     this.template = template;
     this.catalog = catalog;
     this.closers = closers;
+  }
+
+  /** S3 requests by kind (PUT, LIST, GET, HEAD, DELETE) the stack's S3 servers answered since it started, from every client. */
+  s3RequestKinds(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const s of this.s3Servers) for (const [k, n] of s.requestKinds) out[k] = (out[k] ?? 0) + n;
+    return out;
   }
 
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
@@ -125,9 +137,11 @@ export class EmbeddedStack {
       const buckets = Object.fromEntries(configured.repositories.map((r, i) => [r.id, r.endpoint ? r.bucket ?? r.id : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
       // A repository configured with Object Lock gets it on the local S3 front too (local/s3-object-lock.ts).
       const objectLock = Object.fromEntries(configured.repositories.filter((r) => r.objectLock && !r.endpoint).map((r) => [buckets[r.id]!, r.objectLock!]));
+      const s3Servers: LocalS3[] = [];
       const startS3 = async (dir: string, names: string[], port = 0) => {
         await mkdir(dir, { recursive: true });
         const server = await startLocalS3({ directory: dir, buckets: names, port, objectLock, ...(opts.s3Clock ? { now: opts.s3Clock } : {}) });
+        s3Servers.push(server);
         closers.push(() => server.close());
         return server.url;
       };
@@ -160,7 +174,8 @@ export class EmbeddedStack {
       await ensureTable(db, CATALOG_TABLE, catalogSchema);
 
       const keyFile = join(dataDir, 'repository.keyfile');
-      const store = new S3ObjectStore(s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS }), REPOSITORY_BUCKET);
+      const localS3 = s3Client({ region: LOCAL_REGION, endpoint: s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS });
+      const store = new S3ObjectStore(localS3, REPOSITORY_BUCKET);
       await loadMasterKey(store, await KeyFileWrapper.load(keyFile, { create: true }), { create: true }).catch((err: unknown) => {
         throw new StackUnavailable(`the embedded stack cannot start on ${dataDir}: ${(err as Error).message}`, err);
       });
@@ -188,7 +203,7 @@ export class EmbeddedStack {
 
       // The handlers read their configuration from the environment, as in Lambda.
       Object.assign(process.env, {
-        CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile,
+        CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile, LIFEBOAT_RUN_BUCKET: REPOSITORY_BUCKET,
         // In-process handlers: no CloudWatch to send EMF to, so Powertools Metrics stays quiet.
         POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_SERVICE_NAME: 'lifeboat-local',
       });
@@ -202,6 +217,8 @@ export class EmbeddedStack {
       const reconcileArn = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Reconcile'))?.arn;
       const executions: LocalExecutions = new LocalExecutions({
         dataDir, template, broker, quotas,
+        // The Backup workflow's Distributed Map reads and writes the stack's own bucket, named by its logical id in the ASL.
+        objects: (bucket) => new S3ObjectStore(localS3, bucket === template.primaryBucket ? REPOSITORY_BUCKET : bucket),
         onStopped: (r) => { if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn); },
       });
       await executions.load();
@@ -225,7 +242,7 @@ export class EmbeddedStack {
         // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
         stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),
       };
-      return new EmbeddedStack(endpoints, template, catalog, config, closers);
+      return new EmbeddedStack(endpoints, template, catalog, config, closers, s3Servers);
     } catch (err) {
       await closeAll();
       throw err;

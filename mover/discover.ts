@@ -5,7 +5,7 @@
  * `next` tells the workflow where to go on. A page always holds at least one VM, so the
  * workflow always advances.
  */
-import { BadTaskInput, SourceUnavailable } from '../contracts/errors.ts';
+import { BadTaskInput, parseTaskInput, SourceUnavailable } from '../contracts/errors.ts';
 import { DISCOVER_PAGE_BYTES, discoverTask, type DiscoverPage } from '../contracts/discovery.ts';
 import type { DriverFor } from './sources/drivers.ts';
 import { inventoryOf, type VmInventory } from './sources/source.ts';
@@ -39,9 +39,7 @@ export async function discoverPage(inventory: VmInventory, hostId: string, after
 
 /** Runs a `discover` task input: validates it and describes one page of the host's VMs. */
 export async function runDiscoverTask(raw: unknown, drivers: DriverFor, signal?: AbortSignal): Promise<DiscoverPage> {
-  const parsed = discoverTask.safeParse(raw);
-  if (!parsed.success) throw new BadTaskInput(`discover task input is not valid: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(input)'}: ${i.message}`).join('; ')}`);
-  const t = parsed.data;
+  const t = parseTaskInput('discover task', discoverTask, raw);
   const inventory = inventoryOf(drivers(t.hypervisor));
   if (!inventory) throw new BadTaskInput(`host ${t.hostId}: the ${t.hypervisor.driver} driver cannot list VMs`);
   return discoverPage(inventory, t.hostId, t.after || null, {}, signal);

@@ -5,7 +5,7 @@
  * catalog: it returns where the archive is, its counts and its SHA-256, and
  * RecordHostConfig records them.
  */
-import { BadTaskInput } from '../contracts/errors.ts';
+import { parseTaskInput } from '../contracts/errors.ts';
 import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, sealHostConfig, type HostConfigArchive, type HostDefinition } from '../core/host-config.ts';
 import { hostConfigTask, type HostConfigResult } from '../contracts/host-config.ts';
@@ -79,9 +79,7 @@ export async function collectHostConfig(virsh: Virsh, hostId: string, opts: { si
 
 /** Runs a `hostConfig` task input: validates it, dumps the host and stores the sealed archive. */
 export async function runHostConfigTask(raw: unknown, deps: HostConfigDeps, ctx: { signal?: AbortSignal; progress?: () => void } = {}): Promise<HostConfigResult> {
-  const parsed = hostConfigTask.safeParse(raw);
-  if (!parsed.success) throw new BadTaskInput(`hostConfig task input is not valid: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(input)'}: ${i.message}`).join('; ')}`);
-  const t = parsed.data;
+  const t = parseTaskInput('hostConfig task', hostConfigTask, raw);
   const virsh = (deps.virsh ?? ((uri: string) => new Virsh(uri)))(t.hypervisor.uri);
   const archive = await collectHostConfig(virsh, t.hostId, { ...ctx, ...(deps.now ? { now: deps.now } : {}) });
   const { store, keys } = await deps.repository(t.repository);

@@ -6,11 +6,10 @@
  *
  * The pipelines allocate and free chunk-sized buffers all the time (decrypted and
  * decompressed chunks, network reads). With glibc's defaults, freed memory is handed back
- * to the kernel and faulted in again moments later, in every thread's arena: on the
- * 512 MiB bench restore, ~54,000 page faults and ~1.2 s of system time. Keeping up to 64
- * MiB free per arena, taking buffers under 32 MiB from the arenas (not from mmap), and two
- * arenas instead of one per thread halve the faults and cut the restore's CPU time by
- * ~20%, with a lower peak RSS (measured with /usr/bin/time, 4 runs each).
+ * to the kernel and faulted in again moments later, in every thread's arena. Keeping up
+ * to 64 MiB free per arena, taking buffers under 32 MiB from the arenas (not from mmap),
+ * and two arenas instead of one per thread fault far less and spend less CPU, with a lower
+ * peak RSS (the figures: bench/MEASUREMENTS.md).
  */
 export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze({
   MALLOC_ARENA_MAX: '2',
@@ -21,11 +20,9 @@ export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze(
 /**
  * V8 flags for a mover process. The main thread's heap is small (~17 MiB, mostly the AWS
  * SDK) but a restore or backup promotes a steady stream of short-lived request objects;
- * with V8's default initial old-space limit that cost ~70 full collections (~13 ms each)
- * on the main thread of the 2 GiB bench restore. Starting the limit at 64 MiB: 15, and
- * measured on the 2 GiB bench (one run each, quiet machine): full 11.3 -> 8.8 s, incremental
- * 3.2 -> 2.4 s, restore 8.6 -> 7.0 s, peak RSS 237/178/208 -> 240/184/227 MiB. At 96 MiB it
- * was no faster and the restore's RSS reached 251 MiB.
+ * with V8's default initial old-space limit that means many full collections on the main
+ * thread. Starting the limit at 64 MiB makes backups and restores faster for a few MiB of
+ * RSS; 96 MiB was no faster (bench/MEASUREMENTS.md).
  */
 export const MOVER_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old-space-size=64']);
 
@@ -33,8 +30,8 @@ export const MOVER_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old
  * The environment a mover starts with: the allocator settings, and Node's compile cache
  * in `compileCacheDir` (NODE_COMPILE_CACHE; the systemd unit uses its CacheDirectory). A
  * mover started again (after a crash, a self-update, a reboot) then loads the AWS SDK and
- * its own modules from V8's cached code: ~0.25 s sooner and ~20 MiB less peak RSS per
- * start, measured on the bench's incremental (one process per phase, 4 runs each).
+ * its own modules from V8's cached code, sooner and with less peak RSS
+ * (bench/MEASUREMENTS.md).
  */
 export function moverStartEnv(compileCacheDir: string): Record<string, string> {
   return { ...MOVER_MALLOC_ENV, NODE_COMPILE_CACHE: compileCacheDir };

@@ -2,9 +2,9 @@
 import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { isDiscoverTask } from '../contracts/discovery.ts';
 import { isHostConfigTask } from '../contracts/host-config.ts';
-import { BadTaskInput } from '../contracts/errors.ts';
+import { BadTaskInput, parseTaskInput } from '../contracts/errors.ts';
 import { keys as objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
-import type { MoverTask } from '../contracts/jobs.ts';
+import { moverTask, type MoverTask } from '../contracts/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../contracts/recovery-jobs.ts';
 import { runDiscoverTask } from './discover.ts';
@@ -36,9 +36,10 @@ export interface TaskDeps {
 
 /**
  * The task kinds this mover runs, announced in its registration (mover/registration.ts).
- * Keep it in step with the `switch` below when adding a kind (recovery kinds come from contracts/recovery-jobs.ts).
+ * The Backup workflow's kinds come from contracts/jobs.ts's `moverTask`, recovery kinds from contracts/recovery-jobs.ts.
  */
-export const TASK_KINDS: readonly string[] = ['snapshot', 'dispatch', 'releaseSnapshot', 'discover', 'hostConfig', ...recoveryTaskNames];
+const BACKUP_TASK_KINDS: readonly string[] = moverTask.options.map((o) => o.shape.task.value);
+export const TASK_KINDS: readonly string[] = [...BACKUP_TASK_KINDS, 'discover', 'hostConfig', ...recoveryTaskNames];
 
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
@@ -48,8 +49,9 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     if (isDiscoverTask(raw)) return runDiscoverTask(raw, deps.drivers, ctx.signal);
     // A host's networks, pools and domain definitions, sealed into the repository (mover/host-config.ts validates it).
     if (isHostConfigTask(raw)) return runHostConfigTask(raw, deps, ctx);
-    const t = raw as MoverTask;
-    if (!t || typeof t !== 'object' || !t.job) throw new BadTaskInput(`task input has no job: ${JSON.stringify(raw).slice(0, 200)}`);
+    const kind = (raw as { task?: unknown } | null)?.task;
+    if (typeof kind !== 'string' || !BACKUP_TASK_KINDS.includes(kind)) throw new BadTaskInput(`unknown task '${String(kind)}'; this mover knows ${TASK_KINDS.join(', ')}`);
+    const t: MoverTask = parseTaskInput(`${kind} task`, moverTask, raw);
     switch (t.task) {
       case 'snapshot': {
         const driver = deps.drivers(t.job.hypervisor);
@@ -102,8 +104,6 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
           await reader.close();
         }
       }
-      default:
-        throw new BadTaskInput(`unknown task '${(t as { task?: unknown }).task}'; this mover knows ${TASK_KINDS.join(', ')}`);
     }
   };
 }

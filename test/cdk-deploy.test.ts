@@ -232,6 +232,8 @@ describe('Lambda functions', () => {
         ...(access.repository?.write?.length ? ['s3:PutObject', 'kms:GenerateDataKey'] : []),
         ...(access.repository?.delete?.length ? ['s3:DeleteObject'] : []),
         ...(access.repository?.list ? ['s3:ListBucket'] : []),
+        ...(access.repository?.retention?.read?.length ? ['s3:GetObjectRetention', 's3:GetBucketObjectLockConfiguration'] : []),
+        ...(access.repository?.retention?.extend?.length ? ['s3:PutObjectRetention'] : []),
         ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
         ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),
         ...(access.backupExecutions ?? []).map((a) => `states:${a}`),

@@ -83,12 +83,20 @@ describe('Backup state machine graph', () => {
   it('takes the policy\'s run lease, runs Plan, then the BackupVms map, gives the lease back, then Summarize, then decides whether replication is due', () => {
     expect(definition.StartAt).toBe('AcquireRunLease');
     expect(followNext(definition.States, 'AcquireRunLease')).toEqual(['AcquireRunLease', 'Plan', 'BackupVms', 'ReleaseRunLease', 'Summarize', 'ReplicationDue']);
-    // A second run is refused, not retried; a failing Plan or map gives the lease back first.
+    // A second run is refused, not retried; a failing Plan or map gives the lease back first, also on a payload over
+    // the quota (States.DataLimitExceeded, which States.ALL does not match).
     expect((definition.States.AcquireRunLease as { Catch?: unknown }).Catch).toBeUndefined();
     for (const s of ['Plan', 'BackupVms']) {
-      expect((definition.States[s] as { Catch?: { ErrorEquals: string[]; Next: string }[] }).Catch, s).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'ReleaseRunLeaseAfterFailure' })]);
+      expect((definition.States[s] as { Catch?: { ErrorEquals: string[]; Next: string }[] }).Catch, s).toEqual([
+        expect.objectContaining({ ErrorEquals: ['States.DataLimitExceeded'], Next: 'ReleaseRunLeaseAfterFailure' }),
+        expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'ReleaseRunLeaseAfterFailure' }),
+      ]);
     }
-    expect(definition.States.BackupVms?.Type).toBe('Map');
+    // One child execution per VM: a Distributed Map reading the VM list from S3, its results written to S3, not collected.
+    expect(definition.States.BackupVms).toMatchObject({
+      Type: 'Map', ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED', ExecutionType: 'STANDARD' } },
+      ItemReader: { ReaderConfig: { InputType: 'JSON' }, Parameters: { 'Key.$': '$.vmList.key' } }, ResultWriter: {}, ResultPath: null, ToleratedFailurePercentage: 100,
+    });
     expect(definition.States.ReplicationDue?.Type).toBe('Choice');
     expect(followNext(definition.States, 'StartReplication')).toEqual(['StartReplication', 'ReportReplication', 'RunSummarized']);
     // Started or not, the run reports it (ReplicationStartFailed) and the DR recovery point; a failing report never fails the run.

@@ -192,7 +192,8 @@ describe('RecordInventory and Plan on dynalite', () => {
     expect(JSON.stringify(out.gone).length).toBeLessThan(200);
     const record = await catalog.getBackup('web-2@kvm-01', out.gone[0]!.backupId);
     expect(record).toMatchObject({ status: 'failed', error: { Error: VmGone.code } });
-    const summary = summarizeRun({ runId: 'run-gone', policyId: 'p', results: [{ vmId: 'web-1@kvm-01', backupId: out.vms[0]!.backupId, disks: [] }], gone: out.gone });
+    const committed = { ...(await catalog.getBackup('web-1@kvm-01', out.vms[0]!.backupId))!, status: 'committed' as const, disks: [] };
+    const summary = summarizeRun({ runId: 'run-gone', policyId: 'p', backups: [committed, record!] });
     expect(summary).toMatchObject({ committed: 1, failed: 1 });
     const failed = summary.vms.find((v) => v.status === 'failed')!;
     expect(failed.error!.Error).toBe('Source.VmGone');

@@ -34,13 +34,13 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('lifeboat files ls / get 
     endpointsFile = join(t.dir, 'endpoints.json');
     await writeFile(endpointsFile, JSON.stringify(t.stack.endpoints));
     const src = join(t.dir, 'guest-tree');
-    makeExtTree(src, { bigMiB: 3 });
+    makeExtTree(src, { bigMiB: 2 });
     tree = readTree(src);
     const vmDir = join(t.dir, 'vms', 'vm-f');
-    await createVmFolder(vmDir, { name: 'vm-f', disks: [{ id: 'vda', sizeBytes: 96 * MiB }] });
-    extImage(join(t.dir, 'part.img'), src, 80);
+    await createVmFolder(vmDir, { name: 'vm-f', disks: [{ id: 'vda', sizeBytes: MiB }] });
+    extImage(join(t.dir, 'part.img'), src, 56);
     await rm(join(vmDir, 'vda.raw'));
-    partitionedDisk(join(vmDir, 'vda.raw'), 96, 'label: gpt\nstart=2048, size=163840, type=L\n', { 1: join(t.dir, 'part.img') });
+    partitionedDisk(join(vmDir, 'vda.raw'), 64, 'label: gpt\nstart=2048, size=114688, type=L\n', { 1: join(t.dir, 'part.img') });
     await rm(join(t.dir, 'part.img'));
     await t.stack.catalog.putVm({ vmId: 'vm-f', host: 'esx-01', source: vmDir });
     await t.stack.catalog.putPolicy({ policyId: 'p-f', vmIds: ['vm-f'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1 });
@@ -55,7 +55,7 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('lifeboat files ls / get 
     const r = await cli(['files', 'ls', 'vm-f', '/']);
     expect(r.stderr).toBe('');
     expect(r.stdout).toMatch(/disk 'vda' partition 1 \(ext4\): \/, \d+ entries/);
-    expect(r.stdout).toMatch(/^-rw------- +0 +0 +9 2024-02-29 12:34:56 secret$/m);
+    expect(r.stdout).toMatch(/^-rw------- +\d+ +\d+ +9 2024-02-29 12:34:56 secret$/m);
     expect(r.stdout).toMatch(/^lrwxrwxrwx .* link -> docs\/readme\.txt$/m);
     const j = await cli(['files', 'ls', 'vm-f:vda', '/docs', '--json', '--partition', '1']);
     const listing = JSON.parse(j.stdout) as { fs: string; entries: { name: string; type: string; size: number; mode: number }[] };
@@ -82,7 +82,7 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('lifeboat files ls / get 
     };
     expect(await files({ backupId: 'nope' })).toMatch(/FAILED .*VM 'vm-f' has no backup 'nope'/);
     expect(await files({ diskId: 'vdz' })).toMatch(/FAILED .*has no disk 'vdz'; it has 'vda'/);
-    expect(await files({ partition: 2 })).toMatch(/FAILED Files\.NotFound: backup \S+ disk 'vda' partition 2: the disk has no partition 2; it has: partition 1 \(80 MiB\): ext4/);
+    expect(await files({ partition: 2 })).toMatch(/FAILED Files\.NotFound: backup \S+ disk 'vda' partition 2: the disk has no partition 2; it has: partition 1 \(56 MiB\): ext4/);
     const r = await cli(['files', 'get', 'vm-f', '/docs/missing.txt', '--to', join(t.dir, 'nothing')]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/Files\.NotFound.*\/docs\/missing\.txt does not exist on the ext4 file system/);

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { errorClasses } from '../contracts/errors.ts';
 import type { Backup, Catalog } from '../functions/catalog/catalog.ts';
 import { lambdaHandler, powertools } from '../functions/commons/lambda.ts';
-import { vmJob } from '../contracts/schemas.ts';
+import { vmJob } from '../contracts/jobs.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
 import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/backup/summarize.ts';
 
@@ -105,15 +105,15 @@ describe('Summarize metrics', () => {
       chunks: 10, zeroChunks: 5, parentChunks: 4, dedupedChunks: 0, uploadedChunks: 1, seconds: 1,
     });
     const disks = [{ diskId: 'a', sizeBytes: 100, manifestKey: 'm/a', stats: stats(40) }, { diskId: 'b', sizeBytes: 100, manifestKey: 'm/b', stats: stats() }];
-    const summary = summarizeRun({ runId: 'r', policyId: 'p', results: [{ vmId: 'vm', backupId: 'b', disks }] });
+    const summary = summarizeRun({ runId: 'r', policyId: 'p', backups: [{ vmId: 'vm', backupId: 'b', status: 'committed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', disks }] });
     expect(summary.totals).toMatchObject({ bytesScanned: 200, bytesZero: 100, bytesUnallocated: 40, uploadedChunks: 2 });
   });
 
   it('emits OldestRecoveryPointAgeHours per policy as EMF, the metric the RPO alarm watches', async () => {
     const metrics = new Metrics({ namespace: 'LifeboatTest', serviceName: 'lifeboat' });
-    const summary = summarizeRun({ runId: 'r', policyId: 'nightly', results: [
-      { vmId: 'vm-fresh', backupId: 'b1', disks: [] },
-      { vmId: 'vm-stale', backupId: 'b2', outcome: { vmId: 'vm-stale', backupId: 'b2', status: 'failed', error: { Error: 'Mover.SourceUnavailable', Cause: '' } } },
+    const summary = summarizeRun({ runId: 'r', policyId: 'nightly', backups: [
+      { vmId: 'vm-fresh', backupId: 'b1', status: 'committed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', disks: [] },
+      { vmId: 'vm-stale', backupId: 'b2', status: 'failed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', error: { Error: 'Mover.SourceUnavailable', Cause: '' } },
     ] });
     publishRunMetrics(metrics, summary, await recoveryPointAgeHours(['vm-fresh', 'vm-stale'], { catalog, now }));
     const emf = metrics.serializeMetrics() as unknown as Record<string, unknown> & { _aws: { CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string }[] }[] } };

@@ -123,6 +123,22 @@ describe('local S3 Object Lock', () => {
     expect(await retainUntil('created-locked', 'y')).toBe(T0 + 7 * DAY);
   });
 
+  it('answers a malformed retention document with MalformedXML and keeps the retention it had', async () => {
+    now = T0;
+    await c.send(new PutObjectCommand({ Bucket: 'locked', Key: 'packs/m', Body: 'm' }));
+    for (const body of [
+      '<Retention><Mode>FOREVER</Mode><RetainUntilDate>2027-01-01T00:00:00Z</RetainUntilDate></Retention>',
+      '<Retention><Mode>COMPLIANCE</Mode></Retention>',
+      '<Retention><Mode>COMPLIANCE</Mode><RetainUntilDate>soon</RetainUntilDate></Retention>',
+    ]) {
+      const res = await fetch(`${s3.url}/locked/packs/m?retention`, { method: 'PUT', body });
+      expect(res.status, body).toBe(400);
+      expect(await res.text(), body).toContain('<Code>MalformedXML</Code>');
+    }
+    expect(await retainUntil('locked', 'packs/m')).toBe(T0 + 30 * DAY);
+    expect(await outcome(c.send(new GetObjectRetentionCommand({ Bucket: 'locked', Key: 'packs/none' })))).toBe('NoSuchKey');
+  });
+
   it('keeps retention across a restart of the server', async () => {
     now = T0;
     await c.send(new PutObjectCommand({ Bucket: 'locked', Key: 'packs/e', Body: 'e' }));

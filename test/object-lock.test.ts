@@ -14,6 +14,7 @@ import { mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { StorageUnavailable } from '../contracts/errors.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { LockCatalog } from '../functions/catalog/lock-catalog.ts';
@@ -206,5 +207,25 @@ it('collects only unreferenced objects whose locks have run out, and reports the
   for (const [k] of waiting) expect(after.has(k), k).toBe(false);
   for (const k of failedBackup) expect(after.has(k), k).toBe(false);
   for (const k of referenced) if (k.startsWith('packs/') || k.startsWith('manifests/')) expect(after.has(k), k).toBe(true);
+  clock = NEWEST;
+});
+
+it('fails naming the object when a lock cannot be extended, and finishes the backup on the next run', async () => {
+  const data = randomBytes(8 * CHUNK);
+  await backup('vm-a', 'a7', 1, data, 'a6');
+  const refusedKey = [...await objectsOf('a7')].find((k) => k.startsWith('manifests/a7/'))!;
+  const refusing = Object.assign(Object.create(locks) as S3ObjectLocks, {
+    extend: async (key: string, r: Parameters<S3ObjectLocks['extend']>[1]) => {
+      if (key === refusedKey) throw new StorageUnavailable(`PutObjectRetention of s3://${BUCKET}/${key}: AccessDenied`);
+      return locks.extend(key, r);
+    },
+  });
+  const deps = { catalog, records: new LockCatalog(db.doc, 'catalog'), admin, store, keys, now: () => new Date(clock) };
+  await expect(extendRepositoryLocks({ gcId: 'gc-refused', request: { bucket: BUCKET } }, { ...deps, locks: refusing })).rejects.toThrow(
+    expect.objectContaining({ name: 'Gc.LocksNotExtended', message: expect.stringContaining(`${refusedKey}: PutObjectRetention`) }),
+  );
+  const again = await extend();
+  expect(again.backups).toMatchObject({ retained: 8, alreadyLocked: 7, done: 1 });
+  expect((await locks.retention(refusedKey))!.until.getTime()).toBeGreaterThanOrEqual(at(91));
   clock = NEWEST;
 });

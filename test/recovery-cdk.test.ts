@@ -356,12 +356,14 @@ describe('Object Lock', () => {
       const id = (r.Properties.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION;
       if (role && id) functionOfRole.set(role, id);
     }
+    type Statement = { Effect: string; Action: string | string[] };
+    const allows = (statements: Statement[]) => statements.some((s) => s.Effect === 'Allow' && [s.Action].flat().some((a) => a === action || a === 's3:*' || a === '*'));
     const out = new Set<string>();
-    for (const r of Object.values(json.Resources)) {
+    for (const [id, r] of Object.entries(json.Resources)) {
+      // Inline policies of a role, too.
+      if (r.Type === 'AWS::IAM::Role' && ((r.Properties.Policies as { PolicyDocument: { Statement: Statement[] } }[] | undefined) ?? []).some((p) => allows(p.PolicyDocument.Statement))) out.add(functionOfRole.get(id) ?? `other: ${id}`);
       if (r.Type !== 'AWS::IAM::Policy' && r.Type !== 'AWS::IAM::ManagedPolicy') continue;
-      const statements = (r.Properties.PolicyDocument as { Statement: { Effect: string; Action: string | string[] }[] }).Statement;
-      const allows = statements.some((s) => s.Effect === 'Allow' && [s.Action].flat().some((a) => a === action || a === 's3:*' || a === '*'));
-      if (!allows) continue;
+      if (!allows((r.Properties.PolicyDocument as { Statement: Statement[] }).Statement)) continue;
       for (const role of (r.Properties.Roles as { Ref: string }[] | undefined) ?? [{ Ref: '(no role)' }]) out.add(functionOfRole.get(role.Ref) ?? `other: ${role.Ref}`);
     }
     return out;

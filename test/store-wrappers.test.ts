@@ -107,7 +107,7 @@ describe('withRetry', () => {
     const b = await task(1);
     expect([a.stats.storageRetries, b.stats.storageRetries]).toEqual([2, 1]);
     const stats = (n: number) => ({ bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0, storageRetries: n });
-    const summary = summarizeRun({ runId: 'r', policyId: 'p', results: [{ vmId: 'v', backupId: 'b', disks: [{ diskId: 'd', sizeBytes: 0, manifestKey: 'm', stats: stats(2) }, { diskId: 'e', sizeBytes: 0, manifestKey: 'm', stats: stats(1) }] }] });
+    const summary = summarizeRun({ runId: 'r', policyId: 'p', backups: [{ vmId: 'v', backupId: 'b', status: 'committed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', disks: [{ diskId: 'd', sizeBytes: 0, manifestKey: 'm', stats: stats(2) }, { diskId: 'e', sizeBytes: 0, manifestKey: 'm', stats: stats(1) }] }] });
     expect(summary.totals.storageRetries).toBe(3);
   });
 

@@ -1,7 +1,8 @@
 /**
- * The Backup workflow: AcquireRunLease (one run per policy) → Plan → per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch
- * per disk or disk segment → JoinSegments → ReleaseSnapshot → Verify → Commit →
- * ReleaseSlot) → ReleaseRunLease → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
+ * The Backup workflow: AcquireRunLease (one run per policy) → Plan → BackupVms, one child
+ * execution per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch per disk or disk
+ * segment → JoinSegments → ReleaseSnapshot → Verify → Commit → ReleaseSlot) →
+ * ReleaseRunLease → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
  * ReleaseSnapshot run on the mover group that serves the VM's host. A failure inside a
  * VM's iteration releases what it took and records the failure; the other VMs go on.
  * When the policy replicates to a DR repository and the run committed a backup,
@@ -9,20 +10,34 @@
  * does not wait for the WAN copy; the execution name derives from the run, so a retried
  * start does not start a second copy), then ReportReplication publishes whether it started
  * and the DR recovery point's age (a failing report never fails the run).
+ *
+ * No payload and no history grows with the number of VMs. BackupVms is a Distributed Map:
+ * Plan writes the run's VM jobs as one JSON object under `runs/` in the stack's bucket, the
+ * Map reads it itself (ItemReader) and runs each VM's steps as a child Standard execution
+ * whose history holds that VM's steps only; the children's outputs go to S3 (ResultWriter),
+ * not into the parent, and Summarize reads the outcomes from the catalog. The parent's
+ * history holds a fixed number of events (the Map Run's), and the console links the run
+ * to its Map Run and that to each VM's execution. Chosen over an inline Map of
+ * `states:startExecution.sync:2`: that Map writes every VM's iteration (about 8 events)
+ * into the parent's history (25,000 events: about 3,000 VMs) and collects the children's
+ * outputs into one 256 KiB payload, and it pays for two executions per VM.
  */
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
-import { lambdaStep, moverStep, retryAnyError } from './steps.ts';
+import { catchAny, lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
   /** Activities of the mover groups that take backups, by group id: a VM's work goes to the group serving its host. */
   activities: Record<string, sfn.IActivity>;
+  /** The stack's own bucket: Plan writes each run's VM list under `runs/`, the BackupVms Map reads it and writes its children's results there. */
+  runBucket: s3.IBucket;
   /** VMs backed up at once in one run (default 8; the hosts' slot limits still apply). */
   vmConcurrency?: number;
   /** Disks (or disk segments) transferred at once per VM. */
@@ -30,6 +45,9 @@ export interface BackupWorkflowProps {
   /** The ReplicatePolicy state machine, started after a run that committed backups of a policy with a DR repository. */
   replicatePolicy?: sfn.IStateMachine;
 }
+
+/** Where the BackupVms Map writes its children's results (manifest and result files per Map Run). */
+export const RUN_RESULTS_PREFIX = 'runs/results';
 
 /** The optimized integration's error (`StepFunctions.<StartExecution error code>`) when the name is taken by a closed execution or one with another input (a retried start). */
 export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
@@ -76,6 +94,8 @@ export class BackupWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: BackupWorkflowProps) {
     super(scope, id);
+    // Render resultWriterV2 (the deprecated ResultWriter prints warnings at every synth); scoped to this workflow.
+    this.node.setContext('@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2', true);
     const fn = props.functions;
     const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) => lambdaStep(this, name, fn[f], opts);
     /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
@@ -102,7 +122,7 @@ export class BackupWorkflow extends Construct {
     const releaseSnapshotAfterFailure = onGroup('ReleaseSnapshotAfterFailure', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' },
       { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
         t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
-        t.addCatch(recordFailure, { resultPath: '$.cleanupError' });
+        catchAny(t, recordFailure, '$.cleanupError');
       });
     const releaseSlotAfterFailure = invoke('ReleaseSlotAfterFailure', 'ReleaseSlot', { resultPath: null });
     const vmFailed = new sfn.Pass(this, 'VmFailed', {
@@ -112,17 +132,17 @@ export class BackupWorkflow extends Construct {
     // Recording the failure must not fail the whole run: retry it (catalog throttling).
     retryAnyError(recordFailure);
     recordFailure.next(releaseSlotAfterFailure).next(vmFailed);
-    releaseSlotAfterFailure.addCatch(vmFailed, { resultPath: '$.cleanupError' });
+    catchAny(releaseSlotAfterFailure, vmFailed, '$.cleanupError');
 
     // --- the happy path of one VM -----------------------------------------------------
     const acquireSlot = invoke('AcquireSlot', 'AcquireSlot', { resultPath: '$.slot' });
     acquireSlot.addRetry({ errors: [SlotUnavailable.code], interval: Duration.seconds(2), backoffRate: 1.5, maxDelay: Duration.seconds(60), maxAttempts: 200, jitterStrategy: sfn.JitterType.FULL });
-    acquireSlot.addCatch(recordFailure, { resultPath: '$.error' });
+    catchAny(acquireSlot, recordFailure, '$.error');
 
     // Before the snapshot is released a failure must release it; after, only the slot.
     const snapshot = onGroup('Snapshot', '$.moverGroup', 'snapshot', { 'job.$': '$' }, { task: Duration.minutes(15), heartbeat: Duration.minutes(2) }, '$.snapshot', (t) => {
       retryOnMover(2)(t);
-      t.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
+      catchAny(t, releaseSnapshotAfterFailure, '$.error');
     });
 
     // Dispatch: one task per disk, or per segment of a large disk, spread over the group's movers.
@@ -140,7 +160,7 @@ export class BackupWorkflow extends Construct {
 
     const releaseSnapshot = onGroup('ReleaseSnapshot', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' }, { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
       t.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(5), maxAttempts: 2 });
-      t.addCatch(recordFailure, { resultPath: '$.error' });
+      catchAny(t, recordFailure, '$.error');
     });
     const verify = invoke('Verify', 'Verify', { resultPath: '$.verify' });
     const commit = invoke('Commit', 'Commit', { resultPath: '$.commit' });
@@ -149,23 +169,31 @@ export class BackupWorkflow extends Construct {
       parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'disks.$': '$.disks', 'commit.$': '$.commit' },
     });
 
-    for (const s of [planDispatch, dispatch, joinSegments]) s.addCatch(releaseSnapshotAfterFailure, { resultPath: '$.error' });
-    for (const s of [verify, commit]) s.addCatch(recordFailure, { resultPath: '$.error' });
-    releaseSlot.addCatch(vmDone, { resultPath: '$.cleanupError' });
+    for (const s of [planDispatch, dispatch, joinSegments]) catchAny(s, releaseSnapshotAfterFailure, '$.error');
+    for (const s of [verify, commit]) catchAny(s, recordFailure, '$.error');
+    catchAny(releaseSlot, vmDone, '$.cleanupError');
 
     const perVm = acquireSlot.next(snapshot).next(planDispatch).next(dispatch).next(joinSegments).next(releaseSnapshot)
       .next(verify).next(commit).next(releaseSlot).next(vmDone);
-    const backupVms = new sfn.Map(this, 'BackupVms', {
-      itemsPath: '$.vms',
+    // One child Standard execution per VM, its job read from the list Plan wrote; a VM's failure is recorded by its own
+    // failure path, so every child succeeds unless the VM's steps broke a quota: those are counted, not fatal to the run.
+    const backupVms = new sfn.DistributedMap(this, 'BackupVms', {
+      comment: 'One child execution per VM (its own history), the VM jobs read from the list Plan wrote to S3',
+      itemReader: new sfn.S3JsonItemReader({ bucket: props.runBucket, key: sfn.JsonPath.stringAt('$.vmList.key') }),
+      resultWriterV2: new sfn.ResultWriterV2({ bucket: props.runBucket, prefix: RUN_RESULTS_PREFIX }),
+      mapExecutionType: sfn.StateMachineType.STANDARD,
       maxConcurrency: props.vmConcurrency ?? 8,
-      resultPath: '$.results',
+      toleratedFailurePercentage: 100,
+      label: 'BackupVm',
+      resultPath: sfn.JsonPath.DISCARD,
     });
     backupVms.itemProcessor(perVm);
-    for (const s of [plan, backupVms]) s.addCatch(releaseRunLeaseAfterFailure, { resultPath: '$.runError' });
+    // The lease goes back on every failure, also a payload over the quota (catchAny).
+    for (const s of [plan, backupVms]) catchAny(s, releaseRunLeaseAfterFailure, '$.runError');
 
     const then = afterSummarize(this, props.replicatePolicy, props.functions.ReportReplication);
     const summarize = invoke('Summarize', 'Summarize', {
-      payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId', 'results.$': '$.results', 'gone.$': '$.gone' }),
+      payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'policyId.$': '$.policyId' }),
       ...(then ? { resultPath: '$.summary' } : {}),
     });
 

@@ -21,9 +21,10 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * Top-level prefixes of the repository bucket: repository/format.ts `keys` (chunk objects of
  * format 1, packs and index objects of format 2, manifests, the repository key), mover
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
- * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts).
+ * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts), Backup
+ * runs' VM lists and their child executions' results (`runs/`, cdk/lib/backup-workflow.ts).
  */
-export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/';
+export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/' | 'runs/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -62,7 +63,8 @@ export interface FunctionAccess {
 
 export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> = {
   // Query: also the repository's quarantined chunks, which each job re-checks.
-  Plan: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  // The run's VM list to runs/ (read by the BackupVms Map), and one member item per VM (BatchWriteItem).
+  Plan: { catalog: ['GetItem', 'Query', 'PutItem', 'BatchWriteItem'], repository: { write: ['runs/'] }, timeoutSeconds: 900 },
   AcquireSlot: { catalog: ['PutItem', 'DeleteItem'] },
   PlanDispatch: {},
   JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
@@ -76,7 +78,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReleaseRunLease: { catalog: ['DeleteItem'] },
   // A dead run's running backups and held slots (Scans), its VMs, hosts and policies.
   PlanReconcile: { catalog: ['Scan', 'GetItem'] },
-  Summarize: { catalog: ['PutItem', 'Query'] },
+  // The run's members (Query), their backup records (BatchGetItem); a backup its VM's execution left running is failed (UpdateItem).
+  Summarize: { catalog: ['PutItem', 'Query', 'BatchGetItem', 'UpdateItem'], timeoutSeconds: 300 },
   SyncConfig: { catalog: ['PutItem', 'Scan', 'DeleteItem'], timeoutSeconds: 300 },
   // Restore, deep verify, prune (issue 6): the movers touch the data; these keep the records.
   PlanRestore: { catalog: ['GetItem', 'Query', 'PutItem'] },

@@ -96,7 +96,7 @@ export class LifeboatStack extends Stack {
         depsLockFilePath: `${projectRoot}package-lock.json`,
         bundling: { format: nodejs.OutputFormat.ESM, target: 'node24', minify: true, sourceMap: true },
         environment: {
-          CATALOG_TABLE: this.table.tableName, LIFEBOAT_FUNCTION: fid, REPOSITORY_KMS_KEY_ID: this.repositoryKey.keyArn,
+          CATALOG_TABLE: this.table.tableName, LIFEBOAT_FUNCTION: fid, LIFEBOAT_RUN_BUCKET: this.bucket.bucketName, REPOSITORY_KMS_KEY_ID: this.repositoryKey.keyArn,
           POWERTOOLS_SERVICE_NAME: SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE: metricsNamespace(this.stackName), POWERTOOLS_LOG_LEVEL: 'INFO',
           NODE_OPTIONS: '--enable-source-maps', // stack traces name the TypeScript source lines
         },
@@ -109,7 +109,7 @@ export class LifeboatStack extends Stack {
       acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN.',
         'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
       acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
-        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/', 'runs/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
       functions[fid] = f;
     }
     this.functions = functions;
@@ -124,7 +124,7 @@ export class LifeboatStack extends Stack {
       repositories: config.repositories.map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
     });
     this.backup = new BackupWorkflow(this, 'Backup', {
-      functions, activities: backupGroups,
+      functions, activities: backupGroups, runBucket: this.bucket,
       ...(props.config.backup?.vmConcurrency ? { vmConcurrency: props.config.backup.vmConcurrency } : {}),
       ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
       // A run that commits backups of a policy with a DR repository starts their replication.

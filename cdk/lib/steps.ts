@@ -58,6 +58,20 @@ export function moverStep(scope: Construct, name: string, o: MoverStepOptions) {
   });
 }
 
+/** The terminal error of a payload over 256 KiB, which `States.ALL` does not match: a Catch must name it. */
+export const DATA_LIMIT_EXCEEDED = 'States.DataLimitExceeded';
+
+/**
+ * Catches any error of `state` into `handler` with the error at `resultPath`, also a payload
+ * over the quota (States.DataLimitExceeded, which `States.ALL` does not match): a VM whose
+ * step outgrew 256 KiB still releases its snapshot and slot, and a run its lease.
+ */
+export function catchAny(state: sfn.TaskStateBase | sfn.Map | sfn.DistributedMap | sfn.Choice, handler: sfn.IChainable, resultPath: string): void {
+  const s = state as sfn.TaskStateBase;
+  s.addCatch(handler, { errors: [DATA_LIMIT_EXCEEDED], resultPath });
+  s.addCatch(handler, { resultPath });
+}
+
 /** Retries a step on any error, three times within seconds: catalog records and events, which only a passing fault stops. */
 export function retryAnyError(t: sfn.TaskStateBase): void {
   t.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });

@@ -1,11 +1,10 @@
 /** Commit: the backup becomes visible in the catalog, only after Verify passed. */
 import { z } from 'zod';
-import type { Consistency, DiskResult, VmJob } from '../../contracts/jobs.ts';
+import { type Consistency, type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { VerifyOutput } from './verify.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { diskResult, vmJob } from '../../contracts/schemas.ts';
 import { verifyOutput } from './verify.ts';
 
 export interface CommitInput extends VmJob {

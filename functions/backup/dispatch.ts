@@ -11,11 +11,10 @@ import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../../contracts/errors.ts';
 import { decodeManifest, encodeManifest, keys, MANIFEST_VERSION, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
 import { chunkLocation, packedManifest, type ChunkLocation } from '../../repository/packs.ts';
-import { segmentManifestId, type DiskResult, type DispatchItem, type TransferStats, type VmJob } from '../../contracts/jobs.ts';
+import { type DiskResult, diskResult, type DispatchItem, segmentManifestId, type TransferStats, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { diskResult, vmJob } from '../../contracts/schemas.ts';
 
 export function planDispatch(job: VmJob): DispatchItem[] {
   if (!job.snapshot) throw new BadTaskInput(`VM '${job.vmId}' has no snapshot to dispatch`);

@@ -14,11 +14,14 @@ import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
 import { PolicyNotFound, VmGone } from '../../contracts/errors.ts';
 import { keys } from '../../repository/format.ts';
 import { minMoverVersion } from '../../core/version.ts';
+import { mapLimit } from '../../core/concurrency.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
 import type { SlotScope, VmJob } from '../../contracts/jobs.ts';
 import { locationKey } from '../../contracts/endpoints.ts';
 import { MAX_HEAL_CHUNKS_PER_JOB } from '../../repository/quarantine.ts';
 import type { Catalog, Host, Policy, Vm } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import type { RunCatalog } from '../catalog/run-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
@@ -99,19 +102,15 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
   const policy = await deps.catalog.getPolicy(input.policyId);
   if (!policy) throw new PolicyNotFound(input.policyId);
   const now = deps.now();
-  const vms: VmJob[] = [];
-  const hosts = new Map<string, Host | undefined>();
+  const hosts = new Map<string, Promise<Host | undefined>>();
   // Chunks a deep verification moved aside: every job re-checks them (repository/quarantine.ts).
   const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(policy), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
-  const gone: GoneVm[] = [];
-  for (const vm of await selectVms(policy, deps.catalog)) {
+  // A few VMs' catalog reads and writes at once: a policy of thousands of VMs plans in seconds, not minutes.
+  const planned = await mapLimit(await selectVms(policy, deps.catalog), PLAN_CONCURRENCY, async (vm): Promise<VmJob | GoneVm> => {
     const vmId = vm.vmId;
-    if (vm.gone) {
-      gone.push(await recordGone(vm, policy, input.runId, now, deps.catalog));
-      continue;
-    }
-    if (!hosts.has(vm.host)) hosts.set(vm.host, await deps.catalog.getHost(vm.host));
-    const host = hosts.get(vm.host);
+    if (vm.gone) return recordGone(vm, policy, input.runId, now, deps.catalog);
+    if (!hosts.has(vm.host)) hosts.set(vm.host, deps.catalog.getHost(vm.host));
+    const host = await hosts.get(vm.host);
     if (!host) throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
     const backupId = newBackupId(now, input.runId, vmId);
     const parent = await deps.catalog.latestParent(vmId);
@@ -128,9 +127,39 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
       ...(healChunks.length ? { healChunks } : {}),
     };
     await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
-    vms.push(job);
-  }
+    return job;
+  });
+  const vms = planned.filter((p): p is VmJob => 'moverGroup' in p);
+  const gone = planned.filter((p): p is GoneVm => !('moverGroup' in p));
   return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms, gone };
+}
+
+/** VMs planned at once. */
+const PLAN_CONCURRENCY = 16;
+
+/** Plan's answer to the workflow: where the run's VM jobs are, never the jobs themselves (a payload is capped at 256 KiB). */
+export interface PlannedRun {
+  runId: string;
+  policyId: string;
+  replicateTo: string | null;
+  /** The run's VM jobs as one JSON array in the stack's bucket, read by the BackupVms Map. */
+  vmList: { bucket: string; key: string; count: number };
+  /** How many selected VMs were gone (recorded failed; Summarize reports them). */
+  gone: number;
+}
+
+/** Where a run's VM list is kept (`runs/`, beside the BackupVms Map's results). */
+export const runListKey = (policyId: string, runId: string) => `runs/vms/${encodeURIComponent(policyId)}/${encodeURIComponent(runId)}.json`;
+
+/**
+ * Writes a plan for the workflow: the VM jobs as one object for the BackupVms Map, and the
+ * run's members (backed-up and gone VMs) in the catalog for Summarize.
+ */
+export async function publishPlan(out: PlanOutput, deps: { runs: Pick<RunCatalog, 'addMembers'>; store: ObjectStore; bucket: string }): Promise<PlannedRun> {
+  await deps.runs.addMembers(out.runId, [...out.vms, ...out.gone].map((v) => ({ vmId: v.vmId, backupId: v.backupId })));
+  const key = runListKey(out.policyId, out.runId);
+  await deps.store.put(key, Buffer.from(JSON.stringify(out.vms)));
+  return { runId: out.runId, policyId: out.policyId, replicateTo: out.replicateTo, vmList: { bucket: deps.bucket, key, count: out.vms.length }, gone: out.gone.length };
 }
 
 /** A gone VM is not backed up: its backup of this run is recorded failed (VmGone), and the run reports it. */
@@ -144,4 +173,9 @@ async function recordGone(vm: Vm, policy: Policy, runId: string, now: Date, cata
 
 export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });
 
-export const handler = lambdaHandler('Plan', planInput, (input) => plan(input, { catalog: clients().catalog, recovery: clients().recovery, now: () => new Date() }));
+export const handler = lambdaHandler('Plan', planInput, async (input) => {
+  const c = clients();
+  const bucket = c.env.runBucket;
+  if (!bucket) throw new Error('environment variable LIFEBOAT_RUN_BUCKET is not set: Plan writes the run\'s VM list to the stack\'s bucket, which the deployment must name');
+  return publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), { runs: c.runs, store: c.store(bucket), bucket });
+});

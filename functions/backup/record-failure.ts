@@ -1,10 +1,10 @@
 /** RecordFailure: a VM's backup failed; mark it so, keeping the error for the operator. */
 import { z } from 'zod';
-import type { VmJob, VmOutcome } from '../../contracts/jobs.ts';
+import { type VmJob, vmJob, type VmOutcome } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError, vmJob } from '../../contracts/schemas.ts';
+import { caughtError } from '../../contracts/errors.ts';
 
 export interface RecordFailureInput extends VmJob {
   error: { Error: string; Cause: string };

@@ -12,11 +12,10 @@
  * never blocks its policy for longer than a live one could run.
  */
 import { z } from 'zod';
-import { LifeboatError, RunBusy } from '../../contracts/errors.ts';
+import { caughtError, LifeboatError, RunBusy } from '../../contracts/errors.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError } from '../../contracts/schemas.ts';
 
 /** The Backup workflow's timeout (cdk/lib/backup-workflow.ts) and a margin: a live run never loses its lease. */
 export const RUN_LEASE_MS = 24 * 3600_000 + 10 * 60_000;

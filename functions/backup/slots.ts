@@ -5,11 +5,10 @@
  * retries with backoff. A slot whose holder died is free again when its lease runs out.
  */
 import { SlotUnavailable } from '../../contracts/errors.ts';
-import type { SlotLease, VmJob } from '../../contracts/jobs.ts';
+import { type SlotLease, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { vmJob } from '../../contracts/schemas.ts';
 
 /** A slot held by an execution that died is free again after this long. */
 export const SLOT_LEASE_MS = 6 * 3600_000;

@@ -6,45 +6,81 @@
 import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import type { Consistency, DiskResult, VmOutcome } from '../../contracts/jobs.ts';
-import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
-import { VmGone } from '../../contracts/errors.ts';
-import type { Catalog } from '../catalog/catalog.ts';
+import type { VmOutcome } from '../../contracts/jobs.ts';
+import type { Backup, Catalog } from '../catalog/catalog.ts';
+import type { RunCatalog } from '../catalog/run-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { summaryMetrics } from '../../contracts/metric-names.ts';
-import { diskResult, vmOutcome } from '../../contracts/schemas.ts';
-import type { RunSummary } from '../../contracts/workflow-outputs.ts';
-
-/** What each VM iteration leaves behind: a committed job or a failure outcome. */
-export type IterationResult = { vmId: string; backupId: string; disks?: DiskResult[]; commit?: unknown; outcome?: VmOutcome };
+import { SUMMARY_VMS_LISTED, type RunSummary } from '../../contracts/workflow-outputs.ts';
 
 export interface SummarizeInput {
   runId: string;
   policyId: string;
-  results: IterationResult[];
-  /** VMs Plan did not back up because discovery found them gone: each counts as failed (`Source.VmGone`). */
-  gone?: GoneVm[] | undefined;
 }
 
-export function summarizeRun(input: SummarizeInput): RunSummary {
-  const totals = { bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, storageRetries: 0 };
-  const vms: VmOutcome[] = input.results.map((r) => {
-    if (r.outcome) return r.outcome;
-    for (const d of r.disks ?? []) for (const key of Object.keys(totals) as (keyof typeof totals)[]) totals[key] += d.stats[key] ?? 0;
-    const fullReads = (r.disks ?? []).flatMap((d) => (d.changeTracking?.used === false ? [{ diskId: d.diskId, reason: d.changeTracking.reason }] : []));
-    const consistency = (r.commit as { consistency?: Consistency } | undefined)?.consistency;
-    return { vmId: r.vmId, backupId: r.backupId, status: 'committed', ...(consistency ? { consistency } : {}), ...(fullReads.length ? { fullReads } : {}) };
-  });
-  for (const g of input.gone ?? []) vms.push({ vmId: g.vmId, backupId: g.backupId, status: 'failed', error: { Error: VmGone.code, Cause: vmGoneMessage(g.vmId, g.host, g.goneSince) } });
-  const committed = vms.filter((v) => v.status === 'committed').length;
-  return { runId: input.runId, policyId: input.policyId, vms, committed, failed: vms.length - committed, totals };
+/** The error of a VM whose execution ended without recording an outcome (a quota broken inside it, or stopped). */
+export const NO_OUTCOME = 'Lifeboat.NoOutcome';
+
+/** A run's summary, built from its VMs' backup records as they are read, a page at a time. */
+export class RunTally {
+  private readonly totals = { bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, storageRetries: 0 };
+  private readonly failedVms: VmOutcome[] = [];
+  private readonly committedVms: VmOutcome[] = [];
+  private committed = 0;
+  private failed = 0;
+
+  /** Adds one VM's backup record (a record still `running` counts as failed: its execution ended without an outcome). */
+  add(b: Backup): void {
+    if (b.status !== 'committed') {
+      this.failed++;
+      const error = b.error ?? { Error: NO_OUTCOME, Cause: `the execution backing up VM ${b.vmId} ended without recording an outcome for backup ${b.backupId}; see the run's Map Run for that VM's execution` };
+      if (this.failedVms.length < SUMMARY_VMS_LISTED) this.failedVms.push({ vmId: b.vmId, backupId: b.backupId, status: 'failed', error });
+      return;
+    }
+    this.committed++;
+    for (const d of b.disks ?? []) for (const key of Object.keys(this.totals) as (keyof typeof this.totals)[]) this.totals[key] += d.stats[key] ?? 0;
+    if (this.committedVms.length >= SUMMARY_VMS_LISTED) return;
+    const fullReads = (b.disks ?? []).flatMap((d) => (d.changeTracking?.used === false ? [{ diskId: d.diskId, reason: d.changeTracking.reason }] : []));
+    this.committedVms.push({ vmId: b.vmId, backupId: b.backupId, status: 'committed', ...(b.consistency ? { consistency: b.consistency } : {}), ...(fullReads.length ? { fullReads } : {}) });
+  }
+
+  summary(runId: string, policyId: string): RunSummary {
+    const vms = [...this.failedVms, ...this.committedVms].slice(0, SUMMARY_VMS_LISTED);
+    return { runId, policyId, vms, vmsNotListed: this.committed + this.failed - vms.length, committed: this.committed, failed: this.failed, totals: { ...this.totals } };
+  }
 }
 
-export async function summarize(input: SummarizeInput, deps: { catalog: Catalog; now: () => Date }): Promise<RunSummary> {
-  const summary = summarizeRun(input);
+/** The summary of a run whose VMs' backup records are `backups`. */
+export function summarizeRun(input: SummarizeInput & { backups: Backup[] }): RunSummary {
+  const tally = new RunTally();
+  for (const b of input.backups) tally.add(b);
+  return tally.summary(input.runId, input.policyId);
+}
+
+type SummarizeDeps = { catalog: Pick<Catalog, 'putRun' | 'failBackup'>; runs: Pick<RunCatalog, 'members' | 'backups'>; now: () => Date };
+
+/**
+ * Reads the run's VMs from the catalog a page at a time (never from a payload), fails the
+ * backups their executions left `running`, and records the run. Returns the summary and
+ * the VM ids (for the recovery point ages).
+ */
+export async function summarize(input: SummarizeInput, deps: SummarizeDeps): Promise<{ summary: RunSummary; vmIds: string[] }> {
+  const tally = new RunTally();
+  const vmIds: string[] = [];
+  for await (const page of deps.runs.members(input.runId)) {
+    for (const b of await deps.runs.backups(page)) {
+      vmIds.push(b.vmId);
+      if (b.status === 'running') {
+        const error = { Error: NO_OUTCOME, Cause: `the execution backing up VM ${b.vmId} ended without recording an outcome for backup ${b.backupId} (run ${input.runId}); see the run's Map Run for that VM's execution` };
+        await deps.catalog.failBackup(b.vmId, b.backupId, error);
+        tally.add({ ...b, status: 'failed', error });
+      } else tally.add(b);
+    }
+  }
+  const summary = tally.summary(input.runId, input.policyId);
   await deps.catalog.putRun(input.runId, { ...summary, finishedAt: deps.now().toISOString() });
-  return summary;
+  return { summary, vmIds };
 }
 
 /**
@@ -76,16 +112,11 @@ export function publishRunMetrics(metrics: Metrics, summary: RunSummary, ages: R
   if (Number.isFinite(oldest)) metrics.addMetric(summaryMetrics.oldestRecoveryPointAgeHours, MetricUnit.Count, Math.round(oldest * 100) / 100);
 }
 
-export const summarizeInput: z.ZodType<SummarizeInput> = z.looseObject({
-  runId: z.string().min(1),
-  policyId: z.string().min(1),
-  results: z.array(z.looseObject({ vmId: z.string(), backupId: z.string(), disks: z.array(diskResult).optional(), commit: z.unknown().optional(), outcome: vmOutcome.optional() })),
-  gone: z.array(z.looseObject({ vmId: z.string().min(1), backupId: z.string().min(1), host: z.string(), goneSince: z.string() })).optional(),
-});
+export const summarizeInput: z.ZodType<SummarizeInput> = z.looseObject({ runId: z.string().min(1), policyId: z.string().min(1) });
 
 export const handler = lambdaHandler('Summarize', summarizeInput, async (input, { metrics }) => {
-  const deps = { catalog: clients().catalog, now: () => new Date() };
-  const summary = await summarize(input, deps);
-  publishRunMetrics(metrics, summary, await recoveryPointAgeHours(summary.vms.map((v) => v.vmId), deps));
+  const deps = { catalog: clients().catalog, runs: clients().runs, now: () => new Date() };
+  const { summary, vmIds } = await summarize(input, deps);
+  publishRunMetrics(metrics, summary, await recoveryPointAgeHours(vmIds, deps));
   return summary;
 });

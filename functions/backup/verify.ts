@@ -6,12 +6,11 @@
 import { z } from 'zod';
 import { VerifyFailed } from '../../contracts/errors.ts';
 import { decodeManifest, keys, type RepositoryKeys } from '../../repository/format.ts';
-import type { DiskResult, VmJob } from '../../contracts/jobs.ts';
+import { type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { diskResult, vmJob } from '../../contracts/schemas.ts';
 
 export interface VerifyInput extends VmJob {
   disks: DiskResult[];

@@ -19,6 +19,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { Catalog } from '../catalog/catalog.ts';
 import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
+import { RunCatalog } from '../catalog/run-catalog.ts';
 import { LockCatalog } from '../catalog/lock-catalog.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
@@ -27,6 +28,8 @@ export interface Clients {
   catalog: Catalog;
   /** Records of restores, deep verifications and prunes (functions/catalog/recovery-catalog.ts). */
   recovery: RecoveryCatalog;
+  /** Which VMs a Backup run backs up (functions/catalog/run-catalog.ts). */
+  runs: RunCatalog;
   /** Records of host configuration backups (functions/catalog/host-config-catalog.ts). */
   hostConfigs: HostConfigCatalog;
   /** How far lock extension has locked each backup's objects (functions/catalog/lock-catalog.ts). */
@@ -61,6 +64,8 @@ export interface SdkCall {
   /** The API operation, e.g. `PutItem`, `HeadObject`. */
   operation: string;
   input: Record<string, unknown>;
+  /** The answer, when the call succeeded (the cost bench sizes DynamoDB's read units from it). */
+  output?: Record<string, unknown>;
 }
 
 let sdkCallListener: ((call: SdkCall) => void) | undefined;
@@ -77,8 +82,14 @@ type MiddlewareClient = { middlewareStack: { add(mw: unknown, opts: { step: 'ini
 function observe(client: MiddlewareClient, service: SdkCall['service']): void {
   client.middlewareStack.add((next: (args: { input: Record<string, unknown> }) => Promise<unknown>, context: { commandName?: string }) =>
     async (args: { input: Record<string, unknown> }) => {
-      sdkCallListener?.({ service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input });
-      return next(args);
+      const call = { service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input };
+      let result: { output?: Record<string, unknown> } | undefined;
+      try {
+        result = (await next(args)) as typeof result;
+        return result;
+      } finally {
+        sdkCallListener?.({ ...call, ...(result?.output ? { output: result.output } : {}) });
+      }
     }, { step: 'initialize', name: 'lifeboatObserveSdkCalls' });
 }
 
@@ -151,6 +162,7 @@ export function clients(): Clients {
     env,
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
+    runs: new RunCatalog(db, env.tableName),
     hostConfigs: new HostConfigCatalog(db, env.tableName),
     lockRecords: new LockCatalog(db, env.tableName),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),

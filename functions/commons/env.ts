@@ -4,6 +4,8 @@
  */
 export interface FunctionEnv {
   tableName: string;
+  /** The stack's own bucket, where Plan writes each Backup run's VM list (`runs/`); unset for functions that do not need it. */
+  runBucket?: string;
   region: string;
   /** Local endpoints (embedded stack); unset in AWS. */
   dynamodbEndpoint?: string;
@@ -22,6 +24,7 @@ function required(name: string): string {
 export function readEnv(): FunctionEnv {
   return Object.freeze({
     tableName: required('CATALOG_TABLE'),
+    runBucket: process.env.LIFEBOAT_RUN_BUCKET,
     region: process.env.AWS_REGION ?? 'us-east-1',
     dynamodbEndpoint: process.env.LIFEBOAT_DYNAMODB_ENDPOINT,
     s3Endpoint: process.env.LIFEBOAT_S3_ENDPOINT,

@@ -22,7 +22,7 @@
  */
 import { z } from 'zod';
 import { mapLimit } from '../../core/concurrency.ts';
-import { locationKey } from '../../contracts/endpoints.ts';
+import { locationKey, repositoryLocation } from '../../contracts/endpoints.ts';
 import { chunkId, chunkIdOfKey, open, packIdOfKey, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { quarantineKey } from '../../repository/quarantine.ts';
@@ -31,7 +31,6 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../../contracts/schemas.ts';
 import { shareDamage, type SharedDamage } from '../recovery/shared-damage.ts';
 
 const text = z.string().min(1);

@@ -9,7 +9,7 @@ import { discoverPage } from '../../contracts/discovery.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { discoveryMetrics } from '../../contracts/metric-names.ts';
-import { caughtError } from '../../contracts/schemas.ts';
+import { caughtError } from '../../contracts/errors.ts';
 import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from './inventory.ts';
 
 const text = z.string().min(1);

@@ -21,10 +21,12 @@
  * the backups whose objects already reach their target: idempotent, and a re-run after a
  * stop goes on where it stopped. It works in batches of backups, each recorded once all its
  * objects hold; with too little time left it stops and says `more`, and the workflow calls
- * it again.
+ * it again. Extensions that failed fail the function (`Gc.LocksNotExtended`, naming the
+ * first), after the other batches: the collection then deletes nothing.
  */
 import { z } from 'zod';
-import { locationKey } from '../../contracts/endpoints.ts';
+import { locationKey, repositoryLocation } from '../../contracts/endpoints.ts';
+import { LocksNotExtended } from '../../contracts/recovery-errors.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -34,7 +36,6 @@ import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
 import type { LockCatalog } from '../catalog/lock-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../../contracts/schemas.ts';
 import { retentionHorizonMs } from '../prune/expiry.ts';
 
 const DAY_MS = 86_400_000;
@@ -69,7 +70,7 @@ export interface LockReport {
   objects: { read: number; extended: number; alreadyLocked: number };
   /** Referenced objects that do not exist (first 100). */
   missing: string[];
-  /** Extensions that failed, with the reason (first 100); their backups are tried again next run. */
+  /** Extensions that failed, with the reason (first 100): the function then fails with Gc.LocksNotExtended. */
   failed: { key: string; reason: string }[];
   /** Stopped for time: call again. */
   more: boolean;
@@ -158,6 +159,12 @@ export async function extendRepositoryLocks(input: z.output<typeof extendLocksIn
   }
   report.backups.left = Math.max(0, todo.length - i);
   report.more = report.backups.left > 0;
+  if (report.failed.length > 0) {
+    const first = report.failed[0]!;
+    throw new LocksNotExtended(`${report.failed.length}${report.failed.length >= LISTED ? ' or more' : ''} objects of repository '${bucket}' could not be locked until their backups' expiry `
+      + `(first: ${first.key}: ${first.reason}); nothing was deleted. Check that ExtendLocks' role is granted s3:PutObjectRetention on the bucket; `
+      + `the backups whose objects were locked are recorded, the others are tried again by the next Garbage collection run`);
+  }
   return finish();
 }
 

@@ -12,13 +12,12 @@
  * most GC_LEASE_MS (~1.5 h), not for as long as a whole workflow may run.
  */
 import { z } from 'zod';
-import type { StorageEndpoint } from '../../contracts/endpoints.ts';
+import { repositoryLocation, type StorageEndpoint } from '../../contracts/endpoints.ts';
 import { GC_LEASE_MS } from '../../core/gc-timing.ts';
 import { GcBusy } from '../../contracts/recovery-errors.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../../contracts/schemas.ts';
 import type { GcReport } from '../../contracts/gc-report.ts';
 
 /** One collection of a repository at a time, held by its gcId. */

@@ -61,7 +61,7 @@ import type { ListedObject, RepositoryAdmin } from '../../repository/admin.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { storageEndpoint } from '../../contracts/schemas.ts';
+import { storageEndpoint } from '../../contracts/endpoints.ts';
 import type { RetentionReader } from '../../repository/object-lock.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { catalogGcLease, holdingLease, type GcLease } from './gc-lease.ts';

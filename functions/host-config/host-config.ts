@@ -11,7 +11,8 @@ import { hostConfigCounts, hostConfigResult } from '../../contracts/host-config.
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { hostConfigMetrics } from '../../contracts/metric-names.ts';
-import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
+import { repositoryLocation } from '../../contracts/endpoints.ts';
+import { caughtError } from '../../contracts/errors.ts';
 import { planHostConfigBackup, recordHostConfig, summarizeHostConfigBackup } from './backups.ts';
 
 const text = z.string().min(1);

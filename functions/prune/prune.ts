@@ -8,14 +8,13 @@
  */
 import { z } from 'zod';
 import { PolicyNotFound } from '../../contracts/errors.ts';
-import { location, type RepositoryLocation, type StorageEndpoint } from '../../contracts/endpoints.ts';
+import { location, type RepositoryLocation, repositoryLocation, type StorageEndpoint, storageEndpoint } from '../../contracts/endpoints.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation, storageEndpoint } from '../../contracts/schemas.ts';
 import { policyVms } from '../recovery/backups.ts';
 import { applyRetention, retentionProblem } from './gfs.ts';
 

@@ -16,7 +16,7 @@ import type { VmJob } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError } from '../../contracts/schemas.ts';
+import { caughtError } from '../../contracts/errors.ts';
 
 export const reconcileInput = z.looseObject({
   /** The stopped Backup execution; its name is the run id. */

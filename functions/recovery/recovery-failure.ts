@@ -7,7 +7,7 @@ import { z } from 'zod';
 import type { RecoveryCatalog, RecoveryRecordKind } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError } from '../../contracts/schemas.ts';
+import { caughtError } from '../../contracts/errors.ts';
 
 const kinds = ['DEEPVERIFY', 'REPLICATION', 'FAILOVER', 'PRUNE', 'GC'] as const satisfies readonly RecoveryRecordKind[];
 

@@ -9,7 +9,7 @@
  * the standby replica and its recovery point.
  */
 import { z } from 'zod';
-import { endpointKey, location, type RepositoryLocation } from '../../contracts/endpoints.ts';
+import { endpointKey, location, type RepositoryLocation, repositoryLocation } from '../../contracts/endpoints.ts';
 import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
@@ -19,7 +19,6 @@ import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../../contracts/schemas.ts';
 import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
 

@@ -10,7 +10,8 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError, repositoryLocation } from '../../contracts/schemas.ts';
+import { repositoryLocation } from '../../contracts/endpoints.ts';
+import { caughtError } from '../../contracts/errors.ts';
 import { locationOf, resolveBackup } from '../recovery/backups.ts';
 import type { InstantRestoreSummary, RestoreSummary } from '../../contracts/workflow-outputs.ts';
 

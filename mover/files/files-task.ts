@@ -35,7 +35,8 @@ const READ_AHEAD_CHUNKS = 4;
 function taskError(err: unknown, job: FilesJob): Error {
   if (!(err instanceof SandboxFailure)) return err as Error;
   const where = `backup ${job.backupId} disk '${job.diskId}'${job.partition !== undefined ? ` partition ${job.partition}` : ''}`;
-  return err.kind === 'notFound' ? new FilesNotFound(`${where}: ${err.message}`) : new FilesUnreadable(`${where}: ${err.message}`);
+  if (err.kind === 'notFound') return new FilesNotFound(`${where}: ${err.message}`);
+  return new FilesUnreadable(`${where}: ${err.message}; nothing more was read. The guest's partition table or file system is damaged, hostile or of a kind not read here: try an older backup (--backup), or restore the disk (lifeboat restore) and examine it with fsck`);
 }
 
 /** What the reader said it opened: a reader that finished without saying is not a sound one. */

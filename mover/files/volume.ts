@@ -91,7 +91,7 @@ export async function resolve<N>(fs: FileSystem<N>, path: string): Promise<{ nod
     if (at.entry.type !== 'dir') throw new FsNotFound(`${walked} is a ${at.entry.type}, not a directory, so '${path}' does not exist`);
     const found = (await fs.list(at.node, walked || '/')).find((e) => e.entry.name === name);
     walked += `/${name}`;
-    if (!found) throw new FsNotFound(`${walked} does not exist on the ${fs.kind} file system`);
+    if (!found) throw new FsNotFound(`${walked} does not exist on the ${fs.kind} file system (list ${walked.slice(0, walked.lastIndexOf('/')) || '/'} to see what is there; names are case-sensitive on ext)`);
     at = found;
   }
   return at;

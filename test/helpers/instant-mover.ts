@@ -1,0 +1,70 @@
+/**
+ * A stand-in mover for control-plane tests of large fleets: it polls a mover group's
+ * activity over the Step Functions API, as a mover does, and answers every task at once
+ * with the answer a real mover gave for one template VM: its snapshot's disks, and for each
+ * disk the template's manifest sealed again under the new backup's id (a manifest is bound
+ * to its name) and written to the repository, its chunks the packs the template stored. So
+ * JoinSegments, Verify and Commit run for real; no disk is read and no chunk is sent: what
+ * it tests is the workflow, not the data path.
+ */
+import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
+import { decodeManifest, encodeManifest, keys, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
+import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+
+export interface InstantMover {
+  /** Tasks answered, by kind. */
+  answered: Record<string, number>;
+  stop(): Promise<void>;
+}
+
+export interface InstantTemplate {
+  backupId: string;
+  snapshot: SnapshotResult;
+  disks: DiskResult[];
+  repository: { store: ObjectStore; keys: RepositoryKeys };
+}
+
+export function startInstantMover(sfn: SFNClient, activityArn: string, template: InstantTemplate, pollers = 8): InstantMover {
+  const answered: Record<string, number> = {};
+  let stopped = false;
+  const abort = new AbortController();
+  const { store, keys: repoKeys } = template.repository;
+  const answer = async (t: MoverTask): Promise<unknown> => {
+    if (t.task === 'snapshot') return template.snapshot;
+    if (t.task === 'dispatch') {
+      const d = template.disks.find((x) => x.diskId === t.disk.diskId);
+      if (!d) throw new Error(`the template VM has no disk ${t.disk.diskId}`);
+      const m = await decodeManifest(repoKeys, (await store.get(d.manifestKey))!, template.backupId, d.diskId);
+      const sealed = await encodeManifest(repoKeys, { ...m, backupId: t.job.backupId });
+      const manifestKey = keys.manifest(t.job.backupId, d.diskId);
+      await store.put(manifestKey, sealed, { crc32: objectCrc32(sealed) });
+      return { ...d, manifestKey };
+    }
+    return null;
+  };
+  const poll = async () => {
+    while (!stopped) {
+      const got = await sfn.send(new GetActivityTaskCommand({ activityArn, workerName: 'instant-mover' }), { abortSignal: abort.signal });
+      if (!got.taskToken || !got.input) continue;
+      const task = JSON.parse(got.input) as MoverTask;
+      answered[task.task] = (answered[task.task] ?? 0) + 1;
+      try {
+        await sfn.send(new SendTaskSuccessCommand({ taskToken: got.taskToken, output: JSON.stringify(await answer(task)) }));
+      } catch (err) {
+        await sfn.send(new SendTaskFailureCommand({ taskToken: got.taskToken, error: 'Mover.Failed', cause: (err as Error).message })).catch(() => {});
+      }
+    }
+  };
+  const running = Array.from({ length: pollers }, () => poll().catch((err: unknown) => {
+    if (!stopped) throw err;
+  }));
+  return {
+    answered,
+    stop: async () => {
+      stopped = true;
+      abort.abort();
+      await Promise.allSettled(running);
+    },
+  };
+}
