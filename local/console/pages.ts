@@ -7,7 +7,8 @@ import { formatBytes, formatHours, formatSeconds } from '../../core/units.ts';
 import type { Alert, BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../contracts/operator.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
 
-const esc = (v: unknown) => String(v ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+/** HTML-escapes text for the pages. */
+export const esc = (v: unknown) => String(v ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const time = (iso: string | null | undefined) => (iso ? esc(iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z')) : '–');
 
 function table(id: string, head: string[], rows: string[][]): string {
