@@ -149,12 +149,12 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
       }
       if (req.method !== 'GET') return html(res, pages.layout('Not allowed', `<p>${req.method} ${url.pathname} is not an action.</p>`), 405);
       const p = await page(path);
-      return p ? html(res, p) : html(res, pages.layout('Not found', `<p>Nothing at ${url.pathname.replace(/[<>&"']/g, '')}.</p>`), 404);
+      return p ? html(res, p) : html(res, pages.layout('Not found', `<p>Nothing at ${pages.esc(url.pathname)}.</p>`), 404);
     } catch (err) {
       const status = err instanceof BadRequest || err instanceof SyntaxError ? 400 : 500;
       const message = (err as Error).message;
       if (path[0] === 'api') return json(res, status, { error: status === 400 ? 'BadRequest' : (err as Error).name, message });
-      return html(res, pages.layout(status === 400 ? 'Bad request' : 'Error', `<p class="bad" id="error">${message.replace(/[<>&"']/g, '')}</p>`), status);
+      return html(res, pages.layout(status === 400 ? 'Bad request' : 'Error', `<p class="bad" id="error">${pages.esc(message)}</p>`), status);
     }
   }
 
