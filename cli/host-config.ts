@@ -12,9 +12,8 @@ import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
 import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
 import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 import type { StackEndpoints } from '../local/stack.ts';
-import { embeddedCatalog, stackHostConfigs } from './embedded-access.ts';
 import { runWithProgress } from './progress.ts';
-import { endpoints, guarded, lambdaMessage, StackClient, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
+import { embeddedCatalog, endpoints, guarded, lambdaMessage, StackClient, stackHostConfigs, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
 
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 

@@ -1,24 +1,17 @@
 /**
  * `lifeboat vms`, `backups VM`, `runs [RUN]`, `policies`, `movers`, `restore-points` and
- * `alerts`: the operator API's views (functions/operator/views.ts) as aligned tables, or
+ * `alerts`: the operator API's views (contracts/operator.ts) as aligned tables, or
  * with `--json` as the API's JSON. Exit code 1 when what is listed shows a failure an
  * operator must act on (a VM past its RPO, a damaged backup, a failed run, an alert).
  */
 import type { Command } from 'commander';
+import type { Alert, BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../contracts/operator.ts';
+import type { MoverView } from '../core/mover-fleet.ts';
 import { formatBytes, formatHours, formatSeconds } from '../core/units.ts';
 import { EXIT, guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 import { formatTable, shortTime } from './table.ts';
 
 type Opts = StackOptions & { json?: boolean };
-
-interface VmRow { vmId: string; host: string; protection: string; policies: string[]; lastBackup: { backupId: string; at: string; status: string } | null; consistency: string | null; rpoHours: number | null; recoveryPointAgeHours: number | null; rpo: string }
-interface BackupRow { backupId: string; startedAt: string; committedAt: string | null; status: string; sizeBytes: number; bytesNew: number; bytesStored: number; consistency: string | null; verified: { at: string; full: boolean } | null; damaged: boolean; damage: { verifyId: string; objects: number } | null; error: { Error: string; Cause: string } | null }
-interface DiskRow { diskId: string; segment: number | null; phase: string; bytesDone: number; bytesTotal: number; bytesPerSecond: number; etaSeconds: number | null; mover: string }
-interface RunRow { runId: string; policyId: string | null; status: string; startedAt: string; stoppedAt: string | null; committed: number; failed: number; error: { Error: string; Cause: string } | null; vms: { vmId: string; backupId: string; phase: string; bytesDone: number; bytesTotal: number; error: { Error: string; Cause: string } | null; disks: DiskRow[] }[] }
-interface PolicyRow { policyId: string; repositoryId: string | null; bucket: string; vms: number; rpoHours: number | null; replicateTo: string | null }
-interface MoverRow { group: string; name: string; version: string; upToDate: boolean; status: string; state: string; tasksInFlight: number; slots: number; ageSeconds: number; capabilities: { tasks: string[] } }
-interface RestorePointRow { vmId: string; policyId: string; repositoryId: string; backupId: string; replicatedAt: string; ageHours: number }
-interface AlertRow { kind: string; subject: string; message: string; since: string }
 
 const FAILED_RUN = new Set(['FAILED', 'TIMED_OUT', 'ABORTED']);
 
@@ -99,7 +92,7 @@ export function registerListingCommands(program: Command, defaultDataDir: string
     ])) : ['no policies (add them to the configuration)'])));
 
   cmd('movers', 'the registered movers: group, version, state, tasks, last seen (exit code 1 when one is stale)')
-    .action(listing<MoverRow[]>(io, () => '/api/movers', (rows) => (rows.length ? formatTable(['GROUP', 'MOVER', 'VERSION', 'STATE', 'TASKS', 'SEEN', 'TASK KINDS'], rows.map((m) => [
+    .action(listing<MoverView[]>(io, () => '/api/movers', (rows) => (rows.length ? formatTable(['GROUP', 'MOVER', 'VERSION', 'STATE', 'TASKS', 'SEEN', 'TASK KINDS'], rows.map((m) => [
       m.group, m.name, m.version + (m.upToDate ? '' : ' (old)'), m.status === 'live' ? m.state : m.status, `${m.tasksInFlight}/${m.slots}`, `${m.ageSeconds}s ago`, m.capabilities.tasks.join(','),
     ])) : ['no mover has registered (start one: `lifeboat up` starts them for the embedded stack; deploy/README for a site)']), (rows) => rows.some((m) => m.status === 'stale')));
 
@@ -111,5 +104,5 @@ export function registerListingCommands(program: Command, defaultDataDir: string
       ])) : ['no restore points in a DR repository (a policy with "replicateTo" replicates after each run)'])));
 
   cmd('alerts', 'what needs attention now: damaged backups, VMs past their RPO, silent mover groups, failed runs (exit code 1 when there is any)')
-    .action(listing<AlertRow[]>(io, () => '/api/alerts', (rows) => (rows.length ? rows.map((a) => `${a.kind.toUpperCase()}  ${a.subject}  since ${shortTime(a.since)}\n  ${a.message}`) : ['no alerts']), (rows) => rows.length > 0));
+    .action(listing<Alert[]>(io, () => '/api/alerts', (rows) => (rows.length ? rows.map((a) => `${a.kind.toUpperCase()}  ${a.subject}  since ${shortTime(a.since)}\n  ${a.message}`) : ['no alerts']), (rows) => rows.length > 0));
 }

@@ -13,6 +13,10 @@ import { Hash } from '@smithy/hash-node';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { Catalog } from '../functions/catalog/catalog.ts';
+import { HostConfigCatalog } from '../functions/catalog/host-config-catalog.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS, S3ObjectStore, s3Client, type S3Endpoint } from '../core/s3-store.ts';
@@ -235,3 +239,21 @@ export const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) 
     process.exitCode = EXIT.failed;
   }
 };
+
+function stackTable(e: StackEndpoints): DynamoDBDocumentClient {
+  const db = new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS });
+  return DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } });
+}
+
+/**
+ * The catalog of a running embedded stack, for the commands that work on the embedded stack
+ * only because they open its repository with the key file (`export`, `host-config list|restore`).
+ */
+export function embeddedCatalog(e: StackEndpoints): Catalog {
+  return new Catalog(stackTable(e), e.table);
+}
+
+/** The host configuration records of a running embedded stack. */
+export function stackHostConfigs(e: StackEndpoints): HostConfigCatalog {
+  return new HostConfigCatalog(stackTable(e), e.table);
+}

@@ -1,6 +1,6 @@
 /**
- * The embedded stack's alert delivery: every `checkSeconds` it derives the current alerts
- * (functions/operator/alerts.ts) and POSTs each one not sent before, as JSON, to the
+ * The embedded stack's alert delivery: every `checkSeconds` it asks the operator API for the
+ * current alerts (functions/operator/alerts.ts derives them) and POSTs each one not sent before, as JSON, to the
  * configured webhook (`notifications.webhook.url`). Sent alert ids are kept in
  * `<dataDir>/alerts-sent.json`, so a restart does not repeat them; a delivery that fails
  * (refused, timed out, not 2xx) is logged and tried again at the next check, nothing is lost.
@@ -8,13 +8,14 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { currentAlerts, type Alert, type AlertDeps } from '../functions/operator/alerts.ts';
+import type { Alert } from '../contracts/operator.ts';
 
 export interface AlertNotifierOptions {
   dataDir: string;
   url: string;
   checkSeconds: number;
-  deps: AlertDeps;
+  /** The current alerts (the operator API's `/api/alerts`). */
+  alerts(): Promise<Alert[]>;
   /** Told of each delivery and each failure (the stack logs them). */
   onEvent?: (event: 'alert.sent' | 'alert.failed', fields: Record<string, unknown>) => void;
 }
@@ -48,7 +49,7 @@ export class AlertNotifier {
 
   private async deliverNew(): Promise<void> {
     const sent = new Set<string>(JSON.parse(await readFile(this.file, 'utf8').catch(() => '[]')) as string[]);
-    const fresh = (await currentAlerts(this.o.deps)).filter((a) => !sent.has(a.id));
+    const fresh = (await this.o.alerts()).filter((a) => !sent.has(a.id));
     for (const alert of fresh) {
       if (await this.post(alert)) sent.add(alert.id);
     }

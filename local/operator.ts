@@ -1,48 +1,45 @@
 /**
  * The embedded stack's operator side: the console server (read-only API, pages, actions)
- * and, when the configuration names a webhook, the alert notifier, both over the same
- * read model the `OperatorApi` Lambda function uses in AWS, reading through the stack's
- * own DynamoDB, S3 and Step Functions endpoints.
+ * and, when the configuration names a webhook, the alert notifier. The API is the
+ * `OperatorApi` function (functions/operator/api.ts) invoked in process with a function
+ * URL event, as Lambda invokes it in AWS; it reads through the stack's own endpoints.
  */
 import { DescribeExecutionCommand, SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
-import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { LifeboatConfig } from '../core/config.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS, s3Client } from '../core/s3-store.ts';
-import type { Catalog } from '../functions/catalog/catalog.ts';
-import { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
-import { operatorDeps } from '../functions/operator/api.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS } from '../core/s3-store.ts';
+import type { Alert } from '../contracts/operator.ts';
 import { AlertNotifier } from './alert-notifier.ts';
 import { LOCAL_REGION, type ResolvedTemplate } from './asl.ts';
-import { startConsoleServer, type ConsoleWorkflow } from './console/server.ts';
+import { startConsoleServer, type ConsoleServerOptions, type ConsoleWorkflow } from './console/server.ts';
+import { invokeLocal } from './lambdas.ts';
 
 export interface OperatorOptions {
   dataDir: string;
   config: LifeboatConfig;
-  catalog: Catalog;
-  db: DynamoDBClient;
-  s3: string;
-  /** The primary repository's bucket: movers register and report progress there. */
-  bucket: string;
+  /** The stack's catalog, for `vm add` and the VM page's default mover group. */
+  inventory: ConsoleServerOptions['inventory'];
   sfn: string;
-  backupStateMachineArn: string;
   template: ResolvedTemplate;
   port: number;
   onAlert?: (event: string, fields: Record<string, unknown>) => void;
 }
 
+/** One GET of the operator API through the OperatorApi function. */
+async function api(pathAndQuery: string): Promise<{ status: number; body: unknown }> {
+  const [rawPath = '/', rawQueryString = ''] = pathAndQuery.split('?', 2);
+  const r = await invokeLocal('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method: 'GET' } } }) as { statusCode: number; body: string };
+  return { status: r.statusCode, body: JSON.parse(r.body) as unknown };
+}
+
 export async function startOperator(o: OperatorOptions): Promise<{ url: string; close(): Promise<void> }> {
   const sfn = new SFNClient({ region: LOCAL_REGION, endpoint: o.sfn, credentials: LOCAL_ENDPOINT_CREDENTIALS });
-  const s3 = s3Client({ region: LOCAL_REGION, endpoint: o.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
-  const recovery = new RecoveryCatalog(DynamoDBDocumentClient.from(o.db, { marshallOptions: { removeUndefinedValues: true } }), o.catalog.table);
-  const deps = operatorDeps({ catalog: o.catalog, recovery, s3, bucket: o.bucket, sfn, backupStateMachineArn: o.backupStateMachineArn });
   const arn = (workflow: ConsoleWorkflow) => {
     const m = Object.values(o.template.stateMachines).find((x) => x.logicalId.replace(/StateMachine[0-9A-F]{8}$/, '') === workflow);
     if (!m) throw new Error(`the stack has no ${workflow} workflow`);
     return m.arn;
   };
   const server = await startConsoleServer({
-    port: o.port, deps, catalog: o.catalog, groups: o.config.moverGroups.map((g) => g.id),
+    port: o.port, api, inventory: o.inventory, groups: o.config.moverGroups.map((g) => g.id),
     start: async (workflow, input) => {
       const { executionArn } = await sfn.send(new StartExecutionCommand({ stateMachineArn: arn(workflow), input: JSON.stringify(input) }));
       return { name: executionArn!.split(':').pop()! };
@@ -58,7 +55,12 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
     },
   });
   const webhook = o.config.notifications?.webhook;
-  const notifier = webhook ? new AlertNotifier({ dataDir: o.dataDir, url: webhook.url, checkSeconds: webhook.checkSeconds ?? 60, deps, ...(o.onAlert ? { onEvent: o.onAlert } : {}) }) : undefined;
+  const alerts = async () => {
+    const a = await api('/api/alerts');
+    if (a.status !== 200) throw new Error(`the operator API answered ${a.status} for /api/alerts: ${JSON.stringify(a.body)}`);
+    return a.body as Alert[];
+  };
+  const notifier = webhook ? new AlertNotifier({ dataDir: o.dataDir, url: webhook.url, checkSeconds: webhook.checkSeconds ?? 60, alerts, ...(o.onAlert ? { onEvent: o.onAlert } : {}) }) : undefined;
   notifier?.start();
   return {
     url: server.url,
@@ -66,7 +68,6 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
       await notifier?.stop();
       await server.close();
       sfn.destroy();
-      s3.destroy();
     },
   };
 }

@@ -227,8 +227,11 @@ export class EmbeddedStack {
       if (reconcileArn) await reconcileStoppedRuns(executions, backup.arn, reconcileArn);
       const api = await startSfnApi({ port: opts.ports?.sfn ?? 0, broker, executions });
       closers.push(() => api.close());
+      // The OperatorApi function reads the Backup workflow's executions and the primary repository's records.
+      Object.assign(process.env, { REPOSITORY_BUCKET, BACKUP_STATE_MACHINE_ARN: backup.arn, LIFEBOAT_SFN_ENDPOINT: api.url });
       const operator = await startOperator({
-        dataDir, config, catalog, db, s3, bucket: REPOSITORY_BUCKET, sfn: api.url, backupStateMachineArn: backup.arn, template, port: opts.ports?.console ?? 0,
+        dataDir, config, sfn: api.url, template, port: opts.ports?.console ?? 0,
+        inventory: { getVm: (id) => catalog.getVm(id), getHost: (id) => catalog.getHost(id), putVm: (vm) => catalog.putVm(vm) },
         ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
       });
       closers.push(() => operator.close());

@@ -236,6 +236,7 @@ describe('Lambda functions', () => {
         ...(access.repository?.retention?.extend?.length ? ['s3:PutObjectRetention'] : []),
         ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
         ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),
+        ...(access.backupExecutions ?? []).map((a) => `states:${a}`),
       ]);
       const f = stack.functions[fid] as unknown as { role: IConstruct };
       const statements = roleStatements(lid(f.role));

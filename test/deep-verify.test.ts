@@ -150,7 +150,9 @@ describe('recordDeepVerify', () => {
         { backupId: 'b1', diskId: 'disk0', offsets: [], objectKey: objectKeys.manifest('b1', 'disk0'), reason: 'z' },
       ],
     };
+    const markedVerified: string[] = [];
     const recovery = {
+      markVerified: async (_vm: string, backupId: string) => void markedVerified.push(backupId),
       markHealthy: async () => damage,
       clearQuarantine: async (_repository: string, ids: string[]) => void cleared.push(ids),
       putRecord: async () => {},
@@ -159,5 +161,6 @@ describe('recordDeepVerify', () => {
     const s = await recordDeepVerify({ ...job('b1', 'v-new'), disks: [{ diskId: 'disk0', sizeBytes: 1 }], verified }, { recovery, catalog: { backupsWithStatus: async () => [] }, now: () => new Date() });
     expect(s.healed).toEqual({ previousVerifyId: 'v-old', chunks: [packed, old] });
     expect(cleared).toEqual([[packed, old]]);
+    expect(markedVerified).toEqual(['b1']); // an intact verification is recorded on the backup (its 'verified')
   });
 });

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { formatHostConfigBackup, formatHostConfigList, listHostConfigs, restoreHostConfig } from '../cli/host-config.ts';
-import { stackHostConfigs } from '../cli/embedded-access.ts';
+import { stackHostConfigs } from '../cli/stack-client.ts';
 import { loadConfig, parseConfig } from '../core/config.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { LambdaFunctionId } from '../contracts/functions.ts';

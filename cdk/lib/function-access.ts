@@ -51,6 +51,11 @@ export interface FunctionAccess {
   };
   /** The repository KMS key: unwrap (kms:Decrypt) / wrap (kms:Encrypt) the repository key; read SSE-KMS objects. */
   repositoryKey?: ('unwrap' | 'wrap')[];
+  /**
+   * Step Functions reads of the Backup workflow (ListExecutions on it, DescribeExecution of
+   * its executions), granted by the construct that knows it (cdk/lib/operator-api.ts).
+   */
+  backupExecutions?: ('ListExecutions' | 'DescribeExecution')[];
   /** Seconds before Lambda stops the function (default 60). */
   timeoutSeconds?: number;
   memoryMiB?: number;
@@ -123,7 +128,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   PlanExport: { catalog: ['GetItem', 'Query'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
   // The operator's read model: every read of the catalog (VM, backup, run, policy listings), mover records and progress objects.
-  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, timeoutSeconds: 30 },
+  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, backupExecutions: ['ListExecutions', 'DescribeExecution'], timeoutSeconds: 30 },
 };
 
 /** The resources a function's access is granted on. */

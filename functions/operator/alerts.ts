@@ -5,20 +5,9 @@
  * notifier sends each once (local/alert-notifier.ts in the embedded stack; in AWS the
  * same conditions are alarms and EventBridge rules to the alarm topic, cdk/lib/monitoring.ts).
  */
+import type { Alert } from '../../contracts/operator.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { listRuns, listVms, type OperatorDeps } from './views.ts';
-
-export type AlertKind = 'damage' | 'rpo' | 'mover-group-silent' | 'run-failed';
-
-export interface Alert {
-  /** Stable while the condition lasts (a new damaged backup, a new late VM backup, a new failed run get a new id). */
-  id: string;
-  kind: AlertKind;
-  /** What it is about: a backup, a VM, a mover group, a run. */
-  subject: string;
-  message: string;
-  since: string;
-}
 
 export interface AlertDeps extends OperatorDeps {
   catalog: OperatorDeps['catalog'] & Pick<Catalog, 'backupsWithStatus'>;
@@ -37,7 +26,8 @@ export async function currentAlerts(deps: AlertDeps): Promise<Alert[]> {
     });
   }
   for (const v of await listVms(deps)) {
-    if (v.rpo !== 'late' && !(v.rpo === 'never' && v.lastBackup)) continue;
+    // Never backed up counts once a backup was tried and failed (not while the first one runs).
+    if (v.rpo !== 'late' && !(v.rpo === 'never' && v.lastBackup?.status === 'failed')) continue;
     const age = v.recoveryPointAgeHours;
     alerts.push({
       id: `rpo:${v.vmId}:${v.lastBackup?.backupId ?? 'none'}`, kind: 'rpo', subject: v.vmId, since: v.lastBackup?.at ?? deps.now().toISOString(),

@@ -9,8 +9,11 @@
 import { DescribeExecutionCommand, ListExecutionsCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { parseProgress, progressPrefix, type TaskProgress } from '../../contracts/progress.ts';
 import { listMovers } from '../../core/mover-fleet.ts';
-import { S3ObjectStore, s3Client } from '../../core/s3-store.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS } from '../../core/s3-store.ts';
+import { z } from 'zod';
 import { clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
 import { currentAlerts, type AlertDeps } from './alerts.ts';
 import { listBackups, listPolicies, listRestorePoints, listRuns, listVms, runDetail, type BackupExecutions } from './views.ts';
 
@@ -73,9 +76,9 @@ export function sfnExecutions(sfn: Pick<SFNClient, 'send'>, stateMachineArn: str
   };
 }
 
-/** The operator deps over a repository bucket (mover records, progress objects) and a Step Functions client. */
-export function operatorDeps(o: { catalog: AlertDeps['catalog']; recovery: AlertDeps['recovery']; s3: ReturnType<typeof s3Client>; bucket: string; sfn: Pick<SFNClient, 'send'>; backupStateMachineArn: string; now?: () => Date }): AlertDeps {
-  const store = new S3ObjectStore(o.s3, o.bucket);
+/** The operator deps over the primary repository (mover records, progress objects) and a Step Functions client. */
+export function operatorDeps(o: { catalog: AlertDeps['catalog']; recovery: AlertDeps['recovery']; store: Pick<ObjectStore, 'get' | 'list'>; sfn: Pick<SFNClient, 'send'>; backupStateMachineArn: string; now?: () => Date }): AlertDeps {
+  const { store } = o;
   const now = o.now ?? (() => new Date());
   return {
     catalog: o.catalog, recovery: o.recovery, now,
@@ -93,27 +96,32 @@ export function operatorDeps(o: { catalog: AlertDeps['catalog']; recovery: Alert
   };
 }
 
-interface FunctionUrlEvent {
-  rawPath?: string;
-  rawQueryString?: string;
-  requestContext?: { http?: { method?: string } };
-}
+/** The parts of a Lambda function URL event (payload format 2.0) the API reads. */
+const functionUrlEvent = z.object({
+  rawPath: z.string(),
+  rawQueryString: z.string().optional(),
+  requestContext: z.object({ http: z.object({ method: z.string() }) }),
+});
 
-let lambdaDeps: AlertDeps | undefined;
+/** Built once per set of clients (the embedded stack makes new ones at each start). */
+let lambdaDeps: { for: ReturnType<typeof clients>; deps: AlertDeps } | undefined;
 
 /** `OperatorApi`: a Lambda function URL (AWS_IAM auth) answering the GET routes above. */
-export async function handler(event: FunctionUrlEvent): Promise<{ statusCode: number; headers: Record<string, string>; body: string }> {
+export const handler = lambdaHandler('OperatorApi', functionUrlEvent, async (event) => {
   const json = (statusCode: number, body: unknown) => ({ statusCode, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  if ((event.requestContext?.http?.method ?? 'GET') !== 'GET') return json(405, { error: 'MethodNotAllowed', message: 'the operator API is read-only: start workflows with Step Functions StartExecution (`lifeboat backup|restore|verify`)' });
+  if (event.requestContext.http.method !== 'GET') return json(405, { error: 'MethodNotAllowed', message: 'the operator API is read-only: start workflows with Step Functions StartExecution (`lifeboat backup|restore|verify`)' });
   const c = clients();
-  lambdaDeps ??= operatorDeps({
-    catalog: c.catalog, recovery: c.recovery, s3: s3Client({ region: c.env.region }), bucket: process.env.REPOSITORY_BUCKET ?? '',
-    sfn: new SFNClient({ region: c.env.region }), backupStateMachineArn: process.env.BACKUP_STATE_MACHINE_ARN ?? '',
-  });
+  // LIFEBOAT_SFN_ENDPOINT: the embedded stack's Step Functions API (unset in AWS).
+  const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
+  if (lambdaDeps?.for !== c) lambdaDeps = { for: c, deps: operatorDeps({
+    catalog: c.catalog, recovery: c.recovery, store: c.store(process.env.REPOSITORY_BUCKET ?? ''),
+    sfn: new SFNClient({ region: c.env.region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}) }),
+    backupStateMachineArn: process.env.BACKUP_STATE_MACHINE_ARN ?? '',
+  }) };
   try {
-    const a = await answer(event.rawPath ?? '/', new URLSearchParams(event.rawQueryString ?? ''), lambdaDeps);
+    const a = await answer(event.rawPath, new URLSearchParams(event.rawQueryString ?? ''), lambdaDeps.deps);
     return json(a.status, a.body);
   } catch (err) {
     return json(500, { error: (err as Error).name, message: (err as Error).message });
   }
-}
+});

@@ -4,7 +4,8 @@
  * (the catalog, the mover records, the progress objects, the Backup workflow's
  * executions), so the same code answers in a Lambda function and in the embedded stack.
  */
-import type { Consistency, VmOutcome } from '../../contracts/jobs.ts';
+import type { VmOutcome } from '../../contracts/jobs.ts';
+import type { BackupRow, DiskProgressRow, PolicyRow, RestorePointRow, RpoStatus, RunRow, RunVmRow, VmRow } from '../../contracts/operator.ts';
 import { rateAndEta, type TaskProgress } from '../../contracts/progress.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
 import type { Backup, Catalog, Policy, Vm } from '../catalog/catalog.ts';
@@ -40,96 +41,6 @@ export interface OperatorDeps {
   progress(backupId: string): Promise<TaskProgress[]>;
   executions: BackupExecutions;
   now(): Date;
-}
-
-export type RpoStatus = 'ok' | 'late' | 'never' | 'none';
-
-export interface VmRow {
-  vmId: string;
-  name: string;
-  host: string;
-  /** `protected`: a policy selects it; `gone`: discovery no longer finds it. */
-  protection: 'protected' | 'unprotected' | 'gone';
-  policies: string[];
-  lastBackup: { backupId: string; at: string; status: string } | null;
-  consistency: Consistency['level'] | null;
-  /** The tightest RPO of its policies, in hours. */
-  rpoHours: number | null;
-  recoveryPointAgeHours: number | null;
-  /** `late`: past its RPO; `never`: no committed backup yet; `none`: no policy sets an RPO. */
-  rpo: RpoStatus;
-}
-
-export interface BackupRow {
-  vmId: string;
-  backupId: string;
-  policyId: string;
-  runId: string;
-  status: string;
-  startedAt: string;
-  committedAt: string | null;
-  sizeBytes: number;
-  bytesNew: number;
-  bytesStored: number;
-  consistency: Consistency['level'] | null;
-  verified: { at: string; full: boolean } | null;
-  damaged: boolean;
-  damage: { verifyId: string; foundAt: string; objects: number } | null;
-  error: { Error: string; Cause: string } | null;
-}
-
-export interface DiskProgressRow {
-  diskId: string;
-  segment: number | null;
-  phase: TaskProgress['phase'];
-  bytesDone: number;
-  bytesTotal: number;
-  bytesPerSecond: number;
-  etaSeconds: number | null;
-  mover: string;
-}
-
-export interface RunVmRow {
-  vmId: string;
-  backupId: string;
-  /** snapshot → transfer → verify (every disk moved, Verify/Commit pending) → committed | failed. */
-  phase: 'snapshot' | 'transfer' | 'verify' | 'committed' | 'failed';
-  bytesDone: number;
-  bytesTotal: number;
-  error: { Error: string; Cause: string } | null;
-  disks: DiskProgressRow[];
-}
-
-export interface RunRow {
-  runId: string;
-  policyId: string | null;
-  status: string;
-  startedAt: string;
-  stoppedAt: string | null;
-  committed: number;
-  failed: number;
-  error: { Error: string; Cause: string } | null;
-  vms: RunVmRow[];
-}
-
-export interface PolicyRow {
-  policyId: string;
-  repositoryId: string | null;
-  bucket: string;
-  vms: number;
-  rpoHours: number | null;
-  replicateTo: string | null;
-  retention: Policy['retention'] | null;
-}
-
-export interface RestorePointRow {
-  vmId: string;
-  policyId: string;
-  repositoryId: string;
-  bucket: string;
-  backupId: string;
-  replicatedAt: string;
-  ageHours: number;
 }
 
 const hours = (now: Date, iso: string) => Math.max(0, (now.getTime() - Date.parse(iso)) / 3600_000);

@@ -1,14 +1,14 @@
 /**
  * The web console's pages: server-rendered HTML from the operator read model
- * (functions/operator/views.ts), no script and no build. A running run's page reloads
+ * (contracts/operator.ts, as the operator API answers it), no script and no build. A running run's page reloads
  * itself every 2 s; actions are plain HTML forms posted to the console server.
  */
 import { formatBytes, formatHours, formatSeconds } from '../../core/units.ts';
-import type { Alert } from '../../functions/operator/alerts.ts';
+import type { Alert, BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../contracts/operator.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
-import type { BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../functions/operator/views.ts';
 
-const esc = (v: unknown) => String(v ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+/** HTML-escapes text for the pages. */
+export const esc = (v: unknown) => String(v ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const time = (iso: string | null | undefined) => (iso ? esc(iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z')) : '–');
 
 function table(id: string, head: string[], rows: string[][]): string {

@@ -1,6 +1,6 @@
 /**
- * The embedded stack's operator endpoint: the read-only API (functions/operator/api.ts,
- * the same router the `OperatorApi` Lambda function answers with in AWS) under `/api/`,
+ * The embedded stack's operator endpoint: the read-only API under `/api/` (answered by the
+ * `OperatorApi` function, invoked in process as Lambda invokes it in AWS),
  * the web console's pages (pages.ts), and the console's actions: start a backup, a deep
  * verification or a restore (Step Functions StartExecution on the stack's own workflows).
  * `POST /api/vms` adds a VM to the inventory (`lifeboat vm add`; the embedded stack only:
@@ -9,19 +9,22 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
-import type { Catalog } from '../../functions/catalog/catalog.ts';
-import type { AlertDeps } from '../../functions/operator/alerts.ts';
-import { answer } from '../../functions/operator/api.ts';
-import { currentAlerts } from '../../functions/operator/alerts.ts';
-import { listBackups, listPolicies, listRestorePoints, listRuns, listVms, runDetail } from '../../functions/operator/views.ts';
+import type { Alert, BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../contracts/operator.ts';
+import type { MoverView } from '../../core/mover-fleet.ts';
 import * as pages from './pages.ts';
 
 export type ConsoleWorkflow = 'Backup' | 'Restore' | 'DeepVerify';
 
 export interface ConsoleServerOptions {
   port: number;
-  deps: AlertDeps;
-  catalog: Pick<Catalog, 'getVm' | 'getHost' | 'putVm'>;
+  /** One GET of the operator API (path with its query): its status and JSON body. */
+  api(path: string): Promise<{ status: number; body: unknown }>;
+  /** The inventory writes and reads the console needs (the stack's catalog). */
+  inventory: {
+    getVm(vmId: string): Promise<{ host: string } | undefined>;
+    getHost(hostId: string): Promise<{ moverGroup: string } | undefined>;
+    putVm(vm: { vmId: string; host: string; source: string; datastores?: string[] }): Promise<void>;
+  };
   /** The mover groups of the configuration (restore and verify run on one). */
   groups: string[];
   start(workflow: ConsoleWorkflow, input: Record<string, unknown>): Promise<{ name: string }>;
@@ -78,37 +81,47 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
   async function addVm(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
     const v = JSON.parse(await body(req)) as { vmId?: unknown; host?: unknown; source?: unknown; datastores?: unknown };
     if (typeof v.vmId !== 'string' || typeof v.host !== 'string' || typeof v.source !== 'string') throw new BadRequest('a VM needs { "vmId", "host", "source" } (strings)');
-    const host = await o.catalog.getHost(v.host);
+    const host = await o.inventory.getHost(v.host);
     if (!host) return { status: 404, body: { error: 'NotFound', message: `host '${v.host}' is not in the configuration: add it to "hosts" and to a mover group, then restart the stack` } };
     const datastores = Array.isArray(v.datastores) && v.datastores.length ? { datastores: v.datastores.map(String) } : {};
-    await o.catalog.putVm({ vmId: v.vmId, host: v.host, source: v.source, ...datastores });
+    await o.inventory.putVm({ vmId: v.vmId, host: v.host, source: v.source, ...datastores });
     return { status: 200, body: { vmId: v.vmId, host: v.host, moverGroup: host.moverGroup } };
   }
 
+  /** The API's answer at `path`; undefined for a 404 (the page says not found), an error for anything else. */
+  async function get<T>(path: string): Promise<T | undefined> {
+    const a = await o.api(path);
+    if (a.status === 404) return undefined;
+    if (a.status !== 200) throw new Error((a.body as { message?: string })?.message ?? `the operator API answered ${a.status} for ${path}`);
+    return a.body as T;
+  }
+  const must = async <T>(path: string) => (await get<T>(path))!;
+
   async function page(path: string[]): Promise<string | undefined> {
-    const d = o.deps;
     const [what, id, name] = path;
     if (!what) {
-      const [alerts, runs, policies, vms, movers] = await Promise.all([currentAlerts(d), listRuns(d, 10), listPolicies(d), listVms(d), d.movers()]);
+      const [alerts, runs, policies, vms, movers] = await Promise.all([
+        must<Alert[]>('/api/alerts'), must<RunRow[]>('/api/runs?max=10'), must<PolicyRow[]>('/api/policies'), must<VmRow[]>('/api/vms'), must<MoverView[]>('/api/movers'),
+      ]);
       return pages.layout('Overview', `<h2>Alerts</h2>${pages.alertsSection(alerts)}<h2>Runs</h2>${pages.runsTable(runs)}<h2>Policies</h2>${pages.policiesTable(policies)}<h2>VMs</h2>${pages.vmsTable(vms)}<h2>Movers</h2>${pages.moversTable(movers)}`,
         runs.some((r) => r.status === 'RUNNING') ? { refreshSeconds: 2 } : {});
     }
-    if (what === 'vms' && !id) return pages.layout('VMs', pages.vmsTable(await listVms(d)));
+    if (what === 'vms' && !id) return pages.layout('VMs', pages.vmsTable(await must<VmRow[]>('/api/vms')));
     if (what === 'vms' && id) {
-      const backups = await listBackups(id, d);
+      const backups = await get<BackupRow[]>(`/api/vms/${encodeURIComponent(id)}/backups`);
       if (!backups) return undefined;
-      const vm = await o.catalog.getVm(id);
-      const group = vm ? (await o.catalog.getHost(vm.host))?.moverGroup : undefined;
+      const vm = await o.inventory.getVm(id);
+      const group = vm ? (await o.inventory.getHost(vm.host))?.moverGroup : undefined;
       return pages.vmPage(id, backups, o.groups, group);
     }
-    if (what === 'runs' && !id) return pages.layout('Runs', pages.runsTable(await listRuns(d, 50)));
+    if (what === 'runs' && !id) return pages.layout('Runs', pages.runsTable(await must<RunRow[]>('/api/runs?max=50')));
     if (what === 'runs' && id) {
-      const run = await runDetail(id, d);
+      const run = await get<RunRow>(`/api/runs/${encodeURIComponent(id)}`);
       return run ? pages.runPage(run) : undefined;
     }
-    if (what === 'restore-points') return pages.layout('Restore points (DR repositories)', pages.restorePointsTable(await listRestorePoints(d)));
-    if (what === 'movers') return pages.layout('Movers', pages.moversTable(await d.movers()));
-    if (what === 'alerts') return pages.layout('Alerts', pages.alertsSection(await currentAlerts(d)));
+    if (what === 'restore-points') return pages.layout('Restore points (DR repositories)', pages.restorePointsTable(await must<RestorePointRow[]>('/api/restore-points')));
+    if (what === 'movers') return pages.layout('Movers', pages.moversTable(await must<MoverView[]>('/api/movers')));
+    if (what === 'alerts') return pages.layout('Alerts', pages.alertsSection(await must<Alert[]>('/api/alerts')));
     if (what === 'executions' && (id === 'Restore' || id === 'DeepVerify') && name) {
       const e = await o.describe(id, name);
       return e ? pages.executionPage(id, name, e) : undefined;
@@ -126,7 +139,7 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
           return json(res, a.status, a.body);
         }
         if (req.method !== 'GET') return json(res, 405, { error: 'MethodNotAllowed', message: 'the operator API is read-only (POST /api/vms adds a VM)' });
-        const a = await answer(url.pathname, url.searchParams, o.deps);
+        const a = await o.api(`${url.pathname}${url.search}`);
         return json(res, a.status, a.body);
       }
       if (req.method === 'POST' && path[0] === 'actions' && path[1]) {
@@ -136,12 +149,12 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
       }
       if (req.method !== 'GET') return html(res, pages.layout('Not allowed', `<p>${req.method} ${url.pathname} is not an action.</p>`), 405);
       const p = await page(path);
-      return p ? html(res, p) : html(res, pages.layout('Not found', `<p>Nothing at ${url.pathname.replace(/[<>&"']/g, '')}.</p>`), 404);
+      return p ? html(res, p) : html(res, pages.layout('Not found', `<p>Nothing at ${pages.esc(url.pathname)}.</p>`), 404);
     } catch (err) {
       const status = err instanceof BadRequest || err instanceof SyntaxError ? 400 : 500;
       const message = (err as Error).message;
       if (path[0] === 'api') return json(res, status, { error: status === 400 ? 'BadRequest' : (err as Error).name, message });
-      return html(res, pages.layout(status === 400 ? 'Bad request' : 'Error', `<p class="bad" id="error">${message.replace(/[<>&"']/g, '')}</p>`), status);
+      return html(res, pages.layout(status === 400 ? 'Bad request' : 'Error', `<p class="bad" id="error">${pages.esc(message)}</p>`), status);
     }
   }
 

@@ -1,0 +1,110 @@
+/**
+ * The operator's views as the read-only operator API answers them (functions/operator/):
+ * what `lifeboat vms|backups|runs|policies|restore-points|alerts --json` print and the web
+ * console renders. Stated once here; the API builds them, the CLI and the console read them.
+ */
+import type { Consistency } from './jobs.ts';
+import type { TaskProgress } from './progress.ts';
+
+export type RpoStatus = 'ok' | 'late' | 'never' | 'none';
+
+export interface VmRow {
+  vmId: string;
+  name: string;
+  host: string;
+  /** `protected`: a policy selects it; `gone`: discovery no longer finds it. */
+  protection: 'protected' | 'unprotected' | 'gone';
+  policies: string[];
+  lastBackup: { backupId: string; at: string; status: string } | null;
+  consistency: Consistency['level'] | null;
+  /** The tightest RPO of its policies, in hours. */
+  rpoHours: number | null;
+  recoveryPointAgeHours: number | null;
+  /** `late`: past its RPO; `never`: no committed backup yet; `none`: no policy sets an RPO. */
+  rpo: RpoStatus;
+}
+
+export interface BackupRow {
+  vmId: string;
+  backupId: string;
+  policyId: string;
+  runId: string;
+  status: string;
+  startedAt: string;
+  committedAt: string | null;
+  sizeBytes: number;
+  bytesNew: number;
+  bytesStored: number;
+  consistency: Consistency['level'] | null;
+  verified: { at: string; full: boolean } | null;
+  damaged: boolean;
+  damage: { verifyId: string; foundAt: string; objects: number } | null;
+  error: { Error: string; Cause: string } | null;
+}
+
+export interface DiskProgressRow {
+  diskId: string;
+  segment: number | null;
+  phase: TaskProgress['phase'];
+  bytesDone: number;
+  bytesTotal: number;
+  bytesPerSecond: number;
+  etaSeconds: number | null;
+  mover: string;
+}
+
+export interface RunVmRow {
+  vmId: string;
+  backupId: string;
+  /** snapshot → transfer → verify (every disk moved, Verify/Commit pending) → committed | failed. */
+  phase: 'snapshot' | 'transfer' | 'verify' | 'committed' | 'failed';
+  bytesDone: number;
+  bytesTotal: number;
+  error: { Error: string; Cause: string } | null;
+  disks: DiskProgressRow[];
+}
+
+export interface RunRow {
+  runId: string;
+  policyId: string | null;
+  status: string;
+  startedAt: string;
+  stoppedAt: string | null;
+  committed: number;
+  failed: number;
+  error: { Error: string; Cause: string } | null;
+  vms: RunVmRow[];
+}
+
+export interface PolicyRow {
+  policyId: string;
+  repositoryId: string | null;
+  bucket: string;
+  vms: number;
+  rpoHours: number | null;
+  replicateTo: string | null;
+  /** GFS retention as configured (keep-last, daily, weekly, ...). */
+  retention: Record<string, unknown> | null;
+}
+
+export interface RestorePointRow {
+  vmId: string;
+  policyId: string;
+  repositoryId: string;
+  bucket: string;
+  backupId: string;
+  replicatedAt: string;
+  ageHours: number;
+}
+
+export type AlertKind = 'damage' | 'rpo' | 'mover-group-silent' | 'run-failed';
+
+export interface Alert {
+  /** Stable while the condition lasts (a new damaged backup, a new late VM backup, a new failed run get a new id). */
+  id: string;
+  kind: AlertKind;
+  /** What it is about: a backup, a VM, a mover group, a run. */
+  subject: string;
+  message: string;
+  since: string;
+}
