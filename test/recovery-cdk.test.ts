@@ -289,14 +289,19 @@ describe('Replication started by the Backup workflow', () => {
     ]);
   });
 
-  it('grants the Backup workflow states:StartExecution on the ReplicatePolicy state machine and nothing else', () => {
+  it('grants the Backup workflow states:StartExecution on the ReplicatePolicy state machine and on itself (its Distributed Map\'s child executions), nothing else', () => {
     const backupRole = Object.entries(template.findResources('AWS::IAM::Role')).find(([id]) => id.startsWith('BackupStateMachineRole'))![0];
     const statements = Object.values(template.findResources('AWS::IAM::Policy'))
       .filter((p) => JSON.stringify(p.Properties.Roles) === JSON.stringify([{ Ref: backupRole }]))
       .flatMap((p) => p.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]);
     const starts = statements.filter((s) => [s.Action].flat().some((a) => a.startsWith('states:StartExecution')));
     const replicatePolicy = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('ReplicatePolicyStateMachine'))!.logicalId;
-    expect(starts).toEqual([expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: replicatePolicy } })]);
+    const backup = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('BackupStateMachine'))!.logicalId;
+    expect(starts).toHaveLength(2);
+    expect(starts).toEqual(expect.arrayContaining([
+      expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: replicatePolicy } }),
+      expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: backup } }),
+    ]));
   });
 });
 
