@@ -312,7 +312,9 @@ export interface Manifest {
 }
 
 export function encodeManifest(keys_: RepositoryKeys, m: Manifest): Promise<Buffer> {
-  return seal(keys_, Buffer.from(JSON.stringify(m)), `manifest:${m.backupId}/${m.diskId}`);
+  // One JSON document is a version-2 manifest: a format-3 manifest read whole holds all a version 2 has.
+  const doc = m.version === 3 ? { ...m, version: 2 } : m;
+  return seal(keys_, Buffer.from(JSON.stringify(doc)), `manifest:${m.backupId}/${m.diskId}`);
 }
 
 /** A version-1 or -2 manifest document, already opened and parsed, checked (manifest/reader.ts reads every version). */

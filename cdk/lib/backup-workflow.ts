@@ -22,7 +22,7 @@
  * into the parent's history (25,000 events: about 3,000 VMs) and collects the children's
  * outputs into one 256 KiB payload, and it pays for two executions per VM.
  */
-import { Duration } from 'aws-cdk-lib';
+import { Duration, Stack, type CfnElement } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
@@ -30,6 +30,7 @@ import { Construct } from 'constructs';
 import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import { acknowledge } from './nag.ts';
 import { catchAny, lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface BackupWorkflowProps {
@@ -204,5 +205,19 @@ export class BackupWorkflow extends Construct {
         : acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize)),
       timeout: Duration.hours(24),
     });
+    // The grants CDK writes for a Distributed Map: its child executions (named by the Map
+    // Run, so only a pattern under this state machine's own executions can name them), and
+    // the run bucket's objects (the VM list's key is the run's, a JSONPath; results go under
+    // RUN_RESULTS_PREFIX).
+    const stack = Stack.of(this);
+    const machine = stack.getLogicalId(this.stateMachine.node.defaultChild as CfnElement);
+    const bucket = stack.getLogicalId(props.runBucket.node.defaultChild as CfnElement);
+    const executions = `arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${machine}"}]}]}`;
+    acknowledge(this.stateMachine,
+      'A Distributed Map starts and stops its own child executions, whose names the Map Run makes: the grant is limited to executions of this state machine. '
+      + 'Its item reader reads the run\'s VM list, whose key is the run\'s (a JSONPath), and its result writer writes under the run results prefix, both in the stack\'s run bucket.',
+      `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::<${bucket}>/*]`,
+      `AwsSolutions-IAM5[Resource::${executions}:*]`,
+      `AwsSolutions-IAM5[Resource::${executions}/BackupVm:*]`);
   }
 }
