@@ -59,7 +59,7 @@ it('removes expired backups from the catalog and their manifests from the reposi
   const d = await prune({ policyId: 'p-prune' });
   expect(d.status, d.cause).toBe('SUCCEEDED');
   const s = JSON.parse(d.output!) as { pruned: number; objectsDeleted: number; bytesDeleted: number; kept: unknown[] };
-  expect(s).toMatchObject({ pruned: 2, objectsDeleted: 4, kept: [] }); // a manifest and a VM config each
+  expect(s).toMatchObject({ pruned: 2, objectsDeleted: 6, kept: [] }); // each: its disk's manifest head, its one piece (format 3) and its VM config
   expect(s.bytesDeleted).toBeGreaterThan(0);
   expect(await ids()).toEqual(before.slice(0, 2));
   const { store } = await openRepository(t.stack.endpoints);
@@ -124,7 +124,7 @@ it('removes a pruned backup\'s copy from the DR repository (on its own endpoint)
 
   const d = await prune({ policyId: 'p-q' });
   expect(d.status, d.cause).toBe('SUCCEEDED');
-  expect(JSON.parse(d.output!)).toMatchObject({ pruned: 1, objectsDeleted: 4 }); // manifest + VM config, here and at DR
+  expect(JSON.parse(d.output!)).toMatchObject({ pruned: 1, objectsDeleted: 6 }); // manifest head, its piece and the VM config, here and at DR
   expect(await drStore.head(objectKeys.manifest(older!, 'disk0'))).toBeUndefined();
   expect(await drStore.head(objectKeys.vmConfig(older!))).toBeUndefined();
   const recovery = stackRecoveryCatalog(e);
