@@ -27,7 +27,7 @@ export function registerBackupCommands(program: Command, defaultDataDir: string,
         const summary = r.output as RunSummary;
         if (summary.failed > 0) process.exitCode = EXIT.failed;
         if (opts.json) return io.out(JSON.stringify({ ...summary, seconds: r.seconds }, null, 2));
-        for (const line of formatBackup({ label: `Backup of policy '${policyId}' (run ${r.name})`, summary, seconds: r.seconds })) io.out(line);
+        for (const line of formatBackup({ label: `Backup of policy '${policyId}'`, summary, seconds: r.seconds })) io.out(line);
         for (const vm of summary.vms.filter((v) => v.status === 'failed')) io.out(`  ${vm.vmId}: FAILED ${vm.error?.Error ?? ''}: ${vm.error?.Cause ?? ''}`);
       } finally {
         client.close();
