@@ -75,7 +75,7 @@ describe('on the embedded stack', () => {
   it('backs up with progress per VM and disk, then lists VMs, backups, runs and policies', async () => {
     const b = await local(['backup', 'p-op', '--progress']);
     expect(b.code, b.stderr).toBe(0);
-    expect(b.stdout).toMatch(/Backup of policy 'p-op' \(run [\w-]+\): 1 VM\(s\) committed, 0 failed/);
+    expect(b.stdout).toMatch(/Backup of policy 'p-op': 1 VM\(s\) committed, 0 failed \(run [\w-]+\)/);
     // Bars drawn while the run ran (stderr): the VM's line and a line per disk with its bytes, rate, ETA and phase.
     expect(b.stderr).toMatch(/vm-op\s+\[[^\]]*\] +\d+% /);
     expect(b.stderr).toMatch(/ disk0 +\[[^\]]*\] +\d+% [\d.]+ \w*B\/8\.00 MiB [\d.]+ \w*B\/s ETA \S+ (transfer|done)/);
@@ -163,7 +163,7 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
   it('runs a backup through Step Functions with the stack\'s own ARN', async () => {
     const b = await aws(['backup', 'p-op']);
     expect(b.code, b.stderr).toBe(0);
-    expect(b.stdout).toMatch(/Backup of policy 'p-op' \(run [\w-]+\): 1 VM\(s\) committed, 0 failed/);
+    expect(b.stdout).toMatch(/Backup of policy 'p-op': 1 VM\(s\) committed, 0 failed \(run [\w-]+\)/);
   }, 120_000);
 
   it('says which stack it could not find, and refuses vm add', async () => {
