@@ -11,7 +11,7 @@ import type { Alert } from '../contracts/operator.ts';
 import { AlertNotifier } from './alert-notifier.ts';
 import { LOCAL_REGION, type ResolvedTemplate } from './asl.ts';
 import { startConsoleServer, type ConsoleServerOptions, type ConsoleWorkflow } from './console/server.ts';
-import { invokeLocal } from './lambdas.ts';
+import type { LocalFunctions } from './lambdas.ts';
 
 export interface OperatorOptions {
   dataDir: string;
@@ -19,15 +19,17 @@ export interface OperatorOptions {
   /** The stack's catalog, for `vm add` and the VM page's default mover group. */
   inventory: ConsoleServerOptions['inventory'];
   sfn: string;
+  /** The control plane's functions: the operator API is the OperatorApi function. */
+  functions: LocalFunctions;
   template: ResolvedTemplate;
   port: number;
   onAlert?: (event: string, fields: Record<string, unknown>) => void;
 }
 
 /** One GET of the operator API through the OperatorApi function. */
-async function api(pathAndQuery: string): Promise<{ status: number; body: unknown }> {
+async function api(functions: LocalFunctions, pathAndQuery: string): Promise<{ status: number; body: unknown }> {
   const [rawPath = '/', rawQueryString = ''] = pathAndQuery.split('?', 2);
-  const r = await invokeLocal('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method: 'GET' } } }) as { statusCode: number; body: string };
+  const r = await functions.invoke('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method: 'GET' } } }) as { statusCode: number; body: string };
   return { status: r.statusCode, body: JSON.parse(r.body) as unknown };
 }
 
@@ -39,7 +41,7 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
     return m.arn;
   };
   const server = await startConsoleServer({
-    port: o.port, api, inventory: o.inventory, groups: o.config.moverGroups.map((g) => g.id),
+    port: o.port, api: (path) => api(o.functions, path), inventory: o.inventory, groups: o.config.moverGroups.map((g) => g.id),
     start: async (workflow, input) => {
       const { executionArn } = await sfn.send(new StartExecutionCommand({ stateMachineArn: arn(workflow), input: JSON.stringify(input) }));
       return { name: executionArn!.split(':').pop()! };
@@ -56,7 +58,7 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
   });
   const webhook = o.config.notifications?.webhook;
   const alerts = async () => {
-    const a = await api('/api/alerts');
+    const a = await api(o.functions, '/api/alerts');
     if (a.status !== 200) throw new Error(`the operator API answered ${a.status} for /api/alerts: ${JSON.stringify(a.body)}`);
     return a.body as Alert[];
   };

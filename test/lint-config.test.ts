@@ -24,7 +24,7 @@ const files: Record<string, string> = {
   // Broken: the repository layer importing the control plane.
   'repository/imports-functions.ts': "import { collectGarbage } from '../functions/gc/gc.ts';\nexport const x = collectGarbage;\n",
   // Broken: the mover importing the embedded stack.
-  'mover/imports-local.ts': "import { invokeLocal } from '../local/lambdas.ts';\nexport const x = invokeLocal;\n",
+  'mover/imports-local.ts': "import { LocalFunctions } from '../local/lambdas.ts';\nexport const x = LocalFunctions;\n",
   // Broken: a CLI command starting executions with the Step Functions client instead of cli/stack-client.ts.
   'cli/bypasses-client.ts': "import { runExecution } from '../local/client.ts';\nexport const x = runExecution;\n",
   // Kept: contracts, a catalog record type, and the stack client.

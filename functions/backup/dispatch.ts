@@ -13,7 +13,7 @@ import { BadTaskInput, Corrupt } from '../../contracts/errors.ts';
 import { keys, type RepositoryKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type DispatchItem, segmentManifestId, type TransferStats, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { checkHead, type ManifestHead } from '../../repository/manifest/head.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
@@ -104,9 +104,16 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
 export const planDispatchInput = z.looseObject({ job: vmJob });
 export const joinSegmentsInput = z.looseObject({ job: vmJob, transfers: z.array(diskResult) });
 
-export const planHandler = lambdaHandler('PlanDispatch', planDispatchInput, async ({ job }) => planDispatch(job));
-export const joinHandler = lambdaHandler('JoinSegments', joinSegmentsInput, async (input) => {
-  const c = clients();
-  const { bucket, endpoint } = input.job.repository;
-  return joinSegments(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanDispatch', planDispatchInput, async ({ job }) => planDispatch(job)),
+    joinHandler: lambdaHandler('JoinSegments', joinSegmentsInput, async (input) => {
+      const { bucket, endpoint } = input.job.repository;
+      return joinSegments(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, joinHandler } = fromEnvironment(makeHandlers);

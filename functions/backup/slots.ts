@@ -7,7 +7,7 @@
 import { SlotUnavailable } from '../../contracts/errors.ts';
 import { type SlotLease, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
 /** A slot held by an execution that died is free again after this long. */
@@ -42,8 +42,16 @@ export async function releaseSlot(job: VmJob, deps: { catalog: Catalog }): Promi
   for (const key of job.slot?.keys ?? []) await deps.catalog.releaseSlot(parseKey(key), job.slot!.holder);
 }
 
-export const acquireHandler = lambdaHandler('AcquireSlot', vmJob, (job) => acquireSlot(job, { catalog: clients().catalog, now: Date.now }));
-export const releaseHandler = lambdaHandler('ReleaseSlot', vmJob, async (job) => {
-  await releaseSlot(job, { catalog: clients().catalog });
-  return null;
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    acquireHandler: lambdaHandler('AcquireSlot', vmJob, (job) => acquireSlot(job, { catalog: c.catalog, now: Date.now })),
+    releaseHandler: lambdaHandler('ReleaseSlot', vmJob, async (job) => {
+      await releaseSlot(job, { catalog: c.catalog });
+      return null;
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { acquireHandler, releaseHandler } = fromEnvironment(makeHandlers);

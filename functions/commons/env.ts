@@ -1,6 +1,7 @@
 /**
- * The handlers' configuration, read once from the environment into a frozen object.
- * In AWS the CDK app sets these; in the embedded stack, local/ does.
+ * The handlers' configuration. In AWS the CDK app sets it in the environment, read once
+ * into a frozen object at the Lambda entry (`readEnv`); the embedded stack builds its own
+ * and passes it to `createClients` (local/stack.ts).
  */
 export interface FunctionEnv {
   tableName: string;
@@ -13,6 +14,10 @@ export interface FunctionEnv {
   /** Key file wrapping the repository key (embedded stack); KMS key id in AWS. */
   keyFile?: string;
   kmsKeyId?: string;
+  /** OperatorApi: the primary repository, the Backup workflow, and (embedded stack) its Step Functions API. */
+  repositoryBucket?: string;
+  backupStateMachineArn?: string;
+  sfnEndpoint?: string;
 }
 
 function required(name: string): string {
@@ -30,5 +35,7 @@ export function readEnv(): FunctionEnv {
     s3Endpoint: process.env.LIFEBOAT_S3_ENDPOINT,
     keyFile: process.env.LIFEBOAT_KEY_FILE,
     kmsKeyId: process.env.REPOSITORY_KMS_KEY_ID,
+    repositoryBucket: process.env.REPOSITORY_BUCKET,
+    backupStateMachineArn: process.env.BACKUP_STATE_MACHINE_ARN,
   });
 }
