@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { Corrupt } from '../contracts/errors.ts';
-import { keys as objectKeys, open, seal, type RepositoryKeys } from '../repository/format.ts';
+import { objectKeys, open, seal, type RepositoryKeys } from '../repository/format.ts';
 
 const text = z.string().min(1);
 

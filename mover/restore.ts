@@ -3,7 +3,7 @@ import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Corrupt } from '../contracts/errors.ts';
 import { RecoveryRequestInvalid } from '../contracts/recovery-errors.ts';
-import { keys as objectKeys, open, type RepositoryKeys } from '../repository/format.ts';
+import { objectKeys, open, type RepositoryKeys } from '../repository/format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { restoreDisk } from './pipeline/restore-disk.ts';
 

@@ -258,7 +258,7 @@ export function objectCrc32(body: Uint8Array): string {
 }
 
 /** Object keys: chunks (format 1) and packs (format 2) spread over 256 hashed prefixes. */
-export const keys = {
+export const objectKeys = {
   chunk: (id: string) => `chunks/${id.slice(0, 2)}/${id}`,
   pack: (packId: string) => `packs/${packId.slice(0, 2)}/${packId}`,
   index: (indexId: string) => `index/${indexId}`,
@@ -271,14 +271,14 @@ export const keys = {
 
 const CHUNK_KEY = /^chunks\/[0-9a-f]{2}\/([0-9a-f]{64})$/;
 
-/** The chunk id of a `chunks/<xx>/<id>` object key (the inverse of `keys.chunk`), or undefined for any other key (a manifest). */
+/** The chunk id of a `chunks/<xx>/<id>` object key (the inverse of `objectKeys.chunk`), or undefined for any other key (a manifest). */
 export function chunkIdOfKey(key: string): string | undefined {
   return CHUNK_KEY.exec(key)?.[1];
 }
 
 const PACK_KEY = /^packs\/[0-9a-f]{2}\/([0-9a-f]{32})$/;
 
-/** The pack id of a `packs/<xx>/<packId>` object key (the inverse of `keys.pack`), or undefined. */
+/** The pack id of a `packs/<xx>/<packId>` object key (the inverse of `objectKeys.pack`), or undefined. */
 export function packIdOfKey(key: string): string | undefined {
   return PACK_KEY.exec(key)?.[1];
 }

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, collectBody, s3Client } from '../core/s3-store.ts';
-import { deriveKeys, keys as objectKeys, objectCrc32, objectSha256, packIdOfKey } from '../repository/format.ts';
+import { deriveKeys, objectKeys, objectCrc32, objectSha256, packIdOfKey } from '../repository/format.ts';
 import { decodeManifest } from '../repository/manifest/reader.ts';
 import { readPackTrailer } from '../repository/packs.ts';
 import { deframeAwsChunked, startLocalS3, type LocalS3 } from '../local/s3-server.ts';

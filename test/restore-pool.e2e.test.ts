@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
+import { deriveKeys, objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import { runExecution } from '../local/client.ts';

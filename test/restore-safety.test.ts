@@ -10,7 +10,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
+import { deriveKeys, objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { matchesNamePattern } from '../../core/config.ts';
 import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
 import { PolicyNotFound, VmGone } from '../../contracts/errors.ts';
-import { keys } from '../../repository/format.ts';
+import { objectKeys } from '../../repository/format.ts';
 import { minMoverVersion } from '../../core/version.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -121,7 +121,7 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
       parentCheckpoint: parent?.checkpoint ?? null,
       ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
       ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
-      parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
+      parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, objectKeys.manifest(parent!.backupId, d.diskId)])),
       slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),
       segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
       ...(healChunks.length ? { healChunks } : {}),

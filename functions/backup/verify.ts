@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { VerifyFailed } from '../../contracts/errors.ts';
-import { keys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
@@ -82,7 +82,7 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
     for await (const batch of manifest.batches()) {
       if (manifest.info.version !== 1) {
         await mapLimit(batch.packs, concurrency, async (pack) => {
-          const key = keys.pack(pack.id);
+          const key = objectKeys.pack(pack.id);
           const got = await headPack(key);
           if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
           if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
@@ -96,7 +96,7 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
         if (id !== null && fresh(id)) objects.push({ id, length: batch.location(i)!.length, sha256: batch.sha256?.(i) });
       }
       await mapLimit(objects, concurrency, async ({ id, length, sha256 }) => {
-        const key = keys.chunk(id);
+        const key = objectKeys.chunk(id);
         const info = await deps.store.head(key);
         if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
         if (info.size !== length) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);

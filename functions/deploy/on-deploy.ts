@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { parseConfig } from '../../core/config.ts';
-import { keys } from '../../repository/format.ts';
+import { objectKeys } from '../../repository/format.ts';
 import { loadMasterKey, type KeyWrapper } from '../../repository/keyring.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { Catalog } from '../catalog/catalog.ts';
@@ -51,7 +51,7 @@ export async function onDeploy(event: OnDeployEvent, deps: { catalog: Catalog; s
   const config = parseConfig(json, 'the deployed configuration');
 
   const store = deps.store(props.primaryBucket);
-  const existed = (await store.head(keys.masterKey())) !== undefined;
+  const existed = (await store.head(objectKeys.masterKey())) !== undefined;
   await loadMasterKey(store, await deps.keyWrapper(props.primaryBucket), { create: true });
 
   const synced: SyncConfigOutput = await syncConfig({ config, buckets: props.buckets }, { catalog: deps.catalog });

@@ -53,7 +53,7 @@
  * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
-import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, packIdOfKey, type RepositoryKeys } from '../../repository/format.ts';
 import { GC_DEFER_MAX_SECONDS } from '../../core/gc-timing.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { QUARANTINE_PREFIX } from '../../repository/quarantine.ts';

@@ -8,7 +8,7 @@
  * chunks stored intact again (a good copy serves every manifest that lists the id).
  */
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
-import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation } from '../../repository/packs.ts';

@@ -11,7 +11,7 @@
 import { z } from 'zod';
 import { text } from '../../contracts/zod.ts';
 import { endpointKey, location, type RepositoryLocation } from '../../contracts/endpoints.ts';
-import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
 import type { SlotLease } from '../../contracts/jobs.ts';

@@ -14,7 +14,7 @@
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';

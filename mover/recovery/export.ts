@@ -11,7 +11,7 @@
  * reads that do not need it go on. Never wrong bytes.
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { chunkLocation } from '../../repository/packs.ts';

@@ -23,7 +23,7 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, keys as objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { piecePurpose } from '../../repository/manifest/head.ts';
 import { decodeManifest, ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';

@@ -10,7 +10,7 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, isZero, objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';

@@ -7,7 +7,7 @@
  */
 import { Corrupt } from '../../contracts/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { keys as objectKeys, objectCrc32, seal, type RepositoryKeys } from '../format.ts';
+import { objectKeys, objectCrc32, seal, type RepositoryKeys } from '../format.ts';
 import { pieceKey, piecePurpose, type ManifestHead, type PieceRef } from './head.ts';
 import { MAX_PIECE_ENTRIES, PieceBuilder } from './piece.ts';
 
