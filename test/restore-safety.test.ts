@@ -17,8 +17,8 @@ import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { planRestore, restoreRequest } from '../functions/restore/restore.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
-import { restoreDiskTask, restoreVmConfigTask } from '../mover/recovery/restore.ts';
-import { restoreVm } from '../mover/restore.ts';
+import { restoreDiskTask, restoreVmConfigTask } from '../mover/recovery/restore-tasks.ts';
+import { restoreVm } from '../mover/pipeline/restore-vm.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));

@@ -32,7 +32,7 @@ import type { Logger } from '../worker.ts';
 import { createOverlay, moveDisk } from './block-copy.ts';
 import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
 import { putEndpoint, runExportTask } from './export-task.ts';
-import { claimRestoreFolder, readVmConfig } from './restore.ts';
+import { claimRestoreFolder, readVmConfig } from './restore-tasks.ts';
 
 /** The folder (under the mover's work folder) holding one folder per unfinished instant recovery. */
 export const instantRoot = (workDir: string) => join(workDir, 'instant');
