@@ -7,9 +7,9 @@
  * id, or the object kind) are authenticated as associated data, so a swapped or edited
  * object fails to open.
  */
-import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hkdfSync, randomFillSync, type KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, randomFillSync, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
-import { crc32, constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { zstdBound, zstdCompressInto, zstdDecompressInto } from './zstd.ts';
 import { Corrupt } from '../contracts/errors.ts';
 
@@ -245,18 +245,6 @@ export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: stri
   }
 }
 
-/** Base64 SHA-256 of a stored object, the form S3's ChecksumSHA256 uses. */
-export function objectSha256(body: Uint8Array): string {
-  return createHash('sha256').update(body).digest('base64');
-}
-
-/** Base64 CRC-32 (big-endian, the form S3's ChecksumCRC32 uses) of a stored object. */
-export function objectCrc32(body: Uint8Array): string {
-  const out = Buffer.alloc(4);
-  out.writeUInt32BE(crc32(body));
-  return out.toString('base64');
-}
-
 /** Object keys: chunks (format 1) and packs (format 2) spread over 256 hashed prefixes. */
 export const objectKeys = {
   chunk: (id: string) => `chunks/${id.slice(0, 2)}/${id}`,
@@ -264,7 +252,7 @@ export const objectKeys = {
   index: (indexId: string) => `index/${indexId}`,
   manifest: (backupId: string, diskId: string) => `manifests/${backupId}/${diskId}.manifest`,
   vmConfig: (backupId: string) => `manifests/${backupId}/vm-config`,
-  /** A libvirt host's networks, pools and domain definitions (core/host-config.ts), one object per host per run. */
+  /** A libvirt host's networks, pools and domain definitions (repository/host-config.ts), one object per host per run. */
   hostConfig: (hostId: string, backupId: string) => `host-config/${hostId}/${backupId}`,
   masterKey: (name = 'default') => `keys/${name}`,
 } as const;

@@ -23,10 +23,10 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, objectKeys, objectCrc32, objectSha256, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import { piecePurpose } from '../../repository/manifest/head.ts';
 import { decodeManifest, ManifestReader } from '../../repository/manifest/reader.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import { objectCrc32, objectSha256, type ObjectStore } from '../../core/object-store.ts';
 import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../contracts/recovery-jobs.ts';
 

@@ -8,10 +8,10 @@
  * it tests is the workflow, not the data path.
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
-import { encodeManifest, objectKeys, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
+import { encodeManifest, objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import { objectCrc32, type ObjectStore } from '../../core/object-store.ts';
 
 export interface InstantMover {
   /** Tasks answered, by kind. */
