@@ -71,7 +71,7 @@ describe('backup disk export', () => {
       const length = rand(Math.min(data.length - offset, 5 * CHUNK) + 1);
       expect((await exp.read(offset, length)).equals(data.subarray(offset, offset + length))).toBe(true);
     }
-    const extents = exp.allocation(0, data.length);
+    const extents = await exp.allocation(0, data.length);
     expect(extents.reduce((n, e) => n + e.length, 0)).toBe(data.length);
     let at = 0;
     for (const e of extents) {
@@ -79,7 +79,7 @@ describe('backup disk export', () => {
       at += e.length;
     }
     // A range inside one chunk is clipped to the range.
-    expect(exp.allocation(10, 100)).toEqual([{ length: 100, flags: StateFlag.HOLE | StateFlag.ZERO }]);
+    expect(await exp.allocation(10, 100)).toEqual([{ length: 100, flags: StateFlag.HOLE | StateFlag.ZERO }]);
     await expect(exp.read(data.length - 10, 11)).rejects.toThrow(RangeError);
   });
 
