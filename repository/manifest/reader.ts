@@ -180,6 +180,13 @@ export class ManifestReader {
     return { id: b.id(chunk - b.firstChunk), location: b.location(chunk - b.firstChunk) };
   }
 
+  /** The stored (non-zero) chunks it lists: one pass over its batches. */
+  async storedChunks(): Promise<number> {
+    let n = 0;
+    for await (const b of this.batches()) for (let i = 0; i < b.count; i++) if (b.id(i) !== null) n++;
+    return n;
+  }
+
   /** Reads and checks one piece. */
   async readPiece(p: PieceInfo): Promise<Piece> {
     const sealed = await this.store.get(p.key);
@@ -287,44 +294,4 @@ export class ManifestCursor {
   async close(): Promise<void> {
     await this.it.return(undefined);
   }
-}
-
-const noStore: ObjectStore = {
-  put: () => Promise.reject(new Error('no store')),
-  get: () => Promise.reject(new Corrupt('a version-3 manifest read whole needs the store its pieces are in')),
-  head: () => Promise.reject(new Error('no store')),
-  list: () => { throw new Error('no store'); },
-};
-
-/**
- * A manifest of any version read whole into memory, in the shape of version 2 (`chunks`,
- * `storedSizes`, `packs`, `locations`): for tests and for the small manifests of fixtures
- * only. Everything that reads a disk's manifest in the product streams it (`ManifestReader`).
- * A version-3 manifest needs `store`, where its pieces are.
- */
-export async function decodeManifest(keys: RepositoryKeys, sealed: Uint8Array, backupId: string, diskId: string, store: ObjectStore = noStore): Promise<Manifest> {
-  const r = await ManifestReader.fromSealed(store, keys, sealed, backupId, diskId);
-  const { info } = r;
-  if (r.document) return r.document; // versions 1 and 2: one document, already read
-  const m: Manifest = {
-    version: 3, backupId, diskId, sizeBytes: info.sizeBytes, chunkSize: info.chunkSize,
-    chunks: new Array<string | null>(Math.ceil(info.sizeBytes / info.chunkSize)).fill(null), storedSizes: {}, packs: [], locations: {},
-  };
-  const packIndex = new Map<string, number>();
-  for await (const b of r.batches()) {
-    for (let i = 0; i < b.count; i++) {
-      const id = b.id(i);
-      m.chunks[b.firstChunk + i] = id;
-      const loc = b.location(i);
-      if (id === null || !loc?.pack || m.storedSizes[id] !== undefined) continue;
-      let p = packIndex.get(loc.pack.id);
-      if (p === undefined) {
-        packIndex.set(loc.pack.id, (p = m.packs!.length));
-        m.packs!.push(loc.pack);
-      }
-      m.storedSizes[id] = loc.length;
-      m.locations![id] = [p, loc.offset];
-    }
-  }
-  return m;
 }
