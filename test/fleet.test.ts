@@ -8,7 +8,7 @@ import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { SlotUnavailable } from '../contracts/errors.ts';
 import { deriveKeys, keys } from '../repository/format.ts';
 import { segmentManifestId, type DiskRef, type VmJob } from '../contracts/jobs.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';
