@@ -46,7 +46,12 @@ export interface RestoreJob {
 export interface InstantRequest {
   /** Cap of the move to final storage, MiB/s per disk (absent: no cap). */
   moveBandwidthMiBs?: number;
-  /** Take up an instant recovery of this domain whose move failed (its VM paused, its overlays kept). */
+  /**
+   * The move fails when the bytes it still has to copy have not shrunk for this long (the
+   * guest writes faster than the cap or the target takes them; default 300).
+   */
+  moveStallSeconds?: number;
+  /** Take up an instant recovery of this domain whose move failed or whose mover died (its VM still running, its overlays kept). */
   resume?: boolean;
   /**
    * Start the move once the guest shows this sign of life (a console line, the guest agent),
@@ -72,6 +77,8 @@ export interface InstantRecovery {
   bytesDownloaded: number;
   /** Set when this task took up a failed or interrupted instant recovery. */
   resumed: boolean;
+  /** Milliseconds of each step of this task until the VM ran (vmConfig, folder, overlays, define, exportWait, start; or reattach). */
+  steps?: Record<string, number>;
 }
 
 /** Defining a restored VM on a libvirt host (mover/recovery/define-domain.ts). */
