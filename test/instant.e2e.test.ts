@@ -223,11 +223,13 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     const exportPid = await exportProcessPid();
     expect(exportPid).toBeGreaterThan(0);
     // Without its mover: the guest runs, the export process serves it, the copy goes on (or waits, in step, for its pivot).
-    await new Promise((r) => setTimeout(r, 5000));
+    const after = await retry(async () => {
+      const job = await blockJob();
+      if (!job || !(job.cur > before.cur || job.cur === job.end)) throw new Error(`the copy job does not go on without its mover: before ${JSON.stringify(before)}, now ${JSON.stringify(job)}`);
+      return job;
+    }, 60_000);
+    console.log(`copy job without its mover: ${before.cur}/${before.end} → ${after.cur}/${after.end}`);
     expect((await virsh(['domstate', domain])).trim()).toBe('running');
-    const after = await blockJob();
-    expect(after).toBeDefined();
-    expect(after!.cur > before.cur || after!.cur === after!.end).toBe(true);
     // The guest stops writing and hashes its disk, still on overlay and exports (the agent may answer only a moment after).
     await retry(() => virsh(['qemu-agent-command', domain, '{"execute":"guest-fsfreeze-freeze"}']), 90_000);
     const [, seen] = await consoleMatch(join(target(), 'console.log'), /LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/, 180_000);

@@ -4,8 +4,11 @@
  * double and triple), linear directories (htree directories are read linearly: their index
  * blocks look like empty entries), inline data (files and directories in the inode and its
  * `system.data` attribute), fast and slow symbolic links, sparse files (holes and
- * unwritten extents read as zeros). The journal is not replayed: a file system backed up
- * while mounted is read as its blocks were at the snapshot.
+ * unwritten extents read as zeros). A file system that was not cleanly unmounted (a
+ * crash-consistent backup of a running guest) is read in its committed state: the jbd2
+ * journal's committed transactions are replayed into the view of the blocks read, in memory
+ * (ext-journal.ts). With `metadata_csum`, the superblock, group descriptors, inodes and
+ * directory blocks are checked against their checksums (ext-csum.ts).
  *
  * Refuses what it cannot read truthfully (compression, META_BG, encrypted directories,
  * a journal device) with the feature named. Every number from the image is checked before
@@ -15,10 +18,15 @@
  */
 import { FsCorrupt, view, type BlockReader } from './block-reader.ts';
 import { LIMITS, type Entry, type EntryType, type FileSystem } from './fs-types.ts';
+import { checkDirBlock, checkGroupDesc, checkInode, inodeSeed, superblockSeed } from './ext-csum.ts';
+import { scanJournal, unescape, type Replayed } from './ext-journal.ts';
 
 const INCOMPAT = { COMPRESSION: 0x1, FILETYPE: 0x2, JOURNAL_DEV: 0x8, META_BG: 0x10, EXTENTS: 0x40, BIT64: 0x80, DIRDATA: 0x1000, INLINE_DATA: 0x8000 };
 const FLAG = { INDEX: 0x1000, ENCRYPT: 0x800, HUGE_FILE: 0x40000, EXTENTS: 0x80000, INLINE_DATA: 0x10000000 };
 const ROOT_INO = 2;
+const COMPAT_HAS_JOURNAL = 0x4;
+const INCOMPAT_RECOVER = 0x4;
+const RO_COMPAT_METADATA_CSUM = 0x400;
 
 export interface ExtInode {
   ino: number;
@@ -35,6 +43,8 @@ export interface ExtInode {
   iblock: Buffer;
   /** The `system.data` attribute of an inline-data inode (the data past the first 60 bytes). */
   inlineMore?: Buffer;
+  /** The seed of its directory blocks' checksums (metadata_csum). */
+  csumSeed?: number;
 }
 
 interface Extent { logical: number; physical: number; length: number; unwritten: boolean }
@@ -69,6 +79,13 @@ export class ExtFs implements FileSystem<ExtInode> {
   private readonly descCache = new Map<number, number>();
   private readonly extentCache = new WeakMap<ExtInode, Extent[]>();
   private readonly indirectCache = new Map<number, Buffer>();
+  /** metadata_csum: the file system's checksum seed. */
+  private readonly csumSeed: number | undefined;
+  /** Blocks whose committed contents are in the journal, and where (empty when clean). */
+  private replay = new Map<number, Replayed>();
+  private journal: ExtInode | undefined;
+  /** Committed transactions replayed from the journal when opened. */
+  replayedTransactions = 0;
 
   private readonly disk: BlockReader;
 
@@ -98,6 +115,7 @@ export class ExtFs implements FileSystem<ExtInode> {
     if (this.inodesPerGroup === 0 || this.inodesCount === 0) throw new FsCorrupt('ext superblock: no inodes (inodes per group or inode count is 0)');
     if (this.blocksCount * this.blockSize > disk.size + this.blockSize) throw new FsCorrupt(`ext superblock: ${this.blocksCount} blocks of ${this.blockSize} bytes do not fit the ${disk.size}-byte partition (truncated image?)`);
     const ro = sb.readUInt32LE(100);
+    this.csumSeed = ro & RO_COMPAT_METADATA_CSUM ? superblockSeed(sb) : undefined;
     this.kind = incompat & INCOMPAT.EXTENTS || incompat & 0x200 ? 'ext4' : sb.readUInt32LE(92) & 0x4 ? 'ext3' : ro & 0x8 ? 'ext4' : 'ext2';
   }
 
@@ -106,12 +124,39 @@ export class ExtFs implements FileSystem<ExtInode> {
     if (disk.size < 2048) return undefined;
     const sb = view(await disk.read(1024, 1024));
     if (sb.readUInt16LE(56) !== 0xef53) return undefined;
-    return new ExtFs(disk, sb);
+    const fs = new ExtFs(disk, sb);
+    const journalIno = sb.readUInt32LE(0xe0);
+    if (sb.readUInt32LE(92) & COMPAT_HAS_JOURNAL && sb.readUInt32LE(96) & INCOMPAT_RECOVER && journalIno !== 0) await fs.replayJournal(journalIno);
+    return fs;
+  }
+
+  /** Reads the journal (inode `ino`) and serves its committed blocks from now on. */
+  private async replayJournal(ino: number): Promise<void> {
+    const j = await this.inode(ino);
+    this.journal = j;
+    const blocks = Math.floor(j.size / this.blockSize);
+    const r = await scanJournal(async (at) => {
+      if (at >= blocks) throw new FsCorrupt(`ext journal (inode ${ino}): log block ${at} is past its ${blocks} blocks`);
+      const b = await this.read(j, at * this.blockSize, this.blockSize, 'the journal');
+      return b ? view(b) : Buffer.alloc(this.blockSize);
+    }, blocks, this.blockSize);
+    for (const fsBlock of r.blocks.keys()) if (fsBlock >= this.blocksCount) throw new FsCorrupt(`ext journal (inode ${ino}): it logs block ${fsBlock}, outside the file system's ${this.blocksCount} blocks`);
+    this.replay = r.blocks;
+    this.replayedTransactions = r.transactions;
   }
 
   private async readBlocks(block: number, count: number, what: string): Promise<Buffer> {
     if (!Number.isSafeInteger(block) || block < 0 || count < 0 || block + count > this.blocksCount) throw new FsCorrupt(`${what}: block ${block}+${count} lies outside the file system's ${this.blocksCount} blocks`);
-    return view(await this.disk.read(block * this.blockSize, count * this.blockSize));
+    const b = view(await this.disk.read(block * this.blockSize, count * this.blockSize));
+    if (this.replay.size === 0) return b;
+    for (let i = 0; i < count; i++) {
+      const r = this.replay.get(block + i);
+      if (!r) continue;
+      // The journal's own blocks are never logged, so this reads the disk as it is.
+      const copy = view((await this.read(this.journal!, r.journalBlock * this.blockSize, this.blockSize, 'the journal')) ?? Buffer.alloc(this.blockSize));
+      (r.escaped ? unescape(copy) : copy).copy(b, i * this.blockSize);
+    }
+    return b;
   }
 
   private async inodeTable(group: number): Promise<number> {
@@ -121,6 +166,7 @@ export class ExtFs implements FileSystem<ExtInode> {
     const block = this.firstDataBlock + 1 + Math.floor(group / perBlock);
     const b = await this.readBlocks(block, 1, `group descriptor ${group}`);
     const at = (group % perBlock) * this.descSize;
+    if (this.csumSeed !== undefined) checkGroupDesc(this.csumSeed, group, b.subarray(at, at + this.descSize));
     const table = b.readUInt32LE(at + 8) + (this.descSize >= 64 ? b.readUInt32LE(at + 0x28) * 2 ** 32 : 0);
     this.descCache.set(group, table);
     return table;
@@ -136,6 +182,8 @@ export class ExtFs implements FileSystem<ExtInode> {
     const b = (await this.readBlocks(block, 1, `inode ${ino}`)).subarray(byteInTable % this.blockSize, byteInTable % this.blockSize + this.inodeSize);
     const extra = this.inodeSize > 128 ? b.readUInt16LE(128) : 0;
     if (extra > this.inodeSize - 128) throw new FsCorrupt(`ext inode ${ino}: extra size ${extra} overruns the ${this.inodeSize}-byte inode`);
+    const iseed = this.csumSeed === undefined ? undefined : inodeSeed(this.csumSeed, ino, b.readUInt32LE(100));
+    if (iseed !== undefined) checkInode(iseed, ino, b, extra);
     const x = (at: number) => (128 + extra >= at + 4 ? b.readUInt32LE(at) : undefined);
     const mode = b.readUInt16LE(0);
     const flags = b.readUInt32LE(32);
@@ -150,6 +198,7 @@ export class ExtFs implements FileSystem<ExtInode> {
       blocks512: b.readUInt32LE(28) + b.readUInt16LE(116) * 2 ** 32,
       fileAcl: b.readUInt32LE(104) + b.readUInt16LE(118) * 2 ** 32,
       iblock: Buffer.from(b.subarray(40, 100)),
+      ...(iseed !== undefined ? { csumSeed: iseed } : {}),
     };
     if (!Number.isSafeInteger(node.size)) throw new FsCorrupt(`ext inode ${ino}: size ${node.size} is not a safe integer`);
     if (flags & FLAG.INLINE_DATA) node.inlineMore = this.inlineAttribute(b, 128 + extra, ino);
@@ -203,6 +252,7 @@ export class ExtFs implements FileSystem<ExtInode> {
       const blocks = Math.ceil(dir.size / this.blockSize);
       for (let i = 0; i < blocks; i++) {
         const b = await this.read(dir, i * this.blockSize, this.blockSize, path);
+        if (b && dir.csumSeed !== undefined) checkDirBlock(dir.csumSeed, view(b), dir.ino, path, (dir.flags & FLAG.INDEX) !== 0);
         if (b) this.parseEntries(view(b), raw, path, dir.ino);
       }
     }
