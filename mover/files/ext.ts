@@ -20,6 +20,7 @@ import { FsCorrupt, view, type BlockReader } from './block-reader.ts';
 import { LIMITS, type Entry, type EntryType, type FileSystem } from './fs-types.ts';
 import { checkDirBlock, checkGroupDesc, checkInode, inodeSeed, superblockSeed } from './ext-csum.ts';
 import { scanJournal, unescape, type Replayed } from './ext-journal.ts';
+import { BlockMap, type Extent } from './ext-blockmap.ts';
 
 const INCOMPAT = { COMPRESSION: 0x1, FILETYPE: 0x2, JOURNAL_DEV: 0x8, META_BG: 0x10, EXTENTS: 0x40, BIT64: 0x80, DIRDATA: 0x1000, INLINE_DATA: 0x8000 };
 const FLAG = { INDEX: 0x1000, ENCRYPT: 0x800, HUGE_FILE: 0x40000, EXTENTS: 0x80000, INLINE_DATA: 0x10000000 };
@@ -47,7 +48,6 @@ export interface ExtInode {
   csumSeed?: number;
 }
 
-interface Extent { logical: number; physical: number; length: number; unwritten: boolean }
 
 function typeOf(mode: number): EntryType {
   switch (mode & 0xf000) {
@@ -78,7 +78,7 @@ export class ExtFs implements FileSystem<ExtInode> {
   private readonly fileType: boolean;
   private readonly descCache = new Map<number, number>();
   private readonly extentCache = new WeakMap<ExtInode, Extent[]>();
-  private readonly indirectCache = new Map<number, Buffer>();
+  private readonly blockMaps: BlockMap;
   /** metadata_csum: the file system's checksum seed. */
   private readonly csumSeed: number | undefined;
   /** Blocks whose committed contents are in the journal, and where (empty when clean). */
@@ -117,6 +117,7 @@ export class ExtFs implements FileSystem<ExtInode> {
     const ro = sb.readUInt32LE(100);
     this.csumSeed = ro & RO_COMPAT_METADATA_CSUM ? superblockSeed(sb) : undefined;
     this.kind = incompat & INCOMPAT.EXTENTS || incompat & 0x200 ? 'ext4' : sb.readUInt32LE(92) & 0x4 ? 'ext3' : ro & 0x8 ? 'ext4' : 'ext2';
+    this.blockMaps = new BlockMap(this.blockSize, this.blocksCount, (block, what) => this.readBlocks(block, 1, what));
   }
 
   /** The ext file system on `disk`, or undefined when its superblock has no ext magic. */
@@ -314,7 +315,7 @@ export class ExtFs implements FileSystem<ExtInode> {
   async dataRanges(n: ExtInode, path: string): Promise<{ offset: number; length: number }[] | undefined> {
     if (n.flags & FLAG.INLINE_DATA) return [{ offset: 0, length: n.size }];
     const out: { offset: number; length: number }[] = [];
-    for (const e of n.flags & FLAG.EXTENTS ? await this.extents(n, path) : await this.blockMapExtents(n, path)) {
+    for (const e of n.flags & FLAG.EXTENTS ? await this.extents(n, path) : await this.blockMaps.extents(n, path)) {
       if (e.unwritten) continue;
       const offset = e.logical * this.blockSize;
       const length = Math.min(e.length * this.blockSize, n.size - offset);
@@ -339,7 +340,7 @@ export class ExtFs implements FileSystem<ExtInode> {
       return out;
     }
     for (let l = first; l < first + count; l++) {
-      const p = await this.blockMap(n, l, path);
+      const p = await this.blockMaps.block(n, l, path);
       if (p === 0) continue;
       const prev = out[out.length - 1];
       if (prev && prev.logical + prev.length === l && prev.physical + prev.length === p) prev.length++;
@@ -383,64 +384,5 @@ export class ExtFs implements FileSystem<ExtInode> {
     await walk(n.iblock, -1, 'in the inode');
     this.extentCache.set(n, out);
     return out;
-  }
-
-  /**
-   * Every stored run of an ext2/3 block map, walking the indirect blocks and skipping the
-   * holes at every level, so a huge sparse file costs its indirect blocks, not its size.
-   */
-  private async blockMapExtents(n: ExtInode, path: string): Promise<Extent[]> {
-    const per = this.blockSize / 4;
-    const lastBlock = Math.ceil(n.size / this.blockSize);
-    const out: Extent[] = [];
-    const add = (logical: number, physical: number) => {
-      if (physical + 1 > this.blocksCount) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block ${logical} points to block ${physical}, outside the file system's ${this.blocksCount} blocks`);
-      const prev = out[out.length - 1];
-      if (prev && prev.logical + prev.length === logical && prev.physical + prev.length === physical) prev.length++;
-      else {
-        if (out.length >= LIMITS.extents) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}) has more than ${LIMITS.extents} runs of blocks`);
-        out.push({ logical, physical, length: 1, unwritten: false });
-      }
-    };
-    const seen = new Set<number>();
-    // `level` 0: a data block; 1-3: an indirect block covering per^level blocks from `first`.
-    const visit = async (block: number, level: number, first: number): Promise<void> => {
-      if (block === 0 || first >= lastBlock) return;
-      if (level === 0) return add(first, block);
-      if (seen.has(block)) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): indirect block ${block} is used twice in its block map (a loop)`);
-      seen.add(block);
-      const b = await this.readBlocks(block, 1, `${path} (inode ${n.ino}) indirect block`);
-      const span = per ** (level - 1);
-      for (let i = 0; i < per; i++) await visit(b.readUInt32LE(i * 4), level - 1, first + i * span);
-    };
-    for (let i = 0; i < 12; i++) await visit(n.iblock.readUInt32LE(i * 4), 0, i);
-    await visit(n.iblock.readUInt32LE(48), 1, 12);
-    await visit(n.iblock.readUInt32LE(52), 2, 12 + per);
-    await visit(n.iblock.readUInt32LE(56), 3, 12 + per + per * per);
-    return out;
-  }
-
-  /** ext2/3 block map: the physical block of logical block `l`, 0 for a hole. */
-  private async blockMap(n: ExtInode, l: number, path: string): Promise<number> {
-    const per = this.blockSize / 4;
-    const ptr = (i: number) => n.iblock.readUInt32LE(i * 4);
-    const through = async (block: number, index: number): Promise<number> => {
-      if (block === 0) return 0;
-      let b = this.indirectCache.get(block);
-      if (!b) {
-        b = await this.readBlocks(block, 1, `${path} (inode ${n.ino}) indirect block`);
-        if (this.indirectCache.size > 1024) this.indirectCache.clear();
-        this.indirectCache.set(block, b);
-      }
-      return b.readUInt32LE(index * 4);
-    };
-    if (l < 12) return ptr(l);
-    l -= 12;
-    if (l < per) return through(ptr(12), l);
-    l -= per;
-    if (l < per * per) return through(await through(ptr(13), Math.floor(l / per)), l % per);
-    l -= per * per;
-    if (l < per * per * per) return through(await through(await through(ptr(14), Math.floor(l / (per * per))), Math.floor(l / per) % per), l % per);
-    throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block beyond the triple-indirect range`);
   }
 }
