@@ -41,7 +41,12 @@ export type BootCheck = Infer<typeof bootCheck>;
 export const instantRequest = z.looseObject({
   /** Cap of the move to final storage, MiB/s per disk (absent: no cap). */
   moveBandwidthMiBs: z.number().positive().optional(),
-  /** Take up an instant recovery of this domain whose move failed (its VM paused, its overlays kept). */
+  /**
+   * The move fails when the bytes it still has to copy have not shrunk for this long (the
+   * guest writes faster than the cap or the target takes them; default 300).
+   */
+  moveStallSeconds: z.number().positive().optional(),
+  /** Take up an instant recovery of this domain whose move failed or whose mover died (its VM still running, its overlays kept). */
   resume: z.boolean().optional(),
   /**
    * Start the move once the guest shows this sign of life (a console line, the guest agent),
@@ -123,6 +128,8 @@ export const instantRecovery = z.looseObject({
   bytesDownloaded: count,
   /** Set when this task took up a failed or interrupted instant recovery. */
   resumed: z.boolean(),
+  /** Milliseconds of each step of this task until the VM ran (vmConfig, folder, overlays, define, exportWait, start; or reattach). */
+  steps: z.record(z.string(), z.number()).optional(),
 });
 export type InstantRecovery = Infer<typeof instantRecovery>;
 
