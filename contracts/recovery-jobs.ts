@@ -6,6 +6,7 @@
 import type { RepositoryLocation } from './endpoints.ts';
 import type { RestoreTestJob } from './restore-test.ts';
 import type { ExportJob } from './export-job.ts';
+import type { ReplicaJob } from './dr.ts';
 
 /** One disk to restore and where it goes on the mover's host. */
 export interface RestoreDiskTarget {
@@ -216,6 +217,8 @@ export interface ReplicateJob {
   replicaDir: string | null;
   /** When the backup's snapshot was taken: the recovery point a failover to it gives. */
   recoveryPoint: string;
+  /** A libvirt VM whose DR repository keeps replica VMs: the replica is a VM (contracts/dr.ts) instead of raw standby files. */
+  replica?: ReplicaJob;
 }
 
 /** What a DR mover reports for one disk copied to the DR repository. */

@@ -10,11 +10,10 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { decodeManifest } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, readChunk } from '../../repository/packs.ts';
+import { manifestOf, verifiedChunk } from './manifest-diff.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { rehashDisk } from './rehash.ts';
@@ -41,11 +40,6 @@ async function readState(path: string): Promise<DiskState | undefined> {
 async function writeState(path: string, s: DiskState): Promise<void> {
   await writeFile(`${path}.tmp`, JSON.stringify(s));
   await rename(`${path}.tmp`, path);
-}
-
-async function manifestOf(store: ObjectStore, keys: RepositoryKeys, backupId: string, diskId: string): Promise<Manifest | undefined> {
-  const sealed = await store.get(objectKeys.manifest(backupId, diskId));
-  return sealed ? decodeManifest(keys, sealed, backupId, diskId, store) : undefined;
 }
 
 export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: string }, d: { store: ObjectStore; keys: RepositoryKeys; signal?: AbortSignal; onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void }): Promise<StandbyDisk> {
@@ -89,21 +83,7 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
       if (same) {
         chunksUnchanged++;
       } else {
-        let data: Buffer;
-        if (want === null) {
-          data = Buffer.alloc(length);
-        } else {
-          const at = chunkLocation(target, want);
-          const where = `chunk ${want} in ${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''} (disk '${disk.diskId}', offset ${offset})`;
-          const body = await readChunk(d.store, at);
-          if (!body) throw new Corrupt(`${where} is missing from the DR repository`);
-          try {
-            data = await open(d.keys, body, want);
-          } catch (err) {
-            throw new Corrupt(`${where} is damaged in the DR repository: ${(err as Error).message}`, err);
-          }
-          if (data.length !== length || chunkId(d.keys, data) !== want) throw new Corrupt(`${where} does not match its id in the DR repository`);
-        }
+        const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, target, want, offset, length);
         await fh.write(data, 0, length, offset);
         chunksWritten++;
         bytesWritten += length;
