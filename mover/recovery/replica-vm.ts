@@ -19,7 +19,8 @@
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -103,8 +104,9 @@ export function mapNetwork(map: NetworkMap, site: string, vmId: string) {
  * `write`, flushes and closes; qemu-nbd exits after its one client. A failure kills it.
  */
 async function withImageWriter<T>(image: string, write: (nbd: NbdClient) => Promise<T>, signal?: AbortSignal): Promise<T> {
-  const socket = `${image}.nbd.sock`;
-  await rm(socket, { force: true });
+  // Its own short folder: a unix socket path has at most 107 bytes, a replica's folder may be deep.
+  const sockDir = await mkdtemp(join(tmpdir(), 'lifeboat-replica-'));
+  const socket = join(sockDir, 'nbd.sock');
   const child = spawn('qemu-nbd', ['--format=qcow2', '--cache=writeback', '--discard=unmap', `--socket=${socket}`, '--', image], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
@@ -125,7 +127,7 @@ async function withImageWriter<T>(image: string, write: (nbd: NbdClient) => Prom
   } finally {
     if (child.exitCode === null) setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
     await exited;
-    await rm(socket, { force: true });
+    await rm(sockDir, { recursive: true, force: true });
   }
 }
 
