@@ -34,7 +34,8 @@ import { NbdClient } from '../nbd/client.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
 import { domainExists } from './define-domain.ts';
-import { chunkLength, diffable, manifestOf, sameChunk, verifiedChunk } from './manifest-diff.ts';
+import { diffable, sameAs, verifiedChunk } from './manifest-diff.ts';
+import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
 import { readVmConfig } from './restore.ts';
 
 const run = promisify(execFile);
@@ -139,44 +140,52 @@ interface DiskWrite {
   chunksUnchanged: number;
 }
 
-/** Writes into a new layer over `from`'s (or a fresh image) the chunks of `target` that differ from `fromBackupId`'s. */
+/** Writes into a new layer over `fromLayer` (or a fresh image) the chunks of the target backup that differ from `fromBackupId`'s. */
 async function writeLayer(job: ReplicateJob, diskId: string, layer: string, fromLayer: string | undefined, fromBackupId: string | undefined, d: UpdateReplicaDeps): Promise<DiskWrite> {
-  const target = await manifestOf(d.store, d.keys, job.backupId, diskId);
+  // Both manifests are read a piece at a time, in step: memory stays bounded whatever the disk's size.
+  const target = await ManifestReader.open(d.store, d.keys, job.backupId, diskId);
   if (!target) throw new Corrupt(`manifest of disk '${diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`);
-  const from = fromBackupId ? await manifestOf(d.store, d.keys, fromBackupId, diskId) : undefined;
-  if (fromLayer) await createOverlay(layer, fromLayer, target.sizeBytes);
+  const from = fromBackupId ? await ManifestReader.open(d.store, d.keys, fromBackupId, diskId) : undefined;
+  const { chunkSize, sizeBytes } = target.info;
+  if (fromLayer) await createOverlay(layer, fromLayer, sizeBytes);
   else {
     await rm(layer, { force: true });
-    await qemuImg(['create', '-q', '-f', 'qcow2', layer, String(target.sizeBytes)]);
+    await qemuImg(['create', '-q', '-f', 'qcow2', layer, String(sizeBytes)]);
   }
   // With a layer below whose backup cannot be diffed (resized, other chunk size), every chunk is written.
-  const base = fromLayer && diffable(from, target) ? from : undefined;
+  const base = fromLayer && from && diffable(from.info, target.info) ? new ManifestCursor(from) : undefined;
   const out: DiskWrite = { diskId, layer, chunksWritten: 0, bytesWritten: 0, chunksUnchanged: 0 };
-  await withImageWriter(layer, async (nbd) => {
-    const inFlight = new Set<Promise<void>>();
-    for (let i = 0; i < target.chunks.length; i++) {
-      d.signal?.throwIfAborted();
-      const want = target.chunks[i] ?? null;
-      // A fresh image reads as zeros: its holes need no write.
-      if (base ? sameChunk(base, target, i) : !fromLayer && want === null) {
-        out.chunksUnchanged++;
-        continue;
+  try {
+    await withImageWriter(layer, async (nbd) => {
+      const inFlight = new Set<Promise<void>>();
+      for await (const batch of target.batches()) for (let k = 0; k < batch.count; k++) {
+        d.signal?.throwIfAborted();
+        const i = batch.firstChunk + k;
+        const want = batch.id(k);
+        // A fresh image reads as zeros: its holes need no write.
+        if (base ? await sameAs(base, i, want) : !fromLayer && want === null) {
+          out.chunksUnchanged++;
+          continue;
+        }
+        const offset = i * chunkSize;
+        const length = Math.min(chunkSize, sizeBytes - offset);
+        const at = want === null ? undefined : batch.location(k)!;
+        const p = (async () => {
+          const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, at!, want, diskId, offset, length);
+          await nbd.write(data, offset);
+        })();
+        inFlight.add(p);
+        void p.finally(() => inFlight.delete(p)).catch(() => {});
+        out.chunksWritten++;
+        out.bytesWritten += length;
+        if (inFlight.size >= d.parallelism) await Promise.race(inFlight);
+        if (out.chunksWritten % 64 === 0) d.onProgress?.();
       }
-      const offset = i * target.chunkSize;
-      const length = chunkLength(target, i);
-      const p = (async () => {
-        const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, target, want, offset, length);
-        await nbd.write(data, offset);
-      })();
-      inFlight.add(p);
-      void p.finally(() => inFlight.delete(p)).catch(() => {});
-      out.chunksWritten++;
-      out.bytesWritten += length;
-      if (inFlight.size >= d.parallelism) await Promise.race(inFlight);
-      if (out.chunksWritten % 64 === 0) d.onProgress?.();
-    }
-    await Promise.all(inFlight);
-  }, d.signal);
+      await Promise.all(inFlight);
+    }, d.signal);
+  } finally {
+    await base?.close();
+  }
   return out;
 }
 
