@@ -8,26 +8,19 @@
  * byte-identical), bad plans refused with clear errors, and a failover plan of 3 VMs in 2
  * groups: all running, in order, each at the restore point asked for.
  */
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
-import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig, type LifeboatConfig } from '../core/config.ts';
+import { loadConfig } from '../core/config.ts';
 import type { FailoverPlan, FailoverReport, ReplicaUpdate } from '../contracts/dr.ts';
-import { runExecution, waitForExecution } from '../local/client.ts';
-import { createQcow2, guestCmdline, guestDomainXml } from '../local/vm-lab/domain.ts';
+import { runExecution } from '../local/client.ts';
+import { backupAndReplicate as labRun, contentHash as labHash, createIsolatedNetwork, defineProdVm, drLabConfig, writePattern } from '../local/vm-lab/dr-lab.ts';
 import { buildGuest } from '../local/vm-lab/guest.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
-import type { RunSummary } from '../contracts/workflow-outputs.ts';
-
-const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const CHUNK = 512 * 1024; // the example configuration's primary repository
 const lab = await ensureLibvirtd();
@@ -49,28 +42,11 @@ const backups: string[][] = [];
 let firstUpdates: ReplicaUpdate[];
 let secondUpdates: ReplicaUpdate[];
 
-const config = (): LifeboatConfig => {
-  const example = loadConfig();
-  return {
-    ...example,
-    sites: example.sites.map((s) => (s.id === 'site-dr' ? { ...s, networkMap: { [prodNet]: drNet } } : s)),
-    repositories: example.repositories.map((r) => (r.replication ? { ...r, replication: { ...r.replication, replicaVms: { uri: 'qemu:///system', keepPoints: 2 } } } : r)),
-    policies: [...example.policies, {
-      id: 'p-drvm', vms: { ids: vmIds }, schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' }, retention: { keepLast: 10 }, repository: 'primary', replicateTo: 'dr', rpoHours: 26,
-    }],
-  };
-};
+const config = () => drLabConfig(loadConfig(), { prodNet, drNet, policyId: 'p-drvm', vmIds, keepPoints: 2 });
 
 const imageOf = (i: number) => join(work, 'prod', `${names[i]}.qcow2`);
 
-/** The guest-visible content of a qcow2 image (or chain), hashed. */
-async function contentHash(image: string): Promise<string> {
-  const raw = join(work, `hash-${createHash('sha1').update(image).digest('hex')}.raw`);
-  await run('qemu-img', ['convert', '-U', '-O', 'raw', image, raw]);
-  const h = createHash('sha256').update(await readFile(raw)).digest('hex');
-  await rm(raw, { force: true });
-  return h;
-}
+const contentHash = (image: string) => labHash(image, work);
 
 /** Every file of every replica, hashed byte for byte (layers, active overlays, state). */
 async function replicaFiles(): Promise<Record<string, string>> {
@@ -86,10 +62,8 @@ async function replicaFiles(): Promise<Record<string, string>> {
 }
 
 async function backupAndReplicate(): Promise<ReplicaUpdate[]> {
-  const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-drvm' }, { pollMs: 200 });
-  expect(d.status, d.cause).toBe('SUCCEEDED');
-  const b = JSON.parse(d.output!) as RunSummary;
-  expect(b.committed, JSON.stringify(b.vms.map((v) => v.error))).toBe(3);
+  const { run: b, replicaVms } = await labRun(t.sfn, t.stack.endpoints, 'p-drvm');
+  expect(b.committed).toBe(3);
   const ids: string[] = [];
   for (const [i, vmId] of vmIds.entries()) {
     const backupId = b.vms.find((v) => v.vmId === vmId)!.backupId!;
@@ -97,19 +71,7 @@ async function backupAndReplicate(): Promise<ReplicaUpdate[]> {
     (diskAt[vmId] ??= {})[backupId] = await contentHash(imageOf(i));
   }
   backups.push(ids);
-  const arn = t.stack.endpoints.stateMachines.ReplicatePolicy!;
-  const name = `replicate-${createHash('sha1').update(b.runId).digest('hex')}`;
-  for (let i = 0; i < 200; i++) {
-    const found = (await t.sfn.send(new ListExecutionsCommand({ stateMachineArn: arn }))).executions?.find((x) => x.name === name);
-    if (found) {
-      const r = await waitForExecution(t.sfn, found.executionArn!, { pollMs: 200 });
-      expect(r.status, r.cause).toBe('SUCCEEDED');
-      const out = JSON.parse(r.output!) as { replicated: { replicaVm?: ReplicaUpdate }[] };
-      return vmIds.map((id) => out.replicated.map((x) => x.replicaVm!).find((x) => x.vmId === id)!);
-    }
-    await sleep(100);
-  }
-  throw new Error(`no replication started for run ${b.runId}`);
+  return vmIds.map((id) => replicaVms.find((x) => x.vmId === id)!);
 }
 
 const plan = (id: string, readiness = { serial: READY, timeoutSeconds: 120 }): FailoverPlan => ({
@@ -128,24 +90,16 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     work = await mkdtemp(join(tmpdir(), 'lbdr-'));
     t = await startTestStack({ groups: { 'site-a': 1, dr: 1 }, config: config(), moverEnv: { LIFEBOAT_WORK_DIR: work } });
     replicaDir = join(t.stack.endpoints.dataDir, 'sites', 'site-dr', config().repositories[1]!.replication!.standbyPath!);
-    await writeFile(join(work, 'net.xml'), `<network><name>${drNet}</name><bridge name='lbdr${pid % 100000}' stp='off'/></network>`);
-    await virsh(['net-create', join(work, 'net.xml')]);
+    await createIsolatedNetwork(work, drNet, `lbdr${pid % 100000}`);
     const guest = await buildGuest(join(tmpdir(), 'lifeboat-vm-lab-cache'));
-    await run('mkdir', ['-p', join(work, 'prod')]);
     for (const [i, name] of names.entries()) {
-      await createQcow2(imageOf(i), 16 * MiB);
-      await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x${(0x31 + i).toString(16)} 0 ${3 * MiB}`, '-c', `write -P 0x${(0x51 + i).toString(16)} ${8 * MiB} ${CHUNK}`, imageOf(i)]);
-      const xml = guestDomainXml({
-        name, disks: [{ path: imageOf(i), format: 'qcow2', target: 'vda' }], kernel: guest.kernel, initrd: guest.initrd,
-        cmdline: guestCmdline({ mode: 'idle' }), serialLog: join(work, 'prod', `${name}.log`), agent: false, memoryMiB: 128,
-      }).replace('    <serial', `    <interface type='network'><source network='${prodNet}'/><model type='virtio'/></interface>\n    <serial`);
-      await writeFile(join(work, 'prod', `${name}.xml`), xml);
-      await virsh(['define', join(work, 'prod', `${name}.xml`)]);
+      await defineProdVm(join(work, 'prod'), guest, { name, sizeBytes: 16 * MiB, dataBytes: 3 * MiB, pattern: 0x31 + i, network: prodNet });
+      await writePattern(imageOf(i), 8 * MiB, CHUNK, 0x51 + i);
       await t.stack.catalog.putVm({ vmId: vmIds[i]!, host: 'kvm-01', source: name, name });
     }
     firstUpdates = await backupAndReplicate();
     // One chunk of VM a changes; b and c stay as they were.
-    await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x77 ${2 * MiB} ${CHUNK}`, imageOf(0)]);
+    await writePattern(imageOf(0), 2 * MiB, CHUNK, 0x77);
     secondUpdates = await backupAndReplicate();
   }, 300_000);
   afterAll(async () => {
