@@ -11,6 +11,7 @@ import { repositoryLocation } from './endpoints.ts';
 import { exportJob } from './export-job.ts';
 import { filesJob } from './files-job.ts';
 import { restoreTestJob } from './restore-test.ts';
+import { replicaJob } from './dr.ts';
 import { count, text, type Infer } from './zod.ts';
 
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a hex SHA-256');
@@ -245,6 +246,8 @@ export const replicateJob = z.looseObject({
   replicaDir: text.nullable(),
   /** When the backup's snapshot was taken: the recovery point a failover to it gives. */
   recoveryPoint: text,
+  /** A libvirt VM whose DR repository keeps replica VMs: the replica is a VM (contracts/dr.ts) instead of raw standby files. */
+  replica: replicaJob.optional(),
 });
 export type ReplicateJob = Infer<typeof replicateJob>;
 

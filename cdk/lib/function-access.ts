@@ -124,6 +124,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
+  PlanFailoverPlan: { catalog: ['GetItem', 'Query'] },
+  RecordFailoverPlan: { catalog: ['PutItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
   // Discovery: the hosts from the catalog's host listing; each discovered VM written conditionally (a VM added by hand is left alone), its host membership put, gone VMs marked.
   ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },
