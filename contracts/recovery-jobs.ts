@@ -260,6 +260,8 @@ export type RecoveryTask =
   /** Instant recovery of a whole VM (RestoreJob with `define` and `instant`). */
   | { task: 'instantRecover'; restore: RestoreJob }
   /** List or extract files of a backup's disk (contracts/files-job.ts; `files` is unknown input until parsed). */
-  | { task: 'files'; files: unknown };
+  | { task: 'files'; files: unknown }
+  /** Failback steps (contracts/failback.ts; unknown input until parsed). */
+  | { task: 'failbackDisk' | 'stopDrVm' | 'startProductionVm'; failback: unknown };
 
-export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export', 'instantRecover', 'files'];
+export const recoveryTaskNames: readonly string[] = ['restoreDisk', 'restoreVmConfig', 'discardPoolVolumes', 'deepVerifyDisk', 'replicateDisk', 'updateStandbyDisk', 'standbyVmConfig', 'restoreTest', 'export', 'instantRecover', 'files', 'failbackDisk', 'stopDrVm', 'startProductionVm'];

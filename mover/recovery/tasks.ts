@@ -17,6 +17,7 @@ import { runExportTask } from './export-task.ts';
 import { instantRecoverTask } from './instant.ts';
 import { runFilesTask } from '../files/files-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
+import { runFailbackTask } from './failback-task.ts';
 
 export interface RecoveryTaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
@@ -133,5 +134,9 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       const { store, keys } = await deps.repository(parsed.data.repository);
       return runFilesTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
+    case 'failbackDisk':
+    case 'stopDrVm':
+    case 'startProductionVm':
+      return runFailbackTask(t, deps, ctx);
   }
 }
