@@ -70,19 +70,19 @@ export class FailbackWorkflow extends Construct {
     const noFinalYet = new sfn.Pass(this, 'NoFinalBackupYet', { result: sfn.Result.fromObject({ backupId: null }), resultPath: '$.final' });
     const sync = deltaMap('SyncDisks', '$.job.base', { 'backupId.$': '$.job.target.backupId', 'repository.$': '$.job.target.repository' }, 'hash', '$.sync');
     const stop = domainTask('StopDrVm', 'stopDrVm', '$.job.drGroup', '$.stopped');
-    const finalStarted = new sfn.Pass(this, 'FinalBackupStarting', { parameters: { 'at.$': '$$.State.EnteredTime' }, resultPath: '$.finalStartedAt' });
     const startFinal = new tasks.StepFunctionsStartExecution(this, 'StartFinalBackup', {
       stateMachine: props.backup,
       name: sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')),
       input: sfn.TaskInput.fromObject({ policyId: sfn.JsonPath.stringAt('$.job.drPolicyId') }),
-      resultPath: sfn.JsonPath.DISCARD,
+      resultSelector: { 'startDate.$': '$.StartDate' },
+      resultPath: '$.finalRun',
       taskTimeout: sfn.Timeout.duration(Duration.minutes(1)),
     });
     retryAnyError(startFinal);
     catchAny(startFinal, failed, '$.error');
     const wait = new sfn.Wait(this, 'WaitForFinalBackup', { time: sfn.WaitTime.duration(Duration.seconds(3)) });
     const check = lambdaTask('CheckFinalBackup', props.functions.CheckFinalBackup, {
-      'job.$': '$.job', 'runId.$': sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')), 'startedAt.$': '$.finalStartedAt.at',
+      'job.$': '$.job', 'runId.$': sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')), 'startedAt.$': '$.finalRun.startDate',
     }, '$.final');
     const finalDelta = deltaMap('FinalDelta', '$.job.target', { 'backupId.$': '$.finalBackupId', 'repository.$': '$.job.target.repository' }, 'trust', '$.finalDelta');
     const start = domainTask('StartProductionVm', 'startProductionVm', '$.job.productionGroup', '$.started');
@@ -97,7 +97,7 @@ export class FailbackWorkflow extends Construct {
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat failback: send what changed at the DR site to the production VM, then switch back with a short outage and report it',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(noFinalYet).next(sync).next(stop).next(finalStarted).next(startFinal).next(wait)),
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(noFinalYet).next(sync).next(stop).next(startFinal).next(wait)),
       timeout: Duration.hours(24),
     });
     props.backup.grantStartExecution(this.stateMachine);

@@ -6,7 +6,7 @@
  * written by hand (tests, scripts) are left alone.
  */
 import { z } from 'zod';
-import { hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
+import { drRpoHoursOf, hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
@@ -65,7 +65,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       ...(p.restoreTest ? { restoreTest: p.restoreTest } : {}),
       ...(target ? {
         replicateTo: {
-          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}),
+          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}), drRpoHours: drRpoHoursOf(p),
           ...(target.replication ? { moverGroup: target.replication.moverGroup, ...(target.replication.standbyPath ? { standbyPath: target.replication.standbyPath } : {}) } : {}),
         },
       } : {}),

@@ -76,7 +76,9 @@ export async function planFailback({ failbackId, request }: z.output<typeof plan
   });
 }
 
-export const checkFinalBackupInput = z.object({ job: failbackJob, runId: text, startedAt: text }).strict();
+/** When the final Backup run started: StartExecution's StartDate (an ISO time, or epoch seconds as some SDK integrations give it). */
+const startDate = z.union([text, z.number()]).transform((v) => (typeof v === 'number' ? new Date(v < 1e11 ? v * 1000 : v).toISOString() : v));
+export const checkFinalBackupInput = z.object({ job: failbackJob, runId: text, startedAt: startDate }).strict();
 
 /** Whether the final DR-site Backup run committed the DR VM's backup: `{ done, backupId }`; a failed one fails the failback, naming the run. */
 export async function checkFinalBackup(input: z.output<typeof checkFinalBackupInput>, deps: Pick<Deps, 'catalog' | 'now'>): Promise<{ done: boolean; backupId: string | null }> {
