@@ -82,7 +82,7 @@ export class FailbackWorkflow extends Construct {
     catchAny(startFinal, failed, '$.error');
     const wait = new sfn.Wait(this, 'WaitForFinalBackup', { time: sfn.WaitTime.duration(Duration.seconds(3)) });
     const check = lambdaTask('CheckFinalBackup', props.functions.CheckFinalBackup, {
-      'job.$': '$.job', 'runId.$': sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')), 'startedAt.$': '$.finalRun.startDate',
+      'job.$': '$.job', runId: sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')), 'startedAt.$': '$.finalRun.startDate',
     }, '$.final');
     const finalDelta = deltaMap('FinalDelta', '$.job.target', { 'backupId.$': '$.finalBackupId', 'repository.$': '$.job.target.repository' }, 'trust', '$.finalDelta');
     const start = domainTask('StartProductionVm', 'startProductionVm', '$.job.productionGroup', '$.started');

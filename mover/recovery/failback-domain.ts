@@ -56,11 +56,10 @@ export async function stopDrVm(ref: DomainRef, timeoutSeconds: number, o: { sign
   await xmlOf(ref, 'DR VM');
   const done = () => ({ domain: ref.name, state: 'shut off', seconds: (performance.now() - started) / 1000, stoppedAt: new Date().toISOString() });
   if ((await state(virsh, ref.name)) === 'shut off') return done();
-  await virsh.run(['shutdown', '--mode', 'agent,acpi', '--', ref.name]).catch(async (err: Error) => {
-    // The agent may refuse; ACPI alone is still worth the wait.
-    await virsh.run(['shutdown', '--mode', 'acpi', '--', ref.name]).catch(() => { throw err; });
-  });
   const deadline = started + timeoutSeconds * 1000;
+  // Each request within the deadline: a hung guest agent must not hold virsh past it. Whether the guest obeys, the wait below says.
+  const ask = (mode: string) => virsh.run(['shutdown', '--mode', mode, '--', ref.name], { timeoutMs: Math.max(1000, deadline - performance.now()) });
+  await ask('agent').catch(() => ask('acpi')).catch(() => {});
   for (;;) {
     const s = await state(virsh, ref.name);
     if (s === 'shut off') return done();
