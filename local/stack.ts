@@ -233,7 +233,8 @@ export class EmbeddedStack {
       if (reconcileArn) await reconcileStoppedRuns(executions, backup.arn, reconcileArn);
       const api = await startSfnApi({ port: opts.ports?.sfn ?? 0, broker, executions });
       closers.push(() => api.close());
-      // The OperatorApi function reads the Backup workflow's executions (through this API) and the primary repository's records.
+      // The functions answer waiting tasks (the slot queue) on this API; the OperatorApi function reads the Backup workflow's
+      // executions through it, and the primary repository's records.
       const operatorEnv: FunctionEnv = { ...functionEnv, backupStateMachineArn: backup.arn, sfnEndpoint: api.url };
       functions.useClients(createClients(operatorEnv));
       const operator = await startOperator({

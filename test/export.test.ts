@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { deriveKeys, objectKeys } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -70,7 +70,7 @@ describe('backup disk export', () => {
       const length = rand(Math.min(data.length - offset, 5 * CHUNK) + 1);
       expect((await exp.read(offset, length)).equals(data.subarray(offset, offset + length))).toBe(true);
     }
-    const extents = exp.allocation(0, data.length);
+    const extents = await exp.allocation(0, data.length);
     expect(extents.reduce((n, e) => n + e.length, 0)).toBe(data.length);
     let at = 0;
     for (const e of extents) {
@@ -78,7 +78,7 @@ describe('backup disk export', () => {
       at += e.length;
     }
     // A range inside one chunk is clipped to the range.
-    expect(exp.allocation(10, 100)).toEqual([{ length: 100, flags: StateFlag.HOLE | StateFlag.ZERO }]);
+    expect(await exp.allocation(10, 100)).toEqual([{ length: 100, flags: StateFlag.HOLE | StateFlag.ZERO }]);
     await expect(exp.read(data.length - 10, 11)).rejects.toThrow(RangeError);
   });
 

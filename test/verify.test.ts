@@ -4,7 +4,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { chunkId, deriveKeys, encodeManifest, objectKeys, seal, type Manifest } from '../repository/format.ts';
 import { objectSha256 } from '../core/object-store.ts';
 import type { DiskRef, DiskResult, VmJob } from '../contracts/jobs.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { verify } from '../functions/backup/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';

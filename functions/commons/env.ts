@@ -11,13 +11,14 @@ export interface FunctionEnv {
   /** Local endpoints (embedded stack); unset in AWS. */
   dynamodbEndpoint?: string;
   s3Endpoint?: string;
+  /** The embedded stack's Step Functions API (SendTaskSuccess of the slot queue, OperatorApi's reads); unset in AWS. */
+  sfnEndpoint?: string;
   /** Key file wrapping the repository key (embedded stack); KMS key id in AWS. */
   keyFile?: string;
   kmsKeyId?: string;
-  /** OperatorApi: the primary repository, the Backup workflow, and (embedded stack) its Step Functions API. */
+  /** OperatorApi: the primary repository and the Backup workflow (it reads executions through `sfnEndpoint` in the embedded stack). */
   repositoryBucket?: string;
   backupStateMachineArn?: string;
-  sfnEndpoint?: string;
 }
 
 function required(name: string): string {
@@ -33,6 +34,7 @@ export function readEnv(): FunctionEnv {
     region: process.env.AWS_REGION ?? 'us-east-1',
     dynamodbEndpoint: process.env.LIFEBOAT_DYNAMODB_ENDPOINT,
     s3Endpoint: process.env.LIFEBOAT_S3_ENDPOINT,
+    sfnEndpoint: process.env.LIFEBOAT_SFN_ENDPOINT,
     keyFile: process.env.LIFEBOAT_KEY_FILE,
     kmsKeyId: process.env.REPOSITORY_KMS_KEY_ID,
     repositoryBucket: process.env.REPOSITORY_BUCKET,
