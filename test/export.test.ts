@@ -18,7 +18,6 @@ import { BackupDiskExport } from '../mover/recovery/export.ts';
 import { runRecoveryTask } from '../mover/recovery/tasks.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
 import { BadTaskInput } from '../contracts/errors.ts';
-import type { RecoveryTask } from '../contracts/recovery-jobs.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -140,7 +139,7 @@ describe('the mover task export', () => {
     const { store } = await setup();
     const deps = { repository: async () => ({ store, keys }), logger: { info: () => {}, error: () => {} }, parallelism: 2, workDir: tmpdir() };
     const ctx = { signal: new AbortController().signal, progress: () => {} };
-    const err = await runRecoveryTask({ task: 'export', export: { backupId: 'b1', listen: { port: 99999 } } } as unknown as RecoveryTask, deps, ctx).catch((e: unknown) => e);
+    const err = await runRecoveryTask({ task: 'export', export: { backupId: 'b1', listen: { port: 99999 } } }, deps, ctx).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BadTaskInput);
     expect((err as Error).message).toMatch(/exportId.*diskIds|diskIds.*exportId/s);
     expect((err as Error).message).toContain('listen');
@@ -154,7 +153,7 @@ describe('the mover task export', () => {
     const logger = { info: (event: string, f?: Record<string, unknown>) => { if (event === 'export.listening') listening(f!.uris as Record<string, string>); }, error: () => {} };
     const deps = { repository: async () => ({ store, keys }), logger, parallelism: 2, workDir: dir };
     const abort = new AbortController();
-    const task = { task: 'export', export: { exportId: 'e1', vmId: 'vm', backupId: 'b1', repository: { bucket: 'repo' }, diskIds: ['vda'], listen: { socket: join(dir, 'x.sock') } } } as unknown as RecoveryTask;
+    const task = { task: 'export', export: { exportId: 'e1', vmId: 'vm', backupId: 'b1', repository: { bucket: 'repo' }, diskIds: ['vda'], listen: { socket: join(dir, 'x.sock') } } };
     const done = runRecoveryTask(task, deps, { signal: abort.signal, progress: () => {} });
     const c = await NbdClient.connect((await uris).vda!);
     const b = Buffer.alloc(3 * CHUNK);
