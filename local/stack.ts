@@ -231,7 +231,6 @@ export class EmbeddedStack {
       Object.assign(process.env, { REPOSITORY_BUCKET, BACKUP_STATE_MACHINE_ARN: backup.arn, LIFEBOAT_SFN_ENDPOINT: api.url });
       const operator = await startOperator({
         dataDir, config, sfn: api.url, template, port: opts.ports?.console ?? 0,
-        inventory: { getVm: (id) => catalog.getVm(id), getHost: (id) => catalog.getHost(id), putVm: (vm) => catalog.putVm(vm) },
         ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
       });
       closers.push(() => operator.close());

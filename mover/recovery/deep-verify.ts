@@ -36,7 +36,7 @@ export interface DeepVerifyDeps {
   keys: RepositoryKeys;
   parallelism: number;
   signal?: AbortSignal;
-  onProgress?: (p: { diskId: string; chunksChecked: number; chunksSelected: number; damaged: number }) => void;
+  onProgress?: (p: { diskId: string; chunksChecked: number; chunksSelected: number; damaged: number; chunkSize: number }) => void;
 }
 
 export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string; sizeBytes: number }, d: DeepVerifyDeps): Promise<DeepVerifiedDisk> {
@@ -61,6 +61,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
     list.push(i * manifest.chunkSize);
   });
   const selected = [...offsets.keys()].filter((id) => inSample(job.verifyId, id, job.sample));
+  d.onProgress?.({ diskId: disk.diskId, chunksChecked: 0, chunksSelected: selected.length, damaged: 0, chunkSize: manifest.chunkSize });
   const damaged: DamageFinding[] = [];
   let chunksChecked = 0;
   let chunksFromOtherCopies = 0;
@@ -110,7 +111,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
         ...(here.pack ? { range: { offset: here.offset, length: here.length } } : {}), reason: problem,
       });
     }
-    if (chunksChecked % 64 === 0 || chunksChecked === selected.length) d.onProgress?.({ diskId: disk.diskId, chunksChecked, chunksSelected: selected.length, damaged: damaged.length });
+    if (chunksChecked % 64 === 0 || chunksChecked === selected.length) d.onProgress?.({ diskId: disk.diskId, chunksChecked, chunksSelected: selected.length, damaged: damaged.length, chunkSize: manifest.chunkSize });
   };
 
   // One GET per run: a run of neighbouring chunks of a pack (up to 4 MiB), or one chunk object.
