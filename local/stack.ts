@@ -232,7 +232,6 @@ export class EmbeddedStack {
       resetClients(); // the functions answer waiting tasks (the slot queue) on this endpoint
       const operator = await startOperator({
         dataDir, config, sfn: api.url, template, port: opts.ports?.console ?? 0,
-        inventory: { getVm: (id) => catalog.getVm(id), getHost: (id) => catalog.getHost(id), putVm: (vm) => catalog.putVm(vm) },
         ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
       });
       closers.push(() => operator.close());
