@@ -28,6 +28,9 @@
  *     ca-cert.pem (the CA of the hypervisors' backup certificates), client-cert.pem and client-key.pem (QEMU's
  *     x509 folder layout); unset: TLS exports cannot be read (plain and unix socket exports can)
  *   LIFEBOAT_RELEASE_PUBLIC_KEY_FILE or LIFEBOAT_RELEASE_PUBLIC_KEY (PEM): the key releases must be signed with
+ *   LIFEBOAT_METRICS_ADDRESS  HOST:PORT of the Prometheus endpoint (GET /metrics: mover/metrics.ts); unset: none
+ * Under systemd (NOTIFY_SOCKET set, Type=notify) it says READY=1 once it polls and pings the
+ * watchdog (WATCHDOG_USEC) from its event loop: mover/systemd-notify.ts.
  * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new
  * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
  * A job that needs a newer mover makes it upgrade itself first (mover/upgrade.ts).
@@ -49,6 +52,8 @@ import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgrad
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
 import { repositoryAccess, type RepositoryAccess } from './repository-access.ts';
+import { MoverMetrics, serveMetrics } from './metrics.ts';
+import { SystemdNotifier } from './systemd-notify.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;
@@ -101,7 +106,8 @@ const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}), requestHandler: { requestTimeout: 70_000 } });
 let access: RepositoryAccess;
 try {
-  access = repositoryAccess(process.env, { logger, onRetry: countForTask });
+  // `metrics` is made below; these run only once a repository is opened.
+  access = repositoryAccess(process.env, { logger, onRetry: (info) => { countForTask(info); metrics.onRetry(info); }, wrapStore: (s) => metrics.store(s) });
 } catch (err) {
   process.stderr.write(`lifeboat-mover: ${(err as Error).message} (see mover/main.ts for the settings)\n`);
   process.exit(2);
@@ -112,10 +118,21 @@ const activityArn = env('LIFEBOAT_ACTIVITY_ARN');
 const group = env('LIFEBOAT_MOVER_GROUP', /-mover-([a-z0-9-]+)$/.exec(activityArn)?.[1] ?? activityArn.split(':').pop());
 const slots = positiveInt('LIFEBOAT_MOVER_SLOTS', '2');
 const graceMs = positiveInt('LIFEBOAT_SHUTDOWN_GRACE_MS', '600000');
+const metrics = new MoverMetrics({ version: MOVER_VERSION, name, group, slots });
+const metricsAddress = process.env.LIFEBOAT_METRICS_ADDRESS;
+if (metricsAddress) {
+  try {
+    await serveMetrics(metrics, metricsAddress, logger);
+  } catch (err) {
+    process.stderr.write(`lifeboat-mover: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+}
+const systemd = SystemdNotifier.fromEnv({ env: process.env, logger });
 const registryBucket = process.env.LIFEBOAT_BUCKET;
 const registration = registryBucket
   ? new Registration({
-    store: withRetry(new S3ObjectStore(s3, registryBucket), { logger }),
+    store: withRetry(metrics.store(new S3ObjectStore(s3, registryBucket)), { logger, onRetry: metrics.onRetry }),
     logger,
     record: {
       name, group, activityArn, version: MOVER_VERSION, capabilities: { sources: ['folder'], tasks: [...TASK_KINDS] },
@@ -182,7 +199,7 @@ const worker = new MoverWorker({
   handler: async (input, ctx) => {
     registration?.tasks(++running);
     try {
-      return await withTaskRetries(() => handler(input, ctx));
+      return await metrics.task(input, () => withTaskRetries(() => handler(input, ctx)));
     } finally {
       registration?.tasks(--running);
     }
@@ -194,6 +211,7 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   process.once(sig, () => {
     logger.info('worker.draining', { signal: sig, graceMs });
     void registration?.set('draining');
+    void systemd?.stopping(`draining: ${running} task(s) in flight, ${graceMs / 1000} s grace`);
     draining = worker.drain();
     // A handler that ignores its abort signal must not keep the mover alive.
     setTimeout(() => {
@@ -204,7 +222,9 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
 }
 // Registration never holds up work: a failed write is logged and retried at the next beat.
 void registration?.start();
-await worker.run();
+const polling = worker.run();
+void systemd?.ready(() => `${running} of ${slots} slot(s) in use`);
+await polling;
 const inTime = (await draining) ?? true;
 await registration?.set('stopped', { tasksInFlight: 0 });
 logger.info('worker.exit', { code: inTime ? 0 : 1 });

@@ -35,7 +35,12 @@ export function positiveIntSetting(env: NodeJS.ProcessEnv, name: string, fallbac
 }
 
 /** Throws {@link SettingInvalid} naming a bad setting. */
-export function repositoryAccess(env: NodeJS.ProcessEnv, o: { logger: Logger; onRetry?: (info: RetryInfo) => void }): RepositoryAccess {
+export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
+  logger: Logger;
+  onRetry?: (info: RetryInfo) => void;
+  /** Wraps each repository's S3 store first, inside the retries (the mover's request metrics). */
+  wrapStore?: (store: ObjectStore) => ObjectStore;
+}): RepositoryAccess {
   const region = env.AWS_REGION ?? 'us-east-1';
   const localCreds = LOCAL_ENDPOINT_CREDENTIALS;
   const s3Endpoint = env.LIFEBOAT_S3_ENDPOINT;
@@ -87,7 +92,8 @@ export function repositoryAccess(env: NodeJS.ProcessEnv, o: { logger: Logger; on
     if (!r) {
       r = (async () => {
         // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-        let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3For(endpoint), bucket), { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }), s3Concurrency);
+        const s3Store = new S3ObjectStore(s3For(endpoint), bucket);
+        let store: ObjectStore = withConcurrencyLimit(withRetry(o.wrapStore ? o.wrapStore(s3Store) : s3Store, { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }), s3Concurrency);
         if (bandwidth) store = withBandwidthLimit(store, bandwidth);
         const { keys } = await openRepository({ store, bucket, keys: keySource });
         return { store, keys, index: new IndexCache(store, keys) };
