@@ -7,7 +7,6 @@
  * both read the repository the same way.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { KMSClient } from '@aws-sdk/client-kms';
 import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
@@ -82,8 +81,15 @@ export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
   const kmsKeyId = env.LIFEBOAT_KMS_KEY_ID;
   const keyFile = env.LIFEBOAT_KEY_FILE;
   if (!kmsKeyId && !keyFile) throw new SettingInvalid('LIFEBOAT_KMS_KEY_ID or LIFEBOAT_KEY_FILE is not set: the repository keys cannot be unwrapped');
-  /** How repository keys are unwrapped: KMS in AWS, the key file in the embedded stack. */
-  const keySource: KeySource = kmsKeyId ? { kms: new KMSClient({ region }), kmsKeyId } : { keyFile: keyFile! };
+  /**
+   * How repository keys are unwrapped: KMS in AWS, the key file in the embedded stack. The KMS
+   * client is loaded when first needed (a process that starts often, the export process, does
+   * not pay for loading it otherwise).
+   */
+  let keySource: Promise<KeySource> | undefined;
+  const keys = () => (keySource ??= kmsKeyId
+    ? import('@aws-sdk/client-kms').then(({ KMSClient }) => ({ kms: new KMSClient({ region }), kmsKeyId }))
+    : Promise.resolve({ keyFile: keyFile! }));
 
   const repositories = new Map<string, ReturnType<RepositoryAccess['repository']>>();
   const repository = ({ bucket, endpoint }: RepositoryLocation) => {
@@ -95,8 +101,8 @@ export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
         const s3Store = new S3ObjectStore(s3For(endpoint), bucket);
         let store: ObjectStore = withConcurrencyLimit(withRetry(o.wrapStore ? o.wrapStore(s3Store) : s3Store, { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }), s3Concurrency);
         if (bandwidth) store = withBandwidthLimit(store, bandwidth);
-        const { keys } = await openRepository({ store, bucket, keys: keySource });
-        return { store, keys, index: new IndexCache(store, keys) };
+        const repo = await openRepository({ store, bucket, keys: await keys() });
+        return { store, keys: repo.keys, index: new IndexCache(store, repo.keys) };
       })();
       r.catch(() => repositories.delete(id));
       repositories.set(id, r);
