@@ -183,8 +183,13 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
       clock.step('start');
     } else {
       exportPid = (await serving).pid;
-      // A VM paused by an earlier version of this task (or by an I/O error) runs again.
-      if ((await virsh.run(['domstate', '--', name])).trim() === 'paused') await virsh.run(['resume', '--', name]);
+      if (!await domainExists(virsh, name)) {
+        throw new RecoveryRequestInvalid(`the domain '${name}' of the unfinished instant recovery is gone from ${define.uri}; its writes are in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports): keep them with qemu-img convert while the export process ${exportPid} serves, or give the recovery up by removing ${dir}`);
+      }
+      // A VM paused by an I/O error runs again; one that stopped (its host restarted) starts again on its overlays.
+      const now = (await virsh.run(['domstate', '--', name])).trim();
+      if (now === 'paused') await virsh.run(['resume', '--', name]);
+      else if (now === 'shut off') await virsh.run(['start', '--', name]);
       clock.step('reattach');
     }
     const runningSeconds = (performance.now() - started) / 1000;
