@@ -21,7 +21,7 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * Top-level prefixes of the repository bucket: repository/format.ts `keys` (chunk objects of
  * format 1, packs and index objects of format 2, manifests, the repository key), mover
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
- * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts), Backup
+ * aside (repository/quarantine.ts), host configuration backups (repository/host-config.ts), Backup
  * runs' VM lists and their child executions' results (`runs/`, cdk/lib/backup-workflow.ts).
  */
 export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/' | 'runs/';

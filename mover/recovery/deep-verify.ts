@@ -19,7 +19,7 @@
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RecentIds } from '../../repository/manifest/recent.ts';
 import type { ObjectStore } from '../../core/object-store.ts';

@@ -10,7 +10,7 @@ import type { MOVING_PHASES } from '../../contracts/progress.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';
 import { discardPoolVolumes } from './pool-volumes.ts';
-import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+import { restoreDiskTask, restoreVmConfigTask } from './restore-tasks.ts';
 import { restoreTestTask } from './restore-test.ts';
 import { runExportTask } from './export-task.ts';
 import { instantRecoverTask } from './instant.ts';
