@@ -53,6 +53,9 @@ export const lambdaFunctions = {
   SummarizeHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'summarizeHandler' },
   OperatorApi: { entry: 'functions/operator/api.ts', handler: 'handler' },
   PlanFiles: { entry: 'functions/files/files.ts', handler: 'planHandler' },
+  PlanFailback: { entry: 'functions/failback/failback.ts', handler: 'planHandler' },
+  CheckFinalBackup: { entry: 'functions/failback/failback.ts', handler: 'checkFinalBackupHandler' },
+  RecordFailback: { entry: 'functions/failback/failback.ts', handler: 'recordHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

@@ -9,6 +9,7 @@
 import { z } from 'zod';
 import { repositoryLocation } from './endpoints.ts';
 import { exportJob } from './export-job.ts';
+import { failbackDiskTask, failbackDomainTask } from './failback.ts';
 import { filesJob } from './files-job.ts';
 import { restoreTestJob } from './restore-test.ts';
 import { replicaJob } from './dr.ts';
@@ -42,7 +43,12 @@ export type BootCheck = Infer<typeof bootCheck>;
 export const instantRequest = z.looseObject({
   /** Cap of the move to final storage, MiB/s per disk (absent: no cap). */
   moveBandwidthMiBs: z.number().positive().optional(),
-  /** Take up an instant recovery of this domain whose move failed (its VM paused, its overlays kept). */
+  /**
+   * The move fails when the bytes it still has to copy have not shrunk for this long (the
+   * guest writes faster than the cap or the target takes them; default 300).
+   */
+  moveStallSeconds: z.number().positive().optional(),
+  /** Take up an instant recovery of this domain whose move failed or whose mover died (its VM still running, its overlays kept). */
   resume: z.boolean().optional(),
   /**
    * Start the move once the guest shows this sign of life (a console line, the guest agent),
@@ -124,6 +130,8 @@ export const instantRecovery = z.looseObject({
   bytesDownloaded: count,
   /** Set when this task took up a failed or interrupted instant recovery. */
   resumed: z.boolean(),
+  /** Milliseconds of each step of this task until the VM ran (vmConfig, folder, overlays, define, exportWait, start; or reattach). */
+  steps: z.record(z.string(), z.number()).optional(),
 });
 export type InstantRecovery = Infer<typeof instantRecovery>;
 
@@ -292,6 +300,10 @@ export const recoveryTask = z.discriminatedUnion('task', [
   z.looseObject({ task: z.literal('instantRecover'), restore: restoreJob.extend({ define: defineDomainRequest }) }),
   /** List or extract files of a backup's disk (contracts/files-job.ts). */
   z.looseObject({ task: z.literal('files'), files: filesJob }),
+  /** Failback steps (contracts/failback.ts). */
+  failbackDiskTask,
+  failbackDomainTask.extend({ task: z.literal('stopDrVm') }),
+  failbackDomainTask.extend({ task: z.literal('startProductionVm') }),
 ]);
 export type RecoveryTask = Infer<typeof recoveryTask>;
 

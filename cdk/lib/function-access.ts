@@ -126,6 +126,10 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordFailover: { catalog: ['PutItem'] },
   PlanFailoverPlan: { catalog: ['GetItem', 'Query'] },
   RecordFailoverPlan: { catalog: ['PutItem'] },
+  // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the DR copies' records; the final DR backup's record; the report.
+  PlanFailback: { catalog: ['GetItem', 'Query', 'Scan'] },
+  CheckFinalBackup: { catalog: ['Query'] },
+  RecordFailback: { catalog: ['PutItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
   // Discovery: the hosts from the catalog's host listing; each discovered VM written conditionally (a VM added by hand is left alone), its host membership put, gone VMs marked.
   ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },

@@ -36,7 +36,11 @@ export interface Policy {
    * The repository backups are replicated to after each run, if any: its bucket and
    * endpoint, the DR mover group that copies into it and the folder of its warm standby replica.
    */
-  replicateTo?: { repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string; replicaVms?: ReplicaTarget };
+  replicateTo?: {
+    repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string; replicaVms?: ReplicaTarget;
+    /** Hours the newest DR restore point may age before the DR alert (configuration: drRpoHoursOf). */
+    drRpoHours?: number;
+  };
   /** Commands run in each guest around the freeze. */
   quiesce?: QuiesceSettings;
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */

@@ -6,7 +6,7 @@
  * written by hand (tests, scripts) are left alone.
  */
 import { z } from 'zod';
-import { hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
+import { drRpoHoursOf, hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
 import { DEFAULT_REPLICA_POINTS, type ReplicaJob, type ReplicaVmSettings } from '../../contracts/dr.ts';
 import { clients } from '../commons/clients.ts';
@@ -71,7 +71,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       ...(p.restoreTest ? { restoreTest: p.restoreTest } : {}),
       ...(target ? {
         replicateTo: {
-          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}),
+          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}), drRpoHours: drRpoHoursOf(p),
           ...(target.replication ? { moverGroup: target.replication.moverGroup, ...(target.replication.standbyPath ? { standbyPath: target.replication.standbyPath } : {}) } : {}),
           ...(target.replication?.replicaVms && target.site ? { replicaVms: replicaTarget(config, target.site, target.replication.replicaVms) } : {}),
         },

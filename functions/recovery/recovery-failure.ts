@@ -9,7 +9,7 @@ import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError } from '../../contracts/errors.ts';
 
-const kinds = ['DEEPVERIFY', 'REPLICATION', 'FAILOVER', 'PRUNE', 'GC'] as const satisfies readonly RecoveryRecordKind[];
+const kinds = ['DEEPVERIFY', 'REPLICATION', 'FAILOVER', 'FAILBACK', 'PRUNE', 'GC'] as const satisfies readonly RecoveryRecordKind[];
 
 export const recoveryFailureInput = z.object({ kind: z.enum(kinds), id: z.string().min(1), error: caughtError }).strict();
 

@@ -14,6 +14,7 @@ import { runExportTask } from './export-task.ts';
 import { instantRecoverTask } from './instant.ts';
 import { runFilesTask } from '../files/files-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
+import { runFailbackTask } from './failback-task.ts';
 
 export interface RecoveryTaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
@@ -119,5 +120,9 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       const { store, keys } = await deps.repository(t.files.repository);
       return runFilesTask(t.files, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
+    case 'failbackDisk':
+    case 'stopDrVm':
+    case 'startProductionVm':
+      return runFailbackTask(t, deps, ctx);
   }
 }
