@@ -38,6 +38,12 @@ function taskStates(def: Record<string, unknown>): [string, AslState][] {
   return out;
 }
 
+/**
+ * What `$$.Task.Token` reads while a state's Parameters are applied: the runner has one
+ * context per execution, so a `.waitForTaskToken` task puts its own token in place of this.
+ */
+export const TASK_TOKEN_PLACEHOLDER = 'lifeboat-local:$$.Task.Token';
+
 export interface StateCounts {
   transitions: number;
 }
@@ -122,6 +128,8 @@ export class LocalExecutions implements ExecutionService {
         });
       } else if (fid) {
         handlers[name] = (input) => invokeLocal(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+      } else if (resource.endsWith(':states:::lambda:invoke.waitForTaskToken')) {
+        handlers[name] = (input) => this.invokeWithToken(`${record.executionArn}#${name}`, state, input, signal);
       } else if (resource.includes(':activity:')) {
         handlers[name] = (input) => this.broker.schedule(resource, input, {
           timeoutSeconds: state.TimeoutSeconds as number | undefined,
@@ -138,6 +146,31 @@ export class LocalExecutions implements ExecutionService {
       handlers[name] = guard.guardTask(name, state, handlers[name]!);
     }
     return handlers;
+  }
+
+  /**
+   * `lambda:invoke.waitForTaskToken`: the function is invoked with `$$.Task.Token` in its
+   * payload (a new token per attempt, replacing {@link TASK_TOKEN_PLACEHOLDER}), and the task's
+   * result is what SendTaskSuccess sends with it, through the local Step Functions API (the
+   * ActivityBroker holds it), whoever sends it and whenever: before the invocation returns or
+   * long after. A failed invocation fails the task with the function's error, as in AWS.
+   * TimeoutSeconds and HeartbeatSeconds count from the start; once the execution stops the
+   * token answers TaskDoesNotExist.
+   */
+  private async invokeWithToken(label: string, state: AslState, input: { FunctionName?: string; Payload?: unknown }, signal: AbortSignal): Promise<unknown> {
+    const fid = this.template.functions[input.FunctionName ?? ''] as LambdaFunctionId | undefined;
+    if (!fid) throw named('Lambda.ResourceNotFoundException', `Function not found: ${input.FunctionName ?? '(no FunctionName)'}`);
+    const { token, result } = this.broker.awaitCallback(label, {
+      timeoutSeconds: state.TimeoutSeconds as number | undefined, heartbeatSeconds: state.HeartbeatSeconds as number | undefined, signal,
+    });
+    result.catch(() => {}); // settled below or by the runner's own timeout
+    const payload = JSON.parse(JSON.stringify(input.Payload ?? {}).replaceAll(JSON.stringify(TASK_TOKEN_PLACEHOLDER), JSON.stringify(token))) as unknown;
+    try {
+      await invokeLocal(fid, payload, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+    } catch (err) {
+      this.broker.cancel(token, err as Error);
+    }
+    return result;
   }
 
   /**
@@ -209,7 +242,7 @@ export class LocalExecutions implements ExecutionService {
     const execution = { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' };
     const run = machine.run(parsed as never, guard.runOptions(machine, {
       overrides: { taskResourceLocalHandlers: this.overrides(definition, taskSignal, guard, maps, record, execution) as never },
-      context: { Execution: execution },
+      context: { Execution: execution, Task: { Token: TASK_TOKEN_PLACEHOLDER } },
     }));
     abort.signal.addEventListener('abort', () => run.abort());
     const history = this.recordHistory(record, run.eventLogs);

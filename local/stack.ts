@@ -229,6 +229,7 @@ export class EmbeddedStack {
       closers.push(() => api.close());
       // The OperatorApi function reads the Backup workflow's executions and the primary repository's records.
       Object.assign(process.env, { REPOSITORY_BUCKET, BACKUP_STATE_MACHINE_ARN: backup.arn, LIFEBOAT_SFN_ENDPOINT: api.url });
+      resetClients(); // the functions answer waiting tasks (the slot queue) on this endpoint
       const operator = await startOperator({
         dataDir, config, sfn: api.url, template, port: opts.ports?.console ?? 0,
         inventory: { getVm: (id) => catalog.getVm(id), getHost: (id) => catalog.getHost(id), putVm: (vm) => catalog.putVm(vm) },

@@ -28,6 +28,9 @@
  *     ca-cert.pem (the CA of the hypervisors' backup certificates), client-cert.pem and client-key.pem (QEMU's
  *     x509 folder layout); unset: TLS exports cannot be read (plain and unix socket exports can)
  *   LIFEBOAT_RELEASE_PUBLIC_KEY_FILE or LIFEBOAT_RELEASE_PUBLIC_KEY (PEM): the key releases must be signed with
+ *   LIFEBOAT_METRICS_ADDRESS  HOST:PORT of the Prometheus endpoint (GET /metrics: mover/metrics.ts); unset: none
+ * Under systemd (NOTIFY_SOCKET set, Type=notify) it says READY=1 once it polls and pings the
+ * watchdog (WATCHDOG_USEC) from its event loop: mover/systemd-notify.ts.
  * Logs are JSON lines on stdout. SIGTERM/SIGINT drain: finish in-flight tasks, take no new
  * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
  * A job that needs a newer mover makes it upgrade itself first (mover/upgrade.ts).
@@ -44,7 +47,7 @@ import { KMSClient } from '@aws-sdk/client-kms';
 import { openRepository, type KeySource } from '../repository/open.ts';
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
+import { withBandwidthLimit, withConcurrencyLimit, withRetry, type RetryInfo } from '../core/store-wrappers.ts';
 import { loadTlsCredentials } from './nbd/tls.ts';
 import { sourceDrivers } from './sources/drivers.ts';
 import { countForTask, withTaskRetries } from './retry-accounting.ts';
@@ -53,6 +56,8 @@ import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
+import { MoverMetrics, serveMetrics } from './metrics.ts';
+import { SystemdNotifier } from './systemd-notify.ts';
 import { IndexCache } from '../repository/repository-index.ts';
 
 function env(name: string, fallback?: string): string {
@@ -155,7 +160,8 @@ const repository = ({ bucket, endpoint }: RepositoryLocation) => {
   if (!r) {
     r = (async () => {
       // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-      let store: ObjectStore = withConcurrencyLimit(withRetry(new S3ObjectStore(s3For(endpoint), bucket), { logger, onRetry: countForTask }), s3Concurrency);
+      const onRetry = (info: RetryInfo) => { countForTask(info); metrics.onRetry(info); };
+      let store: ObjectStore = withConcurrencyLimit(withRetry(metrics.store(new S3ObjectStore(s3For(endpoint), bucket)), { logger, onRetry }), s3Concurrency);
       if (bandwidth) store = withBandwidthLimit(store, bandwidth);
       const { keys } = await openRepository({ store, bucket, keys: keySource });
       return { store, keys, index: new IndexCache(store, keys) };
@@ -170,10 +176,21 @@ const activityArn = env('LIFEBOAT_ACTIVITY_ARN');
 const group = env('LIFEBOAT_MOVER_GROUP', /-mover-([a-z0-9-]+)$/.exec(activityArn)?.[1] ?? activityArn.split(':').pop());
 const slots = positiveInt('LIFEBOAT_MOVER_SLOTS', '2');
 const graceMs = positiveInt('LIFEBOAT_SHUTDOWN_GRACE_MS', '600000');
+const metrics = new MoverMetrics({ version: MOVER_VERSION, name, group, slots });
+const metricsAddress = process.env.LIFEBOAT_METRICS_ADDRESS;
+if (metricsAddress) {
+  try {
+    await serveMetrics(metrics, metricsAddress, logger);
+  } catch (err) {
+    process.stderr.write(`lifeboat-mover: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+}
+const systemd = SystemdNotifier.fromEnv({ env: process.env, logger });
 const registryBucket = process.env.LIFEBOAT_BUCKET;
 const registration = registryBucket
   ? new Registration({
-    store: withRetry(new S3ObjectStore(s3, registryBucket), { logger }),
+    store: withRetry(metrics.store(new S3ObjectStore(s3, registryBucket)), { logger, onRetry: metrics.onRetry }),
     logger,
     record: {
       name, group, activityArn, version: MOVER_VERSION, capabilities: { sources: ['folder'], tasks: [...TASK_KINDS] },
@@ -240,7 +257,7 @@ const worker = new MoverWorker({
   handler: async (input, ctx) => {
     registration?.tasks(++running);
     try {
-      return await withTaskRetries(() => handler(input, ctx));
+      return await metrics.task(input, () => withTaskRetries(() => handler(input, ctx)));
     } finally {
       registration?.tasks(--running);
     }
@@ -252,6 +269,7 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   process.once(sig, () => {
     logger.info('worker.draining', { signal: sig, graceMs });
     void registration?.set('draining');
+    void systemd?.stopping(`draining: ${running} task(s) in flight, ${graceMs / 1000} s grace`);
     draining = worker.drain();
     // A handler that ignores its abort signal must not keep the mover alive.
     setTimeout(() => {
@@ -262,7 +280,9 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
 }
 // Registration never holds up work: a failed write is logged and retried at the next beat.
 void registration?.start();
-await worker.run();
+const polling = worker.run();
+void systemd?.ready(() => `${running} of ${slots} slot(s) in use`);
+await polling;
 const inTime = (await draining) ?? true;
 await registration?.set('stopped', { tasksInFlight: 0 });
 logger.info('worker.exit', { code: inTime ? 0 : 1 });

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
 import { deriveKeys, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../repository/admin.ts';
 import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, open, packIdOfKey, sealedCapacity } from '../repository/format.ts';
 import type { DiskRef } from '../contracts/jobs.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ListedKey, ObjectInfo } from '../core/object-store.ts';
 import { chunkLocation, packedManifest, readPackTrailer } from '../repository/packs.ts';

@@ -65,10 +65,11 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   // Query: also the repository's quarantined chunks, which each job re-checks.
   // The run's VM list to runs/ (read by the BackupVms Map), and one member item per VM (BatchWriteItem).
   Plan: { catalog: ['GetItem', 'Query', 'PutItem', 'BatchWriteItem'], repository: { write: ['runs/'] }, timeoutSeconds: 900 },
-  AcquireSlot: { catalog: ['PutItem', 'DeleteItem'] },
+  // The slot queue (functions/catalog/slot-queue-catalog.ts): waiters and lines (Put, Get, Update, Delete, Query), the slots (conditional Put, Query, Delete).
+  AcquireSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'] },
   PlanDispatch: {},
   JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
-  ReleaseSlot: { catalog: ['DeleteItem'] },
+  ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'] },
   // HEADs the chunk objects (format 1) or packs (format 2) of the new manifests.
   Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'] },

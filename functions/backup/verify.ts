@@ -12,9 +12,7 @@ import { mapLimit } from '../../core/concurrency.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
-
-/** Packs and chunk ids remembered while verifying (memory stays bounded whatever the disk's size). */
-const RECENT = 65_536;
+import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/recent.ts';
 
 export interface VerifyInput extends VmJob {
   disks: DiskResult[];
@@ -72,13 +70,8 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
     if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
     const manifest = await ManifestReader.fromSealed(deps.store, deps.keys, sealed, backupId, disk.diskId);
     // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
-    const recent = new Set<string>();
-    const fresh = (id: string) => {
-      if (recent.has(id)) return false;
-      recent.add(id);
-      if (recent.size > RECENT) recent.delete(recent.values().next().value!);
-      return true;
-    };
+    const recent = new RecentIds();
+    const fresh = (id: string) => recent.fresh(id);
     for await (const batch of manifest.batches()) {
       if (manifest.info.version !== 1) {
         await mapLimit(batch.packs, concurrency, async (pack) => {

@@ -7,7 +7,8 @@ import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, Updat
 import type { Retention } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../contracts/endpoints.ts';
 import { discoveredVmId } from '../../contracts/discovery.ts';
-import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../contracts/jobs.ts';
+import type { DiscoveredVm } from '../../contracts/discovery.ts';
+import type { Consistency, DiskResult, Hypervisor, QuiesceSettings } from '../../contracts/jobs.ts';
 import type { RestoreTestSettings } from '../../contracts/restore-test.ts';
 
 export interface Policy {

@@ -22,6 +22,10 @@ import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
 import { RunCatalog } from '../catalog/run-catalog.ts';
 import { LockCatalog } from '../catalog/lock-catalog.ts';
+import { SlotQueueCatalog } from '../catalog/slot-queue-catalog.ts';
+import { SFNClient } from '@aws-sdk/client-sfn';
+import type { TaskCallbacks } from '../backup/slot-queue.ts';
+import { sfnTaskCallbacks } from './task-callbacks.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
 export interface Clients {
@@ -35,6 +39,10 @@ export interface Clients {
   hostConfigs: HostConfigCatalog;
   /** How far lock extension has locked each backup's objects (functions/catalog/lock-catalog.ts). */
   lockRecords: LockCatalog;
+  /** The fair slot queue's waiters and lines (functions/catalog/slot-queue-catalog.ts). */
+  slotQueue: SlotQueueCatalog;
+  /** SendTaskSuccess to tasks waiting on a token (the slot queue's AcquireSlot). */
+  tasks: TaskCallbacks;
   /** A repository's objects; `endpoint` names its S3-compatible endpoint when it is not the stack's own S3. */
   store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
@@ -148,6 +156,7 @@ export function clients(): Clients {
    * are this function's own — the role in AWS, the local servers' pair in the embedded stack).
    */
   const s3Clients = new Map<string, S3Client>();
+  let sfn: SFNClient | undefined;
   const s3 = (endpoint: StorageEndpoint | undefined): S3Client => {
     const key = endpointKey(endpoint);
     let c = s3Clients.get(key);
@@ -166,6 +175,9 @@ export function clients(): Clients {
     runs: new RunCatalog(db, env.tableName),
     hostConfigs: new HostConfigCatalog(db, env.tableName),
     lockRecords: new LockCatalog(db, env.tableName),
+    slotQueue: new SlotQueueCatalog(db, env.tableName),
+    // Created at first use: most functions never answer a task.
+    tasks: sfnTaskCallbacks(() => (sfn ??= new SFNClient({ region: env.region, ...(env.sfnEndpoint ? { endpoint: env.sfnEndpoint } : {}), ...local }))),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),

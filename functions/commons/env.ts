@@ -10,6 +10,8 @@ export interface FunctionEnv {
   /** Local endpoints (embedded stack); unset in AWS. */
   dynamodbEndpoint?: string;
   s3Endpoint?: string;
+  /** The embedded stack's Step Functions API (SendTaskSuccess of the slot queue); unset in AWS. */
+  sfnEndpoint?: string;
   /** Key file wrapping the repository key (embedded stack); KMS key id in AWS. */
   keyFile?: string;
   kmsKeyId?: string;
@@ -28,6 +30,7 @@ export function readEnv(): FunctionEnv {
     region: process.env.AWS_REGION ?? 'us-east-1',
     dynamodbEndpoint: process.env.LIFEBOAT_DYNAMODB_ENDPOINT,
     s3Endpoint: process.env.LIFEBOAT_S3_ENDPOINT,
+    sfnEndpoint: process.env.LIFEBOAT_SFN_ENDPOINT,
     keyFile: process.env.LIFEBOAT_KEY_FILE,
     kmsKeyId: process.env.REPOSITORY_KMS_KEY_ID,
   });

@@ -9,12 +9,13 @@
  * the standby replica and its recovery point.
  */
 import { z } from 'zod';
-import { endpointKey, location, type RepositoryLocation, repositoryLocation } from '../../contracts/endpoints.ts';
+import { text } from '../../contracts/zod.ts';
+import { endpointKey, location, type RepositoryLocation } from '../../contracts/endpoints.ts';
 import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
 import type { SlotLease } from '../../contracts/jobs.ts';
-import type { ReplicatedDisk, ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
+import { replicatedDisk, replicateJob, standbyDisk, type ReplicateJob, type StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
@@ -22,8 +23,6 @@ import { lambdaHandler } from '../commons/lambda.ts';
 import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
 
-const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path on the DR movers');
 
 interface Deps {
@@ -98,14 +97,6 @@ export async function planReplicate({ replicationId, request }: z.output<typeof 
   };
 }
 
-const replicateJob: z.ZodType<ReplicateJob> = z.looseObject({
-  replicationId: text, vmId: text, backupId: text, moverGroup: text, source: repositoryLocation, target: repositoryLocation,
-  disks: z.array(z.looseObject({ diskId: text, sizeBytes: count })), replicaDir: text.nullable(), recoveryPoint: text,
-});
-const replicatedDisk: z.ZodType<ReplicatedDisk> = z.looseObject({ diskId: text, chunks: count, chunksCopied: count, bytesCopied: count, seconds: z.number() });
-const standbyDisk: z.ZodType<StandbyDisk> = z.looseObject({
-  diskId: text, path: text, sizeBytes: count, fromBackupId: text.nullable(), chunksWritten: count, bytesWritten: count, chunksUnchanged: count, sha256: text, seconds: z.number(),
-});
 /** A replication or failover that died frees its VM's replica after this long (the workflows time out after 24 h; a disk task after 12 h). */
 export const REPLICA_LEASE_MS = 24 * 3600_000;
 const leaseScope = (job: ReplicateJob) => `replica:${job.target.bucket}/${job.vmId}`;

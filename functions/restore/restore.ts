@@ -4,19 +4,17 @@
  */
 import { isAbsolute, join, normalize } from 'node:path';
 import { z } from 'zod';
+import { text } from '../../contracts/zod.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
-import type { DefinedDomain, InstantRecovery, RestoredDisk, RestoreJob } from '../../contracts/recovery-jobs.ts';
+import { definedDomain, instantRecovery, restoredDisk, restoreJob, type RestoreJob } from '../../contracts/recovery-jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../../contracts/endpoints.ts';
 import { caughtError } from '../../contracts/errors.ts';
 import { locationOf, resolveBackup } from '../recovery/backups.ts';
 import type { InstantRestoreSummary, RestoreSummary } from '../../contracts/workflow-outputs.ts';
 
-const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 
 /** The execution input of the Restore workflow. */
 export const restoreRequest = z.object({
@@ -111,25 +109,6 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
   await deps.recovery.putRecord('RESTORE', restoreId, { status: 'running', startedAt: deps.now().toISOString(), job });
   return job;
 }
-
-const restoreDiskTarget = z.looseObject({ diskId: text, sizeBytes: count, path: text });
-export const restoreJob: z.ZodType<RestoreJob> = z.looseObject({
-  restoreId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation,
-  target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget), notice: z.string().optional(),
-});
-export const restoredDisk: z.ZodType<RestoredDisk> = z.looseObject({
-  diskId: text, path: text, sizeBytes: count, bytesDownloaded: count, chunksVerified: count, sha256: z.string().regex(/^[0-9a-f]{64}$/), seconds: z.number().nonnegative(),
-});
-
-const definedDomain: z.ZodType<DefinedDomain> = z.looseObject({
-  name: text, uuid: text, started: z.boolean(), consoleLog: text, disks: z.array(text),
-  bootCheck: z.looseObject({ passed: z.boolean(), seconds: z.number().nonnegative(), line: z.string(), agent: z.boolean().optional(), reason: z.string().optional() }).optional(),
-});
-
-const instantRecovery: z.ZodType<InstantRecovery> = z.looseObject({
-  domain: text, uuid: text, disks: z.array(text), consoleLog: text, runningSeconds: z.number().nonnegative(), moveSeconds: z.number().nonnegative(),
-  bytesServed: count, bytesDownloaded: count, resumed: z.boolean(),
-});
 
 export const recordCopyRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text, domain: definedDomain.optional() }).optional() }));
 export const recordInstantRestoreInput = z.intersection(restoreJob, z.looseObject({ instantResult: instantRecovery }));

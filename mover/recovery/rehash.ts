@@ -5,8 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import { open as openFile } from 'node:fs/promises';
-import { chunkId, isZero, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
-import { chunkLocation } from '../../repository/packs.ts';
+import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
+import type { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RestoreMismatch } from '../../contracts/recovery-errors.ts';
 
 export interface RehashResult {
@@ -17,41 +17,44 @@ export interface RehashResult {
 
 /**
  * `device`: the target is written in place and may be larger than the disk (a block
- * device reports size 0 to stat); only its first `sizeBytes` are checked.
+ * device reports size 0 to stat); only its first `sizeBytes` are checked. The manifest is
+ * read a batch (a format-3 piece) at a time.
  */
-export async function rehashDisk(o: { keys: RepositoryKeys; manifest: Manifest; path: string; device?: boolean; signal?: AbortSignal; onProgress?: (bytesDone: number) => void }): Promise<RehashResult> {
-  const m = o.manifest;
+export async function rehashDisk(o: { keys: RepositoryKeys; manifest: ManifestReader; path: string; device?: boolean; signal?: AbortSignal; onProgress?: (bytesDone: number) => void }): Promise<RehashResult> {
+  const { backupId, diskId, sizeBytes, chunkSize } = o.manifest.info;
   const fh = await openFile(o.path, 'r');
   try {
     const st = await fh.stat();
     const size = st.size;
-    if (o.device ? st.isFile() && size < m.sizeBytes : size !== m.sizeBytes) throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} is ${size} bytes, the backup's disk is ${m.sizeBytes}`);
-    const buf = Buffer.alloc(m.chunkSize);
+    if (o.device ? st.isFile() && size < sizeBytes : size !== sizeBytes) throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} is ${size} bytes, the backup's disk is ${sizeBytes}`);
+    const buf = Buffer.alloc(chunkSize);
     const whole = createHash('sha256');
     let chunksVerified = 0;
-    for (let i = 0; i < m.chunks.length; i++) {
-      o.signal?.throwIfAborted();
-      const offset = i * m.chunkSize;
-      const length = Math.min(m.chunkSize, m.sizeBytes - offset);
-      const view = buf.subarray(0, length);
-      let got = 0;
-      while (got < length) {
-        const { bytesRead } = await fh.read(view, got, length - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
+    for await (const b of o.manifest.batches()) {
+      for (let k = 0; k < b.count; k++) {
+        o.signal?.throwIfAborted();
+        const offset = (b.firstChunk + k) * chunkSize;
+        const length = Math.min(chunkSize, sizeBytes - offset);
+        const view = buf.subarray(0, length);
+        let got = 0;
+        while (got < length) {
+          const { bytesRead } = await fh.read(view, got, length - got, offset + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        if (got !== length) throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} ended at offset ${offset + got} while re-reading`);
+        const expected = b.id(k);
+        if (expected === null) {
+          if (!isZero(view)) throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} at offset ${offset} holds data where the backup has zeros`);
+        } else if (chunkId(o.keys, view) !== expected) {
+          const at = b.location(k)!;
+          const stored = `${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''}`;
+          throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} at offset ${offset} does not match chunk ${expected} (stored in ${stored}; written wrong, or changed since)`);
+        }
+        chunksVerified++;
+        whole.update(view);
+        o.onProgress?.(offset + length);
       }
-      if (got !== length) throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} ended at offset ${offset + got} while re-reading`);
-      const expected = m.chunks[i] ?? null;
-      if (expected === null) {
-        if (!isZero(view)) throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} at offset ${offset} holds data where the backup has zeros`);
-      } else if (chunkId(o.keys, view) !== expected) {
-        const at = chunkLocation(m, expected);
-        const stored = `${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''}`;
-        throw new RestoreMismatch(`disk '${m.diskId}' of backup ${m.backupId}: ${o.path} at offset ${offset} does not match chunk ${expected} (stored in ${stored}; written wrong, or changed since)`);
-      }
-      chunksVerified++;
-      whole.update(view);
-      o.onProgress?.(offset + length);
     }
     return { chunksVerified, sha256: whole.digest('hex') };
   } finally {
