@@ -41,6 +41,8 @@ export const lambdaFunctions = {
   ReportReplication: { entry: 'functions/replicate/replication-report.ts', handler: 'handler' },
   PlanFailover: { entry: 'functions/replicate/replicate.ts', handler: 'planFailoverHandler' },
   RecordFailover: { entry: 'functions/replicate/replicate.ts', handler: 'recordFailoverHandler' },
+  PlanFailoverPlan: { entry: 'functions/replicate/failover-plan.ts', handler: 'planFailoverPlanHandler' },
+  RecordFailoverPlan: { entry: 'functions/replicate/failover-plan.ts', handler: 'recordFailoverPlanHandler' },
   RecordRecoveryFailure: { entry: 'functions/recovery/recovery-failure.ts', handler: 'handler' },
   ListDiscoveryHosts: { entry: 'functions/discover/discover.ts', handler: 'listHostsHandler' },
   RecordInventory: { entry: 'functions/discover/discover.ts', handler: 'recordHandler' },

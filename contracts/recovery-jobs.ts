@@ -12,6 +12,7 @@ import { exportJob } from './export-job.ts';
 import { failbackDiskTask, startProductionVmTask, stopDrVmTask } from './failback.ts';
 import { filesJob } from './files-job.ts';
 import { restoreTestJob } from './restore-test.ts';
+import { replicaJob } from './dr.ts';
 import { count, text, type Infer } from './zod.ts';
 
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a hex SHA-256');
@@ -42,7 +43,12 @@ export type BootCheck = Infer<typeof bootCheck>;
 export const instantRequest = z.looseObject({
   /** Cap of the move to final storage, MiB/s per disk (absent: no cap). */
   moveBandwidthMiBs: z.number().positive().optional(),
-  /** Take up an instant recovery of this domain whose move failed (its VM paused, its overlays kept). */
+  /**
+   * The move fails when the bytes it still has to copy have not shrunk for this long (the
+   * guest writes faster than the cap or the target takes them; default 300).
+   */
+  moveStallSeconds: z.number().positive().optional(),
+  /** Take up an instant recovery of this domain whose move failed or whose mover died (its VM still running, its overlays kept). */
   resume: z.boolean().optional(),
   /**
    * Start the move once the guest shows this sign of life (a console line, the guest agent),
@@ -124,6 +130,8 @@ export const instantRecovery = z.looseObject({
   bytesDownloaded: count,
   /** Set when this task took up a failed or interrupted instant recovery. */
   resumed: z.boolean(),
+  /** Milliseconds of each step of this task until the VM ran (vmConfig, folder, overlays, define, exportWait, start; or reattach). */
+  steps: z.record(z.string(), z.number()).optional(),
 });
 export type InstantRecovery = Infer<typeof instantRecovery>;
 
@@ -239,6 +247,8 @@ export const replicateJob = z.looseObject({
   replicaDir: text.nullable(),
   /** When the backup's snapshot was taken: the recovery point a failover to it gives. */
   recoveryPoint: text,
+  /** A libvirt VM whose DR repository keeps replica VMs: the replica is a VM (contracts/dr.ts) instead of raw standby files. */
+  replica: replicaJob.optional(),
 });
 export type ReplicateJob = Infer<typeof replicateJob>;
 

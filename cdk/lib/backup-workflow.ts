@@ -220,9 +220,6 @@ export class BackupWorkflow extends Construct {
         : acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize)),
       timeout: Duration.hours(24),
     });
-    // The slot queue answers waiting AcquireSlot tasks (the VMs' child executions); the Reconcile workflow's ReleaseSlot serves the line too.
-    this.stateMachine.grantTaskResponse(fn.AcquireSlot);
-    this.stateMachine.grantTaskResponse(fn.ReleaseSlot);
     // The grants CDK writes for a Distributed Map: its child executions (named by the Map
     // Run, so only a pattern under this state machine's own executions can name them), and
     // the run bucket's objects (the VM list's key is the run's, a JSONPath; results go under

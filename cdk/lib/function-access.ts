@@ -56,6 +56,13 @@ export interface FunctionAccess {
    * its executions), granted by the construct that knows it (cdk/lib/operator-api.ts).
    */
   backupExecutions?: ('ListExecutions' | 'DescribeExecution')[];
+  /**
+   * states:SendTaskSuccess: answers tasks waiting on a token (the slot queue answers the
+   * AcquireSlot tasks of the Backup workflow's VMs). IAM cannot scope the tokens of a
+   * service integration's task (`lambda:invoke.waitForTaskToken`) to a resource, so it is
+   * granted on `*`.
+   */
+  taskResponses?: boolean;
   /** Seconds before Lambda stops the function (default 60). */
   timeoutSeconds?: number;
   memoryMiB?: number;
@@ -66,10 +73,10 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   // The run's VM list to runs/ (read by the BackupVms Map), and one member item per VM (BatchWriteItem).
   Plan: { catalog: ['GetItem', 'Query', 'PutItem', 'BatchWriteItem'], repository: { write: ['runs/'] }, timeoutSeconds: 900 },
   // The slot queue (functions/catalog/slot-queue-catalog.ts): waiters and lines (Put, Get, Update, Delete, Query), the slots (conditional Put, Query, Delete).
-  AcquireSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'] },
+  AcquireSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true },
   PlanDispatch: {},
   JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
-  ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'] },
+  ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true },
   // HEADs the chunk objects (format 1) or packs (format 2) of the new manifests.
   Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'] },
@@ -117,6 +124,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
+  PlanFailoverPlan: { catalog: ['GetItem', 'Query'] },
+  RecordFailoverPlan: { catalog: ['PutItem'] },
   // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the DR copies' records; the final DR backup's record; the report.
   PlanFailback: { catalog: ['GetItem', 'Query', 'Scan'] },
   CheckFinalBackup: { catalog: ['Query'] },
@@ -153,6 +162,7 @@ export function accessStatements(access: FunctionAccess | undefined, on: AccessT
       resources: [on.table.tableArn, ...(access.catalogIndexes ? [`${on.table.tableArn}/index/*`] : [])],
     }));
   }
+  if (access.taskResponses) out.push(new iam.PolicyStatement({ sid: 'TaskResponses', actions: ['states:SendTaskSuccess'], resources: ['*'] }));
   const objects = (prefixes: RepositoryPrefix[]) => on.repositories.flatMap((r) => prefixes.map((p) => r.bucket.arnForObjects(`${p}*`)));
   if (access.repository?.read?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryRead', actions: ['s3:GetObject'], resources: objects(access.repository.read) }));
   if (access.repository?.write?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryWrite', actions: ['s3:PutObject'], resources: objects(access.repository.write) }));

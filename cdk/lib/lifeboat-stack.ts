@@ -108,7 +108,7 @@ export class LifeboatStack extends Stack {
         logGroup: new logs.LogGroup(this, `${fid}Logs`, { retention: logs.RetentionDays.THREE_MONTHS, removalPolicy: RemovalPolicy.DESTROY }),
       });
       for (const s of accessStatements(access, { table: this.table, repositories: stored })) f.addToRolePolicy(s);
-      acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN.',
+      acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN, nor does SendTaskSuccess with the token of a service integration\'s task (the slot queue\'s AcquireSlot and ReleaseSlot, cdk/lib/function-access.ts taskResponses).',
         'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
       acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
         ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/', 'runs/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));

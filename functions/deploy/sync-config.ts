@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { drRpoHoursOf, hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
+import { DEFAULT_REPLICA_POINTS, type ReplicaJob, type ReplicaVmSettings } from '../../contracts/dr.ts';
 import { clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
@@ -29,6 +30,11 @@ export interface SyncConfigOutput {
 function policyHosts(p: LifeboatConfig['policies'][number], config: LifeboatConfig): string[] {
   if (p.vms.hosts) return p.vms.hosts;
   return (p.vms.names?.length || p.vms.tags?.length) ? config.hosts.map((h) => h.id) : [];
+}
+
+/** A DR repository's replica VMs as the workflows need them: the site's libvirt host, network map and restore points kept. */
+function replicaTarget(config: LifeboatConfig, site: string, r: ReplicaVmSettings): ReplicaJob {
+  return { site, uri: r.uri, keepPoints: r.keepPoints ?? DEFAULT_REPLICA_POINTS, networkMap: config.sites.find((s) => s.id === site)?.networkMap ?? {} };
 }
 
 export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalog }): Promise<SyncConfigOutput> {
@@ -67,6 +73,7 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
         replicateTo: {
           repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}), drRpoHours: drRpoHoursOf(p),
           ...(target.replication ? { moverGroup: target.replication.moverGroup, ...(target.replication.standbyPath ? { standbyPath: target.replication.standbyPath } : {}) } : {}),
+          ...(target.replication?.replicaVms && target.site ? { replicaVms: replicaTarget(config, target.site, target.replication.replicaVms) } : {}),
         },
       } : {}),
     };

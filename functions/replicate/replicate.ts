@@ -16,6 +16,7 @@ import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
 import type { SlotLease } from '../../contracts/jobs.ts';
 import { replicatedDisk, replicateJob, standbyDisk, type ReplicateJob, type StandbyDisk } from '../../contracts/recovery-jobs.ts';
+import type { ReplicaJob } from '../../contracts/dr.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { clients } from '../commons/clients.ts';
@@ -50,6 +51,7 @@ interface DrTarget {
   repository: RepositoryLocation;
   moverGroup?: string;
   standbyPath?: string;
+  replicaVms?: ReplicaJob;
 }
 
 /** The policy's DR repository, or the bucket the request names (on the stack's own S3 unless it is the policy's DR bucket). */
@@ -58,7 +60,7 @@ async function drTargetOf(catalog: Catalog, policyId: string, requested: string 
   const bucket = requested ?? dr?.bucket;
   if (!bucket) throw new RecoveryRequestInvalid(`policy '${policyId}' replicates nowhere (no replicateTo) and the input names no targetBucket`);
   const target: DrTarget = dr?.bucket === bucket
-    ? { repository: location(bucket, dr.endpoint), ...(dr.moverGroup ? { moverGroup: dr.moverGroup } : {}), ...(dr.standbyPath ? { standbyPath: dr.standbyPath } : {}) }
+    ? { repository: location(bucket, dr.endpoint), ...(dr.moverGroup ? { moverGroup: dr.moverGroup } : {}), ...(dr.standbyPath ? { standbyPath: dr.standbyPath } : {}), ...(dr.replicaVms ? { replicaVms: dr.replicaVms } : {}) }
     : { repository: { bucket } };
   if (bucket === source.bucket && endpointKey(target.repository.endpoint) === endpointKey(source.endpoint)) {
     throw new RecoveryRequestInvalid(`the DR repository ${bucket} is the backup's own repository`);
@@ -90,10 +92,14 @@ export async function planReplicate({ replicationId, request }: z.output<typeof 
   const target = await drTargetOf(deps.catalog, backup.policyId, request.targetBucket, source);
   const moverGroup = drGroup(request.moverGroup, target);
   await ensureSameKey(deps, source, target.repository);
+  const replicaDir = request.replicaDir ?? target.standbyPath ?? null;
+  // A libvirt VM's replica is a VM when the DR repository keeps replica VMs.
+  const vm = target.replicaVms && replicaDir ? await deps.catalog.getVm(request.vmId) : undefined;
+  const libvirt = vm ? (await deps.catalog.getHost(vm.host))?.hypervisor?.driver === 'libvirt' : false;
   return {
     replicationId, vmId: request.vmId, backupId: backup.backupId, moverGroup,
     source, target: target.repository, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
-    replicaDir: request.replicaDir ?? target.standbyPath ?? null, recoveryPoint: backup.startedAt,
+    replicaDir, recoveryPoint: backup.startedAt, ...(libvirt ? { replica: target.replicaVms! } : {}),
   };
 }
 

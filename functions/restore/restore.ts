@@ -53,10 +53,12 @@ export const restoreRequest = z.object({
   /**
    * Instant recovery (needs `define`): the VM runs at once on overlays backed by NBD exports
    * of the backup, then moves to its disks in `target` while it runs. `resume` takes up one
-   * whose move failed. `moveBandwidthMiBs` caps the move (MiB/s per disk).
+   * whose move failed. `moveBandwidthMiBs` caps the move (MiB/s per disk); the move fails when
+   * what it still has to copy has not shrunk for `moveStallSeconds`.
    */
   instant: z.object({
     moveBandwidthMiBs: z.number().positive().max(1024 * 1024).optional(),
+    moveStallSeconds: z.number().int().min(5).max(7 * 24 * 3600).optional(),
     resume: z.boolean().optional(),
     moveAfter: z.object({
       consoleLine: text.refine((x) => { try { new RegExp(x); return true; } catch { return false; } }, 'must be a regular expression').optional(),

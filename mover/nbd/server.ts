@@ -12,6 +12,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { ByteQueue } from './byte-queue.ts';
+import { unixNbdUri } from './uri.ts';
 import {
   ChunkType,
   ClientFlag,
@@ -547,7 +548,7 @@ export class NbdServer {
   /** An `nbd+unix://` or `nbd://` URI of an export of this server. */
   uri(exportName: string): string {
     const a = this.address;
-    return 'socket' in a ? `nbd+unix:///${encodeURIComponent(exportName)}?socket=${a.socket}` : `nbd://${a.host}:${a.port}/${encodeURIComponent(exportName)}`;
+    return 'socket' in a ? unixNbdUri(a.socket, exportName) : `nbd://${a.host}:${a.port}/${encodeURIComponent(exportName)}`;
   }
 
   /** Stops listening and ends every connection. */
