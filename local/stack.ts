@@ -239,7 +239,6 @@ export class EmbeddedStack {
       functions.useClients(createClients(operatorEnv));
       const operator = await startOperator({
         dataDir, config, sfn: api.url, functions, template, port: opts.ports?.console ?? 0,
-        inventory: { getVm: (id) => catalog.getVm(id), getHost: (id) => catalog.getHost(id), putVm: (vm) => catalog.putVm(vm) },
         ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
       });
       closers.push(() => operator.close());

@@ -51,9 +51,9 @@ import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
+import { repositoryAccess, type RepositoryAccess } from './repository-access.ts';
 import { MoverMetrics, serveMetrics } from './metrics.ts';
 import { SystemdNotifier } from './systemd-notify.ts';
-import { repositoryAccess, type RepositoryAccess } from './repository-access.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;
@@ -106,15 +106,8 @@ const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
 const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}), requestHandler: { requestTimeout: 70_000 } });
 let access: RepositoryAccess;
 try {
-  access = repositoryAccess(process.env, {
-    logger,
-    onRetry: (info) => {
-      countForTask(info);
-      metrics.onRetry(info);
-    },
-    // Read at the first repository's opening, after `metrics` exists (below).
-    instrument: (store) => metrics.store(store),
-  });
+  // `metrics` is made below; these run only once a repository is opened.
+  access = repositoryAccess(process.env, { logger, onRetry: (info) => { countForTask(info); metrics.onRetry(info); }, wrapStore: (s) => metrics.store(s) });
 } catch (err) {
   process.stderr.write(`lifeboat-mover: ${(err as Error).message} (see mover/main.ts for the settings)\n`);
   process.exit(2);

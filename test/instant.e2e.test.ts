@@ -243,6 +243,8 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const s = JSON.parse(d.output!) as InstantRestoreSummary;
     expect(s.instant).toMatchObject({ domain, resumed: true, disks: [join(target(), 'vda.qcow2')] });
+    // What the export process served all along (it said so when the completed move stopped it).
+    expect(s.instant.bytesServed).toBeGreaterThan(0);
     expect(t.logs.some((l) => l.mover === 'kvm-mover-2' && l.event === 'instant.export.attached')).toBe(true);
     expect(t.logs.some((l) => l.mover === 'kvm-mover-2' && l.event === 'instant.move.adopted')).toBe(true);
     expect((await virsh(['domstate', domain])).trim()).toBe('running');

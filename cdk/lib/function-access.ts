@@ -141,8 +141,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   SummarizeHostConfigBackup: {},
   PlanExport: { catalog: ['GetItem', 'Query'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
-  // The operator's read model: every read of the catalog (VM, backup, run, policy listings), mover records and progress objects.
-  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, backupExecutions: ['ListExecutions', 'DescribeExecution'], timeoutSeconds: 30 },
+  // The operator's read model: every read of the catalog (VM, backup, run, policy, host configuration listings), mover records and progress objects; its one write, a VM put into the inventory (POST /api/vms: the VM's item and its host membership).
+  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan', 'PutItem'], repository: { read: ['movers/', 'progress/'], list: true }, backupExecutions: ['ListExecutions', 'DescribeExecution'], timeoutSeconds: 30 },
 };
 
 /** The resources a function's access is granted on. */
