@@ -52,7 +52,7 @@ const store = repositoryStore(e);
 /** The mover's log lines of the instant recovery's task, with their wall-clock time. */
 const seen: { event: string; at: number; line: Record<string, unknown> }[] = [];
 const mover = startMover(e, {
-  name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: join(dir, 'work') },
+  name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: join(dir, 'work'), LIFEBOAT_INSTANT_SPARE: '1' },
   onLog: (l) => {
     if (l.level === 'error') process.stderr.write(`mover: ${JSON.stringify(l)}\n`);
     if ((l.event === 'task.started' && l.task === 'instantRecover') || l.event === 'instant.running') seen.push({ event: l.event, at: Date.parse(String(l.t)), line: l });
