@@ -131,7 +131,7 @@ export const instantRecovery = z.looseObject({
   /** Set when this task took up a failed or interrupted instant recovery. */
   resumed: z.boolean(),
   /** Milliseconds of each step of this task until the VM ran (vmConfig, folder, overlays, define, exportWait, start; or reattach). */
-  steps: z.record(z.string(), z.number()).optional(),
+  steps: z.record(z.string(), count).optional(),
 });
 export type InstantRecovery = Infer<typeof instantRecovery>;
 
