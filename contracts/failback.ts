@@ -111,11 +111,11 @@ export const failbackDiskResult = z.object({
 }).strict();
 export type FailbackDiskResult = z.infer<typeof failbackDiskResult>;
 
-/** The mover tasks `stopDrVm` and `startProductionVm`. */
-export const failbackDomainTask = z.object({
-  task: z.enum(['stopDrVm', 'startProductionVm']),
-  failback: failbackJob,
-}).strict();
+/** The mover task `stopDrVm`: shut the DR VM down cleanly within `shutdownTimeoutSeconds`. */
+export const stopDrVmTask = z.object({ task: z.literal('stopDrVm'), failback: failbackJob }).strict();
+/** The mover task `startProductionVm`: start it and wait for its `readiness`. */
+export const startProductionVmTask = z.object({ task: z.literal('startProductionVm'), failback: failbackJob }).strict();
+export type FailbackTask = z.infer<typeof failbackDiskTask> | z.infer<typeof stopDrVmTask> | z.infer<typeof startProductionVmTask>;
 
 export const stoppedVm = z.object({ domain: text, state: text, seconds: z.number(), stoppedAt: text }).strict();
 export const startedVm = z.object({ domain: text, state: text, readySeconds: z.number(), readyAt: text, line: z.string(), agent: z.boolean().optional() }).strict();

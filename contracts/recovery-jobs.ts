@@ -9,7 +9,7 @@
 import { z } from 'zod';
 import { repositoryLocation } from './endpoints.ts';
 import { exportJob } from './export-job.ts';
-import { failbackDiskTask, failbackDomainTask } from './failback.ts';
+import { failbackDiskTask, startProductionVmTask, stopDrVmTask } from './failback.ts';
 import { filesJob } from './files-job.ts';
 import { restoreTestJob } from './restore-test.ts';
 import { replicaJob } from './dr.ts';
@@ -131,7 +131,7 @@ export const instantRecovery = z.looseObject({
   /** Set when this task took up a failed or interrupted instant recovery. */
   resumed: z.boolean(),
   /** Milliseconds of each step of this task until the VM ran (vmConfig, folder, overlays, define, exportWait, start; or reattach). */
-  steps: z.record(z.string(), z.number()).optional(),
+  steps: z.record(z.string(), count).optional(),
 });
 export type InstantRecovery = Infer<typeof instantRecovery>;
 
@@ -303,10 +303,8 @@ export const recoveryTask = z.discriminatedUnion('task', [
   z.looseObject({ task: z.literal('instantRecover'), restore: restoreJob.extend({ define: defineDomainRequest }) }),
   /** List or extract files of a backup's disk (contracts/files-job.ts). */
   z.looseObject({ task: z.literal('files'), files: filesJob }),
-  /** Failback steps (contracts/failback.ts). */
-  failbackDiskTask,
-  failbackDomainTask.extend({ task: z.literal('stopDrVm') }),
-  failbackDomainTask.extend({ task: z.literal('startProductionVm') }),
+  /** Failback's steps (contracts/failback.ts). */
+  failbackDiskTask, stopDrVmTask, startProductionVmTask,
 ]);
 export type RecoveryTask = Infer<typeof recoveryTask>;
 

@@ -10,10 +10,12 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { DEFAULT_HOST_CONFIG_KEEP } from './host-config.ts';
 import { libvirtExports } from '../contracts/libvirt-exports.ts';
 import { restoreTestSettings } from '../contracts/restore-test.ts';
 import { failoverPlan, networkMap, replicaVmSettings } from '../contracts/dr.ts';
+
+/** Host configuration backups kept per host when the configuration says nothing (`hostConfigBackup.keep`). */
+export const DEFAULT_HOST_CONFIG_KEEP = 14;
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');

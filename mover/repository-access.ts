@@ -7,7 +7,6 @@
  * both read the repository the same way.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { KMSClient } from '@aws-sdk/client-kms';
 import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
@@ -35,14 +34,12 @@ export function positiveIntSetting(env: NodeJS.ProcessEnv, name: string, fallbac
 }
 
 /** Throws {@link SettingInvalid} naming a bad setting. */
-/**
- * `instrument` wraps each repository's raw S3 store before the retry layer (the mover's
- * metrics count every request, retried ones included).
- */
-export function repositoryAccess(
-  env: NodeJS.ProcessEnv,
-  o: { logger: Logger; onRetry?: (info: RetryInfo) => void; instrument?: (store: ObjectStore) => ObjectStore },
-): RepositoryAccess {
+export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
+  logger: Logger;
+  onRetry?: (info: RetryInfo) => void;
+  /** Wraps each repository's S3 store first, inside the retries (the mover's request metrics). */
+  wrapStore?: (store: ObjectStore) => ObjectStore;
+}): RepositoryAccess {
   const region = env.AWS_REGION ?? 'us-east-1';
   const localCreds = LOCAL_ENDPOINT_CREDENTIALS;
   const s3Endpoint = env.LIFEBOAT_S3_ENDPOINT;
@@ -84,10 +81,16 @@ export function repositoryAccess(
   const kmsKeyId = env.LIFEBOAT_KMS_KEY_ID;
   const keyFile = env.LIFEBOAT_KEY_FILE;
   if (!kmsKeyId && !keyFile) throw new SettingInvalid('LIFEBOAT_KMS_KEY_ID or LIFEBOAT_KEY_FILE is not set: the repository keys cannot be unwrapped');
-  /** How repository keys are unwrapped: KMS in AWS, the key file in the embedded stack. */
-  const keySource: KeySource = kmsKeyId ? { kms: new KMSClient({ region }), kmsKeyId } : { keyFile: keyFile! };
+  /**
+   * How repository keys are unwrapped: KMS in AWS, the key file in the embedded stack. The KMS
+   * client is loaded when first needed (a process that starts often, the export process, does
+   * not pay for loading it otherwise).
+   */
+  let keySource: Promise<KeySource> | undefined;
+  const keys = () => (keySource ??= kmsKeyId
+    ? import('@aws-sdk/client-kms').then(({ KMSClient }) => ({ kms: new KMSClient({ region }), kmsKeyId }))
+    : Promise.resolve({ keyFile: keyFile! }));
 
-  const instrument = o.instrument ?? ((store: ObjectStore) => store);
   const repositories = new Map<string, ReturnType<RepositoryAccess['repository']>>();
   const repository = ({ bucket, endpoint }: RepositoryLocation) => {
     const id = locationKey({ bucket, endpoint });
@@ -95,10 +98,11 @@ export function repositoryAccess(
     if (!r) {
       r = (async () => {
         // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-        let store: ObjectStore = withConcurrencyLimit(withRetry(instrument(new S3ObjectStore(s3For(endpoint), bucket)), { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }), s3Concurrency);
+        const s3Store = new S3ObjectStore(s3For(endpoint), bucket);
+        let store: ObjectStore = withConcurrencyLimit(withRetry(o.wrapStore ? o.wrapStore(s3Store) : s3Store, { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }), s3Concurrency);
         if (bandwidth) store = withBandwidthLimit(store, bandwidth);
-        const { keys } = await openRepository({ store, bucket, keys: keySource });
-        return { store, keys, index: new IndexCache(store, keys) };
+        const repo = await openRepository({ store, bucket, keys: await keys() });
+        return { store, keys: repo.keys, index: new IndexCache(store, repo.keys) };
       })();
       r.catch(() => repositories.delete(id));
       repositories.set(id, r);

@@ -3,7 +3,7 @@ import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { isDiscoverTask } from '../contracts/discovery.ts';
 import { isHostConfigTask } from '../contracts/host-config.ts';
 import { BadTaskInput, parseTaskInput } from '../contracts/errors.ts';
-import { keys as objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
+import { objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
 import { moverTask, type MoverTask } from '../contracts/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../contracts/recovery-jobs.ts';

@@ -101,7 +101,7 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     // One chunk of VM a changes; b and c stay as they were.
     await writePattern(imageOf(0), 2 * MiB, CHUNK, 0x77);
     secondUpdates = await backupAndReplicate();
-  }, 300_000);
+  }, 600_000);
   afterAll(async () => {
     for (const n of [...names, ...names.map((x) => `${x}-replica`), ...(await testDomains().catch(() => [] as string[]))]) {
       await virsh(['destroy', n]).catch(() => {});

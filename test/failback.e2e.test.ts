@@ -100,7 +100,7 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
       sizeBytes: DISK, dataBytes: 16 * MiB, behaviour: { mode: 'idle' },
     });
     await t.stack.catalog.putVm({ vmId: 'fb-prod', host: 'kvm-01', source: prodName, name: prodName });
-  }, 300_000);
+  }, 600_000);
   afterAll(async () => {
     for (const name of [drName]) {
       await virsh(['destroy', name]).catch(() => {});

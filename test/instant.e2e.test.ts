@@ -121,7 +121,7 @@ async function sha256OfImage(path: string, format: string): Promise<string> {
 describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant recovery of a libvirt backup', () => {
   beforeAll(async () => {
     t = await startTestStack({ movers: 0 });
-    t.movers.push(startMover(t.stack.endpoints, { name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir() }, onLog: (l) => t.logs.push(l) }));
+    t.movers.push(startMover(t.stack.endpoints, { name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir(), LIFEBOAT_INSTANT_SPARE: '1' }, onLog: (l) => t.logs.push(l) }));
     vm = await startLabVm({
       dir: join(t.dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: `lifeboat-e2e-instant-${process.pid}`,
       sizeBytes: 32 * MiB, dataBytes: 8 * MiB, behaviour: { mode: 'write', writeKiBs: 64 },
@@ -238,11 +238,13 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     await retry(() => virsh(['qemu-agent-command', domain, '{"execute":"guest-fsfreeze-freeze"}']), 90_000);
     const [, seen] = await consoleMatch(join(target(), 'console.log'), /LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/, 180_000);
     // A new mover: the workflow retries the task when the dead one's heartbeat times out, and the retry takes the recovery up.
-    t.movers.push(startMover(t.stack.endpoints, { name: 'kvm-mover-2', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir() }, onLog: (l) => t.logs.push(l) }));
+    t.movers.push(startMover(t.stack.endpoints, { name: 'kvm-mover-2', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir(), LIFEBOAT_INSTANT_SPARE: '1' }, onLog: (l) => t.logs.push(l) }));
     const d = await waitForExecution(t.sfn, arn);
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const s = JSON.parse(d.output!) as InstantRestoreSummary;
     expect(s.instant).toMatchObject({ domain, resumed: true, disks: [join(target(), 'vda.qcow2')] });
+    // What the export process served all along (it said so when the completed move stopped it).
+    expect(s.instant.bytesServed).toBeGreaterThan(0);
     expect(t.logs.some((l) => l.mover === 'kvm-mover-2' && l.event === 'instant.export.attached')).toBe(true);
     expect(t.logs.some((l) => l.mover === 'kvm-mover-2' && l.event === 'instant.move.adopted')).toBe(true);
     expect((await virsh(['domstate', domain])).trim()).toBe('running');

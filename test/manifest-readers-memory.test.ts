@@ -29,7 +29,7 @@ import { deepVerifyDisk, inSample } from '../mover/recovery/deep-verify.ts';
 import { BackupDiskExport } from '../mover/recovery/export.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
-import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { ManifestReader } from '../repository/manifest/reader.ts';
 import { ManifestWriter } from '../repository/manifest/writer.ts';
 import type { ChunkLocation } from '../repository/packs.ts';

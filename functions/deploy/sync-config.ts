@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { drRpoHoursOf, hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
 import { DEFAULT_REPLICA_POINTS, type ReplicaJob, type ReplicaVmSettings } from '../../contracts/dr.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
 const MiB = 1024 * 1024;
@@ -93,4 +93,12 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
 /** The configuration itself is validated by parseConfig inside syncConfig, naming every bad key. */
 export const syncConfigInput = z.looseObject({ config: z.custom<LifeboatConfig>((v) => typeof v === 'object' && v !== null, 'must be the configuration object'), buckets: z.record(z.string(), z.string().min(1)) });
 
-export const handler = lambdaHandler('SyncConfig', syncConfigInput, (input) => syncConfig(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('SyncConfig', syncConfigInput, (input) => syncConfig(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

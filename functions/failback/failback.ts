@@ -13,7 +13,7 @@ import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import { selectVms } from '../backup/plan.ts';
 import type { Backup, Catalog, Host, Vm } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { resolveBackup } from '../recovery/backups.ts';
 
@@ -112,7 +112,15 @@ export async function recordFailback(input: z.output<typeof recordFailbackInput>
   return report;
 }
 
-const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, now: () => new Date() });
-export const planHandler = lambdaHandler('PlanFailback', planFailbackInput, (input) => planFailback(input, deps()));
-export const checkFinalBackupHandler = lambdaHandler('CheckFinalBackup', checkFinalBackupInput, (input) => checkFinalBackup(input, deps()));
-export const recordHandler = lambdaHandler('RecordFailback', recordFailbackInput, (input) => recordFailback(input, deps()));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  const deps = (): Deps => ({ catalog: c.catalog, recovery: c.recovery, now: () => new Date() });
+  return {
+    planHandler: lambdaHandler('PlanFailback', planFailbackInput, (input) => planFailback(input, deps())),
+    checkFinalBackupHandler: lambdaHandler('CheckFinalBackup', checkFinalBackupInput, (input) => checkFinalBackup(input, deps())),
+    recordHandler: lambdaHandler('RecordFailback', recordFailbackInput, (input) => recordFailback(input, deps())),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, checkFinalBackupHandler, recordHandler } = fromEnvironment(makeHandlers);

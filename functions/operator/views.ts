@@ -5,7 +5,7 @@
  * executions), so the same code answers in a Lambda function and in the embedded stack.
  */
 import type { VmOutcome } from '../../contracts/jobs.ts';
-import type { BackupRow, DiskProgressRow, PolicyRow, RestorePointRow, RpoStatus, RunRow, RunVmRow, VmRow } from '../../contracts/operator.ts';
+import type { BackupRow, DiskProgressRow, OperationProgressRow, PolicyRow, RestorePointRow, RpoStatus, RunRow, RunVmRow, VmRow } from '../../contracts/operator.ts';
 import { rateAndEta, type TaskProgress } from '../../contracts/progress.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
 import type { Backup, Catalog, Policy, Vm } from '../catalog/catalog.ts';
@@ -47,13 +47,13 @@ export interface OperatorDeps {
 const hours = (now: Date, iso: string) => Math.max(0, (now.getTime() - Date.parse(iso)) / 3600_000);
 const round = (n: number) => Math.round(n * 100) / 100;
 
-/** Every VM of the inventory (host by host). */
-export async function inventory(deps: Pick<OperatorDeps, 'catalog'>): Promise<Vm[]> {
-  const vms: Vm[] = [];
+/** Every VM of the inventory (host by host), with the mover group of its host. */
+export async function inventory(deps: Pick<OperatorDeps, 'catalog'>): Promise<(Vm & { moverGroup: string })[]> {
+  const vms: (Vm & { moverGroup: string })[] = [];
   for (const host of await deps.catalog.listHosts()) {
     for (const id of await deps.catalog.vmsOnHost(host.hostId)) {
       const vm = await deps.catalog.getVm(id);
-      if (vm) vms.push(vm);
+      if (vm) vms.push({ ...vm, moverGroup: host.moverGroup });
     }
   }
   return vms.sort((a, b) => a.vmId.localeCompare(b.vmId));
@@ -84,7 +84,7 @@ export async function listVms(deps: OperatorDeps): Promise<VmRow[]> {
     const age = newest?.committedAt ? hours(now, newest.committedAt) : null;
     const rpo: RpoStatus = rpoHours === null ? 'none' : age === null ? 'never' : age > rpoHours ? 'late' : 'ok';
     rows.push({
-      vmId: vm.vmId, name: vm.name ?? vm.vmId, host: vm.host, protection: vm.gone ? 'gone' : policies.length ? 'protected' : 'unprotected',
+      vmId: vm.vmId, name: vm.name ?? vm.vmId, host: vm.host, moverGroup: vm.moverGroup, protection: vm.gone ? 'gone' : policies.length ? 'protected' : 'unprotected',
       policies: policies.map((p) => p.policyId), lastBackup: last ? { backupId: last.backupId, at: last.committedAt ?? last.startedAt, status: last.status } : null,
       consistency: newest?.consistency?.level ?? null, rpoHours, recoveryPointAgeHours: age === null ? null : round(age), rpo,
       ...(await drLag(vm.vmId, policies, backups, deps.recovery, now)),
@@ -143,9 +143,21 @@ function diskRows(progress: TaskProgress[]): DiskProgressRow[] {
     const { bytesPerSecond, etaSeconds } = rateAndEta(p);
     return {
       diskId: p.diskId, segment: p.segment ?? null, phase: p.phase, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal,
-      bytesPerSecond: Math.round(bytesPerSecond), etaSeconds: p.phase === 'transfer' && etaSeconds !== undefined ? Math.round(etaSeconds) : null, mover: p.mover,
+      bytesPerSecond: Math.round(bytesPerSecond), etaSeconds: p.phase !== 'done' && p.phase !== 'failed' && etaSeconds !== undefined ? Math.round(etaSeconds) : null, mover: p.mover,
     };
   }).sort((a, b) => a.diskId.localeCompare(b.diskId) || (a.segment ?? 0) - (b.segment ?? 0));
+}
+
+/** The progress objects under `id` (a restore's or verification's execution name, or a backup id); undefined when there are none (not started, or expired). */
+export async function operationProgress(id: string, deps: Pick<OperatorDeps, 'progress'>): Promise<OperationProgressRow | undefined> {
+  const progress = await deps.progress(id);
+  const first = progress[0];
+  if (!first) return undefined;
+  const disks = diskRows(progress);
+  return {
+    id, operation: first.operation ?? 'backup', vmId: first.vmId, backupId: first.backupId, disks,
+    bytesDone: disks.reduce((n, d) => n + d.bytesDone, 0), bytesTotal: disks.reduce((n, d) => n + d.bytesTotal, 0),
+  };
 }
 
 async function runVm(b: Pick<Backup, 'vmId' | 'backupId' | 'status' | 'error'>, deps: Pick<OperatorDeps, 'progress'>, withDisks: boolean): Promise<RunVmRow> {

@@ -10,7 +10,7 @@ import { failoverPlanRequest, failoverReport, failoverVmResult, type FailoverRep
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
 const text = z.string().min(1);
@@ -95,6 +95,14 @@ export async function recordFailoverPlan(input: z.output<typeof recordFailoverPl
   return report;
 }
 
-const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, now: () => new Date() });
-export const planFailoverPlanHandler = lambdaHandler('PlanFailoverPlan', planFailoverPlanInput, (input) => planFailoverPlan(input, deps()));
-export const recordFailoverPlanHandler = lambdaHandler('RecordFailoverPlan', recordFailoverPlanInput, (input) => recordFailoverPlan(input, deps()));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  const deps = (): Deps => ({ catalog: c.catalog, recovery: c.recovery, now: () => new Date() });
+  return {
+    planFailoverPlanHandler: lambdaHandler('PlanFailoverPlan', planFailoverPlanInput, (input) => planFailoverPlan(input, deps())),
+    recordFailoverPlanHandler: lambdaHandler('RecordFailoverPlan', recordFailoverPlanInput, (input) => recordFailoverPlan(input, deps())),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planFailoverPlanHandler, recordFailoverPlanHandler } = fromEnvironment(makeHandlers);

@@ -3,12 +3,19 @@
  * that outlives the mover task which started it: the running VM's reads of its backup go
  * there, so a mover that dies, is restarted or upgrades itself mid-move leaves the guest and
  * its block copy running, and the resumed task re-attaches to the same process. The
- * recovery's folder owns it: `export.pid` names it, `export.ready.json` has its URIs once it
- * listens, `export.log` its log, `export.result.json` what it served once it stopped. The
- * completed move (or a recovery given up before its VM ran) stops it; a domain removed by
- * hand leaves it without a client, and its idle timeout ends it.
+ * recovery's folder owns it: `export.pid` names it (pid and start time, so a reused pid is
+ * never taken for it), `export.ready.json` has the same and its URIs once it listens,
+ * `export.log` its log, `export.result.json` what it served once it stopped. The completed
+ * move (or a recovery given up before its VM ran) stops it; a domain removed by hand leaves
+ * it without a client, and its idle timeout ends it.
+ *
+ * Starting one costs a Node process loading its modules (seconds on a loaded host). A mover
+ * that may run instant recoveries keeps a spare one started ({@link prepareSpareExportProcess},
+ * `LIFEBOAT_INSTANT_SPARE=1`): it has loaded its code and waits, on its IPC channel, for the
+ * folder of a recovery; it exits when its mover goes without having given it one.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,40 +26,90 @@ const MAIN = fileURLToPath(new URL('./export-process-main.ts', import.meta.url))
 
 export interface ExportProcess {
   pid: number;
+  /** The process's start time (/proc/PID/stat, clock ticks since boot): with the pid, who it is. */
+  started: number;
   /** Each disk's NBD URI. */
   uris: Record<string, string>;
 }
 
-/** Whether `pid` runs (a zombie, exited but not yet reaped by whoever adopted it, does not). */
-const alive = async (pid: number) => {
+/** The start time of `pid` while it runs (a zombie, exited but not yet reaped by whoever adopted it, does not). */
+export async function processStarted(pid: number | 'self'): Promise<number | undefined> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  return stat !== '' && stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-};
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return stat && fields[0] !== 'Z' ? Number(fields[19]) : undefined;
+}
+
+/** Whether the export process named by `p` still runs (same pid, same start time, our program). */
+async function running(p: { pid: number; started: number }): Promise<boolean> {
+  if (!(p.pid > 0) || await processStarted(p.pid) !== p.started) return false;
+  return (await readFile(`/proc/${p.pid}/cmdline`, 'utf8').catch(() => '')).includes(MAIN);
+}
 
 async function logTail(dir: string): Promise<string> {
   return (await readFile(join(dir, EXPORT_FILES.log), 'utf8').catch(() => '')).trim().split('\n').slice(-5).join('\n');
 }
 
+let spare: ChildProcess | undefined;
+let spareLogDir: string | undefined;
+
+/**
+ * Starts a spare export process (when none waits), logging its start to `logDir/export-spare.log`;
+ * the next {@link startExportProcess} hands it its recovery instead of starting one, and a
+ * new spare is started after.
+ */
+export function prepareSpareExportProcess(logDir: string): void {
+  spareLogDir = logDir;
+  if (spare?.connected) return;
+  mkdirSync(logDir, { recursive: true });
+  const log = openSync(join(logDir, 'export-spare.log'), 'a');
+  try {
+    const child = spawn(process.execPath, [...process.execArgv, MAIN, '--spare'], { detached: true, stdio: ['ignore', log, log, 'ipc'], env: process.env });
+    child.on('error', () => {});
+    child.once('exit', () => {
+      if (spare === child) spare = undefined;
+    });
+    // It must not keep the mover alive, nor the mover it.
+    child.unref();
+    child.channel?.unref();
+    spare = child;
+  } finally {
+    closeSync(log);
+  }
+}
+
 /**
  * Starts the export process for `job` in `dir` (its own session: a signal to the mover's
- * process group does not reach it) and resolves once it listens. Rejects naming the folder
- * and quoting its log when it fails to start or does not listen within `timeoutMs`.
+ * process group does not reach it), or hands the job to the spare one, and resolves once it
+ * listens. Rejects naming the folder and quoting its log when it fails to start or does not
+ * listen within `timeoutMs`.
  */
 export async function startExportProcess(dir: string, job: ExportJob, o: { timeoutMs?: number } = {}): Promise<ExportProcess> {
   await writeFile(join(dir, EXPORT_FILES.job), JSON.stringify(job));
   await rm(join(dir, EXPORT_FILES.ready), { force: true });
   await rm(join(dir, EXPORT_FILES.result), { force: true });
+  const taken = spare?.connected ? spare : undefined;
+  spare = undefined;
   const log = await open(join(dir, EXPORT_FILES.log), 'a');
   try {
-    const child = spawn(process.execPath, [...process.execArgv, MAIN, dir], { detached: true, stdio: ['ignore', log.fd, log.fd, 'ipc'], env: process.env });
-    await writeFile(join(dir, EXPORT_FILES.pid), String(child.pid));
+    const child = taken ?? spawn(process.execPath, [...process.execArgv, MAIN, dir], { detached: true, stdio: ['ignore', log.fd, log.fd, 'ipc'], env: process.env });
+    if (taken) {
+      taken.ref();
+      taken.channel?.ref();
+      taken.send({ dir });
+      if (spareLogDir) prepareSpareExportProcess(spareLogDir);
+    }
+    const started = (await processStarted(child.pid!)) ?? 0;
+    await writeFile(join(dir, EXPORT_FILES.pid), `${child.pid} ${started}`);
     const timeoutMs = o.timeoutMs ?? 60_000;
     const uris = await new Promise<Record<string, string>>((ok, fail) => {
       const timer = setTimeout(() => fail(new Error(`did not listen within ${timeoutMs / 1000} s`)), timeoutMs);
-      child.once('message', (m: { uris?: Record<string, string>; error?: string }) => (m.uris ? ok(m.uris) : fail(new Error(m.error ?? 'it failed'))));
+      child.once('message', (m: { uris?: Record<string, string>; error?: string }) => {
+        clearTimeout(timer);
+        if (m.uris) ok(m.uris);
+        else fail(new Error(m.error ?? 'it failed'));
+      });
       child.once('exit', (code, signal) => fail(new Error(`it exited (${signal ?? `code ${code}`}) before it listened`)));
       child.once('error', fail);
-      child.once('message', () => clearTimeout(timer));
     }).catch(async (err: Error) => {
       child.kill('SIGKILL');
       throw new Error(`the export process of ${dir} did not start: ${err.message}; its log ${join(dir, EXPORT_FILES.log)} ends: ${await logTail(dir)}`);
@@ -60,20 +117,16 @@ export async function startExportProcess(dir: string, job: ExportJob, o: { timeo
     // From now on it runs on its own.
     child.disconnect();
     child.unref();
-    return { pid: child.pid!, uris };
+    return { pid: child.pid!, started, uris };
   } finally {
     await log.close();
   }
 }
 
-/** The export process of `dir` when it still runs and listens (its pid alive, and that pid is this folder's export process). */
+/** The export process of `dir` when it still runs and listens. */
 export async function attachExportProcess(dir: string): Promise<ExportProcess | undefined> {
   const ready = await readFile(join(dir, EXPORT_FILES.ready), 'utf8').then((t) => JSON.parse(t) as ExportProcess, () => undefined);
-  if (!ready || !(await alive(ready.pid))) return undefined;
-  // A pid is reused once its process is gone: it must still be our program, for this folder.
-  const cmdline = await readFile(`/proc/${ready.pid}/cmdline`, 'utf8').catch(() => '');
-  if (!cmdline.includes(MAIN) || !cmdline.split('\0').includes(dir)) return undefined;
-  return ready;
+  return ready && await running(ready) ? ready : undefined;
 }
 
 /**
@@ -81,14 +134,14 @@ export async function attachExportProcess(dir: string): Promise<ExportProcess | 
  * it served, when it could say (a killed one cannot).
  */
 export async function stopExportProcess(dir: string, o: { graceMs?: number } = {}): Promise<ExportResult | undefined> {
-  const pid = Number(await readFile(join(dir, EXPORT_FILES.pid), 'utf8').catch(() => ''));
-  const ours = pid > 0 && (await alive(pid)) && (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').includes(dir);
-  if (ours) {
+  const [pid = 0, started = -1] = (await readFile(join(dir, EXPORT_FILES.pid), 'utf8').catch(() => '')).split(' ').map(Number);
+  const p = { pid, started };
+  if (await running(p)) {
     process.kill(pid, 'SIGTERM');
     const deadline = Date.now() + (o.graceMs ?? 10_000);
-    while ((await alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    if (await alive(pid)) process.kill(pid, 'SIGKILL');
-    while (await alive(pid)) await new Promise((r) => setTimeout(r, 50));
+    while ((await running(p)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    if (await running(p)) process.kill(pid, 'SIGKILL');
+    while (await running(p)) await new Promise((r) => setTimeout(r, 50));
   }
   const text = await readFile(join(dir, EXPORT_FILES.result), 'utf8').catch(() => undefined);
   return text ? exportResult.parse(JSON.parse(text)) : undefined;

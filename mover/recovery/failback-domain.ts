@@ -11,6 +11,8 @@ import { isNoDomain, Virsh } from '../sources/libvirt/virsh.ts';
 import { waitForSignOfLife } from './define-domain.ts';
 
 const POLL_MS = 500;
+/** How often a DR VM still running is asked again to shut down. */
+const ASK_AGAIN_MS = 10_000;
 
 async function state(virsh: Virsh, name: string): Promise<string> {
   return (await virsh.run(['domstate', '--', name])).trim();
@@ -57,15 +59,29 @@ export async function stopDrVm(ref: DomainRef, timeoutSeconds: number, o: { sign
   const done = () => ({ domain: ref.name, state: 'shut off', seconds: (performance.now() - started) / 1000, stoppedAt: new Date().toISOString() });
   if ((await state(virsh, ref.name)) === 'shut off') return done();
   const deadline = started + timeoutSeconds * 1000;
-  // Each request within the deadline: a hung guest agent must not hold virsh past it. Whether the guest obeys, the wait below says.
-  const ask = (mode: string) => virsh.run(['shutdown', '--mode', mode, '--', ref.name], { timeoutMs: Math.max(1000, deadline - performance.now()) });
-  await ask('agent').catch(() => ask('acpi')).catch(() => {});
+  // Each request within the deadline (a hung guest agent must not hold virsh past it), and
+  // asked again every few seconds: an agent busy or reconnecting at the first request gets
+  // another chance. Whether the guest obeys, the state says.
+  let answer = 'none';
+  let askedAt = -Infinity;
+  const ask = async () => {
+    askedAt = performance.now();
+    const within = { timeoutMs: Math.max(1000, deadline - askedAt) };
+    try {
+      await virsh.run(['shutdown', '--mode', 'agent', '--', ref.name], within);
+      answer = 'its agent: request taken';
+    } catch (err) {
+      answer = `its agent: ${(err as Error).message}`;
+      await virsh.run(['shutdown', '--mode', 'acpi', '--', ref.name], within).catch(() => {});
+    }
+  };
   for (;;) {
     const s = await state(virsh, ref.name);
     if (s === 'shut off') return done();
     if (performance.now() >= deadline) {
-      throw new DrVmDidNotStop(`the DR VM '${ref.name}' on ${ref.uri} did not shut down within ${timeoutSeconds} s (it is ${s}; asked through its guest agent and ACPI). Nothing was switched: production is not started and the DR VM keeps running. Next: shut it down from inside the guest, or give it longer ("shutdownTimeoutSeconds"), then run the Failback again`);
+      throw new DrVmDidNotStop(`the DR VM '${ref.name}' on ${ref.uri} did not shut down within ${timeoutSeconds} s (it is ${s}; asked through its guest agent and ACPI; last answer from ${answer}). Nothing was switched: production is not started and the DR VM keeps running. Next: shut it down from inside the guest, or give it longer ("shutdownTimeoutSeconds"), then run the Failback again`);
     }
+    if (performance.now() - askedAt >= ASK_AGAIN_MS) await ask();
     o.signal?.throwIfAborted();
     o.onWait?.();
     await new Promise((r) => setTimeout(r, POLL_MS));

@@ -9,8 +9,9 @@
  * 2. Each disk gets a local qcow2 overlay there, backed by its export (raw): the guest's
  *    writes land in the overlay, its reads of anything else go to the backup.
  * 3. A domain is defined from the backed-up definition (define-domain.ts: new name, UUID and
- *    MACs) on the overlays and started. Overlays and definition are made while the export
- *    process starts; only the start waits for it.
+ *    MACs) on the overlays and started. The export process is started first; the checks of
+ *    the request, the overlays and the definition are made while it starts, and only the
+ *    domain's start waits for it.
  * 4. Each disk is moved to `<target>/<disk>.<format>` by a libvirt block copy, watched until
  *    it is in step and pivoted (block-copy.ts); then the export process stops and the
  *    overlays and the folder go.
@@ -38,7 +39,7 @@ import { copyJob, createOverlay, diskSource, startCopy, watchCopy } from './bloc
 import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
 import { putEndpoint } from './export-task.ts';
 import { attachExportProcess, startExportProcess, stopExportProcess, type ExportProcess } from './export-process.ts';
-import { claimRestoreFolder, readVmConfig } from './restore.ts';
+import { claimRestoreFolder, readVmConfig } from './restore-tasks.ts';
 
 /** The folder (under the mover's work folder) holding one folder per unfinished instant recovery. */
 export const instantRoot = (workDir: string) => join(workDir, 'instant');
@@ -128,7 +129,9 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
   if (prior && !resumed) {
     throw new RecoveryRequestInvalid(`an instant recovery of domain '${name}' (restore ${prior.restoreId}) is not finished: its VM's writes are in ${Object.values(prior.overlays).join(', ')}; resume it with ${resumeHint(job)}, or remove the domain and ${dir}`);
   }
-  if (!resumed && await domainExists(virsh, name)) throw new RecoveryRequestInvalid(`a domain named '${name}' already exists on ${define.uri}: choose another name (--name) or remove it`);
+  // Checked while the export process starts: answered before the domain is defined.
+  const taken = resumed ? Promise.resolve(false) : domainExists(virsh, name);
+  taken.catch(() => {});
   const format = define.format ?? 'qcow2';
   const state: InstantState = prior ?? {
     restoreId: job.restoreId, vmId: job.vmId, backupId: job.backupId, domain: name, socket: join(dir, 'nbd.sock'),
@@ -137,11 +140,7 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
     consoleLog: join(job.target, 'console.log'),
   };
   if (Buffer.byteLength(state.socket) > MAX_SOCKET_PATH) throw new RecoveryRequestInvalid(`the mover's work folder ${d.workDir} is too deep for the export's unix socket (${state.socket} is over ${MAX_SOCKET_PATH} bytes): give the mover a shorter LIFEBOAT_WORK_DIR`);
-  if (!resumed) {
-    await claimRestoreFolder(job);
-    await mkdir(dir, { recursive: true });
-  }
-  clock.step('folder');
+  if (!resumed) await mkdir(dir, { recursive: true });
   const uris = Object.fromEntries(job.disks.map((x) => [x.diskId, unixNbdUri(state.socket, x.diskId)]));
   const attached = resumed ? await attachExportProcess(dir) : undefined;
   if (resumed) d.logger.info(attached ? 'instant.export.attached' : 'instant.export.restarted', { restoreId: job.restoreId, domain: name, ...(attached ? { pid: attached.pid } : {}) });
@@ -163,6 +162,9 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
   let exportPid = 0;
   try {
     if (!resumed) {
+      if (await taken) throw new RecoveryRequestInvalid(`a domain named '${name}' already exists on ${define.uri}: choose another name (--name) or remove it`);
+      await claimRestoreFolder(job);
+      clock.step('folder');
       await Promise.all(job.disks.map((disk) => createOverlay(state.overlays[disk.diskId]!, uris[disk.diskId]!, disk.sizeBytes, d.qemuImg)));
       await writeFile(join(dir, STATE_FILE), JSON.stringify(state, null, 2));
       clock.step('overlays');
@@ -181,8 +183,13 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
       clock.step('start');
     } else {
       exportPid = (await serving).pid;
-      // A VM paused by an earlier version of this task (or by an I/O error) runs again.
-      if ((await virsh.run(['domstate', '--', name])).trim() === 'paused') await virsh.run(['resume', '--', name]);
+      if (!await domainExists(virsh, name)) {
+        throw new RecoveryRequestInvalid(`the domain '${name}' of the unfinished instant recovery is gone from ${define.uri}; its writes are in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports): keep them with qemu-img convert while the export process ${exportPid} serves, or give the recovery up by removing ${dir}`);
+      }
+      // A VM paused by an I/O error runs again; one that stopped (its host restarted) starts again on its overlays.
+      const now = (await virsh.run(['domstate', '--', name])).trim();
+      if (now === 'paused') await virsh.run(['resume', '--', name]);
+      else if (now === 'shut off') await virsh.run(['start', '--', name]);
       clock.step('reattach');
     }
     const runningSeconds = (performance.now() - started) / 1000;

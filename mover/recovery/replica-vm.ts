@@ -36,7 +36,7 @@ import { Virsh } from '../sources/libvirt/virsh.ts';
 import { domainExists } from './define-domain.ts';
 import { diffable, sameAs, verifiedChunk } from './manifest-diff.ts';
 import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
-import { readVmConfig } from './restore.ts';
+import { readVmConfig } from './restore-tasks.ts';
 
 const run = promisify(execFile);
 
