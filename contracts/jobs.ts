@@ -153,7 +153,7 @@ export type DiskSegment = Infer<typeof diskSegment>;
 
 /**
  * The manifest id of one segment of a disk: its manifest is stored like a disk's
- * (keys.manifest(backupId, segmentManifestId(...))) and JoinSegments merges them into
+ * (objectKeys.manifest(backupId, segmentManifestId(...))) and JoinSegments merges them into
  * the disk's manifest.
  */
 export const segmentManifestId = (diskId: string, index: number) => `${diskId}.seg-${index}`;

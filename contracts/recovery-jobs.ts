@@ -9,8 +9,10 @@
 import { z } from 'zod';
 import { repositoryLocation } from './endpoints.ts';
 import { exportJob } from './export-job.ts';
+import { failbackDiskTask, startProductionVmTask, stopDrVmTask } from './failback.ts';
 import { filesJob } from './files-job.ts';
 import { restoreTestJob } from './restore-test.ts';
+import { replicaJob } from './dr.ts';
 import { count, text, type Infer } from './zod.ts';
 
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a hex SHA-256');
@@ -245,6 +247,8 @@ export const replicateJob = z.looseObject({
   replicaDir: text.nullable(),
   /** When the backup's snapshot was taken: the recovery point a failover to it gives. */
   recoveryPoint: text,
+  /** A libvirt VM whose DR repository keeps replica VMs: the replica is a VM (contracts/dr.ts) instead of raw standby files. */
+  replica: replicaJob.optional(),
 });
 export type ReplicateJob = Infer<typeof replicateJob>;
 
@@ -296,6 +300,8 @@ export const recoveryTask = z.discriminatedUnion('task', [
   z.looseObject({ task: z.literal('instantRecover'), restore: restoreJob.extend({ define: defineDomainRequest }) }),
   /** List or extract files of a backup's disk (contracts/files-job.ts). */
   z.looseObject({ task: z.literal('files'), files: filesJob }),
+  /** Failback's steps (contracts/failback.ts). */
+  failbackDiskTask, stopDrVmTask, startProductionVmTask,
 ]);
 export type RecoveryTask = Infer<typeof recoveryTask>;
 

@@ -8,7 +8,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
-import { keys as objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exportJob, type ExportResult } from '../contracts/export-job.ts';
-import { keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, type Manifest, type RepositoryKeys } from '../repository/format.ts';
+import { chunkId, deriveKeys, objectKeys, open, packIdOfKey, type Manifest, type RepositoryKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';

@@ -13,7 +13,7 @@ import {
   FORMAT_VERSION,
   isZero,
   looksCompressible,
-  keys as objectKeys,
+  objectKeys,
   open,
   seal,
   sealSync,

@@ -12,7 +12,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { S3RepositoryAdmin, type RepositoryAdmin } from '../repository/admin.ts';

@@ -16,7 +16,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../contracts/endpoints.ts';
-import { chunkId, keys as objectKeys, open } from '../repository/format.ts';
+import { chunkId, objectKeys, open } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
 import { quarantineKey } from '../repository/quarantine.ts';

@@ -17,7 +17,7 @@ import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';
-import { keys as objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { openRepository } from '../local/stack.ts';

@@ -128,6 +128,12 @@ const standby = {
   seconds: 0,
 };
 const disk = { diskId: 'vda', sizeBytes: 10 };
+const backupRef = (backupId: string, bucket: string) => ({ backupId, repository: { bucket } });
+const failback = {
+  failbackId: 'fb-1', vmId: 'vm-1', drVmId: 'vm-1-dr', productionGroup: 'g', drGroup: 'dr',
+  production: { uri: 'qemu:///system', name: 'vm-1' }, dr: { uri: 'qemu:///system', name: 'vm-1-dr' }, drPolicyId: 'p-dr',
+  base: backupRef('bk-1', 'repo'), target: backupRef('bk-dr-1', 'dr'), disks: [disk], shutdownTimeoutSeconds: 60, readiness: { agent: true },
+};
 
 test.each([
   ['a restore of a disk without its path', { task: 'restoreDisk', restore, disk }, 'disk.path'],
@@ -150,6 +156,9 @@ test.each([
   ['an export on a port that does not exist', { task: 'export', export: { ...exportJob, listen: { port: 99999 } } }, 'export.listen.port'],
   ['a file listing of a relative path', { task: 'files', files: { ...filesJob, path: 'etc' } }, 'files.path'],
   ['an instant recovery without a domain to define', { task: 'instantRecover', restore }, 'restore.define'],
+  ['a failback disk without its mode', { task: 'failbackDisk', failback, disk, from: failback.base, to: failback.target }, 'mode'],
+  ['a DR VM shutdown with no time to shut down', { task: 'stopDrVm', failback: { ...failback, shutdownTimeoutSeconds: 0 } }, 'failback.shutdownTimeoutSeconds'],
+  ['a production start without a sign of life', { task: 'startProductionVm', failback: { ...failback, readiness: {} } }, 'failback.readiness'],
 ])('%s fails as Mover.BadTaskInput naming the field', async (_what, input, field) => {
   const err = await failure(input);
   expect(err.name).toBe('Mover.BadTaskInput');
@@ -168,6 +177,7 @@ test.each([
   ['export', { task: 'export', export: exportJob }],
   ['files', { task: 'files', files: filesJob }],
   ['instantRecover', { task: 'instantRecover', restore: { ...restore, define: { uri: 'qemu:///system' }, instant: {} } }],
+  ['failbackDisk', { task: 'failbackDisk', failback, disk, from: failback.base, to: failback.target, mode: 'hash' }],
 ])('a valid %s task passes validation and reaches its repository', async (_kind, input) => {
   expect(await failure(input)).toBeInstanceOf(ReachedDriver);
 });

@@ -5,7 +5,7 @@ import { mkdtemp, open as fsOpen, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, open, packIdOfKey, sealedCapacity } from '../repository/format.ts';
+import { chunkId, deriveKeys, encodeManifest, objectKeys, open, packIdOfKey, sealedCapacity } from '../repository/format.ts';
 import type { DiskRef } from '../contracts/jobs.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';

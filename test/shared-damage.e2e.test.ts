@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { keys as objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { QuarantineReport } from '../functions/deep-verify/quarantine.ts';

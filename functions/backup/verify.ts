@@ -5,11 +5,11 @@
  */
 import { z } from 'zod';
 import { VerifyFailed } from '../../contracts/errors.ts';
-import { keys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/recent.ts';
@@ -75,7 +75,7 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
     for await (const batch of manifest.batches()) {
       if (manifest.info.version !== 1) {
         await mapLimit(batch.packs, concurrency, async (pack) => {
-          const key = keys.pack(pack.id);
+          const key = objectKeys.pack(pack.id);
           const got = await headPack(key);
           if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
           if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
@@ -89,7 +89,7 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
         if (id !== null && fresh(id)) objects.push({ id, length: batch.location(i)!.length, sha256: batch.sha256?.(i) });
       }
       await mapLimit(objects, concurrency, async ({ id, length, sha256 }) => {
-        const key = keys.chunk(id);
+        const key = objectKeys.chunk(id);
         const info = await deps.store.head(key);
         if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
         if (info.size !== length) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
@@ -108,8 +108,15 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
 export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({ chunksChecked: z.number(), bytesChecked: z.number(), checksumsCompared: z.number(), packsChecked: z.number().default(0) });
 export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult) }));
 
-export const handler = lambdaHandler('Verify', verifyInput, async (input) => {
-  const c = clients();
-  const { bucket, endpoint } = input.repository;
-  return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('Verify', verifyInput, async (input) => {
+      const { bucket, endpoint } = input.repository;
+      return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

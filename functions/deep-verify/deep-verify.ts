@@ -18,7 +18,7 @@ import { locationKey } from '../../contracts/endpoints.ts';
 import { chunkIdOfKey } from '../../repository/format.ts';
 import { isConditionFailed, type Backup, type Catalog, type Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { restoreTestMetrics } from '../../contracts/metric-names.ts';
 import { caughtError } from '../../contracts/errors.ts';
@@ -209,7 +209,16 @@ export async function recordRestoreTest(input: z.output<typeof recordRestoreTest
 }
 
 const now = () => new Date();
-export const planHandler = lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const planPolicyHandler = lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, catalog: clients().catalog, now }));
-export const recordRestoreTestHandler = lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input, { metrics }) => recordRestoreTest(input, { catalog: clients().catalog, recovery: clients().recovery, metrics, now }));
+
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    planPolicyHandler: lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    recordHandler: lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: c.recovery, catalog: c.catalog, now })),
+    recordRestoreTestHandler: lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input, { metrics }) => recordRestoreTest(input, { catalog: c.catalog, recovery: c.recovery, metrics, now })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, planPolicyHandler, recordHandler, recordRestoreTestHandler } = fromEnvironment(makeHandlers);

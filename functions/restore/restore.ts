@@ -9,7 +9,7 @@ import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import { definedDomain, instantRecovery, restoredDisk, restoreJob, type RestoreJob } from '../../contracts/recovery-jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError } from '../../contracts/errors.ts';
 import { locationOf, resolveBackup } from '../recovery/backups.ts';
@@ -154,8 +154,17 @@ export async function recordRestoreFailure(input: z.output<typeof recordRestoreF
 }
 
 const now = () => new Date();
-export const planHandler = lambdaHandler('PlanRestore', planRestoreInput, (input) => planRestore(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const recordHandler = lambdaHandler('RecordRestore', recordRestoreInput, (input): Promise<RestoreSummary | InstantRestoreSummary> => ('instantResult' in input
-  ? recordInstantRestore(input as z.output<typeof recordInstantRestoreInput>, { recovery: clients().recovery, now })
-  : recordRestore(input as z.output<typeof recordCopyRestoreInput>, { recovery: clients().recovery, catalog: clients().catalog, now })));
-export const recordFailureHandler = lambdaHandler('RecordRestoreFailure', recordRestoreFailureInput, (input) => recordRestoreFailure(input, { recovery: clients().recovery, now }));
+
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanRestore', planRestoreInput, (input) => planRestore(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    recordHandler: lambdaHandler('RecordRestore', recordRestoreInput, (input): Promise<RestoreSummary | InstantRestoreSummary> => ('instantResult' in input
+      ? recordInstantRestore(input as z.output<typeof recordInstantRestoreInput>, { recovery: c.recovery, now })
+      : recordRestore(input as z.output<typeof recordCopyRestoreInput>, { recovery: c.recovery, catalog: c.catalog, now }))),
+    recordFailureHandler: lambdaHandler('RecordRestoreFailure', recordRestoreFailureInput, (input) => recordRestoreFailure(input, { recovery: c.recovery, now })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, recordHandler, recordFailureHandler } = fromEnvironment(makeHandlers);

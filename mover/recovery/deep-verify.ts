@@ -19,7 +19,7 @@
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RecentIds } from '../../repository/manifest/recent.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -42,8 +42,7 @@ export interface DeepVerifyDeps {
   keys: RepositoryKeys;
   parallelism: number;
   signal?: AbortSignal;
-  /** `chunksSelected`: the chunks of the sample found so far (the manifest is read as it goes). */
-  onProgress?: (p: { diskId: string; chunksChecked: number; chunksSelected: number; damaged: number }) => void;
+  onProgress?: (p: { diskId: string; chunksChecked: number; chunksSelected: number; damaged: number; chunkSize: number }) => void;
 }
 
 export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string; sizeBytes: number }, d: DeepVerifyDeps): Promise<DeepVerifiedDisk> {
@@ -70,7 +69,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   let chunksFromOtherCopies = 0;
   let bytesRead = sealed.length;
   let index: Promise<RepositoryIndex> | undefined;
-  const progress = () => d.onProgress?.({ diskId: disk.diskId, chunksChecked, chunksSelected, damaged: damaged.size });
+  const progress = () => d.onProgress?.({ diskId: disk.diskId, chunksChecked, chunksSelected, damaged: damaged.size, chunkSize });
 
   /** Why `body` is not chunk `id` (first at disk offset `offset`, stored in `stored` bytes), or undefined when it is. */
   const problemOf = async (id: string, body: Buffer, offset: number, stored: number): Promise<string | undefined> => {

@@ -15,7 +15,7 @@
  * reads that do not need it go on. Never wrong bytes.
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';

@@ -39,7 +39,7 @@ import { copyJob, createOverlay, diskSource, startCopy, watchCopy } from './bloc
 import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
 import { putEndpoint } from './export-task.ts';
 import { attachExportProcess, startExportProcess, stopExportProcess, type ExportProcess } from './export-process.ts';
-import { claimRestoreFolder, readVmConfig } from './restore.ts';
+import { claimRestoreFolder, readVmConfig } from './restore-tasks.ts';
 
 /** The folder (under the mover's work folder) holding one folder per unfinished instant recovery. */
 export const instantRoot = (workDir: string) => join(workDir, 'instant');

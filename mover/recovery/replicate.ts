@@ -27,11 +27,11 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, keys as objectKeys, objectCrc32, objectSha256, open, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, objectKeys, open, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
 import { piecePurpose } from '../../repository/manifest/head.ts';
 import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
 import { RecentIds } from '../../repository/manifest/recent.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import { objectCrc32, objectSha256, type ObjectStore } from '../../core/object-store.ts';
 import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../contracts/recovery-jobs.ts';
 

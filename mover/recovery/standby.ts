@@ -10,11 +10,11 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, isZero, open, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { readChunk } from '../../repository/packs.ts';
+import { verifiedChunk } from './manifest-diff.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { rehashDisk } from './rehash.ts';
@@ -42,7 +42,6 @@ async function writeState(path: string, s: DiskState): Promise<void> {
   await writeFile(`${path}.tmp`, JSON.stringify(s));
   await rename(`${path}.tmp`, path);
 }
-
 
 export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: string }, d: { store: ObjectStore; keys: RepositoryKeys; signal?: AbortSignal; onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void }): Promise<StandbyDisk> {
   const started = performance.now();
@@ -90,21 +89,7 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
       if (same) {
         chunksUnchanged++;
       } else {
-        let data: Buffer;
-        if (want === null) {
-          data = Buffer.alloc(length);
-        } else {
-          const at = batch.location(k)!;
-          const where = `chunk ${want} in ${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''} (disk '${disk.diskId}', offset ${offset})`;
-          const body = await readChunk(d.store, at);
-          if (!body) throw new Corrupt(`${where} is missing from the DR repository`);
-          try {
-            data = await open(d.keys, body, want);
-          } catch (err) {
-            throw new Corrupt(`${where} is damaged in the DR repository: ${(err as Error).message}`, err);
-          }
-          if (data.length !== length || chunkId(d.keys, data) !== want) throw new Corrupt(`${where} does not match its id in the DR repository`);
-        }
+        const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, batch.location(k)!, want, disk.diskId, offset, length);
         await fh.write(data, 0, length, offset);
         chunksWritten++;
         bytesWritten += length;

@@ -5,15 +5,18 @@ import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTask, recoveryTaskNames } from '../../contracts/recovery-jobs.ts';
 import type { Logger, TaskContext } from '../worker.ts';
+import { ProgressReporter } from '../progress-reporter.ts';
+import type { MOVING_PHASES } from '../../contracts/progress.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';
 import { discardPoolVolumes } from './pool-volumes.ts';
-import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+import { restoreDiskTask, restoreVmConfigTask } from './restore-tasks.ts';
 import { restoreTestTask } from './restore-test.ts';
 import { runExportTask } from './export-task.ts';
 import { instantRecoverTask } from './instant.ts';
 import { runFilesTask } from '../files/files-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
+import { runFailbackTask } from './failback-task.ts';
 
 export interface RecoveryTaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
@@ -23,6 +26,9 @@ export interface RecoveryTaskDeps {
   restoreInFlightBytes?: number;
   /** The mover's work folder: restore tests run under `<workDir>/restore-tests`; restores into a storage pool keep their records and raw copies there. */
   workDir: string;
+  /** This mover's name, and how often a restore's or verification's disk writes its progress object (contracts/progress.ts; default 5 s). */
+  moverName?: string;
+  progressEveryMs?: number;
 }
 
 /** Whether a task input names a recovery task kind (then `runRecoveryTask` parses it). */
@@ -49,6 +55,24 @@ function progressed(ctx: TaskContext, log: ReturnType<typeof throttled>): Return
   };
 }
 
+/** A progress reporter (mover/progress-reporter.ts) for one disk of a restore or a verification. */
+function reporter(store: ObjectStore, deps: RecoveryTaskDeps, task: Omit<ConstructorParameters<typeof ProgressReporter>[0]['task'], 'mover'>, phase: (typeof MOVING_PHASES)[number] = 'transfer') {
+  return { phase, r: new ProgressReporter({ store, logger: deps.logger, everyMs: deps.progressEveryMs ?? 5000, task: { ...task, mover: deps.moverName ?? 'mover' } }) };
+}
+
+/** Runs `work` between the reporter's first write and its last (`done`, or `failed` when it throws). */
+async function reported<T>(o: ReturnType<typeof reporter>, work: (r: ProgressReporter) => Promise<T>): Promise<T> {
+  await o.r.start(o.phase);
+  try {
+    const out = await work(o.r);
+    await o.r.finish('done');
+    return out;
+  } catch (err) {
+    await o.r.finish('failed');
+    throw err;
+  }
+}
+
 /** Runs a recovery task after parsing its input with the contract (contracts/recovery-jobs.ts): a bad input is Mover.BadTaskInput naming each bad field. */
 export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx: TaskContext): Promise<unknown> {
   const t = parseTaskInput(`${String((raw as { task?: unknown }).task)} task`, recoveryTask, raw);
@@ -56,11 +80,15 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
     case 'restoreDisk': {
       const { store, keys } = await deps.repository(t.restore.repository);
       const log = progressed(ctx, throttled(250));
-      return restoreDiskTask(t.restore, t.disk, {
+      const r = t.restore;
+      return reported(reporter(store, deps, { operation: 'restore', operationId: r.restoreId, vmId: r.vmId, backupId: r.backupId, diskId: t.disk.diskId, bytesTotal: t.disk.sizeBytes }), (report) => restoreDiskTask(r, t.disk, {
         store, keys, parallelism: deps.parallelism, signal: ctx.signal, ...(deps.workDir ? { workDir: deps.workDir } : {}),
         ...(deps.restoreInFlightBytes ? { inFlightBytes: deps.restoreInFlightBytes } : {}),
-        onProgress: (p) => log(p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: t.restore.restoreId, vmId: t.restore.vmId, backupId: t.restore.backupId, ...p })),
-      });
+        onProgress: (p) => {
+          report.update(p.bytesDone, 0, p.phase === 'write' ? 'transfer' : p.phase, p.sizeBytes);
+          log(p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: r.restoreId, vmId: r.vmId, backupId: r.backupId, ...p }));
+        },
+      }));
     }
     case 'restoreVmConfig': {
       return restoreVmConfigTask(t.restore, t.disks, { ...(await deps.repository(t.restore.repository)), ...(deps.workDir ? { workDir: deps.workDir } : {}) });
@@ -73,10 +101,15 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
     case 'deepVerifyDisk': {
       const { store, keys } = await deps.repository(t.verify.repository);
       const log = progressed(ctx, throttled(500));
-      const result = await deepVerifyDisk(t.verify, t.disk, {
+      const v = t.verify;
+      const result = await reported(reporter(store, deps, { operation: 'verify', operationId: v.verifyId, vmId: v.vmId, backupId: v.backupId, diskId: t.disk.diskId, bytesTotal: t.disk.sizeBytes }, 'read'), (report) => deepVerifyDisk(v, t.disk, {
         store, keys, parallelism: deps.parallelism, signal: ctx.signal,
-        onProgress: (p) => log(p.chunksChecked === p.chunksSelected, () => deps.logger.info('deepverify.progress', { verifyId: t.verify.verifyId, backupId: t.verify.backupId, ...p })),
-      });
+        onProgress: (p) => {
+          // Disk bytes covered by the chunks read back, of those the sample selected.
+          report.update(p.chunksChecked * p.chunkSize, 0, 'read', p.chunksSelected * p.chunkSize);
+          log(p.chunksChecked === p.chunksSelected, () => deps.logger.info('deepverify.progress', { verifyId: v.verifyId, backupId: v.backupId, ...p }));
+        },
+      }));
       for (const f of result.damaged) deps.logger.error('deepverify.damaged', { verifyId: t.verify.verifyId, ...f });
       return result;
     }
@@ -119,5 +152,9 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       const { store, keys } = await deps.repository(t.files.repository);
       return runFilesTask(t.files, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
+    case 'failbackDisk':
+    case 'stopDrVm':
+    case 'startProductionVm':
+      return runFailbackTask(t, deps, ctx);
   }
 }

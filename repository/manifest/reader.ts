@@ -6,7 +6,7 @@
  */
 import { Corrupt } from '../../contracts/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { decodeManifestDocument, keys as objectKeys, open, type Manifest, type PackRef, type RepositoryKeys } from '../format.ts';
+import { decodeManifestDocument, objectKeys, open, type Manifest, type PackRef, type RepositoryKeys } from '../format.ts';
 import type { ChunkLocation } from '../packs.ts';
 import { checkHead, pieceKey, piecePurpose, type ManifestHead } from './head.ts';
 import { MAX_PIECE_ENTRIES, Piece } from './piece.ts';

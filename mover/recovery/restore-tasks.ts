@@ -7,7 +7,7 @@ import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
