@@ -87,8 +87,20 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
 if (process.argv[2] === 'child') {
   const [, , , step, endpointsJson, argsJson] = process.argv;
   const started = performance.now();
+  // Where the memory is: the peaks of V8's heap and of the memory outside it (Buffers), sampled.
+  const peak = { heapUsed: 0, external: 0, arrayBuffers: 0 };
+  const sample = () => {
+    const m = process.memoryUsage();
+    peak.heapUsed = Math.max(peak.heapUsed, m.heapUsed);
+    peak.external = Math.max(peak.external, m.external);
+    peak.arrayBuffers = Math.max(peak.arrayBuffers, m.arrayBuffers);
+  };
+  const sampler = setInterval(sample, 100);
   const result = await child(step!, JSON.parse(endpointsJson!) as Endpoints, JSON.parse(argsJson!) as Record<string, unknown>);
-  process.stdout.write(JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, result }) + '\n');
+  clearInterval(sampler);
+  sample();
+  const peaksMiB = Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, v / MiB]));
+  process.stdout.write(JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, peaksMiB, result }) + '\n');
   process.exit(0);
 }
 
@@ -151,9 +163,10 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
   c.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((ok) => c.on('exit', ok));
   if (code !== 0) throw new Error(`${name} exited ${code}`);
-  const r = JSON.parse(out) as { seconds: number; maxRssMiB: number; result: T };
+  const r = JSON.parse(out) as { seconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
   const target = kind === 'mover' ? 256 : 512;
-  say(`${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'})   load ${loadavg()[0]!.toFixed(1)}`);
+  const p = r.peaksMiB;
+  say(`${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; heap ${p.heapUsed!.toFixed(0)}, external ${p.external!.toFixed(0)} of which ArrayBuffers ${p.arrayBuffers!.toFixed(0)} MiB)   load ${loadavg()[0]!.toFixed(1)}`);
   return r.result;
 }
 

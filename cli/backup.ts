@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { ConfigError, defaultConfigPath, loadConfig } from '../core/config.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
+import type { AddVmAnswer, AddVmRequest } from '../contracts/operator.ts';
 import { formatBackup } from '../local/demo/report.ts';
 import { runWithProgress } from './progress.ts';
 import { EXIT, guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
@@ -36,7 +37,7 @@ export function registerBackupCommands(program: Command, defaultDataDir: string,
 
   const vm = program.command('vm').description('the VM inventory of the running stack');
   stackOptions(vm.command('add')
-    .description('add a VM (or move it to another host) in the embedded stack: its host decides the mover group that backs it up (a deployed stack\'s VMs come from discovery)')
+    .description('add a VM (or move it to another host) in the stack\'s inventory (the operator API\'s POST /api/vms): its host decides the mover group that backs it up (libvirt hosts\' VMs also come from `lifeboat discover`)')
     .argument('<vm>', 'the VM id')
     .requiredOption('--host <id>', 'the hypervisor host it runs on (a host of the configuration)')
     .requiredOption('--source <locator>', 'where the source driver finds it (for the folder driver: a folder with vm.json and disk images)')
@@ -44,8 +45,9 @@ export function registerBackupCommands(program: Command, defaultDataDir: string,
     .action(guarded(async (vmId: string, opts: StackOptions & { host: string; source: string; datastore: string[] }) => {
       const client = await StackClient.connect(opts);
       try {
-        if (client.info.kind === 'aws') throw new Error(`${client.info.where}: VMs of a deployed stack come from the Discover workflow (\`lifeboat discover --stack ${opts.stack}\`) and the configuration's policies, not from \`vm add\``);
-        const r = await client.request<{ moverGroup: string }>('POST', '/api/vms', { vmId, host: opts.host, source: resolve(opts.source), datastores: opts.datastore });
+        // A folder source is a path on the movers' machine: made absolute here, as a person means it.
+        const source = client.info.kind === 'embedded' ? resolve(opts.source) : opts.source;
+        const r = await client.request<AddVmAnswer>('POST', '/api/vms', { vmId, host: opts.host, source, ...(opts.datastore.length ? { datastores: opts.datastore } : {}) } satisfies AddVmRequest);
         io.out(`VM ${vmId} is on host ${opts.host}: mover group '${r.moverGroup}' backs it up.`);
       } finally {
         client.close();

@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { registerBackupCommands } from './backup.ts';
+import { registerConsoleCommand } from './console.ts';
 import { registerDiscoverCommand } from './discover.ts';
 import { registerExportCommand } from './export.ts';
 import { registerFilesCommands } from './files.ts';
@@ -120,5 +121,7 @@ registerFilesCommands(program, DEFAULT_DATA_DIR, {
 });
 
 registerLifecycleCommands(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) });
+
+registerConsoleCommand(program, DEFAULT_DATA_DIR, { out: (line) => process.stdout.write(`${line}\n`) }, positiveInt);
 
 await program.parseAsync();

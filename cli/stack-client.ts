@@ -8,7 +8,7 @@
  */
 import { CloudFormationClient, DescribeStacksCommand } from '@aws-sdk/client-cloudformation';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { SFNClient, StartExecutionCommand, StopExecutionCommand, type DescribeExecutionCommandOutput } from '@aws-sdk/client-sfn';
+import { DescribeExecutionCommand, SFNClient, StartExecutionCommand, StopExecutionCommand, type DescribeExecutionCommandOutput } from '@aws-sdk/client-sfn';
 import { Hash } from '@smithy/hash-node';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { readFile } from 'node:fs/promises';
@@ -213,21 +213,37 @@ export class StackClient {
     await this.sfn.send(new StopExecutionCommand({ executionArn, cause }));
   }
 
-  /** A request to the operator API; a 404 throws its message (it names the thing and what to do). */
+  /** A request to the operator API; an answer that is not 2xx throws its message (it names the thing and what to do). */
   async request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+    const { status, body: answer } = await this.call(method, path, body === undefined ? undefined : JSON.stringify(body));
+    if (status < 200 || status > 299) throw new Error((answer as { message?: string } | null)?.message ?? `the operator API answered ${status} for ${path}`);
+    return answer as T;
+  }
+
+  /** One request of the operator API (signed for a deployed stack): its status and JSON body, whatever the status. */
+  async call(method: 'GET' | 'POST', path: string, text?: string): Promise<{ status: number; body: unknown }> {
     if (!this.info.api) throw new Error(`${this.info.where} has no operator API (its endpoints file predates it): restart it with \`lifeboat up\``);
     const url = new URL(`${this.info.api}${path}`);
-    let headers: Record<string, string> = { accept: 'application/json', ...(body === undefined ? {} : { 'content-type': 'application/json' }) };
-    const text = body === undefined ? undefined : JSON.stringify(body);
+    let headers: Record<string, string> = { accept: 'application/json', ...(text === undefined ? {} : { 'content-type': 'application/json' }) };
     if (this.signer) {
       const query = Object.fromEntries(url.searchParams);
       const signed = await this.signer.sign({ method, protocol: url.protocol, hostname: url.hostname, ...(url.port ? { port: Number(url.port) } : {}), path: url.pathname, query, headers: { ...headers, host: url.host }, ...(text ? { body: text } : {}) });
       headers = signed.headers as Record<string, string>;
     }
     const res = await fetch(url, { method, headers, ...(text ? { body: text } : {}), signal: AbortSignal.timeout(60_000) });
-    const answer = await res.json().catch(() => ({ message: `the operator API at ${this.info.api} answered ${res.status} without JSON` })) as { message?: string };
-    if (!res.ok) throw new Error(answer.message ?? `the operator API answered ${res.status} for ${path}`);
-    return answer as T;
+    const answer = await res.json().catch(() => ({ message: `the operator API at ${this.info.api} answered ${res.status} without JSON${res.status === 403 ? ': check that your credentials may call it (lambda:InvokeFunctionUrl)' : ''}` })) as unknown;
+    return { status: res.status, body: answer };
+  }
+
+  /** An execution's status and outcome, or undefined when `workflow` has no execution of that name. */
+  async describe(workflow: string, name: string): Promise<{ status: string; output?: string; error?: string; cause?: string } | undefined> {
+    try {
+      const d = await this.sfn.send(new DescribeExecutionCommand({ executionArn: this.executionArn(workflow, name) }));
+      return { status: d.status!, ...(d.output ? { output: d.output } : {}), ...(d.error ? { error: d.error } : {}), ...(d.cause ? { cause: d.cause } : {}) };
+    } catch (err) {
+      if ((err as Error).name === 'ExecutionDoesNotExist') return undefined;
+      throw err;
+    }
   }
 
   get<T>(path: string): Promise<T> {

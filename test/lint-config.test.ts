@@ -32,8 +32,12 @@ const files: Record<string, string> = {
   // Kept: contracts, a catalog record type, and the stack client.
   'cli/keeps-boundaries.ts':
     "import type { RunSummary } from '../contracts/workflow-outputs.ts';\nimport type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';\nimport { StackClient } from './stack-client.ts';\nexport type X = [RunSummary, HostConfigRecord];\nexport const y = StackClient;\n",
-  // Kept: the stack's wiring opens the catalog.
-  'cli/embedded-access.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
+  // Broken: the CLI opening the catalog instead of reading it through the operator API.
+  'cli/opens-catalog.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
+  // Broken: the console reaching into the operator API's modules instead of calling the API.
+  'local/console/imports-operator.ts': "import { answer } from '../../functions/operator/api.ts';\nexport const x = answer;\n",
+  // Kept: the embedded stack's wiring opens the catalog.
+  'local/stack.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
   // Kept: a handler module importing its commons and contracts.
   'functions/backup/keeps.ts':
     "import { clients } from '../commons/clients.ts';\nimport { vmJob } from '../../contracts/jobs.ts';\nexport const x = [clients, vmJob];\n",
@@ -67,7 +71,9 @@ function diagnosticsOf(path: string): string[] {
 
 test.each([
   ['cli/imports-handler.ts', 'Nothing outside functions/ imports a handler module'],
-  ['bench/opens-catalog.ts', "only the stack's wiring (cli/embedded-access.ts, local/stack.ts, local/operator.ts, ...) opens the catalog"],
+  ['bench/opens-catalog.ts', "only the embedded stack's wiring (local/stack.ts) opens the catalog"],
+  ['cli/opens-catalog.ts', 'read the catalog through the operator API'],
+  ['local/console/imports-operator.ts', 'Nothing outside functions/ imports a handler module'],
   ['contracts/imports-core.ts', 'contracts/ imports nothing of this repository'],
   ['core/imports-repository.ts', 'core/ imports only contracts/ and core/'],
   ['repository/imports-functions.ts', 'repository/ imports only contracts/, core/ and repository/'],
@@ -80,6 +86,6 @@ test.each([
   expect(found[0]).toContain(message);
 });
 
-test.each([['cli/keeps-boundaries.ts'], ['cli/embedded-access.ts'], ['functions/backup/keeps.ts']])('%s keeps the boundaries and passes', (path) => {
+test.each([['cli/keeps-boundaries.ts'], ['local/stack.ts'], ['functions/backup/keeps.ts']])('%s keeps the boundaries and passes', (path) => {
   expect(diagnosticsOf(path), report).toEqual([]);
 });

@@ -130,9 +130,19 @@ const standby = {
 const disk = { diskId: 'vda', sizeBytes: 10 };
 const backupRef = (backupId: string, bucket: string) => ({ backupId, repository: { bucket } });
 const failback = {
-  failbackId: 'fb-1', vmId: 'vm-1', drVmId: 'vm-1-dr', productionGroup: 'g', drGroup: 'dr',
-  production: { uri: 'qemu:///system', name: 'vm-1' }, dr: { uri: 'qemu:///system', name: 'vm-1-dr' }, drPolicyId: 'p-dr',
-  base: backupRef('bk-1', 'repo'), target: backupRef('bk-dr-1', 'dr'), disks: [disk], shutdownTimeoutSeconds: 60, readiness: { agent: true },
+  failbackId: 'fb-1',
+  vmId: 'vm-1',
+  drVmId: 'vm-1-dr',
+  productionGroup: 'g',
+  drGroup: 'dr',
+  production: { uri: 'qemu:///system', name: 'vm-1' },
+  dr: { uri: 'qemu:///system', name: 'vm-1-dr' },
+  drPolicyId: 'p-dr',
+  base: backupRef('bk-1', 'repo'),
+  target: backupRef('bk-dr-1', 'dr'),
+  disks: [disk],
+  shutdownTimeoutSeconds: 60,
+  readiness: { agent: true },
 };
 
 test.each([

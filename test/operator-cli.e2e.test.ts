@@ -6,7 +6,8 @@
  * endpoint, the real SDK clients pointed at the local endpoints (AWS_ENDPOINT_URL_*), the
  * operator API requests signed with SigV4. Same output either way.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -34,13 +35,18 @@ const cli = (args: string[], env: NodeJS.ProcessEnv = process.env) =>
 const local = (args: string[]) => cli([...args, '--endpoints', endpointsFile]);
 const aws = (args: string[]) => cli([...args, '--stack', 'Lifeboat'], awsEnv);
 
-/** In front of the operator API: records each request's headers (the SigV4 signature), forwards it. */
+/** In front of the operator API: records each request's headers (the SigV4 signature), forwards it (and its body). */
 async function recordingProxy(target: string): Promise<string> {
   const server = createServer((req, res) => {
     signed.push(req.headers);
-    void fetch(`${target}${req.url}`, { method: req.method ?? 'GET' }).then(async (r) => {
-      res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
-      res.end(Buffer.from(await r.arrayBuffer()));
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = chunks.length ? Buffer.concat(chunks) : undefined;
+      void fetch(`${target}${req.url}`, { method: req.method ?? 'GET', ...(body ? { body, headers: { 'content-type': 'application/json' } } : {}) }).then(async (r) => {
+        res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+        res.end(Buffer.from(await r.arrayBuffer()));
+      });
     });
   });
   await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
@@ -188,12 +194,75 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
     expect(b.stdout).toMatch(/Backup of policy 'p-op': 1 VM\(s\) committed, 0 failed \(run [\w-]+\)/);
   }, 120_000);
 
-  it('says which stack it could not find, and refuses vm add', async () => {
+  it('serves the console from the deployed stack\'s signed API: pages show its catalog, an action starts its workflow, a foreign POST is refused', async () => {
+    const child = spawn(process.execPath, ['cli/lifeboat.ts', 'console', '--stack', 'Lifeboat', '--port', '0'], { env: awsEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((ok) => child.once('exit', (code) => ok(code)));
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => { stderr += String(c); });
+    try {
+      const url = await new Promise<string>((ok, fail) => {
+        createInterface({ input: child.stdout }).on('line', (l) => {
+          const m = /^Web console for stack Lifeboat in us-east-1: (http:\/\/127\.0\.0\.1:\d+)\/ \(Ctrl-C stops it\)$/.exec(l);
+          if (m) ok(m[1]!);
+        });
+        void exited.then((code) => fail(new Error(`lifeboat console exited ${code}: ${stderr}`)));
+      });
+      const before = signed.length;
+      const overview = await (await fetch(`${url}/`)).text();
+      expect(overview).toContain('<a href="/vms/vm-op">vm-op</a>');
+      expect(overview).toContain('id="backup-p-op"');
+      const vmPage = await (await fetch(`${url}/vms/vm-op`)).text();
+      expect(vmPage).toMatch(/committed<\/td><td>12\.0 MiB/);
+      // The stack's mover groups, from its outputs (ActivityArn<group>); the VM's own selected.
+      expect(vmPage).toMatch(/<select name="group"><option>dr<\/option><option selected>site-a<\/option><option>site-b<\/option><\/select>/);
+      expect(signed.length).toBeGreaterThan(before); // every read went through the signed function URL
+
+      const foreign = await fetch(`${url}/actions/backup`, { method: 'POST', redirect: 'manual', headers: { origin: 'http://evil.example', 'content-type': 'application/x-www-form-urlencoded' }, body: 'policyId=p-op' });
+      expect(foreign.status).toBe(403);
+      const start = await fetch(`${url}/actions/backup`, { method: 'POST', redirect: 'manual', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'policyId=p-op' });
+      expect(start.status).toBe(303);
+      const runPath = start.headers.get('location')!;
+      expect(runPath).toMatch(/^\/runs\/[0-9a-f-]{36}$/);
+      let status = '';
+      for (let i = 0; i < 240 && status !== 'SUCCEEDED' && status !== 'FAILED'; i++) {
+        await new Promise((r) => setTimeout(r, 500));
+        const run = await fetch(`${url}/api${runPath}`);
+        if (run.ok) status = ((await run.json()) as { status: string }).status;
+      }
+      expect(status).toBe('SUCCEEDED');
+      expect(await (await fetch(`${url}${runPath}`)).text()).toMatch(/vm-op<\/td><td>committed/);
+    } finally {
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    }
+  }, 180_000);
+
+  it('says which stack it could not find', async () => {
     const missing = await cli(['vms', '--stack', 'NoSuchStack'], awsEnv);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/cannot read the outputs of stack NoSuchStack \(ValidationError: Stack with id NoSuchStack does not exist\); check its name, --region and your AWS credentials/);
-    const add = await aws(['vm', 'add', 'vm-x', '--host', 'esx-02', '--source', t.dir]);
-    expect(add.code).toBe(1);
-    expect(add.stderr).toContain('VMs of a deployed stack come from the Discover workflow');
   }, 180_000);
+
+  it('adds a VM through the signed API (POST /api/vms), and names a host the configuration lacks', async () => {
+    const before = signed.length;
+    const add = await aws(['vm', 'add', 'vm-aws', '--host', 'esx-02', '--source', '/srv/vms/vm-aws', '--datastore', 'ds1']);
+    expect(add.code, add.stderr).toBe(0);
+    expect(add.stdout).toBe("VM vm-aws is on host esx-02: mover group 'site-a' backs it up.\n");
+    expect(signed.slice(before).some((h) => /^AWS4-HMAC-SHA256 .*SignedHeaders=\S*content-type/.test(String(h.authorization)))).toBe(true);
+    const vms = JSON.parse((await local(['vms', '--json'])).stdout) as { vmId: string; host: string; moverGroup: string }[];
+    expect(vms.find((v) => v.vmId === 'vm-aws')).toMatchObject({ host: 'esx-02', moverGroup: 'site-a' });
+    expect(await t.stack.catalog.getVm('vm-aws')).toMatchObject({ source: '/srv/vms/vm-aws', datastores: ['ds1'] });
+    const bad = await aws(['vm', 'add', 'vm-aws', '--host', 'no-such-host', '--source', '/srv/x']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain("lifeboat: host 'no-such-host' is not in the configuration: add it to \"hosts\" and to a mover group, then deploy (or restart the embedded stack)");
+  }, 120_000);
+
+  it('lists host configuration backups through the API; a restore opens the repository with the stack\'s KMS key and says what it needs', async () => {
+    const list = await aws(['host-config', 'list', '--json']);
+    expect(list.code, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout)).toEqual(JSON.parse((await local(['host-config', 'list', '--json'])).stdout));
+    const none = await aws(['host-config', 'restore', '--host', 'kvm-01', '--to', join(t.dir, 'hc')]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain("host 'kvm-01' has no host configuration backup yet: run one with `lifeboat host-config backup --host kvm-01`");
+  }, 120_000);
 });

@@ -116,6 +116,12 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://console');
     const path = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+    // The console acts with its stack's (or its operator's) rights and has no login of its own: it answers only
+    // requests addressed to this loopback listener (no DNS rebinding), and actions only from its own pages (no cross-site POST).
+    const host = req.headers.host ?? '';
+    if (!/^(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(host)) return send(res, 421, 'text/plain', `the console answers requests to 127.0.0.1 or localhost only, not to '${host}'\n`);
+    const origin = req.headers.origin;
+    if (req.method === 'POST' && origin && (origin === 'null' || URL.parse(origin)?.host !== host)) return send(res, 403, 'text/plain', `a POST from ${origin} is not one of the console's own forms: refused\n`);
     try {
       if (path[0] === 'api') {
         if (req.method !== 'GET' && req.method !== 'POST') return json(res, 405, { error: 'MethodNotAllowed', message: 'the operator API takes GET, and POST /api/vms (`lifeboat vm add`)' });

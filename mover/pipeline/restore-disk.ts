@@ -11,7 +11,7 @@
  * The target is flushed as the restore goes and once more at its end: a restore that
  * returned is on the target's storage, not only in the page cache.
  */
-import { open as openFile, stat } from 'node:fs/promises';
+import { open as openFile, stat, type FileHandle } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
@@ -78,166 +78,217 @@ const FLUSH_BYTES = 256 * 1024 * 1024;
 const ZERO_WRITE_BYTES = 8 * 1024 * 1024;
 
 export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number; requests: number }> {
-  const manifestKey = objectKeys.manifest(o.backupId, o.diskId);
   const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
-  if (!reader) throw new Corrupt(`manifest ${manifestKey} of disk '${o.diskId}' is missing from the repository`);
-  const m = reader.info;
+  if (!reader) throw new Corrupt(`manifest ${objectKeys.manifest(o.backupId, o.diskId)} of disk '${o.diskId}' is missing from the repository`);
   const kind = o.targetKind ?? ((await stat(o.target).catch(() => undefined))?.isBlockDevice() ? 'device' : 'file');
-  const writeZeros = kind === 'device' && !o.targetZeroed;
+  const settings = restoreSettings(o);
   const pool = o.pool ?? sharedChunkPool();
+  const restore = new DiskRestore(o, reader.info, pool, settings, await openFile(o.target, kind === 'device' ? 'r+' : 'w'));
+  try {
+    await restore.write(reader, kind === 'device' && !o.targetZeroed);
+    if (kind === 'file') await restore.fh.truncate(reader.info.sizeBytes);
+    await restore.flushed();
+  } finally {
+    await restore.close();
+  }
+  return { sizeBytes: reader.info.sizeBytes, bytesDownloaded: restore.bytesDownloaded, requests: restore.requests };
+}
+
+/** The tuning of one restore, checked: RESTORE_DEFAULTS and what the caller set. */
+function restoreSettings(o: RestoreDiskOptions): typeof RESTORE_DEFAULTS {
   const settings = { ...RESTORE_DEFAULTS, ...definedOf(o) };
   for (const [k, v] of Object.entries(settings)) if (!Number.isSafeInteger(v) || v < 0 || (v === 0 && k !== 'maxGapBytes')) throw new RangeError(`restore of disk '${o.diskId}': ${k} must be a whole number of bytes above 0, got ${v}`);
-  const maxChunk = sealedCapacity(m.chunkSize);
-  const maxRunBytes = Math.max(maxChunk, Math.min(settings.maxRunBytes, settings.inFlightBytes));
-  const arena = new ByteArena(Math.max(settings.inFlightBytes, maxRunBytes));
-  const fh = await openFile(o.target, kind === 'device' ? 'r+' : 'w');
-  const shared = pool.share(arena.capacity);
-  let bytesDownloaded = 0;
-  let requests = 1;
-  let done = 0;
+  return settings;
+}
+
+type ManifestInfo = ManifestReader['info'];
+
+/** One disk's restore in progress: the target, the shared arena, what was downloaded, written and flushed. */
+class DiskRestore {
+  bytesDownloaded = 0;
+  requests = 1;
+  private readonly maxChunk: number;
+  private readonly maxRunBytes: number;
+  private readonly arena: ByteArena;
+  private readonly shared: SharedSlot;
+  private done = 0;
   // What is written is flushed to the target as the restore goes (one flush at a time), so
   // the last flush, which the restore waits for, has little left to write.
-  let unflushed = 0;
-  let flushing: Promise<void> | undefined;
-  let flushFailure: unknown;
-  const written = (length: number) => {
-    done += length;
-    o.onProgress?.(done, m.sizeBytes);
-    unflushed += length;
-    if (unflushed >= FLUSH_BYTES && !flushing) {
-      unflushed = 0;
-      // A failed flush fails the restore at its end (Linux reports a writeback error to one flush only).
-      flushing = track(fh.datasync()).catch((err: unknown) => { flushFailure ??= err; }).finally(() => { flushing = undefined; });
-    }
-  };
-  const lengthAt = (index: number) => Math.min(m.chunkSize, m.sizeBytes - index * m.chunkSize);
+  private unflushed = 0;
+  private flushing: Promise<void> | undefined;
+  private flushFailure: unknown;
   // Slots for reading another copy of a damaged chunk (rare: one per such chunk being read).
-  const spareSlots: SharedSlot[] = [];
-  const allSpares: SharedSlot[] = [];
-  let index: Promise<RepositoryIndex> | undefined;
+  private readonly spareSlots: SharedSlot[] = [];
+  private readonly allSpares: SharedSlot[] = [];
+  private index: Promise<RepositoryIndex> | undefined;
   // Workers write through fh.fd: the file is closed only after every started chunk settled,
   // also when one failed (a closed fd number may be reused by the next open file).
-  const started = new Set<Promise<unknown>>();
-  const track = <T>(p: Promise<T>): Promise<T> => {
-    started.add(p);
-    return p.finally(() => started.delete(p));
-  };
+  private readonly started = new Set<Promise<unknown>>();
+  private failure: { err: unknown } | undefined;
+
+  private readonly o: RestoreDiskOptions;
+  private readonly m: ManifestInfo;
+  private readonly pool: ChunkPool;
+  private readonly settings: typeof RESTORE_DEFAULTS;
+  readonly fh: FileHandle;
+
+  constructor(o: RestoreDiskOptions, m: ManifestInfo, pool: ChunkPool, settings: typeof RESTORE_DEFAULTS, fh: FileHandle) {
+    this.o = o;
+    this.m = m;
+    this.pool = pool;
+    this.settings = settings;
+    this.fh = fh;
+    this.maxChunk = sealedCapacity(m.chunkSize);
+    this.maxRunBytes = Math.max(this.maxChunk, Math.min(settings.maxRunBytes, settings.inFlightBytes));
+    this.arena = new ByteArena(Math.max(settings.inFlightBytes, this.maxRunBytes));
+    this.shared = pool.share(this.arena.capacity);
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.started.add(p);
+    return p.finally(() => this.started.delete(p));
+  }
+
+  private lengthAt(index: number): number {
+    return Math.min(this.m.chunkSize, this.m.sizeBytes - index * this.m.chunkSize);
+  }
+
+  private progressed(bytes: number): void {
+    this.done += bytes;
+    this.o.onProgress?.(this.done, this.m.sizeBytes);
+  }
+
+  private written(length: number): void {
+    this.progressed(length);
+    this.unflushed += length;
+    if (this.unflushed >= FLUSH_BYTES && !this.flushing) {
+      this.unflushed = 0;
+      // A failed flush fails the restore at its end (Linux reports a writeback error to one flush only).
+      this.flushing = this.track(this.fh.datasync()).catch((err: unknown) => { this.flushFailure ??= err; }).finally(() => { this.flushing = undefined; });
+    }
+  }
+
+  /** Plans the manifest a window at a time and restores its runs, as many in flight as the arena holds; zero chunks are written only when `writeZeros`. */
+  async write(reader: ManifestReader, writeZeros: boolean): Promise<void> {
+    const { m } = this;
+    const zeros = writeZeros ? Buffer.alloc(Math.max(m.chunkSize, Math.floor(ZERO_WRITE_BYTES / m.chunkSize) * m.chunkSize)) : undefined;
+    for await (const w of planWindows(readerEntries(reader), { maxRunBytes: this.maxRunBytes, maxGapBytes: this.settings.maxGapBytes, windowEntries: WINDOW_ENTRIES })) {
+      for (const [first, count] of adjacent(w.zeros, zeros ? zeros.length / m.chunkSize : Infinity)) {
+        const bytes = Math.min(count * m.chunkSize, m.sizeBytes - first * m.chunkSize);
+        if (zeros) await this.fh.write(zeros, 0, bytes, first * m.chunkSize);
+        this.progressed(bytes);
+      }
+      for (const run of w.runs) {
+        if (run.length > this.arena.capacity) {
+          const c = run.chunks[0]!;
+          throw new Corrupt(`disk '${this.o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: the manifest says chunk ${c.id} is stored in ${c.length} bytes of ${run.key}, more than a chunk of ${m.chunkSize} bytes seals to (${this.maxChunk}): the manifest is damaged; restore an older backup`);
+        }
+        const base = await this.arena.take(run.length);
+        if (this.failure) {
+          this.arena.give(base, run.length);
+          break;
+        }
+        void this.track(this.restoreRun(run, base).catch((err: unknown) => { this.failure ??= { err }; }).finally(() => this.arena.give(base, run.length)));
+      }
+      if (this.failure) break;
+    }
+    await Promise.allSettled(this.started);
+    if (this.failure) throw this.failure.err;
+  }
+
+  /** Restored means on the target's storage, not in the page cache. */
+  async flushed(): Promise<void> {
+    await this.fh.datasync().catch((err: unknown) => { this.flushFailure ??= err; });
+    if (this.flushFailure) throw new Error(`disk '${this.o.diskId}': flushing ${this.o.target} to storage failed: ${(this.flushFailure as Error).message}`, { cause: this.flushFailure });
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.started);
+    this.pool.unshare(this.shared);
+    for (const slot of this.allSpares) this.pool.unshare(slot);
+    await this.fh.close();
+  }
 
   /** Opens the chunk at `at` in `slot` into the target at chunk `i`: undefined, or why it is not this chunk. */
-  const openAt = async (id: string, slot: SharedSlot, at: number, length: number, i: number): Promise<string | undefined> => {
-    const offset = i * m.chunkSize;
+  private async openAt(id: string, slot: SharedSlot, at: number, length: number, i: number): Promise<string | undefined> {
+    const { o, pool } = this;
+    const offset = i * this.m.chunkSize;
     try {
       // On this thread while every worker has another chunk queued behind the one it opens,
       // else on a worker. After opening one here, yield to the event loop: the workers'
       // replies wait there, and without it this thread kept every chunk to itself.
-      const write = { fd: fh.fd, offset };
+      const write = { fd: this.fh.fd, offset };
       let opened;
       if (pool.backlog >= pool.size * MAIN_THREAD_BACKLOG) {
-        opened = pool.openHere(o.keys, slot, length, id, lengthAt(i), write, at);
+        opened = pool.openHere(o.keys, slot, length, id, this.lengthAt(i), write, at);
         await new Promise<void>((ok) => setImmediate(ok));
       } else {
-        opened = await pool.openSlot(o.keys, slot, length, id, lengthAt(i), write, at);
+        opened = await pool.openSlot(o.keys, slot, length, id, this.lengthAt(i), write, at);
       }
       return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
     } catch (err) {
       if (err instanceof Corrupt) return err.message;
-      throw new Error(`disk '${o.diskId}': writing ${lengthAt(i)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
+      throw new Error(`disk '${o.diskId}': writing ${this.lengthAt(i)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
     }
-  };
+  }
 
   /** Opens the chunk at `at` in `slot` into every index in `indexes`: undefined, or why it is not this chunk. */
-  const openAll = async (id: string, slot: SharedSlot, at: number, length: number, indexes: number[]): Promise<string | undefined> => {
+  private async openAll(id: string, slot: SharedSlot, at: number, length: number, indexes: number[]): Promise<string | undefined> {
     for (const i of indexes) {
-      const problem = await openAt(id, slot, at, length, i);
+      const problem = await this.openAt(id, slot, at, length, i);
       if (problem !== undefined) return problem;
     }
     return undefined;
-  };
+  }
 
   /**
    * Another copy of chunk `c` the repository's index lists (a later backup stored it
    * again after a deep verification quarantined the damaged one), opened into each of its
    * indexes; false when there is none that opens.
    */
-  const fromOtherCopy = async (c: RunChunk, key: string): Promise<boolean> => {
-    for (const alt of (await (index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(c.id, { key, offset: c.offset, length: c.length })) {
-      if (alt.length > maxChunk) continue;
-      const slot = spareSlots.pop() ?? (allSpares[allSpares.length] = pool.share(maxChunk));
+  private async fromOtherCopy(c: RunChunk, key: string): Promise<boolean> {
+    const { o, pool } = this;
+    for (const alt of (await (this.index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(c.id, { key, offset: c.offset, length: c.length })) {
+      if (alt.length > this.maxChunk) continue;
+      const slot = this.spareSlots.pop() ?? (this.allSpares[this.allSpares.length] = pool.share(this.maxChunk));
       try {
-        requests++;
+        this.requests++;
         const copy = await readChunk(o.store, alt, slot.bytes).catch(() => undefined);
         if (!copy) continue;
         if (copy.buffer !== slot.bytes.buffer) slot.bytes.set(copy);
-        if ((await openAll(c.id, slot, 0, copy.length, c.indexes)) === undefined) {
-          bytesDownloaded += copy.length;
+        if ((await this.openAll(c.id, slot, 0, copy.length, c.indexes)) === undefined) {
+          this.bytesDownloaded += copy.length;
           return true;
         }
       } finally {
-        spareSlots.push(slot);
+        this.spareSlots.push(slot);
       }
     }
     return false;
-  };
+  }
 
   /** Reads `run` into the arena at `base` and restores its chunks (from another copy where one is damaged). */
-  const restoreRun = async (run: ReadRun, base: number) => {
-    requests++;
-    const body = await o.store.get(run.key, { into: shared.bytes.subarray(base, base + run.length), ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+  private async restoreRun(run: ReadRun, base: number): Promise<void> {
+    const { shared } = this;
+    this.requests++;
+    const body = await this.o.store.get(run.key, { into: shared.bytes.subarray(base, base + run.length), ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
     if (body) {
-      bytesDownloaded += body.length;
+      this.bytesDownloaded += body.length;
       if (body.buffer !== shared.bytes.buffer) shared.bytes.set(body.subarray(0, run.length), base); // a store that ignored `into`
     }
-    await mapLimit(run.chunks, Math.max(1, pool.size * 2), async (c) => {
+    await mapLimit(run.chunks, Math.max(1, this.pool.size * 2), async (c) => {
       // A chunk's own bytes in the pack (the run holds several chunks).
       const where = run.packed ? `${run.key} bytes ${c.offset}+${c.length}` : run.key;
       const problem = !body ? 'it is missing from the repository'
         : body.length < c.at + c.length ? `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`
-          : await openAll(c.id, shared, base + c.at, c.length, c.indexes);
-      if (problem !== undefined && !(await fromOtherCopy(c, run.key))) {
-        throw new Corrupt(`disk '${o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: chunk ${c.id} in ${where} is damaged: ${problem}; `
+          : await this.openAll(c.id, shared, base + c.at, c.length, c.indexes);
+      if (problem !== undefined && !(await this.fromOtherCopy(c, run.key))) {
+        throw new Corrupt(`disk '${this.o.diskId}' offset ${c.indexes[0]! * this.m.chunkSize}: chunk ${c.id} in ${where} is damaged: ${problem}; `
           + 'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup');
       }
-      for (const i of c.indexes) written(lengthAt(i));
+      for (const i of c.indexes) this.written(this.lengthAt(i));
     });
-  };
-
-  let failure: { err: unknown } | undefined;
-  try {
-    const zeros = writeZeros ? Buffer.alloc(Math.max(m.chunkSize, Math.floor(ZERO_WRITE_BYTES / m.chunkSize) * m.chunkSize)) : undefined;
-    for await (const w of planWindows(readerEntries(reader), { maxRunBytes, maxGapBytes: settings.maxGapBytes, windowEntries: WINDOW_ENTRIES })) {
-      for (const [first, count] of adjacent(w.zeros, zeros ? zeros.length / m.chunkSize : Infinity)) {
-        const bytes = Math.min(count * m.chunkSize, m.sizeBytes - first * m.chunkSize);
-        if (zeros) await fh.write(zeros, 0, bytes, first * m.chunkSize);
-        done += bytes;
-        o.onProgress?.(done, m.sizeBytes);
-      }
-      for (const run of w.runs) {
-        if (run.length > arena.capacity) {
-          const c = run.chunks[0]!;
-          throw new Corrupt(`disk '${o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: the manifest says chunk ${c.id} is stored in ${c.length} bytes of ${run.key}, more than a chunk of ${m.chunkSize} bytes seals to (${maxChunk}): the manifest is damaged; restore an older backup`);
-        }
-        const base = await arena.take(run.length);
-        if (failure) {
-          arena.give(base, run.length);
-          break;
-        }
-        void track(restoreRun(run, base).catch((err: unknown) => { failure ??= { err }; }).finally(() => arena.give(base, run.length)));
-      }
-      if (failure) break;
-    }
-    await Promise.allSettled(started);
-    if (failure) throw failure.err;
-    if (kind === 'file') await fh.truncate(m.sizeBytes);
-    // Restored means on the target's storage, not in the page cache.
-    await fh.datasync().catch((err: unknown) => { flushFailure ??= err; });
-    if (flushFailure) throw new Error(`disk '${o.diskId}': flushing ${o.target} to storage failed: ${(flushFailure as Error).message}`, { cause: flushFailure });
-  } finally {
-    await Promise.allSettled(started);
-    pool.unshare(shared);
-    for (const slot of allSpares) pool.unshare(slot);
-    await fh.close();
   }
-  return { sizeBytes: m.sizeBytes, bytesDownloaded, requests };
 }
 
 /** Sorted indexes as runs of neighbours: [first, count], each at most `most` long. */

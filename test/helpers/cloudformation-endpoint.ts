@@ -54,7 +54,7 @@ export async function startCloudFormationEndpoint(stackName: string, outputs: Re
  * resolves them against the deployed resources: a Ref to a state machine is its ARN, the
  * operator API's function URL is `apiUrl`, the catalog table and primary bucket their names.
  */
-export function resolveOutputs(template: { Resources: Record<string, { Type: string }>; Outputs?: Record<string, { Value: unknown }> }, stack: { stateMachines: Record<string, string>; table: string; bucket: string; buckets: Record<string, string> }, apiUrl: string): Record<string, string> {
+export function resolveOutputs(template: { Resources: Record<string, { Type: string }>; Outputs?: Record<string, { Value: unknown }> }, stack: { stateMachines: Record<string, string>; table: string; bucket: string; buckets: Record<string, string>; activities: Record<string, string> }, apiUrl: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [key, o] of Object.entries(template.Outputs ?? {})) {
     const v = o.Value as { Ref?: string; 'Fn::GetAtt'?: [string, string] } | string;
@@ -66,6 +66,10 @@ export function resolveOutputs(template: { Resources: Record<string, { Type: str
     else if (key === 'CatalogTableName' && type?.startsWith('AWS::DynamoDB::')) out[key] = stack.table;
     else if (key === 'RepositoryBucketName' && type === 'AWS::S3::Bucket') out[key] = stack.bucket;
     else if (key === 'RepositoryBuckets') out[key] = JSON.stringify(stack.buckets);
+    // ActivityArn<group id without punctuation>: the embedded stack's activity of that group.
+    else if (type === 'AWS::StepFunctions::Activity') out[key] = Object.entries(stack.activities).find(([g]) => `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}` === key)?.[1] ?? `unresolved-${key}`;
+    // No KMS here: a key ARN that names itself, for the paths that need one (they fail at KMS, saying so).
+    else if (key === 'RepositoryKeyArn') out[key] = 'arn:aws:kms:us-east-1:000000000000:key/not-served-locally';
     else out[key] = `unresolved-${key}`;
   }
   return out;
