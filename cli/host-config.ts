@@ -1,19 +1,20 @@
 /**
  * `lifeboat host-config backup|list|restore`: run the HostConfigBackup workflow on a
- * running stack, list the host configuration backups the catalog records, and restore
- * one as files (`networks/<name>.xml`, `pools/<name>.xml`, `domains/<name>.xml`, and what
- * virsh said of the host under `host/`), byte for byte what virsh printed at backup time.
+ * stack, list the host configuration backups the catalog records (through the operator
+ * API), and restore one as files (`networks/<name>.xml`, `pools/<name>.xml`,
+ * `domains/<name>.xml`, and what virsh said of the host under `host/`), byte for byte what
+ * virsh printed at backup time: the archive is read from the repository and opened with
+ * the stack's key (the embedded stack's key file; a deployed stack's KMS key, with the
+ * operator's credentials).
  */
 import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { locationKey } from '../contracts/endpoints.ts';
-import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
+import { openHostConfig, type HostConfigArchive } from '../repository/host-config.ts';
 import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
 import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
-import type { StackEndpoints } from '../local/stack.ts';
 import { runWithProgress } from './progress.ts';
-import { embeddedCatalog, endpoints, guarded, lambdaMessage, StackClient, stackHostConfigs, stackOptions as stackTarget, type Out, type StackOptions } from './stack-client.ts';
+import { guarded, lambdaMessage, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 
@@ -32,23 +33,18 @@ export function formatHostConfigBackup(s: HostConfigSummary, seconds: number): s
   return lines;
 }
 
-/** The host's record to restore: the one `at` names, or the newest. */
-export async function pickHostConfig(records: Pick<ReturnType<typeof stackHostConfigs>, 'get' | 'list'>, hostId: string, at?: string): Promise<HostConfigRecord> {
-  if (at) {
-    const r = await records.get(hostId, at);
-    if (!r) throw new Error(`host '${hostId}' has no host configuration backup '${at}': list its backups with \`lifeboat host-config list --host ${hostId}\``);
-    return r;
-  }
-  const [newest] = await records.list(hostId);
+/** The host's record to restore: the one `at` names (the API's 404 names what to do), or the newest. */
+export async function pickHostConfig(client: Pick<StackClient, 'get'>, hostId: string, at?: string): Promise<HostConfigRecord> {
+  const host = encodeURIComponent(hostId);
+  if (at) return client.get<HostConfigRecord>(`/api/host-configs/${host}/${encodeURIComponent(at)}`);
+  const [newest] = await client.get<HostConfigRecord[]>(`/api/host-configs/${host}`);
   if (!newest) throw new Error(`host '${hostId}' has no host configuration backup yet: run one with \`lifeboat host-config backup --host ${hostId}\` (check the host id with \`lifeboat host-config list\`)`);
   return newest;
 }
 
 /** The host configuration backups of one host, or of every libvirt host, newest first per host. */
-export async function listHostConfigs(e: StackEndpoints, hostId?: string): Promise<HostConfigRecord[]> {
-  const hosts = hostId ? [hostId] : (await embeddedCatalog(e).listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
-  const records = stackHostConfigs(e);
-  return (await Promise.all(hosts.map((h) => records.list(h)))).flat();
+export function listHostConfigs(client: Pick<StackClient, 'get'>, hostId?: string): Promise<HostConfigRecord[]> {
+  return client.get<HostConfigRecord[]>(`/api/host-configs${hostId ? `?host=${encodeURIComponent(hostId)}` : ''}`);
 }
 
 /** One line per backup (host, id, time, counts, size, SHA-256 prefix), or what to do when there is none. */
@@ -112,13 +108,9 @@ export async function writeHostConfigFiles(archive: HostConfigArchive, dir: stri
 }
 
 /** Restores a host's configuration backup (the newest, or `at`) into `dir`. */
-export async function restoreHostConfig(e: StackEndpoints, o: { hostId: string; at?: string; to: string; force?: boolean }): Promise<{ record: HostConfigRecord; written: WrittenFiles }> {
-  const record = await pickHostConfig(stackHostConfigs(e), o.hostId, o.at);
-  const repositoryId = Object.entries(e.repositories).find(([, r]) => locationKey(r) === locationKey(record.repository))?.[0];
-  if (!repositoryId) throw new Error(`host configuration backup ${record.backupId} of host '${o.hostId}' is in bucket ${record.repository.bucket}, which this stack does not serve (it has ${Object.keys(e.repositories).join(', ')}): restore it on the stack that made it`);
-  // Loaded when used: the embedded stack's module brings the CDK app, which other commands do not need.
-  const { openRepository } = await import('../local/stack.ts');
-  const { store, keys } = await openRepository(e, repositoryId);
+export async function restoreHostConfig(client: StackClient, o: { hostId: string; at?: string; to: string; force?: boolean }): Promise<{ record: HostConfigRecord; written: WrittenFiles }> {
+  const record = await pickHostConfig(client, o.hostId, o.at);
+  const { store, keys } = await client.openRepository(record.repository);
   const sealed = await store.get(record.objectKey);
   if (!sealed) throw new Error(`host configuration backup ${record.backupId} of host '${o.hostId}' is recorded, but its object ${record.objectKey} is not in bucket ${record.repository.bucket} (deleted by hand?): pick another with --at (\`lifeboat host-config list --host ${o.hostId}\`)`);
   const archive = await openHostConfig(keys, sealed, record.objectKey, record.sha256);
@@ -127,12 +119,8 @@ export async function restoreHostConfig(e: StackEndpoints, o: { hostId: string; 
 
 export function registerHostConfigCommands(program: Command, defaultDataDir: string, io: Out): void {
   const hc = program.command('host-config').description('libvirt hosts\' networks, storage pools and domain definitions: back them up, list and restore them as files');
-  // list and restore open the embedded stack's repository with its key file: embedded only.
-  const stackOptions = (c: Command) => c
-    .option('--data-dir <dir>', 'state folder of the running embedded stack', defaultDataDir)
-    .option('--endpoints <file>', 'endpoints file of the running stack (default: <data-dir>/endpoints.json)');
 
-  stackTarget(hc.command('backup')
+  stackOptions(hc.command('backup')
     .description('back up the libvirt hosts\' configuration now (the HostConfigBackup workflow); exit code 1 when a host failed')
     .option('--host <id>', 'only this host (default: every libvirt host)')
     .option('--json', 'print the workflow\'s output as JSON'), defaultDataDir)
@@ -151,9 +139,10 @@ export function registerHostConfigCommands(program: Command, defaultDataDir: str
   stackOptions(hc.command('list')
     .description('the host configuration backups in the catalog, newest first')
     .option('--host <id>', 'only this host (default: every libvirt host)')
-    .option('--json', 'print JSON (one array of records)'))
+    .option('--json', 'print JSON (one array of records)'), defaultDataDir)
     .action(guarded(async (opts: StackOptions & { host?: string; json?: boolean }) => {
-      const records = await listHostConfigs(await endpoints(opts), opts.host);
+      const client = await StackClient.connect(opts);
+      const records = await listHostConfigs(client, opts.host).finally(() => client.close());
       if (opts.json) io.out(JSON.stringify(records, null, 2));
       else for (const line of formatHostConfigList(records, opts.host)) io.out(line);
     }));
@@ -163,10 +152,10 @@ export function registerHostConfigCommands(program: Command, defaultDataDir: str
     .requiredOption('--host <id>', 'the host')
     .option('--at <backupId>', 'the backup (default: the newest; see `host-config list`)')
     .requiredOption('--to <dir>', 'a new or empty folder')
-    .option('--force', 'write into a folder that is not empty, replacing files of the same names'))
+    .option('--force', 'write into a folder that is not empty, replacing files of the same names'), defaultDataDir)
     .action(guarded(async (opts: StackOptions & { host: string; at?: string; to: string; force?: boolean }) => {
-      const e = await endpoints(opts);
-      const { record, written } = await restoreHostConfig(e, { hostId: opts.host, to: opts.to, ...(opts.at ? { at: opts.at } : {}), ...(opts.force ? { force: true } : {}) });
+      const client = await StackClient.connect(opts);
+      const { record, written } = await restoreHostConfig(client, { hostId: opts.host, to: opts.to, ...(opts.at ? { at: opts.at } : {}), ...(opts.force ? { force: true } : {}) }).finally(() => client.close());
       io.out(`restored host configuration ${record.backupId} of host ${record.hostId} (taken ${record.takenAt}, sha256 checked) into ${resolve(opts.to)}: ${written.networks} network(s), ${written.pools} pool(s), ${written.domains} domain(s), ${written.files.length} file(s)`);
     }));
 }

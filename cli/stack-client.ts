@@ -13,13 +13,13 @@ import { Hash } from '@smithy/hash-node';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { Catalog } from '../functions/catalog/catalog.ts';
-import { HostConfigCatalog } from '../functions/catalog/host-config-catalog.ts';
+import { KMSClient } from '@aws-sdk/client-kms';
 import { runExecution, waitForExecution } from '../local/client.ts';
+import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import type { ObjectStore } from '../core/object-store.ts';
-import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS, S3ObjectStore, s3Client, type S3Endpoint } from '../core/s3-store.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client, type S3Endpoint } from '../core/s3-store.ts';
+import type { RepositoryKeys } from '../repository/format.ts';
+import { openRepository, type KeySource } from '../repository/open.ts';
 import type { StackEndpoints } from '../local/stack.ts';
 
 export interface Out {
@@ -66,7 +66,14 @@ export interface StackInfo {
   api: string;
   bucket: string;
   buckets: Record<string, string>;
+  /** The mover groups (restores and verifications run on one). */
+  groups: string[];
+  /** What unwraps the repository keys: the embedded stack's key file, or the deployed stack's KMS key (`RepositoryKeyArn`). */
+  keys: { keyFile: string } | { kmsKeyId: string };
 }
+
+/** A mover group's id from its Activity's ARN (`...:activity:<stack>-mover-<group>`), as the mover takes it. */
+const groupOfActivity = (arn: string) => /-mover-([A-Za-z0-9-]+)$/.exec(arn)?.[1] ?? arn.split(':').pop() ?? arn;
 
 /** A CloudFormation stack's outputs as the CLI reads them (cdk/lib/lifeboat-stack.ts, operator-api.ts, recovery-workflows.ts). */
 export function stackInfoFromOutputs(name: string, region: string, outputs: Record<string, string>): StackInfo {
@@ -80,6 +87,8 @@ export function stackInfoFromOutputs(name: string, region: string, outputs: Reco
   return {
     where: `stack ${name} in ${region}`, kind: 'aws', region, stateMachines, api: need('OperatorApiUrl').replace(/\/$/, ''), bucket,
     buckets: outputs.RepositoryBuckets ? JSON.parse(outputs.RepositoryBuckets) as Record<string, string> : { primary: bucket },
+    groups: Object.entries(outputs).filter(([k]) => k.startsWith('ActivityArn')).map(([, v]) => groupOfActivity(v)).sort(),
+    keys: { kmsKeyId: need('RepositoryKeyArn') },
   };
 }
 
@@ -97,21 +106,55 @@ export class StackClient {
   private readonly signer: SignatureV4 | undefined;
   private readonly s3Settings: S3Endpoint;
   private s3: S3Client | undefined;
+  private readonly others: S3Client[] = [];
+  private kms: KMSClient | undefined;
+  private readonly config: { region?: string; profile?: string };
 
-  private constructor(info: StackInfo, sfn: SFNClient, s3Settings: S3Endpoint, signer?: SignatureV4) {
+  private constructor(info: StackInfo, sfn: SFNClient, s3Settings: S3Endpoint, config: { region?: string; profile?: string }, signer?: SignatureV4) {
     this.info = info;
     this.sfn = sfn;
     this.s3Settings = s3Settings;
+    this.config = config;
     this.signer = signer;
+  }
+
+  /**
+   * A repository opened with the caller's credentials (an operator restoring what the
+   * repository holds outside any workflow: `host-config restore`): the embedded stack's key
+   * file, or the deployed stack's KMS key (the caller needs `kms:Decrypt` on it and
+   * `s3:GetObject` on the bucket).
+   */
+  async openRepository(location: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }> {
+    let client: S3Client;
+    if (location.bucket === this.info.bucket && !location.endpoint) {
+      client = s3Client(this.s3Settings);
+    } else {
+      const own = this.info.kind === 'embedded' ? { region: this.info.region, url: this.s3Settings.endpoint } : { region: this.info.region };
+      client = s3Client({ ...endpointSettings(location.endpoint, own), ...(this.info.kind === 'embedded' ? { credentials: LOCAL_CREDENTIALS } : this.config.profile ? { profile: this.config.profile } : {}) });
+    }
+    this.others.push(client);
+    const store = new S3ObjectStore(client, location.bucket);
+    const k = this.info.keys;
+    const source: KeySource = 'keyFile' in k ? { keyFile: k.keyFile } : { kms: (this.kms ??= new KMSClient(this.config)), kmsKeyId: k.kmsKeyId };
+    try {
+      const { keys } = await openRepository({ store, bucket: location.bucket, keys: source });
+      return { store, keys };
+    } catch (err) {
+      const how = 'keyFile' in k ? `the key file ${k.keyFile}` : `KMS key ${k.kmsKeyId} (your credentials need kms:Decrypt on it, and s3:GetObject on the bucket)`;
+      throw new Error(`cannot open the repository in bucket ${location.bucket} with ${how}: ${(err as Error).name}: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   /** The stack the options name: `--stack` (deployed), else the embedded stack's endpoints file. */
   static async connect(opts: StackOptions): Promise<StackClient> {
     if (!opts.stack) {
       const e = await endpoints(opts);
-      const info: StackInfo = { where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console ?? '', bucket: e.bucket, buckets: e.buckets };
+      const info: StackInfo = {
+        where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console ?? '', bucket: e.bucket, buckets: e.buckets,
+        groups: Object.keys(e.activities).sort(), keys: { keyFile: e.keyFile },
+      };
       const s3 = { region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS };
-      return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }), s3);
+      return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }), s3, {});
     }
     const config = { ...(opts.region ? { region: opts.region } : {}), ...(opts.profile ? { profile: opts.profile } : {}) };
     const cfn = new CloudFormationClient(config);
@@ -128,7 +171,7 @@ export class StackClient {
     const sfn = new SFNClient(config);
     const signer = new SignatureV4({ service: 'lambda', region, credentials: sfn.config.credentials, sha256: Hash.bind(null, 'sha256') });
     const info = stackInfoFromOutputs(opts.stack, region, outputs);
-    return new StackClient(info, sfn, { region, ...(opts.profile ? { profile: opts.profile } : {}) }, signer);
+    return new StackClient(info, sfn, { region, ...(opts.profile ? { profile: opts.profile } : {}) }, { region, ...(opts.profile ? { profile: opts.profile } : {}) }, signer);
   }
 
   workflowArn(name: string): string {
@@ -194,6 +237,8 @@ export class StackClient {
   close(): void {
     this.sfn.destroy();
     this.s3?.destroy();
+    for (const c of this.others) c.destroy();
+    this.kms?.destroy();
   }
 }
 
@@ -239,21 +284,3 @@ export const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) 
     process.exitCode = EXIT.failed;
   }
 };
-
-function stackTable(e: StackEndpoints): DynamoDBDocumentClient {
-  const db = new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS });
-  return DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } });
-}
-
-/**
- * The catalog of a running embedded stack, for the commands that work on the embedded stack
- * only because they open its repository with the key file (`export`, `host-config list|restore`).
- */
-export function embeddedCatalog(e: StackEndpoints): Catalog {
-  return new Catalog(stackTable(e), e.table);
-}
-
-/** The host configuration records of a running embedded stack. */
-export function stackHostConfigs(e: StackEndpoints): HostConfigCatalog {
-  return new HostConfigCatalog(stackTable(e), e.table);
-}

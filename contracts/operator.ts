@@ -3,6 +3,7 @@
  * what `lifeboat vms|backups|runs|policies|restore-points|alerts --json` print and the web
  * console renders. Stated once here; the API builds them, the CLI and the console read them.
  */
+import { z } from 'zod';
 import type { Consistency } from './jobs.ts';
 import type { TaskProgress } from './progress.ts';
 
@@ -12,6 +13,8 @@ export interface VmRow {
   vmId: string;
   name: string;
   host: string;
+  /** The mover group serving its host: it backs the VM up (and, by default, restores and verifies it). */
+  moverGroup: string;
   /** `protected`: a policy selects it; `gone`: discovery no longer finds it. */
   protection: 'protected' | 'unprotected' | 'gone';
   policies: string[];
@@ -22,6 +25,14 @@ export interface VmRow {
   recoveryPointAgeHours: number | null;
   /** `late`: past its RPO; `never`: no committed backup yet; `none`: no policy sets an RPO. */
   rpo: RpoStatus;
+  /** The tightest DR RPO of its replicating policies, in hours (`drRpoHours`, default twice `rpoHours`); null: none replicates it. */
+  drRpoHours: number | null;
+  /** Replication lag: hours since the newest restore point at the DR site was taken (its backup's start); null: none there yet. */
+  drLagHours: number | null;
+  /** The backup that newest restore point at the DR site is. */
+  drRestorePoint: string | null;
+  /** `late`: lag past the DR RPO, or no restore point at the DR site while a backup older than the DR RPO exists; `never`: none there yet; `none`: not replicated. */
+  drRpo: RpoStatus;
 }
 
 export interface BackupRow {
@@ -51,6 +62,20 @@ export interface DiskProgressRow {
   bytesPerSecond: number;
   etaSeconds: number | null;
   mover: string;
+}
+
+/**
+ * The progress of one operation's disks (`GET /api/progress/<id>`): a restore or a deep
+ * verification (its id is its execution's name), or a backup (its backup id).
+ */
+export interface OperationProgressRow {
+  id: string;
+  operation: NonNullable<TaskProgress['operation']>;
+  vmId: string;
+  backupId: string;
+  bytesDone: number;
+  bytesTotal: number;
+  disks: DiskProgressRow[];
 }
 
 export interface RunVmRow {
@@ -97,7 +122,7 @@ export interface RestorePointRow {
   ageHours: number;
 }
 
-export type AlertKind = 'damage' | 'rpo' | 'mover-group-silent' | 'run-failed';
+export type AlertKind = 'damage' | 'rpo' | 'dr-rpo' | 'mover-group-silent' | 'run-failed';
 
 export interface Alert {
   /** Stable while the condition lasts (a new damaged backup, a new late VM backup, a new failed run get a new id). */
@@ -107,4 +132,23 @@ export interface Alert {
   subject: string;
   message: string;
   since: string;
+}
+
+/**
+ * `POST /api/vms` (`lifeboat vm add`, the API's one write): put a VM into the inventory, or
+ * move it to another host. Its host (one of the configuration's) decides its mover group.
+ */
+export const addVmRequest = z.strictObject({
+  vmId: z.string().min(1).max(256),
+  host: z.string().min(1).max(256),
+  /** Where the host's source driver finds it (the folder driver: a folder with vm.json and disk images). */
+  source: z.string().min(1).max(4096),
+  datastores: z.array(z.string().min(1).max(256)).max(64).optional(),
+});
+export type AddVmRequest = z.infer<typeof addVmRequest>;
+
+export interface AddVmAnswer {
+  vmId: string;
+  host: string;
+  moverGroup: string;
 }

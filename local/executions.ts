@@ -13,7 +13,7 @@ import type { ActivityBroker } from './activities.ts';
 import { DISTRIBUTED_MAP_RESOURCE, lowerDistributedMaps, runMapRun, type ChildOutcome, type DistributedMapState } from './distributed-map.ts';
 import { LocalEventBus } from './events.ts';
 import type { ResolvedTemplate } from './asl.ts';
-import { invokeLocal } from './lambdas.ts';
+import type { LocalFunctions } from './lambdas.ts';
 import { QuotaGuard } from './quota-guard.ts';
 import { AWS_QUOTAS, fieldTooLong, type StepFunctionsQuotas } from './quotas.ts';
 import type { ExecutionRecord, ExecutionService } from './sfn-api.ts';
@@ -63,11 +63,14 @@ export class LocalExecutions implements ExecutionService {
   private readonly quotas: StepFunctionsQuotas;
   /** The buckets a Distributed Map reads its items from and writes its results to (by the name or logical id in the definition). */
   private readonly objects: (bucket: string) => ObjectStore;
+  /** The control plane's functions that the workflows' Lambda tasks invoke. */
+  private readonly functions: LocalFunctions | undefined;
 
   constructor(opts: {
     dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void; quotas?: StepFunctionsQuotas;
-    objects?: (bucket: string) => ObjectStore;
+    objects?: (bucket: string) => ObjectStore; functions?: LocalFunctions;
   }) {
+    this.functions = opts.functions;
     this.dir = join(opts.dataDir, 'executions');
     this.objects = opts.objects ?? ((bucket) => { throw new Error(`the embedded stack was started without object storage, so a Distributed Map cannot reach bucket ${bucket}`); });
     this.quotas = opts.quotas ?? AWS_QUOTAS;
@@ -75,6 +78,11 @@ export class LocalExecutions implements ExecutionService {
     this.events = new LocalEventBus(opts.dataDir);
     this.template = opts.template;
     this.broker = opts.broker;
+  }
+
+  private async invoke(id: LambdaFunctionId, input: unknown, timeoutMs: number): Promise<unknown> {
+    if (!this.functions) throw new Error(`these executions were started without the control plane's functions, so the Lambda task of ${id} cannot run`);
+    return this.functions.invoke(id, input, timeoutMs);
   }
 
   /** Loads saved records; executions that were running when the stack stopped are ABORTED. */
@@ -127,7 +135,7 @@ export class LocalExecutions implements ExecutionService {
           },
         });
       } else if (fid) {
-        handlers[name] = (input) => invokeLocal(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+        handlers[name] = (input) => this.invoke(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
       } else if (resource.endsWith(':states:::lambda:invoke.waitForTaskToken')) {
         handlers[name] = (input) => this.invokeWithToken(`${record.executionArn}#${name}`, state, input, signal);
       } else if (resource.includes(':activity:')) {
@@ -166,7 +174,7 @@ export class LocalExecutions implements ExecutionService {
     result.catch(() => {}); // settled below or by the runner's own timeout
     const payload = JSON.parse(JSON.stringify(input.Payload ?? {}).replaceAll(JSON.stringify(TASK_TOKEN_PLACEHOLDER), JSON.stringify(token))) as unknown;
     try {
-      await invokeLocal(fid, payload, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+      await this.invoke(fid, payload, ((state.TimeoutSeconds as number) ?? 60) * 1000);
     } catch (err) {
       this.broker.cancel(token, err as Error);
     }

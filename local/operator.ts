@@ -1,8 +1,8 @@
 /**
- * The embedded stack's operator side: the console server (read-only API, pages, actions)
- * and, when the configuration names a webhook, the alert notifier. The API is the
- * `OperatorApi` function (functions/operator/api.ts) invoked in process with a function
- * URL event, as Lambda invokes it in AWS; it reads through the stack's own endpoints.
+ * The embedded stack's operator side: the console server (API, pages, actions) and, when
+ * the configuration names a webhook, the alert notifier. The API is the `OperatorApi`
+ * function invoked in process with a function URL event, as Lambda invokes it in AWS; it
+ * reads through the stack's own endpoints.
  */
 import { DescribeExecutionCommand, SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import type { LifeboatConfig } from '../core/config.ts';
@@ -11,25 +11,25 @@ import type { Alert } from '../contracts/operator.ts';
 import { AlertNotifier } from './alert-notifier.ts';
 import { LOCAL_REGION, type ResolvedTemplate } from './asl.ts';
 import { startConsoleServer, type ConsoleServerOptions, type ConsoleWorkflow } from './console/server.ts';
-import { invokeLocal } from './lambdas.ts';
+import type { LocalFunctions } from './lambdas.ts';
 
 export interface OperatorOptions {
   dataDir: string;
   config: LifeboatConfig;
-  /** The stack's catalog, for `vm add` and the VM page's default mover group. */
-  inventory: ConsoleServerOptions['inventory'];
   sfn: string;
+  /** The control plane's functions: the operator API is the OperatorApi function. */
+  functions: LocalFunctions;
   template: ResolvedTemplate;
   port: number;
   onAlert?: (event: string, fields: Record<string, unknown>) => void;
 }
 
-/** One GET of the operator API through the OperatorApi function. */
-async function api(pathAndQuery: string): Promise<{ status: number; body: unknown }> {
+/** The operator API through the OperatorApi function, one request as its function URL passes it. */
+const apiThrough = (functions: LocalFunctions): ConsoleServerOptions['api'] => async (method, pathAndQuery, body) => {
   const [rawPath = '/', rawQueryString = ''] = pathAndQuery.split('?', 2);
-  const r = await invokeLocal('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method: 'GET' } } }) as { statusCode: number; body: string };
+  const r = await functions.invoke('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method } }, ...(body === undefined ? {} : { body, isBase64Encoded: false }) }) as { statusCode: number; body: string };
   return { status: r.statusCode, body: JSON.parse(r.body) as unknown };
-}
+};
 
 export async function startOperator(o: OperatorOptions): Promise<{ url: string; close(): Promise<void> }> {
   const sfn = new SFNClient({ region: LOCAL_REGION, endpoint: o.sfn, credentials: LOCAL_ENDPOINT_CREDENTIALS });
@@ -38,8 +38,9 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
     if (!m) throw new Error(`the stack has no ${workflow} workflow`);
     return m.arn;
   };
+  const api = apiThrough(o.functions);
   const server = await startConsoleServer({
-    port: o.port, api, inventory: o.inventory, groups: o.config.moverGroups.map((g) => g.id),
+    port: o.port, api, groups: o.config.moverGroups.map((g) => g.id),
     start: async (workflow, input) => {
       const { executionArn } = await sfn.send(new StartExecutionCommand({ stateMachineArn: arn(workflow), input: JSON.stringify(input) }));
       return { name: executionArn!.split(':').pop()! };
@@ -56,7 +57,7 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
   });
   const webhook = o.config.notifications?.webhook;
   const alerts = async () => {
-    const a = await api('/api/alerts');
+    const a = await api('GET', '/api/alerts');
     if (a.status !== 200) throw new Error(`the operator API answered ${a.status} for /api/alerts: ${JSON.stringify(a.body)}`);
     return a.body as Alert[];
   };

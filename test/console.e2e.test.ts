@@ -33,7 +33,8 @@ async function waitForStatus(selector: string, done: string[], timeoutMs = 120_0
     if (done.includes(text)) return text;
     if (Date.now() > until) throw new Error(`${selector} still '${text}' after ${timeoutMs} ms`);
     await page.waitForTimeout(1000);
-    await page.reload();
+    // The page's own refresh may navigate while we reload (ERR_ABORTED): the next look reads whichever page loaded.
+    await page.reload().catch(() => undefined);
   }
 }
 
@@ -88,6 +89,8 @@ describe.skipIf(!haveChromium)('web console (chromium)', () => {
     await page.waitForURL(/\/executions\/DeepVerify\//);
     expect(await waitForStatus('#execution-status', ['SUCCEEDED', 'FAILED'])).toBe('SUCCEEDED');
     expect(JSON.parse((await page.locator('#execution-output').textContent())!)).toMatchObject({ vmId: 'vm-web', damaged: false });
+    // The verification's disks, from the mover's progress objects: phase, disk, bytes covered, rate, ETA, mover.
+    expect(await page.locator('#execution-disks').textContent()).toMatch(/done\s*disk0\s*8\.00 MiB of 8\.00 MiB/);
     await page.screenshot({ path: join(ARTIFACTS, '4-verify.png'), fullPage: true });
 
     const target = join(t.dir, 'restored-web');
@@ -96,6 +99,7 @@ describe.skipIf(!haveChromium)('web console (chromium)', () => {
     await page.click('#restore');
     await page.waitForURL(/\/executions\/Restore\//);
     expect(await waitForStatus('#execution-status', ['SUCCEEDED', 'FAILED'])).toBe('SUCCEEDED');
+    expect(await page.locator('#execution-disks').textContent()).toMatch(/done\s*disk0\s*8\.00 MiB of 8\.00 MiB/);
     await page.screenshot({ path: join(ARTIFACTS, '5-restore.png'), fullPage: true });
     const restored = await readdir(target);
     expect(restored).toContain('vm.json');

@@ -62,6 +62,20 @@ describe('lifeboat-mover.service', () => {
     expect(flags).toEqual([...MOVER_NODE_FLAGS]);
   });
 
+  it('is Type=notify with a watchdog the mover pings, restarts on failure within a start limit, and never loops on a configuration error', () => {
+    expect(unit).toMatch(/^Type=notify$/m);
+    expect(unit).toMatch(/^NotifyAccess=all$/m); // the pings come from systemd-notify, a child of the mover
+    expect(Number(/^WatchdogSec=(\d+)$/m.exec(unit)?.[1])).toBeGreaterThanOrEqual(10);
+    expect(unit).toMatch(/^Restart=on-failure$/m);
+    expect(unit).toMatch(/^RestartPreventExitStatus=2$/m);
+    // Start limits belong to [Unit] (systemd ignores them in [Service] with a warning).
+    const unitSection = unit.slice(unit.indexOf('[Unit]'), unit.indexOf('[Service]'));
+    expect(unitSection).toMatch(/^StartLimitIntervalSec=\d+$/m);
+    expect(unitSection).toMatch(/^StartLimitBurst=\d+$/m);
+    expect(unit).toMatch(/^RestrictAddressFamilies=.*AF_UNIX/m); // NOTIFY_SOCKET is a unix socket
+    expect(exampleSettings().get('LIFEBOAT_METRICS_ADDRESS')).toMatch(/^127\.0\.0\.1:\d+$/);
+  });
+
   const analyze = spawnSync('systemd-analyze', ['--version']).status === 0;
   it.skipIf(!analyze)('passes systemd-analyze verify (with the paths of this machine)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'lifeboat-unit-'));

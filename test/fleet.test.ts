@@ -5,9 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { deriveKeys, keys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { segmentManifestId, type DiskRef, type VmJob } from '../contracts/jobs.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';
@@ -110,9 +110,9 @@ describe('PlanDispatch / JoinSegments', () => {
     // Run the segments in reverse, as unrelated movers might.
     const transfers = [];
     for (const it of [...items].reverse()) transfers.push(await backupDisk({ store, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
-    expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => keys.manifest('bk', segmentManifestId('disk0', i))));
+    expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => objectKeys.manifest('bk', segmentManifestId('disk0', i))));
     const [joined] = await joinSegments({ job: j, transfers }, { store, keys: k });
-    expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: keys.manifest('bk', 'disk0') });
+    expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: objectKeys.manifest('bk', 'disk0') });
     expect(joined!.stats.chunks).toBe(11);
     expect(joined!.stats.zeroChunks).toBe(2);
 

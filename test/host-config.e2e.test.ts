@@ -12,7 +12,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { MOVER_WRITE_PREFIXES } from '../cdk/lib/mover-identity.ts';
 import { formatHostConfigBackup, formatHostConfigList, listHostConfigs, restoreHostConfig } from '../cli/host-config.ts';
-import { stackHostConfigs } from '../cli/stack-client.ts';
+import { StackClient } from '../cli/stack-client.ts';
 import { loadConfig, parseConfig } from '../core/config.ts';
 import { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 import type { LambdaFunctionId } from '../contracts/functions.ts';
@@ -24,6 +24,7 @@ import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { HostConfigOutcome, HostConfigSummary } from '../contracts/workflow-outputs.ts';
 
 let t: TestStack;
+let client: StackClient;
 const calls: (SdkCall & { functionId: LambdaFunctionId })[] = [];
 const example = loadConfig();
 const config = parseConfig({
@@ -46,8 +47,12 @@ beforeAll(async () => {
     if (functionId) calls.push({ ...call, functionId });
   });
   t = await startTestStack({ movers: 1, config });
+  // The CLI's way to the stack: listings through the operator API, the archive opened with the stack's key file.
+  await writeFile(join(t.dir, 'endpoints.json'), JSON.stringify(t.stack.endpoints));
+  client = await StackClient.connect({ dataDir: t.dir });
 }, 120_000);
 afterAll(async () => {
+  client?.close();
   observeSdkCalls(undefined);
   await t?.close();
 });
@@ -78,9 +83,9 @@ it('backs up every libvirt host through its mover group, reporting the unreachab
   expect(stored.includes('<network')).toBe(false);
   expect(stored.includes('default-pool')).toBe(false);
 
-  const [record] = await stackHostConfigs(t.stack.endpoints).list('kvm-01');
+  const [record] = await listHostConfigs(client, 'kvm-01');
   expect(record).toMatchObject({ hostId: 'kvm-01', backupId: first.backupId, objectKey: first.objectKey, sha256: first.sha256, counts: first.counts, repository: { bucket: t.stack.endpoints.bucket }, runId: d.name });
-  expect(await stackHostConfigs(t.stack.endpoints).list('kvm-02')).toEqual([]);
+  expect(await listHostConfigs(client, 'kvm-02')).toEqual([]);
   expect(formatHostConfigBackup(s, 1)).toEqual([
     expect.stringMatching(/^Host configuration backup .*: 2 host\(s\) in 1\.0 s, 1 backed up, 1 failed$/),
     expect.stringMatching(new RegExp(`^ {2}kvm-01: ${first.backupId}: 1 network\\(s\\), 1 pool\\(s\\), 1 domain\\(s\\), [\\d.]+ KiB; 1 kept$`)),
@@ -90,7 +95,7 @@ it('backs up every libvirt host through its mover group, reporting the unreachab
 
 it('restores the archive as files byte-equal to what virsh printed at backup time', async () => {
   const to = join(t.dir, 'restored-kvm-01');
-  const { record, written } = await restoreHostConfig(t.stack.endpoints, { hostId: 'kvm-01', to });
+  const { record, written } = await restoreHostConfig(client, { hostId: 'kvm-01', to });
   expect(record.backupId).toBe(first.backupId);
   expect(written).toMatchObject({ networks: 1, pools: 1, domains: 1 });
   expect((await readdir(to)).sort()).toEqual(['domains', 'host', 'networks', 'pools']);
@@ -110,13 +115,13 @@ it('refuses a folder that is not empty unless forced, and a backup id it does no
   const to = join(t.dir, 'occupied');
   await mkdir(to, { recursive: true });
   await writeFile(join(to, 'notes.txt'), 'mine');
-  await expect(restoreHostConfig(t.stack.endpoints, { hostId: 'kvm-01', to })).rejects.toThrow(/occupied is not empty \(1 entry, e\.g\. notes\.txt\): choose an empty or new folder, or pass --force/);
+  await expect(restoreHostConfig(client, { hostId: 'kvm-01', to })).rejects.toThrow(/occupied is not empty \(1 entry, e\.g\. notes\.txt\): choose an empty or new folder, or pass --force/);
   expect(await readdir(to)).toEqual(['notes.txt']);
-  await restoreHostConfig(t.stack.endpoints, { hostId: 'kvm-01', to, force: true });
+  await restoreHostConfig(client, { hostId: 'kvm-01', to, force: true });
   expect(await readFile(join(to, 'notes.txt'), 'utf8')).toBe('mine');
   expect(await readFile(join(to, 'domains', 'test.xml'), 'utf8')).toBe(virsh('dumpxml', '--inactive', 'test'));
-  await expect(restoreHostConfig(t.stack.endpoints, { hostId: 'kvm-01', at: 'nope', to: join(t.dir, 'x') })).rejects.toThrow(/host 'kvm-01' has no host configuration backup 'nope': list its backups with `lifeboat host-config list --host kvm-01`/);
-  await expect(restoreHostConfig(t.stack.endpoints, { hostId: 'kvm-02', to: join(t.dir, 'y') })).rejects.toThrow(/host 'kvm-02' has no host configuration backup yet: run one with `lifeboat host-config backup --host kvm-02`/);
+  await expect(restoreHostConfig(client, { hostId: 'kvm-01', at: 'nope', to: join(t.dir, 'x') })).rejects.toThrow(/host 'kvm-01' has no host configuration backup 'nope': list its backups with `lifeboat host-config list --host kvm-01`/);
+  await expect(restoreHostConfig(client, { hostId: 'kvm-02', to: join(t.dir, 'y') })).rejects.toThrow(/host 'kvm-02' has no host configuration backup yet: run one with `lifeboat host-config backup --host kvm-02`/);
 }, 60_000);
 
 it('keeps the newest backups of a host (keep: 2): older archives are deleted, then their records', async () => {
@@ -130,18 +135,18 @@ it('keeps the newest backups of a host (keep: 2): older archives are deleted, th
     ids.push(h.backupId);
     expect(h).toMatchObject({ hostId: 'kvm-01', kept: 2, deleted: i === 0 ? [] : [first.backupId] });
   }
-  const records = await stackHostConfigs(t.stack.endpoints).list('kvm-01');
+  const records = await listHostConfigs(client, 'kvm-01');
   expect(records.map((r) => r.backupId)).toEqual([ids[2], ids[1]]);
   // `lifeboat host-config list`: every libvirt host's, newest first; kvm-02 has none.
-  expect((await listHostConfigs(t.stack.endpoints)).map((r) => r.backupId)).toEqual([ids[2], ids[1]]);
-  expect(formatHostConfigList(await listHostConfigs(t.stack.endpoints, 'kvm-01'))).toEqual(records.map((r) =>
+  expect((await listHostConfigs(client)).map((r) => r.backupId)).toEqual([ids[2], ids[1]]);
+  expect(formatHostConfigList(await listHostConfigs(client, 'kvm-01'))).toEqual(records.map((r) =>
     expect.stringMatching(new RegExp(`^kvm-01  ${r.backupId}  ${r.takenAt.replace(/[.]/g, '\\.')}  1 network\\(s\\), 1 pool\\(s\\), 1 domain\\(s\\)  [\\d.]+ KiB  sha256 ${r.sha256.slice(0, 16)}…$`))));
-  expect(formatHostConfigList(await listHostConfigs(t.stack.endpoints, 'kvm-02'), 'kvm-02')).toEqual(["host 'kvm-02' has no host configuration backup (run one with `lifeboat host-config backup --host kvm-02`)"]);
+  expect(formatHostConfigList(await listHostConfigs(client, 'kvm-02'), 'kvm-02')).toEqual(["host 'kvm-02' has no host configuration backup (run one with `lifeboat host-config backup --host kvm-02`)"]);
   const { store } = await openRepository(t.stack.endpoints);
   expect(await store.get(first.objectKey)).toBeUndefined();
   expect(await store.get(records[1]!.objectKey)).toBeDefined();
   // The restore takes the newest; the older kept one by --at.
-  const older = await restoreHostConfig(t.stack.endpoints, { hostId: 'kvm-01', at: ids[1], to: join(t.dir, 'older') });
+  const older = await restoreHostConfig(client, { hostId: 'kvm-01', at: ids[1], to: join(t.dir, 'older') });
   expect(older.record.backupId).toBe(ids[1]);
   expect(await readFile(join(t.dir, 'older', 'networks', 'default.xml'), 'utf8')).toBe(virsh('net-dumpxml', 'default'));
 }, 120_000);

@@ -11,6 +11,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -84,7 +85,7 @@ describe('on the embedded stack', () => {
 
     const vms = await local(['vms']);
     expect(vms.code, vms.stderr).toBe(0);
-    expect(vms.stdout.split('\n')[0]).toMatch(/^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS$/);
+    expect(vms.stdout.split('\n')[0]).toMatch(/^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS\s+DR RPO\s+DR LAG\s+DR STATUS$/);
     // The configuration's policy 'nightly' selects esx-02's VMs too; the folder driver records no consistency level.
     expect(vms.stdout).toMatch(/vm-op\s+esx-02\s+protected\s+nightly,p-op\s+\S+ \S+Z\s+committed\s+-\s+24 h\s+0\.0 h\s+ok/);
     const vmRows = JSON.parse((await local(['vms', '--json'])).stdout) as { vmId: string; rpo: string; protection: string; lastBackup: { status: string } }[];
@@ -111,12 +112,33 @@ describe('on the embedded stack', () => {
     expect(policies.stdout).toMatch(/^POLICY\s+REPOSITORY\s+VMS\s+RPO\s+REPLICATED TO$/m);
   }, 180_000);
 
-  it('deep-verifies, and the backup shows as verified', async () => {
-    const v = await local(['verify', '--vm', 'vm-op', '--group', 'site-a', '--json']);
+  it('deep-verifies with a bar per disk, and the backup shows as verified', async () => {
+    const v = await local(['verify', '--vm', 'vm-op', '--group', 'site-a', '--progress']);
     expect(v.code, v.stderr).toBe(0);
-    expect(JSON.parse(v.stdout)).toMatchObject({ vmId: 'vm-op', damaged: false });
+    expect(v.stdout).toMatch(/of VM vm-op: \d+ of \d+ chunks read back .*: intact/);
+    // The movers' progress objects of the verification (named by its execution), drawn as the backup's are: disk bytes covered by the chunks read back.
+    expect(v.stderr).toMatch(/verify vm-op +\[[^\]]*\] +100% 12\.0 MiB\/12\.0 MiB/);
+    expect(v.stderr).toMatch(/ disk0 +\[[^\]]*\] +100% 8\.00 MiB\/8\.00 MiB [\d.]+ \w*B\/s ETA \S+ done/);
+    expect(v.stderr).toMatch(/ disk1 +\[[^\]]*\] +100% 4\.00 MiB\/4\.00 MiB/);
     const [b] = JSON.parse((await local(['backups', 'vm-op', '--json'])).stdout) as { verified: { full: boolean } | null }[];
     expect(b!.verified).toMatchObject({ full: true });
+  }, 120_000);
+
+  it('restores with a bar per disk (transfer, then the re-hash of what was written), and the API keeps the restore\'s progress', async () => {
+    const target = join(t.dir, 'restored-op');
+    const r = await local(['restore', '--vm', 'vm-op', '--group', 'site-a', '--target', target, '--progress']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^restored backup \S+ of VM vm-op in [\d.]+ s \(12\.0 MiB written/m);
+    expect(r.stderr).toMatch(/restore vm-op +\[[^\]]*\] +100% 12\.0 MiB\/12\.0 MiB/);
+    expect(r.stderr).toMatch(/ disk0 +\[[^\]]*\] +100% 8\.00 MiB\/8\.00 MiB [\d.]+ \w*B\/s ETA \S+ done/);
+    const e = t.stack.endpoints;
+    const [execution] = (await t.sfn.send(new ListExecutionsCommand({ stateMachineArn: e.stateMachines.Restore!, maxResults: 1 }))).executions!;
+    const p = await (await fetch(`${e.console}/api/progress/${execution!.name}`)).json() as { operation: string; vmId: string; bytesDone: number; bytesTotal: number; disks: { diskId: string; phase: string; mover: string }[] };
+    expect(p).toMatchObject({ operation: 'restore', vmId: 'vm-op', bytesDone: 12 * MiB, bytesTotal: 12 * MiB });
+    expect(p.disks.map((d) => [d.diskId, d.phase, d.mover])).toEqual([['disk0', 'done', 'test-mover-1'], ['disk1', 'done', 'test-mover-1']]);
+    const none = await fetch(`${e.console}/api/progress/no-such-restore`);
+    expect(none.status).toBe(404);
+    expect(((await none.json()) as { message: string }).message).toMatch(/no progress for 'no-such-restore': its tasks have not started yet, or it ended more than a day ago/);
   }, 120_000);
 
   it('lists movers and restore points; alerts name the mover groups nobody serves and exit 1', async () => {
@@ -150,7 +172,7 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
   it('lists the same rows as the embedded stack, and signs every API request', async () => {
     const commands = [['vms'], ['backups', 'vm-op'], ['policies'], ['runs']];
     const answers = await Promise.all(commands.map((cmd) => Promise.all([aws([...cmd, '--json']), local([...cmd, '--json'])])));
-    const strip = (s: string) => s.replace(/"(ageSeconds|recoveryPointAgeHours|ageHours)": [\d.]+/g, '"$1": 0');
+    const strip = (s: string) => s.replace(/"(ageSeconds|recoveryPointAgeHours|ageHours|drLagHours)": [\d.]+/g, '"$1": 0');
     for (const [a, l] of answers) {
       expect(a.code, a.stderr).toBe(0);
       expect(strip(a.stdout)).toEqual(strip(l.stdout));

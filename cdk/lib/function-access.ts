@@ -21,7 +21,7 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * Top-level prefixes of the repository bucket: repository/format.ts `keys` (chunk objects of
  * format 1, packs and index objects of format 2, manifests, the repository key), mover
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
- * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts), Backup
+ * aside (repository/quarantine.ts), host configuration backups (repository/host-config.ts), Backup
  * runs' VM lists and their child executions' results (`runs/`, cdk/lib/backup-workflow.ts).
  */
 export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/' | 'runs/';
@@ -125,6 +125,12 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
+  PlanFailoverPlan: { catalog: ['GetItem', 'Query'] },
+  RecordFailoverPlan: { catalog: ['PutItem'] },
+  // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the DR copies' records; the final DR backup's record; the report.
+  PlanFailback: { catalog: ['GetItem', 'Query', 'Scan'] },
+  CheckFinalBackup: { catalog: ['Query'] },
+  RecordFailback: { catalog: ['PutItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
   // Discovery: the hosts from the catalog's host listing; each discovered VM written conditionally (a VM added by hand is left alone), its host membership put, gone VMs marked.
   ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },
@@ -136,8 +142,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   SummarizeHostConfigBackup: {},
   PlanExport: { catalog: ['GetItem', 'Query'] },
   OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
-  // The operator's read model: every read of the catalog (VM, backup, run, policy listings), mover records and progress objects.
-  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan'], repository: { read: ['movers/', 'progress/'], list: true }, backupExecutions: ['ListExecutions', 'DescribeExecution'], timeoutSeconds: 30 },
+  // The operator's read model: every read of the catalog (VM, backup, run, policy, host configuration listings), mover records and progress objects; its one write, a VM put into the inventory (POST /api/vms: the VM's item and its host membership).
+  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan', 'PutItem'], repository: { read: ['movers/', 'progress/'], list: true }, backupExecutions: ['ListExecutions', 'DescribeExecution'], timeoutSeconds: 30 },
 };
 
 /** The resources a function's access is granted on. */

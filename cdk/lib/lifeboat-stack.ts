@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../contracts/functions.ts';
 import { discoverySchedule, hostConfigBackupSettings, type LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
+import { FailbackWorkflow } from './failback-workflow.ts';
 import { ReconcileWorkflow } from './reconcile-workflow.ts';
 import { DiscoverWorkflow } from './discover-workflow.ts';
 import { HostConfigBackupWorkflow } from './host-config-workflow.ts';
@@ -52,6 +53,7 @@ export class LifeboatStack extends Stack {
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
+  readonly failback: FailbackWorkflow;
   /** The failure path of Backup executions that stopped without their own (aborted, timed out). */
   readonly reconcile: ReconcileWorkflow;
   readonly discover: DiscoverWorkflow;
@@ -130,6 +132,10 @@ export class LifeboatStack extends Stack {
       // A run that commits backups of a policy with a DR repository starts their replication.
       replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });
+
+    // Failback after a real failover: the production disks brought to the DR VM's backups, then the switch back.
+    this.failback = new FailbackWorkflow(this, 'Failback', { functions, activities: this.activities, backup: this.backup.stateMachine });
+    new CfnOutput(this, 'FailbackStateMachineArn', { value: this.failback.stateMachine.stateMachineArn });
 
     // A Backup execution that stopped without its failure path (aborted, timed out) is reconciled through it.
     this.reconcile = new ReconcileWorkflow(this, 'Reconcile', { functions, activities: backupGroups, backup: this.backup.stateMachine });

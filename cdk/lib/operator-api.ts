@@ -1,9 +1,10 @@
 /**
- * The read-only operator API in AWS: the `OperatorApi` function (functions/operator/api.ts)
- * behind a Lambda function URL with IAM auth (callers sign with SigV4, service `lambda`;
- * `lifeboat --stack` does, with the operator's own credentials), reading the catalog, the
- * mover records and progress objects of the primary repository, and the Backup workflow's
- * executions. Its URL is the stack output `OperatorApiUrl`.
+ * The operator API in AWS: the `OperatorApi` function (functions/operator/api.ts) behind a
+ * Lambda function URL with IAM auth (callers sign with SigV4, service `lambda`;
+ * `lifeboat --stack` and `lifeboat console --stack` do, with the operator's own
+ * credentials), reading the catalog, the mover records and progress objects of the primary
+ * repository, and the Backup workflow's executions; its one write is a VM put into the
+ * inventory (`POST /api/vms`, `lifeboat vm add`). Its URL is the stack output `OperatorApiUrl`.
  */
 import { ArnFormat, CfnOutput, Fn, Stack, type CfnElement } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -37,6 +38,6 @@ export class OperatorApi extends Construct {
     acknowledge(fn, 'The operator API describes any execution of the Backup workflow (a run is named by its execution): execution names are not known in advance, so only that state machine\'s executions (:*) are allowed.',
       `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${backupLid}"}]}]}:*]`);
     this.url = fn.addFunctionUrl({ authType: lambda.FunctionUrlAuthType.AWS_IAM });
-    new CfnOutput(Stack.of(this), 'OperatorApiUrl', { value: this.url.url, description: 'The read-only operator API (IAM auth): `lifeboat --stack` reads VMs, backups, runs and alerts from it' });
+    new CfnOutput(Stack.of(this), 'OperatorApiUrl', { value: this.url.url, description: 'The operator API (IAM auth): `lifeboat --stack` reads VMs, backups, runs, progress and alerts from it, and adds VMs (POST /api/vms)' });
   }
 }

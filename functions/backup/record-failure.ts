@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import { type VmJob, vmJob, type VmOutcome } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError } from '../../contracts/errors.ts';
 
@@ -32,4 +32,12 @@ export async function recordFailure(input: RecordFailureInput, deps: { catalog: 
 
 export const recordFailureInput: z.ZodType<RecordFailureInput> = z.intersection(vmJob, z.looseObject({ error: caughtError }));
 
-export const handler = lambdaHandler('RecordFailure', recordFailureInput, (input) => recordFailure(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('RecordFailure', recordFailureInput, (input) => recordFailure(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

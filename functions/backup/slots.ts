@@ -5,23 +5,27 @@
  */
 import { z } from 'zod';
 import { vmJob } from '../../contracts/jobs.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { acquireSlot, releaseSlot, type SlotQueueDeps } from './slot-queue.ts';
-
-const deps = (): SlotQueueDeps => {
-  const c = clients();
-  return { catalog: c.catalog, queue: c.slotQueue, tasks: c.tasks, now: Date.now };
-};
 
 /** AcquireSlot's payload: the VM's job and the task token its state waits on. */
 export const acquireSlotInput = z.object({ job: vmJob, taskToken: z.string().min(1) });
 
-export const acquireHandler = lambdaHandler('AcquireSlot', acquireSlotInput, async ({ job, taskToken }) => {
-  await acquireSlot(job, taskToken, deps());
-  return null;
-});
-export const releaseHandler = lambdaHandler('ReleaseSlot', vmJob, async (job) => {
-  await releaseSlot(job, deps());
-  return null;
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  const deps = (): SlotQueueDeps => ({ catalog: c.catalog, queue: c.slotQueue, tasks: c.tasks, now: Date.now });
+  return {
+    acquireHandler: lambdaHandler('AcquireSlot', acquireSlotInput, async ({ job, taskToken }) => {
+      await acquireSlot(job, taskToken, deps());
+      return null;
+    }),
+    releaseHandler: lambdaHandler('ReleaseSlot', vmJob, async (job) => {
+      await releaseSlot(job, deps());
+      return null;
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { acquireHandler, releaseHandler } = fromEnvironment(makeHandlers);

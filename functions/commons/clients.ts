@@ -55,16 +55,14 @@ export interface Clients {
   repositoryKeys(bucket: string, endpoint?: StorageEndpoint): Promise<RepositoryKeys>;
 }
 
-let cached: Clients | undefined;
-const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
-
-let kms: KMSClient | undefined;
-
 /** How repository keys are unwrapped: KMS in AWS (REPOSITORY_KMS_KEY_ID), a key file in the embedded stack. */
-function keySource(env: FunctionEnv): KeySource {
-  if (env.kmsKeyId) return { kms: (kms ??= new KMSClient({ region: env.region })), kmsKeyId: env.kmsKeyId };
-  if (env.keyFile) return { keyFile: env.keyFile };
-  throw new Error('no repository key wrapper configured: set REPOSITORY_KMS_KEY_ID (AWS; the CDK app does) or LIFEBOAT_KEY_FILE (embedded stack)');
+function keySourceOf(env: FunctionEnv): () => KeySource {
+  let kms: KMSClient | undefined;
+  return () => {
+    if (env.kmsKeyId) return { kms: (kms ??= new KMSClient({ region: env.region })), kmsKeyId: env.kmsKeyId };
+    if (env.keyFile) return { keyFile: env.keyFile };
+    throw new Error('no repository key wrapper configured: set REPOSITORY_KMS_KEY_ID (AWS; the CDK app does) or LIFEBOAT_KEY_FILE (embedded stack)');
+  };
 }
 
 /** One AWS API call made through these clients: the service, the API operation and its input. */
@@ -143,9 +141,10 @@ function logRetries(client: MiddlewareClient): void {
     }, { step: 'initialize', name: 'lifeboatLogRetries' });
 }
 
-export function clients(): Clients {
-  if (cached) return cached;
-  const env = readEnv();
+/** The functions' clients for one configuration: the Lambda entry makes them from the environment (`fromEnvironment`), the embedded stack from its own servers. */
+export function createClients(env: FunctionEnv): Clients {
+  const keySource = keySourceOf(env);
+  const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
   const local = env.dynamodbEndpoint ? { credentials: LOCAL_ENDPOINT_CREDENTIALS } : {};
   const dynamodb = new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local });
   observe(dynamodb as unknown as MiddlewareClient, 'dynamodb');
@@ -168,7 +167,7 @@ export function clients(): Clients {
     }
     return c;
   };
-  cached = {
+  const clients: Clients = {
     env,
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
@@ -181,23 +180,28 @@ export function clients(): Clients {
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
-    keyWrapper: async (bucket) => keyWrapper(keySource(env), bucket),
+    keyWrapper: async (bucket) => keyWrapper(keySource(), bucket),
     repositoryKeys: (bucket, endpoint) => {
       const id = locationKey({ bucket, endpoint });
       let k = repositoryKeys.get(id);
       if (!k) {
-        k = (async () => (await openRepository({ store: cached!.store(bucket, endpoint), bucket, keys: keySource(env) })).keys)();
+        k = (async () => (await openRepository({ store: clients.store(bucket, endpoint), bucket, keys: keySource() })).keys)();
         k.catch(() => repositoryKeys.delete(id)); // a failure is not cached
         repositoryKeys.set(id, k);
       }
       return k;
     },
   };
-  return cached;
+  return clients;
 }
 
-/** Forget cached clients (the embedded stack calls this when its endpoints change). */
-export function resetClients(): void {
-  cached = undefined;
-  repositoryKeys.clear();
+/**
+ * A module's handlers as its Lambda entry exports them: `factory` gets clients that are
+ * built from the environment at the first call that uses them, once per container (the
+ * embedded stack imports these modules without that environment and calls the factory itself).
+ */
+export function fromEnvironment<H>(factory: (c: Clients) => H): H {
+  let built: Clients | undefined;
+  const lazy = new Proxy({} as Clients, { get: (_target, key) => (built ??= createClients(readEnv()))[key as keyof Clients] });
+  return factory(lazy);
 }

@@ -5,12 +5,13 @@
  * executions), so the same code answers in a Lambda function and in the embedded stack.
  */
 import type { VmOutcome } from '../../contracts/jobs.ts';
-import type { BackupRow, DiskProgressRow, PolicyRow, RestorePointRow, RpoStatus, RunRow, RunVmRow, VmRow } from '../../contracts/operator.ts';
+import type { BackupRow, DiskProgressRow, OperationProgressRow, PolicyRow, RestorePointRow, RpoStatus, RunRow, RunVmRow, VmRow } from '../../contracts/operator.ts';
 import { rateAndEta, type TaskProgress } from '../../contracts/progress.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
 import type { Backup, Catalog, Policy, Vm } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { selectVms } from '../backup/plan.ts';
+import { drRpoHoursOf } from '../../core/config.ts';
 
 /** One execution of the Backup workflow as ListExecutions/DescribeExecution say it. */
 export interface ExecutionSummary {
@@ -35,7 +36,7 @@ export interface BackupExecutions {
 
 export interface OperatorDeps {
   catalog: Pick<Catalog, 'listPolicies' | 'listHosts' | 'vmsOnHost' | 'getVm' | 'listBackups' | 'getRun' | 'backupsOfRun'>;
-  recovery: Pick<RecoveryCatalog, 'listReplicas'>;
+  recovery: Pick<RecoveryCatalog, 'listReplicas' | 'newestReplica'>;
   movers(): Promise<MoverView[]>;
   /** The progress objects of a backup's disk transfers (contracts/progress.ts). */
   progress(backupId: string): Promise<TaskProgress[]>;
@@ -46,13 +47,13 @@ export interface OperatorDeps {
 const hours = (now: Date, iso: string) => Math.max(0, (now.getTime() - Date.parse(iso)) / 3600_000);
 const round = (n: number) => Math.round(n * 100) / 100;
 
-/** Every VM of the inventory (host by host). */
-export async function inventory(deps: Pick<OperatorDeps, 'catalog'>): Promise<Vm[]> {
-  const vms: Vm[] = [];
+/** Every VM of the inventory (host by host), with the mover group of its host. */
+export async function inventory(deps: Pick<OperatorDeps, 'catalog'>): Promise<(Vm & { moverGroup: string })[]> {
+  const vms: (Vm & { moverGroup: string })[] = [];
   for (const host of await deps.catalog.listHosts()) {
     for (const id of await deps.catalog.vmsOnHost(host.hostId)) {
       const vm = await deps.catalog.getVm(id);
-      if (vm) vms.push(vm);
+      if (vm) vms.push({ ...vm, moverGroup: host.moverGroup });
     }
   }
   return vms.sort((a, b) => a.vmId.localeCompare(b.vmId));
@@ -83,12 +84,35 @@ export async function listVms(deps: OperatorDeps): Promise<VmRow[]> {
     const age = newest?.committedAt ? hours(now, newest.committedAt) : null;
     const rpo: RpoStatus = rpoHours === null ? 'none' : age === null ? 'never' : age > rpoHours ? 'late' : 'ok';
     rows.push({
-      vmId: vm.vmId, name: vm.name ?? vm.vmId, host: vm.host, protection: vm.gone ? 'gone' : policies.length ? 'protected' : 'unprotected',
+      vmId: vm.vmId, name: vm.name ?? vm.vmId, host: vm.host, moverGroup: vm.moverGroup, protection: vm.gone ? 'gone' : policies.length ? 'protected' : 'unprotected',
       policies: policies.map((p) => p.policyId), lastBackup: last ? { backupId: last.backupId, at: last.committedAt ?? last.startedAt, status: last.status } : null,
       consistency: newest?.consistency?.level ?? null, rpoHours, recoveryPointAgeHours: age === null ? null : round(age), rpo,
+      ...(await drLag(vm.vmId, policies, backups, deps.recovery, now)),
     });
   }
   return rows;
+}
+
+/**
+ * A VM's replication lag: the age of its newest restore point at the DR site (since its
+ * backup started: the recovery point a failover would give), against the tightest DR RPO
+ * of its replicating policies (as ReportReplication measures it for the DrPastRpo alarm).
+ */
+async function drLag(vmId: string, policies: Policy[], backups: Backup[], recovery: OperatorDeps['recovery'], now: Date): Promise<Pick<VmRow, 'drRpoHours' | 'drLagHours' | 'drRestorePoint' | 'drRpo'>> {
+  const replicating = policies.filter((p) => p.replicateTo);
+  if (!replicating.length) return { drRpoHours: null, drLagHours: null, drRestorePoint: null, drRpo: 'none' };
+  const drRpoHours = Math.min(...replicating.map((p) => drRpoHoursOf({ rpoHours: p.rpoHours ?? 24, drRpoHours: p.replicateTo!.drRpoHours })));
+  let lag: number | null = null;
+  let point: string | null = null;
+  for (const p of replicating) {
+    const r = await recovery.newestReplica(vmId, p.replicateTo!.bucket);
+    if (!r) continue;
+    const age = hours(now, backups.find((b) => b.backupId === r.backupId)?.startedAt ?? r.replicatedAt);
+    if (lag === null || age < lag) [lag, point] = [age, r.backupId];
+  }
+  const oldest = backups.filter((b) => b.status === 'committed').at(-1);
+  const drRpo: RpoStatus = lag !== null ? (lag > drRpoHours ? 'late' : 'ok') : oldest && hours(now, oldest.startedAt) > drRpoHours ? 'late' : 'never';
+  return { drRpoHours, drLagHours: lag === null ? null : round(lag), drRestorePoint: point, drRpo };
 }
 
 export function backupRow(b: Backup): BackupRow {
@@ -119,9 +143,21 @@ function diskRows(progress: TaskProgress[]): DiskProgressRow[] {
     const { bytesPerSecond, etaSeconds } = rateAndEta(p);
     return {
       diskId: p.diskId, segment: p.segment ?? null, phase: p.phase, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal,
-      bytesPerSecond: Math.round(bytesPerSecond), etaSeconds: p.phase === 'transfer' && etaSeconds !== undefined ? Math.round(etaSeconds) : null, mover: p.mover,
+      bytesPerSecond: Math.round(bytesPerSecond), etaSeconds: p.phase !== 'done' && p.phase !== 'failed' && etaSeconds !== undefined ? Math.round(etaSeconds) : null, mover: p.mover,
     };
   }).sort((a, b) => a.diskId.localeCompare(b.diskId) || (a.segment ?? 0) - (b.segment ?? 0));
+}
+
+/** The progress objects under `id` (a restore's or verification's execution name, or a backup id); undefined when there are none (not started, or expired). */
+export async function operationProgress(id: string, deps: Pick<OperatorDeps, 'progress'>): Promise<OperationProgressRow | undefined> {
+  const progress = await deps.progress(id);
+  const first = progress[0];
+  if (!first) return undefined;
+  const disks = diskRows(progress);
+  return {
+    id, operation: first.operation ?? 'backup', vmId: first.vmId, backupId: first.backupId, disks,
+    bytesDone: disks.reduce((n, d) => n + d.bytesDone, 0), bytesTotal: disks.reduce((n, d) => n + d.bytesTotal, 0),
+  };
 }
 
 async function runVm(b: Pick<Backup, 'vmId' | 'backupId' | 'status' | 'error'>, deps: Pick<OperatorDeps, 'progress'>, withDisks: boolean): Promise<RunVmRow> {

@@ -13,7 +13,7 @@ import type { RepositoryAdmin } from '../../repository/admin.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { policyVms } from '../recovery/backups.ts';
 import { applyRetention, retentionProblem } from './gfs.ts';
@@ -232,13 +232,21 @@ export async function recordPrune(input: z.output<typeof recordPruneInput>, deps
 
 const now = () => new Date();
 /** The stack's own bucket (LIFEBOAT_RUN_BUCKET), where the prune's lists go. */
-function runStore(): { store: ObjectStore; bucket: string } {
-  const c = clients();
+function runStore(c: Clients): { store: ObjectStore; bucket: string } {
   const bucket = c.env.runBucket;
   if (!bucket) throw new Error('environment variable LIFEBOAT_RUN_BUCKET is not set: the Prune workflow keeps its lists in the stack\'s bucket, which the deployment must name');
   return { store: c.store(bucket), bucket };
 }
-export const planHandler = lambdaHandler('PlanPrune', planPruneInput, async (input) =>
-  publishPrunePlan(await planPrune(input, { catalog: clients().catalog, recovery: clients().recovery, now }), { recovery: clients().recovery, ...runStore(), now }));
-export const pruneHandler = lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: clients().catalog, recovery: clients().recovery, admin: (r) => clients().admin(r.bucket, r.endpoint), now }));
-export const recordHandler = lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input, { recovery: clients().recovery, store: runStore().store, now }));
+
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanPrune', planPruneInput, async (input) =>
+      publishPrunePlan(await planPrune(input, { catalog: c.catalog, recovery: c.recovery, now }), { recovery: c.recovery, ...runStore(c), now })),
+    pruneHandler: lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: c.catalog, recovery: c.recovery, admin: (r) => c.admin(r.bucket, r.endpoint), now })),
+    recordHandler: lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input, { recovery: c.recovery, store: runStore(c).store, now })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, pruneHandler, recordHandler } = fromEnvironment(makeHandlers);

@@ -4,7 +4,7 @@
  * itself every 2 s; actions are plain HTML forms posted to the console server.
  */
 import { formatBytes, formatHours, formatSeconds } from '../../core/units.ts';
-import type { Alert, BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../contracts/operator.ts';
+import type { Alert, BackupRow, DiskProgressRow, OperationProgressRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../contracts/operator.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
 
 /** HTML-escapes text for the pages. */
@@ -35,11 +35,19 @@ export function alertsSection(alerts: Alert[]): string {
 
 const rpoCell = (v: VmRow) => (v.rpo === 'late' || v.rpo === 'never' ? `<span class="bad">${esc(v.rpo)}</span>` : esc(v.rpo));
 
+/** Replication lag (age of the newest restore point at the DR site) against the DR RPO; red when past it. */
+function drLagCell(v: VmRow): string {
+  if (v.drRpo === 'none') return '–';
+  const lag = v.drLagHours === null ? 'none yet' : formatHours(v.drLagHours);
+  const text = `${lag} (DR RPO ${v.drRpoHours} h)`;
+  return v.drRpo === 'late' ? `<span class="bad" data-dr="late">${esc(text)}</span>` : `<span data-dr="${esc(v.drRpo)}">${esc(text)}</span>`;
+}
+
 export function vmsTable(vms: VmRow[]): string {
-  return table('vms', ['VM', 'host', 'protection', 'policies', 'last backup', 'consistency', 'RPO', 'age'], vms.map((v) => [
+  return table('vms', ['VM', 'host', 'protection', 'policies', 'last backup', 'consistency', 'RPO', 'age', 'DR lag'], vms.map((v) => [
     `<a href="/vms/${encodeURIComponent(v.vmId)}">${esc(v.vmId)}</a>`, esc(v.host), esc(v.protection), esc(v.policies.join(', ') || '–'),
     v.lastBackup ? `${time(v.lastBackup.at)} ${esc(v.lastBackup.status)}` : '–', esc(v.consistency ?? '–'), rpoCell(v),
-    v.recoveryPointAgeHours === null ? '–' : esc(formatHours(v.recoveryPointAgeHours)),
+    v.recoveryPointAgeHours === null ? '–' : esc(formatHours(v.recoveryPointAgeHours)), drLagCell(v),
   ]));
 }
 
@@ -64,14 +72,17 @@ export function runsTable(runs: RunRow[]): string {
   ]));
 }
 
+/** A disk's (or segment's) progress: phase, disk, done, rate, ETA, mover. */
+function diskCells(d: DiskProgressRow): string[] {
+  return [esc(d.phase), esc(`${d.diskId}${d.segment === null ? '' : ` segment ${d.segment}`}`), progressCell(d.bytesDone, d.bytesTotal),
+    esc(`${formatBytes(d.bytesPerSecond)}/s`), d.etaSeconds === null ? '–' : esc(formatSeconds(d.etaSeconds)), esc(d.mover)];
+}
+
 export function runPage(r: RunRow): string {
   const rows: string[][] = [];
   for (const v of r.vms) {
     rows.push([esc(v.vmId), esc(v.phase), '', progressCell(v.bytesDone, v.bytesTotal), '', '', v.error ? `<span class="bad">${esc(v.error.Error)}: ${esc(v.error.Cause)}</span>` : '']);
-    for (const d of v.disks) {
-      rows.push(['', esc(d.phase), esc(`${d.diskId}${d.segment === null ? '' : ` segment ${d.segment}`}`), progressCell(d.bytesDone, d.bytesTotal),
-        esc(`${formatBytes(d.bytesPerSecond)}/s`), d.etaSeconds === null ? '–' : esc(formatSeconds(d.etaSeconds)), esc(d.mover)]);
-    }
+    for (const d of v.disks) rows.push(['', ...diskCells(d)]);
   }
   const head = `<p>policy ${esc(r.policyId ?? '–')} · <b id="run-status">${esc(r.status)}</b> · started ${time(r.startedAt)}${r.stoppedAt ? ` · stopped ${time(r.stoppedAt)}` : ''} · ${r.committed} committed, ${r.failed} failed</p>`
     + (r.error ? `<p class="bad">${esc(r.error.Error)}: ${esc(r.error.Cause)}</p>` : '');
@@ -108,10 +119,13 @@ export function vmPage(vmId: string, backups: BackupRow[], groups: string[], def
   return layout(`VM ${vmId}`, forms + backupsTable(backups));
 }
 
-/** A Restore or DeepVerify execution the console started: its status and, once done, its output. */
-export function executionPage(workflow: string, name: string, d: { status: string; output?: string; error?: string; cause?: string }): string {
+/** A Restore or DeepVerify execution: its status, its disks' progress (while the progress objects are kept) and, once done, its output. */
+export function executionPage(workflow: string, name: string, d: { status: string; output?: string; error?: string; cause?: string }, progress?: OperationProgressRow): string {
+  const disks = progress
+    ? `<p>VM ${esc(progress.vmId)}, backup ${esc(progress.backupId)}: ${progressCell(progress.bytesDone, progress.bytesTotal)}</p>${table('execution-disks', ['phase', 'disk', 'done', 'rate', 'ETA', 'mover'], progress.disks.map(diskCells))}`
+    : '';
   const body = `<p>${esc(workflow)} <b id="execution-status">${esc(d.status)}</b></p>`
-    + (d.error ? `<p class="bad">${esc(d.error)}: ${esc(d.cause)}</p>` : '')
+    + (d.error ? `<p class="bad">${esc(d.error)}: ${esc(d.cause)}</p>` : '') + disks
     + (d.output ? `<pre id="execution-output">${esc(JSON.stringify(JSON.parse(d.output), null, 2))}</pre>` : '');
   return layout(`${workflow} ${name}`, body, d.status === 'RUNNING' ? { refreshSeconds: 2 } : {});
 }

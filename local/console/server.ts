@@ -1,15 +1,16 @@
 /**
- * The embedded stack's operator endpoint: the read-only API under `/api/` (answered by the
- * `OperatorApi` function, invoked in process as Lambda invokes it in AWS),
- * the web console's pages (pages.ts), and the console's actions: start a backup, a deep
- * verification or a restore (Step Functions StartExecution on the stack's own workflows).
- * `POST /api/vms` adds a VM to the inventory (`lifeboat vm add`; the embedded stack only:
- * in AWS VMs come from discovery and the configuration).
+ * The web console: its pages (pages.ts), drawn from the operator API, the API itself passed
+ * through under `/api/`, and the console's actions: start a backup, a deep verification or
+ * a restore (Step Functions StartExecution on the stack's own workflows). It knows a stack
+ * only by the functions it is given: the embedded stack's (local/operator.ts: the
+ * `OperatorApi` function invoked in process) or a deployed stack's (cli/console.ts: the
+ * `OperatorApiUrl` function URL, SigV4-signed, and the stack's state machines), so the same
+ * pages serve both.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
-import type { Alert, BackupRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../contracts/operator.ts';
+import type { Alert, BackupRow, OperationProgressRow, PolicyRow, RestorePointRow, RunRow, VmRow } from '../../contracts/operator.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
 import * as pages from './pages.ts';
 
@@ -17,15 +18,9 @@ export type ConsoleWorkflow = 'Backup' | 'Restore' | 'DeepVerify';
 
 export interface ConsoleServerOptions {
   port: number;
-  /** One GET of the operator API (path with its query): its status and JSON body. */
-  api(path: string): Promise<{ status: number; body: unknown }>;
-  /** The inventory writes and reads the console needs (the stack's catalog). */
-  inventory: {
-    getVm(vmId: string): Promise<{ host: string } | undefined>;
-    getHost(hostId: string): Promise<{ moverGroup: string } | undefined>;
-    putVm(vm: { vmId: string; host: string; source: string; datastores?: string[] }): Promise<void>;
-  };
-  /** The mover groups of the configuration (restore and verify run on one). */
+  /** One request of the operator API (path with its query; a POST's JSON text): its status and JSON body. */
+  api(method: 'GET' | 'POST', path: string, body?: string): Promise<{ status: number; body: unknown }>;
+  /** The mover groups of the stack (restore and verify run on one). */
   groups: string[];
   start(workflow: ConsoleWorkflow, input: Record<string, unknown>): Promise<{ name: string }>;
   describe(workflow: ConsoleWorkflow, name: string): Promise<{ status: string; output?: string; error?: string; cause?: string } | undefined>;
@@ -78,19 +73,9 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
     throw new BadRequest(`no action '${what}': the console starts backup, verify and restore`);
   }
 
-  async function addVm(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
-    const v = JSON.parse(await body(req)) as { vmId?: unknown; host?: unknown; source?: unknown; datastores?: unknown };
-    if (typeof v.vmId !== 'string' || typeof v.host !== 'string' || typeof v.source !== 'string') throw new BadRequest('a VM needs { "vmId", "host", "source" } (strings)');
-    const host = await o.inventory.getHost(v.host);
-    if (!host) return { status: 404, body: { error: 'NotFound', message: `host '${v.host}' is not in the configuration: add it to "hosts" and to a mover group, then restart the stack` } };
-    const datastores = Array.isArray(v.datastores) && v.datastores.length ? { datastores: v.datastores.map(String) } : {};
-    await o.inventory.putVm({ vmId: v.vmId, host: v.host, source: v.source, ...datastores });
-    return { status: 200, body: { vmId: v.vmId, host: v.host, moverGroup: host.moverGroup } };
-  }
-
   /** The API's answer at `path`; undefined for a 404 (the page says not found), an error for anything else. */
   async function get<T>(path: string): Promise<T | undefined> {
-    const a = await o.api(path);
+    const a = await o.api('GET', path);
     if (a.status === 404) return undefined;
     if (a.status !== 200) throw new Error((a.body as { message?: string })?.message ?? `the operator API answered ${a.status} for ${path}`);
     return a.body as T;
@@ -108,11 +93,9 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
     }
     if (what === 'vms' && !id) return pages.layout('VMs', pages.vmsTable(await must<VmRow[]>('/api/vms')));
     if (what === 'vms' && id) {
-      const backups = await get<BackupRow[]>(`/api/vms/${encodeURIComponent(id)}/backups`);
+      const [backups, vms] = await Promise.all([get<BackupRow[]>(`/api/vms/${encodeURIComponent(id)}/backups`), must<VmRow[]>('/api/vms')]);
       if (!backups) return undefined;
-      const vm = await o.inventory.getVm(id);
-      const group = vm ? (await o.inventory.getHost(vm.host))?.moverGroup : undefined;
-      return pages.vmPage(id, backups, o.groups, group);
+      return pages.vmPage(id, backups, o.groups, vms.find((v) => v.vmId === id)?.moverGroup);
     }
     if (what === 'runs' && !id) return pages.layout('Runs', pages.runsTable(await must<RunRow[]>('/api/runs?max=50')));
     if (what === 'runs' && id) {
@@ -124,7 +107,8 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
     if (what === 'alerts') return pages.layout('Alerts', pages.alertsSection(await must<Alert[]>('/api/alerts')));
     if (what === 'executions' && (id === 'Restore' || id === 'DeepVerify') && name) {
       const e = await o.describe(id, name);
-      return e ? pages.executionPage(id, name, e) : undefined;
+      // A restore's and a verification's progress objects are named by their execution's name.
+      return e ? pages.executionPage(id, name, e, await get<OperationProgressRow>(`/api/progress/${encodeURIComponent(name)}`)) : undefined;
     }
     return undefined;
   }
@@ -134,12 +118,8 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
     const path = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     try {
       if (path[0] === 'api') {
-        if (req.method === 'POST' && url.pathname === '/api/vms') {
-          const a = await addVm(req);
-          return json(res, a.status, a.body);
-        }
-        if (req.method !== 'GET') return json(res, 405, { error: 'MethodNotAllowed', message: 'the operator API is read-only (POST /api/vms adds a VM)' });
-        const a = await o.api(`${url.pathname}${url.search}`);
+        if (req.method !== 'GET' && req.method !== 'POST') return json(res, 405, { error: 'MethodNotAllowed', message: 'the operator API takes GET, and POST /api/vms (`lifeboat vm add`)' });
+        const a = await o.api(req.method, `${url.pathname}${url.search}`, req.method === 'POST' ? await body(req) : undefined);
         return json(res, a.status, a.body);
       }
       if (req.method === 'POST' && path[0] === 'actions' && path[1]) {
