@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { DiskResult, VmJob } from '../contracts/jobs.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
-import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 

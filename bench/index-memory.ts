@@ -7,7 +7,7 @@
  * Usage: node --expose-gc bench/index-memory.ts [chunks]   (default 2,000,000)
  */
 import { randomBytes } from 'node:crypto';
-import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { encodeIndexObject, type PackContents } from '../repository/packs.ts';
 import { IndexCache } from '../repository/repository-index.ts';

@@ -10,7 +10,7 @@
 import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { openHostConfig, type HostConfigArchive } from '../core/host-config.ts';
+import { openHostConfig, type HostConfigArchive } from '../repository/host-config.ts';
 import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
 import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 import { runWithProgress } from './progress.ts';

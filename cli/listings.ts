@@ -36,9 +36,11 @@ const hoursOrDash = (h: number | null) => (h === null ? '-' : formatHours(h));
 
 export function vmsTable(rows: VmRow[]): string[] {
   if (!rows.length) return ['no VMs in the inventory (add one with `lifeboat vm add`, or run `lifeboat discover`)'];
-  return formatTable(['VM', 'HOST', 'PROTECTION', 'POLICIES', 'LAST BACKUP', 'STATUS', 'CONSISTENCY', 'RPO', 'AGE', 'RPO STATUS'], rows.map((v) => [
+  const status = (s: VmRow['rpo']) => (s === 'late' || s === 'never' ? s.toUpperCase() : s);
+  return formatTable(['VM', 'HOST', 'PROTECTION', 'POLICIES', 'LAST BACKUP', 'STATUS', 'CONSISTENCY', 'RPO', 'AGE', 'RPO STATUS', 'DR RPO', 'DR LAG', 'DR STATUS'], rows.map((v) => [
     v.vmId, v.host, v.protection, v.policies.join(',') || '-', shortTime(v.lastBackup?.at), v.lastBackup?.status ?? '-', v.consistency ?? '-',
-    v.rpoHours === null ? '-' : `${v.rpoHours} h`, hoursOrDash(v.recoveryPointAgeHours), v.rpo === 'late' || v.rpo === 'never' ? v.rpo.toUpperCase() : v.rpo,
+    v.rpoHours === null ? '-' : `${v.rpoHours} h`, hoursOrDash(v.recoveryPointAgeHours), status(v.rpo),
+    v.drRpoHours === null ? '-' : `${v.drRpoHours} h`, hoursOrDash(v.drLagHours), v.drRpo === 'none' ? '-' : status(v.drRpo),
   ]));
 }
 
@@ -73,8 +75,8 @@ export function runDetail(r: RunRow): string[] {
 export function registerListingCommands(program: Command, defaultDataDir: string, io: Out): void {
   const cmd = (name: string, description: string) => stackOptions(program.command(name).description(description).option('--json', 'print the rows as JSON (the operator API\'s answer)'), defaultDataDir);
 
-  cmd('vms', 'the VM inventory: protection, last backup, consistency, RPO status (exit code 1 when a VM is past its RPO)')
-    .action(listing<VmRow[]>(io, () => '/api/vms', vmsTable, (rows) => rows.some((v) => v.rpo === 'late')));
+  cmd('vms', 'the VM inventory: protection, last backup, consistency, RPO status, replication lag to the DR site (exit code 1 when a VM is past its RPO or its DR RPO)')
+    .action(listing<VmRow[]>(io, () => '/api/vms', vmsTable, (rows) => rows.some((v) => v.rpo === 'late' || v.drRpo === 'late')));
 
   cmd('backups', 'a VM\'s backups, newest first: time, size, new and stored bytes, consistency, verified, damaged (exit code 1 when one is damaged)')
     .argument('<vm>', 'the VM id')

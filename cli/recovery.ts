@@ -56,18 +56,23 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
     .option('--agent', 'with --define: a restore test whose sign of life is the guest agent answering guest-ping (with --boot-check: after the line)')
     .option('--instant', 'with --define: instant recovery: the VM runs at once on overlays backed by NBD exports of the backup, then moves to its disks in --target while it runs')
     .option('--move-after <regex>', 'with --instant: start the move once the guest\'s serial console prints a line matching this (not competing with its boot; at most 300 s)')
-    .option('--resume', 'with --instant: take up an instant recovery whose move failed (its VM paused, its writes in its overlays)')
+    .option('--resume', 'with --instant: take up an instant recovery whose move failed or whose mover died (its VM still running on its overlays)')
     .option('--move-bandwidth <MiB/s>', 'with --instant: cap the move to --target (MiB/s per disk)', (v) => {
       const n = Number(v);
       if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`'${v}' is not a bandwidth: give MiB/s above 0 (e.g. 50, or 0.5)`);
       return n;
     })
+    .option('--move-stall <seconds>', 'with --instant: fail the move when what it still has to copy has not shrunk for this long (default 300)', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 5) throw new InvalidArgumentError(`'${v}' is not a stall window: give whole seconds, at least 5`);
+      return n;
+    })
     .option('--force', 'overwrite what is at the target: a file holding data, a folder that is not empty, the VM\'s own folder, with --pool a volume of the same name (deleted and made anew) (default: refuse)')
     .option('--json', 'print the workflow\'s output as JSON')
     .option('--progress', 'draw the progress bars (per disk: bytes done of total, rate, ETA, phase) even when stderr is not a terminal'), defaultDataDir)
-    .action(guarded(async (opts: StackOptions & { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; instant?: boolean; resume?: boolean; moveBandwidth?: number; moveAfter?: string; json?: boolean; progress?: boolean }) => {
+    .action(guarded(async (opts: StackOptions & { vm: string; target: string; group: string; backup?: string; disk?: string; define?: string; name?: string; pool?: string; raw?: boolean; start?: boolean; bootCheck?: string; agent?: boolean; force?: boolean; instant?: boolean; resume?: boolean; moveBandwidth?: number; moveStall?: number; moveAfter?: string; json?: boolean; progress?: boolean }) => {
       if (!opts.define && (opts.pool || opts.raw || opts.name || opts.start || opts.bootCheck || opts.agent || opts.instant)) throw new InvalidArgumentError('--pool, --name, --raw, --start, --boot-check, --agent and --instant go with --define <uri>: they describe the VM the restore defines');
-      if (!opts.instant && (opts.resume || opts.moveBandwidth || opts.moveAfter)) throw new InvalidArgumentError('--resume, --move-bandwidth and --move-after go with --instant');
+      if (!opts.instant && (opts.resume || opts.moveBandwidth || opts.moveStall || opts.moveAfter)) throw new InvalidArgumentError('--resume, --move-bandwidth, --move-stall and --move-after go with --instant');
       const define = opts.define ? {
         uri: opts.define, ...(opts.name ? { name: opts.name } : {}), ...(opts.pool ? { pool: opts.pool } : {}), ...(opts.raw ? { format: 'raw' } : {}), ...(opts.start ? { start: true } : {}),
         ...(opts.bootCheck || opts.agent ? { bootCheck: { ...(opts.bootCheck ? { consoleLine: opts.bootCheck } : {}), ...(opts.agent ? { agent: true } : {}) } } : {}),
@@ -75,7 +80,7 @@ export function registerRecoveryCommands(program: Command, defaultDataDir: strin
       const input = {
         vmId: opts.vm, target: resolve(opts.target), moverGroup: opts.group, ...(opts.backup ? { backupId: opts.backup } : {}), ...(opts.disk ? { diskId: opts.disk } : {}), ...(opts.force ? { force: true } : {}),
         ...(define ? { define } : {}),
-        ...(opts.instant ? { instant: { ...(opts.resume ? { resume: true } : {}), ...(opts.moveBandwidth ? { moveBandwidthMiBs: opts.moveBandwidth } : {}), ...(opts.moveAfter ? { moveAfter: { consoleLine: opts.moveAfter } } : {}) } } : {}),
+        ...(opts.instant ? { instant: { ...(opts.resume ? { resume: true } : {}), ...(opts.moveBandwidth ? { moveBandwidthMiBs: opts.moveBandwidth } : {}), ...(opts.moveStall ? { moveStallSeconds: opts.moveStall } : {}), ...(opts.moveAfter ? { moveAfter: { consoleLine: opts.moveAfter } } : {}) } } : {}),
       };
       if (opts.instant) {
         const client = await StackClient.connect(opts);

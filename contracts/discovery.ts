@@ -4,7 +4,7 @@
  * contract; the mover validates the task with them and RecordInventory the page.
  */
 import { z } from 'zod';
-import type { DiscoveredVm } from './jobs.ts';
+import { text, type Infer } from './zod.ts';
 import { libvirtExports } from './libvirt-exports.ts';
 
 /**
@@ -16,19 +16,22 @@ export const DISCOVER_PAGE_BYTES = 192 * 1024;
 /** The catalog id of a discovered VM: its domain name on its host (`web-1@kvm-01`). */
 export const discoveredVmId = (name: string, hostId: string) => `${name}@${hostId}`;
 
-const text = z.string().min(1);
 
-/** A discovered VM as the task returns it (no domain XML: the backup stores that). */
-export const discoveredVm: z.ZodType<DiscoveredVm> = z.strictObject({
+/** A VM as a host's hypervisor describes it, as the task returns it (no domain XML: the backup stores that). */
+export const discoveredVm = z.strictObject({
   name: text,
   uuid: text,
+  /** The hypervisor's word for it: `running`, `shut off`, `paused`, ... */
   state: z.string(),
+  /** Tags from the domain's metadata (`<lifeboat:tags>`), for policies that select by tag. */
   tags: z.array(text),
+  /** Whether it has a guest agent channel (backups can be quiesced). */
   agent: z.boolean(),
   disks: z.array(z.strictObject({
     target: text, type: z.string(), format: z.string(), sizeBytes: z.number().int().nonnegative(), source: z.string().optional(),
   })),
 });
+export type DiscoveredVm = Infer<typeof discoveredVm>;
 
 /** The `discover` activity task: one page of the host's domains, those named after `after` (sorted by name). */
 export const discoverTask = z.strictObject({

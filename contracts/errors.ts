@@ -66,15 +66,6 @@ export class PolicyNotFound extends LifeboatError {
   }
 }
 
-/** Every concurrency slot of the host is taken: retried with backoff by the workflow. */
-export class SlotUnavailable extends LifeboatError {
-  static readonly code = 'Slot.Unavailable';
-  /** `scope` is `host:<id>` or `datastore:<host>/<id>` (see functions/backup/slots.ts). */
-  constructor(scope: string, limit: number) {
-    super(SlotUnavailable.code, `all ${limit} backup slots of ${scope.replace(':', ' ')} are in use`, { retryable: true });
-  }
-}
-
 /** Verify found a chunk missing or not matching its manifest. */
 export class VerifyFailed extends LifeboatError {
   static readonly code = 'Verify.Failed';
@@ -207,7 +198,6 @@ export const errorClasses = {
   [Corrupt.code]: Corrupt,
   [BadTaskInput.code]: BadTaskInput,
   [PolicyNotFound.code]: PolicyNotFound,
-  [SlotUnavailable.code]: SlotUnavailable,
   [VerifyFailed.code]: VerifyFailed,
   [CannotUpgrade.code]: CannotUpgrade,
   [TaskStalled.code]: TaskStalled,

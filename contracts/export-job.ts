@@ -4,9 +4,9 @@
  * control plane and the mover both validate with.
  */
 import { z } from 'zod';
-import type { RepositoryLocation } from './endpoints.ts';
+import { text } from './zod.ts';
+import { repositoryLocation } from './endpoints.ts';
 
-const text = z.string().min(1);
 
 /** Where the export listens: a unix socket on the mover host, or a TCP port (127.0.0.1 unless `host` says otherwise). */
 export const exportListen = z.union([
@@ -20,7 +20,7 @@ export const exportJob = z.object({
   exportId: text,
   vmId: text,
   backupId: text,
-  repository: z.custom<RepositoryLocation>((r) => typeof (r as { bucket?: unknown } | null)?.bucket === 'string', 'must be a repository location { bucket, endpoint? }'),
+  repository: repositoryLocation,
   diskIds: z.array(text).min(1, 'must name at least one disk'),
   listen: exportListen,
   /** The export closes itself after this long without a connection. */

@@ -5,10 +5,9 @@
  */
 import { isAbsolute } from 'node:path';
 import { z } from 'zod';
-import type { RepositoryLocation } from './endpoints.ts';
+import { count, text } from './zod.ts';
+import { repositoryLocation } from './endpoints.ts';
 
-const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 const guestPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/'), 'must be an absolute path in the guest, e.g. /etc/hostname');
 
 /** What to read: list one directory (or one entry), or extract files and trees to a folder on the mover's host. */
@@ -47,7 +46,7 @@ const job = {
   backupId: text,
   diskId: text,
   moverGroup: text,
-  repository: z.custom<RepositoryLocation>((r) => typeof (r as { bucket?: unknown } | null)?.bucket === 'string', 'must be a repository location { bucket, endpoint? }'),
+  repository: repositoryLocation,
   partition: count.optional(),
   /** The longest the file-system reader may take (seconds). */
   timeoutSeconds: z.number().int().min(10).max(12 * 3600).default(3600),

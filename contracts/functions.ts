@@ -41,6 +41,8 @@ export const lambdaFunctions = {
   ReportReplication: { entry: 'functions/replicate/replication-report.ts', handler: 'handler' },
   PlanFailover: { entry: 'functions/replicate/replicate.ts', handler: 'planFailoverHandler' },
   RecordFailover: { entry: 'functions/replicate/replicate.ts', handler: 'recordFailoverHandler' },
+  PlanFailoverPlan: { entry: 'functions/replicate/failover-plan.ts', handler: 'planFailoverPlanHandler' },
+  RecordFailoverPlan: { entry: 'functions/replicate/failover-plan.ts', handler: 'recordFailoverPlanHandler' },
   RecordRecoveryFailure: { entry: 'functions/recovery/recovery-failure.ts', handler: 'handler' },
   ListDiscoveryHosts: { entry: 'functions/discover/discover.ts', handler: 'listHostsHandler' },
   RecordInventory: { entry: 'functions/discover/discover.ts', handler: 'recordHandler' },
@@ -51,6 +53,9 @@ export const lambdaFunctions = {
   SummarizeHostConfigBackup: { entry: 'functions/host-config/host-config.ts', handler: 'summarizeHandler' },
   OperatorApi: { entry: 'functions/operator/api.ts', handler: 'handler' },
   PlanFiles: { entry: 'functions/files/files.ts', handler: 'planHandler' },
+  PlanFailback: { entry: 'functions/failback/failback.ts', handler: 'planHandler' },
+  CheckFinalBackup: { entry: 'functions/failback/failback.ts', handler: 'checkFinalBackupHandler' },
+  RecordFailback: { entry: 'functions/failback/failback.ts', handler: 'recordHandler' },
 } as const;
 
 export type LambdaFunctionId = keyof typeof lambdaFunctions;

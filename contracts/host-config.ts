@@ -1,7 +1,7 @@
 /**
  * The HostConfigBackup workflow's `hostConfig` mover task and its result (zod schemas): the
  * mover validates the task, RecordHostConfig the result. The archive itself and its sealing
- * are core/host-config.ts's.
+ * are repository/host-config.ts's.
  */
 import { z } from 'zod';
 

@@ -153,7 +153,7 @@ export type DiskSegment = Infer<typeof diskSegment>;
 
 /**
  * The manifest id of one segment of a disk: its manifest is stored like a disk's
- * (keys.manifest(backupId, segmentManifestId(...))) and JoinSegments merges them into
+ * (objectKeys.manifest(backupId, segmentManifestId(...))) and JoinSegments merges them into
  * the disk's manifest.
  */
 export const segmentManifestId = (diskId: string, index: number) => `${diskId}.seg-${index}`;
@@ -161,19 +161,6 @@ export const segmentManifestId = (diskId: string, index: number) => `${diskId}.s
 /** One Dispatch task: a whole disk (segment null) or one segment of it. */
 export const dispatchItem = z.looseObject({ disk: diskRef, segment: diskSegment.nullable() });
 export type DispatchItem = Infer<typeof dispatchItem>;
-
-/** A VM as a host's hypervisor describes it (the Discover workflow's inventory). */
-export interface DiscoveredVm {
-  name: string;
-  uuid: string;
-  /** The hypervisor's word for it: `running`, `shut off`, `paused`, ... */
-  state: string;
-  /** Tags from the domain's metadata (`<lifeboat:tags>`), for policies that select by tag. */
-  tags: string[];
-  /** Whether it has a guest agent channel (backups can be quiesced). */
-  agent: boolean;
-  disks: { target: string; type: string; format: string; sizeBytes: number; source?: string }[];
-}
 
 /** Counters from one disk's transfer. */
 export const transferStats = z.looseObject({

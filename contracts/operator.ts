@@ -25,6 +25,14 @@ export interface VmRow {
   recoveryPointAgeHours: number | null;
   /** `late`: past its RPO; `never`: no committed backup yet; `none`: no policy sets an RPO. */
   rpo: RpoStatus;
+  /** The tightest DR RPO of its replicating policies, in hours (`drRpoHours`, default twice `rpoHours`); null: none replicates it. */
+  drRpoHours: number | null;
+  /** Replication lag: hours since the newest restore point at the DR site was taken (its backup's start); null: none there yet. */
+  drLagHours: number | null;
+  /** The backup that newest restore point at the DR site is. */
+  drRestorePoint: string | null;
+  /** `late`: lag past the DR RPO, or no restore point at the DR site while a backup older than the DR RPO exists; `never`: none there yet; `none`: not replicated. */
+  drRpo: RpoStatus;
 }
 
 export interface BackupRow {
@@ -114,7 +122,7 @@ export interface RestorePointRow {
   ageHours: number;
 }
 
-export type AlertKind = 'damage' | 'rpo' | 'mover-group-silent' | 'run-failed';
+export type AlertKind = 'damage' | 'rpo' | 'dr-rpo' | 'mover-group-silent' | 'run-failed';
 
 export interface Alert {
   /** Stable while the condition lasts (a new damaged backup, a new late VM backup, a new failed run get a new id). */

@@ -69,7 +69,20 @@ export class LocksNotExtended extends LifeboatError {
   }
 }
 
+/**
+ * A failover plan's VM did not show its readiness (serial console line, guest agent) within
+ * the group's timeout, or stopped first: the message names the VM, its domain and what it
+ * printed last. Not retryable: booting it again would wait as long again.
+ */
+export class FailoverNotReady extends LifeboatError {
+  static readonly code = 'Failover.NotReady';
+  constructor(message: string) {
+    super(FailoverNotReady.code, message, { retryable: false });
+  }
+}
+
 export const recoveryErrorClasses = {
+  [FailoverNotReady.code]: FailoverNotReady,
   [InstantMoveFailed.code]: InstantMoveFailed,
   [RecoveryRequestInvalid.code]: RecoveryRequestInvalid,
   [RestoreMismatch.code]: RestoreMismatch,

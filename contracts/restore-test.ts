@@ -8,7 +8,8 @@
  * validate with these schemas.
  */
 import { z } from 'zod';
-import type { RepositoryLocation } from './endpoints.ts';
+import { count, text } from './zod.ts';
+import { repositoryLocation } from './endpoints.ts';
 
 /**
  * Every domain a restore test defines starts with this, and its folder is named as the
@@ -55,8 +56,6 @@ export type RestoreTestSettings = z.infer<typeof restoreTestSettings>;
 /** The boot check used when neither the request nor the policy names one: the guest agent answers. */
 export const DEFAULT_BOOT_CHECK: BootCheckSettings = { agent: true };
 
-const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 
 /** One restore test, as PlanDeepVerify planned it; the activity task's input is `{ task: 'restoreTest', test }`. */
 export const restoreTestJob = z.looseObject({
@@ -66,7 +65,7 @@ export const restoreTestJob = z.looseObject({
   backupId: text,
   /** The group serving the VM's host: its movers reach the host's libvirt and its storage. */
   moverGroup: text,
-  repository: z.custom<RepositoryLocation>((r) => typeof (r as { bucket?: unknown } | null)?.bucket === 'string', 'must be a repository location { bucket, endpoint? }'),
+  repository: repositoryLocation,
   /** The host's libvirt URI. */
   uri: text,
   /** The VM's name, shown in the test domain's name. */

@@ -10,9 +10,12 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { DEFAULT_HOST_CONFIG_KEEP } from './host-config.ts';
 import { libvirtExports } from '../contracts/libvirt-exports.ts';
 import { restoreTestSettings } from '../contracts/restore-test.ts';
+import { failoverPlan, networkMap, replicaVmSettings } from '../contracts/dr.ts';
+
+/** Host configuration backups kept per host when the configuration says nothing (`hostConfigBackup.keep`). */
+export const DEFAULT_HOST_CONFIG_KEEP = 14;
 
 /** Ids end up in resource names, catalog keys and Activity names: keep them plain. */
 const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit');
@@ -125,7 +128,12 @@ const policy = z.object({
 }).strict();
 
 const configSchema = z.object({
-  sites: z.array(z.object({ id, description: z.string().optional() }).strict()).min(1, 'configure at least one site'),
+  sites: z.array(z.object({
+    id,
+    description: z.string().optional(),
+    /** Production network → this site's network, for the replica VMs defined here (contracts/dr.ts). */
+    networkMap: networkMap.optional(),
+  }).strict()).min(1, 'configure at least one site'),
   moverGroups: z.array(z.object({
     id,
     site: id,
@@ -182,6 +190,12 @@ const configSchema = z.object({
       moverGroup: id,
       /** Folder on that group's movers of the warm standby replica (`<standbyPath>/<vmId>/<diskId>.raw`); unset keeps none. */
       standbyPath: z.string().refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'must be an absolute path without ".."').optional(),
+      /**
+       * Keep each libvirt VM's replica as a VM on this libvirt host of the DR site (powered
+       * off, its disks qcow2 restore points under `standbyPath`, networks through the site's
+       * `networkMap`), instead of raw standby files (contracts/dr.ts).
+       */
+      replicaVms: replicaVmSettings.optional(),
     }).strict().optional(),
   }).strict()).min(1, 'configure at least one repository (the first is the stack\'s own bucket)'),
   policies: z.array(policy),
@@ -204,6 +218,8 @@ const configSchema = z.object({
    * of each host's it keeps (default 14), and in which repository (default: the first).
    */
   hostConfigBackup: z.object({ schedule: schedule.optional(), keep: count(1000).optional(), repository: id.optional() }).strict().optional(),
+  /** Failover plans: VMs booted in groups at the DR site (contracts/dr.ts; `lifeboat failover --plan ID`). */
+  failoverPlans: z.array(failoverPlan).optional(),
 }).strict().superRefine((c, ctx) => {
   const dup = (items: { id: string }[], key: string) => {
     const seen = new Set<string>();
@@ -212,6 +228,7 @@ const configSchema = z.object({
       seen.add(it.id);
     });
   };
+  dup(c.failoverPlans ?? [], 'failoverPlans');
   dup(c.sites, 'sites'); dup(c.moverGroups, 'moverGroups'); dup(c.hosts, 'hosts'); dup(c.repositories, 'repositories'); dup(c.policies, 'policies');
   const sites = new Set(c.sites.map((s) => s.id));
   const hosts = new Set(c.hosts.map((h) => h.id));
@@ -237,6 +254,9 @@ const configSchema = z.object({
     if (r.bucket !== undefined && !r.endpoint) ctx.addIssue({ code: 'custom', path: ['repositories', i, 'bucket'], message: 'only a repository with its own "endpoint" names its bucket; the stack names the buckets it creates' });
     if (r.objectLock && r.endpoint) ctx.addIssue({ code: 'custom', path: ['repositories', i, 'objectLock'], message: 'the stack does not create a repository on another endpoint, so it cannot set its Object Lock: configure it on that bucket' });
     if (r.site !== undefined && !sites.has(r.site)) ctx.addIssue({ code: 'custom', path: ['repositories', i, 'site'], message: `names no configured site (sites: ${[...sites].join(', ')})` });
+    if (r.replication?.replicaVms && (!r.replication.standbyPath || !r.site)) {
+      ctx.addIssue({ code: 'custom', path: ['repositories', i, 'replication', 'replicaVms'], message: 'needs the repository\'s "site" (whose networkMap the replicas use) and "replication.standbyPath" (where their disks are kept)' });
+    }
     if (r.replication) {
       const g = c.moverGroups.find((x) => x.id === r.replication!.moverGroup);
       const path = ['repositories', i, 'replication', 'moverGroup'];

@@ -1,5 +1,4 @@
-import { objectCrc32, objectSha256 } from '../repository/format.ts';
-import type { GetOptions, ListedKey, ObjectInfo, ObjectStore, PutChecksum } from './object-store.ts';
+import { objectCrc32, objectSha256, type GetOptions, type ListedKey, type ObjectInfo, type ObjectStore, type PutChecksum } from './object-store.ts';
 
 /**
  * An in-memory ObjectStore that behaves like real S3 with checksums: it rejects a body

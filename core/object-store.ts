@@ -2,6 +2,9 @@
  * The narrow storage interface the mover and the handlers depend on. Adapters (S3) and
  * wrappers (retry, limits) implement it; logic never sees an SDK type.
  */
+import { createHash } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+
 export interface ObjectInfo {
   size: number;
   /** Base64 SHA-256 of the object as the store recorded it, where the store offers one. */
@@ -51,4 +54,16 @@ export interface ObjectStore {
   head(key: string): Promise<ObjectInfo | undefined>;
   /** Every object under `prefix`, in key order (movers list only `index/`: repository/packs.ts). */
   list(prefix: string): AsyncIterable<ListedKey>;
+}
+
+/** Base64 SHA-256 of a stored object, the form S3's ChecksumSHA256 uses. */
+export function objectSha256(body: Uint8Array): string {
+  return createHash('sha256').update(body).digest('base64');
+}
+
+/** Base64 CRC-32 (big-endian, the form S3's ChecksumCRC32 uses) of a stored object. */
+export function objectCrc32(body: Uint8Array): string {
+  const out = Buffer.alloc(4);
+  out.writeUInt32BE(crc32(body));
+  return out.toString('base64');
 }

@@ -73,24 +73,37 @@ export class ActivityBroker {
    *   or `States.Timeout` when TimeoutSeconds/HeartbeatSeconds elapse.
    */
   schedule(activityArn: string, input: unknown, opts: ScheduleOptions = {}): Promise<unknown> {
-    return new Promise<unknown>((resolve, reject) => {
+    return this.#open(activityArn, JSON.stringify(input ?? {}), opts, false).result;
+  }
+
+  /**
+   * A callback task (a `.waitForTaskToken` integration): no worker polls it; its token goes
+   * out in the task's input, and SendTaskSuccess / SendTaskFailure / SendTaskHeartbeat with it
+   * settle it as they settle an activity task. HeartbeatSeconds counts from now. `label`
+   * names it in timeout messages (the state).
+   */
+  awaitCallback(label: string, opts: ScheduleOptions = {}): { token: string; result: Promise<unknown> } {
+    return this.#open(label, '{}', opts, true);
+  }
+
+  /** Ends a callback task whose integration failed before it could wait (its Lambda invocation failed): its token answers TaskDoesNotExist. */
+  cancel(taskToken: string, err: Error): void {
+    const task = this.#tasks.get(taskToken);
+    if (task) this.#finish(task, err);
+  }
+
+  #open(activityArn: string, input: string, opts: ScheduleOptions, callback: boolean): { token: string; result: Promise<unknown> } {
+    const token = randomBytes(32).toString('base64url');
+    const result = new Promise<unknown>((resolve, reject) => {
       const { signal } = opts;
       if (this.#closed) return reject(namedError('States.Aborted', 'activity broker is closed'));
       if (signal?.aborted) return reject(abortReason(signal));
-      const task: Task = {
-        token: randomBytes(32).toString('base64url'),
-        activityArn,
-        input: JSON.stringify(input ?? {}),
-        heartbeatSeconds: opts.heartbeatSeconds,
-        running: false,
-        resolve,
-        reject,
-      };
+      const task: Task = { token, activityArn, input, heartbeatSeconds: opts.heartbeatSeconds, running: callback, resolve, reject };
       this.#tasks.set(task.token, task);
       if (opts.timeoutSeconds !== undefined) {
         const s = opts.timeoutSeconds;
         task.timeoutTimer = setTimeout(
-          () => this.#timeOut(task, `Activity ${activityArn} did not complete within TimeoutSeconds=${s}`),
+          () => this.#timeOut(task, `${callback ? 'Task' : 'Activity'} ${activityArn} did not complete within TimeoutSeconds=${s}`),
           s * 1000,
         );
       }
@@ -99,8 +112,10 @@ export class ActivityBroker {
         signal.addEventListener('abort', onAbort, { once: true });
         task.unlinkSignal = () => signal.removeEventListener('abort', onAbort);
       }
-      this.#enqueue(task, false);
+      if (callback) this.#armHeartbeat(task);
+      else this.#enqueue(task, false);
     });
+    return { token, result };
   }
 
   /**

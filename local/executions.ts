@@ -13,7 +13,7 @@ import type { ActivityBroker } from './activities.ts';
 import { DISTRIBUTED_MAP_RESOURCE, lowerDistributedMaps, runMapRun, type ChildOutcome, type DistributedMapState } from './distributed-map.ts';
 import { LocalEventBus } from './events.ts';
 import type { ResolvedTemplate } from './asl.ts';
-import { invokeLocal } from './lambdas.ts';
+import type { LocalFunctions } from './lambdas.ts';
 import { QuotaGuard } from './quota-guard.ts';
 import { AWS_QUOTAS, fieldTooLong, type StepFunctionsQuotas } from './quotas.ts';
 import type { ExecutionRecord, ExecutionService } from './sfn-api.ts';
@@ -38,6 +38,12 @@ function taskStates(def: Record<string, unknown>): [string, AslState][] {
   return out;
 }
 
+/**
+ * What `$$.Task.Token` reads while a state's Parameters are applied: the runner has one
+ * context per execution, so a `.waitForTaskToken` task puts its own token in place of this.
+ */
+export const TASK_TOKEN_PLACEHOLDER = 'lifeboat-local:$$.Task.Token';
+
 export interface StateCounts {
   transitions: number;
 }
@@ -57,11 +63,14 @@ export class LocalExecutions implements ExecutionService {
   private readonly quotas: StepFunctionsQuotas;
   /** The buckets a Distributed Map reads its items from and writes its results to (by the name or logical id in the definition). */
   private readonly objects: (bucket: string) => ObjectStore;
+  /** The control plane's functions that the workflows' Lambda tasks invoke. */
+  private readonly functions: LocalFunctions | undefined;
 
   constructor(opts: {
     dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void; quotas?: StepFunctionsQuotas;
-    objects?: (bucket: string) => ObjectStore;
+    objects?: (bucket: string) => ObjectStore; functions?: LocalFunctions;
   }) {
+    this.functions = opts.functions;
     this.dir = join(opts.dataDir, 'executions');
     this.objects = opts.objects ?? ((bucket) => { throw new Error(`the embedded stack was started without object storage, so a Distributed Map cannot reach bucket ${bucket}`); });
     this.quotas = opts.quotas ?? AWS_QUOTAS;
@@ -69,6 +78,11 @@ export class LocalExecutions implements ExecutionService {
     this.events = new LocalEventBus(opts.dataDir);
     this.template = opts.template;
     this.broker = opts.broker;
+  }
+
+  private async invoke(id: LambdaFunctionId, input: unknown, timeoutMs: number): Promise<unknown> {
+    if (!this.functions) throw new Error(`these executions were started without the control plane's functions, so the Lambda task of ${id} cannot run`);
+    return this.functions.invoke(id, input, timeoutMs);
   }
 
   /** Loads saved records; executions that were running when the stack stopped are ABORTED. */
@@ -121,7 +135,9 @@ export class LocalExecutions implements ExecutionService {
           },
         });
       } else if (fid) {
-        handlers[name] = (input) => invokeLocal(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+        handlers[name] = (input) => this.invoke(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+      } else if (resource.endsWith(':states:::lambda:invoke.waitForTaskToken')) {
+        handlers[name] = (input) => this.invokeWithToken(`${record.executionArn}#${name}`, state, input, signal);
       } else if (resource.includes(':activity:')) {
         handlers[name] = (input) => this.broker.schedule(resource, input, {
           timeoutSeconds: state.TimeoutSeconds as number | undefined,
@@ -138,6 +154,31 @@ export class LocalExecutions implements ExecutionService {
       handlers[name] = guard.guardTask(name, state, handlers[name]!);
     }
     return handlers;
+  }
+
+  /**
+   * `lambda:invoke.waitForTaskToken`: the function is invoked with `$$.Task.Token` in its
+   * payload (a new token per attempt, replacing {@link TASK_TOKEN_PLACEHOLDER}), and the task's
+   * result is what SendTaskSuccess sends with it, through the local Step Functions API (the
+   * ActivityBroker holds it), whoever sends it and whenever: before the invocation returns or
+   * long after. A failed invocation fails the task with the function's error, as in AWS.
+   * TimeoutSeconds and HeartbeatSeconds count from the start; once the execution stops the
+   * token answers TaskDoesNotExist.
+   */
+  private async invokeWithToken(label: string, state: AslState, input: { FunctionName?: string; Payload?: unknown }, signal: AbortSignal): Promise<unknown> {
+    const fid = this.template.functions[input.FunctionName ?? ''] as LambdaFunctionId | undefined;
+    if (!fid) throw named('Lambda.ResourceNotFoundException', `Function not found: ${input.FunctionName ?? '(no FunctionName)'}`);
+    const { token, result } = this.broker.awaitCallback(label, {
+      timeoutSeconds: state.TimeoutSeconds as number | undefined, heartbeatSeconds: state.HeartbeatSeconds as number | undefined, signal,
+    });
+    result.catch(() => {}); // settled below or by the runner's own timeout
+    const payload = JSON.parse(JSON.stringify(input.Payload ?? {}).replaceAll(JSON.stringify(TASK_TOKEN_PLACEHOLDER), JSON.stringify(token))) as unknown;
+    try {
+      await this.invoke(fid, payload, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+    } catch (err) {
+      this.broker.cancel(token, err as Error);
+    }
+    return result;
   }
 
   /**
@@ -209,7 +250,7 @@ export class LocalExecutions implements ExecutionService {
     const execution = { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' };
     const run = machine.run(parsed as never, guard.runOptions(machine, {
       overrides: { taskResourceLocalHandlers: this.overrides(definition, taskSignal, guard, maps, record, execution) as never },
-      context: { Execution: execution },
+      context: { Execution: execution, Task: { Token: TASK_TOKEN_PLACEHOLDER } },
     }));
     abort.signal.addEventListener('abort', () => run.abort());
     const history = this.recordHistory(record, run.eventLogs);

@@ -11,21 +11,23 @@ import type { Alert } from '../contracts/operator.ts';
 import { AlertNotifier } from './alert-notifier.ts';
 import { LOCAL_REGION, type ResolvedTemplate } from './asl.ts';
 import { startConsoleServer, type ConsoleServerOptions, type ConsoleWorkflow } from './console/server.ts';
-import { invokeLocal } from './lambdas.ts';
+import type { LocalFunctions } from './lambdas.ts';
 
 export interface OperatorOptions {
   dataDir: string;
   config: LifeboatConfig;
   sfn: string;
+  /** The control plane's functions: the operator API is the OperatorApi function. */
+  functions: LocalFunctions;
   template: ResolvedTemplate;
   port: number;
   onAlert?: (event: string, fields: Record<string, unknown>) => void;
 }
 
-/** One request of the operator API through the OperatorApi function, as its function URL passes it. */
-const api: ConsoleServerOptions['api'] = async (method, pathAndQuery, body) => {
+/** The operator API through the OperatorApi function, one request as its function URL passes it. */
+const apiThrough = (functions: LocalFunctions): ConsoleServerOptions['api'] => async (method, pathAndQuery, body) => {
   const [rawPath = '/', rawQueryString = ''] = pathAndQuery.split('?', 2);
-  const r = await invokeLocal('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method } }, ...(body === undefined ? {} : { body, isBase64Encoded: false }) }) as { statusCode: number; body: string };
+  const r = await functions.invoke('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method } }, ...(body === undefined ? {} : { body, isBase64Encoded: false }) }) as { statusCode: number; body: string };
   return { status: r.statusCode, body: JSON.parse(r.body) as unknown };
 };
 
@@ -36,6 +38,7 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
     if (!m) throw new Error(`the stack has no ${workflow} workflow`);
     return m.arn;
   };
+  const api = apiThrough(o.functions);
   const server = await startConsoleServer({
     port: o.port, api, groups: o.config.moverGroups.map((g) => g.id),
     start: async (workflow, input) => {

@@ -22,6 +22,7 @@
  * Pass or Choice 2, as TOOLCHAIN.md states; the count is within a few events of AWS's.
  */
 import { StateMachine } from 'aws-local-stepfunctions';
+import { readPath } from './distributed-map.ts';
 import { DataLimitExceeded, HistoryLimitExceeded, inputTooLarge, payloadSize, resultTooLarge, type StepFunctionsQuotas } from './quotas.ts';
 
 type StateDef = Record<string, unknown> & { Type: string; Retry?: { ErrorEquals: string[] }[]; Catch?: { ErrorEquals: string[] }[] };
@@ -47,7 +48,11 @@ export class QuotaGuard {
   private events = 0;
   private largest = { bytes: 0, where: '' };
   /** Map states by their iterator definition: a nested run over one of these is an iteration. */
-  private readonly iterators = new Map<object, StateDef>();
+  private readonly iterators = new Map<object, { name: string; state: StateDef }>();
+  /** Item counts of Map states entered whose iterations have not started yet, by iterator definition (first entered first). */
+  private readonly entered = new Map<object, { items: number; rawInput: unknown }[]>();
+  /** The collected result of each running Map state so far, by its iterator machine (one per Map state run). */
+  private readonly collected = new WeakMap<object, { name: string; state: StateDef; items: number; rawInput: unknown; done: number; bytes: number }>();
   private readonly onFatal: (err: Error) => void;
   private root: unknown;
 
@@ -56,10 +61,10 @@ export class QuotaGuard {
     this.quotas = quotas;
     this.onFatal = onFatal;
     const walk = (def: Definition) => {
-      for (const s of Object.values(def.States)) {
+      for (const [name, s] of Object.entries(def.States)) {
         const inner = (s.ItemProcessor ?? s.Iterator) as Definition | undefined;
         if (s.Type === 'Map' && inner) {
-          this.iterators.set(inner, s);
+          this.iterators.set(inner, { name, state: s });
           walk(inner);
         }
         for (const b of (s.Branches as Definition[] | undefined) ?? []) walk(b);
@@ -118,6 +123,7 @@ export class QuotaGuard {
     });
     wrap('dispatchStateEnteredEvent', ((name: string, type: string, input: unknown) => {
       this.count(nested(type) ? 2 : 1);
+      if (type === 'Map') this.mapEntered((machine.definition as Definition).States[name], input);
       const bytes = this.measure(input, `${name} input`);
       if (bytes > this.quotas.payloadBytes) throw inputTooLarge(name, bytes, this.quotas);
     }) as never);
@@ -133,7 +139,49 @@ export class QuotaGuard {
   private iterationFailed(machine: { definition: object }, err: unknown): void {
     const map = this.iterators.get(machine.definition);
     const cause = (err as { cause?: unknown }).cause ?? err;
-    if (map && cause instanceof DataLimitExceeded) cause.handledBy(map);
+    if (map && cause instanceof DataLimitExceeded) cause.handledBy(map.state);
+  }
+
+  /** A Map state starts: how many iterations it will run (its items, through InputPath and ItemsPath), for {@link iterationDone}. */
+  private mapEntered(state: StateDef | undefined, input: unknown): void {
+    const inner = (state?.ItemProcessor ?? state?.Iterator) as object | undefined;
+    if (!inner) return;
+    let items: unknown;
+    try {
+      items = readPath((state!.ItemsPath as string | undefined) ?? '$', readPath((state!.InputPath as string | undefined) ?? '$', input, {}), {});
+    } catch {
+      return; // a path the simple reader does not follow: the Map's result is still checked as it exits (uncaught there)
+    }
+    if (!Array.isArray(items) || !items.length) return;
+    this.entered.set(inner, [...(this.entered.get(inner) ?? []), { items: items.length, rawInput: input }]);
+  }
+
+  /**
+   * One iteration of a Map state ended with `result`. When the last one has, and the Map's
+   * result (the array of its iterations' results) is over the quota, the Map state fails with
+   * States.DataLimitExceeded inside the state, as AWS fails it: a Catch naming the error takes
+   * it (a VM's failure path then releases what it took). Checked only at the state's exit, the
+   * error would escape every Catch.
+   */
+  private iterationDone(machine: object & { definition: object }, result: unknown): void {
+    let run = this.collected.get(machine);
+    if (!run) {
+      const map = this.iterators.get(machine.definition);
+      const entered = this.entered.get(machine.definition)?.shift();
+      if (!map || !entered) return;
+      run = { ...map, ...entered, done: 0, bytes: 1 }; // `[`, then each result and its `,` or `]`
+      this.collected.set(machine, run);
+    }
+    run.done++;
+    run.bytes += payloadSize(result) + 1;
+    if (run.done !== run.items) return;
+    // The state's output: its input with the result at ResultPath (the array's size added to that of an empty one).
+    const output = mapOutputSize(run.state, run.rawInput, run.bytes);
+    const bytes = Math.max(run.bytes, output ?? 0);
+    if (bytes > this.quotas.payloadBytes) {
+      if (bytes > this.largest.bytes) this.largest = { bytes, where: `${run.name} ${bytes === run.bytes ? 'result' : 'output'}` };
+      throw resultTooLarge(run.name, bytes, this.quotas).handledBy(run.state);
+    }
   }
 
   private measure(value: unknown, where: string): number {
@@ -168,11 +216,38 @@ export class QuotaGuard {
     const guard = options.runOptions?.[GUARD] as QuotaGuard | undefined;
     if (!guard) return run();
     guard.watch(options.eventLogger, machine);
-    return run().catch((err: unknown) => {
+    const iteration = guard.iterators.has(machine.definition);
+    return run().then((result) => {
+      if (iteration) guard.iterationDone(machine, result);
+      return result;
+    }).catch((err: unknown) => {
       guard.iterationFailed(machine, err);
       throw err;
     });
   }
+}
+
+/**
+ * The size of a Map state's output whose result (the array) is `resultBytes` long, for a
+ * ResultPath of plain fields (`$`, `$.a.b`, null) and no ResultSelector or OutputPath;
+ * undefined otherwise (its exit still checks it).
+ */
+function mapOutputSize(state: StateDef, rawInput: unknown, resultBytes: number): number | undefined {
+  if (state.ResultSelector !== undefined || (state.OutputPath !== undefined && state.OutputPath !== '$')) return undefined;
+  const path = state.ResultPath as string | null | undefined;
+  if (path === null) return payloadSize(rawInput);
+  if (path === undefined || path === '$') return resultBytes;
+  const keys = /^\$(\.[A-Za-z0-9_-]+)+$/.test(path) ? path.slice(2).split('.') : undefined;
+  if (!keys || rawInput === null || typeof rawInput !== 'object' || Array.isArray(rawInput)) return undefined;
+  const out = structuredClone(rawInput) as Record<string, unknown>;
+  let at = out;
+  for (const k of keys.slice(0, -1)) {
+    const next = at[k];
+    at[k] = next !== null && typeof next === 'object' && !Array.isArray(next) ? next : {};
+    at = at[k] as Record<string, unknown>;
+  }
+  at[keys.at(-1)!] = [];
+  return payloadSize(out) - 2 + resultBytes;
 }
 
 let installed = false;

@@ -17,8 +17,9 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client }
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
-import { resetClients } from '../functions/commons/clients.ts';
-import { invokeLocal } from './lambdas.ts';
+import { createClients } from '../functions/commons/clients.ts';
+import type { FunctionEnv } from '../functions/commons/env.ts';
+import { LocalFunctions } from './lambdas.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
 import { startLocalS3, type LocalS3 } from './s3-server.ts';
 import { lockDataDir } from './stack-lock.ts';
@@ -101,9 +102,11 @@ export class EmbeddedStack {
   readonly config: LifeboatConfig;
   private readonly closers: (() => Promise<void>)[];
   private readonly s3Servers: LocalS3[];
+  private readonly functions: { local: LocalFunctions; env: FunctionEnv };
 
-  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[], s3Servers: LocalS3[]) {
+  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[], s3Servers: LocalS3[], functions: { local: LocalFunctions; env: FunctionEnv }) {
     this.s3Servers = s3Servers;
+    this.functions = functions;
     this.endpoints = endpoints;
     this.config = config;
     this.template = template;
@@ -116,6 +119,11 @@ export class EmbeddedStack {
     const out: Record<string, number> = {};
     for (const s of this.s3Servers) for (const [k, n] of s.requestKinds) out[k] = (out[k] ?? 0) + n;
     return out;
+  }
+
+  /** Sends the functions' requests to the stack's own S3 through `url` (a fault proxy in front of it); undefined: straight to it again. */
+  routeFunctionsS3(url: string | undefined): void {
+    this.functions.local.useClients(createClients({ ...this.functions.env, ...(url ? { s3Endpoint: url } : {}) }));
   }
 
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
@@ -201,22 +209,20 @@ export class EmbeddedStack {
         });
       }
 
-      // The handlers read their configuration from the environment, as in Lambda.
-      Object.assign(process.env, {
-        CATALOG_TABLE, AWS_REGION: LOCAL_REGION, LIFEBOAT_DYNAMODB_ENDPOINT: dynamodb, LIFEBOAT_S3_ENDPOINT: s3, LIFEBOAT_KEY_FILE: keyFile, LIFEBOAT_RUN_BUCKET: REPOSITORY_BUCKET,
-        // In-process handlers: no CloudWatch to send EMF to, so Powertools Metrics stays quiet.
-        POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_SERVICE_NAME: 'lifeboat-local',
-      });
-      resetClients();
+      // The functions get the stack's own clients, as the Lambda entry builds them from its environment in AWS.
+      // In-process handlers: no CloudWatch to send EMF to, so Powertools Metrics stays quiet.
+      Object.assign(process.env, { POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_SERVICE_NAME: 'lifeboat-local' });
+      const functionEnv: FunctionEnv = { tableName: CATALOG_TABLE, region: LOCAL_REGION, dynamodbEndpoint: dynamodb, s3Endpoint: s3, keyFile, runBucket: REPOSITORY_BUCKET, repositoryBucket: REPOSITORY_BUCKET };
+      const functions = new LocalFunctions(createClients(functionEnv));
       const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
       // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog: the SyncConfig function does it.
-      await invokeLocal('SyncConfig', { config, buckets });
+      await functions.invoke('SyncConfig', { config, buckets });
 
       const broker = new ActivityBroker({ quotas });
       closers.push(async () => broker.close());
       const reconcileArn = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Reconcile'))?.arn;
       const executions: LocalExecutions = new LocalExecutions({
-        dataDir, template, broker, quotas,
+        dataDir, template, broker, quotas, functions,
         // The Backup workflow's Distributed Map reads and writes the stack's own bucket, named by its logical id in the ASL.
         objects: (bucket) => new S3ObjectStore(localS3, bucket === template.primaryBucket ? REPOSITORY_BUCKET : bucket),
         onStopped: (r) => { if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn); },
@@ -227,10 +233,12 @@ export class EmbeddedStack {
       if (reconcileArn) await reconcileStoppedRuns(executions, backup.arn, reconcileArn);
       const api = await startSfnApi({ port: opts.ports?.sfn ?? 0, broker, executions });
       closers.push(() => api.close());
-      // The OperatorApi function reads the Backup workflow's executions and the primary repository's records.
-      Object.assign(process.env, { REPOSITORY_BUCKET, BACKUP_STATE_MACHINE_ARN: backup.arn, LIFEBOAT_SFN_ENDPOINT: api.url });
+      // The functions answer waiting tasks (the slot queue) on this API; the OperatorApi function reads the Backup workflow's
+      // executions through it, and the primary repository's records.
+      const operatorEnv: FunctionEnv = { ...functionEnv, backupStateMachineArn: backup.arn, sfnEndpoint: api.url };
+      functions.useClients(createClients(operatorEnv));
       const operator = await startOperator({
-        dataDir, config, sfn: api.url, template, port: opts.ports?.console ?? 0,
+        dataDir, config, sfn: api.url, functions, template, port: opts.ports?.console ?? 0,
         ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
       });
       closers.push(() => operator.close());
@@ -241,7 +249,7 @@ export class EmbeddedStack {
         // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
         stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),
       };
-      return new EmbeddedStack(endpoints, template, catalog, config, closers, s3Servers);
+      return new EmbeddedStack(endpoints, template, catalog, config, closers, s3Servers, { local: functions, env: operatorEnv });
     } catch (err) {
       await closeAll();
       throw err;

@@ -7,7 +7,7 @@
  */
 import { parseTaskInput } from '../contracts/errors.ts';
 import type { RepositoryLocation } from '../contracts/endpoints.ts';
-import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, sealHostConfig, type HostConfigArchive, type HostDefinition } from '../core/host-config.ts';
+import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, sealHostConfig, type HostConfigArchive, type HostDefinition } from '../repository/host-config.ts';
 import { hostConfigTask, type HostConfigResult } from '../contracts/host-config.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import type { RepositoryKeys } from '../repository/format.ts';

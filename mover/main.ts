@@ -35,19 +35,14 @@
  * ones, exit; tasks still running after the grace time are abandoned (retried elsewhere).
  * A job that needs a newer mover makes it upgrade itself first (mover/upgrade.ts).
  */
-import type { S3Client } from '@aws-sdk/client-s3';
 import { SFNClient } from '@aws-sdk/client-sfn';
-import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
+import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { CannotUpgrade } from '../contracts/errors.ts';
 import { isMoverName } from '../core/mover-registry.ts';
-import type { RepositoryKeys } from '../repository/format.ts';
-import { KMSClient } from '@aws-sdk/client-kms';
-import { openRepository, type KeySource } from '../repository/open.ts';
-import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import { withBandwidthLimit, withConcurrencyLimit, withRetry, type RetryInfo } from '../core/store-wrappers.ts';
+import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore } from '../core/s3-store.ts';
+import { withRetry } from '../core/store-wrappers.ts';
 import { loadTlsCredentials } from './nbd/tls.ts';
 import { sourceDrivers } from './sources/drivers.ts';
 import { countForTask, withTaskRetries } from './retry-accounting.ts';
@@ -56,9 +51,9 @@ import { TASK_KINDS, taskHandler } from './tasks.ts';
 import { installedUpgrade, reexec, releasePublicKeyFromEnv, takeHandover, upgradeNeeded, Upgrader } from './upgrade.ts';
 import { MOVER_VERSION } from './version.ts';
 import { MoverWorker, type Logger, type Restart } from './worker.ts';
+import { repositoryAccess, type RepositoryAccess } from './repository-access.ts';
 import { MoverMetrics, serveMetrics } from './metrics.ts';
 import { SystemdNotifier } from './systemd-notify.ts';
-import { IndexCache } from '../repository/repository-index.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;
@@ -107,70 +102,17 @@ if (installed) {
 const upgrader = new Upgrader({ home, currentVersion: MOVER_VERSION, publicKey: releaseKey, logger });
 
 const region = process.env.AWS_REGION ?? 'us-east-1';
-const localCreds = LOCAL_ENDPOINT_CREDENTIALS;
 const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
-const s3Endpoint = process.env.LIFEBOAT_S3_ENDPOINT;
-const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: localCreds } : {}), requestHandler: { requestTimeout: 70_000 } });
-const pathStyle = process.env.LIFEBOAT_S3_PATH_STYLE ? process.env.LIFEBOAT_S3_PATH_STYLE === 'true' : !!s3Endpoint;
-// Every S3 request has deadlines: a stalled one fails (and is retried) instead of hanging the task.
-// One retry layer: the SDK tries each request once (its own retries would be invisible: no
-// storage.retry line, not counted in stats.storageRetries) and withRetry does the retrying.
-const s3Timeouts = {
-  connectTimeoutMs: positiveInt('LIFEBOAT_S3_CONNECT_TIMEOUT_MS', String(DEFAULT_S3_TIMEOUTS.connectTimeoutMs)),
-  requestTimeoutMs: positiveInt('LIFEBOAT_S3_REQUEST_TIMEOUT_MS', String(DEFAULT_S3_TIMEOUTS.requestTimeoutMs)),
-  maxAttempts: 1,
-};
-const s3 = s3Client({ region, endpoint: s3Endpoint, forcePathStyle: pathStyle, ...s3Timeouts, ...(s3Endpoint ? { credentials: localCreds } : {}) });
-let endpointProfiles: Record<string, string>;
+const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}), requestHandler: { requestTimeout: 70_000 } });
+let access: RepositoryAccess;
 try {
-  endpointProfiles = JSON.parse(process.env.LIFEBOAT_ENDPOINT_PROFILES || '{}') as Record<string, string>;
-  if (typeof endpointProfiles !== 'object' || endpointProfiles === null || Object.values(endpointProfiles).some((v) => typeof v !== 'string' || !v)) throw new Error('must map endpoint URLs to profile names');
+  // `metrics` is made below; these run only once a repository is opened.
+  access = repositoryAccess(process.env, { logger, onRetry: (info) => { countForTask(info); metrics.onRetry(info); }, wrapStore: (s) => metrics.store(s) });
 } catch (err) {
-  process.stderr.write(`lifeboat-mover: LIFEBOAT_ENDPOINT_PROFILES must be a JSON object of endpoint URL (or aws:<region>) to profile name: ${(err as Error).message}\n`);
+  process.stderr.write(`lifeboat-mover: ${(err as Error).message} (see mover/main.ts for the settings)\n`);
   process.exit(2);
 }
-/** One client per S3 endpoint a job names; the stack's own S3 is `s3`. Credentials are the mover's own, never the job's. */
-const s3Clients = new Map<string, S3Client>([['', s3]]);
-const s3For = (e: StorageEndpoint | undefined): S3Client => {
-  const key = endpointKey(e);
-  let c = s3Clients.get(key);
-  if (!c && e) {
-    const profile = endpointProfiles[e.url ?? `aws:${e.region ?? region}`];
-    c = s3Client({
-      ...endpointSettings(e, { region }), ...s3Timeouts,
-      // The embedded stack's servers take its fixed local pair; elsewhere the endpoint's profile, or the default chain.
-      ...(s3Endpoint ? { credentials: localCreds } : profile ? { profile } : {}),
-    });
-    s3Clients.set(key, c);
-  }
-  return c!;
-};
-const s3Concurrency = positiveInt('LIFEBOAT_S3_CONCURRENCY', '16');
-const bandwidth = process.env.LIFEBOAT_BANDWIDTH_LIMIT ? positiveInt('LIFEBOAT_BANDWIDTH_LIMIT', '1') : undefined;
-const kmsKeyId = process.env.LIFEBOAT_KMS_KEY_ID;
-const keyFile = kmsKeyId ? undefined : env('LIFEBOAT_KEY_FILE');
-const kms = kmsKeyId ? new KMSClient({ region }) : undefined;
-/** How repository keys are unwrapped: KMS in AWS, the key file in the embedded stack. */
-const keySource: KeySource = kms && kmsKeyId ? { kms, kmsKeyId } : { keyFile: keyFile! };
-
-const repositories = new Map<string, Promise<{ store: ObjectStore; keys: RepositoryKeys; index: IndexCache }>>();
-const repository = ({ bucket, endpoint }: RepositoryLocation) => {
-  const id = locationKey({ bucket, endpoint });
-  let r = repositories.get(id);
-  if (!r) {
-    r = (async () => {
-      // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-      const onRetry = (info: RetryInfo) => { countForTask(info); metrics.onRetry(info); };
-      let store: ObjectStore = withConcurrencyLimit(withRetry(metrics.store(new S3ObjectStore(s3For(endpoint), bucket)), { logger, onRetry }), s3Concurrency);
-      if (bandwidth) store = withBandwidthLimit(store, bandwidth);
-      const { keys } = await openRepository({ store, bucket, keys: keySource });
-      return { store, keys, index: new IndexCache(store, keys) };
-    })();
-    r.catch(() => repositories.delete(id));
-    repositories.set(id, r);
-  }
-  return r;
-};
+const { s3, s3For, repository } = access;
 
 const activityArn = env('LIFEBOAT_ACTIVITY_ARN');
 const group = env('LIFEBOAT_MOVER_GROUP', /-mover-([a-z0-9-]+)$/.exec(activityArn)?.[1] ?? activityArn.split(':').pop());

@@ -3,7 +3,7 @@ import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { isDiscoverTask } from '../contracts/discovery.ts';
 import { isHostConfigTask } from '../contracts/host-config.ts';
 import { BadTaskInput, parseTaskInput } from '../contracts/errors.ts';
-import { keys as objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
+import { objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
 import { moverTask, type MoverTask } from '../contracts/jobs.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../contracts/recovery-jobs.ts';
@@ -11,6 +11,8 @@ import { runDiscoverTask } from './discover.ts';
 import { runHostConfigTask } from './host-config.ts';
 import { backupDisk } from './pipeline/backup-disk.ts';
 import { isRecoveryTask, runRecoveryTask } from './recovery/tasks.ts';
+import { isDrTask, runDrTask } from './recovery/dr-tasks.ts';
+import { drTaskNames } from '../contracts/dr.ts';
 import type { DriverFor } from './sources/drivers.ts';
 import { ProgressReporter } from './progress-reporter.ts';
 import type { Logger, TaskHandler } from './worker.ts';
@@ -41,12 +43,14 @@ export interface TaskDeps {
  * The Backup workflow's kinds come from contracts/jobs.ts's `moverTask`, recovery kinds from contracts/recovery-jobs.ts.
  */
 const BACKUP_TASK_KINDS: readonly string[] = moverTask.options.map((o) => o.shape.task.value);
-export const TASK_KINDS: readonly string[] = [...BACKUP_TASK_KINDS, 'discover', 'hostConfig', ...recoveryTaskNames];
+export const TASK_KINDS: readonly string[] = [...BACKUP_TASK_KINDS, 'discover', 'hostConfig', ...recoveryTaskNames, ...drTaskNames];
 
 export function taskHandler(deps: TaskDeps): TaskHandler {
   return async (raw, ctx) => {
     // Restore and deep verification tasks carry no VM job (mover/recovery/).
     if (isRecoveryTask(raw)) return runRecoveryTask(raw, deps, ctx);
+    // Replica VMs and failover plans at the DR site (contracts/dr.ts).
+    if (isDrTask(raw)) return runDrTask(raw, deps, ctx);
     // Discovery carries a host, not a VM job (mover/discover.ts validates it).
     if (isDiscoverTask(raw)) return runDiscoverTask(raw, deps.drivers, ctx.signal);
     // A host's networks, pools and domain definitions, sealed into the repository (mover/host-config.ts validates it).

@@ -7,9 +7,9 @@
  * id, or the object kind) are authenticated as associated data, so a swapped or edited
  * object fails to open.
  */
-import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hkdfSync, randomFillSync, type KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, randomFillSync, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
-import { crc32, constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { zstdBound, zstdCompressInto, zstdDecompressInto } from './zstd.ts';
 import { Corrupt } from '../contracts/errors.ts';
 
@@ -245,40 +245,28 @@ export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: stri
   }
 }
 
-/** Base64 SHA-256 of a stored object, the form S3's ChecksumSHA256 uses. */
-export function objectSha256(body: Uint8Array): string {
-  return createHash('sha256').update(body).digest('base64');
-}
-
-/** Base64 CRC-32 (big-endian, the form S3's ChecksumCRC32 uses) of a stored object. */
-export function objectCrc32(body: Uint8Array): string {
-  const out = Buffer.alloc(4);
-  out.writeUInt32BE(crc32(body));
-  return out.toString('base64');
-}
-
 /** Object keys: chunks (format 1) and packs (format 2) spread over 256 hashed prefixes. */
-export const keys = {
+export const objectKeys = {
   chunk: (id: string) => `chunks/${id.slice(0, 2)}/${id}`,
   pack: (packId: string) => `packs/${packId.slice(0, 2)}/${packId}`,
   index: (indexId: string) => `index/${indexId}`,
   manifest: (backupId: string, diskId: string) => `manifests/${backupId}/${diskId}.manifest`,
   vmConfig: (backupId: string) => `manifests/${backupId}/vm-config`,
-  /** A libvirt host's networks, pools and domain definitions (core/host-config.ts), one object per host per run. */
+  /** A libvirt host's networks, pools and domain definitions (repository/host-config.ts), one object per host per run. */
   hostConfig: (hostId: string, backupId: string) => `host-config/${hostId}/${backupId}`,
   masterKey: (name = 'default') => `keys/${name}`,
 } as const;
 
 const CHUNK_KEY = /^chunks\/[0-9a-f]{2}\/([0-9a-f]{64})$/;
 
-/** The chunk id of a `chunks/<xx>/<id>` object key (the inverse of `keys.chunk`), or undefined for any other key (a manifest). */
+/** The chunk id of a `chunks/<xx>/<id>` object key (the inverse of `objectKeys.chunk`), or undefined for any other key (a manifest). */
 export function chunkIdOfKey(key: string): string | undefined {
   return CHUNK_KEY.exec(key)?.[1];
 }
 
 const PACK_KEY = /^packs\/[0-9a-f]{2}\/([0-9a-f]{32})$/;
 
-/** The pack id of a `packs/<xx>/<packId>` object key (the inverse of `keys.pack`), or undefined. */
+/** The pack id of a `packs/<xx>/<packId>` object key (the inverse of `objectKeys.pack`), or undefined. */
 export function packIdOfKey(key: string): string | undefined {
   return PACK_KEY.exec(key)?.[1];
 }

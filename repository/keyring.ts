@@ -8,7 +8,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Corrupt, SourceUnavailable, StorageUnavailable } from '../contracts/errors.ts';
-import { keys as objectKeys } from './format.ts';
+import { objectKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 
 export interface KeyWrapper {

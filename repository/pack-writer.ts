@@ -5,8 +5,8 @@
  * objects list the packs written.
  */
 import { Corrupt } from '../contracts/errors.ts';
-import { keys as objectKeys, objectCrc32, type PackRef, type RepositoryKeys } from './format.ts';
-import type { ObjectStore } from '../core/object-store.ts';
+import { objectKeys, type PackRef, type RepositoryKeys } from './format.ts';
+import { objectCrc32, type ObjectStore } from '../core/object-store.ts';
 import { MAX_PACK_BYTES, newPackId, putIndexObject, packTrailer, type PackContents, type PackEntry } from './packs.ts';
 import { reserved, resetPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 

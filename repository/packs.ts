@@ -14,8 +14,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Corrupt } from '../contracts/errors.ts';
-import { keys as objectKeys, MANIFEST_VERSION, objectCrc32, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
-import type { ObjectStore } from '../core/object-store.ts';
+import { objectKeys, MANIFEST_VERSION, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
+import { objectCrc32, type ObjectStore } from '../core/object-store.ts';
 
 /** Where a chunk is stored: an object, and the bytes of it that are the chunk's envelope. */
 export interface ChunkLocation {

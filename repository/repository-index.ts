@@ -4,7 +4,7 @@
  * VMs and disks; readers load one to find another copy of a damaged chunk.
  */
 import { mapLimit } from '../core/concurrency.ts';
-import { keys as objectKeys, type RepositoryKeys } from './format.ts';
+import { objectKeys, type RepositoryKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { CHUNK_ID_BYTES, ENTRY_BYTES, IndexListing, openIndexObject, PACK_HEAD_BYTES, PACK_ID_BYTES, type ChunkLocation, type PackContents } from './packs.ts';
 

@@ -9,7 +9,7 @@ import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';
-import { restoreVm } from '../mover/restore.ts';
+import { restoreVm } from '../mover/pipeline/restore-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 

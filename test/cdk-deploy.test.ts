@@ -237,6 +237,7 @@ describe('Lambda functions', () => {
         ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
         ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),
         ...(access.backupExecutions ?? []).map((a) => `states:${a}`),
+        ...(access.taskResponses ? ['states:SendTaskSuccess'] : []),
       ]);
       const f = stack.functions[fid] as unknown as { role: IConstruct };
       const statements = roleStatements(lid(f.role));

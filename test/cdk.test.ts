@@ -140,7 +140,7 @@ describe('Backup state machine graph', () => {
   });
 
   it('runs Plan, AcquireSlot, Verify, Commit, ReleaseSlot, RecordFailure and Summarize on their own Lambda functions', () => {
-    const expected = { Plan: 'Plan', AcquireSlot: 'AcquireSlot', PlanDispatch: 'PlanDispatch', JoinSegments: 'JoinSegments', Verify: 'Verify', Commit: 'Commit', ReleaseSlot: 'ReleaseSlot',
+    const expected = { Plan: 'Plan', PlanDispatch: 'PlanDispatch', JoinSegments: 'JoinSegments', Verify: 'Verify', Commit: 'Commit', ReleaseSlot: 'ReleaseSlot',
       RecordFailure: 'RecordFailure', Summarize: 'Summarize', ReleaseSlotAfterFailure: 'ReleaseSlot' };
     for (const [name, fid] of Object.entries(expected)) {
       const s = states[name]!;
@@ -148,6 +148,15 @@ describe('Backup state machine graph', () => {
       expect(s.Resource, name).toMatch(/^arn:aws:lambda:.*:function:/);
       expect(resolved.functions[s.Resource!], name).toBe(fid);
     }
+  });
+
+  it('waits in the slot queue on a task token: AcquireSlot invokes its function with the token and times out to queue again', () => {
+    const s = states.AcquireSlot! as typeof states.AcquireSlot & { Parameters: { FunctionName: string; Payload: Record<string, string> } };
+    expect(s.Resource).toBe('arn:aws:states:::lambda:invoke.waitForTaskToken');
+    expect(resolved.functions[s.Parameters.FunctionName]).toBe('AcquireSlot');
+    expect(s.Parameters.Payload).toEqual({ 'job.$': '$', 'taskToken.$': '$$.Task.Token' });
+    expect(s.TimeoutSeconds).toBeGreaterThan(0);
+    expect((s.Retry?.find((r) => r.ErrorEquals.includes('States.Timeout')) as { MaxAttempts?: number } | undefined)?.MaxAttempts).toBeGreaterThan(1);
   });
 });
 

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { deriveKeys } from '../repository/format.ts';
 import type { ChangeTrackingOffer, DiskRef } from '../contracts/jobs.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import type { DiskReader, Extent } from '../mover/sources/source.ts';

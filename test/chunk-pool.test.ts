@@ -4,8 +4,8 @@ import { mkdtemp, open as openFile, readFile, rm, stat, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
-import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, open, seal, sealSync } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { chunkId, deriveKeys, encodeManifest, objectKeys, open, seal, sealSync } from '../repository/format.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';

@@ -45,7 +45,7 @@ describe('the command line', () => {
   it('refuses --resume and --move-bandwidth without --instant, and a bandwidth that is not one', async () => {
     const r = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--define', 'qemu:///system', '--resume', '--endpoints', join(dir, 'none.json')]);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain('--resume, --move-bandwidth and --move-after go with --instant');
+    expect(r.stderr).toContain('--resume, --move-bandwidth, --move-stall and --move-after go with --instant');
     const bw = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--define', 'qemu:///system', '--instant', '--move-bandwidth', 'fast', '--endpoints', join(dir, 'none.json')]);
     expect(bw.code).not.toBe(0);
     expect(bw.stderr).toContain("'fast' is not a bandwidth");

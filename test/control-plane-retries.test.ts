@@ -8,26 +8,21 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it, vi } from 'vitest';
-import { clients, controlPlaneStorageRetries, resetClients } from '../functions/commons/clients.ts';
+import { createClients, controlPlaneStorageRetries } from '../functions/commons/clients.ts';
 import { startLocalS3, type LocalS3 } from '../local/s3-server.ts';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.ts';
 
 let dir: string;
 let s3: LocalS3;
 let proxy: FaultProxy;
-const saved = { ...process.env };
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-cp-retries-'));
   s3 = await startLocalS3({ directory: dir, buckets: ['repo'] });
   proxy = await startFaultProxy({ target: s3.url, seed: 5 });
-  // The functions' environment, as the embedded stack sets it (the catalog is not used here).
-  Object.assign(process.env, { CATALOG_TABLE: 'catalog', AWS_REGION: 'us-east-1', LIFEBOAT_DYNAMODB_ENDPOINT: 'http://127.0.0.1:9', LIFEBOAT_S3_ENDPOINT: proxy.url, POWERTOOLS_METRICS_DISABLED: 'true' });
-  resetClients();
+  process.env.POWERTOOLS_METRICS_DISABLED = 'true';
 });
 afterAll(async () => {
-  process.env = saved;
-  resetClients();
   await proxy.close();
   await s3.close();
   await rm(dir, { recursive: true, force: true });
@@ -46,7 +41,8 @@ it('logs and counts every retry the SDK makes of a function\'s S3 request', asyn
   const before = controlPlaneStorageRetries();
   const body = randomBytes(2048);
   try {
-    const store = clients().store('repo', undefined);
+    // The functions' clients, as the embedded stack makes them (the catalog is not used here).
+    const store = createClients({ tableName: 'catalog', region: 'us-east-1', dynamodbEndpoint: 'http://127.0.0.1:9', s3Endpoint: proxy.url }).store('repo', undefined);
     await store.put('a', body);
     expect((await store.get('a'))?.equals(body)).toBe(true);
     expect(await store.get('missing')).toBeUndefined(); // a 404 is an answer, not a retry or a failure

@@ -1,8 +1,8 @@
 /** Deep verification of a disk (mover/recovery/deep-verify.ts) and RecordDeepVerify's healing, on in-memory repositories. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, discoverySchedule, loadConfig, matchesNamePattern, parseConfig } from '../core/config.ts';
 import { discoveredVmId, type DiscoverPage } from '../contracts/discovery.ts';
 import { DiscoveryRequestInvalid, VmGone } from '../contracts/errors.ts';
-import type { DiscoveredVm } from '../contracts/jobs.ts';
+import type { DiscoveredVm } from '../contracts/discovery.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from '../functions/discover/inventory.ts';
 import { plan } from '../functions/backup/plan.ts';

@@ -6,8 +6,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -18,7 +18,6 @@ import { BackupDiskExport } from '../mover/recovery/export.ts';
 import { runRecoveryTask } from '../mover/recovery/tasks.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
 import { BadTaskInput } from '../contracts/errors.ts';
-import type { RecoveryTask } from '../contracts/recovery-jobs.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -71,7 +70,7 @@ describe('backup disk export', () => {
       const length = rand(Math.min(data.length - offset, 5 * CHUNK) + 1);
       expect((await exp.read(offset, length)).equals(data.subarray(offset, offset + length))).toBe(true);
     }
-    const extents = exp.allocation(0, data.length);
+    const extents = await exp.allocation(0, data.length);
     expect(extents.reduce((n, e) => n + e.length, 0)).toBe(data.length);
     let at = 0;
     for (const e of extents) {
@@ -79,7 +78,7 @@ describe('backup disk export', () => {
       at += e.length;
     }
     // A range inside one chunk is clipped to the range.
-    expect(exp.allocation(10, 100)).toEqual([{ length: 100, flags: StateFlag.HOLE | StateFlag.ZERO }]);
+    expect(await exp.allocation(10, 100)).toEqual([{ length: 100, flags: StateFlag.HOLE | StateFlag.ZERO }]);
     await expect(exp.read(data.length - 10, 11)).rejects.toThrow(RangeError);
   });
 
@@ -140,7 +139,7 @@ describe('the mover task export', () => {
     const { store } = await setup();
     const deps = { repository: async () => ({ store, keys }), logger: { info: () => {}, error: () => {} }, parallelism: 2, workDir: tmpdir() };
     const ctx = { signal: new AbortController().signal, progress: () => {} };
-    const err = await runRecoveryTask({ task: 'export', export: { backupId: 'b1', listen: { port: 99999 } } } as unknown as RecoveryTask, deps, ctx).catch((e: unknown) => e);
+    const err = await runRecoveryTask({ task: 'export', export: { backupId: 'b1', listen: { port: 99999 } } }, deps, ctx).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BadTaskInput);
     expect((err as Error).message).toMatch(/exportId.*diskIds|diskIds.*exportId/s);
     expect((err as Error).message).toContain('listen');
@@ -154,7 +153,7 @@ describe('the mover task export', () => {
     const logger = { info: (event: string, f?: Record<string, unknown>) => { if (event === 'export.listening') listening(f!.uris as Record<string, string>); }, error: () => {} };
     const deps = { repository: async () => ({ store, keys }), logger, parallelism: 2, workDir: dir };
     const abort = new AbortController();
-    const task = { task: 'export', export: { exportId: 'e1', vmId: 'vm', backupId: 'b1', repository: { bucket: 'repo' }, diskIds: ['vda'], listen: { socket: join(dir, 'x.sock') } } } as unknown as RecoveryTask;
+    const task = { task: 'export', export: { exportId: 'e1', vmId: 'vm', backupId: 'b1', repository: { bucket: 'repo' }, diskIds: ['vda'], listen: { socket: join(dir, 'x.sock') } } };
     const done = runRecoveryTask(task, deps, { signal: abort.signal, progress: () => {} });
     const c = await NbdClient.connect((await uris).vda!);
     const b = Buffer.alloc(3 * CHUNK);

@@ -1,19 +1,17 @@
 /**
  * The fleet's control logic on a real catalog (dynalite): configuration sync, Plan's
- * group and slot scopes, AcquireSlot across hosts and datastores with leases, and the
- * segment split and join around Dispatch.
+ * group and slot scopes, and the segment split and join around Dispatch (the slot queue:
+ * test/slot-queue.test.ts).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { SlotUnavailable } from '../contracts/errors.ts';
-import { deriveKeys, keys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { segmentManifestId, type DiskRef, type VmJob } from '../contracts/jobs.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';
 import { plan } from '../functions/backup/plan.ts';
-import { acquireSlot, releaseSlot } from '../functions/backup/slots.ts';
 import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
@@ -83,45 +81,6 @@ describe('Plan', () => {
   });
 });
 
-describe('AcquireSlot / ReleaseSlot', () => {
-  const job = (vmId: string, scopes: VmJob['slotScopes']): VmJob => ({
-    runId: 'run-s', policyId: 'p', backupId: 'b', vmId, host: 'h', moverGroup: 'g', source: '', repository: { bucket: 'b', chunkSize: MiB },
-    parentBackupId: null, parentManifests: {}, slotScopes: scopes, slot: null, snapshot: null, segmentBytes: 0,
-  });
-  const scopes = [{ scope: 'host:slot-host', limit: 2 }, { scope: 'datastore:slot-host/ds1', limit: 1 }];
-
-  it('takes a slot in every scope or none, and frees them on release', async () => {
-    let now = 1_000;
-    const deps = { catalog, now: () => now };
-    const a = job('a', scopes);
-    a.slot = await acquireSlot(a, deps);
-    expect(a.slot.keys).toEqual(['SLOT#host:slot-host|SLOT#0', 'SLOT#datastore:slot-host/ds1|SLOT#0']);
-    // The host has a second slot but the datastore is full: b gets nothing, and keeps nothing.
-    const b = job('b', scopes);
-    await expect(acquireSlot(b, deps)).rejects.toThrow(new SlotUnavailable('datastore:slot-host/ds1', 1).message);
-    const c = job('c', [{ scope: 'host:slot-host', limit: 2 }]);
-    c.slot = await acquireSlot(c, deps);
-    expect(c.slot.keys).toEqual(['SLOT#host:slot-host|SLOT#1']); // slot 1: b gave slot 1 back
-    await releaseSlot(a, { catalog });
-    b.slot = await acquireSlot(b, deps);
-    expect(b.slot.keys).toEqual(['SLOT#host:slot-host|SLOT#0', 'SLOT#datastore:slot-host/ds1|SLOT#0']);
-    await releaseSlot(b, { catalog });
-    await releaseSlot(c, { catalog });
-    now += 1;
-  });
-
-  it('a slot whose holder died is free again when its lease runs out, and a late release does not free the new holder\'s slot', async () => {
-    const one = [{ scope: 'host:lease-host', limit: 1 }];
-    const dead = job('dead', one);
-    dead.slot = await acquireSlot(dead, { catalog, now: () => 0, leaseMs: 1000 });
-    await expect(acquireSlot(job('early', one), { catalog, now: () => 999, leaseMs: 1000 })).rejects.toBeInstanceOf(SlotUnavailable);
-    const late = job('late', one);
-    late.slot = await acquireSlot(late, { catalog, now: () => 1001, leaseMs: 1000 });
-    await releaseSlot(dead, { catalog }); // the dead execution's cleanup finally runs
-    await expect(acquireSlot(job('third', one), { catalog, now: () => 1002, leaseMs: 1000 })).rejects.toBeInstanceOf(SlotUnavailable);
-  });
-});
-
 describe('PlanDispatch / JoinSegments', () => {
   const disk = (diskId: string, sizeBytes: number): DiskRef => ({ diskId, path: `/snap/${diskId}`, sizeBytes });
 
@@ -151,9 +110,9 @@ describe('PlanDispatch / JoinSegments', () => {
     // Run the segments in reverse, as unrelated movers might.
     const transfers = [];
     for (const it of [...items].reverse()) transfers.push(await backupDisk({ store, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
-    expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => keys.manifest('bk', segmentManifestId('disk0', i))));
+    expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => objectKeys.manifest('bk', segmentManifestId('disk0', i))));
     const [joined] = await joinSegments({ job: j, transfers }, { store, keys: k });
-    expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: keys.manifest('bk', 'disk0') });
+    expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: objectKeys.manifest('bk', 'disk0') });
     expect(joined!.stats.chunks).toBe(11);
     expect(joined!.stats.zeroChunks).toBe(2);
 

@@ -13,13 +13,13 @@ import {
   FORMAT_VERSION,
   isZero,
   looksCompressible,
-  keys as objectKeys,
+  objectKeys,
   open,
   seal,
   sealSync,
   type Manifest,
 } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { KeyFileWrapper, loadMasterKey, parseStoredKey } from '../repository/keyring.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 import { prng } from './helpers/prng.ts';

@@ -15,7 +15,7 @@ import type { GcReport } from '../contracts/gc-report.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { keys as objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeIndexObject, encodeIndexObject, newIndexId } from '../repository/packs.ts';
 import { RepositoryIndex } from '../repository/repository-index.ts';
 import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';

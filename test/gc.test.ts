@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
-import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, type Manifest } from '../repository/format.ts';
+import { chunkId, deriveKeys, encodeManifest, objectKeys, type Manifest } from '../repository/format.ts';
 import type { DiskRef } from '../contracts/jobs.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { decodeIndexObject, encodeIndexObject, packedManifest, type PackContents } from '../repository/packs.ts';

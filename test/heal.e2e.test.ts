@@ -16,8 +16,8 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../contracts/endpoints.ts';
-import { chunkId, keys as objectKeys, open } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { chunkId, objectKeys, open } from '../repository/format.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
 import { quarantineKey } from '../repository/quarantine.ts';
 import type { GcReport } from '../contracts/gc-report.ts';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeHostConfigFiles } from '../cli/host-config.ts';
 import { deriveKeys } from '../repository/format.ts';
-import { HOST_CONFIG_FORMAT, openHostConfig, sealHostConfig, type HostConfigArchive } from '../core/host-config.ts';
+import { HOST_CONFIG_FORMAT, openHostConfig, sealHostConfig, type HostConfigArchive } from '../repository/host-config.ts';
 import { type HostConfigResult } from '../contracts/host-config.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { MemoryRepositoryAdmin, type DeleteOutcome } from '../repository/admin.ts';

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { deriveKeys, keys as objectKeys, open, seal } from '../repository/format.ts';
+import { deriveKeys, objectKeys, open, seal } from '../repository/format.ts';
 import { pieceKey, piecePurpose } from '../repository/manifest/head.ts';
 import { ENTRY_BYTES, Piece, PieceBuilder } from '../repository/manifest/piece.ts';
 import { ManifestCursor, ManifestReader } from '../repository/manifest/reader.ts';

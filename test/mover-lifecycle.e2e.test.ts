@@ -21,7 +21,7 @@ import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../local/movers.ts';
 import { openRepository } from '../local/stack.ts';
-import { restoreVm } from '../mover/restore.ts';
+import { restoreVm } from '../mover/pipeline/restore-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 

@@ -23,7 +23,7 @@ import { collectGarbage } from '../functions/gc/gc.ts';
 import { extendRepositoryLocks } from '../functions/gc/extend-locks.ts';
 import { pruneBackup } from '../functions/prune/prune.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
-import { deriveKeys, keys as objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { markNew, noMarks } from '../repository/maintenance/mark.ts';
 import { S3ObjectLocks } from '../repository/object-lock.ts';

@@ -91,7 +91,7 @@ describe('on the embedded stack', () => {
 
     const vms = await local(['vms']);
     expect(vms.code, vms.stderr).toBe(0);
-    expect(vms.stdout.split('\n')[0]).toMatch(/^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS$/);
+    expect(vms.stdout.split('\n')[0]).toMatch(/^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS\s+DR RPO\s+DR LAG\s+DR STATUS$/);
     // The configuration's policy 'nightly' selects esx-02's VMs too; the folder driver records no consistency level.
     expect(vms.stdout).toMatch(/vm-op\s+esx-02\s+protected\s+nightly,p-op\s+\S+ \S+Z\s+committed\s+-\s+24 h\s+0\.0 h\s+ok/);
     const vmRows = JSON.parse((await local(['vms', '--json'])).stdout) as { vmId: string; rpo: string; protection: string; lastBackup: { status: string } }[];
@@ -178,7 +178,7 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
   it('lists the same rows as the embedded stack, and signs every API request', async () => {
     const commands = [['vms'], ['backups', 'vm-op'], ['policies'], ['runs']];
     const answers = await Promise.all(commands.map((cmd) => Promise.all([aws([...cmd, '--json']), local([...cmd, '--json'])])));
-    const strip = (s: string) => s.replace(/"(ageSeconds|recoveryPointAgeHours|ageHours)": [\d.]+/g, '"$1": 0');
+    const strip = (s: string) => s.replace(/"(ageSeconds|recoveryPointAgeHours|ageHours|drLagHours)": [\d.]+/g, '"$1": 0');
     for (const [a, l] of answers) {
       expect(a.code, a.stderr).toBe(0);
       expect(strip(a.stdout)).toEqual(strip(l.stdout));

@@ -7,7 +7,7 @@ import type { PutChecksum } from '../core/object-store.ts';
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
-import { chunkId, deriveKeys, keys as objectKeys, open, packIdOfKey, seal, type Manifest } from '../repository/format.ts';
+import { chunkId, deriveKeys, objectKeys, open, packIdOfKey, seal, type Manifest } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, fetchPackTrailer, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../repository/packs.ts';
 import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';

@@ -1,7 +1,7 @@
 /** QuarantineDamage (functions/deep-verify/quarantine.ts) and GC beside quarantine/, on the in-memory store. */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { chunkId, chunkIdOfKey, deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
+import { chunkId, chunkIdOfKey, deriveKeys, objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { quarantineKey } from '../repository/quarantine.ts';
 import { newPackBuffer, sealIntoPack } from '../repository/pack-buffer.ts';

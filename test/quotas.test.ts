@@ -59,6 +59,18 @@ const machines: Record<string, Record<string, unknown>> = {
       Handled: { Type: 'Pass', End: true },
     },
   },
+  BigMapCaughtByName: {
+    StartAt: 'Vms',
+    States: {
+      Vms: {
+        Type: 'Map', ItemsPath: '$.items', MaxConcurrency: 4, ItemProcessor: { ProcessorConfig: { Mode: 'INLINE' }, StartAt: 'Vm', States: { Vm: { Type: 'Pass', Parameters: { 'id.$': '$', padding: big(100) }, End: true } } },
+        ResultPath: '$.results',
+        Catch: [{ ErrorEquals: ['States.DataLimitExceeded'], ResultPath: '$.error', Next: 'Handled' }, { ErrorEquals: ['States.ALL'], ResultPath: '$.other', Next: 'Handled' }], Next: 'Summarize',
+      },
+      Summarize: { Type: 'Pass', End: true },
+      Handled: { Type: 'Pass', End: true },
+    },
+  },
   SmallMap: {
     StartAt: 'Vms',
     States: { Vms: { Type: 'Map', ItemsPath: '$.items', ItemProcessor: { ProcessorConfig: { Mode: 'INLINE' }, StartAt: 'Vm', States: { Vm: { Type: 'Pass', End: true } } }, End: true } },
@@ -149,6 +161,21 @@ describe('the payload quota (256 KiB, lowered here to 4 KiB)', () => {
     expect(r.cause).toMatch(/^The state\/task 'Vms' returned a result with a size exceeding the maximum number of bytes service limit\. \(\d+ bytes; the limit is 4096\)$/);
     const ok = await run(low.executions, 'BigMap', { items: ['vm-1', 'vm-2', 'vm-3'] });
     expect(ok.status, ok.cause).toBe('SUCCEEDED');
+  });
+
+  it('lets a Map state\'s catcher that names States.DataLimitExceeded catch its collected result over the quota, once every iteration ran', async () => {
+    const r = await run(low.executions, 'BigMapCaughtByName', { items: Array.from({ length: 40 }, (_, i) => `vm-${i}`) });
+    expect(r.status, r.cause).toBe('SUCCEEDED');
+    const out = JSON.parse(r.output!) as { error?: { Error: string; Cause: string }; results?: unknown };
+    expect(out.results).toBeUndefined();
+    expect(out.error?.Error).toBe('States.DataLimitExceeded');
+    expect(out.error?.Cause).toMatch(/^The state\/task 'Vms' returned a result with a size exceeding the maximum number of bytes service limit\. \(\d+ bytes; the limit is 4096\)$/);
+    const history = await readFile(join(dir, '0', 'executions', `BigMapCaughtByName--${r.name}.history.jsonl`), 'utf8');
+    const events = history.trim().split('\n').map((l) => JSON.parse(l) as { type: string; state?: { name: string } });
+    expect(events.filter((e) => e.type === 'MapIterationSucceeded')).toHaveLength(40);
+    expect(events.filter((e) => e.type === 'StateEntered').map((e) => e.state!.name).filter((n) => n !== 'Vm')).toEqual(['Vms', 'Handled']);
+    const ok = await run(low.executions, 'BigMapCaughtByName', { items: ['vm-1', 'vm-2'] });
+    expect(JSON.parse(ok.output!)).toMatchObject({ results: [{ id: 'vm-1' }, { id: 'vm-2' }] });
   });
 
   it('refuses an activity worker\'s SendTaskSuccess output over the quota as AWS does, and the task stays open for a good answer', async () => {

@@ -8,6 +8,7 @@ import { chunkId, deriveKeys, type Manifest } from '../repository/format.ts';
 import { RestoreMismatch } from '../contracts/recovery-errors.ts';
 import { inSample } from '../mover/recovery/deep-verify.ts';
 import { rehashDisk } from '../mover/recovery/rehash.ts';
+import { readerOf } from './helpers/manifest.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -45,37 +46,37 @@ async function written(name: string, edit?: (b: Buffer) => void) {
 
 describe('rehashDisk', () => {
   it('accepts a faithful copy and returns the SHA-256 of the whole disk', async () => {
-    const r = await rehashDisk({ keys, manifest, path: await written('ok.raw') });
+    const r = await rehashDisk({ keys, manifest: await readerOf(keys, manifest), path: await written('ok.raw') });
     expect(r).toEqual({ chunksVerified: 4, sha256: createHash('sha256').update(data).digest('hex') });
   });
 
   it('names the offset of a chunk whose bytes changed', async () => {
     const path = await written('flip.raw', (b) => { b[2 * CHUNK + 17]! ^= 1; });
     const id = manifest.chunks[2]!;
-    await expect(rehashDisk({ keys, manifest, path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in chunks/${id.slice(0, 2)}/${id};`);
-    await expect(rehashDisk({ keys, manifest, path })).rejects.toBeInstanceOf(RestoreMismatch);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in chunks/${id.slice(0, 2)}/${id};`);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toBeInstanceOf(RestoreMismatch);
     // Format 2: the pack and the chunk's bytes in it (the second chunk stored: bytes 5000+5000).
-    await expect(rehashDisk({ keys, manifest: packed, path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in packs/5a/${PACK} bytes 5000+5000;`);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, packed), path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in packs/5a/${PACK} bytes 5000+5000;`);
   });
 
   it('accepts a faithful copy of a format-2 backup', async () => {
-    const r = await rehashDisk({ keys, manifest: packed, path: await written('ok2.raw') });
+    const r = await rehashDisk({ keys, manifest: await readerOf(keys, packed), path: await written('ok2.raw') });
     expect(r).toEqual({ chunksVerified: 4, sha256: createHash('sha256').update(data).digest('hex') });
   });
 
   it('finds data where the backup has a hole', async () => {
     const path = await written('hole.raw', (b) => { b[CHUNK + 5] = 7; });
-    await expect(rehashDisk({ keys, manifest, path })).rejects.toThrow(`offset ${CHUNK} holds data where the backup has zeros`);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(`offset ${CHUNK} holds data where the backup has zeros`);
   });
 
   it('finds a target of the wrong size', async () => {
     const path = await written('short.raw');
     await truncate(path, data.length - 1);
-    await expect(rehashDisk({ keys, manifest, path })).rejects.toThrow(`is ${data.length - 1} bytes, the backup's disk is ${data.length}`);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(`is ${data.length - 1} bytes, the backup's disk is ${data.length}`);
     const fh = await open(path, 'a');
     await fh.write(Buffer.alloc(2));
     await fh.close();
-    await expect(rehashDisk({ keys, manifest, path })).rejects.toThrow(RestoreMismatch);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(RestoreMismatch);
   });
 });
 

@@ -32,7 +32,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { controlPlaneStorageRetries, resetClients } from '../functions/commons/clients.ts';
+import { controlPlaneStorageRetries } from '../functions/commons/clients.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -303,10 +303,8 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
     const r = await replicationOf((JSON.parse(d.output!) as RunSummary).runId);
     expect(r.status, r.cause).toBe('SUCCEEDED');
   });
-  const ownS3 = process.env.LIFEBOAT_S3_ENDPOINT;
   control.setRules(schedule(RATE, 'no-stalls'));
-  process.env.LIFEBOAT_S3_ENDPOINT = control.url;
-  resetClients();
+  t.stack.routeFunctionsS3(control.url);
   // Prune deletes the pruned backup's DR copy through the DR endpoint's proxy: its faults count here too.
   const c0 = control.injected.length + drEndpoint.injected.length;
   const r0 = control.requests + drEndpoint.requests;
@@ -318,8 +316,7 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
     expect(gc.status, gc.cause).toBe('SUCCEEDED');
   } finally {
     control.setRules([]);
-    process.env.LIFEBOAT_S3_ENDPOINT = ownS3;
-    resetClients();
+    t.stack.routeFunctionsS3(undefined);
   }
   // The functions' one retry layer is the SDK's: every fault is a logged, counted retry, or a request that failed after its last attempt (the workflow's Retry ran the function again).
   const k1 = controlPlaneStorageRetries();

@@ -2,8 +2,8 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
-import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { deriveKeys, objectKeys, seal } from '../repository/format.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';

@@ -9,7 +9,7 @@ import { MemoryObjectStore } from '../core/memory-store.ts';
 import { RecoveryRequestInvalid } from '../contracts/recovery-errors.ts';
 import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
-import { restoreDiskTask } from '../mover/recovery/restore.ts';
+import { restoreDiskTask } from '../mover/recovery/restore-tasks.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));

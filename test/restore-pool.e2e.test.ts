@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
+import { deriveKeys, objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import { runExecution } from '../local/client.ts';
@@ -21,7 +21,7 @@ import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh, waitForConsoleLine } from '../local/vm-lab/libvirtd.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { discardPoolVolumes } from '../mover/recovery/pool-volumes.ts';
-import { restoreDiskTask } from '../mover/recovery/restore.ts';
+import { restoreDiskTask } from '../mover/recovery/restore-tasks.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.ts';
 

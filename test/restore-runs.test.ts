@@ -10,7 +10,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, encodeManifest, keys as objectKeys, seal, chunkId, sealedCapacity, type Manifest } from '../repository/format.ts';
+import { deriveKeys, encodeManifest, objectKeys, seal, chunkId, sealedCapacity, type Manifest } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore } from '../core/object-store.ts';
 import { newPackId, packedManifest, packTrailer, putIndexObject, type ChunkLocation, type PackContents } from '../repository/packs.ts';

@@ -10,15 +10,15 @@ import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, keys as objectKeys, seal } from '../repository/format.ts';
+import { deriveKeys, objectKeys, seal } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { planRestore, restoreRequest } from '../functions/restore/restore.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
-import { restoreDiskTask, restoreVmConfigTask } from '../mover/recovery/restore.ts';
-import { restoreVm } from '../mover/restore.ts';
+import { restoreDiskTask, restoreVmConfigTask } from '../mover/recovery/restore-tasks.ts';
+import { restoreVm } from '../mover/pipeline/restore-vm.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));

@@ -1,9 +1,8 @@
 /** Retry, concurrency and bandwidth wrappers around the ObjectStore interface. */
 import { describe, expect, it } from 'vitest';
 import { StorageUnavailable } from '../contracts/errors.ts';
-import { objectCrc32, objectSha256 } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import type { ObjectInfo, ObjectStore, PutChecksum } from '../core/object-store.ts';
+import { objectCrc32, objectSha256, type ObjectInfo, type ObjectStore, type PutChecksum } from '../core/object-store.ts';
 import { isRetryable, RetryCounter, withBandwidthLimit, withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { countForTask, withTaskRetries } from '../mover/retry-accounting.ts';
 import { summarizeRun } from '../functions/backup/summarize.ts';

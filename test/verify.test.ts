@@ -1,9 +1,10 @@
 /** Verify against the in-memory store: what it catches, from manifests and HEADs alone, in both repository formats. */
 import { randomBytes } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { chunkId, deriveKeys, encodeManifest, keys as objectKeys, objectSha256, seal, type Manifest } from '../repository/format.ts';
+import { chunkId, deriveKeys, encodeManifest, objectKeys, seal, type Manifest } from '../repository/format.ts';
+import { objectSha256 } from '../core/object-store.ts';
 import type { DiskRef, DiskResult, VmJob } from '../contracts/jobs.ts';
-import { decodeManifest } from '../repository/manifest/reader.ts';
+import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { verify } from '../functions/backup/verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';

@@ -27,7 +27,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
-import { SlotUnavailable, StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
+import { StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { acknowledge } from './nag.ts';
@@ -46,6 +46,11 @@ export interface BackupWorkflowProps {
   /** The ReplicatePolicy state machine, started after a run that committed backups of a policy with a DR repository. */
   replicatePolicy?: sfn.IStateMachine;
 }
+
+/** How long one wait in the slot queue lasts before the VM queues again (in its place, with a new token). */
+export const SLOT_WAIT = Duration.minutes(5);
+/** Waits before a VM gives up on a slot (Slot queue: 12.5 hours at most). */
+const SLOT_WAIT_ROUNDS = 150;
 
 /** Where the BackupVms Map writes its children's results (manifest and result files per Map Run). */
 export const RUN_RESULTS_PREFIX = 'runs/results';
@@ -136,8 +141,18 @@ export class BackupWorkflow extends Construct {
     catchAny(releaseSlotAfterFailure, vmFailed, '$.cleanupError');
 
     // --- the happy path of one VM -----------------------------------------------------
-    const acquireSlot = invoke('AcquireSlot', 'AcquireSlot', { resultPath: '$.slot' });
-    acquireSlot.addRetry({ errors: [SlotUnavailable.code], interval: Duration.seconds(2), backoffRate: 1.5, maxDelay: Duration.seconds(60), maxAttempts: 200, jitterStrategy: sfn.JitterType.FULL });
+    // The fair slot queue (functions/backup/slot-queue.ts): the VM waits in line on a task token until AcquireSlot or a
+    // ReleaseSlot sends it its slots. A wait that times out queues again in its place (a slot freed by its lease
+    // running out is announced by nobody); a dead waiter's token is skipped by whoever serves the line.
+    const acquireSlot = new tasks.LambdaInvoke(this, 'AcquireSlot', {
+      comment: 'Wait in line for a backup slot of the VM\'s host (and datastores); answered with SendTaskSuccess',
+      lambdaFunction: fn.AcquireSlot,
+      integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+      payload: sfn.TaskInput.fromObject({ 'job.$': '$', taskToken: sfn.JsonPath.taskToken }),
+      resultPath: '$.slot',
+      taskTimeout: sfn.Timeout.duration(SLOT_WAIT),
+    });
+    acquireSlot.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(1), backoffRate: 1, maxAttempts: SLOT_WAIT_ROUNDS });
     catchAny(acquireSlot, recordFailure, '$.error');
 
     // Before the snapshot is released a failure must release it; after, only the slot.

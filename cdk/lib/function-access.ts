@@ -21,7 +21,7 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * Top-level prefixes of the repository bucket: repository/format.ts `keys` (chunk objects of
  * format 1, packs and index objects of format 2, manifests, the repository key), mover
  * records (core/mover-registry.ts), releases (core/release.ts), damaged chunks moved
- * aside (repository/quarantine.ts), host configuration backups (core/host-config.ts), Backup
+ * aside (repository/quarantine.ts), host configuration backups (repository/host-config.ts), Backup
  * runs' VM lists and their child executions' results (`runs/`, cdk/lib/backup-workflow.ts).
  */
 export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/' | 'runs/';
@@ -56,6 +56,13 @@ export interface FunctionAccess {
    * its executions), granted by the construct that knows it (cdk/lib/operator-api.ts).
    */
   backupExecutions?: ('ListExecutions' | 'DescribeExecution')[];
+  /**
+   * states:SendTaskSuccess: answers tasks waiting on a token (the slot queue answers the
+   * AcquireSlot tasks of the Backup workflow's VMs). IAM cannot scope the tokens of a
+   * service integration's task (`lambda:invoke.waitForTaskToken`) to a resource, so it is
+   * granted on `*`.
+   */
+  taskResponses?: boolean;
   /** Seconds before Lambda stops the function (default 60). */
   timeoutSeconds?: number;
   memoryMiB?: number;
@@ -65,10 +72,11 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   // Query: also the repository's quarantined chunks, which each job re-checks.
   // The run's VM list to runs/ (read by the BackupVms Map), and one member item per VM (BatchWriteItem).
   Plan: { catalog: ['GetItem', 'Query', 'PutItem', 'BatchWriteItem'], repository: { write: ['runs/'] }, timeoutSeconds: 900 },
-  AcquireSlot: { catalog: ['PutItem', 'DeleteItem'] },
+  // The slot queue (functions/catalog/slot-queue-catalog.ts): waiters and lines (Put, Get, Update, Delete, Query), the slots (conditional Put, Query, Delete).
+  AcquireSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true },
   PlanDispatch: {},
   JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
-  ReleaseSlot: { catalog: ['DeleteItem'] },
+  ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true },
   // HEADs the chunk objects (format 1) or packs (format 2) of the new manifests.
   Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'] },
@@ -116,6 +124,12 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
+  PlanFailoverPlan: { catalog: ['GetItem', 'Query'] },
+  RecordFailoverPlan: { catalog: ['PutItem'] },
+  // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the DR copies' records; the final DR backup's record; the report.
+  PlanFailback: { catalog: ['GetItem', 'Query', 'Scan'] },
+  CheckFinalBackup: { catalog: ['Query'] },
+  RecordFailback: { catalog: ['PutItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
   // Discovery: the hosts from the catalog's host listing; each discovered VM written conditionally (a VM added by hand is left alone), its host membership put, gone VMs marked.
   ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },
@@ -148,6 +162,7 @@ export function accessStatements(access: FunctionAccess | undefined, on: AccessT
       resources: [on.table.tableArn, ...(access.catalogIndexes ? [`${on.table.tableArn}/index/*`] : [])],
     }));
   }
+  if (access.taskResponses) out.push(new iam.PolicyStatement({ sid: 'TaskResponses', actions: ['states:SendTaskSuccess'], resources: ['*'] }));
   const objects = (prefixes: RepositoryPrefix[]) => on.repositories.flatMap((r) => prefixes.map((p) => r.bucket.arnForObjects(`${p}*`)));
   if (access.repository?.read?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryRead', actions: ['s3:GetObject'], resources: objects(access.repository.read) }));
   if (access.repository?.write?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryWrite', actions: ['s3:PutObject'], resources: objects(access.repository.write) }));

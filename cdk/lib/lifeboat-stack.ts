@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { lambdaFunctions, type LambdaFunctionId } from '../../contracts/functions.ts';
 import { discoverySchedule, hostConfigBackupSettings, type LifeboatConfig } from '../../core/config.ts';
 import { BackupWorkflow } from './backup-workflow.ts';
+import { FailbackWorkflow } from './failback-workflow.ts';
 import { ReconcileWorkflow } from './reconcile-workflow.ts';
 import { DiscoverWorkflow } from './discover-workflow.ts';
 import { HostConfigBackupWorkflow } from './host-config-workflow.ts';
@@ -52,6 +53,7 @@ export class LifeboatStack extends Stack {
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
+  readonly failback: FailbackWorkflow;
   /** The failure path of Backup executions that stopped without their own (aborted, timed out). */
   readonly reconcile: ReconcileWorkflow;
   readonly discover: DiscoverWorkflow;
@@ -106,7 +108,7 @@ export class LifeboatStack extends Stack {
         logGroup: new logs.LogGroup(this, `${fid}Logs`, { retention: logs.RetentionDays.THREE_MONTHS, removalPolicy: RemovalPolicy.DESTROY }),
       });
       for (const s of accessStatements(access, { table: this.table, repositories: stored })) f.addToRolePolicy(s);
-      acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN.',
+      acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN, nor does SendTaskSuccess with the token of a service integration\'s task (the slot queue\'s AcquireSlot and ReleaseSlot, cdk/lib/function-access.ts taskResponses).',
         'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
       acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
         ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/', 'runs/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
@@ -130,6 +132,10 @@ export class LifeboatStack extends Stack {
       // A run that commits backups of a policy with a DR repository starts their replication.
       replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });
+
+    // Failback after a real failover: the production disks brought to the DR VM's backups, then the switch back.
+    this.failback = new FailbackWorkflow(this, 'Failback', { functions, activities: this.activities, backup: this.backup.stateMachine });
+    new CfnOutput(this, 'FailbackStateMachineArn', { value: this.failback.stateMachine.stateMachineArn });
 
     // A Backup execution that stopped without its failure path (aborted, timed out) is reconciled through it.
     this.reconcile = new ReconcileWorkflow(this, 'Reconcile', { functions, activities: backupGroups, backup: this.backup.stateMachine });

@@ -28,7 +28,7 @@ export interface MoverIdentityProps {
 /**
  * Object prefixes a mover writes: packs and index objects (format 2), manifests, its
  * registration record (core/mover-registry.ts), host configuration backups
- * (core/host-config.ts: written, never read back by a mover), transfer progress
+ * (repository/host-config.ts: written, never read back by a mover), transfer progress
  * (contracts/progress.ts: written for the operator's view, never read), the endpoint records of the
  * exports and instant recoveries it serves (contracts/export-job.ts: where to connect while the
  * task runs; written, never read back), and chunk objects only when it replicates

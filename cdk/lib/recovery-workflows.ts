@@ -16,6 +16,7 @@ import { ExportWorkflow } from './export-workflow.ts';
 import { GcWorkflow } from './gc-workflow.ts';
 import { PruneWorkflow } from './prune-workflow.ts';
 import { FailoverWorkflow, ReplicatePolicyWorkflow, ReplicateWorkflow } from './replicate-workflow.ts';
+import { FailoverPlanWorkflow } from './failover-plan-workflow.ts';
 import { RestoreWorkflow } from './restore-workflow.ts';
 import { FilesWorkflow } from './files-workflow.ts';
 
@@ -47,6 +48,8 @@ export interface RecoveryWorkflows {
   replicate: ReplicateWorkflow;
   replicatePolicy: ReplicatePolicyWorkflow;
   failover: FailoverWorkflow;
+  failoverPlan: FailoverPlanWorkflow;
+  testFailover: FailoverPlanWorkflow;
   export: ExportWorkflow;
 }
 
@@ -105,5 +108,9 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
   new CfnOutput(stack, 'ReplicatePolicyStateMachineArn', { value: replicatePolicy.stateMachine.stateMachineArn });
   const failover = new FailoverWorkflow(stack, 'Failover', props);
   new CfnOutput(stack, 'FailoverStateMachineArn', { value: failover.stateMachine.stateMachineArn });
-  return { restore, files, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover, export: exportWorkflow };
+  const failoverPlan = new FailoverPlanWorkflow(stack, 'FailoverPlan', { ...props, test: false });
+  new CfnOutput(stack, 'FailoverPlanStateMachineArn', { value: failoverPlan.stateMachine.stateMachineArn });
+  const testFailover = new FailoverPlanWorkflow(stack, 'TestFailover', { ...props, test: true });
+  new CfnOutput(stack, 'TestFailoverStateMachineArn', { value: testFailover.stateMachine.stateMachineArn });
+  return { restore, files, deepVerify, deepVerifyPolicy, prune, gc, replicate, replicatePolicy, failover, failoverPlan, testFailover, export: exportWorkflow };
 }

@@ -33,13 +33,13 @@ export interface ReplicationWorkflowProps {
   activities: Record<string, sfn.IActivity>;
 }
 
-function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) {
+export function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) {
   const t = lambdaStep(scope, name, fn, opts);
   t.addRetry({ errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
   return t;
 }
 
-function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, name: string, groupPath: string, parameters: Record<string, unknown>, opts: { hours: number; resultPath?: string; catchTo?: sfn.IChainable }) {
+export function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, name: string, groupPath: string, parameters: Record<string, unknown>, opts: { hours: number; resultPath?: string; catchTo?: sfn.IChainable }) {
   return moverStep(scope, name, {
     activities, groupPath, parameters, timeout: Duration.hours(opts.hours), resultPath: opts.resultPath,
     decorate: (t) => {
@@ -105,7 +105,11 @@ function replicateJobChain(scope: Construct, props: ReplicationWorkflowProps, on
   record.addCatch(failed, { resultPath: '$.error' });
   const withStandby = standbyChain(scope, props.activities, failed)
     .next(new sfn.Pass(scope, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' }, resultPath: '$.result' }));
+  // A libvirt VM whose DR repository keeps replica VMs: the replica is a VM, brought to the backup as a new restore point.
+  const withReplicaVm = sfn.Chain.start(moverTask(scope, props.activities, 'UpdateReplicaVm', '$.moverGroup', { task: 'updateReplicaVm', 'replicate.$': '$' }, { hours: 12, resultPath: '$.replicaVm', catchTo: failed }))
+    .next(new sfn.Pass(scope, 'ReplicatedWithReplicaVm', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'replicaVm.$': '$.replicaVm' }, resultPath: '$.result' }));
   const keepsStandby = new sfn.Choice(scope, 'KeepsStandby')
+    .when(sfn.Condition.and(sfn.Condition.isString('$.replicaDir'), sfn.Condition.isPresent('$.replica')), withReplicaVm)
     .when(sfn.Condition.isString('$.replicaDir'), withStandby)
     .otherwise(new sfn.Pass(scope, 'ReplicatedWithoutStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified' }, resultPath: '$.result' }));
   const release = invoke(scope, 'ReleaseReplicaLease', props.functions.ReleaseReplicaLease, { resultPath: null });

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { type Consistency, type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { VerifyOutput } from './verify.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { verifyOutput } from './verify.ts';
 
@@ -24,4 +24,12 @@ export async function commit(input: CommitInput, deps: { catalog: Catalog; now: 
 
 export const commitInput: z.ZodType<CommitInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult), verify: verifyOutput }));
 
-export const handler = lambdaHandler('Commit', commitInput, (input) => commit(input, { catalog: clients().catalog, now: () => new Date() }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('Commit', commitInput, (input) => commit(input, { catalog: c.catalog, now: () => new Date() })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

@@ -10,10 +10,10 @@
  */
 import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../../contracts/errors.ts';
-import { keys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type DispatchItem, segmentManifestId, type TransferStats, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { checkHead, type ManifestHead } from '../../repository/manifest/head.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
@@ -77,7 +77,7 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
       const seg = part.segment!;
       const id = segmentManifestId(disk.diskId, seg.index);
       const m = await ManifestReader.open(deps.store, deps.keys, job.backupId, id);
-      if (!m) throw new Corrupt(`segment manifest ${keys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
+      if (!m) throw new Corrupt(`segment manifest ${objectKeys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
       if (m.info.chunkSize !== head.chunkSize || m.info.sizeBytes !== disk.sizeBytes) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
       if (m.info.version !== 3) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} has format ${m.info.version}, written by an older mover; run the backup again`);
       const first = seg.offset / head.chunkSize;
@@ -92,7 +92,7 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
     // Checked as any reader checks it (the segments cover the disk, each once, in order) before it is stored.
     checkHead(JSON.parse(JSON.stringify(head)) as Record<string, unknown>, job.backupId, disk.diskId);
     const headBytes = await putHead(deps.store, deps.keys, head);
-    const manifestKey = keys.manifest(job.backupId, disk.diskId);
+    const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
     const stats = parts.map((p) => p.stats).reduce(sumStats);
     // Segments share their snapshot's change tracking: any segment that could not use it says why.
     const tracking = parts.find((p) => p.changeTracking?.used === false)?.changeTracking ?? parts[0]!.changeTracking;
@@ -104,9 +104,16 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
 export const planDispatchInput = z.looseObject({ job: vmJob });
 export const joinSegmentsInput = z.looseObject({ job: vmJob, transfers: z.array(diskResult) });
 
-export const planHandler = lambdaHandler('PlanDispatch', planDispatchInput, async ({ job }) => planDispatch(job));
-export const joinHandler = lambdaHandler('JoinSegments', joinSegmentsInput, async (input) => {
-  const c = clients();
-  const { bucket, endpoint } = input.job.repository;
-  return joinSegments(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanDispatch', planDispatchInput, async ({ job }) => planDispatch(job)),
+    joinHandler: lambdaHandler('JoinSegments', joinSegmentsInput, async (input) => {
+      const { bucket, endpoint } = input.job.repository;
+      return joinSegments(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, joinHandler } = fromEnvironment(makeHandlers);

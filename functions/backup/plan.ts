@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { matchesNamePattern } from '../../core/config.ts';
 import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
 import { PolicyNotFound, VmGone } from '../../contracts/errors.ts';
-import { keys } from '../../repository/format.ts';
+import { objectKeys } from '../../repository/format.ts';
 import { minMoverVersion } from '../../core/version.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -22,7 +22,7 @@ import { MAX_HEAL_CHUNKS_PER_JOB } from '../../repository/quarantine.ts';
 import type { Catalog, Host, Policy, Vm } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import type { RunCatalog } from '../catalog/run-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
 export interface PlanInput {
@@ -121,7 +121,7 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
       parentCheckpoint: parent?.checkpoint ?? null,
       ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
       ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
-      parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, keys.manifest(parent!.backupId, d.diskId)])),
+      parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, objectKeys.manifest(parent!.backupId, d.diskId)])),
       slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),
       segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
       ...(healChunks.length ? { healChunks } : {}),
@@ -173,9 +173,16 @@ async function recordGone(vm: Vm, policy: Policy, runId: string, now: Date, cata
 
 export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });
 
-export const handler = lambdaHandler('Plan', planInput, async (input) => {
-  const c = clients();
-  const bucket = c.env.runBucket;
-  if (!bucket) throw new Error('environment variable LIFEBOAT_RUN_BUCKET is not set: Plan writes the run\'s VM list to the stack\'s bucket, which the deployment must name');
-  return publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), { runs: c.runs, store: c.store(bucket), bucket });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('Plan', planInput, async (input) => {
+      const bucket = c.env.runBucket;
+      if (!bucket) throw new Error('environment variable LIFEBOAT_RUN_BUCKET is not set: Plan writes the run\'s VM list to the stack\'s bucket, which the deployment must name');
+      return publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), { runs: c.runs, store: c.store(bucket), bucket });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

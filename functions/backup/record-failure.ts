@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import { type VmJob, vmJob, type VmOutcome } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError } from '../../contracts/errors.ts';
 
@@ -10,12 +10,34 @@ export interface RecordFailureInput extends VmJob {
   error: { Error: string; Cause: string };
 }
 
+/**
+ * What a payload over Step Functions' quota means for this VM and what to do, after AWS's own
+ * sentence (which names the state and, here, the sizes): the VM's steps carried more than
+ * 256 KiB, which only its disks and their segments make grow.
+ */
+export function explainDataLimit(cause: string, job: Pick<VmJob, 'vmId' | 'snapshot'>): string {
+  const disks = job.snapshot?.disks.length;
+  return `${cause} — VM '${job.vmId}'${disks ? ` (${disks} disks)` : ''} outgrew Step Functions' payload quota in its own execution; `
+    + 'its snapshot and backup slot were released and nothing was committed. Next step: give its policy a larger segmentSizeGiB '
+    + '(fewer segments per large disk, so fewer transfer results to collect).';
+}
+
 export async function recordFailure(input: RecordFailureInput, deps: { catalog: Catalog }): Promise<VmOutcome> {
-  const error = { Error: String(input.error?.Error ?? 'Unknown'), Cause: String(input.error?.Cause ?? '') };
+  const name = String(input.error?.Error ?? 'Unknown');
+  const cause = String(input.error?.Cause ?? '');
+  const error = { Error: name, Cause: name === 'States.DataLimitExceeded' ? explainDataLimit(cause, input) : cause };
   await deps.catalog.failBackup(input.vmId, input.backupId, error);
   return { vmId: input.vmId, backupId: input.backupId, status: 'failed', error };
 }
 
 export const recordFailureInput: z.ZodType<RecordFailureInput> = z.intersection(vmJob, z.looseObject({ error: caughtError }));
 
-export const handler = lambdaHandler('RecordFailure', recordFailureInput, (input) => recordFailure(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('RecordFailure', recordFailureInput, (input) => recordFailure(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

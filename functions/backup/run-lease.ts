@@ -14,7 +14,7 @@
 import { z } from 'zod';
 import { caughtError, LifeboatError, RunBusy } from '../../contracts/errors.ts';
 import { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
 /** The Backup workflow's timeout (cdk/lib/backup-workflow.ts) and a margin: a live run never loses its lease. */
@@ -66,5 +66,13 @@ export async function liveRunningBackups(catalog: Pick<Catalog, 'runningBackups'
   return out;
 }
 
-export const acquireHandler = lambdaHandler('AcquireRunLease', runLeaseInput, (input) => acquireRunLease(input, { catalog: clients().catalog, now: Date.now }));
-export const releaseHandler = lambdaHandler('ReleaseRunLease', runLeaseInput, (input) => releaseRunLease(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    acquireHandler: lambdaHandler('AcquireRunLease', runLeaseInput, (input) => acquireRunLease(input, { catalog: c.catalog, now: Date.now })),
+    releaseHandler: lambdaHandler('ReleaseRunLease', runLeaseInput, (input) => releaseRunLease(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { acquireHandler, releaseHandler } = fromEnvironment(makeHandlers);

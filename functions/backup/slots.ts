@@ -1,49 +1,31 @@
 /**
- * AcquireSlot / ReleaseSlot: semaphores of leased slots in the catalog, one per host and
- * one per limited datastore. A VM's backup takes a slot in each of its scopes or none:
- * when one scope is full the slots already taken are given back and the state machine
- * retries with backoff. A slot whose holder died is free again when its lease runs out.
+ * AcquireSlot / ReleaseSlot: thin handlers over the fair slot queue (slot-queue.ts).
+ * AcquireSlot runs as `lambda:invoke.waitForTaskToken`: it answers through SendTaskSuccess
+ * (its own, or a later ReleaseSlot's), not its return value.
  */
-import { SlotUnavailable } from '../../contracts/errors.ts';
-import { type SlotLease, type VmJob, vmJob } from '../../contracts/jobs.ts';
-import { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { z } from 'zod';
+import { vmJob } from '../../contracts/jobs.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
+import { acquireSlot, releaseSlot, type SlotQueueDeps } from './slot-queue.ts';
 
-/** A slot held by an execution that died is free again after this long. */
-export const SLOT_LEASE_MS = 6 * 3600_000;
+/** AcquireSlot's payload: the VM's job and the task token its state waits on. */
+export const acquireSlotInput = z.object({ job: vmJob, taskToken: z.string().min(1) });
 
-const keyOf = (k: { pk: string; sk: string }) => `${k.pk}|${k.sk}`;
-const parseKey = (key: string) => {
-  const [pk, sk] = key.split('|') as [string, string];
-  return { pk, sk };
-};
-
-export async function acquireSlot(job: VmJob, deps: { catalog: Catalog; now: () => number; leaseMs?: number }): Promise<SlotLease> {
-  const holder = `${job.runId}/${job.vmId}`;
-  const now = deps.now();
-  const expiresAt = now + (deps.leaseMs ?? SLOT_LEASE_MS);
-  const taken: string[] = [];
-  for (const { scope, limit } of job.slotScopes) {
-    let got: string | undefined;
-    for (let i = 0; i < limit && !got; i++) {
-      if (await deps.catalog.takeSlot(scope, i, holder, now, expiresAt)) got = keyOf(Catalog.slotKey(scope, i));
-    }
-    if (!got) {
-      for (const key of taken) await deps.catalog.releaseSlot(parseKey(key), holder);
-      throw new SlotUnavailable(scope, limit);
-    }
-    taken.push(got);
-  }
-  return { keys: taken, holder };
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  const deps = (): SlotQueueDeps => ({ catalog: c.catalog, queue: c.slotQueue, tasks: c.tasks, now: Date.now });
+  return {
+    acquireHandler: lambdaHandler('AcquireSlot', acquireSlotInput, async ({ job, taskToken }) => {
+      await acquireSlot(job, taskToken, deps());
+      return null;
+    }),
+    releaseHandler: lambdaHandler('ReleaseSlot', vmJob, async (job) => {
+      await releaseSlot(job, deps());
+      return null;
+    }),
+  };
 }
 
-export async function releaseSlot(job: VmJob, deps: { catalog: Catalog }): Promise<void> {
-  for (const key of job.slot?.keys ?? []) await deps.catalog.releaseSlot(parseKey(key), job.slot!.holder);
-}
-
-export const acquireHandler = lambdaHandler('AcquireSlot', vmJob, (job) => acquireSlot(job, { catalog: clients().catalog, now: Date.now }));
-export const releaseHandler = lambdaHandler('ReleaseSlot', vmJob, async (job) => {
-  await releaseSlot(job, { catalog: clients().catalog });
-  return null;
-});
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { acquireHandler, releaseHandler } = fromEnvironment(makeHandlers);

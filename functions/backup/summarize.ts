@@ -9,7 +9,7 @@ import { z } from 'zod';
 import type { VmOutcome } from '../../contracts/jobs.ts';
 import type { Backup, Catalog } from '../catalog/catalog.ts';
 import type { RunCatalog } from '../catalog/run-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { summaryMetrics } from '../../contracts/metric-names.ts';
 import { SUMMARY_VMS_LISTED, type RunSummary } from '../../contracts/workflow-outputs.ts';
@@ -114,9 +114,17 @@ export function publishRunMetrics(metrics: Metrics, summary: RunSummary, ages: R
 
 export const summarizeInput: z.ZodType<SummarizeInput> = z.looseObject({ runId: z.string().min(1), policyId: z.string().min(1) });
 
-export const handler = lambdaHandler('Summarize', summarizeInput, async (input, { metrics }) => {
-  const deps = { catalog: clients().catalog, runs: clients().runs, now: () => new Date() };
-  const { summary, vmIds } = await summarize(input, deps);
-  publishRunMetrics(metrics, summary, await recoveryPointAgeHours(vmIds, deps));
-  return summary;
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('Summarize', summarizeInput, async (input, { metrics }) => {
+      const deps = { catalog: c.catalog, runs: c.runs, now: () => new Date() };
+      const { summary, vmIds } = await summarize(input, deps);
+      publishRunMetrics(metrics, summary, await recoveryPointAgeHours(vmIds, deps));
+      return summary;
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

@@ -5,16 +5,14 @@
  */
 import { z } from 'zod';
 import { VerifyFailed } from '../../contracts/errors.ts';
-import { keys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
-
-/** Packs and chunk ids remembered while verifying (memory stays bounded whatever the disk's size). */
-const RECENT = 65_536;
+import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/recent.ts';
 
 export interface VerifyInput extends VmJob {
   disks: DiskResult[];
@@ -72,17 +70,12 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
     if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
     const manifest = await ManifestReader.fromSealed(deps.store, deps.keys, sealed, backupId, disk.diskId);
     // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
-    const recent = new Set<string>();
-    const fresh = (id: string) => {
-      if (recent.has(id)) return false;
-      recent.add(id);
-      if (recent.size > RECENT) recent.delete(recent.values().next().value!);
-      return true;
-    };
+    const recent = new RecentIds();
+    const fresh = (id: string) => recent.fresh(id);
     for await (const batch of manifest.batches()) {
       if (manifest.info.version !== 1) {
         await mapLimit(batch.packs, concurrency, async (pack) => {
-          const key = keys.pack(pack.id);
+          const key = objectKeys.pack(pack.id);
           const got = await headPack(key);
           if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
           if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
@@ -96,7 +89,7 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
         if (id !== null && fresh(id)) objects.push({ id, length: batch.location(i)!.length, sha256: batch.sha256?.(i) });
       }
       await mapLimit(objects, concurrency, async ({ id, length, sha256 }) => {
-        const key = keys.chunk(id);
+        const key = objectKeys.chunk(id);
         const info = await deps.store.head(key);
         if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
         if (info.size !== length) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
@@ -115,8 +108,15 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
 export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({ chunksChecked: z.number(), bytesChecked: z.number(), checksumsCompared: z.number(), packsChecked: z.number().default(0) });
 export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult) }));
 
-export const handler = lambdaHandler('Verify', verifyInput, async (input) => {
-  const c = clients();
-  const { bucket, endpoint } = input.repository;
-  return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('Verify', verifyInput, async (input) => {
+      const { bucket, endpoint } = input.repository;
+      return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

@@ -2,12 +2,14 @@
  * The catalog: one DynamoDB table of policies, VMs, backups, runs and slots. Only the
  * control plane writes it; writes that matter are conditional, so retries are safe.
  */
+import type { ReplicaJob } from '../../contracts/dr.ts';
 import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { Retention } from '../../core/config.ts';
 import type { StorageEndpoint } from '../../contracts/endpoints.ts';
 import { discoveredVmId } from '../../contracts/discovery.ts';
-import type { Consistency, DiscoveredVm, DiskResult, Hypervisor, QuiesceSettings } from '../../contracts/jobs.ts';
+import type { DiscoveredVm } from '../../contracts/discovery.ts';
+import type { Consistency, DiskResult, Hypervisor, QuiesceSettings } from '../../contracts/jobs.ts';
 import type { RestoreTestSettings } from '../../contracts/restore-test.ts';
 
 export interface Policy {
@@ -34,7 +36,11 @@ export interface Policy {
    * The repository backups are replicated to after each run, if any: its bucket and
    * endpoint, the DR mover group that copies into it and the folder of its warm standby replica.
    */
-  replicateTo?: { repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string };
+  replicateTo?: {
+    repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string; replicaVms?: ReplicaTarget;
+    /** Hours the newest DR restore point may age before the DR alert (configuration: drRpoHoursOf). */
+    drRpoHours?: number;
+  };
   /** Commands run in each guest around the freeze. */
   quiesce?: QuiesceSettings;
   /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
@@ -44,6 +50,9 @@ export interface Policy {
   /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */
   managedBy?: 'config';
 }
+
+/** Where a DR repository keeps replica VMs: the DR site, its libvirt host, its network map and the restore points kept (contracts/dr.ts). */
+export type ReplicaTarget = ReplicaJob;
 
 /** A hypervisor host as configured: which mover group serves it, and its concurrency limits. */
 export interface Host {

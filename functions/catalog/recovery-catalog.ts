@@ -7,7 +7,7 @@ import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, typ
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
-export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE' | 'GC' | 'REPLICATION' | 'FAILOVER';
+export type RecoveryRecordKind = 'RESTORE' | 'DEEPVERIFY' | 'PRUNE' | 'GC' | 'REPLICATION' | 'FAILOVER' | 'FAILBACK';
 
 const backupKey = (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` });
 const recordKey = (kind: RecoveryRecordKind, id: string) => ({ pk: `${kind}#${id}`, sk: kind });

@@ -22,6 +22,10 @@ import { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
 import { RunCatalog } from '../catalog/run-catalog.ts';
 import { LockCatalog } from '../catalog/lock-catalog.ts';
+import { SlotQueueCatalog } from '../catalog/slot-queue-catalog.ts';
+import { SFNClient } from '@aws-sdk/client-sfn';
+import type { TaskCallbacks } from '../backup/slot-queue.ts';
+import { sfnTaskCallbacks } from './task-callbacks.ts';
 import { readEnv, type FunctionEnv } from './env.ts';
 
 export interface Clients {
@@ -35,6 +39,10 @@ export interface Clients {
   hostConfigs: HostConfigCatalog;
   /** How far lock extension has locked each backup's objects (functions/catalog/lock-catalog.ts). */
   lockRecords: LockCatalog;
+  /** The fair slot queue's waiters and lines (functions/catalog/slot-queue-catalog.ts). */
+  slotQueue: SlotQueueCatalog;
+  /** SendTaskSuccess to tasks waiting on a token (the slot queue's AcquireSlot). */
+  tasks: TaskCallbacks;
   /** A repository's objects; `endpoint` names its S3-compatible endpoint when it is not the stack's own S3. */
   store(bucket: string, endpoint?: StorageEndpoint): ObjectStore;
   /** Listing and deleting in a repository (Prune, garbage collection): the control plane only. */
@@ -47,16 +55,14 @@ export interface Clients {
   repositoryKeys(bucket: string, endpoint?: StorageEndpoint): Promise<RepositoryKeys>;
 }
 
-let cached: Clients | undefined;
-const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
-
-let kms: KMSClient | undefined;
-
 /** How repository keys are unwrapped: KMS in AWS (REPOSITORY_KMS_KEY_ID), a key file in the embedded stack. */
-function keySource(env: FunctionEnv): KeySource {
-  if (env.kmsKeyId) return { kms: (kms ??= new KMSClient({ region: env.region })), kmsKeyId: env.kmsKeyId };
-  if (env.keyFile) return { keyFile: env.keyFile };
-  throw new Error('no repository key wrapper configured: set REPOSITORY_KMS_KEY_ID (AWS; the CDK app does) or LIFEBOAT_KEY_FILE (embedded stack)');
+function keySourceOf(env: FunctionEnv): () => KeySource {
+  let kms: KMSClient | undefined;
+  return () => {
+    if (env.kmsKeyId) return { kms: (kms ??= new KMSClient({ region: env.region })), kmsKeyId: env.kmsKeyId };
+    if (env.keyFile) return { keyFile: env.keyFile };
+    throw new Error('no repository key wrapper configured: set REPOSITORY_KMS_KEY_ID (AWS; the CDK app does) or LIFEBOAT_KEY_FILE (embedded stack)');
+  };
 }
 
 /** One AWS API call made through these clients: the service, the API operation and its input. */
@@ -135,9 +141,10 @@ function logRetries(client: MiddlewareClient): void {
     }, { step: 'initialize', name: 'lifeboatLogRetries' });
 }
 
-export function clients(): Clients {
-  if (cached) return cached;
-  const env = readEnv();
+/** The functions' clients for one configuration: the Lambda entry makes them from the environment (`fromEnvironment`), the embedded stack from its own servers. */
+export function createClients(env: FunctionEnv): Clients {
+  const keySource = keySourceOf(env);
+  const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
   const local = env.dynamodbEndpoint ? { credentials: LOCAL_ENDPOINT_CREDENTIALS } : {};
   const dynamodb = new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local });
   observe(dynamodb as unknown as MiddlewareClient, 'dynamodb');
@@ -148,6 +155,7 @@ export function clients(): Clients {
    * are this function's own — the role in AWS, the local servers' pair in the embedded stack).
    */
   const s3Clients = new Map<string, S3Client>();
+  let sfn: SFNClient | undefined;
   const s3 = (endpoint: StorageEndpoint | undefined): S3Client => {
     const key = endpointKey(endpoint);
     let c = s3Clients.get(key);
@@ -159,33 +167,41 @@ export function clients(): Clients {
     }
     return c;
   };
-  cached = {
+  const clients: Clients = {
     env,
     catalog: new Catalog(db, env.tableName),
     recovery: new RecoveryCatalog(db, env.tableName),
     runs: new RunCatalog(db, env.tableName),
     hostConfigs: new HostConfigCatalog(db, env.tableName),
     lockRecords: new LockCatalog(db, env.tableName),
+    slotQueue: new SlotQueueCatalog(db, env.tableName),
+    // Created at first use: most functions never answer a task.
+    tasks: sfnTaskCallbacks(() => (sfn ??= new SFNClient({ region: env.region, ...(env.sfnEndpoint ? { endpoint: env.sfnEndpoint } : {}), ...local }))),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
-    keyWrapper: async (bucket) => keyWrapper(keySource(env), bucket),
+    keyWrapper: async (bucket) => keyWrapper(keySource(), bucket),
     repositoryKeys: (bucket, endpoint) => {
       const id = locationKey({ bucket, endpoint });
       let k = repositoryKeys.get(id);
       if (!k) {
-        k = (async () => (await openRepository({ store: cached!.store(bucket, endpoint), bucket, keys: keySource(env) })).keys)();
+        k = (async () => (await openRepository({ store: clients.store(bucket, endpoint), bucket, keys: keySource() })).keys)();
         k.catch(() => repositoryKeys.delete(id)); // a failure is not cached
         repositoryKeys.set(id, k);
       }
       return k;
     },
   };
-  return cached;
+  return clients;
 }
 
-/** Forget cached clients (the embedded stack calls this when its endpoints change). */
-export function resetClients(): void {
-  cached = undefined;
-  repositoryKeys.clear();
+/**
+ * A module's handlers as its Lambda entry exports them: `factory` gets clients that are
+ * built from the environment at the first call that uses them, once per container (the
+ * embedded stack imports these modules without that environment and calls the factory itself).
+ */
+export function fromEnvironment<H>(factory: (c: Clients) => H): H {
+  let built: Clients | undefined;
+  const lazy = new Proxy({} as Clients, { get: (_target, key) => (built ??= createClients(readEnv()))[key as keyof Clients] });
+  return factory(lazy);
 }

@@ -10,14 +10,15 @@
  */
 import { MetricUnit, type Metrics } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
+import { text } from '../../contracts/zod.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
-import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
+import { deepVerifiedDisk, deepVerifyJob, type DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
 import { DEFAULT_BOOT_CHECK, DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS, restoreTestJob, restoreTestResult, restoreTestSettings, type RestoreTestJob, type RestoreTestSettings } from '../../contracts/restore-test.ts';
-import { locationKey, repositoryLocation } from '../../contracts/endpoints.ts';
+import { locationKey } from '../../contracts/endpoints.ts';
 import { chunkIdOfKey } from '../../repository/format.ts';
 import { isConditionFailed, type Backup, type Catalog, type Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { restoreTestMetrics } from '../../contracts/metric-names.ts';
 import { caughtError } from '../../contracts/errors.ts';
@@ -25,8 +26,6 @@ import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { healShared } from '../recovery/shared-damage.ts';
 import type { DeepVerifySummary, RestoreTestOutcome } from '../../contracts/workflow-outputs.ts';
 
-const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 
 /** The execution input of the Deep verify workflow. */
 export const deepVerifyRequest = z.object({
@@ -125,19 +124,6 @@ export async function planDeepVerifyPolicy({ verifyId, request }: z.output<typeo
   return { policyId: policy.policyId, jobs, skipped };
 }
 
-const damageFinding: z.ZodType<DamageFinding> = z.looseObject({
-  backupId: text, diskId: text, offsets: z.array(count), objectKey: text, reason: z.string(),
-  chunkId: z.string().regex(/^[0-9a-f]{64}$/, 'must be a chunk id').optional(),
-  range: z.object({ offset: count, length: count }).strict().optional(),
-});
-const deepVerifiedDisk: z.ZodType<DeepVerifiedDisk> = z.looseObject({
-  diskId: text, chunksTotal: count, chunksChecked: count, bytesRead: count, damaged: z.array(damageFinding), chunksFromOtherCopies: count.optional(), seconds: z.number().nonnegative(),
-});
-const deepVerifyJob: z.ZodType<DeepVerifyJob> = z.looseObject({
-  verifyId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation, sample: z.number(),
-  disks: z.array(z.looseObject({ diskId: text, sizeBytes: count })),
-  restoreTest: restoreTestJob.optional(), restoreTestSkipped: z.string().optional(),
-});
 export const recordDeepVerifyInput = z.intersection(deepVerifyJob, z.looseObject({ verified: z.array(deepVerifiedDisk) }));
 
 export async function recordDeepVerify(input: z.output<typeof recordDeepVerifyInput>, deps: { recovery: RecoveryCatalog; catalog: Pick<Catalog, 'backupsWithStatus'>; now: () => Date }): Promise<DeepVerifySummary> {
@@ -223,7 +209,16 @@ export async function recordRestoreTest(input: z.output<typeof recordRestoreTest
 }
 
 const now = () => new Date();
-export const planHandler = lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const planPolicyHandler = lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const recordHandler = lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: clients().recovery, catalog: clients().catalog, now }));
-export const recordRestoreTestHandler = lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input, { metrics }) => recordRestoreTest(input, { catalog: clients().catalog, recovery: clients().recovery, metrics, now }));
+
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    planPolicyHandler: lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) => planDeepVerifyPolicy(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    recordHandler: lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) => recordDeepVerify(input, { recovery: c.recovery, catalog: c.catalog, now })),
+    recordRestoreTestHandler: lambdaHandler('RecordRestoreTest', recordRestoreTestInput, (input, { metrics }) => recordRestoreTest(input, { catalog: c.catalog, recovery: c.recovery, metrics, now })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, planPolicyHandler, recordHandler, recordRestoreTestHandler } = fromEnvironment(makeHandlers);

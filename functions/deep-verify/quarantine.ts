@@ -29,7 +29,7 @@ import { quarantineKey } from '../../repository/quarantine.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { shareDamage, type SharedDamage } from '../recovery/shared-damage.ts';
 
@@ -134,8 +134,15 @@ export async function quarantineDamage(input: z.output<typeof quarantineInput>, 
   return report;
 }
 
-export const handler = lambdaHandler('QuarantineDamage', quarantineInput, async (input) => {
-  const c = clients();
-  const { bucket, endpoint } = input.repository;
-  return quarantineDamage(input, { store: c.store(bucket, endpoint), admin: c.admin(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint), recovery: c.recovery, catalog: c.catalog, now: () => new Date() });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('QuarantineDamage', quarantineInput, async (input) => {
+      const { bucket, endpoint } = input.repository;
+      return quarantineDamage(input, { store: c.store(bucket, endpoint), admin: c.admin(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint), recovery: c.recovery, catalog: c.catalog, now: () => new Date() });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

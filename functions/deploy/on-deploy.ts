@@ -7,11 +7,11 @@
  */
 import { z } from 'zod';
 import { parseConfig } from '../../core/config.ts';
-import { keys } from '../../repository/format.ts';
+import { objectKeys } from '../../repository/format.ts';
 import { loadMasterKey, type KeyWrapper } from '../../repository/keyring.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { syncConfig, type SyncConfigOutput } from './sync-config.ts';
 
@@ -51,7 +51,7 @@ export async function onDeploy(event: OnDeployEvent, deps: { catalog: Catalog; s
   const config = parseConfig(json, 'the deployed configuration');
 
   const store = deps.store(props.primaryBucket);
-  const existed = (await store.head(keys.masterKey())) !== undefined;
+  const existed = (await store.head(objectKeys.masterKey())) !== undefined;
   await loadMasterKey(store, await deps.keyWrapper(props.primaryBucket), { create: true });
 
   const synced: SyncConfigOutput = await syncConfig({ config, buckets: props.buckets }, { catalog: deps.catalog });
@@ -61,7 +61,14 @@ export async function onDeploy(event: OnDeployEvent, deps: { catalog: Catalog; s
   };
 }
 
-export const handler = lambdaHandler('OnDeploy', onDeployEvent, (event) => {
-  const c = clients();
-  return onDeploy(event, { catalog: c.catalog, store: c.store, keyWrapper: c.keyWrapper });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('OnDeploy', onDeployEvent, (event) => {
+      return onDeploy(event, { catalog: c.catalog, store: c.store, keyWrapper: c.keyWrapper });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

@@ -6,9 +6,10 @@
  * written by hand (tests, scripts) are left alone.
  */
 import { z } from 'zod';
-import { hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
+import { drRpoHoursOf, hostConfigBackupSettings, parseConfig, type LifeboatConfig } from '../../core/config.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { DEFAULT_REPLICA_POINTS, type ReplicaJob, type ReplicaVmSettings } from '../../contracts/dr.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 
 const MiB = 1024 * 1024;
@@ -29,6 +30,11 @@ export interface SyncConfigOutput {
 function policyHosts(p: LifeboatConfig['policies'][number], config: LifeboatConfig): string[] {
   if (p.vms.hosts) return p.vms.hosts;
   return (p.vms.names?.length || p.vms.tags?.length) ? config.hosts.map((h) => h.id) : [];
+}
+
+/** A DR repository's replica VMs as the workflows need them: the site's libvirt host, network map and restore points kept. */
+function replicaTarget(config: LifeboatConfig, site: string, r: ReplicaVmSettings): ReplicaJob {
+  return { site, uri: r.uri, keepPoints: r.keepPoints ?? DEFAULT_REPLICA_POINTS, networkMap: config.sites.find((s) => s.id === site)?.networkMap ?? {} };
 }
 
 export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalog }): Promise<SyncConfigOutput> {
@@ -65,8 +71,9 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
       ...(p.restoreTest ? { restoreTest: p.restoreTest } : {}),
       ...(target ? {
         replicateTo: {
-          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}),
+          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}), drRpoHours: drRpoHoursOf(p),
           ...(target.replication ? { moverGroup: target.replication.moverGroup, ...(target.replication.standbyPath ? { standbyPath: target.replication.standbyPath } : {}) } : {}),
+          ...(target.replication?.replicaVms && target.site ? { replicaVms: replicaTarget(config, target.site, target.replication.replicaVms) } : {}),
         },
       } : {}),
     };
@@ -86,4 +93,12 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
 /** The configuration itself is validated by parseConfig inside syncConfig, naming every bad key. */
 export const syncConfigInput = z.looseObject({ config: z.custom<LifeboatConfig>((v) => typeof v === 'object' && v !== null, 'must be the configuration object'), buckets: z.record(z.string(), z.string().min(1)) });
 
-export const handler = lambdaHandler('SyncConfig', syncConfigInput, (input) => syncConfig(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('SyncConfig', syncConfigInput, (input) => syncConfig(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

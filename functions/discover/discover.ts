@@ -6,7 +6,7 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
 import { discoverPage } from '../../contracts/discovery.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { discoveryMetrics } from '../../contracts/metric-names.ts';
 import { caughtError } from '../../contracts/errors.ts';
@@ -34,13 +34,19 @@ export const summarizeDiscoveryInput = z.looseObject({
   hosts: z.array(z.union([z.looseObject({ hostId: text, error: caughtError }), hostInventory])),
 });
 
-export const listHostsHandler = lambdaHandler('ListDiscoveryHosts', listDiscoveryHostsInput, (input) => listDiscoveryHosts(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    listHostsHandler: lambdaHandler('ListDiscoveryHosts', listDiscoveryHostsInput, (input) => listDiscoveryHosts(input, { catalog: c.catalog })),
+    recordHandler: lambdaHandler('RecordInventory', recordInventoryInput, (input) => recordInventory(input, { catalog: c.catalog, now: () => new Date() })),
+    summarizeHandler: lambdaHandler('SummarizeDiscovery', summarizeDiscoveryInput, async (input, { metrics }) => {
+      const summary = summarizeDiscovery(input);
+      metrics.addMetric(discoveryMetrics.hostsFailed, MetricUnit.Count, summary.failedHosts.length);
+      metrics.addMetric(discoveryMetrics.vmsGone, MetricUnit.Count, summary.gone);
+      return summary;
+    }),
+  };
+}
 
-export const recordHandler = lambdaHandler('RecordInventory', recordInventoryInput, (input) => recordInventory(input, { catalog: clients().catalog, now: () => new Date() }));
-
-export const summarizeHandler = lambdaHandler('SummarizeDiscovery', summarizeDiscoveryInput, async (input, { metrics }) => {
-  const summary = summarizeDiscovery(input);
-  metrics.addMetric(discoveryMetrics.hostsFailed, MetricUnit.Count, summary.failedHosts.length);
-  metrics.addMetric(discoveryMetrics.vmsGone, MetricUnit.Count, summary.gone);
-  return summary;
-});
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { listHostsHandler, recordHandler, summarizeHandler } = fromEnvironment(makeHandlers);

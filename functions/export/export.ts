@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { exportJob, exportListen, type ExportJob } from '../../contracts/export-job.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { resolveBackup } from '../recovery/backups.ts';
 
@@ -54,4 +54,12 @@ export async function planExport({ exportId, request }: z.output<typeof planExpo
   };
 }
 
-export const planHandler = lambdaHandler('PlanExport', planExportInput, (input) => planExport(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanExport', planExportInput, (input) => planExport(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler } = fromEnvironment(makeHandlers);

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { filesJob, filesRequest, type FilesJob } from '../../contracts/files-job.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { resolveBackup } from '../recovery/backups.ts';
 
@@ -28,4 +28,12 @@ export async function planFiles({ filesId, request }: z.output<typeof planFilesI
   return filesJob.parse({ ...rest, filesId, backupId: backup.backupId, diskId: disk.diskId, moverGroup, repository });
 }
 
-export const planHandler = lambdaHandler('PlanFiles', planFilesInput, (input) => planFiles(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanFiles', planFilesInput, (input) => planFiles(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler } = fromEnvironment(makeHandlers);

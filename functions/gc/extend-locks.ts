@@ -34,7 +34,7 @@ import type { BucketLock, LockExtender } from '../../repository/object-lock.ts';
 import { extendLocks, type LockTarget } from '../../repository/maintenance/extend-locks.ts';
 import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
 import type { LockCatalog } from '../catalog/lock-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { retentionHorizonMs } from '../prune/expiry.ts';
 
@@ -168,11 +168,18 @@ export async function extendRepositoryLocks(input: z.output<typeof extendLocksIn
   return finish();
 }
 
-export const handler = lambdaHandler('ExtendLocks', extendLocksInput, async (input, { context }) => {
-  const c = clients();
-  const { bucket, endpoint } = input.request;
-  return extendRepositoryLocks(input, {
-    catalog: c.catalog, records: c.lockRecords, admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint),
-    keys: await c.repositoryKeys(bucket, endpoint), locks: c.locks(bucket, endpoint), now: () => new Date(), remainingMs: () => context.getRemainingTimeInMillis(),
-  });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('ExtendLocks', extendLocksInput, async (input, { context }) => {
+      const { bucket, endpoint } = input.request;
+      return extendRepositoryLocks(input, {
+        catalog: c.catalog, records: c.lockRecords, admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint),
+        keys: await c.repositoryKeys(bucket, endpoint), locks: c.locks(bucket, endpoint), now: () => new Date(), remainingMs: () => context.getRemainingTimeInMillis(),
+      });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

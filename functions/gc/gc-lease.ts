@@ -16,7 +16,7 @@ import { repositoryLocation, type StorageEndpoint } from '../../contracts/endpoi
 import { GC_LEASE_MS } from '../../core/gc-timing.ts';
 import { GcBusy } from '../../contracts/recovery-errors.ts';
 import { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import type { GcReport } from '../../contracts/gc-report.ts';
 
@@ -65,4 +65,12 @@ export async function releaseGcLease(input: z.output<typeof releaseGcLeaseInput>
   return null;
 }
 
-export const releaseHandler = lambdaHandler('ReleaseGcLease', releaseGcLeaseInput, (input) => releaseGcLease(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    releaseHandler: lambdaHandler('ReleaseGcLease', releaseGcLeaseInput, (input) => releaseGcLease(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { releaseHandler } = fromEnvironment(makeHandlers);

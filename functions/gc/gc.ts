@@ -53,13 +53,13 @@
  * object it knew disappears, so it finds the merged one (`report.consolidation`).
  */
 import { z } from 'zod';
-import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, packIdOfKey, type RepositoryKeys } from '../../repository/format.ts';
 import { GC_DEFER_MAX_SECONDS } from '../../core/gc-timing.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { QUARANTINE_PREFIX } from '../../repository/quarantine.ts';
 import type { ListedObject, RepositoryAdmin } from '../../repository/admin.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { storageEndpoint } from '../../contracts/endpoints.ts';
 import type { RetentionReader } from '../../repository/object-lock.ts';
@@ -370,12 +370,19 @@ async function failedBackupObjects(admin: RepositoryAdmin, statuses: Map<string,
   return out;
 }
 
-export const handler = lambdaHandler('CollectGarbage', gcInput, async (input, { context }) => {
-  const c = clients();
-  const { bucket, endpoint } = input.request;
-  return collectGarbage(input, {
-    admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
-    locks: c.locks(bucket, endpoint), recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
-    remainingMs: () => context.getRemainingTimeInMillis(), lease: catalogGcLease(c.catalog, bucket, endpoint),
-  });
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('CollectGarbage', gcInput, async (input, { context }) => {
+      const { bucket, endpoint } = input.request;
+      return collectGarbage(input, {
+        admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
+        locks: c.locks(bucket, endpoint), recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
+        remainingMs: () => context.getRemainingTimeInMillis(), lease: catalogGcLease(c.catalog, bucket, endpoint),
+      });
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

@@ -6,7 +6,7 @@
  */
 import type { RepositoryLocation } from '../../contracts/endpoints.ts';
 import { HostConfigRequestInvalid } from '../../contracts/errors.ts';
-import { hostConfigBackupId, hostConfigKey } from '../../core/host-config.ts';
+import { hostConfigBackupId, hostConfigKey } from '../../repository/host-config.ts';
 import { type HostConfigResult } from '../../contracts/host-config.ts';
 import type { Hypervisor } from '../../contracts/jobs.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';

@@ -8,7 +8,7 @@ import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { hostConfigCounts, hostConfigResult } from '../../contracts/host-config.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { hostConfigMetrics } from '../../contracts/metric-names.ts';
 import { repositoryLocation } from '../../contracts/endpoints.ts';
@@ -42,14 +42,20 @@ export const summarizeHostConfigBackupInput = z.looseObject({
   hosts: z.array(z.union([z.looseObject({ hostId: text, error: caughtError }), hostConfigOutcome])),
 });
 
-export const planHandler = lambdaHandler('PlanHostConfigBackup', planHostConfigBackupInput, (input) =>
-  planHostConfigBackup(input, { catalog: clients().catalog, now: () => new Date(), random: () => randomBytes(4).toString('hex') }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanHostConfigBackup', planHostConfigBackupInput, (input) =>
+      planHostConfigBackup(input, { catalog: c.catalog, now: () => new Date(), random: () => randomBytes(4).toString('hex') })),
+    recordHandler: lambdaHandler('RecordHostConfig', recordHostConfigInput, (input) =>
+      recordHostConfig(input, { hostConfigs: c.hostConfigs, admin: (r) => c.admin(r.bucket, r.endpoint), now: () => new Date() })),
+    summarizeHandler: lambdaHandler('SummarizeHostConfigBackup', summarizeHostConfigBackupInput, async (input, { metrics }) => {
+      const summary = summarizeHostConfigBackup(input);
+      metrics.addMetric(hostConfigMetrics.hostsFailed, MetricUnit.Count, summary.failedHosts.length);
+      return summary;
+    }),
+  };
+}
 
-export const recordHandler = lambdaHandler('RecordHostConfig', recordHostConfigInput, (input) =>
-  recordHostConfig(input, { hostConfigs: clients().hostConfigs, admin: (r) => clients().admin(r.bucket, r.endpoint), now: () => new Date() }));
-
-export const summarizeHandler = lambdaHandler('SummarizeHostConfigBackup', summarizeHostConfigBackupInput, async (input, { metrics }) => {
-  const summary = summarizeHostConfigBackup(input);
-  metrics.addMetric(hostConfigMetrics.hostsFailed, MetricUnit.Count, summary.failedHosts.length);
-  return summary;
-});
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, recordHandler, summarizeHandler } = fromEnvironment(makeHandlers);

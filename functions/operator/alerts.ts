@@ -1,7 +1,7 @@
 /**
  * Alerts an operator must see, derived from what the catalog, the mover records and the
  * Backup workflow's executions hold: a damaged backup (found by DeepVerify), a VM past its
- * RPO, a mover group with no live mover, a failed run. Each has a stable id, so a
+ * RPO, a VM whose replication lags past its DR RPO, a mover group with no live mover, a failed run. Each has a stable id, so a
  * notifier sends each once (local/alert-notifier.ts in the embedded stack; in AWS the
  * same conditions are alarms and EventBridge rules to the alarm topic, cdk/lib/monitoring.ts).
  */
@@ -25,7 +25,8 @@ export async function currentAlerts(deps: AlertDeps): Promise<Alert[]> {
       message: `backup ${b.backupId} of VM ${b.vmId} is damaged (${damage?.findings.length ?? 0} object(s)${first ? `, first ${first.objectKey}: ${first.reason}` : ''}); found by deep verification ${damage?.verifyId ?? '?'}. Next: run a backup of the VM (it stores the damaged chunks again), then \`lifeboat verify --vm ${b.vmId}\``,
     });
   }
-  for (const v of await listVms(deps)) {
+  const vms = await listVms(deps);
+  for (const v of vms) {
     // Never backed up counts once a backup was tried and failed (not while the first one runs).
     if (v.rpo !== 'late' && !(v.rpo === 'never' && v.lastBackup?.status === 'failed')) continue;
     const age = v.recoveryPointAgeHours;
@@ -34,6 +35,14 @@ export async function currentAlerts(deps: AlertDeps): Promise<Alert[]> {
       message: age === null
         ? `VM ${v.vmId} has no committed backup yet (RPO ${v.rpoHours} h; last attempt ${v.lastBackup?.backupId} ${v.lastBackup?.status}). Next: \`lifeboat runs\` for the error, then \`lifeboat backup ${v.policies[0] ?? 'POLICY'}\``
         : `VM ${v.vmId} is past its RPO: its newest backup is ${age.toFixed(1)} h old (RPO ${v.rpoHours} h). Next: \`lifeboat runs\` for failed runs, \`lifeboat backup ${v.policies[0] ?? 'POLICY'}\``,
+    });
+  }
+  for (const v of vms.filter((x) => x.drRpo === 'late')) {
+    alerts.push({
+      id: `dr-rpo:${v.vmId}:${v.drRestorePoint ?? 'none'}`, kind: 'dr-rpo', subject: v.vmId, since: deps.now().toISOString(),
+      message: v.drLagHours === null
+        ? `VM ${v.vmId} has no restore point at the DR site although it has backups older than its DR RPO (${v.drRpoHours} h). Next: \`lifeboat restore-points --vm ${v.vmId}\`, the policy's ReplicatePolicy executions, the DR mover group (\`lifeboat movers\`) and the DR endpoint`
+        : `VM ${v.vmId}'s replication lags: its newest restore point at the DR site is ${v.drLagHours.toFixed(1)} h old (DR RPO ${v.drRpoHours} h). Next: \`lifeboat restore-points --vm ${v.vmId}\`, the policy's ReplicatePolicy executions, the DR mover group (\`lifeboat movers\`) and the DR endpoint`,
     });
   }
   const movers = await deps.movers();

@@ -17,7 +17,7 @@ import { listMovers } from '../../core/mover-fleet.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS } from '../../core/s3-store.ts';
 import { z } from 'zod';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { currentAlerts, type AlertDeps } from './alerts.ts';
 import { addVm, hostConfigBackups, InventoryRefused, type InventoryDeps } from './inventory.ts';
@@ -145,26 +145,30 @@ const functionUrlEvent = z.object({
 /** A VM to add is a few hundred bytes: a larger body is refused before it is parsed. */
 const MAX_BODY = 64 * 1024;
 
-/** Built once per set of clients (the embedded stack makes new ones at each start). */
-let lambdaDeps: { for: ReturnType<typeof clients>; deps: ApiDeps } | undefined;
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  let deps: ApiDeps | undefined;
+  /** Built at the first request: the Step Functions client (the embedded stack's API when `sfnEndpoint` is set), the primary repository, the Backup workflow. */
+  const operator = (): ApiDeps => (deps ??= operatorDeps({
+    catalog: c.catalog, recovery: c.recovery, hostConfigs: c.hostConfigs, store: c.store(c.env.repositoryBucket ?? ''),
+    sfn: new SFNClient({ region: c.env.region, ...(c.env.sfnEndpoint ? { endpoint: c.env.sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}) }),
+    backupStateMachineArn: c.env.backupStateMachineArn ?? '',
+  }));
+  return {
+    /** `OperatorApi`: a Lambda function URL (AWS_IAM auth) answering the routes above. */
+    handler: lambdaHandler('OperatorApi', functionUrlEvent, async (event) => {
+      const json = (statusCode: number, body: unknown) => ({ statusCode, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const body = event.body === undefined ? undefined : event.isBase64Encoded ? Buffer.from(event.body, 'base64').toString('utf8') : event.body;
+      if (body && body.length > MAX_BODY) return json(413, { error: 'PayloadTooLarge', message: `the request body is over ${MAX_BODY} bytes` });
+      try {
+        const a = await answer({ method: event.requestContext.http.method, path: event.rawPath, query: new URLSearchParams(event.rawQueryString ?? ''), ...(body === undefined ? {} : { body }) }, operator());
+        return json(a.status, a.body);
+      } catch (err) {
+        return json(500, { error: (err as Error).name, message: (err as Error).message });
+      }
+    }),
+  };
+}
 
-/** `OperatorApi`: a Lambda function URL (AWS_IAM auth) answering the routes above. */
-export const handler = lambdaHandler('OperatorApi', functionUrlEvent, async (event) => {
-  const json = (statusCode: number, body: unknown) => ({ statusCode, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  const body = event.body === undefined ? undefined : event.isBase64Encoded ? Buffer.from(event.body, 'base64').toString('utf8') : event.body;
-  if (body && body.length > MAX_BODY) return json(413, { error: 'PayloadTooLarge', message: `the request body is over ${MAX_BODY} bytes` });
-  const c = clients();
-  // LIFEBOAT_SFN_ENDPOINT: the embedded stack's Step Functions API (unset in AWS).
-  const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
-  if (lambdaDeps?.for !== c) lambdaDeps = { for: c, deps: operatorDeps({
-    catalog: c.catalog, recovery: c.recovery, hostConfigs: c.hostConfigs, store: c.store(process.env.REPOSITORY_BUCKET ?? ''),
-    sfn: new SFNClient({ region: c.env.region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}) }),
-    backupStateMachineArn: process.env.BACKUP_STATE_MACHINE_ARN ?? '',
-  }) };
-  try {
-    const a = await answer({ method: event.requestContext.http.method, path: event.rawPath, query: new URLSearchParams(event.rawQueryString ?? ''), ...(body === undefined ? {} : { body }) }, lambdaDeps.deps);
-    return json(a.status, a.body);
-  } catch (err) {
-    return json(500, { error: (err as Error).name, message: (err as Error).message });
-  }
-});
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

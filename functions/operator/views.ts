@@ -11,6 +11,7 @@ import type { MoverView } from '../../core/mover-fleet.ts';
 import type { Backup, Catalog, Policy, Vm } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { selectVms } from '../backup/plan.ts';
+import { drRpoHoursOf } from '../../core/config.ts';
 
 /** One execution of the Backup workflow as ListExecutions/DescribeExecution say it. */
 export interface ExecutionSummary {
@@ -35,7 +36,7 @@ export interface BackupExecutions {
 
 export interface OperatorDeps {
   catalog: Pick<Catalog, 'listPolicies' | 'listHosts' | 'vmsOnHost' | 'getVm' | 'listBackups' | 'getRun' | 'backupsOfRun'>;
-  recovery: Pick<RecoveryCatalog, 'listReplicas'>;
+  recovery: Pick<RecoveryCatalog, 'listReplicas' | 'newestReplica'>;
   movers(): Promise<MoverView[]>;
   /** The progress objects of a backup's disk transfers (contracts/progress.ts). */
   progress(backupId: string): Promise<TaskProgress[]>;
@@ -86,9 +87,32 @@ export async function listVms(deps: OperatorDeps): Promise<VmRow[]> {
       vmId: vm.vmId, name: vm.name ?? vm.vmId, host: vm.host, moverGroup: vm.moverGroup, protection: vm.gone ? 'gone' : policies.length ? 'protected' : 'unprotected',
       policies: policies.map((p) => p.policyId), lastBackup: last ? { backupId: last.backupId, at: last.committedAt ?? last.startedAt, status: last.status } : null,
       consistency: newest?.consistency?.level ?? null, rpoHours, recoveryPointAgeHours: age === null ? null : round(age), rpo,
+      ...(await drLag(vm.vmId, policies, backups, deps.recovery, now)),
     });
   }
   return rows;
+}
+
+/**
+ * A VM's replication lag: the age of its newest restore point at the DR site (since its
+ * backup started: the recovery point a failover would give), against the tightest DR RPO
+ * of its replicating policies (as ReportReplication measures it for the DrPastRpo alarm).
+ */
+async function drLag(vmId: string, policies: Policy[], backups: Backup[], recovery: OperatorDeps['recovery'], now: Date): Promise<Pick<VmRow, 'drRpoHours' | 'drLagHours' | 'drRestorePoint' | 'drRpo'>> {
+  const replicating = policies.filter((p) => p.replicateTo);
+  if (!replicating.length) return { drRpoHours: null, drLagHours: null, drRestorePoint: null, drRpo: 'none' };
+  const drRpoHours = Math.min(...replicating.map((p) => drRpoHoursOf({ rpoHours: p.rpoHours ?? 24, drRpoHours: p.replicateTo!.drRpoHours })));
+  let lag: number | null = null;
+  let point: string | null = null;
+  for (const p of replicating) {
+    const r = await recovery.newestReplica(vmId, p.replicateTo!.bucket);
+    if (!r) continue;
+    const age = hours(now, backups.find((b) => b.backupId === r.backupId)?.startedAt ?? r.replicatedAt);
+    if (lag === null || age < lag) [lag, point] = [age, r.backupId];
+  }
+  const oldest = backups.filter((b) => b.status === 'committed').at(-1);
+  const drRpo: RpoStatus = lag !== null ? (lag > drRpoHours ? 'late' : 'ok') : oldest && hours(now, oldest.startedAt) > drRpoHours ? 'late' : 'never';
+  return { drRpoHours, drLagHours: lag === null ? null : round(lag), drRestorePoint: point, drRpo };
 }
 
 export function backupRow(b: Backup): BackupRow {

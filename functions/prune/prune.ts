@@ -13,7 +13,7 @@ import type { RepositoryAdmin } from '../../repository/admin.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { Catalog, Policy } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { policyVms } from '../recovery/backups.ts';
 import { applyRetention, retentionProblem } from './gfs.ts';
@@ -186,6 +186,15 @@ export async function recordPrune(input: PrunePlan & { pruned: PrunedBackup[] },
 }
 
 const now = () => new Date();
-export const planHandler = lambdaHandler('PlanPrune', planPruneInput, (input) => planPrune(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const pruneHandler = lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: clients().catalog, recovery: clients().recovery, admin: (r) => clients().admin(r.bucket, r.endpoint), now }));
-export const recordHandler = lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input as unknown as PrunePlan & { pruned: PrunedBackup[] }, { recovery: clients().recovery, now }));
+
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanPrune', planPruneInput, (input) => planPrune(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    pruneHandler: lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: c.catalog, recovery: c.recovery, admin: (r) => c.admin(r.bucket, r.endpoint), now })),
+    recordHandler: lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input as unknown as PrunePlan & { pruned: PrunedBackup[] }, { recovery: c.recovery, now })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, pruneHandler, recordHandler } = fromEnvironment(makeHandlers);

@@ -14,7 +14,7 @@
 import { z } from 'zod';
 import type { VmJob } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError } from '../../contracts/errors.ts';
 
@@ -63,4 +63,12 @@ export async function planReconcile(input: z.output<typeof reconcileInput>, deps
   return { executionArn: input.executionArn, runId: input.runId, policyId: lease?.scope.slice('run:'.length) ?? backups[0]?.policyId ?? '', vms };
 }
 
-export const handler = lambdaHandler('PlanReconcile', reconcileInput, (input) => planReconcile(input, { catalog: clients().catalog }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('PlanReconcile', reconcileInput, (input) => planReconcile(input, { catalog: c.catalog })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

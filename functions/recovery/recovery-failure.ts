@@ -5,11 +5,11 @@
  */
 import { z } from 'zod';
 import type { RecoveryCatalog, RecoveryRecordKind } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { caughtError } from '../../contracts/errors.ts';
 
-const kinds = ['DEEPVERIFY', 'REPLICATION', 'FAILOVER', 'PRUNE', 'GC'] as const satisfies readonly RecoveryRecordKind[];
+const kinds = ['DEEPVERIFY', 'REPLICATION', 'FAILOVER', 'FAILBACK', 'PRUNE', 'GC'] as const satisfies readonly RecoveryRecordKind[];
 
 export const recoveryFailureInput = z.object({ kind: z.enum(kinds), id: z.string().min(1), error: caughtError }).strict();
 
@@ -19,4 +19,12 @@ export async function recordRecoveryFailure(input: z.output<typeof recoveryFailu
   return { status: 'failed' };
 }
 
-export const handler = lambdaHandler('RecordRecoveryFailure', recoveryFailureInput, (input) => recordRecoveryFailure(input, { recovery: clients().recovery, now: () => new Date() }));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('RecordRecoveryFailure', recoveryFailureInput, (input) => recordRecoveryFailure(input, { recovery: c.recovery, now: () => new Date() })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

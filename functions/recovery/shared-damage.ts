@@ -8,10 +8,10 @@
  * chunks stored intact again (a good copy serves every manifest that lists the id).
  */
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
-import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
-import { decodeManifest } from '../../repository/manifest/reader.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
+import { ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation } from '../../repository/packs.ts';
+import type { ChunkLocation } from '../../repository/packs.ts';
 import type { Backup, Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 
@@ -32,22 +32,26 @@ export interface ShareDamageDeps {
   now: () => Date;
 }
 
-/** The findings of `b`'s manifests that reference `damaged` chunk ids (one per disk and chunk). */
+/** The findings of `b`'s manifests that reference `damaged` chunk ids (one per disk and chunk); each manifest read a piece at a time. */
 async function findingsOf(b: Backup, damaged: Set<string>, deps: Pick<ShareDamageDeps, 'store' | 'keys'>, reason: string): Promise<DamageFinding[]> {
   const out: DamageFinding[] = [];
   for (const d of b.disks ?? []) {
-    const sealed = await deps.store.get(objectKeys.manifest(b.backupId, d.diskId));
-    if (!sealed) continue; // a backup of another repository
-    const m = await decodeManifest(deps.keys, sealed, b.backupId, d.diskId, deps.store);
-    const offsets = new Map<string, number[]>();
-    m.chunks.forEach((id, i) => {
-      if (id !== null && damaged.has(id)) offsets.set(id, [...(offsets.get(id) ?? []), i * m.chunkSize]);
-    });
-    for (const [id, at] of offsets) {
-      const loc = m.version !== 1 ? chunkLocation(m, id) : undefined;
+    const m = await ManifestReader.open(deps.store, deps.keys, b.backupId, d.diskId);
+    if (!m) continue; // a backup of another repository
+    const found = new Map<string, { offsets: number[]; loc: ChunkLocation }>();
+    for await (const batch of m.batches()) {
+      for (let i = 0; i < batch.count; i++) {
+        const id = batch.id(i);
+        if (id === null || !damaged.has(id)) continue;
+        let f = found.get(id);
+        if (!f) found.set(id, (f = { offsets: [], loc: batch.location(i)! }));
+        f.offsets.push((batch.firstChunk + i) * m.info.chunkSize);
+      }
+    }
+    for (const [id, { offsets, loc }] of found) {
       out.push({
-        backupId: b.backupId, diskId: d.diskId, offsets: at, chunkId: id, reason,
-        objectKey: loc ? loc.key : objectKeys.chunk(id), ...(loc ? { range: { offset: loc.offset, length: loc.length } } : {}),
+        backupId: b.backupId, diskId: d.diskId, offsets, chunkId: id, reason,
+        objectKey: loc.key, ...(loc.pack ? { range: { offset: loc.offset, length: loc.length } } : {}),
       });
     }
   }

@@ -9,21 +9,21 @@
  * the standby replica and its recovery point.
  */
 import { z } from 'zod';
-import { endpointKey, location, type RepositoryLocation, repositoryLocation } from '../../contracts/endpoints.ts';
-import { keys as objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { text } from '../../contracts/zod.ts';
+import { endpointKey, location, type RepositoryLocation } from '../../contracts/endpoints.ts';
+import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
 import type { SlotLease } from '../../contracts/jobs.ts';
-import type { ReplicatedDisk, ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
+import { replicatedDisk, replicateJob, standbyDisk, type ReplicateJob, type StandbyDisk } from '../../contracts/recovery-jobs.ts';
+import type { ReplicaJob } from '../../contracts/dr.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { policyVms, resolveBackup } from '../recovery/backups.ts';
 import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
 
-const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path on the DR movers');
 
 interface Deps {
@@ -51,6 +51,7 @@ interface DrTarget {
   repository: RepositoryLocation;
   moverGroup?: string;
   standbyPath?: string;
+  replicaVms?: ReplicaJob;
 }
 
 /** The policy's DR repository, or the bucket the request names (on the stack's own S3 unless it is the policy's DR bucket). */
@@ -59,7 +60,7 @@ async function drTargetOf(catalog: Catalog, policyId: string, requested: string 
   const bucket = requested ?? dr?.bucket;
   if (!bucket) throw new RecoveryRequestInvalid(`policy '${policyId}' replicates nowhere (no replicateTo) and the input names no targetBucket`);
   const target: DrTarget = dr?.bucket === bucket
-    ? { repository: location(bucket, dr.endpoint), ...(dr.moverGroup ? { moverGroup: dr.moverGroup } : {}), ...(dr.standbyPath ? { standbyPath: dr.standbyPath } : {}) }
+    ? { repository: location(bucket, dr.endpoint), ...(dr.moverGroup ? { moverGroup: dr.moverGroup } : {}), ...(dr.standbyPath ? { standbyPath: dr.standbyPath } : {}), ...(dr.replicaVms ? { replicaVms: dr.replicaVms } : {}) }
     : { repository: { bucket } };
   if (bucket === source.bucket && endpointKey(target.repository.endpoint) === endpointKey(source.endpoint)) {
     throw new RecoveryRequestInvalid(`the DR repository ${bucket} is the backup's own repository`);
@@ -91,21 +92,17 @@ export async function planReplicate({ replicationId, request }: z.output<typeof 
   const target = await drTargetOf(deps.catalog, backup.policyId, request.targetBucket, source);
   const moverGroup = drGroup(request.moverGroup, target);
   await ensureSameKey(deps, source, target.repository);
+  const replicaDir = request.replicaDir ?? target.standbyPath ?? null;
+  // A libvirt VM's replica is a VM when the DR repository keeps replica VMs.
+  const vm = target.replicaVms && replicaDir ? await deps.catalog.getVm(request.vmId) : undefined;
+  const libvirt = vm ? (await deps.catalog.getHost(vm.host))?.hypervisor?.driver === 'libvirt' : false;
   return {
     replicationId, vmId: request.vmId, backupId: backup.backupId, moverGroup,
     source, target: target.repository, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
-    replicaDir: request.replicaDir ?? target.standbyPath ?? null, recoveryPoint: backup.startedAt,
+    replicaDir, recoveryPoint: backup.startedAt, ...(libvirt ? { replica: target.replicaVms! } : {}),
   };
 }
 
-const replicateJob: z.ZodType<ReplicateJob> = z.looseObject({
-  replicationId: text, vmId: text, backupId: text, moverGroup: text, source: repositoryLocation, target: repositoryLocation,
-  disks: z.array(z.looseObject({ diskId: text, sizeBytes: count })), replicaDir: text.nullable(), recoveryPoint: text,
-});
-const replicatedDisk: z.ZodType<ReplicatedDisk> = z.looseObject({ diskId: text, chunks: count, chunksCopied: count, bytesCopied: count, seconds: z.number() });
-const standbyDisk: z.ZodType<StandbyDisk> = z.looseObject({
-  diskId: text, path: text, sizeBytes: count, fromBackupId: text.nullable(), chunksWritten: count, bytesWritten: count, chunksUnchanged: count, sha256: text, seconds: z.number(),
-});
 /** A replication or failover that died frees its VM's replica after this long (the workflows time out after 24 h; a disk task after 12 h). */
 export const REPLICA_LEASE_MS = 24 * 3600_000;
 const leaseScope = (job: ReplicateJob) => `replica:${job.target.bucket}/${job.vmId}`;
@@ -285,15 +282,23 @@ export async function recordFailover(input: z.output<typeof recordFailoverInput>
   return summary;
 }
 
-const deps = (): Deps => ({ catalog: clients().catalog, recovery: clients().recovery, store: (r) => clients().store(r.bucket, r.endpoint), now: () => new Date() });
-export const planHandler = lambdaHandler('PlanReplicate', planReplicateInput, (input) => planReplicate(input, deps()));
-export const planPolicyHandler = lambdaHandler('PlanReplicatePolicy', planReplicatePolicyInput, (input) => planReplicatePolicy(input, deps()));
-export const acquireLeaseHandler = lambdaHandler('AcquireReplicaLease', replicateJob, (job) => acquireReplicaLease(job, deps()));
-export const releaseLeaseHandler = lambdaHandler('ReleaseReplicaLease', leaseInput, (input) => releaseReplicaLease(input, deps()));
-export const verifyReplicaHandler = lambdaHandler('VerifyReplica', verifyReplicaInput, async (job) => {
-  const { bucket, endpoint } = job.target;
-  return verifyReplica(job, { store: clients().store(bucket, endpoint), keys: await clients().repositoryKeys(bucket, endpoint) });
-});
-export const recordHandler = lambdaHandler('RecordReplication', recordReplicationInput, (input) => recordReplication(input, deps()));
-export const planFailoverHandler = lambdaHandler('PlanFailover', planFailoverInput, (input) => planFailover(input, deps()));
-export const recordFailoverHandler = lambdaHandler('RecordFailover', recordFailoverInput, (input) => recordFailover(input, deps()));
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  const deps = (): Deps => ({ catalog: c.catalog, recovery: c.recovery, store: (r) => c.store(r.bucket, r.endpoint), now: () => new Date() });
+  return {
+    planHandler: lambdaHandler('PlanReplicate', planReplicateInput, (input) => planReplicate(input, deps())),
+    planPolicyHandler: lambdaHandler('PlanReplicatePolicy', planReplicatePolicyInput, (input) => planReplicatePolicy(input, deps())),
+    acquireLeaseHandler: lambdaHandler('AcquireReplicaLease', replicateJob, (job) => acquireReplicaLease(job, deps())),
+    releaseLeaseHandler: lambdaHandler('ReleaseReplicaLease', leaseInput, (input) => releaseReplicaLease(input, deps())),
+    verifyReplicaHandler: lambdaHandler('VerifyReplica', verifyReplicaInput, async (job) => {
+      const { bucket, endpoint } = job.target;
+      return verifyReplica(job, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+    }),
+    recordHandler: lambdaHandler('RecordReplication', recordReplicationInput, (input) => recordReplication(input, deps())),
+    planFailoverHandler: lambdaHandler('PlanFailover', planFailoverInput, (input) => planFailover(input, deps())),
+    recordFailoverHandler: lambdaHandler('RecordFailover', recordFailoverInput, (input) => recordFailover(input, deps())),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, planPolicyHandler, acquireLeaseHandler, releaseLeaseHandler, verifyReplicaHandler, recordHandler, planFailoverHandler, recordFailoverHandler } = fromEnvironment(makeHandlers);

@@ -13,7 +13,7 @@ import { MetricUnit, type Metrics } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { replicationMetrics } from '../../contracts/metric-names.ts';
 import { policyVms } from '../recovery/backups.ts';
@@ -66,8 +66,16 @@ export function publishReplicationMetrics(metrics: Metrics, report: ReplicationR
   if (report.replicationStartFailed !== null) metrics.addMetric(replicationMetrics.replicationStartFailed, MetricUnit.Count, report.replicationStartFailed ? 1 : 0);
 }
 
-export const handler = lambdaHandler('ReportReplication', reportReplicationInput, async (input, { metrics }) => {
-  const report = await reportReplication(input, { catalog: clients().catalog, recovery: clients().recovery, now: () => new Date() });
-  publishReplicationMetrics(metrics, report);
-  return report;
-});
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    handler: lambdaHandler('ReportReplication', reportReplicationInput, async (input, { metrics }) => {
+      const report = await reportReplication(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() });
+      publishReplicationMetrics(metrics, report);
+      return report;
+    }),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { handler } = fromEnvironment(makeHandlers);

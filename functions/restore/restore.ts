@@ -4,19 +4,17 @@
  */
 import { isAbsolute, join, normalize } from 'node:path';
 import { z } from 'zod';
+import { text } from '../../contracts/zod.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
-import type { DefinedDomain, InstantRecovery, RestoredDisk, RestoreJob } from '../../contracts/recovery-jobs.ts';
+import { definedDomain, instantRecovery, restoredDisk, restoreJob, type RestoreJob } from '../../contracts/recovery-jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
-import { clients } from '../commons/clients.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { repositoryLocation } from '../../contracts/endpoints.ts';
 import { caughtError } from '../../contracts/errors.ts';
 import { locationOf, resolveBackup } from '../recovery/backups.ts';
 import type { InstantRestoreSummary, RestoreSummary } from '../../contracts/workflow-outputs.ts';
 
-const text = z.string().min(1);
-const count = z.number().int().nonnegative();
 
 /** The execution input of the Restore workflow. */
 export const restoreRequest = z.object({
@@ -55,10 +53,12 @@ export const restoreRequest = z.object({
   /**
    * Instant recovery (needs `define`): the VM runs at once on overlays backed by NBD exports
    * of the backup, then moves to its disks in `target` while it runs. `resume` takes up one
-   * whose move failed. `moveBandwidthMiBs` caps the move (MiB/s per disk).
+   * whose move failed. `moveBandwidthMiBs` caps the move (MiB/s per disk); the move fails when
+   * what it still has to copy has not shrunk for `moveStallSeconds`.
    */
   instant: z.object({
     moveBandwidthMiBs: z.number().positive().max(1024 * 1024).optional(),
+    moveStallSeconds: z.number().int().min(5).max(7 * 24 * 3600).optional(),
     resume: z.boolean().optional(),
     moveAfter: z.object({
       consoleLine: text.refine((x) => { try { new RegExp(x); return true; } catch { return false; } }, 'must be a regular expression').optional(),
@@ -112,25 +112,6 @@ export async function planRestore({ restoreId, request: input }: z.output<typeof
   return job;
 }
 
-const restoreDiskTarget = z.looseObject({ diskId: text, sizeBytes: count, path: text });
-export const restoreJob: z.ZodType<RestoreJob> = z.looseObject({
-  restoreId: text, vmId: text, backupId: text, moverGroup: text, repository: repositoryLocation,
-  target: text, diskId: text.nullable(), disks: z.array(restoreDiskTarget), notice: z.string().optional(),
-});
-export const restoredDisk: z.ZodType<RestoredDisk> = z.looseObject({
-  diskId: text, path: text, sizeBytes: count, bytesDownloaded: count, chunksVerified: count, sha256: z.string().regex(/^[0-9a-f]{64}$/), seconds: z.number().nonnegative(),
-});
-
-const definedDomain: z.ZodType<DefinedDomain> = z.looseObject({
-  name: text, uuid: text, started: z.boolean(), consoleLog: text, disks: z.array(text),
-  bootCheck: z.looseObject({ passed: z.boolean(), seconds: z.number().nonnegative(), line: z.string(), agent: z.boolean().optional(), reason: z.string().optional() }).optional(),
-});
-
-const instantRecovery: z.ZodType<InstantRecovery> = z.looseObject({
-  domain: text, uuid: text, disks: z.array(text), consoleLog: text, runningSeconds: z.number().nonnegative(), moveSeconds: z.number().nonnegative(),
-  bytesServed: count, bytesDownloaded: count, resumed: z.boolean(),
-});
-
 export const recordCopyRestoreInput = z.intersection(restoreJob, z.looseObject({ restored: z.array(restoredDisk), vmConfig: z.looseObject({ path: text, domain: definedDomain.optional() }).optional() }));
 export const recordInstantRestoreInput = z.intersection(restoreJob, z.looseObject({ instantResult: instantRecovery }));
 /** RecordRestore's input: disks copied (and re-hashed), or an instant recovery's outcome. */
@@ -173,8 +154,17 @@ export async function recordRestoreFailure(input: z.output<typeof recordRestoreF
 }
 
 const now = () => new Date();
-export const planHandler = lambdaHandler('PlanRestore', planRestoreInput, (input) => planRestore(input, { catalog: clients().catalog, recovery: clients().recovery, now }));
-export const recordHandler = lambdaHandler('RecordRestore', recordRestoreInput, (input): Promise<RestoreSummary | InstantRestoreSummary> => ('instantResult' in input
-  ? recordInstantRestore(input as z.output<typeof recordInstantRestoreInput>, { recovery: clients().recovery, now })
-  : recordRestore(input as z.output<typeof recordCopyRestoreInput>, { recovery: clients().recovery, catalog: clients().catalog, now })));
-export const recordFailureHandler = lambdaHandler('RecordRestoreFailure', recordRestoreFailureInput, (input) => recordRestoreFailure(input, { recovery: clients().recovery, now }));
+
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  return {
+    planHandler: lambdaHandler('PlanRestore', planRestoreInput, (input) => planRestore(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    recordHandler: lambdaHandler('RecordRestore', recordRestoreInput, (input): Promise<RestoreSummary | InstantRestoreSummary> => ('instantResult' in input
+      ? recordInstantRestore(input as z.output<typeof recordInstantRestoreInput>, { recovery: c.recovery, now })
+      : recordRestore(input as z.output<typeof recordCopyRestoreInput>, { recovery: c.recovery, catalog: c.catalog, now }))),
+    recordFailureHandler: lambdaHandler('RecordRestoreFailure', recordRestoreFailureInput, (input) => recordRestoreFailure(input, { recovery: c.recovery, now })),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planHandler, recordHandler, recordFailureHandler } = fromEnvironment(makeHandlers);

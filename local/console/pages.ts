@@ -35,11 +35,19 @@ export function alertsSection(alerts: Alert[]): string {
 
 const rpoCell = (v: VmRow) => (v.rpo === 'late' || v.rpo === 'never' ? `<span class="bad">${esc(v.rpo)}</span>` : esc(v.rpo));
 
+/** Replication lag (age of the newest restore point at the DR site) against the DR RPO; red when past it. */
+function drLagCell(v: VmRow): string {
+  if (v.drRpo === 'none') return '–';
+  const lag = v.drLagHours === null ? 'none yet' : formatHours(v.drLagHours);
+  const text = `${lag} (DR RPO ${v.drRpoHours} h)`;
+  return v.drRpo === 'late' ? `<span class="bad" data-dr="late">${esc(text)}</span>` : `<span data-dr="${esc(v.drRpo)}">${esc(text)}</span>`;
+}
+
 export function vmsTable(vms: VmRow[]): string {
-  return table('vms', ['VM', 'host', 'protection', 'policies', 'last backup', 'consistency', 'RPO', 'age'], vms.map((v) => [
+  return table('vms', ['VM', 'host', 'protection', 'policies', 'last backup', 'consistency', 'RPO', 'age', 'DR lag'], vms.map((v) => [
     `<a href="/vms/${encodeURIComponent(v.vmId)}">${esc(v.vmId)}</a>`, esc(v.host), esc(v.protection), esc(v.policies.join(', ') || '–'),
     v.lastBackup ? `${time(v.lastBackup.at)} ${esc(v.lastBackup.status)}` : '–', esc(v.consistency ?? '–'), rpoCell(v),
-    v.recoveryPointAgeHours === null ? '–' : esc(formatHours(v.recoveryPointAgeHours)),
+    v.recoveryPointAgeHours === null ? '–' : esc(formatHours(v.recoveryPointAgeHours)), drLagCell(v),
   ]));
 }
 

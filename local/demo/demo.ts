@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { restoreVm } from '../../mover/restore.ts';
+import { restoreVm } from '../../mover/pipeline/restore-vm.ts';
 import { groupForHost } from '../../core/config.ts';
 import { sfnClient } from '../client.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../movers.ts';

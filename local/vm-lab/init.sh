@@ -28,6 +28,12 @@ i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 50000; i=$((i + 1)); done
 [ -b /dev/vda ] || echo "LIFEBOAT-GUEST ERROR no /dev/vda"
 
+# qemu-ga's guest-shutdown (virsh shutdown --mode agent) runs /sbin/shutdown, which
+# busybox lacks: power off cleanly (disk flushed) once the agent has answered.
+mkdir -p /sbin
+printf '#!/bin/sh\n( sleep 1; sync; if [ "$1" = -r ]; then reboot -f; else poweroff -f; fi ) >/dev/null 2>&1 &\n' >/sbin/shutdown
+chmod 755 /sbin/shutdown
+
 # The agent's port only exists when the domain has the channel; its name appears
 # in sysfs a little after virtio_console binds, and udev (absent here) would
 # normally make the /dev/virtio-ports/<name> link.

@@ -4,8 +4,11 @@
  * double and triple), linear directories (htree directories are read linearly: their index
  * blocks look like empty entries), inline data (files and directories in the inode and its
  * `system.data` attribute), fast and slow symbolic links, sparse files (holes and
- * unwritten extents read as zeros). The journal is not replayed: a file system backed up
- * while mounted is read as its blocks were at the snapshot.
+ * unwritten extents read as zeros). A file system that was not cleanly unmounted (a
+ * crash-consistent backup of a running guest) is read in its committed state: the jbd2
+ * journal's committed transactions are replayed into the view of the blocks read, in memory
+ * (ext-journal.ts). With `metadata_csum`, the superblock, group descriptors, inodes and
+ * directory blocks are checked against their checksums (ext-csum.ts).
  *
  * Refuses what it cannot read truthfully (compression, META_BG, encrypted directories,
  * a journal device) with the feature named. Every number from the image is checked before
@@ -15,10 +18,16 @@
  */
 import { FsCorrupt, view, type BlockReader } from './block-reader.ts';
 import { LIMITS, type Entry, type EntryType, type FileSystem } from './fs-types.ts';
+import { checkDirBlock, checkGroupDesc, checkInode, inodeSeed, superblockSeed } from './ext-csum.ts';
+import { scanJournal, unescape, type Replayed } from './ext-journal.ts';
+import { BlockMap, type Extent } from './ext-blockmap.ts';
 
 const INCOMPAT = { COMPRESSION: 0x1, FILETYPE: 0x2, JOURNAL_DEV: 0x8, META_BG: 0x10, EXTENTS: 0x40, BIT64: 0x80, DIRDATA: 0x1000, INLINE_DATA: 0x8000 };
 const FLAG = { INDEX: 0x1000, ENCRYPT: 0x800, HUGE_FILE: 0x40000, EXTENTS: 0x80000, INLINE_DATA: 0x10000000 };
 const ROOT_INO = 2;
+const COMPAT_HAS_JOURNAL = 0x4;
+const INCOMPAT_RECOVER = 0x4;
+const RO_COMPAT_METADATA_CSUM = 0x400;
 
 export interface ExtInode {
   ino: number;
@@ -35,9 +44,10 @@ export interface ExtInode {
   iblock: Buffer;
   /** The `system.data` attribute of an inline-data inode (the data past the first 60 bytes). */
   inlineMore?: Buffer;
+  /** The seed of its directory blocks' checksums (metadata_csum). */
+  csumSeed?: number;
 }
 
-interface Extent { logical: number; physical: number; length: number; unwritten: boolean }
 
 function typeOf(mode: number): EntryType {
   switch (mode & 0xf000) {
@@ -68,7 +78,14 @@ export class ExtFs implements FileSystem<ExtInode> {
   private readonly fileType: boolean;
   private readonly descCache = new Map<number, number>();
   private readonly extentCache = new WeakMap<ExtInode, Extent[]>();
-  private readonly indirectCache = new Map<number, Buffer>();
+  private readonly blockMaps: BlockMap;
+  /** metadata_csum: the file system's checksum seed. */
+  private readonly csumSeed: number | undefined;
+  /** Blocks whose committed contents are in the journal, and where (empty when clean). */
+  private replay = new Map<number, Replayed>();
+  private journal: ExtInode | undefined;
+  /** Committed transactions replayed from the journal when opened. */
+  replayedTransactions = 0;
 
   private readonly disk: BlockReader;
 
@@ -98,7 +115,9 @@ export class ExtFs implements FileSystem<ExtInode> {
     if (this.inodesPerGroup === 0 || this.inodesCount === 0) throw new FsCorrupt('ext superblock: no inodes (inodes per group or inode count is 0)');
     if (this.blocksCount * this.blockSize > disk.size + this.blockSize) throw new FsCorrupt(`ext superblock: ${this.blocksCount} blocks of ${this.blockSize} bytes do not fit the ${disk.size}-byte partition (truncated image?)`);
     const ro = sb.readUInt32LE(100);
+    this.csumSeed = ro & RO_COMPAT_METADATA_CSUM ? superblockSeed(sb) : undefined;
     this.kind = incompat & INCOMPAT.EXTENTS || incompat & 0x200 ? 'ext4' : sb.readUInt32LE(92) & 0x4 ? 'ext3' : ro & 0x8 ? 'ext4' : 'ext2';
+    this.blockMaps = new BlockMap(this.blockSize, this.blocksCount, (block, what) => this.readBlocks(block, 1, what));
   }
 
   /** The ext file system on `disk`, or undefined when its superblock has no ext magic. */
@@ -106,12 +125,39 @@ export class ExtFs implements FileSystem<ExtInode> {
     if (disk.size < 2048) return undefined;
     const sb = view(await disk.read(1024, 1024));
     if (sb.readUInt16LE(56) !== 0xef53) return undefined;
-    return new ExtFs(disk, sb);
+    const fs = new ExtFs(disk, sb);
+    const journalIno = sb.readUInt32LE(0xe0);
+    if (sb.readUInt32LE(92) & COMPAT_HAS_JOURNAL && sb.readUInt32LE(96) & INCOMPAT_RECOVER && journalIno !== 0) await fs.replayJournal(journalIno);
+    return fs;
+  }
+
+  /** Reads the journal (inode `ino`) and serves its committed blocks from now on. */
+  private async replayJournal(ino: number): Promise<void> {
+    const j = await this.inode(ino);
+    this.journal = j;
+    const blocks = Math.floor(j.size / this.blockSize);
+    const r = await scanJournal(async (at) => {
+      if (at >= blocks) throw new FsCorrupt(`ext journal (inode ${ino}): log block ${at} is past its ${blocks} blocks`);
+      const b = await this.read(j, at * this.blockSize, this.blockSize, 'the journal');
+      return b ? view(b) : Buffer.alloc(this.blockSize);
+    }, blocks, this.blockSize);
+    for (const fsBlock of r.blocks.keys()) if (fsBlock >= this.blocksCount) throw new FsCorrupt(`ext journal (inode ${ino}): it logs block ${fsBlock}, outside the file system's ${this.blocksCount} blocks`);
+    this.replay = r.blocks;
+    this.replayedTransactions = r.transactions;
   }
 
   private async readBlocks(block: number, count: number, what: string): Promise<Buffer> {
     if (!Number.isSafeInteger(block) || block < 0 || count < 0 || block + count > this.blocksCount) throw new FsCorrupt(`${what}: block ${block}+${count} lies outside the file system's ${this.blocksCount} blocks`);
-    return view(await this.disk.read(block * this.blockSize, count * this.blockSize));
+    const b = view(await this.disk.read(block * this.blockSize, count * this.blockSize));
+    if (this.replay.size === 0) return b;
+    for (let i = 0; i < count; i++) {
+      const r = this.replay.get(block + i);
+      if (!r) continue;
+      // The journal's own blocks are never logged, so this reads the disk as it is.
+      const copy = view((await this.read(this.journal!, r.journalBlock * this.blockSize, this.blockSize, 'the journal')) ?? Buffer.alloc(this.blockSize));
+      (r.escaped ? unescape(copy) : copy).copy(b, i * this.blockSize);
+    }
+    return b;
   }
 
   private async inodeTable(group: number): Promise<number> {
@@ -121,6 +167,7 @@ export class ExtFs implements FileSystem<ExtInode> {
     const block = this.firstDataBlock + 1 + Math.floor(group / perBlock);
     const b = await this.readBlocks(block, 1, `group descriptor ${group}`);
     const at = (group % perBlock) * this.descSize;
+    if (this.csumSeed !== undefined) checkGroupDesc(this.csumSeed, group, b.subarray(at, at + this.descSize));
     const table = b.readUInt32LE(at + 8) + (this.descSize >= 64 ? b.readUInt32LE(at + 0x28) * 2 ** 32 : 0);
     this.descCache.set(group, table);
     return table;
@@ -136,6 +183,8 @@ export class ExtFs implements FileSystem<ExtInode> {
     const b = (await this.readBlocks(block, 1, `inode ${ino}`)).subarray(byteInTable % this.blockSize, byteInTable % this.blockSize + this.inodeSize);
     const extra = this.inodeSize > 128 ? b.readUInt16LE(128) : 0;
     if (extra > this.inodeSize - 128) throw new FsCorrupt(`ext inode ${ino}: extra size ${extra} overruns the ${this.inodeSize}-byte inode`);
+    const iseed = this.csumSeed === undefined ? undefined : inodeSeed(this.csumSeed, ino, b.readUInt32LE(100));
+    if (iseed !== undefined) checkInode(iseed, ino, b, extra);
     const x = (at: number) => (128 + extra >= at + 4 ? b.readUInt32LE(at) : undefined);
     const mode = b.readUInt16LE(0);
     const flags = b.readUInt32LE(32);
@@ -150,6 +199,7 @@ export class ExtFs implements FileSystem<ExtInode> {
       blocks512: b.readUInt32LE(28) + b.readUInt16LE(116) * 2 ** 32,
       fileAcl: b.readUInt32LE(104) + b.readUInt16LE(118) * 2 ** 32,
       iblock: Buffer.from(b.subarray(40, 100)),
+      ...(iseed !== undefined ? { csumSeed: iseed } : {}),
     };
     if (!Number.isSafeInteger(node.size)) throw new FsCorrupt(`ext inode ${ino}: size ${node.size} is not a safe integer`);
     if (flags & FLAG.INLINE_DATA) node.inlineMore = this.inlineAttribute(b, 128 + extra, ino);
@@ -203,6 +253,7 @@ export class ExtFs implements FileSystem<ExtInode> {
       const blocks = Math.ceil(dir.size / this.blockSize);
       for (let i = 0; i < blocks; i++) {
         const b = await this.read(dir, i * this.blockSize, this.blockSize, path);
+        if (b && dir.csumSeed !== undefined) checkDirBlock(dir.csumSeed, view(b), dir.ino, path, (dir.flags & FLAG.INDEX) !== 0);
         if (b) this.parseEntries(view(b), raw, path, dir.ino);
       }
     }
@@ -264,7 +315,7 @@ export class ExtFs implements FileSystem<ExtInode> {
   async dataRanges(n: ExtInode, path: string): Promise<{ offset: number; length: number }[] | undefined> {
     if (n.flags & FLAG.INLINE_DATA) return [{ offset: 0, length: n.size }];
     const out: { offset: number; length: number }[] = [];
-    for (const e of n.flags & FLAG.EXTENTS ? await this.extents(n, path) : await this.blockMapExtents(n, path)) {
+    for (const e of n.flags & FLAG.EXTENTS ? await this.extents(n, path) : await this.blockMaps.extents(n, path)) {
       if (e.unwritten) continue;
       const offset = e.logical * this.blockSize;
       const length = Math.min(e.length * this.blockSize, n.size - offset);
@@ -289,7 +340,7 @@ export class ExtFs implements FileSystem<ExtInode> {
       return out;
     }
     for (let l = first; l < first + count; l++) {
-      const p = await this.blockMap(n, l, path);
+      const p = await this.blockMaps.block(n, l, path);
       if (p === 0) continue;
       const prev = out[out.length - 1];
       if (prev && prev.logical + prev.length === l && prev.physical + prev.length === p) prev.length++;
@@ -333,64 +384,5 @@ export class ExtFs implements FileSystem<ExtInode> {
     await walk(n.iblock, -1, 'in the inode');
     this.extentCache.set(n, out);
     return out;
-  }
-
-  /**
-   * Every stored run of an ext2/3 block map, walking the indirect blocks and skipping the
-   * holes at every level, so a huge sparse file costs its indirect blocks, not its size.
-   */
-  private async blockMapExtents(n: ExtInode, path: string): Promise<Extent[]> {
-    const per = this.blockSize / 4;
-    const lastBlock = Math.ceil(n.size / this.blockSize);
-    const out: Extent[] = [];
-    const add = (logical: number, physical: number) => {
-      if (physical + 1 > this.blocksCount) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block ${logical} points to block ${physical}, outside the file system's ${this.blocksCount} blocks`);
-      const prev = out[out.length - 1];
-      if (prev && prev.logical + prev.length === logical && prev.physical + prev.length === physical) prev.length++;
-      else {
-        if (out.length >= LIMITS.extents) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}) has more than ${LIMITS.extents} runs of blocks`);
-        out.push({ logical, physical, length: 1, unwritten: false });
-      }
-    };
-    const seen = new Set<number>();
-    // `level` 0: a data block; 1-3: an indirect block covering per^level blocks from `first`.
-    const visit = async (block: number, level: number, first: number): Promise<void> => {
-      if (block === 0 || first >= lastBlock) return;
-      if (level === 0) return add(first, block);
-      if (seen.has(block)) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): indirect block ${block} is used twice in its block map (a loop)`);
-      seen.add(block);
-      const b = await this.readBlocks(block, 1, `${path} (inode ${n.ino}) indirect block`);
-      const span = per ** (level - 1);
-      for (let i = 0; i < per; i++) await visit(b.readUInt32LE(i * 4), level - 1, first + i * span);
-    };
-    for (let i = 0; i < 12; i++) await visit(n.iblock.readUInt32LE(i * 4), 0, i);
-    await visit(n.iblock.readUInt32LE(48), 1, 12);
-    await visit(n.iblock.readUInt32LE(52), 2, 12 + per);
-    await visit(n.iblock.readUInt32LE(56), 3, 12 + per + per * per);
-    return out;
-  }
-
-  /** ext2/3 block map: the physical block of logical block `l`, 0 for a hole. */
-  private async blockMap(n: ExtInode, l: number, path: string): Promise<number> {
-    const per = this.blockSize / 4;
-    const ptr = (i: number) => n.iblock.readUInt32LE(i * 4);
-    const through = async (block: number, index: number): Promise<number> => {
-      if (block === 0) return 0;
-      let b = this.indirectCache.get(block);
-      if (!b) {
-        b = await this.readBlocks(block, 1, `${path} (inode ${n.ino}) indirect block`);
-        if (this.indirectCache.size > 1024) this.indirectCache.clear();
-        this.indirectCache.set(block, b);
-      }
-      return b.readUInt32LE(index * 4);
-    };
-    if (l < 12) return ptr(l);
-    l -= 12;
-    if (l < per) return through(ptr(12), l);
-    l -= per;
-    if (l < per * per) return through(await through(ptr(13), Math.floor(l / per)), l % per);
-    l -= per * per;
-    if (l < per * per * per) return through(await through(await through(ptr(14), Math.floor(l / (per * per))), Math.floor(l / per) % per), l % per);
-    throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block beyond the triple-indirect range`);
   }
 }

@@ -1,6 +1,6 @@
 /**
- * A read-only NBD client over one connection: the handshake, then READ and BLOCK_STATUS
- * requests, any number in flight, matched to their replies by cookie. Every failure the
+ * An NBD client over one connection: the handshake, then READ and BLOCK_STATUS requests
+ * (and WRITE and FLUSH, for the DR replica's image writer), any number in flight, matched to their replies by cookie. Every failure the
  * caller sees is a SourceUnavailable naming the export and the cause.
  */
 import { createConnection, type Socket } from 'node:net';
@@ -181,6 +181,27 @@ export class NbdClient implements NbdReader {
     return toExtents(descriptors, offset, n);
   }
 
+  /**
+   * Writes `data` at `offset` (NBD_CMD_WRITE; split at {@link maxRead}). For writers of
+   * images (the DR replica's qcow2 layers through `qemu-nbd`); a read-only export refuses.
+   */
+  async write(data: Buffer, offset: number): Promise<void> {
+    if (this.readOnly) throw new SourceUnavailable(`${this.what} is read-only: cannot write ${data.length} bytes at ${offset}`);
+    const n = this.clampRange(offset, data.length, data.length, 'write');
+    if (n !== data.length) throw new RangeError(`write of ${this.what}: ${data.length} bytes at ${offset} run past its ${this.size} bytes`);
+    const pieces: Promise<unknown>[] = [];
+    for (let done = 0; done < n; done += this.maxRead) {
+      const piece = data.subarray(done, Math.min(n, done + this.maxRead));
+      pieces.push(this.send(Command.WRITE, offset + done, piece.length, undefined, 0, piece));
+    }
+    await Promise.all(pieces);
+  }
+
+  /** NBD_CMD_FLUSH: every write answered so far is on stable storage. */
+  async flush(): Promise<void> {
+    await this.send(Command.FLUSH, 0, 0);
+  }
+
   /** Sends NBD_CMD_DISC and closes; requests still in flight are answered first by the server. */
   async close(): Promise<void> {
     if (!this.closing && !this.failure) {
@@ -205,7 +226,7 @@ export class NbdClient implements NbdReader {
     return n;
   }
 
-  private send(command: number, offset: number, length: number, dest?: Buffer, destAt = 0): Promise<InFlight> {
+  private send(command: number, offset: number, length: number, dest?: Buffer, destAt = 0, payload?: Buffer): Promise<InFlight> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closing) return Promise.reject(new SourceUnavailable(`${this.what} is closed`));
     const cookie = this.nextCookie++;
@@ -217,6 +238,7 @@ export class NbdClient implements NbdReader {
       };
       this.pending.set(cookie, req);
       this.socket.write(encodeRequest({ flags: 0, type: command, cookie, offset, length }));
+      if (payload) this.socket.write(payload);
     });
   }
 
@@ -302,7 +324,7 @@ function toExtents(descriptors: readonly { length: number; flags: number }[], of
 }
 
 function commandName(command: number): string {
-  return command === Command.READ ? 'READ' : command === Command.BLOCK_STATUS ? 'BLOCK_STATUS' : `command ${command}`;
+  return command === Command.READ ? 'READ' : command === Command.BLOCK_STATUS ? 'BLOCK_STATUS' : command === Command.WRITE ? 'WRITE' : command === Command.FLUSH ? 'FLUSH' : `command ${command}`;
 }
 
 function messageOf(err: unknown): string {

@@ -12,6 +12,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { ByteQueue } from './byte-queue.ts';
+import { unixNbdUri } from './uri.ts';
 import {
   ChunkType,
   ClientFlag,
@@ -56,8 +57,12 @@ export interface BlockExport {
   readonly description?: string;
   /** Exactly `length` bytes at `offset` (inside the export); rejects with {@link ExportIoError} when they cannot be read correctly. */
   read(offset: number, length: number): Promise<Buffer>;
-  /** `base:allocation` of [offset, offset + length): descriptors covering exactly that range, in order. */
-  allocation(offset: number, length: number): BlockDescriptor[];
+  /**
+   * `base:allocation` of [offset, offset + length): descriptors covering exactly that range,
+   * in order (a promise where the export looks them up, e.g. in a manifest read piece by
+   * piece); rejects with {@link ExportIoError} when they cannot be told.
+   */
+  allocation(offset: number, length: number): BlockDescriptor[] | Promise<BlockDescriptor[]>;
 }
 
 /** A read the export could not serve: the client gets `errno` (EIO by default) and the message, the server lives on. */
@@ -403,10 +408,7 @@ export class NbdServerSession {
         if (r.flags & ~CommandFlag.REQ_ONE) return this.error(r, Errno.EINVAL, `NBD_CMD_BLOCK_STATUS with unsupported flags 0x${r.flags.toString(16)}`);
         if (r.length === 0) return this.error(r, Errno.EINVAL, 'NBD_CMD_BLOCK_STATUS length 0');
         if (r.offset + r.length > exp.size) return this.error(r, Errno.EINVAL, `NBD_CMD_BLOCK_STATUS ${r.offset}+${r.length} runs past the export's ${exp.size} bytes`);
-        let extents = exp.allocation(r.offset, r.length);
-        if (r.flags & CommandFlag.REQ_ONE) extents = extents.slice(0, 1);
-        this.io.write(encodeChunk(ReplyFlag.DONE, ChunkType.BLOCK_STATUS, r.cookie, encodeBlockStatus(BASE_ALLOCATION_ID, extents)));
-        return;
+        return this.blockStatus(r);
       }
       case Command.FLUSH:
         // Nothing is ever written, so everything is as durable as it will be.
@@ -429,22 +431,42 @@ export class NbdServerSession {
     else this.io.write(encodeSimpleReply(errno, r.cookie));
   }
 
-  private read(r: Request): void {
+  /** Counts a request in flight (`bytes` of READ data); the function it returns ends it. */
+  private begin(bytes: number): () => void {
     this.inFlight++;
-    this.inFlightBytes += r.length;
-    const exp = this.exp!;
-    const finish = () => {
+    this.inFlightBytes += bytes;
+    return () => {
       this.inFlight--;
-      this.inFlightBytes -= r.length;
+      this.inFlightBytes -= bytes;
       if (this.phase === 'closing' && this.inFlight === 0) this.io.end(false);
       else if (this.phase === 'transmission') this.pump();
     };
-    exp.read(r.offset, r.length).then((data) => {
+  }
+
+  /** NBD_CMD_BLOCK_STATUS: in flight like a read while the export looks the extents up. */
+  private blockStatus(r: Request): void {
+    const finish = this.begin(0);
+    Promise.resolve().then(() => this.exp!.allocation(r.offset, r.length)).then((all) => {
       if (this.phase === 'closed') return finish();
+      const extents = r.flags & CommandFlag.REQ_ONE ? all.slice(0, 1) : all;
+      this.io.write(encodeChunk(ReplyFlag.DONE, ChunkType.BLOCK_STATUS, r.cookie, encodeBlockStatus(BASE_ALLOCATION_ID, extents)), finish);
+    }).catch((err: unknown) => {
+      if (!(err instanceof ExportIoError)) this.host.logger?.error('nbd.block-status.failed', { offset: r.offset, length: r.length, error: (err as Error).message });
+      if (this.phase === 'closed') return finish();
+      this.error(r, err instanceof ExportIoError ? err.errno : Errno.EIO, (err as Error).message);
+      this.io.write(Buffer.alloc(0), finish);
+    });
+  }
+
+  private read(r: Request): void {
+    const exp = this.exp!;
+    const finish = this.begin(r.length);
+    exp.read(r.offset, r.length).then(async (data) => {
       if (data.length !== r.length) throw new ExportIoError(`export returned ${data.length} bytes for a ${r.length}-byte read`);
+      const parts = !this.structured || r.flags & CommandFlag.DF ? [{ length: r.length, flags: 0 }] : await exp.allocation(r.offset, r.length);
+      if (this.phase === 'closed') return finish();
       this.host.served(r.length);
       if (!this.structured) return this.io.write([encodeSimpleReply(0, r.cookie), data], finish);
-      const parts = r.flags & CommandFlag.DF ? [{ length: r.length, flags: 0 }] : exp.allocation(r.offset, r.length);
       const reply: Buffer[] = [];
       let at = 0;
       parts.forEach((p, i) => {
@@ -526,7 +548,7 @@ export class NbdServer {
   /** An `nbd+unix://` or `nbd://` URI of an export of this server. */
   uri(exportName: string): string {
     const a = this.address;
-    return 'socket' in a ? `nbd+unix:///${encodeURIComponent(exportName)}?socket=${a.socket}` : `nbd://${a.host}:${a.port}/${encodeURIComponent(exportName)}`;
+    return 'socket' in a ? unixNbdUri(a.socket, exportName) : `nbd://${a.host}:${a.port}/${encodeURIComponent(exportName)}`;
   }
 
   /** Stops listening and ends every connection. */

@@ -69,3 +69,8 @@ export function tcpNbdUri(host: string, port: number, exportName: string, tls: b
   const h = host.includes(':') ? `[${host}]` : host;
   return `${tls ? 'nbds' : 'nbd'}://${h}:${port}/${encodeURIComponent(exportName)}`;
 }
+
+/** The NBD URI of an export on a unix socket, as QEMU and libnbd take it (the path as is). */
+export function unixNbdUri(socket: string, exportName: string): string {
+  return `nbd+unix:///${encodeURIComponent(exportName)}?socket=${socket}`;
+}

@@ -14,7 +14,7 @@
 import { open as openFile, stat } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { readChunk } from '../../repository/packs.ts';
@@ -78,7 +78,7 @@ const FLUSH_BYTES = 256 * 1024 * 1024;
 const ZERO_WRITE_BYTES = 8 * 1024 * 1024;
 
 export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number; requests: number }> {
-  const manifestKey = keys.manifest(o.backupId, o.diskId);
+  const manifestKey = objectKeys.manifest(o.backupId, o.diskId);
   const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
   if (!reader) throw new Corrupt(`manifest ${manifestKey} of disk '${o.diskId}' is missing from the repository`);
   const m = reader.info;

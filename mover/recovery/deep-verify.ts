@@ -10,14 +10,20 @@
  * the chunk is healed, not damaged. Damage is returned as findings naming the backup,
  * disk, offsets, object key, chunk id and (for a pack) the byte range — never thrown —
  * so the workflow can record it.
+ *
+ * The manifest is read a batch (a format-3 piece) at a time, and memory stays bounded
+ * whatever the disk's size: a chunk is read once however often the disk repeats it close
+ * by (`RecentIds`; "distinct" counts are counted that way, as Verify does), and a damaged
+ * chunk gathers the offsets of all its repeats.
  */
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
-import { decodeManifest } from '../../repository/manifest/reader.ts';
+import { chunkId, objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { ManifestReader } from '../../repository/manifest/reader.ts';
+import { RecentIds } from '../../repository/manifest/recent.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
+import { planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
 
@@ -46,45 +52,41 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   const sealed = await d.store.get(manifestKey);
   const done = (m: Partial<DeepVerifiedDisk>): DeepVerifiedDisk => ({ diskId: disk.diskId, chunksTotal: 0, chunksChecked: 0, bytesRead: sealed?.length ?? 0, damaged: [], seconds: (performance.now() - started) / 1000, ...m });
   if (!sealed) return done({ damaged: [manifestFinding('the manifest is missing from the repository')] });
-  let manifest: Manifest;
+  let manifest: ManifestReader;
   try {
-    manifest = await decodeManifest(d.keys, sealed, job.backupId, disk.diskId, d.store);
+    manifest = await ManifestReader.fromSealed(d.store, d.keys, sealed, job.backupId, disk.diskId);
   } catch (err) {
     return done({ damaged: [manifestFinding(`the manifest does not open: ${(err as Error).message}`)] });
   }
+  const { chunkSize, sizeBytes } = manifest.info;
 
-  const offsets = new Map<string, number[]>();
-  manifest.chunks.forEach((id, i) => {
-    if (id === null) return;
-    let list = offsets.get(id);
-    if (!list) offsets.set(id, (list = []));
-    list.push(i * manifest.chunkSize);
-  });
-  const selected = [...offsets.keys()].filter((id) => inSample(job.verifyId, id, job.sample));
-  d.onProgress?.({ diskId: disk.diskId, chunksChecked: 0, chunksSelected: selected.length, damaged: 0, chunkSize: manifest.chunkSize });
-  const damaged: DamageFinding[] = [];
+  /** Damage found, by chunk id: a repeat of a damaged chunk anywhere on the disk adds its offset. */
+  const damaged = new Map<string, DamageFinding>();
+  const recent = new RecentIds();
+  let chunksTotal = 0;
+  let chunksSelected = 0;
   let chunksChecked = 0;
   let chunksFromOtherCopies = 0;
   let bytesRead = sealed.length;
   let index: Promise<RepositoryIndex> | undefined;
+  const progress = () => d.onProgress?.({ diskId: disk.diskId, chunksChecked, chunksSelected, damaged: damaged.size, chunkSize });
 
-  /** Why `body` is not chunk `id` of this disk, or undefined when it is. */
-  const problemOf = async (id: string, body: Buffer): Promise<string | undefined> => {
+  /** Why `body` is not chunk `id` (first at disk offset `offset`, stored in `stored` bytes), or undefined when it is. */
+  const problemOf = async (id: string, body: Buffer, offset: number, stored: number): Promise<string | undefined> => {
     try {
       const plain = await open(d.keys, body, id);
-      const expectedLength = Math.min(manifest.chunkSize, manifest.sizeBytes - offsets.get(id)![0]!);
+      const expectedLength = Math.min(chunkSize, sizeBytes - offset);
       if (plain.length !== expectedLength) return `the chunk opens to ${plain.length} bytes, the disk needs ${expectedLength}`;
       if (chunkId(d.keys, plain) !== id) return 'the chunk opens but its content does not match its id';
       return undefined;
     } catch (err) {
-      const stored = manifest.storedSizes[id];
-      const size = stored !== undefined && stored !== body.length ? ` (${body.length} bytes stored, the manifest recorded ${stored})` : '';
+      const size = stored !== body.length ? ` (${body.length} bytes stored, the manifest recorded ${stored})` : '';
       return `${(err as Error).message}${size}`;
     }
   };
 
   /** True when a copy of `id` other than the one at `here` opens and matches its id. */
-  const intactElsewhere = async (id: string, here: ChunkLocation): Promise<boolean> => {
+  const intactElsewhere = async (id: string, here: ChunkLocation, offset: number): Promise<boolean> => {
     for (const alt of (await (index ??= RepositoryIndex.load(d.store, d.keys))).otherCopies(id, here)) {
       let copy: Buffer | undefined;
       try {
@@ -95,39 +97,57 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
       }
       if (!copy) continue;
       bytesRead += copy.length;
-      if ((await problemOf(id, copy)) === undefined) return true;
+      if ((await problemOf(id, copy, offset, alt.length)) === undefined) return true;
     }
     return false;
   };
 
-  const check = async (id: string, body: Buffer | undefined, missing: string) => {
-    const here = chunkLocation(manifest, id);
-    const problem = body ? await problemOf(id, body) : missing;
-    chunksChecked++;
-    if (problem !== undefined) {
-      if (await intactElsewhere(id, here)) chunksFromOtherCopies++;
-      else damaged.push({
-        backupId: job.backupId, diskId: disk.diskId, offsets: offsets.get(id)!, objectKey: here.key, chunkId: id,
-        ...(here.pack ? { range: { offset: here.offset, length: here.length } } : {}), reason: problem,
-      });
+  for await (const batch of manifest.batches()) {
+    // This batch's chunks to read (first seen lately, in the sample): where each is, and its offsets in the batch.
+    const todo = new Map<string, { loc: ChunkLocation; offsets: number[] }>();
+    for (let i = 0; i < batch.count; i++) {
+      const id = batch.id(i);
+      if (id === null) continue;
+      const offset = (batch.firstChunk + i) * chunkSize;
+      const found = damaged.get(id) ?? todo.get(id);
+      if (found) found.offsets.push(offset);
+      else if (recent.fresh(id)) {
+        chunksTotal++;
+        if (inSample(job.verifyId, id, job.sample)) todo.set(id, { loc: batch.location(i)!, offsets: [offset] });
+      }
     }
-    if (chunksChecked % 64 === 0 || chunksChecked === selected.length) d.onProgress?.({ diskId: disk.diskId, chunksChecked, chunksSelected: selected.length, damaged: damaged.length, chunkSize: manifest.chunkSize });
-  };
+    chunksSelected += todo.size;
 
-  // One GET per run: a run of neighbouring chunks of a pack (up to 4 MiB), or one chunk object.
-  const runs = planReads(manifest, selected);
-  await mapLimit(runs, Math.max(1, Math.ceil(d.parallelism / 2)), async (run) => {
-    d.signal?.throwIfAborted();
-    const body = await d.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
-    if (body) bytesRead += body.length;
-    if (!run.packed) return check(run.chunks[0]!.id, body, 'the chunk is missing from the repository');
-    const where = (c: { at: number; length: number }) => `bytes ${run.offset + c.at}+${c.length} of ${run.key}`;
-    await mapLimit(run.chunks, 4, (c) => {
-      if (!body) return check(c.id, undefined, `the pack is missing from the repository (the chunk is ${where(c)})`);
-      if (body.length < c.at + c.length) return check(c.id, undefined, `the pack ends at byte ${run.offset + body.length}, before the chunk (${where(c)})`);
-      return check(c.id, body.subarray(c.at, c.at + c.length), '');
+    const check = async (id: string, body: Buffer | undefined, missing: string) => {
+      const { loc: here, offsets } = todo.get(id)!;
+      const problem = body ? await problemOf(id, body, offsets[0]!, here.length) : missing;
+      chunksChecked++;
+      if (problem !== undefined) {
+        if (await intactElsewhere(id, here, offsets[0]!)) chunksFromOtherCopies++;
+        else damaged.set(id, {
+          backupId: job.backupId, diskId: disk.diskId, offsets, objectKey: here.key, chunkId: id,
+          ...(here.pack ? { range: { offset: here.offset, length: here.length } } : {}), reason: problem,
+        });
+      }
+      if (chunksChecked % 64 === 0) progress();
+    };
+
+    // One GET per run: a run of neighbouring chunks of a pack (up to 4 MiB), or one chunk object.
+    const runs = planReads((id) => todo.get(id)!.loc, todo.keys());
+    await mapLimit(runs, Math.max(1, Math.ceil(d.parallelism / 2)), async (run) => {
+      d.signal?.throwIfAborted();
+      const body = await d.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
+      if (body) bytesRead += body.length;
+      if (!run.packed) return check(run.chunks[0]!.id, body, 'the chunk is missing from the repository');
+      const where = (c: { at: number; length: number }) => `bytes ${run.offset + c.at}+${c.length} of ${run.key}`;
+      await mapLimit(run.chunks, 4, (c) => {
+        if (!body) return check(c.id, undefined, `the pack is missing from the repository (the chunk is ${where(c)})`);
+        if (body.length < c.at + c.length) return check(c.id, undefined, `the pack ends at byte ${run.offset + body.length}, before the chunk (${where(c)})`);
+        return check(c.id, body.subarray(c.at, c.at + c.length), '');
+      });
     });
-  });
-  damaged.sort((a, b) => (a.offsets[0] ?? 0) - (b.offsets[0] ?? 0));
-  return done({ chunksTotal: offsets.size, chunksChecked, bytesRead, damaged, chunksFromOtherCopies });
+  }
+  progress();
+  const findings = [...damaged.values()].sort((a, b) => (a.offsets[0] ?? 0) - (b.offsets[0] ?? 0));
+  return done({ chunksTotal, chunksChecked, bytesRead, damaged: findings, chunksFromOtherCopies });
 }

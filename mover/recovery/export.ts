@@ -6,15 +6,19 @@
  * against their keyed ids, as a restore does (`mover/pipeline/chunk-pool.ts`). Decoded chunks are kept in a bounded LRU cache, and
  * sequential reads start fetching the next chunks before they are asked for.
  *
+ * The manifest is read a piece at a time as reads need it (a chunk's piece found from its
+ * offset; a few decoded pieces kept: `ManifestReader.batchAt`), so memory does not grow
+ * with the disk's size.
+ *
  * A chunk that is missing, fails authentication or opens to other bytes than its id says
  * fails the reads that need it with EIO (logged once, naming backup, disk and chunk); the
  * reads that do not need it go on. Never wrong bytes.
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys, sealedCapacity, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
-import { decodeManifest } from '../../repository/manifest/reader.ts';
+import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
+import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation } from '../../repository/packs.ts';
+import type { ChunkLocation } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
 import { StateFlag, type BlockDescriptor } from '../nbd/protocol.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
@@ -60,11 +64,20 @@ const GAP_BYTES = 64 * 1024;
 /** Read ends remembered to recognise a sequential read (several connections and requests in flight interleave). */
 const RECENT_ENDS = 64;
 
+/** A stored chunk of the disk: its index, id and where it is. */
+interface Wanted {
+  index: number;
+  id: string;
+  loc: ChunkLocation;
+}
+
 export class BackupDiskExport implements BlockExport {
   readonly size: number;
   readonly description: string;
   readonly stats: DiskExportStats = { chunksFetched: 0, bytesDownloaded: 0, cacheHits: 0, chunksReadAhead: 0, damagedChunks: 0 };
-  private readonly m: Manifest;
+  private readonly m: ManifestReader;
+  private readonly chunkBytes: number;
+  private readonly chunks: number;
   private readonly o: DiskExportOptions;
   private readonly settings: ExportSettings;
   private readonly cache = new Map<string, Buffer>();
@@ -83,20 +96,22 @@ export class BackupDiskExport implements BlockExport {
   private readonly freeSlots: SharedSlot[] = [];
   private readonly allSlots: SharedSlot[] = [];
 
-  private constructor(m: Manifest, o: DiskExportOptions) {
+  private constructor(m: ManifestReader, o: DiskExportOptions) {
     this.m = m;
+    this.chunkBytes = m.info.chunkSize;
+    this.chunks = m.info.to;
     this.o = o;
     this.settings = { ...DEFAULT_EXPORT_SETTINGS, ...Object.fromEntries(Object.entries({ cacheMiB: o.cacheMiB, readAheadChunks: o.readAheadChunks, parallelism: o.parallelism }).filter(([, v]) => v !== undefined)) };
     const { cacheMiB, readAheadChunks, parallelism } = this.settings;
     if (!(cacheMiB > 0)) throw new RangeError(`export cacheMiB ${cacheMiB} must be above 0`);
     if (!Number.isInteger(readAheadChunks) || readAheadChunks < 0) throw new RangeError(`export readAheadChunks ${readAheadChunks} must be a whole number`);
     if (!Number.isInteger(parallelism) || parallelism < 1) throw new RangeError(`export parallelism ${parallelism} must be a whole number of at least 1`);
-    this.size = m.sizeBytes;
-    this.description = `Lifeboat backup ${m.backupId} disk ${m.diskId} (read-only)`;
+    this.size = m.info.sizeBytes;
+    this.description = `Lifeboat backup ${o.backupId} disk ${o.diskId} (read-only)`;
     this.cacheCap = cacheMiB * 1024 * 1024;
-    this.readAheadChunks = Math.min(readAheadChunks, Math.floor(this.cacheCap / m.chunkSize / 2));
+    this.readAheadChunks = Math.min(readAheadChunks, Math.floor(this.cacheCap / this.chunkBytes / 2));
     this.pool = o.pool ?? sharedChunkPool();
-    this.runBytes = Math.max(RUN_BYTES, sealedCapacity(m.chunkSize));
+    this.runBytes = Math.max(RUN_BYTES, sealedCapacity(this.chunkBytes));
   }
 
   /** Gives the run buffers back to the chunk pool; reads after this fail. */
@@ -107,14 +122,36 @@ export class BackupDiskExport implements BlockExport {
 
   /** Opens the disk's manifest: Corrupt when it is missing or damaged. */
   static async open(o: DiskExportOptions): Promise<BackupDiskExport> {
-    const key = objectKeys.manifest(o.backupId, o.diskId);
-    const sealed = await o.store.get(key);
-    if (!sealed) throw new Corrupt(`manifest ${key} of backup ${o.backupId} disk '${o.diskId}' is missing from the repository`);
-    return new BackupDiskExport(await decodeManifest(o.keys, sealed, o.backupId, o.diskId, o.store), o);
+    const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
+    if (!reader) throw new Corrupt(`manifest ${objectKeys.manifest(o.backupId, o.diskId)} of backup ${o.backupId} disk '${o.diskId}' is missing from the repository`);
+    return new BackupDiskExport(reader, o);
   }
 
   get chunkSize(): number {
-    return this.m.chunkSize;
+    return this.chunkBytes;
+  }
+
+  /** The stored chunks among `first` … `last` (the manifest's pieces read as needed); a manifest that cannot be read fails with EIO naming it. */
+  private async stored(first: number, last: number): Promise<Wanted[]> {
+    const out: Wanted[] = [];
+    for (let i = first; i <= last;) {
+      const b = await this.batchAt(i);
+      const end = Math.min(last + 1, b.firstChunk + b.count);
+      for (; i < end; i++) {
+        const id = b.id(i - b.firstChunk);
+        if (id !== null) out.push({ index: i, id, loc: b.location(i - b.firstChunk)! });
+      }
+    }
+    return out;
+  }
+
+  /** The manifest's batch holding chunk `i`; EIO naming the manifest when it cannot be read. */
+  private async batchAt(i: number): Promise<ManifestBatch> {
+    try {
+      return await this.m.batchAt(i);
+    } catch (err) {
+      throw new ExportIoError(`backup ${this.o.backupId} disk '${this.o.diskId}': its manifest ${this.m.key} cannot be read at offset ${i * this.chunkBytes}: ${(err as Error).message}`, undefined, { cause: err });
+    }
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
@@ -123,18 +160,13 @@ export class BackupDiskExport implements BlockExport {
     }
     const out = Buffer.alloc(length);
     if (length === 0) return out;
-    const cs = this.m.chunkSize;
-    const first = Math.floor(offset / cs);
-    const last = Math.floor((offset + length - 1) / cs);
-    const wanted: { index: number; id: string }[] = [];
-    for (let i = first; i <= last; i++) {
-      const id = this.m.chunks[i]!;
-      if (id !== null) wanted.push({ index: i, id });
-    }
-    this.fetch(wanted.map((w) => w.index), false);
+    const cs = this.chunkBytes;
+    const wanted = await this.stored(Math.floor(offset / cs), Math.floor((offset + length - 1) / cs));
+    this.fetch(wanted, false);
     this.readAhead(offset, length);
-    await Promise.all(wanted.map(async ({ index, id }) => {
-      const plain = await this.chunk(index, id);
+    await Promise.all(wanted.map(async (w) => {
+      const { index } = w;
+      const plain = await this.chunk(w);
       const start = index * cs;
       const from = Math.max(offset, start);
       const to = Math.min(offset + length, start + plain.length);
@@ -143,14 +175,15 @@ export class BackupDiskExport implements BlockExport {
     return out;
   }
 
-  allocation(offset: number, length: number): BlockDescriptor[] {
-    const cs = this.m.chunkSize;
+  async allocation(offset: number, length: number): Promise<BlockDescriptor[]> {
+    const cs = this.chunkBytes;
     const end = Math.min(offset + length, this.size);
     const out: BlockDescriptor[] = [];
     for (let at = offset; at < end;) {
       const i = Math.floor(at / cs);
       const next = Math.min(end, (i + 1) * cs);
-      const flags = this.m.chunks[i] === null ? StateFlag.HOLE | StateFlag.ZERO : 0;
+      const b = await this.batchAt(i);
+      const flags = b.id(i - b.firstChunk) === null ? StateFlag.HOLE | StateFlag.ZERO : 0;
       const prev = out[out.length - 1];
       if (prev && prev.flags === flags) prev.length += next - at;
       else out.push({ length: next - at, flags });
@@ -160,7 +193,8 @@ export class BackupDiskExport implements BlockExport {
   }
 
   /** The decoded chunk `id` at index `index`: from the cache, a fetch under way, or a new fetch. */
-  private async chunk(index: number, id: string): Promise<Buffer> {
+  private async chunk(w: Wanted): Promise<Buffer> {
+    const { index, id } = w;
     const hit = this.cache.get(id);
     if (hit) {
       this.stats.cacheHits++;
@@ -170,36 +204,35 @@ export class BackupDiskExport implements BlockExport {
     }
     const why = this.damaged.get(id);
     if (why) throw this.damageError(index, id, why);
-    if (!this.loading.has(id)) this.fetch([index], false);
+    if (!this.loading.has(id)) this.fetch([w], false);
     return this.loading.get(id)!.catch((err: unknown) => {
       const why = this.damaged.get(id);
       if (why) throw this.damageError(index, id, why);
-      throw err instanceof ExportIoError ? err : new ExportIoError(`backup ${this.m.backupId} disk '${this.m.diskId}' chunk ${id} at offset ${index * this.m.chunkSize}: reading the repository failed: ${(err as Error).message}`, undefined, { cause: err });
+      throw err instanceof ExportIoError ? err : new ExportIoError(`backup ${this.o.backupId} disk '${this.o.diskId}' chunk ${id} at offset ${index * this.chunkBytes}: reading the repository failed: ${(err as Error).message}`, undefined, { cause: err });
     });
   }
 
   private damageError(index: number, id: string, why: string): ExportIoError {
-    return new ExportIoError(`backup ${this.m.backupId} disk '${this.m.diskId}' chunk ${id} at offset ${index * this.m.chunkSize} is damaged: ${why}`);
+    return new ExportIoError(`backup ${this.o.backupId} disk '${this.o.diskId}' chunk ${id} at offset ${index * this.chunkBytes} is damaged: ${why}`);
   }
 
   private lengthAt(index: number): number {
-    return Math.min(this.m.chunkSize, this.size - index * this.m.chunkSize);
+    return Math.min(this.chunkBytes, this.size - index * this.chunkBytes);
   }
 
-  /** Starts fetching the chunks at `indexes` that are neither cached, nor being fetched, nor known damaged. */
-  private fetch(indexes: number[], ahead: boolean): void {
-    const todo = new Map<string, number>();
-    for (const i of indexes) {
-      const id = this.m.chunks[i];
-      if (!id || this.cache.has(id) || this.loading.has(id) || this.damaged.has(id) || todo.has(id)) continue;
-      todo.set(id, i);
+  /** Starts fetching the chunks `wanted` that are neither cached, nor being fetched, nor known damaged. */
+  private fetch(wanted: Wanted[], ahead: boolean): void {
+    const todo = new Map<string, Wanted>();
+    for (const w of wanted) {
+      const { id } = w;
+      if (this.cache.has(id) || this.loading.has(id) || this.damaged.has(id) || todo.has(id)) continue;
+      todo.set(id, w);
     }
     if (todo.size === 0) return;
     // Planned as a restore plans its reads (read-runs.ts); a gap is read through only when small, as a run's buffer is a fixed slot.
-    const entries: StoredEntry[] = [...todo].map(([id, index]) => {
-      const loc = chunkLocation(this.m, id);
-      return { index, id, key: loc.key, packed: !!loc.pack, offset: loc.offset, storedSize: loc.length };
-    }).sort((a, b) => a.index - b.index);
+    const entries: StoredEntry[] = [...todo.values()].map(({ index, id, loc }) => (
+      { index, id, key: loc.key, packed: !!loc.pack, offset: loc.offset, storedSize: loc.length }
+    )).sort((a, b) => a.index - b.index);
     for (const run of planRuns(entries, { maxRunBytes: this.runBytes, maxGapBytes: GAP_BYTES })) {
       const settle = new Map<string, { ok: (b: Buffer) => void; fail: (e: unknown) => void }>();
       for (const c of run.chunks) {
@@ -223,7 +256,7 @@ export class BackupDiskExport implements BlockExport {
             if (body.buffer !== slot.bytes.buffer && body.length <= slot.bytes.length) slot.bytes.set(body); // a store that ignored `into`
           }
           await Promise.all(run.chunks.map(async (c) => {
-            const index = todo.get(c.id)!;
+            const { index } = todo.get(c.id)!;
             const s = settle.get(c.id)!;
             const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
             let why: string | undefined;
@@ -243,7 +276,7 @@ export class BackupDiskExport implements BlockExport {
             if (why !== undefined) {
               this.damaged.set(c.id, why);
               this.stats.damagedChunks++;
-              this.o.logger?.error('export.chunk.damaged', { backupId: this.m.backupId, diskId: this.m.diskId, chunk: c.id, offset: index * this.m.chunkSize, reason: why });
+              this.o.logger?.error('export.chunk.damaged', { backupId: this.o.backupId, diskId: this.o.diskId, chunk: c.id, offset: index * this.chunkBytes, reason: why });
               return s.fail(new Corrupt(why));
             }
             this.stats.chunksFetched++;
@@ -294,13 +327,14 @@ export class BackupDiskExport implements BlockExport {
     this.recentEnds.push(offset + length);
     if (this.recentEnds.length > RECENT_ENDS) this.recentEnds.shift();
     if (!sequential || this.readAheadChunks === 0) return;
-    const next = Math.ceil((offset + length) / this.m.chunkSize);
-    const until = Math.min(this.m.chunks.length, next + this.readAheadChunks);
+    const next = Math.ceil((offset + length) / this.chunkBytes);
+    const until = Math.min(this.chunks, next + this.readAheadChunks);
     // Behind the reader, or far ahead of it (it jumped back): start again from here.
     if (this.prefetchedUpTo < next || this.prefetchedUpTo > until) this.prefetchedUpTo = next;
     const from = this.prefetchedUpTo;
     if (from >= until) return;
     this.prefetchedUpTo = until;
-    this.fetch(Array.from({ length: until - from }, (_, k) => from + k), true);
+    // A manifest piece that cannot be read fails the reads that need it, not the read-ahead.
+    this.stored(from, until - 1).then((w) => this.fetch(w, true), () => {});
   }
 }

@@ -2,22 +2,27 @@
  * The `instantRecover` task: a libvirt backup runs as a new VM within seconds, whatever
  * its disks' size, then moves to its final storage while it runs.
  *
- * 1. The backup's disks are served over NBD by this mover (the export task's server and
- *    block source, in this task) on a unix socket in the recovery's folder
- *    `<workDir>/instant/<domain>/`.
+ * 1. The backup's disks are served over NBD by an export process of the recovery's own
+ *    (export-process.ts) on a unix socket in the recovery's folder `<workDir>/instant/<domain>/`;
+ *    it outlives this task, so a mover that dies or restarts mid-recovery does not take
+ *    the running VM's disks with it.
  * 2. Each disk gets a local qcow2 overlay there, backed by its export (raw): the guest's
  *    writes land in the overlay, its reads of anything else go to the backup.
  * 3. A domain is defined from the backed-up definition (define-domain.ts: new name, UUID and
- *    MACs) on the overlays and started.
- * 4. Each disk is moved to `<target>/<disk>.<format>` with `virsh blockcopy --pivot`
- *    (block-copy.ts); then the exports close and the overlays and the folder go.
+ *    MACs) on the overlays and started. The export process is started first; the checks of
+ *    the request, the overlays and the definition are made while it starts, and only the
+ *    domain's start waits for it.
+ * 4. Each disk is moved to `<target>/<disk>.<format>` by a libvirt block copy, watched until
+ *    it is in step and pivoted (block-copy.ts); then the export process stops and the
+ *    overlays and the folder go.
  *
- * If a move fails (target full or gone, the task stopped), the VM is paused (its exports
- * are about to close; a paused guest sees no I/O error), its writes stay in the overlays,
- * the folder keeps a state file, and the task fails with Recovery.InstantMoveFailed saying
- * where they are and how to resume: the same request with `instant.resume`, which serves
- * the exports again at the same socket, resumes the VM and moves it. A retry of the same
- * restore (its mover died) takes it up the same way.
+ * If a move fails (target full or gone, the copy slower than the guest's writes), the copy
+ * is cancelled and the VM keeps running on its overlays and exports; the folder keeps a
+ * state file and the task fails with Recovery.InstantMoveFailed saying where the writes are
+ * and how to resume: the same request with `instant.resume`. A task that is stopped or whose
+ * mover dies leaves the copy running; a retry of the same restore (the workflow's, when
+ * the mover died) or a resume re-attaches to the export process (or starts a new one at the
+ * same socket if it is gone), takes up the copy job where it is, and pivots.
  */
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -26,19 +31,26 @@ import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { InstantMoveFailed, RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { InstantRecovery, RestoreJob } from '../../contracts/recovery-jobs.ts';
+import { unixNbdUri } from '../nbd/uri.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
 import type { Logger } from '../worker.ts';
-import { createOverlay, moveDisk } from './block-copy.ts';
+import { copyJob, createOverlay, diskSource, startCopy, watchCopy } from './block-copy.ts';
 import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
-import { putEndpoint, runExportTask } from './export-task.ts';
-import { claimRestoreFolder, readVmConfig } from './restore.ts';
+import { putEndpoint } from './export-task.ts';
+import { attachExportProcess, startExportProcess, stopExportProcess, type ExportProcess } from './export-process.ts';
+import { claimRestoreFolder, readVmConfig } from './restore-tasks.ts';
 
 /** The folder (under the mover's work folder) holding one folder per unfinished instant recovery. */
 export const instantRoot = (workDir: string) => join(workDir, 'instant');
 const STATE_FILE = 'instant.json';
 /** A unix socket's path must fit in sockaddr_un (108 bytes with its NUL). */
 const MAX_SOCKET_PATH = 107;
+/**
+ * The export process ends itself this long after its last client left: QEMU stays connected
+ * while the VM runs on the overlays, so this only ends one whose domain was removed by hand.
+ */
+const EXPORT_IDLE_SECONDS = 600;
 
 /** What an unfinished instant recovery left in its folder, so it can be resumed. */
 interface InstantState {
@@ -87,10 +99,26 @@ function checkRequest(job: RestoreJob, config: Record<string, unknown>): void {
   }
 }
 
+/** Milliseconds each step took, in order, for the log and the bench. */
+function stepClock() {
+  const steps: Record<string, number> = {};
+  let last = performance.now();
+  return {
+    steps,
+    step(name: string) {
+      const now = performance.now();
+      steps[name] = Math.round(now - last);
+      last = now;
+    },
+  };
+}
+
 export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promise<InstantRecovery> {
   const started = performance.now();
+  const clock = stepClock();
   const config = await readVmConfig(job.backupId, d);
   checkRequest(job, config);
+  clock.step('vmConfig');
   const define = job.define!;
   const name = restoredDomainName(config, job.backupId, define);
   const virsh = d.virsh ?? new Virsh(define.uri);
@@ -101,7 +129,9 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
   if (prior && !resumed) {
     throw new RecoveryRequestInvalid(`an instant recovery of domain '${name}' (restore ${prior.restoreId}) is not finished: its VM's writes are in ${Object.values(prior.overlays).join(', ')}; resume it with ${resumeHint(job)}, or remove the domain and ${dir}`);
   }
-  if (!resumed && await domainExists(virsh, name)) throw new RecoveryRequestInvalid(`a domain named '${name}' already exists on ${define.uri}: choose another name (--name) or remove it`);
+  // Checked while the export process starts: answered before the domain is defined.
+  const taken = resumed ? Promise.resolve(false) : domainExists(virsh, name);
+  taken.catch(() => {});
   const format = define.format ?? 'qcow2';
   const state: InstantState = prior ?? {
     restoreId: job.restoreId, vmId: job.vmId, backupId: job.backupId, domain: name, socket: join(dir, 'nbd.sock'),
@@ -110,32 +140,34 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
     consoleLog: join(job.target, 'console.log'),
   };
   if (Buffer.byteLength(state.socket) > MAX_SOCKET_PATH) throw new RecoveryRequestInvalid(`the mover's work folder ${d.workDir} is too deep for the export's unix socket (${state.socket} is over ${MAX_SOCKET_PATH} bytes): give the mover a shorter LIFEBOAT_WORK_DIR`);
-  if (!resumed) {
-    await claimRestoreFolder(job);
-    await mkdir(dir, { recursive: true });
-  }
-  // A socket left by a mover that died is stale: nobody listens on it any more.
-  await rm(state.socket, { force: true });
-  const stopExport = new AbortController();
-  let listening!: (uris: Record<string, string>) => void;
-  const ready = new Promise<Record<string, string>>((ok) => (listening = ok));
-  const serving = runExportTask(exportJob.parse({
-    exportId: job.restoreId, vmId: job.vmId, backupId: job.backupId, repository: job.repository, diskIds: job.disks.map((x) => x.diskId),
-    listen: { socket: state.socket }, idleTimeoutSeconds: 7 * 24 * 3600,
-  }), { store: d.store, keys: d.keys, logger: d.logger, signal: stopExport.signal, progress: d.progress, progressMs: 10_000, onListening: listening });
+  if (!resumed) await mkdir(dir, { recursive: true });
+  const uris = Object.fromEntries(job.disks.map((x) => [x.diskId, unixNbdUri(state.socket, x.diskId)]));
+  const attached = resumed ? await attachExportProcess(dir) : undefined;
+  if (resumed) d.logger.info(attached ? 'instant.export.attached' : 'instant.export.restarted', { restoreId: job.restoreId, domain: name, ...(attached ? { pid: attached.pid } : {}) });
+  // Started now, waited for only by the domain's start: overlays and definition do not need it listening.
+  const serving: Promise<ExportProcess> = attached ? Promise.resolve(attached) : (async () => {
+    // A socket left by an export process that is gone is stale: nobody listens on it any more.
+    await rm(state.socket, { force: true });
+    return startExportProcess(dir, exportJob.parse({
+      exportId: job.restoreId, vmId: job.vmId, backupId: job.backupId, repository: job.repository, diskIds: job.disks.map((x) => x.diskId),
+      listen: { socket: state.socket }, idleTimeoutSeconds: EXPORT_IDLE_SECONDS,
+    }));
+  })();
   serving.catch(() => {});
   const record = (phase: 'running' | 'moving' | 'moved' | 'failed', extra: { error?: string; closed?: string } = {}) => putEndpoint(d.store, {
     exportId: job.restoreId, kind: 'instant', vmId: job.vmId, backupId: job.backupId, state: phase === 'moved' ? 'closed' : 'listening', uris,
     domain: name, overlays: state.overlays, phase, ...extra,
   }, d.logger);
-  let uris: Record<string, string> = {};
   let defined = resumed;
-  let moveSeconds = 0;
+  let exportPid = 0;
   try {
-    uris = await Promise.race([ready, serving.then(() => { throw new Error('the export closed before it listened'); })]);
     if (!resumed) {
-      for (const disk of job.disks) await createOverlay(state.overlays[disk.diskId]!, uris[disk.diskId]!, disk.sizeBytes, d.qemuImg);
+      if (await taken) throw new RecoveryRequestInvalid(`a domain named '${name}' already exists on ${define.uri}: choose another name (--name) or remove it`);
+      await claimRestoreFolder(job);
+      clock.step('folder');
+      await Promise.all(job.disks.map((disk) => createOverlay(state.overlays[disk.diskId]!, uris[disk.diskId]!, disk.sizeBytes, d.qemuImg)));
       await writeFile(join(dir, STATE_FILE), JSON.stringify(state, null, 2));
+      clock.step('overlays');
       const xmlPath = join(dir, 'domain.xml');
       await writeFile(xmlPath, restoredDomainXml(String(config.domainXml), {
         name, consoleLog: state.consoleLog,
@@ -144,12 +176,24 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
       }));
       await virsh.run(['define', '--', xmlPath]);
       defined = true;
+      clock.step('define');
+      exportPid = (await serving).pid;
+      clock.step('exportWait');
       await virsh.run(['start', '--', name]);
-    } else if ((await virsh.run(['domstate', '--', name])).trim() === 'paused') {
-      await virsh.run(['resume', '--', name]);
+      clock.step('start');
+    } else {
+      exportPid = (await serving).pid;
+      if (!await domainExists(virsh, name)) {
+        throw new RecoveryRequestInvalid(`the domain '${name}' of the unfinished instant recovery is gone from ${define.uri}; its writes are in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports): keep them with qemu-img convert while the export process ${exportPid} serves, or give the recovery up by removing ${dir}`);
+      }
+      // A VM paused by an I/O error runs again; one that stopped (its host restarted) starts again on its overlays.
+      const now = (await virsh.run(['domstate', '--', name])).trim();
+      if (now === 'paused') await virsh.run(['resume', '--', name]);
+      else if (now === 'shut off') await virsh.run(['start', '--', name]);
+      clock.step('reattach');
     }
     const runningSeconds = (performance.now() - started) / 1000;
-    d.logger.info('instant.running', { restoreId: job.restoreId, domain: name, overlays: state.overlays, uris, seconds: runningSeconds, resumed });
+    d.logger.info('instant.running', { restoreId: job.restoreId, domain: name, overlays: state.overlays, uris, seconds: runningSeconds, steps: clock.steps, exportPid, resumed });
     await record('running');
     const after = job.instant?.moveAfter;
     if (after) {
@@ -158,42 +202,58 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
     }
     await record('moving');
     const moveStarted = performance.now();
-    for (const disk of job.disks) {
-      try {
-        await moveDisk(virsh, name, disk.diskId, state.dests[disk.diskId]!, { format, ...(job.instant?.moveBandwidthMiBs ? { bandwidthMiBs: job.instant.moveBandwidthMiBs } : {}), ...(d.signal ? { signal: d.signal } : {}), onTick: d.progress });
-      } catch (err) {
-        // The guest must not see its backing disappear: pause it before the exports close.
-        await virsh.run(['suspend', '--', name]).catch(() => {});
-        const why = d.signal?.aborted ? `the task was stopped (${String(d.signal.reason)})` : (err as Error).message;
-        state.error = why;
-        await writeFile(join(dir, STATE_FILE), JSON.stringify(state, null, 2));
-        await record('failed', { error: why });
-        throw new InstantMoveFailed(`instant recovery of VM '${job.vmId}' (backup ${job.backupId}) as domain '${name}': moving disk ${disk.diskId} to ${state.dests[disk.diskId]} failed: ${why}. `
-          + `The VM is paused and its writes are kept in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports, served again on resume). `
-          + `Fix the cause (room and access at ${job.target}), then resume with ${resumeHint(job)}`, err);
-      }
-    }
-    moveSeconds = (performance.now() - moveStarted) / 1000;
-    stopExport.abort();
-    const served = await serving;
+    for (const disk of job.disks) await moveOne(job, d, virsh, state, disk.diskId, format, dir, exportPid, record);
+    const moveSeconds = (performance.now() - moveStarted) / 1000;
+    const served = await stopExportProcess(dir);
     // The VM runs on its final disks: the overlays and the exports are no longer part of it.
     await rm(dir, { recursive: true, force: true });
     await record('moved', { closed: 'moved' });
     const uuid = (await virsh.run(['domuuid', '--', name])).trim();
-    d.logger.info('instant.moved', { restoreId: job.restoreId, domain: name, disks: Object.values(state.dests), moveSeconds, bytesServed: served.bytesServed });
+    d.logger.info('instant.moved', { restoreId: job.restoreId, domain: name, disks: Object.values(state.dests), moveSeconds, bytesServed: served?.bytesServed });
     return {
       domain: name, uuid, disks: job.disks.map((x) => state.dests[x.diskId]!), consoleLog: state.consoleLog, runningSeconds, moveSeconds,
-      bytesServed: served.bytesServed, bytesDownloaded: served.bytesDownloaded, resumed,
+      bytesServed: served?.bytesServed ?? 0, bytesDownloaded: served?.bytesDownloaded ?? 0, resumed, steps: clock.steps,
     };
   } catch (err) {
-    // Before the VM ran, nothing of it is worth keeping: the domain and the overlays go.
+    // Before the VM ran, nothing of it is worth keeping: the domain, the export process and the overlays go.
     if (!(err instanceof InstantMoveFailed) && !resumed) {
       if (defined) await removeDomain(virsh, name);
+      await serving.catch(() => undefined);
+      await stopExportProcess(dir);
       await rm(dir, { recursive: true, force: true });
     }
     throw err;
-  } finally {
-    stopExport.abort();
-    await serving.catch(() => undefined);
+  }
+}
+
+/**
+ * Moves one disk: nothing to do when it already runs on its destination (the pivot happened
+ * before a mover died); a copy job already on the disk (left by a task that was stopped or
+ * whose mover died) is taken up where it is; otherwise a new copy starts.
+ */
+async function moveOne(
+  job: RestoreJob, d: InstantDeps, virsh: Virsh, state: InstantState, diskId: string, format: 'raw' | 'qcow2', dir: string, exportPid: number,
+  record: (phase: 'failed', extra: { error: string }) => Promise<void>,
+): Promise<void> {
+  const name = state.domain;
+  const dest = state.dests[diskId]!;
+  const cap = job.instant?.moveBandwidthMiBs;
+  try {
+    if (await diskSource(virsh, name, diskId) === dest) return;
+    if (await copyJob(virsh, name, diskId)) d.logger.info('instant.move.adopted', { restoreId: job.restoreId, domain: name, disk: diskId, dest });
+    else await startCopy(virsh, name, diskId, dest, { format, ...(cap ? { bandwidthMiBs: cap } : {}) });
+    await watchCopy(virsh, name, diskId, dest, {
+      format, ...(cap ? { bandwidthMiBs: cap } : {}), ...(job.instant?.moveStallSeconds ? { stallSeconds: job.instant.moveStallSeconds } : {}),
+      ...(d.signal ? { signal: d.signal } : {}), onTick: d.progress,
+    });
+  } catch (err) {
+    const stopped = !!d.signal?.aborted;
+    const why = stopped ? `the task was stopped (${String(d.signal!.reason)}); the copy goes on in libvirt and the resumed task takes it up` : (err as Error).message;
+    state.error = why;
+    await writeFile(join(dir, STATE_FILE), JSON.stringify(state, null, 2));
+    await record('failed', { error: why });
+    throw new InstantMoveFailed(`instant recovery of VM '${job.vmId}' (backup ${job.backupId}) as domain '${name}': moving disk ${diskId} to ${dest} failed: ${why}. `
+      + `The VM keeps running on its overlays, and its writes are kept in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports, served by export process ${exportPid} until the move completes). `
+      + `Fix the cause (room and access at ${job.target}${cap ? `, the move's cap of ${cap} MiB/s` : ''}), then resume with ${resumeHint(job)}`, err);
   }
 }

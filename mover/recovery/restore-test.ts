@@ -21,7 +21,7 @@ import { defineBootCheck, RESTORE_TEST_PREFIX, type RestoreTestJob, type Restore
 import { Virsh } from '../sources/libvirt/virsh.ts';
 import type { Logger } from '../worker.ts';
 import { removeDomain } from './define-domain.ts';
-import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+import { restoreDiskTask, restoreVmConfigTask } from './restore-tasks.ts';
 
 /** The folder (under the work folder) holding one folder per running restore test. */
 export const restoreTestRoot = (workDir: string) => join(workDir, 'restore-tests');

@@ -10,11 +10,11 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, isZero, keys as objectKeys, open, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { decodeManifest } from '../../repository/manifest/reader.ts';
+import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkLocation, readChunk } from '../../repository/packs.ts';
+import { verifiedChunk } from './manifest-diff.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { rehashDisk } from './rehash.ts';
@@ -43,21 +43,20 @@ async function writeState(path: string, s: DiskState): Promise<void> {
   await rename(`${path}.tmp`, path);
 }
 
-async function manifestOf(store: ObjectStore, keys: RepositoryKeys, backupId: string, diskId: string): Promise<Manifest | undefined> {
-  const sealed = await store.get(objectKeys.manifest(backupId, diskId));
-  return sealed ? decodeManifest(keys, sealed, backupId, diskId, store) : undefined;
-}
-
 export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: string }, d: { store: ObjectStore; keys: RepositoryKeys; signal?: AbortSignal; onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void }): Promise<StandbyDisk> {
   const started = performance.now();
   if (!job.replicaDir) throw new RecoveryRequestInvalid(`replication ${job.replicationId} names no replica folder`);
   const paths = standbyPaths(job.replicaDir, job.vmId, disk.diskId);
-  const target = await manifestOf(d.store, d.keys, job.backupId, disk.diskId);
+  // Both manifests are read a piece at a time, in step (memory stays bounded whatever the disk's size).
+  const target = await ManifestReader.open(d.store, d.keys, job.backupId, disk.diskId);
   if (!target) throw new Corrupt(`manifest of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`);
   const state = await readState(paths.state);
   // Incremental only from a replica known to hold a whole backup whose manifest is still there.
-  const from = state?.state === 'current' ? await manifestOf(d.store, d.keys, state.backupId, disk.diskId) : undefined;
-  const fromUsable = from && from.chunkSize === target.chunkSize ? from : undefined;
+  const from = state?.state === 'current' ? await ManifestReader.open(d.store, d.keys, state.backupId, disk.diskId) : undefined;
+  const fromUsable = from && from.info.chunkSize === target.info.chunkSize ? from.info : undefined;
+  const fromCursor = fromUsable && new ManifestCursor(from!);
+  const { chunkSize, sizeBytes } = target.info;
+  const chunks = target.info.to;
 
   await mkdir(dirname(paths.disk), { recursive: true });
   await writeState(paths.state, { backupId: job.backupId, state: 'updating' });
@@ -69,16 +68,17 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
   let bytesWritten = 0;
   let chunksUnchanged = 0;
   try {
-    const buf = Buffer.alloc(target.chunkSize);
+    const buf = Buffer.alloc(chunkSize);
     const { size } = await fh.stat();
-    for (let i = 0; i < target.chunks.length; i++) {
+    for await (const batch of target.batches()) for (let k = 0; k < batch.count; k++) {
+      const i = batch.firstChunk + k;
       d.signal?.throwIfAborted();
-      const offset = i * target.chunkSize;
-      const length = Math.min(target.chunkSize, target.sizeBytes - offset);
-      const want = target.chunks[i] ?? null;
+      const offset = i * chunkSize;
+      const length = Math.min(chunkSize, sizeBytes - offset);
+      const want = batch.id(k);
       let same: boolean;
-      if (fromUsable && size === fromUsable.sizeBytes && i < fromUsable.chunks.length && offset + length <= fromUsable.sizeBytes) {
-        same = (fromUsable.chunks[i] ?? null) === want && Math.min(fromUsable.chunkSize, fromUsable.sizeBytes - offset) === length;
+      if (fromUsable && fromCursor && size === fromUsable.sizeBytes && i < fromUsable.to && offset + length <= fromUsable.sizeBytes) {
+        same = ((await fromCursor.at(i))?.id ?? null) === want && Math.min(fromUsable.chunkSize, fromUsable.sizeBytes - offset) === length;
       } else {
         // No trustworthy state: compare with what the file holds (past its end it reads as the zeros the final truncate adds).
         const view = buf.subarray(0, length);
@@ -89,36 +89,23 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
       if (same) {
         chunksUnchanged++;
       } else {
-        let data: Buffer;
-        if (want === null) {
-          data = Buffer.alloc(length);
-        } else {
-          const at = chunkLocation(target, want);
-          const where = `chunk ${want} in ${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''} (disk '${disk.diskId}', offset ${offset})`;
-          const body = await readChunk(d.store, at);
-          if (!body) throw new Corrupt(`${where} is missing from the DR repository`);
-          try {
-            data = await open(d.keys, body, want);
-          } catch (err) {
-            throw new Corrupt(`${where} is damaged in the DR repository: ${(err as Error).message}`, err);
-          }
-          if (data.length !== length || chunkId(d.keys, data) !== want) throw new Corrupt(`${where} does not match its id in the DR repository`);
-        }
+        const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, batch.location(k)!, want, disk.diskId, offset, length);
         await fh.write(data, 0, length, offset);
         chunksWritten++;
         bytesWritten += length;
       }
-      if ((i + 1) % 64 === 0 || i + 1 === target.chunks.length) d.onProgress?.({ diskId: disk.diskId, chunksDone: i + 1, chunks: target.chunks.length, chunksWritten });
+      if ((i + 1) % 64 === 0 || i + 1 === chunks) d.onProgress?.({ diskId: disk.diskId, chunksDone: i + 1, chunks, chunksWritten });
     }
-    await fh.truncate(target.sizeBytes);
+    await fh.truncate(sizeBytes);
     await fh.sync();
   } finally {
     await fh.close();
+    await fromCursor?.close();
   }
   const check = await rehashDisk({ keys: d.keys, manifest: target, path: paths.disk, ...(d.signal ? { signal: d.signal } : {}) });
   await writeState(paths.state, { backupId: job.backupId, state: 'current' });
   return {
-    diskId: disk.diskId, path: paths.disk, sizeBytes: target.sizeBytes, fromBackupId: fromUsable ? state!.backupId : null,
+    diskId: disk.diskId, path: paths.disk, sizeBytes, fromBackupId: fromUsable ? state!.backupId : null,
     chunksWritten, bytesWritten, chunksUnchanged, sha256: check.sha256, seconds: (performance.now() - started) / 1000,
   };
 }

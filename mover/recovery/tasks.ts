@@ -1,24 +1,22 @@
 /** The mover's recovery tasks: restore, deep verification, replication, the standby replica, NBD exports of backups and file-level restore. Each job names its repositories (bucket and endpoint). */
 import type { RepositoryLocation } from '../../contracts/endpoints.ts';
-import { BadTaskInput } from '../../contracts/errors.ts';
-import { restoreTestJob } from '../../contracts/restore-test.ts';
-import { exportJob } from '../../contracts/export-job.ts';
-import { filesJob } from '../../contracts/files-job.ts';
+import { parseTaskInput } from '../../contracts/errors.ts';
 import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { recoveryTaskNames, type RecoveryTask } from '../../contracts/recovery-jobs.ts';
+import { recoveryTask, recoveryTaskNames } from '../../contracts/recovery-jobs.ts';
 import type { Logger, TaskContext } from '../worker.ts';
 import { ProgressReporter } from '../progress-reporter.ts';
 import type { MOVING_PHASES } from '../../contracts/progress.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';
 import { discardPoolVolumes } from './pool-volumes.ts';
-import { restoreDiskTask, restoreVmConfigTask } from './restore.ts';
+import { restoreDiskTask, restoreVmConfigTask } from './restore-tasks.ts';
 import { restoreTestTask } from './restore-test.ts';
 import { runExportTask } from './export-task.ts';
 import { instantRecoverTask } from './instant.ts';
 import { runFilesTask } from '../files/files-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
+import { runFailbackTask } from './failback-task.ts';
 
 export interface RecoveryTaskDeps {
   repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
@@ -33,7 +31,8 @@ export interface RecoveryTaskDeps {
   progressEveryMs?: number;
 }
 
-export function isRecoveryTask(raw: unknown): raw is RecoveryTask {
+/** Whether a task input names a recovery task kind (then `runRecoveryTask` parses it). */
+export function isRecoveryTask(raw: unknown): boolean {
   return !!raw && typeof raw === 'object' && recoveryTaskNames.includes((raw as { task?: string }).task ?? '');
 }
 
@@ -74,10 +73,11 @@ async function reported<T>(o: ReturnType<typeof reporter>, work: (r: ProgressRep
   }
 }
 
-export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, ctx: TaskContext): Promise<unknown> {
+/** Runs a recovery task after parsing its input with the contract (contracts/recovery-jobs.ts): a bad input is Mover.BadTaskInput naming each bad field. */
+export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx: TaskContext): Promise<unknown> {
+  const t = parseTaskInput(`${String((raw as { task?: unknown }).task)} task`, recoveryTask, raw);
   switch (t.task) {
     case 'restoreDisk': {
-      if (!t.restore?.repository?.bucket || !t.disk?.path) throw new BadTaskInput(`restoreDisk task needs restore.repository.bucket and disk.path: ${JSON.stringify(t).slice(0, 300)}`);
       const { store, keys } = await deps.repository(t.restore.repository);
       const log = progressed(ctx, throttled(250));
       const r = t.restore;
@@ -91,17 +91,14 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       }));
     }
     case 'restoreVmConfig': {
-      if (!t.restore?.repository?.bucket || !Array.isArray(t.disks)) throw new BadTaskInput(`restoreVmConfig task needs restore and disks: ${JSON.stringify(t).slice(0, 300)}`);
       return restoreVmConfigTask(t.restore, t.disks, { ...(await deps.repository(t.restore.repository)), ...(deps.workDir ? { workDir: deps.workDir } : {}) });
     }
     case 'discardPoolVolumes': {
-      if (!t.restore?.restoreId) throw new BadTaskInput(`discardPoolVolumes task needs restore.restoreId: ${JSON.stringify(t).slice(0, 300)}`);
       const deleted = await discardPoolVolumes(deps.workDir, t.restore.restoreId);
       if (deleted.length) deps.logger.info('restore.volumes.deleted', { restoreId: t.restore.restoreId, volumes: deleted });
       return { deleted };
     }
     case 'deepVerifyDisk': {
-      if (!t.verify?.repository?.bucket || !t.disk?.diskId) throw new BadTaskInput(`deepVerifyDisk task needs verify.repository.bucket and disk.diskId: ${JSON.stringify(t).slice(0, 300)}`);
       const { store, keys } = await deps.repository(t.verify.repository);
       const log = progressed(ctx, throttled(500));
       const v = t.verify;
@@ -117,7 +114,6 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       return result;
     }
     case 'replicateDisk': {
-      if (!t.replicate?.source?.bucket || !t.replicate?.target?.bucket || !t.disk?.diskId) throw new BadTaskInput(`replicateDisk task needs replicate.source, replicate.target and disk: ${JSON.stringify(t).slice(0, 300)}`);
       const [source, target] = await Promise.all([deps.repository(t.replicate.source), deps.repository(t.replicate.target)]);
       const log = progressed(ctx, throttled(500));
       return replicateDisk(t.replicate, t.disk, t.index ?? 0, {
@@ -126,7 +122,6 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       });
     }
     case 'updateStandbyDisk': {
-      if (!t.replicate?.target?.bucket || !t.replicate.replicaDir || !t.disk?.diskId) throw new BadTaskInput(`updateStandbyDisk task needs replicate.target, replicate.replicaDir and disk: ${JSON.stringify(t).slice(0, 300)}`);
       const { store, keys } = await deps.repository(t.replicate.target);
       const log = progressed(ctx, throttled(500));
       return updateStandbyDisk(t.replicate, t.disk, {
@@ -135,35 +130,31 @@ export async function runRecoveryTask(t: RecoveryTask, deps: RecoveryTaskDeps, c
       });
     }
     case 'standbyVmConfig': {
-      if (!t.replicate?.target?.bucket || !t.replicate.replicaDir || !Array.isArray(t.disks)) throw new BadTaskInput(`standbyVmConfig task needs replicate.target, replicate.replicaDir and disks: ${JSON.stringify(t).slice(0, 300)}`);
       const r = t.replicate;
-      const dir = standbyPaths(r.replicaDir!, r.vmId, '').dir;
+      const dir = standbyPaths(r.replicaDir, r.vmId, '').dir;
       const job = { restoreId: r.replicationId, vmId: r.vmId, backupId: r.backupId, moverGroup: r.moverGroup, repository: r.target, target: dir, diskId: null, disks: [] };
       const disks = t.disks.map((x) => ({ diskId: x.diskId, path: x.path, sizeBytes: x.sizeBytes, bytesDownloaded: 0, chunksVerified: 0, sha256: x.sha256, seconds: 0 }));
       return restoreVmConfigTask(job, disks, await deps.repository(r.target));
     }
     case 'restoreTest': {
-      const parsed = restoreTestJob.safeParse(t.test);
-      if (!parsed.success) throw new BadTaskInput(`restoreTest task needs a restore test job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-      const { store, keys } = await deps.repository(parsed.data.repository);
-      return restoreTestTask(parsed.data, { store, keys, parallelism: deps.parallelism, workDir: deps.workDir, signal: ctx.signal, progress: ctx.progress, logger: deps.logger });
+      const { store, keys } = await deps.repository(t.test.repository);
+      return restoreTestTask(t.test, { store, keys, parallelism: deps.parallelism, workDir: deps.workDir, signal: ctx.signal, progress: ctx.progress, logger: deps.logger });
     }
     case 'export': {
-      const parsed = exportJob.safeParse(t.export);
-      if (!parsed.success) throw new BadTaskInput(`export task needs an export job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-      const { store, keys } = await deps.repository(parsed.data.repository);
-      return runExportTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress, record: true });
+      const { store, keys } = await deps.repository(t.export.repository);
+      return runExportTask(t.export, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress, record: true });
     }
     case 'instantRecover': {
-      if (!t.restore?.repository?.bucket || !Array.isArray(t.restore.disks) || !t.restore.define?.uri) throw new BadTaskInput(`instantRecover task needs restore.repository.bucket, restore.disks and restore.define.uri: ${JSON.stringify(t).slice(0, 300)}`);
       const { store, keys } = await deps.repository(t.restore.repository);
       return instantRecoverTask(t.restore, { store, keys, workDir: deps.workDir, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
     case 'files': {
-      const parsed = filesJob.safeParse(t.files);
-      if (!parsed.success) throw new BadTaskInput(`files task needs a files job: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-      const { store, keys } = await deps.repository(parsed.data.repository);
-      return runFilesTask(parsed.data, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+      const { store, keys } = await deps.repository(t.files.repository);
+      return runFilesTask(t.files, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
+    case 'failbackDisk':
+    case 'stopDrVm':
+    case 'startProductionVm':
+      return runFailbackTask(t, deps, ctx);
   }
 }

@@ -1,4 +1,5 @@
-import type { DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../contracts/jobs.ts';
+import type { DiscoveredVm } from '../../contracts/discovery.ts';
+import type { DiskRef, QuiesceSettings, SnapshotResult } from '../../contracts/jobs.ts';
 
 /** A part of a disk that may hold data (everything outside every extent reads as zeros). */
 export interface Extent {

@@ -4,7 +4,8 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys, objectCrc32 } from '../format.ts';
+import { objectKeys } from '../format.ts';
+import { objectCrc32 } from '../../core/object-store.ts';
 import { IndexListing, joinIndexSections, newIndexId, sealIndex } from '../packs.ts';
 import type { RepositoryAdmin } from '../admin.ts';
 import { indexIdOfKey, readIndexListing, type IndexDeps, type IndexEntry, type IndexMap } from './index-map.ts';

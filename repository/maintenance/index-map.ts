@@ -5,7 +5,7 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
+import { objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { decodeIndexObject, fetchPackTrailer, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../packs.ts';
 import type { ListedObject, RepositoryAdmin } from '../admin.ts';

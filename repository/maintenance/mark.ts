@@ -4,7 +4,7 @@
  * it to find late references).
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkIdOfKey, keys as objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
+import { chunkIdOfKey, objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
 import { ManifestReader } from '../manifest/reader.ts';
 import type { ChunkIdSet } from './chunk-id-set.ts';
 import type { ObjectStore } from '../../core/object-store.ts';

@@ -5,7 +5,7 @@
  * by writing a head, without reading an entry).
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys } from '../format.ts';
+import { objectKeys } from '../format.ts';
 import { MAX_PIECE_ENTRIES } from './piece.ts';
 
 /** One piece a head names: [owner (index into `owners`), first chunk, entries, sealed bytes]. */

@@ -6,7 +6,7 @@
  */
 import { Corrupt } from '../../contracts/errors.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { decodeManifestDocument, keys as objectKeys, open, type Manifest, type PackRef, type RepositoryKeys } from '../format.ts';
+import { decodeManifestDocument, objectKeys, open, type Manifest, type PackRef, type RepositoryKeys } from '../format.ts';
 import type { ChunkLocation } from '../packs.ts';
 import { checkHead, pieceKey, piecePurpose, type ManifestHead } from './head.ts';
 import { MAX_PIECE_ENTRIES, Piece } from './piece.ts';
@@ -58,6 +58,10 @@ export class ManifestReader {
   private readonly keys: RepositoryKeys;
   private readonly head: ManifestHead | undefined;
   private readonly whole: Manifest | undefined;
+  /** Decoded pieces `batchAt` keeps, by first chunk, least recently used first. */
+  private readonly lru = new Map<number, Promise<ManifestBatch>>();
+  /** How many decoded pieces `batchAt` keeps. */
+  cachedPieces = 4;
   /** Versions 1 and 2: the whole document (read whole anyway). */
   get document(): Manifest | undefined {
     return this.whole;
@@ -134,6 +138,55 @@ export class ManifestReader {
     }
   }
 
+  /**
+   * The batch holding chunk `chunk` (`from` <= chunk < `to`), for random access by offset
+   * (the NBD export: chunk = offset / chunkSize): version 3's piece found by its first chunk
+   * in the head, read once and kept in a small LRU of decoded pieces (`cachedPieces`, default
+   * 4: about 3 MiB each), so memory stays bounded whatever the disk's size.
+   */
+  batchAt(chunk: number): Promise<ManifestBatch> {
+    if (!Number.isSafeInteger(chunk) || chunk < this.info.from || chunk >= this.info.to) {
+      return Promise.reject(new RangeError(`chunk ${chunk} is outside manifest ${this.info.backupId}/${this.info.diskId} (chunks ${this.info.from} to ${this.info.to - 1})`));
+    }
+    if (this.whole) {
+      const first = chunk - (chunk % MAX_PIECE_ENTRIES);
+      return Promise.resolve(legacyBatch(this.whole, first));
+    }
+    const pieces = this.head!.pieces;
+    let lo = 0;
+    let hi = pieces.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (pieces[mid]![1] <= chunk) lo = mid;
+      else hi = mid - 1;
+    }
+    const first = pieces[lo]![1];
+    let batch = this.lru.get(first);
+    if (batch) this.lru.delete(first);
+    else {
+      const [owner, firstChunk, count, bytes] = pieces[lo]!;
+      const h = this.head!;
+      batch = this.readPiece({ key: pieceKey(h.backupId, h.owners[owner]!, firstChunk), owner: h.owners[owner]!, firstChunk, count, bytes }).then(pieceBatch);
+      batch.catch(() => this.lru.get(first) === batch && this.lru.delete(first)); // a failed read is tried again next time
+    }
+    this.lru.set(first, batch);
+    while (this.lru.size > this.cachedPieces) this.lru.delete(this.lru.keys().next().value!);
+    return batch;
+  }
+
+  /** Chunk `chunk`'s entry (see `batchAt`). */
+  async entryAt(chunk: number): Promise<ManifestEntry> {
+    const b = await this.batchAt(chunk);
+    return { id: b.id(chunk - b.firstChunk), location: b.location(chunk - b.firstChunk) };
+  }
+
+  /** The stored (non-zero) chunks it lists: one pass over its batches. */
+  async storedChunks(): Promise<number> {
+    let n = 0;
+    for await (const b of this.batches()) for (let i = 0; i < b.count; i++) if (b.id(i) !== null) n++;
+    return n;
+  }
+
   /** Reads and checks one piece. */
   async readPiece(p: PieceInfo): Promise<Piece> {
     const sealed = await this.store.get(p.key);
@@ -163,30 +216,32 @@ function pieceBatch(piece: Piece): ManifestBatch {
 
 /** A version-1 or -2 manifest, already decoded, in batches of the same bound as version 3's pieces. */
 function* legacyBatches(m: Manifest, from: number): Generator<ManifestBatch> {
+  for (let first = from; first < m.chunks.length; first += MAX_PIECE_ENTRIES) yield legacyBatch(m, first);
+}
+
+/** The batch of a version-1 or -2 manifest starting at chunk `firstChunk`. */
+function legacyBatch(m: Manifest, firstChunk: number): ManifestBatch {
   const packs = m.packs ?? [];
-  for (let first = from; first < m.chunks.length; first += MAX_PIECE_ENTRIES) {
-    const firstChunk = first;
-    const id = (i: number) => m.chunks[firstChunk + i] ?? null;
-    yield {
-      firstChunk,
-      count: Math.min(MAX_PIECE_ENTRIES, m.chunks.length - first),
-      packs,
-      id,
-      location: (i) => {
-        const c = id(i);
-        if (c === null) return undefined;
-        const length = m.storedSizes[c]!;
-        if (m.version === 1) return { key: objectKeys.chunk(c), offset: 0, length };
-        const [p, offset] = m.locations![c]!;
-        const pack = packs[p]!;
-        return { pack, key: objectKeys.pack(pack.id), offset, length };
-      },
-      sha256: (i) => {
-        const c = id(i);
-        return c === null ? undefined : m.storedSha256?.[c];
-      },
-    };
-  }
+  const id = (i: number) => m.chunks[firstChunk + i] ?? null;
+  return {
+    firstChunk,
+    count: Math.min(MAX_PIECE_ENTRIES, m.chunks.length - firstChunk),
+    packs,
+    id,
+    location: (i) => {
+      const c = id(i);
+      if (c === null) return undefined;
+      const length = m.storedSizes[c]!;
+      if (m.version === 1) return { key: objectKeys.chunk(c), offset: 0, length };
+      const [p, offset] = m.locations![c]!;
+      const pack = packs[p]!;
+      return { pack, key: objectKeys.pack(pack.id), offset, length };
+    },
+    sha256: (i) => {
+      const c = id(i);
+      return c === null ? undefined : m.storedSha256?.[c];
+    },
+  };
 }
 
 /** One chunk of a manifest: its id (null for zeros) and where it is stored. */
@@ -239,44 +294,4 @@ export class ManifestCursor {
   async close(): Promise<void> {
     await this.it.return(undefined);
   }
-}
-
-const noStore: ObjectStore = {
-  put: () => Promise.reject(new Error('no store')),
-  get: () => Promise.reject(new Corrupt('a version-3 manifest read whole needs the store its pieces are in')),
-  head: () => Promise.reject(new Error('no store')),
-  list: () => { throw new Error('no store'); },
-};
-
-/**
- * A manifest of any version read whole into memory, in the shape of version 2 (`chunks`,
- * `storedSizes`, `packs`, `locations`): for tests and for the small manifests of fixtures
- * only. Everything that reads a disk's manifest in the product streams it (`ManifestReader`).
- * A version-3 manifest needs `store`, where its pieces are.
- */
-export async function decodeManifest(keys: RepositoryKeys, sealed: Uint8Array, backupId: string, diskId: string, store: ObjectStore = noStore): Promise<Manifest> {
-  const r = await ManifestReader.fromSealed(store, keys, sealed, backupId, diskId);
-  const { info } = r;
-  if (r.document) return r.document; // versions 1 and 2: one document, already read
-  const m: Manifest = {
-    version: 3, backupId, diskId, sizeBytes: info.sizeBytes, chunkSize: info.chunkSize,
-    chunks: new Array<string | null>(Math.ceil(info.sizeBytes / info.chunkSize)).fill(null), storedSizes: {}, packs: [], locations: {},
-  };
-  const packIndex = new Map<string, number>();
-  for await (const b of r.batches()) {
-    for (let i = 0; i < b.count; i++) {
-      const id = b.id(i);
-      m.chunks[b.firstChunk + i] = id;
-      const loc = b.location(i);
-      if (id === null || !loc?.pack || m.storedSizes[id] !== undefined) continue;
-      let p = packIndex.get(loc.pack.id);
-      if (p === undefined) {
-        packIndex.set(loc.pack.id, (p = m.packs!.length));
-        m.packs!.push(loc.pack);
-      }
-      m.storedSizes[id] = loc.length;
-      m.locations![id] = [p, loc.offset];
-    }
-  }
-  return m;
 }

@@ -6,8 +6,8 @@
  * upload, whatever the disk's size.
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { keys as objectKeys, objectCrc32, seal, type RepositoryKeys } from '../format.ts';
+import { objectCrc32, type ObjectStore } from '../../core/object-store.ts';
+import { objectKeys, seal, type RepositoryKeys } from '../format.ts';
 import { pieceKey, piecePurpose, type ManifestHead, type PieceRef } from './head.ts';
 import { MAX_PIECE_ENTRIES, PieceBuilder } from './piece.ts';
 

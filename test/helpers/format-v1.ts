@@ -1,5 +1,5 @@
 /** A format-1 backup as movers before format 2 wrote it (one object per chunk), for tests that readers still read it. */
-import { chunkId, encodeManifest, keys as objectKeys, seal, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, encodeManifest, objectKeys, seal, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 
 /** Stores `data` as chunk objects of `chunkSize` and a version-1 manifest (and a VM config with `vmConfig`). */

@@ -8,10 +8,10 @@
  * it tests is the workflow, not the data path.
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
-import { encodeManifest, keys, objectCrc32, type RepositoryKeys } from '../../repository/format.ts';
-import { decodeManifest } from '../../repository/manifest/reader.ts';
+import { encodeManifest, objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { decodeManifest } from './manifest.ts';
 import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import { objectCrc32, type ObjectStore } from '../../core/object-store.ts';
 
 export interface InstantMover {
   /** Tasks answered, by kind. */
@@ -38,7 +38,7 @@ export function startInstantMover(sfn: SFNClient, activityArn: string, template:
       if (!d) throw new Error(`the template VM has no disk ${t.disk.diskId}`);
       const m = await decodeManifest(repoKeys, (await store.get(d.manifestKey))!, template.backupId, d.diskId, store);
       const sealed = await encodeManifest(repoKeys, { ...m, backupId: t.job.backupId });
-      const manifestKey = keys.manifest(t.job.backupId, d.diskId);
+      const manifestKey = objectKeys.manifest(t.job.backupId, d.diskId);
       await store.put(manifestKey, sealed, { crc32: objectCrc32(sealed) });
       return { ...d, manifestKey };
     }

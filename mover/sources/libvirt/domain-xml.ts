@@ -137,6 +137,12 @@ export interface RestoredDomain {
   consoleLog: string;
   /** The domain's `<description>` (a restore test records its owner there, `virsh desc` reads it back). */
   description?: string;
+  /**
+   * Each interface's network (`<source network>` or `<source bridge>`) → the network the copy
+   * is connected to (`type='network'`): a DR replica's site network map, or a test
+   * failover's isolated network. Throws to refuse one (a network missing from the map).
+   */
+  network?: (name: string) => string;
 }
 
 /**
@@ -174,6 +180,13 @@ function restoredDevices(devices: Ordered, r: RestoredDomain): Ordered {
     if (tag === 'interface') {
       if (r.withoutNetwork) continue;
       dev.interface = children(dev).filter((c) => tagOf(c) !== 'mac' && tagOf(c) !== 'target');
+      if (r.network) {
+        const source = (dev.interface as Ordered).find((c) => tagOf(c) === 'source');
+        const from = source ? attrs(source)['@network'] ?? attrs(source)['@bridge'] : undefined;
+        if (from === undefined) throw new SourceUnavailable(`an interface of the backed-up VM definition names no network or bridge (type '${attrs(dev)['@type'] ?? '?'}'): it cannot be mapped to a network of this site`);
+        attrs(dev)['@type'] = 'network';
+        source![':@'] = { '@network': r.network(from) };
+      }
     }
     if (tag === 'disk') {
       const target = children(dev).find((c) => tagOf(c) === 'target');

@@ -16,7 +16,8 @@ import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../contracts/errors.ts';
-import type { ChangeTrackingOffer, Consistency, DiscoveredVm, DiskRef, QuiesceSettings, SnapshotResult } from '../../../contracts/jobs.ts';
+import type { DiscoveredVm } from '../../../contracts/discovery.ts';
+import type { ChangeTrackingOffer, Consistency, DiskRef, QuiesceSettings, SnapshotResult } from '../../../contracts/jobs.ts';
 import { resolveExports, type LibvirtExports, type ResolvedExports } from '../../../contracts/libvirt-exports.ts';
 import type { NbdTlsCredentials } from '../../nbd/tls.ts';
 import { tcpNbdUri } from '../../nbd/uri.ts';

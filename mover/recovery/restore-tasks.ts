@@ -7,8 +7,8 @@ import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../contracts/errors.ts';
-import { keys as objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
-import { decodeManifest } from '../../repository/manifest/reader.ts';
+import { objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../contracts/recovery-jobs.ts';
@@ -76,10 +76,9 @@ export interface RestoreTaskDeps {
 export const workDirOf = (d: { workDir?: string }) => d.workDir ?? join(tmpdir(), 'lifeboat-mover-work');
 
 async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store: ObjectStore; keys: RepositoryKeys }) {
-  const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
-  const sealed = await d.store.get(manifestKey);
-  if (!sealed) throw new Corrupt(`manifest ${manifestKey} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
-  return { manifest: await decodeManifest(d.keys, sealed, job.backupId, disk.diskId, d.store), sealedBytes: sealed.length };
+  const manifest = await ManifestReader.open(d.store, d.keys, job.backupId, disk.diskId);
+  if (!manifest) throw new Corrupt(`manifest ${objectKeys.manifest(job.backupId, disk.diskId)} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
+  return { manifest, sealedBytes: manifest.headBytes, sizeBytes: manifest.info.sizeBytes };
 }
 
 export async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {
@@ -97,12 +96,12 @@ export async function readVmConfig(backupId: string, d: { store: ObjectStore; ke
 async function restoreDiskToPool(job: RestoreJob, define: DefineDomainRequest & { pool: string }, disk: RestoreDiskTarget, d: RestoreTaskDeps): Promise<RestoredDisk> {
   const started = performance.now();
   await claimRestoreFolder(job);
-  const { manifest, sealedBytes } = await readManifest(job, disk, d);
+  const { manifest, sealedBytes, sizeBytes } = await readManifest(job, disk, d);
   const format = define.format ?? 'qcow2';
   const volume = volumeName(restoredDomainName(await readVmConfig(job.backupId, d), job.backupId, define), disk.diskId, format);
-  const dataBytes = Math.min(manifest.sizeBytes, manifest.chunks.filter((c) => c !== null).length * manifest.chunkSize);
+  const dataBytes = Math.min(sizeBytes, (await manifest.storedChunks()) * manifest.info.chunkSize);
   const r = await restoreIntoVolume({
-    uri: define.uri, pool: define.pool, volume, format, diskId: disk.diskId, sizeBytes: manifest.sizeBytes, dataBytes,
+    uri: define.uri, pool: define.pool, volume, format, diskId: disk.diskId, sizeBytes, dataBytes,
     restoreId: job.restoreId, force: !!job.force, workDir: workDirOf(d), ...(d.signal ? { signal: d.signal } : {}),
   }, async (path, kind) => {
     const written = await restoreDisk({
@@ -112,12 +111,12 @@ async function restoreDiskToPool(job: RestoreJob, define: DefineDomainRequest & 
     d.signal?.throwIfAborted();
     const check = await rehashDisk({
       keys: d.keys, manifest, path, device: kind.targetKind === 'device', ...(d.signal ? { signal: d.signal } : {}),
-      onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes: manifest.sizeBytes, phase: 'rehash' }),
+      onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'rehash' }),
     });
     return { sha256: check.sha256, chunksVerified: check.chunksVerified, bytesDownloaded: written.bytesDownloaded + sealedBytes };
-  }, (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes: manifest.sizeBytes, phase: 'convert' }));
+  }, (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'convert' }));
   return {
-    diskId: disk.diskId, path: r.path, sizeBytes: manifest.sizeBytes, bytesDownloaded: r.bytesDownloaded, chunksVerified: r.chunksVerified,
+    diskId: disk.diskId, path: r.path, sizeBytes, bytesDownloaded: r.bytesDownloaded, chunksVerified: r.chunksVerified,
     sha256: r.sha256, seconds: (performance.now() - started) / 1000, volume: r.volume,
   };
 }
@@ -151,6 +150,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
     await mkdir(dirname(disk.path), { recursive: true });
   }
   const { manifest, sealedBytes } = await readManifest(job, disk, d);
+  const { sizeBytes } = manifest.info;
   // A file is written under a temporary name and renamed into place only once verified:
   // a failed restore never leaves a full-size file that looks restored under the target's name.
   const path = targetKind === 'device' ? disk.path : partialPath(disk.path);
@@ -162,7 +162,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
     d.signal?.throwIfAborted();
     const check = await rehashDisk({
       keys: d.keys, manifest, path, device: targetKind === 'device', ...(d.signal ? { signal: d.signal } : {}),
-      onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes: manifest.sizeBytes, phase: 'rehash' }),
+      onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'rehash' }),
     });
     if (path !== disk.path) {
       await rename(path, disk.path);

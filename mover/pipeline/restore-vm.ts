@@ -1,11 +1,11 @@
-/** Restore a backup of a VM: every disk from its manifest, and the VM config, into a folder. */
+/** Restore a backup of a VM outside the workflows (the demo, tests): every disk from its manifest, and the VM config, into a folder. The Restore workflow's tasks are mover/recovery/restore-tasks.ts. */
 import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Corrupt } from '../contracts/errors.ts';
-import { RecoveryRequestInvalid } from '../contracts/recovery-errors.ts';
-import { keys as objectKeys, open, type RepositoryKeys } from '../repository/format.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import { restoreDisk } from './pipeline/restore-disk.ts';
+import { Corrupt } from '../../contracts/errors.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import { objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { restoreDisk } from './restore-disk.ts';
 
 export interface RestoreVmOptions {
   store: ObjectStore;

@@ -9,16 +9,13 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { Corrupt } from '../contracts/errors.ts';
-import { keys as objectKeys, open, seal, type RepositoryKeys } from '../repository/format.ts';
+import { objectKeys, open, seal, type RepositoryKeys } from './format.ts';
 
 const text = z.string().min(1);
 
 /** Format id and version of the archive document; a reader refuses what it does not know. */
 export const HOST_CONFIG_FORMAT = 'lifeboat-host-config';
 export const HOST_CONFIG_VERSION = 1;
-
-/** Host configuration backups kept per host when the configuration says nothing (`hostConfigBackup.keep`). */
-export const DEFAULT_HOST_CONFIG_KEEP = 14;
 
 /** One definition as virsh printed it: its name and the XML, byte for byte. */
 const definition = z.strictObject({ name: text, xml: z.string() });

@@ -1,0 +1,159 @@
+/**
+ * The fair slot queue: semaphores of leased slots in the catalog, one per host and one per
+ * limited datastore, with a waiting line per scope. A VM's backup takes a slot in each of
+ * its scopes or none. Its AcquireSlot task waits on a task token (`.waitForTaskToken`):
+ * AcquireSlot puts the VM in line and serves the line; ReleaseSlot gives slots back and
+ * serves the lines of their scopes, first come, first served. Serving a waiter takes its
+ * slots for it and sends them with SendTaskSuccess; a token Step Functions refuses
+ * (TaskTimedOut, TaskDoesNotExist: the waiter's execution died, or its wait timed out and
+ * AcquireSlot queued it again with a new token) gets its slots back and is skipped, so a
+ * dead waiter never blocks the line. A waiter whose wait times out queues again in its
+ * place: that also covers a slot freed only by its lease running out (its holder died
+ * without ReleaseSlot), which nobody announces.
+ */
+import { randomUUID } from 'node:crypto';
+import type { SlotLease, SlotScope, VmJob } from '../../contracts/jobs.ts';
+import { Catalog } from '../catalog/catalog.ts';
+import type { SlotQueueCatalog, SlotWaiter } from '../catalog/slot-queue-catalog.ts';
+
+/** A slot held by an execution that died is free again after this long. */
+export const SLOT_LEASE_MS = 6 * 3600_000;
+/** How long one server may take to grant a waiter it claimed before another may. */
+const CLAIM_MS = 30_000;
+/** Passes over a line whose scope was released while it was being served (each pass ends at the first waiter the scope cannot take). */
+const MAX_PASSES = 8;
+
+/** Answers a waiting task (Step Functions' SendTaskSuccess). */
+export interface TaskCallbacks {
+  /** Sends `output` as the task's result; false when Step Functions refuses the token as dead (TaskTimedOut, TaskDoesNotExist, InvalidToken). */
+  succeed(token: string, output: unknown): Promise<boolean>;
+}
+
+export interface SlotQueueDeps {
+  catalog: Pick<Catalog, 'takeSlot' | 'releaseSlot'>;
+  queue: SlotQueueCatalog;
+  tasks: TaskCallbacks;
+  now: () => number;
+  leaseMs?: number;
+}
+
+const keyOf = (scope: string, i: number) => {
+  const k = Catalog.slotKey(scope, i);
+  return `${k.pk}|${k.sk}`;
+};
+const parseKey = (key: string) => {
+  const [pk, sk] = key.split('|') as [string, string];
+  return { pk, sk };
+};
+
+export const holderOf = (job: Pick<VmJob, 'runId' | 'vmId'>) => `${job.runId}/${job.vmId}`;
+
+/**
+ * Takes a slot for `holder` in every scope, or none: a slot it already holds counts (a grant
+ * whose answer was lost). Returns the lease, or the first scope that is full.
+ */
+export async function takeSlots(holder: string, scopes: SlotScope[], deps: SlotQueueDeps): Promise<{ lease: SlotLease } | { full: string }> {
+  const now = deps.now();
+  const expiresAt = now + (deps.leaseMs ?? SLOT_LEASE_MS);
+  const taken: string[] = [];
+  for (const { scope, limit } of scopes) {
+    const held = await deps.queue.slotsOf(scope);
+    const mine = held.find((s) => s.holder === holder);
+    let got = mine ? keyOf(scope, mine.index) : undefined;
+    const busy = new Set(held.filter((s) => s.expiresAt >= now).map((s) => s.index));
+    for (let i = 0; i < limit && !got; i++) {
+      if (!busy.has(i) && await deps.catalog.takeSlot(scope, i, holder, now, expiresAt)) got = keyOf(scope, i);
+    }
+    if (!got) {
+      for (const key of taken) await deps.catalog.releaseSlot(parseKey(key), holder);
+      return { full: scope };
+    }
+    taken.push(got);
+  }
+  return { lease: { keys: taken, holder } };
+}
+
+/** Gives back every slot of `scopes` that `holder` holds. */
+async function releaseHeld(holder: string, scopes: SlotScope[], deps: SlotQueueDeps): Promise<void> {
+  for (const { scope } of scopes) {
+    for (const s of await deps.queue.slotsOf(scope)) if (s.holder === holder) await deps.catalog.releaseSlot(Catalog.slotKey(scope, s.index), holder);
+  }
+}
+
+type Grant = 'granted' | 'dead' | 'busy' | 'gone' | 'full' | 'waits-elsewhere';
+
+/** Tries to serve one waiter of `scope`'s line. */
+async function grant(scope: string, entry: { holder: string; seq: string }, server: string, deps: SlotQueueDeps): Promise<Grant> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const w: SlotWaiter | undefined = await deps.queue.waiter(entry.holder);
+    if (!w || w.seq !== entry.seq) {
+      await deps.queue.removeEntry(scope, entry.seq);
+      return 'gone';
+    }
+    const now = deps.now();
+    if (!(await deps.queue.claim(w, server, now, now + CLAIM_MS))) return 'busy';
+    const got = await takeSlots(w.holder, w.scopes, deps);
+    if ('full' in got) {
+      await deps.queue.unclaim(w.holder, server);
+      return got.full === scope ? 'full' : 'waits-elsewhere';
+    }
+    let delivered: boolean;
+    try {
+      delivered = await deps.tasks.succeed(w.token, got.lease);
+    } catch (err) {
+      await releaseHeld(w.holder, w.scopes, deps);
+      await deps.queue.unclaim(w.holder, server);
+      throw err;
+    }
+    if (!delivered) await releaseHeld(w.holder, w.scopes, deps);
+    if (await deps.queue.remove(w)) return delivered ? 'granted' : 'dead';
+    // It queued again with a new token while we granted the old one: it keeps its place; try the new token.
+    await deps.queue.unclaim(w.holder, server);
+    if (delivered) return 'granted';
+  }
+  return 'busy';
+}
+
+/**
+ * Serves `scope`'s line in order while its slots last. Stops at the first waiter the scope
+ * cannot take (later ones do not jump it); if a slot of the scope was released meanwhile,
+ * goes over the line again. Returns how many waiters got their slots.
+ */
+export async function serve(scope: string, deps: SlotQueueDeps): Promise<number> {
+  const server = randomUUID();
+  let granted = 0;
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    const releases = await deps.queue.releases(scope);
+    let blocked = false;
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await deps.queue.entries(scope, start);
+      for (const entry of page.entries) {
+        const r = await grant(scope, entry, server, deps);
+        if (r === 'granted') granted++;
+        if (r === 'full') {
+          blocked = true;
+          break;
+        }
+      }
+      start = blocked ? undefined : page.next;
+    } while (start);
+    if (!blocked || (await deps.queue.releases(scope)) === releases) return granted;
+  }
+  return granted;
+}
+
+/** AcquireSlot: the VM queues (or, tried again, keeps its place with its new token), then its scopes' lines are served. */
+export async function acquireSlot(job: VmJob, taskToken: string, deps: SlotQueueDeps): Promise<void> {
+  await deps.queue.enqueue(holderOf(job), job.slotScopes, taskToken, deps.now());
+  for (const { scope } of job.slotScopes) await serve(scope, deps);
+}
+
+/** ReleaseSlot: the VM's slots go back (and its place in line, if it still had one), and the next in line are served. */
+export async function releaseSlot(job: VmJob, deps: SlotQueueDeps): Promise<void> {
+  const holder = holderOf(job);
+  await deps.queue.forget(holder);
+  await releaseHeld(holder, job.slotScopes, deps);
+  for (const { scope } of job.slotScopes) await deps.queue.countRelease(scope);
+  for (const { scope } of job.slotScopes) await serve(scope, deps);
+}

@@ -1,0 +1,108 @@
+/**
+ * The FailoverPlan and TestFailover workflows' functions. PlanFailoverPlan checks a plan
+ * against the inventory and the DR configuration (every VM known, each with a replica VM,
+ * all at one DR site) and lays it out as the groups the workflow boots in order;
+ * RecordFailoverPlan turns what the DR movers answered into the report: each VM's recovery
+ * point and ready time, and the plan's RTO.
+ */
+import { z } from 'zod';
+import { failoverPlanRequest, failoverReport, failoverVmResult, type FailoverReport, type FailoverRun, type FailoverVmJob } from '../../contracts/dr.ts';
+import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
+import { fromEnvironment, type Clients } from '../commons/clients.ts';
+import { lambdaHandler } from '../commons/lambda.ts';
+
+const text = z.string().min(1);
+
+export const planFailoverPlanInput = z.object({ runId: text, test: z.boolean(), request: failoverPlanRequest }).strict();
+
+export interface FailoverPlanLayout {
+  runId: string;
+  plan: string;
+  test: boolean;
+  moverGroup: string;
+  uri: string;
+  startedAtMs: number;
+  run: FailoverRun;
+  groups: { index: number; delaySeconds: number; vms: FailoverVmJob[] }[];
+}
+
+interface Deps {
+  catalog: Catalog;
+  recovery: RecoveryCatalog;
+  now: () => Date;
+}
+
+/** Where a VM's replica VM is: the DR target of the policy of its newest committed backup. */
+async function replicaOf(catalog: Catalog, plan: string, vmId: string) {
+  const vm = await catalog.getVm(vmId);
+  if (!vm) throw new RecoveryRequestInvalid(`failover plan '${plan}' names VM '${vmId}', which is not in the inventory: check the plan's VM ids (lifeboat vms lists them)`);
+  const newest = (await catalog.listBackups(vmId)).find((b) => b.status === 'committed');
+  const dr = newest ? (await catalog.getPolicy(newest.policyId))?.replicateTo : undefined;
+  if (!dr?.replicaVms || !dr.standbyPath || !dr.moverGroup) {
+    throw new RecoveryRequestInvalid(`VM '${vmId}' of failover plan '${plan}' has no replica VM at a DR site: ${newest ? `its policy '${newest.policyId}' replicates to no repository that keeps replica VMs (repositories[].replication.replicaVms)` : 'it has no committed backup'}`);
+  }
+  return { vm, replicaDir: dr.standbyPath, moverGroup: dr.moverGroup, uri: dr.replicaVms.uri, site: dr.replicaVms.site };
+}
+
+export async function planFailoverPlan(input: z.output<typeof planFailoverPlanInput>, deps: Deps): Promise<FailoverPlanLayout> {
+  const { plan, points } = input.request;
+  const startedAtMs = deps.now().getTime();
+  let site: { moverGroup: string; uri: string; name: string } | undefined;
+  const groups: FailoverPlanLayout['groups'] = [];
+  const vms: FailoverRun['vms'] = [];
+  for (const [index, g] of plan.groups.entries()) {
+    const jobs: FailoverVmJob[] = [];
+    for (const entry of g.vms) {
+      const e = typeof entry === 'string' ? { vm: entry } : entry;
+      const r = await replicaOf(deps.catalog, plan.id, e.vm);
+      site ??= { moverGroup: r.moverGroup, uri: r.uri, name: r.site };
+      if (r.moverGroup !== site.moverGroup || r.uri !== site.uri) {
+        throw new RecoveryRequestInvalid(`failover plan '${plan.id}' spans two DR sites: VM '${e.vm}' is replicated to ${r.uri} (mover group ${r.moverGroup}), earlier VMs to ${site.uri} (mover group ${site.moverGroup}); make one plan per DR site`);
+      }
+      vms.push({ vmId: e.vm, replicaDir: r.replicaDir });
+      jobs.push({
+        runId: input.runId, test: input.test, vmId: e.vm, name: r.vm.name ?? e.vm, moverGroup: r.moverGroup, uri: r.uri, replicaDir: r.replicaDir,
+        point: points?.[e.vm] ?? points?.['*'] ?? 'latest', startedAtMs,
+        ...(g.readiness ? { readiness: g.readiness } : {}), ...('script' in e && e.script ? { script: e.script } : {}),
+        ...('scriptTimeoutSeconds' in e && e.scriptTimeoutSeconds ? { scriptTimeoutSeconds: e.scriptTimeoutSeconds } : {}),
+      });
+    }
+    groups.push({ index, delaySeconds: g.delaySeconds ?? 0, vms: jobs });
+  }
+  const run: FailoverRun = { runId: input.runId, test: input.test, uri: site!.uri, moverGroup: site!.moverGroup, vms, ...(points ? { points } : {}) };
+  return { runId: input.runId, plan: plan.id, test: input.test, moverGroup: site!.moverGroup, uri: site!.uri, startedAtMs, run, groups };
+}
+
+export const recordFailoverPlanInput = z.looseObject({
+  runId: text,
+  plan: text,
+  test: z.boolean(),
+  booted: z.array(z.looseObject({ index: z.number().int(), vms: z.array(failoverVmResult) })),
+  cleanedUp: failoverReport.shape.cleanedUp,
+});
+
+/** The report: each VM (in boot order) with its group, recovery point and ready time; the RTO is when the last became ready. */
+export async function recordFailoverPlan(input: z.output<typeof recordFailoverPlanInput>, deps: Pick<Deps, 'recovery' | 'now'>): Promise<FailoverReport> {
+  const vms = input.booted.flatMap((g) => g.vms.map((v) => ({ ...v, group: g.index })));
+  const report: FailoverReport = {
+    runId: input.runId, plan: input.plan, test: input.test, vms,
+    rtoSeconds: Math.max(0, ...vms.map((v) => v.readySeconds)),
+    ...(input.cleanedUp ? { cleanedUp: input.cleanedUp } : {}),
+  };
+  await deps.recovery.putRecord('FAILOVER', input.runId, { status: 'succeeded', finishedAt: deps.now().toISOString(), plan: input.plan, test: input.test, summary: report });
+  return report;
+}
+
+/** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
+export function makeHandlers(c: Clients) {
+  const deps = (): Deps => ({ catalog: c.catalog, recovery: c.recovery, now: () => new Date() });
+  return {
+    planFailoverPlanHandler: lambdaHandler('PlanFailoverPlan', planFailoverPlanInput, (input) => planFailoverPlan(input, deps())),
+    recordFailoverPlanHandler: lambdaHandler('RecordFailoverPlan', recordFailoverPlanInput, (input) => recordFailoverPlan(input, deps())),
+  };
+}
+
+/** The Lambda entry: the handlers with clients built from the environment, once per container. */
+export const { planFailoverPlanHandler, recordFailoverPlanHandler } = fromEnvironment(makeHandlers);

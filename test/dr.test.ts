@@ -1,0 +1,132 @@
+/**
+ * The DR contracts and the replica's edge cases without a hypervisor: failover plans as
+ * configuration, restore point selection, the network map, `--point`, and the NBD client
+ * writing a qcow2 layer through a real qemu-nbd.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parsePoint } from '../cli/failover.ts';
+import { failoverPlan } from '../contracts/dr.ts';
+import { ConfigError, loadConfig, parseConfig } from '../core/config.ts';
+import { NbdClient } from '../mover/nbd/client.ts';
+import { choosePoint, mapNetwork, type ReplicaState } from '../mover/recovery/replica-vm.ts';
+import { restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
+
+const run = promisify(execFile);
+const dirs: string[] = [];
+afterAll(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+describe('failover plans in the configuration', () => {
+  const example = loadConfig();
+  const withPlans = (plans: unknown[]) => ({ ...example, failoverPlans: plans });
+  const problems = (plans: unknown[]) => {
+    try {
+      parseConfig(withPlans(plans), 'test.json');
+      return [];
+    } catch (err) {
+      return (err as ConfigError).problems;
+    }
+  };
+
+  it('accepts the example plan', () => {
+    expect(example.failoverPlans?.[0]?.groups).toHaveLength(2);
+  });
+
+  it('names every bad value of a plan', () => {
+    expect(problems([{ id: 'p', groups: [{ vms: ['a', 'a'] }] }])).toEqual([`failoverPlans[0].groups[0].vms[1] = "a": names VM 'a' a second time: a VM boots once per plan`]);
+    expect(problems([{ id: 'p', groups: [{ vms: ['a'], delaySeconds: 5, readiness: { agent: true, timeoutSeconds: 9 } }] }])[0]).toContain('give "delaySeconds" or "readiness", not both');
+    expect(problems([{ id: 'p', groups: [{ vms: ['a'], readiness: { serial: '(', timeoutSeconds: 9 } }] }])[0]).toContain('failoverPlans[0].groups[0].readiness.serial = "(": must be a regular expression');
+    expect(problems([{ id: 'p', groups: [{ vms: ['a'], readiness: { timeoutSeconds: 9 } }] }])[0]).toContain('must name a sign of readiness');
+    expect(problems([{ id: 'p', groups: [] }])[0]).toContain('must have at least one group');
+    expect(problems([{ id: 'p', groups: [{ vms: ['a'] }] }, { id: 'p', groups: [{ vms: ['b'] }] }])).toEqual(['failoverPlans[1].id = "p": duplicate failoverPlans id']);
+  });
+
+  it('refuses replica VMs without a site or a folder to keep them in', () => {
+    const repos = example.repositories.map((r) => (r.replication ? { ...r, site: undefined, replication: { moverGroup: r.replication.moverGroup, replicaVms: { uri: 'qemu:///system' } } } : r));
+    expect(() => parseConfig({ ...example, repositories: repos }, 'x.json')).toThrow(/replication\.replicaVms.*needs the repository's "site"/);
+  });
+});
+
+describe('restore points and the network map', () => {
+  const state: ReplicaState = {
+    vmId: 'vm-1', domain: 'vm-1-replica', uuid: 'u', sourceXml: '', networkMap: {},
+    points: [
+      { backupId: 'b1', recoveryPoint: '2026-12-01T02:00:00.000Z', createdAt: '2026-12-01T02:10:00.000Z', layers: { vda: '/r/1.qcow2' } },
+      { backupId: 'b2', recoveryPoint: '2026-12-02T02:00:00.000Z', createdAt: '2026-12-02T02:10:00.000Z', layers: { vda: '/r/2.qcow2' } },
+    ],
+  };
+
+  it('picks the newest, a backup id, or the newest at or before a time; refuses a point that does not exist, listing those there are', () => {
+    expect(choosePoint(state, 'latest').backupId).toBe('b2');
+    expect(choosePoint(state, { backupId: 'b1' }).backupId).toBe('b1');
+    expect(choosePoint(state, { at: '2026-12-01T23:00:00Z' }).backupId).toBe('b1');
+    expect(() => choosePoint(state, { backupId: 'b9' })).toThrow("restore point b9 does not exist for VM 'vm-1': its replica keeps b1 (2026-12-01T02:00:00.000Z), b2 (2026-12-02T02:00:00.000Z)");
+    expect(() => choosePoint(state, { at: '2026-11-30T00:00:00Z' })).toThrow("VM 'vm-1' has no restore point at or before 2026-11-30T00:00:00Z");
+    expect(() => choosePoint({ ...state, points: [] }, 'latest')).toThrow('has no restore point yet');
+  });
+
+  const xml = `<domain type='qemu'><name>web</name><uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid><devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/prod/web.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='prod-lan'/><model type='virtio'/></interface>
+    <interface type='bridge'><source bridge='br-dmz'/></interface></devices></domain>`;
+
+  it('connects each interface to the mapped network of the DR site, with new MACs and no UUID', () => {
+    const out = restoredDomainXml(xml, { name: 'web-replica', disks: { vda: { path: '/dr/vda.qcow2', format: 'qcow2' } }, consoleLog: '/dr/c.log', network: mapNetwork({ 'prod-lan': 'dr-lan', 'br-dmz': 'dr-dmz' }, 'site-dr', 'web') });
+    expect(out).toContain(`<source network="dr-lan"`);
+    expect(out).toContain(`<source network="dr-dmz"`);
+    expect(out).not.toContain('prod-lan');
+    expect(out).not.toContain('52:54:00:aa:bb:cc');
+    expect(out).not.toContain('1b4e28ba');
+  });
+
+  it('refuses a network missing from the map, naming it, the VM and the site', () => {
+    expect(() => restoredDomainXml(xml, { name: 'w', disks: {}, consoleLog: '/c', network: mapNetwork({ 'prod-lan': 'dr-lan' }, 'site-dr', 'web') }))
+      .toThrow(`network 'br-dmz' of VM 'web' is missing from the network map of the DR site (site-dr; mapped: prod-lan): add "br-dmz": "<network at the DR site>" to its networkMap in the configuration`);
+  });
+});
+
+describe('lifeboat failover --point', () => {
+  it('takes a point for every VM or for one, and refuses a time without its zone', () => {
+    expect(parsePoint('b-1')).toEqual({ '*': { backupId: 'b-1' } });
+    expect(parsePoint('web=@2026-12-07T02:00:00Z', { db: 'latest' })).toEqual({ db: 'latest', web: { at: '2026-12-07T02:00:00.000Z' } });
+    expect(() => parsePoint('web=@2026-12-07 02:00')).toThrow('is not a time with its zone');
+    expect(failoverPlan.safeParse({ id: 'one-vm', groups: [{ vms: ['web'] }] }).success).toBe(true);
+  });
+});
+
+describe.skipIf(!existsSync('/usr/bin/qemu-nbd'))('writing a qcow2 layer over NBD', () => {
+  it('writes through qemu-nbd into an overlay; the layer below stays as it was', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lbnbdw-'));
+    dirs.push(dir);
+    const base = join(dir, 'base.qcow2');
+    const top = join(dir, 'top.qcow2');
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', base, '4M']);
+    await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 4M', base]);
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+    const socket = join(dir, 's');
+    const child = spawn('qemu-nbd', ['--format=qcow2', `--socket=${socket}`, top], { stdio: 'ignore' });
+    while (!existsSync(socket)) await sleep(20);
+    const nbd = await NbdClient.connect({ socket, exportName: '' });
+    await nbd.write(Buffer.alloc(65536, 0x22), 1024 * 1024);
+    await nbd.flush();
+    const back = Buffer.alloc(65536 * 2);
+    await nbd.read(back, 1024 * 1024 - 65536, back.length);
+    expect(back.subarray(0, 65536).every((b) => b === 0x11)).toBe(true);
+    expect(back.subarray(65536).every((b) => b === 0x22)).toBe(true);
+    await expect(nbd.write(Buffer.alloc(512), 4 * 1024 * 1024)).rejects.toThrow(RangeError);
+    await nbd.close();
+    await new Promise((r) => child.once('exit', r));
+    const { stdout } = await run('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x11 1M 64k', base]);
+    expect(stdout).toContain('read 65536/65536');
+    const top2 = await run('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x22 1M 64k', top]);
+    expect(top2.stdout).toContain('read 65536/65536');
+  });
+});

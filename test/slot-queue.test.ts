@@ -1,0 +1,132 @@
+/**
+ * The fair slot queue (functions/backup/slot-queue.ts) on a real catalog (dynalite), its
+ * waiters' task tokens held by the embedded stack's ActivityBroker and answered through its
+ * Step Functions API with the SDK's SendTaskSuccess, as AcquireSlot's `.waitForTaskToken`
+ * task is answered in the workflow.
+ */
+import { SFNClient } from '@aws-sdk/client-sfn';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { VmJob } from '../contracts/jobs.ts';
+import { acquireSlot, releaseSlot, takeSlots, type SlotQueueDeps } from '../functions/backup/slot-queue.ts';
+import { SlotQueueCatalog } from '../functions/catalog/slot-queue-catalog.ts';
+import { sfnTaskCallbacks } from '../functions/commons/task-callbacks.ts';
+import { ActivityBroker } from '../local/activities.ts';
+import { startSfnApi, type SfnApi } from '../local/sfn-api.ts';
+import { LOCAL_CREDENTIALS } from '../local/stack.ts';
+import { startTestCatalog } from './helpers/catalog.ts';
+
+const MiB = 1024 * 1024;
+let c: Awaited<ReturnType<typeof startTestCatalog>>;
+let broker: ActivityBroker;
+let api: SfnApi;
+let sfn: SFNClient;
+let clock = 1_000_000;
+let deps: SlotQueueDeps;
+
+beforeAll(async () => {
+  c = await startTestCatalog();
+  broker = new ActivityBroker();
+  const none = () => { throw new Error('no executions here'); };
+  api = await startSfnApi({ port: 0, broker, executions: { start: none, describe: none, list: none, stop: none } });
+  sfn = new SFNClient({ region: 'us-east-1', endpoint: api.url, credentials: LOCAL_CREDENTIALS });
+  deps = { catalog: c.catalog, queue: new SlotQueueCatalog(c.doc, 'catalog'), tasks: sfnTaskCallbacks(() => sfn), now: () => clock++ };
+});
+afterAll(async () => {
+  sfn?.destroy();
+  await api?.close();
+  broker?.close();
+  await c?.close();
+});
+
+const job = (runId: string, vmId: string, scopes: VmJob['slotScopes']): VmJob => ({
+  runId, policyId: 'p', backupId: 'b', vmId, host: 'h', moverGroup: 'g', source: '', repository: { bucket: 'b', chunkSize: MiB },
+  parentBackupId: null, parentManifests: {}, slotScopes: scopes, slot: null, snapshot: null, segmentBytes: 0,
+});
+
+/** A VM in line: its AcquireSlot task's token (held by the broker, as the workflow's wait is), and its grant once sent. */
+function waiter(j: VmJob, opts: { timeoutSeconds?: number; signal?: AbortSignal } = {}) {
+  const { token, result } = broker.awaitCallback(`AcquireSlot ${j.vmId}`, opts);
+  const granted = result.then((lease) => {
+    j.slot = lease as VmJob['slot'];
+    return j;
+  });
+  granted.catch(() => {});
+  return { job: j, token, granted };
+}
+
+describe('takeSlots', () => {
+  it('takes a slot in every scope or none, and counts one the holder already has', async () => {
+    const scopes = [{ scope: 'host:t', limit: 2 }, { scope: 'datastore:t/ds1', limit: 1 }];
+    const a = await takeSlots('r/a', scopes, deps);
+    expect(a).toEqual({ lease: { holder: 'r/a', keys: ['SLOT#host:t|SLOT#0', 'SLOT#datastore:t/ds1|SLOT#0'] } });
+    // The host has a second slot but the datastore is full: b gets nothing and keeps nothing.
+    expect(await takeSlots('r/b', scopes, deps)).toEqual({ full: 'datastore:t/ds1' });
+    expect(await takeSlots('r/c', [scopes[0]!], deps)).toEqual({ lease: { holder: 'r/c', keys: ['SLOT#host:t|SLOT#1'] } });
+    // A grant whose answer was lost is taken again, not doubled.
+    expect(await takeSlots('r/a', scopes, deps)).toEqual(a);
+  });
+});
+
+describe('the fair slot queue', () => {
+  it('serves waiters in the order they queued under contention, and skips a dead waiter and a timed-out one', async () => {
+    const LIMIT = 2;
+    const scopes = [{ scope: 'host:busy', limit: LIMIT }];
+    const all: ReturnType<typeof waiter>[] = [];
+    // Two holders first; then twelve VMs queue one after the other, each finding the host full.
+    for (let i = 0; i < 14; i++) {
+      const w = waiter(job('run-q', `vm-${String(i).padStart(2, '0')}`, scopes), i === 5 ? { timeoutSeconds: 1 } : {});
+      await acquireSlot(w.job, w.token, deps);
+      all.push(w);
+    }
+    // vm-07's execution dies while it waits (its token now answers TaskDoesNotExist); vm-05's wait times out (TaskTimedOut).
+    const dying = new AbortController();
+    const dead = waiter(job('run-q', 'vm-dead', scopes), { signal: dying.signal });
+    await acquireSlot(dead.job, dead.token, deps);
+    dying.abort();
+    await new Promise((r) => setTimeout(r, 1100)); // vm-05's wait runs out
+    const order: string[] = [];
+    // Every VM that gets its slots backs up for a few ms and releases; the releases race one another and two late VMs queueing.
+    const work = all.filter((_, i) => i !== 5).map(async (w) => {
+      const j = await w.granted;
+      order.push(j.vmId);
+      await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 15)));
+      await releaseSlot(j, deps);
+    });
+    const late = [waiter(job('run-q', 'vm-late-1', scopes)), waiter(job('run-q', 'vm-late-2', scopes))];
+    await acquireSlot(late[0]!.job, late[0]!.token, deps);
+    await acquireSlot(late[1]!.job, late[1]!.token, deps);
+    for (const w of late) work.push(w.granted.then(async (j) => { order.push(j.vmId); await releaseSlot(j, deps); }));
+    await Promise.all(work);
+    await expect(all[5]!.granted).rejects.toMatchObject({ name: 'States.Timeout' });
+    const queued = [...all.filter((_, i) => i !== 5).map((w) => w.job.vmId), 'vm-late-1', 'vm-late-2'];
+    expect(order.sort()).toEqual([...queued].sort()); // everyone but the dead and the timed-out got slots
+    // In order: with two slots, a VM is served at most one place off its place in line (two releases at once).
+    const served = [...order];
+    for (const [place, vmId] of queued.entries()) expect(Math.abs(served.indexOf(vmId) - place), `${vmId}: ${served.join(' ')}`).toBeLessThan(LIMIT);
+    // Nothing is left behind: no slot held, nobody in line.
+    expect(await deps.queue.slotsOf('host:busy')).toEqual([]);
+    expect((await deps.queue.entries('host:busy')).entries).toEqual([]);
+    expect(await deps.queue.waiter('run-q/vm-dead')).toBeUndefined();
+  }, 30_000);
+
+  it('a waiter that queues again (its wait timed out) keeps its place, and takes a slot whose holder died once the lease runs out', async () => {
+    const scopes = [{ scope: 'host:lease', limit: 1 }];
+    const leased = { ...deps, leaseMs: 1000 };
+    const holder = waiter(job('run-l', 'holder', scopes));
+    await acquireSlot(holder.job, holder.token, leased);
+    await holder.granted; // ... and its execution dies without ReleaseSlot
+    const first = waiter(job('run-l', 'first', scopes));
+    await acquireSlot(first.job, first.token, leased);
+    const second = waiter(job('run-l', 'second', scopes));
+    await acquireSlot(second.job, second.token, leased);
+    clock += 2000; // the dead holder's lease runs out; nobody announces it
+    // second's wait times out first and it queues again: the line is served, first in line first.
+    const again = waiter(second.job);
+    await acquireSlot(second.job, again.token, leased);
+    expect((await first.granted).slot?.holder).toBe('run-l/first');
+    await releaseSlot(first.job, leased);
+    expect((await again.granted).slot?.holder).toBe('run-l/second');
+    await releaseSlot(second.job, leased);
+    expect(await deps.queue.slotsOf('host:lease')).toEqual([]);
+  });
+});
