@@ -71,7 +71,7 @@ beforeAll(async () => {
     env: { LIFEBOAT_METRICS_ADDRESS: '127.0.0.1:0', NOTIFY_SOCKET: join(t.dir, 'notify.sock'), WATCHDOG_USEC: '1000000', LIFEBOAT_REGISTRATION_SECONDS: '5' },
     onLog: (l) => logs.push(l),
   });
-  metricsUrl = String((await waitFor('metrics.listening', () => logs.find((l) => l.event === 'metrics.listening'))).url);
+  metricsUrl = String((await waitFor('metrics.listening', () => logs.find((l) => l.event === 'metrics.listening'), 120_000)).url);
   const vmDir = join(t.dir, 'vms', 'vm-ap');
   await createVmFolder(vmDir, { name: 'vm-ap', disks: [{ id: 'disk0', sizeBytes: 6 * MiB }, { id: 'disk1', sizeBytes: 3 * MiB }] }, seededRng(5));
   await t.stack.catalog.putVm({ vmId: 'vm-ap', host: 'esx-02', source: vmDir });
