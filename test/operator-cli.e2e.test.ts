@@ -116,7 +116,7 @@ describe('on the embedded stack', () => {
     const policies = await local(['policies']);
     expect(policies.stdout).toMatch(/p-op\s+\S+\s+1\s+24 h\s+-/);
     expect(policies.stdout).toMatch(/^POLICY\s+REPOSITORY\s+VMS\s+RPO\s+REPLICATED TO$/m);
-  }, 180_000);
+  }, 300_000);
 
   it('deep-verifies with a bar per disk, and the backup shows as verified', async () => {
     const v = await local(['verify', '--vm', 'vm-op', '--group', 'site-a', '--progress']);
