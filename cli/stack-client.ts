@@ -151,7 +151,7 @@ export class StackClient {
       const e = await endpoints(opts);
       const info: StackInfo = {
         where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console ?? '', bucket: e.bucket, buckets: e.buckets,
-        groups: Object.keys(e.activities).sort(), keys: { keyFile: e.keyFile },
+        groups: Object.values(e.activities).map(groupOfActivity).sort(), keys: { keyFile: e.keyFile },
       };
       const s3 = { region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS };
       return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }), s3, {});

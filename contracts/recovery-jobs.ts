@@ -218,7 +218,10 @@ export type DamageFinding = Infer<typeof damageFinding>;
 /** What a mover reports for one disk of a deep verification. */
 export const deepVerifiedDisk = z.looseObject({
   diskId: text,
-  /** Distinct chunks in the manifest, and how many were read back. */
+  /**
+   * Distinct chunks in the manifest (counted as it streams: a chunk the disk repeats far
+   * apart counts again, repository/manifest/recent.ts), and how many were read back.
+   */
   chunksTotal: count,
   chunksChecked: count,
   bytesRead: count,
@@ -255,7 +258,7 @@ export type ReplicateJob = Infer<typeof replicateJob>;
 /** What a DR mover reports for one disk copied to the DR repository. */
 export const replicatedDisk = z.looseObject({
   diskId: text,
-  /** Distinct chunks the disk's manifest references. */
+  /** Distinct chunks the disk's manifest references (counted as it streams, as deep verify counts them). */
   chunks: count,
   /** Chunks the target lacked and that were copied (each opened and checked first); format 2: the disk's chunks in the packs copied. */
   chunksCopied: count,

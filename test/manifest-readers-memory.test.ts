@@ -58,6 +58,8 @@ function standIn(i: number): string {
     if (!inSample(VERIFY_ID, id, SAMPLE)) return id;
   }
 }
+/** Per test: 5 minutes for 2^18 entries (on a loaded 2-core machine), in proportion for more. */
+const TIMEOUT = 300_000 * Math.max(1, N / 2 ** 18);
 /** A reader's live heap at most: a few pieces (about 3 MiB each) and bounded sets, whatever N. */
 const BOUND = 48 * 2 ** 20;
 const MiB = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
@@ -112,10 +114,10 @@ beforeAll(async () => {
   }
   expect(real).toHaveLength(K);
   await writeManifest('big', (i) => (isZero(i) ? null : isReal(i) ? realAt(i) : { id: standIn(i), loc: real[0]!.loc }));
-}, 600_000);
+}, 2 * TIMEOUT);
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
-}, 300_000);
+}, TIMEOUT);
 
 describe(`readers of a manifest of ${N} entries stream it`, () => {
   // For scale, in `npm run test:manifest-memory` only (what a reader holding the whole manifest would hold; slow).
@@ -125,7 +127,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
       entries = (await decodeManifest(keys, (await store.get(objectKeys.manifest('big', 'disk0')))!, 'big', 'disk0', store)).chunks.length;
     });
     expect(entries).toBe(N);
-  }, 300_000);
+  }, TIMEOUT);
 
   it('deep verify', async () => {
     let out: Awaited<ReturnType<typeof deepVerifyDisk>> | undefined;
@@ -139,7 +141,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
     for (let i = 0; i < N; i++) if (isReal(i) && inSample(VERIFY_ID, realAt(i).id, SAMPLE)) sampled++;
     expect(out!.chunksChecked).toBe(sampled);
     expect(peak).toBeLessThan(BOUND);
-  }, 300_000);
+  }, TIMEOUT);
 
   it('the NBD export: random reads by offset and base:allocation of the whole disk', async () => {
     const exp = await BackupDiskExport.open({ store, keys, backupId: 'big', diskId: 'disk0', cacheMiB: 4, readAheadChunks: 0 });
@@ -160,7 +162,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
     exp.close();
     expect(holes).toBe(Math.ceil(N / 8) * CHUNK);
     expect(peak).toBeLessThan(BOUND);
-  }, 300_000);
+  }, TIMEOUT);
 
   it('replication (its packs already at the target)', async () => {
     const target = new MemoryObjectStore();
@@ -173,7 +175,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
     expect(out).toMatchObject({ chunks: stored(), chunksCopied: 0 });
     expect(target.objects.get(objectKeys.manifest('big', 'disk0'))?.equals(store.objects.get(objectKeys.manifest('big', 'disk0'))!)).toBe(true);
     expect(peak).toBeLessThan(BOUND);
-  }, 300_000);
+  }, TIMEOUT);
 
   it('shared damage', async () => {
     const damagedId = real[3]!.id;
@@ -191,7 +193,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
     for (let i = 0; i < N; i++) if (isReal(i) && realAt(i).id === damagedId) expected.push(i * CHUNK);
     expect(offsets).toEqual(expected);
     expect(peak).toBeLessThan(BOUND);
-  }, 300_000);
+  }, TIMEOUT);
 
   it('the standby replica from a known backup, and its re-hash of the whole disk', async () => {
     // Real chunks only (the re-hash checks every chunk of the disk): from all zeros to one real chunk in 64.
@@ -209,5 +211,5 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
     });
     expect(out).toMatchObject({ fromBackupId: 'zeros', chunksWritten: Math.ceil((N - 1) / 64), chunksUnchanged: N - Math.ceil((N - 1) / 64) });
     expect(peak).toBeLessThan(BOUND);
-  }, 300_000);
+  }, TIMEOUT);
 });

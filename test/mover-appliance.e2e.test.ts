@@ -71,7 +71,7 @@ beforeAll(async () => {
     env: { LIFEBOAT_METRICS_ADDRESS: '127.0.0.1:0', NOTIFY_SOCKET: join(t.dir, 'notify.sock'), WATCHDOG_USEC: '1000000', LIFEBOAT_REGISTRATION_SECONDS: '5' },
     onLog: (l) => logs.push(l),
   });
-  metricsUrl = String((await waitFor('metrics.listening', () => logs.find((l) => l.event === 'metrics.listening'))).url);
+  metricsUrl = String((await waitFor('metrics.listening', () => logs.find((l) => l.event === 'metrics.listening'), 120_000)).url);
   const vmDir = join(t.dir, 'vms', 'vm-ap');
   await createVmFolder(vmDir, { name: 'vm-ap', disks: [{ id: 'disk0', sizeBytes: 6 * MiB }, { id: 'disk1', sizeBytes: 3 * MiB }] }, seededRng(5));
   await t.stack.catalog.putVm({ vmId: 'vm-ap', host: 'esx-02', source: vmDir });
@@ -123,7 +123,8 @@ describe.skipIf(!haveNotify)('a mover under systemd (fake NOTIFY_SOCKET) with it
     expect(m.get('lifeboat_mover_s3_downloaded_bytes_total')!).toBeGreaterThan(run.totals.bytesStored * 0.9);
     expect(m.get('lifeboat_mover_s3_requests_total{op="put",outcome="ok"}')).toBeGreaterThan(before.get('lifeboat_mover_s3_requests_total{op="put",outcome="ok"}') ?? 0);
     expect(m.get('lifeboat_mover_s3_requests_total{op="get",outcome="ok"}')).toBeGreaterThan(0);
-    expect(sum(m, 'lifeboat_mover_s3_retries_total')).toBe(0); // no faults injected here; the counter exists from the first retry
+    // No faults are injected, but a loaded machine stalls a request now and then: the counter says exactly what the retry log lines say.
+    expect(sum(m, 'lifeboat_mover_s3_retries_total')).toBe(logs.filter((l) => l.event === 'storage.retry').length);
     // One DispatchDisk task per disk, one snapshot, one release, two deep-verify disk tasks: each in the histogram.
     expect(m.get('lifeboat_mover_tasks_total{task="dispatch",outcome="succeeded"}')).toBe(2);
     expect(m.get('lifeboat_mover_tasks_total{task="snapshot",outcome="succeeded"}')).toBe(1);
@@ -146,7 +147,8 @@ describe('bad metrics settings', () => {
   const run = async (address: string) => {
     const lines: MoverLogLine[] = [];
     const m = startMover(t.stack.endpoints, { name: `bad-metrics-${Math.random().toString(36).slice(2, 8)}`, group: 'site-a', env: { LIFEBOAT_METRICS_ADDRESS: address }, onLog: (l) => lines.push(l) });
-    const code = await Promise.race([m.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 20_000))]);
+    // A mover takes seconds to load its modules, more on a loaded machine; a bad setting stops it before it polls.
+    const code = await Promise.race([m.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 60_000))]);
     if (code === 'running') await m.stop(true);
     return { code, stderr: lines.filter((l) => l.event === 'stderr').map((l) => l.line).join('\n') };
   };
@@ -155,7 +157,7 @@ describe('bad metrics settings', () => {
     const r = await run('localhost');
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/LIFEBOAT_METRICS_ADDRESS=localhost is not HOST:PORT \(e\.g\. 127\.0\.0\.1:9464.*unset it to serve no metrics/);
-  }, 30_000);
+  }, 90_000);
 
   it('refuses a port another process holds, saying each mover needs its own (exit code 2)', async () => {
     const { createServer } = await import('node:net');
@@ -168,5 +170,5 @@ describe('bad metrics settings', () => {
     } finally {
       busy.close();
     }
-  }, 30_000);
+  }, 90_000);
 });

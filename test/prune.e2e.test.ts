@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { objectKeys } from '../repository/format.ts';
-import type { PrunePlan } from '../functions/prune/prune.ts';
+import type { PlannedPrune, PrunePlan } from '../functions/prune/prune.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -23,6 +23,14 @@ const backup = async () => {
   await changeDisk(join(vmDir, 'disk0.raw'), 6 * MiB, 0.1, 1, seededRng());
   const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-prune' }, { pollMs: 200 });
   expect(d.status, d.cause).toBe('SUCCEEDED');
+};
+/** A dry run's plan: its output names where PlanPrune wrote it (the stack's bucket), not the plan itself. */
+const dryRun = async (policyId: string) => {
+  const d = await prune({ policyId, dryRun: true });
+  expect(d.status, d.cause).toBe('SUCCEEDED');
+  const planned = JSON.parse(d.output!) as PlannedPrune;
+  const { store } = await openRepository(t.stack.endpoints);
+  return { planned, plan: JSON.parse((await store.get(planned.plan.key))!.toString('utf8')) as PrunePlan };
 };
 const ids = async () => (await t.stack.catalog.listBackups('vm-p')).map((b) => b.backupId);
 
@@ -41,9 +49,8 @@ afterAll(async () => {
 it('lists what would go and why on a dry run, and changes nothing', async () => {
   const before = await ids();
   expect(before).toHaveLength(4);
-  const d = await prune({ policyId: 'p-prune', dryRun: true });
-  expect(d.status, d.cause).toBe('SUCCEEDED');
-  const plan = JSON.parse(d.output!) as PrunePlan;
+  const { planned, plan } = await dryRun('p-prune');
+  expect(planned).toMatchObject({ dryRun: true, keepCount: 2, removeCount: 2, removeList: { count: 2 } });
   expect(plan).toMatchObject({ dryRun: true, keepCount: 2, removeCount: 2 });
   const decisions = plan.vms[0]!.decisions;
   expect(decisions.map((x) => [x.backupId, x.keep])).toEqual(before.map((id, i) => [id, i < 2]));
@@ -74,8 +81,7 @@ it('removes expired backups from the catalog and their manifests from the reposi
     if (i === 0) expect((JSON.parse(r.output!) as RestoreSummary).disks[0]!.sha256).toBe(await sha256File(join(vmDir, 'disk0.raw')));
   }
   // ...and a second prune finds nothing more to do.
-  const again = JSON.parse((await prune({ policyId: 'p-prune', dryRun: true })).output!) as PrunePlan;
-  expect(again.removeCount).toBe(0);
+  expect((await dryRun('p-prune')).planned.removeCount).toBe(0);
 });
 
 it('finishes a prune that stopped after marking a backup', async () => {
@@ -86,7 +92,7 @@ it('finishes a prune that stopped after marking a backup', async () => {
   const recovery = stackRecoveryCatalog(e);
   // A prune that died right after its first step: the oldest is `pruning`, its manifests still there.
   expect(await recovery.beginPrune('vm-p', list[2]!, 'keep-last test', new Date())).toBe(true);
-  const dry = JSON.parse((await prune({ policyId: 'p-prune', dryRun: true })).output!) as PrunePlan;
+  const dry = (await dryRun('p-prune')).plan;
   expect(dry.remove.map((x) => x.backupId)).toEqual([list[2]]);
   expect(dry.remove[0]!.reason).toContain('an earlier prune began removing it (keep-last test)');
   const d = await prune({ policyId: 'p-prune' });

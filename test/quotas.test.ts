@@ -15,7 +15,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmJob } from '../contracts/jobs.ts';
 import { ActivityBroker } from '../local/activities.ts';
 import type { ResolvedTemplate } from '../local/asl.ts';
+import { createClients } from '../functions/commons/clients.ts';
 import { LocalExecutions } from '../local/executions.ts';
+import { LocalFunctions } from '../local/lambdas.ts';
 import { AWS_QUOTAS, resolveQuotas } from '../local/quotas.ts';
 import { startSfnApi, type ExecutionRecord, type SfnApi } from '../local/sfn-api.ts';
 import { LOCAL_CREDENTIALS } from '../local/stack.ts';
@@ -87,12 +89,15 @@ const template: ResolvedTemplate = {
   stateMachines: Object.fromEntries(Object.entries(machines).map(([n, definition]) => [n, { logicalId: n, arn: arn(n), definition }])),
 };
 
+/** The functions the Lambda tasks run: PlanDispatch, which touches no client (none of these servers exist). */
+const functions = new LocalFunctions(createClients({ tableName: 'unused', region: 'us-east-1' }));
+
 let dir: string;
 const stacks: { executions: LocalExecutions; broker: ActivityBroker; api: SfnApi; sfn: SFNClient }[] = [];
 async function localStack(quotas: Parameters<typeof resolveQuotas>[0]) {
   const q = resolveQuotas(quotas);
   const broker = new ActivityBroker({ quotas: q });
-  const executions = new LocalExecutions({ dataDir: join(dir, String(stacks.length)), template, broker, quotas: q });
+  const executions = new LocalExecutions({ dataDir: join(dir, String(stacks.length)), template, broker, quotas: q, functions });
   await executions.load();
   const api = await startSfnApi({ port: 0, broker, executions, maxPollMs: 2000 });
   const s = { executions, broker, api, sfn: new SFNClient({ region: 'us-east-1', endpoint: api.url, credentials: LOCAL_CREDENTIALS }) };

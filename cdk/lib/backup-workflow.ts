@@ -22,7 +22,7 @@
  * into the parent's history (25,000 events: about 3,000 VMs) and collects the children's
  * outputs into one 256 KiB payload, and it pays for two executions per VM.
  */
-import { Duration, Stack, type CfnElement } from 'aws-cdk-lib';
+import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
@@ -30,7 +30,7 @@ import { Construct } from 'constructs';
 import { StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
-import { acknowledge } from './nag.ts';
+import { acknowledgeListMap, listMap, useResultWriterV2 } from './distributed-map.ts';
 import { catchAny, lambdaStep, moverStep, retryAnyError } from './steps.ts';
 
 export interface BackupWorkflowProps {
@@ -52,8 +52,6 @@ export const SLOT_WAIT = Duration.minutes(5);
 /** Waits before a VM gives up on a slot (Slot queue: 12.5 hours at most). */
 const SLOT_WAIT_ROUNDS = 150;
 
-/** Where the BackupVms Map writes its children's results (manifest and result files per Map Run). */
-export const RUN_RESULTS_PREFIX = 'runs/results';
 
 /** The optimized integration's error (`StepFunctions.<StartExecution error code>`) when the name is taken by a closed execution or one with another input (a retried start). */
 export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
@@ -100,8 +98,7 @@ export class BackupWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: BackupWorkflowProps) {
     super(scope, id);
-    // Render resultWriterV2 (the deprecated ResultWriter prints warnings at every synth); scoped to this workflow.
-    this.node.setContext('@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2', true);
+    useResultWriterV2(this);
     const fn = props.functions;
     const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) => lambdaStep(this, name, fn[f], opts);
     /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
@@ -193,15 +190,9 @@ export class BackupWorkflow extends Construct {
       .next(verify).next(commit).next(releaseSlot).next(vmDone);
     // One child Standard execution per VM, its job read from the list Plan wrote; a VM's failure is recorded by its own
     // failure path, so every child succeeds unless the VM's steps broke a quota: those are counted, not fatal to the run.
-    const backupVms = new sfn.DistributedMap(this, 'BackupVms', {
+    const backupVms = listMap(this, 'BackupVms', {
       comment: 'One child execution per VM (its own history), the VM jobs read from the list Plan wrote to S3',
-      itemReader: new sfn.S3JsonItemReader({ bucket: props.runBucket, key: sfn.JsonPath.stringAt('$.vmList.key') }),
-      resultWriterV2: new sfn.ResultWriterV2({ bucket: props.runBucket, prefix: RUN_RESULTS_PREFIX }),
-      mapExecutionType: sfn.StateMachineType.STANDARD,
-      maxConcurrency: props.vmConcurrency ?? 8,
-      toleratedFailurePercentage: 100,
-      label: 'BackupVm',
-      resultPath: sfn.JsonPath.DISCARD,
+      runBucket: props.runBucket, keyPath: '$.vmList.key', label: 'BackupVm', maxConcurrency: props.vmConcurrency ?? 8, toleratedFailurePercentage: 100, resultPath: null,
     });
     backupVms.itemProcessor(perVm);
     // The lease goes back on every failure, also a payload over the quota (catchAny).
@@ -220,19 +211,6 @@ export class BackupWorkflow extends Construct {
         : acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize)),
       timeout: Duration.hours(24),
     });
-    // The grants CDK writes for a Distributed Map: its child executions (named by the Map
-    // Run, so only a pattern under this state machine's own executions can name them), and
-    // the run bucket's objects (the VM list's key is the run's, a JSONPath; results go under
-    // RUN_RESULTS_PREFIX).
-    const stack = Stack.of(this);
-    const machine = stack.getLogicalId(this.stateMachine.node.defaultChild as CfnElement);
-    const bucket = stack.getLogicalId(props.runBucket.node.defaultChild as CfnElement);
-    const executions = `arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${machine}"}]}]}`;
-    acknowledge(this.stateMachine,
-      'A Distributed Map starts and stops its own child executions, whose names the Map Run makes: the grant is limited to executions of this state machine. '
-      + 'Its item reader reads the run\'s VM list, whose key is the run\'s (a JSONPath), and its result writer writes under the run results prefix, both in the stack\'s run bucket.',
-      `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::<${bucket}>/*]`,
-      `AwsSolutions-IAM5[Resource::${executions}:*]`,
-      `AwsSolutions-IAM5[Resource::${executions}/BackupVm:*]`);
+    acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupVm');
   }
 }

@@ -104,9 +104,10 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   // Then marks damaged the committed backups whose manifests share a damaged chunk (Scan, UpdateItem; reads manifests/).
   QuarantineDamage: { catalog: ['PutItem', 'Scan', 'UpdateItem'], repository: { read: ['chunks/', 'packs/', 'keys/', 'manifests/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
-  PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  // The prune's plan and its list of backups to remove go to runs/ (read by the PruneBackups Map); RecordPrune reads the Map's result files there.
+  PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'], repository: { write: ['runs/'] } },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
-  RecordPrune: { catalog: ['PutItem'] },
+  RecordPrune: { catalog: ['PutItem'], repository: { read: ['runs/'] } },
   // Takes and gives back the repository's GC lease (PutItem, DeleteItem); lists and marks; reads the packs it lists in the index again (packs/); replaces index objects that list a deleted pack, and merges small index objects (write index/); deletes chunk objects, packs and replaced or merged index objects, and failed backups' manifests; reads the backups' statuses and the policies' run leases (Scan, GetItem).
   // Reads the Object Lock retain-until of unreferenced chunk objects and packs (HEAD: read chunks/ too) before deleting them.
   CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'], repository: { read: ['manifests/', 'index/', 'keys/', 'packs/', 'chunks/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/', 'manifests/'], list: true, retention: { read: ['chunks/', 'packs/'] } }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },

@@ -121,7 +121,7 @@ export class LifeboatStack extends Stack {
     const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
     // Restore, deep verify, prune, replication: any group may restore or verify, the execution names it.
     this.recovery = addRecoveryWorkflows(this, {
-      functions, activities: this.activities, policies: config.policies,
+      functions, activities: this.activities, policies: config.policies, runBucket: this.bucket,
       // Garbage collection for every repository: a DR repository's chunks outlive the manifests Prune deletes there too.
       repositories: config.repositories.map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
     });

@@ -5,6 +5,7 @@
  */
 import { CfnOutput, Duration, TimeZone, type Stack } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
 import * as scheduler from 'aws-cdk-lib/aws-scheduler';
 import * as targets from 'aws-cdk-lib/aws-scheduler-targets';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
@@ -24,6 +25,8 @@ export interface RecoveryWorkflowsProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
   /** Every mover group's Activity: a restore or verification names the group that does it. */
   activities: Record<string, sfn.IActivity>;
+  /** The stack's own bucket: per-policy workflows keep their lists and their Distributed Maps' results under `runs/`. */
+  runBucket: s3.IBucket;
   /** Policies: each gets a daily Prune schedule in its time zone. */
   policies?: PolicyConfig[];
   /** When Prune runs for every policy (EventBridge Scheduler expression, policy's time zone). */

@@ -17,6 +17,8 @@ import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { policyVms } from '../recovery/backups.ts';
 import { applyRetention, retentionProblem } from './gfs.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import { mapRunResult, readMapRunResults, writeItemList, type ItemList } from '../commons/map-run.ts';
 
 const text = z.string().min(1);
 
@@ -93,7 +95,6 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
     plan.vms.push({ vmId: named.vmId, decisions: [{ backupId: named.backupId, time: named.startedAt, status: 'damaged', keep: false, reason }] });
     plan.remove.push(item(named.vmId, named.backupId, reason));
     plan.removeCount = 1;
-    await deps.recovery.putRecord('PRUNE', pruneId, { status: plan.dryRun ? 'dry-run' : 'running', startedAt: deps.now().toISOString(), plan });
     return plan;
   }
   for (const vmId of await policyVms(deps.catalog, policy)) {
@@ -113,8 +114,40 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
     }
   }
   plan.removeCount = plan.remove.length;
-  await deps.recovery.putRecord('PRUNE', pruneId, { status: plan.dryRun ? 'dry-run' : 'running', startedAt: deps.now().toISOString(), plan });
   return plan;
+}
+
+/** PlanPrune's answer to the workflow: counts, and where the plan and the list of backups to remove are (never the lists: a payload is capped at 256 KiB). */
+export interface PlannedPrune {
+  pruneId: string;
+  policyId: string;
+  dryRun: boolean;
+  timeZone: string;
+  keepCount: number;
+  removeCount: number;
+  /** The whole plan (every VM's decisions and reasons), as JSON in the stack's bucket: what a dry run lists. */
+  plan: { bucket: string; key: string };
+  /** The PruneItems to remove, one JSON array, read by the PruneBackups Map. */
+  removeList: ItemList;
+}
+
+/** Where a prune's plan and list go (`runs/`, beside the Backup runs' VM lists). */
+export const pruneKeys = (policyId: string, pruneId: string) => {
+  const base = `runs/prune/${encodeURIComponent(policyId)}/${encodeURIComponent(pruneId)}`;
+  return { plan: `${base}/plan.json`, remove: `${base}/remove.json` };
+};
+
+/** Writes the plan and the list to the stack's bucket and records the prune (with where its plan is). */
+export async function publishPrunePlan(plan: PrunePlan, deps: { recovery: Pick<RecoveryCatalog, 'putRecord'>; store: ObjectStore; bucket: string; now: () => Date }): Promise<PlannedPrune> {
+  const at = pruneKeys(plan.policyId, plan.pruneId);
+  await deps.store.put(at.plan, Buffer.from(JSON.stringify(plan)));
+  const removeList = await writeItemList(deps.store, deps.bucket, at.remove, plan.remove);
+  const planned: PlannedPrune = {
+    pruneId: plan.pruneId, policyId: plan.policyId, dryRun: plan.dryRun, timeZone: plan.timeZone, keepCount: plan.keepCount, removeCount: plan.removeCount,
+    plan: { bucket: deps.bucket, key: at.plan }, removeList,
+  };
+  await deps.recovery.putRecord('PRUNE', plan.pruneId, { status: plan.dryRun ? 'dry-run' : 'running', startedAt: deps.now().toISOString(), plan: planned });
+  return planned;
 }
 
 /** The backup a prune names: one of the policy's VMs', and `damaged`; any other is refused, saying why. */
@@ -168,31 +201,50 @@ export async function pruneBackup(item: PruneItem, deps: { catalog: Catalog; rec
   return result;
 }
 
-export const recordPruneInput = z.looseObject({ pruneId: text, policyId: text, pruned: z.array(z.looseObject({ backupId: text, outcome: z.enum(['pruned', 'kept', 'skipped']) })) });
+export const recordPruneInput = z.looseObject({
+  pruneId: text, policyId: text, keepCount: z.number().int(), removeCount: z.number().int(), plan: z.object({ bucket: text, key: text }), pruned: mapRunResult,
+});
 
-export async function recordPrune(input: PrunePlan & { pruned: PrunedBackup[] }, deps: { recovery: RecoveryCatalog; now: () => Date }) {
+/** Most kept backups listed by name in a prune's summary (the count is always whole). */
+const KEPT_LISTED = 100;
+
+/** RecordPrune: the PruneBackups Map's results, read from its result files, summed and recorded. */
+export async function recordPrune(input: z.output<typeof recordPruneInput>, deps: { recovery: RecoveryCatalog; store: ObjectStore; now: () => Date }) {
+  const results = await readMapRunResults(deps.store, input.pruned.ResultWriterDetails.Key);
+  const pruned = results.filter((r) => r.status === 'SUCCEEDED').map((r) => r.output as PrunedBackup);
+  const kept = pruned.filter((p) => p.outcome === 'kept');
   const summary = {
     pruneId: input.pruneId, policyId: input.policyId, dryRun: false,
-    pruned: input.pruned.filter((p) => p.outcome === 'pruned').length,
-    kept: input.pruned.filter((p) => p.outcome === 'kept').map((p) => ({ backupId: p.backupId, failed: p.failed })),
-    skipped: input.pruned.filter((p) => p.outcome === 'skipped').length,
-    objectsDeleted: input.pruned.reduce((n, p) => n + p.objectsDeleted, 0),
-    bytesDeleted: input.pruned.reduce((n, p) => n + p.bytesDeleted, 0),
+    pruned: pruned.filter((p) => p.outcome === 'pruned').length,
+    kept: kept.slice(0, KEPT_LISTED).map((p) => ({ backupId: p.backupId, failed: p.failed.slice(0, 5) })),
+    keptCount: kept.length,
+    skipped: pruned.filter((p) => p.outcome === 'skipped').length,
+    objectsDeleted: pruned.reduce((n, p) => n + p.objectsDeleted, 0),
+    bytesDeleted: pruned.reduce((n, p) => n + p.bytesDeleted, 0),
     keepCount: input.keepCount,
-    removed: input.remove,
+    removeCount: input.removeCount,
+    /** Every decision and its reason, in the stack's bucket. */
+    plan: input.plan,
   };
-  await deps.recovery.putRecord('PRUNE', input.pruneId, { status: summary.kept.length ? 'partial' : 'succeeded', finishedAt: deps.now().toISOString(), summary });
+  await deps.recovery.putRecord('PRUNE', input.pruneId, { status: summary.keptCount ? 'partial' : 'succeeded', finishedAt: deps.now().toISOString(), summary });
   return summary;
 }
 
 const now = () => new Date();
+/** The stack's own bucket (LIFEBOAT_RUN_BUCKET), where the prune's lists go. */
+function runStore(c: Clients): { store: ObjectStore; bucket: string } {
+  const bucket = c.env.runBucket;
+  if (!bucket) throw new Error('environment variable LIFEBOAT_RUN_BUCKET is not set: the Prune workflow keeps its lists in the stack\'s bucket, which the deployment must name');
+  return { store: c.store(bucket), bucket };
+}
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    planHandler: lambdaHandler('PlanPrune', planPruneInput, (input) => planPrune(input, { catalog: c.catalog, recovery: c.recovery, now })),
+    planHandler: lambdaHandler('PlanPrune', planPruneInput, async (input) =>
+      publishPrunePlan(await planPrune(input, { catalog: c.catalog, recovery: c.recovery, now }), { recovery: c.recovery, ...runStore(c), now })),
     pruneHandler: lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: c.catalog, recovery: c.recovery, admin: (r) => c.admin(r.bucket, r.endpoint), now })),
-    recordHandler: lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input as unknown as PrunePlan & { pruned: PrunedBackup[] }, { recovery: c.recovery, now })),
+    recordHandler: lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input, { recovery: c.recovery, store: runStore(c).store, now })),
   };
 }
 

@@ -66,7 +66,7 @@ export async function stopDrVm(ref: DomainRef, timeoutSeconds: number, o: { sign
   let askedAt = -Infinity;
   const ask = async () => {
     askedAt = performance.now();
-    const within = { timeoutMs: Math.max(1000, deadline - askedAt) };
+    const within = { timeoutMs: Math.max(1000, Math.round(deadline - askedAt)) };
     try {
       await virsh.run(['shutdown', '--mode', 'agent', '--', ref.name], within);
       answer = 'its agent: request taken';

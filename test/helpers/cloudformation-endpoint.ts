@@ -66,8 +66,8 @@ export function resolveOutputs(template: { Resources: Record<string, { Type: str
     else if (key === 'CatalogTableName' && type?.startsWith('AWS::DynamoDB::')) out[key] = stack.table;
     else if (key === 'RepositoryBucketName' && type === 'AWS::S3::Bucket') out[key] = stack.bucket;
     else if (key === 'RepositoryBuckets') out[key] = JSON.stringify(stack.buckets);
-    // ActivityArn<group id without punctuation>: the embedded stack's activity of that group.
-    else if (type === 'AWS::StepFunctions::Activity') out[key] = Object.entries(stack.activities).find(([g]) => `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}` === key)?.[1] ?? `unresolved-${key}`;
+    // ActivityArn<group id without punctuation>: the embedded stack's activity of that group (named `<stack>-mover-<group>`).
+    else if (type === 'AWS::StepFunctions::Activity') out[key] = Object.values(stack.activities).find((arn) => `ActivityArn${(/-mover-([A-Za-z0-9-]+)$/.exec(arn)?.[1] ?? '').replace(/[^A-Za-z0-9]/g, '')}` === key) ?? `unresolved-${key}`;
     // No KMS here: a key ARN that names itself, for the paths that need one (they fail at KMS, saying so).
     else if (key === 'RepositoryKeyArn') out[key] = 'arn:aws:kms:us-east-1:000000000000:key/not-served-locally';
     else out[key] = `unresolved-${key}`;
