@@ -162,5 +162,6 @@ try {
   await vm?.remove().catch(() => {});
   await mover.stop(true);
   await stack.stop();
-  await rm(dir, { recursive: true, force: true });
+  // The mover's spare export process exits when the mover does, and may still be writing its compile cache.
+  await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
 }
