@@ -32,7 +32,12 @@ const HOLE_EVERY = 64;
 const sizeBytes = chunks * chunkSize;
 const diskId = 'big';
 
-interface Endpoints { region: string; s3: string; bucket: string; keyFile: string }
+interface Endpoints {
+  region: string;
+  s3: string;
+  bucket: string;
+  keyFile: string;
+}
 
 async function open_(e: Endpoints) {
   const client = s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
@@ -53,8 +58,17 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
       const seg = args.segment as { index: number; count: number; offset: number; length: number } | undefined;
       try {
         return await backupDisk({
-          store, keys, reader, disk, backupId: job.backupId, chunkSize, parallelism: 8, ...(seg ? { segment: seg } : {}),
-          ...(args.parentBackupId ? { parentBackupId: args.parentBackupId as string, parentManifestKey: objectKeys.manifest(args.parentBackupId as string, diskId) } : {}),
+          store,
+          keys,
+          reader,
+          disk,
+          backupId: job.backupId,
+          chunkSize,
+          parallelism: 8,
+          ...(seg ? { segment: seg } : {}),
+          ...(args.parentBackupId
+            ? { parentBackupId: args.parentBackupId as string, parentManifestKey: objectKeys.manifest(args.parentBackupId as string, diskId) }
+            : {}),
         });
       } finally {
         await reader.close();
@@ -73,7 +87,10 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
     case 'gc': {
       // biome-ignore lint/style/noRestrictedImports: as above, one function per process
       const { collectGarbage } = await import('../functions/gc/gc.ts');
-      const r = await collectGarbage({ gcId: `bench-${Date.now()}`, request: { bucket: e.bucket, graceHours: 0 } }, { admin: new S3RepositoryAdmin(client, e.bucket), store, keys, now: () => new Date() });
+      const r = await collectGarbage(
+        { gcId: `bench-${Date.now()}`, request: { bucket: e.bucket, graceHours: 0 } },
+        { admin: new S3RepositoryAdmin(client, e.bucket), store, keys, now: () => new Date() },
+      );
       return { manifests: r.manifests, packs: r.packs, index: r.index, reclaimableInPacks: r.reclaimableInPacks, consolidation: r.consolidation };
     }
     case 'restore': {
@@ -100,7 +117,9 @@ if (process.argv[2] === 'child') {
   clearInterval(sampler);
   sample();
   const peaksMiB = Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, v / MiB]));
-  process.stdout.write(JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, peaksMiB, result }) + '\n');
+  process.stdout.write(
+    JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, peaksMiB, result }) + '\n',
+  );
   process.exit(0);
 }
 
@@ -141,10 +160,14 @@ async function writeImage(changedEvery?: number): Promise<void> {
   await fh.close();
 }
 
-const sha256 = (path: string) => new Promise<string>((ok, fail) => {
-  const h = createHash('sha256');
-  createReadStream(path).on('data', (d) => h.update(d)).on('end', () => ok(h.digest('hex'))).on('error', fail);
-});
+const sha256 = (path: string) =>
+  new Promise<string>((ok, fail) => {
+    const h = createHash('sha256');
+    createReadStream(path)
+      .on('data', (d) => h.update(d))
+      .on('end', () => ok(h.digest('hex')))
+      .on('error', fail);
+  });
 
 const { EmbeddedStack } = await import('../local/stack.ts');
 const stack = await EmbeddedStack.start({ dataDir: join(dir, 'stack') });
@@ -156,9 +179,14 @@ const say = (s: string) => {
 };
 
 async function step<T>(name: string, kind: 'mover' | 'function', args: Record<string, unknown>): Promise<T> {
-  const c = spawn(process.execPath, [...(kind === 'mover' ? MOVER_NODE_FLAGS : []), fileURLToPath(import.meta.url), 'child', name, JSON.stringify(e), JSON.stringify(args)], {
-    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...(kind === 'mover' ? moverStartEnv(join(dir, 'compile-cache')) : {}) },
-  });
+  const c = spawn(
+    process.execPath,
+    [...(kind === 'mover' ? MOVER_NODE_FLAGS : []), fileURLToPath(import.meta.url), 'child', name, JSON.stringify(e), JSON.stringify(args)],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, ...(kind === 'mover' ? moverStartEnv(join(dir, 'compile-cache')) : {}) },
+    },
+  );
   let out = '';
   c.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((ok) => c.on('exit', ok));
@@ -166,7 +194,9 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
   const r = JSON.parse(out) as { seconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
   const target = kind === 'mover' ? 256 : 512;
   const p = r.peaksMiB;
-  say(`${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; heap ${p.heapUsed!.toFixed(0)}, external ${p.external!.toFixed(0)} of which ArrayBuffers ${p.arrayBuffers!.toFixed(0)} MiB)   load ${loadavg()[0]!.toFixed(1)}`);
+  say(
+    `${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; heap ${p.heapUsed!.toFixed(0)}, external ${p.external!.toFixed(0)} of which ArrayBuffers ${p.arrayBuffers!.toFixed(0)} MiB)   load ${loadavg()[0]!.toFixed(1)}`,
+  );
   return r.result;
 }
 
@@ -180,7 +210,9 @@ async function manifestBytes(backupId: string): Promise<number> {
 
 try {
   const nonZero = chunks - Math.floor(chunks / HOLE_EVERY);
-  say(`big disk: ${chunks} chunks of ${chunkSize} bytes (${(sizeBytes / 1024 ** 3).toFixed(1)} GiB), ${nonZero} non-zero; ${segments} segments; 2 cores, load ${loadavg()[0]!.toFixed(1)} at start`);
+  say(
+    `big disk: ${chunks} chunks of ${chunkSize} bytes (${(sizeBytes / 1024 ** 3).toFixed(1)} GiB), ${nonZero} non-zero; ${segments} segments; 2 cores, load ${loadavg()[0]!.toFixed(1)} at start`,
+  );
   await writeImage();
   const full = 'big-full';
   const perSegment = Math.ceil(chunks / segments) * chunkSize;
@@ -192,7 +224,9 @@ try {
   }
   await step('join', 'function', { backupId: full, transfers });
   const bytes = await manifestBytes(full);
-  say(`manifest of the full backup: ${bytes} bytes stored, ${(bytes / nonZero).toFixed(2)} bytes per non-zero chunk, ${(bytes / chunks).toFixed(2)} per chunk (target <= 48)`);
+  say(
+    `manifest of the full backup: ${bytes} bytes stored, ${(bytes / nonZero).toFixed(2)} bytes per non-zero chunk, ${(bytes / chunks).toFixed(2)} per chunk (target <= 48)`,
+  );
   await step('verify', 'function', { backupId: full });
   await writeImage(97); // about 1% of the chunks change
   const incr = 'big-incr';

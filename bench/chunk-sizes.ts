@@ -59,7 +59,19 @@ const driver = new FolderDriver();
 const imageGiB = img.sizeBytes / GiB;
 
 const packMiB = Number(process.env.BENCH_PACK_MIB ?? 8);
-const rows: string[][] = [['chunk', 'full stored MiB', 'objects / GiB', 'full requests / GiB', 'index KiB / GiB', 'incr new chunks', 'incr uploaded MiB', 'incr stored MiB', 'amplification']];
+const rows: string[][] = [
+  [
+    'chunk',
+    'full stored MiB',
+    'objects / GiB',
+    'full requests / GiB',
+    'index KiB / GiB',
+    'incr new chunks',
+    'incr uploaded MiB',
+    'incr stored MiB',
+    'amplification',
+  ],
+];
 for (const kib of chunkKiBs) {
   const chunkSize = kib * 1024;
   const store = new SizeOnlyStore();
@@ -67,7 +79,16 @@ for (const kib of chunkKiBs) {
     const disk = { diskId: 'disk0', path, sizeBytes: (await stat(path)).size };
     const reader = await driver.openDisk(disk);
     try {
-      return await backupDisk({ store, keys, reader, disk, backupId, chunkSize, packBytes: packMiB * MiB, ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}) });
+      return await backupDisk({
+        store,
+        keys,
+        reader,
+        disk,
+        backupId,
+        chunkSize,
+        packBytes: packMiB * MiB,
+        ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}),
+      });
     } finally {
       await reader.close();
     }
@@ -94,7 +115,9 @@ for (const kib of chunkKiBs) {
   ]);
   process.stderr.write(`${kib} KiB done (full ${full.stats.uploadedChunks} chunks)\n`);
 }
-console.log(`${packMiB} MiB packs; ${sizeMiB} MiB image (zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB); copy with ${(img.changedBytes / MiB).toFixed(1)} MiB changed`);
+console.log(
+  `${packMiB} MiB packs; ${sizeMiB} MiB image (zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB); copy with ${(img.changedBytes / MiB).toFixed(1)} MiB changed`,
+);
 const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
 for (const [n, r] of rows.entries()) {
   console.log('| ' + r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |');

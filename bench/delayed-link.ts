@@ -38,9 +38,10 @@ export async function startDelayedLink(target: string, rttMs: number): Promise<D
   if (!address || typeof address === 'string') throw new Error('delayed link: no TCP address');
   return {
     url: `http://127.0.0.1:${address.port}`,
-    close: () => new Promise<void>((ok) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => ok());
-    }),
+    close: () =>
+      new Promise<void>((ok) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => ok());
+      }),
   };
 }

@@ -38,7 +38,10 @@ const changes = (process.env.BENCH_DR_CHANGE ?? '1,5,25').split(',').map(Number)
 const plans = (process.env.BENCH_DR_PLANS ?? '1,3,10').split(',').map(Number);
 const maxPlan = Math.max(...plans);
 const out = (line: string) => process.stdout.write(`${line}\n`);
-const load = () => `load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`;
+const load = () =>
+  `load ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')}`;
 const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
 const lab = await ensureLibvirtd();
@@ -56,7 +59,9 @@ const config = { ...base, policies: [...base.policies, { ...base.policies.at(-1)
 const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), config });
 const e = stack.endpoints;
 const sfn = sfnClient(e);
-const onLog = (l: { level?: string }) => { if (l.level === 'error') process.stderr.write(`mover: ${JSON.stringify(l)}\n`); };
+const onLog = (l: { level?: string }) => {
+  if (l.level === 'error') process.stderr.write(`mover: ${JSON.stringify(l)}\n`);
+};
 const movers = [
   startMover(e, { name: 'site-a-mover', group: 'site-a', slots: 4, env: { LIFEBOAT_WORK_DIR: work }, onLog }),
   // A DR mover holds a slot per VM while it waits for its readiness: enough for the largest plan.
@@ -68,7 +73,13 @@ try {
   out(`bench:dr  ${load()}  (2 sites on one machine; guest under TCG)`);
   await createIsolatedNetwork(work, drNet, `lbbdr${pid % 100000}`);
   const guest = await buildGuest(join(tmpdir(), 'lifeboat-vm-lab-cache'));
-  const updVm = await defineProdVm(join(work, 'prod'), guest, { name: upd.name, sizeBytes: diskMiB * MiB, dataBytes: Math.floor(diskMiB * 0.75) * MiB, pattern: 0x41, network: prodNet });
+  const updVm = await defineProdVm(join(work, 'prod'), guest, {
+    name: upd.name,
+    sizeBytes: diskMiB * MiB,
+    dataBytes: Math.floor(diskMiB * 0.75) * MiB,
+    pattern: 0x41,
+    network: prodNet,
+  });
   await stack.catalog.putVm({ vmId: upd.vmId, host: 'kvm-01', source: upd.name, name: upd.name });
   for (const [i, v] of rto.entries()) {
     await defineProdVm(join(work, 'prod'), guest, { name: v.name, sizeBytes: 16 * MiB, dataBytes: 2 * MiB, pattern: 0x10 + i, network: prodNet });
@@ -78,7 +89,9 @@ try {
   out('');
   out(`replica update (disk ${diskMiB} MiB, ${Math.floor(diskMiB * 0.75)} MiB of data, chunk ${CHUNK / 1024} KiB, keep 3 points)`);
   const first = await backupAndReplicate(sfn, e, 'p-upd');
-  out(`  first point: ${mib(first.replicaVms[0]!.bytesWritten)} written in ${first.replicaVms[0]!.seconds.toFixed(1)} s (backup ${first.seconds.backup.toFixed(1)} s, replication ${first.seconds.replication.toFixed(1)} s)  ${load()}`);
+  out(
+    `  first point: ${mib(first.replicaVms[0]!.bytesWritten)} written in ${first.replicaVms[0]!.seconds.toFixed(1)} s (backup ${first.seconds.backup.toFixed(1)} s, replication ${first.seconds.replication.toFixed(1)} s)  ${load()}`,
+  );
   out('  changed   changed bytes   replica bytes written   written/changed   update s   full rewrite s   update/full   dd ceiling s   load');
   const chunks = (diskMiB * MiB) / CHUNK;
   let seed = 7;
@@ -102,22 +115,29 @@ try {
     await run('dd', ['if=/dev/zero', `of=${join(work, 'dd.out')}`, `bs=${CHUNK}`, `count=${picked.size}`, 'conv=fsync', 'status=none']);
     const dd = (performance.now() - t1) / 1000;
     await rm(join(work, 'dd.out'), { force: true });
-    out(`  ${`${pct}%`.padEnd(9)} ${mib(changed).padStart(13)}   ${mib(u.bytesWritten).padStart(21)}   ${(u.bytesWritten / changed).toFixed(3).padStart(15)}   ${u.seconds.toFixed(2).padStart(8)}   ${full.toFixed(2).padStart(14)}   ${(u.seconds / full).toFixed(2).padStart(11)}   ${dd.toFixed(2).padStart(12)}   ${load()}`);
+    out(
+      `  ${`${pct}%`.padEnd(9)} ${mib(changed).padStart(13)}   ${mib(u.bytesWritten).padStart(21)}   ${(u.bytesWritten / changed).toFixed(3).padStart(15)}   ${u.seconds.toFixed(2).padStart(8)}   ${full.toFixed(2).padStart(14)}   ${(u.seconds / full).toFixed(2).padStart(11)}   ${dd.toFixed(2).padStart(12)}   ${load()}`,
+    );
   }
 
   out('');
-  out('RTO per plan size (TestFailover; one group; readiness: the guest\'s READY line; each VM boots under TCG)');
+  out("RTO per plan size (TestFailover; one group; readiness: the guest's READY line; each VM boots under TCG)");
   await backupAndReplicate(sfn, e, 'p-rto');
   out('  VMs   RTO s   guest boot s (median / max)   orchestration s (RTO - max boot)   load');
   for (const n of plans) {
-    const plan = { id: `bench-${n}`, groups: [{ vms: rto.slice(0, n).map((v) => v.vmId), readiness: { serial: 'LIFEBOAT-GUEST READY', timeoutSeconds: 1800 } }] };
+    const plan = {
+      id: `bench-${n}`,
+      groups: [{ vms: rto.slice(0, n).map((v) => v.vmId), readiness: { serial: 'LIFEBOAT-GUEST READY', timeoutSeconds: 1800 } }],
+    };
     const d = await runExecution(sfn, e.stateMachines.TestFailover!, { plan }, { pollMs: 250 });
     if (d.status !== 'SUCCEEDED') throw new Error(`test failover of ${n} VMs ${d.status}: ${d.cause}`);
     const r = JSON.parse(d.output!) as FailoverReport;
     const boots = r.vms.map((v) => v.bootSeconds).sort((a, b) => a - b);
     const median = boots[Math.floor(boots.length / 2)]!;
     const max = boots.at(-1)!;
-    out(`  ${String(n).padEnd(5)} ${r.rtoSeconds.toFixed(1).padStart(5)}   ${`${median.toFixed(1)} / ${max.toFixed(1)}`.padStart(27)}   ${(r.rtoSeconds - max).toFixed(1).padStart(32)}   ${load()}`);
+    out(
+      `  ${String(n).padEnd(5)} ${r.rtoSeconds.toFixed(1).padStart(5)}   ${`${median.toFixed(1)} / ${max.toFixed(1)}`.padStart(27)}   ${(r.rtoSeconds - max).toFixed(1).padStart(32)}   ${load()}`,
+    );
   }
 } finally {
   await Promise.all(movers.map((m) => m.stop(true)));

@@ -31,7 +31,13 @@ const readAheads = (process.env.BENCH_EXPORT_READ_AHEAD ?? '16,0').split(',').ma
 const dir = join(tmpdir(), `lifeboat-bench-export-${process.pid}`);
 const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data') });
 const e = stack.endpoints;
-const mover = startMover(e, { name: 'a-1', group: 'site-a', onLog: (l) => { if (l.level === 'error') process.stderr.write(`mover: ${JSON.stringify(l)}\n`); } });
+const mover = startMover(e, {
+  name: 'a-1',
+  group: 'site-a',
+  onLog: (l) => {
+    if (l.level === 'error') process.stderr.write(`mover: ${JSON.stringify(l)}\n`);
+  },
+});
 const out = (line: string) => process.stdout.write(`${line}\n`);
 const quiet = { info: () => {}, error: (event: string, f?: Record<string, unknown>) => out(`${event} ${JSON.stringify(f)}`) };
 
@@ -52,7 +58,15 @@ try {
 
   const exportOnce = async (readAheadChunks: number, nbdcopyArgs: string[]) => {
     const socket = join(dir, `export-${readAheadChunks}.sock`);
-    const job = exportJob.parse({ exportId: 'bench', vmId: 'vm-e', backupId, repository: { bucket: e.bucket }, diskIds: ['disk0'], listen: { socket }, readAheadChunks });
+    const job = exportJob.parse({
+      exportId: 'bench',
+      vmId: 'vm-e',
+      backupId,
+      repository: { bucket: e.bucket },
+      diskIds: ['disk0'],
+      listen: { socket },
+      readAheadChunks,
+    });
     const abort = new AbortController();
     let listening!: (u: Record<string, string>) => void;
     const uris = new Promise<Record<string, string>>((ok) => (listening = ok));
@@ -79,7 +93,9 @@ try {
     const order = i % 2 ? [...readAheads].reverse() : readAheads;
     for (const [ra, args, how] of [...order.map((ra) => [ra, [], 'default']), ...order.map((ra) => [ra, qd1, 'qd1'])] as [number, string[], string][]) {
       const { seconds, r } = await exportOnce(ra, args);
-      out(`nbdcopy ${how === 'qd1' ? '(1 connection, 1 request at a time: a sequential reader such as a booting guest)' : '(its defaults: several connections, many requests in flight)'}, read-ahead ${ra ? `${ra} chunks` : 'off'}: ${seconds.toFixed(2)} s = ${(sizeMiB / seconds).toFixed(0)} MiB/s of disk; data read (holes skipped by block status) ${(r.bytesServed / MiB).toFixed(0)} MiB = ${(r.bytesServed / MiB / seconds).toFixed(0)} MiB/s; downloaded ${(r.bytesDownloaded / MiB).toFixed(0)} MiB`);
+      out(
+        `nbdcopy ${how === 'qd1' ? '(1 connection, 1 request at a time: a sequential reader such as a booting guest)' : '(its defaults: several connections, many requests in flight)'}, read-ahead ${ra ? `${ra} chunks` : 'off'}: ${seconds.toFixed(2)} s = ${(sizeMiB / seconds).toFixed(0)} MiB/s of disk; data read (holes skipped by block status) ${(r.bytesServed / MiB).toFixed(0)} MiB = ${(r.bytesServed / MiB / seconds).toFixed(0)} MiB/s; downloaded ${(r.bytesDownloaded / MiB).toFixed(0)} MiB`,
+      );
     }
     const s = await restoreOnce();
     out(`full restore (restoreDisk into a file, same process): ${s.toFixed(2)} s = ${(sizeMiB / s).toFixed(0)} MiB/s`);

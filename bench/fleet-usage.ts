@@ -59,7 +59,10 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
   const slotWaits: number[] = [];
   for (const r of run) {
     const base = `${r.stateMachineArn.split(':').pop()!.replace('/', '--')}--${r.name}`;
-    const events = (await readFile(join(folder, `${base}.history.jsonl`), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as HistoryEvent);
+    const events = (await readFile(join(folder, `${base}.history.jsonl`), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as HistoryEvent);
     transitions += events.filter((e) => e.type === 'StateEntered').length;
     const entered = events.find((e) => e.type === 'StateEntered' && e.state?.name === 'AcquireSlot');
     const exited = events.findLast((e) => e.type === 'StateExited' && e.state?.name === 'AcquireSlot');
@@ -70,7 +73,9 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
   const payload = usage.reduce((a, b) => (b.largestPayload.bytes > a.largestPayload.bytes ? b : a));
   const children = usage.slice(1);
   return {
-    executions: run.length, transitions, parentHistory: usage[0]!.historyEvents,
+    executions: run.length,
+    transitions,
+    parentHistory: usage[0]!.historyEvents,
     largestHistory: { events: history.historyEvents, execution: history.arn.split(':').slice(-2).join(':') },
     largestPayload: { ...payload.largestPayload, execution: payload.arn.split(':').slice(-2).join(':') },
     historyEventsPerVm: children.reduce((s, c) => s + c.historyEvents, 0) / Math.max(1, children.length),
@@ -89,9 +94,11 @@ const itemBytes = (item: unknown) => Buffer.byteLength(JSON.stringify(item ?? {}
 export function dynamodbUnits(call: SdkCall): { read: number; write: number } {
   const i = call.input as Record<string, unknown>;
   const o = (call.output ?? {}) as Record<string, unknown>;
-  const reads = (items: unknown[], consistent: boolean) => items.reduce<number>((s, it) => s + Math.max(1, Math.ceil(itemBytes(it) / 4096)) * (consistent ? 1 : 0.5), 0);
+  const reads = (items: unknown[], consistent: boolean) =>
+    items.reduce<number>((s, it) => s + Math.max(1, Math.ceil(itemBytes(it) / 4096)) * (consistent ? 1 : 0.5), 0);
   switch (call.operation) {
-    case 'GetItem': return { read: reads([o.Item ?? {}], i.ConsistentRead === true), write: 0 };
+    case 'GetItem':
+      return { read: reads([o.Item ?? {}], i.ConsistentRead === true), write: 0 };
     case 'Query':
     case 'Scan': {
       const bytes = ((o.Items as unknown[] | undefined) ?? []).reduce<number>((s, it) => s + itemBytes(it), 0);
@@ -102,14 +109,17 @@ export function dynamodbUnits(call: SdkCall): { read: number; write: number } {
       const consistent = Object.values((i.RequestItems as Record<string, { ConsistentRead?: boolean }>) ?? {}).some((r) => r.ConsistentRead);
       return { read: reads(got, consistent), write: 0 };
     }
-    case 'PutItem': return { read: 0, write: Math.max(1, Math.ceil(itemBytes(i.Item) / 1024)) };
+    case 'PutItem':
+      return { read: 0, write: Math.max(1, Math.ceil(itemBytes(i.Item) / 1024)) };
     case 'BatchWriteItem': {
       const reqs = Object.values((i.RequestItems as Record<string, { PutRequest?: { Item: unknown } }[]>) ?? {}).flat();
       return { read: 0, write: reqs.reduce((s, r) => s + Math.max(1, Math.ceil(itemBytes(r.PutRequest?.Item) / 1024)), 0) };
     }
     case 'UpdateItem':
-    case 'DeleteItem': return { read: 0, write: 1 };
-    default: return { read: 0, write: 0 };
+    case 'DeleteItem':
+      return { read: 0, write: 1 };
+    default:
+      return { read: 0, write: 0 };
   }
 }
 

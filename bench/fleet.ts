@@ -48,7 +48,8 @@ async function fleet(name: string, config: LifeboatConfig, movers: Record<string
     for (let i = 1; i <= n; i++) procs.push(startMover(stack.endpoints, { name: `${group}-mover-${i}`, group, slots, env }));
   }
   return {
-    stack, dataDir,
+    stack,
+    dataDir,
     close: async () => {
       await Promise.all(procs.map((p) => p.stop()));
       await stack.stop();
@@ -75,28 +76,43 @@ async function segments(): Promise<void> {
   await createVmFolder(vmDir, { name: 'vm-large', disks: [{ id: 'disk0', sizeBytes: diskMiB * MiB }] }, seededRng(42));
   const linkMBps = num('BENCH_FLEET_LINK_MBPS', 10);
   const rows: { link: string; movers: number; seconds: number; mbps: number; stored: number }[] = [];
-  for (const [link, env] of [['shared CPU, no link limit', {}], [`${linkMBps} MB/s uplink per mover`, { LIFEBOAT_BANDWIDTH_LIMIT: String(linkMBps * 1e6) }]] as const) for (const movers of [1, 3]) {
-    const f = await fleet(`segments-${movers}`, config, { 'site-a': movers }, 1, env);
-    try {
-      await f.stack.catalog.putVm({ vmId: 'vm-large', host: 'esx-01', source: vmDir });
-      await f.stack.catalog.putPolicy({ policyId: 'large', vmIds: ['vm-large'], bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, segmentBytes: segmentMiB * MiB });
-      const started = performance.now();
-      const d = await runExecution(sfnClient(f.stack.endpoints), f.stack.endpoints.backupStateMachineArn, { policyId: 'large' }, { pollMs: 200 });
-      const seconds = (performance.now() - started) / 1000;
-      if (d.status !== 'SUCCEEDED') throw new Error(`backup with ${movers} mover(s) ended ${d.status}: ${d.error} ${d.cause}`);
-      const s = JSON.parse(d.output!) as RunSummary;
-      if (s.committed !== 1) throw new Error(`backup with ${movers} mover(s) committed ${s.committed} VMs`);
-      rows.push({ link, movers, seconds, mbps: (diskMiB * MiB) / 1e6 / seconds, stored: s.totals.bytesStored / MiB });
-      process.stdout.write(`  ${link}, ${movers} mover(s): ${seconds.toFixed(1)} s\n`);
-    } finally {
-      await f.close();
+  for (const [link, env] of [
+    ['shared CPU, no link limit', {}],
+    [`${linkMBps} MB/s uplink per mover`, { LIFEBOAT_BANDWIDTH_LIMIT: String(linkMBps * 1e6) }],
+  ] as const)
+    for (const movers of [1, 3]) {
+      const f = await fleet(`segments-${movers}`, config, { 'site-a': movers }, 1, env);
+      try {
+        await f.stack.catalog.putVm({ vmId: 'vm-large', host: 'esx-01', source: vmDir });
+        await f.stack.catalog.putPolicy({
+          policyId: 'large',
+          vmIds: ['vm-large'],
+          bucket: f.stack.endpoints.bucket,
+          chunkSize: MiB,
+          slotLimit: 1,
+          segmentBytes: segmentMiB * MiB,
+        });
+        const started = performance.now();
+        const d = await runExecution(sfnClient(f.stack.endpoints), f.stack.endpoints.backupStateMachineArn, { policyId: 'large' }, { pollMs: 200 });
+        const seconds = (performance.now() - started) / 1000;
+        if (d.status !== 'SUCCEEDED') throw new Error(`backup with ${movers} mover(s) ended ${d.status}: ${d.error} ${d.cause}`);
+        const s = JSON.parse(d.output!) as RunSummary;
+        if (s.committed !== 1) throw new Error(`backup with ${movers} mover(s) committed ${s.committed} VMs`);
+        rows.push({ link, movers, seconds, mbps: (diskMiB * MiB) / 1e6 / seconds, stored: s.totals.bytesStored / MiB });
+        process.stdout.write(`  ${link}, ${movers} mover(s): ${seconds.toFixed(1)} s\n`);
+      } finally {
+        await f.close();
+      }
     }
-  }
-  process.stdout.write(`\nOne ${diskMiB} MiB disk in ${Math.ceil(diskMiB / segmentMiB)} segments of ${segmentMiB} MiB, one slot per mover (whole Backup execution, wall time):\n`);
-  process.stdout.write('| movers\' links | movers | seconds | MB/s scanned | MiB stored | speedup |\n|---|---:|---:|---:|---:|---:|\n');
+  process.stdout.write(
+    `\nOne ${diskMiB} MiB disk in ${Math.ceil(diskMiB / segmentMiB)} segments of ${segmentMiB} MiB, one slot per mover (whole Backup execution, wall time):\n`,
+  );
+  process.stdout.write("| movers' links | movers | seconds | MB/s scanned | MiB stored | speedup |\n|---|---:|---:|---:|---:|---:|\n");
   for (const r of rows) {
     const one = rows.find((x) => x.link === r.link && x.movers === 1)!;
-    process.stdout.write(`| ${r.link} | ${r.movers} | ${r.seconds.toFixed(1)} | ${r.mbps.toFixed(0)} | ${r.stored.toFixed(1)} | ${(one.seconds / r.seconds).toFixed(2)}x |\n`);
+    process.stdout.write(
+      `| ${r.link} | ${r.movers} | ${r.seconds.toFixed(1)} | ${r.mbps.toFixed(0)} | ${r.stored.toFixed(1)} | ${(one.seconds / r.seconds).toFixed(2)}x |\n`,
+    );
   }
 }
 
@@ -122,7 +138,8 @@ function counters(stack: EmbeddedStack) {
 /** Per VM-backup usage between two snapshots of `counters`. */
 function perVm(before: ReturnType<ReturnType<typeof counters>['snap']>, after: typeof before, transitions: number, vms: number): PerVmBackup {
   const lambda: Record<string, { count: number; ms: number }> = {};
-  for (const [id, v] of Object.entries(after.lambda)) lambda[id] = { count: v.count - (before.lambda[id]?.count ?? 0), ms: v.ms - (before.lambda[id]?.ms ?? 0) };
+  for (const [id, v] of Object.entries(after.lambda))
+    lambda[id] = { count: v.count - (before.lambda[id]?.count ?? 0), ms: v.ms - (before.lambda[id]?.ms ?? 0) };
   const s3 = Object.fromEntries(Object.entries(after.s3).map(([k, n]) => [k, (n - (before.s3[k] ?? 0)) / vms]));
   return {
     transitions: transitions / vms,
@@ -130,7 +147,8 @@ function perVm(before: ReturnType<ReturnType<typeof counters>['snap']>, after: t
     lambdaGbSeconds: gbSeconds(lambda) / vms,
     dynamodbReadUnits: (after.ddb.read - before.ddb.read) / vms,
     dynamodbWriteUnits: (after.ddb.write - before.ddb.write) / vms,
-    s3, kmsCalls: 0,
+    s3,
+    kmsCalls: 0,
   };
 }
 
@@ -138,9 +156,15 @@ function printCost(u: PerVmBackup, prices: Prices, label: string): void {
   const cost = price(u, prices);
   const orchestration = cost['Step Functions']! + cost.Lambda! + cost.DynamoDB! + cost.KMS!;
   process.stdout.write(`\nPer VM-backup (${label}):\n| figure | per VM-backup |\n|---|---:|\n`);
-  process.stdout.write(`| state transitions | ${u.transitions.toFixed(1)} |\n| Lambda invocations | ${u.lambdaInvocations.toFixed(1)} |\n| Lambda GB-seconds | ${u.lambdaGbSeconds.toFixed(3)} |\n`);
+  process.stdout.write(
+    `| state transitions | ${u.transitions.toFixed(1)} |\n| Lambda invocations | ${u.lambdaInvocations.toFixed(1)} |\n| Lambda GB-seconds | ${u.lambdaGbSeconds.toFixed(3)} |\n`,
+  );
   process.stdout.write(`| DynamoDB read / write units | ${u.dynamodbReadUnits.toFixed(1)} / ${u.dynamodbWriteUnits.toFixed(1)} |\n`);
-  process.stdout.write(`| S3 requests | ${Object.entries(u.s3).map(([k, n]) => `${k} ${n.toFixed(1)}`).join(', ')} |\n| KMS calls | ${u.kmsCalls} |\n`);
+  process.stdout.write(
+    `| S3 requests | ${Object.entries(u.s3)
+      .map(([k, n]) => `${k} ${n.toFixed(1)}`)
+      .join(', ')} |\n| KMS calls | ${u.kmsCalls} |\n`,
+  );
   process.stdout.write(`\nCost per 1,000 VM-backups at ${prices.region} list prices of ${prices.date} (bench/aws-prices.json):\n| service | $ |\n|---|---:|\n`);
   for (const [k, v] of Object.entries(cost)) process.stdout.write(`| ${k} | ${v.toFixed(4)} |\n`);
   process.stdout.write(`| orchestration (Step Functions, Lambda, DynamoDB, KMS) | ${orchestration.toFixed(4)} (target 0.50) |\n`);
@@ -176,7 +200,12 @@ async function scale(): Promise<void> {
   const f = await fleet('scale', baseConfig(groups, hostLimit, vmConcurrency), Object.fromEntries(groups.map((g) => [g.id, moversPerGroup])), 2);
   try {
     process.stdout.write(`Creating ${vmCount} VMs with one 1 MiB disk each on ${hostCount} hosts ...\n`);
-    const vmIds = await addVms(f, groups.flatMap((g) => g.hosts), vmCount, MiB);
+    const vmIds = await addVms(
+      f,
+      groups.flatMap((g) => g.hosts),
+      vmCount,
+      MiB,
+    );
     await f.stack.catalog.putPolicy({ policyId: 'scale', vmIds, bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: hostLimit });
     const c = counters(f.stack);
     const before = c.snap();
@@ -191,17 +220,25 @@ async function scale(): Promise<void> {
     const run = await runExecutions(f.dataDir, d.executionArn!);
     const w = run.slotWaits;
     const mean = w.reduce((a, b) => a + b, 0) / Math.max(1, w.length);
-    process.stdout.write(`\nScale run: ${vmCount} VMs, ${groups.length} groups, ${groups.length * moversPerGroup} movers (2 slots each), ${hostCount} hosts (${hostLimit} backups each), ${vmConcurrency} VMs at once; load average ${load.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end (${os.cpus().length} cores):\n`);
+    process.stdout.write(
+      `\nScale run: ${vmCount} VMs, ${groups.length} groups, ${groups.length * moversPerGroup} movers (2 slots each), ${hostCount} hosts (${hostLimit} backups each), ${vmConcurrency} VMs at once; load average ${load.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end (${os.cpus().length} cores):\n`,
+    );
     process.stdout.write('| figure | value |\n|---|---:|\n');
     process.stdout.write(`| VMs committed / failed | ${s.committed} / ${s.failed} |\n`);
     process.stdout.write(`| wall time | ${seconds.toFixed(1)} s (${((seconds * 1000) / vmCount).toFixed(0)} ms per VM) |\n`);
     process.stdout.write(`| executions | ${run.executions} (the run and one per VM) |\n`);
     process.stdout.write(`| state transitions per VM | ${(run.transitions / vmCount).toFixed(1)} |\n`);
-    process.stdout.write(`| history events per VM (its own execution, as AWS counts them) | ${run.historyEventsPerVm.toFixed(1)}; the run's own: ${run.parentHistory} |\n`);
+    process.stdout.write(
+      `| history events per VM (its own execution, as AWS counts them) | ${run.historyEventsPerVm.toFixed(1)}; the run's own: ${run.parentHistory} |\n`,
+    );
     process.stdout.write(`| largest history | ${run.largestHistory.events} events (${run.largestHistory.execution}) |\n`);
     process.stdout.write(`| largest payload | ${run.largestPayload.bytes} B (${run.largestPayload.where}, ${run.largestPayload.execution}) |\n`);
-    process.stdout.write(`| control-plane CPU per VM | ${((cpu.user + cpu.system) / 1000 / vmCount).toFixed(1)} ms (embedded stack process: runner, handlers, dynalite, s3rver) |\n`);
-    process.stdout.write(`| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`);
+    process.stdout.write(
+      `| control-plane CPU per VM | ${((cpu.user + cpu.system) / 1000 / vmCount).toFixed(1)} ms (embedded stack process: runner, handlers, dynalite, s3rver) |\n`,
+    );
+    process.stdout.write(
+      `| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`,
+    );
     printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
   } finally {
     observeSdkCalls(undefined);
@@ -224,7 +261,12 @@ async function cost(): Promise<void> {
   const f = await fleet('cost', baseConfig(groups, 2, 8), Object.fromEntries(groups.map((g) => [g.id, moversPerGroup])), 2);
   try {
     process.stdout.write(`Creating ${vmCount} VMs with one ${diskMiB} MiB disk each ...\n`);
-    const vmIds = await addVms(f, groups.flatMap((g) => g.hosts), vmCount, diskMiB * MiB);
+    const vmIds = await addVms(
+      f,
+      groups.flatMap((g) => g.hosts),
+      vmCount,
+      diskMiB * MiB,
+    );
     await f.stack.catalog.putPolicy({ policyId: 'nightly', vmIds, bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 2 });
     const sfn = sfnClient(f.stack.endpoints);
     const full = await runExecution(sfn, f.stack.endpoints.backupStateMachineArn, { policyId: 'nightly' }, { pollMs: 500 });
@@ -248,7 +290,9 @@ async function cost(): Promise<void> {
     const targetBytes = targetGiB * 1024 ** 3;
     const newPacks = packs(targetBytes * 0.02);
     const modeled = { PUT: (u.s3.PUT ?? 0) + newPacks + Math.ceil(newPacks / 32), HEAD: (u.s3.HEAD ?? 0) + packs(targetBytes) };
-    process.stdout.write(`\nModel for ${targetGiB} GiB VMs changing 2% (uncompressed, 8 MiB packs): + ${newPacks} pack PUTs and ${Math.ceil(newPacks / 32)} index PUTs, + up to ${packs(targetBytes)} Verify HEADs (one per pack referenced; fewer where packs hold more than 8 MiB of the VM's chunks)\n`);
+    process.stdout.write(
+      `\nModel for ${targetGiB} GiB VMs changing 2% (uncompressed, 8 MiB packs): + ${newPacks} pack PUTs and ${Math.ceil(newPacks / 32)} index PUTs, + up to ${packs(targetBytes)} Verify HEADs (one per pack referenced; fewer where packs hold more than 8 MiB of the VM's chunks)\n`,
+    );
     printCost({ ...u, s3: { ...u.s3, ...modeled } }, await loadPrices(), `modeled: ${targetGiB} GiB VMs changing 2%`);
   } finally {
     observeSdkCalls(undefined);

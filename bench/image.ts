@@ -13,7 +13,10 @@ import { runContent, seededRng, type Rng } from '../local/demo/vm-image.ts';
 
 const MiB = 1024 * 1024;
 const PIECE = 8 * MiB;
-const WORDS = 'backup restore volume snapshot chunk manifest tenant invoice order customer request latency error warning info debug session cache index page row column table service deploy commit kernel systemd nginx postgres select update where from'.split(' ');
+const WORDS =
+  'backup restore volume snapshot chunk manifest tenant invoice order customer request latency error warning info debug session cache index page row column table service deploy commit kernel systemd nginx postgres select update where from'.split(
+    ' ',
+  );
 
 /** Log-like text from a seeded generator (runContent's text uses crypto.randomInt per word: too slow for GiBs). */
 function fastText(bytes: number, rng: Rng): Buffer {
@@ -62,10 +65,11 @@ export async function benchImages(dir: string, sizeMiB: number, o: { seed?: numb
       const r = rng(0, 100);
       const kind: Kind = r < 35 ? 'zero' : r < 70 ? 'text' : 'random';
       mix[kind] += len;
-      if (kind !== 'zero') for (let p = 0; p < len; p += PIECE) {
-        const n = Math.min(PIECE, len - p);
-        await fh.write(content(kind, n, rng), 0, n, offset + p);
-      }
+      if (kind !== 'zero')
+        for (let p = 0; p < len; p += PIECE) {
+          const n = Math.min(PIECE, len - p);
+          await fh.write(content(kind, n, rng), 0, n, offset + p);
+        }
       offset += len;
     }
     await fh.truncate(sizeBytes);

@@ -65,12 +65,14 @@ const held = await used();
 (cache as unknown) = undefined;
 (index as unknown) = undefined;
 const freed = held - (await used());
-console.log(JSON.stringify({
-  chunks,
-  chunksPerPack: perPack,
-  objects,
-  bytesPerChunk: Math.round(((after - before) / chunks) * 10) / 10,
-  bytesPerChunkFreed: Math.round((freed / chunks) * 10) / 10,
-  refreshMs: Math.round(refreshMs),
-  rebuildMs: Math.round(rebuildMs),
-}));
+console.log(
+  JSON.stringify({
+    chunks,
+    chunksPerPack: perPack,
+    objects,
+    bytesPerChunk: Math.round(((after - before) / chunks) * 10) / 10,
+    bytesPerChunkFreed: Math.round((freed / chunks) * 10) / 10,
+    refreshMs: Math.round(refreshMs),
+    rebuildMs: Math.round(rebuildMs),
+  }),
+);

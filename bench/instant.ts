@@ -39,7 +39,10 @@ const MiB = 1024 * 1024;
 const exportMiB = Number(process.env.BENCH_INSTANT_EXPORT_MIB ?? 512);
 const rounds = Number(process.env.BENCH_INSTANT_ROUNDS ?? 2);
 const out = (line: string) => process.stdout.write(`${line}\n`);
-const load = () => `load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`;
+const load = () =>
+  `load ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')}`;
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
 const lab = await ensureLibvirtd();
@@ -52,10 +55,13 @@ const store = repositoryStore(e);
 /** The mover's log lines of the instant recovery's task, with their wall-clock time. */
 const seen: { event: string; at: number; line: Record<string, unknown> }[] = [];
 const mover = startMover(e, {
-  name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: join(dir, 'work'), LIFEBOAT_INSTANT_SPARE: '1' },
+  name: 'kvm-mover',
+  group: 'site-a',
+  env: { LIFEBOAT_WORK_DIR: join(dir, 'work'), LIFEBOAT_INSTANT_SPARE: '1' },
   onLog: (l) => {
     if (l.level === 'error') process.stderr.write(`mover: ${JSON.stringify(l)}\n`);
-    if ((l.event === 'task.started' && l.task === 'instantRecover') || l.event === 'instant.running') seen.push({ event: l.event, at: Date.parse(String(l.t)), line: l });
+    if ((l.event === 'task.started' && l.task === 'instantRecover') || l.event === 'instant.running')
+      seen.push({ event: l.event, at: Date.parse(String(l.t)), line: l });
   },
 });
 const vmName = `lifeboat-bench-instant-${process.pid}`;
@@ -77,7 +83,15 @@ let vm: Awaited<ReturnType<typeof startLabVm>> | undefined;
 try {
   out(`start: ${load()}`);
   // --- the guest and its backup ---------------------------------------------------------------
-  vm = await startLabVm({ dir: join(dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: vmName, sizeBytes: 256 * MiB, dataBytes: 64 * MiB, behaviour: { mode: 'idle' }, agent: false });
+  vm = await startLabVm({
+    dir: join(dir, 'vm'),
+    cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'),
+    name: vmName,
+    sizeBytes: 256 * MiB,
+    dataBytes: 64 * MiB,
+    behaviour: { mode: 'idle' },
+    agent: false,
+  });
   await stack.catalog.putVm({ vmId: 'kvm-b', host: 'kvm-01', source: vm.name, name: vm.name });
   await stack.catalog.putPolicy({ policyId: 'p-b', vmIds: ['kvm-b'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1 });
   const b = await runExecution(sfn, e.backupStateMachineArn, { policyId: 'p-b' }, { pollMs: 200 });
@@ -98,11 +112,22 @@ try {
   const restoreId = `bench-instant-${process.pid}`;
   const asked = performance.now();
   const askedWall = Date.now();
-  const { executionArn } = await sfn.send(new StartExecutionCommand({
-    stateMachineArn: e.stateMachines.Restore!, name: restoreId,
-    input: JSON.stringify({ vmId: 'kvm-b', target, moverGroup: 'site-a', define: { uri: 'qemu:///system', name: restored }, instant: {} }),
-  }));
-  await waitForEndpoint({ sfn, executionArn: executionArn!, store, exportId: restoreId, ready: (r) => r.phase === 'running' || r.phase === 'moving' || r.phase === 'moved', what: 'instant recovery', pollMs: 50 });
+  const { executionArn } = await sfn.send(
+    new StartExecutionCommand({
+      stateMachineArn: e.stateMachines.Restore!,
+      name: restoreId,
+      input: JSON.stringify({ vmId: 'kvm-b', target, moverGroup: 'site-a', define: { uri: 'qemu:///system', name: restored }, instant: {} }),
+    }),
+  );
+  await waitForEndpoint({
+    sfn,
+    executionArn: executionArn!,
+    store,
+    exportId: restoreId,
+    ready: (r) => r.phase === 'running' || r.phase === 'moving' || r.phase === 'moved',
+    what: 'instant recovery',
+    pollMs: 50,
+  });
   const runningAt = performance.now() - asked;
   const console = join(target, 'console.log');
   const firstAt = await consoleAt(console, FIRST_LINE, asked);
@@ -110,16 +135,24 @@ try {
   const d = await waitForExecution(sfn, executionArn!, { pollMs: 200 });
   if (d.status !== 'SUCCEEDED') throw new Error(`instant recovery ${d.status}: ${d.error} ${d.cause}`);
   const s = JSON.parse(d.output!) as InstantRestoreSummary;
-  out(`instant recovery (request → …): domain running ${secs(runningAt)}, first console line ${secs(firstAt)}, READY ${secs(readyAt)}; move to final storage ${s.instant.moveSeconds.toFixed(1)} s; exports served ${(s.instant.bytesServed / MiB).toFixed(1)} MiB, downloaded ${(s.instant.bytesDownloaded / MiB).toFixed(1)} MiB  (${load()})`);
+  out(
+    `instant recovery (request → …): domain running ${secs(runningAt)}, first console line ${secs(firstAt)}, READY ${secs(readyAt)}; move to final storage ${s.instant.moveSeconds.toFixed(1)} s; exports served ${(s.instant.bytesServed / MiB).toFixed(1)} MiB, downloaded ${(s.instant.bytesDownloaded / MiB).toFixed(1)} MiB  (${load()})`,
+  );
   out(`  first line: instant ${secs(firstAt)} vs own boot ${secs(bootFirst)}: overhead ${secs(firstAt - bootFirst)} (target < 10 s)`);
   const taskAt = seen.find((x) => x.event === 'task.started')?.at;
   const runningLine = seen.find((x) => x.event === 'instant.running');
   if (taskAt && runningLine) {
     const steps = (runningLine.line.steps ?? {}) as Record<string, number>;
     const startMs = steps.start ?? 0;
-    out(`  to the domain running: workflow until the mover has the task ${secs(taskAt - askedWall)}; task ${Object.entries(steps).map(([k, v]) => `${k} ${secs(v)}`).join(', ')}; `
-      + `then to the first line ${secs(firstAt - (runningLine.at - askedWall))} (own boot from virsh start: ${secs(bootFirst)}; virsh start itself is the task's "start")`);
-    out(`  overhead by part: workflow ${secs(taskAt - askedWall)}, task before virsh start ${secs(runningLine.at - taskAt - startMs)}, virsh start + boot to first line beyond the guest's own ${secs(firstAt - (runningLine.at - askedWall) + startMs - bootFirst)}`);
+    out(
+      `  to the domain running: workflow until the mover has the task ${secs(taskAt - askedWall)}; task ${Object.entries(steps)
+        .map(([k, v]) => `${k} ${secs(v)}`)
+        .join(', ')}; ` +
+        `then to the first line ${secs(firstAt - (runningLine.at - askedWall))} (own boot from virsh start: ${secs(bootFirst)}; virsh start itself is the task's "start")`,
+    );
+    out(
+      `  overhead by part: workflow ${secs(taskAt - askedWall)}, task before virsh start ${secs(runningLine.at - taskAt - startMs)}, virsh start + boot to first line beyond the guest's own ${secs(firstAt - (runningLine.at - askedWall) + startMs - bootFirst)}`,
+    );
   }
   await virsh(['destroy', restored]).catch(() => {});
   await virsh(['undefine', restored]).catch(() => {});
@@ -134,11 +167,13 @@ try {
   const rates: { exp: number[]; res: number[] } = { exp: [], res: [] };
   for (let r = 0; r < rounds; r++) {
     // Taking turns going first: on a shared machine the second of two runs pays for the first.
-    const order = r % 2 === 0 ? ['exp', 'res'] as const : ['res', 'exp'] as const;
+    const order = r % 2 === 0 ? (['exp', 'res'] as const) : (['res', 'exp'] as const);
     for (const which of order) {
       if (which === 'exp') {
         const exportId = `bench-export-${process.pid}-${r}`;
-        const { executionArn: arn } = await sfn.send(new StartExecutionCommand({ stateMachineArn: e.stateMachines.Export!, name: exportId, input: JSON.stringify({ vmId: 'vm-t' }) }));
+        const { executionArn: arn } = await sfn.send(
+          new StartExecutionCommand({ stateMachineArn: e.stateMachines.Export!, name: exportId, input: JSON.stringify({ vmId: 'vm-t' }) }),
+        );
         const at = await waitForEndpoint({ sfn, executionArn: arn!, store, exportId, ready: (x) => x.state === 'listening', what: 'export' });
         const t0 = performance.now();
         await run('nbdcopy', [at.uris.disk0!, 'null:']);
@@ -146,16 +181,25 @@ try {
         await sfn.send(new StopExecutionCommand({ executionArn: arn! }));
       } else {
         const t0 = performance.now();
-        const rd = await runExecution(sfn, e.stateMachines.Restore!, { vmId: 'vm-t', diskId: 'disk0', target: join(dir, `restore-${r}.raw`), moverGroup: 'site-a', force: true }, { pollMs: 100 });
+        const rd = await runExecution(
+          sfn,
+          e.stateMachines.Restore!,
+          { vmId: 'vm-t', diskId: 'disk0', target: join(dir, `restore-${r}.raw`), moverGroup: 'site-a', force: true },
+          { pollMs: 100 },
+        );
         if (rd.status !== 'SUCCEEDED') throw new Error(`restore ${rd.status}: ${rd.error} ${rd.cause}`);
         rates.res.push(exportMiB / ((performance.now() - t0) / 1000));
         await rm(join(dir, `restore-${r}.raw`), { force: true });
       }
     }
-    out(`round ${r + 1}: export (nbdcopy of the Export workflow's export) ${rates.exp.at(-1)!.toFixed(0)} MiB/s, full restore (Restore workflow, written and re-hashed) ${rates.res.at(-1)!.toFixed(0)} MiB/s  (${load()})`);
+    out(
+      `round ${r + 1}: export (nbdcopy of the Export workflow's export) ${rates.exp.at(-1)!.toFixed(0)} MiB/s, full restore (Restore workflow, written and re-hashed) ${rates.res.at(-1)!.toFixed(0)} MiB/s  (${load()})`,
+    );
   }
   const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
-  out(`disk ${exportMiB} MiB, 1 MiB chunks, ${rounds} rounds: export ${mean(rates.exp).toFixed(0)} MiB/s, restore ${mean(rates.res).toFixed(0)} MiB/s, export/restore ${(mean(rates.exp) / mean(rates.res)).toFixed(2)} (target >= 1)`);
+  out(
+    `disk ${exportMiB} MiB, 1 MiB chunks, ${rounds} rounds: export ${mean(rates.exp).toFixed(0)} MiB/s, restore ${mean(rates.res).toFixed(0)} MiB/s, export/restore ${(mean(rates.exp) / mean(rates.res)).toFixed(2)} (target >= 1)`,
+  );
 } finally {
   await virsh(['destroy', restored]).catch(() => {});
   await virsh(['undefine', restored]).catch(() => {});

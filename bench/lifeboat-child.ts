@@ -51,7 +51,14 @@ async function job(phase: string, path: string): Promise<unknown> {
     const reader = await new FolderDriver().openDisk(disk);
     try {
       const r = await backupDisk({
-        store, keys, reader, disk, backupId: `bench-${phase}`, chunkSize: Number(process.env.BENCH_CHUNK_KIB ?? 512) * 1024, parallelism: 8, packBytes: Number(process.env.BENCH_PACK_MIB ?? 8) * 1024 * 1024,
+        store,
+        keys,
+        reader,
+        disk,
+        backupId: `bench-${phase}`,
+        chunkSize: Number(process.env.BENCH_CHUNK_KIB ?? 512) * 1024,
+        parallelism: 8,
+        packBytes: Number(process.env.BENCH_PACK_MIB ?? 8) * 1024 * 1024,
         ...(phase === 'incr' ? { parentManifestKey: objectKeys.manifest('bench-full', diskId), parentBackupId: 'bench-full' } : {}),
       });
       return { ...r.stats, chunkWorkers: defaultPoolSize() };

@@ -34,10 +34,13 @@ export async function startBenchMover(o: { endpoint: string; bucket: string; key
   // BENCH_MOVER_NODE_FLAGS: more Node flags for the mover, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof' to see where its time goes.
   const extra = (process.env.BENCH_MOVER_NODE_FLAGS ?? '').split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, ...extra, CHILD, o.endpoint, o.bucket, o.keyFile], {
-    env: { ...process.env, ...moverStartEnv(o.compileCacheDir) }, stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, ...moverStartEnv(o.compileCacheDir) },
+    stdio: ['pipe', 'pipe', 'pipe'],
   });
   let stderr = '';
-  child.stderr.on('data', (d) => { stderr += d; });
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
   child.stdin.on('error', () => {}); // a mover that died is reported by its exit code and stderr
   const exited = new Promise<number | null>((ok) => child.on('close', ok));
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
@@ -52,7 +55,13 @@ export async function startBenchMover(o: { endpoint: string; bucket: string; key
     async job(phase, path) {
       child.stdin.write(JSON.stringify({ phase, path }) + '\n');
       const r = await next(`finishing its ${phase} job`);
-      return { seconds: r.seconds as number, cpuSeconds: r.cpuSeconds as number, peakRssMiB: (r.peakRssKiB as number) / 1024, rssAtStartMiB: (r.rssAtStartKiB as number) / 1024, result: JSON.stringify(r.stats) };
+      return {
+        seconds: r.seconds as number,
+        cpuSeconds: r.cpuSeconds as number,
+        peakRssMiB: (r.peakRssKiB as number) / 1024,
+        rssAtStartMiB: (r.rssAtStartKiB as number) / 1024,
+        result: JSON.stringify(r.stats),
+      };
     },
     async close() {
       child.stdin.end();

@@ -44,14 +44,23 @@ const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
 const rounds = Math.max(1, Math.floor(Number(process.env.BENCH_ROUNDS ?? 2)));
 const rttMs = Number(process.env.BENCH_RTT_MS ?? 0);
 const ROUNDS = Array.from({ length: rounds }, (_, i) => i + 1);
-const imageKinds = (process.env.BENCH_IMAGES ?? 'sparse,thick').split(',').map((k) => k.trim()).filter(Boolean);
+const imageKinds = (process.env.BENCH_IMAGES ?? 'sparse,thick')
+  .split(',')
+  .map((k) => k.trim())
+  .filter(Boolean);
 for (const k of imageKinds) if (k !== 'sparse' && k !== 'thick') throw new Error(`BENCH_IMAGES: '${k}' is not an image (sparse, thick)`);
 const bucketOf = (tool: Tool, image: string, round: number) => `${tool}-bench-${image}-${round}`;
 const TIME = '/usr/bin/time';
 const hasTime = existsSync(TIME);
 const hasRestic = spawnSync('restic', ['version'], { encoding: 'utf8' }).status === 0;
 
-interface Run { wall: number; cpu: number | null; rssMiB: number | null; stdout: string; rssAtStartMiB?: number }
+interface Run {
+  wall: number;
+  cpu: number | null;
+  rssMiB: number | null;
+  stdout: string;
+  rssAtStartMiB?: number;
+}
 
 /** Runs a command under /usr/bin/time (when present); wall is measured here. */
 async function timed(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; stdinFile?: string } = {}): Promise<Run> {
@@ -62,8 +71,12 @@ async function timed(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEn
   const child = spawn(c, a, { env: opts.env ?? process.env, stdio: [fd, 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
-  child.stdout!.on('data', (d) => { stdout += d; });
-  child.stderr!.on('data', (d) => { stderr += d; });
+  child.stdout!.on('data', (d) => {
+    stdout += d;
+  });
+  child.stderr!.on('data', (d) => {
+    stderr += d;
+  });
   const code = await new Promise<number | null>((ok) => child.on('close', ok));
   const wall = (performance.now() - started) / 1000;
   if (typeof fd === 'number') closeSync(fd);
@@ -94,8 +107,13 @@ async function bucketBytes(bucket: string): Promise<{ bytes: number; objects: nu
   return { bytes, objects };
 }
 
-
-console.log(`bench: ${sizeMiB} MiB images (${imageKinds.join(', ')}), ${cpus().length} cores, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}${rttMs > 0 ? `, the endpoint ${rttMs} ms round trip away (emulated)` : ''}; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`);
+console.log(
+  `bench: ${sizeMiB} MiB images (${imageKinds.join(', ')}), ${cpus().length} cores, load ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(
+      ' ',
+    )}${rttMs > 0 ? `, the endpoint ${rttMs} ms round trip away (emulated)` : ''}; restic ${hasRestic ? 'found' : 'MISSING'}; /usr/bin/time ${hasTime ? 'found' : 'MISSING (no CPU/RSS figures)'}`,
+);
 if (!hasRestic) console.log('restic is not installed: `apt-get update && apt-get install -y restic` (Debian 12 has 0.14). Running Lifeboat alone.');
 const images: { kind: string; img: BenchImages; baseSha: string; changedSha: string; readCeiling: Ceiling }[] = [];
 for (const kind of imageKinds) {
@@ -103,7 +121,9 @@ for (const kind of imageKinds) {
   const img = await benchImages(dir, sizeMiB, kind === 'thick' ? { seed: 7, thick: true } : {});
   const [baseSha, changedSha] = await Promise.all([sha256File(img.base), sha256File(img.changed)]);
   const ceiling = readCeiling(img.changed, img.sizeBytes);
-  console.log(`${kind} image ready in ${((performance.now() - t) / 1000).toFixed(1)} s: zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB; ${(img.changedBytes / MiB).toFixed(1)} MiB changed in the copy; read ceiling ${ceiling.mbPerSecond.toFixed(0)} MB/s (${ceiling.command})`);
+  console.log(
+    `${kind} image ready in ${((performance.now() - t) / 1000).toFixed(1)} s: zero ${(img.mix.zero / MiB).toFixed(0)} MiB, text ${(img.mix.text / MiB).toFixed(0)} MiB, random ${(img.mix.random / MiB).toFixed(0)} MiB; ${(img.changedBytes / MiB).toFixed(1)} MiB changed in the copy; read ceiling ${ceiling.mbPerSecond.toFixed(0)} MB/s (${ceiling.command})`,
+  );
   images.push({ kind, img, baseSha, changedSha, readCeiling: ceiling });
 }
 
@@ -118,13 +138,20 @@ await rm(join(dir, 'restic-cache'), { recursive: true, force: true });
 await mkdir(join(dir, 's3'), { recursive: true });
 const keyFile = join(dir, 'master.key');
 await writeFile(keyFile, randomBytes(32));
-const s3 = await startLocalS3({ directory: join(dir, 's3'), buckets: images.flatMap(({ kind }) => ROUNDS.flatMap((r) => [bucketOf('lifeboat', kind, r), bucketOf('restic', kind, r)])) });
+const s3 = await startLocalS3({
+  directory: join(dir, 's3'),
+  buckets: images.flatMap(({ kind }) => ROUNDS.flatMap((r) => [bucketOf('lifeboat', kind, r), bucketOf('restic', kind, r)])),
+});
 // Where both tools reach it: the server itself, or through an emulated WAN link.
 const link = rttMs > 0 ? await startDelayedLink(s3.url, rttMs) : undefined;
 const endpoint = link?.url ?? s3.url;
 const resticEnv = (bucket: string) => ({
-  ...process.env, RESTIC_REPOSITORY: `s3:${endpoint}/${bucket}`, RESTIC_PASSWORD: 'bench-password',
-  AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
+  ...process.env,
+  RESTIC_REPOSITORY: `s3:${endpoint}/${bucket}`,
+  RESTIC_PASSWORD: 'bench-password',
+  AWS_ACCESS_KEY_ID: 'S3RVER',
+  AWS_SECRET_ACCESS_KEY: 'S3RVER',
+  RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
 });
 const storedAfter: Record<string, number> = {};
 const checks: string[] = [];
@@ -147,32 +174,53 @@ async function phase(image: (typeof images)[number], tool: Tool, ph: Phase, roun
   } else if (ph === 'restore') {
     run = await timed('restic', ['restore', 'latest', '--target', join(dir, 'restore-restic')], { env: resticEnv(bucket) });
   } else {
-    run = await timed('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--stdin', '--stdin-filename', 'disk.raw'], { env: resticEnv(bucket), stdinFile: ph === 'full' ? img.base : img.changed });
+    run = await timed('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--stdin', '--stdin-filename', 'disk.raw'], {
+      env: resticEnv(bucket),
+      stdinFile: ph === 'full' ? img.base : img.changed,
+    });
   }
   const requests = (s3.requests.get(bucket) ?? 0) - reqBefore;
   let bytesStored: number | null = null;
   let objects: number | undefined;
   if (ph !== 'restore') {
     const b = await bucketBytes(bucket);
-    bytesStored = b.bytes - (ph === 'incr' ? storedAfter[`${bucket}-full`]! : storedAfter[`${bucket}-init`] ?? 0);
+    bytesStored = b.bytes - (ph === 'incr' ? storedAfter[`${bucket}-full`]! : (storedAfter[`${bucket}-init`] ?? 0));
     storedAfter[`${bucket}-${ph}`] = b.bytes;
     objects = b.objects;
   }
-  const note = tool === 'restic'
-    ? run.stdout.split('\n').filter((l) => /using parent|Added to the repository|processed|restoring/.test(l)).map((l) => l.trim()).join('; ')
-    : run.stdout.trim();
-  const f: Figures = { note, wallSeconds: run.wall, mbPerSecond: img.sizeBytes / 1e6 / run.wall, cpuSeconds: run.cpu, peakRssMiB: run.rssMiB, bytesStored, requests, ...(objects !== undefined ? { objects } : {}) };
+  const note =
+    tool === 'restic'
+      ? run.stdout
+          .split('\n')
+          .filter((l) => /using parent|Added to the repository|processed|restoring/.test(l))
+          .map((l) => l.trim())
+          .join('; ')
+      : run.stdout.trim();
+  const f: Figures = {
+    note,
+    wallSeconds: run.wall,
+    mbPerSecond: img.sizeBytes / 1e6 / run.wall,
+    cpuSeconds: run.cpu,
+    peakRssMiB: run.rssMiB,
+    bytesStored,
+    requests,
+    ...(objects !== undefined ? { objects } : {}),
+  };
   into.phases[ph][tool] = f;
   if (ph === 'restore') {
     // Checked, then removed before the next phase: each restore starts from the same state of
     // memory (the other tool's 1.3-2 GiB restore left in the page cache made the second
     // restore of a round 1.5-3 s slower, for either tool).
     const restored = tool === 'lifeboat' ? restoreLifeboat : join(dir, 'restore-restic', 'disk.raw');
-    checks.push(`${kind} round ${round}: ${tool} restore ${(await sha256File(restored)) === image.changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`);
+    checks.push(
+      `${kind} round ${round}: ${tool} restore ${(await sha256File(restored)) === image.changedSha ? 'matches' : 'DOES NOT MATCH'} the changed image (sha256)`,
+    );
     if (tool === 'lifeboat') into.restoredBytes = (await stat(restored)).blocks * 512;
     await removeRestores();
   }
-  console.log(`  ${kind} round ${round} ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB${run.rssAtStartMiB !== undefined ? ` (${run.rssAtStartMiB.toFixed(0)} at its start)` : ''}, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}; load ${loadavg()[0]!.toFixed(2)}`);
+  console.log(
+    `  ${kind} round ${round} ${tool.padEnd(8)} ${ph.padEnd(7)} ${run.wall.toFixed(1)} s, ${f.mbPerSecond.toFixed(0)} MB/s, cpu ${run.cpu?.toFixed(1) ?? '?'} s, rss ${run.rssMiB?.toFixed(0) ?? '?'} MiB${run.rssAtStartMiB !== undefined ? ` (${run.rssAtStartMiB.toFixed(0)} at its start)` : ''}, ${requests} requests${bytesStored !== null ? `, ${(bytesStored / MiB).toFixed(1)} MiB stored` : ''}; load ${loadavg()[0]!.toFixed(2)}`,
+  );
 }
 
 const fmt = (v: number | null | undefined, d = 2) => (v == null ? '-' : v.toFixed(d));
@@ -185,7 +233,9 @@ const ratioOf = (r: Round, ph: Phase, k: keyof Figures) => {
 const chunkKiB = Number(process.env.BENCH_CHUNK_KIB ?? 512);
 const packMiB = Number(process.env.BENCH_PACK_MIB ?? 8);
 const hasQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
-console.log(`  Lifeboat: ${chunkKiB} KiB chunks, ${packMiB} MiB packs, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight in backups, restores with their defaults (${RESTORE_DEFAULTS.inFlightBytes / MiB} MiB of reads in flight, runs up to ${RESTORE_DEFAULTS.maxRunBytes / MiB} MiB, gaps up to ${RESTORE_DEFAULTS.maxGapBytes / 1024} KiB read through), at most 16 requests at once, ${hasQemuImg ? "a sparse image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`);
+console.log(
+  `  Lifeboat: ${chunkKiB} KiB chunks, ${packMiB} MiB packs, ${defaultPoolSize()} chunk worker(s), 8 chunks in flight in backups, restores with their defaults (${RESTORE_DEFAULTS.inFlightBytes / MiB} MiB of reads in flight, runs up to ${RESTORE_DEFAULTS.maxRunBytes / MiB} MiB, gaps up to ${RESTORE_DEFAULTS.maxGapBytes / 1024} KiB read through), at most 16 requests at once, ${hasQemuImg ? "a sparse image's holes mapped by qemu-img (not read)" : 'qemu-img MISSING: every byte read (apt-get install qemu-utils)'}; restic: --compression auto, repository v2, --stdin`,
+);
 const results: Record<string, { rounds: Round[]; targets: TargetResult[]; readCeiling: Ceiling }> = {};
 try {
   for (const image of images) {
@@ -196,14 +246,18 @@ try {
       // Started as a mover is (mover/start-settings.ts), its compile cache kept between starts as a mover's is.
       mover = await startBenchMover({ endpoint, bucket: bucketOf('lifeboat', image.kind, round), keyFile, compileCacheDir: join(dir, 'compile-cache') });
       moverStarts.push(mover.start);
-      console.log(`  ${image.kind} round ${round}: Lifeboat mover started in ${mover.start.seconds.toFixed(2)} s (peak RSS ${mover.start.peakRssMiB.toFixed(0)} MiB), once for the round's jobs`);
+      console.log(
+        `  ${image.kind} round ${round}: Lifeboat mover started in ${mover.start.seconds.toFixed(2)} s (peak RSS ${mover.start.peakRssMiB.toFixed(0)} MiB), once for the round's jobs`,
+      );
       const order = round % 2 === 1 ? (['lifeboat', 'restic'] as const) : (['restic', 'lifeboat'] as const);
       if (hasRestic) {
         const bucket = bucketOf('restic', image.kind, round);
         const reqBefore = s3.requests.get(bucket) ?? 0;
         await timed('restic', ['init', '--repository-version', '2'], { env: resticEnv(bucket) });
         storedAfter[`${bucket}-init`] = (await bucketBytes(bucket)).bytes;
-        console.log(`  ${image.kind} round ${round}: restic init ${(s3.requests.get(bucket) ?? 0) - reqBefore} requests (not counted in the phases); ${order[0] === 'lifeboat' ? 'Lifeboat' : 'restic'} goes first`);
+        console.log(
+          `  ${image.kind} round ${round}: restic init ${(s3.requests.get(bucket) ?? 0) - reqBefore} requests (not counted in the phases); ${order[0] === 'lifeboat' ? 'Lifeboat' : 'restic'} goes first`,
+        );
       }
       for (const ph of ['full', 'incr', 'restore'] as const) {
         for (const tool of order) if (tool === 'lifeboat' || hasRestic) await phase(image, tool, ph, round, r);
@@ -213,7 +267,9 @@ try {
       spawnSync('sync');
       const w = await writeCeiling(dir, r.restoredBytes!);
       r.writeCeilingSeconds = w.seconds * (r.restoredBytes! / w.bytes);
-      console.log(`  ${image.kind} round ${round}: write ceiling ${w.mbPerSecond.toFixed(0)} MB/s (${w.command}: ${w.seconds.toFixed(1)} s); restore ${fmt(ratioOf(r, 'restore', 'mbPerSecond'))}x restic, ${fmt(ofWriteCeiling(r))} of the write ceiling, GETs ${fmt(ratioOf(r, 'restore', 'requests'))}x restic's; full ${fmt(ratioOf(r, 'full', 'mbPerSecond'))}x, incremental ${fmt(ratioOf(r, 'incr', 'mbPerSecond'))}x restic`);
+      console.log(
+        `  ${image.kind} round ${round}: write ceiling ${w.mbPerSecond.toFixed(0)} MB/s (${w.command}: ${w.seconds.toFixed(1)} s); restore ${fmt(ratioOf(r, 'restore', 'mbPerSecond'))}x restic, ${fmt(ofWriteCeiling(r))} of the write ceiling, GETs ${fmt(ratioOf(r, 'restore', 'requests'))}x restic's; full ${fmt(ratioOf(r, 'full', 'mbPerSecond'))}x, incremental ${fmt(ratioOf(r, 'incr', 'mbPerSecond'))}x restic`,
+      );
     }
     results[image.kind] = { rounds, targets: targets(rounds), readCeiling: image.readCeiling };
   }
@@ -226,20 +282,56 @@ try {
 for (const { kind, img, readCeiling: rc } of images) {
   const { rounds, targets: t } = results[kind]!;
   const wc = rounds.map((r) => r.restoredBytes! / 1e6 / r.writeCeilingSeconds!);
-  console.log(`\n${kind} image (${sizeMiB} MiB${kind === 'thick' ? ', zeros written as data' : ', zero runs as holes'}): the means of ${rounds.length} round(s)`);
+  console.log(
+    `\n${kind} image (${sizeMiB} MiB${kind === 'thick' ? ', zeros written as data' : ', zero runs as holes'}): the means of ${rounds.length} round(s)`,
+  );
   console.log(table(rounds));
-  console.log(`ceilings: reading the image ${rc.mbPerSecond.toFixed(0)} MB/s (${(img.sizeBytes / 1e6 / rc.mbPerSecond).toFixed(1)} s); writing the restored ${(rounds[0]!.restoredBytes! / MiB).toFixed(0)} MiB ${(wc.reduce((a, x) => a + x, 0) / wc.length).toFixed(0)} MB/s [${wc.map((x) => x.toFixed(0)).join(', ')}]`);
+  console.log(
+    `ceilings: reading the image ${rc.mbPerSecond.toFixed(0)} MB/s (${(img.sizeBytes / 1e6 / rc.mbPerSecond).toFixed(1)} s); writing the restored ${(rounds[0]!.restoredBytes! / MiB).toFixed(0)} MiB ${(wc.reduce((a, x) => a + x, 0) / wc.length).toFixed(0)} MB/s [${wc.map((x) => x.toFixed(0)).join(', ')}]`,
+  );
   console.log(`Targets (on the means; each round's figure in brackets):`);
   for (const l of targetLines(t)) console.log(l);
 }
-const startMean = { seconds: moverStarts.reduce((a, m) => a + m.seconds, 0) / moverStarts.length, peakRssMiB: moverStarts.reduce((a, m) => a + m.peakRssMiB, 0) / moverStarts.length };
-console.log(`\nLifeboat's mover start, once per process and in none of the phases above: ${startMean.seconds.toFixed(2)} s, peak RSS ${startMean.peakRssMiB.toFixed(0)} MiB. Load at the end: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+const startMean = {
+  seconds: moverStarts.reduce((a, m) => a + m.seconds, 0) / moverStarts.length,
+  peakRssMiB: moverStarts.reduce((a, m) => a + m.peakRssMiB, 0) / moverStarts.length,
+};
+console.log(
+  `\nLifeboat's mover start, once per process and in none of the phases above: ${startMean.seconds.toFixed(2)} s, peak RSS ${startMean.peakRssMiB.toFixed(0)} MiB. Load at the end: ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')}`,
+);
 for (const c of checks) console.log(`  check: ${c}`);
 
 const restic = hasRestic ? spawnSync('restic', ['version'], { encoding: 'utf8' }).stdout.trim() : null;
-await writeFile(join(dir, 'results.json'), JSON.stringify({
-  at: new Date().toISOString(), sizeMiB, rttMs, cores: cpus().length, restic,
-  settings: { lifeboat: { chunkSize: chunkKiB * 1024, backupParallelism: 8, restore: RESTORE_DEFAULTS, chunkWorkers: defaultPoolSize(), packBytes: packMiB * 1024 * 1024, holesMapped: hasQemuImg }, restic: { compression: 'auto', repositoryVersion: 2, stdin: true } },
-  rounds, images: images.map(({ kind, img, baseSha, changedSha }) => ({ kind, ...img, baseSha256: baseSha, changedSha256: changedSha })), results, moverStarts, checks,
-}, null, 2) + '\n');
+await writeFile(
+  join(dir, 'results.json'),
+  JSON.stringify(
+    {
+      at: new Date().toISOString(),
+      sizeMiB,
+      rttMs,
+      cores: cpus().length,
+      restic,
+      settings: {
+        lifeboat: {
+          chunkSize: chunkKiB * 1024,
+          backupParallelism: 8,
+          restore: RESTORE_DEFAULTS,
+          chunkWorkers: defaultPoolSize(),
+          packBytes: packMiB * 1024 * 1024,
+          holesMapped: hasQemuImg,
+        },
+        restic: { compression: 'auto', repositoryVersion: 2, stdin: true },
+      },
+      rounds,
+      images: images.map(({ kind, img, baseSha, changedSha }) => ({ kind, ...img, baseSha256: baseSha, changedSha256: changedSha })),
+      results,
+      moverStarts,
+      checks,
+    },
+    null,
+    2,
+  ) + '\n',
+);
 console.log(`\nresults: ${join(dir, 'results.json')}`);

@@ -31,7 +31,9 @@ if (process.argv[2] === 'child') {
   const started = performance.now();
   const r = await backupDisk({ store, keys, reader, disk, backupId: `sparse-${Date.now()}`, chunkSize: MiB, parallelism: 8 });
   await reader.close();
-  process.stdout.write(JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, stats: r.stats }) + '\n');
+  process.stdout.write(
+    JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, stats: r.stats }) + '\n',
+  );
   process.exit(0);
 }
 
@@ -54,15 +56,25 @@ try {
   for (const mode of ['read-all', 'map-holes'] as const) {
     await writeImage();
     // Started as a mover is (mover/start-settings.ts).
-    const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, fileURLToPath(import.meta.url), 'child', JSON.stringify(stack.endpoints), path, String(sizeBytes), mode], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } });
+    const child = spawn(
+      process.execPath,
+      [...MOVER_NODE_FLAGS, fileURLToPath(import.meta.url), 'child', JSON.stringify(stack.endpoints), path, String(sizeBytes), mode],
+      { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...moverStartEnv(join(dir, 'compile-cache')) } },
+    );
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const code = await new Promise<number | null>((ok) => child.on('exit', ok));
     if (code !== 0) throw new Error(`mover child exited ${code}`);
-    const r = JSON.parse(out) as { seconds: number; maxRssMiB: number; stats: { bytesScanned: number; bytesUnallocated: number; uploadedChunks: number; zeroChunks: number } };
+    const r = JSON.parse(out) as {
+      seconds: number;
+      maxRssMiB: number;
+      stats: { bytesScanned: number; bytesUnallocated: number; uploadedChunks: number; zeroChunks: number };
+    };
     const how = mode === 'read-all' ? 'every byte read' : `holes mapped by qemu-img, ${(r.stats.bytesUnallocated / GiB).toFixed(1)} GiB not read`;
-    process.stdout.write(`sparse disk ${sizeBytes / GiB} GiB (64 MiB of data), ${how}: ${r.seconds.toFixed(1)} s, ${(r.stats.bytesScanned / MiB / r.seconds).toFixed(0)} MiB/s scanned, ` +
-      `${r.stats.uploadedChunks} chunks uploaded, ${r.stats.zeroChunks} zero chunks skipped, mover peak RSS ${r.maxRssMiB.toFixed(0)} MiB (target < 256 MiB)\n`);
+    process.stdout.write(
+      `sparse disk ${sizeBytes / GiB} GiB (64 MiB of data), ${how}: ${r.seconds.toFixed(1)} s, ${(r.stats.bytesScanned / MiB / r.seconds).toFixed(0)} MiB/s scanned, ` +
+        `${r.stats.uploadedChunks} chunks uploaded, ${r.stats.zeroChunks} zero chunks skipped, mover peak RSS ${r.maxRssMiB.toFixed(0)} MiB (target < 256 MiB)\n`,
+    );
   }
 } finally {
   await stack.stop();

@@ -64,19 +64,31 @@ async function procFigures(pid: number): Promise<{ cpu: number; hwmMiB: number }
   return { cpu: ticks / 100, hwmMiB: hwm / 1024 };
 }
 
-interface Figures { wall: number; cpu: number; rssMiB: number; read: number; stored: number; latencyMs: number; phases?: string }
+interface Figures {
+  wall: number;
+  cpu: number;
+  rssMiB: number;
+  read: number;
+  stored: number;
+  latencyMs: number;
+  phases?: string;
+}
 
 /** Seconds spent in each of a VM's steps, from the execution's history as the embedded stack writes it. */
 async function phases(executionArn: string): Promise<string> {
   const file = join(dir, 'stack', 'executions', `${executionArn.split(':').slice(-2).join('--')}.history.jsonl`);
-  const events = (await readFile(file, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { type: string; timestamp: number; state?: { name: string } });
+  const events = (await readFile(file, 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { type: string; timestamp: number; state?: { name: string } });
   const entered = new Map<string, number>();
   const spent: string[] = [];
   for (const ev of events) {
     const name = ev.state?.name;
     if (!name) continue;
     if (ev.type === 'StateEntered') entered.set(name, ev.timestamp);
-    else if (ev.type === 'StateExited' && /^(Snapshot|DispatchDisk|ReleaseSnapshot|Verify|Commit) \(|^(Verify|Commit)$/.test(name)) spent.push(`${name.replace(/ \(.*/, '')} ${((ev.timestamp - entered.get(name)!) / 1000).toFixed(1)} s`);
+    else if (ev.type === 'StateExited' && /^(Snapshot|DispatchDisk|ReleaseSnapshot|Verify|Commit) \(|^(Verify|Commit)$/.test(name))
+      spent.push(`${name.replace(/ \(.*/, '')} ${((ev.timestamp - entered.get(name)!) / 1000).toFixed(1)} s`);
   }
   return spent.join(', ');
 }
@@ -86,16 +98,36 @@ const e = stack.endpoints;
 const mover = startMover(e, { name: 'bench-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: join(dir, 'work') } });
 const s3 = await startLocalS3({ directory: join(dir, 'restic-s3'), buckets: ['restic-vm'] });
 const resticEnv = {
-  ...process.env, RESTIC_REPOSITORY: `s3:${s3.url}/restic-vm`, RESTIC_PASSWORD: 'bench', AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
+  ...process.env,
+  RESTIC_REPOSITORY: `s3:${s3.url}/restic-vm`,
+  RESTIC_PASSWORD: 'bench',
+  AWS_ACCESS_KEY_ID: 'S3RVER',
+  AWS_SECRET_ACCESS_KEY: 'S3RVER',
+  RESTIC_CACHE_DIR: join(dir, 'restic-cache'),
 };
 const name = `lifeboat-bench-${process.pid}`;
 console.log(`bench:vm: a ${sizeBytes / GiB} GiB qcow2 disk (half of it random data), the guest writing ${writeKiBs} KiB/s under TCG; preparing ...`);
-const vm = await startLabVm({ dir: join(dir, 'vm'), cacheDir: join(root, '.lifeboat', 'cache'), name, sizeBytes, dataBytes: sizeBytes / 2, behaviour: { mode: 'write', writeKiBs, freezeHash: false } });
+const vm = await startLabVm({
+  dir: join(dir, 'vm'),
+  cacheDir: join(root, '.lifeboat', 'cache'),
+  name,
+  sizeBytes,
+  dataBytes: sizeBytes / 2,
+  behaviour: { mode: 'write', writeKiBs, freezeHash: false },
+});
 try {
   await stack.catalog.putVm({ vmId: name, host: 'kvm-01', source: name });
-  await stack.catalog.putPolicy({ policyId: 'bench-vm', vmIds: [name], bucket: e.bucket, chunkSize: stack.config.repositories[0]!.chunkSizeMiB * MiB, slotLimit: 1 });
+  await stack.catalog.putPolicy({
+    policyId: 'bench-vm',
+    vmIds: [name],
+    bucket: e.bucket,
+    chunkSize: stack.config.repositories[0]!.chunkSizeMiB * MiB,
+    slotLimit: 1,
+  });
   // Not spawnSync: the S3 server restic talks to runs on this process's event loop.
-  await new Promise<void>((ok, fail) => spawn('restic', ['init'], { env: resticEnv, stdio: 'ignore' }).on('exit', (c) => (c === 0 ? ok() : fail(new Error(`restic init exited ${c}`)))));
+  await new Promise<void>((ok, fail) =>
+    spawn('restic', ['init'], { env: resticEnv, stdio: 'ignore' }).on('exit', (c) => (c === 0 ? ok() : fail(new Error(`restic init exited ${c}`)))),
+  );
   const sfn = sfnClient(e);
   const driver = new LibvirtDriver({ uri: 'qemu:///system', workDir: join(dir, 'restic-work') });
 
@@ -113,7 +145,15 @@ try {
     const run = JSON.parse(d.output ?? '{}') as RunSummary;
     if (d.status !== 'SUCCEEDED' || run.failed) throw new Error(`Lifeboat backup failed: ${d.cause ?? JSON.stringify(run.vms)}`);
     const after = await procFigures(mover.child.pid!);
-    return { wall, cpu: after.cpu - before.cpu, rssMiB: after.hwmMiB, read: run.totals.bytesRead ?? 0, stored: run.totals.bytesStored, latencyMs: latencyMs(w0, await writeStats(name)), phases: await phases(d.executionArn!) };
+    return {
+      wall,
+      cpu: after.cpu - before.cpu,
+      rssMiB: after.hwmMiB,
+      read: run.totals.bytesRead ?? 0,
+      stored: run.totals.bytesStored,
+      latencyMs: latencyMs(w0, await writeStats(name)),
+      phases: await phases(d.executionArn!),
+    };
   };
 
   const restic = async (label: string): Promise<Figures> => {
@@ -124,7 +164,11 @@ try {
     const w0 = await writeStats(name);
     const started = performance.now();
     const out = await new Promise<string>((ok, fail) => {
-      const child = spawn('/usr/bin/time', ['-f', 'TIME %e %U %S %M', 'sh', '-c', `nbdcopy '${uri}' - | restic backup --json --compression auto --host bench --stdin --stdin-filename vda.raw`], { env: resticEnv });
+      const child = spawn(
+        '/usr/bin/time',
+        ['-f', 'TIME %e %U %S %M', 'sh', '-c', `nbdcopy '${uri}' - | restic backup --json --compression auto --host bench --stdin --stdin-filename vda.raw`],
+        { env: resticEnv },
+      );
       let text = '';
       child.stdout.on('data', (d) => (text += d));
       child.stderr.on('data', (d) => (text += d));
@@ -157,7 +201,9 @@ try {
   const row = (label: string, f: Figures) =>
     `${label.padEnd(24)} ${f.wall.toFixed(1).padStart(7)} ${(sizeBytes / MiB / f.wall).toFixed(0).padStart(9)} ${f.cpu.toFixed(1).padStart(7)} ${f.rssMiB.toFixed(0).padStart(8)} ${(f.read / MiB).toFixed(0).padStart(9)} ${(f.stored / MiB).toFixed(1).padStart(10)} ${f.latencyMs.toFixed(2).padStart(12)}`;
   console.log(`\nguest write latency while idle: ${idle.toFixed(2)} ms a write (QEMU's counters)`);
-  console.log(`${'backup'.padEnd(24)} ${'wall s'.padStart(7)} ${'MiB/s*'.padStart(9)} ${'CPU s'.padStart(7)} ${'RSS MiB'.padStart(8)} ${'read MiB'.padStart(9)} ${'stored MiB'.padStart(10)} ${'write ms'.padStart(12)}`);
+  console.log(
+    `${'backup'.padEnd(24)} ${'wall s'.padStart(7)} ${'MiB/s*'.padStart(9)} ${'CPU s'.padStart(7)} ${'RSS MiB'.padStart(8)} ${'read MiB'.padStart(9)} ${'stored MiB'.padStart(10)} ${'write ms'.padStart(12)}`,
+  );
   console.log(row('Lifeboat full', lbFull));
   console.log(row('restic full', rFull));
   console.log(row('Lifeboat CBT incremental', lbIncr));
@@ -165,9 +211,17 @@ try {
   console.log(`* logical throughput: disk size / wall. Lifeboat includes its whole workflow (plan, slot, snapshot, verify, commit).`);
   console.log(`Lifeboat full, its steps: ${lbFull.phases}`);
   console.log(`Lifeboat incremental, its steps: ${lbIncr.phases}`);
-  console.log(`load average at the end (this machine has ${availableParallelism()} cores): ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
-  console.log(`ratio, incremental logical throughput Lifeboat/restic: ${(rIncr.wall / lbIncr.wall).toFixed(1)}x (target 20x); full: ${(rFull.wall / lbFull.wall).toFixed(2)}x`);
-  console.log(`Lifeboat's incremental read ${(lbIncr.read / MiB).toFixed(0)} MiB of ${(sizeBytes / MiB).toFixed(0)} MiB; the guest wrote ${((await writeStats(name)).bytes - w0.bytes) / MiB | 0} MiB since the full backup`);
+  console.log(
+    `load average at the end (this machine has ${availableParallelism()} cores): ${loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' ')}`,
+  );
+  console.log(
+    `ratio, incremental logical throughput Lifeboat/restic: ${(rIncr.wall / lbIncr.wall).toFixed(1)}x (target 20x); full: ${(rFull.wall / lbFull.wall).toFixed(2)}x`,
+  );
+  console.log(
+    `Lifeboat's incremental read ${(lbIncr.read / MiB).toFixed(0)} MiB of ${(sizeBytes / MiB).toFixed(0)} MiB; the guest wrote ${(((await writeStats(name)).bytes - w0.bytes) / MiB) | 0} MiB since the full backup`,
+  );
 } finally {
   await vm.remove();
   await mover.stop();

@@ -11,17 +11,23 @@ import { startConsoleServer } from '../local/console/server.ts';
 import { guarded, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';
 
 export function registerConsoleCommand(program: Command, defaultDataDir: string, io: Out, port: (v: string) => number): void {
-  stackOptions(program
-    .command('console')
-    .description('serve the web console (on 127.0.0.1) for a deployed stack (--stack: its operator API, signed with your credentials, and its workflows) or the running embedded stack, until Ctrl-C')
-    .option('--port <port>', 'port on 127.0.0.1 (0: any free port)', port, 8085), defaultDataDir)
-    .action(guarded(async (opts: StackOptions & { port: number }) => {
+  stackOptions(
+    program
+      .command('console')
+      .description(
+        'serve the web console (on 127.0.0.1) for a deployed stack (--stack: its operator API, signed with your credentials, and its workflows) or the running embedded stack, until Ctrl-C',
+      )
+      .option('--port <port>', 'port on 127.0.0.1 (0: any free port)', port, 8085),
+    defaultDataDir,
+  ).action(
+    guarded(async (opts: StackOptions & { port: number }) => {
       const client = await StackClient.connect(opts);
       try {
         // Fails here, not on the first page, when the API is out of reach or refuses the caller's credentials.
         await client.request('GET', '/api/policies');
         const server = await startConsoleServer({
-          port: opts.port, groups: client.info.groups,
+          port: opts.port,
+          groups: client.info.groups,
           api: (method, path, body) => client.call(method, path, body),
           start: async (workflow, input) => {
             const name = randomUUID();
@@ -39,5 +45,6 @@ export function registerConsoleCommand(program: Command, defaultDataDir: string,
       } finally {
         client.close();
       }
-    }));
+    }),
+  );
 }

@@ -33,8 +33,14 @@ export class ExecutionEnded extends Error {
  * the execution stops first (a record of an execution that ended is stale).
  */
 export async function waitForEndpoint(o: {
-  sfn: Pick<SFNClient, 'send'>; executionArn: string; store: ObjectStore; exportId: string;
-  ready: (e: ExportEndpoint) => boolean; what: string; pollMs?: number; signal?: AbortSignal;
+  sfn: Pick<SFNClient, 'send'>;
+  executionArn: string;
+  store: ObjectStore;
+  exportId: string;
+  ready: (e: ExportEndpoint) => boolean;
+  what: string;
+  pollMs?: number;
+  signal?: AbortSignal;
 }): Promise<ExportEndpoint> {
   for (;;) {
     o.signal?.throwIfAborted();

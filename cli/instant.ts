@@ -14,20 +14,28 @@ export async function runInstantRestore(client: StackClient, input: Record<strin
   const executionArn = await client.start('Restore', restoreId, input);
   const fail = (status: string, error?: string, cause?: string) => new Error(`Restore ${status}: ${error ?? ''}: ${lambdaMessage(cause ?? '')}`);
   const running = await waitForEndpoint({
-    sfn: client.sfn, executionArn, store: client.store, exportId: restoreId, what: `instant recovery of VM '${input.vmId}'`,
+    sfn: client.sfn,
+    executionArn,
+    store: client.store,
+    exportId: restoreId,
+    what: `instant recovery of VM '${input.vmId}'`,
     ready: (r) => r.phase !== undefined && r.phase !== 'failed',
   }).catch((err: { execution?: { status?: string; error?: string; cause?: string } }) => {
     if (err.execution && err.execution.status !== 'SUCCEEDED') throw fail(err.execution.status ?? 'ended', err.execution.error, err.execution.cause);
     return undefined;
   });
   if (running) {
-    io.out(`VM ${running.domain} runs from backup ${running.backupId} of VM ${input.vmId} (${((Date.now() - started) / 1000).toFixed(1)} s after the request); its writes go to ${Object.values(running.overlays ?? {}).join(', ')}`);
+    io.out(
+      `VM ${running.domain} runs from backup ${running.backupId} of VM ${input.vmId} (${((Date.now() - started) / 1000).toFixed(1)} s after the request); its writes go to ${Object.values(running.overlays ?? {}).join(', ')}`,
+    );
     io.out('moving it to its disks while it runs…');
   }
   const d = await client.waitFor(executionArn);
   if (d.status !== 'SUCCEEDED') throw fail(d.status ?? 'ended', d.error, d.cause);
   const s = JSON.parse(d.output!) as InstantRestoreSummary;
   if (s.notice) io.out(`NOTE: ${s.notice}`);
-  io.out(`VM ${s.instant.domain} (${s.instant.uuid}) running on ${s.instant.disks.join(', ')}: running ${s.instant.runningSeconds.toFixed(1)} s after the task started, moved in ${s.instant.moveSeconds.toFixed(1)} s${s.instant.resumed ? ' (resumed)' : ''}; console ${s.instant.consoleLog}`);
+  io.out(
+    `VM ${s.instant.domain} (${s.instant.uuid}) running on ${s.instant.disks.join(', ')}: running ${s.instant.runningSeconds.toFixed(1)} s after the task started, moved in ${s.instant.moveSeconds.toFixed(1)} s${s.instant.resumed ? ' (resumed)' : ''}; console ${s.instant.consoleLog}`,
+  );
   return s;
 }

@@ -27,11 +27,20 @@ class Bars {
   private readonly multi: cliProgress.MultiBar;
 
   constructor(opts: ProgressOptions) {
-    this.multi = new cliProgress.MultiBar({
-      stream: process.stderr, hideCursor: true, clearOnComplete: false, autopadding: true, barsize: 24,
-      format: '{label} [{bar}] {percentage}% {doneText}/{totalText} {rate} ETA {etaText} {phase}',
-      noTTYOutput: !!opts.force, notTTYSchedule: 1000, fps: 5,
-    }, cliProgress.Presets.shades_classic);
+    this.multi = new cliProgress.MultiBar(
+      {
+        stream: process.stderr,
+        hideCursor: true,
+        clearOnComplete: false,
+        autopadding: true,
+        barsize: 24,
+        format: '{label} [{bar}] {percentage}% {doneText}/{totalText} {rate} ETA {etaText} {phase}',
+        noTTYOutput: !!opts.force,
+        notTTYSchedule: 1000,
+        fps: 5,
+      },
+      cliProgress.Presets.shades_classic,
+    );
   }
 
   set(key: string, done: number, total: number, payload: Payload): void {
@@ -51,8 +60,12 @@ class Bars {
     for (const d of disks) {
       const seg = d.segment === null ? '' : `#${d.segment}`;
       this.set(`${prefix}/${d.diskId}${seg}`, d.bytesDone, d.bytesTotal, {
-        label: `  ${d.diskId}${d.segment === null ? '' : ` seg ${d.segment}`}`, phase: d.phase, doneText: formatBytes(d.bytesDone), totalText: formatBytes(d.bytesTotal),
-        rate: `${formatBytes(d.bytesPerSecond)}/s`, etaText: d.etaSeconds === null ? '-' : formatSeconds(d.etaSeconds),
+        label: `  ${d.diskId}${d.segment === null ? '' : ` seg ${d.segment}`}`,
+        phase: d.phase,
+        doneText: formatBytes(d.bytesDone),
+        totalText: formatBytes(d.bytesTotal),
+        rate: `${formatBytes(d.bytesPerSecond)}/s`,
+        etaText: d.etaSeconds === null ? '-' : formatSeconds(d.etaSeconds),
       });
     }
   }
@@ -84,13 +97,24 @@ const WATCHES: Record<string, Watch> = {
 };
 
 function drawOperation(bars: Bars, op: OperationProgressRow): void {
-  const phase = op.disks.every((d) => d.phase === 'done') ? 'done' : op.disks.some((d) => d.phase === 'failed') ? 'failed' : op.operation === 'verify' ? 'read' : 'transfer';
+  const phase = op.disks.every((d) => d.phase === 'done')
+    ? 'done'
+    : op.disks.some((d) => d.phase === 'failed')
+      ? 'failed'
+      : op.operation === 'verify'
+        ? 'read'
+        : 'transfer';
   bars.whole(op.id, `${op.operation} ${op.vmId}`, phase, op.bytesDone, op.bytesTotal);
   bars.disks(op.id, op.disks);
 }
 
 /** Runs a workflow on the stack with live progress; returns what StackClient.runWorkflow returns. */
-export async function runWithProgress(client: StackClient, workflow: string, input: Record<string, unknown>, opts: ProgressOptions & { status?: (line: string) => void }) {
+export async function runWithProgress(
+  client: StackClient,
+  workflow: string,
+  input: Record<string, unknown>,
+  opts: ProgressOptions & { status?: (line: string) => void },
+) {
   const draw = !opts.off && (opts.force || process.stderr.isTTY);
   const watch = WATCHES[workflow];
   const bars = draw && watch ? new Bars(opts) : undefined;

@@ -29,7 +29,8 @@ export async function keygen(dir: string): Promise<{ privateKeyFile: string; pub
   try {
     await writeFile(privateKeyFile, pair.privateKeyPem, { mode: 0o600, flag: 'wx' });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${privateKeyFile} exists already; move it away first (movers installed with its public key would refuse releases signed by a new one)`);
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST')
+      throw new Error(`${privateKeyFile} exists already; move it away first (movers installed with its public key would refuse releases signed by a new one)`);
     throw err;
   }
   await writeFile(publicKeyFile, pair.publicKeyPem);
@@ -41,8 +42,16 @@ const WORKER_URL = /new URL\(\s*['"](\.\/[A-Za-z0-9._-]+)['"]\s*,\s*import\.meta
 
 async function bundle(entry: string, version: string): Promise<{ code: Uint8Array; inputs: string[] }> {
   const out = await build({
-    entryPoints: [entry], bundle: true, platform: 'node', format: 'esm', target: 'node24', write: false, metafile: true,
-    define: { LIFEBOAT_BUILD_VERSION: JSON.stringify(version) }, banner: { js: ESM_BANNER }, logLevel: 'silent',
+    entryPoints: [entry],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node24',
+    write: false,
+    metafile: true,
+    define: { LIFEBOAT_BUILD_VERSION: JSON.stringify(version) },
+    banner: { js: ESM_BANNER },
+    logLevel: 'silent',
     outfile: 'out.mjs',
   });
   const file = out.outputFiles.find((f) => f.path.endsWith('.mjs'));
@@ -84,7 +93,10 @@ export async function buildMoverRelease(version: string, entry = MOVER_ENTRY): P
  * Signs `files` as `version` and puts them and the manifest in `store`; also as
  * `releases/latest.json` unless a newer release is there already.
  */
-export async function publishRelease(store: Pick<ObjectStore, 'put' | 'get'>, opts: { version: string; files: Map<string, Uint8Array>; privateKey: KeyObject }): Promise<ReleaseManifest> {
+export async function publishRelease(
+  store: Pick<ObjectStore, 'put' | 'get'>,
+  opts: { version: string; files: Map<string, Uint8Array>; privateKey: KeyObject },
+): Promise<ReleaseManifest> {
   const manifest = signRelease({ version: opts.version, entry: RELEASE_ENTRY, files: opts.files, privateKey: opts.privateKey });
   // Files first, the manifest after them, `latest` last: a reader never sees a manifest whose files are not there yet.
   for (const f of manifest.files) await store.put(f.key, opts.files.get(f.name)!);

@@ -43,7 +43,7 @@ export function stackOptions<C extends { option(flags: string, description: stri
     .option('--endpoints <file>', 'endpoints file of the running embedded stack (default: <data-dir>/endpoints.json)')
     .option('--stack <name>', 'a deployed stack (its CloudFormation name, e.g. Lifeboat) instead of the embedded one')
     .option('--profile <name>', 'with --stack: the AWS profile (default: AWS_PROFILE or the default chain)')
-    .option('--region <region>', 'with --stack: the AWS region (default: AWS_REGION or the profile\'s)');
+    .option('--region <region>', "with --stack: the AWS region (default: AWS_REGION or the profile's)");
 }
 
 export async function endpoints(opts: Pick<StackOptions, 'dataDir' | 'endpoints'>): Promise<StackEndpoints> {
@@ -51,7 +51,9 @@ export async function endpoints(opts: Pick<StackOptions, 'dataDir' | 'endpoints'
   try {
     return JSON.parse(await readFile(file, 'utf8')) as StackEndpoints;
   } catch (err) {
-    throw new Error(`cannot read the stack's endpoints from ${file} (${(err as Error).message}); start the stack with \`lifeboat up\` first, or name a deployed stack with --stack`);
+    throw new Error(
+      `cannot read the stack's endpoints from ${file} (${(err as Error).message}); start the stack with \`lifeboat up\` first, or name a deployed stack with --stack`,
+    );
   }
 }
 
@@ -82,12 +84,24 @@ export function stackInfoFromOutputs(name: string, region: string, outputs: Reco
     if (!v) throw new Error(`stack ${name} has no output ${key}: deploy this version of Lifeboat (\`cdk deploy\`) first`);
     return v;
   };
-  const stateMachines = Object.fromEntries(Object.entries(outputs).filter(([k]) => k.endsWith('StateMachineArn')).map(([k, v]) => [k.slice(0, -'StateMachineArn'.length), v]));
+  const stateMachines = Object.fromEntries(
+    Object.entries(outputs)
+      .filter(([k]) => k.endsWith('StateMachineArn'))
+      .map(([k, v]) => [k.slice(0, -'StateMachineArn'.length), v]),
+  );
   const bucket = need('RepositoryBucketName');
   return {
-    where: `stack ${name} in ${region}`, kind: 'aws', region, stateMachines, api: need('OperatorApiUrl').replace(/\/$/, ''), bucket,
-    buckets: outputs.RepositoryBuckets ? JSON.parse(outputs.RepositoryBuckets) as Record<string, string> : { primary: bucket },
-    groups: Object.entries(outputs).filter(([k]) => k.startsWith('ActivityArn')).map(([, v]) => groupOfActivity(v)).sort(),
+    where: `stack ${name} in ${region}`,
+    kind: 'aws',
+    region,
+    stateMachines,
+    api: need('OperatorApiUrl').replace(/\/$/, ''),
+    bucket,
+    buckets: outputs.RepositoryBuckets ? (JSON.parse(outputs.RepositoryBuckets) as Record<string, string>) : { primary: bucket },
+    groups: Object.entries(outputs)
+      .filter(([k]) => k.startsWith('ActivityArn'))
+      .map(([, v]) => groupOfActivity(v))
+      .sort(),
     keys: { kmsKeyId: need('RepositoryKeyArn') },
   };
 }
@@ -130,7 +144,10 @@ export class StackClient {
       client = s3Client(this.s3Settings);
     } else {
       const own = this.info.kind === 'embedded' ? { region: this.info.region, url: this.s3Settings.endpoint } : { region: this.info.region };
-      client = s3Client({ ...endpointSettings(location.endpoint, own), ...(this.info.kind === 'embedded' ? { credentials: LOCAL_CREDENTIALS } : this.config.profile ? { profile: this.config.profile } : {}) });
+      client = s3Client({
+        ...endpointSettings(location.endpoint, own),
+        ...(this.info.kind === 'embedded' ? { credentials: LOCAL_CREDENTIALS } : this.config.profile ? { profile: this.config.profile } : {}),
+      });
     }
     this.others.push(client);
     const store = new S3ObjectStore(client, location.bucket);
@@ -140,7 +157,8 @@ export class StackClient {
       const { keys } = await openRepository({ store, bucket: location.bucket, keys: source });
       return { store, keys };
     } catch (err) {
-      const how = 'keyFile' in k ? `the key file ${k.keyFile}` : `KMS key ${k.kmsKeyId} (your credentials need kms:Decrypt on it, and s3:GetObject on the bucket)`;
+      const how =
+        'keyFile' in k ? `the key file ${k.keyFile}` : `KMS key ${k.kmsKeyId} (your credentials need kms:Decrypt on it, and s3:GetObject on the bucket)`;
       throw new Error(`cannot open the repository in bucket ${location.bucket} with ${how}: ${(err as Error).name}: ${(err as Error).message}`, { cause: err });
     }
   }
@@ -150,8 +168,17 @@ export class StackClient {
     if (!opts.stack) {
       const e = await endpoints(opts);
       const info: StackInfo = {
-        where: `the embedded stack at ${e.dataDir}`, kind: 'embedded', region: e.region, stateMachines: e.stateMachines, api: e.console ?? '', bucket: e.bucket, buckets: e.buckets,
-        groups: Object.values(e.activities ?? {}).map(groupOfActivity).sort(), keys: { keyFile: e.keyFile },
+        where: `the embedded stack at ${e.dataDir}`,
+        kind: 'embedded',
+        region: e.region,
+        stateMachines: e.stateMachines,
+        api: e.console ?? '',
+        bucket: e.bucket,
+        buckets: e.buckets,
+        groups: Object.values(e.activities ?? {})
+          .map(groupOfActivity)
+          .sort(),
+        keys: { keyFile: e.keyFile },
       };
       const s3 = { region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_CREDENTIALS };
       return new StackClient(info, new SFNClient({ region: e.region, endpoint: e.sfn, credentials: LOCAL_CREDENTIALS }), s3, {});
@@ -163,7 +190,10 @@ export class StackClient {
       const out = await cfn.send(new DescribeStacksCommand({ StackName: opts.stack }));
       outputs = Object.fromEntries((out.Stacks?.[0]?.Outputs ?? []).map((o) => [o.OutputKey ?? '', o.OutputValue ?? '']));
     } catch (err) {
-      throw new Error(`cannot read the outputs of stack ${opts.stack} (${(err as Error).name}: ${(err as Error).message}); check its name, --region and your AWS credentials (--profile)`, { cause: err });
+      throw new Error(
+        `cannot read the outputs of stack ${opts.stack} (${(err as Error).name}: ${(err as Error).message}); check its name, --region and your AWS credentials (--profile)`,
+        { cause: err },
+      );
     } finally {
       cfn.destroy();
     }
@@ -171,22 +201,37 @@ export class StackClient {
     const sfn = new SFNClient(config);
     const signer = new SignatureV4({ service: 'lambda', region, credentials: sfn.config.credentials, sha256: Hash.bind(null, 'sha256') });
     const info = stackInfoFromOutputs(opts.stack, region, outputs);
-    return new StackClient(info, sfn, { region, ...(opts.profile ? { profile: opts.profile } : {}) }, { region, ...(opts.profile ? { profile: opts.profile } : {}) }, signer);
+    return new StackClient(
+      info,
+      sfn,
+      { region, ...(opts.profile ? { profile: opts.profile } : {}) },
+      { region, ...(opts.profile ? { profile: opts.profile } : {}) },
+      signer,
+    );
   }
 
   workflowArn(name: string): string {
     const arn = this.info.stateMachines[name];
-    if (!arn) throw new Error(`${this.info.where} has no ${name} workflow (it has ${Object.keys(this.info.stateMachines).join(', ') || 'none'}); ${this.info.kind === 'aws' ? 'deploy' : 'restart it with'} this version`);
+    if (!arn)
+      throw new Error(
+        `${this.info.where} has no ${name} workflow (it has ${Object.keys(this.info.stateMachines).join(', ') || 'none'}); ${this.info.kind === 'aws' ? 'deploy' : 'restart it with'} this version`,
+      );
     return arn;
   }
 
   /** Starts `workflow` with `input`, calls `onPoll` while it runs, and returns its output; a failed execution throws with its error and cause. */
-  async runWorkflow(workflow: string, input: Record<string, unknown>, opts: { onPoll?: (executionName: string, seconds: number) => void | Promise<void>; pollMs?: number } = {}) {
+  async runWorkflow(
+    workflow: string,
+    input: Record<string, unknown>,
+    opts: { onPoll?: (executionName: string, seconds: number) => void | Promise<void>; pollMs?: number } = {},
+  ) {
     const started = Date.now();
     let name = '';
     const d = await runExecution(this.sfn, this.workflowArn(workflow), input, {
       pollMs: opts.pollMs ?? 500,
-      onStarted: (arn) => { name = arn.split(':').pop()!; },
+      onStarted: (arn) => {
+        name = arn.split(':').pop()!;
+      },
       onPoll: () => opts.onPoll?.(name, (Date.now() - started) / 1000),
     });
     if (d.status !== 'SUCCEEDED') throw new Error(`${workflow} ${d.status}: ${d.error ?? ''}: ${lambdaMessage(d.cause ?? '')}`);
@@ -195,7 +240,9 @@ export class StackClient {
 
   /** Starts `workflow` under the execution name `name` and returns its ARN, for a caller that watches it itself. */
   async start(workflow: string, name: string, input: Record<string, unknown>): Promise<string> {
-    const { executionArn } = await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.workflowArn(workflow), name, input: JSON.stringify(input) }));
+    const { executionArn } = await this.sfn.send(
+      new StartExecutionCommand({ stateMachineArn: this.workflowArn(workflow), name, input: JSON.stringify(input) }),
+    );
     return executionArn!;
   }
 
@@ -227,11 +274,22 @@ export class StackClient {
     let headers: Record<string, string> = { accept: 'application/json', ...(text === undefined ? {} : { 'content-type': 'application/json' }) };
     if (this.signer) {
       const query = Object.fromEntries(url.searchParams);
-      const signed = await this.signer.sign({ method, protocol: url.protocol, hostname: url.hostname, ...(url.port ? { port: Number(url.port) } : {}), path: url.pathname, query, headers: { ...headers, host: url.host }, ...(text ? { body: text } : {}) });
+      const signed = await this.signer.sign({
+        method,
+        protocol: url.protocol,
+        hostname: url.hostname,
+        ...(url.port ? { port: Number(url.port) } : {}),
+        path: url.pathname,
+        query,
+        headers: { ...headers, host: url.host },
+        ...(text ? { body: text } : {}),
+      });
       headers = signed.headers as Record<string, string>;
     }
     const res = await fetch(url, { method, headers, ...(text ? { body: text } : {}), signal: AbortSignal.timeout(60_000) });
-    const answer = await res.json().catch(() => ({ message: `the operator API at ${this.info.api} answered ${res.status} without JSON${res.status === 403 ? ': check that your credentials may call it (lambda:InvokeFunctionUrl)' : ''}` })) as unknown;
+    const answer = (await res.json().catch(() => ({
+      message: `the operator API at ${this.info.api} answered ${res.status} without JSON${res.status === 403 ? ': check that your credentials may call it (lambda:InvokeFunctionUrl)' : ''}`,
+    }))) as unknown;
     return { status: res.status, body: answer };
   }
 
@@ -284,7 +342,8 @@ export function refusedAt(err: unknown, depth = 0): string | undefined {
 /** A command's failure in one line: what failed, why, and what to do. */
 export function describeFailure(err: unknown): string {
   const at = refusedAt(err);
-  if (at) return `the embedded stack is not running at ${at} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints, or a deployed stack with --stack)`;
+  if (at)
+    return `the embedded stack is not running at ${at} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints, or a deployed stack with --stack)`;
   return (err as Error)?.message ?? String(err);
 }
 
@@ -292,11 +351,13 @@ export function describeFailure(err: unknown): string {
 export const EXIT = { ok: 0, failed: 1, usage: 2, damaged: 3 } as const;
 
 /** Runs a command's body; a failure prints its message (no stack) and exits 1. */
-export const guarded = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => async (...args: A) => {
-  try {
-    await fn(...args);
-  } catch (err) {
-    process.stderr.write(`lifeboat: ${describeFailure(err)}\n`);
-    process.exitCode = EXIT.failed;
-  }
-};
+export const guarded =
+  <A extends unknown[]>(fn: (...args: A) => Promise<void>) =>
+  async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      process.stderr.write(`lifeboat: ${describeFailure(err)}\n`);
+      process.exitCode = EXIT.failed;
+    }
+  };

@@ -16,7 +16,6 @@ export const DISCOVER_PAGE_BYTES = 192 * 1024;
 /** The catalog id of a discovered VM: its domain name on its host (`web-1@kvm-01`). */
 export const discoveredVmId = (name: string, hostId: string) => `${name}@${hostId}`;
 
-
 /** A VM as a host's hypervisor describes it, as the task returns it (no domain XML: the backup stores that). */
 export const discoveredVm = z.strictObject({
   name: text,
@@ -27,9 +26,15 @@ export const discoveredVm = z.strictObject({
   tags: z.array(text),
   /** Whether it has a guest agent channel (backups can be quiesced). */
   agent: z.boolean(),
-  disks: z.array(z.strictObject({
-    target: text, type: z.string(), format: z.string(), sizeBytes: z.number().int().nonnegative(), source: z.string().optional(),
-  })),
+  disks: z.array(
+    z.strictObject({
+      target: text,
+      type: z.string(),
+      format: z.string(),
+      sizeBytes: z.number().int().nonnegative(),
+      source: z.string().optional(),
+    }),
+  ),
 });
 export type DiscoveredVm = Infer<typeof discoveredVm>;
 
@@ -69,7 +74,9 @@ export interface GoneVm {
  * host: it is not backed up, but never silently dropped from protection.
  */
 export function vmGoneMessage(vmId: string, host: string, goneSince: string): string {
-  return `VM ${vmId} was not found on its host ${host} at the last discovery (gone since ${goneSince}): was it deleted, renamed or moved to another host? `
-    + 'Its backups are kept. If it comes back, the next discovery brings it back into protection; if it was renamed or moved, '
-    + 'its new name or host is discovered as a new VM (check that the policy selects it).';
+  return (
+    `VM ${vmId} was not found on its host ${host} at the last discovery (gone since ${goneSince}): was it deleted, renamed or moved to another host? ` +
+    'Its backups are kept. If it comes back, the next discovery brings it back into protection; if it was renamed or moved, ' +
+    'its new name or host is discovered as a new VM (check that the policy selects it).'
+  );
 }

@@ -35,10 +35,12 @@ export const DEFAULT_REPLICA_POINTS = 3;
  * the DR site's libvirt host where the replicas are defined (kept powered off), and how
  * many restore points each keeps.
  */
-export const replicaVmSettings = z.object({
-  uri: z.string().regex(/^([a-z0-9+]+:\/\/[^\s]*\/(system|session)(\?[^\s]*)?|test:\/\/\/[^\s]+)$/, 'must be a libvirt URI such as "qemu:///system"'),
-  keepPoints: z.number().int('must be a whole number').min(1, 'must be at least 1').max(64, 'must be at most 64').optional(),
-}).strict();
+export const replicaVmSettings = z
+  .object({
+    uri: z.string().regex(/^([a-z0-9+]+:\/\/[^\s]*\/(system|session)(\?[^\s]*)?|test:\/\/\/[^\s]+)$/, 'must be a libvirt URI such as "qemu:///system"'),
+    keepPoints: z.number().int('must be a whole number').min(1, 'must be at least 1').max(64, 'must be at most 64').optional(),
+  })
+  .strict();
 export type ReplicaVmSettings = z.infer<typeof replicaVmSettings>;
 
 /** What the Replicate workflow's job carries for a libvirt VM whose DR repository keeps replica VMs. */
@@ -81,40 +83,60 @@ export const replicaUpdate = z.looseObject({
 export type ReplicaUpdate = Infer<typeof replicaUpdate>;
 
 /** A readiness check of a plan group: a serial console line (regex) and/or the guest agent, within `timeoutSeconds`. */
-export const readinessCheck = z.object({
-  serial: z.string().min(1, 'must not be empty').refine(isRegex, 'must be a regular expression (JavaScript syntax)').optional(),
-  agent: z.boolean({ error: 'must be true or false' }).optional(),
-  timeoutSeconds: z.number().int('must be a whole number').min(1, 'must be at least 1').max(3600, 'must be at most 3600'),
-}).strict().refine((r) => r.serial !== undefined || r.agent === true, 'must name a sign of readiness: "serial" (a console line regex) and/or "agent": true');
+export const readinessCheck = z
+  .object({
+    serial: z.string().min(1, 'must not be empty').refine(isRegex, 'must be a regular expression (JavaScript syntax)').optional(),
+    agent: z.boolean({ error: 'must be true or false' }).optional(),
+    timeoutSeconds: z.number().int('must be a whole number').min(1, 'must be at least 1').max(3600, 'must be at most 3600'),
+  })
+  .strict()
+  .refine((r) => r.serial !== undefined || r.agent === true, 'must name a sign of readiness: "serial" (a console line regex) and/or "agent": true');
 export type ReadinessCheck = z.infer<typeof readinessCheck>;
 
-const vmEntry = z.union([text, z.object({
-  vm: text,
-  /** Run on the DR mover's host after the VM is ready: an argv, with LIFEBOAT_VM_ID, LIFEBOAT_VM_NAME, LIFEBOAT_VM_DOMAIN, LIFEBOAT_VM_IP and LIFEBOAT_FAILOVER_TEST in its environment (re-IP, DNS). */
-  script: z.array(z.string().min(1)).min(1, 'must name the program to run').optional(),
-  scriptTimeoutSeconds: z.number().int().min(1).max(3600).optional(),
-}).strict()]);
+const vmEntry = z.union([
+  text,
+  z
+    .object({
+      vm: text,
+      /** Run on the DR mover's host after the VM is ready: an argv, with LIFEBOAT_VM_ID, LIFEBOAT_VM_NAME, LIFEBOAT_VM_DOMAIN, LIFEBOAT_VM_IP and LIFEBOAT_FAILOVER_TEST in its environment (re-IP, DNS). */
+      script: z.array(z.string().min(1)).min(1, 'must name the program to run').optional(),
+      scriptTimeoutSeconds: z.number().int().min(1).max(3600).optional(),
+    })
+    .strict(),
+]);
 
 /**
  * A failover plan (configuration `failoverPlans[]`, or a workflow input): groups booted in
  * order; each group's VMs start together, then the group waits `delaySeconds` or for its
  * `readiness` check before the next group starts.
  */
-export const failoverPlan = z.object({
-  id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit'),
-  groups: z.array(z.object({
-    vms: z.array(vmEntry).min(1, 'must name at least one VM'),
-    delaySeconds: z.number().int('must be a whole number').min(0).max(3600, 'must be at most 3600').optional(),
-    readiness: readinessCheck.optional(),
-  }).strict().refine((g) => !(g.delaySeconds !== undefined && g.readiness), 'give "delaySeconds" or "readiness", not both')).min(1, 'must have at least one group'),
-}).strict().superRefine((p, ctx) => {
-  const seen = new Set<string>();
-  p.groups.forEach((g, i) => g.vms.forEach((v, j) => {
-    const vm = typeof v === 'string' ? v : v.vm;
-    if (seen.has(vm)) ctx.addIssue({ code: 'custom', path: ['groups', i, 'vms', j], message: `names VM '${vm}' a second time: a VM boots once per plan` });
-    seen.add(vm);
-  }));
-});
+export const failoverPlan = z
+  .object({
+    id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,38}$/, 'must be 1–39 lowercase letters, digits or dashes, starting with a letter or digit'),
+    groups: z
+      .array(
+        z
+          .object({
+            vms: z.array(vmEntry).min(1, 'must name at least one VM'),
+            delaySeconds: z.number().int('must be a whole number').min(0).max(3600, 'must be at most 3600').optional(),
+            readiness: readinessCheck.optional(),
+          })
+          .strict()
+          .refine((g) => !(g.delaySeconds !== undefined && g.readiness), 'give "delaySeconds" or "readiness", not both'),
+      )
+      .min(1, 'must have at least one group'),
+  })
+  .strict()
+  .superRefine((p, ctx) => {
+    const seen = new Set<string>();
+    p.groups.forEach((g, i) =>
+      g.vms.forEach((v, j) => {
+        const vm = typeof v === 'string' ? v : v.vm;
+        if (seen.has(vm)) ctx.addIssue({ code: 'custom', path: ['groups', i, 'vms', j], message: `names VM '${vm}' a second time: a VM boots once per plan` });
+        seen.add(vm);
+      }),
+    );
+  });
 export type FailoverPlan = z.infer<typeof failoverPlan>;
 
 /** Which restore point: the newest (default), a backup id, or the newest at or before a time (ISO 8601). */
@@ -122,11 +144,13 @@ export const pointSelector = z.union([z.literal('latest'), z.object({ backupId: 
 export type PointSelector = z.infer<typeof pointSelector>;
 
 /** The FailoverPlan and TestFailover workflows' input. */
-export const failoverPlanRequest = z.object({
-  plan: failoverPlan,
-  /** Per VM id (or `*` for all): the restore point; default latest. */
-  points: z.record(text, pointSelector).optional(),
-}).strict();
+export const failoverPlanRequest = z
+  .object({
+    plan: failoverPlan,
+    /** Per VM id (or `*` for all): the restore point; default latest. */
+    points: z.record(text, pointSelector).optional(),
+  })
+  .strict();
 export type FailoverPlanRequest = z.infer<typeof failoverPlanRequest>;
 
 /** One VM's part of a planned failover, as PlanFailoverPlan resolved it. */
@@ -206,6 +230,9 @@ export const drTask = z.discriminatedUnion('task', [
   z.looseObject({ task: z.literal('resolveFailoverPoints'), run: failoverRun }),
   z.looseObject({ task: z.literal('failoverVm'), vm: failoverVmJob }),
   z.looseObject({ task: z.literal('cleanupFailover'), run: failoverRun }),
-  z.looseObject({ task: z.literal('updateReplicaVm'), replicate: z.looseObject({ replicationId: text, vmId: text, backupId: text, replicaDir: text, replica: replicaJob }) }),
+  z.looseObject({
+    task: z.literal('updateReplicaVm'),
+    replicate: z.looseObject({ replicationId: text, vmId: text, backupId: text, replicaDir: text, replica: replicaJob }),
+  }),
 ]);
 export const drTaskNames: readonly string[] = ['resolveFailoverPoints', 'failoverVm', 'cleanupFailover', 'updateReplicaVm'];

@@ -62,7 +62,9 @@ export function parseTaskInput<S extends z.ZodType>(what: string, schema: S, raw
 export class PolicyNotFound extends LifeboatError {
   static readonly code = 'Catalog.PolicyNotFound';
   constructor(policyId: string) {
-    super(PolicyNotFound.code, `policy '${policyId}' does not exist in the catalog; create it first or check the policyId in the execution input`, { retryable: false });
+    super(PolicyNotFound.code, `policy '${policyId}' does not exist in the catalog; create it first or check the policyId in the execution input`, {
+      retryable: false,
+    });
   }
 }
 
@@ -139,13 +141,13 @@ export class RunBusy extends LifeboatError {
 const ERRNO_ADVICE: Record<string, [string, string]> = {
   EEXIST: ['a file or folder of that name is already there', 'choose another target path, or move it out of the way'],
   ENOSPC: ['the file system is full', 'free space there, or restore to another file system'],
-  EDQUOT: ['the user\'s disk quota is used up', 'free space there, or restore to another file system'],
-  EACCES: ['permission denied', 'give the mover\'s user access to it, or choose another path'],
-  EPERM: ['the operation is not permitted', 'give the mover\'s user access to it, or choose another path'],
+  EDQUOT: ["the user's disk quota is used up", 'free space there, or restore to another file system'],
+  EACCES: ['permission denied', "give the mover's user access to it, or choose another path"],
+  EPERM: ['the operation is not permitted', "give the mover's user access to it, or choose another path"],
   EROFS: ['the file system is read-only', 'choose a writable path'],
   ENOTDIR: ['a part of the path is a file, not a folder', 'choose another path'],
   EISDIR: ['it is a folder, not a file', 'name a file (a whole VM restores into a folder; --disk into a file)'],
-  ENOENT: ['it does not exist', 'check the path on the mover\'s host'],
+  ENOENT: ['it does not exist', "check the path on the mover's host"],
 };
 
 /**
@@ -156,15 +158,20 @@ const ERRNO_ADVICE: Record<string, [string, string]> = {
 export class LocalIoFailed extends LifeboatError {
   static readonly code = 'Mover.LocalIo';
   constructor(err: NodeJS.ErrnoException & { dest?: string }) {
-    const [meaning, next] = ERRNO_ADVICE[err.code ?? ''] ?? [err.message, 'check the path on the mover\'s host'];
+    const [meaning, next] = ERRNO_ADVICE[err.code ?? ''] ?? [err.message, "check the path on the mover's host"];
     const path = err.dest ? `${err.path} → ${err.dest}` : err.path;
-    super(LocalIoFailed.code, `${err.syscall ?? 'file operation'} ${path ?? ''} on the mover failed (${err.code}): ${meaning}; ${next}`, { retryable: false, cause: err });
+    super(LocalIoFailed.code, `${err.syscall ?? 'file operation'} ${path ?? ''} on the mover failed (${err.code}): ${meaning}; ${next}`, {
+      retryable: false,
+      cause: err,
+    });
   }
 
   /** A Node file-system error (errno code, syscall and path) as a LocalIoFailed; anything else unchanged. */
   static from(err: unknown): unknown {
     const e = err as NodeJS.ErrnoException;
-    return e instanceof Error && !(e instanceof LifeboatError) && typeof e.code === 'string' && typeof e.syscall === 'string' && typeof e.path === 'string' ? new LocalIoFailed(e) : err;
+    return e instanceof Error && !(e instanceof LifeboatError) && typeof e.code === 'string' && typeof e.syscall === 'string' && typeof e.path === 'string'
+      ? new LocalIoFailed(e)
+      : err;
   }
 }
 

@@ -7,7 +7,6 @@ import { z } from 'zod';
 import { text } from './zod.ts';
 import { repositoryLocation } from './endpoints.ts';
 
-
 /** Where the export listens: a unix socket on the mover host, or a TCP port (127.0.0.1 unless `host` says otherwise). */
 export const exportListen = z.union([
   z.object({ socket: text }).strict(),
@@ -16,21 +15,33 @@ export const exportListen = z.union([
 export type ExportListen = z.output<typeof exportListen>;
 
 /** One export: a backup's disks (each an NBD export named by its disk id), and how it is served. */
-export const exportJob = z.object({
-  exportId: text,
-  vmId: text,
-  backupId: text,
-  repository: repositoryLocation,
-  diskIds: z.array(text).min(1, 'must name at least one disk'),
-  listen: exportListen,
-  /** The export closes itself after this long without a connection. */
-  idleTimeoutSeconds: z.number().int().min(1).max(7 * 24 * 3600).default(600),
-  maxConnections: z.number().int().min(1).max(256).default(16),
-  /** Decoded chunks cached, MiB (per disk). */
-  cacheMiB: z.number().int().min(1).max(64 * 1024).default(256),
-  /** Chunks fetched ahead of sequential reads; 0 turns read-ahead off. */
-  readAheadChunks: z.number().int().min(0).max(1024).default(16),
-}).strict();
+export const exportJob = z
+  .object({
+    exportId: text,
+    vmId: text,
+    backupId: text,
+    repository: repositoryLocation,
+    diskIds: z.array(text).min(1, 'must name at least one disk'),
+    listen: exportListen,
+    /** The export closes itself after this long without a connection. */
+    idleTimeoutSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .max(7 * 24 * 3600)
+      .default(600),
+    maxConnections: z.number().int().min(1).max(256).default(16),
+    /** Decoded chunks cached, MiB (per disk). */
+    cacheMiB: z
+      .number()
+      .int()
+      .min(1)
+      .max(64 * 1024)
+      .default(256),
+    /** Chunks fetched ahead of sequential reads; 0 turns read-ahead off. */
+    readAheadChunks: z.number().int().min(0).max(1024).default(16),
+  })
+  .strict();
 export type ExportJob = z.output<typeof exportJob>;
 
 /** What an export served, answered when it closed (idle, or its task aborted). */
@@ -58,26 +69,28 @@ export type ExportResult = z.output<typeof exportResult>;
  * A record whose execution is no longer running is stale, whatever its state says (the
  * mover died before it could write `closed`).
  */
-export const exportEndpoint = z.object({
-  exportId: text,
-  kind: z.enum(['export', 'instant']),
-  vmId: text,
-  backupId: text,
-  /** The mover host serving it. */
-  mover: text,
-  state: z.enum(['listening', 'closed']),
-  /** NBD URI of each disk's export, by disk id. */
-  uris: z.record(z.string(), text),
-  /** An instant recovery's running domain. */
-  domain: text.optional(),
-  /** An instant recovery's overlays (where the guest's writes land until the move completes), by disk id. */
-  overlays: z.record(z.string(), text).optional(),
-  /** What an instant recovery is doing: `running` (the VM runs on the overlays), `moving`, `moved`, or `failed` (with `error`). */
-  phase: z.enum(['running', 'moving', 'moved', 'failed']).optional(),
-  error: z.string().optional(),
-  closed: z.string().optional(),
-  updatedAt: text,
-}).strict();
+export const exportEndpoint = z
+  .object({
+    exportId: text,
+    kind: z.enum(['export', 'instant']),
+    vmId: text,
+    backupId: text,
+    /** The mover host serving it. */
+    mover: text,
+    state: z.enum(['listening', 'closed']),
+    /** NBD URI of each disk's export, by disk id. */
+    uris: z.record(z.string(), text),
+    /** An instant recovery's running domain. */
+    domain: text.optional(),
+    /** An instant recovery's overlays (where the guest's writes land until the move completes), by disk id. */
+    overlays: z.record(z.string(), text).optional(),
+    /** What an instant recovery is doing: `running` (the VM runs on the overlays), `moving`, `moved`, or `failed` (with `error`). */
+    phase: z.enum(['running', 'moving', 'moved', 'failed']).optional(),
+    error: z.string().optional(),
+    closed: z.string().optional(),
+    updatedAt: text,
+  })
+  .strict();
 export type ExportEndpoint = z.output<typeof exportEndpoint>;
 
 /** The repository object holding an export's endpoint record. */

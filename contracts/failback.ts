@@ -17,25 +17,30 @@ const text = z.string().min(1);
 const count = z.number().int().nonnegative();
 
 /** The sign of life of the production VM after failback (like a restore test's): a serial console line and/or the guest agent. */
-export const failbackReadiness = z.object({
-  consoleLine: text.optional(),
-  agent: z.boolean().optional(),
-  timeoutSeconds: z.number().int().min(5).max(3600).optional(),
-}).strict().refine((r) => r.consoleLine !== undefined || r.agent === true, 'must name a sign of life: "consoleLine" (a regular expression) and/or "agent": true');
+export const failbackReadiness = z
+  .object({
+    consoleLine: text.optional(),
+    agent: z.boolean().optional(),
+    timeoutSeconds: z.number().int().min(5).max(3600).optional(),
+  })
+  .strict()
+  .refine((r) => r.consoleLine !== undefined || r.agent === true, 'must name a sign of life: "consoleLine" (a regular expression) and/or "agent": true');
 
 /** The Failback workflow's input. */
-export const failbackRequest = z.object({
-  /** The production VM (its inventory id): the failback writes its disks and starts it. */
-  vmId: text,
-  /** The VM running at the DR site since the failover (its inventory id on a DR-site host). */
-  drVmId: text,
-  /** The failover's recovery point: the production backup the DR VM was started from (default: the newest one complete in the DR repository). */
-  baseBackupId: text.optional(),
-  /** Seconds the DR VM gets to shut down cleanly (default 120). */
-  shutdownTimeoutSeconds: z.number().int().min(5).max(3600).optional(),
-  /** When the production VM counts as ready (default: the guest agent answers). */
-  readiness: failbackReadiness.optional(),
-}).strict();
+export const failbackRequest = z
+  .object({
+    /** The production VM (its inventory id): the failback writes its disks and starts it. */
+    vmId: text,
+    /** The VM running at the DR site since the failover (its inventory id on a DR-site host). */
+    drVmId: text,
+    /** The failover's recovery point: the production backup the DR VM was started from (default: the newest one complete in the DR repository). */
+    baseBackupId: text.optional(),
+    /** Seconds the DR VM gets to shut down cleanly (default 120). */
+    shutdownTimeoutSeconds: z.number().int().min(5).max(3600).optional(),
+    /** When the production VM counts as ready (default: the guest agent answers). */
+    readiness: failbackReadiness.optional(),
+  })
+  .strict();
 export type FailbackRequest = z.infer<typeof failbackRequest>;
 
 /** A libvirt domain as the mover reaches it. */
@@ -47,26 +52,28 @@ export const backupRef = z.object({ backupId: text, repository: repositoryLocati
 export type BackupRef = z.infer<typeof backupRef>;
 
 /** What PlanFailback resolved. */
-export const failbackJob = z.object({
-  failbackId: text,
-  vmId: text,
-  drVmId: text,
-  /** The production site's mover group: it writes the production disks and starts the VM. */
-  productionGroup: text,
-  /** The DR site's mover group: it shuts the DR VM down. */
-  drGroup: text,
-  production: domainRef,
-  dr: domainRef,
-  /** The DR-site policy that backs the DR VM up (the final backup runs it for the DR VM). */
-  drPolicyId: text,
-  /** The failover's recovery point B, in the production repository. */
-  base: backupRef,
-  /** The DR VM's newest backup D when the failback started, in the DR repository. */
-  target: backupRef,
-  disks: z.array(z.object({ diskId: text, sizeBytes: count }).strict()).min(1),
-  shutdownTimeoutSeconds: z.number().int().positive(),
-  readiness: failbackReadiness,
-}).strict();
+export const failbackJob = z
+  .object({
+    failbackId: text,
+    vmId: text,
+    drVmId: text,
+    /** The production site's mover group: it writes the production disks and starts the VM. */
+    productionGroup: text,
+    /** The DR site's mover group: it shuts the DR VM down. */
+    drGroup: text,
+    production: domainRef,
+    dr: domainRef,
+    /** The DR-site policy that backs the DR VM up (the final backup runs it for the DR VM). */
+    drPolicyId: text,
+    /** The failover's recovery point B, in the production repository. */
+    base: backupRef,
+    /** The DR VM's newest backup D when the failback started, in the DR repository. */
+    target: backupRef,
+    disks: z.array(z.object({ diskId: text, sizeBytes: count }).strict()).min(1),
+    shutdownTimeoutSeconds: z.number().int().positive(),
+    readiness: failbackReadiness,
+  })
+  .strict();
 export type FailbackJob = z.infer<typeof failbackJob>;
 
 /**
@@ -79,36 +86,40 @@ export type FailbackJob = z.infer<typeof failbackJob>;
 export const deltaMode = z.enum(['hash', 'trust']);
 
 /** The mover task `failbackDisk`. */
-export const failbackDiskTask = z.object({
-  task: z.literal('failbackDisk'),
-  failback: failbackJob,
-  disk: z.object({ diskId: text, sizeBytes: count }).strict(),
-  from: backupRef,
-  to: backupRef,
-  mode: deltaMode,
-}).strict();
+export const failbackDiskTask = z
+  .object({
+    task: z.literal('failbackDisk'),
+    failback: failbackJob,
+    disk: z.object({ diskId: text, sizeBytes: count }).strict(),
+    from: backupRef,
+    to: backupRef,
+    mode: deltaMode,
+  })
+  .strict();
 
 /** What the mover reports for one production disk. */
-export const failbackDiskResult = z.object({
-  diskId: text,
-  path: text,
-  fromBackupId: text,
-  toBackupId: text,
-  mode: deltaMode,
-  chunks: count,
-  /** Chunks whose ids differ between the two manifests, and their bytes: what changed at the DR site. */
-  chunksChanged: count,
-  bytesChanged: count,
-  /** `hash` mode: production chunks that no longer matched the base (written too when they differ from the target). */
-  chunksDrifted: count,
-  chunksWritten: count,
-  bytesWritten: count,
-  /** Sealed bytes fetched from the DR repository for the written chunks (zeros cost nothing): what crossed the WAN. */
-  bytesSent: count,
-  /** `hash` mode: SHA-256 of the production disk as it now is; null in `trust` mode (not read). */
-  sha256: z.string().nullable(),
-  seconds: z.number(),
-}).strict();
+export const failbackDiskResult = z
+  .object({
+    diskId: text,
+    path: text,
+    fromBackupId: text,
+    toBackupId: text,
+    mode: deltaMode,
+    chunks: count,
+    /** Chunks whose ids differ between the two manifests, and their bytes: what changed at the DR site. */
+    chunksChanged: count,
+    bytesChanged: count,
+    /** `hash` mode: production chunks that no longer matched the base (written too when they differ from the target). */
+    chunksDrifted: count,
+    chunksWritten: count,
+    bytesWritten: count,
+    /** Sealed bytes fetched from the DR repository for the written chunks (zeros cost nothing): what crossed the WAN. */
+    bytesSent: count,
+    /** `hash` mode: SHA-256 of the production disk as it now is; null in `trust` mode (not read). */
+    sha256: z.string().nullable(),
+    seconds: z.number(),
+  })
+  .strict();
 export type FailbackDiskResult = z.infer<typeof failbackDiskResult>;
 
 /** The mover task `stopDrVm`: shut the DR VM down cleanly within `shutdownTimeoutSeconds`. */
@@ -118,7 +129,9 @@ export const startProductionVmTask = z.object({ task: z.literal('startProduction
 export type FailbackTask = z.infer<typeof failbackDiskTask> | z.infer<typeof stopDrVmTask> | z.infer<typeof startProductionVmTask>;
 
 export const stoppedVm = z.object({ domain: text, state: text, seconds: z.number(), stoppedAt: text }).strict();
-export const startedVm = z.object({ domain: text, state: text, readySeconds: z.number(), readyAt: text, line: z.string(), agent: z.boolean().optional() }).strict();
+export const startedVm = z
+  .object({ domain: text, state: text, readySeconds: z.number(), readyAt: text, line: z.string(), agent: z.boolean().optional() })
+  .strict();
 
 /** The Failback workflow's output (also recorded as the FAILBACK record). */
 export interface FailbackReport {

@@ -8,7 +8,11 @@ import { z } from 'zod';
 import { count, text } from './zod.ts';
 import { repositoryLocation } from './endpoints.ts';
 
-const guestPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/'), 'must be an absolute path in the guest, e.g. /etc/hostname');
+const guestPath = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => p.startsWith('/'), 'must be an absolute path in the guest, e.g. /etc/hostname');
 
 /** What to read: list one directory (or one entry), or extract files and trees to a folder on the mover's host. */
 const ls = {
@@ -49,18 +53,34 @@ const job = {
   repository: repositoryLocation,
   partition: count.optional(),
   /** The longest the file-system reader may take (seconds). */
-  timeoutSeconds: z.number().int().min(10).max(12 * 3600).default(3600),
+  timeoutSeconds: z
+    .number()
+    .int()
+    .min(10)
+    .max(12 * 3600)
+    .default(3600),
 };
 export const filesJob = z.discriminatedUnion('op', [z.object({ ...job, ...ls }).strict(), z.object({ ...job, ...get }).strict()]);
 export type FilesJob = z.output<typeof filesJob>;
 
-const entry = z.object({
-  name: text, type: z.enum(['file', 'dir', 'symlink', 'other']), size: count, mode: count, uid: count, gid: count,
-  mtimeMs: z.number(), atimeMs: z.number(), target: z.string().optional(),
-}).strict();
+const entry = z
+  .object({
+    name: text,
+    type: z.enum(['file', 'dir', 'symlink', 'other']),
+    size: count,
+    mode: count,
+    uid: count,
+    gid: count,
+    mtimeMs: z.number(),
+    atimeMs: z.number(),
+    target: z.string().optional(),
+  })
+  .strict();
 
 const read = {
-  filesId: text, backupId: text, diskId: text,
+  filesId: text,
+  backupId: text,
+  diskId: text,
   /** The file system read ('ext4', 'vfat (FAT32)', ...) and its partition (0: the whole disk). */
   fs: text,
   partition: count,
@@ -75,10 +95,19 @@ const read = {
 /** The task's answer; a listing is one page, small enough for any Step Functions payload. */
 export const filesResult = z.discriminatedUnion('op', [
   z.object({ op: z.literal('ls'), ...read, path: text, entries: z.array(entry), total: count, next: count.nullable() }).strict(),
-  z.object({
-    op: z.literal('get'), ...read, target: text, files: count, dirs: count, symlinks: count, bytes: count,
-    skipped: z.array(z.object({ path: z.string(), reason: z.string() }).strict()), skippedCount: count,
-  }).strict(),
+  z
+    .object({
+      op: z.literal('get'),
+      ...read,
+      target: text,
+      files: count,
+      dirs: count,
+      symlinks: count,
+      bytes: count,
+      skipped: z.array(z.object({ path: z.string(), reason: z.string() }).strict()),
+      skippedCount: count,
+    })
+    .strict(),
 ]);
 export type FilesResult = z.output<typeof filesResult>;
 

@@ -106,12 +106,26 @@ export interface GcReport {
 export function emptyReport(gcId: string, bucket: string, dryRun: boolean, started: Date, graceHours: number): GcReport {
   const counts = (): SweptObjects => ({ total: 0, referenced: 0, protectedByGrace: 0, deleted: 0, spared: 0 });
   return {
-    gcId, bucket, dryRun, startedAt: started.toISOString(), graceHours, manifests: 0,
-    chunks: counts(), packs: counts(), index: { objects: 0, rewritten: 0, dropped: 0, reindexed: 0 },
+    gcId,
+    bucket,
+    dryRun,
+    startedAt: started.toISOString(),
+    graceHours,
+    manifests: 0,
+    chunks: counts(),
+    packs: counts(),
+    index: { objects: 0, rewritten: 0, dropped: 0, reindexed: 0 },
     consolidation: { objectsBefore: 0, objectsAfter: 0, candidates: 0, merged: 0, written: 0, entries: 0, entriesDropped: 0, stopped: null },
     reclaimableInPacks: { chunks: 0, bytes: 0 },
-    bytesFreed: 0, quarantine: { objects: 0, bytes: 0 },
-    failedBackups: { objects: 0, deleted: 0, protectedByGrace: 0 }, unreadableManifests: [],
-    locked: { count: 0, bytes: 0, firstExpiry: null, sample: [] }, failed: [], lateReferences: [], deferred: null, deferrals: 0, seconds: 0,
+    bytesFreed: 0,
+    quarantine: { objects: 0, bytes: 0 },
+    failedBackups: { objects: 0, deleted: 0, protectedByGrace: 0 },
+    unreadableManifests: [],
+    locked: { count: 0, bytes: 0, firstExpiry: null, sample: [] },
+    failed: [],
+    lateReferences: [],
+    deferred: null,
+    deferrals: 0,
+    seconds: 0,
   };
 }

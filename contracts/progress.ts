@@ -47,7 +47,8 @@ export type TaskProgress = z.infer<typeof taskProgressSchema>;
 
 /** The prefix of a backup's, a restore's or a verification's progress objects. */
 export const progressPrefix = (id: string) => `${PROGRESS_PREFIX}${id}/`;
-export const progressKey = (p: Pick<TaskProgress, 'backupId' | 'operationId' | 'diskId' | 'segment'>) => `${progressPrefix(p.operationId ?? p.backupId)}${p.diskId}${p.segment === undefined ? '' : `.${p.segment}`}.json`;
+export const progressKey = (p: Pick<TaskProgress, 'backupId' | 'operationId' | 'diskId' | 'segment'>) =>
+  `${progressPrefix(p.operationId ?? p.backupId)}${p.diskId}${p.segment === undefined ? '' : `.${p.segment}`}.json`;
 
 /** Parses a progress object; undefined (not an exception) for one that is not one. */
 export function parseProgress(bytes: Uint8Array): TaskProgress | undefined {
@@ -60,7 +61,10 @@ export function parseProgress(bytes: Uint8Array): TaskProgress | undefined {
 }
 
 /** Bytes per second since the phase (or the task) started, and seconds left at that rate (undefined before any byte moved). */
-export function rateAndEta(p: Pick<TaskProgress, 'bytesDone' | 'bytesTotal' | 'startedAt' | 'phaseStartedAt' | 'updatedAt'>): { bytesPerSecond: number; etaSeconds: number | undefined } {
+export function rateAndEta(p: Pick<TaskProgress, 'bytesDone' | 'bytesTotal' | 'startedAt' | 'phaseStartedAt' | 'updatedAt'>): {
+  bytesPerSecond: number;
+  etaSeconds: number | undefined;
+} {
   const seconds = Math.max(0.001, (Date.parse(p.updatedAt) - Date.parse(p.phaseStartedAt ?? p.startedAt)) / 1000);
   const bytesPerSecond = p.bytesDone / seconds;
   return { bytesPerSecond, etaSeconds: bytesPerSecond > 0 ? Math.max(0, (p.bytesTotal - p.bytesDone) / bytesPerSecond) : undefined };

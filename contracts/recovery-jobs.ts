@@ -208,7 +208,10 @@ export const damageFinding = z.looseObject({
   /** The damaged object: a chunk object (`chunks/…`, format 1), a pack (`packs/…`, format 2) or a manifest. */
   objectKey: text,
   /** The damaged chunk's id; absent for a manifest (a pack's key does not name the chunk). */
-  chunkId: z.string().regex(/^[0-9a-f]{64}$/, 'must be a chunk id').optional(),
+  chunkId: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/, 'must be a chunk id')
+    .optional(),
   /** Format 2: the bytes of the pack `objectKey` that hold the chunk's envelope. */
   range: z.strictObject({ offset: count, length: count }).optional(),
   reason: z.string(),
@@ -304,7 +307,9 @@ export const recoveryTask = z.discriminatedUnion('task', [
   /** List or extract files of a backup's disk (contracts/files-job.ts). */
   z.looseObject({ task: z.literal('files'), files: filesJob }),
   /** Failback's steps (contracts/failback.ts). */
-  failbackDiskTask, stopDrVmTask, startProductionVmTask,
+  failbackDiskTask,
+  stopDrVmTask,
+  startProductionVmTask,
 ]);
 export type RecoveryTask = Infer<typeof recoveryTask>;
 

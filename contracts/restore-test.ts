@@ -33,10 +33,17 @@ const isRegex = (s: string) => {
  * The sign of life a booted restore waits for: a serial console line matching `serial`,
  * the guest agent answering `guest-ping` (`agent: true`), or both (each must come).
  */
-export const bootCheckSettings = z.object({
-  serial: z.string().min(1, 'must not be empty').refine(isRegex, 'must be a regular expression (JavaScript syntax) matched against each serial console line').optional(),
-  agent: z.boolean({ error: 'must be true or false' }).optional(),
-}).strict().refine((b) => b.serial !== undefined || b.agent === true, 'must name a sign of life: "serial" (a console line regex) and/or "agent": true');
+export const bootCheckSettings = z
+  .object({
+    serial: z
+      .string()
+      .min(1, 'must not be empty')
+      .refine(isRegex, 'must be a regular expression (JavaScript syntax) matched against each serial console line')
+      .optional(),
+    agent: z.boolean({ error: 'must be true or false' }).optional(),
+  })
+  .strict()
+  .refine((b) => b.serial !== undefined || b.agent === true, 'must name a sign of life: "serial" (a console line regex) and/or "agent": true');
 export type BootCheckSettings = z.infer<typeof bootCheckSettings>;
 
 /**
@@ -45,17 +52,18 @@ export type BootCheckSettings = z.infer<typeof bootCheckSettings>;
  * only when its last restore test is at least this old (less 1 hour, so a weekly schedule
  * with `everyDays: 7` tests every week although runs start seconds apart); absent: every run.
  */
-export const restoreTestSettings = z.object({
-  enabled: z.boolean({ error: 'must be true or false' }).optional(),
-  bootCheck: bootCheckSettings.optional(),
-  timeoutSeconds: z.number().int('must be a whole number').min(5, 'must be at least 5').max(3600, 'must be at most 3600').optional(),
-  everyDays: z.number().positive('must be above 0').max(366, 'must be at most 366').optional(),
-}).strict();
+export const restoreTestSettings = z
+  .object({
+    enabled: z.boolean({ error: 'must be true or false' }).optional(),
+    bootCheck: bootCheckSettings.optional(),
+    timeoutSeconds: z.number().int('must be a whole number').min(5, 'must be at least 5').max(3600, 'must be at most 3600').optional(),
+    everyDays: z.number().positive('must be above 0').max(366, 'must be at most 366').optional(),
+  })
+  .strict();
 export type RestoreTestSettings = z.infer<typeof restoreTestSettings>;
 
 /** The boot check used when neither the request nor the policy names one: the guest agent answers. */
 export const DEFAULT_BOOT_CHECK: BootCheckSettings = { agent: true };
-
 
 /** One restore test, as PlanDeepVerify planned it; the activity task's input is `{ task: 'restoreTest', test }`. */
 export const restoreTestJob = z.looseObject({

@@ -53,13 +53,18 @@ export const isReleaseFileName = (name: unknown): name is string => typeof name 
 /** The bytes the publisher signs: every field that decides what gets installed. */
 export function signedPayload(m: Pick<ReleaseManifest, 'version' | 'entry' | 'files'>): Buffer {
   const files = [...m.files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  return Buffer.from(`${RELEASE_FORMAT}\nversion=${m.version}\nentry=${m.entry}\n${files.map((f) => `file=${f.name} key=${f.key} sha256=${f.sha256} size=${f.size}\n`).join('')}`);
+  return Buffer.from(
+    `${RELEASE_FORMAT}\nversion=${m.version}\nentry=${m.entry}\n${files.map((f) => `file=${f.name} key=${f.key} sha256=${f.sha256} size=${f.size}\n`).join('')}`,
+  );
 }
 
 /** A short, stable id of a release key: SHA-256 of its public key (SPKI DER), 16 hex digits. */
 export function releaseKeyId(key: KeyObject): string {
   const pub = key.type === 'private' ? createPublicKey(key) : key;
-  return createHash('sha256').update(pub.export({ type: 'spki', format: 'der' })).digest('hex').slice(0, 16);
+  return createHash('sha256')
+    .update(pub.export({ type: 'spki', format: 'der' }))
+    .digest('hex')
+    .slice(0, 16);
 }
 
 /** A new ed25519 key pair as PEM text (private: PKCS#8, public: SPKI). */
@@ -78,7 +83,9 @@ export function parsePublicKey(text: string, source: string): KeyObject {
   try {
     key = createPublicKey(text.trim());
   } catch (err) {
-    throw new Error(`${source} is not a PEM public key (expected the release.pub written by 'lifeboat release keygen'): ${(err as Error).message}`, { cause: err });
+    throw new Error(`${source} is not a PEM public key (expected the release.pub written by 'lifeboat release keygen'): ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   if (key.asymmetricKeyType !== 'ed25519') throw new Error(`${source} is a ${key.asymmetricKeyType} key; release keys are ed25519 ('lifeboat release keygen')`);
   return key;
@@ -90,7 +97,9 @@ export function parsePrivateKey(text: string, source: string): KeyObject {
   try {
     key = createPrivateKey(text);
   } catch (err) {
-    throw new Error(`${source} is not a PEM private key (expected the release.key written by 'lifeboat release keygen'): ${(err as Error).message}`, { cause: err });
+    throw new Error(`${source} is not a PEM private key (expected the release.key written by 'lifeboat release keygen'): ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   if (key.asymmetricKeyType !== 'ed25519') throw new Error(`${source} is a ${key.asymmetricKeyType} key; release keys are ed25519 ('lifeboat release keygen')`);
   return key;
@@ -99,9 +108,16 @@ export function parsePrivateKey(text: string, source: string): KeyObject {
 const sha256Hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /** Builds the signed manifest of `files` (name → bytes) as version `version`, run by `entry`. */
-export function signRelease(opts: { version: string; entry: string; files: Map<string, Uint8Array>; privateKey: KeyObject; createdAt?: Date }): ReleaseManifest {
+export function signRelease(opts: {
+  version: string;
+  entry: string;
+  files: Map<string, Uint8Array>;
+  privateKey: KeyObject;
+  createdAt?: Date;
+}): ReleaseManifest {
   if (!isVersion(opts.version)) throw new Error(`release version '${opts.version}' is not a version (expected major.minor.patch, e.g. 1.4.2)`);
-  for (const name of opts.files.keys()) if (!isReleaseFileName(name)) throw new Error(`release file name '${name}' is not allowed (letters, digits, '.', '-', '_'; no folders)`);
+  for (const name of opts.files.keys())
+    if (!isReleaseFileName(name)) throw new Error(`release file name '${name}' is not allowed (letters, digits, '.', '-', '_'; no folders)`);
   if (!opts.files.has(opts.entry)) throw new Error(`release entry '${opts.entry}' is not one of its files (${[...opts.files.keys()].join(', ')})`);
   const body = {
     version: opts.version,
@@ -109,7 +125,8 @@ export function signRelease(opts: { version: string; entry: string; files: Map<s
     files: [...opts.files].map(([name, bytes]) => ({ name, key: releaseKeys.file(opts.version, name), sha256: sha256Hex(bytes), size: bytes.byteLength })),
   };
   return {
-    format: RELEASE_FORMAT, ...body,
+    format: RELEASE_FORMAT,
+    ...body,
     createdAt: (opts.createdAt ?? new Date()).toISOString(),
     keyId: releaseKeyId(opts.privateKey),
     signature: sign(null, signedPayload(body), opts.privateKey).toString('base64'),
@@ -145,7 +162,12 @@ export function parseReleaseManifest(bytes: Uint8Array, where: string): ReleaseM
  * and SHA-256 against the manifest. Throws {@link CannotUpgrade} naming the release, the
  * key and what to do.
  */
-export function verifyRelease(m: ReleaseManifest, publicKey: { key: KeyObject; source: string }, files?: Map<string, Uint8Array>, where = releaseKeys.manifest(m.version)): void {
+export function verifyRelease(
+  m: ReleaseManifest,
+  publicKey: { key: KeyObject; source: string },
+  files?: Map<string, Uint8Array>,
+  where = releaseKeys.manifest(m.version),
+): void {
   const ourId = releaseKeyId(publicKey.key);
   let ok = false;
   try {
@@ -156,8 +178,9 @@ export function verifyRelease(m: ReleaseManifest, publicKey: { key: KeyObject; s
   if (!ok) {
     throw new CannotUpgrade(
       `release ${m.version} (${where}) has a bad signature: it does not verify with this mover's release public key ${ourId} (${publicKey.source})` +
-      `${m.keyId && m.keyId !== ourId ? `; the manifest says it was signed by key ${m.keyId}` : ''}. ` +
-      `Refusing to install it. Publish the release again with the private key that matches ${ourId} ('lifeboat release publish --key ...'), or install the publisher's public key on the mover.`);
+        `${m.keyId && m.keyId !== ourId ? `; the manifest says it was signed by key ${m.keyId}` : ''}. ` +
+        `Refusing to install it. Publish the release again with the private key that matches ${ourId} ('lifeboat release publish --key ...'), or install the publisher's public key on the mover.`,
+    );
   }
   for (const f of files ? m.files : []) {
     const bytes = files!.get(f.name);
@@ -165,7 +188,8 @@ export function verifyRelease(m: ReleaseManifest, publicKey: { key: KeyObject; s
     if (!bytes || bytes.byteLength !== f.size || sha !== f.sha256) {
       throw new CannotUpgrade(
         `release ${m.version}: file ${f.key} does not match its signed manifest ${where} (${bytes ? `size ${bytes.byteLength}, sha256 ${sha}` : 'missing'}; signed: size ${f.size}, sha256 ${f.sha256}). ` +
-        `Refusing to install it: the release was changed or damaged after signing. Publish it again ('lifeboat release publish').`);
+          `Refusing to install it: the release was changed or damaged after signing. Publish it again ('lifeboat release publish').`,
+      );
     }
   }
 }

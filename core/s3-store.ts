@@ -1,4 +1,15 @@
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, S3Client, S3ServiceException, type PutObjectCommandInput, type PutObjectCommandOutput } from '@aws-sdk/client-s3';
+import {
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  NoSuchKey,
+  NotFound,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+  type PutObjectCommandInput,
+  type PutObjectCommandOutput,
+} from '@aws-sdk/client-s3';
 import type { BuildMiddleware } from '@smithy/types';
 import type { StorageEndpoint } from '../contracts/endpoints.ts';
 import { StorageUnavailable } from '../contracts/errors.ts';
@@ -44,7 +55,9 @@ export const DEFAULT_S3_TIMEOUTS = { connectTimeoutMs: 10_000, requestTimeoutMs:
 export function endpointSettings(e: StorageEndpoint | undefined, own: { region: string; url?: string | undefined }): S3Endpoint {
   const url = e ? e.url : own.url;
   return {
-    region: e?.region ?? own.region, ...(url ? { endpoint: url } : {}), forcePathStyle: e?.pathStyle ?? !!url,
+    region: e?.region ?? own.region,
+    ...(url ? { endpoint: url } : {}),
+    forcePathStyle: e?.pathStyle ?? !!url,
     ...(e?.checksums ? { checksums: e.checksums } : {}),
   };
 }
@@ -79,11 +92,14 @@ const isMissing = (err: unknown) =>
  * A build-step middleware that sets x-amz-content-sha256: the hex of a known base64 SHA-256
  * of the body, or UNSIGNED-PAYLOAD (the body is then covered by its CRC-32 only).
  */
-const payloadHash = (value: string): BuildMiddleware<PutObjectCommandInput, PutObjectCommandOutput> => (next) => async (args) => {
-  const request = args.request as { headers?: Record<string, string> };
-  if (request.headers) request.headers['x-amz-content-sha256'] = value;
-  return next(args);
-};
+const payloadHash =
+  (value: string): BuildMiddleware<PutObjectCommandInput, PutObjectCommandOutput> =>
+  (next) =>
+  async (args) => {
+    const request = args.request as { headers?: Record<string, string> };
+    if (request.headers) request.headers['x-amz-content-sha256'] = value;
+    return next(args);
+  };
 
 /**
  * A response body read into one buffer: `into` when given and large enough (the result is
@@ -138,7 +154,10 @@ export class S3ObjectStore implements ObjectStore {
   async put(key: string, body: Uint8Array, checksum?: PutChecksum): Promise<void> {
     try {
       const command = new PutObjectCommand({
-        Bucket: this.bucket, Key: key, Body: body, ContentLength: body.byteLength,
+        Bucket: this.bucket,
+        Key: key,
+        Body: body,
+        ContentLength: body.byteLength,
         ...(checksum && 'sha256' in checksum ? { ChecksumSHA256: checksum.sha256 } : {}),
         ...(checksum && 'crc32' in checksum ? { ChecksumCRC32: checksum.crc32 } : {}),
       });
@@ -158,9 +177,17 @@ export class S3ObjectStore implements ObjectStore {
   async get(key: string, opts: GetOptions = {}): Promise<Buffer | undefined> {
     try {
       const r = opts.range;
-      if (r && (!Number.isSafeInteger(r.offset) || r.offset < 0 || !Number.isSafeInteger(r.length) || r.length <= 0)) throw new RangeError(`GET s3://${this.bucket}/${key}: bad range ${JSON.stringify(r)}`);
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(r ? { Range: `bytes=${r.offset}-${r.offset + r.length - 1}` } : {}) }));
-      return await collectBody(out.Body as unknown as AsyncIterable<Uint8Array>, out.ContentLength, `GET s3://${this.bucket}/${key}${r ? ` bytes ${r.offset}+${r.length}` : ''}`, opts.into);
+      if (r && (!Number.isSafeInteger(r.offset) || r.offset < 0 || !Number.isSafeInteger(r.length) || r.length <= 0))
+        throw new RangeError(`GET s3://${this.bucket}/${key}: bad range ${JSON.stringify(r)}`);
+      const out = await this.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(r ? { Range: `bytes=${r.offset}-${r.offset + r.length - 1}` } : {}) }),
+      );
+      return await collectBody(
+        out.Body as unknown as AsyncIterable<Uint8Array>,
+        out.ContentLength,
+        `GET s3://${this.bucket}/${key}${r ? ` bytes ${r.offset}+${r.length}` : ''}`,
+        opts.into,
+      );
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw new StorageUnavailable(`GET s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);
@@ -183,4 +210,3 @@ export class S3ObjectStore implements ObjectStore {
     }
   }
 }
-

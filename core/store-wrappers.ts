@@ -135,7 +135,15 @@ export function withRetry(inner: ObjectStore, opts: RetryOptions = {}): ObjectSt
         if (attempt >= attempts || !isRetryable(error)) throw error;
         const delayMs = random() * Math.min(max, base * 2 ** (attempt - 1));
         opts.counter?.add(op);
-        opts.logger?.info('storage.retry', { op, key, attempt, attempts, delayMs: Math.round(delayMs), cause: retryCause(error), message: (error as Error)?.message });
+        opts.logger?.info('storage.retry', {
+          op,
+          key,
+          attempt,
+          attempts,
+          delayMs: Math.round(delayMs),
+          cause: retryCause(error),
+          message: (error as Error)?.message,
+        });
         opts.onRetry?.({ op, key, attempt, delayMs, error });
         await sleep(delayMs);
       }

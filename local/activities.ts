@@ -123,12 +123,7 @@ export class ActivityBroker {
    * otherwise waits up to `waitMs`. Resolves `undefined` when nothing came or
    * `signal` aborted (the waiter is then removed, so no task is lost to it).
    */
-  poll(
-    activityArn: string,
-    workerName: string | undefined,
-    waitMs: number,
-    signal: AbortSignal,
-  ): Promise<ActivityTask | undefined> {
+  poll(activityArn: string, workerName: string | undefined, waitMs: number, signal: AbortSignal): Promise<ActivityTask | undefined> {
     void workerName; // accepted for API parity; not needed for dispatch
     const queued = this.#queues.get(activityArn)?.shift();
     if (queued) return Promise.resolve(this.#handOut(queued));
@@ -224,10 +219,7 @@ export class ActivityBroker {
     const s = task.heartbeatSeconds;
     if (s === undefined) return;
     clearTimeout(task.heartbeatTimer);
-    task.heartbeatTimer = setTimeout(
-      () => this.#timeOut(task, `Activity ${task.activityArn} sent no heartbeat within HeartbeatSeconds=${s}`),
-      s * 1000,
-    );
+    task.heartbeatTimer = setTimeout(() => this.#timeOut(task, `Activity ${task.activityArn} sent no heartbeat within HeartbeatSeconds=${s}`), s * 1000);
   }
 
   #timeOut(task: Task, message: string): void {

@@ -59,7 +59,10 @@ export class AlertNotifier {
   private async post(alert: Alert): Promise<boolean> {
     try {
       const res = await fetch(this.o.url, {
-        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ source: 'lifeboat', stack: 'embedded', alert }), signal: AbortSignal.timeout(10_000),
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ source: 'lifeboat', stack: 'embedded', alert }),
+        signal: AbortSignal.timeout(10_000),
       });
       await res.body?.cancel();
       if (!res.ok) throw new Error(`HTTP ${res.status}`);

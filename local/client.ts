@@ -9,14 +9,25 @@ export function sfnClient(e: StackEndpoints): SFNClient {
 }
 
 /** Starts an execution and polls until it stops; returns its final description. */
-export async function runExecution(sfn: SFNClient, stateMachineArn: string, input: unknown, opts: { name?: string; pollMs?: number; onPoll?: () => void | Promise<void>; onStarted?: (executionArn: string) => void } = {}): Promise<DescribeExecutionCommandOutput> {
-  const { executionArn } = await sfn.send(new StartExecutionCommand({ stateMachineArn, input: JSON.stringify(input), ...(opts.name ? { name: opts.name } : {}) }));
+export async function runExecution(
+  sfn: SFNClient,
+  stateMachineArn: string,
+  input: unknown,
+  opts: { name?: string; pollMs?: number; onPoll?: () => void | Promise<void>; onStarted?: (executionArn: string) => void } = {},
+): Promise<DescribeExecutionCommandOutput> {
+  const { executionArn } = await sfn.send(
+    new StartExecutionCommand({ stateMachineArn, input: JSON.stringify(input), ...(opts.name ? { name: opts.name } : {}) }),
+  );
   opts.onStarted?.(executionArn!);
   return waitForExecution(sfn, executionArn!, opts);
 }
 
 /** Polls an execution (started by anyone: a person, a schedule, another workflow) until it stops; returns its final description. */
-export async function waitForExecution(sfn: SFNClient, executionArn: string, opts: { pollMs?: number; onPoll?: () => void | Promise<void> } = {}): Promise<DescribeExecutionCommandOutput> {
+export async function waitForExecution(
+  sfn: SFNClient,
+  executionArn: string,
+  opts: { pollMs?: number; onPoll?: () => void | Promise<void> } = {},
+): Promise<DescribeExecutionCommandOutput> {
   for (;;) {
     const d = await sfn.send(new DescribeExecutionCommand({ executionArn }));
     if (d.status !== 'RUNNING') return d;

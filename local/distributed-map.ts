@@ -44,7 +44,7 @@ export interface DistributedMapState extends State {
 }
 
 const isDistributed = (s: State): s is DistributedMapState =>
-  s.Type === 'Map' && ((s.ItemProcessor as DistributedMapState['ItemProcessor'] | undefined)?.ProcessorConfig?.Mode === 'DISTRIBUTED');
+  s.Type === 'Map' && (s.ItemProcessor as DistributedMapState['ItemProcessor'] | undefined)?.ProcessorConfig?.Mode === 'DISTRIBUTED';
 
 /** The longest a lowered Task may run: the runner times Tasks out (60 s unless told), a Map Run has no timeout of its own. */
 const MAP_RUN_TIMEOUT_SECONDS = 20 * 24 * 3600;
@@ -67,7 +67,9 @@ export function lowerDistributedMaps(definition: Definition): { definition: Defi
     if (s.ItemBatcher) throw new Error(`Distributed Map '${name}' uses ItemBatcher, which the embedded stack does not run`);
     maps[name] = s;
     states[name] = {
-      Type: 'Task', Resource: DISTRIBUTED_MAP_RESOURCE, TimeoutSeconds: MAP_RUN_TIMEOUT_SECONDS,
+      Type: 'Task',
+      Resource: DISTRIBUTED_MAP_RESOURCE,
+      TimeoutSeconds: MAP_RUN_TIMEOUT_SECONDS,
       ...Object.fromEntries(KEPT.filter((k) => k in s).map((k) => [k, s[k]])),
     };
   }
@@ -112,7 +114,8 @@ function named(name: string, message: string): Error {
 export function readPath(path: string, input: unknown, context: Record<string, unknown>): unknown {
   const root = path.startsWith('$$') ? context : input;
   const rest = path.slice(path.startsWith('$$') ? 2 : 1);
-  if (rest && !/^(\.[A-Za-z0-9_-]+|\[\d+\])+$/.test(rest)) throw named('States.Runtime', `the embedded stack's Distributed Map reads plain paths only; '${path}' is not one`);
+  if (rest && !/^(\.[A-Za-z0-9_-]+|\[\d+\])+$/.test(rest))
+    throw named('States.Runtime', `the embedded stack's Distributed Map reads plain paths only; '${path}' is not one`);
   let v: unknown = root;
   for (const [, key, index] of rest.matchAll(/\.([A-Za-z0-9_-]+)|\[(\d+)\]/g)) {
     if (v === null || typeof v !== 'object') throw named('States.Runtime', `the JSONPath '${path}' could not be found in the input`);
@@ -126,8 +129,11 @@ export function readPath(path: string, input: unknown, context: Record<string, u
 export function applyTemplate(template: unknown, input: unknown, context: Record<string, unknown>): unknown {
   if (Array.isArray(template)) return template.map((t) => applyTemplate(t, input, context));
   if (template === null || typeof template !== 'object') return template;
-  return Object.fromEntries(Object.entries(template as Record<string, unknown>).map(([k, v]) =>
-    k.endsWith('.$') ? [k.slice(0, -2), readPath(v as string, input, context)] : [k, applyTemplate(v, input, context)]));
+  return Object.fromEntries(
+    Object.entries(template as Record<string, unknown>).map(([k, v]) =>
+      k.endsWith('.$') ? [k.slice(0, -2), readPath(v as string, input, context)] : [k, applyTemplate(v, input, context)],
+    ),
+  );
 }
 
 async function readItems(map: DistributedMapState, input: unknown, ctx: MapRunContext): Promise<unknown[]> {
@@ -137,7 +143,8 @@ async function readItems(map: DistributedMapState, input: unknown, ctx: MapRunCo
     if (!Array.isArray(items)) throw named('States.Runtime', 'Input of Map state must be an array or ItemsPath property must point to an array');
     return items;
   }
-  if (!reader.Resource.endsWith(':states:::s3:getObject')) throw named('States.Runtime', `the embedded stack's Distributed Map reads items with s3:getObject only, not ${reader.Resource}`);
+  if (!reader.Resource.endsWith(':states:::s3:getObject'))
+    throw named('States.Runtime', `the embedded stack's Distributed Map reads items with s3:getObject only, not ${reader.Resource}`);
   const p = applyTemplate(reader.Parameters ?? {}, input, { Execution: ctx.execution }) as { Bucket?: string; Key?: string };
   if (!p.Bucket || !p.Key) throw named('States.Runtime', 'the ItemReader names no Bucket or Key');
   let body: Buffer | undefined;
@@ -151,7 +158,13 @@ async function readItems(map: DistributedMapState, input: unknown, ctx: MapRunCo
   const type = reader.ReaderConfig?.InputType ?? 'JSON';
   let items: unknown;
   try {
-    items = type === 'JSONL' ? text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as unknown) : JSON.parse(text);
+    items =
+      type === 'JSONL'
+        ? text
+            .split('\n')
+            .filter((l) => l.trim())
+            .map((l) => JSON.parse(l) as unknown)
+        : JSON.parse(text);
   } catch (err) {
     throw named('States.ItemReaderFailed', `s3://${p.Bucket}/${p.Key} is not ${type}: ${(err as Error).message}`);
   }
@@ -187,7 +200,13 @@ export async function runMapRun(stateName: string, map: DistributedMapState, inp
   const outcomes = await pool(items, map.MaxConcurrency || 10_000, ctx.signal, (item, index) => {
     const context = { Execution: ctx.execution, Map: { Item: { Index: index, Value: item } } };
     const childInput = map.ItemSelector ? applyTemplate(map.ItemSelector, input, context) : item;
-    return ctx.runChild({ stateMachineArn: childMachine, definition: definition as Definition, input: JSON.stringify(childInput), name: randomUUID(), mapRunArn });
+    return ctx.runChild({
+      stateMachineArn: childMachine,
+      definition: definition as Definition,
+      input: JSON.stringify(childInput),
+      name: randomUUID(),
+      mapRunArn,
+    });
   });
   const failed = outcomes.filter((o) => o.status !== 'SUCCEEDED');
   // Either threshold, where set, fails the run when passed; with neither, no failure is tolerated.
@@ -196,25 +215,42 @@ export async function runMapRun(stateName: string, map: DistributedMapState, inp
     ...(map.ToleratedFailureCount !== undefined ? [failed.length > map.ToleratedFailureCount] : []),
   ];
   const tooMany = failed.length > 0 && (passed.length === 0 || passed.some(Boolean));
-  const result = map.ResultWriter ? await writeResults(map.ResultWriter, mapRunArn, mapRunId, outcomes, ctx) : outcomes.map((o) => (o.output === undefined ? null : JSON.parse(o.output) as unknown));
+  const result = map.ResultWriter
+    ? await writeResults(map.ResultWriter, mapRunArn, mapRunId, outcomes, ctx)
+    : outcomes.map((o) => (o.output === undefined ? null : (JSON.parse(o.output) as unknown)));
   if (tooMany) {
     const first = failed[0]!;
-    throw named('States.ExceedToleratedFailureThreshold', `The specified tolerated failure threshold was exceeded: ${failed.length} of ${items.length} child executions failed (map run ${mapRunArn}; the first, ${first.executionArn}: ${first.error ?? first.status} ${first.cause ?? ''})`);
+    throw named(
+      'States.ExceedToleratedFailureThreshold',
+      `The specified tolerated failure threshold was exceeded: ${failed.length} of ${items.length} child executions failed (map run ${mapRunArn}; the first, ${first.executionArn}: ${first.error ?? first.status} ${first.cause ?? ''})`,
+    );
   }
   return result;
 }
 
 /** AWS's result files of a Map Run: the manifest, and one file per status (here never split: one of each). */
-async function writeResults(writer: NonNullable<DistributedMapState['ResultWriter']>, mapRunArn: string, mapRunId: string, outcomes: ChildOutcome[], ctx: MapRunContext): Promise<unknown> {
+async function writeResults(
+  writer: NonNullable<DistributedMapState['ResultWriter']>,
+  mapRunArn: string,
+  mapRunId: string,
+  outcomes: ChildOutcome[],
+  ctx: MapRunContext,
+): Promise<unknown> {
   const bucket = writer.Parameters?.Bucket;
   if (!bucket) throw named('States.ResultWriterFailed', 'the ResultWriter names no Bucket');
   const prefix = `${writer.Parameters?.Prefix ? `${writer.Parameters.Prefix.replace(/\/$/, '')}/` : ''}${mapRunId}/`;
   const store = ctx.objects(bucket);
   const entry = (o: ChildOutcome) => ({
-    ExecutionArn: o.executionArn, Input: o.input, InputDetails: { Included: true }, Name: o.executionArn.split(':').pop(),
-    StartDate: o.startDate.toISOString(), StateMachineArn: o.executionArn.replace(':execution:', ':stateMachine:').replace(/:[^:]+$/, ''), Status: o.status,
+    ExecutionArn: o.executionArn,
+    Input: o.input,
+    InputDetails: { Included: true },
+    Name: o.executionArn.split(':').pop(),
+    StartDate: o.startDate.toISOString(),
+    StateMachineArn: o.executionArn.replace(':execution:', ':stateMachine:').replace(/:[^:]+$/, ''),
+    Status: o.status,
     StopDate: (o.stopDate ?? new Date()).toISOString(),
-    ...(o.output !== undefined ? { Output: o.output, OutputDetails: { Included: true } } : {}), ...(o.error ? { Error: o.error, Cause: o.cause ?? '' } : {}),
+    ...(o.output !== undefined ? { Output: o.output, OutputDetails: { Included: true } } : {}),
+    ...(o.error ? { Error: o.error, Cause: o.cause ?? '' } : {}),
   });
   const files: { key: string; status: string; count: number }[] = [];
   for (const status of ['SUCCEEDED', 'FAILED']) {
@@ -226,8 +262,11 @@ async function writeResults(writer: NonNullable<DistributedMapState['ResultWrite
   }
   const manifestKey = `${prefix}manifest.json`;
   const manifest = {
-    DestinationBucket: bucket, MapRunArn: mapRunArn,
-    ResultFiles: Object.fromEntries(['FAILED', 'PENDING', 'SUCCEEDED'].map((s) => [s, files.filter((f) => f.status === s).map((f) => ({ Key: f.key, Size: f.count }))])),
+    DestinationBucket: bucket,
+    MapRunArn: mapRunArn,
+    ResultFiles: Object.fromEntries(
+      ['FAILED', 'PENDING', 'SUCCEEDED'].map((s) => [s, files.filter((f) => f.status === s).map((f) => ({ Key: f.key, Size: f.count }))]),
+    ),
   };
   await store.put(manifestKey, Buffer.from(JSON.stringify(manifest)));
   return { MapRunArn: mapRunArn, ResultWriterDetails: { Bucket: bucket, Key: manifestKey } };

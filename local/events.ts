@@ -24,11 +24,16 @@ export class LocalEventBus {
   }
 
   /** What Step Functions' `events:putEvents` integration passes: `{ Entries: [{ Source, DetailType, Detail }] }`. */
-  async putEvents(params: { Entries?: { Source?: string; DetailType?: string; Detail?: unknown }[] }): Promise<{ Entries: { EventId: string }[]; FailedEntryCount: number }> {
+  async putEvents(params: {
+    Entries?: { Source?: string; DetailType?: string; Detail?: unknown }[];
+  }): Promise<{ Entries: { EventId: string }[]; FailedEntryCount: number }> {
     const entries = params?.Entries ?? [];
     const events: LocalEvent[] = entries.map((e) => ({
-      id: randomUUID(), time: new Date().toISOString(), source: String(e.Source ?? ''), detailType: String(e.DetailType ?? ''),
-      detail: typeof e.Detail === 'string' ? JSON.parse(e.Detail) as unknown : e.Detail,
+      id: randomUUID(),
+      time: new Date().toISOString(),
+      source: String(e.Source ?? ''),
+      detailType: String(e.DetailType ?? ''),
+      detail: typeof e.Detail === 'string' ? (JSON.parse(e.Detail) as unknown) : e.Detail,
     }));
     if (events.length) await appendFile(this.file, events.map((e) => JSON.stringify(e) + '\n').join(''));
     return { Entries: events.map((e) => ({ EventId: e.id })), FailedEntryCount: 0 };
@@ -41,5 +46,8 @@ export async function readLocalEvents(dataDir: string): Promise<LocalEvent[]> {
     if (err.code === 'ENOENT') return '';
     throw err;
   });
-  return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as LocalEvent);
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as LocalEvent);
 }

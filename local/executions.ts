@@ -67,12 +67,21 @@ export class LocalExecutions implements ExecutionService {
   private readonly functions: LocalFunctions | undefined;
 
   constructor(opts: {
-    dataDir: string; template: ResolvedTemplate; broker: ActivityBroker; onStopped?: (r: ExecutionRecord) => void; quotas?: StepFunctionsQuotas;
-    objects?: (bucket: string) => ObjectStore; functions?: LocalFunctions;
+    dataDir: string;
+    template: ResolvedTemplate;
+    broker: ActivityBroker;
+    onStopped?: (r: ExecutionRecord) => void;
+    quotas?: StepFunctionsQuotas;
+    objects?: (bucket: string) => ObjectStore;
+    functions?: LocalFunctions;
   }) {
     this.functions = opts.functions;
     this.dir = join(opts.dataDir, 'executions');
-    this.objects = opts.objects ?? ((bucket) => { throw new Error(`the embedded stack was started without object storage, so a Distributed Map cannot reach bucket ${bucket}`); });
+    this.objects =
+      opts.objects ??
+      ((bucket) => {
+        throw new Error(`the embedded stack was started without object storage, so a Distributed Map cannot reach bucket ${bucket}`);
+      });
     this.quotas = opts.quotas ?? AWS_QUOTAS;
     this.onStopped = opts.onStopped ?? (() => {});
     this.events = new LocalEventBus(opts.dataDir);
@@ -94,7 +103,9 @@ export class LocalExecutions implements ExecutionService {
       if (r.status === 'RUNNING') {
         const at = new Date();
         Object.assign(r, {
-          status: 'ABORTED', stopDate: at, error: 'Lifeboat.StackRestarted',
+          status: 'ABORTED',
+          stopDate: at,
+          error: 'Lifeboat.StackRestarted',
           cause: `the embedded stack stopped while execution ${r.name} ran and was restarted at ${at.toISOString()}; nothing it left running was committed`,
         });
         await this.save(r);
@@ -116,34 +127,53 @@ export class LocalExecutions implements ExecutionService {
 
   private machine(arn: string) {
     const sm = Object.values(this.template.stateMachines).find((m) => m.arn === arn);
-    if (!sm) throw named('StateMachineDoesNotExist', `state machine ${arn} does not exist; known: ${Object.values(this.template.stateMachines).map((m) => m.arn).join(', ')}`);
+    if (!sm)
+      throw named(
+        'StateMachineDoesNotExist',
+        `state machine ${arn} does not exist; known: ${Object.values(this.template.stateMachines)
+          .map((m) => m.arn)
+          .join(', ')}`,
+      );
     return sm;
   }
 
-  private overrides(definition: Record<string, unknown>, signal: AbortSignal, guard: QuotaGuard, maps: Record<string, DistributedMapState>, record: ExecutionRecord, context: Record<string, unknown>) {
+  private overrides(
+    definition: Record<string, unknown>,
+    signal: AbortSignal,
+    guard: QuotaGuard,
+    maps: Record<string, DistributedMapState>,
+    record: ExecutionRecord,
+    context: Record<string, unknown>,
+  ) {
     const handlers: Record<string, (input: never) => Promise<unknown>> = {};
     for (const [name, state] of taskStates(definition)) {
       const resource = state.Resource ?? '';
       const fid = this.template.functions[resource] as LambdaFunctionId | undefined;
       if (resource === DISTRIBUTED_MAP_RESOURCE) {
-        handlers[name] = (input) => runMapRun(name, maps[name]!, input, {
-          executionArn: record.executionArn, execution: context, stateMachineArn: record.stateMachineArn, objects: this.objects, signal,
-          runChild: (child) => this.runChild(child, record.executionArn),
-          onMapRun: (run) => {
-            record.mapRuns = [...(record.mapRuns ?? []), run];
-            void this.save(record);
-          },
-        });
+        handlers[name] = (input) =>
+          runMapRun(name, maps[name]!, input, {
+            executionArn: record.executionArn,
+            execution: context,
+            stateMachineArn: record.stateMachineArn,
+            objects: this.objects,
+            signal,
+            runChild: (child) => this.runChild(child, record.executionArn),
+            onMapRun: (run) => {
+              record.mapRuns = [...(record.mapRuns ?? []), run];
+              void this.save(record);
+            },
+          });
       } else if (fid) {
         handlers[name] = (input) => this.invoke(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
       } else if (resource.endsWith(':states:::lambda:invoke.waitForTaskToken')) {
         handlers[name] = (input) => this.invokeWithToken(`${record.executionArn}#${name}`, state, input, signal);
       } else if (resource.includes(':activity:')) {
-        handlers[name] = (input) => this.broker.schedule(resource, input, {
-          timeoutSeconds: state.TimeoutSeconds as number | undefined,
-          heartbeatSeconds: state.HeartbeatSeconds as number | undefined,
-          signal,
-        });
+        handlers[name] = (input) =>
+          this.broker.schedule(resource, input, {
+            timeoutSeconds: state.TimeoutSeconds as number | undefined,
+            heartbeatSeconds: state.HeartbeatSeconds as number | undefined,
+            signal,
+          });
       } else if (resource.endsWith(':states:::events:putEvents')) {
         handlers[name] = (input) => this.events.putEvents(input);
       } else if (resource.endsWith(':states:::states:startExecution')) {
@@ -169,7 +199,9 @@ export class LocalExecutions implements ExecutionService {
     const fid = this.template.functions[input.FunctionName ?? ''] as LambdaFunctionId | undefined;
     if (!fid) throw named('Lambda.ResourceNotFoundException', `Function not found: ${input.FunctionName ?? '(no FunctionName)'}`);
     const { token, result } = this.broker.awaitCallback(label, {
-      timeoutSeconds: state.TimeoutSeconds as number | undefined, heartbeatSeconds: state.HeartbeatSeconds as number | undefined, signal,
+      timeoutSeconds: state.TimeoutSeconds as number | undefined,
+      heartbeatSeconds: state.HeartbeatSeconds as number | undefined,
+      signal,
     });
     result.catch(() => {}); // settled below or by the runner's own timeout
     const payload = JSON.parse(JSON.stringify(input.Payload ?? {}).replaceAll(JSON.stringify(TASK_TOKEN_PLACEHOLDER), JSON.stringify(token))) as unknown;
@@ -192,7 +224,8 @@ export class LocalExecutions implements ExecutionService {
     const arn = params.Name ? `${params.StateMachineArn.replace(':stateMachine:', ':execution:')}:${params.Name}` : undefined;
     const existing = arn ? this.records.get(arn) : undefined;
     if (existing) {
-      if (existing.status === 'RUNNING' && existing.input === input) return { ExecutionArn: existing.executionArn, StartDate: existing.startDate.toISOString() };
+      if (existing.status === 'RUNNING' && existing.input === input)
+        return { ExecutionArn: existing.executionArn, StartDate: existing.startDate.toISOString() };
       throw named('StepFunctions.ExecutionAlreadyExists', `Execution Already Exists: '${existing.executionArn}'`);
     }
     const started = await this.start(params.StateMachineArn, input, params.Name);
@@ -207,21 +240,48 @@ export class LocalExecutions implements ExecutionService {
    * One child execution of a Map Run: started as any execution (its own record, history and
    * quotas; an input over the quota is refused, which fails the child), resolved once stopped.
    */
-  private async runChild(child: { stateMachineArn: string; definition: Record<string, unknown>; input: string; name: string; mapRunArn: string }, parentExecutionArn: string): Promise<ChildOutcome> {
+  private async runChild(
+    child: { stateMachineArn: string; definition: Record<string, unknown>; input: string; name: string; mapRunArn: string },
+    parentExecutionArn: string,
+  ): Promise<ChildOutcome> {
     const startDate = new Date();
     try {
-      const { executionArn } = await this.launch({ arn: child.stateMachineArn, definition: child.definition }, child.input, child.name, { mapRunArn: child.mapRunArn, parentExecutionArn });
+      const { executionArn } = await this.launch({ arn: child.stateMachineArn, definition: child.definition }, child.input, child.name, {
+        mapRunArn: child.mapRunArn,
+        parentExecutionArn,
+      });
       await this.running.get(executionArn)?.done;
       const r = this.records.get(executionArn)!;
-      return { executionArn, status: r.status, input: r.input, startDate: r.startDate, ...(r.stopDate ? { stopDate: r.stopDate } : {}),
-        ...(r.output !== undefined ? { output: r.output } : {}), ...(r.error ? { error: r.error } : {}), ...(r.cause ? { cause: r.cause } : {}) };
+      return {
+        executionArn,
+        status: r.status,
+        input: r.input,
+        startDate: r.startDate,
+        ...(r.stopDate ? { stopDate: r.stopDate } : {}),
+        ...(r.output !== undefined ? { output: r.output } : {}),
+        ...(r.error ? { error: r.error } : {}),
+        ...(r.cause ? { cause: r.cause } : {}),
+      };
     } catch (err) {
       const executionArn = `${child.stateMachineArn.replace(':stateMachine:', ':execution:')}:${child.name}`;
-      return { executionArn, status: 'FAILED', input: child.input, startDate, stopDate: new Date(), error: (err as Error).name === 'ValidationException' ? 'States.DataLimitExceeded' : (err as Error).name, cause: (err as Error).message };
+      return {
+        executionArn,
+        status: 'FAILED',
+        input: child.input,
+        startDate,
+        stopDate: new Date(),
+        error: (err as Error).name === 'ValidationException' ? 'States.DataLimitExceeded' : (err as Error).name,
+        cause: (err as Error).message,
+      };
     }
   }
 
-  private async launch(sm: { arn: string; definition: Record<string, unknown> }, input: string, name?: string, links: Pick<ExecutionRecord, 'mapRunArn' | 'parentExecutionArn'> = {}): Promise<{ executionArn: string; startDate: Date }> {
+  private async launch(
+    sm: { arn: string; definition: Record<string, unknown> },
+    input: string,
+    name?: string,
+    links: Pick<ExecutionRecord, 'mapRunArn' | 'parentExecutionArn'> = {},
+  ): Promise<{ executionArn: string; startDate: Date }> {
     const stateMachineArn = sm.arn;
     const execName = name ?? randomUUID();
     const executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${execName}`;
@@ -247,32 +307,43 @@ export class LocalExecutions implements ExecutionService {
     const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false } });
     // A history quota failure ends the execution at once, wherever in it the quota was reached.
     const guard = new QuotaGuard(this.quotas, definition as never, () => abort.abort());
-    const execution = { Id: executionArn, Name: execName, Input: parsed as never, StartTime: record.startDate.toISOString(), RoleArn: 'arn:aws:iam::000000000000:role/local' };
-    const run = machine.run(parsed as never, guard.runOptions(machine, {
-      overrides: { taskResourceLocalHandlers: this.overrides(definition, taskSignal, guard, maps, record, execution) as never },
-      context: { Execution: execution, Task: { Token: TASK_TOKEN_PLACEHOLDER } },
-    }));
+    const execution = {
+      Id: executionArn,
+      Name: execName,
+      Input: parsed as never,
+      StartTime: record.startDate.toISOString(),
+      RoleArn: 'arn:aws:iam::000000000000:role/local',
+    };
+    const run = machine.run(
+      parsed as never,
+      guard.runOptions(machine, {
+        overrides: { taskResourceLocalHandlers: this.overrides(definition, taskSignal, guard, maps, record, execution) as never },
+        context: { Execution: execution, Task: { Token: TASK_TOKEN_PLACEHOLDER } },
+      }),
+    );
     abort.signal.addEventListener('abort', () => run.abort());
     const history = this.recordHistory(record, run.eventLogs);
-    const done = run.result.then(
-      (output): Partial<ExecutionRecord> => ({ status: 'SUCCEEDED', output: JSON.stringify(output) }),
-      (err: Error): Partial<ExecutionRecord> => {
-        if (guard.failure) return { status: 'FAILED', error: guard.failure.name, cause: guard.failure.message };
-        if (abort.signal.aborted) return { status: 'ABORTED' };
-        const caught = err.cause as Error | undefined;
-        if (err.name === 'ExecutionTimeoutError') return { status: 'TIMED_OUT', error: 'States.Timeout' };
-        return { status: 'FAILED', error: caught?.name ?? err.name, cause: caught?.message ?? err.message };
-      },
-    ).then(async (outcome) => {
-      settled.abort();
-      // The execution reads as stopped only once its history is on disk, so a client that
-      // saw it stop can read the whole history.
-      await history;
-      Object.assign(record, outcome, { quotaUsage: guard.usage() });
-      record.stopDate = new Date();
-      this.running.delete(executionArn);
-      await this.save(record);
-    });
+    const done = run.result
+      .then(
+        (output): Partial<ExecutionRecord> => ({ status: 'SUCCEEDED', output: JSON.stringify(output) }),
+        (err: Error): Partial<ExecutionRecord> => {
+          if (guard.failure) return { status: 'FAILED', error: guard.failure.name, cause: guard.failure.message };
+          if (abort.signal.aborted) return { status: 'ABORTED' };
+          const caught = err.cause as Error | undefined;
+          if (err.name === 'ExecutionTimeoutError') return { status: 'TIMED_OUT', error: 'States.Timeout' };
+          return { status: 'FAILED', error: caught?.name ?? err.name, cause: caught?.message ?? err.message };
+        },
+      )
+      .then(async (outcome) => {
+        settled.abort();
+        // The execution reads as stopped only once its history is on disk, so a client that
+        // saw it stop can read the whole history.
+        await history;
+        Object.assign(record, outcome, { quotaUsage: guard.usage() });
+        record.stopDate = new Date();
+        this.running.delete(executionArn);
+        await this.save(record);
+      });
     this.running.set(executionArn, { abort, done });
     return { executionArn, startDate: record.startDate };
   }
@@ -300,8 +371,12 @@ export class LocalExecutions implements ExecutionService {
   async list(stateMachineArn: string | undefined, statusFilter?: string, maxResults?: number, mapRunArn?: string): Promise<ExecutionRecord[]> {
     if (stateMachineArn) this.machine(stateMachineArn.split('/')[0]!);
     else if (!mapRunArn) throw named('ValidationException', 'ListExecutions needs a stateMachineArn or a mapRunArn');
-    const all = [...this.records.values()].filter((r) => (!stateMachineArn || r.stateMachineArn === stateMachineArn) && (!mapRunArn || r.mapRunArn === mapRunArn)
-      && (!statusFilter || r.status === statusFilter));
+    const all = [...this.records.values()].filter(
+      (r) =>
+        (!stateMachineArn || r.stateMachineArn === stateMachineArn) &&
+        (!mapRunArn || r.mapRunArn === mapRunArn) &&
+        (!statusFilter || r.status === statusFilter),
+    );
     all.sort((a, b) => b.startDate.getTime() - a.startDate.getTime());
     return maxResults ? all.slice(0, maxResults) : all;
   }

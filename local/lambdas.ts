@@ -60,7 +60,12 @@ export class LocalFunctions {
   async invoke(id: LambdaFunctionId, event: unknown, timeoutMs = 300_000): Promise<unknown> {
     const handler = await this.handler(id);
     const deadline = Date.now() + timeoutMs;
-    const context = { functionName: id, awsRequestId: randomUUID(), getRemainingTimeInMillis: () => deadline - Date.now(), callbackWaitsForEmptyEventLoop: false };
+    const context = {
+      functionName: id,
+      awsRequestId: randomUUID(),
+      getRemainingTimeInMillis: () => deadline - Date.now(),
+      callbackWaitsForEmptyEventLoop: false,
+    };
     const started = performance.now();
     try {
       return await currentInvocation.run({ functionId: id }, () => handler(structuredClone(event), context));

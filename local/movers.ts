@@ -27,7 +27,10 @@ export interface MoverProcess {
   stop(force?: boolean): Promise<number | null>;
 }
 
-export function startMover(e: StackEndpoints, opts: { name: string; group: string; slots?: number; env?: Record<string, string>; onLog?: (l: MoverLogLine) => void }): MoverProcess {
+export function startMover(
+  e: StackEndpoints,
+  opts: { name: string; group: string; slots?: number; env?: Record<string, string>; onLog?: (l: MoverLogLine) => void },
+): MoverProcess {
   const activityArn = e.activities[opts.group] ?? Object.values(e.activities).find((a) => a.endsWith(`-mover-${opts.group}`));
   if (!activityArn) throw new Error(`mover group '${opts.group}' has no activity; known: ${Object.keys(e.activities).join(', ')}`);
   const child = spawn(process.execPath, [...MOVER_NODE_FLAGS, MOVER_MAIN], {

@@ -25,11 +25,18 @@ export interface OperatorOptions {
 }
 
 /** The operator API through the OperatorApi function, one request as its function URL passes it. */
-const apiThrough = (functions: LocalFunctions): ConsoleServerOptions['api'] => async (method, pathAndQuery, body) => {
-  const [rawPath = '/', rawQueryString = ''] = pathAndQuery.split('?', 2);
-  const r = await functions.invoke('OperatorApi', { rawPath, rawQueryString, requestContext: { http: { method } }, ...(body === undefined ? {} : { body, isBase64Encoded: false }) }) as { statusCode: number; body: string };
-  return { status: r.statusCode, body: JSON.parse(r.body) as unknown };
-};
+const apiThrough =
+  (functions: LocalFunctions): ConsoleServerOptions['api'] =>
+  async (method, pathAndQuery, body) => {
+    const [rawPath = '/', rawQueryString = ''] = pathAndQuery.split('?', 2);
+    const r = (await functions.invoke('OperatorApi', {
+      rawPath,
+      rawQueryString,
+      requestContext: { http: { method } },
+      ...(body === undefined ? {} : { body, isBase64Encoded: false }),
+    })) as { statusCode: number; body: string };
+    return { status: r.statusCode, body: JSON.parse(r.body) as unknown };
+  };
 
 export async function startOperator(o: OperatorOptions): Promise<{ url: string; close(): Promise<void> }> {
   const sfn = new SFNClient({ region: LOCAL_REGION, endpoint: o.sfn, credentials: LOCAL_ENDPOINT_CREDENTIALS });
@@ -40,7 +47,9 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
   };
   const api = apiThrough(o.functions);
   const server = await startConsoleServer({
-    port: o.port, api, groups: o.config.moverGroups.map((g) => g.id),
+    port: o.port,
+    api,
+    groups: o.config.moverGroups.map((g) => g.id),
     start: async (workflow, input) => {
       const { executionArn } = await sfn.send(new StartExecutionCommand({ stateMachineArn: arn(workflow), input: JSON.stringify(input) }));
       return { name: executionArn!.split(':').pop()! };
@@ -61,7 +70,15 @@ export async function startOperator(o: OperatorOptions): Promise<{ url: string; 
     if (a.status !== 200) throw new Error(`the operator API answered ${a.status} for /api/alerts: ${JSON.stringify(a.body)}`);
     return a.body as Alert[];
   };
-  const notifier = webhook ? new AlertNotifier({ dataDir: o.dataDir, url: webhook.url, checkSeconds: webhook.checkSeconds ?? 60, alerts, ...(o.onAlert ? { onEvent: o.onAlert } : {}) }) : undefined;
+  const notifier = webhook
+    ? new AlertNotifier({
+        dataDir: o.dataDir,
+        url: webhook.url,
+        checkSeconds: webhook.checkSeconds ?? 60,
+        alerts,
+        ...(o.onAlert ? { onEvent: o.onAlert } : {}),
+      })
+    : undefined;
   notifier?.start();
   return {
     url: server.url,

@@ -112,13 +112,18 @@ export class QuotaGuard {
       };
     };
     const nested = (s: string) => s === 'Map' || s === 'Parallel';
-    wrap('dispatchExecutionStartedEvent', () => { if (kind !== 'branch') this.count(1); });
+    wrap('dispatchExecutionStartedEvent', () => {
+      if (kind !== 'branch') this.count(1);
+    });
     wrap('dispatchExecutionSucceededEvent', () => {
-      if (kind === 'execution') this.events++; // ExecutionSucceeded may be event N itself
+      if (kind === 'execution')
+        this.events++; // ExecutionSucceeded may be event N itself
       else if (kind === 'iteration') this.count(1);
     });
     wrap('dispatchExecutionFailedEvent', () => {
-      if (kind === 'execution') { if (!this.failure) this.events++; } // the history quota's ExecutionFailed is already counted
+      if (kind === 'execution') {
+        if (!this.failure) this.events++;
+      } // the history quota's ExecutionFailed is already counted
       else if (kind === 'iteration') this.count(1);
     });
     wrap('dispatchStateEnteredEvent', ((name: string, type: string, input: unknown) => {
@@ -132,7 +137,9 @@ export class QuotaGuard {
       const bytes = this.measure(output, `${name} output`);
       if (bytes > this.quotas.payloadBytes) throw resultTooLarge(name, bytes, this.quotas);
     }) as never);
-    wrap('dispatchStateFailedEvent', ((_name: string, type: string) => { if (nested(type)) this.count(1); }) as never);
+    wrap('dispatchStateFailedEvent', ((_name: string, type: string) => {
+      if (nested(type)) this.count(1);
+    }) as never);
   }
 
   /** The iteration of `machine` failed with `err`: a DataLimitExceeded now meets its Map state's Retry and Catch. */
@@ -212,18 +219,24 @@ export class QuotaGuard {
   }
 
   /** Called by the hook for every run (root or nested) that carries a guard. */
-  static hooked(machine: { definition: object }, options: { runOptions?: Record<symbol, unknown>; eventLogger: Logger }, run: () => Promise<unknown>): Promise<unknown> {
+  static hooked(
+    machine: { definition: object },
+    options: { runOptions?: Record<symbol, unknown>; eventLogger: Logger },
+    run: () => Promise<unknown>,
+  ): Promise<unknown> {
     const guard = options.runOptions?.[GUARD] as QuotaGuard | undefined;
     if (!guard) return run();
     guard.watch(options.eventLogger, machine);
     const iteration = guard.iterators.has(machine.definition);
-    return run().then((result) => {
-      if (iteration) guard.iterationDone(machine, result);
-      return result;
-    }).catch((err: unknown) => {
-      guard.iterationFailed(machine, err);
-      throw err;
-    });
+    return run()
+      .then((result) => {
+        if (iteration) guard.iterationDone(machine, result);
+        return result;
+      })
+      .catch((err: unknown) => {
+        guard.iterationFailed(machine, err);
+        throw err;
+      });
   }
 }
 
@@ -256,9 +269,12 @@ let installed = false;
 function installHook(): void {
   if (installed) return;
   installed = true;
-  const proto = StateMachine.prototype as unknown as { execute: (this: { definition: object }, input: unknown, options: never, cleanup: () => void) => Promise<unknown> };
+  const proto = StateMachine.prototype as unknown as {
+    execute: (this: { definition: object }, input: unknown, options: never, cleanup: () => void) => Promise<unknown>;
+  };
   const original = proto.execute;
-  if (typeof original !== 'function') throw new Error('aws-local-stepfunctions changed: StateMachine.prototype.execute is gone, so the embedded stack cannot enforce Step Functions quotas');
+  if (typeof original !== 'function')
+    throw new Error('aws-local-stepfunctions changed: StateMachine.prototype.execute is gone, so the embedded stack cannot enforce Step Functions quotas');
   proto.execute = function (input, options, cleanup) {
     return QuotaGuard.hooked(this, options, () => original.call(this, input, options, cleanup));
   };

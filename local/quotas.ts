@@ -34,7 +34,8 @@ export function resolveQuotas(overrides: Partial<StepFunctionsQuotas> = {}): Ste
   for (const [key, value] of Object.entries(overrides)) {
     if (!Object.hasOwn(AWS_QUOTAS, key)) throw new Error(`unknown Step Functions quota '${key}'; known: ${Object.keys(AWS_QUOTAS).join(', ')}`);
     const min = key === 'historyEvents' ? 3 : 1;
-    if (value !== undefined && (!Number.isInteger(value) || (value as number) < min)) throw new Error(`Step Functions quota ${key} must be a whole number of at least ${min}, got ${String(value)}`);
+    if (value !== undefined && (!Number.isInteger(value) || (value as number) < min))
+      throw new Error(`Step Functions quota ${key} must be a whole number of at least ${min}, got ${String(value)}`);
   }
   return Object.freeze({ ...AWS_QUOTAS, ...Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) });
 }
@@ -76,12 +77,16 @@ export class DataLimitExceeded extends Error {
 
 /** A state's or task's result over the payload quota: AWS's cause, with the figures added. */
 export function resultTooLarge(stateName: string, bytes: number, quotas: StepFunctionsQuotas): DataLimitExceeded {
-  return new DataLimitExceeded(`The state/task '${stateName}' returned a result with a size exceeding the maximum number of bytes service limit. (${bytes} bytes; the limit is ${quotas.payloadBytes})`);
+  return new DataLimitExceeded(
+    `The state/task '${stateName}' returned a result with a size exceeding the maximum number of bytes service limit. (${bytes} bytes; the limit is ${quotas.payloadBytes})`,
+  );
 }
 
 /** A state's effective input (after InputPath and Parameters) over the payload quota. */
 export function inputTooLarge(stateName: string, bytes: number, quotas: StepFunctionsQuotas): DataLimitExceeded {
-  return new DataLimitExceeded(`The state/task '${stateName}' has an input with a size exceeding the maximum number of bytes service limit. (${bytes} bytes; the limit is ${quotas.payloadBytes})`);
+  return new DataLimitExceeded(
+    `The state/task '${stateName}' has an input with a size exceeding the maximum number of bytes service limit. (${bytes} bytes; the limit is ${quotas.payloadBytes})`,
+  );
 }
 
 /** The history quota's failure: never retried or caught, it ends the whole execution. */
@@ -102,7 +107,9 @@ export class HistoryLimitExceeded extends Error {
  */
 export function fieldTooLong(field: string, bytes: number, quotas: StepFunctionsQuotas): Error | undefined {
   if (bytes <= quotas.payloadBytes) return undefined;
-  const e = new Error(`1 validation error detected: Value at '${field}' failed to satisfy constraint: Member must have length less than or equal to ${quotas.payloadBytes}`);
+  const e = new Error(
+    `1 validation error detected: Value at '${field}' failed to satisfy constraint: Member must have length less than or equal to ${quotas.payloadBytes}`,
+  );
   e.name = 'ValidationException';
   return e;
 }

@@ -184,7 +184,8 @@ export class ObjectLock {
     let asked: ObjectRetention | undefined;
     if (mode || untilHeader) {
       if (!lock) return s3Error(ctx, 400, 'InvalidRequest', 'Bucket is missing Object Lock Configuration', key);
-      if (!mode || !untilHeader) return s3Error(ctx, 400, 'InvalidArgument', 'x-amz-object-lock-retain-until-date and x-amz-object-lock-mode must both be supplied', key);
+      if (!mode || !untilHeader)
+        return s3Error(ctx, 400, 'InvalidArgument', 'x-amz-object-lock-retain-until-date and x-amz-object-lock-mode must both be supplied', key);
       const until = new Date(untilHeader);
       if (!MODES.includes(mode)) return s3Error(ctx, 400, 'InvalidArgument', `Unknown wormMode directive: ${mode}`, key);
       if (Number.isNaN(until.getTime())) return s3Error(ctx, 400, 'InvalidArgument', `The retain until date is not a date: ${untilHeader}`, key);
@@ -214,7 +215,8 @@ export class ObjectLock {
     if (!(await this.store.existsObject(bucket, key))) return s3Error(ctx, 404, 'NoSuchKey', 'The specified key does not exist.', key);
     const mode = tag(xml, 'Mode');
     const untilText = tag(xml, 'RetainUntilDate');
-    if ((mode === undefined) !== (untilText === undefined)) return s3Error(ctx, 400, 'MalformedXML', 'Retention needs both Mode and RetainUntilDate, or neither (to remove it)', key);
+    if ((mode === undefined) !== (untilText === undefined))
+      return s3Error(ctx, 400, 'MalformedXML', 'Retention needs both Mode and RetainUntilDate, or neither (to remove it)', key);
     if (mode !== undefined && !MODES.includes(mode)) return s3Error(ctx, 400, 'MalformedXML', `Mode must be GOVERNANCE or COMPLIANCE, got ${mode}`, key);
     const until = untilText === undefined ? undefined : new Date(untilText);
     if (until && Number.isNaN(until.getTime())) return s3Error(ctx, 400, 'MalformedXML', `RetainUntilDate is not a date: ${untilText}`, key);
@@ -224,7 +226,13 @@ export class ObjectLock {
     if (current && current.until.getTime() > this.now().getTime()) {
       const extends_ = next !== undefined && next.mode === current.mode && next.until.getTime() >= current.until.getTime();
       if (!extends_ && (current.mode === 'COMPLIANCE' || !this.bypassing(ctx))) {
-        return s3Error(ctx, 403, 'AccessDenied', `${LOCKED} A ${current.mode} retention (until ${current.until.toISOString()}) can only be extended${current.mode === 'GOVERNANCE' ? ' without x-amz-bypass-governance-retention and s3:BypassGovernanceRetention' : ''}.`, key);
+        return s3Error(
+          ctx,
+          403,
+          'AccessDenied',
+          `${LOCKED} A ${current.mode} retention (until ${current.until.toISOString()}) can only be extended${current.mode === 'GOVERNANCE' ? ' without x-amz-bypass-governance-retention and s3:BypassGovernanceRetention' : ''}.`,
+          key,
+        );
       }
     }
     await this.setRetention(bucket, key, next);
@@ -261,7 +269,8 @@ export class ObjectLock {
       const days = tag(xml, 'Days') ?? (tag(xml, 'Years') !== undefined ? String(Number(tag(xml, 'Years')) * 365) : undefined);
       if ((mode === undefined) !== (days === undefined)) return s3Error(ctx, 400, 'MalformedXML', 'DefaultRetention needs Mode and Days (or Years)', '');
       if (mode !== undefined && !MODES.includes(mode)) return s3Error(ctx, 400, 'MalformedXML', `Mode must be GOVERNANCE or COMPLIANCE, got ${mode}`, '');
-      if (days !== undefined && !(Number.isInteger(Number(days)) && Number(days) > 0)) return s3Error(ctx, 400, 'InvalidArgument', `Default retention period must be a positive integer value, got ${days}`, '');
+      if (days !== undefined && !(Number.isInteger(Number(days)) && Number(days) > 0))
+        return s3Error(ctx, 400, 'InvalidArgument', `Default retention period must be a positive integer value, got ${days}`, '');
       await this.setBucketLock(bucket, mode ? { mode: mode as LockMode, days: Number(days) } : {});
       ctx.status = 200;
       ctx.body = '';

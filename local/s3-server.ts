@@ -73,7 +73,13 @@ export function deframeAwsChunked(body: Buffer): Buffer {
 
 /** Starts s3rver with the middleware on 127.0.0.1. */
 export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
-  const server = new S3rver({ port: o.port ?? 0, address: '127.0.0.1', directory: o.directory, silent: true, configureBuckets: o.buckets.map((name) => ({ name })) });
+  const server = new S3rver({
+    port: o.port ?? 0,
+    address: '127.0.0.1',
+    directory: o.directory,
+    silent: true,
+    configureBuckets: o.buckets.map((name) => ({ name })),
+  });
   const requests = new Map<string, number>();
   const requestKinds = new Map<string, number>();
   const conditionalInFlight = new Set<string>();
@@ -97,7 +103,8 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
         return s3Error(ctx, 400, 'IncompleteBody', (err as Error).message, key);
       }
       const decoded = ctx.request.headers['x-amz-decoded-content-length'];
-      if (decoded !== undefined && Number(decoded) !== body.length) return s3Error(ctx, 400, 'IncompleteBody', `decoded ${body.length} bytes, x-amz-decoded-content-length says ${decoded}`, key);
+      if (decoded !== undefined && Number(decoded) !== body.length)
+        return s3Error(ctx, 400, 'IncompleteBody', `decoded ${body.length} bytes, x-amz-decoded-content-length says ${decoded}`, key);
       ctx.request.headers['content-length'] = String(body.length);
       delete ctx.request.headers['transfer-encoding'];
       ctx.req = Readable.from([body]);
@@ -120,11 +127,18 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
       ctx.req = Readable.from([body]);
     }
     const conditional = ctx.method === 'PUT' && ctx.get('if-none-match') === '*';
-    if (conditional && conditionalInFlight.has(id)) return s3Error(ctx, 409, 'ConditionalRequestConflict', 'A conditional request to this key is in progress', key);
+    if (conditional && conditionalInFlight.has(id))
+      return s3Error(ctx, 409, 'ConditionalRequestConflict', 'A conditional request to this key is in progress', key);
     if (conditional) conditionalInFlight.add(id);
     try {
       await oneWriterPerKey(id, async () => {
-        if (conditional && await stat(objectPath(bucket, key)).then(() => true, () => false)) {
+        if (
+          conditional &&
+          (await stat(objectPath(bucket, key)).then(
+            () => true,
+            () => false,
+          ))
+        ) {
           return s3Error(ctx, 412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', key);
         }
         await write();
@@ -142,7 +156,10 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   const oneWriterPerKey = async (id: string, write: () => Promise<void>): Promise<void> => {
     const before = writers.get(id) ?? Promise.resolve();
     const mine = before.then(write);
-    const settled = mine.then(() => {}, () => {});
+    const settled = mine.then(
+      () => {},
+      () => {},
+    );
     writers.set(id, settled);
     try {
       await mine;

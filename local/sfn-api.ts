@@ -77,10 +77,23 @@ class ApiError extends Error {
 
 /** Exception names the SDK models for SFN plus generic AWS client errors: answered as 400. */
 const CLIENT_ERRORS = new Set([
-  'ActivityDoesNotExist', 'ExecutionAlreadyExists', 'ExecutionDoesNotExist', 'ExecutionLimitExceeded',
-  'InvalidArn', 'InvalidExecutionInput', 'InvalidName', 'InvalidOutput', 'InvalidToken',
-  'MissingRequiredParameter', 'ResourceNotFound', 'StateMachineDoesNotExist', 'StateMachineDeleting',
-  'TaskDoesNotExist', 'TaskTimedOut', 'ValidationException', 'SerializationException',
+  'ActivityDoesNotExist',
+  'ExecutionAlreadyExists',
+  'ExecutionDoesNotExist',
+  'ExecutionLimitExceeded',
+  'InvalidArn',
+  'InvalidExecutionInput',
+  'InvalidName',
+  'InvalidOutput',
+  'InvalidToken',
+  'MissingRequiredParameter',
+  'ResourceNotFound',
+  'StateMachineDoesNotExist',
+  'StateMachineDeleting',
+  'TaskDoesNotExist',
+  'TaskTimedOut',
+  'ValidationException',
+  'SerializationException',
   'UnknownOperationException',
 ]);
 

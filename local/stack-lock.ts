@@ -27,7 +27,7 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
     await writeFile(file, mine, { flag: 'wx' });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    const held = JSON.parse(await readFile(file, 'utf8').catch(() => '{}') || '{}') as { pid?: number; startedAt?: string };
+    const held = JSON.parse((await readFile(file, 'utf8').catch(() => '{}')) || '{}') as { pid?: number; startedAt?: string };
     if (typeof held.pid === 'number' && alive(held.pid)) throw new StackUnavailable(await alreadyRunning(dataDir, held.pid, held.startedAt));
     await writeFile(file, mine); // its process is gone: a stack that was killed
   }
@@ -39,7 +39,12 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
 
 async function alreadyRunning(dataDir: string, pid: number, startedAt: string | undefined): Promise<string> {
   const endpoints = join(dataDir, 'endpoints.json');
-  const sfn = await readFile(endpoints, 'utf8').then((t) => (JSON.parse(t) as { sfn?: string }).sfn, () => undefined);
-  return `the embedded stack is already running on ${dataDir} (pid ${pid}${startedAt ? `, since ${startedAt}` : ''}${sfn ? `; Step Functions API ${sfn}` : ''}; endpoints in ${endpoints}): `
-    + `use that one, stop it first (Ctrl-C in its terminal, or kill ${pid}), or start another stack with --data-dir <another folder>`;
+  const sfn = await readFile(endpoints, 'utf8').then(
+    (t) => (JSON.parse(t) as { sfn?: string }).sfn,
+    () => undefined,
+  );
+  return (
+    `the embedded stack is already running on ${dataDir} (pid ${pid}${startedAt ? `, since ${startedAt}` : ''}${sfn ? `; Step Functions API ${sfn}` : ''}; endpoints in ${endpoints}): ` +
+    `use that one, stop it first (Ctrl-C in its terminal, or kill ${pid}), or start another stack with --data-dir <another folder>`
+  );
 }

@@ -104,7 +104,15 @@ export class EmbeddedStack {
   private readonly s3Servers: LocalS3[];
   private readonly functions: { local: LocalFunctions; env: FunctionEnv };
 
-  private constructor(endpoints: StackEndpoints, template: ResolvedTemplate, catalog: Catalog, config: LifeboatConfig, closers: (() => Promise<void>)[], s3Servers: LocalS3[], functions: { local: LocalFunctions; env: FunctionEnv }) {
+  private constructor(
+    endpoints: StackEndpoints,
+    template: ResolvedTemplate,
+    catalog: Catalog,
+    config: LifeboatConfig,
+    closers: (() => Promise<void>)[],
+    s3Servers: LocalS3[],
+    functions: { local: LocalFunctions; env: FunctionEnv },
+  ) {
     this.s3Servers = s3Servers;
     this.functions = functions;
     this.endpoints = endpoints;
@@ -142,7 +150,9 @@ export class EmbeddedStack {
 
       const configured = opts.config ?? loadConfig();
       // The stack's own buckets in one s3rver; a repository on another endpoint keeps its bucket name, on that endpoint.
-      const buckets = Object.fromEntries(configured.repositories.map((r, i) => [r.id, r.endpoint ? r.bucket ?? r.id : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]));
+      const buckets = Object.fromEntries(
+        configured.repositories.map((r, i) => [r.id, r.endpoint ? (r.bucket ?? r.id) : i === 0 ? REPOSITORY_BUCKET : `${REPOSITORY_BUCKET}-${r.id}`]),
+      );
       // A repository configured with Object Lock gets it on the local S3 front too (local/s3-object-lock.ts).
       const objectLock = Object.fromEntries(configured.repositories.filter((r) => r.objectLock && !r.endpoint).map((r) => [buckets[r.id]!, r.objectLock!]));
       const s3Servers: LocalS3[] = [];
@@ -153,7 +163,11 @@ export class EmbeddedStack {
         closers.push(() => server.close());
         return server.url;
       };
-      const s3 = await startS3(join(dataDir, 's3'), configured.repositories.filter((r) => !r.endpoint).map((r) => buckets[r.id]!), opts.ports?.s3);
+      const s3 = await startS3(
+        join(dataDir, 's3'),
+        configured.repositories.filter((r) => !r.endpoint).map((r) => buckets[r.id]!),
+        opts.ports?.s3,
+      );
       // Every other endpoint the configuration names becomes an s3rver of its own (own data folder), on the
       // port it had before (endpoint-ports.ts): its URL is in catalog records and execution histories.
       const endpointUrls = new Map<string, string>();
@@ -162,7 +176,13 @@ export class EmbeddedStack {
         if (!r.endpoint || endpointUrls.has(endpointKey(r.endpoint))) continue;
         const on = configured.repositories.filter((x) => x.endpoint && endpointKey(x.endpoint) === endpointKey(r.endpoint));
         const folder = `s3-${r.id}`;
-        const { server: url } = await startOnSavedPort(ports[folder], (port) => startS3(join(dataDir, folder), on.map((x) => buckets[x.id]!), port));
+        const { server: url } = await startOnSavedPort(ports[folder], (port) =>
+          startS3(
+            join(dataDir, folder),
+            on.map((x) => buckets[x.id]!),
+            port,
+          ),
+        );
         ports[folder] = Number(new URL(url).port);
         endpointUrls.set(endpointKey(r.endpoint), opts.endpointFront ? await opts.endpointFront(r.id, url) : url);
       }
@@ -198,8 +218,13 @@ export class EmbeddedStack {
               await openRepositoryOf({ store, bucket: REPOSITORY_BUCKET, keys: { keyFile } });
               onKeyFile(undefined);
             } catch (err) {
-              onKeyFile(new StackUnavailable(`the repository key file ${keyFile} changed while the stack runs, and ${(err as Error).message}. `
-                + 'The running stack and its movers keep the key they loaded at start, but the next start will be refused: put back the original key file now', err));
+              onKeyFile(
+                new StackUnavailable(
+                  `the repository key file ${keyFile} changed while the stack runs, and ${(err as Error).message}. ` +
+                    'The running stack and its movers keep the key they loaded at start, but the next start will be refused: put back the original key file now',
+                  err,
+                ),
+              );
             }
           });
         });
@@ -212,7 +237,15 @@ export class EmbeddedStack {
       // The functions get the stack's own clients, as the Lambda entry builds them from its environment in AWS.
       // In-process handlers: no CloudWatch to send EMF to, so Powertools Metrics stays quiet.
       Object.assign(process.env, { POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_SERVICE_NAME: 'lifeboat-local' });
-      const functionEnv: FunctionEnv = { tableName: CATALOG_TABLE, region: LOCAL_REGION, dynamodbEndpoint: dynamodb, s3Endpoint: s3, keyFile, runBucket: REPOSITORY_BUCKET, repositoryBucket: REPOSITORY_BUCKET };
+      const functionEnv: FunctionEnv = {
+        tableName: CATALOG_TABLE,
+        region: LOCAL_REGION,
+        dynamodbEndpoint: dynamodb,
+        s3Endpoint: s3,
+        keyFile,
+        runBucket: REPOSITORY_BUCKET,
+        repositoryBucket: REPOSITORY_BUCKET,
+      };
       const functions = new LocalFunctions(createClients(functionEnv));
       const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
       // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog: the SyncConfig function does it.
@@ -222,10 +255,16 @@ export class EmbeddedStack {
       closers.push(async () => broker.close());
       const reconcileArn = Object.values(template.stateMachines).find((m) => m.logicalId.startsWith('Reconcile'))?.arn;
       const executions: LocalExecutions = new LocalExecutions({
-        dataDir, template, broker, quotas, functions,
+        dataDir,
+        template,
+        broker,
+        quotas,
+        functions,
         // The Backup workflow's Distributed Map reads and writes the stack's own bucket, named by its logical id in the ASL.
         objects: (bucket) => new S3ObjectStore(localS3, bucket === template.primaryBucket ? REPOSITORY_BUCKET : bucket),
-        onStopped: (r) => { if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn); },
+        onStopped: (r) => {
+          if (r.stateMachineArn === backup.arn && reconcileArn) void reconcileStoppedRuns(executions, backup.arn, reconcileArn);
+        },
       });
       await executions.load();
       closers.push(() => executions.close());
@@ -238,14 +277,30 @@ export class EmbeddedStack {
       const operatorEnv: FunctionEnv = { ...functionEnv, backupStateMachineArn: backup.arn, sfnEndpoint: api.url };
       functions.useClients(createClients(operatorEnv));
       const operator = await startOperator({
-        dataDir, config, sfn: api.url, functions, template, port: opts.ports?.console ?? 0,
+        dataDir,
+        config,
+        sfn: api.url,
+        functions,
+        template,
+        port: opts.ports?.console ?? 0,
         ...(opts.onAlert ? { onAlert: opts.onAlert } : {}),
       });
       closers.push(() => operator.close());
 
       const endpoints: StackEndpoints = {
-        dataDir, region: LOCAL_REGION, dynamodb, s3, sfn: api.url, console: operator.url, table: CATALOG_TABLE, bucket: REPOSITORY_BUCKET, buckets, repositories, keyFile,
-        backupStateMachineArn: backup.arn, activities: template.activities,
+        dataDir,
+        region: LOCAL_REGION,
+        dynamodb,
+        s3,
+        sfn: api.url,
+        console: operator.url,
+        table: CATALOG_TABLE,
+        bucket: REPOSITORY_BUCKET,
+        buckets,
+        repositories,
+        keyFile,
+        backupStateMachineArn: backup.arn,
+        activities: template.activities,
         // A workflow's name is its construct id: the logical id minus `StateMachine<hash>`.
         stateMachines: Object.fromEntries(Object.values(template.stateMachines).map((m) => [m.logicalId.replace(/StateMachine[0-9A-F]{8}$/, ''), m.arn])),
       };
@@ -274,7 +329,11 @@ export async function reconcileStoppedRuns(executions: LocalExecutions, backupAr
     const prefix = `reconcile-${run.name}`;
     const tries = reconciles.filter((r) => r.name === prefix || r.name.startsWith(`${prefix}-`));
     if (tries.some((r) => r.status === 'SUCCEEDED' || r.status === 'RUNNING')) continue;
-    const input = { executionArn: run.executionArn, runId: run.name, error: { Error: run.error ?? 'Backup.RunStopped', Cause: run.cause ?? `execution ${run.name} was stopped (StopExecution)` } };
+    const input = {
+      executionArn: run.executionArn,
+      runId: run.name,
+      error: { Error: run.error ?? 'Backup.RunStopped', Cause: run.cause ?? `execution ${run.name} was stopped (StopExecution)` },
+    };
     await executions.start(reconcileArn, JSON.stringify(input), tries.length ? `${prefix}-${tries.length + 1}` : prefix).catch(() => {}); // started meanwhile by a StopExecution
   }
 }
@@ -291,8 +350,19 @@ export function localizeConfig(config: LifeboatConfig, dataDir: string, localUrl
     ...config,
     repositories: config.repositories.map((r) => ({
       ...r,
-      ...(r.endpoint ? { endpoint: { url: localUrl(r.endpoint), region: LOCAL_REGION, pathStyle: true, ...(r.endpoint.checksums ? { checksums: r.endpoint.checksums } : {}) } } : {}),
-      ...(r.replication?.standbyPath ? { replication: { ...r.replication, standbyPath: join(dataDir, 'sites', siteOf(r.replication.moverGroup), r.replication.standbyPath) } } : {}),
+      ...(r.endpoint
+        ? {
+            endpoint: {
+              url: localUrl(r.endpoint),
+              region: LOCAL_REGION,
+              pathStyle: true,
+              ...(r.endpoint.checksums ? { checksums: r.endpoint.checksums } : {}),
+            },
+          }
+        : {}),
+      ...(r.replication?.standbyPath
+        ? { replication: { ...r.replication, standbyPath: join(dataDir, 'sites', siteOf(r.replication.moverGroup), r.replication.standbyPath) } }
+        : {}),
     })),
   };
 }
@@ -307,7 +377,11 @@ export function repositoryStore(e: StackEndpoints, repositoryId?: string): Objec
 /** The stack's repository (or a configured one, by id) as a client opens it, with its keys. */
 export async function openRepository(e: StackEndpoints, repositoryId?: string): Promise<{ store: ObjectStore; keys: RepositoryKeys; masterKey: Buffer }> {
   const store = repositoryStore(e, repositoryId);
-  const { keys, masterKey } = await openRepositoryOf({ store, bucket: repositoryId ? e.repositories[repositoryId]!.bucket : e.bucket, keys: { keyFile: e.keyFile } });
+  const { keys, masterKey } = await openRepositoryOf({
+    store,
+    bucket: repositoryId ? e.repositories[repositoryId]!.bucket : e.bucket,
+    keys: { keyFile: e.keyFile },
+  });
   return { store, keys, masterKey };
 }
 
@@ -316,11 +390,13 @@ async function ensureTable(db: DynamoDBClient, name: string, schema: ResolvedTem
     await db.send(new DescribeTableCommand({ TableName: name }));
   } catch (err) {
     if (!(err instanceof ResourceNotFoundException)) throw err;
-    await db.send(new CreateTableCommand({
-      TableName: name,
-      BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: schema.AttributeDefinitions as never,
-      KeySchema: schema.KeySchema as never,
-    }));
+    await db.send(
+      new CreateTableCommand({
+        TableName: name,
+        BillingMode: 'PAY_PER_REQUEST',
+        AttributeDefinitions: schema.AttributeDefinitions as never,
+        KeySchema: schema.KeySchema as never,
+      }),
+    );
   }
 }

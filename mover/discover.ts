@@ -16,7 +16,13 @@ export interface PageLimits {
 }
 
 /** Describes the host's VMs named after `after`, in name order, until the page is full. */
-export async function discoverPage(inventory: VmInventory, hostId: string, after: string | null, limits: PageLimits = {}, signal?: AbortSignal): Promise<DiscoverPage> {
+export async function discoverPage(
+  inventory: VmInventory,
+  hostId: string,
+  after: string | null,
+  limits: PageLimits = {},
+  signal?: AbortSignal,
+): Promise<DiscoverPage> {
   const maxBytes = limits.maxBytes ?? DISCOVER_PAGE_BYTES;
   const names = [...new Set(await inventory.vmNames({ ...(signal ? { signal } : {}) }))].sort().filter((n) => after === null || n > after);
   const page: DiscoverPage = { hostId, vms: [], next: null };
@@ -30,7 +36,10 @@ export async function discoverPage(inventory: VmInventory, hostId: string, after
       page.next = names[i - 1]!;
       return page;
     }
-    if (size > maxBytes) throw new SourceUnavailable(`VM '${name}' on host ${hostId} is described by ${size} bytes, more than a discover page holds (${maxBytes}): it has too many disks to report`);
+    if (size > maxBytes)
+      throw new SourceUnavailable(
+        `VM '${name}' on host ${hostId} is described by ${size} bytes, more than a discover page holds (${maxBytes}): it has too many disks to report`,
+      );
     bytes += size;
     page.vms.push(vm);
   }

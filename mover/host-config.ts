@@ -24,12 +24,28 @@ export interface HostConfigDeps {
 /** The kinds of definition a host has: how virsh lists them and dumps one. */
 const KINDS = {
   networks: { list: ['net-list', '--all', '--name'], dump: (name: string) => ['net-dumpxml', '--', name], gone: /network not found|no network with matching/i },
-  pools: { list: ['pool-list', '--all', '--name'], dump: (name: string) => ['pool-dumpxml', '--', name], gone: /storage pool not found|no storage pool with matching/i },
+  pools: {
+    list: ['pool-list', '--all', '--name'],
+    dump: (name: string) => ['pool-dumpxml', '--', name],
+    gone: /storage pool not found|no storage pool with matching/i,
+  },
   // The persistent definition (what `define` takes back), not the running state.
-  domains: { list: ['list', '--all', '--name'], dump: (name: string) => ['dumpxml', '--inactive', '--', name], gone: /domain not found|failed to get domain|no domain with matching/i },
+  domains: {
+    list: ['list', '--all', '--name'],
+    dump: (name: string) => ['dumpxml', '--inactive', '--', name],
+    gone: /domain not found|failed to get domain|no domain with matching/i,
+  },
 } as const;
 
-const names = (out: string) => [...new Set(out.split('\n').map((l) => l.trim()).filter(Boolean))].sort();
+const names = (out: string) =>
+  [
+    ...new Set(
+      out
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean),
+    ),
+  ].sort();
 
 /**
  * Dumps every definition of one kind, in name order. A definition removed between the
@@ -65,12 +81,21 @@ async function hostFacts(virsh: Virsh, signal?: AbortSignal): Promise<HostConfig
 }
 
 /** Dumps the host's definitions into one archive document. */
-export async function collectHostConfig(virsh: Virsh, hostId: string, opts: { signal?: AbortSignal; progress?: () => void; now?: () => Date } = {}): Promise<HostConfigArchive> {
+export async function collectHostConfig(
+  virsh: Virsh,
+  hostId: string,
+  opts: { signal?: AbortSignal; progress?: () => void; now?: () => Date } = {},
+): Promise<HostConfigArchive> {
   const takenAt = (opts.now ?? (() => new Date()))().toISOString();
   // The facts first: an unreachable URI fails here, with the message Virsh gives it.
   const host = await hostFacts(virsh, opts.signal);
   return {
-    format: HOST_CONFIG_FORMAT, version: HOST_CONFIG_VERSION, hostId, uri: virsh.uri, takenAt, host,
+    format: HOST_CONFIG_FORMAT,
+    version: HOST_CONFIG_VERSION,
+    hostId,
+    uri: virsh.uri,
+    takenAt,
+    host,
     networks: await dumpAll(virsh, 'networks', opts),
     pools: await dumpAll(virsh, 'pools', opts),
     domains: await dumpAll(virsh, 'domains', opts),
@@ -78,7 +103,11 @@ export async function collectHostConfig(virsh: Virsh, hostId: string, opts: { si
 }
 
 /** Runs a `hostConfig` task input: validates it, dumps the host and stores the sealed archive. */
-export async function runHostConfigTask(raw: unknown, deps: HostConfigDeps, ctx: { signal?: AbortSignal; progress?: () => void } = {}): Promise<HostConfigResult> {
+export async function runHostConfigTask(
+  raw: unknown,
+  deps: HostConfigDeps,
+  ctx: { signal?: AbortSignal; progress?: () => void } = {},
+): Promise<HostConfigResult> {
   const t = parseTaskInput('hostConfig task', hostConfigTask, raw);
   const virsh = (deps.virsh ?? ((uri: string) => new Virsh(uri)))(t.hypervisor.uri);
   const archive = await collectHostConfig(virsh, t.hostId, { ...ctx, ...(deps.now ? { now: deps.now } : {}) });
@@ -87,7 +116,12 @@ export async function runHostConfigTask(raw: unknown, deps: HostConfigDeps, ctx:
   // A retried task writes the same key again: the newer dump replaces the older, and only the last result is recorded.
   await store.put(t.objectKey, sealed);
   return {
-    hostId: t.hostId, backupId: t.backupId, objectKey: t.objectKey, takenAt: archive.takenAt, sha256, bytes,
+    hostId: t.hostId,
+    backupId: t.backupId,
+    objectKey: t.objectKey,
+    takenAt: archive.takenAt,
+    sha256,
+    bytes,
     counts: { networks: archive.networks.length, pools: archive.pools.length, domains: archive.domains.length },
   };
 }

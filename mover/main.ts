@@ -78,11 +78,15 @@ function positiveInt(name: string, fallback: string): number {
 
 const name = env('LIFEBOAT_MOVER_NAME', `${hostname()}-${process.pid}`);
 const logger: Logger = {
-  info: (event, fields) => process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, version: MOVER_VERSION, level: 'info', event, ...fields }) + '\n'),
-  error: (event, fields) => process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, version: MOVER_VERSION, level: 'error', event, ...fields }) + '\n'),
+  info: (event, fields) =>
+    process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, version: MOVER_VERSION, level: 'info', event, ...fields }) + '\n'),
+  error: (event, fields) =>
+    process.stdout.write(JSON.stringify({ t: new Date().toISOString(), mover: name, version: MOVER_VERSION, level: 'error', event, ...fields }) + '\n'),
 };
 if (!isMoverName(name)) {
-  process.stderr.write(`lifeboat-mover: LIFEBOAT_MOVER_NAME=${name} must be 1-128 letters, digits, '.', '-' or '_' (it names the mover's registration object)\n`);
+  process.stderr.write(
+    `lifeboat-mover: LIFEBOAT_MOVER_NAME=${name} must be 1-128 letters, digits, '.', '-' or '_' (it names the mover's registration object)\n`,
+  );
   process.exit(2);
 }
 
@@ -106,11 +110,22 @@ const upgrader = new Upgrader({ home, currentVersion: MOVER_VERSION, publicKey: 
 
 const region = process.env.AWS_REGION ?? 'us-east-1';
 const sfnEndpoint = process.env.LIFEBOAT_SFN_ENDPOINT;
-const sfn = new SFNClient({ region, ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}), requestHandler: { requestTimeout: 70_000 } });
+const sfn = new SFNClient({
+  region,
+  ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}),
+  requestHandler: { requestTimeout: 70_000 },
+});
 let access: RepositoryAccess;
 try {
   // `metrics` is made below; these run only once a repository is opened.
-  access = repositoryAccess(process.env, { logger, onRetry: (info) => { countForTask(info); metrics.onRetry(info); }, wrapStore: (s) => metrics.store(s) });
+  access = repositoryAccess(process.env, {
+    logger,
+    onRetry: (info) => {
+      countForTask(info);
+      metrics.onRetry(info);
+    },
+    wrapStore: (s) => metrics.store(s),
+  });
 } catch (err) {
   process.stderr.write(`lifeboat-mover: ${(err as Error).message} (see mover/main.ts for the settings)\n`);
   process.exit(2);
@@ -135,13 +150,20 @@ const systemd = SystemdNotifier.fromEnv({ env: process.env, logger });
 const registryBucket = process.env.LIFEBOAT_BUCKET;
 const registration = registryBucket
   ? new Registration({
-    store: withRetry(metrics.store(new S3ObjectStore(s3, registryBucket)), { logger, onRetry: metrics.onRetry }),
-    logger,
-    record: {
-      name, group, activityArn, version: MOVER_VERSION, capabilities: { sources: ['folder'], tasks: [...TASK_KINDS] },
-      slots, hostname: hostname(), pid: process.pid, heartbeatSeconds: positiveInt('LIFEBOAT_REGISTRATION_SECONDS', '60'),
-    },
-  })
+      store: withRetry(metrics.store(new S3ObjectStore(s3, registryBucket)), { logger, onRetry: metrics.onRetry }),
+      logger,
+      record: {
+        name,
+        group,
+        activityArn,
+        version: MOVER_VERSION,
+        capabilities: { sources: ['folder'], tasks: [...TASK_KINDS] },
+        slots,
+        hostname: hostname(),
+        pid: process.pid,
+        heartbeatSeconds: positiveInt('LIFEBOAT_REGISTRATION_SECONDS', '60'),
+      },
+    })
   : undefined;
 if (!registration) logger.info('registration.disabled', { reason: 'LIFEBOAT_BUCKET is not set' });
 
@@ -160,7 +182,10 @@ const admit = async (input: unknown): Promise<Restart | undefined> => {
       try {
         reexec(release, home, tasks);
       } catch (err) {
-        throw new CannotUpgrade(`release ${release.version} is installed at ${release.program} but the mover could not restart into it: ${(err as Error).message}`, err);
+        throw new CannotUpgrade(
+          `release ${release.version} is installed at ${release.program} but the mover could not restart into it: ${(err as Error).message}`,
+          err,
+        );
       }
     };
   } catch (err) {
@@ -182,14 +207,26 @@ if (restoreInFlightMiB > 4096) {
   process.exit(2);
 }
 const nbdTlsDir = process.env.LIFEBOAT_NBD_TLS_DIR;
-const nbdTls = nbdTlsDir ? await loadTlsCredentials(nbdTlsDir).catch((err: Error) => {
-  process.stderr.write(`lifeboat-mover: LIFEBOAT_NBD_TLS_DIR: ${err.message}\n`);
-  process.exit(2);
-}) : undefined;
+const nbdTls = nbdTlsDir
+  ? await loadTlsCredentials(nbdTlsDir).catch((err: Error) => {
+      process.stderr.write(`lifeboat-mover: LIFEBOAT_NBD_TLS_DIR: ${err.message}\n`);
+      process.exit(2);
+    })
+  : undefined;
 const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
 // A mover that may run instant recoveries keeps an export process loaded and waiting: the VM starts seconds sooner.
 if (process.env.LIFEBOAT_INSTANT_SPARE === '1') prepareSpareExportProcess(workDir);
-const handler = taskHandler({ drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }), repository, logger, parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'), packBytes: packMiB * 1024 * 1024, restoreInFlightBytes: restoreInFlightMiB * 1024 * 1024, workDir, moverName: name, progressEveryMs: positiveInt('LIFEBOAT_PROGRESS_SECONDS', '5') * 1000 });
+const handler = taskHandler({
+  drivers: sourceDrivers({ workDir, ...(nbdTls && { nbdTls }) }),
+  repository,
+  logger,
+  parallelism: positiveInt('LIFEBOAT_MOVER_PARALLELISM', '8'),
+  packBytes: packMiB * 1024 * 1024,
+  restoreInFlightBytes: restoreInFlightMiB * 1024 * 1024,
+  workDir,
+  moverName: name,
+  progressEveryMs: positiveInt('LIFEBOAT_PROGRESS_SECONDS', '5') * 1000,
+});
 const worker = new MoverWorker({
   sfn,
   activityArn,

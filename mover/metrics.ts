@@ -29,17 +29,54 @@ export class MoverMetrics {
 
   constructor(o: { version: string; name: string; group: string; slots: number }) {
     const registers = [this.registry];
-    new Gauge({ name: 'lifeboat_mover_info', help: 'Always 1; the labels say which mover this is and its version', labelNames: ['version', 'name', 'group'], registers })
-      .set({ version: o.version, name: o.name, group: o.group }, 1);
+    new Gauge({
+      name: 'lifeboat_mover_info',
+      help: 'Always 1; the labels say which mover this is and its version',
+      labelNames: ['version', 'name', 'group'],
+      registers,
+    }).set({ version: o.version, name: o.name, group: o.group }, 1);
     new Gauge({ name: 'lifeboat_mover_slots', help: 'Tasks this mover runs at once (LIFEBOAT_MOVER_SLOTS)', registers }).set(o.slots);
     this.slotsInUse = new Gauge({ name: 'lifeboat_mover_slots_in_use', help: 'Tasks running now', registers });
-    this.bytesRead = new Counter({ name: 'lifeboat_mover_source_read_bytes_total', help: 'Bytes read from VM disks by backup (dispatch) tasks, counted as each task ends', registers });
-    this.bytesUploaded = new Counter({ name: 'lifeboat_mover_s3_uploaded_bytes_total', help: 'Bytes of bodies the repository stores accepted (successful PUTs)', registers });
-    this.bytesDownloaded = new Counter({ name: 'lifeboat_mover_s3_downloaded_bytes_total', help: 'Bytes of bodies read from the repository stores (successful GETs)', registers });
-    this.requests = new Counter({ name: 'lifeboat_mover_s3_requests_total', help: 'Storage requests by operation (put, get, head, list) and outcome (ok, missing: the object does not exist, error), each attempt counted', labelNames: ['op', 'outcome'], registers });
-    this.retries = new Counter({ name: 'lifeboat_mover_s3_retries_total', help: 'Storage requests tried again after a retryable failure (throttling, 5xx, a dropped or stalled connection)', labelNames: ['op'], registers });
-    this.taskSeconds = new Histogram({ name: 'lifeboat_mover_task_duration_seconds', help: 'How long tasks ran, by task kind and outcome', labelNames: ['task', 'outcome'], buckets: TASK_SECONDS_BUCKETS, registers });
-    this.tasks = new Counter({ name: 'lifeboat_mover_tasks_total', help: 'Tasks finished, by task kind and outcome', labelNames: ['task', 'outcome'], registers });
+    this.bytesRead = new Counter({
+      name: 'lifeboat_mover_source_read_bytes_total',
+      help: 'Bytes read from VM disks by backup (dispatch) tasks, counted as each task ends',
+      registers,
+    });
+    this.bytesUploaded = new Counter({
+      name: 'lifeboat_mover_s3_uploaded_bytes_total',
+      help: 'Bytes of bodies the repository stores accepted (successful PUTs)',
+      registers,
+    });
+    this.bytesDownloaded = new Counter({
+      name: 'lifeboat_mover_s3_downloaded_bytes_total',
+      help: 'Bytes of bodies read from the repository stores (successful GETs)',
+      registers,
+    });
+    this.requests = new Counter({
+      name: 'lifeboat_mover_s3_requests_total',
+      help: 'Storage requests by operation (put, get, head, list) and outcome (ok, missing: the object does not exist, error), each attempt counted',
+      labelNames: ['op', 'outcome'],
+      registers,
+    });
+    this.retries = new Counter({
+      name: 'lifeboat_mover_s3_retries_total',
+      help: 'Storage requests tried again after a retryable failure (throttling, 5xx, a dropped or stalled connection)',
+      labelNames: ['op'],
+      registers,
+    });
+    this.taskSeconds = new Histogram({
+      name: 'lifeboat_mover_task_duration_seconds',
+      help: 'How long tasks ran, by task kind and outcome',
+      labelNames: ['task', 'outcome'],
+      buckets: TASK_SECONDS_BUCKETS,
+      registers,
+    });
+    this.tasks = new Counter({
+      name: 'lifeboat_mover_tasks_total',
+      help: 'Tasks finished, by task kind and outcome',
+      labelNames: ['task', 'outcome'],
+      registers,
+    });
     collectDefaultMetrics({ register: this.registry, prefix: 'lifeboat_mover_' });
   }
 
@@ -81,15 +118,28 @@ export class MoverMetrics {
     };
     return {
       put: async (key: string, body: Uint8Array, checksum?: PutChecksum) => {
-        await count('put', () => inner.put(key, body, checksum), () => false);
+        await count(
+          'put',
+          () => inner.put(key, body, checksum),
+          () => false,
+        );
         this.bytesUploaded.inc(body.byteLength);
       },
       get: async (key: string, opts?: GetOptions) => {
-        const v = await count('get', () => inner.get(key, opts), (b) => b === undefined);
+        const v = await count(
+          'get',
+          () => inner.get(key, opts),
+          (b) => b === undefined,
+        );
         if (v) this.bytesDownloaded.inc(v.byteLength);
         return v;
       },
-      head: (key: string) => count('head', () => inner.head(key), (i) => i === undefined),
+      head: (key: string) =>
+        count(
+          'head',
+          () => inner.head(key),
+          (i) => i === undefined,
+        ),
       list: (prefix: string) => {
         const requests = this.requests;
         return (async function* () {
@@ -116,7 +166,10 @@ function taskKind(input: unknown): string {
 export function parseMetricsAddress(value: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s[\]]+)):(\d{1,5})$/.exec(value.trim());
   const port = Number(m?.[3]);
-  if (!m || port > 65535) throw new Error(`LIFEBOAT_METRICS_ADDRESS=${value} is not HOST:PORT (e.g. 127.0.0.1:9464; [::1]:9464; 0.0.0.0:9464 to be scraped from other machines): fix it in mover.env, or unset it to serve no metrics`);
+  if (!m || port > 65535)
+    throw new Error(
+      `LIFEBOAT_METRICS_ADDRESS=${value} is not HOST:PORT (e.g. 127.0.0.1:9464; [::1]:9464; 0.0.0.0:9464 to be scraped from other machines): fix it in mover.env, or unset it to serve no metrics`,
+    );
   return { host: m[1] ?? m[2]!, port };
 }
 
@@ -129,21 +182,39 @@ export async function serveMetrics(metrics: MoverMetrics, address: string, logge
       res.writeHead(404, { 'content-type': 'text/plain' });
       return void res.end('the mover serves GET /metrics only\n');
     }
-    metrics.registry.metrics().then((text) => {
-      res.writeHead(200, { 'content-type': metrics.registry.contentType });
-      res.end(text);
-    }, (err: Error) => {
-      logger.error('metrics.failed', { error: err.message });
-      res.writeHead(500, { 'content-type': 'text/plain' });
-      res.end(`${err.message}\n`);
-    });
+    metrics.registry.metrics().then(
+      (text) => {
+        res.writeHead(200, { 'content-type': metrics.registry.contentType });
+        res.end(text);
+      },
+      (err: Error) => {
+        logger.error('metrics.failed', { error: err.message });
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end(`${err.message}\n`);
+      },
+    );
   });
-  await new Promise<void>((ok, fail) => server.once('error', (err: NodeJS.ErrnoException) => {
-    fail(new Error(`LIFEBOAT_METRICS_ADDRESS=${address}: cannot listen (${err.code ?? err.message})${err.code === 'EADDRINUSE' ? ': another process has that port; pick another port in mover.env (each mover on a machine needs its own)' : ': check the address is one of this machine\'s'}`));
-  }).listen(port, host, ok));
+  await new Promise<void>((ok, fail) =>
+    server
+      .once('error', (err: NodeJS.ErrnoException) => {
+        fail(
+          new Error(
+            `LIFEBOAT_METRICS_ADDRESS=${address}: cannot listen (${err.code ?? err.message})${err.code === 'EADDRINUSE' ? ': another process has that port; pick another port in mover.env (each mover on a machine needs its own)' : ": check the address is one of this machine's"}`,
+          ),
+        );
+      })
+      .listen(port, host, ok),
+  );
   const a = server.address() as AddressInfo;
   const url = `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/metrics`;
   logger.info('metrics.listening', { url });
   server.unref();
-  return { url, close: () => new Promise<void>((ok) => { server.closeAllConnections(); server.close(() => ok()); }) };
+  return {
+    url,
+    close: () =>
+      new Promise<void>((ok) => {
+        server.closeAllConnections();
+        server.close(() => ok());
+      }),
+  };
 }

@@ -75,14 +75,25 @@ export class ProgressReporter {
   private write(phase: TaskProgress['phase']): Promise<void> {
     const { segment, operation, operationId, ...task } = this.o.task;
     const p: TaskProgress = {
-      format: PROGRESS_FORMAT, ...task, ...(operation ? { operation } : {}), ...(operationId ? { operationId } : {}), ...(segment === undefined ? {} : { segment }), phase,
-      bytesDone: this.bytesDone, bytesTotal: this.bytesTotal, bytesStored: this.bytesStored, startedAt: this.startedAt,
-      ...(this.phaseStartedAt ? { phaseStartedAt: this.phaseStartedAt } : {}), updatedAt: this.now().toISOString(),
+      format: PROGRESS_FORMAT,
+      ...task,
+      ...(operation ? { operation } : {}),
+      ...(operationId ? { operationId } : {}),
+      ...(segment === undefined ? {} : { segment }),
+      phase,
+      bytesDone: this.bytesDone,
+      bytesTotal: this.bytesTotal,
+      bytesStored: this.bytesStored,
+      startedAt: this.startedAt,
+      ...(this.phaseStartedAt ? { phaseStartedAt: this.phaseStartedAt } : {}),
+      updatedAt: this.now().toISOString(),
     };
     const key = progressKey(p);
-    this.writing = this.writing.then(() => this.o.store.put(key, Buffer.from(JSON.stringify(p)))).catch((err: Error) => {
-      this.o.logger.error('progress.write_failed', { key, error: err.message });
-    });
+    this.writing = this.writing
+      .then(() => this.o.store.put(key, Buffer.from(JSON.stringify(p))))
+      .catch((err: Error) => {
+        this.o.logger.error('progress.write_failed', { key, error: err.message });
+      });
     return this.writing;
   }
 }

@@ -51,14 +51,20 @@ export class Registration {
 
   private write(): Promise<void> {
     const record: MoverRegistration = {
-      format: MOVER_RECORD_FORMAT, ...this.o.record,
-      state: this.state, ...(this.upgradingTo ? { upgradingTo: this.upgradingTo } : {}),
-      tasksInFlight: this.inFlight, startedAt: this.startedAt, seenAt: (this.o.now?.() ?? new Date()).toISOString(),
+      format: MOVER_RECORD_FORMAT,
+      ...this.o.record,
+      state: this.state,
+      ...(this.upgradingTo ? { upgradingTo: this.upgradingTo } : {}),
+      tasksInFlight: this.inFlight,
+      startedAt: this.startedAt,
+      seenAt: (this.o.now?.() ?? new Date()).toISOString(),
     };
     // Writes go one after another, so a late beat never overwrites a newer state.
-    this.writing = this.writing.then(() => this.o.store.put(moverRecordKey(record.name), Buffer.from(JSON.stringify(record, null, 2)))).catch((err: Error) => {
-      this.o.logger.error('registration.failed', { key: moverRecordKey(record.name), error: err.message });
-    });
+    this.writing = this.writing
+      .then(() => this.o.store.put(moverRecordKey(record.name), Buffer.from(JSON.stringify(record, null, 2))))
+      .catch((err: Error) => {
+        this.o.logger.error('registration.failed', { key: moverRecordKey(record.name), error: err.message });
+      });
     return this.writing;
   }
 }

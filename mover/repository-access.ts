@@ -34,12 +34,15 @@ export function positiveIntSetting(env: NodeJS.ProcessEnv, name: string, fallbac
 }
 
 /** Throws {@link SettingInvalid} naming a bad setting. */
-export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
-  logger: Logger;
-  onRetry?: (info: RetryInfo) => void;
-  /** Wraps each repository's S3 store first, inside the retries (the mover's request metrics). */
-  wrapStore?: (store: ObjectStore) => ObjectStore;
-}): RepositoryAccess {
+export function repositoryAccess(
+  env: NodeJS.ProcessEnv,
+  o: {
+    logger: Logger;
+    onRetry?: (info: RetryInfo) => void;
+    /** Wraps each repository's S3 store first, inside the retries (the mover's request metrics). */
+    wrapStore?: (store: ObjectStore) => ObjectStore;
+  },
+): RepositoryAccess {
   const region = env.AWS_REGION ?? 'us-east-1';
   const localCreds = LOCAL_ENDPOINT_CREDENTIALS;
   const s3Endpoint = env.LIFEBOAT_S3_ENDPOINT;
@@ -56,7 +59,8 @@ export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
   let endpointProfiles: Record<string, string>;
   try {
     endpointProfiles = JSON.parse(env.LIFEBOAT_ENDPOINT_PROFILES || '{}') as Record<string, string>;
-    if (typeof endpointProfiles !== 'object' || endpointProfiles === null || Object.values(endpointProfiles).some((v) => typeof v !== 'string' || !v)) throw new Error('must map endpoint URLs to profile names');
+    if (typeof endpointProfiles !== 'object' || endpointProfiles === null || Object.values(endpointProfiles).some((v) => typeof v !== 'string' || !v))
+      throw new Error('must map endpoint URLs to profile names');
   } catch (err) {
     throw new SettingInvalid(`LIFEBOAT_ENDPOINT_PROFILES must be a JSON object of endpoint URL (or aws:<region>) to profile name: ${(err as Error).message}`);
   }
@@ -68,7 +72,8 @@ export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
     if (!c && e) {
       const profile = endpointProfiles[e.url ?? `aws:${e.region ?? region}`];
       c = s3Client({
-        ...endpointSettings(e, { region }), ...s3Timeouts,
+        ...endpointSettings(e, { region }),
+        ...s3Timeouts,
         // The embedded stack's servers take its fixed local pair; elsewhere the endpoint's profile, or the default chain.
         ...(s3Endpoint ? { credentials: localCreds } : profile ? { profile } : {}),
       });
@@ -87,9 +92,10 @@ export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
    * not pay for loading it otherwise).
    */
   let keySource: Promise<KeySource> | undefined;
-  const keys = () => (keySource ??= kmsKeyId
-    ? import('@aws-sdk/client-kms').then(({ KMSClient }) => ({ kms: new KMSClient({ region }), kmsKeyId }))
-    : Promise.resolve({ keyFile: keyFile! }));
+  const keys = () =>
+    (keySource ??= kmsKeyId
+      ? import('@aws-sdk/client-kms').then(({ KMSClient }) => ({ kms: new KMSClient({ region }), kmsKeyId }))
+      : Promise.resolve({ keyFile: keyFile! }));
 
   const repositories = new Map<string, ReturnType<RepositoryAccess['repository']>>();
   const repository = ({ bucket, endpoint }: RepositoryLocation) => {
@@ -99,7 +105,10 @@ export function repositoryAccess(env: NodeJS.ProcessEnv, o: {
       r = (async () => {
         // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
         const s3Store = new S3ObjectStore(s3For(endpoint), bucket);
-        let store: ObjectStore = withConcurrencyLimit(withRetry(o.wrapStore ? o.wrapStore(s3Store) : s3Store, { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }), s3Concurrency);
+        let store: ObjectStore = withConcurrencyLimit(
+          withRetry(o.wrapStore ? o.wrapStore(s3Store) : s3Store, { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }),
+          s3Concurrency,
+        );
         if (bandwidth) store = withBandwidthLimit(store, bandwidth);
         const repo = await openRepository({ store, bucket, keys: await keys() });
         return { store, keys: repo.keys, index: new IndexCache(store, repo.keys) };

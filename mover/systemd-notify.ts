@@ -54,7 +54,11 @@ export class SystemdNotifier {
       execFile(this.o.program ?? 'systemd-notify', args, { env: this.o.env, timeout: 10_000 }, (err, _stdout, stderr) => {
         if (err && !this.failing) {
           this.failing = true;
-          this.o.logger.error('systemd.notify_failed', { message: args.join(' '), error: `${err.message.split('\n')[0]}${stderr ? `: ${stderr.trim()}` : ''}`, next: 'install systemd-notify (package systemd) or unset NOTIFY_SOCKET; without pings the unit\'s watchdog restarts the mover' });
+          this.o.logger.error('systemd.notify_failed', {
+            message: args.join(' '),
+            error: `${err.message.split('\n')[0]}${stderr ? `: ${stderr.trim()}` : ''}`,
+            next: "install systemd-notify (package systemd) or unset NOTIFY_SOCKET; without pings the unit's watchdog restarts the mover",
+          });
         } else if (!err && this.failing) {
           this.failing = false;
           this.o.logger.info('systemd.notify_recovered', {});
@@ -74,7 +78,9 @@ export class SystemdNotifier {
       // A ping still on its way (the manager is slow to read): the next tick tries again.
       if (this.sending) return;
       this.sending = true;
-      void this.send({ WATCHDOG: '1', STATUS: status() }).finally(() => { this.sending = false; });
+      void this.send({ WATCHDOG: '1', STATUS: status() }).finally(() => {
+        this.sending = false;
+      });
     }, every);
     this.timer.unref();
   }

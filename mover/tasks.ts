@@ -56,12 +56,22 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
     // A host's networks, pools and domain definitions, sealed into the repository (mover/host-config.ts validates it).
     if (isHostConfigTask(raw)) return runHostConfigTask(raw, deps, ctx);
     const kind = (raw as { task?: unknown } | null)?.task;
-    if (typeof kind !== 'string' || !BACKUP_TASK_KINDS.includes(kind)) throw new BadTaskInput(`unknown task '${String(kind)}'; this mover knows ${TASK_KINDS.join(', ')}`);
+    if (typeof kind !== 'string' || !BACKUP_TASK_KINDS.includes(kind))
+      throw new BadTaskInput(`unknown task '${String(kind)}'; this mover knows ${TASK_KINDS.join(', ')}`);
     const t: MoverTask = parseTaskInput(`${kind} task`, moverTask, raw);
     switch (t.task) {
       case 'snapshot': {
         const driver = deps.drivers(t.job.hypervisor);
-        const snap = await driver.snapshot({ source: t.job.source, backupId: t.job.backupId, parentBackupId: t.job.parentBackupId, parentCheckpoint: t.job.parentCheckpoint ?? null, ...(t.job.quiesce ? { quiesce: t.job.quiesce } : {}) }, { signal: ctx.signal, progress: ctx.progress });
+        const snap = await driver.snapshot(
+          {
+            source: t.job.source,
+            backupId: t.job.backupId,
+            parentBackupId: t.job.parentBackupId,
+            parentCheckpoint: t.job.parentCheckpoint ?? null,
+            ...(t.job.quiesce ? { quiesce: t.job.quiesce } : {}),
+          },
+          { signal: ctx.signal, progress: ctx.progress },
+        );
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
           const { store, keys } = await deps.repository(t.job.repository);
@@ -82,16 +92,35 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         const reader = await deps.drivers(t.job.hypervisor).openDisk(t.disk);
         let lastLog = 0;
         const reporter = new ProgressReporter({
-          store, logger: deps.logger, everyMs: deps.progressEveryMs ?? 5000,
-          task: { vmId: t.job.vmId, backupId: t.job.backupId, diskId: t.disk.diskId, ...(t.segment ? { segment: t.segment.index } : {}), mover: deps.moverName ?? 'mover', bytesTotal: t.segment?.length ?? t.disk.sizeBytes },
+          store,
+          logger: deps.logger,
+          everyMs: deps.progressEveryMs ?? 5000,
+          task: {
+            vmId: t.job.vmId,
+            backupId: t.job.backupId,
+            diskId: t.disk.diskId,
+            ...(t.segment ? { segment: t.segment.index } : {}),
+            mover: deps.moverName ?? 'mover',
+            bytesTotal: t.segment?.length ?? t.disk.sizeBytes,
+          },
         });
         await reporter.start();
         try {
           const result = await backupDisk({
-            store, keys, reader, disk: t.disk, backupId: t.job.backupId, chunkSize: t.job.repository.chunkSize,
-            parentManifestKey: t.job.parentManifests[t.disk.diskId], parentBackupId: t.job.parentBackupId,
+            store,
+            keys,
+            reader,
+            disk: t.disk,
+            backupId: t.job.backupId,
+            chunkSize: t.job.repository.chunkSize,
+            parentManifestKey: t.job.parentManifests[t.disk.diskId],
+            parentBackupId: t.job.parentBackupId,
             ...(t.job.healChunks?.length ? { healChunks: new Set(t.job.healChunks) } : {}),
-            parallelism: deps.parallelism, segment: t.segment ?? null, signal: ctx.signal, ...(deps.packBytes ? { packBytes: deps.packBytes } : {}), ...(index ? { index: () => index.refresh() } : {}),
+            parallelism: deps.parallelism,
+            segment: t.segment ?? null,
+            signal: ctx.signal,
+            ...(deps.packBytes ? { packBytes: deps.packBytes } : {}),
+            ...(index ? { index: () => index.refresh() } : {}),
             onProgress: (p) => {
               ctx.progress();
               reporter.update(p.bytesScanned, p.bytesStored);

@@ -86,7 +86,10 @@ export function upgradeNeeded(input: unknown, current: string): string | undefin
   // Backup tasks carry it in their VmJob; other task kinds may carry it at the top level.
   const min = t?.minMoverVersion ?? t?.job?.minMoverVersion;
   if (min === undefined || min === null) return undefined;
-  if (!isVersion(min)) throw new CannotUpgrade(`the job's minMoverVersion ${JSON.stringify(min)} is not a version (expected major.minor.patch); check the control plane's LIFEBOAT_MIN_MOVER_VERSION`);
+  if (!isVersion(min))
+    throw new CannotUpgrade(
+      `the job's minMoverVersion ${JSON.stringify(min)} is not a version (expected major.minor.patch); check the control plane's LIFEBOAT_MIN_MOVER_VERSION`,
+    );
   return compareVersions(current, min) < 0 ? min : undefined;
 }
 
@@ -119,8 +122,10 @@ export class Upgrader {
     const { o } = this;
     const current = o.currentVersion;
     if (!o.publicKey) {
-      throw new CannotUpgrade(`mover version ${current} is older than the job's minimum ${minVersion}, and it was installed without a release public key, so it cannot verify a release: ` +
-        `set LIFEBOAT_RELEASE_PUBLIC_KEY_FILE to the publisher's release.pub ('lifeboat release keygen') and restart the mover, or install mover ${minVersion} by hand`);
+      throw new CannotUpgrade(
+        `mover version ${current} is older than the job's minimum ${minVersion}, and it was installed without a release public key, so it cannot verify a release: ` +
+          `set LIFEBOAT_RELEASE_PUBLIC_KEY_FILE to the publisher's release.pub ('lifeboat release keygen') and restart the mover, or install mover ${minVersion} by hand`,
+      );
     }
     // The newest release first, then the one of exactly the minimum version: a bad newest
     // release (e.g. signed with the wrong key) does not block a good one that suffices.
@@ -135,7 +140,10 @@ export class Upgrader {
         const files = new Map<string, Buffer>();
         for (const f of manifest.files) {
           const bytes = await store.get(f.key);
-          if (!bytes) throw new CannotUpgrade(`release ${manifest.version}: its manifest ${where} is there but its file s3://${bucket}/${f.key} is missing; publish the release again`);
+          if (!bytes)
+            throw new CannotUpgrade(
+              `release ${manifest.version}: its manifest ${where} is there but its file s3://${bucket}/${f.key} is missing; publish the release again`,
+            );
           files.set(f.name, bytes);
         }
         verifyRelease(manifest, o.publicKey, files, where);
@@ -165,8 +173,10 @@ export class Upgrader {
       if (!found.some((f) => f.version === m.version && f.signature === m.signature)) found.push(m);
     }
     if (found.length) return found;
-    throw new CannotUpgrade(`mover version ${this.o.currentVersion} is older than the job's minimum ${minVersion}, and s3://${bucket}/releases/ holds no release at or above ${minVersion}` +
-      ` (looked at ${releaseKeys.latest} and ${releaseKeys.manifest(minVersion)}): publish one with 'lifeboat release publish --key <release.key>'`);
+    throw new CannotUpgrade(
+      `mover version ${this.o.currentVersion} is older than the job's minimum ${minVersion}, and s3://${bucket}/releases/ holds no release at or above ${minVersion}` +
+        ` (looked at ${releaseKeys.latest} and ${releaseKeys.manifest(minVersion)}): publish one with 'lifeboat release publish --key <release.key>'`,
+    );
   }
 
   private async install(m: ReleaseManifest, files: Map<string, Buffer>): Promise<InstalledRelease> {
@@ -189,7 +199,10 @@ export class Upgrader {
       await symlink(join('versions', m.version), tmpLink);
       await rename(tmpLink, link);
     } catch (err) {
-      throw new CannotUpgrade(`release ${m.version} verified but could not be installed under ${home}: ${(err as Error).message}; check LIFEBOAT_MOVER_HOME is writable`, err);
+      throw new CannotUpgrade(
+        `release ${m.version} verified but could not be installed under ${home}: ${(err as Error).message}; check LIFEBOAT_MOVER_HOME is writable`,
+        err,
+      );
     }
     return { version: m.version, program };
   }
@@ -199,7 +212,12 @@ export class Upgrader {
  * The release `current` points to, when it is newer than `currentVersion` and still
  * verifies (signature and artifact checksum); otherwise undefined, with the reason logged.
  */
-export async function installedUpgrade(home: string, currentVersion: string, publicKey: ReleasePublicKey | undefined, logger: Logger): Promise<InstalledRelease | undefined> {
+export async function installedUpgrade(
+  home: string,
+  currentVersion: string,
+  publicKey: ReleasePublicKey | undefined,
+  logger: Logger,
+): Promise<InstalledRelease | undefined> {
   const dir = join(home, 'current');
   let manifestBytes: Buffer;
   try {
@@ -210,7 +228,8 @@ export async function installedUpgrade(home: string, currentVersion: string, pub
   try {
     const m = parseReleaseManifest(manifestBytes, join(dir, 'release.json'));
     if (compareVersions(m.version, currentVersion) <= 0) return undefined;
-    if (!publicKey) throw new CannotUpgrade(`installed release ${m.version} cannot be verified: no release public key is set (LIFEBOAT_RELEASE_PUBLIC_KEY_FILE)`);
+    if (!publicKey)
+      throw new CannotUpgrade(`installed release ${m.version} cannot be verified: no release public key is set (LIFEBOAT_RELEASE_PUBLIC_KEY_FILE)`);
     const files = new Map<string, Buffer>();
     for (const f of m.files) files.set(f.name, await readFile(join(dir, f.name)));
     verifyRelease(m, publicKey, files, join(dir, 'release.json'));

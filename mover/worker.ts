@@ -203,7 +203,11 @@ export class MoverWorker {
       if (idle > stallMs && !abort.signal.aborted) {
         const what = JSON.stringify(about(input));
         o.logger.error('task.stalled', { ...about(input), idleMs: Math.round(idle) });
-        abort.abort(new TaskStalled(`task ${what} made no progress for ${Math.round(idle / 1000)} s (LIFEBOAT_STALL_TIMEOUT_MS=${stallMs}); the mover aborted it and the workflow retries it. If it stalls again, check the mover's storage and source connections`));
+        abort.abort(
+          new TaskStalled(
+            `task ${what} made no progress for ${Math.round(idle / 1000)} s (LIFEBOAT_STALL_TIMEOUT_MS=${stallMs}); the mover aborted it and the workflow retries it. If it stalls again, check the mover's storage and source connections`,
+          ),
+        );
       }
       o.sfn.send(new SendTaskHeartbeatCommand({ taskToken })).catch((err: Error) => {
         if (!TASK_GONE.has(err.name)) return;
@@ -223,7 +227,9 @@ export class MoverWorker {
         return;
       }
       lastProgress = performance.now();
-      const progress = () => { lastProgress = performance.now(); };
+      const progress = () => {
+        lastProgress = performance.now();
+      };
       const work = o.handler(input, { signal: abort.signal, progress });
       work.catch(() => {}); // it may settle after an abort freed the slot
       // An aborted task frees its slot at once, even when its handler is stuck in a call that ignores the signal.

@@ -80,6 +80,6 @@ export class MemoryRepositoryAdmin implements RepositoryAdmin, RetentionReader {
     return { deleted: [...keys], failed: [] };
   }
   async retention(key: string) {
-    return this.store.objects.has(key) ? this.locks.get(key) ?? null : undefined;
+    return this.store.objects.has(key) ? (this.locks.get(key) ?? null) : undefined;
   }
 }

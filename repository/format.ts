@@ -102,8 +102,22 @@ function freshNonce(into: Uint8Array): void {
  * shared pool, so a caller may keep it or hand it to another thread).
  */
 function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined): Buffer;
-function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined, into: SealInto | undefined): Buffer | undefined;
-function envelope(keys: RepositoryKeys, body: Uint8Array, compressed: boolean, purpose: string, nonce: Uint8Array | undefined, into?: SealInto): Buffer | undefined {
+function envelope(
+  keys: RepositoryKeys,
+  body: Uint8Array,
+  compressed: boolean,
+  purpose: string,
+  nonce: Uint8Array | undefined,
+  into: SealInto | undefined,
+): Buffer | undefined;
+function envelope(
+  keys: RepositoryKeys,
+  body: Uint8Array,
+  compressed: boolean,
+  purpose: string,
+  nonce: Uint8Array | undefined,
+  into?: SealInto,
+): Buffer | undefined {
   if (nonce && nonce.length !== 12) throw new RangeError(`nonce must be 12 bytes, got ${nonce.length}`);
   const size = HEADER_BYTES + body.length + TAG_BYTES;
   let out: Buffer;
@@ -190,7 +204,8 @@ function unseal(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): { co
   if (header[0] !== FORMAT_VERSION) throw new Corrupt(`object for ${purpose} has format version ${header[0]}, this mover reads version ${FORMAT_VERSION}`);
   if (header[2] !== Cipher.aes256gcm) throw new Corrupt(`object for ${purpose} uses unknown cipher id ${header[2]}`);
   const compression = header[1]!;
-  if (compression !== Compression.none && compression !== Compression.zstd) throw new Corrupt(`object for ${purpose} uses unknown compression id ${compression}`);
+  if (compression !== Compression.none && compression !== Compression.zstd)
+    throw new Corrupt(`object for ${purpose} uses unknown compression id ${compression}`);
   try {
     const decipher = createDecipheriv('aes-256-gcm', keyObjectsOf(keys).encryption, header.subarray(3, 15));
     decipher.setAAD(Buffer.concat([header, Buffer.from(purpose)]));
@@ -203,7 +218,8 @@ function unseal(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): { co
   }
 }
 
-const undecodable = (purpose: string, err: unknown) => new Corrupt(`object for ${purpose} authenticated but does not decompress (written by a faulty encoder?)`, err);
+const undecodable = (purpose: string, err: unknown) =>
+  new Corrupt(`object for ${purpose} authenticated but does not decompress (written by a faulty encoder?)`, err);
 
 /** Authenticate, decrypt and decompress an envelope written by `seal` for `purpose`. */
 export async function open(keys: RepositoryKeys, sealed: Uint8Array, purpose: string): Promise<Buffer> {
@@ -342,7 +358,8 @@ function checkManifest(m: unknown, backupId: string, diskId: string): asserts m 
     if (!Array.isArray(o.packs)) throw bad('packs is not a list');
     for (const [i, p] of (o.packs as unknown[]).entries()) {
       const r = p as Record<string, unknown> | null;
-      if (typeof r !== 'object' || r === null || typeof r.id !== 'string' || !PACK_ID.test(r.id) || !isCount(r.size)) throw bad(`pack ${i} is ${JSON.stringify(p)?.slice(0, 80)}, not { id, size }`);
+      if (typeof r !== 'object' || r === null || typeof r.id !== 'string' || !PACK_ID.test(r.id) || !isCount(r.size))
+        throw bad(`pack ${i} is ${JSON.stringify(p)?.slice(0, 80)}, not { id, size }`);
     }
     packs = o.packs as PackRef[];
     if (typeof o.locations !== 'object' || o.locations === null || Array.isArray(o.locations)) throw bad('locations is not an object');
@@ -356,8 +373,10 @@ function checkManifest(m: unknown, backupId: string, diskId: string): asserts m 
     if (!isCount(size)) throw bad(`chunk ${i} (${id}) has no stored size`);
     if (packs && locations) {
       const at = locations[id];
-      if (!Array.isArray(at) || at.length !== 2 || !isCount(at[0]) || !isCount(at[1]) || at[0] >= packs.length) throw bad(`chunk ${i} (${id}) has location ${JSON.stringify(at)?.slice(0, 80)}, not [pack, offset]`);
-      if (at[1] + size > packs[at[0]]!.size) throw bad(`chunk ${i} (${id}) ends at ${at[1] + size}, past the end of pack ${packs[at[0]]!.id} (${packs[at[0]]!.size} bytes)`);
+      if (!Array.isArray(at) || at.length !== 2 || !isCount(at[0]) || !isCount(at[1]) || at[0] >= packs.length)
+        throw bad(`chunk ${i} (${id}) has location ${JSON.stringify(at)?.slice(0, 80)}, not [pack, offset]`);
+      if (at[1] + size > packs[at[0]]!.size)
+        throw bad(`chunk ${i} (${id}) ends at ${at[1] + size}, past the end of pack ${packs[at[0]]!.id} (${packs[at[0]]!.size} bytes)`);
     }
   }
   for (const [id, sha] of Object.entries(shas ?? {})) {

@@ -43,7 +43,11 @@ export const hostConfigKey = (hostId: string, backupId: string) => objectKeys.ho
 const purposeOf = (objectKey: string) => `host-config:${objectKey}`;
 
 /** Seals an archive for `objectKey`; returns the stored bytes and the plaintext's SHA-256 (hex) and size. */
-export async function sealHostConfig(keys: RepositoryKeys, archive: HostConfigArchive, objectKey: string): Promise<{ sealed: Buffer; sha256: string; bytes: number }> {
+export async function sealHostConfig(
+  keys: RepositoryKeys,
+  archive: HostConfigArchive,
+  objectKey: string,
+): Promise<{ sealed: Buffer; sha256: string; bytes: number }> {
   const plaintext = Buffer.from(JSON.stringify(archive));
   return { sealed: await seal(keys, plaintext, purposeOf(objectKey)), sha256: createHash('sha256').update(plaintext).digest('hex'), bytes: plaintext.length };
 }
@@ -52,7 +56,8 @@ export async function sealHostConfig(keys: RepositoryKeys, archive: HostConfigAr
 export async function openHostConfig(keys: RepositoryKeys, sealed: Uint8Array, objectKey: string, sha256?: string): Promise<HostConfigArchive> {
   const plaintext = await open(keys, sealed, purposeOf(objectKey));
   const actual = createHash('sha256').update(plaintext).digest('hex');
-  if (sha256 && actual !== sha256) throw new Corrupt(`host configuration backup ${objectKey} opened, but its SHA-256 is ${actual}, not the ${sha256} recorded at backup time`);
+  if (sha256 && actual !== sha256)
+    throw new Corrupt(`host configuration backup ${objectKey} opened, but its SHA-256 is ${actual}, not the ${sha256} recorded at backup time`);
   let json: unknown;
   try {
     json = JSON.parse(plaintext.toString('utf8'));
@@ -60,7 +65,13 @@ export async function openHostConfig(keys: RepositoryKeys, sealed: Uint8Array, o
     throw new Corrupt(`host configuration backup ${objectKey} is not JSON`, err);
   }
   const parsed = hostConfigArchive.safeParse(json);
-  if (!parsed.success) throw new Corrupt(`host configuration backup ${objectKey} is not a ${HOST_CONFIG_FORMAT} v${HOST_CONFIG_VERSION} document: ${parsed.error.issues.slice(0, 3).map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ')}`);
+  if (!parsed.success)
+    throw new Corrupt(
+      `host configuration backup ${objectKey} is not a ${HOST_CONFIG_FORMAT} v${HOST_CONFIG_VERSION} document: ${parsed.error.issues
+        .slice(0, 3)
+        .map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`)
+        .join('; ')}`,
+    );
   return parsed.data;
 }
 

@@ -56,8 +56,11 @@ export class KeyFileWrapper implements KeyWrapper {
       d.setAuthTag(wrapped.subarray(wrapped.length - 16));
       return Buffer.concat([d.update(wrapped.subarray(12, wrapped.length - 16)), d.final()]);
     } catch (err) {
-      throw new Corrupt(`the repository key (keys/default) does not unwrap with key file ${this.path ?? '(in memory)'}: the file was replaced, or belongs to another repository; `
-        + 'put back the key file this repository was created with (from your copy of it); a new key file cannot open existing backups', err);
+      throw new Corrupt(
+        `the repository key (keys/default) does not unwrap with key file ${this.path ?? '(in memory)'}: the file was replaced, or belongs to another repository; ` +
+          'put back the key file this repository was created with (from your copy of it); a new key file cannot open existing backups',
+        err,
+      );
     }
   }
 }
@@ -68,7 +71,13 @@ export interface KmsClientLike {
 }
 
 /** KMS errors that a later attempt may not meet again (throttling, KMS-side failures). */
-const TRANSIENT_KMS_ERRORS = new Set(['ThrottlingException', 'KMSInternalException', 'DependencyTimeoutException', 'KeyUnavailableException', 'LimitExceededException']);
+const TRANSIENT_KMS_ERRORS = new Set([
+  'ThrottlingException',
+  'KMSInternalException',
+  'DependencyTimeoutException',
+  'KeyUnavailableException',
+  'LimitExceededException',
+]);
 
 /**
  * Wraps with AWS KMS: `Encrypt`/`Decrypt` of the 32-byte master key under one KMS key,
@@ -115,13 +124,19 @@ export class KmsKeyWrapper implements KeyWrapper {
       const name = (err as Error)?.name ?? '';
       const where = `KMS ${op} with key ${this.keyId} for repository '${this.repository}'`;
       if (name === 'InvalidCiphertextException' || name === 'IncorrectKeyException') {
-        throw new Corrupt(`${where}: the stored repository key does not unwrap (${name}); it was wrapped by another KMS key (LIFEBOAT_KMS_KEY_ID / REPOSITORY_KMS_KEY_ID must be the key that created the repository)`, err);
+        throw new Corrupt(
+          `${where}: the stored repository key does not unwrap (${name}); it was wrapped by another KMS key (LIFEBOAT_KMS_KEY_ID / REPOSITORY_KMS_KEY_ID must be the key that created the repository)`,
+          err,
+        );
       }
       const meta = (err as { $metadata?: { httpStatusCode?: number } }).$metadata;
       if (TRANSIENT_KMS_ERRORS.has(name) || (meta?.httpStatusCode ?? 0) >= 500 || !meta) {
         throw new StorageUnavailable(`${where} failed (${name || 'network error'}): ${(err as Error).message}`, err);
       }
-      throw new SourceUnavailable(`${where} was refused (${name}): ${(err as Error).message}; check the key policy, that the key is enabled, and the caller's kms:${op} permission`, err);
+      throw new SourceUnavailable(
+        `${where} was refused (${name}): ${(err as Error).message}; check the key policy, that the key is enabled, and the caller's kms:${op} permission`,
+        err,
+      );
     }
   }
 }

@@ -80,7 +80,10 @@ export class S3ObjectLocks implements LockExtender {
     try {
       await this.client.send(new PutObjectRetentionCommand({ Bucket: this.bucket, Key: key, Retention: { Mode: r.mode, RetainUntilDate: r.until } }));
     } catch (err) {
-      throw new StorageUnavailable(`extending the Object Lock retention of s3://${this.bucket}/${key} to ${r.until.toISOString()} (${r.mode}) failed: ${(err as Error).message}`, err);
+      throw new StorageUnavailable(
+        `extending the Object Lock retention of s3://${this.bucket}/${key} to ${r.until.toISOString()} (${r.mode}) failed: ${(err as Error).message}`,
+        err,
+      );
     }
   }
 }

@@ -38,7 +38,8 @@ export type Placement = { fit: true; offset: number; sealedLength: number } | { 
 
 /** A new pack buffer of at least `capacity` bytes of pack (rounded up to a multiple of 4), cursor at 0; memory is resident only once written. */
 export function newPackBuffer(capacity: number): PackBuffer {
-  if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity > MAX_CAPACITY) throw new RangeError(`a pack buffer of ${capacity} bytes cannot be made (at most ${MAX_CAPACITY})`);
+  if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity > MAX_CAPACITY)
+    throw new RangeError(`a pack buffer of ${capacity} bytes cannot be made (at most ${MAX_CAPACITY})`);
   return packBufferOf(new SharedArrayBuffer(Math.ceil(capacity / 4) * 4 + CURSOR_BYTES));
 }
 

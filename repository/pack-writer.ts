@@ -112,14 +112,29 @@ export class PackWriter<B extends PackBuffer> {
   bytesWritten = 0;
 
   constructor(o: PackWriterOptions<B>) {
-    this.o = { targetBytes: 8 * 1024 * 1024, maxInFlight: 8, maxHeadroomBytes: MAX_HEADROOM_BYTES, trailerRoom: 64 * 1024, maxUploads: 2, packsPerIndex: 32, keepWritten: true, ...o };
+    this.o = {
+      targetBytes: 8 * 1024 * 1024,
+      maxInFlight: 8,
+      maxHeadroomBytes: MAX_HEADROOM_BYTES,
+      trailerRoom: 64 * 1024,
+      maxUploads: 2,
+      packsPerIndex: 32,
+      keepWritten: true,
+      ...o,
+    };
     const { targetBytes, maxInFlight, maxChunkBytes, trailerRoom } = this.o;
-    for (const [name, v, min] of [['targetBytes', targetBytes, 1], ['maxInFlight', maxInFlight, 1], ['maxChunkBytes', maxChunkBytes, 1], ['trailerRoom', trailerRoom, 0]] as const) {
+    for (const [name, v, min] of [
+      ['targetBytes', targetBytes, 1],
+      ['maxInFlight', maxInFlight, 1],
+      ['maxChunkBytes', maxChunkBytes, 1],
+      ['trailerRoom', trailerRoom, 0],
+    ] as const) {
       if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`${name} must be a whole number of at least ${min}, got ${v}`);
     }
     this.limit = targetBytes + Math.max(maxChunkBytes, Math.min(maxInFlight * maxChunkBytes, this.o.maxHeadroomBytes));
     this.capacity = this.limit + trailerRoom;
-    if (this.capacity > Math.min(2 ** 30, MAX_PACK_BYTES)) throw new RangeError(`packs of ${targetBytes} bytes with ${maxInFlight} chunks of ${maxChunkBytes} in flight are too large`);
+    if (this.capacity > Math.min(2 ** 30, MAX_PACK_BYTES))
+      throw new RangeError(`packs of ${targetBytes} bytes with ${maxInFlight} chunks of ${maxChunkBytes} in flight are too large`);
   }
 
   /**
@@ -146,7 +161,8 @@ export class PackWriter<B extends PackBuffer> {
       if (p === this.current && reserved(p.buf) >= this.o.targetBytes) this.close(p);
       this.settle(p);
       if (placed.fit) return { packId: p.id, offset: placed.offset, length: placed.sealedLength };
-      if (placed.sealedLength > p.buf.capacity) throw new RangeError(`chunk ${id} sealed to ${placed.sealedLength} bytes, more than the ${p.buf.capacity} a pack buffer holds`);
+      if (placed.sealedLength > p.buf.capacity)
+        throw new RangeError(`chunk ${id} sealed to ${placed.sealedLength} bytes, more than the ${p.buf.capacity} a pack buffer holds`);
     }
   }
 
@@ -163,7 +179,15 @@ export class PackWriter<B extends PackBuffer> {
         this.close(p);
         this.settle(p);
       } else if (this.closed.size <= this.o.maxUploads) {
-        this.current = { id: newPackId(), buf: this.spare.pop() ?? this.o.newBuffer(this.capacity), chunks: [], used: 0, inFlight: 0, closing: false, settled: false };
+        this.current = {
+          id: newPackId(),
+          buf: this.spare.pop() ?? this.o.newBuffer(this.capacity),
+          chunks: [],
+          used: 0,
+          inFlight: 0,
+          closing: false,
+          settled: false,
+        };
       } else {
         await this.changed();
       }

@@ -101,7 +101,8 @@ function scanIndex(b: Buffer, what: string): number[] {
     for (let c = 0; c < n; c++) {
       const offset = b.readUInt32BE(at + CHUNK_ID_BYTES);
       const length = b.readUInt32BE(at + CHUNK_ID_BYTES + 4);
-      if (offset + length > size) throw bad(`chunk ${c} of pack ${b.toString('hex', heads[p]!, heads[p]! + PACK_ID_BYTES)} ends at ${offset + length}, past the pack's ${size} bytes`);
+      if (offset + length > size)
+        throw bad(`chunk ${c} of pack ${b.toString('hex', heads[p]!, heads[p]! + PACK_ID_BYTES)} ends at ${offset + length}, past the pack's ${size} bytes`);
       at += ENTRY_BYTES;
     }
   }
@@ -116,7 +117,11 @@ export function decodeIndex(buf: Uint8Array, what: string): PackContents[] {
     const n = b.readUInt32BE(head + PACK_ID_BYTES + 4);
     const chunks: PackEntry[] = new Array(n);
     for (let c = 0, at = head + PACK_HEAD_BYTES; c < n; c++, at += ENTRY_BYTES) {
-      chunks[c] = { id: b.toString('hex', at, at + CHUNK_ID_BYTES), offset: b.readUInt32BE(at + CHUNK_ID_BYTES), length: b.readUInt32BE(at + CHUNK_ID_BYTES + 4) };
+      chunks[c] = {
+        id: b.toString('hex', at, at + CHUNK_ID_BYTES),
+        offset: b.readUInt32BE(at + CHUNK_ID_BYTES),
+        length: b.readUInt32BE(at + CHUNK_ID_BYTES + 4),
+      };
     }
     return { pack: { id: b.toString('hex', head, head + PACK_ID_BYTES), size: b.readUInt32BE(head + PACK_ID_BYTES) }, chunks };
   });
@@ -286,7 +291,13 @@ export const TRAILER_PROBE_BYTES = 64 * 1024;
  * Rebuilding an index from packs then moves kilobytes per pack, not the pack. Undefined
  * when the pack is gone; Corrupt when its end is not a trailer of this pack.
  */
-export async function fetchPackTrailer(store: ObjectStore, keys: RepositoryKeys, packId: string, size: number, probeBytes = TRAILER_PROBE_BYTES): Promise<PackContents | undefined> {
+export async function fetchPackTrailer(
+  store: ObjectStore,
+  keys: RepositoryKeys,
+  packId: string,
+  size: number,
+  probeBytes = TRAILER_PROBE_BYTES,
+): Promise<PackContents | undefined> {
   const key = objectKeys.pack(packId);
   const what = `pack ${key}`;
   const readEnd = async (length: number): Promise<Buffer | undefined> => {
@@ -318,7 +329,8 @@ export function chunkLocation(m: Manifest, id: string): ChunkLocation {
  */
 export async function readChunk(store: ObjectStore, loc: ChunkLocation, into?: Uint8Array): Promise<Buffer | undefined> {
   const body = await store.get(loc.key, { ...(into ? { into } : {}), ...(loc.pack ? { range: { offset: loc.offset, length: loc.length } } : {}) });
-  if (body && loc.pack && body.length !== loc.length) throw new Corrupt(`${loc.key} bytes ${loc.offset}+${loc.length}: read ${body.length} bytes (the pack is shorter than its manifest says)`);
+  if (body && loc.pack && body.length !== loc.length)
+    throw new Corrupt(`${loc.key} bytes ${loc.offset}+${loc.length}: read ${body.length} bytes (the pack is shorter than its manifest says)`);
   return body;
 }
 
@@ -336,7 +348,11 @@ export interface ReadRun {
  * A format-2 manifest for `chunks` (disk order, null for zeros), asking `locate` where each
  * referenced chunk is; packs are listed in the order first referenced.
  */
-export function packedManifest(base: Pick<Manifest, 'backupId' | 'diskId' | 'sizeBytes' | 'chunkSize'>, chunks: (string | null)[], locate: (id: string) => ChunkLocation): Manifest {
+export function packedManifest(
+  base: Pick<Manifest, 'backupId' | 'diskId' | 'sizeBytes' | 'chunkSize'>,
+  chunks: (string | null)[],
+  locate: (id: string) => ChunkLocation,
+): Manifest {
   const m: Manifest = { version: MANIFEST_VERSION, ...base, chunks, storedSizes: {}, packs: [], locations: {} };
   const packIndex = new Map<string, number>();
   for (const id of chunks) {
@@ -370,7 +386,15 @@ export function planReads(m: Manifest | ((id: string) => ChunkLocation), ids: It
   let run: ReadRun | undefined;
   for (const { id, loc } of locs) {
     const end = loc.offset + loc.length;
-    if (run && loc.pack && run.packed && run.key === loc.key && loc.offset - (run.offset + run.length) <= maxGap && loc.offset >= run.offset && end - run.offset <= maxBytes) {
+    if (
+      run &&
+      loc.pack &&
+      run.packed &&
+      run.key === loc.key &&
+      loc.offset - (run.offset + run.length) <= maxGap &&
+      loc.offset >= run.offset &&
+      end - run.offset <= maxBytes
+    ) {
       run.length = Math.max(run.length, end - run.offset);
       run.chunks.push({ id, at: loc.offset - run.offset, length: loc.length });
       continue;

@@ -13,9 +13,7 @@ import { chunkLocation } from './packs.ts';
  * One chunk of a disk as its manifest lists it, in disk order: a zero chunk (not stored),
  * or a stored chunk and where its envelope is (a range of a pack, or a format-1 object).
  */
-export type ManifestEntry =
-  | { index: number; id: null }
-  | { index: number; id: string; key: string; packed: boolean; offset: number; storedSize: number };
+export type ManifestEntry = { index: number; id: null } | { index: number; id: string; key: string; packed: boolean; offset: number; storedSize: number };
 
 /** A stored entry of the manifest. */
 export type StoredEntry = Extract<ManifestEntry, { id: string }>;
@@ -102,7 +100,8 @@ export async function* planWindows(entries: Iterable<ManifestEntry> | AsyncItera
   let stored: StoredEntry[] = [];
   let last = -1;
   for await (const e of entries) {
-    if (!Number.isSafeInteger(e.index) || e.index <= last) throw new Corrupt(`manifest entry ${e.index} follows entry ${last}: entries must come in disk order`);
+    if (!Number.isSafeInteger(e.index) || e.index <= last)
+      throw new Corrupt(`manifest entry ${e.index} follows entry ${last}: entries must come in disk order`);
     last = e.index;
     if (e.id === null) zeros.push(e.index);
     else {

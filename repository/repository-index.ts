@@ -19,7 +19,7 @@ const u32 = (b: Uint8Array, at: number) => ((b[at]! << 24) | (b[at + 1]! << 16) 
 function slotOf(k0: number, k1: number, slots: number): number {
   let h = Math.imul(k0 ^ Math.imul(k1, 0x85ebca6b), 0xcc9e2d51);
   h ^= h >>> 15;
-  return ((h >>> 0) * slots / 4294967296) >>> 0;
+  return (((h >>> 0) * slots) / 4294967296) >>> 0;
 }
 
 /** The last position of sorted `a` whose value is <= `x` (-1: none). */
@@ -190,7 +190,12 @@ export class RepositoryIndex {
     const b = listing.bytes;
     const head = listing.firstEntryByte[pack]! - PACK_HEAD_BYTES;
     const id = b.toString('hex', head, head + PACK_ID_BYTES);
-    return { pack: { id, size: b.readUInt32BE(head + PACK_ID_BYTES) }, key: objectKeys.pack(id), offset: b.readUInt32BE(at + CHUNK_ID_BYTES), length: b.readUInt32BE(at + CHUNK_ID_BYTES + 4) };
+    return {
+      pack: { id, size: b.readUInt32BE(head + PACK_ID_BYTES) },
+      key: objectKeys.pack(id),
+      offset: b.readUInt32BE(at + CHUNK_ID_BYTES),
+      length: b.readUInt32BE(at + CHUNK_ID_BYTES + 4),
+    };
   }
 }
 

@@ -36,7 +36,9 @@ const of = (kind: string) => received.filter((r) => r.alert.kind === kind).map((
 beforeAll(async () => {
   const hook = createServer((req, res) => {
     let body = '';
-    req.on('data', (c: Buffer) => { body += String(c); });
+    req.on('data', (c: Buffer) => {
+      body += String(c);
+    });
     req.on('end', () => {
       // The first delivery is refused: the notifier must try it again at its next check.
       if (refuse) {
@@ -49,7 +51,11 @@ beforeAll(async () => {
     });
   });
   await new Promise<void>((ok) => hook.listen(0, '127.0.0.1', ok));
-  closeHook = () => new Promise((ok) => { hook.closeAllConnections(); hook.close(() => ok()); });
+  closeHook = () =>
+    new Promise((ok) => {
+      hook.closeAllConnections();
+      hook.close(() => ok());
+    });
   const config = loadConfig();
   config.notifications = { webhook: { url: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`, checkSeconds: 1 } };
   t = await startTestStack({ movers: 1, config });
@@ -100,6 +106,6 @@ it('damage found by a deep verification', async () => {
   expect(d.status, d.cause).toBe('SUCCEEDED');
   await waitFor('damage', () => of('damage').some((a) => a.subject === `vm-al ${b.backupId}`));
   expect(of('damage')[0]!.message).toContain(`backup ${b.backupId} of VM vm-al is damaged (1 object(s), first ${at.key}`);
-  const listed = await (await fetch(`${t.stack.endpoints.console}/api/alerts`)).json() as { kind: string }[];
+  const listed = (await (await fetch(`${t.stack.endpoints.console}/api/alerts`)).json()) as { kind: string }[];
   expect(new Set(listed.map((a) => a.kind))).toEqual(new Set(['mover-group-silent', 'run-failed', 'rpo', 'damage']));
 }, 120_000);

@@ -31,21 +31,33 @@ const tempDir = async () => {
 async function* lines(text: string) {
   yield* text.split('\n');
 }
-const entry = (start: number, length: number, data: boolean, zero = !data) => `{ "start": ${start}, "length": ${length}, "depth": 0, "present": true, "zero": ${zero}, "data": ${data}, "offset": ${start}}`;
+const entry = (start: number, length: number, data: boolean, zero = !data) =>
+  `{ "start": ${start}, "length": ${length}, "depth": 0, "present": true, "zero": ${zero}, "data": ${data}, "offset": ${start}}`;
 const mapOf = (...entries: string[]) => `[${entries.join(',\n')}]\n`;
 
 describe('qemu-img map output', () => {
   it('keeps the data extents, merging neighbours; holes and known-zero extents hold no data', async () => {
     const text = mapOf(entry(0, 4096, true), entry(4096, 8192, true), entry(12288, 4096, false), entry(16384, 4096, true, true), entry(20480, 4096, true));
-    expect(await parseQemuImgMap(lines(text), 24576, 'x')).toEqual([{ offset: 0, length: 12288 }, { offset: 20480, length: 4096 }]);
+    expect(await parseQemuImgMap(lines(text), 24576, 'x')).toEqual([
+      { offset: 0, length: 12288 },
+      { offset: 20480, length: 4096 },
+    ]);
     expect(await parseQemuImgMap(lines(mapOf(entry(0, 1 << 30, false))), 1 << 30, 'x')).toEqual([]);
   });
 
   it('refuses a map with a gap, an overlap, a bad line or too little coverage, naming the image', async () => {
-    await expect(parseQemuImgMap(lines(mapOf(entry(0, 4096, true), entry(8192, 4096, true))), 12288, 'disk0.raw')).rejects.toThrow(/qemu-img map of disk0.raw: entry .* does not follow on from byte 4096/);
-    await expect(parseQemuImgMap(lines(mapOf(entry(0, 4096, true), entry(2048, 4096, true))), 6144, 'disk0.raw')).rejects.toThrow(/does not follow on from byte 4096/);
-    await expect(parseQemuImgMap(lines('[{ "start": 0,\n'), 4096, 'disk0.raw')).rejects.toThrow("qemu-img map of disk0.raw printed a line that is not a map entry: '{ \"start\": 0'");
-    await expect(parseQemuImgMap(lines(mapOf(entry(0, 4096, true))), 8192, 'disk0.raw')).rejects.toThrow('qemu-img map of disk0.raw covers 4096 of its 8192 bytes');
+    await expect(parseQemuImgMap(lines(mapOf(entry(0, 4096, true), entry(8192, 4096, true))), 12288, 'disk0.raw')).rejects.toThrow(
+      /qemu-img map of disk0.raw: entry .* does not follow on from byte 4096/,
+    );
+    await expect(parseQemuImgMap(lines(mapOf(entry(0, 4096, true), entry(2048, 4096, true))), 6144, 'disk0.raw')).rejects.toThrow(
+      /does not follow on from byte 4096/,
+    );
+    await expect(parseQemuImgMap(lines('[{ "start": 0,\n'), 4096, 'disk0.raw')).rejects.toThrow(
+      'qemu-img map of disk0.raw printed a line that is not a map entry: \'{ "start": 0\'',
+    );
+    await expect(parseQemuImgMap(lines(mapOf(entry(0, 4096, true))), 8192, 'disk0.raw')).rejects.toThrow(
+      'qemu-img map of disk0.raw covers 4096 of its 8192 bytes',
+    );
   });
 
   it('gives up the map (undefined: read every byte) past the most extents it keeps', async () => {
@@ -56,9 +68,18 @@ describe('qemu-img map output', () => {
 });
 
 describe('holdsData', () => {
-  const extents = [{ offset: 100, length: 50 }, { offset: 1000, length: 1 }];
+  const extents = [
+    { offset: 100, length: 50 },
+    { offset: 1000, length: 1 },
+  ];
   it.each([
-    [0, 100, false], [0, 101, true], [149, 1, true], [150, 850, false], [150, 851, true], [1001, 5000, false], [0, 5000, true],
+    [0, 100, false],
+    [0, 101, true],
+    [149, 1, true],
+    [150, 850, false],
+    [150, 851, true],
+    [1001, 5000, false],
+    [0, 5000, true],
   ])('[%i, +%i) holds data: %s', (offset, length, expected) => {
     expect(holdsData(extents, offset, length)).toBe(expected);
   });
@@ -81,7 +102,11 @@ describe.skipIf(!hasQemuImg)('the real qemu-img on sparse files (install qemu-ut
     const extents = await rawImageExtents(image, size);
     expect(extents).toBeDefined();
     // The filesystem may round to its blocks; every written byte is covered, and most of the disk is not.
-    for (const [offset, length] of [[3 * MiB, MiB], [40 * MiB, 4096]] as const) expect(extents!.some((e) => e.offset <= offset && e.offset + e.length >= offset + length)).toBe(true);
+    for (const [offset, length] of [
+      [3 * MiB, MiB],
+      [40 * MiB, 4096],
+    ] as const)
+      expect(extents!.some((e) => e.offset <= offset && e.offset + e.length >= offset + length)).toBe(true);
     expect(extents!.reduce((n, e) => n + e.length, 0)).toBeLessThan(8 * MiB);
 
     await writeFile(join(dir, 'vm.json'), JSON.stringify({ name: 'thin', disks: [{ id: 'disk0', file: 'disk0.raw' }] }));

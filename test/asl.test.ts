@@ -30,9 +30,14 @@ it('runs the same ASL that `cdk synth` writes for deployment', async () => {
     env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, CDK_HOME: join(dir, 'cdk-home'), CDK_DISABLE_CLI_TELEMETRY: '1' },
   });
   expect(existsSync(join(dir, 'docker-called'))).toBe(false);
-  const template = JSON.parse(await readFile(join(out, 'Lifeboat.template.json'), 'utf8')) as CfnTemplate & { Resources: Record<string, { Metadata?: Record<string, string> }> };
+  const template = JSON.parse(await readFile(join(out, 'Lifeboat.template.json'), 'utf8')) as CfnTemplate & {
+    Resources: Record<string, { Metadata?: Record<string, string> }>;
+  };
   // Every registered function was bundled by the local esbuild into its asset.
-  const bundled = Object.values(template.Resources).filter((r) => r.Type === 'AWS::Lambda::Function' && (r.Properties?.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION);
+  const bundled = Object.values(template.Resources).filter(
+    (r) =>
+      r.Type === 'AWS::Lambda::Function' && (r.Properties?.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION,
+  );
   expect(bundled.length).toBeGreaterThan(0);
   for (const r of bundled) expect(existsSync(join(out, r.Metadata!['aws:asset:path']!, 'index.mjs')), r.Metadata!['aws:asset:path']).toBe(true);
   const deployed = resolveTemplate(template);

@@ -25,7 +25,10 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const sha256 = async (path: string) => createHash('sha256').update(await readFile(path)).digest('hex');
+const sha256 = async (path: string) =>
+  createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
 
 it('runs full, incremental and restore as jobs of one process, each with its own figures', async () => {
   const base = join(dir, 'base.raw');
@@ -63,7 +66,7 @@ it('runs full, incremental and restore as jobs of one process, each with its own
   }
 });
 
-it('ends with the failing job named and the mover\'s error on record', async () => {
+it("ends with the failing job named and the mover's error on record", async () => {
   const mover = await startBenchMover({ endpoint: s3.url, bucket: 'bench', keyFile: join(dir, 'master.key'), compileCacheDir: join(dir, 'compile-cache') });
   await expect(mover.job('full', join(dir, 'no-such-image.raw'))).rejects.toThrow(/before finishing its full job[\s\S]*ENOENT/);
   await expect(mover.close()).rejects.toThrow(/exited with code 1/);

@@ -47,10 +47,20 @@ describe('StallWatch', () => {
 describe('watchCopy', () => {
   it('fails a copy whose remaining bytes stop shrinking, naming disk, target and cap, and cancels the job', async () => {
     // The guest dirties as much as the capped copy copies: 8 MiB to go, pass after pass.
-    const { virsh, calls } = fakeVirsh([{ cur: 0, end: 16 * MiB }, { cur: 8 * MiB, end: 16 * MiB }, { cur: 16 * MiB, end: 24 * MiB }, { cur: 24 * MiB, end: 33 * MiB }, { cur: 33 * MiB, end: 41 * MiB }]);
-    const err = await watchCopy(virsh, 'dom', 'vda', '/target/vda.qcow2', { format: 'qcow2', bandwidthMiBs: 0.5, stallSeconds: 0.05, pollMs: 5 }).catch((e: unknown) => e);
+    const { virsh, calls } = fakeVirsh([
+      { cur: 0, end: 16 * MiB },
+      { cur: 8 * MiB, end: 16 * MiB },
+      { cur: 16 * MiB, end: 24 * MiB },
+      { cur: 24 * MiB, end: 33 * MiB },
+      { cur: 33 * MiB, end: 41 * MiB },
+    ]);
+    const err = await watchCopy(virsh, 'dom', 'vda', '/target/vda.qcow2', { format: 'qcow2', bandwidthMiBs: 0.5, stallSeconds: 0.05, pollMs: 5 }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(CopyStalled);
-    expect((err as Error).message).toMatch(/the move of disk vda to \/target\/vda\.qcow2 makes no progress: 8\.0 MiB still to copy and no less than 8\.0 MiB for \d+ s, with the move capped at 0\.5 MiB\/s: the guest writes faster than that; resume with a higher cap \(--move-bandwidth\) or none/);
+    expect((err as Error).message).toMatch(
+      /the move of disk vda to \/target\/vda\.qcow2 makes no progress: 8\.0 MiB still to copy and no less than 8\.0 MiB for \d+ s, with the move capped at 0\.5 MiB\/s: the guest writes faster than that; resume with a higher cap \(--move-bandwidth\) or none/,
+    );
     expect(calls.at(-1)).toEqual(['blockjob', '--domain', 'dom', '--path', 'vda', '--abort']);
   });
 
@@ -62,11 +72,16 @@ describe('watchCopy', () => {
 
   it('fails when the job is gone and the disk is not on the target (QEMU ended the mirror)', async () => {
     const { virsh } = fakeVirsh([{ cur: 1, end: 10 }, null]);
-    await expect(watchCopy(virsh, 'dom', 'vda', '/target/vda.qcow2', { format: 'qcow2', pollMs: 5 })).rejects.toThrow(/the block copy of disk vda to \/target\/vda\.qcow2 stopped without finishing/);
+    await expect(watchCopy(virsh, 'dom', 'vda', '/target/vda.qcow2', { format: 'qcow2', pollMs: 5 })).rejects.toThrow(
+      /the block copy of disk vda to \/target\/vda\.qcow2 stopped without finishing/,
+    );
   });
 
   it('pivots once the copy is in step', async () => {
-    const { virsh, calls } = fakeVirsh([{ cur: 1, end: 10 }, { cur: 10, end: 10 }]);
+    const { virsh, calls } = fakeVirsh([
+      { cur: 1, end: 10 },
+      { cur: 10, end: 10 },
+    ]);
     await watchCopy(virsh, 'dom', 'vda', '/target/vda.qcow2', { format: 'qcow2', pollMs: 5 });
     expect(calls.at(-1)).toEqual(['blockjob', '--domain', 'dom', '--path', 'vda', '--pivot']);
   });

@@ -26,8 +26,12 @@ import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../loc
 type Statement = { Effect: string; Action: string | string[]; Resource: unknown; Condition?: Record<string, unknown>; Principal?: unknown };
 type Resource = { Type: string; Properties: Record<string, any> };
 type State = {
-  Type: string; Retry?: { ErrorEquals: string[] }[]; Catch?: { ErrorEquals: string[] }[];
-  ItemProcessor?: { States: Record<string, State> }; Iterator?: { States: Record<string, State> }; Branches?: { States: Record<string, State> }[];
+  Type: string;
+  Retry?: { ErrorEquals: string[] }[];
+  Catch?: { ErrorEquals: string[] }[];
+  ItemProcessor?: { States: Record<string, State> };
+  Iterator?: { States: Record<string, State> };
+  Branches?: { States: Record<string, State> }[];
 };
 
 const TRUST_ANCHOR = 'arn:aws:rolesanywhere:eu-central-1:111122223333:trust-anchor/0123abcd-0123-4567-89ab-0123456789ab';
@@ -39,8 +43,13 @@ const example = loadConfig();
  */
 const config: LifeboatConfig = {
   ...example,
-  repositories: [...example.repositories.map((r, i) => (i === 0 ? { ...r, objectLock: { mode: 'COMPLIANCE' as const, days: 30 } } : r)), { id: 'copy', chunkSizeMiB: 1 }],
-  moverGroups: example.moverGroups.map((g, i) => (i === 0 ? { ...g, principal: { rolesAnywhereTrustAnchorArn: TRUST_ANCHOR } } : i === 1 ? { ...g, principal: { awsPrincipalArn: SITE_ROLE } } : g)),
+  repositories: [
+    ...example.repositories.map((r, i) => (i === 0 ? { ...r, objectLock: { mode: 'COMPLIANCE' as const, days: 30 } } : r)),
+    { id: 'copy', chunkSizeMiB: 1 },
+  ],
+  moverGroups: example.moverGroups.map((g, i) =>
+    i === 0 ? { ...g, principal: { rolesAnywhereTrustAnchorArn: TRUST_ANCHOR } } : i === 1 ? { ...g, principal: { awsPrincipalArn: SITE_ROLE } } : g,
+  ),
 };
 
 const dirs: string[] = [];
@@ -69,10 +78,12 @@ function roleStatements(roleLid: string): Statement[] {
 }
 
 function allStates(states: Record<string, State>): State[] {
-  return Object.values(states).flatMap((s) => [s,
+  return Object.values(states).flatMap((s) => [
+    s,
     ...(s.ItemProcessor ? allStates(s.ItemProcessor.States) : []),
     ...(s.Iterator ? allStates(s.Iterator.States) : []),
-    ...(s.Branches ?? []).flatMap((b) => allStates(b.States))]);
+    ...(s.Branches ?? []).flatMap((b) => allStates(b.States)),
+  ]);
 }
 
 beforeAll(() => {
@@ -89,8 +100,18 @@ describe('configuration at synth', () => {
     const dir = mkdtempSync(join(tmpdir(), 'lifeboat-badconfig-'));
     dirs.push(dir);
     const bad = join(dir, 'bad.json');
-    writeFileSync(bad, JSON.stringify({ ...example, policies: [{ ...example.policies[0]!, rpoHours: -5, schedule: { expression: 'cron(0 1 * * *)', timeZone: 'Mars/Olympus' } }] }));
-    const run = spawnSync(process.execPath, ['cdk/bin/app.ts'], { env: { ...process.env, LIFEBOAT_CONFIG: bad, CDK_OUTDIR: join(dir, 'out') }, encoding: 'utf8', timeout: 60_000 });
+    writeFileSync(
+      bad,
+      JSON.stringify({
+        ...example,
+        policies: [{ ...example.policies[0]!, rpoHours: -5, schedule: { expression: 'cron(0 1 * * *)', timeZone: 'Mars/Olympus' } }],
+      }),
+    );
+    const run = spawnSync(process.execPath, ['cdk/bin/app.ts'], {
+      env: { ...process.env, LIFEBOAT_CONFIG: bad, CDK_OUTDIR: join(dir, 'out') },
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     expect(run.status).not.toBe(0);
     expect(run.stderr).toContain(bad);
     expect(run.stderr).toContain('policies[0].rpoHours = -5');
@@ -99,7 +120,7 @@ describe('configuration at synth', () => {
     expect(run.stderr).not.toMatch(/^\s+at /m); // a message for the operator, not a stack trace
   });
 
-  it('rejects an external endpoint on the first repository, which is the stack\'s own bucket', () => {
+  it("rejects an external endpoint on the first repository, which is the stack's own bucket", () => {
     const c = { ...example, repositories: [{ ...example.repositories[0]!, endpoint: { url: 'https://minio.example.com' } }, ...example.repositories.slice(1)] };
     expect(() => synth(c)).toThrow(/repositories\[0\]\.endpoint = \{"url":"https:\/\/minio\.example\.com"\}/);
   });
@@ -108,18 +129,27 @@ describe('configuration at synth', () => {
 describe('repository storage', () => {
   it('encrypts the repository with its own rotating KMS key (SSE-KMS, bucket key)', () => {
     const bucket = resources[lid(stack.bucket)]!.Properties;
-    expect(bucket.BucketEncryption.ServerSideEncryptionConfiguration).toEqual([{
-      BucketKeyEnabled: true,
-      ServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: { 'Fn::GetAtt': [lid(stack.repositoryKey), 'Arn'] } },
-    }]);
+    expect(bucket.BucketEncryption.ServerSideEncryptionConfiguration).toEqual([
+      {
+        BucketKeyEnabled: true,
+        ServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: { 'Fn::GetAtt': [lid(stack.repositoryKey), 'Arn'] } },
+      },
+    ]);
     expect(resources[lid(stack.repositoryKey)]!.Properties.EnableKeyRotation).toBe(true);
   });
 
   it('versions, blocks public access, aborts incomplete uploads and logs access', () => {
     const bucket = resources[lid(stack.bucket)]!.Properties;
     expect(bucket.VersioningConfiguration).toEqual({ Status: 'Enabled' });
-    expect(bucket.PublicAccessBlockConfiguration).toEqual({ BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true });
-    expect(bucket.LifecycleConfiguration.Rules).toEqual(expect.arrayContaining([expect.objectContaining({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 7 }, Status: 'Enabled' })]));
+    expect(bucket.PublicAccessBlockConfiguration).toEqual({
+      BlockPublicAcls: true,
+      BlockPublicPolicy: true,
+      IgnorePublicAcls: true,
+      RestrictPublicBuckets: true,
+    });
+    expect(bucket.LifecycleConfiguration.Rules).toEqual(
+      expect.arrayContaining([expect.objectContaining({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 7 }, Status: 'Enabled' })]),
+    );
     expect(bucket.LoggingConfiguration.DestinationBucketName).toEqual({ Ref: lid(stack.repositories[config.repositories[0]!.id]!.accessLogs) });
   });
 
@@ -133,7 +163,7 @@ describe('repository storage', () => {
     expect(copy.ObjectLockConfiguration).toBeUndefined();
   });
 
-  it('creates no bucket, key or grant for a repository on another endpoint: that storage is the operator\'s', () => {
+  it("creates no bucket, key or grant for a repository on another endpoint: that storage is the operator's", () => {
     expect(Object.keys(stack.repositories).sort()).toEqual(['copy', 'primary']);
     expect(ofType('AWS::S3::Bucket').filter(([, b]) => JSON.stringify(b.Properties ?? {}).includes('lifeboat-dr'))).toEqual([]);
     expect(JSON.stringify(ofType('AWS::IAM::Policy'))).not.toContain('lifeboat-dr');
@@ -144,16 +174,24 @@ describe('repository storage', () => {
     const buckets = ofType('AWS::S3::Bucket').map(([id]) => id);
     expect(policies.map(([, p]) => p.Properties.Bucket.Ref).sort()).toEqual(buckets.sort());
     for (const [, p] of policies) {
-      expect(p.Properties.PolicyDocument.Statement).toEqual(expect.arrayContaining([expect.objectContaining({
-        Effect: 'Deny', Action: 's3:*', Principal: { AWS: '*' }, Condition: { Bool: { 'aws:SecureTransport': 'false' } },
-      })]));
+      expect(p.Properties.PolicyDocument.Statement).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({
+            Effect: 'Deny',
+            Action: 's3:*',
+            Principal: { AWS: '*' },
+            Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+          }),
+        ]),
+      );
     }
   });
 
   it('keeps the catalog on demand, with point-in-time recovery and deletion protection', () => {
     const table = resources[lid(stack.table)]!.Properties;
     expect(table.BillingMode).toBe('PAY_PER_REQUEST');
-    for (const r of table.Replicas) expect(r).toMatchObject({ DeletionProtectionEnabled: true, PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true } });
+    for (const r of table.Replicas)
+      expect(r).toMatchObject({ DeletionProtectionEnabled: true, PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true } });
   });
 });
 
@@ -163,10 +201,20 @@ describe('mover identity', () => {
   it('gives every mover group its own role, trusted by the configured principal or Roles Anywhere anchor', () => {
     const trust = (g: string) => resources[lid(stack.moverRoles[g]!.role)]!.Properties.AssumeRolePolicyDocument.Statement as Statement[];
     const ra = trust('site-a');
-    expect(ra).toEqual(expect.arrayContaining([
-      expect.objectContaining({ Action: 'sts:AssumeRole', Principal: { Service: 'rolesanywhere.amazonaws.com' }, Condition: { ArnEquals: { 'aws:SourceArn': TRUST_ANCHOR } } }),
-      expect.objectContaining({ Action: ['sts:TagSession', 'sts:SetSourceIdentity'], Principal: { Service: 'rolesanywhere.amazonaws.com' }, Condition: { ArnEquals: { 'aws:SourceArn': TRUST_ANCHOR } } }),
-    ]));
+    expect(ra).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          Action: 'sts:AssumeRole',
+          Principal: { Service: 'rolesanywhere.amazonaws.com' },
+          Condition: { ArnEquals: { 'aws:SourceArn': TRUST_ANCHOR } },
+        }),
+        expect.objectContaining({
+          Action: ['sts:TagSession', 'sts:SetSourceIdentity'],
+          Principal: { Service: 'rolesanywhere.amazonaws.com' },
+          Condition: { ArnEquals: { 'aws:SourceArn': TRUST_ANCHOR } },
+        }),
+      ]),
+    );
     expect(trust('site-b')).toEqual([expect.objectContaining({ Action: 'sts:AssumeRole', Principal: { AWS: SITE_ROLE } })]);
     expect(JSON.stringify(trust('dr'))).toContain(':root');
   });
@@ -175,7 +223,10 @@ describe('mover identity', () => {
     for (const { g, role } of groups()) {
       const actions = roleStatements(lid(role)).flatMap(actionsOf);
       expect(actions.length, g.id).toBeGreaterThan(0);
-      expect(actions.filter((a) => /^s3:Delete/i.test(a) || /^dynamodb:/i.test(a) || a.includes('*')), g.id).toEqual([]);
+      expect(
+        actions.filter((a) => /^s3:Delete/i.test(a) || /^dynamodb:/i.test(a) || a.includes('*')),
+        g.id,
+      ).toEqual([]);
       expect(resources[lid(role)]!.Properties.ManagedPolicyArns, g.id).toBeUndefined();
     }
   });
@@ -183,7 +234,12 @@ describe('mover identity', () => {
   it('lets a group take and answer tasks of its own Activity only', () => {
     for (const { g, role, activity } of groups()) {
       const states = roleStatements(lid(role)).filter((s) => actionsOf(s).some((a) => a.startsWith('states:')));
-      expect(states.flatMap(actionsOf).sort(), g.id).toEqual(['states:GetActivityTask', 'states:SendTaskFailure', 'states:SendTaskHeartbeat', 'states:SendTaskSuccess']);
+      expect(states.flatMap(actionsOf).sort(), g.id).toEqual([
+        'states:GetActivityTask',
+        'states:SendTaskFailure',
+        'states:SendTaskHeartbeat',
+        'states:SendTaskSuccess',
+      ]);
       for (const s of states) expect(s.Resource, g.id).toEqual({ Ref: lid(activity) });
     }
   });
@@ -196,8 +252,12 @@ describe('mover identity', () => {
       const by = (action: string) => s3.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat());
       // Not keys/ (the repository key is written at deploy) nor releases/ (only the publisher writes releases);
       // chunks/ only for replicating format-1 backups (backups write packs); host-config/ is written, never read back, by movers.
-      expect(by('s3:PutObject'), g.id).toEqual(buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/', 'exports/'].map((p) => objectArn(b, p))));
-      expect(by('s3:GetObject'), g.id).toEqual(buckets.flatMap((b) => ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'].map((p) => objectArn(b, p))));
+      expect(by('s3:PutObject'), g.id).toEqual(
+        buckets.flatMap((b) => ['packs/', 'index/', 'manifests/', 'movers/', 'chunks/', 'host-config/', 'progress/', 'exports/'].map((p) => objectArn(b, p))),
+      );
+      expect(by('s3:GetObject'), g.id).toEqual(
+        buckets.flatMap((b) => ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'].map((p) => objectArn(b, p))),
+      );
       // The whole bucket, no s3:prefix condition: a missing object must be a 404, not a 403 (cdk/lib/mover-identity.ts).
       expect(by('s3:ListBucket'), g.id).toEqual(buckets.map((b) => ({ 'Fn::GetAtt': [b, 'Arn'] })));
       expect(new Set(s3.flatMap(actionsOf)), g.id).toEqual(new Set(['s3:PutObject', 's3:GetObject', 's3:ListBucket']));
@@ -226,7 +286,9 @@ describe('Lambda functions', () => {
   it('grants each function exactly the actions its access declaration lists, on the catalog table, data prefixes and keys', () => {
     for (const fid of Object.keys(lambdaFunctions) as LambdaFunctionId[]) {
       const access = functionAccess[fid] ?? {};
-      const expected = new Set(['xray:PutTraceSegments', 'xray:PutTelemetryRecords',
+      const expected = new Set([
+        'xray:PutTraceSegments',
+        'xray:PutTelemetryRecords',
         ...(access.catalog ?? []).map((a) => `dynamodb:${a}`),
         ...(access.repository?.read?.length ? ['s3:GetObject', 'kms:Decrypt'] : []),
         ...(access.repository?.write?.length ? ['s3:PutObject', 'kms:GenerateDataKey'] : []),
@@ -252,7 +314,10 @@ describe('Lambda functions', () => {
     const actions = (fid: LambdaFunctionId) => roleStatements(lid((stack.functions[fid] as unknown as { role: IConstruct }).role)).flatMap(actionsOf);
     expect(actions('Verify').filter((a) => a.startsWith('dynamodb:'))).toEqual([]);
     for (const fid of ['Plan', 'AcquireSlot', 'ReleaseSlot', 'Verify', 'Commit', 'RecordFailure', 'Summarize', 'OnDeploy'] as LambdaFunctionId[]) {
-      expect(actions(fid).filter((a) => /^s3:Delete/.test(a)), fid).toEqual([]);
+      expect(
+        actions(fid).filter((a) => /^s3:Delete/.test(a)),
+        fid,
+      ).toEqual([]);
     }
   });
 });
@@ -262,7 +327,11 @@ describe('workflows', () => {
     const machines = ofType('AWS::StepFunctions::StateMachine');
     expect(machines.map(([id]) => id)).toEqual(expect.arrayContaining([lid(stack.backup.stateMachine)]));
     for (const [id, m] of machines) {
-      expect(m.Properties.LoggingConfiguration, id).toMatchObject({ Level: 'ALL', IncludeExecutionData: false, Destinations: [{ CloudWatchLogsLogGroup: { LogGroupArn: expect.anything() } }] });
+      expect(m.Properties.LoggingConfiguration, id).toMatchObject({
+        Level: 'ALL',
+        IncludeExecutionData: false,
+        Destinations: [{ CloudWatchLogsLogGroup: { LogGroupArn: expect.anything() } }],
+      });
       expect(m.Properties.TracingConfiguration, id).toEqual({ Enabled: true });
     }
   });
@@ -288,22 +357,32 @@ describe('workflows', () => {
     const known = { ...errorClasses, ...recoveryErrorClasses };
     for (const [id, m] of Object.entries(resolved.stateMachines)) {
       const names = allStates((m.definition as { States: Record<string, State> }).States)
-        .flatMap((s) => [...(s.Retry ?? []), ...(s.Catch ?? [])]).flatMap((r) => r.ErrorEquals);
-      expect(names.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(known, e)), id).toEqual([]);
+        .flatMap((s) => [...(s.Retry ?? []), ...(s.Catch ?? [])])
+        .flatMap((r) => r.ErrorEquals);
+      expect(
+        names.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(known, e)),
+        id,
+      ).toEqual([]);
     }
   });
 
   it('retries every retryable error class in some state machine', () => {
-    const retried = new Set(Object.values(resolved.stateMachines).flatMap((m) => allStates((m.definition as { States: Record<string, State> }).States))
-      .flatMap((s) => s.Retry ?? []).flatMap((r) => r.ErrorEquals));
+    const retried = new Set(
+      Object.values(resolved.stateMachines)
+        .flatMap((m) => allStates((m.definition as { States: Record<string, State> }).States))
+        .flatMap((s) => s.Retry ?? [])
+        .flatMap((r) => r.ErrorEquals),
+    );
     const retryable = Object.entries({ ...errorClasses, ...recoveryErrorClasses })
-      .filter(([, cls]) => new (cls as unknown as new (a: string, b: number) => LifeboatError)('probe', 1).retryable).map(([code]) => code);
+      .filter(([, cls]) => new (cls as unknown as new (a: string, b: number) => LifeboatError)('probe', 1).retryable)
+      .map(([code]) => code);
     expect(retryable.length).toBeGreaterThan(0);
     expect(retryable.filter((code) => !retried.has(code))).toEqual([]);
   });
 
-  it('starts the Backup workflow on each policy\'s schedule and time zone with its policy id, with retries and a dead-letter queue', () => {
-    const schedules = ofType('AWS::Scheduler::Schedule').map(([, s]) => s.Properties)
+  it("starts the Backup workflow on each policy's schedule and time zone with its policy id, with retries and a dead-letter queue", () => {
+    const schedules = ofType('AWS::Scheduler::Schedule')
+      .map(([, s]) => s.Properties)
       .filter((s) => JSON.stringify(s.Target.Arn) === JSON.stringify({ Ref: lid(stack.backup.stateMachine) }));
     expect(schedules).toHaveLength(config.policies.length);
     for (const p of config.policies) {
@@ -321,7 +400,11 @@ describe('workflows', () => {
       expect(JSON.parse(s!.Target.Input as string)).toEqual({ policyId: p.id });
     }
     const schedulerRole = schedules[0]!.Target.RoleArn['Fn::GetAtt'][0] as string;
-    expect(roleStatements(schedulerRole).filter((s) => actionsOf(s).includes('states:StartExecution')).map((s) => s.Resource)).toEqual([{ Ref: lid(stack.backup.stateMachine) }]);
+    expect(
+      roleStatements(schedulerRole)
+        .filter((s) => actionsOf(s).includes('states:StartExecution'))
+        .map((s) => s.Resource),
+    ).toEqual([{ Ref: lid(stack.backup.stateMachine) }]);
   });
 
   it('runs OnDeploy on every deploy with the validated configuration and the repository buckets', () => {
@@ -343,9 +426,15 @@ describe('alarms and dashboard', () => {
   const metricsOf = (a: Record<string, any>): AlarmMetric[] => {
     const dims = (d: { Name: string; Value: unknown }[] = []) => Object.fromEntries(d.map((x) => [x.Name, x.Value]));
     if (a.MetricName) return [{ namespace: a.Namespace, name: a.MetricName, dims: dims(a.Dimensions), stat: a.Statistic, period: a.Period }];
-    return (a.Metrics as any[]).filter((m) => m.MetricStat).map((m) => ({
-      namespace: m.MetricStat.Metric.Namespace, name: m.MetricStat.Metric.MetricName, dims: dims(m.MetricStat.Metric.Dimensions), stat: m.MetricStat.Stat, period: m.MetricStat.Period,
-    }));
+    return (a.Metrics as any[])
+      .filter((m) => m.MetricStat)
+      .map((m) => ({
+        namespace: m.MetricStat.Metric.Namespace,
+        name: m.MetricStat.Metric.MetricName,
+        dims: dims(m.MetricStat.Metric.Dimensions),
+        stat: m.MetricStat.Stat,
+        period: m.MetricStat.Period,
+      }));
   };
   const uses = (a: Record<string, any>, metricName: string, dimension: Record<string, unknown>) =>
     metricsOf(a).some((m) => m.name === metricName && Object.entries(dimension).every(([k, v]) => JSON.stringify(m.dims[k]) === JSON.stringify(v)));
@@ -363,57 +452,102 @@ describe('alarms and dashboard', () => {
 
   it('alarms on failed executions of every state machine', () => {
     for (const [id] of ofType('AWS::StepFunctions::StateMachine')) {
-      expect(alarms().some((a) => uses(a, 'ExecutionsFailed', { StateMachineArn: { Ref: id } })), id).toBe(true);
+      expect(
+        alarms().some((a) => uses(a, 'ExecutionsFailed', { StateMachineArn: { Ref: id } })),
+        id,
+      ).toBe(true);
     }
   });
 
-  it('alarms when a policy\'s oldest recovery point passes its RPO, on the metric Summarize publishes', () => {
+  it("alarms when a policy's oldest recovery point passes its RPO, on the metric Summarize publishes", () => {
     const env = resources[lid(stack.functions.Summarize)]!.Properties.Environment.Variables;
     const age = { namespace: env.POWERTOOLS_METRICS_NAMESPACE, name: summaryMetrics.oldestRecoveryPointAgeHours };
     for (const p of config.policies) {
       const dims = { service: env.POWERTOOLS_SERVICE_NAME, policyId: p.id };
-      const on = (stat: string) => alarms().filter((a) => metricsOf(a).some((m) => m.stat === stat && m.namespace === age.namespace && m.name === age.name && JSON.stringify(m.dims) === JSON.stringify(Object.fromEntries(Object.entries(dims).sort()))));
-      expect(on('Maximum'), p.id).toEqual([expect.objectContaining({ Threshold: p.rpoHours, ComparisonOperator: 'GreaterThanThreshold', EvaluationPeriods: 1 })]);
+      const on = (stat: string) =>
+        alarms().filter((a) =>
+          metricsOf(a).some(
+            (m) =>
+              m.stat === stat &&
+              m.namespace === age.namespace &&
+              m.name === age.name &&
+              JSON.stringify(m.dims) === JSON.stringify(Object.fromEntries(Object.entries(dims).sort())),
+          ),
+        );
+      expect(on('Maximum'), p.id).toEqual([
+        expect.objectContaining({ Threshold: p.rpoHours, ComparisonOperator: 'GreaterThanThreshold', EvaluationPeriods: 1 }),
+      ]);
       // No report for the whole RPO (schedule stopped, runs dying before Summarize) alarms too.
-      expect(on('SampleCount'), p.id).toEqual([expect.objectContaining({
-        TreatMissingData: 'breaching', EvaluationPeriods: Math.ceil(p.rpoHours), DatapointsToAlarm: Math.ceil(p.rpoHours), ComparisonOperator: 'LessThanThreshold', Threshold: 1,
-      })]);
+      expect(on('SampleCount'), p.id).toEqual([
+        expect.objectContaining({
+          TreatMissingData: 'breaching',
+          EvaluationPeriods: Math.ceil(p.rpoHours),
+          DatapointsToAlarm: Math.ceil(p.rpoHours),
+          ComparisonOperator: 'LessThanThreshold',
+          Threshold: 1,
+        }),
+      ]);
       expect(metricsOf(on('SampleCount')[0]!)[0]!.period, p.id).toBe(3600);
     }
   });
 
-  it('alarms when a replicating policy\'s newest verified DR copy is older than its DR RPO, and when a run could not start replication', () => {
+  it("alarms when a replicating policy's newest verified DR copy is older than its DR RPO, and when a run could not start replication", () => {
     const env = resources[lid(stack.functions.ReportReplication)]!.Properties.Environment.Variables;
     const replicating = config.policies.filter((p) => p.replicateTo !== undefined);
     expect(replicating.length).toBeGreaterThan(0);
     for (const p of config.policies) {
       const dims = JSON.stringify(Object.fromEntries(Object.entries({ service: env.POWERTOOLS_SERVICE_NAME, policyId: p.id }).sort()));
-      const on = (name: string, stat: string) => alarms().filter((a) => metricsOf(a).some((m) => m.stat === stat && m.namespace === env.POWERTOOLS_METRICS_NAMESPACE && m.name === name && JSON.stringify(m.dims) === dims));
+      const on = (name: string, stat: string) =>
+        alarms().filter((a) =>
+          metricsOf(a).some((m) => m.stat === stat && m.namespace === env.POWERTOOLS_METRICS_NAMESPACE && m.name === name && JSON.stringify(m.dims) === dims),
+        );
       const dr = on(replicationMetrics.drRecoveryPointAgeHours, 'Maximum');
       const notStarted = on(replicationMetrics.replicationStartFailed, 'Sum');
       if (p.replicateTo === undefined) {
         expect([...dr, ...notStarted], p.id).toEqual([]);
         continue;
       }
-      expect(dr, p.id).toEqual([expect.objectContaining({ Threshold: p.drRpoHours ?? 2 * p.rpoHours, ComparisonOperator: 'GreaterThanThreshold', EvaluationPeriods: 1 })]);
-      expect(notStarted, p.id).toEqual([expect.objectContaining({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', TreatMissingData: 'notBreaching' })]);
+      expect(dr, p.id).toEqual([
+        expect.objectContaining({ Threshold: p.drRpoHours ?? 2 * p.rpoHours, ComparisonOperator: 'GreaterThanThreshold', EvaluationPeriods: 1 }),
+      ]);
+      expect(notStarted, p.id).toEqual([
+        expect.objectContaining({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', TreatMissingData: 'notBreaching' }),
+      ]);
       expect(metricsOf(dr[0]!)[0]!.period, p.id).toBe(3600);
     }
     // A configured drRpoHours is the threshold.
     const p0 = replicating[0]!;
     const { template: t2 } = synth({ ...config, policies: config.policies.map((p) => (p.id === p0.id ? { ...p, drRpoHours: p.rpoHours + 10 } : p)) });
-    const thresholds = Object.values(t2.findResources('AWS::CloudWatch::Alarm')).filter((a) => JSON.stringify(a).includes(replicationMetrics.drRecoveryPointAgeHours)).map((a) => a.Properties.Threshold);
+    const thresholds = Object.values(t2.findResources('AWS::CloudWatch::Alarm'))
+      .filter((a) => JSON.stringify(a).includes(replicationMetrics.drRecoveryPointAgeHours))
+      .map((a) => a.Properties.Threshold);
     expect(thresholds).toContain(p0.rpoHours + 10);
   });
 
   it('alarms on a failed restore test and on a host configuration backup with failed hosts, on the metrics RecordRestoreTest and SummarizeHostConfigBackup publish', () => {
-    for (const [fid, name] of [['RecordRestoreTest', restoreTestMetrics.failed], ['SummarizeHostConfigBackup', hostConfigMetrics.hostsFailed]] as const) {
+    for (const [fid, name] of [
+      ['RecordRestoreTest', restoreTestMetrics.failed],
+      ['SummarizeHostConfigBackup', hostConfigMetrics.hostsFailed],
+    ] as const) {
       const env = resources[lid(stack.functions[fid])]!.Properties.Environment.Variables;
-      const on = alarms().filter((a) => metricsOf(a).some((m) => m.name === name && m.namespace === env.POWERTOOLS_METRICS_NAMESPACE && m.stat === 'Sum'
-        && JSON.stringify(m.dims) === JSON.stringify({ service: env.POWERTOOLS_SERVICE_NAME })));
-      expect(on, name).toEqual([expect.objectContaining({
-        Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', EvaluationPeriods: 1, TreatMissingData: 'notBreaching', AlarmActions: [topic()],
-      })]);
+      const on = alarms().filter((a) =>
+        metricsOf(a).some(
+          (m) =>
+            m.name === name &&
+            m.namespace === env.POWERTOOLS_METRICS_NAMESPACE &&
+            m.stat === 'Sum' &&
+            JSON.stringify(m.dims) === JSON.stringify({ service: env.POWERTOOLS_SERVICE_NAME }),
+        ),
+      );
+      expect(on, name).toEqual([
+        expect.objectContaining({
+          Threshold: 1,
+          ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+          EvaluationPeriods: 1,
+          TreatMissingData: 'notBreaching',
+          AlarmActions: [topic()],
+        }),
+      ]);
     }
   });
 
@@ -435,12 +569,25 @@ describe('alarms and dashboard', () => {
   });
 
   it('alarms on scheduled starts that landed in the dead-letter queue', () => {
-    expect(alarms().some((a) => uses(a, 'ApproximateNumberOfMessagesVisible', { QueueName: { 'Fn::GetAtt': [lid(stack.schedules.deadLetterQueue), 'QueueName'] } }))).toBe(true);
+    expect(
+      alarms().some((a) => uses(a, 'ApproximateNumberOfMessagesVisible', { QueueName: { 'Fn::GetAtt': [lid(stack.schedules.deadLetterQueue), 'QueueName'] } })),
+    ).toBe(true);
   });
 
   it('shows workflows, RPO and DR recovery point per policy and mover groups on the dashboard', () => {
     const body = JSON.stringify(ofType('AWS::CloudWatch::Dashboard')[0]![1].Properties.DashboardBody);
-    for (const m of ['ExecutionsFailed', summaryMetrics.oldestRecoveryPointAgeHours, replicationMetrics.drRecoveryPointAgeHours, replicationMetrics.replicationStartFailed, restoreTestMetrics.failed, restoreTestMetrics.passed, hostConfigMetrics.hostsFailed, 'ActivitiesScheduled', 'ActivityScheduleTime']) expect(body).toContain(m);
+    for (const m of [
+      'ExecutionsFailed',
+      summaryMetrics.oldestRecoveryPointAgeHours,
+      replicationMetrics.drRecoveryPointAgeHours,
+      replicationMetrics.replicationStartFailed,
+      restoreTestMetrics.failed,
+      restoreTestMetrics.passed,
+      hostConfigMetrics.hostsFailed,
+      'ActivitiesScheduled',
+      'ActivityScheduleTime',
+    ])
+      expect(body).toContain(m);
     for (const p of config.policies) expect(body).toContain(p.id);
   });
 });
@@ -460,7 +607,9 @@ describe('outputs and checks', () => {
   it('passes the cdk-nag AwsSolutions pack with every acknowledgment carrying a reason', () => {
     const report = new AwsSolutionsChecks(app).validateScope(app);
     expect(report.violations.map((v) => `${v.ruleName} at ${v.violatingResources.map((r) => r.constructPath).join(', ')}`)).toEqual([]);
-    const reasons = app.node.findAll().flatMap((c) => c.node.metadata)
+    const reasons = app.node
+      .findAll()
+      .flatMap((c) => c.node.metadata)
       .filter((m) => m.type === Validations.ACKNOWLEDGED_RULES_METADATA_KEY)
       .flatMap((m) => Object.entries(m.data as Record<string, string>));
     expect(reasons.length).toBeGreaterThan(0);

@@ -80,9 +80,16 @@ afterAll(() => {
 });
 
 describe('Backup state machine graph', () => {
-  it('takes the policy\'s run lease, runs Plan, then the BackupVms map, gives the lease back, then Summarize, then decides whether replication is due', () => {
+  it("takes the policy's run lease, runs Plan, then the BackupVms map, gives the lease back, then Summarize, then decides whether replication is due", () => {
     expect(definition.StartAt).toBe('AcquireRunLease');
-    expect(followNext(definition.States, 'AcquireRunLease')).toEqual(['AcquireRunLease', 'Plan', 'BackupVms', 'ReleaseRunLease', 'Summarize', 'ReplicationDue']);
+    expect(followNext(definition.States, 'AcquireRunLease')).toEqual([
+      'AcquireRunLease',
+      'Plan',
+      'BackupVms',
+      'ReleaseRunLease',
+      'Summarize',
+      'ReplicationDue',
+    ]);
     // A second run is refused, not retried; a failing Plan or map gives the lease back first, also on a payload over
     // the quota (States.DataLimitExceeded, which States.ALL does not match).
     expect((definition.States.AcquireRunLease as { Catch?: unknown }).Catch).toBeUndefined();
@@ -94,23 +101,40 @@ describe('Backup state machine graph', () => {
     }
     // One child execution per VM: a Distributed Map reading the VM list from S3, its results written to S3, not collected.
     expect(definition.States.BackupVms).toMatchObject({
-      Type: 'Map', ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED', ExecutionType: 'STANDARD' } },
-      ItemReader: { ReaderConfig: { InputType: 'JSON' }, Parameters: { 'Key.$': '$.vmList.key' } }, ResultWriter: {}, ResultPath: null, ToleratedFailurePercentage: 100,
+      Type: 'Map',
+      ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED', ExecutionType: 'STANDARD' } },
+      ItemReader: { ReaderConfig: { InputType: 'JSON' }, Parameters: { 'Key.$': '$.vmList.key' } },
+      ResultWriter: {},
+      ResultPath: null,
+      ToleratedFailurePercentage: 100,
     });
     expect(definition.States.ReplicationDue?.Type).toBe('Choice');
     expect(followNext(definition.States, 'StartReplication')).toEqual(['StartReplication', 'ReportReplication', 'RunSummarized']);
     // Started or not, the run reports it (ReplicationStartFailed) and the DR recovery point; a failing report never fails the run.
-    for (const s of ['ReplicationAlreadyStarted', 'ReplicationNotStarted']) expect(followNext(definition.States, s), s).toEqual([s, 'ReportReplication', 'RunSummarized']);
-    expect((definition.States.ReportReplication as { Catch?: { ErrorEquals: string[]; Next: string }[] }).Catch).toEqual([expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'RunSummarized' })]);
+    for (const s of ['ReplicationAlreadyStarted', 'ReplicationNotStarted'])
+      expect(followNext(definition.States, s), s).toEqual([s, 'ReportReplication', 'RunSummarized']);
+    expect((definition.States.ReportReplication as { Catch?: { ErrorEquals: string[]; Next: string }[] }).Catch).toEqual([
+      expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'RunSummarized' }),
+    ]);
     expect(definition.States.RunSummarized?.End).toBe(true);
   });
 
   it("holds the per-VM states inside BackupVms's item processor, with DispatchDisk inside the Dispatch map", () => {
     const perVm = definition.States.BackupVms!.ItemProcessor!;
-    expect(Object.keys(perVm.States)).toEqual(expect.arrayContaining([
-      'AcquireSlot', 'Snapshot', 'Dispatch', 'ReleaseSnapshot', 'Verify', 'Commit', 'ReleaseSlot',
-      'RecordFailure', 'ReleaseSnapshotAfterFailure', 'ReleaseSlotAfterFailure',
-    ]));
+    expect(Object.keys(perVm.States)).toEqual(
+      expect.arrayContaining([
+        'AcquireSlot',
+        'Snapshot',
+        'Dispatch',
+        'ReleaseSnapshot',
+        'Verify',
+        'Commit',
+        'ReleaseSlot',
+        'RecordFailure',
+        'ReleaseSnapshotAfterFailure',
+        'ReleaseSlotAfterFailure',
+      ]),
+    );
     const dispatch = perVm.States.Dispatch!;
     expect(dispatch.Type).toBe('Map');
     expect(dispatch.ItemProcessor?.StartAt).toBe('DispatchDisk');
@@ -121,7 +145,17 @@ describe('Backup state machine graph', () => {
     const perVm = definition.States.BackupVms!.ItemProcessor!;
     expect(perVm.StartAt).toBe('AcquireSlot');
     const path = followNext(perVm.States, 'AcquireSlot');
-    expect(path.slice(0, 9)).toEqual(['AcquireSlot', 'Snapshot', 'PlanDispatch', 'Dispatch', 'JoinSegments', 'ReleaseSnapshot', 'Verify', 'Commit', 'ReleaseSlot']);
+    expect(path.slice(0, 9)).toEqual([
+      'AcquireSlot',
+      'Snapshot',
+      'PlanDispatch',
+      'Dispatch',
+      'JoinSegments',
+      'ReleaseSnapshot',
+      'Verify',
+      'Commit',
+      'ReleaseSlot',
+    ]);
     expect(path).toHaveLength(10); // a final Pass shaping the VM's result
     expect(perVm.States[path[9]!]).toMatchObject({ Type: 'Pass', End: true });
   });
@@ -140,8 +174,17 @@ describe('Backup state machine graph', () => {
   });
 
   it('runs Plan, AcquireSlot, Verify, Commit, ReleaseSlot, RecordFailure and Summarize on their own Lambda functions', () => {
-    const expected = { Plan: 'Plan', PlanDispatch: 'PlanDispatch', JoinSegments: 'JoinSegments', Verify: 'Verify', Commit: 'Commit', ReleaseSlot: 'ReleaseSlot',
-      RecordFailure: 'RecordFailure', Summarize: 'Summarize', ReleaseSlotAfterFailure: 'ReleaseSlot' };
+    const expected = {
+      Plan: 'Plan',
+      PlanDispatch: 'PlanDispatch',
+      JoinSegments: 'JoinSegments',
+      Verify: 'Verify',
+      Commit: 'Commit',
+      ReleaseSlot: 'ReleaseSlot',
+      RecordFailure: 'RecordFailure',
+      Summarize: 'Summarize',
+      ReleaseSlotAfterFailure: 'ReleaseSlot',
+    };
     for (const [name, fid] of Object.entries(expected)) {
       const s = states[name]!;
       expect(s.Type, name).toBe('Task');
@@ -164,7 +207,10 @@ describe('Backup state machine failure handling', () => {
   it('catches every error in Snapshot, Dispatch, ReleaseSnapshot, Verify and Commit', () => {
     for (const name of ['Snapshot', 'Dispatch', 'ReleaseSnapshot', 'Verify', 'Commit']) {
       const catchers = states[name]!.Catch ?? [];
-      expect(catchers.some((c) => c.ErrorEquals.includes('States.ALL')), name).toBe(true);
+      expect(
+        catchers.some((c) => c.ErrorEquals.includes('States.ALL')),
+        name,
+      ).toBe(true);
     }
   });
 
@@ -191,7 +237,9 @@ describe('Backup state machine failure handling', () => {
     const names = new Set<string>();
     for (const s of Object.values(states)) for (const r of [...(s.Retry ?? []), ...(s.Catch ?? [])]) r.ErrorEquals.forEach((e) => names.add(e));
     expect(names.size).toBeGreaterThan(0);
-    const unknown = [...names].filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(errorClasses, e));
+    const unknown = [...names].filter(
+      (e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(errorClasses, e),
+    );
     expect(unknown).toEqual([]);
   });
 
@@ -214,8 +262,14 @@ describe('Backup state machine failure handling', () => {
 describe('stateful resources', () => {
   it('keeps the catalog in a pay-per-request pk/sk table with point-in-time recovery and deletion protection', () => {
     template.hasResourceProperties('AWS::DynamoDB::GlobalTable', {
-      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
-      AttributeDefinitions: Match.arrayWith([{ AttributeName: 'pk', AttributeType: 'S' }, { AttributeName: 'sk', AttributeType: 'S' }]),
+      KeySchema: [
+        { AttributeName: 'pk', KeyType: 'HASH' },
+        { AttributeName: 'sk', KeyType: 'RANGE' },
+      ],
+      AttributeDefinitions: Match.arrayWith([
+        { AttributeName: 'pk', AttributeType: 'S' },
+        { AttributeName: 'sk', AttributeType: 'S' },
+      ]),
       BillingMode: 'PAY_PER_REQUEST',
     });
     const table = template.findResources('AWS::DynamoDB::GlobalTable')[logicalId(stack.table)]!;
@@ -229,7 +283,9 @@ describe('stateful resources', () => {
   it('blocks public access, encrypts and versions the repository bucket', () => {
     template.hasResourceProperties('AWS::S3::Bucket', {
       PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
-      BucketEncryption: { ServerSideEncryptionConfiguration: Match.arrayWith([Match.objectLike({ ServerSideEncryptionByDefault: { SSEAlgorithm: Match.anyValue() } })]) },
+      BucketEncryption: {
+        ServerSideEncryptionConfiguration: Match.arrayWith([Match.objectLike({ ServerSideEncryptionByDefault: { SSEAlgorithm: Match.anyValue() } })]),
+      },
       VersioningConfiguration: { Status: 'Enabled' },
     });
   });
@@ -239,21 +295,20 @@ describe('stateful resources', () => {
     template.hasResourceProperties('AWS::S3::BucketPolicy', {
       Bucket: { Ref: bucketId },
       PolicyDocument: {
-        Statement: Match.arrayWith([Match.objectLike({
-          Effect: 'Deny',
-          Action: 's3:*',
-          Principal: { AWS: '*' },
-          Condition: { Bool: { 'aws:SecureTransport': 'false' } },
-          Resource: Match.arrayWith([
-            { 'Fn::GetAtt': [bucketId, 'Arn'] },
-            { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/*']] },
-          ]),
-        })]),
+        Statement: Match.arrayWith([
+          Match.objectLike({
+            Effect: 'Deny',
+            Action: 's3:*',
+            Principal: { AWS: '*' },
+            Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+            Resource: Match.arrayWith([{ 'Fn::GetAtt': [bucketId, 'Arn'] }, { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/*']] }]),
+          }),
+        ]),
       },
     });
   });
 
-  it('creates one activity per mover group and routes each VM\'s mover tasks to the group serving its host', () => {
+  it("creates one activity per mover group and routes each VM's mover tasks to the group serving its host", () => {
     expect(Object.keys(resolved.activities)).toEqual(['Lifeboat-mover-site-a']);
     const three = synth(example); // site-a and site-b serve hosts; dr serves none
     const names = Object.values(three.template.findResources('AWS::StepFunctions::Activity')).map((r) => r.Properties.Name as string);
@@ -261,11 +316,20 @@ describe('stateful resources', () => {
     const r = resolveTemplate(three.template.toJSON() as CfnTemplate);
     const backup = Object.values(r.stateMachines).find((m) => m.logicalId.startsWith('Backup'))!;
     const s = allStates((backup.definition as Definition).States);
-    for (const [task, groupPath] of [['Snapshot', '$.moverGroup'], ['DispatchDisk', '$.job.moverGroup'], ['ReleaseSnapshot', '$.moverGroup'], ['ReleaseSnapshotAfterFailure', '$.moverGroup']] as const) {
+    for (const [task, groupPath] of [
+      ['Snapshot', '$.moverGroup'],
+      ['DispatchDisk', '$.job.moverGroup'],
+      ['ReleaseSnapshot', '$.moverGroup'],
+      ['ReleaseSnapshotAfterFailure', '$.moverGroup'],
+    ] as const) {
       const choice = s[`${task}OnMoverGroup`] as State & { Choices: { Variable: string; StringEquals: string; Next: string }[]; Default: string };
       expect(choice.Type, task).toBe('Choice');
-      expect(choice.Choices.map((c) => [c.Variable, c.StringEquals, c.Next]), task).toEqual([
-        [groupPath, 'site-a', `${task} (site-a)`], [groupPath, 'site-b', `${task} (site-b)`],
+      expect(
+        choice.Choices.map((c) => [c.Variable, c.StringEquals, c.Next]),
+        task,
+      ).toEqual([
+        [groupPath, 'site-a', `${task} (site-a)`],
+        [groupPath, 'site-b', `${task} (site-b)`],
       ]);
       expect(s[`${task} (site-a)`]?.Resource, task).toBe(r.activities['Lifeboat-mover-site-a']);
       expect(s[`${task} (site-b)`]?.Resource, task).toBe(r.activities['Lifeboat-mover-site-b']);
@@ -280,20 +344,23 @@ describe('Lambda functions', () => {
   });
 
   it('runs every registered function on nodejs24.x, arm64, with the catalog table, the KMS key and the Powertools settings', () => {
-    const registered = Object.values(template.findResources('AWS::Lambda::Function'))
-      .filter((f) => (f.Properties.Environment?.Variables as Record<string, unknown> | undefined)?.LIFEBOAT_FUNCTION);
+    const registered = Object.values(template.findResources('AWS::Lambda::Function')).filter(
+      (f) => (f.Properties.Environment?.Variables as Record<string, unknown> | undefined)?.LIFEBOAT_FUNCTION,
+    );
     expect(registered.length).toBe(Object.keys(lambdaFunctions).length);
     for (const f of registered) {
       expect(f.Properties).toMatchObject({
         Runtime: 'nodejs24.x',
         Architectures: ['arm64'],
         TracingConfig: { Mode: 'Active' },
-        Environment: { Variables: {
-          CATALOG_TABLE: { Ref: logicalId(stack.table) },
-          REPOSITORY_KMS_KEY_ID: { 'Fn::GetAtt': [logicalId(stack.repositoryKey), 'Arn'] },
-          POWERTOOLS_SERVICE_NAME: 'lifeboat',
-          POWERTOOLS_METRICS_NAMESPACE: 'Lifeboat/Lifeboat',
-        } },
+        Environment: {
+          Variables: {
+            CATALOG_TABLE: { Ref: logicalId(stack.table) },
+            REPOSITORY_KMS_KEY_ID: { 'Fn::GetAtt': [logicalId(stack.repositoryKey), 'Arn'] },
+            POWERTOOLS_SERVICE_NAME: 'lifeboat',
+            POWERTOOLS_METRICS_NAMESPACE: 'Lifeboat/Lifeboat',
+          },
+        },
       });
     }
   });

@@ -33,7 +33,12 @@ function memoryDisk(data: Buffer, changed?: Extent[]) {
   return { reader, reads };
 }
 
-const disk = (data: Buffer, changeTracking?: ChangeTrackingOffer): DiskRef => ({ diskId: 'vda', path: 'mem', sizeBytes: data.length, ...(changeTracking ? { changeTracking } : {}) });
+const disk = (data: Buffer, changeTracking?: ChangeTrackingOffer): DiskRef => ({
+  diskId: 'vda',
+  path: 'mem',
+  sizeBytes: data.length,
+  ...(changeTracking ? { changeTracking } : {}),
+});
 
 async function fullThenIncremental(opts: { resize?: boolean; offer?: (parent: string) => ChangeTrackingOffer; changed?: Extent[]; heal?: 'first' } = {}) {
   const store = new MemoryObjectStore();
@@ -44,12 +49,21 @@ async function fullThenIncremental(opts: { resize?: boolean; offer?: (parent: st
   randomBytes(4096).copy(next, 5 * CHUNK + 100); // the guest writes into chunk 5 ...
   randomBytes(4096).copy(next, 9 * CHUNK); // ... and chunk 9
   const data = opts.resize ? Buffer.concat([next, randomBytes(CHUNK)]) : next;
-  const changed = opts.changed ?? [{ offset: 5 * CHUNK + 64, length: 4096 + 64 }, { offset: 9 * CHUNK, length: 4096 }];
+  const changed = opts.changed ?? [
+    { offset: 5 * CHUNK + 64, length: 4096 + 64 },
+    { offset: 9 * CHUNK, length: 4096 },
+  ];
   const { reader, reads } = memoryDisk(data, changed);
   const parentManifest = await decodeManifest(keys, (await store.get(full.manifestKey))!, 'b1', 'vda', store);
   const result = await backupDisk({
-    store, keys, reader, disk: disk(data, opts.offer ? opts.offer('b1') : { since: 'lifeboat-b1', sinceBackupId: 'b1' }), backupId: 'b2', chunkSize: CHUNK,
-    parentManifestKey: full.manifestKey, parentBackupId: 'b1',
+    store,
+    keys,
+    reader,
+    disk: disk(data, opts.offer ? opts.offer('b1') : { since: 'lifeboat-b1', sinceBackupId: 'b1' }),
+    backupId: 'b2',
+    chunkSize: CHUNK,
+    parentManifestKey: full.manifestKey,
+    parentBackupId: 'b1',
     ...(opts.heal ? { healChunks: new Set([parentManifest.chunks[0]!]) } : {}),
   });
   const manifest = await decodeManifest(keys, (await store.get(result.manifestKey))!, 'b2', 'vda', store);

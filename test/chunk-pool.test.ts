@@ -29,7 +29,11 @@ const slotHolding = (data: Buffer, size = data.length) => {
   return slot;
 };
 const text = (n: number) => Buffer.from('log line: backup volume snapshot chunk\n'.repeat(Math.ceil(n / 39))).subarray(0, n);
-const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
+const reader = (data: Buffer): DiskReader => ({
+  sizeBytes: data.length,
+  read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length),
+  close: async () => {},
+});
 const tempDir = async () => {
   const d = await mkdtemp(join(tmpdir(), 'lifeboat-pool-'));
   dirs.push(d);
@@ -79,8 +83,16 @@ describe('chunk pool', () => {
       // Two at once into one pack buffer: both workers are used, each must know both
       // slots, and each reserves its own place (back to back from 0, in either order).
       const pack = fresh.sharePack(2 * inThread.length + 10);
-      const [a, b] = await Promise.all([fresh.sealSlot(keys, slot, data.length, id, { nonce }, pack), fresh.sealSlot(keys, slot, data.length, id, { nonce }, pack)]);
-      expect([a, b]).toEqual(expect.arrayContaining([{ fit: true, offset: 0, sealedLength: inThread.length }, { fit: true, offset: inThread.length, sealedLength: inThread.length }]));
+      const [a, b] = await Promise.all([
+        fresh.sealSlot(keys, slot, data.length, id, { nonce }, pack),
+        fresh.sealSlot(keys, slot, data.length, id, { nonce }, pack),
+      ]);
+      expect([a, b]).toEqual(
+        expect.arrayContaining([
+          { fit: true, offset: 0, sealedLength: inThread.length },
+          { fit: true, offset: inThread.length, sealedLength: inThread.length },
+        ]),
+      );
       expect(pack.bytes.subarray(0, inThread.length).equals(inThread) && pack.bytes.subarray(inThread.length, 2 * inThread.length).equals(inThread)).toBe(true);
       expect(Atomics.load(pack.cursor, 0)).toBe(2 * inThread.length);
       // A third does not fit: nothing is written, the size it needed is reported.
@@ -105,7 +117,10 @@ describe('chunk pool', () => {
 
     const damaged = Buffer.from(sealed);
     damaged[damaged.length - 20]! ^= 1;
-    await expect(pool.openSlot(keys, slotHolding(damaged), damaged.length, id, data.length)).rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(/failed authentication/) });
+    await expect(pool.openSlot(keys, slotHolding(damaged), damaged.length, id, data.length)).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(/failed authentication/),
+    });
 
     // Authentic envelope, wrong content for the id (a forged or buggy writer): the id check catches it.
     const other = text(300_001).subarray(1);
@@ -130,7 +145,9 @@ describe('chunk pool', () => {
       expect(written.subarray(0, data.length).equals(data) && written.subarray(data.length).equals(data)).toBe(true);
       // The wrong length, another chunk's id (bound into the envelope), or a damaged byte, on the calling thread as on a worker.
       expect(pool.openHere(keys, slot, sealed.length, id, data.length - 1, undefined, 1000)).toEqual({ ok: false, reason: 'mismatch' });
-      expect(() => pool.openHere(keys, slot, sealed.length, chunkId(keys, Buffer.from('other')), data.length, undefined, 1000)).toThrow(/failed authentication/);
+      expect(() => pool.openHere(keys, slot, sealed.length, chunkId(keys, Buffer.from('other')), data.length, undefined, 1000)).toThrow(
+        /failed authentication/,
+      );
       slot.bytes[1000 + 40]! ^= 1;
       expect(() => pool.openHere(keys, slot, sealed.length, id, data.length, undefined, 1000)).toThrow(/failed authentication/);
     } finally {
@@ -169,8 +186,10 @@ describe('restore through the pool', () => {
     expect(forged.length).toBe(loc.length);
     forged.copy(store.objects.get(loc.key)!, loc.offset);
     const target = join(await tempDir(), 'd.raw');
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: it does not match its id`)) });
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: it does not match its id`)),
+    });
   });
 
   it('detects a manifest location that points at another chunk: restores from the copy the index lists, else names the disk, offset and pack', async () => {
@@ -188,8 +207,10 @@ describe('restore through the pool', () => {
     // Without the index, nothing else holds chunk 2.
     for (const key of [...store.objects.keys()]) if (key.startsWith('index/')) store.objects.delete(key);
     const target = join(await tempDir(), 'd.raw');
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: .*failed authentication`)) });
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: .*failed authentication`)),
+    });
   });
 
   it('writes zero chunks onto a device target, and skips them when the device is known to be zeroed', async () => {
@@ -230,7 +251,7 @@ describe('restore through the pool', () => {
 });
 
 describe('chunk pool between jobs', () => {
-  it('collects garbage once no buffer is shared any more, so a job\'s buffers are freed in a long-running mover', async () => {
+  it("collects garbage once no buffer is shared any more, so a job's buffers are freed in a long-running mover", async () => {
     const own = new ChunkPool(1);
     onTestFinished(() => own.close());
     let slot: ReturnType<ChunkPool['share']> | undefined = own.share(1024 * 1024);

@@ -16,7 +16,9 @@ const cli = (args: string[]) =>
   );
 
 let dir: string;
-beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), 'lifeboat-cli-errors-')); });
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'lifeboat-cli-errors-'));
+});
 afterAll(async () => rm(dir, { recursive: true, force: true }));
 
 /** A port nothing listens on. */
@@ -43,15 +45,43 @@ describe('the command line', () => {
   });
 
   it('refuses --resume and --move-bandwidth without --instant, and a bandwidth that is not one', async () => {
-    const r = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--define', 'qemu:///system', '--resume', '--endpoints', join(dir, 'none.json')]);
+    const r = await cli([
+      'restore',
+      '--vm',
+      'v',
+      '--group',
+      'g',
+      '--target',
+      dir,
+      '--define',
+      'qemu:///system',
+      '--resume',
+      '--endpoints',
+      join(dir, 'none.json'),
+    ]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('--resume, --move-bandwidth, --move-stall and --move-after go with --instant');
-    const bw = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--define', 'qemu:///system', '--instant', '--move-bandwidth', 'fast', '--endpoints', join(dir, 'none.json')]);
+    const bw = await cli([
+      'restore',
+      '--vm',
+      'v',
+      '--group',
+      'g',
+      '--target',
+      dir,
+      '--define',
+      'qemu:///system',
+      '--instant',
+      '--move-bandwidth',
+      'fast',
+      '--endpoints',
+      join(dir, 'none.json'),
+    ]);
     expect(bw.code).not.toBe(0);
     expect(bw.stderr).toContain("'fast' is not a bandwidth");
   });
 
-  it('refuses verify\'s restore test options without --restore-test, and a boot timeout out of range, before reaching the stack', async () => {
+  it("refuses verify's restore test options without --restore-test, and a boot timeout out of range, before reaching the stack", async () => {
     const alone = await cli(['verify', '--vm', 'v', '--group', 'g', '--agent', '--endpoints', join(dir, 'none.json')]);
     expect(alone.code).not.toBe(0);
     expect(alone.stderr).toContain('--boot-check, --agent and --restore-timeout go with --restore-test');
@@ -64,15 +94,30 @@ describe('the command line', () => {
     const port = await deadPort();
     const url = `http://127.0.0.1:${port}`;
     const endpoints = join(dir, 'endpoints.json');
-    await writeFile(endpoints, JSON.stringify({ region: 'us-east-1', sfn: url, dynamodb: url, s3: url, table: 't', bucket: 'b', stateMachines: { Backup: 'arn:aws:states:us-east-1:000000000000:stateMachine:Backup' } }));
+    await writeFile(
+      endpoints,
+      JSON.stringify({
+        region: 'us-east-1',
+        sfn: url,
+        dynamodb: url,
+        s3: url,
+        table: 't',
+        bucket: 'b',
+        stateMachines: { Backup: 'arn:aws:states:us-east-1:000000000000:stateMachine:Backup' },
+      }),
+    );
     const r = await cli(['backup', 'p', '--endpoints', endpoints]);
     expect(r.code).toBe(1);
-    expect(r.stderr.trim()).toBe(`lifeboat: the embedded stack is not running at ${url} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints, or a deployed stack with --stack)`);
+    expect(r.stderr.trim()).toBe(
+      `lifeboat: the embedded stack is not running at ${url} (connection refused): start it with \`npx lifeboat up\` (or name the running stack's endpoints file with --endpoints, or a deployed stack with --stack)`,
+    );
   });
 
   it('finds a refused connection inside an AggregateError (both loopback addresses refused)', () => {
     const refused = (address: string) => Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED', address, port: 8083 });
-    expect(describeFailure(new Error('wrapped', { cause: new AggregateError([refused('::1'), refused('127.0.0.1')]) }))).toMatch(/^the embedded stack is not running at http:\/\/::1:8083/);
+    expect(describeFailure(new Error('wrapped', { cause: new AggregateError([refused('::1'), refused('127.0.0.1')]) }))).toMatch(
+      /^the embedded stack is not running at http:\/\/::1:8083/,
+    );
   });
 });
 
@@ -80,9 +125,11 @@ describe('a mover task that fails on a local file', () => {
   it('names the operation, the path, what the errno means and what to do (not Mover.Internal: EEXIST)', async () => {
     const file = join(dir, 'a-file');
     await writeFile(file, 'x');
-    const err = await mkdir(file).catch((e: unknown) => LocalIoFailed.from(e)) as Error;
+    const err = (await mkdir(file).catch((e: unknown) => LocalIoFailed.from(e))) as Error;
     expect(err.name).toBe('Mover.LocalIo');
-    expect(err.message).toBe(`mkdir ${file} on the mover failed (EEXIST): a file or folder of that name is already there; choose another target path, or move it out of the way`);
+    expect(err.message).toBe(
+      `mkdir ${file} on the mover failed (EEXIST): a file or folder of that name is already there; choose another target path, or move it out of the way`,
+    );
     // Anything else passes through unchanged.
     const other = new Error('x');
     expect(LocalIoFailed.from(other)).toBe(other);

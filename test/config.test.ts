@@ -36,13 +36,20 @@ describe('configuration', () => {
     expect(drRpoHoursOf(example.policies[0]!)).toBe(52);
     expect(drRpoHoursOf(parseConfig(withPolicy({ drRpoHours: 30 }), 'test.json').policies[0]!)).toBe(30);
     expect(problems(withPolicy({ drRpoHours: 0 }))).toEqual(['policies[0].drRpoHours = 0: must be above 0']);
-    expect(problems(withPolicy({ drRpoHours: 12 }))).toEqual(["policies[0].drRpoHours = 12: is 12, below the policy's rpoHours (26): a DR copy is never newer than the backup it copies"]);
+    expect(problems(withPolicy({ drRpoHours: 12 }))).toEqual([
+      "policies[0].drRpoHours = 12: is 12, below the policy's rpoHours (26): a DR copy is never newer than the backup it copies",
+    ]);
     const { replicateTo: _r, ...local } = example.policies[0]!;
-    expect(problems({ ...example, policies: [{ ...local, drRpoHours: 30 }] })).toEqual(['policies[0].drRpoHours = 30: applies only to a policy that replicates: set "replicateTo" too, or remove it']);
+    expect(problems({ ...example, policies: [{ ...local, drRpoHours: 30 }] })).toEqual([
+      'policies[0].drRpoHours = 30: applies only to a policy that replicates: set "replicateTo" too, or remove it',
+    ]);
   });
 
-  it('takes a policy\'s restore test settings, naming each bad one', () => {
-    const ok = parseConfig(withPolicy({ restoreTest: { enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 300, everyDays: 7 } }), 'test.json');
+  it("takes a policy's restore test settings, naming each bad one", () => {
+    const ok = parseConfig(
+      withPolicy({ restoreTest: { enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 300, everyDays: 7 } }),
+      'test.json',
+    );
     expect(ok.policies[0]!.restoreTest).toEqual({ enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 300, everyDays: 7 });
     expect(problems(withPolicy({ restoreTest: { enabled: 'yes', bootCheck: { serial: '(' }, timeoutSeconds: 2, everyDays: 0, every: 3 } }))).toEqual([
       'policies[0].restoreTest.enabled = "yes": must be true or false',
@@ -64,7 +71,10 @@ describe('configuration', () => {
     const bad: LifeboatConfig = {
       ...example,
       moverGroups: [...example.moverGroups, { id: 'extra', site: 'moon', hosts: ['esx-01', 'esx-99'] }],
-      policies: [{ ...example.policies[0]!, repository: 'tape', replicateTo: 'primary' }, { ...example.policies[1]!, id: 'nightly' }],
+      policies: [
+        { ...example.policies[0]!, repository: 'tape', replicateTo: 'primary' },
+        { ...example.policies[1]!, id: 'nightly' },
+      ],
     };
     const p = problems(bad);
     expect(p).toContain('moverGroups[3].site = "moon": names no configured site (sites: site-a, site-dr)');
@@ -100,15 +110,23 @@ describe('configuration', () => {
     const dr = example.repositories[1]!;
     const withDr = (patch: Record<string, unknown>) => ({ ...example, repositories: [example.repositories[0]!, { ...dr, ...patch }] });
 
-    it('the example\'s DR repository names its endpoint, bucket, site, replicating group and standby folder', () => {
-      expect(dr).toMatchObject({ id: 'dr', site: 'site-dr', bucket: 'lifeboat-dr', endpoint: { url: 'https://s3.dr.example.com', pathStyle: true }, replication: { moverGroup: 'dr' } });
+    it("the example's DR repository names its endpoint, bucket, site, replicating group and standby folder", () => {
+      expect(dr).toMatchObject({
+        id: 'dr',
+        site: 'site-dr',
+        bucket: 'lifeboat-dr',
+        endpoint: { url: 'https://s3.dr.example.com', pathStyle: true },
+        replication: { moverGroup: 'dr' },
+      });
     });
 
     it('rejects a replicating group that does not exist, naming the key, the value and the groups', () => {
       expect(problems(withDr({ replication: { moverGroup: 'dr-site' } }))).toEqual([
         'repositories[1].replication.moverGroup = "dr-site": names no configured mover group (groups: site-a, site-b, dr)',
       ]);
-      expect(problems(withDr({ replication: { moverGroup: 'DR' } }))[0]).toMatch(/^repositories\[1\]\.replication\.moverGroup = "DR": must be 1–39 lowercase letters/);
+      expect(problems(withDr({ replication: { moverGroup: 'DR' } }))[0]).toMatch(
+        /^repositories\[1\]\.replication\.moverGroup = "DR": must be 1–39 lowercase letters/,
+      );
     });
 
     it('rejects a replicating group that backs up hosts at another site', () => {
@@ -120,19 +138,33 @@ describe('configuration', () => {
     });
 
     it('names each bad endpoint setting', () => {
-      expect(problems(withDr({ endpoint: { url: 'ftp://dr.example.com' } }))).toEqual(['repositories[1].endpoint.url = "ftp://dr.example.com": must be an http(s) URL of an S3-compatible endpoint']);
-      expect(problems(withDr({ endpoint: { url: 'not a url' } }))).toEqual(['repositories[1].endpoint.url = "not a url": must be an http(s) URL of an S3-compatible endpoint']);
-      expect(problems(withDr({ endpoint: { pathStyle: true } }))).toEqual(['repositories[1].endpoint = {"pathStyle":true}: must give "url" (an S3-compatible endpoint) or "region" (AWS S3 in another region)']);
+      expect(problems(withDr({ endpoint: { url: 'ftp://dr.example.com' } }))).toEqual([
+        'repositories[1].endpoint.url = "ftp://dr.example.com": must be an http(s) URL of an S3-compatible endpoint',
+      ]);
+      expect(problems(withDr({ endpoint: { url: 'not a url' } }))).toEqual([
+        'repositories[1].endpoint.url = "not a url": must be an http(s) URL of an S3-compatible endpoint',
+      ]);
+      expect(problems(withDr({ endpoint: { pathStyle: true } }))).toEqual([
+        'repositories[1].endpoint = {"pathStyle":true}: must give "url" (an S3-compatible endpoint) or "region" (AWS S3 in another region)',
+      ]);
       expect(problems(withDr({ endpoint: { region: 'EU West' } }))[0]).toMatch(/^repositories\[1\]\.endpoint\.region = "EU West": must be a region name/);
-      expect(problems(withDr({ endpoint: { url: 'https://s3.dr.example.com', checksums: 'always' } }))).toEqual(['repositories[1].endpoint.checksums = "always": must be "when-required" or "when-supported"']);
-      expect(problems(withDr({ endpoint: { url: 'https://s3.dr.example.com', pathstyle: true } }))).toEqual(['repositories[1].endpoint.pathstyle: unknown key; check the spelling']);
+      expect(problems(withDr({ endpoint: { url: 'https://s3.dr.example.com', checksums: 'always' } }))).toEqual([
+        'repositories[1].endpoint.checksums = "always": must be "when-required" or "when-supported"',
+      ]);
+      expect(problems(withDr({ endpoint: { url: 'https://s3.dr.example.com', pathstyle: true } }))).toEqual([
+        'repositories[1].endpoint.pathstyle: unknown key; check the spelling',
+      ]);
       expect(problems(withDr({ endpoint: 'https://s3.dr.example.com' }))[0]).toMatch(/^repositories\[1\]\.endpoint = "https:\/\/s3\.dr\.example\.com": /);
     });
 
-    it('keeps the stack\'s own repositories on its own S3, and settings the stack cannot apply off it', () => {
+    it("keeps the stack's own repositories on its own S3, and settings the stack cannot apply off it", () => {
       const p = problems({
         ...example,
-        repositories: [{ ...example.repositories[0]!, endpoint: { url: 'https://minio.example.com' } }, { ...dr, objectLock: { mode: 'COMPLIANCE', days: 30 } }, { id: 'copy', chunkSizeMiB: 1, bucket: 'my-copy' }],
+        repositories: [
+          { ...example.repositories[0]!, endpoint: { url: 'https://minio.example.com' } },
+          { ...dr, objectLock: { mode: 'COMPLIANCE', days: 30 } },
+          { id: 'copy', chunkSizeMiB: 1, bucket: 'my-copy' },
+        ],
       });
       expect(p).toEqual([
         'repositories[0].endpoint = {"url":"https://minio.example.com"}: the first repository is the stack\'s own bucket: list a repository on another endpoint after it',
@@ -145,8 +177,12 @@ describe('configuration', () => {
 
     it('names each bad Object Lock setting', () => {
       const locked = (objectLock: unknown) => problems({ ...example, repositories: [{ ...example.repositories[0]!, objectLock }, dr] });
-      expect(() => parseConfig({ ...example, repositories: [{ ...example.repositories[0]!, objectLock: { mode: 'COMPLIANCE', days: 30 } }, dr] }, 'test.json')).not.toThrow();
-      expect(locked({ mode: 'compliance', days: 30 })).toEqual(['repositories[0].objectLock.mode = "compliance": must be "COMPLIANCE" (no one can shorten or remove a lock) or "GOVERNANCE" (a role with s3:BypassGovernanceRetention can)']);
+      expect(() =>
+        parseConfig({ ...example, repositories: [{ ...example.repositories[0]!, objectLock: { mode: 'COMPLIANCE', days: 30 } }, dr] }, 'test.json'),
+      ).not.toThrow();
+      expect(locked({ mode: 'compliance', days: 30 })).toEqual([
+        'repositories[0].objectLock.mode = "compliance": must be "COMPLIANCE" (no one can shorten or remove a lock) or "GOVERNANCE" (a role with s3:BypassGovernanceRetention can)',
+      ]);
       expect(locked({ mode: 'GOVERNANCE', days: 0 })).toEqual(['repositories[0].objectLock.days = 0: must be at least 1']);
       expect(locked({ mode: 'GOVERNANCE', days: 1.5 })).toEqual(['repositories[0].objectLock.days = 1.5: must be a whole number']);
       expect(locked({ mode: 'GOVERNANCE', days: 30, years: 1 })).toEqual(['repositories[0].objectLock.years: unknown key; check the spelling']);
@@ -157,23 +193,40 @@ describe('configuration', () => {
       expect(problems({ ...example, repositories: [example.repositories[0]!, noGroup] })).toEqual([
         'policies[0].replicateTo = "dr": names a repository no mover group replicates into: set repositories[1].replication.moverGroup',
       ]);
-      expect(problems(withDr({ replication: { moverGroup: 'dr', standbyPath: 'standby' } }))[0]).toMatch(/^repositories\[1\]\.replication\.standbyPath = "standby": must be an absolute path/);
+      expect(problems(withDr({ replication: { moverGroup: 'dr', standbyPath: 'standby' } }))[0]).toMatch(
+        /^repositories\[1\]\.replication\.standbyPath = "standby": must be an absolute path/,
+      );
     });
   });
 
-  it('exports a libvirt host\'s disks on a unix socket by default, or on TCP with TLS unless clear text is accepted explicitly', () => {
+  it("exports a libvirt host's disks on a unix socket by default, or on TCP with TLS unless clear text is accepted explicitly", () => {
     const kvm = example.hosts.findIndex((h) => h.driver === 'libvirt');
-    const withExports = (exports: unknown, patch: Record<string, unknown> = {}) => ({ ...example, hosts: example.hosts.map((h, i) => (i === kvm ? { ...h, ...patch, exports } : h)) });
+    const withExports = (exports: unknown, patch: Record<string, unknown> = {}) => ({
+      ...example,
+      hosts: example.hosts.map((h, i) => (i === kvm ? { ...h, ...patch, exports } : h)),
+    });
     const at = `hosts[${kvm}].exports`;
-    expect(parseConfig(withExports({ transport: 'tcp', address: 'kvm-01.example.com' }), 'test.json').hosts[kvm]!.exports).toEqual({ transport: 'tcp', address: 'kvm-01.example.com' });
-    expect(parseConfig(withExports({ transport: 'tcp', address: 'fd00::5', ports: [20000, 20010], scratchDir: '/var/lib/libvirt/scratch' }), 'test.json').hosts[kvm]!.exports?.ports).toEqual([20000, 20010]);
-    expect(parseConfig(withExports({ transport: 'tcp', address: '127.0.0.1', tls: false, insecure: true }), 'test.json').hosts[kvm]!.exports?.insecure).toBe(true);
-    expect(problems(withExports({ transport: 'tcp' }))).toEqual([`${at}.address = missing: is required with "transport": "tcp": the hypervisor's host name or IP address that QEMU listens on and the movers connect to`]);
+    expect(parseConfig(withExports({ transport: 'tcp', address: 'kvm-01.example.com' }), 'test.json').hosts[kvm]!.exports).toEqual({
+      transport: 'tcp',
+      address: 'kvm-01.example.com',
+    });
+    expect(
+      parseConfig(withExports({ transport: 'tcp', address: 'fd00::5', ports: [20000, 20010], scratchDir: '/var/lib/libvirt/scratch' }), 'test.json').hosts[kvm]!
+        .exports?.ports,
+    ).toEqual([20000, 20010]);
+    expect(parseConfig(withExports({ transport: 'tcp', address: '127.0.0.1', tls: false, insecure: true }), 'test.json').hosts[kvm]!.exports?.insecure).toBe(
+      true,
+    );
+    expect(problems(withExports({ transport: 'tcp' }))).toEqual([
+      `${at}.address = missing: is required with "transport": "tcp": the hypervisor's host name or IP address that QEMU listens on and the movers connect to`,
+    ]);
     expect(problems(withExports({ transport: 'tcp', address: '10.0.0.5', tls: false }))).toEqual([
       `${at}.tls = false: is false, which sends VM disks over the network in clear text: keep TLS (the default: set backup_tls_x509_cert_dir in the hypervisor's qemu.conf and LIFEBOAT_NBD_TLS_DIR on the movers), or, on a network you trust, also set "insecure": true`,
     ]);
     expect(problems(withExports({ transport: 'tcp', address: '10.0.0.5', insecure: true }))).toEqual([`${at}.insecure = true: only applies with "tls": false`]);
-    expect(problems(withExports({ transport: 'unix', address: '10.0.0.5' }))).toEqual([`${at}.address = "10.0.0.5": is only used with "transport": "tcp" (a unix socket export is read by movers on the hypervisor host)`]);
+    expect(problems(withExports({ transport: 'unix', address: '10.0.0.5' }))).toEqual([
+      `${at}.address = "10.0.0.5": is only used with "transport": "tcp" (a unix socket export is read by movers on the hypervisor host)`,
+    ]);
     expect(problems(withExports({ transport: 'tcp', address: 'nbd://10.0.0.5:10809', ports: [10900, 10800] }))).toEqual([
       `${at}.address = "nbd://10.0.0.5:10809": must be the hypervisor's host name or IP address (no scheme, port or brackets), e.g. "kvm-01.example.com" or "10.0.0.5"`,
       `${at}.ports = [10900,10800]: runs backwards: [10900, 10800] must be [from, to] with from ≤ to`,
@@ -183,10 +236,14 @@ describe('configuration', () => {
       `${at}.ports[0] = 80: must be at least 1024`,
     ]);
     const folder = example.hosts.findIndex((h) => h.driver !== 'libvirt');
-    expect(problems({ ...example, hosts: example.hosts.map((h, i) => (i === folder ? { ...h, exports: { transport: 'unix' } } : h)) })).toEqual([`hosts[${folder}].exports = {"transport":"unix"}: is only used with "driver": "libvirt"`]);
+    expect(problems({ ...example, hosts: example.hosts.map((h, i) => (i === folder ? { ...h, exports: { transport: 'unix' } } : h)) })).toEqual([
+      `hosts[${folder}].exports = {"transport":"unix"}: is only used with "driver": "libvirt"`,
+    ]);
   });
 
   it('a missing or broken file names the path', () => {
-    expect(() => loadConfig('/nonexistent/lifeboat.json')).toThrow(/\/nonexistent\/lifeboat.json is not a valid Lifeboat configuration:\n {2}- cannot read the file/);
+    expect(() => loadConfig('/nonexistent/lifeboat.json')).toThrow(
+      /\/nonexistent\/lifeboat.json is not a valid Lifeboat configuration:\n {2}- cannot read the file/,
+    );
   });
 });

@@ -29,7 +29,13 @@ let page: Page;
 async function waitForStatus(selector: string, done: string[], timeoutMs = 120_000): Promise<string> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    const text = (await page.locator(selector).textContent().catch(() => null))?.trim() ?? '';
+    const text =
+      (
+        await page
+          .locator(selector)
+          .textContent()
+          .catch(() => null)
+      )?.trim() ?? '';
     if (done.includes(text)) return text;
     if (Date.now() > until) throw new Error(`${selector} still '${text}' after ${timeoutMs} ms`);
     await page.waitForTimeout(1000);
@@ -48,8 +54,17 @@ describe.skipIf(!haveChromium)('web console (chromium)', () => {
     await t.stack.catalog.putPolicy({ policyId: 'p-web', vmIds: ['vm-web'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, rpoHours: 24 });
     profile = await mkdtemp(join(tmpdir(), 'lifeboat-chromium-'));
     browser = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM, headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     page = await browser.newPage();
   }, 300_000);
@@ -79,7 +94,7 @@ describe.skipIf(!haveChromium)('web console (chromium)', () => {
     expect((await t.stack.catalog.latestCommitted('vm-web'))?.runId).toBe(runId);
   }, 180_000);
 
-  it('lists the VM\'s backup, and verify and restore started from its page run', async () => {
+  it("lists the VM's backup, and verify and restore started from its page run", async () => {
     await page.goto(`${t.stack.endpoints.console}/vms/vm-web`);
     const backups = await page.locator('#backups').textContent();
     expect(backups).toMatch(/committed\s*8\.00 MiB/);

@@ -28,7 +28,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-it('logs and counts every retry the SDK makes of a function\'s S3 request', async () => {
+it("logs and counts every retry the SDK makes of a function's S3 request", async () => {
   const lines: Record<string, unknown>[] = [];
   const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
     for (const l of String(chunk).split('\n')) if (l.includes('"storage.retry"')) lines.push(JSON.parse(l) as Record<string, unknown>);
@@ -42,7 +42,10 @@ it('logs and counts every retry the SDK makes of a function\'s S3 request', asyn
   const body = randomBytes(2048);
   try {
     // The functions' clients, as the embedded stack makes them (the catalog is not used here).
-    const store = createClients({ tableName: 'catalog', region: 'us-east-1', dynamodbEndpoint: 'http://127.0.0.1:9', s3Endpoint: proxy.url }).store('repo', undefined);
+    const store = createClients({ tableName: 'catalog', region: 'us-east-1', dynamodbEndpoint: 'http://127.0.0.1:9', s3Endpoint: proxy.url }).store(
+      'repo',
+      undefined,
+    );
     await store.put('a', body);
     expect((await store.get('a'))?.equals(body)).toBe(true);
     expect(await store.get('missing')).toBeUndefined(); // a 404 is an answer, not a retry or a failure

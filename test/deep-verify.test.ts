@@ -15,7 +15,15 @@ import { writeV1Backup } from './helpers/format-v1.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
-const job = (backupId: string, verifyId = 'v1'): DeepVerifyJob => ({ verifyId, vmId: 'vm', backupId, moverGroup: 'g', repository: { bucket: 'repo' }, sample: 1, disks: [] });
+const job = (backupId: string, verifyId = 'v1'): DeepVerifyJob => ({
+  verifyId,
+  vmId: 'vm',
+  backupId,
+  moverGroup: 'g',
+  repository: { bucket: 'repo' },
+  sample: 1,
+  disks: [],
+});
 
 /** The memory store, counting requests. */
 class Counting implements ObjectStore {
@@ -25,8 +33,12 @@ class Counting implements ObjectStore {
   constructor(inner: MemoryObjectStore) {
     this.inner = inner;
   }
-  put(key: string, body: Uint8Array, checksum?: PutChecksum) { return this.inner.put(key, body, checksum); }
-  head(key: string) { return this.inner.head(key); }
+  put(key: string, body: Uint8Array, checksum?: PutChecksum) {
+    return this.inner.put(key, body, checksum);
+  }
+  head(key: string) {
+    return this.inner.head(key);
+  }
   get(key: string, opts: GetOptions = {}) {
     this.gets.push({ key, ...(opts.range ? { range: opts.range } : {}) });
     return this.inner.get(key, opts);
@@ -39,10 +51,20 @@ class Counting implements ObjectStore {
 
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, healChunks?: Set<string>) {
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
-  const r = await backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, parallelism: 2, ...(healChunks ? { healChunks } : {}) });
+  const r = await backupDisk({
+    store,
+    keys,
+    reader,
+    disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
+    backupId,
+    chunkSize: CHUNK,
+    parallelism: 2,
+    ...(healChunks ? { healChunks } : {}),
+  });
   return { r, m: await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store) };
 }
-const verify = (store: ObjectStore, backupId: string, sizeBytes: number, verifyId?: string) => deepVerifyDisk(job(backupId, verifyId), { diskId: 'disk0', sizeBytes }, { store, keys, parallelism: 4 });
+const verify = (store: ObjectStore, backupId: string, sizeBytes: number, verifyId?: string) =>
+  deepVerifyDisk(job(backupId, verifyId), { diskId: 'disk0', sizeBytes }, { store, keys, parallelism: 4 });
 
 describe('deepVerifyDisk, format 2', () => {
   it('reads an intact backup with one range GET per run of chunks and never loads the index', async () => {
@@ -74,10 +96,17 @@ describe('deepVerifyDisk, format 2', () => {
 
     const store = new Counting(mem);
     const first = await verify(store, 'b1', data.length);
-    expect(first.damaged).toEqual([{
-      backupId: 'b1', diskId: 'disk0', offsets: [CHUNK, 3 * CHUNK], objectKey: at.key, chunkId: id, range: { offset: at.offset, length: at.length },
-      reason: expect.stringContaining('failed authentication'),
-    }]);
+    expect(first.damaged).toEqual([
+      {
+        backupId: 'b1',
+        diskId: 'disk0',
+        offsets: [CHUNK, 3 * CHUNK],
+        objectKey: at.key,
+        chunkId: id,
+        range: { offset: at.offset, length: at.length },
+        reason: expect.stringContaining('failed authentication'),
+      },
+    ]);
     expect(first.chunksFromOtherCopies).toBe(0);
     expect(store.lists).toEqual(['index/', 'index/']); // loaded once damage was found (a LIST, then one confirming it)
 
@@ -111,14 +140,18 @@ describe('deepVerifyDisk, format 2', () => {
     const key = objectKeys.pack(m.packs![0]!.id);
     mem.objects.delete(key);
     const out = await verify(mem, 'b1', data.length);
-    expect(out.damaged.map((f) => [f.chunkId, f.objectKey, f.offsets])).toEqual([[m.chunks[0], key, [0]], [m.chunks[1], key, [CHUNK]]]);
-    expect(out.damaged[0]!.reason).toBe(`the pack is missing from the repository (the chunk is bytes ${chunkLocation(m, m.chunks[0]!).offset}+${chunkLocation(m, m.chunks[0]!).length} of ${key})`);
+    expect(out.damaged.map((f) => [f.chunkId, f.objectKey, f.offsets])).toEqual([
+      [m.chunks[0], key, [0]],
+      [m.chunks[1], key, [CHUNK]],
+    ]);
+    expect(out.damaged[0]!.reason).toBe(
+      `the pack is missing from the repository (the chunk is bytes ${chunkLocation(m, m.chunks[0]!).offset}+${chunkLocation(m, m.chunks[0]!).length} of ${key})`,
+    );
   });
 });
 
 describe('deepVerifyDisk, format 1', () => {
   const backupV1 = (store: MemoryObjectStore, data: Buffer) => writeV1Backup(store, keys, { backupId: 'b1', data, chunkSize: CHUNK });
-
 
   it('reads each chunk object with one whole GET and names a damaged or missing one by its key and id', async () => {
     const mem = new MemoryObjectStore();
@@ -131,21 +164,44 @@ describe('deepVerifyDisk, format 1', () => {
     mem.objects.delete(objectKeys.chunk(m.chunks[2]!));
     const out = await verify(mem, 'b1', data.length);
     expect(out.damaged).toEqual([
-      { backupId: 'b1', diskId: 'disk0', offsets: [0], objectKey: objectKeys.chunk(m.chunks[0]!), chunkId: m.chunks[0], reason: expect.stringContaining('failed authentication') },
-      { backupId: 'b1', diskId: 'disk0', offsets: [2 * CHUNK], objectKey: objectKeys.chunk(m.chunks[2]!), chunkId: m.chunks[2], reason: 'the chunk is missing from the repository' },
+      {
+        backupId: 'b1',
+        diskId: 'disk0',
+        offsets: [0],
+        objectKey: objectKeys.chunk(m.chunks[0]!),
+        chunkId: m.chunks[0],
+        reason: expect.stringContaining('failed authentication'),
+      },
+      {
+        backupId: 'b1',
+        diskId: 'disk0',
+        offsets: [2 * CHUNK],
+        objectKey: objectKeys.chunk(m.chunks[2]!),
+        chunkId: m.chunks[2],
+        reason: 'the chunk is missing from the repository',
+      },
     ]);
   });
 });
 
 describe('recordDeepVerify', () => {
-  it('clears the quarantine of the chunks a healed backup\'s findings named: by chunkId, or by the key of a format-1 finding', async () => {
+  it("clears the quarantine of the chunks a healed backup's findings named: by chunkId, or by the key of a format-1 finding", async () => {
     const packed = 'a1'.repeat(32);
     const old = 'b2'.repeat(32);
     const cleared: string[][] = [];
     const damage: BackupDamage = {
-      verifyId: 'v-old', foundAt: '2026-11-01T00:00:00Z',
+      verifyId: 'v-old',
+      foundAt: '2026-11-01T00:00:00Z',
       findings: [
-        { backupId: 'b1', diskId: 'disk0', offsets: [0], objectKey: objectKeys.pack('cc'.repeat(16)), chunkId: packed, range: { offset: 0, length: 10 }, reason: 'x' },
+        {
+          backupId: 'b1',
+          diskId: 'disk0',
+          offsets: [0],
+          objectKey: objectKeys.pack('cc'.repeat(16)),
+          chunkId: packed,
+          range: { offset: 0, length: 10 },
+          reason: 'x',
+        },
         { backupId: 'b1', diskId: 'disk0', offsets: [0], objectKey: objectKeys.chunk(old), reason: 'y' },
         { backupId: 'b1', diskId: 'disk0', offsets: [], objectKey: objectKeys.manifest('b1', 'disk0'), reason: 'z' },
       ],
@@ -158,7 +214,10 @@ describe('recordDeepVerify', () => {
       putRecord: async () => {},
     } as unknown as RecoveryCatalog;
     const verified = [{ diskId: 'disk0', chunksTotal: 2, chunksChecked: 2, bytesRead: 1, damaged: [], chunksFromOtherCopies: 1, seconds: 0 }];
-    const s = await recordDeepVerify({ ...job('b1', 'v-new'), disks: [{ diskId: 'disk0', sizeBytes: 1 }], verified }, { recovery, catalog: { backupsWithStatus: async () => [] }, now: () => new Date() });
+    const s = await recordDeepVerify(
+      { ...job('b1', 'v-new'), disks: [{ diskId: 'disk0', sizeBytes: 1 }], verified },
+      { recovery, catalog: { backupsWithStatus: async () => [] }, now: () => new Date() },
+    );
     expect(s.healed).toEqual({ previousVerifyId: 'v-old', chunks: [packed, old] });
     expect(cleared).toEqual([[packed, old]]);
     expect(markedVerified).toEqual(['b1']); // an intact verification is recorded on the backup (its 'verified')

@@ -54,7 +54,12 @@ describe('lifeboat-mover.service', () => {
 
   it('starts the mover with the settings the embedded stack and the bench use (mover/start-settings.ts), its compile cache in its CacheDirectory', () => {
     const lines = [...unit.matchAll(/^Environment=(.*)$/gm)].map((m) => m[1]!);
-    const set = Object.fromEntries(lines.flatMap((l) => l.split(/\s+/)).filter(Boolean).map((kv) => kv.split('=') as [string, string]));
+    const set = Object.fromEntries(
+      lines
+        .flatMap((l) => l.split(/\s+/))
+        .filter(Boolean)
+        .map((kv) => kv.split('=') as [string, string]),
+    );
     const cacheDirectory = /^CacheDirectory=(\S+)$/m.exec(unit)?.[1];
     expect(cacheDirectory).toBe('lifeboat-mover');
     expect(set).toEqual(moverStartEnv(`/var/cache/${cacheDirectory}`));
@@ -82,9 +87,15 @@ describe('lifeboat-mover.service', () => {
     dirs.push(dir);
     const file = join(dir, 'lifeboat-mover.service');
     // Point at files that exist here; everything else is verified as written.
-    writeFileSync(file, unit.replace(/^ExecStart=.*$/m, `ExecStart=${process.execPath} ${join(process.cwd(), 'mover/main.ts')}`)
-      .replace(/^EnvironmentFile=.*$/m, `EnvironmentFile=-${join(dir, 'mover.env')}`).replace(/^User=.*$/m, 'User=root').replace(/^Group=.*$/m, 'Group=root')
-      .replace(/^WorkingDirectory=.*$/m, `WorkingDirectory=${dir}`));
+    writeFileSync(
+      file,
+      unit
+        .replace(/^ExecStart=.*$/m, `ExecStart=${process.execPath} ${join(process.cwd(), 'mover/main.ts')}`)
+        .replace(/^EnvironmentFile=.*$/m, `EnvironmentFile=-${join(dir, 'mover.env')}`)
+        .replace(/^User=.*$/m, 'User=root')
+        .replace(/^Group=.*$/m, 'Group=root')
+        .replace(/^WorkingDirectory=.*$/m, `WorkingDirectory=${dir}`),
+    );
     const out = execFileSync('systemd-analyze', ['verify', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
     expect(out).toBe('');
   });

@@ -12,10 +12,26 @@ import { errorClasses } from '../contracts/errors.ts';
 import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
-type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string; ItemsPath?: string;
-  Parameters?: Record<string, unknown>; ResultPath?: string; OutputPath?: string; ItemSelector?: Record<string, unknown>; MaxConcurrency?: number;
-  Choices?: { Variable: string; StringEquals?: string; IsString?: boolean; Next: string }[]; Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[];
-  Catch?: { ErrorEquals: string[]; Next: string; ResultPath?: string }[]; ItemProcessor?: { StartAt: string; States: Record<string, State> }; Error?: string };
+type State = {
+  Type: string;
+  Next?: string;
+  End?: boolean;
+  Resource?: string;
+  TimeoutSeconds?: number;
+  HeartbeatSeconds?: number;
+  Default?: string;
+  ItemsPath?: string;
+  Parameters?: Record<string, unknown>;
+  ResultPath?: string;
+  OutputPath?: string;
+  ItemSelector?: Record<string, unknown>;
+  MaxConcurrency?: number;
+  Choices?: { Variable: string; StringEquals?: string; IsString?: boolean; Next: string }[];
+  Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[];
+  Catch?: { ErrorEquals: string[]; Next: string; ResultPath?: string }[];
+  ItemProcessor?: { StartAt: string; States: Record<string, State> };
+  Error?: string;
+};
 type Definition = { StartAt: string; States: Record<string, State> };
 
 const config = loadConfig(); // the example: kvm-01 (libvirt) in group site-a, groups site-a and site-b serve hosts
@@ -56,7 +72,11 @@ describe('Discover workflow', () => {
     expect(def.States.ListDiscoveryHosts).toMatchObject({ Next: 'DiscoverHosts', ResultPath: '$.list' });
     expect(def.States.ListDiscoveryHosts!.Parameters).toBeUndefined(); // the function gets the execution input, { hostId? }
     expect(def.States.DiscoverHosts).toMatchObject({ Type: 'Map', ItemsPath: '$.list.hosts', ResultPath: '$.hosts', Next: 'SummarizeDiscovery' });
-    expect(def.States.DiscoverHosts!.ItemSelector).toEqual({ 'host.$': '$$.Map.Item.Value', 'discoveryId.$': '$$.Execution.Name', 'startedAt.$': '$$.Execution.StartTime' });
+    expect(def.States.DiscoverHosts!.ItemSelector).toEqual({
+      'host.$': '$$.Map.Item.Value',
+      'discoveryId.$': '$$.Execution.Name',
+      'startedAt.$': '$$.Execution.StartTime',
+    });
     expect(def.States.DiscoverHosts!.MaxConcurrency).toBeGreaterThan(0);
     expect(def.States.SummarizeDiscovery!.End).toBe(true);
   });
@@ -84,7 +104,9 @@ describe('Discover workflow', () => {
 
   it('retries a dead mover, and reports any failure of a host as HostFailed so the other hosts go on', () => {
     const { all } = discover();
-    const tasks = Object.entries(all).filter(([n]) => n.startsWith('DiscoverHost (')).map(([, s]) => s);
+    const tasks = Object.entries(all)
+      .filter(([n]) => n.startsWith('DiscoverHost ('))
+      .map(([, s]) => s);
     expect(tasks.length).toBe(2);
     for (const t of [...tasks, all.RecordInventory!]) {
       expect(t.Retry!.some((r) => r.ErrorEquals.includes('States.Timeout'))).toBe(true);
@@ -105,23 +127,35 @@ describe('Discover workflow', () => {
     }
   });
 
-  it('is started hourly in UTC by default, through the policies\' dead-letter queue, with every libvirt host', () => {
+  it("is started hourly in UTC by default, through the policies' dead-letter queue, with every libvirt host", () => {
     template.hasResourceProperties('AWS::Scheduler::Schedule', {
-      ScheduleExpression: 'rate(1 hour)', ScheduleExpressionTimezone: 'UTC',
+      ScheduleExpression: 'rate(1 hour)',
+      ScheduleExpressionTimezone: 'UTC',
       Target: Match.objectLike({ Input: '{}', DeadLetterConfig: Match.objectLike({ Arn: Match.anyValue() }) }),
     });
   });
 
   it('follows the configured discovery schedule, and has none without a libvirt host or a configured one', () => {
     const scheduled = synth(parseConfig({ ...config, discovery: { schedule: { expression: 'cron(15 * * * ? *)', timeZone: 'Europe/Berlin' } } }, 't'));
-    scheduled.template.hasResourceProperties('AWS::Scheduler::Schedule', { ScheduleExpression: 'cron(15 * * * ? *)', ScheduleExpressionTimezone: 'Europe/Berlin', Target: Match.objectLike({ Input: '{}' }) });
+    scheduled.template.hasResourceProperties('AWS::Scheduler::Schedule', {
+      ScheduleExpression: 'cron(15 * * * ? *)',
+      ScheduleExpressionTimezone: 'Europe/Berlin',
+      Target: Match.objectLike({ Input: '{}' }),
+    });
     const none = synth(parseConfig({ ...config, hosts: config.hosts.map(({ driver: _d, uri: _u, ...h }) => h) }, 't'));
-    const inputs = Object.values(none.template.findResources('AWS::Scheduler::Schedule')).map((r) => (r as { Properties: { Target: { Input: string } } }).Properties.Target.Input);
+    const inputs = Object.values(none.template.findResources('AWS::Scheduler::Schedule')).map(
+      (r) => (r as { Properties: { Target: { Input: string } } }).Properties.Target.Input,
+    );
     expect(inputs).not.toContain('{}');
   });
 
   it('grants RecordInventory only the catalog calls it makes, and SummarizeDiscovery none', () => {
-    const policyOf = (fid: string) => Object.values(template.findResources('AWS::IAM::Policy')).find((p) => JSON.stringify(p).includes(`${fid}ServiceRoleDefaultPolicy`) || JSON.stringify((p as { Properties: { Roles: unknown } }).Properties.Roles).includes(`${fid}ServiceRole`));
+    const policyOf = (fid: string) =>
+      Object.values(template.findResources('AWS::IAM::Policy')).find(
+        (p) =>
+          JSON.stringify(p).includes(`${fid}ServiceRoleDefaultPolicy`) ||
+          JSON.stringify((p as { Properties: { Roles: unknown } }).Properties.Roles).includes(`${fid}ServiceRole`),
+      );
     const record = JSON.stringify(policyOf('RecordInventory'));
     for (const a of ['dynamodb:UpdateItem', 'dynamodb:PutItem', 'dynamodb:GetItem', 'dynamodb:Query']) expect(record).toContain(a);
     expect(record).not.toContain('dynamodb:DeleteItem');

@@ -15,14 +15,17 @@ import type { DiscoverySummary, RunSummary } from '../contracts/workflow-outputs
 
 let t: TestStack;
 const example = loadConfig();
-const config = parseConfig({
-  ...example,
-  moverGroups: example.moverGroups.map((g) => (g.id === 'site-a' ? { ...g, hosts: [...g.hosts, 'kvm-02'] } : g)),
-  hosts: [
-    ...example.hosts.map((h) => (h.id === 'kvm-01' ? { ...h, uri: 'test:///default' } : h)),
-    { id: 'kvm-02', driver: 'libvirt', uri: 'test:///nonexistent/kvm-02.xml', maxConcurrentBackups: 1 },
-  ],
-}, 'discover.e2e');
+const config = parseConfig(
+  {
+    ...example,
+    moverGroups: example.moverGroups.map((g) => (g.id === 'site-a' ? { ...g, hosts: [...g.hosts, 'kvm-02'] } : g)),
+    hosts: [
+      ...example.hosts.map((h) => (h.id === 'kvm-01' ? { ...h, uri: 'test:///default' } : h)),
+      { id: 'kvm-02', driver: 'libvirt', uri: 'test:///nonexistent/kvm-02.xml', maxConcurrentBackups: 1 },
+    ],
+  },
+  'discover.e2e',
+);
 
 const discover = async (input: Record<string, unknown>) => {
   const d = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Discover!, input, { pollMs: 200 });
@@ -45,12 +48,26 @@ it('inventories every libvirt host through the mover, reporting the unreachable 
   expect(s.failedHosts).toEqual(['kvm-02']);
   expect(s.hosts).toEqual([
     { hostId: 'kvm-01', found: 1, new: 1, returned: 0, manual: 0, gone: 0, stillGone: 0 },
-    { hostId: 'kvm-02', error: { Error: 'Mover.SourceUnavailable', Cause: expect.stringMatching(/cannot reach libvirt at test:\/\/\/nonexistent\/kvm-02\.xml .*failed to connect to the hypervisor.*Check the host.s "uri"/) } },
+    {
+      hostId: 'kvm-02',
+      error: {
+        Error: 'Mover.SourceUnavailable',
+        Cause: expect.stringMatching(
+          /cannot reach libvirt at test:\/\/\/nonexistent\/kvm-02\.xml .*failed to connect to the hypervisor.*Check the host.s "uri"/,
+        ),
+      },
+    },
   ]);
   expect(s).toMatchObject({ found: 1, new: 1, gone: 0 });
   const vm = await t.stack.catalog.getVm('test@kvm-01');
   expect(vm).toMatchObject({
-    vmId: 'test@kvm-01', host: 'kvm-01', source: 'test', name: 'test', state: virsh('domstate', 'test'), agent: false, tags: [],
+    vmId: 'test@kvm-01',
+    host: 'kvm-01',
+    source: 'test',
+    name: 'test',
+    state: virsh('domstate', 'test'),
+    agent: false,
+    tags: [],
     uuid: virsh('domuuid', 'test'),
     disks: [{ target: 'vda', type: 'file', format: 'raw', source: '/guest/diskimage1', sizeBytes: expect.any(Number) }],
   });
@@ -65,7 +82,11 @@ it('inventories every libvirt host through the mover, reporting the unreachable 
 
 it('discovers one host on demand, and marks a VM discovered earlier but no longer there gone', async () => {
   // A VM an earlier discovery found on kvm-01 that the host no longer has.
-  await t.stack.catalog.recordDiscoveredVm('kvm-01', { name: 'web-9', uuid: 'u-9', state: 'shut off', tags: ['prod'], agent: false, disks: [] }, { id: 'earlier', at: '2026-01-01T00:00:00.000Z' });
+  await t.stack.catalog.recordDiscoveredVm(
+    'kvm-01',
+    { name: 'web-9', uuid: 'u-9', state: 'shut off', tags: ['prod'], agent: false, disks: [] },
+    { id: 'earlier', at: '2026-01-01T00:00:00.000Z' },
+  );
   const d = await discover({ hostId: 'kvm-01' });
   expect(d.status, d.cause).toBe('SUCCEEDED');
   const s = JSON.parse(d.output!) as DiscoverySummary;
@@ -82,12 +103,32 @@ it('refuses a host it cannot discover, naming it', async () => {
 }, 60_000);
 
 it('a Backup run of a policy selecting by name reports the gone VM as failed (Source.VmGone) instead of dropping it', async () => {
-  await t.stack.catalog.putPolicy({ policyId: 'p-web', vmIds: [], hosts: ['kvm-01'], names: ['web-*'], bucket: t.stack.endpoints.bucket, chunkSize: 1 << 20, slotLimit: 1 });
+  await t.stack.catalog.putPolicy({
+    policyId: 'p-web',
+    vmIds: [],
+    hosts: ['kvm-01'],
+    names: ['web-*'],
+    bucket: t.stack.endpoints.bucket,
+    chunkSize: 1 << 20,
+    slotLimit: 1,
+  });
   const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-web' }, { pollMs: 200 });
   expect(d.status, d.cause).toBe('SUCCEEDED');
   const summary = JSON.parse(d.output!) as RunSummary;
   expect(summary).toMatchObject({ committed: 0, failed: 1 });
-  expect(summary.vms).toEqual([{ vmId: 'web-9@kvm-01', backupId: expect.any(String), status: 'failed', error: { Error: 'Source.VmGone', Cause: expect.stringMatching(/^VM web-9@kvm-01 was not found on its host kvm-01 at the last discovery \(gone since .*\): was it deleted, renamed or moved/) } }]);
+  expect(summary.vms).toEqual([
+    {
+      vmId: 'web-9@kvm-01',
+      backupId: expect.any(String),
+      status: 'failed',
+      error: {
+        Error: 'Source.VmGone',
+        Cause: expect.stringMatching(
+          /^VM web-9@kvm-01 was not found on its host kvm-01 at the last discovery \(gone since .*\): was it deleted, renamed or moved/,
+        ),
+      },
+    },
+  ]);
   const [backup] = await t.stack.catalog.listBackups('web-9@kvm-01');
   expect(backup).toMatchObject({ status: 'failed', error: { Error: 'Source.VmGone' } });
 }, 120_000);

@@ -19,8 +19,13 @@ import type { VmInventory } from '../mover/sources/source.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
 
 const vm = (name: string, extra: Partial<DiscoveredVm> = {}): DiscoveredVm => ({
-  name, uuid: `uuid-${name}`, state: 'running', tags: [], agent: false,
-  disks: [{ target: 'vda', type: 'file', format: 'qcow2', sizeBytes: 1 << 30, source: `/var/lib/libvirt/images/${name}.qcow2` }], ...extra,
+  name,
+  uuid: `uuid-${name}`,
+  state: 'running',
+  tags: [],
+  agent: false,
+  disks: [{ target: 'vda', type: 'file', format: 'qcow2', sizeBytes: 1 << 30, source: `/var/lib/libvirt/images/${name}.qcow2` }],
+  ...extra,
 });
 
 /** An inventory of `vms`, counting describeVm calls; `vanish` are listed but gone when described. */
@@ -28,7 +33,10 @@ function fakeInventory(vms: DiscoveredVm[], vanish: string[] = []) {
   const calls: string[] = [];
   const inv: VmInventory = {
     vmNames: async () => [...vms.map((v) => v.name), ...vanish].reverse(),
-    describeVm: async (name) => { calls.push(name); return vms.find((v) => v.name === name); },
+    describeVm: async (name) => {
+      calls.push(name);
+      return vms.find((v) => v.name === name);
+    },
   };
   return { inv, calls };
 }
@@ -61,17 +69,35 @@ describe('the discover task', () => {
   });
 
   it('rejects a task input that does not match its schema, naming the field', async () => {
-    const drivers = () => { throw new Error('not reached'); };
-    await expect(runDiscoverTask({ task: 'discover', hostId: 'kvm-01', hypervisor: { driver: 'folder' } }, drivers)).rejects.toThrow(/discover task input is not valid: hypervisor/);
-    await expect(runDiscoverTask({ task: 'discover', hypervisor: { driver: 'libvirt', uri: 'test:///default' } }, drivers)).rejects.toMatchObject({ name: 'Mover.BadTaskInput' });
-    await expect(runDiscoverTask({ task: 'discover', hostId: 'kvm-01', hypervisor: { driver: 'libvirt', uri: 'test:///default', exports: { transport: 'tcp' } } }, drivers)).rejects.toThrow(/discover task input is not valid: hypervisor.exports.address/);
+    const drivers = () => {
+      throw new Error('not reached');
+    };
+    await expect(runDiscoverTask({ task: 'discover', hostId: 'kvm-01', hypervisor: { driver: 'folder' } }, drivers)).rejects.toThrow(
+      /discover task input is not valid: hypervisor/,
+    );
+    await expect(runDiscoverTask({ task: 'discover', hypervisor: { driver: 'libvirt', uri: 'test:///default' } }, drivers)).rejects.toMatchObject({
+      name: 'Mover.BadTaskInput',
+    });
+    await expect(
+      runDiscoverTask(
+        { task: 'discover', hostId: 'kvm-01', hypervisor: { driver: 'libvirt', uri: 'test:///default', exports: { transport: 'tcp' } } },
+        drivers,
+      ),
+    ).rejects.toThrow(/discover task input is not valid: hypervisor.exports.address/);
   });
 
   it('takes a host whose exports are on TCP: the hypervisor travels whole, and the driver is chosen by it', async () => {
     const { inv } = fakeInventory([vm('a')]);
     const seen: unknown[] = [];
-    const drivers = (h: unknown) => { seen.push(h); return inv as never; };
-    const hypervisor = { driver: 'libvirt', uri: 'qemu+ssh://kvm-01/system', exports: { transport: 'tcp', address: 'kvm-01.example.com', ports: [10809, 10819] } };
+    const drivers = (h: unknown) => {
+      seen.push(h);
+      return inv as never;
+    };
+    const hypervisor = {
+      driver: 'libvirt',
+      uri: 'qemu+ssh://kvm-01/system',
+      exports: { transport: 'tcp', address: 'kvm-01.example.com', ports: [10809, 10819] },
+    };
     expect((await runDiscoverTask({ task: 'discover', hostId: 'kvm-01', hypervisor }, drivers)).vms.map((v) => v.name)).toEqual(['a']);
     expect(seen).toEqual([hypervisor]);
   });
@@ -91,24 +117,37 @@ describe('RecordInventory and Plan on dynalite', () => {
     for (let i = 0; i === 0 || i < vms.length; i += pageSize) {
       const chunk = vms.slice(i, i + pageSize);
       const last = i + pageSize >= vms.length;
-      totals = await recordInventory({ discoveryId: id, startedAt, hostId: 'kvm-01', page: { hostId: 'kvm-01', vms: chunk, next: last ? null : chunk.at(-1)!.name }, totals }, { catalog, now });
+      totals = await recordInventory(
+        { discoveryId: id, startedAt, hostId: 'kvm-01', page: { hostId: 'kvm-01', vms: chunk, next: last ? null : chunk.at(-1)!.name }, totals },
+        { catalog, now },
+      );
     }
     clock += 60_000;
     return totals!;
   };
-  const policy = (extra: Record<string, unknown>) => catalog.putPolicy({ policyId: 'p', vmIds: [], bucket: 'b', chunkSize: 1 << 20, slotLimit: 4, hosts: ['kvm-01'], ...extra });
+  const policy = (extra: Record<string, unknown>) =>
+    catalog.putPolicy({ policyId: 'p', vmIds: [], bucket: 'b', chunkSize: 1 << 20, slotLimit: 4, hosts: ['kvm-01'], ...extra });
   const runPlan = (runId: string) => plan({ policyId: 'p', runId }, { catalog, now });
 
   beforeAll(async () => {
     db = await startTestCatalog();
     catalog = db.catalog;
-    await catalog.putHost({ hostId: 'kvm-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
+    await catalog.putHost({
+      hostId: 'kvm-01',
+      moverGroup: 'site-a',
+      site: 'site-a',
+      maxConcurrentBackups: 2,
+      datastores: {},
+      hypervisor: { driver: 'libvirt', uri: 'test:///default' },
+    });
     await catalog.putHost({ hostId: 'esx-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: {} });
   });
   afterAll(async () => db?.close());
 
   it('lists every libvirt host, or the one the input names, and refuses a host it cannot discover', async () => {
-    expect(await listDiscoveryHosts({}, { catalog })).toEqual({ hosts: [{ hostId: 'kvm-01', moverGroup: 'site-a', hypervisor: { driver: 'libvirt', uri: 'test:///default' } }] });
+    expect(await listDiscoveryHosts({}, { catalog })).toEqual({
+      hosts: [{ hostId: 'kvm-01', moverGroup: 'site-a', hypervisor: { driver: 'libvirt', uri: 'test:///default' } }],
+    });
     expect((await listDiscoveryHosts({ hostId: 'kvm-01' }, { catalog })).hosts).toHaveLength(1);
     await expect(listDiscoveryHosts({ hostId: 'esx-01' }, { catalog })).rejects.toThrow(DiscoveryRequestInvalid);
     await expect(listDiscoveryHosts({ hostId: 'esx-01' }, { catalog })).rejects.toThrow(/folder driver, which has nothing to discover/);
@@ -119,13 +158,25 @@ describe('RecordInventory and Plan on dynalite', () => {
     const t = await discover('d1', [vm('web-1', { tags: ['prod'] }), vm('web-2'), vm('db-1', { tags: ['prod', 'db'], agent: true })], 2);
     expect(t).toMatchObject({ hostId: 'kvm-01', found: 3, new: 3, returned: 0, gone: 0, stillGone: 0, next: null });
     const web1 = await catalog.getVm(discoveredVmId('web-1', 'kvm-01'));
-    expect(web1).toMatchObject({ vmId: 'web-1@kvm-01', host: 'kvm-01', source: 'web-1', name: 'web-1', uuid: 'uuid-web-1', state: 'running', tags: ['prod'], agent: false });
+    expect(web1).toMatchObject({
+      vmId: 'web-1@kvm-01',
+      host: 'kvm-01',
+      source: 'web-1',
+      name: 'web-1',
+      uuid: 'uuid-web-1',
+      state: 'running',
+      tags: ['prod'],
+      agent: false,
+    });
     expect(web1!.disks).toEqual(vm('web-1').disks);
     expect(web1!.discoveredAt).toBe('2026-12-01T10:00:02.000Z');
     expect(web1!.gone).toBeUndefined();
     expect((await catalog.vmsOnHost('kvm-01')).sort()).toEqual(['db-1@kvm-01', 'web-1@kvm-01', 'web-2@kvm-01']);
     // A retried RecordInventory of the same discovery: same records, still counted new.
-    const again = await recordInventory({ discoveryId: 'd1', startedAt: '2026-12-01T10:00:00Z', hostId: 'kvm-01', page: { hostId: 'kvm-01', vms: [vm('web-2')], next: 'web-2' } }, { catalog, now });
+    const again = await recordInventory(
+      { discoveryId: 'd1', startedAt: '2026-12-01T10:00:00Z', hostId: 'kvm-01', page: { hostId: 'kvm-01', vms: [vm('web-2')], next: 'web-2' } },
+      { catalog, now },
+    );
     expect(again).toMatchObject({ found: 1, new: 1 });
     clock += 1000;
   });
@@ -160,13 +211,24 @@ describe('RecordInventory and Plan on dynalite', () => {
   it('does not mark gone a VM that a discovery running beside it saw after this one started', async () => {
     const startedAt = now().toISOString();
     clock += 1000;
-    await recordInventory({ discoveryId: 'later', startedAt: now().toISOString(), hostId: 'kvm-01', page: { hostId: 'kvm-01', vms: [vm('new-late')], next: 'new-late' } }, { catalog, now });
-    const t = await recordInventory({ discoveryId: 'earlier', startedAt, hostId: 'kvm-01', page: { hostId: 'kvm-01', vms: [vm('web-1', { tags: ['prod'] }), vm('web-2'), vm('db-1', { tags: ['prod', 'db'], agent: true })], next: null } }, { catalog, now });
+    await recordInventory(
+      { discoveryId: 'later', startedAt: now().toISOString(), hostId: 'kvm-01', page: { hostId: 'kvm-01', vms: [vm('new-late')], next: 'new-late' } },
+      { catalog, now },
+    );
+    const t = await recordInventory(
+      {
+        discoveryId: 'earlier',
+        startedAt,
+        hostId: 'kvm-01',
+        page: { hostId: 'kvm-01', vms: [vm('web-1', { tags: ['prod'] }), vm('web-2'), vm('db-1', { tags: ['prod', 'db'], agent: true })], next: null },
+      },
+      { catalog, now },
+    );
     expect(t.gone).toBe(0);
     expect((await catalog.getVm('new-late@kvm-01'))!.gone).toBeUndefined();
   });
 
-  it('Plan selects the hosts\' VMs by name pattern and by tag', async () => {
+  it("Plan selects the hosts' VMs by name pattern and by tag", async () => {
     await policy({ names: ['web-*'] });
     expect((await runPlan('run-names')).vms.map((v) => v.vmId).sort()).toEqual(['web-1@kvm-01', 'web-2@kvm-01']);
     await policy({ tags: ['db', 'nothing'] });
@@ -177,10 +239,24 @@ describe('RecordInventory and Plan on dynalite', () => {
     expect(job).toMatchObject({ source: 'web-1', host: 'kvm-01', hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
     // A host's TCP exports reach the job through the catalog.
     const exports = { transport: 'tcp' as const, address: '10.0.0.5', ports: [10809, 10811] as [number, number], tls: true };
-    await catalog.putHost({ hostId: 'kvm-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'qemu+tls://10.0.0.5/system', exports } });
+    await catalog.putHost({
+      hostId: 'kvm-01',
+      moverGroup: 'site-a',
+      site: 'site-a',
+      maxConcurrentBackups: 2,
+      datastores: {},
+      hypervisor: { driver: 'libvirt', uri: 'qemu+tls://10.0.0.5/system', exports },
+    });
     const remote = (await runPlan('run-job-tcp')).vms.find((v) => v.vmId === 'web-1@kvm-01')!;
     expect(remote.hypervisor).toEqual({ driver: 'libvirt', uri: 'qemu+tls://10.0.0.5/system', exports });
-    await catalog.putHost({ hostId: 'kvm-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
+    await catalog.putHost({
+      hostId: 'kvm-01',
+      moverGroup: 'site-a',
+      site: 'site-a',
+      maxConcurrentBackups: 2,
+      datastores: {},
+      hypervisor: { driver: 'libvirt', uri: 'test:///default' },
+    });
   });
 
   it('Plan does not back up a gone VM but reports it, and Summarize counts it failed with Source.VmGone', async () => {
@@ -197,7 +273,9 @@ describe('RecordInventory and Plan on dynalite', () => {
     expect(summary).toMatchObject({ committed: 1, failed: 1 });
     const failed = summary.vms.find((v) => v.status === 'failed')!;
     expect(failed.error!.Error).toBe('Source.VmGone');
-    expect(failed.error!.Cause).toMatch(/^VM web-2@kvm-01 was not found on its host kvm-01 at the last discovery \(gone since 2026-12-01T.*\): was it deleted, renamed or moved/);
+    expect(failed.error!.Cause).toMatch(
+      /^VM web-2@kvm-01 was not found on its host kvm-01 at the last discovery \(gone since 2026-12-01T.*\): was it deleted, renamed or moved/,
+    );
   });
 });
 
@@ -211,8 +289,15 @@ describe('the Discover summary', () => {
       ],
     });
     expect(s).toEqual({
-      discoveryId: 'x', found: 3, new: 1, gone: 1, failedHosts: ['b'],
-      hosts: [{ hostId: 'a', found: 3, new: 1, returned: 0, manual: 0, gone: 1, stillGone: 0 }, { hostId: 'b', error: { Error: 'Mover.SourceUnavailable', Cause: 'virsh list on qemu+ssh://b/system failed' } }],
+      discoveryId: 'x',
+      found: 3,
+      new: 1,
+      gone: 1,
+      failedHosts: ['b'],
+      hosts: [
+        { hostId: 'a', found: 3, new: 1, returned: 0, manual: 0, gone: 1, stillGone: 0 },
+        { hostId: 'b', error: { Error: 'Mover.SourceUnavailable', Cause: 'virsh list on qemu+ssh://b/system failed' } },
+      ],
     });
   });
 });
@@ -242,17 +327,23 @@ describe('configuration of discovery', () => {
     ]);
     expect(problems(withVms({ tags: ['a,b'] }))).toEqual(['policies[0].vms.tags[0] = "a,b": must be a tag of 1–64 characters without spaces or commas']);
     expect(problems(withVms({ names: [] }))).toEqual(['policies[0].vms = {"names":[]}: must select VMs: give "ids", "hosts", "names" or "tags"']);
-    expect(problems(withVms({ hosts: ['esx-01'], tags: ['prod'] }))).toEqual(['policies[0].vms.tags = ["prod"]: selects by tag, but none of the policy\'s hosts is a libvirt host (only discovered VMs carry tags)']);
-    expect(problems(withVms({ hosts: [], names: ['web-*'] }))).toEqual(['policies[0].vms.hosts = []: is empty: leave it out to filter the VMs of every host by "names" and "tags"']);
+    expect(problems(withVms({ hosts: ['esx-01'], tags: ['prod'] }))).toEqual([
+      'policies[0].vms.tags = ["prod"]: selects by tag, but none of the policy\'s hosts is a libvirt host (only discovered VMs carry tags)',
+    ]);
+    expect(problems(withVms({ hosts: [], names: ['web-*'] }))).toEqual([
+      'policies[0].vms.hosts = []: is empty: leave it out to filter the VMs of every host by "names" and "tags"',
+    ]);
   });
 
-  it('takes a discovery schedule (hourly by default with a libvirt host, none without) and libvirt\'s test URI', () => {
+  it("takes a discovery schedule (hourly by default with a libvirt host, none without) and libvirt's test URI", () => {
     expect(discoverySchedule(example)).toEqual({ expression: 'rate(1 hour)', timeZone: 'UTC' });
     const scheduled = parseConfig({ ...example, discovery: { schedule: { expression: 'cron(0 * * * ? *)', timeZone: 'Europe/Berlin' } } }, 't');
     expect(discoverySchedule(scheduled)).toEqual({ expression: 'cron(0 * * * ? *)', timeZone: 'Europe/Berlin' });
     const noLibvirt = parseConfig({ ...example, hosts: example.hosts.map(({ driver: _d, uri: _u, ...h }) => h) }, 't');
     expect(discoverySchedule(noLibvirt)).toBeUndefined();
-    expect(problems({ ...example, discovery: { schedule: { expression: 'rate(1 hours)', timeZone: 'UTC' } } })).toEqual(['discovery.schedule.expression = "rate(1 hours)": rate(): write "1 hour"']);
+    expect(problems({ ...example, discovery: { schedule: { expression: 'rate(1 hours)', timeZone: 'UTC' } } })).toEqual([
+      'discovery.schedule.expression = "rate(1 hours)": rate(): write "1 hour"',
+    ]);
     const testUri = { ...example, hosts: example.hosts.map((h) => (h.driver === 'libvirt' ? { ...h, uri: 'test:///default' } : h)) };
     expect(parseConfig(testUri, 't').hosts.find((h) => h.driver === 'libvirt')!.uri).toBe('test:///default');
   });
@@ -282,4 +373,3 @@ describe('configuration of discovery', () => {
     }
   });
 });
-

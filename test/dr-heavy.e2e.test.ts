@@ -36,13 +36,25 @@ let t: TestStack;
 let work: string;
 let replicaDir: string;
 
-const testDomains = async () => (await virsh(['list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith('lbtf-'));
-const testNetworks = async () => (await virsh(['net-list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith('lbtf-'));
+const testDomains = async () =>
+  (await virsh(['list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith('lbtf-'));
+const testNetworks = async () =>
+  (await virsh(['net-list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith('lbtf-'));
 async function replicaFiles(): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   for (const vmId of vmIds) {
     const p = replicaPaths(replicaDir, vmId);
-    for (const sub of [p.layers, p.active]) for (const f of await readdir(sub)) out[join(sub, f)] = createHash('sha256').update(await readFile(join(sub, f))).digest('hex');
+    for (const sub of [p.layers, p.active])
+      for (const f of await readdir(sub))
+        out[join(sub, f)] = createHash('sha256')
+          .update(await readFile(join(sub, f)))
+          .digest('hex');
   }
   return out;
 }
@@ -73,9 +85,20 @@ describe.skipIf(!lab.available)('DR under failure (npm run test:dr)', () => {
 
   it('a DR mover killed during a test failover: the task runs again on another mover, and the run ends with nothing left and the replicas byte-identical', async () => {
     const before = await replicaFiles();
-    const { executionArn } = await t.sfn.send(new StartExecutionCommand({
-      stateMachineArn: t.stack.endpoints.stateMachines.TestFailover!, input: JSON.stringify({ plan: { id: 'kill', groups: [{ vms: [vmIds[0]!], readiness: READY }, { vms: [vmIds[1]!], readiness: READY }] } }),
-    }));
+    const { executionArn } = await t.sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: t.stack.endpoints.stateMachines.TestFailover!,
+        input: JSON.stringify({
+          plan: {
+            id: 'kill',
+            groups: [
+              { vms: [vmIds[0]!], readiness: READY },
+              { vms: [vmIds[1]!], readiness: READY },
+            ],
+          },
+        }),
+      }),
+    );
     while ((await testDomains()).length === 0) await sleep(100);
     const dr = t.movers.find((m) => m.name.startsWith('dr-'))!;
     await dr.stop(true);
@@ -91,16 +114,32 @@ describe.skipIf(!lab.available)('DR under failure (npm run test:dr)', () => {
   }, 900_000);
 
   it('a real failover that fails midway leaves the replicas usable: the started one is powered off and back on its newest point, and the next failover works', async () => {
-    const bad = await runExecution(t.sfn, t.stack.endpoints.stateMachines.FailoverPlan!, {
-      plan: { id: 'half', groups: [{ vms: [vmIds[0]!], readiness: READY }, { vms: [vmIds[1]!], readiness: { serial: 'NEVER-PRINTED', timeoutSeconds: 5 } }] },
-    }, { pollMs: 500 });
+    const bad = await runExecution(
+      t.sfn,
+      t.stack.endpoints.stateMachines.FailoverPlan!,
+      {
+        plan: {
+          id: 'half',
+          groups: [
+            { vms: [vmIds[0]!], readiness: READY },
+            { vms: [vmIds[1]!], readiness: { serial: 'NEVER-PRINTED', timeoutSeconds: 5 } },
+          ],
+        },
+      },
+      { pollMs: 500 },
+    );
     expect(bad.status).toBe('FAILED');
     expect(bad.cause).toContain(`VM '${vmIds[1]}' (domain ${names[1]}-replica`);
     for (const [i, vmId] of vmIds.entries()) {
       expect((await virsh(['domstate', `${names[i]}-replica`])).trim()).toBe('shut off');
       expect((await readReplicaState(replicaDir, vmId))!.failedOver).toBeUndefined();
     }
-    const good = await runExecution(t.sfn, t.stack.endpoints.stateMachines.FailoverPlan!, { plan: { id: 'whole', groups: [{ vms: vmIds, readiness: READY }] } }, { pollMs: 500 });
+    const good = await runExecution(
+      t.sfn,
+      t.stack.endpoints.stateMachines.FailoverPlan!,
+      { plan: { id: 'whole', groups: [{ vms: vmIds, readiness: READY }] } },
+      { pollMs: 500 },
+    );
     expect(good.status, good.cause).toBe('SUCCEEDED');
     for (const n of names) expect((await virsh(['domstate', `${n}-replica`])).trim()).toBe('running');
     // While the replicas run as the VMs, replication does not touch them.

@@ -30,21 +30,35 @@ const RPO_HOURS = 0.0005;
 beforeAll(async () => {
   const hook = createServer((req, res) => {
     let body = '';
-    req.on('data', (c: Buffer) => { body += String(c); });
+    req.on('data', (c: Buffer) => {
+      body += String(c);
+    });
     req.on('end', () => {
       received.push((JSON.parse(body) as { alert: Alert }).alert);
       res.writeHead(204).end();
     });
   });
   await new Promise<void>((ok) => hook.listen(0, '127.0.0.1', ok));
-  closeHook = () => new Promise((ok) => { hook.closeAllConnections(); hook.close(() => ok()); });
+  closeHook = () =>
+    new Promise((ok) => {
+      hook.closeAllConnections();
+      hook.close(() => ok());
+    });
   const example = loadConfig();
   const config: LifeboatConfig = {
     ...example,
-    policies: [...example.policies, {
-      id: 'p-lag', vms: { ids: ['vm-lag'] }, schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' }, retention: { keepLast: 3 },
-      repository: 'primary', replicateTo: 'dr', rpoHours: RPO_HOURS,
-    }],
+    policies: [
+      ...example.policies,
+      {
+        id: 'p-lag',
+        vms: { ids: ['vm-lag'] },
+        schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' },
+        retention: { keepLast: 3 },
+        repository: 'primary',
+        replicateTo: 'dr',
+        rpoHours: RPO_HOURS,
+      },
+    ],
     notifications: { webhook: { url: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`, checkSeconds: 1 } },
   };
   t = await startTestStack({ groups: { 'site-a': 1, dr: 1 }, config });
@@ -59,7 +73,7 @@ afterAll(async () => {
 
 const vms = async () => (await (await fetch(`${t.stack.endpoints.console}/api/vms`)).json()) as VmRow[];
 
-it('shows each VM\'s replication lag against its DR RPO, and alerts at the webhook once the newest DR restore point is older than the DR RPO', async () => {
+it("shows each VM's replication lag against its DR RPO, and alerts at the webhook once the newest DR restore point is older than the DR RPO", async () => {
   const before = (await vms()).find((v) => v.vmId === 'vm-lag')!;
   expect(before).toMatchObject({ drRpoHours: 2 * RPO_HOURS, drLagHours: null, drRestorePoint: null, drRpo: 'never' });
 
@@ -92,7 +106,9 @@ it('shows each VM\'s replication lag against its DR RPO, and alerts at the webho
   }
   const alert = received.find((a) => a.id === id)!;
   expect(alert).toMatchObject({ kind: 'dr-rpo', subject: 'vm-lag' });
-  expect(alert.message).toMatch(/^VM vm-lag's replication lags: its newest restore point at the DR site is [\d.]+ h old \(DR RPO 0\.001 h\)\. Next: `lifeboat restore-points --vm vm-lag`/);
+  expect(alert.message).toMatch(
+    /^VM vm-lag's replication lags: its newest restore point at the DR site is [\d.]+ h old \(DR RPO 0\.001 h\)\. Next: `lifeboat restore-points --vm vm-lag`/,
+  );
   const early = received.find((a) => a.id === 'dr-rpo:vm-lag:none');
   if (early) expect(early.message).toMatch(/^VM vm-lag has no restore point at the DR site although it has backups older than its DR RPO \(0\.001 h\)/);
   await new Promise((ok) => setTimeout(ok, 2500)); // two more checks: not sent again

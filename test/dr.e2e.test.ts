@@ -16,7 +16,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
 import type { FailoverPlan, FailoverReport, ReplicaUpdate } from '../contracts/dr.ts';
 import { runExecution } from '../local/client.ts';
-import { backupAndReplicate as labRun, contentHash as labHash, createIsolatedNetwork, defineProdVm, drLabConfig, writePattern } from '../local/vm-lab/dr-lab.ts';
+import {
+  backupAndReplicate as labRun,
+  contentHash as labHash,
+  createIsolatedNetwork,
+  defineProdVm,
+  drLabConfig,
+  writePattern,
+} from '../local/vm-lab/dr-lab.ts';
 import { buildGuest } from '../local/vm-lab/guest.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
@@ -54,9 +61,14 @@ async function replicaFiles(): Promise<Record<string, string>> {
   for (const vmId of vmIds) {
     const p = replicaPaths(replicaDir, vmId);
     for (const sub of [p.layers, p.active]) {
-      for (const f of await readdir(sub)) out[join(sub, f)] = createHash('sha256').update(await readFile(join(sub, f))).digest('hex');
+      for (const f of await readdir(sub))
+        out[join(sub, f)] = createHash('sha256')
+          .update(await readFile(join(sub, f)))
+          .digest('hex');
     }
-    out[p.state] = createHash('sha256').update(await readFile(p.state)).digest('hex');
+    out[p.state] = createHash('sha256')
+      .update(await readFile(p.state))
+      .digest('hex');
   }
   return out;
 }
@@ -76,15 +88,27 @@ async function backupAndReplicate(): Promise<ReplicaUpdate[]> {
 
 // Generous: a TCG boot takes ~6 s on an idle machine, minutes on one loaded by others' guests.
 const plan = (id: string, readiness = { serial: READY, timeoutSeconds: 600 }): FailoverPlan => ({
-  id, groups: [{ vms: [vmIds[0]!, { vm: vmIds[1]!, script: ['sh', '-c', 'echo "re-ip $LIFEBOAT_VM_ID $LIFEBOAT_VM_DOMAIN test=$LIFEBOAT_FAILOVER_TEST"'] }], readiness }, { vms: [vmIds[2]!], readiness }],
+  id,
+  groups: [
+    { vms: [vmIds[0]!, { vm: vmIds[1]!, script: ['sh', '-c', 'echo "re-ip $LIFEBOAT_VM_ID $LIFEBOAT_VM_DOMAIN test=$LIFEBOAT_FAILOVER_TEST"'] }], readiness },
+    { vms: [vmIds[2]!], readiness },
+  ],
 });
 
 async function failover(workflow: 'FailoverPlan' | 'TestFailover', input: object) {
   return runExecution(t.sfn, t.stack.endpoints.stateMachines[workflow]!, input, { pollMs: 250 });
 }
 
-const testDomains = async () => (await virsh(['list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith('lbtf-'));
-const testNetworks = async () => (await virsh(['net-list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith('lbtf-'));
+const testDomains = async () =>
+  (await virsh(['list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith('lbtf-'));
+const testNetworks = async () =>
+  (await virsh(['net-list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith('lbtf-'));
 
 describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
   beforeAll(async () => {
@@ -142,7 +166,11 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const r = JSON.parse(d.output!) as FailoverReport;
     expect(r).toMatchObject({ plan: 'drill', test: true });
-    expect(r.vms.map((v) => [v.vmId, v.group, v.backupId])).toEqual([[vmIds[0], 0, backups[1]![0]], [vmIds[1], 0, backups[1]![1]], [vmIds[2], 1, backups[0]![2]]]);
+    expect(r.vms.map((v) => [v.vmId, v.group, v.backupId])).toEqual([
+      [vmIds[0], 0, backups[1]![0]],
+      [vmIds[1], 0, backups[1]![1]],
+      [vmIds[2], 1, backups[0]![2]],
+    ]);
     for (const v of r.vms) {
       expect(v.domain).toMatch(/^lbtf-[0-9a-z]{7}-lbdr-e2e-/);
       expect(v.line).toContain(READY);
@@ -168,10 +196,16 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     expect(point.cause).toContain(`restore point b-never does not exist for VM '${vmIds[1]}': its replica keeps ${backups[0]![1]}`);
     for (const n of names) expect((await virsh(['domstate', `${n}-replica`])).trim()).toBe('shut off');
 
-    const bad = await failover('TestFailover', { plan: { id: 'never', groups: [{ vms: [vmIds[0]!], readiness: { serial: 'NEVER-PRINTED', timeoutSeconds: 4 } }] } });
+    const bad = await failover('TestFailover', {
+      plan: { id: 'never', groups: [{ vms: [vmIds[0]!], readiness: { serial: 'NEVER-PRINTED', timeoutSeconds: 4 } }] },
+    });
     expect(bad.status).toBe('FAILED');
     expect(bad.error).toBe('Failover.NotReady');
-    expect(bad.cause).toMatch(new RegExp(`VM '${vmIds[0]}' \\(domain lbtf-[0-9a-z]{7}-${names[0]}, restore point ${backups[1]![0]}\\) was not ready: no serial console line matched /NEVER-PRINTED/ within 4 s`));
+    expect(bad.cause).toMatch(
+      new RegExp(
+        `VM '${vmIds[0]}' \\(domain lbtf-[0-9a-z]{7}-${names[0]}, restore point ${backups[1]![0]}\\) was not ready: no serial console line matched /NEVER-PRINTED/ within 4 s`,
+      ),
+    );
     expect(await testDomains()).toEqual([]);
     expect(await testNetworks()).toEqual([]);
   }, 900_000);
@@ -180,8 +214,14 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     const d = await failover('FailoverPlan', { plan: plan('site-loss'), points: { [vmIds[0]!]: { backupId: backups[0]![0]! } } });
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const r = JSON.parse(d.output!) as FailoverReport;
-    process.stdout.write(`failover plan: RTO ${r.rtoSeconds.toFixed(1)} s; ${r.vms.map((v) => `${v.vmId} group ${v.group} started ${v.startedSeconds.toFixed(1)} s ready ${v.readySeconds.toFixed(1)} s (boot ${v.bootSeconds.toFixed(1)} s)`).join('; ')}\n`);
-    expect(r.vms.map((v) => [v.vmId, v.group, v.backupId])).toEqual([[vmIds[0], 0, backups[0]![0]], [vmIds[1], 0, backups[1]![1]], [vmIds[2], 1, backups[1]![2]]]);
+    process.stdout.write(
+      `failover plan: RTO ${r.rtoSeconds.toFixed(1)} s; ${r.vms.map((v) => `${v.vmId} group ${v.group} started ${v.startedSeconds.toFixed(1)} s ready ${v.readySeconds.toFixed(1)} s (boot ${v.bootSeconds.toFixed(1)} s)`).join('; ')}\n`,
+    );
+    expect(r.vms.map((v) => [v.vmId, v.group, v.backupId])).toEqual([
+      [vmIds[0], 0, backups[0]![0]],
+      [vmIds[1], 0, backups[1]![1]],
+      [vmIds[2], 1, backups[1]![2]],
+    ]);
     // Group 1 starts only once every VM of group 0 is ready.
     expect(r.vms[2]!.startedSeconds).toBeGreaterThanOrEqual(Math.max(r.vms[0]!.readySeconds, r.vms[1]!.readySeconds));
     expect(r.vms[1]!.script?.output).toContain(`re-ip ${vmIds[1]} ${names[1]}-replica test=0`);

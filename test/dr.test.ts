@@ -41,23 +41,40 @@ describe('failover plans in the configuration', () => {
   });
 
   it('names every bad value of a plan', () => {
-    expect(problems([{ id: 'p', groups: [{ vms: ['a', 'a'] }] }])).toEqual([`failoverPlans[0].groups[0].vms[1] = "a": names VM 'a' a second time: a VM boots once per plan`]);
-    expect(problems([{ id: 'p', groups: [{ vms: ['a'], delaySeconds: 5, readiness: { agent: true, timeoutSeconds: 9 } }] }])[0]).toContain('give "delaySeconds" or "readiness", not both');
-    expect(problems([{ id: 'p', groups: [{ vms: ['a'], readiness: { serial: '(', timeoutSeconds: 9 } }] }])[0]).toContain('failoverPlans[0].groups[0].readiness.serial = "(": must be a regular expression');
+    expect(problems([{ id: 'p', groups: [{ vms: ['a', 'a'] }] }])).toEqual([
+      `failoverPlans[0].groups[0].vms[1] = "a": names VM 'a' a second time: a VM boots once per plan`,
+    ]);
+    expect(problems([{ id: 'p', groups: [{ vms: ['a'], delaySeconds: 5, readiness: { agent: true, timeoutSeconds: 9 } }] }])[0]).toContain(
+      'give "delaySeconds" or "readiness", not both',
+    );
+    expect(problems([{ id: 'p', groups: [{ vms: ['a'], readiness: { serial: '(', timeoutSeconds: 9 } }] }])[0]).toContain(
+      'failoverPlans[0].groups[0].readiness.serial = "(": must be a regular expression',
+    );
     expect(problems([{ id: 'p', groups: [{ vms: ['a'], readiness: { timeoutSeconds: 9 } }] }])[0]).toContain('must name a sign of readiness');
     expect(problems([{ id: 'p', groups: [] }])[0]).toContain('must have at least one group');
-    expect(problems([{ id: 'p', groups: [{ vms: ['a'] }] }, { id: 'p', groups: [{ vms: ['b'] }] }])).toEqual(['failoverPlans[1].id = "p": duplicate failoverPlans id']);
+    expect(
+      problems([
+        { id: 'p', groups: [{ vms: ['a'] }] },
+        { id: 'p', groups: [{ vms: ['b'] }] },
+      ]),
+    ).toEqual(['failoverPlans[1].id = "p": duplicate failoverPlans id']);
   });
 
   it('refuses replica VMs without a site or a folder to keep them in', () => {
-    const repos = example.repositories.map((r) => (r.replication ? { ...r, site: undefined, replication: { moverGroup: r.replication.moverGroup, replicaVms: { uri: 'qemu:///system' } } } : r));
+    const repos = example.repositories.map((r) =>
+      r.replication ? { ...r, site: undefined, replication: { moverGroup: r.replication.moverGroup, replicaVms: { uri: 'qemu:///system' } } } : r,
+    );
     expect(() => parseConfig({ ...example, repositories: repos }, 'x.json')).toThrow(/replication\.replicaVms.*needs the repository's "site"/);
   });
 });
 
 describe('restore points and the network map', () => {
   const state: ReplicaState = {
-    vmId: 'vm-1', domain: 'vm-1-replica', uuid: 'u', sourceXml: '', networkMap: {},
+    vmId: 'vm-1',
+    domain: 'vm-1-replica',
+    uuid: 'u',
+    sourceXml: '',
+    networkMap: {},
     points: [
       { backupId: 'b1', recoveryPoint: '2026-12-01T02:00:00.000Z', createdAt: '2026-12-01T02:10:00.000Z', layers: { vda: '/r/1.qcow2' } },
       { backupId: 'b2', recoveryPoint: '2026-12-02T02:00:00.000Z', createdAt: '2026-12-02T02:10:00.000Z', layers: { vda: '/r/2.qcow2' } },
@@ -68,7 +85,9 @@ describe('restore points and the network map', () => {
     expect(choosePoint(state, 'latest').backupId).toBe('b2');
     expect(choosePoint(state, { backupId: 'b1' }).backupId).toBe('b1');
     expect(choosePoint(state, { at: '2026-12-01T23:00:00Z' }).backupId).toBe('b1');
-    expect(() => choosePoint(state, { backupId: 'b9' })).toThrow("restore point b9 does not exist for VM 'vm-1': its replica keeps b1 (2026-12-01T02:00:00.000Z), b2 (2026-12-02T02:00:00.000Z)");
+    expect(() => choosePoint(state, { backupId: 'b9' })).toThrow(
+      "restore point b9 does not exist for VM 'vm-1': its replica keeps b1 (2026-12-01T02:00:00.000Z), b2 (2026-12-02T02:00:00.000Z)",
+    );
     expect(() => choosePoint(state, { at: '2026-11-30T00:00:00Z' })).toThrow("VM 'vm-1' has no restore point at or before 2026-11-30T00:00:00Z");
     expect(() => choosePoint({ ...state, points: [] }, 'latest')).toThrow('has no restore point yet');
   });
@@ -79,7 +98,12 @@ describe('restore points and the network map', () => {
     <interface type='bridge'><source bridge='br-dmz'/></interface></devices></domain>`;
 
   it('connects each interface to the mapped network of the DR site, with new MACs and no UUID', () => {
-    const out = restoredDomainXml(xml, { name: 'web-replica', disks: { vda: { path: '/dr/vda.qcow2', format: 'qcow2' } }, consoleLog: '/dr/c.log', network: mapNetwork({ 'prod-lan': 'dr-lan', 'br-dmz': 'dr-dmz' }, 'site-dr', 'web') });
+    const out = restoredDomainXml(xml, {
+      name: 'web-replica',
+      disks: { vda: { path: '/dr/vda.qcow2', format: 'qcow2' } },
+      consoleLog: '/dr/c.log',
+      network: mapNetwork({ 'prod-lan': 'dr-lan', 'br-dmz': 'dr-dmz' }, 'site-dr', 'web'),
+    });
     expect(out).toContain(`<source network="dr-lan"`);
     expect(out).toContain(`<source network="dr-dmz"`);
     expect(out).not.toContain('prod-lan');
@@ -88,8 +112,9 @@ describe('restore points and the network map', () => {
   });
 
   it('refuses a network missing from the map, naming it, the VM and the site', () => {
-    expect(() => restoredDomainXml(xml, { name: 'w', disks: {}, consoleLog: '/c', network: mapNetwork({ 'prod-lan': 'dr-lan' }, 'site-dr', 'web') }))
-      .toThrow(`network 'br-dmz' of VM 'web' is missing from the network map of the DR site (site-dr; mapped: prod-lan): add "br-dmz": "<network at the DR site>" to its networkMap in the configuration`);
+    expect(() => restoredDomainXml(xml, { name: 'w', disks: {}, consoleLog: '/c', network: mapNetwork({ 'prod-lan': 'dr-lan' }, 'site-dr', 'web') })).toThrow(
+      `network 'br-dmz' of VM 'web' is missing from the network map of the DR site (site-dr; mapped: prod-lan): add "br-dmz": "<network at the DR site>" to its networkMap in the configuration`,
+    );
   });
 });
 

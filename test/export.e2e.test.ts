@@ -65,12 +65,35 @@ async function startExport(over: Record<string, unknown> = {}) {
   const abort = new AbortController();
   let progress = 0;
   const socket = join(t.dir, `export-${Math.random().toString(36).slice(2)}.sock`);
-  const job = exportJob.parse({ exportId: 'x1', vmId: 'vm-x', backupId, repository: { bucket: t.stack.endpoints.bucket }, diskIds: ['vda'], listen: { socket }, ...over });
+  const job = exportJob.parse({
+    exportId: 'x1',
+    vmId: 'vm-x',
+    backupId,
+    repository: { bucket: t.stack.endpoints.bucket },
+    diskIds: ['vda'],
+    listen: { socket },
+    ...over,
+  });
   let listening!: (uris: Record<string, string>) => void;
   const uris = new Promise<Record<string, string>>((ok) => (listening = ok));
-  const done: Promise<ExportResult> = runExportTask(job, { store, keys, logger, signal: abort.signal, progress: () => progress++, progressMs: 100, onListening: listening });
+  const done: Promise<ExportResult> = runExportTask(job, {
+    store,
+    keys,
+    logger,
+    signal: abort.signal,
+    progress: () => progress++,
+    progressMs: 100,
+    onListening: listening,
+  });
   done.catch(() => {});
-  const uri = (await Promise.race([uris, done.then(() => { throw new Error('export ended before listening'); })]))['vda']!;
+  const uri = (
+    await Promise.race([
+      uris,
+      done.then(() => {
+        throw new Error('export ended before listening');
+      }),
+    ])
+  )['vda']!;
   return { uri, socket, abort, done, progressCount: () => progress };
 }
 
@@ -100,7 +123,10 @@ describe.skipIf(missing.length > 0)('NBD export of a backup, with real NBD tools
     await rm(out);
 
     const { stdout } = await run('nbdinfo', ['--map', x.uri]);
-    const map = stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).slice(0, 3).map(Number) as [number, number, number]);
+    const map = stdout
+      .trim()
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/).slice(0, 3).map(Number) as [number, number, number]);
     // Expected: chunk by chunk, hole+zero (3) for the all-zero chunks, data (0) otherwise, merged.
     const want: [number, number, number][] = [];
     for (let c = 0; c * MiB < SIZE; c++) {
@@ -139,11 +165,13 @@ describe.skipIf(missing.length > 0)('NBD export of a backup, with real NBD tools
     const x = await startExport({ maxConnections: 6 });
     const clients = await Promise.all(Array.from({ length: 6 }, () => NbdClient.connect(x.uri)));
     await expect(NbdClient.connect(x.uri, { timeoutMs: 10_000 })).rejects.toThrow(/NBD_REP_ERR_POLICY.*at most 6/);
-    const bufs = await Promise.all(clients.map(async (c, i) => {
-      const b = Buffer.alloc(4 * MiB);
-      await c.read(b, i * 8 * MiB, 4 * MiB);
-      return b;
-    }));
+    const bufs = await Promise.all(
+      clients.map(async (c, i) => {
+        const b = Buffer.alloc(4 * MiB);
+        await c.read(b, i * 8 * MiB, 4 * MiB);
+        return b;
+      }),
+    );
     bufs.forEach((b, i) => expect(b.equals(source.subarray(i * 8 * MiB, i * 8 * MiB + 4 * MiB))).toBe(true));
     await Promise.all(clients.map((c) => c.close()));
     x.abort.abort();
@@ -162,9 +190,15 @@ describe.skipIf(missing.length > 0)('NBD export of a backup, with real NBD tools
     await expect(NbdClient.connect(x.uri, { timeoutMs: 2000 })).rejects.toThrow();
   });
 
-  it('the Export workflow serves it from a mover of the VM\'s site: where to connect is in its endpoint record while it runs; a stop closes it and its port', async () => {
+  it("the Export workflow serves it from a mover of the VM's site: where to connect is in its endpoint record while it runs; a stop closes it and its port", async () => {
     const exportId = `wf-stop-${process.pid}`;
-    const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Export!, name: exportId, input: JSON.stringify({ vmId: 'vm-x', idleTimeoutSeconds: 600 }) }));
+    const { executionArn } = await t.sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: t.stack.endpoints.stateMachines.Export!,
+        name: exportId,
+        input: JSON.stringify({ vmId: 'vm-x', idleTimeoutSeconds: 600 }),
+      }),
+    );
     const at = await waitForEndpoint({ sfn: t.sfn, executionArn: executionArn!, store, exportId, ready: (r) => r.state === 'listening', what: 'the export' });
     expect(at).toMatchObject({ exportId, kind: 'export', vmId: 'vm-x', backupId, state: 'listening' });
     // An ephemeral port on the mover's loopback (the default), named in the record.
@@ -175,14 +209,23 @@ describe.skipIf(missing.length > 0)('NBD export of a backup, with real NBD tools
     await rm(out);
 
     await t.sfn.send(new StopExecutionCommand({ executionArn: executionArn!, cause: 'test stops it' }));
-    const closed = await pollFor(async () => { const r = await readEndpoint(store, exportId); return r?.state === 'closed' ? r : undefined; }, 30_000);
+    const closed = await pollFor(async () => {
+      const r = await readEndpoint(store, exportId);
+      return r?.state === 'closed' ? r : undefined;
+    }, 30_000);
     expect(closed.closed).toBe('aborted');
     await expect(NbdClient.connect(at.uris.vda!, { timeoutMs: 2000 })).rejects.toThrow();
   }, 120_000);
 
   it('the Export workflow ends by itself after the idle timeout, answering what it served; a VM without backups fails naming it', async () => {
     const exportId = `wf-idle-${process.pid}`;
-    const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Export!, name: exportId, input: JSON.stringify({ vmId: 'vm-x', idleTimeoutSeconds: 2 }) }));
+    const { executionArn } = await t.sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: t.stack.endpoints.stateMachines.Export!,
+        name: exportId,
+        input: JSON.stringify({ vmId: 'vm-x', idleTimeoutSeconds: 2 }),
+      }),
+    );
     const at = await waitForEndpoint({ sfn: t.sfn, executionArn: executionArn!, store, exportId, ready: (r) => r.state === 'listening', what: 'the export' });
     const c = await NbdClient.connect(at.uris.vda!);
     await c.read(Buffer.alloc(MiB), 0, MiB);

@@ -29,10 +29,19 @@ const keys = deriveKeys(randomBytes(32));
 class Counting implements ObjectStore {
   gets = 0;
   readonly inner = new MemoryObjectStore();
-  put(key: string, body: Uint8Array, checksum?: PutChecksum) { return this.inner.put(key, body, checksum); }
-  head(key: string) { return this.inner.head(key); }
-  get(key: string, opts: GetOptions = {}) { this.gets++; return this.inner.get(key, opts); }
-  list(prefix: string) { return this.inner.list(prefix); }
+  put(key: string, body: Uint8Array, checksum?: PutChecksum) {
+    return this.inner.put(key, body, checksum);
+  }
+  head(key: string) {
+    return this.inner.head(key);
+  }
+  get(key: string, opts: GetOptions = {}) {
+    this.gets++;
+    return this.inner.get(key, opts);
+  }
+  list(prefix: string) {
+    return this.inner.list(prefix);
+  }
 }
 
 /** 96 chunks: every third all zero, the rest random or text, and a last chunk cut short. */
@@ -130,7 +139,9 @@ describe('backup disk export', () => {
   });
 
   it('names a missing manifest', async () => {
-    await expect(BackupDiskExport.open({ store: new MemoryObjectStore(), keys, backupId: 'nope', diskId: 'vda' })).rejects.toThrow(/manifest .*nope.* is missing/);
+    await expect(BackupDiskExport.open({ store: new MemoryObjectStore(), keys, backupId: 'nope', diskId: 'vda' })).rejects.toThrow(
+      /manifest .*nope.* is missing/,
+    );
   });
 });
 
@@ -150,10 +161,18 @@ describe('the mover task export', () => {
     const dir = await mkdtemp(join(tmpdir(), 'export-task-'));
     let listening!: (uris: Record<string, string>) => void;
     const uris = new Promise<Record<string, string>>((ok) => (listening = ok));
-    const logger = { info: (event: string, f?: Record<string, unknown>) => { if (event === 'export.listening') listening(f!.uris as Record<string, string>); }, error: () => {} };
+    const logger = {
+      info: (event: string, f?: Record<string, unknown>) => {
+        if (event === 'export.listening') listening(f!.uris as Record<string, string>);
+      },
+      error: () => {},
+    };
     const deps = { repository: async () => ({ store, keys }), logger, parallelism: 2, workDir: dir };
     const abort = new AbortController();
-    const task = { task: 'export', export: { exportId: 'e1', vmId: 'vm', backupId: 'b1', repository: { bucket: 'repo' }, diskIds: ['vda'], listen: { socket: join(dir, 'x.sock') } } };
+    const task = {
+      task: 'export',
+      export: { exportId: 'e1', vmId: 'vm', backupId: 'b1', repository: { bucket: 'repo' }, diskIds: ['vda'], listen: { socket: join(dir, 'x.sock') } },
+    };
     const done = runRecoveryTask(task, deps, { signal: abort.signal, progress: () => {} });
     const c = await NbdClient.connect((await uris).vda!);
     const b = Buffer.alloc(3 * CHUNK);

@@ -9,9 +9,19 @@ import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig } from '../core/config.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
-type State = { Type: string; Next?: string; End?: boolean; Resource?: string; Parameters?: Record<string, unknown>; Default?: string; ItemsPath?: string;
-  Choices?: { Variable: string; StringEquals?: string; BooleanEquals?: boolean; Next: string }[]; Retry?: { ErrorEquals: string[] }[]; Catch?: { ErrorEquals: string[]; Next: string }[];
-  ItemProcessor?: { StartAt: string; States: Record<string, State> } };
+type State = {
+  Type: string;
+  Next?: string;
+  End?: boolean;
+  Resource?: string;
+  Parameters?: Record<string, unknown>;
+  Default?: string;
+  ItemsPath?: string;
+  Choices?: { Variable: string; StringEquals?: string; BooleanEquals?: boolean; Next: string }[];
+  Retry?: { ErrorEquals: string[] }[];
+  Catch?: { ErrorEquals: string[]; Next: string }[];
+  ItemProcessor?: { StartAt: string; States: Record<string, State> };
+};
 
 let outdir: string;
 let template: Template;
@@ -48,25 +58,46 @@ it('syncs while the DR VM runs, then stops it, takes the final backup, waits for
   expect(states.FinalBackupCommitted!.Choices).toEqual([{ Variable: '$.final.done', BooleanEquals: true, Next: 'FinalDelta' }]);
   expect(states.FinalBackupCommitted!.Default).toBe('WaitForFinalBackup');
   expect(next('FinalDelta')).toBe('StartProductionVmOnMoverGroup');
-  expect(states.StartProductionVmOnMoverGroup!.Choices!.map((c) => c.Variable)).toEqual(['$.job.productionGroup', '$.job.productionGroup', '$.job.productionGroup']);
+  expect(states.StartProductionVmOnMoverGroup!.Choices!.map((c) => c.Variable)).toEqual([
+    '$.job.productionGroup',
+    '$.job.productionGroup',
+    '$.job.productionGroup',
+  ]);
   expect(next('StartProductionVm (site-a)')).toBe('RecordFailback');
   // The bulk sync hashes the production disk; the final delta, during the outage, only writes the manifests' difference.
   expect(states['SyncDisksDisk (site-a)']!.Parameters).toMatchObject({ task: 'failbackDisk', mode: 'hash', 'from.$': '$.job.base' });
-  expect(states['FinalDeltaDisk (site-a)']!.Parameters).toMatchObject({ task: 'failbackDisk', mode: 'trust', 'from.$': '$.job.target', to: { 'backupId.$': '$.finalBackupId' } });
+  expect(states['FinalDeltaDisk (site-a)']!.Parameters).toMatchObject({
+    task: 'failbackDisk',
+    mode: 'trust',
+    'from.$': '$.job.target',
+    to: { 'backupId.$': '$.finalBackupId' },
+  });
 });
 
 it('retries a dead mover but not a DR VM that refuses to stop, and records every failure', () => {
   const stop = states['StopDrVm (dr)']!;
   expect(stop.Retry!.flatMap((r) => r.ErrorEquals)).toEqual(['States.Timeout', 'Mover.StorageUnavailable', 'Mover.TaskStalled']);
-  for (const n of ['PlanFailback', 'SyncDisks', 'StopDrVm (dr)', 'StartFinalBackup', 'CheckFinalBackup', 'FinalDelta', 'StartProductionVm (site-a)', 'RecordFailback']) {
-    expect(states[n]!.Catch!.map((c) => c.Next), n).toEqual(['RecordFailure', 'RecordFailure']);
+  for (const n of [
+    'PlanFailback',
+    'SyncDisks',
+    'StopDrVm (dr)',
+    'StartFinalBackup',
+    'CheckFinalBackup',
+    'FinalDelta',
+    'StartProductionVm (site-a)',
+    'RecordFailback',
+  ]) {
+    expect(
+      states[n]!.Catch!.map((c) => c.Next),
+      n,
+    ).toEqual(['RecordFailure', 'RecordFailure']);
   }
   expect(states.RecordFailure!.Parameters).toMatchObject({ kind: 'FAILBACK' });
 });
 
 it('may start the Backup workflow (the final DR-site backup) and nothing else', () => {
   const role = Object.entries(template.findResources('AWS::IAM::Policy')).find(([id]) => id.startsWith('FailbackStateMachineRoleDefaultPolicy'))!;
-  const statements = (role[1].Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]);
+  const statements = role[1].Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[];
   const starts = statements.filter((s) => [s.Action].flat().includes('states:StartExecution'));
   expect(starts).toHaveLength(1);
   expect(JSON.stringify(starts[0]!.Resource)).toMatch(/BackupStateMachine/);

@@ -56,7 +56,15 @@ describe('applyDiskDelta', () => {
     const path = join(dir, 'prod.raw');
     await writeFile(path, base);
     const r = await applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') });
-    expect(r).toMatchObject({ chunks: 16, chunksChanged: 3, bytesChanged: 3 * CHUNK, chunksDrifted: 0, chunksWritten: 3, bytesWritten: 3 * CHUNK, sha256: sha(target) });
+    expect(r).toMatchObject({
+      chunks: 16,
+      chunksChanged: 3,
+      bytesChanged: 3 * CHUNK,
+      chunksDrifted: 0,
+      chunksWritten: 3,
+      bytesWritten: 3 * CHUNK,
+      sha256: sha(target),
+    });
     // Sent: the random chunk (incompressible) and the former hole with 100 random bytes (compresses to little); the zeroed chunk costs nothing.
     expect(r.bytesSent).toBeGreaterThan(CHUNK);
     expect(r.bytesSent).toBeLessThan(CHUNK + 2048);
@@ -74,7 +82,7 @@ describe('applyDiskDelta', () => {
     expect(sha(await readFile(path))).toBe(sha(target));
   });
 
-  it('in trust mode reads nothing of the disk and writes the manifests\' difference only', async () => {
+  it("in trust mode reads nothing of the disk and writes the manifests' difference only", async () => {
     const path = join(dir, 'trust.raw');
     await writeFile(path, base);
     // A stray byte in an unchanged chunk is not seen: trust mode is for a disk this failback just made equal to the base.
@@ -91,13 +99,16 @@ describe('applyDiskDelta', () => {
   it('refuses, naming the disk and what to do, a resized disk, a chunk size that differs, and a missing manifest', async () => {
     const path = join(dir, 'bad.raw');
     await writeFile(path, base.subarray(0, 8 * CHUNK));
-    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') }))
-      .rejects.toThrow(`the production disk 'vda' at ${path} is ${8 * CHUNK} bytes, the DR VM's disk ${16 * CHUNK}: resize it to ${16 * CHUNK} bytes first`);
+    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') })).rejects.toThrow(
+      `the production disk 'vda' at ${path} is ${8 * CHUNK} bytes, the DR VM's disk ${16 * CHUNK}: resize it to ${16 * CHUNK} bytes first`,
+    );
     await backup(dr, 'D-big-chunks', target, 2 * CHUNK);
-    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D-big-chunks') }))
-      .rejects.toThrow(/has 65536-byte chunks and backup D-big-chunks 131072-byte chunks, so their chunk ids cannot be compared/);
-    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'nope') }))
-      .rejects.toThrow("the manifest of disk 'vda' of backup nope is missing from the DR repository");
+    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D-big-chunks') })).rejects.toThrow(
+      /has 65536-byte chunks and backup D-big-chunks 131072-byte chunks, so their chunk ids cannot be compared/,
+    );
+    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'nope') })).rejects.toThrow(
+      "the manifest of disk 'vda' of backup nope is missing from the DR repository",
+    );
   });
 
   it('names the chunk, the disk and the offset when a chunk in the DR repository is damaged, and writes nothing wrong', async () => {
@@ -107,8 +118,9 @@ describe('applyDiskDelta', () => {
     const saved = new Map(packs.map((k) => [k, Buffer.from(dr.objects.get(k)!)]));
     for (const k of packs) dr.objects.get(k)!.fill(7, 40, 60);
     try {
-      await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') }))
-        .rejects.toThrow(/^chunk [0-9a-f]+ in packs\/\S+ \(disk 'vda', offset 131072\) in the DR repository is damaged/);
+      await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') })).rejects.toThrow(
+        /^chunk [0-9a-f]+ in packs\/\S+ \(disk 'vda', offset 131072\) in the DR repository is damaged/,
+      );
     } finally {
       for (const [k, v] of saved) dr.objects.set(k, v);
     }

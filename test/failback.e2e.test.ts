@@ -42,8 +42,13 @@ const prodName = `lifeboat-fb-prod-${process.pid}`;
 const drName = `lifeboat-fb-dr-${process.pid}`;
 const example = loadConfig();
 const policy = (id: string, vmId: string, repository: string, replicateTo?: string) => ({
-  id, vms: { ids: [vmId] }, schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' }, retention: { keepLast: 10 },
-  repository, rpoHours: 26, ...(replicateTo ? { replicateTo } : {}),
+  id,
+  vms: { ids: [vmId] },
+  schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' },
+  retention: { keepLast: 10 },
+  repository,
+  rpoHours: 26,
+  ...(replicateTo ? { replicateTo } : {}),
 });
 /**
  * The example configuration, with the DR site's libvirt host (served by the DR group) and
@@ -74,7 +79,9 @@ async function inGuest(domain: string, command: string): Promise<void> {
   const out = await virsh(['qemu-agent-command', domain, JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', command] } })]);
   const pid = (JSON.parse(out) as { return: { pid: number } }).return.pid;
   for (let i = 0; i < 200; i++) {
-    const s = JSON.parse(await virsh(['qemu-agent-command', domain, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } })])) as { return: { exited: boolean; exitcode?: number } };
+    const s = JSON.parse(await virsh(['qemu-agent-command', domain, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } })])) as {
+      return: { exited: boolean; exitcode?: number };
+    };
     if (s.return.exited) return void expect(s.return.exitcode, command).toBe(0);
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -82,7 +89,8 @@ async function inGuest(domain: string, command: string): Promise<void> {
 }
 
 /** The guest writes 64 KiB of random data at the start of each chunk named (inside the disk's random data: incompressible). */
-const writeChunks = (domain: string, chunks: number[]) => inGuest(domain, chunks.map((c) => `dd if=/dev/urandom of=/dev/vda bs=65536 seek=${(c * CHUNK) / 65536} count=1 conv=notrunc,fsync 2>/dev/null`).join(' && '));
+const writeChunks = (domain: string, chunks: number[]) =>
+  inGuest(domain, chunks.map((c) => `dd if=/dev/urandom of=/dev/vda bs=65536 seek=${(c * CHUNK) / 65536} count=1 conv=notrunc,fsync 2>/dev/null`).join(' && '));
 
 const failback = (input: object) => runExecution(t.sfn, t.stack.endpoints.stateMachines.Failback!, input, { pollMs: 300 });
 
@@ -93,11 +101,21 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     for (const [i, m] of t.movers.entries()) {
       await m.stop(true);
       const group = i === 0 ? 'site-a' : 'dr';
-      t.movers[i] = startMover(t.stack.endpoints, { name: `${group}-mover`, group, env: { LIFEBOAT_WORK_DIR: join(t.dir, `w-${group}`) }, onLog: (l) => t.logs.push(l) });
+      t.movers[i] = startMover(t.stack.endpoints, {
+        name: `${group}-mover`,
+        group,
+        env: { LIFEBOAT_WORK_DIR: join(t.dir, `w-${group}`) },
+        onLog: (l) => t.logs.push(l),
+      });
     }
     prod = await startLabVm({
-      dir: join(t.dir, 'prod'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: prodName, format: 'raw',
-      sizeBytes: DISK, dataBytes: 16 * MiB, behaviour: { mode: 'idle' },
+      dir: join(t.dir, 'prod'),
+      cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'),
+      name: prodName,
+      format: 'raw',
+      sizeBytes: DISK,
+      dataBytes: 16 * MiB,
+      behaviour: { mode: 'idle' },
     });
     await t.stack.catalog.putVm({ vmId: 'fb-prod', host: 'kvm-01', source: prodName, name: prodName });
   }, 600_000);
@@ -126,12 +144,24 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
 
     // Disaster: production stays off. Failover as restore does it today: the DR copy booted at the DR site.
     const drDir = join(t.dir, 'dr-site', 'vm');
-    const restored = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
-      vmId: 'fb-prod', moverGroup: 'dr', fromBucket: t.stack.endpoints.buckets.dr, target: drDir, define: { uri: 'qemu:///system', name: drName, start: true },
-    }, { pollMs: 300 });
+    const restored = await runExecution(
+      t.sfn,
+      t.stack.endpoints.stateMachines.Restore!,
+      {
+        vmId: 'fb-prod',
+        moverGroup: 'dr',
+        fromBucket: t.stack.endpoints.buckets.dr,
+        target: drDir,
+        define: { uri: 'qemu:///system', name: drName, start: true },
+      },
+      { pollMs: 300 },
+    );
     expect(restored.status, restored.cause).toBe('SUCCEEDED');
     await waitForConsoleLine(join(drDir, 'console.log'), /LIFEBOAT-GUEST READY/, 180_000);
-    drDisk = (await virsh(['domblklist', drName])).split('\n').map((l) => l.trim().split(/\s+/)).find((c) => c[0] === 'vda')![1]!;
+    drDisk = (await virsh(['domblklist', drName]))
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .find((c) => c[0] === 'vda')![1]!;
     // The DR host's inventory gets the VM (as discovery would); the DR-site policy of the configuration protects it.
     await t.stack.catalog.putVm({ vmId: 'fb-dr', host: 'kvm-dr', source: drName, name: drName });
 
@@ -146,7 +176,12 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     // Written after the newest DR backup: only the final backup (after the DR VM stops) has it.
     await writeChunks(drName, [20]);
 
-    const d = await failback({ vmId: 'fb-prod', drVmId: 'fb-dr', shutdownTimeoutSeconds: 120, readiness: { consoleLine: 'LIFEBOAT-GUEST READY', timeoutSeconds: 240 } });
+    const d = await failback({
+      vmId: 'fb-prod',
+      drVmId: 'fb-dr',
+      shutdownTimeoutSeconds: 120,
+      readiness: { consoleLine: 'LIFEBOAT-GUEST READY', timeoutSeconds: 240 },
+    });
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const r = JSON.parse(d.output!) as FailbackReport;
     expect(r).toMatchObject({ vmId: 'fb-prod', drVmId: 'fb-dr', baseBackupId: b.vms[0]!.backupId, syncBackupId: d2.vms[0]!.backupId, chunksDrifted: 0 });
@@ -160,7 +195,9 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     expect(r.bytesSent / r.bytesChanged).toBeLessThan(1.01);
     expect(r.production).toMatchObject({ domain: prodName, state: 'running' });
     expect(r.outageSeconds).toBeGreaterThan(0);
-    console.log(`failback: changed ${r.bytesChanged} B, sent ${r.bytesSent} B (${(r.bytesSent / r.bytesChanged).toFixed(3)}), written ${r.bytesWritten} B; outage ${r.outageSeconds} s (DR VM shutdown, final backup, final delta, production boot under TCG)`);
+    console.log(
+      `failback: changed ${r.bytesChanged} B, sent ${r.bytesSent} B (${(r.bytesSent / r.bytesChanged).toFixed(3)}), written ${r.bytesWritten} B; outage ${r.outageSeconds} s (DR VM shutdown, final backup, final delta, production boot under TCG)`,
+    );
 
     // Production's disk equals the DR VM's (shut off at the final backup); the production guest is idle, so it stays so.
     expect((await virsh(['domstate', drName])).trim()).toBe('shut off');
@@ -178,9 +215,15 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
   it('names the VM that refuses to shut down, and leaves it running', async () => {
     // The production guest running with its agent stopped: neither the agent nor ACPI (busybox ignores it) can shut it down.
     if ((await virsh(['domstate', prodName])).trim() !== 'running') await prod.start();
-    await virsh(['qemu-agent-command', prodName, JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', 'kill -STOP $(pidof qemu-ga)'] } })]);
+    await virsh([
+      'qemu-agent-command',
+      prodName,
+      JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', 'kill -STOP $(pidof qemu-ga)'] } }),
+    ]);
     await new Promise((r) => setTimeout(r, 1000));
-    await expect(stopDrVm({ uri: 'qemu:///system', name: prodName }, 8)).rejects.toThrow(new RegExp(`the DR VM '${prodName}' on qemu:///system did not shut down within 8 s \\(it is running`));
+    await expect(stopDrVm({ uri: 'qemu:///system', name: prodName }, 8)).rejects.toThrow(
+      new RegExp(`the DR VM '${prodName}' on qemu:///system did not shut down within 8 s \\(it is running`),
+    );
     expect((await virsh(['domstate', prodName])).trim()).toBe('running');
   }, 300_000);
 });

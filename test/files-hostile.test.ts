@@ -34,7 +34,8 @@ function peek(file: string, at: number, n: number): Buffer {
   closeSync(fd);
   return b;
 }
-const debugfs = (file: string, cmd: string, write = false) => execFileSync('debugfs', [...(write ? ['-w'] : []), '-R', cmd, file], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+const debugfs = (file: string, cmd: string, write = false) =>
+  execFileSync('debugfs', [...(write ? ['-w'] : []), '-R', cmd, file], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
 
 /** `get /` of `disk` in the sandbox with tight bounds: the failure, or undefined when it read through. */
 async function extractAll(disk: BlockReader): Promise<SandboxFailure | undefined> {
@@ -100,8 +101,12 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('hostile and damaged gues
     const B = 16000;
     const node = (depth: number, child: number) => {
       const b = Buffer.alloc(24);
-      b.writeUInt16LE(0xf30a, 0); b.writeUInt16LE(1, 2); b.writeUInt16LE(4, 4); b.writeUInt16LE(depth, 6);
-      b.writeUInt32LE(0, 12); b.writeUInt32LE(child, 16);
+      b.writeUInt16LE(0xf30a, 0);
+      b.writeUInt16LE(1, 2);
+      b.writeUInt16LE(4, 4);
+      b.writeUInt16LE(depth, 6);
+      b.writeUInt32LE(0, 12);
+      b.writeUInt32LE(child, 16);
       return b;
     };
     patch(looped, block * 1024 + offset + 40, node(2, B));
@@ -127,7 +132,10 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('hostile and damaged gues
 
   // The readers themselves, in process, against many mutated images: every outcome is a
   // result or a reader error, each within its bound.
-  it.each([['ext4', 0x5eed], ['vfat', 0xfa7]] as const)('fuzz: %s images with random bytes changed give a result or a clear error, each within 5 s', async (kind, seed) => {
+  it.each([
+    ['ext4', 0x5eed],
+    ['vfat', 0xfa7],
+  ] as const)('fuzz: %s images with random bytes changed give a result or a clear error, each within 5 s', async (kind, seed) => {
     const base = readFileSync(kind === 'ext4' ? ext : fat);
     const rand = prng(seed);
     const outcomes = { ok: 0, corrupt: 0, notFound: 0 };
@@ -137,17 +145,31 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('hostile and damaged gues
       // Metadata lives at the front: mutate there mostly, sometimes anywhere.
       const span = rand(4) === 0 ? img.length : 160 * 1024;
       for (let k = 1 + rand(24); k > 0; k--) img[rand(span)] = rand(256);
-      const disk: BlockReader = { size: img.length, read: async (o, l) => { if (o + l > img.length) throw new Error('past the end'); return img.subarray(o, o + l); } };
+      const disk: BlockReader = {
+        size: img.length,
+        read: async (o, l) => {
+          if (o + l > img.length) throw new Error('past the end');
+          return img.subarray(o, o + l);
+        },
+      };
       const attempt = (async () => {
         const { fs } = await openVolume(disk, undefined);
         let bytes = 0;
         await walk(fs, '/', async (e) => {
           if (e.kind !== 'file') return;
-          for (const r of await e.ranges()) for (let o = r.offset; o < r.offset + r.length && bytes < 4 * 1024 * 1024; o += 1 << 20) bytes += (await e.read(o, Math.min(1 << 20, r.offset + r.length - o)))?.length ?? 0;
+          for (const r of await e.ranges())
+            for (let o = r.offset; o < r.offset + r.length && bytes < 4 * 1024 * 1024; o += 1 << 20)
+              bytes += (await e.read(o, Math.min(1 << 20, r.offset + r.length - o)))?.length ?? 0;
         });
       })();
       const bound = new Promise<'hung'>((ok) => setTimeout(() => ok('hung'), 5000).unref());
-      const outcome = await Promise.race([attempt.then(() => 'ok' as const, (err: unknown) => err), bound]);
+      const outcome = await Promise.race([
+        attempt.then(
+          () => 'ok' as const,
+          (err: unknown) => err,
+        ),
+        bound,
+      ]);
       if (outcome === 'ok') outcomes.ok++;
       else if (outcome instanceof FsNotFound) outcomes.notFound++;
       else if (outcome instanceof FsCorrupt || outcome instanceof RangeError) {
@@ -163,8 +185,22 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('hostile and damaged gues
     // What a subverted reader could send: the extraction refuses it before touching the disk.
     const target = mkdtempSync(join(work, 'evil-out-'));
     const x = extractor(target);
-    await expect(x.onMessage({ t: 'event', kind: 'file', path: 'Documents/../../escape', entry: { name: 'escape', type: 'file', size: 1, mode: 0o644, uid: 0, gid: 0, mtimeMs: 0, atimeMs: 0 } })).rejects.toThrow(/not a plain relative path; refused/);
-    await expect(x.onMessage({ t: 'event', kind: 'symlink', path: '/etc/passwd', entry: { name: 'x', type: 'symlink', size: 1, mode: 0o777, uid: 0, gid: 0, mtimeMs: 0, atimeMs: 0, target: '/' } })).rejects.toThrow(/refused/);
+    await expect(
+      x.onMessage({
+        t: 'event',
+        kind: 'file',
+        path: 'Documents/../../escape',
+        entry: { name: 'escape', type: 'file', size: 1, mode: 0o644, uid: 0, gid: 0, mtimeMs: 0, atimeMs: 0 },
+      }),
+    ).rejects.toThrow(/not a plain relative path; refused/);
+    await expect(
+      x.onMessage({
+        t: 'event',
+        kind: 'symlink',
+        path: '/etc/passwd',
+        entry: { name: 'x', type: 'symlink', size: 1, mode: 0o777, uid: 0, gid: 0, mtimeMs: 0, atimeMs: 0, target: '/' },
+      }),
+    ).rejects.toThrow(/refused/);
     expect(readdirSync(target)).toEqual([]);
   });
 });

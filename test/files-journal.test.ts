@@ -29,8 +29,10 @@ import { extImage, imageReader, missingTools, readTree } from './helpers/guest-d
 const missing = missingTools();
 const work = mkdtempSync(join(tmpdir(), 'lifeboat-files-journal-'));
 const BS = 1024;
-const job = (op: Record<string, unknown>): FilesJob => filesJob.parse({ filesId: 't', vmId: 'vm', backupId: 'b1', diskId: 'vda', moverGroup: 'g', repository: { bucket: 'x' }, ...op });
-const debugfs = (file: string, cmds: string, write = false) => execFileSync('debugfs', [...(write ? ['-w'] : []), '-f', '-', file], { input: cmds, stdio: ['pipe', 'pipe', 'pipe'] }).toString();
+const job = (op: Record<string, unknown>): FilesJob =>
+  filesJob.parse({ filesId: 't', vmId: 'vm', backupId: 'b1', diskId: 'vda', moverGroup: 'g', repository: { bucket: 'x' }, ...op });
+const debugfs = (file: string, cmds: string, write = false) =>
+  execFileSync('debugfs', [...(write ? ['-w'] : []), '-f', '-', file], { input: cmds, stdio: ['pipe', 'pipe', 'pipe'] }).toString();
 let n = 0;
 /** Everything in `disk`, extracted by the reader (in its sandbox), as a tree. */
 async function extracted(disk: string) {
@@ -49,7 +51,14 @@ function flip(file: string, at: number): void {
   closeSync(fd);
 }
 /** The first data block of `path` in `image`. */
-const firstBlock = (image: string, path: string) => Number(/(\d+)/.exec(debugfs(image, `blocks ${path}\n`).split('\n').find((l) => /^\d/.test(l.trim())) ?? '')?.[1]);
+const firstBlock = (image: string, path: string) =>
+  Number(
+    /(\d+)/.exec(
+      debugfs(image, `blocks ${path}\n`)
+        .split('\n')
+        .find((l) => /^\d/.test(l.trim())) ?? '',
+    )?.[1],
+  );
 
 describe.skipIf(missing.length > 0 && !process.env.CI)('ext journal replay and metadata checksums', () => {
   const a = join(work, 'a.img');
@@ -88,14 +97,19 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('ext journal replay and m
     const uncommittedBlock = firstBlock(a, '/secret');
     expect(revokedBlock).toBeGreaterThan(0);
     expect(uncommittedBlock).toBeGreaterThan(0);
-    debugfs(dirty, [
-      'jo',
-      `jw -b ${changed.join(',')} ${join(work, 'changed.bin')}`,
-      `jw -b ${revokedBlock} ${join(work, 'garbage.bin')}`,
-      `jw -r ${revokedBlock} ${join(work, 'none.bin')}`,
-      `jw -b ${uncommittedBlock} -c ${join(work, 'garbage.bin')}`,
-      'jc', '',
-    ].join('\n'), true);
+    debugfs(
+      dirty,
+      [
+        'jo',
+        `jw -b ${changed.join(',')} ${join(work, 'changed.bin')}`,
+        `jw -b ${revokedBlock} ${join(work, 'garbage.bin')}`,
+        `jw -r ${revokedBlock} ${join(work, 'none.bin')}`,
+        `jw -b ${uncommittedBlock} -c ${join(work, 'garbage.bin')}`,
+        'jc',
+        '',
+      ].join('\n'),
+      true,
+    );
     const log = debugfs(dirty, 'logdump\n');
     expect(log).toMatch(/sequence 3, type 5 \(revoke table\)/);
     expect(execFileSync('dumpe2fs', ['-h', dirty], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()).toMatch(/needs_recovery/);
@@ -122,40 +136,46 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('ext journal replay and m
     expect(await extracted(replayed)).toEqual(got);
   });
 
-  it.skipIf(process.getuid?.() !== 0 || !hasPython())('reads the committed state of a journal the kernel left: mount, write, shut down with the log flushed, unmount', async () => {
-    const img = join(work, 'kernel.img');
-    copyFileSync(a, img);
-    const mnt = join(work, 'mnt');
-    mkdirSync(mnt);
-    try {
-      execFileSync('mount', ['-o', 'loop', img, mnt], { stdio: 'ignore' });
-    } catch {
-      return expect.soft('loop mount unavailable').toBe('loop mount unavailable');
-    }
-    try {
-      mkdirSync(join(mnt, 'kernel'));
-      writeFileSync(join(mnt, 'kernel/file.txt'), 'from the kernel\n');
-      execFileSync('sync', ['-f', join(mnt, 'kernel/file.txt')]);
-      mkdirSync(join(mnt, 'kernel/after-sync'));
-      rmSync(join(mnt, 'tiny'));
-      execFileSync('python3', ['-c', `import fcntl,os,struct; fd=os.open(${JSON.stringify(mnt)},os.O_RDONLY); fcntl.ioctl(fd, 0x8004587D, struct.pack('I', 1))`]);
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
-    expect(execFileSync('dumpe2fs', ['-h', img], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()).toMatch(/needs_recovery/);
-    expect(debugfs(img, 'logdump\n')).toMatch(/commit block/);
-    const got = await extracted(img);
-    expect(got.has('kernel/after-sync')).toBe(true);
-    expect(got.has('tiny')).toBe(false);
-    const replayed = join(work, 'kernel-replayed.img');
-    copyFileSync(img, replayed);
-    try {
-      execFileSync('e2fsck', ['-fy', replayed], { stdio: 'ignore' });
-    } catch (err) {
-      expect((err as { status: number }).status).toBe(1);
-    }
-    expect(await extracted(replayed)).toEqual(got);
-  });
+  it.skipIf(process.getuid?.() !== 0 || !hasPython())(
+    'reads the committed state of a journal the kernel left: mount, write, shut down with the log flushed, unmount',
+    async () => {
+      const img = join(work, 'kernel.img');
+      copyFileSync(a, img);
+      const mnt = join(work, 'mnt');
+      mkdirSync(mnt);
+      try {
+        execFileSync('mount', ['-o', 'loop', img, mnt], { stdio: 'ignore' });
+      } catch {
+        return expect.soft('loop mount unavailable').toBe('loop mount unavailable');
+      }
+      try {
+        mkdirSync(join(mnt, 'kernel'));
+        writeFileSync(join(mnt, 'kernel/file.txt'), 'from the kernel\n');
+        execFileSync('sync', ['-f', join(mnt, 'kernel/file.txt')]);
+        mkdirSync(join(mnt, 'kernel/after-sync'));
+        rmSync(join(mnt, 'tiny'));
+        execFileSync('python3', [
+          '-c',
+          `import fcntl,os,struct; fd=os.open(${JSON.stringify(mnt)},os.O_RDONLY); fcntl.ioctl(fd, 0x8004587D, struct.pack('I', 1))`,
+        ]);
+      } finally {
+        execFileSync('umount', [mnt]);
+      }
+      expect(execFileSync('dumpe2fs', ['-h', img], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()).toMatch(/needs_recovery/);
+      expect(debugfs(img, 'logdump\n')).toMatch(/commit block/);
+      const got = await extracted(img);
+      expect(got.has('kernel/after-sync')).toBe(true);
+      expect(got.has('tiny')).toBe(false);
+      const replayed = join(work, 'kernel-replayed.img');
+      copyFileSync(img, replayed);
+      try {
+        execFileSync('e2fsck', ['-fy', replayed], { stdio: 'ignore' });
+      } catch (err) {
+        expect((err as { status: number }).status).toBe(1);
+      }
+      expect(await extracted(replayed)).toEqual(got);
+    },
+  );
 
   it('refuses damaged metadata, naming the structure: superblock, group descriptor, inode, directory block', async () => {
     const ls = (disk: string, path: string) => runFilesOn(imageReader(disk), job({ op: 'ls', path }));
@@ -176,7 +196,9 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('ext journal replay and m
 
     copyFileSync(a, bad);
     flip(bad, firstBlock(a, '/docs') * BS + 30); // a byte of the entries' names
-    await expect(ls(bad, '/docs')).rejects.toThrow(/ext: directory \/docs \(inode \d+\): directory block metadata checksum mismatch .*the directory block is damaged/);
+    await expect(ls(bad, '/docs')).rejects.toThrow(
+      /ext: directory \/docs \(inode \d+\): directory block metadata checksum mismatch .*the directory block is damaged/,
+    );
     // The sound image reads.
     const sound = await ls(a, '/docs');
     expect(sound.op === 'ls' && sound.total).toBe(42);

@@ -53,40 +53,64 @@ describe.skipIf(missing.length > 0 && !process.env.CI)('lifeboat files ls / get 
     await t?.close();
   });
 
-  it('ls prints the directory as stored; --json gives every entry with its metadata', async () => {
-    const r = await cli(['files', 'ls', 'vm-f', '/']);
-    expect(r.stderr).toBe('');
-    expect(r.stdout).toMatch(/disk 'vda' partition 1 \(ext4\): \/, \d+ entries/);
-    expect(r.stdout).toMatch(/^-rw------- +\d+ +\d+ +9 2024-02-29 12:34:56 secret$/m);
-    expect(r.stdout).toMatch(/^lrwxrwxrwx .* link -> docs\/readme\.txt$/m);
-    const j = await cli(['files', 'ls', 'vm-f:vda', '/docs', '--json', '--partition', '1']);
-    const listing = JSON.parse(j.stdout) as { fs: string; entries: { name: string; type: string; size: number; mode: number }[] };
-    expect(listing.fs).toBe('ext4');
-    expect(listing.entries.map((e) => e.name).sort()).toEqual([...tree.keys()].filter((k) => /^docs\/[^/]+$/.test(k)).map((k) => k.slice(5)).sort());
-    for (const e of listing.entries) expect({ n: e.name, type: e.type, mode: e.mode }).toEqual({ n: e.name, type: tree.get(`docs/${e.name}`)!.type, mode: tree.get(`docs/${e.name}`)!.mode });
-  }, CLI_TIMEOUT);
+  it(
+    'ls prints the directory as stored; --json gives every entry with its metadata',
+    async () => {
+      const r = await cli(['files', 'ls', 'vm-f', '/']);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toMatch(/disk 'vda' partition 1 \(ext4\): \/, \d+ entries/);
+      expect(r.stdout).toMatch(/^-rw------- +\d+ +\d+ +9 2024-02-29 12:34:56 secret$/m);
+      expect(r.stdout).toMatch(/^lrwxrwxrwx .* link -> docs\/readme\.txt$/m);
+      const j = await cli(['files', 'ls', 'vm-f:vda', '/docs', '--json', '--partition', '1']);
+      const listing = JSON.parse(j.stdout) as { fs: string; entries: { name: string; type: string; size: number; mode: number }[] };
+      expect(listing.fs).toBe('ext4');
+      expect(listing.entries.map((e) => e.name).sort()).toEqual(
+        [...tree.keys()]
+          .filter((k) => /^docs\/[^/]+$/.test(k))
+          .map((k) => k.slice(5))
+          .sort(),
+      );
+      for (const e of listing.entries)
+        expect({ n: e.name, type: e.type, mode: e.mode }).toEqual({
+          n: e.name,
+          type: tree.get(`docs/${e.name}`)!.type,
+          mode: tree.get(`docs/${e.name}`)!.mode,
+        });
+    },
+    CLI_TIMEOUT,
+  );
 
-  it('get extracts the whole tree on the mover\'s host, equal to the source: bytes, modes, times, links, holes', async () => {
-    const to = join(t.dir, 'restored');
-    const r = await cli(['files', 'get', 'vm-f', '/', '--to', to]);
-    expect(r.stderr).toBe('');
-    expect(r.stdout).toMatch(/→ .*restored\n {2}\d+ file\(s\), \d+ folder\(s\), 3 symbolic link\(s\)/);
-    const got = readTree(to);
-    got.delete('lost+found');
-    expect([...got.keys()].sort()).toEqual([...tree.keys()].sort());
-    for (const [p, w] of tree) expect({ p, ...got.get(p), blocks: 0 }).toEqual({ p, ...w, blocks: 0 });
-  }, CLI_TIMEOUT);
+  it(
+    "get extracts the whole tree on the mover's host, equal to the source: bytes, modes, times, links, holes",
+    async () => {
+      const to = join(t.dir, 'restored');
+      const r = await cli(['files', 'get', 'vm-f', '/', '--to', to]);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toMatch(/→ .*restored\n {2}\d+ file\(s\), \d+ folder\(s\), 3 symbolic link\(s\)/);
+      const got = readTree(to);
+      got.delete('lost+found');
+      expect([...got.keys()].sort()).toEqual([...tree.keys()].sort());
+      for (const [p, w] of tree) expect({ p, ...got.get(p), blocks: 0 }).toEqual({ p, ...w, blocks: 0 });
+    },
+    CLI_TIMEOUT,
+  );
 
-  it('names what is not there: the backup, the disk, the partition, the path', async () => {
-    const files = async (input: Record<string, unknown>) => {
-      const d = await runExecution(t.sfn, t.stack.endpoints.stateMachines['Files']!, { vmId: 'vm-f', op: 'ls', path: '/', ...input });
-      return `${d.status} ${d.error ?? ''}: ${d.cause ?? ''}`;
-    };
-    expect(await files({ backupId: 'nope' })).toMatch(/FAILED .*VM 'vm-f' has no backup 'nope'/);
-    expect(await files({ diskId: 'vdz' })).toMatch(/FAILED .*has no disk 'vdz'; it has 'vda'/);
-    expect(await files({ partition: 2 })).toMatch(/FAILED Files\.NotFound: backup \S+ disk 'vda' partition 2: the disk has no partition 2; it has: partition 1 \(56 MiB\): ext4/);
-    const r = await cli(['files', 'get', 'vm-f', '/docs/missing.txt', '--to', join(t.dir, 'nothing')]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/Files\.NotFound.*\/docs\/missing\.txt does not exist on the ext4 file system/);
-  }, CLI_TIMEOUT);
+  it(
+    'names what is not there: the backup, the disk, the partition, the path',
+    async () => {
+      const files = async (input: Record<string, unknown>) => {
+        const d = await runExecution(t.sfn, t.stack.endpoints.stateMachines['Files']!, { vmId: 'vm-f', op: 'ls', path: '/', ...input });
+        return `${d.status} ${d.error ?? ''}: ${d.cause ?? ''}`;
+      };
+      expect(await files({ backupId: 'nope' })).toMatch(/FAILED .*VM 'vm-f' has no backup 'nope'/);
+      expect(await files({ diskId: 'vdz' })).toMatch(/FAILED .*has no disk 'vdz'; it has 'vda'/);
+      expect(await files({ partition: 2 })).toMatch(
+        /FAILED Files\.NotFound: backup \S+ disk 'vda' partition 2: the disk has no partition 2; it has: partition 1 \(56 MiB\): ext4/,
+      );
+      const r = await cli(['files', 'get', 'vm-f', '/docs/missing.txt', '--to', join(t.dir, 'nothing')]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/Files\.NotFound.*\/docs\/missing\.txt does not exist on the ext4 file system/);
+    },
+    CLI_TIMEOUT,
+  );
 });

@@ -18,14 +18,25 @@ afterAll(async () => {
 });
 
 it('restores the version 1 fixture repository byte-identical', async () => {
-  const expected = JSON.parse(await readFile(join(fixture, 'expected.json'), 'utf8')) as { backupId: string; diskId: string; sizeBytes: number; sha256: string };
+  const expected = JSON.parse(await readFile(join(fixture, 'expected.json'), 'utf8')) as {
+    backupId: string;
+    diskId: string;
+    sizeBytes: number;
+    sha256: string;
+  };
   const store = new MemoryObjectStore();
   const root = join(fixture, 'objects');
   for (const e of await readdir(root, { recursive: true, withFileTypes: true })) {
     if (e.isFile()) store.objects.set(relative(root, join(e.parentPath, e.name)), await readFile(join(e.parentPath, e.name)));
   }
   const keys = deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(join(fixture, 'keyfile'))));
-  const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(expected.backupId, expected.diskId)))!, expected.backupId, expected.diskId, store);
+  const manifest = await decodeManifest(
+    keys,
+    (await store.get(objectKeys.manifest(expected.backupId, expected.diskId)))!,
+    expected.backupId,
+    expected.diskId,
+    store,
+  );
   expect(manifest.chunks.length).toBe(5);
   expect(manifest.chunks[1]).toBeNull(); // the zero chunk
   expect(manifest.chunks[0]).toBe(manifest.chunks[2]); // the repeated chunk is stored once

@@ -55,7 +55,9 @@ afterAll(async () => {
 
 describe('the version 2 fixture repository', () => {
   it('holds what make-repo-v2 wrote: 4 packs, 2 index objects, 2 manifests and the key', () => {
-    expect([...store.objects.keys()].sort()).toEqual([...expected.packs, ...expected.indexes, ...expected.backups.map((b) => b.manifestKey), objectKeys.masterKey()].sort());
+    expect([...store.objects.keys()].sort()).toEqual(
+      [...expected.packs, ...expected.indexes, ...expected.backups.map((b) => b.manifestKey), objectKeys.masterKey()].sort(),
+    );
     expect(expected.packs).toHaveLength(4);
     expect(expected.indexes).toHaveLength(2);
   });

@@ -78,7 +78,11 @@ describe('the version 3 fixture repository', () => {
       expect(v.chunksChecked).toBe(6);
       const target = join(dir, `${b.backupId}.raw`);
       await restoreDisk({ store, keys, backupId: b.backupId, diskId: b.diskId, target });
-      expect(createHash('sha256').update(await readFile(target)).digest('hex')).toBe(b.sha256);
+      expect(
+        createHash('sha256')
+          .update(await readFile(target))
+          .digest('hex'),
+      ).toBe(b.sha256);
     }
   });
 });

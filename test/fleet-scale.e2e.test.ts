@@ -60,8 +60,17 @@ it(`plans and runs a policy of ${VMS} VMs with no payload over 256 KiB and no hi
   const backupId = (JSON.parse(first.output!) as RunSummary).vms[0]!.backupId;
   const record = (await stack.catalog.getBackup('template', backupId))!;
   await Promise.all(t.movers.map((m) => m.stop(true)));
-  const snapshot = { handle: 'instant', config: {}, disks: record.disks!.map((d) => ({ diskId: d.diskId, path: join(dir, `${d.diskId}.raw`), sizeBytes: d.sizeBytes })) };
-  mover = startInstantMover(t.sfn, stack.endpoints.activities[Object.keys(stack.endpoints.activities).find((a) => a.endsWith('-mover-fleet'))!]!, { backupId, snapshot, disks: record.disks!, repository: await openRepository(stack.endpoints) }, 16);
+  const snapshot = {
+    handle: 'instant',
+    config: {},
+    disks: record.disks!.map((d) => ({ diskId: d.diskId, path: join(dir, `${d.diskId}.raw`), sizeBytes: d.sizeBytes })),
+  };
+  mover = startInstantMover(
+    t.sfn,
+    stack.endpoints.activities[Object.keys(stack.endpoints.activities).find((a) => a.endsWith('-mover-fleet'))!]!,
+    { backupId, snapshot, disks: record.disks!, repository: await openRepository(stack.endpoints) },
+    16,
+  );
 
   const vmIds = Array.from({ length: VMS }, (_, i) => `vm-${String(i).padStart(4, '0')}`);
   for (let i = 0; i < VMS; i += 100) {
@@ -89,9 +98,11 @@ it(`plans and runs a policy of ${VMS} VMs with no payload over 256 KiB and no hi
   const run = [parent, ...children].map((r) => ({ arn: r.executionArn, ...(r.quotaUsage as QuotaUsage) }));
   const history = run.reduce((a, b) => (b.historyEvents > a.historyEvents ? b : a));
   const payload = run.reduce((a, b) => (b.largestPayload.bytes > a.largestPayload.bytes ? b : a));
-  process.stdout.write(`${VMS} VMs in ${seconds.toFixed(1)} s (control-plane CPU ${((cpu.user + cpu.system) / 1000 / VMS).toFixed(0)} ms per VM: runner, handlers, dynalite, s3rver): ${children.length} child executions; parent history ${parent.quotaUsage!.historyEvents} events, `
-    + `largest history ${history.historyEvents} events (${history.arn.split(':').slice(-2).join(':')}), largest payload ${payload.largestPayload.bytes} B (${payload.largestPayload.where}); `
-    + `instant mover answered ${JSON.stringify(mover.answered)}\n`);
+  process.stdout.write(
+    `${VMS} VMs in ${seconds.toFixed(1)} s (control-plane CPU ${((cpu.user + cpu.system) / 1000 / VMS).toFixed(0)} ms per VM: runner, handlers, dynalite, s3rver): ${children.length} child executions; parent history ${parent.quotaUsage!.historyEvents} events, ` +
+      `largest history ${history.historyEvents} events (${history.arn.split(':').slice(-2).join(':')}), largest payload ${payload.largestPayload.bytes} B (${payload.largestPayload.where}); ` +
+      `instant mover answered ${JSON.stringify(mover.answered)}\n`,
+  );
   expect(history.historyEvents).toBeLessThan(AWS_QUOTAS.historyEvents);
   expect(payload.largestPayload.bytes).toBeLessThan(AWS_QUOTAS.payloadBytes);
   // Nothing in the parent grows with the fleet: its history is the same few states as a one-VM run's.

@@ -43,21 +43,35 @@ async function restoreMatches(vmId: string, vmDir: string, diskIds: string[]): P
   const { store, keys } = await openRepository(t.stack.endpoints);
   const restored = await restoreVm({ store, keys, backupId: backup.backupId, diskIds, targetDir: join(t.dir, 'restore', vmId) });
   for (const d of restored.disks) {
-    if (await sha256File(d.path) !== await sha256File(join(vmDir, `${d.diskId}.raw`))) return false;
+    if ((await sha256File(d.path)) !== (await sha256File(join(vmDir, `${d.diskId}.raw`)))) return false;
   }
   return true;
 }
 
 describe('a fleet of movers', () => {
-  it('routes each VM to its host\'s mover group and spreads a large disk\'s segments over the group', async () => {
+  it("routes each VM to its host's mover group and spreads a large disk's segments over the group", async () => {
     const big = join(t.dir, 'vms', 'vm-big');
     const small = join(t.dir, 'vms', 'vm-small');
-    await createVmFolder(big, { name: 'vm-big', disks: [{ id: 'disk0', sizeBytes: 96 * MiB }, { id: 'disk1', sizeBytes: 8 * MiB }] }, seededRng(11));
+    await createVmFolder(
+      big,
+      {
+        name: 'vm-big',
+        disks: [
+          { id: 'disk0', sizeBytes: 96 * MiB },
+          { id: 'disk1', sizeBytes: 8 * MiB },
+        ],
+      },
+      seededRng(11),
+    );
     await createVmFolder(small, { name: 'vm-small', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }] }, seededRng(12));
     await t.stack.catalog.putVm({ vmId: 'vm-big', host: 'esx-01', source: big });
     await t.stack.catalog.putVm({ vmId: 'vm-small', host: 'esx-03', source: small });
     await t.stack.catalog.putPolicy({
-      policyId: 'p-fleet', vmIds: ['vm-big', 'vm-small'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 2,
+      policyId: 'p-fleet',
+      vmIds: ['vm-big', 'vm-small'],
+      bucket: t.stack.endpoints.bucket,
+      chunkSize: MiB,
+      slotLimit: 2,
       segmentBytes: 32 * MiB,
     });
 
@@ -70,7 +84,11 @@ describe('a fleet of movers', () => {
     // Affinity: every task of a VM ran on a mover of the group serving its host.
     expect(tasksOf('vm-big').length).toBeGreaterThan(0);
     expect(tasksOf('vm-big').every((l) => l.mover.startsWith('site-a-'))).toBe(true);
-    expect(tasksOf('vm-small').map((l) => l.task).sort()).toEqual(['dispatch', 'releaseSnapshot', 'snapshot']);
+    expect(
+      tasksOf('vm-small')
+        .map((l) => l.task)
+        .sort(),
+    ).toEqual(['dispatch', 'releaseSnapshot', 'snapshot']);
     expect(tasksOf('vm-small').every((l) => l.mover === 'site-b-mover-1')).toBe(true);
 
     // One disk, many movers: 96 MiB in 32 MiB segments is three dispatch tasks, on more than one mover.
@@ -78,11 +96,18 @@ describe('a fleet of movers', () => {
     expect(segments.map((l) => l.segment).sort()).toEqual([0, 1, 2]);
     expect(new Set(segments.map((l) => l.mover)).size).toBeGreaterThan(1);
     // disk1 (8 MiB) is below the segment size: one task, no segment.
-    expect(tasksOf('vm-big').filter((l) => l.task === 'dispatch' && l.diskId === 'disk1').map((l) => l.segment)).toEqual([undefined]);
+    expect(
+      tasksOf('vm-big')
+        .filter((l) => l.task === 'dispatch' && l.diskId === 'disk1')
+        .map((l) => l.segment),
+    ).toEqual([undefined]);
 
     // The joined manifest describes the whole disk: Verify passed, and the restore is identical.
     const backup = (await t.stack.catalog.latestCommitted('vm-big'))!;
-    expect(backup.disks!.map((x) => [x.diskId, x.sizeBytes, x.stats.chunks])).toEqual([['disk0', 96 * MiB, 96], ['disk1', 8 * MiB, 8]]);
+    expect(backup.disks!.map((x) => [x.diskId, x.sizeBytes, x.stats.chunks])).toEqual([
+      ['disk0', 96 * MiB, 96],
+      ['disk1', 8 * MiB, 8],
+    ]);
     expect(await restoreMatches('vm-big', big, ['disk0', 'disk1'])).toBe(true);
     expect(await restoreMatches('vm-small', small, ['disk0'])).toBe(true);
 
@@ -106,13 +131,16 @@ describe('a fleet of movers', () => {
 
     // Each VM's work spans its snapshot start to its snapshot release; on one host they never overlap.
     const logs = t.logs.slice(from);
-    const spans = vms.map((vmId) => {
-      const own = logs.filter((l) => l.vmId === vmId);
-      const start = own.findIndex((l) => l.event === 'task.started' && l.task === 'snapshot');
-      const end = own.findLastIndex((l) => l.event === 'task.succeeded' && l.task === 'releaseSnapshot');
-      return [logs.indexOf(own[start]!), logs.indexOf(own[end]!)] as const;
-    }).sort((a, b) => a[0] - b[0]);
+    const spans = vms
+      .map((vmId) => {
+        const own = logs.filter((l) => l.vmId === vmId);
+        const start = own.findIndex((l) => l.event === 'task.started' && l.task === 'snapshot');
+        const end = own.findLastIndex((l) => l.event === 'task.succeeded' && l.task === 'releaseSnapshot');
+        return [logs.indexOf(own[start]!), logs.indexOf(own[end]!)] as const;
+      })
+      .sort((a, b) => a[0] - b[0]);
     for (const [s, e] of spans) expect(s).toBeLessThan(e);
-    for (let i = 1; i < spans.length; i++) expect(spans[i]![0], 'the next VM started only after the previous released its snapshot').toBeGreaterThan(spans[i - 1]![1]);
+    for (let i = 1; i < spans.length; i++)
+      expect(spans[i]![0], 'the next VM started only after the previous released its snapshot').toBeGreaterThan(spans[i - 1]![1]);
   }, 240_000);
 });

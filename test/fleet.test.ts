@@ -31,10 +31,24 @@ afterAll(async () => close?.());
 
 describe('SyncConfig', () => {
   it('writes each host with its group and limits, and each policy with its repository bucket', async () => {
-    expect(await catalog.getHost('esx-01')).toEqual({ hostId: 'esx-01', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 2, datastores: { 'ds-ssd-01': 2 } });
+    expect(await catalog.getHost('esx-01')).toEqual({
+      hostId: 'esx-01',
+      moverGroup: 'site-a',
+      site: 'site-a',
+      maxConcurrentBackups: 2,
+      datastores: { 'ds-ssd-01': 2 },
+    });
     expect((await catalog.getHost('esx-03'))?.moverGroup).toBe('site-b');
     const nightly = await catalog.getPolicy('nightly');
-    expect(nightly).toMatchObject({ bucket: 'bucket-primary', chunkSize: MiB / 2, slotLimit: 2, rpoHours: 26, hosts: ['esx-01', 'esx-02', 'esx-03'], replicateTo: { repositoryId: 'dr', bucket: 'bucket-dr' }, managedBy: 'config' });
+    expect(nightly).toMatchObject({
+      bucket: 'bucket-primary',
+      chunkSize: MiB / 2,
+      slotLimit: 2,
+      rpoHours: 26,
+      hosts: ['esx-01', 'esx-02', 'esx-03'],
+      replicateTo: { repositoryId: 'dr', bucket: 'bucket-dr' },
+      managedBy: 'config',
+    });
   });
 
   it('removes policies an earlier configuration wrote, and leaves hand-written ones', async () => {
@@ -48,7 +62,9 @@ describe('SyncConfig', () => {
   });
 
   it('refuses a repository the deployment has no bucket for', async () => {
-    await expect(syncConfig({ config, buckets: { primary: 'b' } }, { catalog })).rejects.toThrow("repository 'dr' has no bucket in the deployment (buckets: primary)");
+    await expect(syncConfig({ config, buckets: { primary: 'b' } }, { catalog })).rejects.toThrow(
+      "repository 'dr' has no bucket in the deployment (buckets: primary)",
+    );
   });
 });
 
@@ -59,14 +75,20 @@ describe('Plan', () => {
     const out = await plan({ policyId: 'nightly', runId: 'run-0001' }, { catalog, now: () => new Date('2026-11-23T01:30:00Z') });
     const byVm = Object.fromEntries(out.vms.map((j) => [j.vmId, j]));
     expect(Object.keys(byVm).sort()).toEqual(['db-01', 'web-01']);
-    expect(byVm['web-01']).toMatchObject({ moverGroup: 'site-a', slotScopes: [{ scope: 'host:esx-01', limit: 2 }, { scope: 'datastore:esx-01/ds-ssd-01', limit: 2 }] });
+    expect(byVm['web-01']).toMatchObject({
+      moverGroup: 'site-a',
+      slotScopes: [
+        { scope: 'host:esx-01', limit: 2 },
+        { scope: 'datastore:esx-01/ds-ssd-01', limit: 2 },
+      ],
+    });
     expect(byVm['db-01']).toMatchObject({ moverGroup: 'site-b', slotScopes: [{ scope: 'host:esx-03', limit: 2 }] }); // min(host 4, policy 2)
     // Manifests are keyed by backup id and disk id: two VMs of one run never share a backup id.
     expect(byVm['web-01']!.backupId).toMatch(/^20261123T013000000Z-run-0001-[0-9a-f]{8}$/);
     expect(byVm['web-01']!.backupId).not.toBe(byVm['db-01']!.backupId);
   });
 
-  it('a VM moved to another host leaves the old host\'s selection', async () => {
+  it("a VM moved to another host leaves the old host's selection", async () => {
     await catalog.putVm({ vmId: 'mover-vm', host: 'esx-02', source: '/vms/m' });
     await catalog.putVm({ vmId: 'mover-vm', host: 'esx-03', source: '/vms/m' });
     expect(await catalog.vmsOnHost('esx-02')).not.toContain('mover-vm');
@@ -76,8 +98,9 @@ describe('Plan', () => {
   it('names the host and what to do when no group serves it', async () => {
     await catalog.putVm({ vmId: 'orphan', host: 'esx-99', source: '/vms/o' });
     await catalog.putPolicy({ policyId: 'p-orphan', vmIds: ['orphan'], bucket: 'b', chunkSize: MiB, slotLimit: 1 });
-    await expect(plan({ policyId: 'p-orphan', runId: 'run-0002' }, { catalog, now: () => new Date() }))
-      .rejects.toThrow(`VM 'orphan' is on host 'esx-99', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
+    await expect(plan({ policyId: 'p-orphan', runId: 'run-0002' }, { catalog, now: () => new Date() })).rejects.toThrow(
+      `VM 'orphan' is on host 'esx-99', which no mover group serves: add the host to a mover group's "hosts" in the configuration`,
+    );
   });
 });
 
@@ -85,7 +108,11 @@ describe('PlanDispatch / JoinSegments', () => {
   const disk = (diskId: string, sizeBytes: number): DiskRef => ({ diskId, path: `/snap/${diskId}`, sizeBytes });
 
   it('splits only disks above the segment size, into chunk-aligned segments', () => {
-    const j = { snapshot: { handle: 'h', config: {}, disks: [disk('small', 3 * MiB), disk('big', 10 * MiB + 5)] }, repository: { bucket: 'b', chunkSize: MiB }, segmentBytes: 4.5 * MiB } as VmJob;
+    const j = {
+      snapshot: { handle: 'h', config: {}, disks: [disk('small', 3 * MiB), disk('big', 10 * MiB + 5)] },
+      repository: { bucket: 'b', chunkSize: MiB },
+      segmentBytes: 4.5 * MiB,
+    } as VmJob;
     const items = planDispatch(j);
     expect(items.map((i) => [i.disk.diskId, i.segment])).toEqual([
       ['small', null],
@@ -102,14 +129,25 @@ describe('PlanDispatch / JoinSegments', () => {
     const size = 10 * chunk + 100;
     const data = randomBytes(size);
     data.fill(0, 2 * chunk, 4 * chunk); // a zero run inside segment 0
-    const reader = { sizeBytes: size, read: async (buf: Buffer, offset: number, length: number) => data.copy(buf, 0, offset, offset + length), close: async () => {} };
+    const reader = {
+      sizeBytes: size,
+      read: async (buf: Buffer, offset: number, length: number) => data.copy(buf, 0, offset, offset + length),
+      close: async () => {},
+    };
     const d = disk('disk0', size);
-    const j = { backupId: 'bk', vmId: 'vm', snapshot: { handle: 'h', config: {}, disks: [d] }, repository: { bucket: 'b', chunkSize: chunk }, segmentBytes: 4 * chunk } as VmJob;
+    const j = {
+      backupId: 'bk',
+      vmId: 'vm',
+      snapshot: { handle: 'h', config: {}, disks: [d] },
+      repository: { bucket: 'b', chunkSize: chunk },
+      segmentBytes: 4 * chunk,
+    } as VmJob;
     const items = planDispatch(j);
     expect(items).toHaveLength(3);
     // Run the segments in reverse, as unrelated movers might.
     const transfers = [];
-    for (const it of [...items].reverse()) transfers.push(await backupDisk({ store, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
+    for (const it of [...items].reverse())
+      transfers.push(await backupDisk({ store, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
     expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => objectKeys.manifest('bk', segmentManifestId('disk0', i))));
     const [joined] = await joinSegments({ job: j, transfers }, { store, keys: k });
     expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: objectKeys.manifest('bk', 'disk0') });
@@ -126,9 +164,18 @@ describe('PlanDispatch / JoinSegments', () => {
 
   it('refuses to join when a segment result is missing', async () => {
     const d = disk('disk0', 8 * MiB);
-    const j = { backupId: 'bk', vmId: 'vm', snapshot: { handle: 'h', config: {}, disks: [d] }, repository: { bucket: 'b', chunkSize: MiB }, segmentBytes: 4 * MiB } as VmJob;
-    const partial = [{ diskId: 'disk0', sizeBytes: d.sizeBytes, manifestKey: 'x', stats: {} as never, segment: { index: 1, count: 2, offset: 4 * MiB, length: 4 * MiB } }];
-    await expect(joinSegments({ job: j, transfers: partial }, { store: new MemoryObjectStore(), keys: deriveKeys(randomBytes(32)) }))
-      .rejects.toThrow("disk 'disk0' of backup bk: expected 2 segment results, got segments [1]");
+    const j = {
+      backupId: 'bk',
+      vmId: 'vm',
+      snapshot: { handle: 'h', config: {}, disks: [d] },
+      repository: { bucket: 'b', chunkSize: MiB },
+      segmentBytes: 4 * MiB,
+    } as VmJob;
+    const partial = [
+      { diskId: 'disk0', sizeBytes: d.sizeBytes, manifestKey: 'x', stats: {} as never, segment: { index: 1, count: 2, offset: 4 * MiB, length: 4 * MiB } },
+    ];
+    await expect(joinSegments({ job: j, transfers: partial }, { store: new MemoryObjectStore(), keys: deriveKeys(randomBytes(32)) })).rejects.toThrow(
+      "disk 'disk0' of backup bk: expected 2 segment results, got segments [1]",
+    );
   });
 });

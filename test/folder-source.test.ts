@@ -28,29 +28,53 @@ describe('folder driver: a VM is checked before anything is read', () => {
   afterEach(() => rm(vm, { recursive: true, force: true }));
 
   it('refuses two disks with one id, naming the id and both files, and copies nothing', async () => {
-    await define([{ id: 'disk0', file: 'a.raw' }, { id: 'disk0', file: 'b.raw' }]);
+    await define([
+      { id: 'disk0', file: 'a.raw' },
+      { id: 'disk0', file: 'b.raw' },
+    ]);
     await expect(driver.snapshot({ source: vm, backupId: 'b1' })).rejects.toMatchObject({
-      name: 'Mover.SourceUnavailable', message: expect.stringMatching(/2 disks with the id 'disk0' \(a\.raw, b\.raw\); give each disk its own id/),
+      name: 'Mover.SourceUnavailable',
+      message: expect.stringMatching(/2 disks with the id 'disk0' \(a\.raw, b\.raw\); give each disk its own id/),
     });
     expect(await readdir(vm)).not.toContain('.lifeboat-snapshots');
   });
 
   it('refuses a FIFO at once (never blocks on the copy), naming the VM, the disk, what it is and what to do', async () => {
     execFileSync('mkfifo', [join(vm, 'pipe.raw')]);
-    await define([{ id: 'disk0', file: 'a.raw' }, { id: 'disk1', file: 'pipe.raw' }]);
-    const err = await within(3000, 'a snapshot of a FIFO', driver.snapshot({ source: vm, backupId: 'b1' }).then(() => undefined, (e: unknown) => e));
-    expect(err).toMatchObject({ name: 'Mover.SourceUnavailable', message: expect.stringMatching(/disk 'disk1' of VM 'web-1': .*pipe\.raw is a FIFO \(named pipe\), not a disk image; point "file" in .*vm\.json at a raw image file or a block device/) });
+    await define([
+      { id: 'disk0', file: 'a.raw' },
+      { id: 'disk1', file: 'pipe.raw' },
+    ]);
+    const err = await within(
+      3000,
+      'a snapshot of a FIFO',
+      driver.snapshot({ source: vm, backupId: 'b1' }).then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+    );
+    expect(err).toMatchObject({
+      name: 'Mover.SourceUnavailable',
+      message: expect.stringMatching(
+        /disk 'disk1' of VM 'web-1': .*pipe\.raw is a FIFO \(named pipe\), not a disk image; point "file" in .*vm\.json at a raw image file or a block device/,
+      ),
+    });
   });
 
   it('refuses a directory and a socket as disks', async () => {
     await mkdir(join(vm, 'dir.raw'));
     await define([{ id: 'disk0', file: 'dir.raw' }]);
-    await expect(driver.snapshot({ source: vm, backupId: 'b1' })).rejects.toMatchObject({ name: 'Mover.SourceUnavailable', message: expect.stringContaining('dir.raw is a directory, not a disk image') });
+    await expect(driver.snapshot({ source: vm, backupId: 'b1' })).rejects.toMatchObject({
+      name: 'Mover.SourceUnavailable',
+      message: expect.stringContaining('dir.raw is a directory, not a disk image'),
+    });
     const server = createServer();
     await new Promise<void>((ok) => server.listen(join(vm, 'sock.raw'), ok));
     try {
       await define([{ id: 'disk0', file: 'sock.raw' }]);
-      await expect(within(3000, 'a snapshot of a socket', driver.snapshot({ source: vm, backupId: 'b1' }))).rejects.toMatchObject({ message: expect.stringContaining('sock.raw is a socket, not a disk image') });
+      await expect(within(3000, 'a snapshot of a socket', driver.snapshot({ source: vm, backupId: 'b1' }))).rejects.toMatchObject({
+        message: expect.stringContaining('sock.raw is a socket, not a disk image'),
+      });
     } finally {
       server.close();
     }
@@ -58,15 +82,23 @@ describe('folder driver: a VM is checked before anything is read', () => {
 
   it('refuses an empty disk with an error of its own', async () => {
     await writeFile(join(vm, 'empty.raw'), '');
-    await define([{ id: 'disk0', file: 'a.raw' }, { id: 'disk1', file: 'empty.raw' }]);
-    await expect(driver.snapshot({ source: vm, backupId: 'b1' })).rejects.toMatchObject({ name: 'Mover.SourceUnavailable', message: expect.stringMatching(/disk 'disk1' of VM 'web-1': .*empty\.raw is empty \(0 bytes\)/) });
+    await define([
+      { id: 'disk0', file: 'a.raw' },
+      { id: 'disk1', file: 'empty.raw' },
+    ]);
+    await expect(driver.snapshot({ source: vm, backupId: 'b1' })).rejects.toMatchObject({
+      name: 'Mover.SourceUnavailable',
+      message: expect.stringMatching(/disk 'disk1' of VM 'web-1': .*empty\.raw is empty \(0 bytes\)/),
+    });
   });
 
   it('kills the copy when the task is aborted, and leaves no snapshot folder', async () => {
     await define([{ id: 'disk0', file: 'a.raw' }]);
     const abort = new AbortController();
     abort.abort(new Error('the task was stopped'));
-    await expect(within(3000, 'an aborted snapshot', driver.snapshot({ source: vm, backupId: 'b1' }, { signal: abort.signal }))).rejects.toThrow('the task was stopped');
+    await expect(within(3000, 'an aborted snapshot', driver.snapshot({ source: vm, backupId: 'b1' }, { signal: abort.signal }))).rejects.toThrow(
+      'the task was stopped',
+    );
     expect(await readdir(join(vm, '.lifeboat-snapshots')).catch(() => [])).toEqual([]);
   });
 

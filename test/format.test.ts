@@ -27,7 +27,6 @@ import { prng } from './helpers/prng.ts';
 const HEADER_BYTES = 15;
 const TAG_BYTES = 16;
 
-
 function randomBuffer(rand: (n: number) => number, length: number): Buffer {
   const b = Buffer.alloc(length);
   for (let i = 0; i < length; i++) b[i] = rand(256);
@@ -308,14 +307,26 @@ describe('isZero', () => {
 
   it('is true for unaligned zero subarrays of a larger buffer', () => {
     const big = Buffer.alloc(128);
-    for (const [s, e] of [[1, 20], [3, 3], [5, 128], [7, 16], [8, 17]] as const) {
+    for (const [s, e] of [
+      [1, 20],
+      [3, 3],
+      [5, 128],
+      [7, 16],
+      [8, 17],
+    ] as const) {
       expect(isZero(big.subarray(s, e)), `subarray(${s}, ${e})`).toBe(true);
     }
   });
 
   it('is false when any single byte is set, at the first, last or middle position', () => {
     const big = Buffer.alloc(160);
-    for (const [s, len] of [[0, 64], [0, 61], [1, 61], [3, 100], [8, 17]] as const) {
+    for (const [s, len] of [
+      [0, 64],
+      [0, 61],
+      [1, 61],
+      [3, 100],
+      [8, 17],
+    ] as const) {
       for (const pos of [0, Math.floor(len / 2), len - 1]) {
         const view = big.subarray(s, s + len);
         view[pos] = 0x01;
@@ -404,8 +415,14 @@ describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
   const keys = deriveKeys(randomBytes(32));
   const id = (n: number) => createHash('sha256').update(String(n)).digest('hex');
   const good = (): Record<string, unknown> => ({
-    version: 1, backupId: 'b', diskId: 'd', sizeBytes: 5 * 4096 + 7, chunkSize: 4096,
-    chunks: [id(1), null, id(2), id(1), null, id(3)], storedSizes: { [id(1)]: 100, [id(2)]: 200, [id(3)]: 50 }, storedSha256: {},
+    version: 1,
+    backupId: 'b',
+    diskId: 'd',
+    sizeBytes: 5 * 4096 + 7,
+    chunkSize: 4096,
+    chunks: [id(1), null, id(2), id(1), null, id(3)],
+    storedSizes: { [id(1)]: 100, [id(2)]: 200, [id(3)]: 50 },
+    storedSha256: {},
   });
   /** A manifest JSON sealed properly (as a faulty writer would): only its content is wrong. */
   const sealedJson = (v: unknown) => seal(keys, Buffer.from(JSON.stringify(v) ?? 'undefined'), 'manifest:b/d');
@@ -422,7 +439,19 @@ describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
     let rejected = 0;
     for (let trial = 0; trial < 300; trial++) {
       const m = good();
-      const field = pick(['version', 'backupId', 'diskId', 'sizeBytes', 'chunkSize', 'chunks', 'storedSizes', 'storedSha256', 'chunk', 'size', 'whole'] as const);
+      const field = pick([
+        'version',
+        'backupId',
+        'diskId',
+        'sizeBytes',
+        'chunkSize',
+        'chunks',
+        'storedSizes',
+        'storedSha256',
+        'chunk',
+        'size',
+        'whole',
+      ] as const);
       let v: unknown = m;
       if (field === 'chunk') (m.chunks as unknown[])[Math.floor(Math.random() * 6)] = pick(junk);
       else if (field === 'size') (m.storedSizes as Record<string, unknown>)[id(1 + Math.floor(Math.random() * 3))] = pick(junk);
@@ -444,9 +473,17 @@ describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
   const packA = 'a1'.repeat(16);
   const packB = 'b2'.repeat(16);
   const goodV2 = (): Record<string, unknown> => ({
-    version: 2, backupId: 'b', diskId: 'd', sizeBytes: 5 * 4096 + 7, chunkSize: 4096,
-    chunks: [id(1), null, id(2), id(1), null, id(3)], storedSizes: { [id(1)]: 100, [id(2)]: 200, [id(3)]: 50 },
-    packs: [{ id: packA, size: 400 }, { id: packB, size: 90 }],
+    version: 2,
+    backupId: 'b',
+    diskId: 'd',
+    sizeBytes: 5 * 4096 + 7,
+    chunkSize: 4096,
+    chunks: [id(1), null, id(2), id(1), null, id(3)],
+    storedSizes: { [id(1)]: 100, [id(2)]: 200, [id(3)]: 50 },
+    packs: [
+      { id: packA, size: 400 },
+      { id: packB, size: 90 },
+    ],
     locations: { [id(1)]: [0, 0], [id(2)]: [0, 100], [id(3)]: [1, 40] },
   });
   const rejectV2 = async (edit: (m: Record<string, unknown>) => void) => {
@@ -462,9 +499,16 @@ describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
   });
 
   it('rejects a format-2 location past the end of its pack, naming the chunk, the pack and its size', async () => {
-    expect(await rejectV2((m) => { (m.locations as Record<string, unknown>)[id(3)] = [1, 41]; }))
-      .toBe(`manifest b/d is inconsistent: chunk 5 (${id(3)}) ends at 91, past the end of pack ${packB} (90 bytes)`);
-    expect(await rejectV2((m) => { (m.packs as { size: number }[])[0]!.size = 299; })).toMatch(new RegExp(`chunk 2 \\(${id(2)}\\) ends at 300, past the end of pack ${packA} \\(299 bytes\\)`));
+    expect(
+      await rejectV2((m) => {
+        (m.locations as Record<string, unknown>)[id(3)] = [1, 41];
+      }),
+    ).toBe(`manifest b/d is inconsistent: chunk 5 (${id(3)}) ends at 91, past the end of pack ${packB} (90 bytes)`);
+    expect(
+      await rejectV2((m) => {
+        (m.packs as { size: number }[])[0]!.size = 299;
+      }),
+    ).toMatch(new RegExp(`chunk 2 \\(${id(2)}\\) ends at 300, past the end of pack ${packA} \\(299 bytes\\)`));
     // Exactly at the end is fine.
     const m = goodV2();
     (m.locations as Record<string, unknown>)[id(3)] = [1, 40];
@@ -472,26 +516,63 @@ describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
   });
 
   it('rejects a format-2 location naming an unknown pack, or not [pack, offset], naming the chunk and its location', async () => {
-    expect(await rejectV2((m) => { (m.locations as Record<string, unknown>)[id(2)] = [2, 0]; }))
-      .toBe(`manifest b/d is inconsistent: chunk 2 (${id(2)}) has location [2,0], not [pack, offset]`);
+    expect(
+      await rejectV2((m) => {
+        (m.locations as Record<string, unknown>)[id(2)] = [2, 0];
+      }),
+    ).toBe(`manifest b/d is inconsistent: chunk 2 (${id(2)}) has location [2,0], not [pack, offset]`);
     for (const bad of [undefined, [0], [0, 0, 0], [-1, 0], [0, -5], [0.5, 0], ['0', 0], { 0: 0, 1: 0 }]) {
-      expect(await rejectV2((m) => { (m.locations as Record<string, unknown>)[id(1)] = bad; }), JSON.stringify(bad)).toMatch(new RegExp(`chunk 0 \\(${id(1)}\\) has location .*not \\[pack, offset\\]$`));
+      expect(
+        await rejectV2((m) => {
+          (m.locations as Record<string, unknown>)[id(1)] = bad;
+        }),
+        JSON.stringify(bad),
+      ).toMatch(new RegExp(`chunk 0 \\(${id(1)}\\) has location .*not \\[pack, offset\\]$`));
     }
   });
 
   it('rejects a format-2 pack whose id is not 32 hex digits, or whose size is not a count, naming the pack', async () => {
     for (const bad of ['A1'.repeat(16), 'a1'.repeat(15), 'a1'.repeat(17), `packs/a1/${packA}`, 'z'.repeat(32), 42, null]) {
-      expect(await rejectV2((m) => { (m.packs as { id: unknown }[])[1]!.id = bad; }), String(bad)).toMatch(/^manifest b\/d is inconsistent: pack 1 is .*, not \{ id, size \}$/);
+      expect(
+        await rejectV2((m) => {
+          (m.packs as { id: unknown }[])[1]!.id = bad;
+        }),
+        String(bad),
+      ).toMatch(/^manifest b\/d is inconsistent: pack 1 is .*, not \{ id, size \}$/);
     }
-    expect(await rejectV2((m) => { (m.packs as { size: unknown }[])[0]!.size = -1; })).toMatch(/pack 0 is .*not \{ id, size \}/);
-    expect(await rejectV2((m) => { (m.packs as unknown[])[0] = null; })).toMatch(/pack 0 is null, not \{ id, size \}/);
+    expect(
+      await rejectV2((m) => {
+        (m.packs as { size: unknown }[])[0]!.size = -1;
+      }),
+    ).toMatch(/pack 0 is .*not \{ id, size \}/);
+    expect(
+      await rejectV2((m) => {
+        (m.packs as unknown[])[0] = null;
+      }),
+    ).toMatch(/pack 0 is null, not \{ id, size \}/);
   });
 
   it('rejects a format-2 manifest without packs or locations, naming the field', async () => {
-    expect(await rejectV2((m) => { delete m.packs; })).toMatch(/packs is not a list$/);
-    expect(await rejectV2((m) => { m.packs = {}; })).toMatch(/packs is not a list$/);
-    expect(await rejectV2((m) => { delete m.locations; })).toMatch(/locations is not an object$/);
-    expect(await rejectV2((m) => { m.locations = [[0, 0]]; })).toMatch(/locations is not an object$/);
+    expect(
+      await rejectV2((m) => {
+        delete m.packs;
+      }),
+    ).toMatch(/packs is not a list$/);
+    expect(
+      await rejectV2((m) => {
+        m.packs = {};
+      }),
+    ).toMatch(/packs is not a list$/);
+    expect(
+      await rejectV2((m) => {
+        delete m.locations;
+      }),
+    ).toMatch(/locations is not an object$/);
+    expect(
+      await rejectV2((m) => {
+        m.locations = [[0, 0]];
+      }),
+    ).toMatch(/locations is not an object$/);
   });
 
   it('rejects every malformed format-2 manifest with Mover.Corrupt naming the manifest, never another error (300 mutations)', async () => {
@@ -523,8 +604,14 @@ describe('parsers of stored bytes: manifests and the key object (fuzz)', () => {
   it('reads a key object back, and rejects malformed ones with Mover.Corrupt naming the object (fuzz)', () => {
     const ok = { version: 1, wrapper: 'keyfile', wrapped: randomBytes(60).toString('base64') };
     expect(parseStoredKey(Buffer.from(JSON.stringify(ok)), 'keys/default')).toEqual(ok);
-    const samples: Buffer[] = [Buffer.from('not json'), Buffer.from('null'), Buffer.from('[]'), Buffer.from(JSON.stringify({ ...ok, version: 2 })),
-      Buffer.from(JSON.stringify({ ...ok, wrapped: 'not base64!' })), Buffer.from(JSON.stringify({ version: 1 }))];
+    const samples: Buffer[] = [
+      Buffer.from('not json'),
+      Buffer.from('null'),
+      Buffer.from('[]'),
+      Buffer.from(JSON.stringify({ ...ok, version: 2 })),
+      Buffer.from(JSON.stringify({ ...ok, wrapped: 'not base64!' })),
+      Buffer.from(JSON.stringify({ version: 1 })),
+    ];
     for (let i = 0; i < 200; i++) samples.push(randomBytes(Math.floor(Math.random() * 200)));
     for (const s of samples) {
       expect(() => parseStoredKey(s, 'keys/default')).toThrow(Corrupt);

@@ -56,12 +56,21 @@ beforeEach(() => {
 
 const backUp = (backupId: string, data: Buffer, opts: { store?: ObjectStore; index?: IndexCache } = {}) =>
   backupDisk({
-    store: opts.store ?? store, keys, reader: { sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} },
-    disk: { diskId: 'disk0', path: backupId, sizeBytes: data.length }, backupId, chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1,
+    store: opts.store ?? store,
+    keys,
+    reader: { sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} },
+    disk: { diskId: 'disk0', path: backupId, sizeBytes: data.length },
+    backupId,
+    chunkSize: CHUNK,
+    packBytes: 2 * CHUNK,
+    parallelism: 1,
     ...(opts.index ? { index: () => opts.index!.refresh() } : {}),
   });
 const gc = (deps: { admin?: RepositoryAdmin; store?: ObjectStore } = {}, request: Record<string, unknown> = {}): Promise<GcReport> =>
-  collectGarbage({ gcId: `gc-${randomBytes(4).toString('hex')}`, request: { bucket, graceHours: 0, ...request } }, { admin: deps.admin ?? admin, store: deps.store ?? store, keys, now: () => new Date(), consolidation: SETTINGS });
+  collectGarbage(
+    { gcId: `gc-${randomBytes(4).toString('hex')}`, request: { bucket, graceHours: 0, ...request } },
+    { admin: deps.admin ?? admin, store: deps.store ?? store, keys, now: () => new Date(), consolidation: SETTINGS },
+  );
 async function indexKeys(): Promise<string[]> {
   const out: string[] = [];
   for await (const o of store.list('index/')) out.push(o.key);
@@ -75,7 +84,10 @@ async function expectIndexFinds(index: RepositoryIndex, backupIds: string[]) {
     for (const id of m.chunks) {
       if (id === null) continue;
       const packId = m.packs![m.locations![id]![0]]!.id;
-      expect(index.all(id).map((l) => l.pack!.id), `${b} ${id}`).toContain(packId);
+      expect(
+        index.all(id).map((l) => l.pack!.id),
+        `${b} ${id}`,
+      ).toContain(packId);
       n++;
     }
   }
@@ -123,7 +135,16 @@ it('merges the small index objects after sweeping a pruned backup, leaves alone 
   expect(r.index.rewritten + r.index.dropped).toBeGreaterThan(0);
   // b0's three objects dropped with its packs; the other 33 (2 entries each) merged 32 to a group of 64 entries; the last one alone is left as it is.
   expect(r.index).toEqual({ objects: 36, rewritten: 0, dropped: 3, reindexed: 0 });
-  expect(r.consolidation).toEqual({ objectsBefore: 33, objectsAfter: 2, candidates: 33, merged: 32, written: 1, entries: 64, entriesDropped: 0, stopped: null });
+  expect(r.consolidation).toEqual({
+    objectsBefore: 33,
+    objectsAfter: 2,
+    candidates: 33,
+    merged: 32,
+    written: 1,
+    entries: 64,
+    entriesDropped: 0,
+    stopped: null,
+  });
   const after = await indexKeys();
   expect(after).toEqual(expect.arrayContaining(lateIndexes));
   expect(after).toHaveLength(2 + lateIndexes.length);
@@ -137,7 +158,10 @@ it('merges the small index objects after sweeping a pruned backup, leaves alone 
   const refreshed = await warm.refresh();
   expect(warm.lastRead).toBe(1 + lateIndexes.length);
   expect(refreshed.size).toBe(72);
-  for (const b of backups) await expect(verifyManifests(b, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(b, 'disk0') }], { store, keys })).resolves.toMatchObject({ chunksChecked: 6 });
+  for (const b of backups)
+    await expect(verifyManifests(b, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(b, 'disk0') }], { store, keys })).resolves.toMatchObject({
+      chunksChecked: 6,
+    });
   for (const i of [1, 6, 11]) {
     const target = join(dir, `${bucket}-b${i}.raw`);
     await restoreDisk({ store, keys, backupId: `b${i}`, diskId: 'disk0', target });
@@ -174,7 +198,12 @@ it('a mover reading the index while collection merges it finds every chunk (its 
   // All 36 merged (32 + 4): every GET of the first round found its object gone.
   expect((await collecting!).consolidation).toMatchObject({ merged: 36, written: 2, entries: 72 });
   expect(await indexKeys()).toHaveLength(2);
-  expect(await expectIndexFinds(index, Array.from({ length: 12 }, (_, i) => `b${i}`))).toBe(72);
+  expect(
+    await expectIndexFinds(
+      index,
+      Array.from({ length: 12 }, (_, i) => `b${i}`),
+    ),
+  ).toBe(72);
   expect([index.size, index.objects]).toEqual([72, 2]);
   expect([cache.lastLists, cache.lastRead]).toEqual([3, before.length + 2]);
 }, 60_000);
@@ -194,7 +223,9 @@ it('interrupted after storing merged objects, before deleting their sources: dup
   expect(r.consolidation).toMatchObject({ merged: 0, written: 1, entries: 64, stopped: expect.stringContaining('timed out') });
   expect(await indexKeys()).toHaveLength(before.length + 1);
   const backups = Array.from({ length: 12 }, (_, i) => `b${i}`);
-  const ids = (await Promise.all(backups.map(async (b) => (await decodeManifest(keys, (await store.get(objectKeys.manifest(b, 'disk0')))!, b, 'disk0', store)).chunks))).flat() as string[];
+  const ids = (
+    await Promise.all(backups.map(async (b) => (await decodeManifest(keys, (await store.get(objectKeys.manifest(b, 'disk0')))!, b, 'disk0', store)).chunks))
+  ).flat() as string[];
   const index = await RepositoryIndex.load(store, keys);
   expect(index.size).toBe(72);
   expect(await expectIndexFinds(index, backups)).toBe(72);
@@ -207,7 +238,16 @@ it('interrupted after storing merged objects, before deleting their sources: dup
 
   const next = await gc();
   // The merged object is large and stays; the 36 sources go, the 32 it lists without a new copy, the other 4 merged into one.
-  expect(next.consolidation).toEqual({ objectsBefore: 37, objectsAfter: 2, candidates: 36, merged: 36, written: 1, entries: 8, entriesDropped: 64, stopped: null });
+  expect(next.consolidation).toEqual({
+    objectsBefore: 37,
+    objectsAfter: 2,
+    candidates: 36,
+    merged: 36,
+    written: 1,
+    entries: 8,
+    entriesDropped: 64,
+    stopped: null,
+  });
   const clean = await RepositoryIndex.load(store, keys);
   expect(await expectIndexFinds(clean, backups)).toBe(72);
   for (const id of ids) expect(clean.all(id)).toHaveLength(1);

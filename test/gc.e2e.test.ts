@@ -53,9 +53,23 @@ beforeAll(async () => {
   g1 = join(t.dir, 'vms', 'g1');
   g2 = join(t.dir, 'vms', 'g2');
   await createVmFolder(g1, { name: 'g1', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }] }, seededRng(21));
-  await createVmFolder(g2, { name: 'g2', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }, { id: 'disk1', sizeBytes: 48 * MiB }] }, seededRng(22));
+  await createVmFolder(
+    g2,
+    {
+      name: 'g2',
+      disks: [
+        { id: 'disk0', sizeBytes: 16 * MiB },
+        { id: 'disk1', sizeBytes: 48 * MiB },
+      ],
+    },
+    seededRng(22),
+  );
   await copyFile(join(g1, 'disk0.raw'), join(g2, 'disk0.raw')); // g2's first disk is g1's first version
-  for (const [vmId, source] of [['g1', g1], ['g2', g2]] as const) await t.stack.catalog.putVm({ vmId, host: 'esx-01', source });
+  for (const [vmId, source] of [
+    ['g1', g1],
+    ['g2', g2],
+  ] as const)
+    await t.stack.catalog.putVm({ vmId, host: 'esx-01', source });
   await t.stack.catalog.putPolicy({ policyId: 'p-g1', vmIds: ['g1'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 } });
   await t.stack.catalog.putPolicy({ policyId: 'p-g2', vmIds: ['g2'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 } });
 
@@ -116,11 +130,15 @@ it('waits for a running backup that reuses garbage, spares what it reused, frees
   const index = await RepositoryIndex.load(store, keys);
   expect(index.objects).toBeGreaterThan(0);
   const listed = new Set<string>();
-  for (const k of await indexObjects()) for (const p of await decodeIndexObject(keys, (await store.get(k))!, k.slice('index/'.length))) listed.add(objectKeys.pack(p.pack.id));
+  for (const k of await indexObjects())
+    for (const p of await decodeIndexObject(keys, (await store.get(k))!, k.slice('index/'.length))) listed.add(objectKeys.pack(p.pack.id));
   for (const k of listed) expect(await store.head(k), k).toBeDefined();
   expect(listed.size).toBe(after);
 
-  for (const [vmId, dir, disks] of [['g1', g1, ['disk0']], ['g2', g2, ['disk0', 'disk1']]] as const) {
+  for (const [vmId, dir, disks] of [
+    ['g1', g1, ['disk0']],
+    ['g2', g2, ['disk0', 'disk1']],
+  ] as const) {
     const restored = await run('Restore', { vmId, target: join(t.dir, 'restored', vmId), moverGroup: 'site-a' });
     expect(restored.status, restored.cause).toBe('SUCCEEDED');
     const s = JSON.parse(restored.output!) as RestoreSummary;
@@ -159,7 +177,8 @@ it('merges many small index objects into few through the workflow (consolidation
 
   const restored = await run('Restore', { vmId: 'g2', target: join(t.dir, 'restored-after-merge', 'g2'), moverGroup: 'site-a' });
   expect(restored.status, restored.cause).toBe('SUCCEEDED');
-  for (const disk of (JSON.parse(restored.output!) as RestoreSummary).disks) expect(await sha256File(disk.path), disk.diskId).toBe(await sha256File(join(g2, `${disk.diskId}.raw`)));
+  for (const disk of (JSON.parse(restored.output!) as RestoreSummary).disks)
+    expect(await sha256File(disk.path), disk.diskId).toBe(await sha256File(join(g2, `${disk.diskId}.raw`)));
 }, 120_000);
 
 it('stops, deleting nothing, when a manifest does not open, names it and gives advice that works: deep-verify, prune by name, collect', async () => {
@@ -179,13 +198,20 @@ it('stops, deleting nothing, when a manifest does not open, names it and gives a
   expect(await indexObjects()).toEqual(indexBefore);
 
   // The advice, followed: a retention prune would keep the backup (the newest), so it is pruned by name once damaged.
-  expect((JSON.parse(d.cause!) as { errorMessage: string }).errorMessage).toContain(`deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" })`);
+  expect((JSON.parse(d.cause!) as { errorMessage: string }).errorMessage).toContain(
+    `deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" })`,
+  );
   const refused = await run('Prune', { policyId: 'p-g2', backupId });
   expect(refused.status).toBe('FAILED');
-  expect(refused.cause).toContain(`backup '${backupId}' of VM 'g2' is 'committed': only a backup a deep verification found damaged is pruned by name; deep-verify it first`);
+  expect(refused.cause).toContain(
+    `backup '${backupId}' of VM 'g2' is 'committed': only a backup a deep verification found damaged is pruned by name; deep-verify it first`,
+  );
   const v = await run('DeepVerify', { vmId: 'g2', backupId, moverGroup: 'site-a' });
   expect(v.status, v.cause).toBe('SUCCEEDED');
-  expect(JSON.parse(v.output!)).toMatchObject({ damaged: true, findings: [expect.objectContaining({ objectKey: key, reason: expect.stringContaining('the manifest does not open') })] });
+  expect(JSON.parse(v.output!)).toMatchObject({
+    damaged: true,
+    findings: [expect.objectContaining({ objectKey: key, reason: expect.stringContaining('the manifest does not open') })],
+  });
   const p = await run('Prune', { policyId: 'p-g2', backupId });
   expect(p.status, p.cause).toBe('SUCCEEDED');
   expect(await t.stack.catalog.getBackup('g2', backupId)).toBeUndefined();

@@ -35,7 +35,16 @@ async function chunk(n: number, age: number, size = 100) {
   return key;
 }
 async function manifest(backupId: string, chunks: number[]) {
-  const m: Manifest = { version: 1, backupId, diskId: 'disk0', sizeBytes: chunks.length * 4096, chunkSize: 4096, chunks: chunks.map(id), storedSizes: Object.fromEntries(chunks.map((n) => [id(n), 100])), storedSha256: {} };
+  const m: Manifest = {
+    version: 1,
+    backupId,
+    diskId: 'disk0',
+    sizeBytes: chunks.length * 4096,
+    chunkSize: 4096,
+    chunks: chunks.map(id),
+    storedSizes: Object.fromEntries(chunks.map((n) => [id(n), 100])),
+    storedSha256: {},
+  };
   await store.put(objectKeys.manifest(backupId, 'disk0'), await encodeManifest(keys, m));
 }
 const run = (request: Record<string, unknown> = {}, extra: Partial<Parameters<typeof collectGarbage>[1]> = {}) =>
@@ -163,7 +172,7 @@ describe('collectGarbage beside failed and dead backups', () => {
     expect(r.bytesFreed).toBe(200);
   });
 
-  it('keeps a failed backup\'s manifest younger than the grace period (its chunks, which only it needs, are swept alike)', async () => {
+  it("keeps a failed backup's manifest younger than the grace period (its chunks, which only it needs, are swept alike)", async () => {
     await manifest('b-failed', [1]);
     const r = await run({}, statuses({ 'b-failed': 'failed' }));
     expect(store.objects.has(objectKeys.manifest('b-failed', 'disk0'))).toBe(true);
@@ -174,30 +183,54 @@ describe('collectGarbage beside failed and dead backups', () => {
     const orphan = await chunk(2, 10);
     await manifest('b-failed', [1]);
     await manifest('b-running', [1]);
-    for (const b of ['b-failed', 'b-running']) store.objects.set(objectKeys.manifest(b, 'disk0'), store.objects.get(objectKeys.manifest(b, 'disk0'))!.subarray(0, 30));
+    for (const b of ['b-failed', 'b-running'])
+      store.objects.set(objectKeys.manifest(b, 'disk0'), store.objects.get(objectKeys.manifest(b, 'disk0'))!.subarray(0, 30));
     const r = await run({}, statuses({ 'b-failed': 'failed', 'b-running': 'running' }));
     expect(r.unreadableManifests).toEqual([expect.objectContaining({ manifest: objectKeys.manifest('b-running', 'disk0') })]);
     expect(store.objects.has(orphan)).toBe(false);
   });
 
-  it('names the backup and its status, and advice that works, when a committed backup\'s manifest does not open', async () => {
+  it("names the backup and its status, and advice that works, when a committed backup's manifest does not open", async () => {
     await manifest('b1', [1]);
     store.objects.get(objectKeys.manifest('b1', 'disk0'))![40]! ^= 1;
-    await expect(run({}, statuses({ b1: 'committed' }))).rejects.toThrow(/manifest manifests\/b1\/disk0.manifest of backup b1 \(committed\) does not open.*deep-verify backup b1 .*prune it by name \(Prune workflow input \{ "policyId": "<its policy>", "backupId": "b1" \}\)/);
+    await expect(run({}, statuses({ b1: 'committed' }))).rejects.toThrow(
+      /manifest manifests\/b1\/disk0.manifest of backup b1 \(committed\) does not open.*deep-verify backup b1 .*prune it by name \(Prune workflow input \{ "policyId": "<its policy>", "backupId": "b1" \}\)/,
+    );
   });
 });
 
 describe('which running backups defer a collection (a real dynalite catalog)', () => {
   let c: Awaited<ReturnType<typeof startTestCatalog>>;
-  beforeAll(async () => { c = await startTestCatalog(); });
+  beforeAll(async () => {
+    c = await startTestCatalog();
+  });
   afterAll(async () => c?.close());
 
-  it('only those whose run still holds its policy\'s run lease: a record a dead run left running defers nothing', async () => {
+  it("only those whose run still holds its policy's run lease: a record a dead run left running defers nothing", async () => {
     const { acquireRunLease, liveRunningBackups } = await import('../functions/backup/run-lease.ts');
     const started = NOW.toISOString();
-    await c.catalog.startBackup({ vmId: 'vm-1', backupId: 'b-live', runId: 'run-live', policyId: 'p1', status: 'running', parentBackupId: null, startedAt: started });
-    await c.catalog.startBackup({ vmId: 'vm-2', backupId: 'b-dead', runId: 'run-dead', policyId: 'p2', status: 'running', parentBackupId: null, startedAt: started });
-    await acquireRunLease({ policyId: 'p1', executionArn: 'arn:aws:states:us-east-1:1:execution:Backup:run-live' }, { catalog: c.catalog, now: () => NOW.getTime() });
+    await c.catalog.startBackup({
+      vmId: 'vm-1',
+      backupId: 'b-live',
+      runId: 'run-live',
+      policyId: 'p1',
+      status: 'running',
+      parentBackupId: null,
+      startedAt: started,
+    });
+    await c.catalog.startBackup({
+      vmId: 'vm-2',
+      backupId: 'b-dead',
+      runId: 'run-dead',
+      policyId: 'p2',
+      status: 'running',
+      parentBackupId: null,
+      startedAt: started,
+    });
+    await acquireRunLease(
+      { policyId: 'p1', executionArn: 'arn:aws:states:us-east-1:1:execution:Backup:run-live' },
+      { catalog: c.catalog, now: () => NOW.getTime() },
+    );
     expect(await liveRunningBackups(c.catalog, NOW.getTime())).toEqual(['vm-1/b-live']);
     // The dead run's record is fresh, well inside the old 25 h window: it deferred every collection until then.
     await chunk(2, 10);
@@ -212,7 +245,10 @@ const packId = (n: number) => n.toString(16).padStart(32, '0');
 const indexId = (n: number) => `1${n.toString(16).padStart(31, '0')}`;
 /** A pack of 100-byte chunks (the bodies are not read by garbage collection), `age` days old. */
 async function pack(n: number, chunks: number[], age: number): Promise<PackContents> {
-  const contents: PackContents = { pack: { id: packId(n), size: chunks.length * 100 + 40 }, chunks: chunks.map((c, i) => ({ id: id(c), offset: i * 100, length: 100 })) };
+  const contents: PackContents = {
+    pack: { id: packId(n), size: chunks.length * 100 + 40 },
+    chunks: chunks.map((c, i) => ({ id: id(c), offset: i * 100, length: 100 })),
+  };
   const key = objectKeys.pack(packId(n));
   await store.put(key, randomBytes(contents.pack.size));
   admin.modified.set(key, daysAgo(age));
@@ -327,7 +363,12 @@ describe('collectGarbage of format-2 packs', () => {
     const r = await run({ objectLockDays: 30 });
     expect(store.objects.has(objectKeys.pack(p2.pack.id)) && store.objects.has(young)).toBe(true);
     expect(store.objects.has(objectKeys.pack(p3.pack.id))).toBe(false);
-    expect(r.locked).toEqual({ count: 1, bytes: p2.pack.size, firstExpiry: new Date(daysAgo(10).getTime() + 30 * 86_400_000).toISOString(), sample: [objectKeys.pack(p2.pack.id)] });
+    expect(r.locked).toEqual({
+      count: 1,
+      bytes: p2.pack.size,
+      firstExpiry: new Date(daysAgo(10).getTime() + 30 * 86_400_000).toISOString(),
+      sample: [objectKeys.pack(p2.pack.id)],
+    });
     expect(r.packs.deleted).toBe(1);
   });
 
@@ -397,11 +438,25 @@ describe('collectGarbage of format-2 packs', () => {
 
 describe('collectGarbage of a repository the mover wrote', () => {
   const CHUNK = 64 * 1024;
-  const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
+  const reader = (data: Buffer): DiskReader => ({
+    sizeBytes: data.length,
+    read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length),
+    close: async () => {},
+  });
   const disk = (data: Buffer): DiskRef => ({ diskId: 'disk0', path: 'mem', sizeBytes: data.length });
   // Two chunks a pack (closed once 2 x CHUNK are in it: two sealed chunks pass that), in disk order (one chunk at a time).
   const backUp = (backupId: string, data: Buffer, parent?: string) =>
-    backupDisk({ store, keys, reader: reader(data), disk: disk(data), backupId, chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1, ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}) });
+    backupDisk({
+      store,
+      keys,
+      reader: reader(data),
+      disk: disk(data),
+      backupId,
+      chunkSize: CHUNK,
+      packBytes: 2 * CHUNK,
+      parallelism: 1,
+      ...(parent ? { parentBackupId: parent, parentManifestKey: objectKeys.manifest(parent, 'disk0') } : {}),
+    });
   async function restored(backupId: string): Promise<Buffer> {
     const dir = await mkdtemp(join(tmpdir(), 'gc-test-'));
     try {
@@ -426,7 +481,9 @@ describe('collectGarbage of a repository the mover wrote', () => {
     expect(r.packs).toEqual({ total: 4, referenced: 3, protectedByGrace: 0, deleted: 1, spared: 0 });
     expect(r.lateReferences).toEqual([]);
     expect(r.reclaimableInPacks).toEqual({ chunks: 0, bytes: 0 });
-    await expect(verifyManifests('b2', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b2', 'disk0') }], { store, keys })).resolves.toMatchObject({ packsChecked: 3 });
+    await expect(verifyManifests('b2', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b2', 'disk0') }], { store, keys })).resolves.toMatchObject({
+      packsChecked: 3,
+    });
     expect((await restored('b2')).equals(v2)).toBe(true);
 
     // v1 again, from scratch: its first two chunks are in no pack the index lists now, so they are stored anew.
@@ -434,7 +491,9 @@ describe('collectGarbage of a repository the mover wrote', () => {
     for (const c of [0, 1]) expect(index.get(chunkId(keys, v1.subarray(c * CHUNK, (c + 1) * CHUNK)))).toBeUndefined();
     const b3 = await backUp('b3', v1);
     expect(b3.stats.uploadedChunks).toBe(2);
-    await expect(verifyManifests('b3', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b3', 'disk0') }], { store, keys })).resolves.toMatchObject({ chunksChecked: 6 });
+    await expect(verifyManifests('b3', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b3', 'disk0') }], { store, keys })).resolves.toMatchObject({
+      chunksChecked: 6,
+    });
     expect((await restored('b3')).equals(v1)).toBe(true);
   });
 
@@ -485,7 +544,9 @@ describe('collectGarbage of a repository the mover wrote', () => {
     store.objects.set(damaged!, body);
     const r = await run();
     expect(r.index.reindexed).toBe(1);
-    expect(r.failed).toEqual([{ key: damaged, reason: expect.stringMatching(/^referenced but in no index object, and its trailer does not open: .*failed authentication/) }]);
+    expect(r.failed).toEqual([
+      { key: damaged, reason: expect.stringMatching(/^referenced but in no index object, and its trailer does not open: .*failed authentication/) },
+    ]);
     // The intact pack's two chunks are listed again; the damaged pack's are not.
     const index = await RepositoryIndex.load(store, keys);
     const where = [0, 1, 2, 3].map((c) => index.get(chunkId(keys, data.subarray(c * CHUNK, (c + 1) * CHUNK)))?.key);
@@ -513,7 +574,8 @@ describe('collectGarbage merging index objects', () => {
   /** The index a mover or reader loads finds every chunk of `packs` where it is, and the chunks of `gone` nowhere. */
   async function expectIndexed(packs: PackContents[], gone: PackContents[] = []) {
     const index = await RepositoryIndex.load(store, keys);
-    for (const p of packs) for (const c of p.chunks) expect(index.get(c.id), c.id).toEqual({ pack: p.pack, key: objectKeys.pack(p.pack.id), offset: c.offset, length: c.length });
+    for (const p of packs)
+      for (const c of p.chunks) expect(index.get(c.id), c.id).toEqual({ pack: p.pack, key: objectKeys.pack(p.pack.id), offset: c.offset, length: c.length });
     for (const p of gone) for (const c of p.chunks) expect(index.get(c.id), c.id).toBeUndefined();
     return index;
   }
@@ -532,7 +594,11 @@ describe('collectGarbage merging index objects', () => {
         await indexObject(i, [k, g], 10);
       } else await indexObject(i, [g], 10);
     }
-    await packedManifestOf('b1', [...kept, ...shared].flatMap((p) => p.chunks.map((c) => Number.parseInt(c.id, 16))), [...kept, ...shared]);
+    await packedManifestOf(
+      'b1',
+      [...kept, ...shared].flatMap((p) => p.chunks.map((c) => Number.parseInt(c.id, 16))),
+      [...kept, ...shared],
+    );
     const sources = indexKeys();
     expect(sources).toHaveLength(90);
     const ops = recordOps();
@@ -541,7 +607,16 @@ describe('collectGarbage merging index objects', () => {
     expect(r.packs).toMatchObject({ total: 95, referenced: 85, deleted: 10 });
     expect(r.index).toEqual({ objects: 90, rewritten: 5, dropped: 5, reindexed: 0 });
     // The five rewritten this run are left for the next collection; the 80 small ones read at the start are merged into one.
-    expect(r.consolidation).toEqual({ objectsBefore: 85, objectsAfter: 6, candidates: 80, merged: 80, written: 1, entries: 240, entriesDropped: 0, stopped: null });
+    expect(r.consolidation).toEqual({
+      objectsBefore: 85,
+      objectsAfter: 6,
+      candidates: 80,
+      merged: 80,
+      written: 1,
+      entries: 240,
+      entriesDropped: 0,
+      stopped: null,
+    });
     expect(r.failed).toEqual([]);
     const after = indexKeys();
     expect(after).toHaveLength(6);
@@ -559,12 +634,25 @@ describe('collectGarbage merging index objects', () => {
 
   it('does nothing on a second run, nor while few small objects are there', async () => {
     const packs = await smallIndexes(70);
-    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await packedManifestOf(
+      'b1',
+      packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      packs,
+    );
     const first = await run();
     expect(first.consolidation).toMatchObject({ objectsBefore: 70, objectsAfter: 1, merged: 70, written: 1, entries: 210 });
     const ops = recordOps();
     const second = await run();
-    expect(second.consolidation).toEqual({ objectsBefore: 1, objectsAfter: 1, candidates: 1, merged: 0, written: 0, entries: 0, entriesDropped: 0, stopped: null });
+    expect(second.consolidation).toEqual({
+      objectsBefore: 1,
+      objectsAfter: 1,
+      candidates: 1,
+      merged: 0,
+      written: 0,
+      entries: 0,
+      entriesDropped: 0,
+      stopped: null,
+    });
     expect(ops).toEqual([]);
     await expectIndexed(packs);
   });
@@ -572,7 +660,11 @@ describe('collectGarbage merging index objects', () => {
   it('merges small objects into objects of at most maxEntries, leaves the large ones alone, and later merges only what is new', async () => {
     const settings = { minObjects: 4, maxEntries: 16 };
     const packs = await smallIndexes(20);
-    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await packedManifestOf(
+      'b1',
+      packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      packs,
+    );
     const r = await run({}, { consolidation: settings });
     // Five 3-entry objects a group (15 <= 16): four merged objects, each over half the bound, so never merged again.
     expect(r.consolidation).toMatchObject({ objectsBefore: 20, objectsAfter: 4, candidates: 20, merged: 20, written: 4, entries: 60 });
@@ -582,7 +674,11 @@ describe('collectGarbage merging index objects', () => {
 
     // Backups write more: four small objects are not enough, a fifth is.
     const more = await smallIndexes(4, 10, 21);
-    await packedManifestOf('b2', more.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), more);
+    await packedManifestOf(
+      'b2',
+      more.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      more,
+    );
     expect((await run({}, { consolidation: settings })).consolidation).toMatchObject({ candidates: 4, merged: 0 });
     const fifth = await smallIndexes(1, 10, 25);
     await packedManifestOf('b3', chunksOf(25), fifth);
@@ -594,7 +690,11 @@ describe('collectGarbage merging index objects', () => {
 
   it('leaves alone an index object a mover writes after collection listed the index, and merges the rest', async () => {
     const packs = await smallIndexes(70);
-    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await packedManifestOf(
+      'b1',
+      packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      packs,
+    );
     // A backup stores a pack and its index object while collection lists packs/ (it read index/ already).
     let late: { key: string; pack: PackContents } | undefined;
     const list = admin.list.bind(admin);
@@ -618,7 +718,11 @@ describe('collectGarbage merging index objects', () => {
 
   it('interrupted between storing the merged object and deleting its sources: the index lists everything twice, harmlessly; the next run merges the duplicates away', async () => {
     const packs = await smallIndexes(70);
-    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await packedManifestOf(
+      'b1',
+      packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      packs,
+    );
     const del = admin.delete.bind(admin);
     admin.delete = async (ks) => {
       if (ks.some((k) => k.startsWith('index/'))) throw new Error('Lambda timed out');
@@ -638,7 +742,16 @@ describe('collectGarbage merging index objects', () => {
     admin.delete = del;
     const next = await run();
     // The 70 sources and the merged object are merged again; each pack is listed once.
-    expect(next.consolidation).toEqual({ objectsBefore: 71, objectsAfter: 1, candidates: 71, merged: 71, written: 1, entries: 210, entriesDropped: 210, stopped: null });
+    expect(next.consolidation).toEqual({
+      objectsBefore: 71,
+      objectsAfter: 1,
+      candidates: 71,
+      merged: 71,
+      written: 1,
+      entries: 210,
+      entriesDropped: 210,
+      stopped: null,
+    });
     const [only] = indexKeys();
     expect(await decodeAt(only!)).toEqual(packs);
     const clean = await expectIndexed(packs);
@@ -652,7 +765,11 @@ describe('collectGarbage merging index objects', () => {
     const packs = await smallIndexes(70);
     const gone = packs.pop()!;
     store.objects.delete(objectKeys.pack(gone.pack.id));
-    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await packedManifestOf(
+      'b1',
+      packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      packs,
+    );
     const r = await run();
     expect(r.consolidation).toMatchObject({ merged: 70, written: 1, entries: 207, entriesDropped: 3 });
     expect(await decodeAt(indexKeys()[0]!)).toEqual(packs);
@@ -661,12 +778,25 @@ describe('collectGarbage merging index objects', () => {
 
   it('reports what it would merge on a dry run, touching nothing', async () => {
     const packs = await smallIndexes(70);
-    await packedManifestOf('b1', packs.slice(0, 69).flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await packedManifestOf(
+      'b1',
+      packs.slice(0, 69).flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      packs,
+    );
     const ops = recordOps();
     const r = await run({ dryRun: true });
     // Pack 70 is garbage: its object would be dropped by the sweep; the other 69 merged.
     expect(r.index).toEqual({ objects: 70, rewritten: 0, dropped: 1, reindexed: 0 });
-    expect(r.consolidation).toEqual({ objectsBefore: 69, objectsAfter: 1, candidates: 69, merged: 69, written: 1, entries: 207, entriesDropped: 0, stopped: null });
+    expect(r.consolidation).toEqual({
+      objectsBefore: 69,
+      objectsAfter: 1,
+      candidates: 69,
+      merged: 69,
+      written: 1,
+      entries: 207,
+      entriesDropped: 0,
+      stopped: null,
+    });
     expect(ops).toEqual([]);
     expect(indexKeys()).toHaveLength(70);
     // The real run does what the dry run said.
@@ -677,7 +807,11 @@ describe('collectGarbage merging index objects', () => {
   it('merges no index object under Object Lock retention', async () => {
     const old = await smallIndexes(70, 40);
     const young = await smallIndexes(70, 10, 71);
-    await packedManifestOf('b1', [...old, ...young].flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), [...old, ...young]);
+    await packedManifestOf(
+      'b1',
+      [...old, ...young].flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      [...old, ...young],
+    );
     const ops = recordOps();
     const r = await run({ objectLockDays: 30 });
     expect(r.consolidation).toMatchObject({ objectsBefore: 140, objectsAfter: 71, candidates: 70, merged: 70, written: 1 });
@@ -688,7 +822,11 @@ describe('collectGarbage merging index objects', () => {
 
   it('does not merge while backups defer the sweep, nor start merging with too little time left', async () => {
     const packs = await smallIndexes(70);
-    await packedManifestOf('b1', packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))), packs);
+    await packedManifestOf(
+      'b1',
+      packs.flatMap((p) => chunksOf(Number.parseInt(p.pack.id, 16))),
+      packs,
+    );
     await pack(999, [9999], 10); // garbage: the sweep has a batch to defer
     const ops = recordOps();
     const deferred = await run({}, { running: async () => ['vm-1/b9'] });
@@ -703,9 +841,23 @@ describe('collectGarbage merging index objects', () => {
 
 describe('collectGarbage merging the index objects the mover wrote', () => {
   const CHUNK = 64 * 1024;
-  const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
+  const reader = (data: Buffer): DiskReader => ({
+    sizeBytes: data.length,
+    read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length),
+    close: async () => {},
+  });
   const backUp = (backupId: string, data: Buffer, index?: IndexCache) =>
-    backupDisk({ store, keys, reader: reader(data), disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1, ...(index ? { index: () => index.refresh() } : {}) });
+    backupDisk({
+      store,
+      keys,
+      reader: reader(data),
+      disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
+      backupId,
+      chunkSize: CHUNK,
+      packBytes: 2 * CHUNK,
+      parallelism: 1,
+      ...(index ? { index: () => index.refresh() } : {}),
+    });
 
   it('after merging, every backup verifies and restores, a warm cache reads only the merged objects, and backing the same data up again stores nothing', async () => {
     const disks = Array.from({ length: 12 }, () => randomBytes(6 * CHUNK));
@@ -719,13 +871,22 @@ describe('collectGarbage merging the index objects the mover wrote', () => {
 
     const r = await run({}, { consolidation: { minObjects: 4, maxEntries: 64 } });
     expect(r.packs.deleted).toBe(0);
-    expect(r.consolidation).toMatchObject({ objectsBefore: before.length, candidates: before.length, merged: before.length, entries: 72, entriesDropped: 0, stopped: null });
+    expect(r.consolidation).toMatchObject({
+      objectsBefore: before.length,
+      candidates: before.length,
+      merged: before.length,
+      entries: 72,
+      entriesDropped: 0,
+      stopped: null,
+    });
     const after = [...store.objects.keys()].filter((k) => k.startsWith('index/'));
     expect(after).toHaveLength(r.consolidation.written);
     expect(after.length).toBeLessThan(4);
 
     for (const [i, d] of disks.entries()) {
-      await expect(verifyManifests(`b${i}`, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(`b${i}`, 'disk0') }], { store, keys })).resolves.toMatchObject({ chunksChecked: 6 });
+      await expect(verifyManifests(`b${i}`, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(`b${i}`, 'disk0') }], { store, keys })).resolves.toMatchObject(
+        { chunksChecked: 6 },
+      );
       if (i % 4 === 0) {
         const dir = await mkdtemp(join(tmpdir(), 'gc-test-'));
         try {
@@ -755,18 +916,29 @@ describe('one collection of a repository at a time (its lease in a real dynalite
   it('makes a second collection fail with Gc.Busy while the first is deferred, keeps the lease across its deferrals, and frees it when it ends', async () => {
     await chunk(2, 10, 300);
     const lease = catalogGcLease(catalog, 'b', undefined);
-    const deferred = await collectGarbage({ gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease, running: async () => ['vm-1/b9'] });
+    const deferred = await collectGarbage(
+      { gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } },
+      { admin, store, keys, now: () => NOW, lease, running: async () => ['vm-1/b9'] },
+    );
     expect(deferred.deferred).toEqual({ backups: ['vm-1/b9'] });
-    await expect(collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease }))
-      .rejects.toMatchObject({ name: 'Gc.Busy', retryable: true, message: expect.stringContaining("another garbage collection of repository 'b' is running") });
+    await expect(
+      collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease }),
+    ).rejects.toMatchObject({ name: 'Gc.Busy', retryable: true, message: expect.stringContaining("another garbage collection of repository 'b' is running") });
     expect(store.objects.size).toBe(1); // gc-b deleted nothing
     // A dry run takes no lease: it runs beside gc-a.
-    expect((await collectGarbage({ gcId: 'gc-dry', request: { bucket: 'b', graceHours: 24, dryRun: true } }, { admin, store, keys, now: () => NOW, lease })).bytesFreed).toBe(300);
+    expect(
+      (await collectGarbage({ gcId: 'gc-dry', request: { bucket: 'b', graceHours: 24, dryRun: true } }, { admin, store, keys, now: () => NOW, lease }))
+        .bytesFreed,
+    ).toBe(300);
     // The same repository on another endpoint is another repository, with its own lease.
     expect(await catalogGcLease(catalog, 'b', { url: 'http://dr.example:9000' }).take('gc-other', NOW.getTime(), NOW.getTime() + 1000)).toBe(true);
     // gc-a collects again under its gcId (the workflow's loop), ends, and gives the lease back.
-    expect((await collectGarbage({ gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).bytesFreed).toBe(300);
-    expect((await collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).deferred).toBeNull();
+    expect((await collectGarbage({ gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).bytesFreed).toBe(
+      300,
+    );
+    expect(
+      (await collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).deferred,
+    ).toBeNull();
   });
 
   it('renews the lease with every invocation: a collection that died while deferred holds it GC_LEASE_MS past its last invocation, no longer', async () => {
@@ -785,14 +957,25 @@ describe('one collection of a repository at a time (its lease in a real dynalite
     expect((await collectGarbage({ gcId: 'gc-s', request }, { admin, store, keys, now: at(again + GC_LEASE_MS + 1), lease })).gcId).toBe('gc-s');
   });
 
-  it('gives the lease back when the collection fails, and a dead holder\'s lease runs out after GC_LEASE_MS', async () => {
+  it("gives the lease back when the collection fails, and a dead holder's lease runs out after GC_LEASE_MS", async () => {
     const lease = catalogGcLease(catalog, 'failing', undefined);
-    const broken = { ...admin, list: () => { throw new StorageUnavailable('listing failed'); } } as unknown as typeof admin;
-    await expect(collectGarbage({ gcId: 'gc-x', request: { bucket: 'failing', graceHours: 24 } }, { admin: broken, store, keys, now: () => NOW, lease })).rejects.toThrow('listing failed');
+    const broken = {
+      ...admin,
+      list: () => {
+        throw new StorageUnavailable('listing failed');
+      },
+    } as unknown as typeof admin;
+    await expect(
+      collectGarbage({ gcId: 'gc-x', request: { bucket: 'failing', graceHours: 24 } }, { admin: broken, store, keys, now: () => NOW, lease }),
+    ).rejects.toThrow('listing failed');
     expect(await lease.take('gc-y', NOW.getTime(), NOW.getTime() + GC_LEASE_MS)).toBe(true);
     // gc-y "dies" holding it: gc-z is refused until the lease runs out.
-    await expect(collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).rejects.toMatchObject({ name: 'Gc.Busy' });
+    await expect(
+      collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease }),
+    ).rejects.toMatchObject({ name: 'Gc.Busy' });
     const later = new Date(NOW.getTime() + GC_LEASE_MS + 1);
-    await expect(collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => later, lease })).resolves.toMatchObject({ gcId: 'gc-z' });
+    await expect(
+      collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => later, lease }),
+    ).resolves.toMatchObject({ gcId: 'gc-z' });
   });
 });

@@ -51,7 +51,17 @@ beforeAll(async () => {
   const e = t.stack.endpoints;
   recovery = stackRecoveryCatalog(e);
   vmDir = join(t.dir, 'vms', 'vm-h');
-  await createVmFolder(vmDir, { name: 'vm-h', disks: [{ id: 'disk0', sizeBytes: 16 * MiB }, { id: 'disk1', sizeBytes: 4 * MiB }] }, seededRng(11));
+  await createVmFolder(
+    vmDir,
+    {
+      name: 'vm-h',
+      disks: [
+        { id: 'disk0', sizeBytes: 16 * MiB },
+        { id: 'disk1', sizeBytes: 4 * MiB },
+      ],
+    },
+    seededRng(11),
+  );
   await t.stack.catalog.putVm({ vmId: 'vm-h', host: 'esx-01', source: vmDir });
   await t.stack.catalog.putPolicy({ policyId: 'p-h', vmIds: ['vm-h'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1 });
 });
@@ -122,7 +132,7 @@ it('quarantines a damaged chunk, re-uploads it with the next backup and heals ev
   expect(v2.status, v2.cause).toBe('SUCCEEDED');
   const s2 = JSON.parse(v2.output!) as DeepVerifySummary;
   expect(s2).toMatchObject({ backupId: b1.backupId, damaged: false, findings: [], healed: { previousVerifyId: 'verify-heal-1', chunks: [id] } });
-  const after = await t.stack.catalog.getBackup('vm-h', b1.backupId) as unknown as { status: string; damage?: unknown; healed?: { verifyId: string } };
+  const after = (await t.stack.catalog.getBackup('vm-h', b1.backupId)) as unknown as { status: string; damage?: unknown; healed?: { verifyId: string } };
   expect(after.status).toBe('committed');
   expect(after.damage).toBeUndefined();
   expect(after.healed?.verifyId).toBe('verify-heal-2');
@@ -133,7 +143,8 @@ it('quarantines a damaged chunk, re-uploads it with the next backup and heals ev
   const target = join(t.dir, 'restored-b1');
   const r = await run('Restore', { vmId: 'vm-h', backupId: b1.backupId, target, moverGroup: 'site-a' });
   expect(r.status, r.cause).toBe('SUCCEEDED');
-  for (const d of (JSON.parse(r.output!) as RestoreSummary).disks) expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir, `${d.diskId}.raw`)));
+  for (const d of (JSON.parse(r.output!) as RestoreSummary).disks)
+    expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir, `${d.diskId}.raw`)));
 
   // GC never sweeps quarantine/: the quarantined bytes stay, counted apart.
   const g = await run('Gc', { bucket: e.bucket, graceHours: 0 });

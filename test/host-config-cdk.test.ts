@@ -13,10 +13,25 @@ import { errorClasses } from '../contracts/errors.ts';
 import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
-type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string; ItemsPath?: string;
-  Parameters?: Record<string, unknown>; ResultPath?: string; OutputPath?: string; ItemSelector?: Record<string, unknown>; MaxConcurrency?: number;
-  Choices?: { Variable: string; StringEquals?: string; Next: string }[]; Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[];
-  Catch?: { ErrorEquals: string[]; Next: string; ResultPath?: string }[]; ItemProcessor?: { StartAt: string; States: Record<string, State> } };
+type State = {
+  Type: string;
+  Next?: string;
+  End?: boolean;
+  Resource?: string;
+  TimeoutSeconds?: number;
+  HeartbeatSeconds?: number;
+  Default?: string;
+  ItemsPath?: string;
+  Parameters?: Record<string, unknown>;
+  ResultPath?: string;
+  OutputPath?: string;
+  ItemSelector?: Record<string, unknown>;
+  MaxConcurrency?: number;
+  Choices?: { Variable: string; StringEquals?: string; Next: string }[];
+  Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[];
+  Catch?: { ErrorEquals: string[]; Next: string; ResultPath?: string }[];
+  ItemProcessor?: { StartAt: string; States: Record<string, State> };
+};
 type Definition = { StartAt: string; States: Record<string, State> };
 
 const config = loadConfig(); // the example: kvm-01 (libvirt) in group site-a, groups site-a and site-b serve hosts
@@ -37,8 +52,10 @@ function workflow(r: ResolvedTemplate = resolved): { def: Definition; all: Recor
   return { def, all: { ...def.States, ...def.States.BackUpHosts!.ItemProcessor!.States } };
 }
 
-const scheduleInputs = (t: Template) => Object.values(t.findResources('AWS::Scheduler::Schedule'))
-  .map((r) => (r as { Properties: { Description: string; ScheduleExpression: string; Target: { Input: string; Arn: unknown } } }).Properties);
+const scheduleInputs = (t: Template) =>
+  Object.values(t.findResources('AWS::Scheduler::Schedule')).map(
+    (r) => (r as { Properties: { Description: string; ScheduleExpression: string; Target: { Input: string; Arn: unknown } } }).Properties,
+  );
 
 beforeAll(() => {
   outdir = mkdtempSync(join(tmpdir(), 'lifeboat-cdk-hostcfg-'));
@@ -63,7 +80,7 @@ describe('HostConfigBackup workflow', () => {
     expect(def.States.SummarizeHostConfigBackup!.End).toBe(true);
   });
 
-  it('sends each host\'s hostConfig task to the Activity of the group serving it, then records the result', () => {
+  it("sends each host's hostConfig task to the Activity of the group serving it, then records the result", () => {
     const { all } = workflow();
     const choice = all.BackupHostConfigOnMoverGroup!;
     const groups = config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => g.id);
@@ -72,19 +89,29 @@ describe('HostConfigBackup workflow', () => {
       const task = all[c.Next]!;
       expect(task.Resource).toBe(resolved.activities[`Lifeboat-mover-${c.StringEquals}`]);
       expect(task.Parameters).toEqual({
-        task: 'hostConfig', 'hostId.$': '$.job.hostId', 'hypervisor.$': '$.job.hypervisor', 'repository.$': '$.job.repository',
-        'backupId.$': '$.job.backupId', 'objectKey.$': '$.job.objectKey',
+        task: 'hostConfig',
+        'hostId.$': '$.job.hostId',
+        'hypervisor.$': '$.job.hypervisor',
+        'repository.$': '$.job.repository',
+        'backupId.$': '$.job.backupId',
+        'objectKey.$': '$.job.objectKey',
       });
       expect(task).toMatchObject({ ResultPath: '$.result', Next: 'RecordHostConfig' });
       expect(task.HeartbeatSeconds!).toBeLessThan(task.TimeoutSeconds!);
     }
-    expect(all.RecordHostConfig).toMatchObject({ ResultPath: '$.outcome', Next: 'HostConfigBackedUp', Parameters: { 'runId.$': '$.runId', 'job.$': '$.job', 'result.$': '$.result' } });
+    expect(all.RecordHostConfig).toMatchObject({
+      ResultPath: '$.outcome',
+      Next: 'HostConfigBackedUp',
+      Parameters: { 'runId.$': '$.runId', 'job.$': '$.job', 'result.$': '$.result' },
+    });
     expect(all.HostConfigBackedUp).toMatchObject({ Type: 'Pass', OutputPath: '$.outcome', End: true });
   });
 
   it('retries a dead mover and unavailable storage, and reports any failure of a host as HostConfigFailed so the other hosts go on', () => {
     const { all } = workflow();
-    const tasks = Object.entries(all).filter(([n]) => n.startsWith('BackupHostConfig (')).map(([, s]) => s);
+    const tasks = Object.entries(all)
+      .filter(([n]) => n.startsWith('BackupHostConfig ('))
+      .map(([, s]) => s);
     expect(tasks.length).toBe(2);
     for (const t of [...tasks, all.RecordHostConfig!]) {
       expect(t.Retry!.some((r) => r.ErrorEquals.includes('States.Timeout') && r.ErrorEquals.includes('Mover.StorageUnavailable'))).toBe(true);
@@ -103,18 +130,27 @@ describe('HostConfigBackup workflow', () => {
     expect(new cls('probe').name).toBe('HostConfig.RequestInvalid');
   });
 
-  it('is started daily at 02:00 UTC by default with every libvirt host, through the schedules\' dead-letter queue', () => {
+  it("is started daily at 02:00 UTC by default with every libvirt host, through the schedules' dead-letter queue", () => {
     const smRef = Object.keys(template.findResources('AWS::StepFunctions::StateMachine')).find((id) => id.startsWith('HostConfigBackupStateMachine'))!;
     template.hasResourceProperties('AWS::Scheduler::Schedule', {
-      ScheduleExpression: 'cron(0 2 * * ? *)', ScheduleExpressionTimezone: 'UTC',
+      ScheduleExpression: 'cron(0 2 * * ? *)',
+      ScheduleExpressionTimezone: 'UTC',
       Target: Match.objectLike({ Arn: { Ref: smRef }, Input: '{}', DeadLetterConfig: Match.objectLike({ Arn: Match.anyValue() }) }),
     });
   });
 
   it('follows hostConfigBackup.schedule, and has no schedule without a libvirt host', () => {
     const c = parseConfig({ ...config, hostConfigBackup: { schedule: { expression: 'cron(30 3 ? * SUN *)', timeZone: 'Europe/Berlin' }, keep: 5 } }, 't');
-    expect(hostConfigBackupSettings(c)).toEqual({ schedule: { expression: 'cron(30 3 ? * SUN *)', timeZone: 'Europe/Berlin' }, keep: 5, repositoryId: 'primary' });
-    synth(c).template.hasResourceProperties('AWS::Scheduler::Schedule', { ScheduleExpression: 'cron(30 3 ? * SUN *)', ScheduleExpressionTimezone: 'Europe/Berlin', Target: Match.objectLike({ Input: '{}' }) });
+    expect(hostConfigBackupSettings(c)).toEqual({
+      schedule: { expression: 'cron(30 3 ? * SUN *)', timeZone: 'Europe/Berlin' },
+      keep: 5,
+      repositoryId: 'primary',
+    });
+    synth(c).template.hasResourceProperties('AWS::Scheduler::Schedule', {
+      ScheduleExpression: 'cron(30 3 ? * SUN *)',
+      ScheduleExpressionTimezone: 'Europe/Berlin',
+      Target: Match.objectLike({ Input: '{}' }),
+    });
     const none = synth(parseConfig({ ...config, hosts: config.hosts.map(({ driver: _d, uri: _u, ...h }) => h) }, 't'));
     expect(scheduleInputs(none.template).filter((p) => /HostConfigBackup/.test(p.Description))).toEqual([]);
   });
@@ -128,7 +164,9 @@ describe('HostConfigBackup workflow', () => {
         return (err as ConfigError).problems;
       }
     };
-    expect(problems({ repository: 'nope' })).toEqual([expect.stringMatching(/^hostConfigBackup\.repository = "nope": names no configured repository \(repositories: primary, dr\)/)]);
+    expect(problems({ repository: 'nope' })).toEqual([
+      expect.stringMatching(/^hostConfigBackup\.repository = "nope": names no configured repository \(repositories: primary, dr\)/),
+    ]);
     expect(problems({ keep: 0 })).toEqual([expect.stringMatching(/^hostConfigBackup\.keep = 0: must be at least 1/)]);
     expect(problems({ keepLast: 3 })).toEqual(['hostConfigBackup.keepLast: unknown key; check the spelling']);
   });
@@ -136,7 +174,10 @@ describe('HostConfigBackup workflow', () => {
   it('grants the movers PutObject on host-config/ but no read of it, and RecordHostConfig only what retention needs', () => {
     expect(MOVER_WRITE_PREFIXES).toContain('host-config/');
     expect(MOVER_READ_PREFIXES).not.toContain('host-config/');
-    const policyOf = (fid: string) => Object.values(template.findResources('AWS::IAM::Policy')).find((p) => JSON.stringify((p as { Properties: { Roles: unknown } }).Properties.Roles).includes(`${fid}ServiceRole`));
+    const policyOf = (fid: string) =>
+      Object.values(template.findResources('AWS::IAM::Policy')).find((p) =>
+        JSON.stringify((p as { Properties: { Roles: unknown } }).Properties.Roles).includes(`${fid}ServiceRole`),
+      );
     const record = JSON.stringify(policyOf('RecordHostConfig'));
     for (const a of ['dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:DeleteItem', 's3:DeleteObject', 's3:ListBucket']) expect(record).toContain(a);
     expect(record).toContain('/host-config/*');

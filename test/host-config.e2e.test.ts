@@ -27,15 +27,18 @@ let t: TestStack;
 let client: StackClient;
 const calls: (SdkCall & { functionId: LambdaFunctionId })[] = [];
 const example = loadConfig();
-const config = parseConfig({
-  ...example,
-  moverGroups: example.moverGroups.map((g) => (g.id === 'site-a' ? { ...g, hosts: [...g.hosts, 'kvm-02'] } : g)),
-  hosts: [
-    ...example.hosts.map((h) => (h.id === 'kvm-01' ? { ...h, uri: 'test:///default' } : h)),
-    { id: 'kvm-02', driver: 'libvirt', uri: 'test:///nonexistent/kvm-02.xml', maxConcurrentBackups: 1 },
-  ],
-  hostConfigBackup: { keep: 2 },
-}, 'host-config.e2e');
+const config = parseConfig(
+  {
+    ...example,
+    moverGroups: example.moverGroups.map((g) => (g.id === 'site-a' ? { ...g, hosts: [...g.hosts, 'kvm-02'] } : g)),
+    hosts: [
+      ...example.hosts.map((h) => (h.id === 'kvm-01' ? { ...h, uri: 'test:///default' } : h)),
+      { id: 'kvm-02', driver: 'libvirt', uri: 'test:///nonexistent/kvm-02.xml', maxConcurrentBackups: 1 },
+    ],
+    hostConfigBackup: { keep: 2 },
+  },
+  'host-config.e2e',
+);
 
 const backup = async (input: Record<string, unknown>) => runExecution(t.sfn, t.stack.endpoints.stateMachines.HostConfigBackup!, input, { pollMs: 200 });
 /** What virsh prints on the test driver, read directly, untrimmed: the restore must give back these bytes. */
@@ -67,11 +70,26 @@ it('backs up every libvirt host through its mover group, reporting the unreachab
   expect(s.succeeded).toBe(1);
   expect(s.hosts).toEqual([
     {
-      hostId: 'kvm-01', backupId: expect.stringMatching(/^\d{8}T\d{9}Z-[0-9a-f]{8}$/), objectKey: expect.stringMatching(/^host-config\/kvm-01\//),
-      takenAt: expect.any(String), sha256: expect.stringMatching(/^[0-9a-f]{64}$/), bytes: expect.any(Number),
-      counts: { networks: 1, pools: 1, domains: 1 }, kept: 1, deleted: [], orphansDeleted: 0,
+      hostId: 'kvm-01',
+      backupId: expect.stringMatching(/^\d{8}T\d{9}Z-[0-9a-f]{8}$/),
+      objectKey: expect.stringMatching(/^host-config\/kvm-01\//),
+      takenAt: expect.any(String),
+      sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
+      bytes: expect.any(Number),
+      counts: { networks: 1, pools: 1, domains: 1 },
+      kept: 1,
+      deleted: [],
+      orphansDeleted: 0,
     },
-    { hostId: 'kvm-02', error: { Error: 'Mover.SourceUnavailable', Cause: expect.stringMatching(/cannot reach libvirt at test:\/\/\/nonexistent\/kvm-02\.xml .*failed to connect to the hypervisor.*Check the host.s "uri"/) } },
+    {
+      hostId: 'kvm-02',
+      error: {
+        Error: 'Mover.SourceUnavailable',
+        Cause: expect.stringMatching(
+          /cannot reach libvirt at test:\/\/\/nonexistent\/kvm-02\.xml .*failed to connect to the hypervisor.*Check the host.s "uri"/,
+        ),
+      },
+    },
   ]);
   first = s.hosts[0] as HostConfigOutcome;
   expect(first.objectKey).toBe(`host-config/kvm-01/${first.backupId}`);
@@ -84,7 +102,15 @@ it('backs up every libvirt host through its mover group, reporting the unreachab
   expect(stored.includes('default-pool')).toBe(false);
 
   const [record] = await listHostConfigs(client, 'kvm-01');
-  expect(record).toMatchObject({ hostId: 'kvm-01', backupId: first.backupId, objectKey: first.objectKey, sha256: first.sha256, counts: first.counts, repository: { bucket: t.stack.endpoints.bucket }, runId: d.name });
+  expect(record).toMatchObject({
+    hostId: 'kvm-01',
+    backupId: first.backupId,
+    objectKey: first.objectKey,
+    sha256: first.sha256,
+    counts: first.counts,
+    repository: { bucket: t.stack.endpoints.bucket },
+    runId: d.name,
+  });
   expect(await listHostConfigs(client, 'kvm-02')).toEqual([]);
   expect(formatHostConfigBackup(s, 1)).toEqual([
     expect.stringMatching(/^Host configuration backup .*: 2 host\(s\) in 1\.0 s, 1 backed up, 1 failed$/),
@@ -115,13 +141,19 @@ it('refuses a folder that is not empty unless forced, and a backup id it does no
   const to = join(t.dir, 'occupied');
   await mkdir(to, { recursive: true });
   await writeFile(join(to, 'notes.txt'), 'mine');
-  await expect(restoreHostConfig(client, { hostId: 'kvm-01', to })).rejects.toThrow(/occupied is not empty \(1 entry, e\.g\. notes\.txt\): choose an empty or new folder, or pass --force/);
+  await expect(restoreHostConfig(client, { hostId: 'kvm-01', to })).rejects.toThrow(
+    /occupied is not empty \(1 entry, e\.g\. notes\.txt\): choose an empty or new folder, or pass --force/,
+  );
   expect(await readdir(to)).toEqual(['notes.txt']);
   await restoreHostConfig(client, { hostId: 'kvm-01', to, force: true });
   expect(await readFile(join(to, 'notes.txt'), 'utf8')).toBe('mine');
   expect(await readFile(join(to, 'domains', 'test.xml'), 'utf8')).toBe(virsh('dumpxml', '--inactive', 'test'));
-  await expect(restoreHostConfig(client, { hostId: 'kvm-01', at: 'nope', to: join(t.dir, 'x') })).rejects.toThrow(/host 'kvm-01' has no host configuration backup 'nope': list its backups with `lifeboat host-config list --host kvm-01`/);
-  await expect(restoreHostConfig(client, { hostId: 'kvm-02', to: join(t.dir, 'y') })).rejects.toThrow(/host 'kvm-02' has no host configuration backup yet: run one with `lifeboat host-config backup --host kvm-02`/);
+  await expect(restoreHostConfig(client, { hostId: 'kvm-01', at: 'nope', to: join(t.dir, 'x') })).rejects.toThrow(
+    /host 'kvm-01' has no host configuration backup 'nope': list its backups with `lifeboat host-config list --host kvm-01`/,
+  );
+  await expect(restoreHostConfig(client, { hostId: 'kvm-02', to: join(t.dir, 'y') })).rejects.toThrow(
+    /host 'kvm-02' has no host configuration backup yet: run one with `lifeboat host-config backup --host kvm-02`/,
+  );
 }, 60_000);
 
 it('keeps the newest backups of a host (keep: 2): older archives are deleted, then their records', async () => {
@@ -139,9 +171,18 @@ it('keeps the newest backups of a host (keep: 2): older archives are deleted, th
   expect(records.map((r) => r.backupId)).toEqual([ids[2], ids[1]]);
   // `lifeboat host-config list`: every libvirt host's, newest first; kvm-02 has none.
   expect((await listHostConfigs(client)).map((r) => r.backupId)).toEqual([ids[2], ids[1]]);
-  expect(formatHostConfigList(await listHostConfigs(client, 'kvm-01'))).toEqual(records.map((r) =>
-    expect.stringMatching(new RegExp(`^kvm-01  ${r.backupId}  ${r.takenAt.replace(/[.]/g, '\\.')}  1 network\\(s\\), 1 pool\\(s\\), 1 domain\\(s\\)  [\\d.]+ KiB  sha256 ${r.sha256.slice(0, 16)}…$`))));
-  expect(formatHostConfigList(await listHostConfigs(client, 'kvm-02'), 'kvm-02')).toEqual(["host 'kvm-02' has no host configuration backup (run one with `lifeboat host-config backup --host kvm-02`)"]);
+  expect(formatHostConfigList(await listHostConfigs(client, 'kvm-01'))).toEqual(
+    records.map((r) =>
+      expect.stringMatching(
+        new RegExp(
+          `^kvm-01  ${r.backupId}  ${r.takenAt.replace(/[.]/g, '\\.')}  1 network\\(s\\), 1 pool\\(s\\), 1 domain\\(s\\)  [\\d.]+ KiB  sha256 ${r.sha256.slice(0, 16)}…$`,
+        ),
+      ),
+    ),
+  );
+  expect(formatHostConfigList(await listHostConfigs(client, 'kvm-02'), 'kvm-02')).toEqual([
+    "host 'kvm-02' has no host configuration backup (run one with `lifeboat host-config backup --host kvm-02`)",
+  ]);
   const { store } = await openRepository(t.stack.endpoints);
   expect(await store.get(first.objectKey)).toBeUndefined();
   expect(await store.get(records[1]!.objectKey)).toBeDefined();
@@ -158,9 +199,18 @@ it('refuses a host that has no host configuration to back up, naming it', async 
   expect(d.cause).toMatch(/host 'esx-01' uses the folder driver, which has no host configuration to back up/);
 }, 60_000);
 
-it('made only the DynamoDB and S3 calls its functions are granted (retention\'s deletes included)', () => {
+it("made only the DynamoDB and S3 calls its functions are granted (retention's deletes included)", () => {
   const ours = calls.filter((c) => ['PlanHostConfigBackup', 'RecordHostConfig', 'SummarizeHostConfigBackup'].includes(c.functionId));
   expect(ours.some((c) => c.functionId === 'RecordHostConfig' && c.operation === 'DeleteObjects')).toBe(true);
   expect(ours.some((c) => c.functionId === 'RecordHostConfig' && c.operation === 'ListObjectsV2')).toBe(true);
-  expect([...new Set(ours.map((c) => { const why = denied(c, functionAccess[c.functionId]); return why && `${c.functionId}: ${why}`; }).filter(Boolean))]).toEqual([]);
+  expect([
+    ...new Set(
+      ours
+        .map((c) => {
+          const why = denied(c, functionAccess[c.functionId]);
+          return why && `${c.functionId}: ${why}`;
+        })
+        .filter(Boolean),
+    ),
+  ]).toEqual([]);
 });

@@ -21,8 +21,16 @@ import { Virsh, VirshError } from '../mover/sources/libvirt/virsh.ts';
 
 const keys = deriveKeys(randomBytes(32));
 const archive = (over: Partial<HostConfigArchive> = {}): HostConfigArchive => ({
-  format: HOST_CONFIG_FORMAT, version: 1, hostId: 'kvm-01', uri: 'qemu:///system', takenAt: '2026-12-06T20:00:00.000Z', host: {},
-  networks: [{ name: 'default', xml: "<network>\n  <name>default</name>\n</network>\n" }], pools: [], domains: [{ name: 'web-1', xml: '<domain/>\n' }], ...over,
+  format: HOST_CONFIG_FORMAT,
+  version: 1,
+  hostId: 'kvm-01',
+  uri: 'qemu:///system',
+  takenAt: '2026-12-06T20:00:00.000Z',
+  host: {},
+  networks: [{ name: 'default', xml: '<network>\n  <name>default</name>\n</network>\n' }],
+  pools: [],
+  domains: [{ name: 'web-1', xml: '<domain/>\n' }],
+  ...over,
 });
 
 const dirs: string[] = [];
@@ -37,7 +45,9 @@ describe('the sealed archive', () => {
     expect(bytes).toBe(Buffer.byteLength(JSON.stringify(a)));
     expect(await openHostConfig(keys, sealed, 'host-config/kvm-01/b1', sha256)).toEqual(a);
     await expect(openHostConfig(keys, sealed, 'host-config/kvm-02/b1', sha256)).rejects.toThrow(/failed authentication/);
-    await expect(openHostConfig(keys, sealed, 'host-config/kvm-01/b1', '0'.repeat(64))).rejects.toThrow(/its SHA-256 is [0-9a-f]{64}, not the 0{64} recorded at backup time/);
+    await expect(openHostConfig(keys, sealed, 'host-config/kvm-01/b1', '0'.repeat(64))).rejects.toThrow(
+      /its SHA-256 is [0-9a-f]{64}, not the 0{64} recorded at backup time/,
+    );
   });
 });
 
@@ -57,37 +67,70 @@ class ScriptedVirsh extends Virsh {
   }
 }
 
-describe('the mover\'s dump', () => {
+describe("the mover's dump", () => {
   const gone = (what: string) => new VirshError(`virsh failed: ${what}`, what);
   it('dumps every definition in name order, leaves out one removed since the listing and a host fact the driver does not support', async () => {
     const v = new ScriptedVirsh({
-      nodeinfo: 'CPU(s): 4\n', version: 'Using library: libvirt 9.0.0\n', capabilities: gone('this function is not supported by the connection driver: virConnectGetCapabilities'),
-      'net-list --all --name': 'zeta\nalpha\n\n', 'net-dumpxml -- alpha': '<network>alpha</network>\n', 'net-dumpxml -- zeta': gone('Network not found: no network with matching name \'zeta\''),
-      'pool-list --all --name': '', 'list --all --name': 'web-1\n', 'dumpxml --inactive -- web-1': "<domain type='kvm'>\n</domain>\n",
+      nodeinfo: 'CPU(s): 4\n',
+      version: 'Using library: libvirt 9.0.0\n',
+      capabilities: gone('this function is not supported by the connection driver: virConnectGetCapabilities'),
+      'net-list --all --name': 'zeta\nalpha\n\n',
+      'net-dumpxml -- alpha': '<network>alpha</network>\n',
+      'net-dumpxml -- zeta': gone("Network not found: no network with matching name 'zeta'"),
+      'pool-list --all --name': '',
+      'list --all --name': 'web-1\n',
+      'dumpxml --inactive -- web-1': "<domain type='kvm'>\n</domain>\n",
     });
     const a = await collectHostConfig(v, 'kvm-01', { now: () => new Date('2026-12-06T20:00:00Z') });
     expect(a).toEqual({
-      format: HOST_CONFIG_FORMAT, version: 1, hostId: 'kvm-01', uri: 'qemu:///system', takenAt: '2026-12-06T20:00:00.000Z',
+      format: HOST_CONFIG_FORMAT,
+      version: 1,
+      hostId: 'kvm-01',
+      uri: 'qemu:///system',
+      takenAt: '2026-12-06T20:00:00.000Z',
       host: { nodeinfo: 'CPU(s): 4\n', version: 'Using library: libvirt 9.0.0\n' },
-      networks: [{ name: 'alpha', xml: '<network>alpha</network>\n' }], pools: [], domains: [{ name: 'web-1', xml: "<domain type='kvm'>\n</domain>\n" }],
+      networks: [{ name: 'alpha', xml: '<network>alpha</network>\n' }],
+      pools: [],
+      domains: [{ name: 'web-1', xml: "<domain type='kvm'>\n</domain>\n" }],
     });
   });
 
-  it('fails on a host it cannot reach, with the wrapper\'s message, and on any other failure of a dump', async () => {
-    const unreachable = new VirshError('cannot reach libvirt at qemu+ssh://h/system (failed to connect to the hypervisor): is libvirtd running there', 'failed to connect to the hypervisor');
+  it("fails on a host it cannot reach, with the wrapper's message, and on any other failure of a dump", async () => {
+    const unreachable = new VirshError(
+      'cannot reach libvirt at qemu+ssh://h/system (failed to connect to the hypervisor): is libvirtd running there',
+      'failed to connect to the hypervisor',
+    );
     await expect(collectHostConfig(new ScriptedVirsh({ nodeinfo: unreachable }), 'kvm-01')).rejects.toBe(unreachable);
-    const v = new ScriptedVirsh({ nodeinfo: '', version: '', capabilities: '', 'net-list --all --name': 'a\n', 'net-dumpxml -- a': gone('internal error: connection closed') });
+    const v = new ScriptedVirsh({
+      nodeinfo: '',
+      version: '',
+      capabilities: '',
+      'net-list --all --name': 'a\n',
+      'net-dumpxml -- a': gone('internal error: connection closed'),
+    });
     await expect(collectHostConfig(v, 'kvm-01')).rejects.toThrow(/connection closed/);
   });
 });
 
-describe('RecordHostConfig\'s retention', () => {
+describe("RecordHostConfig's retention", () => {
   const repository = { bucket: 'repo' };
   const job = (backupId: string, keep: number): HostConfigJob => ({
-    hostId: 'kvm-01', moverGroup: 'site-a', hypervisor: { driver: 'libvirt', uri: 'qemu:///system' }, repository, backupId, objectKey: `host-config/kvm-01/${backupId}`, keep,
+    hostId: 'kvm-01',
+    moverGroup: 'site-a',
+    hypervisor: { driver: 'libvirt', uri: 'qemu:///system' },
+    repository,
+    backupId,
+    objectKey: `host-config/kvm-01/${backupId}`,
+    keep,
   });
   const result = (backupId: string): HostConfigResult => ({
-    hostId: 'kvm-01', backupId, objectKey: `host-config/kvm-01/${backupId}`, takenAt: '2026-12-06T20:00:00.000Z', sha256: 'a'.repeat(64), bytes: 10, counts: { networks: 1, pools: 0, domains: 1 },
+    hostId: 'kvm-01',
+    backupId,
+    objectKey: `host-config/kvm-01/${backupId}`,
+    takenAt: '2026-12-06T20:00:00.000Z',
+    sha256: 'a'.repeat(64),
+    bytes: 10,
+    counts: { networks: 1, pools: 0, domains: 1 },
   });
   function setup() {
     const records = new Map<string, HostConfigRecord>();
@@ -139,19 +182,30 @@ describe('RecordHostConfig\'s retention', () => {
     expect([...s.admin.store.objects.keys()].sort()).toEqual(['host-config/kvm-01/b1', 'host-config/kvm-01/new-orphan', 'host-config/kvm-010/other-host']);
   });
 
-  it('refuses a result that is not the task\'s', async () => {
+  it("refuses a result that is not the task's", async () => {
     const s = setup();
-    await expect(recordHostConfig({ runId: 'r', job: job('b1', 2), result: result('b9') }, { hostConfigs: {} as never, admin: () => s.admin, now: () => s.now }))
-      .rejects.toThrow(/names host 'kvm-01' and object host-config\/kvm-01\/b9, but the task was host 'kvm-01' into host-config\/kvm-01\/b1/);
+    await expect(
+      recordHostConfig({ runId: 'r', job: job('b1', 2), result: result('b9') }, { hostConfigs: {} as never, admin: () => s.admin, now: () => s.now }),
+    ).rejects.toThrow(/names host 'kvm-01' and object host-config\/kvm-01\/b9, but the task was host 'kvm-01' into host-config\/kvm-01\/b1/);
   });
 });
 
-describe('the restore\'s file writer', () => {
+describe("the restore's file writer", () => {
   it('refuses a definition whose name is not a file name before writing anything', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'lifeboat-hostcfg-'));
     dirs.push(dir);
     const to = join(dir, 'out');
-    await expect(writeHostConfigFiles(archive({ domains: [{ name: 'ok', xml: '' }, { name: '../evil', xml: '' }] }), to)).rejects.toThrow(/the domains definition named "\.\.\/evil" cannot be written as a file name/);
+    await expect(
+      writeHostConfigFiles(
+        archive({
+          domains: [
+            { name: 'ok', xml: '' },
+            { name: '../evil', xml: '' },
+          ],
+        }),
+        to,
+      ),
+    ).rejects.toThrow(/the domains definition named "\.\.\/evil" cannot be written as a file name/);
     await expect(readdir(to)).rejects.toThrow(/ENOENT/);
     const w = await writeHostConfigFiles(archive(), to);
     expect(w.files.sort()).toEqual(['domains/web-1.xml', 'networks/default.xml']);

@@ -42,7 +42,10 @@ const proxy = http.createServer((req, res) => {
       res.writeHead(ur.statusCode ?? 502, ur.headers);
       ur.pipe(res);
     });
-    up.on('error', (err) => { res.writeHead(502); res.end(String(err)); });
+    up.on('error', (err) => {
+      res.writeHead(502);
+      res.end(String(err));
+    });
     req.pipe(up);
   });
 });
@@ -53,8 +56,10 @@ function moverDenied(r: (typeof moverRequests)[number]): string | undefined {
   if (r.method === 'DELETE' || (r.method === 'POST' && r.query.has('delete'))) return `${r.method} ${r.bucket}/${r.key}: movers may not delete`;
   // ListObjects (of the index) and HeadBucket both need s3:ListBucket, which the role has on the whole bucket.
   if (!r.key) return r.method === 'GET' || r.method === 'HEAD' ? undefined : `${r.method} on bucket ${r.bucket} is not granted`;
-  if (r.method === 'PUT' || r.method === 'POST') return within(MOVER_WRITE_PREFIXES) ? undefined : `s3:PutObject of ${r.key} is outside [${MOVER_WRITE_PREFIXES.join(', ')}]`;
-  if (r.method === 'GET' || r.method === 'HEAD') return within(MOVER_READ_PREFIXES) ? undefined : `s3:GetObject of ${r.key} is outside [${MOVER_READ_PREFIXES.join(', ')}]`;
+  if (r.method === 'PUT' || r.method === 'POST')
+    return within(MOVER_WRITE_PREFIXES) ? undefined : `s3:PutObject of ${r.key} is outside [${MOVER_WRITE_PREFIXES.join(', ')}]`;
+  if (r.method === 'GET' || r.method === 'HEAD')
+    return within(MOVER_READ_PREFIXES) ? undefined : `s3:GetObject of ${r.key} is outside [${MOVER_READ_PREFIXES.join(', ')}]`;
   return `${r.method} ${r.bucket}/${r.key} is not mapped to an IAM action in this test`;
 }
 
@@ -83,12 +88,28 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     return runExecution(t.sfn, arn, input, { pollMs: 200 });
   };
   const vmDir = join(t.dir, 'vms', 'vm-i');
-  await createVmFolder(vmDir, { name: 'vm-i', disks: [{ id: 'disk0', sizeBytes: 12 * MiB }, { id: 'disk1', sizeBytes: 3 * MiB }] }, seededRng(3));
+  await createVmFolder(
+    vmDir,
+    {
+      name: 'vm-i',
+      disks: [
+        { id: 'disk0', sizeBytes: 12 * MiB },
+        { id: 'disk1', sizeBytes: 3 * MiB },
+      ],
+    },
+    seededRng(3),
+  );
   await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'esx-01', source: vmDir });
   await t.stack.catalog.putVm({ vmId: 'vm-gone', host: 'esx-01', source: join(t.dir, 'vms', 'no-such-vm') });
   // Small segments: disk0 is cut into parts (PlanDispatch, JoinSegments); vm-gone fails (RecordFailure).
   await t.stack.catalog.putPolicy({
-    policyId: 'p-i', vmIds: ['vm-i', 'vm-gone'], bucket: e.bucket, chunkSize: MiB, slotLimit: 2, segmentBytes: 4 * MiB, retention: { keepLast: 1 },
+    policyId: 'p-i',
+    vmIds: ['vm-i', 'vm-gone'],
+    bucket: e.bucket,
+    chunkSize: MiB,
+    slotLimit: 2,
+    segmentBytes: 4 * MiB,
+    retention: { keepLast: 1 },
     // The DR repository on its own endpoint (a second s3rver), replicated by group dr after each run.
     replicateTo: { repositoryId: 'dr', ...e.repositories.dr!, moverGroup: 'dr' },
   });
@@ -124,11 +145,20 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
 
   // A restore test (RestoreTest, RecordRestoreTest): vm-i seen as a VM of a libvirt host (libvirt's test driver). Its
   // backup holds no domain definition, so the test fails after the mover restored the disks, and is recorded as failed.
-  await t.stack.catalog.putHost({ hostId: 'kvm-iam', moverGroup: 'site-a', site: 'site-a', maxConcurrentBackups: 1, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
+  await t.stack.catalog.putHost({
+    hostId: 'kvm-iam',
+    moverGroup: 'site-a',
+    site: 'site-a',
+    maxConcurrentBackups: 1,
+    datastores: {},
+    hypervisor: { driver: 'libvirt', uri: 'test:///default' },
+  });
   await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'kvm-iam', source: vmDir });
   const tested = await run('DeepVerify', { vmId: 'vm-i', moverGroup: 'site-a', sample: 0.5, restoreTest: { bootCheck: { agent: true }, timeoutSeconds: 5 } });
   expect(tested.status, tested.cause).toBe('SUCCEEDED');
-  expect(JSON.parse(tested.output!)).toMatchObject({ restoreTest: { passed: false, reason: expect.stringMatching(/Recovery\.RequestInvalid|Mover\.SourceUnavailable/) } });
+  expect(JSON.parse(tested.output!)).toMatchObject({
+    restoreTest: { passed: false, reason: expect.stringMatching(/Recovery\.RequestInvalid|Mover\.SourceUnavailable/) },
+  });
   await t.stack.catalog.putVm({ vmId: 'vm-i', host: 'esx-01', source: vmDir });
 
   // Healing: a chunk damaged in its pack is quarantined (QuarantineDamage), stored again by a backup (Plan passes it), and the backup heals (RecordDeepVerify).
@@ -154,18 +184,51 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   const exercised = new Set(calls.map((c) => c.functionId));
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
-  for (const f of ['Plan', 'AcquireSlot', 'JoinSegments', 'Verify', 'Commit', 'ReleaseSlot', 'RecordFailure', 'Summarize', 'PlanRestore', 'PlanReplicate', 'PlanReplicatePolicy', 'AcquireReplicaLease', 'VerifyReplica', 'ReleaseReplicaLease', 'PruneBackup', 'ExtendLocks', 'CollectGarbage', 'QuarantineDamage', 'RecordDeepVerify', 'RecordRestoreTest', 'ReportReplication'] as LambdaFunctionId[]) {
+  for (const f of [
+    'Plan',
+    'AcquireSlot',
+    'JoinSegments',
+    'Verify',
+    'Commit',
+    'ReleaseSlot',
+    'RecordFailure',
+    'Summarize',
+    'PlanRestore',
+    'PlanReplicate',
+    'PlanReplicatePolicy',
+    'AcquireReplicaLease',
+    'VerifyReplica',
+    'ReleaseReplicaLease',
+    'PruneBackup',
+    'ExtendLocks',
+    'CollectGarbage',
+    'QuarantineDamage',
+    'RecordDeepVerify',
+    'RecordRestoreTest',
+    'ReportReplication',
+  ] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
   // Garbage collection deleted a pack and the index object that listed it: those calls were checked too.
-  const gcDeleted = calls.filter((c) => c.functionId === 'CollectGarbage' && c.operation === 'DeleteObjects')
+  const gcDeleted = calls
+    .filter((c) => c.functionId === 'CollectGarbage' && c.operation === 'DeleteObjects')
     .flatMap((c) => ((c.input.Delete as { Objects?: { Key: string }[] } | undefined)?.Objects ?? []).map((o) => o.Key));
-  expect(gcDeleted.some((k) => k.startsWith('packs/')), 'GC deleted no pack').toBe(true);
-  expect(gcDeleted.some((k) => k.startsWith('index/')), 'GC deleted no index object').toBe(true);
-  const problems = new Set(calls.map((c) => {
-    const why = denied(c, functionAccess[c.functionId]);
-    return why && `${c.functionId}: ${why}`;
-  }).filter(Boolean));
+  expect(
+    gcDeleted.some((k) => k.startsWith('packs/')),
+    'GC deleted no pack',
+  ).toBe(true);
+  expect(
+    gcDeleted.some((k) => k.startsWith('index/')),
+    'GC deleted no index object',
+  ).toBe(true);
+  const problems = new Set(
+    calls
+      .map((c) => {
+        const why = denied(c, functionAccess[c.functionId]);
+        return why && `${c.functionId}: ${why}`;
+      })
+      .filter(Boolean),
+  );
   expect([...problems]).toEqual([]);
 
   // The movers: uploads of packs and index objects, downloads, listing the index, registration, no delete; every request within the mover role.

@@ -51,7 +51,9 @@ const target = () => join(t.dir, 'target');
 let mounted = false;
 
 async function restore(input: Record<string, unknown>, name: string) {
-  const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Restore!, name, input: JSON.stringify(input) }));
+  const { executionArn } = await t.sfn.send(
+    new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Restore!, name, input: JSON.stringify(input) }),
+  );
   return executionArn!;
 }
 
@@ -60,7 +62,14 @@ const PHASES = ['running', 'moving', 'moved'] as const;
 async function waitPhase(arn: string, restoreId: string, phase: (typeof PHASES)[number]): Promise<ExportEndpoint> {
   const { store } = await openRepository(t.stack.endpoints);
   const at = PHASES.indexOf(phase);
-  return waitForEndpoint({ sfn: t.sfn, executionArn: arn, store, exportId: restoreId, ready: (r) => PHASES.indexOf(r.phase as (typeof PHASES)[number]) >= at, what: `phase ${phase}` });
+  return waitForEndpoint({
+    sfn: t.sfn,
+    executionArn: arn,
+    store,
+    exportId: restoreId,
+    ready: (r) => PHASES.indexOf(r.phase as (typeof PHASES)[number]) >= at,
+    what: `phase ${phase}`,
+  });
 }
 
 async function consoleMatch(file: string, pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
@@ -76,7 +85,12 @@ async function consoleMatch(file: string, pattern: RegExp, timeoutMs: number): P
 /** Bytes of the overlay's own layer (depth 0) holding data: the guest's writes. */
 async function overlayDataBytes(overlay: string): Promise<number> {
   // The overlay alone (its backing, the export, is closed once the move failed).
-  const { stdout } = await run('qemu-img', ['map', '-U', '--output=json', `json:${JSON.stringify({ driver: 'qcow2', file: { driver: 'file', filename: overlay }, backing: null })}`]);
+  const { stdout } = await run('qemu-img', [
+    'map',
+    '-U',
+    '--output=json',
+    `json:${JSON.stringify({ driver: 'qcow2', file: { driver: 'file', filename: overlay }, backing: null })}`,
+  ]);
   const map = JSON.parse(stdout) as { length: number; depth: number; data: boolean }[];
   return map.filter((e) => e.depth === 0 && e.data).reduce((n, e) => n + e.length, 0);
 }
@@ -111,7 +125,9 @@ async function exportProcessPid(): Promise<number> {
 async function sha256OfImage(path: string, format: string): Promise<string> {
   const raw = join(t.dir, 'moved.raw');
   await run('qemu-img', ['convert', '-U', '-f', format, '-O', 'raw', path, raw]);
-  const h = createHash('sha256').update(await readFile(raw)).digest('hex');
+  const h = createHash('sha256')
+    .update(await readFile(raw))
+    .digest('hex');
   await rm(raw);
   return h;
 }
@@ -121,10 +137,21 @@ async function sha256OfImage(path: string, format: string): Promise<string> {
 describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant recovery of a libvirt backup', () => {
   beforeAll(async () => {
     t = await startTestStack({ movers: 0 });
-    t.movers.push(startMover(t.stack.endpoints, { name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir(), LIFEBOAT_INSTANT_SPARE: '1' }, onLog: (l) => t.logs.push(l) }));
+    t.movers.push(
+      startMover(t.stack.endpoints, {
+        name: 'kvm-mover',
+        group: 'site-a',
+        env: { LIFEBOAT_WORK_DIR: workDir(), LIFEBOAT_INSTANT_SPARE: '1' },
+        onLog: (l) => t.logs.push(l),
+      }),
+    );
     vm = await startLabVm({
-      dir: join(t.dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: `lifeboat-e2e-instant-${process.pid}`,
-      sizeBytes: 32 * MiB, dataBytes: 8 * MiB, behaviour: { mode: 'write', writeKiBs: 64 },
+      dir: join(t.dir, 'vm'),
+      cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'),
+      name: `lifeboat-e2e-instant-${process.pid}`,
+      sizeBytes: 32 * MiB,
+      dataBytes: 8 * MiB,
+      behaviour: { mode: 'write', writeKiBs: 64 },
     });
     await t.stack.catalog.putVm({ vmId, host: 'kvm-01', source: vm.name, name: vm.name });
     await t.stack.catalog.putPolicy({ policyId: 'p-instant', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
@@ -152,7 +179,14 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
 
   it('refuses bad input with errors naming it: a backup that does not exist, a VM that is not a libvirt backup, --instant without --define', async () => {
     const define = { uri: 'qemu:///system', name: `${domain}-bad` };
-    const none = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId, backupId: 'b-none', target: join(t.dir, 'x'), moverGroup: 'site-a', define, instant: {} });
+    const none = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
+      vmId,
+      backupId: 'b-none',
+      target: join(t.dir, 'x'),
+      moverGroup: 'site-a',
+      define,
+      instant: {},
+    });
     expect(none.status).toBe('FAILED');
     expect(none.cause).toMatch(/VM 'kvm-instant' has no backup 'b-none'/);
     const noDefine = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId, target: join(t.dir, 'x'), moverGroup: 'site-a', instant: {} });
@@ -163,10 +197,18 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     await t.stack.catalog.putVm({ vmId: 'vm-folder', host: 'esx-01', source: dir });
     await t.stack.catalog.putPolicy({ policyId: 'p-folder', vmIds: ['vm-folder'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1 });
     expect((await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-folder' })).status).toBe('SUCCEEDED');
-    const folder = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'vm-folder', target: join(t.dir, 'y'), moverGroup: 'site-a', define, instant: {} });
+    const folder = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
+      vmId: 'vm-folder',
+      target: join(t.dir, 'y'),
+      moverGroup: 'site-a',
+      define,
+      instant: {},
+    });
     expect(folder.status).toBe('FAILED');
     expect(folder.error).toBe('Recovery.RequestInvalid');
-    expect(folder.cause).toMatch(/backup \S+ of VM 'vm-folder' was not taken by the libvirt driver .* restore its disks as files instead \(without --instant\)/);
+    expect(folder.cause).toMatch(
+      /backup \S+ of VM 'vm-folder' was not taken by the libvirt driver .* restore its disks as files instead \(without --instant\)/,
+    );
     // Nothing was defined or left in the work folder.
     await expect(virsh(['domuuid', define.name])).rejects.toThrow();
     expect(await readdir(instantRoot(workDir())).catch(() => [])).toEqual([]);
@@ -176,10 +218,16 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     const restoreId = `instant-a-${process.pid}`;
     const asked = performance.now();
     // The move starts once the guest is up and writing, and is capped, so the guest writes for seconds before it fails.
-    const arn = await restore({
-      vmId, target: target(), moverGroup: 'site-a', define: { uri: 'qemu:///system', name: domain },
-      instant: { moveBandwidthMiBs: 1, moveAfter: { consoleLine: 'LIFEBOAT-GUEST READY', timeoutSeconds: 300 } },
-    }, restoreId);
+    const arn = await restore(
+      {
+        vmId,
+        target: target(),
+        moverGroup: 'site-a',
+        define: { uri: 'qemu:///system', name: domain },
+        instant: { moveBandwidthMiBs: 1, moveAfter: { consoleLine: 'LIFEBOAT-GUEST READY', timeoutSeconds: 300 } },
+      },
+      restoreId,
+    );
     const running = await waitPhase(arn, restoreId, 'running');
     const runningSeconds = (performance.now() - asked) / 1000;
     console.log(`instant recovery: domain running ${runningSeconds.toFixed(1)} s after the request`);
@@ -212,10 +260,16 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
   it('resumed once there is room, a mover killed mid-move leaves the guest and its copy running; the next mover takes the copy up and pivots: the moved disk is what the guest saw on overlay and exports', async () => {
     await run('mount', ['-o', 'remount,size=96m', target()]);
     const restoreId = `instant-b-${process.pid}`;
-    const arn = await restore({
-      vmId, target: target(), moverGroup: 'site-a', define: { uri: 'qemu:///system', name: domain },
-      instant: { resume: true, moveBandwidthMiBs: 1 },
-    }, restoreId);
+    const arn = await restore(
+      {
+        vmId,
+        target: target(),
+        moverGroup: 'site-a',
+        define: { uri: 'qemu:///system', name: domain },
+        instant: { resume: true, moveBandwidthMiBs: 1 },
+      },
+      restoreId,
+    );
     const moving = await waitPhase(arn, restoreId, 'moving');
     // The copy job is running: kill the mover (no drain) under it.
     const before = await retry(async () => {
@@ -229,7 +283,8 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     // Without its mover: the guest runs, the export process serves it, the copy goes on (or waits, in step, for its pivot).
     const after = await retry(async () => {
       const job = await blockJob();
-      if (!job || !(job.cur > before.cur || job.cur === job.end)) throw new Error(`the copy job does not go on without its mover: before ${JSON.stringify(before)}, now ${JSON.stringify(job)}`);
+      if (!job || !(job.cur > before.cur || job.cur === job.end))
+        throw new Error(`the copy job does not go on without its mover: before ${JSON.stringify(before)}, now ${JSON.stringify(job)}`);
       return job;
     }, 60_000);
     console.log(`copy job without its mover: ${before.cur}/${before.end} → ${after.cur}/${after.end}`);
@@ -238,7 +293,14 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     await retry(() => virsh(['qemu-agent-command', domain, '{"execute":"guest-fsfreeze-freeze"}']), 90_000);
     const [, seen] = await consoleMatch(join(target(), 'console.log'), /LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/, 180_000);
     // A new mover: the workflow retries the task when the dead one's heartbeat times out, and the retry takes the recovery up.
-    t.movers.push(startMover(t.stack.endpoints, { name: 'kvm-mover-2', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir(), LIFEBOAT_INSTANT_SPARE: '1' }, onLog: (l) => t.logs.push(l) }));
+    t.movers.push(
+      startMover(t.stack.endpoints, {
+        name: 'kvm-mover-2',
+        group: 'site-a',
+        env: { LIFEBOAT_WORK_DIR: workDir(), LIFEBOAT_INSTANT_SPARE: '1' },
+        onLog: (l) => t.logs.push(l),
+      }),
+    );
     const d = await waitForExecution(t.sfn, arn);
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const s = JSON.parse(d.output!) as InstantRestoreSummary;

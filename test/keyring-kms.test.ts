@@ -33,7 +33,10 @@ class FakeKms implements KmsClientLike {
       d.setAuthTag(blob.subarray(blob.length - 16));
       return { Plaintext: Buffer.concat([d.update(blob.subarray(12, blob.length - 16)), d.final()]), KeyId: keyId };
     } catch {
-      throw Object.assign(new Error('The ciphertext refers to a customer master key that does not exist'), { name: 'InvalidCiphertextException', $metadata: { httpStatusCode: 400 } });
+      throw Object.assign(new Error('The ciphertext refers to a customer master key that does not exist'), {
+        name: 'InvalidCiphertextException',
+        $metadata: { httpStatusCode: 400 },
+      });
     }
   }
 }
@@ -80,7 +83,10 @@ describe('KmsKeyWrapper', () => {
     kms.failWith = Object.assign(new Error('socket hang up'), { name: 'Error' });
     await expect(w.unwrap(Buffer.alloc(60))).rejects.toMatchObject({ name: 'Mover.StorageUnavailable', retryable: true });
     kms.failWith = Object.assign(new Error('not authorized to perform: kms:Decrypt'), { name: 'AccessDeniedException', $metadata: { httpStatusCode: 400 } });
-    const denied = (await w.unwrap(Buffer.alloc(60)).then(() => undefined, (e: unknown) => e)) as Error & { retryable: boolean };
+    const denied = (await w.unwrap(Buffer.alloc(60)).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as Error & { retryable: boolean };
     expect(denied.retryable).toBe(false);
     expect(denied.message).toContain('kms:Decrypt');
   });

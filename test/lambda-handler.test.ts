@@ -8,11 +8,27 @@ import { vmJob } from '../contracts/jobs.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
 import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/backup/summarize.ts';
 
-const context = { functionName: 'Test', awsRequestId: 'req-1', invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:Test', getRemainingTimeInMillis: () => 60_000 };
+const context = {
+  functionName: 'Test',
+  awsRequestId: 'req-1',
+  invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:Test',
+  getRemainingTimeInMillis: () => 60_000,
+};
 const job = {
-  runId: 'run-1', policyId: 'p', backupId: 'b', vmId: 'vm-1', host: 'esx-01', moverGroup: 'site-a', source: '/vms/vm-1',
-  repository: { bucket: 'repo', chunkSize: 1 << 20 }, parentBackupId: null, parentManifests: {},
-  slotScopes: [{ scope: 'host:esx-01', limit: 2 }], slot: null, snapshot: null, segmentBytes: 64 << 20,
+  runId: 'run-1',
+  policyId: 'p',
+  backupId: 'b',
+  vmId: 'vm-1',
+  host: 'esx-01',
+  moverGroup: 'site-a',
+  source: '/vms/vm-1',
+  repository: { bucket: 'repo', chunkSize: 1 << 20 },
+  parentBackupId: null,
+  parentManifests: {},
+  slotScopes: [{ scope: 'host:esx-01', limit: 2 }],
+  slot: null,
+  snapshot: null,
+  segmentBytes: 64 << 20,
 };
 
 afterEach(() => {
@@ -89,7 +105,10 @@ describe('Summarize metrics', () => {
       { status: 'failed', startedAt: '2026-11-23T08:00:00Z' },
       { status: 'committed', committedAt: '2026-11-20T10:00:00Z', startedAt: '2026-11-20T09:00:00Z' },
     ],
-    'vm-never': [{ status: 'failed', startedAt: '2026-11-23T08:00:00Z' }, { status: 'failed', startedAt: '2026-11-22T10:00:00Z' }],
+    'vm-never': [
+      { status: 'failed', startedAt: '2026-11-23T08:00:00Z' },
+      { status: 'failed', startedAt: '2026-11-22T10:00:00Z' },
+    ],
   };
   const catalog = { listBackups: async (vmId: string) => backups[vmId] ?? [] } as unknown as Catalog;
   const now = () => new Date('2026-11-23T10:00:00Z');
@@ -101,26 +120,74 @@ describe('Summarize metrics', () => {
 
   it('totals the disks of a run, also the stats of a mover that did not report the holes it skipped', () => {
     const stats = (bytesUnallocated?: number) => ({
-      bytesScanned: 100, bytesNew: 10, bytesZero: 50, ...(bytesUnallocated === undefined ? {} : { bytesUnallocated }), bytesUploaded: 10, bytesStored: 5,
-      chunks: 10, zeroChunks: 5, parentChunks: 4, dedupedChunks: 0, uploadedChunks: 1, seconds: 1,
+      bytesScanned: 100,
+      bytesNew: 10,
+      bytesZero: 50,
+      ...(bytesUnallocated === undefined ? {} : { bytesUnallocated }),
+      bytesUploaded: 10,
+      bytesStored: 5,
+      chunks: 10,
+      zeroChunks: 5,
+      parentChunks: 4,
+      dedupedChunks: 0,
+      uploadedChunks: 1,
+      seconds: 1,
     });
-    const disks = [{ diskId: 'a', sizeBytes: 100, manifestKey: 'm/a', stats: stats(40) }, { diskId: 'b', sizeBytes: 100, manifestKey: 'm/b', stats: stats() }];
-    const summary = summarizeRun({ runId: 'r', policyId: 'p', backups: [{ vmId: 'vm', backupId: 'b', status: 'committed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', disks }] });
+    const disks = [
+      { diskId: 'a', sizeBytes: 100, manifestKey: 'm/a', stats: stats(40) },
+      { diskId: 'b', sizeBytes: 100, manifestKey: 'm/b', stats: stats() },
+    ];
+    const summary = summarizeRun({
+      runId: 'r',
+      policyId: 'p',
+      backups: [
+        { vmId: 'vm', backupId: 'b', status: 'committed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', disks },
+      ],
+    });
     expect(summary.totals).toMatchObject({ bytesScanned: 200, bytesZero: 100, bytesUnallocated: 40, uploadedChunks: 2 });
   });
 
   it('emits OldestRecoveryPointAgeHours per policy as EMF, the metric the RPO alarm watches', async () => {
     const metrics = new Metrics({ namespace: 'LifeboatTest', serviceName: 'lifeboat' });
-    const summary = summarizeRun({ runId: 'r', policyId: 'nightly', backups: [
-      { vmId: 'vm-fresh', backupId: 'b1', status: 'committed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', disks: [] },
-      { vmId: 'vm-stale', backupId: 'b2', status: 'failed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', error: { Error: 'Mover.SourceUnavailable', Cause: '' } },
-    ] });
+    const summary = summarizeRun({
+      runId: 'r',
+      policyId: 'nightly',
+      backups: [
+        {
+          vmId: 'vm-fresh',
+          backupId: 'b1',
+          status: 'committed' as const,
+          runId: 'r',
+          policyId: 'p',
+          parentBackupId: null,
+          startedAt: '2026-11-23T00:00:00Z',
+          disks: [],
+        },
+        {
+          vmId: 'vm-stale',
+          backupId: 'b2',
+          status: 'failed' as const,
+          runId: 'r',
+          policyId: 'p',
+          parentBackupId: null,
+          startedAt: '2026-11-23T00:00:00Z',
+          error: { Error: 'Mover.SourceUnavailable', Cause: '' },
+        },
+      ],
+    });
     publishRunMetrics(metrics, summary, await recoveryPointAgeHours(['vm-fresh', 'vm-stale'], { catalog, now }));
-    const emf = metrics.serializeMetrics() as unknown as Record<string, unknown> & { _aws: { CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string }[] }[] } };
+    const emf = metrics.serializeMetrics() as unknown as Record<string, unknown> & {
+      _aws: { CloudWatchMetrics: { Namespace: string; Dimensions: string[][]; Metrics: { Name: string }[] }[] };
+    };
     const directive = emf._aws.CloudWatchMetrics[0]!;
     expect(directive.Namespace).toBe('LifeboatTest');
     expect(directive.Dimensions[0]).toContain('policyId');
     expect(directive.Metrics.map((m) => m.Name)).toEqual(expect.arrayContaining(Object.values(summaryMetrics)));
-    expect(emf).toMatchObject({ policyId: 'nightly', [summaryMetrics.oldestRecoveryPointAgeHours]: 72, [summaryMetrics.vmsFailed]: 1, [summaryMetrics.vmsCommitted]: 1 });
+    expect(emf).toMatchObject({
+      policyId: 'nightly',
+      [summaryMetrics.oldestRecoveryPointAgeHours]: 72,
+      [summaryMetrics.vmsFailed]: 1,
+      [summaryMetrics.vmsCommitted]: 1,
+    });
   });
 });

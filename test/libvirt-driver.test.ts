@@ -30,11 +30,13 @@ const DOMAIN = `<domain type='qemu'>
 </domain>`;
 
 describe('domain definitions', () => {
-  it('reads identity, disks, the agent channel, tags and QEMU\'s user', () => {
+  it("reads identity, disks, the agent channel, tags and QEMU's user", () => {
     const info = parseDomainXml(DOMAIN, 'web-1');
     expect(info).toMatchObject({ name: 'web-1', uuid: '0c8a9f3e-1111-2222-3333-444455556666', agentChannel: true, tags: ['gold', 'db'] });
     expect(info.disks.map((d) => [d.target, d.type, d.device, d.format, d.readonly])).toEqual([
-      ['vda', 'file', 'disk', 'qcow2', false], ['vdb', 'network', 'disk', 'raw', false], ['sda', 'file', 'cdrom', 'raw', true],
+      ['vda', 'file', 'disk', 'qcow2', false],
+      ['vdb', 'network', 'disk', 'raw', false],
+      ['sda', 'file', 'cdrom', 'raw', true],
     ]);
     expect(qemuOwner(DOMAIN)).toEqual({ uid: 64055, gid: 64056 });
   });
@@ -60,7 +62,7 @@ describe('domain definitions', () => {
     expect(restoredDomainXml(DOMAIN, { name: 'n', disks: {}, consoleLog: '/c', withoutNetwork: true })).not.toContain('<interface');
   });
 
-  it('escapes what it puts into the backup job\'s XML', () => {
+  it("escapes what it puts into the backup job's XML", () => {
     const xml = pullBackupXml([{ target: "vd'a", device: 'disk', type: 'file', format: 'raw', readonly: false }], '/w/<d>', '/w/s&.sock', 'cp"1');
     expect(xml).toContain("name='vd&apos;a'");
     expect(xml).toContain('/w/s&amp;.sock');
@@ -80,7 +82,9 @@ describe('domain definitions', () => {
     expect(incr).toContain("<disk name='vda' backup='yes' type='file'>");
     expect(incr).toContain("<disk name='vdb' backup='yes' backupmode='full' type='file'>");
     expect(pullBackupXml(disks, '/w/d', '/w/d/nbd.sock', undefined)).not.toContain('backupmode');
-    expect(tcpBackupXml(disks, { address: 'h', port: 1, tls: true, mark: 'm' }, 'lifeboat-b0')).toContain("<disk name='vdb' backup='yes' backupmode='full' type='file'>");
+    expect(tcpBackupXml(disks, { address: 'h', port: 1, tls: true, mark: 'm' }, 'lifeboat-b0')).toContain(
+      "<disk name='vdb' backup='yes' backupmode='full' type='file'>",
+    );
   });
 
   it('exports on TCP with TLS when asked, the scratch files on the hypervisor named after the snapshot', () => {
@@ -109,7 +113,9 @@ describe.skipIf(!lab.available)('libvirt driver errors against libvirtd', () => 
   const name = `lifeboat-drv-${process.pid}`;
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lifeboat-drv-'));
-    const xml = DOMAIN.replace('<name>web-1</name>', `<name>${name}</name>`).replace(/<uuid>.*<\/uuid>/, '').replace(/<seclabel[\s\S]*<\/seclabel>/, '');
+    const xml = DOMAIN.replace('<name>web-1</name>', `<name>${name}</name>`)
+      .replace(/<uuid>.*<\/uuid>/, '')
+      .replace(/<seclabel[\s\S]*<\/seclabel>/, '');
     await writeFile(join(dir, 'd.xml'), xml);
     await virsh(['define', join(dir, 'd.xml')]);
   });
@@ -120,7 +126,10 @@ describe.skipIf(!lab.available)('libvirt driver errors against libvirtd', () => 
 
   it('names a VM that does not exist and what to do', async () => {
     const d = new LibvirtDriver({ uri: 'qemu:///system', workDir: join(dir, 'w') });
-    await expect(d.snapshot({ source: 'no-such-domain', backupId: 'b1' })).rejects.toMatchObject({ name: 'Mover.SourceUnavailable', message: expect.stringMatching(/VM 'no-such-domain' on qemu:\/\/\/system does not exist: .*discovery/) });
+    await expect(d.snapshot({ source: 'no-such-domain', backupId: 'b1' })).rejects.toMatchObject({
+      name: 'Mover.SourceUnavailable',
+      message: expect.stringMatching(/VM 'no-such-domain' on qemu:\/\/\/system does not exist: .*discovery/),
+    });
   });
 
   it('refuses a network disk before anything is started, and leaves nothing behind', async () => {
@@ -131,6 +140,9 @@ describe.skipIf(!lab.available)('libvirt driver errors against libvirtd', () => 
 
   it('names an unreachable libvirt host', async () => {
     const d = new LibvirtDriver({ uri: 'qemu+tcp://127.0.0.1:1/system', workDir: join(dir, 'w'), timeoutMs: 20_000 });
-    await expect(d.snapshot({ source: name, backupId: 'b1' })).rejects.toMatchObject({ name: 'Mover.SourceUnavailable', message: expect.stringMatching(/cannot reach libvirt at qemu\+tcp:\/\/127\.0\.0\.1:1\/system .*Check the host's "uri"/) });
+    await expect(d.snapshot({ source: name, backupId: 'b1' })).rejects.toMatchObject({
+      name: 'Mover.SourceUnavailable',
+      message: expect.stringMatching(/cannot reach libvirt at qemu\+tcp:\/\/127\.0\.0\.1:1\/system .*Check the host's "uri"/),
+    });
   });
 });

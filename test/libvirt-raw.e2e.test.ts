@@ -39,10 +39,20 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest with a
   beforeAll(async () => {
     t = await startTestStack({ movers: 1 });
     await t.movers[0]!.stop(true);
-    t.movers[0] = startMover(t.stack.endpoints, { name: 'raw-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: join(t.dir, 'work') }, onLog: (l) => t.logs.push(l) });
+    t.movers[0] = startMover(t.stack.endpoints, {
+      name: 'raw-mover',
+      group: 'site-a',
+      env: { LIFEBOAT_WORK_DIR: join(t.dir, 'work') },
+      onLog: (l) => t.logs.push(l),
+    });
     vm = await startLabVm({
-      dir: join(t.dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: `lifeboat-raw-${process.pid}`,
-      sizeBytes: DISK, dataBytes: 8 * MiB, format: 'raw', behaviour: { mode: 'write', writeKiBs: 128 },
+      dir: join(t.dir, 'vm'),
+      cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'),
+      name: `lifeboat-raw-${process.pid}`,
+      sizeBytes: DISK,
+      dataBytes: 8 * MiB,
+      format: 'raw',
+      behaviour: { mode: 'write', writeKiBs: 128 },
     });
     await t.stack.catalog.putVm({ vmId, host: 'kvm-01', source: vm.name });
     await t.stack.catalog.putPolicy({ policyId: 'p-raw', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: CHUNK, slotLimit: 2 });

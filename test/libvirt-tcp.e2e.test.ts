@@ -48,10 +48,14 @@ async function portsWithTwoHeld(): Promise<{ from: number; held: Server[] }> {
   throw new Error('no three consecutive free ports');
 }
 
-const accepts = (port: number) => new Promise<boolean>((r) => {
-  const c = connect({ host: '127.0.0.1', port }, () => { c.destroy(); r(true); });
-  c.on('error', () => r(false));
-});
+const accepts = (port: number) =>
+  new Promise<boolean>((r) => {
+    const c = connect({ host: '127.0.0.1', port }, () => {
+      c.destroy();
+      r(true);
+    });
+    c.on('error', () => r(false));
+  });
 
 async function sha256Of(reader: DiskReader): Promise<string> {
   const h = createHash('sha256');
@@ -71,7 +75,12 @@ describe.skipIf(!lab.available)('libvirt driver with TCP exports, on a running g
   let from = 0;
   let held: Server[] = [];
   const workDir = () => join(dir, 'w');
-  const driver = () => new LibvirtDriver({ uri: 'qemu:///system', workDir: workDir(), exports: { transport: 'tcp', address: '127.0.0.1', ports: [from, from + 2], tls: false, insecure: true } });
+  const driver = () =>
+    new LibvirtDriver({
+      uri: 'qemu:///system',
+      workDir: workDir(),
+      exports: { transport: 'tcp', address: '127.0.0.1', ports: [from, from + 2], tls: false, insecure: true },
+    });
   /** A backup id whose snapshot starts at the range's first port (so both held ports are tried). */
   const idStartingAtFirstPort = (prefix: string) => {
     for (let i = 0; ; i++) {
@@ -84,8 +93,12 @@ describe.skipIf(!lab.available)('libvirt driver with TCP exports, on a running g
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lifeboat-tcp-e2e-'));
     vm = await startLabVm({
-      dir: join(dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: `lifeboat-tcp-${process.pid}`,
-      sizeBytes: DISK, dataBytes: 8 * MiB, behaviour: { mode: 'write', writeKiBs: 256 },
+      dir: join(dir, 'vm'),
+      cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'),
+      name: `lifeboat-tcp-${process.pid}`,
+      sizeBytes: DISK,
+      dataBytes: 8 * MiB,
+      behaviour: { mode: 'write', writeKiBs: 256 },
     });
     uuid = (await virsh(['domuuid', vm.name])).trim();
     ({ from, held } = await portsWithTwoHeld());
@@ -132,7 +145,12 @@ describe.skipIf(!lab.available)('libvirt driver with TCP exports, on a running g
   }, 300_000);
 
   it('knows its TCP job from any mover: another mover clears a job left by a dead one, and releases a snapshot it did not take', async () => {
-    const other = (w: string) => new LibvirtDriver({ uri: 'qemu:///system', workDir: join(dir, w), exports: { transport: 'tcp', address: '127.0.0.1', ports: [from, from + 2], tls: false, insecure: true } });
+    const other = (w: string) =>
+      new LibvirtDriver({
+        uri: 'qemu:///system',
+        workDir: join(dir, w),
+        exports: { transport: 'tcp', address: '127.0.0.1', ports: [from, from + 2], tls: false, insecure: true },
+      });
     const orphan = await other('dead-mover').snapshot({ source: vm.name, backupId: 'orphan' });
     expect(await virsh(['domjobinfo', vm.name])).toMatch(/Operation:\s+Backup/);
     // A mover with another work folder (another machine) backs the VM up: the dead one's job is aborted first.
@@ -153,7 +171,9 @@ describe.skipIf(!lab.available)('libvirt driver with TCP exports, on a running g
     const third = await hold(from + 2);
     expect(third).toBeDefined();
     held.push(third!);
-    await expect(driver().snapshot({ source: vm.name, backupId: 'busy' })).rejects.toThrow(new RegExp(`no free port for VM '${vm.name}'s backup exports on 127.0.0.1: ports .*${from + 2}.* are in use; widen the host's exports.ports`));
+    await expect(driver().snapshot({ source: vm.name, backupId: 'busy' })).rejects.toThrow(
+      new RegExp(`no free port for VM '${vm.name}'s backup exports on 127.0.0.1: ports .*${from + 2}.* are in use; widen the host's exports.ports`),
+    );
     expect(await virsh(['domjobinfo', vm.name])).toMatch(/Job type:\s+None/);
     expect(await scratchFilesBesideImage()).toEqual([]);
   }, 120_000);

@@ -44,7 +44,11 @@ async function expectNothingLeft() {
   expect(await readdir(work).catch(() => [])).toEqual([]);
 }
 
-const checkpoints = async () => (await virsh(['checkpoint-list', '--name', vm.name])).split('\n').map((l) => l.trim()).filter(Boolean);
+const checkpoints = async () =>
+  (await virsh(['checkpoint-list', '--name', vm.name]))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
 
 describe.skipIf(!lab.available)('libvirt source driver on a running guest', () => {
   beforeAll(async () => {
@@ -52,11 +56,18 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     // Work folder short enough for unix socket paths; one per test run.
     await t.movers[0]!.stop(true);
     t.movers[0] = (await import('../local/movers.ts')).startMover(t.stack.endpoints, {
-      name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: join(t.dir, 'work') }, onLog: (l) => t.logs.push(l),
+      name: 'kvm-mover',
+      group: 'site-a',
+      env: { LIFEBOAT_WORK_DIR: join(t.dir, 'work') },
+      onLog: (l) => t.logs.push(l),
     });
     vm = await startLabVm({
-      dir: join(t.dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: `lifeboat-e2e-${process.pid}`,
-      sizeBytes: DISK, dataBytes: 24 * MiB, behaviour: { mode: 'write', writeKiBs: 256 },
+      dir: join(t.dir, 'vm'),
+      cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'),
+      name: `lifeboat-e2e-${process.pid}`,
+      sizeBytes: DISK,
+      dataBytes: 24 * MiB,
+      behaviour: { mode: 'write', writeKiBs: 256 },
     });
     await t.stack.catalog.putVm({ vmId, host: 'kvm-01', source: vm.name });
     await t.stack.catalog.putPolicy({ policyId: 'p-kvm', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: CHUNK, slotLimit: 2 });
@@ -105,7 +116,9 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     // A restore test: a new domain from the backed-up definition boots, then is removed with its disks.
     const name = `lifeboat-e2e-restored-${process.pid}`;
     const tested = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
-      vmId, moverGroup: 'site-a', target: join(t.dir, 'restore-vm'),
+      vmId,
+      moverGroup: 'site-a',
+      target: join(t.dir, 'restore-vm'),
       define: { uri: 'qemu:///system', name, bootCheck: { consoleLine: 'LIFEBOAT-GUEST READY', timeoutSeconds: 180 } },
     });
     expect(tested.status, tested.cause).toBe('SUCCEEDED');
@@ -147,7 +160,10 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     await vm.start();
     // A mover that died after Snapshot leaves the job running; the next backup clears it.
     const { LibvirtDriver } = await import('../mover/sources/libvirt/driver.ts');
-    const orphan = await new LibvirtDriver({ uri: 'qemu:///system', workDir: join(t.dir, 'work', 'libvirt') }).snapshot({ source: vm.name, backupId: 'orphan' });
+    const orphan = await new LibvirtDriver({ uri: 'qemu:///system', workDir: join(t.dir, 'work', 'libvirt') }).snapshot({
+      source: vm.name,
+      backupId: 'orphan',
+    });
     expect(orphan.disks).toHaveLength(1);
     const run = await backup();
     expect(run.committed).toBe(1);
@@ -166,8 +182,9 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     await expectNothingLeft();
   }, 300_000);
 
-  it('runs the policy\'s hooks in the guest around the freeze; a failing pre hook fails the VM, or makes it crash-consistent when allowed', async () => {
-    const policy = (quiesce: object) => t.stack.catalog.putPolicy({ policyId: 'p-kvm', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: CHUNK, slotLimit: 2, quiesce });
+  it("runs the policy's hooks in the guest around the freeze; a failing pre hook fails the VM, or makes it crash-consistent when allowed", async () => {
+    const policy = (quiesce: object) =>
+      t.stack.catalog.putPolicy({ policyId: 'p-kvm', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: CHUNK, slotLimit: 2, quiesce });
     await policy({ pre: ['/bin/sh', '-c', 'echo LIFEBOAT-HOOK pre > /dev/console'], post: ['/bin/sh', '-c', 'echo LIFEBOAT-HOOK post > /dev/console'] });
     const ok = await backup();
     expect(ok.vms[0]!.consistency).toMatchObject({ level: 'application', reason: expect.stringMatching(/pre hook ran.*post hook ran/) });
@@ -187,7 +204,11 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
   }, 300_000);
 
   it('takes a crash-consistent backup, and says why, when the guest agent does not answer', async () => {
-    await virsh(['qemu-agent-command', vm.name, JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', 'kill -STOP $(pidof qemu-ga)'] } })]);
+    await virsh([
+      'qemu-agent-command',
+      vm.name,
+      JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', 'kill -STOP $(pidof qemu-ga)'] } }),
+    ]);
     const run = await backup();
     expect(run.vms[0]!.consistency).toMatchObject({ level: 'crash', reason: expect.stringMatching(/guest agent did not answer/) });
     await expectNothingLeft();

@@ -5,8 +5,16 @@
  * bypass), deletes and overwrites refused while locked and allowed after.
  */
 import {
-  CreateBucketCommand, DeleteObjectCommand, DeleteObjectsCommand, GetObjectLockConfigurationCommand, GetObjectRetentionCommand, HeadObjectCommand,
-  PutObjectCommand, PutObjectLockConfigurationCommand, PutObjectRetentionCommand, type S3Client,
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  DeleteObjectsCommand,
+  GetObjectLockConfigurationCommand,
+  GetObjectRetentionCommand,
+  HeadObjectCommand,
+  PutObjectCommand,
+  PutObjectLockConfigurationCommand,
+  PutObjectRetentionCommand,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -36,7 +44,12 @@ describe('local S3 Object Lock', () => {
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lifeboat-s3-lock-'));
-    s3 = await startLocalS3({ directory: dir, buckets: ['locked', 'plain'], objectLock: { locked: { mode: 'COMPLIANCE', days: 30 } }, now: () => new Date(now) });
+    s3 = await startLocalS3({
+      directory: dir,
+      buckets: ['locked', 'plain'],
+      objectLock: { locked: { mode: 'COMPLIANCE', days: 30 } },
+      now: () => new Date(now),
+    });
     c = s3Client({ region: 'us-east-1', endpoint: s3.url, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
   });
   afterAll(async () => {
@@ -44,9 +57,10 @@ describe('local S3 Object Lock', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const retainUntil = async (bucket: string, key: string) => (await c.send(new HeadObjectCommand({ Bucket: bucket, Key: key }))).ObjectLockRetainUntilDate?.getTime();
+  const retainUntil = async (bucket: string, key: string) =>
+    (await c.send(new HeadObjectCommand({ Bucket: bucket, Key: key }))).ObjectLockRetainUntilDate?.getTime();
 
-  it('gives a PUT the bucket\'s default retention and says so on HEAD and GetObjectRetention', async () => {
+  it("gives a PUT the bucket's default retention and says so on HEAD and GetObjectRetention", async () => {
     now = T0;
     await c.send(new PutObjectCommand({ Bucket: 'locked', Key: 'packs/a', Body: 'a' }));
     const head = await c.send(new HeadObjectCommand({ Bucket: 'locked', Key: 'packs/a' }));
@@ -80,9 +94,30 @@ describe('local S3 Object Lock', () => {
     const later = new Date(T0 + 90 * DAY);
     await c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'packs/c', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: later } }));
     expect(await retainUntil('locked', 'packs/c')).toBe(later.getTime());
-    expect(await outcome(c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'packs/c', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(T0 + 60 * DAY) } })))).toBe('AccessDenied');
-    expect(await outcome(c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'packs/c', BypassGovernanceRetention: true, Retention: { Mode: 'GOVERNANCE', RetainUntilDate: later } })))).toBe('AccessDenied');
-    expect(await outcome(c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'packs/c', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(T0 - DAY) } })))).toBe('InvalidArgument');
+    expect(
+      await outcome(
+        c.send(
+          new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'packs/c', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(T0 + 60 * DAY) } }),
+        ),
+      ),
+    ).toBe('AccessDenied');
+    expect(
+      await outcome(
+        c.send(
+          new PutObjectRetentionCommand({
+            Bucket: 'locked',
+            Key: 'packs/c',
+            BypassGovernanceRetention: true,
+            Retention: { Mode: 'GOVERNANCE', RetainUntilDate: later },
+          }),
+        ),
+      ),
+    ).toBe('AccessDenied');
+    expect(
+      await outcome(
+        c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'packs/c', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(T0 - DAY) } })),
+      ),
+    ).toBe('InvalidArgument');
     expect(await retainUntil('locked', 'packs/c')).toBe(later.getTime());
     now = later.getTime() - 1000;
     expect(await outcome(c.send(new DeleteObjectCommand({ Bucket: 'locked', Key: 'packs/c' })))).toBe('AccessDenied');
@@ -90,14 +125,24 @@ describe('local S3 Object Lock', () => {
 
   it('lets GOVERNANCE be shortened only with the bypass header and the permission', async () => {
     now = T0;
-    await c.send(new PutObjectCommand({ Bucket: 'locked', Key: 'gov/d', Body: 'd', ObjectLockMode: 'GOVERNANCE', ObjectLockRetainUntilDate: new Date(T0 + 10 * DAY) }));
+    await c.send(
+      new PutObjectCommand({ Bucket: 'locked', Key: 'gov/d', Body: 'd', ObjectLockMode: 'GOVERNANCE', ObjectLockRetainUntilDate: new Date(T0 + 10 * DAY) }),
+    );
     expect((await c.send(new HeadObjectCommand({ Bucket: 'locked', Key: 'gov/d' }))).ObjectLockMode).toBe('GOVERNANCE');
     const shorter = { Mode: 'GOVERNANCE' as const, RetainUntilDate: new Date(T0 + DAY) };
     expect(await outcome(c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'gov/d', Retention: shorter })))).toBe('AccessDenied');
     // This server's identity does not hold s3:BypassGovernanceRetention: the header alone is not enough.
-    expect(await outcome(c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'gov/d', BypassGovernanceRetention: true, Retention: shorter })))).toBe('AccessDenied');
+    expect(await outcome(c.send(new PutObjectRetentionCommand({ Bucket: 'locked', Key: 'gov/d', BypassGovernanceRetention: true, Retention: shorter })))).toBe(
+      'AccessDenied',
+    );
     const dir2 = await mkdtemp(join(tmpdir(), 'lifeboat-s3-lock-bypass-'));
-    const admin = await startLocalS3({ directory: dir2, buckets: ['gov'], objectLock: { gov: { mode: 'GOVERNANCE', days: 10 } }, now: () => new Date(now), governanceBypass: true });
+    const admin = await startLocalS3({
+      directory: dir2,
+      buckets: ['gov'],
+      objectLock: { gov: { mode: 'GOVERNANCE', days: 10 } },
+      now: () => new Date(now),
+      governanceBypass: true,
+    });
     try {
       const a = s3Client({ region: 'us-east-1', endpoint: admin.url, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
       await a.send(new PutObjectCommand({ Bucket: 'gov', Key: 'k', Body: 'k' }));
@@ -114,11 +159,20 @@ describe('local S3 Object Lock', () => {
   it('refuses retention on a bucket without Object Lock, and enables it by CreateBucket or PutObjectLockConfiguration', async () => {
     now = T0;
     await c.send(new PutObjectCommand({ Bucket: 'plain', Key: 'x', Body: 'x' }));
-    expect(await outcome(c.send(new PutObjectRetentionCommand({ Bucket: 'plain', Key: 'x', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(T0 + DAY) } })))).toBe('InvalidRequest');
+    expect(
+      await outcome(
+        c.send(new PutObjectRetentionCommand({ Bucket: 'plain', Key: 'x', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(T0 + DAY) } })),
+      ),
+    ).toBe('InvalidRequest');
     expect(await outcome(c.send(new GetObjectLockConfigurationCommand({ Bucket: 'plain' })))).toBe('ObjectLockConfigurationNotFoundError');
     expect(await retainUntil('plain', 'x')).toBeUndefined();
     await c.send(new CreateBucketCommand({ Bucket: 'created-locked', ObjectLockEnabledForBucket: true }));
-    await c.send(new PutObjectLockConfigurationCommand({ Bucket: 'created-locked', ObjectLockConfiguration: { ObjectLockEnabled: 'Enabled', Rule: { DefaultRetention: { Mode: 'GOVERNANCE', Days: 7 } } } }));
+    await c.send(
+      new PutObjectLockConfigurationCommand({
+        Bucket: 'created-locked',
+        ObjectLockConfiguration: { ObjectLockEnabled: 'Enabled', Rule: { DefaultRetention: { Mode: 'GOVERNANCE', Days: 7 } } },
+      }),
+    );
     await c.send(new PutObjectCommand({ Bucket: 'created-locked', Key: 'y', Body: 'y' }));
     expect(await retainUntil('created-locked', 'y')).toBe(T0 + 7 * DAY);
   });

@@ -69,10 +69,13 @@ describe('local S3 endpoint', () => {
   const capturing = () => {
     const c = client();
     const sent: { headers: Record<string, string> } = { headers: {} };
-    c.middlewareStack.add((next) => async (args) => {
-      sent.headers = { ...(args.request as { headers: Record<string, string> }).headers };
-      return next(args);
-    }, { step: 'finalizeRequest', name: 'captureHeaders', priority: 'low' });
+    c.middlewareStack.add(
+      (next) => async (args) => {
+        sent.headers = { ...(args.request as { headers: Record<string, string> }).headers };
+        return next(args);
+      },
+      { step: 'finalizeRequest', name: 'captureHeaders', priority: 'low' },
+    );
     return { store: new S3ObjectStore(c, 'repo'), sent };
   };
 
@@ -112,7 +115,10 @@ describe('local S3 endpoint', () => {
     expect((await store.get('ranged/x', { range: { offset: 49_990, length: 100 } }))!.equals(body.subarray(49_990))).toBe(true);
     const listed: { key: string; size: number }[] = [];
     for await (const o of store.list('ranged/')) listed.push(o);
-    expect(listed).toEqual([{ key: 'ranged/a', size: 1 }, { key: 'ranged/x', size: 50_000 }]);
+    expect(listed).toEqual([
+      { key: 'ranged/a', size: 1 },
+      { key: 'ranged/x', size: 50_000 },
+    ]);
   });
 
   it('still overwrites on a plain PUT, and counts requests per bucket', async () => {
@@ -162,7 +168,7 @@ describe('aws-chunked de-framing', () => {
     for (let trial = 0; trial < 200; trial++) {
       const data = randomBytes(Math.floor(Math.random() * 5000));
       const sizes: number[] = [];
-      for (let left = data.length; left > 0;) {
+      for (let left = data.length; left > 0; ) {
         const n = Math.min(left, 1 + Math.floor(Math.random() * 1500));
         sizes.push(n);
         left -= n;
@@ -210,11 +216,27 @@ describe('two movers backing up the same data at once (real local S3)', () => {
     const CHUNK = 64 * 1024;
     const data = Buffer.concat([randomBytes(CHUNK * 24), Buffer.alloc(CHUNK * 2), Buffer.alloc(CHUNK * 6, 'lifeboat ')]);
     // Two movers: separate clients and stores, the same data (two VMs cloned from one template), at once.
-    const mover = () => new S3ObjectStore(s3Client({ region: 'us-east-1', endpoint: s3.url, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS }), bucket);
-    const reader = { sizeBytes: data.length, read: async (buf: Buffer, offset: number, length: number) => data.copy(buf, 0, offset, offset + length), close: async () => {} };
-    const results = await Promise.all(['vm-a', 'vm-b'].map((vm) => backupDisk({
-      store: mover(), keys, reader, disk: { diskId: 'disk0', path: vm, sizeBytes: data.length }, backupId: vm, chunkSize: CHUNK, parallelism: 4, packBytes: 256 * 1024,
-    })));
+    const mover = () =>
+      new S3ObjectStore(s3Client({ region: 'us-east-1', endpoint: s3.url, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS }), bucket);
+    const reader = {
+      sizeBytes: data.length,
+      read: async (buf: Buffer, offset: number, length: number) => data.copy(buf, 0, offset, offset + length),
+      close: async () => {},
+    };
+    const results = await Promise.all(
+      ['vm-a', 'vm-b'].map((vm) =>
+        backupDisk({
+          store: mover(),
+          keys,
+          reader,
+          disk: { diskId: 'disk0', path: vm, sizeBytes: data.length },
+          backupId: vm,
+          chunkSize: CHUNK,
+          parallelism: 4,
+          packBytes: 256 * 1024,
+        }),
+      ),
+    );
     for (const r of results) {
       // Each mover stored every non-zero chunk or found it stored (by itself, or by the other through the index).
       expect(r.stats.zeroChunks).toBe(2);

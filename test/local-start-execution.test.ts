@@ -15,21 +15,31 @@ import { LocalExecutions } from '../local/executions.ts';
 
 const arn = (name: string) => `arn:aws:states:us-east-1:000000000000:stateMachine:${name}`;
 const start = (name: string, input: unknown, next?: string) => ({
-  Type: 'Task', Resource: 'arn:aws:states:::states:startExecution',
+  Type: 'Task',
+  Resource: 'arn:aws:states:::states:startExecution',
   Parameters: { StateMachineArn: arn('Child'), Input: input, Name: 'child-1' },
-  ResultSelector: { 'arn.$': '$.ExecutionArn' }, ResultPath: `$.${name}`,
+  ResultSelector: { 'arn.$': '$.ExecutionArn' },
+  ResultPath: `$.${name}`,
   Catch: [{ ErrorEquals: ['StepFunctions.ExecutionAlreadyExists'], ResultPath: `$.${name}`, Next: next ?? 'Done' }],
   ...(next ? { Next: next } : { End: true }),
 });
 const template: ResolvedTemplate = {
-  functions: {}, activities: {}, tables: {},
+  functions: {},
+  activities: {},
+  tables: {},
   stateMachines: {
     Child: { logicalId: 'Child', arn: arn('Child'), definition: { StartAt: 'Wait', States: { Wait: { Type: 'Wait', Seconds: 1, End: true } } } },
     Parent: {
-      logicalId: 'Parent', arn: arn('Parent'),
+      logicalId: 'Parent',
+      arn: arn('Parent'),
       definition: {
         StartAt: 'First',
-        States: { First: start('first', { n: 1 }, 'Again'), Again: start('again', { n: 1 }, 'Other'), Other: start('other', { n: 2 }, 'Done'), Done: { Type: 'Pass', End: true } },
+        States: {
+          First: start('first', { n: 1 }, 'Again'),
+          Again: start('again', { n: 1 }, 'Other'),
+          Other: start('other', { n: 2 }, 'Done'),
+          Done: { Type: 'Pass', End: true },
+        },
       },
     },
   },

@@ -76,7 +76,9 @@ const liveHeap = () => {
 async function peakHeap(what: string, fn: () => Promise<void>): Promise<number> {
   const base = liveHeap();
   let peak = base;
-  const sample = () => { peak = Math.max(peak, liveHeap()); };
+  const sample = () => {
+    peak = Math.max(peak, liveHeap());
+  };
   const timer = setInterval(sample, 250);
   try {
     await fn();
@@ -107,7 +109,15 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-stream-'));
   small = randomBytes(K * CHUNK);
   const reader = { sizeBytes: small.length, read: async (b: Buffer, off: number, len: number) => small.copy(b, 0, off, off + len), close: async () => {} };
-  await backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: small.length }, backupId: 'small', chunkSize: CHUNK, parallelism: 2 });
+  await backupDisk({
+    store,
+    keys,
+    reader,
+    disk: { diskId: 'disk0', path: 'mem', sizeBytes: small.length },
+    backupId: 'small',
+    chunkSize: CHUNK,
+    parallelism: 2,
+  });
   real = [];
   for await (const b of (await ManifestReader.open(store, keys, 'small', 'disk0'))!.batches()) {
     for (let i = 0; i < b.count; i++) real.push({ id: b.id(i)!, loc: b.location(i)! });
@@ -121,95 +131,151 @@ afterAll(async () => {
 
 describe(`readers of a manifest of ${N} entries stream it`, () => {
   // For scale, in `npm run test:manifest-memory` only (what a reader holding the whole manifest would hold; slow).
-  it.runIf(process.env.LIFEBOAT_STREAM_TEST_ENTRIES !== undefined)('read whole (for scale only: the tests read manifests this way, the product does not)', async () => {
-    let entries = 0;
-    await peakHeap('the manifest read whole (test helper)', async () => {
-      entries = (await decodeManifest(keys, (await store.get(objectKeys.manifest('big', 'disk0')))!, 'big', 'disk0', store)).chunks.length;
-    });
-    expect(entries).toBe(N);
-  }, TIMEOUT);
-
-  it('deep verify', async () => {
-    let out: Awaited<ReturnType<typeof deepVerifyDisk>> | undefined;
-    const peak = await peakHeap('deep verify', async () => {
-      out = await deepVerifyDisk({ verifyId: VERIFY_ID, backupId: 'big', sample: SAMPLE } as Parameters<typeof deepVerifyDisk>[0], { diskId: 'disk0', sizeBytes: N * CHUNK }, { store, keys, parallelism: 4 });
-    });
-    expect(out!.damaged).toEqual([]);
-    // Every stored entry is a distinct chunk (a real one recurs only far apart); the real ones in the sample were read.
-    expect(out!.chunksTotal).toBe(stored());
-    let sampled = 0;
-    for (let i = 0; i < N; i++) if (isReal(i) && inSample(VERIFY_ID, realAt(i).id, SAMPLE)) sampled++;
-    expect(out!.chunksChecked).toBe(sampled);
-    expect(peak).toBeLessThan(BOUND);
-  }, TIMEOUT);
-
-  it('the NBD export: random reads by offset and base:allocation of the whole disk', async () => {
-    const exp = await BackupDiskExport.open({ store, keys, backupId: 'big', diskId: 'disk0', cacheMiB: 4, readAheadChunks: 0 });
-    let holes = 0;
-    const peak = await peakHeap('NBD export', async () => {
-      for (let n = 0; n < 400; n++) {
-        const i = 1 + 4096 * Math.floor(Math.random() * realCount());
-        const r = realAt(i);
-        const k = real.indexOf(r);
-        expect((await exp.read(i * CHUNK, CHUNK)).equals(small.subarray(k * CHUNK, (k + 1) * CHUNK))).toBe(true);
-        expect((await exp.read((i - 1) * CHUNK, CHUNK)).equals(Buffer.alloc(CHUNK))).toBe(true);
-      }
-      const step = 256 * 2 ** 20;
-      for (let at = 0; at < exp.size; at += step) {
-        for (const e of await exp.allocation(at, Math.min(step, exp.size - at))) if (e.flags !== 0) holes += e.length;
-      }
-    });
-    exp.close();
-    expect(holes).toBe(Math.ceil(N / 8) * CHUNK);
-    expect(peak).toBeLessThan(BOUND);
-  }, TIMEOUT);
-
-  it('replication (its packs already at the target)', async () => {
-    const target = new MemoryObjectStore();
-    for (const [k, v] of store.objects) if (k.startsWith('packs/')) await target.put(k, v);
-    const job = { replicationId: 'r', vmId: 'vm', backupId: 'big', moverGroup: 'dr', source: { bucket: 's' }, target: { bucket: 't' }, disks: [], replicaDir: null, recoveryPoint: '2026-12-07T00:00:00Z' } as ReplicateJob;
-    let out: Awaited<ReturnType<typeof replicateDisk>> | undefined;
-    const peak = await peakHeap('replication', async () => {
-      out = await replicateDisk(job, { diskId: 'disk0' }, 1, { source: { store, keys }, target: { store: target }, parallelism: 4 });
-    });
-    expect(out).toMatchObject({ chunks: stored(), chunksCopied: 0 });
-    expect(target.objects.get(objectKeys.manifest('big', 'disk0'))?.equals(store.objects.get(objectKeys.manifest('big', 'disk0'))!)).toBe(true);
-    expect(peak).toBeLessThan(BOUND);
-  }, TIMEOUT);
-
-  it('shared damage', async () => {
-    const damagedId = real[3]!.id;
-    const big = { vmId: 'vm', backupId: 'big', disks: [{ diskId: 'disk0' }] } as Backup;
-    let marked: Awaited<ReturnType<typeof shareDamage>> = [];
-    let offsets: number[] = [];
-    const peak = await peakHeap('shared damage', async () => {
-      marked = await shareDamage({ vmId: 'vm', backupId: 'other', verifyId: VERIFY_ID }, [damagedId], {
-        store, keys, now: () => new Date(), catalog: { backupsWithStatus: async () => [big] },
-        recovery: { markSharedDamage: async (_vm, _b, damage) => { offsets = damage.findings.flatMap((f) => f.offsets); return true; } },
+  it.runIf(process.env.LIFEBOAT_STREAM_TEST_ENTRIES !== undefined)(
+    'read whole (for scale only: the tests read manifests this way, the product does not)',
+    async () => {
+      let entries = 0;
+      await peakHeap('the manifest read whole (test helper)', async () => {
+        entries = (await decodeManifest(keys, (await store.get(objectKeys.manifest('big', 'disk0')))!, 'big', 'disk0', store)).chunks.length;
       });
-    });
-    expect(marked).toEqual([{ vmId: 'vm', backupId: 'big', chunks: [damagedId] }]);
-    const expected: number[] = [];
-    for (let i = 0; i < N; i++) if (isReal(i) && realAt(i).id === damagedId) expected.push(i * CHUNK);
-    expect(offsets).toEqual(expected);
-    expect(peak).toBeLessThan(BOUND);
-  }, TIMEOUT);
+      expect(entries).toBe(N);
+    },
+    TIMEOUT,
+  );
 
-  it('the standby replica from a known backup, and its re-hash of the whole disk', async () => {
-    // Real chunks only (the re-hash checks every chunk of the disk): from all zeros to one real chunk in 64.
-    await writeManifest('zeros', () => null);
-    await writeManifest('cyc', (i) => (i % 64 === 1 ? realAt(i * 64) : null));
-    const paths = standbyPaths(dir, 'vm', 'disk0');
-    await mkdir(paths.dir, { recursive: true });
-    await writeFile(paths.disk, '');
-    await truncate(paths.disk, N * CHUNK);
-    await writeFile(paths.state, JSON.stringify({ backupId: 'zeros', state: 'current' }));
-    const job = { replicationId: 'r', vmId: 'vm', backupId: 'cyc', moverGroup: 'dr', source: { bucket: 's' }, target: { bucket: 't' }, disks: [], replicaDir: dir, recoveryPoint: '2026-12-07T00:00:00Z' } as ReplicateJob;
-    let out: Awaited<ReturnType<typeof updateStandbyDisk>> | undefined;
-    const peak = await peakHeap('standby replica + re-hash', async () => {
-      out = await updateStandbyDisk(job, { diskId: 'disk0' }, { store, keys });
-    });
-    expect(out).toMatchObject({ fromBackupId: 'zeros', chunksWritten: Math.ceil((N - 1) / 64), chunksUnchanged: N - Math.ceil((N - 1) / 64) });
-    expect(peak).toBeLessThan(BOUND);
-  }, TIMEOUT);
+  it(
+    'deep verify',
+    async () => {
+      let out: Awaited<ReturnType<typeof deepVerifyDisk>> | undefined;
+      const peak = await peakHeap('deep verify', async () => {
+        out = await deepVerifyDisk(
+          { verifyId: VERIFY_ID, backupId: 'big', sample: SAMPLE } as Parameters<typeof deepVerifyDisk>[0],
+          { diskId: 'disk0', sizeBytes: N * CHUNK },
+          { store, keys, parallelism: 4 },
+        );
+      });
+      expect(out!.damaged).toEqual([]);
+      // Every stored entry is a distinct chunk (a real one recurs only far apart); the real ones in the sample were read.
+      expect(out!.chunksTotal).toBe(stored());
+      let sampled = 0;
+      for (let i = 0; i < N; i++) if (isReal(i) && inSample(VERIFY_ID, realAt(i).id, SAMPLE)) sampled++;
+      expect(out!.chunksChecked).toBe(sampled);
+      expect(peak).toBeLessThan(BOUND);
+    },
+    TIMEOUT,
+  );
+
+  it(
+    'the NBD export: random reads by offset and base:allocation of the whole disk',
+    async () => {
+      const exp = await BackupDiskExport.open({ store, keys, backupId: 'big', diskId: 'disk0', cacheMiB: 4, readAheadChunks: 0 });
+      let holes = 0;
+      const peak = await peakHeap('NBD export', async () => {
+        for (let n = 0; n < 400; n++) {
+          const i = 1 + 4096 * Math.floor(Math.random() * realCount());
+          const r = realAt(i);
+          const k = real.indexOf(r);
+          expect((await exp.read(i * CHUNK, CHUNK)).equals(small.subarray(k * CHUNK, (k + 1) * CHUNK))).toBe(true);
+          expect((await exp.read((i - 1) * CHUNK, CHUNK)).equals(Buffer.alloc(CHUNK))).toBe(true);
+        }
+        const step = 256 * 2 ** 20;
+        for (let at = 0; at < exp.size; at += step) {
+          for (const e of await exp.allocation(at, Math.min(step, exp.size - at))) if (e.flags !== 0) holes += e.length;
+        }
+      });
+      exp.close();
+      expect(holes).toBe(Math.ceil(N / 8) * CHUNK);
+      expect(peak).toBeLessThan(BOUND);
+    },
+    TIMEOUT,
+  );
+
+  it(
+    'replication (its packs already at the target)',
+    async () => {
+      const target = new MemoryObjectStore();
+      for (const [k, v] of store.objects) if (k.startsWith('packs/')) await target.put(k, v);
+      const job = {
+        replicationId: 'r',
+        vmId: 'vm',
+        backupId: 'big',
+        moverGroup: 'dr',
+        source: { bucket: 's' },
+        target: { bucket: 't' },
+        disks: [],
+        replicaDir: null,
+        recoveryPoint: '2026-12-07T00:00:00Z',
+      } as ReplicateJob;
+      let out: Awaited<ReturnType<typeof replicateDisk>> | undefined;
+      const peak = await peakHeap('replication', async () => {
+        out = await replicateDisk(job, { diskId: 'disk0' }, 1, { source: { store, keys }, target: { store: target }, parallelism: 4 });
+      });
+      expect(out).toMatchObject({ chunks: stored(), chunksCopied: 0 });
+      expect(target.objects.get(objectKeys.manifest('big', 'disk0'))?.equals(store.objects.get(objectKeys.manifest('big', 'disk0'))!)).toBe(true);
+      expect(peak).toBeLessThan(BOUND);
+    },
+    TIMEOUT,
+  );
+
+  it(
+    'shared damage',
+    async () => {
+      const damagedId = real[3]!.id;
+      const big = { vmId: 'vm', backupId: 'big', disks: [{ diskId: 'disk0' }] } as Backup;
+      let marked: Awaited<ReturnType<typeof shareDamage>> = [];
+      let offsets: number[] = [];
+      const peak = await peakHeap('shared damage', async () => {
+        marked = await shareDamage({ vmId: 'vm', backupId: 'other', verifyId: VERIFY_ID }, [damagedId], {
+          store,
+          keys,
+          now: () => new Date(),
+          catalog: { backupsWithStatus: async () => [big] },
+          recovery: {
+            markSharedDamage: async (_vm, _b, damage) => {
+              offsets = damage.findings.flatMap((f) => f.offsets);
+              return true;
+            },
+          },
+        });
+      });
+      expect(marked).toEqual([{ vmId: 'vm', backupId: 'big', chunks: [damagedId] }]);
+      const expected: number[] = [];
+      for (let i = 0; i < N; i++) if (isReal(i) && realAt(i).id === damagedId) expected.push(i * CHUNK);
+      expect(offsets).toEqual(expected);
+      expect(peak).toBeLessThan(BOUND);
+    },
+    TIMEOUT,
+  );
+
+  it(
+    'the standby replica from a known backup, and its re-hash of the whole disk',
+    async () => {
+      // Real chunks only (the re-hash checks every chunk of the disk): from all zeros to one real chunk in 64.
+      await writeManifest('zeros', () => null);
+      await writeManifest('cyc', (i) => (i % 64 === 1 ? realAt(i * 64) : null));
+      const paths = standbyPaths(dir, 'vm', 'disk0');
+      await mkdir(paths.dir, { recursive: true });
+      await writeFile(paths.disk, '');
+      await truncate(paths.disk, N * CHUNK);
+      await writeFile(paths.state, JSON.stringify({ backupId: 'zeros', state: 'current' }));
+      const job = {
+        replicationId: 'r',
+        vmId: 'vm',
+        backupId: 'cyc',
+        moverGroup: 'dr',
+        source: { bucket: 's' },
+        target: { bucket: 't' },
+        disks: [],
+        replicaDir: dir,
+        recoveryPoint: '2026-12-07T00:00:00Z',
+      } as ReplicateJob;
+      let out: Awaited<ReturnType<typeof updateStandbyDisk>> | undefined;
+      const peak = await peakHeap('standby replica + re-hash', async () => {
+        out = await updateStandbyDisk(job, { diskId: 'disk0' }, { store, keys });
+      });
+      expect(out).toMatchObject({ fromBackupId: 'zeros', chunksWritten: Math.ceil((N - 1) / 64), chunksUnchanged: N - Math.ceil((N - 1) / 64) });
+      expect(peak).toBeLessThan(BOUND);
+    },
+    TIMEOUT,
+  );
 });

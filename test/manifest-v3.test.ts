@@ -18,7 +18,7 @@ const hex = (n: number) => randomBytes(n).toString('hex');
 /** A deterministic pseudo-random entry for chunk `i` (zero for some). */
 function entryOf(i: number, packs: string[]): { id: string; packId: string; offset: number; length: number } | null {
   if (i % 7 === 3) return null;
-  const id = (i * 2654435761 >>> 0).toString(16).padStart(8, '0').repeat(8);
+  const id = ((i * 2654435761) >>> 0).toString(16).padStart(8, '0').repeat(8);
   return { id, packId: packs[i % packs.length]!, offset: (i * 97) % 1000, length: 100 + (i % 50) };
 }
 
@@ -26,7 +26,7 @@ describe('manifest format 3', () => {
   it('round-trips a piece entry for entry, zeros included, with its pack table', () => {
     const packs = [hex(16), hex(16), hex(16)];
     const b = new PieceBuilder(5_000_000_000, 100);
-    const want: (ReturnType<typeof entryOf>)[] = [];
+    const want: ReturnType<typeof entryOf>[] = [];
     for (let i = 0; i < 100; i++) {
       const e = entryOf(i, packs);
       want.push(e);
@@ -86,8 +86,17 @@ describe('manifest format 3', () => {
     // The packs land only when the writer, waiting for them, asks for the open pack to be flushed.
     let flushes = 0;
     const w: ManifestWriter = new ManifestWriter({
-      store, keys, backupId: 'b1', manifestId: 'disk0', sizeBytes: count * 4096 - 100, chunkSize: 4096, pieceEntries: 128,
-      flushPacks: () => { flushes++; for (const p of packs) w.packLanded(p, 5000); },
+      store,
+      keys,
+      backupId: 'b1',
+      manifestId: 'disk0',
+      sizeBytes: count * 4096 - 100,
+      chunkSize: 4096,
+      pieceEntries: 128,
+      flushPacks: () => {
+        flushes++;
+        for (const p of packs) w.packLanded(p, 5000);
+      },
     });
     for (let i = 0; i < count; i++) await w.add(entryOf(i, packs));
     expect(flushes).toBeGreaterThan(0);
@@ -128,7 +137,11 @@ describe('manifest format 3', () => {
     store.objects.set(k0, store.objects.get(k4)!);
     store.objects.set(k4, p0);
     const r = (await ManifestReader.open(store, keys, 'b2', 'd'))!;
-    await expect(async () => { for await (const _ of r.batches()) { /* read */ } }).rejects.toThrow(/failed authentication/);
+    await expect(async () => {
+      for await (const _ of r.batches()) {
+        /* read */
+      }
+    }).rejects.toThrow(/failed authentication/);
     // A head with a gap.
     const head = JSON.parse((await open(keys, store.objects.get(r.key)!, 'manifest:b2/d')).toString()) as { pieces: number[][] };
     head.pieces[1]![1] = 5;
@@ -136,9 +149,29 @@ describe('manifest format 3', () => {
     await expect(ManifestReader.open(store, keys, 'b2', 'd')).rejects.toThrow(/piece 1 starts at chunk 5, the pieces before it end at 4/);
     // A missing piece is named.
     store.objects.delete(k0);
-    store.objects.set(r.key, await seal(keys, Buffer.from(JSON.stringify({ ...head, pieces: [[0, 0, 4, 1], [0, 4, 4, 1], [0, 8, 2, 1]] })), 'manifest:b2/d'));
+    store.objects.set(
+      r.key,
+      await seal(
+        keys,
+        Buffer.from(
+          JSON.stringify({
+            ...head,
+            pieces: [
+              [0, 0, 4, 1],
+              [0, 4, 4, 1],
+              [0, 8, 2, 1],
+            ],
+          }),
+        ),
+        'manifest:b2/d',
+      ),
+    );
     const r2 = (await ManifestReader.open(store, keys, 'b2', 'd'))!;
-    await expect(async () => { for await (const _ of r2.batches()) { /* read */ } }).rejects.toThrow(new RegExp(`piece ${k0} is missing`));
+    await expect(async () => {
+      for await (const _ of r2.batches()) {
+        /* read */
+      }
+    }).rejects.toThrow(new RegExp(`piece ${k0} is missing`));
     expect(piecePurpose(k0)).toBe(`manifest-piece:${k0}`);
   });
 
@@ -170,7 +203,9 @@ describe('manifest format 3', () => {
     const w = new ManifestWriter({ store, keys, backupId: 'big', manifestId: 'disk0', sizeBytes: count * 4096, chunkSize: 4096 });
     w.packLanded(pack, 0xffff_fff0);
     let peakHeap = 0;
-    const sample = () => { peakHeap = Math.max(peakHeap, process.memoryUsage().heapUsed); };
+    const sample = () => {
+      peakHeap = Math.max(peakHeap, process.memoryUsage().heapUsed);
+    };
     const idOf = (i: number) => (i >>> 0).toString(16).padStart(8, '0').repeat(8);
     const startRss = process.memoryUsage().rss;
     for (let i = 0; i < count; i++) {
@@ -194,7 +229,9 @@ describe('manifest format 3', () => {
     expect(stored).toBe(count / 16);
     const rss = process.memoryUsage().rss;
     // The stored manifest itself (ids are incompressible) is in the store's map; the heap beyond it is bounded.
-    console.log(`manifest v3: ${count} entries (1 in 16 stored, ids of a repeating pattern: the bytes per chunk are measured by bench/big-disk.ts), ${bytes} sealed bytes; peak heap ${(peakHeap / 2 ** 20).toFixed(0)} MiB, RSS ${(startRss / 2 ** 20).toFixed(0)} -> ${(rss / 2 ** 20).toFixed(0)} MiB`);
+    console.log(
+      `manifest v3: ${count} entries (1 in 16 stored, ids of a repeating pattern: the bytes per chunk are measured by bench/big-disk.ts), ${bytes} sealed bytes; peak heap ${(peakHeap / 2 ** 20).toFixed(0)} MiB, RSS ${(startRss / 2 ** 20).toFixed(0)} -> ${(rss / 2 ** 20).toFixed(0)} MiB`,
+    );
     expect(peakHeap - bytes).toBeLessThan(256 * 2 ** 20);
     expect(ENTRY_BYTES).toBeLessThanOrEqual(48);
   }, 1_200_000);

@@ -32,14 +32,21 @@ const waitFor = async <T>(what: string, get: () => T | undefined, ms = 30_000): 
   for (;;) {
     const v = get();
     if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}; mover log: ${logs.slice(-10).map((l) => JSON.stringify(l)).join('\n')}`);
+    if (Date.now() > until)
+      throw new Error(
+        `timed out waiting for ${what}; mover log: ${logs
+          .slice(-10)
+          .map((l) => JSON.stringify(l))
+          .join('\n')}`,
+      );
     await new Promise((r) => setTimeout(r, 100));
   }
 };
 
 /** A unix datagram socket as systemd's NOTIFY_SOCKET: one line per datagram received (newlines shown as `|`). */
 async function startReceiver(path: string): Promise<ChildProcess> {
-  const py = 'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\nwhile True:\n  print(s.recv(65536).decode().replace("\\n","|"),flush=True)\n';
+  const py =
+    'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\nwhile True:\n  print(s.recv(65536).decode().replace("\\n","|"),flush=True)\n';
   const child = spawn(PYTHON, ['-c', py, path], { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! });
   await new Promise<void>((ok, fail) => {
@@ -67,13 +74,24 @@ beforeAll(async () => {
   t = await startTestStack({ movers: 0 });
   receiver = await startReceiver(join(t.dir, 'notify.sock'));
   mover = startMover(t.stack.endpoints, {
-    name: 'appliance-1', group: 'site-a',
+    name: 'appliance-1',
+    group: 'site-a',
     env: { LIFEBOAT_METRICS_ADDRESS: '127.0.0.1:0', NOTIFY_SOCKET: join(t.dir, 'notify.sock'), WATCHDOG_USEC: '1000000', LIFEBOAT_REGISTRATION_SECONDS: '5' },
     onLog: (l) => logs.push(l),
   });
   metricsUrl = String((await waitFor('metrics.listening', () => logs.find((l) => l.event === 'metrics.listening'), 120_000)).url);
   const vmDir = join(t.dir, 'vms', 'vm-ap');
-  await createVmFolder(vmDir, { name: 'vm-ap', disks: [{ id: 'disk0', sizeBytes: 6 * MiB }, { id: 'disk1', sizeBytes: 3 * MiB }] }, seededRng(5));
+  await createVmFolder(
+    vmDir,
+    {
+      name: 'vm-ap',
+      disks: [
+        { id: 'disk0', sizeBytes: 6 * MiB },
+        { id: 'disk1', sizeBytes: 3 * MiB },
+      ],
+    },
+    seededRng(5),
+  );
   await t.stack.catalog.putVm({ vmId: 'vm-ap', host: 'esx-02', source: vmDir });
   await t.stack.catalog.putPolicy({ policyId: 'p-ap', vmIds: ['vm-ap'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1 });
 }, 300_000);
@@ -94,7 +112,10 @@ describe.skipIf(!haveNotify)('a mover under systemd (fake NOTIFY_SOCKET) with it
     expect(pings.length).toBeGreaterThanOrEqual(3);
     expect(pings.every((p) => /\|STATUS=\d of 2 slot\(s\) in use$/.test(p.text))).toBe(true);
     // Periodic at half the period; the median, not the maximum: a loaded CI machine may stall one tick.
-    const gaps = pings.slice(1).map((p, i) => p.at - pings[i]!.at).sort((a, b) => a - b);
+    const gaps = pings
+      .slice(1)
+      .map((p, i) => p.at - pings[i]!.at)
+      .sort((a, b) => a - b);
     expect(gaps[Math.floor(gaps.length / 2)]).toBeGreaterThan(300);
     expect(gaps[Math.floor(gaps.length / 2)]).toBeLessThan(1000);
   });
@@ -121,7 +142,9 @@ describe.skipIf(!haveNotify)('a mover under systemd (fake NOTIFY_SOCKET) with it
     expect(uploaded, JSON.stringify(run.totals)).toBeLessThan(run.totals.bytesStored + MiB);
     // The verification read every chunk back.
     expect(m.get('lifeboat_mover_s3_downloaded_bytes_total')!).toBeGreaterThan(run.totals.bytesStored * 0.9);
-    expect(m.get('lifeboat_mover_s3_requests_total{op="put",outcome="ok"}')).toBeGreaterThan(before.get('lifeboat_mover_s3_requests_total{op="put",outcome="ok"}') ?? 0);
+    expect(m.get('lifeboat_mover_s3_requests_total{op="put",outcome="ok"}')).toBeGreaterThan(
+      before.get('lifeboat_mover_s3_requests_total{op="put",outcome="ok"}') ?? 0,
+    );
     expect(m.get('lifeboat_mover_s3_requests_total{op="get",outcome="ok"}')).toBeGreaterThan(0);
     // No faults are injected, but a loaded machine stalls a request now and then: the counter says exactly what the retry log lines say.
     expect(sum(m, 'lifeboat_mover_s3_retries_total')).toBe(logs.filter((l) => l.event === 'storage.retry').length);
@@ -146,11 +169,22 @@ describe.skipIf(!haveNotify)('a mover under systemd (fake NOTIFY_SOCKET) with it
 describe('bad metrics settings', () => {
   const run = async (address: string) => {
     const lines: MoverLogLine[] = [];
-    const m = startMover(t.stack.endpoints, { name: `bad-metrics-${Math.random().toString(36).slice(2, 8)}`, group: 'site-a', env: { LIFEBOAT_METRICS_ADDRESS: address }, onLog: (l) => lines.push(l) });
+    const m = startMover(t.stack.endpoints, {
+      name: `bad-metrics-${Math.random().toString(36).slice(2, 8)}`,
+      group: 'site-a',
+      env: { LIFEBOAT_METRICS_ADDRESS: address },
+      onLog: (l) => lines.push(l),
+    });
     // A mover takes seconds to load its modules, more on a loaded machine; a bad setting stops it before it polls.
     const code = await Promise.race([m.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 60_000))]);
     if (code === 'running') await m.stop(true);
-    return { code, stderr: lines.filter((l) => l.event === 'stderr').map((l) => l.line).join('\n') };
+    return {
+      code,
+      stderr: lines
+        .filter((l) => l.event === 'stderr')
+        .map((l) => l.line)
+        .join('\n'),
+    };
   };
 
   it('refuses an address that is not HOST:PORT, naming the setting and the fix (exit code 2)', async () => {

@@ -50,7 +50,10 @@ afterAll(async () => {
 
 function mover(name: string, env: Record<string, string> = {}, slots = 1): MoverProcess {
   const m = startMover(t.stack.endpoints, {
-    name, group: 'site-a', slots, onLog: (l) => t.logs.push(l),
+    name,
+    group: 'site-a',
+    slots,
+    onLog: (l) => t.logs.push(l),
     env: { LIFEBOAT_RELEASE_PUBLIC_KEY_FILE: publicKeyFile, LIFEBOAT_REGISTRATION_SECONDS: '1', LIFEBOAT_HEARTBEAT_MS: '1000', ...env },
   });
   started.push(m);
@@ -64,7 +67,11 @@ async function waitForLog(name: string, pred: (l: MoverLogLine) => boolean, what
     const hit = logsOf(name).find(pred);
     if (hit) return hit;
   }
-  throw new Error(`mover ${name} logged no ${what} within ${ms} ms; its log:\n${logsOf(name).map((l) => JSON.stringify(l)).join('\n')}`);
+  throw new Error(
+    `mover ${name} logged no ${what} within ${ms} ms; its log:\n${logsOf(name)
+      .map((l) => JSON.stringify(l))
+      .join('\n')}`,
+  );
 }
 
 async function addVm(vmId: string, sizeBytes: number, slotLimit = 1): Promise<string> {
@@ -90,7 +97,12 @@ describe('registration', () => {
     let rec = await registered('life-reg');
     for (let i = 0; !rec && i < 40; i++) rec = await sleep(50).then(() => registered('life-reg'));
     expect(rec).toMatchObject({
-      name: 'life-reg', group: 'site-a', version: LIFEBOAT_VERSION, state: 'running', slots: 2, pid: m.child.pid,
+      name: 'life-reg',
+      group: 'site-a',
+      version: LIFEBOAT_VERSION,
+      state: 'running',
+      slots: 2,
+      pid: m.child.pid,
       capabilities: { sources: ['folder'], tasks: expect.arrayContaining(['snapshot', 'dispatch', 'releaseSnapshot']) as unknown },
     });
 
@@ -114,7 +126,12 @@ describe('SIGTERM drain', () => {
   it('finishes the task in flight, takes no new one, and exits within the grace time', async () => {
     await addVm('vm-drain', 24 * MiB);
     // 2 MiB/s to the repository: the Dispatch takes seconds, so the signal lands mid-transfer.
-    const m = mover('life-drain', { LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB), LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_PACK_MIB: '1', LIFEBOAT_SHUTDOWN_GRACE_MS: '60000' });
+    const m = mover('life-drain', {
+      LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB),
+      LIFEBOAT_MOVER_PARALLELISM: '1',
+      LIFEBOAT_PACK_MIB: '1',
+      LIFEBOAT_SHUTDOWN_GRACE_MS: '60000',
+    });
     const execution = backup('vm-drain');
     await waitForLog('life-drain', (l) => l.event === 'dispatch.progress' && (l.bytesStored as number) > 0, 'dispatch progress');
     const signalled = Date.now();
@@ -142,7 +159,12 @@ describe('SIGTERM drain', () => {
 
   it('abandons a task that outlasts the grace time, exits non-zero, and the task is retried on another mover', async () => {
     await addVm('vm-grace', 24 * MiB);
-    const m = mover('life-grace', { LIFEBOAT_BANDWIDTH_LIMIT: String(MiB), LIFEBOAT_MOVER_PARALLELISM: '1', LIFEBOAT_PACK_MIB: '1', LIFEBOAT_SHUTDOWN_GRACE_MS: '1500' });
+    const m = mover('life-grace', {
+      LIFEBOAT_BANDWIDTH_LIMIT: String(MiB),
+      LIFEBOAT_MOVER_PARALLELISM: '1',
+      LIFEBOAT_PACK_MIB: '1',
+      LIFEBOAT_SHUTDOWN_GRACE_MS: '1500',
+    });
     const execution = backup('vm-grace');
     await waitForLog('life-grace', (l) => l.event === 'dispatch.progress' && (l.bytesStored as number) > 0, 'dispatch progress');
     const signalled = Date.now();
@@ -162,7 +184,11 @@ describe('SIGTERM drain', () => {
 describe('self-update at job time', () => {
   it('an old mover fetches the signed release, re-executes as the new version in the same process, and the backup completes on it', async () => {
     const { store } = await openRepository(t.stack.endpoints);
-    const published = await publishRelease(store, { version: '0.2.0', files: await buildMoverRelease('0.2.0'), privateKey: parsePrivateKey(releaseKey.privateKeyPem, 'test') });
+    const published = await publishRelease(store, {
+      version: '0.2.0',
+      files: await buildMoverRelease('0.2.0'),
+      privateKey: parsePrivateKey(releaseKey.privateKeyPem, 'test'),
+    });
     expect(published.keyId).toBe(releaseKey.keyId);
     const vmDir = await addVm('vm-up', 16 * MiB);
     process.env.LIFEBOAT_MIN_MOVER_VERSION = '0.2.0';
@@ -197,7 +223,11 @@ describe('self-update at job time', () => {
     expect(startsAsNew()).toBe(1);
     mover('life-old');
     await waitForLog('life-old', () => startsAsNew() === 2, 'a second start as 0.2.0');
-    expect(logsOf('life-old').filter((l) => l.event === 'upgrade.boot').map((l) => [l.version, l.to])).toEqual([[LIFEBOAT_VERSION, '0.2.0']]);
+    expect(
+      logsOf('life-old')
+        .filter((l) => l.event === 'upgrade.boot')
+        .map((l) => [l.version, l.to]),
+    ).toEqual([[LIFEBOAT_VERSION, '0.2.0']]);
   }, 180_000);
 
   it('holds a task that needs the upgrade until the task in flight is finished by the old version, then restarts', async () => {
@@ -235,7 +265,17 @@ describe('self-update at job time', () => {
     const attackerKeyId = /release key ([0-9a-f]{16})/.exec(keygen.stdout)?.[1];
     expect(attackerKeyId).toBeDefined();
     await expect(run(process.execPath, [CLI, 'release', 'keygen', '--out', attackerDir])).rejects.toThrow(/release.key exists already/);
-    const published = await run(process.execPath, [CLI, 'release', 'publish', '--data-dir', t.stack.endpoints.dataDir, '--key', join(attackerDir, 'release.key'), '--version', '0.3.0']);
+    const published = await run(process.execPath, [
+      CLI,
+      'release',
+      'publish',
+      '--data-dir',
+      t.stack.endpoints.dataDir,
+      '--key',
+      join(attackerDir, 'release.key'),
+      '--version',
+      '0.3.0',
+    ]);
     expect(published.stdout).toContain(`published mover 0.3.0 to s3://${t.stack.endpoints.bucket}`);
     expect(published.stdout).toContain(`signed by key ${attackerKeyId}`);
     await addVm('vm-refuse', 8 * MiB);

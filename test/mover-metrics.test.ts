@@ -24,7 +24,19 @@ describe('MoverMetrics', () => {
     const m = new MoverMetrics({ version: '1.2.3', name: 'm1', group: 'g', slots: 3 });
     const inner = new MemoryObjectStore();
     let failNext = true;
-    const flaky: ObjectStore = { ...inner, put: async (k, b) => { if (failNext) { failNext = false; throw Object.assign(new Error('reset'), { name: 'ECONNRESET' }); } return inner.put(k, b); }, get: (k, o) => inner.get(k, o), head: (k) => inner.head(k), list: (p) => inner.list(p) };
+    const flaky: ObjectStore = {
+      ...inner,
+      put: async (k, b) => {
+        if (failNext) {
+          failNext = false;
+          throw Object.assign(new Error('reset'), { name: 'ECONNRESET' });
+        }
+        return inner.put(k, b);
+      },
+      get: (k, o) => inner.get(k, o),
+      head: (k) => inner.head(k),
+      list: (p) => inner.list(p),
+    };
     const store = m.store(flaky);
     await expect(store.put('a', Buffer.alloc(10))).rejects.toThrow('reset');
     await store.put('a', Buffer.alloc(10));
@@ -69,7 +81,8 @@ describe('parseMetricsAddress', () => {
     expect(parseMetricsAddress('127.0.0.1:9464')).toEqual({ host: '127.0.0.1', port: 9464 });
     expect(parseMetricsAddress('[::1]:0')).toEqual({ host: '::1', port: 0 });
     expect(parseMetricsAddress('localhost:9464')).toEqual({ host: 'localhost', port: 9464 });
-    for (const bad of ['9464', ':9464', '127.0.0.1:70000', '127.0.0.1:', 'a b:1']) expect(() => parseMetricsAddress(bad), bad).toThrow(/^LIFEBOAT_METRICS_ADDRESS=.* is not HOST:PORT/);
+    for (const bad of ['9464', ':9464', '127.0.0.1:70000', '127.0.0.1:', 'a b:1'])
+      expect(() => parseMetricsAddress(bad), bad).toThrow(/^LIFEBOAT_METRICS_ADDRESS=.* is not HOST:PORT/);
   });
 });
 
@@ -88,7 +101,10 @@ describe('SystemdNotifier', () => {
     const dir = await mkdtemp(join(tmpdir(), 'lifeboat-notify-'));
     dirs.push(dir);
     const lines: { level: string; event: string; fields?: Record<string, unknown> }[] = [];
-    const logger = { info: (event: string, fields?: Record<string, unknown>) => lines.push({ level: 'info', event, ...(fields ? { fields } : {}) }), error: (event: string, fields?: Record<string, unknown>) => lines.push({ level: 'error', event, ...(fields ? { fields } : {}) }) };
+    const logger = {
+      info: (event: string, fields?: Record<string, unknown>) => lines.push({ level: 'info', event, ...(fields ? { fields } : {}) }),
+      error: (event: string, fields?: Record<string, unknown>) => lines.push({ level: 'error', event, ...(fields ? { fields } : {}) }),
+    };
     const n = SystemdNotifier.fromEnv({ env: { ...process.env, NOTIFY_SOCKET: join(dir, 'none.sock') }, logger, program: 'systemd-notify' })!;
     await n.send({ WATCHDOG: '1' });
     await n.send({ WATCHDOG: '1' });

@@ -78,7 +78,11 @@ let socketCount = 0;
 /** qemu-nbd exporting `image` read-only; returns the export's URI and the process. */
 async function qemuNbd(image: string, format: string, extra: string[] = []): Promise<{ uri: string; child: ChildProcess }> {
   const socket = join(dir, `qemu-nbd-${socketCount++}.sock`);
-  const child = await serve('qemu-nbd', ['--read-only', '--persistent', '--shared=8', `--socket=${socket}`, `--format=${format}`, '--export-name=disk', ...extra, image], socket);
+  const child = await serve(
+    'qemu-nbd',
+    ['--read-only', '--persistent', '--shared=8', `--socket=${socket}`, `--format=${format}`, '--export-name=disk', ...extra, image],
+    socket,
+  );
   return { uri: `nbd+unix:///disk?socket=${socket}`, child };
 }
 
@@ -241,7 +245,8 @@ describe.skipIf(missing.length > 0)('NBD client against qemu-nbd', () => {
     const buf = Buffer.alloc(1 * MiB);
     await Promise.all([client.read(buf, 3 * MiB, 512 * 1024), client.read(buf.subarray(512 * 1024), 3 * MiB + 512 * 1024, 512 * 1024)]);
     // The pattern plugin writes each 8-byte word's own offset.
-    for (let at = 0; at < buf.length; at += 8) if (buf.readBigUInt64BE(at) !== BigInt(3 * MiB + at)) throw new Error(`word at ${3 * MiB + at} is ${buf.readBigUInt64BE(at)}`);
+    for (let at = 0; at < buf.length; at += 8)
+      if (buf.readBigUInt64BE(at) !== BigInt(3 * MiB + at)) throw new Error(`word at ${3 * MiB + at} is ${buf.readBigUInt64BE(at)}`);
     await client.close();
   });
 });
@@ -302,7 +307,9 @@ describe('NBD client deadlines', () => {
     const socket = join(sdir, 'mute.sock');
     servers.push(await stallingServer(socket, { answerHandshake: false }));
     const started = Date.now();
-    await expect(NbdClient.connect(`nbd+unix:///vda?socket=${socket}`, { timeoutMs: 200 })).rejects.toThrow(/cannot open NBD export 'vda' at unix socket .*mute.sock: no answer within 200 ms/);
+    await expect(NbdClient.connect(`nbd+unix:///vda?socket=${socket}`, { timeoutMs: 200 })).rejects.toThrow(
+      /cannot open NBD export 'vda' at unix socket .*mute.sock: no answer within 200 ms/,
+    );
     expect(Date.now() - started).toBeLessThan(1500);
   });
 

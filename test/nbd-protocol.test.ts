@@ -92,15 +92,24 @@ describe('NBD encoders and parsers round-trip', () => {
     expect(parseChunk({ flags: 1, type: ChunkType.OFFSET_HOLE }, chunk.subarray(20))).toEqual({ type: 'hole', offset: 4096, length: 512 });
     expect(parseChunk({ flags: 1, type: ChunkType.NONE }, Buffer.alloc(0))).toEqual({ type: 'none' });
     expect(parseOffsetData(encodeOffsetData(512, Buffer.from('abc')))).toEqual({ type: 'data', offset: 512, data: Buffer.from('abc') });
-    const extents = [{ length: 4096, flags: 3 }, { length: 1, flags: 0xffffffff }];
+    const extents = [
+      { length: 4096, flags: 3 },
+      { length: 1, flags: 0xffffffff },
+    ];
     expect(parseBlockStatus(encodeBlockStatus(2, extents))).toEqual({ type: 'block-status', contextId: 2, extents });
     expect(parseErrorChunk(ChunkType.ERROR, encodeErrorChunk(5, 'disk gone'))).toEqual({ type: 'error', error: 5, message: 'disk gone' });
-    expect(parseErrorChunk(ChunkType.ERROR_OFFSET, encodeErrorChunk(5, 'bad sector', 1024))).toEqual({ type: 'error', error: 5, message: 'bad sector', offset: 1024 });
+    expect(parseErrorChunk(ChunkType.ERROR_OFFSET, encodeErrorChunk(5, 'bad sector', 1024))).toEqual({
+      type: 'error',
+      error: 5,
+      message: 'bad sector',
+      offset: 1024,
+    });
   });
 });
 
 describe('NBD parsers refuse malformed messages, naming what is wrong', () => {
-  const bad = (f: () => unknown, message: RegExp) => expect(f).toThrow(expect.objectContaining({ name: 'NbdProtocolError', message: expect.stringMatching(message) }));
+  const bad = (f: () => unknown, message: RegExp) =>
+    expect(f).toThrow(expect.objectContaining({ name: 'NbdProtocolError', message: expect.stringMatching(message) }));
 
   it('in the handshake', () => {
     bad(() => parseServerGreeting(Buffer.alloc(18)), /does not start with NBDMAGIC/);
@@ -199,7 +208,10 @@ describe('NBD parsers under fuzzing', () => {
     chunkHeader: encodeChunk(1, ChunkType.OFFSET_DATA, 7n, encodeOffsetData(0, Buffer.alloc(4))).subarray(0, 20),
     data: encodeOffsetData(4096, Buffer.alloc(16, 0xab)),
     hole: encodeOffsetHole(4096, 512),
-    blockStatus: encodeBlockStatus(1, [{ length: 4096, flags: 3 }, { length: 512, flags: 0 }]),
+    blockStatus: encodeBlockStatus(1, [
+      { length: 4096, flags: 3 },
+      { length: 512, flags: 0 },
+    ]),
     error: encodeErrorChunk(5, 'oops'),
     errorOffset: encodeErrorChunk(5, 'oops', 4096),
     request: encodeRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: 512 }),
@@ -237,15 +249,34 @@ describe('NBD parsers under fuzzing', () => {
 });
 
 /** A READ of `length` bytes at `offset`, as the client tracks it. */
-const readReq = (cookie: bigint, offset: number, length: number): InFlight => ({ cookie, command: Command.READ, offset, length, dest: Buffer.alloc(length, 0xee), destAt: 0, ranges: [], covered: 0, statuses: new Map() });
-const statusReq = (cookie: bigint, offset: number, length: number): InFlight => ({ ...readReq(cookie, offset, length), command: Command.BLOCK_STATUS, dest: undefined });
+const readReq = (cookie: bigint, offset: number, length: number): InFlight => ({
+  cookie,
+  command: Command.READ,
+  offset,
+  length,
+  dest: Buffer.alloc(length, 0xee),
+  destAt: 0,
+  ranges: [],
+  covered: 0,
+  statuses: new Map(),
+});
+const statusReq = (cookie: bigint, offset: number, length: number): InFlight => ({
+  ...readReq(cookie, offset, length),
+  command: Command.BLOCK_STATUS,
+  dest: undefined,
+});
 
 /** Feeds `stream` to a receiver in pieces cut at random points; returns the requests completed. */
 function receive(stream: Buffer, reqs: InFlight[], rand: (n: number) => number, structuredReplies = true): InFlight[] {
   const queue = new ByteQueue();
   const done: InFlight[] = [];
   const byCookie = new Map(reqs.map((r) => [r.cookie, r]));
-  const rx = new ReplyReceiver(queue, (c) => byCookie.get(c), (r) => done.push(r), { structuredReplies, contextIds: new Set([1, 2]) });
+  const rx = new ReplyReceiver(
+    queue,
+    (c) => byCookie.get(c),
+    (r) => done.push(r),
+    { structuredReplies, contextIds: new Set([1, 2]) },
+  );
   for (let at = 0; at < stream.length; ) {
     const n = 1 + rand(Math.min(64, stream.length - at));
     queue.push(stream.subarray(at, at + n));
@@ -273,7 +304,12 @@ describe('NBD reply stream', () => {
       const status = statusReq(2n, 0, 1024);
       expect(receive(goodStream(), [read, status], rand).map((r) => r.cookie)).toEqual([2n, 1n]);
       expect(read.dest).toEqual(Buffer.concat([Buffer.alloc(24), data]));
-      expect(status.statuses).toEqual(new Map([[1, [{ length: 512, flags: 3 }]], [2, [{ length: 1024, flags: 1 }]]]));
+      expect(status.statuses).toEqual(
+        new Map([
+          [1, [{ length: 512, flags: 3 }]],
+          [2, [{ length: 1024, flags: 1 }]],
+        ]),
+      );
     }
   });
 
@@ -285,7 +321,8 @@ describe('NBD reply stream', () => {
   });
 
   it('refuses overlapping, out-of-range, short and unasked-for replies', () => {
-    const refuse = (stream: Buffer, message: RegExp) => expect(() => receive(stream, [readReq(1n, 4096, 1024), statusReq(2n, 0, 1024)], prng(3))).toThrow(message);
+    const refuse = (stream: Buffer, message: RegExp) =>
+      expect(() => receive(stream, [readReq(1n, 4096, 1024), statusReq(2n, 0, 1024)], prng(3))).toThrow(message);
     const chunk = (flags: number, type: number, cookie: bigint, payload: Buffer) => encodeChunk(flags, type, cookie, payload);
     refuse(Buffer.concat([chunk(0, 2, 1n, encodeOffsetHole(4096, 512)), chunk(1, 2, 1n, encodeOffsetHole(4096 + 511, 513))]), /overlaps an earlier one/);
     refuse(chunk(1, 1, 1n, encodeOffsetData(4096 + 1000, Buffer.alloc(25))), /lies outside the request \[4096, 5120\)/);
@@ -293,7 +330,10 @@ describe('NBD reply stream', () => {
     refuse(chunk(1, 2, 1n, encodeOffsetHole(4096, 1000)), /ended a read of 1024 bytes at 4096 having sent 1000/);
     refuse(chunk(1, 0, 9n, Buffer.alloc(0)), /cookie 9, which no request in flight has/);
     refuse(chunk(1, 5, 2n, encodeBlockStatus(3, [{ length: 1, flags: 0 }])), /meta context id 3, which was not negotiated/);
-    refuse(Buffer.concat([chunk(0, 5, 2n, encodeBlockStatus(1, [{ length: 1, flags: 0 }])), chunk(1, 5, 2n, encodeBlockStatus(1, [{ length: 1, flags: 0 }]))]), /two block status chunks/);
+    refuse(
+      Buffer.concat([chunk(0, 5, 2n, encodeBlockStatus(1, [{ length: 1, flags: 0 }])), chunk(1, 5, 2n, encodeBlockStatus(1, [{ length: 1, flags: 0 }]))]),
+      /two block status chunks/,
+    );
     refuse(encodeSimpleReply(0, 1n), /simple reply to NBD_CMD_READ although structured replies were negotiated/);
     refuse(chunk(1, 1, 2n, encodeOffsetData(0, Buffer.alloc(1))), /data chunk in the reply to a command 7/);
   });

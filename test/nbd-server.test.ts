@@ -47,7 +47,7 @@ function memoryExport(data: Buffer, bad = new Set<number>()): BlockExport & { re
     },
     allocation(offset: number, length: number): BlockDescriptor[] {
       const out: BlockDescriptor[] = [];
-      for (let at = offset; at < offset + length;) {
+      for (let at = offset; at < offset + length; ) {
         const i = Math.floor(at / CHUNK);
         const next = Math.min(offset + length, (i + 1) * CHUNK);
         const zero = data.subarray(i * CHUNK, (i + 1) * CHUNK).every((b) => b === 0);
@@ -96,13 +96,25 @@ class Raw {
   private waiters: (() => void)[] = [];
   constructor(path: string) {
     this.s = connect(path);
-    this.s.on('data', (d: Buffer) => { this.got.push(d); this.wake(); });
-    this.s.on('close', () => { this.closed = true; this.wake(); });
+    this.s.on('data', (d: Buffer) => {
+      this.got.push(d);
+      this.wake();
+    });
+    this.s.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
     this.s.on('error', () => {});
   }
-  private wake() { for (const w of this.waiters.splice(0)) w(); }
-  send(b: Buffer) { if (!this.s.destroyed) this.s.write(b); }
-  get bytes(): Buffer { return Buffer.concat(this.got); }
+  private wake() {
+    for (const w of this.waiters.splice(0)) w();
+  }
+  send(b: Buffer) {
+    if (!this.s.destroyed) this.s.write(b);
+  }
+  get bytes(): Buffer {
+    return Buffer.concat(this.got);
+  }
   /** Waits until at least `n` bytes came (or the socket closed). */
   async until(n: number): Promise<Buffer> {
     while (this.bytes.length < n && !this.closed) await new Promise<void>((ok) => this.waiters.push(ok));
@@ -111,7 +123,9 @@ class Raw {
   async closedByServer(): Promise<void> {
     while (!this.closed) await new Promise<void>((ok) => this.waiters.push(ok));
   }
-  end() { this.s.destroy(); }
+  end() {
+    this.s.destroy();
+  }
 }
 
 /** Option replies in `b` from `at`: { option, type, data }. */
@@ -187,16 +201,29 @@ describe('NBD server option haggling and requests', () => {
     const { replies } = optionReplies(r.bytes, 18);
     const types = replies.map((x) => [x.option, x.type]);
     expect(types).toEqual([
-      [Option.LIST, OptionReply.SERVER], [Option.LIST, OptionReply.ACK],
-      [Option.INFO, OptionReply.INFO], [Option.INFO, OptionReply.INFO], [Option.INFO, OptionReply.INFO], [Option.INFO, OptionReply.INFO], [Option.INFO, OptionReply.ACK],
-      [Option.INFO, OptionReply.ERR_UNKNOWN], [99, OptionReply.ERR_UNSUP], [Option.STARTTLS, OptionReply.ERR_POLICY],
-      [Option.SET_META_CONTEXT, OptionReply.ERR_INVALID], [Option.ABORT, OptionReply.ACK],
+      [Option.LIST, OptionReply.SERVER],
+      [Option.LIST, OptionReply.ACK],
+      [Option.INFO, OptionReply.INFO],
+      [Option.INFO, OptionReply.INFO],
+      [Option.INFO, OptionReply.INFO],
+      [Option.INFO, OptionReply.INFO],
+      [Option.INFO, OptionReply.ACK],
+      [Option.INFO, OptionReply.ERR_UNKNOWN],
+      [99, OptionReply.ERR_UNSUP],
+      [Option.STARTTLS, OptionReply.ERR_POLICY],
+      [Option.SET_META_CONTEXT, OptionReply.ERR_INVALID],
+      [Option.ABORT, OptionReply.ACK],
     ]);
     expect(replies[0]!.data.subarray(4).toString()).toBe('vda');
     const exportInfo = replies[2]!.data;
     expect(exportInfo.readBigUInt64BE(2)).toBe(BigInt(DATA.length));
     expect(exportInfo.readUInt16BE(10) & 2).toBe(2); // READ_ONLY
-    expect(replies.slice(3, 6).map((x) => x.data.readUInt16BE(0)).sort()).toEqual([Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE].sort());
+    expect(
+      replies
+        .slice(3, 6)
+        .map((x) => x.data.readUInt16BE(0))
+        .sort(),
+    ).toEqual([Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE].sort());
     expect(replies[7]?.data.toString()).toContain("'nope'");
     await srv.close();
   });
@@ -248,11 +275,13 @@ describe('NBD server option haggling and requests', () => {
     const srv = await serve(memoryExport(DATA), { maxConnections: 3 });
     const clients = await Promise.all([0, 1, 2].map(() => NbdClient.connect(srv.uri('vda'))));
     await expect(NbdClient.connect(srv.uri('vda'), { timeoutMs: 5000 })).rejects.toThrow(/ERR_POLICY.*at most 3/);
-    const bufs = await Promise.all(clients.map(async (c, i) => {
-      const b = Buffer.alloc(64 * KiB);
-      await c.read(b, i * 64 * KiB, 64 * KiB);
-      return b;
-    }));
+    const bufs = await Promise.all(
+      clients.map(async (c, i) => {
+        const b = Buffer.alloc(64 * KiB);
+        await c.read(b, i * 64 * KiB, 64 * KiB);
+        return b;
+      }),
+    );
     bufs.forEach((b, i) => expect(b.equals(DATA.subarray(i * 64 * KiB, (i + 1) * 64 * KiB))).toBe(true));
     await clients[0]!.close();
     // A place is free again once a client left.
@@ -281,13 +310,21 @@ describe('NBD server under fuzzing', () => {
     let out = 0;
     let closed = false;
     const exp = memoryExport(DATA.subarray(0, 256 * KiB));
-    const s = new NbdServerSession({ exports: new Map([['vda', exp]]), maxBlockBytes: 1 * MiB, served: () => {} }, {
-      write: (b, done) => { out += Buffer.isBuffer(b) ? b.length : b.reduce((n, x) => n + x.length, 0); if (done) queueMicrotask(done); },
-      end: () => { closed = true; },
-      pause: () => {},
-      resume: () => {},
-    });
-    for (let at = 0; at < stream.length && !closed;) {
+    const s = new NbdServerSession(
+      { exports: new Map([['vda', exp]]), maxBlockBytes: 1 * MiB, served: () => {} },
+      {
+        write: (b, done) => {
+          out += Buffer.isBuffer(b) ? b.length : b.reduce((n, x) => n + x.length, 0);
+          if (done) queueMicrotask(done);
+        },
+        end: () => {
+          closed = true;
+        },
+        pause: () => {},
+        resume: () => {},
+      },
+    );
+    for (let at = 0; at < stream.length && !closed; ) {
       const n = 1 + rand(64);
       s.push(stream.subarray(at, at + n));
       at += n;
@@ -299,7 +336,12 @@ describe('NBD server under fuzzing', () => {
 
   /** A valid client session: flags, options, then requests of every kind. */
   function validSession(rand: (n: number) => number): Buffer {
-    const parts = [encodeClientFlags(3), encodeOption(Option.STRUCTURED_REPLY), encodeMetaContextOption('vda', ['base:allocation']), encodeGoOption('vda', [Info.BLOCK_SIZE])];
+    const parts = [
+      encodeClientFlags(3),
+      encodeOption(Option.STRUCTURED_REPLY),
+      encodeMetaContextOption('vda', ['base:allocation']),
+      encodeGoOption('vda', [Info.BLOCK_SIZE]),
+    ];
     for (let i = 0; i < 8; i++) {
       const type = [Command.READ, Command.BLOCK_STATUS, Command.FLUSH, Command.TRIM][rand(4)]!;
       parts.push(encodeRequest({ cookie: BigInt(i), type, offset: rand(200) * 512, length: 1 + rand(64 * KiB), flags: 0 }));
@@ -329,11 +371,23 @@ describe('NBD server under fuzzing', () => {
       const good = validSession(rand);
       const m = Buffer.from(good);
       const kind = rand(4);
-      if (kind === 0) for (let k = 0; k < 1 + rand(4); k++) { const at = rand(m.length); m[at] = m[at]! ^ (1 << rand(8)); }
+      if (kind === 0)
+        for (let k = 0; k < 1 + rand(4); k++) {
+          const at = rand(m.length);
+          m[at] = m[at]! ^ (1 << rand(8));
+        }
       let stream = m;
       if (kind === 1) stream = m.subarray(0, rand(m.length));
-      if (kind === 2) { const at = rand(m.length); stream = Buffer.concat([m.subarray(0, at), m.subarray(at - Math.min(at, rand(40)))]); }
-      if (kind === 3) { const at = rand(m.length); const junk = Buffer.alloc(1 + rand(12)); for (let j = 0; j < junk.length; j++) junk[j] = rand(256); stream = Buffer.concat([m.subarray(0, at), junk, m.subarray(at)]); }
+      if (kind === 2) {
+        const at = rand(m.length);
+        stream = Buffer.concat([m.subarray(0, at), m.subarray(at - Math.min(at, rand(40)))]);
+      }
+      if (kind === 3) {
+        const at = rand(m.length);
+        const junk = Buffer.alloc(1 + rand(12));
+        for (let j = 0; j < junk.length; j++) junk[j] = rand(256);
+        stream = Buffer.concat([m.subarray(0, at), junk, m.subarray(at)]);
+      }
       const r = await feed(stream, rand);
       outcomes[r.closed ? 'closed' : 'open']++;
     }
@@ -362,5 +416,3 @@ describe('NBD server under fuzzing', () => {
     await srv.close();
   });
 });
-
-

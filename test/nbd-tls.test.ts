@@ -44,7 +44,10 @@ afterEach(async () => {
 // ---- servers in this test ---------------------------------------------------------------
 
 /** Options the fake server received, in order. */
-interface FakeServer { port: number; options: number[] }
+interface FakeServer {
+  port: number;
+  options: number[];
+}
 
 /**
  * A server that greets, reads client flags, and answers the first option with `answer`
@@ -60,7 +63,10 @@ async function fakeServer(answer: (conn: Socket, option: number) => void): Promi
     let flags = false;
     conn.on('data', (d: Buffer) => {
       buf = Buffer.concat([buf, d]);
-      if (!flags && buf.length >= 4) { buf = buf.subarray(4); flags = true; }
+      if (!flags && buf.length >= 4) {
+        buf = buf.subarray(4);
+        flags = true;
+      }
       while (flags && buf.length >= 16 && buf.length >= 16 + buf.readUInt32BE(12)) {
         const option = buf.readUInt32BE(8);
         buf = buf.subarray(16 + buf.readUInt32BE(12));
@@ -80,38 +86,56 @@ const someCredentials: NbdTlsCredentials = { ca: '-----BEGIN CERTIFICATE-----\n-
 describe('NBD_OPT_STARTTLS, as a client that requires TLS', () => {
   it('fails, naming the refusal, when the server refuses STARTTLS, and sends nothing else in clear text', async () => {
     const s = await fakeServer((conn, option) => conn.write(encodeOptionReply(option, OptionReply.ERR_UNSUP, Buffer.from('TLS not configured'))));
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`, { tls: someCredentials, timeoutMs: 2000 }))
-      .rejects.toThrow(/cannot open NBD export 'vda' at 127.0.0.1:\d+ \(TLS\): the server refused TLS \(NBD_OPT_STARTTLS: NBD_REP_ERR_UNSUP: TLS not configured\); TLS is required, so the client does not go on in clear text/);
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(
+      /cannot open NBD export 'vda' at 127.0.0.1:\d+ \(TLS\): the server refused TLS \(NBD_OPT_STARTTLS: NBD_REP_ERR_UNSUP: TLS not configured\); TLS is required, so the client does not go on in clear text/,
+    );
     expect(s.options).toEqual([Option.STARTTLS]);
   });
 
   it('fails when the server answers STARTTLS with a policy error', async () => {
     const s = await fakeServer((conn, option) => conn.write(encodeOptionReply(option, OptionReply.ERR_POLICY)));
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(/refused TLS \(NBD_OPT_STARTTLS: NBD_REP_ERR_POLICY\)/);
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(
+      /refused TLS \(NBD_OPT_STARTTLS: NBD_REP_ERR_POLICY\)/,
+    );
     expect(s.options).toEqual([Option.STARTTLS]);
   });
 
   it('refuses clear-text bytes the server slips in between its ACK and the TLS handshake', async () => {
-    const s = await fakeServer((conn, option) => conn.write(Buffer.concat([encodeOptionReply(option, OptionReply.ACK), encodeOptionReply(Option.GO, OptionReply.ACK)])));
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(/server sent 20 bytes after accepting NBD_OPT_STARTTLS, before the TLS handshake/);
+    const s = await fakeServer((conn, option) =>
+      conn.write(Buffer.concat([encodeOptionReply(option, OptionReply.ACK), encodeOptionReply(Option.GO, OptionReply.ACK)])),
+    );
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(
+      /server sent 20 bytes after accepting NBD_OPT_STARTTLS, before the TLS handshake/,
+    );
   });
 
   it('refuses an ACK to STARTTLS that carries data, and a reply to another option', async () => {
     const withData = await fakeServer((conn, option) => conn.write(encodeOptionReply(option, OptionReply.ACK, Buffer.from('x'))));
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${withData.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(/NBD_REP_ACK to NBD_OPT_STARTTLS carries data/);
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${withData.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(
+      /NBD_REP_ACK to NBD_OPT_STARTTLS carries data/,
+    );
     const other = await fakeServer((conn) => conn.write(encodeOptionReply(Option.GO, OptionReply.ACK)));
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${other.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(/option reply is for option 7, expected 5/);
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${other.port}/vda`, { tls: someCredentials, timeoutMs: 2000 })).rejects.toThrow(
+      /option reply is for option 7, expected 5/,
+    );
   });
 
   it('does not connect at all to a TLS URI without credentials', async () => {
     const s = await fakeServer((conn, option) => conn.write(encodeOptionReply(option, OptionReply.ERR_UNSUP)));
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`)).rejects.toThrow(/requires TLS and this mover has no NBD TLS credentials \(set LIFEBOAT_NBD_TLS_DIR/);
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${s.port}/vda`)).rejects.toThrow(
+      /requires TLS and this mover has no NBD TLS credentials \(set LIFEBOAT_NBD_TLS_DIR/,
+    );
     expect(s.options).toEqual([]);
   });
 
   it('parses TLS URIs and writes TCP ones', () => {
     expect(parseNbdUri('nbds://10.0.0.5:10810/vda')).toEqual({ exportName: 'vda', host: '10.0.0.5', port: 10810, tls: true });
-    expect(parseNbdUri('nbds+unix:///vda?socket=/run/s.sock&tls-hostname=kvm-01')).toEqual({ exportName: 'vda', socket: '/run/s.sock', tls: true, tlsHostname: 'kvm-01' });
+    expect(parseNbdUri('nbds+unix:///vda?socket=/run/s.sock&tls-hostname=kvm-01')).toEqual({
+      exportName: 'vda',
+      socket: '/run/s.sock',
+      tls: true,
+      tlsHostname: 'kvm-01',
+    });
     expect(parseNbdUri('nbd://[fd00::5]:10810/vda')).toEqual({ exportName: 'vda', host: 'fd00::5', port: 10810 });
     expect(tcpNbdUri('fd00::5', 10810, 'vda', true)).toBe('nbds://[fd00::5]:10810/vda');
     expect(tcpNbdUri('kvm-01.example.com', 10809, 'lifeboat-ab/vda', false)).toBe('nbd://kvm-01.example.com:10809/lifeboat-ab%2Fvda');
@@ -141,8 +165,27 @@ describe('TLS credentials folder', () => {
 function makeCa(d: string, cn: string): { key: string; cert: string } {
   const key = join(d, `${cn}-key.pem`);
   const cert = join(d, `${cn}-cert.pem`);
-  run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${cn}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${cn}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
   return { key, cert };
 }
 
@@ -152,7 +195,10 @@ function issue(d: string, ca: { key: string; cert: string }, name: string, usage
   const cert = join(d, `${name}-cert.pem`);
   const ext = join(d, `${name}.ext`);
   run('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`]);
-  spawnSync('sh', ['-c', `printf '%s\\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${usage}' 'subjectAltName=${sans}' > '${ext}'`]);
+  spawnSync('sh', [
+    '-c',
+    `printf '%s\\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${usage}' 'subjectAltName=${sans}' > '${ext}'`,
+  ]);
   run('openssl', ['x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext]);
   return { key, cert };
 }
@@ -171,7 +217,10 @@ async function listening(port: number, child: ChildProcess, stderr: () => string
   for (let i = 0; i < 400; i++) {
     if (child.exitCode !== null) throw new Error(`qemu-nbd exited: ${stderr()}`);
     const ok = await new Promise<boolean>((r) => {
-      const c = connect({ host: '127.0.0.1', port }, () => { c.destroy(); r(true); });
+      const c = connect({ host: '127.0.0.1', port }, () => {
+        c.destroy();
+        r(true);
+      });
       c.on('error', () => r(false));
     });
     if (ok) return;
@@ -191,7 +240,17 @@ describe.skipIf(missing.length > 0)('NBD client against qemu-nbd over TCP', () =
     dir = await mkdtemp(join(tmpdir(), 'lifeboat-nbd-tls-'));
     image = join(dir, 'disk.raw');
     run('qemu-img', ['create', '-q', '-f', 'raw', image, String(SIZE)]);
-    run('qemu-io', ['-f', 'raw', '-c', `write -P 0xab ${1 * MiB} ${256 * 1024}`, '-c', `write -P 0x5c ${9 * MiB} ${3 * MiB}`, '-c', `write -P 0x01 ${SIZE - 4096} 4096`, image]);
+    run('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      `write -P 0xab ${1 * MiB} ${256 * 1024}`,
+      '-c',
+      `write -P 0x5c ${9 * MiB} ${3 * MiB}`,
+      '-c',
+      `write -P 0x01 ${SIZE - 4096} 4096`,
+      image,
+    ]);
     bytes = await readFile(image);
     const pki = join(dir, 'pki');
     await mkdir(pki);
@@ -221,7 +280,11 @@ describe.skipIf(missing.length > 0)('NBD client against qemu-nbd over TCP', () =
   async function qemuNbd(tlsDir?: string): Promise<number> {
     const port = await freePort();
     const tls = tlsDir ? ['--object', `tls-creds-x509,id=tls0,dir=${tlsDir},endpoint=server`, '--tls-creds', 'tls0'] : [];
-    const child = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=8', '--bind=127.0.0.1', `--port=${port}`, '--format=raw', '--export-name=disk', ...tls, image], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(
+      'qemu-nbd',
+      ['--read-only', '--persistent', '--shared=8', '--bind=127.0.0.1', `--port=${port}`, '--format=raw', '--export-name=disk', ...tls, image],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     children.add(child);
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d));
@@ -229,8 +292,8 @@ describe.skipIf(missing.length > 0)('NBD client against qemu-nbd over TCP', () =
     return port;
   }
 
-  const nbdinfoMap = (uri: string, env?: NodeJS.ProcessEnv) => (JSON.parse(run('nbdinfo', ['--map', '--json', uri], env)) as { offset: number; length: number; type: number }[])
-    .filter((e) => (e.type & 3) === 0);
+  const nbdinfoMap = (uri: string, env?: NodeJS.ProcessEnv) =>
+    (JSON.parse(run('nbdinfo', ['--map', '--json', uri], env)) as { offset: number; length: number; type: number }[]).filter((e) => (e.type & 3) === 0);
 
   it('reads a TLS export byte-identical, maps it as nbdinfo does with the same credentials, and the pool reads over several TLS connections', async () => {
     const port = await qemuNbd(serverDir);
@@ -271,15 +334,19 @@ describe.skipIf(missing.length > 0)('NBD client against qemu-nbd over TCP', () =
     const otherPki = join(dir, 'other');
     await mkdir(otherPki, { recursive: true });
     const rogue = makeCa(otherPki, 'rogue-ca');
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${port}/disk`, { tls: { ...creds, ca: await readFile(rogue.cert, 'utf8') }, timeoutMs: 5000 }))
-      .rejects.toThrow(/TLS with the NBD server failed: .*(self[- ]signed|unable to (get|verify))/i);
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${port}/disk?tls-hostname=kvm-02.example.com`, { tls: creds, timeoutMs: 5000 }))
-      .rejects.toThrow(/TLS with the NBD server failed: .*kvm-02.example.com/);
+    await expect(
+      NbdClient.connect(`nbds://127.0.0.1:${port}/disk`, { tls: { ...creds, ca: await readFile(rogue.cert, 'utf8') }, timeoutMs: 5000 }),
+    ).rejects.toThrow(/TLS with the NBD server failed: .*(self[- ]signed|unable to (get|verify))/i);
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${port}/disk?tls-hostname=kvm-02.example.com`, { tls: creds, timeoutMs: 5000 })).rejects.toThrow(
+      /TLS with the NBD server failed: .*kvm-02.example.com/,
+    );
   });
 
   it('is refused by a server that verifies clients when the mover has no client certificate', async () => {
     const port = await qemuNbd(serverDir);
-    await expect(NbdClient.connect(`nbds://127.0.0.1:${port}/disk`, { tls: { ca: creds.ca }, timeoutMs: 5000 })).rejects.toThrow(/cannot open NBD export 'disk' at 127.0.0.1:\d+ \(TLS\): server closed the connection during the handshake \(after TLS was set up: the server may require a client certificate/);
+    await expect(NbdClient.connect(`nbds://127.0.0.1:${port}/disk`, { tls: { ca: creds.ca }, timeoutMs: 5000 })).rejects.toThrow(
+      /cannot open NBD export 'disk' at 127.0.0.1:\d+ \(TLS\): server closed the connection during the handshake \(after TLS was set up: the server may require a client certificate/,
+    );
   });
 
   it('reads a plain TCP export byte-identical, and refuses to read it when TLS is asked for', async () => {
@@ -289,6 +356,8 @@ describe.skipIf(missing.length > 0)('NBD client against qemu-nbd over TCP', () =
     await client.read(buf, 0, SIZE);
     expect(buf.equals(bytes)).toBe(true);
     await client.close();
-    await expect(NbdClient.connect(tcpNbdUri('127.0.0.1', port, 'disk', true), { tls: creds, timeoutMs: 5000 })).rejects.toThrow(/the server refused TLS \(NBD_OPT_STARTTLS: NBD_REP_ERR_(UNSUP|POLICY)/);
+    await expect(NbdClient.connect(tcpNbdUri('127.0.0.1', port, 'disk', true), { tls: creds, timeoutMs: 5000 })).rejects.toThrow(
+      /the server refused TLS \(NBD_OPT_STARTTLS: NBD_REP_ERR_(UNSUP|POLICY)/,
+    );
   });
 });

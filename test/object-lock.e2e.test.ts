@@ -23,12 +23,23 @@ let clock = Date.now();
 const example = loadConfig();
 
 beforeAll(async () => {
-  const config = { ...example, repositories: example.repositories.map((r, i) => (i === 0 ? { ...r, objectLock: { mode: 'GOVERNANCE' as const, days: 2 } } : r)) };
+  const config = {
+    ...example,
+    repositories: example.repositories.map((r, i) => (i === 0 ? { ...r, objectLock: { mode: 'GOVERNANCE' as const, days: 2 } } : r)),
+  };
   t = await startTestStack({ movers: 1, config, s3Clock: () => new Date(clock) });
   const vm = join(t.dir, 'vms', 'locked');
   await createVmFolder(vm, { name: 'locked', disks: [{ id: 'disk0', sizeBytes: 8 * MiB }] }, seededRng(31));
   await t.stack.catalog.putVm({ vmId: 'vm-lock', host: 'esx-01', source: vm });
-  await t.stack.catalog.putPolicy({ policyId: 'p-lock', vmIds: ['vm-lock'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, retention: { daily: 90 }, rpoHours: 24 });
+  await t.stack.catalog.putPolicy({
+    policyId: 'p-lock',
+    vmIds: ['vm-lock'],
+    bucket: t.stack.endpoints.bucket,
+    chunkSize: MiB,
+    slotLimit: 1,
+    retention: { daily: 90 },
+    rpoHours: 24,
+  });
   const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-lock' }, { pollMs: 200 });
   expect(d.status, d.cause).toBe('SUCCEEDED');
 }, 240_000);
@@ -36,7 +47,7 @@ afterAll(async () => {
   await t?.close();
 });
 
-it('locks a backup\'s packs until its expiry when the Gc workflow runs, and GC deletes none of them', async () => {
+it("locks a backup's packs until its expiry when the Gc workflow runs, and GC deletes none of them", async () => {
   const e = t.stack.endpoints;
   const client = s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
   const locks = new S3ObjectLocks(client, e.bucket);
@@ -60,6 +71,9 @@ it('locks a backup\'s packs until its expiry when the Gc workflow runs, and GC d
   }
   // A week on, past the default retention, the front still refuses to delete them.
   clock = Date.now() + 7 * DAY;
-  const refused = await client.send(new DeleteObjectCommand({ Bucket: e.bucket, Key: packs[0]! })).then(() => 'deleted', (err: Error) => err.name);
+  const refused = await client.send(new DeleteObjectCommand({ Bucket: e.bucket, Key: packs[0]! })).then(
+    () => 'deleted',
+    (err: Error) => err.name,
+  );
   expect(refused).toBe('AccessDenied');
 });

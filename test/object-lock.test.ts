@@ -55,7 +55,8 @@ const stamped = new Set<string>();
 
 /** Sets the time of every object file written since the last call to the simulated `clock` (s3rver reports it as LastModified). */
 async function stampNewObjects() {
-  const walk = async (d: string): Promise<string[]> => (await Promise.all((await readdir(d, { withFileTypes: true })).map((e) => (e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)])))).flat();
+  const walk = async (d: string): Promise<string[]> =>
+    (await Promise.all((await readdir(d, { withFileTypes: true })).map((e) => (e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)])))).flat();
   for (const f of await walk(join(dir, BUCKET))) {
     if (!f.endsWith('._S3rver_object') || stamped.has(f)) continue;
     stamped.add(f);
@@ -66,14 +67,33 @@ async function stampNewObjects() {
 /** Backs up `data` of `vmId` at day `day` (the S3 front's clock then), as the catalog would record it. */
 async function backup(vmId: string, backupId: string, day: number, data: Buffer, parent?: string, status: 'committed' | 'failed' = 'committed') {
   clock = at(day);
-  const reader = { sizeBytes: data.length, read: async (buf: Buffer, offset: number, length: number) => data.copy(buf, 0, offset, offset + length), close: async () => {} };
+  const reader = {
+    sizeBytes: data.length,
+    read: async (buf: Buffer, offset: number, length: number) => data.copy(buf, 0, offset, offset + length),
+    close: async () => {},
+  };
   const disk = { diskId: 'disk0', path: vmId, sizeBytes: data.length };
   const r = await backupDisk({
-    store, keys, reader, disk, backupId, chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 2,
+    store,
+    keys,
+    reader,
+    disk,
+    backupId,
+    chunkSize: CHUNK,
+    packBytes: 2 * CHUNK,
+    parallelism: 2,
     ...(parent ? { parentManifestKey: objectKeys.manifest(parent, 'disk0'), parentBackupId: parent } : {}),
   });
   await stampNewObjects();
-  await catalog.startBackup({ vmId, backupId, runId: `run-${backupId}`, policyId: 'p90', status: 'running', parentBackupId: parent ?? null, startedAt: new Date(clock).toISOString() });
+  await catalog.startBackup({
+    vmId,
+    backupId,
+    runId: `run-${backupId}`,
+    policyId: 'p90',
+    status: 'running',
+    parentBackupId: parent ?? null,
+    startedAt: new Date(clock).toISOString(),
+  });
   if (status === 'failed') await catalog.failBackup(vmId, backupId, { Error: 'Mover.TaskStalled', Cause: 'cut off before Commit' });
   else await catalog.commitBackup(vmId, backupId, [r], new Date(clock));
 }
@@ -95,15 +115,31 @@ const deleteOutcome = async (key: string) => {
     return (err as Error).name;
   }
 };
-const extend = () => extendRepositoryLocks({ gcId: 'gc-lock', request: { bucket: BUCKET } }, { catalog, records: new LockCatalog(db.doc, 'catalog'), admin, store, keys, locks, now: () => new Date(clock) });
-const gc = () => collectGarbage({ gcId: `gc-${clock}`, request: { bucket: BUCKET, graceHours: 48, objectLockDays: 30 } }, { admin, store, keys, locks, now: () => new Date(clock), backupStatuses: () => catalog.backupStatuses() });
+const extend = () =>
+  extendRepositoryLocks(
+    { gcId: 'gc-lock', request: { bucket: BUCKET } },
+    { catalog, records: new LockCatalog(db.doc, 'catalog'), admin, store, keys, locks, now: () => new Date(clock) },
+  );
+const gc = () =>
+  collectGarbage(
+    { gcId: `gc-${clock}`, request: { bucket: BUCKET, graceHours: 48, objectLockDays: 30 } },
+    { admin, store, keys, locks, now: () => new Date(clock), backupStatuses: () => catalog.backupStatuses() },
+  );
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-object-lock-'));
   s3 = await startLocalS3({ directory: dir, buckets: [BUCKET], objectLock: { [BUCKET]: { mode: 'COMPLIANCE', days: 30 } }, now: () => new Date(clock) });
   db = await startTestCatalog();
   ({ catalog, recovery } = db);
-  await catalog.putPolicy({ policyId: 'p90', vmIds: ['vm-a', 'vm-x', 'vm-f'], bucket: BUCKET, chunkSize: CHUNK, slotLimit: 1, retention: { daily: 90 }, rpoHours: 24 });
+  await catalog.putPolicy({
+    policyId: 'p90',
+    vmIds: ['vm-a', 'vm-x', 'vm-f'],
+    bucket: BUCKET,
+    chunkSize: CHUNK,
+    slotLimit: 1,
+    retention: { daily: 90 },
+    rpoHours: 24,
+  });
   store = new S3ObjectStore(client(), BUCKET);
   admin = new S3RepositoryAdmin(client(), BUCKET);
   locks = new S3ObjectLocks(client(), BUCKET);
@@ -122,7 +158,10 @@ beforeAll(async () => {
     // vm-x: a backup of other data, pruned at day -20 once its manifest's lock ran out: its packs are garbage, unlocked.
     if (day === -60) await backup('vm-x', 'x0', -55, randomBytes(4 * CHUNK));
     if (day === -20) {
-      const pruned = await pruneBackup({ pruneId: 'prune-x', vmId: 'vm-x', backupId: 'x0', bucket: BUCKET, replicas: [], reason: 'test' }, { catalog, recovery, admin: () => admin, now: () => new Date(clock) });
+      const pruned = await pruneBackup(
+        { pruneId: 'prune-x', vmId: 'vm-x', backupId: 'x0', bucket: BUCKET, replicas: [], reason: 'test' },
+        { catalog, recovery, admin: () => admin, now: () => new Date(clock) },
+      );
       expect(pruned.outcome).toBe('pruned');
     }
     // vm-f: a backup that failed after its packs landed: garbage still under its default lock.
@@ -136,7 +175,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-it('locks every object a retained backup references until that backup\'s expiry, and none can be deleted a minute before', async () => {
+it("locks every object a retained backup references until that backup's expiry, and none can be deleted a minute before", async () => {
   const first = await objectsOf('a0');
   const newest = await objectsOf('a6');
   const firstPacks = [...first].filter((k) => k.startsWith('packs/') && newest.has(k));
@@ -213,7 +252,7 @@ it('collects only unreferenced objects whose locks have run out, and reports the
 it('fails naming the object when a lock cannot be extended, and finishes the backup on the next run', async () => {
   const data = randomBytes(8 * CHUNK);
   await backup('vm-a', 'a7', 1, data, 'a6');
-  const refusedKey = [...await objectsOf('a7')].find((k) => k.startsWith('manifests/a7/'))!;
+  const refusedKey = [...(await objectsOf('a7'))].find((k) => k.startsWith('manifests/a7/'))!;
   const refusing = Object.assign(Object.create(locks) as S3ObjectLocks, {
     extend: async (key: string, r: Parameters<S3ObjectLocks['extend']>[1]) => {
       if (key === refusedKey) throw new StorageUnavailable(`PutObjectRetention of s3://${BUCKET}/${key}: AccessDenied`);

@@ -31,10 +31,13 @@ afterAll(() => {
 
 describe('OnDeploy', () => {
   const config = loadConfig();
-  const event = (RequestType: OnDeployEvent['RequestType'], c: unknown = config): OnDeployEvent => onDeployEvent.parse({
-    RequestType, ServiceToken: 'arn:aws:lambda:eu-central-1:111122223333:function:framework', PhysicalResourceId: 'lifeboat-deployment',
-    ResourceProperties: { configJson: JSON.stringify(c), buckets: { primary: 'repo-primary', dr: 'repo-dr' }, primaryBucket: 'repo-primary' },
-  });
+  const event = (RequestType: OnDeployEvent['RequestType'], c: unknown = config): OnDeployEvent =>
+    onDeployEvent.parse({
+      RequestType,
+      ServiceToken: 'arn:aws:lambda:eu-central-1:111122223333:function:framework',
+      PhysicalResourceId: 'lifeboat-deployment',
+      ResourceProperties: { configJson: JSON.stringify(c), buckets: { primary: 'repo-primary', dr: 'repo-dr' }, primaryBucket: 'repo-primary' },
+    });
 
   async function setup() {
     const dir = mkdtempSync(join(tmpdir(), 'lifeboat-ondeploy-'));

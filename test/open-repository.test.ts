@@ -6,7 +6,9 @@ import { MemoryObjectStore } from '../core/memory-store.ts';
 import { openRepository } from '../repository/open.ts';
 
 const dirs: string[] = [];
-afterAll(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }); });
+afterAll(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
 
 describe('openRepository (one opener for movers, functions and the embedded stack)', () => {
   it('creates a repository with a key file, opens it again with the same keys, and names the key file that does not open it', async () => {

@@ -43,14 +43,20 @@ async function recordingProxy(target: string): Promise<string> {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = chunks.length ? Buffer.concat(chunks) : undefined;
-      void fetch(`${target}${req.url}`, { method: req.method ?? 'GET', ...(body ? { body, headers: { 'content-type': 'application/json' } } : {}) }).then(async (r) => {
-        res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
-        res.end(Buffer.from(await r.arrayBuffer()));
-      });
+      void fetch(`${target}${req.url}`, { method: req.method ?? 'GET', ...(body ? { body, headers: { 'content-type': 'application/json' } } : {}) }).then(
+        async (r) => {
+          res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+          res.end(Buffer.from(await r.arrayBuffer()));
+        },
+      );
     });
   });
   await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
-  closeProxy = () => new Promise((ok) => { server.closeAllConnections(); server.close(() => ok()); });
+  closeProxy = () =>
+    new Promise((ok) => {
+      server.closeAllConnections();
+      server.close(() => ok());
+    });
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
@@ -60,7 +66,17 @@ beforeAll(async () => {
   endpointsFile = join(t.dir, 'endpoints.json');
   await writeFile(endpointsFile, JSON.stringify(e));
   const vmDir = join(t.dir, 'vms', 'vm-op');
-  await createVmFolder(vmDir, { name: 'vm-op', disks: [{ id: 'disk0', sizeBytes: 8 * MiB }, { id: 'disk1', sizeBytes: 4 * MiB }] }, seededRng(11));
+  await createVmFolder(
+    vmDir,
+    {
+      name: 'vm-op',
+      disks: [
+        { id: 'disk0', sizeBytes: 8 * MiB },
+        { id: 'disk1', sizeBytes: 4 * MiB },
+      ],
+    },
+    seededRng(11),
+  );
   const add = await local(['vm', 'add', 'vm-op', '--host', 'esx-02', '--source', vmDir]);
   expect(add.code, add.stderr).toBe(0);
   await t.stack.catalog.putPolicy({ policyId: 'p-op', vmIds: ['vm-op'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, rpoHours: 24 });
@@ -68,8 +84,15 @@ beforeAll(async () => {
   const template = JSON.parse(await readFile(join(e.dataDir, 'cdk.out', 'Lifeboat.template.json'), 'utf8')) as Parameters<typeof resolveOutputs>[0];
   cfn = await startCloudFormationEndpoint('Lifeboat', resolveOutputs(template, e, await recordingProxy(e.console)));
   awsEnv = {
-    ...process.env, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'AKIDOPERATORTEST', AWS_SECRET_ACCESS_KEY: 'operator-test-secret',
-    AWS_ENDPOINT_URL_CLOUDFORMATION: cfn.url, AWS_ENDPOINT_URL_SFN: e.sfn, AWS_PROFILE: '', AWS_CONFIG_FILE: join(t.dir, 'no-aws-config'), AWS_SHARED_CREDENTIALS_FILE: join(t.dir, 'no-aws-credentials'),
+    ...process.env,
+    AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: 'AKIDOPERATORTEST',
+    AWS_SECRET_ACCESS_KEY: 'operator-test-secret',
+    AWS_ENDPOINT_URL_CLOUDFORMATION: cfn.url,
+    AWS_ENDPOINT_URL_SFN: e.sfn,
+    AWS_PROFILE: '',
+    AWS_CONFIG_FILE: join(t.dir, 'no-aws-config'),
+    AWS_SHARED_CREDENTIALS_FILE: join(t.dir, 'no-aws-credentials'),
   };
 }, 300_000);
 afterAll(async () => {
@@ -91,13 +114,21 @@ describe('on the embedded stack', () => {
 
     const vms = await local(['vms']);
     expect(vms.code, vms.stderr).toBe(0);
-    expect(vms.stdout.split('\n')[0]).toMatch(/^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS\s+DR RPO\s+DR LAG\s+DR STATUS$/);
+    expect(vms.stdout.split('\n')[0]).toMatch(
+      /^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS\s+DR RPO\s+DR LAG\s+DR STATUS$/,
+    );
     // The configuration's policy 'nightly' selects esx-02's VMs too; the folder driver records no consistency level.
     expect(vms.stdout).toMatch(/vm-op\s+esx-02\s+protected\s+nightly,p-op\s+\S+ \S+Z\s+committed\s+-\s+24 h\s+0\.0 h\s+ok/);
     const vmRows = JSON.parse((await local(['vms', '--json'])).stdout) as { vmId: string; rpo: string; protection: string; lastBackup: { status: string } }[];
     expect(vmRows.find((v) => v.vmId === 'vm-op')).toMatchObject({ rpo: 'ok', protection: 'protected', lastBackup: { status: 'committed' } });
 
-    const backups = JSON.parse((await local(['backups', 'vm-op', '--json'])).stdout) as { sizeBytes: number; bytesNew: number; bytesStored: number; damaged: boolean; verified: unknown }[];
+    const backups = JSON.parse((await local(['backups', 'vm-op', '--json'])).stdout) as {
+      sizeBytes: number;
+      bytesNew: number;
+      bytesStored: number;
+      damaged: boolean;
+      verified: unknown;
+    }[];
     expect(backups).toHaveLength(1);
     expect(backups[0]).toMatchObject({ sizeBytes: 12 * MiB, damaged: false, verified: null });
     expect(backups[0]!.bytesNew).toBeGreaterThan(0);
@@ -106,7 +137,12 @@ describe('on the embedded stack', () => {
     expect(table.stdout).toMatch(/^BACKUP\s+TIME\s+STATUS\s+SIZE\s+NEW\s+STORED\s+CONSISTENCY\s+VERIFIED\s+DAMAGED$/m);
     expect(table.stdout).toMatch(/committed\s+12\.0 MiB\s+[\d.]+ \w*B\s+[\d.]+ \w*B\s+-\s+-\s+no/);
 
-    const runs = JSON.parse((await local(['runs', '--json'])).stdout) as { runId: string; status: string; committed: number; vms: { vmId: string; phase: string }[] }[];
+    const runs = JSON.parse((await local(['runs', '--json'])).stdout) as {
+      runId: string;
+      status: string;
+      committed: number;
+      vms: { vmId: string; phase: string }[];
+    }[];
     expect(runs[0]).toMatchObject({ status: 'SUCCEEDED', committed: 1, vms: [{ vmId: 'vm-op', phase: 'committed' }] });
     const run = await local(['runs', runs[0]!.runId]);
     expect(run.code, run.stderr).toBe(0);
@@ -130,7 +166,7 @@ describe('on the embedded stack', () => {
     expect(b!.verified).toMatchObject({ full: true });
   }, 120_000);
 
-  it('restores with a bar per disk (transfer, then the re-hash of what was written), and the API keeps the restore\'s progress', async () => {
+  it("restores with a bar per disk (transfer, then the re-hash of what was written), and the API keeps the restore's progress", async () => {
     const target = join(t.dir, 'restored-op');
     const r = await local(['restore', '--vm', 'vm-op', '--group', 'site-a', '--target', target, '--progress']);
     expect(r.code, r.stderr).toBe(0);
@@ -139,12 +175,23 @@ describe('on the embedded stack', () => {
     expect(r.stderr).toMatch(/ disk0 +\[[^\]]*\] +100% 8\.00 MiB\/8\.00 MiB [\d.]+ \w*B\/s ETA \S+ done/);
     const e = t.stack.endpoints;
     const [execution] = (await t.sfn.send(new ListExecutionsCommand({ stateMachineArn: e.stateMachines.Restore!, maxResults: 1 }))).executions!;
-    const p = await (await fetch(`${e.console}/api/progress/${execution!.name}`)).json() as { operation: string; vmId: string; bytesDone: number; bytesTotal: number; disks: { diskId: string; phase: string; mover: string }[] };
+    const p = (await (await fetch(`${e.console}/api/progress/${execution!.name}`)).json()) as {
+      operation: string;
+      vmId: string;
+      bytesDone: number;
+      bytesTotal: number;
+      disks: { diskId: string; phase: string; mover: string }[];
+    };
     expect(p).toMatchObject({ operation: 'restore', vmId: 'vm-op', bytesDone: 12 * MiB, bytesTotal: 12 * MiB });
-    expect(p.disks.map((d) => [d.diskId, d.phase, d.mover])).toEqual([['disk0', 'done', 'test-mover-1'], ['disk1', 'done', 'test-mover-1']]);
+    expect(p.disks.map((d) => [d.diskId, d.phase, d.mover])).toEqual([
+      ['disk0', 'done', 'test-mover-1'],
+      ['disk1', 'done', 'test-mover-1'],
+    ]);
     const none = await fetch(`${e.console}/api/progress/no-such-restore`);
     expect(none.status).toBe(404);
-    expect(((await none.json()) as { message: string }).message).toMatch(/no progress for 'no-such-restore': its tasks have not started yet, or it ended more than a day ago/);
+    expect(((await none.json()) as { message: string }).message).toMatch(
+      /no progress for 'no-such-restore': its tasks have not started yet, or it ended more than a day ago/,
+    );
   }, 120_000);
 
   it('lists movers and restore points; alerts name the mover groups nobody serves and exit 1', async () => {
@@ -158,7 +205,12 @@ describe('on the embedded stack', () => {
     expect(alerts.code).toBe(1);
     const rows = JSON.parse(alerts.stdout) as { kind: string; subject: string }[];
     // site-b serves hosts, dr replicates policy backups (the configuration's); only site-a has a mover here.
-    expect(rows.filter((a) => a.kind === 'mover-group-silent').map((a) => a.subject).sort()).toEqual(['dr', 'site-b']);
+    expect(
+      rows
+        .filter((a) => a.kind === 'mover-group-silent')
+        .map((a) => a.subject)
+        .sort(),
+    ).toEqual(['dr', 'site-b']);
   }, 180_000);
 
   it('names what was wrong: an unknown VM or run, a stack that is not running', async () => {
@@ -170,7 +222,9 @@ describe('on the embedded stack', () => {
     expect(run.stderr).toContain("run 'no-such-run' was not found");
     const gone = await cli(['vms', '--data-dir', join(t.dir, 'nothing-here')]);
     expect(gone.code).toBe(1);
-    expect(gone.stderr).toMatch(/cannot read the stack's endpoints from .*nothing-here\/endpoints\.json .*start the stack with `lifeboat up` first, or name a deployed stack with --stack/);
+    expect(gone.stderr).toMatch(
+      /cannot read the stack's endpoints from .*nothing-here\/endpoints\.json .*start the stack with `lifeboat up` first, or name a deployed stack with --stack/,
+    );
   }, 180_000);
 });
 
@@ -185,20 +239,28 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
     }
     expect(cfn.actions).toContain('DescribeStacks');
     expect(signed.length).toBeGreaterThan(0);
-    for (const h of signed) expect(h.authorization).toMatch(/^AWS4-HMAC-SHA256 Credential=AKIDOPERATORTEST\/\d{8}\/us-east-1\/lambda\/aws4_request, SignedHeaders=\S*host\S*, Signature=[0-9a-f]{64}$/);
+    for (const h of signed)
+      expect(h.authorization).toMatch(
+        /^AWS4-HMAC-SHA256 Credential=AKIDOPERATORTEST\/\d{8}\/us-east-1\/lambda\/aws4_request, SignedHeaders=\S*host\S*, Signature=[0-9a-f]{64}$/,
+      );
   }, 300_000);
 
-  it('runs a backup through Step Functions with the stack\'s own ARN', async () => {
+  it("runs a backup through Step Functions with the stack's own ARN", async () => {
     const b = await aws(['backup', 'p-op']);
     expect(b.code, b.stderr).toBe(0);
     expect(b.stdout).toMatch(/Backup of policy 'p-op': 1 VM\(s\) committed, 0 failed \(run [\w-]+\)/);
   }, 120_000);
 
-  it('serves the console from the deployed stack\'s signed API: pages show its catalog, an action starts its workflow, a foreign POST is refused', async () => {
-    const child = spawn(process.execPath, ['cli/lifeboat.ts', 'console', '--stack', 'Lifeboat', '--port', '0'], { env: awsEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  it("serves the console from the deployed stack's signed API: pages show its catalog, an action starts its workflow, a foreign POST is refused", async () => {
+    const child = spawn(process.execPath, ['cli/lifeboat.ts', 'console', '--stack', 'Lifeboat', '--port', '0'], {
+      env: awsEnv,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const exited = new Promise<number | null>((ok) => child.once('exit', (code) => ok(code)));
     let stderr = '';
-    child.stderr.on('data', (c: Buffer) => { stderr += String(c); });
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += String(c);
+    });
     try {
       const url = await new Promise<string>((ok, fail) => {
         createInterface({ input: child.stdout }).on('line', (l) => {
@@ -217,9 +279,19 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
       expect(vmPage).toMatch(/<select name="group"><option>dr<\/option><option selected>site-a<\/option><option>site-b<\/option><\/select>/);
       expect(signed.length).toBeGreaterThan(before); // every read went through the signed function URL
 
-      const foreign = await fetch(`${url}/actions/backup`, { method: 'POST', redirect: 'manual', headers: { origin: 'http://evil.example', 'content-type': 'application/x-www-form-urlencoded' }, body: 'policyId=p-op' });
+      const foreign = await fetch(`${url}/actions/backup`, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { origin: 'http://evil.example', 'content-type': 'application/x-www-form-urlencoded' },
+        body: 'policyId=p-op',
+      });
       expect(foreign.status).toBe(403);
-      const start = await fetch(`${url}/actions/backup`, { method: 'POST', redirect: 'manual', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'policyId=p-op' });
+      const start = await fetch(`${url}/actions/backup`, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: 'policyId=p-op',
+      });
       expect(start.status).toBe(303);
       const runPath = start.headers.get('location')!;
       expect(runPath).toMatch(/^\/runs\/[0-9a-f-]{36}$/);
@@ -240,7 +312,9 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
   it('says which stack it could not find', async () => {
     const missing = await cli(['vms', '--stack', 'NoSuchStack'], awsEnv);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/cannot read the outputs of stack NoSuchStack \(ValidationError: Stack with id NoSuchStack does not exist\); check its name, --region and your AWS credentials/);
+    expect(missing.stderr).toMatch(
+      /cannot read the outputs of stack NoSuchStack \(ValidationError: Stack with id NoSuchStack does not exist\); check its name, --region and your AWS credentials/,
+    );
   }, 180_000);
 
   it('adds a VM through the signed API (POST /api/vms), and names a host the configuration lacks', async () => {
@@ -254,10 +328,12 @@ describe('on a deployed stack (--stack: CloudFormation outputs, real SDK clients
     expect(await t.stack.catalog.getVm('vm-aws')).toMatchObject({ source: '/srv/vms/vm-aws', datastores: ['ds1'] });
     const bad = await aws(['vm', 'add', 'vm-aws', '--host', 'no-such-host', '--source', '/srv/x']);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toContain("lifeboat: host 'no-such-host' is not in the configuration: add it to \"hosts\" and to a mover group, then deploy (or restart the embedded stack)");
+    expect(bad.stderr).toContain(
+      'lifeboat: host \'no-such-host\' is not in the configuration: add it to "hosts" and to a mover group, then deploy (or restart the embedded stack)',
+    );
   }, 120_000);
 
-  it('lists host configuration backups through the API; a restore opens the repository with the stack\'s KMS key and says what it needs', async () => {
+  it("lists host configuration backups through the API; a restore opens the repository with the stack's KMS key and says what it needs", async () => {
     const list = await aws(['host-config', 'list', '--json']);
     expect(list.code, list.stderr).toBe(0);
     expect(JSON.parse(list.stdout)).toEqual(JSON.parse((await local(['host-config', 'list', '--json'])).stdout));

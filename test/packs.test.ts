@@ -9,7 +9,23 @@ import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
 import { chunkId, deriveKeys, objectKeys, open, packIdOfKey, seal, type Manifest } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation, decodeIndex, decodeIndexObject, encodeIndex, encodeIndexObject, fetchPackTrailer, IndexListing, MAX_PACK_BYTES, openIndexObject, packTrailer, planReads, readPackTrailer, type ChunkLocation, type PackContents, type PackEntry } from '../repository/packs.ts';
+import {
+  chunkLocation,
+  decodeIndex,
+  decodeIndexObject,
+  encodeIndex,
+  encodeIndexObject,
+  fetchPackTrailer,
+  IndexListing,
+  MAX_PACK_BYTES,
+  openIndexObject,
+  packTrailer,
+  planReads,
+  readPackTrailer,
+  type ChunkLocation,
+  type PackContents,
+  type PackEntry,
+} from '../repository/packs.ts';
 import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';
 import { newPackBuffer, sealIntoPack, type PackBuffer, type Placement } from '../repository/pack-buffer.ts';
 import { PackWriter } from '../repository/pack-writer.ts';
@@ -26,7 +42,8 @@ function outcome<T>(fn: () => T, label: string): { ok: true; value: T } | { ok: 
   try {
     return { ok: true, value: fn() };
   } catch (err) {
-    if (!(err instanceof Corrupt) || (err as Error).name !== 'Mover.Corrupt') throw new Error(`${label}: threw ${String(err)}, not Mover.Corrupt`, { cause: err });
+    if (!(err instanceof Corrupt) || (err as Error).name !== 'Mover.Corrupt')
+      throw new Error(`${label}: threw ${String(err)}, not Mover.Corrupt`, { cause: err });
     return { ok: false };
   }
 }
@@ -127,10 +144,27 @@ describe('the binary index (encodeIndex / decodeIndex)', () => {
       write(b.subarray(at));
       return b;
     };
-    expect(() => decodeIndex(edit(0, (b) => b.write('LBIY')), 'x')).toThrow(/no index header/);
-    expect(() => decodeIndex(edit(4, (b) => { b[0] = 3; }), 'x')).toThrow(/index version 3, this code reads 2/);
+    expect(() =>
+      decodeIndex(
+        edit(0, (b) => b.write('LBIY')),
+        'x',
+      ),
+    ).toThrow(/no index header/);
+    expect(() =>
+      decodeIndex(
+        edit(4, (b) => {
+          b[0] = 3;
+        }),
+        'x',
+      ),
+    ).toThrow(/index version 3, this code reads 2/);
     // The chunk's length field (after magic, version, count, pack id, size, count and the chunk id).
-    expect(() => decodeIndex(edit(9 + 24 + 32 + 4, (b) => b.writeUInt32BE(91)), 'x')).toThrow(/ends at 101, past the pack's 100 bytes/);
+    expect(() =>
+      decodeIndex(
+        edit(9 + 24 + 32 + 4, (b) => b.writeUInt32BE(91)),
+        'x',
+      ),
+    ).toThrow(/ends at 101, past the pack's 100 bytes/);
   });
 
   it('fuzz: random bytes, random bytes behind a valid header, and bit flips of valid encodings parse self-consistently or fail as Mover.Corrupt', () => {
@@ -272,7 +306,7 @@ describe('pack trailers (packTrailer / readPackTrailer)', () => {
   });
 });
 
-describe('a pack trailer read from the pack\'s end (fetchPackTrailer)', () => {
+describe("a pack trailer read from the pack's end (fetchPackTrailer)", () => {
   /** Records the byte ranges read. */
   class RangeLog extends MemoryObjectStore {
     reads: { offset: number; length: number }[] = [];
@@ -302,7 +336,10 @@ describe('a pack trailer read from the pack\'s end (fetchPackTrailer)', () => {
   it('reads the trailer again, exactly, when it is longer than the first read', async () => {
     const { packId, pack, trailerStart, store } = await storedPack();
     expect(await fetchPackTrailer(store, keys, packId, pack.length, 16)).toEqual(readPackTrailer(keys, pack, packId));
-    expect(store.reads).toEqual([{ offset: pack.length - 16, length: 16 }, { offset: trailerStart, length: pack.length - trailerStart }]);
+    expect(store.reads).toEqual([
+      { offset: pack.length - 16, length: 16 },
+      { offset: trailerStart, length: pack.length - trailerStart },
+    ]);
     // A pack smaller than the first read is read whole, once.
     const whole = new RangeLog();
     await whole.put(objectKeys.pack(packId), pack);
@@ -399,9 +436,20 @@ describe('planReads (properties over 300 random manifests)', () => {
     expect(runs).toHaveLength(1);
     expect(runs[0]!.chunks).toHaveLength(onePack.length);
 
-    const v1: Manifest = { version: 1, backupId: 'b', diskId: 'd', sizeBytes: 3 * 4096, chunkSize: 4096, chunks: [fakeId(1), fakeId(2), fakeId(1)], storedSizes: { [fakeId(1)]: 100, [fakeId(2)]: 200 } };
+    const v1: Manifest = {
+      version: 1,
+      backupId: 'b',
+      diskId: 'd',
+      sizeBytes: 3 * 4096,
+      chunkSize: 4096,
+      chunks: [fakeId(1), fakeId(2), fakeId(1)],
+      storedSizes: { [fakeId(1)]: 100, [fakeId(2)]: 200 },
+    };
     const v1runs = planReads(v1, [fakeId(1), fakeId(2)]);
-    const expected = [[objectKeys.chunk(fakeId(1)), false, 0, 100, 1], [objectKeys.chunk(fakeId(2)), false, 0, 200, 1]];
+    const expected = [
+      [objectKeys.chunk(fakeId(1)), false, 0, 100, 1],
+      [objectKeys.chunk(fakeId(2)), false, 0, 200, 1],
+    ];
     if (objectKeys.chunk(fakeId(2)) < objectKeys.chunk(fakeId(1))) expected.reverse();
     expect(v1runs.map((r) => [r.key, r.packed, r.offset, r.length, r.chunks.length])).toEqual(expected);
   });
@@ -435,7 +483,12 @@ async function indexObjects(store: MemoryObjectStore): Promise<Map<string, PackC
  * writer hands out (as a worker does), after `before`; the placement is reported after
  * `after` (as a worker's reply comes later, and not in the order of the reservations).
  */
-function placeChunk(writer: PackWriter<PackBuffer>, id: string, plain: Buffer, o: { before?: () => Promise<unknown>; after?: () => Promise<unknown>; seen?: Placement[] } = {}) {
+function placeChunk(
+  writer: PackWriter<PackBuffer>,
+  id: string,
+  plain: Buffer,
+  o: { before?: () => Promise<unknown>; after?: () => Promise<unknown>; seen?: Placement[] } = {},
+) {
   return writer.place(id, async (buf) => {
     await o.before?.();
     const placed = sealIntoPack(keys, plain, id, {}, buf);
@@ -521,7 +574,12 @@ describe('PackWriter', () => {
     expect(Math.max(...sizes)).toBeLessThanOrEqual(3 + 1);
     expect(indexes.size).toBeLessThanOrEqual(2 + Math.ceil(written.length / 2));
     expect(indexes.size).toBeGreaterThanOrEqual(Math.ceil(written.length / 4));
-    expect([...indexes.values()].flat().map((p) => p.pack.id).sort()).toEqual(written.map((w) => w.pack.id).sort());
+    expect(
+      [...indexes.values()]
+        .flat()
+        .map((p) => p.pack.id)
+        .sort(),
+    ).toEqual(written.map((w) => w.pack.id).sort());
 
     // The repository's index finds every chunk where place said it is.
     const index = await RepositoryIndex.load(store, keys);
@@ -537,19 +595,29 @@ describe('PackWriter', () => {
     const targetBytes = 2000;
     const maxInFlight = 8;
     let buffers = 0;
-    const writer = new PackWriter({ store, keys, targetBytes, maxChunkBytes: 631, maxInFlight, maxUploads: 1, newBuffer: (n) => (buffers++, newPackBuffer(n)) });
+    const writer = new PackWriter({
+      store,
+      keys,
+      targetBytes,
+      maxChunkBytes: 631,
+      maxInFlight,
+      maxUploads: 1,
+      newBuffer: (n) => (buffers++, newPackBuffer(n)),
+    });
     const added: { id: string; plain: Buffer; packId: string; offset: number; length: number }[] = [];
     const seen: Placement[] = [];
     // Eight sealers at once, as the backup pipeline's chunks in flight: each takes a random
     // while before it reserves and after, so they are placed in another order than they reserved.
-    await Promise.all(Array.from({ length: maxInFlight }, async (_, a) => {
-      for (let n = 0; n < 12; n++) {
-        const plain = randomBytes(100 + rand(500));
-        const id = fakeId(`c${a}/${n}`);
-        const pause = () => new Promise((ok) => setTimeout(ok, rand(4)));
-        added.push({ id, plain, ...(await placeChunk(writer, id, plain, { before: pause, after: pause, seen })) });
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: maxInFlight }, async (_, a) => {
+        for (let n = 0; n < 12; n++) {
+          const plain = randomBytes(100 + rand(500));
+          const id = fakeId(`c${a}/${n}`);
+          const pause = () => new Promise((ok) => setTimeout(ok, rand(4)));
+          added.push({ id, plain, ...(await placeChunk(writer, id, plain, { before: pause, after: pause, seen })) });
+        }
+      }),
+    );
     const written = await writer.finish();
     expect(seen.every((p) => p.fit)).toBe(true); // never more in flight than the buffers are sized for
     expect(buffers).toBeLessThanOrEqual(2);
@@ -591,7 +659,16 @@ describe('PackWriter', () => {
   it('bounds a pack by its target plus maxHeadroomBytes whatever the chunk size: with large chunks, fewer go into one pack at once', async () => {
     const store = new MemoryObjectStore();
     const maxChunkBytes = 631;
-    const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes, maxInFlight: 8, maxHeadroomBytes: 700, trailerRoom: 0, newBuffer: newPackBuffer });
+    const writer = new PackWriter({
+      store,
+      keys,
+      targetBytes: 1000,
+      maxChunkBytes,
+      maxInFlight: 8,
+      maxHeadroomBytes: 700,
+      trailerRoom: 0,
+      newBuffer: newPackBuffer,
+    });
     expect(writer.capacity).toBe(1000 + 700); // not 1000 + 8 x 631
     const { chunks, at, seen, written } = await placeAllAtOnce(writer, 8, 'h');
     expect(seen.every((p) => p.fit)).toBe(true); // the chunks in flight always fit
@@ -632,10 +709,12 @@ describe('PackWriter', () => {
     // One chunk is still being sealed into the pack when another fails mid-way.
     const after = placeChunk(writer, fakeId(3), randomBytes(1000), { before: () => gate });
     const crash = new Error('chunk worker 0 exited with code 1');
-    await expect(writer.place(fakeId(2), (buf) => {
-      Atomics.add(buf.cursor, 0, 900); // reserved, never written
-      throw crash;
-    })).rejects.toBe(crash);
+    await expect(
+      writer.place(fakeId(2), (buf) => {
+        Atomics.add(buf.cursor, 0, 900); // reserved, never written
+        throw crash;
+      }),
+    ).rejects.toBe(crash);
     release();
     expect(await after).toMatchObject({ packId: first.packId, offset: 1031 + 900 });
     await expect(placeChunk(writer, fakeId(4), randomBytes(10))).rejects.toBe(crash);
@@ -689,7 +768,10 @@ describe('PackWriter', () => {
     const writer = new PackWriter({ store, keys, targetBytes: 1000, maxChunkBytes: 631, packsPerIndex: 2, maxUploads: 1, newBuffer: newPackBuffer });
     let error: unknown;
     for (let n = 0; n < 10 && !error; n++) await placeChunk(writer, fakeId(n), randomBytes(600)).catch((err: unknown) => void (error = err));
-    error ??= await writer.finish().then(() => undefined, (err: unknown) => err);
+    error ??= await writer.finish().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     expect(error).toMatchObject({ name: 'Mover.StorageUnavailable', message: expect.stringMatching(/index\//) });
   });
 });
@@ -751,7 +833,9 @@ function expectAgrees(index: RepositoryIndex, naive: Map<string, ChunkLocation[]
     }
   }
   const present = [...naive.keys()];
-  const absent = Array.from({ length: 20 }, (_, n) => (present.length > 0 && n % 2 === 0 ? present[rand(present.length)]!.slice(0, 8 + 8 * rand(7)) : '')).map((prefix) => prefix + hexOf(rand, 32).slice(prefix.length));
+  const absent = Array.from({ length: 20 }, (_, n) => (present.length > 0 && n % 2 === 0 ? present[rand(present.length)]!.slice(0, 8 + 8 * rand(7)) : '')).map(
+    (prefix) => prefix + hexOf(rand, 32).slice(prefix.length),
+  );
   for (const id of absent.filter((a) => !naive.has(a))) {
     expect(index.get(id), `${label}: absent ${id}`).toBeUndefined();
     expect(index.all(id), `${label}: absent ${id}`).toEqual([]);
@@ -816,7 +900,10 @@ describe('IndexCache', () => {
     }
   }
   const writeIndex = async (store: MemoryObjectStore, indexId: string, packId: string, ids: string[]) =>
-    store.put(objectKeys.index(indexId), await encodeIndexObject(keys, indexId, [{ pack: { id: packId, size: 1000 }, chunks: ids.map((id, i) => ({ id, offset: i * 10, length: 10 })) }]));
+    store.put(
+      objectKeys.index(indexId),
+      await encodeIndexObject(keys, indexId, [{ pack: { id: packId, size: 1000 }, chunks: ids.map((id, i) => ({ id, offset: i * 10, length: 10 })) }]),
+    );
 
   it('reads only index objects it has not read, and forgets those that are gone', async () => {
     const store = new CountingGets();

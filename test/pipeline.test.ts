@@ -58,16 +58,24 @@ class CountingStore extends MemoryObjectStore {
   }
 }
 
-const kinds = (keys: string[]) => keys.map((k) => (packIdOfKey(k) ? 'pack' : k.startsWith('index/') ? 'index' : /^manifests\/.*\.pieces\//.test(k) ? 'piece' : k.startsWith('manifests/') ? 'manifest' : k));
+const kinds = (keys: string[]) =>
+  keys.map((k) =>
+    packIdOfKey(k) ? 'pack' : k.startsWith('index/') ? 'index' : /^manifests\/.*\.pieces\//.test(k) ? 'piece' : k.startsWith('manifests/') ? 'manifest' : k,
+  );
 const tempTarget = async (name = 'd.raw') => {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-'));
   dirs.push(dir);
   return join(dir, name);
 };
 /** The manifest of a backup's disk, opened. */
-const manifestOf = async (store: MemoryObjectStore, backupId: string, diskId: string) => decodeManifest(keys, store.objects.get(objectKeys.manifest(backupId, diskId))!, backupId, diskId, store);
+const manifestOf = async (store: MemoryObjectStore, backupId: string, diskId: string) =>
+  decodeManifest(keys, store.objects.get(objectKeys.manifest(backupId, diskId))!, backupId, diskId, store);
 
-const reader = (data: Buffer): DiskReader => ({ sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} });
+const reader = (data: Buffer): DiskReader => ({
+  sizeBytes: data.length,
+  read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length),
+  close: async () => {},
+});
 const disk = (diskId: string, data: Buffer): DiskRef => ({ diskId, path: 'mem', sizeBytes: data.length });
 
 describe('backup pipeline', () => {
@@ -91,7 +99,16 @@ describe('backup pipeline', () => {
 
     randomBytes(100).copy(data, CHUNK * 3 + 10); // change one chunk
     store.reset();
-    const incr = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b2', chunkSize: CHUNK, parentBackupId: 'b1', parentManifestKey: full.manifestKey });
+    const incr = await backupDisk({
+      store,
+      keys,
+      reader: reader(data),
+      disk: disk('d', data),
+      backupId: 'b2',
+      chunkSize: CHUNK,
+      parentBackupId: 'b1',
+      parentManifestKey: full.manifestKey,
+    });
     expect(incr.stats).toMatchObject({ parentChunks: 8, uploadedChunks: 1, bytesNew: CHUNK });
     expect(kinds(store.puts)).toEqual(['pack', 'index', 'piece', 'manifest']);
     expect(store.heads).toEqual([]);
@@ -145,9 +162,15 @@ describe('backup pipeline', () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 10);
     // The image ends mid-way through chunk 6 while the disk says 10 chunks.
-    const short: DiskReader = { sizeBytes: data.length, read: async (buf, offset, length) => Math.max(0, Math.min(length, 6 * CHUNK + 100 - offset)) && data.copy(buf, 0, offset, Math.min(offset + length, 6 * CHUNK + 100)), close: async () => {} };
-    await expect(backupDisk({ store, keys, reader: short, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK }))
-      .rejects.toThrow(`disk 'd' ended early: read 100 of ${CHUNK} bytes at offset ${6 * CHUNK}`);
+    const short: DiskReader = {
+      sizeBytes: data.length,
+      read: async (buf, offset, length) =>
+        Math.max(0, Math.min(length, 6 * CHUNK + 100 - offset)) && data.copy(buf, 0, offset, Math.min(offset + length, 6 * CHUNK + 100)),
+      close: async () => {},
+    };
+    await expect(backupDisk({ store, keys, reader: short, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK })).rejects.toThrow(
+      `disk 'd' ended early: read 100 of ${CHUNK} bytes at offset ${6 * CHUNK}`,
+    );
     expect([...store.objects.keys()].filter((k) => k.startsWith('manifests/'))).toEqual([]);
   });
 
@@ -182,7 +205,9 @@ describe('backup pipeline', () => {
     expect(flushes).toHaveBeenCalled();
     // A flush that fails (a disk error on writeback) fails the restore, naming the disk and the target.
     flushes.mockRejectedValue(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target })).rejects.toThrow(`disk 'd': flushing ${target} to storage failed: EIO: i/o error, fdatasync`);
+    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target })).rejects.toThrow(
+      `disk 'd': flushing ${target} to storage failed: EIO: i/o error, fdatasync`,
+    );
     flushes.mockRestore();
     expect((await readFile(target)).equals(data)).toBe(true);
     expect((await stat(target)).blocks * 512).toBeLessThan(data.length); // sparse: zero runs were not written
@@ -194,11 +219,27 @@ describe('backup pipeline', () => {
     randomBytes(CHUNK * 2).copy(data, 0); // chunks 0-1
     randomBytes(100).copy(data, 5 * CHUNK + CHUNK - 100); // the end of chunk 5
     randomBytes(CHUNK + 10).copy(data, 8 * CHUNK); // chunk 8 and the start of 9
-    const extents = [{ offset: 0, length: 2 * CHUNK }, { offset: 6 * CHUNK - 100, length: 100 }, { offset: 8 * CHUNK, length: CHUNK + 10 }];
+    const extents = [
+      { offset: 0, length: 2 * CHUNK },
+      { offset: 6 * CHUNK - 100, length: 100 },
+      { offset: 8 * CHUNK, length: CHUNK + 10 },
+    ];
     const reads: number[] = [];
-    const mapped: DiskReader = { ...reader(data), read: async (buf, offset, length) => (reads.push(offset / CHUNK), data.copy(buf, 0, offset, offset + length)), allocated: async () => extents };
+    const mapped: DiskReader = {
+      ...reader(data),
+      read: async (buf, offset, length) => (reads.push(offset / CHUNK), data.copy(buf, 0, offset, offset + length)),
+      allocated: async () => extents,
+    };
     const scanned: number[] = [];
-    const r = await backupDisk({ store, keys, reader: mapped, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK, onProgress: (p) => scanned.push(p.bytesScanned) });
+    const r = await backupDisk({
+      store,
+      keys,
+      reader: mapped,
+      disk: disk('d', data),
+      backupId: 'b1',
+      chunkSize: CHUNK,
+      onProgress: (p) => scanned.push(p.bytesScanned),
+    });
     expect(reads.sort((a, b) => a - b)).toEqual([0, 1, 5, 8, 9]);
     // Progress moves through the holes too, a chunk at a time.
     for (let c = 1; c <= 12; c++) expect(scanned).toContain(c * CHUNK);
@@ -212,7 +253,7 @@ describe('backup pipeline', () => {
     expect(reads).toHaveLength(12);
   });
 
-  it('fails a restore naming the disk, offset, object key and the damaged chunk\'s own byte range, and what to do', async () => {
+  it("fails a restore naming the disk, offset, object key and the damaged chunk's own byte range, and what to do", async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 3);
     const r = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
@@ -221,8 +262,14 @@ describe('backup pipeline', () => {
     const id = chunkId(keys, data.subarray(CHUNK, 2 * CHUNK));
     const loc = chunkLocation(await manifestOf(store, 'b1', 'd'), id);
     store.objects.get(loc.key)![loc.offset + 40]! ^= 0x10;
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${CHUNK}: chunk ${id} in ${loc.key} bytes ${loc.offset}\\+${loc.length} is damaged: .*failed authentication.*; deep-verify the backup`)) });
+    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(
+        new RegExp(
+          `^disk 'd' offset ${CHUNK}: chunk ${id} in ${loc.key} bytes ${loc.offset}\\+${loc.length} is damaged: .*failed authentication.*; deep-verify the backup`,
+        ),
+      ),
+    });
   });
 
   it('fails a restore naming the disk, offset and pack when the pack is missing, or shorter than the manifest says', async () => {
@@ -234,18 +281,30 @@ describe('backup pipeline', () => {
     store.objects.set(loc.key, pack.subarray(0, loc.offset + 100));
     // Both chunks are in the one run read, which comes back short: either may be named
     // (chunks lie in a pack in the order they were sealed, not always in disk order).
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} bytes .* is damaged: the read of bytes \\d+\\+\\d+ returned \\d+ bytes \\(the pack is shorter than its manifest says\\)`)) });
+    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(
+        new RegExp(
+          `^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} bytes .* is damaged: the read of bytes \\d+\\+\\d+ returned \\d+ bytes \\(the pack is shorter than its manifest says\\)`,
+        ),
+      ),
+    });
     store.objects.delete(loc.key);
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} .* is damaged: it is missing`)) });
+    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} .* is damaged: it is missing`)),
+    });
   });
 });
 
 describe('chunks sealed straight into packs by the chunk pool', () => {
   const text = (n: number, seed: number) => Buffer.from(`log ${seed}: backup volume snapshot chunk written\n`.repeat(Math.ceil(n / 40))).subarray(0, n);
   /** Random, text and zero chunks, and a partial last chunk. */
-  const mixed = (chunks: number) => Buffer.concat([...Array.from({ length: chunks }, (_, i) => (i % 5 === 3 ? Buffer.alloc(CHUNK) : i % 3 === 0 ? text(CHUNK, i) : randomBytes(CHUNK))), randomBytes(1000)]);
+  const mixed = (chunks: number) =>
+    Buffer.concat([
+      ...Array.from({ length: chunks }, (_, i) => (i % 5 === 3 ? Buffer.alloc(CHUNK) : i % 3 === 0 ? text(CHUNK, i) : randomBytes(CHUNK))),
+      randomBytes(1000),
+    ]);
 
   /** Every pack of a manifest read back whole: its trailer lists chunks back to back from 0, exactly those the manifest places in it, each of which opens to its id. */
   async function checkPacks(store: MemoryObjectStore, backupId: string, diskId: string, packBytes: number, parallelism: number) {
@@ -264,7 +323,9 @@ describe('chunks sealed straight into packs by the chunk pool', () => {
       }
       // Past the target only chunks that were in flight when it was reached.
       expect(chunks.filter((c) => c.offset >= packBytes).length).toBeLessThan(parallelism);
-      const listed = Object.entries(m.locations!).filter(([, [at]]) => at === p).map(([id, [, offset]]) => ({ id, offset, length: m.storedSizes[id]! }));
+      const listed = Object.entries(m.locations!)
+        .filter(([, [at]]) => at === p)
+        .map(([id, [, offset]]) => ({ id, offset, length: m.storedSizes[id]! }));
       expect(chunks).toEqual(listed.sort((a, b) => a.offset - b.offset));
     }
     return m;
@@ -302,31 +363,46 @@ describe('chunks sealed straight into packs by the chunk pool', () => {
       const count = data.length / CHUNK;
       // Buffers sized for chunks a quarter of what the random ones seal to, while ten are sealed at once.
       const writer = new PackWriter({
-        store, keys, targetBytes: 2 * CHUNK, maxChunkBytes: sealedCapacity(CHUNK) >> 2, maxInFlight: 8, trailerRoom: 0,
-        newBuffer: (n) => { const p = pool.sharePack(n); slots.push(p); return p; },
+        store,
+        keys,
+        targetBytes: 2 * CHUNK,
+        maxChunkBytes: sealedCapacity(CHUNK) >> 2,
+        maxInFlight: 8,
+        trailerRoom: 0,
+        newBuffer: (n) => {
+          const p = pool.sharePack(n);
+          slots.push(p);
+          return p;
+        },
       });
       const seen: Placement[] = [];
-      const ids = await Promise.all(Array.from({ length: count }, async (_, i) => {
-        const slot = pool.share(CHUNK);
-        slots.push(slot);
-        data.copy(slot.bytes, 0, i * CHUNK, (i + 1) * CHUNK);
-        const id = chunkId(keys, slot.bytes);
-        const at = await writer.place(id, async (pack) => {
-          const placed = await pool.sealSlot(keys, slot, CHUNK, id, {}, pack);
-          seen.push(placed);
-          return placed;
-        });
-        return { id, at };
-      }));
+      const ids = await Promise.all(
+        Array.from({ length: count }, async (_, i) => {
+          const slot = pool.share(CHUNK);
+          slots.push(slot);
+          data.copy(slot.bytes, 0, i * CHUNK, (i + 1) * CHUNK);
+          const id = chunkId(keys, slot.bytes);
+          const at = await writer.place(id, async (pack) => {
+            const placed = await pool.sealSlot(keys, slot, CHUNK, id, {}, pack);
+            seen.push(placed);
+            return placed;
+          });
+          return { id, at };
+        }),
+      );
       await writer.finish();
       expect(seen.filter((p) => !p.fit).length).toBeGreaterThan(0);
       expect(seen.filter((p) => p.fit)).toHaveLength(count);
       const where = new Map(ids.map(({ id, at }) => [id, at]));
       const sizes = new Map(writer.written.map((w) => [w.pack.id, w.pack.size]));
-      const manifest = packedManifest({ backupId: 'b1', diskId: 'd', sizeBytes: data.length, chunkSize: CHUNK }, ids.map((c) => c.id), (id) => {
-        const at = where.get(id)!;
-        return { pack: { id: at.packId, size: sizes.get(at.packId)! }, key: objectKeys.pack(at.packId), offset: at.offset, length: at.length };
-      });
+      const manifest = packedManifest(
+        { backupId: 'b1', diskId: 'd', sizeBytes: data.length, chunkSize: CHUNK },
+        ids.map((c) => c.id),
+        (id) => {
+          const at = where.get(id)!;
+          return { pack: { id: at.packId, size: sizes.get(at.packId)! }, key: objectKeys.pack(at.packId), offset: at.offset, length: at.length };
+        },
+      );
       await store.put(objectKeys.manifest('b1', 'd'), await encodeManifest(keys, manifest));
       for (const w of writer.written) expect(readPackTrailer(keys, store.objects.get(objectKeys.pack(w.pack.id))!, w.pack.id)).toEqual(w);
       const target = await tempTarget();
@@ -348,7 +424,17 @@ describe('restore falls back to another copy the index lists (a quarantined chun
   const twoCopies = async (store: CountingStore, data: Buffer) => {
     const b1 = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     const a = chunkId(keys, data.subarray(0, CHUNK));
-    const b2 = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b2', chunkSize: CHUNK, parentBackupId: 'b1', parentManifestKey: b1.manifestKey, healChunks: new Set([a]) });
+    const b2 = await backupDisk({
+      store,
+      keys,
+      reader: reader(data),
+      disk: disk('d', data),
+      backupId: 'b2',
+      chunkSize: CHUNK,
+      parentBackupId: 'b1',
+      parentManifestKey: b1.manifestKey,
+      healChunks: new Set([a]),
+    });
     expect(b2.stats.uploadedChunks).toBe(1);
     const first = chunkLocation(await manifestOf(store, 'b1', 'd'), a);
     expect(chunkLocation(await manifestOf(store, 'b2', 'd'), a).key).not.toBe(first.key);

@@ -31,7 +31,11 @@ afterAll(async () => {
 /** The execution and its Map Runs' children, with what each used of the quotas. */
 async function family(executionArn: string): Promise<(ExecutionRecord & { quotaUsage: QuotaUsage })[]> {
   const folder = join(t.stack.endpoints.dataDir, 'executions');
-  const all = await Promise.all((await readdir(folder)).filter((f) => f.endsWith('.json')).map(async (f) => JSON.parse(await readFile(join(folder, f), 'utf8')) as ExecutionRecord & { quotaUsage: QuotaUsage }));
+  const all = await Promise.all(
+    (await readdir(folder))
+      .filter((f) => f.endsWith('.json'))
+      .map(async (f) => JSON.parse(await readFile(join(folder, f), 'utf8')) as ExecutionRecord & { quotaUsage: QuotaUsage }),
+  );
   return all.filter((r) => r.executionArn === executionArn || r.parentExecutionArn === executionArn);
 }
 
@@ -47,7 +51,15 @@ it(`prunes a policy of ${VMS} VMs with one child execution per expired backup, n
   await mapLimit(vmIds, 16, async (vmId) => {
     await catalog.putVm({ vmId, host: 'esx-01', source: `/vms/${vmId}` });
     for (let b = 0; b < 3; b++) {
-      await catalog.startBackup({ vmId, backupId: `2026110${b + 1}T000000000Z-${vmId}`, runId: `run-${b}`, policyId: 'p-scale', status: 'committed', parentBackupId: null, startedAt: `2026-11-0${b + 1}T00:00:00.000Z` });
+      await catalog.startBackup({
+        vmId,
+        backupId: `2026110${b + 1}T000000000Z-${vmId}`,
+        runId: `run-${b}`,
+        policyId: 'p-scale',
+        status: 'committed',
+        parentBackupId: null,
+        startedAt: `2026-11-0${b + 1}T00:00:00.000Z`,
+      });
     }
   });
   process.stdout.write(`seeded ${VMS} VMs and ${3 * VMS} backups\n`);
@@ -61,7 +73,9 @@ it(`prunes a policy of ${VMS} VMs with one child execution per expired backup, n
   const runs = await family(d.executionArn!);
   expect(runs).toHaveLength(1 + 2 * VMS); // the prune and one child per expired backup
   const big = largest(runs);
-  process.stdout.write(`Prune of ${VMS} VMs (${2 * VMS} backups removed) in ${seconds.toFixed(1)} s: ${runs.length} executions; largest history ${big.history} events, largest payload ${big.payload.bytes} B (${big.payload.where})\n`);
+  process.stdout.write(
+    `Prune of ${VMS} VMs (${2 * VMS} backups removed) in ${seconds.toFixed(1)} s: ${runs.length} executions; largest history ${big.history} events, largest payload ${big.payload.bytes} B (${big.payload.where})\n`,
+  );
   // The inline Map this replaced carried every PruneItem (~300 B each) in one payload and ~8 events per backup in one history.
   expect(big.payload.bytes).toBeLessThan(4096);
   expect(big.history).toBeLessThan(100);

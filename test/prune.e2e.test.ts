@@ -39,7 +39,14 @@ beforeAll(async () => {
   vmDir = join(t.dir, 'vms', 'vm-p');
   await createVmFolder(vmDir, { name: 'vm-p', disks: [{ id: 'disk0', sizeBytes: 6 * MiB }] }, seededRng(9));
   await t.stack.catalog.putVm({ vmId: 'vm-p', host: 'esx-01', source: vmDir });
-  await t.stack.catalog.putPolicy({ policyId: 'p-prune', vmIds: ['vm-p'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 2 } });
+  await t.stack.catalog.putPolicy({
+    policyId: 'p-prune',
+    vmIds: ['vm-p'],
+    bucket: t.stack.endpoints.bucket,
+    chunkSize: MiB,
+    slotLimit: 1,
+    retention: { keepLast: 2 },
+  });
   for (let i = 0; i < 4; i++) await backup();
 });
 afterAll(async () => {
@@ -76,7 +83,13 @@ it('removes expired backups from the catalog and their manifests from the reposi
   }
   // Both kept backups still restore (every chunk re-hashed); the newest equals the disk now.
   for (const [i, id] of before.slice(0, 2).entries()) {
-    const r = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'vm-p', backupId: id, diskId: 'disk0', target: join(t.dir, `after-prune-${i}.img`), moverGroup: 'site-a' });
+    const r = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
+      vmId: 'vm-p',
+      backupId: id,
+      diskId: 'disk0',
+      target: join(t.dir, `after-prune-${i}.img`),
+      moverGroup: 'site-a',
+    });
     expect(r.status, r.cause).toBe('SUCCEEDED');
     if (i === 0) expect((JSON.parse(r.output!) as RestoreSummary).disks[0]!.sha256).toBe(await sha256File(join(vmDir, 'disk0.raw')));
   }
@@ -109,13 +122,21 @@ it('fails with a clear cause for a policy without retention or an unknown one', 
   expect(unknown.error).toBe('Catalog.PolicyNotFound');
 });
 
-it('removes a pruned backup\'s copy from the DR repository (on its own endpoint) too; the kept one still restores from there', async () => {
+it("removes a pruned backup's copy from the DR repository (on its own endpoint) too; the kept one still restores from there", async () => {
   const e = t.stack.endpoints;
   const dr = e.buckets.dr!;
   const dir = join(t.dir, 'vms', 'vm-q');
   await createVmFolder(dir, { name: 'vm-q', disks: [{ id: 'disk0', sizeBytes: 4 * MiB }] }, seededRng(12));
   await t.stack.catalog.putVm({ vmId: 'vm-q', host: 'esx-01', source: dir });
-  await t.stack.catalog.putPolicy({ policyId: 'p-q', vmIds: ['vm-q'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1, retention: { keepLast: 1 }, replicateTo: { repositoryId: 'dr', ...e.repositories.dr!, moverGroup: 'site-a' } });
+  await t.stack.catalog.putPolicy({
+    policyId: 'p-q',
+    vmIds: ['vm-q'],
+    bucket: e.bucket,
+    chunkSize: MiB,
+    slotLimit: 1,
+    retention: { keepLast: 1 },
+    replicateTo: { repositoryId: 'dr', ...e.repositories.dr!, moverGroup: 'site-a' },
+  });
   for (let i = 0; i < 2; i++) {
     await changeDisk(join(dir, 'disk0.raw'), 4 * MiB, 0.2, 1, seededRng(60 + i));
     const b = await runExecution(t.sfn, e.backupStateMachineArn, { policyId: 'p-q' }, { pollMs: 200 });
@@ -136,7 +157,12 @@ it('removes a pruned backup\'s copy from the DR repository (on its own endpoint)
   const recovery = stackRecoveryCatalog(e);
   expect(await recovery.getReplica('vm-q', dr, older!)).toBeUndefined();
   expect(await recovery.getReplica('vm-q', dr, newest!)).toBeDefined();
-  const r = await runExecution(t.sfn, e.stateMachines.Restore!, { vmId: 'vm-q', target: join(t.dir, 'q-from-dr'), moverGroup: 'site-a', fromBucket: dr }, { pollMs: 200 });
+  const r = await runExecution(
+    t.sfn,
+    e.stateMachines.Restore!,
+    { vmId: 'vm-q', target: join(t.dir, 'q-from-dr'), moverGroup: 'site-a', fromBucket: dr },
+    { pollMs: 200 },
+  );
   expect(r.status, r.cause).toBe('SUCCEEDED');
   expect((JSON.parse(r.output!) as RestoreSummary).disks[0]!.sha256).toBe(await sha256File(join(dir, 'disk0.raw')));
 });

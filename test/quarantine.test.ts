@@ -38,13 +38,21 @@ function setup() {
   const store = new MemoryObjectStore();
   const admin = new MemoryRepositoryAdmin(store);
   const records: { repository: string; r: QuarantineRecord }[] = [];
-  const recovery = { putQuarantine: async (repository: string, r: QuarantineRecord) => void records.push({ repository, r }), markSharedDamage: async () => false };
+  const recovery = {
+    putQuarantine: async (repository: string, r: QuarantineRecord) => void records.push({ repository, r }),
+    markSharedDamage: async () => false,
+  };
   // No other backups: sharing damage is tested end to end (shared-damage.e2e.test.ts).
   const catalog = { backupsWithStatus: async () => [] };
   return { store, admin, records, deps: { store, admin, keys, recovery, catalog, now: () => NOW } };
 }
-const request = (findings: { objectKey: string; reason: string; chunkId?: string; range?: { offset: number; length: number } }[]) =>
-  ({ verifyId: 'verify-1', vmId: 'vm-1', backupId: 'b1', repository: { bucket: 'repo' }, findings });
+const request = (findings: { objectKey: string; reason: string; chunkId?: string; range?: { offset: number; length: number } }[]) => ({
+  verifyId: 'verify-1',
+  vmId: 'vm-1',
+  backupId: 'b1',
+  repository: { bucket: 'repo' },
+  findings,
+});
 
 describe('quarantineDamage', () => {
   it('copies a damaged chunk to quarantine/, deletes it from chunks/ and records its id', async () => {
@@ -53,7 +61,13 @@ describe('quarantineDamage', () => {
     const body = (await store.get(key))!;
     body[20]! ^= 1;
     await store.put(key, body);
-    const r = await quarantineDamage(request([{ objectKey: key, reason: 'failed authentication' }, { objectKey: key, reason: 'again, on disk1' }]), deps);
+    const r = await quarantineDamage(
+      request([
+        { objectKey: key, reason: 'failed authentication' },
+        { objectKey: key, reason: 'again, on disk1' },
+      ]),
+      deps,
+    );
     expect(r.quarantined).toEqual([{ chunkId: id, objectKey: key, quarantineKey: quarantineKey('verify-1', key) }]);
     expect(store.objects.has(key)).toBe(false);
     expect(store.objects.get(`quarantine/verify-1/${key}`)).toEqual(body);
@@ -67,11 +81,14 @@ describe('quarantineDamage', () => {
     const healthy = await storedChunk(store);
     const missing = objectKeys.chunk('ab'.repeat(32));
     const manifest = objectKeys.manifest('b1', 'disk0');
-    const r = await quarantineDamage(request([
-      { objectKey: missing, reason: 'the chunk is missing from the repository' },
-      { objectKey: healthy.key, reason: 'was damaged, a writer replaced it meanwhile' },
-      { objectKey: manifest, reason: 'the manifest does not open' },
-    ]), deps);
+    const r = await quarantineDamage(
+      request([
+        { objectKey: missing, reason: 'the chunk is missing from the repository' },
+        { objectKey: healthy.key, reason: 'was damaged, a writer replaced it meanwhile' },
+        { objectKey: manifest, reason: 'the manifest does not open' },
+      ]),
+      deps,
+    );
     expect(r.quarantined).toEqual([{ chunkId: 'ab'.repeat(32), objectKey: missing }]);
     expect(r.alreadyHealthy).toEqual([healthy.key]);
     expect(r.notChunks).toEqual([manifest]);
@@ -79,7 +96,7 @@ describe('quarantineDamage', () => {
     expect(records.map((x) => x.r.chunkId)).toEqual(['ab'.repeat(32)]);
   });
 
-  it('copies just the damaged chunk\'s bytes of a pack to quarantine/, records its id and leaves the pack in place', async () => {
+  it("copies just the damaged chunk's bytes of a pack to quarantine/, records its id and leaves the pack in place", async () => {
     const { store, admin, records, deps } = setup();
     const deletes: string[][] = [];
     const del = admin.delete.bind(admin);
@@ -93,13 +110,27 @@ describe('quarantineDamage', () => {
     const r = await quarantineDamage(request([finding, { ...finding, reason: 'again, on disk1' }]), deps);
     const kept = `quarantine/verify-1/${key}/${bad.id}`;
     expect(quarantineKey('verify-1', key, bad.id)).toBe(kept);
-    expect(r).toEqual({ quarantined: [{ chunkId: bad.id, objectKey: key, range, quarantineKey: kept }], alreadyHealthy: [], failed: [], notChunks: [], shared: [] });
+    expect(r).toEqual({
+      quarantined: [{ chunkId: bad.id, objectKey: key, range, quarantineKey: kept }],
+      alreadyHealthy: [],
+      failed: [],
+      notChunks: [],
+      shared: [],
+    });
     expect(store.objects.get(kept)).toEqual(pack.subarray(bad.offset, bad.offset + bad.length));
     // The pack stays, byte for byte: its other chunks are fine and other backups use them.
     expect(store.objects.get(key)).toEqual(pack);
     expect(deletes).toEqual([]);
     expect(records).toHaveLength(1);
-    expect(records[0]!.r).toMatchObject({ chunkId: bad.id, objectKey: key, quarantineKey: kept, vmId: 'vm-1', backupId: 'b1', verifyId: 'verify-1', reason: 'failed authentication' });
+    expect(records[0]!.r).toMatchObject({
+      chunkId: bad.id,
+      objectKey: key,
+      quarantineKey: kept,
+      vmId: 'vm-1',
+      backupId: 'b1',
+      verifyId: 'verify-1',
+      reason: 'failed authentication',
+    });
   });
 
   it('for packs: leaves a chunk that opens alone, records a chunk of a missing pack without a copy, and one without a byte range without reading', async () => {
@@ -107,17 +138,22 @@ describe('quarantineDamage', () => {
     const { key, chunks } = await storedPack(store, 2);
     const healthy = chunks[0]!;
     const gone = objectKeys.pack('cd'.repeat(16));
-    const r = await quarantineDamage(request([
-      { objectKey: key, chunkId: healthy.id, range: { offset: healthy.offset, length: healthy.length }, reason: 'read failed' },
-      { objectKey: gone, chunkId: 'ab'.repeat(32), range: { offset: 0, length: 100 }, reason: 'the pack is missing from the repository' },
-      { objectKey: key, chunkId: 'ef'.repeat(32), reason: 'a finding without its bytes' },
-      { objectKey: key, reason: 'a finding that names no chunk' },
-    ]), deps);
+    const r = await quarantineDamage(
+      request([
+        { objectKey: key, chunkId: healthy.id, range: { offset: healthy.offset, length: healthy.length }, reason: 'read failed' },
+        { objectKey: gone, chunkId: 'ab'.repeat(32), range: { offset: 0, length: 100 }, reason: 'the pack is missing from the repository' },
+        { objectKey: key, chunkId: 'ef'.repeat(32), reason: 'a finding without its bytes' },
+        { objectKey: key, reason: 'a finding that names no chunk' },
+      ]),
+      deps,
+    );
     expect(r.alreadyHealthy).toEqual([`${key} bytes ${healthy.offset}+${healthy.length}`]);
-    expect(r.quarantined).toEqual([
-      { chunkId: 'ef'.repeat(32), objectKey: key },
-      { chunkId: 'ab'.repeat(32), objectKey: gone, range: { offset: 0, length: 100 } },
-    ].sort((a, b) => a.objectKey.localeCompare(b.objectKey)));
+    expect(r.quarantined).toEqual(
+      [
+        { chunkId: 'ef'.repeat(32), objectKey: key },
+        { chunkId: 'ab'.repeat(32), objectKey: gone, range: { offset: 0, length: 100 } },
+      ].sort((a, b) => a.objectKey.localeCompare(b.objectKey)),
+    );
     expect(r.notChunks).toEqual([key]);
     expect(records.map((x) => x.r.chunkId).sort()).toEqual(['ab'.repeat(32), 'ef'.repeat(32)]);
     expect([...store.objects.keys()].filter((k) => k.startsWith('quarantine/'))).toEqual([]);

@@ -42,7 +42,10 @@ async function policy(name: string, count: number): Promise<string> {
 /** The output size of each named state of an execution, from its history, and its history's length as AWS counts it. */
 async function outputSizes(executionArn: string, states: string[]): Promise<Record<string, number>> {
   const file = join(t.stack.endpoints.dataDir, 'executions', `${executionArn.split(':').slice(-2).join('--')}.history.jsonl`);
-  const events = (await readFile(file, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { type: string; state?: { name: string; output?: unknown } });
+  const events = (await readFile(file, 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { type: string; state?: { name: string; output?: unknown } });
   const sizes = Object.fromEntries(states.map((s) => [s, payloadSize(events.find((e) => e.type === 'StateExited' && e.state?.name === s)?.state?.output)]));
   // The execution's record keeps its history's length as AWS counts it (local/quota-guard.ts).
   const record = JSON.parse(await readFile(file.replace(/\.history\.jsonl$/, '.json'), 'utf8')) as { quotaUsage: { historyEvents: number } };
@@ -51,7 +54,7 @@ async function outputSizes(executionArn: string, states: string[]): Promise<Reco
 
 const backup = async (policyId: string) => runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId }, { pollMs: 300 });
 
-it('keeps the Backup run\'s payloads and history the same size whatever the number of VMs: each VM runs in its own child execution', async () => {
+it("keeps the Backup run's payloads and history the same size whatever the number of VMs: each VM runs in its own child execution", async () => {
   const states = ['Plan', 'BackupVms', 'ReleaseRunLease'];
   const sizes: Record<number, Record<string, number>> = {};
   for (const n of [2, 6]) {
@@ -81,16 +84,35 @@ it('fails only the VM whose own execution outgrows the payload quota: it release
   const failed = summary.vms.find((v) => v.vmId === vmId)!;
   const folder = join(t.stack.endpoints.dataDir, 'executions');
   const files = (await readdir(folder)).filter((f) => f.endsWith('.json'));
-  const records = await Promise.all(files.map(async (f) => ({ file: f, ...JSON.parse(await readFile(join(folder, f), 'utf8')) as { parentExecutionArn?: string; status: string; input: string; error?: string; cause?: string } })));
+  const records = await Promise.all(
+    files.map(async (f) => ({
+      file: f,
+      ...(JSON.parse(await readFile(join(folder, f), 'utf8')) as {
+        parentExecutionArn?: string;
+        status: string;
+        input: string;
+        error?: string;
+        cause?: string;
+      }),
+    })),
+  );
   const child = records.find((c) => c.parentExecutionArn === d.executionArn && c.input.includes('"wide-vm"'))!;
   expect(child.status, `${child.error} ${child.cause}`).toBe('SUCCEEDED');
   // The Dispatch Map's collected result fails the state with AWS's error, which its Catch names: the VM's failure path runs.
   expect(failed.error?.Error).toBe('States.DataLimitExceeded');
-  expect(failed.error?.Cause).toMatch(/^The state\/task 'Dispatch' returned a result with a size exceeding the maximum number of bytes service limit\. \(\d+ bytes; the limit is 8192\) — VM 'wide-vm' \(12 disks\) outgrew Step Functions' payload quota .*Next step: give its policy a larger segmentSizeGiB/);
-  const history = (await readFile(join(folder, child.file.replace(/\.json$/, '.history.jsonl')), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { type: string; state?: { name: string } });
+  expect(failed.error?.Cause).toMatch(
+    /^The state\/task 'Dispatch' returned a result with a size exceeding the maximum number of bytes service limit\. \(\d+ bytes; the limit is 8192\) — VM 'wide-vm' \(12 disks\) outgrew Step Functions' payload quota .*Next step: give its policy a larger segmentSizeGiB/,
+  );
+  const history = (await readFile(join(folder, child.file.replace(/\.json$/, '.history.jsonl')), 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { type: string; state?: { name: string } });
   const ran = history.filter((e) => e.type === 'StateEntered').map((e) => e.state!.name);
-  expect(ran.filter((s) => /^(ReleaseSnapshotAfterFailure|RecordFailure|ReleaseSlotAfterFailure)\b/.test(s) && !s.endsWith('OnMoverGroup')).map((s) => s.split(' ')[0]))
-    .toEqual(['ReleaseSnapshotAfterFailure', 'RecordFailure', 'ReleaseSlotAfterFailure']);
+  expect(
+    ran
+      .filter((s) => /^(ReleaseSnapshotAfterFailure|RecordFailure|ReleaseSlotAfterFailure)\b/.test(s) && !s.endsWith('OnMoverGroup'))
+      .map((s) => s.split(' ')[0]),
+  ).toEqual(['ReleaseSnapshotAfterFailure', 'RecordFailure', 'ReleaseSlotAfterFailure']);
   expect(ran).not.toContain('Verify');
   // Its slot went back (not at lease expiry): nothing holds a slot of its host, and nobody is left in line.
   expect(await t.stack.catalog.slotsHeldBy('', `${d.executionArn!.split(':').pop()}/`)).toEqual([]);

@@ -25,7 +25,8 @@ let dir = '';
 /** `lifeboat up` in its own process group (the stack and its movers), with its JSON log lines. */
 async function up(dataDir: string): Promise<{ child: ChildProcess; lines: string[]; e: StackEndpoints }> {
   const child = spawn(process.execPath, ['cli/lifeboat.ts', 'up', '--data-dir', dataDir, '--movers', '1', '--sfn-port', '0'], {
-    detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
     // Slow movers: the backup is still dispatching when the stack is killed.
     env: { ...process.env, LIFEBOAT_BANDWIDTH_LIMIT: String(2 * MiB) },
   });
@@ -39,8 +40,14 @@ async function up(dataDir: string): Promise<{ child: ChildProcess; lines: string
     lines.push(...parts);
   });
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-  await until(() => lines.some((l) => l.startsWith('Lifeboat embedded stack is up')), 90_000, () => `the stack did not start: ${stderr}`);
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  await until(
+    () => lines.some((l) => l.startsWith('Lifeboat embedded stack is up')),
+    90_000,
+    () => `the stack did not start: ${stderr}`,
+  );
   const e = JSON.parse(await readFile(join(dataDir, 'endpoints.json'), 'utf8')) as StackEndpoints;
   return { child, lines, e };
 }
@@ -53,8 +60,15 @@ async function until(ok: () => boolean | Promise<boolean>, ms: number, what: () 
   }
 }
 
-const killGroup = (c: ChildProcess) => { try { process.kill(-c.pid!, 'SIGKILL'); } catch { /* gone */ } };
-const catalogOf = (e: StackEndpoints) => new Catalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+const killGroup = (c: ChildProcess) => {
+  try {
+    process.kill(-c.pid!, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+};
+const catalogOf = (e: StackEndpoints) =>
+  new Catalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
 
 afterAll(async () => {
   for (const c of children) killGroup(c);
@@ -71,9 +85,15 @@ it('reconciles a backup the stack was killed in: record failed, slot and run lea
   let catalog = catalogOf(first.e);
   await catalog.putVm({ vmId: 'vm-r', host: 'esx-02', source: vmDir });
   await catalog.putPolicy({ policyId: 'p-r', vmIds: ['vm-r'], bucket: first.e.bucket, chunkSize: MiB, slotLimit: 1 });
-  const { executionArn } = await sfnClient(first.e).send(new StartExecutionCommand({ stateMachineArn: first.e.backupStateMachineArn, input: JSON.stringify({ policyId: 'p-r' }) }));
+  const { executionArn } = await sfnClient(first.e).send(
+    new StartExecutionCommand({ stateMachineArn: first.e.backupStateMachineArn, input: JSON.stringify({ policyId: 'p-r' }) }),
+  );
   const runId = executionArn!.split(':').pop()!;
-  await until(() => first.lines.some((l) => l.includes('"task.started"') && l.includes('"dispatch"')), 60_000, () => `no dispatch started:\n${first.lines.slice(-20).join('\n')}`);
+  await until(
+    () => first.lines.some((l) => l.includes('"task.started"') && l.includes('"dispatch"')),
+    60_000,
+    () => `no dispatch started:\n${first.lines.slice(-20).join('\n')}`,
+  );
   killGroup(first.child);
   await new Promise((ok) => first.child.once('exit', ok));
 
@@ -84,8 +104,11 @@ it('reconciles a backup the stack was killed in: record failed, slot and run lea
   catalog = catalogOf(second.e);
   const sfn = sfnClient(second.e);
   const reconcileArn = `${second.e.stateMachines.Reconcile!.replace(':stateMachine:', ':execution:')}:reconcile-${runId}`;
-  await until(async () => (await sfn.send(new DescribeExecutionCommand({ executionArn: reconcileArn })).catch(() => undefined))?.status === 'SUCCEEDED', 90_000,
-    () => `the reconcile of ${runId} did not succeed`);
+  await until(
+    async () => (await sfn.send(new DescribeExecutionCommand({ executionArn: reconcileArn })).catch(() => undefined))?.status === 'SUCCEEDED',
+    90_000,
+    () => `the reconcile of ${runId} did not succeed`,
+  );
 
   const [record] = await catalog.listBackups('vm-r');
   expect(record).toMatchObject({ runId, status: 'failed', error: { Error: 'Lifeboat.StackRestarted' } });

@@ -17,9 +17,21 @@ import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS, GC_LEASE_MS } from '../core/gc-
 import { gcRequest } from '../functions/gc/gc.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
-type State = { Type: string; Next?: string; End?: boolean; Resource?: string; TimeoutSeconds?: number; HeartbeatSeconds?: number; Default?: string;
-  Choices?: { Variable: string; StringEquals?: string; Next: string }[]; Retry?: { ErrorEquals: string[] }[]; Catch?: { ErrorEquals: string[]; Next: string }[];
-  ItemProcessor?: { StartAt: string; States: Record<string, State> }; Error?: string; ErrorPath?: string };
+type State = {
+  Type: string;
+  Next?: string;
+  End?: boolean;
+  Resource?: string;
+  TimeoutSeconds?: number;
+  HeartbeatSeconds?: number;
+  Default?: string;
+  Choices?: { Variable: string; StringEquals?: string; Next: string }[];
+  Retry?: { ErrorEquals: string[] }[];
+  Catch?: { ErrorEquals: string[]; Next: string }[];
+  ItemProcessor?: { StartAt: string; States: Record<string, State> };
+  Error?: string;
+  ErrorPath?: string;
+};
 type Definition = { StartAt: string; States: Record<string, State> };
 
 const config = loadConfig(); // the example: groups site-a, site-b and dr
@@ -84,7 +96,9 @@ describe('Restore workflow', () => {
 
   it('deletes the volumes a failed restore into a storage pool created, on the restoring group, before recording the failure', () => {
     const { all } = machine('Restore');
-    const configCatches = Object.entries(all).filter(([n]) => n.startsWith('RestoreVmConfig') && all[n]!.Type === 'Task').map(([, s]) => s.Catch![0]!.Next);
+    const configCatches = Object.entries(all)
+      .filter(([n]) => n.startsWith('RestoreVmConfig') && all[n]!.Type === 'Task')
+      .map(([, s]) => s.Catch![0]!.Next);
     expect(new Set(configCatches)).toEqual(new Set(['PoolVolumesToDiscard']));
     const choice = all.PoolVolumesToDiscard! as State & { Choices: { Variable: string; IsPresent?: boolean; Next: string }[] };
     expect(choice.Choices[0]).toMatchObject({ Variable: '$.define.pool', IsPresent: true, Next: 'DiscardRestoreVolumesOnMoverGroup' });
@@ -172,7 +186,9 @@ describe('Restore test after a clean deep verification', () => {
       expect(all[failed.Default!]!.Type).toBe('Succeed');
       const emit = all.EmitRestoreTestFailed! as State & { Parameters?: { Entries: Record<string, unknown>[] }; ResultPath?: unknown };
       expect(emit.Resource).toMatch(/^arn:aws:states:::events:putEvents$/);
-      expect(emit.Parameters!.Entries).toEqual([{ Source: 'lifeboat.deep-verify', DetailType: 'Lifeboat Restore Test Failed', 'Detail.$': '$.restoreTestFailed' }]);
+      expect(emit.Parameters!.Entries).toEqual([
+        { Source: 'lifeboat.deep-verify', DetailType: 'Lifeboat Restore Test Failed', 'Detail.$': '$.restoreTestFailed' },
+      ]);
       // The verification's summary stays the output (DeepVerifyPolicy collects it per VM).
       expect(emit.ResultPath).toBeNull();
       expect(emit.Retry!.length).toBeGreaterThan(0);
@@ -211,31 +227,51 @@ describe('Prune workflow', () => {
 
   it('schedules a weekly deep verification of each policy', () => {
     const dv = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('DeepVerifyPolicyStateMachine'))!;
-    const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule')).filter((r) => JSON.stringify(r.Properties.Target.Arn).includes(dv.logicalId));
+    const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule')).filter((r) =>
+      JSON.stringify(r.Properties.Target.Arn).includes(dv.logicalId),
+    );
     expect(schedules.map((s) => JSON.parse(s.Properties.Target.Input as string).policyId).sort()).toEqual(config.policies.map((p) => p.id).sort());
   });
 
   it('schedules garbage collection weekly for each repository, a DR repository on another endpoint with that endpoint', () => {
     const gc = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('GcStateMachine'))!;
-    const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule'))
-      .filter((r) => JSON.stringify(r.Properties.Target.Arn).includes(gc.logicalId));
+    const schedules = Object.values(template.findResources('AWS::Scheduler::Schedule')).filter((r) =>
+      JSON.stringify(r.Properties.Target.Arn).includes(gc.logicalId),
+    );
     expect(schedules).toHaveLength(config.repositories.length);
     for (const s of schedules) expect(s.Properties.ScheduleExpression).toBe('cron(0 3 ? * SUN *)');
     const dr = config.repositories.find((r) => r.id === 'dr')!;
     // The stack's own buckets are references (an Fn::Join); the DR repository's input is plain JSON.
-    const plain = schedules.map((s) => s.Properties.Target.Input).filter((i): i is string => typeof i === 'string').map((i) => JSON.parse(i) as unknown);
+    const plain = schedules
+      .map((s) => s.Properties.Target.Input)
+      .filter((i): i is string => typeof i === 'string')
+      .map((i) => JSON.parse(i) as unknown);
     expect(plain).toEqual([{ bucket: dr.bucket, endpoint: dr.endpoint }]);
   });
 
-  it('lets only PruneBackup and CollectGarbage (failed backups\' manifests) delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, only CollectGarbage packs and index objects, and only RecordHostConfig host configuration archives', () => {
+  it("lets only PruneBackup and CollectGarbage (failed backups' manifests) delete manifests, only CollectGarbage and QuarantineDamage delete chunk objects, only CollectGarbage packs and index objects, and only RecordHostConfig host configuration archives", () => {
     const policies = template.findResources('AWS::IAM::Policy');
     const deleters = Object.entries(policies).filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('s3:DeleteObject'));
-    const byFunction = Object.fromEntries(deleters.map(([id, r]) => {
-      const stmt = (r.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]).find((s) => [s.Action].flat().includes('s3:DeleteObject'))!;
-      const res = JSON.stringify(stmt.Resource);
-      const under = (prefix: string) => res.includes(`/${prefix}*`);
-      return [id.replace(/ServiceRole.*$/, ''), { manifests: under('manifests/'), chunks: under('chunks/'), packs: under('packs/'), index: under('index/'), keys: under('keys/'), hostConfig: under('host-config/') }];
-    }));
+    const byFunction = Object.fromEntries(
+      deleters.map(([id, r]) => {
+        const stmt = (r.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[]).find((s) =>
+          [s.Action].flat().includes('s3:DeleteObject'),
+        )!;
+        const res = JSON.stringify(stmt.Resource);
+        const under = (prefix: string) => res.includes(`/${prefix}*`);
+        return [
+          id.replace(/ServiceRole.*$/, ''),
+          {
+            manifests: under('manifests/'),
+            chunks: under('chunks/'),
+            packs: under('packs/'),
+            index: under('index/'),
+            keys: under('keys/'),
+            hostConfig: under('host-config/'),
+          },
+        ];
+      }),
+    );
     expect(byFunction).toEqual({
       PruneBackup: { manifests: true, chunks: false, packs: false, index: false, keys: false, hostConfig: false },
       CollectGarbage: { manifests: true, chunks: true, packs: true, index: true, keys: false, hostConfig: false },
@@ -251,22 +287,35 @@ it('matches only States.*, AWS service integration errors (Lambda.*, StepFunctio
   for (const name of ['Restore', 'DeepVerify', 'Prune', 'Replicate', 'ReplicatePolicy', 'Failover', 'Backup']) {
     const { all } = machine(name);
     const used = Object.values(all).flatMap((s) => [...(s.Retry ?? []), ...(s.Catch ?? [])].flatMap((r) => r.ErrorEquals));
-    expect(used.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(known, e)), name).toEqual([]);
+    expect(
+      used.filter((e) => !e.startsWith('States.') && !e.startsWith('Lambda.') && !e.startsWith('StepFunctions.') && !Object.hasOwn(known, e)),
+      name,
+    ).toEqual([]);
   }
 });
 
 describe('Replication started by the Backup workflow', () => {
-  type Task = State & { Parameters?: Record<string, unknown>; ResultPath?: string; OutputPath?: string; Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[] };
+  type Task = State & {
+    Parameters?: Record<string, unknown>;
+    ResultPath?: string;
+    OutputPath?: string;
+    Retry?: { ErrorEquals: string[]; MaxAttempts?: number }[];
+  };
   const replicatePolicyArn = () => Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('ReplicatePolicyStateMachine'))!.arn;
 
   it('after Summarize, a Choice starts ReplicatePolicy only when the policy replicates and the run committed a backup', () => {
     const { def } = machine('Backup');
     expect(def.States.Summarize!.Next).toBe('ReplicationDue');
     const due = def.States.ReplicationDue! as State & { Choices: { And: Record<string, unknown>[]; Next: string }[] };
-    expect(due.Choices).toEqual([{
-      And: [{ Variable: '$.replicateTo', IsString: true }, { Variable: '$.summary.committed', NumericGreaterThan: 0 }],
-      Next: 'StartReplication',
-    }]);
+    expect(due.Choices).toEqual([
+      {
+        And: [
+          { Variable: '$.replicateTo', IsString: true },
+          { Variable: '$.summary.committed', NumericGreaterThan: 0 },
+        ],
+        Next: 'StartReplication',
+      },
+    ]);
     expect(due.Default).toBe('RunSummarized');
     // The run's output stays its summary (with the replication it started).
     expect(def.States.RunSummarized).toMatchObject({ Type: 'Pass', OutputPath: '$.summary', End: true });
@@ -289,7 +338,7 @@ describe('Replication started by the Backup workflow', () => {
     ]);
   });
 
-  it('grants the Backup workflow states:StartExecution on the ReplicatePolicy state machine and on itself (its Distributed Map\'s child executions), nothing else', () => {
+  it("grants the Backup workflow states:StartExecution on the ReplicatePolicy state machine and on itself (its Distributed Map's child executions), nothing else", () => {
     const backupRole = Object.entries(template.findResources('AWS::IAM::Role')).find(([id]) => id.startsWith('BackupStateMachineRole'))![0];
     const statements = Object.values(template.findResources('AWS::IAM::Policy'))
       .filter((p) => JSON.stringify(p.Properties.Roles) === JSON.stringify([{ Ref: backupRole }]))
@@ -298,10 +347,12 @@ describe('Replication started by the Backup workflow', () => {
     const replicatePolicy = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('ReplicatePolicyStateMachine'))!.logicalId;
     const backup = Object.values(resolved.stateMachines).find((m) => m.logicalId.startsWith('BackupStateMachine'))!.logicalId;
     expect(starts).toHaveLength(2);
-    expect(starts).toEqual(expect.arrayContaining([
-      expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: replicatePolicy } }),
-      expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: backup } }),
-    ]));
+    expect(starts).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: replicatePolicy } }),
+        expect.objectContaining({ Action: 'states:StartExecution', Resource: { Ref: backup } }),
+      ]),
+    );
   });
 });
 
@@ -316,16 +367,25 @@ describe('Replicate workflow', () => {
 });
 
 describe('replica lease', () => {
-  it('holds the VM\'s replica lease from before the copy until after the standby, and gives it back on every failure path', () => {
+  it("holds the VM's replica lease from before the copy until after the standby, and gives it back on every failure path", () => {
     for (const name of ['Replicate', 'ReplicatePolicy']) {
       const { all } = machine(name);
       expect(all.AcquireReplicaLease!.Next, name).toBe('ReplicateDisks');
-      expect(all.AcquireReplicaLease!.Retry!.some((r) => r.ErrorEquals.includes('Replication.Busy')), name).toBe(true);
+      expect(
+        all.AcquireReplicaLease!.Retry!.some((r) => r.ErrorEquals.includes('Replication.Busy')),
+        name,
+      ).toBe(true);
       expect(all.ReleaseReplicaLease!.Next, name).toBe('Replicated');
       // StandbyVmConfig is a mover task: one per group behind a Choice ('StandbyVmConfig (dr)', ...).
-      const guarded = Object.keys(all).filter((n) => /^(AcquireReplicaLease|ReplicateDisks|VerifyReplica|RecordReplication|UpdateStandby)$|^StandbyVmConfig \(/.test(n));
+      const guarded = Object.keys(all).filter((n) =>
+        /^(AcquireReplicaLease|ReplicateDisks|VerifyReplica|RecordReplication|UpdateStandby)$|^StandbyVmConfig \(/.test(n),
+      );
       expect(guarded.length, name).toBeGreaterThanOrEqual(6);
-      for (const s of guarded) expect(all[s]!.Catch!.map((c) => c.Next), `${name} ${s}`).toEqual(['ReleaseReplicaLeaseAfterFailure']);
+      for (const s of guarded)
+        expect(
+          all[s]!.Catch!.map((c) => c.Next),
+          `${name} ${s}`,
+        ).toEqual(['ReleaseReplicaLeaseAfterFailure']);
     }
     expect(machine('Replicate').def.States.PlanReplicate!.Next).toBe('AcquireReplicaLease');
     const failover = machine('Failover').all;
@@ -338,7 +398,10 @@ describe('replica lease', () => {
 describe('GC lease', () => {
   it("gives a failed collection's lease back before recording the failure, except after States.Timeout (the function may still run)", () => {
     const { all } = machine('Gc');
-    expect(all.CollectGarbage!.Catch!.map((c) => [c.ErrorEquals, c.Next])).toEqual([[['States.Timeout'], 'RecordFailure'], [['States.ALL'], 'ReleaseGcLease']]);
+    expect(all.CollectGarbage!.Catch!.map((c) => [c.ErrorEquals, c.Next])).toEqual([
+      [['States.Timeout'], 'RecordFailure'],
+      [['States.ALL'], 'ReleaseGcLease'],
+    ]);
     expect(all.ReleaseGcLease!.Next).toBe('RecordFailure');
     // The function's own timeout comes first: a killed function is a Lambda error, not States.Timeout.
     expect(all.CollectGarbage!.TimeoutSeconds).toBeGreaterThan(functionAccess.CollectGarbage!.timeoutSeconds!);
@@ -351,10 +414,13 @@ describe('GC lease', () => {
     const retries = collect.Retry as { ErrorEquals: string[]; IntervalSeconds: number; BackoffRate: number; MaxAttempts: number }[];
     expect(collect.TimeoutSeconds! * 1000).toBe(GC_INVOCATION_MS);
     // Between two invocations: a deferral (the workflow's wait, or the request's deferSeconds up to its schema's limit) or the retries of a failed one.
-    const waits = Object.values(all).filter((st) => st.Type === 'Wait').map((st) => (st as State & { Seconds?: number }).Seconds ?? GC_DEFER_MAX_SECONDS);
+    const waits = Object.values(all)
+      .filter((st) => st.Type === 'Wait')
+      .map((st) => (st as State & { Seconds?: number }).Seconds ?? GC_DEFER_MAX_SECONDS);
     expect(Math.max(...waits)).toBeLessThanOrEqual(GC_DEFER_MAX_SECONDS);
     expect(gcRequest.safeParse({ bucket: 'b', deferSeconds: GC_DEFER_MAX_SECONDS + 1 }).success).toBe(false);
-    const failedRetries = retries.filter((r) => !r.ErrorEquals.includes('Gc.Busy'))
+    const failedRetries = retries
+      .filter((r) => !r.ErrorEquals.includes('Gc.Busy'))
       .map((r) => Array.from({ length: r.MaxAttempts }, (_, i) => r.IntervalSeconds * r.BackoffRate ** i).reduce((a, b) => a + b, 0));
     expect(GC_LEASE_MS).toBeGreaterThanOrEqual(GC_INVOCATION_MS + GC_DEFER_MAX_SECONDS * 1000 + Math.max(...failedRetries) * 1000);
     expect(GC_LEASE_MS).toBeLessThanOrEqual(2 * 3_600_000); // a dead collection holds the repository up for an hour or two, not for a whole workflow's 12 h
@@ -381,14 +447,20 @@ describe('Object Lock', () => {
       if (role && id) functionOfRole.set(role, id);
     }
     type Statement = { Effect: string; Action: string | string[] };
-    const allows = (statements: Statement[]) => statements.some((s) => s.Effect === 'Allow' && [s.Action].flat().some((a) => a === action || a === 's3:*' || a === '*'));
+    const allows = (statements: Statement[]) =>
+      statements.some((s) => s.Effect === 'Allow' && [s.Action].flat().some((a) => a === action || a === 's3:*' || a === '*'));
     const out = new Set<string>();
     for (const [id, r] of Object.entries(json.Resources)) {
       // Inline policies of a role, too.
-      if (r.Type === 'AWS::IAM::Role' && ((r.Properties.Policies as { PolicyDocument: { Statement: Statement[] } }[] | undefined) ?? []).some((p) => allows(p.PolicyDocument.Statement))) out.add(functionOfRole.get(id) ?? `other: ${id}`);
+      if (
+        r.Type === 'AWS::IAM::Role' &&
+        ((r.Properties.Policies as { PolicyDocument: { Statement: Statement[] } }[] | undefined) ?? []).some((p) => allows(p.PolicyDocument.Statement))
+      )
+        out.add(functionOfRole.get(id) ?? `other: ${id}`);
       if (r.Type !== 'AWS::IAM::Policy' && r.Type !== 'AWS::IAM::ManagedPolicy') continue;
       if (!allows((r.Properties.PolicyDocument as { Statement: Statement[] }).Statement)) continue;
-      for (const role of (r.Properties.Roles as { Ref: string }[] | undefined) ?? [{ Ref: '(no role)' }]) out.add(functionOfRole.get(role.Ref) ?? `other: ${role.Ref}`);
+      for (const role of (r.Properties.Roles as { Ref: string }[] | undefined) ?? [{ Ref: '(no role)' }])
+        out.add(functionOfRole.get(role.Ref) ?? `other: ${role.Ref}`);
     }
     return out;
   }

@@ -39,7 +39,17 @@ beforeAll(async () => {
   const e = t.stack.endpoints;
   recovery = stackRecoveryCatalog(e);
   vmDir = join(t.dir, 'vms', 'vm-r');
-  await createVmFolder(vmDir, { name: 'vm-r', disks: [{ id: 'disk0', sizeBytes: 24 * MiB }, { id: 'disk1', sizeBytes: 8 * MiB }] }, seededRng(5));
+  await createVmFolder(
+    vmDir,
+    {
+      name: 'vm-r',
+      disks: [
+        { id: 'disk0', sizeBytes: 24 * MiB },
+        { id: 'disk1', sizeBytes: 8 * MiB },
+      ],
+    },
+    seededRng(5),
+  );
   await t.stack.catalog.putVm({ vmId: 'vm-r', host: 'esx-01', source: vmDir });
   await t.stack.catalog.putPolicy({ policyId: 'p-r', vmIds: ['vm-r'], bucket: e.bucket, chunkSize: MiB, slotLimit: 1 });
   const b = await runExecution(t.sfn, e.backupStateMachineArn, { policyId: 'p-r' });
@@ -63,7 +73,11 @@ describe('Restore workflow', () => {
       expect(await sha256File(disk.path), disk.diskId).toBe(source); // what is on disk now
       expect(disk.chunksVerified).toBe(disk.sizeBytes / MiB);
     }
-    const vm = JSON.parse(await readFile(join(target, 'vm.json'), 'utf8')) as { name: string; disks: { id: string; file: string }[]; restoredFrom: { backupId: string } };
+    const vm = JSON.parse(await readFile(join(target, 'vm.json'), 'utf8')) as {
+      name: string;
+      disks: { id: string; file: string }[];
+      restoredFrom: { backupId: string };
+    };
     expect(vm.name).toBe('vm-r');
     expect(vm.disks.map((x) => x.file)).toEqual(['disk0.raw', 'disk1.raw']);
     expect(vm.restoredFrom.backupId).toBe(backupId);
@@ -82,7 +96,7 @@ describe('Restore workflow', () => {
     expect(s.disks.map((x) => x.diskId)).toEqual(['disk1']);
     expect(s.vmConfigPath).toBeNull();
     expect(await sha256File(target)).toBe(await sha256File(join(vmDir, 'disk1.raw')));
-    expect((await stat(join(t.dir, 'one', 'vm.json')).catch(() => undefined))).toBeUndefined();
+    expect(await stat(join(t.dir, 'one', 'vm.json')).catch(() => undefined)).toBeUndefined();
   });
 
   it('fails with a cause naming a disk the backup does not have', async () => {
@@ -148,7 +162,7 @@ describe('lifeboat restore (command line)', () => {
     expect(await sha256File(target)).toBe(source);
   });
 
-  it('exits 1 with the workflow\'s cause when the request is wrong', async () => {
+  it("exits 1 with the workflow's cause when the request is wrong", async () => {
     const r = await cli(['restore', '--vm', 'vm-r', '--disk', 'disk9', '--target', join(t.dir, 'cli', 'x.img'), '--group', 'site-a']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("Restore FAILED: Recovery.RequestInvalid: backup '");
@@ -170,7 +184,11 @@ describe('Deep verify workflow', () => {
     const d = await deepVerify({ vmId: 'vm-r', moverGroup: 'no-such-group' }, 'verify-bad-group');
     expect(d.status).toBe('FAILED');
     expect(d.error).toBe('Lifeboat.UnknownMoverGroup');
-    expect(await recovery.getRecord('DEEPVERIFY', 'verify-bad-group')).toMatchObject({ status: 'failed', error: { Error: 'Lifeboat.UnknownMoverGroup' }, job: { backupId } });
+    expect(await recovery.getRecord('DEEPVERIFY', 'verify-bad-group')).toMatchObject({
+      status: 'failed',
+      error: { Error: 'Lifeboat.UnknownMoverGroup' },
+      job: { backupId },
+    });
   });
 
   it('reads back only a sample when asked', async () => {
@@ -223,7 +241,11 @@ describe('Deep verify workflow', () => {
     expect((b as unknown as { damage: { findings: { objectKey: string }[] } }).damage.findings[0]!.objectKey).toBe(key);
     const events = (await readLocalEvents(t.stack.endpoints.dataDir)).filter((e) => e.detailType === 'Lifeboat Backup Damaged');
     expect(events).toHaveLength(1);
-    expect(events[0]!.detail).toMatchObject({ vmId: 'vm-r', backupId, findings: expect.arrayContaining([expect.objectContaining({ objectKey: key, diskId: 'disk0' })]) });
+    expect(events[0]!.detail).toMatchObject({
+      vmId: 'vm-r',
+      backupId,
+      findings: expect.arrayContaining([expect.objectContaining({ objectKey: key, diskId: 'disk0' })]),
+    });
     expect((events[0]!.detail as { message: string }).message).toContain(`${key} bytes ${at.offset}+${at.length} (chunk ${id}, disk 'disk0'`);
 
     // A damaged backup is no longer offered for restore, nor used as a parent.

@@ -25,10 +25,22 @@ beforeAll(async () => {
   const chunks = [0, 1, 2, 3].map((i) => data.subarray(i * CHUNK, Math.min((i + 1) * CHUNK, data.length)));
   const ids = chunks.map((c, i) => (i === 1 ? null : chunkId(keys, c)));
   // Format 1 (each chunk its own object); the sizes stand in for sealed sizes.
-  manifest = { version: 1, backupId: 'b1', diskId: 'disk0', sizeBytes: data.length, chunkSize: CHUNK, chunks: ids, storedSizes: Object.fromEntries(ids.filter((id) => id !== null).map((id) => [id, 5000])), storedSha256: {} };
+  manifest = {
+    version: 1,
+    backupId: 'b1',
+    diskId: 'disk0',
+    sizeBytes: data.length,
+    chunkSize: CHUNK,
+    chunks: ids,
+    storedSizes: Object.fromEntries(ids.filter((id) => id !== null).map((id) => [id, 5000])),
+    storedSha256: {},
+  };
   // Format 2: the same chunks in one pack, 5000 bytes each.
   packed = {
-    ...manifest, version: 2, storedSha256: undefined, packs: [{ id: PACK, size: 20_000 }],
+    ...manifest,
+    version: 2,
+    storedSha256: undefined,
+    packs: [{ id: PACK, size: 20_000 }],
     locations: Object.fromEntries(ids.filter((id) => id !== null).map((id, n) => [id, [0, n * 5000]])),
   };
 });
@@ -51,12 +63,18 @@ describe('rehashDisk', () => {
   });
 
   it('names the offset of a chunk whose bytes changed', async () => {
-    const path = await written('flip.raw', (b) => { b[2 * CHUNK + 17]! ^= 1; });
+    const path = await written('flip.raw', (b) => {
+      b[2 * CHUNK + 17]! ^= 1;
+    });
     const id = manifest.chunks[2]!;
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in chunks/${id.slice(0, 2)}/${id};`);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(
+      `offset ${2 * CHUNK} does not match chunk ${id} (stored in chunks/${id.slice(0, 2)}/${id};`,
+    );
     await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toBeInstanceOf(RestoreMismatch);
     // Format 2: the pack and the chunk's bytes in it (the second chunk stored: bytes 5000+5000).
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, packed), path })).rejects.toThrow(`offset ${2 * CHUNK} does not match chunk ${id} (stored in packs/5a/${PACK} bytes 5000+5000;`);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, packed), path })).rejects.toThrow(
+      `offset ${2 * CHUNK} does not match chunk ${id} (stored in packs/5a/${PACK} bytes 5000+5000;`,
+    );
   });
 
   it('accepts a faithful copy of a format-2 backup', async () => {
@@ -65,14 +83,18 @@ describe('rehashDisk', () => {
   });
 
   it('finds data where the backup has a hole', async () => {
-    const path = await written('hole.raw', (b) => { b[CHUNK + 5] = 7; });
+    const path = await written('hole.raw', (b) => {
+      b[CHUNK + 5] = 7;
+    });
     await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(`offset ${CHUNK} holds data where the backup has zeros`);
   });
 
   it('finds a target of the wrong size', async () => {
     const path = await written('short.raw');
     await truncate(path, data.length - 1);
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(`is ${data.length - 1} bytes, the backup's disk is ${data.length}`);
+    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(
+      `is ${data.length - 1} bytes, the backup's disk is ${data.length}`,
+    );
     const fh = await open(path, 'a');
     await fh.write(Buffer.alloc(2));
     await fh.close();

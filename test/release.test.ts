@@ -18,7 +18,11 @@ import { installedUpgrade, Upgrader, upgradeNeeded, type ReleasePublicKey } from
 import type { Logger } from '../mover/worker.ts';
 
 const logger: Logger = { info: () => {}, error: () => {} };
-const files = () => new Map<string, Uint8Array>([['mover.mjs', Buffer.from('console.log("mover 0.2.0")\n')], ['chunk-worker.ts', Buffer.from('export {};\n')]]);
+const files = () =>
+  new Map<string, Uint8Array>([
+    ['mover.mjs', Buffer.from('console.log("mover 0.2.0")\n')],
+    ['chunk-worker.ts', Buffer.from('export {};\n')],
+  ]);
 
 function keyPair() {
   const k = generateReleaseKeyPair();
@@ -98,7 +102,8 @@ describe('release signatures', () => {
 
   it('rejects malformed manifests with every problem listed, and file names that leave the install folder', () => {
     expect(() => parseReleaseManifest(Buffer.from('{"format":"x","files":[{"name":"../evil"}]}'), 's3://b/m')).toThrow(
-      /release manifest s3:\/\/b\/m is malformed: format is "x".*version undefined is not a version.*file name "..\/evil" is not allowed/);
+      /release manifest s3:\/\/b\/m is malformed: format is "x".*version undefined is not a version.*file name "..\/evil" is not allowed/,
+    );
     const { privateKey } = keyPair();
     expect(() => signRelease({ version: '0.2.0', entry: 'a', files: new Map([['../a', Buffer.from('')]]), privateKey })).toThrow(/'..\/a' is not allowed/);
   });
@@ -136,8 +141,9 @@ describe('the mover installer', () => {
     const theirs = keyPair();
     const store = new MemoryObjectStore();
     await publishRelease(store, { version: '0.3.0', files: files(), privateKey: theirs.privateKey });
-    await expect(new Upgrader({ home, currentVersion: '0.1.0', publicKey: ours.publicKey, logger }).ensure(store, 'bucket', '0.3.0'))
-      .rejects.toThrow(new RegExp(`release 0.3.0 \\(s3://bucket/releases/0.3.0/release.json\\) has a bad signature.*${ours.keyId}`));
+    await expect(new Upgrader({ home, currentVersion: '0.1.0', publicKey: ours.publicKey, logger }).ensure(store, 'bucket', '0.3.0')).rejects.toThrow(
+      new RegExp(`release 0.3.0 \\(s3://bucket/releases/0.3.0/release.json\\) has a bad signature.*${ours.keyId}`),
+    );
     expect(existsSync(join(home, 'current'))).toBe(false);
     expect(existsSync(join(home, 'versions', '0.3.0'))).toBe(false);
   });
@@ -150,17 +156,21 @@ describe('the mover installer', () => {
     await publishRelease(store, { version: '0.3.0', files: files(), privateKey: theirs.privateKey });
     const installed = await new Upgrader({ home, currentVersion: '0.1.0', publicKey: ours.publicKey, logger }).ensure(store, 'bucket', '0.2.0');
     expect(installed.version).toBe('0.2.0');
-    await expect(new Upgrader({ home, currentVersion: '0.2.0', publicKey: ours.publicKey, logger }).ensure(store, 'bucket', '0.3.0')).rejects.toThrow(/release 0.3.0 .* bad signature/);
+    await expect(new Upgrader({ home, currentVersion: '0.2.0', publicKey: ours.publicKey, logger }).ensure(store, 'bucket', '0.3.0')).rejects.toThrow(
+      /release 0.3.0 .* bad signature/,
+    );
   });
 
   it('says so when no release is recent enough, or when the mover has no public key', async () => {
     const { privateKey, publicKey } = keyPair();
     const store = new MemoryObjectStore();
     await publishRelease(store, { version: '0.2.0', files: files(), privateKey });
-    await expect(new Upgrader({ home, currentVersion: '0.1.0', publicKey, logger }).ensure(store, 'bucket', '0.4.0'))
-      .rejects.toThrow(/mover version 0.1.0 is older than the job's minimum 0.4.0, and s3:\/\/bucket\/releases\/ holds no release at or above 0.4.0/);
-    await expect(new Upgrader({ home, currentVersion: '0.1.0', publicKey: undefined, logger }).ensure(store, 'bucket', '0.2.0'))
-      .rejects.toThrow(/installed without a release public key.*LIFEBOAT_RELEASE_PUBLIC_KEY_FILE/);
+    await expect(new Upgrader({ home, currentVersion: '0.1.0', publicKey, logger }).ensure(store, 'bucket', '0.4.0')).rejects.toThrow(
+      /mover version 0.1.0 is older than the job's minimum 0.4.0, and s3:\/\/bucket\/releases\/ holds no release at or above 0.4.0/,
+    );
+    await expect(new Upgrader({ home, currentVersion: '0.1.0', publicKey: undefined, logger }).ensure(store, 'bucket', '0.2.0')).rejects.toThrow(
+      /installed without a release public key.*LIFEBOAT_RELEASE_PUBLIC_KEY_FILE/,
+    );
   });
 
   it('keeps latest.json on the newest release when an older one is published', async () => {

@@ -63,14 +63,18 @@ function schedule(rate: number, kinds: 'all' | 'no-stalls' | 'stalls-on-puts'): 
     { fault: { kind: 'reset' } },
     { fault: { kind: 'status', status: 500, code: 'InternalError' } },
     { fault: { kind: 'status', status: 503, code: 'SlowDown' } },
-    ...(kinds === 'all' ? [
-      { method: 'PUT', fault: { kind: 'cut-put' } },
-      { fault: { kind: 'stall', at: 'before-headers' } },
-      { method: 'GET', fault: { kind: 'stall', at: 'mid-body' } },
-    ] satisfies FaultRule[] : kinds === 'stalls-on-puts' ? [
-      { method: 'PUT', fault: { kind: 'cut-put' } },
-      { method: 'PUT', fault: { kind: 'stall', at: 'before-headers' } },
-    ] satisfies FaultRule[] : []),
+    ...(kinds === 'all'
+      ? ([
+          { method: 'PUT', fault: { kind: 'cut-put' } },
+          { fault: { kind: 'stall', at: 'before-headers' } },
+          { method: 'GET', fault: { kind: 'stall', at: 'mid-body' } },
+        ] satisfies FaultRule[])
+      : kinds === 'stalls-on-puts'
+        ? ([
+            { method: 'PUT', fault: { kind: 'cut-put' } },
+            { method: 'PUT', fault: { kind: 'stall', at: 'before-headers' } },
+          ] satisfies FaultRule[])
+        : []),
   ];
   // Five rules match a GET or a PUT (four a HEAD or a listing): 1 - (1 - p)^5 ≈ rate.
   const p = 1 - (1 - rate) ** (1 / (kinds === 'no-stalls' ? 3 : 5));
@@ -82,12 +86,35 @@ const config: LifeboatConfig = {
   ...example,
   policies: [
     ...example.policies,
-    { id: 'p-rel', vms: { ids: ['vm-rel'] }, schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' }, retention: { keepLast: 2 }, repository: 'primary', rpoHours: 26, replicateTo: 'dr' },
-    { id: 'p-kill', vms: { ids: ['vm-kill'] }, schedule: { expression: 'cron(0 4 * * ? *)', timeZone: 'UTC' }, retention: { keepLast: 10 }, repository: 'primary', rpoHours: 26 },
+    {
+      id: 'p-rel',
+      vms: { ids: ['vm-rel'] },
+      schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' },
+      retention: { keepLast: 2 },
+      repository: 'primary',
+      rpoHours: 26,
+      replicateTo: 'dr',
+    },
+    {
+      id: 'p-kill',
+      vms: { ids: ['vm-kill'] },
+      schedule: { expression: 'cron(0 4 * * ? *)', timeZone: 'UTC' },
+      retention: { keepLast: 10 },
+      repository: 'primary',
+      rpoHours: 26,
+    },
   ],
 };
 
-interface Row { scenario: string; requests: number; faults: number; retries: number; failedTasks: number; outcome: string; data: string }
+interface Row {
+  scenario: string;
+  requests: number;
+  faults: number;
+  retries: number;
+  failedTasks: number;
+  outcome: string;
+  data: string;
+}
 const rows: Row[] = [];
 let t: TestStack;
 let site: FaultProxy;
@@ -142,13 +169,23 @@ const drMovers = (m: string) => m.startsWith('rel-dr-');
 
 /** Every injected fault of a movers' proxy shows as a retry, unless its request's task failed and the workflow retried the task. */
 function expectRetriesAccountFor(w: ReturnType<ReturnType<typeof window>>, scenario: string) {
-  expect(w.retries, `${scenario}: storage.retry lines for ${w.faults} faults (${w.failedTasks} tasks failed)`).toBeGreaterThanOrEqual(w.faults - w.failedTasks * 5);
-  for (const l of w.lines.filter((x) => x.event === 'storage.retry')) expect(l, scenario).toMatchObject({ op: expect.any(String), key: expect.any(String), attempt: expect.any(Number), cause: expect.any(String) });
+  expect(w.retries, `${scenario}: storage.retry lines for ${w.faults} faults (${w.failedTasks} tasks failed)`).toBeGreaterThanOrEqual(
+    w.faults - w.failedTasks * 5,
+  );
+  for (const l of w.lines.filter((x) => x.event === 'storage.retry'))
+    expect(l, scenario).toMatchObject({ op: expect.any(String), key: expect.any(String), attempt: expect.any(Number), cause: expect.any(String) });
 }
 
 /** No slot, lease (run, replica, GC) or running backup record is left. */
 async function expectNothingHeld(scenario: string) {
-  const slots = await db.send(new ScanCommand({ TableName: t.stack.endpoints.table, FilterExpression: 'begins_with(pk, :s)', ExpressionAttributeValues: { ':s': 'SLOT#' }, ConsistentRead: true }));
+  const slots = await db.send(
+    new ScanCommand({
+      TableName: t.stack.endpoints.table,
+      FilterExpression: 'begins_with(pk, :s)',
+      ExpressionAttributeValues: { ':s': 'SLOT#' },
+      ConsistentRead: true,
+    }),
+  );
   expect(slots.Items ?? [], `${scenario}: slots and leases held`).toEqual([]);
   expect(await t.stack.catalog.runningBackups(), `${scenario}: running backup records`).toEqual([]);
 }
@@ -159,13 +196,22 @@ const backupRun = async (policyId: string) => runExecution(t.sfn, t.stack.endpoi
 async function replicationOf(runId: string) {
   const arn = t.stack.endpoints.stateMachines.ReplicatePolicy!;
   const name = `replicate-${createHash('sha1').update(runId).digest('hex')}`;
-  const found = await until(async () => (await t.sfn.send(new ListExecutionsCommand({ stateMachineArn: arn }))).executions?.find((x) => x.name === name), 30_000, `the replication of run ${runId}`);
+  const found = await until(
+    async () => (await t.sfn.send(new ListExecutionsCommand({ stateMachineArn: arn }))).executions?.find((x) => x.name === name),
+    30_000,
+    `the replication of run ${runId}`,
+  );
   return waitForExecution(t.sfn, found.executionArn!, { pollMs: 200 });
 }
 
 /** Restores a backup (through the site's proxy) and compares every disk with the VM's source; returns what was checked. */
 async function restoreIdentical(vm: string, backupId: string, target: string, extra: Record<string, unknown> = {}): Promise<string> {
-  const r = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: vm, backupId, target: join(t.dir, target), moverGroup: 'site-a', ...extra }, { pollMs: 200 });
+  const r = await runExecution(
+    t.sfn,
+    t.stack.endpoints.stateMachines.Restore!,
+    { vmId: vm, backupId, target: join(t.dir, target), moverGroup: 'site-a', ...extra },
+    { pollMs: 200 },
+  );
   expect(r.status, r.cause).toBe('SUCCEEDED');
   const s = JSON.parse(r.output!) as RestoreSummary;
   for (const d of s.disks) expect(await sha256File(d.path), `${vm}/${d.diskId}`).toBe(await sha256File(join(vmDir(vm), `${d.diskId}.raw`)));
@@ -174,7 +220,8 @@ async function restoreIdentical(vm: string, backupId: string, target: string, ex
 
 beforeAll(async () => {
   t = await startTestStack({
-    groups: {}, config,
+    groups: {},
+    config,
     endpointFront: async (repositoryId, url) => {
       expect(repositoryId).toBe('dr');
       drEndpoint = await startFaultProxy({ target: url, seed: SEED + 3, rules: schedule(RATE, 'stalls-on-puts') });
@@ -189,7 +236,17 @@ beforeAll(async () => {
   addMover('site-a', site);
   addMover('site-a', site);
   addMover('dr', dr);
-  await createVmFolder(vmDir('vm-rel'), { name: 'vm-rel', disks: [{ id: 'disk0', sizeBytes: 24 * MiB }, { id: 'disk1', sizeBytes: 8 * MiB }] }, seededRng(SEED));
+  await createVmFolder(
+    vmDir('vm-rel'),
+    {
+      name: 'vm-rel',
+      disks: [
+        { id: 'disk0', sizeBytes: 24 * MiB },
+        { id: 'disk1', sizeBytes: 8 * MiB },
+      ],
+    },
+    seededRng(SEED),
+  );
   await createVmFolder(vmDir('vm-kill'), { name: 'vm-kill', disks: [{ id: 'disk0', sizeBytes: 64 * MiB }] }, seededRng(SEED + 1));
   await fillIncompressible(join(vmDir('vm-rel'), 'disk0.raw'), 24 * MiB, SEED);
   await fillIncompressible(join(vmDir('vm-rel'), 'disk1.raw'), 8 * MiB, SEED + 1);
@@ -220,7 +277,15 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   expectRetriesAccountFor(s, 'full backup');
   // The run's counter holds the retries its Dispatch tasks made (the snapshot, verify and registration ones are logged only).
   expect(fullRun.totals.storageRetries).toBeLessThanOrEqual(s.retries);
-  rows.push({ scenario: 'full backup', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: `committed (run counter: ${fullRun.totals.storageRetries} retries)`, data: 'restored below' });
+  rows.push({
+    scenario: 'full backup',
+    requests: s.requests,
+    faults: s.faults,
+    retries: s.retries,
+    failedTasks: s.failedTasks,
+    outcome: `committed (run counter: ${fullRun.totals.storageRetries} retries)`,
+    data: 'restored below',
+  });
 
   // Replication: the DR mover reads through `dr` and writes through `drEndpoint`; the functions check the replica through `drEndpoint` (their retries counted apart).
   const wr = window([dr, drEndpoint], drMovers);
@@ -240,7 +305,15 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   expect(incrRun.totals.uploadedChunks).toBeLessThan(fullRun.totals.uploadedChunks);
   s = w();
   expectRetriesAccountFor(s, 'incremental backup');
-  rows.push({ scenario: 'incremental backup', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: `committed, ${incrRun.totals.uploadedChunks} of ${incrRun.totals.chunks} chunks uploaded (run counter: ${incrRun.totals.storageRetries} retries)`, data: 'restored below' });
+  rows.push({
+    scenario: 'incremental backup',
+    requests: s.requests,
+    faults: s.faults,
+    retries: s.retries,
+    failedTasks: s.failedTasks,
+    outcome: `committed, ${incrRun.totals.uploadedChunks} of ${incrRun.totals.chunks} chunks uploaded (run counter: ${incrRun.totals.storageRetries} retries)`,
+    data: 'restored below',
+  });
   const rep2 = await replicationOf(incrRun.runId);
   expect(rep2.status, rep2.cause).toBe('SUCCEEDED');
   s = wr();
@@ -252,10 +325,24 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
 
   // The replica is whole: a restore from the DR repository (through its own endpoint, no faults) equals the source.
   const incrId = incrRun.vms[0]!.backupId;
-  const fromDr = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'vm-rel', backupId: incrId, target: join(t.dir, 'from-dr'), moverGroup: 'dr', fromBucket: t.stack.endpoints.buckets.dr! }, { pollMs: 200 });
+  const fromDr = await runExecution(
+    t.sfn,
+    t.stack.endpoints.stateMachines.Restore!,
+    { vmId: 'vm-rel', backupId: incrId, target: join(t.dir, 'from-dr'), moverGroup: 'dr', fromBucket: t.stack.endpoints.buckets.dr! },
+    { pollMs: 200 },
+  );
   expect(fromDr.status, fromDr.cause).toBe('SUCCEEDED');
-  for (const d of (JSON.parse(fromDr.output!) as RestoreSummary).disks) expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir('vm-rel'), `${d.diskId}.raw`)));
-  rows.push({ scenario: 'replication to DR (full + incremental; reads and writes through faults)', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'both succeeded', data: 'restore from the DR repository sha256-identical' });
+  for (const d of (JSON.parse(fromDr.output!) as RestoreSummary).disks)
+    expect(await sha256File(d.path), d.diskId).toBe(await sha256File(join(vmDir('vm-rel'), `${d.diskId}.raw`)));
+  rows.push({
+    scenario: 'replication to DR (full + incremental; reads and writes through faults)',
+    requests: s.requests,
+    faults: s.faults,
+    retries: s.retries,
+    failedTasks: s.failedTasks,
+    outcome: 'both succeeded',
+    data: 'restore from the DR repository sha256-identical',
+  });
 
   // Restore of the incremental through the faults.
   w = window([site], siteMovers);
@@ -263,21 +350,36 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   s = w();
   expectRetriesAccountFor(s, 'restore');
   await expectNothingHeld('restore');
-  rows.push({ scenario: 'restore', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks, outcome: 'succeeded', data: restored });
+  rows.push({
+    scenario: 'restore',
+    requests: s.requests,
+    faults: s.faults,
+    retries: s.retries,
+    failedTasks: s.failedTasks,
+    outcome: 'succeeded',
+    data: restored,
+  });
 
   // kill -9 of the mover running a Dispatch mid-backup: the task goes to the other mover after its heartbeat timeout.
   w = window([site], siteMovers);
   const killedRun = backupRun('p-kill');
-  const progress = await until(() => t.logs.find((l): l is MoverLogLine => l.event === 'dispatch.progress' && l.vmId === 'vm-kill' && (l.bytesStored as number) > 0), 60_000, 'a Dispatch of vm-kill storing bytes');
+  const progress = await until(
+    () => t.logs.find((l): l is MoverLogLine => l.event === 'dispatch.progress' && l.vmId === 'vm-kill' && (l.bytesStored as number) > 0),
+    60_000,
+    'a Dispatch of vm-kill storing bytes',
+  );
   const victim = t.movers.find((m) => m.name === progress.mover)!;
   await victim.stop(true);
   expect(victim.child.signalCode).toBe('SIGKILL');
   addMover('site-a', site); // a replacement, so two movers serve the group again
   const killed = await killedRun;
   s = w();
-  const killedSummary = killed.output ? JSON.parse(killed.output) as RunSummary : undefined;
+  const killedSummary = killed.output ? (JSON.parse(killed.output) as RunSummary) : undefined;
   if (killed.status === 'SUCCEEDED' && killedSummary?.committed === 1) {
-    expect(t.logs.some((l) => l.mover !== progress.mover && l.event === 'task.succeeded' && l.task === 'dispatch' && l.vmId === 'vm-kill'), 'another mover finished the Dispatch').toBe(true);
+    expect(
+      t.logs.some((l) => l.mover !== progress.mover && l.event === 'task.succeeded' && l.task === 'dispatch' && l.vmId === 'vm-kill'),
+      'another mover finished the Dispatch',
+    ).toBe(true);
   } else {
     // Failed with a named error and nothing committed.
     expect(killedSummary?.vms[0]?.error?.Error ?? killed.error, killed.cause).toMatch(/^[A-Z][A-Za-z]+\.[A-Za-z]+/);
@@ -292,8 +394,13 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const killRestore = await restoreIdentical('vm-kill', nextRun.vms[0]!.backupId, 'restore-kill');
   s = w();
   rows.push({
-    scenario: 'kill -9 of a mover mid-Dispatch, then the next run', requests: s.requests, faults: s.faults, retries: s.retries, failedTasks: s.failedTasks,
-    outcome: `${killedSummary?.committed === 1 ? 'committed after takeover' : `failed (${killed.error})`}; next run committed`, data: killRestore,
+    scenario: 'kill -9 of a mover mid-Dispatch, then the next run',
+    requests: s.requests,
+    faults: s.faults,
+    retries: s.retries,
+    failedTasks: s.failedTasks,
+    outcome: `${killedSummary?.committed === 1 ? 'committed after takeover' : `failed (${killed.error})`}; next run committed`,
+    data: killRestore,
   });
 
   // Prune (keepLast 2: the full goes) and GC with the control plane's own requests through a faulty proxy.
@@ -321,7 +428,9 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   // The functions' one retry layer is the SDK's: every fault is a logged, counted retry, or a request that failed after its last attempt (the workflow's Retry ran the function again).
   const k1 = controlPlaneStorageRetries();
   const ctl = { faults: control.injected.length + drEndpoint.injected.length - c0, retries: k1.retries - k0.retries, exhausted: k1.exhausted - k0.exhausted };
-  expect(ctl.retries, `prune + GC: ${ctl.faults} faults, ${ctl.exhausted} requests failed after their last attempt`).toBeGreaterThanOrEqual(ctl.faults - 3 * ctl.exhausted);
+  expect(ctl.retries, `prune + GC: ${ctl.faults} faults, ${ctl.exhausted} requests failed after their last attempt`).toBeGreaterThanOrEqual(
+    ctl.faults - 3 * ctl.exhausted,
+  );
   const committed = (await t.stack.catalog.listBackups('vm-rel')).filter((b) => b.status === 'committed');
   expect(committed).toHaveLength(2);
   expect(committed.map((b) => b.backupId)).not.toContain(vmRelBefore.at(-1)!.backupId); // the oldest (the full) was pruned
@@ -330,7 +439,12 @@ it('backs up, replicates, restores, survives a killed mover, prunes and collects
   const afterGc = await restoreIdentical('vm-rel', committed[0]!.backupId, 'restore-after-gc');
   await restoreIdentical('vm-rel', incrId, 'restore-incr-after-gc', {});
   rows.push({
-    scenario: 'prune + GC (the functions through proxies: resets, 5xx)', requests: control.requests + drEndpoint.requests - r0, faults: ctl.faults, retries: ctl.retries, failedTasks: ctl.exhausted,
-    outcome: 'prune and GC succeeded, the full backup pruned', data: `2 backups left, both restored: ${afterGc}`,
+    scenario: 'prune + GC (the functions through proxies: resets, 5xx)',
+    requests: control.requests + drEndpoint.requests - r0,
+    faults: ctl.faults,
+    retries: ctl.retries,
+    failedTasks: ctl.exhausted,
+    outcome: 'prune and GC succeeded, the full backup pruned',
+    data: `2 backups left, both restored: ${afterGc}`,
   });
 }, 420_000);

@@ -21,11 +21,29 @@ const keys = deriveKeys(randomBytes(32));
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, packBytes?: number) {
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
   await store.put(objectKeys.vmConfig(backupId), await seal(keys, Buffer.from('{"name":"vm"}'), `vm-config:${backupId}`));
-  return backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK, parallelism: 2, ...(packBytes ? { packBytes } : {}) });
+  return backupDisk({
+    store,
+    keys,
+    reader,
+    disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
+    backupId,
+    chunkSize: CHUNK,
+    parallelism: 2,
+    ...(packBytes ? { packBytes } : {}),
+  });
 }
-const manifestOf = async (store: MemoryObjectStore, backupId: string) => decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store);
+const manifestOf = async (store: MemoryObjectStore, backupId: string) =>
+  decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store);
 const job = (backupId: string): ReplicateJob => ({
-  replicationId: 'r', vmId: 'vm', backupId, moverGroup: 'dr', source: { bucket: 's' }, target: { bucket: 't' }, disks: [], replicaDir: null, recoveryPoint: '2026-11-23T00:00:00Z',
+  replicationId: 'r',
+  vmId: 'vm',
+  backupId,
+  moverGroup: 'dr',
+  source: { bucket: 's' },
+  target: { bucket: 't' },
+  disks: [],
+  replicaDir: null,
+  recoveryPoint: '2026-11-23T00:00:00Z',
 });
 const keysUnder = (store: MemoryObjectStore, prefix: string) => [...store.objects.keys()].filter((k) => k.startsWith(prefix)).sort();
 
@@ -113,11 +131,13 @@ describe('replicateDisk (format 2: packs)', () => {
     const pack = source.objects.get(key)!;
     pack[pack.length - 10]! ^= 1;
     const d = { source: { store: source, keys }, target: { store: target }, parallelism: 1 };
-    await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(`pack ${key} (chunks of disk 'disk0', backup b1): its trailer is damaged in the source repository; not replicated`);
+    await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(
+      `pack ${key} (chunks of disk 'disk0', backup b1): its trailer is damaged in the source repository; not replicated`,
+    );
     expect(target.objects.has(key)).toBe(false);
   });
 
-  it('a run stopped between copying the packs and indexing them: the re-run copies nothing again and leaves them unindexed, and the DR repository\'s garbage collection lists them again', async () => {
+  it("a run stopped between copying the packs and indexing them: the re-run copies nothing again and leaves them unindexed, and the DR repository's garbage collection lists them again", async () => {
     const source = new MemoryObjectStore();
     const target = new MemoryObjectStore();
     const data = randomBytes(6 * CHUNK);
@@ -130,14 +150,19 @@ describe('replicateDisk (format 2: packs)', () => {
         return target.put(key, body, checksum);
       },
     });
-    await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: dying }, parallelism: 2 })).rejects.toThrow('connection reset');
+    await expect(
+      replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: dying }, parallelism: 2 }),
+    ).rejects.toThrow('connection reset');
     expect(keysUnder(target, 'packs/')).toEqual(keysUnder(source, 'packs/'));
     const rerun = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: target }, parallelism: 2 });
     expect(rerun.chunksCopied).toBe(0);
     expect(keysUnder(target, 'index/')).toEqual([]);
     expect(target.objects.has(objectKeys.manifest('b1', 'disk0'))).toBe(true);
 
-    const gc = await collectGarbage({ gcId: 'gc-dr', request: { bucket: 't', graceHours: 24 } }, { admin: new MemoryRepositoryAdmin(target), store: target, keys, now: () => new Date() });
+    const gc = await collectGarbage(
+      { gcId: 'gc-dr', request: { bucket: 't', graceHours: 24 } },
+      { admin: new MemoryRepositoryAdmin(target), store: target, keys, now: () => new Date() },
+    );
     expect(gc.index.reindexed).toBe(m.packs!.length);
     expect(gc.packs).toMatchObject({ total: m.packs!.length, referenced: m.packs!.length, deleted: 0 });
     const [si, ti] = await Promise.all([RepositoryIndex.load(source, keys), RepositoryIndex.load(target, keys)]);
@@ -158,8 +183,8 @@ describe('replicateDisk (format 2: packs)', () => {
 });
 
 describe('replicateDisk (format 1: chunk objects)', () => {
-  const backupV1 = (store: MemoryObjectStore, backupId: string, data: Buffer) => writeV1Backup(store, keys, { backupId, data, chunkSize: CHUNK, vmConfig: true });
-
+  const backupV1 = (store: MemoryObjectStore, backupId: string, data: Buffer) =>
+    writeV1Backup(store, keys, { backupId, data, chunkSize: CHUNK, vmConfig: true });
 
   it('copies each missing chunk object once, then nothing; writes no pack or index', async () => {
     const source = new MemoryObjectStore();
@@ -180,7 +205,9 @@ describe('replicateDisk (format 1: chunk objects)', () => {
     const key = keysUnder(source, 'chunks/')[0]!;
     source.objects.get(key)![30]! ^= 4;
     const d = { source: { store: source, keys }, target: { store: target }, parallelism: 1 };
-    await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(`chunk ${key} of disk 'disk0' (backup b1) is damaged in the source repository`);
+    await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(
+      `chunk ${key} of disk 'disk0' (backup b1) is damaged in the source repository`,
+    );
     expect(target.objects.has(key)).toBe(false);
     expect(target.objects.has(objectKeys.manifest('b1', 'disk0'))).toBe(false);
   });

@@ -18,7 +18,14 @@ async function committed(vmId: string, backupId: string, startedH: number) {
 
 beforeAll(async () => {
   ({ catalog, recovery, close } = await startTestCatalog());
-  await catalog.putPolicy({ policyId: 'p-dr', vmIds: ['vm-a', 'vm-b', 'vm-c'], bucket: 'main', chunkSize: 1 << 20, slotLimit: 1, replicateTo: { repositoryId: 'dr', bucket: 'dr-bucket' } });
+  await catalog.putPolicy({
+    policyId: 'p-dr',
+    vmIds: ['vm-a', 'vm-b', 'vm-c'],
+    bucket: 'main',
+    chunkSize: 1 << 20,
+    slotLimit: 1,
+    replicateTo: { repositoryId: 'dr', bucket: 'dr-bucket' },
+  });
   await catalog.putPolicy({ policyId: 'p-local', vmIds: ['vm-a'], bucket: 'main', chunkSize: 1 << 20, slotLimit: 1 });
   // vm-a: two backups, only the older one copied to the DR site; vm-b: one backup, never copied; vm-c: none.
   await committed('vm-a', '20261122T060000000Z-a', 30);
@@ -30,7 +37,7 @@ beforeAll(async () => {
 afterAll(async () => close?.());
 
 describe('reportReplication', () => {
-  it('reports the oldest newest verified DR copy of the policy\'s VMs, counting a VM never copied from its oldest backup', async () => {
+  it("reports the oldest newest verified DR copy of the policy's VMs, counting a VM never copied from its oldest backup", async () => {
     const r = await reportReplication({ policyId: 'p-dr', started: false }, { catalog, recovery, now: () => NOW });
     expect(r).toEqual({ policyId: 'p-dr', drBucket: 'dr-bucket', vms: { 'vm-a': 30, 'vm-b': 10 }, drRecoveryPointAgeHours: 30, replicationStartFailed: true });
   });
@@ -42,7 +49,10 @@ describe('reportReplication', () => {
   });
 
   it('reports nothing for a policy that does not replicate', async () => {
-    expect(await reportReplication({ policyId: 'p-local', started: true }, { catalog, recovery, now: () => NOW })).toMatchObject({ drBucket: null, drRecoveryPointAgeHours: null });
+    expect(await reportReplication({ policyId: 'p-local', started: true }, { catalog, recovery, now: () => NOW })).toMatchObject({
+      drBucket: null,
+      drRecoveryPointAgeHours: null,
+    });
   });
 });
 
@@ -50,7 +60,13 @@ describe('quarantine records and healing', () => {
   const base = { reason: 'failed authentication', vmId: 'vm-a', backupId: 'b', verifyId: 'v1', quarantinedAt: NOW.toISOString() };
   it('lists quarantined chunks per repository (a repeat record is one chunk) and clears them', async () => {
     await recovery.putQuarantine('|main', { ...base, chunkId: 'c1', objectKey: 'chunks/c1/c1', quarantineKey: 'quarantine/v1/chunks/c1/c1' });
-    await recovery.putQuarantine('|main', { ...base, chunkId: 'c1', objectKey: 'chunks/c1/c1', verifyId: 'v2', reason: 'the chunk is missing from the repository' });
+    await recovery.putQuarantine('|main', {
+      ...base,
+      chunkId: 'c1',
+      objectKey: 'chunks/c1/c1',
+      verifyId: 'v2',
+      reason: 'the chunk is missing from the repository',
+    });
     await recovery.putQuarantine('|other', { ...base, chunkId: 'c2', objectKey: 'chunks/c2/c2' });
     expect(await recovery.quarantinedChunks('|main', 100)).toEqual(['c1']);
     expect(await recovery.quarantinedChunks('|other', 100)).toEqual(['c2']);
@@ -60,7 +76,11 @@ describe('quarantine records and healing', () => {
   });
 
   it('turns only a damaged backup back to committed, returning the damage it had', async () => {
-    const damage = { verifyId: 'v1', foundAt: NOW.toISOString(), findings: [{ backupId: '20261123T020000000Z-b', diskId: 'disk0', offsets: [0], objectKey: 'chunks/c1/c1', reason: 'x' }] };
+    const damage = {
+      verifyId: 'v1',
+      foundAt: NOW.toISOString(),
+      findings: [{ backupId: '20261123T020000000Z-b', diskId: 'disk0', offsets: [0], objectKey: 'chunks/c1/c1', reason: 'x' }],
+    };
     expect(await recovery.markHealthy('vm-b', '20261123T020000000Z-b', { verifyId: 'v3', healedAt: NOW.toISOString() })).toBeUndefined();
     expect(await recovery.markDamaged('vm-b', '20261123T020000000Z-b', damage)).toBe(true);
     expect(await recovery.markHealthy('vm-b', '20261123T020000000Z-b', { verifyId: 'v3', healedAt: NOW.toISOString() })).toEqual(damage);

@@ -32,8 +32,13 @@ import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.t
 const MiB = 1024 * 1024;
 const example = loadConfig();
 const policy = (id: string, vmId: string, replicateTo?: string) => ({
-  id, vms: { ids: [vmId] }, schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' }, retention: { keepLast: 10 },
-  repository: 'primary', rpoHours: 26, ...(replicateTo ? { replicateTo } : {}),
+  id,
+  vms: { ids: [vmId] },
+  schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' },
+  retention: { keepLast: 10 },
+  repository: 'primary',
+  rpoHours: 26,
+  ...(replicateTo ? { replicateTo } : {}),
 });
 /** The example configuration (its DR repository is on another endpoint, replicated by group "dr", with a standby folder) plus the test's policy. */
 const config: LifeboatConfig = { ...example, policies: [...example.policies, policy('p-dr', 'vm-d', 'dr')] };
@@ -44,7 +49,13 @@ let drBucket: string;
 let standbyDir: string;
 
 type ReplicateOutput = { replication: ReplicationSummary; verified: VerifyOutput; standby?: StandbyDisk[]; vmConfig?: { path: string } };
-type PolicyReplication = { policyId: string; runId?: string; replicated: ReplicateOutput[]; skipped: { vmId: string; reason: string }[]; drRecoveryPointAgeHours: number | null };
+type PolicyReplication = {
+  policyId: string;
+  runId?: string;
+  replicated: ReplicateOutput[];
+  skipped: { vmId: string; reason: string }[];
+  drRecoveryPointAgeHours: number | null;
+};
 /** What the Backup workflow outputs: the run's summary and, when it started one, its replication. */
 type BackupOutput = RunSummary & { replication?: { started: boolean; executionArn?: string; alreadyStarted?: boolean } };
 
@@ -88,7 +99,17 @@ beforeAll(async () => {
   drBucket = e.buckets.dr!;
   standbyDir = join(e.dataDir, 'sites', 'site-dr', config.repositories[1]!.replication!.standbyPath!);
   vmDir = join(t.dir, 'vms', 'vm-d');
-  await createVmFolder(vmDir, { name: 'vm-d', disks: [{ id: 'disk0', sizeBytes: 32 * MiB }, { id: 'disk1', sizeBytes: 8 * MiB }] }, seededRng(31));
+  await createVmFolder(
+    vmDir,
+    {
+      name: 'vm-d',
+      disks: [
+        { id: 'disk0', sizeBytes: 32 * MiB },
+        { id: 'disk1', sizeBytes: 8 * MiB },
+      ],
+    },
+    seededRng(31),
+  );
   await t.stack.catalog.putVm({ vmId: 'vm-d', host: 'esx-01', source: vmDir });
   full = await backupAndReplicate();
 });
@@ -97,7 +118,7 @@ afterAll(async () => {
 });
 
 describe('a DR repository on its own S3 endpoint', () => {
-  it('is served by a second s3rver with its own port and data folder, not by the stack\'s own', () => {
+  it("is served by a second s3rver with its own port and data folder, not by the stack's own", () => {
     const e = t.stack.endpoints;
     const dr = e.repositories.dr!;
     expect(dr.bucket).toBe('lifeboat-dr');
@@ -125,7 +146,9 @@ describe('replication after a backup', () => {
     // What crossed to the DR site is what the full backup stored (packs, their index objects, manifests, VM config).
     expect(r.bytesCopied / b.totals.bytesStored).toBeGreaterThan(0.98);
     expect(r.bytesCopied / b.totals.bytesStored).toBeLessThan(1.02);
-    const copiers = new Set(t.logs.filter((l) => l.event === 'task.succeeded' && (l.task === 'replicateDisk' || l.task === 'updateStandbyDisk')).map((l) => l.mover));
+    const copiers = new Set(
+      t.logs.filter((l) => l.event === 'task.succeeded' && (l.task === 'replicateDisk' || l.task === 'updateStandbyDisk')).map((l) => l.mover),
+    );
     expect([...copiers]).toEqual(['dr-mover-1']);
     // The DR endpoint holds the copy: every pack of the manifest, read through its own endpoint.
     const dr = repositoryStore(t.stack.endpoints, 'dr');
@@ -137,7 +160,10 @@ describe('replication after a backup', () => {
     const drIndex = await RepositoryIndex.load(dr, keys);
     for (const id of new Set(m.chunks.filter((c): c is string => c !== null))) {
       const at = chunkLocation(m, id);
-      expect(drIndex.all(id).map((l) => [l.key, l.offset, l.length]), id).toContainEqual([at.key, at.offset, at.length]);
+      expect(
+        drIndex.all(id).map((l) => [l.key, l.offset, l.length]),
+        id,
+      ).toContainEqual([at.key, at.offset, at.length]);
     }
 
     const restored = await run('Restore', { vmId: 'vm-d', target: join(t.dir, 'from-dr'), moverGroup: 'dr', fromBucket: drBucket });
@@ -167,7 +193,9 @@ describe('replication after a backup', () => {
     expect(r.backupId).toBe(incr.vms[0]!.backupId);
     expect(r.chunksCopied).toBe(incr.totals.uploadedChunks);
     // Bytes replicated are the bytes the incremental stored: the packs of changed chunks, their index objects, two manifests and the VM config.
-    process.stdout.write(`replication after an incremental: ${r.bytesCopied} bytes copied for ${incr.totals.bytesStored} bytes stored (full: ${full.run.totals.bytesStored})\n`);
+    process.stdout.write(
+      `replication after an incremental: ${r.bytesCopied} bytes copied for ${incr.totals.bytesStored} bytes stored (full: ${full.run.totals.bytesStored})\n`,
+    );
     expect(r.bytesCopied / incr.totals.bytesStored).toBeGreaterThan(0.9);
     expect(r.bytesCopied / incr.totals.bytesStored).toBeLessThan(1.2);
     expect(r.bytesCopied).toBeLessThan(0.1 * full.run.totals.bytesStored);
@@ -183,7 +211,14 @@ describe('replication after a backup', () => {
   });
 
   it('a run that commits nothing starts no replication', async () => {
-    await t.stack.catalog.putPolicy({ policyId: 'p-dr-gone', vmIds: ['vm-gone'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, replicateTo: { repositoryId: 'dr', ...t.stack.endpoints.repositories.dr!, moverGroup: 'dr' } });
+    await t.stack.catalog.putPolicy({
+      policyId: 'p-dr-gone',
+      vmIds: ['vm-gone'],
+      bucket: t.stack.endpoints.bucket,
+      chunkSize: MiB,
+      slotLimit: 1,
+      replicateTo: { repositoryId: 'dr', ...t.stack.endpoints.repositories.dr!, moverGroup: 'dr' },
+    });
     await t.stack.catalog.putVm({ vmId: 'vm-gone', host: 'esx-01', source: join(t.dir, 'vms', 'no-such-vm') });
     const b = await backup('p-dr-gone');
     expect(b).toMatchObject({ committed: 0, failed: 1 });
@@ -207,10 +242,12 @@ describe('Failover workflow', () => {
 });
 
 describe('one replication of a VM into the DR repository at a time', () => {
-  it('waits while another holds the VM\'s replica lease, then runs and gives the lease back', async () => {
+  it("waits while another holds the VM's replica lease, then runs and gives the lease back", async () => {
     const scope = `replica:${drBucket}/vm-d`;
     expect(await t.stack.catalog.takeSlot(scope, 0, 'another-replication', Date.now(), Date.now() + 600_000)).toBe(true);
-    const { executionArn } = await t.sfn.send(new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Replicate!, input: JSON.stringify({ vmId: 'vm-d' }) }));
+    const { executionArn } = await t.sfn.send(
+      new StartExecutionCommand({ stateMachineArn: t.stack.endpoints.stateMachines.Replicate!, input: JSON.stringify({ vmId: 'vm-d' }) }),
+    );
     await sleep(3000);
     expect((await t.sfn.send(new DescribeExecutionCommand({ executionArn }))).status).toBe('RUNNING');
     await t.stack.catalog.releaseSlot(Catalog.slotKey(scope, 0), 'another-replication');
@@ -234,7 +271,7 @@ describe('one replication of a VM into the DR repository at a time', () => {
 });
 
 describe('garbage collection of the DR repository', () => {
-  it('marks and sweeps through the DR repository\'s own endpoint: every replicated pack is referenced there', async () => {
+  it("marks and sweeps through the DR repository's own endpoint: every replicated pack is referenced there", async () => {
     const d = await run('Gc', { bucket: drBucket, endpoint: t.stack.endpoints.repositories.dr!.endpoint, graceHours: 0, dryRun: true });
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const report = JSON.parse(d.output!) as GcReport;
@@ -266,7 +303,14 @@ describe('a policy whose DR repository names no replicating group', () => {
     await createVmFolder(vm2, { name: 'vm-m', disks: [{ id: 'disk0', sizeBytes: 8 * MiB }] }, seededRng(36));
     await t.stack.catalog.putVm({ vmId: 'vm-m', host: 'esx-01', source: vm2 });
     // Written by hand (the configuration would refuse it): the DR repository without a mover group.
-    await t.stack.catalog.putPolicy({ policyId: 'p-manual', vmIds: ['vm-m'], bucket: t.stack.endpoints.bucket, chunkSize: MiB, slotLimit: 1, replicateTo: { repositoryId: 'dr', ...t.stack.endpoints.repositories.dr! } });
+    await t.stack.catalog.putPolicy({
+      policyId: 'p-manual',
+      vmIds: ['vm-m'],
+      bucket: t.stack.endpoints.bucket,
+      chunkSize: MiB,
+      slotLimit: 1,
+      replicateTo: { repositoryId: 'dr', ...t.stack.endpoints.repositories.dr! },
+    });
   });
 
   it('the replication the run starts fails, saying which setting is missing; nothing is copied', async () => {

@@ -15,7 +15,16 @@ const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
 const store = new MemoryObjectStore();
 const data = Buffer.concat([randomBytes(2 * CHUNK), Buffer.alloc(3 * CHUNK), randomBytes(CHUNK + 777)]);
-const job: RestoreJob = { restoreId: 'r', vmId: 'vm', backupId: 'b1', moverGroup: 'g', repository: { bucket: 'b' }, target: '/dev/null', diskId: 'disk0', disks: [] };
+const job: RestoreJob = {
+  restoreId: 'r',
+  vmId: 'vm',
+  backupId: 'b1',
+  moverGroup: 'g',
+  repository: { bucket: 'b' },
+  target: '/dev/null',
+  diskId: 'disk0',
+  disks: [],
+};
 let dir: string;
 
 beforeAll(async () => {
@@ -46,7 +55,9 @@ describe('restoreDiskTask onto a device', () => {
     await writeFile(path, Buffer.alloc(CHUNK));
     const p = restoreDiskTask(job, { diskId: 'disk0', sizeBytes: data.length, path }, { store, keys, parallelism: 2, targetKind: 'device' });
     await expect(p).rejects.toBeInstanceOf(RecoveryRequestInvalid);
-    await expect(restoreDiskTask(job, { diskId: 'disk0', sizeBytes: data.length, path }, { store, keys, parallelism: 2, targetKind: 'device' })).rejects.toThrow(`restore target ${path} is smaller than the disk (${data.length} bytes)`);
+    await expect(
+      restoreDiskTask(job, { diskId: 'disk0', sizeBytes: data.length, path }, { store, keys, parallelism: 2, targetKind: 'device' }),
+    ).rejects.toThrow(`restore target ${path} is smaller than the disk (${data.length} bytes)`);
     expect((await stat(path)).size).toBe(CHUNK);
   });
 });

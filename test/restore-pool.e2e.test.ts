@@ -41,18 +41,31 @@ let freezeHash: string;
 /** The console of the VM restored as qcow2 volumes (the qcow2 test defines it, the backup test boots it). */
 let qcow2Console: string;
 
-const sha256 = (path: string, bytes: number) => new Promise<string>((ok, fail) => {
-  const h = createHash('sha256');
-  createReadStream(path, { start: 0, end: bytes - 1 }).on('data', (b) => h.update(b)).on('end', () => ok(h.digest('hex'))).on('error', fail);
-});
-const volumes = async () => (await virsh(['vol-list', '--pool', pool])).split('\n').slice(2).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean);
+const sha256 = (path: string, bytes: number) =>
+  new Promise<string>((ok, fail) => {
+    const h = createHash('sha256');
+    createReadStream(path, { start: 0, end: bytes - 1 })
+      .on('data', (b) => h.update(b))
+      .on('end', () => ok(h.digest('hex')))
+      .on('error', fail);
+  });
+const volumes = async () =>
+  (await virsh(['vol-list', '--pool', pool]))
+    .split('\n')
+    .slice(2)
+    .map((l) => l.trim().split(/\s+/)[0])
+    .filter(Boolean);
 
 let restores = 0;
 /** A whole-VM restore into the pool (its own restore folder each time), as domain `name`. */
 async function restore(name: string, define: Record<string, unknown>, extra: Record<string, unknown> = {}) {
   domains.push(name);
   const d = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
-    vmId, moverGroup: 'site-a', target: join(t.dir, `restore-${++restores}`), define: { uri: 'qemu:///system', name, pool, ...define }, ...extra,
+    vmId,
+    moverGroup: 'site-a',
+    target: join(t.dir, `restore-${++restores}`),
+    define: { uri: 'qemu:///system', name, pool, ...define },
+    ...extra,
   });
   return { status: d.status, error: d.error, cause: d.cause ?? '', summary: d.output ? (JSON.parse(d.output) as RestoreSummary) : undefined };
 }
@@ -75,11 +88,18 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     t = await startTestStack({ movers: 1, moverEnv: { LIFEBOAT_WORK_DIR: '' } });
     await t.movers[0]!.stop(true);
     t.movers[0] = (await import('../local/movers.ts')).startMover(t.stack.endpoints, {
-      name: 'pool-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: join(t.dir, 'work') }, onLog: (l) => t.logs.push(l),
+      name: 'pool-mover',
+      group: 'site-a',
+      env: { LIFEBOAT_WORK_DIR: join(t.dir, 'work') },
+      onLog: (l) => t.logs.push(l),
     });
     vm = await startLabVm({
-      dir: join(t.dir, 'vm'), cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'), name: `lifeboat-pool-src-${process.pid}`,
-      sizeBytes: DISK, dataBytes: 12 * MiB, behaviour: { mode: 'write', writeKiBs: 64 },
+      dir: join(t.dir, 'vm'),
+      cacheDir: join(tmpdir(), 'lifeboat-vm-lab-cache'),
+      name: `lifeboat-pool-src-${process.pid}`,
+      sizeBytes: DISK,
+      dataBytes: 12 * MiB,
+      behaviour: { mode: 'write', writeKiBs: 64 },
     });
     await t.stack.catalog.putVm({ vmId, host: 'kvm-01', source: vm.name });
     await t.stack.catalog.putPolicy({ policyId: 'p-pool', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
@@ -103,24 +123,35 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     const name = `lifeboat-pool-boot-${process.pid}`;
     const r = await restore(name, { bootCheck: { consoleLine: 'LIFEBOAT-GUEST READY', timeoutSeconds: 240 } });
     expect(r.status, r.cause).toBe('SUCCEEDED');
-    expect(r.summary!.disks[0]).toMatchObject({ diskId: 'vda', sha256: freezeHash, volume: { pool, name: `${name}-vda.qcow2`, format: 'qcow2' }, path: join(poolDir, `${name}-vda.qcow2`) });
+    expect(r.summary!.disks[0]).toMatchObject({
+      diskId: 'vda',
+      sha256: freezeHash,
+      volume: { pool, name: `${name}-vda.qcow2`, format: 'qcow2' },
+      path: join(poolDir, `${name}-vda.qcow2`),
+    });
     expect(r.summary!.domain).toMatchObject({ name, bootCheck: { passed: true } });
     expect(await virsh(['list', '--all', '--name'])).not.toContain(name);
     expect(await volumes()).not.toContain(`${name}-vda.qcow2`);
   }, 400_000);
 
-  it('restores as a qcow2 volume holding the disk as it was at the freeze, and defines the domain on the pool\'s volume', async () => {
+  it("restores as a qcow2 volume holding the disk as it was at the freeze, and defines the domain on the pool's volume", async () => {
     const name = `lifeboat-pool-q-${process.pid}`;
     const r = await restore(name, {});
     expect(r.status, r.cause).toBe('SUCCEEDED');
     const path = join(poolDir, `${name}-vda.qcow2`);
     // compat 1.1: it can hold the bitmaps of the restored VM's own incremental backups.
-    expect(JSON.parse((await run('qemu-img', ['info', '--output=json', '-U', path])).stdout)).toMatchObject({ format: 'qcow2', 'virtual-size': DISK, 'format-specific': { data: { compat: '1.1' } } });
+    expect(JSON.parse((await run('qemu-img', ['info', '--output=json', '-U', path])).stdout)).toMatchObject({
+      format: 'qcow2',
+      'virtual-size': DISK,
+      'format-specific': { data: { compat: '1.1' } },
+    });
     const raw = join(t.dir, 'q.raw');
     await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', path, raw]);
     expect(await sha256(raw, DISK)).toBe(freezeHash);
     const xml = await virsh(['dumpxml', '--inactive', name]);
-    expect(xml).toMatch(new RegExp(`<disk type='volume' device='disk'>[\\s\\S]*<driver name='qemu' type='qcow2'/>[\\s\\S]*<source pool='${pool}' volume='${name}-vda.qcow2'/>`));
+    expect(xml).toMatch(
+      new RegExp(`<disk type='volume' device='disk'>[\\s\\S]*<driver name='qemu' type='qcow2'/>[\\s\\S]*<source pool='${pool}' volume='${name}-vda.qcow2'/>`),
+    );
     // The qcow2 volume is thin: it holds the disk's data, not its size.
     expect(Number((await run('du', ['-B1', path])).stdout.split('\t')[0])).toBeLessThan(DISK * 0.75);
     qcow2Console = r.summary!.domain!.consoleLog;
@@ -133,7 +164,9 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     const path = join(poolDir, `${name}-vda.raw`);
     expect(r.summary!.disks[0]).toMatchObject({ sha256: freezeHash, path, volume: { pool, name: `${name}-vda.raw`, format: 'raw' } });
     expect(await sha256(path, DISK)).toBe(freezeHash);
-    expect(await virsh(['dumpxml', '--inactive', name])).toMatch(new RegExp(`<driver name='qemu' type='raw'/>[\\s\\S]*<source pool='${pool}' volume='${name}-vda.raw'/>`));
+    expect(await virsh(['dumpxml', '--inactive', name])).toMatch(
+      new RegExp(`<driver name='qemu' type='raw'/>[\\s\\S]*<source pool='${pool}' volume='${name}-vda.raw'/>`),
+    );
 
     // Its volume is taken: a restore under the same name (its domain removed) is refused and the volume kept.
     await virsh(['undefine', name]);
@@ -153,7 +186,13 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
   it('backs up the VM restored into the pool, shut off and running: its disks are pool volumes', async () => {
     const name = `lifeboat-pool-q-${process.pid}`;
     await t.stack.catalog.putVm({ vmId: 'pool-restored', host: 'kvm-01', source: name });
-    await t.stack.catalog.putPolicy({ policyId: 'p-restored', vmIds: ['pool-restored'], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
+    await t.stack.catalog.putPolicy({
+      policyId: 'p-restored',
+      vmIds: ['pool-restored'],
+      bucket: t.stack.endpoints.bucket,
+      chunkSize: 256 * 1024,
+      slotLimit: 1,
+    });
     const backup = async () => {
       const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-restored' });
       expect(d.status, d.cause).toBe('SUCCEEDED');
@@ -165,7 +204,12 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
     expect(off.vms[0]!.consistency?.reason).toMatch(/shut off/);
     // Shut off, the volume is read as it is: the restored disk, the guest's disk at the freeze.
     const [latest] = await t.stack.catalog.listBackups('pool-restored');
-    const back = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, { vmId: 'pool-restored', backupId: latest!.backupId, moverGroup: 'site-a', target: join(t.dir, 'restore-of-restored') });
+    const back = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
+      vmId: 'pool-restored',
+      backupId: latest!.backupId,
+      moverGroup: 'site-a',
+      target: join(t.dir, 'restore-of-restored'),
+    });
     expect(back.status, back.cause).toBe('SUCCEEDED');
     expect((JSON.parse(back.output!) as RestoreSummary).disks[0]!.sha256).toBe(freezeHash);
 
@@ -188,7 +232,10 @@ describe.skipIf(!lab.available)('restoring a libvirt backup into a storage pool'
 
   it('refuses a pool that does not exist or is not active, naming it and what to do', async () => {
     const missing = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Restore!, {
-      vmId, moverGroup: 'site-a', target: join(t.dir, 'restore-missing'), define: { uri: 'qemu:///system', name: `lifeboat-pool-x-${process.pid}`, pool: `no-such-pool-${process.pid}` },
+      vmId,
+      moverGroup: 'site-a',
+      target: join(t.dir, 'restore-missing'),
+      define: { uri: 'qemu:///system', name: `lifeboat-pool-x-${process.pid}`, pool: `no-such-pool-${process.pid}` },
     });
     expect(missing.status).toBe('FAILED');
     expect(missing.cause).toMatch(new RegExp(`storage pool 'no-such-pool-${process.pid}' on qemu:///system does not exist: .*pool-define-as`));
@@ -212,8 +259,16 @@ describe.skipIf(!lab.available)('a restore into a storage pool that fails part w
   const data = { disk0: randomBytes(3 * CHUNK + 100), disk1: randomBytes(2 * CHUNK) };
   let dir: string;
   const job = (name: string, o: Partial<RestoreJob> = {}): RestoreJob => ({
-    restoreId: `r-${name}`, vmId: 'vm', backupId: 'b1', moverGroup: 'g', repository: { bucket: 'b' }, target: join(dir, name), diskId: null, disks: [],
-    define: { uri: 'qemu:///system', name, pool, format: 'raw' }, ...o,
+    restoreId: `r-${name}`,
+    vmId: 'vm',
+    backupId: 'b1',
+    moverGroup: 'g',
+    repository: { bucket: 'b' },
+    target: join(dir, name),
+    diskId: null,
+    disks: [],
+    define: { uri: 'qemu:///system', name, pool, format: 'raw' },
+    ...o,
   });
   const target = (diskId: 'disk0' | 'disk1') => ({ diskId, sizeBytes: data[diskId].length, path: join(dir, `${diskId}.raw`) });
 
@@ -226,14 +281,17 @@ describe.skipIf(!lab.available)('a restore into a storage pool that fails part w
       const reader = { sizeBytes: bytes.length, read: async (b: Buffer, off: number, len: number) => bytes.copy(b, 0, off, off + len), close: async () => {} };
       await backupDisk({ store, keys, reader, disk: { diskId, path: 'mem', sizeBytes: bytes.length }, backupId: 'b1', chunkSize: CHUNK });
     }
-    await store.put(objectKeys.vmConfig('b1'), await seal(keys, Buffer.from(JSON.stringify({ driver: 'libvirt', name: 'vm', domainXml: '<domain/>' })), 'vm-config:b1'));
+    await store.put(
+      objectKeys.vmConfig('b1'),
+      await seal(keys, Buffer.from(JSON.stringify({ driver: 'libvirt', name: 'vm', domainXml: '<domain/>' })), 'vm-config:b1'),
+    );
     // A copy of the repository whose packs written for disk1 are damaged: disk0 restores, disk1 fails after its volume exists.
     for (const [k, v] of store.objects) damaged.objects.set(k, Buffer.from(v));
     for (const [k, v] of damaged.objects) if (k.startsWith('packs/') && !before.has(k)) v[v.length >> 1]! ^= 0xff;
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
-  it('deletes the failed disk\'s volume at once, and the finished disk\'s when the failed restore is discarded', async () => {
+  it("deletes the failed disk's volume at once, and the finished disk's when the failed restore is discarded", async () => {
     const name = `lifeboat-pool-part-${process.pid}`;
     const deps = { store: damaged, keys, parallelism: 2, workDir: join(dir, 'work') };
     const ok = await restoreDiskTask(job(name), target('disk0'), deps);
@@ -253,7 +311,10 @@ describe.skipIf(!lab.available)('a restore into a storage pool that fails part w
     // Someone else's volume under the name the next restore would take.
     await virsh(['vol-create-as', '--pool', pool, '--name', `${name}-disk1.raw`, '--capacity', '1M', '--format', 'raw']);
     const other = job(name, { restoreId: `r2-${name}`, target: join(dir, `${name}-2`) });
-    await expect(restoreDiskTask(other, target('disk1'), deps)).rejects.toMatchObject({ name: 'Recovery.RequestInvalid', message: expect.stringMatching(/volume '.*-disk1\.raw' exists already/) });
+    await expect(restoreDiskTask(other, target('disk1'), deps)).rejects.toMatchObject({
+      name: 'Recovery.RequestInvalid',
+      message: expect.stringMatching(/volume '.*-disk1\.raw' exists already/),
+    });
     expect(await discardPoolVolumes(deps.workDir, other.restoreId)).toEqual([]);
     expect(await volumes()).toEqual(expect.arrayContaining([`${name}-disk0.raw`, `${name}-disk1.raw`]));
     expect(await discardPoolVolumes(deps.workDir, job(name).restoreId)).toEqual([`${name}-disk0.raw`]);

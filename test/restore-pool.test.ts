@@ -32,7 +32,7 @@ describe('volume names', () => {
 });
 
 describe('volume definitions', () => {
-  it('makes qcow2 volumes compat 1.1, which can hold the bitmaps of the restored VM\'s next incremental backups', () => {
+  it("makes qcow2 volumes compat 1.1, which can hold the bitmaps of the restored VM's next incremental backups", () => {
     const xml = volumeXml({ name: 'c-vda.qcow2', capacity: 64 * MiB, format: 'qcow2', filePool: true });
     expect(xml).toContain("<target><format type='qcow2'/><compat>1.1</compat></target>");
     expect(xml).toContain(`<capacity unit='bytes'>${64 * MiB}</capacity><allocation unit='bytes'>0</allocation>`);
@@ -46,7 +46,7 @@ describe('volume definitions', () => {
 });
 
 describe('room a disk needs in a pool', () => {
-  it('is the disk\'s data in a file pool (thin volumes), with qcow2 tables on top', () => {
+  it("is the disk's data in a file pool (thin volumes), with qcow2 tables on top", () => {
     expect(bytesNeeded({ poolType: 'dir', format: 'raw', sizeBytes: 64 * MiB, dataBytes: 10 * MiB })).toBe(10 * MiB);
     const q = bytesNeeded({ poolType: 'netfs', format: 'qcow2', sizeBytes: 64 * MiB, dataBytes: 10 * MiB });
     expect(q).toBeGreaterThan(10 * MiB);
@@ -59,10 +59,13 @@ describe('room a disk needs in a pool', () => {
 
   it('refuses an inactive pool and one without room, naming the pool, the disk and what to do', async () => {
     const pool = new StoragePool(new Virsh('qemu:///system'), 'vmstore');
-    await expect(pool.checkRoom(MiB, 'disk vda', { type: 'dir', active: false, availableBytes: 100 * MiB }))
-      .rejects.toMatchObject({ name: 'Recovery.RequestInvalid', message: expect.stringMatching(/storage pool 'vmstore' on qemu:\/\/\/system is not active: start it \(virsh pool-start vmstore\)/) });
-    await expect(pool.checkRoom(20 * MiB, 'disk vda (volume \'x-vda.raw\')', { type: 'dir', active: true, availableBytes: 5 * MiB }))
-      .rejects.toThrow(/storage pool 'vmstore' on qemu:\/\/\/system has 5\.0 MiB available; disk vda \(volume 'x-vda\.raw'\) needs 20\.0 MiB: free space in the pool/);
+    await expect(pool.checkRoom(MiB, 'disk vda', { type: 'dir', active: false, availableBytes: 100 * MiB })).rejects.toMatchObject({
+      name: 'Recovery.RequestInvalid',
+      message: expect.stringMatching(/storage pool 'vmstore' on qemu:\/\/\/system is not active: start it \(virsh pool-start vmstore\)/),
+    });
+    await expect(pool.checkRoom(20 * MiB, "disk vda (volume 'x-vda.raw')", { type: 'dir', active: true, availableBytes: 5 * MiB })).rejects.toThrow(
+      /storage pool 'vmstore' on qemu:\/\/\/system has 5\.0 MiB available; disk vda \(volume 'x-vda\.raw'\) needs 20\.0 MiB: free space in the pool/,
+    );
     await expect(pool.checkRoom(5 * MiB, 'disk vda', { type: 'dir', active: true, availableBytes: 5 * MiB })).resolves.toBeUndefined();
   });
 });
@@ -70,8 +73,12 @@ describe('room a disk needs in a pool', () => {
 describe('a restored domain on pool volumes', () => {
   it('points each restored disk at its volume by pool and name, with its format, and reads back as such', () => {
     const xml = restoredDomainXml(DOMAIN, {
-      name: 'web-1-copy', consoleLog: '/r/console.log',
-      disks: { vda: { pool: 'vmstore', volume: 'web-1-copy-vda.qcow2', format: 'qcow2' }, vdb: { pool: 'vmstore', volume: 'web-1-copy-vdb.raw', format: 'raw' } },
+      name: 'web-1-copy',
+      consoleLog: '/r/console.log',
+      disks: {
+        vda: { pool: 'vmstore', volume: 'web-1-copy-vda.qcow2', format: 'qcow2' },
+        vdb: { pool: 'vmstore', volume: 'web-1-copy-vdb.raw', format: 'raw' },
+      },
     });
     expect(xml).toContain('<disk type="volume" device="disk"><driver name="qemu" type="qcow2"/><source pool="vmstore" volume="web-1-copy-vda.qcow2"/>');
     expect(xml).toContain('<disk type="volume" device="disk"><driver name="qemu" type="raw"/><source pool="vmstore" volume="web-1-copy-vdb.raw"/>');
@@ -102,7 +109,10 @@ describe('the restore request', () => {
   const base = { vmId: 'vm', target: '/r', moverGroup: 'g' };
 
   it('takes a storage pool with define', () => {
-    expect(restoreRequest.parse({ ...base, define: { uri: 'qemu:///system', pool: 'vm-store_1', format: 'raw' } }).define).toMatchObject({ pool: 'vm-store_1', format: 'raw' });
+    expect(restoreRequest.parse({ ...base, define: { uri: 'qemu:///system', pool: 'vm-store_1', format: 'raw' } }).define).toMatchObject({
+      pool: 'vm-store_1',
+      format: 'raw',
+    });
   });
 
   it('refuses a pool name virsh could take for an option or a path, naming the key', () => {

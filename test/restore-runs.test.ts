@@ -77,7 +77,11 @@ interface Layout {
 }
 
 /** Stores `layout` as a format-2 backup 'b'/'d' (packs with trailers, an index object, the manifest); the image it restores to. */
-async function storeBackup(store: ObjectStore, l: Layout, locateIn?: (id: string, copies: ChunkLocation[]) => ChunkLocation): Promise<{ image: Buffer; manifest: Manifest }> {
+async function storeBackup(
+  store: ObjectStore,
+  l: Layout,
+  locateIn?: (id: string, copies: ChunkLocation[]) => ChunkLocation,
+): Promise<{ image: Buffer; manifest: Manifest }> {
   const copies = new Map<string, ChunkLocation[]>();
   const contents: PackContents[] = [];
   for (const pack of l.packs) {
@@ -101,7 +105,9 @@ async function storeBackup(store: ObjectStore, l: Layout, locateIn?: (id: string
   }
   await putIndexObject(store, keys, contents);
   const ids = l.chunks.map((c) => (c ? chunkId(keys, c) : null));
-  const manifest = packedManifest({ backupId: 'b', diskId: 'd', sizeBytes: l.sizeBytes, chunkSize: l.chunkSize }, ids, (id) => (locateIn ?? ((_, c) => c[0]!))(id, copies.get(id)!));
+  const manifest = packedManifest({ backupId: 'b', diskId: 'd', sizeBytes: l.sizeBytes, chunkSize: l.chunkSize }, ids, (id) =>
+    (locateIn ?? ((_, c) => c[0]!))(id, copies.get(id)!),
+  );
   await store.put(objectKeys.manifest('b', 'd'), await encodeManifest(keys, manifest));
   const image = Buffer.alloc(l.sizeBytes);
   l.chunks.forEach((c, i) => c?.copy(image, i * l.chunkSize));
@@ -129,7 +135,11 @@ function randomLayout(rand: (n: number) => number): Layout {
     if (rand(5) === 0) packs[rand(packs.length)]!.push({ content }); // a second copy elsewhere
     if (rand(4) === 0) packs[rand(packs.length)]!.push({ junk: randomBytes(1 + rand(2 * chunkSize)) });
   }
-  for (const p of packs) for (let i = p.length - 1; i > 0; i--) { const j = rand(i + 1); [p[i], p[j]] = [p[j]!, p[i]!]; }
+  for (const p of packs)
+    for (let i = p.length - 1; i > 0; i--) {
+      const j = rand(i + 1);
+      [p[i], p[j]] = [p[j]!, p[i]!];
+    }
   return { chunks, sizeBytes, chunkSize, packs: packs.filter((p) => p.length > 0) };
 }
 
@@ -142,7 +152,7 @@ describe('planning runs', () => {
       for (let index = 0; index < 1 + rand(80); index++) {
         const o = objects[rand(objects.length)]!;
         // A location used before (a repeated chunk) or a new one.
-        const loc = o.at.length && rand(4) === 0 ? o.at[rand(o.at.length)]! : [rand(1 << 20), 1 + rand(64 << 10)] as [number, number];
+        const loc = o.at.length && rand(4) === 0 ? o.at[rand(o.at.length)]! : ([rand(1 << 20), 1 + rand(64 << 10)] as [number, number]);
         if (!o.at.includes(loc)) o.at.push(loc);
         entries.push({ index, id: `${o.key}@${loc[0]}`, key: o.key, packed: o.packed, offset: loc[0], storedSize: loc[1] });
       }
@@ -188,7 +198,9 @@ describe('planning runs', () => {
     function* entries(): Generator<ManifestEntry> {
       for (let index = 0; index < 100_000; index++) {
         pulled++;
-        yield index % 7 === 0 ? { index, id: null } : { index, id: `c${index}`, key: `packs/${index >> 10}`, packed: true, offset: (index & 1023) * 100, storedSize: 100 };
+        yield index % 7 === 0
+          ? { index, id: null }
+          : { index, id: `c${index}`, key: `packs/${index >> 10}`, packed: true, offset: (index & 1023) * 100, storedSize: 100 };
       }
     }
     let planned = 0;
@@ -206,8 +218,9 @@ describe('planning runs', () => {
 
   it('refuses entries out of disk order, naming both', async () => {
     const e = (index: number): ManifestEntry => ({ index, id: null });
-    await expect(async () => { for await (const _ of planWindows([e(0), e(2), e(1)], { maxRunBytes: 1, maxGapBytes: 0, windowEntries: 8 })); })
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: 'manifest entry 1 follows entry 2: entries must come in disk order' });
+    await expect(async () => {
+      for await (const _ of planWindows([e(0), e(2), e(1)], { maxRunBytes: 1, maxGapBytes: 0, windowEntries: 8 }));
+    }).rejects.toMatchObject({ name: 'Mover.Corrupt', message: 'manifest entry 1 follows entry 2: entries must come in disk order' });
   });
 });
 
@@ -226,7 +239,12 @@ describe('restoring runs', () => {
       expect((await readFile(target)).equals(image)).toBe(true);
       // One GET per planned run (and the manifest's), none past the budget.
       const runs = [];
-      for await (const w of planWindows(manifestEntries(manifest), { maxRunBytes: Math.max(maxChunk, Math.min(opts.maxRunBytes, opts.inFlightBytes)), maxGapBytes: opts.maxGapBytes, windowEntries: 4096 })) runs.push(...w.runs);
+      for await (const w of planWindows(manifestEntries(manifest), {
+        maxRunBytes: Math.max(maxChunk, Math.min(opts.maxRunBytes, opts.inFlightBytes)),
+        maxGapBytes: opts.maxGapBytes,
+        windowEntries: 4096,
+      }))
+        runs.push(...w.runs);
       expect(store.gets.length).toBe(runs.length + 1);
       expect(r.requests).toBe(runs.length + 1);
       expect(store.peakInFlight).toBeLessThanOrEqual(Math.max(opts.inFlightBytes, maxChunk));
@@ -249,12 +267,20 @@ describe('restoring runs', () => {
     await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target });
     expect((await readFile(target)).equals(image)).toBe(true);
     // The manifest, the run of six, the index to find the other copy, and that copy.
-    expect(store.gets.filter((g) => g.key === packKey)).toEqual([{ key: packKey, length: manifest.storedSizes[chunkId(keys, chunks[5]!)]! + manifest.locations![chunkId(keys, chunks[5]!)]![1] }]);
+    expect(store.gets.filter((g) => g.key === packKey)).toEqual([
+      { key: packKey, length: manifest.storedSizes[chunkId(keys, chunks[5]!)]! + manifest.locations![chunkId(keys, chunks[5]!)]![1] },
+    ]);
     expect(store.gets.filter((g) => g.key.startsWith('index/'))).toHaveLength(1);
     // Without the other copy: Corrupt, naming the disk offset, the chunk's bytes in the pack, and what to do.
     for (const key of [...inner.objects.keys()]) if (key.startsWith('index/')) inner.objects.delete(key);
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset ${3 * 4096}: chunk ${id3} in ${packKey} bytes ${at[1]}\\+${manifest.storedSizes[id3]} is damaged: .*failed authentication.*; deep-verify the backup`)) });
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(
+        new RegExp(
+          `^disk 'd' offset ${3 * 4096}: chunk ${id3} in ${packKey} bytes ${at[1]}\\+${manifest.storedSizes[id3]} is damaged: .*failed authentication.*; deep-verify the backup`,
+        ),
+      ),
+    });
   });
 
   it('refuses a manifest that says a chunk is stored in more bytes than any chunk seals to, naming the chunk and the offset', async () => {
@@ -265,8 +291,12 @@ describe('restoring runs', () => {
     manifest.storedSizes[id1] = 1 << 30;
     manifest.packs![manifest.locations![id1]![0]]!.size = 2 ** 31; // consistent with its pack, as a damaged writer could make it
     await store.put(objectKeys.manifest('b', 'd'), await encodeManifest(keys, manifest));
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target: join(dir, 'huge.raw') }))
-      .rejects.toMatchObject({ name: 'Mover.Corrupt', message: expect.stringMatching(new RegExp(`^disk 'd' offset 4096: the manifest says chunk ${id1} is stored in 1073741824 bytes of packs/.* more than a chunk of 4096 bytes seals to`)) });
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target: join(dir, 'huge.raw') })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+      message: expect.stringMatching(
+        new RegExp(`^disk 'd' offset 4096: the manifest says chunk ${id1} is stored in 1073741824 bytes of packs/.* more than a chunk of 4096 bytes seals to`),
+      ),
+    });
   });
 
   it('retries a run whose connection is cut in the middle of its body, through a real S3 endpoint, and restores the source', async () => {

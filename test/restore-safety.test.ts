@@ -27,7 +27,15 @@ const disks = { disk0: randomBytes(3 * CHUNK + 100), disk1: randomBytes(2 * CHUN
 let dir: string;
 
 const job = (target: string, o: Partial<RestoreJob> = {}): RestoreJob => ({
-  restoreId: 'r1', vmId: 'vm', backupId: 'b1', moverGroup: 'g', repository: { bucket: 'b' }, target, diskId: 'disk0', disks: [], ...o,
+  restoreId: 'r1',
+  vmId: 'vm',
+  backupId: 'b1',
+  moverGroup: 'g',
+  repository: { bucket: 'b' },
+  target,
+  diskId: 'disk0',
+  disks: [],
+  ...o,
 });
 const deps = { store, keys, parallelism: 2 };
 const diskTarget = (diskId: keyof typeof disks, path: string) => ({ diskId, sizeBytes: disks[diskId].length, path });
@@ -48,7 +56,8 @@ describe('restoring one disk into a file', () => {
     const old = randomBytes(1000);
     await writeFile(path, old);
     await expect(restoreDiskTask(job(path), diskTarget('disk0', path), deps)).rejects.toMatchObject({
-      name: 'Recovery.RequestInvalid', message: expect.stringMatching(new RegExp(`${path} exists and holds 1000 bytes; .*--force`)),
+      name: 'Recovery.RequestInvalid',
+      message: expect.stringMatching(new RegExp(`${path} exists and holds 1000 bytes; .*--force`)),
     });
     expect((await readFile(path)).equals(old)).toBe(true);
     expect(await readdir(dir)).not.toContain('keep.raw.partial');
@@ -61,7 +70,8 @@ describe('restoring one disk into a file', () => {
     const r = await restoreDiskTask(job(path, { force: true }), diskTarget('disk0', path), {
       ...deps,
       onProgress: (p) => {
-        if (p.phase === 'write' && seen.length === 0) seen.push(...[path, `${path}.partial`].map((f) => `${f}: ${statSync(f, { throwIfNoEntry: false })?.size ?? 'absent'}`));
+        if (p.phase === 'write' && seen.length === 0)
+          seen.push(...[path, `${path}.partial`].map((f) => `${f}: ${statSync(f, { throwIfNoEntry: false })?.size ?? 'absent'}`));
       },
     });
     expect(seen[0]).toBe(`${path}: 1000`); // the old file stays whole while the disk is written beside it
@@ -95,7 +105,8 @@ describe('restoring a whole VM into a folder', () => {
     await mkdir(target);
     await writeFile(join(target, 'vm.json'), '{"name":"someone else"}');
     await expect(restoreDiskTask(job(target, { diskId: null }), diskTarget('disk0', join(target, 'disk0.raw')), deps)).rejects.toMatchObject({
-      name: 'Recovery.RequestInvalid', message: expect.stringMatching(/vm-full is not empty \(it holds vm\.json\).*--force/),
+      name: 'Recovery.RequestInvalid',
+      message: expect.stringMatching(/vm-full is not empty \(it holds vm\.json\).*--force/),
     });
     expect(await readFile(join(target, 'vm.json'), 'utf8')).toBe('{"name":"someone else"}');
     expect(await readdir(target)).toEqual(['vm.json']);
@@ -111,7 +122,9 @@ describe('restoring a whole VM into a folder', () => {
     expect((await readdir(target)).sort()).toEqual(['disk0.raw', 'disk1.raw', 'vm.json']);
     expect((await readFile(join(target, 'disk1.raw'))).equals(disks.disk1)).toBe(true);
     // Another restore into it is refused.
-    await expect(restoreDiskTask(job(target, { diskId: null, restoreId: 'r2' }), diskTarget('disk0', join(target, 'disk0.raw')), deps)).rejects.toMatchObject({ name: 'Recovery.RequestInvalid' });
+    await expect(restoreDiskTask(job(target, { diskId: null, restoreId: 'r2' }), diskTarget('disk0', join(target, 'disk0.raw')), deps)).rejects.toMatchObject({
+      name: 'Recovery.RequestInvalid',
+    });
   });
 
   it('restoreVm (the library call) refuses a folder that is not empty unless forced', async () => {
@@ -135,10 +148,17 @@ describe('PlanRestore', () => {
   } as unknown as Catalog;
   const records: unknown[] = [];
   const recovery = { putRecord: async (...a: unknown[]) => void records.push(a) } as unknown as RecoveryCatalog;
-  const plan = (request: Record<string, unknown>) => planRestore({ restoreId: 'r1', request: restoreRequest.parse({ vmId: 'web-1', moverGroup: 'g', ...request }) }, { catalog, recovery, now: () => new Date(0) });
+  const plan = (request: Record<string, unknown>) =>
+    planRestore(
+      { restoreId: 'r1', request: restoreRequest.parse({ vmId: 'web-1', moverGroup: 'g', ...request }) },
+      { catalog, recovery, now: () => new Date(0) },
+    );
 
   it("refuses a whole-VM restore into the VM's own source folder, naming it and --force", async () => {
-    await expect(plan({ target: `${source}/` })).rejects.toMatchObject({ name: 'Recovery.RequestInvalid', message: expect.stringMatching(/is the source folder of VM 'web-1'.*--force/) });
+    await expect(plan({ target: `${source}/` })).rejects.toMatchObject({
+      name: 'Recovery.RequestInvalid',
+      message: expect.stringMatching(/is the source folder of VM 'web-1'.*--force/),
+    });
     expect(records).toEqual([]);
   });
 

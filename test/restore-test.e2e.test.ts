@@ -36,7 +36,11 @@ const handMade: string[] = [];
 const workDir = () => join(t.dir, 'work');
 /** This run's test domains (their names carry this process's pid): another run on the same host has its own. */
 const ours = new RegExp(`-${process.pid}(-|$)`);
-const testDomains = async () => (await virsh(['list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith(RESTORE_TEST_PREFIX) && ours.test(n));
+const testDomains = async () =>
+  (await virsh(['list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith(RESTORE_TEST_PREFIX) && ours.test(n));
 const testFolders = async () => (await readdir(restoreTestRoot(workDir())).catch(() => [] as string[])).filter((n) => n.includes(RESTORE_TEST_PREFIX));
 
 async function verify(machine: 'DeepVerify' | 'DeepVerifyPolicy', input: object) {
@@ -53,7 +57,19 @@ async function leftoverDomain(name: string, owner: object, start: boolean): Prom
   const disk = join(folder, 'vda.qcow2');
   await createQcow2(disk, 16 * MiB);
   const xml = join(folder, 'domain.xml');
-  await writeFile(xml, guestDomainXml({ name, disks: [{ path: disk, format: 'qcow2', target: 'vda' }], kernel: guest.kernel, initrd: guest.initrd, cmdline: guestCmdline({ mode: 'idle' }), serialLog: join(folder, 'console.log'), agent: false, memoryMiB: 128 }));
+  await writeFile(
+    xml,
+    guestDomainXml({
+      name,
+      disks: [{ path: disk, format: 'qcow2', target: 'vda' }],
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      cmdline: guestCmdline({ mode: 'idle' }),
+      serialLog: join(folder, 'console.log'),
+      agent: false,
+      memoryMiB: 128,
+    }),
+  );
   handMade.push(name);
   await virsh(['define', xml]);
   await virsh(['desc', name, '--config', '--new-desc', JSON.stringify(owner)]);
@@ -73,11 +89,18 @@ describe.skipIf(!lab.available)('restore tests in deep verification', () => {
     t = await startTestStack({ movers: 1, moverEnv: { LIFEBOAT_WORK_DIR: '' } });
     await t.movers[0]!.stop(true);
     t.movers[0] = (await import('../local/movers.ts')).startMover(t.stack.endpoints, {
-      name: 'kvm-mover', group: 'site-a', env: { LIFEBOAT_WORK_DIR: workDir() }, onLog: (l) => t.logs.push(l),
+      name: 'kvm-mover',
+      group: 'site-a',
+      env: { LIFEBOAT_WORK_DIR: workDir() },
+      onLog: (l) => t.logs.push(l),
     });
     vm = await startLabVm({
-      dir: join(t.dir, 'vm'), cacheDir, name: `lifeboat-e2e-rtest-${process.pid}`,
-      sizeBytes: 32 * MiB, dataBytes: 4 * MiB, behaviour: { mode: 'idle' },
+      dir: join(t.dir, 'vm'),
+      cacheDir,
+      name: `lifeboat-e2e-rtest-${process.pid}`,
+      sizeBytes: 32 * MiB,
+      dataBytes: 4 * MiB,
+      behaviour: { mode: 'idle' },
     });
     await t.stack.catalog.putVm({ vmId, host: 'kvm-01', source: vm.name, name: vm.name });
     await t.stack.catalog.putPolicy({ policyId: 'p-rtest', vmIds: [vmId], bucket: t.stack.endpoints.bucket, chunkSize: 256 * 1024, slotLimit: 1 });
@@ -95,11 +118,20 @@ describe.skipIf(!lab.available)('restore tests in deep verification', () => {
   }, 120_000);
 
   it('boots the newest verified backup of each VM of the policy without network, sees its console line and its guest agent, records it on the backup, and leaves nothing behind', async () => {
-    const out = await verify('DeepVerifyPolicy', { policyId: 'p-rtest', sample: 1, restoreTest: { bootCheck: { serial: 'LIFEBOAT-GUEST READY', agent: true }, timeoutSeconds: 240 } });
+    const out = await verify('DeepVerifyPolicy', {
+      policyId: 'p-rtest',
+      sample: 1,
+      restoreTest: { bootCheck: { serial: 'LIFEBOAT-GUEST READY', agent: true }, timeoutSeconds: 240 },
+    });
     const [s] = out.verified as DeepVerifySummary[];
     expect(s!.damaged).toBe(false);
     const test = s!.restoreTest as RestoreTestOutcome;
-    expect(test, JSON.stringify(test)).toMatchObject({ passed: true, agent: true, line: expect.stringMatching(/LIFEBOAT-GUEST READY/), domain: expect.stringMatching(/^lifeboat-restoretest-lifeboat-e2e-rtest-/) });
+    expect(test, JSON.stringify(test)).toMatchObject({
+      passed: true,
+      agent: true,
+      line: expect.stringMatching(/LIFEBOAT-GUEST READY/),
+      domain: expect.stringMatching(/^lifeboat-restoretest-lifeboat-e2e-rtest-/),
+    });
     expect(test.seconds).toBeGreaterThan(0);
     expect(test.restoreSeconds).toBeGreaterThan(0);
     expect(s).not.toHaveProperty('restoreTestJob');
@@ -117,12 +149,18 @@ describe.skipIf(!lab.available)('restore tests in deep verification', () => {
   }, 420_000);
 
   it('records a guest that never shows the sign of life as failed, with the reason, and still removes its domain and folder', async () => {
-    const s = await verify('DeepVerify', { vmId, moverGroup: 'site-a', restoreTest: { bootCheck: { serial: 'NEVER-PRINTED-BY-THIS-GUEST' }, timeoutSeconds: 12 } }) as unknown as DeepVerifySummary;
+    const s = (await verify('DeepVerify', {
+      vmId,
+      moverGroup: 'site-a',
+      restoreTest: { bootCheck: { serial: 'NEVER-PRINTED-BY-THIS-GUEST' }, timeoutSeconds: 12 },
+    })) as unknown as DeepVerifySummary;
     expect(s.damaged).toBe(false);
     const test = s.restoreTest as RestoreTestOutcome;
     expect(test.passed).toBe(false);
     // What the guest did print, if anything yet (a TCG guest under load may still be silent at 12 s).
-    expect(test.reason).toMatch(/^no serial console line matched \/NEVER-PRINTED-BY-THIS-GUEST\/ within 12 s; (its last console line: ".+"|the console stayed empty)$/);
+    expect(test.reason).toMatch(
+      /^no serial console line matched \/NEVER-PRINTED-BY-THIS-GUEST\/ within 12 s; (its last console line: ".+"|the console stayed empty)$/,
+    );
     expect(test.seconds).toBeGreaterThanOrEqual(12);
     const backup = (await t.stack.catalog.getBackup(vmId, s.backupId))!;
     expect(backup.restoreTest).toMatchObject({ passed: false, restoreId: s.verifyId, reason: test.reason });
@@ -130,7 +168,7 @@ describe.skipIf(!lab.available)('restore tests in deep verification', () => {
     expect(await testFolders()).toEqual([]);
   }, 300_000);
 
-  it('first sweeps the test domains and folders of a killed mover, and nothing else: not a live test\'s, not other domains or folders', async () => {
+  it("first sweeps the test domains and folders of a killed mover, and nothing else: not a live test's, not other domains or folders", async () => {
     const pid = process.pid;
     const dead = { host: (await ownerOfThisProcess(0)).host, pid: await deadPid(), start: '1', expires: new Date(Date.now() + 3600_000).toISOString() };
     const killedName = `${RESTORE_TEST_PREFIX}killed-${pid}`;
@@ -146,7 +184,11 @@ describe.skipIf(!lab.available)('restore tests in deep verification', () => {
     await mkdir(other, { recursive: true });
     expect((await testDomains()).sort()).toEqual([killedName, liveName].sort());
 
-    const s = await verify('DeepVerify', { vmId, moverGroup: 'site-a', restoreTest: { bootCheck: { agent: true }, timeoutSeconds: 240 } }) as unknown as DeepVerifySummary;
+    const s = (await verify('DeepVerify', {
+      vmId,
+      moverGroup: 'site-a',
+      restoreTest: { bootCheck: { agent: true }, timeoutSeconds: 240 },
+    })) as unknown as DeepVerifySummary;
     const test = s.restoreTest as RestoreTestOutcome;
     expect(test, JSON.stringify(test)).toMatchObject({ passed: true, agent: true });
     expect(test.swept.sort()).toEqual([killedName, `${RESTORE_TEST_PREFIX}orphan-${pid}`].sort());

@@ -27,11 +27,30 @@ function newMetrics() {
 }
 /** What `metrics` would publish as EMF: each metric's value, and the dimension sets. */
 function published(metrics: Metrics): { values: Record<string, unknown>; dimensions: string[][] } {
-  const emf = metrics.serializeMetrics() as unknown as Record<string, unknown> & { _aws: { CloudWatchMetrics: { Dimensions: string[][]; Metrics: { Name: string }[] }[] } };
+  const emf = metrics.serializeMetrics() as unknown as Record<string, unknown> & {
+    _aws: { CloudWatchMetrics: { Dimensions: string[][]; Metrics: { Name: string }[] }[] };
+  };
   const directive = emf._aws.CloudWatchMetrics[0]!;
   return { values: Object.fromEntries(directive.Metrics.map((m) => [m.Name, emf[m.Name]])), dimensions: directive.Dimensions };
 }
-const disk: DiskResult = { diskId: 'vda', sizeBytes: 1 << 20, manifestKey: 'manifests/b/vda.manifest', stats: { bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0 } };
+const disk: DiskResult = {
+  diskId: 'vda',
+  sizeBytes: 1 << 20,
+  manifestKey: 'manifests/b/vda.manifest',
+  stats: {
+    bytesScanned: 0,
+    bytesNew: 0,
+    bytesZero: 0,
+    bytesUploaded: 0,
+    bytesStored: 0,
+    chunks: 0,
+    zeroChunks: 0,
+    parentChunks: 0,
+    dedupedChunks: 0,
+    uploadedChunks: 0,
+    seconds: 0,
+  },
+};
 
 async function committed(vmId: string, backupId: string) {
   await catalog.startBackup({ vmId, backupId, runId: 'r', policyId: 'p', status: 'running', parentBackupId: null, startedAt: now.toISOString() });
@@ -41,18 +60,32 @@ async function committed(vmId: string, backupId: string) {
 beforeAll(async () => {
   db = await startTestCatalog();
   ({ catalog, recovery } = db);
-  await catalog.putHost({ hostId: 'kvm-1', moverGroup: 'site-kvm', site: 's', maxConcurrentBackups: 1, datastores: {}, hypervisor: { driver: 'libvirt', uri: 'qemu+ssh://kvm-1/system' } });
+  await catalog.putHost({
+    hostId: 'kvm-1',
+    moverGroup: 'site-kvm',
+    site: 's',
+    maxConcurrentBackups: 1,
+    datastores: {},
+    hypervisor: { driver: 'libvirt', uri: 'qemu+ssh://kvm-1/system' },
+  });
   await catalog.putHost({ hostId: 'files', moverGroup: 'site-a', site: 's', maxConcurrentBackups: 1, datastores: {} });
   await catalog.putVm({ vmId: 'web@kvm-1', host: 'kvm-1', source: 'web', name: 'web' });
   await catalog.putVm({ vmId: 'plain', host: 'files', source: '/srv/vms/plain' });
-  await catalog.putPolicy({ policyId: 'p', vmIds: ['web@kvm-1', 'plain'], bucket: 'repo', chunkSize: 1 << 16, slotLimit: 1, restoreTest: { enabled: true, bootCheck: { serial: 'login:' }, timeoutSeconds: 120, everyDays: 7 } });
+  await catalog.putPolicy({
+    policyId: 'p',
+    vmIds: ['web@kvm-1', 'plain'],
+    bucket: 'repo',
+    chunkSize: 1 << 16,
+    slotLimit: 1,
+    restoreTest: { enabled: true, bootCheck: { serial: 'login:' }, timeoutSeconds: 120, everyDays: 7 },
+  });
   await committed('web@kvm-1', 'b1');
   await committed('plain', 'b1');
 });
 afterAll(() => db?.close());
 
 describe('planning restore tests', () => {
-  it('takes a policy\'s restore test settings from the configuration into the catalog (SyncConfig)', async () => {
+  it("takes a policy's restore test settings from the configuration into the catalog (SyncConfig)", async () => {
     const example = loadConfig();
     const restoreTest = { enabled: true, bootCheck: { serial: 'login:', agent: true }, timeoutSeconds: 240, everyDays: 7 };
     const config = { ...example, policies: example.policies.map((p, i) => (i === 1 ? { ...p, restoreTest } : p)) };
@@ -66,8 +99,16 @@ describe('planning restore tests', () => {
     const web = jobs.find((j) => j.vmId === 'web@kvm-1')!;
     expect(web.moverGroup).toBe('site-kvm');
     expect(web.restoreTest).toEqual({
-      testId: 'v1-web@kvm-1', vmId: 'web@kvm-1', backupId: 'b1', moverGroup: 'site-kvm', repository: { bucket: 'repo' }, uri: 'qemu+ssh://kvm-1/system',
-      vmName: 'web', disks: [{ diskId: 'vda', sizeBytes: 1 << 20 }], bootCheck: { serial: 'login:' }, timeoutSeconds: 120,
+      testId: 'v1-web@kvm-1',
+      vmId: 'web@kvm-1',
+      backupId: 'b1',
+      moverGroup: 'site-kvm',
+      repository: { bucket: 'repo' },
+      uri: 'qemu+ssh://kvm-1/system',
+      vmName: 'web',
+      disks: [{ diskId: 'vda', sizeBytes: 1 << 20 }],
+      bootCheck: { serial: 'login:' },
+      timeoutSeconds: 120,
     });
     const plain = jobs.find((j) => j.vmId === 'plain')!;
     expect(plain.restoreTest).toBeUndefined();
@@ -75,13 +116,21 @@ describe('planning restore tests', () => {
   });
 
   it('skips a VM tested within everyDays unless the request asks for the test, and none runs when the request says false', async () => {
-    await catalog.recordRestoreTest('web@kvm-1', 'b1', { passed: true, seconds: 9, restoreId: 'older', at: new Date(now.getTime() - 2 * 86_400_000).toISOString() });
+    await catalog.recordRestoreTest('web@kvm-1', 'b1', {
+      passed: true,
+      seconds: 9,
+      restoreId: 'older',
+      at: new Date(now.getTime() - 2 * 86_400_000).toISOString(),
+    });
     const due = (await planDeepVerifyPolicy({ verifyId: 'v2', request: { policyId: 'p' } }, deps())).jobs.find((j) => j.vmId === 'web@kvm-1')!;
     expect(due.restoreTest).toBeUndefined();
     expect(due.restoreTestSkipped).toMatch(/not due: .* every 7 day/);
     const forced = await planDeepVerify({ verifyId: 'v3', request: { vmId: 'web@kvm-1', moverGroup: 'site-kvm', restoreTest: true } }, deps());
     expect(forced.restoreTest?.bootCheck).toEqual({ serial: 'login:' });
-    const own = await planDeepVerify({ verifyId: 'v4', request: { vmId: 'web@kvm-1', moverGroup: 'site-kvm', restoreTest: { bootCheck: { agent: true }, timeoutSeconds: 30 } } }, deps());
+    const own = await planDeepVerify(
+      { verifyId: 'v4', request: { vmId: 'web@kvm-1', moverGroup: 'site-kvm', restoreTest: { bootCheck: { agent: true }, timeoutSeconds: 30 } } },
+      deps(),
+    );
     expect(own.restoreTest).toMatchObject({ bootCheck: { agent: true }, timeoutSeconds: 30 });
     const off = await planDeepVerify({ verifyId: 'v5', request: { vmId: 'web@kvm-1', moverGroup: 'site-kvm', restoreTest: false } }, deps());
     expect(off).not.toHaveProperty('restoreTest');
@@ -90,7 +139,15 @@ describe('planning restore tests', () => {
 
   it('defaults to the guest agent as the sign of life and 300 s when neither the request nor the policy says', async () => {
     await catalog.putPolicy({ policyId: 'bare', vmIds: ['web@kvm-1'], bucket: 'repo', chunkSize: 1 << 16, slotLimit: 1 });
-    await catalog.startBackup({ vmId: 'web@kvm-1', backupId: 'b2', runId: 'r', policyId: 'bare', status: 'running', parentBackupId: null, startedAt: now.toISOString() });
+    await catalog.startBackup({
+      vmId: 'web@kvm-1',
+      backupId: 'b2',
+      runId: 'r',
+      policyId: 'bare',
+      status: 'running',
+      parentBackupId: null,
+      startedAt: now.toISOString(),
+    });
     await catalog.commitBackup('web@kvm-1', 'b2', [disk], now);
     const job = await planDeepVerify({ verifyId: 'v6', request: { vmId: 'web@kvm-1', backupId: 'b2', moverGroup: 'site-kvm', restoreTest: true } }, deps());
     expect(job.restoreTest).toMatchObject({ backupId: 'b2', bootCheck: { agent: true }, timeoutSeconds: 300 });
@@ -99,7 +156,16 @@ describe('planning restore tests', () => {
 
 describe('recording restore tests', () => {
   const planned = () => planDeepVerify({ verifyId: 'v7', request: { vmId: 'web@kvm-1', backupId: 'b1', moverGroup: 'site-kvm', restoreTest: true } }, deps());
-  const verified = (damaged: boolean) => [{ diskId: 'vda', chunksTotal: 4, chunksChecked: 4, bytesRead: 1, seconds: 0, damaged: damaged ? [{ backupId: 'b1', diskId: 'vda', offsets: [0], objectKey: 'packs/ab/x', reason: 'bad tag' }] : [] }];
+  const verified = (damaged: boolean) => [
+    {
+      diskId: 'vda',
+      chunksTotal: 4,
+      chunksChecked: 4,
+      bytesRead: 1,
+      seconds: 0,
+      damaged: damaged ? [{ backupId: 'b1', diskId: 'vda', offsets: [0], objectKey: 'packs/ab/x', reason: 'bad tag' }] : [],
+    },
+  ];
 
   it('passes the test on only after a clean verification; a damaged backup is not booted', async () => {
     const job = await planned();
@@ -110,19 +176,46 @@ describe('recording restore tests', () => {
     expect(dirty.restoreTest).toEqual({ skipped: 'the backup is damaged: it is not restore-tested' });
   });
 
-  it('records the mover\'s answer on the backup, and a test that failed as a task as failed with the error as its reason', async () => {
+  it("records the mover's answer on the backup, and a test that failed as a task as failed with the error as its reason", async () => {
     const job = await planned();
     const clean = await recordDeepVerify({ ...job, verified: verified(false) }, deps());
-    const passed = await recordRestoreTest(recordRestoreTestInput.parse({
-      ...clean, restoreTestResult: { testId: 'v7', vmId: 'web@kvm-1', backupId: 'b1', domain: 'lifeboat-restoretest-web-0a1b2c3d', passed: true, seconds: 11.5, restoreSeconds: 3, line: 'login:', swept: [] },
-    }), deps());
-    expect(passed.restoreTest).toEqual({ passed: true, seconds: 11.5, restoreSeconds: 3, domain: 'lifeboat-restoretest-web-0a1b2c3d', line: 'login:', swept: [] });
+    const passed = await recordRestoreTest(
+      recordRestoreTestInput.parse({
+        ...clean,
+        restoreTestResult: {
+          testId: 'v7',
+          vmId: 'web@kvm-1',
+          backupId: 'b1',
+          domain: 'lifeboat-restoretest-web-0a1b2c3d',
+          passed: true,
+          seconds: 11.5,
+          restoreSeconds: 3,
+          line: 'login:',
+          swept: [],
+        },
+      }),
+      deps(),
+    );
+    expect(passed.restoreTest).toEqual({
+      passed: true,
+      seconds: 11.5,
+      restoreSeconds: 3,
+      domain: 'lifeboat-restoretest-web-0a1b2c3d',
+      line: 'login:',
+      swept: [],
+    });
     expect(passed).not.toHaveProperty('restoreTestJob');
     expect((await catalog.getBackup('web@kvm-1', 'b1'))!.restoreTest).toEqual({ passed: true, seconds: 11.5, restoreId: 'v7', at: now.toISOString() });
 
-    const failed = await recordRestoreTest(recordRestoreTestInput.parse({ ...clean, restoreTestError: { Error: 'Mover.SourceUnavailable', Cause: 'virsh start failed: no kernel' } }), deps());
+    const failed = await recordRestoreTest(
+      recordRestoreTestInput.parse({ ...clean, restoreTestError: { Error: 'Mover.SourceUnavailable', Cause: 'virsh start failed: no kernel' } }),
+      deps(),
+    );
     expect(failed.restoreTest).toMatchObject({ passed: false, seconds: 0, domain: null, reason: 'Mover.SourceUnavailable: virsh start failed: no kernel' });
-    expect((await catalog.getBackup('web@kvm-1', 'b1'))!.restoreTest).toMatchObject({ passed: false, reason: 'Mover.SourceUnavailable: virsh start failed: no kernel' });
+    expect((await catalog.getBackup('web@kvm-1', 'b1'))!.restoreTest).toMatchObject({
+      passed: false,
+      reason: 'Mover.SourceUnavailable: virsh start failed: no kernel',
+    });
     const record = await recovery.getRecord('DEEPVERIFY', 'v7');
     expect((record!.summary as DeepVerifySummary).restoreTest).toMatchObject({ passed: false });
   });
@@ -130,7 +223,16 @@ describe('recording restore tests', () => {
   it('publishes RestoreTestsFailed and shapes the Lifeboat Restore Test Failed event for a failed test, and only RestoreTestsPassed for a passed one', async () => {
     const job = await planned();
     const clean = await recordDeepVerify({ ...job, verified: verified(false) }, deps());
-    const result = (passed: boolean) => ({ testId: 'v7', vmId: 'web@kvm-1', backupId: 'b1', domain: 'lifeboat-restoretest-web-0a1b2c3d', passed, seconds: passed ? 11.5 : 120, restoreSeconds: 3, swept: [] });
+    const result = (passed: boolean) => ({
+      testId: 'v7',
+      vmId: 'web@kvm-1',
+      backupId: 'b1',
+      domain: 'lifeboat-restoretest-web-0a1b2c3d',
+      passed,
+      seconds: passed ? 11.5 : 120,
+      restoreSeconds: 3,
+      swept: [],
+    });
 
     const onPass = newMetrics();
     const passed = await recordRestoreTest(recordRestoreTestInput.parse({ ...clean, restoreTestResult: result(true) }), deps(onPass));
@@ -139,13 +241,28 @@ describe('recording restore tests', () => {
 
     const onTimeout = newMetrics();
     const timedOut = await recordRestoreTest(recordRestoreTestInput.parse({ ...clean, restoreTestResult: result(false) }), deps(onTimeout));
-    expect(timedOut.restoreTestFailed).toEqual({ vmId: 'web@kvm-1', backupId: 'b1', verifyId: 'v7', reason: 'no sign of life within the timeout', seconds: 120 });
+    expect(timedOut.restoreTestFailed).toEqual({
+      vmId: 'web@kvm-1',
+      backupId: 'b1',
+      verifyId: 'v7',
+      reason: 'no sign of life within the timeout',
+      seconds: 120,
+    });
     expect(published(onTimeout)).toEqual({ values: { [restoreTestMetrics.failed]: 1 }, dimensions: [['service']] });
 
     // A test that failed as a task is a failed test too: the event carries the error.
     const onError = newMetrics();
-    const errored = await recordRestoreTest(recordRestoreTestInput.parse({ ...clean, restoreTestError: { Error: 'Mover.SourceUnavailable', Cause: 'virsh start failed: no kernel' } }), deps(onError));
-    expect(errored.restoreTestFailed).toEqual({ vmId: 'web@kvm-1', backupId: 'b1', verifyId: 'v7', reason: 'Mover.SourceUnavailable: virsh start failed: no kernel', seconds: 0 });
+    const errored = await recordRestoreTest(
+      recordRestoreTestInput.parse({ ...clean, restoreTestError: { Error: 'Mover.SourceUnavailable', Cause: 'virsh start failed: no kernel' } }),
+      deps(onError),
+    );
+    expect(errored.restoreTestFailed).toEqual({
+      vmId: 'web@kvm-1',
+      backupId: 'b1',
+      verifyId: 'v7',
+      reason: 'Mover.SourceUnavailable: virsh start failed: no kernel',
+      seconds: 0,
+    });
     expect(published(onError).values).toEqual({ [restoreTestMetrics.failed]: 1 });
   });
 });

@@ -45,7 +45,13 @@ describe('applyRetention', () => {
   });
 
   it('does not count a period an earlier rule already covers (PBS), so daily reaches further back than restic would', () => {
-    const list = [at('2026-11-03T12:00:00Z', 'd3-12'), at('2026-11-03T08:00:00Z', 'd3-08'), at('2026-11-02T20:00:00Z', 'd2-20'), at('2026-11-02T10:00:00Z', 'd2-10'), at('2026-11-01T09:00:00Z', 'd1-09')];
+    const list = [
+      at('2026-11-03T12:00:00Z', 'd3-12'),
+      at('2026-11-03T08:00:00Z', 'd3-08'),
+      at('2026-11-02T20:00:00Z', 'd2-20'),
+      at('2026-11-02T10:00:00Z', 'd2-10'),
+      at('2026-11-01T09:00:00Z', 'd1-09'),
+    ];
     const d = applyRetention(list, { keepLast: 1, daily: 2 });
     expect(kept(d)).toEqual(['d3-12', 'd2-20', 'd1-09']);
     expect(d.find((x) => x.id === 'd2-10')!.reason).toContain('kept by the newer backup d2-20');
@@ -74,7 +80,7 @@ describe('applyRetention', () => {
     expect(k.slice(23).map((id) => id.slice(0, 10))).toEqual(['2024-12-31', '2023-12-31']);
   });
 
-  it('puts a backup in the day of the policy\'s time zone', () => {
+  it("puts a backup in the day of the policy's time zone", () => {
     const list = [at('2026-11-20T23:30:00Z', 'late'), at('2026-11-20T22:30:00Z', 'earlier')];
     // 00:30 and 23:30 in Berlin are different days; in UTC the same day.
     expect(kept(applyRetention(list, { daily: 5 }, { timeZone: 'Europe/Berlin' }))).toEqual(['late', 'earlier']);
@@ -110,12 +116,19 @@ describe('applyRetention', () => {
 
   it('holds its invariants on random histories (property test)', () => {
     let seed = 42;
-    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     for (let round = 0; round < 300; round++) {
       const n = Math.floor(rnd() * 60);
       const base = Date.UTC(2026, 10, 23);
       const list = Array.from({ length: n }, (_, i) => at(new Date(base - Math.floor(rnd() * 400 * 86_400_000)).toISOString(), `b${i}`));
-      const r = { keepLast: Math.floor(rnd() * 3), hourly: Math.floor(rnd() * 3), daily: Math.floor(rnd() * 8), weekly: Math.floor(rnd() * 5), monthly: Math.floor(rnd() * 13), yearly: Math.floor(rnd() * 3) };
+      const r = {
+        keepLast: Math.floor(rnd() * 3),
+        hourly: Math.floor(rnd() * 3),
+        daily: Math.floor(rnd() * 8),
+        weekly: Math.floor(rnd() * 5),
+        monthly: Math.floor(rnd() * 13),
+        yearly: Math.floor(rnd() * 3),
+      };
       const total = Object.values(r).reduce((a, b) => a + b, 0);
       const d = applyRetention(list, r, { timeZone: 'America/New_York' });
       expect(d).toHaveLength(n);
@@ -153,7 +166,13 @@ describe('how long a backup may be kept (Object Lock targets)', () => {
   });
 
   it('is never shorter than the time a daily prune keeps a backup taken every day or every other day, and not much longer', () => {
-    const cases = [[{ daily: 7, weekly: 4 }, 1, 7], [{ keepLast: 3, daily: 5, monthly: 2 }, 1, 31], [{ hourly: 24, daily: 14 }, 1, 1], [{ daily: 7 }, 2, 2], [{ daily: 90 }, 1, 1]] as const;
+    const cases = [
+      [{ daily: 7, weekly: 4 }, 1, 7],
+      [{ keepLast: 3, daily: 5, monthly: 2 }, 1, 31],
+      [{ hourly: 24, daily: 14 }, 1, 1],
+      [{ daily: 7 }, 2, 2],
+      [{ daily: 90 }, 1, 1],
+    ] as const;
     for (const [retention, every, longest] of cases) {
       const horizon = retentionHorizonMs(retention, every * 24)!;
       const t0 = Date.parse('2026-01-01T01:30:00Z');
@@ -175,11 +194,19 @@ describe('how long a backup may be kept (Object Lock targets)', () => {
   it('locks a retained backup until its expiry, or for the default period from now once that is past', () => {
     const now = new Date('2026-06-01T00:00:00Z');
     const policy = { retention: { daily: 90 }, rpoHours: 24 };
-    expect(lockTarget({ startedAt: '2026-05-01T00:00:00Z' }, policy, 30, now)).toEqual({ need: Date.parse('2026-05-01T00:00:00Z') + 91 * D + H, set: Date.parse('2026-05-01T00:00:00Z') + 91 * D + H, unbounded: false });
+    expect(lockTarget({ startedAt: '2026-05-01T00:00:00Z' }, policy, 30, now)).toEqual({
+      need: Date.parse('2026-05-01T00:00:00Z') + 91 * D + H,
+      set: Date.parse('2026-05-01T00:00:00Z') + 91 * D + H,
+      unbounded: false,
+    });
     // The default period is longer than the retention: it counts from the backup.
     expect(lockTarget({ startedAt: '2026-05-31T00:00:00Z' }, { retention: { daily: 3 } }, 30, now).need).toBe(Date.parse('2026-05-31T00:00:00Z') + 30 * D);
     // Kept past its expiry (no backups since), or with no rule at all: the default from now, a week more set.
-    expect(lockTarget({ startedAt: '2025-01-01T00:00:00Z' }, policy, 30, now)).toEqual({ need: now.getTime() + 30 * D, set: now.getTime() + 37 * D, unbounded: true });
+    expect(lockTarget({ startedAt: '2025-01-01T00:00:00Z' }, policy, 30, now)).toEqual({
+      need: now.getTime() + 30 * D,
+      set: now.getTime() + 37 * D,
+      unbounded: true,
+    });
     expect(lockTarget({ startedAt: '2026-05-31T00:00:00Z' }, { retention: {} }, 30, now).unbounded).toBe(true);
   });
 });

@@ -11,14 +11,17 @@ const MiB = 1024 * 1024;
 
 describe('the run lease', () => {
   let c: Awaited<ReturnType<typeof startTestCatalog>>;
-  beforeAll(async () => { c = await startTestCatalog(); });
+  beforeAll(async () => {
+    c = await startTestCatalog();
+  });
   afterAll(async () => c?.close());
 
   it('refuses a second run of the policy naming the execution that holds it, until that one gives it back', async () => {
     const deps = { catalog: c.catalog, now: () => 1_000 };
     await acquireRunLease({ policyId: 'p1', executionArn: 'arn:run-a' }, deps);
     await expect(acquireRunLease({ policyId: 'p1', executionArn: 'arn:run-b' }, deps)).rejects.toMatchObject({
-      name: 'Run.Busy', message: expect.stringMatching(/policy 'p1' already has a Backup run in progress: execution arn:run-a;.*Wait for that run to end, or stop it/),
+      name: 'Run.Busy',
+      message: expect.stringMatching(/policy 'p1' already has a Backup run in progress: execution arn:run-a;.*Wait for that run to end, or stop it/),
     });
     await acquireRunLease({ policyId: 'p2', executionArn: 'arn:run-b' }, deps); // another policy is not held up
     await releaseRunLease({ policyId: 'p1', executionArn: 'arn:run-b' }, deps); // not the holder: no effect
@@ -27,24 +30,29 @@ describe('the run lease', () => {
     await acquireRunLease({ policyId: 'p1', executionArn: 'arn:run-b' }, deps);
   });
 
-  it('is given back on the failure path, which then fails with the run\'s own error', async () => {
+  it("is given back on the failure path, which then fails with the run's own error", async () => {
     const deps = { catalog: c.catalog, now: () => 1_000 };
     await acquireRunLease({ policyId: 'p3', executionArn: 'arn:run-a' }, deps);
-    await expect(releaseRunLease({ policyId: 'p3', executionArn: 'arn:run-a', error: { Error: 'Catalog.PolicyNotFound', Cause: 'gone' } }, deps))
-      .rejects.toMatchObject({ name: 'Catalog.PolicyNotFound', message: 'gone' });
+    await expect(
+      releaseRunLease({ policyId: 'p3', executionArn: 'arn:run-a', error: { Error: 'Catalog.PolicyNotFound', Cause: 'gone' } }, deps),
+    ).rejects.toMatchObject({ name: 'Catalog.PolicyNotFound', message: 'gone' });
     await acquireRunLease({ policyId: 'p3', executionArn: 'arn:run-b' }, deps);
   });
 
   it('expires, so a run that died without any cleanup blocks its policy no longer than a run may last', async () => {
     await acquireRunLease({ policyId: 'p4', executionArn: 'arn:dead' }, { catalog: c.catalog, now: () => 0 });
-    await expect(acquireRunLease({ policyId: 'p4', executionArn: 'arn:next' }, { catalog: c.catalog, now: () => RUN_LEASE_MS - 1 })).rejects.toMatchObject({ name: 'Run.Busy' });
+    await expect(acquireRunLease({ policyId: 'p4', executionArn: 'arn:next' }, { catalog: c.catalog, now: () => RUN_LEASE_MS - 1 })).rejects.toMatchObject({
+      name: 'Run.Busy',
+    });
     await acquireRunLease({ policyId: 'p4', executionArn: 'arn:next' }, { catalog: c.catalog, now: () => RUN_LEASE_MS + 1 });
   });
 });
 
 describe('two Backup runs of one policy at once', () => {
   let t: TestStack;
-  beforeAll(async () => { t = await startTestStack({ movers: 1 }); }, 120_000);
+  beforeAll(async () => {
+    t = await startTestStack({ movers: 1 });
+  }, 120_000);
   afterAll(async () => t?.close());
 
   it('runs one; the other fails with Run.Busy naming it, and backs nothing up', async () => {

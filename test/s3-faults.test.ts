@@ -82,7 +82,14 @@ describe('storage faults end in an error or a retry, never a hang', () => {
   it('fails a request that gets no response at all after the request timeout, as a retryable StorageUnavailable', async () => {
     proxy.setRules([{ method: 'HEAD', path: /stall\/none$/, fault: { kind: 'stall' } }]);
     const store = new S3ObjectStore(client(proxy.url, { requestTimeoutMs: 300 }), 'repo');
-    const err = await within(8000, 'a HEAD that is never answered', store.head('stall/none').then(() => undefined, (e: unknown) => e));
+    const err = await within(
+      8000,
+      'a HEAD that is never answered',
+      store.head('stall/none').then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+    );
     expect(err).toMatchObject({ name: 'Mover.StorageUnavailable', retryable: true, message: expect.stringContaining('HEAD s3://repo/stall/none') });
     proxy.setRules([]);
   });
@@ -93,7 +100,10 @@ describe('storage faults end in an error or a retry, never a hang', () => {
       { method: 'PUT', path: /flaky$/, times: 1, fault: { kind: 'status', status: 503 } },
       { method: 'PUT', path: /flaky$/, times: 1, fault: { kind: 'reset' } },
     ]);
-    const store = new S3ObjectStore(s3Client({ region: 'us-east-1', endpoint: proxy.url, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS, maxAttempts: 1 }), 'repo');
+    const store = new S3ObjectStore(
+      s3Client({ region: 'us-east-1', endpoint: proxy.url, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS, maxAttempts: 1 }),
+      'repo',
+    );
     const retries: RetryInfo[] = [];
     await within(5000, 'a PUT through two faults', withRetry(store, { baseDelayMs: 10, onRetry: (r) => retries.push(r) }).put('flaky', body));
     expect(retries.map((r) => r.attempt)).toEqual([1, 2]);

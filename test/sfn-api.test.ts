@@ -34,9 +34,7 @@ class MemoryExecutions implements ExecutionService {
     return r;
   }
   async list(stateMachineArn: string, statusFilter?: string, maxResults?: number) {
-    const all = [...this.records.values()].filter(
-      (r) => r.stateMachineArn === stateMachineArn && (!statusFilter || r.status === statusFilter),
-    );
+    const all = [...this.records.values()].filter((r) => r.stateMachineArn === stateMachineArn && (!statusFilter || r.status === statusFilter));
     return all.slice(0, maxResults ?? all.length);
   }
   async stop(executionArn: string, error?: string, cause?: string) {
@@ -173,17 +171,13 @@ describe('activity tasks over the SFN API', () => {
     const task = await poll();
     await sfn.send(new SendTaskSuccessCommand({ taskToken: task.taskToken, output: '{}' }));
     await result;
-    await expect(
-      sfn.send(new SendTaskFailureCommand({ taskToken: task.taskToken, error: 'x' })),
-    ).rejects.toMatchObject({ name: 'TaskDoesNotExist' });
+    await expect(sfn.send(new SendTaskFailureCommand({ taskToken: task.taskToken, error: 'x' }))).rejects.toMatchObject({ name: 'TaskDoesNotExist' });
   });
 
   it('rejects invalid output JSON and keeps the task open', async () => {
     const result = broker.schedule(ACTIVITY, {});
     const task = await poll();
-    await expect(
-      sfn.send(new SendTaskSuccessCommand({ taskToken: task.taskToken, output: '{not json' })),
-    ).rejects.toMatchObject({ name: 'InvalidOutput' });
+    await expect(sfn.send(new SendTaskSuccessCommand({ taskToken: task.taskToken, output: '{not json' }))).rejects.toMatchObject({ name: 'InvalidOutput' });
     await sfn.send(new SendTaskSuccessCommand({ taskToken: task.taskToken, output: '[1]' }));
     await expect(result).resolves.toEqual([1]);
   });
@@ -218,9 +212,10 @@ describe('executions over the SFN API', () => {
   });
 
   it('maps ExecutionDoesNotExist from the service to the SDK exception', async () => {
-    await expect(
-      sfn.send(new DescribeExecutionCommand({ executionArn: `${MACHINE}:missing` })),
-    ).rejects.toMatchObject({ name: 'ExecutionDoesNotExist', message: expect.stringContaining('missing') });
+    await expect(sfn.send(new DescribeExecutionCommand({ executionArn: `${MACHINE}:missing` }))).rejects.toMatchObject({
+      name: 'ExecutionDoesNotExist',
+      message: expect.stringContaining('missing'),
+    });
   });
 });
 

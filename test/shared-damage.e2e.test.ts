@@ -90,18 +90,28 @@ it('marks every backup sharing a damaged chunk, refuses to restore them up front
   expect(s.quarantine.shared).toEqual([{ vmId: 'vm-s', backupId: b0.backupId, chunks: [id] }]);
   expect(await status(b1.backupId)).toBe('damaged');
   expect(await status(b0.backupId)).toBe('damaged');
-  const damage0 = (await t.stack.catalog.getBackup('vm-s', b0.backupId) as unknown as { damage: { verifyId: string; foundIn: unknown; findings: { chunkId: string; offsets: number[]; objectKey: string }[] } }).damage;
+  const damage0 = (
+    (await t.stack.catalog.getBackup('vm-s', b0.backupId)) as unknown as {
+      damage: { verifyId: string; foundIn: unknown; findings: { chunkId: string; offsets: number[]; objectKey: string }[] };
+    }
+  ).damage;
   expect(damage0).toMatchObject({ verifyId: 'verify-shared-1', foundIn: { vmId: 'vm-s', backupId: b1.backupId } });
-  expect(damage0.findings).toEqual([expect.objectContaining({ backupId: b0.backupId, diskId: 'disk0', chunkId: id, objectKey: at.key, offsets: [index * MiB] })]);
+  expect(damage0.findings).toEqual([
+    expect.objectContaining({ backupId: b0.backupId, diskId: 'disk0', chunkId: id, objectKey: at.key, offsets: [index * MiB] }),
+  ]);
 
   // Restoring b0 is refused before any mover writes: the backup, the chunk, who found it and what to do.
   const r0 = await refused({ backupId: b0.backupId }, join(t.dir, 'restore-b0-refused'));
   expect(r0.error).toBe('Recovery.RequestInvalid');
-  expect(r0.cause).toContain(`backup '${b0.backupId}' of VM 'vm-s' is damaged: chunk ${id} (disk 'disk0', offset ${index * MiB}, stored in ${at.key} bytes ${at.offset}+${at.length})`);
+  expect(r0.cause).toContain(
+    `backup '${b0.backupId}' of VM 'vm-s' is damaged: chunk ${id} (disk 'disk0', offset ${index * MiB}, stored in ${at.key} bytes ${at.offset}+${at.length})`,
+  );
   expect(r0.cause).toContain(`deep verification verify-shared-1 of backup '${b1.backupId}' (VM 'vm-s'), which shares the chunk`);
   expect(r0.cause).toMatch(/nothing was restored.*deep-verify backup .* in full; no older committed backup of this VM exists/);
   // b1 names b0 as no way out (damaged too), and a plain restore restores nothing older silently: it names the damage.
-  expect((await refused({ backupId: b1.backupId }, join(t.dir, 'restore-b1-refused'))).cause).toContain(`backup '${b1.backupId}' of VM 'vm-s' is damaged: chunk ${id}`);
+  expect((await refused({ backupId: b1.backupId }, join(t.dir, 'restore-b1-refused'))).cause).toContain(
+    `backup '${b1.backupId}' of VM 'vm-s' is damaged: chunk ${id}`,
+  );
   const plain = await refused({}, join(t.dir, 'restore-plain-refused'));
   expect(plain.cause).toMatch(new RegExp(`VM 'vm-s' has no committed backup to restore: backup '${b1.backupId}' of VM 'vm-s' is damaged: chunk ${id}`));
 
@@ -112,7 +122,8 @@ it('marks every backup sharing a damaged chunk, refuses to restore them up front
   const h = await run('DeepVerify', { vmId: 'vm-s', backupId: b1.backupId, moverGroup: 'site-a' }, 'verify-shared-2');
   expect(h.status, h.cause).toBe('SUCCEEDED');
   expect(JSON.parse(h.output!) as DeepVerifySummary).toMatchObject({
-    damaged: false, healed: { previousVerifyId: 'verify-shared-1', chunks: [id], otherBackups: [{ vmId: 'vm-s', backupId: b0.backupId }] },
+    damaged: false,
+    healed: { previousVerifyId: 'verify-shared-1', chunks: [id], otherBackups: [{ vmId: 'vm-s', backupId: b0.backupId }] },
   });
   expect(await status(b0.backupId)).toBe('committed');
   expect(await status(b1.backupId)).toBe('committed');

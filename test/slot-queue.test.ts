@@ -26,7 +26,9 @@ let deps: SlotQueueDeps;
 beforeAll(async () => {
   c = await startTestCatalog();
   broker = new ActivityBroker();
-  const none = () => { throw new Error('no executions here'); };
+  const none = () => {
+    throw new Error('no executions here');
+  };
   api = await startSfnApi({ port: 0, broker, executions: { start: none, describe: none, list: none, stop: none } });
   sfn = new SFNClient({ region: 'us-east-1', endpoint: api.url, credentials: LOCAL_CREDENTIALS });
   deps = { catalog: c.catalog, queue: new SlotQueueCatalog(c.doc, 'catalog'), tasks: sfnTaskCallbacks(() => sfn), now: () => clock++ };
@@ -39,8 +41,20 @@ afterAll(async () => {
 });
 
 const job = (runId: string, vmId: string, scopes: VmJob['slotScopes']): VmJob => ({
-  runId, policyId: 'p', backupId: 'b', vmId, host: 'h', moverGroup: 'g', source: '', repository: { bucket: 'b', chunkSize: MiB },
-  parentBackupId: null, parentManifests: {}, slotScopes: scopes, slot: null, snapshot: null, segmentBytes: 0,
+  runId,
+  policyId: 'p',
+  backupId: 'b',
+  vmId,
+  host: 'h',
+  moverGroup: 'g',
+  source: '',
+  repository: { bucket: 'b', chunkSize: MiB },
+  parentBackupId: null,
+  parentManifests: {},
+  slotScopes: scopes,
+  slot: null,
+  snapshot: null,
+  segmentBytes: 0,
 });
 
 /** A VM in line: its AcquireSlot task's token (held by the broker, as the workflow's wait is), and its grant once sent. */
@@ -56,7 +70,10 @@ function waiter(j: VmJob, opts: { timeoutSeconds?: number; signal?: AbortSignal 
 
 describe('takeSlots', () => {
   it('takes a slot in every scope or none, and counts one the holder already has', async () => {
-    const scopes = [{ scope: 'host:t', limit: 2 }, { scope: 'datastore:t/ds1', limit: 1 }];
+    const scopes = [
+      { scope: 'host:t', limit: 2 },
+      { scope: 'datastore:t/ds1', limit: 1 },
+    ];
     const a = await takeSlots('r/a', scopes, deps);
     expect(a).toEqual({ lease: { holder: 'r/a', keys: ['SLOT#host:t|SLOT#0', 'SLOT#datastore:t/ds1|SLOT#0'] } });
     // The host has a second slot but the datastore is full: b gets nothing and keeps nothing.
@@ -86,16 +103,24 @@ describe('the fair slot queue', () => {
     await new Promise((r) => setTimeout(r, 1100)); // vm-05's wait runs out
     const order: string[] = [];
     // Every VM that gets its slots backs up for a few ms and releases; the releases race one another and two late VMs queueing.
-    const work = all.filter((_, i) => i !== 5).map(async (w) => {
-      const j = await w.granted;
-      order.push(j.vmId);
-      await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 15)));
-      await releaseSlot(j, deps);
-    });
+    const work = all
+      .filter((_, i) => i !== 5)
+      .map(async (w) => {
+        const j = await w.granted;
+        order.push(j.vmId);
+        await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 15)));
+        await releaseSlot(j, deps);
+      });
     const late = [waiter(job('run-q', 'vm-late-1', scopes)), waiter(job('run-q', 'vm-late-2', scopes))];
     await acquireSlot(late[0]!.job, late[0]!.token, deps);
     await acquireSlot(late[1]!.job, late[1]!.token, deps);
-    for (const w of late) work.push(w.granted.then(async (j) => { order.push(j.vmId); await releaseSlot(j, deps); }));
+    for (const w of late)
+      work.push(
+        w.granted.then(async (j) => {
+          order.push(j.vmId);
+          await releaseSlot(j, deps);
+        }),
+      );
     await Promise.all(work);
     await expect(all[5]!.granted).rejects.toMatchObject({ name: 'States.Timeout' });
     const queued = [...all.filter((_, i) => i !== 5).map((w) => w.job.vmId), 'vm-late-1', 'vm-late-2'];

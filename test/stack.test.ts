@@ -101,7 +101,9 @@ it('refuses a second stack on the same data folder, naming the running one; take
   try {
     await expect(EmbeddedStack.start({ dataDir: dir })).rejects.toMatchObject({
       name: 'Stack.Unavailable',
-      message: expect.stringMatching(new RegExp(`^the embedded stack is already running on ${dir} \\(pid ${process.pid}, since .*\\): use that one, stop it first .*--data-dir`)),
+      message: expect.stringMatching(
+        new RegExp(`^the embedded stack is already running on ${dir} \\(pid ${process.pid}, since .*\\): use that one, stop it first .*--data-dir`),
+      ),
     });
   } finally {
     await first.stop();
@@ -119,7 +121,9 @@ it('names the key file when it does not open the repository (replaced), instead 
   await writeFile(join(dir, 'repository.keyfile'), `${randomBytes(32).toString('hex')}\n`);
   await expect(EmbeddedStack.start({ dataDir: dir })).rejects.toMatchObject({
     name: 'Stack.Unavailable',
-    message: expect.stringContaining(`does not unwrap with key file ${join(dir, 'repository.keyfile')}: the file was replaced, or belongs to another repository; put back the key file`),
+    message: expect.stringContaining(
+      `does not unwrap with key file ${join(dir, 'repository.keyfile')}: the file was replaced, or belongs to another repository; put back the key file`,
+    ),
   });
   // The failed start gave its lock back.
   await expect(readFile(join(dir, 'stack.lock'))).rejects.toMatchObject({ code: 'ENOENT' });
@@ -135,7 +139,11 @@ it('says at once, naming the file, when the key file is replaced while the stack
     const original = await readFile(keyFile);
     await writeFile(keyFile, `${randomBytes(32).toString('hex')}\n`);
     await until(() => seen.length === 1, 10_000, 'a word about the replaced key file');
-    expect(seen[0]).toMatch(new RegExp(`^Stack.Unavailable: the repository key file ${keyFile} changed while the stack runs, and .*does not unwrap with key file .*put back the original key file now`));
+    expect(seen[0]).toMatch(
+      new RegExp(
+        `^Stack.Unavailable: the repository key file ${keyFile} changed while the stack runs, and .*does not unwrap with key file .*put back the original key file now`,
+      ),
+    );
     await writeFile(keyFile, original);
     await until(() => seen.length === 2, 10_000, 'a word about the key file put back');
     expect(seen[1]).toBeUndefined();

@@ -18,7 +18,15 @@ const store = new MemoryObjectStore();
 let dir: string;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const job = (backupId: string): ReplicateJob => ({
-  replicationId: 'r', vmId: 'vm', backupId, moverGroup: 'dr', source: { bucket: 's' }, target: { bucket: 't' }, disks: [], replicaDir: dir, recoveryPoint: '2026-11-23T00:00:00Z',
+  replicationId: 'r',
+  vmId: 'vm',
+  backupId,
+  moverGroup: 'dr',
+  source: { bucket: 's' },
+  target: { bucket: 't' },
+  disks: [],
+  replicaDir: dir,
+  recoveryPoint: '2026-11-23T00:00:00Z',
 });
 async function backup(backupId: string, data: Buffer) {
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };

@@ -72,7 +72,10 @@ describe('withRetry', () => {
       expect(inner.calls.put).toBe(3);
       expect((await inner.get('k'))?.toString()).toBe('data');
       expect(sleeps).toEqual([200, 400]);
-      expect(retries.map((r) => [r.op, r.key, r.attempt, r.delayMs])).toEqual([['put', 'k', 1, 200], ['put', 'k', 2, 400]]);
+      expect(retries.map((r) => [r.op, r.key, r.attempt, r.delayMs])).toEqual([
+        ['put', 'k', 1, 200],
+        ['put', 'k', 2, 400],
+      ]);
       expect(retries[0]!.error).toBeInstanceOf(StorageUnavailable);
     });
   }
@@ -97,16 +100,48 @@ describe('withRetry', () => {
   it('counts each retry for the mover task that made the request, and the run summary adds them up', async () => {
     const inner = new FaultyStore();
     const store = withRetry(inner, { sleep: async () => {}, onRetry: countForTask });
-    const task = (n: number) => withTaskRetries(async () => {
-      inner.failNext('put', n, storageError(connError('EPIPE')));
-      await store.put(`k${n}`, Buffer.from('x'));
-      return { diskId: `d${n}`, stats: { bytesStored: 1 } as Record<string, number> };
-    });
+    const task = (n: number) =>
+      withTaskRetries(async () => {
+        inner.failNext('put', n, storageError(connError('EPIPE')));
+        await store.put(`k${n}`, Buffer.from('x'));
+        return { diskId: `d${n}`, stats: { bytesStored: 1 } as Record<string, number> };
+      });
     const a = await task(2);
     const b = await task(1);
     expect([a.stats.storageRetries, b.stats.storageRetries]).toEqual([2, 1]);
-    const stats = (n: number) => ({ bytesScanned: 0, bytesNew: 0, bytesZero: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0, storageRetries: n });
-    const summary = summarizeRun({ runId: 'r', policyId: 'p', backups: [{ vmId: 'v', backupId: 'b', status: 'committed' as const, runId: 'r', policyId: 'p', parentBackupId: null, startedAt: '2026-11-23T00:00:00Z', disks: [{ diskId: 'd', sizeBytes: 0, manifestKey: 'm', stats: stats(2) }, { diskId: 'e', sizeBytes: 0, manifestKey: 'm', stats: stats(1) }] }] });
+    const stats = (n: number) => ({
+      bytesScanned: 0,
+      bytesNew: 0,
+      bytesZero: 0,
+      bytesUploaded: 0,
+      bytesStored: 0,
+      chunks: 0,
+      zeroChunks: 0,
+      parentChunks: 0,
+      dedupedChunks: 0,
+      uploadedChunks: 0,
+      seconds: 0,
+      storageRetries: n,
+    });
+    const summary = summarizeRun({
+      runId: 'r',
+      policyId: 'p',
+      backups: [
+        {
+          vmId: 'v',
+          backupId: 'b',
+          status: 'committed' as const,
+          runId: 'r',
+          policyId: 'p',
+          parentBackupId: null,
+          startedAt: '2026-11-23T00:00:00Z',
+          disks: [
+            { diskId: 'd', sizeBytes: 0, manifestKey: 'm', stats: stats(2) },
+            { diskId: 'e', sizeBytes: 0, manifestKey: 'm', stats: stats(1) },
+          ],
+        },
+      ],
+    });
     expect(summary.totals.storageRetries).toBe(3);
   });
 
@@ -314,7 +349,10 @@ describe('every wrapper passes the whole interface through', () => {
       expect(read!.buffer).toBe(into.buffer); // read into the caller's buffer, not a copy
       const listed: { key: string; size: number }[] = [];
       for await (const o of store.list('index/')) listed.push(o);
-      expect(listed).toEqual([{ key: 'index/1', size: 3 }, { key: 'index/2', size: 3 }]);
+      expect(listed).toEqual([
+        { key: 'index/1', size: 3 },
+        { key: 'index/2', size: 3 },
+      ]);
     });
   }
 
@@ -323,7 +361,9 @@ describe('every wrapper passes the whole interface through', () => {
     await inner.put('index/1', Buffer.from('one'));
     let failures = 2;
     const flaky: ObjectStore = {
-      put: (k, b, s) => inner.put(k, b, s), get: (k, o) => inner.get(k, o), head: (k) => inner.head(k),
+      put: (k, b, s) => inner.put(k, b, s),
+      get: (k, o) => inner.get(k, o),
+      head: (k) => inner.head(k),
       list: (prefix) => {
         if (failures-- > 0) throw new StorageUnavailable(`LIST s3://b/${prefix} failed`, connError('ECONNRESET'));
         return inner.list(prefix);
@@ -333,7 +373,10 @@ describe('every wrapper passes the whole interface through', () => {
     const listed: string[] = [];
     for await (const o of withRetry(flaky, { sleep: async () => {}, onRetry: (i) => retries.push(i) }).list('index/')) listed.push(o.key);
     expect(listed).toEqual(['index/1']);
-    expect(retries.map((r) => [r.op, r.key, r.attempt])).toEqual([['list', 'index/', 1], ['list', 'index/', 2]]);
+    expect(retries.map((r) => [r.op, r.key, r.attempt])).toEqual([
+      ['list', 'index/', 1],
+      ['list', 'index/', 2],
+    ]);
   });
 
   it('withBandwidthLimit charges a range GET for the bytes it returned, not the whole object', async () => {
@@ -341,7 +384,14 @@ describe('every wrapper passes the whole interface through', () => {
     await inner.put('big', Buffer.alloc(1_000_000));
     let slept = 0;
     let clock = 0;
-    const store = withBandwidthLimit(inner, 100_000, { burstBytes: 1, now: () => clock, sleep: async (ms) => { slept += ms; clock += ms; } });
+    const store = withBandwidthLimit(inner, 100_000, {
+      burstBytes: 1,
+      now: () => clock,
+      sleep: async (ms) => {
+        slept += ms;
+        clock += ms;
+      },
+    });
     await store.get('big', { range: { offset: 0, length: 10_000 } });
     expect(slept).toBeGreaterThan(50);
     expect(slept).toBeLessThan(200); // 10 KB at 100 KB/s: 0.1 s, not the 10 s of the whole object

@@ -61,9 +61,15 @@ async function backedUpV1(store: MemoryObjectStore): Promise<Job> {
 async function backedUpV2(store: MemoryObjectStore): Promise<Job> {
   const d0 = diskData();
   const d1 = Buffer.concat([d0, randomBytes(CHUNK * 2)]);
-  const disks: DiskRef[] = [{ diskId: 'disk0', path: 'mem', sizeBytes: d0.length }, { diskId: 'disk1', path: 'mem', sizeBytes: d1.length }];
+  const disks: DiskRef[] = [
+    { diskId: 'disk0', path: 'mem', sizeBytes: d0.length },
+    { diskId: 'disk1', path: 'mem', sizeBytes: d1.length },
+  ];
   const results: DiskResult[] = [];
-  for (const [disk, data] of [[disks[0]!, d0], [disks[1]!, d1]] as const) {
+  for (const [disk, data] of [
+    [disks[0]!, d0],
+    [disks[1]!, d1],
+  ] as const) {
     results.push(await backupDisk({ store, keys, reader: memoryDisk(data), disk, backupId: 'b1', chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1 })); // one chunk at a time: packs of two chunks, however the worker is scheduled
   }
   return jobOf(disks, results);
@@ -107,7 +113,10 @@ describe('Verify of a format-1 backup (a chunk object each)', () => {
     const job = await backedUpV1(store);
     const victim = [...store.objects.keys()].find((k) => k.startsWith('chunks/'))!;
     store.objects.delete(victim);
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({ name: 'Verify.Failed', message: `chunk ${victim} of disk 'disk0' (backup b1) is missing from the repository` });
+    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+      name: 'Verify.Failed',
+      message: `chunk ${victim} of disk 'disk0' (backup b1) is missing from the repository`,
+    });
   });
 
   it('fails when a chunk was replaced by one of another size', async () => {
@@ -115,14 +124,20 @@ describe('Verify of a format-1 backup (a chunk object each)', () => {
     const victim = [...store.objects.keys()].find((k) => k.startsWith('chunks/'))!;
     const expected = store.objects.get(victim)!.length;
     store.objects.set(victim, Buffer.alloc(10));
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({ name: 'Verify.Failed', message: `chunk ${victim} of disk 'disk0' (backup b1) is 10 bytes, the manifest expects ${expected}` });
+    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+      name: 'Verify.Failed',
+      message: `chunk ${victim} of disk 'disk0' (backup b1) is 10 bytes, the manifest expects ${expected}`,
+    });
   });
 
   it('fails when a chunk of the same size has other content than was uploaded', async () => {
     const job = await backedUpV1(store);
     const victim = [...store.objects.keys()].find((k) => k.startsWith('chunks/'))!;
     store.objects.get(victim)![20]! ^= 1;
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({ name: 'Verify.Failed', message: expect.stringMatching(new RegExp(`^chunk ${victim} .* has SHA-256 `)) });
+    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+      name: 'Verify.Failed',
+      message: expect.stringMatching(new RegExp(`^chunk ${victim} .* has SHA-256 `)),
+    });
   });
 });
 
@@ -136,7 +151,12 @@ describe('Verify of a format-2 backup (chunks in packs)', () => {
     expect([...heads.keys()].sort()).toEqual(packs.sort());
     expect([...heads.values()].every((n) => n === 1)).toBe(true);
     // disk0: 4 distinct chunks; disk1: the same 4 and 2 of its own.
-    expect(out).toEqual({ chunksChecked: 10, packsChecked: packs.length, bytesChecked: packs.reduce((n, k) => n + store.objects.get(k)!.length, 0), checksumsCompared: 0 });
+    expect(out).toEqual({
+      chunksChecked: 10,
+      packsChecked: packs.length,
+      bytesChecked: packs.reduce((n, k) => n + store.objects.get(k)!.length, 0),
+      checksumsCompared: 0,
+    });
   });
 
   it('fails naming the pack, the disk and the backup when a pack is missing', async () => {
@@ -146,7 +166,10 @@ describe('Verify of a format-2 backup (chunks in packs)', () => {
     const victim = p1!.find((k) => !p0!.includes(k))!;
     expect(victim).toBeDefined();
     store.objects.delete(victim);
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({ name: 'Verify.Failed', message: `pack ${victim} of disk 'disk1' (backup b1) is missing from the repository` });
+    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+      name: 'Verify.Failed',
+      message: `pack ${victim} of disk 'disk1' (backup b1) is missing from the repository`,
+    });
   });
 
   it('fails when a pack is not the size the manifest records', async () => {
@@ -155,13 +178,19 @@ describe('Verify of a format-2 backup (chunks in packs)', () => {
     const body = store.objects.get(victim)!;
     store.objects.set(victim, body.subarray(0, body.length - 1));
     await expect(verify(job, { store, keys })).rejects.toMatchObject({
-      name: 'Verify.Failed', message: expect.stringMatching(new RegExp(`^pack ${victim} of disk 'disk[01]' \\(backup b1\\) is ${body.length - 1} bytes, the manifest expects ${body.length}$`)),
+      name: 'Verify.Failed',
+      message: expect.stringMatching(
+        new RegExp(`^pack ${victim} of disk 'disk[01]' \\(backup b1\\) is ${body.length - 1} bytes, the manifest expects ${body.length}$`),
+      ),
     });
   });
 
   it('fails when a manifest is missing', async () => {
     const job = await backedUpV2(store);
     store.objects.delete(objectKeys.manifest('b1', 'disk1'));
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({ name: 'Verify.Failed', message: `manifest ${objectKeys.manifest('b1', 'disk1')} of disk 'disk1' is missing` });
+    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+      name: 'Verify.Failed',
+      message: `manifest ${objectKeys.manifest('b1', 'disk1')} of disk 'disk1' is missing`,
+    });
   });
 });

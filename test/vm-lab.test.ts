@@ -53,7 +53,11 @@ describe('vm-lab without a hypervisor', () => {
 
 // A machine without the packages skips the VM tests; CI must have them (.ci/run installs them).
 const libvirt = await ensureLibvirtd();
-const labReason = !libvirt.available ? libvirt.reason : (await guestSourcesPresent()) ? undefined : 'the guest packages (linux-image-amd64, busybox-static, qemu-guest-agent) are missing';
+const labReason = !libvirt.available
+  ? libvirt.reason
+  : (await guestSourcesPresent())
+    ? undefined
+    : 'the guest packages (linux-image-amd64, busybox-static, qemu-guest-agent) are missing';
 if (labReason && process.env.CI) throw new Error(`CI must run the VM lab tests: ${labReason}`);
 
 describe.skipIf(labReason !== undefined)('vm-lab guest on qemu:///system (TCG)', () => {
@@ -89,7 +93,10 @@ describe.skipIf(labReason !== undefined)('vm-lab guest on qemu:///system (TCG)',
   const sha256File = (path: string) =>
     new Promise<string>((resolve, reject) => {
       const h = createHash('sha256');
-      createReadStream(path).on('data', (b) => h.update(b)).on('end', () => resolve(h.digest('hex'))).on('error', reject);
+      createReadStream(path)
+        .on('data', (b) => h.update(b))
+        .on('end', () => resolve(h.digest('hex')))
+        .on('error', reject);
     });
   const until = async (what: string, test: () => Promise<boolean>, timeoutMs: number) => {
     for (const deadline = Date.now() + timeoutMs; !(await test()); ) {

@@ -9,7 +9,12 @@ import { describe, expect, it } from 'vitest';
 import { CannotUpgrade } from '../contracts/errors.ts';
 import { MoverWorker, type HandedOverTask, type Logger, type Restart, type WorkerOptions } from '../mover/worker.ts';
 
-interface Answer { kind: 'success' | 'failure' | 'heartbeat'; token: string; error?: string; cause?: string }
+interface Answer {
+  kind: 'success' | 'failure' | 'heartbeat';
+  token: string;
+  error?: string;
+  cause?: string;
+}
 
 /** An activity with a queue of tasks; records every answer. */
 class FakeActivity {
@@ -43,7 +48,8 @@ class FakeActivity {
       }
     }
     if (cmd instanceof SendTaskSuccessCommand) this.answers.push({ kind: 'success', token: cmd.input.taskToken! });
-    else if (cmd instanceof SendTaskFailureCommand) this.answers.push({ kind: 'failure', token: cmd.input.taskToken!, error: cmd.input.error!, cause: cmd.input.cause! });
+    else if (cmd instanceof SendTaskFailureCommand)
+      this.answers.push({ kind: 'failure', token: cmd.input.taskToken!, error: cmd.input.error!, cause: cmd.input.cause! });
     else if (cmd instanceof SendTaskHeartbeatCommand) {
       if (this.gone.has(cmd.input.taskToken!)) throw Object.assign(new Error('task token is unknown or already completed'), { name: 'TaskDoesNotExist' });
       this.answers.push({ kind: 'heartbeat', token: cmd.input.taskToken! });
@@ -82,8 +88,14 @@ function setup(o: { slots?: number; restart?: Restart; resume?: HandedOverTask[]
   const ran: string[] = [];
   const worker = new MoverWorker({
     // A test double at the SDK boundary: only the four commands the worker sends.
-    sfn: activity as unknown as WorkerOptions['sfn'], activityArn: 'arn:activity', workerName: 'w', slots: o.slots ?? 2, logger: quiet, heartbeatMs: 10,
-    ...(o.resume ? { resume: o.resume } : {}), ...(o.shutdownGraceMs !== undefined ? { shutdownGraceMs: o.shutdownGraceMs } : {}),
+    sfn: activity as unknown as WorkerOptions['sfn'],
+    activityArn: 'arn:activity',
+    workerName: 'w',
+    slots: o.slots ?? 2,
+    logger: quiet,
+    heartbeatMs: 10,
+    ...(o.resume ? { resume: o.resume } : {}),
+    ...(o.shutdownGraceMs !== undefined ? { shutdownGraceMs: o.shutdownGraceMs } : {}),
     admit: async (input) => ((input as { task?: string }).task === 'new' ? (o.restart ?? ((tasks) => void restarts.push(tasks))) : undefined),
     handler: async (input, ctx) => {
       const t = input as { wait?: string; id: string; honourAbort?: boolean };
@@ -196,7 +208,13 @@ describe('mover worker: liveness of real progress', () => {
     const activity = new FakeActivity();
     const finished: string[] = [];
     const worker = new MoverWorker({
-      sfn: activity as unknown as WorkerOptions['sfn'], activityArn: 'arn:activity', workerName: 'w', slots: 1, logger: quiet, heartbeatMs: 10, stallTimeoutMs,
+      sfn: activity as unknown as WorkerOptions['sfn'],
+      activityArn: 'arn:activity',
+      workerName: 'w',
+      slots: 1,
+      logger: quiet,
+      heartbeatMs: 10,
+      stallTimeoutMs,
       handler: async (input, ctx) => {
         const t = input as { id: string; progressMs?: number; runMs?: number };
         if (t.progressMs === undefined) await new Promise(() => {}); // stuck in a call that ignores the signal
@@ -215,7 +233,10 @@ describe('mover worker: liveness of real progress', () => {
     activity.push('next', { id: 'next', progressMs: 5, runMs: 20 });
     await until(() => activity.of('next', 'success').length === 1, 'the next task in the freed slot', 3000);
     const [failure] = activity.of('stuck', 'failure');
-    expect(failure).toMatchObject({ error: 'Mover.TaskStalled', cause: expect.stringMatching(/restoreDisk.*disk0.*made no progress for \d+ s \(LIFEBOAT_STALL_TIMEOUT_MS=100\)/) });
+    expect(failure).toMatchObject({
+      error: 'Mover.TaskStalled',
+      cause: expect.stringMatching(/restoreDisk.*disk0.*made no progress for \d+ s \(LIFEBOAT_STALL_TIMEOUT_MS=100\)/),
+    });
     void worker.drain();
     await running;
   });

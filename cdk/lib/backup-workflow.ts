@@ -52,7 +52,6 @@ export const SLOT_WAIT = Duration.minutes(5);
 /** Waits before a VM gives up on a slot (Slot queue: 12.5 hours at most). */
 const SLOT_WAIT_ROUNDS = 150;
 
-
 /** The optimized integration's error (`StepFunctions.<StartExecution error code>`) when the name is taken by a closed execution or one with another input (a retried start). */
 export const EXECUTION_ALREADY_EXISTS = 'StepFunctions.ExecutionAlreadyExists';
 
@@ -66,13 +65,14 @@ function afterSummarize(scope: Construct, replicatePolicy: sfn.IStateMachine | u
   const done = new sfn.Pass(scope, 'RunSummarized', { outputPath: '$.summary' });
   // Whether replication started (ReplicationStartFailed) and the DR recovery point's age, as metrics; never fails the run.
   const reported = lambdaStep(scope, 'ReportReplication', report, {
-    payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'started.$': '$.summary.replication.started' }), resultPath: null,
+    payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'started.$': '$.summary.replication.started' }),
+    resultPath: null,
   });
   reported.addRetry({ errors: ['States.ALL'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 2 });
   reported.addCatch(done, { resultPath: sfn.JsonPath.DISCARD });
   reported.next(done);
   const start = new tasks.StepFunctionsStartExecution(scope, 'StartReplication', {
-    comment: 'Copy the run\'s new backups to the policy\'s DR repository (ReplicatePolicy); not awaited',
+    comment: "Copy the run's new backups to the policy's DR repository (ReplicatePolicy); not awaited",
     stateMachine: replicatePolicy,
     integrationPattern: sfn.IntegrationPattern.REQUEST_RESPONSE,
     // One replication per run: a start retried (or the state re-entered) finds the name taken.
@@ -85,9 +85,19 @@ function afterSummarize(scope: Construct, replicatePolicy: sfn.IStateMachine | u
   });
   start.addRetry({ errors: [EXECUTION_ALREADY_EXISTS], maxAttempts: 0 });
   retryAnyError(start);
-  start.addCatch(new sfn.Pass(scope, 'ReplicationAlreadyStarted', { parameters: { started: true, alreadyStarted: true }, resultPath: '$.summary.replication' }).next(reported), { errors: [EXECUTION_ALREADY_EXISTS], resultPath: '$.replicationError' });
+  start.addCatch(
+    new sfn.Pass(scope, 'ReplicationAlreadyStarted', { parameters: { started: true, alreadyStarted: true }, resultPath: '$.summary.replication' }).next(
+      reported,
+    ),
+    { errors: [EXECUTION_ALREADY_EXISTS], resultPath: '$.replicationError' },
+  );
   // The backups are committed whatever happens here: the run reports that replication did not start instead of failing.
-  start.addCatch(new sfn.Pass(scope, 'ReplicationNotStarted', { parameters: { started: false, 'error.$': '$.replicationError' }, resultPath: '$.summary.replication' }).next(reported), { resultPath: '$.replicationError' });
+  start.addCatch(
+    new sfn.Pass(scope, 'ReplicationNotStarted', { parameters: { started: false, 'error.$': '$.replicationError' }, resultPath: '$.summary.replication' }).next(
+      reported,
+    ),
+    { resultPath: '$.replicationError' },
+  );
   return new sfn.Choice(scope, 'ReplicationDue', { comment: 'The policy replicates to a DR repository and the run committed a backup' })
     .when(sfn.Condition.and(sfn.Condition.isString('$.replicateTo'), sfn.Condition.numberGreaterThan('$.summary.committed', 0)), start.next(reported))
     .otherwise(done);
@@ -100,21 +110,47 @@ export class BackupWorkflow extends Construct {
     super(scope, id);
     useResultWriterV2(this);
     const fn = props.functions;
-    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) => lambdaStep(this, name, fn[f], opts);
+    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) =>
+      lambdaStep(this, name, fn[f], opts);
     /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
-    const onGroup = (name: string, groupPath: string, task: string, extra: Record<string, unknown>, timeouts: { task: Duration; heartbeat: Duration },
-      resultPath: string | null | undefined, decorate: (t: sfn.TaskStateBase) => void) =>
-      moverStep(this, name, { activities: props.activities, groupPath, parameters: { task, ...extra }, timeout: timeouts.task, heartbeat: timeouts.heartbeat, resultPath, decorate });
+    const onGroup = (
+      name: string,
+      groupPath: string,
+      task: string,
+      extra: Record<string, unknown>,
+      timeouts: { task: Duration; heartbeat: Duration },
+      resultPath: string | null | undefined,
+      decorate: (t: sfn.TaskStateBase) => void,
+    ) =>
+      moverStep(this, name, {
+        activities: props.activities,
+        groupPath,
+        parameters: { task, ...extra },
+        timeout: timeouts.task,
+        heartbeat: timeouts.heartbeat,
+        resultPath,
+        decorate,
+      });
     const retryOnMover = (maxAttempts: number) => (t: sfn.TaskStateBase) =>
       t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts });
 
     // One run per policy: a second is refused (Run.Busy, not caught) naming the execution that holds the lease.
-    const runLease = (extra: Record<string, unknown> = {}) => sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'executionArn.$': '$$.Execution.Id', ...extra });
+    const runLease = (extra: Record<string, unknown> = {}) =>
+      sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'executionArn.$': '$$.Execution.Id', ...extra });
     const acquireRunLease = invoke('AcquireRunLease', 'AcquireRunLease', { payload: runLease(), resultPath: null });
     const releaseRunLease = invoke('ReleaseRunLease', 'ReleaseRunLease', { payload: runLease(), resultPath: null });
     // The run's failure path: the lease goes back, then the function fails the execution with the run's own error.
-    const releaseRunLeaseAfterFailure = invoke('ReleaseRunLeaseAfterFailure', 'ReleaseRunLease', { payload: runLease({ 'error.$': '$.runError' }), resultPath: null });
-    for (const s of [releaseRunLease, releaseRunLeaseAfterFailure]) s.addRetry({ errors: ['Lambda.ServiceException', 'Lambda.TooManyRequestsException', 'Lambda.SdkClientException'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    const releaseRunLeaseAfterFailure = invoke('ReleaseRunLeaseAfterFailure', 'ReleaseRunLease', {
+      payload: runLease({ 'error.$': '$.runError' }),
+      resultPath: null,
+    });
+    for (const s of [releaseRunLease, releaseRunLeaseAfterFailure])
+      s.addRetry({
+        errors: ['Lambda.ServiceException', 'Lambda.TooManyRequestsException', 'Lambda.SdkClientException'],
+        interval: Duration.seconds(2),
+        backoffRate: 2,
+        maxAttempts: 3,
+      });
 
     const plan = invoke('Plan', 'Plan', {
       payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'runId.$': '$$.Execution.Name' }),
@@ -122,11 +158,18 @@ export class BackupWorkflow extends Construct {
 
     // --- failure path of one VM: release what was taken, record, go on -----------------
     const recordFailure = invoke('RecordFailure', 'RecordFailure', { resultPath: '$.outcome' });
-    const releaseSnapshotAfterFailure = onGroup('ReleaseSnapshotAfterFailure', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' },
-      { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
+    const releaseSnapshotAfterFailure = onGroup(
+      'ReleaseSnapshotAfterFailure',
+      '$.moverGroup',
+      'releaseSnapshot',
+      { 'job.$': '$' },
+      { task: Duration.minutes(10), heartbeat: Duration.minutes(2) },
+      null,
+      (t) => {
         t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code, TaskStalled.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
         catchAny(t, recordFailure, '$.cleanupError');
-      });
+      },
+    );
     const releaseSlotAfterFailure = invoke('ReleaseSlotAfterFailure', 'ReleaseSlot', { resultPath: null });
     const vmFailed = new sfn.Pass(this, 'VmFailed', {
       parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'outcome.$': '$.outcome' },
@@ -142,7 +185,7 @@ export class BackupWorkflow extends Construct {
     // ReleaseSlot sends it its slots. A wait that times out queues again in its place (a slot freed by its lease
     // running out is announced by nobody); a dead waiter's token is skipped by whoever serves the line.
     const acquireSlot = new tasks.LambdaInvoke(this, 'AcquireSlot', {
-      comment: 'Wait in line for a backup slot of the VM\'s host (and datastores); answered with SendTaskSuccess',
+      comment: "Wait in line for a backup slot of the VM's host (and datastores); answered with SendTaskSuccess",
       lambdaFunction: fn.AcquireSlot,
       integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
       payload: sfn.TaskInput.fromObject({ 'job.$': '$', taskToken: sfn.JsonPath.taskToken }),
@@ -153,15 +196,30 @@ export class BackupWorkflow extends Construct {
     catchAny(acquireSlot, recordFailure, '$.error');
 
     // Before the snapshot is released a failure must release it; after, only the slot.
-    const snapshot = onGroup('Snapshot', '$.moverGroup', 'snapshot', { 'job.$': '$' }, { task: Duration.minutes(15), heartbeat: Duration.minutes(2) }, '$.snapshot', (t) => {
-      retryOnMover(2)(t);
-      catchAny(t, releaseSnapshotAfterFailure, '$.error');
-    });
+    const snapshot = onGroup(
+      'Snapshot',
+      '$.moverGroup',
+      'snapshot',
+      { 'job.$': '$' },
+      { task: Duration.minutes(15), heartbeat: Duration.minutes(2) },
+      '$.snapshot',
+      (t) => {
+        retryOnMover(2)(t);
+        catchAny(t, releaseSnapshotAfterFailure, '$.error');
+      },
+    );
 
     // Dispatch: one task per disk, or per segment of a large disk, spread over the group's movers.
     const planDispatch = invoke('PlanDispatch', 'PlanDispatch', { payload: sfn.TaskInput.fromObject({ 'job.$': '$' }), resultPath: '$.work' });
-    const dispatchDisk = onGroup('DispatchDisk', '$.job.moverGroup', 'dispatch', { 'job.$': '$.job', 'disk.$': '$.disk', 'segment.$': '$.segment' },
-      { task: Duration.hours(12), heartbeat: Duration.seconds(30) }, undefined, retryOnMover(3)); // the disk result is the iteration's output
+    const dispatchDisk = onGroup(
+      'DispatchDisk',
+      '$.job.moverGroup',
+      'dispatch',
+      { 'job.$': '$.job', 'disk.$': '$.disk', 'segment.$': '$.segment' },
+      { task: Duration.hours(12), heartbeat: Duration.seconds(30) },
+      undefined,
+      retryOnMover(3),
+    ); // the disk result is the iteration's output
     const dispatch = new sfn.Map(this, 'Dispatch', {
       itemsPath: '$.work',
       itemSelector: { 'disk.$': '$$.Map.Item.Value.disk', 'segment.$': '$$.Map.Item.Value.segment', 'job.$': '$' },
@@ -169,12 +227,23 @@ export class BackupWorkflow extends Construct {
       resultPath: '$.transfers',
     });
     dispatch.itemProcessor(dispatchDisk);
-    const joinSegments = invoke('JoinSegments', 'JoinSegments', { payload: sfn.TaskInput.fromObject({ 'job.$': '$', 'transfers.$': '$.transfers' }), resultPath: '$.disks' });
-
-    const releaseSnapshot = onGroup('ReleaseSnapshot', '$.moverGroup', 'releaseSnapshot', { 'job.$': '$' }, { task: Duration.minutes(10), heartbeat: Duration.minutes(2) }, null, (t) => {
-      t.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(5), maxAttempts: 2 });
-      catchAny(t, recordFailure, '$.error');
+    const joinSegments = invoke('JoinSegments', 'JoinSegments', {
+      payload: sfn.TaskInput.fromObject({ 'job.$': '$', 'transfers.$': '$.transfers' }),
+      resultPath: '$.disks',
     });
+
+    const releaseSnapshot = onGroup(
+      'ReleaseSnapshot',
+      '$.moverGroup',
+      'releaseSnapshot',
+      { 'job.$': '$' },
+      { task: Duration.minutes(10), heartbeat: Duration.minutes(2) },
+      null,
+      (t) => {
+        t.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(5), maxAttempts: 2 });
+        catchAny(t, recordFailure, '$.error');
+      },
+    );
     const verify = invoke('Verify', 'Verify', { resultPath: '$.verify' });
     const commit = invoke('Commit', 'Commit', { resultPath: '$.commit' });
     const releaseSlot = invoke('ReleaseSlot', 'ReleaseSlot', { resultPath: null });
@@ -186,13 +255,26 @@ export class BackupWorkflow extends Construct {
     for (const s of [verify, commit]) catchAny(s, recordFailure, '$.error');
     catchAny(releaseSlot, vmDone, '$.cleanupError');
 
-    const perVm = acquireSlot.next(snapshot).next(planDispatch).next(dispatch).next(joinSegments).next(releaseSnapshot)
-      .next(verify).next(commit).next(releaseSlot).next(vmDone);
+    const perVm = acquireSlot
+      .next(snapshot)
+      .next(planDispatch)
+      .next(dispatch)
+      .next(joinSegments)
+      .next(releaseSnapshot)
+      .next(verify)
+      .next(commit)
+      .next(releaseSlot)
+      .next(vmDone);
     // One child Standard execution per VM, its job read from the list Plan wrote; a VM's failure is recorded by its own
     // failure path, so every child succeeds unless the VM's steps broke a quota: those are counted, not fatal to the run.
     const backupVms = listMap(this, 'BackupVms', {
       comment: 'One child execution per VM (its own history), the VM jobs read from the list Plan wrote to S3',
-      runBucket: props.runBucket, keyPath: '$.vmList.key', label: 'BackupVm', maxConcurrency: props.vmConcurrency ?? 8, toleratedFailurePercentage: 100, resultPath: null,
+      runBucket: props.runBucket,
+      keyPath: '$.vmList.key',
+      label: 'BackupVm',
+      maxConcurrency: props.vmConcurrency ?? 8,
+      toleratedFailurePercentage: 100,
+      resultPath: null,
     });
     backupVms.itemProcessor(perVm);
     // The lease goes back on every failure, also a payload over the quota (catchAny).
@@ -206,9 +288,11 @@ export class BackupWorkflow extends Construct {
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat backup: snapshot, dispatch to movers, verify, commit; then replication to the DR repository, if any',
-      definitionBody: sfn.DefinitionBody.fromChainable(then
-        ? acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize).next(then)
-        : acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize)),
+      definitionBody: sfn.DefinitionBody.fromChainable(
+        then
+          ? acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize).next(then)
+          : acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize),
+      ),
       timeout: Duration.hours(24),
     });
     acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupVm');

@@ -35,8 +35,14 @@ function invoke(scope: Construct, name: string, fn: lambda.IFunction, payload?: 
 /** One backup's verification from its DeepVerifyJob: disks (Map) → RecordDeepVerify → the event when damaged. */
 function verifyJobChain(scope: Construct, props: DeepVerifyWorkflowProps, onFailure?: sfn.IChainable): sfn.Chain {
   const verifyDisks = moverDiskMap(scope, {
-    mapName: 'DeepVerifyDisks', stepName: 'DeepVerifyDisk', task: 'deepVerifyDisk', jobKey: 'verify', activities: props.activities,
-    resultPath: '$.verified', concurrency: props.diskConcurrency ?? 4, timeout: Duration.hours(12),
+    mapName: 'DeepVerifyDisks',
+    stepName: 'DeepVerifyDisk',
+    task: 'deepVerifyDisk',
+    jobKey: 'verify',
+    activities: props.activities,
+    resultPath: '$.verified',
+    concurrency: props.diskConcurrency ?? 4,
+    timeout: Duration.hours(12),
   });
   if (onFailure) verifyDisks.addCatch(onFailure, { resultPath: '$.error' });
 
@@ -72,17 +78,25 @@ function restoreTestChain(scope: Construct, props: DeepVerifyWorkflowProps): sfn
   const recordTest = invoke(scope, 'RecordRestoreTest', props.functions.RecordRestoreTest);
   retryAnyError(recordTest);
   const test = moverStep(scope, 'RestoreTest', {
-    activities: props.activities, groupPath: '$.restoreTestJob.moverGroup',
+    activities: props.activities,
+    groupPath: '$.restoreTestJob.moverGroup',
     parameters: { task: 'restoreTest', 'test.$': '$.restoreTestJob' },
     // Restoring the disks takes as long as a restore; the boot wait is at most an hour.
-    timeout: Duration.hours(12), resultPath: '$.restoreTestResult',
+    timeout: Duration.hours(12),
+    resultPath: '$.restoreTestResult',
     decorate: (t) => {
       retryMoverTask(t);
       t.addCatch(recordTest, { resultPath: '$.restoreTestError' });
     },
   });
   const emit = new tasks.EventBridgePutEvents(scope, 'EmitRestoreTestFailed', {
-    entries: [{ source: RESTORE_TEST_FAILED_EVENT.source, detailType: RESTORE_TEST_FAILED_EVENT.detailType, detail: sfn.TaskInput.fromJsonPathAt('$.restoreTestFailed') }],
+    entries: [
+      {
+        source: RESTORE_TEST_FAILED_EVENT.source,
+        detailType: RESTORE_TEST_FAILED_EVENT.detailType,
+        detail: sfn.TaskInput.fromJsonPathAt('$.restoreTestFailed'),
+      },
+    ],
     resultPath: sfn.JsonPath.DISCARD,
   });
   retryAnyError(emit);
@@ -97,10 +111,15 @@ export class DeepVerifyWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: DeepVerifyWorkflowProps) {
     super(scope, id);
-    const plan = invoke(this, 'PlanDeepVerify', props.functions.PlanDeepVerify, sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }));
+    const plan = invoke(
+      this,
+      'PlanDeepVerify',
+      props.functions.PlanDeepVerify,
+      sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }),
+    );
     const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY');
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat deep verify: read back a backup\'s chunks, open them, check their ids; mark damage and emit an event',
+      comment: "Lifeboat deep verify: read back a backup's chunks, open them, check their ids; mark damage and emit an event",
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(verifyJobChain(this, props, failed))),
       timeout: Duration.hours(24),
     });
@@ -117,7 +136,12 @@ export class DeepVerifyPolicyWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: DeepVerifyWorkflowProps) {
     super(scope, id);
-    const plan = invoke(this, 'PlanDeepVerifyPolicy', props.functions.PlanDeepVerifyPolicy, sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }));
+    const plan = invoke(
+      this,
+      'PlanDeepVerifyPolicy',
+      props.functions.PlanDeepVerifyPolicy,
+      sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }),
+    );
     const vms = new sfn.Map(this, 'DeepVerifyVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.verified' });
     vms.itemProcessor(verifyJobChain(this, props));
     vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY'), { resultPath: '$.error' });

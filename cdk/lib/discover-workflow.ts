@@ -47,7 +47,7 @@ export class DiscoverWorkflow extends Construct {
     retryAnyError(summarize);
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat discovery: inventory the libvirt hosts\' domains into the catalog; VMs no longer there are marked gone',
+      comment: "Lifeboat discovery: inventory the libvirt hosts' domains into the catalog; VMs no longer there are marked gone",
       definitionBody: sfn.DefinitionBody.fromChainable(listHosts.next(discoverHosts).next(summarize)),
       timeout: Duration.hours(2),
     });
@@ -76,7 +76,11 @@ export class DiscoverWorkflow extends Construct {
     });
     const record = lambdaStep(this, 'RecordInventory', props.functions.RecordInventory, {
       payload: sfn.TaskInput.fromObject({
-        'discoveryId.$': '$.discoveryId', 'startedAt.$': '$.startedAt', 'hostId.$': '$.host.hostId', 'page.$': '$.page', 'totals.$': '$.inventory',
+        'discoveryId.$': '$.discoveryId',
+        'startedAt.$': '$.startedAt',
+        'hostId.$': '$.host.hostId',
+        'page.$': '$.page',
+        'totals.$': '$.inventory',
       }),
       resultPath: '$.inventory',
     });

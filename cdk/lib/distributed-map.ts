@@ -58,10 +58,12 @@ export function acknowledgeListMap(stateMachine: sfn.StateMachine, runBucket: s3
   const machine = stack.getLogicalId(stateMachine.node.defaultChild as CfnElement);
   const bucket = stack.getLogicalId(runBucket.node.defaultChild as CfnElement);
   const executions = `arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${machine}"}]}]}`;
-  acknowledge(stateMachine,
-    'A Distributed Map starts and stops its own child executions, whose names the Map Run makes: the grant is limited to executions of this state machine. '
-    + 'Its item reader reads the list its planning step wrote, whose key is the run\'s (a JSONPath), and its result writer writes under the run results prefix, both in the stack\'s run bucket.',
+  acknowledge(
+    stateMachine,
+    'A Distributed Map starts and stops its own child executions, whose names the Map Run makes: the grant is limited to executions of this state machine. ' +
+      "Its item reader reads the list its planning step wrote, whose key is the run's (a JSONPath), and its result writer writes under the run results prefix, both in the stack's run bucket.",
     `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::<${bucket}>/*]`,
     `AwsSolutions-IAM5[Resource::${executions}:*]`,
-    `AwsSolutions-IAM5[Resource::${executions}/${label}:*]`);
+    `AwsSolutions-IAM5[Resource::${executions}/${label}:*]`,
+  );
 }

@@ -36,7 +36,8 @@ export class ExportWorkflow extends Construct {
       payload: sfn.TaskInput.fromObject({ 'exportId.$': '$$.Execution.Name', 'request.$': '$' }),
     });
     const serve = moverStep(this, 'ServeExport', {
-      activities: props.activities, groupPath: '$.moverGroup',
+      activities: props.activities,
+      groupPath: '$.moverGroup',
       parameters: { task: 'export', 'export.$': '$.export' },
       // An export in use runs until stopped; at most a week (the job's idle timeout's cap, and
       // under the 24.8 days a Node timer can count, which the embedded runner uses).
@@ -45,7 +46,8 @@ export class ExportWorkflow extends Construct {
       decorate: (t) => t.addRetry({ errors: [StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 3 }),
     });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat export: a backup\'s disks served over NBD by a mover of the VM\'s site, until idle or stopped; where to connect: exports/<execution name>.json in the repository',
+      comment:
+        "Lifeboat export: a backup's disks served over NBD by a mover of the VM's site, until idle or stopped; where to connect: exports/<execution name>.json in the repository",
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(serve)),
       timeout: Duration.days(8),
     });

@@ -48,16 +48,24 @@ export class FailbackWorkflow extends Construct {
         maxConcurrency: 4,
         resultPath,
       });
-      map.itemProcessor(moverStep(this, `${name}Disk`, {
-        activities: props.activities, groupPath: '$.job.productionGroup', timeout: Duration.hours(12),
-        parameters: { task: 'failbackDisk', 'failback.$': '$.job', 'disk.$': '$.disk', 'from.$': from, to, mode },
-      }));
+      map.itemProcessor(
+        moverStep(this, `${name}Disk`, {
+          activities: props.activities,
+          groupPath: '$.job.productionGroup',
+          timeout: Duration.hours(12),
+          parameters: { task: 'failbackDisk', 'failback.$': '$.job', 'disk.$': '$.disk', 'from.$': from, to, mode },
+        }),
+      );
       catchAny(map, failed, '$.error');
       return map;
     };
     const domainTask = (name: string, task: string, groupPath: string, resultPath: string) => {
       return moverStep(this, name, {
-        activities: props.activities, groupPath, timeout: Duration.hours(1), parameters: { task, 'failback.$': '$.job' }, resultPath,
+        activities: props.activities,
+        groupPath,
+        timeout: Duration.hours(1),
+        parameters: { task, 'failback.$': '$.job' },
+        resultPath,
         decorate: (t) => {
           retryMoverTask(t);
           catchAny(t, failed, '$.error');
@@ -81,14 +89,37 @@ export class FailbackWorkflow extends Construct {
     retryAnyError(startFinal);
     catchAny(startFinal, failed, '$.error');
     const wait = new sfn.Wait(this, 'WaitForFinalBackup', { time: sfn.WaitTime.duration(Duration.seconds(3)) });
-    const check = lambdaTask('CheckFinalBackup', props.functions.CheckFinalBackup, {
-      'job.$': '$.job', runId: sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')), 'startedAt.$': '$.finalRun.startDate',
-    }, '$.final');
-    const finalDelta = deltaMap('FinalDelta', '$.job.target', { 'backupId.$': '$.finalBackupId', 'repository.$': '$.job.target.repository' }, 'trust', '$.finalDelta');
+    const check = lambdaTask(
+      'CheckFinalBackup',
+      props.functions.CheckFinalBackup,
+      {
+        'job.$': '$.job',
+        runId: sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')),
+        'startedAt.$': '$.finalRun.startDate',
+      },
+      '$.final',
+    );
+    const finalDelta = deltaMap(
+      'FinalDelta',
+      '$.job.target',
+      { 'backupId.$': '$.finalBackupId', 'repository.$': '$.job.target.repository' },
+      'trust',
+      '$.finalDelta',
+    );
     const start = domainTask('StartProductionVm', 'startProductionVm', '$.job.productionGroup', '$.started');
-    const record = lambdaTask('RecordFailback', props.functions.RecordFailback, {
-      'job.$': '$.job', 'finalBackupId.$': '$.final.backupId', 'sync.$': '$.sync', 'final.$': '$.finalDelta', 'stopped.$': '$.stopped', 'started.$': '$.started',
-    }, '$.report');
+    const record = lambdaTask(
+      'RecordFailback',
+      props.functions.RecordFailback,
+      {
+        'job.$': '$.job',
+        'finalBackupId.$': '$.final.backupId',
+        'sync.$': '$.sync',
+        'final.$': '$.finalDelta',
+        'stopped.$': '$.stopped',
+        'started.$': '$.started',
+      },
+      '$.report',
+    );
     const done = new sfn.Pass(this, 'FailedBack', { outputPath: '$.report' });
     const finalDone = new sfn.Choice(this, 'FinalBackupCommitted')
       .when(sfn.Condition.booleanEquals('$.final.done', true), finalDelta.next(start).next(record).next(done))

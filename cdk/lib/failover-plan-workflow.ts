@@ -20,29 +20,65 @@ export class FailoverPlanWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: ReplicationWorkflowProps & { test: boolean }) {
     super(scope, id);
-    const plan = invoke(this, 'PlanFailoverPlan', props.functions.PlanFailoverPlan, { payload: sfn.TaskInput.fromObject({ 'runId.$': '$$.Execution.Name', test: props.test, 'request.$': '$' }) });
+    const plan = invoke(this, 'PlanFailoverPlan', props.functions.PlanFailoverPlan, {
+      payload: sfn.TaskInput.fromObject({ 'runId.$': '$$.Execution.Name', test: props.test, 'request.$': '$' }),
+    });
     const failed = new sfn.Fail(this, 'Failed', { errorPath: '$.error.Error', causePath: '$.error.Cause' });
     // The cleanup of a failed run; if it fails too, the run still fails with the first error (a later cleanup, keyed by the run, finishes it).
-    const cleanupAfterFailure = moverTask(this, props.activities, 'CleanupAfterFailure', '$.moverGroup', { task: 'cleanupFailover', 'run.$': '$.run' }, { hours: 1, resultPath: '$.cleanup' });
+    const cleanupAfterFailure = moverTask(
+      this,
+      props.activities,
+      'CleanupAfterFailure',
+      '$.moverGroup',
+      { task: 'cleanupFailover', 'run.$': '$.run' },
+      { hours: 1, resultPath: '$.cleanup' },
+    );
     const cleanupChain = sfn.Chain.start(cleanupAfterFailure).next(failed);
     plan.addCatch(failed, { resultPath: '$.error' });
 
-    const resolve = moverTask(this, props.activities, 'ResolvePoints', '$.moverGroup', { task: 'resolveFailoverPoints', 'run.$': '$.run' }, { hours: 1, resultPath: '$.points', catchTo: cleanupChain });
+    const resolve = moverTask(
+      this,
+      props.activities,
+      'ResolvePoints',
+      '$.moverGroup',
+      { task: 'resolveFailoverPoints', 'run.$': '$.run' },
+      { hours: 1, resultPath: '$.points', catchTo: cleanupChain },
+    );
 
     const vms = new sfn.Map(this, 'BootVms', { itemsPath: '$.group.vms', itemSelector: { 'vm.$': '$$.Map.Item.Value' }, resultPath: '$.results' });
     vms.itemProcessor(moverTask(this, props.activities, 'FailoverVm', '$.vm.moverGroup', { task: 'failoverVm', 'vm.$': '$.vm' }, { hours: 2 }));
     const delay = new sfn.Wait(this, 'GroupDelay', { time: sfn.WaitTime.secondsPath('$.group.delaySeconds') });
     const groupDone = new sfn.Pass(this, 'GroupBooted', { parameters: { 'index.$': '$.group.index', 'vms.$': '$.results' } });
-    const groups = new sfn.Map(this, 'BootGroups', { itemsPath: '$.groups', maxConcurrency: 1, itemSelector: { 'group.$': '$$.Map.Item.Value' }, resultPath: '$.booted' });
+    const groups = new sfn.Map(this, 'BootGroups', {
+      itemsPath: '$.groups',
+      maxConcurrency: 1,
+      itemSelector: { 'group.$': '$$.Map.Item.Value' },
+      resultPath: '$.booted',
+    });
     groups.itemProcessor(sfn.Chain.start(vms).next(delay).next(groupDone));
     groups.addCatch(cleanupChain, { resultPath: '$.error' });
 
     let chain = sfn.Chain.start(plan).next(resolve).next(groups);
     if (props.test) {
-      chain = chain.next(moverTask(this, props.activities, 'CleanupTestFailover', '$.moverGroup', { task: 'cleanupFailover', 'run.$': '$.run' }, { hours: 1, resultPath: '$.cleanedUp', catchTo: cleanupChain }));
+      chain = chain.next(
+        moverTask(
+          this,
+          props.activities,
+          'CleanupTestFailover',
+          '$.moverGroup',
+          { task: 'cleanupFailover', 'run.$': '$.run' },
+          { hours: 1, resultPath: '$.cleanedUp', catchTo: cleanupChain },
+        ),
+      );
     }
     const record = invoke(this, 'RecordFailoverPlan', props.functions.RecordFailoverPlan, {
-      payload: sfn.TaskInput.fromObject({ 'runId.$': '$.runId', 'plan.$': '$.plan', 'test.$': '$.test', 'booted.$': '$.booted', ...(props.test ? { 'cleanedUp.$': '$.cleanedUp' } : {}) }),
+      payload: sfn.TaskInput.fromObject({
+        'runId.$': '$.runId',
+        'plan.$': '$.plan',
+        'test.$': '$.test',
+        'booted.$': '$.booted',
+        ...(props.test ? { 'cleanedUp.$': '$.cleanedUp' } : {}),
+      }),
     });
     record.addCatch(props.test ? failed : cleanupChain, { resultPath: '$.error' });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {

@@ -31,12 +31,13 @@ export class FilesWorkflow extends Construct {
     });
     // The task's own reader time limit is an hour (FilesJob.timeoutSeconds); the state's is above it.
     const read = moverStep(this, 'ReadFiles', {
-      activities: props.activities, groupPath: '$.moverGroup',
+      activities: props.activities,
+      groupPath: '$.moverGroup',
       parameters: { task: 'files', 'files.$': '$' },
       timeout: Duration.minutes(75),
     });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat file-level restore: list or extract files of a backup\'s disk, read from the repository by a mover at the VM\'s site',
+      comment: "Lifeboat file-level restore: list or extract files of a backup's disk, read from the repository by a mover at the VM's site",
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(read)),
       timeout: Duration.hours(2),
     });

@@ -24,7 +24,18 @@ export type CatalogAction = 'GetItem' | 'PutItem' | 'UpdateItem' | 'DeleteItem' 
  * aside (repository/quarantine.ts), host configuration backups (repository/host-config.ts), Backup
  * runs' VM lists and their child executions' results (`runs/`, cdk/lib/backup-workflow.ts).
  */
-export type RepositoryPrefix = 'chunks/' | 'packs/' | 'index/' | 'manifests/' | 'keys/' | 'movers/' | 'releases/' | 'quarantine/' | 'host-config/' | 'progress/' | 'runs/';
+export type RepositoryPrefix =
+  | 'chunks/'
+  | 'packs/'
+  | 'index/'
+  | 'manifests/'
+  | 'keys/'
+  | 'movers/'
+  | 'releases/'
+  | 'quarantine/'
+  | 'host-config/'
+  | 'progress/'
+  | 'runs/';
 
 export interface FunctionAccess {
   catalog?: CatalogAction[];
@@ -102,7 +113,13 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRestoreTest: { catalog: ['UpdateItem', 'PutItem'] },
   // Moves damaged chunks aside: reads and re-checks them (a chunk object, or its range of a pack), copies to quarantine/, deletes a format-1 chunk object (a pack stays).
   // Then marks damaged the committed backups whose manifests share a damaged chunk (Scan, UpdateItem; reads manifests/).
-  QuarantineDamage: { catalog: ['PutItem', 'Scan', 'UpdateItem'], repository: { read: ['chunks/', 'packs/', 'keys/', 'manifests/'], write: ['quarantine/'], delete: ['chunks/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
+  QuarantineDamage: {
+    catalog: ['PutItem', 'Scan', 'UpdateItem'],
+    repository: { read: ['chunks/', 'packs/', 'keys/', 'manifests/'], write: ['quarantine/'], delete: ['chunks/'], list: true },
+    repositoryKey: ['unwrap'],
+    timeoutSeconds: 300,
+    memoryMiB: 1024,
+  },
   PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
   // The prune's plan and its list of backups to remove go to runs/ (read by the PruneBackups Map); RecordPrune reads the Map's result files there.
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'], repository: { write: ['runs/'] } },
@@ -110,17 +127,44 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordPrune: { catalog: ['PutItem'], repository: { read: ['runs/'] } },
   // Takes and gives back the repository's GC lease (PutItem, DeleteItem); lists and marks; reads the packs it lists in the index again (packs/); replaces index objects that list a deleted pack, and merges small index objects (write index/); deletes chunk objects, packs and replaced or merged index objects, and failed backups' manifests; reads the backups' statuses and the policies' run leases (Scan, GetItem).
   // Reads the Object Lock retain-until of unreferenced chunk objects and packs (HEAD: read chunks/ too) before deleting them.
-  CollectGarbage: { catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'], repository: { read: ['manifests/', 'index/', 'keys/', 'packs/', 'chunks/'], write: ['index/'], delete: ['chunks/', 'packs/', 'index/', 'manifests/'], list: true, retention: { read: ['chunks/', 'packs/'] } }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 2048 },
+  CollectGarbage: {
+    catalog: ['PutItem', 'GetItem', 'Scan', 'DeleteItem'],
+    repository: {
+      read: ['manifests/', 'index/', 'keys/', 'packs/', 'chunks/'],
+      write: ['index/'],
+      delete: ['chunks/', 'packs/', 'index/', 'manifests/'],
+      list: true,
+      retention: { read: ['chunks/', 'packs/'] },
+    },
+    repositoryKey: ['unwrap'],
+    timeoutSeconds: 900,
+    memoryMiB: 2048,
+  },
   // The only function that may extend Object Lock retention: of every object a retained backup references (its manifests, their chunk objects or packs, the repository key).
   // Reads policies and backups (Scan), its per-backup records (Query, PutItem, DeleteItem), the manifests (decoded: the key).
-  ExtendLocks: { catalog: ['Scan', 'Query', 'PutItem', 'DeleteItem'], repository: { read: ['manifests/', 'keys/', 'chunks/', 'packs/'], list: true, retention: { read: ['manifests/', 'keys/', 'chunks/', 'packs/'], extend: ['manifests/', 'keys/', 'chunks/', 'packs/'] } }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 1024 },
+  ExtendLocks: {
+    catalog: ['Scan', 'Query', 'PutItem', 'DeleteItem'],
+    repository: {
+      read: ['manifests/', 'keys/', 'chunks/', 'packs/'],
+      list: true,
+      retention: { read: ['manifests/', 'keys/', 'chunks/', 'packs/'], extend: ['manifests/', 'keys/', 'chunks/', 'packs/'] },
+    },
+    repositoryKey: ['unwrap'],
+    timeoutSeconds: 900,
+    memoryMiB: 1024,
+  },
   // Gives the repository's GC lease back on the Gc workflow's failure path (a conditional delete: only its own execution's).
   ReleaseGcLease: { catalog: ['DeleteItem'] },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   PlanReplicatePolicy: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
   AcquireReplicaLease: { catalog: ['PutItem', 'Query', 'GetItem'] },
   ReleaseReplicaLease: { catalog: ['DeleteItem'] },
-  VerifyReplica: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
+  VerifyReplica: {
+    repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true },
+    repositoryKey: ['unwrap'],
+    timeoutSeconds: 300,
+    memoryMiB: 1024,
+  },
   RecordReplication: { catalog: ['PutItem'] },
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
@@ -141,9 +185,19 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordHostConfig: { catalog: ['PutItem', 'Query', 'DeleteItem'], repository: { delete: ['host-config/'], list: true } },
   SummarizeHostConfigBackup: {},
   PlanExport: { catalog: ['GetItem', 'Query'] },
-  OnDeploy: { catalog: ['PutItem', 'Scan', 'DeleteItem'], repository: { read: ['keys/'], write: ['keys/'] }, repositoryKey: ['wrap', 'unwrap'], timeoutSeconds: 300 },
+  OnDeploy: {
+    catalog: ['PutItem', 'Scan', 'DeleteItem'],
+    repository: { read: ['keys/'], write: ['keys/'] },
+    repositoryKey: ['wrap', 'unwrap'],
+    timeoutSeconds: 300,
+  },
   // The operator's read model: every read of the catalog (VM, backup, run, policy, host configuration listings), mover records and progress objects; its one write, a VM put into the inventory (POST /api/vms: the VM's item and its host membership).
-  OperatorApi: { catalog: ['GetItem', 'Query', 'Scan', 'PutItem'], repository: { read: ['movers/', 'progress/'], list: true }, backupExecutions: ['ListExecutions', 'DescribeExecution'], timeoutSeconds: 30 },
+  OperatorApi: {
+    catalog: ['GetItem', 'Query', 'Scan', 'PutItem'],
+    repository: { read: ['movers/', 'progress/'], list: true },
+    backupExecutions: ['ListExecutions', 'DescribeExecution'],
+    timeoutSeconds: 30,
+  },
 };
 
 /** The resources a function's access is granted on. */
@@ -157,44 +211,59 @@ export function accessStatements(access: FunctionAccess | undefined, on: AccessT
   if (!access) return [];
   const out: iam.PolicyStatement[] = [];
   if (access.catalog?.length) {
-    out.push(new iam.PolicyStatement({
-      sid: 'Catalog',
-      actions: access.catalog.map((a) => `dynamodb:${a}`),
-      resources: [on.table.tableArn, ...(access.catalogIndexes ? [`${on.table.tableArn}/index/*`] : [])],
-    }));
+    out.push(
+      new iam.PolicyStatement({
+        sid: 'Catalog',
+        actions: access.catalog.map((a) => `dynamodb:${a}`),
+        resources: [on.table.tableArn, ...(access.catalogIndexes ? [`${on.table.tableArn}/index/*`] : [])],
+      }),
+    );
   }
   if (access.taskResponses) out.push(new iam.PolicyStatement({ sid: 'TaskResponses', actions: ['states:SendTaskSuccess'], resources: ['*'] }));
   const objects = (prefixes: RepositoryPrefix[]) => on.repositories.flatMap((r) => prefixes.map((p) => r.bucket.arnForObjects(`${p}*`)));
-  if (access.repository?.read?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryRead', actions: ['s3:GetObject'], resources: objects(access.repository.read) }));
-  if (access.repository?.write?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryWrite', actions: ['s3:PutObject'], resources: objects(access.repository.write) }));
-  if (access.repository?.delete?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryDelete', actions: ['s3:DeleteObject'], resources: objects(access.repository.delete) }));
-  if (access.repository?.list) out.push(new iam.PolicyStatement({ sid: 'RepositoryList', actions: ['s3:ListBucket'], resources: on.repositories.map((r) => r.bucket.bucketArn) }));
+  if (access.repository?.read?.length)
+    out.push(new iam.PolicyStatement({ sid: 'RepositoryRead', actions: ['s3:GetObject'], resources: objects(access.repository.read) }));
+  if (access.repository?.write?.length)
+    out.push(new iam.PolicyStatement({ sid: 'RepositoryWrite', actions: ['s3:PutObject'], resources: objects(access.repository.write) }));
+  if (access.repository?.delete?.length)
+    out.push(new iam.PolicyStatement({ sid: 'RepositoryDelete', actions: ['s3:DeleteObject'], resources: objects(access.repository.delete) }));
+  if (access.repository?.list)
+    out.push(new iam.PolicyStatement({ sid: 'RepositoryList', actions: ['s3:ListBucket'], resources: on.repositories.map((r) => r.bucket.bucketArn) }));
   const retention = access.repository?.retention;
   if (retention?.read?.length) {
     out.push(new iam.PolicyStatement({ sid: 'RepositoryRetentionRead', actions: ['s3:GetObjectRetention'], resources: objects(retention.read) }));
-    out.push(new iam.PolicyStatement({ sid: 'RepositoryLockConfiguration', actions: ['s3:GetBucketObjectLockConfiguration'], resources: on.repositories.map((r) => r.bucket.bucketArn) }));
+    out.push(
+      new iam.PolicyStatement({
+        sid: 'RepositoryLockConfiguration',
+        actions: ['s3:GetBucketObjectLockConfiguration'],
+        resources: on.repositories.map((r) => r.bucket.bucketArn),
+      }),
+    );
   }
-  if (retention?.extend?.length) out.push(new iam.PolicyStatement({ sid: 'RepositoryRetentionExtend', actions: ['s3:PutObjectRetention'], resources: objects(retention.extend) }));
-  const keyActions = [
-    ...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []),
-    ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : []),
-  ];
+  if (retention?.extend?.length)
+    out.push(new iam.PolicyStatement({ sid: 'RepositoryRetentionExtend', actions: ['s3:PutObjectRetention'], resources: objects(retention.extend) }));
+  const keyActions = [...(access.repositoryKey?.includes('unwrap') ? ['kms:Decrypt'] : []), ...(access.repositoryKey?.includes('wrap') ? ['kms:Encrypt'] : [])];
   if (keyActions.length) {
-    out.push(new iam.PolicyStatement({
-      sid: 'RepositoryKey', actions: keyActions, resources: on.repositories.map((r) => r.key.keyArn),
-      conditions: { StringEquals: { [`kms:EncryptionContext:${KMS_CONTEXT_PURPOSE}`]: 'repository-key' } },
-    }));
+    out.push(
+      new iam.PolicyStatement({
+        sid: 'RepositoryKey',
+        actions: keyActions,
+        resources: on.repositories.map((r) => r.key.keyArn),
+        conditions: { StringEquals: { [`kms:EncryptionContext:${KMS_CONTEXT_PURPOSE}`]: 'repository-key' } },
+      }),
+    );
   }
   // Objects are SSE-KMS: reading needs kms:Decrypt, writing kms:GenerateDataKey, both only through S3.
-  const s3Kms = [
-    ...(access.repository?.read?.length ? ['kms:Decrypt'] : []),
-    ...(access.repository?.write?.length ? ['kms:GenerateDataKey'] : []),
-  ];
+  const s3Kms = [...(access.repository?.read?.length ? ['kms:Decrypt'] : []), ...(access.repository?.write?.length ? ['kms:GenerateDataKey'] : [])];
   if (s3Kms.length) {
-    out.push(new iam.PolicyStatement({
-      sid: 'RepositoryObjectsEncryption', actions: s3Kms, resources: on.repositories.map((r) => r.key.keyArn),
-      conditions: { StringEquals: { 'kms:ViaService': `s3.${Stack.of(on.table).region}.amazonaws.com` } },
-    }));
+    out.push(
+      new iam.PolicyStatement({
+        sid: 'RepositoryObjectsEncryption',
+        actions: s3Kms,
+        resources: on.repositories.map((r) => r.key.keyArn),
+        conditions: { StringEquals: { 'kms:ViaService': `s3.${Stack.of(on.table).region}.amazonaws.com` } },
+      }),
+    );
   }
   return out;
 }

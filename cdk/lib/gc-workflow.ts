@@ -38,7 +38,9 @@ export class GcWorkflow extends Construct {
     super(scope, id);
     // Each invocation's GC lease covers the longest wait before the next (core/gc-timing.ts).
     if (props.deferSeconds !== undefined && !(Number.isInteger(props.deferSeconds) && props.deferSeconds >= 1 && props.deferSeconds <= GC_DEFER_MAX_SECONDS)) {
-      throw new RangeError(`GcWorkflow deferSeconds must be a whole number of seconds from 1 to ${GC_DEFER_MAX_SECONDS} (the GC lease covers at most an hour's wait), got ${props.deferSeconds}`);
+      throw new RangeError(
+        `GcWorkflow deferSeconds must be a whole number of seconds from 1 to ${GC_DEFER_MAX_SECONDS} (the GC lease covers at most an hour's wait), got ${props.deferSeconds}`,
+      );
     }
     const start = new sfn.Pass(this, 'Start', { parameters: { 'request.$': '$' } });
     // Locks first: what retained backups reference is locked before anything is swept, and GC reads the retain-until it set.
@@ -49,7 +51,12 @@ export class GcWorkflow extends Construct {
       resultPath: '$.locks',
       taskTimeout: sfn.Timeout.duration(Duration.millis(GC_INVOCATION_MS)),
     });
-    extend.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
+    extend.addRetry({
+      errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'],
+      interval: Duration.seconds(10),
+      backoffRate: 2,
+      maxAttempts: 3,
+    });
     const collect = new tasks.LambdaInvoke(this, 'CollectGarbage', {
       lambdaFunction: props.functions.CollectGarbage,
       payload: sfn.TaskInput.fromObject({ 'gcId.$': '$$.Execution.Name', 'request.$': '$.request' }),
@@ -59,7 +66,12 @@ export class GcWorkflow extends Construct {
       // as a Lambda error (its lease given back below), not as States.Timeout.
       taskTimeout: sfn.Timeout.duration(Duration.millis(GC_INVOCATION_MS)),
     });
-    collect.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 3 });
+    collect.addRetry({
+      errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'],
+      interval: Duration.seconds(10),
+      backoffRate: 2,
+      maxAttempts: 3,
+    });
     // Another collection of this repository holds its lease: wait for it (5 min, growing to ~4 h in all), then fail naming it.
     collect.addRetry({ errors: [GcBusy.code], interval: Duration.minutes(5), backoffRate: 1.5, maxAttempts: 8 });
     // A failed collection gives the lease back itself, unless it was killed (its timeout,
@@ -67,21 +79,27 @@ export class GcWorkflow extends Construct {
     // may still be running: its lease then runs out by itself (gc-lease.ts).
     const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'GC');
     const release = lambdaStep(this, 'ReleaseGcLease', props.functions.ReleaseGcLease, {
-      payload: sfn.TaskInput.fromObject({ 'gcId.$': '$$.Execution.Name', 'request.$': '$.request' }), resultPath: null,
+      payload: sfn.TaskInput.fromObject({ 'gcId.$': '$$.Execution.Name', 'request.$': '$.request' }),
+      resultPath: null,
     });
-    release.addRetry({ errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', 'Lambda.Unknown'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+    release.addRetry({
+      errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', 'Lambda.Unknown'],
+      interval: Duration.seconds(2),
+      backoffRate: 2,
+      maxAttempts: 3,
+    });
     release.addCatch(failed, { resultPath: '$.releaseError' });
     release.next(failed);
     collect.addCatch(failed, { errors: ['States.Timeout'], resultPath: '$.error' });
     // Locks that cannot be extended fail the collection before it takes its lease: the workflow's failure names why.
     extend.addCatch(failed, { resultPath: '$.error' });
-    const lockedAll = new sfn.Choice(this, 'LocksExtended')
-      .when(sfn.Condition.booleanEquals('$.locks.more', true), extend)
-      .otherwise(collect);
+    const lockedAll = new sfn.Choice(this, 'LocksExtended').when(sfn.Condition.booleanEquals('$.locks.more', true), extend).otherwise(collect);
     extend.next(lockedAll);
     collect.addCatch(release, { resultPath: '$.error' });
     // Nothing is deleted while backups run: a deferred sweep waits, then collects again from a fresh mark.
-    const wait = new sfn.Wait(this, 'WaitForBackups', { time: sfn.WaitTime.duration(props.deferSeconds ? Duration.seconds(props.deferSeconds) : Duration.minutes(2)) });
+    const wait = new sfn.Wait(this, 'WaitForBackups', {
+      time: sfn.WaitTime.duration(props.deferSeconds ? Duration.seconds(props.deferSeconds) : Duration.minutes(2)),
+    });
     wait.next(collect);
     const waitAsAsked = new sfn.Wait(this, 'WaitForBackupsAsAsked', { time: sfn.WaitTime.secondsPath('$.request.deferSeconds') });
     waitAsAsked.next(collect);
@@ -98,9 +116,13 @@ export class GcWorkflow extends Construct {
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat garbage collection: mark chunk objects and packs referenced by any manifest, sweep the rest past the grace period, skip Object Lock',
       // A dry run changes nothing, locks included.
-      definitionBody: sfn.DefinitionBody.fromChainable(start.next(new sfn.Choice(this, 'DryRun')
-        .when(sfn.Condition.and(sfn.Condition.isPresent('$.request.dryRun'), sfn.Condition.booleanEquals('$.request.dryRun', true)), collect)
-        .otherwise(extend))),
+      definitionBody: sfn.DefinitionBody.fromChainable(
+        start.next(
+          new sfn.Choice(this, 'DryRun')
+            .when(sfn.Condition.and(sfn.Condition.isPresent('$.request.dryRun'), sfn.Condition.booleanEquals('$.request.dryRun', true)), collect)
+            .otherwise(extend),
+        ),
+      ),
       timeout: Duration.hours(12),
     });
   }

@@ -49,7 +49,8 @@ export class HostConfigBackupWorkflow extends Construct {
     retryAnyError(summarize);
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat host configuration backup: each libvirt host\'s networks, storage pools and domain definitions, sealed into the repository; the newest N per host kept',
+      comment:
+        "Lifeboat host configuration backup: each libvirt host's networks, storage pools and domain definitions, sealed into the repository; the newest N per host kept",
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(hosts).next(summarize)),
       timeout: Duration.hours(2),
     });
@@ -62,8 +63,12 @@ export class HostConfigBackupWorkflow extends Construct {
       activities: props.activities,
       groupPath: '$.job.moverGroup',
       parameters: {
-        task: 'hostConfig', 'hostId.$': '$.job.hostId', 'hypervisor.$': '$.job.hypervisor', 'repository.$': '$.job.repository',
-        'backupId.$': '$.job.backupId', 'objectKey.$': '$.job.objectKey',
+        task: 'hostConfig',
+        'hostId.$': '$.job.hostId',
+        'hypervisor.$': '$.job.hypervisor',
+        'repository.$': '$.job.repository',
+        'backupId.$': '$.job.backupId',
+        'objectKey.$': '$.job.objectKey',
       },
       timeout: Duration.minutes(15),
       heartbeat: Duration.minutes(2),

@@ -76,7 +76,10 @@ export class LifeboatStack extends Stack {
 
     const config = props.config;
     const primary = config.repositories[0]!;
-    if (primary.endpoint) throw new Error(`repositories[0].endpoint = ${JSON.stringify(primary.endpoint)}: the first repository is the stack's own S3 bucket; list a repository on another endpoint after it`);
+    if (primary.endpoint)
+      throw new Error(
+        `repositories[0].endpoint = ${JSON.stringify(primary.endpoint)}: the first repository is the stack's own S3 bucket; list a repository on another endpoint after it`,
+      );
     config.repositories.forEach((r, i) => {
       if (!r.endpoint) this.repositories[r.id] = new RepositoryStorage(this, i === 0 ? 'Repository' : `Repository-${r.id}`, { repository: r });
     });
@@ -98,8 +101,13 @@ export class LifeboatStack extends Stack {
         depsLockFilePath: `${projectRoot}package-lock.json`,
         bundling: { format: nodejs.OutputFormat.ESM, target: 'node24', minify: true, sourceMap: true },
         environment: {
-          CATALOG_TABLE: this.table.tableName, LIFEBOAT_FUNCTION: fid, LIFEBOAT_RUN_BUCKET: this.bucket.bucketName, REPOSITORY_KMS_KEY_ID: this.repositoryKey.keyArn,
-          POWERTOOLS_SERVICE_NAME: SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE: metricsNamespace(this.stackName), POWERTOOLS_LOG_LEVEL: 'INFO',
+          CATALOG_TABLE: this.table.tableName,
+          LIFEBOAT_FUNCTION: fid,
+          LIFEBOAT_RUN_BUCKET: this.bucket.bucketName,
+          REPOSITORY_KMS_KEY_ID: this.repositoryKey.keyArn,
+          POWERTOOLS_SERVICE_NAME: SERVICE_NAME,
+          POWERTOOLS_METRICS_NAMESPACE: metricsNamespace(this.stackName),
+          POWERTOOLS_LOG_LEVEL: 'INFO',
           NODE_OPTIONS: '--enable-source-maps', // stack traces name the TypeScript source lines
         },
         timeout: Duration.seconds(access?.timeoutSeconds ?? 60),
@@ -108,25 +116,48 @@ export class LifeboatStack extends Stack {
         logGroup: new logs.LogGroup(this, `${fid}Logs`, { retention: logs.RetentionDays.THREE_MONTHS, removalPolicy: RemovalPolicy.DESTROY }),
       });
       for (const s of accessStatements(access, { table: this.table, repositories: stored })) f.addToRolePolicy(s);
-      acknowledge(f, 'Lambda\'s basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN, nor does SendTaskSuccess with the token of a service integration\'s task (the slot queue\'s AcquireSlot and ReleaseSlot, cdk/lib/function-access.ts taskResponses).',
-        'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', 'AwsSolutions-IAM5[Resource::*]');
-      acknowledge(f, 'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
-        ...stored.flatMap((r) => ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/', 'runs/'].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+      acknowledge(
+        f,
+        "Lambda's basic execution role (AWS managed) only lets the function write its own logs; X-Ray tracing (PutTraceSegments, PutTelemetryRecords) takes no resource ARN, nor does SendTaskSuccess with the token of a service integration's task (the slot queue's AcquireSlot and ReleaseSlot, cdk/lib/function-access.ts taskResponses).",
+        'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+        'AwsSolutions-IAM5[Resource::*]',
+      );
+      acknowledge(
+        f,
+        'The function reads or writes content-addressed repository objects whose names are not known in advance, only under the prefixes its access declaration names (cdk/lib/function-access.ts).',
+        ...stored.flatMap((r) =>
+          ['chunks/', 'packs/', 'index/', 'manifests/', 'keys/', 'movers/', 'releases/', 'quarantine/', 'host-config/', 'progress/', 'runs/'].map((p) =>
+            arnWildcardFinding(r.bucket, `/${p}*`),
+          ),
+        ),
+      );
       functions[fid] = f;
     }
     this.functions = functions;
 
-    this.activities = Object.fromEntries(moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]));
+    this.activities = Object.fromEntries(
+      moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]),
+    );
     // Only groups that serve hosts take backups; a DR-only group restores and replicates.
     const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
     // Restore, deep verify, prune, replication: any group may restore or verify, the execution names it.
     this.recovery = addRecoveryWorkflows(this, {
-      functions, activities: this.activities, policies: config.policies, runBucket: this.bucket,
+      functions,
+      activities: this.activities,
+      policies: config.policies,
+      runBucket: this.bucket,
       // Garbage collection for every repository: a DR repository's chunks outlive the manifests Prune deletes there too.
-      repositories: config.repositories.map((r) => ({ id: r.id, bucket: buckets[r.id]!, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}) })),
+      repositories: config.repositories.map((r) => ({
+        id: r.id,
+        bucket: buckets[r.id]!,
+        ...(r.endpoint ? { endpoint: r.endpoint } : {}),
+        ...(r.objectLock ? { objectLockDays: r.objectLock.days } : {}),
+      })),
     });
     this.backup = new BackupWorkflow(this, 'Backup', {
-      functions, activities: backupGroups, runBucket: this.bucket,
+      functions,
+      activities: backupGroups,
+      runBucket: this.bucket,
       ...(props.config.backup?.vmConcurrency ? { vmConcurrency: props.config.backup.vmConcurrency } : {}),
       ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
       // A run that commits backups of a policy with a DR repository starts their replication.
@@ -153,7 +184,8 @@ export class LifeboatStack extends Stack {
     const discovery = discoverySchedule(config);
     const hostConfig = hostConfigBackupSettings(config).schedule;
     this.schedules = new PolicySchedules(this, 'Schedules', {
-      policies: config.policies, backup: this.backup.stateMachine,
+      policies: config.policies,
+      backup: this.backup.stateMachine,
       ...(discovery ? { discovery: { stateMachine: this.discover.stateMachine, schedule: discovery } } : {}),
       ...(hostConfig ? { hostConfigBackup: { stateMachine: this.hostConfigBackup.stateMachine, schedule: hostConfig } } : {}),
     });
@@ -169,30 +201,54 @@ export class LifeboatStack extends Stack {
       properties: { configJson: JSON.stringify(config), buckets, primaryBucket: this.bucket.bucketName },
     });
     deployment.node.addDependency(this.table);
-    acknowledge(provider, 'The custom resource provider framework (aws-cdk-lib) writes only its own logs (AWS managed basic execution role) and may invoke only the OnDeploy function, in any version (hence :*).',
-      'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]', arnWildcardFinding(functions.OnDeploy, ':*'));
+    acknowledge(
+      provider,
+      'The custom resource provider framework (aws-cdk-lib) writes only its own logs (AWS managed basic execution role) and may invoke only the OnDeploy function, in any version (hence :*).',
+      'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+      arnWildcardFinding(functions.OnDeploy, ':*'),
+    );
 
     // --- the read-only operator API (lifeboat --stack, consoles) ----------------------------
     new OperatorApi(this, 'Operator', { fn: functions.OperatorApi, bucket: this.bucket, backup: this.backup.stateMachine });
 
     // --- alarms and dashboard: keep this after every workflow (it covers all state machines) ----
     this.monitoring = new Monitoring(this, 'Monitoring', {
-      config, metricsNamespace: metricsNamespace(this.stackName), serviceName: SERVICE_NAME,
-      activities: this.activities, functions, deadLetterQueue: this.schedules.deadLetterQueue,
+      config,
+      metricsNamespace: metricsNamespace(this.stackName),
+      serviceName: SERVICE_NAME,
+      activities: this.activities,
+      functions,
+      deadLetterQueue: this.schedules.deadLetterQueue,
     });
 
     new CfnOutput(this, 'CatalogTableName', { value: this.table.tableName });
-    new CfnOutput(this, 'RepositoryBucketName', { value: this.bucket.bucketName, description: 'The primary repository (LIFEBOAT_BUCKET for tools; jobs carry their bucket)' });
-    new CfnOutput(this, 'RepositoryKeyArn', { value: this.repositoryKey.keyArn, description: 'KMS key that wraps the repository key: the mover\'s LIFEBOAT_KMS_KEY_ID' });
+    new CfnOutput(this, 'RepositoryBucketName', {
+      value: this.bucket.bucketName,
+      description: 'The primary repository (LIFEBOAT_BUCKET for tools; jobs carry their bucket)',
+    });
+    new CfnOutput(this, 'RepositoryKeyArn', {
+      value: this.repositoryKey.keyArn,
+      description: "KMS key that wraps the repository key: the mover's LIFEBOAT_KMS_KEY_ID",
+    });
     new CfnOutput(this, 'BackupStateMachineArn', { value: this.backup.stateMachine.stateMachineArn });
     new CfnOutput(this, 'DiscoverStateMachineArn', { value: this.discover.stateMachine.stateMachineArn });
     new CfnOutput(this, 'HostConfigBackupStateMachineArn', { value: this.hostConfigBackup.stateMachine.stateMachineArn });
     new CfnOutput(this, 'ReconcileStateMachineArn', { value: this.reconcile.stateMachine.stateMachineArn });
-    new CfnOutput(this, 'RepositoryBuckets', { value: this.toJsonString(buckets), description: 'Bucket per repository id (JSON): `lifeboat --stack` reads DR restore points with it' });
+    new CfnOutput(this, 'RepositoryBuckets', {
+      value: this.toJsonString(buckets),
+      description: 'Bucket per repository id (JSON): `lifeboat --stack` reads DR restore points with it',
+    });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.monitoring.topic.topicArn });
     new CfnOutput(this, 'DashboardName', { value: this.monitoring.dashboard.dashboardName });
-    for (const [g, a] of Object.entries(this.activities)) new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: a.activityArn, description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN` });
-    for (const [g, m] of Object.entries(this.moverRoles)) new CfnOutput(this, `MoverRoleArn${g.replace(/[^A-Za-z0-9]/g, '')}`, { value: m.role.roleArn, description: `Mover group '${g}': the role its movers assume` });
+    for (const [g, a] of Object.entries(this.activities))
+      new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, {
+        value: a.activityArn,
+        description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN`,
+      });
+    for (const [g, m] of Object.entries(this.moverRoles))
+      new CfnOutput(this, `MoverRoleArn${g.replace(/[^A-Za-z0-9]/g, '')}`, {
+        value: m.role.roleArn,
+        description: `Mover group '${g}': the role its movers assume`,
+      });
   }
 }
-

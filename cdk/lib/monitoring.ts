@@ -75,21 +75,25 @@ export class Monitoring extends Construct {
     const stack = Stack.of(this);
 
     const key = new kms.Key(this, 'TopicKey', { description: 'Lifeboat alarm notifications (SNS encryption)', enableKeyRotation: true });
-    key.addToResourcePolicy(new iam.PolicyStatement({
-      actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
-      principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
-      resources: ['*'], // in a key policy, "*" is this key
-      conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
-    }));
+    key.addToResourcePolicy(
+      new iam.PolicyStatement({
+        actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+        principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+        resources: ['*'], // in a key policy, "*" is this key
+        conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
+      }),
+    );
     this.topic = new sns.Topic(this, 'Alarms', { displayName: 'Lifeboat alarms', masterKey: key, enforceSSL: true });
     for (const email of props.config.notifications?.emails ?? []) this.topic.addSubscription(new subs.EmailSubscription(email));
     // Damage a deep verification found is an event, not a metric: a rule sends it to the topic as it is put.
-    key.addToResourcePolicy(new iam.PolicyStatement({
-      actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
-      principals: [new iam.ServicePrincipal('events.amazonaws.com')],
-      resources: ['*'],
-      conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
-    }));
+    key.addToResourcePolicy(
+      new iam.PolicyStatement({
+        actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+        principals: [new iam.ServicePrincipal('events.amazonaws.com')],
+        resources: ['*'],
+        conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
+      }),
+    );
     new events.Rule(this, 'BackupDamaged', {
       description: 'Lifeboat: a deep verification found a backup damaged; notify the alarm topic',
       eventPattern: { source: [BACKUP_DAMAGED_EVENT.source], detailType: [BACKUP_DAMAGED_EVENT.detailType] },
@@ -103,11 +107,15 @@ export class Monitoring extends Construct {
       return created;
     };
     /** An alarm that fires when the metric's sum in a period is at least one (a count of failures); no data is OK. */
-    const alarmOnAny = (name: string, metric: cloudwatch.IMetric, alarmDescription: string) => alarm(name, {
-      alarmDescription, metric, threshold: 1, evaluationPeriods: 1,
-      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-    });
+    const alarmOnAny = (name: string, metric: cloudwatch.IMetric, alarmDescription: string) =>
+      alarm(name, {
+        alarmDescription,
+        metric,
+        threshold: 1,
+        evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
 
     this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', { dashboardName: `${stack.stackName}-control-plane` });
 
@@ -124,17 +132,33 @@ export class Monitoring extends Construct {
         period: Duration.minutes(5),
         label: `${name} failed or timed out`,
       });
-      alarmOnAny(`WorkflowFailed-${name}`, failed,
-        `A ${name} execution failed or timed out. Open the execution in the Step Functions console: the failed state and its error name say what went wrong.`);
-      workflowWidgets.push(new cloudwatch.GraphWidget({
-        title: `${name} executions`, width: 8,
-        left: [sm.metricStarted({ statistic: 'Sum' }), sm.metricSucceeded({ statistic: 'Sum' }), sm.metricFailed({ statistic: 'Sum' }), sm.metricTimedOut({ statistic: 'Sum' })],
-      }));
+      alarmOnAny(
+        `WorkflowFailed-${name}`,
+        failed,
+        `A ${name} execution failed or timed out. Open the execution in the Step Functions console: the failed state and its error name say what went wrong.`,
+      );
+      workflowWidgets.push(
+        new cloudwatch.GraphWidget({
+          title: `${name} executions`,
+          width: 8,
+          left: [
+            sm.metricStarted({ statistic: 'Sum' }),
+            sm.metricSucceeded({ statistic: 'Sum' }),
+            sm.metricFailed({ statistic: 'Sum' }),
+            sm.metricTimedOut({ statistic: 'Sum' }),
+          ],
+        }),
+      );
     }
     // A state machine created after this construct would be neither logged nor alarmed.
     this.node.addValidation({
-      validate: () => stateMachinesIn(stack).filter((sm) => !covered.has(sm))
-        .map((sm) => `state machine ${sm.node.path} was created after ${this.node.path}: create every workflow before Monitoring in lifeboat-stack.ts, so it gets logs, X-Ray and alarms`),
+      validate: () =>
+        stateMachinesIn(stack)
+          .filter((sm) => !covered.has(sm))
+          .map(
+            (sm) =>
+              `state machine ${sm.node.path} was created after ${this.node.path}: create every workflow before Monitoring in lifeboat-stack.ts, so it gets logs, X-Ray and alarms`,
+          ),
     });
 
     // --- policies: failed VMs and RPO ---------------------------------------------------
@@ -143,7 +167,9 @@ export class Monitoring extends Construct {
       const age = this.policyMetric(summaryMetrics.oldestRecoveryPointAgeHours, p.id, 'Maximum', Duration.hours(1));
       alarm(`PastRpo-${p.id}`, {
         alarmDescription: `A VM of policy '${p.id}' has no recovery point newer than ${p.rpoHours} h (its RPO). Check the policy's last Backup executions and the catalog's failed backups.`,
-        metric: age, threshold: p.rpoHours, evaluationPeriods: 1,
+        metric: age,
+        threshold: p.rpoHours,
+        evaluationPeriods: 1,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
@@ -151,33 +177,57 @@ export class Monitoring extends Construct {
       alarm(`NoBackupReport-${p.id}`, {
         alarmDescription: `No Backup run of policy '${p.id}' finished in ${hours} h, so no VM of it can be shown within its ${p.rpoHours} h RPO. Check its schedule, the schedules' dead-letter queue and failed Backup executions.`,
         metric: this.policyMetric(summaryMetrics.oldestRecoveryPointAgeHours, p.id, 'SampleCount', Duration.hours(1)),
-        threshold: 1, evaluationPeriods: hours, datapointsToAlarm: hours,
+        threshold: 1,
+        evaluationPeriods: hours,
+        datapointsToAlarm: hours,
         comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
         treatMissingData: cloudwatch.TreatMissingData.BREACHING,
       });
       const vmsFailed = this.policyMetric(summaryMetrics.vmsFailed, p.id, 'Sum', Duration.minutes(5));
-      alarmOnAny(`VmsFailed-${p.id}`, vmsFailed,
-        `A Backup run of policy '${p.id}' could not back up some VMs. The run record in the catalog and the execution's RecordFailure steps name each VM and its error.`);
-      policyWidgets.push(new cloudwatch.GraphWidget({
-        title: `Policy ${p.id}: recovery point age (h), RPO ${p.rpoHours} h`, width: 8,
-        left: [age], leftAnnotations: [{ value: p.rpoHours, label: 'RPO', color: cloudwatch.Color.RED }],
-        right: [this.policyMetric(summaryMetrics.vmsCommitted, p.id, 'Sum', Duration.hours(1)), this.policyMetric(summaryMetrics.vmsFailed, p.id, 'Sum', Duration.hours(1))],
-      }));
+      alarmOnAny(
+        `VmsFailed-${p.id}`,
+        vmsFailed,
+        `A Backup run of policy '${p.id}' could not back up some VMs. The run record in the catalog and the execution's RecordFailure steps name each VM and its error.`,
+      );
+      policyWidgets.push(
+        new cloudwatch.GraphWidget({
+          title: `Policy ${p.id}: recovery point age (h), RPO ${p.rpoHours} h`,
+          width: 8,
+          left: [age],
+          leftAnnotations: [{ value: p.rpoHours, label: 'RPO', color: cloudwatch.Color.RED }],
+          right: [
+            this.policyMetric(summaryMetrics.vmsCommitted, p.id, 'Sum', Duration.hours(1)),
+            this.policyMetric(summaryMetrics.vmsFailed, p.id, 'Sum', Duration.hours(1)),
+          ],
+        }),
+      );
       if (p.replicateTo !== undefined) policyWidgets.push(this.drMonitoring(p.id, p.replicateTo, drRpoHoursOf(p), alarm));
     }
 
     // --- restore tests and host configuration backups (dimension service only) ----------
     const restoreTestsFailed = this.serviceMetric(restoreTestMetrics.failed, 'Sum', Duration.minutes(5));
-    alarmOnAny('RestoreTestFailed', restoreTestsFailed,
-      'A restore test of a deep verification failed: the test VM showed no sign of life in time, or the test could not run to its end. The EventBridge event \'Lifeboat Restore Test Failed\' and the verification\'s output (restoreTest.reason) name the VM, the backup and the reason.');
+    alarmOnAny(
+      'RestoreTestFailed',
+      restoreTestsFailed,
+      "A restore test of a deep verification failed: the test VM showed no sign of life in time, or the test could not run to its end. The EventBridge event 'Lifeboat Restore Test Failed' and the verification's output (restoreTest.reason) name the VM, the backup and the reason.",
+    );
     const hostConfigHostsFailed = this.serviceMetric(hostConfigMetrics.hostsFailed, 'Sum', Duration.minutes(5));
-    alarmOnAny('HostConfigBackupHostsFailed', hostConfigHostsFailed,
-      'A HostConfigBackup execution could not back up the configuration of some hosts. Its output (failedHosts) names each host and its error; an unreachable host is tried again at the next run.');
-    const checkWidgets: cloudwatch.IWidget[] = [new cloudwatch.GraphWidget({
-      title: 'Restore tests and host configuration backups', width: 8,
-      left: [this.serviceMetric(restoreTestMetrics.passed, 'Sum', Duration.hours(1)), this.serviceMetric(restoreTestMetrics.failed, 'Sum', Duration.hours(1))],
-      right: [this.serviceMetric(hostConfigMetrics.hostsFailed, 'Sum', Duration.hours(1))],
-    })];
+    alarmOnAny(
+      'HostConfigBackupHostsFailed',
+      hostConfigHostsFailed,
+      'A HostConfigBackup execution could not back up the configuration of some hosts. Its output (failedHosts) names each host and its error; an unreachable host is tried again at the next run.',
+    );
+    const checkWidgets: cloudwatch.IWidget[] = [
+      new cloudwatch.GraphWidget({
+        title: 'Restore tests and host configuration backups',
+        width: 8,
+        left: [
+          this.serviceMetric(restoreTestMetrics.passed, 'Sum', Duration.hours(1)),
+          this.serviceMetric(restoreTestMetrics.failed, 'Sum', Duration.hours(1)),
+        ],
+        right: [this.serviceMetric(hostConfigMetrics.hostsFailed, 'Sum', Duration.hours(1))],
+      }),
+    ];
 
     // --- mover groups --------------------------------------------------------------------
     const moverWidgets: cloudwatch.IWidget[] = [];
@@ -188,54 +238,90 @@ export class Monitoring extends Construct {
         period: Duration.minutes(15),
         label: `${g}: tasks scheduled, none started`,
       });
-      alarmOnAny(`MoverGroupNotPolling-${g}`, waiting,
-        `Tasks for mover group '${g}' waited 15 minutes and no mover took one: its movers are down, cannot reach Step Functions, or every task slot is busy. Check 'systemctl status lifeboat-mover' on the group's appliances.`);
-      moverWidgets.push(new cloudwatch.GraphWidget({
-        title: `Mover group ${g}`, width: 8,
-        left: [activity.metricScheduled({ statistic: 'Sum' }), activity.metricStarted({ statistic: 'Sum' }), activity.metricSucceeded({ statistic: 'Sum' }),
-          activity.metricFailed({ statistic: 'Sum' }), activity.metricTimedOut({ statistic: 'Sum' }), activity.metricHeartbeatTimedOut({ statistic: 'Sum' })],
-        right: [activity.metricScheduleTime({ statistic: 'Maximum' })],
-      }));
+      alarmOnAny(
+        `MoverGroupNotPolling-${g}`,
+        waiting,
+        `Tasks for mover group '${g}' waited 15 minutes and no mover took one: its movers are down, cannot reach Step Functions, or every task slot is busy. Check 'systemctl status lifeboat-mover' on the group's appliances.`,
+      );
+      moverWidgets.push(
+        new cloudwatch.GraphWidget({
+          title: `Mover group ${g}`,
+          width: 8,
+          left: [
+            activity.metricScheduled({ statistic: 'Sum' }),
+            activity.metricStarted({ statistic: 'Sum' }),
+            activity.metricSucceeded({ statistic: 'Sum' }),
+            activity.metricFailed({ statistic: 'Sum' }),
+            activity.metricTimedOut({ statistic: 'Sum' }),
+            activity.metricHeartbeatTimedOut({ statistic: 'Sum' }),
+          ],
+          right: [activity.metricScheduleTime({ statistic: 'Maximum' })],
+        }),
+      );
     }
 
     if (props.deadLetterQueue) {
       alarm('ScheduleDeadLetters', {
-        alarmDescription: 'A scheduled backup could not be started (see the message in the schedules\' dead-letter queue for the error).',
+        alarmDescription: "A scheduled backup could not be started (see the message in the schedules' dead-letter queue for the error).",
         metric: props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }),
-        threshold: 1, evaluationPeriods: 1,
+        threshold: 1,
+        evaluationPeriods: 1,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
     }
 
-    const fnWidgets = Object.entries(props.functions).map(([fid, f]) => new cloudwatch.GraphWidget({
-      title: `λ ${fid}`, width: 6, left: [f.metricErrors({ statistic: 'Sum' }), f.metricThrottles({ statistic: 'Sum' })], right: [f.metricDuration({ statistic: 'p95' })],
-    }));
+    const fnWidgets = Object.entries(props.functions).map(
+      ([fid, f]) =>
+        new cloudwatch.GraphWidget({
+          title: `λ ${fid}`,
+          width: 6,
+          left: [f.metricErrors({ statistic: 'Sum' }), f.metricThrottles({ statistic: 'Sum' })],
+          right: [f.metricDuration({ statistic: 'p95' })],
+        }),
+    );
 
-    this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: `# Lifeboat ${stack.stackName}\nWorkflows, policies (RPO), restore tests and host configuration backups, mover groups, functions. Alarms notify the SNS topic ${'`'}Alarms${'`'}.`, width: 24, height: 2 }));
+    this.dashboard.addWidgets(
+      new cloudwatch.TextWidget({
+        markdown: `# Lifeboat ${stack.stackName}\nWorkflows, policies (RPO), restore tests and host configuration backups, mover groups, functions. Alarms notify the SNS topic ${'`'}Alarms${'`'}.`,
+        width: 24,
+        height: 2,
+      }),
+    );
     this.dashboard.addWidgets(new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: Object.values(this.alarms), width: 24 }));
     for (const widgets of [workflowWidgets, policyWidgets, checkWidgets, moverWidgets, fnWidgets]) if (widgets.length) this.dashboard.addWidgets(...widgets);
   }
 
   /** The DR alarms of a replicating policy (DR recovery point past its RPO, replication not started) and its dashboard widget. */
-  private drMonitoring(policyId: string, dr: string, drRpoHours: number, alarm: (name: string, a: cloudwatch.AlarmProps) => cloudwatch.Alarm): cloudwatch.IWidget {
+  private drMonitoring(
+    policyId: string,
+    dr: string,
+    drRpoHours: number,
+    alarm: (name: string, a: cloudwatch.AlarmProps) => cloudwatch.Alarm,
+  ): cloudwatch.IWidget {
     const drAge = this.policyMetric(replicationMetrics.drRecoveryPointAgeHours, policyId, 'Maximum', Duration.hours(1));
     alarm(`DrPastRpo-${policyId}`, {
       alarmDescription: `A VM of policy '${policyId}' has no verified copy in DR repository '${dr}' newer than ${drRpoHours} h (its DR RPO). Check the policy's ReplicatePolicy executions, the DR mover group and the DR endpoint.`,
-      metric: drAge, threshold: drRpoHours, evaluationPeriods: 1,
+      metric: drAge,
+      threshold: drRpoHours,
+      evaluationPeriods: 1,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
     const notStarted = this.policyMetric(replicationMetrics.replicationStartFailed, policyId, 'Sum', Duration.hours(1));
     alarm(`ReplicationNotStarted-${policyId}`, {
       alarmDescription: `A Backup run of policy '${policyId}' committed backups but could not start their replication to '${dr}' (the run's output 'replication.error' says why). Start ReplicatePolicy by hand once fixed.`,
-      metric: notStarted, threshold: 1, evaluationPeriods: 1,
+      metric: notStarted,
+      threshold: 1,
+      evaluationPeriods: 1,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
     return new cloudwatch.GraphWidget({
-      title: `Policy ${policyId}: DR recovery point age (h) in '${dr}', DR RPO ${drRpoHours} h`, width: 8,
-      left: [drAge], leftAnnotations: [{ value: drRpoHours, label: 'DR RPO', color: cloudwatch.Color.RED }],
+      title: `Policy ${policyId}: DR recovery point age (h) in '${dr}', DR RPO ${drRpoHours} h`,
+      width: 8,
+      left: [drAge],
+      leftAnnotations: [{ value: drRpoHours, label: 'DR RPO', color: cloudwatch.Color.RED }],
       right: [notStarted],
     });
   }
@@ -243,18 +329,24 @@ export class Monitoring extends Construct {
   /** A metric published with the dimension `service` only (restore tests, host configuration backups). */
   serviceMetric(name: string, statistic: string, period: Duration): cloudwatch.Metric {
     return new cloudwatch.Metric({
-      namespace: this.props.metricsNamespace, metricName: name,
+      namespace: this.props.metricsNamespace,
+      metricName: name,
       dimensionsMap: { service: this.props.serviceName },
-      statistic, period, label: name,
+      statistic,
+      period,
+      label: name,
     });
   }
 
   /** A Summarize metric of one policy, with the dimensions Powertools writes (service, policyId). */
   policyMetric(name: string, policyId: string, statistic: string, period: Duration): cloudwatch.Metric {
     return new cloudwatch.Metric({
-      namespace: this.props.metricsNamespace, metricName: name,
+      namespace: this.props.metricsNamespace,
+      metricName: name,
       dimensionsMap: { service: this.props.serviceName, policyId },
-      statistic, period, label: `${policyId} ${name}`,
+      statistic,
+      period,
+      label: `${policyId} ${name}`,
     });
   }
 }

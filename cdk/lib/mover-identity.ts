@@ -63,11 +63,13 @@ export class MoverIdentity extends Construct {
     });
     if (trust.rolesAnywhere) {
       // Roles Anywhere also tags the session and sets the source identity from the certificate.
-      this.role.assumeRolePolicy?.addStatements(new iam.PolicyStatement({
-        actions: ['sts:TagSession', 'sts:SetSourceIdentity'],
-        principals: [new iam.ServicePrincipal('rolesanywhere.amazonaws.com')],
-        conditions: { ArnEquals: { 'aws:SourceArn': trust.rolesAnywhere } },
-      }));
+      this.role.assumeRolePolicy?.addStatements(
+        new iam.PolicyStatement({
+          actions: ['sts:TagSession', 'sts:SetSourceIdentity'],
+          principals: [new iam.ServicePrincipal('rolesanywhere.amazonaws.com')],
+          conditions: { ArnEquals: { 'aws:SourceArn': trust.rolesAnywhere } },
+        }),
+      );
     }
 
     const region = Stack.of(this).region;
@@ -112,7 +114,10 @@ export class MoverIdentity extends Construct {
     ];
     const policy = new iam.Policy(this, 'Policy', { statements });
     policy.attachToRole(this.role);
-    acknowledge(policy, `Movers write objects whose names are not known in advance (random pack and index ids); access is limited to prefixes of the repository buckets: read ${MOVER_READ_PREFIXES.join(', ')}; write ${MOVER_WRITE_PREFIXES.join(', ')} (movers/: its registration record).`,
-      ...props.repositories.flatMap((r) => [...new Set([...MOVER_READ_PREFIXES, ...MOVER_WRITE_PREFIXES])].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))));
+    acknowledge(
+      policy,
+      `Movers write objects whose names are not known in advance (random pack and index ids); access is limited to prefixes of the repository buckets: read ${MOVER_READ_PREFIXES.join(', ')}; write ${MOVER_WRITE_PREFIXES.join(', ')} (movers/: its registration record).`,
+      ...props.repositories.flatMap((r) => [...new Set([...MOVER_READ_PREFIXES, ...MOVER_WRITE_PREFIXES])].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))),
+    );
   }
 }

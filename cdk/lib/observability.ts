@@ -33,20 +33,38 @@ export function observeStateMachine(scope: Construct, sm: sfn.StateMachine, rete
       destinations: [{ cloudWatchLogsLogGroup: { logGroupArn: group.logGroupArn } }],
     };
     // What CDK grants for `logs:` on a StateMachine: log delivery APIs take no resource ARN.
-    sm.addToRolePolicy(new iam.PolicyStatement({
-      actions: ['logs:CreateLogDelivery', 'logs:GetLogDelivery', 'logs:UpdateLogDelivery', 'logs:DeleteLogDelivery', 'logs:ListLogDeliveries',
-        'logs:PutResourcePolicy', 'logs:DescribeResourcePolicies', 'logs:DescribeLogGroups'],
-      resources: ['*'],
-    }));
+    sm.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: [
+          'logs:CreateLogDelivery',
+          'logs:GetLogDelivery',
+          'logs:UpdateLogDelivery',
+          'logs:DeleteLogDelivery',
+          'logs:ListLogDeliveries',
+          'logs:PutResourcePolicy',
+          'logs:DescribeResourcePolicies',
+          'logs:DescribeLogGroups',
+        ],
+        resources: ['*'],
+      }),
+    );
   }
   if (!cfn.tracingConfiguration) {
     cfn.tracingConfiguration = { enabled: true };
-    sm.addToRolePolicy(new iam.PolicyStatement({
-      actions: ['xray:PutTraceSegments', 'xray:PutTelemetryRecords', 'xray:GetSamplingRules', 'xray:GetSamplingTargets'],
-      resources: ['*'],
-    }));
+    sm.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['xray:PutTraceSegments', 'xray:PutTelemetryRecords', 'xray:GetSamplingRules', 'xray:GetSamplingTargets'],
+        resources: ['*'],
+      }),
+    );
   }
-  acknowledge(sm.role, 'CloudWatch Logs vended log delivery and X-Ray trace APIs take no resource ARN; Lambda invoke grants end in :* to cover the versions of each function the workflow calls (CDK default).',
+  acknowledge(
+    sm.role,
+    'CloudWatch Logs vended log delivery and X-Ray trace APIs take no resource ARN; Lambda invoke grants end in :* to cover the versions of each function the workflow calls (CDK default).',
     'AwsSolutions-IAM5[Resource::*]',
-    ...Stack.of(sm).node.findAll().filter((c) => c instanceof lambda.Function).map((f) => arnWildcardFinding(f, ':*')));
+    ...Stack.of(sm)
+      .node.findAll()
+      .filter((c) => c instanceof lambda.Function)
+      .map((f) => arnWildcardFinding(f, ':*')),
+  );
 }

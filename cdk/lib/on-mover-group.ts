@@ -22,9 +22,11 @@ export function onMoverGroup(scope: Construct, name: string, props: OnMoverGroup
   if (groups.length === 1) return sfn.Chain.start(props.task(props.activities[groups[0]!]!, name));
   const choice = new sfn.Choice(scope, `${name}OnMoverGroup`);
   for (const g of groups) choice.when(sfn.Condition.stringEquals(props.groupPath, g), props.task(props.activities[g]!, `${name} (${g})`));
-  choice.otherwise(new sfn.Fail(scope, `${name}UnknownMoverGroup`, {
-    error: 'Lifeboat.UnknownMoverGroup',
-    cause: `the execution names a mover group this deployment does not have; known: ${groups.join(', ')}`,
-  }));
+  choice.otherwise(
+    new sfn.Fail(scope, `${name}UnknownMoverGroup`, {
+      error: 'Lifeboat.UnknownMoverGroup',
+      cause: `the execution names a mover group this deployment does not have; known: ${groups.join(', ')}`,
+    }),
+  );
   return choice.afterwards();
 }

@@ -30,14 +30,29 @@ export class OperatorApi extends Construct {
     fn.addEnvironment('BACKUP_STATE_MACHINE_ARN', props.backup.stateMachineArn);
     // Exactly what the API reads of the workflow (cdk/lib/function-access.ts, backupExecutions).
     fn.addToRolePolicy(new iam.PolicyStatement({ actions: ['states:ListExecutions'], resources: [props.backup.stateMachineArn] }));
-    fn.addToRolePolicy(new iam.PolicyStatement({
-      actions: ['states:DescribeExecution'],
-      resources: [Stack.of(this).formatArn({ service: 'states', resource: 'execution', resourceName: `${Fn.select(6, Fn.split(':', props.backup.stateMachineArn))}:*`, arnFormat: ArnFormat.COLON_RESOURCE_NAME })],
-    }));
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['states:DescribeExecution'],
+        resources: [
+          Stack.of(this).formatArn({
+            service: 'states',
+            resource: 'execution',
+            resourceName: `${Fn.select(6, Fn.split(':', props.backup.stateMachineArn))}:*`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ],
+      }),
+    );
     const backupLid = Stack.of(this).getLogicalId(props.backup.node.defaultChild as CfnElement);
-    acknowledge(fn, 'The operator API describes any execution of the Backup workflow (a run is named by its execution): execution names are not known in advance, so only that state machine\'s executions (:*) are allowed.',
-      `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${backupLid}"}]}]}:*]`);
+    acknowledge(
+      fn,
+      "The operator API describes any execution of the Backup workflow (a run is named by its execution): execution names are not known in advance, so only that state machine's executions (:*) are allowed.",
+      `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${backupLid}"}]}]}:*]`,
+    );
     this.url = fn.addFunctionUrl({ authType: lambda.FunctionUrlAuthType.AWS_IAM });
-    new CfnOutput(Stack.of(this), 'OperatorApiUrl', { value: this.url.url, description: 'The operator API (IAM auth): `lifeboat --stack` reads VMs, backups, runs, progress and alerts from it, and adds VMs (POST /api/vms)' });
+    new CfnOutput(Stack.of(this), 'OperatorApiUrl', {
+      value: this.url.url,
+      description: 'The operator API (IAM auth): `lifeboat --stack` reads VMs, backups, runs, progress and alerts from it, and adds VMs (POST /api/vms)',
+    });
   }
 }

@@ -37,10 +37,19 @@ export class PruneWorkflow extends Construct {
     const plan = invoke('PlanPrune', 'PlanPrune', sfn.TaskInput.fromObject({ 'pruneId.$': '$$.Execution.Name', 'request.$': '$' }));
 
     const pruneOne = invoke('PruneBackup', 'PruneBackup');
-    pruneOne.addRetry({ errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 4 });
+    pruneOne.addRetry({
+      errors: [StorageUnavailable.code, 'Lambda.TooManyRequestsException', 'Lambda.ServiceException'],
+      interval: Duration.seconds(2),
+      backoffRate: 2,
+      maxAttempts: 4,
+    });
     const pruneAll = listMap(this, 'PruneBackups', {
       comment: 'One child execution per expired backup, read from the list PlanPrune wrote',
-      runBucket: props.runBucket, keyPath: '$.removeList.key', label: 'PruneBackup', maxConcurrency: 8, resultPath: '$.pruned',
+      runBucket: props.runBucket,
+      keyPath: '$.removeList.key',
+      label: 'PruneBackup',
+      maxConcurrency: 8,
+      resultPath: '$.pruned',
     });
     pruneAll.itemProcessor(pruneOne);
     pruneAll.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'PRUNE'), { resultPath: '$.error' });
@@ -53,7 +62,7 @@ export class PruneWorkflow extends Construct {
       .otherwise(pruneAll.next(record));
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat prune: apply a policy\'s GFS retention; remove expired backups from the catalog and their manifests from the repository',
+      comment: "Lifeboat prune: apply a policy's GFS retention; remove expired backups from the catalog and their manifests from the repository",
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(dryRun)),
       timeout: Duration.hours(6),
     });

@@ -45,8 +45,12 @@ export class ReconcileWorkflow extends Construct {
     const recordFailure = lambdaStep(this, 'RecordFailure', fn.RecordFailure, { resultPath: '$.outcome' });
     const releaseSlot = lambdaStep(this, 'ReleaseSlot', fn.ReleaseSlot, { resultPath: null });
     const releaseSnapshot = moverStep(this, 'ReleaseSnapshot', {
-      activities: props.activities, groupPath: '$.moverGroup', parameters: { task: 'releaseSnapshot', 'job.$': '$' },
-      timeout: Duration.minutes(10), heartbeat: Duration.minutes(2), resultPath: null,
+      activities: props.activities,
+      groupPath: '$.moverGroup',
+      parameters: { task: 'releaseSnapshot', 'job.$': '$' },
+      timeout: Duration.minutes(10),
+      heartbeat: Duration.minutes(2),
+      resultPath: null,
       decorate: (t) => {
         t.addRetry({ errors: ['States.Timeout', StorageUnavailable.code], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
         t.addCatch(vmDone, { resultPath: '$.cleanupError' });
@@ -59,7 +63,8 @@ export class ReconcileWorkflow extends Construct {
     vms.itemProcessor(perVm);
 
     const releaseRunLease = lambdaStep(this, 'ReleaseRunLease', fn.ReleaseRunLease, {
-      payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'executionArn.$': '$.executionArn' }), resultPath: null,
+      payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'executionArn.$': '$.executionArn' }),
+      resultPath: null,
     });
     retryAnyError(releaseRunLease);
 
@@ -72,16 +77,22 @@ export class ReconcileWorkflow extends Construct {
     new events.Rule(this, 'OnBackupStopped', {
       description: 'A Backup execution aborted or timed out: its failure path did not run',
       eventPattern: {
-        source: ['aws.states'], detailType: ['Step Functions Execution Status Change'],
+        source: ['aws.states'],
+        detailType: ['Step Functions Execution Status Change'],
         detail: { stateMachineArn: [props.backup.stateMachineArn], status: ['ABORTED', 'TIMED_OUT'] },
       },
-      targets: [new targets.SfnStateMachine(this.stateMachine, {
-        input: events.RuleTargetInput.fromObject({
-          executionArn: events.EventField.fromPath('$.detail.executionArn'),
-          runId: events.EventField.fromPath('$.detail.name'),
-          error: { Error: RUN_STOPPED, Cause: `the Backup execution ended ${events.EventField.fromPath('$.detail.status')} without its failure path; reconciled` },
+      targets: [
+        new targets.SfnStateMachine(this.stateMachine, {
+          input: events.RuleTargetInput.fromObject({
+            executionArn: events.EventField.fromPath('$.detail.executionArn'),
+            runId: events.EventField.fromPath('$.detail.name'),
+            error: {
+              Error: RUN_STOPPED,
+              Cause: `the Backup execution ended ${events.EventField.fromPath('$.detail.status')} without its failure path; reconciled`,
+            },
+          }),
         }),
-      })],
+      ],
     });
   }
 }

@@ -9,7 +9,11 @@ import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type { Construct } from 'constructs';
 import { retryAnyError } from './steps.ts';
 
-export function recordFailureThenFail(scope: Construct, fn: lambda.IFunction, kind: 'DEEPVERIFY' | 'REPLICATION' | 'FAILOVER' | 'FAILBACK' | 'PRUNE' | 'GC'): sfn.TaskStateBase {
+export function recordFailureThenFail(
+  scope: Construct,
+  fn: lambda.IFunction,
+  kind: 'DEEPVERIFY' | 'REPLICATION' | 'FAILOVER' | 'FAILBACK' | 'PRUNE' | 'GC',
+): sfn.TaskStateBase {
   const record = new tasks.LambdaInvoke(scope, 'RecordFailure', {
     lambdaFunction: fn,
     payload: sfn.TaskInput.fromObject({ kind, 'id.$': '$$.Execution.Name', 'error.$': '$.error' }),

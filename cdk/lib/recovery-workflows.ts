@@ -99,7 +99,11 @@ export function addRecoveryWorkflows(stack: Stack, props: RecoveryWorkflowsProps
       description: `Lifeboat: garbage-collect repository '${r.id}'`,
       schedule: scheduler.ScheduleExpression.expression(props.gcSchedule ?? 'cron(0 3 ? * SUN *)', TimeZone.ETC_UTC),
       target: new targets.StepFunctionsStartExecution(gc.stateMachine, {
-        input: scheduler.ScheduleTargetInput.fromObject({ bucket: r.bucket, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...(r.objectLockDays ? { objectLockDays: r.objectLockDays } : {}) }),
+        input: scheduler.ScheduleTargetInput.fromObject({
+          bucket: r.bucket,
+          ...(r.endpoint ? { endpoint: r.endpoint } : {}),
+          ...(r.objectLockDays ? { objectLockDays: r.objectLockDays } : {}),
+        }),
         retryAttempts: 5,
         maxEventAge: Duration.hours(6),
       }),

@@ -35,13 +35,29 @@ export interface ReplicationWorkflowProps {
 
 export function invoke(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) {
   const t = lambdaStep(scope, name, fn, opts);
-  t.addRetry({ errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', StorageUnavailable.code], interval: Duration.seconds(2), backoffRate: 2, maxAttempts: 3 });
+  t.addRetry({
+    errors: ['Lambda.TooManyRequestsException', 'Lambda.ServiceException', StorageUnavailable.code],
+    interval: Duration.seconds(2),
+    backoffRate: 2,
+    maxAttempts: 3,
+  });
   return t;
 }
 
-export function moverTask(scope: Construct, activities: Record<string, sfn.IActivity>, name: string, groupPath: string, parameters: Record<string, unknown>, opts: { hours: number; resultPath?: string; catchTo?: sfn.IChainable }) {
+export function moverTask(
+  scope: Construct,
+  activities: Record<string, sfn.IActivity>,
+  name: string,
+  groupPath: string,
+  parameters: Record<string, unknown>,
+  opts: { hours: number; resultPath?: string; catchTo?: sfn.IChainable },
+) {
   return moverStep(scope, name, {
-    activities, groupPath, parameters, timeout: Duration.hours(opts.hours), resultPath: opts.resultPath,
+    activities,
+    groupPath,
+    parameters,
+    timeout: Duration.hours(opts.hours),
+    resultPath: opts.resultPath,
     decorate: (t) => {
       retryMoverTask(t);
       if (opts.catchTo) t.addCatch(opts.catchTo, { resultPath: '$.error' });
@@ -56,7 +72,14 @@ export function moverTask(scope: Construct, activities: Record<string, sfn.IActi
  */
 function acquireLease(scope: Construct, props: ReplicationWorkflowProps, onFailure: sfn.IChainable): sfn.TaskStateBase {
   const acquire = invoke(scope, 'AcquireReplicaLease', props.functions.AcquireReplicaLease);
-  acquire.addRetry({ errors: [ReplicaBusy.code], interval: Duration.seconds(5), backoffRate: 1.5, maxDelay: Duration.minutes(10), maxAttempts: 160, jitterStrategy: sfn.JitterType.FULL });
+  acquire.addRetry({
+    errors: [ReplicaBusy.code],
+    interval: Duration.seconds(5),
+    backoffRate: 1.5,
+    maxDelay: Duration.minutes(10),
+    maxAttempts: 160,
+    jitterStrategy: sfn.JitterType.FULL,
+  });
   acquire.addCatch(onFailure, { resultPath: '$.error' });
   return acquire;
 }
@@ -76,9 +99,25 @@ function standbyChain(scope: Construct, activities: Record<string, sfn.IActivity
     maxConcurrency: 4,
     resultPath: '$.standby',
   });
-  update.itemProcessor(moverTask(scope, activities, 'UpdateStandbyDisk', '$.replicate.moverGroup', { task: 'updateStandbyDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk' }, { hours: 12 }));
+  update.itemProcessor(
+    moverTask(
+      scope,
+      activities,
+      'UpdateStandbyDisk',
+      '$.replicate.moverGroup',
+      { task: 'updateStandbyDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk' },
+      { hours: 12 },
+    ),
+  );
   if (onFailure) update.addCatch(onFailure, { resultPath: '$.error' });
-  const config = moverTask(scope, activities, 'StandbyVmConfig', '$.moverGroup', { task: 'standbyVmConfig', 'replicate.$': '$', 'disks.$': '$.standby' }, { hours: 1, resultPath: '$.vmConfig', ...(onFailure ? { catchTo: onFailure } : {}) });
+  const config = moverTask(
+    scope,
+    activities,
+    'StandbyVmConfig',
+    '$.moverGroup',
+    { task: 'standbyVmConfig', 'replicate.$': '$', 'disks.$': '$.standby' },
+    { hours: 1, resultPath: '$.vmConfig', ...(onFailure ? { catchTo: onFailure } : {}) },
+  );
   return sfn.Chain.start(update).next(config);
 }
 
@@ -96,25 +135,58 @@ function replicateJobChain(scope: Construct, props: ReplicationWorkflowProps, on
     maxConcurrency: 4,
     resultPath: '$.replicated',
   });
-  copy.itemProcessor(moverTask(scope, props.activities, 'ReplicateDisk', '$.replicate.moverGroup', { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' }, { hours: 12 }));
+  copy.itemProcessor(
+    moverTask(
+      scope,
+      props.activities,
+      'ReplicateDisk',
+      '$.replicate.moverGroup',
+      { task: 'replicateDisk', 'replicate.$': '$.replicate', 'disk.$': '$.disk', 'index.$': '$.index' },
+      { hours: 12 },
+    ),
+  );
   copy.addCatch(failed, { resultPath: '$.error' });
   // The copy is checked where it landed (the DR repository's endpoint) before the catalog vouches for it.
   const verify = invoke(scope, 'VerifyReplica', props.functions.VerifyReplica, { resultPath: '$.verified' });
   verify.addCatch(failed, { resultPath: '$.error' });
   const record = invoke(scope, 'RecordReplication', props.functions.RecordReplication, { resultPath: '$.summary' });
   record.addCatch(failed, { resultPath: '$.error' });
-  const withStandby = standbyChain(scope, props.activities, failed)
-    .next(new sfn.Pass(scope, 'ReplicatedWithStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' }, resultPath: '$.result' }));
+  const withStandby = standbyChain(scope, props.activities, failed).next(
+    new sfn.Pass(scope, 'ReplicatedWithStandby', {
+      parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'standby.$': '$.standby', 'vmConfig.$': '$.vmConfig' },
+      resultPath: '$.result',
+    }),
+  );
   // A libvirt VM whose DR repository keeps replica VMs: the replica is a VM, brought to the backup as a new restore point.
-  const withReplicaVm = sfn.Chain.start(moverTask(scope, props.activities, 'UpdateReplicaVm', '$.moverGroup', { task: 'updateReplicaVm', 'replicate.$': '$' }, { hours: 12, resultPath: '$.replicaVm', catchTo: failed }))
-    .next(new sfn.Pass(scope, 'ReplicatedWithReplicaVm', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'replicaVm.$': '$.replicaVm' }, resultPath: '$.result' }));
+  const withReplicaVm = sfn.Chain.start(
+    moverTask(
+      scope,
+      props.activities,
+      'UpdateReplicaVm',
+      '$.moverGroup',
+      { task: 'updateReplicaVm', 'replicate.$': '$' },
+      { hours: 12, resultPath: '$.replicaVm', catchTo: failed },
+    ),
+  ).next(
+    new sfn.Pass(scope, 'ReplicatedWithReplicaVm', {
+      parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified', 'replicaVm.$': '$.replicaVm' },
+      resultPath: '$.result',
+    }),
+  );
   const keepsStandby = new sfn.Choice(scope, 'KeepsStandby')
     .when(sfn.Condition.and(sfn.Condition.isString('$.replicaDir'), sfn.Condition.isPresent('$.replica')), withReplicaVm)
     .when(sfn.Condition.isString('$.replicaDir'), withStandby)
-    .otherwise(new sfn.Pass(scope, 'ReplicatedWithoutStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified' }, resultPath: '$.result' }));
+    .otherwise(
+      new sfn.Pass(scope, 'ReplicatedWithoutStandby', { parameters: { 'replication.$': '$.summary', 'verified.$': '$.verified' }, resultPath: '$.result' }),
+    );
   const release = invoke(scope, 'ReleaseReplicaLease', props.functions.ReleaseReplicaLease, { resultPath: null });
-  return sfn.Chain.start(acquire).next(copy).next(verify).next(record).next(keepsStandby.afterwards())
-    .next(release).next(new sfn.Pass(scope, 'Replicated', { outputPath: '$.result' }));
+  return sfn.Chain.start(acquire)
+    .next(copy)
+    .next(verify)
+    .next(record)
+    .next(keepsStandby.afterwards())
+    .next(release)
+    .next(new sfn.Pass(scope, 'Replicated', { outputPath: '$.result' }));
 }
 
 export class ReplicateWorkflow extends Construct {
@@ -122,7 +194,9 @@ export class ReplicateWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
     super(scope, id);
-    const plan = invoke(this, 'PlanReplicate', props.functions.PlanReplicate, { payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }) });
+    const plan = invoke(this, 'PlanReplicate', props.functions.PlanReplicate, {
+      payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }),
+    });
     const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION');
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat replicate: copy a backup to the DR repository (missing chunks only) and bring the warm standby replica to it',
@@ -143,18 +217,29 @@ export class ReplicatePolicyWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
     super(scope, id);
-    const plan = invoke(this, 'PlanReplicatePolicy', props.functions.PlanReplicatePolicy, { payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }) });
+    const plan = invoke(this, 'PlanReplicatePolicy', props.functions.PlanReplicatePolicy, {
+      payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }),
+    });
     const vms = new sfn.Map(this, 'ReplicateVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.replicated' });
     // A VM's replication that fails gives its lease back and fails the iteration; the Map's Catch records it.
     vms.itemProcessor(replicateJobChain(this, props, new sfn.Fail(this, 'VmReplicationFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' })));
     vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION'), { resultPath: '$.error' });
     // The DR recovery point after this replication, as a metric (DrRecoveryPointAgeHours) and in the output.
-    const report = invoke(this, 'ReportReplication', props.functions.ReportReplication, { payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId' }), resultPath: '$.dr' });
-    const done = new sfn.Pass(this, 'PolicyReplicated', { parameters: {
-      'policyId.$': '$.policyId', 'runId.$': '$.runId', 'replicated.$': '$.replicated', 'skipped.$': '$.skipped', 'drRecoveryPointAgeHours.$': '$.dr.drRecoveryPointAgeHours',
-    } });
+    const report = invoke(this, 'ReportReplication', props.functions.ReportReplication, {
+      payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId' }),
+      resultPath: '$.dr',
+    });
+    const done = new sfn.Pass(this, 'PolicyReplicated', {
+      parameters: {
+        'policyId.$': '$.policyId',
+        'runId.$': '$.runId',
+        'replicated.$': '$.replicated',
+        'skipped.$': '$.skipped',
+        'drRecoveryPointAgeHours.$': '$.dr.drRecoveryPointAgeHours',
+      },
+    });
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat replicate a policy: every VM\'s newest backup the DR repository lacks',
+      comment: "Lifeboat replicate a policy: every VM's newest backup the DR repository lacks",
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(report).next(done)),
       timeout: Duration.hours(24),
     });
@@ -166,14 +251,22 @@ export class FailoverWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
     super(scope, id);
-    const plan = invoke(this, 'PlanFailover', props.functions.PlanFailover, { payload: sfn.TaskInput.fromObject({ 'failoverId.$': '$$.Execution.Name', 'request.$': '$' }) });
+    const plan = invoke(this, 'PlanFailover', props.functions.PlanFailover, {
+      payload: sfn.TaskInput.fromObject({ 'failoverId.$': '$$.Execution.Name', 'request.$': '$' }),
+    });
     const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'FAILOVER');
     const released = releaseAfterFailure(this, props, failed);
     const release = invoke(this, 'ReleaseReplicaLease', props.functions.ReleaseReplicaLease, { resultPath: null });
     const record = invoke(this, 'RecordFailover', props.functions.RecordFailover);
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       comment: 'Lifeboat failover: bring the DR standby replica to the newest backup complete at the DR site; report its recovery point',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(acquireLease(this, props, released)).next(standbyChain(this, props.activities, released)).next(release).next(record)),
+      definitionBody: sfn.DefinitionBody.fromChainable(
+        plan
+          .next(acquireLease(this, props, released))
+          .next(standbyChain(this, props.activities, released))
+          .next(release)
+          .next(record),
+      ),
       timeout: Duration.hours(24),
     });
   }

@@ -58,11 +58,12 @@ export class RepositoryStorage extends Construct {
       serverAccessLogsPrefix: 'repository/',
       ...(lock
         ? {
-          objectLockEnabled: true,
-          objectLockDefaultRetention: lock.mode === 'COMPLIANCE'
-            ? s3.ObjectLockRetention.compliance(Duration.days(lock.days))
-            : s3.ObjectLockRetention.governance(Duration.days(lock.days)),
-        }
+            objectLockEnabled: true,
+            objectLockDefaultRetention:
+              lock.mode === 'COMPLIANCE'
+                ? s3.ObjectLockRetention.compliance(Duration.days(lock.days))
+                : s3.ObjectLockRetention.governance(Duration.days(lock.days)),
+          }
         : {}),
       lifecycleRules: [
         { id: 'AbortIncompleteUploads', abortIncompleteMultipartUploadAfter: Duration.days(7) },

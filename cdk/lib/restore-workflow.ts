@@ -33,7 +33,8 @@ export class RestoreWorkflow extends Construct {
 
   constructor(scope: Construct, id: string, props: RestoreWorkflowProps) {
     super(scope, id);
-    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) => lambdaStep(this, name, props.functions[f], opts);
+    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string } = {}) =>
+      lambdaStep(this, name, props.functions[f], opts);
 
     const plan = invoke('PlanRestore', 'PlanRestore', {
       payload: sfn.TaskInput.fromObject({ 'restoreId.$': '$$.Execution.Name', 'request.$': '$' }),
@@ -47,9 +48,11 @@ export class RestoreWorkflow extends Construct {
     // A restore into a storage pool that fails before its domain is defined deletes the
     // volumes it created (the disks that did finish, too); the mover knows which are its own.
     const discardVolumes = moverStep(this, 'DiscardRestoreVolumes', {
-      activities: props.activities, groupPath: '$.moverGroup',
+      activities: props.activities,
+      groupPath: '$.moverGroup',
       parameters: { task: 'discardPoolVolumes', 'restore.$': '$' },
-      timeout: Duration.minutes(10), resultPath: '$.discardedVolumes',
+      timeout: Duration.minutes(10),
+      resultPath: '$.discardedVolumes',
       decorate: (t) => {
         retryMoverTask(t);
         t.addCatch(recordFailure, { resultPath: '$.discardError' });
@@ -60,15 +63,23 @@ export class RestoreWorkflow extends Construct {
       .otherwise(recordFailure);
 
     const restoreDisks = moverDiskMap(this, {
-      mapName: 'RestoreDisks', stepName: 'RestoreDisk', task: 'restoreDisk', jobKey: 'restore', activities: props.activities,
-      resultPath: '$.restored', concurrency: props.diskConcurrency ?? 4, timeout: Duration.hours(12),
+      mapName: 'RestoreDisks',
+      stepName: 'RestoreDisk',
+      task: 'restoreDisk',
+      jobKey: 'restore',
+      activities: props.activities,
+      resultPath: '$.restored',
+      concurrency: props.diskConcurrency ?? 4,
+      timeout: Duration.hours(12),
     });
     restoreDisks.addCatch(onFailure, { resultPath: '$.error' });
 
     const restoreVmConfig = moverStep(this, 'RestoreVmConfig', {
-      activities: props.activities, groupPath: '$.moverGroup',
+      activities: props.activities,
+      groupPath: '$.moverGroup',
       parameters: { task: 'restoreVmConfig', 'restore.$': '$', 'disks.$': '$.restored' },
-      timeout: Duration.minutes(10), resultPath: '$.vmConfig',
+      timeout: Duration.minutes(10),
+      resultPath: '$.vmConfig',
       decorate: (t) => {
         retryMoverTask(t);
         t.addCatch(onFailure, { resultPath: '$.error' });
@@ -77,28 +88,27 @@ export class RestoreWorkflow extends Construct {
 
     const record = invoke('RecordRestore', 'RecordRestore');
     retryAnyError(record);
-    const wholeVm = new sfn.Choice(this, 'WholeVm')
-      .when(sfn.Condition.isNull('$.diskId'), restoreVmConfig.next(record))
-      .otherwise(record);
+    const wholeVm = new sfn.Choice(this, 'WholeVm').when(sfn.Condition.isNull('$.diskId'), restoreVmConfig.next(record)).otherwise(record);
 
     // Instant recovery: one task runs the VM on the backup's exports and moves it to the
     // target while it runs. A mover that dies is replaced: the retry takes the recovery up
     // (same restore id: exports served again at the same socket, the move started over).
     const instant = moverStep(this, 'InstantRecover', {
-      activities: props.activities, groupPath: '$.moverGroup',
+      activities: props.activities,
+      groupPath: '$.moverGroup',
       parameters: { task: 'instantRecover', 'restore.$': '$' },
-      timeout: Duration.days(7), resultPath: '$.instantResult',
+      timeout: Duration.days(7),
+      resultPath: '$.instantResult',
       decorate: (t) => {
         retryMoverTask(t);
         t.addCatch(recordFailure, { resultPath: '$.error' });
       },
     });
-    const mode = new sfn.Choice(this, 'InstantOrCopy')
-      .when(sfn.Condition.isPresent('$.instant'), instant.next(record))
-      .otherwise(restoreDisks.next(wholeVm));
+    const mode = new sfn.Choice(this, 'InstantOrCopy').when(sfn.Condition.isPresent('$.instant'), instant.next(record)).otherwise(restoreDisks.next(wholeVm));
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat restore: a VM or one disk, through a mover group, re-hashed after writing; or an instant recovery (the VM runs on the backup at once and moves to its disks while it runs)',
+      comment:
+        'Lifeboat restore: a VM or one disk, through a mover group, re-hashed after writing; or an instant recovery (the VM runs on the backup at once and moves to its disks while it runs)',
       definitionBody: sfn.DefinitionBody.fromChainable(plan.next(mode)),
       timeout: Duration.hours(24),
     });

@@ -56,17 +56,24 @@ export class PolicySchedules extends Construct {
         }),
       });
     }
-    const everyHost = (id: string, description: string, w: { stateMachine: sfn.IStateMachine; schedule: ScheduleConfig }) => new scheduler.Schedule(this, id, {
-      description,
-      schedule: scheduler.ScheduleExpression.expression(w.schedule.expression, TimeZone.of(w.schedule.timeZone)),
-      target: new targets.StepFunctionsStartExecution(w.stateMachine, {
-        input: scheduler.ScheduleTargetInput.fromObject({}),
-        deadLetterQueue: this.deadLetterQueue,
-        retryAttempts: props.retryAttempts ?? 5,
-        maxEventAge: props.maxEventAge ?? Duration.hours(2),
-      }),
-    });
+    const everyHost = (id: string, description: string, w: { stateMachine: sfn.IStateMachine; schedule: ScheduleConfig }) =>
+      new scheduler.Schedule(this, id, {
+        description,
+        schedule: scheduler.ScheduleExpression.expression(w.schedule.expression, TimeZone.of(w.schedule.timeZone)),
+        target: new targets.StepFunctionsStartExecution(w.stateMachine, {
+          input: scheduler.ScheduleTargetInput.fromObject({}),
+          deadLetterQueue: this.deadLetterQueue,
+          retryAttempts: props.retryAttempts ?? 5,
+          maxEventAge: props.maxEventAge ?? Duration.hours(2),
+        }),
+      });
     this.discovery = props.discovery && everyHost('Discovery', 'Lifeboat: inventory the libvirt hosts (Discover workflow)', props.discovery);
-    this.hostConfigBackup = props.hostConfigBackup && everyHost('HostConfigBackup', 'Lifeboat: back up the libvirt hosts\' networks, pools and domain definitions (HostConfigBackup workflow)', props.hostConfigBackup);
+    this.hostConfigBackup =
+      props.hostConfigBackup &&
+      everyHost(
+        'HostConfigBackup',
+        "Lifeboat: back up the libvirt hosts' networks, pools and domain definitions (HostConfigBackup workflow)",
+        props.hostConfigBackup,
+      );
   }
 }

@@ -16,7 +16,12 @@ type ResultPath = string | null | undefined;
 const resultPathProps = (p: ResultPath) => (p === null ? { resultPath: sfn.JsonPath.DISCARD } : p ? { resultPath: p } : {});
 
 /** A control-plane Lambda step: payload only, 5-minute timeout. */
-export function lambdaStep(scope: Construct, name: string, fn: lambda.IFunction, opts: { payload?: sfn.TaskInput; resultPath?: ResultPath } = {}): tasks.LambdaInvoke {
+export function lambdaStep(
+  scope: Construct,
+  name: string,
+  fn: lambda.IFunction,
+  opts: { payload?: sfn.TaskInput; resultPath?: ResultPath } = {},
+): tasks.LambdaInvoke {
   return new tasks.LambdaInvoke(scope, name, {
     lambdaFunction: fn,
     ...(opts.payload ? { payload: opts.payload } : {}),
@@ -86,20 +91,32 @@ export function retryMoverTask(t: sfn.TaskStateBase, maxAttempts = 3): void {
  * A Map over `$.disks` running one mover task per disk: each iteration gets `{ disk, <jobKey>: the state's input }`
  * and the task gets `{ task, <jobKey>, disk }`, on the group named at `$.<jobKey>.moverGroup`.
  */
-export function moverDiskMap(scope: Construct, o: {
-  mapName: string; stepName: string; task: string; jobKey: string; activities: Record<string, sfn.IActivity>;
-  resultPath: string; concurrency: number; timeout: Duration;
-}): sfn.Map {
+export function moverDiskMap(
+  scope: Construct,
+  o: {
+    mapName: string;
+    stepName: string;
+    task: string;
+    jobKey: string;
+    activities: Record<string, sfn.IActivity>;
+    resultPath: string;
+    concurrency: number;
+    timeout: Duration;
+  },
+): sfn.Map {
   const map = new sfn.Map(scope, o.mapName, {
     itemsPath: '$.disks',
     itemSelector: { 'disk.$': '$$.Map.Item.Value', [`${o.jobKey}.$`]: '$' },
     maxConcurrency: o.concurrency,
     resultPath: o.resultPath,
   });
-  map.itemProcessor(moverStep(scope, o.stepName, {
-    activities: o.activities, groupPath: `$.${o.jobKey}.moverGroup`,
-    parameters: { task: o.task, [`${o.jobKey}.$`]: `$.${o.jobKey}`, 'disk.$': '$.disk' },
-    timeout: o.timeout,
-  }));
+  map.itemProcessor(
+    moverStep(scope, o.stepName, {
+      activities: o.activities,
+      groupPath: `$.${o.jobKey}.moverGroup`,
+      parameters: { task: o.task, [`${o.jobKey}.$`]: `$.${o.jobKey}`, 'disk.$': '$.disk' },
+      timeout: o.timeout,
+    }),
+  );
   return map;
 }

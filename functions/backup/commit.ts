@@ -12,12 +12,16 @@ export interface CommitInput extends VmJob {
   verify: VerifyOutput;
 }
 
-export async function commit(input: CommitInput, deps: { catalog: Catalog; now: () => Date }): Promise<{ backupId: string; committedAt: string; consistency?: Consistency }> {
+export async function commit(
+  input: CommitInput,
+  deps: { catalog: Catalog; now: () => Date },
+): Promise<{ backupId: string; committedAt: string; consistency?: Consistency }> {
   if (!input.verify) throw new Error(`backup ${input.backupId} of VM '${input.vmId}' reached Commit without a Verify result`);
   const at = deps.now();
   const snap = input.snapshot;
   await deps.catalog.commitBackup(input.vmId, input.backupId, input.disks, at, {
-    ...(snap?.checkpoint ? { checkpoint: snap.checkpoint } : {}), ...(snap?.consistency ? { consistency: snap.consistency } : {}),
+    ...(snap?.checkpoint ? { checkpoint: snap.checkpoint } : {}),
+    ...(snap?.consistency ? { consistency: snap.consistency } : {}),
   });
   return { backupId: input.backupId, committedAt: at.toISOString(), ...(snap?.consistency ? { consistency: snap.consistency } : {}) };
 }

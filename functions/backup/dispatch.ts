@@ -40,12 +40,20 @@ export function planDispatch(job: VmJob): DispatchItem[] {
 }
 
 const sumStats = (a: TransferStats, b: TransferStats): TransferStats => ({
-  bytesScanned: a.bytesScanned + b.bytesScanned, bytesNew: a.bytesNew + b.bytesNew, bytesZero: a.bytesZero + b.bytesZero,
+  bytesScanned: a.bytesScanned + b.bytesScanned,
+  bytesNew: a.bytesNew + b.bytesNew,
+  bytesZero: a.bytesZero + b.bytesZero,
   bytesUnallocated: (a.bytesUnallocated ?? 0) + (b.bytesUnallocated ?? 0),
-  bytesUnchanged: (a.bytesUnchanged ?? 0) + (b.bytesUnchanged ?? 0), bytesRead: (a.bytesRead ?? 0) + (b.bytesRead ?? 0),
-  bytesUploaded: a.bytesUploaded + b.bytesUploaded, bytesStored: a.bytesStored + b.bytesStored, chunks: a.chunks + b.chunks,
-  zeroChunks: a.zeroChunks + b.zeroChunks, parentChunks: a.parentChunks + b.parentChunks, dedupedChunks: a.dedupedChunks + b.dedupedChunks,
-  uploadedChunks: a.uploadedChunks + b.uploadedChunks, storageRetries: (a.storageRetries ?? 0) + (b.storageRetries ?? 0),
+  bytesUnchanged: (a.bytesUnchanged ?? 0) + (b.bytesUnchanged ?? 0),
+  bytesRead: (a.bytesRead ?? 0) + (b.bytesRead ?? 0),
+  bytesUploaded: a.bytesUploaded + b.bytesUploaded,
+  bytesStored: a.bytesStored + b.bytesStored,
+  chunks: a.chunks + b.chunks,
+  zeroChunks: a.zeroChunks + b.zeroChunks,
+  parentChunks: a.parentChunks + b.parentChunks,
+  dedupedChunks: a.dedupedChunks + b.dedupedChunks,
+  uploadedChunks: a.uploadedChunks + b.uploadedChunks,
+  storageRetries: (a.storageRetries ?? 0) + (b.storageRetries ?? 0),
   // Segments run in parallel: the disk took as long as its slowest segment.
   seconds: Math.max(a.seconds, b.seconds),
 });
@@ -65,24 +73,36 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
     const count = parts[0]?.segment?.count ?? 0;
     const indexes = new Set(parts.map((p) => p.segment!.index));
     if (count === 0 || indexes.size !== count || parts.length !== count) {
-      throw new Corrupt(`disk '${disk.diskId}' of backup ${job.backupId}: expected ${count || 'its'} segment results, got segments [${[...indexes].sort().join(', ')}]`);
+      throw new Corrupt(
+        `disk '${disk.diskId}' of backup ${job.backupId}: expected ${count || 'its'} segment results, got segments [${[...indexes].sort().join(', ')}]`,
+      );
     }
     parts.sort((a, b) => a.segment!.index - b.segment!.index);
     // The disk's manifest names the segments' pieces as they are: no entry is read or written again.
     const head: ManifestHead = {
-      version: 3, backupId: job.backupId, diskId: disk.diskId, sizeBytes: disk.sizeBytes, chunkSize: job.repository.chunkSize,
-      from: 0, to: Math.ceil(disk.sizeBytes / job.repository.chunkSize), owners: [], pieces: [],
+      version: 3,
+      backupId: job.backupId,
+      diskId: disk.diskId,
+      sizeBytes: disk.sizeBytes,
+      chunkSize: job.repository.chunkSize,
+      from: 0,
+      to: Math.ceil(disk.sizeBytes / job.repository.chunkSize),
+      owners: [],
+      pieces: [],
     };
     for (const part of parts) {
       const seg = part.segment!;
       const id = segmentManifestId(disk.diskId, seg.index);
       const m = await ManifestReader.open(deps.store, deps.keys, job.backupId, id);
       if (!m) throw new Corrupt(`segment manifest ${objectKeys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
-      if (m.info.chunkSize !== head.chunkSize || m.info.sizeBytes !== disk.sizeBytes) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
-      if (m.info.version !== 3) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} has format ${m.info.version}, written by an older mover; run the backup again`);
+      if (m.info.chunkSize !== head.chunkSize || m.info.sizeBytes !== disk.sizeBytes)
+        throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
+      if (m.info.version !== 3)
+        throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} has format ${m.info.version}, written by an older mover; run the backup again`);
       const first = seg.offset / head.chunkSize;
       const end = Math.ceil((seg.offset + seg.length) / head.chunkSize);
-      if (m.info.from !== first || m.info.to !== end) throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} covers chunks ${m.info.from} to ${m.info.to}, its segment ${first} to ${end}`);
+      if (m.info.from !== first || m.info.to !== end)
+        throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} covers chunks ${m.info.from} to ${m.info.to}, its segment ${first} to ${end}`);
       for (const p of m.pieces()) {
         let owner = head.owners.indexOf(p.owner);
         if (owner < 0) owner = head.owners.push(p.owner) - 1;
@@ -96,7 +116,13 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
     const stats = parts.map((p) => p.stats).reduce(sumStats);
     // Segments share their snapshot's change tracking: any segment that could not use it says why.
     const tracking = parts.find((p) => p.changeTracking?.used === false)?.changeTracking ?? parts[0]!.changeTracking;
-    out.push({ diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats: { ...stats, bytesStored: stats.bytesStored + headBytes }, ...(tracking ? { changeTracking: tracking } : {}) });
+    out.push({
+      diskId: disk.diskId,
+      sizeBytes: disk.sizeBytes,
+      manifestKey,
+      stats: { ...stats, bytesStored: stats.bytesStored + headBytes },
+      ...(tracking ? { changeTracking: tracking } : {}),
+    });
   }
   return out;
 }

@@ -40,7 +40,6 @@ export interface PlanOutput {
   gone: GoneVm[];
 }
 
-
 /** Disks above this size are transferred in segments by several movers at once (config: policies[].segmentSizeGiB). */
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 ** 3;
 
@@ -111,22 +110,40 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
     if (vm.gone) return recordGone(vm, policy, input.runId, now, deps.catalog);
     if (!hosts.has(vm.host)) hosts.set(vm.host, deps.catalog.getHost(vm.host));
     const host = await hosts.get(vm.host);
-    if (!host) throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
+    if (!host)
+      throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
     const backupId = newBackupId(now, input.runId, vmId);
     const parent = await deps.catalog.latestParent(vmId);
     const job: VmJob = {
-      runId: input.runId, policyId: policy.policyId, backupId, vmId, host: vm.host, moverGroup: host.moverGroup, source: vm.source,
+      runId: input.runId,
+      policyId: policy.policyId,
+      backupId,
+      vmId,
+      host: vm.host,
+      moverGroup: host.moverGroup,
+      source: vm.source,
       repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
       parentBackupId: parent?.backupId ?? null,
       parentCheckpoint: parent?.checkpoint ?? null,
       ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
       ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
       parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, objectKeys.manifest(parent!.backupId, d.diskId)])),
-      slotScopes: slotScopes(vm, host, policy), slot: null, snapshot: null, minMoverVersion: minMoverVersion(),
+      slotScopes: slotScopes(vm, host, policy),
+      slot: null,
+      snapshot: null,
+      minMoverVersion: minMoverVersion(),
       segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
       ...(healChunks.length ? { healChunks } : {}),
     };
-    await deps.catalog.startBackup({ vmId, backupId, runId: input.runId, policyId: policy.policyId, status: 'running', parentBackupId: job.parentBackupId, startedAt: now.toISOString() });
+    await deps.catalog.startBackup({
+      vmId,
+      backupId,
+      runId: input.runId,
+      policyId: policy.policyId,
+      status: 'running',
+      parentBackupId: job.parentBackupId,
+      startedAt: now.toISOString(),
+    });
     return job;
   });
   const vms = planned.filter((p): p is VmJob => 'moverGroup' in p);
@@ -156,10 +173,19 @@ export const runListKey = (policyId: string, runId: string) => `runs/vms/${encod
  * run's members (backed-up and gone VMs) in the catalog for Summarize.
  */
 export async function publishPlan(out: PlanOutput, deps: { runs: Pick<RunCatalog, 'addMembers'>; store: ObjectStore; bucket: string }): Promise<PlannedRun> {
-  await deps.runs.addMembers(out.runId, [...out.vms, ...out.gone].map((v) => ({ vmId: v.vmId, backupId: v.backupId })));
+  await deps.runs.addMembers(
+    out.runId,
+    [...out.vms, ...out.gone].map((v) => ({ vmId: v.vmId, backupId: v.backupId })),
+  );
   const key = runListKey(out.policyId, out.runId);
   await deps.store.put(key, Buffer.from(JSON.stringify(out.vms)));
-  return { runId: out.runId, policyId: out.policyId, replicateTo: out.replicateTo, vmList: { bucket: deps.bucket, key, count: out.vms.length }, gone: out.gone.length };
+  return {
+    runId: out.runId,
+    policyId: out.policyId,
+    replicateTo: out.replicateTo,
+    vmList: { bucket: deps.bucket, key, count: out.vms.length },
+    gone: out.gone.length,
+  };
 }
 
 /** A gone VM is not backed up: its backup of this run is recorded failed (VmGone), and the run reports it. */
@@ -167,7 +193,16 @@ async function recordGone(vm: Vm, policy: Policy, runId: string, now: Date, cata
   const backupId = newBackupId(now, runId, vm.vmId);
   const goneSince = vm.goneSince ?? 'unknown';
   const error = { Error: VmGone.code, Cause: vmGoneMessage(vm.vmId, vm.host, goneSince) };
-  await catalog.startBackup({ vmId: vm.vmId, backupId, runId, policyId: policy.policyId, status: 'failed', parentBackupId: null, startedAt: now.toISOString(), error });
+  await catalog.startBackup({
+    vmId: vm.vmId,
+    backupId,
+    runId,
+    policyId: policy.policyId,
+    status: 'failed',
+    parentBackupId: null,
+    startedAt: now.toISOString(),
+    error,
+  });
   return { vmId: vm.vmId, backupId, host: vm.host, goneSince };
 }
 
@@ -178,8 +213,15 @@ export function makeHandlers(c: Clients) {
   return {
     handler: lambdaHandler('Plan', planInput, async (input) => {
       const bucket = c.env.runBucket;
-      if (!bucket) throw new Error('environment variable LIFEBOAT_RUN_BUCKET is not set: Plan writes the run\'s VM list to the stack\'s bucket, which the deployment must name');
-      return publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), { runs: c.runs, store: c.store(bucket), bucket });
+      if (!bucket)
+        throw new Error(
+          "environment variable LIFEBOAT_RUN_BUCKET is not set: Plan writes the run's VM list to the stack's bucket, which the deployment must name",
+        );
+      return publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), {
+        runs: c.runs,
+        store: c.store(bucket),
+        bucket,
+      });
     }),
   };
 }

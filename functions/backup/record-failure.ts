@@ -17,9 +17,11 @@ export interface RecordFailureInput extends VmJob {
  */
 export function explainDataLimit(cause: string, job: Pick<VmJob, 'vmId' | 'snapshot'>): string {
   const disks = job.snapshot?.disks.length;
-  return `${cause} — VM '${job.vmId}'${disks ? ` (${disks} disks)` : ''} outgrew Step Functions' payload quota in its own execution; `
-    + 'its snapshot and backup slot were released and nothing was committed. Next step: give its policy a larger segmentSizeGiB '
-    + '(fewer segments per large disk, so fewer transfer results to collect).';
+  return (
+    `${cause} — VM '${job.vmId}'${disks ? ` (${disks} disks)` : ''} outgrew Step Functions' payload quota in its own execution; ` +
+    'its snapshot and backup slot were released and nothing was committed. Next step: give its policy a larger segmentSizeGiB ' +
+    '(fewer segments per large disk, so fewer transfer results to collect).'
+  );
 }
 
 export async function recordFailure(input: RecordFailureInput, deps: { catalog: Catalog }): Promise<VmOutcome> {

@@ -22,13 +22,15 @@ export const RUN_LEASE_MS = 24 * 3600_000 + 10 * 60_000;
 
 const scopeOf = (policyId: string) => `run:${policyId}`;
 
-export const runLeaseInput = z.object({
-  policyId: z.string(),
-  /** The run's execution ARN: the holder, named to a run that is refused. */
-  executionArn: z.string().min(1),
-  /** Set on the failure path: the run's error, raised again once the lease is back. */
-  error: caughtError.optional(),
-}).strict();
+export const runLeaseInput = z
+  .object({
+    policyId: z.string(),
+    /** The run's execution ARN: the holder, named to a run that is refused. */
+    executionArn: z.string().min(1),
+    /** Set on the failure path: the run's error, raised again once the lease is back. */
+    error: caughtError.optional(),
+  })
+  .strict();
 type RunLeaseInput = z.output<typeof runLeaseInput>;
 type LeaseCatalog = Pick<Catalog, 'takeSlot' | 'releaseSlot' | 'slotHolder'>;
 
@@ -37,9 +39,11 @@ export async function acquireRunLease(input: RunLeaseInput, deps: { catalog: Lea
   if (await deps.catalog.takeSlot(scopeOf(input.policyId), 0, input.executionArn, now, now + RUN_LEASE_MS)) return null;
   const held = await deps.catalog.slotHolder(scopeOf(input.policyId), 0);
   const until = held ? new Date(held.expiresAt).toISOString() : 'now';
-  throw new RunBusy(`policy '${input.policyId}' already has a Backup run in progress: execution ${held?.holder ?? '(just ended)'}; `
-    + `this run was refused so the same VMs are not backed up twice. Wait for that run to end, or stop it (StopExecution); `
-    + `if it died without its failure path, its lease expires at ${until}`);
+  throw new RunBusy(
+    `policy '${input.policyId}' already has a Backup run in progress: execution ${held?.holder ?? '(just ended)'}; ` +
+      `this run was refused so the same VMs are not backed up twice. Wait for that run to end, or stop it (StopExecution); ` +
+      `if it died without its failure path, its lease expires at ${until}`,
+  );
 }
 
 /** Gives the lease back if this execution holds it (idempotent); with `error`, fails with it afterwards. */

@@ -62,7 +62,7 @@ export async function takeSlots(holder: string, scopes: SlotScope[], deps: SlotQ
     let got = mine ? keyOf(scope, mine.index) : undefined;
     const busy = new Set(held.filter((s) => s.expiresAt >= now).map((s) => s.index));
     for (let i = 0; i < limit && !got; i++) {
-      if (!busy.has(i) && await deps.catalog.takeSlot(scope, i, holder, now, expiresAt)) got = keyOf(scope, i);
+      if (!busy.has(i) && (await deps.catalog.takeSlot(scope, i, holder, now, expiresAt))) got = keyOf(scope, i);
     }
     if (!got) {
       for (const key of taken) await deps.catalog.releaseSlot(parseKey(key), holder);

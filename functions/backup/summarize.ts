@@ -24,7 +24,22 @@ export const NO_OUTCOME = 'Lifeboat.NoOutcome';
 
 /** A run's summary, built from its VMs' backup records as they are read, a page at a time. */
 export class RunTally {
-  private readonly totals = { bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0, chunks: 0, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, storageRetries: 0 };
+  private readonly totals = {
+    bytesScanned: 0,
+    bytesRead: 0,
+    bytesNew: 0,
+    bytesZero: 0,
+    bytesUnallocated: 0,
+    bytesUnchanged: 0,
+    bytesUploaded: 0,
+    bytesStored: 0,
+    chunks: 0,
+    zeroChunks: 0,
+    parentChunks: 0,
+    dedupedChunks: 0,
+    uploadedChunks: 0,
+    storageRetries: 0,
+  };
   private readonly failedVms: VmOutcome[] = [];
   private readonly committedVms: VmOutcome[] = [];
   private committed = 0;
@@ -34,7 +49,10 @@ export class RunTally {
   add(b: Backup): void {
     if (b.status !== 'committed') {
       this.failed++;
-      const error = b.error ?? { Error: NO_OUTCOME, Cause: `the execution backing up VM ${b.vmId} ended without recording an outcome for backup ${b.backupId}; see the run's Map Run for that VM's execution` };
+      const error = b.error ?? {
+        Error: NO_OUTCOME,
+        Cause: `the execution backing up VM ${b.vmId} ended without recording an outcome for backup ${b.backupId}; see the run's Map Run for that VM's execution`,
+      };
       if (this.failedVms.length < SUMMARY_VMS_LISTED) this.failedVms.push({ vmId: b.vmId, backupId: b.backupId, status: 'failed', error });
       return;
     }
@@ -42,12 +60,26 @@ export class RunTally {
     for (const d of b.disks ?? []) for (const key of Object.keys(this.totals) as (keyof typeof this.totals)[]) this.totals[key] += d.stats[key] ?? 0;
     if (this.committedVms.length >= SUMMARY_VMS_LISTED) return;
     const fullReads = (b.disks ?? []).flatMap((d) => (d.changeTracking?.used === false ? [{ diskId: d.diskId, reason: d.changeTracking.reason }] : []));
-    this.committedVms.push({ vmId: b.vmId, backupId: b.backupId, status: 'committed', ...(b.consistency ? { consistency: b.consistency } : {}), ...(fullReads.length ? { fullReads } : {}) });
+    this.committedVms.push({
+      vmId: b.vmId,
+      backupId: b.backupId,
+      status: 'committed',
+      ...(b.consistency ? { consistency: b.consistency } : {}),
+      ...(fullReads.length ? { fullReads } : {}),
+    });
   }
 
   summary(runId: string, policyId: string): RunSummary {
     const vms = [...this.failedVms, ...this.committedVms].slice(0, SUMMARY_VMS_LISTED);
-    return { runId, policyId, vms, vmsNotListed: this.committed + this.failed - vms.length, committed: this.committed, failed: this.failed, totals: { ...this.totals } };
+    return {
+      runId,
+      policyId,
+      vms,
+      vmsNotListed: this.committed + this.failed - vms.length,
+      committed: this.committed,
+      failed: this.failed,
+      totals: { ...this.totals },
+    };
   }
 }
 
@@ -72,7 +104,10 @@ export async function summarize(input: SummarizeInput, deps: SummarizeDeps): Pro
     for (const b of await deps.runs.backups(page)) {
       vmIds.push(b.vmId);
       if (b.status === 'running') {
-        const error = { Error: NO_OUTCOME, Cause: `the execution backing up VM ${b.vmId} ended without recording an outcome for backup ${b.backupId} (run ${input.runId}); see the run's Map Run for that VM's execution` };
+        const error = {
+          Error: NO_OUTCOME,
+          Cause: `the execution backing up VM ${b.vmId} ended without recording an outcome for backup ${b.backupId} (run ${input.runId}); see the run's Map Run for that VM's execution`,
+        };
         await deps.catalog.failBackup(b.vmId, b.backupId, error);
         tally.add({ ...b, status: 'failed', error });
       } else tally.add(b);

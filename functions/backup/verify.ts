@@ -31,7 +31,9 @@ export interface VerifyOutput {
 
 export async function verify(input: VerifyInput, deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
   if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
-    throw new VerifyFailed(`backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`);
+    throw new VerifyFailed(
+      `backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`,
+    );
   }
   return verifyManifests(input.backupId, input.disks, deps);
 }
@@ -44,7 +46,11 @@ export async function verify(input: VerifyInput, deps: { store: ObjectStore; key
  * (decodeManifest checked that each lies within its pack's recorded size). Verify runs it
  * on a new backup; VerifyReplica on the copy in a DR repository.
  */
-export async function verifyManifests(backupId: string, disks: { diskId: string; manifestKey: string }[], deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
+export async function verifyManifests(
+  backupId: string,
+  disks: { diskId: string; manifestKey: string }[],
+  deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number },
+): Promise<VerifyOutput> {
   let chunksChecked = 0;
   let bytesChecked = 0;
   let checksumsCompared = 0;
@@ -55,12 +61,15 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
   const headPack = (key: string): Promise<number | undefined> => {
     let size = packs.get(key);
     if (!size) {
-      packs.set(key, (size = deps.store.head(key).then((info) => {
-        if (!info) return undefined;
-        packsChecked++;
-        bytesChecked += info.size;
-        return info.size;
-      })));
+      packs.set(
+        key,
+        (size = deps.store.head(key).then((info) => {
+          if (!info) return undefined;
+          packsChecked++;
+          bytesChecked += info.size;
+          return info.size;
+        })),
+      );
       if (packs.size > RECENT) packs.delete(packs.keys().next().value!);
     }
     return size;
@@ -78,9 +87,13 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
           const key = objectKeys.pack(pack.id);
           const got = await headPack(key);
           if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
-          if (got !== pack.size) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
+          if (got !== pack.size)
+            throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
         });
-        for (let i = 0; i < batch.count; i++) { const id = batch.id(i); if (id !== null && fresh(id)) chunksChecked++; }
+        for (let i = 0; i < batch.count; i++) {
+          const id = batch.id(i);
+          if (id !== null && fresh(id)) chunksChecked++;
+        }
         continue;
       }
       const objects: { id: string; length: number; sha256: string | undefined }[] = [];
@@ -92,10 +105,14 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
         const key = objectKeys.chunk(id);
         const info = await deps.store.head(key);
         if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
-        if (info.size !== length) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
+        if (info.size !== length)
+          throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
         if (sha256 && info.sha256) {
           checksumsCompared++;
-          if (info.sha256 !== sha256) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) has SHA-256 ${info.sha256} in the store, the manifest expects ${sha256}`);
+          if (info.sha256 !== sha256)
+            throw new VerifyFailed(
+              `chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) has SHA-256 ${info.sha256} in the store, the manifest expects ${sha256}`,
+            );
         }
         chunksChecked++;
         bytesChecked += info.size;
@@ -105,7 +122,12 @@ export async function verifyManifests(backupId: string, disks: { diskId: string;
   return { chunksChecked, bytesChecked, checksumsCompared, packsChecked };
 }
 
-export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({ chunksChecked: z.number(), bytesChecked: z.number(), checksumsCompared: z.number(), packsChecked: z.number().default(0) });
+export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({
+  chunksChecked: z.number(),
+  bytesChecked: z.number(),
+  checksumsCompared: z.number(),
+  packsChecked: z.number().default(0),
+});
 export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult) }));
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */

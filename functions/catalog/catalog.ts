@@ -37,7 +37,12 @@ export interface Policy {
    * endpoint, the DR mover group that copies into it and the folder of its warm standby replica.
    */
   replicateTo?: {
-    repositoryId: string; bucket: string; endpoint?: StorageEndpoint; moverGroup?: string; standbyPath?: string; replicaVms?: ReplicaTarget;
+    repositoryId: string;
+    bucket: string;
+    endpoint?: StorageEndpoint;
+    moverGroup?: string;
+    standbyPath?: string;
+    replicaVms?: ReplicaTarget;
     /** Hours the newest DR restore point may age before the DR alert (configuration: drRpoHoursOf). */
     drRpoHours?: number;
   };
@@ -195,9 +200,15 @@ export class Catalog {
     const out: Policy[] = [];
     let start: Record<string, unknown> | undefined;
     do {
-      const page = await this.db.send(new ScanCommand({
-        TableName: this.table, FilterExpression: 'begins_with(pk, :p)', ExpressionAttributeValues: { ':p': 'POLICY#' }, ExclusiveStartKey: start, ConsistentRead: true,
-      }));
+      const page = await this.db.send(
+        new ScanCommand({
+          TableName: this.table,
+          FilterExpression: 'begins_with(pk, :p)',
+          ExpressionAttributeValues: { ':p': 'POLICY#' },
+          ExclusiveStartKey: start,
+          ConsistentRead: true,
+        }),
+      );
       for (const it of page.Items ?? []) out.push(strip<Policy>(it)!);
       start = page.LastEvaluatedKey;
     } while (start);
@@ -232,10 +243,15 @@ export class Catalog {
     const values: string[] = [];
     let start: Record<string, unknown> | undefined;
     do {
-      const out = await this.db.send(new QueryCommand({
-        TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :v)',
-        ExpressionAttributeValues: { ':pk': pk, ':v': skPrefix }, ConsistentRead: true, ExclusiveStartKey: start,
-      }));
+      const out = await this.db.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :v)',
+          ExpressionAttributeValues: { ':pk': pk, ':v': skPrefix },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
       for (const it of out.Items ?? []) values.push(it[attribute] as string);
       start = out.LastEvaluatedKey;
     } while (start);
@@ -249,19 +265,36 @@ export class Catalog {
    */
   async recordDiscoveredVm(hostId: string, d: DiscoveredVm, discovery: { id: string; at: string }): Promise<DiscoveredVmWrite> {
     const vmId = discoveredVmId(d.name, hostId);
-    const set = { vmId, host: hostId, source: d.name, name: d.name, uuid: d.uuid, state: d.state, tags: d.tags, agent: d.agent, disks: d.disks, discoveredAt: discovery.at, discoveredBy: discovery.id };
+    const set = {
+      vmId,
+      host: hostId,
+      source: d.name,
+      name: d.name,
+      uuid: d.uuid,
+      state: d.state,
+      tags: d.tags,
+      agent: d.agent,
+      disks: d.disks,
+      discoveredAt: discovery.at,
+      discoveredBy: discovery.id,
+    };
     const names = Object.fromEntries(Object.keys(set).map((a, i) => [`#a${i}`, a]));
     const values = Object.fromEntries(Object.values(set).map((v, i) => [`:v${i}`, v]));
     let old: Record<string, unknown> | undefined;
     try {
-      const out = await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: k.vm(vmId),
-        UpdateExpression: `SET ${Object.keys(set).map((_, i) => `#a${i} = :v${i}`).join(', ')}, #first = if_not_exists(#first, :id) REMOVE #gone, #goneSince`,
-        ConditionExpression: 'attribute_not_exists(pk) OR attribute_exists(#at)',
-        ExpressionAttributeNames: { ...names, '#first': 'firstDiscoveredBy', '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
-        ExpressionAttributeValues: { ...values, ':id': discovery.id },
-        ReturnValues: 'ALL_OLD',
-      }));
+      const out = await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: k.vm(vmId),
+          UpdateExpression: `SET ${Object.keys(set)
+            .map((_, i) => `#a${i} = :v${i}`)
+            .join(', ')}, #first = if_not_exists(#first, :id) REMOVE #gone, #goneSince`,
+          ConditionExpression: 'attribute_not_exists(pk) OR attribute_exists(#at)',
+          ExpressionAttributeNames: { ...names, '#first': 'firstDiscoveredBy', '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
+          ExpressionAttributeValues: { ...values, ':id': discovery.id },
+          ReturnValues: 'ALL_OLD',
+        }),
+      );
       old = out.Attributes;
     } catch (err) {
       if (isConditionFailed(err)) return 'manual';
@@ -280,13 +313,16 @@ export class Catalog {
    */
   async markVmGone(vmId: string, at: string, notSeenSince: string): Promise<boolean> {
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: k.vm(vmId),
-        UpdateExpression: 'SET #gone = :t, #goneSince = :at',
-        ConditionExpression: 'attribute_exists(#at) AND #at < :since AND attribute_not_exists(#gone)',
-        ExpressionAttributeNames: { '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
-        ExpressionAttributeValues: { ':t': true, ':at': at, ':since': notSeenSince },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: k.vm(vmId),
+          UpdateExpression: 'SET #gone = :t, #goneSince = :at',
+          ConditionExpression: 'attribute_exists(#at) AND #at < :since AND attribute_not_exists(#gone)',
+          ExpressionAttributeNames: { '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
+          ExpressionAttributeValues: { ':t': true, ':at': at, ':since': notSeenSince },
+        }),
+      );
       return true;
     } catch (err) {
       if (isConditionFailed(err)) return false;
@@ -302,14 +338,16 @@ export class Catalog {
     const items: Backup[] = [];
     let start: Record<string, unknown> | undefined;
     do {
-      const out = await this.db.send(new QueryCommand({
-        TableName: this.table,
-        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :b)',
-        ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':b': 'BACKUP#' },
-        ScanIndexForward: false,
-        ConsistentRead: true,
-        ExclusiveStartKey: start,
-      }));
+      const out = await this.db.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :b)',
+          ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':b': 'BACKUP#' },
+          ScanIndexForward: false,
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
       for (const it of out.Items ?? []) items.push(strip<Backup>(it)!);
       start = out.LastEvaluatedKey;
     } while (start);
@@ -327,8 +365,10 @@ export class Catalog {
    * them in `healChunks`).
    */
   async latestParent(vmId: string): Promise<Backup | undefined> {
-    return (await this.listBackups(vmId)).find((b) => b.status === 'committed'
-      || ((b.status as string) === 'damaged' && (b as Backup & { damage?: { foundIn?: unknown } }).damage?.foundIn !== undefined));
+    return (await this.listBackups(vmId)).find(
+      (b) =>
+        b.status === 'committed' || ((b.status as string) === 'damaged' && (b as Backup & { damage?: { foundIn?: unknown } }).damage?.foundIn !== undefined),
+    );
   }
   getBackup(vmId: string, backupId: string) {
     return this.get<Backup>(k.backup(vmId, backupId));
@@ -337,7 +377,9 @@ export class Catalog {
   /** Records a backup as running; a retry of the same Plan finds it already there. */
   async startBackup(b: Backup): Promise<void> {
     try {
-      await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.backup(b.vmId, b.backupId), ...b }, ConditionExpression: 'attribute_not_exists(pk)' }));
+      await this.db.send(
+        new PutCommand({ TableName: this.table, Item: { ...k.backup(b.vmId, b.backupId), ...b }, ConditionExpression: 'attribute_not_exists(pk)' }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
     }
@@ -345,15 +387,29 @@ export class Catalog {
 
   /** running → committed; idempotent for a backup that is already committed. */
   async commitBackup(vmId: string, backupId: string, disks: DiskResult[], at: Date, snapshot: Pick<Backup, 'checkpoint' | 'consistency'> = {}): Promise<void> {
-    const extra = { ...(snapshot.checkpoint ? { checkpoint: snapshot.checkpoint } : {}), ...(snapshot.consistency ? { consistency: snapshot.consistency } : {}) };
+    const extra = {
+      ...(snapshot.checkpoint ? { checkpoint: snapshot.checkpoint } : {}),
+      ...(snapshot.consistency ? { consistency: snapshot.consistency } : {}),
+    };
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: k.backup(vmId, backupId),
-        UpdateExpression: `SET #s = :c, disks = :d, committedAt = :t${Object.keys(extra).map((n) => `, #${n} = :${n}`).join('')}`,
-        ConditionExpression: '#s = :r',
-        ExpressionAttributeNames: { '#s': 'status', ...Object.fromEntries(Object.keys(extra).map((n) => [`#${n}`, n])) },
-        ExpressionAttributeValues: { ':c': 'committed', ':r': 'running', ':d': disks, ':t': at.toISOString(), ...Object.fromEntries(Object.entries(extra).map(([n, v]) => [`:${n}`, v])) },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: k.backup(vmId, backupId),
+          UpdateExpression: `SET #s = :c, disks = :d, committedAt = :t${Object.keys(extra)
+            .map((n) => `, #${n} = :${n}`)
+            .join('')}`,
+          ConditionExpression: '#s = :r',
+          ExpressionAttributeNames: { '#s': 'status', ...Object.fromEntries(Object.keys(extra).map((n) => [`#${n}`, n])) },
+          ExpressionAttributeValues: {
+            ':c': 'committed',
+            ':r': 'running',
+            ':d': disks,
+            ':t': at.toISOString(),
+            ...Object.fromEntries(Object.entries(extra).map(([n, v]) => [`:${n}`, v])),
+          },
+        }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
       const b = await this.getBackup(vmId, backupId);
@@ -363,23 +419,30 @@ export class Catalog {
 
   /** Records a restore test of a committed backup (the restored VM booted, or did not). */
   async recordRestoreTest(vmId: string, backupId: string, test: RestoreTest): Promise<void> {
-    await this.db.send(new UpdateCommand({
-      TableName: this.table, Key: k.backup(vmId, backupId),
-      UpdateExpression: 'SET restoreTest = :t', ConditionExpression: 'attribute_exists(pk)',
-      ExpressionAttributeValues: { ':t': test },
-    }));
+    await this.db.send(
+      new UpdateCommand({
+        TableName: this.table,
+        Key: k.backup(vmId, backupId),
+        UpdateExpression: 'SET restoreTest = :t',
+        ConditionExpression: 'attribute_exists(pk)',
+        ExpressionAttributeValues: { ':t': test },
+      }),
+    );
   }
 
   /** running → failed; a committed backup is never downgraded. */
   async failBackup(vmId: string, backupId: string, error: { Error: string; Cause: string }): Promise<void> {
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: k.backup(vmId, backupId),
-        UpdateExpression: 'SET #s = :f, #e = :e',
-        ConditionExpression: '#s = :r',
-        ExpressionAttributeNames: { '#s': 'status', '#e': 'error' },
-        ExpressionAttributeValues: { ':f': 'failed', ':r': 'running', ':e': error },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: k.backup(vmId, backupId),
+          UpdateExpression: 'SET #s = :f, #e = :e',
+          ConditionExpression: '#s = :r',
+          ExpressionAttributeNames: { '#s': 'status', '#e': 'error' },
+          ExpressionAttributeValues: { ':f': 'failed', ':r': 'running', ':e': error },
+        }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
     }
@@ -398,12 +461,14 @@ export class Catalog {
    */
   async takeSlot(host: string, i: number, holder: string, now: number, expiresAt: number): Promise<boolean> {
     try {
-      await this.db.send(new PutCommand({
-        TableName: this.table,
-        Item: { ...k.slot(host, i), holder, expiresAt },
-        ConditionExpression: 'attribute_not_exists(pk) OR expiresAt < :now OR holder = :h',
-        ExpressionAttributeValues: { ':now': now, ':h': holder },
-      }));
+      await this.db.send(
+        new PutCommand({
+          TableName: this.table,
+          Item: { ...k.slot(host, i), holder, expiresAt },
+          ConditionExpression: 'attribute_not_exists(pk) OR expiresAt < :now OR holder = :h',
+          ExpressionAttributeValues: { ':now': now, ':h': holder },
+        }),
+      );
       return true;
     } catch (err) {
       if (isConditionFailed(err)) return false;
@@ -424,12 +489,17 @@ export class Catalog {
     const out: { key: { pk: string; sk: string }; scope: string; holder: string }[] = [];
     let start: Record<string, unknown> | undefined;
     do {
-      const page = await this.db.send(new ScanCommand({
-        TableName: this.table, ConsistentRead: true, ExclusiveStartKey: start,
-        FilterExpression: 'begins_with(pk, :s) AND (holder = :h OR begins_with(holder, :p))',
-        ExpressionAttributeValues: { ':s': 'SLOT#', ':h': holder, ':p': holderPrefix },
-      }));
-      for (const it of page.Items ?? []) out.push({ key: { pk: it.pk as string, sk: it.sk as string }, scope: (it.pk as string).slice('SLOT#'.length), holder: it.holder as string });
+      const page = await this.db.send(
+        new ScanCommand({
+          TableName: this.table,
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+          FilterExpression: 'begins_with(pk, :s) AND (holder = :h OR begins_with(holder, :p))',
+          ExpressionAttributeValues: { ':s': 'SLOT#', ':h': holder, ':p': holderPrefix },
+        }),
+      );
+      for (const it of page.Items ?? [])
+        out.push({ key: { pk: it.pk as string, sk: it.sk as string }, scope: (it.pk as string).slice('SLOT#'.length), holder: it.holder as string });
       start = page.LastEvaluatedKey;
     } while (start);
     return out;
@@ -460,12 +530,16 @@ export class Catalog {
     const out: Backup[] = [];
     let start: Record<string, unknown> | undefined;
     do {
-      const page = await this.db.send(new ScanCommand({
-        TableName: this.table, ConsistentRead: true, ExclusiveStartKey: start,
-        FilterExpression: `begins_with(sk, :b)${filter ? ` AND ${filter}` : ''}`,
-        ...(filter?.includes('#s') ? { ExpressionAttributeNames: { '#s': 'status' } } : {}),
-        ExpressionAttributeValues: { ':b': 'BACKUP#', ...values },
-      }));
+      const page = await this.db.send(
+        new ScanCommand({
+          TableName: this.table,
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+          FilterExpression: `begins_with(sk, :b)${filter ? ` AND ${filter}` : ''}`,
+          ...(filter?.includes('#s') ? { ExpressionAttributeNames: { '#s': 'status' } } : {}),
+          ExpressionAttributeValues: { ':b': 'BACKUP#', ...values },
+        }),
+      );
       for (const it of page.Items ?? []) out.push(strip<Backup>(it)!);
       start = page.LastEvaluatedKey;
     } while (start);
@@ -475,7 +549,9 @@ export class Catalog {
   /** Frees the slot if `holder` still has it (a no-op otherwise: idempotent). */
   async releaseSlot(key: { pk: string; sk: string }, holder: string): Promise<void> {
     try {
-      await this.db.send(new DeleteCommand({ TableName: this.table, Key: key, ConditionExpression: 'holder = :h', ExpressionAttributeValues: { ':h': holder } }));
+      await this.db.send(
+        new DeleteCommand({ TableName: this.table, Key: key, ConditionExpression: 'holder = :h', ExpressionAttributeValues: { ':h': holder } }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
     }

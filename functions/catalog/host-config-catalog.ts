@@ -41,10 +41,16 @@ export class HostConfigCatalog {
     const records: HostConfigRecord[] = [];
     let start: Record<string, unknown> | undefined;
     do {
-      const out = await this.db.send(new QueryCommand({
-        TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :b)', ScanIndexForward: false,
-        ExpressionAttributeValues: { ':pk': `HOSTCONFIG#${hostId}`, ':b': 'BACKUP#' }, ConsistentRead: true, ExclusiveStartKey: start,
-      }));
+      const out = await this.db.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :b)',
+          ScanIndexForward: false,
+          ExpressionAttributeValues: { ':pk': `HOSTCONFIG#${hostId}`, ':b': 'BACKUP#' },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
       for (const { pk: _pk, sk: _sk, ...rest } of out.Items ?? []) records.push(rest as HostConfigRecord);
       start = out.LastEvaluatedKey;
     } while (start);

@@ -22,9 +22,15 @@ export class LockCatalog {
     const out = new Map<string, number>();
     let start: Record<string, unknown> | undefined;
     do {
-      const page = await this.db.send(new QueryCommand({
-        TableName: this.table, KeyConditionExpression: 'pk = :pk', ExpressionAttributeValues: { ':pk': pk(repository) }, ConsistentRead: true, ExclusiveStartKey: start,
-      }));
+      const page = await this.db.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk',
+          ExpressionAttributeValues: { ':pk': pk(repository) },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
       for (const it of page.Items ?? []) out.set(String(it.backupId), Date.parse(String(it.until)));
       start = page.LastEvaluatedKey;
     } while (start);
@@ -32,7 +38,12 @@ export class LockCatalog {
   }
 
   record(repository: string, backupId: string, until: Date, at: Date) {
-    return this.db.send(new PutCommand({ TableName: this.table, Item: { pk: pk(repository), sk: `BACKUP#${backupId}`, backupId, until: until.toISOString(), at: at.toISOString() } }));
+    return this.db.send(
+      new PutCommand({
+        TableName: this.table,
+        Item: { pk: pk(repository), sk: `BACKUP#${backupId}`, backupId, until: until.toISOString(), at: at.toISOString() },
+      }),
+    );
   }
 
   /** Forgets a backup that is no longer retained (pruned). */

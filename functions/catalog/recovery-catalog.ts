@@ -90,13 +90,16 @@ export class RecoveryCatalog {
   private async setDamaged(vmId: string, backupId: string, damage: BackupDamage, from: readonly ('committed' | 'damaged')[]): Promise<boolean> {
     const values = Object.fromEntries(from.map((status, i) => [`:f${i}`, status]));
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: backupKey(vmId, backupId),
-        UpdateExpression: 'SET #s = :d, damage = :g',
-        ConditionExpression: `#s IN (${Object.keys(values).join(', ')})`,
-        ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':d': 'damaged', ':g': damage, ...values },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: backupKey(vmId, backupId),
+          UpdateExpression: 'SET #s = :d, damage = :g',
+          ConditionExpression: `#s IN (${Object.keys(values).join(', ')})`,
+          ExpressionAttributeNames: { '#s': 'status' },
+          ExpressionAttributeValues: { ':d': 'damaged', ':g': damage, ...values },
+        }),
+      );
       return true;
     } catch (err) {
       if (isConditionFailed(err)) return false;
@@ -111,14 +114,17 @@ export class RecoveryCatalog {
    */
   async markHealthy(vmId: string, backupId: string, healed: { verifyId: string; healedAt: string }): Promise<BackupDamage | undefined> {
     try {
-      const out = await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: backupKey(vmId, backupId),
-        UpdateExpression: 'SET #s = :c, healed = :h REMOVE damage',
-        ConditionExpression: '#s = :d',
-        ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':h': healed },
-        ReturnValues: 'ALL_OLD',
-      }));
+      const out = await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: backupKey(vmId, backupId),
+          UpdateExpression: 'SET #s = :c, healed = :h REMOVE damage',
+          ConditionExpression: '#s = :d',
+          ExpressionAttributeNames: { '#s': 'status' },
+          ExpressionAttributeValues: { ':d': 'damaged', ':c': 'committed', ':h': healed },
+          ReturnValues: 'ALL_OLD',
+        }),
+      );
       return (out.Attributes?.damage as BackupDamage | undefined) ?? { verifyId: '', foundAt: '', findings: [] };
     } catch (err) {
       if (isConditionFailed(err)) return undefined;
@@ -132,10 +138,13 @@ export class RecoveryCatalog {
    */
   async putQuarantine(repository: string, r: QuarantineRecord): Promise<void> {
     try {
-      await this.db.send(new PutCommand({
-        TableName: this.table, Item: { ...quarantineKey(repository, r.chunkId), repository, ...r },
-        ...(r.quarantineKey ? {} : { ConditionExpression: 'attribute_not_exists(quarantineKey)' }),
-      }));
+      await this.db.send(
+        new PutCommand({
+          TableName: this.table,
+          Item: { ...quarantineKey(repository, r.chunkId), repository, ...r },
+          ...(r.quarantineKey ? {} : { ConditionExpression: 'attribute_not_exists(quarantineKey)' }),
+        }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
     }
@@ -143,10 +152,16 @@ export class RecoveryCatalog {
 
   /** Up to `limit` chunk ids quarantined in `repository` (one Query page, in id order). */
   async quarantinedChunks(repository: string, limit: number): Promise<string[]> {
-    const out = await this.db.send(new QueryCommand({
-      TableName: this.table, KeyConditionExpression: 'pk = :pk', ExpressionAttributeValues: { ':pk': quarantinePk(repository) },
-      ProjectionExpression: 'chunkId', Limit: limit, ConsistentRead: true,
-    }));
+    const out = await this.db.send(
+      new QueryCommand({
+        TableName: this.table,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': quarantinePk(repository) },
+        ProjectionExpression: 'chunkId',
+        Limit: limit,
+        ConsistentRead: true,
+      }),
+    );
     return (out.Items ?? []).map((it) => it.chunkId as string);
   }
 
@@ -161,13 +176,16 @@ export class RecoveryCatalog {
    */
   async beginPrune(vmId: string, backupId: string, reason: string, at: Date): Promise<boolean> {
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: backupKey(vmId, backupId),
-        UpdateExpression: 'SET #s = :p, pruneReason = :r, pruneStartedAt = :t',
-        ConditionExpression: '#s IN (:c, :d, :p)',
-        ExpressionAttributeNames: { '#s': 'status' },
-        ExpressionAttributeValues: { ':p': 'pruning', ':c': 'committed', ':d': 'damaged', ':r': reason, ':t': at.toISOString() },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: backupKey(vmId, backupId),
+          UpdateExpression: 'SET #s = :p, pruneReason = :r, pruneStartedAt = :t',
+          ConditionExpression: '#s IN (:c, :d, :p)',
+          ExpressionAttributeNames: { '#s': 'status' },
+          ExpressionAttributeValues: { ':p': 'pruning', ':c': 'committed', ':d': 'damaged', ':r': reason, ':t': at.toISOString() },
+        }),
+      );
       return true;
     } catch (err) {
       if (isConditionFailed(err)) return false;
@@ -190,10 +208,15 @@ export class RecoveryCatalog {
   /** Records on a backup (if it still exists) that a deep verification found it intact. */
   async markVerified(vmId: string, backupId: string, verified: { verifyId: string; at: string; chunksChecked: number; chunksTotal: number }): Promise<void> {
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: backupKey(vmId, backupId), UpdateExpression: 'SET verified = :v',
-        ConditionExpression: 'attribute_exists(pk)', ExpressionAttributeValues: { ':v': verified },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: backupKey(vmId, backupId),
+          UpdateExpression: 'SET verified = :v',
+          ConditionExpression: 'attribute_exists(pk)',
+          ExpressionAttributeValues: { ':v': verified },
+        }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
     }
@@ -204,10 +227,16 @@ export class RecoveryCatalog {
     const out: ReplicaRecord[] = [];
     let start: Record<string, unknown> | undefined;
     do {
-      const page = await this.db.send(new QueryCommand({
-        TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :r)',
-        ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':r': `REPLICA#${bucket}#` }, ScanIndexForward: false, ConsistentRead: true, ExclusiveStartKey: start,
-      }));
+      const page = await this.db.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :r)',
+          ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':r': `REPLICA#${bucket}#` },
+          ScanIndexForward: false,
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
       for (const { pk: _pk, sk: _sk, ...rest } of page.Items ?? []) out.push(rest as ReplicaRecord);
       start = page.LastEvaluatedKey;
     } while (start);
@@ -216,10 +245,16 @@ export class RecoveryCatalog {
 
   /** The VM's newest backup complete in the repository `bucket` (backup ids sort by time), if any. */
   async newestReplica(vmId: string, bucket: string): Promise<ReplicaRecord | undefined> {
-    const out = await this.db.send(new QueryCommand({
-      TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :r)',
-      ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':r': `REPLICA#${bucket}#` }, ScanIndexForward: false, Limit: 1, ConsistentRead: true,
-    }));
+    const out = await this.db.send(
+      new QueryCommand({
+        TableName: this.table,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :r)',
+        ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':r': `REPLICA#${bucket}#` },
+        ScanIndexForward: false,
+        Limit: 1,
+        ConsistentRead: true,
+      }),
+    );
     const item = out.Items?.[0];
     if (!item) return undefined;
     const { pk: _pk, sk: _sk, ...rest } = item;
@@ -233,10 +268,15 @@ export class RecoveryCatalog {
   /** Removes a backup whose manifests are gone; only one that is `pruning`. */
   async finishPrune(vmId: string, backupId: string): Promise<void> {
     try {
-      await this.db.send(new DeleteCommand({
-        TableName: this.table, Key: backupKey(vmId, backupId),
-        ConditionExpression: '#s = :p', ExpressionAttributeNames: { '#s': 'status' }, ExpressionAttributeValues: { ':p': 'pruning' },
-      }));
+      await this.db.send(
+        new DeleteCommand({
+          TableName: this.table,
+          Key: backupKey(vmId, backupId),
+          ConditionExpression: '#s = :p',
+          ExpressionAttributeNames: { '#s': 'status' },
+          ExpressionAttributeValues: { ':p': 'pruning' },
+        }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
     }

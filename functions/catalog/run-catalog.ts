@@ -54,10 +54,16 @@ export class RunCatalog {
   async *members(runId: string, pageSize = GET_BATCH): AsyncGenerator<RunMember[]> {
     let start: Record<string, unknown> | undefined;
     do {
-      const out = await this.db.send(new QueryCommand({
-        TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :v)',
-        ExpressionAttributeValues: { ':pk': `RUN#${runId}`, ':v': 'VM#' }, ExclusiveStartKey: start, Limit: pageSize, ConsistentRead: true,
-      }));
+      const out = await this.db.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :v)',
+          ExpressionAttributeValues: { ':pk': `RUN#${runId}`, ':v': 'VM#' },
+          ExclusiveStartKey: start,
+          Limit: pageSize,
+          ConsistentRead: true,
+        }),
+      );
       const page = (out.Items ?? []).map((it) => ({ vmId: it.vmId as string, backupId: it.backupId as string }));
       if (page.length) yield page;
       start = out.LastEvaluatedKey;

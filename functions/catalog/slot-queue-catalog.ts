@@ -61,10 +61,17 @@ export class SlotQueueCatalog {
       await this.db.send(new PutCommand({ TableName: this.table, Item: { ...waiterKey(holder), ...waiter }, ConditionExpression: 'attribute_not_exists(pk)' }));
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
-      const out = await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: waiterKey(holder), UpdateExpression: 'SET #t = :t', ExpressionAttributeNames: { '#t': 'token' },
-        ExpressionAttributeValues: { ':t': token }, ConditionExpression: 'attribute_exists(pk)', ReturnValues: 'ALL_NEW',
-      }));
+      const out = await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: waiterKey(holder),
+          UpdateExpression: 'SET #t = :t',
+          ExpressionAttributeNames: { '#t': 'token' },
+          ExpressionAttributeValues: { ':t': token },
+          ConditionExpression: 'attribute_exists(pk)',
+          ReturnValues: 'ALL_NEW',
+        }),
+      );
       waiter = out.Attributes as SlotWaiter;
     }
     for (const { scope } of waiter.scopes) {
@@ -80,10 +87,16 @@ export class SlotQueueCatalog {
 
   /** A page of `scope`'s queue, first in line first. */
   async entries(scope: string, start?: Record<string, unknown>): Promise<{ entries: { holder: string; seq: string }[]; next?: Record<string, unknown> }> {
-    const out = await this.db.send(new QueryCommand({
-      TableName: this.table, ConsistentRead: true, Limit: 50, ExclusiveStartKey: start,
-      KeyConditionExpression: 'pk = :pk AND begins_with(sk, :q)', ExpressionAttributeValues: { ':pk': `SLOTQ#${scope}`, ':q': 'Q#' },
-    }));
+    const out = await this.db.send(
+      new QueryCommand({
+        TableName: this.table,
+        ConsistentRead: true,
+        Limit: 50,
+        ExclusiveStartKey: start,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :q)',
+        ExpressionAttributeValues: { ':pk': `SLOTQ#${scope}`, ':q': 'Q#' },
+      }),
+    );
     return {
       entries: (out.Items ?? []).map((it) => ({ holder: it.holder as string, seq: (it.sk as string).slice(2) })),
       ...(out.LastEvaluatedKey ? { next: out.LastEvaluatedKey } : {}),
@@ -93,11 +106,16 @@ export class SlotQueueCatalog {
   /** Claims the waiter for `server` until `until` when nobody else has it and its token is still `token`; false otherwise. */
   async claim(w: SlotWaiter, server: string, now: number, until: number): Promise<boolean> {
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: waiterKey(w.holder), UpdateExpression: 'SET claimUntil = :u, claimBy = :s',
-        ConditionExpression: '#t = :t AND (attribute_not_exists(claimUntil) OR claimUntil < :now)',
-        ExpressionAttributeNames: { '#t': 'token' }, ExpressionAttributeValues: { ':u': until, ':s': server, ':t': w.token, ':now': now },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: waiterKey(w.holder),
+          UpdateExpression: 'SET claimUntil = :u, claimBy = :s',
+          ConditionExpression: '#t = :t AND (attribute_not_exists(claimUntil) OR claimUntil < :now)',
+          ExpressionAttributeNames: { '#t': 'token' },
+          ExpressionAttributeValues: { ':u': until, ':s': server, ':t': w.token, ':now': now },
+        }),
+      );
       return true;
     } catch (err) {
       if (isConditionFailed(err)) return false;
@@ -108,10 +126,15 @@ export class SlotQueueCatalog {
   /** Gives the claim back (when `server` still has it): the waiter keeps its place. */
   async unclaim(holder: string, server: string): Promise<void> {
     try {
-      await this.db.send(new UpdateCommand({
-        TableName: this.table, Key: waiterKey(holder), UpdateExpression: 'REMOVE claimUntil, claimBy',
-        ConditionExpression: 'claimBy = :s', ExpressionAttributeValues: { ':s': server },
-      }));
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: waiterKey(holder),
+          UpdateExpression: 'REMOVE claimUntil, claimBy',
+          ConditionExpression: 'claimBy = :s',
+          ExpressionAttributeValues: { ':s': server },
+        }),
+      );
     } catch (err) {
       if (!isConditionFailed(err)) throw err;
     }
@@ -123,7 +146,15 @@ export class SlotQueueCatalog {
    */
   async remove(w: SlotWaiter): Promise<boolean> {
     try {
-      await this.db.send(new DeleteCommand({ TableName: this.table, Key: waiterKey(w.holder), ConditionExpression: '#t = :t', ExpressionAttributeNames: { '#t': 'token' }, ExpressionAttributeValues: { ':t': w.token } }));
+      await this.db.send(
+        new DeleteCommand({
+          TableName: this.table,
+          Key: waiterKey(w.holder),
+          ConditionExpression: '#t = :t',
+          ExpressionAttributeNames: { '#t': 'token' },
+          ExpressionAttributeValues: { ':t': w.token },
+        }),
+      );
     } catch (err) {
       if (isConditionFailed(err)) return false;
       throw err;
@@ -151,14 +182,25 @@ export class SlotQueueCatalog {
   }
 
   async countRelease(scope: string): Promise<void> {
-    await this.db.send(new UpdateCommand({ TableName: this.table, Key: releasesKey(scope), UpdateExpression: 'ADD n :one', ExpressionAttributeValues: { ':one': 1 } }));
+    await this.db.send(
+      new UpdateCommand({ TableName: this.table, Key: releasesKey(scope), UpdateExpression: 'ADD n :one', ExpressionAttributeValues: { ':one': 1 } }),
+    );
   }
 
   /** The slots of `scope` someone holds (or held: a lease that ran out stays until it is taken over). */
   async slotsOf(scope: string): Promise<HeldSlot[]> {
-    const out = await this.db.send(new QueryCommand({
-      TableName: this.table, ConsistentRead: true, KeyConditionExpression: 'pk = :pk', ExpressionAttributeValues: { ':pk': `SLOT#${scope}` },
+    const out = await this.db.send(
+      new QueryCommand({
+        TableName: this.table,
+        ConsistentRead: true,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': `SLOT#${scope}` },
+      }),
+    );
+    return (out.Items ?? []).map((it) => ({
+      index: Number((it.sk as string).slice('SLOT#'.length)),
+      holder: it.holder as string,
+      expiresAt: it.expiresAt as number,
     }));
-    return (out.Items ?? []).map((it) => ({ index: Number((it.sk as string).slice('SLOT#'.length)), holder: it.holder as string, expiresAt: it.expiresAt as number }));
   }
 }

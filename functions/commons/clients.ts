@@ -87,17 +87,20 @@ export function observeSdkCalls(listener: ((call: SdkCall) => void) | undefined)
 
 type MiddlewareClient = { middlewareStack: { add(mw: unknown, opts: { step: 'initialize'; name: string }): void } };
 function observe(client: MiddlewareClient, service: SdkCall['service']): void {
-  client.middlewareStack.add((next: (args: { input: Record<string, unknown> }) => Promise<unknown>, context: { commandName?: string }) =>
-    async (args: { input: Record<string, unknown> }) => {
-      const call = { service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input };
-      let result: { output?: Record<string, unknown> } | undefined;
-      try {
-        result = (await next(args)) as typeof result;
-        return result;
-      } finally {
-        sdkCallListener?.({ ...call, ...(result?.output ? { output: result.output } : {}) });
-      }
-    }, { step: 'initialize', name: 'lifeboatObserveSdkCalls' });
+  client.middlewareStack.add(
+    (next: (args: { input: Record<string, unknown> }) => Promise<unknown>, context: { commandName?: string }) =>
+      async (args: { input: Record<string, unknown> }) => {
+        const call = { service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input };
+        let result: { output?: Record<string, unknown> } | undefined;
+        try {
+          result = (await next(args)) as typeof result;
+          return result;
+        } finally {
+          sdkCallListener?.({ ...call, ...(result?.output ? { output: result.output } : {}) });
+        }
+      },
+    { step: 'initialize', name: 'lifeboatObserveSdkCalls' },
+  );
 }
 
 /** Retries of the control plane's S3 requests, and requests that failed after their last attempt, since the process started. */
@@ -115,30 +118,43 @@ export function controlPlaneStorageRetries(): Readonly<typeof storageRetries> {
  * middleware records in `$metadata`.
  */
 function logRetries(client: MiddlewareClient): void {
-  client.middlewareStack.add((next: (args: { input: Record<string, unknown> }) => Promise<{ output?: { $metadata?: { attempts?: number; totalRetryDelay?: number; httpStatusCode?: number } } }>, context: { commandName?: string }) =>
-    async (args: { input: Record<string, unknown> }) => {
-      type Meta = { attempts?: number; totalRetryDelay?: number; httpStatusCode?: number };
-      const note = (meta: Meta | undefined, error?: unknown) => {
-        const retries = (meta?.attempts ?? 1) - 1;
-        // A request that failed for a reason the SDK retries (no answer, 5xx), after its last attempt; not a 404 or a 403.
-        if (error !== undefined && (meta?.httpStatusCode === undefined || meta.httpStatusCode >= 500)) storageRetries.exhausted++;
-        if (retries <= 0) return;
-        storageRetries.retries += retries;
-        powertools().metrics.addMetric(storageMetrics.controlPlaneStorageRetries, MetricUnit.Count, retries);
-        powertools().logger.info('storage.retry', {
-          op: (context.commandName ?? 'Unknown').replace(/Command$/, ''), bucket: args.input.Bucket, key: args.input.Key ?? args.input.Prefix,
-          attempts: meta!.attempts, retries, delayMs: meta!.totalRetryDelay, ...(error !== undefined ? { failed: (error as Error).name } : {}),
-        });
-      };
-      try {
-        const out = await next(args);
-        note(out.output?.$metadata);
-        return out;
-      } catch (err) {
-        note((err as { $metadata?: Meta }).$metadata, err);
-        throw err;
-      }
-    }, { step: 'initialize', name: 'lifeboatLogRetries' });
+  client.middlewareStack.add(
+    (
+      next: (args: {
+        input: Record<string, unknown>;
+      }) => Promise<{ output?: { $metadata?: { attempts?: number; totalRetryDelay?: number; httpStatusCode?: number } } }>,
+      context: { commandName?: string },
+    ) =>
+      async (args: { input: Record<string, unknown> }) => {
+        type Meta = { attempts?: number; totalRetryDelay?: number; httpStatusCode?: number };
+        const note = (meta: Meta | undefined, error?: unknown) => {
+          const retries = (meta?.attempts ?? 1) - 1;
+          // A request that failed for a reason the SDK retries (no answer, 5xx), after its last attempt; not a 404 or a 403.
+          if (error !== undefined && (meta?.httpStatusCode === undefined || meta.httpStatusCode >= 500)) storageRetries.exhausted++;
+          if (retries <= 0) return;
+          storageRetries.retries += retries;
+          powertools().metrics.addMetric(storageMetrics.controlPlaneStorageRetries, MetricUnit.Count, retries);
+          powertools().logger.info('storage.retry', {
+            op: (context.commandName ?? 'Unknown').replace(/Command$/, ''),
+            bucket: args.input.Bucket,
+            key: args.input.Key ?? args.input.Prefix,
+            attempts: meta!.attempts,
+            retries,
+            delayMs: meta!.totalRetryDelay,
+            ...(error !== undefined ? { failed: (error as Error).name } : {}),
+          });
+        };
+        try {
+          const out = await next(args);
+          note(out.output?.$metadata);
+          return out;
+        } catch (err) {
+          note((err as { $metadata?: Meta }).$metadata, err);
+          throw err;
+        }
+      },
+    { step: 'initialize', name: 'lifeboatLogRetries' },
+  );
 }
 
 /** The functions' clients for one configuration: the Lambda entry makes them from the environment (`fromEnvironment`), the embedded stack from its own servers. */

@@ -29,10 +29,12 @@ export function powertools(): { logger: Logger; metrics: Metrics } {
   const logger = new Logger({ serviceName });
   // Most functions publish no metric of their own; Metrics would warn about that on every invocation.
   const metricsLog = {
-    debug: (...a: unknown[]) => logger.debug(String(a[0]), ...a.slice(1) as []),
-    info: (...a: unknown[]) => logger.info(String(a[0]), ...a.slice(1) as []),
-    warn: (...a: unknown[]) => { if (!String(a[0]).startsWith('No application metrics to publish')) logger.warn(String(a[0]), ...a.slice(1) as []); },
-    error: (...a: unknown[]) => logger.error(String(a[0]), ...a.slice(1) as []),
+    debug: (...a: unknown[]) => logger.debug(String(a[0]), ...(a.slice(1) as [])),
+    info: (...a: unknown[]) => logger.info(String(a[0]), ...(a.slice(1) as [])),
+    warn: (...a: unknown[]) => {
+      if (!String(a[0]).startsWith('No application metrics to publish')) logger.warn(String(a[0]), ...(a.slice(1) as []));
+    },
+    error: (...a: unknown[]) => logger.error(String(a[0]), ...(a.slice(1) as [])),
   };
   shared = { logger, metrics: new Metrics({ serviceName, namespace: process.env.POWERTOOLS_METRICS_NAMESPACE ?? 'Lifeboat', logger: metricsLog }) };
   return shared;
@@ -48,7 +50,8 @@ export interface HandlerTools {
 type Issue = { message: string; path?: readonly (PropertyKey | { key: PropertyKey })[] };
 
 const pathOf = (path: Issue['path']) =>
-  (path ?? []).map((p) => (typeof p === 'object' ? p.key : p))
+  (path ?? [])
+    .map((p) => (typeof p === 'object' ? p.key : p))
     .reduce<string>((acc, k) => (typeof k === 'number' ? `${acc}[${k}]` : acc ? `${acc}.${String(k)}` : String(k)), '') || '(the input)';
 
 /** `Function.BadInput` for a failed parse: the function, then one line per bad field. */
@@ -67,14 +70,25 @@ export type LambdaHandler<R> = ((event: unknown, context: Context) => Promise<R>
  * Errors keep their name (Step Functions matches it); unexpected ones are logged. The
  * middy chain is built at the first invocation (see {@link powertools}).
  */
-export function lambdaHandler<S extends z.ZodType, R>(functionName: string, schema: S, fn: (input: z.output<S>, tools: HandlerTools) => Promise<R>): LambdaHandler<R> {
+export function lambdaHandler<S extends z.ZodType, R>(
+  functionName: string,
+  schema: S,
+  fn: (input: z.output<S>, tools: HandlerTools) => Promise<R>,
+): LambdaHandler<R> {
   let built: ((event: unknown, context: Context) => Promise<R>) | undefined;
   const build = () => {
     const { logger, metrics } = powertools();
     return middy<z.output<S>, R, Error, Context>()
       .use(injectLambdaContext(logger, { resetKeys: true }))
       .use(logMetrics(metrics))
-      .use(parser({ schema, errorHandler: (error) => { throw badInput(functionName, error); } }))
+      .use(
+        parser({
+          schema,
+          errorHandler: (error) => {
+            throw badInput(functionName, error);
+          },
+        }),
+      )
       .handler(async (input, context) => {
         try {
           return await fn(input, { logger, metrics, context });

@@ -22,7 +22,13 @@ export async function writeItemList(store: ObjectStore, bucket: string, key: str
 export const mapRunResult = z.looseObject({ MapRunArn: z.string(), ResultWriterDetails: z.object({ Bucket: z.string(), Key: z.string() }) });
 
 const manifest = z.looseObject({ ResultFiles: z.record(z.string(), z.array(z.object({ Key: z.string() }).loose())) });
-const entry = z.looseObject({ Name: z.string().optional(), Status: z.string(), Output: z.string().optional(), Error: z.string().optional(), Cause: z.string().optional() });
+const entry = z.looseObject({
+  Name: z.string().optional(),
+  Status: z.string(),
+  Output: z.string().optional(),
+  Error: z.string().optional(),
+  Cause: z.string().optional(),
+});
 
 /** One child execution's end, as its Map Run's result files record it. */
 export interface ChildResult {
@@ -45,7 +51,12 @@ export async function readMapRunResults(store: ObjectStore, manifestKey: string)
   for (const files of Object.values(m.ResultFiles)) {
     for (const f of files) {
       for (const e of z.array(entry).parse(await read(f.Key))) {
-        out.push({ ...(e.Name ? { name: e.Name } : {}), status: e.Status, ...(e.Output !== undefined ? { output: JSON.parse(e.Output) as unknown } : {}), ...(e.Error ? { error: e.Error, cause: e.Cause ?? '' } : {}) });
+        out.push({
+          ...(e.Name ? { name: e.Name } : {}),
+          status: e.Status,
+          ...(e.Output !== undefined ? { output: JSON.parse(e.Output) as unknown } : {}),
+          ...(e.Error ? { error: e.Error, cause: e.Cause ?? '' } : {}),
+        });
       }
     }
   }

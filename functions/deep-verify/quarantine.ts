@@ -36,14 +36,23 @@ import { shareDamage, type SharedDamage } from '../recovery/shared-damage.ts';
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
 export const quarantineInput = z.looseObject({
-  verifyId: text, vmId: text, backupId: text, repository: repositoryLocation,
-  findings: z.array(z.looseObject({
-    objectKey: text, reason: z.string(),
-    /** Set by movers of format 2 (always for a chunk in a pack). */
-    chunkId: z.string().regex(/^[0-9a-f]{64}$/, 'must be a chunk id').optional(),
-    /** The chunk's bytes in its pack. */
-    range: z.object({ offset: count, length: z.number().int().positive() }).strict().optional(),
-  })),
+  verifyId: text,
+  vmId: text,
+  backupId: text,
+  repository: repositoryLocation,
+  findings: z.array(
+    z.looseObject({
+      objectKey: text,
+      reason: z.string(),
+      /** Set by movers of format 2 (always for a chunk in a pack). */
+      chunkId: z
+        .string()
+        .regex(/^[0-9a-f]{64}$/, 'must be a chunk id')
+        .optional(),
+      /** The chunk's bytes in its pack. */
+      range: z.object({ offset: count, length: z.number().int().positive() }).strict().optional(),
+    }),
+  ),
 });
 
 export interface QuarantineReport {
@@ -119,7 +128,14 @@ export async function quarantineDamage(input: z.output<typeof quarantineInput>, 
     // The record first: whatever happens next, the next backups store this chunk again.
     const kept = body && (!x.packed || body.length > 0) ? quarantineKey(input.verifyId, x.objectKey, x.packed ? x.id : undefined) : undefined;
     await deps.recovery.putQuarantine(repository, {
-      chunkId: x.id, objectKey: x.objectKey, ...(kept ? { quarantineKey: kept } : {}), reason: x.reason, vmId: input.vmId, backupId: input.backupId, verifyId: input.verifyId, quarantinedAt: at,
+      chunkId: x.id,
+      objectKey: x.objectKey,
+      ...(kept ? { quarantineKey: kept } : {}),
+      reason: x.reason,
+      vmId: input.vmId,
+      backupId: input.backupId,
+      verifyId: input.verifyId,
+      quarantinedAt: at,
     });
     if (kept) {
       await deps.store.put(kept, body!);
@@ -139,7 +155,14 @@ export function makeHandlers(c: Clients) {
   return {
     handler: lambdaHandler('QuarantineDamage', quarantineInput, async (input) => {
       const { bucket, endpoint } = input.repository;
-      return quarantineDamage(input, { store: c.store(bucket, endpoint), admin: c.admin(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint), recovery: c.recovery, catalog: c.catalog, now: () => new Date() });
+      return quarantineDamage(input, {
+        store: c.store(bucket, endpoint),
+        admin: c.admin(bucket, endpoint),
+        keys: await c.repositoryKeys(bucket, endpoint),
+        recovery: c.recovery,
+        catalog: c.catalog,
+        now: () => new Date(),
+      });
     }),
   };
 }

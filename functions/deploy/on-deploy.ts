@@ -37,7 +37,10 @@ export interface OnDeployResult {
 
 export const PHYSICAL_ID = 'lifeboat-deployment';
 
-export async function onDeploy(event: OnDeployEvent, deps: { catalog: Catalog; store: (bucket: string) => ObjectStore; keyWrapper: (bucket: string) => Promise<KeyWrapper> }): Promise<OnDeployResult> {
+export async function onDeploy(
+  event: OnDeployEvent,
+  deps: { catalog: Catalog; store: (bucket: string) => ObjectStore; keyWrapper: (bucket: string) => Promise<KeyWrapper> },
+): Promise<OnDeployResult> {
   if (event.RequestType === 'Delete') {
     return { PhysicalResourceId: event.PhysicalResourceId ?? PHYSICAL_ID, Data: { repositoryKey: 'untouched', policies: 0, hosts: 0, removedPolicies: 0 } };
   }
@@ -57,7 +60,12 @@ export async function onDeploy(event: OnDeployEvent, deps: { catalog: Catalog; s
   const synced: SyncConfigOutput = await syncConfig({ config, buckets: props.buckets }, { catalog: deps.catalog });
   return {
     PhysicalResourceId: PHYSICAL_ID,
-    Data: { repositoryKey: existed ? 'exists' : 'created', policies: synced.policies.length, hosts: synced.hosts.length, removedPolicies: synced.removedPolicies.length },
+    Data: {
+      repositoryKey: existed ? 'exists' : 'created',
+      policies: synced.policies.length,
+      hosts: synced.hosts.length,
+      removedPolicies: synced.removedPolicies.length,
+    },
   };
 }
 

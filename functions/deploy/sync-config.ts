@@ -29,7 +29,7 @@ export interface SyncConfigOutput {
 /** The hosts whose VMs a policy selects from: its own, or every host when it filters by name or tag without naming hosts. */
 function policyHosts(p: LifeboatConfig['policies'][number], config: LifeboatConfig): string[] {
   if (p.vms.hosts) return p.vms.hosts;
-  return (p.vms.names?.length || p.vms.tags?.length) ? config.hosts.map((h) => h.id) : [];
+  return p.vms.names?.length || p.vms.tags?.length ? config.hosts.map((h) => h.id) : [];
 }
 
 /** A DR repository's replica VMs as the workflows need them: the site's libvirt host, network map and restore points kept. */
@@ -48,7 +48,10 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
     for (const hostId of group.hosts) {
       const host = config.hosts.find((h) => h.id === hostId)!;
       await deps.catalog.putHost({
-        hostId, moverGroup: group.id, site: group.site, maxConcurrentBackups: host.maxConcurrentBackups,
+        hostId,
+        moverGroup: group.id,
+        site: group.site,
+        maxConcurrentBackups: host.maxConcurrentBackups,
         datastores: Object.fromEntries((host.datastores ?? []).map((d) => [d.id, d.maxConcurrentBackups])),
         ...(host.driver === 'libvirt' ? { hypervisor: { driver: 'libvirt' as const, uri: host.uri!, ...(host.exports && { exports: host.exports }) } } : {}),
       });
@@ -57,25 +60,46 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
   // Where the HostConfigBackup workflow stores each libvirt host's definitions, and how many it keeps.
   const hc = hostConfigBackupSettings(config);
   const hcRepo = config.repositories.find((r) => r.id === hc.repositoryId)!;
-  await deps.catalog.putHostConfigSettings({ repositoryId: hcRepo.id, bucket: bucketOf(hcRepo.id), ...(hcRepo.endpoint ? { endpoint: hcRepo.endpoint } : {}), keep: hc.keep });
+  await deps.catalog.putHostConfigSettings({
+    repositoryId: hcRepo.id,
+    bucket: bucketOf(hcRepo.id),
+    ...(hcRepo.endpoint ? { endpoint: hcRepo.endpoint } : {}),
+    keep: hc.keep,
+  });
   for (const p of config.policies) {
     const repo = config.repositories.find((r) => r.id === p.repository)!;
     const target = p.replicateTo ? config.repositories.find((r) => r.id === p.replicateTo)! : undefined;
     const policy: Policy = {
-      policyId: p.id, vmIds: p.vms.ids ?? [], hosts: policyHosts(p, config),
-      ...(p.vms.names?.length ? { names: p.vms.names } : {}), ...(p.vms.tags?.length ? { tags: p.vms.tags } : {}),
-      bucket: bucketOf(repo.id), chunkSize: repo.chunkSizeMiB * MiB, repositoryId: repo.id, ...(repo.endpoint ? { endpoint: repo.endpoint } : {}),
-      slotLimit: p.perHostConcurrency ?? 64, retention: p.retention, rpoHours: p.rpoHours, managedBy: 'config',
+      policyId: p.id,
+      vmIds: p.vms.ids ?? [],
+      hosts: policyHosts(p, config),
+      ...(p.vms.names?.length ? { names: p.vms.names } : {}),
+      ...(p.vms.tags?.length ? { tags: p.vms.tags } : {}),
+      bucket: bucketOf(repo.id),
+      chunkSize: repo.chunkSizeMiB * MiB,
+      repositoryId: repo.id,
+      ...(repo.endpoint ? { endpoint: repo.endpoint } : {}),
+      slotLimit: p.perHostConcurrency ?? 64,
+      retention: p.retention,
+      rpoHours: p.rpoHours,
+      managedBy: 'config',
       ...(p.segmentSizeGiB ? { segmentBytes: p.segmentSizeGiB * 1024 * MiB } : {}),
       ...(p.quiesce ? { quiesce: p.quiesce } : {}),
       ...(p.restoreTest ? { restoreTest: p.restoreTest } : {}),
-      ...(target ? {
-        replicateTo: {
-          repositoryId: target.id, bucket: bucketOf(target.id), ...(target.endpoint ? { endpoint: target.endpoint } : {}), drRpoHours: drRpoHoursOf(p),
-          ...(target.replication ? { moverGroup: target.replication.moverGroup, ...(target.replication.standbyPath ? { standbyPath: target.replication.standbyPath } : {}) } : {}),
-          ...(target.replication?.replicaVms && target.site ? { replicaVms: replicaTarget(config, target.site, target.replication.replicaVms) } : {}),
-        },
-      } : {}),
+      ...(target
+        ? {
+            replicateTo: {
+              repositoryId: target.id,
+              bucket: bucketOf(target.id),
+              ...(target.endpoint ? { endpoint: target.endpoint } : {}),
+              drRpoHours: drRpoHoursOf(p),
+              ...(target.replication
+                ? { moverGroup: target.replication.moverGroup, ...(target.replication.standbyPath ? { standbyPath: target.replication.standbyPath } : {}) }
+                : {}),
+              ...(target.replication?.replicaVms && target.site ? { replicaVms: replicaTarget(config, target.site, target.replication.replicaVms) } : {}),
+            },
+          }
+        : {}),
     };
     await deps.catalog.putPolicy(policy);
   }
@@ -91,7 +115,10 @@ export async function syncConfig(input: SyncConfigInput, deps: { catalog: Catalo
 }
 
 /** The configuration itself is validated by parseConfig inside syncConfig, naming every bad key. */
-export const syncConfigInput = z.looseObject({ config: z.custom<LifeboatConfig>((v) => typeof v === 'object' && v !== null, 'must be the configuration object'), buckets: z.record(z.string(), z.string().min(1)) });
+export const syncConfigInput = z.looseObject({
+  config: z.custom<LifeboatConfig>((v) => typeof v === 'object' && v !== null, 'must be the configuration object'),
+  buckets: z.record(z.string(), z.string().min(1)),
+});
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {

@@ -18,7 +18,14 @@ const count = z.number().int().nonnegative();
 export const listDiscoveryHostsInput = z.looseObject({ hostId: text.optional() });
 
 const hostInventory = z.looseObject({
-  hostId: text, found: count, new: count, returned: count, manual: count, gone: count, stillGone: count, next: z.string().nullable(),
+  hostId: text,
+  found: count,
+  new: count,
+  returned: count,
+  manual: count,
+  gone: count,
+  stillGone: count,
+  next: z.string().nullable(),
 });
 
 export const recordInventoryInput = z.looseObject({

@@ -22,12 +22,16 @@ export interface DiscoveryHost {
 /** The hosts to inventory: the one the input names, or every libvirt host. */
 export async function listDiscoveryHosts(input: { hostId?: string | undefined }, deps: { catalog: InventoryCatalog }): Promise<{ hosts: DiscoveryHost[] }> {
   const toItem = (h: { hostId: string; moverGroup: string; hypervisor?: Hypervisor }): DiscoveryHost | undefined =>
-    (h.hypervisor?.driver === 'libvirt' ? { hostId: h.hostId, moverGroup: h.moverGroup, hypervisor: h.hypervisor } : undefined);
+    h.hypervisor?.driver === 'libvirt' ? { hostId: h.hostId, moverGroup: h.moverGroup, hypervisor: h.hypervisor } : undefined;
   if (input.hostId) {
     const host = await deps.catalog.getHost(input.hostId);
-    if (!host) throw new DiscoveryRequestInvalid(`host '${input.hostId}' is not in the catalog: configure it under "hosts" (and a mover group's "hosts") and deploy`);
+    if (!host)
+      throw new DiscoveryRequestInvalid(`host '${input.hostId}' is not in the catalog: configure it under "hosts" (and a mover group's "hosts") and deploy`);
     const item = toItem(host);
-    if (!item) throw new DiscoveryRequestInvalid(`host '${input.hostId}' uses the ${host.hypervisor?.driver ?? 'folder'} driver, which has nothing to discover: its VMs are added by hand; discovery reads libvirt hosts ("driver": "libvirt")`);
+    if (!item)
+      throw new DiscoveryRequestInvalid(
+        `host '${input.hostId}' uses the ${host.hypervisor?.driver ?? 'folder'} driver, which has nothing to discover: its VMs are added by hand; discovery reads libvirt hosts ("driver": "libvirt")`,
+      );
     return { hosts: [item] };
   }
   const hosts = (await deps.catalog.listHosts()).map(toItem).filter((h): h is DiscoveryHost => !!h);
@@ -54,7 +58,11 @@ export async function recordInventory(input: RecordInventoryInput, deps: { catal
   if (input.page.hostId !== input.hostId) throw new DiscoveryRequestInvalid(`the discover page is of host '${input.page.hostId}', not of '${input.hostId}'`);
   const startedAt = new Date(input.startedAt).toISOString();
   const at = deps.now().toISOString();
-  const t: HostInventory = { ...(input.totals ?? { hostId: input.hostId, found: 0, new: 0, returned: 0, manual: 0, gone: 0, stillGone: 0 }), hostId: input.hostId, next: input.page.next };
+  const t: HostInventory = {
+    ...(input.totals ?? { hostId: input.hostId, found: 0, new: 0, returned: 0, manual: 0, gone: 0, stillGone: 0 }),
+    hostId: input.hostId,
+    next: input.page.next,
+  };
   for (const vm of input.page.vms) {
     const write = await deps.catalog.recordDiscoveredVm(input.hostId, vm, { id: input.discoveryId, at });
     t.found++;
@@ -72,9 +80,10 @@ async function markGone(hostId: string, at: string, startedAt: string, catalog: 
     const vm = await catalog.getVm(vmId);
     if (!vm?.discoveredAt || vm.host !== hostId) continue; // added by hand: never marked
     if (vm.gone) {
-      if (vm.goneSince! >= startedAt) gone++; // marked by this discovery already (a retry) or one beside it
+      if (vm.goneSince! >= startedAt)
+        gone++; // marked by this discovery already (a retry) or one beside it
       else stillGone++;
-    } else if (vm.discoveredAt < startedAt && await catalog.markVmGone(vmId, at, startedAt)) gone++;
+    } else if (vm.discoveredAt < startedAt && (await catalog.markVmGone(vmId, at, startedAt))) gone++;
   }
   return { gone, stillGone };
 }
@@ -86,7 +95,9 @@ export function summarizeDiscovery(input: { discoveryId: string; hosts: (HostInv
   return {
     discoveryId: input.discoveryId,
     hosts: input.hosts.map((h) => ('error' in h ? { hostId: h.hostId, error: h.error } : withoutNext(h))),
-    found: sum('found'), new: sum('new'), gone: sum('gone'),
+    found: sum('found'),
+    new: sum('new'),
+    gone: sum('gone'),
     failedHosts: input.hosts.filter((h) => 'error' in h).map((h) => h.hostId),
   };
 }

@@ -32,9 +32,10 @@ export const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 120;
 export const FINAL_BACKUP_TIMEOUT_MS = 2 * 3600_000;
 
 async function libvirtHost(catalog: Catalog, vm: Vm, role: string): Promise<{ host: Host; uri: string }> {
-  const host = await catalog.getHost(vm.host) as Host | undefined;
+  const host = (await catalog.getHost(vm.host)) as Host | undefined;
   if (!host) throw new RecoveryRequestInvalid(`the ${role} '${vm.vmId}' is on host '${vm.host}', which is not configured`);
-  if (host.hypervisor?.driver !== 'libvirt') throw new RecoveryRequestInvalid(`the ${role} '${vm.vmId}' is on host '${vm.host}', which is not a libvirt host: failback switches libvirt VMs`);
+  if (host.hypervisor?.driver !== 'libvirt')
+    throw new RecoveryRequestInvalid(`the ${role} '${vm.vmId}' is on host '${vm.host}', which is not a libvirt host: failback switches libvirt VMs`);
   return { host, uri: host.hypervisor.uri };
 }
 
@@ -46,33 +47,60 @@ async function recoveryPoint(deps: Deps, vmId: string, requested: string | undef
     const dr = (await deps.catalog.getPolicy(b.policyId))?.replicateTo;
     if (dr && (await deps.recovery.getReplica(vmId, dr.bucket, b.backupId))) return b;
   }
-  throw new RecoveryRequestInvalid(`VM '${vmId}' was never failed over: none of its backups is complete in a DR repository, so there is no recovery point to fail back from (name one with "baseBackupId" if it was failed over another way)`);
+  throw new RecoveryRequestInvalid(
+    `VM '${vmId}' was never failed over: none of its backups is complete in a DR repository, so there is no recovery point to fail back from (name one with "baseBackupId" if it was failed over another way)`,
+  );
 }
 
 export async function planFailback({ failbackId, request }: z.output<typeof planFailbackInput>, deps: Deps): Promise<FailbackJob> {
   const vm = await deps.catalog.getVm(request.vmId);
   if (!vm) throw new RecoveryRequestInvalid(`VM '${request.vmId}' is not in the inventory`);
   const drVm = await deps.catalog.getVm(request.drVmId);
-  if (!drVm) throw new RecoveryRequestInvalid(`VM '${request.vmId}' was never failed over to '${request.drVmId}': no VM of that id is in the inventory. Fail over first, then let discovery (or \`lifeboat vm add\`) put the DR VM in the inventory of its DR host`);
+  if (!drVm)
+    throw new RecoveryRequestInvalid(
+      `VM '${request.vmId}' was never failed over to '${request.drVmId}': no VM of that id is in the inventory. Fail over first, then let discovery (or \`lifeboat vm add\`) put the DR VM in the inventory of its DR host`,
+    );
   const prod = await libvirtHost(deps.catalog, vm, 'production VM');
   const dr = await libvirtHost(deps.catalog, drVm, 'DR VM');
-  if (prod.host.site === dr.host.site) throw new RecoveryRequestInvalid(`VM '${drVm.vmId}' is on host '${drVm.host}' at site '${dr.host.site}', the production VM's own site: name the VM running at the DR site`);
+  if (prod.host.site === dr.host.site)
+    throw new RecoveryRequestInvalid(
+      `VM '${drVm.vmId}' is on host '${drVm.host}' at site '${dr.host.site}', the production VM's own site: name the VM running at the DR site`,
+    );
   let drPolicyId: string | undefined;
-  for (const p of await deps.catalog.listPolicies()) if ((await selectVms(p, deps.catalog).catch(() => [] as Vm[])).some((v) => v.vmId === drVm.vmId)) drPolicyId ??= p.policyId;
-  if (!drPolicyId) throw new RecoveryRequestInvalid(`the DR VM '${drVm.vmId}' is not protected at the DR site: no policy selects it. Declare a DR-site policy (configuration: a policy whose "vms" select the DR host's VMs and whose "repository" is the DR repository), back it up, then run the Failback`);
+  for (const p of await deps.catalog.listPolicies())
+    if ((await selectVms(p, deps.catalog).catch(() => [] as Vm[])).some((v) => v.vmId === drVm.vmId)) drPolicyId ??= p.policyId;
+  if (!drPolicyId)
+    throw new RecoveryRequestInvalid(
+      `the DR VM '${drVm.vmId}' is not protected at the DR site: no policy selects it. Declare a DR-site policy (configuration: a policy whose "vms" select the DR host's VMs and whose "repository" is the DR repository), back it up, then run the Failback`,
+    );
   const base = await recoveryPoint(deps, vm.vmId, request.baseBackupId);
   const newest = await deps.catalog.latestCommitted(drVm.vmId);
-  if (!newest) throw new RecoveryRequestInvalid(`the DR VM '${drVm.vmId}' has no committed backup yet: run \`lifeboat backup ${drPolicyId}\` first (failback sends what changed since the failover from the DR site's backups)`);
+  if (!newest)
+    throw new RecoveryRequestInvalid(
+      `the DR VM '${drVm.vmId}' has no committed backup yet: run \`lifeboat backup ${drPolicyId}\` first (failback sends what changed since the failover from the DR site's backups)`,
+    );
   const [from, to] = await Promise.all([resolveBackup(deps.catalog, vm.vmId, base.backupId), resolveBackup(deps.catalog, drVm.vmId, newest.backupId)]);
   const baseDisks = new Set((from.backup.disks ?? []).map((d) => d.diskId));
   const disks = (to.backup.disks ?? []).map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes }));
   const missing = disks.filter((d) => !baseDisks.has(d.diskId)).map((d) => d.diskId);
-  if (missing.length) throw new RecoveryRequestInvalid(`the DR VM '${drVm.vmId}' has disk(s) ${missing.join(', ')} that the recovery point ${base.backupId} of '${vm.vmId}' does not: add them to the production VM, or restore it from the DR site's backup instead`);
+  if (missing.length)
+    throw new RecoveryRequestInvalid(
+      `the DR VM '${drVm.vmId}' has disk(s) ${missing.join(', ')} that the recovery point ${base.backupId} of '${vm.vmId}' does not: add them to the production VM, or restore it from the DR site's backup instead`,
+    );
   return failbackJob.parse({
-    failbackId, vmId: vm.vmId, drVmId: drVm.vmId, productionGroup: prod.host.moverGroup, drGroup: dr.host.moverGroup,
-    production: { uri: prod.uri, name: vm.source }, dr: { uri: dr.uri, name: drVm.source }, drPolicyId,
-    base: { backupId: base.backupId, repository: from.repository }, target: { backupId: newest.backupId, repository: to.repository },
-    disks, shutdownTimeoutSeconds: request.shutdownTimeoutSeconds ?? DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, readiness: request.readiness ?? { agent: true },
+    failbackId,
+    vmId: vm.vmId,
+    drVmId: drVm.vmId,
+    productionGroup: prod.host.moverGroup,
+    drGroup: dr.host.moverGroup,
+    production: { uri: prod.uri, name: vm.source },
+    dr: { uri: dr.uri, name: drVm.source },
+    drPolicyId,
+    base: { backupId: base.backupId, repository: from.repository },
+    target: { backupId: newest.backupId, repository: to.repository },
+    disks,
+    shutdownTimeoutSeconds: request.shutdownTimeoutSeconds ?? DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    readiness: request.readiness ?? { agent: true },
   });
 }
 
@@ -81,19 +109,34 @@ const startDate = z.union([text, z.number()]).transform((v) => (typeof v === 'nu
 export const checkFinalBackupInput = z.object({ job: failbackJob, runId: text, startedAt: startDate }).strict();
 
 /** Whether the final DR-site Backup run committed the DR VM's backup: `{ done, backupId }`; a failed one fails the failback, naming the run. */
-export async function checkFinalBackup(input: z.output<typeof checkFinalBackupInput>, deps: Pick<Deps, 'catalog' | 'now'>): Promise<{ done: boolean; backupId: string | null }> {
+export async function checkFinalBackup(
+  input: z.output<typeof checkFinalBackupInput>,
+  deps: Pick<Deps, 'catalog' | 'now'>,
+): Promise<{ done: boolean; backupId: string | null }> {
   const { job, runId } = input;
   const b = (await deps.catalog.listBackups(job.drVmId)).find((x) => x.runId === runId);
   if (b?.status === 'committed') return { done: true, backupId: b.backupId };
-  if (b?.status === 'failed') throw new RecoveryRequestInvalid(`the final backup of the DR VM '${job.drVmId}' (run ${runId} of policy ${job.drPolicyId}) failed: ${b.error?.Error ?? ''} ${b.error?.Cause ?? ''}. The DR VM is shut off and production was not started: start the DR VM again (virsh start ${job.dr.name}), or fix the cause and run the Failback again`);
-  if (deps.now().getTime() - Date.parse(input.startedAt) > FINAL_BACKUP_TIMEOUT_MS) throw new RecoveryRequestInvalid(`the final backup of the DR VM '${job.drVmId}' (run ${runId}) did not commit within ${FINAL_BACKUP_TIMEOUT_MS / 3600_000} h; see \`lifeboat runs ${runId}\``);
+  if (b?.status === 'failed')
+    throw new RecoveryRequestInvalid(
+      `the final backup of the DR VM '${job.drVmId}' (run ${runId} of policy ${job.drPolicyId}) failed: ${b.error?.Error ?? ''} ${b.error?.Cause ?? ''}. The DR VM is shut off and production was not started: start the DR VM again (virsh start ${job.dr.name}), or fix the cause and run the Failback again`,
+    );
+  if (deps.now().getTime() - Date.parse(input.startedAt) > FINAL_BACKUP_TIMEOUT_MS)
+    throw new RecoveryRequestInvalid(
+      `the final backup of the DR VM '${job.drVmId}' (run ${runId}) did not commit within ${FINAL_BACKUP_TIMEOUT_MS / 3600_000} h; see \`lifeboat runs ${runId}\``,
+    );
   return { done: false, backupId: null };
 }
 
-export const recordFailbackInput = z.object({
-  job: failbackJob, finalBackupId: text,
-  sync: z.array(failbackDiskResult), final: z.array(failbackDiskResult), stopped: stoppedVm, started: startedVm,
-}).strict();
+export const recordFailbackInput = z
+  .object({
+    job: failbackJob,
+    finalBackupId: text,
+    sync: z.array(failbackDiskResult),
+    final: z.array(failbackDiskResult),
+    stopped: stoppedVm,
+    started: startedVm,
+  })
+  .strict();
 
 export async function recordFailback(input: z.output<typeof recordFailbackInput>, deps: Pick<Deps, 'recovery' | 'now'>): Promise<FailbackReport> {
   const { job } = input;
@@ -101,9 +144,16 @@ export async function recordFailback(input: z.output<typeof recordFailbackInput>
   const sum = (k: 'bytesChanged' | 'bytesWritten' | 'bytesSent' | 'chunksDrifted') => all.reduce((n, d) => n + d[k], 0);
   const outageStart = Date.parse(input.stopped.stoppedAt) - input.stopped.seconds * 1000;
   const report: FailbackReport = {
-    failbackId: job.failbackId, vmId: job.vmId, drVmId: job.drVmId, baseBackupId: job.base.backupId,
-    syncBackupId: job.target.backupId, finalBackupId: input.finalBackupId,
-    bytesChanged: sum('bytesChanged'), bytesWritten: sum('bytesWritten'), bytesSent: sum('bytesSent'), chunksDrifted: sum('chunksDrifted'),
+    failbackId: job.failbackId,
+    vmId: job.vmId,
+    drVmId: job.drVmId,
+    baseBackupId: job.base.backupId,
+    syncBackupId: job.target.backupId,
+    finalBackupId: input.finalBackupId,
+    bytesChanged: sum('bytesChanged'),
+    bytesWritten: sum('bytesWritten'),
+    bytesSent: sum('bytesSent'),
+    chunksDrifted: sum('chunksDrifted'),
     outageSeconds: Math.round((Date.parse(input.started.readyAt) - outageStart) / 100) / 10,
     production: { domain: input.started.domain, state: input.started.state, readyAt: input.started.readyAt },
     disks: { sync: input.sync, final: input.final },

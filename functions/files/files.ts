@@ -17,7 +17,10 @@ export const planFilesInput = z.object({ filesId: z.string().min(1), request: fi
 export async function planFiles({ filesId, request }: z.output<typeof planFilesInput>, deps: { catalog: Catalog }): Promise<FilesJob> {
   const { backup, repository } = await resolveBackup(deps.catalog, request.vmId, request.backupId);
   const disk = request.diskId ? backup.disks.find((d) => d.diskId === request.diskId) : backup.disks[0];
-  if (!disk) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${request.vmId}' has no disk '${request.diskId}'; it has ${backup.disks.map((d) => `'${d.diskId}'`).join(', ')}`);
+  if (!disk)
+    throw new RecoveryRequestInvalid(
+      `backup '${backup.backupId}' of VM '${request.vmId}' has no disk '${request.diskId}'; it has ${backup.disks.map((d) => `'${d.diskId}'`).join(', ')}`,
+    );
   let moverGroup = request.moverGroup;
   if (!moverGroup) {
     const vm = await deps.catalog.getVm(request.vmId);

@@ -92,7 +92,12 @@ export interface ExtendLocksDeps {
 }
 
 /** The lock target of a retained backup: `need` is what its objects must reach, `set` what they are given. */
-export function lockTarget(b: Pick<Backup, 'startedAt'>, policy: Pick<Policy, 'retention' | 'rpoHours'> | undefined, lockDays: number, now: Date): { need: number; set: number; unbounded: boolean } {
+export function lockTarget(
+  b: Pick<Backup, 'startedAt'>,
+  policy: Pick<Policy, 'retention' | 'rpoHours'> | undefined,
+  lockDays: number,
+  now: Date,
+): { need: number; set: number; unbounded: boolean } {
   const horizon = retentionHorizonMs(policy?.retention, policy?.rpoHours);
   const expiry = horizon === undefined ? undefined : Date.parse(b.startedAt) + Math.max(lockDays * DAY_MS, horizon);
   if (expiry !== undefined && expiry > now.getTime()) return { need: expiry, set: expiry, unbounded: false };
@@ -104,8 +109,15 @@ export async function extendRepositoryLocks(input: z.output<typeof extendLocksIn
   const started = deps.now();
   const { bucket } = input.request;
   const report: LockReport = {
-    gcId: input.gcId, bucket, objectLock: null, backups: { retained: 0, alreadyLocked: 0, done: 0, left: 0, unbounded: 0, notRetained: 0 },
-    objects: { read: 0, extended: 0, alreadyLocked: 0 }, missing: [], failed: [], more: false, seconds: 0,
+    gcId: input.gcId,
+    bucket,
+    objectLock: null,
+    backups: { retained: 0, alreadyLocked: 0, done: 0, left: 0, unbounded: 0, notRetained: 0 },
+    objects: { read: 0, extended: 0, alreadyLocked: 0 },
+    missing: [],
+    failed: [],
+    more: false,
+    seconds: 0,
   };
   const finish = () => {
     report.seconds = (deps.now().getTime() - started.getTime()) / 1000;
@@ -161,9 +173,11 @@ export async function extendRepositoryLocks(input: z.output<typeof extendLocksIn
   report.more = report.backups.left > 0;
   if (report.failed.length > 0) {
     const first = report.failed[0]!;
-    throw new LocksNotExtended(`${report.failed.length}${report.failed.length >= LISTED ? ' or more' : ''} objects of repository '${bucket}' could not be locked until their backups' expiry `
-      + `(first: ${first.key}: ${first.reason}); nothing was deleted. Check that ExtendLocks' role is granted s3:PutObjectRetention on the bucket; `
-      + `the backups whose objects were locked are recorded, the others are tried again by the next Garbage collection run`);
+    throw new LocksNotExtended(
+      `${report.failed.length}${report.failed.length >= LISTED ? ' or more' : ''} objects of repository '${bucket}' could not be locked until their backups' expiry ` +
+        `(first: ${first.key}: ${first.reason}); nothing was deleted. Check that ExtendLocks' role is granted s3:PutObjectRetention on the bucket; ` +
+        `the backups whose objects were locked are recorded, the others are tried again by the next Garbage collection run`,
+    );
   }
   return finish();
 }
@@ -174,8 +188,14 @@ export function makeHandlers(c: Clients) {
     handler: lambdaHandler('ExtendLocks', extendLocksInput, async (input, { context }) => {
       const { bucket, endpoint } = input.request;
       return extendRepositoryLocks(input, {
-        catalog: c.catalog, records: c.lockRecords, admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint),
-        keys: await c.repositoryKeys(bucket, endpoint), locks: c.locks(bucket, endpoint), now: () => new Date(), remainingMs: () => context.getRemainingTimeInMillis(),
+        catalog: c.catalog,
+        records: c.lockRecords,
+        admin: c.admin(bucket, endpoint),
+        store: c.store(bucket, endpoint),
+        keys: await c.repositoryKeys(bucket, endpoint),
+        locks: c.locks(bucket, endpoint),
+        now: () => new Date(),
+        remainingMs: () => context.getRemainingTimeInMillis(),
       });
     }),
   };

@@ -44,7 +44,9 @@ export function catalogGcLease(catalog: Pick<Catalog, 'takeSlot' | 'releaseSlot'
  */
 export async function holdingLease(lease: GcLease, gcId: string, bucket: string, now: number, collect: () => Promise<GcReport>): Promise<GcReport> {
   if (!(await lease.take(gcId, now, now + GC_LEASE_MS))) {
-    throw new GcBusy(`another garbage collection of repository '${bucket}' is running (it holds the repository's GC lease until it ends, or ${GC_LEASE_MS / 60_000} min after its last step if it died); this one waits for it`);
+    throw new GcBusy(
+      `another garbage collection of repository '${bucket}' is running (it holds the repository's GC lease until it ends, or ${GC_LEASE_MS / 60_000} min after its last step if it died); this one waits for it`,
+    );
   }
   let report: GcReport | undefined;
   try {
@@ -52,7 +54,10 @@ export async function holdingLease(lease: GcLease, gcId: string, bucket: string,
     return report;
   } finally {
     // After a failure the lease goes back too (the workflow's retry takes it again); failing to give it back then must not hide the failure.
-    if (!report?.deferred) await lease.release(gcId).catch((err: unknown) => { if (report) throw err; });
+    if (!report?.deferred)
+      await lease.release(gcId).catch((err: unknown) => {
+        if (report) throw err;
+      });
   }
 }
 

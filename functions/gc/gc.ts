@@ -78,20 +78,22 @@ const RETENTION_READS = 16;
 /** Re-indexing reads no further pack, and consolidation starts no group of index objects, once the invocation has less time left than this. */
 const INDEX_WORK_MARGIN_MS = 120_000;
 
-export const gcRequest = z.object({
-  /** The repository bucket to collect. */
-  bucket: z.string().min(1),
-  /** Its endpoint, when it is not the stack's own S3 (a DR repository on other storage). */
-  endpoint: storageEndpoint.optional(),
-  /** Chunks younger than this are never deleted (default 48). */
-  graceHours: z.number().nonnegative().optional(),
-  /** The repository's Object Lock default retention in days (objects younger are locked). */
-  objectLockDays: z.number().int().positive().optional(),
-  /** Report what would be deleted; delete nothing. */
-  dryRun: z.boolean().optional(),
-  /** Seconds the workflow waits when running backups defer the sweep (default 120; the workflow reads it). */
-  deferSeconds: z.number().int().min(1).max(GC_DEFER_MAX_SECONDS).optional(),
-}).strict();
+export const gcRequest = z
+  .object({
+    /** The repository bucket to collect. */
+    bucket: z.string().min(1),
+    /** Its endpoint, when it is not the stack's own S3 (a DR repository on other storage). */
+    endpoint: storageEndpoint.optional(),
+    /** Chunks younger than this are never deleted (default 48). */
+    graceHours: z.number().nonnegative().optional(),
+    /** The repository's Object Lock default retention in days (objects younger are locked). */
+    objectLockDays: z.number().int().positive().optional(),
+    /** Report what would be deleted; delete nothing. */
+    dryRun: z.boolean().optional(),
+    /** Seconds the workflow waits when running backups defer the sweep (default 120; the workflow reads it). */
+    deferSeconds: z.number().int().min(1).max(GC_DEFER_MAX_SECONDS).optional(),
+  })
+  .strict();
 export const gcInput = z.object({ gcId: z.string().min(1), request: gcRequest }).strict();
 
 interface GcDeps {
@@ -226,19 +228,25 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
   };
   candidates = await unlocked(candidates);
   // Packs listed by one index object next to each other: each index object is rewritten once, not once per batch.
-  const firstIndex = (o: ListedObject) => index.listing(packIdOfKey(o.key) ?? '').map((e) => e.indexId).sort()[0] ?? '';
+  const firstIndex = (o: ListedObject) =>
+    index
+      .listing(packIdOfKey(o.key) ?? '')
+      .map((e) => e.indexId)
+      .sort()[0] ?? '';
   const order = new Map(candidates.map((o) => [o.key, firstIndex(o)]));
   candidates.sort((a, b) => {
     const x = order.get(a.key)!;
     const y = order.get(b.key)!;
     return x < y ? -1 : x > y ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
   });
-  const failedObjects = await unlocked((await failedBackupObjects(deps.admin, statuses, graceEdge, report)).filter((o) => {
-    const until = lockedUntil(o.lastModified);
-    if (until <= started.getTime()) return true;
-    lock(o, until);
-    return false;
-  }));
+  const failedObjects = await unlocked(
+    (await failedBackupObjects(deps.admin, statuses, graceEdge, report)).filter((o) => {
+      const until = lockedUntil(o.lastModified);
+      if (until <= started.getTime()) return true;
+      lock(o, until);
+      return false;
+    }),
+  );
   for await (const o of deps.admin.list(QUARANTINE_PREFIX)) {
     report.quarantine.objects++;
     report.quarantine.bytes += o.size;
@@ -259,8 +267,14 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     const merged = plan.groups.reduce((n, g) => n + g.sources.length, 0);
     const written = plan.groups.filter((g) => g.packs.size > 0).length;
     report.consolidation = {
-      objectsBefore: after.objects.size, objectsAfter: after.objects.size - merged + written, candidates: plan.candidates, merged, written,
-      entries: plan.groups.reduce((n, g) => n + g.entries, 0), entriesDropped: plan.groups.reduce((n, g) => n + g.dropped, 0), stopped: null,
+      objectsBefore: after.objects.size,
+      objectsAfter: after.objects.size - merged + written,
+      candidates: plan.candidates,
+      merged,
+      written,
+      entries: plan.groups.reduce((n, g) => n + g.entries, 0),
+      entriesDropped: plan.groups.reduce((n, g) => n + g.dropped, 0),
+      stopped: null,
     };
     for (const o of candidates) countsOf(o.key).deleted++;
     report.failedBackups.deleted = failedObjects.length;
@@ -345,7 +359,14 @@ async function collect({ gcId, request }: z.output<typeof gcInput>, deps: GcDeps
     const plan = planConsolidation(index, settings, mergeable, (p) => storedPacks.has(p) && !deleted.has(objectKeys.pack(p)));
     report.consolidation.candidates = plan.candidates;
     const out = await consolidateIndex(deps, index, plan, inTime);
-    Object.assign(report.consolidation, { objectsAfter: index.objects.size, merged: out.merged, written: out.written, entries: out.entries, entriesDropped: out.dropped, stopped: out.stopped });
+    Object.assign(report.consolidation, {
+      objectsAfter: index.objects.size,
+      merged: out.merged,
+      written: out.written,
+      entries: out.entries,
+      entriesDropped: out.dropped,
+      stopped: out.stopped,
+    });
     report.failed.push(...out.failed);
   }
 
@@ -376,9 +397,16 @@ export function makeHandlers(c: Clients) {
     handler: lambdaHandler('CollectGarbage', gcInput, async (input, { context }) => {
       const { bucket, endpoint } = input.request;
       return collectGarbage(input, {
-        admin: c.admin(bucket, endpoint), store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint),
-        locks: c.locks(bucket, endpoint), recovery: c.recovery, running: () => liveRunningBackups(c.catalog, Date.now()), backupStatuses: () => c.catalog.backupStatuses(), now: () => new Date(),
-        remainingMs: () => context.getRemainingTimeInMillis(), lease: catalogGcLease(c.catalog, bucket, endpoint),
+        admin: c.admin(bucket, endpoint),
+        store: c.store(bucket, endpoint),
+        keys: await c.repositoryKeys(bucket, endpoint),
+        locks: c.locks(bucket, endpoint),
+        recovery: c.recovery,
+        running: () => liveRunningBackups(c.catalog, Date.now()),
+        backupStatuses: () => c.catalog.backupStatuses(),
+        now: () => new Date(),
+        remainingMs: () => context.getRemainingTimeInMillis(),
+        lease: catalogGcLease(c.catalog, bucket, endpoint),
       });
     }),
   };

@@ -35,22 +35,40 @@ export async function planHostConfigBackup(
   deps: { catalog: Pick<Catalog, 'getHost' | 'listHosts' | 'getHostConfigSettings'>; now: () => Date; random: () => string },
 ): Promise<{ hosts: HostConfigJob[] }> {
   const settings = await deps.catalog.getHostConfigSettings();
-  if (!settings) throw new HostConfigRequestInvalid('the catalog holds no host configuration backup settings: the configuration was synced by an older version; deploy again (embedded stack: start it again) so SyncConfig writes them');
+  if (!settings)
+    throw new HostConfigRequestInvalid(
+      'the catalog holds no host configuration backup settings: the configuration was synced by an older version; deploy again (embedded stack: start it again) so SyncConfig writes them',
+    );
   const repository: RepositoryLocation = settings.endpoint ? { bucket: settings.bucket, endpoint: settings.endpoint } : { bucket: settings.bucket };
   const at = deps.now();
   const job = (h: { hostId: string; moverGroup: string; hypervisor?: Hypervisor }): HostConfigJob | undefined => {
     if (h.hypervisor?.driver !== 'libvirt') return undefined;
     const backupId = hostConfigBackupId(at, deps.random());
-    return { hostId: h.hostId, moverGroup: h.moverGroup, hypervisor: h.hypervisor, repository, backupId, objectKey: hostConfigKey(h.hostId, backupId), keep: settings.keep };
+    return {
+      hostId: h.hostId,
+      moverGroup: h.moverGroup,
+      hypervisor: h.hypervisor,
+      repository,
+      backupId,
+      objectKey: hostConfigKey(h.hostId, backupId),
+      keep: settings.keep,
+    };
   };
   if (input.hostId) {
     const host = await deps.catalog.getHost(input.hostId);
-    if (!host) throw new HostConfigRequestInvalid(`host '${input.hostId}' is not in the catalog: configure it under "hosts" (and a mover group's "hosts") and deploy`);
+    if (!host)
+      throw new HostConfigRequestInvalid(`host '${input.hostId}' is not in the catalog: configure it under "hosts" (and a mover group's "hosts") and deploy`);
     const item = job(host);
-    if (!item) throw new HostConfigRequestInvalid(`host '${input.hostId}' uses the ${host.hypervisor?.driver ?? 'folder'} driver, which has no host configuration to back up; host configuration backups read libvirt hosts ("driver": "libvirt")`);
+    if (!item)
+      throw new HostConfigRequestInvalid(
+        `host '${input.hostId}' uses the ${host.hypervisor?.driver ?? 'folder'} driver, which has no host configuration to back up; host configuration backups read libvirt hosts ("driver": "libvirt")`,
+      );
     return { hosts: [item] };
   }
-  const hosts = (await deps.catalog.listHosts()).sort((a, b) => a.hostId.localeCompare(b.hostId)).map(job).filter((h): h is HostConfigJob => !!h);
+  const hosts = (await deps.catalog.listHosts())
+    .sort((a, b) => a.hostId.localeCompare(b.hostId))
+    .map(job)
+    .filter((h): h is HostConfigJob => !!h);
   return { hosts };
 }
 
@@ -73,7 +91,9 @@ export async function recordHostConfig(
 ): Promise<HostConfigOutcome> {
   const { job, result } = input;
   if (result.hostId !== job.hostId || result.objectKey !== job.objectKey) {
-    throw new HostConfigRequestInvalid(`the mover's result names host '${result.hostId}' and object ${result.objectKey}, but the task was host '${job.hostId}' into ${job.objectKey}: a mover of another version? Check the mover group '${job.moverGroup}'`);
+    throw new HostConfigRequestInvalid(
+      `the mover's result names host '${result.hostId}' and object ${result.objectKey}, but the task was host '${job.hostId}' into ${job.objectKey}: a mover of another version? Check the mover group '${job.moverGroup}'`,
+    );
   }
   const now = deps.now();
   await deps.hostConfigs.put({ ...result, repository: job.repository, recordedAt: now.toISOString(), runId: input.runId });
@@ -100,7 +120,10 @@ export async function recordHostConfig(
   const swept = orphans.length ? await admin.delete(orphans) : { deleted: [], failed: [] };
   notDeleted.push(...swept.failed);
   return {
-    ...result, kept: records.length - deleted.length, deleted, orphansDeleted: swept.deleted.length,
+    ...result,
+    kept: records.length - deleted.length,
+    deleted,
+    orphansDeleted: swept.deleted.length,
     ...(notDeleted.length ? { notDeleted } : {}),
   };
 }

@@ -33,8 +33,16 @@ const hostConfigJob = z.looseObject({
 export const recordHostConfigInput = z.looseObject({ runId: text, job: hostConfigJob, result: hostConfigResult });
 
 const hostConfigOutcome = z.looseObject({
-  hostId: text, backupId: text, objectKey: text, takenAt: z.string(), sha256: z.string(), bytes: count, counts: hostConfigCounts,
-  kept: count, deleted: z.array(text), orphansDeleted: count,
+  hostId: text,
+  backupId: text,
+  objectKey: text,
+  takenAt: z.string(),
+  sha256: z.string(),
+  bytes: count,
+  counts: hostConfigCounts,
+  kept: count,
+  deleted: z.array(text),
+  orphansDeleted: count,
 });
 
 export const summarizeHostConfigBackupInput = z.looseObject({
@@ -46,9 +54,11 @@ export const summarizeHostConfigBackupInput = z.looseObject({
 export function makeHandlers(c: Clients) {
   return {
     planHandler: lambdaHandler('PlanHostConfigBackup', planHostConfigBackupInput, (input) =>
-      planHostConfigBackup(input, { catalog: c.catalog, now: () => new Date(), random: () => randomBytes(4).toString('hex') })),
+      planHostConfigBackup(input, { catalog: c.catalog, now: () => new Date(), random: () => randomBytes(4).toString('hex') }),
+    ),
     recordHandler: lambdaHandler('RecordHostConfig', recordHostConfigInput, (input) =>
-      recordHostConfig(input, { hostConfigs: c.hostConfigs, admin: (r) => c.admin(r.bucket, r.endpoint), now: () => new Date() })),
+      recordHostConfig(input, { hostConfigs: c.hostConfigs, admin: (r) => c.admin(r.bucket, r.endpoint), now: () => new Date() }),
+    ),
     summarizeHandler: lambdaHandler('SummarizeHostConfigBackup', summarizeHostConfigBackupInput, async (input, { metrics }) => {
       const summary = summarizeHostConfigBackup(input);
       metrics.addMetric(hostConfigMetrics.hostsFailed, MetricUnit.Count, summary.failedHosts.length);

@@ -54,7 +54,14 @@ export async function answer(req: ApiRequest, deps: ApiDeps): Promise<ApiAnswer>
       throw err;
     }
   }
-  if (req.method !== 'GET') return { status: 405, body: { error: 'MethodNotAllowed', message: `${req.method} ${path}: the operator API only reads (GET), but for POST /api/vms (\`lifeboat vm add\`); start workflows with Step Functions StartExecution (\`lifeboat backup|restore|verify\`)` } };
+  if (req.method !== 'GET')
+    return {
+      status: 405,
+      body: {
+        error: 'MethodNotAllowed',
+        message: `${req.method} ${path}: the operator API only reads (GET), but for POST /api/vms (\`lifeboat vm add\`); start workflows with Step Functions StartExecution (\`lifeboat backup|restore|verify\`)`,
+      },
+    };
   switch (what) {
     case 'vms':
       if (!id) return { status: 200, body: await listVms(deps) };
@@ -80,15 +87,21 @@ export async function answer(req: ApiRequest, deps: ApiDeps): Promise<ApiAnswer>
       if (!id) return { status: 200, body: await hostConfigBackups(deps, query.get('host') ?? undefined) };
       if (!sub) return { status: 200, body: await hostConfigBackups(deps, id) };
       const record = await deps.hostConfigs.get(id, sub);
-      return record ? { status: 200, body: record } : notFound(`host '${id}' has no host configuration backup '${sub}': list its backups with \`lifeboat host-config list --host ${id}\``);
+      return record
+        ? { status: 200, body: record }
+        : notFound(`host '${id}' has no host configuration backup '${sub}': list its backups with \`lifeboat host-config list --host ${id}\``);
     }
     case 'progress': {
       if (!id) break;
       const p = await operationProgress(id, deps);
-      return p ? { status: 200, body: p } : notFound(`no progress for '${id}': its tasks have not started yet, or it ended more than a day ago (progress objects expire)`);
+      return p
+        ? { status: 200, body: p }
+        : notFound(`no progress for '${id}': its tasks have not started yet, or it ended more than a day ago (progress objects expire)`);
     }
   }
-  return notFound(`no such API path ${path}: the API has /api/vms, /api/vms/<vm>/backups, /api/runs, /api/runs/<run>, /api/policies, /api/movers, /api/restore-points, /api/alerts, /api/progress/<id>, /api/host-configs`);
+  return notFound(
+    `no such API path ${path}: the API has /api/vms, /api/vms/<vm>/backups, /api/runs, /api/runs/<run>, /api/policies, /api/movers, /api/restore-points, /api/alerts, /api/progress/<id>, /api/host-configs`,
+  );
 }
 
 /** The Backup workflow's executions through the Step Functions API. */
@@ -97,14 +110,29 @@ export function sfnExecutions(sfn: Pick<SFNClient, 'send'>, stateMachineArn: str
   return {
     list: async (max) => {
       const out = await sfn.send(new ListExecutionsCommand({ stateMachineArn, maxResults: max }));
-      return (out.executions ?? []).map((e) => ({ name: e.name!, executionArn: e.executionArn!, status: e.status!, startDate: iso(e.startDate)!, ...(e.stopDate ? { stopDate: iso(e.stopDate)! } : {}) }));
+      return (out.executions ?? []).map((e) => ({
+        name: e.name!,
+        executionArn: e.executionArn!,
+        status: e.status!,
+        startDate: iso(e.startDate)!,
+        ...(e.stopDate ? { stopDate: iso(e.stopDate)! } : {}),
+      }));
     },
     describe: async (name) => {
       // Execution ARNs are the state machine's ARN with `stateMachine` → `execution` and the name appended.
       const executionArn = name.startsWith('arn:') ? name : `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
       try {
         const d = await sfn.send(new DescribeExecutionCommand({ executionArn }));
-        return { name: d.name!, executionArn, status: d.status!, startDate: iso(d.startDate)!, ...(d.stopDate ? { stopDate: iso(d.stopDate)! } : {}), ...(d.input ? { input: d.input } : {}), ...(d.error ? { error: d.error } : {}), ...(d.cause ? { cause: d.cause } : {}) };
+        return {
+          name: d.name!,
+          executionArn,
+          status: d.status!,
+          startDate: iso(d.startDate)!,
+          ...(d.stopDate ? { stopDate: iso(d.stopDate)! } : {}),
+          ...(d.input ? { input: d.input } : {}),
+          ...(d.error ? { error: d.error } : {}),
+          ...(d.cause ? { cause: d.cause } : {}),
+        };
       } catch (err) {
         if ((err as Error).name === 'ExecutionDoesNotExist' || (err as Error).name === 'InvalidArn') return undefined;
         throw err;
@@ -114,11 +142,22 @@ export function sfnExecutions(sfn: Pick<SFNClient, 'send'>, stateMachineArn: str
 }
 
 /** The operator deps over the primary repository (mover records, progress objects) and a Step Functions client. */
-export function operatorDeps(o: { catalog: ApiDeps['catalog']; recovery: AlertDeps['recovery']; hostConfigs: ApiDeps['hostConfigs']; store: Pick<ObjectStore, 'get' | 'list'>; sfn: Pick<SFNClient, 'send'>; backupStateMachineArn: string; now?: () => Date }): ApiDeps {
+export function operatorDeps(o: {
+  catalog: ApiDeps['catalog'];
+  recovery: AlertDeps['recovery'];
+  hostConfigs: ApiDeps['hostConfigs'];
+  store: Pick<ObjectStore, 'get' | 'list'>;
+  sfn: Pick<SFNClient, 'send'>;
+  backupStateMachineArn: string;
+  now?: () => Date;
+}): ApiDeps {
   const { store } = o;
   const now = o.now ?? (() => new Date());
   return {
-    catalog: o.catalog, recovery: o.recovery, hostConfigs: o.hostConfigs, now,
+    catalog: o.catalog,
+    recovery: o.recovery,
+    hostConfigs: o.hostConfigs,
+    now,
     movers: () => listMovers({ store, now }),
     progress: async (backupId) => {
       const out: TaskProgress[] = [];
@@ -149,11 +188,15 @@ const MAX_BODY = 64 * 1024;
 export function makeHandlers(c: Clients) {
   let deps: ApiDeps | undefined;
   /** Built at the first request: the Step Functions client (the embedded stack's API when `sfnEndpoint` is set), the primary repository, the Backup workflow. */
-  const operator = (): ApiDeps => (deps ??= operatorDeps({
-    catalog: c.catalog, recovery: c.recovery, hostConfigs: c.hostConfigs, store: c.store(c.env.repositoryBucket ?? ''),
-    sfn: new SFNClient({ region: c.env.region, ...(c.env.sfnEndpoint ? { endpoint: c.env.sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}) }),
-    backupStateMachineArn: c.env.backupStateMachineArn ?? '',
-  }));
+  const operator = (): ApiDeps =>
+    (deps ??= operatorDeps({
+      catalog: c.catalog,
+      recovery: c.recovery,
+      hostConfigs: c.hostConfigs,
+      store: c.store(c.env.repositoryBucket ?? ''),
+      sfn: new SFNClient({ region: c.env.region, ...(c.env.sfnEndpoint ? { endpoint: c.env.sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}) }),
+      backupStateMachineArn: c.env.backupStateMachineArn ?? '',
+    }));
   return {
     /** `OperatorApi`: a Lambda function URL (AWS_IAM auth) answering the routes above. */
     handler: lambdaHandler('OperatorApi', functionUrlEvent, async (event) => {
@@ -161,7 +204,15 @@ export function makeHandlers(c: Clients) {
       const body = event.body === undefined ? undefined : event.isBase64Encoded ? Buffer.from(event.body, 'base64').toString('utf8') : event.body;
       if (body && body.length > MAX_BODY) return json(413, { error: 'PayloadTooLarge', message: `the request body is over ${MAX_BODY} bytes` });
       try {
-        const a = await answer({ method: event.requestContext.http.method, path: event.rawPath, query: new URLSearchParams(event.rawQueryString ?? ''), ...(body === undefined ? {} : { body }) }, operator());
+        const a = await answer(
+          {
+            method: event.requestContext.http.method,
+            path: event.rawPath,
+            query: new URLSearchParams(event.rawQueryString ?? ''),
+            ...(body === undefined ? {} : { body }),
+          },
+          operator(),
+        );
         return json(a.status, a.body);
       } catch (err) {
         return json(500, { error: (err as Error).name, message: (err as Error).message });

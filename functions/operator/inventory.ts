@@ -35,7 +35,11 @@ export async function addVm(body: string, deps: Pick<InventoryDeps, 'catalog'>):
   if (!parsed.success) throw new InvalidBody(parsed.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
   const v = parsed.data;
   const host = await deps.catalog.getHost(v.host);
-  if (!host) throw new InventoryRefused(404, `host '${v.host}' is not in the configuration: add it to "hosts" and to a mover group, then deploy (or restart the embedded stack)`);
+  if (!host)
+    throw new InventoryRefused(
+      404,
+      `host '${v.host}' is not in the configuration: add it to "hosts" and to a mover group, then deploy (or restart the embedded stack)`,
+    );
   await deps.catalog.putVm({ vmId: v.vmId, host: v.host, source: v.source, ...(v.datastores?.length ? { datastores: v.datastores } : {}) });
   return { vmId: v.vmId, host: v.host, moverGroup: host.moverGroup };
 }
@@ -48,6 +52,11 @@ class InvalidBody extends InventoryRefused {
 
 /** The host configuration backups of one host, or of every libvirt host (in host order), newest first per host. */
 export async function hostConfigBackups(deps: InventoryDeps, hostId?: string): Promise<HostConfigRecord[]> {
-  const hosts = hostId ? [hostId] : (await deps.catalog.listHosts()).filter((h) => h.hypervisor?.driver === 'libvirt').map((h) => h.hostId).sort();
+  const hosts = hostId
+    ? [hostId]
+    : (await deps.catalog.listHosts())
+        .filter((h) => h.hypervisor?.driver === 'libvirt')
+        .map((h) => h.hostId)
+        .sort();
   return (await Promise.all(hosts.map((h) => deps.hostConfigs.list(h)))).flat();
 }

@@ -5,7 +5,17 @@
  * executions), so the same code answers in a Lambda function and in the embedded stack.
  */
 import type { VmOutcome } from '../../contracts/jobs.ts';
-import type { BackupRow, DiskProgressRow, OperationProgressRow, PolicyRow, RestorePointRow, RpoStatus, RunRow, RunVmRow, VmRow } from '../../contracts/operator.ts';
+import type {
+  BackupRow,
+  DiskProgressRow,
+  OperationProgressRow,
+  PolicyRow,
+  RestorePointRow,
+  RpoStatus,
+  RunRow,
+  RunVmRow,
+  VmRow,
+} from '../../contracts/operator.ts';
 import { rateAndEta, type TaskProgress } from '../../contracts/progress.ts';
 import type { MoverView } from '../../core/mover-fleet.ts';
 import type { Backup, Catalog, Policy, Vm } from '../catalog/catalog.ts';
@@ -84,9 +94,17 @@ export async function listVms(deps: OperatorDeps): Promise<VmRow[]> {
     const age = newest?.committedAt ? hours(now, newest.committedAt) : null;
     const rpo: RpoStatus = rpoHours === null ? 'none' : age === null ? 'never' : age > rpoHours ? 'late' : 'ok';
     rows.push({
-      vmId: vm.vmId, name: vm.name ?? vm.vmId, host: vm.host, moverGroup: vm.moverGroup, protection: vm.gone ? 'gone' : policies.length ? 'protected' : 'unprotected',
-      policies: policies.map((p) => p.policyId), lastBackup: last ? { backupId: last.backupId, at: last.committedAt ?? last.startedAt, status: last.status } : null,
-      consistency: newest?.consistency?.level ?? null, rpoHours, recoveryPointAgeHours: age === null ? null : round(age), rpo,
+      vmId: vm.vmId,
+      name: vm.name ?? vm.vmId,
+      host: vm.host,
+      moverGroup: vm.moverGroup,
+      protection: vm.gone ? 'gone' : policies.length ? 'protected' : 'unprotected',
+      policies: policies.map((p) => p.policyId),
+      lastBackup: last ? { backupId: last.backupId, at: last.committedAt ?? last.startedAt, status: last.status } : null,
+      consistency: newest?.consistency?.level ?? null,
+      rpoHours,
+      recoveryPointAgeHours: age === null ? null : round(age),
+      rpo,
       ...(await drLag(vm.vmId, policies, backups, deps.recovery, now)),
     });
   }
@@ -98,7 +116,13 @@ export async function listVms(deps: OperatorDeps): Promise<VmRow[]> {
  * backup started: the recovery point a failover would give), against the tightest DR RPO
  * of its replicating policies (as ReportReplication measures it for the DrPastRpo alarm).
  */
-async function drLag(vmId: string, policies: Policy[], backups: Backup[], recovery: OperatorDeps['recovery'], now: Date): Promise<Pick<VmRow, 'drRpoHours' | 'drLagHours' | 'drRestorePoint' | 'drRpo'>> {
+async function drLag(
+  vmId: string,
+  policies: Policy[],
+  backups: Backup[],
+  recovery: OperatorDeps['recovery'],
+  now: Date,
+): Promise<Pick<VmRow, 'drRpoHours' | 'drLagHours' | 'drRestorePoint' | 'drRpo'>> {
   const replicating = policies.filter((p) => p.replicateTo);
   if (!replicating.length) return { drRpoHours: null, drLagHours: null, drRestorePoint: null, drRpo: 'none' };
   const drRpoHours = Math.min(...replicating.map((p) => drRpoHoursOf({ rpoHours: p.rpoHours ?? 24, drRpoHours: p.replicateTo!.drRpoHours })));
@@ -119,7 +143,13 @@ export function backupRow(b: Backup): BackupRow {
   const disks = b.disks ?? [];
   const damage = (b as Backup & { damage?: { verifyId: string; foundAt: string; findings: unknown[] } }).damage;
   return {
-    vmId: b.vmId, backupId: b.backupId, policyId: b.policyId, runId: b.runId, status: b.status, startedAt: b.startedAt, committedAt: b.committedAt ?? null,
+    vmId: b.vmId,
+    backupId: b.backupId,
+    policyId: b.policyId,
+    runId: b.runId,
+    status: b.status,
+    startedAt: b.startedAt,
+    committedAt: b.committedAt ?? null,
     sizeBytes: disks.reduce((n, d) => n + d.sizeBytes, 0),
     bytesNew: disks.reduce((n, d) => n + (d.stats.bytesNew ?? 0), 0),
     bytesStored: disks.reduce((n, d) => n + (d.stats.bytesStored ?? 0), 0),
@@ -139,13 +169,21 @@ export async function listBackups(vmId: string, deps: Pick<OperatorDeps, 'catalo
 }
 
 function diskRows(progress: TaskProgress[]): DiskProgressRow[] {
-  return progress.map((p) => {
-    const { bytesPerSecond, etaSeconds } = rateAndEta(p);
-    return {
-      diskId: p.diskId, segment: p.segment ?? null, phase: p.phase, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal,
-      bytesPerSecond: Math.round(bytesPerSecond), etaSeconds: p.phase !== 'done' && p.phase !== 'failed' && etaSeconds !== undefined ? Math.round(etaSeconds) : null, mover: p.mover,
-    };
-  }).sort((a, b) => a.diskId.localeCompare(b.diskId) || (a.segment ?? 0) - (b.segment ?? 0));
+  return progress
+    .map((p) => {
+      const { bytesPerSecond, etaSeconds } = rateAndEta(p);
+      return {
+        diskId: p.diskId,
+        segment: p.segment ?? null,
+        phase: p.phase,
+        bytesDone: p.bytesDone,
+        bytesTotal: p.bytesTotal,
+        bytesPerSecond: Math.round(bytesPerSecond),
+        etaSeconds: p.phase !== 'done' && p.phase !== 'failed' && etaSeconds !== undefined ? Math.round(etaSeconds) : null,
+        mover: p.mover,
+      };
+    })
+    .sort((a, b) => a.diskId.localeCompare(b.diskId) || (a.segment ?? 0) - (b.segment ?? 0));
 }
 
 /** The progress objects under `id` (a restore's or verification's execution name, or a backup id); undefined when there are none (not started, or expired). */
@@ -155,18 +193,36 @@ export async function operationProgress(id: string, deps: Pick<OperatorDeps, 'pr
   if (!first) return undefined;
   const disks = diskRows(progress);
   return {
-    id, operation: first.operation ?? 'backup', vmId: first.vmId, backupId: first.backupId, disks,
-    bytesDone: disks.reduce((n, d) => n + d.bytesDone, 0), bytesTotal: disks.reduce((n, d) => n + d.bytesTotal, 0),
+    id,
+    operation: first.operation ?? 'backup',
+    vmId: first.vmId,
+    backupId: first.backupId,
+    disks,
+    bytesDone: disks.reduce((n, d) => n + d.bytesDone, 0),
+    bytesTotal: disks.reduce((n, d) => n + d.bytesTotal, 0),
   };
 }
 
 async function runVm(b: Pick<Backup, 'vmId' | 'backupId' | 'status' | 'error'>, deps: Pick<OperatorDeps, 'progress'>, withDisks: boolean): Promise<RunVmRow> {
   const disks = withDisks || b.status === 'running' ? diskRows(await deps.progress(b.backupId)) : [];
-  const phase: RunVmRow['phase'] = b.status === 'failed' ? 'failed' : b.status !== 'running' ? 'committed'
-    : !disks.length ? 'snapshot' : disks.every((d) => d.phase === 'done') ? 'verify' : 'transfer';
+  const phase: RunVmRow['phase'] =
+    b.status === 'failed'
+      ? 'failed'
+      : b.status !== 'running'
+        ? 'committed'
+        : !disks.length
+          ? 'snapshot'
+          : disks.every((d) => d.phase === 'done')
+            ? 'verify'
+            : 'transfer';
   return {
-    vmId: b.vmId, backupId: b.backupId, phase, error: b.error ?? null, disks,
-    bytesDone: disks.reduce((n, d) => n + d.bytesDone, 0), bytesTotal: disks.reduce((n, d) => n + d.bytesTotal, 0),
+    vmId: b.vmId,
+    backupId: b.backupId,
+    phase,
+    error: b.error ?? null,
+    disks,
+    bytesDone: disks.reduce((n, d) => n + d.bytesDone, 0),
+    bytesTotal: disks.reduce((n, d) => n + d.bytesTotal, 0),
   };
 }
 
@@ -178,14 +234,20 @@ const failure = (d: ExecutionDetail | undefined) => (d?.error ? { Error: d.error
  */
 export async function runDetail(runId: string, deps: OperatorDeps, withDisks = true): Promise<RunRow | undefined> {
   const exec = await deps.executions.describe(runId);
-  const record = await deps.catalog.getRun(runId) as { policyId?: string; vms?: VmOutcome[]; committed?: number; failed?: number } | undefined;
+  const record = (await deps.catalog.getRun(runId)) as { policyId?: string; vms?: VmOutcome[]; committed?: number; failed?: number } | undefined;
   if (!exec && !record) return undefined;
-  const policyId = record?.policyId ?? (exec?.input ? (JSON.parse(exec.input) as { policyId?: string }).policyId ?? null : null);
-  const backups = record?.vms ?? await deps.catalog.backupsOfRun(runId);
+  const policyId = record?.policyId ?? (exec?.input ? ((JSON.parse(exec.input) as { policyId?: string }).policyId ?? null) : null);
+  const backups = record?.vms ?? (await deps.catalog.backupsOfRun(runId));
   const vms = await Promise.all(backups.map((b) => runVm({ ...b, status: b.status, error: b.error }, deps, withDisks)));
   return {
-    runId, policyId, status: exec?.status ?? 'SUCCEEDED', startedAt: exec?.startDate ?? '', stoppedAt: exec?.stopDate ?? null,
-    committed: vms.filter((v) => v.phase === 'committed').length, failed: vms.filter((v) => v.phase === 'failed').length, error: failure(exec),
+    runId,
+    policyId,
+    status: exec?.status ?? 'SUCCEEDED',
+    startedAt: exec?.startDate ?? '',
+    stoppedAt: exec?.stopDate ?? null,
+    committed: vms.filter((v) => v.phase === 'committed').length,
+    failed: vms.filter((v) => v.phase === 'failed').length,
+    error: failure(exec),
     vms: vms.sort((a, b) => a.vmId.localeCompare(b.vmId)),
   };
 }
@@ -201,10 +263,17 @@ export async function listRuns(deps: OperatorDeps, max = 20): Promise<RunRow[]> 
 export async function listPolicies(deps: Pick<OperatorDeps, 'catalog'>): Promise<PolicyRow[]> {
   const { policies, byVm } = await policiesByVm(deps);
   const count = (id: string) => [...byVm.values()].filter((ps) => ps.some((p) => p.policyId === id)).length;
-  return policies.map((p) => ({
-    policyId: p.policyId, repositoryId: p.repositoryId ?? null, bucket: p.bucket, vms: count(p.policyId), rpoHours: p.rpoHours ?? null,
-    replicateTo: p.replicateTo?.repositoryId ?? null, retention: p.retention ?? null,
-  })).sort((a, b) => a.policyId.localeCompare(b.policyId));
+  return policies
+    .map((p) => ({
+      policyId: p.policyId,
+      repositoryId: p.repositoryId ?? null,
+      bucket: p.bucket,
+      vms: count(p.policyId),
+      rpoHours: p.rpoHours ?? null,
+      replicateTo: p.replicateTo?.repositoryId ?? null,
+      retention: p.retention ?? null,
+    }))
+    .sort((a, b) => a.policyId.localeCompare(b.policyId));
 }
 
 /** The backups complete in each policy's DR repository, per VM newest first. */
@@ -217,7 +286,15 @@ export async function listRestorePoints(deps: OperatorDeps, vmId?: string): Prom
     const vms = [...byVm].filter(([id, ps]) => ps.includes(p) && (!vmId || id === vmId)).map(([id]) => id);
     for (const id of vms) {
       for (const r of await deps.recovery.listReplicas(id, p.replicateTo.bucket)) {
-        rows.push({ vmId: id, policyId: p.policyId, repositoryId: p.replicateTo.repositoryId, bucket: r.bucket, backupId: r.backupId, replicatedAt: r.replicatedAt, ageHours: round(hours(now, r.replicatedAt)) });
+        rows.push({
+          vmId: id,
+          policyId: p.policyId,
+          repositoryId: p.replicateTo.repositoryId,
+          bucket: r.bucket,
+          backupId: r.backupId,
+          replicatedAt: r.replicatedAt,
+          ageHours: round(hours(now, r.replicatedAt)),
+        });
       }
     }
   }

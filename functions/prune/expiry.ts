@@ -19,7 +19,11 @@ const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 /** Each calendar rule's period, at its longest (apart from a DST change). */
 const PERIOD: Record<'hourly' | 'daily' | 'weekly' | 'monthly' | 'yearly', number> = {
-  hourly: HOUR, daily: DAY, weekly: 7 * DAY, monthly: 31 * DAY, yearly: 366 * DAY,
+  hourly: HOUR,
+  daily: DAY,
+  weekly: 7 * DAY,
+  monthly: 31 * DAY,
+  yearly: 366 * DAY,
 };
 
 /**

@@ -77,14 +77,18 @@ export function periodOf(rule: Rule, t: Date, timeZone: string, id: string): str
   if (rule === 'keepLast') return id;
   const p = localParts(t, timeZone);
   switch (rule) {
-    case 'hourly': return `${p.year}/${pad(p.month)}/${pad(p.day)}/${pad(p.hour)}`;
-    case 'daily': return `${p.year}/${pad(p.month)}/${pad(p.day)}`;
+    case 'hourly':
+      return `${p.year}/${pad(p.month)}/${pad(p.day)}/${pad(p.hour)}`;
+    case 'daily':
+      return `${p.year}/${pad(p.month)}/${pad(p.day)}`;
     case 'weekly': {
       const w = isoWeek(p.year, p.month, p.day);
       return `${w.year}/W${pad(w.week)}`;
     }
-    case 'monthly': return `${p.year}/${pad(p.month)}`;
-    case 'yearly': return `${p.year}`;
+    case 'monthly':
+      return `${p.year}/${pad(p.month)}`;
+    case 'yearly':
+      return `${p.year}`;
   }
 }
 
@@ -129,7 +133,10 @@ export function applyRetention(candidates: readonly RetentionCandidate[], retent
       if (keeper === undefined) {
         if (selected.size >= limit) break;
         selected.set(period, c.id);
-        decided.set(c.id, { keep: true, reason: rule === 'keepLast' ? `keep-last (${selected.size} of ${limit})` : `${ruleName(rule)} ${period} (${selected.size} of ${limit})` });
+        decided.set(c.id, {
+          keep: true,
+          reason: rule === 'keepLast' ? `keep-last (${selected.size} of ${limit})` : `${ruleName(rule)} ${period} (${selected.size} of ${limit})`,
+        });
       } else {
         decided.set(c.id, { keep: false, reason: `${ruleName(rule)}: ${period} is kept by the newer backup ${keeper}` });
       }

@@ -23,19 +23,21 @@ import { mapRunResult, readMapRunResults, writeItemList, type ItemList } from '.
 const text = z.string().min(1);
 
 /** The execution input of the Prune workflow. */
-export const pruneRequest = z.object({
-  policyId: text,
-  /** List what would go and why; change nothing. */
-  dryRun: z.boolean().optional(),
-  /** Calendar periods are counted in this zone (default: the policy's, else UTC). */
-  timeZone: text.optional(),
-  /**
-   * Prune this one backup of the policy now, whatever the retention: only a `damaged` one
-   * (a deep verification found it does not open), e.g. one whose manifest is torn, which
-   * stops garbage collection until it is gone.
-   */
-  backupId: text.optional(),
-}).strict();
+export const pruneRequest = z
+  .object({
+    policyId: text,
+    /** List what would go and why; change nothing. */
+    dryRun: z.boolean().optional(),
+    /** Calendar periods are counted in this zone (default: the policy's, else UTC). */
+    timeZone: text.optional(),
+    /**
+     * Prune this one backup of the policy now, whatever the retention: only a `damaged` one
+     * (a deep verification found it does not open), e.g. one whose manifest is torn, which
+     * stops garbage collection until it is gone.
+     */
+    backupId: text.optional(),
+  })
+  .strict();
 export const planPruneInput = z.object({ pruneId: text, request: pruneRequest }).strict();
 
 export interface PruneDecision {
@@ -70,12 +72,17 @@ export interface PrunePlan {
   removeCount: number;
 }
 
-
-export async function planPrune({ pruneId, request }: z.output<typeof planPruneInput>, deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date }): Promise<PrunePlan> {
+export async function planPrune(
+  { pruneId, request }: z.output<typeof planPruneInput>,
+  deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date },
+): Promise<PrunePlan> {
   const policy = await deps.catalog.getPolicy(request.policyId);
   if (!policy) throw new PolicyNotFound(request.policyId);
   const retention = policy.retention;
-  if (!retention) throw new RecoveryRequestInvalid(`policy '${policy.policyId}' has no retention rules, so there is nothing to prune by; add "retention" to it in the configuration`);
+  if (!retention)
+    throw new RecoveryRequestInvalid(
+      `policy '${policy.policyId}' has no retention rules, so there is nothing to prune by; add "retention" to it in the configuration`,
+    );
   const problem = retentionProblem(retention);
   if (problem) throw new RecoveryRequestInvalid(`policy '${policy.policyId}': ${problem}`);
   const timeZone = request.timeZone ?? (policy as Policy & { timeZone?: string }).timeZone ?? 'UTC';
@@ -85,9 +92,24 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
     throw new RecoveryRequestInvalid(`timeZone '${timeZone}' is not an IANA time zone such as "Europe/Berlin" or "UTC"`);
   }
 
-  const plan: PrunePlan = { pruneId, policyId: policy.policyId, dryRun: request.dryRun === true, timeZone, retention: retention as Record<string, number>, vms: [], remove: [], keepCount: 0, removeCount: 0 };
+  const plan: PrunePlan = {
+    pruneId,
+    policyId: policy.policyId,
+    dryRun: request.dryRun === true,
+    timeZone,
+    retention: retention as Record<string, number>,
+    vms: [],
+    remove: [],
+    keepCount: 0,
+    removeCount: 0,
+  };
   const item = (vmId: string, backupId: string, reason: string): PruneItem => ({
-    pruneId, vmId, backupId, ...location(policy.bucket, policy.endpoint), replicas: policy.replicateTo ? [location(policy.replicateTo.bucket, policy.replicateTo.endpoint)] : [], reason,
+    pruneId,
+    vmId,
+    backupId,
+    ...location(policy.bucket, policy.endpoint),
+    replicas: policy.replicateTo ? [location(policy.replicateTo.bucket, policy.replicateTo.endpoint)] : [],
+    reason,
   });
   if (request.backupId) {
     const named = await namedDamagedBackup(deps.catalog, policy, request.backupId);
@@ -101,10 +123,24 @@ export async function planPrune({ pruneId, request }: z.output<typeof planPruneI
     const backups = (await deps.catalog.listBackups(vmId)).filter((b) => b.policyId === policy.policyId);
     const status = new Map(backups.map((b) => [b.backupId, b.status as string]));
     // Only finished backups take part: running ones are not done, failed ones were never visible.
-    const candidates = backups.filter((b) => b.status === 'committed' || (b.status as string) === 'damaged').map((b) => ({ id: b.backupId, time: b.startedAt }));
-    const decisions: PruneDecision[] = applyRetention(candidates, retention, { timeZone }).map((d) => ({ backupId: d.id, time: d.time, status: status.get(d.id)!, keep: d.keep, reason: d.reason }));
+    const candidates = backups
+      .filter((b) => b.status === 'committed' || (b.status as string) === 'damaged')
+      .map((b) => ({ id: b.backupId, time: b.startedAt }));
+    const decisions: PruneDecision[] = applyRetention(candidates, retention, { timeZone }).map((d) => ({
+      backupId: d.id,
+      time: d.time,
+      status: status.get(d.id)!,
+      keep: d.keep,
+      reason: d.reason,
+    }));
     for (const b of backups.filter((x) => (x.status as string) === 'pruning')) {
-      decisions.push({ backupId: b.backupId, time: b.startedAt, status: 'pruning', keep: false, reason: `an earlier prune began removing it (${(b as { pruneReason?: string }).pruneReason ?? 'no reason recorded'}) and did not finish` });
+      decisions.push({
+        backupId: b.backupId,
+        time: b.startedAt,
+        status: 'pruning',
+        keep: false,
+        reason: `an earlier prune began removing it (${(b as { pruneReason?: string }).pruneReason ?? 'no reason recorded'}) and did not finish`,
+      });
     }
     if (decisions.length === 0) continue;
     plan.vms.push({ vmId, decisions });
@@ -138,26 +174,41 @@ export const pruneKeys = (policyId: string, pruneId: string) => {
 };
 
 /** Writes the plan and the list to the stack's bucket and records the prune (with where its plan is). */
-export async function publishPrunePlan(plan: PrunePlan, deps: { recovery: Pick<RecoveryCatalog, 'putRecord'>; store: ObjectStore; bucket: string; now: () => Date }): Promise<PlannedPrune> {
+export async function publishPrunePlan(
+  plan: PrunePlan,
+  deps: { recovery: Pick<RecoveryCatalog, 'putRecord'>; store: ObjectStore; bucket: string; now: () => Date },
+): Promise<PlannedPrune> {
   const at = pruneKeys(plan.policyId, plan.pruneId);
   await deps.store.put(at.plan, Buffer.from(JSON.stringify(plan)));
   const removeList = await writeItemList(deps.store, deps.bucket, at.remove, plan.remove);
   const planned: PlannedPrune = {
-    pruneId: plan.pruneId, policyId: plan.policyId, dryRun: plan.dryRun, timeZone: plan.timeZone, keepCount: plan.keepCount, removeCount: plan.removeCount,
-    plan: { bucket: deps.bucket, key: at.plan }, removeList,
+    pruneId: plan.pruneId,
+    policyId: plan.policyId,
+    dryRun: plan.dryRun,
+    timeZone: plan.timeZone,
+    keepCount: plan.keepCount,
+    removeCount: plan.removeCount,
+    plan: { bucket: deps.bucket, key: at.plan },
+    removeList,
   };
   await deps.recovery.putRecord('PRUNE', plan.pruneId, { status: plan.dryRun ? 'dry-run' : 'running', startedAt: deps.now().toISOString(), plan: planned });
   return planned;
 }
 
 /** The backup a prune names: one of the policy's VMs', and `damaged`; any other is refused, saying why. */
-async function namedDamagedBackup(catalog: Catalog, policy: Policy, backupId: string): Promise<{ vmId: string; backupId: string; startedAt: string; verifyId: string }> {
+async function namedDamagedBackup(
+  catalog: Catalog,
+  policy: Policy,
+  backupId: string,
+): Promise<{ vmId: string; backupId: string; startedAt: string; verifyId: string }> {
   for (const vmId of await policyVms(catalog, policy)) {
     const b = await catalog.getBackup(vmId, backupId);
     if (!b || b.policyId !== policy.policyId) continue;
     if ((b.status as string) !== 'damaged') {
-      throw new RecoveryRequestInvalid(`backup '${backupId}' of VM '${vmId}' is '${b.status}': only a backup a deep verification found damaged is pruned by name; `
-        + `deep-verify it first (Deep verify workflow, or lifeboat verify --vm ${vmId} --backup ${backupId} --group <its group>), or let the retention prune it`);
+      throw new RecoveryRequestInvalid(
+        `backup '${backupId}' of VM '${vmId}' is '${b.status}': only a backup a deep verification found damaged is pruned by name; ` +
+          `deep-verify it first (Deep verify workflow, or lifeboat verify --vm ${vmId} --backup ${backupId} --group <its group>), or let the retention prune it`,
+      );
     }
     return { vmId, backupId, startedAt: b.startedAt, verifyId: (b as { damage?: { verifyId?: string } }).damage?.verifyId ?? 'unknown' };
   }
@@ -174,9 +225,20 @@ export interface PrunedBackup {
   failed: { key: string; reason: string }[];
 }
 
-export const pruneItem = z.looseObject({ pruneId: text, vmId: text, backupId: text, bucket: text, endpoint: storageEndpoint.optional(), replicas: z.array(repositoryLocation).default([]), reason: z.string() });
+export const pruneItem = z.looseObject({
+  pruneId: text,
+  vmId: text,
+  backupId: text,
+  bucket: text,
+  endpoint: storageEndpoint.optional(),
+  replicas: z.array(repositoryLocation).default([]),
+  reason: z.string(),
+});
 
-export async function pruneBackup(item: PruneItem, deps: { catalog: Catalog; recovery: RecoveryCatalog; admin: (repository: RepositoryLocation) => RepositoryAdmin; now: () => Date }): Promise<PrunedBackup> {
+export async function pruneBackup(
+  item: PruneItem,
+  deps: { catalog: Catalog; recovery: RecoveryCatalog; admin: (repository: RepositoryLocation) => RepositoryAdmin; now: () => Date },
+): Promise<PrunedBackup> {
   const result: PrunedBackup = { vmId: item.vmId, backupId: item.backupId, outcome: 'skipped', objectsDeleted: 0, bytesDeleted: 0, failed: [] };
   if (!(await deps.recovery.beginPrune(item.vmId, item.backupId, item.reason, deps.now()))) return result; // gone already, or changed state since planning
   // The DR copies first: a replica record never outlives the DR manifests it vouches for.
@@ -202,7 +264,12 @@ export async function pruneBackup(item: PruneItem, deps: { catalog: Catalog; rec
 }
 
 export const recordPruneInput = z.looseObject({
-  pruneId: text, policyId: text, keepCount: z.number().int(), removeCount: z.number().int(), plan: z.object({ bucket: text, key: text }), pruned: mapRunResult,
+  pruneId: text,
+  policyId: text,
+  keepCount: z.number().int(),
+  removeCount: z.number().int(),
+  plan: z.object({ bucket: text, key: text }),
+  pruned: mapRunResult,
 });
 
 /** Most kept backups listed by name in a prune's summary (the count is always whole). */
@@ -214,7 +281,9 @@ export async function recordPrune(input: z.output<typeof recordPruneInput>, deps
   const pruned = results.filter((r) => r.status === 'SUCCEEDED').map((r) => r.output as PrunedBackup);
   const kept = pruned.filter((p) => p.outcome === 'kept');
   const summary = {
-    pruneId: input.pruneId, policyId: input.policyId, dryRun: false,
+    pruneId: input.pruneId,
+    policyId: input.policyId,
+    dryRun: false,
     pruned: pruned.filter((p) => p.outcome === 'pruned').length,
     kept: kept.slice(0, KEPT_LISTED).map((p) => ({ backupId: p.backupId, failed: p.failed.slice(0, 5) })),
     keptCount: kept.length,
@@ -234,7 +303,10 @@ const now = () => new Date();
 /** The stack's own bucket (LIFEBOAT_RUN_BUCKET), where the prune's lists go. */
 function runStore(c: Clients): { store: ObjectStore; bucket: string } {
   const bucket = c.env.runBucket;
-  if (!bucket) throw new Error('environment variable LIFEBOAT_RUN_BUCKET is not set: the Prune workflow keeps its lists in the stack\'s bucket, which the deployment must name');
+  if (!bucket)
+    throw new Error(
+      "environment variable LIFEBOAT_RUN_BUCKET is not set: the Prune workflow keeps its lists in the stack's bucket, which the deployment must name",
+    );
   return { store: c.store(bucket), bucket };
 }
 
@@ -242,8 +314,11 @@ function runStore(c: Clients): { store: ObjectStore; bucket: string } {
 export function makeHandlers(c: Clients) {
   return {
     planHandler: lambdaHandler('PlanPrune', planPruneInput, async (input) =>
-      publishPrunePlan(await planPrune(input, { catalog: c.catalog, recovery: c.recovery, now }), { recovery: c.recovery, ...runStore(c), now })),
-    pruneHandler: lambdaHandler('PruneBackup', pruneItem, (input) => pruneBackup(input, { catalog: c.catalog, recovery: c.recovery, admin: (r) => c.admin(r.bucket, r.endpoint), now })),
+      publishPrunePlan(await planPrune(input, { catalog: c.catalog, recovery: c.recovery, now }), { recovery: c.recovery, ...runStore(c), now }),
+    ),
+    pruneHandler: lambdaHandler('PruneBackup', pruneItem, (input) =>
+      pruneBackup(input, { catalog: c.catalog, recovery: c.recovery, admin: (r) => c.admin(r.bucket, r.endpoint), now }),
+    ),
     recordHandler: lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input, { recovery: c.recovery, store: runStore(c).store, now })),
   };
 }

@@ -53,11 +53,21 @@ export async function planReconcile(input: z.output<typeof reconcileInput>, deps
     // ReleaseSlot need no more), and the mover refuses a source that is no absolute path.
     const gone = '(not in the catalog)';
     vms.push({
-      runId: input.runId, policyId: b.policyId, backupId: b.backupId, vmId: b.vmId, host: vm?.host ?? gone, moverGroup: host?.moverGroup ?? gone, source: vm?.source ?? gone,
+      runId: input.runId,
+      policyId: b.policyId,
+      backupId: b.backupId,
+      vmId: b.vmId,
+      host: vm?.host ?? gone,
+      moverGroup: host?.moverGroup ?? gone,
+      source: vm?.source ?? gone,
       repository: { bucket: policy?.bucket ?? gone, chunkSize: policy?.chunkSize ?? 1, ...(policy?.endpoint ? { endpoint: policy.endpoint } : {}) },
-      parentBackupId: b.parentBackupId, parentManifests: {}, slotScopes: [],
+      parentBackupId: b.parentBackupId,
+      parentManifests: {},
+      slotScopes: [],
       slot: slots.length ? { keys: slots.map((s) => `${s.key.pk}|${s.key.sk}`), holder } : null,
-      snapshot: null, segmentBytes: 1, error,
+      snapshot: null,
+      segmentBytes: 1,
+      error,
     });
   }
   return { executionArn: input.executionArn, runId: input.runId, policyId: lease?.scope.slice('run:'.length) ?? backups[0]?.policyId ?? '', vms };

@@ -36,9 +36,13 @@ async function damagedMessage(catalog: Catalog, backup: Backup): Promise<string>
     : `found by deep verification ${damage?.verifyId ?? '(unknown)'}`;
   const all = await catalog.listBackups(backup.vmId); // newest first
   const older = all.slice(all.findIndex((b) => b.backupId === backup.backupId) + 1).find((b) => b.status === 'committed');
-  return `backup '${backup.backupId}' of VM '${backup.vmId}' is damaged: ${what}, ${by}; nothing was restored. `
-    + `To heal it, let the next backup of a VM that holds the chunk store it again (backups do that by themselves), then deep-verify backup '${backup.backupId}' in full`
-    + (older ? `; or restore the older backup '${older.backupId}' (committed ${older.committedAt ?? older.startedAt})` : '; no older committed backup of this VM exists');
+  return (
+    `backup '${backup.backupId}' of VM '${backup.vmId}' is damaged: ${what}, ${by}; nothing was restored. ` +
+    `To heal it, let the next backup of a VM that holds the chunk store it again (backups do that by themselves), then deep-verify backup '${backup.backupId}' in full` +
+    (older
+      ? `; or restore the older backup '${older.backupId}' (committed ${older.committedAt ?? older.startedAt})`
+      : '; no older committed backup of this VM exists')
+  );
 }
 
 /** The location of `bucket` as a policy knows it: its own repository or its DR repository (with their endpoints). */
@@ -52,7 +56,12 @@ export function locationOf(policy: Policy | undefined, bucket: string): Reposito
  * The named backup of a VM, or its newest committed one. Only committed backups (and,
  * with `allowDamaged`, damaged ones) qualify: running, failed and pruning ones do not.
  */
-export async function resolveBackup(catalog: Catalog, vmId: string, backupId: string | undefined, opts: { allowDamaged?: boolean; bucketIfPolicyGone?: string } = {}): Promise<ResolvedBackup> {
+export async function resolveBackup(
+  catalog: Catalog,
+  vmId: string,
+  backupId: string | undefined,
+  opts: { allowDamaged?: boolean; bucketIfPolicyGone?: string } = {},
+): Promise<ResolvedBackup> {
   const vm = await catalog.getVm(vmId);
   if (!vm) throw new RecoveryRequestInvalid(`VM '${vmId}' is not in the inventory`);
   const usable = (s: string) => s === 'committed' || (opts.allowDamaged === true && s === 'damaged');
@@ -70,21 +79,33 @@ export async function resolveBackup(catalog: Catalog, vmId: string, backupId: st
     backup = all.find((b) => usable(b.status));
     if (!backup) {
       const damaged = all.find((b) => (b.status as string) === 'damaged');
-      throw new RecoveryRequestInvalid(damaged ? `VM '${vmId}' has no committed backup to restore: ${await damagedMessage(catalog, damaged)}` : `VM '${vmId}' has no committed backup`);
+      throw new RecoveryRequestInvalid(
+        damaged ? `VM '${vmId}' has no committed backup to restore: ${await damagedMessage(catalog, damaged)}` : `VM '${vmId}' has no committed backup`,
+      );
     }
     const passed = all.slice(0, all.indexOf(backup)).filter((b) => (b.status as string) === 'damaged');
     if (passed.length) {
       const damage = (passed[0] as { damage?: { verifyId?: string } }).damage;
-      notice = `the newest backup ${passed[0]!.backupId} of VM '${vmId}' is damaged (deep verification ${damage?.verifyId ?? 'found chunks that do not open'}${passed.length > 1 ? `; ${passed.length - 1} more newer backup(s) too` : ''}): `
-        + `restoring the older backup ${backup.backupId} instead. To restore the newest, let the next backup store its quarantined chunks again and deep-verify it, then restore it by name`;
+      notice =
+        `the newest backup ${passed[0]!.backupId} of VM '${vmId}' is damaged (deep verification ${damage?.verifyId ?? 'found chunks that do not open'}${passed.length > 1 ? `; ${passed.length - 1} more newer backup(s) too` : ''}): ` +
+        `restoring the older backup ${backup.backupId} instead. To restore the newest, let the next backup store its quarantined chunks again and deep-verify it, then restore it by name`;
     }
   }
   if (!backup.disks?.length) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' records no disks`);
   // Backups outlive their policy: when it is gone, the caller may name the repository.
   const policy = await catalog.getPolicy(backup.policyId);
   const bucket = policy?.bucket ?? opts.bucketIfPolicyGone;
-  if (!bucket) throw new RecoveryRequestInvalid(`backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown; name it with "fromBucket"`);
-  return { backup: backup as ResolvedBackup['backup'], bucket, repository: locationOf(policy, bucket), ...(policy ? { policy } : {}), ...(notice ? { notice } : {}) };
+  if (!bucket)
+    throw new RecoveryRequestInvalid(
+      `backup '${backup.backupId}' of VM '${vmId}' belongs to policy '${backup.policyId}', which is gone, so its repository is unknown; name it with "fromBucket"`,
+    );
+  return {
+    backup: backup as ResolvedBackup['backup'],
+    bucket,
+    repository: locationOf(policy, bucket),
+    ...(policy ? { policy } : {}),
+    ...(notice ? { notice } : {}),
+  };
 }
 
 /** The VMs a policy selects: by id, and every inventory VM on its hosts. */

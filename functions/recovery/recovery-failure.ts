@@ -13,7 +13,10 @@ const kinds = ['DEEPVERIFY', 'REPLICATION', 'FAILOVER', 'FAILBACK', 'PRUNE', 'GC
 
 export const recoveryFailureInput = z.object({ kind: z.enum(kinds), id: z.string().min(1), error: caughtError }).strict();
 
-export async function recordRecoveryFailure(input: z.output<typeof recoveryFailureInput>, deps: { recovery: RecoveryCatalog; now: () => Date }): Promise<{ status: 'failed' }> {
+export async function recordRecoveryFailure(
+  input: z.output<typeof recoveryFailureInput>,
+  deps: { recovery: RecoveryCatalog; now: () => Date },
+): Promise<{ status: 'failed' }> {
   const before = await deps.recovery.getRecord(input.kind, input.id);
   await deps.recovery.putRecord(input.kind, input.id, { ...before, status: 'failed', finishedAt: deps.now().toISOString(), error: input.error });
   return { status: 'failed' };
@@ -22,7 +25,9 @@ export async function recordRecoveryFailure(input: z.output<typeof recoveryFailu
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    handler: lambdaHandler('RecordRecoveryFailure', recoveryFailureInput, (input) => recordRecoveryFailure(input, { recovery: c.recovery, now: () => new Date() })),
+    handler: lambdaHandler('RecordRecoveryFailure', recoveryFailureInput, (input) =>
+      recordRecoveryFailure(input, { recovery: c.recovery, now: () => new Date() }),
+    ),
   };
 }
 

@@ -50,8 +50,13 @@ async function findingsOf(b: Backup, damaged: Set<string>, deps: Pick<ShareDamag
     }
     for (const [id, { offsets, loc }] of found) {
       out.push({
-        backupId: b.backupId, diskId: d.diskId, offsets, chunkId: id, reason,
-        objectKey: loc.key, ...(loc.pack ? { range: { offset: loc.offset, length: loc.length } } : {}),
+        backupId: b.backupId,
+        diskId: d.diskId,
+        offsets,
+        chunkId: id,
+        reason,
+        objectKey: loc.key,
+        ...(loc.pack ? { range: { offset: loc.offset, length: loc.length } } : {}),
       });
     }
   }
@@ -63,7 +68,11 @@ async function findingsOf(b: Backup, damaged: Set<string>, deps: Pick<ShareDamag
  * the repository reference one of `chunkIds`; returns them. A backup already damaged keeps
  * its own findings.
  */
-export async function shareDamage(verified: { vmId: string; backupId: string; verifyId: string }, chunkIds: string[], deps: ShareDamageDeps): Promise<SharedDamage[]> {
+export async function shareDamage(
+  verified: { vmId: string; backupId: string; verifyId: string },
+  chunkIds: string[],
+  deps: ShareDamageDeps,
+): Promise<SharedDamage[]> {
   if (chunkIds.length === 0) return [];
   const damaged = new Set(chunkIds);
   const reason = `chunk found damaged by deep verification ${verified.verifyId} of backup ${verified.backupId} (VM '${verified.vmId}'), which shares it`;
@@ -73,7 +82,12 @@ export async function shareDamage(verified: { vmId: string; backupId: string; ve
     if (b.backupId === verified.backupId) continue;
     const findings = await findingsOf(b, damaged, deps, reason);
     if (findings.length === 0) continue;
-    const ok = await deps.recovery.markSharedDamage(b.vmId, b.backupId, { verifyId: verified.verifyId, foundAt, findings, foundIn: { vmId: verified.vmId, backupId: verified.backupId } });
+    const ok = await deps.recovery.markSharedDamage(b.vmId, b.backupId, {
+      verifyId: verified.verifyId,
+      foundAt,
+      findings,
+      foundIn: { vmId: verified.vmId, backupId: verified.backupId },
+    });
     if (ok) marked.push({ vmId: b.vmId, backupId: b.backupId, chunks: [...new Set(findings.map((f) => f.chunkId!))].sort() });
   }
   return marked;
@@ -83,7 +97,11 @@ export async function shareDamage(verified: { vmId: string; backupId: string; ve
  * After a full verification found the chunks `healed` intact again: every backup marked
  * damaged only through chunks now healed is `committed` again. Returns them.
  */
-export async function healShared(healed: string[], by: { verifyId: string; healedAt: string }, deps: { catalog: Pick<Catalog, 'backupsWithStatus'>; recovery: Pick<RecoveryCatalog, 'markHealthy'> }): Promise<{ vmId: string; backupId: string }[]> {
+export async function healShared(
+  healed: string[],
+  by: { verifyId: string; healedAt: string },
+  deps: { catalog: Pick<Catalog, 'backupsWithStatus'>; recovery: Pick<RecoveryCatalog, 'markHealthy'> },
+): Promise<{ vmId: string; backupId: string }[]> {
   if (healed.length === 0) return [];
   const ok = new Set(healed);
   const out: { vmId: string; backupId: string }[] = [];

@@ -37,11 +37,16 @@ interface Deps {
 /** Where a VM's replica VM is: the DR target of the policy of its newest committed backup. */
 async function replicaOf(catalog: Catalog, plan: string, vmId: string) {
   const vm = await catalog.getVm(vmId);
-  if (!vm) throw new RecoveryRequestInvalid(`failover plan '${plan}' names VM '${vmId}', which is not in the inventory: check the plan's VM ids (lifeboat vms lists them)`);
+  if (!vm)
+    throw new RecoveryRequestInvalid(
+      `failover plan '${plan}' names VM '${vmId}', which is not in the inventory: check the plan's VM ids (lifeboat vms lists them)`,
+    );
   const newest = (await catalog.listBackups(vmId)).find((b) => b.status === 'committed');
   const dr = newest ? (await catalog.getPolicy(newest.policyId))?.replicateTo : undefined;
   if (!dr?.replicaVms || !dr.standbyPath || !dr.moverGroup) {
-    throw new RecoveryRequestInvalid(`VM '${vmId}' of failover plan '${plan}' has no replica VM at a DR site: ${newest ? `its policy '${newest.policyId}' replicates to no repository that keeps replica VMs (repositories[].replication.replicaVms)` : 'it has no committed backup'}`);
+    throw new RecoveryRequestInvalid(
+      `VM '${vmId}' of failover plan '${plan}' has no replica VM at a DR site: ${newest ? `its policy '${newest.policyId}' replicates to no repository that keeps replica VMs (repositories[].replication.replicaVms)` : 'it has no committed backup'}`,
+    );
   }
   return { vm, replicaDir: dr.standbyPath, moverGroup: dr.moverGroup, uri: dr.replicaVms.uri, site: dr.replicaVms.site };
 }
@@ -59,13 +64,23 @@ export async function planFailoverPlan(input: z.output<typeof planFailoverPlanIn
       const r = await replicaOf(deps.catalog, plan.id, e.vm);
       site ??= { moverGroup: r.moverGroup, uri: r.uri, name: r.site };
       if (r.moverGroup !== site.moverGroup || r.uri !== site.uri) {
-        throw new RecoveryRequestInvalid(`failover plan '${plan.id}' spans two DR sites: VM '${e.vm}' is replicated to ${r.uri} (mover group ${r.moverGroup}), earlier VMs to ${site.uri} (mover group ${site.moverGroup}); make one plan per DR site`);
+        throw new RecoveryRequestInvalid(
+          `failover plan '${plan.id}' spans two DR sites: VM '${e.vm}' is replicated to ${r.uri} (mover group ${r.moverGroup}), earlier VMs to ${site.uri} (mover group ${site.moverGroup}); make one plan per DR site`,
+        );
       }
       vms.push({ vmId: e.vm, replicaDir: r.replicaDir });
       jobs.push({
-        runId: input.runId, test: input.test, vmId: e.vm, name: r.vm.name ?? e.vm, moverGroup: r.moverGroup, uri: r.uri, replicaDir: r.replicaDir,
-        point: points?.[e.vm] ?? points?.['*'] ?? 'latest', startedAtMs,
-        ...(g.readiness ? { readiness: g.readiness } : {}), ...('script' in e && e.script ? { script: e.script } : {}),
+        runId: input.runId,
+        test: input.test,
+        vmId: e.vm,
+        name: r.vm.name ?? e.vm,
+        moverGroup: r.moverGroup,
+        uri: r.uri,
+        replicaDir: r.replicaDir,
+        point: points?.[e.vm] ?? points?.['*'] ?? 'latest',
+        startedAtMs,
+        ...(g.readiness ? { readiness: g.readiness } : {}),
+        ...('script' in e && e.script ? { script: e.script } : {}),
         ...('scriptTimeoutSeconds' in e && e.scriptTimeoutSeconds ? { scriptTimeoutSeconds: e.scriptTimeoutSeconds } : {}),
       });
     }
@@ -87,11 +102,20 @@ export const recordFailoverPlanInput = z.looseObject({
 export async function recordFailoverPlan(input: z.output<typeof recordFailoverPlanInput>, deps: Pick<Deps, 'recovery' | 'now'>): Promise<FailoverReport> {
   const vms = input.booted.flatMap((g) => g.vms.map((v) => ({ ...v, group: g.index })));
   const report: FailoverReport = {
-    runId: input.runId, plan: input.plan, test: input.test, vms,
+    runId: input.runId,
+    plan: input.plan,
+    test: input.test,
+    vms,
     rtoSeconds: Math.max(0, ...vms.map((v) => v.readySeconds)),
     ...(input.cleanedUp ? { cleanedUp: input.cleanedUp } : {}),
   };
-  await deps.recovery.putRecord('FAILOVER', input.runId, { status: 'succeeded', finishedAt: deps.now().toISOString(), plan: input.plan, test: input.test, summary: report });
+  await deps.recovery.putRecord('FAILOVER', input.runId, {
+    status: 'succeeded',
+    finishedAt: deps.now().toISOString(),
+    plan: input.plan,
+    test: input.test,
+    summary: report,
+  });
   return report;
 }
 

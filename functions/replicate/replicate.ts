@@ -43,7 +43,10 @@ async function ensureSameKey(deps: Deps, source: RepositoryLocation, target: Rep
     await deps.store(target).put(key, s);
     return;
   }
-  if (!s.equals(t)) throw new RecoveryRequestInvalid(`DR repository ${target.bucket} holds another repository key than ${source.bucket}; a DR repository receives copies of sealed objects and must share the source's key (use an empty bucket)`);
+  if (!s.equals(t))
+    throw new RecoveryRequestInvalid(
+      `DR repository ${target.bucket} holds another repository key than ${source.bucket}; a DR repository receives copies of sealed objects and must share the source's key (use an empty bucket)`,
+    );
 }
 
 /** Where a backup of a policy is replicated to: the DR repository, the mover group serving it and its standby folder. */
@@ -59,9 +62,15 @@ async function drTargetOf(catalog: Catalog, policyId: string, requested: string 
   const dr = (await catalog.getPolicy(policyId))?.replicateTo;
   const bucket = requested ?? dr?.bucket;
   if (!bucket) throw new RecoveryRequestInvalid(`policy '${policyId}' replicates nowhere (no replicateTo) and the input names no targetBucket`);
-  const target: DrTarget = dr?.bucket === bucket
-    ? { repository: location(bucket, dr.endpoint), ...(dr.moverGroup ? { moverGroup: dr.moverGroup } : {}), ...(dr.standbyPath ? { standbyPath: dr.standbyPath } : {}), ...(dr.replicaVms ? { replicaVms: dr.replicaVms } : {}) }
-    : { repository: { bucket } };
+  const target: DrTarget =
+    dr?.bucket === bucket
+      ? {
+          repository: location(bucket, dr.endpoint),
+          ...(dr.moverGroup ? { moverGroup: dr.moverGroup } : {}),
+          ...(dr.standbyPath ? { standbyPath: dr.standbyPath } : {}),
+          ...(dr.replicaVms ? { replicaVms: dr.replicaVms } : {}),
+        }
+      : { repository: { bucket } };
   if (bucket === source.bucket && endpointKey(target.repository.endpoint) === endpointKey(source.endpoint)) {
     throw new RecoveryRequestInvalid(`the DR repository ${bucket} is the backup's own repository`);
   }
@@ -71,20 +80,25 @@ async function drTargetOf(catalog: Catalog, policyId: string, requested: string 
 /** The request's mover group, else the one configured to replicate into the DR repository. */
 function drGroup(requested: string | undefined, target: DrTarget): string {
   const group = requested ?? target.moverGroup;
-  if (!group) throw new RecoveryRequestInvalid(`the DR repository ${target.repository.bucket} names no mover group that replicates into it (configuration: repositories[].replication.moverGroup); name one with "moverGroup"`);
+  if (!group)
+    throw new RecoveryRequestInvalid(
+      `the DR repository ${target.repository.bucket} names no mover group that replicates into it (configuration: repositories[].replication.moverGroup); name one with "moverGroup"`,
+    );
   return group;
 }
 
-export const replicateRequest = z.object({
-  vmId: text,
-  backupId: text.optional(),
-  /** The DR site's mover group (default: the one the DR repository's configuration names). */
-  moverGroup: text.optional(),
-  /** Default: the policy's replicateTo repository. */
-  targetBucket: text.optional(),
-  /** Keep a warm standby replica of the VM's disks in this folder on the DR movers (default: the DR repository's standbyPath, if any). */
-  replicaDir: absolute.optional(),
-}).strict();
+export const replicateRequest = z
+  .object({
+    vmId: text,
+    backupId: text.optional(),
+    /** The DR site's mover group (default: the one the DR repository's configuration names). */
+    moverGroup: text.optional(),
+    /** Default: the policy's replicateTo repository. */
+    targetBucket: text.optional(),
+    /** Keep a warm standby replica of the VM's disks in this folder on the DR movers (default: the DR repository's standbyPath, if any). */
+    replicaDir: absolute.optional(),
+  })
+  .strict();
 export const planReplicateInput = z.object({ replicationId: text, request: replicateRequest }).strict();
 
 export async function planReplicate({ replicationId, request }: z.output<typeof planReplicateInput>, deps: Deps): Promise<ReplicateJob> {
@@ -97,9 +111,16 @@ export async function planReplicate({ replicationId, request }: z.output<typeof 
   const vm = target.replicaVms && replicaDir ? await deps.catalog.getVm(request.vmId) : undefined;
   const libvirt = vm ? (await deps.catalog.getHost(vm.host))?.hypervisor?.driver === 'libvirt' : false;
   return {
-    replicationId, vmId: request.vmId, backupId: backup.backupId, moverGroup,
-    source, target: target.repository, disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
-    replicaDir, recoveryPoint: backup.startedAt, ...(libvirt ? { replica: target.replicaVms! } : {}),
+    replicationId,
+    vmId: request.vmId,
+    backupId: backup.backupId,
+    moverGroup,
+    source,
+    target: target.repository,
+    disks: backup.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
+    replicaDir,
+    recoveryPoint: backup.startedAt,
+    ...(libvirt ? { replica: target.replicaVms! } : {}),
   };
 }
 
@@ -124,7 +145,8 @@ export async function acquireReplicaLease(job: ReplicateJob, deps: Pick<Deps, 'c
   const key = Catalog.slotKey(scope, 0);
   let replicaDir = job.replicaDir;
   if (replicaDir) {
-    for (const b of await deps.catalog.listBackups(job.vmId)) { // newest first
+    for (const b of await deps.catalog.listBackups(job.vmId)) {
+      // newest first
       if (b.backupId === job.backupId) break;
       if (b.status === 'committed' && (await deps.recovery.getReplica(job.vmId, job.target.bucket, b.backupId))) {
         replicaDir = null; // the standby holds (or will hold) the newer backup
@@ -155,7 +177,11 @@ export const verifyReplicaInput = replicateJob;
  * RecordReplication vouch for it (restores and failovers trust that record).
  */
 export async function verifyReplica(job: ReplicateJob, deps: { store: ObjectStore; keys: RepositoryKeys }): Promise<VerifyOutput> {
-  return verifyManifests(job.backupId, job.disks.map((d) => ({ diskId: d.diskId, manifestKey: objectKeys.manifest(job.backupId, d.diskId) })), deps);
+  return verifyManifests(
+    job.backupId,
+    job.disks.map((d) => ({ diskId: d.diskId, manifestKey: objectKeys.manifest(job.backupId, d.diskId) })),
+    deps,
+  );
 }
 
 export interface ReplicationSummary {
@@ -169,13 +195,28 @@ export interface ReplicationSummary {
 }
 
 export async function recordReplication(input: z.output<typeof recordReplicationInput>, deps: Pick<Deps, 'recovery' | 'now'>): Promise<ReplicationSummary> {
-  const want = input.disks.map((d) => d.diskId).sort().join(',');
-  const got = input.replicated.map((d) => d.diskId).sort().join(',');
+  const want = input.disks
+    .map((d) => d.diskId)
+    .sort()
+    .join(',');
+  const got = input.replicated
+    .map((d) => d.diskId)
+    .sort()
+    .join(',');
   if (want !== got) throw new RecoveryRequestInvalid(`replication ${input.replicationId} planned disks ${want} but movers reported ${got}`);
   const at = deps.now().toISOString();
-  await deps.recovery.putReplica({ vmId: input.vmId, backupId: input.backupId, bucket: input.target.bucket, replicatedAt: at, replicationId: input.replicationId });
+  await deps.recovery.putReplica({
+    vmId: input.vmId,
+    backupId: input.backupId,
+    bucket: input.target.bucket,
+    replicatedAt: at,
+    replicationId: input.replicationId,
+  });
   const summary: ReplicationSummary = {
-    replicationId: input.replicationId, vmId: input.vmId, backupId: input.backupId, target: input.target.bucket,
+    replicationId: input.replicationId,
+    vmId: input.vmId,
+    backupId: input.backupId,
+    target: input.target.bucket,
     chunks: input.replicated.reduce((n, d) => n + d.chunks, 0),
     chunksCopied: input.replicated.reduce((n, d) => n + d.chunksCopied, 0),
     bytesCopied: input.replicated.reduce((n, d) => n + d.bytesCopied, 0),
@@ -184,16 +225,18 @@ export async function recordReplication(input: z.output<typeof recordReplication
   return summary;
 }
 
-export const replicatePolicyRequest = z.object({
-  policyId: text,
-  /** Only VMs whose newest committed backup this Backup run made (how the Backup workflow starts it); default: every VM of the policy. */
-  runId: text.optional(),
-  moverGroup: text.optional(),
-  targetBucket: text.optional(),
-  replicaDir: absolute.optional(),
-  /** Set by Step Functions when another execution (a Backup run) started this one: the console links the two. */
-  AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: text.optional(),
-}).strict();
+export const replicatePolicyRequest = z
+  .object({
+    policyId: text,
+    /** Only VMs whose newest committed backup this Backup run made (how the Backup workflow starts it); default: every VM of the policy. */
+    runId: text.optional(),
+    moverGroup: text.optional(),
+    targetBucket: text.optional(),
+    replicaDir: absolute.optional(),
+    /** Set by Step Functions when another execution (a Backup run) started this one: the console links the two. */
+    AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: text.optional(),
+  })
+  .strict();
 export const planReplicatePolicyInput = z.object({ replicationId: text, request: replicatePolicyRequest }).strict();
 
 /** One job per VM of the policy whose newest committed backup the DR repository does not have. */
@@ -217,26 +260,36 @@ export async function planReplicatePolicy({ replicationId, request }: z.output<t
       skipped.push({ vmId, reason: `newest backup ${newest.backupId} is in ${target.repository.bucket} already` });
       continue;
     }
-    jobs.push(await planReplicate({
-      replicationId: `${replicationId}-${vmId}`,
-      request: {
-        vmId, backupId: newest.backupId, targetBucket: target.repository.bucket,
-        ...(request.moverGroup ? { moverGroup: request.moverGroup } : {}), ...(request.replicaDir ? { replicaDir: request.replicaDir } : {}),
-      },
-    }, deps));
+    jobs.push(
+      await planReplicate(
+        {
+          replicationId: `${replicationId}-${vmId}`,
+          request: {
+            vmId,
+            backupId: newest.backupId,
+            targetBucket: target.repository.bucket,
+            ...(request.moverGroup ? { moverGroup: request.moverGroup } : {}),
+            ...(request.replicaDir ? { replicaDir: request.replicaDir } : {}),
+          },
+        },
+        deps,
+      ),
+    );
   }
   return { policyId: policy.policyId, runId: request.runId ?? null, jobs, skipped };
 }
 
-export const failoverRequest = z.object({
-  vmId: text,
-  /** Default: the mover group that replicates into the DR repository. */
-  moverGroup: text.optional(),
-  /** Default: the DR repository's standbyPath. */
-  replicaDir: absolute.optional(),
-  /** Default: the repository the VM's policy replicates to. */
-  targetBucket: text.optional(),
-}).strict();
+export const failoverRequest = z
+  .object({
+    vmId: text,
+    /** Default: the mover group that replicates into the DR repository. */
+    moverGroup: text.optional(),
+    /** Default: the DR repository's standbyPath. */
+    replicaDir: absolute.optional(),
+    /** Default: the repository the VM's policy replicates to. */
+    targetBucket: text.optional(),
+  })
+  .strict();
 export const planFailoverInput = z.object({ failoverId: text, request: failoverRequest }).strict();
 
 /** The newest committed backup of the VM that is complete in the DR repository. */
@@ -249,11 +302,20 @@ export async function planFailover({ failoverId, request }: z.output<typeof plan
     const target = await drTargetOf(deps.catalog, b.policyId, request.targetBucket, source);
     if (!(await deps.recovery.getReplica(request.vmId, target.repository.bucket, b.backupId))) continue;
     const replicaDir = request.replicaDir ?? target.standbyPath;
-    if (!replicaDir) throw new RecoveryRequestInvalid(`the DR repository ${target.repository.bucket} keeps no standby replica (configuration: repositories[].replication.standbyPath); name one with "replicaDir"`);
+    if (!replicaDir)
+      throw new RecoveryRequestInvalid(
+        `the DR repository ${target.repository.bucket} keeps no standby replica (configuration: repositories[].replication.standbyPath); name one with "replicaDir"`,
+      );
     return {
-      replicationId: failoverId, vmId: request.vmId, backupId: b.backupId, moverGroup: drGroup(request.moverGroup, target),
-      source, target: target.repository, disks: b.disks!.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
-      replicaDir, recoveryPoint: b.startedAt,
+      replicationId: failoverId,
+      vmId: request.vmId,
+      backupId: b.backupId,
+      moverGroup: drGroup(request.moverGroup, target),
+      source,
+      target: target.repository,
+      disks: b.disks!.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })),
+      replicaDir,
+      recoveryPoint: b.startedAt,
     };
   }
   throw new RecoveryRequestInvalid(`VM '${request.vmId}' has no committed backup that is complete in its DR repository; run the Replicate workflow first`);
@@ -274,9 +336,12 @@ export interface FailoverSummary {
 export async function recordFailover(input: z.output<typeof recordFailoverInput>, deps: Pick<Deps, 'recovery' | 'now'>): Promise<FailoverSummary> {
   const now = deps.now();
   const summary: FailoverSummary = {
-    vmId: input.vmId, backupId: input.backupId, recoveryPoint: input.recoveryPoint,
+    vmId: input.vmId,
+    backupId: input.backupId,
+    recoveryPoint: input.recoveryPoint,
     recoveryPointAgeSeconds: Math.round((now.getTime() - new Date(input.recoveryPoint).getTime()) / 1000),
-    vmConfigPath: input.vmConfig.path, disks: input.standby,
+    vmConfigPath: input.vmConfig.path,
+    disks: input.standby,
   };
   await deps.recovery.putRecord('FAILOVER', input.replicationId, { status: 'ready', finishedAt: now.toISOString(), summary });
   return summary;
@@ -301,4 +366,13 @@ export function makeHandlers(c: Clients) {
 }
 
 /** The Lambda entry: the handlers with clients built from the environment, once per container. */
-export const { planHandler, planPolicyHandler, acquireLeaseHandler, releaseLeaseHandler, verifyReplicaHandler, recordHandler, planFailoverHandler, recordFailoverHandler } = fromEnvironment(makeHandlers);
+export const {
+  planHandler,
+  planPolicyHandler,
+  acquireLeaseHandler,
+  releaseLeaseHandler,
+  verifyReplicaHandler,
+  recordHandler,
+  planFailoverHandler,
+  recordFailoverHandler,
+} = fromEnvironment(makeHandlers);

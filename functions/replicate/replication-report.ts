@@ -37,8 +37,17 @@ export interface ReplicationReport {
 
 const hoursSince = (now: Date, iso: string) => Math.max(0, (now.getTime() - Date.parse(iso)) / 3600_000);
 
-export async function reportReplication(input: z.output<typeof reportReplicationInput>, deps: { catalog: Catalog; recovery: Pick<RecoveryCatalog, 'newestReplica'>; now: () => Date }): Promise<ReplicationReport> {
-  const report: ReplicationReport = { policyId: input.policyId, drBucket: null, vms: {}, drRecoveryPointAgeHours: null, replicationStartFailed: input.started === undefined ? null : !input.started };
+export async function reportReplication(
+  input: z.output<typeof reportReplicationInput>,
+  deps: { catalog: Catalog; recovery: Pick<RecoveryCatalog, 'newestReplica'>; now: () => Date },
+): Promise<ReplicationReport> {
+  const report: ReplicationReport = {
+    policyId: input.policyId,
+    drBucket: null,
+    vms: {},
+    drRecoveryPointAgeHours: null,
+    replicationStartFailed: input.started === undefined ? null : !input.started,
+  };
   const policy = await deps.catalog.getPolicy(input.policyId);
   if (!policy?.replicateTo) return report;
   report.drBucket = policy.replicateTo.bucket;
@@ -63,7 +72,8 @@ export function publishReplicationMetrics(metrics: Metrics, report: ReplicationR
   if (report.drBucket === null) return;
   metrics.addDimension('policyId', report.policyId);
   if (report.drRecoveryPointAgeHours !== null) metrics.addMetric(replicationMetrics.drRecoveryPointAgeHours, MetricUnit.Count, report.drRecoveryPointAgeHours);
-  if (report.replicationStartFailed !== null) metrics.addMetric(replicationMetrics.replicationStartFailed, MetricUnit.Count, report.replicationStartFailed ? 1 : 0);
+  if (report.replicationStartFailed !== null)
+    metrics.addMetric(replicationMetrics.replicationStartFailed, MetricUnit.Count, report.replicationStartFailed ? 1 : 0);
 }
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */

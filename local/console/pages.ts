@@ -44,19 +44,39 @@ function drLagCell(v: VmRow): string {
 }
 
 export function vmsTable(vms: VmRow[]): string {
-  return table('vms', ['VM', 'host', 'protection', 'policies', 'last backup', 'consistency', 'RPO', 'age', 'DR lag'], vms.map((v) => [
-    `<a href="/vms/${encodeURIComponent(v.vmId)}">${esc(v.vmId)}</a>`, esc(v.host), esc(v.protection), esc(v.policies.join(', ') || '–'),
-    v.lastBackup ? `${time(v.lastBackup.at)} ${esc(v.lastBackup.status)}` : '–', esc(v.consistency ?? '–'), rpoCell(v),
-    v.recoveryPointAgeHours === null ? '–' : esc(formatHours(v.recoveryPointAgeHours)), drLagCell(v),
-  ]));
+  return table(
+    'vms',
+    ['VM', 'host', 'protection', 'policies', 'last backup', 'consistency', 'RPO', 'age', 'DR lag'],
+    vms.map((v) => [
+      `<a href="/vms/${encodeURIComponent(v.vmId)}">${esc(v.vmId)}</a>`,
+      esc(v.host),
+      esc(v.protection),
+      esc(v.policies.join(', ') || '–'),
+      v.lastBackup ? `${time(v.lastBackup.at)} ${esc(v.lastBackup.status)}` : '–',
+      esc(v.consistency ?? '–'),
+      rpoCell(v),
+      v.recoveryPointAgeHours === null ? '–' : esc(formatHours(v.recoveryPointAgeHours)),
+      drLagCell(v),
+    ]),
+  );
 }
 
 export function backupsTable(rows: BackupRow[]): string {
-  return table('backups', ['backup', 'time', 'status', 'size', 'new', 'stored', 'consistency', 'verified', 'damaged'], rows.map((b) => [
-    esc(b.backupId), time(b.committedAt ?? b.startedAt), esc(b.status), esc(formatBytes(b.sizeBytes)), esc(formatBytes(b.bytesNew)), esc(formatBytes(b.bytesStored)),
-    esc(b.consistency ?? '–'), b.verified ? `${time(b.verified.at)}${b.verified.full ? '' : ' (sample)'}` : '–',
-    b.damaged ? `<span class="bad">DAMAGED${b.damage ? ` (${b.damage.objects} objects, ${esc(b.damage.verifyId)})` : ''}</span>` : 'no',
-  ]));
+  return table(
+    'backups',
+    ['backup', 'time', 'status', 'size', 'new', 'stored', 'consistency', 'verified', 'damaged'],
+    rows.map((b) => [
+      esc(b.backupId),
+      time(b.committedAt ?? b.startedAt),
+      esc(b.status),
+      esc(formatBytes(b.sizeBytes)),
+      esc(formatBytes(b.bytesNew)),
+      esc(formatBytes(b.bytesStored)),
+      esc(b.consistency ?? '–'),
+      b.verified ? `${time(b.verified.at)}${b.verified.full ? '' : ' (sample)'}` : '–',
+      b.damaged ? `<span class="bad">DAMAGED${b.damage ? ` (${b.damage.objects} objects, ${esc(b.damage.verifyId)})` : ''}</span>` : 'no',
+    ]),
+  );
 }
 
 function progressCell(done: number, total: number): string {
@@ -65,67 +85,127 @@ function progressCell(done: number, total: number): string {
 }
 
 export function runsTable(runs: RunRow[]): string {
-  return table('runs', ['run', 'policy', 'status', 'started', 'VMs', 'committed', 'failed', 'progress'], runs.map((r) => [
-    `<a href="/runs/${encodeURIComponent(r.runId)}">${esc(r.runId)}</a>`, esc(r.policyId ?? '–'), r.status === 'FAILED' || r.failed ? `<span class="bad">${esc(r.status)}</span>` : esc(r.status),
-    time(r.startedAt), String(r.vms.length), String(r.committed), String(r.failed),
-    progressCell(r.vms.reduce((n, v) => n + v.bytesDone, 0), r.vms.reduce((n, v) => n + v.bytesTotal, 0)),
-  ]));
+  return table(
+    'runs',
+    ['run', 'policy', 'status', 'started', 'VMs', 'committed', 'failed', 'progress'],
+    runs.map((r) => [
+      `<a href="/runs/${encodeURIComponent(r.runId)}">${esc(r.runId)}</a>`,
+      esc(r.policyId ?? '–'),
+      r.status === 'FAILED' || r.failed ? `<span class="bad">${esc(r.status)}</span>` : esc(r.status),
+      time(r.startedAt),
+      String(r.vms.length),
+      String(r.committed),
+      String(r.failed),
+      progressCell(
+        r.vms.reduce((n, v) => n + v.bytesDone, 0),
+        r.vms.reduce((n, v) => n + v.bytesTotal, 0),
+      ),
+    ]),
+  );
 }
 
 /** A disk's (or segment's) progress: phase, disk, done, rate, ETA, mover. */
 function diskCells(d: DiskProgressRow): string[] {
-  return [esc(d.phase), esc(`${d.diskId}${d.segment === null ? '' : ` segment ${d.segment}`}`), progressCell(d.bytesDone, d.bytesTotal),
-    esc(`${formatBytes(d.bytesPerSecond)}/s`), d.etaSeconds === null ? '–' : esc(formatSeconds(d.etaSeconds)), esc(d.mover)];
+  return [
+    esc(d.phase),
+    esc(`${d.diskId}${d.segment === null ? '' : ` segment ${d.segment}`}`),
+    progressCell(d.bytesDone, d.bytesTotal),
+    esc(`${formatBytes(d.bytesPerSecond)}/s`),
+    d.etaSeconds === null ? '–' : esc(formatSeconds(d.etaSeconds)),
+    esc(d.mover),
+  ];
 }
 
 export function runPage(r: RunRow): string {
   const rows: string[][] = [];
   for (const v of r.vms) {
-    rows.push([esc(v.vmId), esc(v.phase), '', progressCell(v.bytesDone, v.bytesTotal), '', '', v.error ? `<span class="bad">${esc(v.error.Error)}: ${esc(v.error.Cause)}</span>` : '']);
+    rows.push([
+      esc(v.vmId),
+      esc(v.phase),
+      '',
+      progressCell(v.bytesDone, v.bytesTotal),
+      '',
+      '',
+      v.error ? `<span class="bad">${esc(v.error.Error)}: ${esc(v.error.Cause)}</span>` : '',
+    ]);
     for (const d of v.disks) rows.push(['', ...diskCells(d)]);
   }
-  const head = `<p>policy ${esc(r.policyId ?? '–')} · <b id="run-status">${esc(r.status)}</b> · started ${time(r.startedAt)}${r.stoppedAt ? ` · stopped ${time(r.stoppedAt)}` : ''} · ${r.committed} committed, ${r.failed} failed</p>`
-    + (r.error ? `<p class="bad">${esc(r.error.Error)}: ${esc(r.error.Cause)}</p>` : '');
-  return layout(`Run ${r.runId}`, head + table('run-vms', ['VM', 'phase', 'disk', 'done', 'rate', 'ETA', 'mover / error'], rows), r.status === 'RUNNING' ? { refreshSeconds: 2 } : {});
+  const head =
+    `<p>policy ${esc(r.policyId ?? '–')} · <b id="run-status">${esc(r.status)}</b> · started ${time(r.startedAt)}${r.stoppedAt ? ` · stopped ${time(r.stoppedAt)}` : ''} · ${r.committed} committed, ${r.failed} failed</p>` +
+    (r.error ? `<p class="bad">${esc(r.error.Error)}: ${esc(r.error.Cause)}</p>` : '');
+  return layout(
+    `Run ${r.runId}`,
+    head + table('run-vms', ['VM', 'phase', 'disk', 'done', 'rate', 'ETA', 'mover / error'], rows),
+    r.status === 'RUNNING' ? { refreshSeconds: 2 } : {},
+  );
 }
 
 export function policiesTable(rows: PolicyRow[]): string {
-  return table('policies', ['policy', 'repository', 'VMs', 'RPO', 'replicated to', 'back up now'], rows.map((p) => [
-    esc(p.policyId), esc(p.repositoryId ?? p.bucket), String(p.vms), p.rpoHours === null ? '–' : `${p.rpoHours} h`, esc(p.replicateTo ?? '–'),
-    `<form method="post" action="/actions/backup"><input type="hidden" name="policyId" value="${esc(p.policyId)}"><button type="submit" id="backup-${esc(p.policyId)}">Start backup</button></form>`,
-  ]));
+  return table(
+    'policies',
+    ['policy', 'repository', 'VMs', 'RPO', 'replicated to', 'back up now'],
+    rows.map((p) => [
+      esc(p.policyId),
+      esc(p.repositoryId ?? p.bucket),
+      String(p.vms),
+      p.rpoHours === null ? '–' : `${p.rpoHours} h`,
+      esc(p.replicateTo ?? '–'),
+      `<form method="post" action="/actions/backup"><input type="hidden" name="policyId" value="${esc(p.policyId)}"><button type="submit" id="backup-${esc(p.policyId)}">Start backup</button></form>`,
+    ]),
+  );
 }
 
 export function moversTable(movers: MoverView[]): string {
-  return table('movers', ['group', 'mover', 'version', 'state', 'tasks', 'last seen'], movers.map((m) => [
-    esc(m.group), esc(m.name), esc(m.version + (m.upToDate ? '' : ' (old)')), m.status === 'live' ? esc(m.state) : `<span class="bad">${esc(m.status)}</span>`,
-    `${m.tasksInFlight}/${m.slots}`, `${m.ageSeconds} s ago`,
-  ]));
+  return table(
+    'movers',
+    ['group', 'mover', 'version', 'state', 'tasks', 'last seen'],
+    movers.map((m) => [
+      esc(m.group),
+      esc(m.name),
+      esc(m.version + (m.upToDate ? '' : ' (old)')),
+      m.status === 'live' ? esc(m.state) : `<span class="bad">${esc(m.status)}</span>`,
+      `${m.tasksInFlight}/${m.slots}`,
+      `${m.ageSeconds} s ago`,
+    ]),
+  );
 }
 
 export function restorePointsTable(rows: RestorePointRow[]): string {
-  return table('restore-points', ['VM', 'policy', 'DR repository', 'backup', 'replicated', 'age'], rows.map((r) => [
-    esc(r.vmId), esc(r.policyId), esc(r.repositoryId), esc(r.backupId), time(r.replicatedAt), esc(formatHours(r.ageHours)),
-  ]));
+  return table(
+    'restore-points',
+    ['VM', 'policy', 'DR repository', 'backup', 'replicated', 'age'],
+    rows.map((r) => [esc(r.vmId), esc(r.policyId), esc(r.repositoryId), esc(r.backupId), time(r.replicatedAt), esc(formatHours(r.ageHours))]),
+  );
 }
 
 /** A VM's page: its backups, and forms to deep-verify or restore one (default: the newest). */
 export function vmPage(vmId: string, backups: BackupRow[], groups: string[], defaultGroup: string | undefined): string {
   const groupSelect = `<select name="group">${groups.map((g) => `<option${g === defaultGroup ? ' selected' : ''}>${esc(g)}</option>`).join('')}</select>`;
-  const backupSelect = `<select name="backupId"><option value="">newest committed</option>${backups.filter((b) => b.status === 'committed' || b.damaged).map((b) => `<option>${esc(b.backupId)}</option>`).join('')}</select>`;
+  const backupSelect = `<select name="backupId"><option value="">newest committed</option>${backups
+    .filter((b) => b.status === 'committed' || b.damaged)
+    .map((b) => `<option>${esc(b.backupId)}</option>`)
+    .join('')}</select>`;
   const vm = `<input type="hidden" name="vmId" value="${esc(vmId)}">`;
-  const forms = `<form class="inline" method="post" action="/actions/verify">${vm}<b>Deep verify</b> ${backupSelect} on ${groupSelect} <button type="submit" id="verify">Verify</button></form>`
-    + `<form class="inline" method="post" action="/actions/restore">${vm}<b>Restore</b> ${backupSelect} into <input name="target" placeholder="/absolute/folder/on/the/mover" size="32" required> on ${groupSelect} <button type="submit" id="restore">Restore</button></form>`;
+  const forms =
+    `<form class="inline" method="post" action="/actions/verify">${vm}<b>Deep verify</b> ${backupSelect} on ${groupSelect} <button type="submit" id="verify">Verify</button></form>` +
+    `<form class="inline" method="post" action="/actions/restore">${vm}<b>Restore</b> ${backupSelect} into <input name="target" placeholder="/absolute/folder/on/the/mover" size="32" required> on ${groupSelect} <button type="submit" id="restore">Restore</button></form>`;
   return layout(`VM ${vmId}`, forms + backupsTable(backups));
 }
 
 /** A Restore or DeepVerify execution: its status, its disks' progress (while the progress objects are kept) and, once done, its output. */
-export function executionPage(workflow: string, name: string, d: { status: string; output?: string; error?: string; cause?: string }, progress?: OperationProgressRow): string {
+export function executionPage(
+  workflow: string,
+  name: string,
+  d: { status: string; output?: string; error?: string; cause?: string },
+  progress?: OperationProgressRow,
+): string {
   const disks = progress
     ? `<p>VM ${esc(progress.vmId)}, backup ${esc(progress.backupId)}: ${progressCell(progress.bytesDone, progress.bytesTotal)}</p>${table('execution-disks', ['phase', 'disk', 'done', 'rate', 'ETA', 'mover'], progress.disks.map(diskCells))}`
     : '';
-  const body = `<p>${esc(workflow)} <b id="execution-status">${esc(d.status)}</b></p>`
-    + (d.error ? `<p class="bad">${esc(d.error)}: ${esc(d.cause)}</p>` : '') + disks
-    + (d.output ? `<pre id="execution-output">${esc(JSON.stringify(JSON.parse(d.output), null, 2))}</pre>` : '');
+  const body =
+    `<p>${esc(workflow)} <b id="execution-status">${esc(d.status)}</b></p>` +
+    (d.error ? `<p class="bad">${esc(d.error)}: ${esc(d.cause)}</p>` : '') +
+    disks +
+    (d.output ? `<pre id="execution-output">${esc(JSON.stringify(JSON.parse(d.output), null, 2))}</pre>` : '');
   return layout(`${workflow} ${name}`, body, d.status === 'RUNNING' ? { refreshSeconds: 2 } : {});
 }

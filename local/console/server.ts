@@ -86,10 +86,17 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
     const [what, id, name] = path;
     if (!what) {
       const [alerts, runs, policies, vms, movers] = await Promise.all([
-        must<Alert[]>('/api/alerts'), must<RunRow[]>('/api/runs?max=10'), must<PolicyRow[]>('/api/policies'), must<VmRow[]>('/api/vms'), must<MoverView[]>('/api/movers'),
+        must<Alert[]>('/api/alerts'),
+        must<RunRow[]>('/api/runs?max=10'),
+        must<PolicyRow[]>('/api/policies'),
+        must<VmRow[]>('/api/vms'),
+        must<MoverView[]>('/api/movers'),
       ]);
-      return pages.layout('Overview', `<h2>Alerts</h2>${pages.alertsSection(alerts)}<h2>Runs</h2>${pages.runsTable(runs)}<h2>Policies</h2>${pages.policiesTable(policies)}<h2>VMs</h2>${pages.vmsTable(vms)}<h2>Movers</h2>${pages.moversTable(movers)}`,
-        runs.some((r) => r.status === 'RUNNING') ? { refreshSeconds: 2 } : {});
+      return pages.layout(
+        'Overview',
+        `<h2>Alerts</h2>${pages.alertsSection(alerts)}<h2>Runs</h2>${pages.runsTable(runs)}<h2>Policies</h2>${pages.policiesTable(policies)}<h2>VMs</h2>${pages.vmsTable(vms)}<h2>Movers</h2>${pages.moversTable(movers)}`,
+        runs.some((r) => r.status === 'RUNNING') ? { refreshSeconds: 2 } : {},
+      );
     }
     if (what === 'vms' && !id) return pages.layout('VMs', pages.vmsTable(await must<VmRow[]>('/api/vms')));
     if (what === 'vms' && id) {
@@ -102,7 +109,8 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
       const run = await get<RunRow>(`/api/runs/${encodeURIComponent(id)}`);
       return run ? pages.runPage(run) : undefined;
     }
-    if (what === 'restore-points') return pages.layout('Restore points (DR repositories)', pages.restorePointsTable(await must<RestorePointRow[]>('/api/restore-points')));
+    if (what === 'restore-points')
+      return pages.layout('Restore points (DR repositories)', pages.restorePointsTable(await must<RestorePointRow[]>('/api/restore-points')));
     if (what === 'movers') return pages.layout('Movers', pages.moversTable(await must<MoverView[]>('/api/movers')));
     if (what === 'alerts') return pages.layout('Alerts', pages.alertsSection(await must<Alert[]>('/api/alerts')));
     if (what === 'executions' && (id === 'Restore' || id === 'DeepVerify') && name) {
@@ -119,12 +127,15 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
     // The console acts with its stack's (or its operator's) rights and has no login of its own: it answers only
     // requests addressed to this loopback listener (no DNS rebinding), and actions only from its own pages (no cross-site POST).
     const host = req.headers.host ?? '';
-    if (!/^(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(host)) return send(res, 421, 'text/plain', `the console answers requests to 127.0.0.1 or localhost only, not to '${host}'\n`);
+    if (!/^(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(host))
+      return send(res, 421, 'text/plain', `the console answers requests to 127.0.0.1 or localhost only, not to '${host}'\n`);
     const origin = req.headers.origin;
-    if (req.method === 'POST' && origin && (origin === 'null' || URL.parse(origin)?.host !== host)) return send(res, 403, 'text/plain', `a POST from ${origin} is not one of the console's own forms: refused\n`);
+    if (req.method === 'POST' && origin && (origin === 'null' || URL.parse(origin)?.host !== host))
+      return send(res, 403, 'text/plain', `a POST from ${origin} is not one of the console's own forms: refused\n`);
     try {
       if (path[0] === 'api') {
-        if (req.method !== 'GET' && req.method !== 'POST') return json(res, 405, { error: 'MethodNotAllowed', message: 'the operator API takes GET, and POST /api/vms (`lifeboat vm add`)' });
+        if (req.method !== 'GET' && req.method !== 'POST')
+          return json(res, 405, { error: 'MethodNotAllowed', message: 'the operator API takes GET, and POST /api/vms (`lifeboat vm add`)' });
         const a = await o.api(req.method, `${url.pathname}${url.search}`, req.method === 'POST' ? await body(req) : undefined);
         return json(res, a.status, a.body);
       }
@@ -148,9 +159,10 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<{ url
   await new Promise<void>((ok, fail) => server.once('error', fail).listen(o.port, '127.0.0.1', ok));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () => new Promise<void>((ok) => {
-      server.closeAllConnections();
-      server.close(() => ok());
-    }),
+    close: () =>
+      new Promise<void>((ok) => {
+        server.closeAllConnections();
+        server.close(() => ok());
+      }),
   };
 }

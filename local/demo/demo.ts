@@ -43,7 +43,10 @@ export async function sha256File(path: string): Promise<string> {
 }
 
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
-  const stamp = new Date().toISOString().replace(/[-:.TZ]/g, '').slice(0, 14);
+  const stamp = new Date()
+    .toISOString()
+    .replace(/[-:.TZ]/g, '')
+    .slice(0, 14);
   const vmId = `demo-${stamp}`;
   const host = 'esx-01';
   o.out(`Starting the embedded stack in ${o.dataDir} ...`);
@@ -73,7 +76,13 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     o.out(`Creating demo VM ${vmId}: disks of ${sizes.map(mib).join(' and ')} (zero runs, text, random data) ...`);
     await createVmFolder(vmDir, { name: vmId, disks: sizes.map((s, i) => ({ id: `disk${i}`, sizeBytes: s })) });
     await stack.catalog.putVm({ vmId, host, source: vmDir });
-    await stack.catalog.putPolicy({ policyId: vmId, vmIds: [vmId], bucket: e.bucket, chunkSize: o.chunkSize ?? stack.config.repositories[0]!.chunkSizeMiB * MiB, slotLimit: 2 });
+    await stack.catalog.putPolicy({
+      policyId: vmId,
+      vmIds: [vmId],
+      bucket: e.bucket,
+      chunkSize: o.chunkSize ?? stack.config.repositories[0]!.chunkSizeMiB * MiB,
+      slotLimit: 2,
+    });
 
     const sfn = sfnClient(e);
     const backup = (label: string): Promise<RunSummary> => {
@@ -93,7 +102,11 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     o.out(`Restoring backup ${latest.backupId} into ${target} ...`);
     const { store, keys } = await openRepository(e);
     const restored = await restoreVm({
-      store, keys, backupId: latest.backupId, diskIds: latest.disks.map((d) => d.diskId), targetDir: target,
+      store,
+      keys,
+      backupId: latest.backupId,
+      diskIds: latest.disks.map((d) => d.diskId),
+      targetDir: target,
       onProgress: (diskId, done, size) => o.status?.(`  restoring ${diskId} ${Math.floor((100 * done) / size)}%`),
     });
     o.status?.('');

@@ -20,7 +20,9 @@ export function formatBackup(f: BackupFigures): string[] {
   return [
     `${f.label}: ${f.summary.committed} VM(s) committed, ${f.summary.failed} failed (run ${f.summary.runId})`,
     `  scanned     ${mib(t.bytesScanned)} (${mib(t.bytesZero)} all-zero, skipped; ${mib(t.bytesUnallocated ?? 0)} of it holes, not read)`,
-    ...(t.bytesUnchanged ? [`  unchanged   ${mib(t.bytesUnchanged)} not read: changed-block tracking said the parent backup holds it (${mib(t.bytesRead ?? 0)} read)`] : []),
+    ...(t.bytesUnchanged
+      ? [`  unchanged   ${mib(t.bytesUnchanged)} not read: changed-block tracking said the parent backup holds it (${mib(t.bytesRead ?? 0)} read)`]
+      : []),
     ...f.summary.vms.flatMap((v) => [
       ...(v.consistency ? [`  ${v.vmId}: ${v.consistency.level}-consistent (${v.consistency.reason})`] : []),
       ...(v.fullReads ?? []).map((r) => `  ${v.vmId}/${r.diskId}: read whole, ${r.reason}`),

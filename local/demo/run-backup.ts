@@ -5,7 +5,13 @@ import type { DemoOptions } from './demo.ts';
 import { formatBackup } from './report.ts';
 import type { RunSummary } from '../../contracts/workflow-outputs.ts';
 
-export async function runDemoBackup(sfn: SFNClient, backupStateMachineArn: string, policyId: string, label: string, o: Pick<DemoOptions, 'out' | 'status'>): Promise<RunSummary> {
+export async function runDemoBackup(
+  sfn: SFNClient,
+  backupStateMachineArn: string,
+  policyId: string,
+  label: string,
+  o: Pick<DemoOptions, 'out' | 'status'>,
+): Promise<RunSummary> {
   const started = performance.now();
   const d = await runExecution(sfn, backupStateMachineArn, { policyId });
   o.status?.('');

@@ -31,7 +31,10 @@ export interface VmDemoResult {
 }
 
 export async function runVmDemo(o: DemoOptions & { uri: string }): Promise<VmDemoResult> {
-  const stamp = new Date().toISOString().replace(/[-:.TZ]/g, '').slice(0, 14);
+  const stamp = new Date()
+    .toISOString()
+    .replace(/[-:.TZ]/g, '')
+    .slice(0, 14);
   const vmId = `demo-vm-${stamp}`;
   o.out(`Starting the embedded stack in ${o.dataDir} ...`);
   const stack = await EmbeddedStack.start({ dataDir: o.dataDir });
@@ -44,18 +47,28 @@ export async function runVmDemo(o: DemoOptions & { uri: string }): Promise<VmDem
     else if (l.level === 'error') o.out(`  [${l.mover}] ${l.event} ${l.error ?? l.line ?? ''} ${l.cause ?? ''}`);
   };
   const movers: MoverProcess[] = [];
-  const sizeBytes = (o.diskSizes?.[0] ?? 256 * MiB);
+  const sizeBytes = o.diskSizes?.[0] ?? 256 * MiB;
   let vm: Awaited<ReturnType<typeof startLabVm>> | undefined;
   try {
     for (let i = 1; i <= (o.movers ?? 2); i++) movers.push(startMover(e, { name: `mover-${i}`, group, onLog }));
     o.out(`Started ${movers.length} mover processes for group '${group}' (host ${HOST}, ${o.uri}).`);
     o.out(`Booting VM ${vmId} under QEMU through libvirt: a ${mib(sizeBytes)} qcow2 disk, its guest writing 256 KiB/s ...`);
     vm = await startLabVm({
-      dir: join(e.dataDir, 'vms', vmId), cacheDir: join(e.dataDir, 'cache'), name: vmId, sizeBytes, dataBytes: Math.floor(sizeBytes * 0.375),
+      dir: join(e.dataDir, 'vms', vmId),
+      cacheDir: join(e.dataDir, 'cache'),
+      name: vmId,
+      sizeBytes,
+      dataBytes: Math.floor(sizeBytes * 0.375),
       behaviour: { mode: 'write', writeKiBs: 256 },
     });
     await stack.catalog.putVm({ vmId, host: HOST, source: vmId });
-    await stack.catalog.putPolicy({ policyId: vmId, vmIds: [vmId], bucket: e.bucket, chunkSize: o.chunkSize ?? stack.config.repositories[0]!.chunkSizeMiB * MiB, slotLimit: 2 });
+    await stack.catalog.putPolicy({
+      policyId: vmId,
+      vmIds: [vmId],
+      bucket: e.bucket,
+      chunkSize: o.chunkSize ?? stack.config.repositories[0]!.chunkSizeMiB * MiB,
+      slotLimit: 2,
+    });
 
     const sfn = sfnClient(e);
     const backup = (label: string): Promise<RunSummary> => runDemoBackup(sfn, e.backupStateMachineArn, vmId, label, o);
@@ -79,7 +92,7 @@ export async function runVmDemo(o: DemoOptions & { uri: string }): Promise<VmDem
     const restored = await restore(files);
     const identical = restored.disks[0]!.sha256 === atFreeze;
     o.out(`  vda: at the freeze ${atFreeze!.slice(0, 16)}…  restored ${restored.disks[0]!.sha256.slice(0, 16)}…  ${identical ? 'identical' : 'DIFFERENT'}`);
-    if (!identical) throw new Error('the restored disk differs from the guest\'s disk at the freeze');
+    if (!identical) throw new Error("the restored disk differs from the guest's disk at the freeze");
     await rm(files, { recursive: true, force: true });
 
     o.out('Restore test: defining a new VM from the backed-up definition, booting it without network ...');

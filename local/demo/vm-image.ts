@@ -22,7 +22,10 @@ export function seededRng(seed = randomInt(2 ** 31)): Rng {
     return min + Math.floor(r * (max - min));
   };
 }
-const WORDS = 'backup restore volume snapshot chunk manifest tenant invoice order customer request latency error warning info debug session cache index page row column table service deploy commit'.split(' ');
+const WORDS =
+  'backup restore volume snapshot chunk manifest tenant invoice order customer request latency error warning info debug session cache index page row column table service deploy commit'.split(
+    ' ',
+  );
 
 function textBlock(bytes: number): Buffer {
   const lines: string[] = [];
@@ -97,6 +100,12 @@ export interface DemoVmSpec {
 export async function createVmFolder(dir: string, spec: DemoVmSpec, rng: Rng = seededRng()): Promise<void> {
   await mkdir(dir, { recursive: true });
   for (const d of spec.disks) await writeDiskImage(join(dir, `${d.id}.raw`), d.sizeBytes, rng);
-  const config = { name: spec.name, cpus: 2, memoryMiB: 4096, firmware: 'uefi', disks: spec.disks.map((d) => ({ id: d.id, file: `${d.id}.raw`, bus: 'virtio' })) };
+  const config = {
+    name: spec.name,
+    cpus: 2,
+    memoryMiB: 4096,
+    firmware: 'uefi',
+    disks: spec.disks.map((d) => ({ id: d.id, file: `${d.id}.raw`, bus: 'virtio' })),
+  };
   await writeFile(join(dir, 'vm.json'), JSON.stringify(config, null, 2));
 }

@@ -24,14 +24,28 @@ import { virsh } from './libvirtd.ts';
 const run = promisify(execFile);
 
 /** The example configuration with replica VMs at its DR site, `prodNet` mapped to `drNet`, and a policy of `vmIds` replicating there. */
-export function drLabConfig(base: LifeboatConfig, o: { prodNet: string; drNet: string; policyId: string; vmIds: string[]; keepPoints: number }): LifeboatConfig {
+export function drLabConfig(
+  base: LifeboatConfig,
+  o: { prodNet: string; drNet: string; policyId: string; vmIds: string[]; keepPoints: number },
+): LifeboatConfig {
   return {
     ...base,
     sites: base.sites.map((s) => (s.id === 'site-dr' ? { ...s, networkMap: { [o.prodNet]: o.drNet } } : s)),
-    repositories: base.repositories.map((r) => (r.replication ? { ...r, replication: { ...r.replication, replicaVms: { uri: 'qemu:///system', keepPoints: o.keepPoints } } } : r)),
-    policies: [...base.policies, {
-      id: o.policyId, vms: { ids: o.vmIds }, schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' }, retention: { keepLast: 10 }, repository: 'primary', replicateTo: 'dr', rpoHours: 26,
-    }],
+    repositories: base.repositories.map((r) =>
+      r.replication ? { ...r, replication: { ...r.replication, replicaVms: { uri: 'qemu:///system', keepPoints: o.keepPoints } } } : r,
+    ),
+    policies: [
+      ...base.policies,
+      {
+        id: o.policyId,
+        vms: { ids: o.vmIds },
+        schedule: { expression: 'cron(0 3 * * ? *)', timeZone: 'UTC' },
+        retention: { keepLast: 10 },
+        repository: 'primary',
+        replicateTo: 'dr',
+        rpoHours: 26,
+      },
+    ],
   };
 }
 
@@ -51,14 +65,24 @@ export interface ProdVm {
  * Defines (does not start) a production VM of the lab's guest in idle mode: a qcow2 disk of
  * `sizeBytes` whose first `dataBytes` hold a pattern of its own, an interface on `network`.
  */
-export async function defineProdVm(dir: string, guest: GuestImage, o: { name: string; sizeBytes: number; dataBytes: number; pattern: number; network: string }): Promise<ProdVm> {
+export async function defineProdVm(
+  dir: string,
+  guest: GuestImage,
+  o: { name: string; sizeBytes: number; dataBytes: number; pattern: number; network: string },
+): Promise<ProdVm> {
   await mkdir(dir, { recursive: true });
   const image = join(dir, `${o.name}.qcow2`);
   await createQcow2(image, o.sizeBytes);
   await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x${(o.pattern & 0xff).toString(16)} 0 ${o.dataBytes}`, image]);
   const xml = guestDomainXml({
-    name: o.name, disks: [{ path: image, format: 'qcow2', target: 'vda' }], kernel: guest.kernel, initrd: guest.initrd,
-    cmdline: guestCmdline({ mode: 'idle' }), serialLog: join(dir, `${o.name}.log`), agent: false, memoryMiB: 128,
+    name: o.name,
+    disks: [{ path: image, format: 'qcow2', target: 'vda' }],
+    kernel: guest.kernel,
+    initrd: guest.initrd,
+    cmdline: guestCmdline({ mode: 'idle' }),
+    serialLog: join(dir, `${o.name}.log`),
+    agent: false,
+    memoryMiB: 128,
   }).replace('    <serial', `    <interface type='network'><source network='${o.network}'/><model type='virtio'/></interface>\n    <serial`);
   await writeFile(join(dir, `${o.name}.xml`), xml);
   await virsh(['define', join(dir, `${o.name}.xml`)]);
@@ -74,13 +98,19 @@ export async function writePattern(image: string, offset: number, length: number
 export async function contentHash(image: string, tmp: string): Promise<string> {
   const raw = join(tmp, `hash-${createHash('sha1').update(image).digest('hex')}.raw`);
   await run('qemu-img', ['convert', '-U', '-O', 'raw', image, raw]);
-  const h = createHash('sha256').update(await readFile(raw)).digest('hex');
+  const h = createHash('sha256')
+    .update(await readFile(raw))
+    .digest('hex');
   await rm(raw, { force: true });
   return h;
 }
 
 /** A Backup run of `policyId`, then the ReplicatePolicy execution it started, waited for; fails on any failure. */
-export async function backupAndReplicate(sfn: SFNClient, e: StackEndpoints, policyId: string): Promise<{ run: RunSummary; replicaVms: ReplicaUpdate[]; seconds: { backup: number; replication: number } }> {
+export async function backupAndReplicate(
+  sfn: SFNClient,
+  e: StackEndpoints,
+  policyId: string,
+): Promise<{ run: RunSummary; replicaVms: ReplicaUpdate[]; seconds: { backup: number; replication: number } }> {
   const t0 = performance.now();
   const d = await runExecution(sfn, e.backupStateMachineArn, { policyId }, { pollMs: 200 });
   if (d.status !== 'SUCCEEDED') throw new Error(`backup of ${policyId} ${d.status}: ${d.cause}`);
@@ -95,7 +125,11 @@ export async function backupAndReplicate(sfn: SFNClient, e: StackEndpoints, poli
       const r = await waitForExecution(sfn, found.executionArn!, { pollMs: 200 });
       if (r.status !== 'SUCCEEDED') throw new Error(`replication of run ${b.runId} ${r.status}: ${r.cause}`);
       const out = JSON.parse(r.output!) as { replicated: { replicaVm?: ReplicaUpdate }[] };
-      return { run: b, replicaVms: out.replicated.flatMap((x) => (x.replicaVm ? [x.replicaVm] : [])), seconds: { backup: (t1 - t0) / 1000, replication: (performance.now() - t1) / 1000 } };
+      return {
+        run: b,
+        replicaVms: out.replicated.flatMap((x) => (x.replicaVm ? [x.replicaVm] : [])),
+        seconds: { backup: (t1 - t0) / 1000, replication: (performance.now() - t1) / 1000 },
+      };
     }
     await sleep(100);
   }

@@ -51,7 +51,10 @@ export async function buildGuest(cacheDir: string, sources: GuestSources = {}): 
   const version = kernelVersion(kernel);
   const busybox = sources.busybox ?? '/bin/busybox';
   const qemuGa = sources.qemuGa ?? '/usr/sbin/qemu-ga';
-  for (const [what, path] of [['busybox (busybox-static)', busybox], ['qemu-ga (qemu-guest-agent)', qemuGa]] as const) {
+  for (const [what, path] of [
+    ['busybox (busybox-static)', busybox],
+    ['qemu-ga (qemu-guest-agent)', qemuGa],
+  ] as const) {
     if (!existsSync(path)) throw new VmLabUnavailable(`${what} not found at ${path}`);
   }
   const entries = await guestEntries(version, busybox, qemuGa);
@@ -60,7 +63,11 @@ export async function buildGuest(cacheDir: string, sources: GuestSources = {}): 
   });
 
   const hash = createHash('sha256').update(`layout ${LAYOUT_VERSION}\n`).update(kernelBytes);
-  for (const e of entries) hash.update(`${e.name} ${e.mode} ${e.rdev ?? ''} `).update(e.data ?? '').update('\n');
+  for (const e of entries)
+    hash
+      .update(`${e.name} ${e.mode} ${e.rdev ?? ''} `)
+      .update(e.data ?? '')
+      .update('\n');
   const dir = join(cacheDir, `guest-${hash.digest('hex').slice(0, 16)}`);
   const image = { kernel: join(dir, 'vmlinuz'), initrd: join(dir, 'initrd.gz') };
   if (existsSync(image.kernel) && existsSync(image.initrd)) return image;
@@ -110,8 +117,7 @@ async function guestEntries(version: string, busybox: string, qemuGa: string): P
   const here = new URL('.', import.meta.url);
   const files = new Map<string, InitramfsEntry>();
   const add = (e: InitramfsEntry) => files.set(e.name, e);
-  const addFile = async (name: string, source: string, perm = 0o755) =>
-    add({ name, mode: S_IFREG | perm, data: await readFile(source) });
+  const addFile = async (name: string, source: string, perm = 0o755) => add({ name, mode: S_IFREG | perm, data: await readFile(source) });
 
   await addFile('init', new URL('init.sh', here).pathname);
   await addFile('etc/qemu/fsfreeze-hook', new URL('fsfreeze-hook.sh', here).pathname);

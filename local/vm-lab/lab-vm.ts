@@ -62,18 +62,30 @@ export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
   const serialLog = join(o.dir, 'console.log');
   await prefilledImage(disk, format, o.sizeBytes, o.dataBytes ?? Math.floor(o.sizeBytes / 4 / MiB) * MiB);
   const xmlPath = join(o.dir, 'domain.xml');
-  await writeFile(xmlPath, guestDomainXml({
-    name: o.name, disks: [{ path: disk, format, target: 'vda' }], kernel: guest.kernel, initrd: guest.initrd,
-    cmdline: guestCmdline(o.behaviour ?? {}), serialLog, agent: o.agent ?? true, memoryMiB: 192,
-  }));
+  await writeFile(
+    xmlPath,
+    guestDomainXml({
+      name: o.name,
+      disks: [{ path: disk, format, target: 'vda' }],
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      cmdline: guestCmdline(o.behaviour ?? {}),
+      serialLog,
+      agent: o.agent ?? true,
+      memoryMiB: 192,
+    }),
+  );
   const vm: LabVm = {
-    name: o.name, disk, serialLog,
+    name: o.name,
+    disk,
+    serialLog,
     freezeHashes: async (count = 0, timeoutMs = 120_000) => {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const hashes = [...(await readFile(serialLog, 'utf8').catch(() => '')).matchAll(/LIFEBOAT-FREEZE sha256=([0-9a-f]{64})/g)].map((m) => m[1]!);
         if (hashes.length >= count) return hashes;
-        if (Date.now() > deadline) throw new GuestTimeout(`guest ${o.name} printed ${hashes.length} freeze hashes of ${count} within ${timeoutMs / 1000} s (console: ${serialLog})`);
+        if (Date.now() > deadline)
+          throw new GuestTimeout(`guest ${o.name} printed ${hashes.length} freeze hashes of ${count} within ${timeoutMs / 1000} s (console: ${serialLog})`);
         await new Promise((r) => setTimeout(r, 500));
       }
     },
@@ -87,7 +99,8 @@ export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
       process.kill(pid, 'SIGKILL');
       const deadline = Date.now() + timeoutMs;
       while ((await virsh(['domstate', o.name])).trim() !== 'shut off') {
-        if (Date.now() > deadline) throw new GuestTimeout(`libvirt still reports ${o.name} running ${timeoutMs / 1000} s after its QEMU (pid ${pid}) was killed`);
+        if (Date.now() > deadline)
+          throw new GuestTimeout(`libvirt still reports ${o.name} running ${timeoutMs / 1000} s after its QEMU (pid ${pid}) was killed`);
         await sleep(200, undefined, { signal: o.signal });
       }
     },

@@ -17,7 +17,7 @@ export const LIBVIRT_URI = 'qemu:///system';
 
 /** Whether the lab can run VMs here, and if not, why (the demo falls back to a folder VM). */
 export type LibvirtStatus =
-  | { available: true; uri: string; /** libvirtd was started by this call. */ startedHere: boolean }
+  | { available: true; uri: string /** libvirtd was started by this call. */; startedHere: boolean }
   | { available: false; reason: string };
 
 /** Where a tool is, searching PATH and the sbin folders a non-login PATH may lack. */
@@ -46,7 +46,10 @@ export async function ensureLibvirtd(opts: { timeoutMs?: number; signal?: AbortS
     if (!found) return { available: false, reason: `${tool} is not installed (Debian package ${pkg})` };
     path[tool] = found;
   }
-  if (!existsSync('/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so') && !existsSync('/usr/lib64/libvirt/connection-driver/libvirt_driver_qemu.so')) {
+  if (
+    !existsSync('/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so') &&
+    !existsSync('/usr/lib64/libvirt/connection-driver/libvirt_driver_qemu.so')
+  ) {
     return { available: false, reason: "libvirt's QEMU driver is not installed (Debian package libvirt-daemon-driver-qemu)" };
   }
   if (await virshAnswers()) return { available: true, uri: LIBVIRT_URI, startedHere: false };

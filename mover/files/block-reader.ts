@@ -33,7 +33,10 @@ export function slice(base: BlockReader, offset: number, size: number, what: str
   return {
     size,
     read(at, length) {
-      if (at < 0 || length < 0 || at + length > size) return Promise.reject(new FsCorrupt(`${what}: a read of bytes ${at}+${length} lies past its end (${size} bytes): the file system points outside its partition`));
+      if (at < 0 || length < 0 || at + length > size)
+        return Promise.reject(
+          new FsCorrupt(`${what}: a read of bytes ${at}+${length} lies past its end (${size} bytes): the file system points outside its partition`),
+        );
       return base.read(offset + at, length);
     },
   };

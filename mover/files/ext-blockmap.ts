@@ -8,7 +8,12 @@ import { LIMITS } from './fs-types.ts';
 import type { ExtInode } from './ext.ts';
 
 /** A run of a file's blocks: file block `logical` onwards is stored at `physical` onwards. */
-export interface Extent { logical: number; physical: number; length: number; unwritten: boolean }
+export interface Extent {
+  logical: number;
+  physical: number;
+  length: number;
+  unwritten: boolean;
+}
 
 export class BlockMap {
   private readonly indirectCache = new Map<number, Buffer>();
@@ -31,7 +36,10 @@ export class BlockMap {
     const lastBlock = Math.ceil(n.size / this.blockSize);
     const out: Extent[] = [];
     const add = (logical: number, physical: number) => {
-      if (physical + 1 > this.blocksCount) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): file block ${logical} points to block ${physical}, outside the file system's ${this.blocksCount} blocks`);
+      if (physical + 1 > this.blocksCount)
+        throw new FsCorrupt(
+          `ext: ${path} (inode ${n.ino}): file block ${logical} points to block ${physical}, outside the file system's ${this.blocksCount} blocks`,
+        );
       const prev = out[out.length - 1];
       if (prev && prev.logical + prev.length === logical && prev.physical + prev.length === physical) prev.length++;
       else {

@@ -17,7 +17,8 @@ const INCOMPAT_CSUM_SEED = 0x2000;
 export function superblockSeed(sb: Buffer): number {
   const stored = sb.readUInt32LE(0x3fc);
   const got = crc32c(0xffffffff, sb.subarray(0, 0x3fc));
-  if (got !== stored) throw new FsCorrupt(`ext superblock: metadata checksum mismatch (stored ${hex(stored)}, computed ${hex(got)}): the superblock is damaged`);
+  if (got !== stored)
+    throw new FsCorrupt(`ext superblock: metadata checksum mismatch (stored ${hex(stored)}, computed ${hex(got)}): the superblock is damaged`);
   return sb.readUInt32LE(96) & INCOMPAT_CSUM_SEED ? sb.readUInt32LE(0x270) : crc32c(0xffffffff, sb.subarray(0x68, 0x78));
 }
 
@@ -28,7 +29,10 @@ export function checkGroupDesc(seed: number, group: number, desc: Buffer): void 
   c = crc32c(c, ZERO16);
   if (desc.length > 0x20) c = crc32c(c, desc.subarray(0x20));
   const stored = desc.readUInt16LE(0x1e);
-  if ((c & 0xffff) !== stored) throw new FsCorrupt(`ext group descriptor ${group}: metadata checksum mismatch (stored ${hex(stored)}, computed ${hex(c & 0xffff)}): the group descriptor is damaged`);
+  if ((c & 0xffff) !== stored)
+    throw new FsCorrupt(
+      `ext group descriptor ${group}: metadata checksum mismatch (stored ${hex(stored)}, computed ${hex(c & 0xffff)}): the group descriptor is damaged`,
+    );
 }
 
 /** The seed of an inode's own checksums (inode and its directory blocks). */
@@ -60,11 +64,16 @@ export function checkDirBlock(iseed: number, block: Buffer, ino: number, path: s
   const isTail = block.readUInt32LE(t) === 0 && block.readUInt16LE(t + 4) === 12 && block[t + 6] === 0 && block[t + 7] === 0xde;
   if (!isTail) {
     if (indexed) return;
-    throw new FsCorrupt(`ext: directory ${path} (inode ${ino}): a block has no checksum tail on a file system with metadata checksums: the directory block is damaged`);
+    throw new FsCorrupt(
+      `ext: directory ${path} (inode ${ino}): a block has no checksum tail on a file system with metadata checksums: the directory block is damaged`,
+    );
   }
   const got = crc32c(iseed, block.subarray(0, t));
   const stored = block.readUInt32LE(t + 8);
-  if (got !== stored) throw new FsCorrupt(`ext: directory ${path} (inode ${ino}): directory block metadata checksum mismatch (stored ${hex(stored)}, computed ${hex(got)}): the directory block is damaged`);
+  if (got !== stored)
+    throw new FsCorrupt(
+      `ext: directory ${path} (inode ${ino}): directory block metadata checksum mismatch (stored ${hex(stored)}, computed ${hex(got)}): the directory block is damaged`,
+    );
 }
 
 const hex = (n: number) => `0x${(n >>> 0).toString(16)}`;

@@ -53,10 +53,13 @@ export async function scanJournal(readJournal: (j: number) => Promise<Buffer>, j
   const out: JournalReplay = { blocks: new Map(), transactions: 0 };
   if (start === 0) return out; // clean: nothing to replay
   if (maxLen > journalBlocks || first < 1 || first >= maxLen || start < first || start >= maxLen) {
-    throw new FsCorrupt(`ext journal: its superblock says log blocks ${first}..${maxLen - 1} starting at ${start}, which does not fit the journal's ${journalBlocks} blocks`);
+    throw new FsCorrupt(
+      `ext journal: its superblock says log blocks ${first}..${maxLen - 1} starting at ${start}, which does not fit the journal's ${journalBlocks} blocks`,
+    );
   }
   const incompat = sbType === TYPE.SB_V2 ? sb.readUInt32BE(0x28) : 0;
-  if (incompat & INCOMPAT.FAST_COMMIT) throw new FsCorrupt('ext journal: it has fast commits (fast_commit), which this reader does not replay; the file system was not cleanly unmounted');
+  if (incompat & INCOMPAT.FAST_COMMIT)
+    throw new FsCorrupt('ext journal: it has fast commits (fast_commit), which this reader does not replay; the file system was not cleanly unmounted');
   const csum3 = (incompat & INCOMPAT.CSUM_V3) !== 0;
   const csum = csum3 || (incompat & INCOMPAT.CSUM_V2) !== 0;
   const bit64 = (incompat & INCOMPAT.BIT64) !== 0;
@@ -77,7 +80,7 @@ export async function scanJournal(readJournal: (j: number) => Promise<Buffer>, j
     if (type === TYPE.DESCRIPTOR) {
       const end = blockSize - (csum ? 4 : 0);
       let data = at;
-      for (let t = 12; t + tagBytes <= end;) {
+      for (let t = 12; t + tagBytes <= end; ) {
         const lo = b.readUInt32BE(t);
         const flags = csum3 ? b.readUInt32BE(t + 4) : b.readUInt16BE(t + 6);
         const hi = bit64 ? b.readUInt32BE(t + 8) : 0;

@@ -48,13 +48,16 @@ export interface ExtInode {
   csumSeed?: number;
 }
 
-
 function typeOf(mode: number): EntryType {
   switch (mode & 0xf000) {
-    case 0x8000: return 'file';
-    case 0x4000: return 'dir';
-    case 0xa000: return 'symlink';
-    default: return 'other';
+    case 0x8000:
+      return 'file';
+    case 0x4000:
+      return 'dir';
+    case 0xa000:
+      return 'symlink';
+    default:
+      return 'other';
   }
 }
 
@@ -110,10 +113,15 @@ export class ExtFs implements FileSystem<ExtInode> {
     if (incompat & INCOMPAT.META_BG) refuse.push('meta_bg');
     if (incompat & INCOMPAT.DIRDATA) refuse.push('dirdata');
     if (refuse.length) throw new FsCorrupt(`ext file system uses ${refuse.join(', ')}, which this reader does not support`);
-    if (this.inodeSize < 128 || this.inodeSize > this.blockSize || (this.inodeSize & (this.inodeSize - 1)) !== 0) throw new FsCorrupt(`ext superblock: inode size ${this.inodeSize} is not a power of two from 128 to the block size`);
-    if (bit64 && (this.descSize < 64 || this.descSize > 1024 || (this.descSize & (this.descSize - 1)) !== 0)) throw new FsCorrupt(`ext superblock: group descriptor size ${this.descSize} is not a power of two from 64 to 1024`);
+    if (this.inodeSize < 128 || this.inodeSize > this.blockSize || (this.inodeSize & (this.inodeSize - 1)) !== 0)
+      throw new FsCorrupt(`ext superblock: inode size ${this.inodeSize} is not a power of two from 128 to the block size`);
+    if (bit64 && (this.descSize < 64 || this.descSize > 1024 || (this.descSize & (this.descSize - 1)) !== 0))
+      throw new FsCorrupt(`ext superblock: group descriptor size ${this.descSize} is not a power of two from 64 to 1024`);
     if (this.inodesPerGroup === 0 || this.inodesCount === 0) throw new FsCorrupt('ext superblock: no inodes (inodes per group or inode count is 0)');
-    if (this.blocksCount * this.blockSize > disk.size + this.blockSize) throw new FsCorrupt(`ext superblock: ${this.blocksCount} blocks of ${this.blockSize} bytes do not fit the ${disk.size}-byte partition (truncated image?)`);
+    if (this.blocksCount * this.blockSize > disk.size + this.blockSize)
+      throw new FsCorrupt(
+        `ext superblock: ${this.blocksCount} blocks of ${this.blockSize} bytes do not fit the ${disk.size}-byte partition (truncated image?)`,
+      );
     const ro = sb.readUInt32LE(100);
     this.csumSeed = ro & RO_COMPAT_METADATA_CSUM ? superblockSeed(sb) : undefined;
     this.kind = incompat & INCOMPAT.EXTENTS || incompat & 0x200 ? 'ext4' : sb.readUInt32LE(92) & 0x4 ? 'ext3' : ro & 0x8 ? 'ext4' : 'ext2';
@@ -136,18 +144,25 @@ export class ExtFs implements FileSystem<ExtInode> {
     const j = await this.inode(ino);
     this.journal = j;
     const blocks = Math.floor(j.size / this.blockSize);
-    const r = await scanJournal(async (at) => {
-      if (at >= blocks) throw new FsCorrupt(`ext journal (inode ${ino}): log block ${at} is past its ${blocks} blocks`);
-      const b = await this.read(j, at * this.blockSize, this.blockSize, 'the journal');
-      return b ? view(b) : Buffer.alloc(this.blockSize);
-    }, blocks, this.blockSize);
-    for (const fsBlock of r.blocks.keys()) if (fsBlock >= this.blocksCount) throw new FsCorrupt(`ext journal (inode ${ino}): it logs block ${fsBlock}, outside the file system's ${this.blocksCount} blocks`);
+    const r = await scanJournal(
+      async (at) => {
+        if (at >= blocks) throw new FsCorrupt(`ext journal (inode ${ino}): log block ${at} is past its ${blocks} blocks`);
+        const b = await this.read(j, at * this.blockSize, this.blockSize, 'the journal');
+        return b ? view(b) : Buffer.alloc(this.blockSize);
+      },
+      blocks,
+      this.blockSize,
+    );
+    for (const fsBlock of r.blocks.keys())
+      if (fsBlock >= this.blocksCount)
+        throw new FsCorrupt(`ext journal (inode ${ino}): it logs block ${fsBlock}, outside the file system's ${this.blocksCount} blocks`);
     this.replay = r.blocks;
     this.replayedTransactions = r.transactions;
   }
 
   private async readBlocks(block: number, count: number, what: string): Promise<Buffer> {
-    if (!Number.isSafeInteger(block) || block < 0 || count < 0 || block + count > this.blocksCount) throw new FsCorrupt(`${what}: block ${block}+${count} lies outside the file system's ${this.blocksCount} blocks`);
+    if (!Number.isSafeInteger(block) || block < 0 || count < 0 || block + count > this.blocksCount)
+      throw new FsCorrupt(`${what}: block ${block}+${count} lies outside the file system's ${this.blocksCount} blocks`);
     const b = view(await this.disk.read(block * this.blockSize, count * this.blockSize));
     if (this.replay.size === 0) return b;
     for (let i = 0; i < count; i++) {
@@ -174,13 +189,14 @@ export class ExtFs implements FileSystem<ExtInode> {
   }
 
   async inode(ino: number): Promise<ExtInode> {
-    if (!Number.isInteger(ino) || ino < 1 || ino > this.inodesCount) throw new FsCorrupt(`ext: inode ${ino} is outside the file system's ${this.inodesCount} inodes`);
+    if (!Number.isInteger(ino) || ino < 1 || ino > this.inodesCount)
+      throw new FsCorrupt(`ext: inode ${ino} is outside the file system's ${this.inodesCount} inodes`);
     const group = Math.floor((ino - 1) / this.inodesPerGroup);
     const index = (ino - 1) % this.inodesPerGroup;
     const table = await this.inodeTable(group);
     const byteInTable = index * this.inodeSize;
     const block = table + Math.floor(byteInTable / this.blockSize);
-    const b = (await this.readBlocks(block, 1, `inode ${ino}`)).subarray(byteInTable % this.blockSize, byteInTable % this.blockSize + this.inodeSize);
+    const b = (await this.readBlocks(block, 1, `inode ${ino}`)).subarray(byteInTable % this.blockSize, (byteInTable % this.blockSize) + this.inodeSize);
     const extra = this.inodeSize > 128 ? b.readUInt16LE(128) : 0;
     if (extra > this.inodeSize - 128) throw new FsCorrupt(`ext inode ${ino}: extra size ${extra} overruns the ${this.inodeSize}-byte inode`);
     const iseed = this.csumSeed === undefined ? undefined : inodeSeed(this.csumSeed, ino, b.readUInt32LE(100));
@@ -190,7 +206,9 @@ export class ExtFs implements FileSystem<ExtInode> {
     const flags = b.readUInt32LE(32);
     const sizeHigh = typeOf(mode) === 'file' ? b.readUInt32LE(108) : 0;
     const node: ExtInode = {
-      ino, mode, flags,
+      ino,
+      mode,
+      flags,
       uid: b.readUInt16LE(2) | (b.readUInt16LE(120) << 16),
       gid: b.readUInt16LE(24) | (b.readUInt16LE(122) << 16),
       size: b.readUInt32LE(4) + sizeHigh * 2 ** 32,
@@ -210,7 +228,7 @@ export class ExtFs implements FileSystem<ExtInode> {
   private inlineAttribute(b: Buffer, start: number, ino: number): Buffer {
     if (start + 4 > b.length || b.readUInt32LE(start) !== 0xea020000) return Buffer.alloc(0);
     const first = start + 4;
-    for (let at = first; at + 16 <= b.length;) {
+    for (let at = first; at + 16 <= b.length; ) {
       const nameLen = b[at]!;
       const index = b[at + 1]!;
       const valueOffs = b.readUInt16LE(at + 2);
@@ -218,7 +236,8 @@ export class ExtFs implements FileSystem<ExtInode> {
       if (nameLen === 0 && index === 0 && valueOffs === 0 && b.readUInt32LE(at + 4) === 0) break;
       if (at + 16 + nameLen > b.length) throw new FsCorrupt(`ext inode ${ino}: extended attribute name overruns the inode`);
       if (index === 7 && b.toString('latin1', at + 16, at + 16 + nameLen) === 'data') {
-        if (first + valueOffs + valueSize > b.length) throw new FsCorrupt(`ext inode ${ino}: inline data attribute (${valueSize} bytes at ${valueOffs}) overruns the inode`);
+        if (first + valueOffs + valueSize > b.length)
+          throw new FsCorrupt(`ext inode ${ino}: inline data attribute (${valueSize} bytes at ${valueOffs}) overruns the inode`);
         return Buffer.from(b.subarray(first + valueOffs, first + valueOffs + valueSize));
       }
       at += (16 + nameLen + 3) & ~3;
@@ -227,7 +246,17 @@ export class ExtFs implements FileSystem<ExtInode> {
   }
 
   private entryOf(name: string, n: ExtInode, target?: string): Entry {
-    return { name, type: typeOf(n.mode), size: n.size, mode: n.mode & 0o7777, uid: n.uid, gid: n.gid, mtimeMs: n.mtimeMs, atimeMs: n.atimeMs, ...(target !== undefined ? { target } : {}) };
+    return {
+      name,
+      type: typeOf(n.mode),
+      size: n.size,
+      mode: n.mode & 0o7777,
+      uid: n.uid,
+      gid: n.gid,
+      mtimeMs: n.mtimeMs,
+      atimeMs: n.atimeMs,
+      ...(target !== undefined ? { target } : {}),
+    };
   }
 
   nodeId(n: ExtInode): string {
@@ -243,7 +272,8 @@ export class ExtFs implements FileSystem<ExtInode> {
   async list(dir: ExtInode, path: string): Promise<{ node: ExtInode; entry: Entry }[]> {
     if (typeOf(dir.mode) !== 'dir') throw new FsCorrupt(`ext: ${path} (inode ${dir.ino}) is not a directory`);
     if (dir.flags & FLAG.ENCRYPT) throw new FsCorrupt(`ext: directory ${path} is encrypted (fscrypt); its names cannot be read without the key`);
-    if (dir.size > LIMITS.dirBytes) throw new FsCorrupt(`ext: directory ${path} (inode ${dir.ino}) claims ${dir.size} bytes, above the ${LIMITS.dirBytes}-byte limit`);
+    if (dir.size > LIMITS.dirBytes)
+      throw new FsCorrupt(`ext: directory ${path} (inode ${dir.ino}) claims ${dir.size} bytes, above the ${LIMITS.dirBytes}-byte limit`);
     const raw: { ino: number; name: string }[] = [];
     if (dir.flags & FLAG.INLINE_DATA) {
       // The parent's inode number, then entries in the rest of i_block and in system.data.
@@ -267,11 +297,14 @@ export class ExtFs implements FileSystem<ExtInode> {
   }
 
   private parseEntries(b: Buffer, out: { ino: number; name: string }[], path: string, ino: number): void {
-    for (let at = 0; at + 8 <= b.length;) {
+    for (let at = 0; at + 8 <= b.length; ) {
       const entryIno = b.readUInt32LE(at);
       const recLen = b.readUInt16LE(at + 4);
       const nameLen = this.fileType ? b[at + 6]! : b.readUInt16LE(at + 6);
-      if (recLen < 8 || recLen % 4 !== 0 || at + recLen > b.length) throw new FsCorrupt(`ext: directory ${path} (inode ${ino}): entry at byte ${at} has length ${recLen} (must be a multiple of 4, at least 8, within its block)`);
+      if (recLen < 8 || recLen % 4 !== 0 || at + recLen > b.length)
+        throw new FsCorrupt(
+          `ext: directory ${path} (inode ${ino}): entry at byte ${at} has length ${recLen} (must be a multiple of 4, at least 8, within its block)`,
+        );
       if (entryIno !== 0) {
         if (8 + nameLen > recLen) throw new FsCorrupt(`ext: directory ${path} (inode ${ino}): name of ${nameLen} bytes overruns its ${recLen}-byte entry`);
         if (out.length >= LIMITS.dirEntries) throw new FsCorrupt(`ext: directory ${path} has more than ${LIMITS.dirEntries} entries`);
@@ -359,7 +392,10 @@ export class ExtFs implements FileSystem<ExtInode> {
       if (node.readUInt16LE(0) !== 0xf30a) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent node ${where} has no extent magic`);
       const entries = node.readUInt16LE(2);
       const depth = node.readUInt16LE(6);
-      if (depth > LIMITS.extentDepth || depth !== depthLeft && depthLeft !== -1) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent node ${where} says depth ${depth}${depthLeft === -1 ? '' : ` where ${depthLeft} was expected`} (at most ${LIMITS.extentDepth})`);
+      if (depth > LIMITS.extentDepth || (depth !== depthLeft && depthLeft !== -1))
+        throw new FsCorrupt(
+          `ext: ${path} (inode ${n.ino}): extent node ${where} says depth ${depth}${depthLeft === -1 ? '' : ` where ${depthLeft} was expected`} (at most ${LIMITS.extentDepth})`,
+        );
       if (12 + entries * 12 > node.length) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent node ${where} lists ${entries} entries, more than fit`);
       for (let i = 0; i < entries; i++) {
         const at = 12 + i * 12;
@@ -368,9 +404,13 @@ export class ExtFs implements FileSystem<ExtInode> {
           const unwritten = len > 32768;
           if (unwritten) len -= 32768;
           const e = { logical: node.readUInt32LE(at), physical: node.readUInt16LE(at + 6) * 2 ** 32 + node.readUInt32LE(at + 8), length: len, unwritten };
-          if (e.physical + e.length > this.blocksCount) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extent at file block ${e.logical} points to blocks ${e.physical}+${e.length}, outside the file system's ${this.blocksCount} blocks`);
+          if (e.physical + e.length > this.blocksCount)
+            throw new FsCorrupt(
+              `ext: ${path} (inode ${n.ino}): extent at file block ${e.logical} points to blocks ${e.physical}+${e.length}, outside the file system's ${this.blocksCount} blocks`,
+            );
           const prev = out[out.length - 1];
-          if (prev && e.logical < prev.logical + prev.length) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extents overlap or are out of order at file block ${e.logical}`);
+          if (prev && e.logical < prev.logical + prev.length)
+            throw new FsCorrupt(`ext: ${path} (inode ${n.ino}): extents overlap or are out of order at file block ${e.logical}`);
           if (out.length >= LIMITS.extents) throw new FsCorrupt(`ext: ${path} (inode ${n.ino}) has more than ${LIMITS.extents} extents`);
           out.push(e);
         } else {

@@ -27,7 +27,11 @@ export interface ExtractStats {
 /** The guest path `rel` under `root`, or an error naming it when it would leave `root`. */
 export function safeJoin(root: string, rel: string): string {
   const parts = rel.split('/');
-  if (rel === '' || rel.includes('\0') || parts.some((p) => p === '' || p === '.' || p === '..')) throw new SandboxFailure('corrupt', `the file system names an entry '${rel.replace(/\0/g, '\\0')}' that is not a plain relative path; refused (nothing is written outside the target)`);
+  if (rel === '' || rel.includes('\0') || parts.some((p) => p === '' || p === '.' || p === '..'))
+    throw new SandboxFailure(
+      'corrupt',
+      `the file system names an entry '${rel.replace(/\0/g, '\\0')}' that is not a plain relative path; refused (nothing is written outside the target)`,
+    );
   return join(root, ...parts);
 }
 
@@ -41,7 +45,9 @@ export function extractor(root: string): { stats: ExtractStats; onMessage: (m: C
   const stats: ExtractStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: [], skippedCount: 0 };
   const asRoot = process.getuid?.() === 0;
   let file: { fh: FileHandle; path: string } | undefined;
-  const owner = async (path: string, e: { uid: number; gid: number }) => { if (asRoot) await lchown(path, e.uid, e.gid); };
+  const owner = async (path: string, e: { uid: number; gid: number }) => {
+    if (asRoot) await lchown(path, e.uid, e.gid);
+  };
   const onMessage = async (m: ChildMessage): Promise<void> => {
     if (m.t === 'data') {
       if (!file) throw new Error('the file-system reader sent file bytes outside a file');
@@ -97,5 +103,12 @@ export function extractor(root: string): { stats: ExtractStats; onMessage: (m: C
         if (stats.skipped.length < 50) stats.skipped.push({ path: m.path.slice(0, 512), reason: 'a device, FIFO or socket: not extracted' });
     }
   };
-  return { stats, onMessage, close: async () => { await file?.fh.close(); file = undefined; } };
+  return {
+    stats,
+    onMessage,
+    close: async () => {
+      await file?.fh.close();
+      file = undefined;
+    },
+  };
 }

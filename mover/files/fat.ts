@@ -24,7 +24,9 @@ const ATTR = { READ_ONLY: 0x01, VOLUME_ID: 0x08, DIRECTORY: 0x10, LFN: 0x0f };
 
 function fatTime(date: number, time: number): number {
   if (date === 0) return 0;
-  const y = 1980 + (date >> 9), mo = ((date >> 5) & 15) - 1, d = date & 31;
+  const y = 1980 + (date >> 9),
+    mo = ((date >> 5) & 15) - 1,
+    d = date & 31;
   return Date.UTC(y, mo, d, time >> 11, (time >> 5) & 63, (time & 31) * 2);
 }
 
@@ -70,13 +72,17 @@ export class FatFs implements FileSystem<FatNode> {
     this.rootOffset = this.fatOffset + numFats * this.fatBytes;
     const rootBytes = Math.ceil((this.rootEntries * 32) / this.bytesPerSector) * this.bytesPerSector;
     this.dataOffset = this.rootOffset + rootBytes;
-    if (fatSz === 0 || totSec === 0 || this.dataOffset >= totSec * this.bytesPerSector) throw new FsCorrupt(`FAT boot sector: FAT size ${fatSz} sectors and ${totSec} sectors in all leave no data area`);
+    if (fatSz === 0 || totSec === 0 || this.dataOffset >= totSec * this.bytesPerSector)
+      throw new FsCorrupt(`FAT boot sector: FAT size ${fatSz} sectors and ${totSec} sectors in all leave no data area`);
     this.clusters = Math.floor((totSec * this.bytesPerSector - this.dataOffset) / this.clusterBytes);
     this.bits = this.clusters < 4085 ? 12 : this.clusters < 65525 ? 16 : 32;
     this.rootCluster = this.bits === 32 ? b.readUInt32LE(44) & 0x0fffffff : 0;
-    if (this.bits === 32 && !this.validCluster(this.rootCluster)) throw new FsCorrupt(`FAT32 boot sector: root directory cluster ${this.rootCluster} is not one of the volume's clusters 2-${this.clusters + 1}`);
-    if (this.fatBytes * 8 < (this.clusters + 2) * this.bits) throw new FsCorrupt(`FAT boot sector: a FAT of ${this.fatBytes} bytes cannot hold ${this.clusters} clusters`);
-    if (totSec * this.bytesPerSector > disk.size + this.bytesPerSector) throw new FsCorrupt(`FAT boot sector: ${totSec} sectors do not fit the ${disk.size}-byte partition (truncated image?)`);
+    if (this.bits === 32 && !this.validCluster(this.rootCluster))
+      throw new FsCorrupt(`FAT32 boot sector: root directory cluster ${this.rootCluster} is not one of the volume's clusters 2-${this.clusters + 1}`);
+    if (this.fatBytes * 8 < (this.clusters + 2) * this.bits)
+      throw new FsCorrupt(`FAT boot sector: a FAT of ${this.fatBytes} bytes cannot hold ${this.clusters} clusters`);
+    if (totSec * this.bytesPerSector > disk.size + this.bytesPerSector)
+      throw new FsCorrupt(`FAT boot sector: ${totSec} sectors do not fit the ${disk.size}-byte partition (truncated image?)`);
     this.kind = `vfat (FAT${this.bits})`;
   }
 
@@ -92,8 +98,16 @@ export class FatFs implements FileSystem<FatNode> {
   static looksLikeBootSector(b: Buffer): boolean {
     const bps = b.readUInt16LE(11);
     const spc = b[13]!;
-    return (b[0] === 0xeb || b[0] === 0xe9) && b[510] === 0x55 && b[511] === 0xaa && [512, 1024, 2048, 4096].includes(bps)
-      && spc > 0 && (spc & (spc - 1)) === 0 && b.readUInt16LE(14) >= 1 && (b[16] === 1 || b[16] === 2);
+    return (
+      (b[0] === 0xeb || b[0] === 0xe9) &&
+      b[510] === 0x55 &&
+      b[511] === 0xaa &&
+      [512, 1024, 2048, 4096].includes(bps) &&
+      spc > 0 &&
+      (spc & (spc - 1)) === 0 &&
+      b.readUInt16LE(14) >= 1 &&
+      (b[16] === 1 || b[16] === 2)
+    );
   }
 
   private validCluster(c: number): boolean {
@@ -116,9 +130,10 @@ export class FatFs implements FileSystem<FatNode> {
   /** The chain from `first`: at most `maxClusters` (a loop or a bad cluster number is an error). */
   private async chain(first: number, maxClusters: number, what: string): Promise<number[]> {
     const out: number[] = [];
-    for (let c = first; ;) {
+    for (let c = first; ; ) {
       if (!this.validCluster(c)) throw new FsCorrupt(`FAT: ${what}: cluster ${c} in its chain is not one of the volume's clusters 2-${this.clusters + 1}`);
-      if (out.length >= maxClusters) throw new FsCorrupt(`FAT: ${what}: its cluster chain is longer than ${maxClusters} clusters (a loop, or a size that does not match)`);
+      if (out.length >= maxClusters)
+        throw new FsCorrupt(`FAT: ${what}: its cluster chain is longer than ${maxClusters} clusters (a loop, or a size that does not match)`);
       out.push(c);
       const n = await this.next(c);
       if (this.isEnd(n)) return out;
@@ -130,9 +145,14 @@ export class FatFs implements FileSystem<FatNode> {
     const attr = b[at + 11]!;
     const dir = (attr & ATTR.DIRECTORY) !== 0;
     return {
-      name, type: dir ? 'dir' : 'file', size: dir ? 0 : b.readUInt32LE(at + 28),
-      mode: dir ? 0o755 : attr & ATTR.READ_ONLY ? 0o444 : 0o644, uid: 0, gid: 0,
-      mtimeMs: fatTime(b.readUInt16LE(at + 24), b.readUInt16LE(at + 22)), atimeMs: fatTime(b.readUInt16LE(at + 18), 0),
+      name,
+      type: dir ? 'dir' : 'file',
+      size: dir ? 0 : b.readUInt32LE(at + 28),
+      mode: dir ? 0o755 : attr & ATTR.READ_ONLY ? 0o444 : 0o644,
+      uid: 0,
+      gid: 0,
+      mtimeMs: fatTime(b.readUInt16LE(at + 24), b.readUInt16LE(at + 22)),
+      atimeMs: fatTime(b.readUInt16LE(at + 18), 0),
     };
   }
 
@@ -141,7 +161,10 @@ export class FatFs implements FileSystem<FatNode> {
   }
 
   async root(): Promise<{ node: FatNode; entry: Entry }> {
-    return { node: { cluster: this.rootCluster, size: 0, dir: true }, entry: { name: '/', type: 'dir', size: 0, mode: 0o755, uid: 0, gid: 0, mtimeMs: 0, atimeMs: 0 } };
+    return {
+      node: { cluster: this.rootCluster, size: 0, dir: true },
+      entry: { name: '/', type: 'dir', size: 0, mode: 0o755, uid: 0, gid: 0, mtimeMs: 0, atimeMs: 0 },
+    };
   }
 
   async list(dir: FatNode, path: string): Promise<{ node: FatNode; entry: Entry }[]> {
@@ -150,7 +173,9 @@ export class FatFs implements FileSystem<FatNode> {
     if (dir.cluster === 0) b = view(await this.disk.read(this.rootOffset, this.rootEntries * 32));
     else {
       const chain = await this.chain(dir.cluster, Math.ceil(LIMITS.dirBytes / this.clusterBytes), `directory ${path}`);
-      b = Buffer.concat(await Promise.all(chain.map(async (c) => view(await this.disk.read(this.dataOffset + (c - 2) * this.clusterBytes, this.clusterBytes)))));
+      b = Buffer.concat(
+        await Promise.all(chain.map(async (c) => view(await this.disk.read(this.dataOffset + (c - 2) * this.clusterBytes, this.clusterBytes)))),
+      );
     }
     const out: { node: FatNode; entry: Entry }[] = [];
     let lfn: string[] = [];
@@ -159,16 +184,28 @@ export class FatFs implements FileSystem<FatNode> {
       const first = b[at]!;
       if (first === 0) break;
       const attr = b[at + 11]!;
-      if (first === 0xe5) { lfn = []; continue; }
+      if (first === 0xe5) {
+        lfn = [];
+        continue;
+      }
       if ((attr & 0x3f) === ATTR.LFN) {
         const seq = first & 0x1f;
-        if (first & 0x40) { lfn = []; lfnSum = b[at + 13]!; }
-        if (seq < 1 || seq > 20 || b[at + 13] !== lfnSum) { lfn = []; continue; }
+        if (first & 0x40) {
+          lfn = [];
+          lfnSum = b[at + 13]!;
+        }
+        if (seq < 1 || seq > 20 || b[at + 13] !== lfnSum) {
+          lfn = [];
+          continue;
+        }
         const part = Buffer.concat([b.subarray(at + 1, at + 11), b.subarray(at + 14, at + 26), b.subarray(at + 28, at + 32)]).toString('utf16le');
         lfn[seq - 1] = part;
         continue;
       }
-      if (attr & ATTR.VOLUME_ID) { lfn = []; continue; }
+      if (attr & ATTR.VOLUME_ID) {
+        lfn = [];
+        continue;
+      }
       const long = lfn.length && lfnSum === shortChecksum(b, at) && lfn.every((x) => x !== undefined) ? lfn.join('').replace(/\0[\s\S]*$/, '') : '';
       lfn = [];
       const nt = b[at + 12]!;
@@ -192,11 +229,12 @@ export class FatFs implements FileSystem<FatNode> {
     if (offset >= end) return Buffer.alloc(0);
     if (file.cluster === 0) throw new FsCorrupt(`FAT: ${path} has ${file.size} bytes but no first cluster`);
     let chain = this.chains.get(file);
-    if (!chain) this.chains.set(file, chain = await this.chain(file.cluster, Math.ceil(file.size / this.clusterBytes), path));
+    if (!chain) this.chains.set(file, (chain = await this.chain(file.cluster, Math.ceil(file.size / this.clusterBytes), path)));
     const out = Buffer.alloc(end - offset);
-    for (let at = offset; at < end;) {
+    for (let at = offset; at < end; ) {
       const i = Math.floor(at / this.clusterBytes);
-      if (chain[i] === undefined) throw new FsCorrupt(`FAT: ${path}: its cluster chain ends after ${chain.length} clusters, before its size of ${file.size} bytes`);
+      if (chain[i] === undefined)
+        throw new FsCorrupt(`FAT: ${path}: its cluster chain ends after ${chain.length} clusters, before its size of ${file.size} bytes`);
       // Neighbouring clusters in one read.
       let j = i;
       while (chain[j + 1] === chain[j]! + 1 && (j + 1) * this.clusterBytes < end) j++;

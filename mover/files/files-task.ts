@@ -36,7 +36,9 @@ function taskError(err: unknown, job: FilesJob): Error {
   if (!(err instanceof SandboxFailure)) return err as Error;
   const where = `backup ${job.backupId} disk '${job.diskId}'${job.partition !== undefined ? ` partition ${job.partition}` : ''}`;
   if (err.kind === 'notFound') return new FilesNotFound(`${where}: ${err.message}`);
-  return new FilesUnreadable(`${where}: ${err.message}; nothing more was read. The guest's partition table or file system is damaged, hostile or of a kind not read here: try an older backup (--backup), or restore the disk (lifeboat restore) and examine it with fsck`);
+  return new FilesUnreadable(
+    `${where}: ${err.message}; nothing more was read. The guest's partition table or file system is damaged, hostile or of a kind not read here: try an older backup (--backup), or restore the disk (lifeboat restore) and examine it with fsck`,
+  );
 }
 
 /** What the reader said it opened: a reader that finished without saying is not a sound one. */
@@ -46,34 +48,60 @@ function said(m: Extract<ChildMessage, { t: 'opened' }> | undefined): Extract<Ch
 }
 
 /** The result less what only the task knows (the repository's counts, the ids, the time). */
-type ReaderResult = FilesResult extends infer R ? R extends FilesResult ? Omit<R, 'bytesDownloaded' | 'seconds' | 'filesId' | 'backupId' | 'diskId'> : never : never;
+type ReaderResult = FilesResult extends infer R
+  ? R extends FilesResult
+    ? Omit<R, 'bytesDownloaded' | 'seconds' | 'filesId' | 'backupId' | 'diskId'>
+    : never
+  : never;
 
 /** Lists or extracts from any block source (a backup's disk; a local image in tests and the bench). */
-export async function runFilesOn(disk: BlockReader, job: FilesJob, o: SandboxOptions & { onRead?: () => void; pageBytes?: number } = {}): Promise<ReaderResult> {
+export async function runFilesOn(
+  disk: BlockReader,
+  job: FilesJob,
+  o: SandboxOptions & { onRead?: () => void; pageBytes?: number } = {},
+): Promise<ReaderResult> {
   let opened: Extract<ChildMessage, { t: 'opened' }> | undefined;
-  const counted: BlockReader = { size: disk.size, read: (off, len) => { o.onRead?.(); return disk.read(off, len); } };
+  const counted: BlockReader = {
+    size: disk.size,
+    read: (off, len) => {
+      o.onRead?.();
+      return disk.read(off, len);
+    },
+  };
   if (job.op === 'ls') {
     const page: FileEntry[] = [];
-    let total = 0, bytes = 0, next: number | null = null;
-    const stats = await runSandbox(counted, { op: 'ls', diskSize: disk.size, path: job.path, ...(job.partition !== undefined ? { partition: job.partition } : {}) }, (m) => {
-      if (m.t === 'opened') opened = m;
-      if (m.t !== 'entry') return;
-      const i = total++;
-      if (i < job.offset || next !== null) return;
-      bytes += JSON.stringify(m.entry).length + 1;
-      if (bytes > (o.pageBytes ?? LISTING_PAGE_BYTES)) next = i;
-      else page.push(m.entry);
-    }, o);
+    let total = 0,
+      bytes = 0,
+      next: number | null = null;
+    const stats = await runSandbox(
+      counted,
+      { op: 'ls', diskSize: disk.size, path: job.path, ...(job.partition !== undefined ? { partition: job.partition } : {}) },
+      (m) => {
+        if (m.t === 'opened') opened = m;
+        if (m.t !== 'entry') return;
+        const i = total++;
+        if (i < job.offset || next !== null) return;
+        bytes += JSON.stringify(m.entry).length + 1;
+        if (bytes > (o.pageBytes ?? LISTING_PAGE_BYTES)) next = i;
+        else page.push(m.entry);
+      },
+      o,
+    );
     const o2 = said(opened);
     return { op: 'ls', fs: o2.fs, partition: o2.partition, warnings: o2.warnings, bytesRead: stats.bytesRead, path: job.path, entries: page, total, next };
   }
   await mkdir(job.target, { recursive: true });
   const x = extractor(job.target);
   try {
-    const stats = await runSandbox(counted, { op: 'get', diskSize: disk.size, paths: job.paths, ...(job.partition !== undefined ? { partition: job.partition } : {}) }, (m) => {
-      if (m.t === 'opened') opened = m;
-      return x.onMessage(m);
-    }, o);
+    const stats = await runSandbox(
+      counted,
+      { op: 'get', diskSize: disk.size, paths: job.paths, ...(job.partition !== undefined ? { partition: job.partition } : {}) },
+      (m) => {
+        if (m.t === 'opened') opened = m;
+        return x.onMessage(m);
+      },
+      o,
+    );
     const o2 = said(opened);
     return { op: 'get', fs: o2.fs, partition: o2.partition, warnings: o2.warnings, bytesRead: stats.bytesRead, target: job.target, ...x.stats };
   } finally {
@@ -84,7 +112,15 @@ export async function runFilesOn(disk: BlockReader, job: FilesJob, o: SandboxOpt
 export async function runFilesTask(job: FilesJob, d: FilesTaskDeps): Promise<FilesResult> {
   const started = performance.now();
   d.signal?.throwIfAborted();
-  const disk = await BackupDiskExport.open({ store: d.store, keys: d.keys, backupId: job.backupId, diskId: job.diskId, logger: d.logger, cacheMiB: CACHE_MIB, readAheadChunks: READ_AHEAD_CHUNKS });
+  const disk = await BackupDiskExport.open({
+    store: d.store,
+    keys: d.keys,
+    backupId: job.backupId,
+    diskId: job.diskId,
+    logger: d.logger,
+    cacheMiB: CACHE_MIB,
+    readAheadChunks: READ_AHEAD_CHUNKS,
+  });
   let last = 0;
   const onRead = () => {
     const now = performance.now();
@@ -94,8 +130,22 @@ export async function runFilesTask(job: FilesJob, d: FilesTaskDeps): Promise<Fil
   };
   try {
     const r = await runFilesOn(disk, job, { timeoutMs: job.timeoutSeconds * 1000, ...(d.signal ? { signal: d.signal } : {}), onRead });
-    const result = filesResult.parse({ ...r, filesId: job.filesId, backupId: job.backupId, diskId: job.diskId, bytesDownloaded: disk.stats.bytesDownloaded, seconds: (performance.now() - started) / 1000 });
-    d.logger.info('files.done', { filesId: job.filesId, op: job.op, fs: result.fs, partition: result.partition, bytesRead: result.bytesRead, bytesDownloaded: result.bytesDownloaded });
+    const result = filesResult.parse({
+      ...r,
+      filesId: job.filesId,
+      backupId: job.backupId,
+      diskId: job.diskId,
+      bytesDownloaded: disk.stats.bytesDownloaded,
+      seconds: (performance.now() - started) / 1000,
+    });
+    d.logger.info('files.done', {
+      filesId: job.filesId,
+      op: job.op,
+      fs: result.fs,
+      partition: result.partition,
+      bytesRead: result.bytesRead,
+      bytesDownloaded: result.bytesDownloaded,
+    });
     return result;
   } catch (err) {
     throw taskError(err, job);

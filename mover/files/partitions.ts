@@ -40,7 +40,14 @@ function guid(b: Buffer, at: number): string {
   return `${h(0, 4, true)}-${h(4, 6, true)}-${h(6, 8, true)}-${h(8, 10, false)}-${h(10, 16, false)}`.toUpperCase();
 }
 
-interface GptHeader { myLba: bigint; alternateLba: bigint; entriesLba: bigint; count: number; entrySize: number; entriesCrc: number }
+interface GptHeader {
+  myLba: bigint;
+  alternateLba: bigint;
+  entriesLba: bigint;
+  count: number;
+  entrySize: number;
+  entriesCrc: number;
+}
 
 /** The GPT header at `lba`, or why it is not a sound one. */
 async function gptHeader(disk: BlockReader, lba: bigint): Promise<GptHeader | string> {
@@ -57,7 +64,14 @@ async function gptHeader(disk: BlockReader, lba: bigint): Promise<GptHeader | st
   const count = b.readUInt32LE(80);
   const entrySize = b.readUInt32LE(84);
   if (entrySize < 128 || entrySize % 8 !== 0 || count * entrySize > MAX_ENTRY_BYTES) return `entry array of ${count} x ${entrySize} bytes is not a sound size`;
-  return { myLba: b.readBigUInt64LE(24), alternateLba: b.readBigUInt64LE(32), entriesLba: b.readBigUInt64LE(72), count, entrySize, entriesCrc: b.readUInt32LE(88) };
+  return {
+    myLba: b.readBigUInt64LE(24),
+    alternateLba: b.readBigUInt64LE(32),
+    entriesLba: b.readBigUInt64LE(72),
+    count,
+    entrySize,
+    entriesCrc: b.readUInt32LE(88),
+  };
 }
 
 async function gptEntries(disk: BlockReader, h: GptHeader): Promise<Buffer | string> {
@@ -81,15 +95,22 @@ async function readGpt(disk: BlockReader): Promise<PartitionTable | undefined> {
   if (typeof primary !== 'string') {
     const e = await gptEntries(disk, primary);
     if (typeof e === 'string') warnings.push(`primary GPT: ${e}`);
-    else { use = primary; entries = e; }
+    else {
+      use = primary;
+      entries = e;
+    }
   } else warnings.push(`primary GPT header: ${primary}`);
   if (typeof backup === 'string') warnings.push(`backup GPT header: ${backup}`);
   else {
     const e = await gptEntries(disk, backup);
     if (typeof e === 'string') warnings.push(`backup GPT: ${e}`);
-    else if (!use) { use = backup; entries = e; warnings.push('read the partitions from the backup GPT'); }
-    else if (!e.equals(entries!)) warnings.push('backup GPT entries differ from the primary\'s: read the primary\'s');
-    if (use === primary && backup.myLba !== primary.alternateLba) warnings.push(`backup GPT header says it is at LBA ${backup.myLba}, the primary says ${primary.alternateLba}`);
+    else if (!use) {
+      use = backup;
+      entries = e;
+      warnings.push('read the partitions from the backup GPT');
+    } else if (!e.equals(entries!)) warnings.push("backup GPT entries differ from the primary's: read the primary's");
+    if (use === primary && backup.myLba !== primary.alternateLba)
+      warnings.push(`backup GPT header says it is at LBA ${backup.myLba}, the primary says ${primary.alternateLba}`);
   }
   if (!use || !entries) throw new FsCorrupt(`the disk has a GPT whose primary and backup are both damaged: ${warnings.join('; ')}`);
   const partitions: Partition[] = [];
@@ -99,14 +120,19 @@ async function readGpt(disk: BlockReader): Promise<PartitionTable | undefined> {
     if (type === '00000000-0000-0000-0000-000000000000') continue;
     const first = entries.readBigUInt64LE(at + 32);
     const last = entries.readBigUInt64LE(at + 40);
-    if (last < first || last > lastLba) throw new FsCorrupt(`GPT partition ${i + 1}: sectors ${first}-${last} are not within the disk's ${lastLba + 1n} sectors`);
+    if (last < first || last > lastLba)
+      throw new FsCorrupt(`GPT partition ${i + 1}: sectors ${first}-${last} are not within the disk's ${lastLba + 1n} sectors`);
     const name = entries.toString('utf16le', at + 56, at + 128).replace(/\0.*$/s, '');
     partitions.push({ number: i + 1, offset: Number(first) * SECTOR, size: Number(last - first + 1n) * SECTOR, type, ...(name ? { name } : {}) });
   }
   return { scheme: 'gpt', partitions, warnings };
 }
 
-interface MbrEntry { type: number; start: number; sectors: number }
+interface MbrEntry {
+  type: number;
+  start: number;
+  sectors: number;
+}
 
 function mbrEntries(b: Buffer, where: string): MbrEntry[] | undefined {
   if (b[510] !== 0x55 || b[511] !== 0xaa) return undefined;
@@ -151,7 +177,8 @@ async function readMbr(disk: BlockReader, sector0: Buffer): Promise<PartitionTab
       if (!logical) throw new FsCorrupt(`extended boot record at sector ${ebr} has no 55AA signature`);
       if (logical.type !== 0) {
         within(ebr + logical.start, logical.sectors, `logical partition ${n}`);
-        if (ebr + logical.start + logical.sectors > extended.start + extended.sectors) throw new FsCorrupt(`logical partition ${n} ends past its extended partition`);
+        if (ebr + logical.start + logical.sectors > extended.start + extended.sectors)
+          throw new FsCorrupt(`logical partition ${n} ends past its extended partition`);
         partitions.push({ number: n, offset: (ebr + logical.start) * SECTOR, size: logical.sectors * SECTOR, type: hex(logical.type) });
       }
       if (!next || next.type === 0 || next.start === 0) break;
@@ -172,6 +199,7 @@ export async function readPartitionTable(disk: BlockReader): Promise<PartitionTa
   if (gpt) return gpt;
   const sector0 = view(await disk.read(0, SECTOR));
   const mbr = await readMbr(disk, sector0);
-  if (mbr?.partitions.some((p) => p.type === 'ee')) throw new FsCorrupt('the disk has a protective MBR (type EE) but no readable GPT header at LBA 1 or at the disk\'s end');
+  if (mbr?.partitions.some((p) => p.type === 'ee'))
+    throw new FsCorrupt("the disk has a protective MBR (type EE) but no readable GPT header at LBA 1 or at the disk's end");
   return mbr;
 }

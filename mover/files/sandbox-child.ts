@@ -75,7 +75,12 @@ async function run(job: SandboxJob): Promise<void> {
 function failure(err: Error): ChildMessage {
   if (err instanceof FsNotFound) return { t: 'error', kind: 'notFound', message: err.message };
   if (err instanceof FsCorrupt) return { t: 'error', kind: 'corrupt', message: err.message };
-  if (err instanceof RangeError) return { t: 'error', kind: 'corrupt', message: `the file system's structures are inconsistent (a field points past the bytes it belongs to: ${err.message})` };
+  if (err instanceof RangeError)
+    return {
+      t: 'error',
+      kind: 'corrupt',
+      message: `the file system's structures are inconsistent (a field points past the bytes it belongs to: ${err.message})`,
+    };
   return { t: 'error', kind: 'other', message: err.message };
 }
 
@@ -88,9 +93,11 @@ process.on('message', (m: ParentMessage) => {
   } else if (m.t === 'ack') acks.shift()?.();
   else if (m.t === 'job' && !started) {
     started = true;
-    run(m.job).then(
-      () => send({ t: 'done' }),
-      (err: Error) => send(failure(err)),
-    ).finally(() => process.disconnect?.());
+    run(m.job)
+      .then(
+        () => send({ t: 'done' }),
+        (err: Error) => send(failure(err)),
+      )
+      .finally(() => process.disconnect?.());
   }
 });

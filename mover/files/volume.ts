@@ -37,7 +37,20 @@ export async function volumes(disk: BlockReader): Promise<{ scheme: string; warn
   }
   if (whole) return { scheme: 'none', warnings: [], volumes: [{ partition: 0, offset: 0, size: disk.size, fs: whole.kind }] };
   const table = await readPartitionTable(disk);
-  if (!table) return { scheme: 'none', warnings: [], volumes: [{ partition: 0, offset: 0, size: disk.size, fs: null, problem: problem ?? 'no partition table (MBR or GPT) and no ext2/3/4 or FAT file system at the start of the disk' }] };
+  if (!table)
+    return {
+      scheme: 'none',
+      warnings: [],
+      volumes: [
+        {
+          partition: 0,
+          offset: 0,
+          size: disk.size,
+          fs: null,
+          problem: problem ?? 'no partition table (MBR or GPT) and no ext2/3/4 or FAT file system at the start of the disk',
+        },
+      ],
+    };
   const out: VolumeInfo[] = [];
   for (const p of table.partitions) {
     const v: VolumeInfo = { partition: p.number, offset: p.offset, size: p.size, fs: null };
@@ -57,16 +70,24 @@ export async function volumes(disk: BlockReader): Promise<{ scheme: string; warn
 /** The file system of partition `partition` (or the only one with a file system when not given). */
 export async function openVolume(disk: BlockReader, partition: number | undefined): Promise<{ fs: FileSystem; volume: VolumeInfo; warnings: string[] }> {
   const found = await volumes(disk);
-  const describe = (v: VolumeInfo) => `${v.partition === 0 ? 'whole disk' : `partition ${v.partition}`} (${(v.size / 2 ** 20).toFixed(0)} MiB): ${v.fs ?? v.problem}`;
+  const describe = (v: VolumeInfo) =>
+    `${v.partition === 0 ? 'whole disk' : `partition ${v.partition}`} (${(v.size / 2 ** 20).toFixed(0)} MiB): ${v.fs ?? v.problem}`;
   let v: VolumeInfo | undefined;
   if (partition !== undefined) {
     v = found.volumes.find((x) => x.partition === partition);
-    if (!v) throw new FsNotFound(`the disk has no partition ${partition}; it has: ${found.volumes.map(describe).join('; ') || `a ${found.scheme} table with no partitions`}`);
+    if (!v)
+      throw new FsNotFound(
+        `the disk has no partition ${partition}; it has: ${found.volumes.map(describe).join('; ') || `a ${found.scheme} table with no partitions`}`,
+      );
     if (!v.fs) throw new FsNotFound(`partition ${partition} has no file system this reader knows: ${v.problem}`);
   } else {
     const withFs = found.volumes.filter((x) => x.fs);
-    if (withFs.length === 0) throw new FsNotFound(`the disk has no ext2/3/4 or FAT file system: ${found.volumes.map(describe).join('; ') || `a ${found.scheme} table with no partitions`}`);
-    if (withFs.length > 1) throw new FsNotFound(`the disk has ${withFs.length} file systems; name one with --partition N: ${found.volumes.map(describe).join('; ')}`);
+    if (withFs.length === 0)
+      throw new FsNotFound(
+        `the disk has no ext2/3/4 or FAT file system: ${found.volumes.map(describe).join('; ') || `a ${found.scheme} table with no partitions`}`,
+      );
+    if (withFs.length > 1)
+      throw new FsNotFound(`the disk has ${withFs.length} file systems; name one with --partition N: ${found.volumes.map(describe).join('; ')}`);
     v = withFs[0]!;
   }
   const fs = (await openFs(v.partition === 0 ? disk : slice(disk, v.offset, v.size, `partition ${v.partition}`)))!;
@@ -87,11 +108,15 @@ export async function resolve<N>(fs: FileSystem<N>, path: string): Promise<{ nod
   let at = await fs.root();
   let walked = '';
   for (const name of pathComponents(path)) {
-    if (at.entry.type === 'symlink') throw new FsNotFound(`${walked} is a symbolic link to '${at.entry.target}', not a directory: give the path through its target`);
+    if (at.entry.type === 'symlink')
+      throw new FsNotFound(`${walked} is a symbolic link to '${at.entry.target}', not a directory: give the path through its target`);
     if (at.entry.type !== 'dir') throw new FsNotFound(`${walked} is a ${at.entry.type}, not a directory, so '${path}' does not exist`);
     const found = (await fs.list(at.node, walked || '/')).find((e) => e.entry.name === name);
     walked += `/${name}`;
-    if (!found) throw new FsNotFound(`${walked} does not exist on the ${fs.kind} file system (list ${walked.slice(0, walked.lastIndexOf('/')) || '/'} to see what is there; names are case-sensitive on ext)`);
+    if (!found)
+      throw new FsNotFound(
+        `${walked} does not exist on the ${fs.kind} file system (list ${walked.slice(0, walked.lastIndexOf('/')) || '/'} to see what is there; names are case-sensitive on ext)`,
+      );
     at = found;
   }
   return at;
@@ -103,7 +128,13 @@ export type WalkEvent =
   | { kind: 'dirEnd'; path: string; entry: Entry }
   | { kind: 'symlink'; path: string; entry: Entry }
   | { kind: 'other'; path: string; entry: Entry }
-  | { kind: 'file'; path: string; entry: Entry; read: (offset: number, length: number) => Promise<Uint8Array | null>; ranges: () => Promise<{ offset: number; length: number }[]> };
+  | {
+      kind: 'file';
+      path: string;
+      entry: Entry;
+      read: (offset: number, length: number) => Promise<Uint8Array | null>;
+      ranges: () => Promise<{ offset: number; length: number }[]>;
+    };
 
 /**
  * Walks the tree at `path` (a file, a link or a directory, recursively), paths relative to

@@ -86,7 +86,14 @@ export class NbdClient implements NbdReader {
     this.structuredReplies = n.structuredReplies;
     this.blockSize = n.blockSize ?? { minimum: 1, preferred: 4096, maximum: MAX_READ };
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
-    this.listen(new ReplyReceiver(queue, (c) => this.pending.get(c), (r) => this.settle(r as Pending), { structuredReplies: n.structuredReplies, contextIds: new Set(n.metaContexts.values()) }));
+    this.listen(
+      new ReplyReceiver(
+        queue,
+        (c) => this.pending.get(c),
+        (r) => this.settle(r as Pending),
+        { structuredReplies: n.structuredReplies, contextIds: new Set(n.metaContexts.values()) },
+      ),
+    );
   }
 
   /**
@@ -98,8 +105,12 @@ export class NbdClient implements NbdReader {
     const t = typeof target === 'string' ? parseNbdUri(target) : target;
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     opts.signal?.throwIfAborted();
-    if (t.tls && !opts.tls) throw new SourceUnavailable(`cannot open ${describeTarget(t)}: it requires TLS and this mover has no NBD TLS credentials (set LIFEBOAT_NBD_TLS_DIR to a folder with ca-cert.pem, client-cert.pem and client-key.pem)`);
-    let socket: Socket = t.socket !== undefined ? createConnection({ path: t.socket }) : createConnection({ host: t.host, port: t.port ?? NBD_PORT, noDelay: true });
+    if (t.tls && !opts.tls)
+      throw new SourceUnavailable(
+        `cannot open ${describeTarget(t)}: it requires TLS and this mover has no NBD TLS credentials (set LIFEBOAT_NBD_TLS_DIR to a folder with ca-cert.pem, client-cert.pem and client-key.pem)`,
+      );
+    let socket: Socket =
+      t.socket !== undefined ? createConnection({ path: t.socket }) : createConnection({ host: t.host, port: t.port ?? NBD_PORT, noDelay: true });
     let queue = new ByteQueue();
     let io = socketIO(socket, queue);
     const plain = socket;
@@ -124,7 +135,10 @@ export class NbdClient implements NbdReader {
       plain.destroy();
       if (opts.signal?.aborted) throw opts.signal.reason;
       // Under TLS 1.3 a server that rejects the client's certificate just hangs up after the TLS handshake.
-      const hint = t.tls && socket !== plain && /closed the connection/.test(messageOf(err)) ? ' (after TLS was set up: the server may require a client certificate this mover lacks or that its CA did not sign: client-cert.pem in LIFEBOAT_NBD_TLS_DIR)' : '';
+      const hint =
+        t.tls && socket !== plain && /closed the connection/.test(messageOf(err))
+          ? ' (after TLS was set up: the server may require a client certificate this mover lacks or that its CA did not sign: client-cert.pem in LIFEBOAT_NBD_TLS_DIR)'
+          : '';
       throw new SourceUnavailable(`cannot open ${describeTarget(t)}: ${messageOf(err)}${hint}`, err);
     }
   }
@@ -172,7 +186,8 @@ export class NbdClient implements NbdReader {
    */
   async blockStatus(context: string, offset: number, length: number): Promise<BlockStatusExtent[]> {
     const id = this.metaContexts.get(context);
-    if (id === undefined) throw new SourceUnavailable(`${this.what} has no metadata context '${context}' (selected: ${[...this.metaContexts.keys()].join(', ') || 'none'})`);
+    if (id === undefined)
+      throw new SourceUnavailable(`${this.what} has no metadata context '${context}' (selected: ${[...this.metaContexts.keys()].join(', ') || 'none'})`);
     const n = Math.min(this.clampRange(offset, length, Infinity, 'block status'), MAX_BLOCK_STATUS);
     if (n === 0) return [];
     const req = await this.send(Command.BLOCK_STATUS, offset, n);
@@ -222,7 +237,8 @@ export class NbdClient implements NbdReader {
     if (length > room) throw new RangeError(`${what} of ${this.what}: ${length} bytes do not fit a ${room}-byte buffer`);
     const n = Math.min(length, this.size - offset);
     const min = this.blockSize.minimum;
-    if (offset % min !== 0 || (n % min !== 0 && offset + n !== this.size)) throw new RangeError(`${what} of ${this.what}: offset ${offset} and length ${n} are not aligned to its ${min}-byte blocks`);
+    if (offset % min !== 0 || (n % min !== 0 && offset + n !== this.size))
+      throw new RangeError(`${what} of ${this.what}: offset ${offset} and length ${n} are not aligned to its ${min}-byte blocks`);
     return n;
   }
 
@@ -232,8 +248,17 @@ export class NbdClient implements NbdReader {
     const cookie = this.nextCookie++;
     return new Promise<InFlight>((resolve, reject) => {
       const req: Pending = {
-        cookie, command, offset, length, dest, destAt, ranges: [], covered: 0, statuses: new Map(),
-        resolve: () => resolve(req), reject,
+        cookie,
+        command,
+        offset,
+        length,
+        dest,
+        destAt,
+        ranges: [],
+        covered: 0,
+        statuses: new Map(),
+        resolve: () => resolve(req),
+        reject,
         timer: setTimeout(() => this.expire(req), this.timeoutMs),
       };
       this.pending.set(cookie, req);
@@ -248,7 +273,11 @@ export class NbdClient implements NbdReader {
     clearTimeout(req.timer);
     if (!req.error) return req.resolve();
     const at = req.error.offset === undefined ? '' : ` (at byte ${req.error.offset})`;
-    req.reject(new SourceUnavailable(`${this.what} failed ${commandName(req.command)} of ${req.length} bytes at ${req.offset}: ${errorName(req.error.error)}${at}${req.error.message ? `: ${req.error.message}` : ''}`));
+    req.reject(
+      new SourceUnavailable(
+        `${this.what} failed ${commandName(req.command)} of ${req.length} bytes at ${req.offset}: ${errorName(req.error.error)}${at}${req.error.message ? `: ${req.error.message}` : ''}`,
+      ),
+    );
     // The spec: a client seeing ESHUTDOWN must disconnect.
     if (req.error.error === ESHUTDOWN) void this.close();
   }
@@ -260,7 +289,9 @@ export class NbdClient implements NbdReader {
    */
   private expire(req: Pending): void {
     req.dest = undefined;
-    req.reject(new SourceUnavailable(`${this.what} did not answer ${commandName(req.command)} of ${req.length} bytes at ${req.offset} within ${this.timeoutMs} ms`));
+    req.reject(
+      new SourceUnavailable(`${this.what} did not answer ${commandName(req.command)} of ${req.length} bytes at ${req.offset} within ${this.timeoutMs} ms`),
+    );
     req.resolve = () => {};
     req.reject = () => {};
   }
@@ -324,7 +355,15 @@ function toExtents(descriptors: readonly { length: number; flags: number }[], of
 }
 
 function commandName(command: number): string {
-  return command === Command.READ ? 'READ' : command === Command.BLOCK_STATUS ? 'BLOCK_STATUS' : command === Command.WRITE ? 'WRITE' : command === Command.FLUSH ? 'FLUSH' : `command ${command}`;
+  return command === Command.READ
+    ? 'READ'
+    : command === Command.BLOCK_STATUS
+      ? 'BLOCK_STATUS'
+      : command === Command.WRITE
+        ? 'WRITE'
+        : command === Command.FLUSH
+          ? 'FLUSH'
+          : `command ${command}`;
 }
 
 function messageOf(err: unknown): string {

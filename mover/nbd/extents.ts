@@ -42,7 +42,11 @@ export function defaultSelect(context: string): (flags: number) => boolean {
  * The extents of interest of [offset, offset + length) in `context`, in order, neighbours
  * merged; undefined when there are more than `maxExtents`.
  */
-export async function mapExtents(reader: Pick<NbdReader, 'size' | 'blockStatus'>, context: string, opts: MapExtentsOptions = {}): Promise<Extent[] | undefined> {
+export async function mapExtents(
+  reader: Pick<NbdReader, 'size' | 'blockStatus'>,
+  context: string,
+  opts: MapExtentsOptions = {},
+): Promise<Extent[] | undefined> {
   const select = opts.select ?? defaultSelect(context);
   const maxExtents = opts.maxExtents ?? MAX_EXTENTS;
   const start = opts.offset ?? 0;

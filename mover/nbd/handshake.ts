@@ -109,7 +109,11 @@ async function startTls(io: HandshakeIO, wrap: () => Promise<HandshakeIO>): Prom
   }
   if (isOptionError(header.type)) {
     const text = parseOptionErrorMessage(data);
-    throw new OptionRefused(header.type, Option.STARTTLS, `the server refused TLS (NBD_OPT_STARTTLS: ${optionReplyName(header.type)}${text ? `: ${text}` : ''}); TLS is required, so the client does not go on in clear text: enable TLS on the server (libvirt: backup_tls_x509_cert_dir in qemu.conf) or, on a trusted network only, use a plain nbd:// export`);
+    throw new OptionRefused(
+      header.type,
+      Option.STARTTLS,
+      `the server refused TLS (NBD_OPT_STARTTLS: ${optionReplyName(header.type)}${text ? `: ${text}` : ''}); TLS is required, so the client does not go on in clear text: enable TLS on the server (libvirt: backup_tls_x509_cert_dir in qemu.conf) or, on a trusted network only, use a plain nbd:// export`,
+    );
   }
   throw new NbdProtocolError(`unexpected ${optionReplyName(header.type)} to NBD_OPT_STARTTLS`);
 }

@@ -314,7 +314,8 @@ export function parseOptionReplyHeader(buf: Buffer): OptionReplyHeader {
   const magic = buf.readBigUInt64BE(0);
   if (magic !== OPTION_REPLY_MAGIC) throw new NbdProtocolError(`option reply has wrong magic 0x${magic.toString(16)}`);
   const header = { option: buf.readUInt32BE(8), type: buf.readUInt32BE(12), length: buf.readUInt32BE(16) };
-  if (header.length > MAX_CONTROL_PAYLOAD) throw new NbdProtocolError(`option reply claims ${header.length} bytes of data, over the ${MAX_CONTROL_PAYLOAD} accepted`);
+  if (header.length > MAX_CONTROL_PAYLOAD)
+    throw new NbdProtocolError(`option reply claims ${header.length} bytes of data, over the ${MAX_CONTROL_PAYLOAD} accepted`);
   return header;
 }
 
@@ -378,8 +379,10 @@ const isPowerOf2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
 
 function checkBlockSize(minimum: number, preferred: number, maximum: number): InfoReply {
   if (!isPowerOf2(minimum) || minimum > 65536) throw new NbdProtocolError(`NBD_INFO_BLOCK_SIZE minimum ${minimum} is not a power of 2 up to 65536`);
-  if (!isPowerOf2(preferred) || preferred < Math.max(minimum, 512)) throw new NbdProtocolError(`NBD_INFO_BLOCK_SIZE preferred ${preferred} is not a power of 2 of at least max(minimum, 512)`);
-  if (maximum < minimum || (maximum !== 0xffffffff && maximum % minimum !== 0)) throw new NbdProtocolError(`NBD_INFO_BLOCK_SIZE maximum ${maximum} is not a multiple of the minimum ${minimum}`);
+  if (!isPowerOf2(preferred) || preferred < Math.max(minimum, 512))
+    throw new NbdProtocolError(`NBD_INFO_BLOCK_SIZE preferred ${preferred} is not a power of 2 of at least max(minimum, 512)`);
+  if (maximum < minimum || (maximum !== 0xffffffff && maximum % minimum !== 0))
+    throw new NbdProtocolError(`NBD_INFO_BLOCK_SIZE maximum ${maximum} is not a multiple of the minimum ${minimum}`);
   return { info: 'block-size', minimum, preferred, maximum };
 }
 
@@ -461,7 +464,13 @@ export function encodeRequest(r: Request): Buffer {
 export function parseRequest(buf: Buffer): Request {
   expectLength(buf, REQUEST_SIZE, 'request');
   if (buf.readUInt32BE(0) !== REQUEST_MAGIC) throw new NbdProtocolError(`request has wrong magic 0x${buf.readUInt32BE(0).toString(16)}`);
-  return { flags: buf.readUInt16BE(4), type: buf.readUInt16BE(6), cookie: buf.readBigUInt64BE(8), offset: readSafeU64(buf, 16, 'request offset'), length: buf.readUInt32BE(24) };
+  return {
+    flags: buf.readUInt16BE(4),
+    type: buf.readUInt16BE(6),
+    cookie: buf.readBigUInt64BE(8),
+    offset: readSafeU64(buf, 16, 'request offset'),
+    length: buf.readUInt32BE(24),
+  };
 }
 
 /** A reply header: a whole simple reply, or a structured chunk's header (its payload follows). */
@@ -568,7 +577,8 @@ export function parseOffsetHole(payload: Buffer): Chunk & { type: 'hole' } {
 
 /** NBD_REPLY_TYPE_BLOCK_STATUS: a context id and one or more nonzero-length descriptors. */
 export function parseBlockStatus(payload: Buffer): Chunk & { type: 'block-status' } {
-  if (payload.length < 12 || (payload.length - 4) % 8 !== 0) throw new NbdProtocolError(`NBD_REPLY_TYPE_BLOCK_STATUS must be 4 + 8n bytes (n >= 1), got ${payload.length}`);
+  if (payload.length < 12 || (payload.length - 4) % 8 !== 0)
+    throw new NbdProtocolError(`NBD_REPLY_TYPE_BLOCK_STATUS must be 4 + 8n bytes (n >= 1), got ${payload.length}`);
   const extents: BlockDescriptor[] = [];
   for (let at = 4; at < payload.length; at += 8) {
     const length = payload.readUInt32BE(at);
@@ -596,10 +606,12 @@ export function parseErrorChunk(type: number, payload: Buffer): Chunk & { type: 
   if (error === 0) throw new NbdProtocolError('error chunk carries error 0');
   const messageLength = payload.readUInt16BE(4);
   const trailer = type === ChunkType.ERROR_OFFSET ? 8 : 0;
-  if (6 + messageLength + trailer > payload.length) throw new NbdProtocolError(`error chunk message length ${messageLength} runs past its ${payload.length}-byte payload`);
+  if (6 + messageLength + trailer > payload.length)
+    throw new NbdProtocolError(`error chunk message length ${messageLength} runs past its ${payload.length}-byte payload`);
   const message = decodeString(payload.subarray(6, 6 + messageLength), 'error chunk message');
   if (type === ChunkType.ERROR) {
-    if (payload.length !== 6 + messageLength) throw new NbdProtocolError(`NBD_REPLY_TYPE_ERROR has ${payload.length - 6 - messageLength} bytes after its message`);
+    if (payload.length !== 6 + messageLength)
+      throw new NbdProtocolError(`NBD_REPLY_TYPE_ERROR has ${payload.length - 6 - messageLength} bytes after its message`);
     return { type: 'error', error, message };
   }
   if (type === ChunkType.ERROR_OFFSET) {

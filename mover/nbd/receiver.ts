@@ -106,7 +106,8 @@ export class ReplyReceiver {
       if (h.length < 9) throw new NbdProtocolError(`NBD_REPLY_TYPE_OFFSET_DATA must be at least 9 bytes, got ${h.length}`);
       this.state = { at: 'data-offset', req, flags: h.flags, length: h.length - 8 };
     } else {
-      if (h.length > MAX_CONTROL_PAYLOAD) throw new NbdProtocolError(`chunk of type ${h.type} claims ${h.length} bytes, over the ${MAX_CONTROL_PAYLOAD} accepted`);
+      if (h.length > MAX_CONTROL_PAYLOAD)
+        throw new NbdProtocolError(`chunk of type ${h.type} claims ${h.length} bytes, over the ${MAX_CONTROL_PAYLOAD} accepted`);
       this.state = { at: 'payload', req, flags: h.flags, type: h.type, length: h.length };
     }
     return true;
@@ -167,7 +168,8 @@ export class ReplyReceiver {
         this.blockStatus(req, c.contextId, c.extents);
         break;
       case 'error':
-        if (c.offset !== undefined && (c.offset < req.offset || c.offset >= req.offset + Math.max(req.length, 1))) throw new NbdProtocolError(`error chunk offset ${c.offset} lies outside the request [${req.offset}, ${req.offset + req.length})`);
+        if (c.offset !== undefined && (c.offset < req.offset || c.offset >= req.offset + Math.max(req.length, 1)))
+          throw new NbdProtocolError(`error chunk offset ${c.offset} lies outside the request [${req.offset}, ${req.offset + req.length})`);
         req.error ??= c;
         break;
     }
@@ -185,7 +187,8 @@ export class ReplyReceiver {
   private addRange(req: InFlight, offset: number, length: number): void {
     const start = offset;
     const end = offset + length;
-    if (start < req.offset || end > req.offset + req.length) throw new NbdProtocolError(`content chunk [${start}, ${end}) lies outside the request [${req.offset}, ${req.offset + req.length})`);
+    if (start < req.offset || end > req.offset + req.length)
+      throw new NbdProtocolError(`content chunk [${start}, ${end}) lies outside the request [${req.offset}, ${req.offset + req.length})`);
     const r = req.ranges;
     let lo = 0;
     let hi = r.length / 2;
@@ -201,8 +204,10 @@ export class ReplyReceiver {
 
   private finish(req: InFlight): void {
     if (!req.error) {
-      if (req.command === Command.READ && req.covered !== req.length) throw new NbdProtocolError(`server ended a read of ${req.length} bytes at ${req.offset} having sent ${req.covered}`);
-      if (req.command === Command.BLOCK_STATUS && req.statuses.size === 0) throw new NbdProtocolError('server ended a block status reply without any block status chunk');
+      if (req.command === Command.READ && req.covered !== req.length)
+        throw new NbdProtocolError(`server ended a read of ${req.length} bytes at ${req.offset} having sent ${req.covered}`);
+      if (req.command === Command.BLOCK_STATUS && req.statuses.size === 0)
+        throw new NbdProtocolError('server ended a block status reply without any block status chunk');
     }
     this.done(req);
   }

@@ -223,7 +223,8 @@ export class NbdServerSession {
   private option(): boolean {
     if (this.q.available < 16) return false;
     const header = parseOptionHeader(this.q.take(16));
-    if (header.length > MAX_OPTION_BYTES) throw new NbdProtocolError(`option ${header.option} carries ${header.length} bytes, over the ${MAX_OPTION_BYTES} accepted`);
+    if (header.length > MAX_OPTION_BYTES)
+      throw new NbdProtocolError(`option ${header.option} carries ${header.length} bytes, over the ${MAX_OPTION_BYTES} accepted`);
     if (++this.options > MAX_OPTIONS) throw new NbdProtocolError(`over ${MAX_OPTIONS} options in one handshake`);
     this.pendingOption = header;
     return this.optionData();
@@ -309,8 +310,13 @@ export class NbdServerSession {
   }
 
   private flagsFor(): number {
-    return TransmissionFlag.HAS_FLAGS | TransmissionFlag.READ_ONLY | TransmissionFlag.SEND_FLUSH | TransmissionFlag.CAN_MULTI_CONN
-      | (this.structured ? TransmissionFlag.SEND_DF : 0);
+    return (
+      TransmissionFlag.HAS_FLAGS |
+      TransmissionFlag.READ_ONLY |
+      TransmissionFlag.SEND_FLUSH |
+      TransmissionFlag.CAN_MULTI_CONN |
+      (this.structured ? TransmissionFlag.SEND_DF : 0)
+    );
   }
 
   private go(option: number, data: Buffer): void {
@@ -321,11 +327,22 @@ export class NbdServerSession {
       return this.refuse(option, OptionReply.ERR_INVALID, (err as Error).message);
     }
     const exp = this.exportNamed(req.exportName);
-    if (!exp) return this.refuse(option, OptionReply.ERR_UNKNOWN, `no export named '${req.exportName}'; this server exports ${[...this.host.exports.keys()].join(', ')}`);
+    if (!exp)
+      return this.refuse(
+        option,
+        OptionReply.ERR_UNKNOWN,
+        `no export named '${req.exportName}'; this server exports ${[...this.host.exports.keys()].join(', ')}`,
+      );
     this.reply(option, OptionReply.INFO, encodeInfoExport(exp.size, this.flagsFor()));
     for (const info of new Set(req.infos)) {
-      if (info === Info.NAME) this.reply(option, OptionReply.INFO, Buffer.concat([Buffer.from([0, Info.NAME]), Buffer.from(req.exportName || [...this.host.exports.keys()][0]!, 'utf8')]));
-      else if (info === Info.DESCRIPTION && exp.description) this.reply(option, OptionReply.INFO, Buffer.concat([Buffer.from([0, Info.DESCRIPTION]), Buffer.from(exp.description.slice(0, 1024), 'utf8')]));
+      if (info === Info.NAME)
+        this.reply(
+          option,
+          OptionReply.INFO,
+          Buffer.concat([Buffer.from([0, Info.NAME]), Buffer.from(req.exportName || [...this.host.exports.keys()][0]!, 'utf8')]),
+        );
+      else if (info === Info.DESCRIPTION && exp.description)
+        this.reply(option, OptionReply.INFO, Buffer.concat([Buffer.from([0, Info.DESCRIPTION]), Buffer.from(exp.description.slice(0, 1024), 'utf8')]));
       else if (info === Info.BLOCK_SIZE) this.reply(option, OptionReply.INFO, encodeInfoBlockSize(1, 4096, this.host.maxBlockBytes));
     }
     this.reply(option, OptionReply.ACK);
@@ -374,7 +391,8 @@ export class NbdServerSession {
     const r = this.pendingRequest;
     if (r.type === Command.WRITE) {
       // Its data follows the header: read and dropped (read-only), or the connection ends if it is over any block we accept.
-      if (r.length > this.host.maxBlockBytes) throw new NbdProtocolError(`NBD_CMD_WRITE of ${r.length} bytes, over the ${this.host.maxBlockBytes}-byte maximum block`);
+      if (r.length > this.host.maxBlockBytes)
+        throw new NbdProtocolError(`NBD_CMD_WRITE of ${r.length} bytes, over the ${this.host.maxBlockBytes}-byte maximum block`);
       if (this.q.available < r.length) return false;
       this.q.skip(r.length);
       this.pendingRequest = undefined;
@@ -407,7 +425,8 @@ export class NbdServerSession {
         if (!this.structured || !this.meta) return this.error(r, Errno.EINVAL, 'NBD_CMD_BLOCK_STATUS without a negotiated metadata context');
         if (r.flags & ~CommandFlag.REQ_ONE) return this.error(r, Errno.EINVAL, `NBD_CMD_BLOCK_STATUS with unsupported flags 0x${r.flags.toString(16)}`);
         if (r.length === 0) return this.error(r, Errno.EINVAL, 'NBD_CMD_BLOCK_STATUS length 0');
-        if (r.offset + r.length > exp.size) return this.error(r, Errno.EINVAL, `NBD_CMD_BLOCK_STATUS ${r.offset}+${r.length} runs past the export's ${exp.size} bytes`);
+        if (r.offset + r.length > exp.size)
+          return this.error(r, Errno.EINVAL, `NBD_CMD_BLOCK_STATUS ${r.offset}+${r.length} runs past the export's ${exp.size} bytes`);
         return this.blockStatus(r);
       }
       case Command.FLUSH:
@@ -446,58 +465,65 @@ export class NbdServerSession {
   /** NBD_CMD_BLOCK_STATUS: in flight like a read while the export looks the extents up. */
   private blockStatus(r: Request): void {
     const finish = this.begin(0);
-    Promise.resolve().then(() => this.exp!.allocation(r.offset, r.length)).then((all) => {
-      if (this.phase === 'closed') return finish();
-      const extents = r.flags & CommandFlag.REQ_ONE ? all.slice(0, 1) : all;
-      this.io.write(encodeChunk(ReplyFlag.DONE, ChunkType.BLOCK_STATUS, r.cookie, encodeBlockStatus(BASE_ALLOCATION_ID, extents)), finish);
-    }).catch((err: unknown) => {
-      if (!(err instanceof ExportIoError)) this.host.logger?.error('nbd.block-status.failed', { offset: r.offset, length: r.length, error: (err as Error).message });
-      if (this.phase === 'closed') return finish();
-      this.error(r, err instanceof ExportIoError ? err.errno : Errno.EIO, (err as Error).message);
-      this.io.write(Buffer.alloc(0), finish);
-    });
+    Promise.resolve()
+      .then(() => this.exp!.allocation(r.offset, r.length))
+      .then((all) => {
+        if (this.phase === 'closed') return finish();
+        const extents = r.flags & CommandFlag.REQ_ONE ? all.slice(0, 1) : all;
+        this.io.write(encodeChunk(ReplyFlag.DONE, ChunkType.BLOCK_STATUS, r.cookie, encodeBlockStatus(BASE_ALLOCATION_ID, extents)), finish);
+      })
+      .catch((err: unknown) => {
+        if (!(err instanceof ExportIoError))
+          this.host.logger?.error('nbd.block-status.failed', { offset: r.offset, length: r.length, error: (err as Error).message });
+        if (this.phase === 'closed') return finish();
+        this.error(r, err instanceof ExportIoError ? err.errno : Errno.EIO, (err as Error).message);
+        this.io.write(Buffer.alloc(0), finish);
+      });
   }
 
   private read(r: Request): void {
     const exp = this.exp!;
     const finish = this.begin(r.length);
-    exp.read(r.offset, r.length).then(async (data) => {
-      if (data.length !== r.length) throw new ExportIoError(`export returned ${data.length} bytes for a ${r.length}-byte read`);
-      const parts = !this.structured || r.flags & CommandFlag.DF ? [{ length: r.length, flags: 0 }] : await exp.allocation(r.offset, r.length);
-      if (this.phase === 'closed') return finish();
-      this.host.served(r.length);
-      if (!this.structured) return this.io.write([encodeSimpleReply(0, r.cookie), data], finish);
-      const reply: Buffer[] = [];
-      let at = 0;
-      parts.forEach((p, i) => {
-        const flags = i === parts.length - 1 ? ReplyFlag.DONE : 0;
-        const offset = r.offset + at;
-        if ((p.flags & (StateFlag.HOLE | StateFlag.ZERO)) === (StateFlag.HOLE | StateFlag.ZERO)) {
-          reply.push(encodeChunk(flags, ChunkType.OFFSET_HOLE, r.cookie, encodeOffsetHole(offset, p.length)));
-        } else {
-          const header = Buffer.alloc(STRUCTURED_HEADER_SIZE + 8);
-          header.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
-          header.writeUInt16BE(flags, 4);
-          header.writeUInt16BE(ChunkType.OFFSET_DATA, 6);
-          header.writeBigUInt64BE(r.cookie, 8);
-          header.writeUInt32BE(8 + p.length, 16);
-          header.writeBigUInt64BE(BigInt(offset), 20);
-          reply.push(header, data.subarray(at, at + p.length));
+    exp
+      .read(r.offset, r.length)
+      .then(async (data) => {
+        if (data.length !== r.length) throw new ExportIoError(`export returned ${data.length} bytes for a ${r.length}-byte read`);
+        const parts = !this.structured || r.flags & CommandFlag.DF ? [{ length: r.length, flags: 0 }] : await exp.allocation(r.offset, r.length);
+        if (this.phase === 'closed') return finish();
+        this.host.served(r.length);
+        if (!this.structured) return this.io.write([encodeSimpleReply(0, r.cookie), data], finish);
+        const reply: Buffer[] = [];
+        let at = 0;
+        parts.forEach((p, i) => {
+          const flags = i === parts.length - 1 ? ReplyFlag.DONE : 0;
+          const offset = r.offset + at;
+          if ((p.flags & (StateFlag.HOLE | StateFlag.ZERO)) === (StateFlag.HOLE | StateFlag.ZERO)) {
+            reply.push(encodeChunk(flags, ChunkType.OFFSET_HOLE, r.cookie, encodeOffsetHole(offset, p.length)));
+          } else {
+            const header = Buffer.alloc(STRUCTURED_HEADER_SIZE + 8);
+            header.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+            header.writeUInt16BE(flags, 4);
+            header.writeUInt16BE(ChunkType.OFFSET_DATA, 6);
+            header.writeBigUInt64BE(r.cookie, 8);
+            header.writeUInt32BE(8 + p.length, 16);
+            header.writeBigUInt64BE(BigInt(offset), 20);
+            reply.push(header, data.subarray(at, at + p.length));
+          }
+          at += p.length;
+        });
+        this.io.write(reply, finish);
+      })
+      .catch((err: unknown) => {
+        const errno = err instanceof ExportIoError ? err.errno : Errno.EIO;
+        if (!(err instanceof ExportIoError)) this.host.logger?.error('nbd.read.failed', { offset: r.offset, length: r.length, error: (err as Error).message });
+        if (this.phase === 'closed') return finish();
+        if (this.structured) {
+          this.error(r, errno, (err as Error).message);
+          return this.io.write(Buffer.alloc(0), finish);
         }
-        at += p.length;
+        // A simple reply to a READ has its data after it: an error is the header alone.
+        this.io.write(encodeSimpleReply(errno, r.cookie), finish);
       });
-      this.io.write(reply, finish);
-    }).catch((err: unknown) => {
-      const errno = err instanceof ExportIoError ? err.errno : Errno.EIO;
-      if (!(err instanceof ExportIoError)) this.host.logger?.error('nbd.read.failed', { offset: r.offset, length: r.length, error: (err as Error).message });
-      if (this.phase === 'closed') return finish();
-      if (this.structured) {
-        this.error(r, errno, (err as Error).message);
-        return this.io.write(Buffer.alloc(0), finish);
-      }
-      // A simple reply to a READ has its data after it: an error is the header alone.
-      this.io.write(encodeSimpleReply(errno, r.cookie), finish);
-    });
   }
 }
 
@@ -527,7 +553,8 @@ export class NbdServer {
   private constructor(o: NbdServerOptions) {
     if (o.exports.size === 0) throw new RangeError('an NBD server needs at least one export');
     this.o = { maxConnections: 16, maxBlockBytes: 32 * MiB, idleTimeoutMs: 0, handshakeTimeoutMs: 30_000, ...o };
-    if (!Number.isInteger(this.o.maxBlockBytes) || this.o.maxBlockBytes < 4096 || this.o.maxBlockBytes > 0xffffffff) throw new RangeError(`maxBlockBytes ${this.o.maxBlockBytes} must be a whole number from 4096 to 2^32-1`);
+    if (!Number.isInteger(this.o.maxBlockBytes) || this.o.maxBlockBytes < 4096 || this.o.maxBlockBytes > 0xffffffff)
+      throw new RangeError(`maxBlockBytes ${this.o.maxBlockBytes} must be a whole number from 4096 to 2^32-1`);
     this.done = new Promise((ok) => (this.resolveDone = ok));
     this.server = createServer((s) => this.accept(s));
   }
@@ -584,21 +611,30 @@ export class NbdServer {
       this.stats.connections++;
       clearTimeout(this.idleTimer);
     }
-    const host: SessionHost = { exports: this.o.exports, maxBlockBytes: this.o.maxBlockBytes, served: (n) => (this.stats.bytesServed += n), ...(this.o.logger ? { logger: this.o.logger } : {}) };
-    const session = new NbdServerSession(host, {
-      write: (b, done) => {
-        if (socket.destroyed) return done?.();
-        if (Buffer.isBuffer(b)) return void socket.write(b, done ? () => done() : undefined);
-        // One reply's header and data pieces go out together (one writev), not a packet each.
-        socket.cork();
-        b.forEach((x, i) => socket.write(x, i === b.length - 1 && done ? () => done() : undefined));
-        socket.uncork();
-        if (b.length === 0) done?.();
+    const host: SessionHost = {
+      exports: this.o.exports,
+      maxBlockBytes: this.o.maxBlockBytes,
+      served: (n) => (this.stats.bytesServed += n),
+      ...(this.o.logger ? { logger: this.o.logger } : {}),
+    };
+    const session = new NbdServerSession(
+      host,
+      {
+        write: (b, done) => {
+          if (socket.destroyed) return done?.();
+          if (Buffer.isBuffer(b)) return void socket.write(b, done ? () => done() : undefined);
+          // One reply's header and data pieces go out together (one writev), not a packet each.
+          socket.cork();
+          b.forEach((x, i) => socket.write(x, i === b.length - 1 && done ? () => done() : undefined));
+          socket.uncork();
+          if (b.length === 0) done?.();
+        },
+        end: (hard) => (hard ? socket.destroy() : socket.end()),
+        pause: () => socket.pause(),
+        resume: () => socket.resume(),
       },
-      end: (hard) => (hard ? socket.destroy() : socket.end()),
-      pause: () => socket.pause(),
-      resume: () => socket.resume(),
-    }, over ? `too many connections: this export serves at most ${this.o.maxConnections} at once` : undefined);
+      over ? `too many connections: this export serves at most ${this.o.maxConnections} at once` : undefined,
+    );
     const deadline = setTimeout(() => {
       this.o.logger?.error('nbd.disconnect', { reason: `no transmission within ${this.o.handshakeTimeoutMs} ms of connecting` });
       socket.destroy();

@@ -31,14 +31,17 @@ export const TLS_FILES = { ca: 'ca-cert.pem', cert: 'client-cert.pem', key: 'cli
  * `client-key.pem` go together (both or neither). Throws naming the missing file.
  */
 export async function loadTlsCredentials(dir: string): Promise<NbdTlsCredentials> {
-  const read = (f: string) => readFile(join(dir, f), 'utf8').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw new Error(`cannot read ${join(dir, f)}: ${err.message}`, { cause: err });
-  });
+  const read = (f: string) =>
+    readFile(join(dir, f), 'utf8').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw new Error(`cannot read ${join(dir, f)}: ${err.message}`, { cause: err });
+    });
   const [ca, cert, key] = await Promise.all([read(TLS_FILES.ca), read(TLS_FILES.cert), read(TLS_FILES.key)]);
   if (ca === undefined) throw new Error(`NBD TLS folder ${dir} has no ${TLS_FILES.ca} (the CA that signed the hypervisors' backup certificates)`);
   if ((cert === undefined) !== (key === undefined)) {
-    throw new Error(`NBD TLS folder ${dir} has ${cert === undefined ? TLS_FILES.key : TLS_FILES.cert} without ${cert === undefined ? TLS_FILES.cert : TLS_FILES.key}: give both, or neither when the servers do not verify clients`);
+    throw new Error(
+      `NBD TLS folder ${dir} has ${cert === undefined ? TLS_FILES.key : TLS_FILES.cert} without ${cert === undefined ? TLS_FILES.cert : TLS_FILES.key}: give both, or neither when the servers do not verify clients`,
+    );
   }
   return { ca, ...(cert !== undefined && { cert }), ...(key !== undefined && { key }), source: dir };
 }
@@ -51,7 +54,10 @@ export async function loadTlsCredentials(dir: string): Promise<NbdTlsCredentials
 export function startTls(socket: Socket, creds: NbdTlsCredentials, host: string): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     const secure = tlsConnect({
-      socket, host, ca: creds.ca, minVersion: 'TLSv1.2',
+      socket,
+      host,
+      ca: creds.ca,
+      minVersion: 'TLSv1.2',
       // SNI takes a host name, never an IP address (RFC 6066).
       ...(isIP(host) === 0 && { servername: host }),
       ...(creds.cert !== undefined && { cert: creds.cert, key: creds.key }),

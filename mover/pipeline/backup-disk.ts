@@ -86,7 +86,8 @@ async function openParent(o: BackupDiskOptions, firstChunk: number): Promise<Par
   if (!parent) return { unusable: `the parent backup's manifest ${o.parentManifestKey} is gone` };
   if (parent.info.chunkSize !== o.chunkSize || parent.info.version === 1) return { unusable: 'the parent backup has another chunk size or format' };
   const cursor = new ManifestCursor(parent, firstChunk);
-  if (parent.info.sizeBytes !== o.disk.sizeBytes) return { cursor, unusable: `the disk was resized (${parent.info.sizeBytes} bytes in the parent backup, ${o.disk.sizeBytes} now)` };
+  if (parent.info.sizeBytes !== o.disk.sizeBytes)
+    return { cursor, unusable: `the disk was resized (${parent.info.sizeBytes} bytes in the parent backup, ${o.disk.sizeBytes} now)` };
   return { cursor };
 }
 
@@ -109,7 +110,8 @@ async function changedSinceParent(o: BackupDiskOptions, parent: ParentChunks): P
   if (!offered) return {};
   if (!('since' in offered)) return { tracking: { used: false, reason: offered.unavailable } };
   if (parent.unusable) return { tracking: { used: false, reason: parent.unusable } };
-  if (offered.sinceBackupId !== o.parentBackupId) return { tracking: { used: false, reason: `the source tracks changes since backup ${offered.sinceBackupId}, not since the parent ${o.parentBackupId}` } };
+  if (offered.sinceBackupId !== o.parentBackupId)
+    return { tracking: { used: false, reason: `the source tracks changes since backup ${offered.sinceBackupId}, not since the parent ${o.parentBackupId}` } };
   const extents = await o.reader.changed?.();
   if (!extents) return { tracking: { used: false, reason: 'the source could not list the changed extents (too many, or no dirty bitmap on the export)' } };
   return { extents, tracking: { used: true, since: offered.since } };
@@ -121,7 +123,9 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const count = Math.ceil(disk.sizeBytes / chunkSize);
   const seg = o.segment ?? null;
   if (seg && (seg.offset % chunkSize !== 0 || seg.length <= 0 || seg.offset + seg.length > disk.sizeBytes)) {
-    throw new Corrupt(`segment ${seg.index} of disk '${disk.diskId}' (offset ${seg.offset}, length ${seg.length}) is not a chunk-aligned part of its ${disk.sizeBytes} bytes`);
+    throw new Corrupt(
+      `segment ${seg.index} of disk '${disk.diskId}' (offset ${seg.offset}, length ${seg.length}) is not a chunk-aligned part of its ${disk.sizeBytes} bytes`,
+    );
   }
   const firstChunk = seg ? seg.offset / chunkSize : 0;
   const endChunk = seg ? Math.ceil((seg.offset + seg.length) / chunkSize) : count;
@@ -140,8 +144,20 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     return parentEntry(parentChunks, i, o.healChunks); // a quarantined chunk is read again
   };
   const stats: Required<Omit<TransferStats, 'storageRetries'>> = {
-    bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesZero: 0, bytesUnallocated: 0, bytesUnchanged: 0, bytesUploaded: 0, bytesStored: 0,
-    chunks: endChunk - firstChunk, zeroChunks: 0, parentChunks: 0, dedupedChunks: 0, uploadedChunks: 0, seconds: 0,
+    bytesScanned: 0,
+    bytesRead: 0,
+    bytesNew: 0,
+    bytesZero: 0,
+    bytesUnallocated: 0,
+    bytesUnchanged: 0,
+    bytesUploaded: 0,
+    bytesStored: 0,
+    chunks: endChunk - firstChunk,
+    zeroChunks: 0,
+    parentChunks: 0,
+    dedupedChunks: 0,
+    uploadedChunks: 0,
+    seconds: 0,
   };
   // Ids stored or reused lately (a chunk repeated on the disk costs no lookup), least recent first.
   const recent = new Map<string, Stored>();
@@ -167,7 +183,11 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const progress = (bytesStored: number) => o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored });
   // Progress counts stored bytes as packs land (also after the last chunk was read).
   const writer = new PackWriter({
-    store: o.store, keys: o.keys, maxChunkBytes: sealedCapacity(chunkSize), maxInFlight: parallelism, ...(o.packBytes ? { targetBytes: o.packBytes } : {}),
+    store: o.store,
+    keys: o.keys,
+    maxChunkBytes: sealedCapacity(chunkSize),
+    maxInFlight: parallelism,
+    ...(o.packBytes ? { targetBytes: o.packBytes } : {}),
     newBuffer: (capacity): SharedPack => {
       const pack = pool.sharePack(capacity);
       all.push(pack);
@@ -179,7 +199,14 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   });
   // The manifest is written as the disk goes, piece by piece, in disk order.
   const manifest = new ManifestWriter({
-    store: o.store, keys: o.keys, backupId: o.backupId, manifestId, sizeBytes: disk.sizeBytes, chunkSize, from: firstChunk, to: endChunk,
+    store: o.store,
+    keys: o.keys,
+    backupId: o.backupId,
+    manifestId,
+    sizeBytes: disk.sizeBytes,
+    chunkSize,
+    from: firstChunk,
+    to: endChunk,
     flushPacks: () => writer.flush(),
   });
   /** Chunks being sealed now, by id: a repeat waits for where the first lands. */
@@ -220,7 +247,10 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       }
       let placed!: (at: Stored) => void;
       let failed!: (err: unknown) => void;
-      const landing = new Promise<Stored>((resolve, reject) => { placed = resolve; failed = reject; });
+      const landing = new Promise<Stored>((resolve, reject) => {
+        placed = resolve;
+        failed = reject;
+      });
       landing.catch(() => {}); // a repeat that awaits it sees the failure; the chunk itself rethrows it
       sealing.set(id, landing);
       try {
@@ -233,11 +263,11 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
           placed(at);
           return remember(id, at);
         }
-      // Sealed on a worker always, straight into the open pack: sealing on this thread too
-      // (like the id) made the 2 GiB full backup slower (11.2 s against 9.6 s) and its peak
-      // RSS 50 MiB higher, measured.
-      const level = o.compressionLevel === undefined ? {} : { level: o.compressionLevel };
-      const plain = buf;
+        // Sealed on a worker always, straight into the open pack: sealing on this thread too
+        // (like the id) made the 2 GiB full backup slower (11.2 s against 9.6 s) and its peak
+        // RSS 50 MiB higher, measured.
+        const level = o.compressionLevel === undefined ? {} : { level: o.compressionLevel };
+        const plain = buf;
         const at = await writer.place(id, (pack) => pool.sealSlot(o.keys, plain, length, id, level, pack));
         release(buf); // the plaintext is not needed for the upload
         stats.uploadedChunks++;
@@ -264,7 +294,15 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     while (window.length > 0 && (window[0]!.done || final || window.length > WINDOW)) {
       const head = window.shift()!;
       const e = head.done ? head.value! : await head.wait!;
-      const wait = manifest.add(e && { id: e.id, packId: e.stored.pack.id, offset: e.stored.offset, length: e.stored.length, ...(e.stored.pack.size !== undefined ? { packSize: e.stored.pack.size } : {}) });
+      const wait = manifest.add(
+        e && {
+          id: e.id,
+          packId: e.stored.pack.id,
+          offset: e.stored.offset,
+          length: e.stored.length,
+          ...(e.stored.pack.size !== undefined ? { packSize: e.stored.pack.size } : {}),
+        },
+      );
       if (wait) await wait;
     }
   };
@@ -305,7 +343,8 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       stats.bytesScanned += length;
       const read = reads.get(i);
       const same = read || inHole(i) ? undefined : unchanged(i);
-      if (same !== undefined) { // not changed since the parent: its chunk, unread
+      if (same !== undefined) {
+        // not changed since the parent: its chunk, unread
         stats.bytesUnchanged += length;
         if (same === null) {
           stats.zeroChunks++;
@@ -319,7 +358,8 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
         progress(writer.bytesWritten);
         continue;
       }
-      if (!read) { // a hole
+      if (!read) {
+        // a hole
         stats.zeroChunks++;
         stats.bytesZero += length;
         stats.bytesUnallocated += length;
@@ -332,10 +372,21 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
       reads.delete(i);
       stats.bytesRead += length;
       const slot: (typeof window)[number] = { done: false };
-      const p = processChunk(i, buf, length).then((e) => { slot.value = e; slot.done = true; return e; });
+      const p = processChunk(i, buf, length).then((e) => {
+        slot.value = e;
+        slot.done = true;
+        return e;
+      });
       slot.wait = p;
       window.push(slot);
-      const tracked: Promise<void> = p.then(() => {}, (err: unknown) => { failure ??= err; }).finally(() => running.delete(tracked));
+      const tracked: Promise<void> = p
+        .then(
+          () => {},
+          (err: unknown) => {
+            failure ??= err;
+          },
+        )
+        .finally(() => running.delete(tracked));
       running.add(tracked);
       if (running.size >= parallelism) await Promise.race(running);
       if (failure) break;
@@ -364,5 +415,12 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   if (failure) throw failure;
   const manifestKey = manifest.key;
   stats.seconds = (performance.now() - started) / 1000;
-  return { diskId: disk.diskId, sizeBytes: disk.sizeBytes, manifestKey, stats, ...(seg ? { segment: seg } : {}), ...(tracking ? { changeTracking: tracking } : {}) };
+  return {
+    diskId: disk.diskId,
+    sizeBytes: disk.sizeBytes,
+    manifestKey,
+    stats,
+    ...(seg ? { segment: seg } : {}),
+    ...(tracking ? { changeTracking: tracking } : {}),
+  };
 }

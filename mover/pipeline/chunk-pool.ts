@@ -19,7 +19,18 @@ import { newPackBuffer, type PackBuffer, type Placement } from '../../repository
 export type WorkerRequest =
   | { op: 'hash'; seq: number; keyId: number; slot: number; length: number }
   | { op: 'seal'; seq: number; keyId: number; slot: number; length: number; purpose: string; level?: number; nonce?: Uint8Array; packSlot: number }
-  | { op: 'open'; seq: number; keyId: number; bodySlot: number; bodyOffset: number; bodyLength: number; id: string; length: number; fd?: number; offset?: number };
+  | {
+      op: 'open';
+      seq: number;
+      keyId: number;
+      bodySlot: number;
+      bodyOffset: number;
+      bodyLength: number;
+      id: string;
+      length: number;
+      fd?: number;
+      offset?: number;
+    };
 
 /** Replies from a worker: exactly one per request, with the request's `seq`. */
 export interface WorkerReply {
@@ -179,7 +190,15 @@ export class ChunkPool {
    * `write.offset` of the open file `write.fd` by the worker and not returned. Throws
    * Corrupt when the object fails authentication or does not decompress.
    */
-  async openSlot(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, write?: { fd: number; offset: number }, bodyOffset = 0): Promise<Opened> {
+  async openSlot(
+    keys: RepositoryKeys,
+    body: SharedSlot,
+    bodyLength: number,
+    id: string,
+    length: number,
+    write?: { fd: number; offset: number },
+    bodyOffset = 0,
+  ): Promise<Opened> {
     const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, bodySlot: body.slot, bodyOffset, bodyLength, id, length, ...(write ?? {}) }));
     if (r.mismatch) return { ok: false, reason: 'mismatch' };
     return r.plain ? { ok: true, plain: Buffer.from(r.plain) } : { ok: true };
@@ -190,7 +209,15 @@ export class ChunkPool {
    * main thread otherwise waits on the workers (profiled: idle half the time on 2 cores).
    * Writes take the same lock as the workers'.
    */
-  openHere(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, write?: { fd: number; offset: number }, bodyOffset = 0): Opened {
+  openHere(
+    keys: RepositoryKeys,
+    body: SharedSlot,
+    bodyLength: number,
+    id: string,
+    length: number,
+    write?: { fd: number; offset: number },
+    bodyOffset = 0,
+  ): Opened {
     const opened = openChunk(keys, body.bytes.subarray(bodyOffset, bodyOffset + bodyLength), id, length, write, this.lock);
     this.collectHere();
     if (opened.mismatch) return { ok: false, reason: 'mismatch' };
@@ -201,10 +228,12 @@ export class ChunkPool {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.idleCollect);
-    await Promise.all(this.slots.map((s, i) => {
-      this.slots[i] = undefined;
-      return s?.worker.terminate();
-    }));
+    await Promise.all(
+      this.slots.map((s, i) => {
+        this.slots[i] = undefined;
+        return s?.worker.terminate();
+      }),
+    );
   }
 
   private request(keys: RepositoryKeys, make: (seq: number, keyId: number) => WorkerRequest): Promise<WorkerReply> {

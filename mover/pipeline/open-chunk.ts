@@ -29,14 +29,21 @@ let plainScratch = Buffer.alloc(0);
  * (swapped, or the wrong length); with `write`, writes the plaintext at `write.offset` of
  * `write.fd` (and `plain` is then valid only until the next call). Throws Corrupt when it fails authentication or does not decompress.
  */
-export function openChunk(keys: RepositoryKeys, body: Uint8Array, id: string, length: number, write: { fd: number; offset: number } | undefined, lock: Int32Array | undefined): { mismatch: true } | { mismatch: false; plain: Buffer } {
+export function openChunk(
+  keys: RepositoryKeys,
+  body: Uint8Array,
+  id: string,
+  length: number,
+  write: { fd: number; offset: number } | undefined,
+  lock: Int32Array | undefined,
+): { mismatch: true } | { mismatch: false; plain: Buffer } {
   // Written here and now: decompressed into this thread's reused buffer (no chunk-sized garbage).
   if (write && plainScratch.length < length + 1) plainScratch = Buffer.allocUnsafeSlow(length + 1);
   const plain = openSync(keys, body, id, write ? { expectedLength: length, into: plainScratch.subarray(0, length + 1) } : { expectedLength: length });
   if (plain.length !== length || chunkId(keys, plain) !== id) return { mismatch: true };
   if (write) {
     withWriteLock(lock, () => {
-      for (let done = 0; done < plain.length;) done += writeSync(write.fd, plain, done, plain.length - done, write.offset + done);
+      for (let done = 0; done < plain.length; ) done += writeSync(write.fd, plain, done, plain.length - done, write.offset + done);
     });
   }
   return { mismatch: false, plain };

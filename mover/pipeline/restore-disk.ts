@@ -97,7 +97,9 @@ export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: n
 /** The tuning of one restore, checked: RESTORE_DEFAULTS and what the caller set. */
 function restoreSettings(o: RestoreDiskOptions): typeof RESTORE_DEFAULTS {
   const settings = { ...RESTORE_DEFAULTS, ...definedOf(o) };
-  for (const [k, v] of Object.entries(settings)) if (!Number.isSafeInteger(v) || v < 0 || (v === 0 && k !== 'maxGapBytes')) throw new RangeError(`restore of disk '${o.diskId}': ${k} must be a whole number of bytes above 0, got ${v}`);
+  for (const [k, v] of Object.entries(settings))
+    if (!Number.isSafeInteger(v) || v < 0 || (v === 0 && k !== 'maxGapBytes'))
+      throw new RangeError(`restore of disk '${o.diskId}': ${k} must be a whole number of bytes above 0, got ${v}`);
   return settings;
 }
 
@@ -164,7 +166,13 @@ class DiskRestore {
     if (this.unflushed >= FLUSH_BYTES && !this.flushing) {
       this.unflushed = 0;
       // A failed flush fails the restore at its end (Linux reports a writeback error to one flush only).
-      this.flushing = this.track(this.fh.datasync()).catch((err: unknown) => { this.flushFailure ??= err; }).finally(() => { this.flushing = undefined; });
+      this.flushing = this.track(this.fh.datasync())
+        .catch((err: unknown) => {
+          this.flushFailure ??= err;
+        })
+        .finally(() => {
+          this.flushing = undefined;
+        });
     }
   }
 
@@ -172,7 +180,11 @@ class DiskRestore {
   async write(reader: ManifestReader, writeZeros: boolean): Promise<void> {
     const { m } = this;
     const zeros = writeZeros ? Buffer.alloc(Math.max(m.chunkSize, Math.floor(ZERO_WRITE_BYTES / m.chunkSize) * m.chunkSize)) : undefined;
-    for await (const w of planWindows(readerEntries(reader), { maxRunBytes: this.maxRunBytes, maxGapBytes: this.settings.maxGapBytes, windowEntries: WINDOW_ENTRIES })) {
+    for await (const w of planWindows(readerEntries(reader), {
+      maxRunBytes: this.maxRunBytes,
+      maxGapBytes: this.settings.maxGapBytes,
+      windowEntries: WINDOW_ENTRIES,
+    })) {
       for (const [first, count] of adjacent(w.zeros, zeros ? zeros.length / m.chunkSize : Infinity)) {
         const bytes = Math.min(count * m.chunkSize, m.sizeBytes - first * m.chunkSize);
         if (zeros) await this.fh.write(zeros, 0, bytes, first * m.chunkSize);
@@ -181,14 +193,22 @@ class DiskRestore {
       for (const run of w.runs) {
         if (run.length > this.arena.capacity) {
           const c = run.chunks[0]!;
-          throw new Corrupt(`disk '${this.o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: the manifest says chunk ${c.id} is stored in ${c.length} bytes of ${run.key}, more than a chunk of ${m.chunkSize} bytes seals to (${this.maxChunk}): the manifest is damaged; restore an older backup`);
+          throw new Corrupt(
+            `disk '${this.o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: the manifest says chunk ${c.id} is stored in ${c.length} bytes of ${run.key}, more than a chunk of ${m.chunkSize} bytes seals to (${this.maxChunk}): the manifest is damaged; restore an older backup`,
+          );
         }
         const base = await this.arena.take(run.length);
         if (this.failure) {
           this.arena.give(base, run.length);
           break;
         }
-        void this.track(this.restoreRun(run, base).catch((err: unknown) => { this.failure ??= { err }; }).finally(() => this.arena.give(base, run.length)));
+        void this.track(
+          this.restoreRun(run, base)
+            .catch((err: unknown) => {
+              this.failure ??= { err };
+            })
+            .finally(() => this.arena.give(base, run.length)),
+        );
       }
       if (this.failure) break;
     }
@@ -198,8 +218,13 @@ class DiskRestore {
 
   /** Restored means on the target's storage, not in the page cache. */
   async flushed(): Promise<void> {
-    await this.fh.datasync().catch((err: unknown) => { this.flushFailure ??= err; });
-    if (this.flushFailure) throw new Error(`disk '${this.o.diskId}': flushing ${this.o.target} to storage failed: ${(this.flushFailure as Error).message}`, { cause: this.flushFailure });
+    await this.fh.datasync().catch((err: unknown) => {
+      this.flushFailure ??= err;
+    });
+    if (this.flushFailure)
+      throw new Error(`disk '${this.o.diskId}': flushing ${this.o.target} to storage failed: ${(this.flushFailure as Error).message}`, {
+        cause: this.flushFailure,
+      });
   }
 
   async close(): Promise<void> {
@@ -228,7 +253,9 @@ class DiskRestore {
       return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
     } catch (err) {
       if (err instanceof Corrupt) return err.message;
-      throw new Error(`disk '${o.diskId}': writing ${this.lengthAt(i)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, { cause: err });
+      throw new Error(`disk '${o.diskId}': writing ${this.lengthAt(i)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -271,7 +298,10 @@ class DiskRestore {
   private async restoreRun(run: ReadRun, base: number): Promise<void> {
     const { shared } = this;
     this.requests++;
-    const body = await this.o.store.get(run.key, { into: shared.bytes.subarray(base, base + run.length), ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+    const body = await this.o.store.get(run.key, {
+      into: shared.bytes.subarray(base, base + run.length),
+      ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}),
+    });
     if (body) {
       this.bytesDownloaded += body.length;
       if (body.buffer !== shared.bytes.buffer) shared.bytes.set(body.subarray(0, run.length), base); // a store that ignored `into`
@@ -279,12 +309,16 @@ class DiskRestore {
     await mapLimit(run.chunks, Math.max(1, this.pool.size * 2), async (c) => {
       // A chunk's own bytes in the pack (the run holds several chunks).
       const where = run.packed ? `${run.key} bytes ${c.offset}+${c.length}` : run.key;
-      const problem = !body ? 'it is missing from the repository'
-        : body.length < c.at + c.length ? `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`
+      const problem = !body
+        ? 'it is missing from the repository'
+        : body.length < c.at + c.length
+          ? `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`
           : await this.openAll(c.id, shared, base + c.at, c.length, c.indexes);
       if (problem !== undefined && !(await this.fromOtherCopy(c, run.key))) {
-        throw new Corrupt(`disk '${this.o.diskId}' offset ${c.indexes[0]! * this.m.chunkSize}: chunk ${c.id} in ${where} is damaged: ${problem}; `
-          + 'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup');
+        throw new Corrupt(
+          `disk '${this.o.diskId}' offset ${c.indexes[0]! * this.m.chunkSize}: chunk ${c.id} in ${where} is damaged: ${problem}; ` +
+            'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup',
+        );
       }
       for (const i of c.indexes) this.written(this.lengthAt(i));
     });

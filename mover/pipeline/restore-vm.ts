@@ -21,7 +21,10 @@ export interface RestoreVmOptions {
 export async function restoreVm(o: RestoreVmOptions): Promise<{ disks: { diskId: string; path: string; sizeBytes: number }[] }> {
   await mkdir(o.targetDir, { recursive: true });
   const there = await readdir(o.targetDir);
-  if (there.length && !o.force) throw new RecoveryRequestInvalid(`restore target folder ${o.targetDir} is not empty (it holds ${there.slice(0, 5).join(', ')}); choose an empty folder, or pass force to overwrite`);
+  if (there.length && !o.force)
+    throw new RecoveryRequestInvalid(
+      `restore target folder ${o.targetDir} is not empty (it holds ${there.slice(0, 5).join(', ')}); choose an empty folder, or pass force to overwrite`,
+    );
   const sealedConfig = await o.store.get(objectKeys.vmConfig(o.backupId));
   if (!sealedConfig) throw new Corrupt(`VM config of backup ${o.backupId} is missing from the repository`);
   const config = JSON.parse((await open(o.keys, sealedConfig, `vm-config:${o.backupId}`)).toString('utf8')) as Record<string, unknown>;
@@ -30,11 +33,17 @@ export async function restoreVm(o: RestoreVmOptions): Promise<{ disks: { diskId:
     const path = join(o.targetDir, `${diskId}.raw`);
     // Under a temporary name until complete: a failed restore leaves no full-size file that looks restored.
     const partial = `${path}.partial`;
-    const r = await restoreDisk({ store: o.store, keys: o.keys, backupId: o.backupId, diskId, target: partial, onProgress: (d, s) => o.onProgress?.(diskId, d, s) })
-      .catch(async (err: unknown) => {
-        await rm(partial, { force: true });
-        throw err;
-      });
+    const r = await restoreDisk({
+      store: o.store,
+      keys: o.keys,
+      backupId: o.backupId,
+      diskId,
+      target: partial,
+      onProgress: (d, s) => o.onProgress?.(diskId, d, s),
+    }).catch(async (err: unknown) => {
+      await rm(partial, { force: true });
+      throw err;
+    });
     await rename(partial, path);
     disks.push({ diskId, path, sizeBytes: r.sizeBytes });
   }

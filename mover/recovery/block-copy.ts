@@ -105,10 +105,25 @@ export class CopyStalled extends Error {}
  * (created anew: a copy left by an earlier attempt is started over). Returns once libvirt
  * has the job; {@link watchCopy} sees it through.
  */
-export async function startCopy(virsh: Virsh, domain: string, disk: string, dest: string, o: Pick<BlockCopyOptions, 'format' | 'bandwidthMiBs'>): Promise<void> {
+export async function startCopy(
+  virsh: Virsh,
+  domain: string,
+  disk: string,
+  dest: string,
+  o: Pick<BlockCopyOptions, 'format' | 'bandwidthMiBs'>,
+): Promise<void> {
   await rm(dest, { force: true });
   await virsh.run([
-    'blockcopy', '--domain', domain, '--path', disk, '--dest', dest, '--format', o.format, '--transient-job',
+    'blockcopy',
+    '--domain',
+    domain,
+    '--path',
+    disk,
+    '--dest',
+    dest,
+    '--format',
+    o.format,
+    '--transient-job',
     ...(o.bandwidthMiBs ? ['--bandwidth', String(Math.max(1, Math.round(o.bandwidthMiBs * MiB))), '--bytes'] : []),
   ]);
 }
@@ -128,18 +143,25 @@ export async function watchCopy(virsh: Virsh, domain: string, disk: string, dest
       o.onTick?.();
       const job = await copyJob(virsh, domain, disk);
       if (!job) {
-        if (await diskSource(virsh, domain, disk) === dest) return;
-        throw new Error(`the block copy of disk ${disk} to ${dest} stopped without finishing: QEMU's mirror failed (usually the target is full or cannot be written, or the backup's export could not be read); libvirt's log of the domain (/var/log/libvirt/qemu/${domain}.log) may say more`);
+        if ((await diskSource(virsh, domain, disk)) === dest) return;
+        throw new Error(
+          `the block copy of disk ${disk} to ${dest} stopped without finishing: QEMU's mirror failed (usually the target is full or cannot be written, or the backup's export could not be read); libvirt's log of the domain (/var/log/libvirt/qemu/${domain}.log) may say more`,
+        );
       }
       if (job.end > 0 && job.cur === job.end) {
         // In step (libvirt keeps cur below end until the mirror is ready): pivot; not ready after all → poll on.
-        const pivoted = await virsh.run(['blockjob', '--domain', domain, '--path', disk, '--pivot']).then(() => true, () => false);
+        const pivoted = await virsh.run(['blockjob', '--domain', domain, '--path', disk, '--pivot']).then(
+          () => true,
+          () => false,
+        );
         if (pivoted) return;
       }
       const stuck = stall.sample(job.end - job.cur, performance.now());
       if (stuck !== undefined) {
-        throw new CopyStalled(`the move of disk ${disk} to ${dest} makes no progress: ${((job.end - job.cur) / MiB).toFixed(1)} MiB still to copy and no less than ${(stall.lowest / MiB).toFixed(1)} MiB for ${Math.round(stuck / 1000)} s`
-          + `${o.bandwidthMiBs ? `, with the move capped at ${o.bandwidthMiBs} MiB/s: the guest writes faster than that; resume with a higher cap (--move-bandwidth) or none` : ': the guest writes faster than the target takes the copy; resume when it writes less or onto faster storage'}`);
+        throw new CopyStalled(
+          `the move of disk ${disk} to ${dest} makes no progress: ${((job.end - job.cur) / MiB).toFixed(1)} MiB still to copy and no less than ${(stall.lowest / MiB).toFixed(1)} MiB for ${Math.round(stuck / 1000)} s` +
+            `${o.bandwidthMiBs ? `, with the move capped at ${o.bandwidthMiBs} MiB/s: the guest writes faster than that; resume with a higher cap (--move-bandwidth) or none` : ': the guest writes faster than the target takes the copy; resume when it writes less or onto faster storage'}`,
+        );
       }
       await new Promise((r) => setTimeout(r, pollMs));
     }

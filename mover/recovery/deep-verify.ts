@@ -50,7 +50,15 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
   const manifestFinding = (reason: string): DamageFinding => ({ backupId: job.backupId, diskId: disk.diskId, offsets: [], objectKey: manifestKey, reason });
   const sealed = await d.store.get(manifestKey);
-  const done = (m: Partial<DeepVerifiedDisk>): DeepVerifiedDisk => ({ diskId: disk.diskId, chunksTotal: 0, chunksChecked: 0, bytesRead: sealed?.length ?? 0, damaged: [], seconds: (performance.now() - started) / 1000, ...m });
+  const done = (m: Partial<DeepVerifiedDisk>): DeepVerifiedDisk => ({
+    diskId: disk.diskId,
+    chunksTotal: 0,
+    chunksChecked: 0,
+    bytesRead: sealed?.length ?? 0,
+    damaged: [],
+    seconds: (performance.now() - started) / 1000,
+    ...m,
+  });
   if (!sealed) return done({ damaged: [manifestFinding('the manifest is missing from the repository')] });
   let manifest: ManifestReader;
   try {
@@ -124,10 +132,16 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
       chunksChecked++;
       if (problem !== undefined) {
         if (await intactElsewhere(id, here, offsets[0]!)) chunksFromOtherCopies++;
-        else damaged.set(id, {
-          backupId: job.backupId, diskId: disk.diskId, offsets, objectKey: here.key, chunkId: id,
-          ...(here.pack ? { range: { offset: here.offset, length: here.length } } : {}), reason: problem,
-        });
+        else
+          damaged.set(id, {
+            backupId: job.backupId,
+            diskId: disk.diskId,
+            offsets,
+            objectKey: here.key,
+            chunkId: id,
+            ...(here.pack ? { range: { offset: here.offset, length: here.length } } : {}),
+            reason: problem,
+          });
       }
       if (chunksChecked % 64 === 0) progress();
     };

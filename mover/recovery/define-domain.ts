@@ -40,7 +40,9 @@ export interface DefineDomainInput {
 /** The restored domain's name: the one asked for, or `<original name>-restore-<backup time>`; refuses a backup that holds no domain definition. */
 export function restoredDomainName(config: Record<string, unknown>, backupId: string, define: DefineDomainRequest): string {
   if (config.driver !== 'libvirt' || typeof config.domainXml !== 'string') {
-    throw new RecoveryRequestInvalid(`backup ${backupId} was not taken by the libvirt driver (it holds no domain definition): restore its disks as files, without "define"`);
+    throw new RecoveryRequestInvalid(
+      `backup ${backupId} was not taken by the libvirt driver (it holds no domain definition): restore its disks as files, without "define"`,
+    );
   }
   return define.name ?? `${String(config.name)}-restore-${backupId.slice(0, 15)}`;
 }
@@ -48,9 +50,11 @@ export function restoredDomainName(config: Record<string, unknown>, backupId: st
 export async function defineRestoredDomain(i: DefineDomainInput): Promise<DefinedDomain> {
   const name = restoredDomainName(i.config, i.backupId, i.define);
   const check = i.define.bootCheck;
-  if (check && check.consoleLine === undefined && !check.agent) throw new RecoveryRequestInvalid('"bootCheck" needs a sign of life: "consoleLine" (a regular expression) and/or "agent": true');
+  if (check && check.consoleLine === undefined && !check.agent)
+    throw new RecoveryRequestInvalid('"bootCheck" needs a sign of life: "consoleLine" (a regular expression) and/or "agent": true');
   const virsh = new Virsh(i.define.uri);
-  if (await domainExists(virsh, name)) throw new RecoveryRequestInvalid(`a domain named '${name}' already exists on ${i.define.uri}: choose another name ("define": {"name": ...}) or remove it`);
+  if (await domainExists(virsh, name))
+    throw new RecoveryRequestInvalid(`a domain named '${name}' already exists on ${i.define.uri}: choose another name ("define": {"name": ...}) or remove it`);
   const format = i.define.format ?? 'qcow2';
   // Disks restored into a pool are its volumes already; files become qcow2 here unless raw is asked.
   const disks: Record<string, RestoredDiskSource> = {};
@@ -67,9 +71,16 @@ export async function defineRestoredDomain(i: DefineDomainInput): Promise<Define
   }
   const consoleLog = join(i.target, 'console.log');
   const xmlPath = join(i.target, 'domain.xml');
-  await writeFile(xmlPath, restoredDomainXml(String(i.config.domainXml), {
-    name, disks, consoleLog, withoutNetwork: !!check, ...(i.define.description !== undefined ? { description: i.define.description } : {}),
-  }));
+  await writeFile(
+    xmlPath,
+    restoredDomainXml(String(i.config.domainXml), {
+      name,
+      disks,
+      consoleLog,
+      withoutNetwork: !!check,
+      ...(i.define.description !== undefined ? { description: i.define.description } : {}),
+    }),
+  );
   if (!check) {
     await virsh.run(['define', '--', xmlPath], { ...(i.signal ? { signal: i.signal } : {}) });
     await i.onDefined?.();
@@ -106,7 +117,14 @@ export async function removeDomain(virsh: Virsh, name: string): Promise<void> {
  * then the guest agent's answer (it starts after the kernel). A domain that stops
  * meanwhile (power off, crash) ends the wait at once.
  */
-export async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: string, check: BootCheck, signal?: AbortSignal, onWait?: () => void): Promise<BootCheckResult> {
+export async function waitForSignOfLife(
+  virsh: Virsh,
+  name: string,
+  consoleLog: string,
+  check: BootCheck,
+  signal?: AbortSignal,
+  onWait?: () => void,
+): Promise<BootCheckResult> {
   const started = performance.now();
   const timeoutSeconds = check.timeoutSeconds ?? DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS;
   const deadline = started + timeoutSeconds * 1000;
@@ -118,8 +136,20 @@ export async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: 
     for (;;) {
       line = await consoleLineMatching(consoleLog, pattern);
       if (line) break;
-      if (!(await running())) return { passed: false, seconds: seconds(), line: '', reason: `the VM stopped (${await stateOf(virsh, name)}) before its serial console printed a line matching /${check.consoleLine}/` };
-      if (performance.now() >= deadline) return { passed: false, seconds: seconds(), line: '', reason: `no serial console line matched /${check.consoleLine}/ within ${timeoutSeconds} s${await lastLineOf(consoleLog)}` };
+      if (!(await running()))
+        return {
+          passed: false,
+          seconds: seconds(),
+          line: '',
+          reason: `the VM stopped (${await stateOf(virsh, name)}) before its serial console printed a line matching /${check.consoleLine}/`,
+        };
+      if (performance.now() >= deadline)
+        return {
+          passed: false,
+          seconds: seconds(),
+          line: '',
+          reason: `no serial console line matched /${check.consoleLine}/ within ${timeoutSeconds} s${await lastLineOf(consoleLog)}`,
+        };
       await pause(POLL_MS, signal, onWait);
     }
   }
@@ -133,10 +163,31 @@ export async function waitForSignOfLife(virsh: Virsh, name: string, consoleLog: 
     } catch (err) {
       signal?.throwIfAborted();
       lastError = (err as Error).message;
-      if (/agent is not configured|no guest agent/i.test(lastError)) return { passed: false, seconds: seconds(), line, agent: false, reason: `the restored VM has no guest agent channel (${lastError}): check a serial console line instead` };
+      if (/agent is not configured|no guest agent/i.test(lastError))
+        return {
+          passed: false,
+          seconds: seconds(),
+          line,
+          agent: false,
+          reason: `the restored VM has no guest agent channel (${lastError}): check a serial console line instead`,
+        };
     }
-    if (!(await running())) return { passed: false, seconds: seconds(), line, agent: false, reason: `the VM stopped (${await stateOf(virsh, name)}) before its guest agent answered guest-ping` };
-    if (performance.now() >= deadline) return { passed: false, seconds: seconds(), line, agent: false, reason: `the guest agent did not answer guest-ping within ${timeoutSeconds} s (last: ${lastError})` };
+    if (!(await running()))
+      return {
+        passed: false,
+        seconds: seconds(),
+        line,
+        agent: false,
+        reason: `the VM stopped (${await stateOf(virsh, name)}) before its guest agent answered guest-ping`,
+      };
+    if (performance.now() >= deadline)
+      return {
+        passed: false,
+        seconds: seconds(),
+        line,
+        agent: false,
+        reason: `the guest agent did not answer guest-ping within ${timeoutSeconds} s (last: ${lastError})`,
+      };
     await pause(POLL_MS, signal, onWait);
   }
 }
@@ -171,7 +222,9 @@ async function toQcow2(raw: string, qemuImg = 'qemu-img'): Promise<string> {
     await run(qemuImg, ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '--', raw, tmp]);
   } catch (err) {
     await rm(tmp, { force: true });
-    throw new RecoveryRequestInvalid(`restored disk ${raw} could not be converted to qcow2: ${(err as { stderr?: string }).stderr?.trim() ?? String(err)}; restore as raw ("format": "raw") or check qemu-img`);
+    throw new RecoveryRequestInvalid(
+      `restored disk ${raw} could not be converted to qcow2: ${(err as { stderr?: string }).stderr?.trim() ?? String(err)}; restore as raw ("format": "raw") or check qemu-img`,
+    );
   }
   await rename(tmp, out);
   await rm(raw, { force: true });
@@ -181,11 +234,20 @@ async function toQcow2(raw: string, qemuImg = 'qemu-img'): Promise<string> {
 /** The first line of the console log matching `pattern`; '' when none (yet). */
 async function consoleLineMatching(file: string, pattern: RegExp): Promise<string> {
   const text = await readFile(file, 'utf8').catch(() => '');
-  return text.split('\n').find((l) => pattern.test(l))?.trim() ?? '';
+  return (
+    text
+      .split('\n')
+      .find((l) => pattern.test(l))
+      ?.trim() ?? ''
+  );
 }
 
 /** The console's last line, for a reason (what the guest did print). */
 async function lastLineOf(file: string): Promise<string> {
-  const last = (await readFile(file, 'utf8').catch(() => '')).split('\n').map((l) => l.trim()).filter(Boolean).at(-1);
+  const last = (await readFile(file, 'utf8').catch(() => ''))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .at(-1);
   return last ? `; its last console line: "${last.slice(0, 160)}"` : '; the console stayed empty';
 }

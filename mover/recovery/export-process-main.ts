@@ -34,7 +34,8 @@ function folder(): Promise<string> {
 
 const dir = await folder();
 const out = createWriteStream(join(dir, EXPORT_FILES.log), { flags: 'a' });
-const line = (level: string) => (event: string, fields?: Record<string, unknown>) => out.write(`${JSON.stringify({ t: new Date().toISOString(), pid: process.pid, level, event, ...fields })}\n`);
+const line = (level: string) => (event: string, fields?: Record<string, unknown>) =>
+  out.write(`${JSON.stringify({ t: new Date().toISOString(), pid: process.pid, level, event, ...fields })}\n`);
 const logger: Logger = { info: line('info'), error: line('error') };
 
 async function main(): Promise<void> {
@@ -46,7 +47,11 @@ async function main(): Promise<void> {
   process.on('disconnect', () => {});
   const started = await processStarted('self');
   const result = await runExportTask(job, {
-    store, keys, logger, signal: stop.signal, record: false,
+    store,
+    keys,
+    logger,
+    signal: stop.signal,
+    record: false,
     onListening: (uris) => {
       void (async () => {
         const tmp = join(dir, `${EXPORT_FILES.ready}.tmp`);
@@ -60,8 +65,11 @@ async function main(): Promise<void> {
   logger.info('export.process.exit', { closed: result.closed, bytesServed: result.bytesServed });
 }
 
-main().then(() => out.end(() => process.exit(0)), (err: Error) => {
-  logger.error('export.process.failed', { error: err.message });
-  process.send?.({ error: err.message });
-  out.end(() => process.exit(1));
-});
+main().then(
+  () => out.end(() => process.exit(0)),
+  (err: Error) => {
+    logger.error('export.process.failed', { error: err.message });
+    process.send?.({ error: err.message });
+    out.end(() => process.exit(1));
+  },
+);

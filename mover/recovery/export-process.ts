@@ -41,7 +41,7 @@ export async function processStarted(pid: number | 'self'): Promise<number | und
 
 /** Whether the export process named by `p` still runs (same pid, same start time, our program). */
 async function running(p: { pid: number; started: number }): Promise<boolean> {
-  if (!(p.pid > 0) || await processStarted(p.pid) !== p.started) return false;
+  if (!(p.pid > 0) || (await processStarted(p.pid)) !== p.started) return false;
   return (await readFile(`/proc/${p.pid}/cmdline`, 'utf8').catch(() => '')).includes(MAIN);
 }
 
@@ -91,7 +91,8 @@ export async function startExportProcess(dir: string, job: ExportJob, o: { timeo
   spare = undefined;
   const log = await open(join(dir, EXPORT_FILES.log), 'a');
   try {
-    const child = taken ?? spawn(process.execPath, [...process.execArgv, MAIN, dir], { detached: true, stdio: ['ignore', log.fd, log.fd, 'ipc'], env: process.env });
+    const child =
+      taken ?? spawn(process.execPath, [...process.execArgv, MAIN, dir], { detached: true, stdio: ['ignore', log.fd, log.fd, 'ipc'], env: process.env });
     if (taken) {
       taken.ref();
       taken.channel?.ref();
@@ -125,8 +126,11 @@ export async function startExportProcess(dir: string, job: ExportJob, o: { timeo
 
 /** The export process of `dir` when it still runs and listens. */
 export async function attachExportProcess(dir: string): Promise<ExportProcess | undefined> {
-  const ready = await readFile(join(dir, EXPORT_FILES.ready), 'utf8').then((t) => JSON.parse(t) as ExportProcess, () => undefined);
-  return ready && await running(ready) ? ready : undefined;
+  const ready = await readFile(join(dir, EXPORT_FILES.ready), 'utf8').then(
+    (t) => JSON.parse(t) as ExportProcess,
+    () => undefined,
+  );
+  return ready && (await running(ready)) ? ready : undefined;
 }
 
 /**

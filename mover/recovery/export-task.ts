@@ -38,7 +38,9 @@ export interface ExportTaskDeps {
 /** Writes an export's endpoint record; a failed write is logged, never fatal (the export serves on). */
 export async function putEndpoint(store: ObjectStore, e: Omit<ExportEndpoint, 'mover' | 'updatedAt'>, logger: Logger): Promise<void> {
   const record: ExportEndpoint = { ...e, mover: hostname(), updatedAt: new Date().toISOString() };
-  await store.put(exportEndpointKey(e.exportId), Buffer.from(JSON.stringify(record))).catch((err: Error) => logger.error('export.record.failed', { exportId: e.exportId, error: err.message }));
+  await store
+    .put(exportEndpointKey(e.exportId), Buffer.from(JSON.stringify(record)))
+    .catch((err: Error) => logger.error('export.record.failed', { exportId: e.exportId, error: err.message }));
 }
 
 export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<ExportResult> {
@@ -48,16 +50,39 @@ export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<
   let server: NbdServer | undefined;
   try {
     for (const diskId of job.diskIds) {
-      disks.set(diskId, await BackupDiskExport.open({ store: d.store, keys: d.keys, backupId: job.backupId, diskId, logger: d.logger, cacheMiB: job.cacheMiB, readAheadChunks: job.readAheadChunks }));
+      disks.set(
+        diskId,
+        await BackupDiskExport.open({
+          store: d.store,
+          keys: d.keys,
+          backupId: job.backupId,
+          diskId,
+          logger: d.logger,
+          cacheMiB: job.cacheMiB,
+          readAheadChunks: job.readAheadChunks,
+        }),
+      );
     }
-    server = await NbdServer.listen(job.listen, { exports: disks, maxConnections: job.maxConnections, idleTimeoutMs: job.idleTimeoutSeconds * 1000, logger: d.logger });
+    server = await NbdServer.listen(job.listen, {
+      exports: disks,
+      maxConnections: job.maxConnections,
+      idleTimeoutMs: job.idleTimeoutSeconds * 1000,
+      logger: d.logger,
+    });
   } catch (err) {
     for (const x of disks.values()) x.close();
     throw err;
   }
   const srv = server;
   const uris = Object.fromEntries(job.diskIds.map((id) => [id, srv.uri(id)]));
-  const record = (state: 'listening' | 'closed', closed?: string) => (d.record ? putEndpoint(d.store, { exportId: job.exportId, kind: 'export', vmId: job.vmId, backupId: job.backupId, state, uris, ...(closed ? { closed } : {}) }, d.logger) : Promise.resolve());
+  const record = (state: 'listening' | 'closed', closed?: string) =>
+    d.record
+      ? putEndpoint(
+          d.store,
+          { exportId: job.exportId, kind: 'export', vmId: job.vmId, backupId: job.backupId, state, uris, ...(closed ? { closed } : {}) },
+          d.logger,
+        )
+      : Promise.resolve();
   await record('listening');
   d.logger.info('export.listening', { exportId: job.exportId, vmId: job.vmId, backupId: job.backupId, uris, idleTimeoutSeconds: job.idleTimeoutSeconds });
   d.onListening?.(uris);
@@ -71,11 +96,17 @@ export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<
   }, d.progressMs ?? 30_000);
   let why = 'failed';
   try {
-    why = await srv.done === 'idle' ? 'idle' : 'aborted';
+    why = (await srv.done) === 'idle' ? 'idle' : 'aborted';
     return exportResult.parse({
-      exportId: job.exportId, backupId: job.backupId, closed: why,
-      bytesServed: srv.stats.bytesServed, bytesDownloaded: downloaded(), connections: srv.stats.connections, refused: srv.stats.refused,
-      damagedChunks: [...disks.values()].reduce((n, x) => n + x.stats.damagedChunks, 0), seconds: (performance.now() - started) / 1000,
+      exportId: job.exportId,
+      backupId: job.backupId,
+      closed: why,
+      bytesServed: srv.stats.bytesServed,
+      bytesDownloaded: downloaded(),
+      connections: srv.stats.connections,
+      refused: srv.stats.refused,
+      damagedChunks: [...disks.values()].reduce((n, x) => n + x.stats.damagedChunks, 0),
+      seconds: (performance.now() - started) / 1000,
     });
   } finally {
     clearInterval(beat);

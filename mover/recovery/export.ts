@@ -101,7 +101,12 @@ export class BackupDiskExport implements BlockExport {
     this.chunkBytes = m.info.chunkSize;
     this.chunks = m.info.to;
     this.o = o;
-    this.settings = { ...DEFAULT_EXPORT_SETTINGS, ...Object.fromEntries(Object.entries({ cacheMiB: o.cacheMiB, readAheadChunks: o.readAheadChunks, parallelism: o.parallelism }).filter(([, v]) => v !== undefined)) };
+    this.settings = {
+      ...DEFAULT_EXPORT_SETTINGS,
+      ...Object.fromEntries(
+        Object.entries({ cacheMiB: o.cacheMiB, readAheadChunks: o.readAheadChunks, parallelism: o.parallelism }).filter(([, v]) => v !== undefined),
+      ),
+    };
     const { cacheMiB, readAheadChunks, parallelism } = this.settings;
     if (!(cacheMiB > 0)) throw new RangeError(`export cacheMiB ${cacheMiB} must be above 0`);
     if (!Number.isInteger(readAheadChunks) || readAheadChunks < 0) throw new RangeError(`export readAheadChunks ${readAheadChunks} must be a whole number`);
@@ -123,7 +128,8 @@ export class BackupDiskExport implements BlockExport {
   /** Opens the disk's manifest: Corrupt when it is missing or damaged. */
   static async open(o: DiskExportOptions): Promise<BackupDiskExport> {
     const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
-    if (!reader) throw new Corrupt(`manifest ${objectKeys.manifest(o.backupId, o.diskId)} of backup ${o.backupId} disk '${o.diskId}' is missing from the repository`);
+    if (!reader)
+      throw new Corrupt(`manifest ${objectKeys.manifest(o.backupId, o.diskId)} of backup ${o.backupId} disk '${o.diskId}' is missing from the repository`);
     return new BackupDiskExport(reader, o);
   }
 
@@ -134,7 +140,7 @@ export class BackupDiskExport implements BlockExport {
   /** The stored chunks among `first` … `last` (the manifest's pieces read as needed); a manifest that cannot be read fails with EIO naming it. */
   private async stored(first: number, last: number): Promise<Wanted[]> {
     const out: Wanted[] = [];
-    for (let i = first; i <= last;) {
+    for (let i = first; i <= last; ) {
       const b = await this.batchAt(i);
       const end = Math.min(last + 1, b.firstChunk + b.count);
       for (; i < end; i++) {
@@ -150,7 +156,11 @@ export class BackupDiskExport implements BlockExport {
     try {
       return await this.m.batchAt(i);
     } catch (err) {
-      throw new ExportIoError(`backup ${this.o.backupId} disk '${this.o.diskId}': its manifest ${this.m.key} cannot be read at offset ${i * this.chunkBytes}: ${(err as Error).message}`, undefined, { cause: err });
+      throw new ExportIoError(
+        `backup ${this.o.backupId} disk '${this.o.diskId}': its manifest ${this.m.key} cannot be read at offset ${i * this.chunkBytes}: ${(err as Error).message}`,
+        undefined,
+        { cause: err },
+      );
     }
   }
 
@@ -164,14 +174,16 @@ export class BackupDiskExport implements BlockExport {
     const wanted = await this.stored(Math.floor(offset / cs), Math.floor((offset + length - 1) / cs));
     this.fetch(wanted, false);
     this.readAhead(offset, length);
-    await Promise.all(wanted.map(async (w) => {
-      const { index } = w;
-      const plain = await this.chunk(w);
-      const start = index * cs;
-      const from = Math.max(offset, start);
-      const to = Math.min(offset + length, start + plain.length);
-      plain.copy(out, from - offset, from - start, to - start);
-    }));
+    await Promise.all(
+      wanted.map(async (w) => {
+        const { index } = w;
+        const plain = await this.chunk(w);
+        const start = index * cs;
+        const from = Math.max(offset, start);
+        const to = Math.min(offset + length, start + plain.length);
+        plain.copy(out, from - offset, from - start, to - start);
+      }),
+    );
     return out;
   }
 
@@ -179,7 +191,7 @@ export class BackupDiskExport implements BlockExport {
     const cs = this.chunkBytes;
     const end = Math.min(offset + length, this.size);
     const out: BlockDescriptor[] = [];
-    for (let at = offset; at < end;) {
+    for (let at = offset; at < end; ) {
       const i = Math.floor(at / cs);
       const next = Math.min(end, (i + 1) * cs);
       const b = await this.batchAt(i);
@@ -208,7 +220,13 @@ export class BackupDiskExport implements BlockExport {
     return this.loading.get(id)!.catch((err: unknown) => {
       const why = this.damaged.get(id);
       if (why) throw this.damageError(index, id, why);
-      throw err instanceof ExportIoError ? err : new ExportIoError(`backup ${this.o.backupId} disk '${this.o.diskId}' chunk ${id} at offset ${index * this.chunkBytes}: reading the repository failed: ${(err as Error).message}`, undefined, { cause: err });
+      throw err instanceof ExportIoError
+        ? err
+        : new ExportIoError(
+            `backup ${this.o.backupId} disk '${this.o.diskId}' chunk ${id} at offset ${index * this.chunkBytes}: reading the repository failed: ${(err as Error).message}`,
+            undefined,
+            { cause: err },
+          );
     });
   }
 
@@ -230,9 +248,9 @@ export class BackupDiskExport implements BlockExport {
     }
     if (todo.size === 0) return;
     // Planned as a restore plans its reads (read-runs.ts); a gap is read through only when small, as a run's buffer is a fixed slot.
-    const entries: StoredEntry[] = [...todo.values()].map(({ index, id, loc }) => (
-      { index, id, key: loc.key, packed: !!loc.pack, offset: loc.offset, storedSize: loc.length }
-    )).sort((a, b) => a.index - b.index);
+    const entries: StoredEntry[] = [...todo.values()]
+      .map(({ index, id, loc }) => ({ index, id, key: loc.key, packed: !!loc.pack, offset: loc.offset, storedSize: loc.length }))
+      .sort((a, b) => a.index - b.index);
     for (const run of planRuns(entries, { maxRunBytes: this.runBytes, maxGapBytes: GAP_BYTES })) {
       const settle = new Map<string, { ok: (b: Buffer) => void; fail: (e: unknown) => void }>();
       for (const c of run.chunks) {
@@ -255,35 +273,44 @@ export class BackupDiskExport implements BlockExport {
             this.stats.bytesDownloaded += body.length;
             if (body.buffer !== slot.bytes.buffer && body.length <= slot.bytes.length) slot.bytes.set(body); // a store that ignored `into`
           }
-          await Promise.all(run.chunks.map(async (c) => {
-            const { index } = todo.get(c.id)!;
-            const s = settle.get(c.id)!;
-            const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
-            let why: string | undefined;
-            let plain: Buffer | undefined;
-            if (!body) why = `${run.key} is missing from the repository`;
-            else if (body.length < c.at + c.length || body.length > slot.bytes.length) why = `${where} is past the end of what was read (${body.length} bytes of ${run.length}: the pack is shorter than the manifest says)`;
-            else {
-              try {
-                const opened = await this.pool.openSlot(this.o.keys, slot, c.length, c.id, this.lengthAt(index), undefined, c.at);
-                if (!opened.ok) why = `${where} opens to other bytes than its id (swapped or wrong length)`;
-                else plain = opened.plain!;
-              } catch (err) {
-                if (!(err instanceof Corrupt)) return s.fail(err);
-                why = `${where}: ${err.message}`;
+          await Promise.all(
+            run.chunks.map(async (c) => {
+              const { index } = todo.get(c.id)!;
+              const s = settle.get(c.id)!;
+              const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
+              let why: string | undefined;
+              let plain: Buffer | undefined;
+              if (!body) why = `${run.key} is missing from the repository`;
+              else if (body.length < c.at + c.length || body.length > slot.bytes.length)
+                why = `${where} is past the end of what was read (${body.length} bytes of ${run.length}: the pack is shorter than the manifest says)`;
+              else {
+                try {
+                  const opened = await this.pool.openSlot(this.o.keys, slot, c.length, c.id, this.lengthAt(index), undefined, c.at);
+                  if (!opened.ok) why = `${where} opens to other bytes than its id (swapped or wrong length)`;
+                  else plain = opened.plain!;
+                } catch (err) {
+                  if (!(err instanceof Corrupt)) return s.fail(err);
+                  why = `${where}: ${err.message}`;
+                }
               }
-            }
-            if (why !== undefined) {
-              this.damaged.set(c.id, why);
-              this.stats.damagedChunks++;
-              this.o.logger?.error('export.chunk.damaged', { backupId: this.o.backupId, diskId: this.o.diskId, chunk: c.id, offset: index * this.chunkBytes, reason: why });
-              return s.fail(new Corrupt(why));
-            }
-            this.stats.chunksFetched++;
-            if (ahead) this.stats.chunksReadAhead++;
-            this.remember(c.id, plain!);
-            s.ok(plain!);
-          }));
+              if (why !== undefined) {
+                this.damaged.set(c.id, why);
+                this.stats.damagedChunks++;
+                this.o.logger?.error('export.chunk.damaged', {
+                  backupId: this.o.backupId,
+                  diskId: this.o.diskId,
+                  chunk: c.id,
+                  offset: index * this.chunkBytes,
+                  reason: why,
+                });
+                return s.fail(new Corrupt(why));
+              }
+              this.stats.chunksFetched++;
+              if (ahead) this.stats.chunksReadAhead++;
+              this.remember(c.id, plain!);
+              s.ok(plain!);
+            }),
+          );
         } finally {
           this.freeSlots.push(slot);
           for (const c of run.chunks) {
@@ -335,6 +362,9 @@ export class BackupDiskExport implements BlockExport {
     if (from >= until) return;
     this.prefetchedUpTo = until;
     // A manifest piece that cannot be read fails the reads that need it, not the read-ahead.
-    this.stored(from, until - 1).then((w) => this.fetch(w, true), () => {});
+    this.stored(from, until - 1).then(
+      (w) => this.fetch(w, true),
+      () => {},
+    );
   }
 }

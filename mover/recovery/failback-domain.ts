@@ -36,12 +36,18 @@ export async function productionDisks(ref: DomainRef): Promise<Map<string, strin
   const info = parseDomainXml(await xmlOf(ref, 'production VM'), `domain '${ref.name}' on ${ref.uri}`);
   const s = await state(new Virsh(ref.uri), ref.name);
   if (s !== 'shut off') {
-    throw new RecoveryRequestInvalid(`the production VM '${ref.name}' on ${ref.uri} is ${s}: failback writes its disks and must find it shut off (it runs at the DR site now); shut it down (virsh shutdown ${ref.name}) and run the Failback again`);
+    throw new RecoveryRequestInvalid(
+      `the production VM '${ref.name}' on ${ref.uri} is ${s}: failback writes its disks and must find it shut off (it runs at the DR site now); shut it down (virsh shutdown ${ref.name}) and run the Failback again`,
+    );
   }
   const disks = new Map<string, string>();
   for (const d of info.disks.filter((x) => x.device === 'disk')) {
-    if (!d.source || (d.type !== 'file' && d.type !== 'block')) throw new RecoveryRequestInvalid(`disk '${d.target}' of the production VM '${ref.name}' is a ${d.type} disk: failback writes file and block disks only`);
-    if (d.format !== 'raw') throw new RecoveryRequestInvalid(`disk '${d.target}' of the production VM '${ref.name}' is ${d.format} (${d.source}): failback writes raw images and block devices in place; convert it (qemu-img convert -O raw) and point the domain at the raw image, or restore the VM from the DR site's backup instead`);
+    if (!d.source || (d.type !== 'file' && d.type !== 'block'))
+      throw new RecoveryRequestInvalid(`disk '${d.target}' of the production VM '${ref.name}' is a ${d.type} disk: failback writes file and block disks only`);
+    if (d.format !== 'raw')
+      throw new RecoveryRequestInvalid(
+        `disk '${d.target}' of the production VM '${ref.name}' is ${d.format} (${d.source}): failback writes raw images and block devices in place; convert it (qemu-img convert -O raw) and point the domain at the raw image, or restore the VM from the DR site's backup instead`,
+      );
     disks.set(d.target, d.source);
   }
   return disks;
@@ -52,7 +58,11 @@ export async function productionDisks(ref: DomainRef): Promise<Map<string, strin
  * a VM shut off already is fine. After `timeoutSeconds` it is left running and the error
  * names it: nothing has been switched yet.
  */
-export async function stopDrVm(ref: DomainRef, timeoutSeconds: number, o: { signal?: AbortSignal; onWait?: () => void } = {}): Promise<{ domain: string; state: string; seconds: number; stoppedAt: string }> {
+export async function stopDrVm(
+  ref: DomainRef,
+  timeoutSeconds: number,
+  o: { signal?: AbortSignal; onWait?: () => void } = {},
+): Promise<{ domain: string; state: string; seconds: number; stoppedAt: string }> {
   const started = performance.now();
   const virsh = new Virsh(ref.uri);
   await xmlOf(ref, 'DR VM');
@@ -79,7 +89,9 @@ export async function stopDrVm(ref: DomainRef, timeoutSeconds: number, o: { sign
     const s = await state(virsh, ref.name);
     if (s === 'shut off') return done();
     if (performance.now() >= deadline) {
-      throw new DrVmDidNotStop(`the DR VM '${ref.name}' on ${ref.uri} did not shut down within ${timeoutSeconds} s (it is ${s}; asked through its guest agent and ACPI; last answer from ${answer}). Nothing was switched: production is not started and the DR VM keeps running. Next: shut it down from inside the guest, or give it longer ("shutdownTimeoutSeconds"), then run the Failback again`);
+      throw new DrVmDidNotStop(
+        `the DR VM '${ref.name}' on ${ref.uri} did not shut down within ${timeoutSeconds} s (it is ${s}; asked through its guest agent and ACPI; last answer from ${answer}). Nothing was switched: production is not started and the DR VM keeps running. Next: shut it down from inside the guest, or give it longer ("shutdownTimeoutSeconds"), then run the Failback again`,
+      );
     }
     if (performance.now() - askedAt >= ASK_AGAIN_MS) await ask();
     o.signal?.throwIfAborted();
@@ -91,7 +103,12 @@ export async function stopDrVm(ref: DomainRef, timeoutSeconds: number, o: { sign
 /** The serial console's file of a domain, if it writes one. */
 function serialLog(xml: string): string | undefined {
   const m = /<serial type=['"]file['"]>\s*<source path=['"]([^'"]+)['"]/.exec(xml);
-  return m?.[1]?.replace(/&apos;/g, "'").replace(/&quot;/g, '"').replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&');
+  return m?.[1]
+    ?.replace(/&apos;/g, "'")
+    .replace(/&quot;/g, '"')
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&amp;/g, '&');
 }
 
 /** Starts the production VM and waits for its sign of life; throws naming the VM and what it last printed when it does not come. */
@@ -99,9 +116,22 @@ export async function startProductionVm(ref: DomainRef, check: BootCheck, o: { s
   const virsh = new Virsh(ref.uri);
   const xml = await xmlOf(ref, 'production VM');
   const log = serialLog(xml);
-  if (check.consoleLine !== undefined && !log) throw new RecoveryRequestInvalid(`the production VM '${ref.name}' writes no serial console file, so readiness by console line cannot be seen: use "readiness": {"agent": true}`);
+  if (check.consoleLine !== undefined && !log)
+    throw new RecoveryRequestInvalid(
+      `the production VM '${ref.name}' writes no serial console file, so readiness by console line cannot be seen: use "readiness": {"agent": true}`,
+    );
   await virsh.run(['start', '--', ref.name]);
   const r = await waitForSignOfLife(virsh, ref.name, log ?? '/dev/null', check, o.signal, o.onWait);
-  if (!r.passed) throw new ProductionNotReady(`the production VM '${ref.name}' on ${ref.uri} was started but is not ready: ${r.reason}. It is left running; the DR VM stays shut off. Next: look at its console, then start the DR VM again if production cannot serve`);
-  return { domain: ref.name, state: await state(virsh, ref.name), readySeconds: r.seconds, readyAt: new Date().toISOString(), line: r.line, ...(r.agent !== undefined ? { agent: r.agent } : {}) };
+  if (!r.passed)
+    throw new ProductionNotReady(
+      `the production VM '${ref.name}' on ${ref.uri} was started but is not ready: ${r.reason}. It is left running; the DR VM stays shut off. Next: look at its console, then start the DR VM again if production cannot serve`,
+    );
+  return {
+    domain: ref.name,
+    state: await state(virsh, ref.name),
+    readySeconds: r.seconds,
+    readyAt: new Date().toISOString(),
+    line: r.line,
+    ...(r.agent !== undefined ? { agent: r.agent } : {}),
+  };
 }

@@ -11,16 +11,31 @@ export async function runFailbackTask(t: FailbackTask, deps: RecoveryTaskDeps, c
   if (t.task === 'stopDrVm') return stoppedVm.parse(await stopDrVm(t.failback.dr, t.failback.shutdownTimeoutSeconds, wait));
   if (t.task === 'startProductionVm') {
     const r = t.failback.readiness;
-    return startedVm.parse(await startProductionVm(t.failback.production, {
-      ...(r.consoleLine !== undefined ? { consoleLine: r.consoleLine } : {}), ...(r.agent ? { agent: true } : {}), timeoutSeconds: r.timeoutSeconds ?? 300,
-    }, wait));
+    return startedVm.parse(
+      await startProductionVm(
+        t.failback.production,
+        {
+          ...(r.consoleLine !== undefined ? { consoleLine: r.consoleLine } : {}),
+          ...(r.agent ? { agent: true } : {}),
+          timeoutSeconds: r.timeoutSeconds ?? 300,
+        },
+        wait,
+      ),
+    );
   }
   const [from, to] = await Promise.all([deps.repository(t.from.repository), deps.repository(t.to.repository)]);
   const path = (await productionDisks(t.failback.production)).get(t.disk.diskId);
-  if (!path) throw new BadTaskInput(`the production VM '${t.failback.production.name}' has no disk '${t.disk.diskId}' (the DR VM's backup has it): add the disk to the domain, then run the Failback again`);
+  if (!path)
+    throw new BadTaskInput(
+      `the production VM '${t.failback.production.name}' has no disk '${t.disk.diskId}' (the DR VM's backup has it): add the disk to the domain, then run the Failback again`,
+    );
   let last = 0;
   const result = await applyDiskDelta({
-    path, diskId: t.disk.diskId, keys: to.keys, mode: t.mode, signal: ctx.signal,
+    path,
+    diskId: t.disk.diskId,
+    keys: to.keys,
+    mode: t.mode,
+    signal: ctx.signal,
     from: { store: from.store, backupId: t.from.backupId, what: `repository ${t.from.repository.bucket}` },
     to: { store: to.store, backupId: t.to.backupId, what: `repository ${t.to.repository.bucket}` },
     onProgress: (p) => {

@@ -80,10 +80,14 @@ export async function applyDiskDelta(d: DiskDeltaInput): Promise<FailbackDiskRes
   const f = from.info;
   const t = to.info;
   if (f.chunkSize !== t.chunkSize) {
-    throw new RecoveryRequestInvalid(`disk '${d.diskId}': backup ${d.from.backupId} has ${f.chunkSize}-byte chunks and backup ${d.to.backupId} ${t.chunkSize}-byte chunks, so their chunk ids cannot be compared; give the DR-site policy the production repository's chunk size`);
+    throw new RecoveryRequestInvalid(
+      `disk '${d.diskId}': backup ${d.from.backupId} has ${f.chunkSize}-byte chunks and backup ${d.to.backupId} ${t.chunkSize}-byte chunks, so their chunk ids cannot be compared; give the DR-site policy the production repository's chunk size`,
+    );
   }
   if (f.sizeBytes !== t.sizeBytes) {
-    throw new RecoveryRequestInvalid(`disk '${d.diskId}' is ${f.sizeBytes} bytes in backup ${d.from.backupId} and ${t.sizeBytes} bytes in backup ${d.to.backupId}: it was resized at the DR site; resize the production disk to ${t.sizeBytes} bytes first`);
+    throw new RecoveryRequestInvalid(
+      `disk '${d.diskId}' is ${f.sizeBytes} bytes in backup ${d.from.backupId} and ${t.sizeBytes} bytes in backup ${d.to.backupId}: it was resized at the DR site; resize the production disk to ${t.sizeBytes} bytes first`,
+    );
   }
   let fh: FileHandle;
   try {
@@ -92,8 +96,20 @@ export async function applyDiskDelta(d: DiskDeltaInput): Promise<FailbackDiskRes
     throw new RecoveryRequestInvalid(`cannot open the production disk '${d.diskId}' at ${d.path} for writing: ${(err as Error).message}`);
   }
   const r: FailbackDiskResult = {
-    diskId: d.diskId, path: d.path, fromBackupId: d.from.backupId, toBackupId: d.to.backupId, mode: d.mode, chunks: t.to - t.from,
-    chunksChanged: 0, bytesChanged: 0, chunksDrifted: 0, chunksWritten: 0, bytesWritten: 0, bytesSent: 0, sha256: null, seconds: 0,
+    diskId: d.diskId,
+    path: d.path,
+    fromBackupId: d.from.backupId,
+    toBackupId: d.to.backupId,
+    mode: d.mode,
+    chunks: t.to - t.from,
+    chunksChanged: 0,
+    bytesChanged: 0,
+    chunksDrifted: 0,
+    chunksWritten: 0,
+    bytesWritten: 0,
+    bytesSent: 0,
+    sha256: null,
+    seconds: 0,
   };
   const fromCursor = new ManifestCursor(from);
   const toCursor = new ManifestCursor(to);
@@ -101,7 +117,9 @@ export async function applyDiskDelta(d: DiskDeltaInput): Promise<FailbackDiskRes
   try {
     const st = await fh.stat();
     if (st.isFile() && st.size !== t.sizeBytes) {
-      throw new RecoveryRequestInvalid(`the production disk '${d.diskId}' at ${d.path} is ${st.size} bytes, the DR VM's disk ${t.sizeBytes}: resize it to ${t.sizeBytes} bytes first (qemu-img resize)`);
+      throw new RecoveryRequestInvalid(
+        `the production disk '${d.diskId}' at ${d.path} is ${st.size} bytes, the DR VM's disk ${t.sizeBytes}: resize it to ${t.sizeBytes} bytes first (qemu-img resize)`,
+      );
     }
     const buf = Buffer.alloc(t.chunkSize);
     for (let i = 0; i < r.chunks; i++) {

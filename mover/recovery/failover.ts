@@ -11,7 +11,14 @@ import { execFile } from 'node:child_process';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { TEST_FAILOVER_PREFIX, testRunKey, type FailoverPlanRequest, type FailoverVmJob, type FailoverVmResult, type PointSelector } from '../../contracts/dr.ts';
+import {
+  TEST_FAILOVER_PREFIX,
+  testRunKey,
+  type FailoverPlanRequest,
+  type FailoverVmJob,
+  type FailoverVmResult,
+  type PointSelector,
+} from '../../contracts/dr.ts';
 import { FailoverNotReady, RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
@@ -34,7 +41,10 @@ const testDomain = (runId: string, name: string) => `${TEST_FAILOVER_PREFIX}${te
 
 async function replicaOf(job: { replicaDir: string; vmId: string }): Promise<ReplicaState> {
   const state = await readReplicaState(job.replicaDir, job.vmId);
-  if (!state) throw new RecoveryRequestInvalid(`VM '${job.vmId}' has no replica VM at the DR site (${replicaPaths(job.replicaDir, job.vmId).dir}): replicate it to a DR repository whose replication keeps replica VMs (repositories[].replication.replicaVms)`);
+  if (!state)
+    throw new RecoveryRequestInvalid(
+      `VM '${job.vmId}' has no replica VM at the DR site (${replicaPaths(job.replicaDir, job.vmId).dir}): replicate it to a DR repository whose replication keeps replica VMs (repositories[].replication.replicaVms)`,
+    );
   return state;
 }
 
@@ -42,7 +52,10 @@ async function replicaOf(job: { replicaDir: string; vmId: string }): Promise<Rep
  * Every VM's restore point, checked before anything boots: a VM without a replica, or a
  * point that does not exist, fails the plan here, naming the VM and what its replica keeps.
  */
-export async function resolveFailoverPoints(vms: { vmId: string; replicaDir: string }[], points: FailoverPlanRequest['points']): Promise<{ vmId: string; backupId: string; recoveryPoint: string }[]> {
+export async function resolveFailoverPoints(
+  vms: { vmId: string; replicaDir: string }[],
+  points: FailoverPlanRequest['points'],
+): Promise<{ vmId: string; backupId: string; recoveryPoint: string }[]> {
   const out = [];
   for (const vm of vms) {
     const state = await replicaOf(vm);
@@ -92,18 +105,31 @@ export async function failoverVm(job: FailoverVmJob, d: FailoverDeps): Promise<F
       disks[diskId] = { path: overlay, format: 'qcow2' };
     }
     const xml = join(folder, `${job.vmId}.xml`);
-    await writeFile(xml, restoredDomainXml(state.sourceXml, { name: domain, disks, consoleLog, network: () => network, description: `Lifeboat test failover ${job.runId} of VM ${job.vmId}` }));
+    await writeFile(
+      xml,
+      restoredDomainXml(state.sourceXml, {
+        name: domain,
+        disks,
+        consoleLog,
+        network: () => network,
+        description: `Lifeboat test failover ${job.runId} of VM ${job.vmId}`,
+      }),
+    );
     await virsh.run(['create', '--', xml]); // transient: gone when destroyed
   } else {
     domain = state.domain;
     consoleLog = paths.consoleLog;
     if (state.failedOver && state.failedOver.runId !== job.runId) {
-      throw new RecoveryRequestInvalid(`the replica of VM '${job.vmId}' (${domain}) is failed over already (run ${state.failedOver.runId}, since ${state.failedOver.at})`);
+      throw new RecoveryRequestInvalid(
+        `the replica of VM '${job.vmId}' (${domain}) is failed over already (run ${state.failedOver.runId}, since ${state.failedOver.at})`,
+      );
     }
-    if (!(await domainExists(virsh, domain))) throw new RecoveryRequestInvalid(`the replica domain ${domain} of VM '${job.vmId}' is not defined on ${job.uri}: the next replication defines it again`);
+    if (!(await domainExists(virsh, domain)))
+      throw new RecoveryRequestInvalid(`the replica domain ${domain} of VM '${job.vmId}' is not defined on ${job.uri}: the next replication defines it again`);
     // A retry of this run's own task starts the VM over.
     if (state.failedOver) await virsh.run(['destroy', '--', domain]).catch(() => {});
-    else if ((await virsh.run(['domstate', '--', domain])).trim() !== 'shut off') throw new RecoveryRequestInvalid(`the replica domain ${domain} of VM '${job.vmId}' is running already: it is not started twice`);
+    else if ((await virsh.run(['domstate', '--', domain])).trim() !== 'shut off')
+      throw new RecoveryRequestInvalid(`the replica domain ${domain} of VM '${job.vmId}' is running already: it is not started twice`);
     for (const [diskId, layer] of Object.entries(point.layers)) await createOverlay(join(paths.active, `${diskId}.qcow2`), layer);
     await writeReplicaState(job.replicaDir, { ...state, failedOver: { runId: job.runId, backupId: point.backupId, at: new Date().toISOString() } });
     await rm(consoleLog, { force: true });
@@ -114,18 +140,34 @@ export async function failoverVm(job: FailoverVmJob, d: FailoverDeps): Promise<F
   let line: string | undefined;
   let readyMs = startedMs;
   if (job.readiness) {
-    const check = await waitForSignOfLife(virsh, domain, consoleLog, {
-      ...(job.readiness.serial !== undefined ? { consoleLine: job.readiness.serial } : {}), ...(job.readiness.agent ? { agent: true } : {}), timeoutSeconds: job.readiness.timeoutSeconds,
-    }, d.signal, d.progress);
+    const check = await waitForSignOfLife(
+      virsh,
+      domain,
+      consoleLog,
+      {
+        ...(job.readiness.serial !== undefined ? { consoleLine: job.readiness.serial } : {}),
+        ...(job.readiness.agent ? { agent: true } : {}),
+        timeoutSeconds: job.readiness.timeoutSeconds,
+      },
+      d.signal,
+      d.progress,
+    );
     if (!check.passed) throw new FailoverNotReady(`VM '${job.vmId}' (domain ${domain}, restore point ${point.backupId}) was not ready: ${check.reason}`);
     readyMs = Date.now();
     if (check.line) line = check.line;
   }
   const script = job.script ? await runScript(job, domain, virsh, d) : undefined;
   const result: FailoverVmResult = {
-    vmId: job.vmId, domain, backupId: point.backupId, recoveryPoint: point.recoveryPoint,
-    startedSeconds: (startedMs - job.startedAtMs) / 1000, readySeconds: (readyMs - job.startedAtMs) / 1000, bootSeconds: (readyMs - startedMs) / 1000,
-    readyAt: new Date(readyMs).toISOString(), ...(line !== undefined ? { line } : {}), ...(script ? { script } : {}),
+    vmId: job.vmId,
+    domain,
+    backupId: point.backupId,
+    recoveryPoint: point.recoveryPoint,
+    startedSeconds: (startedMs - job.startedAtMs) / 1000,
+    readySeconds: (readyMs - job.startedAtMs) / 1000,
+    bootSeconds: (readyMs - startedMs) / 1000,
+    readyAt: new Date(readyMs).toISOString(),
+    ...(line !== undefined ? { line } : {}),
+    ...(script ? { script } : {}),
   };
   d.logger?.info('failover.ready', { runId: job.runId, ...result });
   return result;
@@ -134,19 +176,45 @@ export async function failoverVm(job: FailoverVmJob, d: FailoverDeps): Promise<F
 /** The VM's first address the guest agent reports ('' without an agent or an address). */
 async function addressOf(virsh: Virsh, domain: string): Promise<string> {
   const out = await virsh.run(['domifaddr', '--source', 'agent', '--', domain], { timeoutMs: 10_000 }).catch(() => '');
-  return /(\d+\.\d+\.\d+\.\d+)\//.exec(out.split('\n').filter((l) => !/\blo\b/.test(l)).join('\n'))?.[1] ?? '';
+  return (
+    /(\d+\.\d+\.\d+\.\d+)\//.exec(
+      out
+        .split('\n')
+        .filter((l) => !/\blo\b/.test(l))
+        .join('\n'),
+    )?.[1] ?? ''
+  );
 }
 
 async function runScript(job: FailoverVmJob, domain: string, virsh: Virsh, d: FailoverDeps): Promise<{ exitCode: number; output: string }> {
   const [program, ...args] = job.script!;
-  const env = { ...process.env, LIFEBOAT_VM_ID: job.vmId, LIFEBOAT_VM_NAME: job.name, LIFEBOAT_VM_DOMAIN: domain, LIFEBOAT_VM_IP: await addressOf(virsh, domain), LIFEBOAT_FAILOVER_TEST: job.test ? '1' : '0', LIFEBOAT_FAILOVER_RUN: job.runId };
+  const env = {
+    ...process.env,
+    LIFEBOAT_VM_ID: job.vmId,
+    LIFEBOAT_VM_NAME: job.name,
+    LIFEBOAT_VM_DOMAIN: domain,
+    LIFEBOAT_VM_IP: await addressOf(virsh, domain),
+    LIFEBOAT_FAILOVER_TEST: job.test ? '1' : '0',
+    LIFEBOAT_FAILOVER_RUN: job.runId,
+  };
   try {
-    const { stdout, stderr } = await run(program!, args, { env, timeout: (job.scriptTimeoutSeconds ?? 300) * 1000, killSignal: 'SIGKILL', ...(d.signal ? { signal: d.signal } : {}) });
+    const { stdout, stderr } = await run(program!, args, {
+      env,
+      timeout: (job.scriptTimeoutSeconds ?? 300) * 1000,
+      killSignal: 'SIGKILL',
+      ...(d.signal ? { signal: d.signal } : {}),
+    });
     return { exitCode: 0, output: `${stdout}${stderr}`.slice(-2000) };
   } catch (err) {
     const e = err as { code?: number | string; stdout?: string; stderr?: string; killed?: boolean; message: string };
-    const why = e.killed ? `did not finish within ${job.scriptTimeoutSeconds ?? 300} s` : e.code === 'ENOENT' ? 'is not installed on this mover' : `exited with ${e.code}`;
-    throw new RecoveryRequestInvalid(`the failover script of VM '${job.vmId}' (${job.script!.join(' ')}) ${why}: ${`${e.stdout ?? ''}${e.stderr ?? e.message}`.trim().slice(-500)}`);
+    const why = e.killed
+      ? `did not finish within ${job.scriptTimeoutSeconds ?? 300} s`
+      : e.code === 'ENOENT'
+        ? 'is not installed on this mover'
+        : `exited with ${e.code}`;
+    throw new RecoveryRequestInvalid(
+      `the failover script of VM '${job.vmId}' (${job.script!.join(' ')}) ${why}: ${`${e.stdout ?? ''}${e.stderr ?? e.message}`.trim().slice(-500)}`,
+    );
   }
 }
 
@@ -155,13 +223,23 @@ async function runScript(job: FailoverVmJob, domain: string, virsh: Virsh, d: Fa
  * folder. Keyed by the run, so it runs after a success, in a Catch after a failure, and
  * again by hand, with the same result; nothing without the run's key is touched.
  */
-export async function cleanupTestFailover(runId: string, uri: string, d: Pick<FailoverDeps, 'workDir' | 'logger'>): Promise<{ domains: string[]; networks: string[]; folders: string[] }> {
+export async function cleanupTestFailover(
+  runId: string,
+  uri: string,
+  d: Pick<FailoverDeps, 'workDir' | 'logger'>,
+): Promise<{ domains: string[]; networks: string[]; folders: string[] }> {
   const virsh = new Virsh(uri);
   const prefix = `${TEST_FAILOVER_PREFIX}${testRunKey(runId)}-`;
-  const domains = (await virsh.run(['list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith(prefix));
+  const domains = (await virsh.run(['list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith(prefix));
   for (const name of domains) await removeDomain(virsh, name);
   const network = testNetwork(runId);
-  const networks = (await virsh.run(['net-list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n === network);
+  const networks = (await virsh.run(['net-list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n === network);
   for (const n of networks) {
     await virsh.run(['net-destroy', '--', n]).catch(() => {});
     await virsh.run(['net-undefine', '--', n]).catch(() => {});
@@ -182,7 +260,8 @@ export async function abandonFailover(runId: string, uri: string, vms: { vmId: s
     if (state?.failedOver?.runId !== runId) continue;
     await virsh.run(['destroy', '--', state.domain]).catch(() => {});
     const newest = state.points.at(-1)!;
-    for (const [diskId, layer] of Object.entries(newest.layers)) await createOverlay(join(replicaPaths(vm.replicaDir, vm.vmId).active, `${diskId}.qcow2`), layer);
+    for (const [diskId, layer] of Object.entries(newest.layers))
+      await createOverlay(join(replicaPaths(vm.replicaDir, vm.vmId).active, `${diskId}.qcow2`), layer);
     const { failedOver: _, ...rest } = state;
     await writeReplicaState(vm.replicaDir, rest);
     reset.push(state.domain);

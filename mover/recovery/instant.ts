@@ -81,21 +81,26 @@ export interface InstantDeps {
 
 async function readState(dir: string): Promise<InstantState | undefined> {
   const text = await readFile(join(dir, STATE_FILE), 'utf8').catch(() => undefined);
-  return text ? JSON.parse(text) as InstantState : undefined;
+  return text ? (JSON.parse(text) as InstantState) : undefined;
 }
 
 /** The resume command, as the operator types it. */
 const resumeHint = (job: RestoreJob) =>
-  `lifeboat restore --vm ${job.vmId} --backup ${job.backupId} --target ${job.target} --group ${job.moverGroup} --define ${job.define!.uri}${job.define!.name ? ` --name ${job.define!.name}` : ''} --instant --resume`
-  + ' (workflow input: the same request with "instant": {"resume": true})';
+  `lifeboat restore --vm ${job.vmId} --backup ${job.backupId} --target ${job.target} --group ${job.moverGroup} --define ${job.define!.uri}${job.define!.name ? ` --name ${job.define!.name}` : ''} --instant --resume` +
+  ' (workflow input: the same request with "instant": {"resume": true})';
 
 function checkRequest(job: RestoreJob, config: Record<string, unknown>): void {
   if (!job.define) throw new RecoveryRequestInvalid('an instant recovery defines a VM: it needs "define" with the libvirt URI of the host (--define URI)');
   if (job.diskId) throw new RecoveryRequestInvalid('an instant recovery runs a whole VM; it cannot be combined with "diskId"');
-  if (job.define.pool) throw new RecoveryRequestInvalid('an instant recovery moves the VM to files in the target folder; "pool" (storage pool volumes) is not supported with it: restore without --instant, or leave out --pool');
+  if (job.define.pool)
+    throw new RecoveryRequestInvalid(
+      'an instant recovery moves the VM to files in the target folder; "pool" (storage pool volumes) is not supported with it: restore without --instant, or leave out --pool',
+    );
   if (job.define.bootCheck) throw new RecoveryRequestInvalid('an instant recovery keeps its VM; a boot check (restore test) removes it: use one or the other');
   if (config.driver !== 'libvirt' || typeof config.domainXml !== 'string') {
-    throw new RecoveryRequestInvalid(`backup ${job.backupId} of VM '${job.vmId}' was not taken by the libvirt driver (it holds no domain definition), so there is no VM to run from it: restore its disks as files instead (without --instant)`);
+    throw new RecoveryRequestInvalid(
+      `backup ${job.backupId} of VM '${job.vmId}' was not taken by the libvirt driver (it holds no domain definition), so there is no VM to run from it: restore its disks as files instead (without --instant)`,
+    );
   }
 }
 
@@ -125,39 +130,79 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
   const dir = join(instantRoot(d.workDir), name);
   const prior = await readState(dir);
   const resumed = !!prior && (!!job.instant?.resume || prior.restoreId === job.restoreId);
-  if (job.instant?.resume && !prior) throw new RecoveryRequestInvalid(`there is no unfinished instant recovery of domain '${name}' on this mover (no ${join(dir, STATE_FILE)}): start one without --resume`);
+  if (job.instant?.resume && !prior)
+    throw new RecoveryRequestInvalid(
+      `there is no unfinished instant recovery of domain '${name}' on this mover (no ${join(dir, STATE_FILE)}): start one without --resume`,
+    );
   if (prior && !resumed) {
-    throw new RecoveryRequestInvalid(`an instant recovery of domain '${name}' (restore ${prior.restoreId}) is not finished: its VM's writes are in ${Object.values(prior.overlays).join(', ')}; resume it with ${resumeHint(job)}, or remove the domain and ${dir}`);
+    throw new RecoveryRequestInvalid(
+      `an instant recovery of domain '${name}' (restore ${prior.restoreId}) is not finished: its VM's writes are in ${Object.values(prior.overlays).join(', ')}; resume it with ${resumeHint(job)}, or remove the domain and ${dir}`,
+    );
   }
   // Checked while the export process starts: answered before the domain is defined.
   const taken = resumed ? Promise.resolve(false) : domainExists(virsh, name);
   taken.catch(() => {});
   const format = define.format ?? 'qcow2';
   const state: InstantState = prior ?? {
-    restoreId: job.restoreId, vmId: job.vmId, backupId: job.backupId, domain: name, socket: join(dir, 'nbd.sock'),
+    restoreId: job.restoreId,
+    vmId: job.vmId,
+    backupId: job.backupId,
+    domain: name,
+    socket: join(dir, 'nbd.sock'),
     overlays: Object.fromEntries(job.disks.map((x) => [x.diskId, join(dir, `${x.diskId}.overlay.qcow2`)])),
     dests: Object.fromEntries(job.disks.map((x) => [x.diskId, join(job.target, `${x.diskId}.${format}`)])),
     consoleLog: join(job.target, 'console.log'),
   };
-  if (Buffer.byteLength(state.socket) > MAX_SOCKET_PATH) throw new RecoveryRequestInvalid(`the mover's work folder ${d.workDir} is too deep for the export's unix socket (${state.socket} is over ${MAX_SOCKET_PATH} bytes): give the mover a shorter LIFEBOAT_WORK_DIR`);
+  if (Buffer.byteLength(state.socket) > MAX_SOCKET_PATH)
+    throw new RecoveryRequestInvalid(
+      `the mover's work folder ${d.workDir} is too deep for the export's unix socket (${state.socket} is over ${MAX_SOCKET_PATH} bytes): give the mover a shorter LIFEBOAT_WORK_DIR`,
+    );
   if (!resumed) await mkdir(dir, { recursive: true });
   const uris = Object.fromEntries(job.disks.map((x) => [x.diskId, unixNbdUri(state.socket, x.diskId)]));
   const attached = resumed ? await attachExportProcess(dir) : undefined;
-  if (resumed) d.logger.info(attached ? 'instant.export.attached' : 'instant.export.restarted', { restoreId: job.restoreId, domain: name, ...(attached ? { pid: attached.pid } : {}) });
+  if (resumed)
+    d.logger.info(attached ? 'instant.export.attached' : 'instant.export.restarted', {
+      restoreId: job.restoreId,
+      domain: name,
+      ...(attached ? { pid: attached.pid } : {}),
+    });
   // Started now, waited for only by the domain's start: overlays and definition do not need it listening.
-  const serving: Promise<ExportProcess> = attached ? Promise.resolve(attached) : (async () => {
-    // A socket left by an export process that is gone is stale: nobody listens on it any more.
-    await rm(state.socket, { force: true });
-    return startExportProcess(dir, exportJob.parse({
-      exportId: job.restoreId, vmId: job.vmId, backupId: job.backupId, repository: job.repository, diskIds: job.disks.map((x) => x.diskId),
-      listen: { socket: state.socket }, idleTimeoutSeconds: EXPORT_IDLE_SECONDS,
-    }));
-  })();
+  const serving: Promise<ExportProcess> = attached
+    ? Promise.resolve(attached)
+    : (async () => {
+        // A socket left by an export process that is gone is stale: nobody listens on it any more.
+        await rm(state.socket, { force: true });
+        return startExportProcess(
+          dir,
+          exportJob.parse({
+            exportId: job.restoreId,
+            vmId: job.vmId,
+            backupId: job.backupId,
+            repository: job.repository,
+            diskIds: job.disks.map((x) => x.diskId),
+            listen: { socket: state.socket },
+            idleTimeoutSeconds: EXPORT_IDLE_SECONDS,
+          }),
+        );
+      })();
   serving.catch(() => {});
-  const record = (phase: 'running' | 'moving' | 'moved' | 'failed', extra: { error?: string; closed?: string } = {}) => putEndpoint(d.store, {
-    exportId: job.restoreId, kind: 'instant', vmId: job.vmId, backupId: job.backupId, state: phase === 'moved' ? 'closed' : 'listening', uris,
-    domain: name, overlays: state.overlays, phase, ...extra,
-  }, d.logger);
+  const record = (phase: 'running' | 'moving' | 'moved' | 'failed', extra: { error?: string; closed?: string } = {}) =>
+    putEndpoint(
+      d.store,
+      {
+        exportId: job.restoreId,
+        kind: 'instant',
+        vmId: job.vmId,
+        backupId: job.backupId,
+        state: phase === 'moved' ? 'closed' : 'listening',
+        uris,
+        domain: name,
+        overlays: state.overlays,
+        phase,
+        ...extra,
+      },
+      d.logger,
+    );
   let defined = resumed;
   let exportPid = 0;
   try {
@@ -169,11 +214,15 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
       await writeFile(join(dir, STATE_FILE), JSON.stringify(state, null, 2));
       clock.step('overlays');
       const xmlPath = join(dir, 'domain.xml');
-      await writeFile(xmlPath, restoredDomainXml(String(config.domainXml), {
-        name, consoleLog: state.consoleLog,
-        disks: Object.fromEntries(job.disks.map((x) => [x.diskId, { path: state.overlays[x.diskId]!, format: 'qcow2' as const }])),
-        ...(define.description !== undefined ? { description: define.description } : {}),
-      }));
+      await writeFile(
+        xmlPath,
+        restoredDomainXml(String(config.domainXml), {
+          name,
+          consoleLog: state.consoleLog,
+          disks: Object.fromEntries(job.disks.map((x) => [x.diskId, { path: state.overlays[x.diskId]!, format: 'qcow2' as const }])),
+          ...(define.description !== undefined ? { description: define.description } : {}),
+        }),
+      );
       await virsh.run(['define', '--', xmlPath]);
       defined = true;
       clock.step('define');
@@ -183,8 +232,10 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
       clock.step('start');
     } else {
       exportPid = (await serving).pid;
-      if (!await domainExists(virsh, name)) {
-        throw new RecoveryRequestInvalid(`the domain '${name}' of the unfinished instant recovery is gone from ${define.uri}; its writes are in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports): keep them with qemu-img convert while the export process ${exportPid} serves, or give the recovery up by removing ${dir}`);
+      if (!(await domainExists(virsh, name))) {
+        throw new RecoveryRequestInvalid(
+          `the domain '${name}' of the unfinished instant recovery is gone from ${define.uri}; its writes are in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports): keep them with qemu-img convert while the export process ${exportPid} serves, or give the recovery up by removing ${dir}`,
+        );
       }
       // A VM paused by an I/O error runs again; one that stopped (its host restarted) starts again on its overlays.
       const now = (await virsh.run(['domstate', '--', name])).trim();
@@ -193,7 +244,16 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
       clock.step('reattach');
     }
     const runningSeconds = (performance.now() - started) / 1000;
-    d.logger.info('instant.running', { restoreId: job.restoreId, domain: name, overlays: state.overlays, uris, seconds: runningSeconds, steps: clock.steps, exportPid, resumed });
+    d.logger.info('instant.running', {
+      restoreId: job.restoreId,
+      domain: name,
+      overlays: state.overlays,
+      uris,
+      seconds: runningSeconds,
+      steps: clock.steps,
+      exportPid,
+      resumed,
+    });
     await record('running');
     const after = job.instant?.moveAfter;
     if (after) {
@@ -209,10 +269,24 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
     await rm(dir, { recursive: true, force: true });
     await record('moved', { closed: 'moved' });
     const uuid = (await virsh.run(['domuuid', '--', name])).trim();
-    d.logger.info('instant.moved', { restoreId: job.restoreId, domain: name, disks: Object.values(state.dests), moveSeconds, bytesServed: served?.bytesServed });
+    d.logger.info('instant.moved', {
+      restoreId: job.restoreId,
+      domain: name,
+      disks: Object.values(state.dests),
+      moveSeconds,
+      bytesServed: served?.bytesServed,
+    });
     return {
-      domain: name, uuid, disks: job.disks.map((x) => state.dests[x.diskId]!), consoleLog: state.consoleLog, runningSeconds, moveSeconds,
-      bytesServed: served?.bytesServed ?? 0, bytesDownloaded: served?.bytesDownloaded ?? 0, resumed, steps: clock.steps,
+      domain: name,
+      uuid,
+      disks: job.disks.map((x) => state.dests[x.diskId]!),
+      consoleLog: state.consoleLog,
+      runningSeconds,
+      moveSeconds,
+      bytesServed: served?.bytesServed ?? 0,
+      bytesDownloaded: served?.bytesDownloaded ?? 0,
+      resumed,
+      steps: clock.steps,
     };
   } catch (err) {
     // Before the VM ran, nothing of it is worth keeping: the domain, the export process and the overlays go.
@@ -232,28 +306,43 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
  * whose mover died) is taken up where it is; otherwise a new copy starts.
  */
 async function moveOne(
-  job: RestoreJob, d: InstantDeps, virsh: Virsh, state: InstantState, diskId: string, format: 'raw' | 'qcow2', dir: string, exportPid: number,
+  job: RestoreJob,
+  d: InstantDeps,
+  virsh: Virsh,
+  state: InstantState,
+  diskId: string,
+  format: 'raw' | 'qcow2',
+  dir: string,
+  exportPid: number,
   record: (phase: 'failed', extra: { error: string }) => Promise<void>,
 ): Promise<void> {
   const name = state.domain;
   const dest = state.dests[diskId]!;
   const cap = job.instant?.moveBandwidthMiBs;
   try {
-    if (await diskSource(virsh, name, diskId) === dest) return;
+    if ((await diskSource(virsh, name, diskId)) === dest) return;
     if (await copyJob(virsh, name, diskId)) d.logger.info('instant.move.adopted', { restoreId: job.restoreId, domain: name, disk: diskId, dest });
     else await startCopy(virsh, name, diskId, dest, { format, ...(cap ? { bandwidthMiBs: cap } : {}) });
     await watchCopy(virsh, name, diskId, dest, {
-      format, ...(cap ? { bandwidthMiBs: cap } : {}), ...(job.instant?.moveStallSeconds ? { stallSeconds: job.instant.moveStallSeconds } : {}),
-      ...(d.signal ? { signal: d.signal } : {}), onTick: d.progress,
+      format,
+      ...(cap ? { bandwidthMiBs: cap } : {}),
+      ...(job.instant?.moveStallSeconds ? { stallSeconds: job.instant.moveStallSeconds } : {}),
+      ...(d.signal ? { signal: d.signal } : {}),
+      onTick: d.progress,
     });
   } catch (err) {
     const stopped = !!d.signal?.aborted;
-    const why = stopped ? `the task was stopped (${String(d.signal!.reason)}); the copy goes on in libvirt and the resumed task takes it up` : (err as Error).message;
+    const why = stopped
+      ? `the task was stopped (${String(d.signal!.reason)}); the copy goes on in libvirt and the resumed task takes it up`
+      : (err as Error).message;
     state.error = why;
     await writeFile(join(dir, STATE_FILE), JSON.stringify(state, null, 2));
     await record('failed', { error: why });
-    throw new InstantMoveFailed(`instant recovery of VM '${job.vmId}' (backup ${job.backupId}) as domain '${name}': moving disk ${diskId} to ${dest} failed: ${why}. `
-      + `The VM keeps running on its overlays, and its writes are kept in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports, served by export process ${exportPid} until the move completes). `
-      + `Fix the cause (room and access at ${job.target}${cap ? `, the move's cap of ${cap} MiB/s` : ''}), then resume with ${resumeHint(job)}`, err);
+    throw new InstantMoveFailed(
+      `instant recovery of VM '${job.vmId}' (backup ${job.backupId}) as domain '${name}': moving disk ${diskId} to ${dest} failed: ${why}. ` +
+        `The VM keeps running on its overlays, and its writes are kept in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports, served by export process ${exportPid} until the move completes). ` +
+        `Fix the cause (room and access at ${job.target}${cap ? `, the move's cap of ${cap} MiB/s` : ''}), then resume with ${resumeHint(job)}`,
+      err,
+    );
   }
 }

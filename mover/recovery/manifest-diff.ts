@@ -25,7 +25,15 @@ export async function sameAs(from: ManifestCursor, i: number, want: string | nul
  * Chunk `id` of disk `diskId`, read from the DR repository at `at`, opened and checked
  * against its id and `length`. Errors name the chunk, its object and the disk offset.
  */
-export async function verifiedChunk(store: ObjectStore, keys: RepositoryKeys, at: ChunkLocation, id: string, diskId: string, offset: number, length: number): Promise<Buffer> {
+export async function verifiedChunk(
+  store: ObjectStore,
+  keys: RepositoryKeys,
+  at: ChunkLocation,
+  id: string,
+  diskId: string,
+  offset: number,
+  length: number,
+): Promise<Buffer> {
   const where = `chunk ${id} in ${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''} (disk '${diskId}', offset ${offset})`;
   const body = await readChunk(store, at);
   if (!body) throw new Corrupt(`${where} is missing from the DR repository`);

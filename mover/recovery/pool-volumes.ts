@@ -74,7 +74,10 @@ export class StoragePool {
       info = await this.virsh.run(['pool-info', '--bytes', '--pool', this.name], signal ? { signal } : {});
       definition = await this.virsh.run(['pool-dumpxml', '--pool', this.name], signal ? { signal } : {});
     } catch (err) {
-      if (noPool(err)) throw new RecoveryRequestInvalid(`${this.where} does not exist: name an existing pool (virsh pool-list --all), or define and start one (virsh pool-define-as ${this.name} dir --target DIR; virsh pool-start ${this.name})`);
+      if (noPool(err))
+        throw new RecoveryRequestInvalid(
+          `${this.where} does not exist: name an existing pool (virsh pool-list --all), or define and start one (virsh pool-define-as ${this.name} dir --target DIR; virsh pool-start ${this.name})`,
+        );
       throw err;
     }
     const field = (k: string) => new RegExp(`^${k}:\\s+(.+)$`, 'm').exec(info)?.[1]?.trim();
@@ -86,7 +89,9 @@ export class StoragePool {
   async checkRoom(bytes: number, what: string, s: PoolState): Promise<void> {
     if (!s.active) throw new RecoveryRequestInvalid(`${this.where} is not active: start it (virsh pool-start ${this.name}) and restore again`);
     if (s.availableBytes < bytes) {
-      throw new RecoveryRequestInvalid(`${this.where} has ${mib(s.availableBytes)} available; ${what} needs ${mib(bytes)}: free space in the pool (virsh pool-info ${this.name}) or restore into another pool`);
+      throw new RecoveryRequestInvalid(
+        `${this.where} has ${mib(s.availableBytes)} available; ${what} needs ${mib(bytes)}: free space in the pool (virsh pool-info ${this.name}) or restore into another pool`,
+      );
     }
   }
 
@@ -109,7 +114,9 @@ export class StoragePool {
       await this.virsh.run(['vol-create', '--pool', this.name, '--file', xmlPath], signal ? { signal } : {});
     } catch (err) {
       if (!(err instanceof VirshError)) throw err; // aborted
-      throw new RecoveryRequestInvalid(`could not create volume '${volume}' in ${this.where}: ${err.stderr || err.message}; check the pool (virsh pool-info ${this.name}) and whether it takes ${format} volumes`);
+      throw new RecoveryRequestInvalid(
+        `could not create volume '${volume}' in ${this.where}: ${err.stderr || err.message}; check the pool (virsh pool-info ${this.name}) and whether it takes ${format} volumes`,
+      );
     } finally {
       await rm(xmlPath, { force: true });
     }
@@ -130,7 +137,6 @@ export class StoragePool {
     }
   }
 }
-
 
 /**
  * A new volume's definition: thin (allocation 0). A qcow2 volume is `compat` 1.1, which
@@ -207,14 +213,21 @@ export interface PoolDiskTarget {
 }
 
 /** How the disk's bytes get into the volume: written (and re-hashed) at `path` as a 'device' or a 'file'. */
-export type WriteDisk = (path: string, kind: { targetKind: 'file' | 'device'; targetZeroed: boolean }) => Promise<{ sha256: string; chunksVerified: number; bytesDownloaded: number }>;
+export type WriteDisk = (
+  path: string,
+  kind: { targetKind: 'file' | 'device'; targetZeroed: boolean },
+) => Promise<{ sha256: string; chunksVerified: number; bytesDownloaded: number }>;
 
 /**
  * Creates the disk's volume (refusing one that exists, unless forced or made by this
  * restore's earlier attempt), writes the disk into it through `write`, and deletes it
  * again when anything fails. Returns the volume and its path.
  */
-export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onConvert?: (bytesDone: number) => void): Promise<{ volume: PoolVolume; path: string; sha256: string; chunksVerified: number; bytesDownloaded: number }> {
+export async function restoreIntoVolume(
+  t: PoolDiskTarget,
+  write: WriteDisk,
+  onConvert?: (bytesDone: number) => void,
+): Promise<{ volume: PoolVolume; path: string; sha256: string; chunksVerified: number; bytesDownloaded: number }> {
   const pool = new StoragePool(new Virsh(t.uri), t.pool);
   const s = await pool.state(t.signal);
   const what = `disk ${t.diskId} (volume '${t.volume}', ${mib(t.dataBytes)} of data in ${mib(t.sizeBytes)})`;
@@ -222,7 +235,9 @@ export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onC
   const existing = await pool.volumePath(t.volume, t.signal);
   if (existing !== undefined) {
     if (!t.force && !(await owns(t.workDir, t.restoreId, t.volume))) {
-      throw new RecoveryRequestInvalid(`volume '${t.volume}' exists already in storage pool '${t.pool}' on ${t.uri} (${existing}); restoring disk ${t.diskId} would overwrite it: choose another name for the restored VM (--name, "define": {"name": ...}), delete the volume (virsh vol-delete --pool ${t.pool} ${t.volume}), or pass --force (workflow input "force": true) to replace it`);
+      throw new RecoveryRequestInvalid(
+        `volume '${t.volume}' exists already in storage pool '${t.pool}' on ${t.uri} (${existing}); restoring disk ${t.diskId} would overwrite it: choose another name for the restored VM (--name, "define": {"name": ...}), delete the volume (virsh vol-delete --pool ${t.pool} ${t.volume}), or pass --force (workflow input "force": true) to replace it`,
+      );
     }
     await pool.deleteVolume(t.volume);
   }
@@ -235,7 +250,9 @@ export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onC
     const path = await pool.createVolume(t.volume, t.sizeBytes, t.format, s.type, `${tmp}.volume.xml`, t.signal);
     created = true;
     if (!(await stat(path).catch(() => undefined))) {
-      throw new RecoveryRequestInvalid(`volume '${t.volume}' of storage pool '${t.pool}' is at ${path} on the libvirt host, which this mover cannot see: a pool restore must run on a mover on the host of ${t.uri}`);
+      throw new RecoveryRequestInvalid(
+        `volume '${t.volume}' of storage pool '${t.pool}' is at ${path} on the libvirt host, which this mover cannot see: a pool restore must run on a mover on the host of ${t.uri}`,
+      );
     }
     const thin = FILE_POOLS.has(s.type);
     if (t.format === 'raw') {
@@ -245,11 +262,26 @@ export async function restoreIntoVolume(t: PoolDiskTarget, write: WriteDisk, onC
     await checkWorkRoom(dirname(tmp), t.dataBytes, t.diskId);
     const r = await write(tmp, { targetKind: 'file', targetZeroed: false });
     t.signal?.throwIfAborted();
-    await qemuImg(t.qemuImg, ['convert', '-p', '-n', ...(thin ? ['--target-is-zero'] : []), '-f', 'raw', '-O', 'qcow2', '--', tmp, path],
-      `converting disk ${t.diskId} into volume '${t.volume}' of storage pool '${t.pool}'`, t.signal, (pct) => onConvert?.(Math.round((pct / 100) * t.sizeBytes)));
+    await qemuImg(
+      t.qemuImg,
+      ['convert', '-p', '-n', ...(thin ? ['--target-is-zero'] : []), '-f', 'raw', '-O', 'qcow2', '--', tmp, path],
+      `converting disk ${t.diskId} into volume '${t.volume}' of storage pool '${t.pool}'`,
+      t.signal,
+      (pct) => onConvert?.(Math.round((pct / 100) * t.sizeBytes)),
+    );
     // What the volume holds is re-read and compared with the raw copy, whose every chunk was checked.
-    const same = await qemuImg(t.qemuImg, ['compare', '-q', '-f', 'raw', '-F', 'qcow2', '--', tmp, path], `comparing volume '${t.volume}' with the restored disk ${t.diskId}`, t.signal, undefined, [0, 1]);
-    if (same !== 0) throw new RestoreMismatch(`volume '${t.volume}' of storage pool '${t.pool}' (${path}) does not read back as the restored disk ${t.diskId} after qemu-img convert`);
+    const same = await qemuImg(
+      t.qemuImg,
+      ['compare', '-q', '-f', 'raw', '-F', 'qcow2', '--', tmp, path],
+      `comparing volume '${t.volume}' with the restored disk ${t.diskId}`,
+      t.signal,
+      undefined,
+      [0, 1],
+    );
+    if (same !== 0)
+      throw new RestoreMismatch(
+        `volume '${t.volume}' of storage pool '${t.pool}' (${path}) does not read back as the restored disk ${t.diskId} after qemu-img convert`,
+      );
     return { volume: { pool: t.pool, name: t.volume, format: t.format }, path, ...r };
   } catch (err) {
     // Only a volume this attempt made: creating fails when another took the name meanwhile.
@@ -268,12 +300,21 @@ async function checkWorkRoom(dir: string, bytes: number, diskId: string): Promis
   const fs = await statfs(dir);
   const free = fs.bavail * fs.bsize;
   if (free < bytes) {
-    throw new RecoveryRequestInvalid(`the mover's work folder ${dir} has ${mib(free)} free; disk ${diskId} is restored there as raw (${mib(bytes)} of data) before it is converted into the qcow2 volume: free space there, point LIFEBOAT_WORK_DIR at a larger file system, or restore as raw (--raw, "format": "raw")`);
+    throw new RecoveryRequestInvalid(
+      `the mover's work folder ${dir} has ${mib(free)} free; disk ${diskId} is restored there as raw (${mib(bytes)} of data) before it is converted into the qcow2 volume: free space there, point LIFEBOAT_WORK_DIR at a larger file system, or restore as raw (--raw, "format": "raw")`,
+    );
   }
 }
 
 /** Runs qemu-img; `-p` progress (percent) goes to `onPercent`. Resolves with the exit code when it is one of `ok`. */
-function qemuImg(program = 'qemu-img', args: string[], what: string, signal?: AbortSignal, onPercent?: (pct: number) => void, ok: number[] = [0]): Promise<number> {
+function qemuImg(
+  program = 'qemu-img',
+  args: string[],
+  what: string,
+  signal?: AbortSignal,
+  onPercent?: (pct: number) => void,
+  ok: number[] = [0],
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(signal ? { signal } : {}) });
     let stderr = '';
@@ -281,11 +322,22 @@ function qemuImg(program = 'qemu-img', args: string[], what: string, signal?: Ab
       const all = [...b.toString().matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
       if (all.length) onPercent?.(Number(all[all.length - 1]![1]));
     });
-    child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
-    child.on('error', (err) => reject(err.name === 'AbortError' ? err : new RecoveryRequestInvalid(`${what}: ${program} could not run (${err.message}); install qemu-utils on the mover`)));
+    child.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString();
+    });
+    child.on('error', (err) =>
+      reject(
+        err.name === 'AbortError' ? err : new RecoveryRequestInvalid(`${what}: ${program} could not run (${err.message}); install qemu-utils on the mover`),
+      ),
+    );
     child.on('close', (code) => {
       if (code !== null && ok.includes(code)) resolve(code);
-      else reject(new RecoveryRequestInvalid(`${what} failed: ${stderr.trim() || `qemu-img exited ${code}`}; check the pool's storage, or restore as raw ("format": "raw")`));
+      else
+        reject(
+          new RecoveryRequestInvalid(
+            `${what} failed: ${stderr.trim() || `qemu-img exited ${code}`}; check the pool's storage, or restore as raw ("format": "raw")`,
+          ),
+        );
     });
   });
 }

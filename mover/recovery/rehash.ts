@@ -23,13 +23,21 @@ export interface RehashResult {
  * device reports size 0 to stat); only its first `sizeBytes` are checked. The manifest is
  * read a batch (a format-3 piece) at a time.
  */
-export async function rehashDisk(o: { keys: RepositoryKeys; manifest: ManifestReader; path: string; device?: boolean; signal?: AbortSignal; onProgress?: (bytesDone: number) => void }): Promise<RehashResult> {
+export async function rehashDisk(o: {
+  keys: RepositoryKeys;
+  manifest: ManifestReader;
+  path: string;
+  device?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (bytesDone: number) => void;
+}): Promise<RehashResult> {
   const { backupId, diskId, sizeBytes, chunkSize } = o.manifest.info;
   const fh = await openFile(o.path, 'r');
   try {
     const st = await fh.stat();
     const size = st.size;
-    if (o.device ? st.isFile() && size < sizeBytes : size !== sizeBytes) throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} is ${size} bytes, the backup's disk is ${sizeBytes}`);
+    if (o.device ? st.isFile() && size < sizeBytes : size !== sizeBytes)
+      throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} is ${size} bytes, the backup's disk is ${sizeBytes}`);
     // Read in blocks of whole chunks (about 4 MiB): one read per block, not per chunk.
     const perBlock = Math.max(1, Math.floor(BLOCK_BYTES / chunkSize));
     const buf = Buffer.alloc(perBlock * chunkSize);
@@ -52,11 +60,14 @@ export async function rehashDisk(o: { keys: RepositoryKeys; manifest: ManifestRe
           const view = buf.subarray(at, Math.min(at + chunkSize, length));
           const expected = b.id(k);
           if (expected === null) {
-            if (!isZero(view)) throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} at offset ${offset} holds data where the backup has zeros`);
+            if (!isZero(view))
+              throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} at offset ${offset} holds data where the backup has zeros`);
           } else if (chunkId(o.keys, view) !== expected) {
             const loc = b.location(k)!;
             const stored = `${loc.key}${loc.pack ? ` bytes ${loc.offset}+${loc.length}` : ''}`;
-            throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} at offset ${offset} does not match chunk ${expected} (stored in ${stored}; written wrong, or changed since)`);
+            throw new RestoreMismatch(
+              `disk '${diskId}' of backup ${backupId}: ${o.path} at offset ${offset} does not match chunk ${expected} (stored in ${stored}; written wrong, or changed since)`,
+            );
           }
           chunksVerified++;
         }

@@ -56,7 +56,14 @@ export interface ReplicaState {
 
 export const replicaPaths = (replicaDir: string, vmId: string) => {
   const dir = join(replicaDir, vmId);
-  return { dir, state: join(dir, 'replica.json'), layers: join(dir, 'layers'), active: join(dir, 'active'), consoleLog: join(dir, 'console.log'), xml: join(dir, 'domain.xml') };
+  return {
+    dir,
+    state: join(dir, 'replica.json'),
+    layers: join(dir, 'layers'),
+    active: join(dir, 'active'),
+    consoleLog: join(dir, 'console.log'),
+    xml: join(dir, 'domain.xml'),
+  };
 };
 
 export async function readReplicaState(replicaDir: string, vmId: string): Promise<ReplicaState | undefined> {
@@ -78,7 +85,8 @@ export async function qemuImg(args: string[]): Promise<string> {
     return (await run('qemu-img', args, { maxBuffer: 16 * 1024 * 1024 })).stdout;
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT') throw new RecoveryRequestInvalid('qemu-img is not installed on this DR mover (Debian: apt-get install qemu-utils); replica VMs need it');
+    if (e.code === 'ENOENT')
+      throw new RecoveryRequestInvalid('qemu-img is not installed on this DR mover (Debian: apt-get install qemu-utils); replica VMs need it');
     throw new Corrupt(`qemu-img ${args.join(' ')} failed: ${e.stderr?.trim() || e.message}`, err);
   }
 }
@@ -94,7 +102,9 @@ export function mapNetwork(map: NetworkMap, site: string, vmId: string) {
   return (name: string): string => {
     const to = map[name];
     if (to === undefined) {
-      throw new RecoveryRequestInvalid(`network '${name}' of VM '${vmId}' is missing from the network map of the DR site (${site}; mapped: ${Object.keys(map).join(', ') || 'none'}): add "${name}": "<network at the DR site>" to its networkMap in the configuration`);
+      throw new RecoveryRequestInvalid(
+        `network '${name}' of VM '${vmId}' is missing from the network map of the DR site (${site}; mapped: ${Object.keys(map).join(', ') || 'none'}): add "${name}": "<network at the DR site>" to its networkMap in the configuration`,
+      );
     }
     return to;
   };
@@ -108,7 +118,9 @@ async function withImageWriter<T>(image: string, write: (nbd: NbdClient) => Prom
   // Its own short folder: a unix socket path has at most 107 bytes, a replica's folder may be deep.
   const sockDir = await mkdtemp(join(tmpdir(), 'lifeboat-replica-'));
   const socket = join(sockDir, 'nbd.sock');
-  const child = spawn('qemu-nbd', ['--format=qcow2', '--cache=writeback', '--discard=unmap', `--socket=${socket}`, '--', image], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('qemu-nbd', ['--format=qcow2', '--cache=writeback', '--discard=unmap', `--socket=${socket}`, '--', image], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = once(child, 'exit').catch(() => [null]);
@@ -141,10 +153,20 @@ interface DiskWrite {
 }
 
 /** Writes into a new layer over `fromLayer` (or a fresh image) the chunks of the target backup that differ from `fromBackupId`'s. */
-async function writeLayer(job: ReplicateJob, diskId: string, layer: string, fromLayer: string | undefined, fromBackupId: string | undefined, d: UpdateReplicaDeps): Promise<DiskWrite> {
+async function writeLayer(
+  job: ReplicateJob,
+  diskId: string,
+  layer: string,
+  fromLayer: string | undefined,
+  fromBackupId: string | undefined,
+  d: UpdateReplicaDeps,
+): Promise<DiskWrite> {
   // Both manifests are read a piece at a time, in step: memory stays bounded whatever the disk's size.
   const target = await ManifestReader.open(d.store, d.keys, job.backupId, diskId);
-  if (!target) throw new Corrupt(`manifest of disk '${diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`);
+  if (!target)
+    throw new Corrupt(
+      `manifest of disk '${diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`,
+    );
   const from = fromBackupId ? await ManifestReader.open(d.store, d.keys, fromBackupId, diskId) : undefined;
   const { chunkSize, sizeBytes } = target.info;
   if (fromLayer) await createOverlay(layer, fromLayer, sizeBytes);
@@ -156,33 +178,38 @@ async function writeLayer(job: ReplicateJob, diskId: string, layer: string, from
   const base = fromLayer && from && diffable(from.info, target.info) ? new ManifestCursor(from) : undefined;
   const out: DiskWrite = { diskId, layer, chunksWritten: 0, bytesWritten: 0, chunksUnchanged: 0 };
   try {
-    await withImageWriter(layer, async (nbd) => {
-      const inFlight = new Set<Promise<void>>();
-      for await (const batch of target.batches()) for (let k = 0; k < batch.count; k++) {
-        d.signal?.throwIfAborted();
-        const i = batch.firstChunk + k;
-        const want = batch.id(k);
-        // A fresh image reads as zeros: its holes need no write.
-        if (base ? await sameAs(base, i, want) : !fromLayer && want === null) {
-          out.chunksUnchanged++;
-          continue;
-        }
-        const offset = i * chunkSize;
-        const length = Math.min(chunkSize, sizeBytes - offset);
-        const at = want === null ? undefined : batch.location(k)!;
-        const p = (async () => {
-          const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, at!, want, diskId, offset, length);
-          await nbd.write(data, offset);
-        })();
-        inFlight.add(p);
-        void p.finally(() => inFlight.delete(p)).catch(() => {});
-        out.chunksWritten++;
-        out.bytesWritten += length;
-        if (inFlight.size >= d.parallelism) await Promise.race(inFlight);
-        if (out.chunksWritten % 64 === 0) d.onProgress?.();
-      }
-      await Promise.all(inFlight);
-    }, d.signal);
+    await withImageWriter(
+      layer,
+      async (nbd) => {
+        const inFlight = new Set<Promise<void>>();
+        for await (const batch of target.batches())
+          for (let k = 0; k < batch.count; k++) {
+            d.signal?.throwIfAborted();
+            const i = batch.firstChunk + k;
+            const want = batch.id(k);
+            // A fresh image reads as zeros: its holes need no write.
+            if (base ? await sameAs(base, i, want) : !fromLayer && want === null) {
+              out.chunksUnchanged++;
+              continue;
+            }
+            const offset = i * chunkSize;
+            const length = Math.min(chunkSize, sizeBytes - offset);
+            const at = want === null ? undefined : batch.location(k)!;
+            const p = (async () => {
+              const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, at!, want, diskId, offset, length);
+              await nbd.write(data, offset);
+            })();
+            inFlight.add(p);
+            void p.finally(() => inFlight.delete(p)).catch(() => {});
+            out.chunksWritten++;
+            out.bytesWritten += length;
+            if (inFlight.size >= d.parallelism) await Promise.race(inFlight);
+            if (out.chunksWritten % 64 === 0) d.onProgress?.();
+          }
+        await Promise.all(inFlight);
+      },
+      d.signal,
+    );
   } finally {
     await base?.close();
   }
@@ -213,35 +240,60 @@ export async function updateReplicaVm(job: ReplicateJob & { replica: ReplicaJob 
   const virsh = new Virsh(job.replica.uri);
   let state = await readReplicaState(job.replicaDir, job.vmId);
   if (state?.failedOver) {
-    throw new RecoveryRequestInvalid(`the replica of VM '${job.vmId}' (${state.domain}) is failed over (run ${state.failedOver.runId}, since ${state.failedOver.at}): it is not updated while it runs as the VM`);
+    throw new RecoveryRequestInvalid(
+      `the replica of VM '${job.vmId}' (${state.domain}) is failed over (run ${state.failedOver.runId}, since ${state.failedOver.at}): it is not updated while it runs as the VM`,
+    );
   }
   if (state && (await domainExists(virsh, state.domain)) && (await virsh.run(['domstate', '--', state.domain])).trim() !== 'shut off') {
-    throw new RecoveryRequestInvalid(`the replica domain ${state.domain} of VM '${job.vmId}' is not shut off on ${job.replica.uri}: a replica is kept powered off; shut it down (or fail over with the FailoverPlan workflow) before the next replication`);
+    throw new RecoveryRequestInvalid(
+      `the replica domain ${state.domain} of VM '${job.vmId}' is not shut off on ${job.replica.uri}: a replica is kept powered off; shut it down (or fail over with the FailoverPlan workflow) before the next replication`,
+    );
   }
   const config = await readVmConfig(job.backupId, d);
-  if (config.driver !== 'libvirt' || typeof config.domainXml !== 'string') throw new RecoveryRequestInvalid(`backup ${job.backupId} of VM '${job.vmId}' holds no libvirt domain definition: a replica VM needs one`);
+  if (config.driver !== 'libvirt' || typeof config.domainXml !== 'string')
+    throw new RecoveryRequestInvalid(`backup ${job.backupId} of VM '${job.vmId}' holds no libvirt domain definition: a replica VM needs one`);
   const domain = state?.domain ?? replicaDomainName(String(config.name ?? job.vmId));
   const newest = state?.points.at(-1);
   const summary = (uuid: string, w: DiskWrite[], from: string | null): ReplicaUpdate => ({
-    vmId: job.vmId, domain, uuid, backupId: job.backupId, fromBackupId: from,
-    chunksWritten: w.reduce((n, x) => n + x.chunksWritten, 0), bytesWritten: w.reduce((n, x) => n + x.bytesWritten, 0), chunksUnchanged: w.reduce((n, x) => n + x.chunksUnchanged, 0),
-    points: (state?.points ?? []).map((p) => ({ backupId: p.backupId, recoveryPoint: p.recoveryPoint })), seconds: (performance.now() - started) / 1000,
+    vmId: job.vmId,
+    domain,
+    uuid,
+    backupId: job.backupId,
+    fromBackupId: from,
+    chunksWritten: w.reduce((n, x) => n + x.chunksWritten, 0),
+    bytesWritten: w.reduce((n, x) => n + x.bytesWritten, 0),
+    chunksUnchanged: w.reduce((n, x) => n + x.chunksUnchanged, 0),
+    points: (state?.points ?? []).map((p) => ({ backupId: p.backupId, recoveryPoint: p.recoveryPoint })),
+    seconds: (performance.now() - started) / 1000,
   });
   if (state && state.points.some((p) => p.backupId === job.backupId)) return summary(state.uuid, [], job.backupId);
   // The domain definition is checked (network map) before anything is written.
   const network = mapNetwork(job.replica.networkMap, job.replica.site, job.vmId);
   const diskXml = Object.fromEntries(job.disks.map((x) => [x.diskId, { path: join(paths.active, `${x.diskId}.qcow2`), format: 'qcow2' as const }]));
-  const xml = restoredDomainXml(config.domainXml, { name: domain, disks: diskXml, consoleLog: paths.consoleLog, network, description: `Lifeboat replica of VM ${job.vmId}: kept powered off, updated by replication; boot it with a failover` });
+  const xml = restoredDomainXml(config.domainXml, {
+    name: domain,
+    disks: diskXml,
+    consoleLog: paths.consoleLog,
+    network,
+    description: `Lifeboat replica of VM ${job.vmId}: kept powered off, updated by replication; boot it with a failover`,
+  });
 
   await mkdir(paths.layers, { recursive: true });
   await mkdir(paths.active, { recursive: true });
-  const seq = String((state?.points.length ? Math.max(...state.points.map((p) => Number(/-(\d+)-[^/]*$/.exec(Object.values(p.layers)[0] ?? '')?.[1] ?? 0))) : 0) + 1).padStart(4, '0');
+  const seq = String(
+    (state?.points.length ? Math.max(...state.points.map((p) => Number(/-(\d+)-[^/]*$/.exec(Object.values(p.layers)[0] ?? '')?.[1] ?? 0))) : 0) + 1,
+  ).padStart(4, '0');
   const writes: DiskWrite[] = [];
   for (const disk of job.disks) {
     const layer = join(paths.layers, `${disk.diskId}-${seq}-${job.backupId}.qcow2`);
     writes.push(await writeLayer(job, disk.diskId, layer, newest?.layers[disk.diskId], newest?.layers[disk.diskId] ? newest.backupId : undefined, d));
   }
-  const point: ReplicaPoint = { backupId: job.backupId, recoveryPoint: job.recoveryPoint, createdAt: (d.now?.() ?? new Date()).toISOString(), layers: Object.fromEntries(writes.map((w) => [w.diskId, w.layer])) };
+  const point: ReplicaPoint = {
+    backupId: job.backupId,
+    recoveryPoint: job.recoveryPoint,
+    createdAt: (d.now?.() ?? new Date()).toISOString(),
+    layers: Object.fromEntries(writes.map((w) => [w.diskId, w.layer])),
+  };
   for (const w of writes) await createOverlay(join(paths.active, `${w.diskId}.qcow2`), w.layer);
   let uuid = state?.uuid ?? '';
   if (!state || !(await domainExists(virsh, domain))) {

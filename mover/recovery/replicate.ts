@@ -80,15 +80,24 @@ async function copyChunkObjects(job: ReplicateJob, diskId: string, chunks: Refer
     // Cheap path first: a chunk the target has (of the recorded size) is not read at all.
     const there = await d.target.store.head(key);
     if (there && there.size === length) return;
-    const n = await copyIfMissing(key, d, async (sealed) => {
-      let plain: Buffer;
-      try {
-        plain = await open(d.source.keys, sealed, id);
-      } catch (err) {
-        throw new Corrupt(`chunk ${key} of disk '${diskId}' (backup ${job.backupId}) is damaged in the source repository; not replicated: ${(err as Error).message}`, err);
-      }
-      if (chunkId(d.source.keys, plain) !== id) throw new Corrupt(`chunk ${key} of disk '${diskId}' (backup ${job.backupId}) does not match its id in the source repository; not replicated`);
-    }, true);
+    const n = await copyIfMissing(
+      key,
+      d,
+      async (sealed) => {
+        let plain: Buffer;
+        try {
+          plain = await open(d.source.keys, sealed, id);
+        } catch (err) {
+          throw new Corrupt(
+            `chunk ${key} of disk '${diskId}' (backup ${job.backupId}) is damaged in the source repository; not replicated: ${(err as Error).message}`,
+            err,
+          );
+        }
+        if (chunkId(d.source.keys, plain) !== id)
+          throw new Corrupt(`chunk ${key} of disk '${diskId}' (backup ${job.backupId}) does not match its id in the source repository; not replicated`);
+      },
+      true,
+    );
     if (n > 0) {
       out.chunksCopied++;
       out.bytesCopied += n;
@@ -136,7 +145,8 @@ class PackCopier {
     const body = await d.source.store.get(key);
     const where = `pack ${key} (chunks of disk '${diskId}', backup ${job.backupId})`;
     if (!body) throw new Corrupt(`${where} is missing from the source repository; not replicated`);
-    if (body.length !== ref.size) throw new Corrupt(`${where} is ${body.length} bytes in the source repository, the manifest records ${ref.size}; not replicated`);
+    if (body.length !== ref.size)
+      throw new Corrupt(`${where} is ${body.length} bytes in the source repository, the manifest records ${ref.size}; not replicated`);
     for (const { id, offset, length } of chunks) {
       const chunk = `chunk ${id} in ${key} bytes ${offset}+${length} (disk '${diskId}', backup ${job.backupId})`;
       let plain: Buffer;
@@ -213,7 +223,12 @@ export async function replicateDisk(job: ReplicateJob, disk: { diskId: string },
   await packs.writeIndex();
   const copied = version === 1 ? objects : packs.out;
   let bytesCopied = copied.bytesCopied;
-  if (index === 0) bytesCopied += await copyIfMissing(objectKeys.vmConfig(job.backupId), d, async (sealed) => void (await open(d.source.keys, sealed, `vm-config:${job.backupId}`)));
+  if (index === 0)
+    bytesCopied += await copyIfMissing(
+      objectKeys.vmConfig(job.backupId),
+      d,
+      async (sealed) => void (await open(d.source.keys, sealed, `vm-config:${job.backupId}`)),
+    );
   // Then a format-3 manifest's pieces, and the manifest last: a DR manifest only ever names chunks that are there.
   for (const p of manifest.pieces()) {
     bytesCopied += await copyIfMissing(p.key, d, async (sealed) => void (await open(d.source.keys, sealed, piecePurpose(p.key))));

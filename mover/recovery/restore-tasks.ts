@@ -37,7 +37,9 @@ export async function claimRestoreFolder(job: RestoreJob): Promise<void> {
   if (entries.includes(marker.slice(job.target.length + 1))) return;
   if (entries.length > 0 && !job.force) {
     const shown = entries.slice(0, 5).join(', ') + (entries.length > 5 ? `, ... (${entries.length} entries)` : '');
-    throw new RecoveryRequestInvalid(`restore target folder ${job.target} is not empty (it holds ${shown}); a whole-VM restore would overwrite or mix with what is there: ${FORCE_HINT}`);
+    throw new RecoveryRequestInvalid(
+      `restore target folder ${job.target} is not empty (it holds ${shown}); a whole-VM restore would overwrite or mix with what is there: ${FORCE_HINT}`,
+    );
   }
   await writeFile(marker, `${job.vmId} ${job.backupId}\n`);
 }
@@ -77,7 +79,10 @@ export const workDirOf = (d: { workDir?: string }) => d.workDir ?? join(tmpdir()
 
 async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store: ObjectStore; keys: RepositoryKeys }) {
   const manifest = await ManifestReader.open(d.store, d.keys, job.backupId, disk.diskId);
-  if (!manifest) throw new Corrupt(`manifest ${objectKeys.manifest(job.backupId, disk.diskId)} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`);
+  if (!manifest)
+    throw new Corrupt(
+      `manifest ${objectKeys.manifest(job.backupId, disk.diskId)} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`,
+    );
   return { manifest, sealedBytes: manifest.headBytes, sizeBytes: manifest.info.sizeBytes };
 }
 
@@ -93,31 +98,65 @@ export async function readVmConfig(backupId: string, d: { store: ObjectStore; ke
  * after the restored domain (pool-volumes.ts); the restore folder keeps vm.json, the
  * domain's definition and its console log.
  */
-async function restoreDiskToPool(job: RestoreJob, define: DefineDomainRequest & { pool: string }, disk: RestoreDiskTarget, d: RestoreTaskDeps): Promise<RestoredDisk> {
+async function restoreDiskToPool(
+  job: RestoreJob,
+  define: DefineDomainRequest & { pool: string },
+  disk: RestoreDiskTarget,
+  d: RestoreTaskDeps,
+): Promise<RestoredDisk> {
   const started = performance.now();
   await claimRestoreFolder(job);
   const { manifest, sealedBytes, sizeBytes } = await readManifest(job, disk, d);
   const format = define.format ?? 'qcow2';
   const volume = volumeName(restoredDomainName(await readVmConfig(job.backupId, d), job.backupId, define), disk.diskId, format);
   const dataBytes = Math.min(sizeBytes, (await manifest.storedChunks()) * manifest.info.chunkSize);
-  const r = await restoreIntoVolume({
-    uri: define.uri, pool: define.pool, volume, format, diskId: disk.diskId, sizeBytes, dataBytes,
-    restoreId: job.restoreId, force: !!job.force, workDir: workDirOf(d), ...(d.signal ? { signal: d.signal } : {}),
-  }, async (path, kind) => {
-    const written = await restoreDisk({
-      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, ...(d.inFlightBytes ? { inFlightBytes: d.inFlightBytes } : {}), ...kind,
-      onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
-    });
-    d.signal?.throwIfAborted();
-    const check = await rehashDisk({
-      keys: d.keys, manifest, path, device: kind.targetKind === 'device', ...(d.signal ? { signal: d.signal } : {}),
-      onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'rehash' }),
-    });
-    return { sha256: check.sha256, chunksVerified: check.chunksVerified, bytesDownloaded: written.bytesDownloaded + sealedBytes };
-  }, (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'convert' }));
+  const r = await restoreIntoVolume(
+    {
+      uri: define.uri,
+      pool: define.pool,
+      volume,
+      format,
+      diskId: disk.diskId,
+      sizeBytes,
+      dataBytes,
+      restoreId: job.restoreId,
+      force: !!job.force,
+      workDir: workDirOf(d),
+      ...(d.signal ? { signal: d.signal } : {}),
+    },
+    async (path, kind) => {
+      const written = await restoreDisk({
+        store: d.store,
+        keys: d.keys,
+        backupId: job.backupId,
+        diskId: disk.diskId,
+        target: path,
+        ...(d.inFlightBytes ? { inFlightBytes: d.inFlightBytes } : {}),
+        ...kind,
+        onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
+      });
+      d.signal?.throwIfAborted();
+      const check = await rehashDisk({
+        keys: d.keys,
+        manifest,
+        path,
+        device: kind.targetKind === 'device',
+        ...(d.signal ? { signal: d.signal } : {}),
+        onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'rehash' }),
+      });
+      return { sha256: check.sha256, chunksVerified: check.chunksVerified, bytesDownloaded: written.bytesDownloaded + sealedBytes };
+    },
+    (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'convert' }),
+  );
   return {
-    diskId: disk.diskId, path: r.path, sizeBytes, bytesDownloaded: r.bytesDownloaded, chunksVerified: r.chunksVerified,
-    sha256: r.sha256, seconds: (performance.now() - started) / 1000, volume: r.volume,
+    diskId: disk.diskId,
+    path: r.path,
+    sizeBytes,
+    bytesDownloaded: r.bytesDownloaded,
+    chunksVerified: r.chunksVerified,
+    sha256: r.sha256,
+    seconds: (performance.now() - started) / 1000,
+    volume: r.volume,
   };
 }
 
@@ -156,12 +195,22 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
   const path = targetKind === 'device' ? disk.path : partialPath(disk.path);
   try {
     const written = await restoreDisk({
-      store: d.store, keys: d.keys, backupId: job.backupId, diskId: disk.diskId, target: path, ...(d.inFlightBytes ? { inFlightBytes: d.inFlightBytes } : {}), targetKind,
+      store: d.store,
+      keys: d.keys,
+      backupId: job.backupId,
+      diskId: disk.diskId,
+      target: path,
+      ...(d.inFlightBytes ? { inFlightBytes: d.inFlightBytes } : {}),
+      targetKind,
       onProgress: (bytesDone, sizeBytes) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'write' }),
     });
     d.signal?.throwIfAborted();
     const check = await rehashDisk({
-      keys: d.keys, manifest, path, device: targetKind === 'device', ...(d.signal ? { signal: d.signal } : {}),
+      keys: d.keys,
+      manifest,
+      path,
+      device: targetKind === 'device',
+      ...(d.signal ? { signal: d.signal } : {}),
       onProgress: (bytesDone) => d.onProgress?.({ diskId: disk.diskId, bytesDone, sizeBytes, phase: 'rehash' }),
     });
     if (path !== disk.path) {
@@ -169,8 +218,13 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
       await syncDir(dirname(disk.path));
     }
     return {
-      diskId: disk.diskId, path: disk.path, sizeBytes: written.sizeBytes, bytesDownloaded: written.bytesDownloaded + sealedBytes,
-      chunksVerified: check.chunksVerified, sha256: check.sha256, seconds: (performance.now() - started) / 1000,
+      diskId: disk.diskId,
+      path: disk.path,
+      sizeBytes: written.sizeBytes,
+      bytesDownloaded: written.bytesDownloaded + sealedBytes,
+      chunksVerified: check.chunksVerified,
+      sha256: check.sha256,
+      seconds: (performance.now() - started) / 1000,
     };
   } catch (err) {
     if (path !== disk.path) await rm(path, { force: true });
@@ -179,25 +233,48 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
 }
 
 /** Writes `vm.json` into the restore folder: the VM's configuration at backup time and its restored disks. */
-export async function restoreVmConfigTask(job: RestoreJob, disks: RestoredDisk[], d: { store: ObjectStore; keys: RepositoryKeys; workDir?: string }, opts: { signal?: AbortSignal; onWait?: () => void } = {}): Promise<{ path: string; domain?: DefinedDomain }> {
+export async function restoreVmConfigTask(
+  job: RestoreJob,
+  disks: RestoredDisk[],
+  d: { store: ObjectStore; keys: RepositoryKeys; workDir?: string },
+  opts: { signal?: AbortSignal; onWait?: () => void } = {},
+): Promise<{ path: string; domain?: DefinedDomain }> {
   const config = await readVmConfig(job.backupId, d);
   const path = join(job.target, 'vm.json');
   await mkdir(job.target, { recursive: true });
   // The disk tasks claimed the folder (or were forced); a standby folder is the replica's own.
   const restored = {
     ...config,
-    disks: disks.map((x) => ({ id: x.diskId, file: x.path.startsWith(`${job.target}/`) ? x.path.slice(job.target.length + 1) : x.path, sizeBytes: x.sizeBytes, sha256: x.sha256, ...(x.volume ? { volume: x.volume } : {}) })),
+    disks: disks.map((x) => ({
+      id: x.diskId,
+      file: x.path.startsWith(`${job.target}/`) ? x.path.slice(job.target.length + 1) : x.path,
+      sizeBytes: x.sizeBytes,
+      sha256: x.sha256,
+      ...(x.volume ? { volume: x.volume } : {}),
+    })),
     restoredFrom: { vmId: job.vmId, backupId: job.backupId, restoreId: job.restoreId },
   };
   await writeFile(partialPath(path), JSON.stringify(restored, null, 2), { flush: true });
   await rename(partialPath(path), path);
   await rm(claimMarker(job), { force: true });
   if (!job.define) return { path };
-  if (!job.define.pool) return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, ...opts }) };
+  if (!job.define.pool)
+    return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, ...opts }) };
   // Volumes this restore created are its own until the domain is defined: a failure before deletes them.
   const workDir = workDirOf(d);
   try {
-    return { path, domain: await defineRestoredDomain({ config, backupId: job.backupId, target: job.target, disks, define: job.define, ...opts, onDefined: () => releasePoolVolumes(workDir, job.restoreId) }) };
+    return {
+      path,
+      domain: await defineRestoredDomain({
+        config,
+        backupId: job.backupId,
+        target: job.target,
+        disks,
+        define: job.define,
+        ...opts,
+        onDefined: () => releasePoolVolumes(workDir, job.restoreId),
+      }),
+    };
   } catch (err) {
     await discardPoolVolumes(workDir, job.restoreId).catch(() => {});
     throw err;

@@ -56,7 +56,9 @@ export async function ownerOfThisProcess(leaseMs: number, now = Date.now()): Pro
 function parseOwner(text: string | undefined): RestoreTestOwner | undefined {
   try {
     const o = JSON.parse(text ?? '') as Partial<RestoreTestOwner>;
-    return typeof o.host === 'string' && typeof o.pid === 'number' && typeof o.start === 'string' && typeof o.expires === 'string' ? o as RestoreTestOwner : undefined;
+    return typeof o.host === 'string' && typeof o.pid === 'number' && typeof o.start === 'string' && typeof o.expires === 'string'
+      ? (o as RestoreTestOwner)
+      : undefined;
   } catch {
     return undefined;
   }
@@ -80,7 +82,10 @@ export async function isLeftover(owner: RestoreTestOwner, now = Date.now()): Pro
  */
 export async function sweepRestoreTests(virsh: Virsh, root: string, logger?: Logger, now = Date.now()): Promise<string[]> {
   const swept: string[] = [];
-  const domains = (await virsh.run(['list', '--all', '--name'])).split('\n').map((l) => l.trim()).filter((n) => n.startsWith(RESTORE_TEST_PREFIX));
+  const domains = (await virsh.run(['list', '--all', '--name']))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith(RESTORE_TEST_PREFIX));
   for (const name of domains) {
     const owner = parseOwner(await virsh.run(['desc', '--', name]).catch(() => undefined));
     if (owner && !(await isLeftover(owner, now))) continue;
@@ -109,12 +114,20 @@ export async function sweepRestoreTests(virsh: Virsh, root: string, logger?: Log
 async function domainDiskPaths(virsh: Virsh, name: string): Promise<string[]> {
   const out = await virsh.run(['domblklist', '--details', '--', name]).catch(() => '');
   // Lines: type, device, target, source.
-  return out.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 4 && f[3]!.startsWith('/')).map((f) => f.slice(3).join(' '));
+  return out
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f.length >= 4 && f[3]!.startsWith('/'))
+    .map((f) => f.slice(3).join(' '));
 }
 
 /** A test domain's name: the prefix, the VM's name (shortened, made safe) and a random part, so tests never collide. */
 export function restoreTestDomainName(vmName: string): string {
-  const safe = vmName.replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 24) || 'vm';
+  const safe =
+    vmName
+      .replace(/[^A-Za-z0-9._-]/g, '-')
+      .replace(/^[^A-Za-z0-9]+/, '')
+      .slice(0, 24) || 'vm';
   return `${RESTORE_TEST_PREFIX}${safe}-${randomBytes(4).toString('hex')}`;
 }
 
@@ -148,22 +161,52 @@ export async function restoreTestTask(job: RestoreTestJob, d: RestoreTestDeps): 
   try {
     const started = performance.now();
     const restore: RestoreJob = {
-      restoreId: job.testId, vmId: job.vmId, backupId: job.backupId, moverGroup: job.moverGroup, repository: job.repository,
-      target: folder, diskId: null, force: true, disks: job.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes, path: join(folder, `${x.diskId}.raw`) })),
+      restoreId: job.testId,
+      vmId: job.vmId,
+      backupId: job.backupId,
+      moverGroup: job.moverGroup,
+      repository: job.repository,
+      target: folder,
+      diskId: null,
+      force: true,
+      disks: job.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes, path: join(folder, `${x.diskId}.raw`) })),
     };
     const restored: RestoredDisk[] = [];
     for (const disk of restore.disks) {
-      restored.push(await restoreDiskTask(restore, disk, { store: d.store, keys: d.keys, parallelism: d.parallelism, ...(d.signal ? { signal: d.signal } : {}), onProgress: () => d.progress() }));
+      restored.push(
+        await restoreDiskTask(restore, disk, {
+          store: d.store,
+          keys: d.keys,
+          parallelism: d.parallelism,
+          ...(d.signal ? { signal: d.signal } : {}),
+          onProgress: () => d.progress(),
+        }),
+      );
     }
     const restoreSeconds = (performance.now() - started) / 1000;
     const owner = await ownerOfThisProcess(job.timeoutSeconds * 1000 + DOMAIN_GRACE_MS);
-    const { domain } = await restoreVmConfigTask({
-      ...restore, define: { uri: job.uri, name, format: 'qcow2', bootCheck: defineBootCheck(job.bootCheck, job.timeoutSeconds), description: JSON.stringify(owner) },
-    }, restored, { store: d.store, keys: d.keys }, { ...(d.signal ? { signal: d.signal } : {}), onWait: () => d.progress() });
+    const { domain } = await restoreVmConfigTask(
+      {
+        ...restore,
+        define: { uri: job.uri, name, format: 'qcow2', bootCheck: defineBootCheck(job.bootCheck, job.timeoutSeconds), description: JSON.stringify(owner) },
+      },
+      restored,
+      { store: d.store, keys: d.keys },
+      { ...(d.signal ? { signal: d.signal } : {}), onWait: () => d.progress() },
+    );
     const check = domain!.bootCheck!;
     const result: RestoreTestResult = {
-      testId: job.testId, vmId: job.vmId, backupId: job.backupId, domain: name, passed: check.passed, seconds: check.seconds, restoreSeconds,
-      ...(check.line ? { line: check.line } : {}), ...(check.agent !== undefined ? { agent: check.agent } : {}), ...(check.reason ? { reason: check.reason } : {}), swept,
+      testId: job.testId,
+      vmId: job.vmId,
+      backupId: job.backupId,
+      domain: name,
+      passed: check.passed,
+      seconds: check.seconds,
+      restoreSeconds,
+      ...(check.line ? { line: check.line } : {}),
+      ...(check.agent !== undefined ? { agent: check.agent } : {}),
+      ...(check.reason ? { reason: check.reason } : {}),
+      swept,
     };
     d.logger?.info('restoretest.finished', { ...result });
     return result;

@@ -43,13 +43,25 @@ async function writeState(path: string, s: DiskState): Promise<void> {
   await rename(`${path}.tmp`, path);
 }
 
-export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: string }, d: { store: ObjectStore; keys: RepositoryKeys; signal?: AbortSignal; onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void }): Promise<StandbyDisk> {
+export async function updateStandbyDisk(
+  job: ReplicateJob,
+  disk: { diskId: string },
+  d: {
+    store: ObjectStore;
+    keys: RepositoryKeys;
+    signal?: AbortSignal;
+    onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void;
+  },
+): Promise<StandbyDisk> {
   const started = performance.now();
   if (!job.replicaDir) throw new RecoveryRequestInvalid(`replication ${job.replicationId} names no replica folder`);
   const paths = standbyPaths(job.replicaDir, job.vmId, disk.diskId);
   // Both manifests are read a piece at a time, in step (memory stays bounded whatever the disk's size).
   const target = await ManifestReader.open(d.store, d.keys, job.backupId, disk.diskId);
-  if (!target) throw new Corrupt(`manifest of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`);
+  if (!target)
+    throw new Corrupt(
+      `manifest of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`,
+    );
   const state = await readState(paths.state);
   // Incremental only from a replica known to hold a whole backup whose manifest is still there.
   const from = state?.state === 'current' ? await ManifestReader.open(d.store, d.keys, state.backupId, disk.diskId) : undefined;
@@ -70,32 +82,33 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
   try {
     const buf = Buffer.alloc(chunkSize);
     const { size } = await fh.stat();
-    for await (const batch of target.batches()) for (let k = 0; k < batch.count; k++) {
-      const i = batch.firstChunk + k;
-      d.signal?.throwIfAborted();
-      const offset = i * chunkSize;
-      const length = Math.min(chunkSize, sizeBytes - offset);
-      const want = batch.id(k);
-      let same: boolean;
-      if (fromUsable && fromCursor && size === fromUsable.sizeBytes && i < fromUsable.to && offset + length <= fromUsable.sizeBytes) {
-        same = ((await fromCursor.at(i))?.id ?? null) === want && Math.min(fromUsable.chunkSize, fromUsable.sizeBytes - offset) === length;
-      } else {
-        // No trustworthy state: compare with what the file holds (past its end it reads as the zeros the final truncate adds).
-        const view = buf.subarray(0, length);
-        const { bytesRead } = await fh.read(view, 0, length, offset);
-        if (bytesRead < length) view.fill(0, bytesRead);
-        same = want === null ? isZero(view) : chunkId(d.keys, view) === want;
+    for await (const batch of target.batches())
+      for (let k = 0; k < batch.count; k++) {
+        const i = batch.firstChunk + k;
+        d.signal?.throwIfAborted();
+        const offset = i * chunkSize;
+        const length = Math.min(chunkSize, sizeBytes - offset);
+        const want = batch.id(k);
+        let same: boolean;
+        if (fromUsable && fromCursor && size === fromUsable.sizeBytes && i < fromUsable.to && offset + length <= fromUsable.sizeBytes) {
+          same = ((await fromCursor.at(i))?.id ?? null) === want && Math.min(fromUsable.chunkSize, fromUsable.sizeBytes - offset) === length;
+        } else {
+          // No trustworthy state: compare with what the file holds (past its end it reads as the zeros the final truncate adds).
+          const view = buf.subarray(0, length);
+          const { bytesRead } = await fh.read(view, 0, length, offset);
+          if (bytesRead < length) view.fill(0, bytesRead);
+          same = want === null ? isZero(view) : chunkId(d.keys, view) === want;
+        }
+        if (same) {
+          chunksUnchanged++;
+        } else {
+          const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, batch.location(k)!, want, disk.diskId, offset, length);
+          await fh.write(data, 0, length, offset);
+          chunksWritten++;
+          bytesWritten += length;
+        }
+        if ((i + 1) % 64 === 0 || i + 1 === chunks) d.onProgress?.({ diskId: disk.diskId, chunksDone: i + 1, chunks, chunksWritten });
       }
-      if (same) {
-        chunksUnchanged++;
-      } else {
-        const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, batch.location(k)!, want, disk.diskId, offset, length);
-        await fh.write(data, 0, length, offset);
-        chunksWritten++;
-        bytesWritten += length;
-      }
-      if ((i + 1) % 64 === 0 || i + 1 === chunks) d.onProgress?.({ diskId: disk.diskId, chunksDone: i + 1, chunks, chunksWritten });
-    }
     await fh.truncate(sizeBytes);
     await fh.sync();
   } finally {
@@ -105,7 +118,14 @@ export async function updateStandbyDisk(job: ReplicateJob, disk: { diskId: strin
   const check = await rehashDisk({ keys: d.keys, manifest: target, path: paths.disk, ...(d.signal ? { signal: d.signal } : {}) });
   await writeState(paths.state, { backupId: job.backupId, state: 'current' });
   return {
-    diskId: disk.diskId, path: paths.disk, sizeBytes, fromBackupId: fromUsable ? state!.backupId : null,
-    chunksWritten, bytesWritten, chunksUnchanged, sha256: check.sha256, seconds: (performance.now() - started) / 1000,
+    diskId: disk.diskId,
+    path: paths.disk,
+    sizeBytes,
+    fromBackupId: fromUsable ? state!.backupId : null,
+    chunksWritten,
+    bytesWritten,
+    chunksUnchanged,
+    sha256: check.sha256,
+    seconds: (performance.now() - started) / 1000,
   };
 }

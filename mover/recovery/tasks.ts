@@ -56,8 +56,16 @@ function progressed(ctx: TaskContext, log: ReturnType<typeof throttled>): Return
 }
 
 /** A progress reporter (mover/progress-reporter.ts) for one disk of a restore or a verification. */
-function reporter(store: ObjectStore, deps: RecoveryTaskDeps, task: Omit<ConstructorParameters<typeof ProgressReporter>[0]['task'], 'mover'>, phase: (typeof MOVING_PHASES)[number] = 'transfer') {
-  return { phase, r: new ProgressReporter({ store, logger: deps.logger, everyMs: deps.progressEveryMs ?? 5000, task: { ...task, mover: deps.moverName ?? 'mover' } }) };
+function reporter(
+  store: ObjectStore,
+  deps: RecoveryTaskDeps,
+  task: Omit<ConstructorParameters<typeof ProgressReporter>[0]['task'], 'mover'>,
+  phase: (typeof MOVING_PHASES)[number] = 'transfer',
+) {
+  return {
+    phase,
+    r: new ProgressReporter({ store, logger: deps.logger, everyMs: deps.progressEveryMs ?? 5000, task: { ...task, mover: deps.moverName ?? 'mover' } }),
+  };
 }
 
 /** Runs `work` between the reporter's first write and its last (`done`, or `failed` when it throws). */
@@ -81,14 +89,31 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       const { store, keys } = await deps.repository(t.restore.repository);
       const log = progressed(ctx, throttled(250));
       const r = t.restore;
-      return reported(reporter(store, deps, { operation: 'restore', operationId: r.restoreId, vmId: r.vmId, backupId: r.backupId, diskId: t.disk.diskId, bytesTotal: t.disk.sizeBytes }), (report) => restoreDiskTask(r, t.disk, {
-        store, keys, parallelism: deps.parallelism, signal: ctx.signal, ...(deps.workDir ? { workDir: deps.workDir } : {}),
-        ...(deps.restoreInFlightBytes ? { inFlightBytes: deps.restoreInFlightBytes } : {}),
-        onProgress: (p) => {
-          report.update(p.bytesDone, 0, p.phase === 'write' ? 'transfer' : p.phase, p.sizeBytes);
-          log(p.bytesDone === p.sizeBytes, () => deps.logger.info('restore.progress', { restoreId: r.restoreId, vmId: r.vmId, backupId: r.backupId, ...p }));
-        },
-      }));
+      return reported(
+        reporter(store, deps, {
+          operation: 'restore',
+          operationId: r.restoreId,
+          vmId: r.vmId,
+          backupId: r.backupId,
+          diskId: t.disk.diskId,
+          bytesTotal: t.disk.sizeBytes,
+        }),
+        (report) =>
+          restoreDiskTask(r, t.disk, {
+            store,
+            keys,
+            parallelism: deps.parallelism,
+            signal: ctx.signal,
+            ...(deps.workDir ? { workDir: deps.workDir } : {}),
+            ...(deps.restoreInFlightBytes ? { inFlightBytes: deps.restoreInFlightBytes } : {}),
+            onProgress: (p) => {
+              report.update(p.bytesDone, 0, p.phase === 'write' ? 'transfer' : p.phase, p.sizeBytes);
+              log(p.bytesDone === p.sizeBytes, () =>
+                deps.logger.info('restore.progress', { restoreId: r.restoreId, vmId: r.vmId, backupId: r.backupId, ...p }),
+              );
+            },
+          }),
+      );
     }
     case 'restoreVmConfig': {
       return restoreVmConfigTask(t.restore, t.disks, { ...(await deps.repository(t.restore.repository)), ...(deps.workDir ? { workDir: deps.workDir } : {}) });
@@ -102,14 +127,26 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       const { store, keys } = await deps.repository(t.verify.repository);
       const log = progressed(ctx, throttled(500));
       const v = t.verify;
-      const result = await reported(reporter(store, deps, { operation: 'verify', operationId: v.verifyId, vmId: v.vmId, backupId: v.backupId, diskId: t.disk.diskId, bytesTotal: t.disk.sizeBytes }, 'read'), (report) => deepVerifyDisk(v, t.disk, {
-        store, keys, parallelism: deps.parallelism, signal: ctx.signal,
-        onProgress: (p) => {
-          // Disk bytes covered by the chunks read back, of those the sample selected.
-          report.update(p.chunksChecked * p.chunkSize, 0, 'read', p.chunksSelected * p.chunkSize);
-          log(p.chunksChecked === p.chunksSelected, () => deps.logger.info('deepverify.progress', { verifyId: v.verifyId, backupId: v.backupId, ...p }));
-        },
-      }));
+      const result = await reported(
+        reporter(
+          store,
+          deps,
+          { operation: 'verify', operationId: v.verifyId, vmId: v.vmId, backupId: v.backupId, diskId: t.disk.diskId, bytesTotal: t.disk.sizeBytes },
+          'read',
+        ),
+        (report) =>
+          deepVerifyDisk(v, t.disk, {
+            store,
+            keys,
+            parallelism: deps.parallelism,
+            signal: ctx.signal,
+            onProgress: (p) => {
+              // Disk bytes covered by the chunks read back, of those the sample selected.
+              report.update(p.chunksChecked * p.chunkSize, 0, 'read', p.chunksSelected * p.chunkSize);
+              log(p.chunksChecked === p.chunksSelected, () => deps.logger.info('deepverify.progress', { verifyId: v.verifyId, backupId: v.backupId, ...p }));
+            },
+          }),
+      );
       for (const f of result.damaged) deps.logger.error('deepverify.damaged', { verifyId: t.verify.verifyId, ...f });
       return result;
     }
@@ -117,28 +154,62 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       const [source, target] = await Promise.all([deps.repository(t.replicate.source), deps.repository(t.replicate.target)]);
       const log = progressed(ctx, throttled(500));
       return replicateDisk(t.replicate, t.disk, t.index ?? 0, {
-        source, target, parallelism: deps.parallelism, signal: ctx.signal,
-        onProgress: (p) => log(p.chunksDone === p.chunks, () => deps.logger.info('replicate.progress', { replicationId: t.replicate.replicationId, backupId: t.replicate.backupId, ...p })),
+        source,
+        target,
+        parallelism: deps.parallelism,
+        signal: ctx.signal,
+        onProgress: (p) =>
+          log(p.chunksDone === p.chunks, () =>
+            deps.logger.info('replicate.progress', { replicationId: t.replicate.replicationId, backupId: t.replicate.backupId, ...p }),
+          ),
       });
     }
     case 'updateStandbyDisk': {
       const { store, keys } = await deps.repository(t.replicate.target);
       const log = progressed(ctx, throttled(500));
       return updateStandbyDisk(t.replicate, t.disk, {
-        store, keys, signal: ctx.signal,
-        onProgress: (p) => log(p.chunksDone === p.chunks, () => deps.logger.info('standby.progress', { vmId: t.replicate.vmId, backupId: t.replicate.backupId, ...p })),
+        store,
+        keys,
+        signal: ctx.signal,
+        onProgress: (p) =>
+          log(p.chunksDone === p.chunks, () => deps.logger.info('standby.progress', { vmId: t.replicate.vmId, backupId: t.replicate.backupId, ...p })),
       });
     }
     case 'standbyVmConfig': {
       const r = t.replicate;
       const dir = standbyPaths(r.replicaDir, r.vmId, '').dir;
-      const job = { restoreId: r.replicationId, vmId: r.vmId, backupId: r.backupId, moverGroup: r.moverGroup, repository: r.target, target: dir, diskId: null, disks: [] };
-      const disks = t.disks.map((x) => ({ diskId: x.diskId, path: x.path, sizeBytes: x.sizeBytes, bytesDownloaded: 0, chunksVerified: 0, sha256: x.sha256, seconds: 0 }));
+      const job = {
+        restoreId: r.replicationId,
+        vmId: r.vmId,
+        backupId: r.backupId,
+        moverGroup: r.moverGroup,
+        repository: r.target,
+        target: dir,
+        diskId: null,
+        disks: [],
+      };
+      const disks = t.disks.map((x) => ({
+        diskId: x.diskId,
+        path: x.path,
+        sizeBytes: x.sizeBytes,
+        bytesDownloaded: 0,
+        chunksVerified: 0,
+        sha256: x.sha256,
+        seconds: 0,
+      }));
       return restoreVmConfigTask(job, disks, await deps.repository(r.target));
     }
     case 'restoreTest': {
       const { store, keys } = await deps.repository(t.test.repository);
-      return restoreTestTask(t.test, { store, keys, parallelism: deps.parallelism, workDir: deps.workDir, signal: ctx.signal, progress: ctx.progress, logger: deps.logger });
+      return restoreTestTask(t.test, {
+        store,
+        keys,
+        parallelism: deps.parallelism,
+        workDir: deps.workDir,
+        signal: ctx.signal,
+        progress: ctx.progress,
+        logger: deps.logger,
+      });
     }
     case 'export': {
       const { store, keys } = await deps.repository(t.export.repository);

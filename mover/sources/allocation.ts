@@ -34,7 +34,10 @@ export async function parseQemuImgMap(lines: AsyncIterable<string>, sizeBytes: n
   let covered = 0;
   let tooMany = false;
   for await (const raw of lines) {
-    const line = raw.trim().replace(/^\[/, '').replace(/[\],]+$/, '');
+    const line = raw
+      .trim()
+      .replace(/^\[/, '')
+      .replace(/[\],]+$/, '');
     if (line === '') continue;
     let e: MapEntry;
     try {

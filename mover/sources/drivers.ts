@@ -27,7 +27,12 @@ export function sourceDrivers(settings: DriverSettings): DriverFor {
     const key = `${h.uri} ${JSON.stringify(h.exports ?? {})}`;
     let d = libvirt.get(key);
     if (!d) {
-      d = new LibvirtDriver({ uri: h.uri, workDir: join(settings.workDir, 'libvirt'), ...(h.exports && { exports: h.exports }), ...(settings.nbdTls && { nbdTls: settings.nbdTls }) });
+      d = new LibvirtDriver({
+        uri: h.uri,
+        workDir: join(settings.workDir, 'libvirt'),
+        ...(h.exports && { exports: h.exports }),
+        ...(settings.nbdTls && { nbdTls: settings.nbdTls }),
+      });
       libvirt.set(key, d);
     }
     return d;

@@ -38,12 +38,17 @@ const COPY_PROGRESS_MS = 2000;
  */
 async function freeze(from: string, to: string, o: SnapshotOptions): Promise<void> {
   let size = 0;
-  const watch = o.progress && setInterval(() => {
-    stat(to).then((st) => {
-      if (st.size > size) o.progress!();
-      size = st.size;
-    }, () => {});
-  }, COPY_PROGRESS_MS);
+  const watch =
+    o.progress &&
+    setInterval(() => {
+      stat(to).then(
+        (st) => {
+          if (st.size > size) o.progress!();
+          size = st.size;
+        },
+        () => {},
+      );
+    }, COPY_PROGRESS_MS);
   try {
     await run('cp', ['--reflink=auto', '--sparse=always', '--', from, to], o.signal ? { signal: o.signal } : {});
   } catch (err) {
@@ -68,7 +73,8 @@ async function readConfig(source: string): Promise<VmConfig> {
   } catch (err) {
     throw new SourceUnavailable(`VM config ${path} is not valid JSON: ${(err as Error).message}`, err);
   }
-  if (!Array.isArray(config.disks) || config.disks.length === 0) throw new SourceUnavailable(`VM config ${path} lists no disks (expected "disks": [{"id", "file"}])`);
+  if (!Array.isArray(config.disks) || config.disks.length === 0)
+    throw new SourceUnavailable(`VM config ${path} lists no disks (expected "disks": [{"id", "file"}])`);
   for (const d of config.disks) {
     if (typeof d?.id !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(d.id) || typeof d.file !== 'string') {
       throw new SourceUnavailable(`VM config ${path} has a bad disk entry ${JSON.stringify(d)}: each needs an "id" (letters, digits, - or _) and a "file"`);
@@ -77,7 +83,10 @@ async function readConfig(source: string): Promise<VmConfig> {
   // Two disks with one id would both be backed up under that id: one disk's data lost.
   const byId = Map.groupBy(config.disks, (d) => d.id);
   for (const [id, disks] of byId) {
-    if (disks.length > 1) throw new SourceUnavailable(`VM config ${path} lists ${disks.length} disks with the id '${id}' (${disks.map((d) => d.file).join(', ')}); give each disk its own id`);
+    if (disks.length > 1)
+      throw new SourceUnavailable(
+        `VM config ${path} lists ${disks.length} disks with the id '${id}' (${disks.map((d) => d.file).join(', ')}); give each disk its own id`,
+      );
   }
   return config;
 }
@@ -102,13 +111,20 @@ async function checkDisks(source: string, config: VmConfig): Promise<Map<string,
   for (const d of config.disks) {
     const path = join(source, d.file);
     const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
-      throw new SourceUnavailable(`disk '${d.id}' of ${vm}: file ${path} cannot be read (${err.code}); fix "file" in ${join(source, 'vm.json')} or restore the image`, err);
+      throw new SourceUnavailable(
+        `disk '${d.id}' of ${vm}: file ${path} cannot be read (${err.code}); fix "file" in ${join(source, 'vm.json')} or restore the image`,
+        err,
+      );
     });
     if (!st.isFile() && !st.isBlockDevice()) {
-      throw new SourceUnavailable(`disk '${d.id}' of ${vm}: ${path} is ${kindOf(st)}, not a disk image; point "file" in ${join(source, 'vm.json')} at a raw image file or a block device`);
+      throw new SourceUnavailable(
+        `disk '${d.id}' of ${vm}: ${path} is ${kindOf(st)}, not a disk image; point "file" in ${join(source, 'vm.json')} at a raw image file or a block device`,
+      );
     }
     if (st.isFile() && st.size === 0) {
-      throw new SourceUnavailable(`disk '${d.id}' of ${vm}: ${path} is empty (0 bytes); a disk image holds at least one byte: check the image, or remove the disk from ${join(source, 'vm.json')}`);
+      throw new SourceUnavailable(
+        `disk '${d.id}' of ${vm}: ${path} is empty (0 bytes); a disk image holds at least one byte: check the image, or remove the disk from ${join(source, 'vm.json')}`,
+      );
     }
     stats.set(d.id, st);
   }
@@ -168,7 +184,9 @@ export class FolderDriver implements SourceDriver {
   async releaseBackup({ source }: { source: string }, backupId: string): Promise<void> {
     // The control plane rebuilt this job from the catalog: never delete relative to the mover's own folder.
     if (!isAbsolute(source) || backupId.includes('/') || backupId.startsWith('.')) {
-      throw new SourceUnavailable(`cannot release the snapshot of backup '${backupId}' in '${source}': not an absolute VM folder and a backup id; release ${SNAPSHOTS}/${backupId} by hand`);
+      throw new SourceUnavailable(
+        `cannot release the snapshot of backup '${backupId}' in '${source}': not an absolute VM folder and a backup id; release ${SNAPSHOTS}/${backupId} by hand`,
+      );
     }
     await rm(join(source, SNAPSHOTS, backupId), { recursive: true, force: true });
   }

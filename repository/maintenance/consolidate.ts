@@ -70,7 +70,12 @@ export interface ConsolidationPlan {
  * object lists a pack once, and only a pack that `exists` and that no object outside the
  * merge lists (duplicates left by an interrupted merge, or a repaired index, go).
  */
-export function planConsolidation(index: IndexMap, settings: ConsolidationSettings, eligible: (e: IndexEntry) => boolean, exists: (packId: string) => boolean): ConsolidationPlan {
+export function planConsolidation(
+  index: IndexMap,
+  settings: ConsolidationSettings,
+  eligible: (e: IndexEntry) => boolean,
+  exists: (packId: string) => boolean,
+): ConsolidationPlan {
   const small = [...index.objects.values()].filter((e) => eligible(e) && entriesOf(e) < settings.maxEntries / 2);
   if (small.length <= settings.minObjects) return { candidates: small.length, groups: [] };
   small.sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime() || (a.indexId < b.indexId ? -1 : a.indexId > b.indexId ? 1 : 0));
@@ -131,7 +136,12 @@ export interface Consolidated {
  * packs may be listed only by an object this run has not read. `index` follows what was
  * done. `keepGoing` is asked before each group.
  */
-export async function consolidateIndex(deps: IndexDeps & { admin: RepositoryAdmin }, index: IndexMap, plan: ConsolidationPlan, keepGoing: () => boolean): Promise<Consolidated> {
+export async function consolidateIndex(
+  deps: IndexDeps & { admin: RepositoryAdmin },
+  index: IndexMap,
+  plan: ConsolidationPlan,
+  keepGoing: () => boolean,
+): Promise<Consolidated> {
   const out: Consolidated = { merged: 0, written: 0, entries: 0, dropped: 0, failed: [], stopped: null };
   for (const group of plan.groups) {
     if (!keepGoing()) {

@@ -55,7 +55,10 @@ export class IndexMap {
 export const indexIdOfKey = (key: string) => key.slice('index/'.length);
 
 const unopened = (indexId: string, err: unknown) =>
-  new Corrupt(`garbage collection stopped: index object ${objectKeys.index(indexId)} does not open, so the packs it lists are unknown; delete it (the index is rebuilt from the packs' trailers) or restore it first (${(err as Error).message})`, err);
+  new Corrupt(
+    `garbage collection stopped: index object ${objectKeys.index(indexId)} does not open, so the packs it lists are unknown; delete it (the index is rebuilt from the packs' trailers) or restore it first (${(err as Error).message})`,
+    err,
+  );
 
 async function readIndexObject(deps: IndexDeps, indexId: string): Promise<PackContents[] | undefined> {
   const sealed = await deps.store.get(objectKeys.index(indexId));
@@ -93,7 +96,11 @@ async function writeIndexObject(deps: IndexDeps, index: IndexMap, packs: readonl
  * manifest was written), and what packs still in use hold that no manifest needs: the
  * chunks of `inUse` packs not in `needed`, counted once per pack.
  */
-export async function loadIndex(deps: IndexDeps & { admin: RepositoryAdmin }, inUse: ReadonlySet<string>, needed: { has(id: string): boolean }): Promise<{ index: IndexMap; reclaimable: { chunks: number; bytes: number } }> {
+export async function loadIndex(
+  deps: IndexDeps & { admin: RepositoryAdmin },
+  inUse: ReadonlySet<string>,
+  needed: { has(id: string): boolean },
+): Promise<{ index: IndexMap; reclaimable: { chunks: number; bytes: number } }> {
   const index = new IndexMap();
   const reclaimable = { chunks: 0, bytes: 0 };
   const counted = new Set<string>();
@@ -162,7 +169,12 @@ const PACKS_PER_REINDEX_OBJECT = 256;
  * `index`. Packs are read while `keepGoing()` says so; a pack whose trailer does not open
  * is reported, not listed.
  */
-export async function indexPacks(deps: IndexDeps, index: IndexMap, packs: readonly ListedObject[], keepGoing: () => boolean): Promise<{ indexed: number; written: string[]; failed: { key: string; reason: string }[] }> {
+export async function indexPacks(
+  deps: IndexDeps,
+  index: IndexMap,
+  packs: readonly ListedObject[],
+  keepGoing: () => boolean,
+): Promise<{ indexed: number; written: string[]; failed: { key: string; reason: string }[] }> {
   const out = { indexed: 0, written: [] as string[], failed: [] as { key: string; reason: string }[] };
   let pending: PackContents[] = [];
   const flush = async () => {

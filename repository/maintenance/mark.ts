@@ -51,7 +51,13 @@ export function isMarked(marks: Marks, key: string): boolean {
 }
 
 /** Reads the manifests not seen yet and marks what they reference; `onObject` sees each object key a manifest needs. */
-export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, onObject?: (manifest: string, key: string) => void, notes?: MarkNotes): Promise<number> {
+export async function markNew(
+  deps: MarkDeps,
+  seen: Set<string>,
+  marks: Marks,
+  onObject?: (manifest: string, key: string) => void,
+  notes?: MarkNotes,
+): Promise<number> {
   let added = 0;
   const fresh: ListedObject[] = [];
   for await (const o of deps.admin.list('manifests/')) if (MANIFEST.test(o.key) && !seen.has(o.key)) fresh.push(o);
@@ -66,9 +72,12 @@ export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, o
         notes?.unreadable.push({ manifest: o.key, reason: (err as Error).message });
         return;
       }
-      throw new Corrupt(`garbage collection stopped: manifest ${o.key} of backup ${backupId} (${status ?? 'not in the catalog'}) does not open, so the chunks it needs are unknown; `
-        + `deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" }), `
-        + `or put the manifest back from a replica (${(err as Error).message})`, err);
+      throw new Corrupt(
+        `garbage collection stopped: manifest ${o.key} of backup ${backupId} (${status ?? 'not in the catalog'}) does not open, so the chunks it needs are unknown; ` +
+          `deep-verify backup ${backupId} (it is then marked damaged) and prune it by name (Prune workflow input { "policyId": "<its policy>", "backupId": "${backupId}" }), ` +
+          `or put the manifest back from a replica (${(err as Error).message})`,
+        err,
+      );
     };
     // Streamed: a piece at a time; what it marks is per pack (format 2 and 3) or per chunk object (format 1).
     try {
@@ -93,7 +102,11 @@ export async function markNew(deps: MarkDeps, seen: Set<string>, marks: Marks, o
           marks.packs.add(p.id);
         }
         previous = these;
-        if (marks.packedChunks) for (let i = 0; i < b.count; i++) { const id = b.id(i); if (id !== null) marks.packedChunks.add(id); }
+        if (marks.packedChunks)
+          for (let i = 0; i < b.count; i++) {
+            const id = b.id(i);
+            if (id !== null) marks.packedChunks.add(id);
+          }
       }
     } catch (err) {
       unreadable(err);

@@ -28,8 +28,7 @@ export interface ManifestHead {
 }
 
 /** The object key of the piece starting at `firstChunk` written for manifest `owner` of `backupId`. */
-export const pieceKey = (backupId: string, owner: string, firstChunk: number): string =>
-  `${objectKeys.manifest(backupId, owner)}.pieces/${firstChunk}`;
+export const pieceKey = (backupId: string, owner: string, firstChunk: number): string => `${objectKeys.manifest(backupId, owner)}.pieces/${firstChunk}`;
 
 /** The purpose a piece is sealed for: bound to its key, so no piece passes for another. */
 export const piecePurpose = (key: string): string => `manifest-piece:${key}`;
@@ -43,7 +42,8 @@ export function checkHead(o: Record<string, unknown>, backupId: string, diskId: 
   if (!isCount(o.sizeBytes)) throw bad(`sizeBytes ${JSON.stringify(o.sizeBytes)}`);
   if (!isCount(o.chunkSize) || o.chunkSize === 0) throw bad(`chunkSize ${JSON.stringify(o.chunkSize)}`);
   const total = Math.ceil(o.sizeBytes / o.chunkSize);
-  if (!isCount(o.from) || !isCount(o.to) || o.from > o.to || o.to > total) throw bad(`covers chunks ${JSON.stringify(o.from)} to ${JSON.stringify(o.to)} of ${total}`);
+  if (!isCount(o.from) || !isCount(o.to) || o.from > o.to || o.to > total)
+    throw bad(`covers chunks ${JSON.stringify(o.from)} to ${JSON.stringify(o.to)} of ${total}`);
   if (!Array.isArray(o.owners) || o.owners.some((w) => typeof w !== 'string' || w.length === 0)) throw bad('owners is not a list of manifest ids');
   if (!Array.isArray(o.pieces)) throw bad('pieces is not a list');
   let next = o.from;

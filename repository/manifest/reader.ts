@@ -109,7 +109,13 @@ export class ManifestReader {
   pieces(): PieceInfo[] {
     if (!this.head) return [];
     const h = this.head;
-    return h.pieces.map(([owner, firstChunk, count, bytes]) => ({ key: pieceKey(h.backupId, h.owners[owner]!, firstChunk), owner: h.owners[owner]!, firstChunk, count, bytes }));
+    return h.pieces.map(([owner, firstChunk, count, bytes]) => ({
+      key: pieceKey(h.backupId, h.owners[owner]!, firstChunk),
+      owner: h.owners[owner]!,
+      firstChunk,
+      count,
+      bytes,
+    }));
   }
 
   /** The batches from chunk `from` (default: the first) on, in disk order; `prefetch` pieces fetched ahead (default 1). */
@@ -146,7 +152,9 @@ export class ManifestReader {
    */
   batchAt(chunk: number): Promise<ManifestBatch> {
     if (!Number.isSafeInteger(chunk) || chunk < this.info.from || chunk >= this.info.to) {
-      return Promise.reject(new RangeError(`chunk ${chunk} is outside manifest ${this.info.backupId}/${this.info.diskId} (chunks ${this.info.from} to ${this.info.to - 1})`));
+      return Promise.reject(
+        new RangeError(`chunk ${chunk} is outside manifest ${this.info.backupId}/${this.info.diskId} (chunks ${this.info.from} to ${this.info.to - 1})`),
+      );
     }
     if (this.whole) {
       const first = chunk - (chunk % MAX_PIECE_ENTRIES);

@@ -36,7 +36,10 @@ export interface ManifestWriterOptions {
 /** Sizes of packs that landed, remembered for the pieces still being filled (bounded). */
 const REMEMBERED_PACKS = 65_536;
 
-interface Waiter { resolve: (size: number) => void; reject: (err: unknown) => void }
+interface Waiter {
+  resolve: (size: number) => void;
+  reject: (err: unknown) => void;
+}
 
 export class ManifestWriter {
   private readonly o: Required<Omit<ManifestWriterOptions, 'flushPacks'>> & Pick<ManifestWriterOptions, 'flushPacks'>;
@@ -54,7 +57,8 @@ export class ManifestWriter {
   constructor(o: ManifestWriterOptions) {
     const to = o.to ?? Math.ceil(o.sizeBytes / o.chunkSize);
     this.o = { from: 0, pieceEntries: MAX_PIECE_ENTRIES, maxPending: 2, ...o, to };
-    if (!(this.o.from <= to && to <= Math.ceil(o.sizeBytes / o.chunkSize))) throw new RangeError(`chunks ${this.o.from} to ${to} of a disk of ${o.sizeBytes} bytes`);
+    if (!(this.o.from <= to && to <= Math.ceil(o.sizeBytes / o.chunkSize)))
+      throw new RangeError(`chunks ${this.o.from} to ${to} of a disk of ${o.sizeBytes} bytes`);
     this.next = this.o.from;
   }
 
@@ -104,7 +108,11 @@ export class ManifestWriter {
       await this.o.store.put(key, sealed, { crc32: objectCrc32(sealed) });
       ref[3] = sealed.length;
       this.bytesWritten += sealed.length;
-    })().catch((err: unknown) => { this.fail(err); }).finally(() => this.uploads.delete(task));
+    })()
+      .catch((err: unknown) => {
+        this.fail(err);
+      })
+      .finally(() => this.uploads.delete(task));
     this.uploads.add(task);
   }
 
@@ -139,8 +147,15 @@ export class ManifestWriter {
     }
     if (this.failure) throw this.failure;
     const head: ManifestHead = {
-      version: 3, backupId: this.o.backupId, diskId: this.o.manifestId, sizeBytes: this.o.sizeBytes, chunkSize: this.o.chunkSize,
-      from: this.o.from, to: this.o.to, owners: [this.o.manifestId], pieces: this.refs,
+      version: 3,
+      backupId: this.o.backupId,
+      diskId: this.o.manifestId,
+      sizeBytes: this.o.sizeBytes,
+      chunkSize: this.o.chunkSize,
+      from: this.o.from,
+      to: this.o.to,
+      owners: [this.o.manifestId],
+      pieces: this.refs,
     };
     const bytes = await putHead(this.o.store, this.o.keys, head);
     this.bytesWritten += bytes;

@@ -10,12 +10,25 @@ import { LOCAL_CREDENTIALS } from '../../local/stack.ts';
 export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: RecoveryCatalog; doc: DynamoDBDocumentClient; close(): Promise<void> }> {
   const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
   await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
-  const db = new DynamoDBClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, credentials: LOCAL_CREDENTIALS });
-  await db.send(new CreateTableCommand({
-    TableName: 'catalog', BillingMode: 'PAY_PER_REQUEST',
-    AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }, { AttributeName: 'sk', AttributeType: 'S' }],
-    KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
-  }));
+  const db = new DynamoDBClient({
+    region: 'us-east-1',
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    credentials: LOCAL_CREDENTIALS,
+  });
+  await db.send(
+    new CreateTableCommand({
+      TableName: 'catalog',
+      BillingMode: 'PAY_PER_REQUEST',
+      AttributeDefinitions: [
+        { AttributeName: 'pk', AttributeType: 'S' },
+        { AttributeName: 'sk', AttributeType: 'S' },
+      ],
+      KeySchema: [
+        { AttributeName: 'pk', KeyType: 'HASH' },
+        { AttributeName: 'sk', KeyType: 'RANGE' },
+      ],
+    }),
+  );
   const doc = DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } });
   const catalog = new Catalog(doc, 'catalog');
   return {

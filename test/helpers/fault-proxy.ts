@@ -52,7 +52,9 @@ export async function startFaultProxy(o: { target: string; rules?: FaultRule[]; 
   const upstream = new URL(o.target);
   const random = prng(o.seed ?? 1);
   let rules: { rule: FaultRule; left: number }[] = [];
-  const setRules = (r: FaultRule[]) => { rules = r.map((rule) => ({ rule, left: rule.times ?? Infinity })); };
+  const setRules = (r: FaultRule[]) => {
+    rules = r.map((rule) => ({ rule, left: rule.times ?? Infinity }));
+  };
   setRules(o.rules ?? []);
   const injected: FaultProxy['injected'] = [];
   const sockets = new Set<Socket>();
@@ -96,7 +98,11 @@ export async function startFaultProxy(o: { target: string; rules?: FaultRule[]; 
       sent += part.length;
       if (part.length) up.write(part);
       // Once half is through, both connections drop, as a client dying mid-upload would.
-      if (sent >= half) setImmediate(() => { up.destroy(); req.socket.destroy(); });
+      if (sent >= half)
+        setImmediate(() => {
+          up.destroy();
+          req.socket.destroy();
+        });
     });
   };
 
@@ -122,11 +128,14 @@ export async function startFaultProxy(o: { target: string; rules?: FaultRule[]; 
   return {
     url: `http://127.0.0.1:${port}`,
     injected,
-    get requests() { return requests; },
+    get requests() {
+      return requests;
+    },
     setRules,
-    close: () => new Promise<void>((ok) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => ok());
-    }),
+    close: () =>
+      new Promise<void>((ok) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => ok());
+      }),
   };
 }

@@ -3,7 +3,11 @@ import { chunkId, encodeManifest, objectKeys, seal, type Manifest, type Reposito
 import type { ObjectStore } from '../../core/object-store.ts';
 
 /** Stores `data` as chunk objects of `chunkSize` and a version-1 manifest (and a VM config with `vmConfig`). */
-export async function writeV1Backup(store: ObjectStore, keys: RepositoryKeys, o: { backupId: string; diskId?: string; data: Buffer; chunkSize: number; vmConfig?: boolean }): Promise<Manifest> {
+export async function writeV1Backup(
+  store: ObjectStore,
+  keys: RepositoryKeys,
+  o: { backupId: string; diskId?: string; data: Buffer; chunkSize: number; vmConfig?: boolean },
+): Promise<Manifest> {
   const diskId = o.diskId ?? 'disk0';
   const ids: string[] = [];
   const storedSizes: Record<string, number> = {};

@@ -8,12 +8,28 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, symlinkSync, utimesSync, writeFileSync, chmodSync, writeSync, readSync, ftruncateSync } from 'node:fs';
+import {
+  closeSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+  chmodSync,
+  writeSync,
+  readSync,
+  ftruncateSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import type { BlockReader } from '../../mover/files/block-reader.ts';
 
 const MiB = 1024 * 1024;
-const run = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { stdio: ['pipe', 'ignore', 'pipe'], ...(input !== undefined ? { input } : {}) });
+const run = (cmd: string, args: string[], input?: string) =>
+  execFileSync(cmd, args, { stdio: ['pipe', 'ignore', 'pipe'], ...(input !== undefined ? { input } : {}) });
 
 /** Every tool the tests need, or the list of what is missing (for a skip message; CI installs them: .ci/run). */
 export function missingTools(): string[] {
@@ -82,7 +98,11 @@ export function fatImage(file: string, tree: string, sizeMiB: number, bits: 12 |
   run('truncate', ['-s', `${sizeMiB}M`, file]);
   run('mkfs.vfat', ['-F', String(bits), ...(bits === 32 ? ['-s', '1'] : []), '-n', `LB${bits}`, file]);
   const entries = readdirSync(tree).map((n) => join(tree, n));
-  if (entries.length) execFileSync('mcopy', ['-s', '-p', '-m', '-Q', '-i', file, ...entries, '::/'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MTOOLS_SKIP_CHECK: '1', TZ: 'UTC' } });
+  if (entries.length)
+    execFileSync('mcopy', ['-s', '-p', '-m', '-Q', '-i', file, ...entries, '::/'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, MTOOLS_SKIP_CHECK: '1', TZ: 'UTC' },
+    });
 }
 
 /**
@@ -92,7 +112,9 @@ export function fatImage(file: string, tree: string, sizeMiB: number, bits: 12 |
 export function partitionedDisk(file: string, sizeMiB: number, script: string, parts: Record<number, string>): void {
   run('truncate', ['-s', `${sizeMiB}M`, file]);
   run('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', file], script);
-  const table = JSON.parse(execFileSync('sfdisk', ['--json', file]).toString()) as { partitiontable: { sectorsize?: number; partitions: { node: string; start: number; size: number }[] } };
+  const table = JSON.parse(execFileSync('sfdisk', ['--json', file]).toString()) as {
+    partitiontable: { sectorsize?: number; partitions: { node: string; start: number; size: number }[] };
+  };
   const sector = table.partitiontable.sectorsize ?? 512;
   for (const [n, image] of Object.entries(parts)) {
     const p = table.partitiontable.partitions.find((x) => x.node.endsWith(String(n)) && new RegExp(`\\D${n}$`).test(x.node));
@@ -107,7 +129,8 @@ export function imageReader(file: string): BlockReader & { bytes: number } {
   const fd = openSync(file, 'r');
   const size = lstatSync(file).size;
   const r = {
-    size, bytes: 0,
+    size,
+    bytes: 0,
     async read(offset: number, length: number) {
       const b = Buffer.alloc(length);
       const n = readSync(fd, b, 0, length, offset);
@@ -119,7 +142,15 @@ export function imageReader(file: string): BlockReader & { bytes: number } {
   return r;
 }
 
-export interface TreeEntry { type: 'file' | 'dir' | 'symlink'; size: number; mode: number; mtimeSec: number; target?: string; sha256?: string; blocks?: number }
+export interface TreeEntry {
+  type: 'file' | 'dir' | 'symlink';
+  size: number;
+  mode: number;
+  mtimeSec: number;
+  target?: string;
+  sha256?: string;
+  blocks?: number;
+}
 
 /** A tree as path → what a restore must keep (the top folder itself left out). */
 export function readTree(dir: string, rel = ''): Map<string, TreeEntry> {
@@ -132,7 +163,16 @@ export function readTree(dir: string, rel = ''): Map<string, TreeEntry> {
     else if (st.isDirectory()) {
       out.set(p, { type: 'dir', size: 0, ...common });
       for (const [k, v] of readTree(dir, p)) out.set(k, v);
-    } else out.set(p, { type: 'file', size: st.size, ...common, sha256: createHash('sha256').update(readFileSync(join(dir, p))).digest('hex'), blocks: st.blocks });
+    } else
+      out.set(p, {
+        type: 'file',
+        size: st.size,
+        ...common,
+        sha256: createHash('sha256')
+          .update(readFileSync(join(dir, p)))
+          .digest('hex'),
+        blocks: st.blocks,
+      });
   }
   return out;
 }

@@ -57,9 +57,11 @@ export function startInstantMover(sfn: SFNClient, activityArn: string, template:
       }
     }
   };
-  const running = Array.from({ length: pollers }, () => poll().catch((err: unknown) => {
-    if (!stopped) throw err;
-  }));
+  const running = Array.from({ length: pollers }, () =>
+    poll().catch((err: unknown) => {
+      if (!stopped) throw err;
+    }),
+  );
   return {
     answered,
     stop: async () => {

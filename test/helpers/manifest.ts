@@ -11,20 +11,35 @@ const noStore: ObjectStore = {
   put: () => Promise.reject(new Error('no store')),
   get: () => Promise.reject(new Corrupt('a version-3 manifest read whole needs the store its pieces are in')),
   head: () => Promise.reject(new Error('no store')),
-  list: () => { throw new Error('no store'); },
+  list: () => {
+    throw new Error('no store');
+  },
 };
 
 /**
  * A manifest of any version read whole into memory, in the shape of version 2 (`chunks`,
  * `storedSizes`, `packs`, `locations`). A version-3 manifest needs `store`, where its pieces are.
  */
-export async function decodeManifest(keys: RepositoryKeys, sealed: Uint8Array, backupId: string, diskId: string, store: ObjectStore = noStore): Promise<Manifest> {
+export async function decodeManifest(
+  keys: RepositoryKeys,
+  sealed: Uint8Array,
+  backupId: string,
+  diskId: string,
+  store: ObjectStore = noStore,
+): Promise<Manifest> {
   const r = await ManifestReader.fromSealed(store, keys, sealed, backupId, diskId);
   const { info } = r;
   if (r.document) return r.document; // versions 1 and 2: one document, already read
   const m: Manifest = {
-    version: 3, backupId, diskId, sizeBytes: info.sizeBytes, chunkSize: info.chunkSize,
-    chunks: new Array<string | null>(Math.ceil(info.sizeBytes / info.chunkSize)).fill(null), storedSizes: {}, packs: [], locations: {},
+    version: 3,
+    backupId,
+    diskId,
+    sizeBytes: info.sizeBytes,
+    chunkSize: info.chunkSize,
+    chunks: new Array<string | null>(Math.ceil(info.sizeBytes / info.chunkSize)).fill(null),
+    storedSizes: {},
+    packs: [],
+    locations: {},
   };
   const packIndex = new Map<string, number>();
   for await (const b of r.batches()) {

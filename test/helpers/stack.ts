@@ -37,16 +37,32 @@ export interface TestStackOptions {
 
 export async function startTestStack(opts: TestStackOptions = {}): Promise<TestStack> {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-test-'));
-  const stack = await EmbeddedStack.start({ dataDir: join(dir, 'data'), ...(opts.config ? { config: opts.config } : {}), ...(opts.endpointFront ? { endpointFront: opts.endpointFront } : {}), ...(opts.quotas ? { quotas: opts.quotas } : {}), ...(opts.s3Clock ? { s3Clock: opts.s3Clock } : {}) });
+  const stack = await EmbeddedStack.start({
+    dataDir: join(dir, 'data'),
+    ...(opts.config ? { config: opts.config } : {}),
+    ...(opts.endpointFront ? { endpointFront: opts.endpointFront } : {}),
+    ...(opts.quotas ? { quotas: opts.quotas } : {}),
+    ...(opts.s3Clock ? { s3Clock: opts.s3Clock } : {}),
+  });
   const logs: MoverLogLine[] = [];
   const groups = opts.groups ?? { 'site-a': opts.movers ?? 2 };
-  const movers = Object.entries(groups).flatMap(([group, n]) => Array.from({ length: n }, (_, i) =>
-    startMover(stack.endpoints, {
-      name: opts.groups ? `${group}-mover-${i + 1}` : `test-mover-${i + 1}`, group, env: opts.moverEnv, onLog: (l) => logs.push(l),
-      ...(opts.slots ? { slots: opts.slots } : {}),
-    })));
+  const movers = Object.entries(groups).flatMap(([group, n]) =>
+    Array.from({ length: n }, (_, i) =>
+      startMover(stack.endpoints, {
+        name: opts.groups ? `${group}-mover-${i + 1}` : `test-mover-${i + 1}`,
+        group,
+        env: opts.moverEnv,
+        onLog: (l) => logs.push(l),
+        ...(opts.slots ? { slots: opts.slots } : {}),
+      }),
+    ),
+  );
   return {
-    stack, movers, logs, dir, sfn: sfnClient(stack.endpoints),
+    stack,
+    movers,
+    logs,
+    dir,
+    sfn: sfnClient(stack.endpoints),
     close: async () => {
       await Promise.all(movers.map((m) => m.stop(true)));
       await stack.stop();
@@ -57,5 +73,8 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
 
 /** The recovery records (restores, verifications, prunes, replicas, quarantine) of a running stack, as a test reads them. */
 export function stackRecoveryCatalog(e: StackEndpoints): RecoveryCatalog {
-  return new RecoveryCatalog(DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })), e.table);
+  return new RecoveryCatalog(
+    DynamoDBDocumentClient.from(new DynamoDBClient({ region: e.region, endpoint: e.dynamodb, credentials: LOCAL_CREDENTIALS })),
+    e.table,
+  );
 }

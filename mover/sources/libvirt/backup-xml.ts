@@ -10,12 +10,15 @@ import type { DomainDisk } from './domain-xml.ts';
 export const SCRATCH_MARK = 'lifeboat-';
 
 /** Text for an XML attribute or element of the documents libvirt is given. */
-export const xmlEscape = (v: string | number): string => String(v).replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!);
+export const xmlEscape = (v: string | number): string =>
+  String(v).replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!);
 const esc = xmlEscape;
 
 /** The pull-mode backup job: every disk exported on one unix socket, a scratch file per disk. */
 export function pullBackupXml(disks: DomainDisk[], dir: string, socket: string, since: string | undefined): string {
-  const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes'${fullIn(d, since)} type='file'><scratch file='${esc(join(dir, `${d.target}.scratch`))}'/></disk>`);
+  const entries = disks.map(
+    (d) => `    <disk name='${esc(d.target)}' backup='yes'${fullIn(d, since)} type='file'><scratch file='${esc(join(dir, `${d.target}.scratch`))}'/></disk>`,
+  );
   return `<domainbackup mode='pull'>\n${since ? `  <incremental>${esc(since)}</incremental>\n` : ''}  <server transport='unix' socket='${esc(socket)}'/>\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }
 
@@ -26,8 +29,13 @@ export function pullBackupXml(disks: DomainDisk[], dir: string, socket: string, 
  * them to QEMU and deletes them when the job ends. Their names carry `mark`, the
  * snapshot's folder name, by which any mover of the group knows the job as this snapshot's.
  */
-export function tcpBackupXml(disks: DomainDisk[], s: { address: string; port: number; tls: boolean; scratchDir?: string; mark: string }, since: string | undefined): string {
-  const scratch = (d: DomainDisk) => (s.scratchDir ? join(s.scratchDir, `${SCRATCH_MARK}${s.mark}-${d.target}.qcow2`) : `${d.source!}.${SCRATCH_MARK}${s.mark}.scratch`);
+export function tcpBackupXml(
+  disks: DomainDisk[],
+  s: { address: string; port: number; tls: boolean; scratchDir?: string; mark: string },
+  since: string | undefined,
+): string {
+  const scratch = (d: DomainDisk) =>
+    s.scratchDir ? join(s.scratchDir, `${SCRATCH_MARK}${s.mark}-${d.target}.qcow2`) : `${d.source!}.${SCRATCH_MARK}${s.mark}.scratch`;
   const entries = disks.map((d) => `    <disk name='${esc(d.target)}' backup='yes'${fullIn(d, since)} type='file'><scratch file='${esc(scratch(d))}'/></disk>`);
   const server = `<server transport='tcp' name='${esc(s.address)}' port='${s.port}'${s.tls ? ` tls='yes'` : ''}/>`;
   return `<domainbackup mode='pull'>\n${since ? `  <incremental>${esc(since)}</incremental>\n` : ''}  ${server}\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domainbackup>\n`;
@@ -50,4 +58,3 @@ export function checkpointXml(name: string, disks: DomainDisk[]): string {
   const entries = disks.map((d) => `    <disk name='${esc(d.target)}' checkpoint='${tracksChanges(d) ? 'bitmap' : 'no'}'/>`);
   return `<domaincheckpoint>\n  <name>${esc(name)}</name>\n  <description>Lifeboat backup</description>\n  <disks>\n${entries.join('\n')}\n  </disks>\n</domaincheckpoint>\n`;
 }
-

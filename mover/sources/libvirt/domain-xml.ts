@@ -36,7 +36,15 @@ export interface DomainInfo {
 }
 
 const ARRAYS = new Set(['domain.devices.disk', 'domain.devices.channel', 'domain.devices.interface']);
-const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', removeNSPrefix: true, jPath: true, isArray: (_name, path) => ARRAYS.has(String(path)), parseAttributeValue: false, parseTagValue: false });
+const parser = new XMLParser({
+  ignoreAttributes: false,
+  attributeNamePrefix: '@',
+  removeNSPrefix: true,
+  jPath: true,
+  isArray: (_name, path) => ARRAYS.has(String(path)),
+  parseAttributeValue: false,
+  parseTagValue: false,
+});
 
 type Node = Record<string, unknown>;
 const node = (v: unknown): Node => (v && typeof v === 'object' ? (v as Node) : {});
@@ -75,7 +83,16 @@ export function parseDomainXml(xml: string, what: string): DomainInfo {
   });
   const agentChannel = ((devices.channel as unknown[]) ?? []).some((c) => attr(node(c).target, 'name') === 'org.qemu.guest_agent.0');
   const tagText = text(node(domain.metadata).tags) ?? '';
-  return { name, uuid, disks, agentChannel, tags: tagText.split(',').map((t) => t.trim()).filter(Boolean) };
+  return {
+    name,
+    uuid,
+    disks,
+    agentChannel,
+    tags: tagText
+      .split(',')
+      .map((t) => t.trim())
+      .filter(Boolean),
+  };
 }
 
 /**
@@ -99,7 +116,9 @@ export function backedUpDisks(info: DomainInfo, what: string): DomainDisk[] {
   for (const d of disks) {
     // A storage pool volume (what a restore into a pool defines) is a file or a block device on the host too.
     if (d.type !== 'file' && d.type !== 'block' && !(d.type === 'volume' && d.volume)) {
-      throw new SourceUnavailable(`disk ${d.target} of ${what} is a ${d.type} disk; the libvirt driver reads file, block and storage pool volume disks only: exclude the VM from the policy, or back up that storage by its own means`);
+      throw new SourceUnavailable(
+        `disk ${d.target} of ${what} is a ${d.type} disk; the libvirt driver reads file, block and storage pool volume disks only: exclude the VM from the policy, or back up that storage by its own means`,
+      );
     }
   }
   if (disks.length === 0) throw new SourceUnavailable(`${what} has no writable disk to back up`);
@@ -108,13 +127,20 @@ export function backedUpDisks(info: DomainInfo, what: string): DomainDisk[] {
 
 // --- restored copies ---------------------------------------------------------------
 
-const orderedParser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', preserveOrder: true, parseAttributeValue: false, parseTagValue: false, trimValues: false });
+const orderedParser = new XMLParser({
+  ignoreAttributes: false,
+  attributeNamePrefix: '@',
+  preserveOrder: true,
+  parseAttributeValue: false,
+  parseTagValue: false,
+  trimValues: false,
+});
 const builder = new XMLBuilder({ ignoreAttributes: false, attributeNamePrefix: '@', preserveOrder: true, suppressEmptyNode: true });
 
 type Ordered = Record<string, unknown>[];
 const tagOf = (n: Record<string, unknown>) => Object.keys(n).find((k) => k !== ':@');
 const children = (n: Record<string, unknown>): Ordered => (n[tagOf(n)!] as Ordered) ?? [];
-const attrs = (n: Record<string, unknown>): Record<string, string> => ((n[':@'] ??= {}) as Record<string, string>);
+const attrs = (n: Record<string, unknown>): Record<string, string> => (n[':@'] ??= {}) as Record<string, string>;
 
 /**
  * Where a restored disk is: a file, or a volume of a libvirt storage pool. A volume is named
@@ -171,7 +197,13 @@ export function restoredDomainXml(originalXml: string, r: RestoredDomain): strin
 
 function restoredDevices(devices: Ordered, r: RestoredDomain): Ordered {
   const out: Ordered = [
-    { serial: [{ source: [], ':@': { '@path': r.consoleLog } }, { target: [], ':@': { '@port': '0' } }], ':@': { '@type': 'file' } },
+    {
+      serial: [
+        { source: [], ':@': { '@path': r.consoleLog } },
+        { target: [], ':@': { '@port': '0' } },
+      ],
+      ':@': { '@type': 'file' },
+    },
     { console: [{ target: [], ':@': { '@type': 'serial', '@port': '0' } }], ':@': { '@type': 'file' } },
   ];
   for (const dev of devices) {
@@ -182,8 +214,11 @@ function restoredDevices(devices: Ordered, r: RestoredDomain): Ordered {
       dev.interface = children(dev).filter((c) => tagOf(c) !== 'mac' && tagOf(c) !== 'target');
       if (r.network) {
         const source = (dev.interface as Ordered).find((c) => tagOf(c) === 'source');
-        const from = source ? attrs(source)['@network'] ?? attrs(source)['@bridge'] : undefined;
-        if (from === undefined) throw new SourceUnavailable(`an interface of the backed-up VM definition names no network or bridge (type '${attrs(dev)['@type'] ?? '?'}'): it cannot be mapped to a network of this site`);
+        const from = source ? (attrs(source)['@network'] ?? attrs(source)['@bridge']) : undefined;
+        if (from === undefined)
+          throw new SourceUnavailable(
+            `an interface of the backed-up VM definition names no network or bridge (type '${attrs(dev)['@type'] ?? '?'}'): it cannot be mapped to a network of this site`,
+          );
         attrs(dev)['@type'] = 'network';
         source![':@'] = { '@network': r.network(from) };
       }

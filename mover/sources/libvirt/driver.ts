@@ -89,17 +89,24 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     if (state === 'running' || state === 'paused') await this.pruneCheckpoints(info.name, req.parentCheckpoint ? [req.parentCheckpoint] : [], opts.signal);
     // The work folder may be passed through (QEMU's user reaches its snapshot folder), not listed.
     await mkdir(this.o.workDir, { recursive: true, mode: 0o711 });
-    await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err; });
+    await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
     await writeFile(join(dir, OWNER), JSON.stringify({ domain: info.uuid, backupId: req.backupId }));
     const config = { driver: 'libvirt', name: info.name, uuid: info.uuid, domainXml: xml, state };
     try {
       if (state === 'shut off') {
         if (this.exports.transport === 'tcp' && !isLocalUri(this.o.uri)) {
-          throw new SourceUnavailable(`${what} is shut off: its images are on the hypervisor, which this mover reaches only through libvirt and the backup jobs' TCP exports (a job needs a running VM). Start the VM, or back it up with a mover on the hypervisor host`);
+          throw new SourceUnavailable(
+            `${what} is shut off: its images are on the hypervisor, which this mover reaches only through libvirt and the backup jobs' TCP exports (a job needs a running VM). Start the VM, or back it up with a mover on the hypervisor host`,
+          );
         }
         return await this.exportImages(info, disks, dir, config, opts.signal);
       }
-      if (state !== 'running' && state !== 'paused') throw new SourceUnavailable(`${what} is ${state}; the libvirt driver backs up running, paused and shut-off VMs: try again once it is running or shut off`);
+      if (state !== 'running' && state !== 'paused')
+        throw new SourceUnavailable(
+          `${what} is ${state}; the libvirt driver backs up running, paused and shut-off VMs: try again once it is running or shut off`,
+        );
       return await this.beginBackupJob(req, info, disks, dir, config, opts.signal);
     } catch (err) {
       await rm(dir, { recursive: true, force: true });
@@ -119,7 +126,10 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
 
   /** The names of the host's domains, running or not (VmInventory). */
   async vmNames(opts: { signal?: AbortSignal } = {}): Promise<string[]> {
-    return (await this.virsh.run(['list', '--all', '--name'], opts)).split('\n').map((l) => l.trim()).filter(Boolean);
+    return (await this.virsh.run(['list', '--all', '--name'], opts))
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
   }
 
   /** One domain's state, disks and tags; undefined when it was undefined since it was listed (VmInventory). */
@@ -136,7 +146,10 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     const info = parseDomainXml(xml, `VM '${name}' on ${this.o.uri}`);
     const disks = [];
     for (const d of info.disks.filter((x) => x.device === 'disk' || x.device === 'lun')) {
-      const sizeBytes = await this.virsh.run(['domblkinfo', '--', name, d.target], opts).then((o) => Number(/Capacity:\s+(\d+)/.exec(o)?.[1] ?? 0), () => 0);
+      const sizeBytes = await this.virsh.run(['domblkinfo', '--', name, d.target], opts).then(
+        (o) => Number(/Capacity:\s+(\d+)/.exec(o)?.[1] ?? 0),
+        () => 0,
+      );
       disks.push({ target: d.target, type: d.type, format: d.format, sizeBytes, ...(d.source ? { source: d.source } : {}) });
     }
     return { name: info.name, uuid: info.uuid, state, tags: info.tags, agent: info.agentChannel, disks };
@@ -180,13 +193,23 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
 
   // --- running VMs: a backup job in pull mode -------------------------------------------
 
-  private async beginBackupJob(req: SnapshotRequest, info: DomainInfo, disks: DomainDisk[], dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<SnapshotResult> {
+  private async beginBackupJob(
+    req: SnapshotRequest,
+    info: DomainInfo,
+    disks: DomainDisk[],
+    dir: string,
+    config: Record<string, unknown>,
+    signal?: AbortSignal,
+  ): Promise<SnapshotResult> {
     // QEMU keeps changed-block bitmaps only in qcow2 images: a VM without one gets no checkpoint.
     const checkpoint = disks.some(tracksChanges) ? checkpointName(req.backupId) : undefined;
     if (this.exports.transport === 'unix') await this.shareWithQemu(info.name, dir, signal);
     else if (!this.exports.scratchDir) {
       const block = disks.find((d) => d.type !== 'file' || !d.source);
-      if (block) throw new SourceUnavailable(`disk ${block.target} of VM '${info.name}' is a ${block.type} device: its backup's scratch file cannot go beside it on the hypervisor; set the host's exports.scratchDir to a folder on the hypervisor`);
+      if (block)
+        throw new SourceUnavailable(
+          `disk ${block.target} of VM '${info.name}' is a ${block.type} device: its backup's scratch file cannot go beside it on the hypervisor; set the host's exports.scratchDir to a folder on the hypervisor`,
+        );
     }
     const base = checkpoint ? await this.incrementalBase(req, info, signal) : { reason: untrackedReason(disks[0]!) };
     if (checkpoint) await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
@@ -204,22 +227,35 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
         return { reason: `the checkpoint of the parent backup could not be used (${(err as Error).message.slice(0, 300)})` };
       }
     });
-    const offer: ChangeTrackingOffer = consistency.base.since && req.parentBackupId
-      ? { since: consistency.base.since, sinceBackupId: req.parentBackupId }
-      : { unavailable: consistency.base.reason ?? 'no parent checkpoint' };
+    const offer: ChangeTrackingOffer =
+      consistency.base.since && req.parentBackupId
+        ? { since: consistency.base.since, sinceBackupId: req.parentBackupId }
+        : { unavailable: consistency.base.reason ?? 'no parent checkpoint' };
     let refs: DiskRef[];
     try {
-      refs = await Promise.all(disks.map(async (d): Promise<DiskRef> => ({
-        diskId: d.target, path: uriOf(d.target), sizeBytes: await this.capacity(info.name, d.target, signal),
-        changeTracking: tracksChanges(d) ? offer : { unavailable: untrackedReason(d) },
-      })));
+      refs = await Promise.all(
+        disks.map(
+          async (d): Promise<DiskRef> => ({
+            diskId: d.target,
+            path: uriOf(d.target),
+            sizeBytes: await this.capacity(info.name, d.target, signal),
+            changeTracking: tracksChanges(d) ? offer : { unavailable: untrackedReason(d) },
+          }),
+        ),
+      );
     } catch (err) {
       // Nothing may outlive a failed snapshot: the job ends, and its checkpoint goes (its bitmap merges into the parent's).
       await this.abortLifeboatJob(info.uuid, { only: dir, foreign: 'ignore' }).catch(() => {});
       if (checkpoint) await this.deleteCheckpoint(info.name, checkpoint).catch(() => {});
       throw err;
     }
-    return { handle: handleOf({ domain: info.uuid, dir, kind: 'job' }), disks: refs, config, ...(checkpoint ? { checkpoint } : {}), consistency: consistency.level };
+    return {
+      handle: handleOf({ domain: info.uuid, dir, kind: 'job' }),
+      disks: refs,
+      config,
+      ...(checkpoint ? { checkpoint } : {}),
+      consistency: consistency.level,
+    };
   }
 
   /**
@@ -231,16 +267,20 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     const owner = qemuOwner(await this.virsh.run(['dumpxml', '--security-info', '--', domain], { ...(signal ? { signal } : {}) }));
     if (!owner) return;
     await chown(dir, owner.uid, owner.gid).catch((err: NodeJS.ErrnoException) => {
-      throw new SourceUnavailable(`the mover cannot give its snapshot folder ${dir} to QEMU's user ${owner.uid}:${owner.gid} (${err.code}): run the mover as root on the hypervisor host`, err);
+      throw new SourceUnavailable(
+        `the mover cannot give its snapshot folder ${dir} to QEMU's user ${owner.uid}:${owner.gid} (${err.code}): run the mover as root on the hypervisor host`,
+        err,
+      );
     });
   }
 
   /** The parent backup's checkpoint, when the domain still has it; else why not. */
   private async incrementalBase(req: SnapshotRequest, info: DomainInfo, signal?: AbortSignal): Promise<{ since?: string; reason?: string }> {
-    if (!req.parentBackupId) return { reason: 'this is the VM\'s first backup' };
+    if (!req.parentBackupId) return { reason: "this is the VM's first backup" };
     if (!req.parentCheckpoint) return { reason: 'the parent backup recorded no checkpoint (the VM was shut off, or it was taken by another driver)' };
     const names = await this.checkpoints(info.name, signal);
-    if (!names.includes(req.parentCheckpoint)) return { reason: `the parent backup's checkpoint ${req.parentCheckpoint} is gone from the VM (deleted by hand, or the VM was redefined)` };
+    if (!names.includes(req.parentCheckpoint))
+      return { reason: `the parent backup's checkpoint ${req.parentCheckpoint} is gone from the VM (deleted by hand, or the VM was redefined)` };
     return { since: req.parentCheckpoint };
   }
 
@@ -249,11 +289,20 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
    * a TCP port of the host's range, starting at one picked by the snapshot (so concurrent
    * jobs on a host rarely collide) and moving on while QEMU finds the port taken.
    */
-  private async beginJob(info: DomainInfo, disks: DomainDisk[], dir: string, since: string | undefined, withCheckpoint: boolean, signal?: AbortSignal): Promise<(exportName: string) => string> {
+  private async beginJob(
+    info: DomainInfo,
+    disks: DomainDisk[],
+    dir: string,
+    since: string | undefined,
+    withCheckpoint: boolean,
+    signal?: AbortSignal,
+  ): Promise<(exportName: string) => string> {
     const backupXml = join(dir, 'backup.xml');
     const begin = async (xml: string) => {
       await writeFile(backupXml, xml);
-      await this.virsh.run(['backup-begin', '--', info.name, backupXml, ...(withCheckpoint ? [join(dir, 'checkpoint.xml')] : [])], { ...(signal ? { signal } : {}) });
+      await this.virsh.run(['backup-begin', '--', info.name, backupXml, ...(withCheckpoint ? [join(dir, 'checkpoint.xml')] : [])], {
+        ...(signal ? { signal } : {}),
+      });
     };
     const e = this.exports;
     if (e.transport === 'unix') {
@@ -275,7 +324,9 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
         tried.push(port);
       }
     }
-    throw new SourceUnavailable(`no free port for VM '${info.name}'s backup exports on ${e.address}: ports ${tried.join(', ')} are in use; widen the host's exports.ports (${from}–${to})`);
+    throw new SourceUnavailable(
+      `no free port for VM '${info.name}'s backup exports on ${e.address}: ports ${tried.join(', ')} are in use; widen the host's exports.ports (${from}–${to})`,
+    );
   }
 
   /**
@@ -284,12 +335,19 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
    * Without an agent that answers, the snapshot is crash-consistent and says why (or, when
    * hooks are configured and must not be skipped, the backup fails).
    */
-  private async quiesced<T>(info: DomainInfo, q: QuiesceSettings | undefined, signal: AbortSignal | undefined, take: () => Promise<T>): Promise<{ base: T; level: Consistency }> {
+  private async quiesced<T>(
+    info: DomainInfo,
+    q: QuiesceSettings | undefined,
+    signal: AbortSignal | undefined,
+    take: () => Promise<T>,
+  ): Promise<{ base: T; level: Consistency }> {
     const hooks = !!(q?.pre || q?.post);
     const mustRunHooks = hooks && (q?.onHookFailure ?? 'fail') === 'fail';
     const crash = async (reason: string) => {
       if (mustRunHooks) {
-        throw new SourceUnavailable(`VM '${info.name}' could not be quiesced as its policy asks: ${reason}. Make the guest agent run and the hooks exit 0 in the guest, or set the policy's quiesce.onHookFailure to "continue" to take crash-consistent backups meanwhile`);
+        throw new SourceUnavailable(
+          `VM '${info.name}' could not be quiesced as its policy asks: ${reason}. Make the guest agent run and the hooks exit 0 in the guest, or set the policy's quiesce.onHookFailure to "continue" to take crash-consistent backups meanwhile`,
+        );
       }
       return { base: await take(), level: { level: 'crash' as const, reason: hooks ? `${reason}; hooks not run` : reason } };
     };
@@ -322,7 +380,10 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     }
     const post = await this.postHook(info.name, q, hookTimeout);
     const how = `file systems frozen by the guest agent (${frozen || 'none mounted'})`;
-    return { base, level: preRan ? { level: 'application', reason: `the pre hook ran, then ${how}${post}` } : { level: 'filesystem', reason: `${how}${post}` } };
+    return {
+      base,
+      level: preRan ? { level: 'application', reason: `the pre hook ran, then ${how}${post}` } : { level: 'filesystem', reason: `${how}${post}` },
+    };
   }
 
   /** Runs a hook in the guest; returns what went wrong, or undefined when it exited 0. */
@@ -345,25 +406,64 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
 
   // --- shut-off VMs: their images, read-only --------------------------------------------
 
-  private async exportImages(info: DomainInfo, disks: DomainDisk[], dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<SnapshotResult> {
+  private async exportImages(
+    info: DomainInfo,
+    disks: DomainDisk[],
+    dir: string,
+    config: Record<string, unknown>,
+    signal?: AbortSignal,
+  ): Promise<SnapshotResult> {
     const refs: DiskRef[] = [];
     for (const d of disks) {
       // A volume's file is where its pool says, now (the pool may have moved since the domain was defined).
-      const source = d.volume ? (await this.virsh.run(['vol-path', '--pool', d.volume.pool, '--vol', d.volume.name], signal ? { signal } : {})).trim() : d.source;
+      const source = d.volume
+        ? (await this.virsh.run(['vol-path', '--pool', d.volume.pool, '--vol', d.volume.name], signal ? { signal } : {})).trim()
+        : d.source;
       if (!source) throw new SourceUnavailable(`disk ${d.target} of VM '${info.name}' has no source file`);
       const socket = join(dir, `${d.target}.sock`);
       // --fork returns once the socket listens; the pid file lets any later release stop it.
-      await run(this.o.qemuNbd ?? 'qemu-nbd', ['--read-only', '--persistent', '--shared=16', '--fork', `--format=${d.format}`, `--socket=${socket}`,
-        `--export-name=${d.target}`, `--pid-file=${join(dir, `${d.target}.pid`)}`, '--', source], { timeout: 60_000, ...(signal ? { signal } : {}) })
-        .catch((err: { stderr?: string; code?: string }) => {
-          throw new SourceUnavailable(err.code === 'ENOENT'
+      await run(
+        this.o.qemuNbd ?? 'qemu-nbd',
+        [
+          '--read-only',
+          '--persistent',
+          '--shared=16',
+          '--fork',
+          `--format=${d.format}`,
+          `--socket=${socket}`,
+          `--export-name=${d.target}`,
+          `--pid-file=${join(dir, `${d.target}.pid`)}`,
+          '--',
+          source,
+        ],
+        { timeout: 60_000, ...(signal ? { signal } : {}) },
+      ).catch((err: { stderr?: string; code?: string }) => {
+        throw new SourceUnavailable(
+          err.code === 'ENOENT'
             ? 'qemu-nbd is not installed on this mover (Debian: apt-get install qemu-utils); it reads the images of shut-off VMs'
-            : `disk ${d.target} of shut-off VM '${info.name}' (${source}) cannot be exported: ${err.stderr?.trim() ?? String(err)}`, err);
-        });
-      refs.push({ diskId: d.target, path: nbdUri(d.target, socket), sizeBytes: 0, changeTracking: { unavailable: 'the VM was shut off: its images are read whole and compared with the parent backup' } });
+            : `disk ${d.target} of shut-off VM '${info.name}' (${source}) cannot be exported: ${err.stderr?.trim() ?? String(err)}`,
+          err,
+        );
+      });
+      refs.push({
+        diskId: d.target,
+        path: nbdUri(d.target, socket),
+        sizeBytes: 0,
+        changeTracking: { unavailable: 'the VM was shut off: its images are read whole and compared with the parent backup' },
+      });
     }
-    for (const r of refs) r.sizeBytes = (await openNbdDisk(r).then(async (rd) => { const s = rd.sizeBytes; await rd.close(); return s; }));
-    return { handle: handleOf({ domain: info.uuid, dir, kind: 'qemu-nbd' }), disks: refs, config, consistency: { level: 'filesystem', reason: 'the VM was shut off' } };
+    for (const r of refs)
+      r.sizeBytes = await openNbdDisk(r).then(async (rd) => {
+        const s = rd.sizeBytes;
+        await rd.close();
+        return s;
+      });
+    return {
+      handle: handleOf({ domain: info.uuid, dir, kind: 'qemu-nbd' }),
+      disks: refs,
+      config,
+      consistency: { level: 'filesystem', reason: 'the VM was shut off' },
+    };
   }
 
   // --- leftovers, checkpoints, jobs -----------------------------------------------------
@@ -405,13 +505,18 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
       await this.virsh.run(['checkpoint-delete', '--', domain, name], { ...(signal ? { signal } : {}) });
     } catch (err) {
       // A checkpoint whose bitmap is already gone (an image replaced, a disk removed) can only lose its metadata.
-      await this.virsh.run(['checkpoint-delete', '--metadata', '--', domain, name], { ...(signal ? { signal } : {}) }).catch(() => { throw err; });
+      await this.virsh.run(['checkpoint-delete', '--metadata', '--', domain, name], { ...(signal ? { signal } : {}) }).catch(() => {
+        throw err;
+      });
     }
   }
 
   private async checkpoints(domain: string, signal?: AbortSignal): Promise<string[]> {
     const out = await this.virsh.run(['checkpoint-list', '--name', '--', domain], { ...(signal ? { signal } : {}) });
-    return out.split('\n').map((l) => l.trim()).filter(Boolean);
+    return out
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
   }
 
   /**
@@ -425,7 +530,8 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     try {
       xml = await this.virsh.run(['backup-dumpxml', '--', domain]);
     } catch (err) {
-      if (isNoDomain(err) || /no (domain )?backup job|not active|no job is active|does not have/i.test((err as { stderr?: string }).stderr ?? '')) return undefined;
+      if (isNoDomain(err) || /no (domain )?backup job|not active|no job is active|does not have/i.test((err as { stderr?: string }).stderr ?? ''))
+        return undefined;
       throw err;
     }
     const socket = /socket=['"]([^'"]+)['"]/.exec(xml)?.[1];
@@ -441,7 +547,9 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     const owner = dir ? await readOwner(dir) : undefined;
     if (!dir || owner?.domain !== domain) {
       if (o.foreign === 'ignore') return undefined;
-      throw new SourceUnavailable(`VM '${domain}' has a backup job that is not Lifeboat's (${socket ? `its NBD socket is ${socket}` : 'its scratch files are not named by Lifeboat'}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`);
+      throw new SourceUnavailable(
+        `VM '${domain}' has a backup job that is not Lifeboat's (${socket ? `its NBD socket is ${socket}` : 'its scratch files are not named by Lifeboat'}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`,
+      );
     }
     if (o.only && dir !== o.only) return undefined;
     await this.domjobabort(domain);
@@ -458,7 +566,11 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     try {
       return (await this.virsh.run(['domstate', '--', domain], { ...(signal ? { signal } : {}) })).trim();
     } catch (err) {
-      if (isNoDomain(err)) throw new SourceUnavailable(`${what} does not exist: was it renamed, moved to another host or deleted? Run discovery, or remove it from the policy`, err);
+      if (isNoDomain(err))
+        throw new SourceUnavailable(
+          `${what} does not exist: was it renamed, moved to another host or deleted? Run discovery, or remove it from the policy`,
+          err,
+        );
       throw err;
     }
   }
@@ -475,7 +587,10 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
 const OWNER = 'owner.json';
 
 async function readOwner(dir: string): Promise<{ domain: string; backupId: string } | undefined> {
-  const o = await readFile(join(dir, OWNER), 'utf8').then((t) => JSON.parse(t) as { domain?: unknown; backupId?: unknown }, () => undefined);
+  const o = await readFile(join(dir, OWNER), 'utf8').then(
+    (t) => JSON.parse(t) as { domain?: unknown; backupId?: unknown },
+    () => undefined,
+  );
   return typeof o?.domain === 'string' && typeof o.backupId === 'string' ? { domain: o.domain, backupId: o.backupId } : undefined;
 }
 
@@ -490,7 +605,9 @@ export function snapshotDir(workDir: string, uuid: string, backupId: string): st
   const dir = join(workDir, createHash('sha256').update(`${uuid}/${backupId}`).digest('hex').slice(0, 16));
   const longest = join(dir, 'vdzz.sock');
   if (Buffer.byteLength(longest) > MAX_SOCKET_PATH) {
-    throw new SourceUnavailable(`the mover's work folder ${workDir} is too deep for the NBD sockets of a snapshot (${Buffer.byteLength(longest)} bytes, unix sockets take ${MAX_SOCKET_PATH}): set LIFEBOAT_WORK_DIR to a shorter path, e.g. /var/lib/lifeboat-mover/work`);
+    throw new SourceUnavailable(
+      `the mover's work folder ${workDir} is too deep for the NBD sockets of a snapshot (${Buffer.byteLength(longest)} bytes, unix sockets take ${MAX_SOCKET_PATH}): set LIFEBOAT_WORK_DIR to a shorter path, e.g. /var/lib/lifeboat-mover/work`,
+    );
   }
   return dir;
 }
@@ -503,7 +620,9 @@ function parseHandle(handle: string): Handle {
   try {
     const h = JSON.parse(handle) as Handle;
     if (typeof h.dir === 'string' && typeof h.domain === 'string' && (h.kind === 'job' || h.kind === 'qemu-nbd')) return h;
-  } catch { /* below */ }
+  } catch {
+    /* below */
+  }
   throw new SourceUnavailable(`snapshot handle ${handle.slice(0, 200)} was not made by the libvirt driver`);
 }
 
@@ -525,6 +644,8 @@ async function stopQemuNbd(dir: string): Promise<void> {
     try {
       const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8');
       if (cmd.includes('qemu-nbd') && cmd.includes(dir)) process.kill(pid, 'SIGTERM');
-    } catch { /* already gone */ }
+    } catch {
+      /* already gone */
+    }
   }
 }

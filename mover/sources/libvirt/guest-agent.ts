@@ -22,8 +22,12 @@ async function agent(virsh: Virsh, domain: string, command: object, signal?: Abo
   try {
     const parsed = JSON.parse(out) as { return?: unknown };
     if (parsed && typeof parsed.return === 'object' && parsed.return !== null) return parsed.return as Record<string, unknown>;
-  } catch { /* below */ }
-  throw new SourceUnavailable(`the guest agent of VM '${domain}' answered ${JSON.stringify(command).slice(0, 60)} with something that is not a result: ${out.slice(0, 200)}`);
+  } catch {
+    /* below */
+  }
+  throw new SourceUnavailable(
+    `the guest agent of VM '${domain}' answered ${JSON.stringify(command).slice(0, 60)} with something that is not a result: ${out.slice(0, 200)}`,
+  );
 }
 
 /** Runs `argv` in the guest and waits for it (up to `timeoutSeconds`); throws if it cannot be started or does not end. */
@@ -36,10 +40,16 @@ export async function guestExec(virsh: Virsh, domain: string, argv: string[], ti
     signal?.throwIfAborted();
     const s = await agent(virsh, domain, { execute: 'guest-exec-status', arguments: { pid } }, signal);
     if (s.exited === true) {
-      return { exitCode: typeof s.exitcode === 'number' ? s.exitcode : (typeof s.signal === 'number' ? 128 + s.signal : -1), stdout: tail(s['out-data']), stderr: tail(s['err-data']) };
+      return {
+        exitCode: typeof s.exitcode === 'number' ? s.exitcode : typeof s.signal === 'number' ? 128 + s.signal : -1,
+        stdout: tail(s['out-data']),
+        stderr: tail(s['err-data']),
+      };
     }
     if (Date.now() > deadline) {
-      throw new SourceUnavailable(`${argv.join(' ')} in VM '${domain}' did not end within ${timeoutSeconds} s (hookTimeoutSeconds); it keeps running in the guest`);
+      throw new SourceUnavailable(
+        `${argv.join(' ')} in VM '${domain}' did not end within ${timeoutSeconds} s (hookTimeoutSeconds); it keeps running in the guest`,
+      );
     }
     await new Promise((r) => setTimeout(r, 200));
   }

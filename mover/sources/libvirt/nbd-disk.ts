@@ -26,7 +26,9 @@ export async function openNbdDisk(disk: DiskRef, opts: { tls?: NbdTlsCredentials
   const size = pool.size;
   if (disk.sizeBytes && size !== disk.sizeBytes) {
     await pool.close();
-    throw new SourceUnavailable(`the export of disk '${disk.diskId}' is ${size} bytes, the snapshot said ${disk.sizeBytes}: was the disk resized during the backup? Run it again`);
+    throw new SourceUnavailable(
+      `the export of disk '${disk.diskId}' is ${size} bytes, the snapshot said ${disk.sizeBytes}: was the disk resized during the backup? Run it again`,
+    );
   }
   const extentsOf = async (context: string) => {
     if (!pool.clients[0]!.metaContexts.has(context)) return undefined; // the server does not offer it

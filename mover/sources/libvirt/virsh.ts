@@ -37,21 +37,47 @@ export class Virsh {
   run(args: string[], opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<string> {
     const program = this.options.virsh ?? 'virsh';
     return new Promise((resolve, reject) => {
-      execFile(program, ['-q', '-c', this.uri, ...args], {
-        timeout: opts.timeoutMs ?? this.options.timeoutMs ?? 120_000, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      }, (err, stdout, stderr) => {
-        if (!err) return resolve(stdout);
-        const e = err as NodeJS.ErrnoException & { killed?: boolean };
-        const text = String(stderr).trim().replace(/^error: /gm, '').replace(/\n+/g, '; ');
-        if (e.code === 'ENOENT') return reject(new VirshError(`virsh is not installed on this mover (Debian: apt-get install libvirt-clients); it is needed to reach ${this.uri}`, '', err));
-        if (e.name === 'AbortError') return reject(err);
-        if (e.killed) return reject(new VirshError(`virsh ${args[0]} on ${this.uri} did not answer within ${Math.round((opts.timeoutMs ?? this.options.timeoutMs ?? 120_000) / 1000)} s; is libvirtd running and reachable?`, text, err));
-        if (/failed to connect to the hypervisor/i.test(text)) {
-          return reject(new VirshError(`cannot reach libvirt at ${this.uri} (${text}): is libvirtd running there, and may this mover connect? Check the host's "uri" in the configuration`, text, err));
-        }
-        reject(new VirshError(`virsh ${args[0]} on ${this.uri} failed: ${text || e.message}`, text, err));
-      });
+      execFile(
+        program,
+        ['-q', '-c', this.uri, ...args],
+        {
+          timeout: opts.timeoutMs ?? this.options.timeoutMs ?? 120_000,
+          killSignal: 'SIGKILL',
+          maxBuffer: 64 * 1024 * 1024,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+        },
+        (err, stdout, stderr) => {
+          if (!err) return resolve(stdout);
+          const e = err as NodeJS.ErrnoException & { killed?: boolean };
+          const text = String(stderr)
+            .trim()
+            .replace(/^error: /gm, '')
+            .replace(/\n+/g, '; ');
+          if (e.code === 'ENOENT')
+            return reject(
+              new VirshError(`virsh is not installed on this mover (Debian: apt-get install libvirt-clients); it is needed to reach ${this.uri}`, '', err),
+            );
+          if (e.name === 'AbortError') return reject(err);
+          if (e.killed)
+            return reject(
+              new VirshError(
+                `virsh ${args[0]} on ${this.uri} did not answer within ${Math.round((opts.timeoutMs ?? this.options.timeoutMs ?? 120_000) / 1000)} s; is libvirtd running and reachable?`,
+                text,
+                err,
+              ),
+            );
+          if (/failed to connect to the hypervisor/i.test(text)) {
+            return reject(
+              new VirshError(
+                `cannot reach libvirt at ${this.uri} (${text}): is libvirtd running there, and may this mover connect? Check the host's "uri" in the configuration`,
+                text,
+                err,
+              ),
+            );
+          }
+          reject(new VirshError(`virsh ${args[0]} on ${this.uri} failed: ${text || e.message}`, text, err));
+        },
+      );
     });
   }
 }
