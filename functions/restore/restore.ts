@@ -16,6 +16,30 @@ import { locationOf, resolveBackup } from '../recovery/backups.ts';
 import type { InstantRestoreSummary, RestoreSummary } from '../../contracts/workflow-outputs.ts';
 
 /** The execution input of the Restore workflow. */
+/**
+ * A guest's sign of life: a console line (a regular expression) and/or the guest agent
+ * answering `guest-ping` (after the console line, if one is given too), within a timeout of
+ * at least `minTimeout` seconds.
+ */
+const signOfLife = (minTimeout: number) =>
+  z
+    .object({
+      consoleLine: text
+        .refine((x) => {
+          try {
+            new RegExp(x);
+            return true;
+          } catch {
+            return false;
+          }
+        }, 'must be a regular expression')
+        .optional(),
+      agent: z.boolean().optional(),
+      timeoutSeconds: z.number().int().min(minTimeout).max(3600).optional(),
+    })
+    .strict()
+    .refine((b) => b.consoleLine !== undefined || b.agent === true, 'must name a sign of life: "consoleLine" and/or "agent": true');
+
 export const restoreRequest = z
   .object({
     vmId: text,
@@ -45,25 +69,7 @@ export const restoreRequest = z
           .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be a storage pool name: 1-64 letters, digits, ".", "_" or "-"')
           .optional(),
         start: z.boolean().optional(),
-        bootCheck: z
-          .object({
-            consoleLine: text
-              .refine((s) => {
-                try {
-                  new RegExp(s);
-                  return true;
-                } catch {
-                  return false;
-                }
-              }, 'must be a regular expression')
-              .optional(),
-            /** The guest agent must answer `guest-ping` (after the console line, if one is given too). */
-            agent: z.boolean().optional(),
-            timeoutSeconds: z.number().int().min(5).max(3600).optional(),
-          })
-          .strict()
-          .refine((b) => b.consoleLine !== undefined || b.agent === true, 'must name a sign of life: "consoleLine" and/or "agent": true')
-          .optional(),
+        bootCheck: signOfLife(5).optional(),
       })
       .strict()
       .optional(),
@@ -92,24 +98,7 @@ export const restoreRequest = z
           .max(7 * 24 * 3600)
           .optional(),
         resume: z.boolean().optional(),
-        moveAfter: z
-          .object({
-            consoleLine: text
-              .refine((x) => {
-                try {
-                  new RegExp(x);
-                  return true;
-                } catch {
-                  return false;
-                }
-              }, 'must be a regular expression')
-              .optional(),
-            agent: z.boolean().optional(),
-            timeoutSeconds: z.number().int().min(1).max(3600).optional(),
-          })
-          .strict()
-          .refine((b) => b.consoleLine !== undefined || b.agent === true, 'must name a sign of life: "consoleLine" and/or "agent": true')
-          .optional(),
+        moveAfter: signOfLife(1).optional(),
       })
       .strict()
       .optional(),
