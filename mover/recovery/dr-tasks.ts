@@ -2,7 +2,7 @@
 import { drTask, drTaskNames, type ReplicaJob } from '../../contracts/dr.ts';
 import { parseTaskInput } from '../../contracts/errors.ts';
 import type { ReplicateJob } from '../../contracts/recovery-jobs.ts';
-import type { RecoveryTaskDeps } from './tasks.ts';
+import type { RecoveryTaskDeps } from './task-deps.ts';
 import type { TaskContext } from '../worker.ts';
 import { abandonFailover, cleanupTestFailover, failoverVm, resolveFailoverPoints } from './failover.ts';
 import { updateReplicaVm } from './replica-vm.ts';

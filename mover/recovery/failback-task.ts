@@ -1,7 +1,7 @@
 /** The mover's failback tasks (contracts/failback.ts), parsed by `runRecoveryTask` with the recovery task schema. */
 import { BadTaskInput } from '../../contracts/errors.ts';
 import { failbackDiskResult, startedVm, stoppedVm, type FailbackTask } from '../../contracts/failback.ts';
-import type { RecoveryTaskDeps } from './tasks.ts';
+import type { RecoveryTaskDeps } from './task-deps.ts';
 import type { TaskContext } from '../worker.ts';
 import { applyDiskDelta } from './failback.ts';
 import { productionDisks, startProductionVm, stopDrVm } from './failback-domain.ts';

@@ -1,10 +1,8 @@
 /** The mover's recovery tasks: restore, deep verification, replication, the standby replica, NBD exports of backups and file-level restore. Each job names its repositories (bucket and endpoint). */
-import type { RepositoryLocation } from '../../contracts/endpoints.ts';
 import { parseTaskInput } from '../../contracts/errors.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { recoveryTask, recoveryTaskNames } from '../../contracts/recovery-jobs.ts';
-import type { Logger, TaskContext } from '../worker.ts';
+import type { TaskContext } from '../worker.ts';
 import { ProgressReporter } from '../progress-reporter.ts';
 import type { MOVING_PHASES } from '../../contracts/progress.ts';
 import { deepVerifyDisk } from './deep-verify.ts';
@@ -17,19 +15,7 @@ import { instantRecoverTask } from './instant.ts';
 import { runFilesTask } from '../files/files-task.ts';
 import { standbyPaths, updateStandbyDisk } from './standby.ts';
 import { runFailbackTask } from './failback-task.ts';
-
-export interface RecoveryTaskDeps {
-  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
-  logger: Logger;
-  parallelism: number;
-  /** Bytes of a restore's reads in flight (default: mover/pipeline/restore-disk.ts RESTORE_DEFAULTS). */
-  restoreInFlightBytes?: number;
-  /** The mover's work folder: restore tests run under `<workDir>/restore-tests`; restores into a storage pool keep their records and raw copies there. */
-  workDir: string;
-  /** This mover's name, and how often a restore's or verification's disk writes its progress object (contracts/progress.ts; default 5 s). */
-  moverName?: string;
-  progressEveryMs?: number;
-}
+import type { RecoveryTaskDeps } from './task-deps.ts';
 
 /** Whether a task input names a recovery task kind (then `runRecoveryTask` parses it). */
 export function isRecoveryTask(raw: unknown): boolean {
