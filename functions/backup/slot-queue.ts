@@ -154,6 +154,14 @@ export async function releaseSlot(job: VmJob, deps: SlotQueueDeps): Promise<void
   const holder = holderOf(job);
   await deps.queue.forget(holder);
   await releaseHeld(holder, job.slotScopes, deps);
-  for (const { scope } of job.slotScopes) await deps.queue.countRelease(scope);
-  for (const { scope } of job.slotScopes) await serve(scope, deps);
+  // Slots named by key in the job's lease: the reconciler's plan names the slots it found held
+  // by a killed run (it knows their keys, not the VM's scopes).
+  const named = (job.slot?.keys ?? []).map((k) => {
+    const [pk = '', sk = ''] = k.split('|');
+    return { pk, sk };
+  });
+  for (const key of named) await deps.catalog.releaseSlot(key, holder);
+  const scopes = new Set([...job.slotScopes.map((s) => s.scope), ...named.map((k) => k.pk.slice('SLOT#'.length))]);
+  for (const scope of scopes) await deps.queue.countRelease(scope);
+  for (const scope of scopes) await serve(scope, deps);
 }
