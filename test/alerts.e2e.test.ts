@@ -4,8 +4,6 @@
  * configured webhook (`notifications.webhook`, a real local HTTP server here), is listed
  * by `GET /api/alerts`, and a webhook that refuses is tried again (nothing lost).
  */
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
 import { objectKeys } from '../repository/format.ts';
@@ -15,6 +13,7 @@ import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { runExecution } from '../local/client.ts';
 import { openRepository } from '../local/stack.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import { startWebhook } from './helpers/webhook.ts';
 import { join } from 'node:path';
 
 const MiB = 1024 * 1024;
@@ -34,30 +33,18 @@ const waitFor = async (what: string, ok: () => boolean, ms = 60_000) => {
 const of = (kind: string) => received.filter((r) => r.alert.kind === kind).map((r) => r.alert);
 
 beforeAll(async () => {
-  const hook = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => {
-      body += String(c);
-    });
-    req.on('end', () => {
-      // The first delivery is refused: the notifier must try it again at its next check.
-      if (refuse) {
-        refuse = false;
-        res.writeHead(503).end();
-        return;
-      }
-      received.push(JSON.parse(body) as (typeof received)[number]);
-      res.writeHead(204).end();
-    });
+  // The first delivery is refused: the notifier must try it again at its next check.
+  const hook = await startWebhook(received, {
+    keep: (body) => body as (typeof received)[number],
+    status: () => {
+      if (!refuse) return 204;
+      refuse = false;
+      return 503;
+    },
   });
-  await new Promise<void>((ok) => hook.listen(0, '127.0.0.1', ok));
-  closeHook = () =>
-    new Promise((ok) => {
-      hook.closeAllConnections();
-      hook.close(() => ok());
-    });
+  closeHook = hook.close;
   const config = loadConfig();
-  config.notifications = { webhook: { url: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`, checkSeconds: 1 } };
+  config.notifications = { webhook: { url: hook.url, checkSeconds: 1 } };
   t = await startTestStack({ movers: 1, config });
   const vmDir = join(t.dir, 'vms', 'vm-al');
   await createVmFolder(vmDir, { name: 'vm-al', disks: [{ id: 'disk0', sizeBytes: 8 * MiB }] }, seededRng(31));

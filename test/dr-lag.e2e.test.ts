@@ -6,8 +6,6 @@
  * configured webhook (a real local HTTP server), once.
  */
 import { createHash } from 'node:crypto';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -18,6 +16,7 @@ import type { RunSummary } from '../contracts/workflow-outputs.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
+import { startWebhook } from './helpers/webhook.ts';
 
 const MiB = 1024 * 1024;
 let t: TestStack;
@@ -28,22 +27,8 @@ let closeHook: () => Promise<void>;
 const RPO_HOURS = 0.0005;
 
 beforeAll(async () => {
-  const hook = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => {
-      body += String(c);
-    });
-    req.on('end', () => {
-      received.push((JSON.parse(body) as { alert: Alert }).alert);
-      res.writeHead(204).end();
-    });
-  });
-  await new Promise<void>((ok) => hook.listen(0, '127.0.0.1', ok));
-  closeHook = () =>
-    new Promise((ok) => {
-      hook.closeAllConnections();
-      hook.close(() => ok());
-    });
+  const hook = await startWebhook(received, { keep: (body) => (body as { alert: Alert }).alert });
+  closeHook = hook.close;
   const example = loadConfig();
   const config: LifeboatConfig = {
     ...example,
@@ -59,7 +44,7 @@ beforeAll(async () => {
         rpoHours: RPO_HOURS,
       },
     ],
-    notifications: { webhook: { url: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`, checkSeconds: 1 } },
+    notifications: { webhook: { url: hook.url, checkSeconds: 1 } },
   };
   t = await startTestStack({ groups: { 'site-a': 1, dr: 1 }, config });
   const vmDir = join(t.dir, 'vms', 'vm-lag');
