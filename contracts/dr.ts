@@ -82,6 +82,8 @@ export const replicaUpdate = z.looseObject({
   /** Points kept after the update, oldest first. */
   points: z.array(z.looseObject({ backupId: text, recoveryPoint: text })),
   seconds: z.number(),
+  /** Where the seconds went: check, config, manifests, layerCreate, nbdStart, chunks, nbdStop, activeOverlays, define, merge. */
+  phases: z.record(text, z.number()).optional(),
 });
 export type ReplicaUpdate = Infer<typeof replicaUpdate>;
 
