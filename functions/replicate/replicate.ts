@@ -21,7 +21,7 @@ import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { policyVms, resolveBackup } from '../recovery/backups.ts';
+import { resolveBackup } from '../recovery/backups.ts';
 import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
 
 export const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path on the DR movers');
