@@ -26,6 +26,7 @@ import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import type { RunCatalog } from '../catalog/run-catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
+import { runStore } from '../commons/map-run.ts';
 
 export interface PlanInput {
   policyId: string;
@@ -238,18 +239,9 @@ export const planInput = z
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    handler: lambdaHandler('Plan', planInput, async (input) => {
-      const bucket = c.env.runBucket;
-      if (!bucket)
-        throw new Error(
-          "environment variable LIFEBOAT_RUN_BUCKET is not set: Plan writes the run's VM list to the stack's bucket, which the deployment must name",
-        );
-      return publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), {
-        runs: c.runs,
-        store: c.store(bucket),
-        bucket,
-      });
-    }),
+    handler: lambdaHandler('Plan', planInput, async (input) =>
+      publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), { runs: c.runs, ...runStore(c, 'Backup') }),
+    ),
   };
 }
 
