@@ -11,22 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../mover/nbd/client.ts';
-import {
-  Command,
-  CommandFlag,
-  encodeClientFlags,
-  encodeGoOption,
-  encodeMetaContextOption,
-  encodeOption,
-  encodeRequest,
-  Info,
-  Option,
-  OptionReply,
-  parseChunk,
-  parseReplyHeader,
-  StateFlag,
-  type BlockDescriptor,
-} from '../mover/nbd/protocol.ts';
+import { encodeClientFlags, encodeGoOption, encodeMetaContextOption, encodeOption } from '../mover/nbd/handshake-wire.ts';
+import { Command, CommandFlag, Info, Option, OptionReply, StateFlag } from '../mover/nbd/protocol.ts';
+import { encodeRequest, parseChunk, parseReplyHeader, type BlockDescriptor } from '../mover/nbd/transmission-wire.ts';
 import { ExportIoError, NbdServer, NbdServerSession, type BlockExport } from '../mover/nbd/server.ts';
 import { prng } from './helpers/prng.ts';
 

@@ -14,41 +14,45 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { ByteQueue } from './byte-queue.ts';
 import { unixNbdUri } from './uri.ts';
 import {
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeMetaContextReply,
+  encodeOptionReply,
+  encodeServerGreeting,
+  parseClientFlags,
+  parseGoOption,
+  parseMetaContextOption,
+  parseOptionHeader,
+} from './handshake-wire.ts';
+import {
   ChunkType,
   ClientFlag,
   Command,
   CommandFlag,
   decodeString,
-  encodeBlockStatus,
-  encodeChunk,
-  encodeErrorChunk,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeMetaContextReply,
-  encodeOffsetHole,
-  encodeOptionReply,
-  encodeServerGreeting,
-  encodeSimpleReply,
   HandshakeFlag,
   Info,
   MAX_STRING,
   NbdProtocolError,
   Option,
   OptionReply,
-  parseClientFlags,
-  parseGoOption,
-  parseMetaContextOption,
-  parseOptionHeader,
-  parseRequest,
   ReplyFlag,
   REQUEST_SIZE,
   StateFlag,
   STRUCTURED_HEADER_SIZE,
   STRUCTURED_REPLY_MAGIC,
   TransmissionFlag,
+} from './protocol.ts';
+import {
+  encodeBlockStatus,
+  encodeChunk,
+  encodeErrorChunk,
+  encodeOffsetHole,
+  encodeSimpleReply,
+  parseRequest,
   type BlockDescriptor,
   type Request,
-} from './protocol.ts';
+} from './transmission-wire.ts';
 
 /** A read-only block device a server exports. */
 export interface BlockExport {

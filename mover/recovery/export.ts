@@ -22,7 +22,8 @@ import { ManifestReader, type ManifestBatch } from '../../repository/manifest/re
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
-import { StateFlag, type BlockDescriptor } from '../nbd/protocol.ts';
+import { StateFlag } from '../nbd/protocol.ts';
+import { type BlockDescriptor } from '../nbd/transmission-wire.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
 import { planRuns, type StoredEntry } from '../../repository/read-runs.ts';
 import { ReadAheadStreams } from './read-ahead.ts';

@@ -65,8 +65,7 @@ export class ReadAheadStreams {
     const cs = this.o.chunkBytes;
     const end = offset + length;
     const slack = Math.max(2 * cs, Math.floor(this.window() / 2) * cs);
-    const s =
-      this.streams.find((x) => x.reads > 1 && offset >= x.end - slack && offset <= x.end + slack) ?? this.streams.find((x) => x.end === offset);
+    const s = this.streams.find((x) => x.reads > 1 && offset >= x.end - slack && offset <= x.end + slack) ?? this.streams.find((x) => x.end === offset);
     if (!s) {
       if (this.streams.length >= this.o.maxStreams) this.streams.splice(this.streams.indexOf(this.lru()), 1);
       this.streams.push({ end, ahead: 0, reads: 1, used: ++this.tick });
