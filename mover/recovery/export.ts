@@ -21,7 +21,7 @@ import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repositor
 import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';
-import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
+import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/block-export.ts';
 import { StateFlag } from '../nbd/protocol.ts';
 import { type BlockDescriptor } from '../nbd/transmission-wire.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
