@@ -185,6 +185,16 @@ export class IndexListing {
     return this.entryStart[p + 1]! - this.entryStart[p]!;
   }
 
+  /** Bytes `at`…`at + length` of the plaintext (a view; the form SpilledListing reads too). */
+  read(at: number, length: number): Buffer {
+    return this.bytes.subarray(at, at + length);
+  }
+
+  /** The whole plaintext. */
+  plaintext(): Buffer {
+    return this.bytes;
+  }
+
   /** Pack `p` as `encodeIndex` wrote it (its head, then its chunk entries): a view of `bytes`, for `joinIndexSections`. */
   section(p: number): Buffer {
     const head = this.firstEntryByte[p]! - PACK_HEAD_BYTES;
