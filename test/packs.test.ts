@@ -25,6 +25,7 @@ import {
   packTrailer,
   planReads,
   readPackTrailer,
+  trailerBytes,
   type ChunkLocation,
   type PackContents,
   type PackEntry,
@@ -589,6 +590,35 @@ describe('PackWriter', () => {
     expect(index.objects).toBe(indexes.size);
     for (const a of added) expect(index.get(a.id)).toMatchObject({ key: objectKeys.pack(a.packId), offset: a.offset, length: a.length });
     expect(writer.bytesWritten).toBe([...store.objects.values()].reduce((s, b) => s + b.length, 0));
+  });
+
+  it('closes a pack at maxChunks chunks however small they seal (its trailer within the room kept for it), and stores an index object once entriesPerIndex chunks are unindexed', async () => {
+    const store = new MemoryObjectStore();
+    const maxChunks = 50;
+    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000, maxChunks, entriesPerIndex: 120, packsPerIndex: 1000, newBuffer: newPackBuffer });
+    expect(writer.capacity).toBe(8 * 1024 * 1024 + 1000 * 8 + trailerBytes(maxChunks));
+    // Chunks of zeros and a number: each seals to a few dozen bytes, 8 MiB would hold ~200,000.
+    const added: { id: string; plain: Buffer; packId: string; offset: number; length: number }[] = [];
+    for (let n = 0; n < 1000; n++) {
+      const plain = Buffer.alloc(1000);
+      plain.writeUInt32BE(n);
+      const id = fakeId(`tiny${n}`);
+      added.push({ id, plain, ...(await placeChunk(writer, id, plain)) });
+    }
+    const written = await writer.finish();
+    expect(written.map((w) => w.chunks.length)).toEqual(Array.from({ length: 20 }, () => maxChunks));
+    const packs = storedPacks(store);
+    for (const w of written) {
+      const { body, chunkBytes } = packs.get(w.pack.id)!;
+      expect(body.length - chunkBytes).toBeLessThanOrEqual(trailerBytes(maxChunks));
+    }
+    for (const a of added.filter((_, n) => n % 97 === 0)) await expectChunkAt(store, a, a.id, a.plain);
+    // Index objects after 1, 2 and 4 packs (1, 1, 2 packs each), then every 3 packs (their 150 entries pass 120; packsPerIndex is far), the rest at finish.
+    const indexes = await indexObjects(store);
+    const entries = writer.indexes.map((id) => indexes.get(id)!.reduce((n, p) => n + p.chunks.length, 0));
+    expect(entries.slice(0, 5)).toEqual([50, 50, 100, 150, 150]);
+    expect(Math.max(...entries)).toBeLessThan(120 + maxChunks);
+    expect(entries.reduce((a, b) => a + b)).toBe(1000);
   });
 
   it('with many chunks sealed at once, finishing in any order, while uploads are slow: packs hold their chunks back to back within capacity, the trailer lists exactly the chunks placed, and at most maxUploads + 1 buffers are made', async () => {
