@@ -22,7 +22,8 @@ import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { resolveBackup } from '../recovery/backups.ts';
-import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
+import type { VerifyOutput } from '../../contracts/backup-steps.ts';
+import { verifyManifests } from '../backup/verify.ts';
 
 export const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path on the DR movers');
 
