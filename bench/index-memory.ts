@@ -72,7 +72,9 @@ async function measure(dir: string | undefined) {
   const after = await used();
   // A refresh after one more (small) index object was stored: the index is built again over every listing kept.
   const extraId = randomBytes(16).toString('hex');
-  const extra: PackContents[] = [{ pack: { id: randomBytes(16).toString('hex'), size: 600_000 }, chunks: [{ id: randomBytes(32).toString('hex'), offset: 0, length: 520_000 }] }];
+  const extra: PackContents[] = [
+    { pack: { id: randomBytes(16).toString('hex'), size: 600_000 }, chunks: [{ id: randomBytes(32).toString('hex'), offset: 0, length: 520_000 }] },
+  ];
   await store.put(objectKeys.index(extraId), await encodeIndexObject(keys, extraId, extra));
   t = performance.now();
   index = await cache.refresh();

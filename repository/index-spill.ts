@@ -104,7 +104,10 @@ export class SpilledListing {
   private readInto(into: Buffer, at: number): Buffer {
     for (let done = 0; done < into.length; ) {
       const n = readSync(this.fd, into, done, into.length - done, at + done);
-      if (n === 0) throw new Error(`the local copy of ${this.what} ends at byte ${at + done}, it was written with ${this.byteLength}: was the mover's index folder changed under it?`);
+      if (n === 0)
+        throw new Error(
+          `the local copy of ${this.what} ends at byte ${at + done}, it was written with ${this.byteLength}: was the mover's index folder changed under it?`,
+        );
       done += n;
     }
     return into;

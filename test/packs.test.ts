@@ -930,7 +930,8 @@ describe.each([
   const dir = join(tmpdir(), `lifeboat-index-test-${process.pid}`);
   afterAll(() => rm(dir, { recursive: true, force: true }));
   /** A cache whose listings are kept as this round says (spilled to a temporary folder). */
-  const cacheOf = (store: MemoryObjectStore, parallelism?: number) => new IndexCache(store, keys, { ...(parallelism ? { parallelism } : {}), ...(spill ? { dir } : {}) });
+  const cacheOf = (store: MemoryObjectStore, parallelism?: number) =>
+    new IndexCache(store, keys, { ...(parallelism ? { parallelism } : {}), ...(spill ? { dir } : {}) });
 
   /** Counts GETs of index objects. */
   class CountingGets extends MemoryObjectStore {
