@@ -56,9 +56,11 @@ while (made < chunks) {
 /** Some ids the index lists (from the stored objects), and some it does not. */
 const someIds = async (): Promise<{ present: string[]; absent: string[] }> => {
   const { decodeIndexObject } = await import('../repository/packs.ts');
-  const [key, sealed] = [...store.objects].find(([k]) => k.startsWith('index/'))!;
-  const indexId = key.slice('index/'.length);
-  const present = (await decodeIndexObject(keys, sealed, indexId)).flatMap((p) => p.chunks.map((c) => c.id));
+  const present: string[] = [];
+  for (const [key, sealed] of [...store.objects].filter(([k]) => k.startsWith('index/')).slice(0, 20)) {
+    const indexId = key.slice('index/'.length);
+    for (const p of await decodeIndexObject(keys, sealed, indexId)) for (const c of p.chunks) present.push(c.id);
+  }
   return { present, absent: present.map(() => randomBytes(32).toString('hex')) };
 };
 const { present, absent } = await someIds();
@@ -81,10 +83,15 @@ async function measure(dir: string | undefined) {
   const rebuildMs = performance.now() - t;
   store.objects.delete(objectKeys.index(extraId));
   if (index.size !== chunks + 1) throw new Error(`index lists ${index.size} chunks, expected ${chunks + 1}`);
+  /** Microseconds per lookup, the best of 5 rounds over `ids` (a shared machine stalls a round now and then). */
   const perLookup = (ids: string[]) => {
-    const t0 = performance.now();
-    for (const id of ids) index.get(id);
-    return Math.round(((performance.now() - t0) / ids.length) * 1e6) / 1e3;
+    let best = Number.POSITIVE_INFINITY;
+    for (let round = 0; round < 5; round++) {
+      const t0 = performance.now();
+      for (const id of ids) index.get(id);
+      best = Math.min(best, (performance.now() - t0) / ids.length);
+    }
+    return Math.round(best * 1e6) / 1e3;
   };
   const hitMicros = perLookup(present);
   const missMicros = perLookup(absent);
