@@ -53,6 +53,9 @@ export const replicaJob = z.looseObject({
 });
 export type ReplicaJob = Infer<typeof replicaJob>;
 
+/** A replica VM's domain name: the VM's name and `-replica` (the CLI finds the VM running at the DR site after a failover by it). */
+export const replicaDomainName = (vmName: string) => `${vmName}-replica`;
+
 /** One restore point of a replica: the state of its disks equal to one backup. */
 export const replicaPoint = z.looseObject({
   backupId: text,

@@ -11,7 +11,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
+import { drVmOf } from '../cli/failback.ts';
 import { parsePoint } from '../cli/failover.ts';
+import type { VmRow } from '../contracts/operator.ts';
 import { failoverPlan } from '../contracts/dr.ts';
 import { ConfigError, loadConfig, parseConfig } from '../core/config.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
@@ -124,6 +126,29 @@ describe('lifeboat failover --point', () => {
     expect(parsePoint('web=@2026-12-07T02:00:00Z', { db: 'latest' })).toEqual({ db: 'latest', web: { at: '2026-12-07T02:00:00.000Z' } });
     expect(() => parsePoint('web=@2026-12-07 02:00')).toThrow('is not a time with its zone');
     expect(failoverPlan.safeParse({ id: 'one-vm', groups: [{ vms: ['web'] }] }).success).toBe(true);
+  });
+});
+
+describe('lifeboat failback: the VM running at the DR site', () => {
+  const row = (vmId: string, name: string, host: string, protection: VmRow['protection'] = 'protected') => ({ vmId, name, host, protection }) as VmRow;
+  const inventory = [
+    row('web', 'web', 'kvm-01'),
+    row('web-dr', 'web-replica', 'kvm-dr'),
+    row('db', 'db', 'kvm-01'),
+    row('old', 'db-replica', 'kvm-dr', 'gone'),
+  ];
+  it("is the inventory's VM named after the replica on another host, or the one named", () => {
+    expect(drVmOf('web', inventory)).toBe('web-dr');
+    expect(drVmOf('web', inventory, 'other')).toBe('other');
+  });
+  it('refuses an unknown VM and a VM not failed over, naming it and what to do', () => {
+    expect(() => drVmOf('nope', inventory)).toThrow("VM 'nope' is not in the inventory: check its id (lifeboat vms lists them)");
+    expect(() => drVmOf('db', inventory)).toThrow(
+      "VM 'db' is not failed over: no VM named db-replica (its replica at the DR site) is in the inventory. Fail it over first (lifeboat failover db)",
+    );
+    expect(() => drVmOf('web', [...inventory, row('web-dr2', 'web-replica', 'kvm-dr2')])).toThrow(
+      'several VMs of the inventory are named web-replica (web-dr, web-dr2)',
+    );
   });
 });
 

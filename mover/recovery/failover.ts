@@ -19,6 +19,7 @@ import {
   type FailoverVmResult,
   type PointSelector,
 } from '../../contracts/dr.ts';
+import type { ReleasedReplica } from '../../contracts/failback.ts';
 import { FailoverNotReady, RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
@@ -251,6 +252,15 @@ export async function cleanupTestFailover(
   return { domains, networks, folders };
 }
 
+/** The replica powered off, its active overlays back over its newest point, and no longer failed over. */
+async function resetReplica(virsh: Virsh, replicaDir: string, state: ReplicaState): Promise<void> {
+  await virsh.run(['destroy', '--', state.domain]).catch(() => {});
+  const newest = state.points.at(-1)!;
+  for (const [diskId, layer] of Object.entries(newest.layers)) await createOverlay(join(replicaPaths(replicaDir, state.vmId).active, `${diskId}.qcow2`), layer);
+  const { failedOver: _, ...rest } = state;
+  await writeReplicaState(replicaDir, rest);
+}
+
 /** After a failed real failover: this run's VMs are powered off and back on their newest point's overlays; the replicas are as before. */
 export async function abandonFailover(runId: string, uri: string, vms: { vmId: string; replicaDir: string }[]): Promise<string[]> {
   const virsh = new Virsh(uri);
@@ -258,13 +268,32 @@ export async function abandonFailover(runId: string, uri: string, vms: { vmId: s
   for (const vm of vms) {
     const state = await readReplicaState(vm.replicaDir, vm.vmId);
     if (state?.failedOver?.runId !== runId) continue;
-    await virsh.run(['destroy', '--', state.domain]).catch(() => {});
-    const newest = state.points.at(-1)!;
-    for (const [diskId, layer] of Object.entries(newest.layers))
-      await createOverlay(join(replicaPaths(vm.replicaDir, vm.vmId).active, `${diskId}.qcow2`), layer);
-    const { failedOver: _, ...rest } = state;
-    await writeReplicaState(vm.replicaDir, rest);
+    await resetReplica(virsh, vm.replicaDir, state);
     reset.push(state.domain);
   }
   return reset;
+}
+
+/**
+ * After a failback: the replica that ran as the VM at the DR site (shut off by the
+ * failback) is released: its checkpoints' metadata removed (they describe the active
+ * overlays, which go), its disks back on its newest restore point, its failed-over state
+ * cleared, so the next replication updates it again. What ran at the DR site lives on in
+ * production and in the DR site's backups. Running it again does nothing more.
+ */
+export async function releaseReplica(r: { replicaDir: string; uri: string; vmId: string }): Promise<ReleasedReplica> {
+  const state = await readReplicaState(r.replicaDir, r.vmId);
+  if (!state?.failedOver) return { domain: state?.domain ?? null, failoverRunId: null, backupId: null, checkpointsRemoved: 0 };
+  const virsh = new Virsh(r.uri);
+  if ((await domainExists(virsh, state.domain)) && (await virsh.run(['domstate', '--', state.domain])).trim() !== 'shut off')
+    throw new RecoveryRequestInvalid(
+      `the replica domain ${state.domain} of VM '${r.vmId}' is still running at the DR site after the failback: shut it down (virsh shutdown ${state.domain}), then run the Failback again to release the replica`,
+    );
+  const checkpoints = (await virsh.run(['checkpoint-list', '--name', '--', state.domain]).catch(() => ''))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  for (const c of checkpoints) await virsh.run(['checkpoint-delete', '--metadata', '--', state.domain, c]);
+  await resetReplica(virsh, r.replicaDir, state);
+  return { domain: state.domain, failoverRunId: state.failedOver.runId, backupId: state.points.at(-1)!.backupId, checkpointsRemoved: checkpoints.length };
 }

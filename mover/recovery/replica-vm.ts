@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { Corrupt } from '../../contracts/errors.ts';
-import { replicaPoint, type NetworkMap, type ReplicaJob, type ReplicaPoint, type ReplicaUpdate } from '../../contracts/dr.ts';
+import { replicaDomainName, replicaPoint, type NetworkMap, type ReplicaJob, type ReplicaPoint, type ReplicaUpdate } from '../../contracts/dr.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { ReplicateJob } from '../../contracts/recovery-jobs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
@@ -224,9 +224,6 @@ export interface UpdateReplicaDeps {
   onProgress?: () => void;
   now?: () => Date;
 }
-
-/** The replica's domain name: the VM's name and `-replica`. */
-export const replicaDomainName = (vmName: string) => `${vmName}-replica`;
 
 /**
  * Brings VM `job.vmId`'s replica to `job.backupId`: a new restore point (a layer per disk
