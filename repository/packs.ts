@@ -14,7 +14,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Corrupt } from '../contracts/errors.ts';
-import { objectKeys, MANIFEST_VERSION, open, openSync, seal, sealedCapacity, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
+import { objectKeys, open, openSync, seal, sealedCapacity, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
 import { objectCrc32, type ObjectStore } from '../core/object-store.ts';
 
 /** Where a chunk is stored: an object, and the bytes of it that are the chunk's envelope. */
@@ -364,32 +364,6 @@ export interface ReadRun {
   length: number;
   /** The chunks in the run: their id and where each starts within the run. */
   chunks: { id: string; at: number; length: number }[];
-}
-
-/**
- * A format-2 manifest for `chunks` (disk order, null for zeros), asking `locate` where each
- * referenced chunk is; packs are listed in the order first referenced.
- */
-export function packedManifest(
-  base: Pick<Manifest, 'backupId' | 'diskId' | 'sizeBytes' | 'chunkSize'>,
-  chunks: (string | null)[],
-  locate: (id: string) => ChunkLocation,
-): Manifest {
-  const m: Manifest = { version: MANIFEST_VERSION, ...base, chunks, storedSizes: {}, packs: [], locations: {} };
-  const packIndex = new Map<string, number>();
-  for (const id of chunks) {
-    if (id === null || m.storedSizes[id] !== undefined) continue;
-    const at = locate(id);
-    if (!at.pack) throw new Corrupt(`chunk ${id} of disk '${base.diskId}' is not in a pack (${at.key})`);
-    let p = packIndex.get(at.pack.id);
-    if (p === undefined) {
-      packIndex.set(at.pack.id, (p = m.packs!.length));
-      m.packs!.push({ id: at.pack.id, size: at.pack.size });
-    }
-    m.storedSizes[id] = at.length;
-    m.locations![id] = [p, at.offset];
-  }
-  return m;
 }
 
 /**
