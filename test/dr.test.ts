@@ -169,7 +169,12 @@ describe('replica leases: a failover plan and the replications of its VMs never 
 
 describe('lifeboat failback: the VM running at the DR site', () => {
   const row = (vmId: string, name: string, host: string, protection: VmRow['protection'] = 'protected') => ({ vmId, name, host, protection }) as VmRow;
-  const inventory = [row('web', 'web', 'kvm-01'), row('web-dr', 'web-replica', 'kvm-dr'), row('db', 'db', 'kvm-01'), row('old', 'db-replica', 'kvm-dr', 'gone')];
+  const inventory = [
+    row('web', 'web', 'kvm-01'),
+    row('web-dr', 'web-replica', 'kvm-dr'),
+    row('db', 'db', 'kvm-01'),
+    row('old', 'db-replica', 'kvm-dr', 'gone'),
+  ];
   it("is the inventory's VM named after the replica on another host, or the one named", () => {
     expect(drVmOf('web', inventory)).toBe('web-dr');
     expect(drVmOf('web', inventory, 'other')).toBe('other');
@@ -179,7 +184,9 @@ describe('lifeboat failback: the VM running at the DR site', () => {
     expect(() => drVmOf('db', inventory)).toThrow(
       "VM 'db' is not failed over: no VM named db-replica (its replica at the DR site) is in the inventory. Fail it over first (lifeboat failover db)",
     );
-    expect(() => drVmOf('web', [...inventory, row('web-dr2', 'web-replica', 'kvm-dr2')])).toThrow('several VMs of the inventory are named web-replica (web-dr, web-dr2)');
+    expect(() => drVmOf('web', [...inventory, row('web-dr2', 'web-replica', 'kvm-dr2')])).toThrow(
+      'several VMs of the inventory are named web-replica (web-dr, web-dr2)',
+    );
   });
 });
 

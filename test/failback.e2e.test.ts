@@ -29,7 +29,7 @@ import { runExecution } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
 import { backupAndReplicate } from '../local/vm-lab/dr-lab.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
-import { ensureLibvirtd, virsh, waitForConsoleLine } from '../local/vm-lab/libvirtd.ts';
+import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { stopDrVm } from '../mover/recovery/failback-domain.ts';
 import { readReplicaState } from '../mover/recovery/replica-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
@@ -216,7 +216,12 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     await virsh(['destroy', prodName]);
     const next = await backupAndReplicate(t.sfn, t.stack.endpoints, 'p-prod');
     expect(next.replicaVms).toHaveLength(1);
-    expect(next.replicaVms[0]).toMatchObject({ domain: drName, fromBackupId: b.vms[0]!.backupId, backupId: next.run.vms[0]!.backupId, bytesWritten: 5 * CHUNK });
+    expect(next.replicaVms[0]).toMatchObject({
+      domain: drName,
+      fromBackupId: b.vms[0]!.backupId,
+      backupId: next.run.vms[0]!.backupId,
+      bytesWritten: 5 * CHUNK,
+    });
     await run('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', prod.disk, drDisk]);
   }, 900_000);
 
