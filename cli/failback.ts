@@ -37,7 +37,7 @@ const seconds = (what: string) => (v: string) => {
 function vmsToFailBack(vm: string | undefined, opts: FailbackOptions): string[] {
   if (!!vm === !!opts.plan) throw new InvalidArgumentError('name one VM (lifeboat failback VM) or a failover plan (--plan ID), not both');
   if (vm) return [vm];
-  if (opts.drVm || opts.base) throw new InvalidArgumentError('--dr-vm and --base name one VM\'s; with --plan each VM\'s DR VM is found in the inventory');
+  if (opts.drVm || opts.base) throw new InvalidArgumentError("--dr-vm and --base name one VM's; with --plan each VM's DR VM is found in the inventory");
   const config = loadConfig(opts.config);
   const plan = config.failoverPlans?.find((p) => p.id === opts.plan);
   if (!plan)
@@ -56,7 +56,9 @@ export function drVmOf(vmId: string, inventory: VmRow[], named?: string): string
   const found = inventory.filter((v) => v.name === replica && v.host !== vm.host && v.protection !== 'gone');
   if (found.length === 1) return found[0]!.vmId;
   if (found.length > 1)
-    throw new Error(`several VMs of the inventory are named ${replica} (${found.map((v) => v.vmId).join(', ')}): name the one running at the DR site with --dr-vm`);
+    throw new Error(
+      `several VMs of the inventory are named ${replica} (${found.map((v) => v.vmId).join(', ')}): name the one running at the DR site with --dr-vm`,
+    );
   throw new Error(
     `VM '${vmId}' is not failed over: no VM named ${replica} (its replica at the DR site) is in the inventory. Fail it over first (lifeboat failover ${vmId}), then let discovery (lifeboat discover) or \`lifeboat vm add\` put the DR VM in the inventory, or name the VM running at the DR site with --dr-vm`,
   );
@@ -70,11 +72,18 @@ function printReport(io: Out, r: FailbackReport): void {
     `  changed at the DR site ${formatBytes(r.bytesChanged)}, sent ${formatBytes(r.bytesSent)}, written ${formatBytes(r.bytesWritten)}${r.chunksDrifted ? `, ${r.chunksDrifted} chunk(s) of production had drifted from the recovery point` : ''}`,
   );
   io.out(`  from recovery point ${r.baseBackupId} to the DR VM's backups ${r.syncBackupId} (while it ran) and ${r.finalBackupId} (after it stopped)`);
-  for (const [phase, disks] of [['sync', r.disks.sync], ['final', r.disks.final]] as const)
+  for (const [phase, disks] of [
+    ['sync', r.disks.sync],
+    ['final', r.disks.final],
+  ] as const)
     for (const d of disks)
-      io.out(`  ${phase.padEnd(5)} ${d.diskId}  ${d.chunksWritten}/${d.chunks} chunks written (${formatBytes(d.bytesWritten)}, ${d.mode})  ${d.seconds.toFixed(1)} s`);
+      io.out(
+        `  ${phase.padEnd(5)} ${d.diskId}  ${d.chunksWritten}/${d.chunks} chunks written (${formatBytes(d.bytesWritten)}, ${d.mode})  ${d.seconds.toFixed(1)} s`,
+      );
   if (r.replica?.failoverRunId)
-    io.out(`  replica ${r.replica.domain} released from failover ${r.replica.failoverRunId}: shut off, back on restore point ${r.replica.backupId}, replicated again from now on`);
+    io.out(
+      `  replica ${r.replica.domain} released from failover ${r.replica.failoverRunId}: shut off, back on restore point ${r.replica.backupId}, replicated again from now on`,
+    );
 }
 
 export function registerFailbackCommand(program: Command, defaultDataDir: string, io: Out): void {
@@ -88,7 +97,7 @@ export function registerFailbackCommand(program: Command, defaultDataDir: string
       .option('--dr-vm <id>', "the VM running at the DR site (default: the inventory's VM named <name>-replica on another host)")
       .option('--base <backup>', 'the recovery point the failover started from (default: the newest backup complete in the DR repository)')
       .option('--shutdown-timeout <s>', 'seconds the DR VM gets to shut down cleanly (default 120)', seconds('--shutdown-timeout'))
-      .option('--ready-line <regex>', "production is ready when its serial console prints a line matching this (default: its guest agent answers)")
+      .option('--ready-line <regex>', 'production is ready when its serial console prints a line matching this (default: its guest agent answers)')
       .option('--agent', 'production is ready when its guest agent answers (with --ready-line: both)')
       .option('--ready-timeout <s>', 'seconds production gets to become ready (default 300)', seconds('--ready-timeout'))
       .option('--config <file>', 'the configuration holding the plan (default: $LIFEBOAT_CONFIG, else lifeboat.config.json)')

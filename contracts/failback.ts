@@ -142,7 +142,9 @@ export type FailbackTask =
 
 export const stoppedVm = z.object({ domain: text, state: text, seconds: z.number(), stoppedAt: text }).strict();
 /** What `releaseReplica` did: the replica's domain (null: no replica VM), the failover run it was released from (null: it was not failed over), the point its disks are back on. */
-export const releasedReplica = z.object({ domain: text.nullable(), failoverRunId: text.nullable(), backupId: text.nullable(), checkpointsRemoved: count }).strict();
+export const releasedReplica = z
+  .object({ domain: text.nullable(), failoverRunId: text.nullable(), backupId: text.nullable(), checkpointsRemoved: count })
+  .strict();
 export type ReleasedReplica = z.infer<typeof releasedReplica>;
 export const startedVm = z
   .object({ domain: text, state: text, readySeconds: z.number(), readyAt: text, line: z.string(), agent: z.boolean().optional() })

@@ -141,7 +141,10 @@ describe('replica leases: a failover plan and the replications of its VMs never 
     try {
       const { catalog, recovery } = db;
       const now = Date.parse('2026-12-07T06:00:00Z');
-      const vms = [{ bucket: 'lifeboat-dr', vmId: 'a' }, { bucket: 'lifeboat-dr', vmId: 'b' }];
+      const vms = [
+        { bucket: 'lifeboat-dr', vmId: 'a' },
+        { bucket: 'lifeboat-dr', vmId: 'b' },
+      ];
       const holder = async (vmId: string) => (await catalog.slotHolder(replicaLeaseScope('lifeboat-dr', vmId), 0))?.holder;
       // A replication of b is writing its replica: the plan takes nothing and says who holds it.
       expect(await catalog.takeSlot(replicaLeaseScope('lifeboat-dr', 'b'), 0, 'replicate-b-1', now, now + 3600_000)).toBe(true);
@@ -155,7 +158,13 @@ describe('replica leases: a failover plan and the replications of its VMs never 
       await catalog.releaseSlot(Catalog.slotKey(replicaLeaseScope('lifeboat-dr', 'b'), 0), 'replicate-b-1');
       const lease = await takeReplicaLeases(catalog, 'drill-1', vms, now);
       expect([await holder('a'), await holder('b')]).toEqual(['drill-1', 'drill-1']);
-      const job = { replicationId: 'replicate-a-2', vmId: 'a', backupId: 'b-2', target: { bucket: 'lifeboat-dr' }, replicaDir: null } as unknown as ReplicateJob;
+      const job = {
+        replicationId: 'replicate-a-2',
+        vmId: 'a',
+        backupId: 'b-2',
+        target: { bucket: 'lifeboat-dr' },
+        replicaDir: null,
+      } as unknown as ReplicateJob;
       const deps = { catalog, recovery, now: () => new Date(now + 1000) };
       await expect(acquireReplicaLease(job, deps)).rejects.toThrow("another replication or failover of VM 'a' into lifeboat-dr is running");
       // The plan's end gives them back; the replication goes on.
@@ -169,7 +178,12 @@ describe('replica leases: a failover plan and the replications of its VMs never 
 
 describe('lifeboat failback: the VM running at the DR site', () => {
   const row = (vmId: string, name: string, host: string, protection: VmRow['protection'] = 'protected') => ({ vmId, name, host, protection }) as VmRow;
-  const inventory = [row('web', 'web', 'kvm-01'), row('web-dr', 'web-replica', 'kvm-dr'), row('db', 'db', 'kvm-01'), row('old', 'db-replica', 'kvm-dr', 'gone')];
+  const inventory = [
+    row('web', 'web', 'kvm-01'),
+    row('web-dr', 'web-replica', 'kvm-dr'),
+    row('db', 'db', 'kvm-01'),
+    row('old', 'db-replica', 'kvm-dr', 'gone'),
+  ];
   it("is the inventory's VM named after the replica on another host, or the one named", () => {
     expect(drVmOf('web', inventory)).toBe('web-dr');
     expect(drVmOf('web', inventory, 'other')).toBe('other');
@@ -179,7 +193,9 @@ describe('lifeboat failback: the VM running at the DR site', () => {
     expect(() => drVmOf('db', inventory)).toThrow(
       "VM 'db' is not failed over: no VM named db-replica (its replica at the DR site) is in the inventory. Fail it over first (lifeboat failover db)",
     );
-    expect(() => drVmOf('web', [...inventory, row('web-dr2', 'web-replica', 'kvm-dr2')])).toThrow('several VMs of the inventory are named web-replica (web-dr, web-dr2)');
+    expect(() => drVmOf('web', [...inventory, row('web-dr2', 'web-replica', 'kvm-dr2')])).toThrow(
+      'several VMs of the inventory are named web-replica (web-dr, web-dr2)',
+    );
   });
 });
 

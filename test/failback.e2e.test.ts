@@ -221,7 +221,12 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     await virsh(['destroy', prodName]);
     const next = await backupAndReplicate(t.sfn, t.stack.endpoints, 'p-prod');
     expect(next.replicaVms).toHaveLength(1);
-    expect(next.replicaVms[0]).toMatchObject({ domain: drName, fromBackupId: b.vms[0]!.backupId, backupId: next.run.vms[0]!.backupId, bytesWritten: 5 * CHUNK });
+    expect(next.replicaVms[0]).toMatchObject({
+      domain: drName,
+      fromBackupId: b.vms[0]!.backupId,
+      backupId: next.run.vms[0]!.backupId,
+      bytesWritten: 5 * CHUNK,
+    });
     await run('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', prod.disk, drDisk]);
   }, 900_000);
 

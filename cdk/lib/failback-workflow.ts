@@ -84,7 +84,10 @@ export class FailbackWorkflow extends Construct {
       stateMachine: props.backup,
       name: sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')),
       // Only the DR VM: the DR-site policy may protect other VMs, which must not lengthen the outage.
-      input: sfn.TaskInput.fromObject({ policyId: sfn.JsonPath.stringAt('$.job.drPolicyId'), vmIds: sfn.JsonPath.array(sfn.JsonPath.stringAt('$.job.drVmId')) }),
+      input: sfn.TaskInput.fromObject({
+        policyId: sfn.JsonPath.stringAt('$.job.drPolicyId'),
+        vmIds: sfn.JsonPath.array(sfn.JsonPath.stringAt('$.job.drVmId')),
+      }),
       resultSelector: { 'startDate.$': '$.StartDate' },
       resultPath: '$.finalRun',
       taskTimeout: sfn.Timeout.duration(Duration.minutes(1)),
@@ -127,7 +130,10 @@ export class FailbackWorkflow extends Construct {
     const done = new sfn.Pass(this, 'FailedBack', { outputPath: '$.report' });
     // The replica VM that ran as the VM at the DR site: released (no longer failed over, back on its newest point) for the next replication.
     const release = domainTask('ReleaseReplica', 'releaseReplica', '$.job.replica.moverGroup', '$.replicaReleased');
-    const noReplica = new sfn.Pass(this, 'NoReplicaVm', { result: sfn.Result.fromObject({ domain: null, failoverRunId: null, backupId: null, checkpointsRemoved: 0 }), resultPath: '$.replicaReleased' });
+    const noReplica = new sfn.Pass(this, 'NoReplicaVm', {
+      result: sfn.Result.fromObject({ domain: null, failoverRunId: null, backupId: null, checkpointsRemoved: 0 }),
+      resultPath: '$.replicaReleased',
+    });
     const releaseIfReplica = new sfn.Choice(this, 'HasReplicaVm').when(sfn.Condition.isPresent('$.job.replica'), release).otherwise(noReplica);
     release.next(record);
     noReplica.next(record);

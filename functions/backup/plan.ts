@@ -109,47 +109,51 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
   // Chunks a deep verification moved aside: every job re-checks them (repository/quarantine.ts).
   const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(policy), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
   // A few VMs' catalog reads and writes at once: a policy of thousands of VMs plans in seconds, not minutes.
-  const planned = await mapLimit(onlyRequested(await selectVms(policy, deps.catalog), policy.policyId, input.vmIds), PLAN_CONCURRENCY, async (vm): Promise<VmJob | GoneVm> => {
-    const vmId = vm.vmId;
-    if (vm.gone) return recordGone(vm, policy, input.runId, now, deps.catalog);
-    if (!hosts.has(vm.host)) hosts.set(vm.host, deps.catalog.getHost(vm.host));
-    const host = await hosts.get(vm.host);
-    if (!host)
-      throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
-    const backupId = newBackupId(now, input.runId, vmId);
-    const parent = await deps.catalog.latestParent(vmId);
-    const job: VmJob = {
-      runId: input.runId,
-      policyId: policy.policyId,
-      backupId,
-      vmId,
-      host: vm.host,
-      moverGroup: host.moverGroup,
-      source: vm.source,
-      repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
-      parentBackupId: parent?.backupId ?? null,
-      parentCheckpoint: parent?.checkpoint ?? null,
-      ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
-      ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
-      parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, objectKeys.manifest(parent!.backupId, d.diskId)])),
-      slotScopes: slotScopes(vm, host, policy),
-      slot: null,
-      snapshot: null,
-      minMoverVersion: minMoverVersion(),
-      segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
-      ...(healChunks.length ? { healChunks } : {}),
-    };
-    await deps.catalog.startBackup({
-      vmId,
-      backupId,
-      runId: input.runId,
-      policyId: policy.policyId,
-      status: 'running',
-      parentBackupId: job.parentBackupId,
-      startedAt: now.toISOString(),
-    });
-    return job;
-  });
+  const planned = await mapLimit(
+    onlyRequested(await selectVms(policy, deps.catalog), policy.policyId, input.vmIds),
+    PLAN_CONCURRENCY,
+    async (vm): Promise<VmJob | GoneVm> => {
+      const vmId = vm.vmId;
+      if (vm.gone) return recordGone(vm, policy, input.runId, now, deps.catalog);
+      if (!hosts.has(vm.host)) hosts.set(vm.host, deps.catalog.getHost(vm.host));
+      const host = await hosts.get(vm.host);
+      if (!host)
+        throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
+      const backupId = newBackupId(now, input.runId, vmId);
+      const parent = await deps.catalog.latestParent(vmId);
+      const job: VmJob = {
+        runId: input.runId,
+        policyId: policy.policyId,
+        backupId,
+        vmId,
+        host: vm.host,
+        moverGroup: host.moverGroup,
+        source: vm.source,
+        repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
+        parentBackupId: parent?.backupId ?? null,
+        parentCheckpoint: parent?.checkpoint ?? null,
+        ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
+        ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
+        parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, objectKeys.manifest(parent!.backupId, d.diskId)])),
+        slotScopes: slotScopes(vm, host, policy),
+        slot: null,
+        snapshot: null,
+        minMoverVersion: minMoverVersion(),
+        segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+        ...(healChunks.length ? { healChunks } : {}),
+      };
+      await deps.catalog.startBackup({
+        vmId,
+        backupId,
+        runId: input.runId,
+        policyId: policy.policyId,
+        status: 'running',
+        parentBackupId: job.parentBackupId,
+        startedAt: now.toISOString(),
+      });
+      return job;
+    },
+  );
   const vms = planned.filter((p): p is VmJob => 'moverGroup' in p);
   const gone = planned.filter((p): p is GoneVm => !('moverGroup' in p));
   return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms, gone };

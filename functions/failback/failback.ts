@@ -98,7 +98,10 @@ export async function planFailback({ failbackId, request }: z.output<typeof plan
       `the DR VM '${drVm.vmId}' has disk(s) ${missing.join(', ')} that the recovery point ${base.backupId} of '${vm.vmId}' does not: add them to the production VM, or restore it from the DR site's backup instead`,
     );
   const replicateTo = (await deps.catalog.getPolicy(base.policyId))?.replicateTo;
-  const replica = replicateTo?.replicaVms && replicateTo.standbyPath && replicateTo.moverGroup ? { replicaDir: replicateTo.standbyPath, uri: replicateTo.replicaVms.uri, moverGroup: replicateTo.moverGroup } : undefined;
+  const replica =
+    replicateTo?.replicaVms && replicateTo.standbyPath && replicateTo.moverGroup
+      ? { replicaDir: replicateTo.standbyPath, uri: replicateTo.replicaVms.uri, moverGroup: replicateTo.moverGroup }
+      : undefined;
   return failbackJob.parse({
     failbackId,
     vmId: vm.vmId,

@@ -240,7 +240,6 @@ export interface UpdateReplicaDeps {
   now?: () => Date;
 }
 
-
 /**
  * Brings VM `job.vmId`'s replica to `job.backupId`: a new restore point (a layer per disk
  * holding only the chunks that changed since the newest point), the active overlays moved
