@@ -30,7 +30,7 @@ import { runExecution } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
 import { backupAndReplicate } from '../local/vm-lab/dr-lab.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
-import { ensureLibvirtd, virsh, waitForConsoleLine } from '../local/vm-lab/libvirtd.ts';
+import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { stopDrVm } from '../mover/recovery/failback-domain.ts';
 import { readReplicaState } from '../mover/recovery/replica-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
