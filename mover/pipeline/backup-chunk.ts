@@ -92,7 +92,7 @@ export class ChunkStorer {
     const known = parentEntry(this.o.parent, index, this.o.healChunks);
     if (known && known.id === id) {
       stats.parentChunks++;
-      return recent.remember(id, known.stored);
+      return known; // not remembered: see RecentIds
     }
     stats.bytesNew += length;
     const seen = recent.get(id);

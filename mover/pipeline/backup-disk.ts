@@ -135,7 +135,7 @@ class ReadAhead {
 }
 
 /** Counts a chunk that was not read: `null` a hole, else what the parent holds for an unchanged chunk. */
-function countUnread(stats: DiskStats, recent: RecentIds, length: number, hole: boolean, same: Entry): void {
+function countUnread(stats: DiskStats, length: number, hole: boolean, same: Entry): void {
   if (hole) {
     stats.zeroChunks++;
     stats.bytesZero += length;
@@ -147,10 +147,7 @@ function countUnread(stats: DiskStats, recent: RecentIds, length: number, hole: 
   if (same === null) {
     stats.zeroChunks++;
     stats.bytesZero += length;
-  } else {
-    stats.parentChunks++;
-    recent.remember(same.id, same.stored);
-  }
+  } else stats.parentChunks++; // not remembered: see RecentIds
 }
 
 export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
@@ -221,7 +218,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
         // not read: a hole, or not changed since the parent (its chunk)
         const hole = inHole(i);
         const same = hole ? null : unchanged(i)!;
-        countUnread(stats, recent, length, hole, same);
+        countUnread(stats, length, hole, same);
         window.settled(same);
         await window.emit();
         progress(writer.bytesWritten);
