@@ -122,7 +122,11 @@ try {
     await run('dd', ['if=/dev/zero', `of=${join(work, 'dd.out')}`, `bs=${CHUNK}`, `count=${picked.size}`, 'conv=fsync', 'status=none']);
     const dd = (performance.now() - t1) / 1000;
     await rm(join(work, 'dd.out'), { force: true });
-    phases.push(`  ${`${pct}%`.padEnd(9)} ${Object.entries(u.phases ?? {}).map(([k, v]) => `${k} ${v.toFixed(2)}`).join('  ')}`);
+    phases.push(
+      `  ${`${pct}%`.padEnd(9)} ${Object.entries(u.phases ?? {})
+        .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+        .join('  ')}`,
+    );
     out(
       `  ${`${pct}%`.padEnd(9)} ${mib(changed).padStart(13)}   ${mib(u.bytesWritten).padStart(21)}   ${(u.bytesWritten / changed).toFixed(3).padStart(15)}   ${u.seconds.toFixed(2).padStart(8)}   ${full.toFixed(2).padStart(14)}   ${(u.seconds / full).toFixed(2).padStart(11)}   ${dd.toFixed(2).padStart(12)}   ${load()}`,
     );

@@ -168,7 +168,10 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     await mkdir(join(work, 'test-failovers', recent), { recursive: true });
     await utimes(join(work, 'test-failovers', old), new Date(Date.now() - 2 * 86400_000), new Date(Date.now() - 2 * 86400_000));
     await createIsolatedNetwork(work, `lbtf-${old}`, `lbtf${old}`);
-    await writeFile(join(work, 'leftover.xml'), `<domain type='qemu'><name>lbtf-${old}-leftover</name><memory unit='MiB'>16</memory><os><type arch='x86_64'>hvm</type></os></domain>`);
+    await writeFile(
+      join(work, 'leftover.xml'),
+      `<domain type='qemu'><name>lbtf-${old}-leftover</name><memory unit='MiB'>16</memory><os><type arch='x86_64'>hvm</type></os></domain>`,
+    );
     await virsh(['define', join(work, 'leftover.xml')]);
     const d = await failover('TestFailover', { plan: plan('drill'), points: { [vmIds[2]!]: { backupId: backups[0]![2]! } } });
     expect(d.status, d.cause).toBe('SUCCEEDED');

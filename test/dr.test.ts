@@ -141,7 +141,10 @@ describe('replica leases: a failover plan and the replications of its VMs never 
     try {
       const { catalog, recovery } = db;
       const now = Date.parse('2026-12-07T06:00:00Z');
-      const vms = [{ bucket: 'lifeboat-dr', vmId: 'a' }, { bucket: 'lifeboat-dr', vmId: 'b' }];
+      const vms = [
+        { bucket: 'lifeboat-dr', vmId: 'a' },
+        { bucket: 'lifeboat-dr', vmId: 'b' },
+      ];
       const holder = async (vmId: string) => (await catalog.slotHolder(replicaLeaseScope('lifeboat-dr', vmId), 0))?.holder;
       // A replication of b is writing its replica: the plan takes nothing and says who holds it.
       expect(await catalog.takeSlot(replicaLeaseScope('lifeboat-dr', 'b'), 0, 'replicate-b-1', now, now + 3600_000)).toBe(true);
@@ -155,7 +158,13 @@ describe('replica leases: a failover plan and the replications of its VMs never 
       await catalog.releaseSlot(Catalog.slotKey(replicaLeaseScope('lifeboat-dr', 'b'), 0), 'replicate-b-1');
       const lease = await takeReplicaLeases(catalog, 'drill-1', vms, now);
       expect([await holder('a'), await holder('b')]).toEqual(['drill-1', 'drill-1']);
-      const job = { replicationId: 'replicate-a-2', vmId: 'a', backupId: 'b-2', target: { bucket: 'lifeboat-dr' }, replicaDir: null } as unknown as ReplicateJob;
+      const job = {
+        replicationId: 'replicate-a-2',
+        vmId: 'a',
+        backupId: 'b-2',
+        target: { bucket: 'lifeboat-dr' },
+        replicaDir: null,
+      } as unknown as ReplicateJob;
       const deps = { catalog, recovery, now: () => new Date(now + 1000) };
       await expect(acquireReplicaLease(job, deps)).rejects.toThrow("another replication or failover of VM 'a' into lifeboat-dr is running");
       // The plan's end gives them back; the replication goes on.

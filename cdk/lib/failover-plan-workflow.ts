@@ -32,7 +32,8 @@ export class FailoverPlanWorkflow extends Construct {
     // The plan's VMs' replica leases (taken by PlanFailoverPlan, all or none): a replication that holds one is waited for.
     plan.addRetry({ errors: [ReplicaBusy.code], interval: Duration.seconds(5), backoffRate: 1.5, maxDelay: Duration.minutes(1), maxAttempts: 20 });
     const failed = new sfn.Fail(this, 'Failed', { errorPath: '$.error.Error', causePath: '$.error.Cause' });
-    const releaseLeases = (name: string) => invoke(this, name, props.functions.ReleaseReplicaLease, { payload: sfn.TaskInput.fromObject({ 'lease.$': '$.lease' }), resultPath: null });
+    const releaseLeases = (name: string) =>
+      invoke(this, name, props.functions.ReleaseReplicaLease, { payload: sfn.TaskInput.fromObject({ 'lease.$': '$.lease' }), resultPath: null });
     // After a failure: the leases go back (a release that fails leaves them to run out by themselves).
     const releaseAfterFailure = releaseLeases('ReleaseReplicaLeasesAfterFailure');
     releaseAfterFailure.addCatch(failed, { resultPath: '$.releaseError' });

@@ -11,12 +11,7 @@ import { execFile } from 'node:child_process';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import {
-  type FailoverPlanRequest,
-  type FailoverVmJob,
-  type FailoverVmResult,
-  type PointSelector,
-} from '../../contracts/dr.ts';
+import { type FailoverPlanRequest, type FailoverVmJob, type FailoverVmResult, type PointSelector } from '../../contracts/dr.ts';
 import type { ReleasedReplica } from '../../contracts/failback.ts';
 import { FailoverNotReady, RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
@@ -34,7 +29,6 @@ export interface FailoverDeps {
   signal?: AbortSignal;
   progress(): void;
 }
-
 
 async function replicaOf(job: { replicaDir: string; vmId: string }): Promise<ReplicaState> {
   const state = await readReplicaState(job.replicaDir, job.vmId);
