@@ -152,3 +152,24 @@ export function planRuns(entries: readonly StoredEntry[], o: Pick<RunPlanOptions
   }
   return runs.sort((a, b) => a.first - b.first).map(({ first: _, ...run }) => run);
 }
+
+/** Neighbouring disk chunks that one run fills: placed side by side in memory and written to the target at once. */
+export interface WriteExtent {
+  /** The first disk chunk index. */
+  first: number;
+  /** The chunk that fills each index from `first` on, in disk order (a chunk repeated in the disk appears at each of its indexes). */
+  chunks: RunChunk[];
+}
+
+/** The disk indexes a run's chunks fill, as runs of neighbours of at most `maxChunks` each, in disk order. */
+export function writeExtents(chunks: readonly RunChunk[], maxChunks: number): WriteExtent[] {
+  if (!Number.isSafeInteger(maxChunks) || maxChunks < 1) throw new RangeError(`a write extent holds at least one chunk, got ${maxChunks}`);
+  const placed = chunks.flatMap((c) => c.indexes.map((i) => [i, c] as const)).sort((a, b) => a[0] - b[0]);
+  const extents: WriteExtent[] = [];
+  let extent: WriteExtent | undefined;
+  for (const [i, c] of placed) {
+    if (extent && i === extent.first + extent.chunks.length && extent.chunks.length < maxChunks) extent.chunks.push(c);
+    else extents.push((extent = { first: i, chunks: [c] }));
+  }
+  return extents;
+}

@@ -1,6 +1,6 @@
 /** The chunk pool's worker threads against the in-thread format code, and the restore paths through them. */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open as openFile, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
@@ -130,19 +130,24 @@ describe('chunk pool', () => {
     expect(await pool.openSlot(keys, slot, sealed.length, id, data.length - 1)).toEqual({ ok: false, reason: 'mismatch' });
   });
 
-  it('opens a chunk at an offset of a shared slot on a worker and on the calling thread alike, writing it at its offset', async () => {
+  it('opens a chunk at an offset of a shared slot on a worker and on the calling thread alike, placing it side by side with others in another shared slot', async () => {
     const data = text(200_000);
     const id = chunkId(keys, data);
     const sealed = await seal(keys, data, id);
     const slot = pool.share(sealed.length + 1000);
     sealed.copy(slot.bytes, 1000); // as in a downloaded run of a pack: the chunk starts at byte 1000
-    const target = join(await tempDir(), 'open.raw');
-    const fh = await openFile(target, 'w+');
+    const plain = pool.share(2 * data.length + 2);
+    plain.bytes.fill(0xee);
     try {
-      expect(await pool.openSlot(keys, slot, sealed.length, id, data.length, { fd: fh.fd, offset: 0 }, 1000)).toEqual({ ok: true });
-      expect(pool.openHere(keys, slot, sealed.length, id, data.length, { fd: fh.fd, offset: data.length }, 1000)).toEqual({ ok: true });
-      const written = await readFile(target);
-      expect(written.subarray(0, data.length).equals(data) && written.subarray(data.length).equals(data)).toBe(true);
+      expect(await pool.openSlot(keys, slot, sealed.length, id, data.length, { slot: plain, offset: 1 }, 1000)).toEqual({ ok: true });
+      expect(pool.openHere(keys, slot, sealed.length, id, data.length, { slot: plain, offset: 1 + data.length }, 1000)).toEqual({ ok: true });
+      expect(plain.bytes.subarray(1, 1 + data.length).equals(data) && plain.bytes.subarray(1 + data.length, 1 + 2 * data.length).equals(data)).toBe(true);
+      // Its neighbours are untouched.
+      expect([plain.bytes[0], plain.bytes[1 + 2 * data.length]]).toEqual([0xee, 0xee]);
+      // A chunk that does not check out places nothing.
+      const before = Buffer.from(plain.bytes);
+      expect(await pool.openSlot(keys, slot, sealed.length, id, data.length - 1, { slot: plain, offset: 1 }, 1000)).toEqual({ ok: false, reason: 'mismatch' });
+      expect(plain.bytes.equals(before)).toBe(true);
       // The wrong length, another chunk's id (bound into the envelope), or a damaged byte, on the calling thread as on a worker.
       expect(pool.openHere(keys, slot, sealed.length, id, data.length - 1, undefined, 1000)).toEqual({ ok: false, reason: 'mismatch' });
       expect(() => pool.openHere(keys, slot, sealed.length, chunkId(keys, Buffer.from('other')), data.length, undefined, 1000)).toThrow(
@@ -151,8 +156,8 @@ describe('chunk pool', () => {
       slot.bytes[1000 + 40]! ^= 1;
       expect(() => pool.openHere(keys, slot, sealed.length, id, data.length, undefined, 1000)).toThrow(/failed authentication/);
     } finally {
-      await fh.close();
       pool.unshare(slot);
+      pool.unshare(plain);
     }
   });
 

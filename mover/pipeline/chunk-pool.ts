@@ -1,7 +1,7 @@
 /**
  * A small pool of worker threads for the CPU-heavy steps of the pipelines: the keyed id
  * (HMAC-SHA256), sealing (zstd, AES-256-GCM) and opening (decrypt, decompress, id check,
- * write at offset). The main thread keeps reading, the HTTP requests and the bookkeeping.
+ * placed into a shared buffer). The main thread keeps reading, the HTTP requests and the bookkeeping.
  * The pipelines' buffers are shared with the workers once (`share`, `sharePack`) and
  * named by requests: plaintext slots are read into and hashed or sealed in place, and a
  * chunk is sealed straight into the pack buffer it is uploaded from (pack-buffer.ts), so
@@ -28,8 +28,9 @@ export type WorkerRequest =
       bodyLength: number;
       id: string;
       length: number;
-      fd?: number;
-      offset?: number;
+      /** Where the checked plaintext goes: `length` bytes at `intoOffset` of shared slot `intoSlot`. */
+      intoSlot?: number;
+      intoOffset?: number;
     };
 
 /** Replies from a worker: exactly one per request, with the request's `seq`. */
@@ -39,7 +40,6 @@ export interface WorkerReply {
   /** Where the chunk was sealed into the request's `packSlot`, or that it did not fit. */
   placed?: Placement;
   plain?: ArrayBuffer;
-  written?: number;
   /** The opened chunk has another length or another keyed id than expected (swapped or forged). */
   mismatch?: boolean;
   error?: { name: string; message: string; code?: string };
@@ -55,6 +55,12 @@ export interface SharedSlot {
 /** A pack buffer shared with the pool's workers (see `ChunkPool.sharePack`). */
 export interface SharedPack extends PackBuffer {
   readonly slot: number;
+}
+
+/** Where an opened chunk's plaintext is placed: at `offset` of a shared slot. */
+export interface PlaceIn {
+  slot: SharedSlot;
+  offset: number;
 }
 
 /** What opening a chunk found: the plaintext, or that it does not match its id. */
@@ -87,14 +93,6 @@ export class ChunkPool {
   private readonly keyIds = new WeakMap<RepositoryKeys, number>();
   private nextKeyId = 1;
   private readonly shared = new Map<number, SharedArrayBuffer>();
-  /**
-   * One lock word every worker takes around its positional writes: concurrent writes into
-   * one file contend on the file's inode lock (ext4 spins on it: two writers cost ~25x the
-   * kernel time of one, measured with dd), so writes are serialized while the CPU work
-   * (decrypt, decompress, id check) stays parallel.
-   */
-  private readonly writeLock = new SharedArrayBuffer(4);
-  private readonly lock = new Int32Array(this.writeLock);
   /** Young-generation collections after chunks opened on this thread (gc-pacing.ts). */
   private readonly collectHere = pacedCollector(8);
   private nextSlot = 1;
@@ -186,20 +184,14 @@ export class ChunkPool {
   /**
    * Opens the sealed chunk in the `bodyLength` bytes at `bodyOffset` of a shared slot (a
    * downloaded chunk, or one chunk of a downloaded run of a pack) and checks that it is
-   * `length` bytes with keyed id `id`. With `write`, the plaintext is written at
-   * `write.offset` of the open file `write.fd` by the worker and not returned. Throws
-   * Corrupt when the object fails authentication or does not decompress.
+   * `length` bytes with keyed id `id`. With `into`, the checked plaintext is placed at
+   * `into.offset` of the shared slot `into.slot` by the worker and not returned (nothing
+   * is placed when it does not check out). Throws Corrupt when the object fails
+   * authentication or does not decompress.
    */
-  async openSlot(
-    keys: RepositoryKeys,
-    body: SharedSlot,
-    bodyLength: number,
-    id: string,
-    length: number,
-    write?: { fd: number; offset: number },
-    bodyOffset = 0,
-  ): Promise<Opened> {
-    const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, bodySlot: body.slot, bodyOffset, bodyLength, id, length, ...(write ?? {}) }));
+  async openSlot(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, into?: PlaceIn, bodyOffset = 0): Promise<Opened> {
+    const place = into ? { intoSlot: into.slot.slot, intoOffset: into.offset } : {};
+    const r = await this.request(keys, (seq, keyId) => ({ op: 'open', seq, keyId, bodySlot: body.slot, bodyOffset, bodyLength, id, length, ...place }));
     if (r.mismatch) return { ok: false, reason: 'mismatch' };
     return r.plain ? { ok: true, plain: Buffer.from(r.plain) } : { ok: true };
   }
@@ -207,21 +199,13 @@ export class ChunkPool {
   /**
    * `openSlot` on the calling thread, for when every worker has work queued: a restore's
    * main thread otherwise waits on the workers (profiled: idle half the time on 2 cores).
-   * Writes take the same lock as the workers'.
    */
-  openHere(
-    keys: RepositoryKeys,
-    body: SharedSlot,
-    bodyLength: number,
-    id: string,
-    length: number,
-    write?: { fd: number; offset: number },
-    bodyOffset = 0,
-  ): Opened {
-    const opened = openChunk(keys, body.bytes.subarray(bodyOffset, bodyOffset + bodyLength), id, length, write, this.lock);
+  openHere(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, into?: PlaceIn, bodyOffset = 0): Opened {
+    const target = into ? into.slot.bytes.subarray(into.offset, into.offset + length) : undefined;
+    const opened = openChunk(keys, body.bytes.subarray(bodyOffset, bodyOffset + bodyLength), id, length, target);
     this.collectHere();
     if (opened.mismatch) return { ok: false, reason: 'mismatch' };
-    return write ? { ok: true } : { ok: true, plain: opened.plain };
+    return into ? { ok: true } : { ok: true, plain: opened.plain };
   }
 
   /** Stops the workers; pending requests fail. */
@@ -274,7 +258,6 @@ export class ChunkPool {
     const worker = new Worker(WORKER_URL, { name: `lifeboat-chunk-${index}` });
     worker.unref();
     const slot: Slot = { worker, pending: new Map(), keyIds: new Set() };
-    worker.postMessage({ op: 'writeLock', sab: this.writeLock });
     for (const [id, sab] of this.shared) worker.postMessage({ op: 'share', slot: id, sab });
     worker.on('message', (r: WorkerReply) => {
       const p = slot.pending.get(r.seq);

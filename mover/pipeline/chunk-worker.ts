@@ -1,7 +1,7 @@
 /**
  * A worker thread of the chunk pool (chunk-pool.ts): keyed ids, sealing (zstd +
  * AES-256-GCM, straight into a shared pack buffer: pack-buffer.ts) and opening (decrypt,
- * decompress, id check, optionally a positional write into the restore target), all
+ * decompress, id check, optionally into a shared buffer the restore writes from), all
  * synchronous here so the main thread keeps only I/O. Buffers are shared once and named
  * by requests.
  */
@@ -41,9 +41,6 @@ const slotBytes = (slot: number, length?: number, offset = 0): Uint8Array => {
   return new Uint8Array(sab, offset, length ?? sab.byteLength - offset);
 };
 
-/** The pool's write lock (see ChunkPool.writeLock). */
-let writeLock: Int32Array | undefined;
-
 /** A young-generation collection every 16 chunks, a full one every 64 (gc-pacing.ts says why). */
 const collectGarbageNow = pacedCollector(16, 4);
 
@@ -61,10 +58,10 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
     }
     case 'open': {
       const body = slotBytes(m.bodySlot, m.bodyLength, m.bodyOffset);
-      const write = m.fd === undefined ? undefined : { fd: m.fd, offset: m.offset! };
-      const opened = openChunk(keysFor(m.keyId), body, m.id, m.length, write, writeLock);
+      const into = m.intoSlot === undefined ? undefined : slotBytes(m.intoSlot, m.length, m.intoOffset);
+      const opened = openChunk(keysFor(m.keyId), body, m.id, m.length, into);
       if (opened.mismatch) return { reply: { seq: m.seq, mismatch: true }, transfer: [] };
-      if (write) return { reply: { seq: m.seq, written: opened.plain.length }, transfer: [] };
+      if (into) return { reply: { seq: m.seq }, transfer: [] };
       const out = new ArrayBuffer(opened.plain.length);
       new Uint8Array(out).set(opened.plain);
       return { reply: { seq: m.seq, plain: out }, transfer: [out] };
@@ -72,19 +69,14 @@ function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[]
   }
 }
 
-/** The pool's messages that set a worker up (keys, shared buffers, the write lock) or tidy it (a collection when the pool is idle). */
+/** The pool's messages that set a worker up (keys, shared buffers) or tidy it (a collection when the pool is idle). */
 type Control =
   | { op: 'keys'; keyId: number; encryption: Uint8Array; id: Uint8Array }
   | { op: 'share'; slot: number; sab?: SharedArrayBuffer }
-  | { op: 'writeLock'; sab: SharedArrayBuffer }
   | { op: 'collect' };
 
 port.on('message', (m: WorkerRequest | Control) => {
   if (m.op === 'collect') return collectGarbage();
-  if (m.op === 'writeLock') {
-    writeLock = new Int32Array(m.sab);
-    return;
-  }
   if (m.op === 'share') {
     if (m.sab) shared.set(m.slot, m.sab);
     else shared.delete(m.slot);

@@ -5,13 +5,15 @@
  * one buffer shared with the chunk pool's workers (byte-arena.ts), as many at once as fit
  * in `inFlightBytes`: enough to keep a link a WAN round trip long busy, and the memory a
  * restore holds whatever the disk's size. Each chunk is opened (decrypted, decompressed,
- * its keyed id checked) and written at its offset on a worker; runs are taken in disk
- * order, so the target is written front to back. All-zero chunks stay holes in a file; on
- * a device they are written as zeros, or skipped when the device reads as zeros already.
- * The target is flushed as the restore goes and once more at its end: a restore that
- * returned is on the target's storage, not only in the page cache.
+ * its keyed id checked) on a worker into a second shared buffer, beside the chunks that
+ * neighbour it on the disk, and each such run of neighbours is written with one write
+ * (restore-target.ts); runs are taken in disk order, so the target is written front to
+ * back. All-zero chunks stay holes in a file; on a device they are written as zeros, or
+ * skipped when the device reads as zeros already. The target is flushed as the restore
+ * goes and once more at its end: a restore that returned is on the target's storage, not
+ * only in the page cache.
  */
-import { open as openFile, stat, type FileHandle } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
@@ -20,8 +22,9 @@ import type { ObjectStore } from '../../core/object-store.ts';
 import { readChunk } from '../../repository/packs.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
 import { ByteArena } from './byte-arena.ts';
-import { sharedChunkPool, type ChunkPool, type SharedSlot } from './chunk-pool.ts';
-import { readerEntries, planWindows, type ReadRun, type RunChunk } from '../../repository/read-runs.ts';
+import { sharedChunkPool, type ChunkPool, type PlaceIn, type SharedSlot } from './chunk-pool.ts';
+import { RestoreTarget } from './restore-target.ts';
+import { readerEntries, planWindows, writeExtents, type ReadRun, type RunChunk, type WriteExtent } from '../../repository/read-runs.ts';
 
 export interface RestoreDiskOptions {
   store: ObjectStore;
@@ -30,7 +33,7 @@ export interface RestoreDiskOptions {
   diskId: string;
   target: string;
   /**
-   * Bytes of runs being downloaded or opened at once (default 32 MiB): one shared buffer
+   * Bytes of runs being downloaded or opened at once (default 24 MiB): one shared buffer
    * of this size. A link's bandwidth times its round trip must fit for the link to stay busy.
    */
   inFlightBytes?: number;
@@ -58,7 +61,7 @@ export interface RestoreDiskOptions {
  * incremental backups (2 GiB, 8 MiB packs), it makes one GET per pack referenced (115 and
  * 104 GETs, against 142 and 136 with 1 MiB gaps), reading 7% more bytes than the chunks'.
  */
-export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 32 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 2 * 1024 * 1024 });
+export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 24 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 2 * 1024 * 1024 });
 
 /** Manifest entries planned at once: about 2 GiB of disk at 512 KiB chunks, a few hundred KiB of plan. */
 const WINDOW_ENTRIES = 4096;
@@ -67,31 +70,32 @@ const WINDOW_ENTRIES = 4096;
 const MAIN_THREAD_BACKLOG = 2;
 
 /**
- * Bytes written between two flushes (fdatasync) of the target during a restore. Measured
- * on the 2 GiB bench restore (1.3 GB written), alternating runs: one flush at the end
- * only took 0.4-0.6 s longer than none; flushing every 256 MiB on the way took the same
- * time as none (7.90 and 7.42 s against 8.29 and 7.51 s).
+ * The most bytes of neighbouring chunks placed side by side and written at once (at least
+ * one chunk), and how many such writes may be filled or written at once: the plaintext a
+ * restore holds besides its reads in flight is their product.
  */
-const FLUSH_BYTES = 256 * 1024 * 1024;
+const WRITE_RUN_BYTES = 4 * 1024 * 1024;
+const WRITE_RUNS_IN_FLIGHT = 2;
 
 /** The most bytes of zeros written to a device at once. */
 const ZERO_WRITE_BYTES = 8 * 1024 * 1024;
 
-export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number; requests: number }> {
+export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number; requests: number; writes: number }> {
   const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
   if (!reader) throw new Corrupt(`manifest ${objectKeys.manifest(o.backupId, o.diskId)} of disk '${o.diskId}' is missing from the repository`);
   const kind = o.targetKind ?? ((await stat(o.target).catch(() => undefined))?.isBlockDevice() ? 'device' : 'file');
   const settings = restoreSettings(o);
   const pool = o.pool ?? sharedChunkPool();
-  const restore = new DiskRestore(o, reader.info, pool, settings, await openFile(o.target, kind === 'device' ? 'r+' : 'w'));
+  const target = await RestoreTarget.open(o.target, kind, `disk '${o.diskId}'`);
+  const restore = new DiskRestore(o, reader.info, pool, settings, target);
   try {
     await restore.write(reader, kind === 'device' && !o.targetZeroed);
-    if (kind === 'file') await restore.fh.truncate(reader.info.sizeBytes);
-    await restore.flushed();
+    if (kind === 'file') await target.truncate(reader.info.sizeBytes);
+    await target.flushed();
   } finally {
     await restore.close();
   }
-  return { sizeBytes: reader.info.sizeBytes, bytesDownloaded: restore.bytesDownloaded, requests: restore.requests };
+  return { sizeBytes: reader.info.sizeBytes, bytesDownloaded: restore.bytesDownloaded, requests: restore.requests, writes: target.writes };
 }
 
 /** The tuning of one restore, checked: RESTORE_DEFAULTS and what the caller set. */
@@ -105,7 +109,11 @@ function restoreSettings(o: RestoreDiskOptions): typeof RESTORE_DEFAULTS {
 
 type ManifestInfo = ManifestReader['info'];
 
-/** One disk's restore in progress: the target, the shared arena, what was downloaded, written and flushed. */
+/**
+ * One disk's restore in progress: the runs being read (one shared arena of stored bytes),
+ * the runs of neighbouring chunks being opened side by side and written (another, of
+ * plaintext), what was downloaded.
+ */
 class DiskRestore {
   bytesDownloaded = 0;
   requests = 1;
@@ -113,18 +121,17 @@ class DiskRestore {
   private readonly maxRunBytes: number;
   private readonly arena: ByteArena;
   private readonly shared: SharedSlot;
+  /** Plaintext of neighbouring chunks, opened side by side and written by one write. */
+  private readonly plainArena: ByteArena;
+  private readonly plain: SharedSlot;
+  private readonly writeChunks: number;
   private done = 0;
-  // What is written is flushed to the target as the restore goes (one flush at a time), so
-  // the last flush, which the restore waits for, has little left to write.
-  private unflushed = 0;
-  private flushing: Promise<void> | undefined;
-  private flushFailure: unknown;
   // Slots for reading another copy of a damaged chunk (rare: one per such chunk being read).
   private readonly spareSlots: SharedSlot[] = [];
   private readonly allSpares: SharedSlot[] = [];
   private index: Promise<RepositoryIndex> | undefined;
-  // Workers write through fh.fd: the file is closed only after every started chunk settled,
-  // also when one failed (a closed fd number may be reused by the next open file).
+  // Workers read from and write into the shared buffers: they are unshared only after
+  // every started run and write settled, also when one failed.
   private readonly started = new Set<Promise<unknown>>();
   private failure: { err: unknown } | undefined;
 
@@ -132,23 +139,31 @@ class DiskRestore {
   private readonly m: ManifestInfo;
   private readonly pool: ChunkPool;
   private readonly settings: typeof RESTORE_DEFAULTS;
-  readonly fh: FileHandle;
+  private readonly target: RestoreTarget;
 
-  constructor(o: RestoreDiskOptions, m: ManifestInfo, pool: ChunkPool, settings: typeof RESTORE_DEFAULTS, fh: FileHandle) {
+  constructor(o: RestoreDiskOptions, m: ManifestInfo, pool: ChunkPool, settings: typeof RESTORE_DEFAULTS, target: RestoreTarget) {
     this.o = o;
     this.m = m;
     this.pool = pool;
     this.settings = settings;
-    this.fh = fh;
+    this.target = target;
     this.maxChunk = sealedCapacity(m.chunkSize);
     this.maxRunBytes = Math.max(this.maxChunk, Math.min(settings.maxRunBytes, settings.inFlightBytes));
     this.arena = new ByteArena(Math.max(settings.inFlightBytes, this.maxRunBytes));
     this.shared = pool.share(this.arena.capacity);
+    this.writeChunks = Math.max(1, Math.floor(WRITE_RUN_BYTES / m.chunkSize));
+    this.plainArena = new ByteArena(this.writeChunks * m.chunkSize * WRITE_RUNS_IN_FLIGHT);
+    this.plain = pool.share(this.plainArena.capacity);
   }
 
-  private track<T>(p: Promise<T>): Promise<T> {
-    this.started.add(p);
-    return p.finally(() => this.started.delete(p));
+  /** Runs `p` to its end before the restore ends or closes; its failure is the restore's (the first one wins). */
+  private track(p: Promise<unknown>): void {
+    const tracked = p
+      .catch((err: unknown) => {
+        this.failure ??= { err };
+      })
+      .finally(() => this.started.delete(tracked));
+    this.started.add(tracked);
   }
 
   private lengthAt(index: number): number {
@@ -158,22 +173,6 @@ class DiskRestore {
   private progressed(bytes: number): void {
     this.done += bytes;
     this.o.onProgress?.(this.done, this.m.sizeBytes);
-  }
-
-  private written(length: number): void {
-    this.progressed(length);
-    this.unflushed += length;
-    if (this.unflushed >= FLUSH_BYTES && !this.flushing) {
-      this.unflushed = 0;
-      // A failed flush fails the restore at its end (Linux reports a writeback error to one flush only).
-      this.flushing = this.track(this.fh.datasync())
-        .catch((err: unknown) => {
-          this.flushFailure ??= err;
-        })
-        .finally(() => {
-          this.flushing = undefined;
-        });
-    }
   }
 
   /** Plans the manifest a window at a time and restores its runs, as many in flight as the arena holds; zero chunks are written only when `writeZeros`. */
@@ -187,8 +186,8 @@ class DiskRestore {
     })) {
       for (const [first, count] of adjacent(w.zeros, zeros ? zeros.length / m.chunkSize : Infinity)) {
         const bytes = Math.min(count * m.chunkSize, m.sizeBytes - first * m.chunkSize);
-        if (zeros) await this.fh.write(zeros, 0, bytes, first * m.chunkSize);
-        this.progressed(bytes);
+        if (zeros) this.track(this.target.write(zeros.subarray(0, bytes), first * m.chunkSize).then(() => this.progressed(bytes)));
+        else this.progressed(bytes);
       }
       for (const run of w.runs) {
         if (run.length > this.arena.capacity) {
@@ -202,78 +201,54 @@ class DiskRestore {
           this.arena.give(base, run.length);
           break;
         }
-        void this.track(
-          this.restoreRun(run, base)
-            .catch((err: unknown) => {
-              this.failure ??= { err };
-            })
-            .finally(() => this.arena.give(base, run.length)),
-        );
+        this.track(this.restoreRun(run, base).finally(() => this.arena.give(base, run.length)));
       }
       if (this.failure) break;
     }
-    await Promise.allSettled(this.started);
+    await this.settled();
     if (this.failure) throw this.failure.err;
   }
 
-  /** Restored means on the target's storage, not in the page cache. */
-  async flushed(): Promise<void> {
-    await this.fh.datasync().catch((err: unknown) => {
-      this.flushFailure ??= err;
-    });
-    if (this.flushFailure)
-      throw new Error(`disk '${this.o.diskId}': flushing ${this.o.target} to storage failed: ${(this.flushFailure as Error).message}`, {
-        cause: this.flushFailure,
-      });
+  /** Every started run and write has settled (those that start meanwhile too). */
+  private async settled(): Promise<void> {
+    while (this.started.size > 0) await Promise.allSettled(this.started);
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled(this.started);
+    await this.settled();
     this.pool.unshare(this.shared);
+    this.pool.unshare(this.plain);
     for (const slot of this.allSpares) this.pool.unshare(slot);
-    await this.fh.close();
+    await this.target.close();
   }
 
-  /** Opens the chunk at `at` in `slot` into the target at chunk `i`: undefined, or why it is not this chunk. */
-  private async openAt(id: string, slot: SharedSlot, at: number, length: number, i: number): Promise<string | undefined> {
+  /** Opens the chunk at `at` in `slot` into `into`, as disk chunk `i`: undefined, or why it is not this chunk. */
+  private async openAt(id: string, slot: SharedSlot, at: number, length: number, i: number, into: PlaceIn): Promise<string | undefined> {
     const { o, pool } = this;
-    const offset = i * this.m.chunkSize;
     try {
       // On this thread while every worker has another chunk queued behind the one it opens,
       // else on a worker. After opening one here, yield to the event loop: the workers'
       // replies wait there, and without it this thread kept every chunk to itself.
-      const write = { fd: this.fh.fd, offset };
       let opened;
       if (pool.backlog >= pool.size * MAIN_THREAD_BACKLOG) {
-        opened = pool.openHere(o.keys, slot, length, id, this.lengthAt(i), write, at);
+        opened = pool.openHere(o.keys, slot, length, id, this.lengthAt(i), into, at);
         await new Promise<void>((ok) => setImmediate(ok));
       } else {
-        opened = await pool.openSlot(o.keys, slot, length, id, this.lengthAt(i), write, at);
+        opened = await pool.openSlot(o.keys, slot, length, id, this.lengthAt(i), into, at);
       }
       return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
     } catch (err) {
       if (err instanceof Corrupt) return err.message;
-      throw new Error(`disk '${o.diskId}': writing ${this.lengthAt(i)} bytes at offset ${offset} of ${o.target} failed: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw err;
     }
-  }
-
-  /** Opens the chunk at `at` in `slot` into every index in `indexes`: undefined, or why it is not this chunk. */
-  private async openAll(id: string, slot: SharedSlot, at: number, length: number, indexes: number[]): Promise<string | undefined> {
-    for (const i of indexes) {
-      const problem = await this.openAt(id, slot, at, length, i);
-      if (problem !== undefined) return problem;
-    }
-    return undefined;
   }
 
   /**
    * Another copy of chunk `c` the repository's index lists (a later backup stored it
-   * again after a deep verification quarantined the damaged one), opened into each of its
-   * indexes; false when there is none that opens.
+   * again after a deep verification quarantined the damaged one), opened into `into` as
+   * disk chunk `i`; false when there is none that opens.
    */
-  private async fromOtherCopy(c: RunChunk, key: string): Promise<boolean> {
+  private async fromOtherCopy(c: RunChunk, key: string, i: number, into: PlaceIn): Promise<boolean> {
     const { o, pool } = this;
     for (const alt of (await (this.index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(c.id, { key, offset: c.offset, length: c.length })) {
       if (alt.length > this.maxChunk) continue;
@@ -283,7 +258,7 @@ class DiskRestore {
         const copy = await readChunk(o.store, alt, slot.bytes).catch(() => undefined);
         if (!copy) continue;
         if (copy.buffer !== slot.bytes.buffer) slot.bytes.set(copy);
-        if ((await this.openAll(c.id, slot, 0, copy.length, c.indexes)) === undefined) {
+        if ((await this.openAt(c.id, slot, 0, copy.length, i, into)) === undefined) {
           this.bytesDownloaded += copy.length;
           return true;
         }
@@ -294,7 +269,12 @@ class DiskRestore {
     return false;
   }
 
-  /** Reads `run` into the arena at `base` and restores its chunks (from another copy where one is damaged). */
+  /**
+   * Reads `run` into the arena at `base`, opens its chunks side by side into runs of
+   * neighbouring disk chunks (from another copy where one is damaged) and hands each such
+   * run to the target to write; resolves once every chunk is opened (the run's bytes are
+   * then free), while the writes may still be under way.
+   */
   private async restoreRun(run: ReadRun, base: number): Promise<void> {
     const { shared } = this;
     this.requests++;
@@ -306,22 +286,54 @@ class DiskRestore {
       this.bytesDownloaded += body.length;
       if (body.buffer !== shared.bytes.buffer) shared.bytes.set(body.subarray(0, run.length), base); // a store that ignored `into`
     }
-    await mapLimit(run.chunks, Math.max(1, this.pool.size * 2), async (c) => {
-      // A chunk's own bytes in the pack (the run holds several chunks).
-      const where = run.packed ? `${run.key} bytes ${c.offset}+${c.length}` : run.key;
-      const problem = !body
-        ? 'it is missing from the repository'
-        : body.length < c.at + c.length
-          ? `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`
-          : await this.openAll(c.id, shared, base + c.at, c.length, c.indexes);
-      if (problem !== undefined && !(await this.fromOtherCopy(c, run.key))) {
-        throw new Corrupt(
-          `disk '${this.o.diskId}' offset ${c.indexes[0]! * this.m.chunkSize}: chunk ${c.id} in ${where} is damaged: ${problem}; ` +
-            'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup',
-        );
-      }
-      for (const i of c.indexes) this.written(this.lengthAt(i));
-    });
+    // Every extent to its end before the run's bytes are given back (workers read them), the first failure kept.
+    const outcomes = await Promise.allSettled(writeExtents(run.chunks, this.writeChunks).map((e) => this.restoreExtent(run, body, base, e)));
+    const failed = outcomes.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  /** Opens the chunks of `e` side by side in the plaintext arena, then has the target write them at once. */
+  private async restoreExtent(run: ReadRun, body: Buffer | undefined, base: number, e: WriteExtent): Promise<void> {
+    const { m, plain } = this;
+    const bytes = e.chunks.reduce((n, _, k) => n + this.lengthAt(e.first + k), 0);
+    const at = await this.plainArena.take(bytes);
+    let writing = false;
+    try {
+      // Every chunk of the extent to its end (workers write into it) before its bytes may be given back.
+      let failure: { err: unknown } | undefined;
+      await mapLimit(e.chunks, Math.max(1, this.pool.size * 2), (c, k) =>
+        this.openInto(run, body, base, c, e.first + k, { slot: plain, offset: at + k * m.chunkSize }).catch((err: unknown) => {
+          failure ??= { err };
+        }),
+      );
+      if (failure) throw failure.err;
+      writing = true;
+      this.track(
+        this.target
+          .write(plain.bytes.subarray(at, at + bytes), e.first * m.chunkSize)
+          .then(() => this.progressed(bytes))
+          .finally(() => this.plainArena.give(at, bytes)),
+      );
+    } finally {
+      if (!writing) this.plainArena.give(at, bytes);
+    }
+  }
+
+  /** Opens chunk `c` of `run` (read into the arena at `base`) into `into` as disk chunk `i`, or another copy of it; Corrupt when neither opens. */
+  private async openInto(run: ReadRun, body: Buffer | undefined, base: number, c: RunChunk, i: number, into: PlaceIn): Promise<void> {
+    // A chunk's own bytes in the pack (the run holds several chunks).
+    const where = run.packed ? `${run.key} bytes ${c.offset}+${c.length}` : run.key;
+    const problem = !body
+      ? 'it is missing from the repository'
+      : body.length < c.at + c.length
+        ? `the read of bytes ${run.offset}+${run.length} returned ${body.length} bytes (the pack is shorter than its manifest says)`
+        : await this.openAt(c.id, this.shared, base + c.at, c.length, i, into);
+    if (problem !== undefined && !(await this.fromOtherCopy(c, run.key, i, into))) {
+      throw new Corrupt(
+        `disk '${this.o.diskId}' offset ${i * this.m.chunkSize}: chunk ${c.id} in ${where} is damaged: ${problem}; ` +
+          'deep-verify the backup to quarantine the chunk (the next backup of a VM holding the data stores it again), or restore an older backup',
+      );
+    }
   }
 }
 
