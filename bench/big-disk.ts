@@ -54,7 +54,10 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
     case 'backup': {
       const { backupDisk } = await import('../mover/pipeline/backup-disk.ts');
       const { FolderDriver } = await import('../mover/sources/folder.ts');
+      const { IndexCache } = await import('../repository/repository-index.ts');
       const reader = await new FolderDriver({ qemuImg: false }).openDisk(disk);
+      // The repository's index as a mover keeps it: its listings in local files (mover/repository-access.ts).
+      const index = new IndexCache(store, keys, { dir: args.indexDir as string });
       const seg = args.segment as { index: number; count: number; offset: number; length: number } | undefined;
       try {
         return await backupDisk({
@@ -65,6 +68,7 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
           backupId: job.backupId,
           chunkSize,
           parallelism: 8,
+          index: () => index.refresh(),
           ...(seg ? { segment: seg } : {}),
           ...(args.parentBackupId
             ? { parentBackupId: args.parentBackupId as string, parentManifestKey: objectKeys.manifest(args.parentBackupId as string, diskId) }
@@ -127,6 +131,7 @@ const dir = resolve(fileURLToPath(new URL('..', import.meta.url)), '.lifeboat', 
 await rm(dir, { recursive: true, force: true });
 await mkdir(dir, { recursive: true });
 const image = join(dir, 'big.raw');
+const indexDir = join(dir, 'repository-index');
 
 /** Writes the image: every chunk distinct (its number, then a compressible pattern), every HOLE_EVERY-th a hole; `changed` chunks get another pattern. */
 async function writeImage(changedEvery?: number): Promise<void> {
@@ -220,7 +225,7 @@ try {
   for (let index = 0; index < segments; index++) {
     const offset = index * perSegment;
     const segment = { index, count: segments, offset, length: Math.min(perSegment, sizeBytes - offset) };
-    transfers.push(await step<DiskResult>('backup', 'mover', { backupId: full, path: image, segment, label: `segment ${index}` }));
+    transfers.push(await step<DiskResult>('backup', 'mover', { backupId: full, path: image, segment, indexDir, label: `segment ${index}` }));
   }
   await step('join', 'function', { backupId: full, transfers });
   const bytes = await manifestBytes(full);
@@ -230,7 +235,7 @@ try {
   await step('verify', 'function', { backupId: full });
   await writeImage(97); // about 1% of the chunks change
   const incr = 'big-incr';
-  const r = await step<DiskResult>('backup', 'mover', { backupId: incr, path: image, parentBackupId: full, label: 'incremental' });
+  const r = await step<DiskResult>('backup', 'mover', { backupId: incr, path: image, parentBackupId: full, indexDir, label: 'incremental' });
   say(`incremental: ${r.stats.parentChunks} chunks reused from the parent, ${r.stats.uploadedChunks} uploaded, ${r.stats.dedupedChunks} deduplicated`);
   await step('verify', 'function', { backupId: incr, label: 'incremental' });
   const gc = await step<{ manifests: number; packs: unknown; reclaimableInPacks: unknown }>('gc', 'function', {});

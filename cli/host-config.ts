@@ -11,7 +11,7 @@ import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { openHostConfig, type HostConfigArchive } from '../repository/host-config.ts';
-import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
+import type { HostConfigRecord } from '../contracts/host-config.ts';
 import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 import { runWithProgress } from './progress.ts';
 import { guarded, lambdaMessage, StackClient, stackOptions, type Out, type StackOptions } from './stack-client.ts';

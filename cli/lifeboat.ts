@@ -12,6 +12,7 @@ import { registerHostConfigCommands } from './host-config.ts';
 import { registerLifecycleCommands } from './lifecycle.ts';
 import { registerListingCommands } from './listings.ts';
 import { registerRecoveryCommands } from './recovery.ts';
+import { registerFailbackCommand } from './failback.ts';
 import { registerFailoverCommand } from './failover.ts';
 import { guarded } from './stack-client.ts';
 import type { MoverProcess } from '../local/movers.ts';
@@ -111,6 +112,11 @@ registerRecoveryCommands(program, DEFAULT_DATA_DIR, {
 });
 
 registerFailoverCommand(program, DEFAULT_DATA_DIR, {
+  out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
+  ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
+});
+
+registerFailbackCommand(program, DEFAULT_DATA_DIR, {
   out: (line) => process.stdout.write(`${process.stdout.isTTY ? '\r\x1b[2K' : ''}${line}\n`),
   ...(process.stdout.isTTY ? { status: (line: string) => process.stdout.write(`\r\x1b[2K${line}`) } : {}),
 });

@@ -68,6 +68,14 @@ export class PolicyNotFound extends LifeboatError {
   }
 }
 
+/** A Backup request names VMs the policy does not select (its `vmIds` filter). */
+export class BackupRequestInvalid extends LifeboatError {
+  static readonly code = 'Backup.RequestInvalid';
+  constructor(message: string) {
+    super(BackupRequestInvalid.code, message, { retryable: false });
+  }
+}
+
 /** Verify found a chunk missing or not matching its manifest. */
 export class VerifyFailed extends LifeboatError {
   static readonly code = 'Verify.Failed';

@@ -70,6 +70,12 @@ export const failbackJob = z
     /** The DR VM's newest backup D when the failback started, in the DR repository. */
     target: backupRef,
     disks: z.array(z.object({ diskId: text, sizeBytes: count }).strict()).min(1),
+    /**
+     * The production VM's replica VM at the DR site (when its DR repository keeps replica VMs):
+     * after production is ready, a DR mover clears its failed-over state, so the next
+     * replication updates it again (contracts/dr.ts).
+     */
+    replica: z.object({ replicaDir: text, uri: text, moverGroup: text }).strict().optional(),
     shutdownTimeoutSeconds: z.number().int().positive(),
     readiness: failbackReadiness,
   })
@@ -126,9 +132,20 @@ export type FailbackDiskResult = z.infer<typeof failbackDiskResult>;
 export const stopDrVmTask = z.object({ task: z.literal('stopDrVm'), failback: failbackJob }).strict();
 /** The mover task `startProductionVm`: start it and wait for its `readiness`. */
 export const startProductionVmTask = z.object({ task: z.literal('startProductionVm'), failback: failbackJob }).strict();
-export type FailbackTask = z.infer<typeof failbackDiskTask> | z.infer<typeof stopDrVmTask> | z.infer<typeof startProductionVmTask>;
+/** The mover task `releaseReplica`: the replica VM, shut off, back on its newest restore point and no longer failed over. */
+export const releaseReplicaTask = z.object({ task: z.literal('releaseReplica'), failback: failbackJob }).strict();
+export type FailbackTask =
+  | z.infer<typeof failbackDiskTask>
+  | z.infer<typeof stopDrVmTask>
+  | z.infer<typeof startProductionVmTask>
+  | z.infer<typeof releaseReplicaTask>;
 
 export const stoppedVm = z.object({ domain: text, state: text, seconds: z.number(), stoppedAt: text }).strict();
+/** What `releaseReplica` did: the replica's domain (null: no replica VM), the failover run it was released from (null: it was not failed over), the point its disks are back on. */
+export const releasedReplica = z
+  .object({ domain: text.nullable(), failoverRunId: text.nullable(), backupId: text.nullable(), checkpointsRemoved: count })
+  .strict();
+export type ReleasedReplica = z.infer<typeof releasedReplica>;
 export const startedVm = z
   .object({ domain: text, state: text, readySeconds: z.number(), readyAt: text, line: z.string(), agent: z.boolean().optional() })
   .strict();
@@ -150,6 +167,8 @@ export interface FailbackReport {
   /** From the DR VM's shutdown to the production VM being ready. */
   outageSeconds: number;
   production: { domain: string; state: string; readyAt: string };
+  /** The replica VM released after the switch (absent: the production VM has no replica VM). */
+  replica?: ReleasedReplica;
   disks: { sync: FailbackDiskResult[]; final: FailbackDiskResult[] };
 }
 

@@ -4,6 +4,8 @@
  * are repository/host-config.ts's.
  */
 import { z } from 'zod';
+import { repositoryLocation } from './endpoints.ts';
+import type { Infer } from './zod.ts';
 
 const text = z.string().min(1);
 const count = z.number().int().nonnegative();
@@ -48,3 +50,16 @@ export const hostConfigResult = z.strictObject({
   counts: hostConfigCounts,
 });
 export type HostConfigResult = z.infer<typeof hostConfigResult>;
+
+/**
+ * A stored host configuration backup, as the catalog keeps it and the operator API lists
+ * it (`/api/host-configs`): the mover's result, the repository it is in, when it was
+ * recorded and by which HostConfigBackup execution.
+ */
+export const hostConfigRecord = hostConfigResult.extend({
+  repository: repositoryLocation,
+  recordedAt: text,
+  /** The HostConfigBackup execution that made it. */
+  runId: text,
+});
+export type HostConfigRecord = Infer<typeof hostConfigRecord>;

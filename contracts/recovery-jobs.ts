@@ -9,7 +9,7 @@
 import { z } from 'zod';
 import { repositoryLocation } from './endpoints.ts';
 import { exportJob } from './export-job.ts';
-import { failbackDiskTask, startProductionVmTask, stopDrVmTask } from './failback.ts';
+import { failbackDiskTask, releaseReplicaTask, startProductionVmTask, stopDrVmTask } from './failback.ts';
 import { filesJob } from './files-job.ts';
 import { restoreTestJob } from './restore-test.ts';
 import { replicaJob } from './dr.ts';
@@ -310,6 +310,7 @@ export const recoveryTask = z.discriminatedUnion('task', [
   failbackDiskTask,
   stopDrVmTask,
   startProductionVmTask,
+  releaseReplicaTask,
 ]);
 export type RecoveryTask = Infer<typeof recoveryTask>;
 

@@ -88,6 +88,49 @@ export interface DeepVerifySummary {
   restoreTestFailed?: RestoreTestFailedEvent;
 }
 
+/** A VM's deep verification as a policy's verification lists it: its summary without the lists that grow with its damage. */
+export type DeepVerifiedVm = Omit<DeepVerifySummary, 'findings' | 'event' | 'repository' | 'healed' | 'restoreTestJob'> & {
+  findingsCount: number;
+  /** This verification found intact a backup that was `damaged`. */
+  healed: boolean;
+};
+
+/** A VM a policy-wide workflow did not get through: its child execution's error. */
+export interface PolicyVmFailure {
+  vmId: string;
+  backupId?: string;
+  error: string;
+  cause: string;
+}
+
+/** What a policy-wide workflow left out, and why. */
+export interface PolicyVmSkipped {
+  vmId: string;
+  reason: string;
+}
+
+/**
+ * The output of DeepVerifyPolicy (and of RecordDeepVerifyPolicy): counts over every VM, and
+ * the first VMs by name (damaged first) as far as a payload allows; every VM's summary is in
+ * the Map Run's result files (`results`: its manifest in the stack's bucket).
+ */
+export interface DeepVerifyPolicySummary {
+  verifyId: string;
+  policyId: string;
+  /** VMs whose verification ran (one child execution each). */
+  vms: number;
+  verifiedCount: number;
+  damagedCount: number;
+  failedCount: number;
+  verified: DeepVerifiedVm[];
+  failed: PolicyVmFailure[];
+  skipped: PolicyVmSkipped[];
+  skippedCount: number;
+  results: { bucket: string; key: string };
+  /** Set when a VM's verification failed: the execution then fails with it (after recording it). */
+  error?: { Error: string; Cause: string };
+}
+
 /** The detail of a `Lifeboat Restore Test Failed` event. */
 export interface RestoreTestFailedEvent {
   vmId: string;

@@ -23,7 +23,7 @@
  *   LIFEBOAT_REGISTRATION_SECONDS (registration heartbeat, default 60), LIFEBOAT_PROGRESS_SECONDS (how often a disk
  *   transfer writes its progress object, contracts/progress.ts; default 5), LIFEBOAT_SHUTDOWN_GRACE_MS (default 600000)
  *   LIFEBOAT_MOVER_HOME (installed releases, default ~/.lifeboat-mover)
- *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, restore tests' throwaway folders, pool restores' records and raw copies; default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
+ *   LIFEBOAT_WORK_DIR (snapshots' NBD sockets and libvirt scratch files, restore tests' throwaway folders, pool restores' records and raw copies, the repositories' deduplication indexes under repository-index/; default $LIFEBOAT_MOVER_HOME/work; on the hypervisor host)
  *   LIFEBOAT_INSTANT_SPARE=1 keeps a spare export process started (its code loaded, ~120 MB), so an instant recovery's VM
  *     starts without waiting for one to load (mover/recovery/export-process.ts); default: none
  *   LIFEBOAT_NBD_TLS_DIR    folder of the TLS credentials for reading hosts' TCP exports with TLS (`exports.tls`):
@@ -116,6 +116,7 @@ const sfn = new SFNClient({
   ...(sfnEndpoint ? { endpoint: sfnEndpoint, credentials: LOCAL_ENDPOINT_CREDENTIALS } : {}),
   requestHandler: { requestTimeout: 70_000 },
 });
+const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
 let access: RepositoryAccess;
 try {
   // `metrics` is made below; these run only once a repository is opened.
@@ -126,6 +127,8 @@ try {
       metrics.onRetry(info);
     },
     wrapStore: (s) => metrics.store(s),
+    // Repository indexes for deduplication: on local disk, ~12 bytes per chunk resident (repository/index-spill.ts).
+    indexDir: join(workDir, 'repository-index'),
   });
 } catch (err) {
   process.stderr.write(`lifeboat-mover: ${(err as Error).message} (see mover/main.ts for the settings)\n`);
@@ -214,7 +217,6 @@ const nbdTls = nbdTlsDir
       process.exit(2);
     })
   : undefined;
-const workDir = process.env.LIFEBOAT_WORK_DIR || join(home, 'work');
 // A mover that may run instant recoveries keeps an export process loaded and waiting: the VM starts seconds sooner.
 if (process.env.LIFEBOAT_INSTANT_SPARE === '1') prepareSpareExportProcess(workDir);
 const handler = taskHandler({

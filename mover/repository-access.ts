@@ -7,6 +7,8 @@
  * both read the repository the same way.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
 import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
@@ -41,6 +43,8 @@ export function repositoryAccess(
     onRetry?: (info: RetryInfo) => void;
     /** Wraps each repository's S3 store first, inside the retries (the mover's request metrics). */
     wrapStore?: (store: ObjectStore) => ObjectStore;
+    /** A local folder for the repositories' indexes (a folder per repository below it); without one they are kept in memory. */
+    indexDir?: string;
   },
 ): RepositoryAccess {
   const region = env.AWS_REGION ?? 'us-east-1';
@@ -111,7 +115,9 @@ export function repositoryAccess(
         );
         if (bandwidth) store = withBandwidthLimit(store, bandwidth);
         const repo = await openRepository({ store, bucket, keys: await keys() });
-        return { store, keys: repo.keys, index: new IndexCache(store, repo.keys) };
+        // The index's listings on local disk, not in memory (repository/index-spill.ts): one folder per repository.
+        const dir = o.indexDir && join(o.indexDir, createHash('sha256').update(id).digest('hex').slice(0, 16));
+        return { store, keys: repo.keys, index: new IndexCache(store, repo.keys, dir ? { dir } : {}) };
       })();
       r.catch(() => repositories.delete(id));
       repositories.set(id, r);

@@ -7,7 +7,17 @@
 import { Corrupt } from '../contracts/errors.ts';
 import { objectKeys, type PackRef, type RepositoryKeys } from './format.ts';
 import { objectCrc32, type ObjectStore } from '../core/object-store.ts';
-import { MAX_PACK_BYTES, newPackId, putIndexObject, packTrailer, type PackContents, type PackEntry } from './packs.ts';
+import {
+  MAX_INDEX_ENTRIES,
+  MAX_PACK_BYTES,
+  MAX_PACK_CHUNKS,
+  newPackId,
+  putIndexObject,
+  packTrailer,
+  trailerBytes,
+  type PackContents,
+  type PackEntry,
+} from './packs.ts';
 import { reserved, resetPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 
 /** A pack's room past its target for the chunks in flight when it closes, at most, by default (see PackWriter). */
@@ -40,12 +50,16 @@ export interface PackWriterOptions<B extends PackBuffer> {
   maxInFlight?: number;
   /** The most room a pack has past its target for the chunks in flight when it closes (default 4 MiB; at least one chunk: see PackWriter). */
   maxHeadroomBytes?: number;
-  /** Bytes of each pack buffer kept for the trailer (default 64 KiB, a trailer of ~1,600 chunks); a longer trailer is appended by a copy. */
+  /** Chunks in a pack at most (default MAX_PACK_CHUNKS, 4,096): a pack is closed at this many even below its target bytes. */
+  maxChunks?: number;
+  /** Bytes of each pack buffer kept for the trailer (default: a trailer of `maxChunks` chunks, ~160 KiB); a longer trailer is appended by a copy. */
   trailerRoom?: number;
   /** Packs uploading at once (default 2). */
   maxUploads?: number;
   /** At most this many packs between index objects (default 32; see `upload`), and one at `finish`. */
   packsPerIndex?: number;
+  /** An index object is also stored once the packs not yet indexed list this many chunks (default MAX_INDEX_ENTRIES, 65,536). */
+  entriesPerIndex?: number;
   /** Makes a pack buffer of `capacity` bytes (the chunk pool's `sharePack`, or pack-buffer.ts `newPackBuffer` to seal on this thread). */
   newBuffer: (capacity: number) => B;
   /** Called when a pack landed (after the index object listing it, when one was due), with `bytesWritten` so far. */
@@ -68,7 +82,9 @@ export type Sealer<B extends PackBuffer> = (buf: B) => Placement | Promise<Place
  * takes a chunk while its cursor is below `targetBytes` and there is room for the chunk
  * and every other one in flight at their largest (`maxChunkBytes` each) within
  * `targetBytes` + headroom; else it is closed (no new chunk goes to it) and the chunk
- * goes to a new pack. The headroom is the chunks in flight at their largest, at most 4 MiB
+ * goes to a new pack; a pack is closed too once it holds `maxChunks` (4,096) chunks, so
+ * chunks that compress to a few dozen bytes make packs of a few hundred KiB, each with a
+ * trailer that fits its room. The headroom is the chunks in flight at their largest, at most 4 MiB
  * (at least one chunk): with 512 KiB chunks and 8 in flight a pack closes at its target,
  * and with 4 MiB chunks after 3, so packs stay near their target and buffers bounded
  * whatever the chunk size. A closed pack is uploaded, its trailer after the last chunk
@@ -80,9 +96,11 @@ export type Sealer<B extends PackBuffer> = (buf: B) => Placement | Promise<Place
  * trailer room), reused: the one being filled, and closed ones being drained (chunks in
  * flight) or uploaded; a new pack opens only while at most `maxUploads` are closed, else
  * `place` waits for an upload to land. With the backup's defaults (8 MiB packs, 512 KiB
- * chunks, 8 in flight, 2 uploads): 3 × 12.1 MiB = 36.2 MiB, against 3 × 8.5 MiB + 8 × 512
+ * chunks, 8 in flight, 2 uploads): 3 × 12.2 MiB = 36.5 MiB, against 3 × 8.5 MiB + 8 × 512
  * KiB = 29.5 MiB when chunks were sealed into slots of their own and copied into packs;
- * the same 36.2 MiB at 4 MiB chunks. Pages are resident only once written.
+ * the same 36.5 MiB at 4 MiB chunks. Pages are resident only once written. The entries of
+ * packs not yet in an index object are held until it is stored: at most `entriesPerIndex`
+ * (65,536) plus those of the packs still open.
  *
  * A chunk's location is known once it is placed; it may be referenced by a manifest only
  * after `finish` resolved. A seal that fails fails the writer, and the pack it was
@@ -103,6 +121,8 @@ export class PackWriter<B extends PackBuffer> {
   private sending = 0;
   private waiters: (() => void)[] = [];
   private unindexed: PackContents[] = [];
+  /** Chunks the packs in `unindexed` list. */
+  private unindexedEntries = 0;
   private failure: unknown;
   /** Every pack written (unless `keepWritten` is false), and the index objects. */
   readonly written: PackContents[] = [];
@@ -116,11 +136,13 @@ export class PackWriter<B extends PackBuffer> {
       targetBytes: 8 * 1024 * 1024,
       maxInFlight: 8,
       maxHeadroomBytes: MAX_HEADROOM_BYTES,
-      trailerRoom: 64 * 1024,
       maxUploads: 2,
       packsPerIndex: 32,
+      entriesPerIndex: MAX_INDEX_ENTRIES,
+      maxChunks: MAX_PACK_CHUNKS,
       keepWritten: true,
       ...o,
+      trailerRoom: o.trailerRoom ?? trailerBytes(o.maxChunks ?? MAX_PACK_CHUNKS),
     };
     const { targetBytes, maxInFlight, maxChunkBytes, trailerRoom } = this.o;
     for (const [name, v, min] of [
@@ -128,6 +150,7 @@ export class PackWriter<B extends PackBuffer> {
       ['maxInFlight', maxInFlight, 1],
       ['maxChunkBytes', maxChunkBytes, 1],
       ['trailerRoom', trailerRoom, 0],
+      ['maxChunks', this.o.maxChunks, 1],
     ] as const) {
       if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`${name} must be a whole number of at least ${min}, got ${v}`);
     }
@@ -157,8 +180,8 @@ export class PackWriter<B extends PackBuffer> {
         p.chunks.push({ id, offset: placed.offset, length: placed.sealedLength });
         p.used = Math.max(p.used, placed.offset + placed.sealedLength);
       }
-      // Closed once its cursor reached the target (or a chunk did not fit: it is past the capacity).
-      if (p === this.current && reserved(p.buf) >= this.o.targetBytes) this.close(p);
+      // Closed once its cursor reached the target (or a chunk did not fit: it is past the capacity), or it holds its most chunks.
+      if (p === this.current && (reserved(p.buf) >= this.o.targetBytes || p.chunks.length >= this.o.maxChunks)) this.close(p);
       this.settle(p);
       if (placed.fit) return { packId: p.id, offset: placed.offset, length: placed.sealedLength };
       if (placed.sealedLength > p.buf.capacity)
@@ -171,7 +194,12 @@ export class PackWriter<B extends PackBuffer> {
     for (;;) {
       if (this.failure) throw this.failure;
       const p = this.current;
-      if (p && reserved(p.buf) < this.o.targetBytes && reserved(p.buf) + (p.inFlight + 1) * this.o.maxChunkBytes <= this.limit) {
+      if (
+        p &&
+        reserved(p.buf) < this.o.targetBytes &&
+        reserved(p.buf) + (p.inFlight + 1) * this.o.maxChunkBytes <= this.limit &&
+        p.chunks.length + p.inFlight < this.o.maxChunks
+      ) {
         p.inFlight++;
         return p;
       }
@@ -258,11 +286,17 @@ export class PackWriter<B extends PackBuffer> {
       if (this.o.keepWritten) this.written.push(contents);
       this.packsWritten++;
       this.unindexed.push(contents);
+      this.unindexedEntries += contents.chunks.length;
       this.o.onPack?.(contents.pack);
       // Index objects after 1, 2, 4, … packs, then every packsPerIndex: a writer that dies
       // early loses little (a retry finds the packs through the index), and a long disk
-      // writes few index objects.
-      if (this.unindexed.length >= Math.min(this.o.packsPerIndex, Math.max(1, this.packsWritten - this.unindexed.length))) await this.writeIndex();
+      // writes few index objects; and once they list entriesPerIndex chunks (an object's
+      // size, and the entries held here, stay bounded whatever the chunks compress to).
+      if (
+        this.unindexed.length >= Math.min(this.o.packsPerIndex, Math.max(1, this.packsWritten - this.unindexed.length)) ||
+        this.unindexedEntries >= this.o.entriesPerIndex
+      )
+        await this.writeIndex();
       else this.o.onStored?.(this.bytesWritten);
     } catch (err) {
       this.failure ??= err;
@@ -275,6 +309,7 @@ export class PackWriter<B extends PackBuffer> {
     if (this.unindexed.length === 0) return;
     const packs = this.unindexed;
     this.unindexed = [];
+    this.unindexedEntries = 0;
     const { indexId, bytes } = await putIndexObject(this.o.store, this.o.keys, packs);
     this.bytesWritten += bytes;
     this.o.onStored?.(this.bytesWritten);

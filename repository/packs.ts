@@ -14,7 +14,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Corrupt } from '../contracts/errors.ts';
-import { objectKeys, MANIFEST_VERSION, open, openSync, seal, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
+import { objectKeys, open, openSync, seal, sealedCapacity, sealSync, type Manifest, type PackRef, type RepositoryKeys } from './format.ts';
 import { objectCrc32, type ObjectStore } from '../core/object-store.ts';
 
 /** Where a chunk is stored: an object, and the bytes of it that are the chunk's envelope. */
@@ -48,6 +48,15 @@ export const ENTRY_BYTES = CHUNK_ID_BYTES + 4 + 4;
 export const PACK_HEAD_BYTES = PACK_ID_BYTES + 4 + 4;
 /** Largest pack a writer makes (offsets are 32-bit). */
 export const MAX_PACK_BYTES = 0xffff_ffff;
+/**
+ * Chunks a writer puts in one pack at most (PackWriter), whatever their size: chunks that
+ * compress very well (~60 bytes each) would otherwise fill an 8 MiB pack with ~140,000,
+ * whose entries the writer holds until the index object listing them is stored, and whose
+ * trailer no longer fits the room the pack buffer keeps for it.
+ */
+export const MAX_PACK_CHUNKS = 4096;
+/** Entries an index object a writer stores lists at most (PackWriter; consolidation merges up to this many too). */
+export const MAX_INDEX_ENTRIES = 65_536;
 
 export const newPackId = (): string => randomBytes(PACK_ID_BYTES).toString('hex');
 /** A new index object id: 16 random bytes, hex (like a pack id). */
@@ -185,6 +194,16 @@ export class IndexListing {
     return this.entryStart[p + 1]! - this.entryStart[p]!;
   }
 
+  /** Bytes `at`…`at + length` of the plaintext (a view; the form SpilledListing reads too). */
+  read(at: number, length: number): Buffer {
+    return this.bytes.subarray(at, at + length);
+  }
+
+  /** The whole plaintext. */
+  plaintext(): Buffer {
+    return this.bytes;
+  }
+
   /** Pack `p` as `encodeIndex` wrote it (its head, then its chunk entries): a view of `bytes`, for `joinIndexSections`. */
   section(p: number): Buffer {
     const head = this.firstEntryByte[p]! - PACK_HEAD_BYTES;
@@ -252,6 +271,9 @@ export function packTrailer(keys: RepositoryKeys, packId: string, chunks: readon
   out.writeUInt32BE(sealed.length, sealed.length);
   return out;
 }
+
+/** The most bytes `packTrailer` makes for a pack of `chunks` chunks (the sealed index of one pack, then its length). */
+export const trailerBytes = (chunks: number): number => sealedCapacity(9 + PACK_HEAD_BYTES + chunks * ENTRY_BYTES) + 4;
 
 /** The chunks a whole pack lists in its trailer (for replication, which copies the pack anyway). */
 export function readPackTrailer(keys: RepositoryKeys, pack: Uint8Array, packId: string): PackContents {
@@ -342,32 +364,6 @@ export interface ReadRun {
   length: number;
   /** The chunks in the run: their id and where each starts within the run. */
   chunks: { id: string; at: number; length: number }[];
-}
-
-/**
- * A format-2 manifest for `chunks` (disk order, null for zeros), asking `locate` where each
- * referenced chunk is; packs are listed in the order first referenced.
- */
-export function packedManifest(
-  base: Pick<Manifest, 'backupId' | 'diskId' | 'sizeBytes' | 'chunkSize'>,
-  chunks: (string | null)[],
-  locate: (id: string) => ChunkLocation,
-): Manifest {
-  const m: Manifest = { version: MANIFEST_VERSION, ...base, chunks, storedSizes: {}, packs: [], locations: {} };
-  const packIndex = new Map<string, number>();
-  for (const id of chunks) {
-    if (id === null || m.storedSizes[id] !== undefined) continue;
-    const at = locate(id);
-    if (!at.pack) throw new Corrupt(`chunk ${id} of disk '${base.diskId}' is not in a pack (${at.key})`);
-    let p = packIndex.get(at.pack.id);
-    if (p === undefined) {
-      packIndex.set(at.pack.id, (p = m.packs!.length));
-      m.packs!.push({ id: at.pack.id, size: at.pack.size });
-    }
-    m.storedSizes[id] = at.length;
-    m.locations![id] = [p, at.offset];
-  }
-  return m;
 }
 
 /**

@@ -1,12 +1,17 @@
 /**
- * The repository's index in memory: which pack holds each chunk, from the index objects
- * (format in packs.ts). Movers keep one per repository (IndexCache) to deduplicate across
- * VMs and disks; readers load one to find another copy of a damaged chunk.
+ * The repository's index: which pack holds each chunk, from the index objects (format in
+ * packs.ts). Movers keep one per repository (IndexCache) to deduplicate across VMs and
+ * disks, its listings in local files (index-spill.ts); readers load one in memory to find
+ * another copy of a damaged chunk.
  */
 import { mapLimit } from '../core/concurrency.ts';
 import { objectKeys, type RepositoryKeys } from './format.ts';
 import type { ObjectStore } from '../core/object-store.ts';
+import { SpilledListing } from './index-spill.ts';
 import { CHUNK_ID_BYTES, ENTRY_BYTES, IndexListing, openIndexObject, PACK_HEAD_BYTES, PACK_ID_BYTES, type ChunkLocation, type PackContents } from './packs.ts';
+
+/** An index object's checked plaintext as the index reads it: in memory (IndexListing) or in a local file (SpilledListing). */
+export type Listing = IndexListing | SpilledListing;
 
 /** How full the index's hash table is at most: chunk entries per slot (as full when no chunk is listed twice). */
 const TABLE_LOAD = 0.7;
@@ -39,10 +44,14 @@ function lastAtMost(a: Uint32Array, x: number): number {
  * before a backup (deduplication across VMs and disks) and by readers that need another
  * copy of a damaged chunk.
  *
- * Compact (a mover's memory is small, a repository may list millions of chunks): the index
- * objects' binary plaintexts (40 bytes per chunk) and an open-addressing hash table over
- * them (linear probing; per slot the id's first 4 bytes and its entry number), about 55
- * bytes per chunk in all (bench/index-memory.ts). Entries are numbered in the order the
+ * Compact (a mover's memory is small, a repository may list millions of chunks): an
+ * open-addressing hash table (linear probing; per slot the id's first 4 bytes and its
+ * entry number, ~11.4 bytes per chunk at its load of 0.7) over the index objects' binary
+ * plaintexts (40 bytes per chunk), which are in memory (IndexListing: ~55 bytes per chunk
+ * in all) or, for a mover, in local files (SpilledListing: ~12 bytes per chunk resident;
+ * bench/index-memory.ts). A lookup compares the full id, read from the plaintext, only
+ * when the first 4 bytes match: a miss reads nothing (but by a 2^-32 chance per probe),
+ * a hit reads its entry and its pack's head. Entries are numbered in the order the
  * objects, their packs and chunks come. A chunk listed more than once has one slot, its
  * first entry; the later copies are in a sorted list of (first entry, copy) pairs.
  * Locations are made when asked for.
@@ -52,7 +61,7 @@ export class RepositoryIndex {
   readonly objects: number;
   /** Distinct chunks listed. */
   readonly size: number;
-  private readonly listings: readonly IndexListing[];
+  private readonly listings: readonly Listing[];
   /** Per listing, the number of entries before it; then the total. */
   private readonly firstEntry: Uint32Array;
   private readonly slots: number;
@@ -62,7 +71,7 @@ export class RepositoryIndex {
   private readonly copyOf: Uint32Array;
   private readonly copy: Uint32Array;
 
-  private constructor(listings: readonly IndexListing[]) {
+  private constructor(listings: readonly Listing[]) {
     this.listings = listings;
     this.objects = listings.length;
     this.firstEntry = new Uint32Array(listings.length + 1);
@@ -80,7 +89,7 @@ export class RepositoryIndex {
     let e = 0;
     const { table, slots } = this;
     for (const l of listings) {
-      const b = l.bytes;
+      const b = l.plaintext(); // spilled: read whole for the build, then dropped
       for (let p = 0; p < l.packs; p++) {
         const n = l.entryStart[p + 1]! - l.entryStart[p]!;
         for (let c = 0, at = l.firstEntryByte[p]!; c < n; c++, at += ENTRY_BYTES, e++) {
@@ -120,12 +129,12 @@ export class RepositoryIndex {
 
   /** Lists `index/` and reads every index object (`parallelism` at once). */
   static load(store: ObjectStore, keys: RepositoryKeys, parallelism = 8): Promise<RepositoryIndex> {
-    return new IndexCache(store, keys, parallelism).refresh();
+    return new IndexCache(store, keys, { parallelism }).refresh();
   }
 
   /** An index of the packs that index objects list, one listing (or list of packs) per index object. */
-  static of(objects: Iterable<IndexListing | readonly PackContents[]>): RepositoryIndex {
-    return new RepositoryIndex(Array.from(objects, (o) => (o instanceof IndexListing ? o : IndexListing.of(o))));
+  static of(objects: Iterable<Listing | readonly PackContents[]>): RepositoryIndex {
+    return new RepositoryIndex(Array.from(objects, (o) => (o instanceof IndexListing || o instanceof SpilledListing ? o : IndexListing.of(o))));
   }
 
   /** A location of chunk `id` (its first listed copy), or undefined when no index object lists it. */
@@ -171,7 +180,7 @@ export class RepositoryIndex {
   }
 
   /** Which listing and pack entry `e` is in, and the byte where its entry begins. */
-  private entry(e: number): { listing: IndexListing; pack: number; at: number } {
+  private entry(e: number): { listing: Listing; pack: number; at: number } {
     const i = lastAtMost(this.firstEntry, e);
     const listing = this.listings[i]!;
     const local = e - this.firstEntry[i]!;
@@ -182,20 +191,18 @@ export class RepositoryIndex {
   /** Whether entry `e` is of the id at `b[at..]`. */
   private idAt(e: number, b: Uint8Array, at: number): boolean {
     const { listing, at: entryAt } = this.entry(e);
-    return listing.bytes.compare(b, at, at + CHUNK_ID_BYTES, entryAt, entryAt + CHUNK_ID_BYTES) === 0;
+    return listing.read(entryAt, CHUNK_ID_BYTES).compare(b, at, at + CHUNK_ID_BYTES) === 0;
   }
 
   private location(e: number): ChunkLocation {
     const { listing, pack, at } = this.entry(e);
-    const b = listing.bytes;
-    const head = listing.firstEntryByte[pack]! - PACK_HEAD_BYTES;
-    const id = b.toString('hex', head, head + PACK_ID_BYTES);
-    return {
-      pack: { id, size: b.readUInt32BE(head + PACK_ID_BYTES) },
-      key: objectKeys.pack(id),
-      offset: b.readUInt32BE(at + CHUNK_ID_BYTES),
-      length: b.readUInt32BE(at + CHUNK_ID_BYTES + 4),
-    };
+    // Each read of a spilled listing reuses one buffer: the values are taken before the next.
+    const where = listing.read(at + CHUNK_ID_BYTES, 8);
+    const offset = where.readUInt32BE(0);
+    const length = where.readUInt32BE(4);
+    const head = listing.read(listing.firstEntryByte[pack]! - PACK_HEAD_BYTES, PACK_ID_BYTES + 4);
+    const id = head.toString('hex', 0, PACK_ID_BYTES);
+    return { pack: { id, size: head.readUInt32BE(PACK_ID_BYTES) }, key: objectKeys.pack(id), offset, length };
   }
 }
 
@@ -207,9 +214,12 @@ const MAX_LIST_ROUNDS = 8;
  * `index/` (one request per 1,000 objects) and reads only the index objects it has not
  * read before, and forgets those that are gone (garbage collection rewrote or merged
  * them). So a mover's second backup into a repository reads just the index objects
- * written since. It keeps each object's checked plaintext (IndexListing, ~42 bytes per
- * chunk); each refresh builds a new RepositoryIndex over them (its hash table, ~12 bytes
- * per chunk; ~0.3 s for 2 million chunks). Refreshes asked for while one runs share it.
+ * written since. It keeps each object's checked plaintext: in a local file when given a
+ * folder (`dir`: a mover's work folder; SpilledListing, ~0.1 byte per chunk resident), else
+ * in memory (IndexListing, ~42 bytes per chunk). A refresh that read or forgot an object
+ * builds a new RepositoryIndex over them (its hash table, ~12 bytes per chunk; ~0.3 s for
+ * 2 million chunks in memory); one that found nothing new gives the index it gave before,
+ * so backups running side by side share one. Refreshes asked for while one runs share it.
  *
  * Garbage collection replaces index objects while movers read them (a copy without
  * deleted packs, or many small objects merged into one): it writes the new object, and
@@ -226,17 +236,22 @@ export class IndexCache {
   private readonly store: ObjectStore;
   private readonly keys: RepositoryKeys;
   private readonly parallelism: number;
-  private readonly read = new Map<string, IndexListing>();
+  private readonly dir: string | undefined;
+  private readonly read = new Map<string, Listing>();
   private running: Promise<RepositoryIndex> | undefined;
+  /** What the last refresh gave, while no object has been read or forgotten since. */
+  private current: RepositoryIndex | undefined;
   /** Index objects read (GETs) by the last refresh. */
   lastRead = 0;
   /** LISTs of `index/` the last refresh made (2 unless objects were replaced meanwhile). */
   lastLists = 0;
 
-  constructor(store: ObjectStore, keys: RepositoryKeys, parallelism = 8) {
+  /** `parallelism`: index objects read at once (default 8); `dir`: the local folder for their plaintexts (made when missing; default: kept in memory). */
+  constructor(store: ObjectStore, keys: RepositoryKeys, opts: { parallelism?: number; dir?: string } = {}) {
     this.store = store;
     this.keys = keys;
-    this.parallelism = parallelism;
+    this.parallelism = opts.parallelism ?? 8;
+    this.dir = opts.dir;
   }
 
   refresh(): Promise<RepositoryIndex> {
@@ -247,6 +262,7 @@ export class IndexCache {
   }
 
   private async load(): Promise<RepositoryIndex> {
+    if (this.dir) await SpilledListing.prepare(this.dir);
     let gets = 0;
     let previous: Set<string> | undefined;
     let round = 0;
@@ -254,21 +270,31 @@ export class IndexCache {
       round++;
       const listed = new Set<string>();
       for await (const o of this.store.list('index/')) listed.add(o.key.slice('index/'.length));
-      for (const id of this.read.keys()) if (!listed.has(id)) this.read.delete(id);
+      for (const id of this.read.keys()) {
+        if (listed.has(id)) continue;
+        this.read.delete(id);
+        this.current = undefined;
+      }
       // Deleted since the last LIST: its replacement may have been written where that LIST had passed.
       let changed = previous === undefined || [...previous].some((id) => !listed.has(id));
       const fresh = [...listed].filter((id) => !this.read.has(id));
       gets += fresh.length;
       await mapLimit(fresh, this.parallelism, async (indexId) => {
         const sealed = await this.store.get(objectKeys.index(indexId));
-        if (sealed) this.read.set(indexId, await openIndexObject(this.keys, sealed, indexId));
-        else changed = true; // replaced since the LIST: the next LIST has its replacement
+        if (!sealed) {
+          changed = true; // replaced since the LIST: the next LIST has its replacement
+          return;
+        }
+        const listing = await openIndexObject(this.keys, sealed, indexId);
+        this.read.set(indexId, this.dir ? await SpilledListing.write(this.dir, listing, `index object ${objectKeys.index(indexId)}`) : listing);
+        this.current = undefined;
       });
       if (!changed || round >= MAX_LIST_ROUNDS) break;
       previous = listed;
     }
     this.lastRead = gets;
     this.lastLists = round;
-    return RepositoryIndex.of(this.read.values());
+    this.current ??= RepositoryIndex.of(this.read.values());
+    return this.current;
   }
 }

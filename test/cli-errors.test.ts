@@ -38,6 +38,18 @@ describe('the command line', () => {
     expect(r.stderr).not.toContain('version mismatch');
   });
 
+  it('refuses failback of both a VM and a plan, a plan the configuration lacks, and a bad timeout, before reaching the stack', async () => {
+    const none = join(dir, 'none.json');
+    const both = await cli(['failback', 'web', '--plan', 'p', '--endpoints', none]);
+    expect(both.code).not.toBe(0);
+    expect(both.stderr).toContain('name one VM (lifeboat failback VM) or a failover plan (--plan ID), not both');
+    const plan = await cli(['failback', '--plan', 'no-such-plan', '--endpoints', none]);
+    expect(plan.stderr).toContain("the configuration has no failover plan 'no-such-plan'");
+    const timeout = await cli(['failback', 'web', '--shutdown-timeout', '2', '--endpoints', none]);
+    expect(timeout.code).toBe(2);
+    expect(timeout.stderr).toContain("--shutdown-timeout must be whole seconds from 5 to 3600, not '2'");
+  });
+
   it('refuses restore --pool without --define, saying what it goes with, before reaching the stack', async () => {
     const r = await cli(['restore', '--vm', 'v', '--group', 'g', '--target', dir, '--pool', 'vmstore', '--endpoints', join(dir, 'none.json')]);
     expect(r.code).not.toBe(0);

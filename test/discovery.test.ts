@@ -7,11 +7,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, discoverySchedule, loadConfig, matchesNamePattern, parseConfig } from '../core/config.ts';
 import { discoveredVmId, type DiscoverPage } from '../contracts/discovery.ts';
-import { DiscoveryRequestInvalid, VmGone } from '../contracts/errors.ts';
+import { BackupRequestInvalid, DiscoveryRequestInvalid, VmGone } from '../contracts/errors.ts';
 import type { DiscoveredVm } from '../contracts/discovery.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { listDiscoveryHosts, recordInventory, summarizeDiscovery } from '../functions/discover/inventory.ts';
-import { plan } from '../functions/backup/plan.ts';
+import { plan, planInput } from '../functions/backup/plan.ts';
 import { summarizeRun } from '../functions/backup/summarize.ts';
 import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { discoverPage, runDiscoverTask } from '../mover/discover.ts';
@@ -237,6 +237,13 @@ describe('RecordInventory and Plan on dynalite', () => {
     expect((await runPlan('run-both')).vms.map((v) => v.vmId).sort()).toEqual(['db-1@kvm-01', 'web-1@kvm-01']);
     const job = (await runPlan('run-job')).vms.find((v) => v.vmId === 'web-1@kvm-01')!;
     expect(job).toMatchObject({ source: 'web-1', host: 'kvm-01', hypervisor: { driver: 'libvirt', uri: 'test:///default' } });
+    // A run narrowed to some of the policy's VMs (a failback's final backup); a VM it does not select is refused by name.
+    expect((await plan({ policyId: 'p', runId: 'run-one', vmIds: ['web-1@kvm-01'] }, { catalog, now })).vms.map((v) => v.vmId)).toEqual(['web-1@kvm-01']);
+    const refused = plan({ policyId: 'p', runId: 'run-other', vmIds: ['web-2@kvm-01', 'web-1@kvm-01'] }, { catalog, now });
+    await expect(refused).rejects.toThrow(BackupRequestInvalid);
+    await expect(refused).rejects.toThrow(/policy 'p' does not select VM\(s\) 'web-2@kvm-01' \(it selects 'db-1@kvm-01', 'web-1@kvm-01'\)/);
+    expect(planInput.parse({ runId: 'r', request: { policyId: 'p', vmIds: ['a'] } })).toEqual({ runId: 'r', policyId: 'p', vmIds: ['a'] });
+    expect(planInput.safeParse({ runId: 'r', request: { policyId: 'p', vmIds: [] } }).success).toBe(false);
     // A host's TCP exports reach the job through the catalog.
     const exports = { transport: 'tcp' as const, address: '10.0.0.5', ports: [10809, 10811] as [number, number], tls: true };
     await catalog.putHost({

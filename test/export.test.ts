@@ -12,7 +12,7 @@ import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { GetOptions, ObjectStore, PutChecksum } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { StateFlag } from '../mover/nbd/protocol.ts';
-import { ExportIoError } from '../mover/nbd/server.ts';
+import { ExportIoError } from '../mover/nbd/block-export.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { BackupDiskExport } from '../mover/recovery/export.ts';
 import { runRecoveryTask } from '../mover/recovery/tasks.ts';

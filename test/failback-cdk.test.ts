@@ -17,7 +17,7 @@ type State = {
   Parameters?: Record<string, unknown>;
   Default?: string;
   ItemsPath?: string;
-  Choices?: { Variable: string; StringEquals?: string; BooleanEquals?: boolean; Next: string }[];
+  Choices?: { Variable: string; StringEquals?: string; BooleanEquals?: boolean; IsPresent?: boolean; Next: string }[];
   Retry?: { ErrorEquals: string[] }[];
   Catch?: { ErrorEquals: string[]; Next: string }[];
   ItemProcessor?: { StartAt: string; States: Record<string, State> };
@@ -63,7 +63,16 @@ it('syncs while the DR VM runs, then stops it, takes the final backup, waits for
     '$.job.productionGroup',
     '$.job.productionGroup',
   ]);
-  expect(next('StartProductionVm (site-a)')).toBe('RecordFailback');
+  expect(next('StartProductionVm (site-a)')).toBe('HasReplicaVm');
+  // The replica VM (when there is one) is released for the next replication after production is ready.
+  expect(states.HasReplicaVm!.Choices).toEqual([{ Variable: '$.job.replica', IsPresent: true, Next: 'ReleaseReplicaOnMoverGroup' }]);
+  expect(states.HasReplicaVm!.Default).toBe('NoReplicaVm');
+  expect(states['ReleaseReplica (dr)']!.Parameters).toMatchObject({ task: 'releaseReplica', 'failback.$': '$.job' });
+  expect(next('ReleaseReplica (dr)')).toBe('RecordFailback');
+  expect(next('NoReplicaVm')).toBe('RecordFailback');
+  expect(states.RecordFailback!.Parameters).toMatchObject({ 'replica.$': '$.replicaReleased' });
+  // The final backup is of the DR VM alone, not of every VM the DR-site policy protects.
+  expect(JSON.stringify(states.StartFinalBackup!.Parameters)).toContain('States.Array($.job.drVmId)');
   // The bulk sync hashes the production disk; the final delta, during the outage, only writes the manifests' difference.
   expect(states['SyncDisksDisk (site-a)']!.Parameters).toMatchObject({ task: 'failbackDisk', mode: 'hash', 'from.$': '$.job.base' });
   expect(states['FinalDeltaDisk (site-a)']!.Parameters).toMatchObject({
@@ -85,6 +94,7 @@ it('retries a dead mover but not a DR VM that refuses to stop, and records every
     'CheckFinalBackup',
     'FinalDelta',
     'StartProductionVm (site-a)',
+    'ReleaseReplica (dr)',
     'RecordFailback',
   ]) {
     expect(

@@ -1,34 +1,39 @@
 /**
- * Failback end to end, two sites on this machine: production (host kvm-01, group site-a,
- * the primary repository) and the DR site (host kvm-dr, group dr, the DR repository on its
- * own s3rver), the real tiny guest under QEMU (TCG) through libvirtd, real mover processes.
+ * Failover → failback end to end, two sites on this machine: production (host kvm-01, group
+ * site-a, the primary repository) and the DR site (host kvm-dr, group dr, the DR repository
+ * on its own s3rver, keeping replica VMs), the real tiny guest under QEMU (TCG) through
+ * libvirtd, real mover processes.
  *
- * Production VM (raw disk) backed up and replicated → disaster (production off) → failover
- * the way restore does it today: the replicated backup restored at the DR site and booted
- * as a new domain (qcow2), put in the DR host's inventory, where the configuration's DR-site
- * policy protects it → the guest writes at the DR site → DR-side backups (full, then with
- * changed-block tracking) → more guest writes → Failback: only the DR-side changes are
- * sent, the DR VM is shut down, a final backup taken and applied, production boots, and
- * its disk equals the DR VM's. Then the clear errors: a VM never failed over, and a VM
- * that refuses to shut down.
+ * Production VM (raw disk) backed up and replicated (its replica VM defined at the DR site,
+ * powered off) → disaster (production off) → the FailoverPlan workflow boots the replica →
+ * it is put in the DR host's inventory, where the configuration's DR-site policy protects it
+ * → the guest writes at the DR site → DR-side backups (full, then with changed-block
+ * tracking) → more guest writes → Failback: only the DR-side changes are sent, the DR VM is
+ * shut down, a final backup of it alone taken and applied, production boots, its disk equals
+ * the DR VM's, and the replica is released: no longer failed over, the next replication of
+ * production updates it with the changed chunks. Then the clear errors: a VM never failed
+ * over, and a VM that refuses to shut down.
  *
  * Three TCG boots: over what npm test may spend; `npm run test:failback` runs it.
  */
 import { execFile } from 'node:child_process';
+import { link } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
+import type { FailoverReport } from '../contracts/dr.ts';
 import type { FailbackReport } from '../contracts/failback.ts';
-import { runExecution, waitForExecution } from '../local/client.ts';
+import { runExecution } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
+import { backupAndReplicate } from '../local/vm-lab/dr-lab.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
-import { ensureLibvirtd, virsh, waitForConsoleLine } from '../local/vm-lab/libvirtd.ts';
+import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { stopDrVm } from '../mover/recovery/failback-domain.ts';
+import { readReplicaState } from '../mover/recovery/replica-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
-import { ListExecutionsCommand } from '@aws-sdk/client-sfn';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -39,7 +44,8 @@ const lab = await ensureLibvirtd();
 if (!lab.available && process.env.CI && process.env.LIFEBOAT_FAILBACK_E2E) throw new Error(`libvirt is needed by this test in CI: ${lab.reason}`);
 
 const prodName = `lifeboat-fb-prod-${process.pid}`;
-const drName = `lifeboat-fb-dr-${process.pid}`;
+/** The replica VM: what runs at the DR site after the failover. */
+const drName = `${prodName}-replica`;
 const example = loadConfig();
 const policy = (id: string, vmId: string, repository: string, replicateTo?: string) => ({
   id,
@@ -51,12 +57,15 @@ const policy = (id: string, vmId: string, repository: string, replicateTo?: stri
   ...(replicateTo ? { replicateTo } : {}),
 });
 /**
- * The example configuration, with the DR site's libvirt host (served by the DR group) and
- * the DR-site policy that protects the VMs running there after a failover (declared by
- * the configuration: the failover does not create it).
+ * The example configuration, with replica VMs at the DR site, the DR site's libvirt host
+ * (served by the DR group) and the DR-site policy that protects the VMs running there after
+ * a failover (declared by the configuration: the failover does not create it).
  */
 const config: LifeboatConfig = {
   ...example,
+  repositories: example.repositories.map((r) =>
+    r.replication ? { ...r, replication: { ...r.replication, replicaVms: { uri: 'qemu:///system', keepPoints: 2 } } } : r,
+  ),
   moverGroups: example.moverGroups.map((g) => (g.id === 'dr' ? { ...g, hosts: ['kvm-dr'] } : g)),
   hosts: [...example.hosts, { id: 'kvm-dr', driver: 'libvirt', uri: 'qemu:///system', maxConcurrentBackups: 2 }],
   policies: [...example.policies, policy('p-prod', 'fb-prod', 'primary', 'dr'), policy('p-drsite', 'fb-dr', 'dr')],
@@ -65,6 +74,7 @@ const config: LifeboatConfig = {
 let t: TestStack;
 let prod: LabVm;
 let drDisk: string;
+let replicaDir: string;
 
 async function backup(policyId: string): Promise<RunSummary> {
   const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId }, { pollMs: 300 });
@@ -118,50 +128,44 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
       behaviour: { mode: 'idle' },
     });
     await t.stack.catalog.putVm({ vmId: 'fb-prod', host: 'kvm-01', source: prodName, name: prodName });
+    replicaDir = (await t.stack.catalog.getPolicy('p-prod'))!.replicateTo!.standbyPath!;
   }, 600_000);
   afterAll(async () => {
     for (const name of [drName]) {
       await virsh(['destroy', name]).catch(() => {});
+      for (const c of (await virsh(['checkpoint-list', '--name', name]).catch(() => '')).split('\n').filter((l) => l.trim()))
+        await virsh(['checkpoint-delete', '--metadata', name, c.trim()]).catch(() => {});
       await virsh(['undefine', '--checkpoints-metadata', name]).catch(() => virsh(['undefine', name]).catch(() => {}));
     }
     await prod?.remove();
     await t?.close();
   }, 120_000);
 
-  it('sends only what changed at the DR site, switches back with a short outage, and production ends equal to the DR VM and boots', async () => {
-    // Production is backed up and the backup replicated to the DR repository (the Backup run starts it).
+  it('fails over with the plan, sends only what changed at the DR site back, switches with a short outage: production ends equal to the DR VM, and the replica replicates again', async () => {
+    // Production is backed up and the backup replicated to the DR repository (the Backup run starts it): the replica VM is defined.
     await virsh(['destroy', prodName]); // quiet: backed up from its image
-    const b = await backup('p-prod');
-    const arn = t.stack.endpoints.stateMachines.ReplicatePolicy!;
-    let replicated;
-    for (let i = 0; i < 200 && !replicated; i++) {
-      const { executions } = await t.sfn.send(new ListExecutionsCommand({ stateMachineArn: arn }));
-      replicated = executions?.[0];
-      if (!replicated) await new Promise((r) => setTimeout(r, 100));
-    }
-    const rep = await waitForExecution(t.sfn, replicated!.executionArn!, { pollMs: 300 });
-    expect(rep.status, rep.cause).toBe('SUCCEEDED');
+    const first = await backupAndReplicate(t.sfn, t.stack.endpoints, 'p-prod');
+    const b = first.run;
+    expect(first.replicaVms.map((u) => [u.vmId, u.domain])).toEqual([['fb-prod', drName]]);
 
-    // Disaster: production stays off. Failover as restore does it today: the DR copy booted at the DR site.
-    const drDir = join(t.dir, 'dr-site', 'vm');
-    const restored = await runExecution(
+    // Disaster: production stays off. The FailoverPlan workflow boots the replica at the DR site.
+    const fo = await runExecution(
       t.sfn,
-      t.stack.endpoints.stateMachines.Restore!,
-      {
-        vmId: 'fb-prod',
-        moverGroup: 'dr',
-        fromBucket: t.stack.endpoints.buckets.dr,
-        target: drDir,
-        define: { uri: 'qemu:///system', name: drName, start: true },
-      },
+      t.stack.endpoints.stateMachines.FailoverPlan!,
+      { plan: { id: 'fb', groups: [{ vms: ['fb-prod'], readiness: { serial: 'LIFEBOAT-GUEST READY', timeoutSeconds: 600 } }] } },
       { pollMs: 300 },
     );
-    expect(restored.status, restored.cause).toBe('SUCCEEDED');
-    await waitForConsoleLine(join(drDir, 'console.log'), /LIFEBOAT-GUEST READY/, 180_000);
+    expect(fo.status, fo.cause).toBe('SUCCEEDED');
+    const failover = JSON.parse(fo.output!) as FailoverReport;
+    expect(failover.vms.map((v) => [v.vmId, v.domain, v.backupId])).toEqual([['fb-prod', drName, b.vms[0]!.backupId]]);
+    expect((await readReplicaState(replicaDir, 'fb-prod'))!.failedOver).toMatchObject({ runId: failover.runId });
     drDisk = (await virsh(['domblklist', drName]))
       .split('\n')
       .map((l) => l.trim().split(/\s+/))
       .find((c) => c[0] === 'vda')![1]!;
+    // The release after the failback puts a new active overlay in its place: this name keeps the DR VM's own.
+    const drKept = `${drDisk}.ran-at-dr`;
+    await link(drDisk, drKept);
     // The DR host's inventory gets the VM (as discovery would); the DR-site policy of the configuration protects it.
     await t.stack.catalog.putVm({ vmId: 'fb-dr', host: 'kvm-dr', source: drName, name: drName });
 
@@ -194,6 +198,11 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     expect(r.bytesSent / r.bytesChanged).toBeGreaterThan(0.99);
     expect(r.bytesSent / r.bytesChanged).toBeLessThan(1.01);
     expect(r.production).toMatchObject({ domain: prodName, state: 'running' });
+    // The replica is released: shut off, no longer failed over, back on its newest restore point.
+    expect(r.replica).toMatchObject({ domain: drName, failoverRunId: failover.runId, backupId: b.vms[0]!.backupId });
+    expect(r.replica!.checkpointsRemoved).toBeGreaterThan(0); // the DR-side backups' checkpoints: they described the overlay that goes
+    const released = (await readReplicaState(replicaDir, 'fb-prod'))!;
+    expect(released.failedOver).toBeUndefined();
     expect(r.outageSeconds).toBeGreaterThan(0);
     console.log(
       `failback: changed ${r.bytesChanged} B, sent ${r.bytesSent} B (${(r.bytesSent / r.bytesChanged).toFixed(3)}), written ${r.bytesWritten} B; outage ${r.outageSeconds} s (DR VM shutdown, final backup, final delta, production boot under TCG)`,
@@ -201,9 +210,19 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
 
     // Production's disk equals the DR VM's (shut off at the final backup); the production guest is idle, so it stays so.
     expect((await virsh(['domstate', drName])).trim()).toBe('shut off');
+    await run('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', prod.disk, drKept]);
+
+    // Production is protected again: its next backup replicates, and the replica takes the changed chunks as a new point.
+    await virsh(['destroy', prodName]);
+    const next = await backupAndReplicate(t.sfn, t.stack.endpoints, 'p-prod');
+    expect(next.replicaVms).toHaveLength(1);
+    expect(next.replicaVms[0]).toMatchObject({
+      domain: drName,
+      fromBackupId: b.vms[0]!.backupId,
+      backupId: next.run.vms[0]!.backupId,
+      bytesWritten: 5 * CHUNK,
+    });
     await run('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', prod.disk, drDisk]);
-    const record = await t.stack.catalog.getVm('fb-prod');
-    expect(record).toBeDefined();
   }, 900_000);
 
   it('refuses a VM that was never failed over, naming it and what to do', async () => {

@@ -193,7 +193,7 @@ it('a mover reading the index while collection merges it finds every chunk (its 
       return mover.get(k, o);
     },
   };
-  const cache = new IndexCache(racing, keys, 4);
+  const cache = new IndexCache(racing, keys, { parallelism: 4 });
   const index = await cache.refresh();
   // All 36 merged (32 + 4): every GET of the first round found its object gone.
   expect((await collecting!).consolidation).toMatchObject({ merged: 36, written: 2, entries: 72 });

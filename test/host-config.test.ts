@@ -14,7 +14,7 @@ import { HOST_CONFIG_FORMAT, openHostConfig, sealHostConfig, type HostConfigArch
 import { type HostConfigResult } from '../contracts/host-config.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { MemoryRepositoryAdmin, type DeleteOutcome } from '../repository/admin.ts';
-import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';
+import type { HostConfigRecord } from '../contracts/host-config.ts';
 import { ORPHAN_GRACE_MS, recordHostConfig, type HostConfigJob } from '../functions/host-config/backups.ts';
 import { collectHostConfig } from '../mover/host-config.ts';
 import { Virsh, VirshError } from '../mover/sources/libvirt/virsh.ts';

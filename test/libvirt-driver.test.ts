@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, restoredDomainXml } from '../mover/sources/libvirt/domain-xml.ts';
 import { checkpointXml, pullBackupXml, tcpBackupXml, tracksChanges } from '../mover/sources/libvirt/backup-xml.ts';
-import { LibvirtDriver, snapshotDir } from '../mover/sources/libvirt/driver.ts';
+import { LibvirtDriver } from '../mover/sources/libvirt/driver.ts';
+import { snapshotDir } from '../mover/sources/libvirt/snapshot-folder.ts';
 
 const DOMAIN = `<domain type='qemu'>
   <name>web-1</name>

@@ -15,7 +15,8 @@ import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
-import { LibvirtDriver, snapshotDir } from '../mover/sources/libvirt/driver.ts';
+import { LibvirtDriver } from '../mover/sources/libvirt/driver.ts';
+import { snapshotDir } from '../mover/sources/libvirt/snapshot-folder.ts';
 import type { DiskReader } from '../mover/sources/source.ts';
 
 const MiB = 1024 * 1024;

@@ -29,11 +29,13 @@ const files: Record<string, string> = {
   'mover/imports-local.ts': "import { LocalFunctions } from '../local/lambdas.ts';\nexport const x = LocalFunctions;\n",
   // Broken: a CLI command starting executions with the Step Functions client instead of cli/stack-client.ts.
   'cli/bypasses-client.ts': "import { runExecution } from '../local/client.ts';\nexport const x = runExecution;\n",
-  // Kept: contracts, a catalog record type, and the stack client.
+  // Kept: contracts (a catalog record type among them) and the stack client.
   'cli/keeps-boundaries.ts':
-    "import type { RunSummary } from '../contracts/workflow-outputs.ts';\nimport type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';\nimport { StackClient } from './stack-client.ts';\nexport type X = [RunSummary, HostConfigRecord];\nexport const y = StackClient;\n",
+    "import type { RunSummary } from '../contracts/workflow-outputs.ts';\nimport type { HostConfigRecord } from '../contracts/host-config.ts';\nimport { StackClient } from './stack-client.ts';\nexport type X = [RunSummary, HostConfigRecord];\nexport const y = StackClient;\n",
   // Broken: the CLI opening the catalog instead of reading it through the operator API.
   'cli/opens-catalog.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
+  // Broken: the CLI taking even a type from functions/ (record types are in contracts/).
+  'cli/imports-catalog-type.ts': "import type { HostConfigRecord } from '../functions/catalog/host-config-catalog.ts';\nexport type X = HostConfigRecord;\n",
   // Broken: the console reaching into the operator API's modules instead of calling the API.
   'local/console/imports-operator.ts': "import { answer } from '../../functions/operator/api.ts';\nexport const x = answer;\n",
   // Kept: the embedded stack's wiring opens the catalog.
@@ -70,9 +72,10 @@ function diagnosticsOf(path: string): string[] {
 }
 
 test.each([
-  ['cli/imports-handler.ts', 'Nothing outside functions/ imports a handler module'],
+  ['cli/imports-handler.ts', 'cli/ imports nothing of functions/'],
   ['bench/opens-catalog.ts', "only the embedded stack's wiring (local/stack.ts) opens the catalog"],
   ['cli/opens-catalog.ts', 'read the catalog through the operator API'],
+  ['cli/imports-catalog-type.ts', 'cli/ imports nothing of functions/'],
   ['local/console/imports-operator.ts', 'Nothing outside functions/ imports a handler module'],
   ['contracts/imports-core.ts', 'contracts/ imports nothing of this repository'],
   ['core/imports-repository.ts', 'core/ imports only contracts/ and core/'],

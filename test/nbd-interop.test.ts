@@ -15,19 +15,9 @@ import { SourceUnavailable } from '../contracts/errors.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
 import { mapExtents } from '../mover/nbd/extents.ts';
 import { NbdPool } from '../mover/nbd/pool.ts';
-import {
-  encodeChunk,
-  encodeInfoExport,
-  encodeOffsetData,
-  encodeOptionReply,
-  encodeServerGreeting,
-  Option,
-  OptionReply,
-  parseRequest,
-  ReplyFlag,
-  ChunkType,
-  TransmissionFlag,
-} from '../mover/nbd/protocol.ts';
+import { encodeInfoExport, encodeOptionReply, encodeServerGreeting } from '../mover/nbd/handshake-wire.ts';
+import { Option, OptionReply, ReplyFlag, ChunkType, TransmissionFlag } from '../mover/nbd/protocol.ts';
+import { encodeChunk, encodeOffsetData, parseRequest } from '../mover/nbd/transmission-wire.ts';
 import type { Extent } from '../mover/sources/source.ts';
 
 const MiB = 1024 * 1024;

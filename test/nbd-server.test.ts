@@ -11,23 +11,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../mover/nbd/client.ts';
-import {
-  Command,
-  CommandFlag,
-  encodeClientFlags,
-  encodeGoOption,
-  encodeMetaContextOption,
-  encodeOption,
-  encodeRequest,
-  Info,
-  Option,
-  OptionReply,
-  parseChunk,
-  parseReplyHeader,
-  StateFlag,
-  type BlockDescriptor,
-} from '../mover/nbd/protocol.ts';
-import { ExportIoError, NbdServer, NbdServerSession, type BlockExport } from '../mover/nbd/server.ts';
+import { encodeClientFlags, encodeGoOption, encodeMetaContextOption, encodeOption } from '../mover/nbd/handshake-wire.ts';
+import { Command, CommandFlag, Info, Option, OptionReply, StateFlag } from '../mover/nbd/protocol.ts';
+import { encodeRequest, parseChunk, parseReplyHeader, type BlockDescriptor } from '../mover/nbd/transmission-wire.ts';
+import { ExportIoError, type BlockExport } from '../mover/nbd/block-export.ts';
+import { NbdServerSession } from '../mover/nbd/server-session.ts';
+import { NbdServer } from '../mover/nbd/server.ts';
 import { prng } from './helpers/prng.ts';
 
 const KiB = 1024;

@@ -15,7 +15,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../mover/nbd/client.ts';
 import { mapExtents } from '../mover/nbd/extents.ts';
 import { NbdPool } from '../mover/nbd/pool.ts';
-import { encodeOptionReply, encodeServerGreeting, Option, OptionReply } from '../mover/nbd/protocol.ts';
+import { encodeOptionReply, encodeServerGreeting } from '../mover/nbd/handshake-wire.ts';
+import { Option, OptionReply } from '../mover/nbd/protocol.ts';
 import { loadTlsCredentials, type NbdTlsCredentials } from '../mover/nbd/tls.ts';
 import { parseNbdUri, tcpNbdUri } from '../mover/nbd/uri.ts';
 

@@ -5,7 +5,10 @@
  */
 import type { PutChecksum } from '../core/object-store.ts';
 import { createHash, randomBytes } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
 import { chunkId, deriveKeys, objectKeys, open, packIdOfKey, seal, type Manifest } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
@@ -22,6 +25,7 @@ import {
   packTrailer,
   planReads,
   readPackTrailer,
+  trailerBytes,
   type ChunkLocation,
   type PackContents,
   type PackEntry,
@@ -588,6 +592,35 @@ describe('PackWriter', () => {
     expect(writer.bytesWritten).toBe([...store.objects.values()].reduce((s, b) => s + b.length, 0));
   });
 
+  it('closes a pack at maxChunks chunks however small they seal (its trailer within the room kept for it), and stores an index object once entriesPerIndex chunks are unindexed', async () => {
+    const store = new MemoryObjectStore();
+    const maxChunks = 50;
+    const writer = new PackWriter({ store, keys, maxChunkBytes: 1000, maxChunks, entriesPerIndex: 120, packsPerIndex: 1000, newBuffer: newPackBuffer });
+    expect(writer.capacity).toBe(8 * 1024 * 1024 + 1000 * 8 + trailerBytes(maxChunks));
+    // Chunks of zeros and a number: each seals to a few dozen bytes, 8 MiB would hold ~200,000.
+    const added: { id: string; plain: Buffer; packId: string; offset: number; length: number }[] = [];
+    for (let n = 0; n < 1000; n++) {
+      const plain = Buffer.alloc(1000);
+      plain.writeUInt32BE(n);
+      const id = fakeId(`tiny${n}`);
+      added.push({ id, plain, ...(await placeChunk(writer, id, plain)) });
+    }
+    const written = await writer.finish();
+    expect(written.map((w) => w.chunks.length)).toEqual(Array.from({ length: 20 }, () => maxChunks));
+    const packs = storedPacks(store);
+    for (const w of written) {
+      const { body, chunkBytes } = packs.get(w.pack.id)!;
+      expect(body.length - chunkBytes).toBeLessThanOrEqual(trailerBytes(maxChunks));
+    }
+    for (const a of added.filter((_, n) => n % 97 === 0)) await expectChunkAt(store, a, a.id, a.plain);
+    // Index objects after 1, 2 and 4 packs (1, 1, 2 packs each), then every 3 packs (their 150 entries pass 120; packsPerIndex is far), the rest at finish.
+    const indexes = await indexObjects(store);
+    const entries = writer.indexes.map((id) => indexes.get(id)!.reduce((n, p) => n + p.chunks.length, 0));
+    expect(entries.slice(0, 5)).toEqual([50, 50, 100, 150, 150]);
+    expect(Math.max(...entries)).toBeLessThan(120 + maxChunks);
+    expect(entries.reduce((a, b) => a + b)).toBe(1000);
+  });
+
   it('with many chunks sealed at once, finishing in any order, while uploads are slow: packs hold their chunks back to back within capacity, the trailer lists exactly the chunks placed, and at most maxUploads + 1 buffers are made', async () => {
     const rand = prng(0x51);
     const store = new ControlledStore();
@@ -890,7 +923,16 @@ describe('RepositoryIndex', () => {
   });
 });
 
-describe('IndexCache', () => {
+describe.each([
+  { where: 'in memory', spill: false },
+  { where: 'in a local folder', spill: true },
+])('IndexCache, listings $where', ({ spill }) => {
+  const dir = join(tmpdir(), `lifeboat-index-test-${process.pid}`);
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+  /** A cache whose listings are kept as this round says (spilled to a temporary folder). */
+  const cacheOf = (store: MemoryObjectStore, parallelism?: number) =>
+    new IndexCache(store, keys, { ...(parallelism ? { parallelism } : {}), ...(spill ? { dir } : {}) });
+
   /** Counts GETs of index objects. */
   class CountingGets extends MemoryObjectStore {
     indexGets = 0;
@@ -907,7 +949,7 @@ describe('IndexCache', () => {
 
   it('reads only index objects it has not read, and forgets those that are gone', async () => {
     const store = new CountingGets();
-    const cache = new IndexCache(store, keys);
+    const cache = cacheOf(store);
     await writeIndex(store, 'a'.repeat(32), '1'.repeat(32), [fakeId(1), fakeId(2)]);
     const first = await cache.refresh();
     expect([first.size, first.objects, store.indexGets, cache.lastRead]).toEqual([2, 1, 1, 1]);
@@ -924,7 +966,7 @@ describe('IndexCache', () => {
   it('stays equal to the index of the objects listed, as objects come and go (property, 40 refreshes)', async () => {
     const rand = prng(0xcac4e);
     const store = new CountingGets();
-    const cache = new IndexCache(store, keys);
+    const cache = cacheOf(store);
     const live = new Map<string, PackContents[]>();
     const pool: string[] = [];
     let gets = 0;
@@ -1005,7 +1047,7 @@ describe('IndexCache', () => {
     const { ids, merge } = await threeObjects(store);
     // Mid-LIST (after b), c and d are merged into an object whose key the LIST has passed.
     store.onList = () => merge('0'.repeat(32), [ids.c, ids.d]);
-    const cache = new IndexCache(store, keys);
+    const cache = cacheOf(store);
     const index = await cache.refresh();
     expectAllSix(index);
     expect(index.objects).toBe(2);
@@ -1015,7 +1057,7 @@ describe('IndexCache', () => {
   it('lists again when an object it knew is gone: a warm cache finds the merged object that replaced it', async () => {
     const store = new RacingStore();
     const { ids, merge } = await threeObjects(store);
-    const cache = new IndexCache(store, keys);
+    const cache = cacheOf(store);
     expectAllSix(await cache.refresh());
     store.onList = () => merge('0'.repeat(32), [ids.c, ids.d]);
     const index = await cache.refresh();
@@ -1032,7 +1074,7 @@ describe('IndexCache', () => {
       store.onGet = undefined;
       await merge('e'.repeat(32), [ids.c, ids.d]);
     };
-    const cache = new IndexCache(store, keys, 1);
+    const cache = cacheOf(store, 1);
     const index = await cache.refresh();
     expectAllSix(index);
     expect(index.objects).toBe(2);
@@ -1047,7 +1089,7 @@ describe('IndexCache', () => {
     // Chunk 1 is also in pack 2, which two objects list.
     await writeIndex(store, 'a'.repeat(32), pk(2), [fakeId(1)]);
     await writeIndex(store, 'e'.repeat(32), pk(2), [fakeId(1)]);
-    const index = await new IndexCache(store, keys).refresh();
+    const index = await cacheOf(store).refresh();
     expect([index.size, index.objects]).toEqual([2, 4]);
     const here = index.get(fakeId(2))!;
     expect(here.key).toBe(objectKeys.pack(pk(1)));
@@ -1061,7 +1103,7 @@ describe('IndexCache', () => {
   it('lists twice when nothing changes meanwhile, and reads nothing again', async () => {
     const store = new RacingStore();
     await threeObjects(store);
-    const cache = new IndexCache(store, keys);
+    const cache = cacheOf(store);
     await cache.refresh();
     await cache.refresh();
     expect([store.lists, store.indexGets, cache.lastRead, cache.lastLists]).toEqual([4, 3, 0, 2]);
@@ -1070,7 +1112,7 @@ describe('IndexCache', () => {
   it('shares a refresh asked for while one runs', async () => {
     const store = new CountingGets();
     await writeIndex(store, 'c'.repeat(32), '3'.repeat(32), [fakeId(4)]);
-    const cache = new IndexCache(store, keys);
+    const cache = cacheOf(store);
     const [a, b] = await Promise.all([cache.refresh(), cache.refresh()]);
     expect(a).toBe(b);
     expect(store.indexGets).toBe(1);

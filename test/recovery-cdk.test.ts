@@ -14,7 +14,7 @@ import { errorClasses } from '../contracts/errors.ts';
 import { recoveryErrorClasses } from '../contracts/recovery-errors.ts';
 import { functionAccess } from '../cdk/lib/function-access.ts';
 import { GC_DEFER_MAX_SECONDS, GC_INVOCATION_MS, GC_LEASE_MS } from '../core/gc-timing.ts';
-import { gcRequest } from '../functions/gc/gc.ts';
+import { gcRequest } from '../functions/gc/gc-request.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
 type State = {

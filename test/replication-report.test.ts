@@ -39,7 +39,14 @@ afterAll(async () => close?.());
 describe('reportReplication', () => {
   it("reports the oldest newest verified DR copy of the policy's VMs, counting a VM never copied from its oldest backup", async () => {
     const r = await reportReplication({ policyId: 'p-dr', started: false }, { catalog, recovery, now: () => NOW });
-    expect(r).toEqual({ policyId: 'p-dr', drBucket: 'dr-bucket', vms: { 'vm-a': 30, 'vm-b': 10 }, drRecoveryPointAgeHours: 30, replicationStartFailed: true });
+    expect(r).toEqual({
+      policyId: 'p-dr',
+      drBucket: 'dr-bucket',
+      vms: { 'vm-a': 30, 'vm-b': 10 },
+      vmCount: 2,
+      drRecoveryPointAgeHours: 30,
+      replicationStartFailed: true,
+    });
   });
 
   it('follows the newest copy once it is there, and reports a start only when told', async () => {

@@ -153,7 +153,7 @@ export class BackupWorkflow extends Construct {
       });
 
     const plan = invoke('Plan', 'Plan', {
-      payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId', 'runId.$': '$$.Execution.Name' }),
+      payload: sfn.TaskInput.fromObject({ 'request.$': '$', 'runId.$': '$$.Execution.Name' }),
     });
 
     // --- failure path of one VM: release what was taken, record, go on -----------------

@@ -13,11 +13,13 @@ import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { StorageUnavailable } from '../../contracts/errors.ts';
 import { lambdaStep, moverDiskMap, moverStep, retryAnyError, retryMoverTask } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
+import { acknowledgeListMap, listMap, useResultWriterV2 } from './distributed-map.ts';
 
 export const BACKUP_DAMAGED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Backup Damaged' } as const;
 export const RESTORE_TEST_FAILED_EVENT = { source: 'lifeboat.deep-verify', detailType: 'Lifeboat Restore Test Failed' } as const;
@@ -130,26 +132,50 @@ export class DeepVerifyWorkflow extends Construct {
  * DeepVerifyPolicy: the newest committed backup of every VM of a policy, each by the
  * mover group serving the VM's host, each restore-tested when due. Input: `{ policyId,
  * sample?, restoreTest? }`; scheduled weekly.
+ *
+ * PlanDeepVerifyPolicy writes one job per VM to the stack's bucket (`runs/deep-verify/`);
+ * DeepVerifyVms, a Distributed Map, reads them and runs each VM's verification (the chain
+ * DeepVerify runs after its plan) as a child execution with its own history; a VM whose
+ * verification fails fails its own child only. RecordDeepVerifyPolicy sums the children's
+ * results from the Map Run's result files; when a VM failed, the execution then records
+ * and fails with `DeepVerify.VmsFailed`, naming the first and where every result is. No
+ * payload or history grows with the number of VMs.
  */
 export class DeepVerifyPolicyWorkflow extends Construct {
   readonly stateMachine: sfn.StateMachine;
 
-  constructor(scope: Construct, id: string, props: DeepVerifyWorkflowProps) {
+  constructor(scope: Construct, id: string, props: DeepVerifyWorkflowProps & { runBucket: s3.IBucket }) {
     super(scope, id);
+    useResultWriterV2(this);
     const plan = invoke(
       this,
       'PlanDeepVerifyPolicy',
       props.functions.PlanDeepVerifyPolicy,
       sfn.TaskInput.fromObject({ 'verifyId.$': '$$.Execution.Name', 'request.$': '$' }),
     );
-    const vms = new sfn.Map(this, 'DeepVerifyVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.verified' });
+    const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY');
+    const vms = listMap(this, 'DeepVerifyVms', {
+      comment: 'One child execution per VM (its own history), the jobs read from the list PlanDeepVerifyPolicy wrote to S3',
+      runBucket: props.runBucket,
+      keyPath: '$.jobList.key',
+      label: 'DeepVerifyVm',
+      maxConcurrency: 2,
+      // A VM's failure is its own child's: the others go on; RecordDeepVerifyPolicy counts it and the run then fails.
+      toleratedFailurePercentage: 100,
+      resultPath: '$.verified',
+    });
     vms.itemProcessor(verifyJobChain(this, props));
-    vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'DEEPVERIFY'), { resultPath: '$.error' });
-    const done = new sfn.Pass(this, 'PolicyVerified', { parameters: { 'policyId.$': '$.policyId', 'verified.$': '$.verified', 'skipped.$': '$.skipped' } });
+    vms.addCatch(failed, { resultPath: '$.error' });
+    const record = invoke(this, 'RecordDeepVerifyPolicy', props.functions.RecordDeepVerifyPolicy);
+    retryAnyError(record);
+    const anyFailed = new sfn.Choice(this, 'AnyVmFailed', { comment: "A VM's verification failed: record it and fail the run with its error" })
+      .when(sfn.Condition.isPresent('$.error'), failed)
+      .otherwise(new sfn.Succeed(this, 'PolicyVerified'));
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: 'Lifeboat deep verify a policy: the newest backup of each of its VMs',
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(done)),
+      comment: 'Lifeboat deep verify a policy: the newest backup of each of its VMs, one child execution per VM',
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(record).next(anyFailed)),
       timeout: Duration.hours(24),
     });
+    acknowledgeListMap(this.stateMachine, props.runBucket, 'DeepVerifyVm');
   }
 }

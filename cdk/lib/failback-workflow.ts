@@ -5,10 +5,12 @@
  * failover's recovery point B to the DR VM's newest backup D, hashing every production
  * chunk and writing only where it differs; the DR VM keeps running) → StopDrVm (a DR-site
  * mover shuts it down cleanly, within `shutdownTimeoutSeconds`: the outage starts) →
- * StartFinalBackup (the DR-site policy's Backup workflow) → WaitForFinalBackup /
+ * StartFinalBackup (the DR-site policy's Backup workflow, for the DR VM only: `vmIds`) → WaitForFinalBackup /
  * CheckFinalBackup until the DR VM's backup of that run is committed → FinalDelta (Map: the
  * manifests' difference between D and the final backup, written without reading) →
- * StartProductionVm (started, its sign of life awaited: the outage ends) → RecordFailback.
+ * StartProductionVm (started, its sign of life awaited: the outage ends) → ReleaseReplica
+ * (when the production VM has a replica VM: a DR mover clears its failed-over state and
+ * puts it back on its newest restore point, for the next replication) → RecordFailback.
  * Any failure records the failback as failed, with the error, and fails the execution.
  * Input: `{ vmId, drVmId, baseBackupId?, shutdownTimeoutSeconds?, readiness? }`.
  */
@@ -81,7 +83,11 @@ export class FailbackWorkflow extends Construct {
     const startFinal = new tasks.StepFunctionsStartExecution(this, 'StartFinalBackup', {
       stateMachine: props.backup,
       name: sfn.JsonPath.format('{}-final', sfn.JsonPath.stringAt('$$.Execution.Name')),
-      input: sfn.TaskInput.fromObject({ policyId: sfn.JsonPath.stringAt('$.job.drPolicyId') }),
+      // Only the DR VM: the DR-site policy may protect other VMs, which must not lengthen the outage.
+      input: sfn.TaskInput.fromObject({
+        policyId: sfn.JsonPath.stringAt('$.job.drPolicyId'),
+        vmIds: sfn.JsonPath.array(sfn.JsonPath.stringAt('$.job.drVmId')),
+      }),
       resultSelector: { 'startDate.$': '$.StartDate' },
       resultPath: '$.finalRun',
       taskTimeout: sfn.Timeout.duration(Duration.minutes(1)),
@@ -117,12 +123,23 @@ export class FailbackWorkflow extends Construct {
         'final.$': '$.finalDelta',
         'stopped.$': '$.stopped',
         'started.$': '$.started',
+        'replica.$': '$.replicaReleased',
       },
       '$.report',
     );
     const done = new sfn.Pass(this, 'FailedBack', { outputPath: '$.report' });
+    // The replica VM that ran as the VM at the DR site: released (no longer failed over, back on its newest point) for the next replication.
+    const release = domainTask('ReleaseReplica', 'releaseReplica', '$.job.replica.moverGroup', '$.replicaReleased');
+    const noReplica = new sfn.Pass(this, 'NoReplicaVm', {
+      result: sfn.Result.fromObject({ domain: null, failoverRunId: null, backupId: null, checkpointsRemoved: 0 }),
+      resultPath: '$.replicaReleased',
+    });
+    const releaseIfReplica = new sfn.Choice(this, 'HasReplicaVm').when(sfn.Condition.isPresent('$.job.replica'), release).otherwise(noReplica);
+    release.next(record);
+    noReplica.next(record);
+    record.next(done);
     const finalDone = new sfn.Choice(this, 'FinalBackupCommitted')
-      .when(sfn.Condition.booleanEquals('$.final.done', true), finalDelta.next(start).next(record).next(done))
+      .when(sfn.Condition.booleanEquals('$.final.done', true), finalDelta.next(start).next(releaseIfReplica))
       .otherwise(wait);
     wait.next(check).next(finalDone);
 

@@ -120,7 +120,9 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
     timeoutSeconds: 300,
     memoryMiB: 1024,
   },
-  PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'] },
+  // The jobs and the VMs left out go to runs/ (read by the DeepVerifyVms Map); RecordDeepVerifyPolicy reads the Map's result files there.
+  PlanDeepVerifyPolicy: { catalog: ['GetItem', 'Query', 'PutItem'], repository: { write: ['runs/'] } },
+  RecordDeepVerifyPolicy: { catalog: ['PutItem'], repository: { read: ['runs/'] } },
   // The prune's plan and its list of backups to remove go to runs/ (read by the PruneBackups Map); RecordPrune reads the Map's result files there.
   PlanPrune: { catalog: ['GetItem', 'Query', 'PutItem'], repository: { write: ['runs/'] } },
   PruneBackup: { catalog: ['UpdateItem', 'DeleteItem'], repository: { delete: ['manifests/'], list: true } },
@@ -156,7 +158,9 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   // Gives the repository's GC lease back on the Gc workflow's failure path (a conditional delete: only its own execution's).
   ReleaseGcLease: { catalog: ['DeleteItem'] },
   PlanReplicate: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
-  PlanReplicatePolicy: { catalog: ['GetItem', 'Query'], repository: { read: ['keys/'], write: ['keys/'], list: true } },
+  // As PlanReplicate for each VM; the jobs and the VMs left out go to runs/ (read by the ReplicateVms Map); RecordReplicatePolicy reads the Map's result files there.
+  PlanReplicatePolicy: { catalog: ['GetItem', 'Query', 'PutItem'], repository: { read: ['keys/'], write: ['keys/', 'runs/'], list: true } },
+  RecordReplicatePolicy: { catalog: ['PutItem'], repository: { read: ['runs/'] } },
   AcquireReplicaLease: { catalog: ['PutItem', 'Query', 'GetItem'] },
   ReleaseReplicaLease: { catalog: ['DeleteItem'] },
   VerifyReplica: {
@@ -169,7 +173,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
-  PlanFailoverPlan: { catalog: ['GetItem', 'Query'] },
+  // The plan's VMs' replica leases (conditional puts; given back if one is busy).
+  PlanFailoverPlan: { catalog: ['GetItem', 'Query', 'PutItem', 'DeleteItem'] },
   RecordFailoverPlan: { catalog: ['PutItem'] },
   // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the DR copies' records; the final DR backup's record; the report.
   PlanFailback: { catalog: ['GetItem', 'Query', 'Scan'] },

@@ -11,7 +11,8 @@
  *
  * ReplicatePolicy: the same for every VM of a policy whose newest backup the DR site lacks
  * (with a `runId`, only VMs whose newest backup that run made: what a Backup run starts),
- * then ReportReplication: the DR recovery point's age, as a metric and in the output.
+ * one child execution per VM (a Distributed Map over the jobs its plan wrote to S3), then
+ * ReportReplication: the DR recovery point's age, as a metric and in the output.
  * The mover group and standby folder default to the DR repository's configuration.
  *
  * Failover: PlanFailover (newest committed backup complete at the DR site) →
@@ -21,12 +22,14 @@
 import { Duration } from 'aws-cdk-lib';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { StorageUnavailable } from '../../contracts/errors.ts';
 import { ReplicaBusy } from '../../contracts/recovery-errors.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import { lambdaStep, moverStep, retryMoverTask } from './steps.ts';
 import { recordFailureThenFail } from './recovery-failure.ts';
+import { acknowledgeListMap, listMap, useResultWriterV2 } from './distributed-map.ts';
 
 export interface ReplicationWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -208,22 +211,43 @@ export class ReplicateWorkflow extends Construct {
 
 /**
  * ReplicatePolicy: the newest committed backup of every VM of a policy that the DR
- * repository does not have yet, one VM after another (Map). Input:
- * `{ policyId, runId?, moverGroup?, targetBucket?, replicaDir? }`; what the Backup workflow
- * starts after a run that committed backups (`{ policyId, runId }`).
+ * repository does not have yet. Input: `{ policyId, runId?, moverGroup?, targetBucket?,
+ * replicaDir? }`; what the Backup workflow starts after a run that committed backups
+ * (`{ policyId, runId }`).
+ *
+ * PlanReplicatePolicy writes one job per VM to the stack's bucket (`runs/replicate/`);
+ * ReplicateVms, a Distributed Map, reads them and runs each VM's replication (the chain
+ * Replicate runs after its plan) as a child execution with its own history; a VM whose
+ * replication fails gives its lease back and fails its own child only.
+ * RecordReplicatePolicy sums the children's results from the Map Run's result files,
+ * ReportReplication publishes the DR recovery point; when a VM failed, the execution then
+ * records and fails with `Replication.VmsFailed`. No payload or history grows with the
+ * number of VMs.
  */
 export class ReplicatePolicyWorkflow extends Construct {
   readonly stateMachine: sfn.StateMachine;
 
-  constructor(scope: Construct, id: string, props: ReplicationWorkflowProps) {
+  constructor(scope: Construct, id: string, props: ReplicationWorkflowProps & { runBucket: s3.IBucket }) {
     super(scope, id);
+    useResultWriterV2(this);
     const plan = invoke(this, 'PlanReplicatePolicy', props.functions.PlanReplicatePolicy, {
       payload: sfn.TaskInput.fromObject({ 'replicationId.$': '$$.Execution.Name', 'request.$': '$' }),
     });
-    const vms = new sfn.Map(this, 'ReplicateVms', { itemsPath: '$.jobs', maxConcurrency: 2, resultPath: '$.replicated' });
-    // A VM's replication that fails gives its lease back and fails the iteration; the Map's Catch records it.
+    const failed = recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION');
+    const vms = listMap(this, 'ReplicateVms', {
+      comment: 'One child execution per VM (its own history), the jobs read from the list PlanReplicatePolicy wrote to S3',
+      runBucket: props.runBucket,
+      keyPath: '$.jobList.key',
+      label: 'ReplicateVm',
+      maxConcurrency: 2,
+      // A VM's failure is its own child's: the others go on; RecordReplicatePolicy counts it and the run then fails.
+      toleratedFailurePercentage: 100,
+      resultPath: '$.replicated',
+    });
+    // A VM's replication that fails gives its lease back and fails its child execution.
     vms.itemProcessor(replicateJobChain(this, props, new sfn.Fail(this, 'VmReplicationFailed', { errorPath: '$.error.Error', causePath: '$.error.Cause' })));
-    vms.addCatch(recordFailureThenFail(this, props.functions.RecordRecoveryFailure, 'REPLICATION'), { resultPath: '$.error' });
+    vms.addCatch(failed, { resultPath: '$.error' });
+    const record = invoke(this, 'RecordReplicatePolicy', props.functions.RecordReplicatePolicy);
     // The DR recovery point after this replication, as a metric (DrRecoveryPointAgeHours) and in the output.
     const report = invoke(this, 'ReportReplication', props.functions.ReportReplication, {
       payload: sfn.TaskInput.fromObject({ 'policyId.$': '$.policyId' }),
@@ -231,18 +255,29 @@ export class ReplicatePolicyWorkflow extends Construct {
     });
     const done = new sfn.Pass(this, 'PolicyReplicated', {
       parameters: {
+        'replicationId.$': '$.replicationId',
         'policyId.$': '$.policyId',
         'runId.$': '$.runId',
+        'vms.$': '$.vms',
+        'replicatedCount.$': '$.replicatedCount',
+        'failedCount.$': '$.failedCount',
         'replicated.$': '$.replicated',
+        'failed.$': '$.failed',
         'skipped.$': '$.skipped',
+        'skippedCount.$': '$.skippedCount',
+        'results.$': '$.results',
         'drRecoveryPointAgeHours.$': '$.dr.drRecoveryPointAgeHours',
       },
     });
+    const anyFailed = new sfn.Choice(this, 'AnyVmFailed', { comment: "A VM's replication failed: record it and fail the run with its error" })
+      .when(sfn.Condition.isPresent('$.error'), failed)
+      .otherwise(done);
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: "Lifeboat replicate a policy: every VM's newest backup the DR repository lacks",
-      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(report).next(done)),
+      comment: "Lifeboat replicate a policy: every VM's newest backup the DR repository lacks, one child execution per VM",
+      definitionBody: sfn.DefinitionBody.fromChainable(plan.next(vms).next(record).next(report).next(anyFailed)),
       timeout: Duration.hours(24),
     });
+    acknowledgeListMap(this.stateMachine, props.runBucket, 'ReplicateVm');
   }
 }
 

@@ -1,17 +1,19 @@
 /**
- * Plan: turn `{ policyId }` into one work item per VM, each with its parent backup, the
+ * Plan: turn `{ policyId, vmIds? }` into one work item per VM, each with its parent backup, the
  * mover group that serves its host, and the concurrency scopes (host, datastores) it
  * counts against. Hosts, groups and limits come from the configuration (SyncConfig).
  * Each job also carries the repository's quarantined chunk ids (`healChunks`), which the
  * mover uploads again even where the parent manifest lists them. A policy selects VMs by
  * id, and by host filtered by name pattern and tag; a selected VM that discovery marked
- * gone is not backed up but reported (`gone`), so the run counts it as failed.
+ * gone is not backed up but reported (`gone`), so the run counts it as failed. `vmIds`
+ * narrows a run to some of the policy's VMs (a failback's final backup of one DR VM); a VM
+ * the policy does not select is refused by name.
  */
 import { z } from 'zod';
 import { createHash } from 'node:crypto';
 import { matchesNamePattern } from '../../core/config.ts';
 import { vmGoneMessage, type GoneVm } from '../../contracts/discovery.ts';
-import { PolicyNotFound, VmGone } from '../../contracts/errors.ts';
+import { BackupRequestInvalid, PolicyNotFound, VmGone } from '../../contracts/errors.ts';
 import { objectKeys } from '../../repository/format.ts';
 import { minMoverVersion } from '../../core/version.ts';
 import { mapLimit } from '../../core/concurrency.ts';
@@ -24,10 +26,13 @@ import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import type { RunCatalog } from '../catalog/run-catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
+import { runStore } from '../commons/map-run.ts';
 
 export interface PlanInput {
   policyId: string;
   runId: string;
+  /** Only these of the policy's VMs (absent: all it selects). */
+  vmIds?: string[] | undefined;
 }
 
 export interface PlanOutput {
@@ -105,50 +110,89 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
   // Chunks a deep verification moved aside: every job re-checks them (repository/quarantine.ts).
   const healChunks = (await deps.recovery?.quarantinedChunks(locationKey(policy), MAX_HEAL_CHUNKS_PER_JOB)) ?? [];
   // A few VMs' catalog reads and writes at once: a policy of thousands of VMs plans in seconds, not minutes.
-  const planned = await mapLimit(await selectVms(policy, deps.catalog), PLAN_CONCURRENCY, async (vm): Promise<VmJob | GoneVm> => {
-    const vmId = vm.vmId;
-    if (vm.gone) return recordGone(vm, policy, input.runId, now, deps.catalog);
-    if (!hosts.has(vm.host)) hosts.set(vm.host, deps.catalog.getHost(vm.host));
-    const host = await hosts.get(vm.host);
-    if (!host)
-      throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
-    const backupId = newBackupId(now, input.runId, vmId);
-    const parent = await deps.catalog.latestParent(vmId);
-    const job: VmJob = {
-      runId: input.runId,
-      policyId: policy.policyId,
-      backupId,
-      vmId,
-      host: vm.host,
-      moverGroup: host.moverGroup,
-      source: vm.source,
-      repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
-      parentBackupId: parent?.backupId ?? null,
-      parentCheckpoint: parent?.checkpoint ?? null,
-      ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
-      ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
-      parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, objectKeys.manifest(parent!.backupId, d.diskId)])),
-      slotScopes: slotScopes(vm, host, policy),
-      slot: null,
-      snapshot: null,
-      minMoverVersion: minMoverVersion(),
-      segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
-      ...(healChunks.length ? { healChunks } : {}),
-    };
-    await deps.catalog.startBackup({
-      vmId,
-      backupId,
-      runId: input.runId,
-      policyId: policy.policyId,
-      status: 'running',
-      parentBackupId: job.parentBackupId,
-      startedAt: now.toISOString(),
-    });
-    return job;
-  });
-  const vms = planned.filter((p): p is VmJob => 'moverGroup' in p);
+  const planned = await mapLimit(
+    onlyRequested(await selectVms(policy, deps.catalog), policy.policyId, input.vmIds),
+    PLAN_CONCURRENCY,
+    async (vm): Promise<VmJob | GoneVm> => {
+      const vmId = vm.vmId;
+      if (vm.gone) return recordGone(vm, policy, input.runId, now, deps.catalog);
+      if (!hosts.has(vm.host)) hosts.set(vm.host, deps.catalog.getHost(vm.host));
+      const host = await hosts.get(vm.host);
+      if (!host)
+        throw new Error(`VM '${vmId}' is on host '${vm.host}', which no mover group serves: add the host to a mover group's "hosts" in the configuration`);
+      const backupId = newBackupId(now, input.runId, vmId);
+      const parent = await deps.catalog.latestParent(vmId);
+      const job: VmJob = {
+        runId: input.runId,
+        policyId: policy.policyId,
+        backupId,
+        vmId,
+        host: vm.host,
+        moverGroup: host.moverGroup,
+        source: vm.source,
+        repository: { bucket: policy.bucket, chunkSize: policy.chunkSize, ...(policy.endpoint ? { endpoint: policy.endpoint } : {}) },
+        parentBackupId: parent?.backupId ?? null,
+        parentCheckpoint: parent?.checkpoint ?? null,
+        ...(policy.quiesce ? { quiesce: policy.quiesce } : {}),
+        ...(host.hypervisor ? { hypervisor: host.hypervisor } : {}),
+        parentManifests: Object.fromEntries((parent?.disks ?? []).map((d) => [d.diskId, objectKeys.manifest(parent!.backupId, d.diskId)])),
+        slotScopes: slotScopes(vm, host, policy),
+        slot: null,
+        snapshot: null,
+        minMoverVersion: minMoverVersion(),
+        segmentBytes: policy.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+        ...(healChunks.length ? { healChunks } : {}),
+      };
+      await deps.catalog.startBackup({
+        vmId,
+        backupId,
+        runId: input.runId,
+        policyId: policy.policyId,
+        status: 'running',
+        parentBackupId: job.parentBackupId,
+        startedAt: now.toISOString(),
+      });
+      return job;
+    },
+  );
+  const vms = interleaveByHost(planned.filter((p): p is VmJob => 'moverGroup' in p));
   const gone = planned.filter((p): p is GoneVm => !('moverGroup' in p));
   return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms, gone };
+}
+
+/** The selected VMs narrowed to `vmIds` (when given); a VM the policy does not select is refused, naming what it does. */
+export function onlyRequested(selected: Vm[], policyId: string, vmIds: string[] | undefined): Vm[] {
+  if (!vmIds) return selected;
+  const ids = new Set(selected.map((v) => v.vmId));
+  const unknown = vmIds.filter((id) => !ids.has(id));
+  if (unknown.length)
+    throw new BackupRequestInvalid(
+      `policy '${policyId}' does not select VM(s) ${unknown.map((id) => `'${id}'`).join(', ')} (it selects ${[...ids].map((id) => `'${id}'`).join(', ') || 'none'}): name VMs of the policy in "vmIds", or change the policy's "vms"`,
+    );
+  const wanted = new Set(vmIds);
+  return selected.filter((v) => wanted.has(v.vmId));
+}
+
+/**
+ * The jobs in the order the BackupVms Map starts them: spread over mover groups and hosts,
+ * round after round, each host giving as many VMs per round as it has backup slots. A
+ * policy that selects by host lists one host's VMs after another's; in that order a run's
+ * first children would all wait in one host's line while the other hosts' slots idle.
+ */
+export function interleaveByHost(jobs: VmJob[]): VmJob[] {
+  const byHost = Map.groupBy(jobs, (j) => j.host);
+  const groups = Map.groupBy(byHost.keys(), (h) => byHost.get(h)![0]!.moverGroup);
+  // Hosts in turn across groups: one of each group, then the next of each, ...
+  const hosts: string[] = [];
+  for (let i = 0; hosts.length < byHost.size; i++) for (const list of groups.values()) if (list[i] !== undefined) hosts.push(list[i]!);
+  const out: VmJob[] = [];
+  while (out.length < jobs.length) {
+    for (const h of hosts) {
+      const line = byHost.get(h)!;
+      out.push(...line.splice(0, Math.max(1, line[0]?.slotScopes[0]?.limit ?? 1)));
+    }
+  }
+  return out;
 }
 
 /** VMs planned at once. */
@@ -206,23 +250,20 @@ async function recordGone(vm: Vm, policy: Policy, runId: string, now: Date, cata
   return { vmId: vm.vmId, backupId, host: vm.host, goneSince };
 }
 
-export const planInput = z.looseObject({ policyId: z.string().min(1), runId: z.string().min(1) });
+/** Plan's input: the run, and the Backup execution's input (`request`: its policy and, optionally, which of its VMs). */
+export const planInput = z
+  .looseObject({
+    runId: z.string().min(1),
+    request: z.looseObject({ policyId: z.string().min(1), vmIds: z.array(z.string().min(1)).min(1, 'must name at least one VM').optional() }),
+  })
+  .transform((i): PlanInput => ({ runId: i.runId, policyId: i.request.policyId, vmIds: i.request.vmIds }));
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    handler: lambdaHandler('Plan', planInput, async (input) => {
-      const bucket = c.env.runBucket;
-      if (!bucket)
-        throw new Error(
-          "environment variable LIFEBOAT_RUN_BUCKET is not set: Plan writes the run's VM list to the stack's bucket, which the deployment must name",
-        );
-      return publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), {
-        runs: c.runs,
-        store: c.store(bucket),
-        bucket,
-      });
-    }),
+    handler: lambdaHandler('Plan', planInput, async (input) =>
+      publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), { runs: c.runs, ...runStore(c, 'Backup') }),
+    ),
   };
 }
 

@@ -4,18 +4,9 @@
  * lists a host's newest first). Same table as `catalog.ts`.
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import type { RepositoryLocation } from '../../contracts/endpoints.ts';
-import type { HostConfigResult } from '../../contracts/host-config.ts';
+import type { HostConfigRecord } from '../../contracts/host-config.ts';
 
 const recordKey = (hostId: string, backupId: string) => ({ pk: `HOSTCONFIG#${hostId}`, sk: `BACKUP#${backupId}` });
-
-/** A stored host configuration backup: the mover's result, the repository it is in, and when it was recorded. */
-export interface HostConfigRecord extends HostConfigResult {
-  repository: RepositoryLocation;
-  recordedAt: string;
-  /** The HostConfigBackup execution that made it. */
-  runId: string;
-}
 
 export class HostConfigCatalog {
   private readonly db: DynamoDBDocumentClient;

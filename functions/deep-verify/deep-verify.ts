@@ -30,7 +30,7 @@ import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { restoreTestMetrics } from '../../contracts/metric-names.ts';
 import { caughtError } from '../../contracts/errors.ts';
-import { policyVms, resolveBackup } from '../recovery/backups.ts';
+import { resolveBackup } from '../recovery/backups.ts';
 import { healShared } from '../recovery/shared-damage.ts';
 import type { DeepVerifySummary, RestoreTestOutcome } from '../../contracts/workflow-outputs.ts';
 
@@ -127,54 +127,6 @@ async function planRestoreTest(
     timeoutSeconds: settings.timeoutSeconds ?? DEFAULT_RESTORE_TEST_TIMEOUT_SECONDS,
   };
   return { restoreTest: test };
-}
-
-export const deepVerifyPolicyRequest = z
-  .object({
-    policyId: text,
-    sample: z.number().gt(0, 'must be above 0').lte(1, 'must be at most 1 (all chunks)').optional(),
-    /** As DeepVerify's `restoreTest`, for every VM of the policy. */
-    restoreTest: z.union([z.boolean(), restoreTestSettings]).optional(),
-  })
-  .strict();
-export const planDeepVerifyPolicyInput = z.object({ verifyId: text, request: deepVerifyPolicyRequest }).strict();
-
-/** One job per VM of the policy: its newest committed backup, verified by the group serving its host. */
-export async function planDeepVerifyPolicy(
-  { verifyId, request }: z.output<typeof planDeepVerifyPolicyInput>,
-  deps: { catalog: Catalog; recovery: RecoveryCatalog; now: () => Date },
-) {
-  const policy = await deps.catalog.getPolicy(request.policyId);
-  if (!policy) throw new RecoveryRequestInvalid(`policy '${request.policyId}' does not exist`);
-  const jobs: DeepVerifyJob[] = [];
-  const skipped: { vmId: string; reason: string }[] = [];
-  for (const vmId of await policyVms(deps.catalog, policy)) {
-    const vm = await deps.catalog.getVm(vmId);
-    const group = vm ? (await deps.catalog.getHost(vm.host))?.moverGroup : undefined;
-    if (!vm || !group) {
-      skipped.push({ vmId, reason: vm ? `host '${vm.host}' has no mover group in the catalog` : 'not in the inventory' });
-      continue;
-    }
-    if (!(await deps.catalog.latestCommitted(vmId))) {
-      skipped.push({ vmId, reason: 'no committed backup' });
-      continue;
-    }
-    jobs.push(
-      await planDeepVerify(
-        {
-          verifyId: `${verifyId}-${vmId}`,
-          request: {
-            vmId,
-            moverGroup: group,
-            ...(request.sample ? { sample: request.sample } : {}),
-            ...(request.restoreTest !== undefined ? { restoreTest: request.restoreTest } : {}),
-          },
-        },
-        deps,
-      ),
-    );
-  }
-  return { policyId: policy.policyId, jobs, skipped };
 }
 
 export const recordDeepVerifyInput = z.intersection(deepVerifyJob, z.looseObject({ verified: z.array(deepVerifiedDisk) }));
@@ -313,9 +265,6 @@ const now = () => new Date();
 export function makeHandlers(c: Clients) {
   return {
     planHandler: lambdaHandler('PlanDeepVerify', planDeepVerifyInput, (input) => planDeepVerify(input, { catalog: c.catalog, recovery: c.recovery, now })),
-    planPolicyHandler: lambdaHandler('PlanDeepVerifyPolicy', planDeepVerifyPolicyInput, (input) =>
-      planDeepVerifyPolicy(input, { catalog: c.catalog, recovery: c.recovery, now }),
-    ),
     recordHandler: lambdaHandler('RecordDeepVerify', recordDeepVerifyInput, (input) =>
       recordDeepVerify(input, { recovery: c.recovery, catalog: c.catalog, now }),
     ),
@@ -326,4 +275,4 @@ export function makeHandlers(c: Clients) {
 }
 
 /** The Lambda entry: the handlers with clients built from the environment, once per container. */
-export const { planHandler, planPolicyHandler, recordHandler, recordRestoreTestHandler } = fromEnvironment(makeHandlers);
+export const { planHandler, recordHandler, recordRestoreTestHandler } = fromEnvironment(makeHandlers);

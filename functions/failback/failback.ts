@@ -2,13 +2,23 @@
  * The Failback workflow's functions. PlanFailback resolves the production VM and the VM
  * running at the DR site since the failover (their hosts, domains and mover groups), the
  * failover's recovery point B (a production backup complete in the DR repository) and the
- * DR VM's newest backup D, and refuses what cannot fail back, naming why.
+ * DR VM's newest backup D (and the production VM's replica VM, released at the end), and
+ * refuses what cannot fail back, naming why.
  * CheckFinalBackup follows the final DR-site Backup run (started by the workflow after the
  * DR VM stopped) until the DR VM's backup of that run is committed. RecordFailback adds
  * up both deltas and the outage and records the report.
  */
 import { z } from 'zod';
-import { failbackDiskResult, failbackJob, failbackRequest, startedVm, stoppedVm, type FailbackJob, type FailbackReport } from '../../contracts/failback.ts';
+import {
+  failbackDiskResult,
+  failbackJob,
+  failbackRequest,
+  releasedReplica,
+  startedVm,
+  stoppedVm,
+  type FailbackJob,
+  type FailbackReport,
+} from '../../contracts/failback.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import { selectVms } from '../backup/plan.ts';
 import type { Backup, Catalog, Host, Vm } from '../catalog/catalog.ts';
@@ -87,6 +97,11 @@ export async function planFailback({ failbackId, request }: z.output<typeof plan
     throw new RecoveryRequestInvalid(
       `the DR VM '${drVm.vmId}' has disk(s) ${missing.join(', ')} that the recovery point ${base.backupId} of '${vm.vmId}' does not: add them to the production VM, or restore it from the DR site's backup instead`,
     );
+  const replicateTo = (await deps.catalog.getPolicy(base.policyId))?.replicateTo;
+  const replica =
+    replicateTo?.replicaVms && replicateTo.standbyPath && replicateTo.moverGroup
+      ? { replicaDir: replicateTo.standbyPath, uri: replicateTo.replicaVms.uri, moverGroup: replicateTo.moverGroup }
+      : undefined;
   return failbackJob.parse({
     failbackId,
     vmId: vm.vmId,
@@ -99,6 +114,7 @@ export async function planFailback({ failbackId, request }: z.output<typeof plan
     base: { backupId: base.backupId, repository: from.repository },
     target: { backupId: newest.backupId, repository: to.repository },
     disks,
+    ...(replica ? { replica } : {}),
     shutdownTimeoutSeconds: request.shutdownTimeoutSeconds ?? DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
     readiness: request.readiness ?? { agent: true },
   });
@@ -135,6 +151,7 @@ export const recordFailbackInput = z
     final: z.array(failbackDiskResult),
     stopped: stoppedVm,
     started: startedVm,
+    replica: releasedReplica,
   })
   .strict();
 
@@ -156,6 +173,7 @@ export async function recordFailback(input: z.output<typeof recordFailbackInput>
     chunksDrifted: sum('chunksDrifted'),
     outageSeconds: Math.round((Date.parse(input.started.readyAt) - outageStart) / 100) / 10,
     production: { domain: input.started.domain, state: input.started.state, readyAt: input.started.readyAt },
+    ...(input.replica.domain !== null ? { replica: input.replica } : {}),
     disks: { sync: input.sync, final: input.final },
   };
   await deps.recovery.putRecord('FAILBACK', job.failbackId, { status: 'succeeded', finishedAt: deps.now().toISOString(), summary: report });

@@ -6,7 +6,8 @@
  */
 import { addVmRequest, type AddVmAnswer } from '../../contracts/operator.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import type { HostConfigCatalog, HostConfigRecord } from '../catalog/host-config-catalog.ts';
+import type { HostConfigRecord } from '../../contracts/host-config.ts';
+import type { HostConfigCatalog } from '../catalog/host-config-catalog.ts';
 
 export interface InventoryDeps {
   catalog: Pick<Catalog, 'getHost' | 'putVm' | 'listHosts'>;

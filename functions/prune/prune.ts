@@ -18,7 +18,7 @@ import { lambdaHandler } from '../commons/lambda.ts';
 import { policyVms } from '../recovery/backups.ts';
 import { applyRetention, retentionProblem } from './gfs.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { mapRunResult, readMapRunResults, writeItemList, type ItemList } from '../commons/map-run.ts';
+import { mapRunResult, readMapRunResults, runStore, writeItemList, type ItemList } from '../commons/map-run.ts';
 
 const text = z.string().min(1);
 
@@ -300,26 +300,19 @@ export async function recordPrune(input: z.output<typeof recordPruneInput>, deps
 }
 
 const now = () => new Date();
-/** The stack's own bucket (LIFEBOAT_RUN_BUCKET), where the prune's lists go. */
-function runStore(c: Clients): { store: ObjectStore; bucket: string } {
-  const bucket = c.env.runBucket;
-  if (!bucket)
-    throw new Error(
-      "environment variable LIFEBOAT_RUN_BUCKET is not set: the Prune workflow keeps its lists in the stack's bucket, which the deployment must name",
-    );
-  return { store: c.store(bucket), bucket };
-}
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
     planHandler: lambdaHandler('PlanPrune', planPruneInput, async (input) =>
-      publishPrunePlan(await planPrune(input, { catalog: c.catalog, recovery: c.recovery, now }), { recovery: c.recovery, ...runStore(c), now }),
+      publishPrunePlan(await planPrune(input, { catalog: c.catalog, recovery: c.recovery, now }), { recovery: c.recovery, ...runStore(c, 'Prune'), now }),
     ),
     pruneHandler: lambdaHandler('PruneBackup', pruneItem, (input) =>
       pruneBackup(input, { catalog: c.catalog, recovery: c.recovery, admin: (r) => c.admin(r.bucket, r.endpoint), now }),
     ),
-    recordHandler: lambdaHandler('RecordPrune', recordPruneInput, (input) => recordPrune(input, { recovery: c.recovery, store: runStore(c).store, now })),
+    recordHandler: lambdaHandler('RecordPrune', recordPruneInput, (input) =>
+      recordPrune(input, { recovery: c.recovery, store: runStore(c, 'Prune').store, now }),
+    ),
   };
 }
 

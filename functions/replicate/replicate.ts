@@ -21,12 +21,13 @@ import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { policyVms, resolveBackup } from '../recovery/backups.ts';
-import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
+import { resolveBackup } from '../recovery/backups.ts';
+import type { VerifyOutput } from '../../contracts/backup-steps.ts';
+import { verifyManifests } from '../backup/verify.ts';
 
-const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path on the DR movers');
+export const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path on the DR movers');
 
-interface Deps {
+export interface Deps {
   catalog: Catalog;
   recovery: RecoveryCatalog;
   /** A repository's objects, on its own endpoint. */
@@ -58,7 +59,7 @@ interface DrTarget {
 }
 
 /** The policy's DR repository, or the bucket the request names (on the stack's own S3 unless it is the policy's DR bucket). */
-async function drTargetOf(catalog: Catalog, policyId: string, requested: string | undefined, source: RepositoryLocation): Promise<DrTarget> {
+export async function drTargetOf(catalog: Catalog, policyId: string, requested: string | undefined, source: RepositoryLocation): Promise<DrTarget> {
   const dr = (await catalog.getPolicy(policyId))?.replicateTo;
   const bucket = requested ?? dr?.bucket;
   if (!bucket) throw new RecoveryRequestInvalid(`policy '${policyId}' replicates nowhere (no replicateTo) and the input names no targetBucket`);
@@ -126,7 +127,9 @@ export async function planReplicate({ replicationId, request }: z.output<typeof 
 
 /** A replication or failover that died frees its VM's replica after this long (the workflows time out after 24 h; a disk task after 12 h). */
 export const REPLICA_LEASE_MS = 24 * 3600_000;
-const leaseScope = (job: ReplicateJob) => `replica:${job.target.bucket}/${job.vmId}`;
+/** The catalog slot that is a VM's replica lease in a DR repository (held by a replication, a failover plan or a test failover). */
+export const replicaLeaseScope = (bucket: string, vmId: string) => `replica:${bucket}/${vmId}`;
+const leaseScope = (job: ReplicateJob) => replicaLeaseScope(job.target.bucket, job.vmId);
 
 /**
  * AcquireReplicaLease: one replication or failover of a VM into a DR repository at a
@@ -225,60 +228,6 @@ export async function recordReplication(input: z.output<typeof recordReplication
   return summary;
 }
 
-export const replicatePolicyRequest = z
-  .object({
-    policyId: text,
-    /** Only VMs whose newest committed backup this Backup run made (how the Backup workflow starts it); default: every VM of the policy. */
-    runId: text.optional(),
-    moverGroup: text.optional(),
-    targetBucket: text.optional(),
-    replicaDir: absolute.optional(),
-    /** Set by Step Functions when another execution (a Backup run) started this one: the console links the two. */
-    AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: text.optional(),
-  })
-  .strict();
-export const planReplicatePolicyInput = z.object({ replicationId: text, request: replicatePolicyRequest }).strict();
-
-/** One job per VM of the policy whose newest committed backup the DR repository does not have. */
-export async function planReplicatePolicy({ replicationId, request }: z.output<typeof planReplicatePolicyInput>, deps: Deps) {
-  const policy = await deps.catalog.getPolicy(request.policyId);
-  if (!policy) throw new RecoveryRequestInvalid(`policy '${request.policyId}' does not exist`);
-  const jobs: ReplicateJob[] = [];
-  const skipped: { vmId: string; reason: string }[] = [];
-  for (const vmId of await policyVms(deps.catalog, policy)) {
-    const newest = (await deps.catalog.listBackups(vmId)).find((b) => b.status === 'committed' && b.policyId === policy.policyId);
-    if (!newest) {
-      skipped.push({ vmId, reason: 'no committed backup' });
-      continue;
-    }
-    if (request.runId && newest.runId !== request.runId) {
-      skipped.push({ vmId, reason: `newest backup ${newest.backupId} is not from run ${request.runId}` });
-      continue;
-    }
-    const target = await drTargetOf(deps.catalog, policy.policyId, request.targetBucket, location(policy.bucket, policy.endpoint));
-    if (await deps.recovery.getReplica(vmId, target.repository.bucket, newest.backupId)) {
-      skipped.push({ vmId, reason: `newest backup ${newest.backupId} is in ${target.repository.bucket} already` });
-      continue;
-    }
-    jobs.push(
-      await planReplicate(
-        {
-          replicationId: `${replicationId}-${vmId}`,
-          request: {
-            vmId,
-            backupId: newest.backupId,
-            targetBucket: target.repository.bucket,
-            ...(request.moverGroup ? { moverGroup: request.moverGroup } : {}),
-            ...(request.replicaDir ? { replicaDir: request.replicaDir } : {}),
-          },
-        },
-        deps,
-      ),
-    );
-  }
-  return { policyId: policy.policyId, runId: request.runId ?? null, jobs, skipped };
-}
-
 export const failoverRequest = z
   .object({
     vmId: text,
@@ -347,12 +296,14 @@ export async function recordFailover(input: z.output<typeof recordFailoverInput>
   return summary;
 }
 
+/** The functions' dependencies from the clients. */
+export const depsOf = (c: Clients): Deps => ({ catalog: c.catalog, recovery: c.recovery, store: (r) => c.store(r.bucket, r.endpoint), now: () => new Date() });
+
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
-  const deps = (): Deps => ({ catalog: c.catalog, recovery: c.recovery, store: (r) => c.store(r.bucket, r.endpoint), now: () => new Date() });
+  const deps = () => depsOf(c);
   return {
     planHandler: lambdaHandler('PlanReplicate', planReplicateInput, (input) => planReplicate(input, deps())),
-    planPolicyHandler: lambdaHandler('PlanReplicatePolicy', planReplicatePolicyInput, (input) => planReplicatePolicy(input, deps())),
     acquireLeaseHandler: lambdaHandler('AcquireReplicaLease', replicateJob, (job) => acquireReplicaLease(job, deps())),
     releaseLeaseHandler: lambdaHandler('ReleaseReplicaLease', leaseInput, (input) => releaseReplicaLease(input, deps())),
     verifyReplicaHandler: lambdaHandler('VerifyReplica', verifyReplicaInput, async (job) => {
@@ -366,13 +317,5 @@ export function makeHandlers(c: Clients) {
 }
 
 /** The Lambda entry: the handlers with clients built from the environment, once per container. */
-export const {
-  planHandler,
-  planPolicyHandler,
-  acquireLeaseHandler,
-  releaseLeaseHandler,
-  verifyReplicaHandler,
-  recordHandler,
-  planFailoverHandler,
-  recordFailoverHandler,
-} = fromEnvironment(makeHandlers);
+export const { planHandler, acquireLeaseHandler, releaseLeaseHandler, verifyReplicaHandler, recordHandler, planFailoverHandler, recordFailoverHandler } =
+  fromEnvironment(makeHandlers);

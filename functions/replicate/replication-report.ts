@@ -28,12 +28,20 @@ export interface ReplicationReport {
   policyId: string;
   /** The DR repository's bucket, or null when the policy does not replicate. */
   drBucket: string | null;
-  /** Hours since the newest DR recovery point, per VM (VMs without any backup are left out). */
+  /**
+   * Hours since the newest DR recovery point, per VM (VMs without any backup are left out):
+   * the {@link REPORTED_VMS} furthest behind, so the report stays a small payload whatever the fleet.
+   */
   vms: Record<string, number>;
+  /** VMs with a backup, listed in `vms` or not. */
+  vmCount: number;
   /** The oldest of them; null when no VM has a backup. */
   drRecoveryPointAgeHours: number | null;
   replicationStartFailed: boolean | null;
 }
+
+/** VMs listed by name in a report at most (those furthest behind). */
+export const REPORTED_VMS = 100;
 
 const hoursSince = (now: Date, iso: string) => Math.max(0, (now.getTime() - Date.parse(iso)) / 3600_000);
 
@@ -45,6 +53,7 @@ export async function reportReplication(
     policyId: input.policyId,
     drBucket: null,
     vms: {},
+    vmCount: 0,
     drRecoveryPointAgeHours: null,
     replicationStartFailed: input.started === undefined ? null : !input.started,
   };
@@ -52,18 +61,21 @@ export async function reportReplication(
   if (!policy?.replicateTo) return report;
   report.drBucket = policy.replicateTo.bucket;
   const now = deps.now();
+  const ages: [string, number][] = [];
   for (const vmId of await policyVms(deps.catalog, policy)) {
     const replica = await deps.recovery.newestReplica(vmId, policy.replicateTo.bucket);
     if (replica) {
       const backup = await deps.catalog.getBackup(vmId, replica.backupId);
-      report.vms[vmId] = hoursSince(now, backup?.startedAt ?? replica.replicatedAt);
+      ages.push([vmId, hoursSince(now, backup?.startedAt ?? replica.replicatedAt)]);
       continue;
     }
     const oldest = (await deps.catalog.listBackups(vmId)).at(-1);
-    if (oldest) report.vms[vmId] = hoursSince(now, oldest.startedAt);
+    if (oldest) ages.push([vmId, hoursSince(now, oldest.startedAt)]);
   }
-  const ages = Object.values(report.vms);
-  if (ages.length) report.drRecoveryPointAgeHours = Math.round(Math.max(...ages) * 100) / 100;
+  ages.sort((a, b) => b[1] - a[1]);
+  report.vms = Object.fromEntries(ages.slice(0, REPORTED_VMS));
+  report.vmCount = ages.length;
+  if (ages.length) report.drRecoveryPointAgeHours = Math.round(ages[0]![1] * 100) / 100;
   return report;
 }
 

@@ -1,16 +1,18 @@
 /**
- * An NBD client over one connection: the handshake, then READ and BLOCK_STATUS requests
+ * An NBD client over one connection (opened by connect.ts): READ and BLOCK_STATUS requests
  * (and WRITE and FLUSH, for the DR replica's image writer), any number in flight, matched to their replies by cookie. Every failure the
  * caller sees is a SourceUnavailable naming the export and the cause.
  */
-import { createConnection, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { SourceUnavailable } from '../../contracts/errors.ts';
-import { ByteQueue } from './byte-queue.ts';
-import { handshake, type BlockSize, type HandshakeIO, type Negotiated } from './handshake.ts';
-import { Command, encodeRequest, ESHUTDOWN, errorName, NbdProtocolError, TransmissionFlag } from './protocol.ts';
+import type { ByteQueue } from './byte-queue.ts';
+import { messageOf, openConnection } from './connect.ts';
+import type { BlockSize, Negotiated } from './handshake.ts';
+import { Command, ESHUTDOWN, errorName, NbdProtocolError, TransmissionFlag } from './protocol.ts';
+import { encodeRequest } from './transmission-wire.ts';
 import { ReplyReceiver, type InFlight } from './receiver.ts';
-import { startTls, type NbdTlsCredentials } from './tls.ts';
-import { describeTarget, NBD_PORT, parseNbdUri, type NbdTarget } from './uri.ts';
+import type { NbdTlsCredentials } from './tls.ts';
+import { describeTarget, parseNbdUri, type NbdTarget } from './uri.ts';
 
 /** Options of {@link NbdClient.connect}. */
 export interface NbdConnectOptions {
@@ -97,50 +99,16 @@ export class NbdClient implements NbdReader {
   }
 
   /**
-   * Connects to an NBD URI (or a parsed target) and negotiates the export. A TLS target
-   * (`nbds://`, `nbds+unix://`) negotiates NBD_OPT_STARTTLS first and fails rather than
-   * go on in clear text.
+   * Connects to an NBD URI (or a parsed target) and negotiates the export (connect.ts; a TLS
+   * target negotiates NBD_OPT_STARTTLS first and fails rather than go on in clear text).
    */
   static async connect(target: string | NbdTarget, opts: NbdConnectOptions = {}): Promise<NbdClient> {
     const t = typeof target === 'string' ? parseNbdUri(target) : target;
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    opts.signal?.throwIfAborted();
-    if (t.tls && !opts.tls)
-      throw new SourceUnavailable(
-        `cannot open ${describeTarget(t)}: it requires TLS and this mover has no NBD TLS credentials (set LIFEBOAT_NBD_TLS_DIR to a folder with ca-cert.pem, client-cert.pem and client-key.pem)`,
-      );
-    let socket: Socket =
-      t.socket !== undefined ? createConnection({ path: t.socket }) : createConnection({ host: t.host, port: t.port ?? NBD_PORT, noDelay: true });
-    let queue = new ByteQueue();
-    let io = socketIO(socket, queue);
-    const plain = socket;
-    const upgrade = async () => {
-      io.detach();
-      // Bytes the server sent after its ACK and before the TLS handshake would be clear
-      // text taken as if protected (an injection): the spec's server sends nothing there.
-      if (queue.available > 0) throw new NbdProtocolError(`server sent ${queue.available} bytes after accepting NBD_OPT_STARTTLS, before the TLS handshake`);
-      socket = await startTls(plain, opts.tls!, t.tlsHostname ?? t.host ?? 'localhost');
-      queue = new ByteQueue();
-      io = socketIO(socket, queue);
-      return io;
-    };
-    try {
-      const n = await withDeadline(handshake(io, t.exportName, opts.metaContexts ?? [], t.tls ? { startTls: upgrade } : {}), timeoutMs, opts.signal);
-      io.detach();
-      const client = new NbdClient(socket, queue, t, n, timeoutMs);
-      client.watch(opts.signal);
-      return client;
-    } catch (err) {
-      socket.destroy();
-      plain.destroy();
-      if (opts.signal?.aborted) throw opts.signal.reason;
-      // Under TLS 1.3 a server that rejects the client's certificate just hangs up after the TLS handshake.
-      const hint =
-        t.tls && socket !== plain && /closed the connection/.test(messageOf(err))
-          ? ' (after TLS was set up: the server may require a client certificate this mover lacks or that its CA did not sign: client-cert.pem in LIFEBOAT_NBD_TLS_DIR)'
-          : '';
-      throw new SourceUnavailable(`cannot open ${describeTarget(t)}: ${messageOf(err)}${hint}`, err);
-    }
+    const c = await openConnection(t, { ...opts, timeoutMs });
+    const client = new NbdClient(c.socket, c.queue, t, c.negotiated, timeoutMs);
+    client.watch(opts.signal);
+    return client;
   }
 
   /** Whether several connections to this export may share the work (see NbdPool). */
@@ -364,69 +332,4 @@ function commandName(command: number): string {
         : command === Command.FLUSH
           ? 'FLUSH'
           : `command ${command}`;
-}
-
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** The handshake's byte channel over the socket; leftover bytes stay in `queue`. */
-function socketIO(socket: Socket, queue: ByteQueue): HandshakeIO & { detach(): void } {
-  let want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
-  let ended: Error | undefined;
-  const check = () => {
-    if (!want) return;
-    if (queue.available >= want.n) {
-      const w = want;
-      want = undefined;
-      w.resolve(queue.take(w.n));
-    } else if (ended) {
-      want.reject(ended);
-      want = undefined;
-    }
-  };
-  const onData = (chunk: Buffer) => {
-    queue.push(chunk);
-    check();
-  };
-  const onEnd = (err?: Error) => {
-    ended ??= err ?? new Error('server closed the connection during the handshake');
-    check();
-  };
-  const onClose = () => onEnd();
-  socket.on('data', onData);
-  socket.on('error', onEnd);
-  socket.on('close', onClose);
-  return {
-    read: (n) => {
-      const p = new Promise<Buffer>((resolve, reject) => (want = { n, resolve, reject }));
-      check();
-      return p;
-    },
-    write: (bytes) => void socket.write(bytes),
-    // Paused until the client's own listeners are in place, so no byte goes unseen.
-    detach: () => {
-      socket.pause();
-      socket.off('data', onData);
-      socket.off('error', onEnd);
-      socket.off('close', onClose);
-    },
-  };
-}
-
-/** Settles with `work`, or rejects at the deadline or when `signal` aborts. */
-async function withDeadline<T>(work: Promise<T>, timeoutMs: number, signal: AbortSignal | undefined): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  let onAbort: (() => void) | undefined;
-  const stop = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-    onAbort = () => reject(signal!.reason);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-  try {
-    return await Promise.race([work, stop]);
-  } finally {
-    clearTimeout(timer);
-    if (onAbort) signal?.removeEventListener('abort', onAbort);
-  }
 }

@@ -5,22 +5,12 @@
  * server has no NBD_OPT_GO). Runs over any byte channel, so a test can drive it.
  */
 import {
-  ClientFlag,
   encodeClientFlags,
   encodeGoOption,
   encodeMetaContextOption,
   encodeOption,
   encodeStructuredReplyOption,
-  EXPORT_NAME_REPLY_SIZE,
-  EXPORT_NAME_ZEROES,
-  GREETING_SIZE,
-  HandshakeFlag,
-  Info,
   isOptionError,
-  NbdProtocolError,
-  Option,
-  OPTION_REPLY_HEADER_SIZE,
-  OptionReply,
   optionReplyName,
   parseExportNameReply,
   parseInfoReply,
@@ -28,8 +18,20 @@ import {
   parseOptionErrorMessage,
   parseOptionReplyHeader,
   parseServerGreeting,
-  TransmissionFlag,
   type OptionReplyHeader,
+} from './handshake-wire.ts';
+import {
+  ClientFlag,
+  EXPORT_NAME_REPLY_SIZE,
+  EXPORT_NAME_ZEROES,
+  GREETING_SIZE,
+  HandshakeFlag,
+  Info,
+  NbdProtocolError,
+  Option,
+  OPTION_REPLY_HEADER_SIZE,
+  OptionReply,
+  TransmissionFlag,
 } from './protocol.ts';
 
 /** The byte channel the handshake runs over. */

@@ -6,19 +6,8 @@
  * the connection is dropped (the spec's hard disconnect).
  */
 import type { ByteQueue } from './byte-queue.ts';
-import {
-  ChunkType,
-  Command,
-  MAX_CONTROL_PAYLOAD,
-  NbdProtocolError,
-  parseChunk,
-  parseReplyHeader,
-  readSafeU64,
-  replyHeaderSize,
-  ReplyFlag,
-  type BlockDescriptor,
-  type Chunk,
-} from './protocol.ts';
+import { ChunkType, Command, MAX_CONTROL_PAYLOAD, NbdProtocolError, readSafeU64, ReplyFlag } from './protocol.ts';
+import { parseChunk, parseReplyHeader, replyHeaderSize, type BlockDescriptor, type Chunk } from './transmission-wire.ts';
 
 /** A request awaiting its reply. */
 export interface InFlight {

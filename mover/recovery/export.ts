@@ -4,7 +4,9 @@
  * (neighbouring chunks of a pack in one GET, into buffers shared with the chunk pool's
  * worker threads), opened there (authenticated, decrypted, decompressed) and checked
  * against their keyed ids, as a restore does (`mover/pipeline/chunk-pool.ts`). Decoded chunks are kept in a bounded LRU cache, and
- * sequential reads start fetching the next chunks before they are asked for.
+ * each sequential stream of reads (read-ahead.ts: several at once, as `nbdcopy`'s connections
+ * read) starts fetching its next chunks before they are asked for, in batches that become
+ * long GETs; GETs that a read waits for go before read-ahead's.
  *
  * The manifest is read a piece at a time as reads need it (a chunk's piece found from its
  * offset; a few decoded pieces kept: `ManifestReader.batchAt`), so memory does not grow
@@ -19,16 +21,18 @@ import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repositor
 import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';
-import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/server.ts';
-import { StateFlag, type BlockDescriptor } from '../nbd/protocol.ts';
+import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/block-export.ts';
+import { StateFlag } from '../nbd/protocol.ts';
+import { type BlockDescriptor } from '../nbd/transmission-wire.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
 import { planRuns, type StoredEntry } from '../../repository/read-runs.ts';
+import { ReadAheadStreams } from './read-ahead.ts';
 
 /** The export's tunables (the export task's settings). */
 export interface ExportSettings {
   /** Decoded chunks kept, in MiB (default 256). */
   cacheMiB: number;
-  /** Chunks fetched ahead of sequential reads (default 16; 0 turns read-ahead off). Clamped to half the cache. */
+  /** Chunks fetched ahead of each sequential stream of reads (default 16; 0 turns read-ahead off). All streams together hold at most half the cache. */
   readAheadChunks: number;
   /** Range GETs in flight at once (default 8). */
   parallelism: number;
@@ -61,8 +65,12 @@ const RUN_BYTES = 4 * 1024 * 1024;
 
 /** Chunks of a pack at most this far apart are read by one GET, the gap with them. */
 const GAP_BYTES = 64 * 1024;
-/** Read ends remembered to recognise a sequential read (several connections and requests in flight interleave). */
-const RECENT_ENDS = 64;
+
+/** A GET's place in the queue: `urgent` when a read waits for one of its chunks. */
+interface Turn {
+  urgent: boolean;
+  go?: () => void;
+}
 
 /** A stored chunk of the disk: its index, id and where it is. */
 interface Wanted {
@@ -83,14 +91,14 @@ export class BackupDiskExport implements BlockExport {
   private readonly cache = new Map<string, Buffer>();
   private cacheBytes = 0;
   private readonly cacheCap: number;
-  private readonly readAheadChunks: number;
+  private readonly streams: ReadAheadStreams;
   private readonly loading = new Map<string, Promise<Buffer>>();
   /** Chunks found damaged (they stay damaged): id → why. */
   private readonly damaged = new Map<string, string>();
-  private readonly recentEnds: number[] = [];
-  private prefetchedUpTo = 0;
   private gets = 0;
-  private readonly waiting: (() => void)[] = [];
+  /** GETs waiting for a turn (those a read waits for go first), and the waiting GET of each chunk. */
+  private readonly waiting: Turn[] = [];
+  private readonly queued = new Map<string, Turn>();
   private readonly pool: ChunkPool;
   private readonly runBytes: number;
   private readonly freeSlots: SharedSlot[] = [];
@@ -114,7 +122,12 @@ export class BackupDiskExport implements BlockExport {
     this.size = m.info.sizeBytes;
     this.description = `Lifeboat backup ${o.backupId} disk ${o.diskId} (read-only)`;
     this.cacheCap = cacheMiB * 1024 * 1024;
-    this.readAheadChunks = Math.min(readAheadChunks, Math.floor(this.cacheCap / this.chunkBytes / 2));
+    this.streams = new ReadAheadStreams({
+      chunkBytes: this.chunkBytes,
+      chunks: this.chunks,
+      windowChunks: readAheadChunks,
+      budgetChunks: Math.floor(this.cacheCap / this.chunkBytes / 2),
+    });
     this.pool = o.pool ?? sharedChunkPool();
     this.runBytes = Math.max(RUN_BYTES, sealedCapacity(this.chunkBytes));
   }
@@ -168,12 +181,22 @@ export class BackupDiskExport implements BlockExport {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
       throw new RangeError(`read ${offset}+${length} is outside the ${this.size}-byte disk`);
     }
-    const out = Buffer.alloc(length);
-    if (length === 0) return out;
+    if (length === 0) return Buffer.alloc(0);
     const cs = this.chunkBytes;
-    const wanted = await this.stored(Math.floor(offset / cs), Math.floor((offset + length - 1) / cs));
-    this.fetch(wanted, false);
-    this.readAhead(offset, length);
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const ahead = this.streams.next(offset, length);
+    // A manifest piece that cannot be read fails the reads that need it, not the read-ahead.
+    const [wanted, extra] = await Promise.all([this.stored(first, last), ahead ? this.stored(ahead.from, ahead.until - 1).catch(() => []) : []]);
+    // Planned together: the chunk a read waits for and the ones after it are one GET where they lie side by side.
+    this.fetch(wanted, extra);
+    if (wanted.length === 1 && first === last) {
+      // Inside one chunk: a view of the decoded chunk, no copy (decoded chunks are never written to).
+      const plain = await this.chunk(wanted[0]!);
+      return plain.subarray(offset - first * cs, offset - first * cs + length);
+    }
+    // Zeroed only where a hole (a chunk not stored) lies in the range; the rest is overwritten.
+    const out = wanted.length === last - first + 1 ? Buffer.allocUnsafe(length) : Buffer.alloc(length);
     await Promise.all(
       wanted.map(async (w) => {
         const { index } = w;
@@ -216,7 +239,9 @@ export class BackupDiskExport implements BlockExport {
     }
     const why = this.damaged.get(id);
     if (why) throw this.damageError(index, id, why);
-    if (!this.loading.has(id)) this.fetch([w], false);
+    if (!this.loading.has(id)) this.fetch([w]);
+    const turn = this.queued.get(id);
+    if (turn) turn.urgent = true; // read-ahead's GET, still waiting: a read needs it now
     return this.loading.get(id)!.catch((err: unknown) => {
       const why = this.damaged.get(id);
       if (why) throw this.damageError(index, id, why);
@@ -238,13 +263,21 @@ export class BackupDiskExport implements BlockExport {
     return Math.min(this.chunkBytes, this.size - index * this.chunkBytes);
   }
 
-  /** Starts fetching the chunks `wanted` that are neither cached, nor being fetched, nor known damaged. */
-  private fetch(wanted: Wanted[], ahead: boolean): void {
-    const todo = new Map<string, Wanted>();
-    for (const w of wanted) {
-      const { id } = w;
-      if (this.cache.has(id) || this.loading.has(id) || this.damaged.has(id) || todo.has(id)) continue;
-      todo.set(id, w);
+  /**
+   * Starts fetching the chunks `wanted` (a read waits for them) and `ahead` (read-ahead) that
+   * are neither cached, nor being fetched, nor known damaged.
+   */
+  private fetch(wanted: Wanted[], ahead: Wanted[] = []): void {
+    const todo = new Map<string, Wanted & { ahead: boolean }>();
+    for (const [list, isAhead] of [
+      [wanted, false],
+      [ahead, true],
+    ] as const) {
+      for (const w of list) {
+        const { id } = w;
+        if (this.cache.has(id) || this.loading.has(id) || this.damaged.has(id) || todo.has(id)) continue;
+        todo.set(id, { ...w, ahead: isAhead });
+      }
     }
     if (todo.size === 0) return;
     // Planned as a restore plans its reads (read-runs.ts); a gap is read through only when small, as a run's buffer is a fixed slot.
@@ -258,7 +291,10 @@ export class BackupDiskExport implements BlockExport {
         p.catch(() => {}); // a read-ahead nobody awaits must not become an unhandled rejection
         this.loading.set(c.id, p);
       }
-      void this.limited(async () => {
+      const turn: Turn = { urgent: run.chunks.some((c) => !todo.get(c.id)!.ahead) };
+      for (const c of run.chunks) this.queued.set(c.id, turn);
+      void this.limited(turn, async () => {
+        for (const c of run.chunks) if (this.queued.get(c.id) === turn) this.queued.delete(c.id);
         // The run is read into a buffer the pool's workers share, and each chunk opened there.
         const slot = this.freeSlots.pop() ?? (this.allSlots[this.allSlots.length] = this.pool.share(this.runBytes));
         try {
@@ -275,7 +311,7 @@ export class BackupDiskExport implements BlockExport {
           }
           await Promise.all(
             run.chunks.map(async (c) => {
-              const { index } = todo.get(c.id)!;
+              const { index, ahead } = todo.get(c.id)!;
               const s = settle.get(c.id)!;
               const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
               let why: string | undefined;
@@ -333,38 +369,21 @@ export class BackupDiskExport implements BlockExport {
     }
   }
 
-  /** Runs `fn` when fewer than `parallelism` GETs are in flight (first come, first served). */
-  private async limited(fn: () => Promise<void>): Promise<void> {
-    if (this.gets >= this.settings.parallelism) await new Promise<void>((ok) => this.waiting.push(ok));
+  /** Runs `fn` when fewer than `parallelism` GETs are in flight: urgent ones (a read waits) first, each kind first come, first served. */
+  private async limited(turn: Turn, fn: () => Promise<void>): Promise<void> {
+    if (this.gets >= this.settings.parallelism) {
+      await new Promise<void>((ok) => {
+        turn.go = ok;
+        this.waiting.push(turn);
+      });
+    }
     this.gets++;
     try {
       await fn();
     } finally {
       this.gets--;
-      this.waiting.shift()?.();
+      const i = this.waiting.findIndex((t) => t.urgent);
+      this.waiting.splice(i < 0 ? 0 : i, 1)[0]?.go!();
     }
-  }
-
-  /**
-   * A read that starts where a recent read ended is sequential: the chunks after it (up to
-   * `readAheadChunks`) are fetched now, so the next reads find them cached or on the way.
-   */
-  private readAhead(offset: number, length: number): void {
-    const sequential = this.recentEnds.includes(offset);
-    this.recentEnds.push(offset + length);
-    if (this.recentEnds.length > RECENT_ENDS) this.recentEnds.shift();
-    if (!sequential || this.readAheadChunks === 0) return;
-    const next = Math.ceil((offset + length) / this.chunkBytes);
-    const until = Math.min(this.chunks, next + this.readAheadChunks);
-    // Behind the reader, or far ahead of it (it jumped back): start again from here.
-    if (this.prefetchedUpTo < next || this.prefetchedUpTo > until) this.prefetchedUpTo = next;
-    const from = this.prefetchedUpTo;
-    if (from >= until) return;
-    this.prefetchedUpTo = until;
-    // A manifest piece that cannot be read fails the reads that need it, not the read-ahead.
-    this.stored(from, until - 1).then(
-      (w) => this.fetch(w, true),
-      () => {},
-    );
   }
 }

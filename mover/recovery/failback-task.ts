@@ -1,14 +1,22 @@
 /** The mover's failback tasks (contracts/failback.ts), parsed by `runRecoveryTask` with the recovery task schema. */
 import { BadTaskInput } from '../../contracts/errors.ts';
-import { failbackDiskResult, startedVm, stoppedVm, type FailbackTask } from '../../contracts/failback.ts';
+import { failbackDiskResult, releasedReplica, startedVm, stoppedVm, type FailbackTask } from '../../contracts/failback.ts';
 import type { RecoveryTaskDeps } from './task-deps.ts';
 import type { TaskContext } from '../worker.ts';
 import { applyDiskDelta } from './failback.ts';
 import { productionDisks, startProductionVm, stopDrVm } from './failback-domain.ts';
+import { releaseReplica } from './failover.ts';
 
 export async function runFailbackTask(t: FailbackTask, deps: RecoveryTaskDeps, ctx: TaskContext): Promise<unknown> {
   const wait = { signal: ctx.signal, onWait: ctx.progress };
   if (t.task === 'stopDrVm') return stoppedVm.parse(await stopDrVm(t.failback.dr, t.failback.shutdownTimeoutSeconds, wait));
+  if (t.task === 'releaseReplica') {
+    const replica = t.failback.replica;
+    if (!replica) throw new BadTaskInput(`failback ${t.failback.failbackId} names no replica VM to release`);
+    const out = releasedReplica.parse(await releaseReplica({ ...replica, vmId: t.failback.vmId }));
+    deps.logger.info('failback.replicaReleased', { failbackId: t.failback.failbackId, vmId: t.failback.vmId, ...out });
+    return out;
+  }
   if (t.task === 'startProductionVm') {
     const r = t.failback.readiness;
     return startedVm.parse(

@@ -212,6 +212,7 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
     case 'failbackDisk':
     case 'stopDrVm':
     case 'startProductionVm':
+    case 'releaseReplica':
       return runFailbackTask(t, deps, ctx);
   }
 }

@@ -5,12 +5,16 @@
  * disk the template's manifest sealed again under the new backup's id (a manifest is bound
  * to its name) and written to the repository, its chunks the packs the template stored. So
  * JoinSegments, Verify and Commit run for real; no disk is read and no chunk is sent: what
- * it tests is the workflow, not the data path.
+ * it tests is the workflow, not the data path. With `recovery`, it also answers a deep
+ * verification's disk (the template manifest's chunks counted, nothing read back: intact)
+ * and a replication's disk (the VM's manifest copied to the DR repository, whose packs a
+ * real replication of the template put there, so VerifyReplica checks it for real).
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
 import { encodeManifest, objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from './manifest.ts';
 import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
+import type { RecoveryTask } from '../../contracts/recovery-jobs.ts';
 import { objectCrc32, type ObjectStore } from '../../core/object-store.ts';
 
 export interface InstantMover {
@@ -26,12 +30,18 @@ export interface InstantTemplate {
   repository: { store: ObjectStore; keys: RepositoryKeys };
 }
 
-export function startInstantMover(sfn: SFNClient, activityArn: string, template: InstantTemplate, pollers = 8): InstantMover {
+/** The recovery tasks' side of the template: the DR repository, and VMs whose tasks fail (a mover's failure, as `Mover.Failed`). */
+export interface InstantRecovery {
+  dr?: ObjectStore;
+  failVms?: ReadonlySet<string>;
+}
+
+export function startInstantMover(sfn: SFNClient, activityArn: string, template: InstantTemplate, pollers = 8, recovery: InstantRecovery = {}): InstantMover {
   const answered: Record<string, number> = {};
   let stopped = false;
   const abort = new AbortController();
   const { store, keys: repoKeys } = template.repository;
-  const answer = async (t: MoverTask): Promise<unknown> => {
+  const answer = async (t: MoverTask | RecoveryTask): Promise<unknown> => {
     if (t.task === 'snapshot') return template.snapshot;
     if (t.task === 'dispatch') {
       const d = template.disks.find((x) => x.diskId === t.disk.diskId);
@@ -42,13 +52,27 @@ export function startInstantMover(sfn: SFNClient, activityArn: string, template:
       await store.put(manifestKey, sealed, { crc32: objectCrc32(sealed) });
       return { ...d, manifestKey };
     }
+    if (t.task === 'deepVerifyDisk' || t.task === 'replicateDisk') {
+      const job = t.task === 'deepVerifyDisk' ? t.verify : t.replicate;
+      if (recovery.failVms?.has(job.vmId)) throw new Error(`the stand-in mover fails VM '${job.vmId}' by request`);
+      const d = template.disks.find((x) => x.diskId === t.disk.diskId);
+      if (!d) throw new Error(`the template VM has no disk ${t.disk.diskId}`);
+      const m = await decodeManifest(repoKeys, (await store.get(d.manifestKey))!, template.backupId, d.diskId, store);
+      const chunks = new Set(m.chunks.filter((c) => c !== null)).size;
+      if (t.task === 'deepVerifyDisk') return { diskId: d.diskId, chunksTotal: chunks, chunksChecked: chunks, bytesRead: 0, damaged: [], seconds: 0 };
+      if (!recovery.dr) throw new Error('the stand-in mover was given no DR repository');
+      const key = objectKeys.manifest(job.backupId, d.diskId);
+      const manifest = (await store.get(key))!;
+      await recovery.dr.put(key, manifest, { crc32: objectCrc32(manifest) });
+      return { diskId: d.diskId, chunks, chunksCopied: 0, bytesCopied: manifest.length, seconds: 0 };
+    }
     return null;
   };
   const poll = async () => {
     while (!stopped) {
       const got = await sfn.send(new GetActivityTaskCommand({ activityArn, workerName: 'instant-mover' }), { abortSignal: abort.signal });
       if (!got.taskToken || !got.input) continue;
-      const task = JSON.parse(got.input) as MoverTask;
+      const task = JSON.parse(got.input) as MoverTask | RecoveryTask;
       answered[task.task] = (answered[task.task] ?? 0) + 1;
       try {
         await sfn.send(new SendTaskSuccessCommand({ taskToken: got.taskToken, output: JSON.stringify(await answer(task)) }));

@@ -4,7 +4,8 @@
  */
 import type { ObjectStore } from '../../core/object-store.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { encodeManifest, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import { encodeManifest, MANIFEST_VERSION, type Manifest, type RepositoryKeys } from '../../repository/format.ts';
+import type { ChunkLocation } from '../../repository/packs.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 
 const noStore: ObjectStore = {
@@ -63,4 +64,30 @@ export async function decodeManifest(
 /** The reader of an in-memory version-1 or -2 manifest (sealed, as a store would hand it over). */
 export async function readerOf(keys: RepositoryKeys, m: Manifest): Promise<ManifestReader> {
   return ManifestReader.fromSealed(noStore, keys, await encodeManifest(keys, m), m.backupId, m.diskId);
+}
+
+/**
+ * A format-2 manifest for `chunks` (disk order, null for zeros), asking `locate` where each
+ * referenced chunk is; packs are listed in the order first referenced.
+ */
+export function packedManifest(
+  base: Pick<Manifest, 'backupId' | 'diskId' | 'sizeBytes' | 'chunkSize'>,
+  chunks: (string | null)[],
+  locate: (id: string) => ChunkLocation,
+): Manifest {
+  const m: Manifest = { version: MANIFEST_VERSION, ...base, chunks, storedSizes: {}, packs: [], locations: {} };
+  const packIndex = new Map<string, number>();
+  for (const id of chunks) {
+    if (id === null || m.storedSizes[id] !== undefined) continue;
+    const at = locate(id);
+    if (!at.pack) throw new Corrupt(`chunk ${id} of disk '${base.diskId}' is not in a pack (${at.key})`);
+    let p = packIndex.get(at.pack.id);
+    if (p === undefined) {
+      packIndex.set(at.pack.id, (p = m.packs!.length));
+      m.packs!.push({ id: at.pack.id, size: at.pack.size });
+    }
+    m.storedSizes[id] = at.length;
+    m.locations![id] = [p, at.offset];
+  }
+  return m;
 }

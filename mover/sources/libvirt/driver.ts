@@ -10,29 +10,24 @@
  * since the parent backup's checkpoint. A VM that is shut off is read from its image files
  * through `qemu-nbd`, read-only.
  */
-import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import { SourceUnavailable } from '../../../contracts/errors.ts';
 import type { DiscoveredVm } from '../../../contracts/discovery.ts';
-import type { ChangeTrackingOffer, Consistency, DiskRef, QuiesceSettings, SnapshotResult } from '../../../contracts/jobs.ts';
+import type { ChangeTrackingOffer, DiskRef, SnapshotResult } from '../../../contracts/jobs.ts';
 import { resolveExports, type LibvirtExports, type ResolvedExports } from '../../../contracts/libvirt-exports.ts';
 import type { NbdTlsCredentials } from '../../nbd/tls.ts';
 import { tcpNbdUri } from '../../nbd/uri.ts';
-import { guestExec } from './guest-agent.ts';
 import type { DiskReader, SnapshotRequest, SourceDriver, VmInventory } from '../source.ts';
 import { backedUpDisks, parseDomainXml, qemuOwner, type DomainDisk, type DomainInfo } from './domain-xml.ts';
-import { checkpointXml, pullBackupXml, SCRATCH_MARK, tcpBackupXml, tracksChanges, untrackedReason } from './backup-xml.ts';
+import { checkpointXml, pullBackupXml, tcpBackupXml, tracksChanges, untrackedReason } from './backup-xml.ts';
+import { checkpointName, deleteCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoints.ts';
+import { abortLifeboatJob, cleanLeftovers } from './leftovers.ts';
 import { openNbdDisk } from './nbd-disk.ts';
+import { quiesced } from './quiesce.ts';
+import { exportImages } from './shut-off.ts';
+import { handleOf, nbdUri, parseHandle, readOwner, snapshotDir, stopQemuNbd, writeOwner } from './snapshot-folder.ts';
 import { isNoDomain, Virsh, type VirshOptions } from './virsh.ts';
-
-const run = promisify(execFile);
-
-/** Checkpoints this driver creates are named after the backup: `lifeboat-<backupId>`. */
-export const CHECKPOINT_PREFIX = 'lifeboat-';
-export const checkpointName = (backupId: string) => `${CHECKPOINT_PREFIX}${backupId}`;
 
 export interface LibvirtDriverOptions extends VirshOptions {
   /** libvirt connection URI of the host (`qemu:///system`, `qemu+ssh://host/system`). */
@@ -56,14 +51,6 @@ export interface LibvirtDriverOptions extends VirshOptions {
 /** Attempts at a free port of the host's range before the backup fails. */
 const PORT_ATTEMPTS = 16;
 
-/** What `snapshot` returns as its handle: enough for any mover of the group to release it. */
-interface Handle {
-  domain: string;
-  dir: string;
-  /** `job`: a libvirt backup job; `qemu-nbd`: exports of a shut-off VM's images. */
-  kind: 'job' | 'qemu-nbd';
-}
-
 export class LibvirtDriver implements SourceDriver, VmInventory {
   private readonly virsh: Virsh;
   private readonly o: LibvirtDriverOptions;
@@ -82,17 +69,18 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     const info = parseDomainXml(xml, what);
     const disks = backedUpDisks(info, what);
     const dir = snapshotDir(this.o.workDir, info.uuid, req.backupId);
-    await this.cleanLeftovers(info, req.backupId, opts.signal);
+    await cleanLeftovers(this.virsh, this.o.workDir, info, req.backupId, opts.signal);
     // Only the parent's checkpoint is needed from now on: older ones, and those of backups
     // that failed, go (libvirt merges a deleted checkpoint's bitmap into its predecessor, so
     // the parent's record of changes stays complete). Offline, libvirt cannot merge bitmaps.
-    if (state === 'running' || state === 'paused') await this.pruneCheckpoints(info.name, req.parentCheckpoint ? [req.parentCheckpoint] : [], opts.signal);
+    if (state === 'running' || state === 'paused')
+      await pruneCheckpoints(this.virsh, info.name, req.parentCheckpoint ? [req.parentCheckpoint] : [], opts.signal);
     // The work folder may be passed through (QEMU's user reaches its snapshot folder), not listed.
     await mkdir(this.o.workDir, { recursive: true, mode: 0o711 });
     await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'EEXIST') throw err;
     });
-    await writeFile(join(dir, OWNER), JSON.stringify({ domain: info.uuid, backupId: req.backupId }));
+    await writeOwner(dir, { domain: info.uuid, backupId: req.backupId });
     const config = { driver: 'libvirt', name: info.name, uuid: info.uuid, domainXml: xml, state };
     try {
       if (state === 'shut off') {
@@ -101,7 +89,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
             `${what} is shut off: its images are on the hypervisor, which this mover reaches only through libvirt and the backup jobs' TCP exports (a job needs a running VM). Start the VM, or back it up with a mover on the hypervisor host`,
           );
         }
-        return await this.exportImages(info, disks, dir, config, opts.signal);
+        return await exportImages(this.virsh, this.o.qemuNbd, info, disks, dir, config, opts.signal);
       }
       if (state !== 'running' && state !== 'paused')
         throw new SourceUnavailable(
@@ -166,7 +154,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     if (owner && (owner.domain !== h.domain || snapshotDir(dirname(h.dir), owner.domain, owner.backupId) !== h.dir)) {
       throw new SourceUnavailable(`snapshot folder ${h.dir} does not belong to VM ${h.domain}; refusing to delete it`);
     }
-    if (h.kind === 'job') await this.abortLifeboatJob(h.domain, { only: h.dir, foreign: 'ignore' });
+    if (h.kind === 'job') await abortLifeboatJob(this.virsh, this.o.workDir, h.domain, { only: h.dir, foreign: 'ignore' });
     else await stopQemuNbd(h.dir);
     if (!owner) return; // already released
     await rm(h.dir, { recursive: true, force: true });
@@ -186,9 +174,14 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
       throw err;
     }
     const dir = snapshotDir(this.o.workDir, uuid, backupId);
-    await this.abortLifeboatJob(uuid, { only: dir, foreign: 'ignore' });
+    await abortLifeboatJob(this.virsh, this.o.workDir, uuid, { only: dir, foreign: 'ignore' });
     await stopQemuNbd(dir);
     await rm(dir, { recursive: true, force: true });
+  }
+
+  /** Deletes the domain's Lifeboat checkpoints but `keep` (after a backup committed: all but its own). */
+  async pruneCheckpoints(domain: string, keep: string[], signal?: AbortSignal): Promise<string[]> {
+    return pruneCheckpoints(this.virsh, domain, keep, signal);
   }
 
   // --- running VMs: a backup job in pull mode -------------------------------------------
@@ -214,7 +207,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     const base = checkpoint ? await this.incrementalBase(req, info, signal) : { reason: untrackedReason(disks[0]!) };
     if (checkpoint) await writeFile(join(dir, 'checkpoint.xml'), checkpointXml(checkpoint, disks));
     let uriOf: (exportName: string) => string = () => '';
-    const consistency = await this.quiesced(info, req.quiesce, signal, async () => {
+    const consistency = await quiesced(this.virsh, this.o.agentTimeoutSeconds, info, req.quiesce, signal, async () => {
       try {
         uriOf = await this.beginJob(info, disks, dir, base.since, !!checkpoint, signal);
         return base;
@@ -222,7 +215,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
         if (!base.since) throw err;
         // The parent's checkpoint is there but its bitmaps are not usable (an unclean
         // shutdown leaves them inconsistent, a resized disk invalidates them): read everything.
-        if (checkpoint) await this.deleteCheckpoint(info.name, checkpoint, signal).catch(() => {});
+        if (checkpoint) await deleteCheckpoint(this.virsh, info.name, checkpoint, signal).catch(() => {});
         uriOf = await this.beginJob(info, disks, dir, undefined, !!checkpoint, signal);
         return { reason: `the checkpoint of the parent backup could not be used (${(err as Error).message.slice(0, 300)})` };
       }
@@ -245,8 +238,8 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
       );
     } catch (err) {
       // Nothing may outlive a failed snapshot: the job ends, and its checkpoint goes (its bitmap merges into the parent's).
-      await this.abortLifeboatJob(info.uuid, { only: dir, foreign: 'ignore' }).catch(() => {});
-      if (checkpoint) await this.deleteCheckpoint(info.name, checkpoint).catch(() => {});
+      await abortLifeboatJob(this.virsh, this.o.workDir, info.uuid, { only: dir, foreign: 'ignore' }).catch(() => {});
+      if (checkpoint) await deleteCheckpoint(this.virsh, info.name, checkpoint).catch(() => {});
       throw err;
     }
     return {
@@ -278,7 +271,7 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
   private async incrementalBase(req: SnapshotRequest, info: DomainInfo, signal?: AbortSignal): Promise<{ since?: string; reason?: string }> {
     if (!req.parentBackupId) return { reason: "this is the VM's first backup" };
     if (!req.parentCheckpoint) return { reason: 'the parent backup recorded no checkpoint (the VM was shut off, or it was taken by another driver)' };
-    const names = await this.checkpoints(info.name, signal);
+    const names = await listCheckpoints(this.virsh, info.name, signal);
     if (!names.includes(req.parentCheckpoint))
       return { reason: `the parent backup's checkpoint ${req.parentCheckpoint} is gone from the VM (deleted by hand, or the VM was redefined)` };
     return { since: req.parentCheckpoint };
@@ -329,239 +322,6 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
     );
   }
 
-  /**
-   * Runs `take` with the guest quiesced, thawing always: the policy's `pre` hook in the
-   * guest, its file systems frozen through the agent, then `take`, thaw, the `post` hook.
-   * Without an agent that answers, the snapshot is crash-consistent and says why (or, when
-   * hooks are configured and must not be skipped, the backup fails).
-   */
-  private async quiesced<T>(
-    info: DomainInfo,
-    q: QuiesceSettings | undefined,
-    signal: AbortSignal | undefined,
-    take: () => Promise<T>,
-  ): Promise<{ base: T; level: Consistency }> {
-    const hooks = !!(q?.pre || q?.post);
-    const mustRunHooks = hooks && (q?.onHookFailure ?? 'fail') === 'fail';
-    const crash = async (reason: string) => {
-      if (mustRunHooks) {
-        throw new SourceUnavailable(
-          `VM '${info.name}' could not be quiesced as its policy asks: ${reason}. Make the guest agent run and the hooks exit 0 in the guest, or set the policy's quiesce.onHookFailure to "continue" to take crash-consistent backups meanwhile`,
-        );
-      }
-      return { base: await take(), level: { level: 'crash' as const, reason: hooks ? `${reason}; hooks not run` : reason } };
-    };
-    if (!info.agentChannel) return crash('the VM has no guest agent channel (org.qemu.guest_agent.0)');
-    const timeout = String(this.o.agentTimeoutSeconds ?? 10);
-    try {
-      await this.virsh.run(['qemu-agent-command', '--timeout', timeout, '--', info.name, '{"execute":"guest-ping"}'], { ...(signal ? { signal } : {}) });
-    } catch (err) {
-      return crash(`the guest agent did not answer within ${timeout} s (${(err as Error).message.slice(0, 200)})`);
-    }
-    const hookTimeout = q?.hookTimeoutSeconds ?? 300;
-    let preRan = false;
-    if (q?.pre) {
-      const problem = await this.hook(info.name, 'pre', q.pre, hookTimeout, signal);
-      if (problem) return crash(problem);
-      preRan = true;
-    }
-    let frozen: string;
-    try {
-      frozen = (await this.virsh.run(['domfsfreeze', '--', info.name], { ...(signal ? { signal } : {}) })).trim();
-    } catch (err) {
-      await this.postHook(info.name, q, hookTimeout);
-      return crash(`the guest agent could not freeze the file systems (${(err as Error).message.slice(0, 200)})`);
-    }
-    let base: T;
-    try {
-      base = await take();
-    } finally {
-      await this.virsh.run(['domfsthaw', '--', info.name]).catch(() => {}); // the guest is never left frozen by us
-    }
-    const post = await this.postHook(info.name, q, hookTimeout);
-    const how = `file systems frozen by the guest agent (${frozen || 'none mounted'})`;
-    return {
-      base,
-      level: preRan ? { level: 'application', reason: `the pre hook ran, then ${how}${post}` } : { level: 'filesystem', reason: `${how}${post}` },
-    };
-  }
-
-  /** Runs a hook in the guest; returns what went wrong, or undefined when it exited 0. */
-  private async hook(domain: string, which: 'pre' | 'post', argv: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<string | undefined> {
-    try {
-      const r = await guestExec(this.virsh, domain, argv, timeoutSeconds, signal);
-      if (r.exitCode === 0) return undefined;
-      return `the ${which} hook ${argv.join(' ')} exited ${r.exitCode}${r.stderr.trim() ? `: ${r.stderr.trim().slice(-300)}` : ''}`;
-    } catch (err) {
-      return `the ${which} hook ${argv.join(' ')} could not run: ${(err as Error).message.slice(0, 300)}`;
-    }
-  }
-
-  /** The post hook after a thaw: its failure does not undo a consistent snapshot, it is noted. */
-  private async postHook(domain: string, q: QuiesceSettings | undefined, timeoutSeconds: number): Promise<string> {
-    if (!q?.post) return '';
-    const problem = await this.hook(domain, 'post', q.post, timeoutSeconds);
-    return problem ? `; ${problem}` : '; the post hook ran';
-  }
-
-  // --- shut-off VMs: their images, read-only --------------------------------------------
-
-  private async exportImages(
-    info: DomainInfo,
-    disks: DomainDisk[],
-    dir: string,
-    config: Record<string, unknown>,
-    signal?: AbortSignal,
-  ): Promise<SnapshotResult> {
-    const refs: DiskRef[] = [];
-    for (const d of disks) {
-      // A volume's file is where its pool says, now (the pool may have moved since the domain was defined).
-      const source = d.volume
-        ? (await this.virsh.run(['vol-path', '--pool', d.volume.pool, '--vol', d.volume.name], signal ? { signal } : {})).trim()
-        : d.source;
-      if (!source) throw new SourceUnavailable(`disk ${d.target} of VM '${info.name}' has no source file`);
-      const socket = join(dir, `${d.target}.sock`);
-      // --fork returns once the socket listens; the pid file lets any later release stop it.
-      await run(
-        this.o.qemuNbd ?? 'qemu-nbd',
-        [
-          '--read-only',
-          '--persistent',
-          '--shared=16',
-          '--fork',
-          `--format=${d.format}`,
-          `--socket=${socket}`,
-          `--export-name=${d.target}`,
-          `--pid-file=${join(dir, `${d.target}.pid`)}`,
-          '--',
-          source,
-        ],
-        { timeout: 60_000, ...(signal ? { signal } : {}) },
-      ).catch((err: { stderr?: string; code?: string }) => {
-        throw new SourceUnavailable(
-          err.code === 'ENOENT'
-            ? 'qemu-nbd is not installed on this mover (Debian: apt-get install qemu-utils); it reads the images of shut-off VMs'
-            : `disk ${d.target} of shut-off VM '${info.name}' (${source}) cannot be exported: ${err.stderr?.trim() ?? String(err)}`,
-          err,
-        );
-      });
-      refs.push({
-        diskId: d.target,
-        path: nbdUri(d.target, socket),
-        sizeBytes: 0,
-        changeTracking: { unavailable: 'the VM was shut off: its images are read whole and compared with the parent backup' },
-      });
-    }
-    for (const r of refs)
-      r.sizeBytes = await openNbdDisk(r).then(async (rd) => {
-        const s = rd.sizeBytes;
-        await rd.close();
-        return s;
-      });
-    return {
-      handle: handleOf({ domain: info.uuid, dir, kind: 'qemu-nbd' }),
-      disks: refs,
-      config,
-      consistency: { level: 'filesystem', reason: 'the VM was shut off' },
-    };
-  }
-
-  // --- leftovers, checkpoints, jobs -----------------------------------------------------
-
-  /**
-   * Makes room for a new backup of the domain: a Lifeboat backup job left running by a
-   * mover that died is aborted, the folders of earlier snapshots removed, and checkpoints
-   * of other Lifeboat backups than the parent deleted (libvirt merges a deleted
-   * checkpoint's bitmap into its predecessor, so the parent's changes stay complete).
-   */
-  private async cleanLeftovers(info: DomainInfo, backupId: string, signal?: AbortSignal): Promise<void> {
-    const left = await this.abortLifeboatJob(info.uuid, { foreign: 'fail' });
-    if (left && left !== snapshotDir(this.o.workDir, info.uuid, backupId)) await rm(left, { recursive: true, force: true });
-    const mine = snapshotDir(this.o.workDir, info.uuid, backupId);
-    for (const entry of await readdir(this.o.workDir).catch(() => [] as string[])) {
-      signal?.throwIfAborted();
-      const dir = join(this.o.workDir, entry);
-      if (dir === mine) continue;
-      const owner = await readOwner(dir);
-      if (owner?.domain !== info.uuid) continue; // another VM's
-      await stopQemuNbd(dir);
-      await rm(dir, { recursive: true, force: true });
-    }
-  }
-
-  /** Deletes the domain's Lifeboat checkpoints but `keep` (after a backup committed: all but its own). */
-  async pruneCheckpoints(domain: string, keep: string[], signal?: AbortSignal): Promise<string[]> {
-    const removed: string[] = [];
-    for (const name of await this.checkpoints(domain, signal)) {
-      if (!name.startsWith(CHECKPOINT_PREFIX) || keep.includes(name)) continue;
-      await this.deleteCheckpoint(domain, name, signal);
-      removed.push(name);
-    }
-    return removed;
-  }
-
-  private async deleteCheckpoint(domain: string, name: string, signal?: AbortSignal): Promise<void> {
-    try {
-      await this.virsh.run(['checkpoint-delete', '--', domain, name], { ...(signal ? { signal } : {}) });
-    } catch (err) {
-      // A checkpoint whose bitmap is already gone (an image replaced, a disk removed) can only lose its metadata.
-      await this.virsh.run(['checkpoint-delete', '--metadata', '--', domain, name], { ...(signal ? { signal } : {}) }).catch(() => {
-        throw err;
-      });
-    }
-  }
-
-  private async checkpoints(domain: string, signal?: AbortSignal): Promise<string[]> {
-    const out = await this.virsh.run(['checkpoint-list', '--name', '--', domain], { ...(signal ? { signal } : {}) });
-    return out
-      .split('\n')
-      .map((l) => l.trim())
-      .filter(Boolean);
-  }
-
-  /**
-   * Aborts the domain's backup job if Lifeboat started it (its NBD socket's folder holds
-   * an owner file naming the domain; movers of a group may have different work folders)
-   * and, with `only`, only if it is that snapshot's. Returns the aborted job's folder.
-   * A job that is not Lifeboat's is never touched: `foreign: 'fail'` refuses to go on.
-   */
-  private async abortLifeboatJob(domain: string, o: { only?: string; foreign: 'fail' | 'ignore' }): Promise<string | undefined> {
-    let xml: string;
-    try {
-      xml = await this.virsh.run(['backup-dumpxml', '--', domain]);
-    } catch (err) {
-      if (isNoDomain(err) || /no (domain )?backup job|not active|no job is active|does not have/i.test((err as { stderr?: string }).stderr ?? ''))
-        return undefined;
-      throw err;
-    }
-    const socket = /socket=['"]([^'"]+)['"]/.exec(xml)?.[1];
-    // A job on TCP has no socket: Lifeboat's name their scratch files after the snapshot's folder.
-    const mark = socket ? undefined : new RegExp(`<scratch file=['"][^'"]*${SCRATCH_MARK}([0-9a-f]{16})`).exec(xml)?.[1];
-    if (mark) {
-      const dir = join(this.o.workDir, mark);
-      if (o.only && basename(o.only) !== mark) return undefined;
-      await this.domjobabort(domain);
-      return dir;
-    }
-    const dir = socket ? dirname(socket) : undefined;
-    const owner = dir ? await readOwner(dir) : undefined;
-    if (!dir || owner?.domain !== domain) {
-      if (o.foreign === 'ignore') return undefined;
-      throw new SourceUnavailable(
-        `VM '${domain}' has a backup job that is not Lifeboat's (${socket ? `its NBD socket is ${socket}` : 'its scratch files are not named by Lifeboat'}); wait for it to end or abort it with 'virsh domjobabort ${domain}'`,
-      );
-    }
-    if (o.only && dir !== o.only) return undefined;
-    await this.domjobabort(domain);
-    return dir;
-  }
-
-  private async domjobabort(domain: string): Promise<void> {
-    await this.virsh.run(['domjobabort', '--', domain]).catch((err) => {
-      if (!/no job is active|not active/i.test((err as { stderr?: string }).stderr ?? '')) throw err;
-    });
-  }
-
   private async domainState(domain: string, what: string, signal?: AbortSignal): Promise<string> {
     try {
       return (await this.virsh.run(['domstate', '--', domain], { ...(signal ? { signal } : {}) })).trim();
@@ -583,69 +343,11 @@ export class LibvirtDriver implements SourceDriver, VmInventory {
   }
 }
 
-/** Names the domain and backup a snapshot folder belongs to (its name is a hash). */
-const OWNER = 'owner.json';
-
-async function readOwner(dir: string): Promise<{ domain: string; backupId: string } | undefined> {
-  const o = await readFile(join(dir, OWNER), 'utf8').then(
-    (t) => JSON.parse(t) as { domain?: unknown; backupId?: unknown },
-    () => undefined,
-  );
-  return typeof o?.domain === 'string' && typeof o.backupId === 'string' ? { domain: o.domain, backupId: o.backupId } : undefined;
-}
-
-/** The longest unix socket path Linux takes (sun_path is 108 bytes with its NUL). */
-const MAX_SOCKET_PATH = 107;
-
-/**
- * A snapshot's folder: a short hash of the domain and backup, because the NBD socket in it
- * must fit a unix socket path; refuses a work folder too deep for that.
- */
-export function snapshotDir(workDir: string, uuid: string, backupId: string): string {
-  const dir = join(workDir, createHash('sha256').update(`${uuid}/${backupId}`).digest('hex').slice(0, 16));
-  const longest = join(dir, 'vdzz.sock');
-  if (Buffer.byteLength(longest) > MAX_SOCKET_PATH) {
-    throw new SourceUnavailable(
-      `the mover's work folder ${workDir} is too deep for the NBD sockets of a snapshot (${Buffer.byteLength(longest)} bytes, unix sockets take ${MAX_SOCKET_PATH}): set LIFEBOAT_WORK_DIR to a shorter path, e.g. /var/lib/lifeboat-mover/work`,
-    );
-  }
-  return dir;
-}
-
-/** The standard NBD URI of an export on a unix socket. */
-export const nbdUri = (exportName: string, socket: string) => `nbd+unix:///${encodeURIComponent(exportName)}?socket=${encodeURIComponent(socket)}`;
-
-const handleOf = (h: Handle) => JSON.stringify(h);
-function parseHandle(handle: string): Handle {
-  try {
-    const h = JSON.parse(handle) as Handle;
-    if (typeof h.dir === 'string' && typeof h.domain === 'string' && (h.kind === 'job' || h.kind === 'qemu-nbd')) return h;
-  } catch {
-    /* below */
-  }
-  throw new SourceUnavailable(`snapshot handle ${handle.slice(0, 200)} was not made by the libvirt driver`);
-}
-
 /** libvirt URIs without a host (`qemu:///system`) reach the libvirtd of the mover's own machine. */
 function isLocalUri(uri: string): boolean {
   try {
     return new URL(uri).host === '';
   } catch {
     return false;
-  }
-}
-
-/** Stops the qemu-nbd processes a shut-off VM's snapshot started (their pid files are in its folder). */
-async function stopQemuNbd(dir: string): Promise<void> {
-  for (const f of await readdir(dir).catch(() => [] as string[])) {
-    if (!f.endsWith('.pid')) continue;
-    const pid = Number((await readFile(join(dir, f), 'utf8').catch(() => '')).trim());
-    if (!Number.isInteger(pid) || pid <= 1) continue;
-    try {
-      const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8');
-      if (cmd.includes('qemu-nbd') && cmd.includes(dir)) process.kill(pid, 'SIGTERM');
-    } catch {
-      /* already gone */
-    }
   }
 }

@@ -1,0 +1,37 @@
+/** What `backupDisk` is given: one disk of a snapshot, its parent, the repository and its limits. */
+import type { DiskRef, DiskSegment } from '../../contracts/jobs.ts';
+import type { ObjectStore } from '../../core/object-store.ts';
+import type { RepositoryKeys } from '../../repository/format.ts';
+import type { RepositoryIndex } from '../../repository/repository-index.ts';
+import type { DiskReader } from '../sources/source.ts';
+import type { ChunkPool } from './chunk-pool.ts';
+
+export interface BackupDiskOptions {
+  store: ObjectStore;
+  keys: RepositoryKeys;
+  reader: DiskReader;
+  disk: DiskRef;
+  backupId: string;
+  chunkSize: number;
+  /** The parent backup's manifest key for this disk, if any. */
+  parentManifestKey?: string;
+  parentBackupId?: string | null;
+  /** Chunk ids quarantined by the control plane: never taken from the parent manifest (VmJob.healChunks). */
+  healChunks?: ReadonlySet<string>;
+  parallelism?: number;
+  /** Worker threads for ids and sealing (default: the process-wide pool). */
+  pool?: ChunkPool;
+  /** zstd level for chunks (default: zstd's default, 3). */
+  compressionLevel?: number;
+  /**
+   * The repository's index, for chunks the parent does not have, asked for when the first
+   * such chunk comes (default: read from the store; a mover passes its IndexCache's refresh).
+   */
+  index?: () => Promise<RepositoryIndex>;
+  /** Pack size in bytes (default 8 MiB). */
+  packBytes?: number;
+  /** Transfer only this chunk-aligned part of the disk, to a segment manifest (see keys.segmentId). */
+  segment?: DiskSegment | null;
+  signal?: AbortSignal;
+  onProgress?: (p: { bytesScanned: number; sizeBytes: number; bytesStored: number }) => void;
+}
