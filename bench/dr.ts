@@ -43,6 +43,9 @@ const load = () =>
     .map((l) => l.toFixed(2))
     .join(' ')}`;
 const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
+const began = performance.now();
+/** A progress line on stderr (stdout stays the table): what the bench is doing now, and since when. */
+const step = (what: string) => process.stderr.write(`  [${((performance.now() - began) / 1000).toFixed(1)} s] ${what}  ${load()}\n`);
 
 const lab = await ensureLibvirtd();
 if (!lab.available) throw new Error(`bench:dr needs libvirt and QEMU: ${lab.reason}`);
@@ -94,15 +97,19 @@ try {
   );
   out('  changed   changed bytes   replica bytes written   written/changed   update s   full rewrite s   update/full   dd ceiling s   load');
   const chunks = (diskMiB * MiB) / CHUNK;
+  const phases: string[] = [];
   let seed = 7;
   for (const pct of changes) {
     // Distinct chunk-aligned blocks, each overwritten whole with a pattern of its round.
     const picked = new Set<number>();
     const want = Math.max(1, Math.round((chunks * pct) / 100));
     while (picked.size < want) picked.add((seed = (seed * 1103515245 + 12345) % 2 ** 31) % chunks);
+    step(`${pct}%: writing ${picked.size} chunks into the production disk`);
     for (const c of picked) await writePattern(updVm.image, c * CHUNK, CHUNK, 0x60 + pct);
     const changed = picked.size * CHUNK;
+    step(`${pct}%: backup and replication`);
     const r = await backupAndReplicate(sfn, e, 'p-upd');
+    step(`${pct}%: replicated (backup ${r.seconds.backup.toFixed(1)} s, replication ${r.seconds.replication.toFixed(1)} s); full rewrite and dd ceiling`);
     const u = r.replicaVms[0]!;
     const state = (await readReplicaState(replicaDir, upd.vmId))!;
     const copy = join(work, 'full-rewrite.qcow2');
@@ -115,10 +122,18 @@ try {
     await run('dd', ['if=/dev/zero', `of=${join(work, 'dd.out')}`, `bs=${CHUNK}`, `count=${picked.size}`, 'conv=fsync', 'status=none']);
     const dd = (performance.now() - t1) / 1000;
     await rm(join(work, 'dd.out'), { force: true });
+    phases.push(
+      `  ${`${pct}%`.padEnd(9)} ${Object.entries(u.phases ?? {})
+        .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+        .join('  ')}`,
+    );
     out(
       `  ${`${pct}%`.padEnd(9)} ${mib(changed).padStart(13)}   ${mib(u.bytesWritten).padStart(21)}   ${(u.bytesWritten / changed).toFixed(3).padStart(15)}   ${u.seconds.toFixed(2).padStart(8)}   ${full.toFixed(2).padStart(14)}   ${(u.seconds / full).toFixed(2).padStart(11)}   ${dd.toFixed(2).padStart(12)}   ${load()}`,
     );
   }
+
+  out("  where the update's seconds went (the DR mover's phases; merge: the oldest point merged past keepPoints)");
+  for (const l of phases) out(l);
 
   out('');
   out("RTO per plan size (TestFailover; one group; readiness: the guest's READY line; each VM boots under TCG)");
@@ -129,6 +144,7 @@ try {
       id: `bench-${n}`,
       groups: [{ vms: rto.slice(0, n).map((v) => v.vmId), readiness: { serial: 'LIFEBOAT-GUEST READY', timeoutSeconds: 1800 } }],
     };
+    step(`test failover of ${n} VM(s)`);
     const d = await runExecution(sfn, e.stateMachines.TestFailover!, { plan }, { pollMs: 250 });
     if (d.status !== 'SUCCEEDED') throw new Error(`test failover of ${n} VMs ${d.status}: ${d.cause}`);
     const r = JSON.parse(d.output!) as FailoverReport;

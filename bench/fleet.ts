@@ -23,6 +23,7 @@ import { runExecution, sfnClient } from '../local/client.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import os from 'node:os';
 import { lambdaInvocations } from '../local/lambdas.ts';
+import { formatSlotFairness, slotFairness } from './slot-fairness.ts';
 import { dynamodbUnits, gbSeconds, loadPrices, price, runExecutions, type PerVmBackup, type Prices } from './fleet-usage.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
@@ -239,6 +240,7 @@ async function scale(): Promise<void> {
     process.stdout.write(
       `| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`,
     );
+    process.stdout.write(`\nWhy VMs waited (bench/slot-fairness.ts): ${formatSlotFairness(await slotFairness(f.dataDir, d.executionArn!))}\n`);
     printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
   } finally {
     observeSdkCalls(undefined);

@@ -82,6 +82,8 @@ export const replicaUpdate = z.looseObject({
   /** Points kept after the update, oldest first. */
   points: z.array(z.looseObject({ backupId: text, recoveryPoint: text })),
   seconds: z.number(),
+  /** Where the seconds went: check, config, manifests, layerCreate, nbdStart, chunks, nbdStop, activeOverlays, define, merge. */
+  phases: z.record(text, z.number()).optional(),
 });
 export type ReplicaUpdate = Infer<typeof replicaUpdate>;
 
@@ -233,9 +235,11 @@ export const drTask = z.discriminatedUnion('task', [
   z.looseObject({ task: z.literal('resolveFailoverPoints'), run: failoverRun }),
   z.looseObject({ task: z.literal('failoverVm'), vm: failoverVmJob }),
   z.looseObject({ task: z.literal('cleanupFailover'), run: failoverRun }),
+  /** The leftovers of other test failover runs, older than any TestFailover execution can be, removed. */
+  z.looseObject({ task: z.literal('sweepTestFailovers'), run: failoverRun }),
   z.looseObject({
     task: z.literal('updateReplicaVm'),
     replicate: z.looseObject({ replicationId: text, vmId: text, backupId: text, replicaDir: text, replica: replicaJob }),
   }),
 ]);
-export const drTaskNames: readonly string[] = ['resolveFailoverPoints', 'failoverVm', 'cleanupFailover', 'updateReplicaVm'];
+export const drTaskNames: readonly string[] = drTask.options.map((o) => o.shape.task.value);

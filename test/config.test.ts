@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, drRpoHoursOf, groupForHost, loadConfig, parseConfig, scheduleExpressionProblem, type LifeboatConfig } from '../core/config.ts';
+import { ConfigError, drRpoHoursOf, groupForHost, loadConfig, parseConfig, type LifeboatConfig } from '../core/config.ts';
+import { scheduleExpressionProblem } from '../core/config-fields.ts';
 
 const example = loadConfig();
 const withPolicy = (patch: Record<string, unknown>) => ({ ...example, policies: [{ ...example.policies[0]!, ...patch }] });

@@ -4,7 +4,10 @@
  * mover; the run ends with nothing left behind and the replicas byte-identical), and a real
  * failover that fails midway (group 1 running, group 2 never ready): the cleanup powers the
  * started replica off and puts it back on its newest point, so a second failover works; a
- * replication into a replica that runs as the VM is refused.
+ * replication into a replica that runs as the VM is refused. And a replication started
+ * during a test failover that boots the oldest restore point (the one the replication's
+ * update merges away): it waits for the replica's lease, then merges, and the points stay
+ * readable.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
@@ -17,10 +20,10 @@ import { loadConfig } from '../core/config.ts';
 import type { FailoverReport } from '../contracts/dr.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
-import { backupAndReplicate, createIsolatedNetwork, defineProdVm, drLabConfig } from '../local/vm-lab/dr-lab.ts';
+import { backupAndReplicate, contentHash, createIsolatedNetwork, defineProdVm, drLabConfig, writePattern } from '../local/vm-lab/dr-lab.ts';
 import { buildGuest } from '../local/vm-lab/guest.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
-import { readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
+import { qemuImg, readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -82,6 +85,37 @@ describe.skipIf(!lab.available)('DR under failure (npm run test:dr)', () => {
     await t?.close();
     if (work) await rm(work, { recursive: true, force: true });
   }, 120_000);
+
+  it("a replication started during a test failover waits for the replica's lease, then merges the point the test booted; every point stays readable", async () => {
+    // Two points (keepPoints 2): the next update merges the oldest, which the test failover boots.
+    await writePattern(join(work, 'prod', `${names[0]}.qcow2`), 4 * MiB, 1 * MiB, 0x61);
+    await backupAndReplicate(t.sfn, t.stack.endpoints, 'p-drh');
+    const [oldest, newer] = (await readReplicaState(replicaDir, vmIds[0]!))!.points;
+    const newerHash = await contentHash(newer!.layers.vda!, work);
+    const { executionArn } = await t.sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: t.stack.endpoints.stateMachines.TestFailover!,
+        input: JSON.stringify({ plan: { id: 'beside', groups: [{ vms: [vmIds[0]!], readiness: READY }] }, points: { '*': { backupId: oldest!.backupId } } }),
+      }),
+    );
+    while ((await testDomains()).length === 0) await sleep(100);
+    // Production changes and is backed up; its replication starts while the test copy boots on the oldest point.
+    await writePattern(join(work, 'prod', `${names[0]}.qcow2`), 6 * MiB, 1 * MiB, 0x62);
+    const replication = backupAndReplicate(t.sfn, t.stack.endpoints, 'p-drh');
+    const drill = await waitForExecution(t.sfn, executionArn!, { pollMs: 500 });
+    expect(drill.status, drill.cause).toBe('SUCCEEDED');
+    const drillEnd = drill.stopDate!.getTime();
+    const r = await replication;
+    const state = (await readReplicaState(replicaDir, vmIds[0]!))!;
+    // It waited: its point was made after the test failover ended, and the oldest point was merged only then.
+    const made = state.points.at(-1)!;
+    expect(made.backupId).toBe(r.run.vms.find((v) => v.vmId === vmIds[0])!.backupId);
+    expect(Date.parse(made.createdAt)).toBeGreaterThanOrEqual(drillEnd - 1000);
+    expect(state.points.map((p) => p.backupId)).toEqual([newer!.backupId, made.backupId]);
+    // Every point reads back whole (qemu-img check of each chain), and the merged one holds its own backup.
+    for (const p of state.points) await qemuImg(['check', '-q', '-U', p.layers.vda!]);
+    expect(await contentHash(state.points[0]!.layers.vda!, work)).toBe(newerHash);
+  }, 900_000);
 
   it('a DR mover killed during a test failover: the task runs again on another mover, and the run ends with nothing left and the replicas byte-identical', async () => {
     const before = await replicaFiles();

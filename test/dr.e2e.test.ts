@@ -9,7 +9,7 @@
  * groups: all running, in order, each at the restore point asked for.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -160,8 +160,19 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     }
   });
 
-  it('test failover boots the plan on throwaway overlays in an isolated network, reports the same figures, removes all it made, and leaves the replicas byte-identical', async () => {
+  it('test failover boots the plan on throwaway overlays in an isolated network, reports the same figures, removes all it made (and what old runs left), and leaves the replicas byte-identical', async () => {
     const before = await replicaFiles();
+    // What two earlier runs left (their cleanup never ran): one older than any TestFailover execution can be, one recent (it may still run).
+    const [old, recent] = [`z${String(pid).padStart(6, '0').slice(-6)}`, `y${String(pid).padStart(6, '0').slice(-6)}`];
+    await mkdir(join(work, 'test-failovers', old), { recursive: true });
+    await mkdir(join(work, 'test-failovers', recent), { recursive: true });
+    await utimes(join(work, 'test-failovers', old), new Date(Date.now() - 2 * 86400_000), new Date(Date.now() - 2 * 86400_000));
+    await createIsolatedNetwork(work, `lbtf-${old}`, `lbtf${old}`);
+    await writeFile(
+      join(work, 'leftover.xml'),
+      `<domain type='qemu'><name>lbtf-${old}-leftover</name><memory unit='MiB'>16</memory><os><type arch='x86_64'>hvm</type></os></domain>`,
+    );
+    await virsh(['define', join(work, 'leftover.xml')]);
     const d = await failover('TestFailover', { plan: plan('drill'), points: { [vmIds[2]!]: { backupId: backups[0]![2]! } } });
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const r = JSON.parse(d.output!) as FailoverReport;
@@ -181,7 +192,9 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     expect(r.cleanedUp!.networks).toHaveLength(1);
     expect(await testDomains()).toEqual([]);
     expect(await testNetworks()).toEqual([]);
-    expect(await readdir(join(work, 'test-failovers')).catch(() => [])).toEqual([]);
+    // The old run's leftovers were swept at the start; the recent run's folder is left alone.
+    expect(await readdir(join(work, 'test-failovers')).catch(() => [])).toEqual([recent]);
+    await rm(join(work, 'test-failovers', recent), { recursive: true });
     expect(await replicaFiles()).toEqual(before);
     for (const n of names) expect((await virsh(['domstate', `${n}-replica`])).trim()).toBe('shut off');
   }, 900_000);

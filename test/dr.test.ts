@@ -14,6 +14,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { drVmOf } from '../cli/failback.ts';
 import { parsePoint } from '../cli/failover.ts';
 import type { VmRow } from '../contracts/operator.ts';
+import { ReplicaBusy } from '../contracts/recovery-errors.ts';
+import type { ReplicateJob } from '../contracts/recovery-jobs.ts';
+import { takeReplicaLeases } from '../functions/replicate/failover-plan.ts';
+import { acquireReplicaLease, releaseReplicaLease, replicaLeaseScope } from '../functions/replicate/replicate.ts';
+import { startTestCatalog } from './helpers/catalog.ts';
+import { Catalog } from '../functions/catalog/catalog.ts';
 import { failoverPlan } from '../contracts/dr.ts';
 import { ConfigError, loadConfig, parseConfig } from '../core/config.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
@@ -126,6 +132,47 @@ describe('lifeboat failover --point', () => {
     expect(parsePoint('web=@2026-12-07T02:00:00Z', { db: 'latest' })).toEqual({ db: 'latest', web: { at: '2026-12-07T02:00:00.000Z' } });
     expect(() => parsePoint('web=@2026-12-07 02:00')).toThrow('is not a time with its zone');
     expect(failoverPlan.safeParse({ id: 'one-vm', groups: [{ vms: ['web'] }] }).success).toBe(true);
+  });
+});
+
+describe('replica leases: a failover plan and the replications of its VMs never run at once', () => {
+  it('takes every VM of the plan or none, names the replication holding one, and a replication waits while the plan holds them', async () => {
+    const db = await startTestCatalog();
+    try {
+      const { catalog, recovery } = db;
+      const now = Date.parse('2026-12-07T06:00:00Z');
+      const vms = [
+        { bucket: 'lifeboat-dr', vmId: 'a' },
+        { bucket: 'lifeboat-dr', vmId: 'b' },
+      ];
+      const holder = async (vmId: string) => (await catalog.slotHolder(replicaLeaseScope('lifeboat-dr', vmId), 0))?.holder;
+      // A replication of b is writing its replica: the plan takes nothing and says who holds it.
+      expect(await catalog.takeSlot(replicaLeaseScope('lifeboat-dr', 'b'), 0, 'replicate-b-1', now, now + 3600_000)).toBe(true);
+      const busy = takeReplicaLeases(catalog, 'drill-1', vms, now);
+      await expect(busy).rejects.toThrow(ReplicaBusy);
+      await expect(takeReplicaLeases(catalog, 'drill-1', vms, now)).rejects.toThrow(
+        "the replica of VM 'b' in lifeboat-dr is held by replicate-b-1 (a replication writing it, or another failover): the failover waits for it",
+      );
+      expect(await holder('a')).toBeUndefined();
+      // Once it is done, the plan takes both; a replication started meanwhile is refused with Replication.Busy (its workflow retries it).
+      await catalog.releaseSlot(Catalog.slotKey(replicaLeaseScope('lifeboat-dr', 'b'), 0), 'replicate-b-1');
+      const lease = await takeReplicaLeases(catalog, 'drill-1', vms, now);
+      expect([await holder('a'), await holder('b')]).toEqual(['drill-1', 'drill-1']);
+      const job = {
+        replicationId: 'replicate-a-2',
+        vmId: 'a',
+        backupId: 'b-2',
+        target: { bucket: 'lifeboat-dr' },
+        replicaDir: null,
+      } as unknown as ReplicateJob;
+      const deps = { catalog, recovery, now: () => new Date(now + 1000) };
+      await expect(acquireReplicaLease(job, deps)).rejects.toThrow("another replication or failover of VM 'a' into lifeboat-dr is running");
+      // The plan's end gives them back; the replication goes on.
+      await releaseReplicaLease({ lease }, { catalog });
+      expect((await acquireReplicaLease(job, deps)).lease.holder).toBe('replicate-a-2');
+    } finally {
+      await db.close();
+    }
   });
 });
 

@@ -11,7 +11,7 @@ import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';
-import { plan } from '../functions/backup/plan.ts';
+import { interleaveByHost, plan } from '../functions/backup/plan.ts';
 import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
@@ -86,6 +86,18 @@ describe('Plan', () => {
     // Manifests are keyed by backup id and disk id: two VMs of one run never share a backup id.
     expect(byVm['web-01']!.backupId).toMatch(/^20261123T013000000Z-run-0001-[0-9a-f]{8}$/);
     expect(byVm['web-01']!.backupId).not.toBe(byVm['db-01']!.backupId);
+  });
+
+  it("lists a run's VMs spread over groups and hosts, each host giving as many per round as it has slots", () => {
+    const vm = (vmId: string, host: string, moverGroup: string, limit: number) =>
+      ({ vmId, host, moverGroup, slotScopes: [{ scope: `host:${host}`, limit }] }) as VmJob;
+    // As a policy selecting by host lists them: all of a's, then b's, then c's.
+    const jobs = [
+      ...['a1', 'a2', 'a3', 'a4', 'a5'].map((id) => vm(id, 'a', 'g1', 2)),
+      ...['b1', 'b2'].map((id) => vm(id, 'b', 'g1', 1)),
+      ...['c1', 'c2', 'c3'].map((id) => vm(id, 'c', 'g2', 1)),
+    ];
+    expect(interleaveByHost(jobs).map((j) => j.vmId)).toEqual(['a1', 'a2', 'c1', 'b1', 'a3', 'a4', 'c2', 'b2', 'a5', 'c3']);
   });
 
   it("a VM moved to another host leaves the old host's selection", async () => {

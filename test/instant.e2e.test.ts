@@ -11,7 +11,9 @@
  * the mover is SIGKILLed: the guest and its copy go on without it, a new mover's retry of the
  * task re-attaches to the export process, takes up the copy job and pivots. The guest hashes
  * its own disk at a freeze taken while it still runs on overlay and exports: the moved disk
- * has that hash. Bad input: a backup that does not exist, a VM that is not a libvirt backup,
+ * has that hash. Before that, the export process is SIGKILLed while the guest runs: its watchdog
+ * starts it again on the same socket and the guest's direct reads of its disk succeed; with
+ * the socket's path taken, it cannot, and says why and how to resume. Bad input: a backup that does not exist, a VM that is not a libvirt backup,
  * instant without --define. Everything it makes (domains, mount, overlays, export processes)
  * is removed in afterAll, also on failure.
  */
@@ -255,6 +257,49 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     expect(await exportProcessPid()).toBeGreaterThan(0);
     const { store } = await openRepository(t.stack.endpoints);
     expect(await readEndpoint(store, restoreId)).toMatchObject({ phase: 'failed', error: expect.any(String) });
+  }, 420_000);
+
+  it("an export process killed while the guest runs is started again on the same socket by its watchdog: the guest's reads of the backup go on; one that cannot be started again says why and how to resume", async () => {
+    const dir = join(instantRoot(workDir()), domain);
+    const exportLog = () => readFile(join(dir, EXPORT_FILES.log), 'utf8');
+    const killed = await exportProcessPid();
+    process.kill(killed, 'SIGKILL');
+    // At once, the guest reads 32 MiB of its disk it has (mostly) not written: direct I/O, so from the backup through the export.
+    const dd = { path: '/bin/dd', arg: ['if=/dev/vda', 'of=/dev/null', 'bs=1M', 'count=32', 'iflag=direct'], 'capture-output': true };
+    const started = JSON.parse(await virsh(['qemu-agent-command', domain, JSON.stringify({ execute: 'guest-exec', arguments: dd })])) as {
+      return: { pid: number };
+    };
+    // A paused guest's agent does not answer: asked again until the read is done.
+    const status = await retry(async () => {
+      const r = JSON.parse(
+        await virsh(['qemu-agent-command', '--timeout', '5', domain, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid: started.return.pid } })]),
+      ) as { return: { exited: boolean; exitcode?: number; 'err-data'?: string } };
+      if (!r.return.exited) throw new Error('the read in the guest is not done');
+      return r.return;
+    }, 180_000);
+    expect(status.exitcode, Buffer.from(status['err-data'] ?? '', 'base64').toString()).toBe(0);
+    const restarted = await exportProcessPid();
+    expect(restarted).not.toBe(killed);
+    expect((await virsh(['domstate', domain])).trim()).toBe('running');
+    const logText = await exportLog();
+    expect(logText).toContain('"event":"export.process.died"');
+    expect(logText).toContain('"event":"export.restarted"');
+    console.log(
+      `export process ${killed} killed, ${restarted} serving; the guest was ${logText.includes('export.guest.resumed') ? 'paused by its reads and resumed' : 'not paused'}`,
+    );
+
+    // Something in the socket's place (here a folder): it cannot be started again, and says so.
+    const socket = join(dir, 'nbd.sock');
+    process.kill(restarted, 'SIGKILL');
+    await rm(socket, { force: true });
+    await mkdir(socket);
+    const failed = await retry(async () => JSON.parse(await readFile(join(dir, EXPORT_FILES.failed), 'utf8')) as { error: string }, 120_000);
+    expect(failed.error).toContain(`the export process of ${dir} died and could not be started again`);
+    expect(failed.error).toContain(socket);
+    expect(failed.error).toMatch(/resume the instant recovery .*--instant --resume/);
+    expect(await exportLog()).toContain('"event":"export.restart.failed"');
+    // The next test's resume starts it again.
+    await rm(socket, { recursive: true });
   }, 420_000);
 
   it('resumed once there is room, a mover killed mid-move leaves the guest and its copy running; the next mover takes the copy up and pivots: the moved disk is what the guest saw on overlay and exports', async () => {

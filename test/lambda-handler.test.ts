@@ -5,6 +5,7 @@ import { errorClasses } from '../contracts/errors.ts';
 import type { Backup, Catalog } from '../functions/catalog/catalog.ts';
 import { lambdaHandler, powertools } from '../functions/commons/lambda.ts';
 import { vmJob } from '../contracts/jobs.ts';
+import { commitInput, recordFailureInput, verifyOutput } from '../contracts/backup-steps.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
 import { publishRunMetrics, recoveryPointAgeHours, summarizeRun, summaryMetrics } from '../functions/backup/summarize.ts';
 
@@ -189,5 +190,55 @@ describe('Summarize metrics', () => {
       [summaryMetrics.vmsFailed]: 1,
       [summaryMetrics.vmsCommitted]: 1,
     });
+  });
+});
+
+describe('the Backup steps after the transfer (contracts/backup-steps.ts)', () => {
+  const stats = {
+    bytesScanned: 1 << 20,
+    bytesNew: 1 << 20,
+    bytesZero: 0,
+    bytesUploaded: 1 << 20,
+    bytesStored: 900_000,
+    chunks: 1,
+    zeroChunks: 0,
+    parentChunks: 0,
+    dedupedChunks: 0,
+    uploadedChunks: 1,
+    seconds: 0.5,
+  };
+  const disks = [{ diskId: 'vda', sizeBytes: 1 << 20, manifestKey: 'manifests/b/vda', stats }];
+
+  it("Commit's input takes what Verify answers, beside the job and its disks (a Verify without packs counts 0)", async () => {
+    const answer = verifyOutput.parse({ chunksChecked: 1, bytesChecked: 900_000, checksumsCompared: 1 });
+    expect(answer.packsChecked).toBe(0);
+    const seen: unknown[] = [];
+    const h = lambdaHandler('Commit', commitInput, async (input) => {
+      seen.push(input);
+      return input.verify.chunksChecked;
+    });
+    await expect(h({ ...job, disks, verify: answer, carried: 1 }, context as never)).resolves.toBe(1);
+    expect(seen[0]).toMatchObject({ vmId: 'vm-1', disks: [{ diskId: 'vda' }], verify: answer, carried: 1 });
+  });
+
+  it('refuses a Commit input whose Verify answer lacks a count, naming the field', async () => {
+    const body = vi.fn(async () => 'never');
+    const h = lambdaHandler('Commit', commitInput, body);
+    const err = await h({ ...job, disks, verify: { chunksChecked: 1, checksumsCompared: 0 } }, context as never).catch((e: Error) => e);
+    expect((err as Error).name).toBe('Function.BadInput');
+    expect((err as Error).message).toContain('verify.bytesChecked');
+    expect(body).not.toHaveBeenCalled();
+  });
+
+  it("refuses Verify's answer with a negative count on the sending side", () => {
+    const r = verifyOutput.safeParse({ chunksChecked: -1, bytesChecked: 0, checksumsCompared: 0, packsChecked: 0 });
+    expect(r.success).toBe(false);
+    expect(r.error?.issues[0]?.path).toEqual(['chunksChecked']);
+  });
+
+  it("RecordFailure takes the job and the Catch's { Error, Cause }, a missing Cause read as ''", () => {
+    const input = recordFailureInput.parse({ ...job, error: { Error: 'Mover.SourceUnavailable' } });
+    expect(input.error).toEqual({ Error: 'Mover.SourceUnavailable', Cause: '' });
+    expect(recordFailureInput.safeParse({ ...job, error: { Cause: 'x' } }).error?.issues[0]?.path).toEqual(['error', 'Error']);
   });
 });

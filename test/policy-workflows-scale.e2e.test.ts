@@ -123,6 +123,7 @@ it(`replicates and deep-verifies a policy of ${VMS} VMs with one child execution
   const first = await runExecution(t.sfn, e.backupStateMachineArn, { policyId: 'template' }, { pollMs: 200 });
   expect(first.status, first.cause).toBe('SUCCEEDED');
   const firstRun = JSON.parse(first.output!) as RunSummary & { replication: { executionArn: string } };
+  expect(firstRun, first.output).toMatchObject({ committed: 1, replication: { started: true } });
   const copied = await waitForExecution(t.sfn, firstRun.replication.executionArn, { pollMs: 200 });
   expect(copied.status, copied.cause).toBe('SUCCEEDED');
   expect(JSON.parse(copied.output!)).toMatchObject({ vms: 1, replicatedCount: 1, failedCount: 0, replicated: [{ replication: { vmId: 'template' } }] });

@@ -21,7 +21,7 @@ import type { StandbyDisk } from '../contracts/recovery-jobs.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import type { FailoverSummary, ReplicationSummary } from '../functions/replicate/replicate.ts';
 import type { GcReport } from '../contracts/gc-report.ts';
-import type { VerifyOutput } from '../functions/backup/verify.ts';
+import type { VerifyOutput } from '../contracts/backup-steps.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';

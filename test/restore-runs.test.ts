@@ -6,7 +6,7 @@
  * in flight stay within the restore's budget.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,7 +19,7 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-
 import { withRetry } from '../core/store-wrappers.ts';
 import { startLocalS3 } from '../local/s3-server.ts';
 import { ChunkPool } from '../mover/pipeline/chunk-pool.ts';
-import { manifestEntries, planRuns, planWindows, type ManifestEntry, type StoredEntry } from '../repository/read-runs.ts';
+import { manifestEntries, planRuns, planWindows, writeExtents, type ManifestEntry, type RunChunk, type StoredEntry } from '../repository/read-runs.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 import { startFaultProxy } from './helpers/fault-proxy.ts';
 import { prng } from './helpers/prng.ts';
@@ -217,6 +217,32 @@ describe('planning runs', () => {
     expect(windows).toBe(Math.ceil(100_000 / 4096));
   });
 
+  it('places the disk chunks a run fills in runs of neighbours, each filled once, at most the limit long, joined wherever they may be (300 random runs)', () => {
+    const rand = prng(31);
+    for (let t = 0; t < 300; t++) {
+      const free = Array.from({ length: 200 }, (_, i) => i).filter(() => rand(3) !== 0);
+      const chunks: RunChunk[] = [];
+      for (const i of free.sort(() => rand(3) - 1)) {
+        // A chunk used at several indexes (repeated in the disk) or a chunk of its own.
+        const c =
+          chunks.length && rand(5) === 0 ? chunks[rand(chunks.length)]! : chunks[chunks.push({ id: `c${i}`, offset: 0, at: 0, length: 1, indexes: [] }) - 1]!;
+        c.indexes.push(i);
+      }
+      const maxChunks = 1 + rand(12);
+      const extents = writeExtents(chunks, maxChunks);
+      const filled = extents.flatMap((e) => e.chunks.map((c, k) => [e.first + k, c.id] as const));
+      const expected = chunks.flatMap((c) => c.indexes.map((i) => [i, c.id] as const)).sort((a, b) => a[0] - b[0]);
+      expect(filled).toEqual(expected);
+      for (const [k, e] of extents.entries()) {
+        expect(e.chunks.length).toBeGreaterThan(0);
+        expect(e.chunks.length).toBeLessThanOrEqual(maxChunks);
+        const before = extents[k - 1];
+        if (before && before.first + before.chunks.length === e.first) expect(before.chunks).toHaveLength(maxChunks);
+      }
+    }
+    expect(() => writeExtents([], 0)).toThrow(/at least one chunk/);
+  });
+
   it('refuses entries out of disk order, naming both', async () => {
     const e = (index: number): ManifestEntry => ({ index, id: null });
     await expect(async () => {
@@ -330,10 +356,38 @@ describe('restoring runs', () => {
     const budget = 1.2 * 1024 * 1024;
     store.gets.length = 0;
     const target = join(dir, 'budget.raw');
-    await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target, inFlightBytes: Math.floor(budget) });
+    const r = await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target, inFlightBytes: Math.floor(budget) });
     expect((await readFile(target)).equals(image)).toBe(true);
     expect(store.gets.filter((g) => g.key.startsWith('packs/'))).toHaveLength(8);
+    // Each pack's 32 neighbouring chunks (512 KiB) are written at once.
+    expect(r.writes).toBe(8);
     expect(store.peakGets).toBeGreaterThanOrEqual(2);
     expect(store.peakInFlight).toBeLessThanOrEqual(budget);
+  });
+
+  it('writes the neighbouring chunks of a run at once, at most 4 MiB each, and leaves zero runs as holes', async () => {
+    const store = new MemoryObjectStore();
+    const chunkSize = 64 * 1024;
+    // 160 chunks in one pack, but chunks 100..109 are zeros: 100 neighbours (6.25 MiB: two writes), then 50 (one write).
+    const chunks: (Buffer | null)[] = Array.from({ length: 160 }, (_, i) => (i >= 100 && i < 110 ? null : Buffer.alloc(chunkSize, `chunk ${i} `)));
+    const stored = chunks.filter((c): c is Buffer => c !== null);
+    const { image } = await storeBackup(store, { chunks, sizeBytes: 160 * chunkSize, chunkSize, packs: [stored.map((content) => ({ content }))] });
+    const target = join(dir, 'coalesced.raw');
+    const r = await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target, maxRunBytes: 64 << 20, inFlightBytes: 64 << 20 });
+    expect((await readFile(target)).equals(image)).toBe(true);
+    expect(r.writes).toBe(3);
+    // The zeros were not written: the file has fewer blocks than its size.
+    expect((await stat(target)).blocks * 512).toBeLessThanOrEqual(150 * chunkSize + 64 * 1024);
+  });
+
+  it('fails a restore whose target refuses writes with an error naming the disk, the range and the target, and leaves nothing running', async () => {
+    const store = new MemoryObjectStore();
+    const chunks = Array.from({ length: 8 }, () => randomBytes(4096));
+    await storeBackup(store, { chunks, sizeBytes: 8 * 4096, chunkSize: 4096, packs: [chunks.map((content) => ({ content }))] });
+    // /dev/full: a device whose every write fails with ENOSPC.
+    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target: '/dev/full', targetKind: 'device' })).rejects.toThrow(
+      /^disk 'd': writing 32768 bytes at offset 0 of \/dev\/full failed: ENOSPC/,
+    );
+    expect(pool.backlog).toBe(0);
   });
 });

@@ -134,6 +134,40 @@ describe('the fair slot queue', () => {
     expect(await deps.queue.waiter('run-q/vm-dead')).toBeUndefined();
   }, 30_000);
 
+  it('serves exactly in line order while releases race, one walker per line (the others leave their change to it)', async () => {
+    const scopes = [{ scope: 'host:race', limit: 3 }];
+    // A slow catalog: every claim of a waiter takes a while, so concurrent releases overlap their serves.
+    const slow = Object.create(deps.queue) as SlotQueueCatalog;
+    let walks = 0;
+    slow.claim = async (...args) => {
+      await new Promise((r) => setTimeout(r, 20));
+      return deps.queue.claim(...args);
+    };
+    slow.entries = async (...args) => {
+      walks++;
+      return deps.queue.entries(...args);
+    };
+    const d = { ...deps, queue: slow };
+    const all = Array.from({ length: 15 }, (_, i) => waiter(job('run-r', `vm-${String(i).padStart(2, '0')}`, scopes)));
+    for (const w of all) await acquireSlot(w.job, w.token, d);
+    const order: string[] = [];
+    walks = 0;
+    // Three hold the slots; each VM served backs up a few ms and releases, racing the others' releases.
+    await Promise.all(
+      all.map(async (w) => {
+        const j = await w.granted;
+        order.push(j.vmId);
+        await new Promise((r) => setTimeout(r, 2 + Math.floor(Math.random() * 6)));
+        await releaseSlot(j, d);
+      }),
+    );
+    expect(order).toEqual(all.map((w) => w.job.vmId));
+    // Far fewer walks than releases: a release finding the line locked leaves its change to the walker (concurrent walkers took one each).
+    expect(walks).toBeLessThan(all.length / 2);
+    expect(await deps.queue.slotsOf('host:race')).toEqual([]);
+    expect((await deps.queue.entries('host:race')).entries).toEqual([]);
+  }, 30_000);
+
   it('a waiter that queues again (its wait timed out) keeps its place, and takes a slot whose holder died once the lease runs out', async () => {
     const scopes = [{ scope: 'host:lease', limit: 1 }];
     const leased = { ...deps, leaseMs: 1000 };

@@ -173,7 +173,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReportReplication: { catalog: ['GetItem', 'Query'] },
   PlanFailover: { catalog: ['GetItem', 'Query'] },
   RecordFailover: { catalog: ['PutItem'] },
-  PlanFailoverPlan: { catalog: ['GetItem', 'Query'] },
+  // The plan's VMs' replica leases (conditional puts; given back if one is busy).
+  PlanFailoverPlan: { catalog: ['GetItem', 'Query', 'PutItem', 'DeleteItem'] },
   RecordFailoverPlan: { catalog: ['PutItem'] },
   // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the DR copies' records; the final DR backup's record; the report.
   PlanFailback: { catalog: ['GetItem', 'Query', 'Scan'] },

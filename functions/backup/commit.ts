@@ -1,21 +1,10 @@
 /** Commit: the backup becomes visible in the catalog, only after Verify passed. */
-import { z } from 'zod';
-import { type Consistency, type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
-import type { VerifyOutput } from './verify.ts';
+import { commitInput, commitOutput, type CommitInput, type CommitOutput } from '../../contracts/backup-steps.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { verifyOutput } from './verify.ts';
 
-export interface CommitInput extends VmJob {
-  disks: DiskResult[];
-  verify: VerifyOutput;
-}
-
-export async function commit(
-  input: CommitInput,
-  deps: { catalog: Catalog; now: () => Date },
-): Promise<{ backupId: string; committedAt: string; consistency?: Consistency }> {
+export async function commit(input: CommitInput, deps: { catalog: Catalog; now: () => Date }): Promise<CommitOutput> {
   if (!input.verify) throw new Error(`backup ${input.backupId} of VM '${input.vmId}' reached Commit without a Verify result`);
   const at = deps.now();
   const snap = input.snapshot;
@@ -26,12 +15,10 @@ export async function commit(
   return { backupId: input.backupId, committedAt: at.toISOString(), ...(snap?.consistency ? { consistency: snap.consistency } : {}) };
 }
 
-export const commitInput: z.ZodType<CommitInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult), verify: verifyOutput }));
-
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    handler: lambdaHandler('Commit', commitInput, (input) => commit(input, { catalog: c.catalog, now: () => new Date() })),
+    handler: lambdaHandler('Commit', commitInput, async (input) => commitOutput.parse(await commit(input, { catalog: c.catalog, now: () => new Date() }))),
   };
 }
 

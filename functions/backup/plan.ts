@@ -155,7 +155,7 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
       return job;
     },
   );
-  const vms = planned.filter((p): p is VmJob => 'moverGroup' in p);
+  const vms = interleaveByHost(planned.filter((p): p is VmJob => 'moverGroup' in p));
   const gone = planned.filter((p): p is GoneVm => !('moverGroup' in p));
   return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms, gone };
 }
@@ -171,6 +171,28 @@ export function onlyRequested(selected: Vm[], policyId: string, vmIds: string[] 
     );
   const wanted = new Set(vmIds);
   return selected.filter((v) => wanted.has(v.vmId));
+}
+
+/**
+ * The jobs in the order the BackupVms Map starts them: spread over mover groups and hosts,
+ * round after round, each host giving as many VMs per round as it has backup slots. A
+ * policy that selects by host lists one host's VMs after another's; in that order a run's
+ * first children would all wait in one host's line while the other hosts' slots idle.
+ */
+export function interleaveByHost(jobs: VmJob[]): VmJob[] {
+  const byHost = Map.groupBy(jobs, (j) => j.host);
+  const groups = Map.groupBy(byHost.keys(), (h) => byHost.get(h)![0]!.moverGroup);
+  // Hosts in turn across groups: one of each group, then the next of each, ...
+  const hosts: string[] = [];
+  for (let i = 0; hosts.length < byHost.size; i++) for (const list of groups.values()) if (list[i] !== undefined) hosts.push(list[i]!);
+  const out: VmJob[] = [];
+  while (out.length < jobs.length) {
+    for (const h of hosts) {
+      const line = byHost.get(h)!;
+      out.push(...line.splice(0, Math.max(1, line[0]?.slotScopes[0]?.limit ?? 1)));
+    }
+  }
+  return out;
 }
 
 /** VMs planned at once. */

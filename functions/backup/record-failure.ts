@@ -1,14 +1,9 @@
 /** RecordFailure: a VM's backup failed; mark it so, keeping the error for the operator. */
-import { z } from 'zod';
-import { type VmJob, vmJob, type VmOutcome } from '../../contracts/jobs.ts';
+import { recordFailureInput, type RecordFailureInput } from '../../contracts/backup-steps.ts';
+import { type VmJob, vmOutcome, type VmOutcome } from '../../contracts/jobs.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { caughtError } from '../../contracts/errors.ts';
-
-export interface RecordFailureInput extends VmJob {
-  error: { Error: string; Cause: string };
-}
 
 /**
  * What a payload over Step Functions' quota means for this VM and what to do, after AWS's own
@@ -32,12 +27,10 @@ export async function recordFailure(input: RecordFailureInput, deps: { catalog: 
   return { vmId: input.vmId, backupId: input.backupId, status: 'failed', error };
 }
 
-export const recordFailureInput: z.ZodType<RecordFailureInput> = z.intersection(vmJob, z.looseObject({ error: caughtError }));
-
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    handler: lambdaHandler('RecordFailure', recordFailureInput, (input) => recordFailure(input, { catalog: c.catalog })),
+    handler: lambdaHandler('RecordFailure', recordFailureInput, async (input) => vmOutcome.parse(await recordFailure(input, { catalog: c.catalog }))),
   };
 }
 

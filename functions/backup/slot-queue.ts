@@ -3,7 +3,13 @@
  * limited datastore, with a waiting line per scope. A VM's backup takes a slot in each of
  * its scopes or none. Its AcquireSlot task waits on a task token (`.waitForTaskToken`):
  * AcquireSlot puts the VM in line and serves the line; ReleaseSlot gives slots back and
- * serves the lines of their scopes, first come, first served. Serving a waiter takes its
+ * serves the lines of their scopes, first come, first served. One server walks a line at a
+ * time (a short lock per scope): the others count their change and leave it to the server,
+ * which serves again when the count moved while it served. So a line is walked once per
+ * burst of changes, not once per change, and nobody behind a waiter being granted jumps it
+ * (concurrent walkers each skipping the waiter the other had claimed let later VMs through
+ * first, and cost a walk of the line per release: with hundreds of VMs per line, serves
+ * that outlived their function's timeout). Serving a waiter takes its
  * slots for it and sends them with SendTaskSuccess; a token Step Functions refuses
  * (TaskTimedOut, TaskDoesNotExist: the waiter's execution died, or its wait timed out and
  * AcquireSlot queued it again with a new token) gets its slots back and is skipped, so a
@@ -20,8 +26,13 @@ import type { SlotQueueCatalog, SlotWaiter } from '../catalog/slot-queue-catalog
 export const SLOT_LEASE_MS = 6 * 3600_000;
 /** How long one server may take to grant a waiter it claimed before another may. */
 const CLAIM_MS = 30_000;
-/** Passes over a line whose scope was released while it was being served (each pass ends at the first waiter the scope cannot take). */
-const MAX_PASSES = 8;
+/** How long one server may hold a line before another may take it over (it died, or its function timed out). */
+const SERVE_LOCK_MS = 60_000;
+/** Walks of a line by one server while its count keeps moving (each walk ends at the first waiter the scope cannot take). */
+const MAX_PASSES = 20;
+/** Tries of a waiter another scope's server is granting (a VM in line for a host and a datastore) before the walk goes past it. */
+const BUSY_TRIES = 5;
+const BUSY_WAIT_MS = 100;
 
 /** Answers a waiting task (Step Functions' SendTaskSuccess). */
 export interface TaskCallbacks {
@@ -114,31 +125,47 @@ async function grant(scope: string, entry: { holder: string; seq: string }, serv
   return 'busy';
 }
 
+/** One walk of `scope`'s line, first in line first, until a waiter the scope cannot take; returns the waiters granted. */
+async function walk(scope: string, server: string, deps: SlotQueueDeps): Promise<number> {
+  let granted = 0;
+  let start: Record<string, unknown> | undefined;
+  do {
+    const page = await deps.queue.entries(scope, start);
+    for (const entry of page.entries) {
+      let r = await grant(scope, entry, server, deps);
+      for (let i = 1; r === 'busy' && i < BUSY_TRIES; i++) {
+        await new Promise((done) => setTimeout(done, BUSY_WAIT_MS));
+        r = await grant(scope, entry, server, deps);
+      }
+      if (r === 'granted') granted++;
+      if (r === 'full') return granted;
+    }
+    start = page.next;
+  } while (start);
+  return granted;
+}
+
 /**
- * Serves `scope`'s line in order while its slots last. Stops at the first waiter the scope
- * cannot take (later ones do not jump it); if a slot of the scope was released meanwhile,
- * goes over the line again. Returns how many waiters got their slots.
+ * Serves `scope`'s line in order while its slots last, unless another server has the line
+ * (it will see this caller's change, counted before). Stops at the first waiter the scope
+ * cannot take (later ones do not jump it); walks again while the line's count moved during
+ * the walk. Returns how many waiters got their slots.
  */
 export async function serve(scope: string, deps: SlotQueueDeps): Promise<number> {
   const server = randomUUID();
   let granted = 0;
   for (let pass = 0; pass < MAX_PASSES; pass++) {
-    const releases = await deps.queue.releases(scope);
-    let blocked = false;
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await deps.queue.entries(scope, start);
-      for (const entry of page.entries) {
-        const r = await grant(scope, entry, server, deps);
-        if (r === 'granted') granted++;
-        if (r === 'full') {
-          blocked = true;
-          break;
-        }
-      }
-      start = blocked ? undefined : page.next;
-    } while (start);
-    if (!blocked || (await deps.queue.releases(scope)) === releases) return granted;
+    const now = deps.now();
+    if (!(await deps.queue.lockLine(scope, server, now, now + SERVE_LOCK_MS))) return granted;
+    let changes: number;
+    try {
+      changes = await deps.queue.changes(scope);
+      granted += await walk(scope, server, deps);
+    } finally {
+      await deps.queue.unlockLine(scope, server);
+    }
+    // Read after giving the line back: a change counted later finds the line free and is served by its author.
+    if ((await deps.queue.changes(scope)) === changes) return granted;
   }
   return granted;
 }
@@ -146,6 +173,7 @@ export async function serve(scope: string, deps: SlotQueueDeps): Promise<number>
 /** AcquireSlot: the VM queues (or, tried again, keeps its place with its new token), then its scopes' lines are served. */
 export async function acquireSlot(job: VmJob, taskToken: string, deps: SlotQueueDeps): Promise<void> {
   await deps.queue.enqueue(holderOf(job), job.slotScopes, taskToken, deps.now());
+  for (const { scope } of job.slotScopes) await deps.queue.countChange(scope);
   for (const { scope } of job.slotScopes) await serve(scope, deps);
 }
 
@@ -162,6 +190,6 @@ export async function releaseSlot(job: VmJob, deps: SlotQueueDeps): Promise<void
   });
   for (const key of named) await deps.catalog.releaseSlot(key, holder);
   const scopes = new Set([...job.slotScopes.map((s) => s.scope), ...named.map((k) => k.pk.slice('SLOT#'.length))]);
-  for (const scope of scopes) await deps.queue.countRelease(scope);
+  for (const scope of scopes) await deps.queue.countChange(scope);
   for (const scope of scopes) await serve(scope, deps);
 }

@@ -5,7 +5,7 @@
  */
 import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
-import { z } from 'zod';
+import { summarizeInput, type SummarizeInput } from '../../contracts/backup-steps.ts';
 import type { VmOutcome } from '../../contracts/jobs.ts';
 import type { Backup, Catalog } from '../catalog/catalog.ts';
 import type { RunCatalog } from '../catalog/run-catalog.ts';
@@ -13,11 +13,6 @@ import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { summaryMetrics } from '../../contracts/metric-names.ts';
 import { SUMMARY_VMS_LISTED, type RunSummary } from '../../contracts/workflow-outputs.ts';
-
-export interface SummarizeInput {
-  runId: string;
-  policyId: string;
-}
 
 /** The error of a VM whose execution ended without recording an outcome (a quota broken inside it, or stopped). */
 export const NO_OUTCOME = 'Lifeboat.NoOutcome';
@@ -146,8 +141,6 @@ export function publishRunMetrics(metrics: Metrics, summary: RunSummary, ages: R
   const oldest = Math.max(...Object.values(ages));
   if (Number.isFinite(oldest)) metrics.addMetric(summaryMetrics.oldestRecoveryPointAgeHours, MetricUnit.Count, Math.round(oldest * 100) / 100);
 }
-
-export const summarizeInput: z.ZodType<SummarizeInput> = z.looseObject({ runId: z.string().min(1), policyId: z.string().min(1) });
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {

@@ -3,31 +3,15 @@
  * the stored size the mover recorded. Reads manifests and HEADs chunk objects (format 1)
  * or packs (format 2, each once); never downloads chunk data.
  */
-import { z } from 'zod';
 import { VerifyFailed } from '../../contracts/errors.ts';
 import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
-import { type DiskResult, diskResult, type VmJob, vmJob } from '../../contracts/jobs.ts';
+import { verifyInput, verifyOutput, type VerifyInput, type VerifyOutput } from '../../contracts/backup-steps.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/recent.ts';
-
-export interface VerifyInput extends VmJob {
-  disks: DiskResult[];
-}
-
-export interface VerifyOutput {
-  /** Distinct chunks of each disk's manifest whose stored object (format 1) or pack (format 2) was checked. */
-  chunksChecked: number;
-  /** Bytes of the objects HEADed: chunk objects, and each pack once. */
-  bytesChecked: number;
-  /** Format-1 chunks whose store-side SHA-256 matched the manifest (0 on stores that keep none, and for packs). */
-  checksumsCompared: number;
-  /** Distinct packs HEADed (format 2). */
-  packsChecked: number;
-}
 
 export async function verify(input: VerifyInput, deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
   if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
@@ -122,20 +106,12 @@ export async function verifyManifests(
   return { chunksChecked, bytesChecked, checksumsCompared, packsChecked };
 }
 
-export const verifyOutput: z.ZodType<VerifyOutput> = z.looseObject({
-  chunksChecked: z.number(),
-  bytesChecked: z.number(),
-  checksumsCompared: z.number(),
-  packsChecked: z.number().default(0),
-});
-export const verifyInput: z.ZodType<VerifyInput> = z.intersection(vmJob, z.looseObject({ disks: z.array(diskResult) }));
-
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
     handler: lambdaHandler('Verify', verifyInput, async (input) => {
       const { bucket, endpoint } = input.repository;
-      return verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+      return verifyOutput.parse(await verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) }));
     }),
   };
 }

@@ -2,167 +2,16 @@
  * The catalog: one DynamoDB table of policies, VMs, backups, runs and slots. Only the
  * control plane writes it; writes that matter are conditional, so retries are safe.
  */
-import type { ReplicaJob } from '../../contracts/dr.ts';
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import type { Retention } from '../../core/config.ts';
-import type { StorageEndpoint } from '../../contracts/endpoints.ts';
-import { discoveredVmId } from '../../contracts/discovery.ts';
 import type { DiscoveredVm } from '../../contracts/discovery.ts';
-import type { Consistency, DiskResult, Hypervisor, QuiesceSettings } from '../../contracts/jobs.ts';
-import type { RestoreTestSettings } from '../../contracts/restore-test.ts';
+import type { DiskResult } from '../../contracts/jobs.ts';
+import type { Backup, DiscoveredVmWrite, Host, HostConfigSettings, Policy, RestoreTest, Vm } from './catalog-records.ts';
+import { isConditionFailed, k, strip } from './catalog-keys.ts';
+import { markVmGone, recordDiscoveredVm } from './discovered-vms.ts';
 
-export interface Policy {
-  policyId: string;
-  /** VMs selected by id ... */
-  vmIds: string[];
-  /** ... and every inventory VM on these hosts (filtered by `names` and `tags` when given). */
-  hosts?: string[];
-  /** Name patterns (`*`, `?`): of the hosts' VMs, those whose name matches one (core/config.ts matchesNamePattern). */
-  names?: string[];
-  /** Of the hosts' VMs, those carrying any of these tags (and matching `names`, if given). */
-  tags?: string[];
-  /** Repository bucket and chunk size the policy's backups go to. */
-  bucket: string;
-  chunkSize: number;
-  /** Concurrent backups of this policy per hypervisor host (the host's own limit also applies). */
-  slotLimit: number;
-  repositoryId?: string;
-  retention?: Retention;
-  rpoHours?: number;
-  /** The endpoint of the policy's repository, when it is not the stack's own S3. */
-  endpoint?: StorageEndpoint;
-  /**
-   * The repository backups are replicated to after each run, if any: its bucket and
-   * endpoint, the DR mover group that copies into it and the folder of its warm standby replica.
-   */
-  replicateTo?: {
-    repositoryId: string;
-    bucket: string;
-    endpoint?: StorageEndpoint;
-    moverGroup?: string;
-    standbyPath?: string;
-    replicaVms?: ReplicaTarget;
-    /** Hours the newest DR restore point may age before the DR alert (configuration: drRpoHoursOf). */
-    drRpoHours?: number;
-  };
-  /** Commands run in each guest around the freeze. */
-  quiesce?: QuiesceSettings;
-  /** Disks larger than this are split into segments for parallel transfer (default: Plan's DEFAULT_SEGMENT_BYTES). */
-  segmentBytes?: number;
-  /** Restore tests of the policy's libvirt VMs at deep verifications (contracts/restore-test.ts). */
-  restoreTest?: RestoreTestSettings;
-  /** 'config' for policies written by SyncConfig (removed again when the configuration drops them). */
-  managedBy?: 'config';
-}
-
-/** Where a DR repository keeps replica VMs: the DR site, its libvirt host, its network map and the restore points kept (contracts/dr.ts). */
-export type ReplicaTarget = ReplicaJob;
-
-/** A hypervisor host as configured: which mover group serves it, and its concurrency limits. */
-export interface Host {
-  hostId: string;
-  moverGroup: string;
-  site: string;
-  maxConcurrentBackups: number;
-  /** Concurrent backups allowed per datastore of this host, by datastore id. */
-  datastores: Record<string, number>;
-  /** The source driver and hypervisor (absent: the folder driver). */
-  hypervisor?: Hypervisor;
-}
-
-/** A VM of the inventory. Its host decides which mover group backs it up. */
-export interface Vm {
-  vmId: string;
-  host: string;
-  source: string;
-  /** Datastores holding the VM's disks (each may have its own concurrency limit). */
-  datastores?: string[];
-  /** The VM's name on its hypervisor (a discovered VM's domain name; policies match `names` against it, else against the id). */
-  name?: string;
-  /**
-   * When the Discover workflow last found the VM on its host. Absent: the VM was added by
-   * hand, and discovery never changes or marks it.
-   */
-  discoveredAt?: string;
-  /** What discovery found (a discovered VM only). */
-  uuid?: string;
-  state?: string;
-  tags?: string[];
-  agent?: boolean;
-  disks?: DiscoveredVm['disks'];
-  /** The last discovery did not find the VM on its host: backups skip it and report it failed (never deleted). */
-  gone?: boolean;
-  goneSince?: string;
-}
-
-/** What recording one discovered VM did: a new VM, one seen before, one that was gone and is back, or a VM added by hand with that id (left alone). */
-export type DiscoveredVmWrite = 'new' | 'seen' | 'returned' | 'manual';
-
-/** A restore test: the backup restored as a new VM, booted without network, and removed. */
-export interface RestoreTest {
-  passed: boolean;
-  /** From the start of the test VM to its sign of life (or to giving up). */
-  seconds: number;
-  /** The restore (Restore workflow) or deep verification (DeepVerify with a restore test) that ran it. */
-  restoreId: string;
-  at: string;
-  /** Why it did not pass. */
-  reason?: string;
-}
-
-export type BackupStatus = 'running' | 'committed' | 'failed';
-
-export interface Backup {
-  vmId: string;
-  backupId: string;
-  runId: string;
-  policyId: string;
-  status: BackupStatus;
-  parentBackupId: string | null;
-  startedAt: string;
-  committedAt?: string;
-  disks?: DiskResult[];
-  /** The hypervisor checkpoint the backup's snapshot created: the next backup reads only what changed since. */
-  checkpoint?: string;
-  consistency?: Consistency;
-  /** The latest restore test of this backup. */
-  restoreTest?: RestoreTest;
-  /** The latest deep verification that found the backup intact (recovery-catalog.ts markVerified). */
-  verified?: { verifyId: string; at: string; chunksChecked: number; chunksTotal: number };
-  error?: { Error: string; Cause: string };
-}
-
-/** Where host configuration backups go and how many per host are kept: SyncConfig writes it from `hostConfigBackup`. */
-export interface HostConfigSettings {
-  repositoryId: string;
-  bucket: string;
-  endpoint?: StorageEndpoint;
-  keep: number;
-}
-
-const k = {
-  /** A deployment-wide setting from the configuration (one item per name). */
-  setting: (name: string) => ({ pk: 'SETTINGS', sk: name }),
-  policy: (id: string) => ({ pk: `POLICY#${id}`, sk: 'POLICY' }),
-  vm: (id: string) => ({ pk: `VM#${id}`, sk: 'VM' }),
-  host: (id: string) => ({ pk: `HOST#${id}`, sk: 'HOST' }),
-  /** The list of hosts (one Query lists them all, for discovery). */
-  hostListing: (id: string) => ({ pk: 'HOSTS', sk: `HOST#${id}` }),
-  /** Membership of a VM on a host, so a policy can select a host's VMs with one Query. */
-  hostVm: (host: string, vmId: string) => ({ pk: `HOST#${host}`, sk: `VM#${vmId}` }),
-  backup: (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `BACKUP#${backupId}` }),
-  run: (runId: string) => ({ pk: `RUN#${runId}`, sk: 'RUN' }),
-  slot: (host: string, i: number) => ({ pk: `SLOT#${host}`, sk: `SLOT#${i}` }),
-};
-
-const strip = <T>(item: Record<string, unknown> | undefined): T | undefined => {
-  if (!item) return undefined;
-  const { pk: _pk, sk: _sk, ...rest } = item;
-  return rest as T;
-};
-
-export const isConditionFailed = (err: unknown) => err instanceof ConditionalCheckFailedException || (err as Error)?.name === 'ConditionalCheckFailedException';
+/** The records are catalog-records.ts's; they are named here too, where most callers take them with the Catalog. */
+export type { Backup, BackupStatus, DiscoveredVmWrite, Host, HostConfigSettings, Policy, ReplicaTarget, RestoreTest, Vm } from './catalog-records.ts';
+export { isConditionFailed } from './catalog-keys.ts';
 
 /** Typed access to the catalog table. */
 export class Catalog {
@@ -260,75 +109,17 @@ export class Catalog {
 
   /**
    * Records a VM the Discover workflow found on `hostId` (id `<name>@<hostId>`, source its
-   * name): its facts, `discoveredAt`, and no longer gone. Conditional: a VM added by hand
-   * with the same id (no `discoveredAt`) is left alone. Safe to repeat (a retried page).
+   * name): see discovered-vms.ts.
    */
-  async recordDiscoveredVm(hostId: string, d: DiscoveredVm, discovery: { id: string; at: string }): Promise<DiscoveredVmWrite> {
-    const vmId = discoveredVmId(d.name, hostId);
-    const set = {
-      vmId,
-      host: hostId,
-      source: d.name,
-      name: d.name,
-      uuid: d.uuid,
-      state: d.state,
-      tags: d.tags,
-      agent: d.agent,
-      disks: d.disks,
-      discoveredAt: discovery.at,
-      discoveredBy: discovery.id,
-    };
-    const names = Object.fromEntries(Object.keys(set).map((a, i) => [`#a${i}`, a]));
-    const values = Object.fromEntries(Object.values(set).map((v, i) => [`:v${i}`, v]));
-    let old: Record<string, unknown> | undefined;
-    try {
-      const out = await this.db.send(
-        new UpdateCommand({
-          TableName: this.table,
-          Key: k.vm(vmId),
-          UpdateExpression: `SET ${Object.keys(set)
-            .map((_, i) => `#a${i} = :v${i}`)
-            .join(', ')}, #first = if_not_exists(#first, :id) REMOVE #gone, #goneSince`,
-          ConditionExpression: 'attribute_not_exists(pk) OR attribute_exists(#at)',
-          ExpressionAttributeNames: { ...names, '#first': 'firstDiscoveredBy', '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
-          ExpressionAttributeValues: { ...values, ':id': discovery.id },
-          ReturnValues: 'ALL_OLD',
-        }),
-      );
-      old = out.Attributes;
-    } catch (err) {
-      if (isConditionFailed(err)) return 'manual';
-      throw err;
-    }
-    // Always (idempotent): a retry after a failure between the two writes still lists the VM on its host.
-    await this.db.send(new PutCommand({ TableName: this.table, Item: { ...k.hostVm(hostId, vmId), vmId } }));
-    if (!old || old.firstDiscoveredBy === discovery.id) return 'new';
-    return old.gone ? 'returned' : 'seen';
+  recordDiscoveredVm(hostId: string, d: DiscoveredVm, discovery: { id: string; at: string }): Promise<DiscoveredVmWrite> {
+    return recordDiscoveredVm(this.db, this.table, hostId, d, discovery);
   }
 
-  /**
-   * Marks a discovered VM gone (since `at`) unless a discovery saw it at or after
-   * `notSeenSince` (this one, or one running beside it). A VM added by hand is never
-   * marked. Returns whether this call marked it.
-   */
-  async markVmGone(vmId: string, at: string, notSeenSince: string): Promise<boolean> {
-    try {
-      await this.db.send(
-        new UpdateCommand({
-          TableName: this.table,
-          Key: k.vm(vmId),
-          UpdateExpression: 'SET #gone = :t, #goneSince = :at',
-          ConditionExpression: 'attribute_exists(#at) AND #at < :since AND attribute_not_exists(#gone)',
-          ExpressionAttributeNames: { '#gone': 'gone', '#goneSince': 'goneSince', '#at': 'discoveredAt' },
-          ExpressionAttributeValues: { ':t': true, ':at': at, ':since': notSeenSince },
-        }),
-      );
-      return true;
-    } catch (err) {
-      if (isConditionFailed(err)) return false;
-      throw err;
-    }
+  /** Marks a discovered VM gone (since `at`) unless a discovery saw it at or after `notSeenSince`: see discovered-vms.ts. */
+  markVmGone(vmId: string, at: string, notSeenSince: string): Promise<boolean> {
+    return markVmGone(this.db, this.table, vmId, at, notSeenSince);
   }
+
   getVm(id: string) {
     return this.get<Vm>(k.vm(id));
   }

@@ -5,8 +5,9 @@
  *   place kept), its place `seq`, and a short claim while one server grants it;
  * - its entry in each of its scopes' queues, `SLOTQ#<scope>` / `Q#<seq>`, read in order
  *   (`seq` is the time it first queued and the holder, so the queue is first come, first served);
- * - each scope's count of releases, `SLOTQ#<scope>` / `RELEASES`: a server that found the
- *   scope full reads it again after, so a release it raced with is never missed;
+ * - each scope's count of changes (a slot released, a VM queued), `SLOTQ#<scope>` / `RELEASES`,
+ *   and its server's lock, `SLOTQ#<scope>` / `SERVER`: one server walks a line at a time, and
+ *   reads the count again after, so a change whose author found the line locked is never missed;
  * - the slots themselves, `SLOT#<scope>` / `SLOT#<i>` (Catalog.takeSlot), read here per scope.
  * Every write that decides something is a single-item conditional write (dynalite has no
  * transactions).
@@ -38,6 +39,7 @@ export interface HeldSlot {
 const waiterKey = (holder: string) => ({ pk: `SLOTW#${holder}`, sk: 'WAITER' });
 const entryKey = (scope: string, seq: string) => ({ pk: `SLOTQ#${scope}`, sk: `Q#${seq}` });
 const releasesKey = (scope: string) => ({ pk: `SLOTQ#${scope}`, sk: 'RELEASES' });
+const serverKey = (scope: string) => ({ pk: `SLOTQ#${scope}`, sk: 'SERVER' });
 
 /** A place in line: the first time the holder queued (ms, fixed width so it sorts), then the holder. */
 export const queueSeq = (now: number, holder: string) => `${String(now).padStart(15, '0')}#${holder}`;
@@ -175,16 +177,52 @@ export class SlotQueueCatalog {
     await this.db.send(new DeleteCommand({ TableName: this.table, Key: entryKey(scope, seq) }));
   }
 
-  /** How many times a slot of `scope` was given back. */
-  async releases(scope: string): Promise<number> {
+  /** How many times `scope`'s line changed: a slot given back, a VM queued. */
+  async changes(scope: string): Promise<number> {
     const out = await this.db.send(new GetCommand({ TableName: this.table, Key: releasesKey(scope), ConsistentRead: true }));
     return (out.Item?.n as number | undefined) ?? 0;
   }
 
-  async countRelease(scope: string): Promise<void> {
+  async countChange(scope: string): Promise<void> {
     await this.db.send(
       new UpdateCommand({ TableName: this.table, Key: releasesKey(scope), UpdateExpression: 'ADD n :one', ExpressionAttributeValues: { ':one': 1 } }),
     );
+  }
+
+  /** Takes `scope`'s line for `server` until `until` (epoch ms) when nobody has it or its last server's time ran out; false otherwise. */
+  async lockLine(scope: string, server: string, now: number, until: number): Promise<boolean> {
+    try {
+      await this.db.send(
+        new PutCommand({
+          TableName: this.table,
+          Item: { ...serverKey(scope), server, until },
+          ConditionExpression: 'attribute_not_exists(pk) OR #u < :now',
+          ExpressionAttributeNames: { '#u': 'until' },
+          ExpressionAttributeValues: { ':now': now },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (isConditionFailed(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Gives `scope`'s line back (when `server` still has it). */
+  async unlockLine(scope: string, server: string): Promise<void> {
+    try {
+      await this.db.send(
+        new DeleteCommand({
+          TableName: this.table,
+          Key: serverKey(scope),
+          ConditionExpression: '#s = :s',
+          ExpressionAttributeNames: { '#s': 'server' },
+          ExpressionAttributeValues: { ':s': server },
+        }),
+      );
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
   }
 
   /** The slots of `scope` someone holds (or held: a lease that ran out stays until it is taken over). */

@@ -1,17 +1,21 @@
 /**
  * The FailoverPlan and TestFailover workflows' functions. PlanFailoverPlan checks a plan
  * against the inventory and the DR configuration (every VM known, each with a replica VM,
- * all at one DR site) and lays it out as the groups the workflow boots in order;
+ * all at one DR site), takes every VM's replica lease (all or none: a replication merging a
+ * restore point must not run beside a failover booting it; a busy one is `Replication.Busy`,
+ * which the workflow retries) and lays it out as the groups the workflow boots in order;
  * RecordFailoverPlan turns what the DR movers answered into the report: each VM's recovery
  * point and ready time, and the plan's RTO.
  */
 import { z } from 'zod';
 import { failoverPlanRequest, failoverReport, failoverVmResult, type FailoverReport, type FailoverRun, type FailoverVmJob } from '../../contracts/dr.ts';
-import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
-import type { Catalog } from '../catalog/catalog.ts';
+import type { SlotLease } from '../../contracts/jobs.ts';
+import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
+import { Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
+import { REPLICA_LEASE_MS, replicaLeaseScope } from './replicate.ts';
 
 const text = z.string().min(1);
 
@@ -25,6 +29,8 @@ export interface FailoverPlanLayout {
   uri: string;
   startedAtMs: number;
   run: FailoverRun;
+  /** The plan's VMs' replica leases, held until the run ends (ReleaseReplicaLease, also on its failure paths). */
+  lease: SlotLease;
   groups: { index: number; delaySeconds: number; vms: FailoverVmJob[] }[];
 }
 
@@ -48,7 +54,30 @@ async function replicaOf(catalog: Catalog, plan: string, vmId: string) {
       `VM '${vmId}' of failover plan '${plan}' has no replica VM at a DR site: ${newest ? `its policy '${newest.policyId}' replicates to no repository that keeps replica VMs (repositories[].replication.replicaVms)` : 'it has no committed backup'}`,
     );
   }
-  return { vm, replicaDir: dr.standbyPath, moverGroup: dr.moverGroup, uri: dr.replicaVms.uri, site: dr.replicaVms.site };
+  return { vm, replicaDir: dr.standbyPath, moverGroup: dr.moverGroup, uri: dr.replicaVms.uri, site: dr.replicaVms.site, bucket: dr.bucket };
+}
+
+/**
+ * Every VM's replica lease for run `runId`, or none: a VM whose replica a replication holds
+ * fails the plan with `Replication.Busy` (retried by the workflow), naming the VM and the
+ * holder, and the leases taken so far go back.
+ */
+export async function takeReplicaLeases(catalog: Catalog, runId: string, vms: { bucket: string; vmId: string }[], now: number): Promise<SlotLease> {
+  const keys: string[] = [];
+  const release = () => Promise.all(keys.map((k) => catalog.releaseSlot({ pk: k.split('|')[0]!, sk: k.split('|')[1]! }, runId)));
+  for (const vm of vms) {
+    const scope = replicaLeaseScope(vm.bucket, vm.vmId);
+    if (!(await catalog.takeSlot(scope, 0, runId, now, now + REPLICA_LEASE_MS))) {
+      await release();
+      const holder = await catalog.slotHolder(scope, 0);
+      throw new ReplicaBusy(
+        `the replica of VM '${vm.vmId}' in ${vm.bucket} is held by ${holder?.holder ?? 'another run'} (a replication writing it, or another failover): the failover waits for it`,
+      );
+    }
+    const key = Catalog.slotKey(scope, 0);
+    keys.push(`${key.pk}|${key.sk}`);
+  }
+  return { keys, holder: runId };
 }
 
 export async function planFailoverPlan(input: z.output<typeof planFailoverPlanInput>, deps: Deps): Promise<FailoverPlanLayout> {
@@ -57,6 +86,7 @@ export async function planFailoverPlan(input: z.output<typeof planFailoverPlanIn
   let site: { moverGroup: string; uri: string; name: string } | undefined;
   const groups: FailoverPlanLayout['groups'] = [];
   const vms: FailoverRun['vms'] = [];
+  const leases: { bucket: string; vmId: string }[] = [];
   for (const [index, g] of plan.groups.entries()) {
     const jobs: FailoverVmJob[] = [];
     for (const entry of g.vms) {
@@ -69,6 +99,7 @@ export async function planFailoverPlan(input: z.output<typeof planFailoverPlanIn
         );
       }
       vms.push({ vmId: e.vm, replicaDir: r.replicaDir });
+      leases.push({ bucket: r.bucket, vmId: e.vm });
       jobs.push({
         runId: input.runId,
         test: input.test,
@@ -87,7 +118,8 @@ export async function planFailoverPlan(input: z.output<typeof planFailoverPlanIn
     groups.push({ index, delaySeconds: g.delaySeconds ?? 0, vms: jobs });
   }
   const run: FailoverRun = { runId: input.runId, test: input.test, uri: site!.uri, moverGroup: site!.moverGroup, vms, ...(points ? { points } : {}) };
-  return { runId: input.runId, plan: plan.id, test: input.test, moverGroup: site!.moverGroup, uri: site!.uri, startedAtMs, run, groups };
+  const lease = await takeReplicaLeases(deps.catalog, input.runId, leases, startedAtMs);
+  return { runId: input.runId, plan: plan.id, test: input.test, moverGroup: site!.moverGroup, uri: site!.uri, startedAtMs, run, lease, groups };
 }
 
 export const recordFailoverPlanInput = z.looseObject({

@@ -22,7 +22,8 @@ import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { resolveBackup } from '../recovery/backups.ts';
-import { verifyManifests, type VerifyOutput } from '../backup/verify.ts';
+import type { VerifyOutput } from '../../contracts/backup-steps.ts';
+import { verifyManifests } from '../backup/verify.ts';
 
 export const absolute = text.refine((p) => p.startsWith('/'), 'must be an absolute path on the DR movers');
 
@@ -126,7 +127,9 @@ export async function planReplicate({ replicationId, request }: z.output<typeof 
 
 /** A replication or failover that died frees its VM's replica after this long (the workflows time out after 24 h; a disk task after 12 h). */
 export const REPLICA_LEASE_MS = 24 * 3600_000;
-const leaseScope = (job: ReplicateJob) => `replica:${job.target.bucket}/${job.vmId}`;
+/** The catalog slot that is a VM's replica lease in a DR repository (held by a replication, a failover plan or a test failover). */
+export const replicaLeaseScope = (bucket: string, vmId: string) => `replica:${bucket}/${vmId}`;
+const leaseScope = (job: ReplicateJob) => replicaLeaseScope(job.target.bucket, job.vmId);
 
 /**
  * AcquireReplicaLease: one replication or failover of a VM into a DR repository at a

@@ -33,7 +33,7 @@ export interface RestoreDiskOptions {
   diskId: string;
   target: string;
   /**
-   * Bytes of runs being downloaded or opened at once (default 32 MiB): one shared buffer
+   * Bytes of runs being downloaded or opened at once (default 24 MiB): one shared buffer
    * of this size. A link's bandwidth times its round trip must fit for the link to stay busy.
    */
   inFlightBytes?: number;
@@ -61,7 +61,7 @@ export interface RestoreDiskOptions {
  * incremental backups (2 GiB, 8 MiB packs), it makes one GET per pack referenced (115 and
  * 104 GETs, against 142 and 136 with 1 MiB gaps), reading 7% more bytes than the chunks'.
  */
-export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 32 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 2 * 1024 * 1024 });
+export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 24 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 2 * 1024 * 1024 });
 
 /** Manifest entries planned at once: about 2 GiB of disk at 512 KiB chunks, a few hundred KiB of plan. */
 const WINDOW_ENTRIES = 4096;
@@ -75,7 +75,7 @@ const MAIN_THREAD_BACKLOG = 2;
  * restore holds besides its reads in flight is their product.
  */
 const WRITE_RUN_BYTES = 4 * 1024 * 1024;
-const WRITE_RUNS_IN_FLIGHT = 4;
+const WRITE_RUNS_IN_FLIGHT = 2;
 
 /** The most bytes of zeros written to a device at once. */
 const ZERO_WRITE_BYTES = 8 * 1024 * 1024;

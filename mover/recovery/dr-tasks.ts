@@ -4,7 +4,8 @@ import { parseTaskInput } from '../../contracts/errors.ts';
 import type { ReplicateJob } from '../../contracts/recovery-jobs.ts';
 import type { RecoveryTaskDeps } from './task-deps.ts';
 import type { TaskContext } from '../worker.ts';
-import { abandonFailover, cleanupTestFailover, failoverVm, resolveFailoverPoints } from './failover.ts';
+import { abandonFailover, failoverVm, resolveFailoverPoints } from './failover.ts';
+import { cleanupTestFailover, sweepTestFailovers } from './test-failover-cleanup.ts';
 import { updateReplicaVm } from './replica-vm.ts';
 
 export function isDrTask(raw: unknown): boolean {
@@ -25,6 +26,8 @@ export async function runDrTask(raw: unknown, deps: RecoveryTaskDeps, ctx: TaskC
       return { points: await resolveFailoverPoints(t.run.vms, t.run.points) };
     case 'failoverVm':
       return failoverVm(t.vm, { workDir: deps.workDir, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+    case 'sweepTestFailovers':
+      return sweepTestFailovers(t.run.runId, t.run.uri, { workDir: deps.workDir, logger: deps.logger });
     case 'cleanupFailover':
       if (t.run.test) return cleanupTestFailover(t.run.runId, t.run.uri, { workDir: deps.workDir, logger: deps.logger });
       return { domains: await abandonFailover(t.run.runId, t.run.uri, t.run.vms), networks: [], folders: [] };

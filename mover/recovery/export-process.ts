@@ -9,6 +9,16 @@
  * move (or a recovery given up before its VM ran) stops it; a domain removed by hand leaves
  * it without a client, and its idle timeout ends it.
  *
+ * An export process that dies while the VM runs (killed, crashed) is started again on the same
+ * socket by its watchdog (export-watchdog-main.ts, started with it, `export.watch.pid`): QEMU's
+ * NBD client reconnects on the guest's next read of the backup. The overlays' disks are defined
+ * with `rerror_policy`/`error_policy` `stop`, so a read that fails in between pauses the VM
+ * instead of failing in the guest, and the watchdog resumes it once the export listens again.
+ * (QEMU's `reconnect-delay`, which would hold such reads instead, is dropped by libvirt 9.0 from
+ * the overlay's backing: it passes only the NBD options it knows.) When the export cannot be
+ * started again, the watchdog writes why to `export.failed.json` and its log, and the VM stays
+ * paused until the recovery is resumed.
+ *
  * Starting one costs a Node process loading its modules (seconds on a loaded host). A mover
  * that may run instant recoveries keeps a spare one started ({@link prepareSpareExportProcess},
  * `LIFEBOAT_INSTANT_SPARE=1`): it has loaded its code and waits, on its IPC channel, for the
@@ -21,8 +31,29 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { exportResult, type ExportJob, type ExportResult } from '../../contracts/export-job.ts';
 
-export const EXPORT_FILES = { job: 'export.json', pid: 'export.pid', ready: 'export.ready.json', log: 'export.log', result: 'export.result.json' } as const;
+export const EXPORT_FILES = {
+  job: 'export.json',
+  pid: 'export.pid',
+  ready: 'export.ready.json',
+  log: 'export.log',
+  result: 'export.result.json',
+  /** The watchdog's pid and start time. */
+  watch: 'export.watch.pid',
+  /** The VM the watchdog resumes after a restart ({@link ExportGuest}). */
+  guest: 'export.guest.json',
+  /** Present once the export is being stopped on purpose: the watchdog restarts nothing. */
+  stop: 'export.stop',
+  /** Why the watchdog could not start the export again. */
+  failed: 'export.failed.json',
+} as const;
 const MAIN = fileURLToPath(new URL('./export-process-main.ts', import.meta.url));
+const WATCHDOG = fileURLToPath(new URL('./export-watchdog-main.ts', import.meta.url));
+
+/** The VM served by an export process: paused by reads that failed while its export was down, resumed after a restart. */
+export interface ExportGuest {
+  uri: string;
+  domain: string;
+}
 
 export interface ExportProcess {
   pid: number;
@@ -39,10 +70,35 @@ export async function processStarted(pid: number | 'self'): Promise<number | und
   return stat && fields[0] !== 'Z' ? Number(fields[19]) : undefined;
 }
 
-/** Whether the export process named by `p` still runs (same pid, same start time, our program). */
-async function running(p: { pid: number; started: number }): Promise<boolean> {
+/** Whether the process named by `p` still runs (same pid, same start time, our program: the export process unless told). */
+export async function running(p: { pid: number; started: number }, program = MAIN): Promise<boolean> {
   if (!(p.pid > 0) || (await processStarted(p.pid)) !== p.started) return false;
-  return (await readFile(`/proc/${p.pid}/cmdline`, 'utf8').catch(() => '')).includes(MAIN);
+  return (await readFile(`/proc/${p.pid}/cmdline`, 'utf8').catch(() => '')).includes(program);
+}
+
+/** The pid and start time in `dir`'s pid file `file` (zeros when there is none). */
+export async function readPidFile(dir: string, file: string): Promise<{ pid: number; started: number }> {
+  const [pid = 0, started = -1] = (await readFile(join(dir, file), 'utf8').catch(() => '')).split(' ').map(Number);
+  return { pid, started };
+}
+
+/**
+ * Starts the watchdog of `dir`'s export process unless one runs: it starts the export again
+ * when it dies (see the top of this file). Returns its pid.
+ */
+export async function ensureExportWatchdog(dir: string): Promise<number> {
+  const w = await readPidFile(dir, EXPORT_FILES.watch);
+  if (await running(w, WATCHDOG)) return w.pid;
+  const log = await open(join(dir, EXPORT_FILES.log), 'a');
+  try {
+    const child = spawn(process.execPath, [...process.execArgv, WATCHDOG, dir], { detached: true, stdio: ['ignore', log.fd, log.fd], env: process.env });
+    child.on('error', () => {});
+    child.unref();
+    await writeFile(join(dir, EXPORT_FILES.watch), `${child.pid} ${(await processStarted(child.pid!)) ?? 0}`);
+    return child.pid!;
+  } finally {
+    await log.close();
+  }
 }
 
 async function logTail(dir: string): Promise<string> {
@@ -83,12 +139,27 @@ export function prepareSpareExportProcess(logDir: string): void {
  * listens. Rejects naming the folder and quoting its log when it fails to start or does not
  * listen within `timeoutMs`.
  */
-export async function startExportProcess(dir: string, job: ExportJob, o: { timeoutMs?: number } = {}): Promise<ExportProcess> {
+export async function startExportProcess(
+  dir: string,
+  job: ExportJob,
+  o: {
+    timeoutMs?: number;
+    /** The VM it serves, resumed by the watchdog after a restart. */
+    guest?: ExportGuest;
+    /** The watchdog's restart: no spare, no new watchdog. */
+    restart?: boolean;
+  } = {},
+): Promise<ExportProcess> {
+  if (!o.restart) {
+    await rm(join(dir, EXPORT_FILES.stop), { force: true });
+    await rm(join(dir, EXPORT_FILES.failed), { force: true });
+    if (o.guest) await writeFile(join(dir, EXPORT_FILES.guest), JSON.stringify(o.guest));
+  }
   await writeFile(join(dir, EXPORT_FILES.job), JSON.stringify(job));
   await rm(join(dir, EXPORT_FILES.ready), { force: true });
   await rm(join(dir, EXPORT_FILES.result), { force: true });
-  const taken = spare?.connected ? spare : undefined;
-  spare = undefined;
+  const taken = !o.restart && spare?.connected ? spare : undefined;
+  if (taken) spare = undefined;
   const log = await open(join(dir, EXPORT_FILES.log), 'a');
   try {
     const child =
@@ -115,9 +186,10 @@ export async function startExportProcess(dir: string, job: ExportJob, o: { timeo
       child.kill('SIGKILL');
       throw new Error(`the export process of ${dir} did not start: ${err.message}; its log ${join(dir, EXPORT_FILES.log)} ends: ${await logTail(dir)}`);
     });
-    // From now on it runs on its own.
+    // From now on it runs on its own, watched.
     child.disconnect();
     child.unref();
+    if (!o.restart) await ensureExportWatchdog(dir);
     return { pid: child.pid!, started, uris };
   } finally {
     await log.close();
@@ -138,8 +210,12 @@ export async function attachExportProcess(dir: string): Promise<ExportProcess | 
  * it served, when it could say (a killed one cannot).
  */
 export async function stopExportProcess(dir: string, o: { graceMs?: number } = {}): Promise<ExportResult | undefined> {
-  const [pid = 0, started = -1] = (await readFile(join(dir, EXPORT_FILES.pid), 'utf8').catch(() => '')).split(' ').map(Number);
-  const p = { pid, started };
+  // Its watchdog first, or it would start the export again.
+  await writeFile(join(dir, EXPORT_FILES.stop), '').catch(() => {});
+  const w = await readPidFile(dir, EXPORT_FILES.watch);
+  if (await running(w, WATCHDOG)) process.kill(w.pid, 'SIGTERM');
+  const p = await readPidFile(dir, EXPORT_FILES.pid);
+  const { pid } = p;
   if (await running(p)) {
     process.kill(pid, 'SIGTERM');
     const deadline = Date.now() + (o.graceMs ?? 10_000);

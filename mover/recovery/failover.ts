@@ -5,26 +5,20 @@
  * are: a failed failover leaves the replica usable). A test failover boots a copy
  * (`lbtf-<run key>-<vm name>`) on throwaway overlays in `<workDir>/test-failovers/<run key>/`,
  * connected to an isolated network `lbtf-<run key>` made for the run; `cleanupTestFailover`
- * removes all three, keyed by the run, and may run any number of times.
+ * (test-failover-cleanup.ts) removes all three, keyed by the run, and may run any number of times.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import {
-  TEST_FAILOVER_PREFIX,
-  testRunKey,
-  type FailoverPlanRequest,
-  type FailoverVmJob,
-  type FailoverVmResult,
-  type PointSelector,
-} from '../../contracts/dr.ts';
+import { type FailoverPlanRequest, type FailoverVmJob, type FailoverVmResult, type PointSelector } from '../../contracts/dr.ts';
 import type { ReleasedReplica } from '../../contracts/failback.ts';
 import { FailoverNotReady, RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
 import type { Logger } from '../worker.ts';
 import { domainExists, removeDomain, waitForSignOfLife } from './define-domain.ts';
+import { testDomain, testFailoverRoot, testNetwork } from './test-failover-cleanup.ts';
 import { choosePoint, createOverlay, readReplicaState, replicaPaths, writeReplicaState, type ReplicaState } from './replica-vm.ts';
 
 const run = promisify(execFile);
@@ -35,10 +29,6 @@ export interface FailoverDeps {
   signal?: AbortSignal;
   progress(): void;
 }
-
-export const testFailoverRoot = (workDir: string, runId: string) => join(workDir, 'test-failovers', testRunKey(runId));
-const testNetwork = (runId: string) => `${TEST_FAILOVER_PREFIX}${testRunKey(runId)}`;
-const testDomain = (runId: string, name: string) => `${TEST_FAILOVER_PREFIX}${testRunKey(runId)}-${name.replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 40)}`;
 
 async function replicaOf(job: { replicaDir: string; vmId: string }): Promise<ReplicaState> {
   const state = await readReplicaState(job.replicaDir, job.vmId);
@@ -217,39 +207,6 @@ async function runScript(job: FailoverVmJob, domain: string, virsh: Virsh, d: Fa
       `the failover script of VM '${job.vmId}' (${job.script!.join(' ')}) ${why}: ${`${e.stdout ?? ''}${e.stderr ?? e.message}`.trim().slice(-500)}`,
     );
   }
-}
-
-/**
- * Removes what test failover `runId` made on this host: its domains, its network and its
- * folder. Keyed by the run, so it runs after a success, in a Catch after a failure, and
- * again by hand, with the same result; nothing without the run's key is touched.
- */
-export async function cleanupTestFailover(
-  runId: string,
-  uri: string,
-  d: Pick<FailoverDeps, 'workDir' | 'logger'>,
-): Promise<{ domains: string[]; networks: string[]; folders: string[] }> {
-  const virsh = new Virsh(uri);
-  const prefix = `${TEST_FAILOVER_PREFIX}${testRunKey(runId)}-`;
-  const domains = (await virsh.run(['list', '--all', '--name']))
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((n) => n.startsWith(prefix));
-  for (const name of domains) await removeDomain(virsh, name);
-  const network = testNetwork(runId);
-  const networks = (await virsh.run(['net-list', '--all', '--name']))
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((n) => n === network);
-  for (const n of networks) {
-    await virsh.run(['net-destroy', '--', n]).catch(() => {});
-    await virsh.run(['net-undefine', '--', n]).catch(() => {});
-  }
-  const root = testFailoverRoot(d.workDir, runId);
-  const folders = (await readdir(root).catch(() => null)) === null ? [] : [root];
-  await rm(root, { recursive: true, force: true });
-  d.logger?.info('testfailover.cleaned', { runId, domains, networks, folders });
-  return { domains, networks, folders };
 }
 
 /** The replica powered off, its active overlays back over its newest point, and no longer failed over. */

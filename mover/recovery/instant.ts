@@ -38,7 +38,7 @@ import type { Logger } from '../worker.ts';
 import { copyJob, createOverlay, diskSource, startCopy, watchCopy } from './block-copy.ts';
 import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
 import { putEndpoint } from './export-task.ts';
-import { attachExportProcess, startExportProcess, stopExportProcess, type ExportProcess } from './export-process.ts';
+import { attachExportProcess, ensureExportWatchdog, EXPORT_FILES, startExportProcess, stopExportProcess, type ExportProcess } from './export-process.ts';
 import { claimRestoreFolder, readVmConfig } from './restore-tasks.ts';
 
 /** The folder (under the mover's work folder) holding one folder per unfinished instant recovery. */
@@ -160,6 +160,9 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
   if (!resumed) await mkdir(dir, { recursive: true });
   const uris = Object.fromEntries(job.disks.map((x) => [x.diskId, unixNbdUri(state.socket, x.diskId)]));
   const attached = resumed ? await attachExportProcess(dir) : undefined;
+  if (attached) await ensureExportWatchdog(dir);
+  const gaveUp = resumed ? await readFile(join(dir, EXPORT_FILES.failed), 'utf8').catch(() => undefined) : undefined;
+  if (gaveUp) d.logger.error('instant.export.failed-before', { restoreId: job.restoreId, domain: name, ...(JSON.parse(gaveUp) as object) });
   if (resumed)
     d.logger.info(attached ? 'instant.export.attached' : 'instant.export.restarted', {
       restoreId: job.restoreId,
@@ -183,6 +186,7 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
             listen: { socket: state.socket },
             idleTimeoutSeconds: EXPORT_IDLE_SECONDS,
           }),
+          { guest: { uri: define.uri, domain: name } },
         );
       })();
   serving.catch(() => {});
@@ -220,6 +224,8 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
           name,
           consoleLog: state.consoleLog,
           disks: Object.fromEntries(job.disks.map((x) => [x.diskId, { path: state.overlays[x.diskId]!, format: 'qcow2' as const }])),
+          // Reads that fail while the export process is restarted pause the VM; its watchdog resumes it.
+          pauseOnIoError: true,
           ...(define.description !== undefined ? { description: define.description } : {}),
         }),
       );

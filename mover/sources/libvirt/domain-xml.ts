@@ -157,6 +157,12 @@ export interface RestoredDomain {
   /** Drop every network interface (a restore test runs isolated). */
   withoutNetwork?: boolean;
   /**
+   * A failed read or write of a disk pauses the VM (`error_policy`/`rerror_policy` `stop`)
+   * instead of failing in the guest: an instant recovery's disks, whose backing export may be
+   * restarted under it (the VM is resumed after, and the request is retried).
+   */
+  pauseOnIoError?: boolean;
+  /**
    * The copy's serial console goes to this file (the original's console device would
    * share the original's log, or a pty nobody reads; a restore test reads this file).
    */
@@ -230,7 +236,8 @@ function restoredDevices(devices: Ordered, r: RestoredDomain): Ordered {
       attrs(dev)['@type'] = 'path' in restored ? 'file' : 'volume';
       const source = 'path' in restored ? { '@file': restored.path } : { '@pool': restored.pool, '@volume': restored.volume };
       dev.disk = children(dev).filter((c) => !['source', 'backingStore', 'driver'].includes(tagOf(c)!));
-      (dev.disk as Ordered).unshift({ driver: [], ':@': { '@name': 'qemu', '@type': restored.format } }, { source: [], ':@': source });
+      const driver = { '@name': 'qemu', '@type': restored.format, ...(r.pauseOnIoError ? { '@error_policy': 'stop', '@rerror_policy': 'stop' } : {}) };
+      (dev.disk as Ordered).unshift({ driver: [], ':@': driver }, { source: [], ':@': source });
     }
     out.push(dev);
   }

@@ -1,0 +1,167 @@
+/**
+ * Why a Backup run's VMs waited for their host slots, from the run's child executions'
+ * own histories (`<data>/executions`): each VM's host and slot limit (its job's first
+ * scope), when its child started (the Map's start order), when it entered and left
+ * AcquireSlot, and when its ReleaseSlot ended. It tells apart:
+ * - the queue's own order: per host, VMs served before one that queued earlier (FIFO
+ *   inversions), waits that ran out and queued again (AcquireSlot retried), ReleaseSlots
+ *   that failed (a serve cut short), and slot-seconds idle while the same host had waiters;
+ * - the Map's admission: slot-seconds idle on hosts with nobody waiting while other hosts
+ *   had waiters (the Map starts the next VM in list order, not the next VM of the host whose
+ *   slot freed), the longest run of one host's VMs in start order, and the spread of the
+ *   hosts' mean waits.
+ * Used by bench/fleet.ts (scale) and the fleet test.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ExecutionRecord } from '../local/sfn-api.ts';
+
+interface HistoryEvent {
+  type: string;
+  timestamp: number;
+  state?: { name: string };
+}
+
+interface VmSlotLife {
+  host: string;
+  limit: number;
+  started: number;
+  entered: number;
+  granted: number;
+  released: number;
+  requeued: number;
+  releaseFailed: boolean;
+}
+
+export interface SlotFairness {
+  vms: number;
+  /** Seconds from entering AcquireSlot to leaving it. */
+  waits: { p50: number; p99: number; max: number; mean: number };
+  /** Pairs of one host's VMs served in the other order than they queued. */
+  fifoInversions: number;
+  /** AcquireSlot waits that ran out (5 minutes) and queued again. */
+  requeues: number;
+  /** ReleaseSlot states that failed (their serve of the line cut short; their slots may have stayed held). */
+  releaseSlotFailures: number;
+  /** Slot-seconds idle while the same host had VMs waiting, and on hosts nobody waited for while other hosts had waiters; both as a share of all slot-seconds. */
+  idleWithOwnWaiters: { slotSeconds: number; share: number };
+  idleWhileOthersWait: { slotSeconds: number; share: number };
+  /** The longest run of one host's VMs among consecutive child starts. */
+  longestHostRun: number;
+  /** The hosts' mean waits: the lowest and the highest. */
+  hostMeanWait: { min: number; max: number };
+}
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]! : 0;
+};
+
+async function lives(dataDir: string, executionArn: string): Promise<VmSlotLife[]> {
+  const folder = join(dataDir, 'executions');
+  const out: VmSlotLife[] = [];
+  for (const f of await readdir(folder)) {
+    if (!f.endsWith('.json')) continue;
+    const r = JSON.parse(await readFile(join(folder, f), 'utf8')) as ExecutionRecord;
+    if (r.parentExecutionArn !== executionArn) continue;
+    const job = JSON.parse(r.input) as { host: string; slotScopes: { limit: number }[] };
+    const base = f.slice(0, -'.json'.length);
+    const events = (await readFile(join(folder, `${base}.history.jsonl`), 'utf8').catch(() => ''))
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as HistoryEvent);
+    const at = (type: string, state: string, last = false) =>
+      (last ? events.findLast : events.find).call(events, (e) => e.type === type && e.state?.name === state)?.timestamp;
+    const entered = at('StateEntered', 'AcquireSlot');
+    const granted = at('StateExited', 'AcquireSlot', true);
+    if (entered === undefined || granted === undefined) continue;
+    out.push({
+      host: job.host,
+      limit: job.slotScopes[0]?.limit ?? 1,
+      started: events[0]?.timestamp ?? entered,
+      entered,
+      granted,
+      released: at('StateExited', 'ReleaseSlot', true) ?? at('StateEntered', 'ReleaseSlotAfterFailure', true) ?? events.at(-1)!.timestamp,
+      requeued: events.filter((e) => e.type === 'StateRetried' && e.state?.name === 'AcquireSlot').length,
+      releaseFailed: events.some((e) => e.type === 'StateFailed' && e.state?.name === 'ReleaseSlot'),
+    });
+  }
+  return out;
+}
+
+/** Sweeps the hosts' waiters and holders over time: idle slot-seconds of the two kinds, and all slot-seconds. */
+function idleSlots(vms: VmSlotLife[]) {
+  const limits = new Map(vms.map((v) => [v.host, v.limit]));
+  const changes = vms.flatMap((v) => [
+    { t: v.entered, host: v.host, waiters: 1, holders: 0 },
+    { t: v.granted, host: v.host, waiters: -1, holders: 1 },
+    { t: Math.max(v.granted, v.released), host: v.host, waiters: 0, holders: -1 },
+  ]);
+  changes.sort((a, b) => a.t - b.t);
+  const waiters = new Map<string, number>();
+  const holders = new Map<string, number>();
+  let own = 0;
+  let elsewhere = 0;
+  let total = 0;
+  for (let i = 0; i < changes.length; i++) {
+    const c = changes[i]!;
+    waiters.set(c.host, (waiters.get(c.host) ?? 0) + c.waiters);
+    holders.set(c.host, (holders.get(c.host) ?? 0) + c.holders);
+    const dt = ((changes[i + 1]?.t ?? c.t) - c.t) / 1000;
+    if (dt <= 0) continue;
+    let idleOwn = 0;
+    let idleFree = 0;
+    let waiting = 0;
+    for (const [h, limit] of limits) {
+      const free = Math.max(0, limit - (holders.get(h) ?? 0));
+      const w = waiters.get(h) ?? 0;
+      idleOwn += Math.min(free, w);
+      if (w === 0) idleFree += free;
+      waiting += w;
+      total += limit * dt;
+    }
+    own += idleOwn * dt;
+    elsewhere += Math.min(idleFree, waiting) * dt;
+  }
+  return { own, elsewhere, total };
+}
+
+export async function slotFairness(dataDir: string, executionArn: string): Promise<SlotFairness> {
+  const vms = await lives(dataDir, executionArn);
+  const waits = vms.map((v) => (v.granted - v.entered) / 1000);
+  const byHost = Map.groupBy(vms, (v) => v.host);
+  let inversions = 0;
+  for (const line of byHost.values()) for (const a of line) for (const b of line) if (a.entered < b.entered && b.granted < a.granted) inversions++;
+  const starts = [...vms].sort((a, b) => a.started - b.started);
+  let run = 0;
+  let longest = 0;
+  for (const [i, v] of starts.entries()) {
+    run = i > 0 && starts[i - 1]!.host === v.host ? run + 1 : 1;
+    longest = Math.max(longest, run);
+  }
+  const hostMeans = [...byHost.values()].map((l) => l.reduce((s, v) => s + (v.granted - v.entered) / 1000, 0) / l.length);
+  const idle = idleSlots(vms);
+  const share = (x: number) => ({ slotSeconds: Math.round(x), share: idle.total ? x / idle.total : 0 });
+  return {
+    vms: vms.length,
+    waits: { p50: pct(waits, 0.5), p99: pct(waits, 0.99), max: Math.max(0, ...waits), mean: waits.reduce((a, b) => a + b, 0) / Math.max(1, waits.length) },
+    fifoInversions: inversions,
+    requeues: vms.reduce((s, v) => s + v.requeued, 0),
+    releaseSlotFailures: vms.filter((v) => v.releaseFailed).length,
+    idleWithOwnWaiters: share(idle.own),
+    idleWhileOthersWait: share(idle.elsewhere),
+    longestHostRun: longest,
+    hostMeanWait: { min: Math.min(...hostMeans), max: Math.max(...hostMeans) },
+  };
+}
+
+/** One line of figures, for a bench's or a test's output. */
+export function formatSlotFairness(f: SlotFairness): string {
+  const s = (x: number) => x.toFixed(1);
+  return (
+    `slot wait p50/p99/max ${s(f.waits.p50)}/${s(f.waits.p99)}/${s(f.waits.max)} s, mean ${s(f.waits.mean)} s (p99/mean ${(f.waits.p99 / Math.max(1e-9, f.waits.mean)).toFixed(1)}); ` +
+    `hosts' mean waits ${s(f.hostMeanWait.min)}..${s(f.hostMeanWait.max)} s; FIFO inversions ${f.fifoInversions}; waits re-queued ${f.requeues}; ReleaseSlot failures ${f.releaseSlotFailures}; ` +
+    `slots idle with own waiters ${(100 * f.idleWithOwnWaiters.share).toFixed(1)}%, idle while other hosts wait ${(100 * f.idleWhileOthersWait.share).toFixed(1)}% of slot time; longest run of one host in start order ${f.longestHostRun}`
+  );
+}

@@ -1,0 +1,46 @@
+/**
+ * What the Backup workflow's Lambda steps after the transfer take and return, per VM:
+ * Verify (the VM's job and its disks' results), Commit (those and Verify's answer),
+ * RecordFailure (the job and the error a Catch caught), and the run's Summarize. zod
+ * schemas first, types inferred: each function parses its input with these (a bad one is
+ * `Function.BadInput` naming the field), and Verify, Commit and RecordFailure parse what
+ * they return with the schema the next step reads, so both sides of each hop hold to one
+ * contract. Objects are loose (the workflow carries state along).
+ */
+import { z } from 'zod';
+import { caughtError } from './errors.ts';
+import { consistency, diskResult, vmJob } from './jobs.ts';
+import { count, text, type Infer } from './zod.ts';
+
+/** Verify's input: the VM's job with its disks' transfer results. */
+export const verifyInput = vmJob.extend({ disks: z.array(diskResult) });
+export type VerifyInput = Infer<typeof verifyInput>;
+
+/** What Verify checked (Commit takes it as `verify`; the replication's verification answers the same). */
+export const verifyOutput = z.looseObject({
+  /** Distinct chunks of each disk's manifest whose stored object (format 1) or pack (format 2) was checked. */
+  chunksChecked: count,
+  /** Bytes of the objects HEADed: chunk objects, and each pack once. */
+  bytesChecked: count,
+  /** Format-1 chunks whose store-side SHA-256 matched the manifest (0 on stores that keep none, and for packs). */
+  checksumsCompared: count,
+  /** Distinct packs HEADed (format 2; 0 from a Verify that predates packs). */
+  packsChecked: count.default(0),
+});
+export type VerifyOutput = Infer<typeof verifyOutput>;
+
+/** Commit's input: Verify's input and its answer. */
+export const commitInput = verifyInput.extend({ verify: verifyOutput });
+export type CommitInput = Infer<typeof commitInput>;
+
+/** What Commit answers: the backup is visible in the catalog from `committedAt`. */
+export const commitOutput = z.looseObject({ backupId: text, committedAt: text, consistency: consistency.optional() });
+export type CommitOutput = Infer<typeof commitOutput>;
+
+/** RecordFailure's input: the VM's job and what the Catch caught (`{ Error, Cause }`). */
+export const recordFailureInput = vmJob.extend({ error: caughtError });
+export type RecordFailureInput = Infer<typeof recordFailureInput>;
+
+/** Summarize's input: the run, read back from the catalog. */
+export const summarizeInput = z.looseObject({ runId: text, policyId: text });
+export type SummarizeInput = Infer<typeof summarizeInput>;
