@@ -24,6 +24,7 @@ import { loadConfig } from '../core/config.ts';
 import type { FailoverReport } from '../contracts/dr.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
+import { seededRng } from '../local/demo/vm-image.ts';
 import { EmbeddedStack } from '../local/stack.ts';
 import { backupAndReplicate, createIsolatedNetwork, defineProdVm, drLabConfig, writePattern } from '../local/vm-lab/dr-lab.ts';
 import { buildGuest } from '../local/vm-lab/guest.ts';
@@ -98,12 +99,13 @@ try {
   out('  changed   changed bytes   replica bytes written   written/changed   update s   full rewrite s   update/full   dd ceiling s   load');
   const chunks = (diskMiB * MiB) / CHUNK;
   const phases: string[] = [];
-  let seed = 7;
+  // Seeded, 32-bit (a float LCG loses its low bits past 2^53 and cycles through a few values: the 25% round never found its chunks).
+  const rng = seededRng(7);
   for (const pct of changes) {
     // Distinct chunk-aligned blocks, each overwritten whole with a pattern of its round.
     const picked = new Set<number>();
-    const want = Math.max(1, Math.round((chunks * pct) / 100));
-    while (picked.size < want) picked.add((seed = (seed * 1103515245 + 12345) % 2 ** 31) % chunks);
+    const want = Math.min(chunks, Math.max(1, Math.round((chunks * pct) / 100)));
+    while (picked.size < want) picked.add(rng(0, chunks));
     step(`${pct}%: writing ${picked.size} chunks into the production disk`);
     for (const c of picked) await writePattern(updVm.image, c * CHUNK, CHUNK, 0x60 + pct);
     const changed = picked.size * CHUNK;

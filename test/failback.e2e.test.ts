@@ -5,7 +5,8 @@
  * libvirtd, real mover processes.
  *
  * Production VM (raw disk) backed up and replicated (its replica VM defined at the DR site,
- * powered off) → disaster (production off) → the FailoverPlan workflow boots the replica →
+ * powered off) → disaster (production off) → the FailoverPlan workflow boots the replica,
+ * ready when its guest agent answers →
  * it is put in the DR host's inventory, where the configuration's DR-site policy protects it
  * → the guest writes at the DR site → DR-side backups (full, then with changed-block
  * tracking) → more guest writes → Failback: only the DR-side changes are sent, the DR VM is
@@ -152,12 +153,16 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     const fo = await runExecution(
       t.sfn,
       t.stack.endpoints.stateMachines.FailoverPlan!,
-      { plan: { id: 'fb', groups: [{ vms: ['fb-prod'], readiness: { serial: 'LIFEBOAT-GUEST READY', timeoutSeconds: 600 } }] } },
+      // Ready when its guest agent (qemu-ga in the lab guest, on its virtio-serial channel) answers guest-ping.
+      { plan: { id: 'fb', groups: [{ vms: ['fb-prod'], readiness: { agent: true, timeoutSeconds: 600 } }] } },
       { pollMs: 300 },
     );
     expect(fo.status, fo.cause).toBe('SUCCEEDED');
     const failover = JSON.parse(fo.output!) as FailoverReport;
     expect(failover.vms.map((v) => [v.vmId, v.domain, v.backupId])).toEqual([['fb-prod', drName, b.vms[0]!.backupId]]);
+    // Ready by the agent alone (no console line was awaited), some time after its start.
+    expect(failover.vms[0]!.line).toBeUndefined();
+    expect(failover.vms[0]!.bootSeconds).toBeGreaterThan(0);
     expect((await readReplicaState(replicaDir, 'fb-prod'))!.failedOver).toMatchObject({ runId: failover.runId });
     drDisk = (await virsh(['domblklist', drName]))
       .split('\n')
