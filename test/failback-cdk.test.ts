@@ -117,7 +117,7 @@ it('may start the Backup workflow (the final DR-site backup) and nothing else', 
   expect(JSON.stringify(starts[0]!.Resource)).not.toMatch(/\*/);
 });
 
-it('FailoverPlan and TestFailover hold their VMs\' replica leases from the plan to the end, and give them back on every failure path; a test sweeps first', () => {
+it("FailoverPlan and TestFailover hold their VMs' replica leases from the plan to the end, and give them back on every failure path; a test sweeps first", () => {
   for (const [prefix, test] of [
     ['FailoverPlanStateMachine', false],
     ['TestFailoverStateMachine', true],
