@@ -109,3 +109,18 @@ export function synthesizeTemplate(outdir: string, config: LifeboatConfig): CfnT
   const stack = new LifeboatStack(app, 'Lifeboat', { config });
   return app.synth().getStackByName(stack.stackName).template as CfnTemplate;
 }
+
+/** A state of an ASL definition, as the runner reads it. */
+export type AslState = Record<string, unknown> & { Type: string; Resource?: string };
+
+/** Every Task state of a definition, through Map and Parallel states. */
+export function taskStates(def: Record<string, unknown>): [string, AslState][] {
+  const out: [string, AslState][] = [];
+  for (const [name, s] of Object.entries(def.States as Record<string, AslState>)) {
+    if (s.Type === 'Task') out.push([name, s]);
+    const inner = (s.ItemProcessor ?? s.Iterator) as Record<string, unknown> | undefined;
+    if (inner) out.push(...taskStates(inner));
+    for (const b of (s.Branches as Record<string, unknown>[] | undefined) ?? []) out.push(...taskStates(b));
+  }
+  return out;
+}

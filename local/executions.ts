@@ -12,30 +12,16 @@ import type { ObjectStore } from '../core/object-store.ts';
 import type { ActivityBroker } from './activities.ts';
 import { DISTRIBUTED_MAP_RESOURCE, lowerDistributedMaps, runMapRun, type ChildOutcome, type DistributedMapState } from './distributed-map.ts';
 import { LocalEventBus } from './events.ts';
-import type { ResolvedTemplate } from './asl.ts';
+import { taskStates, type AslState, type ResolvedTemplate } from './asl.ts';
 import type { LocalFunctions } from './lambdas.ts';
 import { QuotaGuard } from './quota-guard.ts';
 import { AWS_QUOTAS, fieldTooLong, type StepFunctionsQuotas } from './quotas.ts';
 import type { ExecutionRecord, ExecutionService } from './sfn-api.ts';
 
-type AslState = Record<string, unknown> & { Type: string; Resource?: string };
-
 function named(name: string, message: string): Error {
   const e = new Error(message);
   e.name = name;
   return e;
-}
-
-/** Every Task state of a definition, through Map and Parallel states. */
-function taskStates(def: Record<string, unknown>): [string, AslState][] {
-  const out: [string, AslState][] = [];
-  for (const [name, s] of Object.entries(def.States as Record<string, AslState>)) {
-    if (s.Type === 'Task') out.push([name, s]);
-    const inner = (s.ItemProcessor ?? s.Iterator) as Record<string, unknown> | undefined;
-    if (inner) out.push(...taskStates(inner));
-    for (const b of (s.Branches as Record<string, unknown>[] | undefined) ?? []) out.push(...taskStates(b));
-  }
-  return out;
 }
 
 /**

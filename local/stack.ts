@@ -15,7 +15,7 @@ import { openRepository as openRepositoryOf } from '../repository/open.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { endpointKey, location, type RepositoryLocation, type StorageEndpoint } from '../contracts/endpoints.ts';
+import { endpointKey, location, type RepositoryLocation } from '../contracts/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
 import { createClients } from '../functions/commons/clients.ts';
 import type { FunctionEnv } from '../functions/commons/env.ts';
@@ -27,6 +27,8 @@ import { StackUnavailable } from '../contracts/errors.ts';
 import { ActivityBroker } from './activities.ts';
 import { LOCAL_REGION, resolveTemplate, synthesizeTemplate, type ResolvedTemplate } from './asl.ts';
 import { LocalExecutions } from './executions.ts';
+import { localizeConfig } from './localize-config.ts';
+import { reconcileStoppedRuns } from './reconcile-stopped.ts';
 import { startSfnApi } from './sfn-api.ts';
 import { startOperator } from './operator.ts';
 import { resolveQuotas, type StepFunctionsQuotas } from './quotas.ts';
@@ -314,57 +316,6 @@ export class EmbeddedStack {
   async stop(): Promise<void> {
     for (const c of this.closers.reverse()) await c().catch(() => {});
   }
-}
-
-/**
- * Starts the Reconcile workflow (cdk/lib/reconcile-workflow.ts) for every Backup execution
- * that stopped without its failure path (ABORTED: by StopExecution, or by a stop of the
- * stack) and has no successful or running reconcile yet, as the EventBridge rule does in
- * AWS. Every start of the stack looks again: a reconcile the stack's stop cut off is run
- * anew (it is idempotent), under the next free name.
- */
-export async function reconcileStoppedRuns(executions: LocalExecutions, backupArn: string, reconcileArn: string): Promise<void> {
-  const reconciles = await executions.list(reconcileArn);
-  for (const run of await executions.list(backupArn, 'ABORTED')) {
-    const prefix = `reconcile-${run.name}`;
-    const tries = reconciles.filter((r) => r.name === prefix || r.name.startsWith(`${prefix}-`));
-    if (tries.some((r) => r.status === 'SUCCEEDED' || r.status === 'RUNNING')) continue;
-    const input = {
-      executionArn: run.executionArn,
-      runId: run.name,
-      error: { Error: run.error ?? 'Backup.RunStopped', Cause: run.cause ?? `execution ${run.name} was stopped (StopExecution)` },
-    };
-    await executions.start(reconcileArn, JSON.stringify(input), tries.length ? `${prefix}-${tries.length + 1}` : prefix).catch(() => {}); // started meanwhile by a StopExecution
-  }
-}
-
-/**
- * The configuration as one machine runs it: a repository's other endpoint becomes the
- * local s3rver serving it (same bucket, path style, its checksum setting), and absolute
- * folders on a site's movers (a standby replica's) move under `<dataDir>/sites/<site>/`,
- * since every site's movers share this machine. Nothing else changes.
- */
-export function localizeConfig(config: LifeboatConfig, dataDir: string, localUrl: (e: StorageEndpoint) => string): LifeboatConfig {
-  const siteOf = (group: string) => config.moverGroups.find((g) => g.id === group)?.site ?? group;
-  return {
-    ...config,
-    repositories: config.repositories.map((r) => ({
-      ...r,
-      ...(r.endpoint
-        ? {
-            endpoint: {
-              url: localUrl(r.endpoint),
-              region: LOCAL_REGION,
-              pathStyle: true,
-              ...(r.endpoint.checksums ? { checksums: r.endpoint.checksums } : {}),
-            },
-          }
-        : {}),
-      ...(r.replication?.standbyPath
-        ? { replication: { ...r.replication, standbyPath: join(dataDir, 'sites', siteOf(r.replication.moverGroup), r.replication.standbyPath) } }
-        : {}),
-    })),
-  };
 }
 
 /** A repository's objects as a client (the CLI, a restore, a test) opens them: the stack's own bucket by default. */

@@ -7,7 +7,7 @@
  *   LIFEBOAT_MOVER_NAME, LIFEBOAT_MOVER_SLOTS (default 2), LIFEBOAT_MOVER_PARALLELISM (default 8)
  *   LIFEBOAT_CHUNK_WORKERS  worker threads hashing, sealing and opening chunks (default: one per core but one, 1-4)
  *   LIFEBOAT_PACK_MIB       pack size in MiB (default 8; smaller on slow WAN links: a pack is the unit of upload and resume)
- *   LIFEBOAT_RESTORE_IN_FLIGHT_MIB  bytes a restore reads at once, in MiB (default 32: at least the link's bandwidth times its round trip)
+ *   LIFEBOAT_RESTORE_IN_FLIGHT_MIB  bytes a restore reads at once, in MiB (default 24: at least the link's bandwidth times its round trip)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
  *   LIFEBOAT_S3_CONNECT_TIMEOUT_MS (default 10000), LIFEBOAT_S3_REQUEST_TIMEOUT_MS (longest an S3 request may
@@ -57,6 +57,7 @@ import { repositoryAccess, type RepositoryAccess } from './repository-access.ts'
 import { prepareSpareExportProcess } from './recovery/export-process.ts';
 import { MoverMetrics, serveMetrics } from './metrics.ts';
 import { SystemdNotifier } from './systemd-notify.ts';
+import { RESTORE_DEFAULTS } from './pipeline/restore-disk.ts';
 
 function env(name: string, fallback?: string): string {
   const v = process.env[name] ?? fallback;
@@ -204,7 +205,7 @@ if (packMiB > 256) {
   process.stderr.write(`lifeboat-mover: LIFEBOAT_PACK_MIB must be at most 256, got ${packMiB}\n`);
   process.exit(2);
 }
-const restoreInFlightMiB = positiveInt('LIFEBOAT_RESTORE_IN_FLIGHT_MIB', '32');
+const restoreInFlightMiB = positiveInt('LIFEBOAT_RESTORE_IN_FLIGHT_MIB', String(RESTORE_DEFAULTS.inFlightBytes / 1024 / 1024));
 if (restoreInFlightMiB > 4096) {
   process.stderr.write(`lifeboat-mover: LIFEBOAT_RESTORE_IN_FLIGHT_MIB must be at most 4096, got ${restoreInFlightMiB}\n`);
   process.exit(2);

@@ -246,11 +246,17 @@ export class IndexCache {
   /** LISTs of `index/` the last refresh made (2 unless objects were replaced meanwhile). */
   lastLists = 0;
 
-  /** `parallelism`: index objects read at once (default 8); `dir`: the local folder for their plaintexts (made when missing; default: kept in memory). */
+  /**
+   * `dir`: the local folder for the objects' plaintexts (made when missing; default: kept in
+   * memory). `parallelism`: index objects read at once (default 8; 4 with a folder: a mover,
+   * whose peak memory counts, and each object being read is held ~4 times over, sealed,
+   * collected, opened and checked: ~11 MB for one of 65,536 entries; at 8, bench:big-disk's
+   * last segment, whose refresh reads ~12 such objects, peaked at 97 MiB of external memory).
+   */
   constructor(store: ObjectStore, keys: RepositoryKeys, opts: { parallelism?: number; dir?: string } = {}) {
     this.store = store;
     this.keys = keys;
-    this.parallelism = opts.parallelism ?? 8;
+    this.parallelism = opts.parallelism ?? (opts.dir ? 4 : 8);
     this.dir = opts.dir;
   }
 

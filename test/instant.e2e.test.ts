@@ -319,7 +319,13 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_INSTANT_E2E)('instant re
     // The copy job is running: kill the mover (no drain) under it.
     const before = await retry(async () => {
       const job = await blockJob();
-      if (!job) throw new Error('no copy job yet');
+      if (!job) {
+        const errors = t.logs.filter((l) => l.level === 'error' || String(l.event).startsWith('instant.')).slice(-8);
+        const exportLog = await readFile(join(instantRoot(workDir()), domain, EXPORT_FILES.log), 'utf8').catch(() => '');
+        throw new Error(
+          `no copy job yet (domain ${(await virsh(['domstate', '--reason', domain]).catch(() => '?')).trim()}); mover: ${JSON.stringify(errors)}; export.log ends: ${exportLog.trim().split('\n').slice(-6).join('\n')}`,
+        );
+      }
       return job;
     }, 60_000);
     await t.movers[0]!.stop(true);

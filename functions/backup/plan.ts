@@ -160,19 +160,6 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
   return { runId: input.runId, policyId: policy.policyId, replicateTo: policy.replicateTo?.repositoryId ?? null, vms, gone };
 }
 
-/** The selected VMs narrowed to `vmIds` (when given); a VM the policy does not select is refused, naming what it does. */
-export function onlyRequested(selected: Vm[], policyId: string, vmIds: string[] | undefined): Vm[] {
-  if (!vmIds) return selected;
-  const ids = new Set(selected.map((v) => v.vmId));
-  const unknown = vmIds.filter((id) => !ids.has(id));
-  if (unknown.length)
-    throw new BackupRequestInvalid(
-      `policy '${policyId}' does not select VM(s) ${unknown.map((id) => `'${id}'`).join(', ')} (it selects ${[...ids].map((id) => `'${id}'`).join(', ') || 'none'}): name VMs of the policy in "vmIds", or change the policy's "vms"`,
-    );
-  const wanted = new Set(vmIds);
-  return selected.filter((v) => wanted.has(v.vmId));
-}
-
 /**
  * The jobs in the order the BackupVms Map starts them: spread over mover groups and hosts,
  * round after round, each host giving as many VMs per round as it has backup slots. A
@@ -193,6 +180,19 @@ export function interleaveByHost(jobs: VmJob[]): VmJob[] {
     }
   }
   return out;
+}
+
+/** The selected VMs narrowed to `vmIds` (when given); a VM the policy does not select is refused, naming what it does. */
+export function onlyRequested(selected: Vm[], policyId: string, vmIds: string[] | undefined): Vm[] {
+  if (!vmIds) return selected;
+  const ids = new Set(selected.map((v) => v.vmId));
+  const unknown = vmIds.filter((id) => !ids.has(id));
+  if (unknown.length)
+    throw new BackupRequestInvalid(
+      `policy '${policyId}' does not select VM(s) ${unknown.map((id) => `'${id}'`).join(', ')} (it selects ${[...ids].map((id) => `'${id}'`).join(', ') || 'none'}): name VMs of the policy in "vmIds", or change the policy's "vms"`,
+    );
+  const wanted = new Set(vmIds);
+  return selected.filter((v) => wanted.has(v.vmId));
 }
 
 /** VMs planned at once. */

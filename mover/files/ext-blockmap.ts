@@ -5,7 +5,7 @@
  */
 import { FsCorrupt } from './block-reader.ts';
 import { LIMITS } from './fs-types.ts';
-import type { ExtInode } from './ext.ts';
+import type { ExtInode } from './ext-inode.ts';
 
 /** A run of a file's blocks: file block `logical` onwards is stored at `physical` onwards. */
 export interface Extent {

@@ -170,3 +170,25 @@ export async function watchCopy(virsh: Virsh, domain: string, disk: string, dest
     throw err;
   }
 }
+
+/**
+ * Has QEMU's NBD clients of `domain` (the overlays' backings) connect again now, after their
+ * export process was started again: QEMU 7.2's client without `reconnect-delay` reconnects in
+ * the background on the first request after a lost connection and fails that request, which
+ * would fail a block copy's read (or pause the VM on a guest's). Reads of each NBD node through
+ * the monitor (`qemu-io`, HMP; it prints to QEMU's own output, not the monitor's, so success is
+ * not seen here) take that first failure instead: three, half a second apart.
+ */
+export async function reconnectBackings(virsh: Virsh, domain: string): Promise<void> {
+  const nodes = (
+    JSON.parse(await virsh.run(['qemu-monitor-command', '--', domain, '{"execute":"query-named-block-nodes","arguments":{"flat":true}}'])) as {
+      return: { drv: string; 'node-name': string }[];
+    }
+  ).return
+    .filter((n) => n.drv === 'nbd')
+    .map((n) => n['node-name']);
+  for (let i = 0; i < 3; i++) {
+    for (const node of nodes) await virsh.run(['qemu-monitor-command', '--hmp', '--', domain, `qemu-io ${node} "read 0 512"`]);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}

@@ -35,7 +35,7 @@ import { unixNbdUri } from '../nbd/uri.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
 import type { Logger } from '../worker.ts';
-import { copyJob, createOverlay, diskSource, startCopy, watchCopy } from './block-copy.ts';
+import { copyJob, createOverlay, diskSource, reconnectBackings, startCopy, watchCopy } from './block-copy.ts';
 import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
 import { putEndpoint } from './export-task.ts';
 import { attachExportProcess, ensureExportWatchdog, EXPORT_FILES, startExportProcess, stopExportProcess, type ExportProcess } from './export-process.ts';
@@ -241,6 +241,12 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
       if (!(await domainExists(virsh, name))) {
         throw new RecoveryRequestInvalid(
           `the domain '${name}' of the unfinished instant recovery is gone from ${define.uri}; its writes are in ${Object.values(state.overlays).join(', ')} (backed by the backup's exports): keep them with qemu-img convert while the export process ${exportPid} serves, or give the recovery up by removing ${dir}`,
+        );
+      }
+      // A new export process: QEMU's NBD clients connect to it before the VM or a copy reads from them.
+      if (!attached) {
+        await reconnectBackings(virsh, name).catch((err: Error) =>
+          d.logger.error('instant.export.reconnect.failed', { restoreId: job.restoreId, domain: name, error: err.message }),
         );
       }
       // A VM paused by an I/O error runs again; one that stopped (its host restarted) starts again on its overlays.
