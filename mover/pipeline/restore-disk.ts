@@ -3,8 +3,9 @@
  * as a stream of entries in disk order (read-runs.ts), a bounded window at a time; in each
  * window the neighbouring chunks of a pack are one range GET (a run). Runs are read into
  * one buffer shared with the chunk pool's workers (byte-arena.ts), as many at once as fit
- * in `inFlightBytes`: enough to keep a link a WAN round trip long busy, and the memory a
- * restore holds whatever the disk's size. Each chunk is opened (decrypted, decompressed,
+ * in `inFlightBytes` and fill at most CHUNKS_IN_FLIGHT disk chunks: enough to keep a link a
+ * WAN round trip long busy, and the memory a restore holds whatever the disk's size and
+ * however well its chunks compress. Each chunk is opened (decrypted, decompressed,
  * its keyed id checked) on a worker into a second shared buffer, beside the chunks that
  * neighbour it on the disk, and each such run of neighbours is written with one write
  * (restore-target.ts); runs are taken in disk order, so the target is written front to
