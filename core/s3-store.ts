@@ -69,9 +69,7 @@ export function s3Client(e: S3Endpoint): S3Client {
     forcePathStyle: e.forcePathStyle ?? false,
     ...(e.credentials ? { credentials: e.credentials } : e.profile ? { profile: e.profile } : {}),
     // No `Expect: 100-continue` (the SDK's default for bodies of 2 MiB or more): every 8 MiB
-    // pack PUT would wait a round trip for the go-ahead before its body. Measured through an
-    // emulated 40 ms round trip (bench/delayed-link.ts), the 2 GiB full backup took 10.3 s
-    // against 11.5 s with it (3 alternating pairs); no change on loopback.
+    // pack PUT would wait a round trip for the go-ahead before its body (bench/MEASUREMENTS.md).
     expectContinueHeader: false,
     requestChecksumCalculation: e.checksums === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
     responseChecksumValidation: e.checksums === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',

@@ -7,17 +7,8 @@
 import { Corrupt } from '../contracts/errors.ts';
 import { objectKeys, type PackRef, type RepositoryKeys } from './format.ts';
 import { objectCrc32, type ObjectStore } from '../core/object-store.ts';
-import {
-  MAX_INDEX_ENTRIES,
-  MAX_PACK_BYTES,
-  MAX_PACK_CHUNKS,
-  newPackId,
-  putIndexObject,
-  packTrailer,
-  trailerBytes,
-  type PackContents,
-  type PackEntry,
-} from './packs.ts';
+import { MAX_INDEX_ENTRIES, MAX_PACK_BYTES, MAX_PACK_CHUNKS, newPackId, putIndexObject, type PackContents, type PackEntry } from './packs.ts';
+import { packTrailer, trailerBytes } from './pack-trailer.ts';
 import { reserved, resetPackBuffer, type PackBuffer, type Placement } from './pack-buffer.ts';
 
 /** A pack's room past its target for the chunks in flight when it closes, at most, by default (see PackWriter). */

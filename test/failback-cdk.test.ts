@@ -1,4 +1,7 @@
-/** The synthesized Failback workflow: its graph, where each task runs, what it retries and catches, and what it may start. */
+/**
+ * The synthesized Failback workflow: its graph, where each task runs, what it retries and catches, and what it may start;
+ * and the failover plan workflows it follows (FailoverPlan, TestFailover): their replica leases and the test's sweep.
+ */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -112,4 +115,35 @@ it('may start the Backup workflow (the final DR-site backup) and nothing else', 
   expect(starts).toHaveLength(1);
   expect(JSON.stringify(starts[0]!.Resource)).toMatch(/BackupStateMachine/);
   expect(JSON.stringify(starts[0]!.Resource)).not.toMatch(/\*/);
+});
+
+it("FailoverPlan and TestFailover hold their VMs' replica leases from the plan to the end, and give them back on every failure path; a test sweeps first", () => {
+  for (const [prefix, test] of [
+    ['FailoverPlanStateMachine', false],
+    ['TestFailoverStateMachine', true],
+  ] as const) {
+    const m = Object.values(resolved.stateMachines).find((x) => x.logicalId.startsWith(prefix))!;
+    const st = (m.definition as { States: Record<string, State> }).States;
+    expect(st.PlanFailoverPlan!.Retry!.flatMap((r) => r.ErrorEquals)).toContain('Replication.Busy');
+    expect(st.ReleaseReplicaLeases!.Parameters).toEqual({ 'lease.$': '$.lease' });
+    expect(st.ReleaseReplicaLeases!.Next).toBe('RecordFailoverPlan');
+    expect(st.ReleaseReplicaLeasesAfterFailure!.Next).toBe('Failed');
+    // The cleanup after a failure goes on to give the leases back, also when it fails itself.
+    const cleanup = Object.entries(st).filter(([n]) => n.startsWith('CleanupAfterFailure ('));
+    expect(cleanup.length).toBeGreaterThan(0);
+    for (const [, c] of cleanup) {
+      expect(c.Next).toBe('ReleaseReplicaLeasesAfterFailure');
+      expect(c.Catch!.map((x) => x.Next)).toEqual(['ReleaseReplicaLeasesAfterFailure']);
+    }
+    expect(st.PlanFailoverPlan!.Next).toBe(test ? 'SweepTestFailoversOnMoverGroup' : 'ResolvePointsOnMoverGroup');
+    if (test) {
+      const sweep = Object.entries(st).filter(([n]) => n.startsWith('SweepTestFailovers ('));
+      for (const [, t] of sweep) {
+        expect(t.Parameters).toMatchObject({ task: 'sweepTestFailovers' });
+        // A failed sweep does not stop the drill.
+        expect(t.Catch!.map((x) => x.Next)).toEqual(['ResolvePointsOnMoverGroup']);
+        expect(t.Next).toBe('ResolvePointsOnMoverGroup');
+      }
+    }
+  }
 });

@@ -13,7 +13,8 @@ import { chunkId, deriveKeys, objectKeys, open, packIdOfKey, type Manifest, type
 import { decodeManifest } from './helpers/manifest.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { chunkLocation, decodeIndexObject, planReads, readPackTrailer, type PackContents } from '../repository/packs.ts';
+import { chunkLocation, decodeIndexObject, planReads, type PackContents } from '../repository/packs.ts';
+import { readPackTrailer } from '../repository/pack-trailer.ts';
 import { RepositoryIndex } from '../repository/repository-index.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';
 

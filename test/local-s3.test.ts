@@ -14,7 +14,7 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, collectBody, s3Client } from
 import { deriveKeys, objectKeys, packIdOfKey } from '../repository/format.ts';
 import { objectCrc32, objectSha256 } from '../core/object-store.ts';
 import { decodeManifest } from './helpers/manifest.ts';
-import { readPackTrailer } from '../repository/packs.ts';
+import { readPackTrailer } from '../repository/pack-trailer.ts';
 import { deframeAwsChunked, startLocalS3, type LocalS3 } from '../local/s3-server.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDisk } from '../mover/pipeline/restore-disk.ts';

@@ -18,18 +18,15 @@ import {
   decodeIndexObject,
   encodeIndex,
   encodeIndexObject,
-  fetchPackTrailer,
   IndexListing,
   MAX_PACK_BYTES,
   openIndexObject,
-  packTrailer,
   planReads,
-  readPackTrailer,
-  trailerBytes,
   type ChunkLocation,
   type PackContents,
   type PackEntry,
 } from '../repository/packs.ts';
+import { fetchPackTrailer, packTrailer, readPackTrailer, trailerBytes } from '../repository/pack-trailer.ts';
 import { IndexCache, RepositoryIndex } from '../repository/repository-index.ts';
 import { newPackBuffer, sealIntoPack, type PackBuffer, type Placement } from '../repository/pack-buffer.ts';
 import { PackWriter } from '../repository/pack-writer.ts';

@@ -7,7 +7,7 @@
 import { SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmJob } from '../contracts/jobs.ts';
-import { acquireSlot, releaseSlot, takeSlots, type SlotQueueDeps } from '../functions/backup/slot-queue.ts';
+import { acquireSlot, releaseSlot, REQUEUE_GRACE_MS, serve, takeSlots, type SlotQueueDeps } from '../functions/backup/slot-queue.ts';
 import { SlotQueueCatalog } from '../functions/catalog/slot-queue-catalog.ts';
 import { sfnTaskCallbacks } from '../functions/commons/task-callbacks.ts';
 import { ActivityBroker } from '../local/activities.ts';
@@ -128,6 +128,10 @@ describe('the fair slot queue', () => {
     // In order: with two slots, a VM is served at most one place off its place in line (two releases at once).
     const served = [...order];
     for (const [place, vmId] of queued.entries()) expect(Math.abs(served.indexOf(vmId) - place), `${vmId}: ${served.join(' ')}`).toBeLessThan(LIMIT);
+    // The dead and the timed-out keep their places a while (a wait that ran out queues again a moment later), skipped.
+    expect((await deps.queue.waiter('run-q/vm-dead'))?.deadSince).toBeDefined();
+    clock += REQUEUE_GRACE_MS;
+    await serve('host:busy', deps);
     // Nothing is left behind: no slot held, nobody in line.
     expect(await deps.queue.slotsOf('host:busy')).toEqual([]);
     expect((await deps.queue.entries('host:busy')).entries).toEqual([]);
@@ -167,6 +171,32 @@ describe('the fair slot queue', () => {
     expect(await deps.queue.slotsOf('host:race')).toEqual([]);
     expect((await deps.queue.entries('host:race')).entries).toEqual([]);
   }, 30_000);
+
+  it('a waiter whose wait ran out as a slot freed keeps its place when it queues again, ahead of those who queued after it', async () => {
+    const scopes = [{ scope: 'host:requeue', limit: 1 }];
+    const holder = waiter(job('run-t', 'holder', scopes));
+    await acquireSlot(holder.job, holder.token, deps);
+    await holder.granted;
+    const a = waiter(job('run-t', 'a', scopes), { timeoutSeconds: 1 });
+    await acquireSlot(a.job, a.token, deps);
+    const b = waiter(job('run-t', 'b', scopes));
+    await acquireSlot(b.job, b.token, deps);
+    const c = waiter(job('run-t', 'c', scopes));
+    await acquireSlot(c.job, c.token, deps);
+    await expect(a.granted).rejects.toMatchObject({ name: 'States.Timeout' });
+    // The slot frees before a's retry queues it again: a's token is refused, b is served.
+    await releaseSlot(holder.job, deps);
+    expect((await b.granted).vmId).toBe('b');
+    const again = waiter(a.job);
+    await acquireSlot(a.job, again.token, deps);
+    await releaseSlot(b.job, deps);
+    expect((await again.granted).vmId).toBe('a'); // not c, who queued after a
+    await releaseSlot(a.job, deps);
+    expect((await c.granted).vmId).toBe('c');
+    await releaseSlot(c.job, deps);
+    expect(await deps.queue.slotsOf('host:requeue')).toEqual([]);
+    expect((await deps.queue.entries('host:requeue')).entries).toEqual([]);
+  });
 
   it('a waiter that queues again (its wait timed out) keeps its place, and takes a slot whose holder died once the lease runs out', async () => {
     const scopes = [{ scope: 'host:lease', limit: 1 }];

@@ -39,14 +39,18 @@ export class FailoverPlanWorkflow extends Construct {
     releaseAfterFailure.addCatch(failed, { resultPath: '$.releaseError' });
     releaseAfterFailure.next(failed);
     // The cleanup of a failed run; if it fails too, the run still fails with the first error (a later cleanup, keyed by the run, finishes it).
-    const cleanupAfterFailure = moverTask(
-      this,
-      props.activities,
-      'CleanupAfterFailure',
-      '$.moverGroup',
-      { task: 'cleanupFailover', 'run.$': '$.run' },
-      { hours: 1, resultPath: '$.cleanup' },
-    );
+    // A cleanup that fails too still gives the leases back (a replication must not wait a day for them), and the run fails with its first error.
+    const cleanupAfterFailure = moverStep(this, 'CleanupAfterFailure', {
+      activities: props.activities,
+      groupPath: '$.moverGroup',
+      parameters: { task: 'cleanupFailover', 'run.$': '$.run' },
+      timeout: Duration.hours(1),
+      resultPath: '$.cleanup',
+      decorate: (t) => {
+        retryMoverTask(t);
+        t.addCatch(releaseAfterFailure, { resultPath: '$.cleanupError' });
+      },
+    });
     const cleanupChain = sfn.Chain.start(cleanupAfterFailure).next(releaseAfterFailure);
     plan.addCatch(failed, { resultPath: '$.error' });
 

@@ -13,7 +13,9 @@
  * slots for it and sends them with SendTaskSuccess; a token Step Functions refuses
  * (TaskTimedOut, TaskDoesNotExist: the waiter's execution died, or its wait timed out and
  * AcquireSlot queued it again with a new token) gets its slots back and is skipped, so a
- * dead waiter never blocks the line. A waiter whose wait times out queues again in its
+ * dead waiter never blocks the line; it keeps its place for {@link REQUEUE_GRACE_MS} (skipped),
+ * since a wait that ran out queues again a moment later with a new token (dropping it there
+ * sent a VM to the back of the line: served after VMs that queued minutes later). A waiter whose wait times out queues again in its
  * place: that also covers a slot freed only by its lease running out (its holder died
  * without ReleaseSlot), which nobody announces.
  */
@@ -46,6 +48,8 @@ export interface SlotQueueDeps {
   tasks: TaskCallbacks;
   now: () => number;
   leaseMs?: number;
+  /** See {@link REQUEUE_GRACE_MS}. */
+  requeueGraceMs?: number;
 }
 
 const keyOf = (scope: string, i: number) => {
@@ -91,7 +95,14 @@ async function releaseHeld(holder: string, scopes: SlotScope[], deps: SlotQueueD
   }
 }
 
-type Grant = 'granted' | 'dead' | 'busy' | 'gone' | 'full' | 'waits-elsewhere';
+type Grant = 'granted' | 'dead' | 'dormant' | 'busy' | 'gone' | 'full' | 'waits-elsewhere';
+
+/**
+ * How long a waiter whose token Step Functions refused keeps its place (skipped meanwhile):
+ * a wait that ran out is queued again by AcquireSlot's retry a second or so later, with a
+ * new token, and must find its place; a waiter whose execution died is removed after.
+ */
+export const REQUEUE_GRACE_MS = 120_000;
 
 /** Tries to serve one waiter of `scope`'s line. */
 async function grant(scope: string, entry: { holder: string; seq: string }, server: string, deps: SlotQueueDeps): Promise<Grant> {
@@ -102,6 +113,10 @@ async function grant(scope: string, entry: { holder: string; seq: string }, serv
       return 'gone';
     }
     const now = deps.now();
+    if (w.deadSince !== undefined) {
+      if (now - w.deadSince < (deps.requeueGraceMs ?? REQUEUE_GRACE_MS)) return 'dormant';
+      return (await deps.queue.remove(w)) ? 'gone' : 'busy';
+    }
     if (!(await deps.queue.claim(w, server, now, now + CLAIM_MS))) return 'busy';
     const got = await takeSlots(w.holder, w.scopes, deps);
     if ('full' in got) {
@@ -116,11 +131,16 @@ async function grant(scope: string, entry: { holder: string; seq: string }, serv
       await deps.queue.unclaim(w.holder, server);
       throw err;
     }
-    if (!delivered) await releaseHeld(w.holder, w.scopes, deps);
-    if (await deps.queue.remove(w)) return delivered ? 'granted' : 'dead';
-    // It queued again with a new token while we granted the old one: it keeps its place; try the new token.
+    if (!delivered) {
+      await releaseHeld(w.holder, w.scopes, deps);
+      // Its place stays for a while: a wait that ran out queues again (new token) a moment later.
+      if (await deps.queue.markDead(w, deps.now())) return 'dead';
+      continue; // it queued again with a new token while we granted the old one: try the new token
+    }
+    if (await deps.queue.remove(w)) return 'granted';
+    // Delivered, and it queued again with a new token meanwhile (its old wait had just run out): it was served.
     await deps.queue.unclaim(w.holder, server);
-    if (delivered) return 'granted';
+    return 'granted';
   }
   return 'busy';
 }

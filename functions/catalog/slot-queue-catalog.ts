@@ -27,6 +27,8 @@ export interface SlotWaiter {
   /** While a server grants it (epoch ms), and which. */
   claimUntil?: number;
   claimBy?: string;
+  /** When Step Functions refused its token (epoch ms): its wait ran out and AcquireSlot is about to queue it again, or its execution died. */
+  deadSince?: number;
 }
 
 /** One slot of a scope as the catalog holds it. */
@@ -67,7 +69,7 @@ export class SlotQueueCatalog {
         new UpdateCommand({
           TableName: this.table,
           Key: waiterKey(holder),
-          UpdateExpression: 'SET #t = :t',
+          UpdateExpression: 'SET #t = :t REMOVE deadSince',
           ExpressionAttributeNames: { '#t': 'token' },
           ExpressionAttributeValues: { ':t': token },
           ConditionExpression: 'attribute_exists(pk)',
@@ -116,6 +118,29 @@ export class SlotQueueCatalog {
           ConditionExpression: '#t = :t AND (attribute_not_exists(claimUntil) OR claimUntil < :now)',
           ExpressionAttributeNames: { '#t': 'token' },
           ExpressionAttributeValues: { ':u': until, ':s': server, ':t': w.token, ':now': now },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (isConditionFailed(err)) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * Marks the waiter's token refused, keeping its place (and giving its claim back), if its
+   * token is still `w.token`; false when it queued again with a new token meanwhile.
+   */
+  async markDead(w: SlotWaiter, now: number): Promise<boolean> {
+    try {
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: waiterKey(w.holder),
+          UpdateExpression: 'SET deadSince = :now REMOVE claimUntil, claimBy',
+          ConditionExpression: '#t = :t',
+          ExpressionAttributeNames: { '#t': 'token' },
+          ExpressionAttributeValues: { ':t': w.token, ':now': now },
         }),
       );
       return true;

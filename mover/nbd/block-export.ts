@@ -1,6 +1,6 @@
 /**
  * What the NBD server (server.ts) serves: a read-only {@link BlockExport}, and the error
- * with which its reads fail.
+ * with which its reads fail; what a connection's session needs from its server and its transport.
  */
 import type { BlockDescriptor } from './transmission-wire.ts';
 
@@ -35,4 +35,23 @@ export const Errno = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, EOV
 export interface ServerLogger {
   info(event: string, fields?: Record<string, unknown>): void;
   error(event: string, fields?: Record<string, unknown>): void;
+}
+
+/** What a session needs from its server. */
+export interface SessionHost {
+  readonly exports: ReadonlyMap<string, BlockExport>;
+  readonly maxBlockBytes: number;
+  readonly logger?: ServerLogger;
+  served(bytes: number): void;
+}
+
+/** The transport under a session (a socket, or a test's recorder). */
+export interface SessionIo {
+  /** Writes the buffers in order (as one batch where the transport can), then calls `done`. */
+  write(b: Buffer | readonly Buffer[], done?: () => void): void;
+  /** Ends the connection after what was written (soft) or at once (hard). */
+  end(hard: boolean): void;
+  /** Stop/start delivering bytes (backpressure). */
+  pause(): void;
+  resume(): void;
 }

@@ -16,7 +16,7 @@ import {
   parseMetaContextOption,
   parseOptionHeader,
 } from './handshake-wire.ts';
-import type { BlockExport, ServerLogger } from './block-export.ts';
+import type { BlockExport, SessionHost, SessionIo } from './block-export.ts';
 import { BASE_ALLOCATION_ID, MAX_INFLIGHT_BYTES, ServerTransmission } from './server-transmission.ts';
 import { ByteQueue } from './byte-queue.ts';
 /** Option data accepted (names and queries are at most 4096 bytes each; a few of them fit). */
@@ -24,25 +24,6 @@ const MAX_OPTION_BYTES = 64 * 1024;
 /** Options per handshake: a client looping in option haggling is cut off. */
 const MAX_OPTIONS = 256;
 const META_BASE_ALLOCATION = 'base:allocation';
-
-/** What a session needs from its server. */
-export interface SessionHost {
-  readonly exports: ReadonlyMap<string, BlockExport>;
-  readonly maxBlockBytes: number;
-  readonly logger?: ServerLogger;
-  served(bytes: number): void;
-}
-
-/** The transport under a session (a socket, or a test's recorder). */
-export interface SessionIo {
-  /** Writes the buffers in order (as one batch where the transport can), then calls `done`. */
-  write(b: Buffer | readonly Buffer[], done?: () => void): void;
-  /** Ends the connection after what was written (soft) or at once (hard). */
-  end(hard: boolean): void;
-  /** Stop/start delivering bytes (backpressure). */
-  pause(): void;
-  resume(): void;
-}
 
 /**
  * One connection's protocol state. Bytes go in with `push`; the session never throws:

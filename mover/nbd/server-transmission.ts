@@ -19,8 +19,7 @@ import {
   TransmissionFlag,
 } from './protocol.ts';
 import { type Request, encodeBlockStatus, encodeChunk, encodeErrorChunk, encodeOffsetHole, encodeSimpleReply, parseRequest } from './transmission-wire.ts';
-import { type BlockExport, Errno, ExportIoError } from './block-export.ts';
-import type { SessionHost, SessionIo } from './server-session.ts';
+import { type BlockExport, Errno, ExportIoError, type SessionHost, type SessionIo } from './block-export.ts';
 import { ByteQueue } from './byte-queue.ts';
 /** Bytes of READ replies in flight per connection beyond the first request (backpressure). */
 export const MAX_INFLIGHT_BYTES = 32 * 1024 * 1024;

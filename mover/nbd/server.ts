@@ -11,8 +11,8 @@
  * breaks the protocol loses its connection, never the process.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import type { BlockExport, ServerLogger } from './block-export.ts';
-import { NbdServerSession, type SessionHost } from './server-session.ts';
+import type { BlockExport, ServerLogger, SessionHost } from './block-export.ts';
+import { NbdServerSession } from './server-session.ts';
 import { unixNbdUri } from './uri.ts';
 
 /** Where a server listens: a unix socket, or a TCP port (127.0.0.1 unless told). */

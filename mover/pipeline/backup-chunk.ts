@@ -135,8 +135,7 @@ export class ChunkStorer {
         return recent.remember(id, at);
       }
       // Sealed on a worker always, straight into the open pack: sealing on this thread too
-      // (like the id) made the 2 GiB full backup slower (11.2 s against 9.6 s) and its peak
-      // RSS 50 MiB higher, measured.
+      // (like the id) was slower and used more memory (bench/MEASUREMENTS.md).
       const level = o.compressionLevel === undefined ? {} : { level: o.compressionLevel };
       const at = await o.writer.place(id, (pack) => o.pool.sealSlot(o.keys, plain, length, id, level, pack));
       release(); // the plaintext is not needed for the upload

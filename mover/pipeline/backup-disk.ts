@@ -87,9 +87,7 @@ class SharedBuffers {
 
 /**
  * Reads ahead: the next chunks are read (on libuv's threads) while this one is checked
- * and hashed, so the main thread does not wait out every read. Measured on the 2 GiB
- * incremental, where reading and hashing are most of the work: faster in each of 6
- * alternating pairs, 3.37 s against 3.60 s on average.
+ * and hashed, so the main thread does not wait out every read (bench/MEASUREMENTS.md).
  */
 class ReadAhead {
   private readonly reads = new Map<number, Promise<SharedSlot>>();

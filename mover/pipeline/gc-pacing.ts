@@ -2,16 +2,12 @@
  * Garbage collection paced by the chunks. Each seal and open leaves chunk-sized garbage
  * outside the isolate's small JS heap (the cipher's output) behind tiny wrapper objects;
  * V8 alone gets round to it only after tens of MiB piled up, and the allocator keeps those
- * pages (measured on the 2 GiB bench: a fully resident 64 MiB arena per worker). A
- * young-generation collection every few chunks (under a millisecond) frees them; a full one
- * now and then (~8-13 ms on a worker's small heap) what got older.
+ * pages (a fully resident arena per worker). A young-generation collection every few chunks
+ * (under a millisecond) frees them; a full one now and then what got older.
  *
- * On a worker, measured on the 2 GiB bench: full collections every 8 chunks cost 4.5 s of a
- * restore; young ones alone left ~60 MiB more RSS. Since zstd no longer leaves a buffer per
- * chunk (repository/zstd.ts), a young collection every 16 chunks and a full one every 64 is the
- * fastest of 8, 16 and 32 chunks with every 2nd or 4th full (full backup, 3 runs each:
- * 9.2-9.3 s against 9.5-10.7 s for every 8 and 32; ~220 MiB peak RSS). The main thread's
- * heap is large (the AWS SDK), so it gets young collections only.
+ * On a worker, a young collection every 16 chunks and a full one every 64 was the fastest of
+ * the paces tried (bench/MEASUREMENTS.md). The main thread's heap is large (the AWS SDK), so
+ * it gets young collections only.
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';

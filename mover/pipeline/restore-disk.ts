@@ -200,8 +200,9 @@ class DiskRestore {
     })) {
       for (const [first, count] of adjacent(w.zeros, zeros ? zeros.length / m.chunkSize : Infinity)) {
         const bytes = Math.min(count * m.chunkSize, m.sizeBytes - first * m.chunkSize);
-        if (zeros) this.track(this.target.write(zeros.subarray(0, bytes), first * m.chunkSize).then(() => this.progressed(bytes)));
-        else this.progressed(bytes);
+        // Awaited: a device of any size may be zeros end to end, and queued writes hold memory.
+        if (zeros) await this.target.write(zeros.subarray(0, bytes), first * m.chunkSize);
+        this.progressed(bytes);
       }
       for (const run of w.runs) {
         if (run.length > this.arena.capacity) {

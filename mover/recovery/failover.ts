@@ -8,6 +8,7 @@
  * (test-failover-cleanup.ts) removes all three, keyed by the run, and may run any number of times.
  */
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -61,13 +62,16 @@ async function ensureTestNetwork(virsh: Virsh, runId: string, folder: string): P
   const name = testNetwork(runId);
   const active = (await virsh.run(['net-list', '--name'])).split('\n').map((l) => l.trim());
   if (active.includes(name)) return name;
-  const xml = join(folder, 'network.xml');
+  // A file per call: the group's VMs start together, and one's write must not empty the file another's virsh is reading.
+  const xml = join(folder, `network-${randomUUID()}.xml`);
   await writeFile(xml, `<network><name>${name}</name><bridge name='${name.replace(/-/g, '')}' stp='off'/></network>\n`);
   try {
     await virsh.run(['net-create', '--', xml]);
   } catch (err) {
     // Another VM of the same group made it meanwhile.
     if (!/already exists/i.test((err as Error).message)) throw err;
+  } finally {
+    await rm(xml, { force: true });
   }
   return name;
 }

@@ -32,7 +32,8 @@ import { piecePurpose } from '../../repository/manifest/head.ts';
 import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
 import { RecentIds } from '../../repository/manifest/recent.ts';
 import { objectCrc32, objectSha256, type ObjectStore } from '../../core/object-store.ts';
-import { putIndexObject, readPackTrailer, type PackContents } from '../../repository/packs.ts';
+import { putIndexObject, type PackContents } from '../../repository/packs.ts';
+import { readPackTrailer } from '../../repository/pack-trailer.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../contracts/recovery-jobs.ts';
 
 export interface ReplicateDeps {

@@ -46,7 +46,8 @@ async function cleanupKey(key: string, virsh: Virsh, workDir: string): Promise<C
   }
   const folder = join(root(workDir), key);
   const folders = (await readdir(folder).catch(() => null)) === null ? [] : [folder];
-  await rm(folder, { recursive: true, force: true });
+  // Retried: after a failure, a VM task of the run may still be writing into it as the cleanup starts.
+  await rm(folder, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   return { domains, networks, folders };
 }
 

@@ -7,7 +7,8 @@ import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
-import { decodeIndexObject, fetchPackTrailer, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../packs.ts';
+import { decodeIndexObject, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../packs.ts';
+import { fetchPackTrailer } from '../pack-trailer.ts';
 import type { ListedObject, RepositoryAdmin } from '../admin.ts';
 
 /** What reading and rewriting index objects needs. */
