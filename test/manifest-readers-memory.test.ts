@@ -18,8 +18,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { ReplicateJob } from '../contracts/recovery-jobs.ts';
@@ -33,6 +31,7 @@ import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { ManifestReader } from '../repository/manifest/reader.ts';
 import { ManifestWriter } from '../repository/manifest/writer.ts';
 import type { ChunkLocation } from '../repository/packs.ts';
+import { peakHeap as peakLiveHeap } from './helpers/heap.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import type { Backup } from '../functions/catalog/catalog.ts';
 
@@ -62,33 +61,9 @@ function standIn(i: number): string {
 const TIMEOUT = 300_000 * Math.max(1, N / 2 ** 18);
 /** A reader's live heap at most: a few pieces (about 3 MiB each) and bounded sets, whatever N. */
 const BOUND = 48 * 2 ** 20;
-const MiB = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
-setFlagsFromString('--expose-gc');
-/** A full collection (what is still referenced is what a reader holds). */
-const gc = runInNewContext('gc') as () => void;
-const liveHeap = () => {
-  gc();
-  return process.memoryUsage().heapUsed;
-};
-
-/** Runs `fn`, sampling the live heap every 250 ms (a full collection each time); the peak above the start. */
-async function peakHeap(what: string, fn: () => Promise<void>): Promise<number> {
-  const base = liveHeap();
-  let peak = base;
-  const sample = () => {
-    peak = Math.max(peak, liveHeap());
-  };
-  const timer = setInterval(sample, 250);
-  try {
-    await fn();
-  } finally {
-    clearInterval(timer);
-    sample();
-  }
-  console.log(`${what}: ${N} manifest entries, peak live heap +${MiB(peak - base)}`);
-  return peak - base;
-}
+/** Runs `fn` and prints its peak live heap above where it started (helpers/heap.ts). */
+const peakHeap = (what: string, fn: () => Promise<void>) => peakLiveHeap(`${what}: ${N} manifest entries`, fn);
 
 /** Writes manifest `backupId`/disk0 of N entries, `entry(i)` each. */
 async function writeManifest(backupId: string, entry: (i: number) => { id: string; loc: ChunkLocation } | null) {

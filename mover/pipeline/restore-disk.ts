@@ -3,8 +3,9 @@
  * as a stream of entries in disk order (read-runs.ts), a bounded window at a time; in each
  * window the neighbouring chunks of a pack are one range GET (a run). Runs are read into
  * one buffer shared with the chunk pool's workers (byte-arena.ts), as many at once as fit
- * in `inFlightBytes`: enough to keep a link a WAN round trip long busy, and the memory a
- * restore holds whatever the disk's size. Each chunk is opened (decrypted, decompressed,
+ * in `inFlightBytes` and fill at most CHUNKS_IN_FLIGHT disk chunks: enough to keep a link a
+ * WAN round trip long busy, and the memory a restore holds whatever the disk's size and
+ * however well its chunks compress. Each chunk is opened (decrypted, decompressed,
  * its keyed id checked) on a worker into a second shared buffer, beside the chunks that
  * neighbour it on the disk, and each such run of neighbours is written with one write
  * (restore-target.ts); runs are taken in disk order, so the target is written front to
@@ -14,7 +15,7 @@
  * only in the page cache.
  */
 import { stat } from 'node:fs/promises';
-import { mapLimit } from '../../core/concurrency.ts';
+import { Budget, mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
@@ -65,6 +66,17 @@ export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 24 * 1024 * 1024,
 
 /** Manifest entries planned at once: about 2 GiB of disk at 512 KiB chunks, a few hundred KiB of plan. */
 const WINDOW_ENTRIES = 4096;
+
+/**
+ * Disk chunks that runs being read or opened may fill at once, whatever their stored bytes.
+ * `inFlightBytes` bounds the stored bytes in flight, but a run's plan and its chunks'
+ * pending opens cost heap per chunk (about 1 KiB each, measured): with chunks that compress
+ * to a few dozen bytes, 24 MiB of runs are hundreds of thousands of chunks, which held a
+ * whole disk's plan in memory (820 MiB RSS for a bench restore of 512 Ki chunks of 1 KiB).
+ * 4 windows' worth: at 4 KiB chunks and more, `inFlightBytes` binds first unless chunks
+ * compress below 1.5 KiB each.
+ */
+const CHUNKS_IN_FLIGHT = 4 * WINDOW_ENTRIES;
 
 /** Chunks queued per worker before the main thread opens one itself. */
 const MAIN_THREAD_BACKLOG = 2;
@@ -121,6 +133,8 @@ class DiskRestore {
   private readonly maxRunBytes: number;
   private readonly arena: ByteArena;
   private readonly shared: SharedSlot;
+  /** Disk chunks the runs in flight fill (see CHUNKS_IN_FLIGHT). */
+  private readonly chunksInFlight = new Budget(CHUNKS_IN_FLIGHT);
   /** Plaintext of neighbouring chunks, opened side by side and written by one write. */
   private readonly plainArena: ByteArena;
   private readonly plain: SharedSlot;
@@ -175,7 +189,7 @@ class DiskRestore {
     this.o.onProgress?.(this.done, this.m.sizeBytes);
   }
 
-  /** Plans the manifest a window at a time and restores its runs, as many in flight as the arena holds; zero chunks are written only when `writeZeros`. */
+  /** Plans the manifest a window at a time and restores its runs, as many in flight as the arena and the chunk budget hold; zero chunks are written only when `writeZeros`. */
   async write(reader: ManifestReader, writeZeros: boolean): Promise<void> {
     const { m } = this;
     const zeros = writeZeros ? Buffer.alloc(Math.max(m.chunkSize, Math.floor(ZERO_WRITE_BYTES / m.chunkSize) * m.chunkSize)) : undefined;
@@ -197,12 +211,17 @@ class DiskRestore {
             `disk '${this.o.diskId}' offset ${c.indexes[0]! * m.chunkSize}: the manifest says chunk ${c.id} is stored in ${c.length} bytes of ${run.key}, more than a chunk of ${m.chunkSize} bytes seals to (${this.maxChunk}): the manifest is damaged; restore an older backup`,
           );
         }
+        const fills = await this.chunksInFlight.take(run.chunks.reduce((n, c) => n + c.indexes.length, 0));
         const base = await this.arena.take(run.length);
-        if (this.failure) {
+        const given = () => {
           this.arena.give(base, run.length);
+          this.chunksInFlight.give(fills);
+        };
+        if (this.failure) {
+          given();
           break;
         }
-        this.track(this.restoreRun(run, base).finally(() => this.arena.give(base, run.length)));
+        this.track(this.restoreRun(run, base).finally(given));
       }
       if (this.failure) break;
     }
