@@ -44,7 +44,15 @@ for (let k = 0; k < K; k++) small.writeUInt32BE(k, k * CHUNK);
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-memory-'));
   const reader = { sizeBytes: small.length, read: async (b: Buffer, off: number, len: number) => small.copy(b, 0, off, off + len), close: async () => {} };
-  await backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: small.length }, backupId: 'small', chunkSize: CHUNK, parallelism: 2 });
+  await backupDisk({
+    store,
+    keys,
+    reader,
+    disk: { diskId: 'disk0', path: 'mem', sizeBytes: small.length },
+    backupId: 'small',
+    chunkSize: CHUNK,
+    parallelism: 2,
+  });
   const real = [];
   for await (const b of (await ManifestReader.open(store, keys, 'small', 'disk0'))!.batches()) {
     for (let i = 0; i < b.count; i++) real.push({ id: b.id(i)!, loc: b.location(i)! });
