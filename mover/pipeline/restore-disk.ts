@@ -6,7 +6,8 @@
  * in `inFlightBytes` and fill at most CHUNKS_IN_FLIGHT disk chunks: enough to keep a link a
  * WAN round trip long busy, and the memory a restore holds whatever the disk's size and
  * however well its chunks compress. Each chunk is opened (decrypted, decompressed,
- * its keyed id checked) on a worker into a second shared buffer, beside the chunks that
+ * its keyed id checked) on a worker, or on this thread while the workers have a queue
+ * (chunk-opener.ts: every core opens), into a second shared buffer, beside the chunks that
  * neighbour it on the disk, and each such run of neighbours is written with one write
  * (restore-target.ts); runs are taken in disk order, so the target is written front to
  * back. All-zero chunks stay holes in a file; on a device they are written as zeros, or
@@ -15,7 +16,7 @@
  * only in the page cache.
  */
 import { stat } from 'node:fs/promises';
-import { Budget, mapLimit } from '../../core/concurrency.ts';
+import { Budget } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
@@ -24,6 +25,7 @@ import { readChunk } from '../../repository/packs.ts';
 import { RepositoryIndex } from '../../repository/repository-index.ts';
 import { ByteArena } from './byte-arena.ts';
 import { sharedChunkPool, type ChunkPool, type PlaceIn, type SharedSlot } from './chunk-pool.ts';
+import { ChunkOpener } from './chunk-opener.ts';
 import { RestoreTarget } from './restore-target.ts';
 import { readerEntries, planWindows, writeExtents, type ReadRun, type RunChunk, type WriteExtent } from '../../repository/read-runs.ts';
 
@@ -78,8 +80,8 @@ const WINDOW_ENTRIES = 4096;
  */
 const CHUNKS_IN_FLIGHT = 4 * WINDOW_ENTRIES;
 
-/** Chunks queued per worker before the main thread opens one itself. */
-const MAIN_THREAD_BACKLOG = 2;
+/** Chunks queued per worker before the main thread opens one itself (chunk-opener.ts). */
+const QUEUED_PER_WORKER = 2;
 
 /**
  * The most bytes of neighbouring chunks placed side by side and written at once (at least
@@ -154,6 +156,7 @@ class DiskRestore {
   private readonly pool: ChunkPool;
   private readonly settings: typeof RESTORE_DEFAULTS;
   private readonly target: RestoreTarget;
+  private readonly opener: ChunkOpener;
 
   constructor(o: RestoreDiskOptions, m: ManifestInfo, pool: ChunkPool, settings: typeof RESTORE_DEFAULTS, target: RestoreTarget) {
     this.o = o;
@@ -161,6 +164,7 @@ class DiskRestore {
     this.pool = pool;
     this.settings = settings;
     this.target = target;
+    this.opener = new ChunkOpener(pool, o.keys, QUEUED_PER_WORKER);
     this.maxChunk = sealedCapacity(m.chunkSize);
     this.maxRunBytes = Math.max(this.maxChunk, Math.min(settings.maxRunBytes, settings.inFlightBytes));
     this.arena = new ByteArena(Math.max(settings.inFlightBytes, this.maxRunBytes));
@@ -244,18 +248,8 @@ class DiskRestore {
 
   /** Opens the chunk at `at` in `slot` into `into`, as disk chunk `i`: undefined, or why it is not this chunk. */
   private async openAt(id: string, slot: SharedSlot, at: number, length: number, i: number, into: PlaceIn): Promise<string | undefined> {
-    const { o, pool } = this;
     try {
-      // On this thread while every worker has another chunk queued behind the one it opens,
-      // else on a worker. After opening one here, yield to the event loop: the workers'
-      // replies wait there, and without it this thread kept every chunk to itself.
-      let opened;
-      if (pool.backlog >= pool.size * MAIN_THREAD_BACKLOG) {
-        opened = pool.openHere(o.keys, slot, length, id, this.lengthAt(i), into, at);
-        await new Promise<void>((ok) => setImmediate(ok));
-      } else {
-        opened = await pool.openSlot(o.keys, slot, length, id, this.lengthAt(i), into, at);
-      }
+      const opened = await this.opener.open({ body: slot, bodyOffset: at, bodyLength: length, id, length: this.lengthAt(i), into });
       return opened.ok ? undefined : 'it does not match its id (swapped or wrong length)';
     } catch (err) {
       if (err instanceof Corrupt) return err.message;
@@ -321,10 +315,12 @@ class DiskRestore {
     try {
       // Every chunk of the extent to its end (workers write into it) before its bytes may be given back.
       let failure: { err: unknown } | undefined;
-      await mapLimit(e.chunks, Math.max(1, this.pool.size * 2), (c, k) =>
-        this.openInto(run, body, base, c, e.first + k, { slot: plain, offset: at + k * m.chunkSize }).catch((err: unknown) => {
-          failure ??= { err };
-        }),
+      await Promise.all(
+        e.chunks.map((c, k) =>
+          this.openInto(run, body, base, c, e.first + k, { slot: plain, offset: at + k * m.chunkSize }).catch((err: unknown) => {
+            failure ??= { err };
+          }),
+        ),
       );
       if (failure) throw failure.err;
       writing = true;
