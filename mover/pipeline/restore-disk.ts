@@ -16,7 +16,7 @@
  * only in the page cache.
  */
 import { stat } from 'node:fs/promises';
-import { Budget } from '../../core/concurrency.ts';
+import { Budget, mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
@@ -80,7 +80,12 @@ const WINDOW_ENTRIES = 4096;
  */
 const CHUNKS_IN_FLIGHT = 4 * WINDOW_ENTRIES;
 
-/** Chunks queued per worker before the main thread opens one itself (chunk-opener.ts). */
+/**
+ * Chunks queued per worker before the main thread opens one itself (chunk-opener.ts). A
+ * write run's chunks are asked for this many per worker and 2 more at once: enough to keep
+ * every worker's queue and the main thread busy, and no more (a run of 1 KiB chunks holds
+ * thousands).
+ */
 const QUEUED_PER_WORKER = 2;
 
 /**
@@ -315,12 +320,10 @@ class DiskRestore {
     try {
       // Every chunk of the extent to its end (workers write into it) before its bytes may be given back.
       let failure: { err: unknown } | undefined;
-      await Promise.all(
-        e.chunks.map((c, k) =>
-          this.openInto(run, body, base, c, e.first + k, { slot: plain, offset: at + k * m.chunkSize }).catch((err: unknown) => {
-            failure ??= { err };
-          }),
-        ),
+      await mapLimit(e.chunks, this.pool.size * QUEUED_PER_WORKER + 2, (c, k) =>
+        this.openInto(run, body, base, c, e.first + k, { slot: plain, offset: at + k * m.chunkSize }).catch((err: unknown) => {
+          failure ??= { err };
+        }),
       );
       if (failure) throw failure.err;
       writing = true;
