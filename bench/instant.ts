@@ -15,9 +15,14 @@
  *   against a full restore of the same disk by the Restore workflow, same mover, same run;
  *   target: export >= restore.
  *
- * Prints figures and the machine's load; asserts nothing.
+ * - file-level restore (bench/files-scenario.ts): one 1 MiB file extracted from a backed-up
+ *   2 GiB disk, the bytes fetched against the disk's stored bytes; target: < 2%.
+ *
+ * Ends with the three targets of issue 19 item 4, each met or missed. Prints figures and the
+ * machine's load; asserts nothing.
  * Usage: npm run bench:instant   (BENCH_INSTANT_EXPORT_MIB: the throughput disk, default 512;
- * BENCH_INSTANT_ROUNDS: export/restore rounds, default 2)
+ * BENCH_INSTANT_ROUNDS: export/restore rounds, default 2; BENCH_INSTANT_FILES_MIB: the file-level
+ * restore's disk, default 2048)
  */
 import { StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn';
 import { execFile } from 'node:child_process';
@@ -33,11 +38,13 @@ import { startMover } from '../local/movers.ts';
 import { EmbeddedStack, repositoryStore } from '../local/stack.ts';
 import { startLabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
+import { filesScenario, table } from './files-scenario.ts';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const exportMiB = Number(process.env.BENCH_INSTANT_EXPORT_MIB ?? 512);
 const rounds = Number(process.env.BENCH_INSTANT_ROUNDS ?? 2);
+const filesMiB = Number(process.env.BENCH_INSTANT_FILES_MIB ?? 2048);
 const out = (line: string) => process.stdout.write(`${line}\n`);
 const load = () =>
   `load ${loadavg()
@@ -77,6 +84,9 @@ async function consoleAt(file: string, pattern: RegExp, from: number, timeoutMs 
   }
 }
 const FIRST_LINE = /\S/;
+/** The targets of issue 19 item 4, filled in as they are measured. */
+const targets: string[] = [];
+const verdict = (met: boolean) => (met ? 'met' : 'MISSED');
 const READY = /LIFEBOAT-GUEST READY/;
 
 let vm: Awaited<ReturnType<typeof startLabVm>> | undefined;
@@ -139,6 +149,9 @@ try {
     `instant recovery (request → …): domain running ${secs(runningAt)}, first console line ${secs(firstAt)}, READY ${secs(readyAt)}; move to final storage ${s.instant.moveSeconds.toFixed(1)} s; exports served ${(s.instant.bytesServed / MiB).toFixed(1)} MiB, downloaded ${(s.instant.bytesDownloaded / MiB).toFixed(1)} MiB  (${load()})`,
   );
   out(`  first line: instant ${secs(firstAt)} vs own boot ${secs(bootFirst)}: overhead ${secs(firstAt - bootFirst)} (target < 10 s)`);
+  targets.push(
+    `instant recovery to the first console line ${secs(firstAt)} = the guest's own ${secs(bootFirst)} + ${secs(firstAt - bootFirst)} (target: + < 10 s): ${verdict(firstAt - bootFirst < 10_000)}`,
+  );
   const taskAt = seen.find((x) => x.event === 'task.started')?.at;
   const runningLine = seen.find((x) => x.event === 'instant.running');
   if (taskAt && runningLine) {
@@ -200,6 +213,20 @@ try {
   out(
     `disk ${exportMiB} MiB, 1 MiB chunks, ${rounds} rounds: export ${mean(rates.exp).toFixed(0)} MiB/s, restore ${mean(rates.res).toFixed(0)} MiB/s, export/restore ${(mean(rates.exp) / mean(rates.res)).toFixed(2)} (target >= 1)`,
   );
+  targets.push(
+    `export read / full restore, same run: ${(mean(rates.exp) / mean(rates.res)).toFixed(2)} (${mean(rates.exp).toFixed(0)} / ${mean(rates.res).toFixed(0)} MiB/s; target >= 1): ${verdict(mean(rates.exp) >= mean(rates.res))}`,
+  );
+
+  // --- file-level restore: the bytes fetched for one file --------------------------------------------
+  const f = await filesScenario(stack, { dir: join(dir, 'files'), sizeMiB: filesMiB, vmId: 'vm-f' });
+  out(`file-level restore, ${filesMiB} MiB disk (GPT + ext4, ${(f.stored / MiB).toFixed(0)} MiB stored; backup ${f.backupSeconds.toFixed(1)} s)  (${load()})`);
+  for (const line of table(f.rows)) out(`  ${line}`);
+  const share = f.oneFile.bytes / f.stored;
+  targets.push(
+    `one 1 MiB file from a ${filesMiB} MiB disk: fetched ${(f.oneFile.bytes / MiB).toFixed(2)} MiB in ${f.oneFile.gets} GETs = ${(100 * share).toFixed(2)}% of its stored bytes (target < 2%): ${verdict(share < 0.02)}`,
+  );
+  out(`issue 19 item 4, this run (${load()}):`);
+  for (const t of targets) out(`  ${t}`);
 } finally {
   await virsh(['destroy', restored]).catch(() => {});
   await virsh(['undefine', restored]).catch(() => {});

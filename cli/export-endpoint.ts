@@ -14,7 +14,13 @@ import type { ObjectStore } from '../core/object-store.ts';
 export async function readEndpoint(store: ObjectStore, exportId: string): Promise<ExportEndpoint | undefined> {
   const body = await store.get(exportEndpointKey(exportId));
   if (!body) return undefined;
-  const parsed = exportEndpoint.safeParse(JSON.parse(body.toString('utf8')));
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch {
+    return undefined; // read while the mover rewrote it (a local S3 server may serve a half-written object)
+  }
+  const parsed = exportEndpoint.safeParse(json);
   return parsed.success ? parsed.data : undefined;
 }
 

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { exportJob } from '../../contracts/export-job.ts';
 import { repositoryAccess } from '../repository-access.ts';
 import type { Logger } from '../worker.ts';
-import { runExportTask } from './export-task.ts';
+import { runExportTask, warmChunkPool } from './export-task.ts';
 import { EXPORT_FILES, processStarted } from './export-process.ts';
 
 /** The recovery's folder: from the command line, or (a spare) from the mover once it has one. */
@@ -32,7 +32,10 @@ function folder(): Promise<string> {
   });
 }
 
+// A spare loads the chunk pool's worker while it waits for a recovery, too.
+const warming = warmChunkPool().catch(() => {});
 const dir = await folder();
+await warming;
 const out = createWriteStream(join(dir, EXPORT_FILES.log), { flags: 'a' });
 const line = (level: string) => (event: string, fields?: Record<string, unknown>) =>
   out.write(`${JSON.stringify({ t: new Date().toISOString(), pid: process.pid, level, event, ...fields })}\n`);

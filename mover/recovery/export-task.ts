@@ -11,6 +11,7 @@ import type { ObjectStore } from '../../core/object-store.ts';
 import { NbdServer } from '../nbd/server.ts';
 import type { Logger } from '../worker.ts';
 import { BackupDiskExport } from './export.ts';
+import { sharedChunkPool, type ChunkPool } from '../pipeline/chunk-pool.ts';
 
 export interface ExportTaskDeps {
   store: ObjectStore;
@@ -43,11 +44,30 @@ export async function putEndpoint(store: ObjectStore, e: Omit<ExportEndpoint, 'm
     .catch((err: Error) => logger.error('export.record.failed', { exportId: e.exportId, error: err.message }));
 }
 
+/** Keys that open nothing: the warm-up's request needs some. */
+const WARM_KEYS: RepositoryKeys = Object.freeze({ encryption: Buffer.alloc(32), id: Buffer.alloc(32) });
+
+/**
+ * Starts the chunk pool's workers and has one answer a request, so their code is loaded
+ * before the first read needs them (on a loaded host, starting a worker takes a second or
+ * more, which a booting guest's first reads would wait for).
+ */
+export async function warmChunkPool(pool: ChunkPool = sharedChunkPool()): Promise<void> {
+  const slot = pool.share(1);
+  try {
+    await pool.hashSlot(WARM_KEYS, slot, 0);
+  } finally {
+    pool.unshare(slot);
+  }
+}
+
 export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<ExportResult> {
   const started = performance.now();
   d.signal?.throwIfAborted();
   const disks = new Map<string, BackupDiskExport>();
   let server: NbdServer | undefined;
+  // The chunk pool's workers start while the manifests are read, not on the first read.
+  const warming = warmChunkPool().catch((err: Error) => d.logger.error('export.pool.warm.failed', { error: err.message }));
   try {
     for (const diskId of job.diskIds) {
       disks.set(
@@ -63,6 +83,7 @@ export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<
         }),
       );
     }
+    await warming;
     server = await NbdServer.listen(job.listen, {
       exports: disks,
       maxConnections: job.maxConnections,
@@ -112,7 +133,10 @@ export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<
     clearInterval(beat);
     d.signal?.removeEventListener('abort', stop);
     await srv.close();
-    for (const x of disks.values()) x.close();
+    for (const [diskId, x] of disks) {
+      d.logger.info('export.disk.closed', { exportId: job.exportId, diskId, ...x.stats });
+      x.close();
+    }
     await record('closed', why);
   }
 }

@@ -25,7 +25,8 @@ import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/block
 import { StateFlag } from '../nbd/protocol.ts';
 import { type BlockDescriptor } from '../nbd/transmission-wire.ts';
 import { sharedChunkPool, type ChunkPool, type SharedSlot } from '../pipeline/chunk-pool.ts';
-import { planRuns, type StoredEntry } from '../../repository/read-runs.ts';
+import { planRuns, type ReadRun, type RunChunk, type StoredEntry } from '../../repository/read-runs.ts';
+import { GetQueue, type Turn } from './get-queue.ts';
 import { ReadAheadStreams } from './read-ahead.ts';
 
 /** The export's tunables (the export task's settings). */
@@ -52,6 +53,8 @@ export interface DiskExportOptions extends Partial<ExportSettings> {
 
 /** What an export did, for progress and the task's result. */
 export interface DiskExportStats {
+  /** Range GETs (and whole-object GETs) sent to the repository. */
+  gets: number;
   chunksFetched: number;
   bytesDownloaded: number;
   cacheHits: number;
@@ -66,12 +69,6 @@ const RUN_BYTES = 4 * 1024 * 1024;
 /** Chunks of a pack at most this far apart are read by one GET, the gap with them. */
 const GAP_BYTES = 64 * 1024;
 
-/** A GET's place in the queue: `urgent` when a read waits for one of its chunks. */
-interface Turn {
-  urgent: boolean;
-  go?: () => void;
-}
-
 /** A stored chunk of the disk: its index, id and where it is. */
 interface Wanted {
   index: number;
@@ -79,10 +76,21 @@ interface Wanted {
   loc: ChunkLocation;
 }
 
+/** A chunk being fetched: whether for read-ahead, and its promise's settling. */
+interface Fetching extends Wanted {
+  ahead: boolean;
+  settled: boolean;
+  ok: (plain: Buffer) => void;
+  fail: (err: unknown) => void;
+}
+
+/** Chunks queued per worker before the main thread opens one itself (as restore-disk.ts does). */
+const MAIN_THREAD_BACKLOG = 2;
+
 export class BackupDiskExport implements BlockExport {
   readonly size: number;
   readonly description: string;
-  readonly stats: DiskExportStats = { chunksFetched: 0, bytesDownloaded: 0, cacheHits: 0, chunksReadAhead: 0, damagedChunks: 0 };
+  readonly stats: DiskExportStats = { gets: 0, chunksFetched: 0, bytesDownloaded: 0, cacheHits: 0, chunksReadAhead: 0, damagedChunks: 0 };
   private readonly m: ManifestReader;
   private readonly chunkBytes: number;
   private readonly chunks: number;
@@ -95,9 +103,8 @@ export class BackupDiskExport implements BlockExport {
   private readonly loading = new Map<string, Promise<Buffer>>();
   /** Chunks found damaged (they stay damaged): id → why. */
   private readonly damaged = new Map<string, string>();
-  private gets = 0;
-  /** GETs waiting for a turn (those a read waits for go first), and the waiting GET of each chunk. */
-  private readonly waiting: Turn[] = [];
+  /** GETs in flight and waiting, and the waiting GET of each chunk. */
+  private readonly gets: GetQueue;
   private readonly queued = new Map<string, Turn>();
   private readonly pool: ChunkPool;
   private readonly runBytes: number;
@@ -129,6 +136,7 @@ export class BackupDiskExport implements BlockExport {
       budgetChunks: Math.floor(this.cacheCap / this.chunkBytes / 2),
     });
     this.pool = o.pool ?? sharedChunkPool();
+    this.gets = new GetQueue(parallelism);
     this.runBytes = Math.max(RUN_BYTES, sealedCapacity(this.chunkBytes));
   }
 
@@ -268,7 +276,7 @@ export class BackupDiskExport implements BlockExport {
    * are neither cached, nor being fetched, nor known damaged.
    */
   private fetch(wanted: Wanted[], ahead: Wanted[] = []): void {
-    const todo = new Map<string, Wanted & { ahead: boolean }>();
+    const todo = new Map<string, Fetching>();
     for (const [list, isAhead] of [
       [wanted, false],
       [ahead, true],
@@ -276,7 +284,7 @@ export class BackupDiskExport implements BlockExport {
       for (const w of list) {
         const { id } = w;
         if (this.cache.has(id) || this.loading.has(id) || this.damaged.has(id) || todo.has(id)) continue;
-        todo.set(id, { ...w, ahead: isAhead });
+        todo.set(id, { ...w, ahead: isAhead, settled: false, ok: () => {}, fail: () => {} });
       }
     }
     if (todo.size === 0) return;
@@ -285,78 +293,98 @@ export class BackupDiskExport implements BlockExport {
       .map(({ index, id, loc }) => ({ index, id, key: loc.key, packed: !!loc.pack, offset: loc.offset, storedSize: loc.length }))
       .sort((a, b) => a.index - b.index);
     for (const run of planRuns(entries, { maxRunBytes: this.runBytes, maxGapBytes: GAP_BYTES })) {
-      const settle = new Map<string, { ok: (b: Buffer) => void; fail: (e: unknown) => void }>();
-      for (const c of run.chunks) {
-        const p = new Promise<Buffer>((ok, fail) => settle.set(c.id, { ok, fail }));
+      const chunks = run.chunks.map((c) => {
+        const f = todo.get(c.id)!;
+        const p = new Promise<Buffer>((ok, fail) => {
+          f.ok = (b) => ((f.settled = true), ok(b));
+          f.fail = (e) => ((f.settled = true), fail(e));
+        });
         p.catch(() => {}); // a read-ahead nobody awaits must not become an unhandled rejection
         this.loading.set(c.id, p);
-      }
-      const turn: Turn = { urgent: run.chunks.some((c) => !todo.get(c.id)!.ahead) };
-      for (const c of run.chunks) this.queued.set(c.id, turn);
-      void this.limited(turn, async () => {
-        for (const c of run.chunks) if (this.queued.get(c.id) === turn) this.queued.delete(c.id);
-        // The run is read into a buffer the pool's workers share, and each chunk opened there.
-        const slot = this.freeSlots.pop() ?? (this.allSlots[this.allSlots.length] = this.pool.share(this.runBytes));
-        try {
-          let body: Buffer | undefined;
-          try {
-            body = await this.o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
-          } catch (err) {
-            for (const c of run.chunks) settle.get(c.id)!.fail(err);
-            return;
-          }
-          if (body) {
-            this.stats.bytesDownloaded += body.length;
-            if (body.buffer !== slot.bytes.buffer && body.length <= slot.bytes.length) slot.bytes.set(body); // a store that ignored `into`
-          }
-          await Promise.all(
-            run.chunks.map(async (c) => {
-              const { index, ahead } = todo.get(c.id)!;
-              const s = settle.get(c.id)!;
-              const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
-              let why: string | undefined;
-              let plain: Buffer | undefined;
-              if (!body) why = `${run.key} is missing from the repository`;
-              else if (body.length < c.at + c.length || body.length > slot.bytes.length)
-                why = `${where} is past the end of what was read (${body.length} bytes of ${run.length}: the pack is shorter than the manifest says)`;
-              else {
-                try {
-                  const opened = await this.pool.openSlot(this.o.keys, slot, c.length, c.id, this.lengthAt(index), undefined, c.at);
-                  if (!opened.ok) why = `${where} opens to other bytes than its id (swapped or wrong length)`;
-                  else plain = opened.plain!;
-                } catch (err) {
-                  if (!(err instanceof Corrupt)) return s.fail(err);
-                  why = `${where}: ${err.message}`;
-                }
-              }
-              if (why !== undefined) {
-                this.damaged.set(c.id, why);
-                this.stats.damagedChunks++;
-                this.o.logger?.error('export.chunk.damaged', {
-                  backupId: this.o.backupId,
-                  diskId: this.o.diskId,
-                  chunk: c.id,
-                  offset: index * this.chunkBytes,
-                  reason: why,
-                });
-                return s.fail(new Corrupt(why));
-              }
-              this.stats.chunksFetched++;
-              if (ahead) this.stats.chunksReadAhead++;
-              this.remember(c.id, plain!);
-              s.ok(plain!);
-            }),
-          );
-        } finally {
-          this.freeSlots.push(slot);
-          for (const c of run.chunks) {
-            // Settles what nothing settled (a failure before the chunks were looked at); settled promises ignore it.
-            settle.get(c.id)!.fail(new ExportIoError(`${run.key}: the read of this run failed`));
-            this.loading.delete(c.id);
-          }
-        }
+        return { c, f };
       });
+      const turn: Turn = { urgent: chunks.some(({ f }) => !f.ahead) };
+      for (const c of run.chunks) this.queued.set(c.id, turn);
+      void this.gets.run(turn, () => this.readRun(run, chunks, turn));
     }
+  }
+
+  /** Reads one run with one GET into a buffer shared with the pool's workers, and opens its chunks there. */
+  private async readRun(run: ReadRun, chunks: { c: RunChunk; f: Fetching }[], turn: Turn): Promise<void> {
+    for (const c of run.chunks) if (this.queued.get(c.id) === turn) this.queued.delete(c.id);
+    const slot = this.freeSlots.pop() ?? (this.allSlots[this.allSlots.length] = this.pool.share(this.runBytes));
+    try {
+      let body: Buffer | undefined;
+      this.stats.gets++;
+      try {
+        body = await this.o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+      } catch (err) {
+        for (const { f } of chunks) f.fail(err);
+        return;
+      }
+      if (body) {
+        this.stats.bytesDownloaded += body.length;
+        if (body.buffer !== slot.bytes.buffer && body.length <= slot.bytes.length) slot.bytes.set(body); // a store that ignored `into`
+      }
+      // On this thread while every worker has another chunk queued behind the one it opens (as a
+      // restore does), else on a worker; after one opened here, the event loop has its turn.
+      const opening: Promise<void>[] = [];
+      for (const { c, f } of chunks) {
+        const here = this.pool.backlog >= this.pool.size * MAIN_THREAD_BACKLOG;
+        const p = this.openInRun(run, c, f, body, slot, here);
+        if (!here) opening.push(p);
+        else {
+          await p;
+          await new Promise<void>((ok) => setImmediate(ok));
+        }
+      }
+      await Promise.all(opening);
+    } finally {
+      this.freeSlots.push(slot);
+      for (const { c, f } of chunks) {
+        // Settles what nothing settled (a failure before the chunks were looked at).
+        if (!f.settled) f.fail(new ExportIoError(`${run.key}: the read of this run failed`));
+        this.loading.delete(c.id);
+      }
+    }
+  }
+
+  /** Opens chunk `c` of a run read into `slot` (on this thread when `here`), checks it, and caches it or records it damaged. */
+  private async openInRun(run: ReadRun, c: RunChunk, f: Fetching, body: Buffer | undefined, slot: SharedSlot, here: boolean): Promise<void> {
+    const { index } = f;
+    const where = run.packed ? `${run.key} bytes ${run.offset + c.at}+${c.length}` : run.key;
+    let why: string | undefined;
+    let plain: Buffer | undefined;
+    if (!body) why = `${run.key} is missing from the repository`;
+    else if (body.length < c.at + c.length || body.length > slot.bytes.length)
+      why = `${where} is past the end of what was read (${body.length} bytes of ${run.length}: the pack is shorter than the manifest says)`;
+    else {
+      try {
+        const args = [this.o.keys, slot, c.length, c.id, this.lengthAt(index), undefined, c.at] as const;
+        const opened = here ? this.pool.openHere(...args) : await this.pool.openSlot(...args);
+        if (!opened.ok) why = `${where} opens to other bytes than its id (swapped or wrong length)`;
+        else plain = opened.plain!;
+      } catch (err) {
+        if (!(err instanceof Corrupt)) return f.fail(err);
+        why = `${where}: ${err.message}`;
+      }
+    }
+    if (why !== undefined) {
+      this.damaged.set(c.id, why);
+      this.stats.damagedChunks++;
+      this.o.logger?.error('export.chunk.damaged', {
+        backupId: this.o.backupId,
+        diskId: this.o.diskId,
+        chunk: c.id,
+        offset: index * this.chunkBytes,
+        reason: why,
+      });
+      return f.fail(new Corrupt(why));
+    }
+    this.stats.chunksFetched++;
+    if (f.ahead) this.stats.chunksReadAhead++;
+    this.remember(c.id, plain!);
+    f.ok(plain!);
   }
 
   private remember(id: string, plain: Buffer): void {
@@ -366,24 +394,6 @@ export class BackupDiskExport implements BlockExport {
       if (this.cacheBytes <= this.cacheCap) break;
       this.cache.delete(old);
       this.cacheBytes -= b.length;
-    }
-  }
-
-  /** Runs `fn` when fewer than `parallelism` GETs are in flight: urgent ones (a read waits) first, each kind first come, first served. */
-  private async limited(turn: Turn, fn: () => Promise<void>): Promise<void> {
-    if (this.gets >= this.settings.parallelism) {
-      await new Promise<void>((ok) => {
-        turn.go = ok;
-        this.waiting.push(turn);
-      });
-    }
-    this.gets++;
-    try {
-      await fn();
-    } finally {
-      this.gets--;
-      const i = this.waiting.findIndex((t) => t.urgent);
-      this.waiting.splice(i < 0 ? 0 : i, 1)[0]?.go!();
     }
   }
 }
