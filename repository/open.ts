@@ -6,12 +6,14 @@
  * manager): manifests as streams, chunks by location, the index.
  */
 import type { ObjectStore } from '../core/object-store.ts';
-import { deriveKeys, type RepositoryKeys } from './format.ts';
+import { chunkId, deriveKeys, type RepositoryKeys } from './format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper, type KmsClientLike } from './keyring.ts';
 import { ManifestReader } from './manifest/reader.ts';
 import { ManifestWriter, type ManifestWriterOptions } from './manifest/writer.ts';
 import { readChunk, type ChunkLocation } from './packs.ts';
-import { RepositoryIndex } from './repository-index.ts';
+import { PackWriter, type PackWriterOptions } from './pack-writer.ts';
+import type { PackBuffer } from './pack-buffer.ts';
+import { IndexCache, RepositoryIndex } from './repository-index.ts';
 
 /** How a repository's master key is unwrapped: by a KMS key (AWS), or by a local key file (embedded stack). */
 export type KeySource = { kms: KmsClientLike; kmsKeyId: string } | { keyFile: string };
@@ -25,13 +27,17 @@ export function keyWrapper(source: KeySource, bucket: string, opts: { create?: b
 /** An open repository: its store and keys, and what reads and writes its objects. */
 export class Repository {
   readonly store: ObjectStore;
+  /** The derived keys, for the chunk pool's workers (which seal and open on their own threads); callers use the methods. */
   readonly keys: RepositoryKeys;
   readonly masterKey: Buffer;
+  /** The repository's index as this process keeps it, up to date on each `refresh()` (spilled to `indexDir` when given). */
+  readonly index: IndexCache;
 
-  constructor(store: ObjectStore, masterKey: Buffer) {
+  constructor(store: ObjectStore, masterKey: Buffer, o: { indexDir?: string } = {}) {
     this.store = store;
     this.masterKey = masterKey;
     this.keys = deriveKeys(masterKey);
+    this.index = new IndexCache(store, this.keys, o.indexDir ? { dir: o.indexDir } : {});
   }
 
   /** A disk's (or a segment's) manifest as a stream, any version; undefined when it does not exist. */
@@ -44,12 +50,22 @@ export class Repository {
     return new ManifestWriter({ ...o, store: this.store, keys: this.keys });
   }
 
+  /** A writer of packs (and their index objects) into this repository. */
+  packWriter<B extends PackBuffer>(o: Omit<PackWriterOptions<B>, 'store' | 'keys'>): PackWriter<B> {
+    return new PackWriter<B>({ ...o, store: this.store, keys: this.keys });
+  }
+
   /** A chunk's stored envelope at `loc` (a range of its pack); undefined when the object is missing. */
   readChunk(loc: ChunkLocation, into?: Uint8Array): Promise<Buffer | undefined> {
     return readChunk(this.store, loc, into);
   }
 
-  /** The repository's index, read now. */
+  /** The keyed id of a chunk's plaintext. */
+  chunkId(plaintext: Uint8Array): string {
+    return chunkId(this.keys, plaintext);
+  }
+
+  /** The repository's index, read now (not kept: a function's one look; a mover refreshes `index`). */
   loadIndex(): Promise<RepositoryIndex> {
     return RepositoryIndex.load(this.store, this.keys);
   }
@@ -59,7 +75,8 @@ export class Repository {
  * Opens the repository in `bucket` through `store`: its master key unwrapped as `keys`
  * says. With `create`, a repository without a key gets one (and a missing key file is made).
  */
-export async function openRepository(o: { store: ObjectStore; bucket: string; keys: KeySource; create?: boolean }): Promise<Repository> {
+export async function openRepository(o: { store: ObjectStore; bucket: string; keys: KeySource; create?: boolean; indexDir?: string }): Promise<Repository> {
   const create = o.create === true;
-  return new Repository(o.store, await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create }));
+  const masterKey = await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create });
+  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {});
 }
