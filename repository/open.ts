@@ -6,7 +6,7 @@
  * manager): manifests as streams, chunks by location, the index.
  */
 import type { ObjectStore } from '../core/object-store.ts';
-import { chunkId, deriveKeys, type RepositoryKeys } from './format.ts';
+import { chunkId, deriveKeys, open, type RepositoryKeys } from './format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper, type KmsClientLike } from './keyring.ts';
 import { ManifestReader } from './manifest/reader.ts';
 import { ManifestWriter, type ManifestWriterOptions } from './manifest/writer.ts';
@@ -29,15 +29,24 @@ export class Repository {
   readonly store: ObjectStore;
   /** The derived keys, for the chunk pool's workers (which seal and open on their own threads); callers use the methods. */
   readonly keys: RepositoryKeys;
-  readonly masterKey: Buffer;
+  /** The master key, when the repository was opened from it (not by `withKeys`). */
+  readonly masterKey: Buffer | undefined;
   /** The repository's index as this process keeps it, up to date on each `refresh()` (spilled to `indexDir` when given). */
   readonly index: IndexCache;
 
-  constructor(store: ObjectStore, masterKey: Buffer, o: { indexDir?: string } = {}) {
+  constructor(store: ObjectStore, key: Buffer | RepositoryKeys, o: { indexDir?: string } = {}) {
     this.store = store;
-    this.masterKey = masterKey;
-    this.keys = deriveKeys(masterKey);
+    this.masterKey = Buffer.isBuffer(key) ? key : undefined;
+    this.keys = Buffer.isBuffer(key) ? deriveKeys(key) : key;
     this.index = new IndexCache(store, this.keys, o.indexDir ? { dir: o.indexDir } : {});
+  }
+
+  /**
+   * `r` as a Repository: itself when it is one, else one over its store and derived keys
+   * (a caller that was handed `{ store, keys }`, until every task's dependencies hand out Repositories).
+   */
+  static of(r: { store: ObjectStore; keys: RepositoryKeys }): Repository {
+    return r instanceof Repository ? r : new Repository(r.store, r.keys);
   }
 
   /** A disk's (or a segment's) manifest as a stream, any version; undefined when it does not exist. */
@@ -60,6 +69,11 @@ export class Repository {
     return readChunk(this.store, loc, into);
   }
 
+  /** The plaintext of a sealed envelope (a chunk's: `purpose` is its id); throws Corrupt when it does not open. */
+  open(sealed: Uint8Array, purpose: string): Promise<Buffer> {
+    return open(this.keys, sealed, purpose);
+  }
+
   /** The keyed id of a chunk's plaintext. */
   chunkId(plaintext: Uint8Array): string {
     return chunkId(this.keys, plaintext);
@@ -75,8 +89,14 @@ export class Repository {
  * Opens the repository in `bucket` through `store`: its master key unwrapped as `keys`
  * says. With `create`, a repository without a key gets one (and a missing key file is made).
  */
-export async function openRepository(o: { store: ObjectStore; bucket: string; keys: KeySource; create?: boolean; indexDir?: string }): Promise<Repository> {
+export async function openRepository(o: {
+  store: ObjectStore;
+  bucket: string;
+  keys: KeySource;
+  create?: boolean;
+  indexDir?: string;
+}): Promise<Repository & { readonly masterKey: Buffer }> {
   const create = o.create === true;
   const masterKey = await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create });
-  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {});
+  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {}) as Repository & { readonly masterKey: Buffer };
 }
