@@ -54,6 +54,11 @@ export class Repository {
     return ManifestReader.open(this.store, this.keys, backupId, diskId);
   }
 
+  /** A manifest as a stream from its sealed head already read (`sealed`, the object at the manifest's key); throws Corrupt when it does not open. */
+  manifestFromSealed(sealed: Uint8Array, backupId: string, diskId: string): Promise<ManifestReader> {
+    return ManifestReader.fromSealed(this.store, this.keys, sealed, backupId, diskId);
+  }
+
   /** A manifest written as a stream (format 3). */
   manifestWriter(o: Omit<ManifestWriterOptions, 'store' | 'keys'>): ManifestWriter {
     return new ManifestWriter({ ...o, store: this.store, keys: this.keys });

@@ -128,7 +128,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
         out = await deepVerifyDisk(
           { verifyId: VERIFY_ID, backupId: 'big', sample: SAMPLE } as Parameters<typeof deepVerifyDisk>[0],
           { diskId: 'disk0', sizeBytes: N * CHUNK },
-          { store, keys, parallelism: 4 },
+          { repository, parallelism: 4 },
         );
       });
       expect(out!.damaged).toEqual([]);

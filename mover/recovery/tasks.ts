@@ -111,7 +111,8 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       return { deleted };
     }
     case 'deepVerifyDisk': {
-      const { store, keys } = await deps.repository(t.verify.repository);
+      const repository = Repository.of(await deps.repository(t.verify.repository));
+      const { store } = repository;
       const log = progressed(ctx, throttled(500));
       const v = t.verify;
       const result = await reported(
@@ -123,8 +124,7 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
         ),
         (report) =>
           deepVerifyDisk(v, t.disk, {
-            store,
-            keys,
+            repository,
             parallelism: deps.parallelism,
             signal: ctx.signal,
             onProgress: (p) => {
