@@ -21,6 +21,7 @@ import type { DiskResult, VmJob } from '../contracts/jobs.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
 import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
+import { Repository } from '../repository/open.ts';
 import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
 const MiB = 1024 ** 2;
@@ -81,7 +82,7 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
     case 'join': {
       // biome-ignore lint/style/noRestrictedImports: the bench measures each function's own memory in a process of its own, so it runs the handler's code directly
       const { joinSegments } = await import('../functions/backup/dispatch.ts');
-      return joinSegments({ job, transfers: args.transfers as DiskResult[] }, { store, keys });
+      return joinSegments({ job, transfers: args.transfers as DiskResult[] }, new Repository(store, keys));
     }
     case 'verify': {
       // biome-ignore lint/style/noRestrictedImports: as above, one function per process

@@ -9,7 +9,8 @@ import type { ObjectStore } from '../core/object-store.ts';
 import { chunkId, deriveKeys, open, type RepositoryKeys } from './format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper, type KmsClientLike } from './keyring.ts';
 import { ManifestReader } from './manifest/reader.ts';
-import { ManifestWriter, type ManifestWriterOptions } from './manifest/writer.ts';
+import type { ManifestHead } from './manifest/head.ts';
+import { ManifestWriter, putHead, type ManifestWriterOptions } from './manifest/writer.ts';
 import { readChunk, type ChunkLocation } from './packs.ts';
 import { PackWriter, type PackWriterOptions } from './pack-writer.ts';
 import type { PackBuffer } from './pack-buffer.ts';
@@ -62,6 +63,11 @@ export class Repository {
   /** A manifest written as a stream (format 3). */
   manifestWriter(o: Omit<ManifestWriterOptions, 'store' | 'keys'>): ManifestWriter {
     return new ManifestWriter({ ...o, store: this.store, keys: this.keys });
+  }
+
+  /** Stores a format-3 manifest head naming pieces already stored (JoinSegments); returns its sealed bytes. */
+  putManifestHead(head: ManifestHead): Promise<number> {
+    return putHead(this.store, this.keys, head);
   }
 
   /** A writer of packs (and their index objects) into this repository. */
