@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { createReadStream } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -21,6 +21,7 @@ import type { DiskResult, VmJob } from '../contracts/jobs.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
 import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
+import { Repository } from '../repository/open.ts';
 import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
 const MiB = 1024 ** 2;
@@ -81,7 +82,7 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
     case 'join': {
       // biome-ignore lint/style/noRestrictedImports: the bench measures each function's own memory in a process of its own, so it runs the handler's code directly
       const { joinSegments } = await import('../functions/backup/dispatch.ts');
-      return joinSegments({ job, transfers: args.transfers as DiskResult[] }, { store, keys });
+      return joinSegments({ job, transfers: args.transfers as DiskResult[] }, new Repository(store, keys));
     }
     case 'verify': {
       // biome-ignore lint/style/noRestrictedImports: as above, one function per process
@@ -108,19 +109,34 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
 if (process.argv[2] === 'child') {
   const [, , , step, endpointsJson, argsJson] = process.argv;
   const started = performance.now();
-  // Where the memory is: the peaks of V8's heap and of the memory outside it (Buffers), sampled.
-  const peak = { heapUsed: 0, external: 0, arrayBuffers: 0 };
+  // Where the memory is, at the RSS peak: V8's heap, memory outside it (Buffers), and the rest
+  // (worker threads' heaps, the allocator's arenas, code, stacks), with the kernel's split.
+  let peak = { rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0, anon: 0, file: 0, threads: 0 };
+  const kib = (text: string, field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0) / 1024;
   const sample = () => {
     const m = process.memoryUsage();
-    peak.heapUsed = Math.max(peak.heapUsed, m.heapUsed);
-    peak.external = Math.max(peak.external, m.external);
-    peak.arrayBuffers = Math.max(peak.arrayBuffers, m.arrayBuffers);
+    if (m.rss <= peak.rss * 1.01) return;
+    const rollup = readFileSync('/proc/self/smaps_rollup', 'utf8');
+    const status = readFileSync('/proc/self/status', 'utf8');
+    const mib = (n: number) => n / MiB;
+    peak = {
+      rss: mib(m.rss),
+      heapTotal: mib(m.heapTotal),
+      heapUsed: mib(m.heapUsed),
+      external: mib(m.external),
+      arrayBuffers: mib(m.arrayBuffers),
+      anon: kib(rollup, 'Anonymous'),
+      file: kib(rollup, 'Rss') - kib(rollup, 'Anonymous'),
+      threads: Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 0),
+    };
+    peak.rss = m.rss; // compared in bytes
   };
-  const sampler = setInterval(sample, 100);
+  const sampler = setInterval(sample, 50);
   const result = await child(step!, JSON.parse(endpointsJson!) as Endpoints, JSON.parse(argsJson!) as Record<string, unknown>);
   clearInterval(sampler);
   sample();
-  const peaksMiB = Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, v / MiB]));
+  const { rss, ...atPeak } = peak;
+  const peaksMiB = { ...atPeak, rss: rss / MiB, other: rss / MiB - atPeak.heapTotal - atPeak.external };
   process.stdout.write(
     JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, peaksMiB, result }) + '\n',
   );
@@ -183,10 +199,20 @@ const say = (s: string) => {
   process.stdout.write(s + '\n');
 };
 
+// BENCH_MOVER_NODE_FLAGS: more Node flags for the movers' processes, to try a setting before it becomes a start setting.
+const extraMoverFlags = (process.env.BENCH_MOVER_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+
 async function step<T>(name: string, kind: 'mover' | 'function', args: Record<string, unknown>): Promise<T> {
   const c = spawn(
     process.execPath,
-    [...(kind === 'mover' ? MOVER_NODE_FLAGS : []), fileURLToPath(import.meta.url), 'child', name, JSON.stringify(e), JSON.stringify(args)],
+    [
+      ...(kind === 'mover' ? [...MOVER_NODE_FLAGS, ...extraMoverFlags] : []),
+      fileURLToPath(import.meta.url),
+      'child',
+      name,
+      JSON.stringify(e),
+      JSON.stringify(args),
+    ],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, ...(kind === 'mover' ? moverStartEnv(join(dir, 'compile-cache')) : {}) },
@@ -200,7 +226,7 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
   const target = kind === 'mover' ? 256 : 512;
   const p = r.peaksMiB;
   say(
-    `${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; heap ${p.heapUsed!.toFixed(0)}, external ${p.external!.toFixed(0)} of which ArrayBuffers ${p.arrayBuffers!.toFixed(0)} MiB)   load ${loadavg()[0]!.toFixed(1)}`,
+    `${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; at the peak: heap ${p.heapUsed!.toFixed(0)} of ${p.heapTotal!.toFixed(0)}, external ${p.external!.toFixed(0)} (ArrayBuffers ${p.arrayBuffers!.toFixed(0)}), other ${p.other!.toFixed(0)}; anon ${p.anon!.toFixed(0)}, file ${p.file!.toFixed(0)} MiB; ${p.threads} threads)   load ${loadavg()[0]!.toFixed(1)}`,
   );
   return r.result;
 }

@@ -13,9 +13,7 @@ import { endpointKey, locationKey, type RepositoryLocation, type StorageEndpoint
 import { DEFAULT_S3_TIMEOUTS, LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { withBandwidthLimit, withConcurrencyLimit, withRetry, type RetryInfo } from '../core/store-wrappers.ts';
-import type { RepositoryKeys } from '../repository/format.ts';
-import { openRepository, type KeySource } from '../repository/open.ts';
-import { IndexCache } from '../repository/repository-index.ts';
+import { openRepository, type KeySource, type Repository } from '../repository/open.ts';
 import type { Logger } from './worker.ts';
 
 /** A setting of the environment that is missing or wrong: the message names it. */
@@ -26,7 +24,8 @@ export interface RepositoryAccess {
   s3: S3Client;
   /** The client for a job's endpoint (the stack's own when absent). */
   s3For(e: StorageEndpoint | undefined): S3Client;
-  repository(location: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys; index: IndexCache }>;
+  /** The repository at `location`, opened once per process (its index kept in the mover's work folder when one is set). */
+  repository(location: RepositoryLocation): Promise<Repository>;
 }
 
 export function positiveIntSetting(env: NodeJS.ProcessEnv, name: string, fallback: string): number {
@@ -114,10 +113,9 @@ export function repositoryAccess(
           s3Concurrency,
         );
         if (bandwidth) store = withBandwidthLimit(store, bandwidth);
-        const repo = await openRepository({ store, bucket, keys: await keys() });
         // The index's listings on local disk, not in memory (repository/index-spill.ts): one folder per repository.
-        const dir = o.indexDir && join(o.indexDir, createHash('sha256').update(id).digest('hex').slice(0, 16));
-        return { store, keys: repo.keys, index: new IndexCache(store, repo.keys, dir ? { dir } : {}) };
+        const indexDir = o.indexDir && join(o.indexDir, createHash('sha256').update(id).digest('hex').slice(0, 16));
+        return openRepository({ store, bucket, keys: await keys(), ...(indexDir ? { indexDir } : {}) });
       })();
       r.catch(() => repositories.delete(id));
       repositories.set(id, r);

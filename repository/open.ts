@@ -6,12 +6,15 @@
  * manager): manifests as streams, chunks by location, the index.
  */
 import type { ObjectStore } from '../core/object-store.ts';
-import { deriveKeys, type RepositoryKeys } from './format.ts';
+import { chunkId, deriveKeys, open, type RepositoryKeys } from './format.ts';
 import { KeyFileWrapper, KmsKeyWrapper, loadMasterKey, type KeyWrapper, type KmsClientLike } from './keyring.ts';
 import { ManifestReader } from './manifest/reader.ts';
-import { ManifestWriter, type ManifestWriterOptions } from './manifest/writer.ts';
+import type { ManifestHead } from './manifest/head.ts';
+import { ManifestWriter, putHead, type ManifestWriterOptions } from './manifest/writer.ts';
 import { readChunk, type ChunkLocation } from './packs.ts';
-import { RepositoryIndex } from './repository-index.ts';
+import { PackWriter, type PackWriterOptions } from './pack-writer.ts';
+import type { PackBuffer } from './pack-buffer.ts';
+import { IndexCache, RepositoryIndex } from './repository-index.ts';
 
 /** How a repository's master key is unwrapped: by a KMS key (AWS), or by a local key file (embedded stack). */
 export type KeySource = { kms: KmsClientLike; kmsKeyId: string } | { keyFile: string };
@@ -25,13 +28,26 @@ export function keyWrapper(source: KeySource, bucket: string, opts: { create?: b
 /** An open repository: its store and keys, and what reads and writes its objects. */
 export class Repository {
   readonly store: ObjectStore;
+  /** The derived keys, for the chunk pool's workers (which seal and open on their own threads); callers use the methods. */
   readonly keys: RepositoryKeys;
-  readonly masterKey: Buffer;
+  /** The master key, when the repository was opened from it (not by `withKeys`). */
+  readonly masterKey: Buffer | undefined;
+  /** The repository's index as this process keeps it, up to date on each `refresh()` (spilled to `indexDir` when given). */
+  readonly index: IndexCache;
 
-  constructor(store: ObjectStore, masterKey: Buffer) {
+  constructor(store: ObjectStore, key: Buffer | RepositoryKeys, o: { indexDir?: string } = {}) {
     this.store = store;
-    this.masterKey = masterKey;
-    this.keys = deriveKeys(masterKey);
+    this.masterKey = Buffer.isBuffer(key) ? key : undefined;
+    this.keys = Buffer.isBuffer(key) ? deriveKeys(key) : key;
+    this.index = new IndexCache(store, this.keys, o.indexDir ? { dir: o.indexDir } : {});
+  }
+
+  /**
+   * `r` as a Repository: itself when it is one, else one over its store and derived keys
+   * (a caller that was handed `{ store, keys }`, until every task's dependencies hand out Repositories).
+   */
+  static of(r: { store: ObjectStore; keys: RepositoryKeys }): Repository {
+    return r instanceof Repository ? r : new Repository(r.store, r.keys);
   }
 
   /** A disk's (or a segment's) manifest as a stream, any version; undefined when it does not exist. */
@@ -39,9 +55,24 @@ export class Repository {
     return ManifestReader.open(this.store, this.keys, backupId, diskId);
   }
 
+  /** A manifest as a stream from its sealed head already read (`sealed`, the object at the manifest's key); throws Corrupt when it does not open. */
+  manifestFromSealed(sealed: Uint8Array, backupId: string, diskId: string): Promise<ManifestReader> {
+    return ManifestReader.fromSealed(this.store, this.keys, sealed, backupId, diskId);
+  }
+
   /** A manifest written as a stream (format 3). */
   manifestWriter(o: Omit<ManifestWriterOptions, 'store' | 'keys'>): ManifestWriter {
     return new ManifestWriter({ ...o, store: this.store, keys: this.keys });
+  }
+
+  /** Stores a format-3 manifest head naming pieces already stored (JoinSegments); returns its sealed bytes. */
+  putManifestHead(head: ManifestHead): Promise<number> {
+    return putHead(this.store, this.keys, head);
+  }
+
+  /** A writer of packs (and their index objects) into this repository. */
+  packWriter<B extends PackBuffer>(o: Omit<PackWriterOptions<B>, 'store' | 'keys'>): PackWriter<B> {
+    return new PackWriter<B>({ ...o, store: this.store, keys: this.keys });
   }
 
   /** A chunk's stored envelope at `loc` (a range of its pack); undefined when the object is missing. */
@@ -49,7 +80,17 @@ export class Repository {
     return readChunk(this.store, loc, into);
   }
 
-  /** The repository's index, read now. */
+  /** The plaintext of a sealed envelope (a chunk's: `purpose` is its id); throws Corrupt when it does not open. */
+  open(sealed: Uint8Array, purpose: string): Promise<Buffer> {
+    return open(this.keys, sealed, purpose);
+  }
+
+  /** The keyed id of a chunk's plaintext. */
+  chunkId(plaintext: Uint8Array): string {
+    return chunkId(this.keys, plaintext);
+  }
+
+  /** The repository's index, read now (not kept: a function's one look; a mover refreshes `index`). */
   loadIndex(): Promise<RepositoryIndex> {
     return RepositoryIndex.load(this.store, this.keys);
   }
@@ -59,7 +100,14 @@ export class Repository {
  * Opens the repository in `bucket` through `store`: its master key unwrapped as `keys`
  * says. With `create`, a repository without a key gets one (and a missing key file is made).
  */
-export async function openRepository(o: { store: ObjectStore; bucket: string; keys: KeySource; create?: boolean }): Promise<Repository> {
+export async function openRepository(o: {
+  store: ObjectStore;
+  bucket: string;
+  keys: KeySource;
+  create?: boolean;
+  indexDir?: string;
+}): Promise<Repository & { readonly masterKey: Buffer }> {
   const create = o.create === true;
-  return new Repository(o.store, await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create }));
+  const masterKey = await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create });
+  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {}) as Repository & { readonly masterKey: Buffer };
 }

@@ -1,4 +1,5 @@
 /** Deep verification of a disk (mover/recovery/deep-verify.ts) and RecordDeepVerify's healing, on in-memory repositories. */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { deriveKeys, objectKeys } from '../repository/format.ts';
@@ -64,7 +65,7 @@ async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, 
   return { r, m: await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store) };
 }
 const verify = (store: ObjectStore, backupId: string, sizeBytes: number, verifyId?: string) =>
-  deepVerifyDisk(job(backupId, verifyId), { diskId: 'disk0', sizeBytes }, { store, keys, parallelism: 4 });
+  deepVerifyDisk(job(backupId, verifyId), { diskId: 'disk0', sizeBytes }, { repository: new Repository(store, keys), parallelism: 4 });
 
 describe('deepVerifyDisk, format 2', () => {
   it('reads an intact backup with one range GET per run of chunks and never loads the index', async () => {

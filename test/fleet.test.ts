@@ -3,6 +3,7 @@
  * group and slot scopes, and the segment split and join around Dispatch (the slot queue:
  * test/slot-queue.test.ts).
  */
+import { Repository } from '../repository/open.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { deriveKeys, objectKeys } from '../repository/format.ts';
@@ -161,7 +162,7 @@ describe('PlanDispatch / JoinSegments', () => {
     for (const it of [...items].reverse())
       transfers.push(await backupDisk({ store, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
     expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => objectKeys.manifest('bk', segmentManifestId('disk0', i))));
-    const [joined] = await joinSegments({ job: j, transfers }, { store, keys: k });
+    const [joined] = await joinSegments({ job: j, transfers }, new Repository(store, k));
     expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: objectKeys.manifest('bk', 'disk0') });
     expect(joined!.stats.chunks).toBe(11);
     expect(joined!.stats.zeroChunks).toBe(2);
@@ -186,7 +187,7 @@ describe('PlanDispatch / JoinSegments', () => {
     const partial = [
       { diskId: 'disk0', sizeBytes: d.sizeBytes, manifestKey: 'x', stats: {} as never, segment: { index: 1, count: 2, offset: 4 * MiB, length: 4 * MiB } },
     ];
-    await expect(joinSegments({ job: j, transfers: partial }, { store: new MemoryObjectStore(), keys: deriveKeys(randomBytes(32)) })).rejects.toThrow(
+    await expect(joinSegments({ job: j, transfers: partial }, new Repository(new MemoryObjectStore(), randomBytes(32)))).rejects.toThrow(
       "disk 'disk0' of backup bk: expected 2 segment results, got segments [1]",
     );
   });

@@ -27,7 +27,8 @@ import { deepVerifyDisk, inSample } from '../mover/recovery/deep-verify.ts';
 import { BackupDiskExport } from '../mover/recovery/export.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
+import { Repository } from '../repository/open.ts';
 import { ManifestReader } from '../repository/manifest/reader.ts';
 import { ManifestWriter } from '../repository/manifest/writer.ts';
 import type { ChunkLocation } from '../repository/packs.ts';
@@ -44,8 +45,9 @@ const isZero = (i: number) => i % 8 === 0;
 const isReal = (i: number) => i % 4096 === 1;
 const SAMPLE = 1 / 16;
 const VERIFY_ID = 'v-stream';
-const keys = deriveKeys(randomBytes(32));
 const store = new MemoryObjectStore();
+const repository = new Repository(store, randomBytes(32));
+const keys = repository.keys;
 let dir: string;
 let small: Buffer;
 let real: { id: string; loc: ChunkLocation }[];
@@ -126,7 +128,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
         out = await deepVerifyDisk(
           { verifyId: VERIFY_ID, backupId: 'big', sample: SAMPLE } as Parameters<typeof deepVerifyDisk>[0],
           { diskId: 'disk0', sizeBytes: N * CHUNK },
-          { store, keys, parallelism: 4 },
+          { repository, parallelism: 4 },
         );
       });
       expect(out!.damaged).toEqual([]);
@@ -246,7 +248,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
       } as ReplicateJob;
       let out: Awaited<ReturnType<typeof updateStandbyDisk>> | undefined;
       const peak = await peakHeap('standby replica + re-hash', async () => {
-        out = await updateStandbyDisk(job, { diskId: 'disk0' }, { store, keys });
+        out = await updateStandbyDisk(job, { diskId: 'disk0' }, { repository });
       });
       expect(out).toMatchObject({ fromBackupId: 'zeros', chunksWritten: Math.ceil((N - 1) / 64), chunksUnchanged: N - Math.ceil((N - 1) / 64) });
       expect(peak).toBeLessThan(BOUND);

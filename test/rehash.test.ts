@@ -4,14 +4,17 @@ import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chunkId, deriveKeys, type Manifest } from '../repository/format.ts';
+import { chunkId, type Manifest } from '../repository/format.ts';
+import { MemoryObjectStore } from '../core/memory-store.ts';
+import { Repository } from '../repository/open.ts';
 import { RestoreMismatch } from '../contracts/recovery-errors.ts';
 import { inSample } from '../mover/recovery/deep-verify.ts';
 import { rehashDisk } from '../mover/recovery/rehash.ts';
 import { readerOf } from './helpers/manifest.ts';
 
 const CHUNK = 64 * 1024;
-const keys = deriveKeys(randomBytes(32));
+const repository = new Repository(new MemoryObjectStore(), randomBytes(32));
+const keys = repository.keys;
 let dir: string;
 let data: Buffer;
 let manifest: Manifest;
@@ -58,7 +61,7 @@ async function written(name: string, edit?: (b: Buffer) => void) {
 
 describe('rehashDisk', () => {
   it('accepts a faithful copy and returns the SHA-256 of the whole disk', async () => {
-    const r = await rehashDisk({ keys, manifest: await readerOf(keys, manifest), path: await written('ok.raw') });
+    const r = await rehashDisk({ repository, manifest: await readerOf(keys, manifest), path: await written('ok.raw') });
     expect(r).toEqual({ chunksVerified: 4, sha256: createHash('sha256').update(data).digest('hex') });
   });
 
@@ -67,18 +70,18 @@ describe('rehashDisk', () => {
       b[2 * CHUNK + 17]! ^= 1;
     });
     const id = manifest.chunks[2]!;
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(
+    await expect(rehashDisk({ repository, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(
       `offset ${2 * CHUNK} does not match chunk ${id} (stored in chunks/${id.slice(0, 2)}/${id};`,
     );
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toBeInstanceOf(RestoreMismatch);
+    await expect(rehashDisk({ repository, manifest: await readerOf(keys, manifest), path })).rejects.toBeInstanceOf(RestoreMismatch);
     // Format 2: the pack and the chunk's bytes in it (the second chunk stored: bytes 5000+5000).
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, packed), path })).rejects.toThrow(
+    await expect(rehashDisk({ repository, manifest: await readerOf(keys, packed), path })).rejects.toThrow(
       `offset ${2 * CHUNK} does not match chunk ${id} (stored in packs/5a/${PACK} bytes 5000+5000;`,
     );
   });
 
   it('accepts a faithful copy of a format-2 backup', async () => {
-    const r = await rehashDisk({ keys, manifest: await readerOf(keys, packed), path: await written('ok2.raw') });
+    const r = await rehashDisk({ repository, manifest: await readerOf(keys, packed), path: await written('ok2.raw') });
     expect(r).toEqual({ chunksVerified: 4, sha256: createHash('sha256').update(data).digest('hex') });
   });
 
@@ -86,19 +89,21 @@ describe('rehashDisk', () => {
     const path = await written('hole.raw', (b) => {
       b[CHUNK + 5] = 7;
     });
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(`offset ${CHUNK} holds data where the backup has zeros`);
+    await expect(rehashDisk({ repository, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(
+      `offset ${CHUNK} holds data where the backup has zeros`,
+    );
   });
 
   it('finds a target of the wrong size', async () => {
     const path = await written('short.raw');
     await truncate(path, data.length - 1);
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(
+    await expect(rehashDisk({ repository, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(
       `is ${data.length - 1} bytes, the backup's disk is ${data.length}`,
     );
     const fh = await open(path, 'a');
     await fh.write(Buffer.alloc(2));
     await fh.close();
-    await expect(rehashDisk({ keys, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(RestoreMismatch);
+    await expect(rehashDisk({ repository, manifest: await readerOf(keys, manifest), path })).rejects.toThrow(RestoreMismatch);
   });
 });
 

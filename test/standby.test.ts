@@ -4,7 +4,8 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
+import { Repository } from '../repository/open.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -13,8 +14,9 @@ import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
 
 const CHUNK = 64 * 1024;
-const keys = deriveKeys(randomBytes(32));
 const store = new MemoryObjectStore();
+const repository = new Repository(store, randomBytes(32));
+const keys = repository.keys;
 let dir: string;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const job = (backupId: string): ReplicateJob => ({
@@ -44,7 +46,7 @@ describe('updateStandbyDisk', () => {
   it('creates the replica, then writes only the chunks a newer backup changed, and repairs a half-done update', async () => {
     const v1 = Buffer.concat([randomBytes(4 * CHUNK), Buffer.alloc(2 * CHUNK), randomBytes(2 * CHUNK)]);
     await backup('b1', v1);
-    const first = await updateStandbyDisk(job('b1'), { diskId: 'disk0' }, { store, keys });
+    const first = await updateStandbyDisk(job('b1'), { diskId: 'disk0' }, { repository });
     expect(first).toMatchObject({ fromBackupId: null, chunksWritten: 6, chunksUnchanged: 2, sha256: sha(v1) }); // holes stay holes
     const path = standbyPaths(dir, 'vm', 'disk0').disk;
     expect(sha(await readFile(path))).toBe(sha(v1));
@@ -54,7 +56,7 @@ describe('updateStandbyDisk', () => {
     randomBytes(10).copy(v2, 4 * CHUNK + 5); // data into a former hole
     v2.fill(0, 7 * CHUNK); // a chunk becomes a hole
     await backup('b2', v2);
-    const second = await updateStandbyDisk(job('b2'), { diskId: 'disk0' }, { store, keys });
+    const second = await updateStandbyDisk(job('b2'), { diskId: 'disk0' }, { repository });
     expect(second).toMatchObject({ fromBackupId: 'b1', chunksWritten: 3, bytesWritten: 3 * CHUNK, chunksUnchanged: 5, sha256: sha(v2) });
 
     // An update that stopped half-way: the state says `updating` and a chunk holds stray bytes.
@@ -65,7 +67,7 @@ describe('updateStandbyDisk', () => {
     const fh = await open(path, 'r+');
     await fh.write(randomBytes(3), 0, 3, 6 * CHUNK + 1);
     await fh.close();
-    const third = await updateStandbyDisk(job('b3'), { diskId: 'disk0' }, { store, keys });
+    const third = await updateStandbyDisk(job('b3'), { diskId: 'disk0' }, { repository });
     expect(third).toMatchObject({ fromBackupId: null, chunksWritten: 2, sha256: sha(v3) }); // chunk 0 (new) and chunk 6 (stray)
     expect(JSON.parse(await readFile(standbyPaths(dir, 'vm', 'disk0').state, 'utf8'))).toEqual({ backupId: 'b3', state: 'current' });
   });
@@ -82,11 +84,11 @@ describe('updateStandbyDisk', () => {
     pack[at.offset + 40]! ^= 1;
     const other = job('b4');
     other.vmId = 'vm-damaged'; // a fresh replica: every chunk is compared and read
-    await expect(updateStandbyDisk(other, { diskId: 'disk0' }, { store, keys })).rejects.toThrow(
+    await expect(updateStandbyDisk(other, { diskId: 'disk0' }, { repository })).rejects.toThrow(
       `chunk ${id} in ${at.key} bytes ${at.offset}+${at.length} (disk 'disk0', offset ${2 * CHUNK}) is damaged in the DR repository`,
     );
     pack[at.offset + 40]! ^= 1;
-    const ok = await updateStandbyDisk(other, { diskId: 'disk0' }, { store, keys });
+    const ok = await updateStandbyDisk(other, { diskId: 'disk0' }, { repository });
     expect(ok).toMatchObject({ fromBackupId: null, chunksWritten: 2, chunksUnchanged: 2, sha256: sha(v) }); // chunks 0 and 1 landed before the failure
   });
 });

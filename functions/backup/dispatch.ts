@@ -10,14 +10,12 @@
  */
 import { z } from 'zod';
 import { BadTaskInput, Corrupt } from '../../contracts/errors.ts';
-import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys } from '../../repository/format.ts';
 import { type DiskResult, diskResult, type DispatchItem, segmentManifestId, type TransferStats, type VmJob, vmJob } from '../../contracts/jobs.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { checkHead, type ManifestHead } from '../../repository/manifest/head.ts';
-import { ManifestReader } from '../../repository/manifest/reader.ts';
-import { putHead } from '../../repository/manifest/writer.ts';
+import type { Repository } from '../../repository/open.ts';
 
 export function planDispatch(job: VmJob): DispatchItem[] {
   if (!job.snapshot) throw new BadTaskInput(`VM '${job.vmId}' has no snapshot to dispatch`);
@@ -58,7 +56,7 @@ const sumStats = (a: TransferStats, b: TransferStats): TransferStats => ({
   seconds: Math.max(a.seconds, b.seconds),
 });
 
-export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] }, deps: { store: ObjectStore; keys: RepositoryKeys }): Promise<DiskResult[]> {
+export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] }, repository: Repository): Promise<DiskResult[]> {
   const { job } = input;
   const byDisk = new Map<string, DiskResult[]>();
   for (const t of input.transfers) byDisk.set(t.diskId, [...(byDisk.get(t.diskId) ?? []), t]);
@@ -93,7 +91,7 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
     for (const part of parts) {
       const seg = part.segment!;
       const id = segmentManifestId(disk.diskId, seg.index);
-      const m = await ManifestReader.open(deps.store, deps.keys, job.backupId, id);
+      const m = await repository.openManifest(job.backupId, id);
       if (!m) throw new Corrupt(`segment manifest ${objectKeys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
       if (m.info.chunkSize !== head.chunkSize || m.info.sizeBytes !== disk.sizeBytes)
         throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
@@ -111,7 +109,7 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
     }
     // Checked as any reader checks it (the segments cover the disk, each once, in order) before it is stored.
     checkHead(JSON.parse(JSON.stringify(head)) as Record<string, unknown>, job.backupId, disk.diskId);
-    const headBytes = await putHead(deps.store, deps.keys, head);
+    const headBytes = await repository.putManifestHead(head);
     const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
     const stats = parts.map((p) => p.stats).reduce(sumStats);
     // Segments share their snapshot's change tracking: any segment that could not use it says why.
@@ -136,7 +134,7 @@ export function makeHandlers(c: Clients) {
     planHandler: lambdaHandler('PlanDispatch', planDispatchInput, async ({ job }) => planDispatch(job)),
     joinHandler: lambdaHandler('JoinSegments', joinSegmentsInput, async (input) => {
       const { bucket, endpoint } = input.job.repository;
-      return joinSegments(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+      return joinSegments(input, await c.repository(bucket, endpoint));
     }),
   };
 }

@@ -7,7 +7,7 @@ import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { RepositoryKeys } from '../../repository/format.ts';
 import type { KeyWrapper } from '../../repository/keyring.ts';
-import { keyWrapper, openRepository, type KeySource } from '../../repository/open.ts';
+import { keyWrapper, openRepository, type KeySource, type Repository } from '../../repository/open.ts';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { powertools } from './lambda.ts';
 import { storageMetrics } from '../../contracts/metric-names.ts';
@@ -53,6 +53,8 @@ export interface Clients {
   keyWrapper(bucket: string): Promise<KeyWrapper>;
   /** The repository's keys, unwrapped once per container and bucket. */
   repositoryKeys(bucket: string, endpoint?: StorageEndpoint): Promise<RepositoryKeys>;
+  /** The repository, opened once per container and bucket (its key unwrapped once). */
+  repository(bucket: string, endpoint?: StorageEndpoint): Promise<Repository>;
 }
 
 /** How repository keys are unwrapped: KMS in AWS (REPOSITORY_KMS_KEY_ID), a key file in the embedded stack. */
@@ -160,7 +162,7 @@ function logRetries(client: MiddlewareClient): void {
 /** The functions' clients for one configuration: the Lambda entry makes them from the environment (`fromEnvironment`), the embedded stack from its own servers. */
 export function createClients(env: FunctionEnv): Clients {
   const keySource = keySourceOf(env);
-  const repositoryKeys = new Map<string, Promise<RepositoryKeys>>();
+  const repositories = new Map<string, Promise<Repository>>();
   const local = env.dynamodbEndpoint ? { credentials: LOCAL_ENDPOINT_CREDENTIALS } : {};
   const dynamodb = new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local });
   observe(dynamodb as unknown as MiddlewareClient, 'dynamodb');
@@ -197,16 +199,17 @@ export function createClients(env: FunctionEnv): Clients {
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
     keyWrapper: async (bucket) => keyWrapper(keySource(), bucket),
-    repositoryKeys: (bucket, endpoint) => {
+    repository: (bucket, endpoint) => {
       const id = locationKey({ bucket, endpoint });
-      let k = repositoryKeys.get(id);
-      if (!k) {
-        k = (async () => (await openRepository({ store: clients.store(bucket, endpoint), bucket, keys: keySource() })).keys)();
-        k.catch(() => repositoryKeys.delete(id)); // a failure is not cached
-        repositoryKeys.set(id, k);
+      let r = repositories.get(id);
+      if (!r) {
+        r = openRepository({ store: clients.store(bucket, endpoint), bucket, keys: keySource() });
+        r.catch(() => repositories.delete(id)); // a failure is not cached
+        repositories.set(id, r);
       }
-      return k;
+      return r;
     },
+    repositoryKeys: async (bucket, endpoint) => (await clients.repository(bucket, endpoint)).keys,
   };
   return clients;
 }

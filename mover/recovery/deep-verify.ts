@@ -19,12 +19,12 @@
 import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
-import { ManifestReader } from '../../repository/manifest/reader.ts';
+import { objectKeys } from '../../repository/format.ts';
+import type { ManifestReader } from '../../repository/manifest/reader.ts';
+import type { Repository } from '../../repository/open.ts';
 import { RecentIds } from '../../repository/manifest/recent.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { planReads, readChunk, type ChunkLocation } from '../../repository/packs.ts';
-import { RepositoryIndex } from '../../repository/repository-index.ts';
+import { planReads, type ChunkLocation } from '../../repository/packs.ts';
+import type { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
 
 /**
@@ -38,8 +38,7 @@ export function inSample(verifyId: string, id: string, fraction: number): boolea
 }
 
 export interface DeepVerifyDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   parallelism: number;
   signal?: AbortSignal;
   onProgress?: (p: { diskId: string; chunksChecked: number; chunksSelected: number; damaged: number; chunkSize: number }) => void;
@@ -49,7 +48,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   const started = performance.now();
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
   const manifestFinding = (reason: string): DamageFinding => ({ backupId: job.backupId, diskId: disk.diskId, offsets: [], objectKey: manifestKey, reason });
-  const sealed = await d.store.get(manifestKey);
+  const sealed = await d.repository.store.get(manifestKey);
   const done = (m: Partial<DeepVerifiedDisk>): DeepVerifiedDisk => ({
     diskId: disk.diskId,
     chunksTotal: 0,
@@ -62,7 +61,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   if (!sealed) return done({ damaged: [manifestFinding('the manifest is missing from the repository')] });
   let manifest: ManifestReader;
   try {
-    manifest = await ManifestReader.fromSealed(d.store, d.keys, sealed, job.backupId, disk.diskId);
+    manifest = await d.repository.manifestFromSealed(sealed, job.backupId, disk.diskId);
   } catch (err) {
     return done({ damaged: [manifestFinding(`the manifest does not open: ${(err as Error).message}`)] });
   }
@@ -82,10 +81,10 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
   /** Why `body` is not chunk `id` (first at disk offset `offset`, stored in `stored` bytes), or undefined when it is. */
   const problemOf = async (id: string, body: Buffer, offset: number, stored: number): Promise<string | undefined> => {
     try {
-      const plain = await open(d.keys, body, id);
+      const plain = await d.repository.open(body, id);
       const expectedLength = Math.min(chunkSize, sizeBytes - offset);
       if (plain.length !== expectedLength) return `the chunk opens to ${plain.length} bytes, the disk needs ${expectedLength}`;
-      if (chunkId(d.keys, plain) !== id) return 'the chunk opens but its content does not match its id';
+      if (d.repository.chunkId(plain) !== id) return 'the chunk opens but its content does not match its id';
       return undefined;
     } catch (err) {
       const size = stored !== body.length ? ` (${body.length} bytes stored, the manifest recorded ${stored})` : '';
@@ -95,10 +94,10 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
 
   /** True when a copy of `id` other than the one at `here` opens and matches its id. */
   const intactElsewhere = async (id: string, here: ChunkLocation, offset: number): Promise<boolean> => {
-    for (const alt of (await (index ??= RepositoryIndex.load(d.store, d.keys))).otherCopies(id, here)) {
+    for (const alt of (await (index ??= d.repository.loadIndex())).otherCopies(id, here)) {
       let copy: Buffer | undefined;
       try {
-        copy = await readChunk(d.store, alt);
+        copy = await d.repository.readChunk(alt);
       } catch (err) {
         if (err instanceof Corrupt) continue; // a pack shorter than its index says: not this copy
         throw err;
@@ -150,7 +149,7 @@ export async function deepVerifyDisk(job: DeepVerifyJob, disk: { diskId: string;
     const runs = planReads((id) => todo.get(id)!.loc, todo.keys());
     await mapLimit(runs, Math.max(1, Math.ceil(d.parallelism / 2)), async (run) => {
       d.signal?.throwIfAborted();
-      const body = await d.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
+      const body = await d.repository.store.get(run.key, run.packed ? { range: { offset: run.offset, length: run.length } } : {});
       if (body) bytesRead += body.length;
       if (!run.packed) return check(run.chunks[0]!.id, body, 'the chunk is missing from the repository');
       const where = (c: { at: number; length: number }) => `bytes ${run.offset + c.at}+${c.length} of ${run.key}`;

@@ -10,6 +10,7 @@ import { Corrupt } from '../../contracts/errors.ts';
 import type { ManifestCursor, ManifestInfo } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { readChunk, type ChunkLocation } from '../../repository/packs.ts';
+import type { Repository } from '../../repository/open.ts';
 
 /** A manifest `from` can be diffed against `to` chunk by chunk only when both cut a disk of the same size the same way. */
 export function diffable(from: ManifestInfo | undefined, to: ManifestInfo): from is ManifestInfo {
@@ -25,9 +26,8 @@ export async function sameAs(from: ManifestCursor, i: number, want: string | nul
  * Chunk `id` of disk `diskId`, read from the DR repository at `at`, opened and checked
  * against its id and `length`. Errors name the chunk, its object and the disk offset.
  */
-export async function verifiedChunk(
-  store: ObjectStore,
-  keys: RepositoryKeys,
+export async function checkedChunk(
+  repository: Pick<Repository, 'readChunk' | 'open' | 'chunkId'>,
   at: ChunkLocation,
   id: string,
   diskId: string,
@@ -35,14 +35,24 @@ export async function verifiedChunk(
   length: number,
 ): Promise<Buffer> {
   const where = `chunk ${id} in ${at.key}${at.pack ? ` bytes ${at.offset}+${at.length}` : ''} (disk '${diskId}', offset ${offset})`;
-  const body = await readChunk(store, at);
+  const body = await repository.readChunk(at);
   if (!body) throw new Corrupt(`${where} is missing from the DR repository`);
   let data: Buffer;
   try {
-    data = await open(keys, body, id);
+    data = await repository.open(body, id);
   } catch (err) {
     throw new Corrupt(`${where} is damaged in the DR repository: ${(err as Error).message}`, err);
   }
-  if (data.length !== length || chunkId(keys, data) !== id) throw new Corrupt(`${where} does not match its id in the DR repository`);
+  if (data.length !== length || repository.chunkId(data) !== id) throw new Corrupt(`${where} does not match its id in the DR repository`);
   return data;
+}
+
+/** {@link checkedChunk} for a caller that still holds a store and keys (replica-vm.ts, until it takes a Repository). */
+export function verifiedChunk(store: ObjectStore, keys: RepositoryKeys, at: ChunkLocation, id: string, diskId: string, offset: number, length: number) {
+  const repository = {
+    readChunk: (loc: ChunkLocation) => readChunk(store, loc),
+    open: (b: Uint8Array, p: string) => open(keys, b, p),
+    chunkId: (b: Uint8Array) => chunkId(keys, b),
+  };
+  return checkedChunk(repository, at, id, diskId, offset, length);
 }

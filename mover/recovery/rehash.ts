@@ -5,7 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import { open as openFile } from 'node:fs/promises';
-import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
+import { isZero } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RestoreMismatch } from '../../contracts/recovery-errors.ts';
 
@@ -24,7 +25,8 @@ export interface RehashResult {
  * read a batch (a format-3 piece) at a time.
  */
 export async function rehashDisk(o: {
-  keys: RepositoryKeys;
+  /** Whose keyed ids the manifest names. */
+  repository: Pick<Repository, 'chunkId'>;
   manifest: ManifestReader;
   path: string;
   device?: boolean;
@@ -62,7 +64,7 @@ export async function rehashDisk(o: {
           if (expected === null) {
             if (!isZero(view))
               throw new RestoreMismatch(`disk '${diskId}' of backup ${backupId}: ${o.path} at offset ${offset} holds data where the backup has zeros`);
-          } else if (chunkId(o.keys, view) !== expected) {
+          } else if (o.repository.chunkId(view) !== expected) {
             const loc = b.location(k)!;
             const stored = `${loc.key}${loc.pack ? ` bytes ${loc.offset}+${loc.length}` : ''}`;
             throw new RestoreMismatch(

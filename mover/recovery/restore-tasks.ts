@@ -7,7 +7,7 @@ import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../contracts/errors.ts';
-import { objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
@@ -137,7 +137,7 @@ async function restoreDiskToPool(
       });
       d.signal?.throwIfAborted();
       const check = await rehashDisk({
-        keys: d.keys,
+        repository: { chunkId: (plain) => chunkId(d.keys, plain) },
         manifest,
         path,
         device: kind.targetKind === 'device',
@@ -206,7 +206,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
     });
     d.signal?.throwIfAborted();
     const check = await rehashDisk({
-      keys: d.keys,
+      repository: { chunkId: (plain) => chunkId(d.keys, plain) },
       manifest,
       path,
       device: targetKind === 'device',

@@ -10,11 +10,11 @@
  */
 import { mkdir, open as openFile, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
+import { isZero } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { verifiedChunk } from './manifest-diff.ts';
+import { ManifestCursor } from '../../repository/manifest/reader.ts';
+import { checkedChunk } from './manifest-diff.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
 import { rehashDisk } from './rehash.ts';
@@ -47,8 +47,8 @@ export async function updateStandbyDisk(
   job: ReplicateJob,
   disk: { diskId: string },
   d: {
-    store: ObjectStore;
-    keys: RepositoryKeys;
+    /** The DR repository. */
+    repository: Repository;
     signal?: AbortSignal;
     onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void;
   },
@@ -57,14 +57,14 @@ export async function updateStandbyDisk(
   if (!job.replicaDir) throw new RecoveryRequestInvalid(`replication ${job.replicationId} names no replica folder`);
   const paths = standbyPaths(job.replicaDir, job.vmId, disk.diskId);
   // Both manifests are read a piece at a time, in step (memory stays bounded whatever the disk's size).
-  const target = await ManifestReader.open(d.store, d.keys, job.backupId, disk.diskId);
+  const target = await d.repository.openManifest(job.backupId, disk.diskId);
   if (!target)
     throw new Corrupt(
       `manifest of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`,
     );
   const state = await readState(paths.state);
   // Incremental only from a replica known to hold a whole backup whose manifest is still there.
-  const from = state?.state === 'current' ? await ManifestReader.open(d.store, d.keys, state.backupId, disk.diskId) : undefined;
+  const from = state?.state === 'current' ? await d.repository.openManifest(state.backupId, disk.diskId) : undefined;
   const fromUsable = from && from.info.chunkSize === target.info.chunkSize ? from.info : undefined;
   const fromCursor = fromUsable && new ManifestCursor(from!);
   const { chunkSize, sizeBytes } = target.info;
@@ -97,12 +97,12 @@ export async function updateStandbyDisk(
           const view = buf.subarray(0, length);
           const { bytesRead } = await fh.read(view, 0, length, offset);
           if (bytesRead < length) view.fill(0, bytesRead);
-          same = want === null ? isZero(view) : chunkId(d.keys, view) === want;
+          same = want === null ? isZero(view) : d.repository.chunkId(view) === want;
         }
         if (same) {
           chunksUnchanged++;
         } else {
-          const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, batch.location(k)!, want, disk.diskId, offset, length);
+          const data = want === null ? Buffer.alloc(length) : await checkedChunk(d.repository, batch.location(k)!, want, disk.diskId, offset, length);
           await fh.write(data, 0, length, offset);
           chunksWritten++;
           bytesWritten += length;
@@ -115,7 +115,7 @@ export async function updateStandbyDisk(
     await fh.close();
     await fromCursor?.close();
   }
-  const check = await rehashDisk({ keys: d.keys, manifest: target, path: paths.disk, ...(d.signal ? { signal: d.signal } : {}) });
+  const check = await rehashDisk({ repository: d.repository, manifest: target, path: paths.disk, ...(d.signal ? { signal: d.signal } : {}) });
   await writeState(paths.state, { backupId: job.backupId, state: 'current' });
   return {
     diskId: disk.diskId,

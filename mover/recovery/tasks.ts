@@ -9,6 +9,7 @@ import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';
 import { discardPoolVolumes } from './pool-volumes.ts';
 import { restoreDiskTask, restoreVmConfigTask } from './restore-tasks.ts';
+import { Repository } from '../../repository/open.ts';
 import { restoreTestTask } from './restore-test.ts';
 import { runExportTask } from './export-task.ts';
 import { instantRecoverTask } from './instant.ts';
@@ -110,7 +111,8 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       return { deleted };
     }
     case 'deepVerifyDisk': {
-      const { store, keys } = await deps.repository(t.verify.repository);
+      const repository = Repository.of(await deps.repository(t.verify.repository));
+      const { store } = repository;
       const log = progressed(ctx, throttled(500));
       const v = t.verify;
       const result = await reported(
@@ -122,8 +124,7 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
         ),
         (report) =>
           deepVerifyDisk(v, t.disk, {
-            store,
-            keys,
+            repository,
             parallelism: deps.parallelism,
             signal: ctx.signal,
             onProgress: (p) => {
@@ -151,11 +152,10 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       });
     }
     case 'updateStandbyDisk': {
-      const { store, keys } = await deps.repository(t.replicate.target);
+      const repository = Repository.of(await deps.repository(t.replicate.target));
       const log = progressed(ctx, throttled(500));
       return updateStandbyDisk(t.replicate, t.disk, {
-        store,
-        keys,
+        repository,
         signal: ctx.signal,
         onProgress: (p) =>
           log(p.chunksDone === p.chunks, () => deps.logger.info('standby.progress', { vmId: t.replicate.vmId, backupId: t.replicate.backupId, ...p })),
