@@ -10,6 +10,7 @@ import type { SdkCall } from '../local/stack.ts';
 import type { LambdaFunctionId } from '../contracts/functions.ts';
 import type { QuotaUsage } from '../local/quota-guard.ts';
 import type { ExecutionRecord } from '../local/sfn-api.ts';
+import { LocalExecutions } from '../local/executions.ts';
 
 export interface Prices {
   date: string;
@@ -48,17 +49,28 @@ export interface RunExecutions {
   slotWaits: number[];
 }
 
-export async function runExecutions(dataDir: string, executionArn: string): Promise<RunExecutions> {
+/** The execution `executionArn` first, then every execution its Map Runs started, and theirs, from the stack's records. */
+export async function runRecords(dataDir: string, executionArn: string): Promise<ExecutionRecord[]> {
   const folder = join(dataDir, 'executions');
   const records: ExecutionRecord[] = [];
   for (const f of await readdir(folder)) if (f.endsWith('.json')) records.push(JSON.parse(await readFile(join(folder, f), 'utf8')) as ExecutionRecord);
   const parent = records.find((r) => r.executionArn === executionArn);
   if (!parent) throw new Error(`no record of execution ${executionArn} in ${folder}`);
-  const run = [parent, ...records.filter((r) => r.parentExecutionArn === executionArn)];
+  const run = [parent];
+  for (let i = 0; i < run.length; i++) run.push(...records.filter((r) => r.parentExecutionArn === run[i]!.executionArn));
+  return run;
+}
+
+/** A VM's own execution of a Backup run (the BackupVms Map's child), not the run's or a host's. */
+export const isVmExecution = (r: Pick<ExecutionRecord, 'stateMachineArn'>) => r.stateMachineArn.endsWith('/BackupVm');
+
+export async function runExecutions(dataDir: string, executionArn: string): Promise<RunExecutions> {
+  const folder = join(dataDir, 'executions');
+  const run = await runRecords(dataDir, executionArn);
   let transitions = 0;
   const slotWaits: number[] = [];
   for (const r of run) {
-    const base = `${r.stateMachineArn.split(':').pop()!.replace('/', '--')}--${r.name}`;
+    const base = LocalExecutions.fileBase(r);
     const events = (await readFile(join(folder, `${base}.history.jsonl`), 'utf8'))
       .trim()
       .split('\n')
@@ -71,7 +83,7 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
   const usage = run.map((r) => ({ arn: r.executionArn, ...(r.quotaUsage as QuotaUsage) }));
   const history = usage.reduce((a, b) => (b.historyEvents > a.historyEvents ? b : a));
   const payload = usage.reduce((a, b) => (b.largestPayload.bytes > a.largestPayload.bytes ? b : a));
-  const children = usage.slice(1);
+  const children = usage.filter((_, i) => isVmExecution(run[i]!));
   return {
     executions: run.length,
     transitions,
