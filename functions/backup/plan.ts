@@ -234,7 +234,10 @@ export const runListKey = (policyId: string, runId: string, host?: string) =>
  * once: as many as fit in `vmConcurrency` backups by their slots (at least one), so the
  * run's VMs at once stay within it while each admitted host runs exactly its slots' worth.
  */
-export function hostLines(vms: VmJob[], vmConcurrency: number): { lines: { host: string; moverGroup: string; slots: number; jobs: VmJob[] }[]; concurrency: number } {
+export function hostLines(
+  vms: VmJob[],
+  vmConcurrency: number,
+): { lines: { host: string; moverGroup: string; slots: number; jobs: VmJob[] }[]; concurrency: number } {
   const byHost = Map.groupBy(vms, (j) => j.host);
   const lines = [...byHost.values()].map((jobs) => ({
     host: jobs[0]!.host,
