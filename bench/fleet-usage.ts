@@ -41,6 +41,8 @@ interface HistoryEvent {
 export interface RunExecutions {
   executions: number;
   transitions: number;
+  /** State transitions by state name, over all the run's executions. */
+  transitionsByState: Record<string, number>;
   parentHistory: number;
   largestHistory: { events: number; execution: string };
   largestPayload: { bytes: number; where: string; execution: string };
@@ -68,6 +70,7 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
   const folder = join(dataDir, 'executions');
   const run = await runRecords(dataDir, executionArn);
   let transitions = 0;
+  const byState: Record<string, number> = {};
   const slotWaits: number[] = [];
   for (const r of run) {
     const base = LocalExecutions.fileBase(r);
@@ -75,7 +78,10 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as HistoryEvent);
-    transitions += events.filter((e) => e.type === 'StateEntered').length;
+    for (const e of events.filter((e) => e.type === 'StateEntered')) {
+      transitions++;
+      byState[e.state?.name ?? '?'] = (byState[e.state?.name ?? '?'] ?? 0) + 1;
+    }
     const entered = events.find((e) => e.type === 'StateEntered' && e.state?.name === 'AcquireSlot');
     const exited = events.findLast((e) => e.type === 'StateExited' && e.state?.name === 'AcquireSlot');
     if (entered && exited) slotWaits.push((exited.timestamp - entered.timestamp) / 1000);
@@ -87,6 +93,7 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
   return {
     executions: run.length,
     transitions,
+    transitionsByState: byState,
     parentHistory: usage[0]!.historyEvents,
     largestHistory: { events: history.historyEvents, execution: history.arn.split(':').slice(-2).join(':') },
     largestPayload: { ...payload.largestPayload, execution: payload.arn.split(':').slice(-2).join(':') },
@@ -140,6 +147,10 @@ export interface PerVmBackup {
   transitions: number;
   lambdaInvocations: number;
   lambdaGbSeconds: number;
+  /** The same invocations each timed at its function's shortest one: what the GB-seconds fall to without the shared machine's load. */
+  lambdaGbSecondsFloor?: number;
+  /** By function: invocations and GB-seconds per VM-backup. */
+  lambdaByFunction?: Record<string, { invocations: number; gbSeconds: number; gbSecondsFloor: number }>;
   dynamodbReadUnits: number;
   dynamodbWriteUnits: number;
   /** S3 requests by kind: PUT (with POST, COPY), LIST, GET, HEAD, DELETE. */
@@ -147,9 +158,12 @@ export interface PerVmBackup {
   kmsCalls: number;
 }
 
-/** Lambda GB-seconds of invocations: each function's measured time at its configured memory (cdk/lib/function-access.ts; default 512 MiB). */
+/** A function's configured memory in GB (cdk/lib/function-access.ts; default 512 MiB). */
+export const memoryGb = (id: string) => (functionAccess[id as LambdaFunctionId]?.memoryMiB ?? 512) / 1024;
+
+/** Lambda GB-seconds of invocations: each function's measured time at its configured memory. */
 export function gbSeconds(invocations: Record<string, { count: number; ms: number }>): number {
-  return Object.entries(invocations).reduce((s, [id, v]) => s + (v.ms / 1000) * ((functionAccess[id as LambdaFunctionId]?.memoryMiB ?? 512) / 1024), 0);
+  return Object.entries(invocations).reduce((s, [id, v]) => s + (v.ms / 1000) * memoryGb(id), 0);
 }
 
 /** The cost of `n` VM-backups, by service, in dollars. */

@@ -170,8 +170,10 @@ describe('Backup state machine graph', () => {
       'Commit',
       'ReleaseSlot',
     ]);
-    expect(path).toHaveLength(10); // a final Pass shaping the VM's result
-    expect(perVm.States[path[9]!]).toMatchObject({ Type: 'Pass', End: true });
+    // ReleaseSlot ends the VM's execution (no shaping state to pay for); its output is Commit's answer.
+    expect(path).toHaveLength(9);
+    expect(perVm.States.ReleaseSlot).toMatchObject({ End: true, ResultPath: null, OutputPath: '$.commit' });
+    expect((perVm.States.ReleaseSlot as { Catch?: { Next: string }[] }).Catch).toEqual([expect.objectContaining({ Next: 'VmCommitted' })]);
   });
 
   it('runs Snapshot, DispatchDisk and both ReleaseSnapshot steps on the mover activity with timeouts and heartbeats', () => {

@@ -114,7 +114,7 @@ export class BackupWorkflow extends Construct {
     super(scope, id);
     useResultWriterV2(this);
     const fn = props.functions;
-    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) =>
+    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null; outputPath?: string } = {}) =>
       lambdaStep(this, name, fn[f], opts);
     /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
     const onGroup = (
@@ -250,9 +250,12 @@ export class BackupWorkflow extends Construct {
     );
     const verify = invoke('Verify', 'Verify', { resultPath: '$.verify' });
     const commit = invoke('Commit', 'Commit', { resultPath: '$.commit' });
-    const releaseSlot = invoke('ReleaseSlot', 'ReleaseSlot', { resultPath: null });
+    // The VM's last state: its output is Commit's answer (the ResultWriter's file holds it; nobody reads it back), so the
+    // happy path pays no shaping state. A ReleaseSlot that fails still ends the committed VM, through VmCommitted.
+    const releaseSlot = invoke('ReleaseSlot', 'ReleaseSlot', { resultPath: null, outputPath: '$.commit' });
     const vmDone = new sfn.Pass(this, 'VmCommitted', {
-      parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'disks.$': '$.disks', 'commit.$': '$.commit' },
+      comment: 'The backup is committed but ReleaseSlot failed: its slot comes back when its lease runs out',
+      parameters: { 'backupId.$': '$.commit.backupId', 'committedAt.$': '$.commit.committedAt', 'cleanupError.$': '$.cleanupError' },
     });
 
     for (const s of [planDispatch, dispatch, joinSegments]) catchAny(s, releaseSnapshotAfterFailure, '$.error');
@@ -267,8 +270,7 @@ export class BackupWorkflow extends Construct {
       .next(releaseSnapshot)
       .next(verify)
       .next(commit)
-      .next(releaseSlot)
-      .next(vmDone);
+      .next(releaseSlot);
     // Admission by host: one child execution per host (BackupHosts), which runs its VMs' children (BackupVms) at most
     // its slots at once, so a host's slot that frees is taken by that host's next VM, in line order, and no VM waits in
     // a line whose host is busy while another host's slots idle. Each VM still has its own child execution; a VM's
