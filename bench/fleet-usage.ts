@@ -10,6 +10,7 @@ import type { SdkCall } from '../local/stack.ts';
 import type { LambdaFunctionId } from '../contracts/functions.ts';
 import type { QuotaUsage } from '../local/quota-guard.ts';
 import type { ExecutionRecord } from '../local/sfn-api.ts';
+import { LocalExecutions } from '../local/executions.ts';
 
 export interface Prices {
   date: string;
@@ -40,6 +41,8 @@ interface HistoryEvent {
 export interface RunExecutions {
   executions: number;
   transitions: number;
+  /** State transitions by state name, over all the run's executions. */
+  transitionsByState: Record<string, number>;
   parentHistory: number;
   largestHistory: { events: number; execution: string };
   largestPayload: { bytes: number; where: string; execution: string };
@@ -48,22 +51,37 @@ export interface RunExecutions {
   slotWaits: number[];
 }
 
-export async function runExecutions(dataDir: string, executionArn: string): Promise<RunExecutions> {
+/** The execution `executionArn` first, then every execution its Map Runs started, and theirs, from the stack's records. */
+export async function runRecords(dataDir: string, executionArn: string): Promise<ExecutionRecord[]> {
   const folder = join(dataDir, 'executions');
   const records: ExecutionRecord[] = [];
   for (const f of await readdir(folder)) if (f.endsWith('.json')) records.push(JSON.parse(await readFile(join(folder, f), 'utf8')) as ExecutionRecord);
   const parent = records.find((r) => r.executionArn === executionArn);
   if (!parent) throw new Error(`no record of execution ${executionArn} in ${folder}`);
-  const run = [parent, ...records.filter((r) => r.parentExecutionArn === executionArn)];
+  const run = [parent];
+  for (let i = 0; i < run.length; i++) run.push(...records.filter((r) => r.parentExecutionArn === run[i]!.executionArn));
+  return run;
+}
+
+/** A VM's own execution of a Backup run (the BackupVms Map's child), not the run's or a host's. */
+export const isVmExecution = (r: Pick<ExecutionRecord, 'stateMachineArn'>) => r.stateMachineArn.endsWith('/BackupVm');
+
+export async function runExecutions(dataDir: string, executionArn: string): Promise<RunExecutions> {
+  const folder = join(dataDir, 'executions');
+  const run = await runRecords(dataDir, executionArn);
   let transitions = 0;
+  const byState: Record<string, number> = {};
   const slotWaits: number[] = [];
   for (const r of run) {
-    const base = `${r.stateMachineArn.split(':').pop()!.replace('/', '--')}--${r.name}`;
+    const base = LocalExecutions.fileBase(r);
     const events = (await readFile(join(folder, `${base}.history.jsonl`), 'utf8'))
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as HistoryEvent);
-    transitions += events.filter((e) => e.type === 'StateEntered').length;
+    for (const e of events.filter((e) => e.type === 'StateEntered')) {
+      transitions++;
+      byState[e.state?.name ?? '?'] = (byState[e.state?.name ?? '?'] ?? 0) + 1;
+    }
     const entered = events.find((e) => e.type === 'StateEntered' && e.state?.name === 'AcquireSlot');
     const exited = events.findLast((e) => e.type === 'StateExited' && e.state?.name === 'AcquireSlot');
     if (entered && exited) slotWaits.push((exited.timestamp - entered.timestamp) / 1000);
@@ -71,10 +89,11 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
   const usage = run.map((r) => ({ arn: r.executionArn, ...(r.quotaUsage as QuotaUsage) }));
   const history = usage.reduce((a, b) => (b.historyEvents > a.historyEvents ? b : a));
   const payload = usage.reduce((a, b) => (b.largestPayload.bytes > a.largestPayload.bytes ? b : a));
-  const children = usage.slice(1);
+  const children = usage.filter((_, i) => isVmExecution(run[i]!));
   return {
     executions: run.length,
     transitions,
+    transitionsByState: byState,
     parentHistory: usage[0]!.historyEvents,
     largestHistory: { events: history.historyEvents, execution: history.arn.split(':').slice(-2).join(':') },
     largestPayload: { ...payload.largestPayload, execution: payload.arn.split(':').slice(-2).join(':') },
@@ -128,6 +147,10 @@ export interface PerVmBackup {
   transitions: number;
   lambdaInvocations: number;
   lambdaGbSeconds: number;
+  /** The same invocations each timed at its function's shortest one: what the GB-seconds fall to without the shared machine's load. */
+  lambdaGbSecondsFloor?: number;
+  /** By function: invocations and GB-seconds per VM-backup. */
+  lambdaByFunction?: Record<string, { invocations: number; gbSeconds: number; gbSecondsFloor: number }>;
   dynamodbReadUnits: number;
   dynamodbWriteUnits: number;
   /** S3 requests by kind: PUT (with POST, COPY), LIST, GET, HEAD, DELETE. */
@@ -135,9 +158,12 @@ export interface PerVmBackup {
   kmsCalls: number;
 }
 
-/** Lambda GB-seconds of invocations: each function's measured time at its configured memory (cdk/lib/function-access.ts; default 512 MiB). */
+/** A function's configured memory in GB (cdk/lib/function-access.ts; default 512 MiB). */
+export const memoryGb = (id: string) => (functionAccess[id as LambdaFunctionId]?.memoryMiB ?? 512) / 1024;
+
+/** Lambda GB-seconds of invocations: each function's measured time at its configured memory. */
 export function gbSeconds(invocations: Record<string, { count: number; ms: number }>): number {
-  return Object.entries(invocations).reduce((s, [id, v]) => s + (v.ms / 1000) * ((functionAccess[id as LambdaFunctionId]?.memoryMiB ?? 512) / 1024), 0);
+  return Object.entries(invocations).reduce((s, [id, v]) => s + (v.ms / 1000) * memoryGb(id), 0);
 }
 
 /** The cost of `n` VM-backups, by service, in dollars. */

@@ -24,7 +24,7 @@ import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts
 import os from 'node:os';
 import { lambdaInvocations } from '../local/lambdas.ts';
 import { formatSlotFairness, slotFairness } from './slot-fairness.ts';
-import { dynamodbUnits, gbSeconds, loadPrices, price, runExecutions, type PerVmBackup, type Prices } from './fleet-usage.ts';
+import { dynamodbUnits, gbSeconds, loadPrices, memoryGb, price, runExecutions, type PerVmBackup, type Prices } from './fleet-usage.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
@@ -138,19 +138,35 @@ function counters(stack: EmbeddedStack) {
 
 /** Per VM-backup usage between two snapshots of `counters`. */
 function perVm(before: ReturnType<ReturnType<typeof counters>['snap']>, after: typeof before, transitions: number, vms: number): PerVmBackup {
-  const lambda: Record<string, { count: number; ms: number }> = {};
+  const lambda: Record<string, { count: number; ms: number; minMs: number }> = {};
   for (const [id, v] of Object.entries(after.lambda))
-    lambda[id] = { count: v.count - (before.lambda[id]?.count ?? 0), ms: v.ms - (before.lambda[id]?.ms ?? 0) };
+    lambda[id] = { count: v.count - (before.lambda[id]?.count ?? 0), ms: v.ms - (before.lambda[id]?.ms ?? 0), minMs: v.minMs };
+  const byFunction = Object.fromEntries(
+    Object.entries(lambda)
+      .filter(([, v]) => v.count > 0)
+      .map(([id, v]) => [
+        id,
+        { invocations: v.count / vms, gbSeconds: ((v.ms / 1000) * memoryGb(id)) / vms, gbSecondsFloor: ((v.count * v.minMs) / 1000) * (memoryGb(id) / vms) },
+      ]),
+  );
   const s3 = Object.fromEntries(Object.entries(after.s3).map(([k, n]) => [k, (n - (before.s3[k] ?? 0)) / vms]));
   return {
     transitions: transitions / vms,
     lambdaInvocations: Object.values(lambda).reduce((s, v) => s + v.count, 0) / vms,
     lambdaGbSeconds: gbSeconds(lambda) / vms,
+    lambdaGbSecondsFloor: Object.values(byFunction).reduce((t, f) => t + f.gbSecondsFloor, 0),
+    lambdaByFunction: byFunction,
     dynamodbReadUnits: (after.ddb.read - before.ddb.read) / vms,
     dynamodbWriteUnits: (after.ddb.write - before.ddb.write) / vms,
     s3,
     kmsCalls: 0,
   };
+}
+
+/** The run's state transitions per VM, by state, most first. */
+function printTransitions(byState: Record<string, number>, vms: number): void {
+  const rows = Object.entries(byState).sort((a, b) => b[1] - a[1]);
+  process.stdout.write(`\nState transitions per VM by state: ${rows.map(([k, n]) => `${k} ${(n / vms).toFixed(2)}`).join(', ')}\n`);
 }
 
 function printCost(u: PerVmBackup, prices: Prices, label: string): void {
@@ -160,6 +176,8 @@ function printCost(u: PerVmBackup, prices: Prices, label: string): void {
   process.stdout.write(
     `| state transitions | ${u.transitions.toFixed(1)} |\n| Lambda invocations | ${u.lambdaInvocations.toFixed(1)} |\n| Lambda GB-seconds | ${u.lambdaGbSeconds.toFixed(3)} |\n`,
   );
+  if (u.lambdaGbSecondsFloor !== undefined)
+    process.stdout.write(`| Lambda GB-seconds, each invocation at its function's shortest | ${u.lambdaGbSecondsFloor.toFixed(4)} |\n`);
   process.stdout.write(`| DynamoDB read / write units | ${u.dynamodbReadUnits.toFixed(1)} / ${u.dynamodbWriteUnits.toFixed(1)} |\n`);
   process.stdout.write(
     `| S3 requests | ${Object.entries(u.s3)
@@ -169,6 +187,21 @@ function printCost(u: PerVmBackup, prices: Prices, label: string): void {
   process.stdout.write(`\nCost per 1,000 VM-backups at ${prices.region} list prices of ${prices.date} (bench/aws-prices.json):\n| service | $ |\n|---|---:|\n`);
   for (const [k, v] of Object.entries(cost)) process.stdout.write(`| ${k} | ${v.toFixed(4)} |\n`);
   process.stdout.write(`| orchestration (Step Functions, Lambda, DynamoDB, KMS) | ${orchestration.toFixed(4)} (target 0.50) |\n`);
+  if (u.lambdaGbSecondsFloor !== undefined) {
+    const floor = price({ ...u, lambdaGbSeconds: u.lambdaGbSecondsFloor }, prices);
+    process.stdout.write(
+      `| orchestration, Lambda timed at each function's shortest invocation (the load's share removed) | ${(floor['Step Functions']! + floor.Lambda! + floor.DynamoDB! + floor.KMS!).toFixed(4)} |\n`,
+    );
+  }
+  if (u.lambdaByFunction) {
+    process.stdout.write(
+      '\nLambda by function, per VM-backup:\n| function | MiB | invocations | GB-s measured | GB-s at its shortest | $ per 1,000 (measured) |\n|---|---:|---:|---:|---:|---:|\n',
+    );
+    for (const [id, f] of Object.entries(u.lambdaByFunction).sort((a, b) => b[1].gbSeconds - a[1].gbSeconds))
+      process.stdout.write(
+        `| ${id} | ${memoryGb(id) * 1024} | ${f.invocations.toFixed(2)} | ${f.gbSeconds.toFixed(4)} | ${f.gbSecondsFloor.toFixed(4)} | ${(1000 * (f.invocations * prices.lambdaPerRequest + f.gbSeconds * prices.lambdaArmPerGbSecond)).toFixed(4)} |\n`,
+      );
+  }
 }
 
 /** `groups` mover groups of `hostsPerGroup` hosts, `moversPerGroup` movers each. */
@@ -241,6 +274,7 @@ async function scale(): Promise<void> {
       `| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`,
     );
     process.stdout.write(`\nWhy VMs waited (bench/slot-fairness.ts): ${formatSlotFairness(await slotFairness(f.dataDir, d.executionArn!))}\n`);
+    printTransitions(run.transitionsByState, vmCount);
     printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
   } finally {
     observeSdkCalls(undefined);
@@ -283,7 +317,8 @@ async function cost(): Promise<void> {
     if (s.failed) throw new Error(`the incremental failed ${s.failed} VMs: ${JSON.stringify(s.vms.slice(0, 3))}`);
     const run = await runExecutions(f.dataDir, d.executionArn!);
     const u = perVm(before, c.snap(), run.transitions, vmCount);
-    process.stdout.write(`load average ${load.toFixed(1)} (${os.cpus().length} cores)\n`);
+    process.stdout.write(`load average ${load.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end (${os.cpus().length} cores)\n`);
+    printTransitions(run.transitionsByState, vmCount);
     printCost(u, await loadPrices(), `measured: incremental of ${diskMiB} MiB VMs after a 2% change`);
     // A bigger disk changes only S3's requests: the new data's packs (and an index object per 32 packs), and
     // Verify's HEAD of each distinct pack the manifest references (at most the disk's size in packs). Model them for

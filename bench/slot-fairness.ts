@@ -6,15 +6,16 @@
  * - the queue's own order: per host, VMs served before one that queued earlier (FIFO
  *   inversions), waits that ran out and queued again (AcquireSlot retried), ReleaseSlots
  *   that failed (a serve cut short), and slot-seconds idle while the same host had waiters;
- * - the Map's admission: slot-seconds idle on hosts with nobody waiting while other hosts
- *   had waiters (the Map starts the next VM in list order, not the next VM of the host whose
- *   slot freed), the longest run of one host's VMs in start order, and the spread of the
- *   hosts' mean waits.
+ * - the Maps' admission: slot-seconds idle on hosts with nobody waiting while other hosts
+ *   had waiters (admission by host, each host's BackupVms Map running its slots' worth,
+ *   should leave none), the longest run of one host's VMs in start order, and the spread of
+ *   the hosts' mean waits.
  * Used by bench/fleet.ts (scale) and the fleet test.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ExecutionRecord } from '../local/sfn-api.ts';
+import { LocalExecutions } from '../local/executions.ts';
+import { isVmExecution, runRecords } from './fleet-usage.ts';
 
 interface HistoryEvent {
   type: string;
@@ -60,12 +61,9 @@ const pct = (xs: number[], p: number) => {
 async function lives(dataDir: string, executionArn: string): Promise<VmSlotLife[]> {
   const folder = join(dataDir, 'executions');
   const out: VmSlotLife[] = [];
-  for (const f of await readdir(folder)) {
-    if (!f.endsWith('.json')) continue;
-    const r = JSON.parse(await readFile(join(folder, f), 'utf8')) as ExecutionRecord;
-    if (r.parentExecutionArn !== executionArn) continue;
+  for (const r of (await runRecords(dataDir, executionArn)).filter(isVmExecution)) {
     const job = JSON.parse(r.input) as { host: string; slotScopes: { limit: number }[] };
-    const base = f.slice(0, -'.json'.length);
+    const base = LocalExecutions.fileBase(r);
     const events = (await readFile(join(folder, `${base}.history.jsonl`), 'utf8').catch(() => ''))
       .trim()
       .split('\n')

@@ -8,7 +8,8 @@
  * - reads the items with the ItemReader (`s3:getObject`, InputType JSON or JSONL) or from
  *   ItemsPath, applies ItemSelector (`$$.Map.Item.Index` / `.Value`, `$`, `$$.Execution`);
  * - runs one child execution per item (the ItemProcessor as its own state machine,
- *   `<parent state machine>/<Label>`), at most MaxConcurrency at once (0: AWS's 10,000),
+ *   `<parent state machine>/<Label>`), at most MaxConcurrency (or the whole number at
+ *   MaxConcurrencyPath in the state's input) at once (0: AWS's 10,000),
  *   each with its own history, its own quotas and the 256 KiB limit on its input and output;
  * - fails with `States.ExceedToleratedFailureThreshold` when more children failed than
  *   ToleratedFailurePercentage / ToleratedFailureCount allow (default: none);
@@ -37,6 +38,7 @@ export interface DistributedMapState extends State {
   ItemSelector?: Record<string, unknown>;
   ItemBatcher?: unknown;
   MaxConcurrency?: number;
+  MaxConcurrencyPath?: string;
   ToleratedFailurePercentage?: number;
   ToleratedFailureCount?: number;
   ResultWriter?: { Resource: string; Parameters?: { Bucket?: string; Prefix?: string } };
@@ -187,6 +189,15 @@ async function pool<T, R>(items: readonly T[], limit: number, signal: AbortSigna
   return out;
 }
 
+/** MaxConcurrency, or the value at MaxConcurrencyPath, which must be a whole number from 0 (AWS: States.Runtime otherwise). */
+function maxConcurrency(map: DistributedMapState, input: unknown, ctx: MapRunContext): number {
+  if (map.MaxConcurrencyPath === undefined) return map.MaxConcurrency ?? 0;
+  const v = readPath(map.MaxConcurrencyPath, input, { Execution: ctx.execution });
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+    throw named('States.Runtime', `MaxConcurrencyPath '${map.MaxConcurrencyPath}' must point to a whole number of 0 or more, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 /** Runs the Map Run of Distributed Map `stateName` over the lowered Task's `input`; its result is the state's. */
 export async function runMapRun(stateName: string, map: DistributedMapState, input: unknown, ctx: MapRunContext): Promise<unknown> {
   const label = map.Label ?? stateName;
@@ -197,7 +208,7 @@ export async function runMapRun(stateName: string, map: DistributedMapState, inp
   ctx.onMapRun({ mapRunArn, stateName, items: items.length });
   const { ProcessorConfig: _config, ...definition } = map.ItemProcessor;
   const childMachine = `${ctx.stateMachineArn}/${label}`;
-  const outcomes = await pool(items, map.MaxConcurrency || 10_000, ctx.signal, (item, index) => {
+  const outcomes = await pool(items, maxConcurrency(map, input, ctx) || 10_000, ctx.signal, (item, index) => {
     const context = { Execution: ctx.execution, Map: { Item: { Index: index, Value: item } } };
     const childInput = map.ItemSelector ? applyTemplate(map.ItemSelector, input, context) : item;
     return ctx.runChild({

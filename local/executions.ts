@@ -100,9 +100,9 @@ export class LocalExecutions implements ExecutionService {
     }
   }
 
-  /** The file name of an execution's record and history, without extension (a Map Run's child: `<parent>--<label>--<name>`). */
+  /** The file name of an execution's record and history, without extension (a Map Run's child: `<parent>--<label>--<name>`, a nested one's `<parent>--<label>--<label>--<name>`). */
   static fileBase(r: Pick<ExecutionRecord, 'stateMachineArn' | 'name'>): string {
-    return `${r.stateMachineArn.split(':').pop()!.replace('/', '--')}--${r.name}`;
+    return `${r.stateMachineArn.split(':').pop()!.replaceAll('/', '--')}--${r.name}`;
   }
 
   private async save(r: ExecutionRecord): Promise<void> {

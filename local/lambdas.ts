@@ -12,9 +12,12 @@ import type { Clients } from '../functions/commons/clients.ts';
 type Handler = (event: unknown, context: unknown) => Promise<unknown>;
 type HandlerModule = { makeHandlers?: (c: Clients) => Record<string, Handler> };
 
-/** Invocations of each function in this process and their summed duration (the cost bench prices them as Lambda would). */
-const invocations = new Map<LambdaFunctionId, { count: number; ms: number }>();
-export function lambdaInvocations(): Record<string, { count: number; ms: number }> {
+/**
+ * Invocations of each function in this process, their summed duration and the shortest one
+ * (the cost bench prices them as Lambda would; the shortest bounds what the load added).
+ */
+const invocations = new Map<LambdaFunctionId, { count: number; ms: number; minMs: number }>();
+export function lambdaInvocations(): Record<string, { count: number; ms: number; minMs: number }> {
   return Object.fromEntries([...invocations].map(([id, v]) => [id, { ...v }]));
 }
 
@@ -75,8 +78,9 @@ export class LocalFunctions {
       failure.name = e.name && e.name !== 'Error' ? e.name : 'Error';
       throw failure;
     } finally {
-      const n = invocations.get(id) ?? { count: 0, ms: 0 };
-      invocations.set(id, { count: n.count + 1, ms: n.ms + (performance.now() - started) });
+      const n = invocations.get(id) ?? { count: 0, ms: 0, minMs: Number.POSITIVE_INFINITY };
+      const ms = performance.now() - started;
+      invocations.set(id, { count: n.count + 1, ms: n.ms + ms, minMs: Math.min(n.minMs, ms) });
     }
   }
 }

@@ -79,13 +79,16 @@ afterAll(() => {
   for (const d of outdirs) rmSync(d, { recursive: true, force: true });
 });
 
+/** The per-host Map, inside BackupHosts's item processor, whose item processor holds one VM's states. */
+const backupVms = () => definition.States.BackupHosts!.ItemProcessor!.States.BackupVms!;
+
 describe('Backup state machine graph', () => {
-  it("takes the policy's run lease, runs Plan, then the BackupVms map, gives the lease back, then Summarize, then decides whether replication is due", () => {
+  it("takes the policy's run lease, runs Plan, then the BackupHosts map, gives the lease back, then Summarize, then decides whether replication is due", () => {
     expect(definition.StartAt).toBe('AcquireRunLease');
     expect(followNext(definition.States, 'AcquireRunLease')).toEqual([
       'AcquireRunLease',
       'Plan',
-      'BackupVms',
+      'BackupHosts',
       'ReleaseRunLease',
       'Summarize',
       'ReplicationDue',
@@ -93,17 +96,28 @@ describe('Backup state machine graph', () => {
     // A second run is refused, not retried; a failing Plan or map gives the lease back first, also on a payload over
     // the quota (States.DataLimitExceeded, which States.ALL does not match).
     expect((definition.States.AcquireRunLease as { Catch?: unknown }).Catch).toBeUndefined();
-    for (const s of ['Plan', 'BackupVms']) {
+    for (const s of ['Plan', 'BackupHosts']) {
       expect((definition.States[s] as { Catch?: { ErrorEquals: string[]; Next: string }[] }).Catch, s).toEqual([
         expect.objectContaining({ ErrorEquals: ['States.DataLimitExceeded'], Next: 'ReleaseRunLeaseAfterFailure' }),
         expect.objectContaining({ ErrorEquals: ['States.ALL'], Next: 'ReleaseRunLeaseAfterFailure' }),
       ]);
     }
-    // One child execution per VM: a Distributed Map reading the VM list from S3, its results written to S3, not collected.
-    expect(definition.States.BackupVms).toMatchObject({
+    // Admission by host: one child execution per host, as many hosts at once as Plan says, read from the hosts' list in S3;
+    // in each, one child execution per VM of the host's list, at most the host's slots at once; results written to S3.
+    expect(definition.States.BackupHosts).toMatchObject({
       Type: 'Map',
-      ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED', ExecutionType: 'STANDARD' } },
+      ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED', ExecutionType: 'STANDARD' }, StartAt: 'BackupVms' },
+      ItemReader: { ReaderConfig: { InputType: 'JSON' }, Parameters: { 'Key.$': '$.hostList.key' } },
+      MaxConcurrencyPath: '$.hostList.concurrency',
+      ResultWriter: {},
+      ResultPath: null,
+      ToleratedFailurePercentage: 100,
+    });
+    expect(backupVms()).toMatchObject({
+      Type: 'Map',
+      ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED', ExecutionType: 'STANDARD' }, StartAt: 'AcquireSlot' },
       ItemReader: { ReaderConfig: { InputType: 'JSON' }, Parameters: { 'Key.$': '$.vmList.key' } },
+      MaxConcurrencyPath: '$.slots',
       ResultWriter: {},
       ResultPath: null,
       ToleratedFailurePercentage: 100,
@@ -120,7 +134,7 @@ describe('Backup state machine graph', () => {
   });
 
   it("holds the per-VM states inside BackupVms's item processor, with DispatchDisk inside the Dispatch map", () => {
-    const perVm = definition.States.BackupVms!.ItemProcessor!;
+    const perVm = backupVms().ItemProcessor!;
     expect(Object.keys(perVm.States)).toEqual(
       expect.arrayContaining([
         'AcquireSlot',
@@ -142,7 +156,7 @@ describe('Backup state machine graph', () => {
   });
 
   it('follows the happy path of one VM from AcquireSlot to the end in order', () => {
-    const perVm = definition.States.BackupVms!.ItemProcessor!;
+    const perVm = backupVms().ItemProcessor!;
     expect(perVm.StartAt).toBe('AcquireSlot');
     const path = followNext(perVm.States, 'AcquireSlot');
     expect(path.slice(0, 9)).toEqual([
@@ -156,8 +170,10 @@ describe('Backup state machine graph', () => {
       'Commit',
       'ReleaseSlot',
     ]);
-    expect(path).toHaveLength(10); // a final Pass shaping the VM's result
-    expect(perVm.States[path[9]!]).toMatchObject({ Type: 'Pass', End: true });
+    // ReleaseSlot ends the VM's execution (no shaping state to pay for); its output is Commit's answer.
+    expect(path).toHaveLength(9);
+    expect(perVm.States.ReleaseSlot).toMatchObject({ End: true, ResultPath: null, OutputPath: '$.commit' });
+    expect((perVm.States.ReleaseSlot as { Catch?: { Next: string }[] }).Catch).toEqual([expect.objectContaining({ Next: 'VmCommitted' })]);
   });
 
   it('runs Snapshot, DispatchDisk and both ReleaseSnapshot steps on the mover activity with timeouts and heartbeats', () => {
@@ -222,7 +238,7 @@ describe('Backup state machine failure handling', () => {
   });
 
   it('reaches ReleaseSlotAfterFailure from every catch taken before the slot is released', () => {
-    const perVm = definition.States.BackupVms!.ItemProcessor!.States;
+    const perVm = backupVms().ItemProcessor!.States;
     const targets = new Set<string>();
     for (const [name, s] of Object.entries(perVm)) {
       if (name === 'ReleaseSlot' || name === 'ReleaseSlotAfterFailure') continue; // the slot is already being released

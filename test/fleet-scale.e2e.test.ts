@@ -1,14 +1,14 @@
 /**
  * A policy of 2,000 VMs plans and runs on the embedded stack within Step Functions' quotas:
- * the Backup run is one parent execution whose BackupVms Distributed Map runs one child
- * execution per VM, so no payload and no history grows with the fleet. The movers are an
+ * the Backup run is one parent execution whose BackupHosts Distributed Map runs one child
+ * execution per host, whose BackupVms Distributed Map runs one child execution per VM of
+ * that host, so no payload and no history grows with the fleet. The movers are an
  * instant stand-in (test/helpers/instant-mover.ts) answering every task with a real
  * mover's answer for one template VM, so the control plane — Plan, the Map Run, AcquireSlot,
  * PlanDispatch, JoinSegments, Verify (HEADs of the real packs), Commit, ReleaseSlot,
  * Summarize — runs for real at fleet size without moving 2,000 VMs' data. The largest
  * payload and history of all 2,001 executions are asserted under AWS's quotas and printed.
  */
-import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { LifeboatConfig } from '../core/config.ts';
@@ -18,10 +18,10 @@ import { openRepository } from '../local/stack.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import type { QuotaUsage } from '../local/quota-guard.ts';
 import { AWS_QUOTAS } from '../local/quotas.ts';
-import type { ExecutionRecord } from '../local/sfn-api.ts';
 import { startInstantMover, type InstantMover } from './helpers/instant-mover.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import { formatSlotFairness, slotFairness } from '../bench/slot-fairness.ts';
+import { isVmExecution, runRecords } from '../bench/fleet-usage.ts';
 
 /**
  * 300 in `npm test` (past the ~222 VMs at which the former single-execution run broke the payload
@@ -90,15 +90,21 @@ it(
     const summary = JSON.parse(d.output!) as RunSummary;
     expect(summary, JSON.stringify(summary.vms.slice(0, 2))).toMatchObject({ committed: VMS, failed: 0 });
 
-    // Every execution of the run: the parent and one child per VM, each with its quota usage.
-    const folder = join(stack.endpoints.dataDir, 'executions');
-    const records: ExecutionRecord[] = [];
-    for (const f of await readdir(folder)) if (f.endsWith('.json')) records.push(JSON.parse(await readFile(join(folder, f), 'utf8')) as ExecutionRecord);
-    const parent = records.find((r) => r.executionArn === d.executionArn)!;
-    const children = records.filter((r) => r.parentExecutionArn === d.executionArn);
+    // Every execution of the run: the parent, one child per host and one grandchild per VM, each with its quota usage.
+    const all = await runRecords(stack.endpoints.dataDir, d.executionArn!);
+    const parent = all[0]!;
+    const hostRuns = all.filter((r) => r.parentExecutionArn === parent.executionArn);
+    const children = all.filter(isVmExecution);
+    expect(hostRuns).toHaveLength(HOSTS);
     expect(children).toHaveLength(VMS);
-    expect(parent.mapRuns).toEqual([expect.objectContaining({ stateName: 'BackupVms', items: VMS, mapRunArn: children[0]!.mapRunArn })]);
-    const run = [parent, ...children].map((r) => ({ arn: r.executionArn, ...(r.quotaUsage as QuotaUsage) }));
+    expect(parent.mapRuns).toEqual([expect.objectContaining({ stateName: 'BackupHosts', items: HOSTS, mapRunArn: hostRuns[0]!.mapRunArn })]);
+    // Each host's child runs its own VMs' children: the console follows run → host → VM.
+    for (const h of hostRuns) {
+      const vms = children.filter((c) => c.parentExecutionArn === h.executionArn);
+      expect(h.mapRuns).toEqual([expect.objectContaining({ stateName: 'BackupVms', items: vms.length })]);
+      expect(new Set(vms.map((v) => (JSON.parse(v.input) as { host: string }).host)).size).toBe(1);
+    }
+    const run = all.map((r) => ({ arn: r.executionArn, ...(r.quotaUsage as QuotaUsage) }));
     const history = run.reduce((a, b) => (b.historyEvents > a.historyEvents ? b : a));
     const payload = run.reduce((a, b) => (b.largestPayload.bytes > a.largestPayload.bytes ? b : a));
     process.stdout.write(

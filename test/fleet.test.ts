@@ -12,7 +12,7 @@ import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import type { Catalog } from '../functions/catalog/catalog.ts';
 import { joinSegments, planDispatch } from '../functions/backup/dispatch.ts';
-import { interleaveByHost, plan } from '../functions/backup/plan.ts';
+import { hostLines, interleaveByHost, plan, publishPlan } from '../functions/backup/plan.ts';
 import { syncConfig } from '../functions/deploy/sync-config.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { startTestCatalog } from './helpers/catalog.ts';
@@ -99,6 +99,44 @@ describe('Plan', () => {
       ...['c1', 'c2', 'c3'].map((id) => vm(id, 'c', 'g2', 1)),
     ];
     expect(interleaveByHost(jobs).map((j) => j.vmId)).toEqual(['a1', 'a2', 'c1', 'b1', 'a3', 'a4', 'c2', 'b2', 'a5', 'c3']);
+  });
+
+  it("lines each host's VMs up in its own list at its slots, and admits as many hosts at once as fit in the run's VM concurrency", async () => {
+    const vm = (vmId: string, host: string, moverGroup: string, limit: number) =>
+      ({ vmId, backupId: `bk-${vmId}`, host, moverGroup, slotScopes: [{ scope: `host:${host}`, limit }] }) as VmJob;
+    const vms = interleaveByHost([
+      ...['a1', 'a2', 'a3'].map((id) => vm(id, 'a', 'g1', 2)),
+      ...['b1', 'b2'].map((id) => vm(id, 'b', 'g1', 1)),
+      ...['c1'].map((id) => vm(id, 'c', 'g2', 3)),
+    ]);
+    // Hosts in the interleaved order (groups in turn: a, c, b); at 3 VMs at once a (2 slots) fits but a and c (5) do not.
+    const { lines, concurrency } = hostLines(vms, 3);
+    expect(lines.map((l) => [l.host, l.slots, l.jobs.map((j) => j.vmId)])).toEqual([
+      ['a', 2, ['a1', 'a2', 'a3']],
+      ['c', 3, ['c1']],
+      ['b', 1, ['b1', 'b2']],
+    ]);
+    expect(concurrency).toBe(1);
+    expect(hostLines(vms, 6).concurrency).toBe(3);
+    // A host with more slots than the run's concurrency still runs, alone.
+    expect(hostLines(vms, 1).concurrency).toBe(1);
+
+    const store = new MemoryObjectStore();
+    const members: string[] = [];
+    const out = await publishPlan(
+      { runId: 'run-1', policyId: 'p', replicateTo: null, vms, gone: [] },
+      { runs: { addMembers: async (_run, m) => void members.push(...m.map((x) => x.vmId)) }, store, bucket: 'runs-bucket', vmConcurrency: 5 },
+    );
+    expect(out).toMatchObject({ vms: 6, gone: 0, hostList: { bucket: 'runs-bucket', count: 3, concurrency: 2 } });
+    const hosts = JSON.parse((await store.get(out.hostList.key))!.toString()) as { host: string; slots: number; vmList: { key: string; count: number } }[];
+    expect(hosts.map((h) => [h.host, h.slots, h.vmList.count])).toEqual([
+      ['a', 2, 3],
+      ['c', 3, 1],
+      ['b', 1, 2],
+    ]);
+    const aJobs = JSON.parse((await store.get(hosts[0]!.vmList.key))!.toString()) as VmJob[];
+    expect(aJobs.map((j) => j.vmId)).toEqual(['a1', 'a2', 'a3']);
+    expect(members.sort()).toEqual(['a1', 'a2', 'a3', 'b1', 'b2', 'c1']);
   });
 
   it("a VM moved to another host leaves the old host's selection", async () => {

@@ -1,8 +1,8 @@
 /**
  * The real Backup workflow against Step Functions' payload quota on the embedded stack, the
  * quota lowered to 8 KiB so a handful of VMs would reach it if anything grew with them. The
- * run carries no VM list (Plan writes it to S3, the BackupVms Distributed Map reads it, and
- * Summarize reads the outcomes from the catalog) and each VM runs in a child execution of its
+ * run carries no VM list (Plan writes the lists to S3, the BackupHosts and per-host BackupVms
+ * Distributed Maps read them, and Summarize reads the outcomes from the catalog) and each VM runs in a child execution of its
  * own, so the run's payloads and history stay the same size as VMs are added; a VM whose own
  * steps outgrow the quota fails alone, through its own failure path: snapshot and slot released.
  */
@@ -55,7 +55,7 @@ async function outputSizes(executionArn: string, states: string[]): Promise<Reco
 const backup = async (policyId: string) => runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId }, { pollMs: 300 });
 
 it("keeps the Backup run's payloads and history the same size whatever the number of VMs: each VM runs in its own child execution", async () => {
-  const states = ['Plan', 'BackupVms', 'ReleaseRunLease'];
+  const states = ['Plan', 'BackupHosts', 'ReleaseRunLease'];
   const sizes: Record<number, Record<string, number>> = {};
   for (const n of [2, 6]) {
     const d = await backup(await policy(`p${n}`, n));
@@ -88,6 +88,7 @@ it('fails only the VM whose own execution outgrows the payload quota: it release
     files.map(async (f) => ({
       file: f,
       ...(JSON.parse(await readFile(join(folder, f), 'utf8')) as {
+        executionArn: string;
         parentExecutionArn?: string;
         status: string;
         input: string;
@@ -96,7 +97,9 @@ it('fails only the VM whose own execution outgrows the payload quota: it release
       }),
     })),
   );
-  const child = records.find((c) => c.parentExecutionArn === d.executionArn && c.input.includes('"wide-vm"'))!;
+  // The run's host child (one host here) started the VM's own child.
+  const hostChild = records.find((c) => c.parentExecutionArn === d.executionArn)!;
+  const child = records.find((c) => c.parentExecutionArn === hostChild.executionArn && c.input.includes('"wide-vm"'))!;
   expect(child.status, `${child.error} ${child.cause}`).toBe('SUCCEEDED');
   // The Dispatch Map's collected result fails the state with AWS's error, which its Catch names: the VM's failure path runs.
   expect(failed.error?.Error).toBe('States.DataLimitExceeded');

@@ -11,13 +11,17 @@
  * start does not start a second copy), then ReportReplication publishes whether it started
  * and the DR recovery point's age (a failing report never fails the run).
  *
- * No payload and no history grows with the number of VMs. BackupVms is a Distributed Map:
- * Plan writes the run's VM jobs as one JSON object under `runs/` in the stack's bucket, the
- * Map reads it itself (ItemReader) and runs each VM's steps as a child Standard execution
- * whose history holds that VM's steps only; the children's outputs go to S3 (ResultWriter),
- * not into the parent, and Summarize reads the outcomes from the catalog. The parent's
- * history holds a fixed number of events (the Map Run's), and the console links the run
- * to its Map Run and that to each VM's execution. Chosen over an inline Map of
+ * No payload and no history grows with the number of VMs. Plan writes the run's VM jobs
+ * under `runs/` in the stack's bucket, one JSON object per host, and the hosts' list
+ * beside them. BackupHosts, a Distributed Map, reads the hosts' list (ItemReader) and runs
+ * one child Standard execution per host; in it BackupVms, a Distributed Map, reads that
+ * host's jobs and runs each VM's steps as a child Standard execution whose history holds
+ * that VM's steps only, at most the host's backup slots at once (MaxConcurrencyPath), so
+ * admission is by host and each host's line is served in order. The children's outputs go
+ * to S3 (ResultWriter), not into the parents, and Summarize reads the outcomes from the
+ * catalog. The run's and each host's history hold a fixed number of events (a Map Run's),
+ * and the console links the run to its Map Run, that to each host's execution, and on to
+ * each VM's. Chosen over an inline Map of
  * `states:startExecution.sync:2`: that Map writes every VM's iteration (about 8 events)
  * into the parent's history (25,000 events: about 3,000 VMs) and collects the children's
  * outputs into one 256 KiB payload, and it pays for two executions per VM.
@@ -110,7 +114,7 @@ export class BackupWorkflow extends Construct {
     super(scope, id);
     useResultWriterV2(this);
     const fn = props.functions;
-    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null } = {}) =>
+    const invoke = (name: string, f: LambdaFunctionId, opts: { payload?: sfn.TaskInput; resultPath?: string | null; outputPath?: string } = {}) =>
       lambdaStep(this, name, fn[f], opts);
     /** An activity task on the VM's mover group: a Choice on the group, one task per group (see on-mover-group.ts). */
     const onGroup = (
@@ -153,7 +157,7 @@ export class BackupWorkflow extends Construct {
       });
 
     const plan = invoke('Plan', 'Plan', {
-      payload: sfn.TaskInput.fromObject({ 'request.$': '$', 'runId.$': '$$.Execution.Name' }),
+      payload: sfn.TaskInput.fromObject({ 'request.$': '$', 'runId.$': '$$.Execution.Name', vmConcurrency: props.vmConcurrency ?? 8 }),
     });
 
     // --- failure path of one VM: release what was taken, record, go on -----------------
@@ -246,9 +250,12 @@ export class BackupWorkflow extends Construct {
     );
     const verify = invoke('Verify', 'Verify', { resultPath: '$.verify' });
     const commit = invoke('Commit', 'Commit', { resultPath: '$.commit' });
-    const releaseSlot = invoke('ReleaseSlot', 'ReleaseSlot', { resultPath: null });
+    // The VM's last state: its output is Commit's answer (the ResultWriter's file holds it; nobody reads it back), so the
+    // happy path pays no shaping state. A ReleaseSlot that fails still ends the committed VM, through VmCommitted.
+    const releaseSlot = invoke('ReleaseSlot', 'ReleaseSlot', { resultPath: null, outputPath: '$.commit' });
     const vmDone = new sfn.Pass(this, 'VmCommitted', {
-      parameters: { 'vmId.$': '$.vmId', 'backupId.$': '$.backupId', 'disks.$': '$.disks', 'commit.$': '$.commit' },
+      comment: 'The backup is committed but ReleaseSlot failed: its slot comes back when its lease runs out',
+      parameters: { 'backupId.$': '$.commit.backupId', 'committedAt.$': '$.commit.committedAt', 'cleanupError.$': '$.cleanupError' },
     });
 
     for (const s of [planDispatch, dispatch, joinSegments]) catchAny(s, releaseSnapshotAfterFailure, '$.error');
@@ -263,22 +270,34 @@ export class BackupWorkflow extends Construct {
       .next(releaseSnapshot)
       .next(verify)
       .next(commit)
-      .next(releaseSlot)
-      .next(vmDone);
-    // One child Standard execution per VM, its job read from the list Plan wrote; a VM's failure is recorded by its own
-    // failure path, so every child succeeds unless the VM's steps broke a quota: those are counted, not fatal to the run.
+      .next(releaseSlot);
+    // Admission by host: one child execution per host (BackupHosts), which runs its VMs' children (BackupVms) at most
+    // its slots at once, so a host's slot that frees is taken by that host's next VM, in line order, and no VM waits in
+    // a line whose host is busy while another host's slots idle. Each VM still has its own child execution; a VM's
+    // failure is recorded by its own failure path, so every child succeeds unless the VM's steps broke a quota: those
+    // are counted, not fatal to the run.
     const backupVms = listMap(this, 'BackupVms', {
-      comment: 'One child execution per VM (its own history), the VM jobs read from the list Plan wrote to S3',
+      comment: "The host's VMs, one child execution each (its own history), at most the host's backup slots at once",
       runBucket: props.runBucket,
       keyPath: '$.vmList.key',
       label: 'BackupVm',
-      maxConcurrency: props.vmConcurrency ?? 8,
+      maxConcurrencyPath: '$.slots',
       toleratedFailurePercentage: 100,
       resultPath: null,
     });
     backupVms.itemProcessor(perVm);
+    const backupHosts = listMap(this, 'BackupHosts', {
+      comment: "One child execution per host of the run, as many hosts at once as fit in the run's VM concurrency (Plan)",
+      runBucket: props.runBucket,
+      keyPath: '$.hostList.key',
+      label: 'BackupHost',
+      maxConcurrencyPath: '$.hostList.concurrency',
+      toleratedFailurePercentage: 100,
+      resultPath: null,
+    });
+    backupHosts.itemProcessor(backupVms);
     // The lease goes back on every failure, also a payload over the quota (catchAny).
-    for (const s of [plan, backupVms]) catchAny(s, releaseRunLeaseAfterFailure, '$.runError');
+    for (const s of [plan, backupHosts]) catchAny(s, releaseRunLeaseAfterFailure, '$.runError');
 
     const then = afterSummarize(this, props.replicatePolicy, props.functions.ReportReplication);
     const summarize = invoke('Summarize', 'Summarize', {
@@ -290,11 +309,11 @@ export class BackupWorkflow extends Construct {
       comment: 'Lifeboat backup: snapshot, dispatch to movers, verify, commit; then replication to the DR repository, if any',
       definitionBody: sfn.DefinitionBody.fromChainable(
         then
-          ? acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize).next(then)
-          : acquireRunLease.next(plan).next(backupVms).next(releaseRunLease).next(summarize),
+          ? acquireRunLease.next(plan).next(backupHosts).next(releaseRunLease).next(summarize).next(then)
+          : acquireRunLease.next(plan).next(backupHosts).next(releaseRunLease).next(summarize),
       ),
       timeout: Duration.hours(24),
     });
-    acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupVm');
+    acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupHost', 'BackupHost/BackupVm');
   }
 }

@@ -21,7 +21,9 @@ export interface ListMapProps {
   keyPath: string;
   /** The child state machine's label (`<parent>/<label>`). */
   label: string;
-  maxConcurrency: number;
+  /** Children at once: a number, or (`maxConcurrencyPath`) a path to one in the state's input. */
+  maxConcurrency?: number;
+  maxConcurrencyPath?: string;
   comment: string;
   resultPath: string | null;
   /** Children that may fail without failing the Map (default: none). */
@@ -35,7 +37,7 @@ export function listMap(scope: Construct, id: string, p: ListMapProps): sfn.Dist
     itemReader: new sfn.S3JsonItemReader({ bucket: p.runBucket, key: sfn.JsonPath.stringAt(p.keyPath) }),
     resultWriterV2: new sfn.ResultWriterV2({ bucket: p.runBucket, prefix: RUN_RESULTS_PREFIX }),
     mapExecutionType: sfn.StateMachineType.STANDARD,
-    maxConcurrency: p.maxConcurrency,
+    ...(p.maxConcurrencyPath !== undefined ? { maxConcurrencyPath: p.maxConcurrencyPath } : { maxConcurrency: p.maxConcurrency ?? 0 }),
     ...(p.toleratedFailurePercentage !== undefined ? { toleratedFailurePercentage: p.toleratedFailurePercentage } : {}),
     label: p.label,
     resultPath: p.resultPath === null ? sfn.JsonPath.DISCARD : p.resultPath,
@@ -53,7 +55,7 @@ export function useResultWriterV2(scope: Construct): void {
  * and the run bucket's objects (the list's key is the run's, a JSONPath; results go under
  * RUN_RESULTS_PREFIX).
  */
-export function acknowledgeListMap(stateMachine: sfn.StateMachine, runBucket: s3.IBucket, label: string): void {
+export function acknowledgeListMap(stateMachine: sfn.StateMachine, runBucket: s3.IBucket, ...labels: string[]): void {
   const stack = Stack.of(stateMachine);
   const machine = stack.getLogicalId(stateMachine.node.defaultChild as CfnElement);
   const bucket = stack.getLogicalId(runBucket.node.defaultChild as CfnElement);
@@ -64,6 +66,6 @@ export function acknowledgeListMap(stateMachine: sfn.StateMachine, runBucket: s3
       "Its item reader reads the list its planning step wrote, whose key is the run's (a JSONPath), and its result writer writes under the run results prefix, both in the stack's run bucket.",
     `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::<${bucket}>/*]`,
     `AwsSolutions-IAM5[Resource::${executions}:*]`,
-    `AwsSolutions-IAM5[Resource::${executions}/${label}:*]`,
+    ...labels.map((label) => `AwsSolutions-IAM5[Resource::${executions}/${label}:*]`),
   );
 }

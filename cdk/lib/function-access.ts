@@ -79,22 +79,30 @@ export interface FunctionAccess {
   memoryMiB?: number;
 }
 
+/**
+ * Memory of the per-VM steps that only read and write a few catalog items or compute a
+ * small plan: their time is the catalog's round trips, which more memory (and the CPU that
+ * comes with it) does not shorten, and they run several times per VM-backup, so their
+ * GB-seconds are most of the Backup workflow's Lambda bill.
+ */
+const LIGHT_MIB = 256;
+
 export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> = {
   // Query: also the repository's quarantined chunks, which each job re-checks.
-  // The run's VM list to runs/ (read by the BackupVms Map), and one member item per VM (BatchWriteItem).
+  // The run's host list and each host's VM list to runs/ (read by the BackupHosts and BackupVms Maps), and one member item per VM (BatchWriteItem).
   Plan: { catalog: ['GetItem', 'Query', 'PutItem', 'BatchWriteItem'], repository: { write: ['runs/'] }, timeoutSeconds: 900 },
   // The slot queue (functions/catalog/slot-queue-catalog.ts): waiters and lines (Put, Get, Update, Delete, Query), the slots (conditional Put, Query, Delete).
-  AcquireSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true },
-  PlanDispatch: {},
+  AcquireSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true, memoryMiB: LIGHT_MIB },
+  PlanDispatch: { memoryMiB: LIGHT_MIB },
   JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
-  ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true },
+  ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true, memoryMiB: LIGHT_MIB },
   // HEADs the chunk objects (format 1) or packs (format 2) of the new manifests.
   Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
-  Commit: { catalog: ['UpdateItem', 'GetItem'] },
-  RecordFailure: { catalog: ['UpdateItem'] },
+  Commit: { catalog: ['UpdateItem', 'GetItem'], memoryMiB: LIGHT_MIB },
+  RecordFailure: { catalog: ['UpdateItem'], memoryMiB: LIGHT_MIB },
   // The policy's run lease: a conditional put, and a read of its holder to name it to a refused run.
-  AcquireRunLease: { catalog: ['PutItem', 'GetItem'] },
-  ReleaseRunLease: { catalog: ['DeleteItem'] },
+  AcquireRunLease: { catalog: ['PutItem', 'GetItem'], memoryMiB: LIGHT_MIB },
+  ReleaseRunLease: { catalog: ['DeleteItem'], memoryMiB: LIGHT_MIB },
   // A dead run's running backups and held slots (Scans), its VMs, hosts and policies.
   PlanReconcile: { catalog: ['Scan', 'GetItem'] },
   // The run's members (Query), their backup records (BatchGetItem); a backup its VM's execution left running is failed (UpdateItem).

@@ -20,11 +20,12 @@ export function lambdaStep(
   scope: Construct,
   name: string,
   fn: lambda.IFunction,
-  opts: { payload?: sfn.TaskInput; resultPath?: ResultPath } = {},
+  opts: { payload?: sfn.TaskInput; resultPath?: ResultPath; outputPath?: string } = {},
 ): tasks.LambdaInvoke {
   return new tasks.LambdaInvoke(scope, name, {
     lambdaFunction: fn,
     ...(opts.payload ? { payload: opts.payload } : {}),
+    ...(opts.outputPath ? { outputPath: opts.outputPath } : {}),
     payloadResponseOnly: true,
     ...resultPathProps(opts.resultPath),
     taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),

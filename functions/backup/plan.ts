@@ -161,10 +161,9 @@ export async function plan(input: PlanInput, deps: PlanDeps): Promise<PlanOutput
 }
 
 /**
- * The jobs in the order the BackupVms Map starts them: spread over mover groups and hosts,
- * round after round, each host giving as many VMs per round as it has backup slots. A
- * policy that selects by host lists one host's VMs after another's; in that order a run's
- * first children would all wait in one host's line while the other hosts' slots idle.
+ * The jobs spread over mover groups and hosts, round after round, each host giving as many
+ * VMs per round as it has backup slots: the hosts' order in the run's host list (the
+ * BackupHosts Map starts them in it, so the first hosts admitted span the groups).
  */
 export function interleaveByHost(jobs: VmJob[]): VmJob[] {
   const byHost = Map.groupBy(jobs, (j) => j.host);
@@ -198,39 +197,93 @@ export function onlyRequested(selected: Vm[], policyId: string, vmIds: string[] 
 /** VMs planned at once. */
 const PLAN_CONCURRENCY = 16;
 
-/** Plan's answer to the workflow: where the run's VM jobs are, never the jobs themselves (a payload is capped at 256 KiB). */
+/** A list of the run in the stack's bucket, read by a Distributed Map: where, and how many items. */
+export interface RunList {
+  bucket: string;
+  key: string;
+  count: number;
+}
+
+/** One host's line of the run: its VM jobs (read by the host's BackupVms Map) and how many run at once (its backup slots). */
+export interface HostLine {
+  host: string;
+  moverGroup: string;
+  slots: number;
+  vmList: RunList;
+}
+
+/** Plan's answer to the workflow: where the run's lists are, never the jobs themselves (a payload is capped at 256 KiB). */
 export interface PlannedRun {
   runId: string;
   policyId: string;
   replicateTo: string | null;
-  /** The run's VM jobs as one JSON array in the stack's bucket, read by the BackupVms Map. */
-  vmList: { bucket: string; key: string; count: number };
+  /** The run's hosts as one JSON array of {@link HostLine}, read by the BackupHosts Map; `concurrency`: hosts at once. */
+  hostList: RunList & { concurrency: number };
+  /** How many VM jobs the run holds over all hosts. */
+  vms: number;
   /** How many selected VMs were gone (recorded failed; Summarize reports them). */
   gone: number;
 }
 
-/** Where a run's VM list is kept (`runs/`, beside the BackupVms Map's results). */
-export const runListKey = (policyId: string, runId: string) => `runs/vms/${encodeURIComponent(policyId)}/${encodeURIComponent(runId)}.json`;
+/** Where a run's lists are kept (`runs/`, beside the Maps' results): the hosts' list, and each host's VM jobs. */
+export const runListKey = (policyId: string, runId: string, host?: string) =>
+  `runs/vms/${encodeURIComponent(policyId)}/${encodeURIComponent(runId)}${host === undefined ? '' : `/${encodeURIComponent(host)}`}.json`;
 
 /**
- * Writes a plan for the workflow: the VM jobs as one object for the BackupVms Map, and the
- * run's members (backed-up and gone VMs) in the catalog for Summarize.
+ * The run's jobs as host lines, hosts in the interleaved order, and how many hosts run at
+ * once: as many as fit in `vmConcurrency` backups by their slots (at least one), so the
+ * run's VMs at once stay within it while each admitted host runs exactly its slots' worth.
  */
-export async function publishPlan(out: PlanOutput, deps: { runs: Pick<RunCatalog, 'addMembers'>; store: ObjectStore; bucket: string }): Promise<PlannedRun> {
+export function hostLines(
+  vms: VmJob[],
+  vmConcurrency: number,
+): { lines: { host: string; moverGroup: string; slots: number; jobs: VmJob[] }[]; concurrency: number } {
+  const byHost = Map.groupBy(vms, (j) => j.host);
+  const lines = [...byHost.values()].map((jobs) => ({
+    host: jobs[0]!.host,
+    moverGroup: jobs[0]!.moverGroup,
+    slots: Math.max(1, jobs[0]!.slotScopes[0]?.limit ?? 1),
+    jobs,
+  }));
+  let concurrency = 0;
+  for (let sum = 0; concurrency < lines.length && (concurrency === 0 || sum + lines[concurrency]!.slots <= vmConcurrency); concurrency++)
+    sum += lines[concurrency]!.slots;
+  return { lines, concurrency: Math.max(1, concurrency) };
+}
+
+/**
+ * Writes a plan for the workflow: each host's VM jobs as one object for its BackupVms Map,
+ * the hosts' list for the BackupHosts Map, and the run's members (backed-up and gone VMs)
+ * in the catalog for Summarize.
+ */
+export async function publishPlan(
+  out: PlanOutput,
+  deps: { runs: Pick<RunCatalog, 'addMembers'>; store: ObjectStore; bucket: string; vmConcurrency?: number | undefined },
+): Promise<PlannedRun> {
   await deps.runs.addMembers(
     out.runId,
     [...out.vms, ...out.gone].map((v) => ({ vmId: v.vmId, backupId: v.backupId })),
   );
+  const { lines, concurrency } = hostLines(out.vms, deps.vmConcurrency ?? DEFAULT_VM_CONCURRENCY);
+  const hosts: HostLine[] = await mapLimit(lines, PLAN_CONCURRENCY, async (l) => {
+    const key = runListKey(out.policyId, out.runId, l.host);
+    await deps.store.put(key, Buffer.from(JSON.stringify(l.jobs)));
+    return { host: l.host, moverGroup: l.moverGroup, slots: l.slots, vmList: { bucket: deps.bucket, key, count: l.jobs.length } };
+  });
   const key = runListKey(out.policyId, out.runId);
-  await deps.store.put(key, Buffer.from(JSON.stringify(out.vms)));
+  await deps.store.put(key, Buffer.from(JSON.stringify(hosts)));
   return {
     runId: out.runId,
     policyId: out.policyId,
     replicateTo: out.replicateTo,
-    vmList: { bucket: deps.bucket, key, count: out.vms.length },
+    hostList: { bucket: deps.bucket, key, count: hosts.length, concurrency },
+    vms: out.vms.length,
     gone: out.gone.length,
   };
 }
+
+/** VMs backed up at once in one run when the workflow does not say (as cdk/lib/backup-workflow.ts's default). */
+export const DEFAULT_VM_CONCURRENCY = 8;
 
 /** A gone VM is not backed up: its backup of this run is recorded failed (VmGone), and the run reports it. */
 async function recordGone(vm: Vm, policy: Policy, runId: string, now: Date, catalog: Catalog): Promise<GoneVm> {
@@ -255,14 +308,24 @@ export const planInput = z
   .looseObject({
     runId: z.string().min(1),
     request: z.looseObject({ policyId: z.string().min(1), vmIds: z.array(z.string().min(1)).min(1, 'must name at least one VM').optional() }),
+    vmConcurrency: z.number().int().positive().optional(),
   })
-  .transform((i): PlanInput => ({ runId: i.runId, policyId: i.request.policyId, vmIds: i.request.vmIds }));
+  .transform((i): PlanInput & { vmConcurrency?: number | undefined } => ({
+    runId: i.runId,
+    policyId: i.request.policyId,
+    vmIds: i.request.vmIds,
+    vmConcurrency: i.vmConcurrency,
+  }));
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
     handler: lambdaHandler('Plan', planInput, async (input) =>
-      publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), { runs: c.runs, ...runStore(c, 'Backup') }),
+      publishPlan(await plan(input, { catalog: c.catalog, recovery: c.recovery, now: () => new Date() }), {
+        runs: c.runs,
+        ...runStore(c, 'Backup'),
+        vmConcurrency: input.vmConcurrency,
+      }),
     ),
   };
 }
