@@ -5,7 +5,7 @@
  * sealed (on a worker, straight into the open pack) and uploaded with its pack.
  */
 import type { TransferStats } from '../../contracts/jobs.ts';
-import { chunkId, isZero, looksCompressible, type RepositoryKeys } from '../../repository/format.ts';
+import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
 import type { PackWriter } from '../../repository/pack-writer.ts';
 import type { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { Entry, RecentIds, Stored } from './backup-entries.ts';
@@ -134,15 +134,10 @@ export class ChunkStorer {
         placed(at);
         return recent.remember(id, at);
       }
-      // Sealed straight into the open pack, on a worker, but for a chunk zstd would not
-      // shrink while every worker has work queued: that one is only encrypted, which costs
-      // this thread little and spares the workers for compression (zstd here too was
-      // slower and used more memory: bench/MEASUREMENTS.md).
+      // Sealed on a worker always, straight into the open pack: sealing on this thread too
+      // (like the id) was slower and used more memory (bench/MEASUREMENTS.md).
       const level = o.compressionLevel === undefined ? {} : { level: o.compressionLevel };
-      const here = o.pool.backlog >= o.pool.size && !looksCompressible(plain.bytes.subarray(0, length));
-      const at = await o.writer.place(id, (pack) =>
-        here ? o.pool.sealHere(o.keys, plain, length, id, level, pack) : o.pool.sealSlot(o.keys, plain, length, id, level, pack),
-      );
+      const at = await o.writer.place(id, (pack) => o.pool.sealSlot(o.keys, plain, length, id, level, pack));
       release(); // the plaintext is not needed for the upload
       stats.uploadedChunks++;
       stats.bytesUploaded += length;

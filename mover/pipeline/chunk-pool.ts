@@ -13,7 +13,7 @@ import { Corrupt } from '../../contracts/errors.ts';
 import type { RepositoryKeys, SealOptions } from '../../repository/format.ts';
 import { collectGarbage, pacedCollector } from './gc-pacing.ts';
 import { openChunk } from './open-chunk.ts';
-import { newPackBuffer, sealIntoPack, type PackBuffer, type Placement } from '../../repository/pack-buffer.ts';
+import { newPackBuffer, type PackBuffer, type Placement } from '../../repository/pack-buffer.ts';
 
 /** Messages to a worker (chunk-worker.ts). */
 export type WorkerRequest =
@@ -179,17 +179,6 @@ export class ChunkPool {
    */
   async sealSlot(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: SealOptions, pack: SharedPack): Promise<Placement> {
     return (await this.request(keys, (seq, keyId) => ({ op: 'seal', seq, keyId, slot: s.slot, length, purpose, ...opts, packSlot: pack.slot }))).placed!;
-  }
-
-  /**
-   * `sealSlot` on the calling thread, for when every worker has work queued: the same bytes
-   * into the same pack buffer (its cursor is atomic), so a chunk may be sealed here while
-   * others are sealed on the workers.
-   */
-  sealHere(keys: RepositoryKeys, s: SharedSlot, length: number, purpose: string, opts: SealOptions, pack: SharedPack): Placement {
-    const placed = sealIntoPack(keys, s.bytes.subarray(0, length), purpose, opts, pack);
-    this.collectHere();
-    return placed;
   }
 
   /**
