@@ -259,8 +259,13 @@ export const drTask = z.discriminatedUnion('task', [
   z.looseObject({ task: z.literal('resolveFailoverPoints'), run: failoverRun }),
   z.looseObject({ task: z.literal('failoverVm'), vm: failoverVmJob }),
   z.looseObject({ task: z.literal('cleanupFailover'), run: failoverRun }),
-  /** The leftovers of other test failover runs, older than any TestFailover execution can be, removed. */
-  z.looseObject({ task: z.literal('sweepTestFailovers'), run: failoverRun }),
+  /** The leftovers of other test failover runs, older than any TestFailover execution can be, removed (at a test failover's start, and hourly by the Discover workflow). */
+  z.looseObject({
+    task: z.literal('sweepTestFailovers'),
+    run: failoverRun,
+    /** Other libvirt URIs the DR group serves, swept too (the scheduled sweep of the Discover workflow names them all). */
+    uris: z.array(text).optional(),
+  }),
   z.looseObject({
     task: z.literal('updateReplicaVm'),
     replicate: z.looseObject({ replicationId: text, vmId: text, backupId: text, replicaDir: text, replica: replicaJob }),

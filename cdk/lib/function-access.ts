@@ -184,6 +184,8 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
   // Discovery: the hosts from the catalog's host listing; each discovered VM written conditionally (a VM added by hand is left alone), its host membership put, gone VMs marked.
   ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },
+  // The DR sites to sweep of test failover leftovers: the policies (Scan) and the hosts' listing (Query).
+  ListDrSites: { catalog: ['Scan', 'Query', 'GetItem'] },
   RecordInventory: { catalog: ['UpdateItem', 'PutItem', 'GetItem', 'Query'] },
   SummarizeDiscovery: {},
   // Host configuration backups: the libvirt hosts and the settings SyncConfig wrote; each archive recorded (PutItem), the host's archives listed newest first (Query), and those beyond `keep` deleted from the repository, then their records; unrecorded archives found by listing the host's prefix.
