@@ -129,6 +129,7 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
       sizeBytes: DISK,
       dataBytes: 16 * MiB,
       behaviour: { mode: 'idle' },
+      bootTimeoutMs: 480_000, // TCG on a machine shared with other runs: within beforeAll's 600 s
     });
     await t.stack.catalog.putVm({ vmId: 'fb-prod', host: 'kvm-01', source: prodName, name: prodName });
     replicaDir = (await t.stack.catalog.getPolicy('p-prod'))!.replicateTo!.standbyPath!;
