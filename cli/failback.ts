@@ -71,7 +71,14 @@ function printReport(io: Out, r: FailbackReport): void {
   io.out(
     `  changed at the DR site ${formatBytes(r.bytesChanged)}, sent ${formatBytes(r.bytesSent)}, written ${formatBytes(r.bytesWritten)}${r.chunksDrifted ? `, ${r.chunksDrifted} chunk(s) of production had drifted from the recovery point` : ''}`,
   );
-  io.out(`  from recovery point ${r.baseBackupId} to the DR VM's backups ${r.syncBackupId} (while it ran) and ${r.finalBackupId} (after it stopped)`);
+  const base = {
+    failover: `, the point failover ${r.failoverRunId} powered the replica on at`,
+    request: ', as --base named',
+    newestReplica: ', the newest backup complete at the DR site (no failover recorded in the catalog)',
+  };
+  io.out(
+    `  from recovery point ${r.baseBackupId}${r.baseFrom ? base[r.baseFrom] : ''} to the DR VM's backups ${r.syncBackupId} (while it ran) and ${r.finalBackupId} (after it stopped)`,
+  );
   for (const [phase, disks] of [
     ['sync', r.disks.sync],
     ['final', r.disks.final],
@@ -95,7 +102,10 @@ export function registerFailbackCommand(program: Command, defaultDataDir: string
       )
       .option('--plan <id>', 'a failover plan of the configuration: fail back its VMs in its boot order')
       .option('--dr-vm <id>', "the VM running at the DR site (default: the inventory's VM named <name>-replica on another host)")
-      .option('--base <backup>', 'the recovery point the failover started from (default: the newest backup complete in the DR repository)')
+      .option(
+        '--base <backup>',
+        'the recovery point the failover started from (default: the one its failover powered the replica on at, as the catalog recorded it)',
+      )
       .option('--shutdown-timeout <s>', 'seconds the DR VM gets to shut down cleanly (default 120)', seconds('--shutdown-timeout'))
       .option('--ready-line <regex>', 'production is ready when its serial console prints a line matching this (default: its guest agent answers)')
       .option('--agent', 'production is ready when its guest agent answers (with --ready-line: both)')

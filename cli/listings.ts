@@ -43,7 +43,22 @@ export function vmsTable(rows: VmRow[]): string[] {
   if (!rows.length) return ['no VMs in the inventory (add one with `lifeboat vm add`, or run `lifeboat discover`)'];
   const status = (s: VmRow['rpo']) => (s === 'late' || s === 'never' ? s.toUpperCase() : s);
   return formatTable(
-    ['VM', 'HOST', 'PROTECTION', 'POLICIES', 'LAST BACKUP', 'STATUS', 'CONSISTENCY', 'RPO', 'AGE', 'RPO STATUS', 'DR RPO', 'DR LAG', 'DR STATUS'],
+    [
+      'VM',
+      'HOST',
+      'PROTECTION',
+      'POLICIES',
+      'LAST BACKUP',
+      'STATUS',
+      'CONSISTENCY',
+      'RPO',
+      'AGE',
+      'RPO STATUS',
+      'DR RPO',
+      'DR LAG',
+      'DR STATUS',
+      'FAILED OVER',
+    ],
     rows.map((v) => [
       v.vmId,
       v.host,
@@ -58,6 +73,7 @@ export function vmsTable(rows: VmRow[]): string[] {
       v.drRpoHours === null ? '-' : `${v.drRpoHours} h`,
       hoursOrDash(v.drLagHours),
       v.drRpo === 'none' ? '-' : status(v.drRpo),
+      v.failedOver ? `${v.failedOver.backupId} (${v.failedOver.plan}, ${shortTime(v.failedOver.at)})` : '-',
     ]),
   );
 }

@@ -209,6 +209,30 @@ export const failoverReport = z.looseObject({
 });
 export type FailoverReport = Infer<typeof failoverReport>;
 
+/**
+ * A failover as the catalog records it (functions/catalog, one per VM and plan run): the
+ * restore point the replica was powered on at, when, by which run, test or real. A real
+ * one is the VM's active failover until a failback releases its replica (`releasedAt`);
+ * PlanFailback takes its backup as the failback's base, `lifeboat vms` shows it.
+ */
+export const failoverRecord = z.looseObject({
+  vmId: text,
+  runId: text,
+  plan: text,
+  test: z.boolean(),
+  /** The replica's domain (a test failover's throwaway copy for a test). */
+  domain: text,
+  /** The restore point: the production backup the replica was at when powered on, and that backup's recovery point. */
+  backupId: text,
+  recoveryPoint: text,
+  /** When the replica was powered on. */
+  failedOverAt: text,
+  /** Set by the failback that released the replica (real failovers only). */
+  releasedAt: text.optional(),
+  releasedBy: text.optional(),
+});
+export type FailoverRecord = Infer<typeof failoverRecord>;
+
 /** Every domain and network a test failover makes starts with this and its run's key: cleanup touches nothing else. */
 export const TEST_FAILOVER_PREFIX = 'lbtf-';
 
@@ -235,8 +259,13 @@ export const drTask = z.discriminatedUnion('task', [
   z.looseObject({ task: z.literal('resolveFailoverPoints'), run: failoverRun }),
   z.looseObject({ task: z.literal('failoverVm'), vm: failoverVmJob }),
   z.looseObject({ task: z.literal('cleanupFailover'), run: failoverRun }),
-  /** The leftovers of other test failover runs, older than any TestFailover execution can be, removed. */
-  z.looseObject({ task: z.literal('sweepTestFailovers'), run: failoverRun }),
+  /** The leftovers of other test failover runs, older than any TestFailover execution can be, removed (at a test failover's start, and hourly by the Discover workflow). */
+  z.looseObject({
+    task: z.literal('sweepTestFailovers'),
+    run: failoverRun,
+    /** Other libvirt URIs the DR group serves, swept too (the scheduled sweep of the Discover workflow names them all). */
+    uris: z.array(text).optional(),
+  }),
   z.looseObject({
     task: z.literal('updateReplicaVm'),
     replicate: z.looseObject({ replicationId: text, vmId: text, backupId: text, replicaDir: text, replica: replicaJob }),

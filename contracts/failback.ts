@@ -33,7 +33,7 @@ export const failbackRequest = z
     vmId: text,
     /** The VM running at the DR site since the failover (its inventory id on a DR-site host). */
     drVmId: text,
-    /** The failover's recovery point: the production backup the DR VM was started from (default: the newest one complete in the DR repository). */
+    /** The failover's recovery point: the production backup the DR VM was started from (default: the restore point of the VM's failover recorded in the catalog; without one, its newest backup complete in the DR repository). */
     baseBackupId: text.optional(),
     /** Seconds the DR VM gets to shut down cleanly (default 120). */
     shutdownTimeoutSeconds: z.number().int().min(5).max(3600).optional(),
@@ -67,6 +67,10 @@ export const failbackJob = z
     drPolicyId: text,
     /** The failover's recovery point B, in the production repository. */
     base: backupRef,
+    /** Where B came from: the request's `baseBackupId`, the VM's active failover in the catalog, or (no failover recorded) its newest backup complete in the DR repository. */
+    baseFrom: z.enum(['request', 'failover', 'newestReplica']).optional(),
+    /** The plan run of that active failover. */
+    failoverRunId: text.optional(),
     /** The DR VM's newest backup D when the failback started, in the DR repository. */
     target: backupRef,
     disks: z.array(z.object({ diskId: text, sizeBytes: count }).strict()).min(1),
@@ -156,6 +160,11 @@ export interface FailbackReport {
   vmId: string;
   drVmId: string;
   baseBackupId: string;
+  /** Where the base came from (the failover recorded in the catalog, the request, or the newest DR-complete backup), and the failover's plan run. */
+  baseFrom?: 'request' | 'failover' | 'newestReplica';
+  failoverRunId?: string;
+  /** The catalog's failovers of the VM this failback ended (released). */
+  failoversReleased?: string[];
   /** The DR VM's backup the bulk sync went to, and the final one taken after it stopped. */
   syncBackupId: string;
   finalBackupId: string;

@@ -45,6 +45,7 @@ export const lambdaFunctions = {
   RecordFailover: { entry: 'functions/replicate/replicate.ts', handler: 'recordFailoverHandler' },
   PlanFailoverPlan: { entry: 'functions/replicate/failover-plan.ts', handler: 'planFailoverPlanHandler' },
   RecordFailoverPlan: { entry: 'functions/replicate/failover-plan.ts', handler: 'recordFailoverPlanHandler' },
+  ListDrSites: { entry: 'functions/replicate/dr-sites.ts', handler: 'listDrSitesHandler' },
   RecordRecoveryFailure: { entry: 'functions/recovery/recovery-failure.ts', handler: 'handler' },
   ListDiscoveryHosts: { entry: 'functions/discover/discover.ts', handler: 'listHostsHandler' },
   RecordInventory: { entry: 'functions/discover/discover.ts', handler: 'recordHandler' },

@@ -33,6 +33,8 @@ export interface VmRow {
   drRestorePoint: string | null;
   /** `late`: lag past the DR RPO, or no restore point at the DR site while a backup older than the DR RPO exists; `never`: none there yet; `none`: not replicated. */
   drRpo: RpoStatus;
+  /** Its active failover (the catalog's record: the plan run, the restore point the replica was powered on at, when); null: not failed over. */
+  failedOver: { runId: string; plan: string; backupId: string; at: string } | null;
 }
 
 export interface BackupRow {

@@ -71,7 +71,7 @@ describe('Discover workflow', () => {
     expect(def.StartAt).toBe('ListDiscoveryHosts');
     expect(def.States.ListDiscoveryHosts).toMatchObject({ Next: 'DiscoverHosts', ResultPath: '$.list' });
     expect(def.States.ListDiscoveryHosts!.Parameters).toBeUndefined(); // the function gets the execution input, { hostId? }
-    expect(def.States.DiscoverHosts).toMatchObject({ Type: 'Map', ItemsPath: '$.list.hosts', ResultPath: '$.hosts', Next: 'SummarizeDiscovery' });
+    expect(def.States.DiscoverHosts).toMatchObject({ Type: 'Map', ItemsPath: '$.list.hosts', ResultPath: '$.hosts', Next: 'ListDrSites' });
     expect(def.States.DiscoverHosts!.ItemSelector).toEqual({
       'host.$': '$$.Map.Item.Value',
       'discoveryId.$': '$$.Execution.Name',
@@ -100,6 +100,25 @@ describe('Discover workflow', () => {
     expect(all.MorePages!.Choices).toEqual([{ Variable: '$.inventory.next', IsString: true, Next: 'DiscoverHostOnMoverGroup' }]);
     expect(all.MorePages!.Default).toBe('HostDiscovered');
     expect(all.HostDiscovered).toMatchObject({ Type: 'Pass', OutputPath: '$.inventory', End: true });
+  });
+
+  it("then sweeps every DR site's test failover leftovers on its mover group (every group's activity), a failed site reported and the others going on", () => {
+    const { def } = discover();
+    expect(def.States.ListDrSites).toMatchObject({ Parameters: { 'runId.$': '$$.Execution.Name' }, ResultPath: '$.drSites', Next: 'SweepDrSites' });
+    expect(def.States.ListDrSites!.Catch).toEqual([{ ErrorEquals: ['States.ALL'], ResultPath: '$.drSitesError', Next: 'NoDrSweeps' }]);
+    expect(def.States.NoDrSweeps).toMatchObject({ Type: 'Pass', Result: [], ResultPath: '$.sweeps', Next: 'SummarizeDiscovery' });
+    expect(def.States.SweepDrSites).toMatchObject({ Type: 'Map', ItemsPath: '$.drSites.sites', ResultPath: '$.sweeps', Next: 'SummarizeDiscovery' });
+    const site = def.States.SweepDrSites!.ItemProcessor as Definition;
+    const choice = site.States.SweepDrSiteOnMoverGroup!;
+    // Every group, the DR group (which serves no host in the example) included.
+    expect(choice.Choices!.map((c) => c.StringEquals)).toEqual(config.moverGroups.map((g) => g.id));
+    for (const c of choice.Choices!) {
+      const task = site.States[c.Next]!;
+      expect(task.Resource).toBe(resolved.activities[`Lifeboat-mover-${c.StringEquals}`]);
+      expect(task.Parameters).toEqual({ task: 'sweepTestFailovers', 'run.$': '$.site.run', 'uris.$': '$.site.uris' });
+      expect(task.Catch).toEqual([{ ErrorEquals: ['States.ALL'], ResultPath: '$.error', Next: 'DrSiteSweepFailed' }]);
+    }
+    expect(def.States.SummarizeDiscovery!.Parameters).toMatchObject({ 'sweeps.$': '$.sweeps' });
   });
 
   it('retries a dead mover, and reports any failure of a host as HostFailed so the other hosts go on', () => {

@@ -2,7 +2,8 @@
  * The DR scenarios too slow for `npm test` (`npm run test:dr`): a DR mover killed in the
  * middle of a test failover (its task times out on the heartbeat and runs again on another
  * mover; the run ends with nothing left behind and the replicas byte-identical), and a real
- * failover that fails midway (group 1 running, group 2 never ready): the cleanup powers the
+ * failover that fails midway (group 1 running, group 2 never ready: its guest agent never
+ * answers, and the error names the VM and the check that timed out): the cleanup powers the
  * started replica off and puts it back on its newest point, so a second failover works; a
  * replication into a replica that runs as the VM is refused. And a replication started
  * during a test failover that boots the oldest restore point (the one the replication's
@@ -71,7 +72,15 @@ describe.skipIf(!lab.available)('DR under failure (npm run test:dr)', () => {
     await createIsolatedNetwork(work, drNet, `lbhdr${pid % 100000}`);
     const guest = await buildGuest(join(tmpdir(), 'lifeboat-vm-lab-cache'));
     for (const [i, name] of names.entries()) {
-      await defineProdVm(join(work, 'prod'), guest, { name, sizeBytes: 16 * MiB, dataBytes: 2 * MiB, pattern: 0x21 + i, network: prodNet });
+      // The second VM's guest has the agent channel and never starts its agent: a readiness check by agent never passes.
+      await defineProdVm(join(work, 'prod'), guest, {
+        name,
+        sizeBytes: 16 * MiB,
+        dataBytes: 2 * MiB,
+        pattern: 0x21 + i,
+        network: prodNet,
+        ...(i === 1 ? { agent: 'silent' as const } : {}),
+      });
       await t.stack.catalog.putVm({ vmId: vmIds[i]!, host: 'kvm-01', source: name, name });
     }
     await backupAndReplicate(t.sfn, t.stack.endpoints, 'p-drh');
@@ -156,14 +165,18 @@ describe.skipIf(!lab.available)('DR under failure (npm run test:dr)', () => {
           id: 'half',
           groups: [
             { vms: [vmIds[0]!], readiness: READY },
-            { vms: [vmIds[1]!], readiness: { serial: 'NEVER-PRINTED', timeoutSeconds: 5 } },
+            // Its guest boots, and its agent never answers.
+            { vms: [vmIds[1]!], readiness: { agent: true, timeoutSeconds: 20 } },
           ],
         },
       },
       { pollMs: 500 },
     );
     expect(bad.status).toBe('FAILED');
-    expect(bad.cause).toContain(`VM '${vmIds[1]}' (domain ${names[1]}-replica`);
+    expect(bad.error).toBe('Failover.NotReady');
+    expect(bad.cause).toMatch(
+      new RegExp(`VM '${vmIds[1]}' \\(domain ${names[1]}-replica, restore point \\S+\\) was not ready: the guest agent did not answer guest-ping within 20 s`),
+    );
     for (const [i, vmId] of vmIds.entries()) {
       expect((await virsh(['domstate', `${names[i]}-replica`])).trim()).toBe('shut off');
       expect((await readReplicaState(replicaDir, vmId))!.failedOver).toBeUndefined();

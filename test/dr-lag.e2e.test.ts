@@ -103,8 +103,8 @@ it("shows each VM's replication lag against its DR RPO, and alerts at the webhoo
   const late = (await vms()).find((v) => v.vmId === 'vm-lag')!;
   expect(late.drRpo).toBe('late');
   const lines = vmsTable([late]);
-  expect(lines[0]).toMatch(/DR RPO\s+DR LAG\s+DR STATUS$/);
-  expect(lines[1]).toMatch(/0\.001 h\s+\d[\d.]* h\s+LATE$/);
+  expect(lines[0]).toMatch(/DR RPO\s+DR LAG\s+DR STATUS\s+FAILED OVER$/);
+  expect(lines[1]).toMatch(/0\.001 h\s+\d[\d.]* h\s+LATE\s+-$/);
   const page = await (await fetch(`${t.stack.endpoints.console}/vms`)).text();
   expect(page).toMatch(/<span class="bad" data-dr="late">[^<]+\(DR RPO 0\.001 h\)<\/span>/);
 }, 400_000);

@@ -26,6 +26,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import type { FailoverReport } from '../contracts/dr.ts';
 import type { FailbackReport } from '../contracts/failback.ts';
+import type { VmRow } from '../contracts/operator.ts';
 import { runExecution } from '../local/client.ts';
 import { startMover } from '../local/movers.ts';
 import { backupAndReplicate } from '../local/vm-lab/dr-lab.ts';
@@ -103,6 +104,7 @@ async function inGuest(domain: string, command: string): Promise<void> {
 const writeChunks = (domain: string, chunks: number[]) =>
   inGuest(domain, chunks.map((c) => `dd if=/dev/urandom of=/dev/vda bs=65536 seek=${(c * CHUNK) / 65536} count=1 conv=notrunc,fsync 2>/dev/null`).join(' && '));
 
+const vms = async () => (await (await fetch(`${t.stack.endpoints.console}/api/vms`)).json()) as VmRow[];
 const failback = (input: object) => runExecution(t.sfn, t.stack.endpoints.stateMachines.Failback!, input, { pollMs: 300 });
 
 describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback from the DR site with the real guest', () => {
@@ -127,6 +129,7 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
       sizeBytes: DISK,
       dataBytes: 16 * MiB,
       behaviour: { mode: 'idle' },
+      bootTimeoutMs: 480_000, // TCG on a machine shared with other runs: within beforeAll's 600 s
     });
     await t.stack.catalog.putVm({ vmId: 'fb-prod', host: 'kvm-01', source: prodName, name: prodName });
     replicaDir = (await t.stack.catalog.getPolicy('p-prod'))!.replicateTo!.standbyPath!;
@@ -164,6 +167,8 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     expect(failover.vms[0]!.line).toBeUndefined();
     expect(failover.vms[0]!.bootSeconds).toBeGreaterThan(0);
     expect((await readReplicaState(replicaDir, 'fb-prod'))!.failedOver).toMatchObject({ runId: failover.runId });
+    // `lifeboat vms` (the operator API) shows the failover the catalog recorded.
+    expect((await vms()).find((v) => v.vmId === 'fb-prod')!.failedOver).toMatchObject({ runId: failover.runId, plan: 'fb', backupId: b.vms[0]!.backupId });
     drDisk = (await virsh(['domblklist', drName]))
       .split('\n')
       .map((l) => l.trim().split(/\s+/))
@@ -194,6 +199,9 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const r = JSON.parse(d.output!) as FailbackReport;
     expect(r).toMatchObject({ vmId: 'fb-prod', drVmId: 'fb-dr', baseBackupId: b.vms[0]!.backupId, syncBackupId: d2.vms[0]!.backupId, chunksDrifted: 0 });
+    // The base is the point the catalog recorded for the failover, which the failback released.
+    expect(r).toMatchObject({ baseFrom: 'failover', failoverRunId: failover.runId, failoversReleased: [failover.runId] });
+    expect((await vms()).find((v) => v.vmId === 'fb-prod')!.failedOver).toBeNull();
     // What changed at the DR site: chunks 2, 5, 9, 11 in the sync, chunk 20 in the final delta.
     expect(r.disks.sync.map((x) => x.chunksChanged)).toEqual([4]);
     expect(r.disks.final.map((x) => x.chunksChanged)).toEqual([1]);

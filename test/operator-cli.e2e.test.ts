@@ -115,7 +115,7 @@ describe('on the embedded stack', () => {
     const vms = await local(['vms']);
     expect(vms.code, vms.stderr).toBe(0);
     expect(vms.stdout.split('\n')[0]).toMatch(
-      /^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS\s+DR RPO\s+DR LAG\s+DR STATUS$/,
+      /^VM\s+HOST\s+PROTECTION\s+POLICIES\s+LAST BACKUP\s+STATUS\s+CONSISTENCY\s+RPO\s+AGE\s+RPO STATUS\s+DR RPO\s+DR LAG\s+DR STATUS\s+FAILED OVER$/,
     );
     // The configuration's policy 'nightly' selects esx-02's VMs too; the folder driver records no consistency level.
     expect(vms.stdout).toMatch(/vm-op\s+esx-02\s+protected\s+nightly,p-op\s+\S+ \S+Z\s+committed\s+-\s+24 h\s+0\.0 h\s+ok/);

@@ -3,11 +3,15 @@
  * host) → per host (Map): DiscoverHost (the `discover` activity on the host's mover group:
  * one page of its domains) → RecordInventory (the page into the catalog) → MorePages? back
  * to DiscoverHost → HostDiscovered; a host that fails (an unreachable URI, no mover
- * answering) becomes HostFailed and the other hosts go on → SummarizeDiscovery.
+ * answering) becomes HostFailed and the other hosts go on → ListDrSites → per DR site
+ * (Map): SweepDrSite (the `sweepTestFailovers` activity on the DR mover group, over every
+ * libvirt host it serves: the leftovers of test failovers whose cleanup never ran) →
+ * SummarizeDiscovery.
  *
  * Input: `{ hostId? }`. Output: per host its counts (found, new, returned, gone, ...) or
- * its error, totals and `failedHosts`. Pages keep each task result under Step Functions'
- * 256 KiB (contracts/discovery.ts), so a host of any size fits.
+ * its error, totals and `failedHosts`; `sweeps`: per DR site what was swept, or its error.
+ * Pages keep each task result under Step Functions' 256 KiB (contracts/discovery.ts), so a
+ * host of any size fits.
  */
 import { Duration } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
@@ -22,6 +26,8 @@ export interface DiscoverWorkflowProps {
   activities: Record<string, sfn.IActivity>;
   /** Hosts inventoried at once (default 4). */
   hostConcurrency?: number;
+  /** Activities of every mover group by id: the DR groups' sweeps of test failover leftovers run on them (default: `activities`). */
+  drActivities?: Record<string, sfn.IActivity>;
 }
 
 export class DiscoverWorkflow extends Construct {
@@ -42,15 +48,51 @@ export class DiscoverWorkflow extends Construct {
     discoverHosts.itemProcessor(this.perHost(props));
 
     const summarize = lambdaStep(this, 'SummarizeDiscovery', fn.SummarizeDiscovery, {
-      payload: sfn.TaskInput.fromObject({ 'discoveryId.$': '$$.Execution.Name', 'hosts.$': '$.hosts' }),
+      payload: sfn.TaskInput.fromObject({ 'discoveryId.$': '$$.Execution.Name', 'hosts.$': '$.hosts', 'sweeps.$': '$.sweeps' }),
     });
     retryAnyError(summarize);
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      comment: "Lifeboat discovery: inventory the libvirt hosts' domains into the catalog; VMs no longer there are marked gone",
-      definitionBody: sfn.DefinitionBody.fromChainable(listHosts.next(discoverHosts).next(summarize)),
+      comment:
+        "Lifeboat discovery: inventory the libvirt hosts' domains into the catalog; VMs no longer there are marked gone; the DR sites' test failover leftovers swept",
+      definitionBody: sfn.DefinitionBody.fromChainable(listHosts.next(discoverHosts).next(this.sweepDrSites(props, summarize))),
       timeout: Duration.hours(2),
     });
+  }
+
+  /**
+   * ListDrSites → SweepDrSites (Map, per DR site: `sweepTestFailovers` on its mover group,
+   * over every libvirt host the group serves) → `next`. A site that fails is reported in
+   * `sweeps` and the others go on; a failed listing sweeps nothing (the next hour tries again).
+   */
+  private sweepDrSites(props: DiscoverWorkflowProps, next: sfn.IChainable): sfn.IChainable {
+    const noSweeps = new sfn.Pass(this, 'NoDrSweeps', { result: sfn.Result.fromArray([]), resultPath: '$.sweeps' }).next(next);
+    const list = lambdaStep(this, 'ListDrSites', props.functions.ListDrSites, {
+      payload: sfn.TaskInput.fromObject({ 'runId.$': '$$.Execution.Name' }),
+      resultPath: '$.drSites',
+    });
+    list.addCatch(noSweeps, { resultPath: '$.drSitesError' });
+    const failed = new sfn.Pass(this, 'DrSiteSweepFailed', { parameters: { 'moverGroup.$': '$.site.moverGroup', 'error.$': '$.error' } });
+    const sweep = moverStep(this, 'SweepDrSite', {
+      activities: props.drActivities ?? props.activities,
+      groupPath: '$.site.moverGroup',
+      parameters: { task: 'sweepTestFailovers', 'run.$': '$.site.run', 'uris.$': '$.site.uris' },
+      timeout: Duration.minutes(30),
+      resultPath: '$.swept',
+      decorate: (t) => {
+        t.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(5), backoffRate: 2, maxAttempts: 2 });
+        t.addCatch(failed, { resultPath: '$.error' });
+      },
+    });
+    const swept = new sfn.Pass(this, 'DrSiteSwept', { parameters: { 'moverGroup.$': '$.site.moverGroup', 'swept.$': '$.swept' } });
+    const sites = new sfn.Map(this, 'SweepDrSites', {
+      itemsPath: '$.drSites.sites',
+      itemSelector: { 'site.$': '$$.Map.Item.Value' },
+      maxConcurrency: 4,
+      resultPath: '$.sweeps',
+    });
+    sites.itemProcessor(sfn.Chain.start(sweep).next(swept));
+    return list.next(sites.next(next));
   }
 
   /** One host: pages of its domains from its mover group, each recorded, until the last; any failure reports the host. */

@@ -183,14 +183,17 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   RecordFailover: { catalog: ['PutItem'] },
   // The plan's VMs' replica leases (conditional puts; given back if one is busy).
   PlanFailoverPlan: { catalog: ['GetItem', 'Query', 'PutItem', 'DeleteItem'] },
+  // The report, and each VM's failover record (the point a failback starts from).
   RecordFailoverPlan: { catalog: ['PutItem'] },
-  // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the DR copies' records; the final DR backup's record; the report.
+  // Failback: the VMs, hosts, policies (Scan) and backups of both sites, the VM's failover records and the DR copies' records; the final DR backup's record; the report, and the VM's active failovers marked released (Query, UpdateItem).
   PlanFailback: { catalog: ['GetItem', 'Query', 'Scan'] },
   CheckFinalBackup: { catalog: ['Query'] },
-  RecordFailback: { catalog: ['PutItem'] },
+  RecordFailback: { catalog: ['PutItem', 'Query', 'UpdateItem'] },
   RecordRecoveryFailure: { catalog: ['GetItem', 'PutItem'] },
   // Discovery: the hosts from the catalog's host listing; each discovered VM written conditionally (a VM added by hand is left alone), its host membership put, gone VMs marked.
   ListDiscoveryHosts: { catalog: ['GetItem', 'Query'] },
+  // The DR sites to sweep of test failover leftovers: the policies (Scan) and the hosts' listing (Query).
+  ListDrSites: { catalog: ['Scan', 'Query', 'GetItem'] },
   RecordInventory: { catalog: ['UpdateItem', 'PutItem', 'GetItem', 'Query'] },
   SummarizeDiscovery: {},
   // Host configuration backups: the libvirt hosts and the settings SyncConfig wrote; each archive recorded (PutItem), the host's archives listed newest first (Query), and those beyond `keep` deleted from the repository, then their records; unrecorded archives found by listing the host's prefix.

@@ -171,7 +171,7 @@ export class LifeboatStack extends Stack {
     // A Backup execution that stopped without its failure path (aborted, timed out) is reconciled through it.
     this.reconcile = new ReconcileWorkflow(this, 'Reconcile', { functions, activities: backupGroups, backup: this.backup.stateMachine });
     // Discovery: each libvirt host's domains into the catalog, through the group serving it.
-    this.discover = new DiscoverWorkflow(this, 'Discover', { functions, activities: backupGroups });
+    this.discover = new DiscoverWorkflow(this, 'Discover', { functions, activities: backupGroups, drActivities: this.activities });
     // Host configuration backups: each libvirt host's networks, pools and domain definitions, through the group serving it.
     this.hostConfigBackup = new HostConfigBackupWorkflow(this, 'HostConfigBackup', { functions, activities: backupGroups });
 

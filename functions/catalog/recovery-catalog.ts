@@ -4,6 +4,7 @@
  * backup keys as `catalog.ts`; every status change is a conditional write.
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import type { FailoverRecord } from '../../contracts/dr.ts';
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
 
@@ -13,6 +14,8 @@ const backupKey = (vmId: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `
 const recordKey = (kind: RecoveryRecordKind, id: string) => ({ pk: `${kind}#${id}`, sk: kind });
 /** A backup's copy in another repository lives beside the VM's backups (not under `BACKUP#`). */
 const replicaKey = (vmId: string, bucket: string, backupId: string) => ({ pk: `VM#${vmId}`, sk: `REPLICA#${bucket}#${backupId}` });
+/** A failover of a VM beside its backups, in time order (a plan run fails a VM over once). */
+const failoverKey = (r: Pick<FailoverRecord, 'vmId' | 'failedOverAt' | 'runId'>) => ({ pk: `VM#${r.vmId}`, sk: `FAILOVER#${r.failedOverAt}#${r.runId}` });
 /** A quarantined chunk, under its repository (`locationKey`: a bucket name is unique only per endpoint). */
 const quarantinePk = (repository: string) => `QUARANTINE#${repository}`;
 const quarantineKey = (repository: string, chunkId: string) => ({ pk: quarantinePk(repository), sk: `CHUNK#${chunkId}` });
@@ -263,6 +266,53 @@ export class RecoveryCatalog {
 
   deleteReplica(vmId: string, bucket: string, backupId: string) {
     return this.db.send(new DeleteCommand({ TableName: this.table, Key: replicaKey(vmId, bucket, backupId) }));
+  }
+
+  /** Records that a plan run powered the VM's replica on (idempotent: a retried RecordFailoverPlan writes the same item). */
+  putFailover(r: FailoverRecord) {
+    return this.db.send(new PutCommand({ TableName: this.table, Item: { ...failoverKey(r), ...r } }));
+  }
+
+  /** The VM's failovers, test and real, newest first. */
+  async listFailovers(vmId: string): Promise<FailoverRecord[]> {
+    const out: FailoverRecord[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.db.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :f)',
+          ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':f': 'FAILOVER#' },
+          ScanIndexForward: false,
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const { pk: _pk, sk: _sk, ...rest } of page.Items ?? []) out.push(rest as FailoverRecord);
+      start = page.LastEvaluatedKey;
+    } while (start);
+    return out;
+  }
+
+  /** The VM's active failover: its newest real one, unless a failback released it. */
+  async activeFailover(vmId: string): Promise<FailoverRecord | undefined> {
+    const real = (await this.listFailovers(vmId)).find((f) => !f.test);
+    return real && !real.releasedAt ? real : undefined;
+  }
+
+  /** Marks every real failover of the VM not yet released as released by `by` (a failback): none is active afterwards. Returns those it released. */
+  async releaseFailovers(vmId: string, by: string, at: Date): Promise<FailoverRecord[]> {
+    const active = (await this.listFailovers(vmId)).filter((f) => !f.test && !f.releasedAt);
+    for (const f of active)
+      await this.db.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: failoverKey(f),
+          UpdateExpression: 'SET releasedAt = :t, releasedBy = :b',
+          ExpressionAttributeValues: { ':t': at.toISOString(), ':b': by },
+        }),
+      );
+    return active;
   }
 
   /** Removes a backup whose manifests are gone; only one that is `pruning`. */

@@ -39,6 +39,8 @@ export const recordInventoryInput = z.looseObject({
 export const summarizeDiscoveryInput = z.looseObject({
   discoveryId: text,
   hosts: z.array(z.union([z.looseObject({ hostId: text, error: caughtError }), hostInventory])),
+  /** Per DR site, what the sweep of test failover leftovers removed, or its error (passed through to the output). */
+  sweeps: z.array(z.looseObject({ moverGroup: text })).optional(),
 });
 
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
@@ -50,7 +52,7 @@ export function makeHandlers(c: Clients) {
       const summary = summarizeDiscovery(input);
       metrics.addMetric(discoveryMetrics.hostsFailed, MetricUnit.Count, summary.failedHosts.length);
       metrics.addMetric(discoveryMetrics.vmsGone, MetricUnit.Count, summary.gone);
-      return summary;
+      return { ...summary, sweeps: input.sweeps ?? [] };
     }),
   };
 }

@@ -1,12 +1,13 @@
 /**
  * The Failback workflow's functions. PlanFailback resolves the production VM and the VM
  * running at the DR site since the failover (their hosts, domains and mover groups), the
- * failover's recovery point B (a production backup complete in the DR repository) and the
- * DR VM's newest backup D (and the production VM's replica VM, released at the end), and
+ * failover's recovery point B (the restore point of the VM's failover the catalog recorded),
+ * the DR VM's newest backup D (and the production VM's replica VM, released at the end), and
  * refuses what cannot fail back, naming why.
  * CheckFinalBackup follows the final DR-site Backup run (started by the workflow after the
  * DR VM stopped) until the DR VM's backup of that run is committed. RecordFailback adds
- * up both deltas and the outage and records the report.
+ * up both deltas and the outage, records the report and releases the VM's failover in the
+ * catalog.
  */
 import { z } from 'zod';
 import {
@@ -49,13 +50,29 @@ async function libvirtHost(catalog: Catalog, vm: Vm, role: string): Promise<{ ho
   return { host, uri: host.hypervisor.uri };
 }
 
-/** The failover's recovery point: the backup named, else the newest committed backup of the VM complete in its policy's DR repository. */
-async function recoveryPoint(deps: Deps, vmId: string, requested: string | undefined): Promise<Backup> {
-  if (requested) return (await resolveBackup(deps.catalog, vmId, requested)).backup as Backup;
+type Base = { backup: Backup; from: 'request' | 'failover' | 'newestReplica'; failoverRunId?: string };
+
+/**
+ * The failover's recovery point: the backup named, else the restore point of the VM's
+ * active failover in the catalog (the point FailoverPlan powered its replica on at), else
+ * (a failover before the catalog recorded them) the newest committed backup of the VM
+ * complete in its policy's DR repository.
+ */
+async function recoveryPoint(deps: Deps, vmId: string, requested: string | undefined): Promise<Base> {
+  if (requested) return { backup: (await resolveBackup(deps.catalog, vmId, requested)).backup as Backup, from: 'request' };
+  const failover = await deps.recovery.activeFailover(vmId);
+  if (failover) {
+    const b = (await deps.catalog.listBackups(vmId)).find((x) => x.backupId === failover.backupId);
+    if (!b || b.status !== 'committed')
+      throw new RecoveryRequestInvalid(
+        `VM '${vmId}' was failed over (run ${failover.runId}) at backup ${failover.backupId}, which is ${b ? b.status : 'no longer in the catalog'}: the failback cannot start from it. Name the production backup the DR VM started from with "baseBackupId" (lifeboat failback --base)`,
+      );
+    return { backup: b, from: 'failover', failoverRunId: failover.runId };
+  }
   for (const b of await deps.catalog.listBackups(vmId)) {
     if (b.status !== 'committed') continue;
     const dr = (await deps.catalog.getPolicy(b.policyId))?.replicateTo;
-    if (dr && (await deps.recovery.getReplica(vmId, dr.bucket, b.backupId))) return b;
+    if (dr && (await deps.recovery.getReplica(vmId, dr.bucket, b.backupId))) return { backup: b, from: 'newestReplica' };
   }
   throw new RecoveryRequestInvalid(
     `VM '${vmId}' was never failed over: none of its backups is complete in a DR repository, so there is no recovery point to fail back from (name one with "baseBackupId" if it was failed over another way)`,
@@ -83,7 +100,7 @@ export async function planFailback({ failbackId, request }: z.output<typeof plan
     throw new RecoveryRequestInvalid(
       `the DR VM '${drVm.vmId}' is not protected at the DR site: no policy selects it. Declare a DR-site policy (configuration: a policy whose "vms" select the DR host's VMs and whose "repository" is the DR repository), back it up, then run the Failback`,
     );
-  const base = await recoveryPoint(deps, vm.vmId, request.baseBackupId);
+  const { backup: base, from: baseFrom, failoverRunId } = await recoveryPoint(deps, vm.vmId, request.baseBackupId);
   const newest = await deps.catalog.latestCommitted(drVm.vmId);
   if (!newest)
     throw new RecoveryRequestInvalid(
@@ -112,6 +129,8 @@ export async function planFailback({ failbackId, request }: z.output<typeof plan
     dr: { uri: dr.uri, name: drVm.source },
     drPolicyId,
     base: { backupId: base.backupId, repository: from.repository },
+    baseFrom,
+    ...(failoverRunId ? { failoverRunId } : {}),
     target: { backupId: newest.backupId, repository: to.repository },
     disks,
     ...(replica ? { replica } : {}),
@@ -165,6 +184,8 @@ export async function recordFailback(input: z.output<typeof recordFailbackInput>
     vmId: job.vmId,
     drVmId: job.drVmId,
     baseBackupId: job.base.backupId,
+    ...(job.baseFrom ? { baseFrom: job.baseFrom } : {}),
+    ...(job.failoverRunId ? { failoverRunId: job.failoverRunId } : {}),
     syncBackupId: job.target.backupId,
     finalBackupId: input.finalBackupId,
     bytesChanged: sum('bytesChanged'),
@@ -176,6 +197,9 @@ export async function recordFailback(input: z.output<typeof recordFailbackInput>
     ...(input.replica.domain !== null ? { replica: input.replica } : {}),
     disks: { sync: input.sync, final: input.final },
   };
+  // Production runs again and the replica is released: the VM is no longer failed over.
+  const released = await deps.recovery.releaseFailovers(job.vmId, job.failbackId, deps.now());
+  if (released.length) report.failoversReleased = released.map((f) => f.runId);
   await deps.recovery.putRecord('FAILBACK', job.failbackId, { status: 'succeeded', finishedAt: deps.now().toISOString(), summary: report });
   return report;
 }

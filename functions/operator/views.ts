@@ -46,7 +46,7 @@ export interface BackupExecutions {
 
 export interface OperatorDeps {
   catalog: Pick<Catalog, 'listPolicies' | 'listHosts' | 'vmsOnHost' | 'getVm' | 'listBackups' | 'getRun' | 'backupsOfRun'>;
-  recovery: Pick<RecoveryCatalog, 'listReplicas' | 'newestReplica'>;
+  recovery: Pick<RecoveryCatalog, 'listReplicas' | 'newestReplica' | 'activeFailover'>;
   movers(): Promise<MoverView[]>;
   /** The progress objects of a backup's disk transfers (contracts/progress.ts). */
   progress(backupId: string): Promise<TaskProgress[]>;
@@ -106,9 +106,16 @@ export async function listVms(deps: OperatorDeps): Promise<VmRow[]> {
       recoveryPointAgeHours: age === null ? null : round(age),
       rpo,
       ...(await drLag(vm.vmId, policies, backups, deps.recovery, now)),
+      failedOver: await failedOver(vm.vmId, deps.recovery),
     });
   }
   return rows;
+}
+
+/** A VM's active failover as the catalog recorded it, if any. */
+async function failedOver(vmId: string, recovery: OperatorDeps['recovery']): Promise<VmRow['failedOver']> {
+  const f = await recovery.activeFailover(vmId);
+  return f ? { runId: f.runId, plan: f.plan, backupId: f.backupId, at: f.failedOverAt } : null;
 }
 
 /**

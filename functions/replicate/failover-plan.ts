@@ -5,10 +5,20 @@
  * restore point must not run beside a failover booting it; a busy one is `Replication.Busy`,
  * which the workflow retries) and lays it out as the groups the workflow boots in order;
  * RecordFailoverPlan turns what the DR movers answered into the report: each VM's recovery
- * point and ready time, and the plan's RTO.
+ * point and ready time, and the plan's RTO, and records each VM's failover in the catalog
+ * (the point a failback later starts from).
  */
 import { z } from 'zod';
-import { failoverPlanRequest, failoverReport, failoverVmResult, type FailoverReport, type FailoverRun, type FailoverVmJob } from '../../contracts/dr.ts';
+import {
+  failoverPlanRequest,
+  failoverReport,
+  failoverVmResult,
+  type FailoverRecord,
+  type FailoverReport,
+  type FailoverRun,
+  type FailoverVmJob,
+  type FailoverVmResult,
+} from '../../contracts/dr.ts';
 import type { SlotLease } from '../../contracts/jobs.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
 import { Catalog } from '../catalog/catalog.ts';
@@ -130,6 +140,21 @@ export const recordFailoverPlanInput = z.looseObject({
   cleanedUp: failoverReport.shape.cleanedUp,
 });
 
+/** A VM's failover record: the point its replica was powered on at, and when (its readiness less its boot). */
+function failoverRecordOf(input: { runId: string; plan: string; test: boolean }, v: FailoverVmResult): FailoverRecord {
+  const startedAt = Date.parse(v.readyAt) - (v.readySeconds - v.startedSeconds) * 1000;
+  return {
+    vmId: v.vmId,
+    runId: input.runId,
+    plan: input.plan,
+    test: input.test,
+    domain: v.domain,
+    backupId: v.backupId,
+    recoveryPoint: v.recoveryPoint,
+    failedOverAt: new Date(Number.isFinite(startedAt) ? startedAt : Date.parse(v.readyAt)).toISOString(),
+  };
+}
+
 /** The report: each VM (in boot order) with its group, recovery point and ready time; the RTO is when the last became ready. */
 export async function recordFailoverPlan(input: z.output<typeof recordFailoverPlanInput>, deps: Pick<Deps, 'recovery' | 'now'>): Promise<FailoverReport> {
   const vms = input.booted.flatMap((g) => g.vms.map((v) => ({ ...v, group: g.index })));
@@ -141,6 +166,7 @@ export async function recordFailoverPlan(input: z.output<typeof recordFailoverPl
     rtoSeconds: Math.max(0, ...vms.map((v) => v.readySeconds)),
     ...(input.cleanedUp ? { cleanedUp: input.cleanedUp } : {}),
   };
+  for (const v of vms) await deps.recovery.putFailover(failoverRecordOf(input, v));
   await deps.recovery.putRecord('FAILOVER', input.runId, {
     status: 'succeeded',
     finishedAt: deps.now().toISOString(),

@@ -43,13 +43,15 @@ export interface GuestBehaviour {
    * for the hash, which takes minutes for a disk of gigabytes under TCG: benches turn it off.
    */
   freezeHash?: boolean;
+  /** Start qemu-ga when the domain has the agent channel (default true); false: the channel is there and nobody answers (a readiness check that never passes). */
+  agent?: boolean;
 }
 
 /** The kernel command line for a behaviour: `lifeboat.mode=… lifeboat.write_kib_s=…`. */
 export function guestCmdline(b: GuestBehaviour = {}): string {
   const rate = b.writeKiBs ?? 64;
   if (!Number.isInteger(rate) || rate < 1) throw new RangeError(`writeKiBs must be a positive integer, got ${rate}`);
-  return `lifeboat.mode=${b.mode ?? 'write'} lifeboat.write_kib_s=${rate}${b.freezeHash === false ? ' lifeboat.freeze_hash=0' : ''}`;
+  return `lifeboat.mode=${b.mode ?? 'write'} lifeboat.write_kib_s=${rate}${b.freezeHash === false ? ' lifeboat.freeze_hash=0' : ''}${b.agent === false ? ' lifeboat.agent=0' : ''}`;
 }
 
 /**

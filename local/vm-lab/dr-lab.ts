@@ -68,7 +68,15 @@ export interface ProdVm {
 export async function defineProdVm(
   dir: string,
   guest: GuestImage,
-  o: { name: string; sizeBytes: number; dataBytes: number; pattern: number; network: string },
+  o: {
+    name: string;
+    sizeBytes: number;
+    dataBytes: number;
+    pattern: number;
+    network: string;
+    /** `silent`: the domain has the guest agent channel, and the guest never starts its agent (a readiness check by agent never passes). */
+    agent?: 'none' | 'silent';
+  },
 ): Promise<ProdVm> {
   await mkdir(dir, { recursive: true });
   const image = join(dir, `${o.name}.qcow2`);
@@ -79,9 +87,9 @@ export async function defineProdVm(
     disks: [{ path: image, format: 'qcow2', target: 'vda' }],
     kernel: guest.kernel,
     initrd: guest.initrd,
-    cmdline: guestCmdline({ mode: 'idle' }),
+    cmdline: guestCmdline({ mode: 'idle', ...(o.agent === 'silent' ? { agent: false } : {}) }),
     serialLog: join(dir, `${o.name}.log`),
-    agent: false,
+    agent: o.agent === 'silent',
     memoryMiB: 128,
   }).replace('    <serial', `    <interface type='network'><source network='${o.network}'/><model type='virtio'/></interface>\n    <serial`);
   await writeFile(join(dir, `${o.name}.xml`), xml);

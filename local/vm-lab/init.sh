@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of the Lifeboat test guest (busybox initramfs, see README.md).
-# Kernel command line: lifeboat.mode=write|idle|check, lifeboat.write_kib_s=N.
+# Kernel command line: lifeboat.mode=write|idle|check, lifeboat.write_kib_s=N,
+# lifeboat.agent=0 (qemu-ga not started: an agent channel nobody answers on).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -16,10 +17,12 @@ for m in $(cat /etc/lifeboat/modules); do insmod "/lib/modules/$m"; done
 
 mode=write
 rate=64
+agent=1
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     lifeboat.mode=*) mode="${arg#*=}" ;;
     lifeboat.write_kib_s=*) rate="${arg#*=}" ;;
+    lifeboat.agent=*) agent="${arg#*=}" ;;
   esac
 done
 
@@ -42,7 +45,7 @@ agent_port() {
     [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && echo "/dev/${p##*/}" && return
   done
 }
-if ls /sys/bus/virtio/drivers/virtio_console/ 2>/dev/null | grep -q virtio; then
+if [ "$agent" = 1 ] && ls /sys/bus/virtio/drivers/virtio_console/ 2>/dev/null | grep -q virtio; then
   i=0
   port=$(agent_port)
   while [ -z "$port" ] && [ $i -lt 40 ]; do usleep 50000; port=$(agent_port); i=$((i + 1)); done

@@ -30,6 +30,8 @@ export interface LabVmOptions {
   /** The disk image's format (default qcow2; raw images get no changed-block tracking). */
   format?: 'qcow2' | 'raw';
   agent?: boolean;
+  /** How long the first boot may take to print READY (and its agent to answer), default 120 s: a loaded machine's TCG boot takes longer. */
+  bootTimeoutMs?: number;
   signal?: AbortSignal;
 }
 
@@ -113,8 +115,8 @@ export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
   try {
     await virsh(['define', xmlPath]);
     await virsh(['start', o.name]);
-    await waitForConsoleLine(serialLog, /LIFEBOAT-GUEST READY/, 120_000, o.signal);
-    if (o.agent ?? true) await waitForAgent(o.name, 120_000, o.signal);
+    await waitForConsoleLine(serialLog, /LIFEBOAT-GUEST READY/, o.bootTimeoutMs ?? 120_000, o.signal);
+    if (o.agent ?? true) await waitForAgent(o.name, o.bootTimeoutMs ?? 120_000, o.signal);
   } catch (err) {
     await vm.remove();
     throw err;

@@ -27,7 +27,7 @@ export async function runDrTask(raw: unknown, deps: RecoveryTaskDeps, ctx: TaskC
     case 'failoverVm':
       return failoverVm(t.vm, { workDir: deps.workDir, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     case 'sweepTestFailovers':
-      return sweepTestFailovers(t.run.runId, t.run.uri, { workDir: deps.workDir, logger: deps.logger });
+      return sweepTestFailovers(t.run.runId, [t.run.uri, ...(t.uris ?? [])], { workDir: deps.workDir, logger: deps.logger });
     case 'cleanupFailover':
       if (t.run.test) return cleanupTestFailover(t.run.runId, t.run.uri, { workDir: deps.workDir, logger: deps.logger });
       return { domains: await abandonFailover(t.run.runId, t.run.uri, t.run.vms), networks: [], folders: [] };

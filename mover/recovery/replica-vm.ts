@@ -90,10 +90,15 @@ export async function qemuImg(args: string[]): Promise<string> {
   }
 }
 
-/** A qcow2 overlay at `path` over `backing` (which stays read-only). */
+/**
+ * A qcow2 overlay at `path` over `backing` (which stays read-only). Given its size, the
+ * backing chain is not opened (`-u`): the caller knows it, and the overlay can be made while
+ * the layer below is still being written.
+ */
 export async function createOverlay(path: string, backing: string, sizeBytes?: number): Promise<void> {
   await rm(path, { force: true });
-  await qemuImg(['create', '-q', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', path, ...(sizeBytes !== undefined ? [String(sizeBytes)] : [])]);
+  const size = sizeBytes !== undefined ? ['-u', path, String(sizeBytes)] : [path];
+  await qemuImg(['create', '-q', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', ...size]);
 }
 
 /** A domain's state (`shut off`, `running`, …), or undefined when it is not defined. */
@@ -156,16 +161,22 @@ async function withImageWriter<T>(image: string, write: (nbd: NbdClient) => Prom
 interface DiskWrite {
   diskId: string;
   layer: string;
+  /** The disk's next active overlay, over `layer`, made while the layer was written: renamed into place once every disk is written. */
+  nextActive: string;
   chunksWritten: number;
   bytesWritten: number;
   chunksUnchanged: number;
 }
 
-/** Writes into a new layer over `fromLayer` (or a fresh image) the chunks of the target backup that differ from `fromBackupId`'s. */
+/**
+ * Writes into a new layer over `fromLayer` (or a fresh image) the chunks of the target backup
+ * that differ from `fromBackupId`'s; meanwhile makes `nextActive`, the active overlay over it.
+ */
 async function writeLayer(
   job: ReplicateJob,
   diskId: string,
   layer: string,
+  nextActive: string,
   fromLayer: string | undefined,
   fromBackupId: string | undefined,
   d: UpdateReplicaDeps,
@@ -186,9 +197,12 @@ async function writeLayer(
     await qemuImg(['create', '-q', '-f', 'qcow2', layer, String(sizeBytes)]);
   }
   phase('layerCreate');
+  // A qemu-img run beside the writes rather than after them (it does not open the layer).
+  const active = createOverlay(nextActive, layer, sizeBytes);
+  active.catch(() => {});
   // With a layer below whose backup cannot be diffed (resized, other chunk size), every chunk is written.
   const base = fromLayer && from && diffable(from.info, target.info) ? new ManifestCursor(from) : undefined;
-  const out: DiskWrite = { diskId, layer, chunksWritten: 0, bytesWritten: 0, chunksUnchanged: 0 };
+  const out: DiskWrite = { diskId, layer, nextActive, chunksWritten: 0, bytesWritten: 0, chunksUnchanged: 0 };
   try {
     await withImageWriter(
       layer,
@@ -228,6 +242,7 @@ async function writeLayer(
     await base?.close();
   }
   phase('nbdStop');
+  await active;
   return out;
 }
 
@@ -311,7 +326,9 @@ export async function updateReplicaVm(job: ReplicateJob & { replica: ReplicaJob 
   const writes: DiskWrite[] = [];
   for (const disk of job.disks) {
     const layer = join(paths.layers, `${disk.diskId}-${seq}-${job.backupId}.qcow2`);
-    writes.push(await writeLayer(job, disk.diskId, layer, newest?.layers[disk.diskId], newest?.layers[disk.diskId] ? newest.backupId : undefined, d, phase));
+    const nextActive = join(paths.active, `${disk.diskId}.qcow2.next`);
+    const from = newest?.layers[disk.diskId];
+    writes.push(await writeLayer(job, disk.diskId, layer, nextActive, from, from ? newest!.backupId : undefined, d, phase));
   }
   const point: ReplicaPoint = {
     backupId: job.backupId,
@@ -319,7 +336,7 @@ export async function updateReplicaVm(job: ReplicateJob & { replica: ReplicaJob 
     createdAt: (d.now?.() ?? new Date()).toISOString(),
     layers: Object.fromEntries(writes.map((w) => [w.diskId, w.layer])),
   };
-  for (const w of writes) await createOverlay(join(paths.active, `${w.diskId}.qcow2`), w.layer);
+  for (const w of writes) await rename(w.nextActive, join(paths.active, `${w.diskId}.qcow2`));
   phase('activeOverlays');
   let uuid = state?.uuid ?? '';
   if (domState === undefined) {

@@ -1,0 +1,102 @@
+/**
+ * The scheduled sweep of test failover leftovers: the Discover workflow (hourly) lists the
+ * DR sites (ListDrSites) and runs `sweepTestFailovers` on each DR mover group, over every
+ * libvirt host the group serves. A run whose cleanup never ran left a folder older than any
+ * TestFailover execution can be, its isolated network and a domain: all three go; a younger
+ * run's are left alone. Real libvirtd, real mover processes; no guest boots.
+ */
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TEST_FAILOVER_PREFIX } from '../contracts/dr.ts';
+import { loadConfig } from '../core/config.ts';
+import { listDrSites } from '../functions/replicate/dr-sites.ts';
+import { runExecution } from '../local/client.ts';
+import { drLabConfig } from '../local/vm-lab/dr-lab.ts';
+import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
+import { TEST_FAILOVER_LEFTOVER_SECONDS } from '../mover/recovery/test-failover-cleanup.ts';
+import { startTestStack, type TestStack } from './helpers/stack.ts';
+
+const lab = await ensureLibvirtd();
+// Keys as testRunKey makes them (7 base-36 characters), unique to this process.
+const key = (tag: string) => `${tag}${(process.pid % 36 ** 5).toString(36).padStart(5, '0')}`;
+const oldKey = key('zo');
+const youngKey = key('zy');
+const names = (out: string) =>
+  out
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+const ours = async () => ({
+  domains: names(await virsh(['list', '--all', '--name'])).filter(
+    (n) => n.startsWith(`${TEST_FAILOVER_PREFIX}${oldKey}`) || n.startsWith(`${TEST_FAILOVER_PREFIX}${youngKey}`),
+  ),
+  networks: names(await virsh(['net-list', '--all', '--name'])).filter(
+    (n) => n === `${TEST_FAILOVER_PREFIX}${oldKey}` || n === `${TEST_FAILOVER_PREFIX}${youngKey}`,
+  ),
+});
+let t: TestStack;
+let work: string;
+
+/** What a test failover run `k` leaves when its cleanup never runs: its folder (aged `ageSeconds`), its isolated network and a (shut off) domain. */
+async function leftover(k: string, ageSeconds: number): Promise<void> {
+  const folder = join(work, 'test-failovers', k);
+  await mkdir(folder, { recursive: true });
+  await writeFile(join(folder, 'vm.qcow2'), 'overlay');
+  const net = `${TEST_FAILOVER_PREFIX}${k}`;
+  await writeFile(join(work, `${k}.net.xml`), `<network><name>${net}</name><bridge name='${net.replace(/-/g, '')}' stp='off'/></network>\n`);
+  await virsh(['net-create', join(work, `${k}.net.xml`)]);
+  await writeFile(
+    join(work, `${k}.xml`),
+    `<domain type='qemu'><name>${net}-vm</name><memory unit='MiB'>32</memory><os><type arch='x86_64'>hvm</type></os></domain>\n`,
+  );
+  await virsh(['define', join(work, `${k}.xml`)]);
+  const at = new Date(Date.now() - ageSeconds * 1000);
+  await utimes(folder, at, at);
+}
+
+describe.skipIf(!lab.available)('the scheduled sweep of test failover leftovers (Discover workflow)', () => {
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lbsweep-'));
+    const base = drLabConfig(loadConfig(), { prodNet: 'lbsw-prod', drNet: 'lbsw-dr', policyId: 'p-sweep', vmIds: ['sw-a'], keepPoints: 2 });
+    // A second libvirt host served by the DR group (the same daemon by another URI): the sweep covers every host of the group.
+    const config = {
+      ...base,
+      hosts: [...base.hosts, { id: 'kvm-dr2', driver: 'libvirt' as const, uri: 'qemu+unix:///system', maxConcurrentBackups: 2 }],
+      moverGroups: base.moverGroups.map((g) => (g.id === 'dr' ? { ...g, hosts: ['kvm-dr2'] } : g)),
+    };
+    t = await startTestStack({ groups: { 'site-a': 1, dr: 1 }, config, moverEnv: { LIFEBOAT_WORK_DIR: work } });
+  }, 300_000);
+  afterAll(async () => {
+    for (const k of [oldKey, youngKey]) {
+      await virsh(['undefine', `${TEST_FAILOVER_PREFIX}${k}-vm`]).catch(() => {});
+      await virsh(['net-destroy', `${TEST_FAILOVER_PREFIX}${k}`]).catch(() => {});
+    }
+    await t?.close();
+    if (work) await rm(work, { recursive: true, force: true });
+  }, 120_000);
+
+  it('lists each DR mover group with every libvirt URI it serves', async () => {
+    const { sites } = await listDrSites({ runId: 'd-1' }, { catalog: t.stack.catalog });
+    expect(sites).toEqual([
+      { moverGroup: 'dr', run: { runId: 'd-1', test: true, uri: 'qemu:///system', moverGroup: 'dr', vms: [] }, uris: ['qemu+unix:///system'] },
+    ]);
+  });
+
+  it("removes an old run's domain, network and folder on the DR site, and leaves a younger run's alone", async () => {
+    await leftover(oldKey, TEST_FAILOVER_LEFTOVER_SECONDS + 3600);
+    await leftover(youngKey, 3600);
+    expect((await ours()).domains).toHaveLength(2);
+
+    const d = await runExecution(t.sfn, t.stack.endpoints.stateMachines.Discover!, {}, { pollMs: 300 });
+    expect(d.status, d.cause).toBe('SUCCEEDED');
+    const out = JSON.parse(d.output!) as {
+      sweeps: { moverGroup: string; swept?: { domains: string[]; networks: string[]; folders: string[] }; error?: unknown }[];
+    };
+    const old = `${TEST_FAILOVER_PREFIX}${oldKey}`;
+    expect(out.sweeps).toEqual([{ moverGroup: 'dr', swept: { domains: [`${old}-vm`], networks: [old], folders: [join(work, 'test-failovers', oldKey)] } }]);
+    expect(await ours()).toEqual({ domains: [`${TEST_FAILOVER_PREFIX}${youngKey}-vm`], networks: [`${TEST_FAILOVER_PREFIX}${youngKey}`] });
+    expect(await readdir(join(work, 'test-failovers'))).toEqual([youngKey]);
+  }, 300_000);
+});
