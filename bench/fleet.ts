@@ -260,7 +260,7 @@ async function scale(): Promise<void> {
     process.stdout.write('| figure | value |\n|---|---:|\n');
     process.stdout.write(`| VMs committed / failed | ${s.committed} / ${s.failed} |\n`);
     process.stdout.write(`| wall time | ${seconds.toFixed(1)} s (${((seconds * 1000) / vmCount).toFixed(0)} ms per VM) |\n`);
-    process.stdout.write(`| executions | ${run.executions} (the run and one per VM) |\n`);
+    process.stdout.write(`| executions | ${run.executions} (the run, one per host, one per VM) |\n`);
     process.stdout.write(`| state transitions per VM | ${(run.transitions / vmCount).toFixed(1)} |\n`);
     process.stdout.write(
       `| history events per VM (its own execution, as AWS counts them) | ${run.historyEventsPerVm.toFixed(1)}; the run's own: ${run.parentHistory} |\n`,

@@ -47,6 +47,13 @@ export interface SlotFairness {
   /** Slot-seconds idle while the same host had VMs waiting, and on hosts nobody waited for while other hosts had waiters; both as a share of all slot-seconds. */
   idleWithOwnWaiters: { slotSeconds: number; share: number };
   idleWhileOthersWait: { slotSeconds: number; share: number };
+  /**
+   * VMs that entered AcquireSlot while every slot of their host was held by other VMs of the
+   * run (they queued behind them), and the waits of the others: what the queue's own
+   * round trips cost when a slot was free.
+   */
+  queuedBehindOthers: number;
+  waitsWithSlotFree: { p50: number; p99: number; mean: number };
   /** The longest run of one host's VMs among consecutive child starts. */
   longestHostRun: number;
   /** The hosts' mean waits: the lowest and the highest. */
@@ -140,6 +147,8 @@ export async function slotFairness(dataDir: string, executionArn: string): Promi
   }
   const hostMeans = [...byHost.values()].map((l) => l.reduce((s, v) => s + (v.granted - v.entered) / 1000, 0) / l.length);
   const idle = idleSlots(vms);
+  const full = (v: VmSlotLife) => byHost.get(v.host)!.filter((o) => o !== v && o.granted <= v.entered && v.entered < o.released).length >= v.limit;
+  const freeWaits = vms.filter((v) => !full(v)).map((v) => (v.granted - v.entered) / 1000);
   const share = (x: number) => ({ slotSeconds: Math.round(x), share: idle.total ? x / idle.total : 0 });
   return {
     vms: vms.length,
@@ -149,6 +158,8 @@ export async function slotFairness(dataDir: string, executionArn: string): Promi
     releaseSlotFailures: vms.filter((v) => v.releaseFailed).length,
     idleWithOwnWaiters: share(idle.own),
     idleWhileOthersWait: share(idle.elsewhere),
+    queuedBehindOthers: vms.length - freeWaits.length,
+    waitsWithSlotFree: { p50: pct(freeWaits, 0.5), p99: pct(freeWaits, 0.99), mean: freeWaits.reduce((a, b) => a + b, 0) / Math.max(1, freeWaits.length) },
     longestHostRun: longest,
     hostMeanWait: { min: Math.min(...hostMeans), max: Math.max(...hostMeans) },
   };
@@ -160,6 +171,7 @@ export function formatSlotFairness(f: SlotFairness): string {
   return (
     `slot wait p50/p99/max ${s(f.waits.p50)}/${s(f.waits.p99)}/${s(f.waits.max)} s, mean ${s(f.waits.mean)} s (p99/mean ${(f.waits.p99 / Math.max(1e-9, f.waits.mean)).toFixed(1)}); ` +
     `hosts' mean waits ${s(f.hostMeanWait.min)}..${s(f.hostMeanWait.max)} s; FIFO inversions ${f.fifoInversions}; waits re-queued ${f.requeues}; ReleaseSlot failures ${f.releaseSlotFailures}; ` +
-    `slots idle with own waiters ${(100 * f.idleWithOwnWaiters.share).toFixed(1)}%, idle while other hosts wait ${(100 * f.idleWhileOthersWait.share).toFixed(1)}% of slot time; longest run of one host in start order ${f.longestHostRun}`
+    `slots idle with own waiters ${(100 * f.idleWithOwnWaiters.share).toFixed(1)}%, idle while other hosts wait ${(100 * f.idleWhileOthersWait.share).toFixed(1)}% of slot time; longest run of one host in start order ${f.longestHostRun}; ` +
+    `VMs that queued behind others of their host ${f.queuedBehindOthers} of ${f.vms}, the others' waits (a slot was free: the queue's own latency) p50/p99 ${s(f.waitsWithSlotFree.p50)}/${s(f.waitsWithSlotFree.p99)} s, mean ${s(f.waitsWithSlotFree.mean)} s`
   );
 }

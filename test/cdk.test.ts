@@ -173,7 +173,9 @@ describe('Backup state machine graph', () => {
     // ReleaseSlot ends the VM's execution (no shaping state to pay for); its output is Commit's answer.
     expect(path).toHaveLength(9);
     expect(perVm.States.ReleaseSlot).toMatchObject({ End: true, ResultPath: null, OutputPath: '$.commit' });
-    expect((perVm.States.ReleaseSlot as { Catch?: { Next: string }[] }).Catch).toEqual([expect.objectContaining({ Next: 'VmCommitted' })]);
+    const catches = (perVm.States.ReleaseSlot as { Catch?: { Next: string }[] }).Catch ?? [];
+    expect(catches.length).toBeGreaterThan(0);
+    for (const c of catches) expect(c.Next).toBe('VmCommitted');
   });
 
   it('runs Snapshot, DispatchDisk and both ReleaseSnapshot steps on the mover activity with timeouts and heartbeats', () => {
