@@ -19,9 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { DiskResult, VmJob } from '../contracts/jobs.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
-import { Repository } from '../repository/open.ts';
+import { objectKeys } from '../repository/format.ts';
+import { openRepository } from '../repository/open.ts';
 import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
 
 const MiB = 1024 ** 2;
@@ -40,25 +39,25 @@ interface Endpoints {
   keyFile: string;
 }
 
-async function open_(e: Endpoints) {
+async function open_(e: Endpoints, indexDir?: string) {
   const client = s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
   const store = new S3ObjectStore(client, e.bucket);
-  return { client, store, keys: deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile))) };
+  const repository = await openRepository({ store, bucket: e.bucket, keys: { keyFile: e.keyFile }, ...(indexDir ? { indexDir } : {}) });
+  return { client, store, keys: repository.keys, repository };
 }
 
 /** One step, run in a child process: prints its result and its peak RSS. */
 async function child(step: string, e: Endpoints, args: Record<string, unknown>): Promise<unknown> {
-  const { client, store, keys } = await open_(e);
+  const { client, store, keys, repository } = await open_(e, args.indexDir as string | undefined);
   const job = { backupId: args.backupId as string, repository: { chunkSize }, snapshot: { disks: [{ diskId, sizeBytes }] } } as unknown as VmJob;
   const disk = { diskId, path: args.path as string, sizeBytes };
   switch (step) {
     case 'backup': {
       const { backupDisk } = await import('../mover/pipeline/backup-disk.ts');
       const { FolderDriver } = await import('../mover/sources/folder.ts');
-      const { IndexCache } = await import('../repository/repository-index.ts');
       const reader = await new FolderDriver({ qemuImg: false }).openDisk(disk);
       // The repository's index as a mover keeps it: its listings in local files (mover/repository-access.ts).
-      const index = new IndexCache(store, keys, { dir: args.indexDir as string });
+      const index = repository.index;
       const seg = args.segment as { index: number; count: number; offset: number; length: number } | undefined;
       try {
         return await backupDisk({
@@ -82,7 +81,7 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
     case 'join': {
       // biome-ignore lint/style/noRestrictedImports: the bench measures each function's own memory in a process of its own, so it runs the handler's code directly
       const { joinSegments } = await import('../functions/backup/dispatch.ts');
-      return joinSegments({ job, transfers: args.transfers as DiskResult[] }, new Repository(store, keys));
+      return joinSegments({ job, transfers: args.transfers as DiskResult[] }, repository);
     }
     case 'verify': {
       // biome-ignore lint/style/noRestrictedImports: as above, one function per process
@@ -233,9 +232,8 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
 
 /** Sealed bytes of a backup's manifest of the disk: its head and every piece it names (its segments' too). */
 async function manifestBytes(backupId: string): Promise<number> {
-  const { store, keys } = await open_(e);
-  const { ManifestReader } = await import('../repository/manifest/reader.ts');
-  const m = (await ManifestReader.open(store, keys, backupId, diskId))!;
+  const { repository } = await open_(e);
+  const m = (await repository.openManifest(backupId, diskId))!;
   return m.headBytes + m.pieces().reduce((n, p) => n + p.bytes, 0);
 }
 

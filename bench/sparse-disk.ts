@@ -9,8 +9,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deriveKeys } from '../repository/format.ts';
-import { KeyFileWrapper, loadMasterKey } from '../repository/keyring.ts';
+import { openRepository } from '../repository/open.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
@@ -25,7 +24,7 @@ if (process.argv[2] === 'child') {
   const [, , , endpointsJson, path, sizeText, mode] = process.argv;
   const e = JSON.parse(endpointsJson!);
   const store = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS }), e.bucket);
-  const keys = deriveKeys(await loadMasterKey(store, await KeyFileWrapper.load(e.keyFile)));
+  const { keys } = await openRepository({ store, bucket: e.bucket, keys: { keyFile: e.keyFile } });
   const disk = { diskId: 'sparse', path: path!, sizeBytes: Number(sizeText) };
   const reader = await new FolderDriver(mode === 'read-all' ? { qemuImg: false } : {}).openDisk(disk);
   const started = performance.now();
