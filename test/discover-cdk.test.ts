@@ -53,10 +53,11 @@ function discover(r: ResolvedTemplate = resolved): { def: Definition; all: Recor
   return { def, host, all: { ...def.States, ...host.States } };
 }
 
+// A synth takes minutes on a loaded machine.
 beforeAll(() => {
   outdir = mkdtempSync(join(tmpdir(), 'lifeboat-cdk-discover-'));
   ({ template, resolved } = synth(config));
-});
+}, 600_000);
 afterAll(() => rmSync(outdir, { recursive: true, force: true }));
 
 describe('Discover workflow', () => {
