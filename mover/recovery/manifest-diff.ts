@@ -5,11 +5,9 @@
  * VMs (replica-vm.ts) write only the chunks these say changed; both read the manifests a
  * piece at a time (ManifestReader, ManifestCursor).
  */
-import { chunkId, open, type RepositoryKeys } from '../../repository/format.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import type { ManifestCursor, ManifestInfo } from '../../repository/manifest/reader.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { readChunk, type ChunkLocation } from '../../repository/packs.ts';
+import type { ChunkLocation } from '../../repository/packs.ts';
 import type { Repository } from '../../repository/open.ts';
 
 /** A manifest `from` can be diffed against `to` chunk by chunk only when both cut a disk of the same size the same way. */
@@ -45,14 +43,4 @@ export async function checkedChunk(
   }
   if (data.length !== length || repository.chunkId(data) !== id) throw new Corrupt(`${where} does not match its id in the DR repository`);
   return data;
-}
-
-/** {@link checkedChunk} for a caller that still holds a store and keys (replica-vm.ts, until it takes a Repository). */
-export function verifiedChunk(store: ObjectStore, keys: RepositoryKeys, at: ChunkLocation, id: string, diskId: string, offset: number, length: number) {
-  const repository = {
-    readChunk: (loc: ChunkLocation) => readChunk(store, loc),
-    open: (b: Uint8Array, p: string) => open(keys, b, p),
-    chunkId: (b: Uint8Array) => chunkId(keys, b),
-  };
-  return checkedChunk(repository, at, id, diskId, offset, length);
 }

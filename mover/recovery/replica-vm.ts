@@ -28,13 +28,12 @@ import { Corrupt } from '../../contracts/errors.ts';
 import { replicaDomainName, replicaPoint, type NetworkMap, type ReplicaJob, type ReplicaPoint, type ReplicaUpdate } from '../../contracts/dr.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { ReplicateJob } from '../../contracts/recovery-jobs.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import { NbdClient } from '../nbd/client.ts';
 import { restoredDomainXml } from '../sources/libvirt/domain-xml.ts';
 import { isNoDomain, Virsh } from '../sources/libvirt/virsh.ts';
-import { diffable, sameAs, verifiedChunk } from './manifest-diff.ts';
-import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
+import { checkedChunk, diffable, sameAs } from './manifest-diff.ts';
+import { ManifestCursor } from '../../repository/manifest/reader.ts';
 import { readVmConfig } from './restore-tasks.ts';
 
 const run = promisify(execFile);
@@ -183,12 +182,12 @@ async function writeLayer(
   phase: (name: string) => void,
 ): Promise<DiskWrite> {
   // Both manifests are read a piece at a time, in step: memory stays bounded whatever the disk's size.
-  const target = await ManifestReader.open(d.store, d.keys, job.backupId, diskId);
+  const target = await d.repository.openManifest(job.backupId, diskId);
   if (!target)
     throw new Corrupt(
       `manifest of disk '${diskId}' (backup ${job.backupId}) is missing from the DR repository ${job.target.bucket}; replicate the backup first`,
     );
-  const from = fromBackupId ? await ManifestReader.open(d.store, d.keys, fromBackupId, diskId) : undefined;
+  const from = fromBackupId ? await d.repository.openManifest(fromBackupId, diskId) : undefined;
   const { chunkSize, sizeBytes } = target.info;
   phase('manifests');
   if (fromLayer) await createOverlay(layer, fromLayer, sizeBytes);
@@ -223,7 +222,7 @@ async function writeLayer(
             const length = Math.min(chunkSize, sizeBytes - offset);
             const at = want === null ? undefined : batch.location(k)!;
             const p = (async () => {
-              const data = want === null ? Buffer.alloc(length) : await verifiedChunk(d.store, d.keys, at!, want, diskId, offset, length);
+              const data = want === null ? Buffer.alloc(length) : await checkedChunk(d.repository, at!, want, diskId, offset, length);
               await nbd.write(data, offset);
             })();
             inFlight.add(p);
@@ -247,8 +246,8 @@ async function writeLayer(
 }
 
 export interface UpdateReplicaDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  /** The DR repository. */
+  repository: Repository;
   parallelism: number;
   signal?: AbortSignal;
   onProgress?: () => void;
@@ -287,7 +286,7 @@ export async function updateReplicaVm(job: ReplicateJob & { replica: ReplicaJob 
     );
   }
   phase('check');
-  const config = await readVmConfig(job.backupId, d);
+  const config = await readVmConfig(job.backupId, d.repository);
   if (config.driver !== 'libvirt' || typeof config.domainXml !== 'string')
     throw new RecoveryRequestInvalid(`backup ${job.backupId} of VM '${job.vmId}' holds no libvirt domain definition: a replica VM needs one`);
   const domain = state?.domain ?? replicaDomainName(String(config.name ?? job.vmId));
