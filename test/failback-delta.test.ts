@@ -13,6 +13,7 @@ import { MemoryObjectStore } from '../core/memory-store.ts';
 import { deriveKeys } from '../repository/format.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { applyDiskDelta } from '../mover/recovery/failback.ts';
+import { Repository } from '../repository/open.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -26,7 +27,11 @@ async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, 
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
   await backupDisk({ store, keys, reader, disk: { diskId: 'vda', path: 'mem', sizeBytes: data.length }, backupId, chunkSize });
 }
-const side = (store: MemoryObjectStore, backupId: string) => ({ store, backupId, what: store === dr ? 'DR repository' : 'production repository' });
+const side = (store: MemoryObjectStore, backupId: string) => ({
+  repository: new Repository(store, keys),
+  backupId,
+  what: store === dr ? 'DR repository' : 'production repository',
+});
 
 /** Three chunks changed at the DR site (one into a hole, one to zeros) on a 16-chunk disk. */
 function drChanges(b: Buffer): Buffer {
@@ -55,7 +60,7 @@ describe('applyDiskDelta', () => {
   it('writes only the chunks whose ids differ between B and D, sending only their stored bytes, and the disk ends equal to D', async () => {
     const path = join(dir, 'prod.raw');
     await writeFile(path, base);
-    const r = await applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') });
+    const r = await applyDiskDelta({ path, diskId: 'vda', mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') });
     expect(r).toMatchObject({
       chunks: 16,
       chunksChanged: 3,
@@ -77,7 +82,7 @@ describe('applyDiskDelta', () => {
     randomBytes(10).copy(drifted, 5 * CHUNK); // changed at production after the failover
     randomBytes(10).copy(drifted, 2 * CHUNK + 50000); // and one the DR site changed too
     await writeFile(path, drifted);
-    const r = await applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') });
+    const r = await applyDiskDelta({ path, diskId: 'vda', mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') });
     expect(r).toMatchObject({ chunksChanged: 3, chunksDrifted: 2, chunksWritten: 4, sha256: sha(target) });
     expect(sha(await readFile(path))).toBe(sha(target));
   });
@@ -89,7 +94,7 @@ describe('applyDiskDelta', () => {
     const fh = await open(path, 'r+');
     await fh.write(Buffer.from([1]), 0, 1, 0);
     await fh.close();
-    const r = await applyDiskDelta({ path, diskId: 'vda', keys, mode: 'trust', from: side(dr, 'B'), to: side(dr, 'D') });
+    const r = await applyDiskDelta({ path, diskId: 'vda', mode: 'trust', from: side(dr, 'B'), to: side(dr, 'D') });
     expect(r).toMatchObject({ chunksChanged: 3, chunksWritten: 3, chunksDrifted: 0, sha256: null });
     const after = await readFile(path);
     expect(after[0]).toBe(1);
@@ -99,14 +104,14 @@ describe('applyDiskDelta', () => {
   it('refuses, naming the disk and what to do, a resized disk, a chunk size that differs, and a missing manifest', async () => {
     const path = join(dir, 'bad.raw');
     await writeFile(path, base.subarray(0, 8 * CHUNK));
-    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') })).rejects.toThrow(
+    await expect(applyDiskDelta({ path, diskId: 'vda', mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') })).rejects.toThrow(
       `the production disk 'vda' at ${path} is ${8 * CHUNK} bytes, the DR VM's disk ${16 * CHUNK}: resize it to ${16 * CHUNK} bytes first`,
     );
     await backup(dr, 'D-big-chunks', target, 2 * CHUNK);
-    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D-big-chunks') })).rejects.toThrow(
+    await expect(applyDiskDelta({ path, diskId: 'vda', mode: 'hash', from: side(production, 'B'), to: side(dr, 'D-big-chunks') })).rejects.toThrow(
       /has 65536-byte chunks and backup D-big-chunks 131072-byte chunks, so their chunk ids cannot be compared/,
     );
-    await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'nope') })).rejects.toThrow(
+    await expect(applyDiskDelta({ path, diskId: 'vda', mode: 'hash', from: side(production, 'B'), to: side(dr, 'nope') })).rejects.toThrow(
       "the manifest of disk 'vda' of backup nope is missing from the DR repository",
     );
   });
@@ -118,7 +123,7 @@ describe('applyDiskDelta', () => {
     const saved = new Map(packs.map((k) => [k, Buffer.from(dr.objects.get(k)!)]));
     for (const k of packs) dr.objects.get(k)!.fill(7, 40, 60);
     try {
-      await expect(applyDiskDelta({ path, diskId: 'vda', keys, mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') })).rejects.toThrow(
+      await expect(applyDiskDelta({ path, diskId: 'vda', mode: 'hash', from: side(production, 'B'), to: side(dr, 'D') })).rejects.toThrow(
         /^chunk [0-9a-f]+ in packs\/\S+ \(disk 'vda', offset 131072\) in the DR repository is damaged/,
       );
     } finally {

@@ -17,13 +17,13 @@ import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { Corrupt } from '../../contracts/errors.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { FailbackDiskResult } from '../../contracts/failback.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { chunkId, isZero, open, type RepositoryKeys } from '../../repository/format.ts';
-import { ManifestCursor, ManifestReader, type ManifestEntry } from '../../repository/manifest/reader.ts';
-import { readChunk } from '../../repository/packs.ts';
+import { isZero } from '../../repository/format.ts';
+import { ManifestCursor, type ManifestEntry, type ManifestReader } from '../../repository/manifest/reader.ts';
+import type { Repository } from '../../repository/open.ts';
 
 export interface DeltaSide {
-  store: ObjectStore;
+  /** The repository holding `backupId` (production and DR repositories share the master key, as replication makes them). */
+  repository: Repository;
   backupId: string;
   /** Named in errors: `production repository lifeboat-primary`. */
   what: string;
@@ -35,14 +35,13 @@ export interface DiskDeltaInput {
   diskId: string;
   from: DeltaSide;
   to: DeltaSide;
-  keys: RepositoryKeys;
   mode: 'hash' | 'trust';
   signal?: AbortSignal;
   onProgress?: (p: { diskId: string; chunksDone: number; chunks: number; chunksWritten: number }) => void;
 }
 
-async function reader(side: DeltaSide, keys: RepositoryKeys, diskId: string): Promise<ManifestReader> {
-  const r = await ManifestReader.open(side.store, keys, side.backupId, diskId);
+async function reader(side: DeltaSide, diskId: string): Promise<ManifestReader> {
+  const r = await side.repository.openManifest(side.backupId, diskId);
   if (!r) throw new Corrupt(`the manifest of disk '${diskId}' of backup ${side.backupId} is missing from the ${side.what}`);
   return r;
 }
@@ -62,21 +61,21 @@ async function fetchChunk(d: DiskDeltaInput, e: ManifestEntry, offset: number, l
   if (e.id === null) return { data: Buffer.alloc(length), sent: 0 };
   const at = e.location!;
   const where = `chunk ${e.id} in ${at.key} (disk '${d.diskId}', offset ${offset}) in the ${d.to.what}`;
-  const body = await readChunk(d.to.store, at);
+  const body = await d.to.repository.readChunk(at);
   if (!body) throw new Corrupt(`${where} is missing`);
   let data: Buffer;
   try {
-    data = await open(d.keys, body, e.id);
+    data = await d.to.repository.open(body, e.id);
   } catch (err) {
     throw new Corrupt(`${where} is damaged: ${(err as Error).message}`, err);
   }
-  if (data.length !== length || chunkId(d.keys, data) !== e.id) throw new Corrupt(`${where} does not match its id`);
+  if (data.length !== length || d.to.repository.chunkId(data) !== e.id) throw new Corrupt(`${where} does not match its id`);
   return { data, sent: body.length };
 }
 
 export async function applyDiskDelta(d: DiskDeltaInput): Promise<FailbackDiskResult> {
   const started = performance.now();
-  const [from, to] = await Promise.all([reader(d.from, d.keys, d.diskId), reader(d.to, d.keys, d.diskId)]);
+  const [from, to] = await Promise.all([reader(d.from, d.diskId), reader(d.to, d.diskId)]);
   const f = from.info;
   const t = to.info;
   if (f.chunkSize !== t.chunkSize) {
@@ -135,7 +134,7 @@ export async function applyDiskDelta(d: DiskDeltaInput): Promise<FailbackDiskRes
       let view: Buffer = buf.subarray(0, length);
       if (d.mode === 'hash') {
         await readFully(fh, view, offset);
-        const have = isZero(view) ? null : chunkId(d.keys, view);
+        const have = isZero(view) ? null : d.to.repository.chunkId(view);
         if (have !== b.id) r.chunksDrifted++;
         write = have !== e.id;
       }
