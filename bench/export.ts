@@ -198,9 +198,10 @@ try {
       }
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
-  const peer = median(sums.get(`restore ${restoreRoots[0]}`)!);
-  for (const [k, xs] of sums) out(`median ${k}: ${rate(median(xs))}, ${(peer / median(xs)).toFixed(2)}× the restore of ${restoreRoots[0]}`);
+  const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+  const peer = mean(sums.get(`restore ${restoreRoots[0]}`)!);
+  for (const [k, xs] of sums)
+    out(`${k}, ${xs.length} rounds: ${rate(mean(xs))}, ${(peer / mean(xs)).toFixed(2)}× the speed of the restore of ${restoreRoots[0]}  (${load()})`);
 } finally {
   await mover.stop(true);
   await stack.stop();
