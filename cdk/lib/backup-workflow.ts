@@ -314,6 +314,6 @@ export class BackupWorkflow extends Construct {
       ),
       timeout: Duration.hours(24),
     });
-    acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupHost', 'BackupHost/BackupVm');
+    acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupHost', 'BackupVm');
   }
 }
