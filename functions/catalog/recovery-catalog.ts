@@ -3,7 +3,7 @@
  * changes they make (committed → damaged, committed → pruning → gone). Same table and
  * backup keys as `catalog.ts`; every status change is a conditional write.
  */
-import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, GetCommand, paginateQuery, PutCommand, QueryCommand, UpdateCommand, type DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import type { FailoverRecord } from '../../contracts/dr.ts';
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
 import { isConditionFailed } from './catalog.ts';
@@ -276,21 +276,17 @@ export class RecoveryCatalog {
   /** The VM's failovers, test and real, newest first. */
   async listFailovers(vmId: string): Promise<FailoverRecord[]> {
     const out: FailoverRecord[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.db.send(
-        new QueryCommand({
-          TableName: this.table,
-          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :f)',
-          ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':f': 'FAILOVER#' },
-          ScanIndexForward: false,
-          ConsistentRead: true,
-          ExclusiveStartKey: start,
-        }),
-      );
-      for (const { pk: _pk, sk: _sk, ...rest } of page.Items ?? []) out.push(rest as FailoverRecord);
-      start = page.LastEvaluatedKey;
-    } while (start);
+    const pages = paginateQuery(
+      { client: this.db },
+      {
+        TableName: this.table,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :f)',
+        ExpressionAttributeValues: { ':pk': `VM#${vmId}`, ':f': 'FAILOVER#' },
+        ScanIndexForward: false,
+        ConsistentRead: true,
+      },
+    );
+    for await (const page of pages) for (const { pk: _pk, sk: _sk, ...rest } of page.Items ?? []) out.push(rest as FailoverRecord);
     return out;
   }
 
