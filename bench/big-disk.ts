@@ -43,12 +43,12 @@ async function open_(e: Endpoints, indexDir?: string) {
   const client = s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
   const store = new S3ObjectStore(client, e.bucket);
   const repository = await openRepository({ store, bucket: e.bucket, keys: { keyFile: e.keyFile }, ...(indexDir ? { indexDir } : {}) });
-  return { client, store, keys: repository.keys, repository };
+  return { client, repository };
 }
 
 /** One step, run in a child process: prints its result and its peak RSS. */
 async function child(step: string, e: Endpoints, args: Record<string, unknown>): Promise<unknown> {
-  const { client, store, keys, repository } = await open_(e, args.indexDir as string | undefined);
+  const { client, repository } = await open_(e, args.indexDir as string | undefined);
   const job = { backupId: args.backupId as string, repository: { chunkSize }, snapshot: { disks: [{ diskId, sizeBytes }] } } as unknown as VmJob;
   const disk = { diskId, path: args.path as string, sizeBytes };
   switch (step) {
@@ -61,8 +61,7 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
       const seg = args.segment as { index: number; count: number; offset: number; length: number } | undefined;
       try {
         return await backupDisk({
-          store,
-          keys,
+          repository,
           reader,
           disk,
           backupId: job.backupId,
@@ -86,20 +85,20 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
     case 'verify': {
       // biome-ignore lint/style/noRestrictedImports: as above, one function per process
       const { verifyManifests } = await import('../functions/backup/verify.ts');
-      return verifyManifests(job.backupId, [{ diskId, manifestKey: objectKeys.manifest(job.backupId, diskId) }], { store, keys });
+      return verifyManifests(job.backupId, [{ diskId, manifestKey: objectKeys.manifest(job.backupId, diskId) }], { repository });
     }
     case 'gc': {
       // biome-ignore lint/style/noRestrictedImports: as above, one function per process
       const { collectGarbage } = await import('../functions/gc/gc.ts');
       const r = await collectGarbage(
         { gcId: `bench-${Date.now()}`, request: { bucket: e.bucket, graceHours: 0 } },
-        { admin: new S3RepositoryAdmin(client, e.bucket), store, keys, now: () => new Date() },
+        { admin: new S3RepositoryAdmin(client, e.bucket), repository, now: () => new Date() },
       );
       return { manifests: r.manifests, packs: r.packs, index: r.index, reclaimableInPacks: r.reclaimableInPacks, consolidation: r.consolidation };
     }
     case 'restore': {
       const { restoreDisk } = await import('../mover/pipeline/restore-disk.ts');
-      return restoreDisk({ store, keys, backupId: job.backupId, diskId, target: args.target as string, targetKind: 'file' });
+      return restoreDisk({ repository, backupId: job.backupId, diskId, target: args.target as string, targetKind: 'file' });
     }
   }
   throw new Error(`unknown step ${step}`);

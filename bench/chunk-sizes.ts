@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
+import { Repository } from '../repository/open.ts';
 import type { ListedKey, ObjectInfo, ObjectStore } from '../core/object-store.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { FolderDriver } from '../mover/sources/folder.ts';
@@ -54,7 +55,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
 const chunkKiBs = (process.env.BENCH_CHUNK_SIZES_KIB ?? '256,512,1024,4096').split(',').map(Number);
 const img = await benchImages(join(root, '.lifeboat', 'bench'), sizeMiB);
-const keys = deriveKeys(randomBytes(32));
+const masterKey = randomBytes(32);
 const driver = new FolderDriver();
 const imageGiB = img.sizeBytes / GiB;
 
@@ -80,8 +81,7 @@ for (const kib of chunkKiBs) {
     const reader = await driver.openDisk(disk);
     try {
       return await backupDisk({
-        store,
-        keys,
+        repository: new Repository(store, masterKey),
         reader,
         disk,
         backupId,

@@ -29,9 +29,8 @@ import { exportJob, exportResult } from '../contracts/export-job.ts';
 import { runExecution, sfnClient } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startMover } from '../local/movers.ts';
-import { EmbeddedStack, openRepository, repositoryStore } from '../local/stack.ts';
+import { EmbeddedStack, openRepository } from '../local/stack.ts';
 import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
-import { ManifestReader } from '../repository/manifest/reader.ts';
 import { readerEntries } from '../repository/read-runs.ts';
 import { startDelayedLink } from './delayed-link.ts';
 
@@ -63,8 +62,7 @@ const mover = startMover(e, {
 
 /** The stored bytes of the disk's chunks (each stored chunk once), from its manifest. */
 async function storedBytes(backupId: string): Promise<number> {
-  const { keys } = await openRepository(e);
-  const reader = await ManifestReader.open(repositoryStore(e), keys, backupId, 'disk0');
+  const reader = await (await openRepository(e)).openManifest(backupId, 'disk0');
   const seen = new Set<string>();
   let n = 0;
   for await (const x of readerEntries(reader!)) {

@@ -94,8 +94,9 @@ export async function filesScenario(stack: EmbeddedStack, o: { dir: string; size
   const backup = (await stack.catalog.latestCommitted(vmId))!;
   const stored = backup.disks!.reduce((n, x) => n + x.stats.bytesStored, 0);
 
-  const { keys } = await openRepository(e);
   const c = counting(repositoryStore(e));
+  // The stack's repository, read through the counting store.
+  const repository = (await openRepository(e)).on(c.store);
   const logger = { info: () => {}, error: (event: string, f?: Record<string, unknown>) => process.stderr.write(`${event} ${JSON.stringify(f)}\n`) };
   const job = (op: Record<string, unknown>) =>
     filesJob.parse({ filesId: 'bench', vmId, backupId: backup.backupId, diskId: 'vda', moverGroup: 'site-a', repository: { bucket: e.bucket }, ...op });
@@ -103,7 +104,7 @@ export async function filesScenario(stack: EmbeddedStack, o: { dir: string; size
   const measure = async (name: string, op: Record<string, unknown>, check?: () => void) => {
     c.reset();
     const started = performance.now();
-    const r = await runFilesTask(job(op), { store: c.store, keys, logger });
+    const r = await runFilesTask(job(op), { repository, logger });
     const seconds = (performance.now() - started) / 1000;
     check?.();
     rows.push([

@@ -12,10 +12,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
-import { encodeIndexObject, type PackContents } from '../repository/packs.ts';
-import { IndexCache } from '../repository/repository-index.ts';
+import { Repository } from '../repository/open.ts';
+import type { PackContents } from '../repository/packs.ts';
+import type { IndexCache } from '../repository/repository-index.ts';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error('run with node --expose-gc');
@@ -32,8 +33,9 @@ const used = async () => {
 const chunks = Number(process.argv[2] ?? 2_000_000);
 const perPack = Number(process.env.BENCH_INDEX_PER_PACK ?? 16);
 const packsPerIndex = 32;
-const keys = deriveKeys(randomBytes(32));
+const masterKey = randomBytes(32);
 const store = new MemoryObjectStore();
+const repository = new Repository(store, masterKey);
 
 let made = 0;
 while (made < chunks) {
@@ -47,37 +49,34 @@ while (made < chunks) {
     });
     made += n;
   }
-  const indexId = randomBytes(16).toString('hex');
-  await store.put(objectKeys.index(indexId), await encodeIndexObject(keys, indexId, packs));
+  await repository.putIndexObject(packs);
 }
 
 // Kept reachable to the end (a suspended module body keeps only the variables it uses later).
 (globalThis as { store?: unknown }).store = store;
 /** Some ids the index lists (from the stored objects), and some it does not. */
 const someIds = async (): Promise<{ present: string[]; absent: string[] }> => {
-  const { decodeIndexObject } = await import('../repository/packs.ts');
   const present: string[] = [];
   for (const [key, sealed] of [...store.objects].filter(([k]) => k.startsWith('index/')).slice(0, 20)) {
     const indexId = key.slice('index/'.length);
-    for (const p of await decodeIndexObject(keys, sealed, indexId)) for (const c of p.chunks) present.push(c.id);
+    for (const p of await repository.decodeIndexObject(sealed, indexId)) for (const c of p.chunks) present.push(c.id);
   }
   return { present, absent: present.map(() => randomBytes(32).toString('hex')) };
 };
 const { present, absent } = await someIds();
 
 async function measure(dir: string | undefined) {
-  let cache: IndexCache | undefined = new IndexCache(store, keys, dir ? { dir } : {});
+  let cache: IndexCache | undefined = new Repository(store, masterKey, dir ? { indexDir: dir } : {}).index;
   const before = await used();
   let t = performance.now();
   let index = await cache.refresh();
   const refreshMs = performance.now() - t;
   const after = await used();
   // A refresh after one more (small) index object was stored: the index is built again over every listing kept.
-  const extraId = randomBytes(16).toString('hex');
   const extra: PackContents[] = [
     { pack: { id: randomBytes(16).toString('hex'), size: 600_000 }, chunks: [{ id: randomBytes(32).toString('hex'), offset: 0, length: 520_000 }] },
   ];
-  await store.put(objectKeys.index(extraId), await encodeIndexObject(keys, extraId, extra));
+  const { indexId: extraId } = await repository.putIndexObject(extra);
   t = performance.now();
   index = await cache.refresh();
   const rebuildMs = performance.now() - t;

@@ -17,7 +17,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
+import { Repository } from '../repository/open.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import { withConcurrencyLimit, withRetry } from '../core/store-wrappers.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
@@ -42,7 +43,7 @@ const cpuSeconds = (): number => {
 // As the mover builds its store (mover/main.ts): retries, at most 16 requests at once.
 const client = s3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS });
 const store = withConcurrencyLimit(withRetry(new S3ObjectStore(client, bucket)), 16);
-const keys = deriveKeys(await readFile(keyFile));
+const repository = new Repository(store, await readFile(keyFile));
 const diskId = 'disk0';
 
 async function job(phase: string, path: string): Promise<unknown> {
@@ -51,8 +52,7 @@ async function job(phase: string, path: string): Promise<unknown> {
     const reader = await new FolderDriver().openDisk(disk);
     try {
       const r = await backupDisk({
-        store,
-        keys,
+        repository,
         reader,
         disk,
         backupId: `bench-${phase}`,
@@ -66,7 +66,7 @@ async function job(phase: string, path: string): Promise<unknown> {
       await reader.close();
     }
   }
-  if (phase === 'restore') return restoreDisk({ store, keys, backupId: 'bench-incr', diskId, target: path });
+  if (phase === 'restore') return restoreDisk({ repository, backupId: 'bench-incr', diskId, target: path });
   throw new Error(`unknown phase '${phase}' (full, incr or restore)`);
 }
 

@@ -16,7 +16,7 @@ const [root, bucket, backupId, diskId, target] = process.argv.slice(2);
 if (!root || !bucket || !backupId || !diskId || !target) throw new Error('usage: restore-child.ts ROOT BUCKET BACKUP DISK TARGET');
 
 const quiet = { info: () => {}, error: (event: string, f?: Record<string, unknown>) => process.stderr.write(`${event} ${JSON.stringify(f)}\n`) };
-const { store, keys } = await repositoryAccess(process.env, { logger: quiet }).repository({ bucket });
+const repository = await repositoryAccess(process.env, { logger: quiet }).repository({ bucket });
 const { restoreDisk } = (await import(pathToFileURL(join(root, 'mover/pipeline/restore-disk.ts')).href)) as typeof import('../mover/pipeline/restore-disk.ts');
 const cpu = () => {
   const u = process.cpuUsage();
@@ -24,7 +24,7 @@ const cpu = () => {
 };
 const cpu0 = cpu();
 const t0 = performance.now();
-await restoreDisk({ store, keys, backupId, diskId, target });
+await restoreDisk({ repository, backupId, diskId, target });
 const seconds = (performance.now() - t0) / 1000;
 const peakKiB = Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]);
 process.stdout.write(`${JSON.stringify({ seconds, cpuSeconds: cpu() - cpu0, peakRssMiB: peakKiB / 1024 })}\n`);

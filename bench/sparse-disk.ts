@@ -24,11 +24,11 @@ if (process.argv[2] === 'child') {
   const [, , , endpointsJson, path, sizeText, mode] = process.argv;
   const e = JSON.parse(endpointsJson!);
   const store = new S3ObjectStore(s3Client({ region: e.region, endpoint: e.s3, forcePathStyle: true, credentials: LOCAL_ENDPOINT_CREDENTIALS }), e.bucket);
-  const { keys } = await openRepository({ store, bucket: e.bucket, keys: { keyFile: e.keyFile } });
+  const repository = await openRepository({ store, bucket: e.bucket, keys: { keyFile: e.keyFile } });
   const disk = { diskId: 'sparse', path: path!, sizeBytes: Number(sizeText) };
   const reader = await new FolderDriver(mode === 'read-all' ? { qemuImg: false } : {}).openDisk(disk);
   const started = performance.now();
-  const r = await backupDisk({ store, keys, reader, disk, backupId: `sparse-${Date.now()}`, chunkSize: MiB, parallelism: 8 });
+  const r = await backupDisk({ repository, reader, disk, backupId: `sparse-${Date.now()}`, chunkSize: MiB, parallelism: 8 });
   await reader.close();
   process.stdout.write(
     JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, stats: r.stats }) + '\n',

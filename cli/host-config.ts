@@ -10,7 +10,7 @@
 import type { Command } from 'commander';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { openHostConfig, type HostConfigArchive } from '../repository/host-config.ts';
+import type { HostConfigArchive } from '../repository/host-config.ts';
 import type { HostConfigRecord } from '../contracts/host-config.ts';
 import type { HostConfigSummary } from '../contracts/workflow-outputs.ts';
 import { runWithProgress } from './progress.ts';
@@ -136,13 +136,13 @@ export async function restoreHostConfig(
   o: { hostId: string; at?: string; to: string; force?: boolean },
 ): Promise<{ record: HostConfigRecord; written: WrittenFiles }> {
   const record = await pickHostConfig(client, o.hostId, o.at);
-  const { store, keys } = await client.openRepository(record.repository);
-  const sealed = await store.get(record.objectKey);
+  const repository = await client.openRepository(record.repository);
+  const sealed = await repository.store.get(record.objectKey);
   if (!sealed)
     throw new Error(
       `host configuration backup ${record.backupId} of host '${o.hostId}' is recorded, but its object ${record.objectKey} is not in bucket ${record.repository.bucket} (deleted by hand?): pick another with --at (\`lifeboat host-config list --host ${o.hostId}\`)`,
     );
-  const archive = await openHostConfig(keys, sealed, record.objectKey, record.sha256);
+  const archive = await repository.openHostConfig(sealed, record.objectKey, record.sha256);
   return { record, written: await writeHostConfigFiles(archive, o.to, o.force ? { force: true } : {}) };
 }
 

@@ -18,8 +18,7 @@ import { runExecution, waitForExecution } from '../local/client.ts';
 import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS as LOCAL_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client, type S3Endpoint } from '../core/s3-store.ts';
-import type { RepositoryKeys } from '../repository/format.ts';
-import { openRepository, type KeySource } from '../repository/open.ts';
+import { openRepository, type KeySource, type Repository } from '../repository/open.ts';
 import type { StackEndpoints } from '../local/stack.ts';
 
 export interface Out {
@@ -138,7 +137,7 @@ export class StackClient {
    * file, or the deployed stack's KMS key (the caller needs `kms:Decrypt` on it and
    * `s3:GetObject` on the bucket).
    */
-  async openRepository(location: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }> {
+  async openRepository(location: RepositoryLocation): Promise<Repository> {
     let client: S3Client;
     if (location.bucket === this.info.bucket && !location.endpoint) {
       client = s3Client(this.s3Settings);
@@ -154,8 +153,7 @@ export class StackClient {
     const k = this.info.keys;
     const source: KeySource = 'keyFile' in k ? { keyFile: k.keyFile } : { kms: (this.kms ??= new KMSClient(this.config)), kmsKeyId: k.kmsKeyId };
     try {
-      const { keys } = await openRepository({ store, bucket: location.bucket, keys: source });
-      return { store, keys };
+      return await openRepository({ store, bucket: location.bucket, keys: source });
     } catch (err) {
       const how =
         'keyFile' in k ? `the key file ${k.keyFile}` : `KMS key ${k.kmsKeyId} (your credentials need kms:Decrypt on it, and s3:GetObject on the bucket)`;

@@ -10,8 +10,7 @@ import { unwatchFile, watchFile } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
-import type { RepositoryKeys } from '../repository/format.ts';
-import { openRepository as openRepositoryOf } from '../repository/open.ts';
+import { openRepository as openRepositoryOf, type Repository } from '../repository/open.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client } from '../core/s3-store.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
@@ -325,15 +324,13 @@ export function repositoryStore(e: StackEndpoints, repositoryId?: string): Objec
   return new S3ObjectStore(s3Client({ ...endpointSettings(r.endpoint, { region: e.region, url: e.s3 }), credentials: LOCAL_CREDENTIALS }), r.bucket);
 }
 
-/** The stack's repository (or a configured one, by id) as a client opens it, with its keys. */
-export async function openRepository(e: StackEndpoints, repositoryId?: string): Promise<{ store: ObjectStore; keys: RepositoryKeys; masterKey: Buffer }> {
-  const store = repositoryStore(e, repositoryId);
-  const { keys, masterKey } = await openRepositoryOf({
-    store,
+/** The stack's repository (or a configured one, by id) as a client opens it (the master key with it, for the stack's own checks). */
+export function openRepository(e: StackEndpoints, repositoryId?: string): Promise<Repository & { readonly masterKey: Buffer }> {
+  return openRepositoryOf({
+    store: repositoryStore(e, repositoryId),
     bucket: repositoryId ? e.repositories[repositoryId]!.bucket : e.bucket,
     keys: { keyFile: e.keyFile },
   });
-  return { store, keys, masterKey };
 }
 
 async function ensureTable(db: DynamoDBClient, name: string, schema: ResolvedTemplate['tables'][string]): Promise<void> {

@@ -7,15 +7,14 @@
  */
 import { parseTaskInput } from '../contracts/errors.ts';
 import type { RepositoryLocation } from '../contracts/endpoints.ts';
-import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, sealHostConfig, type HostConfigArchive, type HostDefinition } from '../repository/host-config.ts';
+import { HOST_CONFIG_FORMAT, HOST_CONFIG_VERSION, type HostConfigArchive, type HostDefinition } from '../repository/host-config.ts';
 import { hostConfigTask, type HostConfigResult } from '../contracts/host-config.ts';
-import type { ObjectStore } from '../core/object-store.ts';
-import type { RepositoryKeys } from '../repository/format.ts';
+import type { Repository } from '../repository/open.ts';
 import { Virsh, VirshError } from './sources/libvirt/virsh.ts';
 
 export interface HostConfigDeps {
-  /** The repository the task names, with its keys. */
-  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
+  /** The repository the task names, opened once per process. */
+  repository(repository: RepositoryLocation): Promise<Repository>;
   /** The virsh client of a URI (default: `new Virsh(uri)`). */
   virsh?: (uri: string) => Virsh;
   now?: () => Date;
@@ -111,8 +110,9 @@ export async function runHostConfigTask(
   const t = parseTaskInput('hostConfig task', hostConfigTask, raw);
   const virsh = (deps.virsh ?? ((uri: string) => new Virsh(uri)))(t.hypervisor.uri);
   const archive = await collectHostConfig(virsh, t.hostId, { ...ctx, ...(deps.now ? { now: deps.now } : {}) });
-  const { store, keys } = await deps.repository(t.repository);
-  const { sealed, sha256, bytes } = await sealHostConfig(keys, archive, t.objectKey);
+  const repository = await deps.repository(t.repository);
+  const { store } = repository;
+  const { sealed, sha256, bytes } = await repository.sealHostConfig(archive, t.objectKey);
   // A retried task writes the same key again: the newer dump replaces the older, and only the last result is recorded.
   await store.put(t.objectKey, sealed);
   return {

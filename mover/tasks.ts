@@ -3,9 +3,7 @@ import type { RepositoryLocation } from '../contracts/endpoints.ts';
 import { isDiscoverTask } from '../contracts/discovery.ts';
 import { isHostConfigTask } from '../contracts/host-config.ts';
 import { BadTaskInput, parseTaskInput } from '../contracts/errors.ts';
-import { objectKeys, seal, type RepositoryKeys } from '../repository/format.ts';
 import { moverTask, type MoverTask } from '../contracts/jobs.ts';
-import type { ObjectStore } from '../core/object-store.ts';
 import { recoveryTaskNames } from '../contracts/recovery-jobs.ts';
 import { runDiscoverTask } from './discover.ts';
 import { runHostConfigTask } from './host-config.ts';
@@ -16,14 +14,13 @@ import { drTaskNames } from '../contracts/dr.ts';
 import type { DriverFor } from './sources/drivers.ts';
 import { ProgressReporter } from './progress-reporter.ts';
 import type { Logger, TaskHandler } from './worker.ts';
-import type { IndexCache } from '../repository/repository-index.ts';
+import type { Repository } from '../repository/open.ts';
 
 export interface TaskDeps {
   /** The source driver of a job's hypervisor (sources/drivers.ts). */
   drivers: DriverFor;
-  /** The repository store for a bucket on its endpoint (the job names both), and its keys (loaded once per repository). */
-  /** A repository's store and keys, and the mover's copy of its index (read again before each use). */
-  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys; index?: IndexCache }>;
+  /** The repository a job names (its bucket on its endpoint), opened once per process; its `index` is the mover's copy, read again before each use. */
+  repository(repository: RepositoryLocation): Promise<Repository>;
   logger: Logger;
   parallelism: number;
   /** Pack size in bytes (default 8 MiB: repository/packs.ts). */
@@ -74,8 +71,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         );
         try {
           // The VM's configuration is part of the backup: a restore rebuilds the VM from it.
-          const { store, keys } = await deps.repository(t.job.repository);
-          await store.put(objectKeys.vmConfig(t.job.backupId), await seal(keys, Buffer.from(JSON.stringify(snap.config)), `vm-config:${t.job.backupId}`));
+          await (await deps.repository(t.job.repository)).putVmConfig(t.job.backupId, snap.config);
         } catch (err) {
           await driver.release(t.job, snap);
           throw err;
@@ -88,11 +84,11 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         else await deps.drivers(t.job.hypervisor).releaseBackup?.(t.job, t.job.backupId);
         return { released: !!t.job.snapshot };
       case 'dispatch': {
-        const { store, keys, index } = await deps.repository(t.job.repository);
+        const repository = await deps.repository(t.job.repository);
         const reader = await deps.drivers(t.job.hypervisor).openDisk(t.disk);
         let lastLog = 0;
         const reporter = new ProgressReporter({
-          store,
+          store: repository.store,
           logger: deps.logger,
           everyMs: deps.progressEveryMs ?? 5000,
           task: {
@@ -107,8 +103,7 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
         await reporter.start();
         try {
           const result = await backupDisk({
-            store,
-            keys,
+            repository,
             reader,
             disk: t.disk,
             backupId: t.job.backupId,
@@ -120,7 +115,6 @@ export function taskHandler(deps: TaskDeps): TaskHandler {
             segment: t.segment ?? null,
             signal: ctx.signal,
             ...(deps.packBytes ? { packBytes: deps.packBytes } : {}),
-            ...(index ? { index: () => index.refresh() } : {}),
             onProgress: (p) => {
               ctx.progress();
               reporter.update(p.bytesScanned, p.bytesStored);

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
-import { objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
@@ -82,7 +82,8 @@ it('a VM past its RPO', async () => {
 
 it('damage found by a deep verification', async () => {
   const b = (await t.stack.catalog.latestCommitted('vm-al'))!;
-  const { store, keys } = await openRepository(t.stack.endpoints);
+  const { store, masterKey } = await openRepository(t.stack.endpoints);
+  const keys = deriveKeys(masterKey);
   const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b.backupId, 'disk0')))!, b.backupId, 'disk0', store);
   const id = manifest.chunks.find((c) => c !== null)!;
   const at = chunkLocation(manifest, id);

@@ -3,6 +3,7 @@
  * and the real qemu-img on real sparse files through the folder driver (.ci/run installs
  * qemu-utils; without it those cases are skipped and every byte is read).
  */
+import { Repository } from '../repository/open.ts';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
@@ -115,13 +116,13 @@ describe.skipIf(!hasQemuImg)('the real qemu-img on sparse files (install qemu-ut
     const reader = await driver.openDisk(snap.disks[0]!);
     const store = new MemoryObjectStore();
     const keys = deriveKeys(randomBytes(32));
-    const r = await backupDisk({ store, keys, reader, disk: snap.disks[0]!, backupId: 'b1', chunkSize: MiB });
+    const r = await backupDisk({ repository: new Repository(store, keys), reader, disk: snap.disks[0]!, backupId: 'b1', chunkSize: MiB });
     await reader.close();
     await driver.release({ source: dir }, snap);
     expect(r.stats.bytesUnallocated).toBeGreaterThanOrEqual(size - 3 * MiB);
     expect(r.stats.uploadedChunks).toBe(2);
     const target = join(await tempDir(), 'restored.raw');
-    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'disk0', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'disk0', target });
     expect((await readFile(target)).equals(data)).toBe(true);
   });
 

@@ -64,9 +64,9 @@ describe('backup workflow on the embedded stack', () => {
     expect(latest.parentBackupId).toBe(backups[1]!.backupId);
 
     const e = t.stack.endpoints;
-    const { store, keys } = await openRepository(e);
+    const repository = await openRepository(e);
     const target = join(t.dir, 'restore-a');
-    const restored = await restoreVm({ store, keys, backupId: latest.backupId, diskIds: latest.disks!.map((d) => d.diskId), targetDir: target });
+    const restored = await restoreVm({ repository, backupId: latest.backupId, diskIds: latest.disks!.map((d) => d.diskId), targetDir: target });
     for (const d of restored.disks) expect(await sha256File(d.path)).toBe(await sha256File(join(vmDir, `${d.diskId}.raw`)));
     // Snapshots were released: no frozen copies are left in the VM folder.
     expect(await readdir(join(vmDir, '.lifeboat-snapshots'))).toEqual([]);

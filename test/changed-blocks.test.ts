@@ -5,6 +5,7 @@
  * QEMU) are exercised by test/libvirt.e2e.test.ts; here the reader is a buffer that
  * records what was read, so each edge case is forced exactly.
  */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { deriveKeys } from '../repository/format.ts';
@@ -44,7 +45,13 @@ async function fullThenIncremental(opts: { resize?: boolean; offer?: (parent: st
   const store = new MemoryObjectStore();
   const base = randomBytes(CHUNK * 16);
   base.fill(0, 3 * CHUNK, 4 * CHUNK); // a zero chunk
-  const full = await backupDisk({ store, keys, reader: memoryDisk(base).reader, disk: disk(base), backupId: 'b1', chunkSize: CHUNK });
+  const full = await backupDisk({
+    repository: new Repository(store, keys),
+    reader: memoryDisk(base).reader,
+    disk: disk(base),
+    backupId: 'b1',
+    chunkSize: CHUNK,
+  });
   const next = Buffer.from(base);
   randomBytes(4096).copy(next, 5 * CHUNK + 100); // the guest writes into chunk 5 ...
   randomBytes(4096).copy(next, 9 * CHUNK); // ... and chunk 9
@@ -56,8 +63,7 @@ async function fullThenIncremental(opts: { resize?: boolean; offer?: (parent: st
   const { reader, reads } = memoryDisk(data, changed);
   const parentManifest = await decodeManifest(keys, (await store.get(full.manifestKey))!, 'b1', 'vda', store);
   const result = await backupDisk({
-    store,
-    keys,
+    repository: new Repository(store, keys),
     reader,
     disk: disk(data, opts.offer ? opts.offer('b1') : { since: 'lifeboat-b1', sinceBackupId: 'b1' }),
     backupId: 'b2',

@@ -1,4 +1,5 @@
 /** The chunk pool's worker threads against the in-thread format code, and the restore paths through them. */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -176,7 +177,14 @@ describe('restore through the pool', () => {
 
   const backupThree = async (store: MemoryObjectStore) => {
     const data = Buffer.concat([randomBytes(CHUNK), text(CHUNK), randomBytes(CHUNK)]);
-    await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+    await backupDisk({
+      repository: new Repository(store, keys),
+      pool,
+      reader: reader(data),
+      disk: { diskId: 'd', path: 'mem', sizeBytes: data.length },
+      backupId: 'b1',
+      chunkSize: CHUNK,
+    });
     const manifestKey = objectKeys.manifest('b1', 'd');
     return { data, manifest: await decodeManifest(keys, store.objects.get(manifestKey)!, 'b1', 'd', store), manifestKey };
   };
@@ -191,7 +199,7 @@ describe('restore through the pool', () => {
     expect(forged.length).toBe(loc.length);
     forged.copy(store.objects.get(loc.key)!, loc.offset);
     const target = join(await tempDir(), 'd.raw');
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target })).rejects.toMatchObject({
+    await expect(restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target })).rejects.toMatchObject({
       name: 'Mover.Corrupt',
       message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: it does not match its id`)),
     });
@@ -207,12 +215,12 @@ describe('restore through the pool', () => {
     const loc = chunkLocation(manifest, id2);
     // The index lists where chunk 2 really is: the restore reads it from there.
     const healed = join(await tempDir(), 'd.raw');
-    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target: healed });
+    await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target: healed });
     expect((await readFile(healed)).equals(data)).toBe(true);
     // Without the index, nothing else holds chunk 2.
     for (const key of [...store.objects.keys()]) if (key.startsWith('index/')) store.objects.delete(key);
     const target = join(await tempDir(), 'd.raw');
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target })).rejects.toMatchObject({
+    await expect(restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target })).rejects.toMatchObject({
       name: 'Mover.Corrupt',
       message: expect.stringMatching(new RegExp(`^disk 'd' offset ${2 * CHUNK}: chunk ${id2} in ${loc.key} bytes .* is damaged: .*failed authentication`)),
     });
@@ -221,21 +229,28 @@ describe('restore through the pool', () => {
   it('writes zero chunks onto a device target, and skips them when the device is known to be zeroed', async () => {
     const store = new MemoryObjectStore();
     const data = Buffer.concat([randomBytes(CHUNK), Buffer.alloc(CHUNK * 2), text(CHUNK)]);
-    await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+    await backupDisk({
+      repository: new Repository(store, keys),
+      pool,
+      reader: reader(data),
+      disk: { diskId: 'd', path: 'mem', sizeBytes: data.length },
+      backupId: 'b1',
+      chunkSize: CHUNK,
+    });
     const dir = await tempDir();
     // A regular file stands in for a block device holding stale data, larger than the disk.
     const stale = Buffer.alloc(data.length + 4096, 0xaa);
 
     const dirty = join(dir, 'dirty.dev');
     await writeFile(dirty, stale);
-    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target: dirty, targetKind: 'device' });
+    await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target: dirty, targetKind: 'device' });
     const afterDirty = await readFile(dirty);
     expect(afterDirty.length).toBe(stale.length); // a device is never truncated
     expect(afterDirty.subarray(0, data.length).equals(data)).toBe(true);
 
     const zeroed = join(dir, 'zeroed.dev');
     await writeFile(zeroed, stale);
-    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target: zeroed, targetKind: 'device', targetZeroed: true });
+    await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target: zeroed, targetKind: 'device', targetZeroed: true });
     const afterZeroed = await readFile(zeroed);
     // The zero run was not written (the caller vouched for zeros there); the data chunks were.
     expect(afterZeroed.subarray(CHUNK, 3 * CHUNK).every((b) => b === 0xaa)).toBe(true);
@@ -246,10 +261,17 @@ describe('restore through the pool', () => {
   it('restores a file target with holes and the exact size, through the pool', async () => {
     const store = new MemoryObjectStore();
     const data = Buffer.concat([text(CHUNK), Buffer.alloc(CHUNK * 32), randomBytes(1000)]);
-    await backupDisk({ store, keys, pool, reader: reader(data), disk: { diskId: 'd', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+    await backupDisk({
+      repository: new Repository(store, keys),
+      pool,
+      reader: reader(data),
+      disk: { diskId: 'd', path: 'mem', sizeBytes: data.length },
+      backupId: 'b1',
+      chunkSize: CHUNK,
+    });
     const target = join(await tempDir(), 'd.raw');
     await writeFile(target, Buffer.alloc(data.length * 2, 0xaa)); // an older, longer file is replaced
-    await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target });
     expect((await readFile(target)).equals(data)).toBe(true);
     expect((await stat(target)).blocks * 512).toBeLessThan(data.length);
   });

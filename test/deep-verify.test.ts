@@ -53,8 +53,7 @@ class Counting implements ObjectStore {
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, healChunks?: Set<string>) {
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
   const r = await backupDisk({
-    store,
-    keys,
+    repository: new Repository(store, keys),
     reader,
     disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
     backupId,

@@ -7,13 +7,14 @@
  * idle timeout ends the task, and a byte flipped in a pack file gives EIO for that range
  * only, logged with backup, disk and chunk.
  */
+import type { Repository } from '../repository/open.ts';
 import { execFile, spawnSync } from 'node:child_process';
 import { readdir, readFile, rm, writeFile, open as openFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exportJob, type ExportResult } from '../contracts/export-job.ts';
-import { objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -35,6 +36,7 @@ const missing = tools.filter((x) => spawnSync(x, ['--version']).status !== 0);
 if (missing.length > 0 && process.env.CI) throw new Error(`CI must install ${missing.join(', ')} (Debian: qemu-utils libnbd-bin)`);
 
 let t: TestStack;
+let repository: Repository & { readonly masterKey: Buffer };
 let store: ObjectStore;
 let keys: RepositoryKeys;
 let backupId = '';
@@ -77,8 +79,7 @@ async function startExport(over: Record<string, unknown> = {}) {
   let listening!: (uris: Record<string, string>) => void;
   const uris = new Promise<Record<string, string>>((ok) => (listening = ok));
   const done: Promise<ExportResult> = runExportTask(job, {
-    store,
-    keys,
+    repository,
     logger,
     signal: abort.signal,
     progress: () => progress++,
@@ -108,7 +109,9 @@ beforeAll(async () => {
   const d = await runExecution(t.sfn, t.stack.endpoints.backupStateMachineArn, { policyId: 'p-x' });
   if (d.status !== 'SUCCEEDED') throw new Error(`backup failed: ${d.error} ${d.cause}`);
   backupId = (await t.stack.catalog.latestCommitted('vm-x'))!.backupId;
-  ({ store, keys } = await openRepository(t.stack.endpoints));
+  repository = await openRepository(t.stack.endpoints);
+  store = repository.store;
+  keys = deriveKeys(repository.masterKey);
 }, 600_000);
 afterAll(async () => {
   await t?.close();

@@ -4,6 +4,7 @@
  * cache stays within its size, sequential reads fetch ahead and random ones do not,
  * and a damaged chunk fails the reads that need it (EIO, logged once) and no others.
  */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { deriveKeys, objectKeys } from '../repository/format.ts';
@@ -61,10 +62,17 @@ async function setup(o: { cacheMiB?: number; readAheadChunks?: number } = {}) {
   const store = new Counting();
   const data = disk();
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
-  await backupDisk({ store, keys, reader, disk: { diskId: 'vda', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK, parallelism: 2 });
+  await backupDisk({
+    repository: new Repository(store, keys),
+    reader,
+    disk: { diskId: 'vda', path: 'mem', sizeBytes: data.length },
+    backupId: 'b1',
+    chunkSize: CHUNK,
+    parallelism: 2,
+  });
   const logs: { event: string; fields?: Record<string, unknown> }[] = [];
   const logger = { info: () => {}, error: (event: string, fields?: Record<string, unknown>) => void logs.push({ event, ...(fields ? { fields } : {}) }) };
-  const exp = await BackupDiskExport.open({ store, keys, backupId: 'b1', diskId: 'vda', logger, ...o });
+  const exp = await BackupDiskExport.open({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'vda', logger, ...o });
   store.gets = 0;
   return { store, data, exp, logs };
 }
@@ -139,7 +147,7 @@ describe('backup disk export', () => {
   });
 
   it('names a missing manifest', async () => {
-    await expect(BackupDiskExport.open({ store: new MemoryObjectStore(), keys, backupId: 'nope', diskId: 'vda' })).rejects.toThrow(
+    await expect(BackupDiskExport.open({ repository: new Repository(new MemoryObjectStore(), keys), backupId: 'nope', diskId: 'vda' })).rejects.toThrow(
       /manifest .*nope.* is missing/,
     );
   });
@@ -148,7 +156,7 @@ describe('backup disk export', () => {
 describe('the mover task export', () => {
   it('refuses input that is not an export job, naming the fields', async () => {
     const { store } = await setup();
-    const deps = { repository: async () => ({ store, keys }), logger: { info: () => {}, error: () => {} }, parallelism: 2, workDir: tmpdir() };
+    const deps = { repository: async () => new Repository(store, keys), logger: { info: () => {}, error: () => {} }, parallelism: 2, workDir: tmpdir() };
     const ctx = { signal: new AbortController().signal, progress: () => {} };
     const err = await runRecoveryTask({ task: 'export', export: { backupId: 'b1', listen: { port: 99999 } } }, deps, ctx).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BadTaskInput);
@@ -167,7 +175,7 @@ describe('the mover task export', () => {
       },
       error: () => {},
     };
-    const deps = { repository: async () => ({ store, keys }), logger, parallelism: 2, workDir: dir };
+    const deps = { repository: async () => new Repository(store, keys), logger, parallelism: 2, workDir: dir };
     const abort = new AbortController();
     const task = {
       task: 'export',

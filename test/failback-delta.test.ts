@@ -25,7 +25,7 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, chunkSize = CHUNK) {
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
-  await backupDisk({ store, keys, reader, disk: { diskId: 'vda', path: 'mem', sizeBytes: data.length }, backupId, chunkSize });
+  await backupDisk({ repository: new Repository(store, keys), reader, disk: { diskId: 'vda', path: 'mem', sizeBytes: data.length }, backupId, chunkSize });
 }
 const side = (store: MemoryObjectStore, backupId: string) => ({
   repository: new Repository(store, keys),

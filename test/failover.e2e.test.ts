@@ -54,7 +54,7 @@ it('retries a Dispatch on another mover after one is killed mid-transfer', async
 
   const backup = (await t.stack.catalog.latestCommitted('vm-f'))!;
   const e = t.stack.endpoints;
-  const { store, keys } = await openRepository(e);
-  const restored = await restoreVm({ store, keys, backupId: backup.backupId, diskIds: ['disk0'], targetDir: join(t.dir, 'restore-f') });
+  const repository = await openRepository(e);
+  const restored = await restoreVm({ repository, backupId: backup.backupId, diskIds: ['disk0'], targetDir: join(t.dir, 'restore-f') });
   expect(await sha256File(restored.disks[0]!.path)).toBe(await sha256File(join(vmDir, 'disk0.raw')));
 }, 180_000);

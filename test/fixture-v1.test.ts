@@ -1,4 +1,5 @@
 /** A repository written by format version 1 (test/fixtures/repo-v1) stays readable. */
+import { Repository } from '../repository/open.ts';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -44,7 +45,7 @@ it('restores the version 1 fixture repository byte-identical', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-fixture-'));
   dirs.push(dir);
   const target = join(dir, 'disk0.raw');
-  await restoreDisk({ store, keys, backupId: expected.backupId, diskId: expected.diskId, target });
+  await restoreDisk({ repository: new Repository(store, keys), backupId: expected.backupId, diskId: expected.diskId, target });
   const restored = await readFile(target);
   expect(restored.length).toBe(expected.sizeBytes);
   expect(createHash('sha256').update(restored).digest('hex')).toBe(expected.sha256);

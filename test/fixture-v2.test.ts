@@ -3,6 +3,7 @@
  * make-repo-v2.ts) stays readable: its packs, index objects and manifests keep their
  * structure, and both backups restore byte-identical.
  */
+import { Repository } from '../repository/open.ts';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -140,7 +141,7 @@ describe('the version 2 fixture repository', () => {
     dirs.push(dir);
     for (const b of expected.backups) {
       const target = join(dir, `${b.backupId}.raw`);
-      await restoreDisk({ store, keys, backupId: b.backupId, diskId: b.diskId, target });
+      await restoreDisk({ repository: new Repository(store, keys), backupId: b.backupId, diskId: b.diskId, target });
       const restored = await readFile(target);
       expect(restored.length).toBe(b.sizeBytes);
       expect(createHash('sha256').update(restored).digest('hex'), b.backupId).toBe(b.sha256);

@@ -3,6 +3,7 @@
  * make-repo-v3.ts) stays readable: its manifests are a head and binary pieces, read as a
  * stream; both backups verify and restore byte-identical.
  */
+import { Repository } from '../repository/open.ts';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -74,10 +75,10 @@ describe('the version 3 fixture repository', () => {
     const dir = await mkdtemp(join(tmpdir(), 'lifeboat-fixture-v3-'));
     dirs.push(dir);
     for (const b of expected.backups) {
-      const v = await verifyManifests(b.backupId, [{ diskId: b.diskId, manifestKey: b.manifestKey }], { store, keys });
+      const v = await verifyManifests(b.backupId, [{ diskId: b.diskId, manifestKey: b.manifestKey }], { repository: new Repository(store, keys) });
       expect(v.chunksChecked).toBe(6);
       const target = join(dir, `${b.backupId}.raw`);
-      await restoreDisk({ store, keys, backupId: b.backupId, diskId: b.diskId, target });
+      await restoreDisk({ repository: new Repository(store, keys), backupId: b.backupId, diskId: b.diskId, target });
       expect(
         createHash('sha256')
           .update(await readFile(target))

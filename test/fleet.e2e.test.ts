@@ -40,8 +40,8 @@ function peakConcurrency(logs: MoverLogLine[], mover: string): number {
 
 async function restoreMatches(vmId: string, vmDir: string, diskIds: string[]): Promise<boolean> {
   const backup = (await t.stack.catalog.latestCommitted(vmId))!;
-  const { store, keys } = await openRepository(t.stack.endpoints);
-  const restored = await restoreVm({ store, keys, backupId: backup.backupId, diskIds, targetDir: join(t.dir, 'restore', vmId) });
+  const repository = await openRepository(t.stack.endpoints);
+  const restored = await restoreVm({ repository, backupId: backup.backupId, diskIds, targetDir: join(t.dir, 'restore', vmId) });
   for (const d of restored.disks) {
     if ((await sha256File(d.path)) !== (await sha256File(join(vmDir, `${d.diskId}.raw`)))) return false;
   }

@@ -198,7 +198,7 @@ describe('PlanDispatch / JoinSegments', () => {
     // Run the segments in reverse, as unrelated movers might.
     const transfers = [];
     for (const it of [...items].reverse())
-      transfers.push(await backupDisk({ store, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
+      transfers.push(await backupDisk({ repository: new Repository(store, k), reader, disk: d, backupId: 'bk', chunkSize: chunk, segment: it.segment }));
     expect(transfers.map((t) => t.manifestKey).sort()).toEqual([0, 1, 2].map((i) => objectKeys.manifest('bk', segmentManifestId('disk0', i))));
     const [joined] = await joinSegments({ job: j, transfers }, new Repository(store, k));
     expect(joined).toMatchObject({ diskId: 'disk0', sizeBytes: size, manifestKey: objectKeys.manifest('bk', 'disk0') });
@@ -206,7 +206,7 @@ describe('PlanDispatch / JoinSegments', () => {
     expect(joined!.stats.zeroChunks).toBe(2);
 
     const wholeStore = new MemoryObjectStore();
-    const whole = await backupDisk({ store: wholeStore, keys: k, reader, disk: d, backupId: 'bk', chunkSize: chunk });
+    const whole = await backupDisk({ repository: new Repository(wholeStore, k), reader, disk: d, backupId: 'bk', chunkSize: chunk });
     const fromSegments = await decodeManifest(k, (await store.get(joined!.manifestKey))!, 'bk', 'disk0', store);
     const fromWhole = await decodeManifest(k, (await wholeStore.get(whole.manifestKey))!, 'bk', 'disk0', wholeStore);
     expect(fromSegments.chunks).toEqual(fromWhole.chunks);

@@ -7,6 +7,7 @@
  * merges finds every chunk; an interrupted merge leaves duplicates only; a second run does
  * nothing.
  */
+import { Repository } from '../repository/open.ts';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -56,8 +57,7 @@ beforeEach(() => {
 
 const backUp = (backupId: string, data: Buffer, opts: { store?: ObjectStore; index?: IndexCache } = {}) =>
   backupDisk({
-    store: opts.store ?? store,
-    keys,
+    repository: new Repository(opts.store ?? store, keys),
     reader: { sizeBytes: data.length, read: async (buf, offset, length) => data.copy(buf, 0, offset, offset + length), close: async () => {} },
     disk: { diskId: 'disk0', path: backupId, sizeBytes: data.length },
     backupId,
@@ -69,7 +69,7 @@ const backUp = (backupId: string, data: Buffer, opts: { store?: ObjectStore; ind
 const gc = (deps: { admin?: RepositoryAdmin; store?: ObjectStore } = {}, request: Record<string, unknown> = {}): Promise<GcReport> =>
   collectGarbage(
     { gcId: `gc-${randomBytes(4).toString('hex')}`, request: { bucket, graceHours: 0, ...request } },
-    { admin: deps.admin ?? admin, store: deps.store ?? store, keys, now: () => new Date(), consolidation: SETTINGS },
+    { admin: deps.admin ?? admin, repository: new Repository(deps.store ?? store, keys), now: () => new Date(), consolidation: SETTINGS },
   );
 async function indexKeys(): Promise<string[]> {
   const out: string[] = [];
@@ -159,12 +159,14 @@ it('merges the small index objects after sweeping a pruned backup, leaves alone 
   expect(warm.lastRead).toBe(1 + lateIndexes.length);
   expect(refreshed.size).toBe(72);
   for (const b of backups)
-    await expect(verifyManifests(b, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(b, 'disk0') }], { store, keys })).resolves.toMatchObject({
+    await expect(
+      verifyManifests(b, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(b, 'disk0') }], { repository: new Repository(store, keys) }),
+    ).resolves.toMatchObject({
       chunksChecked: 6,
     });
   for (const i of [1, 6, 11]) {
     const target = join(dir, `${bucket}-b${i}.raw`);
-    await restoreDisk({ store, keys, backupId: `b${i}`, diskId: 'disk0', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: `b${i}`, diskId: 'disk0', target });
     expect(sha256(await readFile(target))).toBe(sha256(disks[i]!));
   }
   // The same data again, no parent: deduplicated through the merged index, nothing stored.

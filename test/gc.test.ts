@@ -1,4 +1,5 @@
 /** Garbage collection's mark and sweep (functions/gc/gc.ts) on the in-memory store: format-1 chunk objects, format-2 packs and the index. */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -49,7 +50,10 @@ async function manifest(backupId: string, chunks: number[]) {
   await store.put(objectKeys.manifest(backupId, 'disk0'), await encodeManifest(keys, m));
 }
 const run = (request: Record<string, unknown> = {}, extra: Partial<Parameters<typeof collectGarbage>[1]> = {}) =>
-  collectGarbage({ gcId: 'gc-1', request: { bucket: 'b', graceHours: 24, ...request } }, { admin, store, keys, now: () => NOW, ...extra });
+  collectGarbage(
+    { gcId: 'gc-1', request: { bucket: 'b', graceHours: 24, ...request } },
+    { admin, repository: new Repository(store, keys), now: () => NOW, ...extra },
+  );
 
 beforeEach(() => {
   store = new MemoryObjectStore();
@@ -448,8 +452,7 @@ describe('collectGarbage of a repository the mover wrote', () => {
   // Two chunks a pack (closed once 2 x CHUNK are in it: two sealed chunks pass that), in disk order (one chunk at a time).
   const backUp = (backupId: string, data: Buffer, parent?: string) =>
     backupDisk({
-      store,
-      keys,
+      repository: new Repository(store, keys),
       reader: reader(data),
       disk: disk(data),
       backupId,
@@ -461,7 +464,7 @@ describe('collectGarbage of a repository the mover wrote', () => {
   async function restored(backupId: string): Promise<Buffer> {
     const dir = await mkdtemp(join(tmpdir(), 'gc-test-'));
     try {
-      await restoreDisk({ store, keys, backupId, diskId: 'disk0', target: join(dir, 'disk0.raw') });
+      await restoreDisk({ repository: new Repository(store, keys), backupId, diskId: 'disk0', target: join(dir, 'disk0.raw') });
       return await readFile(join(dir, 'disk0.raw'));
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -482,7 +485,9 @@ describe('collectGarbage of a repository the mover wrote', () => {
     expect(r.packs).toEqual({ total: 4, referenced: 3, protectedByGrace: 0, deleted: 1, spared: 0 });
     expect(r.lateReferences).toEqual([]);
     expect(r.reclaimableInPacks).toEqual({ chunks: 0, bytes: 0 });
-    await expect(verifyManifests('b2', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b2', 'disk0') }], { store, keys })).resolves.toMatchObject({
+    await expect(
+      verifyManifests('b2', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b2', 'disk0') }], { repository: new Repository(store, keys) }),
+    ).resolves.toMatchObject({
       packsChecked: 3,
     });
     expect((await restored('b2')).equals(v2)).toBe(true);
@@ -492,7 +497,9 @@ describe('collectGarbage of a repository the mover wrote', () => {
     for (const c of [0, 1]) expect(index.get(chunkId(keys, v1.subarray(c * CHUNK, (c + 1) * CHUNK)))).toBeUndefined();
     const b3 = await backUp('b3', v1);
     expect(b3.stats.uploadedChunks).toBe(2);
-    await expect(verifyManifests('b3', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b3', 'disk0') }], { store, keys })).resolves.toMatchObject({
+    await expect(
+      verifyManifests('b3', [{ diskId: 'disk0', manifestKey: objectKeys.manifest('b3', 'disk0') }], { repository: new Repository(store, keys) }),
+    ).resolves.toMatchObject({
       chunksChecked: 6,
     });
     expect((await restored('b3')).equals(v1)).toBe(true);
@@ -849,8 +856,7 @@ describe('collectGarbage merging the index objects the mover wrote', () => {
   });
   const backUp = (backupId: string, data: Buffer, index?: IndexCache) =>
     backupDisk({
-      store,
-      keys,
+      repository: new Repository(store, keys),
       reader: reader(data),
       disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
       backupId,
@@ -885,13 +891,13 @@ describe('collectGarbage merging the index objects the mover wrote', () => {
     expect(after.length).toBeLessThan(4);
 
     for (const [i, d] of disks.entries()) {
-      await expect(verifyManifests(`b${i}`, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(`b${i}`, 'disk0') }], { store, keys })).resolves.toMatchObject(
-        { chunksChecked: 6 },
-      );
+      await expect(
+        verifyManifests(`b${i}`, [{ diskId: 'disk0', manifestKey: objectKeys.manifest(`b${i}`, 'disk0') }], { repository: new Repository(store, keys) }),
+      ).resolves.toMatchObject({ chunksChecked: 6 });
       if (i % 4 === 0) {
         const dir = await mkdtemp(join(tmpdir(), 'gc-test-'));
         try {
-          await restoreDisk({ store, keys, backupId: `b${i}`, diskId: 'disk0', target: join(dir, 'disk0.raw') });
+          await restoreDisk({ repository: new Repository(store, keys), backupId: `b${i}`, diskId: 'disk0', target: join(dir, 'disk0.raw') });
           expect((await readFile(join(dir, 'disk0.raw'))).equals(d)).toBe(true);
         } finally {
           await rm(dir, { recursive: true, force: true });
@@ -919,26 +925,40 @@ describe('one collection of a repository at a time (its lease in a real dynalite
     const lease = catalogGcLease(catalog, 'b', undefined);
     const deferred = await collectGarbage(
       { gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } },
-      { admin, store, keys, now: () => NOW, lease, running: async () => ['vm-1/b9'] },
+      { admin, repository: new Repository(store, keys), now: () => NOW, lease, running: async () => ['vm-1/b9'] },
     );
     expect(deferred.deferred).toEqual({ backups: ['vm-1/b9'] });
     await expect(
-      collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease }),
+      collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, repository: new Repository(store, keys), now: () => NOW, lease }),
     ).rejects.toMatchObject({ name: 'Gc.Busy', retryable: true, message: expect.stringContaining("another garbage collection of repository 'b' is running") });
     expect(store.objects.size).toBe(1); // gc-b deleted nothing
     // A dry run takes no lease: it runs beside gc-a.
     expect(
-      (await collectGarbage({ gcId: 'gc-dry', request: { bucket: 'b', graceHours: 24, dryRun: true } }, { admin, store, keys, now: () => NOW, lease }))
-        .bytesFreed,
+      (
+        await collectGarbage(
+          { gcId: 'gc-dry', request: { bucket: 'b', graceHours: 24, dryRun: true } },
+          { admin, repository: new Repository(store, keys), now: () => NOW, lease },
+        )
+      ).bytesFreed,
     ).toBe(300);
     // The same repository on another endpoint is another repository, with its own lease.
     expect(await catalogGcLease(catalog, 'b', { url: 'http://dr.example:9000' }).take('gc-other', NOW.getTime(), NOW.getTime() + 1000)).toBe(true);
     // gc-a collects again under its gcId (the workflow's loop), ends, and gives the lease back.
-    expect((await collectGarbage({ gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).bytesFreed).toBe(
-      300,
-    );
     expect(
-      (await collectGarbage({ gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease })).deferred,
+      (
+        await collectGarbage(
+          { gcId: 'gc-a', request: { bucket: 'b', graceHours: 24 } },
+          { admin, repository: new Repository(store, keys), now: () => NOW, lease },
+        )
+      ).bytesFreed,
+    ).toBe(300);
+    expect(
+      (
+        await collectGarbage(
+          { gcId: 'gc-b', request: { bucket: 'b', graceHours: 24 } },
+          { admin, repository: new Repository(store, keys), now: () => NOW, lease },
+        )
+      ).deferred,
     ).toBeNull();
   });
 
@@ -948,14 +968,22 @@ describe('one collection of a repository at a time (its lease in a real dynalite
     const at = (ms: number) => () => new Date(NOW.getTime() + ms);
     const backups = async () => ['vm-1/b9'];
     const request = { bucket: 'renewed', graceHours: 24 };
-    expect((await collectGarbage({ gcId: 'gc-r', request }, { admin, store, keys, now: at(0), lease, running: backups })).deferred).not.toBeNull();
+    expect(
+      (await collectGarbage({ gcId: 'gc-r', request }, { admin, repository: new Repository(store, keys), now: at(0), lease, running: backups })).deferred,
+    ).not.toBeNull();
     // Deferred again 50 minutes later (the workflow's loop): the lease now runs until 50 min + GC_LEASE_MS.
     const again = 50 * 60_000;
-    expect((await collectGarbage({ gcId: 'gc-r', request }, { admin, store, keys, now: at(again), lease, running: backups })).deferred).not.toBeNull();
+    expect(
+      (await collectGarbage({ gcId: 'gc-r', request }, { admin, repository: new Repository(store, keys), now: at(again), lease, running: backups })).deferred,
+    ).not.toBeNull();
     // gc-r's execution is aborted here. Past its first invocation's expiry, it still holds the lease...
-    await expect(collectGarbage({ gcId: 'gc-s', request }, { admin, store, keys, now: at(GC_LEASE_MS + 1), lease })).rejects.toMatchObject({ name: 'Gc.Busy' });
+    await expect(
+      collectGarbage({ gcId: 'gc-s', request }, { admin, repository: new Repository(store, keys), now: at(GC_LEASE_MS + 1), lease }),
+    ).rejects.toMatchObject({ name: 'Gc.Busy' });
     // ...and past its last one's, the next collection takes it.
-    expect((await collectGarbage({ gcId: 'gc-s', request }, { admin, store, keys, now: at(again + GC_LEASE_MS + 1), lease })).gcId).toBe('gc-s');
+    expect(
+      (await collectGarbage({ gcId: 'gc-s', request }, { admin, repository: new Repository(store, keys), now: at(again + GC_LEASE_MS + 1), lease })).gcId,
+    ).toBe('gc-s');
   });
 
   it("gives the lease back when the collection fails, and a dead holder's lease runs out after GC_LEASE_MS", async () => {
@@ -967,16 +995,25 @@ describe('one collection of a repository at a time (its lease in a real dynalite
       },
     } as unknown as typeof admin;
     await expect(
-      collectGarbage({ gcId: 'gc-x', request: { bucket: 'failing', graceHours: 24 } }, { admin: broken, store, keys, now: () => NOW, lease }),
+      collectGarbage(
+        { gcId: 'gc-x', request: { bucket: 'failing', graceHours: 24 } },
+        { admin: broken, repository: new Repository(store, keys), now: () => NOW, lease },
+      ),
     ).rejects.toThrow('listing failed');
     expect(await lease.take('gc-y', NOW.getTime(), NOW.getTime() + GC_LEASE_MS)).toBe(true);
     // gc-y "dies" holding it: gc-z is refused until the lease runs out.
     await expect(
-      collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => NOW, lease }),
+      collectGarbage(
+        { gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } },
+        { admin, repository: new Repository(store, keys), now: () => NOW, lease },
+      ),
     ).rejects.toMatchObject({ name: 'Gc.Busy' });
     const later = new Date(NOW.getTime() + GC_LEASE_MS + 1);
     await expect(
-      collectGarbage({ gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } }, { admin, store, keys, now: () => later, lease }),
+      collectGarbage(
+        { gcId: 'gc-z', request: { bucket: 'failing', graceHours: 24 } },
+        { admin, repository: new Repository(store, keys), now: () => later, lease },
+      ),
     ).resolves.toMatchObject({ gcId: 'gc-z' });
   });
 });

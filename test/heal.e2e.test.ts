@@ -16,7 +16,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../contracts/endpoints.ts';
-import { chunkId, objectKeys, open } from '../repository/format.ts';
+import { deriveKeys, chunkId, objectKeys, open } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
 import { quarantineKey } from '../repository/quarantine.ts';
@@ -71,7 +71,8 @@ afterAll(async () => {
 
 it('quarantines a damaged chunk, re-uploads it with the next backup and heals every backup that references it', async () => {
   const e = t.stack.endpoints;
-  const { store, keys } = await openRepository(e);
+  const { store, masterKey } = await openRepository(e);
+  const keys = deriveKeys(masterKey);
   const b0 = await backup();
   const b1 = await backup(); // unchanged VM: its manifests list the same chunks as b0's
   expect(b1.parentBackupId).toBe(b0.backupId);

@@ -3,6 +3,7 @@
  * answers them (movers do not use them; kept for S3 parity), aws-chunked de-framing, the
  * S3 adapter against it, and two movers backing up the same data at once.
  */
+import { Repository } from '../repository/open.ts';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
@@ -226,8 +227,7 @@ describe('two movers backing up the same data at once (real local S3)', () => {
     const results = await Promise.all(
       ['vm-a', 'vm-b'].map((vm) =>
         backupDisk({
-          store: mover(),
-          keys,
+          repository: new Repository(mover(), keys),
           reader,
           disk: { diskId: 'disk0', path: vm, sizeBytes: data.length },
           backupId: vm,
@@ -254,7 +254,7 @@ describe('two movers backing up the same data at once (real local S3)', () => {
       const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(vm, 'disk0')))!, vm, 'disk0', store);
       for (const p of m.packs!) expect(packs.get(objectKeys.pack(p.id))?.length).toBe(p.size);
       const target = join(dir, `${vm}.raw`);
-      await restoreDisk({ store, keys, backupId: vm, diskId: 'disk0', target });
+      await restoreDisk({ repository: new Repository(store, keys), backupId: vm, diskId: 'disk0', target });
       // (a digest comparison: toEqual walks a 2 MiB buffer element by element, for seconds)
       expect(sha256(await readFile(target))).toBe(sha256(data));
     }

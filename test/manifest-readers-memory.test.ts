@@ -27,7 +27,7 @@ import { deepVerifyDisk, inSample } from '../mover/recovery/deep-verify.ts';
 import { BackupDiskExport } from '../mover/recovery/export.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
-import { objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { Repository } from '../repository/open.ts';
 import { ManifestReader } from '../repository/manifest/reader.ts';
 import { ManifestWriter } from '../repository/manifest/writer.ts';
@@ -46,8 +46,8 @@ const isReal = (i: number) => i % 4096 === 1;
 const SAMPLE = 1 / 16;
 const VERIFY_ID = 'v-stream';
 const store = new MemoryObjectStore();
-const repository = new Repository(store, randomBytes(32));
-const keys = repository.keys;
+const keys = deriveKeys(randomBytes(32));
+const repository = new Repository(store, keys);
 let dir: string;
 let small: Buffer;
 let real: { id: string; loc: ChunkLocation }[];
@@ -69,7 +69,7 @@ const peakHeap = (what: string, fn: () => Promise<void>) => peakLiveHeap(`${what
 
 /** Writes manifest `backupId`/disk0 of N entries, `entry(i)` each. */
 async function writeManifest(backupId: string, entry: (i: number) => { id: string; loc: ChunkLocation } | null) {
-  const w = new ManifestWriter({ store, keys, backupId, manifestId: 'disk0', sizeBytes: N * CHUNK, chunkSize: CHUNK });
+  const w = new ManifestWriter({ store: store, keys: keys, backupId, manifestId: 'disk0', sizeBytes: N * CHUNK, chunkSize: CHUNK });
   for (const r of real) w.packLanded(r.loc.pack!.id, r.loc.pack!.size);
   for (let i = 0; i < N; i++) {
     const e = entry(i);
@@ -87,8 +87,7 @@ beforeAll(async () => {
   small = randomBytes(K * CHUNK);
   const reader = { sizeBytes: small.length, read: async (b: Buffer, off: number, len: number) => small.copy(b, 0, off, off + len), close: async () => {} };
   await backupDisk({
-    store,
-    keys,
+    repository: new Repository(store, keys),
     reader,
     disk: { diskId: 'disk0', path: 'mem', sizeBytes: small.length },
     backupId: 'small',
@@ -145,7 +144,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
   it(
     'the NBD export: random reads by offset and base:allocation of the whole disk',
     async () => {
-      const exp = await BackupDiskExport.open({ store, keys, backupId: 'big', diskId: 'disk0', cacheMiB: 4, readAheadChunks: 0 });
+      const exp = await BackupDiskExport.open({ repository: new Repository(store, keys), backupId: 'big', diskId: 'disk0', cacheMiB: 4, readAheadChunks: 0 });
       let holes = 0;
       const peak = await peakHeap('NBD export', async () => {
         for (let n = 0; n < 400; n++) {
@@ -185,7 +184,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
       } as ReplicateJob;
       let out: Awaited<ReturnType<typeof replicateDisk>> | undefined;
       const peak = await peakHeap('replication', async () => {
-        out = await replicateDisk(job, { diskId: 'disk0' }, 1, { source: { store, keys }, target: { store: target }, parallelism: 4 });
+        out = await replicateDisk(job, { diskId: 'disk0' }, 1, { source: new Repository(store, keys), target: { store: target }, parallelism: 4 });
       });
       expect(out).toMatchObject({ chunks: stored(), chunksCopied: 0 });
       expect(target.objects.get(objectKeys.manifest('big', 'disk0'))?.equals(store.objects.get(objectKeys.manifest('big', 'disk0'))!)).toBe(true);
@@ -203,8 +202,7 @@ describe(`readers of a manifest of ${N} entries stream it`, () => {
       let offsets: number[] = [];
       const peak = await peakHeap('shared damage', async () => {
         marked = await shareDamage({ vmId: 'vm', backupId: 'other', verifyId: VERIFY_ID }, [damagedId], {
-          store,
-          keys,
+          repository: new Repository(store, keys),
           now: () => new Date(),
           catalog: { backupsWithStatus: async () => [big] },
           recovery: {

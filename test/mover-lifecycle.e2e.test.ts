@@ -4,6 +4,8 @@
  * job time (the same process re-executes as the new version and finishes the job), and a
  * release with a bad signature refused while the old mover keeps working.
  */
+import { deriveKeys } from '../repository/format.ts';
+import { Repository } from '../repository/open.ts';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -213,8 +215,13 @@ describe('self-update at job time', () => {
     expect(await registered('life-old')).toMatchObject({ version: '0.2.0', pid: m.child.pid, state: 'running' });
 
     const backupRec = (await t.stack.catalog.latestCommitted('vm-up'))!;
-    const { keys } = await openRepository(t.stack.endpoints);
-    const restored = await restoreVm({ store, keys, backupId: backupRec.backupId, diskIds: ['disk0'], targetDir: join(t.dir, 'restore-up') });
+    const keys = deriveKeys((await openRepository(t.stack.endpoints)).masterKey);
+    const restored = await restoreVm({
+      repository: new Repository(store, keys),
+      backupId: backupRec.backupId,
+      diskIds: ['disk0'],
+      targetDir: join(t.dir, 'restore-up'),
+    });
     expect(await sha256File(restored.disks[0]!.path)).toBe(await sha256File(join(vmDir, 'disk0.raw')));
 
     // Restarted from its original program, the appliance boots into the installed release.

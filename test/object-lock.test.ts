@@ -8,6 +8,7 @@
  * collection deletes only unreferenced objects whose locks have run out, reporting the
  * others as waiting.
  */
+import { Repository } from '../repository/open.ts';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
@@ -74,8 +75,7 @@ async function backup(vmId: string, backupId: string, day: number, data: Buffer,
   };
   const disk = { diskId: 'disk0', path: vmId, sizeBytes: data.length };
   const r = await backupDisk({
-    store,
-    keys,
+    repository: new Repository(store, keys),
     reader,
     disk,
     backupId,
@@ -103,7 +103,7 @@ async function objectsOf(backupId: string): Promise<Set<string>> {
   const out = new Set<string>(['keys/default']);
   const others = new Set<string>();
   for await (const o of admin.list('manifests/')) (o.key.startsWith(`manifests/${backupId}/`) ? out : others).add(o.key);
-  await markNew({ admin, store, keys }, others, noMarks(), (_, key) => out.add(key));
+  await markNew({ admin, repository: new Repository(store, keys) }, others, noMarks(), (_, key) => out.add(key));
   return out;
 }
 
@@ -118,12 +118,12 @@ const deleteOutcome = async (key: string) => {
 const extend = () =>
   extendRepositoryLocks(
     { gcId: 'gc-lock', request: { bucket: BUCKET } },
-    { catalog, records: new LockCatalog(db.doc, 'catalog'), admin, store, keys, locks, now: () => new Date(clock) },
+    { catalog, records: new LockCatalog(db.doc, 'catalog'), admin, repository: new Repository(store, keys), locks, now: () => new Date(clock) },
   );
 const gc = () =>
   collectGarbage(
     { gcId: `gc-${clock}`, request: { bucket: BUCKET, graceHours: 48, objectLockDays: 30 } },
-    { admin, store, keys, locks, now: () => new Date(clock), backupStatuses: () => catalog.backupStatuses() },
+    { admin, repository: new Repository(store, keys), locks, now: () => new Date(clock), backupStatuses: () => catalog.backupStatuses() },
   );
 
 beforeAll(async () => {
@@ -259,7 +259,7 @@ it('fails naming the object when a lock cannot be extended, and finishes the bac
       return locks.extend(key, r);
     },
   });
-  const deps = { catalog, records: new LockCatalog(db.doc, 'catalog'), admin, store, keys, now: () => new Date(clock) };
+  const deps = { catalog, records: new LockCatalog(db.doc, 'catalog'), admin, repository: new Repository(store, keys), now: () => new Date(clock) };
   await expect(extendRepositoryLocks({ gcId: 'gc-refused', request: { bucket: BUCKET } }, { ...deps, locks: refusing })).rejects.toThrow(
     expect.objectContaining({ name: 'Gc.LocksNotExtended', message: expect.stringContaining(`${refusedKey}: PutObjectRetention`) }),
   );

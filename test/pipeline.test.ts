@@ -1,4 +1,5 @@
 /** The mover's backup and restore pipelines over the in-memory store. */
+import { Repository } from '../repository/open.ts';
 import type { PutChecksum } from '../core/object-store.ts';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open as fsOpen, readFile, rm, stat } from 'node:fs/promises';
@@ -83,7 +84,7 @@ describe('backup pipeline', () => {
   it('writes a full backup as one pack, its index and the manifest, with no HEAD and no GET but the empty index listing (listed twice: IndexCache confirms its LIST)', async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 8 + 1000); // a partial last chunk too
-    const full = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    const full = await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     expect(full.stats.uploadedChunks).toBe(9);
     expect(kinds(store.puts)).toEqual(['pack', 'index', 'piece', 'manifest']);
     expect({ heads: store.heads, gets: store.gets, lists: store.lists }).toEqual({ heads: [], gets: [], lists: ['index/', 'index/'] });
@@ -95,14 +96,13 @@ describe('backup pipeline', () => {
   it('skips chunks the parent backup already stored without any request: the changed chunk costs one pack PUT, its index and the manifest', async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 8 + 1000);
-    const full = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    const full = await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     expect(full.stats.uploadedChunks).toBe(9);
 
     randomBytes(100).copy(data, CHUNK * 3 + 10); // change one chunk
     store.reset();
     const incr = await backupDisk({
-      store,
-      keys,
+      repository: new Repository(store, keys),
       reader: reader(data),
       disk: disk('d', data),
       backupId: 'b2',
@@ -123,16 +123,22 @@ describe('backup pipeline', () => {
     expect(chunkLocation(child, changed).key).toBe(store.puts[0]);
     for (const [i, id] of child.chunks.entries()) if (i !== 3) expect(chunkLocation(child, id!)).toEqual(chunkLocation(parent, id!));
     const target = await tempTarget();
-    await restoreDisk({ store, keys, backupId: 'b2', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b2', diskId: 'd', target });
     expect((await readFile(target)).equals(data)).toBe(true);
   });
 
   it("deduplicates across VMs through the repository's index: VM B's backup of data VM A stored uploads no pack, and restores identical", async () => {
     const store = new CountingStore();
     const data = Buffer.concat([randomBytes(CHUNK * 4), Buffer.alloc(CHUNK), randomBytes(CHUNK / 2)]);
-    await backupDisk({ store, keys, reader: reader(data), disk: disk('vm1-d0', data), backupId: 'b1', chunkSize: CHUNK });
+    await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('vm1-d0', data), backupId: 'b1', chunkSize: CHUNK });
     store.reset();
-    const second = await backupDisk({ store, keys, reader: reader(data), disk: disk('vm2-d0', data), backupId: 'b2', chunkSize: CHUNK });
+    const second = await backupDisk({
+      repository: new Repository(store, keys),
+      reader: reader(data),
+      disk: disk('vm2-d0', data),
+      backupId: 'b2',
+      chunkSize: CHUNK,
+    });
     expect(second.stats).toMatchObject({ uploadedChunks: 0, dedupedChunks: 5, zeroChunks: 1 });
     // No pack and no index object: only the manifest, referencing VM A's pack.
     expect(kinds(store.puts)).toEqual(['piece', 'manifest']);
@@ -142,7 +148,7 @@ describe('backup pipeline', () => {
     expect(b.packs).toEqual(a.packs);
     expect(b.locations).toEqual(a.locations);
     const target = await tempTarget();
-    await restoreDisk({ store, keys, backupId: 'b2', diskId: 'vm2-d0', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b2', diskId: 'vm2-d0', target });
     expect((await readFile(target)).equals(data)).toBe(true);
   });
 
@@ -150,12 +156,12 @@ describe('backup pipeline', () => {
     const store = new CountingStore();
     const block = randomBytes(CHUNK);
     const data = Buffer.concat([block, randomBytes(CHUNK), block, block]);
-    const r = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    const r = await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     expect(r.stats).toMatchObject({ uploadedChunks: 2, dedupedChunks: 2 });
     const m = await manifestOf(store, 'b1', 'd');
     expect(Object.keys(m.locations!)).toHaveLength(2);
     const target = await tempTarget();
-    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target });
     expect((await readFile(target)).equals(data)).toBe(true);
   });
 
@@ -169,9 +175,9 @@ describe('backup pipeline', () => {
         Math.max(0, Math.min(length, 6 * CHUNK + 100 - offset)) && data.copy(buf, 0, offset, Math.min(offset + length, 6 * CHUNK + 100)),
       close: async () => {},
     };
-    await expect(backupDisk({ store, keys, reader: short, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK })).rejects.toThrow(
-      `disk 'd' ended early: read 100 of ${CHUNK} bytes at offset ${6 * CHUNK}`,
-    );
+    await expect(
+      backupDisk({ repository: new Repository(store, keys), reader: short, disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK }),
+    ).rejects.toThrow(`disk 'd' ended early: read 100 of ${CHUNK} bytes at offset ${6 * CHUNK}`);
     expect([...store.objects.keys()].filter((k) => k.startsWith('manifests/'))).toEqual([]);
   });
 
@@ -180,13 +186,20 @@ describe('backup pipeline', () => {
       const store = new CountingStore();
       store.putDelayMs = 10;
       const data = randomBytes(CHUNK * 24);
-      const r = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK, packBytes });
+      const r = await backupDisk({
+        repository: new Repository(store, keys),
+        reader: reader(data),
+        disk: disk('d', data),
+        backupId: 'b1',
+        chunkSize: CHUNK,
+        packBytes,
+      });
       expect(r.stats.uploadedChunks).toBe(24);
       const m = await manifestOf(store, 'b1', 'd');
       // Its target, plus at most the chunks in flight (8) when it was reached, plus the trailer.
       for (const p of m.packs!) expect(p.size).toBeLessThan(packBytes + 8 * sealedCapacity(CHUNK) + 4096);
       const target = await tempTarget();
-      await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+      await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target });
       expect((await readFile(target)).equals(data), `packs of ${packBytes} bytes`).toBe(true);
     }
   });
@@ -194,7 +207,7 @@ describe('backup pipeline', () => {
   it('does not store all-zero chunks, and restores them as holes', async () => {
     const store = new CountingStore();
     const data = Buffer.concat([randomBytes(CHUNK), Buffer.alloc(CHUNK * 16), randomBytes(CHUNK)]);
-    const r = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    const r = await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     expect(r.stats).toMatchObject({ zeroChunks: 16, uploadedChunks: 2 });
     const dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-'));
     dirs.push(dir);
@@ -202,11 +215,11 @@ describe('backup pipeline', () => {
     // The restore flushes the target before it returns (a restore that returned is on storage).
     const FileHandle = Object.getPrototypeOf(await fsOpen(process.execPath, 'r').then(async (fh) => (await fh.close(), fh)));
     const flushes = vi.spyOn(FileHandle, 'datasync');
-    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target });
     expect(flushes).toHaveBeenCalled();
     // A flush that fails (a disk error on writeback) fails the restore, naming the disk and the target.
     flushes.mockRejectedValue(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target })).rejects.toThrow(
+    await expect(restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target })).rejects.toThrow(
       `disk 'd': flushing ${target} to storage failed: EIO: i/o error, fdatasync`,
     );
     flushes.mockRestore();
@@ -233,8 +246,7 @@ describe('backup pipeline', () => {
     };
     const scanned: number[] = [];
     const r = await backupDisk({
-      store,
-      keys,
+      repository: new Repository(store, keys),
       reader: mapped,
       disk: disk('d', data),
       backupId: 'b1',
@@ -246,24 +258,30 @@ describe('backup pipeline', () => {
     for (let c = 1; c <= 12; c++) expect(scanned).toContain(c * CHUNK);
     expect(r.stats).toMatchObject({ bytesScanned: data.length, zeroChunks: 7, bytesZero: 7 * CHUNK, bytesUnallocated: 7 * CHUNK, uploadedChunks: 5 });
     const target = await tempTarget();
-    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target });
     expect((await readFile(target)).equals(data)).toBe(true);
     // A source that cannot tell (undefined) is read whole.
     reads.length = 0;
-    await backupDisk({ store, keys, reader: { ...mapped, allocated: async () => undefined }, disk: disk('d', data), backupId: 'b2', chunkSize: CHUNK });
+    await backupDisk({
+      repository: new Repository(store, keys),
+      reader: { ...mapped, allocated: async () => undefined },
+      disk: disk('d', data),
+      backupId: 'b2',
+      chunkSize: CHUNK,
+    });
     expect(reads).toHaveLength(12);
   });
 
   it("fails a restore naming the disk, offset, object key and the damaged chunk's own byte range, and what to do", async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 3);
-    const r = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    const r = await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     expect(r.stats.uploadedChunks).toBe(3);
     // Damage the second chunk of the disk, where the manifest says it is in its pack.
     const id = chunkId(keys, data.subarray(CHUNK, 2 * CHUNK));
     const loc = chunkLocation(await manifestOf(store, 'b1', 'd'), id);
     store.objects.get(loc.key)![loc.offset + 40]! ^= 0x10;
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
+    await expect(restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
       name: 'Mover.Corrupt',
       message: expect.stringMatching(
         new RegExp(
@@ -276,13 +294,13 @@ describe('backup pipeline', () => {
   it('fails a restore naming the disk, offset and pack when the pack is missing, or shorter than the manifest says', async () => {
     const store = new CountingStore();
     const data = randomBytes(CHUNK * 2);
-    await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     const loc = chunkLocation(await manifestOf(store, 'b1', 'd'), chunkId(keys, data.subarray(CHUNK)));
     const pack = store.objects.get(loc.key)!;
     store.objects.set(loc.key, pack.subarray(0, loc.offset + 100));
     // Both chunks are in the one run read, which comes back short: either may be named
     // (chunks lie in a pack in the order they were sealed, not always in disk order).
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
+    await expect(restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
       name: 'Mover.Corrupt',
       message: expect.stringMatching(
         new RegExp(
@@ -291,7 +309,7 @@ describe('backup pipeline', () => {
       ),
     });
     store.objects.delete(loc.key);
-    await expect(restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
+    await expect(restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target: await tempTarget() })).rejects.toMatchObject({
       name: 'Mover.Corrupt',
       message: expect.stringMatching(new RegExp(`^disk 'd' offset (0|${CHUNK}): chunk .* in ${loc.key} .* is damaged: it is missing`)),
     });
@@ -340,14 +358,22 @@ describe('chunks sealed straight into packs by the chunk pool', () => {
         store.putDelayMs = 5; // chunks keep coming while packs upload
         const data = mixed(60);
         const packBytes = 6 * CHUNK;
-        const r = await backupDisk({ store, keys, pool, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK, packBytes });
+        const r = await backupDisk({
+          repository: new Repository(store, keys),
+          pool,
+          reader: reader(data),
+          disk: disk('d', data),
+          backupId: 'b1',
+          chunkSize: CHUNK,
+          packBytes,
+        });
         expect(r.stats.zeroChunks).toBe(12);
         expect(r.stats.uploadedChunks).toBe(49);
         const m = await checkPacks(store, 'b1', 'd', packBytes, 8);
         expect(m.packs!.length).toBeGreaterThan(2);
         expect(r.stats.bytesStored).toBe([...store.objects.values()].reduce((n, b) => n + b.length, 0));
         const target = await tempTarget();
-        await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target });
+        await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target });
         expect((await readFile(target)).equals(data)).toBe(true);
       } finally {
         await pool.close();
@@ -364,8 +390,8 @@ describe('chunks sealed straight into packs by the chunk pool', () => {
       const count = data.length / CHUNK;
       // Buffers sized for chunks a quarter of what the random ones seal to, while ten are sealed at once.
       const writer = new PackWriter({
-        store,
-        keys,
+        store: store,
+        keys: keys,
         targetBytes: 2 * CHUNK,
         maxChunkBytes: sealedCapacity(CHUNK) >> 2,
         maxInFlight: 8,
@@ -407,7 +433,7 @@ describe('chunks sealed straight into packs by the chunk pool', () => {
       await store.put(objectKeys.manifest('b1', 'd'), await encodeManifest(keys, manifest));
       for (const w of writer.written) expect(readPackTrailer(keys, store.objects.get(objectKeys.pack(w.pack.id))!, w.pack.id)).toEqual(w);
       const target = await tempTarget();
-      await restoreDisk({ store, keys, pool, backupId: 'b1', diskId: 'd', target });
+      await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b1', diskId: 'd', target });
       expect((await readFile(target)).equals(data)).toBe(true);
     } finally {
       for (const s of slots) pool.unshare(s);
@@ -423,11 +449,10 @@ describe('restore falls back to another copy the index lists (a quarantined chun
    * verification quarantined b1's copy. Returns b1's location of A.
    */
   const twoCopies = async (store: CountingStore, data: Buffer) => {
-    const b1 = await backupDisk({ store, keys, reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
+    const b1 = await backupDisk({ repository: new Repository(store, keys), reader: reader(data), disk: disk('d', data), backupId: 'b1', chunkSize: CHUNK });
     const a = chunkId(keys, data.subarray(0, CHUNK));
     const b2 = await backupDisk({
-      store,
-      keys,
+      repository: new Repository(store, keys),
       reader: reader(data),
       disk: disk('d', data),
       backupId: 'b2',
@@ -448,7 +473,7 @@ describe('restore falls back to another copy the index lists (a quarantined chun
     const loc = await twoCopies(store, data);
     store.objects.get(loc.key)![loc.offset + 50]! ^= 1;
     const target = await tempTarget();
-    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target });
     expect((await readFile(target)).equals(data)).toBe(true);
   });
 
@@ -464,7 +489,7 @@ describe('restore falls back to another copy the index lists (a quarantined chun
     const loc = await twoCopies(store, data);
     store.objects.delete(loc.key);
     const target = await tempTarget();
-    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target });
     expect((await readFile(target)).subarray(2 * CHUNK).equals(block)).toBe(true);
   });
 
@@ -475,7 +500,7 @@ describe('restore falls back to another copy the index lists (a quarantined chun
     const loc = await twoCopies(store, data);
     store.objects.get(loc.key)![loc.offset + 50]! ^= 1;
     const target = await tempTarget();
-    await restoreDisk({ store, keys, backupId: 'b1', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), backupId: 'b1', diskId: 'd', target });
     expect((await readFile(target)).equals(data)).toBe(true);
   });
 });

@@ -7,6 +7,7 @@ import { quarantineKey } from '../repository/quarantine.ts';
 import { newPackBuffer, sealIntoPack } from '../repository/pack-buffer.ts';
 import { PackWriter } from '../repository/pack-writer.ts';
 import { MemoryRepositoryAdmin } from '../repository/admin.ts';
+import { Repository } from '../repository/open.ts';
 import type { QuarantineRecord } from '../functions/catalog/recovery-catalog.ts';
 import { collectGarbage } from '../functions/gc/gc.ts';
 import { quarantineDamage } from '../functions/deep-verify/quarantine.ts';
@@ -24,7 +25,7 @@ async function storedChunk(store: MemoryObjectStore) {
 
 /** A pack of `n` chunks, as a mover writes it. */
 async function storedPack(store: MemoryObjectStore, n: number) {
-  const writer = new PackWriter({ store, keys, maxChunkBytes: 8192, newBuffer: newPackBuffer });
+  const writer = new PackWriter({ store: store, keys: keys, maxChunkBytes: 8192, newBuffer: newPackBuffer });
   for (let i = 0; i < n; i++) {
     const plain = randomBytes(4096);
     const id = chunkId(keys, plain);
@@ -44,7 +45,7 @@ function setup() {
   };
   // No other backups: sharing damage is tested end to end (shared-damage.e2e.test.ts).
   const catalog = { backupsWithStatus: async () => [] };
-  return { store, admin, records, deps: { store, admin, keys, recovery, catalog, now: () => NOW } };
+  return { store, admin, records, deps: { repository: new Repository(store, keys), admin, recovery, catalog, now: () => NOW } };
 }
 const request = (findings: { objectKey: string; reason: string; chunkId?: string; range?: { offset: number; length: number } }[]) => ({
   verifyId: 'verify-1',
@@ -178,7 +179,10 @@ describe('garbage collection beside quarantine/', () => {
     await store.put(key2, b);
     await quarantineDamage({ ...request([{ objectKey: key2, reason: 'damaged' }]), verifyId: 'verify-2' }, deps);
     for (const k of store.objects.keys()) admin.modified.set(k, old);
-    const r = await collectGarbage({ gcId: 'gc-q', request: { bucket: 'repo', graceHours: 24 } }, { admin, store, keys, now: () => NOW });
+    const r = await collectGarbage(
+      { gcId: 'gc-q', request: { bucket: 'repo', graceHours: 24 } },
+      { admin, repository: new Repository(store, keys), now: () => NOW },
+    );
     expect(store.objects.has(quarantineKey('verify-2', key2))).toBe(true);
     expect(r.quarantine).toEqual({ objects: 1, bytes: b.length });
     expect(r.chunks.deleted).toBe(0);

@@ -7,7 +7,7 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
@@ -212,7 +212,8 @@ describe('Deep verify workflow', () => {
   });
 
   it('finds a bit flipped in one stored chunk, names it, marks the backup damaged and emits an event', async () => {
-    const { store, keys } = await openRepository(t.stack.endpoints);
+    const { store, masterKey } = await openRepository(t.stack.endpoints);
+    const keys = deriveKeys(masterKey);
     const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store);
     const index = manifest.chunks.findIndex((c, i) => c !== null && i > 0);
     expect(index).toBeGreaterThan(0);

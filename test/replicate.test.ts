@@ -1,4 +1,5 @@
 /** Replication of one disk (mover/recovery/replicate.ts) between in-memory repositories. */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Corrupt, StorageUnavailable } from '../contracts/errors.ts';
@@ -22,8 +23,7 @@ async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, 
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
   await store.put(objectKeys.vmConfig(backupId), await seal(keys, Buffer.from('{"name":"vm"}'), `vm-config:${backupId}`));
   return backupDisk({
-    store,
-    keys,
+    repository: new Repository(store, keys),
     reader,
     disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
     backupId,
@@ -58,7 +58,7 @@ describe('replicateDisk (format 2: packs)', () => {
     const m = await manifestOf(source, 'b1');
     expect(m.version).toBe(3);
     expect(m.packs!.length).toBeGreaterThan(1);
-    const d = { source: { store: source, keys }, target: { store: target }, parallelism: 4 };
+    const d = { source: new Repository(source, keys), target: { store: target }, parallelism: 4 };
     const first = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d);
     expect(first).toMatchObject({ chunks: 6, chunksCopied: 6 });
     // Packs, manifest and VM config: the same bytes under the same keys. Index objects: the target's own.
@@ -85,7 +85,7 @@ describe('replicateDisk (format 2: packs)', () => {
     const target = new MemoryObjectStore();
     const data = randomBytes(8 * CHUNK);
     await backup(source, 'b1', data);
-    const d = { source: { store: source, keys }, target: { store: target }, parallelism: 4 };
+    const d = { source: new Repository(source, keys), target: { store: target }, parallelism: 4 };
     await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d);
     randomBytes(100).copy(data, 3 * CHUNK + 10);
     const r2 = await backup(source, 'b2', data);
@@ -112,7 +112,7 @@ describe('replicateDisk (format 2: packs)', () => {
     const id = m.chunks[2]!;
     const at = chunkLocation(m, id);
     source.objects.get(at.key)![at.offset + 30]! ^= 4;
-    const d = { source: { store: source, keys }, target: { store: target }, parallelism: 1 };
+    const d = { source: new Repository(source, keys), target: { store: target }, parallelism: 1 };
     await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(Corrupt);
     await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(
       `chunk ${id} in ${at.key} bytes ${at.offset}+${at.length} (disk 'disk0', backup b1) is damaged in the source repository; pack not replicated`,
@@ -130,7 +130,7 @@ describe('replicateDisk (format 2: packs)', () => {
     const key = objectKeys.pack(m.packs![0]!.id);
     const pack = source.objects.get(key)!;
     pack[pack.length - 10]! ^= 1;
-    const d = { source: { store: source, keys }, target: { store: target }, parallelism: 1 };
+    const d = { source: new Repository(source, keys), target: { store: target }, parallelism: 1 };
     await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(
       `pack ${key} (chunks of disk 'disk0', backup b1): its trailer is damaged in the source repository; not replicated`,
     );
@@ -151,17 +151,17 @@ describe('replicateDisk (format 2: packs)', () => {
       },
     });
     await expect(
-      replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: dying }, parallelism: 2 }),
+      replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: new Repository(source, keys), target: { store: dying }, parallelism: 2 }),
     ).rejects.toThrow('connection reset');
     expect(keysUnder(target, 'packs/')).toEqual(keysUnder(source, 'packs/'));
-    const rerun = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: target }, parallelism: 2 });
+    const rerun = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: new Repository(source, keys), target: { store: target }, parallelism: 2 });
     expect(rerun.chunksCopied).toBe(0);
     expect(keysUnder(target, 'index/')).toEqual([]);
     expect(target.objects.has(objectKeys.manifest('b1', 'disk0'))).toBe(true);
 
     const gc = await collectGarbage(
       { gcId: 'gc-dr', request: { bucket: 't', graceHours: 24 } },
-      { admin: new MemoryRepositoryAdmin(target), store: target, keys, now: () => new Date() },
+      { admin: new MemoryRepositoryAdmin(target), repository: new Repository(target, keys), now: () => new Date() },
     );
     expect(gc.index.reindexed).toBe(m.packs!.length);
     expect(gc.packs).toMatchObject({ total: m.packs!.length, referenced: m.packs!.length, deleted: 0 });
@@ -176,7 +176,7 @@ describe('replicateDisk (format 2: packs)', () => {
     const m = await manifestOf(source, 'b1');
     const key = objectKeys.pack(m.packs![0]!.id);
     await target.put(key, Buffer.from('partial'));
-    const out = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: { store: source, keys }, target: { store: target }, parallelism: 2 });
+    const out = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, { source: new Repository(source, keys), target: { store: target }, parallelism: 2 });
     expect(out.chunksCopied).toBe(2);
     expect(target.objects.get(key)!.equals(source.objects.get(key)!)).toBe(true);
   });
@@ -190,7 +190,7 @@ describe('replicateDisk (format 1: chunk objects)', () => {
     const source = new MemoryObjectStore();
     const target = new MemoryObjectStore();
     await backupV1(source, 'b1', randomBytes(4 * CHUNK));
-    const d = { source: { store: source, keys }, target: { store: target }, parallelism: 4 };
+    const d = { source: new Repository(source, keys), target: { store: target }, parallelism: 4 };
     const first = await replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d);
     expect(first).toMatchObject({ chunks: 4, chunksCopied: 4 });
     for (const [k, v] of source.objects) expect(target.objects.get(k)?.equals(v), k).toBe(true);
@@ -204,7 +204,7 @@ describe('replicateDisk (format 1: chunk objects)', () => {
     await backupV1(source, 'b1', randomBytes(4 * CHUNK));
     const key = keysUnder(source, 'chunks/')[0]!;
     source.objects.get(key)![30]! ^= 4;
-    const d = { source: { store: source, keys }, target: { store: target }, parallelism: 1 };
+    const d = { source: new Repository(source, keys), target: { store: target }, parallelism: 1 };
     await expect(replicateDisk(job('b1'), { diskId: 'disk0' }, 0, d)).rejects.toThrow(
       `chunk ${key} of disk 'disk0' (backup b1) is damaged in the source repository`,
     );

@@ -1,4 +1,5 @@
 /** Restoring a disk onto a device (written in place, holes written as zeros, never truncated). */
+import { Repository } from '../repository/open.ts';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -30,7 +31,13 @@ let dir: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-device-'));
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
-  await backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+  await backupDisk({
+    repository: new Repository(store, keys),
+    reader,
+    disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
+    backupId: 'b1',
+    chunkSize: CHUNK,
+  });
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -41,7 +48,11 @@ describe('restoreDiskTask onto a device', () => {
     const path = join(dir, 'device.img');
     const old = randomBytes(data.length + 5 * CHUNK); // a larger device full of old data
     await writeFile(path, old);
-    const r = await restoreDiskTask(job, { diskId: 'disk0', sizeBytes: data.length, path }, { store, keys, parallelism: 2, targetKind: 'device' });
+    const r = await restoreDiskTask(
+      job,
+      { diskId: 'disk0', sizeBytes: data.length, path },
+      { repository: new Repository(store, keys), parallelism: 2, targetKind: 'device' },
+    );
     const now = await readFile(path);
     expect(now.length).toBe(old.length);
     expect(now.subarray(0, data.length).equals(data)).toBe(true);
@@ -53,10 +64,18 @@ describe('restoreDiskTask onto a device', () => {
   it('refuses a device smaller than the disk, naming it, before writing', async () => {
     const path = join(dir, 'small.img');
     await writeFile(path, Buffer.alloc(CHUNK));
-    const p = restoreDiskTask(job, { diskId: 'disk0', sizeBytes: data.length, path }, { store, keys, parallelism: 2, targetKind: 'device' });
+    const p = restoreDiskTask(
+      job,
+      { diskId: 'disk0', sizeBytes: data.length, path },
+      { repository: new Repository(store, keys), parallelism: 2, targetKind: 'device' },
+    );
     await expect(p).rejects.toBeInstanceOf(RecoveryRequestInvalid);
     await expect(
-      restoreDiskTask(job, { diskId: 'disk0', sizeBytes: data.length, path }, { store, keys, parallelism: 2, targetKind: 'device' }),
+      restoreDiskTask(
+        job,
+        { diskId: 'disk0', sizeBytes: data.length, path },
+        { repository: new Repository(store, keys), parallelism: 2, targetKind: 'device' },
+      ),
     ).rejects.toThrow(`restore target ${path} is smaller than the disk (${data.length} bytes)`);
     expect((await stat(path)).size).toBe(CHUNK);
   });

@@ -11,6 +11,7 @@
  * cycle through the K chunks of a small real backup in their pack order (so its runs are
  * those of a real disk, one range GET per window), every 8th a zero chunk.
  */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -45,8 +46,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-memory-'));
   const reader = { sizeBytes: small.length, read: async (b: Buffer, off: number, len: number) => small.copy(b, 0, off, off + len), close: async () => {} };
   await backupDisk({
-    store,
-    keys,
+    repository: new Repository(store, keys),
     reader,
     disk: { diskId: 'disk0', path: 'mem', sizeBytes: small.length },
     backupId: 'small',
@@ -58,7 +58,7 @@ beforeAll(async () => {
     for (let i = 0; i < b.count; i++) real.push({ id: b.id(i)!, loc: b.location(i)! });
   }
   expect(real).toHaveLength(K);
-  const w = new ManifestWriter({ store, keys, backupId: 'big', manifestId: 'disk0', sizeBytes: N * CHUNK, chunkSize: CHUNK });
+  const w = new ManifestWriter({ store: store, keys: keys, backupId: 'big', manifestId: 'disk0', sizeBytes: N * CHUNK, chunkSize: CHUNK });
   for (const r of new Map(real.map((r) => [r.loc.pack!.id, r.loc.pack!.size]))) w.packLanded(...r);
   for (let i = 0; i < N; i++) {
     const r = real[i % K]!;
@@ -77,7 +77,7 @@ it(
     const target = join(dir, 'restored.raw');
     let out: Awaited<ReturnType<typeof restoreDisk>> | undefined;
     const peak = await peakHeap(`restore: ${N} manifest entries of ${CHUNK}-byte chunks`, async () => {
-      out = await restoreDisk({ store, keys, backupId: 'big', diskId: 'disk0', target, targetKind: 'file' });
+      out = await restoreDisk({ repository: new Repository(store, keys), backupId: 'big', diskId: 'disk0', target, targetKind: 'file' });
     });
     expect(out!.sizeBytes).toBe(N * CHUNK);
     // Every K chunks of the disk are the small backup's, in order, with every 8th a hole.

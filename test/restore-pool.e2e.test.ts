@@ -5,6 +5,7 @@
  * the qcow2 restore boot-tested (its volume goes with the test domain); an existing volume
  * refused; a restore that fails after writing its volumes leaves none behind.
  */
+import { Repository } from '../repository/open.ts';
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -279,7 +280,13 @@ describe.skipIf(!lab.available)('a restore into a storage pool that fails part w
       const bytes = data[diskId];
       if (diskId === 'disk1') for (const k of store.objects.keys()) before.add(k);
       const reader = { sizeBytes: bytes.length, read: async (b: Buffer, off: number, len: number) => bytes.copy(b, 0, off, off + len), close: async () => {} };
-      await backupDisk({ store, keys, reader, disk: { diskId, path: 'mem', sizeBytes: bytes.length }, backupId: 'b1', chunkSize: CHUNK });
+      await backupDisk({
+        repository: new Repository(store, keys),
+        reader,
+        disk: { diskId, path: 'mem', sizeBytes: bytes.length },
+        backupId: 'b1',
+        chunkSize: CHUNK,
+      });
     }
     await store.put(
       objectKeys.vmConfig('b1'),
@@ -293,7 +300,7 @@ describe.skipIf(!lab.available)('a restore into a storage pool that fails part w
 
   it("deletes the failed disk's volume at once, and the finished disk's when the failed restore is discarded", async () => {
     const name = `lifeboat-pool-part-${process.pid}`;
-    const deps = { store: damaged, keys, parallelism: 2, workDir: join(dir, 'work') };
+    const deps = { repository: new Repository(damaged, keys), parallelism: 2, workDir: join(dir, 'work') };
     const ok = await restoreDiskTask(job(name), target('disk0'), deps);
     expect(ok).toMatchObject({ volume: { pool, name: `${name}-disk0.raw` }, sha256: createHash('sha256').update(data.disk0).digest('hex') });
     await expect(restoreDiskTask(job(name), target('disk1'), deps)).rejects.toMatchObject({ name: 'Mover.Corrupt' });
@@ -305,7 +312,7 @@ describe.skipIf(!lab.available)('a restore into a storage pool that fails part w
 
   it('replaces its own volume on a retried disk task, and never deletes a volume that was there before', async () => {
     const name = `lifeboat-pool-own-${process.pid}`;
-    const deps = { store, keys, parallelism: 2, workDir: join(dir, 'work') };
+    const deps = { repository: new Repository(store, keys), parallelism: 2, workDir: join(dir, 'work') };
     await restoreDiskTask(job(name), target('disk0'), deps);
     await restoreDiskTask(job(name), target('disk0'), deps); // a retry of the same restore: its own volume
     // Someone else's volume under the name the next restore would take.

@@ -5,6 +5,7 @@
  * another copy, a connection cut in the middle of a run's body is retried, and the bytes
  * in flight stay within the restore's budget.
  */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -263,7 +264,7 @@ describe('restoring runs', () => {
       const opts = { inFlightBytes: maxChunk + rand(8 * maxChunk), maxRunBytes: 1 + rand(16 * maxChunk), maxGapBytes: rand(3 * maxChunk) };
       const target = join(dir, `t${t}.raw`);
       store.gets.length = 0;
-      const r = await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target, ...opts });
+      const r = await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b', diskId: 'd', target, ...opts });
       expect((await readFile(target)).equals(image)).toBe(true);
       // One GET per planned run (and the manifest's), none past the budget.
       const runs = [];
@@ -292,7 +293,7 @@ describe('restoring runs', () => {
     inner.objects.get(packKey)![at[1] + 30]! ^= 0x40;
     store.gets.length = 0;
     const target = join(dir, 'mid-run.raw');
-    await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target });
+    await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b', diskId: 'd', target });
     expect((await readFile(target)).equals(image)).toBe(true);
     // The manifest, the run of six, the index to find the other copy, and that copy.
     expect(store.gets.filter((g) => g.key === packKey)).toEqual([
@@ -301,7 +302,7 @@ describe('restoring runs', () => {
     expect(store.gets.filter((g) => g.key.startsWith('index/'))).toHaveLength(1);
     // Without the other copy: Corrupt, naming the disk offset, the chunk's bytes in the pack, and what to do.
     for (const key of [...inner.objects.keys()]) if (key.startsWith('index/')) inner.objects.delete(key);
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target })).rejects.toMatchObject({
+    await expect(restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b', diskId: 'd', target })).rejects.toMatchObject({
       name: 'Mover.Corrupt',
       message: expect.stringMatching(
         new RegExp(
@@ -319,7 +320,9 @@ describe('restoring runs', () => {
     manifest.storedSizes[id1] = 1 << 30;
     manifest.packs![manifest.locations![id1]![0]]!.size = 2 ** 31; // consistent with its pack, as a damaged writer could make it
     await store.put(objectKeys.manifest('b', 'd'), await encodeManifest(keys, manifest));
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target: join(dir, 'huge.raw') })).rejects.toMatchObject({
+    await expect(
+      restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b', diskId: 'd', target: join(dir, 'huge.raw') }),
+    ).rejects.toMatchObject({
       name: 'Mover.Corrupt',
       message: expect.stringMatching(
         new RegExp(`^disk 'd' offset 4096: the manifest says chunk ${id1} is stored in 1073741824 bytes of packs/.* more than a chunk of 4096 bytes seals to`),
@@ -337,7 +340,7 @@ describe('restoring runs', () => {
       const chunks = Array.from({ length: 32 }, () => randomBytes(64 * 1024));
       const { image } = await storeBackup(store, { chunks, sizeBytes: 32 * 64 * 1024, chunkSize: 64 * 1024, packs: [chunks.map((content) => ({ content }))] });
       const target = join(dir, 'cut.raw');
-      const r = await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target });
+      const r = await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b', diskId: 'd', target });
       expect((await readFile(target)).equals(image)).toBe(true);
       expect(proxy.injected.map((f) => f.kind)).toEqual(['cut-body']);
       expect(retries).toEqual([`get ${proxy.injected[0]!.path.split('?')[0]!.slice('/repo/'.length)}`]);
@@ -357,7 +360,7 @@ describe('restoring runs', () => {
     const budget = 1.2 * 1024 * 1024;
     store.gets.length = 0;
     const target = join(dir, 'budget.raw');
-    const r = await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target, inFlightBytes: Math.floor(budget) });
+    const r = await restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b', diskId: 'd', target, inFlightBytes: Math.floor(budget) });
     expect((await readFile(target)).equals(image)).toBe(true);
     expect(store.gets.filter((g) => g.key.startsWith('packs/'))).toHaveLength(8);
     // Each pack's 32 neighbouring chunks (512 KiB) are written at once.
@@ -374,7 +377,15 @@ describe('restoring runs', () => {
     const stored = chunks.filter((c): c is Buffer => c !== null);
     const { image } = await storeBackup(store, { chunks, sizeBytes: 160 * chunkSize, chunkSize, packs: [stored.map((content) => ({ content }))] });
     const target = join(dir, 'coalesced.raw');
-    const r = await restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target, maxRunBytes: 64 << 20, inFlightBytes: 64 << 20 });
+    const r = await restoreDisk({
+      repository: new Repository(store, keys),
+      pool,
+      backupId: 'b',
+      diskId: 'd',
+      target,
+      maxRunBytes: 64 << 20,
+      inFlightBytes: 64 << 20,
+    });
     expect((await readFile(target)).equals(image)).toBe(true);
     expect(r.writes).toBe(3);
     // The zeros were not written: the file has fewer blocks than its size.
@@ -386,9 +397,9 @@ describe('restoring runs', () => {
     const chunks = Array.from({ length: 8 }, () => randomBytes(4096));
     await storeBackup(store, { chunks, sizeBytes: 8 * 4096, chunkSize: 4096, packs: [chunks.map((content) => ({ content }))] });
     // /dev/full: a device whose every write fails with ENOSPC.
-    await expect(restoreDisk({ store, keys, pool, backupId: 'b', diskId: 'd', target: '/dev/full', targetKind: 'device' })).rejects.toThrow(
-      /^disk 'd': writing 32768 bytes at offset 0 of \/dev\/full failed: ENOSPC/,
-    );
+    await expect(
+      restoreDisk({ repository: new Repository(store, keys), pool, backupId: 'b', diskId: 'd', target: '/dev/full', targetKind: 'device' }),
+    ).rejects.toThrow(/^disk 'd': writing 32768 bytes at offset 0 of \/dev\/full failed: ENOSPC/);
     expect(pool.backlog).toBe(0);
   });
 });

@@ -4,6 +4,7 @@
  * a file holding data, a folder that is not empty and the VM's own folder are refused
  * unless forced; a failed restore leaves nothing under the target's name.
  */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
@@ -37,14 +38,20 @@ const job = (target: string, o: Partial<RestoreJob> = {}): RestoreJob => ({
   disks: [],
   ...o,
 });
-const deps = { store, keys, parallelism: 2 };
+const deps = { repository: new Repository(store, keys), parallelism: 2 };
 const diskTarget = (diskId: keyof typeof disks, path: string) => ({ diskId, sizeBytes: disks[diskId].length, path });
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-safety-'));
   for (const [diskId, data] of Object.entries(disks)) {
     const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
-    await backupDisk({ store, keys, reader, disk: { diskId, path: 'mem', sizeBytes: data.length }, backupId: 'b1', chunkSize: CHUNK });
+    await backupDisk({
+      repository: new Repository(store, keys),
+      reader,
+      disk: { diskId, path: 'mem', sizeBytes: data.length },
+      backupId: 'b1',
+      chunkSize: CHUNK,
+    });
   }
   await store.put(objectKeys.vmConfig('b1'), await seal(keys, Buffer.from(JSON.stringify({ name: 'vm' })), 'vm-config:b1'));
 });
@@ -93,7 +100,9 @@ describe('restoring one disk into a file', () => {
     for (const [k, v] of store.objects) damaged.objects.set(k, Buffer.from(v));
     for (const [k, v] of damaged.objects) if (k.startsWith('packs/')) v[v.length >> 1]! ^= 0xff;
     const path = join(dir, 'damaged.raw');
-    await expect(restoreDiskTask(job(path), diskTarget('disk0', path), { ...deps, store: damaged })).rejects.toMatchObject({ name: 'Mover.Corrupt' });
+    await expect(restoreDiskTask(job(path), diskTarget('disk0', path), { ...deps, repository: new Repository(damaged, keys) })).rejects.toMatchObject({
+      name: 'Mover.Corrupt',
+    });
     await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(stat(`${path}.partial`)).rejects.toMatchObject({ code: 'ENOENT' });
   });
@@ -131,9 +140,11 @@ describe('restoring a whole VM into a folder', () => {
     const target = join(dir, 'lib-full');
     await mkdir(target);
     await writeFile(join(target, 'disk0.raw'), 'precious');
-    await expect(restoreVm({ store, keys, backupId: 'b1', diskIds: ['disk0'], targetDir: target })).rejects.toMatchObject({ name: 'Recovery.RequestInvalid' });
+    await expect(restoreVm({ repository: new Repository(store, keys), backupId: 'b1', diskIds: ['disk0'], targetDir: target })).rejects.toMatchObject({
+      name: 'Recovery.RequestInvalid',
+    });
     expect(await readFile(join(target, 'disk0.raw'), 'utf8')).toBe('precious');
-    await restoreVm({ store, keys, backupId: 'b1', diskIds: ['disk0'], targetDir: target, force: true });
+    await restoreVm({ repository: new Repository(store, keys), backupId: 'b1', diskIds: ['disk0'], targetDir: target, force: true });
     expect((await readFile(join(target, 'disk0.raw'))).equals(disks.disk0)).toBe(true);
   });
 });

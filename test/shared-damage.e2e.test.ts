@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { QuarantineReport } from '../functions/deep-verify/quarantine.ts';
@@ -64,7 +64,8 @@ afterAll(async () => {
 
 it('marks every backup sharing a damaged chunk, refuses to restore them up front naming backup and chunk, and restores both once healed', async () => {
   const e = t.stack.endpoints;
-  const { store, keys } = await openRepository(e);
+  const { store, masterKey } = await openRepository(e);
+  const keys = deriveKeys(masterKey);
   const b0 = await backup();
   const b1 = await backup(); // the unchanged VM: b1's manifest lists b0's chunks, in b0's packs
   const m0 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b0.backupId, 'disk0')))!, b0.backupId, 'disk0', store);

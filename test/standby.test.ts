@@ -4,7 +4,7 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { objectKeys } from '../repository/format.ts';
+import { deriveKeys, objectKeys } from '../repository/format.ts';
 import { Repository } from '../repository/open.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
@@ -15,8 +15,8 @@ import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
 
 const CHUNK = 64 * 1024;
 const store = new MemoryObjectStore();
-const repository = new Repository(store, randomBytes(32));
-const keys = repository.keys;
+const keys = deriveKeys(randomBytes(32));
+const repository = new Repository(store, keys);
 let dir: string;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const job = (backupId: string): ReplicateJob => ({
@@ -32,7 +32,13 @@ const job = (backupId: string): ReplicateJob => ({
 });
 async function backup(backupId: string, data: Buffer) {
   const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
-  await backupDisk({ store, keys, reader, disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length }, backupId, chunkSize: CHUNK });
+  await backupDisk({
+    repository: new Repository(store, keys),
+    reader,
+    disk: { diskId: 'disk0', path: 'mem', sizeBytes: data.length },
+    backupId,
+    chunkSize: CHUNK,
+  });
 }
 
 beforeAll(async () => {

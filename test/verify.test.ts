@@ -1,4 +1,5 @@
 /** Verify against the in-memory store: what it catches, from manifests and HEADs alone, in both repository formats. */
+import { Repository } from '../repository/open.ts';
 import { randomBytes } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { chunkId, deriveKeys, encodeManifest, objectKeys, seal, type Manifest } from '../repository/format.ts';
@@ -70,7 +71,17 @@ async function backedUpV2(store: MemoryObjectStore): Promise<Job> {
     [disks[0]!, d0],
     [disks[1]!, d1],
   ] as const) {
-    results.push(await backupDisk({ store, keys, reader: memoryDisk(data), disk, backupId: 'b1', chunkSize: CHUNK, packBytes: 2 * CHUNK, parallelism: 1 })); // one chunk at a time: packs of two chunks, however the worker is scheduled
+    results.push(
+      await backupDisk({
+        repository: new Repository(store, keys),
+        reader: memoryDisk(data),
+        disk,
+        backupId: 'b1',
+        chunkSize: CHUNK,
+        packBytes: 2 * CHUNK,
+        parallelism: 1,
+      }),
+    ); // one chunk at a time: packs of two chunks, however the worker is scheduled
   }
   return jobOf(disks, results);
 }
@@ -97,7 +108,7 @@ beforeEach(() => {
 describe('Verify of a format-1 backup (a chunk object each)', () => {
   it('passes a complete backup and compares store checksums where the store keeps them', async () => {
     const job = await backedUpV1(store);
-    const out = await verify(job, { store, keys });
+    const out = await verify(job, { repository: new Repository(store, keys) });
     expect(out).toMatchObject({ chunksChecked: 4, checksumsCompared: 4, packsChecked: 0 }); // the zero chunk is not stored
     const chunkBytes = [...store.objects].filter(([k]) => k.startsWith('chunks/')).reduce((n, [, b]) => n + b.length, 0);
     expect(out.bytesChecked).toBe(chunkBytes);
@@ -106,14 +117,14 @@ describe('Verify of a format-1 backup (a chunk object each)', () => {
   it('checks sizes only on a store without checksums (like s3rver)', async () => {
     const job = await backedUpV1(store);
     store.keepChecksums = false;
-    expect(await verify(job, { store, keys })).toMatchObject({ chunksChecked: 4, checksumsCompared: 0 });
+    expect(await verify(job, { repository: new Repository(store, keys) })).toMatchObject({ chunksChecked: 4, checksumsCompared: 0 });
   });
 
   it('fails naming the object key, disk and backup when a referenced chunk is missing', async () => {
     const job = await backedUpV1(store);
     const victim = [...store.objects.keys()].find((k) => k.startsWith('chunks/'))!;
     store.objects.delete(victim);
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+    await expect(verify(job, { repository: new Repository(store, keys) })).rejects.toMatchObject({
       name: 'Verify.Failed',
       message: `chunk ${victim} of disk 'disk0' (backup b1) is missing from the repository`,
     });
@@ -124,7 +135,7 @@ describe('Verify of a format-1 backup (a chunk object each)', () => {
     const victim = [...store.objects.keys()].find((k) => k.startsWith('chunks/'))!;
     const expected = store.objects.get(victim)!.length;
     store.objects.set(victim, Buffer.alloc(10));
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+    await expect(verify(job, { repository: new Repository(store, keys) })).rejects.toMatchObject({
       name: 'Verify.Failed',
       message: `chunk ${victim} of disk 'disk0' (backup b1) is 10 bytes, the manifest expects ${expected}`,
     });
@@ -134,7 +145,7 @@ describe('Verify of a format-1 backup (a chunk object each)', () => {
     const job = await backedUpV1(store);
     const victim = [...store.objects.keys()].find((k) => k.startsWith('chunks/'))!;
     store.objects.get(victim)![20]! ^= 1;
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+    await expect(verify(job, { repository: new Repository(store, keys) })).rejects.toMatchObject({
       name: 'Verify.Failed',
       message: expect.stringMatching(new RegExp(`^chunk ${victim} .* has SHA-256 `)),
     });
@@ -147,7 +158,7 @@ describe('Verify of a format-2 backup (chunks in packs)', () => {
     const packs = packKeys(store);
     expect(packs.length).toBeGreaterThan(2);
     const heads = countHeads(store);
-    const out = await verify(job, { store, keys });
+    const out = await verify(job, { repository: new Repository(store, keys) });
     expect([...heads.keys()].sort()).toEqual(packs.sort());
     expect([...heads.values()].every((n) => n === 1)).toBe(true);
     // disk0: 4 distinct chunks; disk1: the same 4 and 2 of its own.
@@ -166,7 +177,7 @@ describe('Verify of a format-2 backup (chunks in packs)', () => {
     const victim = p1!.find((k) => !p0!.includes(k))!;
     expect(victim).toBeDefined();
     store.objects.delete(victim);
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+    await expect(verify(job, { repository: new Repository(store, keys) })).rejects.toMatchObject({
       name: 'Verify.Failed',
       message: `pack ${victim} of disk 'disk1' (backup b1) is missing from the repository`,
     });
@@ -177,7 +188,7 @@ describe('Verify of a format-2 backup (chunks in packs)', () => {
     const victim = packKeys(store)[0]!;
     const body = store.objects.get(victim)!;
     store.objects.set(victim, body.subarray(0, body.length - 1));
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+    await expect(verify(job, { repository: new Repository(store, keys) })).rejects.toMatchObject({
       name: 'Verify.Failed',
       message: expect.stringMatching(
         new RegExp(`^pack ${victim} of disk 'disk[01]' \\(backup b1\\) is ${body.length - 1} bytes, the manifest expects ${body.length}$`),
@@ -188,7 +199,7 @@ describe('Verify of a format-2 backup (chunks in packs)', () => {
   it('fails when a manifest is missing', async () => {
     const job = await backedUpV2(store);
     store.objects.delete(objectKeys.manifest('b1', 'disk1'));
-    await expect(verify(job, { store, keys })).rejects.toMatchObject({
+    await expect(verify(job, { repository: new Repository(store, keys) })).rejects.toMatchObject({
       name: 'Verify.Failed',
       message: `manifest ${objectKeys.manifest('b1', 'disk1')} of disk 'disk1' is missing`,
     });

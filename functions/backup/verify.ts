@@ -4,16 +4,15 @@
  * or packs (format 2, each once); never downloads chunk data.
  */
 import { VerifyFailed } from '../../contracts/errors.ts';
-import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys } from '../../repository/format.ts';
 import { verifyInput, verifyOutput, type VerifyInput, type VerifyOutput } from '../../contracts/backup-steps.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/recent.ts';
 
-export async function verify(input: VerifyInput, deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number }): Promise<VerifyOutput> {
+export async function verify(input: VerifyInput, deps: { repository: Repository; concurrency?: number }): Promise<VerifyOutput> {
   if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
     throw new VerifyFailed(
       `backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`,
@@ -33,7 +32,7 @@ export async function verify(input: VerifyInput, deps: { store: ObjectStore; key
 export async function verifyManifests(
   backupId: string,
   disks: { diskId: string; manifestKey: string }[],
-  deps: { store: ObjectStore; keys: RepositoryKeys; concurrency?: number },
+  deps: { repository: Repository; concurrency?: number },
 ): Promise<VerifyOutput> {
   let chunksChecked = 0;
   let bytesChecked = 0;
@@ -47,7 +46,7 @@ export async function verifyManifests(
     if (!size) {
       packs.set(
         key,
-        (size = deps.store.head(key).then((info) => {
+        (size = deps.repository.store.head(key).then((info) => {
           if (!info) return undefined;
           packsChecked++;
           bytesChecked += info.size;
@@ -59,9 +58,9 @@ export async function verifyManifests(
     return size;
   };
   for (const disk of disks) {
-    const sealed = await deps.store.get(disk.manifestKey);
+    const sealed = await deps.repository.store.get(disk.manifestKey);
     if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
-    const manifest = await ManifestReader.fromSealed(deps.store, deps.keys, sealed, backupId, disk.diskId);
+    const manifest = await deps.repository.manifestFromSealed(sealed, backupId, disk.diskId);
     // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
     const recent = new RecentIds();
     const fresh = (id: string) => recent.fresh(id);
@@ -87,7 +86,7 @@ export async function verifyManifests(
       }
       await mapLimit(objects, concurrency, async ({ id, length, sha256 }) => {
         const key = objectKeys.chunk(id);
-        const info = await deps.store.head(key);
+        const info = await deps.repository.store.head(key);
         if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
         if (info.size !== length)
           throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
@@ -111,7 +110,7 @@ export function makeHandlers(c: Clients) {
   return {
     handler: lambdaHandler('Verify', verifyInput, async (input) => {
       const { bucket, endpoint } = input.repository;
-      return verifyOutput.parse(await verify(input, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) }));
+      return verifyOutput.parse(await verify(input, { repository: await c.repository(bucket, endpoint) }));
     }),
   };
 }

@@ -5,7 +5,6 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import type { RepositoryKeys } from '../../repository/format.ts';
 import type { KeyWrapper } from '../../repository/keyring.ts';
 import { keyWrapper, openRepository, type KeySource, type Repository } from '../../repository/open.ts';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
@@ -51,8 +50,6 @@ export interface Clients {
   locks(bucket: string, endpoint?: StorageEndpoint): LockExtender;
   /** The wrapper of a repository's master key: KMS in AWS, the key file in the embedded stack. */
   keyWrapper(bucket: string): Promise<KeyWrapper>;
-  /** The repository's keys, unwrapped once per container and bucket. */
-  repositoryKeys(bucket: string, endpoint?: StorageEndpoint): Promise<RepositoryKeys>;
   /** The repository, opened once per container and bucket (its key unwrapped once). */
   repository(bucket: string, endpoint?: StorageEndpoint): Promise<Repository>;
 }
@@ -209,7 +206,6 @@ export function createClients(env: FunctionEnv): Clients {
       }
       return r;
     },
-    repositoryKeys: async (bucket, endpoint) => (await clients.repository(bucket, endpoint)).keys,
   };
   return clients;
 }

@@ -23,8 +23,8 @@
 import { z } from 'zod';
 import { mapLimit } from '../../core/concurrency.ts';
 import { locationKey, repositoryLocation } from '../../contracts/endpoints.ts';
-import { chunkId, chunkIdOfKey, open, packIdOfKey, type RepositoryKeys } from '../../repository/format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import { chunkIdOfKey, packIdOfKey } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import { quarantineKey } from '../../repository/quarantine.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
 import type { Catalog } from '../catalog/catalog.ts';
@@ -72,20 +72,11 @@ export interface QuarantineReport {
 }
 
 export interface QuarantineDeps {
-  store: ObjectStore;
+  repository: Repository;
   admin: RepositoryAdmin;
-  keys: RepositoryKeys;
   recovery: Pick<RecoveryCatalog, 'putQuarantine' | 'markSharedDamage'>;
   catalog: Pick<Catalog, 'backupsWithStatus'>;
   now: () => Date;
-}
-
-async function stillDamaged(keys: RepositoryKeys, id: string, body: Buffer): Promise<boolean> {
-  try {
-    return chunkId(keys, await open(keys, body, id)) !== id;
-  } catch {
-    return true;
-  }
 }
 
 /** One damaged chunk to set aside: a chunk object, or a chunk's bytes in a pack. */
@@ -119,9 +110,9 @@ export async function quarantineDamage(input: z.output<typeof quarantineInput>, 
     // A pack finding without its byte range (not written by this code's movers) cannot be
     // re-read: the chunk is recorded for re-upload, nothing is kept.
     const canRead = !x.packed || x.range !== undefined;
-    const body = canRead ? await deps.store.get(x.objectKey, x.range ? { range: x.range } : {}) : undefined;
+    const body = canRead ? await deps.repository.store.get(x.objectKey, x.range ? { range: x.range } : {}) : undefined;
     const whole = body !== undefined && (!x.range || body.length === x.range.length);
-    if (body && whole && !(await stillDamaged(deps.keys, x.id, body))) {
+    if (body && whole && (await deps.repository.isIntactChunk(body, x.id))) {
       report.alreadyHealthy.push(x.range ? `${x.objectKey} bytes ${x.range.offset}+${x.range.length}` : x.objectKey);
       return;
     }
@@ -138,7 +129,7 @@ export async function quarantineDamage(input: z.output<typeof quarantineInput>, 
       quarantinedAt: at,
     });
     if (kept) {
-      await deps.store.put(kept, body!);
+      await deps.repository.store.put(kept, body!);
       // A chunk object goes; a pack stays (its other chunks are fine).
       if (!x.packed) toDelete.push(x.objectKey);
     }
@@ -156,9 +147,8 @@ export function makeHandlers(c: Clients) {
     handler: lambdaHandler('QuarantineDamage', quarantineInput, async (input) => {
       const { bucket, endpoint } = input.repository;
       return quarantineDamage(input, {
-        store: c.store(bucket, endpoint),
+        repository: await c.repository(bucket, endpoint),
         admin: c.admin(bucket, endpoint),
-        keys: await c.repositoryKeys(bucket, endpoint),
         recovery: c.recovery,
         catalog: c.catalog,
         now: () => new Date(),

@@ -28,8 +28,7 @@ import { z } from 'zod';
 import { locationKey, repositoryLocation } from '../../contracts/endpoints.ts';
 import { LocksNotExtended } from '../../contracts/recovery-errors.ts';
 import type { RepositoryAdmin } from '../../repository/admin.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { BucketLock, LockExtender } from '../../repository/object-lock.ts';
 import { extendLocks, type LockTarget } from '../../repository/maintenance/extend-locks.ts';
 import type { Backup, Catalog, Policy } from '../catalog/catalog.ts';
@@ -81,8 +80,7 @@ export interface ExtendLocksDeps {
   catalog: Pick<Catalog, 'listPolicies' | 'backupsWithStatus'>;
   records: Pick<LockCatalog, 'lockedUntil' | 'record' | 'forget'>;
   admin: RepositoryAdmin;
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   locks: LockExtender;
   now: () => Date;
   /** Milliseconds the invocation has left (Lambda's context). */
@@ -159,7 +157,7 @@ export async function extendRepositoryLocks(input: z.output<typeof extendLocksIn
   for (; i < todo.length; i += batchSize) {
     if ((deps.remainingMs?.() ?? Infinity) < TIME_MARGIN_MS) break;
     const batch = todo.slice(i, i + batchSize);
-    const out = await extendLocks({ admin: deps.admin, store: deps.store, keys: deps.keys, locks: deps.locks }, batch, defaultMode, started);
+    const out = await extendLocks({ admin: deps.admin, repository: deps.repository, locks: deps.locks }, batch, defaultMode, started);
     report.objects.read += out.objects;
     report.objects.extended += out.extended;
     report.objects.alreadyLocked += out.alreadyLocked;
@@ -191,8 +189,7 @@ export function makeHandlers(c: Clients) {
         catalog: c.catalog,
         records: c.lockRecords,
         admin: c.admin(bucket, endpoint),
-        store: c.store(bucket, endpoint),
-        keys: await c.repositoryKeys(bucket, endpoint),
+        repository: await c.repository(bucket, endpoint),
         locks: c.locks(bucket, endpoint),
         now: () => new Date(),
         remainingMs: () => context.getRemainingTimeInMillis(),

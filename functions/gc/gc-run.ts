@@ -5,9 +5,8 @@
  */
 import type { z } from 'zod';
 import { emptyReport, type GcReport } from '../../contracts/gc-report.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
 import type { ListedObject, RepositoryAdmin } from '../../repository/admin.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { ConsolidationSettings } from '../../repository/maintenance/consolidate.ts';
 import { IndexMap, type IndexEntry } from '../../repository/maintenance/index-map.ts';
 import { markNew, noMarks, type Marks } from '../../repository/maintenance/mark.ts';
@@ -18,8 +17,7 @@ import type { gcRequest } from './gc-request.ts';
 
 export interface GcDeps {
   admin: RepositoryAdmin;
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   recovery?: RecoveryCatalog;
   /** Backups running now (`vmId/backupId`); the sweep deletes only while there are none. */
   running?: () => Promise<string[]>;

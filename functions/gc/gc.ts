@@ -118,8 +118,7 @@ export function makeHandlers(c: Clients) {
       const { bucket, endpoint } = input.request;
       return collectGarbage(input, {
         admin: c.admin(bucket, endpoint),
-        store: c.store(bucket, endpoint),
-        keys: await c.repositoryKeys(bucket, endpoint),
+        repository: await c.repository(bucket, endpoint),
         locks: c.locks(bucket, endpoint),
         recovery: c.recovery,
         running: () => liveRunningBackups(c.catalog, Date.now()),

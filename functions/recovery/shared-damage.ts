@@ -8,9 +8,7 @@
  * chunks stored intact again (a good copy serves every manifest that lists the id).
  */
 import type { DamageFinding } from '../../contracts/recovery-jobs.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
-import { ManifestReader } from '../../repository/manifest/reader.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';
 import type { Backup, Catalog } from '../catalog/catalog.ts';
 import type { RecoveryCatalog } from '../catalog/recovery-catalog.ts';
@@ -25,18 +23,17 @@ export interface SharedDamage {
 
 export interface ShareDamageDeps {
   /** The repository the verified backup is in: only backups whose manifests are there share its chunks. */
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   catalog: Pick<Catalog, 'backupsWithStatus'>;
   recovery: Pick<RecoveryCatalog, 'markSharedDamage'>;
   now: () => Date;
 }
 
 /** The findings of `b`'s manifests that reference `damaged` chunk ids (one per disk and chunk); each manifest read a piece at a time. */
-async function findingsOf(b: Backup, damaged: Set<string>, deps: Pick<ShareDamageDeps, 'store' | 'keys'>, reason: string): Promise<DamageFinding[]> {
+async function findingsOf(b: Backup, damaged: Set<string>, deps: Pick<ShareDamageDeps, 'repository'>, reason: string): Promise<DamageFinding[]> {
   const out: DamageFinding[] = [];
   for (const d of b.disks ?? []) {
-    const m = await ManifestReader.open(deps.store, deps.keys, b.backupId, d.diskId);
+    const m = await deps.repository.openManifest(b.backupId, d.diskId);
     if (!m) continue; // a backup of another repository
     const found = new Map<string, { offsets: number[]; loc: ChunkLocation }>();
     for await (const batch of m.batches()) {

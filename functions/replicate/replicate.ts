@@ -11,7 +11,8 @@
 import { z } from 'zod';
 import { text } from '../../contracts/zod.ts';
 import { endpointKey, location, type RepositoryLocation } from '../../contracts/endpoints.ts';
-import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { RecoveryRequestInvalid, ReplicaBusy } from '../../contracts/recovery-errors.ts';
 import type { SlotLease } from '../../contracts/jobs.ts';
@@ -179,7 +180,7 @@ export const verifyReplicaInput = replicateJob;
  * size they record (HEADs, no data read), as Verify checks a new backup. Only then does
  * RecordReplication vouch for it (restores and failovers trust that record).
  */
-export async function verifyReplica(job: ReplicateJob, deps: { store: ObjectStore; keys: RepositoryKeys }): Promise<VerifyOutput> {
+export async function verifyReplica(job: ReplicateJob, deps: { repository: Repository }): Promise<VerifyOutput> {
   return verifyManifests(
     job.backupId,
     job.disks.map((d) => ({ diskId: d.diskId, manifestKey: objectKeys.manifest(job.backupId, d.diskId) })),
@@ -308,7 +309,7 @@ export function makeHandlers(c: Clients) {
     releaseLeaseHandler: lambdaHandler('ReleaseReplicaLease', leaseInput, (input) => releaseReplicaLease(input, deps())),
     verifyReplicaHandler: lambdaHandler('VerifyReplica', verifyReplicaInput, async (job) => {
       const { bucket, endpoint } = job.target;
-      return verifyReplica(job, { store: c.store(bucket, endpoint), keys: await c.repositoryKeys(bucket, endpoint) });
+      return verifyReplica(job, { repository: await c.repository(bucket, endpoint) });
     }),
     recordHandler: lambdaHandler('RecordReplication', recordReplicationInput, (input) => recordReplication(input, deps())),
     planFailoverHandler: lambdaHandler('PlanFailover', planFailoverInput, (input) => planFailover(input, deps())),

@@ -100,10 +100,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     if (!latest?.disks) throw new Error(`no committed backup of ${vmId} in the catalog`);
     const target = join(e.dataDir, 'restores', `${vmId}-${latest.backupId}`);
     o.out(`Restoring backup ${latest.backupId} into ${target} ...`);
-    const { store, keys } = await openRepository(e);
+    const repository = await openRepository(e);
     const restored = await restoreVm({
-      store,
-      keys,
+      repository,
       backupId: latest.backupId,
       diskIds: latest.disks.map((d) => d.diskId),
       targetDir: target,

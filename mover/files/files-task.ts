@@ -8,8 +8,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { filesResult, LISTING_PAGE_BYTES, type FilesJob, type FilesResult } from '../../contracts/files-job.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import { FilesNotFound, FilesUnreadable } from '../../contracts/recovery-errors.ts';
 import { BackupDiskExport } from '../recovery/export.ts';
 import type { Logger } from '../worker.ts';
@@ -18,8 +17,7 @@ import { extractor } from './extract.ts';
 import { runSandbox, SandboxFailure, type ChildMessage, type FileEntry, type SandboxOptions } from './sandbox.ts';
 
 export interface FilesTaskDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   logger: Logger;
   signal?: AbortSignal;
   /** The task's liveness, called as the reader reads. */
@@ -113,8 +111,7 @@ export async function runFilesTask(job: FilesJob, d: FilesTaskDeps): Promise<Fil
   const started = performance.now();
   d.signal?.throwIfAborted();
   const disk = await BackupDiskExport.open({
-    store: d.store,
-    keys: d.keys,
+    repository: d.repository,
     backupId: job.backupId,
     diskId: job.diskId,
     logger: d.logger,

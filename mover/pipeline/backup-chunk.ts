@@ -5,7 +5,8 @@
  * sealed (on a worker, straight into the open pack) and uploaded with its pack.
  */
 import type { TransferStats } from '../../contracts/jobs.ts';
-import { chunkId, isZero, type RepositoryKeys } from '../../repository/format.ts';
+import { isZero } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { PackWriter } from '../../repository/pack-writer.ts';
 import type { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { Entry, RecentIds, Stored } from './backup-entries.ts';
@@ -35,7 +36,7 @@ export function emptyStats(chunks: number): DiskStats {
 }
 
 export interface ChunkStorerOptions {
-  keys: RepositoryKeys;
+  repository: Repository;
   pool: ChunkPool;
   writer: PackWriter<SharedPack>;
   parent: ParentChunks;
@@ -76,7 +77,8 @@ export class ChunkStorer {
       // The id on this thread while every worker has work queued (sealing, or ids of chunks
       // read faster than the workers hash them), else on a worker: the main thread is
       // otherwise idle in an incremental, where hashing is most of the work.
-      const id = o.pool.backlog >= o.pool.size ? chunkId(o.keys, buf.bytes.subarray(0, length)) : await o.pool.hashSlot(o.keys, buf, length);
+      const id =
+        o.pool.backlog >= o.pool.size ? o.repository.chunkId(buf.bytes.subarray(0, length)) : await o.pool.hashSlot(o.repository.workerKeys(), buf, length);
       // Synchronous up to the sealing map's entry, so a repeat of the chunk finds it there.
       const reused = this.reused(index, id, length);
       return reused !== undefined ? await reused : await this.sealOnce(id, buf, length, release);
@@ -137,7 +139,7 @@ export class ChunkStorer {
       // Sealed on a worker always, straight into the open pack: sealing on this thread too
       // (like the id) was slower and used more memory (bench/MEASUREMENTS.md).
       const level = o.compressionLevel === undefined ? {} : { level: o.compressionLevel };
-      const at = await o.writer.place(id, (pack) => o.pool.sealSlot(o.keys, plain, length, id, level, pack));
+      const at = await o.writer.place(id, (pack) => o.pool.sealSlot(o.repository.workerKeys(), plain, length, id, level, pack));
       release(); // the plaintext is not needed for the upload
       stats.uploadedChunks++;
       stats.bytesUploaded += length;

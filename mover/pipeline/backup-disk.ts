@@ -18,9 +18,7 @@
 import { Corrupt } from '../../contracts/errors.ts';
 import { segmentManifestId, type DiskRef, type DiskResult } from '../../contracts/jobs.ts';
 import { sealedCapacity } from '../../repository/format.ts';
-import { ManifestWriter } from '../../repository/manifest/writer.ts';
-import { PackWriter } from '../../repository/pack-writer.ts';
-import { RepositoryIndex } from '../../repository/repository-index.ts';
+import type { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { DiskReader } from '../sources/source.ts';
 import type { BackupDiskOptions } from './backup-options.ts';
 import { ChunkStorer, emptyStats, type DiskStats } from './backup-chunk.ts';
@@ -162,9 +160,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
   const buffers = new SharedBuffers(pool, chunkSize);
   const progress = (bytesStored: number) => o.onProgress?.({ bytesScanned: stats.bytesScanned, sizeBytes: disk.sizeBytes, bytesStored });
   // Progress counts stored bytes as packs land (also after the last chunk was read).
-  const writer = new PackWriter({
-    store: o.store,
-    keys: o.keys,
+  const writer = o.repository.packWriter({
     maxChunkBytes: sealedCapacity(chunkSize),
     maxInFlight: parallelism,
     ...(o.packBytes ? { targetBytes: o.packBytes } : {}),
@@ -174,9 +170,7 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     keepWritten: false,
   });
   // The manifest is written as the disk goes, piece by piece, in disk order.
-  const manifest = new ManifestWriter({
-    store: o.store,
-    keys: o.keys,
+  const manifest = o.repository.manifestWriter({
     backupId: o.backupId,
     manifestId,
     sizeBytes: disk.sizeBytes,
@@ -186,13 +180,13 @@ export async function backupDisk(o: BackupDiskOptions): Promise<DiskResult> {
     flushPacks: () => writer.flush(),
   });
   const storer = new ChunkStorer({
-    keys: o.keys,
+    repository: o.repository,
     pool,
     writer,
     parent: parentChunks,
     ...(o.healChunks ? { healChunks: o.healChunks } : {}),
     ...(o.compressionLevel === undefined ? {} : { compressionLevel: o.compressionLevel }),
-    index: () => (indexLoad ??= o.index ? o.index() : RepositoryIndex.load(o.store, o.keys)),
+    index: () => (indexLoad ??= o.index ? o.index() : o.repository.index.refresh()),
     stats,
     recent,
     freeSlot: (slot) => buffers.freeSlot(slot),

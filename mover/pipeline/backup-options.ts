@@ -1,14 +1,12 @@
 /** What `backupDisk` is given: one disk of a snapshot, its parent, the repository and its limits. */
 import type { DiskRef, DiskSegment } from '../../contracts/jobs.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { DiskReader } from '../sources/source.ts';
 import type { ChunkPool } from './chunk-pool.ts';
 
 export interface BackupDiskOptions {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   reader: DiskReader;
   disk: DiskRef;
   backupId: string;
@@ -25,7 +23,7 @@ export interface BackupDiskOptions {
   compressionLevel?: number;
   /**
    * The repository's index, for chunks the parent does not have, asked for when the first
-   * such chunk comes (default: read from the store; a mover passes its IndexCache's refresh).
+   * such chunk comes (default: the repository's `index`, refreshed).
    */
   index?: () => Promise<RepositoryIndex>;
   /** Pack size in bytes (default 8 MiB). */

@@ -4,7 +4,7 @@
  * changed since the parent (changed-block tracking), and the holes the source reports.
  */
 import type { ChangeTracking } from '../../contracts/jobs.ts';
-import { ManifestCursor, ManifestReader } from '../../repository/manifest/reader.ts';
+import { ManifestCursor } from '../../repository/manifest/reader.ts';
 import { holdsData, type Extent } from '../sources/source.ts';
 import type { BackupDiskOptions } from './backup-options.ts';
 import type { Entry } from './backup-entries.ts';
@@ -23,7 +23,7 @@ export interface ParentChunks {
 
 export async function openParent(o: BackupDiskOptions, firstChunk: number): Promise<ParentChunks> {
   if (!o.parentManifestKey || !o.parentBackupId) return { unusable: 'the disk has no parent backup' };
-  const parent = await ManifestReader.open(o.store, o.keys, o.parentBackupId, o.disk.diskId);
+  const parent = await o.repository.openManifest(o.parentBackupId, o.disk.diskId);
   // The parent was pruned: every chunk is looked up in the repository's index instead.
   if (!parent) return { unusable: `the parent backup's manifest ${o.parentManifestKey} is gone` };
   if (parent.info.chunkSize !== o.chunkSize || parent.info.version === 1) return { unusable: 'the parent backup has another chunk size or format' };

@@ -18,11 +18,10 @@
 import { stat } from 'node:fs/promises';
 import { Budget, mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
-import { ManifestReader } from '../../repository/manifest/reader.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { readChunk } from '../../repository/packs.ts';
-import { RepositoryIndex } from '../../repository/repository-index.ts';
+import { objectKeys, sealedCapacity } from '../../repository/format.ts';
+import type { ManifestReader } from '../../repository/manifest/reader.ts';
+import type { Repository } from '../../repository/open.ts';
+import type { RepositoryIndex } from '../../repository/repository-index.ts';
 import { ByteArena } from './byte-arena.ts';
 import { sharedChunkPool, type ChunkPool, type PlaceIn, type SharedSlot } from './chunk-pool.ts';
 import { ChunkOpener } from './chunk-opener.ts';
@@ -30,8 +29,7 @@ import { RestoreTarget } from './restore-target.ts';
 import { readerEntries, planWindows, writeExtents, type ReadRun, type RunChunk, type WriteExtent } from '../../repository/read-runs.ts';
 
 export interface RestoreDiskOptions {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   backupId: string;
   diskId: string;
   target: string;
@@ -100,7 +98,7 @@ const WRITE_RUNS_IN_FLIGHT = 2;
 const ZERO_WRITE_BYTES = 8 * 1024 * 1024;
 
 export async function restoreDisk(o: RestoreDiskOptions): Promise<{ sizeBytes: number; bytesDownloaded: number; requests: number; writes: number }> {
-  const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
+  const reader = await o.repository.openManifest(o.backupId, o.diskId);
   if (!reader) throw new Corrupt(`manifest ${objectKeys.manifest(o.backupId, o.diskId)} of disk '${o.diskId}' is missing from the repository`);
   const kind = o.targetKind ?? ((await stat(o.target).catch(() => undefined))?.isBlockDevice() ? 'device' : 'file');
   const settings = restoreSettings(o);
@@ -169,7 +167,7 @@ class DiskRestore {
     this.pool = pool;
     this.settings = settings;
     this.target = target;
-    this.opener = new ChunkOpener(pool, o.keys, QUEUED_PER_WORKER);
+    this.opener = new ChunkOpener(pool, o.repository.workerKeys(), QUEUED_PER_WORKER);
     this.maxChunk = sealedCapacity(m.chunkSize);
     this.maxRunBytes = Math.max(this.maxChunk, Math.min(settings.maxRunBytes, settings.inFlightBytes));
     this.arena = new ByteArena(Math.max(settings.inFlightBytes, this.maxRunBytes));
@@ -269,12 +267,12 @@ class DiskRestore {
    */
   private async fromOtherCopy(c: RunChunk, key: string, i: number, into: PlaceIn): Promise<boolean> {
     const { o, pool } = this;
-    for (const alt of (await (this.index ??= RepositoryIndex.load(o.store, o.keys))).otherCopies(c.id, { key, offset: c.offset, length: c.length })) {
+    for (const alt of (await (this.index ??= o.repository.loadIndex())).otherCopies(c.id, { key, offset: c.offset, length: c.length })) {
       if (alt.length > this.maxChunk) continue;
       const slot = this.spareSlots.pop() ?? (this.allSpares[this.allSpares.length] = pool.share(this.maxChunk));
       try {
         this.requests++;
-        const copy = await readChunk(o.store, alt, slot.bytes).catch(() => undefined);
+        const copy = await o.repository.readChunk(alt, slot.bytes).catch(() => undefined);
         if (!copy) continue;
         if (copy.buffer !== slot.bytes.buffer) slot.bytes.set(copy);
         if ((await this.openAt(c.id, slot, 0, copy.length, i, into)) === undefined) {
@@ -297,7 +295,7 @@ class DiskRestore {
   private async restoreRun(run: ReadRun, base: number): Promise<void> {
     const { shared } = this;
     this.requests++;
-    const body = await this.o.store.get(run.key, {
+    const body = await this.o.repository.store.get(run.key, {
       into: shared.bytes.subarray(base, base + run.length),
       ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}),
     });

@@ -1,15 +1,12 @@
 /** Restore a backup of a VM outside the workflows (the demo, tests): every disk from its manifest, and the VM config, into a folder. The Restore workflow's tasks are mover/recovery/restore-tasks.ts. */
 import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Corrupt } from '../../contracts/errors.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
-import { objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import { restoreDisk } from './restore-disk.ts';
 
 export interface RestoreVmOptions {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   backupId: string;
   diskIds: string[];
   targetDir: string;
@@ -25,17 +22,14 @@ export async function restoreVm(o: RestoreVmOptions): Promise<{ disks: { diskId:
     throw new RecoveryRequestInvalid(
       `restore target folder ${o.targetDir} is not empty (it holds ${there.slice(0, 5).join(', ')}); choose an empty folder, or pass force to overwrite`,
     );
-  const sealedConfig = await o.store.get(objectKeys.vmConfig(o.backupId));
-  if (!sealedConfig) throw new Corrupt(`VM config of backup ${o.backupId} is missing from the repository`);
-  const config = JSON.parse((await open(o.keys, sealedConfig, `vm-config:${o.backupId}`)).toString('utf8')) as Record<string, unknown>;
+  const config = await o.repository.readVmConfig(o.backupId);
   const disks = [];
   for (const diskId of o.diskIds) {
     const path = join(o.targetDir, `${diskId}.raw`);
     // Under a temporary name until complete: a failed restore leaves no full-size file that looks restored.
     const partial = `${path}.partial`;
     const r = await restoreDisk({
-      store: o.store,
-      keys: o.keys,
+      repository: o.repository,
       backupId: o.backupId,
       diskId,
       target: partial,

@@ -7,7 +7,6 @@ import type { TaskContext } from '../worker.ts';
 import { abandonFailover, failoverVm, resolveFailoverPoints } from './failover.ts';
 import { cleanupTestFailover, sweepTestFailovers } from './test-failover-cleanup.ts';
 import { updateReplicaVm } from './replica-vm.ts';
-import { Repository } from '../../repository/open.ts';
 
 export function isDrTask(raw: unknown): boolean {
   return !!raw && typeof raw === 'object' && drTaskNames.includes((raw as { task?: string }).task ?? '');
@@ -18,7 +17,7 @@ export async function runDrTask(raw: unknown, deps: RecoveryTaskDeps, ctx: TaskC
   switch (t.task) {
     case 'updateReplicaVm': {
       const job = t.replicate as unknown as ReplicateJob & { replica: ReplicaJob };
-      const repository = Repository.of(await deps.repository(job.target));
+      const repository = await deps.repository(job.target);
       const out = await updateReplicaVm(job, { repository, parallelism: deps.parallelism, signal: ctx.signal, onProgress: ctx.progress });
       deps.logger.info('replica.updated', { ...out });
       return out;

@@ -43,15 +43,14 @@ const logger: Logger = { info: line('info'), error: line('error') };
 
 async function main(): Promise<void> {
   const job = exportJob.parse(JSON.parse(await readFile(join(dir, EXPORT_FILES.job), 'utf8')));
-  const { store, keys } = await repositoryAccess(process.env, { logger }).repository(job.repository);
+  const repository = await repositoryAccess(process.env, { logger }).repository(job.repository);
   const stop = new AbortController();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => stop.abort(sig));
   // The mover that started it may be gone: its channel closing is not a reason to stop.
   process.on('disconnect', () => {});
   const started = await processStarted('self');
   const result = await runExportTask(job, {
-    store,
-    keys,
+    repository,
     logger,
     signal: stop.signal,
     record: false,

@@ -8,14 +8,14 @@ import { hostname } from 'node:os';
 import { exportEndpointKey, exportResult, type ExportEndpoint, type ExportJob, type ExportResult } from '../../contracts/export-job.ts';
 import type { RepositoryKeys } from '../../repository/format.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import { NbdServer } from '../nbd/server.ts';
 import type { Logger } from '../worker.ts';
 import { BackupDiskExport } from './export.ts';
 import { sharedChunkPool, type ChunkPool } from '../pipeline/chunk-pool.ts';
 
 export interface ExportTaskDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   logger: Logger;
   /** Stopping the task closes the export (connections are dropped). */
   signal?: AbortSignal;
@@ -73,8 +73,7 @@ export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<
       disks.set(
         diskId,
         await BackupDiskExport.open({
-          store: d.store,
-          keys: d.keys,
+          repository: d.repository,
           backupId: job.backupId,
           diskId,
           logger: d.logger,
@@ -99,7 +98,7 @@ export async function runExportTask(job: ExportJob, d: ExportTaskDeps): Promise<
   const record = (state: 'listening' | 'closed', closed?: string) =>
     d.record
       ? putEndpoint(
-          d.store,
+          d.repository.store,
           { exportId: job.exportId, kind: 'export', vmId: job.vmId, backupId: job.backupId, state, uris, ...(closed ? { closed } : {}) },
           d.logger,
         )

@@ -17,9 +17,9 @@
  * reads that do not need it go on. Never wrong bytes.
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { objectKeys, sealedCapacity, type RepositoryKeys } from '../../repository/format.ts';
-import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import { objectKeys, sealedCapacity } from '../../repository/format.ts';
+import type { ManifestBatch, ManifestReader } from '../../repository/manifest/reader.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/block-export.ts';
 import { StateFlag } from '../nbd/protocol.ts';
@@ -42,8 +42,7 @@ export interface ExportSettings {
 export const DEFAULT_EXPORT_SETTINGS: Readonly<ExportSettings> = Object.freeze({ cacheMiB: 256, readAheadChunks: 16, parallelism: 8 });
 
 export interface DiskExportOptions extends Partial<ExportSettings> {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   backupId: string;
   diskId: string;
   logger?: ServerLogger;
@@ -148,7 +147,7 @@ export class BackupDiskExport implements BlockExport {
 
   /** Opens the disk's manifest: Corrupt when it is missing or damaged. */
   static async open(o: DiskExportOptions): Promise<BackupDiskExport> {
-    const reader = await ManifestReader.open(o.store, o.keys, o.backupId, o.diskId);
+    const reader = await o.repository.openManifest(o.backupId, o.diskId);
     if (!reader)
       throw new Corrupt(`manifest ${objectKeys.manifest(o.backupId, o.diskId)} of backup ${o.backupId} disk '${o.diskId}' is missing from the repository`);
     return new BackupDiskExport(reader, o);
@@ -317,7 +316,7 @@ export class BackupDiskExport implements BlockExport {
       let body: Buffer | undefined;
       this.stats.gets++;
       try {
-        body = await this.o.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
+        body = await this.o.repository.store.get(run.key, { into: slot.bytes, ...(run.packed ? { range: { offset: run.offset, length: run.length } } : {}) });
       } catch (err) {
         for (const { f } of chunks) f.fail(err);
         return;
@@ -360,7 +359,7 @@ export class BackupDiskExport implements BlockExport {
       why = `${where} is past the end of what was read (${body.length} bytes of ${run.length}: the pack is shorter than the manifest says)`;
     else {
       try {
-        const args = [this.o.keys, slot, c.length, c.id, this.lengthAt(index), undefined, c.at] as const;
+        const args = [this.o.repository.workerKeys(), slot, c.length, c.id, this.lengthAt(index), undefined, c.at] as const;
         const opened = here ? this.pool.openHere(...args) : await this.pool.openSlot(...args);
         if (!opened.ok) why = `${where} opens to other bytes than its id (swapped or wrong length)`;
         else plain = opened.plain!;

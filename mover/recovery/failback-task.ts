@@ -4,7 +4,6 @@ import { failbackDiskResult, releasedReplica, startedVm, stoppedVm, type Failbac
 import type { RecoveryTaskDeps } from './task-deps.ts';
 import type { TaskContext } from '../worker.ts';
 import { applyDiskDelta } from './failback.ts';
-import { Repository } from '../../repository/open.ts';
 import { productionDisks, startProductionVm, stopDrVm } from './failback-domain.ts';
 import { releaseReplica } from './failover.ts';
 
@@ -44,8 +43,8 @@ export async function runFailbackTask(t: FailbackTask, deps: RecoveryTaskDeps, c
     diskId: t.disk.diskId,
     mode: t.mode,
     signal: ctx.signal,
-    from: { repository: Repository.of(from), backupId: t.from.backupId, what: `repository ${t.from.repository.bucket}` },
-    to: { repository: Repository.of(to), backupId: t.to.backupId, what: `repository ${t.to.repository.bucket}` },
+    from: { repository: from, backupId: t.from.backupId, what: `repository ${t.from.repository.bucket}` },
+    to: { repository: to, backupId: t.to.backupId, what: `repository ${t.to.repository.bucket}` },
     onProgress: (p) => {
       ctx.progress();
       if (performance.now() - last < 500 && p.chunksDone !== p.chunks) return;

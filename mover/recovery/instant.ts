@@ -27,8 +27,7 @@
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exportJob } from '../../contracts/export-job.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import { InstantMoveFailed, RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { InstantRecovery, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import { unixNbdUri } from '../nbd/uri.ts';
@@ -67,8 +66,7 @@ interface InstantState {
 }
 
 export interface InstantDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   workDir: string;
   logger: Logger;
   signal?: AbortSignal;
@@ -121,7 +119,7 @@ function stepClock() {
 export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promise<InstantRecovery> {
   const started = performance.now();
   const clock = stepClock();
-  const config = await readVmConfig(job.backupId, d);
+  const config = await readVmConfig(job.backupId, d.repository);
   checkRequest(job, config);
   clock.step('vmConfig');
   const define = job.define!;
@@ -192,7 +190,7 @@ export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promi
   serving.catch(() => {});
   const record = (phase: 'running' | 'moving' | 'moved' | 'failed', extra: { error?: string; closed?: string } = {}) =>
     putEndpoint(
-      d.store,
+      d.repository.store,
       {
         exportId: job.restoreId,
         kind: 'instant',

@@ -27,17 +27,18 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, objectKeys, open, type PackRef, type RepositoryKeys } from '../../repository/format.ts';
+import { objectKeys, type PackRef } from '../../repository/format.ts';
 import { piecePurpose } from '../../repository/manifest/head.ts';
-import { ManifestReader, type ManifestBatch } from '../../repository/manifest/reader.ts';
+import type { ManifestBatch } from '../../repository/manifest/reader.ts';
+import type { Repository } from '../../repository/open.ts';
 import { RecentIds } from '../../repository/manifest/recent.ts';
 import { objectCrc32, objectSha256, type ObjectStore } from '../../core/object-store.ts';
-import { putIndexObject, type PackContents } from '../../repository/packs.ts';
-import { readPackTrailer } from '../../repository/pack-trailer.ts';
+import type { PackContents } from '../../repository/packs.ts';
 import type { ReplicatedDisk, ReplicateJob } from '../../contracts/recovery-jobs.ts';
 
 export interface ReplicateDeps {
-  source: { store: ObjectStore; keys: RepositoryKeys };
+  source: Repository;
+  /** The DR repository: it shares the source's key (functions/replicate ensures it), so index objects are sealed with the source's. */
   target: { store: ObjectStore };
   parallelism: number;
   signal?: AbortSignal;
@@ -87,14 +88,14 @@ async function copyChunkObjects(job: ReplicateJob, diskId: string, chunks: Refer
       async (sealed) => {
         let plain: Buffer;
         try {
-          plain = await open(d.source.keys, sealed, id);
+          plain = await d.source.open(sealed, id);
         } catch (err) {
           throw new Corrupt(
             `chunk ${key} of disk '${diskId}' (backup ${job.backupId}) is damaged in the source repository; not replicated: ${(err as Error).message}`,
             err,
           );
         }
-        if (chunkId(d.source.keys, plain) !== id)
+        if (d.source.chunkId(plain) !== id)
           throw new Corrupt(`chunk ${key} of disk '${diskId}' (backup ${job.backupId}) does not match its id in the source repository; not replicated`);
       },
       true,
@@ -152,15 +153,15 @@ class PackCopier {
       const chunk = `chunk ${id} in ${key} bytes ${offset}+${length} (disk '${diskId}', backup ${job.backupId})`;
       let plain: Buffer;
       try {
-        plain = await open(d.source.keys, body.subarray(offset, offset + length), id);
+        plain = await d.source.open(body.subarray(offset, offset + length), id);
       } catch (err) {
         throw new Corrupt(`${chunk} is damaged in the source repository; pack not replicated: ${(err as Error).message}`, err);
       }
-      if (chunkId(d.source.keys, plain) !== id) throw new Corrupt(`${chunk} does not match its id in the source repository; pack not replicated`);
+      if (d.source.chunkId(plain) !== id) throw new Corrupt(`${chunk} does not match its id in the source repository; pack not replicated`);
     }
     let contents: PackContents;
     try {
-      contents = readPackTrailer(d.source.keys, body, ref.id);
+      contents = d.source.packTrailer(body, ref.id);
     } catch (err) {
       throw new Corrupt(`${where}: its trailer is damaged in the source repository; not replicated: ${(err as Error).message}`, err);
     }
@@ -183,7 +184,7 @@ class PackCopier {
     if (this.unindexed.length === 0) return;
     const listed = this.unindexed;
     this.unindexed = [];
-    this.out.bytesCopied += (await putIndexObject(this.d.target.store, this.d.source.keys, listed)).bytes;
+    this.out.bytesCopied += (await this.d.source.on(this.d.target.store).putIndexObject(listed)).bytes;
   }
 }
 
@@ -207,7 +208,7 @@ export async function replicateDisk(job: ReplicateJob, disk: { diskId: string },
   const manifestKey = objectKeys.manifest(job.backupId, disk.diskId);
   const sealedManifest = await d.source.store.get(manifestKey);
   if (!sealedManifest) throw new Corrupt(`manifest ${manifestKey} is missing from the source repository ${job.source.bucket}`);
-  const manifest = await ManifestReader.fromSealed(d.source.store, d.source.keys, sealedManifest, job.backupId, disk.diskId);
+  const manifest = await d.source.manifestFromSealed(sealedManifest, job.backupId, disk.diskId);
   const { from, to, version } = manifest.info;
   const recent = new RecentIds();
   const packs = new PackCopier(job, disk.diskId, d);
@@ -225,14 +226,10 @@ export async function replicateDisk(job: ReplicateJob, disk: { diskId: string },
   const copied = version === 1 ? objects : packs.out;
   let bytesCopied = copied.bytesCopied;
   if (index === 0)
-    bytesCopied += await copyIfMissing(
-      objectKeys.vmConfig(job.backupId),
-      d,
-      async (sealed) => void (await open(d.source.keys, sealed, `vm-config:${job.backupId}`)),
-    );
+    bytesCopied += await copyIfMissing(objectKeys.vmConfig(job.backupId), d, async (sealed) => void (await d.source.openVmConfig(sealed, job.backupId)));
   // Then a format-3 manifest's pieces, and the manifest last: a DR manifest only ever names chunks that are there.
   for (const p of manifest.pieces()) {
-    bytesCopied += await copyIfMissing(p.key, d, async (sealed) => void (await open(d.source.keys, sealed, piecePurpose(p.key))));
+    bytesCopied += await copyIfMissing(p.key, d, async (sealed) => void (await d.source.open(sealed, piecePurpose(p.key))));
   }
   bytesCopied += await copyIfMissing(manifestKey, d, async () => {});
   return { diskId: disk.diskId, chunks, chunksCopied: copied.chunksCopied, bytesCopied, seconds: (performance.now() - started) / 1000 };

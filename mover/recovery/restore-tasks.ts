@@ -7,9 +7,8 @@ import { mkdir, open as openFile, readdir, rename, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkId, objectKeys, open, type RepositoryKeys } from '../../repository/format.ts';
-import { ManifestReader } from '../../repository/manifest/reader.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import { objectKeys } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { DefineDomainRequest, DefinedDomain, RestoredDisk, RestoreDiskTarget, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import { defineRestoredDomain, restoredDomainName } from './define-domain.ts';
@@ -61,8 +60,7 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 export interface RestoreTaskDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   parallelism: number;
   /** Bytes of the restore's reads in flight (restore-disk.ts `inFlightBytes`). */
   inFlightBytes?: number;
@@ -77,8 +75,8 @@ export interface RestoreTaskDeps {
 /** The work folder restores use: the mover's, or one in the system's temp folder. */
 export const workDirOf = (d: { workDir?: string }) => d.workDir ?? join(tmpdir(), 'lifeboat-mover-work');
 
-async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store: ObjectStore; keys: RepositoryKeys }) {
-  const manifest = await ManifestReader.open(d.store, d.keys, job.backupId, disk.diskId);
+async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { repository: Repository }) {
+  const manifest = await d.repository.openManifest(job.backupId, disk.diskId);
   if (!manifest)
     throw new Corrupt(
       `manifest ${objectKeys.manifest(job.backupId, disk.diskId)} of disk '${disk.diskId}' (backup ${job.backupId}) is missing from the repository`,
@@ -86,11 +84,8 @@ async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { store
   return { manifest, sealedBytes: manifest.headBytes, sizeBytes: manifest.info.sizeBytes };
 }
 
-export async function readVmConfig(backupId: string, d: { store: ObjectStore; keys: RepositoryKeys }): Promise<Record<string, unknown>> {
-  const key = objectKeys.vmConfig(backupId);
-  const sealed = await d.store.get(key);
-  if (!sealed) throw new Corrupt(`VM config ${key} of backup ${backupId} is missing from the repository`);
-  return JSON.parse((await open(d.keys, sealed, `vm-config:${backupId}`)).toString('utf8')) as Record<string, unknown>;
+export function readVmConfig(backupId: string, repository: Repository): Promise<Record<string, unknown>> {
+  return repository.readVmConfig(backupId);
 }
 
 /**
@@ -108,7 +103,7 @@ async function restoreDiskToPool(
   await claimRestoreFolder(job);
   const { manifest, sealedBytes, sizeBytes } = await readManifest(job, disk, d);
   const format = define.format ?? 'qcow2';
-  const volume = volumeName(restoredDomainName(await readVmConfig(job.backupId, d), job.backupId, define), disk.diskId, format);
+  const volume = volumeName(restoredDomainName(await readVmConfig(job.backupId, d.repository), job.backupId, define), disk.diskId, format);
   const dataBytes = Math.min(sizeBytes, (await manifest.storedChunks()) * manifest.info.chunkSize);
   const r = await restoreIntoVolume(
     {
@@ -126,8 +121,7 @@ async function restoreDiskToPool(
     },
     async (path, kind) => {
       const written = await restoreDisk({
-        store: d.store,
-        keys: d.keys,
+        repository: d.repository,
         backupId: job.backupId,
         diskId: disk.diskId,
         target: path,
@@ -137,7 +131,7 @@ async function restoreDiskToPool(
       });
       d.signal?.throwIfAborted();
       const check = await rehashDisk({
-        repository: { chunkId: (plain) => chunkId(d.keys, plain) },
+        repository: d.repository,
         manifest,
         path,
         device: kind.targetKind === 'device',
@@ -195,8 +189,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
   const path = targetKind === 'device' ? disk.path : partialPath(disk.path);
   try {
     const written = await restoreDisk({
-      store: d.store,
-      keys: d.keys,
+      repository: d.repository,
       backupId: job.backupId,
       diskId: disk.diskId,
       target: path,
@@ -206,7 +199,7 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
     });
     d.signal?.throwIfAborted();
     const check = await rehashDisk({
-      repository: { chunkId: (plain) => chunkId(d.keys, plain) },
+      repository: d.repository,
       manifest,
       path,
       device: targetKind === 'device',
@@ -236,10 +229,10 @@ export async function restoreDiskTask(job: RestoreJob, disk: RestoreDiskTarget, 
 export async function restoreVmConfigTask(
   job: RestoreJob,
   disks: RestoredDisk[],
-  d: { store: ObjectStore; keys: RepositoryKeys; workDir?: string },
+  d: { repository: Repository; workDir?: string },
   opts: { signal?: AbortSignal; onWait?: () => void } = {},
 ): Promise<{ path: string; domain?: DefinedDomain }> {
-  const config = await readVmConfig(job.backupId, d);
+  const config = await readVmConfig(job.backupId, d.repository);
   const path = join(job.target, 'vm.json');
   await mkdir(job.target, { recursive: true });
   // The disk tasks claimed the folder (or were forced); a standby folder is the replica's own.

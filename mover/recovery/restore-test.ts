@@ -14,8 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import type { RepositoryKeys } from '../../repository/format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { RestoredDisk, RestoreJob } from '../../contracts/recovery-jobs.ts';
 import { defineBootCheck, RESTORE_TEST_PREFIX, type RestoreTestJob, type RestoreTestResult } from '../../contracts/restore-test.ts';
 import { Virsh } from '../sources/libvirt/virsh.ts';
@@ -132,8 +131,7 @@ export function restoreTestDomainName(vmName: string): string {
 }
 
 export interface RestoreTestDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   parallelism: number;
   /** The mover's work folder: tests run in `<workDir>/restore-tests/<domain>/`. */
   workDir: string;
@@ -175,8 +173,7 @@ export async function restoreTestTask(job: RestoreTestJob, d: RestoreTestDeps): 
     for (const disk of restore.disks) {
       restored.push(
         await restoreDiskTask(restore, disk, {
-          store: d.store,
-          keys: d.keys,
+          repository: d.repository,
           parallelism: d.parallelism,
           ...(d.signal ? { signal: d.signal } : {}),
           onProgress: () => d.progress(),
@@ -191,7 +188,7 @@ export async function restoreTestTask(job: RestoreTestJob, d: RestoreTestDeps): 
         define: { uri: job.uri, name, format: 'qcow2', bootCheck: defineBootCheck(job.bootCheck, job.timeoutSeconds), description: JSON.stringify(owner) },
       },
       restored,
-      { store: d.store, keys: d.keys },
+      { repository: d.repository },
       { ...(d.signal ? { signal: d.signal } : {}), onWait: () => d.progress() },
     );
     const check = domain!.bootCheck!;

@@ -1,11 +1,11 @@
 /** What the mover gives its recovery tasks (restore, verify, replicate, DR, failback): repositories, logging, limits, its work folder. */
 import type { RepositoryLocation } from '../../contracts/endpoints.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import type { RepositoryKeys } from '../../repository/format.ts';
+import type { Repository } from '../../repository/open.ts';
 import type { Logger } from '../worker.ts';
 
 export interface RecoveryTaskDeps {
-  repository(repository: RepositoryLocation): Promise<{ store: ObjectStore; keys: RepositoryKeys }>;
+  /** The repository a task names, opened once per process. */
+  repository(repository: RepositoryLocation): Promise<Repository>;
   logger: Logger;
   parallelism: number;
   /** Bytes of a restore's reads in flight (default: mover/pipeline/restore-disk.ts RESTORE_DEFAULTS). */

@@ -9,7 +9,6 @@ import { deepVerifyDisk } from './deep-verify.ts';
 import { replicateDisk } from './replicate.ts';
 import { discardPoolVolumes } from './pool-volumes.ts';
 import { restoreDiskTask, restoreVmConfigTask } from './restore-tasks.ts';
-import { Repository } from '../../repository/open.ts';
 import { restoreTestTask } from './restore-test.ts';
 import { runExportTask } from './export-task.ts';
 import { instantRecoverTask } from './instant.ts';
@@ -73,11 +72,11 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
   const t = parseTaskInput(`${String((raw as { task?: unknown }).task)} task`, recoveryTask, raw);
   switch (t.task) {
     case 'restoreDisk': {
-      const { store, keys } = await deps.repository(t.restore.repository);
+      const repository = await deps.repository(t.restore.repository);
       const log = progressed(ctx, throttled(250));
       const r = t.restore;
       return reported(
-        reporter(store, deps, {
+        reporter(repository.store, deps, {
           operation: 'restore',
           operationId: r.restoreId,
           vmId: r.vmId,
@@ -87,8 +86,7 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
         }),
         (report) =>
           restoreDiskTask(r, t.disk, {
-            store,
-            keys,
+            repository,
             parallelism: deps.parallelism,
             signal: ctx.signal,
             ...(deps.workDir ? { workDir: deps.workDir } : {}),
@@ -103,7 +101,10 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       );
     }
     case 'restoreVmConfig': {
-      return restoreVmConfigTask(t.restore, t.disks, { ...(await deps.repository(t.restore.repository)), ...(deps.workDir ? { workDir: deps.workDir } : {}) });
+      return restoreVmConfigTask(t.restore, t.disks, {
+        repository: await deps.repository(t.restore.repository),
+        ...(deps.workDir ? { workDir: deps.workDir } : {}),
+      });
     }
     case 'discardPoolVolumes': {
       const deleted = await discardPoolVolumes(deps.workDir, t.restore.restoreId);
@@ -111,7 +112,7 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       return { deleted };
     }
     case 'deepVerifyDisk': {
-      const repository = Repository.of(await deps.repository(t.verify.repository));
+      const repository = await deps.repository(t.verify.repository);
       const { store } = repository;
       const log = progressed(ctx, throttled(500));
       const v = t.verify;
@@ -152,7 +153,7 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       });
     }
     case 'updateStandbyDisk': {
-      const repository = Repository.of(await deps.repository(t.replicate.target));
+      const repository = await deps.repository(t.replicate.target);
       const log = progressed(ctx, throttled(500));
       return updateStandbyDisk(t.replicate, t.disk, {
         repository,
@@ -183,13 +184,11 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
         sha256: x.sha256,
         seconds: 0,
       }));
-      return restoreVmConfigTask(job, disks, await deps.repository(r.target));
+      return restoreVmConfigTask(job, disks, { repository: await deps.repository(r.target) });
     }
     case 'restoreTest': {
-      const { store, keys } = await deps.repository(t.test.repository);
       return restoreTestTask(t.test, {
-        store,
-        keys,
+        repository: await deps.repository(t.test.repository),
         parallelism: deps.parallelism,
         workDir: deps.workDir,
         signal: ctx.signal,
@@ -198,16 +197,25 @@ export async function runRecoveryTask(raw: unknown, deps: RecoveryTaskDeps, ctx:
       });
     }
     case 'export': {
-      const { store, keys } = await deps.repository(t.export.repository);
-      return runExportTask(t.export, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress, record: true });
+      return runExportTask(t.export, {
+        repository: await deps.repository(t.export.repository),
+        logger: deps.logger,
+        signal: ctx.signal,
+        progress: ctx.progress,
+        record: true,
+      });
     }
     case 'instantRecover': {
-      const { store, keys } = await deps.repository(t.restore.repository);
-      return instantRecoverTask(t.restore, { store, keys, workDir: deps.workDir, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+      return instantRecoverTask(t.restore, {
+        repository: await deps.repository(t.restore.repository),
+        workDir: deps.workDir,
+        logger: deps.logger,
+        signal: ctx.signal,
+        progress: ctx.progress,
+      });
     }
     case 'files': {
-      const { store, keys } = await deps.repository(t.files.repository);
-      return runFilesTask(t.files, { store, keys, logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
+      return runFilesTask(t.files, { repository: await deps.repository(t.files.repository), logger: deps.logger, signal: ctx.signal, progress: ctx.progress });
     }
     case 'failbackDisk':
     case 'stopDrVm':

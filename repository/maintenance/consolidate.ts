@@ -6,7 +6,7 @@ import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys } from '../format.ts';
 import { objectCrc32 } from '../../core/object-store.ts';
-import { IndexListing, joinIndexSections, newIndexId, sealIndex } from '../packs.ts';
+import { IndexListing, joinIndexSections, newIndexId } from '../packs.ts';
 import type { RepositoryAdmin } from '../admin.ts';
 import { indexIdOfKey, readIndexListing, type IndexDeps, type IndexEntry, type IndexMap } from './index-map.ts';
 
@@ -188,8 +188,8 @@ export async function consolidateIndex(
       const key = objectKeys.index(newId);
       entries = IndexListing.parse(plain, key).entries;
       try {
-        const sealed = await sealIndex(deps.keys, newId, plain);
-        await deps.store.put(key, sealed, { crc32: objectCrc32(sealed) });
+        const sealed = await deps.repository.sealIndex(newId, plain);
+        await deps.repository.store.put(key, sealed, { crc32: objectCrc32(sealed) });
       } catch (err) {
         out.failed.push({ key, reason: (err as Error).message });
         out.stopped = `storing a merged index object failed; nothing it would replace was deleted`;

@@ -5,16 +5,14 @@
  */
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
-import { decodeIndexObject, IndexListing, openIndexObject, putIndexObject, type PackContents } from '../packs.ts';
-import { fetchPackTrailer } from '../pack-trailer.ts';
+import { objectKeys, packIdOfKey } from '../format.ts';
+import type { Repository } from '../open.ts';
+import type { IndexListing, PackContents } from '../packs.ts';
 import type { ListedObject, RepositoryAdmin } from '../admin.ts';
 
 /** What reading and rewriting index objects needs. */
 export interface IndexDeps {
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   now: () => Date;
 }
 
@@ -62,10 +60,10 @@ const unopened = (indexId: string, err: unknown) =>
   );
 
 async function readIndexObject(deps: IndexDeps, indexId: string): Promise<PackContents[] | undefined> {
-  const sealed = await deps.store.get(objectKeys.index(indexId));
+  const sealed = await deps.repository.store.get(objectKeys.index(indexId));
   if (!sealed) return undefined;
   try {
-    return await decodeIndexObject(deps.keys, sealed, indexId);
+    return await deps.repository.decodeIndexObject(sealed, indexId);
   } catch (err) {
     throw unopened(indexId, err);
   }
@@ -73,10 +71,10 @@ async function readIndexObject(deps: IndexDeps, indexId: string): Promise<PackCo
 
 /** An index object in its binary form (not decoded: merging copies its packs as they are). */
 export async function readIndexListing(deps: IndexDeps, indexId: string): Promise<IndexListing | undefined> {
-  const sealed = await deps.store.get(objectKeys.index(indexId));
+  const sealed = await deps.repository.store.get(objectKeys.index(indexId));
   if (!sealed) return undefined;
   try {
-    return await openIndexObject(deps.keys, sealed, indexId);
+    return await deps.repository.openIndexObject(sealed, indexId);
   } catch (err) {
     throw unopened(indexId, err);
   }
@@ -87,7 +85,7 @@ export async function readIndexListing(deps: IndexDeps, indexId: string): Promis
  * arrival) and adds it to `index`; its id.
  */
 async function writeIndexObject(deps: IndexDeps, index: IndexMap, packs: readonly PackContents[]): Promise<string> {
-  const { indexId } = await putIndexObject(deps.store, deps.keys, packs);
+  const { indexId } = await deps.repository.putIndexObject(packs);
   index.add({ indexId, lastModified: deps.now(), packs: packs.map((p) => p.pack.id), chunks: packs.map((p) => p.chunks.length) });
   return indexId;
 }
@@ -189,7 +187,7 @@ export async function indexPacks(
     const packId = packIdOfKey(o.key)!;
     let contents: PackContents | undefined;
     try {
-      contents = await fetchPackTrailer(deps.store, deps.keys, packId, o.size);
+      contents = await deps.repository.fetchPackTrailer(packId, o.size);
     } catch (err) {
       if (!(err instanceof Corrupt)) throw err;
       out.failed.push({ key: o.key, reason: `referenced but in no index object, and its trailer does not open: ${err.message}` });

@@ -4,16 +4,14 @@
  * it to find late references).
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import { chunkIdOfKey, objectKeys, packIdOfKey, type RepositoryKeys } from '../format.ts';
-import { ManifestReader } from '../manifest/reader.ts';
+import { chunkIdOfKey, objectKeys, packIdOfKey } from '../format.ts';
+import type { Repository } from '../open.ts';
 import type { ChunkIdSet } from './chunk-id-set.ts';
-import type { ObjectStore } from '../../core/object-store.ts';
 import type { ListedObject, RepositoryAdmin } from '../admin.ts';
 
 export interface MarkDeps {
   admin: RepositoryAdmin;
-  store: ObjectStore;
-  keys: RepositoryKeys;
+  repository: Repository;
   /**
    * A backup's status in the catalog (undefined: the catalog has no record of it, e.g. a
    * replica's). The manifests of a `failed` backup are garbage: never read, nothing marked
@@ -65,7 +63,7 @@ export async function markNew(
     const [, backupId, diskId] = MANIFEST.exec(o.key)!;
     const status = deps.backupStatus?.(backupId!);
     if (status === 'failed') continue;
-    const sealed = await deps.store.get(o.key);
+    const sealed = await deps.repository.store.get(o.key);
     if (!sealed) continue; // pruned between list and get
     const unreadable = (err: unknown) => {
       if (status === 'running') {
@@ -81,7 +79,7 @@ export async function markNew(
     };
     // Streamed: a piece at a time; what it marks is per pack (format 2 and 3) or per chunk object (format 1).
     try {
-      const m = await ManifestReader.fromSealed(deps.store, deps.keys, sealed, backupId!, diskId!);
+      const m = await deps.repository.manifestFromSealed(sealed, backupId!, diskId!);
       // A pack is named once per piece (a piece's pack table); the previous piece's are skipped.
       let previous = new Set<string>();
       for await (const b of m.batches()) {

@@ -11,7 +11,7 @@
  * real replication of the template put there, so VerifyReplica checks it for real).
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
-import { encodeManifest, objectKeys, type RepositoryKeys } from '../../repository/format.ts';
+import { deriveKeys, encodeManifest, objectKeys } from '../../repository/format.ts';
 import { decodeManifest } from './manifest.ts';
 import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
 import type { RecoveryTask } from '../../contracts/recovery-jobs.ts';
@@ -27,7 +27,8 @@ export interface InstantTemplate {
   backupId: string;
   snapshot: SnapshotResult;
   disks: DiskResult[];
-  repository: { store: ObjectStore; keys: RepositoryKeys };
+  /** The repository as the stack opens it (its master key: this stand-in rewrites manifests with the test helpers). */
+  repository: { store: ObjectStore; masterKey: Buffer };
 }
 
 /** The recovery tasks' side of the template: the DR repository, and VMs whose tasks fail (a mover's failure, as `Mover.Failed`). */
@@ -40,7 +41,8 @@ export function startInstantMover(sfn: SFNClient, activityArn: string, template:
   const answered: Record<string, number> = {};
   let stopped = false;
   const abort = new AbortController();
-  const { store, keys: repoKeys } = template.repository;
+  const { store } = template.repository;
+  const repoKeys = deriveKeys(template.repository.masterKey);
   const answer = async (t: MoverTask | RecoveryTask): Promise<unknown> => {
     if (t.task === 'snapshot') return template.snapshot;
     if (t.task === 'dispatch') {
