@@ -40,6 +40,19 @@ const files: Record<string, string> = {
   'local/console/imports-operator.ts': "import { answer } from '../../functions/operator/api.ts';\nexport const x = answer;\n",
   // Kept: the embedded stack's wiring opens the catalog.
   'local/stack.ts': "import { Catalog } from '../functions/catalog/catalog.ts';\nexport const x = Catalog;\n",
+  // Broken: the mover sealing with the repository's keys instead of through its Repository.
+  'mover/pipeline/seals-itself.ts': "import { chunkId, seal } from '../../repository/format.ts';\nexport const x = [chunkId, seal];\n",
+  // Broken: a function reading a chunk and an index object with the free functions.
+  'functions/gc/reads-packs.ts':
+    "import { readChunk, decodeIndexObject } from '../../repository/packs.ts';\nexport const x = [readChunk, decodeIndexObject];\n",
+  // Broken: a bench deriving keys from a master key.
+  'bench/derives-keys.ts': "import { deriveKeys } from '../repository/format.ts';\nexport const x = deriveKeys;\n",
+  // Kept: the chunk worker seals and opens with the keys the pool hands it (repository.workerKeys()).
+  'mover/pipeline/chunk-worker.ts':
+    "import { chunkId } from '../../repository/format.ts';\nimport { sealIntoPack } from '../../repository/pack-buffer.ts';\nexport const x = [chunkId, sealIntoPack];\n",
+  // Kept: the format's unkeyed parts (object keys, sizes) and the Repository.
+  'mover/pipeline/keeps-repository.ts':
+    "import { isZero, objectKeys, sealedCapacity } from '../../repository/format.ts';\nimport type { Repository } from '../../repository/open.ts';\nexport type R = Repository;\nexport const x = [isZero, objectKeys, sealedCapacity];\n",
   // Kept: a handler module importing its commons and contracts.
   'functions/backup/keeps.ts':
     "import { clients } from '../commons/clients.ts';\nimport { vmJob } from '../../contracts/jobs.ts';\nexport const x = [clients, vmJob];\n",
@@ -82,6 +95,7 @@ test.each([
   ['repository/imports-functions.ts', 'repository/ imports only contracts/, core/ and repository/'],
   ['mover/imports-local.ts', 'The mover shares only contracts/, core/ and repository/'],
   ['cli/bypasses-client.ts', "cli/ talks to a stack's workflows through its client"],
+  ['bench/derives-keys.ts', "The format's keyed functions are private to repository/"],
 ])('%s breaks a boundary and fails the lint', (path, message) => {
   const found = diagnosticsOf(path);
   expect(found, report).toHaveLength(1);
@@ -89,6 +103,21 @@ test.each([
   expect(found[0]).toContain(message);
 });
 
-test.each([['cli/keeps-boundaries.ts'], ['local/stack.ts'], ['functions/backup/keeps.ts']])('%s keeps the boundaries and passes', (path) => {
+test.each([
+  ['mover/pipeline/seals-itself.ts', 2],
+  ['functions/gc/reads-packs.ts', 2],
+])("%s uses the format's keyed functions outside repository/ and fails the lint once per name", (path, names) => {
+  const found = diagnosticsOf(path);
+  expect(found, report).toHaveLength(names);
+  for (const d of found) expect(d).toContain("The format's keyed functions are private to repository/");
+});
+
+test.each([
+  ['cli/keeps-boundaries.ts'],
+  ['local/stack.ts'],
+  ['functions/backup/keeps.ts'],
+  ['mover/pipeline/chunk-worker.ts'],
+  ['mover/pipeline/keeps-repository.ts'],
+])('%s keeps the boundaries and passes', (path) => {
   expect(diagnosticsOf(path), report).toEqual([]);
 });
