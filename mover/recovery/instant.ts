@@ -38,7 +38,7 @@ import { copyJob, createOverlay, diskSource, reconnectBackings, startCopy, watch
 import { domainExists, removeDomain, restoredDomainName, waitForSignOfLife } from './define-domain.ts';
 import { putEndpoint } from './export-task.ts';
 import { attachExportProcess, ensureExportWatchdog, EXPORT_FILES, startExportProcess, stopExportProcess, type ExportProcess } from './export-process.ts';
-import { claimRestoreFolder, readVmConfig } from './restore-tasks.ts';
+import { claimRestoreFolder } from './restore-tasks.ts';
 
 /** The folder (under the mover's work folder) holding one folder per unfinished instant recovery. */
 export const instantRoot = (workDir: string) => join(workDir, 'instant');
@@ -119,7 +119,7 @@ function stepClock() {
 export async function instantRecoverTask(job: RestoreJob, d: InstantDeps): Promise<InstantRecovery> {
   const started = performance.now();
   const clock = stepClock();
-  const config = await readVmConfig(job.backupId, d.repository);
+  const config = await d.repository.readVmConfig(job.backupId);
   checkRequest(job, config);
   clock.step('vmConfig');
   const define = job.define!;

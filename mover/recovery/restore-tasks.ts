@@ -84,6 +84,7 @@ async function readManifest(job: RestoreJob, disk: RestoreDiskTarget, d: { repos
   return { manifest, sealedBytes: manifest.headBytes, sizeBytes: manifest.info.sizeBytes };
 }
 
+/** A backup's VM configuration (`Repository.readVmConfig`; kept for replica-vm.ts). */
 export function readVmConfig(backupId: string, repository: Repository): Promise<Record<string, unknown>> {
   return repository.readVmConfig(backupId);
 }
@@ -103,7 +104,7 @@ async function restoreDiskToPool(
   await claimRestoreFolder(job);
   const { manifest, sealedBytes, sizeBytes } = await readManifest(job, disk, d);
   const format = define.format ?? 'qcow2';
-  const volume = volumeName(restoredDomainName(await readVmConfig(job.backupId, d.repository), job.backupId, define), disk.diskId, format);
+  const volume = volumeName(restoredDomainName(await d.repository.readVmConfig(job.backupId), job.backupId, define), disk.diskId, format);
   const dataBytes = Math.min(sizeBytes, (await manifest.storedChunks()) * manifest.info.chunkSize);
   const r = await restoreIntoVolume(
     {
@@ -232,7 +233,7 @@ export async function restoreVmConfigTask(
   d: { repository: Repository; workDir?: string },
   opts: { signal?: AbortSignal; onWait?: () => void } = {},
 ): Promise<{ path: string; domain?: DefinedDomain }> {
-  const config = await readVmConfig(job.backupId, d.repository);
+  const config = await d.repository.readVmConfig(job.backupId);
   const path = join(job.target, 'vm.json');
   await mkdir(job.target, { recursive: true });
   // The disk tasks claimed the folder (or were forced); a standby folder is the replica's own.
