@@ -202,6 +202,13 @@ const say = (s: string) => {
 
 // BENCH_MOVER_NODE_FLAGS: more Node flags for the movers' processes, to try a setting before it becomes a start setting.
 const extraMoverFlags = (process.env.BENCH_MOVER_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+// BENCH_MOVER_ENV: NAME=value pairs for the movers' environment over the start settings' (MALLOC_TRIM_THRESHOLD_=16777216, say).
+const extraMoverEnv = Object.fromEntries(
+  (process.env.BENCH_MOVER_ENV ?? '')
+    .split(' ')
+    .filter(Boolean)
+    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+);
 
 async function step<T>(name: string, kind: 'mover' | 'function', args: Record<string, unknown>): Promise<T> {
   const c = spawn(
@@ -216,7 +223,7 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
     ],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
-      env: { ...process.env, ...(kind === 'mover' ? moverStartEnv(join(dir, 'compile-cache')) : {}) },
+      env: { ...process.env, ...(kind === 'mover' ? { ...moverStartEnv(join(dir, 'compile-cache')), ...extraMoverEnv } : {}) },
     },
   );
   let out = '';
