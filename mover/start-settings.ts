@@ -9,7 +9,9 @@
  * to the kernel and faulted in again moments later, in every thread's arena. Keeping up
  * to 64 MiB free per arena, taking buffers under 32 MiB from the arenas (not from mmap),
  * and two arenas instead of one per thread fault far less and spend less CPU, with a lower
- * peak RSS (the figures: bench/MEASUREMENTS.md).
+ * peak RSS (the figures: bench/MEASUREMENTS.md). With millions of small chunks the 64 MiB
+ * kept free is resident for nothing (bench:big-disk): the threshold is the next lever for a
+ * mover's peak, to be weighed against the large chunks' speed.
  */
 export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze({
   MALLOC_ARENA_MAX: '2',
