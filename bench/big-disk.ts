@@ -7,7 +7,8 @@
  *
  * The chunk size is small (BENCH_CHUNK_BYTES, default 1 KiB) so millions of chunks fit in
  * minutes: what grows with the disk is the number of chunks, not their size.
- * Usage: npm run bench:big-disk   (BENCH_CHUNKS, default 4,194,304; BENCH_SEGMENTS, default 4)
+ * Usage: npm run bench:big-disk   (BENCH_CHUNKS, default 4,194,304; BENCH_SEGMENTS, default 4;
+ * BENCH_FULL_ONLY=1 stops after the full backup's segments, to measure the mover alone)
  */
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
@@ -27,6 +28,7 @@ const MiB = 1024 ** 2;
 const chunkSize = Number(process.env.BENCH_CHUNK_BYTES ?? 1024);
 const chunks = Number(process.env.BENCH_CHUNKS ?? 4 * 1024 * 1024);
 const segments = Number(process.env.BENCH_SEGMENTS ?? 4);
+const fullOnly = process.env.BENCH_FULL_ONLY === '1';
 /** Zero chunks between stored ones: every 64th chunk is a hole, so zero entries are there too. */
 const HOLE_EVERY = 64;
 const sizeBytes = chunks * chunkSize;
@@ -199,6 +201,13 @@ const say = (s: string) => {
 
 // BENCH_MOVER_NODE_FLAGS: more Node flags for the movers' processes, to try a setting before it becomes a start setting.
 const extraMoverFlags = (process.env.BENCH_MOVER_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+// BENCH_MOVER_ENV: NAME=value pairs for the movers' environment over the start settings' (MALLOC_TRIM_THRESHOLD_=16777216, say).
+const extraMoverEnv = Object.fromEntries(
+  (process.env.BENCH_MOVER_ENV ?? '')
+    .split(' ')
+    .filter(Boolean)
+    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+);
 
 async function step<T>(name: string, kind: 'mover' | 'function', args: Record<string, unknown>): Promise<T> {
   const c = spawn(
@@ -213,7 +222,7 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
     ],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
-      env: { ...process.env, ...(kind === 'mover' ? moverStartEnv(join(dir, 'compile-cache')) : {}) },
+      env: { ...process.env, ...(kind === 'mover' ? { ...moverStartEnv(join(dir, 'compile-cache')), ...extraMoverEnv } : {}) },
     },
   );
   let out = '';
@@ -250,6 +259,14 @@ try {
     const segment = { index, count: segments, offset, length: Math.min(perSegment, sizeBytes - offset) };
     transfers.push(await step<DiskResult>('backup', 'mover', { backupId: full, path: image, segment, indexDir, label: `segment ${index}` }));
   }
+  if (!fullOnly) await afterFull(full, transfers, nonZero);
+} finally {
+  await stack.stop();
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** JoinSegments, Verify, an incremental, its Verify, GC and the restore, after the full backup's segments. */
+async function afterFull(full: string, transfers: DiskResult[], nonZero: number): Promise<void> {
   await step('join', 'function', { backupId: full, transfers });
   const bytes = await manifestBytes(full);
   say(
@@ -268,7 +285,4 @@ try {
   const same = (await sha256(image)) === (await sha256(target));
   say(`restore of the incremental: ${same ? 'byte-identical to the image' : 'DIFFERS from the image'}`);
   if (!same) process.exitCode = 1;
-} finally {
-  await stack.stop();
-  await rm(dir, { recursive: true, force: true });
 }

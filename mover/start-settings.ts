@@ -9,7 +9,9 @@
  * to the kernel and faulted in again moments later, in every thread's arena. Keeping up
  * to 64 MiB free per arena, taking buffers under 32 MiB from the arenas (not from mmap),
  * and two arenas instead of one per thread fault far less and spend less CPU, with a lower
- * peak RSS (the figures: bench/MEASUREMENTS.md).
+ * peak RSS (the figures: bench/MEASUREMENTS.md). With millions of small chunks the 64 MiB
+ * kept free is resident for nothing (bench:big-disk): the threshold is the next lever for a
+ * mover's peak, to be weighed against the large chunks' speed.
  */
 export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze({
   MALLOC_ARENA_MAX: '2',
@@ -22,9 +24,12 @@ export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze(
  * SDK) but a restore or backup promotes a steady stream of short-lived request objects;
  * with V8's default initial old-space limit that means many full collections on the main
  * thread. Starting the limit at 64 MiB makes backups and restores faster for a few MiB of
- * RSS; 96 MiB was no faster (bench/MEASUREMENTS.md).
+ * RSS; 96 MiB was no faster. Semi-spaces of at most 4 MiB (V8's default grows them to 16
+ * MiB) keep the young generation's garbage from doubling the committed heap: a backup of
+ * a disk of millions of small chunks peaked over the mover's 256 MiB without it (the
+ * figures: bench/MEASUREMENTS.md).
  */
-export const MOVER_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old-space-size=64']);
+export const MOVER_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old-space-size=64', '--max-semi-space-size=4']);
 
 /**
  * The environment a mover starts with: the allocator settings, and Node's compile cache

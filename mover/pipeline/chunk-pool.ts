@@ -93,8 +93,8 @@ export class ChunkPool {
   private readonly keyIds = new WeakMap<RepositoryKeys, number>();
   private nextKeyId = 1;
   private readonly shared = new Map<number, SharedArrayBuffer>();
-  /** Young-generation collections after chunks opened on this thread (gc-pacing.ts). */
-  private readonly collectHere = pacedCollector(8);
+  /** Young-generation collections after every 4 MiB of chunks opened on this thread (gc-pacing.ts). */
+  private readonly collectHere = pacedCollector(4 * 1024 * 1024);
   private nextSlot = 1;
   private seq = 0;
   private closed = false;
@@ -203,7 +203,7 @@ export class ChunkPool {
   openHere(keys: RepositoryKeys, body: SharedSlot, bodyLength: number, id: string, length: number, into?: PlaceIn, bodyOffset = 0): Opened {
     const target = into ? into.slot.bytes.subarray(into.offset, into.offset + length) : undefined;
     const opened = openChunk(keys, body.bytes.subarray(bodyOffset, bodyOffset + bodyLength), id, length, target);
-    this.collectHere();
+    this.collectHere(length);
     if (opened.mismatch) return { ok: false, reason: 'mismatch' };
     return into ? { ok: true } : { ok: true, plain: opened.plain };
   }

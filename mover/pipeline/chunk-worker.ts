@@ -41,8 +41,8 @@ const slotBytes = (slot: number, length?: number, offset = 0): Uint8Array => {
   return new Uint8Array(sab, offset, length ?? sab.byteLength - offset);
 };
 
-/** A young-generation collection every 16 chunks, a full one every 64 (gc-pacing.ts says why). */
-const collectGarbageNow = pacedCollector(16, 4);
+/** A young-generation collection every 8 MiB of chunks, a full one every 32 MiB (gc-pacing.ts says why). */
+const collectGarbageNow = pacedCollector(8 * 1024 * 1024, 4);
 
 function handle(m: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
   switch (m.op) {
@@ -90,7 +90,7 @@ port.on('message', (m: WorkerRequest | Control) => {
   try {
     const { reply, transfer } = handle(m);
     port.postMessage(reply, transfer);
-    if (m.op !== 'hash') collectGarbageNow();
+    if (m.op !== 'hash') collectGarbageNow(m.length);
   } catch (err) {
     const e = err as Error & { code?: string };
     port.postMessage({ seq: m.seq, error: { name: e.name, message: e.message, ...(e.code ? { code: e.code } : {}) } });
