@@ -24,7 +24,8 @@ import { startMover } from '../local/movers.ts';
 import { backupAndReplicate, contentHash, createIsolatedNetwork, defineProdVm, drLabConfig, writePattern } from '../local/vm-lab/dr-lab.ts';
 import { buildGuest } from '../local/vm-lab/guest.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
-import { qemuImg, readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
+import { qemuImg } from '../mover/recovery/replica-layer.ts';
+import { readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
