@@ -102,13 +102,14 @@ try {
   const phases: string[] = [];
   // Seeded, 32-bit (a float LCG loses its low bits past 2^53 and cycles through a few values: the 25% round never found its chunks).
   const rng = seededRng(7);
-  for (const pct of changes) {
+  for (const [round, pct] of changes.entries()) {
     // Distinct chunk-aligned blocks, each overwritten whole with a pattern of its round.
     const picked = new Set<number>();
     const want = Math.min(chunks, Math.max(1, Math.round((chunks * pct) / 100)));
     while (picked.size < want) picked.add(rng(0, chunks));
     step(`${pct}%: writing ${picked.size} chunks into the production disk`);
-    for (const c of picked) await writePattern(updVm.image, c * CHUNK, CHUNK, 0x60 + pct);
+    // A pattern of its own per round: a chunk picked again in a later round changes again.
+    for (const c of picked) await writePattern(updVm.image, c * CHUNK, CHUNK, 0x80 + round);
     const changed = picked.size * CHUNK;
     step(`${pct}%: backup and replication`);
     const r = await backupAndReplicate(sfn, e, 'p-upd');

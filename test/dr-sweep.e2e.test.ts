@@ -2,8 +2,9 @@
  * The scheduled sweep of test failover leftovers: the Discover workflow (hourly) lists the
  * DR sites (ListDrSites) and runs `sweepTestFailovers` on each DR mover group, over every
  * libvirt host the group serves. A run whose cleanup never ran left a folder older than any
- * TestFailover execution can be, its isolated network and a domain: all three go; a younger
- * run's are left alone. Real libvirtd, real mover processes; no guest boots.
+ * TestFailover execution can be (in the site's replica folder, seen by every mover of the
+ * group), its isolated network and a domain: all three go; a younger run's are left alone.
+ * Real libvirtd, real mover processes; no guest boots.
  */
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,7 +16,7 @@ import { listDrSites } from '../functions/replicate/dr-sites.ts';
 import { runExecution } from '../local/client.ts';
 import { drLabConfig } from '../local/vm-lab/dr-lab.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
-import { TEST_FAILOVER_LEFTOVER_SECONDS } from '../mover/recovery/test-failover-cleanup.ts';
+import { TEST_FAILOVER_LEFTOVER_SECONDS, TEST_FAILOVERS } from '../mover/recovery/test-failover-cleanup.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const lab = await ensureLibvirtd();
@@ -38,10 +39,12 @@ const ours = async () => ({
 });
 let t: TestStack;
 let work: string;
+/** The DR site's replica folder: test failovers keep their overlays there, where every mover of the group sees them. */
+let replicaDir: string;
 
 /** What a test failover run `k` leaves when its cleanup never runs: its folder (aged `ageSeconds`), its isolated network and a (shut off) domain. */
 async function leftover(k: string, ageSeconds: number): Promise<void> {
-  const folder = join(work, 'test-failovers', k);
+  const folder = join(replicaDir, TEST_FAILOVERS, k);
   await mkdir(folder, { recursive: true });
   await writeFile(join(folder, 'vm.qcow2'), 'overlay');
   const net = `${TEST_FAILOVER_PREFIX}${k}`;
@@ -66,7 +69,9 @@ describe.skipIf(!lab.available)('the scheduled sweep of test failover leftovers 
       hosts: [...base.hosts, { id: 'kvm-dr2', driver: 'libvirt' as const, uri: 'qemu+unix:///system', maxConcurrentBackups: 2 }],
       moverGroups: base.moverGroups.map((g) => (g.id === 'dr' ? { ...g, hosts: ['kvm-dr2'] } : g)),
     };
-    t = await startTestStack({ groups: { 'site-a': 1, dr: 1 }, config, moverEnv: { LIFEBOAT_WORK_DIR: work } });
+    // Two DR movers: whichever runs the sweep finds the leftovers, none of which is in a mover's own folder.
+    t = await startTestStack({ groups: { 'site-a': 1, dr: 2 }, config, moverEnv: { LIFEBOAT_WORK_DIR: work } });
+    replicaDir = join(t.stack.endpoints.dataDir, 'sites', 'site-dr', base.repositories[1]!.replication!.standbyPath!);
   }, 300_000);
   afterAll(async () => {
     for (const k of [oldKey, youngKey]) {
@@ -80,7 +85,11 @@ describe.skipIf(!lab.available)('the scheduled sweep of test failover leftovers 
   it('lists each DR mover group with every libvirt URI it serves', async () => {
     const { sites } = await listDrSites({ runId: 'd-1' }, { catalog: t.stack.catalog });
     expect(sites).toEqual([
-      { moverGroup: 'dr', run: { runId: 'd-1', test: true, uri: 'qemu:///system', moverGroup: 'dr', vms: [] }, uris: ['qemu+unix:///system'] },
+      {
+        moverGroup: 'dr',
+        run: { runId: 'd-1', test: true, uri: 'qemu:///system', moverGroup: 'dr', vms: [], replicaDirs: [replicaDir] },
+        uris: ['qemu+unix:///system'],
+      },
     ]);
   });
 
@@ -95,8 +104,8 @@ describe.skipIf(!lab.available)('the scheduled sweep of test failover leftovers 
       sweeps: { moverGroup: string; swept?: { domains: string[]; networks: string[]; folders: string[] }; error?: unknown }[];
     };
     const old = `${TEST_FAILOVER_PREFIX}${oldKey}`;
-    expect(out.sweeps).toEqual([{ moverGroup: 'dr', swept: { domains: [`${old}-vm`], networks: [old], folders: [join(work, 'test-failovers', oldKey)] } }]);
+    expect(out.sweeps).toEqual([{ moverGroup: 'dr', swept: { domains: [`${old}-vm`], networks: [old], folders: [join(replicaDir, TEST_FAILOVERS, oldKey)] } }]);
     expect(await ours()).toEqual({ domains: [`${TEST_FAILOVER_PREFIX}${youngKey}-vm`], networks: [`${TEST_FAILOVER_PREFIX}${youngKey}`] });
-    expect(await readdir(join(work, 'test-failovers'))).toEqual([youngKey]);
+    expect(await readdir(join(replicaDir, TEST_FAILOVERS))).toEqual([youngKey]);
   }, 300_000);
 });

@@ -86,7 +86,7 @@ export async function failoverVm(job: FailoverVmJob, d: FailoverDeps): Promise<F
   let domain: string;
   let consoleLog: string;
   if (job.test) {
-    const folder = testFailoverRoot(d.workDir, job.runId);
+    const folder = testFailoverRoot(job.replicaDir, job.runId);
     await mkdir(folder, { recursive: true });
     const network = await ensureTestNetwork(virsh, job.runId, folder);
     domain = testDomain(job.runId, job.name);
