@@ -250,7 +250,7 @@ export async function updateReplicaVm(job: ReplicateJob & { replica: ReplicaJob 
  * rebased onto it, and the layers between go. Every point listed stays readable at each
  * step; a merge stopped half-way is done again by the next.
  */
-async function mergeRetired(replicaDir: string, state: ReplicaState): Promise<ReplicaState> {
+export async function mergeRetired(replicaDir: string, state: ReplicaState): Promise<ReplicaState> {
   const retired = state.retired ?? [];
   const oldestListed = state.points[0]!;
   const gone: string[] = [];
