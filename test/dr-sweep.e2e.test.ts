@@ -123,7 +123,7 @@ describe.skipIf(!lab.available)('the scheduled sweep of test failover leftovers 
     // Two DR movers: whichever runs the sweep finds the leftovers, none of which is in a mover's own folder.
     t = await startTestStack({ groups: { 'site-a': 1, dr: 2 }, config, moverEnv: { LIFEBOAT_WORK_DIR: work } });
     replicaDir = join(t.stack.endpoints.dataDir, 'sites', 'site-dr', base.repositories[1]!.replication!.standbyPath!);
-  }, 300_000);
+  }, 600_000);
   afterAll(async () => {
     for (const k of [oldKey, youngKey]) {
       await virsh(['undefine', `${TEST_FAILOVER_PREFIX}${k}-vm`]).catch(() => {});
