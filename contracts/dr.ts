@@ -251,6 +251,8 @@ export const failoverRun = z.looseObject({
   moverGroup: text,
   vms: z.array(z.looseObject({ vmId: text, replicaDir: text })),
   points: z.record(text, pointSelector).optional(),
+  /** Replica folders of the DR site beside the VMs' (a scheduled sweep, which names no VM, looks through their test failover folders). */
+  replicaDirs: z.array(text).optional(),
 });
 export type FailoverRun = Infer<typeof failoverRun>;
 

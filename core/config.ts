@@ -31,10 +31,17 @@ export type ScheduleConfig = z.infer<typeof schedule>;
 /** The Discover workflow's schedule when the configuration gives none: hourly. */
 export const DEFAULT_DISCOVERY_SCHEDULE: ScheduleConfig = { expression: 'rate(1 hour)', timeZone: 'UTC' };
 
-/** When the Discover workflow runs: the configured schedule, else hourly when a libvirt host is configured, else never. */
+/**
+ * When the Discover workflow runs: the configured schedule, else hourly when a libvirt host
+ * is configured or a DR repository keeps replica VMs (the workflow also sweeps the test
+ * failover leftovers of the DR sites: without a libvirt host to inventory, it runs for that
+ * sweep), else never.
+ */
 export function discoverySchedule(config: LifeboatConfig): ScheduleConfig | undefined {
   if (config.discovery?.schedule) return config.discovery.schedule;
-  return config.hosts.some((h) => h.driver === 'libvirt') ? DEFAULT_DISCOVERY_SCHEDULE : undefined;
+  const libvirt = config.hosts.some((h) => h.driver === 'libvirt');
+  const replicaVms = config.repositories.some((r) => r.replication?.replicaVms);
+  return libvirt || replicaVms ? DEFAULT_DISCOVERY_SCHEDULE : undefined;
 }
 
 /** The HostConfigBackup workflow's schedule when the configuration gives none: daily at 02:00 UTC. */

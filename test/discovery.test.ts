@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, discoverySchedule, loadConfig, matchesNamePattern, parseConfig } from '../core/config.ts';
+import { drLabConfig } from '../local/vm-lab/dr-lab.ts';
 import { discoveredVmId, type DiscoverPage } from '../contracts/discovery.ts';
 import { BackupRequestInvalid, DiscoveryRequestInvalid, VmGone } from '../contracts/errors.ts';
 import type { DiscoveredVm } from '../contracts/discovery.ts';
@@ -342,12 +343,17 @@ describe('configuration of discovery', () => {
     ]);
   });
 
-  it("takes a discovery schedule (hourly by default with a libvirt host, none without) and libvirt's test URI", () => {
+  it("takes a discovery schedule (hourly by default with a libvirt host or replica VMs, none without) and libvirt's test URI", () => {
     expect(discoverySchedule(example)).toEqual({ expression: 'rate(1 hour)', timeZone: 'UTC' });
     const scheduled = parseConfig({ ...example, discovery: { schedule: { expression: 'cron(0 * * * ? *)', timeZone: 'Europe/Berlin' } } }, 't');
     expect(discoverySchedule(scheduled)).toEqual({ expression: 'cron(0 * * * ? *)', timeZone: 'Europe/Berlin' });
     const noLibvirt = parseConfig({ ...example, hosts: example.hosts.map(({ driver: _d, uri: _u, ...h }) => h) }, 't');
     expect(discoverySchedule(noLibvirt)).toBeUndefined();
+    // No libvirt host to inventory, but a DR site keeps replica VMs: hourly all the same (the workflow sweeps its test failover leftovers).
+    const dr = drLabConfig(example, { prodNet: 'p', drNet: 'd', policyId: 'p-dr', vmIds: ['vm-1'], keepPoints: 2 });
+    const drOnly = parseConfig({ ...dr, hosts: dr.hosts.map(({ driver: _d, uri: _u, ...h }) => h) }, 't');
+    expect(drOnly.hosts.some((h) => h.driver === 'libvirt')).toBe(false);
+    expect(discoverySchedule(drOnly)).toEqual({ expression: 'rate(1 hour)', timeZone: 'UTC' });
     expect(problems({ ...example, discovery: { schedule: { expression: 'rate(1 hours)', timeZone: 'UTC' } } })).toEqual([
       'discovery.schedule.expression = "rate(1 hours)": rate(): write "1 hour"',
     ]);

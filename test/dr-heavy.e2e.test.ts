@@ -24,7 +24,9 @@ import { startMover } from '../local/movers.ts';
 import { backupAndReplicate, contentHash, createIsolatedNetwork, defineProdVm, drLabConfig, writePattern } from '../local/vm-lab/dr-lab.ts';
 import { buildGuest } from '../local/vm-lab/guest.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
-import { qemuImg, readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
+import { qemuImg } from '../mover/recovery/replica-layer.ts';
+import { readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
+import { TEST_FAILOVERS } from '../mover/recovery/test-failover-cleanup.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
 const MiB = 1024 * 1024;
@@ -152,7 +154,7 @@ describe.skipIf(!lab.available)('DR under failure (npm run test:dr)', () => {
     expect(r.vms.map((v) => v.vmId)).toEqual(vmIds);
     expect(await testDomains()).toEqual([]);
     expect(await testNetworks()).toEqual([]);
-    expect(await readdir(join(work, 'test-failovers')).catch(() => [])).toEqual([]);
+    expect(await readdir(join(replicaDir, TEST_FAILOVERS)).catch(() => [])).toEqual([]);
     expect(await replicaFiles()).toEqual(before);
   }, 900_000);
 

@@ -27,6 +27,7 @@ import {
 import { buildGuest } from '../local/vm-lab/guest.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { readReplicaState, replicaPaths } from '../mover/recovery/replica-vm.ts';
+import { TEST_FAILOVERS } from '../mover/recovery/test-failover-cleanup.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 const MiB = 1024 * 1024;
 const CHUNK = 512 * 1024; // the example configuration's primary repository
@@ -164,8 +165,9 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     const before = await replicaFiles();
     // What two earlier runs left (their cleanup never ran): one older than any TestFailover execution can be, one recent (it may still run).
     const [old, recent] = [`z${String(pid).padStart(6, '0').slice(-6)}`, `y${String(pid).padStart(6, '0').slice(-6)}`];
+    // The old one in a mover's work folder, where runs kept their overlays before they moved to the replica folder: both are swept.
     await mkdir(join(work, 'test-failovers', old), { recursive: true });
-    await mkdir(join(work, 'test-failovers', recent), { recursive: true });
+    await mkdir(join(replicaDir, TEST_FAILOVERS, recent), { recursive: true });
     await utimes(join(work, 'test-failovers', old), new Date(Date.now() - 2 * 86400_000), new Date(Date.now() - 2 * 86400_000));
     await createIsolatedNetwork(work, `lbtf-${old}`, `lbtf${old}`);
     await writeFile(
@@ -193,8 +195,9 @@ describe.skipIf(!lab.available)('disaster recovery with replica VMs', () => {
     expect(await testDomains()).toEqual([]);
     expect(await testNetworks()).toEqual([]);
     // The old run's leftovers were swept at the start; the recent run's folder is left alone.
-    expect(await readdir(join(work, 'test-failovers')).catch(() => [])).toEqual([recent]);
-    await rm(join(work, 'test-failovers', recent), { recursive: true });
+    expect(await readdir(join(work, 'test-failovers')).catch(() => [])).toEqual([]);
+    expect(await readdir(join(replicaDir, TEST_FAILOVERS))).toEqual([recent]);
+    await rm(join(replicaDir, TEST_FAILOVERS, recent), { recursive: true });
     expect(await replicaFiles()).toEqual(before);
     for (const n of names) expect((await virsh(['domstate', `${n}-replica`])).trim()).toBe('shut off');
   }, 900_000);

@@ -1,8 +1,9 @@
 /**
  * ListDrSites, the Discover workflow's step before its sweep of test failover leftovers: every
  * DR site that keeps replica VMs (a policy's DR repository with `replicaVms`), as its DR mover
- * group and every libvirt URI that group serves (the replica VMs' URI and the catalog's
- * libvirt hosts of the group). A test failover whose cleanup never ran (its mover died, the
+ * group, every libvirt URI that group serves (the replica VMs' URI and the catalog's
+ * libvirt hosts of the group) and its replica folders, where test failovers keep their
+ * overlays (any mover of the group sweeps them all: mover/recovery/test-failover-cleanup.ts). A test failover whose cleanup never ran (its mover died, the
  * cleanup failed) is then swept within the hour, not only when the next test failover starts.
  */
 import { z } from 'zod';
@@ -25,16 +26,19 @@ export async function listDrSites(
   deps: { catalog: Pick<Catalog, 'listPolicies' | 'listHosts'> },
 ): Promise<{ sites: DrSweepSite[] }> {
   const groups = new Map<string, Set<string>>();
+  const dirs = new Map<string, Set<string>>();
   for (const p of await deps.catalog.listPolicies()) {
     const dr = p.replicateTo;
     if (!dr?.replicaVms || !dr.moverGroup) continue;
     groups.set(dr.moverGroup, (groups.get(dr.moverGroup) ?? new Set()).add(dr.replicaVms.uri));
+    if (dr.standbyPath) dirs.set(dr.moverGroup, (dirs.get(dr.moverGroup) ?? new Set()).add(dr.standbyPath));
   }
   for (const h of await deps.catalog.listHosts())
     if (h.hypervisor?.driver === 'libvirt' && groups.has(h.moverGroup)) groups.get(h.moverGroup)!.add(h.hypervisor.uri);
   const sites = [...groups].map(([moverGroup, set]) => {
     const [uri, ...uris] = [...set];
-    return { moverGroup, run: { runId: input.runId, test: true, uri: uri!, moverGroup, vms: [] }, uris };
+    const replicaDirs = [...(dirs.get(moverGroup) ?? [])].sort();
+    return { moverGroup, run: { runId: input.runId, test: true, uri: uri!, moverGroup, vms: [], replicaDirs }, uris };
   });
   return { sites: sites.sort((a, b) => a.moverGroup.localeCompare(b.moverGroup)) };
 }

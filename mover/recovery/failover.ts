@@ -3,7 +3,7 @@
  * point and wait for its readiness, then run its script. A real failover boots the replica
  * domain itself on fresh active overlays over the point (the restore points stay as they
  * are: a failed failover leaves the replica usable). A test failover boots a copy
- * (`lbtf-<run key>-<vm name>`) on throwaway overlays in `<workDir>/test-failovers/<run key>/`,
+ * (`lbtf-<run key>-<vm name>`) on throwaway overlays in `<replicaDir>/.test-failovers/<run key>/`,
  * connected to an isolated network `lbtf-<run key>` made for the run; `cleanupTestFailover`
  * (test-failover-cleanup.ts) removes all three, keyed by the run, and may run any number of times.
  */
@@ -20,7 +20,8 @@ import { Virsh } from '../sources/libvirt/virsh.ts';
 import type { Logger } from '../worker.ts';
 import { domainExists, removeDomain, waitForSignOfLife } from './define-domain.ts';
 import { testDomain, testFailoverRoot, testNetwork } from './test-failover-cleanup.ts';
-import { choosePoint, createOverlay, readReplicaState, replicaPaths, writeReplicaState, type ReplicaState } from './replica-vm.ts';
+import { createOverlay } from './replica-layer.ts';
+import { choosePoint, readReplicaState, replicaPaths, writeReplicaState, type ReplicaState } from './replica-vm.ts';
 
 const run = promisify(execFile);
 
@@ -85,7 +86,7 @@ export async function failoverVm(job: FailoverVmJob, d: FailoverDeps): Promise<F
   let domain: string;
   let consoleLog: string;
   if (job.test) {
-    const folder = testFailoverRoot(d.workDir, job.runId);
+    const folder = testFailoverRoot(job.replicaDir, job.runId);
     await mkdir(folder, { recursive: true });
     const network = await ensureTestNetwork(virsh, job.runId, folder);
     domain = testDomain(job.runId, job.name);
