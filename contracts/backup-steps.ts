@@ -26,6 +26,8 @@ export const verifyOutput = z.looseObject({
   checksumsCompared: count,
   /** Distinct packs HEADed (format 2; 0 from a Verify that predates packs). */
   packsChecked: count.default(0),
+  /** Packs not HEADed: the committed parent's, at the size it recorded (see functions/backup/verify.ts). */
+  packsTrusted: count.default(0),
 });
 export type VerifyOutput = Infer<typeof verifyOutput>;
 
