@@ -273,6 +273,7 @@ async function scale(): Promise<void> {
     process.stdout.write(
       `| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`,
     );
+    process.stdout.write(`| WaitForSlot entered (VMs that had to queue) | ${run.transitionsByState.WaitForSlot ?? 0} of ${vmCount} |\n`);
     process.stdout.write(`\nWhy VMs waited (bench/slot-fairness.ts): ${formatSlotFairness(await slotFairness(f.dataDir, d.executionArn!))}\n`);
     printTransitions(run.transitionsByState, vmCount);
     printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
