@@ -28,6 +28,7 @@ import { dynamodbUnits, gbSeconds, loadPrices, memoryGb, price, runExecutions, t
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
+import { lambdaFunctions } from '../contracts/functions.ts';
 
 const MiB = 1024 * 1024;
 /** The packs' target size (repository/pack-writer.ts), for the cost model of large VMs. */
@@ -40,6 +41,17 @@ const num = (name: string, fallback: number) => {
 };
 
 /** Starts a stack with `config` in a fresh folder, and movers per group. */
+/**
+ * Loads every control-plane function's module before the timed run. The embedded stack runs
+ * the functions in its own process and imports a module at its first invocation; compiling
+ * one module graph (the SDK, Powertools) blocks the whole process for seconds on a loaded
+ * machine, which stalls every execution at once, where in AWS each container's cold start
+ * is its own. The stack imports the same URLs, so it finds them loaded.
+ */
+async function loadHandlerModules(): Promise<void> {
+  for (const def of Object.values(lambdaFunctions)) await import(new URL(`../${def.entry}`, import.meta.url).href);
+}
+
 async function fleet(name: string, config: LifeboatConfig, movers: Record<string, number>, slots: number, env: Record<string, string> = {}) {
   const dataDir = join(root, name);
   await rm(dataDir, { recursive: true, force: true });
@@ -241,6 +253,7 @@ async function scale(): Promise<void> {
       MiB,
     );
     await f.stack.catalog.putPolicy({ policyId: 'scale', vmIds, bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: hostLimit });
+    await loadHandlerModules();
     const c = counters(f.stack);
     const before = c.snap();
     const cpu0 = process.cpuUsage();
