@@ -29,6 +29,7 @@ import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
+import { PARENT_SAMPLE } from '../functions/backup/verify.ts';
 
 const MiB = 1024 * 1024;
 /** The packs' target size (repository/pack-writer.ts), for the cost model of large VMs. */
@@ -335,14 +336,16 @@ async function cost(): Promise<void> {
     printTransitions(run.transitionsByState, vmCount);
     printCost(u, await loadPrices(), `measured: incremental of ${diskMiB} MiB VMs after a 2% change`);
     // A bigger disk changes only S3's requests: the new data's packs (and an index object per 32 packs), and
-    // Verify's HEAD of each distinct pack the manifest references (at most the disk's size in packs). Model them for
-    // the target size on top of what was measured (the measured VMs' own data requests are few and left in).
+    // Verify's HEADs: the packs its committed parent does not name (the new ones) plus PARENT_SAMPLE of the parent's
+    // (functions/backup/verify.ts). Model them for the target size on top of what was measured (the measured VMs'
+    // own data requests are few and left in; so are Verify's reads of the parent's manifest, a few pieces more at 100 GiB).
     const packs = (bytes: number) => Math.ceil(bytes / PACK_BYTES);
     const targetBytes = targetGiB * 1024 ** 3;
     const newPacks = packs(targetBytes * 0.02);
-    const modeled = { PUT: (u.s3.PUT ?? 0) + newPacks + Math.ceil(newPacks / 32), HEAD: (u.s3.HEAD ?? 0) + packs(targetBytes) };
+    const heads = newPacks + PARENT_SAMPLE;
+    const modeled = { PUT: (u.s3.PUT ?? 0) + newPacks + Math.ceil(newPacks / 32), HEAD: (u.s3.HEAD ?? 0) + heads };
     process.stdout.write(
-      `\nModel for ${targetGiB} GiB VMs changing 2% (uncompressed, 8 MiB packs): + ${newPacks} pack PUTs and ${Math.ceil(newPacks / 32)} index PUTs, + up to ${packs(targetBytes)} Verify HEADs (one per pack referenced; fewer where packs hold more than 8 MiB of the VM's chunks)\n`,
+      `\nModel for ${targetGiB} GiB VMs changing 2% (uncompressed, 8 MiB packs): + ${newPacks} pack PUTs and ${Math.ceil(newPacks / 32)} index PUTs, + ${heads} Verify HEADs (the new packs and a sample of ${PARENT_SAMPLE} of the parent's; a first backup HEADs all ${packs(targetBytes)})\n`,
     );
     printCost({ ...u, s3: { ...u.s3, ...modeled } }, await loadPrices(), `modeled: ${targetGiB} GiB VMs changing 2%`);
   } finally {
