@@ -29,7 +29,7 @@ import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
-import { PARENT_SAMPLE } from '../functions/backup/verify.ts';
+import { PARENT_SAMPLE } from '../contracts/backup-steps.ts';
 
 const MiB = 1024 * 1024;
 /** The packs' target size (repository/pack-writer.ts), for the cost model of large VMs. */

@@ -19,7 +19,7 @@
  */
 import { VerifyFailed } from '../../contracts/errors.ts';
 import { objectKeys, type RepositoryKeys } from '../../repository/format.ts';
-import { verifyInput, verifyOutput, type VerifyInput, type VerifyOutput } from '../../contracts/backup-steps.ts';
+import { PARENT_SAMPLE, verifyInput, verifyOutput, type VerifyInput, type VerifyOutput } from '../../contracts/backup-steps.ts';
 import type { ObjectStore } from '../../core/object-store.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
@@ -27,8 +27,6 @@ import { lambdaHandler } from '../commons/lambda.ts';
 import { ManifestReader } from '../../repository/manifest/reader.ts';
 import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/recent.ts';
 
-/** Packs of the parent HEADed anyway, at random, per backup. */
-export const PARENT_SAMPLE = 8;
 /** Most parent packs remembered as verified (beyond that they are HEADed): bounds Verify's memory on huge disks. */
 const MAX_TRUSTED = 500_000;
 
