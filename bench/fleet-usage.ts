@@ -12,6 +12,9 @@ import type { QuotaUsage } from '../local/quota-guard.ts';
 import type { ExecutionRecord } from '../local/sfn-api.ts';
 import { LocalExecutions } from '../local/executions.ts';
 
+/** The states a VM spends getting its slots: the fast path, then the wait in line when it had to queue. */
+export const SLOT_STATES = new Set(['AcquireSlot', 'WaitForSlot']);
+
 export interface Prices {
   date: string;
   region: string;
@@ -47,7 +50,7 @@ export interface RunExecutions {
   largestHistory: { events: number; execution: string };
   largestPayload: { bytes: number; where: string; execution: string };
   historyEventsPerVm: number;
-  /** Seconds from entering AcquireSlot to leaving it, per VM. */
+  /** Seconds from entering AcquireSlot to leaving it (or WaitForSlot, when it had to queue), per VM. */
   slotWaits: number[];
 }
 
@@ -83,7 +86,7 @@ export async function runExecutions(dataDir: string, executionArn: string): Prom
       byState[e.state?.name ?? '?'] = (byState[e.state?.name ?? '?'] ?? 0) + 1;
     }
     const entered = events.find((e) => e.type === 'StateEntered' && e.state?.name === 'AcquireSlot');
-    const exited = events.findLast((e) => e.type === 'StateExited' && e.state?.name === 'AcquireSlot');
+    const exited = events.findLast((e) => e.type === 'StateExited' && SLOT_STATES.has(e.state?.name ?? ''));
     if (entered && exited) slotWaits.push((exited.timestamp - entered.timestamp) / 1000);
   }
   const usage = run.map((r) => ({ arn: r.executionArn, ...(r.quotaUsage as QuotaUsage) }));

@@ -28,6 +28,8 @@ import { dynamodbUnits, gbSeconds, loadPrices, memoryGb, price, runExecutions, t
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
+import { lambdaFunctions } from '../contracts/functions.ts';
+import { PARENT_SAMPLE } from '../contracts/backup-steps.ts';
 
 const MiB = 1024 * 1024;
 /** The packs' target size (repository/pack-writer.ts), for the cost model of large VMs. */
@@ -40,6 +42,17 @@ const num = (name: string, fallback: number) => {
 };
 
 /** Starts a stack with `config` in a fresh folder, and movers per group. */
+/**
+ * Loads every control-plane function's module before the timed run. The embedded stack runs
+ * the functions in its own process and imports a module at its first invocation; compiling
+ * one module graph (the SDK, Powertools) blocks the whole process for seconds on a loaded
+ * machine, which stalls every execution at once, where in AWS each container's cold start
+ * is its own. The stack imports the same URLs, so it finds them loaded.
+ */
+async function loadHandlerModules(): Promise<void> {
+  for (const def of Object.values(lambdaFunctions)) await import(new URL(`../${def.entry}`, import.meta.url).href);
+}
+
 async function fleet(name: string, config: LifeboatConfig, movers: Record<string, number>, slots: number, env: Record<string, string> = {}) {
   const dataDir = join(root, name);
   await rm(dataDir, { recursive: true, force: true });
@@ -241,6 +254,7 @@ async function scale(): Promise<void> {
       MiB,
     );
     await f.stack.catalog.putPolicy({ policyId: 'scale', vmIds, bucket: f.stack.endpoints.bucket, chunkSize: MiB, slotLimit: hostLimit });
+    await loadHandlerModules();
     const c = counters(f.stack);
     const before = c.snap();
     const cpu0 = process.cpuUsage();
@@ -273,6 +287,7 @@ async function scale(): Promise<void> {
     process.stdout.write(
       `| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`,
     );
+    process.stdout.write(`| WaitForSlot entered (VMs that had to queue) | ${run.transitionsByState.WaitForSlot ?? 0} of ${vmCount} |\n`);
     process.stdout.write(`\nWhy VMs waited (bench/slot-fairness.ts): ${formatSlotFairness(await slotFairness(f.dataDir, d.executionArn!))}\n`);
     printTransitions(run.transitionsByState, vmCount);
     printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
@@ -321,14 +336,16 @@ async function cost(): Promise<void> {
     printTransitions(run.transitionsByState, vmCount);
     printCost(u, await loadPrices(), `measured: incremental of ${diskMiB} MiB VMs after a 2% change`);
     // A bigger disk changes only S3's requests: the new data's packs (and an index object per 32 packs), and
-    // Verify's HEAD of each distinct pack the manifest references (at most the disk's size in packs). Model them for
-    // the target size on top of what was measured (the measured VMs' own data requests are few and left in).
+    // Verify's HEADs: the packs its committed parent does not name (the new ones) plus PARENT_SAMPLE of the parent's
+    // (functions/backup/verify.ts). Model them for the target size on top of what was measured (the measured VMs'
+    // own data requests are few and left in; so are Verify's reads of the parent's manifest, a few pieces more at 100 GiB).
     const packs = (bytes: number) => Math.ceil(bytes / PACK_BYTES);
     const targetBytes = targetGiB * 1024 ** 3;
     const newPacks = packs(targetBytes * 0.02);
-    const modeled = { PUT: (u.s3.PUT ?? 0) + newPacks + Math.ceil(newPacks / 32), HEAD: (u.s3.HEAD ?? 0) + packs(targetBytes) };
+    const heads = newPacks + PARENT_SAMPLE;
+    const modeled = { PUT: (u.s3.PUT ?? 0) + newPacks + Math.ceil(newPacks / 32), HEAD: (u.s3.HEAD ?? 0) + heads };
     process.stdout.write(
-      `\nModel for ${targetGiB} GiB VMs changing 2% (uncompressed, 8 MiB packs): + ${newPacks} pack PUTs and ${Math.ceil(newPacks / 32)} index PUTs, + up to ${packs(targetBytes)} Verify HEADs (one per pack referenced; fewer where packs hold more than 8 MiB of the VM's chunks)\n`,
+      `\nModel for ${targetGiB} GiB VMs changing 2% (uncompressed, 8 MiB packs): + ${newPacks} pack PUTs and ${Math.ceil(newPacks / 32)} index PUTs, + ${heads} Verify HEADs (the new packs and a sample of ${PARENT_SAMPLE} of the parent's; a first backup HEADs all ${packs(targetBytes)})\n`,
     );
     printCost({ ...u, s3: { ...u.s3, ...modeled } }, await loadPrices(), `modeled: ${targetGiB} GiB VMs changing 2%`);
   } finally {

@@ -79,7 +79,7 @@ async function lives(dataDir: string, executionArn: string): Promise<VmSlotLife[
     const at = (type: string, state: string, last = false) =>
       (last ? events.findLast : events.find).call(events, (e) => e.type === type && e.state?.name === state)?.timestamp;
     const entered = at('StateEntered', 'AcquireSlot');
-    const granted = at('StateExited', 'AcquireSlot', true);
+    const granted = at('StateExited', 'WaitForSlot', true) ?? at('StateExited', 'AcquireSlot', true);
     if (entered === undefined || granted === undefined) continue;
     out.push({
       host: job.host,
@@ -88,7 +88,7 @@ async function lives(dataDir: string, executionArn: string): Promise<VmSlotLife[
       entered,
       granted,
       released: at('StateExited', 'ReleaseSlot', true) ?? at('StateEntered', 'ReleaseSlotAfterFailure', true) ?? events.at(-1)!.timestamp,
-      requeued: events.filter((e) => e.type === 'StateRetried' && e.state?.name === 'AcquireSlot').length,
+      requeued: events.filter((e) => e.type === 'StateRetried' && e.state?.name === 'WaitForSlot').length,
       releaseFailed: events.some((e) => e.type === 'StateFailed' && e.state?.name === 'ReleaseSlot'),
     });
   }

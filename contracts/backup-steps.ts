@@ -16,6 +16,9 @@ import { count, text, type Infer } from './zod.ts';
 export const verifyInput = vmJob.extend({ disks: z.array(diskResult) });
 export type VerifyInput = Infer<typeof verifyInput>;
 
+/** Packs of the committed parent that Verify HEADs anyway, drawn at random, per backup (expected; functions/backup/verify.ts). */
+export const PARENT_SAMPLE = 8;
+
 /** What Verify checked (Commit takes it as `verify`; the replication's verification answers the same). */
 export const verifyOutput = z.looseObject({
   /** Distinct chunks of each disk's manifest whose stored object (format 1) or pack (format 2) was checked. */
@@ -26,6 +29,8 @@ export const verifyOutput = z.looseObject({
   checksumsCompared: count,
   /** Distinct packs HEADed (format 2; 0 from a Verify that predates packs). */
   packsChecked: count.default(0),
+  /** Packs not HEADed: the committed parent's, at the size it recorded (see functions/backup/verify.ts). */
+  packsTrusted: count.default(0),
 });
 export type VerifyOutput = Infer<typeof verifyOutput>;
 

@@ -206,6 +206,17 @@ export class TaskStalled extends LifeboatError {
   }
 }
 
+/**
+ * Not a failure: AcquireSlot's fast path found a line with someone in it, or no free slot,
+ * so the VM takes its place in the fair queue (the workflow catches this into WaitForSlot).
+ */
+export class SlotMustQueue extends LifeboatError {
+  static readonly code = 'Slot.MustQueue';
+  constructor(vmId: string, scope: string) {
+    super(SlotMustQueue.code, `VM '${vmId}' found no free slot with an empty line in scope '${scope}': it waits in line`, { retryable: false });
+  }
+}
+
 /** Every error class, by code: the contract test checks the state machines against it. */
 export const errorClasses = {
   [SourceUnavailable.code]: SourceUnavailable,
@@ -223,4 +234,5 @@ export const errorClasses = {
   [VmGone.code]: VmGone,
   [DiscoveryRequestInvalid.code]: DiscoveryRequestInvalid,
   [HostConfigRequestInvalid.code]: HostConfigRequestInvalid,
+  [SlotMustQueue.code]: SlotMustQueue,
 } as const;

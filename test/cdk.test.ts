@@ -6,7 +6,7 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { errorClasses, type LifeboatError } from '../contracts/errors.ts';
+import { errorClasses, SlotMustQueue, type LifeboatError } from '../contracts/errors.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
@@ -138,6 +138,7 @@ describe('Backup state machine graph', () => {
     expect(Object.keys(perVm.States)).toEqual(
       expect.arrayContaining([
         'AcquireSlot',
+        'WaitForSlot',
         'Snapshot',
         'Dispatch',
         'ReleaseSnapshot',
@@ -153,6 +154,21 @@ describe('Backup state machine graph', () => {
     expect(dispatch.Type).toBe('Map');
     expect(dispatch.ItemProcessor?.StartAt).toBe('DispatchDisk');
     expect(Object.keys(dispatch.ItemProcessor!.States)).toContain('DispatchDisk');
+  });
+
+  it('takes a free slot on the fast path without a task token, and waits in line on one only when AcquireSlot says it must queue', () => {
+    const perVm = backupVms().ItemProcessor!;
+    const acquire = perVm.States.AcquireSlot as unknown as {
+      Resource: string;
+      Parameters: Record<string, unknown>;
+      Catch: { ErrorEquals: string[]; Next: string }[];
+    };
+    expect(resolved.functions[acquire.Resource]).toBe('AcquireSlot'); // a plain invoke: no token, no callback
+    expect(acquire.Parameters).toEqual({ 'job.$': '$' });
+    expect(acquire.Catch[0]).toMatchObject({ ErrorEquals: ['Slot.MustQueue'], Next: 'WaitForSlot' });
+    expect(acquire.Catch.at(-1)).toMatchObject({ ErrorEquals: ['States.ALL'], Next: 'RecordFailure' });
+    const wait = perVm.States.WaitForSlot as { Next: string };
+    expect(wait.Next).toBe('Snapshot');
   });
 
   it('follows the happy path of one VM from AcquireSlot to the end in order', () => {
@@ -211,8 +227,8 @@ describe('Backup state machine graph', () => {
     }
   });
 
-  it('waits in the slot queue on a task token: AcquireSlot invokes its function with the token and times out to queue again', () => {
-    const s = states.AcquireSlot! as typeof states.AcquireSlot & { Parameters: { FunctionName: string; Payload: Record<string, string> } };
+  it('waits in the slot queue on a task token: WaitForSlot invokes AcquireSlot with the token and times out to queue again', () => {
+    const s = states.WaitForSlot! as typeof states.WaitForSlot & { Parameters: { FunctionName: string; Payload: Record<string, string> } };
     expect(s.Resource).toBe('arn:aws:states:::lambda:invoke.waitForTaskToken');
     expect(resolved.functions[s.Parameters.FunctionName]).toBe('AcquireSlot');
     expect(s.Parameters.Payload).toEqual({ 'job.$': '$', 'taskToken.$': '$$.Task.Token' });
@@ -244,7 +260,7 @@ describe('Backup state machine failure handling', () => {
     const targets = new Set<string>();
     for (const [name, s] of Object.entries(perVm)) {
       if (name === 'ReleaseSlot' || name === 'ReleaseSlotAfterFailure') continue; // the slot is already being released
-      for (const c of s.Catch ?? []) targets.add(c.Next);
+      for (const c of s.Catch ?? []) if (!c.ErrorEquals.includes(SlotMustQueue.code)) targets.add(c.Next); // not a failure: the VM queues
     }
     expect([...targets].sort()).toEqual(['RecordFailure', 'ReleaseSnapshotAfterFailure']);
     for (const t of targets) expect(followNext(perVm, t), `from ${t}`).toContain('ReleaseSlotAfterFailure');

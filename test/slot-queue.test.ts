@@ -136,7 +136,7 @@ describe('the fair slot queue', () => {
     expect(await deps.queue.slotsOf('host:busy')).toEqual([]);
     expect((await deps.queue.entries('host:busy')).entries).toEqual([]);
     expect(await deps.queue.waiter('run-q/vm-dead')).toBeUndefined();
-  }, 30_000);
+  });
 
   it('serves exactly in line order while releases race, one walker per line (the others leave their change to it)', async () => {
     const scopes = [{ scope: 'host:race', limit: 3 }];
@@ -170,7 +170,7 @@ describe('the fair slot queue', () => {
     expect(walks).toBeLessThan(all.length / 2);
     expect(await deps.queue.slotsOf('host:race')).toEqual([]);
     expect((await deps.queue.entries('host:race')).entries).toEqual([]);
-  }, 30_000);
+  });
 
   it('a waiter whose wait ran out as a slot freed keeps its place when it queues again, ahead of those who queued after it', async () => {
     const scopes = [{ scope: 'host:requeue', limit: 1 }];

@@ -1,6 +1,6 @@
 /**
  * The Backup workflow: AcquireRunLease (one run per policy) → Plan → BackupVms, one child
- * execution per VM (AcquireSlot → Snapshot → PlanDispatch → Dispatch per disk or disk
+ * execution per VM (AcquireSlot [→ WaitForSlot when it must queue] → Snapshot → PlanDispatch → Dispatch per disk or disk
  * segment → JoinSegments → ReleaseSnapshot → Verify → Commit → ReleaseSlot) →
  * ReleaseRunLease → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
  * ReleaseSnapshot run on the mover group that serves the VM's host. A failure inside a
@@ -31,7 +31,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
-import { StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
+import { SlotMustQueue, StorageUnavailable, TaskStalled } from '../../contracts/errors.ts';
 import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { acknowledgeListMap, listMap, useResultWriterV2 } from './distributed-map.ts';
@@ -185,10 +185,13 @@ export class BackupWorkflow extends Construct {
     catchAny(releaseSlotAfterFailure, vmFailed, '$.cleanupError');
 
     // --- the happy path of one VM -----------------------------------------------------
-    // The fair slot queue (functions/backup/slot-queue.ts): the VM waits in line on a task token until AcquireSlot or a
-    // ReleaseSlot sends it its slots. A wait that times out queues again in its place (a slot freed by its lease
-    // running out is announced by nobody); a dead waiter's token is skipped by whoever serves the line.
-    const acquireSlot = new tasks.LambdaInvoke(this, 'AcquireSlot', {
+    // The slots: AcquireSlot's fast path takes a free slot when nobody is in line and returns it (no token, no
+    // callback); otherwise it fails with Slot.MustQueue and the VM waits in the fair slot queue
+    // (functions/backup/slot-queue.ts) on a task token until AcquireSlot or a ReleaseSlot sends it its slots. A wait
+    // that times out queues again in its place (a slot freed by its lease running out is announced by nobody); a dead
+    // waiter's token is skipped by whoever serves the line. A Catch, not a Choice: the fast path pays one transition.
+    const acquireSlot = invoke('AcquireSlot', 'AcquireSlot', { payload: sfn.TaskInput.fromObject({ 'job.$': '$' }), resultPath: '$.slot' });
+    const waitForSlot = new tasks.LambdaInvoke(this, 'WaitForSlot', {
       comment: "Wait in line for a backup slot of the VM's host (and datastores); answered with SendTaskSuccess",
       lambdaFunction: fn.AcquireSlot,
       integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
@@ -196,7 +199,9 @@ export class BackupWorkflow extends Construct {
       resultPath: '$.slot',
       taskTimeout: sfn.Timeout.duration(SLOT_WAIT),
     });
-    acquireSlot.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(1), backoffRate: 1, maxAttempts: SLOT_WAIT_ROUNDS });
+    waitForSlot.addRetry({ errors: ['States.Timeout'], interval: Duration.seconds(1), backoffRate: 1, maxAttempts: SLOT_WAIT_ROUNDS });
+    catchAny(waitForSlot, recordFailure, '$.error');
+    acquireSlot.addCatch(waitForSlot, { errors: [SlotMustQueue.code], resultPath: sfn.JsonPath.DISCARD });
     catchAny(acquireSlot, recordFailure, '$.error');
 
     // Before the snapshot is released a failure must release it; after, only the slot.
@@ -262,6 +267,7 @@ export class BackupWorkflow extends Construct {
     for (const s of [verify, commit]) catchAny(s, recordFailure, '$.error');
     catchAny(releaseSlot, vmDone, '$.cleanupError');
 
+    waitForSlot.next(snapshot);
     const perVm = acquireSlot
       .next(snapshot)
       .next(planDispatch)

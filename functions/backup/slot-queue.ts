@@ -190,6 +190,36 @@ export async function serve(scope: string, deps: SlotQueueDeps): Promise<number>
   return granted;
 }
 
+/**
+ * AcquireSlot's fast path, with no waiting list and no task token: when the VM finds a free
+ * slot in each of its scopes and nobody in their lines, it keeps the slots and goes on at
+ * once. Otherwise it gets nothing (its caller queues it: {@link acquireSlot}).
+ *
+ * Why it never overbooks: each slot is taken by the same single-item conditional write as
+ * any grant ({@link takeSlots}). Why it never jumps a waiter: it takes the slots first and
+ * only then reads every line (strongly consistent); it keeps them only if every line was
+ * empty at that read. At that instant it holds its slots and nobody waits, so it is exactly
+ * "take the slots if the lines are empty" done at one instant: any VM that queued before
+ * is still in line then (a waiter leaves its line only after it got its slots) and is seen,
+ * and any VM that queues after came later. When a line is not empty it gives the slots back
+ * and serves the lines (a walker that found the host full because of it stopped there).
+ * DynamoDB transactions would fold the take and the read into one write, but the embedded
+ * catalog (dynalite) has none, and this order gives the same guarantee.
+ */
+export async function trySlot(job: VmJob, deps: SlotQueueDeps): Promise<{ lease: SlotLease } | { queue: string }> {
+  const holder = holderOf(job);
+  const got = await takeSlots(holder, job.slotScopes, deps);
+  if ('full' in got) return { queue: got.full };
+  for (const { scope } of job.slotScopes) {
+    if (!(await deps.queue.hasWaiters(scope))) continue;
+    await releaseHeld(holder, job.slotScopes, deps);
+    for (const s of job.slotScopes) await deps.queue.countChange(s.scope);
+    for (const s of job.slotScopes) await serve(s.scope, deps);
+    return { queue: scope };
+  }
+  return got;
+}
+
 /** AcquireSlot: the VM queues (or, tried again, keeps its place with its new token), then its scopes' lines are served. */
 export async function acquireSlot(job: VmJob, taskToken: string, deps: SlotQueueDeps): Promise<void> {
   await deps.queue.enqueue(holderOf(job), job.slotScopes, taskToken, deps.now());

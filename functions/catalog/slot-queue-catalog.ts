@@ -107,6 +107,21 @@ export class SlotQueueCatalog {
     };
   }
 
+  /** Whether anyone is in `scope`'s line (a strongly consistent read of its first entry). */
+  async hasWaiters(scope: string): Promise<boolean> {
+    const out = await this.db.send(
+      new QueryCommand({
+        TableName: this.table,
+        ConsistentRead: true,
+        Limit: 1,
+        ProjectionExpression: 'pk',
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :q)',
+        ExpressionAttributeValues: { ':pk': `SLOTQ#${scope}`, ':q': 'Q#' },
+      }),
+    );
+    return (out.Items ?? []).length > 0;
+  }
+
   /** Claims the waiter for `server` until `until` when nobody else has it and its token is still `token`; false otherwise. */
   async claim(w: SlotWaiter, server: string, now: number, until: number): Promise<boolean> {
     try {
