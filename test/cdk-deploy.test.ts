@@ -103,8 +103,12 @@ beforeAll(() => {
   ({ app, stack, template } = synth(config));
   resources = template.toJSON().Resources as Record<string, Resource>;
   resolved = resolveTemplate(template.toJSON() as CfnTemplate);
-  siteResources = Object.assign({}, ...Object.values(stack.sites).map((s) => Template.fromStack(s).toJSON().Resources as Record<string, Resource>));
-});
+  const assembly = app.synth();
+  siteResources = Object.assign(
+    {},
+    ...Object.values(stack.sites).map((s) => assembly.getStackByName(s.stackName).template.Resources as Record<string, Resource>),
+  );
+}, 300_000);
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
@@ -633,7 +637,7 @@ describe('outputs and checks', () => {
     for (const g of config.moverGroups) {
       const key = g.id.replace(/[^A-Za-z0-9]/g, '');
       const site = stack.sites[g.site]!;
-      const siteOutputs = Template.fromStack(site).toJSON().Outputs as Record<string, { Value: unknown }>;
+      const siteOutputs = app.synth().getStackByName(site.stackName).template.Outputs as Record<string, { Value: unknown }>;
       expect(siteOutputs[`ActivityArn${key}`]!.Value, g.id).toEqual({ Ref: lidIn(site.activities[g.id]!) });
       expect(siteOutputs[`MoverRoleArn${key}`]!.Value, g.id).toEqual({ 'Fn::GetAtt': [lidIn(stack.moverRoles[g.id]!.role), 'Arn'] });
     }

@@ -181,7 +181,17 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   expect(healed.status, healed.cause).toBe('SUCCEEDED');
   expect(JSON.parse(healed.output!)).toMatchObject({ damaged: false, healed: { chunks: [damagedId] } });
 
+  // Discovery of the libvirt host kvm-iam (libvirt's test driver, above): ListDiscoveryHosts, RecordInventory, then ListDrSites (the DR sites to sweep).
+  const discovered = await run('Discover', { hostId: 'kvm-iam' });
+  expect(discovered.status, discovered.cause).toBe('SUCCEEDED');
+
   const exercised = new Set(calls.map((c) => c.functionId));
+  console.log(
+    `functions whose calls were checked: ${[...exercised].sort().join(', ')}; not exercised: ${Object.keys(functionAccess)
+      .filter((f) => !exercised.has(f as LambdaFunctionId))
+      .sort()
+      .join(', ')}`,
+  );
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
   for (const f of [

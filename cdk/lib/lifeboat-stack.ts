@@ -223,7 +223,6 @@ export class LifeboatStack extends Stack {
       config,
       metricsNamespace: metricsNamespace(this.stackName),
       serviceName: SERVICE_NAME,
-      activities: this.activities,
       functions,
       deadLetterQueue: this.schedules.deadLetterQueue,
     });

@@ -55,8 +55,6 @@ export interface MonitoringProps {
   /** Powertools metrics namespace and service name the functions publish under. */
   metricsNamespace: string;
   serviceName: string;
-  /** The mover groups' Activities (in the site stacks), for the dashboard. */
-  activities: Record<string, sfn.IActivity>;
   functions: Record<string, lambda.IFunction>;
   deadLetterQueue?: sqs.IQueue;
 }
@@ -64,13 +62,12 @@ export interface MonitoringProps {
 /** CloudWatch keeps an alarm's evaluation range within 7 days. */
 const MAX_EVALUATION_HOURS = 7 * 24;
 
-/** A Step Functions metric of an activity known by name only (an activity of a site stack, `fromActivityName`). */
-function activityMetric(activity: sfn.IActivity, metricName: string, statistic: string): cloudwatch.Metric {
-  return new cloudwatch.Metric({
-    namespace: 'AWS/States',
-    metricName,
-    dimensionsMap: { ActivityArn: activity.activityArn },
-    statistic,
+/** One line per mover group of `stackName` (activities `<stackName>-mover-<group>`): a metric SEARCH over their ActivityArn. */
+function moverGroupsSearch(stackName: string, metricName: string, statistic: string): cloudwatch.SearchExpression {
+  // A quoted term matches the ARN's tokens in sequence (`<stack>-mover`), not a substring of another stack's name.
+  return new cloudwatch.SearchExpression({
+    expression: `SEARCH('{AWS/States,ActivityArn} MetricName="${metricName}" ActivityArn="${stackName}-mover"', '${statistic}', 300)`,
+    label: metricName,
     period: Duration.minutes(5),
   });
 }
@@ -265,22 +262,26 @@ export class Monitoring extends Construct {
     ];
 
     // --- mover groups --------------------------------------------------------------------
-    const moverWidgets: cloudwatch.IWidget[] = [];
-    // Each group's "not polling" alarm lives in its site's stack (mover-site-stack.ts); the widgets stay here.
-    for (const [g, activity] of Object.entries(props.activities)) {
-      moverWidgets.push(
+    // Each group's "not polling" alarm lives in its site's stack (mover-site-stack.ts). The
+    // dashboard shows every group of this stack in a few widgets, one line per group found by
+    // a metric SEARCH over the activities named `<stack>-mover-<group>`: its body stays the
+    // same size whatever the number of groups.
+    const moverWidgets = [
+      { title: 'Mover groups: activity tasks scheduled and started', metrics: ['ActivitiesScheduled', 'ActivitiesStarted'], stat: 'Sum' },
+      {
+        title: 'Mover groups: activity tasks failed and timed out',
+        metrics: ['ActivitiesFailed', 'ActivitiesTimedOut', 'ActivitiesHeartbeatTimedOut'],
+        stat: 'Sum',
+      },
+      { title: 'Mover groups: longest wait for a mover (ms)', metrics: ['ActivityScheduleTime'], stat: 'Maximum' },
+    ].map(
+      (w) =>
         new cloudwatch.GraphWidget({
-          title: `Mover group ${g}`,
+          title: w.title,
           width: 8,
-          left: [
-            ...['ActivitiesScheduled', 'ActivitiesStarted', 'ActivitiesSucceeded', 'ActivitiesFailed', 'ActivitiesTimedOut', 'ActivitiesHeartbeatTimedOut'].map(
-              (m) => activityMetric(activity, m, 'Sum'),
-            ),
-          ],
-          right: [activityMetric(activity, 'ActivityScheduleTime', 'Maximum')],
+          left: w.metrics.map((m) => moverGroupsSearch(stack.stackName, m, w.stat)),
         }),
-      );
-    }
+    );
 
     if (props.deadLetterQueue) {
       alarm('ScheduleDeadLetters', {
