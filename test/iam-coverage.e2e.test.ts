@@ -72,7 +72,7 @@ beforeAll(async () => {
   const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
   t = await startTestStack({ groups: { 'site-a': 2, dr: 1 }, moverEnv: { LIFEBOAT_S3_ENDPOINT: proxyUrl } });
   s3Target.resolve(new URL(t.stack.endpoints.s3));
-});
+}, 300_000);
 afterAll(async () => {
   observeSdkCalls(undefined);
   await t?.close();

@@ -30,7 +30,7 @@ import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
 import { OperatorApi } from './operator-api.ts';
 import type { MoverIdentity } from './mover-identity.ts';
-import { MoverSiteStack, moverActivityName, moverSiteStackName } from './mover-site-stack.ts';
+import { MoverSiteStack, exportRepositories, moverActivityName, moverSiteStackName } from './mover-site-stack.ts';
 import { storeLargeDefinitions } from './definitions-in-s3.ts';
 import { acknowledge, arnWildcardFinding } from './nag.ts';
 import { RepositoryStorage } from './repository-storage.ts';
@@ -228,6 +228,7 @@ export class LifeboatStack extends Stack {
     });
 
     // --- movers: per site, a stack with each group's Activity, least-privilege role and alarm ----
+    const exported = exportRepositories(this, this.repositories);
     for (const site of new Set(config.moverGroups.map((g) => g.site))) {
       const name = moverSiteStackName(this.stackName, site);
       const siteStack = new MoverSiteStack(scope, name, {
@@ -238,7 +239,7 @@ export class LifeboatStack extends Stack {
         controlPlane: this.stackName,
         site,
         groups: config.moverGroups.filter((g) => g.site === site),
-        repositories: stored,
+        repositories: exported,
         alarmTopic: this.monitoring.topic,
       });
       this.sites[site] = siteStack;

@@ -4,16 +4,17 @@
  * control plane's stack holds nothing per group and no number of sites meets
  * CloudFormation's resource limit per stack.
  *
- * References run one way only, site → control plane, through CDK's cross-stack references
- * (the repositories' bucket and key ARNs and the alarm topic are exported by the control
- * plane's stack and imported here). The control plane's workflows name each group's
+ * References run one way only, site → control plane, through CloudFormation exports: the
+ * repositories' bucket and key ARNs under names of their own (`exportRepositories`, so cdk-nag's
+ * findings on the mover policy can be acknowledged by name), the alarm topic through CDK's
+ * automatic cross-stack reference. The control plane's workflows name each group's
  * Activity by its name (`<stack>-mover-<group>`, `sfn.Activity.fromActivityName`), which
  * creates no dependency on this stack: Step Functions resolves an activity task's ARN when
  * the task runs, so the control plane deploys first and a site's stack after it.
  */
-import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
-import type * as kms from 'aws-cdk-lib/aws-kms';
-import type * as s3 from 'aws-cdk-lib/aws-s3';
+import { CfnOutput, Fn, Stack, type StackProps } from 'aws-cdk-lib';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { Construct } from 'constructs';
@@ -27,14 +28,28 @@ export interface MoverSiteStackProps extends StackProps {
   site: string;
   /** The mover groups of this site (at least one). */
   groups: MoverGroupConfig[];
-  /** The repositories the control plane's stack stores (bucket and KMS key). */
-  repositories: { bucket: s3.IBucket; key: kms.IKey }[];
+  /** The repositories the control plane's stack stores: the names of its exports of each bucket's and KMS key's ARN (`exportRepositories`). */
+  repositories: { id: string; bucketArnExport: string; keyArnExport: string }[];
   /** The control plane's alarm topic. */
   alarmTopic: sns.ITopic;
 }
 
 /** The name of a mover group's Activity: the workflows and the site stack agree on it. */
 export const moverActivityName = (controlPlane: string, group: string) => `${controlPlane}-mover-${group}`;
+
+/**
+ * Exports, under names of its own, each stored repository's bucket and key ARN from the control
+ * plane's stack (`Stack.exportValue`), for the site stacks to import.
+ */
+export function exportRepositories(stack: Stack, stored: Record<string, { bucket: s3.IBucket; key: kms.IKey }>): MoverSiteStackProps['repositories'] {
+  return Object.entries(stored).map(([id, r]) => {
+    const bucketArnExport = `${stack.stackName}-repository-${id}-bucket-arn`;
+    const keyArnExport = `${stack.stackName}-repository-${id}-key-arn`;
+    stack.exportValue(r.bucket.bucketArn, { name: bucketArnExport });
+    stack.exportValue(r.key.keyArn, { name: keyArnExport });
+    return { id, bucketArnExport, keyArnExport };
+  });
+}
 
 /** The stack name of a site's mover groups. */
 export const moverSiteStackName = (controlPlane: string, site: string) => `${controlPlane}-site-${site}`;
@@ -49,10 +64,15 @@ export class MoverSiteStack extends Stack {
   constructor(scope: Construct, id: string, props: MoverSiteStackProps) {
     super(scope, id, props);
     if (props.groups.length === 0) throw new Error(`site '${props.site}' has no mover group: a site stack holds at least one`);
+    const repositories = props.repositories.map((r) => ({
+      bucket: s3.Bucket.fromBucketArn(this, `Repository-${r.id}`, Fn.importValue(r.bucketArnExport)),
+      key: kms.Key.fromKeyArn(this, `RepositoryKey-${r.id}`, Fn.importValue(r.keyArnExport)),
+      arnFinding: r.bucketArnExport,
+    }));
     for (const g of props.groups) {
       const activity = new sfn.Activity(this, `MoverGroup-${g.id}`, { activityName: moverActivityName(props.controlPlane, g.id) });
       this.activities[g.id] = activity;
-      this.moverRoles[g.id] = new MoverIdentity(this, `Mover-${g.id}`, { group: g, activity, repositories: props.repositories });
+      this.moverRoles[g.id] = new MoverIdentity(this, `Mover-${g.id}`, { group: g, activity, repositories });
       moverGroupNotPollingAlarm(this, g.id, activity, props.alarmTopic);
       new CfnOutput(this, groupOutputKey('ActivityArn', g.id), {
         value: activity.activityArn,
