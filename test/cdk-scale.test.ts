@@ -123,7 +123,9 @@ describe.each([50, 200])('a deployment of %i sites', (sites) => {
     expect(created.sort()).toEqual(config.moverGroups.map((g) => `Lifeboat-mover-${g.id}`).sort());
     expect([...named].sort()).toEqual(created.sort());
     // The asset cdk deploy uploads is the text the control plane's template names.
-    const backup = Object.entries(control.template.Resources).find(([lid]) => lid.startsWith('BackupStateMachine'))!;
+    const backup = Object.entries(control.template.Resources).find(
+      ([lid, r]) => r.Type === 'AWS::StepFunctions::StateMachine' && lid.startsWith('BackupStateMachine'),
+    )!;
     const key = (backup[1].Properties?.DefinitionS3Location as { Key: string }).Key;
     expect(readFileSync(join(assembly.directory, `asset.${key}`), 'utf8')).toContain('"BackupHosts"');
   });
