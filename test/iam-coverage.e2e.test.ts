@@ -80,7 +80,9 @@ afterAll(async () => {
   await new Promise((ok) => proxy.close(ok));
 });
 
-it('makes only the DynamoDB and S3 calls each function and the mover role are granted, across backup, restore, verify, replication, failover, prune and GC', async () => {
+it('makes only the DynamoDB and S3 calls each function and the mover role are granted, across backup, restore, verify, replication, failover, prune, GC and discovery', {
+  timeout: 900_000,
+}, async () => {
   const e = t.stack.endpoints;
   const run = (name: string, input: unknown) => {
     const arn = e.stateMachines[name];
