@@ -74,7 +74,7 @@ beforeAll(() => {
   expect(backup).toHaveLength(1);
   definition = backup[0]!.definition as Definition;
   states = allStates(definition.States);
-});
+}, 300_000); // synth of the app: minutes on a loaded machine
 afterAll(() => {
   for (const d of outdirs) rmSync(d, { recursive: true, force: true });
 });
