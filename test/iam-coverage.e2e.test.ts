@@ -218,6 +218,21 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     'RecordDeepVerify',
     'RecordRestoreTest',
     'ReportReplication',
+    'AcquireRunLease',
+    'ReleaseRunLease',
+    'RecordRestore',
+    'PlanDeepVerify',
+    'PlanReplicate',
+    'RecordReplication',
+    'RecordReplicatePolicy',
+    'PlanFailover',
+    'RecordFailover',
+    'PlanPrune',
+    'RecordPrune',
+    'SyncConfig',
+    'ListDiscoveryHosts',
+    'RecordInventory',
+    'ListDrSites',
   ] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }
