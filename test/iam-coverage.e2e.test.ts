@@ -222,7 +222,6 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     'ReleaseRunLease',
     'RecordRestore',
     'PlanDeepVerify',
-    'PlanReplicate',
     'RecordReplication',
     'RecordReplicatePolicy',
     'PlanFailover',
