@@ -97,10 +97,13 @@ export function stackInfoFromOutputs(name: string, region: string, outputs: Reco
     api: need('OperatorApiUrl').replace(/\/$/, ''),
     bucket,
     buckets: outputs.RepositoryBuckets ? (JSON.parse(outputs.RepositoryBuckets) as Record<string, string>) : { primary: bucket },
-    groups: Object.entries(outputs)
-      .filter(([k]) => k.startsWith('ActivityArn'))
-      .map(([, v]) => groupOfActivity(v))
-      .sort(),
+    // MoverGroups (the activities are in the site stacks); a stack deployed before them has an ActivityArn<group> output per group.
+    groups: (outputs.MoverGroups
+      ? outputs.MoverGroups.split(',').filter(Boolean)
+      : Object.entries(outputs)
+          .filter(([k]) => k.startsWith('ActivityArn'))
+          .map(([, v]) => groupOfActivity(v))
+    ).sort(),
     keys: { kmsKeyId: need('RepositoryKeyArn') },
   };
 }

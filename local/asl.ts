@@ -4,6 +4,8 @@
  * ARNs. The same function resolves the template `cdk synth` writes, so a test can prove
  * the executed ASL equals the deployed one.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { App } from 'aws-cdk-lib';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import type { LifeboatConfig } from '../core/config.ts';
@@ -30,7 +32,7 @@ export interface ResolvedTemplate {
   stateMachines: Record<string, LocalStateMachine>;
   /** Lambda ARN → the function id of contracts/functions.ts. */
   functions: Record<string, string>;
-  /** Mover group activity ARNs by activity name. */
+  /** Mover group activity ARNs by activity name: those the template creates and those its state machines name. */
   activities: Record<string, string>;
   /**
    * The logical id of the stack's own bucket (output RepositoryBucketName). A bucket's Ref in
@@ -89,7 +91,13 @@ export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
     if (r.Type === 'AWS::StepFunctions::StateMachine') {
       const text = resolveIntrinsics(r.Properties?.DefinitionString, t);
       if (typeof text !== 'string') throw new Error(`state machine ${lid} has no DefinitionString`);
-      out.stateMachines[lid] = { logicalId: lid, arn: resolveRef(lid, t), definition: JSON.parse(text) as Record<string, unknown> };
+      const definition = JSON.parse(text) as Record<string, unknown>;
+      out.stateMachines[lid] = { logicalId: lid, arn: resolveRef(lid, t), definition };
+      // A mover group's Activity lives in its site's stack; the workflows name it by ARN.
+      for (const [, s] of taskStates(definition)) {
+        const name = /^arn:aws:states:[^:]*:[^:]*:activity:(.+)$/.exec(s.Resource ?? '')?.[1];
+        if (name) out.activities[name] = s.Resource!;
+      }
     } else if (r.Type === 'AWS::Lambda::Function') {
       const fid = (r.Properties?.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION;
       if (fid) out.functions[lambdaArn(lid)] = fid;
@@ -103,11 +111,49 @@ export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
   return out;
 }
 
-/** Synthesizes the CDK app in process (no bundling) and returns its template. */
+/**
+ * Synthesizes the CDK app in process (no bundling) and returns the control plane's template,
+ * its definitions inline (read back from their assets, definitions-in-s3.ts) and with the
+ * resources of the site stacks (the mover groups' Activities) merged in.
+ */
 export function synthesizeTemplate(outdir: string, config: LifeboatConfig): CfnTemplate {
   const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
   const stack = new LifeboatStack(app, 'Lifeboat', { config });
-  return app.synth().getStackByName(stack.stackName).template as CfnTemplate;
+  const assembly = app.synth();
+  const main = inlineDefinitions(assembly.getStackByName(stack.stackName).template as CfnTemplate, assembly.directory);
+  for (const site of Object.values(stack.sites)) {
+    for (const [lid, r] of Object.entries((assembly.getStackByName(site.stackName).template as CfnTemplate).Resources)) {
+      if (main.Resources[lid]) throw new Error(`site stack ${site.stackName} and ${stack.stackName} both have a resource ${lid}`);
+      main.Resources[lid] = r;
+    }
+  }
+  return main;
+}
+
+/**
+ * A template whose state machines name their definition in S3 (an asset of the assembly in
+ * `assemblyDir`, with DefinitionSubstitutions) turned into one with DefinitionString, the same
+ * text as `Fn::Join` of its parts.
+ */
+export function inlineDefinitions(t: CfnTemplate, assemblyDir: string): CfnTemplate {
+  const resources = Object.fromEntries(
+    Object.entries(t.Resources).map(([lid, r]) => {
+      const p = r.Properties ?? {};
+      const at = p.DefinitionS3Location as { Key?: unknown } | undefined;
+      if (r.Type !== 'AWS::StepFunctions::StateMachine' || !at) return [lid, r];
+      if (typeof at.Key !== 'string') throw new Error(`state machine ${lid}: DefinitionS3Location.Key is not a file asset's key`);
+      const text = readFileSync(join(assemblyDir, `asset.${at.Key}`), 'utf8');
+      const subs = (p.DefinitionSubstitutions ?? {}) as Record<string, unknown>;
+      const parts = text.split(/\$\{([A-Za-z0-9_]+)\}/).map((part, i) => {
+        if (i % 2 === 0) return part;
+        if (!(part in subs)) throw new Error(`state machine ${lid}: its definition names \${${part}}, which DefinitionSubstitutions lacks`);
+        return subs[part];
+      });
+      const { DefinitionS3Location: _at, DefinitionSubstitutions: _subs, ...rest } = p;
+      return [lid, { ...r, Properties: { ...rest, DefinitionString: { 'Fn::Join': ['', parts] } } }];
+    }),
+  );
+  return { ...t, Resources: resources };
 }
 
 /** A state of an ASL definition, as the runner reads it. */

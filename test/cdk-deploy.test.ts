@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { App, Validations, type CfnElement } from 'aws-cdk-lib';
+import { App, Stack, Validations, type CfnElement } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import aslValidator from 'asl-validator';
@@ -70,9 +70,22 @@ const lid = (c: IConstruct) => stack.getLogicalId((c.node.defaultChild ?? c) as 
 const actionsOf = (s: Statement) => (Array.isArray(s.Action) ? s.Action : [s.Action]);
 const ofType = (type: string) => Object.entries(resources).filter(([, r]) => r.Type === type);
 
-/** Every Allow/Deny statement of the IAM policies attached to a role (by logical id). */
-function roleStatements(roleLid: string): Statement[] {
-  return ofType('AWS::IAM::Policy')
+/** The resources of every site stack (mover groups), merged. */
+let siteResources: Record<string, Resource>;
+/** A logical id in its own stack (the control plane's or a site's). */
+const lidIn = (c: IConstruct) => Stack.of(c).getLogicalId((c.node.defaultChild ?? c) as CfnElement);
+/** What a site stack's template holds for a value of the control plane's stack: the import of its export. */
+function imported(value: unknown): { 'Fn::ImportValue': unknown } {
+  const outputs = template.toJSON().Outputs as Record<string, { Value: unknown; Export?: { Name: unknown } }>;
+  const o = Object.values(outputs).find((x) => x.Export && JSON.stringify(x.Value) === JSON.stringify(value));
+  if (!o) throw new Error(`the control plane's stack exports no ${JSON.stringify(value)}`);
+  return { 'Fn::ImportValue': o.Export!.Name };
+}
+
+/** Every Allow/Deny statement of the IAM policies attached to a role (by logical id), in the control plane's or the site stacks. */
+function roleStatements(roleLid: string, within: Record<string, Resource> = resources): Statement[] {
+  return Object.entries(within)
+    .filter(([, r]) => r.Type === 'AWS::IAM::Policy')
     .filter(([, p]) => (p.Properties.Roles as unknown[]).some((r) => JSON.stringify(r) === JSON.stringify({ Ref: roleLid })))
     .flatMap(([, p]) => p.Properties.PolicyDocument.Statement as Statement[]);
 }
@@ -90,7 +103,12 @@ beforeAll(() => {
   ({ app, stack, template } = synth(config));
   resources = template.toJSON().Resources as Record<string, Resource>;
   resolved = resolveTemplate(template.toJSON() as CfnTemplate);
-});
+  const assembly = app.synth();
+  siteResources = Object.assign(
+    {},
+    ...Object.values(stack.sites).map((s) => assembly.getStackByName(s.stackName).template.Resources as Record<string, Resource>),
+  );
+}, 300_000);
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
@@ -196,10 +214,28 @@ describe('repository storage', () => {
 });
 
 describe('mover identity', () => {
-  const groups = () => config.moverGroups.map((g) => ({ g, role: stack.moverRoles[g.id]!.role, activity: stack.activities[g.id]! }));
+  const groups = () =>
+    config.moverGroups.map((g) => ({ g, role: stack.moverRoles[g.id]!.role, activity: stack.sites[g.site]!.activities[g.id]!, site: stack.sites[g.site]! }));
+
+  it("puts each group's Activity, role and alarm in its site's stack, and nothing per group in the control plane's", () => {
+    expect(Object.keys(stack.sites).sort()).toEqual([...new Set(config.moverGroups.map((g) => g.site))].sort());
+    for (const { g, role, activity, site } of groups()) {
+      expect(Stack.of(role), g.id).toBe(site);
+      expect(siteResources[lidIn(activity)]?.Properties.Name, g.id).toBe(`Lifeboat-mover-${g.id}`);
+      expect(stack.activities[g.id]!.activityName, g.id).toBe(`Lifeboat-mover-${g.id}`);
+    }
+    expect(ofType('AWS::StepFunctions::Activity')).toEqual([]);
+    expect(
+      app
+        .synth()
+        .getStackByName(stack.stackName)
+        .dependencies.map((d) => d.id)
+        .filter((d) => !d.endsWith('.assets')),
+    ).toEqual([]);
+  });
 
   it('gives every mover group its own role, trusted by the configured principal or Roles Anywhere anchor', () => {
-    const trust = (g: string) => resources[lid(stack.moverRoles[g]!.role)]!.Properties.AssumeRolePolicyDocument.Statement as Statement[];
+    const trust = (g: string) => siteResources[lidIn(stack.moverRoles[g]!.role)]!.Properties.AssumeRolePolicyDocument.Statement as Statement[];
     const ra = trust('site-a');
     expect(ra).toEqual(
       expect.arrayContaining([
@@ -221,34 +257,34 @@ describe('mover identity', () => {
 
   it('allows no delete of any kind, no catalog access and no wildcard action', () => {
     for (const { g, role } of groups()) {
-      const actions = roleStatements(lid(role)).flatMap(actionsOf);
+      const actions = roleStatements(lidIn(role), siteResources).flatMap(actionsOf);
       expect(actions.length, g.id).toBeGreaterThan(0);
       expect(
         actions.filter((a) => /^s3:Delete/i.test(a) || /^dynamodb:/i.test(a) || a.includes('*')),
         g.id,
       ).toEqual([]);
-      expect(resources[lid(role)]!.Properties.ManagedPolicyArns, g.id).toBeUndefined();
+      expect(siteResources[lidIn(role)]!.Properties.ManagedPolicyArns, g.id).toBeUndefined();
     }
   });
 
   it('lets a group take and answer tasks of its own Activity only', () => {
     for (const { g, role, activity } of groups()) {
-      const states = roleStatements(lid(role)).filter((s) => actionsOf(s).some((a) => a.startsWith('states:')));
+      const states = roleStatements(lidIn(role), siteResources).filter((s) => actionsOf(s).some((a) => a.startsWith('states:')));
       expect(states.flatMap(actionsOf).sort(), g.id).toEqual([
         'states:GetActivityTask',
         'states:SendTaskFailure',
         'states:SendTaskHeartbeat',
         'states:SendTaskSuccess',
       ]);
-      for (const s of states) expect(s.Resource, g.id).toEqual({ Ref: lid(activity) });
+      for (const s of states) expect(s.Resource, g.id).toEqual({ Ref: lidIn(activity) });
     }
   });
 
   it('reads and writes only the data prefixes of the repositories, and lists only their buckets', () => {
     const buckets = Object.values(stack.repositories).map((r) => lid(r.bucket));
-    const objectArn = (b: string, prefix: string) => ({ 'Fn::Join': ['', [{ 'Fn::GetAtt': [b, 'Arn'] }, `/${prefix}*`]] });
+    const objectArn = (b: string, prefix: string) => ({ 'Fn::Join': ['', [imported({ 'Fn::GetAtt': [b, 'Arn'] }), `/${prefix}*`]] });
     for (const { g, role } of groups()) {
-      const s3 = roleStatements(lid(role)).filter((s) => actionsOf(s).some((a) => a.startsWith('s3:')));
+      const s3 = roleStatements(lidIn(role), siteResources).filter((s) => actionsOf(s).some((a) => a.startsWith('s3:')));
       const by = (action: string) => s3.filter((s) => actionsOf(s).includes(action)).flatMap((s) => [s.Resource].flat());
       // Not keys/ (the repository key is written at deploy) nor releases/ (only the publisher writes releases);
       // chunks/ only for replicating format-1 backups (backups write packs); host-config/ is written, never read back, by movers.
@@ -259,14 +295,14 @@ describe('mover identity', () => {
         buckets.flatMap((b) => ['chunks/', 'packs/', 'index/', 'manifests/', 'movers/', 'keys/', 'releases/'].map((p) => objectArn(b, p))),
       );
       // The whole bucket, no s3:prefix condition: a missing object must be a 404, not a 403 (cdk/lib/mover-identity.ts).
-      expect(by('s3:ListBucket'), g.id).toEqual(buckets.map((b) => ({ 'Fn::GetAtt': [b, 'Arn'] })));
+      expect(by('s3:ListBucket'), g.id).toEqual(buckets.map((b) => imported({ 'Fn::GetAtt': [b, 'Arn'] })));
       expect(new Set(s3.flatMap(actionsOf)), g.id).toEqual(new Set(['s3:PutObject', 's3:GetObject', 's3:ListBucket']));
     }
   });
 
   it('uses the KMS keys only through S3 and to unwrap the repository key', () => {
     for (const { g, role } of groups()) {
-      const kms = roleStatements(lid(role)).filter((s) => actionsOf(s).some((a) => a.startsWith('kms:')));
+      const kms = roleStatements(lidIn(role), siteResources).filter((s) => actionsOf(s).some((a) => a.startsWith('kms:')));
       expect(new Set(kms.flatMap(actionsOf)), g.id).toEqual(new Set(['kms:Decrypt', 'kms:GenerateDataKey']));
       for (const s of kms) {
         expect(s.Condition, g.id).toBeDefined();
@@ -560,11 +596,17 @@ describe('alarms and dashboard', () => {
     }
   });
 
-  it('alarms when a mover group has scheduled tasks and starts none', () => {
-    for (const [g, activity] of Object.entries(stack.activities)) {
-      const a = alarms().find((x) => uses(x, 'ActivitiesScheduled', { ActivityArn: { Ref: lid(activity) } }));
-      expect(a, g).toBeDefined();
-      expect(uses(a!, 'ActivitiesStarted', { ActivityArn: { Ref: lid(activity) } }), g).toBe(true);
+  it("alarms, in the group's site stack and to the control plane's topic, when a mover group has scheduled tasks and starts none", () => {
+    const siteAlarms = Object.values(siteResources)
+      .filter((r) => r.Type === 'AWS::CloudWatch::Alarm')
+      .map((r) => r.Properties);
+    expect(siteAlarms.length).toBe(config.moverGroups.length);
+    for (const a of siteAlarms) expect(a.AlarmActions).toEqual([imported(topic())]);
+    for (const g of config.moverGroups) {
+      const activity = stack.sites[g.site]!.activities[g.id]!;
+      const a = siteAlarms.find((x) => uses(x, 'ActivitiesScheduled', { ActivityArn: { Ref: lidIn(activity) } }));
+      expect(a, g.id).toBeDefined();
+      expect(uses(a!, 'ActivitiesStarted', { ActivityArn: { Ref: lidIn(activity) } }), g.id).toBe(true);
     }
   });
 
@@ -597,10 +639,13 @@ describe('outputs and checks', () => {
     const outputs = template.toJSON().Outputs as Record<string, { Value: unknown }>;
     expect(outputs.RepositoryKeyArn!.Value).toEqual({ 'Fn::GetAtt': [lid(stack.repositoryKey), 'Arn'] });
     expect(outputs.BackupStateMachineArn!.Value).toEqual({ Ref: lid(stack.backup.stateMachine) });
+    expect(outputs.MoverGroups!.Value).toBe(config.moverGroups.map((g) => g.id).join(','));
     for (const g of config.moverGroups) {
       const key = g.id.replace(/[^A-Za-z0-9]/g, '');
-      expect(outputs[`ActivityArn${key}`]!.Value, g.id).toEqual({ Ref: lid(stack.activities[g.id]!) });
-      expect(outputs[`MoverRoleArn${key}`]!.Value, g.id).toEqual({ 'Fn::GetAtt': [lid(stack.moverRoles[g.id]!.role), 'Arn'] });
+      const site = stack.sites[g.site]!;
+      const siteOutputs = app.synth().getStackByName(site.stackName).template.Outputs as Record<string, { Value: unknown }>;
+      expect(siteOutputs[`ActivityArn${key}`]!.Value, g.id).toEqual({ Ref: lidIn(site.activities[g.id]!) });
+      expect(siteOutputs[`MoverRoleArn${key}`]!.Value, g.id).toEqual({ 'Fn::GetAtt': [lidIn(stack.moverRoles[g.id]!.role), 'Arn'] });
     }
   });
 

@@ -74,7 +74,7 @@ beforeAll(() => {
   expect(backup).toHaveLength(1);
   definition = backup[0]!.definition as Definition;
   states = allStates(definition.States);
-});
+}, 300_000); // synth of the app: minutes on a loaded machine
 afterAll(() => {
   for (const d of outdirs) rmSync(d, { recursive: true, force: true });
 });
@@ -345,7 +345,11 @@ describe('stateful resources', () => {
   it("creates one activity per mover group and routes each VM's mover tasks to the group serving its host", () => {
     expect(Object.keys(resolved.activities)).toEqual(['Lifeboat-mover-site-a']);
     const three = synth(example); // site-a and site-b serve hosts; dr serves none
-    const names = Object.values(three.template.findResources('AWS::StepFunctions::Activity')).map((r) => r.Properties.Name as string);
+    // The activities are in the site stacks (cdk/lib/mover-site-stack.ts), none in the control plane's.
+    expect(three.template.findResources('AWS::StepFunctions::Activity')).toEqual({});
+    const names = Object.values(three.stack.sites).flatMap((site) =>
+      Object.values(Template.fromStack(site).findResources('AWS::StepFunctions::Activity')).map((r) => r.Properties.Name as string),
+    );
     expect(names.sort()).toEqual(['Lifeboat-mover-dr', 'Lifeboat-mover-site-a', 'Lifeboat-mover-site-b']);
     const r = resolveTemplate(three.template.toJSON() as CfnTemplate);
     const backup = Object.values(r.stateMachines).find((m) => m.logicalId.startsWith('Backup'))!;

@@ -72,7 +72,7 @@ beforeAll(async () => {
   const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
   t = await startTestStack({ groups: { 'site-a': 2, dr: 1 }, moverEnv: { LIFEBOAT_S3_ENDPOINT: proxyUrl } });
   s3Target.resolve(new URL(t.stack.endpoints.s3));
-});
+}, 300_000);
 afterAll(async () => {
   observeSdkCalls(undefined);
   await t?.close();
@@ -80,7 +80,9 @@ afterAll(async () => {
   await new Promise((ok) => proxy.close(ok));
 });
 
-it('makes only the DynamoDB and S3 calls each function and the mover role are granted, across backup, restore, verify, replication, failover, prune and GC', async () => {
+it('makes only the DynamoDB and S3 calls each function and the mover role are granted, across backup, restore, verify, replication, failover, prune, GC and discovery', {
+  timeout: 900_000,
+}, async () => {
   const e = t.stack.endpoints;
   const run = (name: string, input: unknown) => {
     const arn = e.stateMachines[name];
@@ -182,7 +184,17 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
   expect(healed.status, healed.cause).toBe('SUCCEEDED');
   expect(JSON.parse(healed.output!)).toMatchObject({ damaged: false, healed: { chunks: [damagedId] } });
 
+  // Discovery of the libvirt host kvm-iam (libvirt's test driver, above): ListDiscoveryHosts, RecordInventory, then ListDrSites (the DR sites to sweep).
+  const discovered = await run('Discover', { hostId: 'kvm-iam' });
+  expect(discovered.status, discovered.cause).toBe('SUCCEEDED');
+
   const exercised = new Set(calls.map((c) => c.functionId));
+  console.log(
+    `functions whose calls were checked: ${[...exercised].sort().join(', ')}; not exercised: ${Object.keys(functionAccess)
+      .filter((f) => !exercised.has(f as LambdaFunctionId))
+      .sort()
+      .join(', ')}`,
+  );
 
   // PlanDispatch calls nothing; every other function the workflows ran made calls that were checked.
   for (const f of [
@@ -207,6 +219,20 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
     'RecordDeepVerify',
     'RecordRestoreTest',
     'ReportReplication',
+    'AcquireRunLease',
+    'ReleaseRunLease',
+    'RecordRestore',
+    'PlanDeepVerify',
+    'RecordReplication',
+    'RecordReplicatePolicy',
+    'PlanFailover',
+    'RecordFailover',
+    'PlanPrune',
+    'RecordPrune',
+    'SyncConfig',
+    'ListDiscoveryHosts',
+    'RecordInventory',
+    'ListDrSites',
   ] as LambdaFunctionId[]) {
     expect(exercised.has(f), `${f} made no calls: the workflows did not exercise it`).toBe(true);
   }

@@ -1,8 +1,12 @@
 /**
  * The Lifeboat control plane: catalog table, repository buckets and their KMS keys, the
- * Lambda functions, one Activity and IAM role per mover group, the workflows, one
+ * Lambda functions, the workflows, one
  * schedule per policy and one each for discovery and host configuration backups, the deploy-time custom resource (repository key, configuration
- * into the catalog), alarms and a dashboard.
+ * into the catalog), alarms and a dashboard. Beside it, in the same app, one stack per site
+ * (mover-site-stack.ts) holds each of the site's mover groups' Activity, role and alarm: this
+ * stack holds nothing per mover group, so no number of sites meets CloudFormation's
+ * resource limit, and its state machine definitions move out of the template once they are
+ * large (definitions-in-s3.ts).
  */
 import { CfnOutput, CustomResource, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
@@ -25,7 +29,9 @@ import { HostConfigBackupWorkflow } from './host-config-workflow.ts';
 import { accessStatements, functionAccess } from './function-access.ts';
 import { Monitoring } from './monitoring.ts';
 import { OperatorApi } from './operator-api.ts';
-import { MoverIdentity } from './mover-identity.ts';
+import type { MoverIdentity } from './mover-identity.ts';
+import { MoverSiteStack, exportRepositories, moverActivityName, moverSiteStackName } from './mover-site-stack.ts';
+import { storeLargeDefinitions } from './definitions-in-s3.ts';
 import { acknowledge, arnWildcardFinding } from './nag.ts';
 import { RepositoryStorage } from './repository-storage.ts';
 import { PolicySchedules } from './schedules.ts';
@@ -49,7 +55,12 @@ export class LifeboatStack extends Stack {
   /** Storage of every repository this stack creates (those without an `endpoint`), by id. */
   readonly repositories: Record<string, RepositoryStorage> = {};
   readonly functions: Record<LambdaFunctionId, lambda.IFunction>;
+  /** Each mover group's role, in its site's stack. */
   readonly moverRoles: Record<string, MoverIdentity> = {};
+  /** The stack of each site that has mover groups, by site id (siblings of this stack in the app). */
+  readonly sites: Record<string, MoverSiteStack> = {};
+  /** Where the state machine definitions are: in the template, or in file assets beside it. */
+  readonly definitions: 'inline' | 's3';
   readonly schedules: PolicySchedules;
   readonly monitoring: Monitoring;
   readonly backup: BackupWorkflow;
@@ -59,10 +70,11 @@ export class LifeboatStack extends Stack {
   readonly discover: DiscoverWorkflow;
   readonly hostConfigBackup: HostConfigBackupWorkflow;
   readonly recovery: RecoveryWorkflows;
-  readonly activities: Record<string, sfn.Activity>;
+  /** Each mover group's Activity, by name (it is created in the group's site stack). */
+  readonly activities: Record<string, sfn.IActivity>;
 
   constructor(scope: Construct, id: string, props: LifeboatStackProps) {
-    super(scope, id, props);
+    super(scope, id, { suppressTemplateIndentation: true, ...props });
     const moverGroups = props.config.moverGroups.map((g) => g.id);
 
     this.table = new dynamodb.TableV2(this, 'Catalog', {
@@ -136,7 +148,7 @@ export class LifeboatStack extends Stack {
     this.functions = functions;
 
     this.activities = Object.fromEntries(
-      moverGroups.map((g) => [g, new sfn.Activity(this, `MoverGroup-${g}`, { activityName: `${this.stackName}-mover-${g}` })]),
+      moverGroups.map((g) => [g, sfn.Activity.fromActivityName(this, `MoverGroup-${g}`, moverActivityName(this.stackName, g))]),
     );
     // Only groups that serve hosts take backups; a DR-only group restores and replicates.
     const backupGroups = Object.fromEntries(props.config.moverGroups.filter((g) => g.hosts.length > 0).map((g) => [g.id, this.activities[g.id]!]));
@@ -175,11 +187,6 @@ export class LifeboatStack extends Stack {
     // Host configuration backups: each libvirt host's networks, pools and domain definitions, through the group serving it.
     this.hostConfigBackup = new HostConfigBackupWorkflow(this, 'HostConfigBackup', { functions, activities: backupGroups });
 
-    // --- movers: one least-privilege role per group ------------------------------------------
-    for (const g of config.moverGroups) {
-      this.moverRoles[g.id] = new MoverIdentity(this, `Mover-${g.id}`, { group: g, activity: this.activities[g.id]!, repositories: stored });
-    }
-
     // --- schedules: one per policy, starting the Backup workflow ------------------------------
     const discovery = discoverySchedule(config);
     const hostConfig = hostConfigBackupSettings(config).schedule;
@@ -216,10 +223,29 @@ export class LifeboatStack extends Stack {
       config,
       metricsNamespace: metricsNamespace(this.stackName),
       serviceName: SERVICE_NAME,
-      activities: this.activities,
       functions,
       deadLetterQueue: this.schedules.deadLetterQueue,
     });
+
+    // --- movers: per site, a stack with each group's Activity, least-privilege role and alarm ----
+    const exported = exportRepositories(this, this.repositories);
+    for (const site of new Set(config.moverGroups.map((g) => g.site))) {
+      const name = moverSiteStackName(this.stackName, site);
+      const siteStack = new MoverSiteStack(scope, name, {
+        ...(props.env ? { env: props.env } : {}),
+        stackName: name,
+        description: `Lifeboat ${this.stackName}: the mover groups of site ${site} (Activity, IAM role, alarm per group)`,
+        suppressTemplateIndentation: true,
+        controlPlane: this.stackName,
+        site,
+        groups: config.moverGroups.filter((g) => g.site === site),
+        repositories: exported,
+        alarmTopic: this.monitoring.topic,
+      });
+      this.sites[site] = siteStack;
+      Object.assign(this.moverRoles, siteStack.moverRoles);
+    }
+    this.definitions = storeLargeDefinitions(this);
 
     new CfnOutput(this, 'CatalogTableName', { value: this.table.tableName });
     new CfnOutput(this, 'RepositoryBucketName', {
@@ -240,15 +266,9 @@ export class LifeboatStack extends Stack {
     });
     new CfnOutput(this, 'AlarmTopicArn', { value: this.monitoring.topic.topicArn });
     new CfnOutput(this, 'DashboardName', { value: this.monitoring.dashboard.dashboardName });
-    for (const [g, a] of Object.entries(this.activities))
-      new CfnOutput(this, `ActivityArn${g.replace(/[^A-Za-z0-9]/g, '')}`, {
-        value: a.activityArn,
-        description: `Mover group '${g}': the mover's LIFEBOAT_ACTIVITY_ARN`,
-      });
-    for (const [g, m] of Object.entries(this.moverRoles))
-      new CfnOutput(this, `MoverRoleArn${g.replace(/[^A-Za-z0-9]/g, '')}`, {
-        value: m.role.roleArn,
-        description: `Mover group '${g}': the role its movers assume`,
-      });
+    new CfnOutput(this, 'MoverGroups', {
+      value: moverGroups.join(','),
+      description: "The mover groups (comma-separated); each group's activity and role ARNs are outputs of its site's stack (<stack>-site-<site>)",
+    });
   }
 }

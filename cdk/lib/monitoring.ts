@@ -9,7 +9,7 @@
  *   recovery point among the policy's VMs) above the policy's `rpoHours`; and **no report**:
  *   no Summarize datapoint for `rpoHours` (the schedule stopped, or runs die before
  *   Summarize), which the age alone could not show.
- * - **Mover group not polling**: per Activity, tasks were scheduled in a 15-minute window
+ * - **Mover group not polling** (in the group's site stack, `moverGroupNotPollingAlarm`): per Activity, tasks were scheduled in a 15-minute window
  *   and none started. A live mover long-polls and takes a task within seconds when it has
  *   a free slot, so this means no mover is polling (down, no network, bad credentials) or
  *   every slot is busy for that long (add movers). `ActivityScheduleTime` is not used: it
@@ -55,13 +55,45 @@ export interface MonitoringProps {
   /** Powertools metrics namespace and service name the functions publish under. */
   metricsNamespace: string;
   serviceName: string;
-  activities: Record<string, sfn.Activity>;
   functions: Record<string, lambda.IFunction>;
   deadLetterQueue?: sqs.IQueue;
 }
 
 /** CloudWatch keeps an alarm's evaluation range within 7 days. */
 const MAX_EVALUATION_HOURS = 7 * 24;
+
+/** One line per mover group of `stackName` (activities `<stackName>-mover-<group>`): a metric SEARCH over their ActivityArn. */
+function moverGroupsSearch(stackName: string, metricName: string, statistic: string): cloudwatch.SearchExpression {
+  // A quoted term matches the ARN's tokens in sequence (`<stack>-mover`), not a substring of another stack's name.
+  return new cloudwatch.SearchExpression({
+    expression: `SEARCH('{AWS/States,ActivityArn} MetricName="${metricName}" ActivityArn="${stackName}-mover"', '${statistic}', 300)`,
+    label: metricName,
+    period: Duration.minutes(5),
+  });
+}
+
+/**
+ * A mover group's "not polling" alarm, in the stack of the group's site: tasks were scheduled
+ * in a 15-minute window and none started (see this file's header).
+ */
+export function moverGroupNotPollingAlarm(scope: Construct, g: string, activity: sfn.Activity, topic: sns.ITopic): cloudwatch.Alarm {
+  const waiting = new cloudwatch.MathExpression({
+    expression: 'IF(FILL(scheduled, 0) > 0 AND FILL(started, 0) == 0, 1, 0)',
+    usingMetrics: { scheduled: activity.metricScheduled({ statistic: 'Sum' }), started: activity.metricStarted({ statistic: 'Sum' }) },
+    period: Duration.minutes(15),
+    label: `${g}: tasks scheduled, none started`,
+  });
+  const alarm = new cloudwatch.Alarm(scope, `MoverGroupNotPolling-${g}`, {
+    alarmDescription: `Tasks for mover group '${g}' waited 15 minutes and no mover took one: its movers are down, cannot reach Step Functions, or every task slot is busy. Check 'systemctl status lifeboat-mover' on the group's appliances.`,
+    metric: waiting,
+    threshold: 1,
+    evaluationPeriods: 1,
+    comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+    treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+  });
+  alarm.addAlarmAction(new actions.SnsAction(topic));
+  return alarm;
+}
 
 export class Monitoring extends Construct {
   readonly topic: sns.Topic;
@@ -230,35 +262,26 @@ export class Monitoring extends Construct {
     ];
 
     // --- mover groups --------------------------------------------------------------------
-    const moverWidgets: cloudwatch.IWidget[] = [];
-    for (const [g, activity] of Object.entries(props.activities)) {
-      const waiting = new cloudwatch.MathExpression({
-        expression: 'IF(FILL(scheduled, 0) > 0 AND FILL(started, 0) == 0, 1, 0)',
-        usingMetrics: { scheduled: activity.metricScheduled({ statistic: 'Sum' }), started: activity.metricStarted({ statistic: 'Sum' }) },
-        period: Duration.minutes(15),
-        label: `${g}: tasks scheduled, none started`,
-      });
-      alarmOnAny(
-        `MoverGroupNotPolling-${g}`,
-        waiting,
-        `Tasks for mover group '${g}' waited 15 minutes and no mover took one: its movers are down, cannot reach Step Functions, or every task slot is busy. Check 'systemctl status lifeboat-mover' on the group's appliances.`,
-      );
-      moverWidgets.push(
+    // Each group's "not polling" alarm lives in its site's stack (mover-site-stack.ts). The
+    // dashboard shows every group of this stack in a few widgets, one line per group found by
+    // a metric SEARCH over the activities named `<stack>-mover-<group>`: its body stays the
+    // same size whatever the number of groups.
+    const moverWidgets = [
+      { title: 'Mover groups: activity tasks scheduled and started', metrics: ['ActivitiesScheduled', 'ActivitiesStarted'], stat: 'Sum' },
+      {
+        title: 'Mover groups: activity tasks failed and timed out',
+        metrics: ['ActivitiesFailed', 'ActivitiesTimedOut', 'ActivitiesHeartbeatTimedOut'],
+        stat: 'Sum',
+      },
+      { title: 'Mover groups: longest wait for a mover (ms)', metrics: ['ActivityScheduleTime'], stat: 'Maximum' },
+    ].map(
+      (w) =>
         new cloudwatch.GraphWidget({
-          title: `Mover group ${g}`,
+          title: w.title,
           width: 8,
-          left: [
-            activity.metricScheduled({ statistic: 'Sum' }),
-            activity.metricStarted({ statistic: 'Sum' }),
-            activity.metricSucceeded({ statistic: 'Sum' }),
-            activity.metricFailed({ statistic: 'Sum' }),
-            activity.metricTimedOut({ statistic: 'Sum' }),
-            activity.metricHeartbeatTimedOut({ statistic: 'Sum' }),
-          ],
-          right: [activity.metricScheduleTime({ statistic: 'Maximum' })],
+          left: w.metrics.map((m) => moverGroupsSearch(stack.stackName, m, w.stat)),
         }),
-      );
-    }
+    );
 
     if (props.deadLetterQueue) {
       alarm('ScheduleDeadLetters', {

@@ -22,7 +22,11 @@ import { KMS_CONTEXT_PURPOSE } from '../../repository/keyring.ts';
 export interface MoverIdentityProps {
   group: MoverGroupConfig;
   activity: sfn.IActivity;
-  repositories: { bucket: s3.IBucket; key: kms.IKey }[];
+  /**
+   * The repositories' buckets and keys. `arnFinding`: how cdk-nag names the bucket's ARN in a
+   * finding (the imported export's name in a site stack); default: the bucket's `<LogicalId.Arn>`.
+   */
+  repositories: { bucket: s3.IBucket; key: kms.IKey; arnFinding?: string }[];
 }
 
 /**
@@ -117,7 +121,11 @@ export class MoverIdentity extends Construct {
     acknowledge(
       policy,
       `Movers write objects whose names are not known in advance (random pack and index ids); access is limited to prefixes of the repository buckets: read ${MOVER_READ_PREFIXES.join(', ')}; write ${MOVER_WRITE_PREFIXES.join(', ')} (movers/: its registration record).`,
-      ...props.repositories.flatMap((r) => [...new Set([...MOVER_READ_PREFIXES, ...MOVER_WRITE_PREFIXES])].map((p) => arnWildcardFinding(r.bucket, `/${p}*`))),
+      ...props.repositories.flatMap((r) =>
+        [...new Set([...MOVER_READ_PREFIXES, ...MOVER_WRITE_PREFIXES])].map((p) =>
+          r.arnFinding ? `AwsSolutions-IAM5[Resource::${r.arnFinding}/${p}*]` : arnWildcardFinding(r.bucket, `/${p}*`),
+        ),
+      ),
     );
   }
 }
