@@ -10,6 +10,7 @@ import {
   type PutObjectCommandInput,
   type PutObjectCommandOutput,
 } from '@aws-sdk/client-s3';
+import { finished, Readable } from 'node:stream';
 import type { BuildMiddleware } from '@smithy/types';
 import type { StorageEndpoint } from '../contracts/endpoints.ts';
 import { StorageUnavailable } from '../contracts/errors.ts';
@@ -115,14 +116,44 @@ export async function collectBody(body: AsyncIterable<Uint8Array>, contentLength
     return Buffer.from(all.buffer.slice(all.byteOffset, all.byteOffset + all.byteLength));
   }
   const out = into && into.byteLength >= contentLength ? Buffer.from(into.buffer, into.byteOffset, contentLength) : Buffer.from(new ArrayBuffer(contentLength));
+  const at = body instanceof Readable ? await readFlowing(body, out, what) : await readIterating(body, out, what);
+  if (at !== contentLength) throw new Error(`${what}: the body ended after ${at} of ${contentLength} bytes`);
+  return out;
+}
+
+const tooLong = (what: string, length: number) => new Error(`${what}: the body is longer than its Content-Length ${length}`);
+
+async function readIterating(body: AsyncIterable<Uint8Array>, out: Buffer, what: string): Promise<number> {
   let at = 0;
   for await (const d of body) {
-    if (at + d.byteLength > contentLength) throw new Error(`${what}: the body is longer than its Content-Length ${contentLength}`);
+    if (at + d.byteLength > out.length) throw tooLong(what, out.length);
     out.set(d, at);
     at += d.byteLength;
   }
-  if (at !== contentLength) throw new Error(`${what}: the body ended after ${at} of ${contentLength} bytes`);
-  return out;
+  return at;
+}
+
+/**
+ * A Node stream (the SDK's body on Node: the HTTP response) read with 'data' events: each
+ * network read is copied into `out` as it arrives, without the async iterator's buffering
+ * and promise per read. The bytes read once it ended; rejects when it fails or is cut short.
+ */
+function readFlowing(body: Readable, out: Buffer, what: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let at = 0;
+    let failure: Error | undefined;
+    body.on('data', (d: Uint8Array) => {
+      if (failure) return;
+      if (at + d.byteLength > out.length) {
+        failure = tooLong(what, out.length);
+        body.destroy(failure);
+        return;
+      }
+      out.set(d, at);
+      at += d.byteLength;
+    });
+    finished(body, (err) => (err ? reject(failure ?? err) : resolve(at)));
+  });
 }
 
 /** Every object under `prefix` in `bucket`, in key order (ListObjectsV2, 1,000 keys a request). */

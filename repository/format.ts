@@ -10,7 +10,7 @@
 import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, randomFillSync, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import { constants as zlibConstants, zstdCompress, zstdDecompress, zstdDecompressSync } from 'node:zlib';
-import { zstdBound, zstdCompressInto, zstdDecompressInto } from './zstd.ts';
+import { zstdBound, zstdCompressInto, zstdContentSize, zstdDecompressExact, zstdDecompressInto } from './zstd.ts';
 import { Corrupt } from '../contracts/errors.ts';
 
 export const FORMAT_VERSION = 1;
@@ -242,6 +242,12 @@ export interface OpenSyncOptions {
    * never matches the expected length). Ignored for bodies stored uncompressed.
    */
   into?: Uint8Array;
+  /**
+   * With `into`: a buffer of exactly `expectedLength` bytes to decompress straight into
+   * when the frame declares that size (the copy out of `into` is then saved; the result is
+   * a view of `exactInto`). Its bytes are undefined when the result is not a view of it.
+   */
+  exactInto?: Uint8Array;
 }
 
 /** `open` on the calling thread (worker threads use it); zstd through this thread's reused context (repository/zstd.ts) when given `into`. */
@@ -249,6 +255,9 @@ export function openSync(keys: RepositoryKeys, sealed: Uint8Array, purpose: stri
   const { compression, body } = unseal(keys, sealed, purpose);
   if (compression === Compression.none) return body;
   try {
+    if (opts.exactInto && opts.exactInto.length === opts.expectedLength && zstdContentSize(body) === opts.expectedLength) {
+      if (zstdDecompressExact(body, opts.exactInto)) return Buffer.from(opts.exactInto.buffer, opts.exactInto.byteOffset, opts.exactInto.byteLength);
+    }
     if (opts.into) {
       const n = zstdDecompressInto(body, opts.into);
       return Buffer.from(opts.into.buffer, opts.into.byteOffset, n ?? opts.into.byteLength);

@@ -102,6 +102,57 @@ function dropCompressor(level: number | undefined, c: Context): void {
 }
 
 /**
+ * The plaintext size a zstd frame's header declares (Frame_Content_Size, RFC 8878 3.1.1.1),
+ * or undefined when the header declares none or `frame` is not a zstd frame. Frames made
+ * in one call with ZSTD_e_end (every frame here) declare it.
+ */
+export function zstdContentSize(frame: Uint8Array): number | undefined {
+  if (frame.length < 6 || frame[0] !== 0x28 || frame[1] !== 0xb5 || frame[2] !== 0x2f || frame[3] !== 0xfd) return undefined;
+  const descriptor = frame[4]!;
+  const fcsFlag = descriptor >> 6;
+  const singleSegment = (descriptor >> 5) & 1;
+  const fcsBytes = fcsFlag === 0 ? singleSegment : 1 << fcsFlag;
+  if (fcsBytes === 0) return undefined;
+  const at = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][descriptor & 3]!;
+  if (frame.length < at + fcsBytes) return undefined;
+  const view = new DataView(frame.buffer, frame.byteOffset + at, fcsBytes);
+  if (fcsBytes === 1) return view.getUint8(0);
+  if (fcsBytes === 2) return view.getUint16(0, true) + 256;
+  if (fcsBytes === 4) return view.getUint32(0, true);
+  const size = view.getBigUint64(0, true);
+  return size <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(size) : undefined;
+}
+
+/**
+ * Decompresses the zstd frame `input` into all of `out`, whose length is the size the
+ * frame's header declares (zstdContentSize): true when the whole frame went in and filled
+ * `out` exactly. zstd checks a declared size as it decodes, so a frame that holds more or
+ * less fails here; nothing is ever written outside `out`. What `out` holds after a false
+ * (or a throw) is undefined. Throws when `input` is not zstd.
+ */
+export function zstdDecompressExact(input: Uint8Array, out: Uint8Array): boolean {
+  if (decompressor === undefined) decompressor = contextOf(zlib.createZstdDecompress()) ?? null;
+  const c = decompressor;
+  if (!c) {
+    const plain = zlib.zstdDecompressSync(input, { chunkSize: Math.max(16 * 1024, out.length + 1) });
+    if (plain.length !== out.length) return false;
+    out.set(plain);
+    return true;
+  }
+  try {
+    c.handle.writeSync(constants.ZSTD_e_end, input, 0, input.length, out, 0, out.length);
+    if (c.stream.destroyed) throw c.stream.errored ?? new Error('zstd stream closed');
+    const [outLeft, inLeft] = c.state;
+    // A full `out` may leave the context short of the frame's end: it starts the next one afresh.
+    c.handle.reset();
+    return outLeft === 0 && inLeft === 0;
+  } catch (err) {
+    decompressor = undefined; // the failed stream is destroyed: a new one next time
+    throw err;
+  }
+}
+
+/**
  * Decompresses the zstd frame `input` into `out`; the bytes written, or undefined when the
  * output does not fit in `out`. Throws when `input` is not zstd. The caller checks what it
  * got (a frame cut short yields fewer bytes): chunks are checked against their keyed id.

@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream';
 /**
  * The embedded stack's S3 endpoint (s3rver + local/s3-server.ts): conditional writes as S3
  * answers them (movers do not use them; kept for S3 parity), aws-chunked de-framing, the
@@ -150,6 +151,20 @@ describe('S3 adapter: response bodies', () => {
   it('fails on a body shorter or longer than its Content-Length, naming the request', async () => {
     await expect(collectBody(pieces(parts), whole.length + 1, 'GET s3://b/k')).rejects.toThrow(/GET s3:\/\/b\/k: the body ended after 135537 of 135538 bytes/);
     await expect(collectBody(pieces(parts), whole.length - 1, 'GET s3://b/k')).rejects.toThrow(/longer than its Content-Length/);
+  });
+
+  it('reads a Node stream body (an HTTP response) into the buffer given, and fails on one that is cut, shorter or longer', async () => {
+    const into = Buffer.alloc(whole.length + 10);
+    const out = await collectBody(Readable.from(parts), whole.length, 'GET x', into);
+    expect(out.equals(whole) && out.buffer === into.buffer).toBe(true);
+    await expect(collectBody(Readable.from(parts), whole.length + 1, 'GET s3://b/k')).rejects.toThrow(/the body ended after 135537 of 135538 bytes/);
+    await expect(collectBody(Readable.from(parts), whole.length - 1, 'GET s3://b/k')).rejects.toThrow(
+      /GET s3:\/\/b\/k: the body is longer than its Content-Length/,
+    );
+    const cut = new Readable({ read() {} });
+    cut.push(parts[0]);
+    setImmediate(() => cut.destroy(new Error('socket hang up')));
+    await expect(collectBody(cut, whole.length, 'GET x')).rejects.toThrow(/socket hang up/);
   });
 });
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { zstdBound, zstdCompressInto, zstdDecompressInto } from '../repository/zstd.ts';
+import { zstdBound, zstdCompressInto, zstdContentSize, zstdDecompressExact, zstdDecompressInto } from '../repository/zstd.ts';
 import { prng } from './helpers/prng.ts';
 
 /** Log-like text, compressible about 3:1 (as the bench image's text runs). */
@@ -80,5 +80,50 @@ describe('zstd into caller buffers with reused contexts (repository/zstd.ts)', (
     }
     expect(n).not.toBe(input.length);
     expect(zstdDecompressInto(frame, out)).toBe(input.length);
+  });
+
+  it('reads the plaintext size a frame declares, for every size field width, and none from bytes that are not zstd', () => {
+    for (const size of [0, 1, 200, 256, 300, 65_791, 100_000, 512 * 1024]) {
+      const frame = zstdCompressSync(text(size, size));
+      expect(zstdContentSize(frame)).toBe(size);
+      const out = Buffer.alloc(size + 1);
+      expect(zstdDecompressInto(frame, out)).toBe(size);
+      // As the pipelines make frames (one call, ZSTD_e_end): the size is declared too.
+      const scratch = Buffer.alloc(zstdBound(size));
+      expect(zstdContentSize(scratch.subarray(0, zstdCompressInto(text(size, size), scratch, 3)))).toBe(size);
+    }
+    expect(zstdContentSize(Buffer.from('not a zstd frame'))).toBeUndefined();
+    expect(zstdContentSize(randomBytes(3))).toBeUndefined();
+  });
+
+  it('decompresses a frame straight into a buffer of exactly its size, and says false or throws for one that is not that size', () => {
+    const input = text(512 * 1024, 21);
+    const scratch = Buffer.alloc(zstdBound(input.length));
+    const frame = Buffer.from(scratch.subarray(0, zstdCompressInto(input, scratch, 1)!));
+    expect(zstdContentSize(frame)).toBe(input.length);
+    const exact = Buffer.alloc(input.length);
+    expect(zstdDecompressExact(frame, exact)).toBe(true);
+    expect(exact.equals(input)).toBe(true);
+    // A buffer one byte short: never written past, and not a whole frame.
+    const room = Buffer.alloc(input.length + 8, 0xee);
+    let whole: boolean;
+    try {
+      whole = zstdDecompressExact(frame, room.subarray(0, input.length - 1));
+    } catch {
+      whole = false; // zstd may report the declared size as wrong: either way not whole
+    }
+    expect(whole).toBe(false);
+    expect(room.subarray(input.length - 1).every((b) => b === 0xee)).toBe(true);
+    // A frame cut short is not whole either, and the context decodes the next frame whole.
+    let cut: boolean;
+    try {
+      cut = zstdDecompressExact(frame.subarray(0, frame.length >> 1), Buffer.alloc(input.length));
+    } catch {
+      cut = false;
+    }
+    expect(cut).toBe(false);
+    exact.fill(0);
+    expect(zstdDecompressExact(frame, exact)).toBe(true);
+    expect(exact.equals(input)).toBe(true);
   });
 });

@@ -19,7 +19,7 @@ export interface BackupDiskOptions {
   parallelism?: number;
   /** Worker threads for ids and sealing (default: the process-wide pool). */
   pool?: ChunkPool;
-  /** zstd level for chunks (default: zstd's default, 3). */
+  /** zstd level for chunks (default CHUNK_ZSTD_LEVEL, 1: backup-chunk.ts). */
   compressionLevel?: number;
   /**
    * The repository's index, for chunks the parent does not have, asked for when the first
