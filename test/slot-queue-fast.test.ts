@@ -4,59 +4,27 @@
  * told to queue, waits in line on a task token held by the embedded stack's ActivityBroker
  * and answered through its Step Functions API (SendTaskSuccess).
  */
-import { SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SlotLease, VmJob } from '../contracts/jobs.ts';
 import { acquireSlot, releaseSlot, trySlot, type SlotQueueDeps } from '../functions/backup/slot-queue.ts';
-import { SlotQueueCatalog } from '../functions/catalog/slot-queue-catalog.ts';
-import { sfnTaskCallbacks } from '../functions/commons/task-callbacks.ts';
-import { ActivityBroker } from '../local/activities.ts';
-import { startSfnApi, type SfnApi } from '../local/sfn-api.ts';
-import { LOCAL_CREDENTIALS } from '../local/stack.ts';
-import { startTestCatalog } from './helpers/catalog.ts';
+import type { SlotQueueCatalog } from '../functions/catalog/slot-queue-catalog.ts';
+import type { ActivityBroker } from '../local/activities.ts';
+import { slotJob, startSlotQueueRig, type SlotQueueRig } from './helpers/slot-queue-rig.ts';
 
-let c: Awaited<ReturnType<typeof startTestCatalog>>;
-let broker: ActivityBroker;
-let api: SfnApi;
-let sfn: SFNClient;
-let deps: SlotQueueDeps;
 /** Ticks of one clock for the whole test, so events of different VMs compare (the catalog's `now` too). */
 let tick = 0;
 const now = () => ++tick;
+let broker: ActivityBroker;
+let deps: SlotQueueDeps;
+let rig: SlotQueueRig;
 
 beforeAll(async () => {
-  c = await startTestCatalog();
-  broker = new ActivityBroker();
-  const none = () => {
-    throw new Error('no executions here');
-  };
-  api = await startSfnApi({ port: 0, broker, executions: { start: none, describe: none, list: none, stop: none } });
-  sfn = new SFNClient({ region: 'us-east-1', endpoint: api.url, credentials: LOCAL_CREDENTIALS });
-  deps = { catalog: c.catalog, queue: new SlotQueueCatalog(c.doc, 'catalog'), tasks: sfnTaskCallbacks(() => sfn), now };
+  rig = await startSlotQueueRig(now);
+  ({ broker, deps } = rig);
 });
-afterAll(async () => {
-  sfn?.destroy();
-  await api?.close();
-  broker?.close();
-  await c?.close();
-});
+afterAll(() => rig?.close());
 
-const job = (runId: string, vmId: string, scopes: VmJob['slotScopes']): VmJob => ({
-  runId,
-  policyId: 'p',
-  backupId: 'b',
-  vmId,
-  host: 'h',
-  moverGroup: 'g',
-  source: '',
-  repository: { bucket: 'b', chunkSize: 1 << 20 },
-  parentBackupId: null,
-  parentManifests: {},
-  slotScopes: scopes,
-  slot: null,
-  snapshot: null,
-  segmentBytes: 0,
-});
+const job = slotJob;
 
 /** What the test saw of one VM: how it got its slots and when (ticks of the shared clock). */
 interface Seen {

@@ -4,58 +4,25 @@
  * Step Functions API with the SDK's SendTaskSuccess, as AcquireSlot's `.waitForTaskToken`
  * task is answered in the workflow.
  */
-import { SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmJob } from '../contracts/jobs.ts';
 import { acquireSlot, releaseSlot, REQUEUE_GRACE_MS, serve, takeSlots, type SlotQueueDeps } from '../functions/backup/slot-queue.ts';
-import { SlotQueueCatalog } from '../functions/catalog/slot-queue-catalog.ts';
-import { sfnTaskCallbacks } from '../functions/commons/task-callbacks.ts';
-import { ActivityBroker } from '../local/activities.ts';
-import { startSfnApi, type SfnApi } from '../local/sfn-api.ts';
-import { LOCAL_CREDENTIALS } from '../local/stack.ts';
-import { startTestCatalog } from './helpers/catalog.ts';
+import type { SlotQueueCatalog } from '../functions/catalog/slot-queue-catalog.ts';
+import type { ActivityBroker } from '../local/activities.ts';
+import { slotJob, startSlotQueueRig, type SlotQueueRig } from './helpers/slot-queue-rig.ts';
 
-const MiB = 1024 * 1024;
-let c: Awaited<ReturnType<typeof startTestCatalog>>;
-let broker: ActivityBroker;
-let api: SfnApi;
-let sfn: SFNClient;
 let clock = 1_000_000;
+let broker: ActivityBroker;
 let deps: SlotQueueDeps;
+let rig: SlotQueueRig;
 
 beforeAll(async () => {
-  c = await startTestCatalog();
-  broker = new ActivityBroker();
-  const none = () => {
-    throw new Error('no executions here');
-  };
-  api = await startSfnApi({ port: 0, broker, executions: { start: none, describe: none, list: none, stop: none } });
-  sfn = new SFNClient({ region: 'us-east-1', endpoint: api.url, credentials: LOCAL_CREDENTIALS });
-  deps = { catalog: c.catalog, queue: new SlotQueueCatalog(c.doc, 'catalog'), tasks: sfnTaskCallbacks(() => sfn), now: () => clock++ };
+  rig = await startSlotQueueRig(() => clock++);
+  ({ broker, deps } = rig);
 });
-afterAll(async () => {
-  sfn?.destroy();
-  await api?.close();
-  broker?.close();
-  await c?.close();
-});
+afterAll(() => rig?.close());
 
-const job = (runId: string, vmId: string, scopes: VmJob['slotScopes']): VmJob => ({
-  runId,
-  policyId: 'p',
-  backupId: 'b',
-  vmId,
-  host: 'h',
-  moverGroup: 'g',
-  source: '',
-  repository: { bucket: 'b', chunkSize: MiB },
-  parentBackupId: null,
-  parentManifests: {},
-  slotScopes: scopes,
-  slot: null,
-  snapshot: null,
-  segmentBytes: 0,
-});
+const job = slotJob;
 
 /** A VM in line: its AcquireSlot task's token (held by the broker, as the workflow's wait is), and its grant once sent. */
 function waiter(j: VmJob, opts: { timeoutSeconds?: number; signal?: AbortSignal } = {}) {
