@@ -37,12 +37,16 @@ type Definition = { StartAt: string; States: Record<string, State> };
 const config = loadConfig(); // the example: kvm-01 (libvirt) in group site-a, groups site-a and site-b serve hosts
 let outdir: string;
 let template: Template;
+/** The site stacks' templates: each holds its mover groups' roles and policies. */
+let siteTemplates: Template[];
 let resolved: ResolvedTemplate;
 
 function synth(c: LifeboatConfig) {
   const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
-  const t = Template.fromStack(new LifeboatStack(app, 'Lifeboat', { config: c }));
-  return { template: t, resolved: resolveTemplate(t.toJSON() as CfnTemplate) };
+  const stack = new LifeboatStack(app, 'Lifeboat', { config: c });
+  const t = Template.fromStack(stack);
+  const sites = Object.values(stack.sites).map((s) => Template.fromStack(s));
+  return { template: t, siteTemplates: sites, resolved: resolveTemplate(t.toJSON() as CfnTemplate) };
 }
 
 function workflow(r: ResolvedTemplate = resolved): { def: Definition; all: Record<string, State> } {
@@ -59,7 +63,7 @@ const scheduleInputs = (t: Template) =>
 
 beforeAll(() => {
   outdir = mkdtempSync(join(tmpdir(), 'lifeboat-cdk-hostcfg-'));
-  ({ template, resolved } = synth(config));
+  ({ template, siteTemplates, resolved } = synth(config));
 });
 afterAll(() => rmSync(outdir, { recursive: true, force: true }));
 
@@ -187,7 +191,10 @@ describe('HostConfigBackup workflow', () => {
     expect(plan).toContain('dynamodb:GetItem');
     expect(plan).not.toContain('s3:');
     expect(JSON.stringify(policyOf('SummarizeHostConfigBackup') ?? {})).not.toContain('dynamodb:');
-    const mover = Object.values(template.findResources('AWS::IAM::Policy')).find((p) => JSON.stringify(p).includes('WriteRepositoryData'));
-    expect(JSON.stringify(mover)).toContain('/host-config/*');
+    const movers = siteTemplates
+      .flatMap((t) => Object.values(t.findResources('AWS::IAM::Policy')))
+      .filter((p) => JSON.stringify(p).includes('WriteRepositoryData'));
+    expect(movers.length).toBeGreaterThan(0);
+    for (const mover of movers) expect(JSON.stringify(mover)).toContain('/host-config/*');
   });
 });
