@@ -210,8 +210,15 @@ describe.skipIf(!existsSync('/usr/bin/qemu-nbd'))('writing a qcow2 layer over NB
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
     const socket = join(dir, 's');
     const child = spawn('qemu-nbd', ['--format=qcow2', `--socket=${socket}`, top], { stdio: 'ignore' });
-    while (!existsSync(socket)) await sleep(20);
-    const nbd = await NbdClient.connect({ socket, exportName: '' });
+    // Listened for from the start: qemu-nbd exits as soon as its one client leaves, which can be
+    // before close() returns.
+    const exited = new Promise((r) => child.once('exit', r));
+    // qemu-nbd creates the socket before it listens on it: connect until it answers.
+    let nbd: NbdClient | undefined;
+    for (let tries = 0; !nbd; tries++) {
+      if (existsSync(socket)) nbd = await NbdClient.connect({ socket, exportName: '' }).catch((e: unknown) => (tries < 250 ? undefined : Promise.reject(e)));
+      if (!nbd) await sleep(20);
+    }
     await nbd.write(Buffer.alloc(65536, 0x22), 1024 * 1024);
     await nbd.flush();
     const back = Buffer.alloc(65536 * 2);
@@ -220,7 +227,7 @@ describe.skipIf(!existsSync('/usr/bin/qemu-nbd'))('writing a qcow2 layer over NB
     expect(back.subarray(65536).every((b) => b === 0x22)).toBe(true);
     await expect(nbd.write(Buffer.alloc(512), 4 * 1024 * 1024)).rejects.toThrow(RangeError);
     await nbd.close();
-    await new Promise((r) => child.once('exit', r));
+    await exited;
     const { stdout } = await run('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x11 1M 64k', base]);
     expect(stdout).toContain('read 65536/65536');
     const top2 = await run('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x22 1M 64k', top]);
