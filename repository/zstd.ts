@@ -175,3 +175,16 @@ export function zstdDecompressInto(input: Uint8Array, out: Uint8Array): number |
     throw err;
   }
 }
+
+/**
+ * A frame decompressed into the caller's buffers (openSync's options): straight into
+ * `exactInto` when the frame declares exactly `expectedLength` bytes, else into `into`;
+ * undefined when neither is given.
+ */
+export function zstdDecompressToCallers(frame: Uint8Array, o: { into?: Uint8Array; exactInto?: Uint8Array; expectedLength?: number }): Buffer | undefined {
+  if (o.exactInto && o.exactInto.length === o.expectedLength && zstdContentSize(frame) === o.expectedLength && zstdDecompressExact(frame, o.exactInto))
+    return Buffer.from(o.exactInto.buffer, o.exactInto.byteOffset, o.exactInto.byteLength);
+  if (!o.into) return undefined;
+  const n = zstdDecompressInto(frame, o.into);
+  return Buffer.from(o.into.buffer, o.into.byteOffset, n ?? o.into.byteLength);
+}
