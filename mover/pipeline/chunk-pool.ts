@@ -50,6 +50,8 @@ export interface SharedSlot {
   readonly slot: number;
   /** The slot's memory, for reading into. */
   readonly bytes: Buffer;
+  /** Its memory starts on a page boundary (`shareAligned`). */
+  readonly aligned?: boolean;
 }
 
 /** A pack buffer shared with the pool's workers (see `ChunkPool.sharePack`). */
@@ -78,6 +80,12 @@ interface Slot {
 }
 
 const WORKER_URL = new URL('./chunk-worker.ts', import.meta.url);
+
+/** A WebAssembly memory page: 64 KiB. */
+const WASM_PAGE = 64 * 1024;
+
+/** The part of the WebAssembly global used here (TypeScript's lib for Node has no types for it). */
+type WasmApi = { Memory: new (d: { initial: number; maximum: number; shared: true }) => { buffer: SharedArrayBuffer } };
 
 /** How long the pool has no shared buffer before its threads collect their garbage (collectWhenIdle). */
 const IDLE_COLLECT_MS = 500;
@@ -122,6 +130,17 @@ export class ChunkPool {
   share(size: number): SharedSlot {
     const sab = new SharedArrayBuffer(size);
     return { slot: this.shareBuffer(sab), bytes: Buffer.from(sab) };
+  }
+
+  /**
+   * As `share`, but its bytes start on a page boundary (a shared WebAssembly memory, which
+   * V8 maps by pages; a SharedArrayBuffer's memory comes from malloc): runs of it at page
+   * offsets may be written with O_DIRECT (restore-target.ts). `size` is rounded up to 64 KiB.
+   */
+  shareAligned(size: number): SharedSlot {
+    const pages = Math.max(1, Math.ceil(size / WASM_PAGE));
+    const sab = new (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer;
+    return { slot: this.shareBuffer(sab), bytes: Buffer.from(sab), aligned: true };
   }
 
   /**

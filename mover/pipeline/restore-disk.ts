@@ -174,7 +174,7 @@ class DiskRestore {
     this.shared = pool.share(this.arena.capacity);
     this.writeChunks = Math.max(1, Math.floor(WRITE_RUN_BYTES / m.chunkSize));
     this.plainArena = new ByteArena(this.writeChunks * m.chunkSize * WRITE_RUNS_IN_FLIGHT);
-    this.plain = pool.share(this.plainArena.capacity);
+    this.plain = pool.shareAligned(this.plainArena.capacity); // page-aligned: written around the page cache (restore-target.ts)
   }
 
   /** Runs `p` to its end before the restore ends or closes; its failure is the restore's (the first one wins). */
@@ -327,7 +327,7 @@ class DiskRestore {
       writing = true;
       this.track(
         this.target
-          .write(plain.bytes.subarray(at, at + bytes), e.first * m.chunkSize)
+          .write(plain.bytes.subarray(at, at + bytes), e.first * m.chunkSize, plain.aligned)
           .then(() => this.progressed(bytes))
           .finally(() => this.plainArena.give(at, bytes)),
       );
