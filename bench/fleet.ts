@@ -130,12 +130,6 @@ async function segments(): Promise<void> {
   }
 }
 
-/** Percentile `p` (0..1) of `xs`. */
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]! : 0;
-};
-
 /** Counters of the stack process (Lambda invocations, the functions' DynamoDB calls, every client's S3 requests), read before and after a run. */
 function counters(stack: EmbeddedStack) {
   const ddb = { read: 0, write: 0 };
@@ -266,8 +260,9 @@ async function scale(): Promise<void> {
     if (d.status !== 'SUCCEEDED') throw new Error(`the scale run ended ${d.status}: ${d.error} ${d.cause}`);
     const s = JSON.parse(d.output!) as RunSummary;
     const run = await runExecutions(f.dataDir, d.executionArn!);
-    const w = run.slotWaits;
-    const mean = w.reduce((a, b) => a + b, 0) / Math.max(1, w.length);
+    const fair = await slotFairness(f.dataDir, d.executionArn!);
+    const slotRow = (label: string, w: { p50: number; p99: number; max: number; mean: number }) =>
+      `| ${label} | ${w.p50.toFixed(1)} / ${w.p99.toFixed(1)} / ${w.max.toFixed(1)} s (mean ${w.mean.toFixed(1)} s, p99/mean ${(w.p99 / Math.max(1e-9, w.mean)).toFixed(1)}) |\n`;
     process.stdout.write(
       `\nScale run: ${vmCount} VMs, ${groups.length} groups, ${groups.length * moversPerGroup} movers (2 slots each), ${hostCount} hosts (${hostLimit} backups each), ${vmConcurrency} VMs at once; load average ${load.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end (${os.cpus().length} cores):\n`,
     );
@@ -284,11 +279,10 @@ async function scale(): Promise<void> {
     process.stdout.write(
       `| control-plane CPU per VM | ${((cpu.user + cpu.system) / 1000 / vmCount).toFixed(1)} ms (embedded stack process: runner, handlers, dynalite, s3rver) |\n`,
     );
-    process.stdout.write(
-      `| slot wait p50 / p99 / max (mean) | ${pct(w, 0.5).toFixed(1)} / ${pct(w, 0.99).toFixed(1)} / ${Math.max(0, ...w).toFixed(1)} s (${mean.toFixed(1)} s) |\n`,
-    );
+    process.stdout.write(slotRow('slot wait p50 / p99 / max: a slot of its host free for it → holding it', fair.eligibleWaits));
+    process.stdout.write(slotRow('AcquireSlot entered → left (its own latency)', fair.waits));
     process.stdout.write(`| WaitForSlot entered (VMs that had to queue) | ${run.transitionsByState.WaitForSlot ?? 0} of ${vmCount} |\n`);
-    process.stdout.write(`\nWhy VMs waited (bench/slot-fairness.ts): ${formatSlotFairness(await slotFairness(f.dataDir, d.executionArn!))}\n`);
+    process.stdout.write(`\nWhy VMs waited (bench/slot-fairness.ts): ${formatSlotFairness(fair)}\n`);
     printTransitions(run.transitionsByState, vmCount);
     printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
   } finally {
