@@ -222,8 +222,8 @@ function fleetLayout(hosts: number, movers: number) {
 
 /**
  * A VM folder as createVmFolder writes it, with one disk of random data in its first half and
- * a hole after: a thousand of these take seconds of CPU, where createVmFolder's text runs cost
- * about ten times as much (scale measures the control plane, not the data).
+ * a hole after, far cheaper to make than createVmFolder's text runs (scale measures the control
+ * plane, not the data).
  */
 async function quickVmFolder(dir: string, vmId: string, diskBytes: number): Promise<void> {
   await mkdir(dir, { recursive: true });
