@@ -23,7 +23,7 @@ interface HistoryEvent {
   state?: { name: string };
 }
 
-interface VmSlotLife {
+export interface VmSlotLife {
   host: string;
   limit: number;
   /** When its host's child execution started: from then the host's first `limit` VMs may hold its slots. */
