@@ -198,6 +198,19 @@ function maxConcurrency(map: DistributedMapState, input: unknown, ctx: MapRunCon
   return v;
 }
 
+const childDefinitions = new WeakMap<object, Definition>();
+
+/** The ItemProcessor as its children's state machine: one object per Map state, so the runner prepares it once (local/executions.ts). */
+function childDefinition(map: DistributedMapState): Definition {
+  let d = childDefinitions.get(map.ItemProcessor);
+  if (!d) {
+    const { ProcessorConfig: _config, ...definition } = map.ItemProcessor;
+    d = definition as Definition;
+    childDefinitions.set(map.ItemProcessor, d);
+  }
+  return d;
+}
+
 /** Runs the Map Run of Distributed Map `stateName` over the lowered Task's `input`; its result is the state's. */
 export async function runMapRun(stateName: string, map: DistributedMapState, input: unknown, ctx: MapRunContext): Promise<unknown> {
   const label = map.Label ?? stateName;
@@ -206,14 +219,14 @@ export async function runMapRun(stateName: string, map: DistributedMapState, inp
   const mapRunArn = ctx.stateMachineArn.replace(/:stateMachine:.*$/, `:mapRun:${smName}/${label}:${mapRunId}`);
   const items = await readItems(map, input, ctx);
   ctx.onMapRun({ mapRunArn, stateName, items: items.length });
-  const { ProcessorConfig: _config, ...definition } = map.ItemProcessor;
+  const definition = childDefinition(map);
   const childMachine = `${ctx.stateMachineArn}/${label}`;
   const outcomes = await pool(items, maxConcurrency(map, input, ctx) || 10_000, ctx.signal, (item, index) => {
     const context = { Execution: ctx.execution, Map: { Item: { Index: index, Value: item } } };
     const childInput = map.ItemSelector ? applyTemplate(map.ItemSelector, input, context) : item;
     return ctx.runChild({
       stateMachineArn: childMachine,
-      definition: definition as Definition,
+      definition,
       input: JSON.stringify(childInput),
       name: randomUUID(),
       mapRunArn,

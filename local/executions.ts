@@ -30,6 +30,31 @@ function named(name: string, message: string): Error {
  */
 export const TASK_TOKEN_PLACEHOLDER = 'lifeboat-local:$$.Task.Token';
 
+/** A definition lowered (local/distributed-map.ts) and validated, ready to run any number of executions. */
+interface Prepared {
+  definition: Record<string, unknown>;
+  maps: Record<string, DistributedMapState>;
+  machine: StateMachine;
+}
+const prepared = new WeakMap<object, Prepared>();
+
+/**
+ * The definition with its Distributed Maps lowered, as a runner's state machine: once per
+ * definition, not per execution. The runner validates a definition by compiling the ASL's JSON
+ * schema, which took most of the stack process's CPU when it ran per execution (a Map Run
+ * starts one per item); a StateMachine keeps nothing of a run, so one serves them all.
+ */
+function prepare(source: Record<string, unknown>): Prepared {
+  let p = prepared.get(source);
+  if (!p) {
+    // Distributed Maps run as Map Runs of child executions (local/distributed-map.ts).
+    const { definition, maps } = lowerDistributedMaps(source as never);
+    p = { definition, maps, machine: new StateMachine(definition as never, { validationOptions: { checkArn: false } }) };
+    prepared.set(source, p);
+  }
+  return p;
+}
+
 export interface StateCounts {
   transitions: number;
 }
@@ -288,9 +313,7 @@ export class LocalExecutions implements ExecutionService {
     // it stopped (in AWS their tokens are then void): no mover takes up a dead execution's work.
     const settled = new AbortController();
     const taskSignal = AbortSignal.any([abort.signal, settled.signal]);
-    // Distributed Maps run as Map Runs of child executions (local/distributed-map.ts).
-    const { definition, maps } = lowerDistributedMaps(sm.definition as never);
-    const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false } });
+    const { definition, maps, machine } = prepare(sm.definition);
     // A history quota failure ends the execution at once, wherever in it the quota was reached.
     const guard = new QuotaGuard(this.quotas, definition as never, () => abort.abort());
     const execution = {
