@@ -15,6 +15,7 @@ import type { ManifestHead } from './manifest/head.ts';
 import { ManifestWriter, putHead, type ManifestWriterOptions } from './manifest/writer.ts';
 import { decodeIndexObject, openIndexObject, putIndexObject, readChunk, sealIndex, type ChunkLocation, type IndexListing, type PackContents } from './packs.ts';
 import { fetchPackTrailer, readPackTrailer } from './pack-trailer.ts';
+import { parentBase, type ParentBase } from './parent-chunks.ts';
 import { PackWriter, type PackWriterOptions } from './pack-writer.ts';
 import type { PackBuffer } from './pack-buffer.ts';
 import { IndexCache, RepositoryIndex } from './repository-index.ts';
@@ -64,6 +65,12 @@ export class Repository {
   /** A disk's (or a segment's) manifest as a stream, any version; undefined when it does not exist. */
   openManifest(backupId: string, diskId: string): Promise<ManifestReader | undefined> {
     return ManifestReader.open(this.store, this.#keys, backupId, diskId);
+  }
+
+  /** A disk's manifest in `backupId` as the base of an incremental backup (parent-chunks.ts); undefined when it does not exist. */
+  async openParent(backupId: string, diskId: string, o: { chunkSize: number; from: number }): Promise<ParentBase | undefined> {
+    const parent = await this.openManifest(backupId, diskId);
+    return parent && parentBase(parent, o);
   }
 
   /** A manifest as a stream from its sealed head already read (`sealed`, the object at the manifest's key); throws Corrupt when it does not open. */
