@@ -35,15 +35,12 @@ export function keyWrapper(source: KeySource, bucket: string, opts: { create?: b
  */
 export class Repository {
   readonly store: ObjectStore;
-  /** The master key, when the repository was opened from it (not from derived keys). */
-  readonly masterKey: Buffer | undefined;
   /** The repository's index as this process keeps it, up to date on each `refresh()` (spilled to `indexDir` when given). */
   readonly index: IndexCache;
   readonly #keys: RepositoryKeys;
 
   constructor(store: ObjectStore, key: Buffer | RepositoryKeys, o: { indexDir?: string } = {}) {
     this.store = store;
-    this.masterKey = Buffer.isBuffer(key) ? key : undefined;
     this.#keys = Buffer.isBuffer(key) ? deriveKeys(key) : key;
     this.index = new IndexCache(store, this.#keys, o.indexDir ? { dir: o.indexDir } : {});
   }
@@ -192,14 +189,8 @@ const vmConfigPurpose = (backupId: string) => `vm-config:${backupId}`;
  * Opens the repository in `bucket` through `store`: its master key unwrapped as `keys`
  * says. With `create`, a repository without a key gets one (and a missing key file is made).
  */
-export async function openRepository(o: {
-  store: ObjectStore;
-  bucket: string;
-  keys: KeySource;
-  create?: boolean;
-  indexDir?: string;
-}): Promise<Repository & { readonly masterKey: Buffer }> {
+export async function openRepository(o: { store: ObjectStore; bucket: string; keys: KeySource; create?: boolean; indexDir?: string }): Promise<Repository> {
   const create = o.create === true;
   const masterKey = await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create });
-  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {}) as Repository & { readonly masterKey: Buffer };
+  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {});
 }
