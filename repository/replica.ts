@@ -29,8 +29,8 @@ import { referencedObjects, type ReferencedObject } from './referenced.ts';
 
 /** An index object at the target is written after this many packs were copied, and at the end. */
 const PACKS_PER_INDEX = 32;
-/** Packs remembered as handled (copied or found at the target) by one copier. */
-const HANDLED_PACKS = 4096;
+/** Objects remembered as handled (copied, or found at the target) by one copier: bounded. */
+const HANDLED_OBJECTS = 4096;
 
 export interface CopyOptions {
   source: Repository;
@@ -107,7 +107,7 @@ export class ManifestCopy {
     if (copied === undefined) {
       copied = r.kind === 'pack' ? await this.copyPack(r) : await this.copyChunk(r);
       this.handled.set(r.key, copied);
-      if (this.handled.size > HANDLED_PACKS) this.handled.delete(this.handled.keys().next().value!);
+      if (this.handled.size > HANDLED_OBJECTS) this.handled.delete(this.handled.keys().next().value!);
     }
     if (copied) this.counts.chunksCopied += r.chunks.length;
   }
