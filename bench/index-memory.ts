@@ -16,7 +16,7 @@ import { objectKeys } from '../repository/format.ts';
 import { MemoryObjectStore } from '../core/memory-store.ts';
 import { Repository } from '../repository/open.ts';
 import type { PackContents } from '../repository/packs.ts';
-import type { IndexCache } from '../repository/repository-index.ts';
+import type { IndexCache } from '../repository/types.ts';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error('run with node --expose-gc');

@@ -324,8 +324,8 @@ export function repositoryStore(e: StackEndpoints, repositoryId?: string): Objec
   return new S3ObjectStore(s3Client({ ...endpointSettings(r.endpoint, { region: e.region, url: e.s3 }), credentials: LOCAL_CREDENTIALS }), r.bucket);
 }
 
-/** The stack's repository (or a configured one, by id) as a client opens it (the master key with it, for the stack's own checks). */
-export function openRepository(e: StackEndpoints, repositoryId?: string): Promise<Repository & { readonly masterKey: Buffer }> {
+/** The stack's repository (or a configured one, by id) as a client opens it. */
+export function openRepository(e: StackEndpoints, repositoryId?: string): Promise<Repository> {
   return openRepositoryOf({
     store: repositoryStore(e, repositoryId),
     bucket: repositoryId ? e.repositories[repositoryId]!.bucket : e.bucket,

@@ -15,6 +15,7 @@ import type { ManifestHead } from './manifest/head.ts';
 import { ManifestWriter, putHead, type ManifestWriterOptions } from './manifest/writer.ts';
 import { decodeIndexObject, openIndexObject, putIndexObject, readChunk, sealIndex, type ChunkLocation, type IndexListing, type PackContents } from './packs.ts';
 import { fetchPackTrailer, readPackTrailer } from './pack-trailer.ts';
+import { parentBase, type ParentBase } from './parent-chunks.ts';
 import { PackWriter, type PackWriterOptions } from './pack-writer.ts';
 import type { PackBuffer } from './pack-buffer.ts';
 import { IndexCache, RepositoryIndex } from './repository-index.ts';
@@ -34,15 +35,12 @@ export function keyWrapper(source: KeySource, bucket: string, opts: { create?: b
  */
 export class Repository {
   readonly store: ObjectStore;
-  /** The master key, when the repository was opened from it (not from derived keys). */
-  readonly masterKey: Buffer | undefined;
   /** The repository's index as this process keeps it, up to date on each `refresh()` (spilled to `indexDir` when given). */
   readonly index: IndexCache;
   readonly #keys: RepositoryKeys;
 
   constructor(store: ObjectStore, key: Buffer | RepositoryKeys, o: { indexDir?: string } = {}) {
     this.store = store;
-    this.masterKey = Buffer.isBuffer(key) ? key : undefined;
     this.#keys = Buffer.isBuffer(key) ? deriveKeys(key) : key;
     this.index = new IndexCache(store, this.#keys, o.indexDir ? { dir: o.indexDir } : {});
   }
@@ -64,6 +62,12 @@ export class Repository {
   /** A disk's (or a segment's) manifest as a stream, any version; undefined when it does not exist. */
   openManifest(backupId: string, diskId: string): Promise<ManifestReader | undefined> {
     return ManifestReader.open(this.store, this.#keys, backupId, diskId);
+  }
+
+  /** A disk's manifest in `backupId` as the base of an incremental backup (parent-chunks.ts); undefined when it does not exist. */
+  async openParent(backupId: string, diskId: string, o: { chunkSize: number; from: number }): Promise<ParentBase | undefined> {
+    const parent = await this.openManifest(backupId, diskId);
+    return parent && parentBase(parent, o);
   }
 
   /** A manifest as a stream from its sealed head already read (`sealed`, the object at the manifest's key); throws Corrupt when it does not open. */
@@ -185,14 +189,8 @@ const vmConfigPurpose = (backupId: string) => `vm-config:${backupId}`;
  * Opens the repository in `bucket` through `store`: its master key unwrapped as `keys`
  * says. With `create`, a repository without a key gets one (and a missing key file is made).
  */
-export async function openRepository(o: {
-  store: ObjectStore;
-  bucket: string;
-  keys: KeySource;
-  create?: boolean;
-  indexDir?: string;
-}): Promise<Repository & { readonly masterKey: Buffer }> {
+export async function openRepository(o: { store: ObjectStore; bucket: string; keys: KeySource; create?: boolean; indexDir?: string }): Promise<Repository> {
   const create = o.create === true;
   const masterKey = await loadMasterKey(o.store, await keyWrapper(o.keys, o.bucket, { create }), { create });
-  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {}) as Repository & { readonly masterKey: Buffer };
+  return new Repository(o.store, masterKey, o.indexDir ? { indexDir: o.indexDir } : {});
 }

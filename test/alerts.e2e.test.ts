@@ -6,12 +6,12 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { runExecution } from '../local/client.ts';
-import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import { startWebhook } from './helpers/webhook.ts';
 import { join } from 'node:path';
@@ -82,8 +82,7 @@ it('a VM past its RPO', async () => {
 
 it('damage found by a deep verification', async () => {
   const b = (await t.stack.catalog.latestCommitted('vm-al'))!;
-  const { store, masterKey } = await openRepository(t.stack.endpoints);
-  const keys = deriveKeys(masterKey);
+  const { store, keys } = await stackRepositoryKeys(t.stack.endpoints);
   const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(b.backupId, 'disk0')))!, b.backupId, 'disk0', store);
   const id = manifest.chunks.find((c) => c !== null)!;
   const at = chunkLocation(manifest, id);

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exportJob, type ExportResult } from '../contracts/export-job.ts';
-import { deriveKeys, objectKeys, type RepositoryKeys } from '../repository/format.ts';
+import { objectKeys, type RepositoryKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import { chunkLocation } from '../repository/packs.ts';
@@ -23,6 +23,7 @@ import { StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn
 import { readEndpoint, waitForEndpoint } from '../cli/export-endpoint.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { NbdClient } from '../mover/nbd/client.ts';
 import { runExportTask } from '../mover/recovery/export-task.ts';
 import { prng } from './helpers/prng.ts';
@@ -36,7 +37,7 @@ const missing = tools.filter((x) => spawnSync(x, ['--version']).status !== 0);
 if (missing.length > 0 && process.env.CI) throw new Error(`CI must install ${missing.join(', ')} (Debian: qemu-utils libnbd-bin)`);
 
 let t: TestStack;
-let repository: Repository & { readonly masterKey: Buffer };
+let repository: Repository;
 let store: ObjectStore;
 let keys: RepositoryKeys;
 let backupId = '';
@@ -111,7 +112,7 @@ beforeAll(async () => {
   backupId = (await t.stack.catalog.latestCommitted('vm-x'))!.backupId;
   repository = await openRepository(t.stack.endpoints);
   store = repository.store;
-  keys = deriveKeys(repository.masterKey);
+  keys = (await stackRepositoryKeys(t.stack.endpoints)).keys;
 }, 600_000);
 afterAll(async () => {
   await t?.close();

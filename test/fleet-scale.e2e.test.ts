@@ -14,7 +14,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { LifeboatConfig } from '../core/config.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 import { runExecution } from '../local/client.ts';
-import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import type { QuotaUsage } from '../local/quota-guard.ts';
 import { AWS_QUOTAS } from '../local/quotas.ts';
@@ -71,7 +71,7 @@ it(
     mover = startInstantMover(
       t.sfn,
       stack.endpoints.activities[Object.keys(stack.endpoints.activities).find((a) => a.endsWith('-mover-fleet'))!]!,
-      { backupId, snapshot, disks: record.disks!, repository: await openRepository(stack.endpoints) },
+      { backupId, snapshot, disks: record.disks!, repository: await stackRepositoryKeys(stack.endpoints) },
       16,
     );
 

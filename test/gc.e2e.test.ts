@@ -15,10 +15,11 @@ import type { GcReport } from '../contracts/gc-report.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeIndexObject, encodeIndexObject, newIndexId } from '../repository/packs.ts';
 import { RepositoryIndex } from '../repository/repository-index.ts';
 import { REPOSITORY_BUCKET, openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
@@ -126,8 +127,7 @@ it('waits for a running backup that reuses garbage, spares what it reused, frees
   const after = (await packFiles()).length;
   expect(after).toBe(r.packs.total - r.packs.deleted);
   // The index lists only packs that exist: a backup deduplicating against it finds no deleted pack.
-  const { store, masterKey } = await openRepository(t.stack.endpoints);
-  const keys = deriveKeys(masterKey);
+  const { store, keys } = await stackRepositoryKeys(t.stack.endpoints);
   const index = await RepositoryIndex.load(store, keys);
   expect(index.objects).toBeGreaterThan(0);
   const listed = new Set<string>();
@@ -151,8 +151,7 @@ it('waits for a running backup that reuses garbage, spares what it reused, frees
 }, 240_000);
 
 it('merges many small index objects into few through the workflow (consolidation); every chunk is still found where it was, and the backup restores', async () => {
-  const { store, masterKey } = await openRepository(t.stack.endpoints);
-  const keys = deriveKeys(masterKey);
+  const { store, keys } = await stackRepositoryKeys(t.stack.endpoints);
   const contents = [];
   for (const k of await indexObjects()) contents.push(...(await decodeIndexObject(keys, (await store.get(k))!, k.slice('index/'.length))));
   const entries = contents.flatMap((p) => p.chunks.map((c) => ({ pack: p.pack, c })));

@@ -16,7 +16,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { locationKey } from '../contracts/endpoints.ts';
-import { deriveKeys, chunkId, objectKeys, open } from '../repository/format.ts';
+import { chunkId, objectKeys, open } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation, readChunk, type ChunkLocation } from '../repository/packs.ts';
 import { quarantineKey } from '../repository/quarantine.ts';
@@ -26,7 +26,7 @@ import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
 import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
@@ -71,8 +71,7 @@ afterAll(async () => {
 
 it('quarantines a damaged chunk, re-uploads it with the next backup and heals every backup that references it', async () => {
   const e = t.stack.endpoints;
-  const { store, masterKey } = await openRepository(e);
-  const keys = deriveKeys(masterKey);
+  const { store, keys } = await stackRepositoryKeys(e);
   const b0 = await backup();
   const b1 = await backup(); // unchanged VM: its manifests list the same chunks as b0's
   expect(b1.parentBackupId).toBe(b0.backupId);

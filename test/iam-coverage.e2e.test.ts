@@ -17,10 +17,10 @@ import type { LambdaFunctionId } from '../contracts/functions.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { currentInvocation } from '../local/lambdas.ts';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
-import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { denied } from './helpers/grants.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 
@@ -165,8 +165,7 @@ it('makes only the DynamoDB and S3 calls each function and the mover role are gr
 
   // Healing: a chunk damaged in its pack is quarantined (QuarantineDamage), stored again by a backup (Plan passes it), and the backup heals (RecordDeepVerify).
   const newest = (await t.stack.catalog.latestCommitted('vm-i'))!;
-  const { store, masterKey } = await openRepository(e);
-  const keys = deriveKeys(masterKey);
+  const { store, keys } = await stackRepositoryKeys(e);
   const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(newest.backupId, 'disk0')))!, newest.backupId, 'disk0', store);
   const damagedId = m.chunks.find((c) => c !== null)!;
   const at = chunkLocation(m, damagedId); // format 2: the chunk's bytes in its pack

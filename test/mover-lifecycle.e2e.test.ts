@@ -1,10 +1,3 @@
-/**
- * The mover lifecycle with real mover processes on the embedded stack: registration,
- * SIGTERM drain (in time, and past the grace time), self-update from a signed release at
- * job time (the same process re-executes as the new version and finishes the job), and a
- * release with a bad signature refused while the old mover keeps working.
- */
-import { deriveKeys } from '../repository/format.ts';
 import { Repository } from '../repository/open.ts';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -23,6 +16,7 @@ import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { startMover, type MoverLogLine, type MoverProcess } from '../local/movers.ts';
 import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { restoreVm } from '../mover/pipeline/restore-vm.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
@@ -215,7 +209,7 @@ describe('self-update at job time', () => {
     expect(await registered('life-old')).toMatchObject({ version: '0.2.0', pid: m.child.pid, state: 'running' });
 
     const backupRec = (await t.stack.catalog.latestCommitted('vm-up'))!;
-    const keys = deriveKeys((await openRepository(t.stack.endpoints)).masterKey);
+    const { keys } = await stackRepositoryKeys(t.stack.endpoints);
     const restored = await restoreVm({
       repository: new Repository(store, keys),
       backupId: backupRec.backupId,

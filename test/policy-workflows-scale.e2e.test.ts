@@ -26,7 +26,8 @@ import type { DeepVerifyPolicySummary, RunSummary } from '../contracts/workflow-
 import type { ReplicatePolicySummary } from '../functions/replicate/replicate-policy.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { openRepository, repositoryStore } from '../local/stack.ts';
+import { repositoryStore } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { executionFamily, largestUsage } from './helpers/execution-family.ts';
 import { startInstantMover, type InstantMover } from './helpers/instant-mover.ts';
 import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
@@ -139,7 +140,7 @@ it(`replicates and deep-verifies a policy of ${VMS} VMs with one child execution
       disks: record.disks!.map((d) => ({ diskId: d.diskId, path: join(dir, `${d.diskId}.raw`), sizeBytes: d.sizeBytes })),
     },
     disks: record.disks!,
-    repository: await openRepository(e),
+    repository: await stackRepositoryKeys(e),
   };
   const activity = (group: string) => e.activities[Object.keys(e.activities).find((a) => a.endsWith(`-mover-${group}`))!]!;
   for (const group of ['site-a', 'dr']) standIns.push(startInstantMover(t.sfn, activity(group), template, 8, { dr: repositoryStore(e, 'dr'), failVms }));

@@ -7,7 +7,7 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { RecoveryCatalog } from '../functions/catalog/recovery-catalog.ts';
@@ -15,7 +15,7 @@ import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
 import { readLocalEvents } from '../local/events.ts';
-import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { stackRecoveryCatalog, startTestStack, type TestStack } from './helpers/stack.ts';
 import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
@@ -212,8 +212,7 @@ describe('Deep verify workflow', () => {
   });
 
   it('finds a bit flipped in one stored chunk, names it, marks the backup damaged and emits an event', async () => {
-    const { store, masterKey } = await openRepository(t.stack.endpoints);
-    const keys = deriveKeys(masterKey);
+    const { store, keys } = await stackRepositoryKeys(t.stack.endpoints);
     const manifest = await decodeManifest(keys, (await store.get(objectKeys.manifest(backupId, 'disk0')))!, backupId, 'disk0', store);
     const index = manifest.chunks.findIndex((c, i) => c !== null && i > 0);
     expect(index).toBeGreaterThan(0);

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import { RepositoryIndex } from '../repository/repository-index.ts';
@@ -25,7 +25,8 @@ import type { VerifyOutput } from '../contracts/backup-steps.ts';
 import { runExecution, waitForExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { openRepository, repositoryStore } from '../local/stack.ts';
+import { repositoryStore } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.ts';
 
@@ -152,7 +153,7 @@ describe('replication after a backup', () => {
     expect([...copiers]).toEqual(['dr-mover-1']);
     // The DR endpoint holds the copy: every pack of the manifest, read through its own endpoint.
     const dr = repositoryStore(t.stack.endpoints, 'dr');
-    const keys = deriveKeys((await openRepository(t.stack.endpoints)).masterKey);
+    const { keys } = await stackRepositoryKeys(t.stack.endpoints);
     const m = await decodeManifest(keys, (await dr.get(objectKeys.manifest(r.backupId, 'disk0')))!, r.backupId, 'disk0', dr);
     expect(m.version).toBe(3);
     for (const p of m.packs!) expect((await dr.head(objectKeys.pack(p.id)))?.size, p.id).toBe(p.size);
@@ -325,8 +326,7 @@ describe('a policy whose DR repository names no replicating group', () => {
   });
 
   it('a replication started by hand refuses to copy a pack holding a damaged chunk, names the chunk, and copies neither the pack nor the manifest', async () => {
-    const { store, masterKey } = await openRepository(t.stack.endpoints);
-    const keys = deriveKeys(masterKey);
+    const { store, keys } = await stackRepositoryKeys(t.stack.endpoints);
     const latest = (await t.stack.catalog.latestCommitted('vm-m'))!.backupId;
     const m = await decodeManifest(keys, (await store.get(objectKeys.manifest(latest, 'disk0')))!, latest, 'disk0', store);
     const dr = repositoryStore(t.stack.endpoints, 'dr');

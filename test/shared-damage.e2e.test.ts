@@ -13,14 +13,14 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { deriveKeys, objectKeys } from '../repository/format.ts';
+import { objectKeys } from '../repository/format.ts';
 import { decodeManifest } from './helpers/manifest.ts';
 import { chunkLocation } from '../repository/packs.ts';
 import type { QuarantineReport } from '../functions/deep-verify/quarantine.ts';
 import { runExecution } from '../local/client.ts';
 import { sha256File } from '../local/demo/demo.ts';
 import { createVmFolder, seededRng } from '../local/demo/vm-image.ts';
-import { openRepository } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { DeepVerifySummary, RestoreSummary } from '../contracts/workflow-outputs.ts';
 
@@ -64,8 +64,7 @@ afterAll(async () => {
 
 it('marks every backup sharing a damaged chunk, refuses to restore them up front naming backup and chunk, and restores both once healed', async () => {
   const e = t.stack.endpoints;
-  const { store, masterKey } = await openRepository(e);
-  const keys = deriveKeys(masterKey);
+  const { store, keys } = await stackRepositoryKeys(e);
   const b0 = await backup();
   const b1 = await backup(); // the unchanged VM: b1's manifest lists b0's chunks, in b0's packs
   const m0 = await decodeManifest(keys, (await store.get(objectKeys.manifest(b0.backupId, 'disk0')))!, b0.backupId, 'disk0', store);

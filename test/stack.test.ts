@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { runExecution, sfnClient } from '../local/client.ts';
-import { EmbeddedStack, openRepository, repositoryStore, type StackEndpoints } from '../local/stack.ts';
+import { EmbeddedStack, repositoryStore, type StackEndpoints } from '../local/stack.ts';
+import { stackRepositoryKeys } from './helpers/stack-keys.ts';
 
 /** Waits until `ok()` holds, polling; fails naming `what` after `ms`. */
 async function until(ok: () => boolean, ms: number, what: string): Promise<void> {
@@ -23,7 +24,7 @@ afterAll(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
-const masterKey = async (e: StackEndpoints) => (await openRepository(e)).masterKey;
+const masterKey = async (e: StackEndpoints) => (await stackRepositoryKeys(e)).masterKey;
 
 it('keeps the catalog, the repository key and execution history across a restart', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'lifeboat-stack-'));

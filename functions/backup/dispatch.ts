@@ -16,6 +16,7 @@ import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
 import { checkHead, type ManifestHead } from '../../repository/manifest/head.ts';
 import type { Repository } from '../../repository/open.ts';
+import { segmentPieces } from '../../repository/join.ts';
 
 export function planDispatch(job: VmJob): DispatchItem[] {
   if (!job.snapshot) throw new BadTaskInput(`VM '${job.vmId}' has no snapshot to dispatch`);
@@ -95,13 +96,12 @@ export async function joinSegments(input: { job: VmJob; transfers: DiskResult[] 
       if (!m) throw new Corrupt(`segment manifest ${objectKeys.manifest(job.backupId, id)} is missing: the segment's transfer did not finish`);
       if (m.info.chunkSize !== head.chunkSize || m.info.sizeBytes !== disk.sizeBytes)
         throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} does not match its disk`);
-      if (m.info.version !== 3)
-        throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} has format ${m.info.version}, written by an older mover; run the backup again`);
+      const pieces = segmentPieces(m);
       const first = seg.offset / head.chunkSize;
       const end = Math.ceil((seg.offset + seg.length) / head.chunkSize);
       if (m.info.from !== first || m.info.to !== end)
         throw new Corrupt(`segment manifest ${id} of backup ${job.backupId} covers chunks ${m.info.from} to ${m.info.to}, its segment ${first} to ${end}`);
-      for (const p of m.pieces()) {
+      for (const p of pieces) {
         let owner = head.owners.indexOf(p.owner);
         if (owner < 0) owner = head.owners.push(p.owner) - 1;
         head.pieces.push([owner, p.firstChunk, p.count, p.bytes]);

@@ -1,7 +1,8 @@
 /**
  * Verify: every chunk the VM's new manifests reference exists in the repository with
- * the stored size the mover recorded. Reads manifests and HEADs chunk objects (format 1)
- * or packs (format 2, each once); never downloads chunk data.
+ * the stored size the mover recorded. Reads manifests and HEADs the objects they reference
+ * (repository/referenced.ts: each pack once, whatever the manifest's version); never
+ * downloads chunk data.
  *
  * A backup with a parent HEADs only the packs its parent's manifests do not name (the packs
  * it wrote, and those it found in the index), plus a few of the parent's at random: about
@@ -18,7 +19,8 @@
  * passes no parent: a DR copy is checked in full.
  */
 import { VerifyFailed } from '../../contracts/errors.ts';
-import { objectKeys } from '../../repository/format.ts';
+import type { ObjectInfo } from '../../core/object-store.ts';
+import { referencedObjects, type ReferencedObject } from '../../repository/referenced.ts';
 import { PARENT_SAMPLE, verifyInput, verifyOutput, type VerifyInput, type VerifyOutput } from '../../contracts/backup-steps.ts';
 import type { Repository } from '../../repository/open.ts';
 import { mapLimit } from '../../core/concurrency.ts';
@@ -51,7 +53,7 @@ export async function parentPacks(parentBackupId: string, diskIds: string[], dep
   for (const diskId of diskIds) {
     try {
       const parent = await deps.repository.openManifest(parentBackupId, diskId);
-      if (!parent || parent.info.version === 1) continue;
+      if (!parent) continue;
       for await (const batch of parent.batches()) {
         for (const p of batch.packs) if (packs.size < MAX_TRUSTED) packs.set(p.id, p.size);
       }
@@ -63,12 +65,12 @@ export async function parentPacks(parentBackupId: string, diskIds: string[], dep
 }
 
 /**
- * Every chunk the backup's disk manifests reference is in `store`: a format-1 manifest's
- * chunk objects with the stored size (and, where the store keeps one, the SHA-256) the
- * manifest records; a format-2 manifest's packs, each HEADed once (also when several disks
- * share it) and of exactly the size the manifest records, which covers every chunk's range
- * (decodeManifest checked that each lies within its pack's recorded size). Verify runs it
- * on a new backup; VerifyReplica on the copy in a DR repository.
+ * Every chunk the backup's disk manifests reference is in `store`: each object holding them
+ * (`referencedObjects`) HEADed once (also when several disks share it) and of exactly the
+ * size the manifest records, which covers every chunk's range (the manifest's reader checked
+ * that each lies within its pack's recorded size), and of the SHA-256 the manifest records
+ * where it kept one and the store keeps one too. Verify runs it on a new backup;
+ * VerifyReplica on the copy in a DR repository.
  */
 export async function verifyManifests(
   backupId: string,
@@ -88,32 +90,32 @@ export async function verifyManifests(
   /** Each of the parent's packs is drawn for a HEAD with this chance: PARENT_SAMPLE of them expected. */
   const draw = PARENT_SAMPLE / Math.max(1, deps.trusted?.size ?? 1);
   /** A parent's pack at the size it recorded needs no HEAD, unless drawn for the sample. */
-  const needsHead = (pack: { id: string; size: number }) => {
-    if (deps.trusted?.get(pack.id) !== pack.size) return true;
-    if (trustedSeen.has(pack.id)) return false;
-    trustedSeen.add(pack.id);
+  const needsHead = (o: ReferencedObject) => {
+    if (deps.trusted?.get(o.id) !== o.size) return true;
+    if (trustedSeen.has(o.id)) return false;
+    trustedSeen.add(o.id);
     if (random() < draw) return true;
     packsTrusted++;
     return false;
   };
   const concurrency = deps.concurrency ?? 16;
-  /** Packs HEADed lately (disks and pieces share packs): each one's size in the store, or undefined when missing. Bounded. */
-  const packs = new Map<string, Promise<number | undefined>>();
-  const headPack = (key: string): Promise<number | undefined> => {
-    let size = packs.get(key);
-    if (!size) {
-      packs.set(
-        key,
-        (size = deps.repository.store.head(key).then((info) => {
-          if (!info) return undefined;
-          packsChecked++;
-          bytesChecked += info.size;
-          return info.size;
+  /** Objects HEADed lately (disks and pieces share packs): each one's size and checksum in the store, or undefined when missing. Bounded. */
+  const heads = new Map<string, Promise<ObjectInfo | undefined>>();
+  const headObject = (o: ReferencedObject): Promise<ObjectInfo | undefined> => {
+    let info = heads.get(o.key);
+    if (!info) {
+      heads.set(
+        o.key,
+        (info = deps.repository.store.head(o.key).then((got) => {
+          if (!got) return undefined;
+          if (o.kind === 'pack') packsChecked++;
+          bytesChecked += got.size;
+          return got;
         })),
       );
-      if (packs.size > RECENT) packs.delete(packs.keys().next().value!);
+      if (heads.size > RECENT) heads.delete(heads.keys().next().value!);
     }
-    return size;
+    return info;
   };
   for (const disk of disks) {
     const sealed = await deps.repository.store.get(disk.manifestKey);
@@ -121,43 +123,19 @@ export async function verifyManifests(
     const manifest = await deps.repository.manifestFromSealed(sealed, backupId, disk.diskId);
     // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
     const recent = new RecentIds();
-    const fresh = (id: string) => recent.fresh(id);
     for await (const batch of manifest.batches()) {
-      if (manifest.info.version !== 1) {
-        await mapLimit(batch.packs.filter(needsHead), concurrency, async (pack) => {
-          const key = objectKeys.pack(pack.id);
-          const got = await headPack(key);
-          if (got === undefined) throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
-          if (got !== pack.size)
-            throw new VerifyFailed(`pack ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${got} bytes, the manifest expects ${pack.size}`);
-        });
-        for (let i = 0; i < batch.count; i++) {
-          const id = batch.id(i);
-          if (id !== null && fresh(id)) chunksChecked++;
-        }
-        continue;
-      }
-      const objects: { id: string; length: number; sha256: string | undefined }[] = [];
-      for (let i = 0; i < batch.count; i++) {
-        const id = batch.id(i);
-        if (id !== null && fresh(id)) objects.push({ id, length: batch.location(i)!.length, sha256: batch.sha256?.(i) });
-      }
-      await mapLimit(objects, concurrency, async ({ id, length, sha256 }) => {
-        const key = objectKeys.chunk(id);
-        const info = await deps.repository.store.head(key);
-        if (!info) throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is missing from the repository`);
-        if (info.size !== length)
-          throw new VerifyFailed(`chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) is ${info.size} bytes, the manifest expects ${length}`);
-        if (sha256 && info.sha256) {
+      const refs = referencedObjects(batch, (id) => recent.fresh(id));
+      await mapLimit(refs.objects.filter(needsHead), concurrency, async (o) => {
+        const what = `${o.kind} ${o.key} of disk '${disk.diskId}' (backup ${backupId})`;
+        const got = await headObject(o);
+        if (got === undefined) throw new VerifyFailed(`${what} is missing from the repository`);
+        if (got.size !== o.size) throw new VerifyFailed(`${what} is ${got.size} bytes, the manifest expects ${o.size}`);
+        if (o.sha256 && got.sha256) {
           checksumsCompared++;
-          if (info.sha256 !== sha256)
-            throw new VerifyFailed(
-              `chunk ${key} of disk '${disk.diskId}' (backup ${backupId}) has SHA-256 ${info.sha256} in the store, the manifest expects ${sha256}`,
-            );
+          if (got.sha256 !== o.sha256) throw new VerifyFailed(`${what} has SHA-256 ${got.sha256} in the store, the manifest expects ${o.sha256}`);
         }
-        chunksChecked++;
-        bytesChecked += info.size;
       });
+      chunksChecked += refs.chunks;
     }
   }
   return { chunksChecked, bytesChecked, checksumsCompared, packsChecked, packsTrusted };

@@ -7,8 +7,7 @@
 import type { TransferStats } from '../../contracts/jobs.ts';
 import { isZero } from '../../repository/format.ts';
 import type { Repository } from '../../repository/open.ts';
-import type { PackWriter } from '../../repository/pack-writer.ts';
-import type { RepositoryIndex } from '../../repository/repository-index.ts';
+import type { PackWriter, RepositoryIndex } from '../../repository/types.ts';
 import type { Entry, RecentIds, Stored } from './backup-entries.ts';
 import { parentEntry, type ParentChunks } from './backup-parent.ts';
 import type { ChunkPool, SharedPack, SharedSlot } from './chunk-pool.ts';

@@ -18,7 +18,7 @@
 import { Corrupt } from '../../contracts/errors.ts';
 import { segmentManifestId, type DiskRef, type DiskResult } from '../../contracts/jobs.ts';
 import { sealedCapacity } from '../../repository/format.ts';
-import type { RepositoryIndex } from '../../repository/repository-index.ts';
+import type { RepositoryIndex } from '../../repository/types.ts';
 import type { DiskReader } from '../sources/source.ts';
 import type { BackupDiskOptions } from './backup-options.ts';
 import { ChunkStorer, emptyStats, type DiskStats } from './backup-chunk.ts';

@@ -4,7 +4,7 @@
  * costs no lookup), and the window that hands entries to the manifest writer in disk
  * order while chunks finish out of order.
  */
-import type { ManifestWriter } from '../../repository/manifest/writer.ts';
+import type { ManifestWriter } from '../../repository/types.ts';
 
 /** Where a chunk is stored, as a manifest records it (`pack.size` unknown while a pack this backup writes has not landed). */
 export interface Stored {

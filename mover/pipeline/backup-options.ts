@@ -1,7 +1,7 @@
 /** What `backupDisk` is given: one disk of a snapshot, its parent, the repository and its limits. */
 import type { DiskRef, DiskSegment } from '../../contracts/jobs.ts';
 import type { Repository } from '../../repository/open.ts';
-import type { RepositoryIndex } from '../../repository/repository-index.ts';
+import type { RepositoryIndex } from '../../repository/types.ts';
 import type { DiskReader } from '../sources/source.ts';
 import type { ChunkPool } from './chunk-pool.ts';
 

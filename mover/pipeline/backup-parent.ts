@@ -4,7 +4,7 @@
  * changed since the parent (changed-block tracking), and the holes the source reports.
  */
 import type { ChangeTracking } from '../../contracts/jobs.ts';
-import { ManifestCursor } from '../../repository/manifest/reader.ts';
+import type { ParentCursor } from '../../repository/parent-chunks.ts';
 import { holdsData, type Extent } from '../sources/source.ts';
 import type { BackupDiskOptions } from './backup-options.ts';
 import type { Entry } from './backup-entries.ts';
@@ -13,33 +13,29 @@ import type { Entry } from './backup-entries.ts';
  * The parent backup's manifest, walked in step with the disk (`cursor`: the parent's
  * chunk at the same offset is reused without any request, and is what an unchanged
  * extent holds), or why the parent cannot serve as the base of a changed-block read
- * (`unusable`). A format-1 parent (chunks as objects) is not used: later manifests
- * reference packs only, so the first backup after that upgrade stores its chunks again.
+ * (`unusable`: the repository says when a parent's format or chunk size rules it out).
  */
 export interface ParentChunks {
-  cursor?: ManifestCursor;
+  cursor?: ParentCursor;
   unusable?: string;
 }
 
 export async function openParent(o: BackupDiskOptions, firstChunk: number): Promise<ParentChunks> {
   if (!o.parentManifestKey || !o.parentBackupId) return { unusable: 'the disk has no parent backup' };
-  const parent = await o.repository.openManifest(o.parentBackupId, o.disk.diskId);
+  const parent = await o.repository.openParent(o.parentBackupId, o.disk.diskId, { chunkSize: o.chunkSize, from: firstChunk });
   // The parent was pruned: every chunk is looked up in the repository's index instead.
   if (!parent) return { unusable: `the parent backup's manifest ${o.parentManifestKey} is gone` };
-  if (parent.info.chunkSize !== o.chunkSize || parent.info.version === 1) return { unusable: 'the parent backup has another chunk size or format' };
-  const cursor = new ManifestCursor(parent, firstChunk);
-  if (parent.info.sizeBytes !== o.disk.sizeBytes)
-    return { cursor, unusable: `the disk was resized (${parent.info.sizeBytes} bytes in the parent backup, ${o.disk.sizeBytes} now)` };
+  if ('unusable' in parent) return parent;
+  const { cursor, sizeBytes } = parent;
+  if (sizeBytes !== o.disk.sizeBytes) return { cursor, unusable: `the disk was resized (${sizeBytes} bytes in the parent backup, ${o.disk.sizeBytes} now)` };
   return { cursor };
 }
 
 /** The parent's chunk at `i` as this backup may reuse it: not a quarantined one (undefined then, or past the parent's end). */
 export function parentEntry(parent: ParentChunks, i: number, heal: ReadonlySet<string> | undefined): Entry | undefined {
   const e = parent.cursor?.get(i);
-  if (!e) return undefined;
-  if (e.id === null) return null;
-  if (heal?.has(e.id) || !e.location?.pack) return undefined;
-  return { id: e.id, stored: { pack: e.location.pack, offset: e.location.offset, length: e.location.length } };
+  if (e === undefined || e === null) return e;
+  return heal?.has(e.id) ? undefined : e;
 }
 
 /**

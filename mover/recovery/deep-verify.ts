@@ -20,11 +20,10 @@ import { createHash } from 'node:crypto';
 import { mapLimit } from '../../core/concurrency.ts';
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys } from '../../repository/format.ts';
-import type { ManifestReader } from '../../repository/manifest/reader.ts';
+import type { ManifestReader, RepositoryIndex } from '../../repository/types.ts';
 import type { Repository } from '../../repository/open.ts';
 import { RecentIds } from '../../repository/manifest/recent.ts';
 import { planReads, type ChunkLocation } from '../../repository/packs.ts';
-import type { RepositoryIndex } from '../../repository/repository-index.ts';
 import type { DamageFinding, DeepVerifiedDisk, DeepVerifyJob } from '../../contracts/recovery-jobs.ts';
 
 /**

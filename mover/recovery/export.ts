@@ -18,7 +18,7 @@
  */
 import { Corrupt } from '../../contracts/errors.ts';
 import { objectKeys, sealedCapacity } from '../../repository/format.ts';
-import type { ManifestBatch, ManifestReader } from '../../repository/manifest/reader.ts';
+import type { ManifestBatch, ManifestReader } from '../../repository/types.ts';
 import type { Repository } from '../../repository/open.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';
 import { ExportIoError, type BlockExport, type ServerLogger } from '../nbd/block-export.ts';

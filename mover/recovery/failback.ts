@@ -18,7 +18,7 @@ import { Corrupt } from '../../contracts/errors.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { FailbackDiskResult } from '../../contracts/failback.ts';
 import { isZero } from '../../repository/format.ts';
-import { ManifestCursor, type ManifestEntry, type ManifestReader } from '../../repository/manifest/reader.ts';
+import type { ManifestEntry, ManifestReader } from '../../repository/types.ts';
 import type { Repository } from '../../repository/open.ts';
 
 export interface DeltaSide {
@@ -110,8 +110,8 @@ export async function applyDiskDelta(d: DiskDeltaInput): Promise<FailbackDiskRes
     sha256: null,
     seconds: 0,
   };
-  const fromCursor = new ManifestCursor(from);
-  const toCursor = new ManifestCursor(to);
+  const fromCursor = from.cursor();
+  const toCursor = to.cursor();
   const whole = d.mode === 'hash' ? createHash('sha256') : undefined;
   try {
     const st = await fh.stat();

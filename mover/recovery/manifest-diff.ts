@@ -6,7 +6,7 @@
  * piece at a time (ManifestReader, ManifestCursor).
  */
 import { Corrupt } from '../../contracts/errors.ts';
-import type { ManifestCursor, ManifestInfo } from '../../repository/manifest/reader.ts';
+import type { ManifestCursor, ManifestInfo } from '../../repository/types.ts';
 import type { ChunkLocation } from '../../repository/packs.ts';
 import type { Repository } from '../../repository/open.ts';
 

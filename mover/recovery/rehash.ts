@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { open as openFile } from 'node:fs/promises';
 import { isZero } from '../../repository/format.ts';
 import type { Repository } from '../../repository/open.ts';
-import type { ManifestReader } from '../../repository/manifest/reader.ts';
+import type { ManifestReader } from '../../repository/types.ts';
 import { RestoreMismatch } from '../../contracts/recovery-errors.ts';
 
 /** Bytes re-read at once (whole chunks). */

@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import { Corrupt } from '../../contracts/errors.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { JobDisk } from '../../contracts/recovery-jobs.ts';
-import { ManifestCursor, type ManifestReader } from '../../repository/manifest/reader.ts';
+import type { ManifestCursor, ManifestReader } from '../../repository/types.ts';
 import type { Repository } from '../../repository/open.ts';
 import { NbdClient } from '../nbd/client.ts';
 import { checkedChunk, diffable, sameAs } from './manifest-diff.ts';
@@ -196,7 +196,7 @@ async function openManifests(job: LayerJob, disk: JobDisk, from: LayerFrom | und
   if (target.info.sizeBytes !== disk.sizeBytes)
     throw new Corrupt(`manifest of disk '${disk.diskId}' (backup ${job.backupId}) says ${target.info.sizeBytes} bytes, its job ${disk.sizeBytes}`);
   // With a layer below whose backup cannot be diffed (resized, other chunk size), every chunk is written.
-  return { target, base: prev && diffable(prev.info, target.info) ? new ManifestCursor(prev) : undefined };
+  return { target, base: prev && diffable(prev.info, target.info) ? prev.cursor() : undefined };
 }
 
 /** The chunks that differ from the layer below (every non-zero chunk over nothing), fetched and checked, written as the writer is ready. */

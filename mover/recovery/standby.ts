@@ -13,7 +13,6 @@ import { dirname, join } from 'node:path';
 import { isZero } from '../../repository/format.ts';
 import type { Repository } from '../../repository/open.ts';
 import { Corrupt } from '../../contracts/errors.ts';
-import { ManifestCursor } from '../../repository/manifest/reader.ts';
 import { checkedChunk } from './manifest-diff.ts';
 import { RecoveryRequestInvalid } from '../../contracts/recovery-errors.ts';
 import type { ReplicateJob, StandbyDisk } from '../../contracts/recovery-jobs.ts';
@@ -66,7 +65,7 @@ export async function updateStandbyDisk(
   // Incremental only from a replica known to hold a whole backup whose manifest is still there.
   const from = state?.state === 'current' ? await d.repository.openManifest(state.backupId, disk.diskId) : undefined;
   const fromUsable = from && from.info.chunkSize === target.info.chunkSize ? from.info : undefined;
-  const fromCursor = fromUsable && new ManifestCursor(from!);
+  const fromCursor = fromUsable && from!.cursor();
   const { chunkSize, sizeBytes } = target.info;
   const chunks = target.info.to;
 

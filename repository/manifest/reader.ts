@@ -188,6 +188,11 @@ export class ManifestReader {
     return { id: b.id(chunk - b.firstChunk), location: b.location(chunk - b.firstChunk) };
   }
 
+  /** A cursor over its entries at increasing chunk numbers from chunk `from` (`ManifestCursor`). */
+  cursor(from = 0): ManifestCursor {
+    return new ManifestCursor(this, from);
+  }
+
   /** The stored (non-zero) chunks it lists: one pass over its batches. */
   async storedChunks(): Promise<number> {
     let n = 0;

@@ -11,7 +11,7 @@
  * real replication of the template put there, so VerifyReplica checks it for real).
  */
 import { GetActivityTaskCommand, SendTaskFailureCommand, SendTaskSuccessCommand, type SFNClient } from '@aws-sdk/client-sfn';
-import { deriveKeys, encodeManifest, objectKeys } from '../../repository/format.ts';
+import { encodeManifest, objectKeys, type RepositoryKeys } from '../../repository/format.ts';
 import { decodeManifest } from './manifest.ts';
 import type { DiskResult, MoverTask, SnapshotResult } from '../../contracts/jobs.ts';
 import type { RecoveryTask } from '../../contracts/recovery-jobs.ts';
@@ -27,8 +27,8 @@ export interface InstantTemplate {
   backupId: string;
   snapshot: SnapshotResult;
   disks: DiskResult[];
-  /** The repository as the stack opens it (its master key: this stand-in rewrites manifests with the test helpers). */
-  repository: { store: ObjectStore; masterKey: Buffer };
+  /** The stack's repository and its keys (helpers/stack-keys.ts): this stand-in rewrites manifests with the test helpers. */
+  repository: { store: ObjectStore; keys: RepositoryKeys };
 }
 
 /** The recovery tasks' side of the template: the DR repository, and VMs whose tasks fail (a mover's failure, as `Mover.Failed`). */
@@ -42,7 +42,7 @@ export function startInstantMover(sfn: SFNClient, activityArn: string, template:
   let stopped = false;
   const abort = new AbortController();
   const { store } = template.repository;
-  const repoKeys = deriveKeys(template.repository.masterKey);
+  const repoKeys = template.repository.keys;
   const answer = async (t: MoverTask | RecoveryTask): Promise<unknown> => {
     if (t.task === 'snapshot') return template.snapshot;
     if (t.task === 'dispatch') {

@@ -1,0 +1,59 @@
+/**
+ * The objects a manifest references, whatever its version: packs (formats 2 and 3), or a
+ * chunk stored as its own object (format 1). Verify HEADs them, replication copies them
+ * (replica.ts); neither knows which format wrote the manifest.
+ */
+import type { ManifestBatch } from './manifest/reader.ts';
+
+/** A chunk of a batch, and where in its object it is stored. */
+export interface ReferencedChunk {
+  id: string;
+  offset: number;
+  length: number;
+}
+
+/** An object a manifest's batch references. */
+export interface ReferencedObject {
+  /** A pack (many chunks, with a trailer) or a single chunk's own object (format 1): how messages and counts name it. */
+  kind: 'pack' | 'chunk';
+  /** Its id: the pack's, or the chunk's. */
+  id: string;
+  key: string;
+  /** Its stored size, as the manifest records it. */
+  size: number;
+  /** The stored bytes' base64 SHA-256, where the manifest kept one (format 1). */
+  sha256?: string;
+  /** The batch's chunks stored in it that `fresh` let through. */
+  chunks: ReferencedChunk[];
+}
+
+/** What a batch references: the chunks `fresh` let through (zeros never), and the objects holding them, each once. */
+export interface BatchReferences {
+  chunks: number;
+  objects: ReferencedObject[];
+}
+
+/**
+ * The objects holding the chunks of `b` that `fresh` lets through (a `RecentIds`'s `fresh`,
+ * so a chunk repeated close by is handled once), each with those chunks.
+ */
+export function referencedObjects(b: ManifestBatch, fresh: (id: string) => boolean = () => true): BatchReferences {
+  const byKey = new Map<string, ReferencedObject>();
+  let chunks = 0;
+  for (let i = 0; i < b.count; i++) {
+    const id = b.id(i);
+    if (id === null || !fresh(id)) continue;
+    chunks++;
+    const loc = b.location(i)!;
+    let o = byKey.get(loc.key);
+    if (!o) {
+      const sha256 = loc.pack ? undefined : b.sha256?.(i);
+      o = loc.pack
+        ? { kind: 'pack', id: loc.pack.id, key: loc.key, size: loc.pack.size, chunks: [] }
+        : { kind: 'chunk', id, key: loc.key, size: loc.length, ...(sha256 ? { sha256 } : {}), chunks: [] };
+      byKey.set(loc.key, o);
+    }
+    o.chunks.push({ id, offset: loc.offset, length: loc.length });
+  }
+  return { chunks, objects: [...byKey.values()] };
+}
