@@ -248,15 +248,16 @@ export class IndexCache {
 
   /**
    * `dir`: the local folder for the objects' plaintexts (made when missing; default: kept in
-   * memory). `parallelism`: index objects read at once (default 8; 4 with a folder: a mover,
+   * memory). `parallelism`: index objects read at once (default 8; 1 with a folder: a mover,
    * whose peak memory counts, and each object being read is held ~4 times over, sealed,
    * collected, opened and checked: ~11 MB for one of 65,536 entries; at 8, bench:big-disk's
-   * last segment, whose refresh reads ~12 such objects, peaked at 97 MiB of external memory).
+   * last segment, whose refresh reads ~12 such objects, peaked at 97 MiB of external memory,
+   * at 4 still 71 MiB; bench/MEASUREMENTS.md).
    */
   constructor(store: ObjectStore, keys: RepositoryKeys, opts: { parallelism?: number; dir?: string } = {}) {
     this.store = store;
     this.keys = keys;
-    this.parallelism = opts.parallelism ?? (opts.dir ? 4 : 8);
+    this.parallelism = opts.parallelism ?? (opts.dir ? 1 : 8);
     this.dir = opts.dir;
   }
 
