@@ -250,7 +250,10 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
   c.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((ok) => c.on('exit', ok));
   if (code !== 0) throw new Error(`${name} exited ${code}`);
-  const r = JSON.parse(out) as { seconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
+  // The result is the last line; what a diagnostic flag printed before it (--trace-gc) goes to stderr.
+  const printed = out.trimEnd().split('\n');
+  if (printed.length > 1) process.stderr.write(printed.slice(0, -1).join('\n') + '\n');
+  const r = JSON.parse(printed.at(-1)!) as { seconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
   const target = kind === 'mover' ? 256 : 512;
   const p = r.peaksMiB;
   say(

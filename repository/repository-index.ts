@@ -88,8 +88,10 @@ export class RepositoryIndex {
     let distinct = 0;
     let e = 0;
     const { table, slots } = this;
+    // Spilled listings are read whole for the build, in turn into one buffer (the largest's size).
+    const spare = Buffer.allocUnsafeSlow(listings.reduce((n, l) => (l instanceof SpilledListing ? Math.max(n, l.byteLength) : n), 0));
     for (const l of listings) {
-      const b = l.plaintext(); // spilled: read whole for the build, then dropped
+      const b = l instanceof SpilledListing ? l.plaintext(spare) : l.plaintext();
       for (let p = 0; p < l.packs; p++) {
         const n = l.entryStart[p + 1]! - l.entryStart[p]!;
         for (let c = 0, at = l.firstEntryByte[p]!; c < n; c++, at += ENTRY_BYTES, e++) {
