@@ -6,17 +6,18 @@
  *
  * The pipelines allocate and free chunk-sized buffers all the time (decrypted and
  * decompressed chunks, network reads). With glibc's defaults, freed memory is handed back
- * to the kernel and faulted in again moments later, in every thread's arena. Keeping up
- * to 64 MiB free per arena, taking buffers under 32 MiB from the arenas (not from mmap),
- * and two arenas instead of one per thread fault far less and spend less CPU, with a lower
- * peak RSS (the figures: bench/MEASUREMENTS.md). With millions of small chunks the 64 MiB
- * kept free is resident for nothing (bench:big-disk): the threshold is the next lever for a
- * mover's peak, to be weighed against the large chunks' speed.
+ * to the kernel and faulted in again moments later, in every thread's arena. Taking
+ * buffers under 32 MiB from the arenas (not from mmap), and two arenas instead of one per
+ * thread fault far less and spend less CPU, with a lower peak RSS. The trim threshold is
+ * glibc's own (128 KiB): keeping 64 MiB free per arena cost a disk of millions of small
+ * chunks up to 64 MiB of resident memory for nothing (bench:big-disk), and 512 KiB chunks'
+ * backups and restores spent about the same CPU with either (the figures:
+ * bench/MEASUREMENTS.md).
  */
 export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze({
   MALLOC_ARENA_MAX: '2',
   MALLOC_MMAP_THRESHOLD_: String(32 * 1024 * 1024),
-  MALLOC_TRIM_THRESHOLD_: String(64 * 1024 * 1024),
+  MALLOC_TRIM_THRESHOLD_: String(128 * 1024),
 });
 
 /**
