@@ -8,12 +8,15 @@
  * The chunk size is small (BENCH_CHUNK_BYTES, default 1 KiB) so millions of chunks fit in
  * minutes: what grows with the disk is the number of chunks, not their size.
  * Usage: npm run bench:big-disk   (BENCH_CHUNKS, default 4,194,304; BENCH_SEGMENTS, default 4;
- * BENCH_FULL_ONLY=1 stops after the full backup's segments, to measure the mover alone)
+ * BENCH_FULL_ONLY=1 stops after the full backup's segments, to measure the mover alone).
+ * BENCH_DIR=folder keeps the image and the repository there (kept at the end), and
+ * BENCH_FROM=join|verify|incremental|gc|restore runs the later steps on their own over what an
+ * earlier run with the same BENCH_DIR and BENCH_CHUNKS left (a 4M-chunk run takes hours at load).
  */
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { createReadStream, readFileSync } from 'node:fs';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,6 +32,12 @@ const chunkSize = Number(process.env.BENCH_CHUNK_BYTES ?? 1024);
 const chunks = Number(process.env.BENCH_CHUNKS ?? 4 * 1024 * 1024);
 const segments = Number(process.env.BENCH_SEGMENTS ?? 4);
 const fullOnly = process.env.BENCH_FULL_ONLY === '1';
+const LATER_STEPS = ['join', 'verify', 'incremental', 'gc', 'restore'] as const;
+const from = process.env.BENCH_FROM as (typeof LATER_STEPS)[number] | undefined;
+if (from !== undefined && !LATER_STEPS.includes(from))
+  throw new Error(`BENCH_FROM=${from} is not a step the bench can start from: use one of ${LATER_STEPS.join(', ')} (with the BENCH_DIR of an earlier run)`);
+/** Whether step `s` runs (BENCH_FROM skips those before it). */
+const runs = (s: (typeof LATER_STEPS)[number]) => from === undefined || LATER_STEPS.indexOf(s) >= LATER_STEPS.indexOf(from);
 /** Zero chunks between stored ones: every 64th chunk is a hole, so zero entries are there too. */
 const HOLE_EVERY = 64;
 const sizeBytes = chunks * chunkSize;
@@ -143,11 +152,23 @@ if (process.argv[2] === 'child') {
   process.exit(0);
 }
 
-const dir = resolve(fileURLToPath(new URL('..', import.meta.url)), '.lifeboat', `bench-big-disk-${process.pid}`);
-await rm(dir, { recursive: true, force: true });
+const keep = process.env.BENCH_DIR !== undefined;
+const dir = keep ? resolve(process.env.BENCH_DIR!) : resolve(fileURLToPath(new URL('..', import.meta.url)), '.lifeboat', `bench-big-disk-${process.pid}`);
+if (!from) await rm(dir, { recursive: true, force: true });
 await mkdir(dir, { recursive: true });
 const image = join(dir, 'big.raw');
 const indexDir = join(dir, 'repository-index');
+/** What the later steps need of the full backup's segments, for a run started with BENCH_FROM. */
+const transfersFile = join(dir, 'transfers.json');
+/** The earlier run's segments, read when the bench starts from a later step. */
+async function earlierTransfers(): Promise<DiskResult[]> {
+  const text = await readFile(transfersFile, 'utf8').catch((err: unknown) => {
+    throw new Error(
+      `BENCH_FROM=${from} needs the full backup of an earlier run in ${dir}, but ${transfersFile} cannot be read (${(err as Error).message}): run the bench with BENCH_DIR=${dir} and no BENCH_FROM first, with the same BENCH_CHUNKS`,
+    );
+  });
+  return JSON.parse(text) as DiskResult[];
+}
 
 /** Writes the image: every chunk distinct (its number, then a compressible pattern), every HOLE_EVERY-th a hole; `changed` chunks get another pattern. */
 async function writeImage(changedEvery?: number): Promise<void> {
@@ -229,11 +250,14 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
   c.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((ok) => c.on('exit', ok));
   if (code !== 0) throw new Error(`${name} exited ${code}`);
-  const r = JSON.parse(out) as { seconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
+  // The result is the last line; what a diagnostic flag printed before it (--trace-gc) goes to stderr.
+  const printed = out.trimEnd().split('\n');
+  if (printed.length > 1) process.stderr.write(printed.slice(0, -1).join('\n') + '\n');
+  const r = JSON.parse(printed.at(-1)!) as { seconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
   const target = kind === 'mover' ? 256 : 512;
   const p = r.peaksMiB;
   say(
-    `${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; at the peak: heap ${p.heapUsed!.toFixed(0)} of ${p.heapTotal!.toFixed(0)}, external ${p.external!.toFixed(0)} (ArrayBuffers ${p.arrayBuffers!.toFixed(0)}), other ${p.other!.toFixed(0)}; anon ${p.anon!.toFixed(0)}, file ${p.file!.toFixed(0)} MiB; ${p.threads} threads)   load ${loadavg()[0]!.toFixed(1)}`,
+    `${new Date().toISOString().slice(11, 19)} ${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; at the peak: heap ${p.heapUsed!.toFixed(0)} of ${p.heapTotal!.toFixed(0)}, external ${p.external!.toFixed(0)} (ArrayBuffers ${p.arrayBuffers!.toFixed(0)}), other ${p.other!.toFixed(0)}; anon ${p.anon!.toFixed(0)}, file ${p.file!.toFixed(0)} MiB; ${p.threads} threads)   load ${loadavg()[0]!.toFixed(1)}`,
   );
   return r.result;
 }
@@ -250,8 +274,17 @@ try {
   say(
     `big disk: ${chunks} chunks of ${chunkSize} bytes (${(sizeBytes / 1024 ** 3).toFixed(1)} GiB), ${nonZero} non-zero; ${segments} segments; 2 cores, load ${loadavg()[0]!.toFixed(1)} at start`,
   );
-  await writeImage();
   const full = 'big-full';
+  const transfers = from ? await earlierTransfers() : await fullInSegments(full);
+  if (!fullOnly) await afterFull(full, transfers, nonZero);
+} finally {
+  await stack.stop();
+  if (!keep) await rm(dir, { recursive: true, force: true });
+}
+
+/** Writes the image and backs it up in segments, one mover process each. */
+async function fullInSegments(full: string): Promise<DiskResult[]> {
+  await writeImage();
   const perSegment = Math.ceil(chunks / segments) * chunkSize;
   const transfers: DiskResult[] = [];
   for (let index = 0; index < segments; index++) {
@@ -259,30 +292,35 @@ try {
     const segment = { index, count: segments, offset, length: Math.min(perSegment, sizeBytes - offset) };
     transfers.push(await step<DiskResult>('backup', 'mover', { backupId: full, path: image, segment, indexDir, label: `segment ${index}` }));
   }
-  if (!fullOnly) await afterFull(full, transfers, nonZero);
-} finally {
-  await stack.stop();
-  await rm(dir, { recursive: true, force: true });
+  await writeFile(transfersFile, JSON.stringify(transfers));
+  return transfers;
 }
 
 /** JoinSegments, Verify, an incremental, its Verify, GC and the restore, after the full backup's segments. */
 async function afterFull(full: string, transfers: DiskResult[], nonZero: number): Promise<void> {
-  await step('join', 'function', { backupId: full, transfers });
-  const bytes = await manifestBytes(full);
-  say(
-    `manifest of the full backup: ${bytes} bytes stored, ${(bytes / nonZero).toFixed(2)} bytes per non-zero chunk, ${(bytes / chunks).toFixed(2)} per chunk (target <= 48)`,
-  );
-  await step('verify', 'function', { backupId: full });
-  await writeImage(97); // about 1% of the chunks change
+  if (runs('join')) {
+    await step('join', 'function', { backupId: full, transfers });
+    const bytes = await manifestBytes(full);
+    say(
+      `manifest of the full backup: ${bytes} bytes stored, ${(bytes / nonZero).toFixed(2)} bytes per non-zero chunk, ${(bytes / chunks).toFixed(2)} per chunk (target <= 48)`,
+    );
+  }
+  if (runs('verify')) await step('verify', 'function', { backupId: full });
   const incr = 'big-incr';
-  const r = await step<DiskResult>('backup', 'mover', { backupId: incr, path: image, parentBackupId: full, indexDir, label: 'incremental' });
-  say(`incremental: ${r.stats.parentChunks} chunks reused from the parent, ${r.stats.uploadedChunks} uploaded, ${r.stats.dedupedChunks} deduplicated`);
-  await step('verify', 'function', { backupId: incr, label: 'incremental' });
-  const gc = await step<{ manifests: number; packs: unknown; reclaimableInPacks: unknown }>('gc', 'function', {});
-  say(`gc: ${gc.manifests} manifests marked, packs ${JSON.stringify(gc.packs)}, reclaimable ${JSON.stringify(gc.reclaimableInPacks)}`);
+  if (runs('incremental')) {
+    await writeImage(97); // about 1% of the chunks change (the same ones each time: a rerun writes the same bytes)
+    const r = await step<DiskResult>('backup', 'mover', { backupId: incr, path: image, parentBackupId: full, indexDir, label: 'incremental' });
+    say(`incremental: ${r.stats.parentChunks} chunks reused from the parent, ${r.stats.uploadedChunks} uploaded, ${r.stats.dedupedChunks} deduplicated`);
+    await step('verify', 'function', { backupId: incr, label: 'incremental' });
+  }
+  if (runs('gc')) {
+    const gc = await step<{ manifests: number; packs: unknown; reclaimableInPacks: unknown }>('gc', 'function', {});
+    say(`gc: ${gc.manifests} manifests marked, packs ${JSON.stringify(gc.packs)}, reclaimable ${JSON.stringify(gc.reclaimableInPacks)}`);
+  }
   const target = join(dir, 'restored.raw');
   await step('restore', 'mover', { backupId: incr, target });
   const same = (await sha256(image)) === (await sha256(target));
   say(`restore of the incremental: ${same ? 'byte-identical to the image' : 'DIFFERS from the image'}`);
+  await rm(target, { force: true });
   if (!same) process.exitCode = 1;
 }

@@ -6,17 +6,18 @@
  *
  * The pipelines allocate and free chunk-sized buffers all the time (decrypted and
  * decompressed chunks, network reads). With glibc's defaults, freed memory is handed back
- * to the kernel and faulted in again moments later, in every thread's arena. Keeping up
- * to 64 MiB free per arena, taking buffers under 32 MiB from the arenas (not from mmap),
- * and two arenas instead of one per thread fault far less and spend less CPU, with a lower
- * peak RSS (the figures: bench/MEASUREMENTS.md). With millions of small chunks the 64 MiB
- * kept free is resident for nothing (bench:big-disk): the threshold is the next lever for a
- * mover's peak, to be weighed against the large chunks' speed.
+ * to the kernel and faulted in again moments later, in every thread's arena. Taking
+ * buffers under 32 MiB from the arenas (not from mmap), and two arenas instead of one per
+ * thread fault far less and spend less CPU, with a lower peak RSS. The trim threshold is
+ * glibc's own (128 KiB): keeping 64 MiB free per arena cost a disk of millions of small
+ * chunks up to 64 MiB of resident memory for nothing (bench:big-disk), and 512 KiB chunks'
+ * backups and restores spent about the same CPU with either (the figures:
+ * bench/MEASUREMENTS.md).
  */
 export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze({
   MALLOC_ARENA_MAX: '2',
   MALLOC_MMAP_THRESHOLD_: String(32 * 1024 * 1024),
-  MALLOC_TRIM_THRESHOLD_: String(64 * 1024 * 1024),
+  MALLOC_TRIM_THRESHOLD_: String(128 * 1024),
 });
 
 /**
@@ -26,10 +27,14 @@ export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze(
  * thread. Starting the limit at 64 MiB makes backups and restores faster for a few MiB of
  * RSS; 96 MiB was no faster. Semi-spaces of at most 4 MiB (V8's default grows them to 16
  * MiB) keep the young generation's garbage from doubling the committed heap: a backup of
- * a disk of millions of small chunks peaked over the mover's 256 MiB without it (the
- * figures: bench/MEASUREMENTS.md).
+ * a disk of millions of small chunks peaked over the mover's 256 MiB without it. An old
+ * generation of at most 512 MiB (V8's default on this machine: 4 GiB) also makes V8 grow
+ * it by a smaller factor after each full collection (~1.5 times what is live instead of up
+ * to 4): a backup's main thread, ~38 MiB live, let 126 MiB pile up before a full
+ * collection, and ~60 with it. A mover whose heap outgrows 512 MiB is broken anyway
+ * (its whole target is 256). The figures: bench/MEASUREMENTS.md.
  */
-export const MOVER_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old-space-size=64', '--max-semi-space-size=4']);
+export const MOVER_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old-space-size=64', '--max-semi-space-size=4', '--max-old-space-size=512']);
 
 /**
  * The environment a mover starts with: the allocator settings, and Node's compile cache

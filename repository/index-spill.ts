@@ -96,9 +96,15 @@ export class SpilledListing {
     return this.readInto(scratch.subarray(0, length), at);
   }
 
-  /** The whole plaintext, read from the file into a buffer of its own. */
-  plaintext(): Buffer {
-    return this.readInto(Buffer.allocUnsafe(this.byteLength), 0);
+  /**
+   * The whole plaintext, read from the file into a buffer of its own, or into `reuse` when
+   * it is large enough (a view of it: an index build reads every listing in turn into one
+   * buffer, where a buffer each left the listings already read as garbage outside V8's
+   * heap until a collection came round).
+   */
+  plaintext(reuse?: Buffer): Buffer {
+    const into = reuse && reuse.length >= this.byteLength ? reuse.subarray(0, this.byteLength) : Buffer.allocUnsafe(this.byteLength);
+    return this.readInto(into, 0);
   }
 
   private readInto(into: Buffer, at: number): Buffer {

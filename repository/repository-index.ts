@@ -88,8 +88,10 @@ export class RepositoryIndex {
     let distinct = 0;
     let e = 0;
     const { table, slots } = this;
+    // Spilled listings are read whole for the build, in turn into one buffer (the largest's size).
+    const spare = Buffer.allocUnsafeSlow(listings.reduce((n, l) => (l instanceof SpilledListing ? Math.max(n, l.byteLength) : n), 0));
     for (const l of listings) {
-      const b = l.plaintext(); // spilled: read whole for the build, then dropped
+      const b = l instanceof SpilledListing ? l.plaintext(spare) : l.plaintext();
       for (let p = 0; p < l.packs; p++) {
         const n = l.entryStart[p + 1]! - l.entryStart[p]!;
         for (let c = 0, at = l.firstEntryByte[p]!; c < n; c++, at += ENTRY_BYTES, e++) {
@@ -248,15 +250,16 @@ export class IndexCache {
 
   /**
    * `dir`: the local folder for the objects' plaintexts (made when missing; default: kept in
-   * memory). `parallelism`: index objects read at once (default 8; 4 with a folder: a mover,
+   * memory). `parallelism`: index objects read at once (default 8; 1 with a folder: a mover,
    * whose peak memory counts, and each object being read is held ~4 times over, sealed,
    * collected, opened and checked: ~11 MB for one of 65,536 entries; at 8, bench:big-disk's
-   * last segment, whose refresh reads ~12 such objects, peaked at 97 MiB of external memory).
+   * last segment, whose refresh reads ~12 such objects, peaked at 97 MiB of external memory,
+   * at 4 still 71 MiB; bench/MEASUREMENTS.md).
    */
   constructor(store: ObjectStore, keys: RepositoryKeys, opts: { parallelism?: number; dir?: string } = {}) {
     this.store = store;
     this.keys = keys;
-    this.parallelism = opts.parallelism ?? (opts.dir ? 4 : 8);
+    this.parallelism = opts.parallelism ?? (opts.dir ? 1 : 8);
     this.dir = opts.dir;
   }
 

@@ -50,6 +50,21 @@ describe('SpilledListing', () => {
   });
 });
 
+describe('an index over several spilled listings', () => {
+  it('reads each into one buffer in turn (a larger one first, then a smaller): the same lookups as in memory', async () => {
+    const large = IndexListing.of([...onePack(1, 0, 700), ...onePack(2, 700, 100)]);
+    const small = IndexListing.of(onePack(3, 800, 50));
+    const spilled = [await SpilledListing.write(dir, large, 'index object large'), await SpilledListing.write(dir, small, 'index object small')];
+    const reuse = Buffer.alloc(large.bytes.length);
+    expect([spilled[1]!.plaintext(reuse).equals(small.bytes), spilled[0]!.plaintext(Buffer.alloc(8)).equals(large.bytes)]).toEqual([true, true]);
+    const a = RepositoryIndex.of([large, small]);
+    const b = RepositoryIndex.of(spilled);
+    expect([b.size, b.objects]).toEqual([850, 2]);
+    for (const n of [0, 699, 700, 799, 800, 849]) expect(b.get(fakeId(n)), `chunk ${n}`).toEqual(a.get(fakeId(n)));
+    expect(b.get(fakeId(850))).toBeUndefined();
+  });
+});
+
 describe('IndexCache with a local folder', () => {
   it('leaves no file in the folder, and gives the same index while nothing changed', async () => {
     const store = new MemoryObjectStore();

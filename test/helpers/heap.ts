@@ -16,18 +16,30 @@ export function liveHeap(): number {
   return process.memoryUsage().heapUsed;
 }
 
-/** Runs `fn`, sampling the live heap every 250 ms (a full collection each time); prints and returns the peak above the start. */
+/**
+ * Runs `fn`, sampling the live heap every 250 ms (a full collection each time), or less
+ * often while a collection takes long: the next sample waits at least 4 times as long as
+ * the last one took, so sampling costs at most a fifth of the time. On a loaded machine a
+ * full collection can take a second: sampled every 250 ms, the code measured got almost
+ * nothing of it. Prints and returns the peak above the start.
+ */
 export async function peakHeap(label: string, fn: () => Promise<void>): Promise<number> {
   const base = liveHeap();
   let peak = base;
+  let timer: NodeJS.Timeout | undefined;
   const sample = () => {
+    const started = performance.now();
     peak = Math.max(peak, liveHeap());
+    return performance.now() - started;
   };
-  const timer = setInterval(sample, 250);
+  const next = (took: number) => {
+    timer = setTimeout(() => next(sample()), Math.max(250, 4 * took));
+  };
+  next(0);
   try {
     await fn();
   } finally {
-    clearInterval(timer);
+    clearTimeout(timer);
     sample();
   }
   console.log(`${label}, peak live heap +${MiB(peak - base)}`);
