@@ -17,6 +17,8 @@
  * - **Request counts** per bucket, for benchmarks and tests.
  * - **Object Lock** (s3-object-lock.ts): retention set on PUT and by PutObjectRetention,
  *   deletes and overwrites of locked objects refused, with an injectable clock.
+ * - **Listings past 1,000 keys** (s3-list-pages.ts): ListObjectsV2's continuation tokens,
+ *   which s3rver 3.7.1 makes with DES, gone from OpenSSL 3.
  *
  * The middleware runs inside s3rver's own Koa app (first in its chain), so there is no
  * second HTTP hop.
@@ -25,6 +27,7 @@ import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import S3rver from 's3rver';
 import { readAll, s3Error, type Ctx } from './s3-front-http.ts';
+import { pageTokens, untruncated } from './s3-list-pages.ts';
 import { ObjectLock, type BucketObjectLock } from './s3-object-lock.ts';
 
 export interface LocalS3Options {
@@ -170,6 +173,9 @@ export async function startLocalS3(o: LocalS3Options): Promise<LocalS3> {
   // Koa composes its middleware when the server starts (run → listen → callback), so the
   // front goes first in the chain, before s3rver's logger, XML encoder and routes.
   server.middleware.unshift(front as (ctx: unknown, next: () => Promise<void>) => Promise<void>);
+  // Listing pages: after s3rver's XML encoder (it sees the page as an object), just before its routes (the last).
+  server.middleware.splice(server.middleware.length - 1, 0, pageTokens as (ctx: unknown, next: () => Promise<void>) => Promise<void>);
+  untruncated(server.store);
   const { port } = await server.run();
   await lock.persistConfigured();
   return { url: `http://127.0.0.1:${port}`, requests, requestKinds, close: () => server.close() };

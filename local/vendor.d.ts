@@ -29,6 +29,8 @@ declare module 's3rver' {
       getResourcePath(bucket: string, key: string, resource: string): string;
       deleteObject(bucket: string, key: string): Promise<void>;
       existsObject(bucket: string, key: string): Promise<boolean>;
+      /** One page of a bucket's keys (lib/stores/filesystem.js). */
+      listObjects(bucket: string, options: Record<string, unknown>): Promise<{ objects: { key: string }[]; isTruncated: boolean }>;
     };
   }
 }

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
  * S3 adapter against it, and two movers backing up the same data at once.
  */
 import { Repository } from '../repository/open.ts';
-import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -121,6 +121,40 @@ describe('local S3 endpoint', () => {
       { key: 'ranged/a', size: 1 },
       { key: 'ranged/x', size: 50_000 },
     ]);
+  });
+
+  it('lists a prefix of more than 1,000 keys in pages (ListObjectsV2 continuation tokens), each key once in key order', async () => {
+    // Keys in folders, so a page ends inside one and the next starts in it again.
+    const keys = Array.from({ length: 1_100 }, (_, i) => `paged/${String(i % 7)}/k${String(i).padStart(4, '0')}`).sort();
+    for (let i = 0; i < keys.length; i += 100) await Promise.all(keys.slice(i, i + 100).map((k) => store.put(k, Buffer.from(k))));
+    const lists = s3.requestKinds.get('LIST') ?? 0;
+    const listed: string[] = [];
+    for await (const o of store.list('paged/')) listed.push(o.key);
+    expect(listed).toEqual(keys);
+    expect((s3.requestKinds.get('LIST') ?? 0) - lists).toBe(2);
+
+    // Smaller pages, as a client asks for them: IsTruncated and a token until the last.
+    const pages: { n: number; truncated: boolean }[] = [];
+    let token: string | undefined;
+    do {
+      const out = await client().send(new ListObjectsV2Command({ Bucket: 'repo', Prefix: 'paged/3/', MaxKeys: 60, ContinuationToken: token }));
+      pages.push({ n: out.KeyCount ?? 0, truncated: out.IsTruncated ?? false });
+      if (token) expect(out.ContinuationToken).toBe(token);
+      token = out.NextContinuationToken;
+    } while (token);
+    expect(pages).toEqual([
+      { n: 60, truncated: true },
+      { n: 60, truncated: true },
+      { n: 37, truncated: false },
+    ]);
+    // A token that is not the endpoint's own is refused, as S3 refuses one.
+    const bad = await client()
+      .send(new ListObjectsV2Command({ Bucket: 'repo', Prefix: 'paged/', ContinuationToken: 'bm90LWEtdG9rZW4' }))
+      .then(
+        () => 'listed',
+        (e: { name?: string; $metadata?: { httpStatusCode?: number } }) => `${e.$metadata?.httpStatusCode} ${e.name}`,
+      );
+    expect(bad).toBe('400 InvalidArgument');
   });
 
   it('still overwrites on a plain PUT, and counts requests per bucket', async () => {
