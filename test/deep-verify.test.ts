@@ -13,6 +13,7 @@ import { recordDeepVerify } from '../functions/deep-verify/deep-verify.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { deepVerifyDisk } from '../mover/recovery/deep-verify.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -51,7 +52,7 @@ class Counting implements ObjectStore {
 }
 
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, healChunks?: Set<string>) {
-  const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+  const reader = bufferReader(data);
   const r = await backupDisk({
     repository: new Repository(store, keys),
     reader,

@@ -23,6 +23,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { prng } from './helpers/prng.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -61,7 +62,7 @@ function disk(): Buffer {
 async function setup(o: { cacheMiB?: number; readAheadChunks?: number } = {}) {
   const store = new Counting();
   const data = disk();
-  const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+  const reader = bufferReader(data);
   await backupDisk({
     repository: new Repository(store, keys),
     reader,

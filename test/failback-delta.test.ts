@@ -14,6 +14,7 @@ import { deriveKeys } from '../repository/format.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { applyDiskDelta } from '../mover/recovery/failback.ts';
 import { Repository } from '../repository/open.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -24,7 +25,7 @@ let dir: string;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, chunkSize = CHUNK) {
-  const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+  const reader = bufferReader(data);
   await backupDisk({ repository: new Repository(store, keys), reader, disk: { diskId: 'vda', path: 'mem', sizeBytes: data.length }, backupId, chunkSize });
 }
 const side = (store: MemoryObjectStore, backupId: string) => ({

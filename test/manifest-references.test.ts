@@ -14,6 +14,7 @@ import { Repository } from '../repository/open.ts';
 import { referencedObjects } from '../repository/referenced.ts';
 import { RecentIds } from '../repository/manifest/recent.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -25,7 +26,7 @@ function disk(): Buffer {
 }
 
 async function v3(store: MemoryObjectStore, data: Buffer): Promise<void> {
-  const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+  const reader = bufferReader(data);
   await backupDisk({
     repository: new Repository(store, keys),
     reader,

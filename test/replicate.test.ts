@@ -15,12 +15,13 @@ import { collectGarbage } from '../functions/gc/gc.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { replicateDisk } from '../mover/recovery/replicate.ts';
 import { writeV1Backup } from './helpers/format-v1.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
 
 async function backup(store: MemoryObjectStore, backupId: string, data: Buffer, packBytes?: number) {
-  const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+  const reader = bufferReader(data);
   await store.put(objectKeys.vmConfig(backupId), await seal(keys, Buffer.from('{"name":"vm"}'), `vm-config:${backupId}`));
   return backupDisk({
     repository: new Repository(store, keys),

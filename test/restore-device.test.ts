@@ -11,6 +11,7 @@ import { RecoveryRequestInvalid } from '../contracts/recovery-errors.ts';
 import type { RestoreJob } from '../contracts/recovery-jobs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDiskTask } from '../mover/recovery/restore-tasks.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -30,7 +31,7 @@ let dir: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-device-'));
-  const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+  const reader = bufferReader(data);
   await backupDisk({
     repository: new Repository(store, keys),
     reader,

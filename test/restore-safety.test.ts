@@ -20,6 +20,7 @@ import { planRestore, restoreRequest } from '../functions/restore/restore.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { restoreDiskTask, restoreVmConfigTask } from '../mover/recovery/restore-tasks.ts';
 import { restoreVm } from '../mover/pipeline/restore-vm.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const keys = deriveKeys(randomBytes(32));
@@ -44,7 +45,7 @@ const diskTarget = (diskId: keyof typeof disks, path: string) => ({ diskId, size
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'lifeboat-restore-safety-'));
   for (const [diskId, data] of Object.entries(disks)) {
-    const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+    const reader = bufferReader(data);
     await backupDisk({
       repository: new Repository(store, keys),
       reader,

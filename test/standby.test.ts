@@ -12,6 +12,7 @@ import { chunkLocation } from '../repository/packs.ts';
 import type { ReplicateJob } from '../contracts/recovery-jobs.ts';
 import { backupDisk } from '../mover/pipeline/backup-disk.ts';
 import { standbyPaths, updateStandbyDisk } from '../mover/recovery/standby.ts';
+import { bufferReader } from './helpers/buffer-disk.ts';
 
 const CHUNK = 64 * 1024;
 const store = new MemoryObjectStore();
@@ -31,7 +32,7 @@ const job = (backupId: string): ReplicateJob => ({
   recoveryPoint: '2026-11-23T00:00:00Z',
 });
 async function backup(backupId: string, data: Buffer) {
-  const reader = { sizeBytes: data.length, read: async (b: Buffer, off: number, len: number) => data.copy(b, 0, off, off + len), close: async () => {} };
+  const reader = bufferReader(data);
   await backupDisk({
     repository: new Repository(store, keys),
     reader,
