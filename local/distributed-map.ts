@@ -22,6 +22,7 @@
  * Not modelled: ItemBatcher, CSV and manifest readers, S3 listing readers, EXPRESS children.
  */
 import { randomUUID } from 'node:crypto';
+import { StateMachine } from 'aws-local-stepfunctions';
 import type { ObjectStore } from '../core/object-store.ts';
 
 /** The resource of the Task a Distributed Map is lowered to. */
@@ -294,4 +295,28 @@ async function writeResults(
   };
   await store.put(manifestKey, Buffer.from(JSON.stringify(manifest)));
   return { MapRunArn: mapRunArn, ResultWriterDetails: { Bucket: bucket, Key: manifestKey } };
+}
+
+/** A definition lowered and validated, ready to run any number of executions. */
+interface Prepared {
+  definition: Record<string, unknown>;
+  maps: Record<string, DistributedMapState>;
+  machine: StateMachine;
+}
+const prepared = new WeakMap<object, Prepared>();
+
+/**
+ * The definition with its Distributed Maps lowered, as a runner's state machine: once per
+ * definition, not per execution. The runner validates a definition by compiling the ASL's JSON
+ * schema, which took most of the stack process's CPU when it ran per execution (a Map Run
+ * starts one per item); a StateMachine keeps nothing of a run, so one serves them all.
+ */
+export function prepareDefinition(source: Record<string, unknown>): Prepared {
+  let p = prepared.get(source);
+  if (!p) {
+    const { definition, maps } = lowerDistributedMaps(source as never);
+    p = { definition, maps, machine: new StateMachine(definition as never, { validationOptions: { checkArn: false } }) };
+    prepared.set(source, p);
+  }
+  return p;
 }

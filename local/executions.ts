@@ -6,11 +6,10 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { StateMachine } from 'aws-local-stepfunctions';
 import type { LambdaFunctionId } from '../contracts/functions.ts';
 import type { ObjectStore } from '../core/object-store.ts';
 import type { ActivityBroker } from './activities.ts';
-import { DISTRIBUTED_MAP_RESOURCE, lowerDistributedMaps, runMapRun, type ChildOutcome, type DistributedMapState } from './distributed-map.ts';
+import { DISTRIBUTED_MAP_RESOURCE, prepareDefinition, runMapRun, type ChildOutcome, type DistributedMapState } from './distributed-map.ts';
 import { LocalEventBus } from './events.ts';
 import { taskStates, type AslState, type ResolvedTemplate } from './asl.ts';
 import type { LocalFunctions } from './lambdas.ts';
@@ -29,31 +28,6 @@ function named(name: string, message: string): Error {
  * context per execution, so a `.waitForTaskToken` task puts its own token in place of this.
  */
 export const TASK_TOKEN_PLACEHOLDER = 'lifeboat-local:$$.Task.Token';
-
-/** A definition lowered (local/distributed-map.ts) and validated, ready to run any number of executions. */
-interface Prepared {
-  definition: Record<string, unknown>;
-  maps: Record<string, DistributedMapState>;
-  machine: StateMachine;
-}
-const prepared = new WeakMap<object, Prepared>();
-
-/**
- * The definition with its Distributed Maps lowered, as a runner's state machine: once per
- * definition, not per execution. The runner validates a definition by compiling the ASL's JSON
- * schema, which took most of the stack process's CPU when it ran per execution (a Map Run
- * starts one per item); a StateMachine keeps nothing of a run, so one serves them all.
- */
-function prepare(source: Record<string, unknown>): Prepared {
-  let p = prepared.get(source);
-  if (!p) {
-    // Distributed Maps run as Map Runs of child executions (local/distributed-map.ts).
-    const { definition, maps } = lowerDistributedMaps(source as never);
-    p = { definition, maps, machine: new StateMachine(definition as never, { validationOptions: { checkArn: false } }) };
-    prepared.set(source, p);
-  }
-  return p;
-}
 
 export interface StateCounts {
   transitions: number;
@@ -313,7 +287,7 @@ export class LocalExecutions implements ExecutionService {
     // it stopped (in AWS their tokens are then void): no mover takes up a dead execution's work.
     const settled = new AbortController();
     const taskSignal = AbortSignal.any([abort.signal, settled.signal]);
-    const { definition, maps, machine } = prepare(sm.definition);
+    const { definition, maps, machine } = prepareDefinition(sm.definition);
     // A history quota failure ends the execution at once, wherever in it the quota was reached.
     const guard = new QuotaGuard(this.quotas, definition as never, () => abort.abort());
     const execution = {
