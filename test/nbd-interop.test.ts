@@ -7,7 +7,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -61,7 +61,23 @@ async function serve(cmd: string, args: string[], socket: string): Promise<Child
     await new Promise((r) => setTimeout(r, 25));
   }
   if (!existsSync(socket)) throw new Error(`${cmd} did not create ${socket}: ${stderr}`);
+  // The socket file appears at bind, before the server listens: wait until a connect is accepted.
+  for (let i = 0; !(await accepts(socket)); i++) {
+    if (i >= 200 || child.exitCode !== null) throw new Error(`${cmd} does not accept connections on ${socket}: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
   return child;
+}
+
+/** Whether a connection to the Unix socket `path` is accepted (it is closed at once). */
+function accepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path, () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.on('error', () => resolve(false));
+  });
 }
 
 let socketCount = 0;
