@@ -152,8 +152,13 @@ export interface PerVmBackup {
   lambdaGbSeconds: number;
   /** The same invocations each timed at its function's shortest one: what the GB-seconds fall to without the shared machine's load. */
   lambdaGbSecondsFloor?: number;
+  /**
+   * The same invocations each timed at its function's mean duration in a run of VMs one at a
+   * time on the otherwise idle stack (bench/fleet-solo.ts): the estimate of what AWS bills.
+   */
+  lambdaGbSecondsAlone?: number;
   /** By function: invocations and GB-seconds per VM-backup. */
-  lambdaByFunction?: Record<string, { invocations: number; gbSeconds: number; gbSecondsFloor: number }>;
+  lambdaByFunction?: Record<string, { invocations: number; gbSeconds: number; gbSecondsFloor: number; gbSecondsAlone?: number }>;
   dynamodbReadUnits: number;
   dynamodbWriteUnits: number;
   /** S3 requests by kind: PUT (with POST, COPY), LIST, GET, HEAD, DELETE. */

@@ -12,7 +12,8 @@
  * BENCH_FLEET_VMS (scale, default 1000), BENCH_FLEET_HOSTS (20), BENCH_FLEET_MOVERS (10),
  * BENCH_FLEET_VM_CONCURRENCY (scale, default 2 per host), BENCH_FLEET_COST_VMS (cost, default 20),
  * BENCH_FLEET_COST_MIB (cost, disk size, default 64), BENCH_FLEET_COST_TARGET_GIB (100: the VM size
- * the S3 requests are scaled to).
+ * the S3 requests are scaled to), BENCH_FLEET_ALONE_VMS (scale and cost, default 5: VMs backed up one at a
+ * time after the measured run, for each function's duration alone: bench/fleet-solo.ts).
  * Each phase runs on a fresh stack, so no phase deduplicates against another.
  */
 import { mkdir, rm, truncate, writeFile } from 'node:fs/promises';
@@ -25,12 +26,14 @@ import { changeDisk, createVmFolder, seededRng } from '../local/demo/vm-image.ts
 import os from 'node:os';
 import { lambdaInvocations } from '../local/lambdas.ts';
 import { formatSlotFairness, slotFairness } from './slot-fairness.ts';
-import { dynamodbUnits, gbSeconds, loadPrices, memoryGb, price, runExecutions, type PerVmBackup, type Prices } from './fleet-usage.ts';
+import { dynamodbUnits, gbSeconds, loadPrices, memoryGb, runExecutions, type PerVmBackup } from './fleet-usage.ts';
 import { startMover, type MoverProcess } from '../local/movers.ts';
 import { EmbeddedStack, observeSdkCalls } from '../local/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
 import { PARENT_SAMPLE } from '../contracts/backup-steps.ts';
+import { aloneDurations, gbSecondsAlone, type AloneDurations } from './fleet-solo.ts';
+import { printCost } from './fleet-report.ts';
 
 const MiB = 1024 * 1024;
 /** The packs' target size (repository/pack-writer.ts), for the cost model of large VMs. */
@@ -145,7 +148,13 @@ function counters(stack: EmbeddedStack) {
 }
 
 /** Per VM-backup usage between two snapshots of `counters`. */
-function perVm(before: ReturnType<ReturnType<typeof counters>['snap']>, after: typeof before, transitions: number, vms: number): PerVmBackup {
+function perVm(
+  before: ReturnType<ReturnType<typeof counters>['snap']>,
+  after: typeof before,
+  transitions: number,
+  vms: number,
+  alone?: AloneDurations,
+): PerVmBackup {
   const lambda: Record<string, { count: number; ms: number; minMs: number }> = {};
   for (const [id, v] of Object.entries(after.lambda))
     lambda[id] = { count: v.count - (before.lambda[id]?.count ?? 0), ms: v.ms - (before.lambda[id]?.ms ?? 0), minMs: v.minMs };
@@ -158,11 +167,14 @@ function perVm(before: ReturnType<ReturnType<typeof counters>['snap']>, after: t
       ]),
   );
   const s3 = Object.fromEntries(Object.entries(after.s3).map(([k, n]) => [k, (n - (before.s3[k] ?? 0)) / vms]));
+  const est = alone ? gbSecondsAlone(byFunction, alone, memoryGb) : undefined;
+  if (est) for (const [id, g] of Object.entries(est.byFunction)) Object.assign(byFunction[id]!, { gbSecondsAlone: g });
   return {
     transitions: transitions / vms,
     lambdaInvocations: Object.values(lambda).reduce((s, v) => s + v.count, 0) / vms,
     lambdaGbSeconds: gbSeconds(lambda) / vms,
     lambdaGbSecondsFloor: Object.values(byFunction).reduce((t, f) => t + f.gbSecondsFloor, 0),
+    ...(est ? { lambdaGbSecondsAlone: est.total } : {}),
     lambdaByFunction: byFunction,
     dynamodbReadUnits: (after.ddb.read - before.ddb.read) / vms,
     dynamodbWriteUnits: (after.ddb.write - before.ddb.write) / vms,
@@ -175,41 +187,6 @@ function perVm(before: ReturnType<ReturnType<typeof counters>['snap']>, after: t
 function printTransitions(byState: Record<string, number>, vms: number): void {
   const rows = Object.entries(byState).sort((a, b) => b[1] - a[1]);
   process.stdout.write(`\nState transitions per VM by state: ${rows.map(([k, n]) => `${k} ${(n / vms).toFixed(2)}`).join(', ')}\n`);
-}
-
-function printCost(u: PerVmBackup, prices: Prices, label: string): void {
-  const cost = price(u, prices);
-  const orchestration = cost['Step Functions']! + cost.Lambda! + cost.DynamoDB! + cost.KMS!;
-  process.stdout.write(`\nPer VM-backup (${label}):\n| figure | per VM-backup |\n|---|---:|\n`);
-  process.stdout.write(
-    `| state transitions | ${u.transitions.toFixed(1)} |\n| Lambda invocations | ${u.lambdaInvocations.toFixed(1)} |\n| Lambda GB-seconds | ${u.lambdaGbSeconds.toFixed(3)} |\n`,
-  );
-  if (u.lambdaGbSecondsFloor !== undefined)
-    process.stdout.write(`| Lambda GB-seconds, each invocation at its function's shortest | ${u.lambdaGbSecondsFloor.toFixed(4)} |\n`);
-  process.stdout.write(`| DynamoDB read / write units | ${u.dynamodbReadUnits.toFixed(1)} / ${u.dynamodbWriteUnits.toFixed(1)} |\n`);
-  process.stdout.write(
-    `| S3 requests | ${Object.entries(u.s3)
-      .map(([k, n]) => `${k} ${n.toFixed(1)}`)
-      .join(', ')} |\n| KMS calls | ${u.kmsCalls} |\n`,
-  );
-  process.stdout.write(`\nCost per 1,000 VM-backups at ${prices.region} list prices of ${prices.date} (bench/aws-prices.json):\n| service | $ |\n|---|---:|\n`);
-  for (const [k, v] of Object.entries(cost)) process.stdout.write(`| ${k} | ${v.toFixed(4)} |\n`);
-  process.stdout.write(`| orchestration (Step Functions, Lambda, DynamoDB, KMS) | ${orchestration.toFixed(4)} (target 0.50) |\n`);
-  if (u.lambdaGbSecondsFloor !== undefined) {
-    const floor = price({ ...u, lambdaGbSeconds: u.lambdaGbSecondsFloor }, prices);
-    process.stdout.write(
-      `| orchestration, Lambda timed at each function's shortest invocation (the load's share removed) | ${(floor['Step Functions']! + floor.Lambda! + floor.DynamoDB! + floor.KMS!).toFixed(4)} |\n`,
-    );
-  }
-  if (u.lambdaByFunction) {
-    process.stdout.write(
-      '\nLambda by function, per VM-backup:\n| function | MiB | invocations | GB-s measured | GB-s at its shortest | $ per 1,000 (measured) |\n|---|---:|---:|---:|---:|---:|\n',
-    );
-    for (const [id, f] of Object.entries(u.lambdaByFunction).sort((a, b) => b[1].gbSeconds - a[1].gbSeconds))
-      process.stdout.write(
-        `| ${id} | ${memoryGb(id) * 1024} | ${f.invocations.toFixed(2)} | ${f.gbSeconds.toFixed(4)} | ${f.gbSecondsFloor.toFixed(4)} | ${(1000 * (f.invocations * prices.lambdaPerRequest + f.gbSeconds * prices.lambdaArmPerGbSecond)).toFixed(4)} |\n`,
-      );
-  }
 }
 
 /** `groups` mover groups of `hostsPerGroup` hosts, `moversPerGroup` movers each. */
@@ -233,10 +210,17 @@ async function quickVmFolder(dir: string, vmId: string, diskBytes: number): Prom
   await writeFile(join(dir, 'vm.json'), JSON.stringify(config, null, 2));
 }
 
-async function addVms(f: Awaited<ReturnType<typeof fleet>>, hosts: string[], count: number, diskBytes: number, quick = false): Promise<string[]> {
+async function addVms(
+  f: Awaited<ReturnType<typeof fleet>>,
+  hosts: string[],
+  count: number,
+  diskBytes: number,
+  quick = false,
+  prefix = 'vm',
+): Promise<string[]> {
   const vmIds: string[] = [];
   for (let i = 0; i < count; i++) {
-    const vmId = `vm-${String(i).padStart(4, '0')}`;
+    const vmId = `${prefix}-${String(i).padStart(4, '0')}`;
     const dir = join(f.dataDir, 'vms', vmId);
     if (quick) await quickVmFolder(dir, vmId, diskBytes);
     else await createVmFolder(dir, { name: vmId, disks: [{ id: 'disk0', sizeBytes: diskBytes }] }, seededRng(1000 + i));
@@ -272,6 +256,7 @@ async function scale(): Promise<void> {
     const started = performance.now();
     const d = await runExecution(sfnClient(f.stack.endpoints), f.stack.endpoints.backupStateMachineArn, { policyId: 'scale' }, { pollMs: 1000 });
     const seconds = (performance.now() - started) / 1000;
+    const after = c.snap();
     const cpu = process.cpuUsage(cpu0);
     if (d.status !== 'SUCCEEDED') throw new Error(`the scale run ended ${d.status}: ${d.error} ${d.cause}`);
     const s = JSON.parse(d.output!) as RunSummary;
@@ -300,7 +285,10 @@ async function scale(): Promise<void> {
     process.stdout.write(`| WaitForSlot entered (VMs that had to queue) | ${run.transitionsByState.WaitForSlot ?? 0} of ${vmCount} |\n`);
     process.stdout.write(`\nWhy VMs waited (bench/slot-fairness.ts): ${formatSlotFairness(fair)}\n`);
     printTransitions(run.transitionsByState, vmCount);
-    printCost(perVm(before, c.snap(), run.transitions, vmCount), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
+    // Each function's duration alone (bench/fleet-solo.ts): VMs of the first host, one at a time, full backups as above.
+    const aloneVms = await addVms(f, [groups[0]!.hosts[0]!], num('BENCH_FLEET_ALONE_VMS', 5), MiB, true, 'alone');
+    const alone = await aloneDurations(f.stack, 'alone', aloneVms);
+    printCost(perVm(before, after, run.transitions, vmCount, alone), await loadPrices(), `${vmCount} VMs of 1 MiB, full backups`);
   } finally {
     observeSdkCalls(undefined);
     await f.close();
@@ -340,8 +328,13 @@ async function cost(): Promise<void> {
     if (d.status !== 'SUCCEEDED') throw new Error(`the incremental ended ${d.status}: ${d.error} ${d.cause}`);
     const s = JSON.parse(d.output!) as RunSummary;
     if (s.failed) throw new Error(`the incremental failed ${s.failed} VMs: ${JSON.stringify(s.vms.slice(0, 3))}`);
+    const after = c.snap();
     const run = await runExecutions(f.dataDir, d.executionArn!);
-    const u = perVm(before, c.snap(), run.transitions, vmCount);
+    // Each function's duration alone (bench/fleet-solo.ts): VMs of the first host changed again, incrementals one at a time.
+    const hostCount = groups.flatMap((g) => g.hosts).length;
+    const aloneVms = vmIds.filter((_, i) => i % hostCount === 0).slice(0, num('BENCH_FLEET_ALONE_VMS', 5));
+    for (const [i, vmId] of aloneVms.entries()) await changeDisk(join(f.dataDir, 'vms', vmId, 'disk0.raw'), diskMiB * MiB, 0.02, 4, seededRng(9000 + i));
+    const u = perVm(before, after, run.transitions, vmCount, await aloneDurations(f.stack, 'alone', aloneVms));
     process.stdout.write(`load average ${load.toFixed(1)} at start, ${os.loadavg()[0]!.toFixed(1)} at end (${os.cpus().length} cores)\n`);
     printTransitions(run.transitionsByState, vmCount);
     printCost(u, await loadPrices(), `measured: incremental of ${diskMiB} MiB VMs after a 2% change`);
