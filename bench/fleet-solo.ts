@@ -43,7 +43,10 @@ export async function aloneDurations(stack: EmbeddedStack, policyId: string, vmI
 
 /**
  * GB-seconds per VM-backup with each invocation counted in the measured run but timed at its
- * function's mean duration alone; a function the alone run did not invoke keeps its measured time.
+ * function's mean duration alone. Only the per-VM functions (invoked at least once per VM):
+ * a per-run function (Plan, Summarize) works over the whole run's VMs, which the few VMs
+ * alone do not stand for, so it keeps its measured time, as does a function the run alone did
+ * not invoke.
  */
 export function gbSecondsAlone(
   measured: Record<string, { invocations: number; gbSeconds: number }>,
@@ -53,7 +56,7 @@ export function gbSecondsAlone(
   const byFunction = Object.fromEntries(
     Object.entries(measured).map(([id, f]) => {
       const a = alone[id];
-      return [id, a ? ((f.invocations * a.ms) / a.count / 1000) * memoryGb(id) : f.gbSeconds];
+      return [id, a && f.invocations >= 1 ? ((f.invocations * a.ms) / a.count / 1000) * memoryGb(id) : f.gbSeconds];
     }),
   );
   return { total: Object.values(byFunction).reduce((s, v) => s + v, 0), byFunction };

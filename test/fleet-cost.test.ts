@@ -12,8 +12,9 @@ describe("the fleet bench's Lambda estimate", () => {
     expect(got.total).toBeCloseTo(0.04 * memoryGb('Verify') + 0.01 * memoryGb('Commit'), 9);
   });
 
-  it('keeps the measured figure of a function the run of VMs alone never invoked', () => {
-    const got = gbSecondsAlone({ Plan: { invocations: 0.01, gbSeconds: 0.02 } }, {}, memoryGb);
-    expect(got.byFunction.Plan).toBe(0.02);
+  it('keeps the measured figure of a per-run function, and of one the run of VMs alone never invoked', () => {
+    const measured = { Plan: { invocations: 0.01, gbSeconds: 0.02 }, JoinSegments: { invocations: 1, gbSeconds: 0.3 } };
+    const got = gbSecondsAlone(measured, { Plan: { count: 1, ms: 5 } }, memoryGb);
+    expect(got.byFunction).toEqual({ Plan: 0.02, JoinSegments: 0.3 });
   });
 });
