@@ -68,6 +68,11 @@ export interface SlotFairness {
   longestHostRun: number;
   /** The hosts' mean waits: the lowest and the highest. */
   hostMeanWait: { min: number; max: number };
+  /**
+   * The slot waits of each host's first `limit` VMs (started with their host, all hosts at
+   * once: the run's start-up burst) and of the later ones (each started by a release).
+   */
+  byWave: { first: { vms: number; mean: number; max: number }; later: { vms: number; mean: number; p99: number } };
 }
 
 const pct = (xs: number[], p: number) => {
@@ -166,6 +171,17 @@ export function eligibleWaits(vms: VmSlotLife[]): number[] {
   return out;
 }
 
+/** Each VM's slot wait (see eligibleWaits), split into its host's first `limit` VMs in grant order and the rest. */
+export function waitsByWave(vms: VmSlotLife[]): { first: number[]; later: number[] } {
+  const first: number[] = [];
+  const later: number[] = [];
+  for (const line of Map.groupBy(vms, (v) => v.host).values()) {
+    const limit = line[0]!.limit;
+    for (const [i, w] of eligibleWaits(line).entries()) (i < limit ? first : later).push(w);
+  }
+  return { first, later };
+}
+
 export async function slotFairness(dataDir: string, executionArn: string): Promise<SlotFairness> {
   const vms = await lives(dataDir, executionArn);
   const waits = vms.map((v) => (v.granted - v.entered) / 1000);
@@ -197,7 +213,14 @@ export async function slotFairness(dataDir: string, executionArn: string): Promi
     waitsWithSlotFree: { p50: pct(freeWaits, 0.5), p99: pct(freeWaits, 0.99), mean: freeWaits.reduce((a, b) => a + b, 0) / Math.max(1, freeWaits.length) },
     longestHostRun: longest,
     hostMeanWait: { min: Math.min(...hostMeans), max: Math.max(...hostMeans) },
+    byWave: byWave(waitsByWave(vms)),
   };
+}
+
+function byWave(w: { first: number[]; later: number[] }): SlotFairness['byWave'] {
+  const f = stats(w.first);
+  const l = stats(w.later);
+  return { first: { vms: w.first.length, mean: f.mean, max: f.max }, later: { vms: w.later.length, mean: l.mean, p99: l.p99 } };
 }
 
 /** One line of figures, for a bench's or a test's output. */
@@ -209,6 +232,7 @@ export function formatSlotFairness(f: SlotFairness): string {
     `AcquireSlot entered → left p50/p99/max ${s(f.waits.p50)}/${s(f.waits.p99)}/${s(f.waits.max)} s, mean ${s(f.waits.mean)} s (p99/mean ${(f.waits.p99 / Math.max(1e-9, f.waits.mean)).toFixed(1)}); ` +
     `hosts' mean waits ${s(f.hostMeanWait.min)}..${s(f.hostMeanWait.max)} s; FIFO inversions ${f.fifoInversions}; waits re-queued ${f.requeues}; ReleaseSlot failures ${f.releaseSlotFailures}; ` +
     `slots idle with own waiters ${(100 * f.idleWithOwnWaiters.share).toFixed(1)}%, idle while other hosts wait ${(100 * f.idleWhileOthersWait.share).toFixed(1)}% of slot time; longest run of one host in start order ${f.longestHostRun}; ` +
-    `VMs that queued behind others of their host ${f.queuedBehindOthers} of ${f.vms}, the others' waits (a slot was free: the queue's own latency) p50/p99 ${s(f.waitsWithSlotFree.p50)}/${s(f.waitsWithSlotFree.p99)} s, mean ${s(f.waitsWithSlotFree.mean)} s`
+    `VMs that queued behind others of their host ${f.queuedBehindOthers} of ${f.vms}, the others' waits (a slot was free: the queue's own latency) p50/p99 ${s(f.waitsWithSlotFree.p50)}/${s(f.waitsWithSlotFree.p99)} s, mean ${s(f.waitsWithSlotFree.mean)} s; ` +
+    `slot wait of the hosts' first VMs (started with their host) ${f.byWave.first.vms}: mean ${s(f.byWave.first.mean)} s, max ${s(f.byWave.first.max)} s; of the later ${f.byWave.later.vms}: mean ${s(f.byWave.later.mean)} s, p99 ${s(f.byWave.later.p99)} s`
   );
 }

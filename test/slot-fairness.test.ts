@@ -4,7 +4,7 @@
  * counts, and the time its host's earlier VMs held the slots does not.
  */
 import { expect, it } from 'vitest';
-import { eligibleWaits, type VmSlotLife } from '../bench/slot-fairness.ts';
+import { eligibleWaits, waitsByWave, type VmSlotLife } from '../bench/slot-fairness.ts';
 
 const vm = (host: string, at: Partial<VmSlotLife>): VmSlotLife => ({
   host,
@@ -37,4 +37,15 @@ it("counts a host's first VMs from the host's start, and each later one from the
 
 it('never counts a negative wait: a VM granted before its host was seen to start waited 0 s', () => {
   expect(eligibleWaits([vm('a', { hostStarted: 5000, granted: 4000, released: 6000 })])).toEqual([0]);
+});
+
+it("splits the waits into each host's first VMs (its start-up) and the later ones (each after a release)", () => {
+  const w = waitsByWave([
+    vm('a', { hostStarted: 1000, granted: 6000, released: 20_000 }),
+    vm('a', { hostStarted: 1000, granted: 8000, released: 30_000 }),
+    vm('a', { hostStarted: 1000, granted: 24_000, released: 40_000 }),
+    vm('b', { limit: 1, hostStarted: 2000, granted: 2000, released: 9000 }),
+    vm('b', { limit: 1, hostStarted: 2000, granted: 9500, released: 12_000 }),
+  ]);
+  expect(w).toEqual({ first: [5, 7, 0], later: [4, 0.5] });
 });
