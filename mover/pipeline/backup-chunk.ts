@@ -61,6 +61,8 @@ export class ChunkStorer {
   private readonly o: ChunkStorerOptions;
   /** Chunks being sealed now, by id: a repeat waits for where the first lands. */
   private readonly sealing = new Map<string, Promise<Stored>>();
+  /** Chunks sent to the workers to be sealed and not sealed yet. */
+  private sealsQueued = 0;
 
   constructor(o: ChunkStorerOptions) {
     this.o = o;
@@ -80,11 +82,11 @@ export class ChunkStorer {
         o.stats.bytesZero += length;
         return null;
       }
-      // The id on this thread while every worker has work queued (sealing, or ids of chunks
-      // read faster than the workers hash them), else on a worker: the main thread is
-      // otherwise idle in an incremental, where hashing is most of the work.
+      // The id on a worker, unless every worker is sealing (a full backup, where sealing on
+      // the workers is the critical path): then on this thread. An incremental, whose work is
+      // mostly ids, leaves this thread to read, schedule and write the manifest.
       const id =
-        o.pool.backlog >= o.pool.size ? o.repository.chunkId(buf.bytes.subarray(0, length)) : await o.pool.hashSlot(o.repository.workerKeys(), buf, length);
+        this.sealsQueued >= o.pool.size ? o.repository.chunkId(buf.bytes.subarray(0, length)) : await o.pool.hashSlot(o.repository.workerKeys(), buf, length);
       // Synchronous up to the sealing map's entry, so a repeat of the chunk finds it there.
       const reused = this.reused(index, id, length);
       return reused !== undefined ? await reused : await this.sealOnce(id, buf, length, release);
@@ -116,6 +118,15 @@ export class ChunkStorer {
     return undefined;
   }
 
+  private async sealOnWorker(plain: SharedSlot, length: number, id: string, level: { level: number }, pack: SharedPack) {
+    this.sealsQueued++;
+    try {
+      return await this.o.pool.sealSlot(this.o.repository.workerKeys(), plain, length, id, level, pack);
+    } finally {
+      this.sealsQueued--;
+    }
+  }
+
   /**
    * Where a chunk new to this backup is: the repository's index, or sealed into the open
    * pack. A repeat of it meanwhile waits for where it lands (`sealing`); `release` frees its
@@ -145,7 +156,7 @@ export class ChunkStorer {
       // Sealed on a worker always, straight into the open pack: sealing on this thread too
       // (like the id) was slower and used more memory (bench/MEASUREMENTS.md).
       const level = { level: o.compressionLevel ?? CHUNK_ZSTD_LEVEL };
-      const at = await o.writer.place(id, (pack) => o.pool.sealSlot(o.repository.workerKeys(), plain, length, id, level, pack));
+      const at = await o.writer.place(id, (pack) => this.sealOnWorker(plain, length, id, level, pack));
       release(); // the plaintext is not needed for the upload
       stats.uploadedChunks++;
       stats.bytesUploaded += length;
