@@ -66,4 +66,40 @@ describe('RestoreTarget', () => {
     expect(back.subarray(8 * KiB, 16 * KiB).equals(a.subarray(512, 8704))).toBe(true);
     expect(back.subarray(64 * KiB).equals(b)).toBe(true);
   });
+
+  it('takes many writes asked for at once, and the file holds every one of them once the target is flushed', async () => {
+    const slot = pool.shareAligned(8 * 256 * KiB);
+    const data = randomBytes(8 * 256 * KiB);
+    data.copy(slot.bytes);
+    const { path, target } = await targetIn('many.raw');
+    // Asked for back to front and none awaited: more than WRITES_IN_FLIGHT at once, each its own range.
+    const writes = [7, 6, 5, 4, 3, 2, 1, 0].map((k) => target.write(slot.bytes.subarray(k * 256 * KiB, (k + 1) * 256 * KiB), k * 256 * KiB, slot.aligned));
+    await target.flushed();
+    await Promise.all(writes);
+    await target.close();
+    pool.unshare(slot);
+    expect(target.writes).toBe(8);
+    expect(target.directBytes).toBe(8 * 256 * KiB);
+    expect((await readFile(path)).equals(data)).toBe(true);
+  });
+
+  it('writes through the page cache from then on when an O_DIRECT write is refused (EINVAL), the refused run too', async () => {
+    // A SharedArrayBuffer of 1 MiB comes from malloc, whose large blocks start 16 bytes past
+    // a page: claimed aligned, its runs are offered to O_DIRECT and refused by ext4 (EINVAL).
+    const unaligned = pool.share(1024 * KiB);
+    const data = randomBytes(1024 * KiB);
+    data.copy(unaligned.bytes);
+    const { path, target } = await targetIn('refused.raw');
+    expect(target.writesDirect).toBe(true);
+    await Promise.all([target.write(unaligned.bytes.subarray(0, 512 * KiB), 0, true), target.write(unaligned.bytes.subarray(512 * KiB), 512 * KiB, true)]);
+    expect(target.writesDirect).toBe(false);
+    await target.write(unaligned.bytes.subarray(0, 64 * KiB), 1024 * KiB, true);
+    await target.flushed();
+    await target.close();
+    pool.unshare(unaligned);
+    expect(target.directBytes).toBe(0);
+    const back = await readFile(path);
+    expect(back.subarray(0, 1024 * KiB).equals(data)).toBe(true);
+    expect(back.subarray(1024 * KiB).equals(data.subarray(0, 64 * KiB))).toBe(true);
+  });
 });

@@ -24,7 +24,7 @@ import type { Repository } from '../../repository/open.ts';
 import { ByteArena } from './byte-arena.ts';
 import { sharedChunkPool, type ChunkPool, type PlaceIn, type SharedSlot } from './chunk-pool.ts';
 import { ChunkOpener } from './chunk-opener.ts';
-import { RestoreTarget } from './restore-target.ts';
+import { RestoreTarget, WRITES_IN_FLIGHT } from './restore-target.ts';
 import { readerEntries, planWindows, writeExtents, type ReadRun, type RunChunk, type WriteExtent } from '../../repository/read-runs.ts';
 
 export interface RestoreDiskOptions {
@@ -87,11 +87,12 @@ const QUEUED_PER_WORKER = 2;
 
 /**
  * The most bytes of neighbouring chunks placed side by side and written at once (at least
- * one chunk), and how many such writes may be filled or written at once: the plaintext a
- * restore holds besides its reads in flight is their product.
+ * one chunk), and how many such runs may be filled or written at once: as many as the
+ * target writes at once, and 2 being filled meanwhile, so opening chunks does not wait for
+ * the storage. The plaintext a restore holds besides its reads in flight is their product.
  */
 const WRITE_RUN_BYTES = 4 * 1024 * 1024;
-const WRITE_RUNS_IN_FLIGHT = 2;
+const WRITE_RUNS_IN_FLIGHT = WRITES_IN_FLIGHT + 2;
 
 /** The most bytes of zeros written to a device at once. */
 const ZERO_WRITE_BYTES = 8 * 1024 * 1024;

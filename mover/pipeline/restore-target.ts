@@ -1,12 +1,14 @@
 /**
- * The file or device a disk is restored into, written in large runs, one write at a time.
- * A restore places neighbouring chunks side by side in a shared buffer and hands each such
+ * The file or device a disk is restored into, written in large runs, a few at once. A
+ * restore places neighbouring chunks side by side in a shared buffer and hands each such
  * run here (restore-disk.ts): the kernel sees a few multi-MiB positional writes instead of
- * one per chunk, and never two at once (concurrent writes into one file contend on its
- * inode lock: with ext4, two writers cost ~25x the kernel time of one, measured with dd).
- * The writes run on libuv's thread pool, so no thread that decrypts or decompresses ever
- * waits for the disk. What is written is flushed to storage as the restore goes (one
- * flush at a time), so the last flush, which the restore waits for, has little left.
+ * one per chunk. Up to WRITES_IN_FLIGHT of them are under way at once, so the restore's
+ * threads that decrypt and decompress never wait for one write to reach the storage before
+ * the next is issued, and a device (or a file whose blocks are allocated) gets a queue of
+ * them. The writes run on libuv's thread pool, whose other work during a restore is the
+ * flushes below (chunks are opened on worker threads and the main thread, not the pool).
+ * What is written is flushed to storage as the restore goes (one flush at a time), so the
+ * last flush, which the restore waits for, has little left.
  *
  * Runs from page-aligned memory at page-aligned offsets are written with O_DIRECT where
  * the target takes it: the bytes go from the restore's buffer to the storage, with no copy
@@ -16,6 +18,7 @@
  */
 import { constants } from 'node:fs';
 import { open as openFile, type FileHandle } from 'node:fs/promises';
+import { Budget } from '../../core/concurrency.ts';
 
 /** Offsets, lengths and memory of an O_DIRECT write are multiples of this (a page covers every logical block size in use). */
 const DIRECT_ALIGN = 4096;
@@ -26,16 +29,31 @@ const DIRECT_ALIGN = 4096;
  */
 const FLUSH_BYTES = 256 * 1024 * 1024;
 
+/**
+ * Writes under way at once. libuv's pool has 4 threads (UV_THREADPOOL_SIZE) and a restore
+ * gives it nothing else but the flushes, so 3 writes and a flush never wait for a thread.
+ * The caller holds each write's memory until it settles: it sizes its buffers by this.
+ */
+export const WRITES_IN_FLIGHT = 3;
+
+const noop = (): void => {};
+
 export class RestoreTarget {
   /** Writes issued (one per run of neighbouring chunks, or of zeros to a device). */
   writes = 0;
-  private queue: Promise<void> = Promise.resolve();
+  /** Bytes written with O_DIRECT (not through the page cache). */
+  directBytes = 0;
+  private readonly slots = new Budget(WRITES_IN_FLIGHT);
+  /** Writes asked for and not yet settled. */
+  private readonly pending = new Set<Promise<void>>();
   private unflushed = 0;
   private flushing: Promise<void> | undefined;
   private flushFailure: unknown;
   private readonly fh: FileHandle;
-  /** The target opened again with O_DIRECT, for aligned runs; undefined where the target refuses it (tmpfs). */
+  /** The target opened again with O_DIRECT, for aligned runs; undefined where the target refuses it. */
   private direct: FileHandle | undefined;
+  /** The O_DIRECT handle once a write was refused: other writes may still be using it, so it is closed with the target. */
+  private refused: FileHandle | undefined;
   private readonly path: string;
   /** Names the restore in errors (`disk 'd1'`). */
   private readonly label: string;
@@ -54,19 +72,29 @@ export class RestoreTarget {
     return new RestoreTarget(fh, direct, path, label);
   }
 
-  /** Bytes written with O_DIRECT (not through the page cache). */
-  directBytes = 0;
+  /** Whether aligned runs still go around the page cache (false once the target refused an O_DIRECT write, or its open). */
+  get writesDirect(): boolean {
+    return this.direct !== undefined;
+  }
 
   /**
-   * Writes all of `bytes` at `position`, after every write asked for before it: resolves
-   * once they are in the target (its page cache, or its storage), rejects naming the range
-   * and the cause. `bytes` must stay unchanged until then. `aligned`: `bytes` is a view of
-   * page-aligned memory (ChunkPool.shareAligned), so it may go around the page cache.
+   * Writes all of `bytes` at `position`, once fewer than WRITES_IN_FLIGHT writes are under
+   * way (writes asked for at once may complete in any order: their ranges must not
+   * overlap). Resolves once they are in the target (its page cache, or its storage),
+   * rejects naming the range and the cause. `bytes` must stay unchanged until then.
+   * `aligned`: `bytes` is a view of page-aligned memory (ChunkPool.shareAligned), so it
+   * may go around the page cache.
    */
   write(bytes: Uint8Array, position: number, aligned = false): Promise<void> {
-    const done = this.queue.then(() => this.writeAll(bytes, position, aligned));
-    this.queue = done.catch(() => {});
+    const done = this.slots.take(1).then(() => this.writeAll(bytes, position, aligned).finally(() => this.slots.give(1)));
+    const settled: Promise<void> = done.then(noop, noop).finally(() => this.pending.delete(settled));
+    this.pending.add(settled);
     return done;
+  }
+
+  /** Every write asked for so far (and any asked for meanwhile) has settled. */
+  private async idle(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled(this.pending);
   }
 
   private async writeAll(bytes: Uint8Array, position: number, aligned: boolean): Promise<void> {
@@ -74,7 +102,7 @@ export class RestoreTarget {
     let direct = 0;
     try {
       if (aligned && this.direct && [position, bytes.byteOffset, bytes.length].every((n) => n % DIRECT_ALIGN === 0))
-        direct = await this.writeDirect(bytes, position);
+        direct = await this.writeDirect(this.direct, bytes, position);
       for (let at = direct; at < bytes.length; ) at += (await this.fh.write(bytes, at, bytes.length - at, position + at)).bytesWritten;
     } catch (err) {
       throw new Error(`${this.label}: writing ${bytes.length} bytes at offset ${position} of ${this.path} failed: ${(err as Error).message}`, {
@@ -98,36 +126,38 @@ export class RestoreTarget {
   }
 
   /**
-   * Writes what it can of `bytes` at `position` with O_DIRECT: the bytes written, whole
-   * pages. A target that refuses such a write (EINVAL: a file system or a device with
-   * larger blocks) is written through the page cache from then on.
+   * Writes what it can of `bytes` at `position` with O_DIRECT through `direct`: the bytes
+   * written, whole pages. A target that refuses such a write (EINVAL: a file system or a
+   * device with larger blocks, or none for O_DIRECT) is written through the page cache from
+   * then on, this write's rest too.
    */
-  private async writeDirect(bytes: Uint8Array, position: number): Promise<number> {
+  private async writeDirect(direct: FileHandle, bytes: Uint8Array, position: number): Promise<number> {
     let at = 0;
     try {
       while (at < bytes.length) {
-        const n = (await this.direct!.write(bytes, at, bytes.length - at, position + at)).bytesWritten;
+        const n = (await direct.write(bytes, at, bytes.length - at, position + at)).bytesWritten;
         if (n <= 0 || n % DIRECT_ALIGN !== 0) return at + Math.max(0, n);
         at += n;
       }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-      const direct = this.direct;
-      this.direct = undefined;
-      await direct?.close();
+      if (this.direct === direct) {
+        this.direct = undefined;
+        this.refused = direct;
+      }
     }
     return at;
   }
 
   /** Cuts or extends a file target to `size` bytes, after the writes asked for before. */
   async truncate(size: number): Promise<void> {
-    await this.queue;
+    await this.idle();
     await this.fh.truncate(size);
   }
 
   /** Restored means on the target's storage, not in the page cache: waits for every write, then flushes. */
   async flushed(): Promise<void> {
-    await this.queue;
+    await this.idle();
     await this.flushing;
     await this.fh.datasync().catch((err: unknown) => {
       this.flushFailure ??= err;
@@ -138,9 +168,10 @@ export class RestoreTarget {
 
   /** Closes the target once no write or flush is under way (also after a failed one). */
   async close(): Promise<void> {
-    await this.queue;
+    await this.idle();
     await this.flushing;
     await this.direct?.close();
+    await this.refused?.close();
     await this.fh.close();
   }
 }
