@@ -11,7 +11,10 @@
  * BENCH_FULL_ONLY=1 stops after the full backup's segments, to measure the mover alone).
  * BENCH_DIR=folder keeps the image and the repository there (kept at the end), and
  * BENCH_FROM=join|verify|incremental|gc|restore runs the later steps on their own over what an
- * earlier run with the same BENCH_DIR and BENCH_CHUNKS left (a 4M-chunk run takes hours at load).
+ * earlier run with the same BENCH_DIR and BENCH_CHUNKS left (a 4M-chunk run takes hours at load),
+ * and BENCH_TO=<step> stops after that step (BENCH_VERIFY=0 skips both Verify steps). An incremental run again over a kept folder
+ * changes the same chunks to new bytes (its round's), under the same backup id: it uploads
+ * as much as the first did, and the chunks of the one before become garbage for GC.
  */
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
@@ -36,8 +39,14 @@ const LATER_STEPS = ['join', 'verify', 'incremental', 'gc', 'restore'] as const;
 const from = process.env.BENCH_FROM as (typeof LATER_STEPS)[number] | undefined;
 if (from !== undefined && !LATER_STEPS.includes(from))
   throw new Error(`BENCH_FROM=${from} is not a step the bench can start from: use one of ${LATER_STEPS.join(', ')} (with the BENCH_DIR of an earlier run)`);
-/** Whether step `s` runs (BENCH_FROM skips those before it). */
-const runs = (s: (typeof LATER_STEPS)[number]) => from === undefined || LATER_STEPS.indexOf(s) >= LATER_STEPS.indexOf(from);
+const to = process.env.BENCH_TO as (typeof LATER_STEPS)[number] | undefined;
+if (to !== undefined && !LATER_STEPS.includes(to))
+  throw new Error(`BENCH_TO=${to} is not a step the bench can stop after: use one of ${LATER_STEPS.join(', ')}`);
+/** Whether step `s` runs (BENCH_FROM skips those before it, BENCH_TO those after it). */
+const runs = (s: (typeof LATER_STEPS)[number]) =>
+  (from === undefined || LATER_STEPS.indexOf(s) >= LATER_STEPS.indexOf(from)) && (to === undefined || LATER_STEPS.indexOf(s) <= LATER_STEPS.indexOf(to));
+/** BENCH_VERIFY=0 skips both Verify steps (to reach the later steps sooner: a 4M Verify takes ~14 minutes at load). */
+const verifies = process.env.BENCH_VERIFY !== '0';
 /** Zero chunks between stored ones: every 64th chunk is a hole, so zero entries are there too. */
 const HOLE_EVERY = 64;
 const sizeBytes = chunks * chunkSize;
@@ -170,8 +179,12 @@ async function earlierTransfers(): Promise<DiskResult[]> {
   return JSON.parse(text) as DiskResult[];
 }
 
-/** Writes the image: every chunk distinct (its number, then a compressible pattern), every HOLE_EVERY-th a hole; `changed` chunks get another pattern. */
-async function writeImage(changedEvery?: number): Promise<void> {
+/**
+ * Writes the image: every chunk distinct (its number, then a compressible pattern), every
+ * HOLE_EVERY-th a hole; with `changedEvery`, every changedEvery-th chunk gets another
+ * pattern, marked with `round` (an incremental's round: 0 the first, as before rounds were counted).
+ */
+async function writeImage(changedEvery?: number, round = 0): Promise<void> {
   const fh = await open(image, changedEvery ? 'r+' : 'w');
   const block = Buffer.alloc(64 * MiB);
   const perBlock = block.length / chunkSize;
@@ -188,7 +201,7 @@ async function writeImage(changedEvery?: number): Promise<void> {
       if (changedEvery && i % changedEvery !== 0) continue;
       block.fill(changedEvery ? 0x5a : 0xa5, at, at + chunkSize);
       block.writeUInt32BE(i, at);
-      block.writeUInt32BE(changedEvery ?? 0, at + 4);
+      block.writeUInt32BE(changedEvery ? changedEvery + round * 0x100 : 0, at + 4);
     }
     if (!changedEvery) writes.push(fh.write(block, 0, n * chunkSize, first * chunkSize));
     else {
@@ -305,18 +318,24 @@ async function afterFull(full: string, transfers: DiskResult[], nonZero: number)
       `manifest of the full backup: ${bytes} bytes stored, ${(bytes / nonZero).toFixed(2)} bytes per non-zero chunk, ${(bytes / chunks).toFixed(2)} per chunk (target <= 48)`,
     );
   }
-  if (runs('verify')) await step('verify', 'function', { backupId: full });
+  if (runs('verify') && verifies) await step('verify', 'function', { backupId: full });
   const incr = 'big-incr';
   if (runs('incremental')) {
-    await writeImage(97); // about 1% of the chunks change (the same ones each time: a rerun writes the same bytes)
+    // About 1% of the chunks change: the same ones each round, to new bytes each round.
+    const roundFile = join(dir, 'incremental-rounds');
+    // (A folder of a run before rounds were counted holds round 0's incremental when it has one.)
+    const round = Number(await readFile(roundFile, 'utf8').catch(async () => ((await (await open_(e)).repository.openManifest(incr, diskId)) ? '1' : '0')));
+    await writeImage(97, round);
+    await writeFile(roundFile, String(round + 1));
     const r = await step<DiskResult>('backup', 'mover', { backupId: incr, path: image, parentBackupId: full, indexDir, label: 'incremental' });
     say(`incremental: ${r.stats.parentChunks} chunks reused from the parent, ${r.stats.uploadedChunks} uploaded, ${r.stats.dedupedChunks} deduplicated`);
-    await step('verify', 'function', { backupId: incr, label: 'incremental' });
+    if (verifies) await step('verify', 'function', { backupId: incr, label: 'incremental' });
   }
   if (runs('gc')) {
     const gc = await step<{ manifests: number; packs: unknown; reclaimableInPacks: unknown }>('gc', 'function', {});
     say(`gc: ${gc.manifests} manifests marked, packs ${JSON.stringify(gc.packs)}, reclaimable ${JSON.stringify(gc.reclaimableInPacks)}`);
   }
+  if (!runs('restore')) return;
   const target = join(dir, 'restored.raw');
   await step('restore', 'mover', { backupId: incr, target });
   const same = (await sha256(image)) === (await sha256(target));

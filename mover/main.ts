@@ -127,7 +127,7 @@ try {
       metrics.onRetry(info);
     },
     wrapStore: (s) => metrics.store(s),
-    // Repository indexes for deduplication: on local disk, ~12 bytes per chunk resident (repository/index-spill.ts).
+    // Repository indexes for deduplication: on local disk, ~7 bytes per chunk resident (repository/index-spill.ts).
     indexDir: join(workDir, 'repository-index'),
   });
 } catch (err) {

@@ -1,7 +1,7 @@
 /**
  * An index object's checked plaintext kept in a file of a local folder instead of in
  * memory (kopia keeps its index blobs on local disk too): a mover's resident index is then
- * its hash table only (repository-index.ts), ~12 bytes per chunk, where the plaintexts
+ * its hash table only (repository-index.ts), ~7 bytes per chunk, where the plaintexts
  * held in memory cost 40 more. Lookups read the few bytes they compare with `pread`
  * (no mmap: mapped pages would count in the process's RSS again), from the page cache
  * while the machine has memory to spare.

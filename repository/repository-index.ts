@@ -14,11 +14,14 @@ import { CHUNK_ID_BYTES, ENTRY_BYTES, IndexListing, openIndexObject, PACK_HEAD_B
 export type Listing = IndexListing | SpilledListing;
 
 /** How full the index's hash table is at most: chunk entries per slot (as full when no chunk is listed twice). */
-const TABLE_LOAD = 0.7;
+const TABLE_LOAD = 0.75;
 /** Holds a looked-up id's bytes (lookups are synchronous). */
 const wanted = Buffer.alloc(CHUNK_ID_BYTES);
 
 const u32 = (b: Uint8Array, at: number) => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+
+/** Bits of a slot's entry number + 1 for `total` entries (the rest of the slot's 32 bits are the id's fingerprint). */
+const entryBitsFor = (total: number) => Math.max(1, Math.ceil(Math.log2(total + 1)));
 
 /** The slot where the probe for an id with these first 8 bytes begins (ids are HMAC output, mixed anyway). */
 function slotOf(k0: number, k1: number, slots: number): number {
@@ -45,16 +48,18 @@ function lastAtMost(a: Uint32Array, x: number): number {
  * copy of a damaged chunk.
  *
  * Compact (a mover's memory is small, a repository may list millions of chunks): an
- * open-addressing hash table (linear probing; per slot the id's first 4 bytes and its
- * entry number, ~11.4 bytes per chunk at its load of 0.7) over the index objects' binary
- * plaintexts (40 bytes per chunk), which are in memory (IndexListing: ~55 bytes per chunk
- * in all) or, for a mover, in local files (SpilledListing: ~12 bytes per chunk resident;
- * bench/index-memory.ts). A lookup compares the full id, read from the plaintext, only
- * when the first 4 bytes match: a miss reads nothing (but by a 2^-32 chance per probe),
- * a hit reads its entry and its pack's head. Entries are numbered in the order the
- * objects, their packs and chunks come. A chunk listed more than once has one slot, its
- * first entry; the later copies are in a sorted list of (first entry, copy) pairs.
- * Locations are made when asked for.
+ * open-addressing hash table (linear probing) of one 32-bit number per slot, the id's
+ * first entry + 1 in its low bits (as many as the entries need: 23 for 4 million) and a
+ * fingerprint of the id (bytes 8-11, not those that place it) in the rest: ~5.3 bytes per
+ * chunk at its load of 0.75 (two numbers per slot, ~11.4 bytes, before; REPOSITORY-FORMAT.md,
+ * "A mover's copy of the index"). It is over the index objects' binary plaintexts (40
+ * bytes per chunk), which are in memory (IndexListing) or, for a mover, in local files
+ * (SpilledListing; bench/index-memory.ts). A lookup compares the full id, read from the
+ * plaintext, only when the fingerprint matches: a miss reads nothing but by a 2^-(32 -
+ * entry bits) chance per slot probed (2^-9 at 4 million entries), a hit reads its entry
+ * and its pack's head. Entries are numbered in the order the objects, their packs and
+ * chunks come. A chunk listed more than once has one slot, its first entry; the later
+ * copies are in a sorted list of (first entry, copy) pairs. Locations are made when asked for.
  */
 export class RepositoryIndex {
   /** How many index objects it was made of. */
@@ -65,8 +70,12 @@ export class RepositoryIndex {
   /** Per listing, the number of entries before it; then the total. */
   private readonly firstEntry: Uint32Array;
   private readonly slots: number;
-  /** Two numbers per slot: the id's first 4 bytes, and its first entry + 1 (0: an empty slot). */
+  /** Per slot: the id's fingerprint times 2^entryBits, plus its first entry + 1 (0: an empty slot). */
   private readonly table: Uint32Array;
+  /** 2^entryBits: the low bits of a slot are its entry + 1, the high ones the fingerprint. */
+  private readonly entrySpan: number;
+  /** The fingerprint of an id whose bytes 8-11 are `k2`: its top (32 - entryBits) bits. */
+  private readonly fingerprint: (k2: number) => number;
   /** Later copies: (first entry, copy entry) pairs sorted by first entry, then copy. */
   private readonly copyOf: Uint32Array;
   private readonly copy: Uint32Array;
@@ -83,11 +92,14 @@ export class RepositoryIndex {
     if (total >= 0xffff_fffe) throw new RangeError(`the index objects list ${total} chunks, more than an index holds`);
     this.firstEntry[listings.length] = total;
     this.slots = Math.max(1, Math.ceil(total / TABLE_LOAD));
-    this.table = new Uint32Array(this.slots * 2);
+    this.table = new Uint32Array(this.slots);
+    const entryBits = entryBitsFor(total);
+    this.entrySpan = 2 ** entryBits;
+    this.fingerprint = entryBits >= 32 ? () => 0 : (k2) => k2 >>> entryBits;
     const pairs: number[] = [];
     let distinct = 0;
     let e = 0;
-    const { table, slots } = this;
+    const { table, slots, entrySpan, fingerprint } = this;
     // Spilled listings are read whole for the build, in turn into one buffer (the largest's size).
     const spare = Buffer.allocUnsafeSlow(listings.reduce((n, l) => (l instanceof SpilledListing ? Math.max(n, l.byteLength) : n), 0));
     for (const l of listings) {
@@ -95,18 +107,17 @@ export class RepositoryIndex {
       for (let p = 0; p < l.packs; p++) {
         const n = l.entryStart[p + 1]! - l.entryStart[p]!;
         for (let c = 0, at = l.firstEntryByte[p]!; c < n; c++, at += ENTRY_BYTES, e++) {
-          const k0 = u32(b, at);
-          let s = slotOf(k0, u32(b, at + 4), slots);
+          const f = fingerprint(u32(b, at + 8));
+          let s = slotOf(u32(b, at), u32(b, at + 4), slots);
           for (;;) {
-            const held = table[2 * s + 1]!;
+            const held = table[s]!;
             if (held === 0) {
-              table[2 * s] = k0;
-              table[2 * s + 1] = e + 1;
+              table[s] = f * entrySpan + e + 1;
               distinct++;
               break;
             }
-            if (table[2 * s] === k0 && this.idAt(held - 1, b, at)) {
-              pairs.push(held - 1, e);
+            if (Math.floor(held / entrySpan) === f && this.idAt((held % entrySpan) - 1, b, at)) {
+              pairs.push((held % entrySpan) - 1, e);
               break;
             }
             if (++s === slots) s = 0;
@@ -171,12 +182,12 @@ export class RepositoryIndex {
   /** The first entry of chunk `id`, or -1. */
   private find(id: string): number {
     if (typeof id !== 'string' || id.length !== 2 * CHUNK_ID_BYTES || wanted.write(id, 'hex') !== CHUNK_ID_BYTES) return -1;
-    const { table, slots } = this;
-    const k0 = u32(wanted, 0);
-    for (let s = slotOf(k0, u32(wanted, 4), slots); ; ) {
-      const held = table[2 * s + 1]!;
+    const { table, slots, entrySpan } = this;
+    const f = this.fingerprint(u32(wanted, 8));
+    for (let s = slotOf(u32(wanted, 0), u32(wanted, 4), slots); ; ) {
+      const held = table[s]!;
       if (held === 0) return -1;
-      if (table[2 * s] === k0 && this.idAt(held - 1, wanted, 0)) return held - 1;
+      if (Math.floor(held / entrySpan) === f && this.idAt((held % entrySpan) - 1, wanted, 0)) return (held % entrySpan) - 1;
       if (++s === slots) s = 0;
     }
   }
@@ -219,7 +230,7 @@ const MAX_LIST_ROUNDS = 8;
  * written since. It keeps each object's checked plaintext: in a local file when given a
  * folder (`dir`: a mover's work folder; SpilledListing, ~0.1 byte per chunk resident), else
  * in memory (IndexListing, ~42 bytes per chunk). A refresh that read or forgot an object
- * builds a new RepositoryIndex over them (its hash table, ~12 bytes per chunk; ~0.3 s for
+ * builds a new RepositoryIndex over them (its hash table, ~5.3 bytes per chunk; ~0.3 s for
  * 2 million chunks in memory); one that found nothing new gives the index it gave before,
  * so backups running side by side share one. Refreshes asked for while one runs share it.
  *

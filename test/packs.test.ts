@@ -829,7 +829,8 @@ function randomObjects(rand: (n: number) => number, pool: string[], maxObjects =
   const id = () => {
     const r = pool.length === 0 ? 0 : rand(10);
     if (r >= 1 && r <= 3) return pool[rand(pool.length)]!;
-    const prefix = r === 4 ? pool[rand(pool.length)]!.slice(0, 8 * (1 + rand(2))) : '';
+    // A shared prefix of 4, 8 or 12 bytes: the same first slot, then the same fingerprint too (bytes 8-11).
+    const prefix = r === 4 ? pool[rand(pool.length)]!.slice(0, 8 * (1 + rand(3))) : '';
     const fresh = prefix + hexOf(rand, 32).slice(prefix.length);
     pool.push(fresh);
     return fresh;

@@ -1,69 +1,106 @@
 /**
- * A set of chunk ids in 9 bytes each (a 64-bit hash of the id, in an open-addressing table
- * of typed arrays, at most half full): garbage collection counts what referenced packs
- * hold that no manifest needs, over every chunk the manifests name, without a string per
- * chunk (a Set of 4 million id strings is ~0.5 GB). Two ids with the same 64-bit hash are
- * as rare as a 64-bit collision; then one is counted as needed: a statistic only.
+ * A set of chunk ids in ~10-16 bytes each (a 64-bit hash of the id's 32 bytes, two 32-bit
+ * numbers per slot of an open-addressing table kept at most 80% full, grown by half):
+ * garbage collection counts what referenced packs hold that no manifest needs, over every
+ * chunk the manifests name, without a string per chunk (a Set of 4 million id strings is
+ * ~0.5 GB). Ids come as hex (a manifest's entries) or as bytes (an index object's entries,
+ * read in place). Two ids with the same 64-bit hash are as rare as a 64-bit collision;
+ * then one is counted as needed: a statistic only.
  */
 
-export class ChunkIdSet {
-  private hi = new Uint32Array(1024);
-  private lo = new Uint32Array(1024);
-  /** 1 where a slot holds an id (an id may have hi 0). */
-  private used = new Uint8Array(1024);
-  size = 0;
+const ID_BYTES = 32;
+/** Holds the bytes of a hex id while it is hashed (synchronous). */
+const scratch = Buffer.alloc(ID_BYTES);
+/** How full the table is at most before it grows. */
+const MAX_LOAD = 0.8;
+const FIRST_SLOTS = 1024;
 
-  /** Two 32-bit hashes of the whole id (FNV-1a and a multiplicative one): 64 bits per id. */
-  private static split(id: string): [number, number] {
+export class ChunkIdSet {
+  /** Per slot, the hash's high and low 32 bits; a low 0 is an empty slot (a hash's low 0 is taken as 1). */
+  private hi = new Uint32Array(FIRST_SLOTS);
+  private lo = new Uint32Array(FIRST_SLOTS);
+  size = 0;
+  private hashHi = 0;
+  private hashLo = 0;
+
+  /** The id at `b[at..at + 32]` hashed into hashHi, hashLo (two 32-bit mixes over its eight words). */
+  private hash(b: Buffer, at: number): void {
     let a = 0x811c9dc5;
-    let b = 0x9747b28c;
-    for (let i = 0; i < id.length; i++) {
-      const c = id.charCodeAt(i);
-      a = Math.imul(a ^ c, 0x01000193);
-      b = Math.imul(b ^ c, 0x5bd1e995) ^ (b >>> 13);
+    let c = 0x9747b28c;
+    for (let w = 0; w < ID_BYTES; w += 4) {
+      const x = b.readUInt32BE(at + w);
+      a = Math.imul(a ^ x, 0x01000193);
+      a ^= a >>> 15;
+      c = Math.imul(c ^ x, 0x5bd1e995);
+      c ^= c >>> 13;
     }
-    return [a >>> 0, b >>> 0];
+    this.hashHi = a >>> 0;
+    this.hashLo = c >>> 0 || 1;
   }
 
-  private slot(hi: number, lo: number): number {
-    const mask = this.hi.length - 1;
-    let s = (Math.imul(hi ^ lo, 0x9e3779b1) >>> 0) & mask;
-    while (this.used[s] && (this.hi[s] !== hi || this.lo[s] !== lo)) s = (s + 1) & mask;
+  /** The slot of the current hash: where it is, or the empty slot where it would go. */
+  private slot(): number {
+    const { hi, lo, hashHi, hashLo } = this;
+    const n = hi.length;
+    let s = (((Math.imul(hashHi ^ hashLo, 0x9e3779b1) >>> 0) * n) / 4294967296) >>> 0;
+    while (lo[s] !== 0 && (hi[s] !== hashHi || lo[s] !== hashLo)) if (++s === n) s = 0;
     return s;
   }
 
+  private hexHash(id: string): boolean {
+    if (id.length !== 2 * ID_BYTES || scratch.write(id, 'hex') !== ID_BYTES) return false;
+    this.hash(scratch, 0);
+    return true;
+  }
+
+  /** Adds the id `id` (64 hex digits; anything else is not an id and is not added). */
   add(id: string): this {
-    const [hi, lo] = ChunkIdSet.split(id);
-    const s = this.slot(hi, lo);
-    if (this.used[s]) return this;
-    this.used[s] = 1;
-    this.hi[s] = hi;
-    this.lo[s] = lo;
-    if (++this.size * 2 > this.hi.length) this.grow();
+    if (this.hexHash(id)) this.insert();
+    return this;
+  }
+
+  /** Adds the id whose 32 bytes are `b[at..]`. */
+  addAt(b: Buffer, at: number): this {
+    this.hash(b, at);
+    this.insert();
     return this;
   }
 
   has(id: string): boolean {
-    const [hi, lo] = ChunkIdSet.split(id);
-    return this.used[this.slot(hi, lo)] === 1;
+    if (!this.hexHash(id)) return false;
+    return this.lo[this.slot()] !== 0;
+  }
+
+  /** Whether the id whose 32 bytes are `b[at..]` is in the set. */
+  hasAt(b: Buffer, at: number): boolean {
+    this.hash(b, at);
+    return this.lo[this.slot()] !== 0;
   }
 
   clear(): void {
-    this.hi = new Uint32Array(1024);
-    this.lo = new Uint32Array(1024);
-    this.used = new Uint8Array(1024);
+    this.hi = new Uint32Array(FIRST_SLOTS);
+    this.lo = new Uint32Array(FIRST_SLOTS);
     this.size = 0;
   }
 
+  private insert(): void {
+    const s = this.slot();
+    if (this.lo[s] !== 0) return;
+    this.hi[s] = this.hashHi;
+    this.lo[s] = this.hashLo;
+    if (++this.size > this.hi.length * MAX_LOAD) this.grow();
+  }
+
   private grow(): void {
-    const { hi, lo, used } = this;
-    this.hi = new Uint32Array(hi.length * 2);
-    this.lo = new Uint32Array(hi.length * 2);
-    this.used = new Uint8Array(hi.length * 2);
+    const { hi, lo } = this;
+    const n = Math.ceil(hi.length * 1.5);
+    this.hi = new Uint32Array(n);
+    this.lo = new Uint32Array(n);
     for (let s = 0; s < hi.length; s++) {
-      if (!used[s]) continue;
-      const t = this.slot(hi[s]!, lo[s]!);
-      this.used[t] = 1;
+      if (lo[s] === 0) continue;
+      this.hashHi = hi[s]!;
+      this.hashLo = lo[s]!;
+      const t = this.slot();
       this.hi[t] = hi[s]!;
       this.lo[t] = lo[s]!;
     }
