@@ -42,7 +42,7 @@ export const REPOSITORY_BUCKET = 'lifeboat-repository';
  * Every invocation in this process shares the functions' clients; in AWS each runs in its
  * own container with its own clients, so no socket pool is shared: no cap here either.
  */
-const FUNCTION_CLIENT_WIRING: ClientWiring = { maxSockets: Infinity };
+export const FUNCTION_CLIENT_WIRING: ClientWiring = { maxSockets: Infinity };
 
 export interface EmbeddedStackOptions {
   dataDir: string;
