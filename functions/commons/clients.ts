@@ -208,7 +208,9 @@ export function createClients(env: FunctionEnv, wiring: ClientWiring = {}): Clie
     lockRecords: new LockCatalog(db, env.tableName),
     slotQueue: new SlotQueueCatalog(db, env.tableName),
     // Created at first use: most functions never answer a task.
-    tasks: sfnTaskCallbacks(() => (sfn ??= new SFNClient({ region: env.region, ...(env.sfnEndpoint ? { endpoint: env.sfnEndpoint } : {}), ...local, ...pool }))),
+    tasks: sfnTaskCallbacks(
+      () => (sfn ??= new SFNClient({ region: env.region, ...(env.sfnEndpoint ? { endpoint: env.sfnEndpoint } : {}), ...local, ...pool })),
+    ),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
