@@ -72,7 +72,16 @@ export interface SlotFairness {
    * The slot waits of each host's first `limit` VMs (started with their host, all hosts at
    * once: the run's start-up burst) and of the later ones (each started by a release).
    */
-  byWave: { first: { vms: number; mean: number; max: number }; later: { vms: number; mean: number; p99: number } };
+  byWave: { first: WaveWaits; later: WaveWaits };
+}
+
+/** One wave's slot waits, in seconds. */
+export interface WaveWaits {
+  vms: number;
+  p50: number;
+  p99: number;
+  max: number;
+  mean: number;
 }
 
 const pct = (xs: number[], p: number) => {
@@ -218,9 +227,13 @@ export async function slotFairness(dataDir: string, executionArn: string): Promi
 }
 
 function byWave(w: { first: number[]; later: number[] }): SlotFairness['byWave'] {
-  const f = stats(w.first);
-  const l = stats(w.later);
-  return { first: { vms: w.first.length, mean: f.mean, max: f.max }, later: { vms: w.later.length, mean: l.mean, p99: l.p99 } };
+  return { first: { vms: w.first.length, ...stats(w.first) }, later: { vms: w.later.length, ...stats(w.later) } };
+}
+
+/** A wave's count and p50/p99/max and mean, in seconds. */
+function wave(w: WaveWaits): string {
+  const s = (x: number) => x.toFixed(1);
+  return `${w.vms}: p50/p99/max ${s(w.p50)}/${s(w.p99)}/${s(w.max)} s, mean ${s(w.mean)} s`;
 }
 
 /** One line of figures, for a bench's or a test's output. */
@@ -233,6 +246,6 @@ export function formatSlotFairness(f: SlotFairness): string {
     `hosts' mean waits ${s(f.hostMeanWait.min)}..${s(f.hostMeanWait.max)} s; FIFO inversions ${f.fifoInversions}; waits re-queued ${f.requeues}; ReleaseSlot failures ${f.releaseSlotFailures}; ` +
     `slots idle with own waiters ${(100 * f.idleWithOwnWaiters.share).toFixed(1)}%, idle while other hosts wait ${(100 * f.idleWhileOthersWait.share).toFixed(1)}% of slot time; longest run of one host in start order ${f.longestHostRun}; ` +
     `VMs that queued behind others of their host ${f.queuedBehindOthers} of ${f.vms}, the others' waits (a slot was free: the queue's own latency) p50/p99 ${s(f.waitsWithSlotFree.p50)}/${s(f.waitsWithSlotFree.p99)} s, mean ${s(f.waitsWithSlotFree.mean)} s; ` +
-    `slot wait of the hosts' first VMs (started with their host) ${f.byWave.first.vms}: mean ${s(f.byWave.first.mean)} s, max ${s(f.byWave.first.max)} s; of the later ${f.byWave.later.vms}: mean ${s(f.byWave.later.mean)} s, p99 ${s(f.byWave.later.p99)} s`
+    `slot wait of the hosts' first VMs (started with their host) ${wave(f.byWave.first)}; of the later ${wave(f.byWave.later)}`
   );
 }

@@ -16,7 +16,7 @@ import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, endpointSettings, s3Client }
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
 import { endpointKey, location, type RepositoryLocation } from '../contracts/endpoints.ts';
 import { Catalog } from '../functions/catalog/catalog.ts';
-import { createClients } from '../functions/commons/clients.ts';
+import { createClients, type ClientWiring } from '../functions/commons/clients.ts';
 import type { FunctionEnv } from '../functions/commons/env.ts';
 import { LocalFunctions } from './lambdas.ts';
 import { loadEndpointPorts, saveEndpointPorts, startOnSavedPort } from './endpoint-ports.ts';
@@ -38,6 +38,11 @@ export { observeSdkCalls, type SdkCall } from '../functions/commons/clients.ts';
 export const LOCAL_CREDENTIALS = LOCAL_ENDPOINT_CREDENTIALS;
 export const CATALOG_TABLE = 'lifeboat-catalog';
 export const REPOSITORY_BUCKET = 'lifeboat-repository';
+/**
+ * Every invocation in this process shares the functions' clients; in AWS each runs in its
+ * own container with its own clients, so no socket pool is shared: no cap here either.
+ */
+export const FUNCTION_CLIENT_WIRING: ClientWiring = { maxSockets: Infinity };
 
 export interface EmbeddedStackOptions {
   dataDir: string;
@@ -132,7 +137,7 @@ export class EmbeddedStack {
 
   /** Sends the functions' requests to the stack's own S3 through `url` (a fault proxy in front of it); undefined: straight to it again. */
   routeFunctionsS3(url: string | undefined): void {
-    this.functions.local.useClients(createClients({ ...this.functions.env, ...(url ? { s3Endpoint: url } : {}) }));
+    this.functions.local.useClients(createClients({ ...this.functions.env, ...(url ? { s3Endpoint: url } : {}) }, FUNCTION_CLIENT_WIRING));
   }
 
   static async start(opts: EmbeddedStackOptions): Promise<EmbeddedStack> {
@@ -247,7 +252,7 @@ export class EmbeddedStack {
         runBucket: REPOSITORY_BUCKET,
         repositoryBucket: REPOSITORY_BUCKET,
       };
-      const functions = new LocalFunctions(createClients(functionEnv));
+      const functions = new LocalFunctions(createClients(functionEnv, FUNCTION_CLIENT_WIRING));
       const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
       // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog: the SyncConfig function does it.
       await functions.invoke('SyncConfig', { config, buckets });
@@ -276,7 +281,7 @@ export class EmbeddedStack {
       // The functions answer waiting tasks (the slot queue) on this API; the OperatorApi function reads the Backup workflow's
       // executions through it, and the primary repository's records.
       const operatorEnv: FunctionEnv = { ...functionEnv, backupStateMachineArn: backup.arn, sfnEndpoint: api.url };
-      functions.useClients(createClients(operatorEnv));
+      functions.useClients(createClients(operatorEnv, FUNCTION_CLIENT_WIRING));
       const operator = await startOperator({
         dataDir,
         config,

@@ -156,12 +156,29 @@ function logRetries(client: MiddlewareClient): void {
   );
 }
 
+/** How the clients are wired where they are not one Lambda container's. */
+export interface ClientWiring {
+  /**
+   * Sockets each DynamoDB and Step Functions client may open at once (unset: the SDK's 50).
+   * A Lambda container serves one invocation at a time, so in AWS 50 is never shared; the
+   * embedded stack serves every invocation through one set of clients, and gives them no
+   * such cap (`Infinity`), as AWS's separate containers share no pool.
+   */
+  maxSockets?: number;
+}
+
 /** The functions' clients for one configuration: the Lambda entry makes them from the environment (`fromEnvironment`), the embedded stack from its own servers. */
-export function createClients(env: FunctionEnv): Clients {
+export function createClients(env: FunctionEnv, wiring: ClientWiring = {}): Clients {
   const keySource = keySourceOf(env);
   const repositories = new Map<string, Promise<Repository>>();
   const local = env.dynamodbEndpoint ? { credentials: LOCAL_ENDPOINT_CREDENTIALS } : {};
-  const dynamodb = new DynamoDBClient({ region: env.region, ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}), ...local });
+  const pool = wiring.maxSockets !== undefined ? { requestHandler: { httpAgent: { maxSockets: wiring.maxSockets } } } : {};
+  const dynamodb = new DynamoDBClient({
+    region: env.region,
+    ...(env.dynamodbEndpoint ? { endpoint: env.dynamodbEndpoint } : {}),
+    ...local,
+    ...pool,
+  });
   observe(dynamodb as unknown as MiddlewareClient, 'dynamodb');
   const db = DynamoDBDocumentClient.from(dynamodb, { marshallOptions: { removeUndefinedValues: true } });
   /**
@@ -191,7 +208,9 @@ export function createClients(env: FunctionEnv): Clients {
     lockRecords: new LockCatalog(db, env.tableName),
     slotQueue: new SlotQueueCatalog(db, env.tableName),
     // Created at first use: most functions never answer a task.
-    tasks: sfnTaskCallbacks(() => (sfn ??= new SFNClient({ region: env.region, ...(env.sfnEndpoint ? { endpoint: env.sfnEndpoint } : {}), ...local }))),
+    tasks: sfnTaskCallbacks(
+      () => (sfn ??= new SFNClient({ region: env.region, ...(env.sfnEndpoint ? { endpoint: env.sfnEndpoint } : {}), ...local, ...pool })),
+    ),
     store: (bucket, endpoint) => new S3ObjectStore(s3(endpoint), bucket),
     admin: (bucket, endpoint) => new S3RepositoryAdmin(s3(endpoint), bucket),
     locks: (bucket, endpoint) => new S3ObjectLocks(s3(endpoint), bucket),
