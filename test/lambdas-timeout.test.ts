@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../core/config.ts';
 import { createClients } from '../functions/commons/clients.ts';
-import { LAMBDA_DEFAULT_TIMEOUT_SECONDS, resolveTemplate, synthesizeTemplate } from '../local/asl.ts';
+import { LAMBDA_DEFAULT_TIMEOUT_SECONDS, resolveTemplate, synthesizeTemplate, taskStates, type ResolvedTemplate } from '../local/asl.ts';
 import { LocalFunctions } from '../local/lambdas.ts';
 import { LOCAL_CREDENTIALS } from '../local/stack.ts';
 import { functionAccess } from '../cdk/lib/function-access.ts';
@@ -118,18 +118,32 @@ describe('a Lambda function past its timeout in the embedded stack', () => {
 
 describe("the embedded stack's function timeouts", () => {
   let dir: string;
+  let template: ResolvedTemplate;
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lambda-timeouts-'));
-  });
+    template = resolveTemplate(synthesizeTemplate(join(dir, 'cdk.out'), config));
+  }, 120_000);
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
+  it('let every Lambda task wait for its function: no Task timeout cuts a function short within its own', () => {
+    const tasks = Object.values(template.stateMachines).flatMap((m) =>
+      taskStates(m.definition).flatMap(([name, s]) => {
+        const fid = template.functions[String(s.Resource)] ?? template.functions[String((s.Parameters as { FunctionName?: string } | undefined)?.FunctionName)];
+        return fid ? [{ task: `${m.logicalId}.${name}`, fid, task_s: s.TimeoutSeconds as number | undefined }] : [];
+      }),
+    );
+    expect(tasks.find((t) => t.fid === 'Verify')).toBeDefined();
+    const cut = tasks.filter((t) => t.task_s !== undefined && t.task_s < template.functionTimeouts[t.fid]!);
+    expect(cut).toEqual([]);
+  });
+
   it("are the CDK app's: a function's own timeoutSeconds, 60 s where it sets none", () => {
-    const t = resolveTemplate(synthesizeTemplate(join(dir, 'cdk.out'), config)).functionTimeouts;
+    const t = template.functionTimeouts;
     expect(t.Verify).toBe(functionAccess.Verify?.timeoutSeconds);
     expect(t.CollectGarbage).toBe(900);
     expect(functionAccess.Commit?.timeoutSeconds).toBeUndefined();
     expect(t.Commit).toBe(60);
     expect(LAMBDA_DEFAULT_TIMEOUT_SECONDS).toBe(3);
     expect(Object.values(t).every((s) => s >= 1 && s <= 900)).toBe(true);
-  }, 120_000);
+  });
 });
