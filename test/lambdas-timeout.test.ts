@@ -122,7 +122,7 @@ describe("the embedded stack's function timeouts", () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lambda-timeouts-'));
     template = resolveTemplate(synthesizeTemplate(join(dir, 'cdk.out'), config));
-  }, 120_000);
+  }, 300_000);
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
   it('let every Lambda task wait for its function: no Task timeout cuts a function short within its own', () => {
