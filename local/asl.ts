@@ -32,6 +32,8 @@ export interface ResolvedTemplate {
   stateMachines: Record<string, LocalStateMachine>;
   /** Lambda ARN → the function id of contracts/functions.ts. */
   functions: Record<string, string>;
+  /** Function id → its timeout in seconds, as the template sets it (Lambda's default of 3 when it sets none). */
+  functionTimeouts: Record<string, number>;
   /** Mover group activity ARNs by activity name: those the template creates and those its state machines name. */
   activities: Record<string, string>;
   /**
@@ -44,6 +46,8 @@ export interface ResolvedTemplate {
   tables: Record<string, { KeySchema: { AttributeName: string; KeyType: string }[]; AttributeDefinitions: { AttributeName: string; AttributeType: string }[] }>;
 }
 
+/** Lambda's timeout for a function whose template sets none (AWS::Lambda::Function `Timeout`). */
+export const LAMBDA_DEFAULT_TIMEOUT_SECONDS = 3;
 const lambdaArn = (lid: string) => `arn:aws:lambda:${LOCAL_REGION}:${LOCAL_ACCOUNT}:function:${lid}`;
 
 function resolveIntrinsics(value: unknown, t: CfnTemplate): unknown {
@@ -84,7 +88,7 @@ function resolveRef(name: string, t: CfnTemplate): string {
 
 /** Resolves every state machine, function and activity of a synthesized template. */
 export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
-  const out: ResolvedTemplate = { stateMachines: {}, functions: {}, activities: {}, tables: {} };
+  const out: ResolvedTemplate = { stateMachines: {}, functions: {}, functionTimeouts: {}, activities: {}, tables: {} };
   const primary = (t.Outputs?.RepositoryBucketName?.Value as { Ref?: string } | undefined)?.Ref;
   if (primary) out.primaryBucket = primary;
   for (const [lid, r] of Object.entries(t.Resources)) {
@@ -101,6 +105,7 @@ export function resolveTemplate(t: CfnTemplate): ResolvedTemplate {
     } else if (r.Type === 'AWS::Lambda::Function') {
       const fid = (r.Properties?.Environment as { Variables?: Record<string, string> } | undefined)?.Variables?.LIFEBOAT_FUNCTION;
       if (fid) out.functions[lambdaArn(lid)] = fid;
+      if (fid) out.functionTimeouts[fid] = typeof r.Properties?.Timeout === 'number' ? r.Properties.Timeout : LAMBDA_DEFAULT_TIMEOUT_SECONDS;
     } else if (r.Type === 'AWS::DynamoDB::GlobalTable' || r.Type === 'AWS::DynamoDB::Table') {
       const p = r.Properties as ResolvedTemplate['tables'][string];
       out.tables[lid] = { KeySchema: p.KeySchema, AttributeDefinitions: p.AttributeDefinitions };

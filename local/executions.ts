@@ -74,9 +74,9 @@ export class LocalExecutions implements ExecutionService {
     this.broker = opts.broker;
   }
 
-  private async invoke(id: LambdaFunctionId, input: unknown, timeoutMs: number): Promise<unknown> {
+  private async invoke(id: LambdaFunctionId, input: unknown): Promise<unknown> {
     if (!this.functions) throw new Error(`these executions were started without the control plane's functions, so the Lambda task of ${id} cannot run`);
-    return this.functions.invoke(id, input, timeoutMs);
+    return this.functions.invoke(id, input);
   }
 
   /** Loads saved records; executions that were running when the stack stopped are ABORTED. */
@@ -149,7 +149,7 @@ export class LocalExecutions implements ExecutionService {
             },
           });
       } else if (fid) {
-        handlers[name] = (input) => this.invoke(fid, input, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+        handlers[name] = (input) => this.invoke(fid, input);
       } else if (resource.endsWith(':states:::lambda:invoke.waitForTaskToken')) {
         handlers[name] = (input) => this.invokeWithToken(`${record.executionArn}#${name}`, state, input, signal);
       } else if (resource.includes(':activity:')) {
@@ -191,7 +191,7 @@ export class LocalExecutions implements ExecutionService {
     result.catch(() => {}); // settled below or by the runner's own timeout
     const payload = JSON.parse(JSON.stringify(input.Payload ?? {}).replaceAll(JSON.stringify(TASK_TOKEN_PLACEHOLDER), JSON.stringify(token))) as unknown;
     try {
-      await this.invoke(fid, payload, ((state.TimeoutSeconds as number) ?? 60) * 1000);
+      await this.invoke(fid, payload);
     } catch (err) {
       this.broker.cancel(token, err as Error);
     }

@@ -252,7 +252,7 @@ export class EmbeddedStack {
         runBucket: REPOSITORY_BUCKET,
         repositoryBucket: REPOSITORY_BUCKET,
       };
-      const functions = new LocalFunctions(createClients(functionEnv, FUNCTION_CLIENT_WIRING));
+      const functions = new LocalFunctions(createClients(functionEnv, FUNCTION_CLIENT_WIRING), { timeoutSeconds: template.functionTimeouts });
       const catalog = new Catalog(DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } }), CATALOG_TABLE);
       // As a deploy does in AWS (a custom resource), the configuration's hosts and policies go into the catalog: the SyncConfig function does it.
       await functions.invoke('SyncConfig', { config, buckets });

@@ -25,6 +25,7 @@ const start = (name: string, input: unknown, next?: string) => ({
 });
 const template: ResolvedTemplate = {
   functions: {},
+  functionTimeouts: {},
   activities: {},
   tables: {},
   stateMachines: {

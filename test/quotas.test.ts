@@ -146,6 +146,7 @@ const machines: Record<string, Record<string, unknown>> = {
 };
 const template: ResolvedTemplate = {
   functions: { [lambda]: 'PlanDispatch' },
+  functionTimeouts: { PlanDispatch: 60 },
   activities: { 'site-a': activity },
   tables: {},
   stateMachines: Object.fromEntries(Object.entries(machines).map(([n, definition]) => [n, { logicalId: n, arn: arn(n), definition }])),

@@ -97,7 +97,7 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   JoinSegments: { repository: { read: ['manifests/', 'keys/'], write: ['manifests/'] }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
   ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true, memoryMiB: LIGHT_MIB },
   // HEADs the chunk objects (format 1) or packs (format 2) of the new manifests.
-  Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 300, memoryMiB: 1024 },
+  Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 1024 },
   Commit: { catalog: ['UpdateItem', 'GetItem'], memoryMiB: LIGHT_MIB },
   RecordFailure: { catalog: ['UpdateItem'], memoryMiB: LIGHT_MIB },
   // The policy's run lease: a conditional put, and a read of its holder to name it to a refused run.

@@ -15,7 +15,19 @@ import { onMoverGroup } from './on-mover-group.ts';
 type ResultPath = string | null | undefined;
 const resultPathProps = (p: ResultPath) => (p === null ? { resultPath: sfn.JsonPath.DISCARD } : p ? { resultPath: p } : {});
 
-/** A control-plane Lambda step: payload only, 5-minute timeout. */
+/** A Lambda step's own timeout when its function's is shorter: the function's timeout ends it first. */
+const LAMBDA_STEP_TIMEOUT = Duration.minutes(5);
+
+/**
+ * A Lambda step's timeout: 5 minutes, or the function's own timeout and a little more when
+ * that is longer, so the Task never cuts short a function still within its timeout.
+ */
+function lambdaStepTimeout(fn: lambda.IFunction): Duration {
+  const own = (fn as { timeout?: Duration }).timeout?.toSeconds() ?? 0;
+  return own + 10 > LAMBDA_STEP_TIMEOUT.toSeconds() ? Duration.seconds(own + 10) : LAMBDA_STEP_TIMEOUT;
+}
+
+/** A control-plane Lambda step: payload only, at least a 5-minute timeout (see {@link lambdaStepTimeout}). */
 export function lambdaStep(
   scope: Construct,
   name: string,
@@ -28,7 +40,7 @@ export function lambdaStep(
     ...(opts.outputPath ? { outputPath: opts.outputPath } : {}),
     payloadResponseOnly: true,
     ...resultPathProps(opts.resultPath),
-    taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
+    taskTimeout: sfn.Timeout.duration(lambdaStepTimeout(fn)),
   });
 }
 

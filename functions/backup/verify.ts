@@ -31,7 +31,13 @@ import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/re
 /** Most parent packs remembered as verified (beyond that they are HEADed): bounds Verify's memory on huge disks. */
 const MAX_TRUSTED = 500_000;
 
-type VerifyDeps = { repository: Repository; concurrency?: number; random?: () => number };
+type VerifyDeps = {
+  repository: Repository;
+  concurrency?: number;
+  random?: () => number;
+  /** Aborted when the invocation has answered TimeoutError: the work stops at the next piece. */
+  signal?: AbortSignal;
+};
 
 export async function verify(input: VerifyInput, deps: VerifyDeps): Promise<VerifyOutput> {
   if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
@@ -101,6 +107,9 @@ export async function verifyManifests(
   const concurrency = deps.concurrency ?? 16;
   /** Objects HEADed lately (disks and pieces share packs): each one's size and checksum in the store, or undefined when missing. Bounded. */
   const heads = new Map<string, Promise<ObjectInfo | undefined>>();
+  /** `heads`' keys in the order HEADed, as a ring: the oldest is forgotten by its slot (a Map's first key is slow to find after many deletes). */
+  const headOrder: string[] = [];
+  let headNext = 0;
   const headObject = (o: ReferencedObject): Promise<ObjectInfo | undefined> => {
     let info = heads.get(o.key);
     if (!info) {
@@ -113,7 +122,12 @@ export async function verifyManifests(
           return got;
         })),
       );
-      if (heads.size > RECENT) heads.delete(heads.keys().next().value!);
+      if (headOrder.length < RECENT) headOrder.push(o.key);
+      else {
+        heads.delete(headOrder[headNext]!);
+        headOrder[headNext] = o.key;
+        headNext = (headNext + 1) % RECENT;
+      }
     }
     return info;
   };
@@ -124,6 +138,7 @@ export async function verifyManifests(
     // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
     const recent = new RecentIds();
     for await (const batch of manifest.batches()) {
+      deps.signal?.throwIfAborted();
       const refs = referencedObjects(batch, (id) => recent.fresh(id));
       await mapLimit(refs.objects.filter(needsHead), concurrency, async (o) => {
         const what = `${o.kind} ${o.key} of disk '${disk.diskId}' (backup ${backupId})`;
@@ -144,9 +159,9 @@ export async function verifyManifests(
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    handler: lambdaHandler('Verify', verifyInput, async (input) => {
+    handler: lambdaHandler('Verify', verifyInput, async (input, { signal }) => {
       const { bucket, endpoint } = input.repository;
-      return verifyOutput.parse(await verify(input, { repository: await c.repository(bucket, endpoint) }));
+      return verifyOutput.parse(await verify(input, { repository: await c.repository(bucket, endpoint), signal }));
     }),
   };
 }

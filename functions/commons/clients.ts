@@ -84,6 +84,17 @@ export function observeSdkCalls(listener: ((call: SdkCall) => void) | undefined)
   sdkCallListener = listener;
 }
 
+let sdkCallGate: (() => void) | undefined;
+
+/**
+ * Runs `gate` before every DynamoDB and S3 call the functions make; a throw fails the call
+ * before it is sent. The embedded stack refuses the calls of an invocation past its
+ * function's timeout (local/lambdas.ts), which in AWS would be frozen with its sandbox.
+ */
+export function gateSdkCalls(gate: (() => void) | undefined): void {
+  sdkCallGate = gate;
+}
+
 type MiddlewareClient = { middlewareStack: { add(mw: unknown, opts: { step: 'initialize'; name: string }): void } };
 function observe(client: MiddlewareClient, service: SdkCall['service']): void {
   client.middlewareStack.add(
@@ -91,6 +102,7 @@ function observe(client: MiddlewareClient, service: SdkCall['service']): void {
       async (args: { input: Record<string, unknown> }) => {
         const call = { service, operation: (context.commandName ?? 'Unknown').replace(/Command$/, ''), input: args.input };
         let result: { output?: Record<string, unknown> } | undefined;
+        sdkCallGate?.();
         try {
           result = (await next(args)) as typeof result;
           return result;

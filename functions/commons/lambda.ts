@@ -45,6 +45,8 @@ export interface HandlerTools {
   logger: Logger;
   metrics: Metrics;
   context: Context;
+  /** Aborted a few milliseconds before the function's timeout (middy's timeoutEarly), when the invocation answers `TimeoutError`: long loops stop at it. */
+  signal: AbortSignal;
 }
 
 type Issue = { message: string; path?: readonly (PropertyKey | { key: PropertyKey })[] };
@@ -89,9 +91,9 @@ export function lambdaHandler<S extends z.ZodType, R>(
           },
         }),
       )
-      .handler(async (input, context) => {
+      .handler(async (input, context, { signal }) => {
         try {
-          return await fn(input, { logger, metrics, context });
+          return await fn(input, { logger, metrics, context, signal });
         } catch (err) {
           // Expected failures (a full slot, a missing policy) are part of the workflow; the rest is a bug or an outage.
           if (!(err instanceof LifeboatError)) logger.error(`${functionName} failed`, err as Error);

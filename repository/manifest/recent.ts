@@ -10,9 +10,17 @@ export const RECENT_CHUNKS = 65_536;
 
 export class RecentIds {
   private readonly seen = new Set<string>();
+  /**
+   * The remembered ids in the order seen, as a ring: the oldest is forgotten by its slot.
+   * Forgetting the Set's first entry instead (`values().next()`) walks past every entry
+   * deleted since V8 last rehashed the Set: quadratic in the limit.
+   */
+  private readonly order: string[] = [];
+  private next = 0;
   private readonly limit: number;
 
   constructor(limit = RECENT_CHUNKS) {
+    if (!(Number.isInteger(limit) && limit >= 1)) throw new RangeError(`RecentIds limit ${limit} (an integer, at least 1)`);
     this.limit = limit;
   }
 
@@ -20,7 +28,12 @@ export class RecentIds {
   fresh(id: string): boolean {
     if (this.seen.has(id)) return false;
     this.seen.add(id);
-    if (this.seen.size > this.limit) this.seen.delete(this.seen.values().next().value!);
+    if (this.order.length < this.limit) this.order.push(id);
+    else {
+      this.seen.delete(this.order[this.next]!);
+      this.order[this.next] = id;
+      this.next = (this.next + 1) % this.limit;
+    }
     return true;
   }
 }
