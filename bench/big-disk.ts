@@ -23,12 +23,14 @@ import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { getHeapStatistics } from 'node:v8';
 import { LOCAL_ENDPOINT_CREDENTIALS, S3ObjectStore, s3Client } from '../core/s3-store.ts';
 import type { DiskResult, VmJob } from '../contracts/jobs.ts';
 import { S3RepositoryAdmin } from '../repository/admin.ts';
 import { objectKeys } from '../repository/format.ts';
 import { openRepository } from '../repository/open.ts';
 import { MOVER_NODE_FLAGS, moverStartEnv } from '../mover/start-settings.ts';
+import { sharedChunkPool } from '../mover/pipeline/chunk-pool.ts';
 
 const MiB = 1024 ** 2;
 const chunkSize = Number(process.env.BENCH_CHUNK_BYTES ?? 1024);
@@ -124,12 +126,39 @@ async function child(step: string, e: Endpoints, args: Record<string, unknown>):
   throw new Error(`unknown step ${step}`);
 }
 
+/** This process's CPU time so far, all its threads, user and system. */
+const cpuSeconds = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+
 if (process.argv[2] === 'child') {
   const [, , , step, endpointsJson, argsJson] = process.argv;
   const started = performance.now();
   // Where the memory is, at the RSS peak: V8's heap, memory outside it (Buffers), and the rest
   // (worker threads' heaps, the allocator's arenas, code, stacks), with the kernel's split.
-  let peak = { rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0, anon: 0, file: 0, threads: 0 };
+  let peak = {
+    rss: 0,
+    heapTotal: 0,
+    heapUsed: 0,
+    external: 0,
+    arrayBuffers: 0,
+    anon: 0,
+    file: 0,
+    threads: 0,
+    mainMalloced: 0,
+    workerHeap: 0,
+    workerUsed: 0,
+    workerMalloced: 0,
+  };
+  // The chunk workers' isolates, sampled now and then (asynchronously): the latest at the peak.
+  let workers = { heap: 0, used: 0, malloced: 0 };
+  const sampleWorkers = async () => {
+    const all = await sharedChunkPool().heapStatistics();
+    const sum = (f: (h: (typeof all)[number]) => number) => all.reduce((n, h) => n + f(h), 0) / MiB;
+    workers = { heap: sum((h) => h.total_heap_size), used: sum((h) => h.used_heap_size), malloced: sum((h) => h.malloced_memory) };
+  };
+  const workerSampler = setInterval(() => void sampleWorkers().catch(() => {}), 250);
   const kib = (text: string, field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0) / 1024;
   const sample = () => {
     const m = process.memoryUsage();
@@ -146,17 +175,28 @@ if (process.argv[2] === 'child') {
       anon: kib(rollup, 'Anonymous'),
       file: kib(rollup, 'Rss') - kib(rollup, 'Anonymous'),
       threads: Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 0),
+      mainMalloced: mib(getHeapStatistics().malloced_memory),
+      workerHeap: workers.heap,
+      workerUsed: workers.used,
+      workerMalloced: workers.malloced,
     };
     peak.rss = m.rss; // compared in bytes
   };
   const sampler = setInterval(sample, 50);
   const result = await child(step!, JSON.parse(endpointsJson!) as Endpoints, JSON.parse(argsJson!) as Record<string, unknown>);
   clearInterval(sampler);
+  clearInterval(workerSampler);
   sample();
   const { rss, ...atPeak } = peak;
   const peaksMiB = { ...atPeak, rss: rss / MiB, other: rss / MiB - atPeak.heapTotal - atPeak.external };
   process.stdout.write(
-    JSON.stringify({ seconds: (performance.now() - started) / 1000, maxRssMiB: process.resourceUsage().maxRSS / 1024, peaksMiB, result }) + '\n',
+    JSON.stringify({
+      seconds: (performance.now() - started) / 1000,
+      cpuSeconds: cpuSeconds(),
+      maxRssMiB: process.resourceUsage().maxRSS / 1024,
+      peaksMiB,
+      result,
+    }) + '\n',
   );
   process.exit(0);
 }
@@ -266,11 +306,11 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
   // The result is the last line; what a diagnostic flag printed before it (--trace-gc) goes to stderr.
   const printed = out.trimEnd().split('\n');
   if (printed.length > 1) process.stderr.write(printed.slice(0, -1).join('\n') + '\n');
-  const r = JSON.parse(printed.at(-1)!) as { seconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
+  const r = JSON.parse(printed.at(-1)!) as { seconds: number; cpuSeconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
   const target = kind === 'mover' ? 256 : 512;
   const p = r.peaksMiB;
   say(
-    `${new Date().toISOString().slice(11, 19)} ${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; at the peak: heap ${p.heapUsed!.toFixed(0)} of ${p.heapTotal!.toFixed(0)}, external ${p.external!.toFixed(0)} (ArrayBuffers ${p.arrayBuffers!.toFixed(0)}), other ${p.other!.toFixed(0)}; anon ${p.anon!.toFixed(0)}, file ${p.file!.toFixed(0)} MiB; ${p.threads} threads)   load ${loadavg()[0]!.toFixed(1)}`,
+    `${new Date().toISOString().slice(11, 19)} ${(name + (args.label ? ` ${String(args.label)}` : '')).padEnd(22)} ${r.seconds.toFixed(1).padStart(7)} s (CPU ${r.cpuSeconds.toFixed(1)} s)   peak RSS ${r.maxRssMiB.toFixed(0).padStart(4)} MiB (${kind}, target <= ${target} MiB${r.maxRssMiB <= target ? '' : ', MISSED'}; at the peak: heap ${p.heapUsed!.toFixed(0)} of ${p.heapTotal!.toFixed(0)}, external ${p.external!.toFixed(0)} (ArrayBuffers ${p.arrayBuffers!.toFixed(0)}), other ${p.other!.toFixed(0)} (workers' heaps ${p.workerUsed!.toFixed(0)} of ${p.workerHeap!.toFixed(0)}, malloced by V8 ${p.mainMalloced!.toFixed(0)} + ${p.workerMalloced!.toFixed(0)}); anon ${p.anon!.toFixed(0)}, file ${p.file!.toFixed(0)} MiB; ${p.threads} threads)   load ${loadavg()[0]!.toFixed(1)}`,
   );
   return r.result;
 }

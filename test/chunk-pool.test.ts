@@ -42,6 +42,21 @@ const tempDir = async () => {
 };
 
 describe('chunk pool', () => {
+  it("reports each running worker's own heap, none before a worker has started", async () => {
+    const fresh = new ChunkPool(1);
+    onTestFinished(() => fresh.close());
+    expect(await fresh.heapStatistics()).toEqual([]);
+    const data = text(10_000);
+    const slot = fresh.share(data.length);
+    data.copy(slot.bytes);
+    await fresh.hashSlot(keys, slot, data.length);
+    fresh.unshare(slot);
+    const [heap, ...more] = await fresh.heapStatistics();
+    expect(more).toEqual([]);
+    expect(heap!.used_heap_size).toBeGreaterThan(0);
+    expect(heap!.total_heap_size).toBeGreaterThanOrEqual(heap!.used_heap_size);
+  });
+
   it('computes the same keyed id as chunkId from a shared slot, of only the first length bytes of a larger slot', async () => {
     for (const data of [randomBytes(70_000), text(100_000), Buffer.alloc(1)]) {
       const slot = slotHolding(data, data.length + 5);

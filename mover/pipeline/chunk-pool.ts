@@ -8,6 +8,7 @@
  * nothing chunk-sized is copied or allocated per chunk.
  */
 import { availableParallelism } from 'node:os';
+import type { HeapInfo } from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import { Corrupt } from '../../contracts/errors.ts';
 import type { RepositoryKeys, SealOptions } from '../../repository/format.ts';
@@ -112,6 +113,12 @@ export class ChunkPool {
     if (!Number.isInteger(size) || size < 1 || size > 64) throw new RangeError(`chunk pool size must be a whole number from 1 to 64, got ${size}`);
     this.size = size;
     this.slots = new Array(size).fill(undefined);
+  }
+
+  /** Each running worker's V8 heap (its isolate is not in `process.memoryUsage()`): for benches and diagnostics. */
+  async heapStatistics(): Promise<HeapInfo[]> {
+    const running = this.slots.filter((s): s is Slot => s !== undefined);
+    return Promise.all(running.map((s) => s.worker.getHeapStatistics()));
   }
 
   /** Requests sent to the workers and not yet answered. */
