@@ -16,29 +16,50 @@ export interface Stored {
 /** A chunk's manifest entry: null for zeros. */
 export type Entry = { id: string; stored: Stored } | null;
 
-/** Ids RecentIds keeps at most. */
+/** Ids RecentIds keeps at most: two generations of half as many. */
 const RECENT_IDS = 65_536;
 
 /**
- * Ids this backup stored or found in the repository's index most recently, least recent
- * first, remembered so a repeated chunk costs no lookup (bounded); the chunks it stores are
- * in no index object it has read. A chunk taken from the parent is not remembered: the
- * index lists it anyway, and an incremental remembering every unchanged chunk kept ~65,000
- * ids and locations alive long enough to reach V8's old generation, which then grew by that
- * much garbage again and again between full collections.
+ * Ids this backup stored or found in the repository's index most recently, remembered so a
+ * repeated chunk costs no lookup (bounded); the chunks it stores are in no index object it
+ * has read. A chunk taken from the parent is not remembered: the index lists it anyway, and
+ * an incremental remembering every unchanged chunk kept ~65,000 ids and locations alive
+ * long enough to reach V8's old generation, which then grew by that much garbage again and
+ * again between full collections.
+ *
+ * Two generations, not one Map whose oldest entry is deleted: forgetting a Map's first key
+ * (`keys().next()`) walks past every entry deleted since V8 last rehashed it, tens of
+ * microseconds a chunk once the limit is reached (Verify's RecentIds, measured). An id used
+ * again is set in the current generation; when that is full, the previous one is dropped
+ * whole. So the last RECENT_IDS / 2 distinct ids are always remembered, and at most
+ * RECENT_IDS are.
  */
 export class RecentIds {
-  private readonly ids = new Map<string, Stored>();
+  private current = new Map<string, Stored>();
+  private previous = new Map<string, Stored>();
+  private readonly generation: number;
+
+  constructor(limit = RECENT_IDS) {
+    if (!(Number.isInteger(limit) && limit >= 2)) throw new RangeError(`RecentIds limit ${limit} (an integer, at least 2)`);
+    this.generation = Math.floor(limit / 2);
+  }
 
   get(id: string): Stored | undefined {
-    return this.ids.get(id);
+    return this.current.get(id) ?? this.previous.get(id);
+  }
+
+  /** Entries held now: at most the limit (an id used again in both generations is held twice). */
+  get size(): number {
+    return this.current.size + this.previous.size;
   }
 
   /** Notes `id` as stored at `at` (the most recent now); returns its entry. */
   remember(id: string, at: Stored): Entry {
-    this.ids.delete(id);
-    this.ids.set(id, at);
-    if (this.ids.size > RECENT_IDS) this.ids.delete(this.ids.keys().next().value!);
+    this.current.set(id, at);
+    if (this.current.size >= this.generation) {
+      this.previous = this.current;
+      this.current = new Map();
+    }
     return { id, stored: at };
   }
 }
