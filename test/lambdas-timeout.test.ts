@@ -5,7 +5,7 @@
  * handler (SyncConfig, which writes one catalog item per host) on a real dynalite behind a
  * proxy that holds its first request past a short, injected timeout.
  */
-import { CreateTableCommand, DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
+import { DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
 import dynalite from 'dynalite';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:http';
@@ -19,6 +19,7 @@ import { LAMBDA_DEFAULT_TIMEOUT_SECONDS, resolveTemplate, synthesizeTemplate, ta
 import { LocalFunctions } from '../local/lambdas.ts';
 import { LOCAL_CREDENTIALS } from '../local/stack.ts';
 import { functionAccess } from '../cdk/lib/function-access.ts';
+import { createCatalogTable } from './helpers/catalog.ts';
 
 process.env.POWERTOOLS_METRICS_DISABLED = 'true';
 process.env.POWERTOOLS_LOG_LEVEL = 'SILENT';
@@ -59,20 +60,7 @@ beforeAll(async () => {
   });
   await new Promise<void>((ok) => proxy.listen(0, '127.0.0.1', ok));
   proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
-  await new DynamoDBClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${target}`, credentials: LOCAL_CREDENTIALS }).send(
-    new CreateTableCommand({
-      TableName: 'catalog',
-      BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: [
-        { AttributeName: 'pk', AttributeType: 'S' },
-        { AttributeName: 'sk', AttributeType: 'S' },
-      ],
-      KeySchema: [
-        { AttributeName: 'pk', KeyType: 'HASH' },
-        { AttributeName: 'sk', KeyType: 'RANGE' },
-      ],
-    }),
-  );
+  await createCatalogTable(new DynamoDBClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${target}`, credentials: LOCAL_CREDENTIALS }));
 });
 afterAll(async () => {
   proxy.closeAllConnections();

@@ -7,14 +7,8 @@ import { Catalog } from '../../functions/catalog/catalog.ts';
 import { RecoveryCatalog } from '../../functions/catalog/recovery-catalog.ts';
 import { LOCAL_CREDENTIALS } from '../../local/stack.ts';
 
-export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: RecoveryCatalog; doc: DynamoDBDocumentClient; close(): Promise<void> }> {
-  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
-  await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
-  const db = new DynamoDBClient({
-    region: 'us-east-1',
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    credentials: LOCAL_CREDENTIALS,
-  });
+/** Creates the catalog's table (`catalog`, keys pk and sk) through `db`. */
+export async function createCatalogTable(db: DynamoDBClient): Promise<void> {
   await db.send(
     new CreateTableCommand({
       TableName: 'catalog',
@@ -29,6 +23,17 @@ export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: 
       ],
     }),
   );
+}
+
+export async function startTestCatalog(): Promise<{ catalog: Catalog; recovery: RecoveryCatalog; doc: DynamoDBDocumentClient; close(): Promise<void> }> {
+  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
+  await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
+  const db = new DynamoDBClient({
+    region: 'us-east-1',
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    credentials: LOCAL_CREDENTIALS,
+  });
+  await createCatalogTable(db);
   const doc = DynamoDBDocumentClient.from(db, { marshallOptions: { removeUndefinedValues: true } });
   const catalog = new Catalog(doc, 'catalog');
   return {
