@@ -15,32 +15,28 @@ afterAll(() => pool.close());
 
 const disk = (data: Buffer) => ({ diskId: 'd', path: '/dev/null', sizeBytes: data.length });
 
+/** Backs up `data` with `repository`: a full backup 'b1', or with `parent` (b1's manifest key) an incremental 'b2' of it. */
+const backUp = (repository: Repository, data: Buffer, parent?: string) =>
+  backupDisk({
+    repository,
+    reader: bufferReader(data),
+    disk: disk(data),
+    backupId: parent ? 'b2' : 'b1',
+    chunkSize: CHUNK,
+    pool,
+    ...(parent ? { parentBackupId: 'b1', parentManifestKey: parent } : {}),
+  });
+
 describe('keyed ids of a backup', () => {
   it("hashes an incremental's chunks on the chunk worker when nothing is being sealed: the main thread computes no id, and every chunk is the parent's", async () => {
     const store = new MemoryObjectStore();
     const data = randomBytes(CHUNK * 40);
-    const full = await backupDisk({
-      repository: new Repository(store, keys),
-      reader: bufferReader(data),
-      disk: disk(data),
-      backupId: 'b1',
-      chunkSize: CHUNK,
-      pool,
-    });
+    const full = await backUp(new Repository(store, keys), data);
     expect(full.stats.uploadedChunks).toBe(40);
 
     const repository = new Repository(store, keys);
     const onMain = vi.spyOn(repository, 'chunkId');
-    const incr = await backupDisk({
-      repository,
-      reader: bufferReader(data),
-      disk: disk(data),
-      backupId: 'b2',
-      chunkSize: CHUNK,
-      pool,
-      parentBackupId: 'b1',
-      parentManifestKey: full.manifestKey,
-    });
+    const incr = await backUp(repository, data, full.manifestKey);
     expect(incr.stats).toMatchObject({ parentChunks: 40, uploadedChunks: 0, bytesRead: data.length });
     expect(onMain).not.toHaveBeenCalled();
   });
@@ -52,20 +48,11 @@ describe('keyed ids of a backup', () => {
     const data = Buffer.concat([distinct, distinct.subarray(0, CHUNK * 20)]);
     const first = new Repository(store, keys);
     const onMain = vi.spyOn(first, 'chunkId');
-    const full = await backupDisk({ repository: first, reader: bufferReader(data), disk: disk(data), backupId: 'b1', chunkSize: CHUNK, pool });
+    const full = await backUp(first, data);
     expect(full.stats).toMatchObject({ uploadedChunks: 60, dedupedChunks: 20 });
     // While the worker seals, ids are computed here (the full backup's critical path is the sealing).
     expect(onMain.mock.calls.length).toBeGreaterThan(0);
-    const incr = await backupDisk({
-      repository: new Repository(store, keys),
-      reader: bufferReader(data),
-      disk: disk(data),
-      backupId: 'b2',
-      chunkSize: CHUNK,
-      pool,
-      parentBackupId: 'b1',
-      parentManifestKey: full.manifestKey,
-    });
+    const incr = await backUp(new Repository(store, keys), data, full.manifestKey);
     expect(incr.stats).toMatchObject({ parentChunks: 80, uploadedChunks: 0 });
   });
 });

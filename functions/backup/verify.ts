@@ -26,7 +26,7 @@ import type { Repository } from '../../repository/open.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
-import { RECENT_CHUNKS as RECENT, RecentIds } from '../../repository/manifest/recent.ts';
+import { RECENT_CHUNKS as RECENT, RecentIds, RecentMap } from '../../repository/manifest/recent.ts';
 
 /** Most parent packs remembered as verified (beyond that they are HEADed): bounds Verify's memory on huge disks. */
 const MAX_TRUSTED = 500_000;
@@ -106,28 +106,17 @@ export async function verifyManifests(
   };
   const concurrency = deps.concurrency ?? 16;
   /** Objects HEADed lately (disks and pieces share packs): each one's size and checksum in the store, or undefined when missing. Bounded. */
-  const heads = new Map<string, Promise<ObjectInfo | undefined>>();
-  /** `heads`' keys in the order HEADed, as a ring: the oldest is forgotten by its slot (a Map's first key is slow to find after many deletes). */
-  const headOrder: string[] = [];
-  let headNext = 0;
+  const heads = new RecentMap<Promise<ObjectInfo | undefined>>(RECENT);
   const headObject = (o: ReferencedObject): Promise<ObjectInfo | undefined> => {
     let info = heads.get(o.key);
     if (!info) {
-      heads.set(
-        o.key,
-        (info = deps.repository.store.head(o.key).then((got) => {
-          if (!got) return undefined;
-          if (o.kind === 'pack') packsChecked++;
-          bytesChecked += got.size;
-          return got;
-        })),
-      );
-      if (headOrder.length < RECENT) headOrder.push(o.key);
-      else {
-        heads.delete(headOrder[headNext]!);
-        headOrder[headNext] = o.key;
-        headNext = (headNext + 1) % RECENT;
-      }
+      info = deps.repository.store.head(o.key).then((got) => {
+        if (!got) return undefined;
+        if (o.kind === 'pack') packsChecked++;
+        bytesChecked += got.size;
+        return got;
+      });
+      heads.set(o.key, info);
     }
     return info;
   };

@@ -8,32 +8,56 @@
 /** Distinct ids remembered by the readers of a manifest. */
 export const RECENT_CHUNKS = 65_536;
 
-export class RecentIds {
-  private readonly seen = new Set<string>();
+/** The last `limit` distinct keys set, each with its value; the oldest is forgotten first, in constant time per key. */
+export class RecentMap<V> {
+  private readonly values = new Map<string, V>();
   /**
-   * The remembered ids in the order seen, as a ring: the oldest is forgotten by its slot.
-   * Forgetting the Set's first entry instead (`values().next()`) walks past every entry
-   * deleted since V8 last rehashed the Set: quadratic in the limit.
+   * The remembered keys in the order first set, as a ring: the oldest is forgotten by its
+   * slot. Forgetting the Map's first key instead (`keys().next()`) walks past every entry
+   * deleted since V8 last rehashed it: quadratic in the limit.
    */
   private readonly order: string[] = [];
   private next = 0;
   private readonly limit: number;
 
-  constructor(limit = RECENT_CHUNKS) {
-    if (!(Number.isInteger(limit) && limit >= 1)) throw new RangeError(`RecentIds limit ${limit} (an integer, at least 1)`);
+  constructor(limit = RECENT_CHUNKS, what = 'RecentMap') {
+    if (!(Number.isInteger(limit) && limit >= 1)) throw new RangeError(`${what} limit ${limit} (an integer, at least 1)`);
     this.limit = limit;
+  }
+
+  get(key: string): V | undefined {
+    return this.values.get(key);
+  }
+
+  has(key: string): boolean {
+    return this.values.has(key);
+  }
+
+  /** Remembers `value` for `key`; a key already remembered keeps its place in the order. */
+  set(key: string, value: V): void {
+    const known = this.values.has(key);
+    this.values.set(key, value);
+    if (known) return;
+    if (this.order.length < this.limit) this.order.push(key);
+    else {
+      this.values.delete(this.order[this.next]!);
+      this.order[this.next] = key;
+      this.next = (this.next + 1) % this.limit;
+    }
+  }
+}
+
+export class RecentIds {
+  private readonly seen: RecentMap<true>;
+
+  constructor(limit = RECENT_CHUNKS) {
+    this.seen = new RecentMap(limit, 'RecentIds');
   }
 
   /** True the first time `id` is seen (or once it was forgotten); remembers it. */
   fresh(id: string): boolean {
     if (this.seen.has(id)) return false;
-    this.seen.add(id);
-    if (this.order.length < this.limit) this.order.push(id);
-    else {
-      this.seen.delete(this.order[this.next]!);
-      this.order[this.next] = id;
-      this.next = (this.next + 1) % this.limit;
-    }
+    this.seen.set(id, true);
     return true;
   }
 }
