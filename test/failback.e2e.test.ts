@@ -34,6 +34,7 @@ import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
 import { stopDrVm } from '../mover/recovery/failback-domain.ts';
 import { readReplicaState } from '../mover/recovery/replica-vm.ts';
+import { stopGuestAgent } from './helpers/guest-agent.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RunSummary } from '../contracts/workflow-outputs.ts';
 
@@ -247,12 +248,7 @@ describe.skipIf(!lab.available || !process.env.LIFEBOAT_FAILBACK_E2E)('failback 
   it('names the VM that refuses to shut down, and leaves it running', async () => {
     // The production guest running with its agent stopped: neither the agent nor ACPI (busybox ignores it) can shut it down.
     if ((await virsh(['domstate', prodName])).trim() !== 'running') await prod.start();
-    await virsh([
-      'qemu-agent-command',
-      prodName,
-      JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', 'kill -STOP $(pidof qemu-ga)'] } }),
-    ]);
-    await new Promise((r) => setTimeout(r, 1000));
+    await stopGuestAgent(prodName);
     await expect(stopDrVm({ uri: 'qemu:///system', name: prodName }, 8)).rejects.toThrow(
       new RegExp(`the DR VM '${prodName}' on qemu:///system did not shut down within 8 s \\(it is running`),
     );

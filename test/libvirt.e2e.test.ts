@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runExecution } from '../local/client.ts';
 import { startLabVm, type LabVm } from '../local/vm-lab/lab-vm.ts';
 import { ensureLibvirtd, virsh } from '../local/vm-lab/libvirtd.ts';
+import { stopGuestAgent } from './helpers/guest-agent.ts';
 import { startTestStack, type TestStack } from './helpers/stack.ts';
 import type { RestoreSummary, RunSummary } from '../contracts/workflow-outputs.ts';
 
@@ -86,7 +87,7 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
     expect(full.totals.bytesRead).toBeLessThan(DISK * 0.6);
     await expectNothingLeft();
 
-    await new Promise((r) => setTimeout(r, 4000)); // the guest writes 256 KiB/s meanwhile
+    await vm.writes(8); // the guest writes 64 KiB blocks at 256 KiB/s once the full's freeze hash is printed
     const incr = await backup();
     expect(incr).toMatchObject({ committed: 1, failed: 0 });
     expect(incr.vms[0]!.fullReads).toBeUndefined();
@@ -207,11 +208,7 @@ describe.skipIf(!lab.available)('libvirt source driver on a running guest', () =
   }, 300_000);
 
   it('takes a crash-consistent backup, and says why, when the guest agent does not answer', async () => {
-    await virsh([
-      'qemu-agent-command',
-      vm.name,
-      JSON.stringify({ execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', 'kill -STOP $(pidof qemu-ga)'] } }),
-    ]);
+    await stopGuestAgent(vm.name);
     const run = await backup();
     expect(run.vms[0]!.consistency).toMatchObject({ level: 'crash', reason: expect.stringMatching(/guest agent did not answer/) });
     await expectNothingLeft();

@@ -45,6 +45,12 @@ export interface LabVm {
    */
   freezeHashes(count?: number, timeoutMs?: number): Promise<string[]>;
   /**
+   * Waits until QEMU has counted `count` more write requests to the guest's disk than when
+   * called: the writer pauses at each freeze until that freeze's hash is printed, which can
+   * take long under TCG on a loaded machine, so a fixed sleep may see no write at all.
+   */
+  writes(count: number, timeoutMs?: number): Promise<void>;
+  /**
    * Starts the shut-off domain and waits until the guest is ready and (when it has one)
    * its agent answers. QEMU truncates the console file at start: earlier marks are gone.
    */
@@ -89,6 +95,18 @@ export async function startLabVm(o: LabVmOptions): Promise<LabVm> {
         if (Date.now() > deadline)
           throw new GuestTimeout(`guest ${o.name} printed ${hashes.length} freeze hashes of ${count} within ${timeoutMs / 1000} s (console: ${serialLog})`);
         await new Promise((r) => setTimeout(r, 500));
+      }
+    },
+    writes: async (count, timeoutMs = 120_000) => {
+      const deadline = Date.now() + timeoutMs;
+      const written = async () => Number(/wr_req\s+(\d+)/.exec(await virsh(['domblkstat', o.name, 'vda']))?.[1] ?? Number.NaN);
+      const from = await written();
+      for (;;) {
+        const now = await written();
+        if (now - from >= count) return;
+        if (Date.now() > deadline)
+          throw new GuestTimeout(`guest ${o.name} wrote ${now - from} blocks of ${count} within ${timeoutMs / 1000} s (console: ${serialLog})`);
+        await new Promise((r) => setTimeout(r, 250));
       }
     },
     start: async (timeoutMs = 180_000) => {

@@ -51,6 +51,8 @@ export async function quiesced<T>(
   try {
     frozen = (await virsh.run(['domfsfreeze', '--', info.name], { ...(signal ? { signal } : {}) })).trim();
   } catch (err) {
+    // An agent that stopped answering mid-freeze may still have frozen them: thaw, bounded.
+    await virsh.run(['domfsthaw', '--', info.name], { timeoutMs: Number(timeout) * 1000 }).catch(() => {});
     await postHook(virsh, info.name, q, hookTimeout);
     return crash(`the guest agent could not freeze the file systems (${(err as Error).message.slice(0, 200)})`);
   }
