@@ -73,6 +73,20 @@ export interface SlotFairness {
    * once: the run's start-up burst) and of the later ones (each started by a release).
    */
   byWave: { first: WaveWaits; later: WaveWaits };
+  /** Where the first wave's slot waits went: see {@link firstWaveParts}. */
+  firstWaveParts: WaveParts;
+}
+
+/**
+ * The first wave's slot wait cut at its VM execution's start and its entering AcquireSlot,
+ * mean seconds: the Map's start of the child (its host started → the child started), the
+ * child's states before AcquireSlot (started → entered), and AcquireSlot itself (entered →
+ * holding the slot).
+ */
+export interface WaveParts {
+  childStart: number;
+  beforeAcquire: number;
+  acquire: number;
 }
 
 /** One wave's slot waits, in seconds. */
@@ -180,6 +194,18 @@ export function eligibleWaits(vms: VmSlotLife[]): number[] {
   return out;
 }
 
+/** The host's first `limit` VMs in grant order: the run's start-up burst. */
+function firstWave(vms: VmSlotLife[]): VmSlotLife[] {
+  return [...Map.groupBy(vms, (v) => v.host).values()].flatMap((line) => [...line].sort((a, b) => a.granted - b.granted).slice(0, line[0]!.limit));
+}
+
+/** See {@link WaveParts}. */
+export function firstWaveParts(vms: VmSlotLife[]): WaveParts {
+  const first = firstWave(vms);
+  const mean = (f: (v: VmSlotLife) => number) => first.reduce((s, v) => s + Math.max(0, f(v)), 0) / Math.max(1, first.length) / 1000;
+  return { childStart: mean((v) => v.started - v.hostStarted), beforeAcquire: mean((v) => v.entered - v.started), acquire: mean((v) => v.granted - v.entered) };
+}
+
 /** Each VM's slot wait (see eligibleWaits), split into its host's first `limit` VMs in grant order and the rest. */
 export function waitsByWave(vms: VmSlotLife[]): { first: number[]; later: number[] } {
   const first: number[] = [];
@@ -223,6 +249,7 @@ export async function slotFairness(dataDir: string, executionArn: string): Promi
     longestHostRun: longest,
     hostMeanWait: { min: Math.min(...hostMeans), max: Math.max(...hostMeans) },
     byWave: byWave(waitsByWave(vms)),
+    firstWaveParts: firstWaveParts(vms),
   };
 }
 
@@ -246,6 +273,8 @@ export function formatSlotFairness(f: SlotFairness): string {
     `hosts' mean waits ${s(f.hostMeanWait.min)}..${s(f.hostMeanWait.max)} s; FIFO inversions ${f.fifoInversions}; waits re-queued ${f.requeues}; ReleaseSlot failures ${f.releaseSlotFailures}; ` +
     `slots idle with own waiters ${(100 * f.idleWithOwnWaiters.share).toFixed(1)}%, idle while other hosts wait ${(100 * f.idleWhileOthersWait.share).toFixed(1)}% of slot time; longest run of one host in start order ${f.longestHostRun}; ` +
     `VMs that queued behind others of their host ${f.queuedBehindOthers} of ${f.vms}, the others' waits (a slot was free: the queue's own latency) p50/p99 ${s(f.waitsWithSlotFree.p50)}/${s(f.waitsWithSlotFree.p99)} s, mean ${s(f.waitsWithSlotFree.mean)} s; ` +
-    `slot wait of the hosts' first VMs (started with their host) ${wave(f.byWave.first)}; of the later ${wave(f.byWave.later)}`
+    `slot wait of the hosts' first VMs (started with their host) ${wave(f.byWave.first)} ` +
+    `(host started → VM's execution started ${s(f.firstWaveParts.childStart)} s, → AcquireSlot entered ${s(f.firstWaveParts.beforeAcquire)} s, → slot held ${s(f.firstWaveParts.acquire)} s); ` +
+    `of the later ${wave(f.byWave.later)}`
   );
 }

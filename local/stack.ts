@@ -44,6 +44,11 @@ export const REPOSITORY_BUCKET = 'lifeboat-repository';
  */
 export const FUNCTION_CLIENT_WIRING: ClientWiring = { maxSockets: Infinity };
 
+/** The control plane's functions on a DynamoDB endpoint alone, wired as the stack wires them (benches of the catalog's functions without a whole stack). */
+export function catalogFunctions(dynamodbEndpoint: string, tableName: string): LocalFunctions {
+  return new LocalFunctions(createClients({ tableName, region: LOCAL_REGION, dynamodbEndpoint }, FUNCTION_CLIENT_WIRING));
+}
+
 export interface EmbeddedStackOptions {
   dataDir: string;
   /** The deployment configuration (default: loadConfig(), i.e. lifeboat.config.json or $LIFEBOAT_CONFIG). */

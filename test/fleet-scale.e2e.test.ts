@@ -86,6 +86,9 @@ it(
     const d = await runExecution(t.sfn, stack.endpoints.backupStateMachineArn, { policyId: 'fleet' }, { pollMs: 500 });
     const seconds = (performance.now() - started) / 1000;
     const cpu = process.cpuUsage(cpu0);
+    // Why VMs waited for slots (printed, not asserted: the figures depend on the machine's load),
+    // before the run's outcome is asserted, so a run that failed still says where its VMs waited.
+    process.stdout.write(`${formatSlotFairness(await slotFairness(stack.endpoints.dataDir, d.executionArn!))}\n`);
     expect(d.status, d.cause).toBe('SUCCEEDED');
     const summary = JSON.parse(d.output!) as RunSummary;
     expect(summary, JSON.stringify(summary.vms.slice(0, 2))).toMatchObject({ committed: VMS, failed: 0 });
@@ -112,8 +115,6 @@ it(
         `largest history ${history.historyEvents} events (${history.arn.split(':').slice(-2).join(':')}), largest payload ${payload.largestPayload.bytes} B (${payload.largestPayload.where}); ` +
         `instant mover answered ${JSON.stringify(mover.answered)}\n`,
     );
-    // Why VMs waited for slots (printed, not asserted: the figures depend on the machine's load).
-    process.stdout.write(`${formatSlotFairness(await slotFairness(stack.endpoints.dataDir, d.executionArn!))}\n`);
     expect(history.historyEvents).toBeLessThan(AWS_QUOTAS.historyEvents);
     expect(payload.largestPayload.bytes).toBeLessThan(AWS_QUOTAS.payloadBytes);
     // Nothing in the parent grows with the fleet: its history is the same few states as a one-VM run's.

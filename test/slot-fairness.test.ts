@@ -4,7 +4,7 @@
  * counts, and the time its host's earlier VMs held the slots does not.
  */
 import { expect, it } from 'vitest';
-import { eligibleWaits, waitsByWave, type VmSlotLife } from '../bench/slot-fairness.ts';
+import { eligibleWaits, firstWaveParts, waitsByWave, type VmSlotLife } from '../bench/slot-fairness.ts';
 
 const vm = (host: string, at: Partial<VmSlotLife>): VmSlotLife => ({
   host,
@@ -48,4 +48,15 @@ it("splits the waits into each host's first VMs (its start-up) and the later one
     vm('b', { limit: 1, hostStarted: 2000, granted: 9500, released: 12_000 }),
   ]);
   expect(w).toEqual({ first: [5, 7, 0], later: [4, 0.5] });
+});
+
+it("cuts the first wave's waits at the VM execution's start and at AcquireSlot, and leaves the later VMs out", () => {
+  const parts = firstWaveParts([
+    // Host a, 2 slots: its execution starts 2 s and 4 s after the host's, enters AcquireSlot 1 s later, holds the slot 3 s and 5 s after that.
+    vm('a', { hostStarted: 1000, started: 3000, entered: 4000, granted: 7000, released: 20_000 }),
+    vm('a', { hostStarted: 1000, started: 5000, entered: 6000, granted: 11_000, released: 30_000 }),
+    // Its third VM came after a release: not in the first wave.
+    vm('a', { hostStarted: 1000, started: 21_000, entered: 40_000, granted: 90_000, released: 95_000 }),
+  ]);
+  expect(parts).toEqual({ childStart: 3, beforeAcquire: 1, acquire: 4 });
 });

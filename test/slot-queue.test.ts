@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmJob } from '../contracts/jobs.ts';
-import { acquireSlot, releaseSlot, REQUEUE_GRACE_MS, serve, takeSlots, type SlotQueueDeps } from '../functions/backup/slot-queue.ts';
+import { acquireSlot, probeOrder, releaseSlot, REQUEUE_GRACE_MS, serve, takeSlots, type SlotQueueDeps } from '../functions/backup/slot-queue.ts';
 import type { SlotQueueCatalog } from '../functions/catalog/slot-queue-catalog.ts';
 import type { ActivityBroker } from '../local/activities.ts';
 import { slotJob, startSlotQueueRig, type SlotQueueRig } from './helpers/slot-queue-rig.ts';
@@ -42,12 +42,32 @@ describe('takeSlots', () => {
       { scope: 'datastore:t/ds1', limit: 1 },
     ];
     const a = await takeSlots('r/a', scopes, deps);
-    expect(a).toEqual({ lease: { holder: 'r/a', keys: ['SLOT#host:t|SLOT#0', 'SLOT#datastore:t/ds1|SLOT#0'] } });
+    const first = probeOrder('r/a', [0, 1])[0]!;
+    expect(a).toEqual({ lease: { holder: 'r/a', keys: [`SLOT#host:t|SLOT#${first}`, 'SLOT#datastore:t/ds1|SLOT#0'] } });
     // The host has a second slot but the datastore is full: b gets nothing and keeps nothing.
     expect(await takeSlots('r/b', scopes, deps)).toEqual({ full: 'datastore:t/ds1' });
-    expect(await takeSlots('r/c', [scopes[0]!], deps)).toEqual({ lease: { holder: 'r/c', keys: ['SLOT#host:t|SLOT#1'] } });
+    expect(await takeSlots('r/c', [scopes[0]!], deps)).toEqual({ lease: { holder: 'r/c', keys: [`SLOT#host:t|SLOT#${1 - first}`] } });
     // A grant whose answer was lost is taken again, not doubled.
     expect(await takeSlots('r/a', scopes, deps)).toEqual(a);
+  });
+
+  it("gives each holder its own order of a scope's free slots, so a host's VMs arriving at once mostly try different ones", () => {
+    const free = Array.from({ length: 10 }, (_, i) => i);
+    const orders = Array.from({ length: 10 }, (_, i) => probeOrder(`run/vm-${i}`, free));
+    for (const o of orders) expect([...o].sort((x, y) => x - y)).toEqual(free);
+    expect(probeOrder('run/vm-3', free)).toEqual(orders[3]);
+    // In index order all ten would try slot 0 first (and nine of them slot 1 next, ...).
+    expect(new Set(orders.map((o) => o[0])).size).toBeGreaterThanOrEqual(5);
+    expect(probeOrder('run/vm-0', [7])).toEqual([7]);
+  });
+
+  it('never gives two VMs of a burst the same slot, and refuses the one past the limit', async () => {
+    const scopes = [{ scope: 'host:burst', limit: 10 }];
+    const got = await Promise.all(Array.from({ length: 11 }, (_, i) => takeSlots(`burst/vm-${i}`, scopes, deps)));
+    const keys = got.flatMap((g) => ('lease' in g ? g.lease.keys : []));
+    expect(keys).toHaveLength(10);
+    expect(new Set(keys).size).toBe(10);
+    expect(got.filter((g) => 'full' in g)).toEqual([{ full: 'host:burst' }]);
   });
 });
 

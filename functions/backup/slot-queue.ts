@@ -19,7 +19,7 @@
  * place: that also covers a slot freed only by its lease running out (its holder died
  * without ReleaseSlot), which nobody announces.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { SlotLease, SlotScope, VmJob } from '../../contracts/jobs.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import type { SlotQueueCatalog, SlotWaiter } from '../catalog/slot-queue-catalog.ts';
@@ -64,6 +64,19 @@ const parseKey = (key: string) => {
 export const holderOf = (job: Pick<VmJob, 'runId' | 'vmId'>) => `${job.runId}/${job.vmId}`;
 
 /**
+ * The order in which `holder` tries a scope's free slots: its own, by a hash of the holder and
+ * the slot (rendezvous hashing). VMs that read the same free slots at once (a host's first
+ * VMs, started together) then mostly try different slots, where in index order all of them
+ * raced for the lowest one and each loser tried the next: n VMs made n(n+1)/2 conditional
+ * writes for n slots instead of about 2n. Any order is as safe: every take is the same
+ * single-item conditional write.
+ */
+export function probeOrder(holder: string, free: readonly number[]): number[] {
+  const rank = new Map(free.map((i) => [i, createHash('sha256').update(`${holder}#${i}`).digest().readUInt32BE(0)]));
+  return [...free].sort((a, b) => rank.get(a)! - rank.get(b)! || a - b);
+}
+
+/**
  * Takes a slot for `holder` in every scope, or none: a slot it already holds counts (a grant
  * whose answer was lost). Returns the lease, or the first scope that is full.
  */
@@ -76,8 +89,12 @@ export async function takeSlots(holder: string, scopes: SlotScope[], deps: SlotQ
     const mine = held.find((s) => s.holder === holder);
     let got = mine ? keyOf(scope, mine.index) : undefined;
     const busy = new Set(held.filter((s) => s.expiresAt >= now).map((s) => s.index));
-    for (let i = 0; i < limit && !got; i++) {
-      if (!busy.has(i) && (await deps.catalog.takeSlot(scope, i, holder, now, expiresAt))) got = keyOf(scope, i);
+    const free = Array.from({ length: limit }, (_, i) => i).filter((i) => !busy.has(i));
+    for (const i of got ? [] : probeOrder(holder, free)) {
+      if (await deps.catalog.takeSlot(scope, i, holder, now, expiresAt)) {
+        got = keyOf(scope, i);
+        break;
+      }
     }
     if (!got) {
       for (const key of taken) await deps.catalog.releaseSlot(parseKey(key), holder);
