@@ -283,10 +283,16 @@ const extraMoverEnv = Object.fromEntries(
     .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
 );
 
+// BENCH_MOVER_WRAP: a command the movers' node runs under ("heaptrack -o /tmp/incr", say).
+const moverWrap = (process.env.BENCH_MOVER_WRAP ?? '').split(' ').filter(Boolean);
+
 async function step<T>(name: string, kind: 'mover' | 'function', args: Record<string, unknown>): Promise<T> {
+  const wrap = kind === 'mover' ? moverWrap : [];
   const c = spawn(
-    process.execPath,
+    wrap[0] ?? process.execPath,
     [
+      ...wrap.slice(1),
+      ...(wrap.length ? [process.execPath] : []),
       ...(kind === 'mover' ? [...MOVER_NODE_FLAGS, ...extraMoverFlags] : []),
       fileURLToPath(import.meta.url),
       'child',
@@ -303,10 +309,13 @@ async function step<T>(name: string, kind: 'mover' | 'function', args: Record<st
   c.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((ok) => c.on('exit', ok));
   if (code !== 0) throw new Error(`${name} exited ${code}`);
-  // The result is the last line; what a diagnostic flag printed before it (--trace-gc) goes to stderr.
+  // The result is the last line the step printed; what a diagnostic flag or a wrapper printed (--trace-gc) goes to stderr.
   const printed = out.trimEnd().split('\n');
-  if (printed.length > 1) process.stderr.write(printed.slice(0, -1).join('\n') + '\n');
-  const r = JSON.parse(printed.at(-1)!) as { seconds: number; cpuSeconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
+  const last = printed.findLastIndex((l) => l.startsWith('{"seconds":'));
+  const rest = printed.filter((_, i) => i !== last);
+  if (rest.length) process.stderr.write(rest.join('\n') + '\n');
+  if (last < 0) throw new Error(`${name} printed no result line (its output ended: ${printed.at(-1)})`);
+  const r = JSON.parse(printed[last]!) as { seconds: number; cpuSeconds: number; maxRssMiB: number; peaksMiB: Record<string, number>; result: T };
   const target = kind === 'mover' ? 256 : 512;
   const p = r.peaksMiB;
   say(

@@ -7,8 +7,13 @@
  * The pipelines allocate and free chunk-sized buffers all the time (decrypted and
  * decompressed chunks, network reads). With glibc's defaults, freed memory is handed back
  * to the kernel and faulted in again moments later, in every thread's arena. Taking
- * buffers under 32 MiB from the arenas (not from mmap), and two arenas instead of one per
- * thread fault far less and spend less CPU, with a lower peak RSS. The trim threshold is
+ * buffers under 1 MiB from the arenas (not from mmap: a 512 KiB chunk's buffers among
+ * them), and two arenas instead of one per thread fault far less and spend less CPU, with
+ * a lower peak RSS. Larger buffers (decompressed index objects and manifest pieces, packs,
+ * the index's table) are mapped and unmapped: from the arenas (the threshold was 32 MiB),
+ * once freed they stayed there as free memory no trim returns (only an arena's top is
+ * trimmed), and an incremental of a disk of millions of chunks held 50-140 MiB of it in
+ * the main arena at its peak. The trim threshold is
  * glibc's own (128 KiB): keeping 64 MiB free per arena cost a disk of millions of small
  * chunks up to 64 MiB of resident memory for nothing (bench:big-disk), and 512 KiB chunks'
  * backups and restores spent about the same CPU with either (the figures:
@@ -16,7 +21,7 @@
  */
 export const MOVER_MALLOC_ENV: Readonly<Record<string, string>> = Object.freeze({
   MALLOC_ARENA_MAX: '2',
-  MALLOC_MMAP_THRESHOLD_: String(32 * 1024 * 1024),
+  MALLOC_MMAP_THRESHOLD_: String(1024 * 1024),
   MALLOC_TRIM_THRESHOLD_: String(128 * 1024),
 });
 
