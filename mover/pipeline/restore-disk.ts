@@ -33,7 +33,7 @@ export interface RestoreDiskOptions {
   diskId: string;
   target: string;
   /**
-   * Bytes of runs being downloaded or opened at once (default 32 MiB): one shared buffer
+   * Bytes of runs being downloaded or opened at once (default 24 MiB): one shared buffer
    * of this size. A link's bandwidth times its round trip must fit for the link to stay busy.
    */
   inFlightBytes?: number;
@@ -56,18 +56,12 @@ export interface RestoreDiskOptions {
 }
 
 /**
- * A run holds its bytes of the buffer from its GET's start until its last chunk is opened,
- * and a run is a pack's chunks (8-12 MB in 8 MiB packs): 32 MiB holds three such runs, so a
- * third is fetched while two are opened; with two (24 MiB) both were opened at once, then
- * both fetched while nothing was opened, a round trip and a body each time
- * (bench/MEASUREMENTS.md, restore8).
- *
  * A gap of up to 2 MiB between two chunks of a pack is read through: at 50 MB/s and a 40 ms
  * round trip, 2 MiB cost about what a second GET's round trip costs. Planned on the bench's
  * incremental backups (2 GiB, 8 MiB packs), it makes one GET per pack referenced (115 and
  * 104 GETs, against 142 and 136 with 1 MiB gaps), reading 7% more bytes than the chunks'.
  */
-export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 32 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 2 * 1024 * 1024 });
+export const RESTORE_DEFAULTS = Object.freeze({ inFlightBytes: 24 * 1024 * 1024, maxRunBytes: 16 * 1024 * 1024, maxGapBytes: 2 * 1024 * 1024 });
 
 /** Manifest entries planned at once: about 2 GiB of disk at 512 KiB chunks, a few hundred KiB of plan. */
 const WINDOW_ENTRIES = 4096;
