@@ -6,6 +6,13 @@
  * request's round trip is free, which hides what costs round trips (a request waiting for
  * another, `Expect: 100-continue`, too few requests in flight). Bandwidth is not limited:
  * only latency is emulated. The kernel cannot do it here (no netem qdisc on these machines).
+ *
+ * A delay line, not a window: the proxy reads each side as fast as it comes and holds
+ * every piece in memory for its delay, so one connection can carry any bandwidth (a real
+ * WAN's TCP window would cap one connection at window / round trip: more lenient than a
+ * real link, to every tool alike). A new connection's first bytes also wait one round trip
+ * more, as a TCP handshake would make them (the client's connect to the proxy is local and
+ * instant): a tool that opens connections often pays for it as it would on a WAN.
  */
 import { createServer, connect, type Socket } from 'node:net';
 
@@ -21,17 +28,20 @@ export async function startDelayedLink(target: string, rttMs: number): Promise<D
   const { hostname, port } = new URL(target);
   const oneWay = rttMs / 2;
   const sockets = new Set<Socket>();
-  const forward = (from: Socket, to: Socket) => {
-    from.on('data', (d) => setTimeout(() => to.write(d), oneWay));
-    from.on('end', () => setTimeout(() => to.end(), oneWay));
+  /** Passes what `from` sends to `to` `oneWay` late, once `open` (a handshake's round trip) has passed. */
+  const forward = (from: Socket, to: Socket, open: Promise<void>) => {
+    const later = (f: () => void) => open.then(() => setTimeout(f, oneWay)); // in order: promise jobs and timers of one duration keep it
+    from.on('data', (d) => later(() => to.write(d)));
+    from.on('end', () => later(() => to.end()));
     from.on('error', () => to.destroy());
     from.on('close', () => sockets.delete(from));
   };
   const server = createServer((client) => {
     const upstream = connect(Number(port), hostname);
     for (const s of [client, upstream]) sockets.add(s);
-    forward(client, upstream);
-    forward(upstream, client);
+    const handshake = new Promise<void>((ok) => setTimeout(ok, rttMs));
+    forward(client, upstream, handshake);
+    forward(upstream, client, Promise.resolve());
   });
   await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
   const address = server.address();

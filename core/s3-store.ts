@@ -171,13 +171,30 @@ export async function* listBucket(client: S3Client, bucket: string, prefix: stri
   } while (token);
 }
 
+/**
+ * One GET as it went: when it was sent, when its response's headers arrived (its first
+ * byte, near enough) and when its body was read, in ms of `performance.now()`; for finding
+ * the requests a task waits on one after another (a round trip each over a WAN).
+ */
+export interface GetTrace {
+  key: string;
+  range?: { offset: number; length: number };
+  startMs: number;
+  headersMs: number;
+  endMs: number;
+  bytes: number;
+}
+
 /** ObjectStore over one S3 bucket; SDK errors become StorageUnavailable naming the key. */
 export class S3ObjectStore implements ObjectStore {
   private readonly client: S3Client;
   readonly bucket: string;
-  constructor(client: S3Client, bucket: string) {
+  private readonly onGet: ((t: GetTrace) => void) | undefined;
+  /** `onGet`: told of every GET that returned a body (a debug trace: mover/repository-access.ts LIFEBOAT_S3_TRACE). */
+  constructor(client: S3Client, bucket: string, o: { onGet?: (t: GetTrace) => void } = {}) {
     this.client = client;
     this.bucket = bucket;
+    this.onGet = o.onGet;
   }
 
   async put(key: string, body: Uint8Array, checksum?: PutChecksum): Promise<void> {
@@ -208,15 +225,19 @@ export class S3ObjectStore implements ObjectStore {
       const r = opts.range;
       if (r && (!Number.isSafeInteger(r.offset) || r.offset < 0 || !Number.isSafeInteger(r.length) || r.length <= 0))
         throw new RangeError(`GET s3://${this.bucket}/${key}: bad range ${JSON.stringify(r)}`);
+      const startMs = performance.now();
       const out = await this.client.send(
         new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(r ? { Range: `bytes=${r.offset}-${r.offset + r.length - 1}` } : {}) }),
       );
-      return await collectBody(
+      const headersMs = performance.now();
+      const body = await collectBody(
         out.Body as unknown as AsyncIterable<Uint8Array>,
         out.ContentLength,
         `GET s3://${this.bucket}/${key}${r ? ` bytes ${r.offset}+${r.length}` : ''}`,
         opts.into,
       );
+      this.onGet?.({ key, ...(r ? { range: r } : {}), startMs, headersMs, endMs: performance.now(), bytes: body.length });
+      return body;
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw new StorageUnavailable(`GET s3://${this.bucket}/${key} failed: ${(err as Error).message}`, err);

@@ -9,6 +9,7 @@
  *   LIFEBOAT_PACK_MIB       pack size in MiB (default 8; smaller on slow WAN links: a pack is the unit of upload and resume)
  *   LIFEBOAT_RESTORE_IN_FLIGHT_MIB  bytes a restore reads at once, in MiB (default 24: at least the link's bandwidth times its round trip)
  *   LIFEBOAT_S3_CONCURRENCY (requests in flight, default 16), LIFEBOAT_BANDWIDTH_LIMIT (bytes/s, unset = none)
+ *   LIFEBOAT_S3_TRACE=1 (logs every GET of a repository as storage.get: start, first byte, end; a debug trace)
  *   LIFEBOAT_S3_PATH_STYLE (true/false; default true with a custom endpoint)
  *   LIFEBOAT_S3_CONNECT_TIMEOUT_MS (default 10000), LIFEBOAT_S3_REQUEST_TIMEOUT_MS (longest an S3 request may
  *     go with no byte moving, default 60000): a stalled request fails as retryable and is tried again

@@ -85,6 +85,8 @@ export function repositoryAccess(
     return c!;
   };
   const s3Concurrency = positiveIntSetting(env, 'LIFEBOAT_S3_CONCURRENCY', '16');
+  // A debug trace: every GET's start, first byte and end logged as storage.get (finds requests made one after another).
+  const trace = env.LIFEBOAT_S3_TRACE === '1';
   const bandwidth = env.LIFEBOAT_BANDWIDTH_LIMIT ? positiveIntSetting(env, 'LIFEBOAT_BANDWIDTH_LIMIT', '1') : undefined;
   const kmsKeyId = env.LIFEBOAT_KMS_KEY_ID;
   const keyFile = env.LIFEBOAT_KEY_FILE;
@@ -107,7 +109,7 @@ export function repositoryAccess(
     if (!r) {
       r = (async () => {
         // Retry innermost (a retried request keeps its slot), then the request limit, then bandwidth.
-        const s3Store = new S3ObjectStore(s3For(endpoint), bucket);
+        const s3Store = new S3ObjectStore(s3For(endpoint), bucket, trace ? { onGet: (t) => o.logger.info('storage.get', { ...t }) } : {});
         let store: ObjectStore = withConcurrencyLimit(
           withRetry(o.wrapStore ? o.wrapStore(s3Store) : s3Store, { logger: o.logger, ...(o.onRetry ? { onRetry: o.onRetry } : {}) }),
           s3Concurrency,
