@@ -109,7 +109,11 @@ function failureMessage(c: ChildResult): string {
 /** The ranges' counts summed, once every range passed; the first failed range's error otherwise. */
 export function joinRangeResults(input: Pick<JoinVerifyRangesInput, 'backupId' | 'vmId' | 'ranges'>, results: ChildResult[], where: string): VerifyOutput {
   const failed = results.filter((c) => c.status !== 'SUCCEEDED');
-  const first = failed.map((c) => ({ c, index: verifyRangeItem.safeParse(c.input).data?.index ?? Infinity })).sort((a, b) => a.index - b.index)[0];
+  const indexOf = (c: ChildResult) => {
+    const index = (c.input as { index?: unknown } | undefined)?.index;
+    return typeof index === 'number' ? index : Number.POSITIVE_INFINITY;
+  };
+  const first = failed.map((c) => ({ c, index: indexOf(c) })).sort((a, b) => a.index - b.index)[0];
   if (first) {
     throw new VerifyFailed(
       `${failureMessage(first.c)} (${failed.length} of ${input.ranges.count} ranges of backup ${input.backupId} of VM '${input.vmId}' failed; every range's result: ${where})`,
