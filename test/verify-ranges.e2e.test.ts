@@ -96,7 +96,7 @@ const RANGES = [
 
 beforeAll(async () => {
   t = await startTestStack({ movers: 2, config: { ...example, backup: { ...example.backup, verifyRangePieces: 2 } } });
-}, 120_000);
+}, 600_000);
 afterAll(async () => {
   await t?.close();
 });
@@ -115,9 +115,9 @@ it('verifies a backup past one range by range, through the workflow, and Commit 
   expect(names).toEqual(expect.arrayContaining(['Verify', 'PlanVerifyRanges', 'VerifyRanges', 'JoinVerifyRanges', 'Commit']));
   // One child execution per range, each verifying its range (the Map Run's children of the VM's execution).
   const children = (await executions()).filter((c) => c.parentExecutionArn === big.child.executionArn);
-  expect(children.map((c) => JSON.parse(c.input) as { diskId: string; from: number; to: number }).map(({ diskId, from, to }) => ({ diskId, from, to }))).toEqual(
-    expect.arrayContaining(RANGES),
-  );
+  expect(
+    children.map((c) => JSON.parse(c.input) as { diskId: string; from: number; to: number }).map(({ diskId, from, to }) => ({ diskId, from, to })),
+  ).toEqual(expect.arrayContaining(RANGES));
   expect(children).toHaveLength(RANGES.length);
   expect(children.every((c) => c.status === 'SUCCEEDED')).toBe(true);
   // Commit's input carries the ranges' counts summed, as worked out here from the manifests.

@@ -277,13 +277,7 @@ export class BackupWorkflow extends Construct {
     catchAny(releaseSlot, vmDone, '$.cleanupError');
 
     waitForSlot.next(snapshot);
-    const perVm = acquireSlot
-      .next(snapshot)
-      .next(planDispatch)
-      .next(dispatch)
-      .next(joinSegments)
-      .next(releaseSnapshot)
-      .next(verify);
+    const perVm = acquireSlot.next(snapshot).next(planDispatch).next(dispatch).next(joinSegments).next(releaseSnapshot).next(verify);
     commit.next(releaseSlot);
     // Admission by host: one child execution per host (BackupHosts), which runs its VMs' children (BackupVms) at most
     // its slots at once, so a host's slot that frees is taken by that host's next VM, in line order, and no VM waits in

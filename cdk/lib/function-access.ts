@@ -101,7 +101,12 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   // Verify by range (functions/backup/verify-ranges.ts): the plan reads the manifests' heads and lists the ranges under runs/ (read by the VerifyRanges Map);
   // each range HEADs what Verify HEADs for its chunks; the join reads the Map's result files there.
   PlanVerifyRanges: { repository: { read: ['manifests/', 'keys/'], write: ['runs/'] }, repositoryKey: ['unwrap'], memoryMiB: LIGHT_MIB },
-  VerifyRange: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 1024 },
+  VerifyRange: {
+    repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true },
+    repositoryKey: ['unwrap'],
+    timeoutSeconds: 900,
+    memoryMiB: 1024,
+  },
   JoinVerifyRanges: { repository: { read: ['runs/'] }, memoryMiB: LIGHT_MIB },
   Commit: { catalog: ['UpdateItem', 'GetItem'], memoryMiB: LIGHT_MIB },
   RecordFailure: { catalog: ['UpdateItem'], memoryMiB: LIGHT_MIB },
