@@ -148,9 +148,11 @@ export function makeHandlers(c: Clients) {
       return verifyOutput.parse(await verifyRange(r, { repository, signal }));
     }),
     joinHandler: lambdaHandler('JoinVerifyRanges', joinVerifyRangesInput, async (input) => {
-      const { Bucket, Key } = input.results.ResultWriterDetails;
-      const results = await readMapRunResults(c.store(Bucket), Key);
-      return verifyOutput.parse(joinRangeResults(input, results, `s3://${Bucket}/${Key}`));
+      // The Map Run's result files are in the stack's run bucket (its ResultWriter's), as the ranges' list.
+      const run = runStore(c, 'Backup');
+      const { Key } = input.results.ResultWriterDetails;
+      const results = await readMapRunResults(run.store, Key);
+      return verifyOutput.parse(joinRangeResults(input, results, `s3://${run.bucket}/${Key}`));
     }),
   };
 }
