@@ -17,6 +17,10 @@
  * reads every chunk) remains the full check. A parent whose manifest is gone (pruned) or
  * unreadable vouches for nothing: every pack is HEADed then. Replication's VerifyReplica
  * passes no parent: a DR copy is checked in full.
+ *
+ * One invocation checks at most `rangePieces` manifest pieces (the workflow passes it); a
+ * backup with more fails fast with `Verify.MustSplit` and is verified by range
+ * (verify-ranges.ts), each range with these same checks.
  */
 import { VerifyFailed, VerifyMustSplit } from '../../contracts/errors.ts';
 import type { ObjectInfo } from '../../core/object-store.ts';
