@@ -9,7 +9,7 @@
  */
 import { z } from 'zod';
 import { caughtError } from './errors.ts';
-import { consistency, diskResult, vmJob } from './jobs.ts';
+import { consistency, diskResult, repositoryRef, vmJob } from './jobs.ts';
 import { count, text, type Infer } from './zod.ts';
 
 /** Verify's input: the VM's job with its disks' transfer results. */
@@ -33,6 +33,49 @@ export const verifyOutput = z.looseObject({
   packsTrusted: count.default(0),
 });
 export type VerifyOutput = Infer<typeof verifyOutput>;
+
+/**
+ * Manifest pieces one Verify invocation checks by default (a piece holds at most 65,536
+ * chunks: ~4 M chunks, 2 TiB at 512 KiB). A backup with more is verified by range
+ * (functions/backup/verify-ranges.ts); the figures are in bench/MEASUREMENTS.md (verify7, verify8).
+ */
+export const DEFAULT_VERIFY_RANGE_PIECES = 64;
+
+/** The payload of Verify and PlanVerifyRanges: the VM's job with its disks' results, and the most pieces one invocation checks. */
+export const verifyRequest = z.looseObject({ job: verifyInput, rangePieces: z.number().int().positive() });
+export type VerifyRequest = Infer<typeof verifyRequest>;
+
+/** One range of a backup's manifest pieces (an item of the VerifyRanges Map, one VerifyRange invocation), as PlanVerifyRanges lists it. */
+export const verifyRangeItem = z.looseObject({
+  backupId: text,
+  vmId: text,
+  repository: repositoryRef,
+  parentBackupId: text.nullable(),
+  /** This range's place among the backup's ranges, in disk order (0-based), and how many there are. */
+  index: count,
+  count: z.number().int().positive(),
+  diskId: text,
+  manifestKey: text,
+  /** Its pieces in the disk's manifest (0-based), and the chunks they cover: `from` … `to - 1`. */
+  firstPiece: count,
+  pieces: z.number().int().positive(),
+  from: count,
+  to: count,
+});
+export type VerifyRangeItem = Infer<typeof verifyRangeItem>;
+
+/** Where PlanVerifyRanges listed the ranges (the stack's run bucket): what the payload carries instead of the list. */
+export const verifyRangeList = z.object({ bucket: text, key: text, count: z.number().int().positive() });
+export type VerifyRangeList = Infer<typeof verifyRangeList>;
+
+/** JoinVerifyRanges' input: the backup, its ranges' list and where the VerifyRanges Map Run wrote its children's results. */
+export const joinVerifyRangesInput = z.looseObject({
+  backupId: text,
+  vmId: text,
+  ranges: verifyRangeList,
+  results: z.looseObject({ MapRunArn: z.string(), ResultWriterDetails: z.object({ Bucket: text, Key: text }) }),
+});
+export type JoinVerifyRangesInput = Infer<typeof joinVerifyRangesInput>;
 
 /** Commit's input: Verify's input and its answer. */
 export const commitInput = verifyInput.extend({ verify: verifyOutput });

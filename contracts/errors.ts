@@ -84,6 +84,22 @@ export class VerifyFailed extends LifeboatError {
   }
 }
 
+/**
+ * Not a failure: the backup's manifests have more pieces than one Verify invocation checks
+ * in time (Lambda's 900 s), so the workflow catches this into Verify by range (a Map over
+ * ranges of manifest pieces, functions/backup/verify-ranges.ts).
+ */
+export class VerifyMustSplit extends LifeboatError {
+  static readonly code = 'Verify.MustSplit';
+  constructor(backupId: string, pieces: number, perRange: number) {
+    super(
+      VerifyMustSplit.code,
+      `backup ${backupId} has ${pieces} manifest pieces, more than the ${perRange} one Verify invocation checks: it is verified by range`,
+      { retryable: false },
+    );
+  }
+}
+
 /** A Lambda function's input does not match its schema: a bug or version skew, never retried. */
 export class BadFunctionInput extends LifeboatError {
   static readonly code = 'Function.BadInput';
@@ -235,4 +251,5 @@ export const errorClasses = {
   [DiscoveryRequestInvalid.code]: DiscoveryRequestInvalid,
   [HostConfigRequestInvalid.code]: HostConfigRequestInvalid,
   [SlotMustQueue.code]: SlotMustQueue,
+  [VerifyMustSplit.code]: VerifyMustSplit,
 } as const;

@@ -208,9 +208,13 @@ export const configShape = z
       )
       .min(1, "configure at least one repository (the first is the stack's own bucket)"),
     policies: z.array(policy),
-    /** Workflow-wide limits: VMs of one run backed up at once (hosts' slots still apply). */
+    /**
+     * Workflow-wide limits: VMs of one run backed up at once (hosts' slots still apply), disks or
+     * segments transferred at once per VM, and manifest pieces one Verify invocation checks
+     * (default 64; a backup with more is verified by range).
+     */
     backup: z
-      .object({ vmConcurrency: count(1000).optional(), dispatchConcurrency: count(256).optional() })
+      .object({ vmConcurrency: count(1000).optional(), dispatchConcurrency: count(256).optional(), verifyRangePieces: count(65_536).optional() })
       .strict()
       .optional(),
     /**

@@ -3,7 +3,8 @@
  * chunk stored as its own object (format 1). Verify HEADs them, replication copies them
  * (replica.ts); neither knows which format wrote the manifest.
  */
-import type { ManifestBatch } from './manifest/reader.ts';
+import type { ManifestBatch, ManifestInfo, PieceInfo } from './manifest/reader.ts';
+import { MAX_PIECE_ENTRIES } from './manifest/piece.ts';
 
 /** A chunk of a batch, and where in its object it is stored. */
 export interface ReferencedChunk {
@@ -57,3 +58,37 @@ export function referencedObjects(b: ManifestBatch, fresh: (id: string) => boole
   }
   return { chunks, objects: [...byKey.values()] };
 }
+
+/** Consecutive pieces of one manifest, checked by one Verify invocation: pieces `firstPiece` … `firstPiece + pieces - 1`, chunks `from` … `to - 1`. */
+export interface PieceRange {
+  firstPiece: number;
+  pieces: number;
+  from: number;
+  to: number;
+}
+
+/**
+ * A manifest's pieces in runs of at most `perRange`, from its head alone (no piece is read):
+ * version 3's pieces as its head names them; versions 1 and 2 (one document) as the batches
+ * their reader serves, `MAX_PIECE_ENTRIES` chunks each.
+ */
+export function pieceRanges(info: ManifestInfo, pieces: readonly Pick<PieceInfo, 'firstChunk' | 'count'>[], perRange: number): PieceRange[] {
+  if (!(Number.isSafeInteger(perRange) && perRange >= 1)) throw new RangeError(`pieces per Verify range ${perRange} (an integer, at least 1)`);
+  const bounds =
+    info.version === 3
+      ? pieces.map((p) => [p.firstChunk, p.firstChunk + p.count] as const)
+      : Array.from({ length: Math.ceil((info.to - info.from) / MAX_PIECE_ENTRIES) }, (_, i) => {
+          const first = info.from + i * MAX_PIECE_ENTRIES;
+          return [first, Math.min(info.to, first + MAX_PIECE_ENTRIES)] as const;
+        });
+  const out: PieceRange[] = [];
+  for (let first = 0; first < bounds.length; first += perRange) {
+    const last = Math.min(bounds.length, first + perRange) - 1;
+    out.push({ firstPiece: first, pieces: last - first + 1, from: bounds[first]![0], to: bounds[last]![1] });
+  }
+  return out;
+}
+
+/** How many pieces a manifest has (versions 1 and 2: its batches), from its head alone. */
+export const pieceCount = (info: ManifestInfo, pieces: readonly unknown[]): number =>
+  info.version === 3 ? pieces.length : Math.ceil((info.to - info.from) / MAX_PIECE_ENTRIES);

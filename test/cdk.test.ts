@@ -6,7 +6,7 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LifeboatStack } from '../cdk/lib/lifeboat-stack.ts';
 import { loadConfig, type LifeboatConfig } from '../core/config.ts';
-import { errorClasses, SlotMustQueue, type LifeboatError } from '../contracts/errors.ts';
+import { errorClasses, SlotMustQueue, VerifyMustSplit, type LifeboatError } from '../contracts/errors.ts';
 import { lambdaFunctions } from '../contracts/functions.ts';
 import { resolveTemplate, type CfnTemplate, type ResolvedTemplate } from '../local/asl.ts';
 
@@ -260,11 +260,28 @@ describe('Backup state machine failure handling', () => {
     const targets = new Set<string>();
     for (const [name, s] of Object.entries(perVm)) {
       if (name === 'ReleaseSlot' || name === 'ReleaseSlotAfterFailure') continue; // the slot is already being released
-      for (const c of s.Catch ?? []) if (!c.ErrorEquals.includes(SlotMustQueue.code)) targets.add(c.Next); // not a failure: the VM queues
+      // Not failures: the VM queues for a slot; the backup is verified by range.
+      for (const c of s.Catch ?? []) if (![SlotMustQueue.code, VerifyMustSplit.code].some((e) => c.ErrorEquals.includes(e))) targets.add(c.Next);
     }
     expect([...targets].sort()).toEqual(['RecordFailure', 'ReleaseSnapshotAfterFailure']);
     for (const t of targets) expect(followNext(perVm, t), `from ${t}`).toContain('ReleaseSlotAfterFailure');
     expect(followNext(perVm, 'ReleaseSnapshotAfterFailure').slice(0, 3)).toEqual(['ReleaseSnapshotAfterFailure', 'RecordFailure', 'ReleaseSlotAfterFailure']);
+  });
+
+  it('verifies a backup past one range by range: Verify.MustSplit caught into PlanVerifyRanges, VerifyRanges, JoinVerifyRanges, then Commit', () => {
+    const perVm = backupVms().ItemProcessor!.States;
+    const split = perVm.Verify!.Catch!.find((c) => c.ErrorEquals.includes(VerifyMustSplit.code))!;
+    expect(perVm.Verify!.Catch![0], 'caught before States.ALL').toBe(split);
+    expect(followNext(perVm, split.Next)).toEqual(['PlanVerifyRanges', 'VerifyRanges', 'JoinVerifyRanges', 'Commit', 'ReleaseSlot']);
+    expect(perVm.Verify!.Next).toBe('Commit');
+    // The ranges are read from S3 and their results written there: neither list is in a payload.
+    const map = perVm.VerifyRanges as State & { ItemReader?: { Parameters?: Record<string, unknown> }; ResultWriter?: unknown; ItemsPath?: string };
+    expect(map.ItemReader?.Parameters?.['Key.$']).toBe('$.verifyRanges.key');
+    expect(map.ResultWriter).toBeDefined();
+    expect(map.ItemsPath).toBeUndefined();
+    expect(Object.keys(map.ItemProcessor!.States)).toEqual(['VerifyRange']);
+    for (const name of ['PlanVerifyRanges', 'VerifyRanges', 'JoinVerifyRanges'])
+      expect(perVm[name]!.Catch!.find((c) => c.ErrorEquals.includes('States.ALL'))!.Next, name).toBe('RecordFailure');
   });
 
   it('matches only States.*, AWS service integration errors (Lambda.*, StepFunctions.*) or Lifeboat error codes in Retry and Catch', () => {

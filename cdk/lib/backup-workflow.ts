@@ -1,7 +1,7 @@
 /**
  * The Backup workflow: AcquireRunLease (one run per policy) → Plan → BackupVms, one child
  * execution per VM (AcquireSlot [→ WaitForSlot when it must queue] → Snapshot → PlanDispatch → Dispatch per disk or disk
- * segment → JoinSegments → ReleaseSnapshot → Verify → Commit → ReleaseSlot) →
+ * segment → JoinSegments → ReleaseSnapshot → Verify [→ by range past one range: verify-steps.ts] → Commit → ReleaseSlot) →
  * ReleaseRunLease → Summarize → ReplicationDue? → StartReplication. Snapshot, Dispatch and
  * ReleaseSnapshot run on the mover group that serves the VM's host. A failure inside a
  * VM's iteration releases what it took and records the failure; the other VMs go on.
@@ -36,6 +36,7 @@ import type { LambdaFunctionId } from '../../contracts/functions.ts';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { acknowledgeListMap, listMap, useResultWriterV2 } from './distributed-map.ts';
 import { catchAny, lambdaStep, moverStep, retryAnyError } from './steps.ts';
+import { VERIFY_RANGE_LABEL, verifySteps } from './verify-steps.ts';
 
 export interface BackupWorkflowProps {
   functions: Record<LambdaFunctionId, lambda.IFunction>;
@@ -47,6 +48,8 @@ export interface BackupWorkflowProps {
   vmConcurrency?: number;
   /** Disks (or disk segments) transferred at once per VM. */
   dispatchConcurrency?: number;
+  /** Manifest pieces one Verify invocation checks; a backup with more is verified by range (default 64). */
+  verifyRangePieces?: number;
   /** The ReplicatePolicy state machine, started after a run that committed backups of a policy with a DR repository. */
   replicatePolicy?: sfn.IStateMachine;
 }
@@ -253,8 +256,14 @@ export class BackupWorkflow extends Construct {
         catchAny(t, recordFailure, '$.error');
       },
     );
-    const verify = invoke('Verify', 'Verify', { resultPath: '$.verify' });
     const commit = invoke('Commit', 'Commit', { resultPath: '$.commit' });
+    const verify = verifySteps(this, {
+      functions: fn,
+      runBucket: props.runBucket,
+      ...(props.verifyRangePieces ? { rangePieces: props.verifyRangePieces } : {}),
+      failed: recordFailure,
+      next: commit,
+    });
     // The VM's last state: its output is Commit's answer (the ResultWriter's file holds it; nobody reads it back), so the
     // happy path pays no shaping state. A ReleaseSlot that fails still ends the committed VM, through VmCommitted.
     const releaseSlot = invoke('ReleaseSlot', 'ReleaseSlot', { resultPath: null, outputPath: '$.commit' });
@@ -264,19 +273,12 @@ export class BackupWorkflow extends Construct {
     });
 
     for (const s of [planDispatch, dispatch, joinSegments]) catchAny(s, releaseSnapshotAfterFailure, '$.error');
-    for (const s of [verify, commit]) catchAny(s, recordFailure, '$.error');
+    catchAny(commit, recordFailure, '$.error');
     catchAny(releaseSlot, vmDone, '$.cleanupError');
 
     waitForSlot.next(snapshot);
-    const perVm = acquireSlot
-      .next(snapshot)
-      .next(planDispatch)
-      .next(dispatch)
-      .next(joinSegments)
-      .next(releaseSnapshot)
-      .next(verify)
-      .next(commit)
-      .next(releaseSlot);
+    const perVm = acquireSlot.next(snapshot).next(planDispatch).next(dispatch).next(joinSegments).next(releaseSnapshot).next(verify);
+    commit.next(releaseSlot);
     // Admission by host: one child execution per host (BackupHosts), which runs its VMs' children (BackupVms) at most
     // its slots at once, so a host's slot that frees is taken by that host's next VM, in line order, and no VM waits in
     // a line whose host is busy while another host's slots idle. Each VM still has its own child execution; a VM's
@@ -320,6 +322,6 @@ export class BackupWorkflow extends Construct {
       ),
       timeout: Duration.hours(24),
     });
-    acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupHost', 'BackupVm');
+    acknowledgeListMap(this.stateMachine, props.runBucket, 'BackupHost', 'BackupVm', VERIFY_RANGE_LABEL);
   }
 }

@@ -98,6 +98,16 @@ export const functionAccess: Partial<Record<LambdaFunctionId, FunctionAccess>> =
   ReleaseSlot: { catalog: ['PutItem', 'GetItem', 'UpdateItem', 'DeleteItem', 'Query'], taskResponses: true, memoryMiB: LIGHT_MIB },
   // HEADs the chunk objects (format 1) or packs (format 2) of the new manifests.
   Verify: { repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true }, repositoryKey: ['unwrap'], timeoutSeconds: 900, memoryMiB: 1024 },
+  // Verify by range (functions/backup/verify-ranges.ts): the plan reads the manifests' heads and lists the ranges under runs/ (read by the VerifyRanges Map);
+  // each range HEADs what Verify HEADs for its chunks; the join reads the Map's result files there.
+  PlanVerifyRanges: { repository: { read: ['manifests/', 'keys/'], write: ['runs/'] }, repositoryKey: ['unwrap'], memoryMiB: LIGHT_MIB },
+  VerifyRange: {
+    repository: { read: ['manifests/', 'chunks/', 'packs/', 'keys/'], list: true },
+    repositoryKey: ['unwrap'],
+    timeoutSeconds: 900,
+    memoryMiB: 1024,
+  },
+  JoinVerifyRanges: { repository: { read: ['runs/'] }, memoryMiB: LIGHT_MIB },
   Commit: { catalog: ['UpdateItem', 'GetItem'], memoryMiB: LIGHT_MIB },
   RecordFailure: { catalog: ['UpdateItem'], memoryMiB: LIGHT_MIB },
   // The policy's run lease: a conditional put, and a read of its holder to name it to a refused run.

@@ -172,6 +172,7 @@ export class LifeboatStack extends Stack {
       runBucket: this.bucket,
       ...(props.config.backup?.vmConcurrency ? { vmConcurrency: props.config.backup.vmConcurrency } : {}),
       ...(props.config.backup?.dispatchConcurrency ? { dispatchConcurrency: props.config.backup.dispatchConcurrency } : {}),
+      ...(props.config.backup?.verifyRangePieces ? { verifyRangePieces: props.config.backup.verifyRangePieces } : {}),
       // A run that commits backups of a policy with a DR repository starts their replication.
       replicatePolicy: this.recovery.replicatePolicy.stateMachine,
     });

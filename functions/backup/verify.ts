@@ -17,12 +17,17 @@
  * reads every chunk) remains the full check. A parent whose manifest is gone (pruned) or
  * unreadable vouches for nothing: every pack is HEADed then. Replication's VerifyReplica
  * passes no parent: a DR copy is checked in full.
+ *
+ * One invocation checks at most `rangePieces` manifest pieces (the workflow passes it); a
+ * backup with more fails fast with `Verify.MustSplit` and is verified by range
+ * (verify-ranges.ts), each range with these same checks.
  */
-import { VerifyFailed } from '../../contracts/errors.ts';
+import { VerifyFailed, VerifyMustSplit } from '../../contracts/errors.ts';
 import type { ObjectInfo } from '../../core/object-store.ts';
-import { referencedObjects, type ReferencedObject } from '../../repository/referenced.ts';
-import { PARENT_SAMPLE, verifyInput, verifyOutput, type VerifyInput, type VerifyOutput } from '../../contracts/backup-steps.ts';
+import { pieceCount, referencedObjects, type ReferencedObject } from '../../repository/referenced.ts';
+import { PARENT_SAMPLE, verifyOutput, verifyRequest, type VerifyInput, type VerifyOutput } from '../../contracts/backup-steps.ts';
 import type { Repository } from '../../repository/open.ts';
+import type { ManifestReader } from '../../repository/types.ts';
 import { mapLimit } from '../../core/concurrency.ts';
 import { fromEnvironment, type Clients } from '../commons/clients.ts';
 import { lambdaHandler } from '../commons/lambda.ts';
@@ -30,6 +35,15 @@ import { RECENT_CHUNKS as RECENT, RecentIds, RecentMap } from '../../repository/
 
 /** Most parent packs remembered as verified (beyond that they are HEADed): bounds Verify's memory on huge disks. */
 const MAX_TRUSTED = 500_000;
+
+/** A manifest Verify checks: a disk's, whole or (Verify by range) chunks `range.from` … `range.to - 1`, opened already or not. */
+export interface VerifiedManifest {
+  diskId: string;
+  manifestKey: string;
+  reader?: ManifestReader;
+  /** Its chunks checked here, on piece boundaries, and how messages name the range. */
+  range?: { from: number; to: number; label: string };
+}
 
 type VerifyDeps = {
   repository: Repository;
@@ -39,14 +53,36 @@ type VerifyDeps = {
   signal?: AbortSignal;
 };
 
-export async function verify(input: VerifyInput, deps: VerifyDeps): Promise<VerifyOutput> {
+/**
+ * Verifies the backup in this invocation when its manifests have at most `rangePieces` pieces
+ * in all (every backup of disks up to ~2 TiB at the default); otherwise fails with
+ * `Verify.MustSplit`, which the workflow catches into Verify by range (verify-ranges.ts), so
+ * the usual backup pays no extra state. Only the manifests' heads are read to decide.
+ */
+export async function verify(input: VerifyInput, deps: VerifyDeps & { rangePieces?: number }): Promise<VerifyOutput> {
+  const readers = await openDiskManifests(input, deps.repository);
+  const pieces = readers.reduce((n, r) => n + pieceCount(r.info, r.pieces()), 0);
+  if (deps.rangePieces !== undefined && pieces > deps.rangePieces) throw new VerifyMustSplit(input.backupId, pieces, deps.rangePieces);
+  const trusted = input.parentBackupId ? await parentPacks(input.parentBackupId, Object.keys(input.parentManifests), deps) : undefined;
+  const disks = input.disks.map((d, i) => ({ ...d, reader: readers[i]! }));
+  return verifyManifests(input.backupId, disks, { ...deps, ...(trusted ? { trusted } : {}) });
+}
+
+/** The backup's disk manifests, opened (their heads only), after checking there is one result per snapshot disk. */
+export async function openDiskManifests(input: VerifyInput, repository: Repository): Promise<ManifestReader[]> {
   if (!input.snapshot || input.disks.length !== input.snapshot.disks.length) {
     throw new VerifyFailed(
       `backup ${input.backupId} of VM '${input.vmId}' has ${input.disks.length} disk results for ${input.snapshot?.disks.length ?? 0} snapshot disks`,
     );
   }
-  const trusted = input.parentBackupId ? await parentPacks(input.parentBackupId, Object.keys(input.parentManifests), deps) : undefined;
-  return verifyManifests(input.backupId, input.disks, { ...deps, ...(trusted ? { trusted } : {}) });
+  return Promise.all(input.disks.map((d) => openManifestAt(repository, input.backupId, d)));
+}
+
+/** The manifest of `disk` at its key; Verify fails naming it when it is missing. */
+export async function openManifestAt(repository: Repository, backupId: string, disk: { diskId: string; manifestKey: string }): Promise<ManifestReader> {
+  const sealed = await repository.store.get(disk.manifestKey);
+  if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
+  return repository.manifestFromSealed(sealed, backupId, disk.diskId);
 }
 
 /**
@@ -54,13 +90,20 @@ export async function verify(input: VerifyInput, deps: VerifyDeps): Promise<Veri
  * module's comment for why they need no HEAD). A manifest that is gone or unreadable adds
  * nothing.
  */
-export async function parentPacks(parentBackupId: string, diskIds: string[], deps: VerifyDeps): Promise<Map<string, number>> {
+export async function parentPacks(
+  parentBackupId: string,
+  diskIds: string[],
+  deps: VerifyDeps,
+  /** Only the parent's pieces covering these chunks (Verify by range: the range's own chunks). */
+  chunks: { from: number; to: number } = { from: 0, to: Number.POSITIVE_INFINITY },
+): Promise<Map<string, number>> {
   const packs = new Map<string, number>();
   for (const diskId of diskIds) {
     try {
       const parent = await deps.repository.openManifest(parentBackupId, diskId);
       if (!parent) continue;
-      for await (const batch of parent.batches()) {
+      for await (const batch of parent.batches({ from: chunks.from })) {
+        if (batch.firstChunk >= chunks.to) break;
         for (const p of batch.packs) if (packs.size < MAX_TRUSTED) packs.set(p.id, p.size);
       }
     } catch {
@@ -80,7 +123,7 @@ export async function parentPacks(parentBackupId: string, diskIds: string[], dep
  */
 export async function verifyManifests(
   backupId: string,
-  disks: { diskId: string; manifestKey: string }[],
+  disks: VerifiedManifest[],
   deps: VerifyDeps & {
     /** Packs already verified at these sizes (the committed parent's): not HEADed, but for a random sample. */
     trusted?: ReadonlyMap<string, number>;
@@ -121,16 +164,17 @@ export async function verifyManifests(
     return info;
   };
   for (const disk of disks) {
-    const sealed = await deps.repository.store.get(disk.manifestKey);
-    if (!sealed) throw new VerifyFailed(`manifest ${disk.manifestKey} of disk '${disk.diskId}' is missing`);
-    const manifest = await deps.repository.manifestFromSealed(sealed, backupId, disk.diskId);
+    const manifest = disk.reader ?? (await openManifestAt(deps.repository, backupId, disk));
+    const to = disk.range?.to ?? Number.POSITIVE_INFINITY;
+    const where = disk.range ? `, range ${disk.range.label}` : '';
     // Chunks counted once each (a repeat of a recent one is not counted again); a piece at a time.
     const recent = new RecentIds();
-    for await (const batch of manifest.batches()) {
+    for await (const batch of manifest.batches(disk.range ? { from: disk.range.from } : {})) {
+      if (batch.firstChunk >= to) break;
       deps.signal?.throwIfAborted();
       const refs = referencedObjects(batch, (id) => recent.fresh(id));
       await mapLimit(refs.objects.filter(needsHead), concurrency, async (o) => {
-        const what = `${o.kind} ${o.key} of disk '${disk.diskId}' (backup ${backupId})`;
+        const what = `${o.kind} ${o.key} of disk '${disk.diskId}'${where} (backup ${backupId})`;
         const got = await headObject(o);
         if (got === undefined) throw new VerifyFailed(`${what} is missing from the repository`);
         if (got.size !== o.size) throw new VerifyFailed(`${what} is ${got.size} bytes, the manifest expects ${o.size}`);
@@ -148,9 +192,9 @@ export async function verifyManifests(
 /** This module's Lambda handlers, built from the clients they use (the embedded stack passes its own: local/lambdas.ts). */
 export function makeHandlers(c: Clients) {
   return {
-    handler: lambdaHandler('Verify', verifyInput, async (input, { signal }) => {
-      const { bucket, endpoint } = input.repository;
-      return verifyOutput.parse(await verify(input, { repository: await c.repository(bucket, endpoint), signal }));
+    handler: lambdaHandler('Verify', verifyRequest, async ({ job, rangePieces }, { signal }) => {
+      const { bucket, endpoint } = job.repository;
+      return verifyOutput.parse(await verify(job, { repository: await c.repository(bucket, endpoint), signal, rangePieces }));
     }),
   };
 }
