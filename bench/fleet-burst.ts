@@ -13,11 +13,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreateTableCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import dynalite from 'dynalite';
 import type { VmJob } from '../contracts/jobs.ts';
 import { LOCAL_REGION } from '../local/asl.ts';
 import { catalogFunctions, LOCAL_CREDENTIALS, observeSdkCalls } from '../local/stack.ts';
+import { createCatalogTable } from '../test/helpers/catalog.ts';
 
 const HOSTS = Number(process.env.BENCH_BURST_HOSTS ?? 20);
 const SLOTS = Number(process.env.BENCH_BURST_SLOTS ?? 10);
@@ -47,20 +48,7 @@ async function main(): Promise<void> {
   await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
   const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const admin = new DynamoDBClient({ region: LOCAL_REGION, endpoint, credentials: LOCAL_CREDENTIALS });
-  await admin.send(
-    new CreateTableCommand({
-      TableName: 'catalog',
-      BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: [
-        { AttributeName: 'pk', AttributeType: 'S' },
-        { AttributeName: 'sk', AttributeType: 'S' },
-      ],
-      KeySchema: [
-        { AttributeName: 'pk', KeyType: 'HASH' },
-        { AttributeName: 'sk', KeyType: 'RANGE' },
-      ],
-    }),
-  );
+  await createCatalogTable(admin);
   const functions = catalogFunctions(endpoint, 'catalog');
   const requests = new Map<string, number>();
   observeSdkCalls((c) => {
