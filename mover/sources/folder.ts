@@ -8,10 +8,9 @@
  * while the movers read a frozen image. Readers skip the image's holes: `qemu-img map`
  * says where they are (allocation.ts); without qemu-img every byte is read.
  */
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { promisify } from 'node:util';
 import { isAbsolute, join } from 'node:path';
 import { SourceUnavailable } from '../../contracts/errors.ts';
 import type { DiskRef, SnapshotResult } from '../../contracts/jobs.ts';
@@ -25,7 +24,6 @@ interface VmConfig {
 }
 
 const SNAPSHOTS = '.lifeboat-snapshots';
-const run = promisify(execFile);
 /** How often a running copy's size is looked at, to report progress. */
 const COPY_PROGRESS_MS = 2000;
 
@@ -50,13 +48,39 @@ async function freeze(from: string, to: string, o: SnapshotOptions): Promise<voi
       );
     }, COPY_PROGRESS_MS);
   try {
-    await run('cp', ['--reflink=auto', '--sparse=always', '--', from, to], o.signal ? { signal: o.signal } : {});
-  } catch (err) {
-    if (o.signal?.aborted) throw o.signal.reason;
-    throw new SourceUnavailable(`cannot snapshot ${from}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`, err);
+    await copy(from, to, o.signal);
   } finally {
     clearInterval(watch);
   }
+}
+
+/**
+ * `cp` of one disk file, settled only once cp has exited: an abort kills it and rejects with
+ * the signal's reason after it is gone (execFile's abort rejects at the kill, while cp may
+ * still be writing into a folder the caller is about to remove).
+ */
+function copy(from: string, to: string, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('cp', ['--reflink=auto', '--sparse=always', '--', from, to], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      if (stderr.length < 4096) stderr += d;
+    });
+    const kill = () => child.kill('SIGKILL');
+    signal?.addEventListener('abort', kill, { once: true });
+    if (signal?.aborted) kill();
+    let spawnError: Error | undefined;
+    child.once('error', (err) => {
+      spawnError = err;
+    });
+    child.once('close', (code, killedBy) => {
+      signal?.removeEventListener('abort', kill);
+      if (signal?.aborted) return reject(signal.reason);
+      if (code === 0) return resolve();
+      const why = stderr.trim() || spawnError?.message || `cp ended with ${killedBy ? `signal ${killedBy}` : `code ${code}`}`;
+      reject(new SourceUnavailable(`cannot snapshot ${from}: ${why}`, spawnError));
+    });
+  });
 }
 
 async function readConfig(source: string): Promise<VmConfig> {
