@@ -9,7 +9,7 @@
  */
 import { z } from 'zod';
 import { caughtError } from './errors.ts';
-import { consistency, diskResult, repositoryRef, vmJob } from './jobs.ts';
+import { consistency, diskResult, vmJob } from './jobs.ts';
 import { count, text, type Infer } from './zod.ts';
 
 /** Verify's input: the VM's job with its disks' transfer results. */
@@ -46,16 +46,11 @@ export const verifyRequest = z.looseObject({ job: verifyInput, rangePieces: z.nu
 export type VerifyRequest = Infer<typeof verifyRequest>;
 
 /** One range of a backup's manifest pieces (an item of the VerifyRanges Map, one VerifyRange invocation), as PlanVerifyRanges lists it. */
-export const verifyRangeItem = z.looseObject({
-  backupId: text,
-  vmId: text,
-  repository: repositoryRef,
-  parentBackupId: text.nullable(),
+export const verifyRangeItem = vmJob.pick({ backupId: true, vmId: true, repository: true, parentBackupId: true }).extend({
   /** This range's place among the backup's ranges, in disk order (0-based), and how many there are. */
   index: count,
   count: z.number().int().positive(),
-  diskId: text,
-  manifestKey: text,
+  ...diskResult.pick({ diskId: true, manifestKey: true }).shape,
   /** Its pieces in the disk's manifest (0-based), and the chunks they cover: `from` … `to - 1`. */
   firstPiece: count,
   pieces: z.number().int().positive(),
